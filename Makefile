@@ -1,0 +1,35 @@
+# Two entry points do all setup on a fresh machine: `make serve` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install install-dev serve test lint train evaluate export
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Runtime only: what the service needs to run on the committed models.
+$(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Runtime plus training extras and test tools.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $@ $(VENV)/.installed-runtime
+
+install: $(VENV)/.installed-runtime
+install-dev: $(VENV)/.installed-dev
+
+serve: install
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/brain-tumor serve
+
+test: install-dev
+	$(BIN)/ruff check app training tests
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check app training tests

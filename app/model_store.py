@@ -1,0 +1,109 @@
+"""Reading `models/manifest.json` and loading the exported models it lists, after checking every file's sha256.
+
+Model files are code as far as trust goes (an architecture JSON chooses which layers run): load them only from a
+source you trust. The hash check stops a file that was truncated, swapped or edited after export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import keras
+from pydantic import BaseModel, ValidationError
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ModelStoreError(RuntimeError):
+    """The model directory cannot be used: a file is missing, altered, or the manifest is invalid."""
+
+
+class ModelEntry(BaseModel):
+    """One exported model as listed in the manifest."""
+
+    name: str
+    version: str
+    architecture: str
+    weights: str
+    parameters: int
+    threshold: float
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Manifest(BaseModel):
+    """What `training.export` writes beside the models."""
+
+    format_version: int
+    preprocessing: str
+    input_shape: list[int]
+    classifier: ModelEntry
+    segmenter: ModelEntry
+    split: str
+    training_data: str
+    metrics: dict
+    versions: dict[str, str]
+    files: dict[str, str]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(model_dir: str | Path) -> Manifest:
+    """Parse the manifest and check that every file it lists exists and has the recorded sha256.
+
+    Raises
+    ------
+    ModelStoreError
+        Naming the file and what is wrong with it.
+    """
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelStoreError(f"model manifest not found: {manifest_path}")
+    try:
+        manifest = Manifest.model_validate(json.loads(manifest_path.read_text()))
+    except (ValueError, ValidationError) as error:
+        raise ModelStoreError(f"model manifest {manifest_path} is invalid: {error}") from error
+    for entry in (manifest.classifier, manifest.segmenter):
+        for file_name in (entry.architecture, entry.weights):
+            if file_name not in manifest.files:
+                raise ModelStoreError(f"{file_name} is used by {entry.name} but has no sha256 in the manifest")
+    for file_name, expected in manifest.files.items():
+        path = model_dir / file_name
+        if not path.is_file():
+            raise ModelStoreError(f"model file listed in the manifest is missing: {path}")
+        actual = sha256_of(path)
+        if actual != expected:
+            raise ModelStoreError(
+                f"sha256 mismatch for {path}: manifest says {expected}, file has {actual}; "
+                "refusing to load a model file that changed after export"
+            )
+    return manifest
+
+
+def load_model(model_dir: str | Path, entry: ModelEntry) -> keras.Model:
+    """Rebuild a model from its architecture JSON and load its `.weights.h5` (call `read_manifest` first)."""
+    model_dir = Path(model_dir)
+    architecture = (model_dir / entry.architecture).read_text()
+    try:
+        model = keras.models.model_from_json(architecture)
+        model.load_weights(model_dir / entry.weights)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise ModelStoreError(f"cannot load {entry.tag} from {model_dir}: {error}") from error
+    return model
+
+
+def load_models(model_dir: str | Path) -> tuple[Manifest, keras.Model, keras.Model]:
+    """Verify the manifest's files, then load (manifest, classifier, segmenter)."""
+    manifest = read_manifest(model_dir)
+    return manifest, load_model(model_dir, manifest.classifier), load_model(model_dir, manifest.segmenter)

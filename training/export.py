@@ -1,0 +1,121 @@
+"""Export trained models as architecture JSON + `.weights.h5` and write `manifest.json` with hashes and metrics.
+
+    python -m training.export --classifier-weights runs/classifier/best.weights.h5 \
+        --segmenter-weights runs/segmenter/best.weights.h5 --evaluation runs/evaluation.json --output-dir models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import keras
+
+from app.model_store import MANIFEST_NAME, sha256_of
+from training.models import build_classifier, build_resunet
+from training.preprocessing import PREPROCESSING_ID
+
+MANIFEST_FORMAT_VERSION = 1
+TRAINING_DATA = (
+    "LGG MRI Segmentation (Buda et al. 2019; TCGA-LGG via TCIA), kaggle_3m layout: development pool of 88 "
+    "patients, split by patient (see split file)"
+)
+
+
+def export_model(model: keras.Model, output_dir: Path) -> tuple[str, str]:
+    """Write `<name>.json` (uncompiled architecture) and `<name>.weights.h5`; return the two file names."""
+    architecture_name = f"{model.name}.json"
+    weights_name = f"{model.name}.weights.h5"
+    # to_json of the functional graph alone: no optimizer, no loss, so loading needs no custom objects.
+    (output_dir / architecture_name).write_text(model.to_json(indent=1) + "\n")
+    model.save_weights(output_dir / weights_name)
+    return architecture_name, weights_name
+
+
+def backend_versions() -> dict[str, str]:
+    versions = {"keras": keras.__version__, "backend": keras.backend.backend(), "python": platform.python_version()}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # only at the edge: the versions of the framework that wrote the weights
+
+        versions["tensorflow"] = tf.__version__
+    return versions
+
+
+def write_manifest(
+    output_dir: Path,
+    classifier: keras.Model,
+    segmenter: keras.Model,
+    classifier_threshold: float,
+    mask_threshold: float,
+    split_file: str,
+    metrics: dict,
+    version: str,
+) -> dict:
+    """Export both models into `output_dir` and write the manifest that the service reads."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for role, model, threshold in (
+        ("classifier", classifier, classifier_threshold),
+        ("segmenter", segmenter, mask_threshold),
+    ):
+        architecture, weights = export_model(model, output_dir)
+        entries[role] = {
+            "name": model.name,
+            "version": version,
+            "architecture": architecture,
+            "weights": weights,
+            "parameters": int(model.count_params()),
+            "threshold": float(threshold),
+        }
+    hashed = [entries[role][kind] for role in entries for kind in ("architecture", "weights")] + [split_file]
+    manifest = {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "preprocessing": PREPROCESSING_ID,
+        "input_shape": list(classifier.input_shape[1:]),
+        **entries,
+        "split": split_file,
+        "training_data": TRAINING_DATA,
+        "metrics": metrics,
+        "versions": backend_versions(),
+        "files": {name: sha256_of(output_dir / name) for name in hashed},
+    }
+    (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classifier-weights", required=True)
+    parser.add_argument("--segmenter-weights", required=True)
+    parser.add_argument("--evaluation", required=True, help="evaluation.json from training.evaluate")
+    parser.add_argument("--split", default="models/split.json")
+    parser.add_argument("--output-dir", default="models")
+    parser.add_argument("--version", default="1.0.0")
+    args = parser.parse_args(argv)
+    evaluation = json.loads(Path(args.evaluation).read_text())
+    classifier = build_classifier()
+    classifier.load_weights(args.classifier_weights)
+    segmenter = build_resunet()
+    segmenter.load_weights(args.segmenter_weights)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    split_path = Path(args.split)
+    if split_path.resolve() != (output_dir / split_path.name).resolve():
+        shutil.copyfile(split_path, output_dir / split_path.name)
+    write_manifest(
+        output_dir,
+        classifier,
+        segmenter,
+        classifier_threshold=evaluation["thresholds"]["classifier"],
+        mask_threshold=evaluation["thresholds"]["mask"],
+        split_file=split_path.name,
+        metrics=evaluation["metrics"],
+        version=args.version,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The one image transform shared by training and serving.
+
+Training, evaluation, the HTTP service and the CLI all call `preprocess_slice`, so a slice is turned into model input
+the same way everywhere (no train/serve skew). The preprocessing id is written into the model manifest; change it
+whenever the numbers this function produces change.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PREPROCESSING_ID = "rgb8-resize256-area-scale1/255-v1"
+MODEL_INPUT_SIZE = 256
+
+
+class InvalidImageError(ValueError):
+    """An image array that cannot be a brain MRI slice (wrong rank, channels or dtype)."""
+
+
+def as_three_channel_uint8(image: np.ndarray) -> np.ndarray:
+    """Return an HxWx3 uint8 view of `image` in the kaggle_3m channel order (pre-contrast, FLAIR, post-contrast).
+
+    A single-channel image is taken as FLAIR and copied into all three channels, which is what the dataset itself
+    does for patients whose pre- or post-contrast series is missing. An alpha channel is dropped.
+    """
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise InvalidImageError(
+            f"image must be HxW, HxWx1, HxWx3 or HxWx4; got shape {tuple(image.shape)}"
+        )
+    image = image[:, :, :3]
+    if image.dtype != np.uint8:
+        raise InvalidImageError(f"image must be uint8 after decoding; got dtype {image.dtype}")
+    if min(image.shape[:2]) < 1:
+        raise InvalidImageError(f"image must not be empty; got shape {tuple(image.shape)}")
+    return image
+
+
+def preprocess_slice(image: np.ndarray) -> np.ndarray:
+    """Turn one decoded slice into model input: float32 array of shape (256, 256, 3) with values in [0, 1].
+
+    Parameters
+    ----------
+    image
+        uint8 array, HxW (taken as FLAIR) or HxWx3 / HxWx4 in pre-contrast, FLAIR, post-contrast order, any size.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (256, 256, 3).
+
+    Raises
+    ------
+    InvalidImageError
+        If the array has a shape or dtype that is not an 8-bit slice.
+    """
+    image = as_three_channel_uint8(np.asarray(image))
+    if image.shape[:2] != (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE):
+        # INTER_AREA averages when shrinking (no aliasing); linear when enlarging.
+        shrinking = image.shape[0] > MODEL_INPUT_SIZE or image.shape[1] > MODEL_INPUT_SIZE
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        image = cv2.resize(image, (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), interpolation=interpolation)
+    return image.astype(np.float32) * np.float32(1.0 / 255.0)
