@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.training.conftest import PATIENTS, SLICES_PER_PATIENT
+from training.data import (
+    DatasetError,
+    SliceBatches,
+    find_slices,
+    load_slices,
+    load_split,
+    split_patients,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("layout", ["dev_layout", "original_layout"])
+def test_find_slices_reads_both_layouts_sorted_numerically(layout, request):
+    records = find_slices(request.getfixturevalue(layout))
+    assert len(records) == len(PATIENTS) * SLICES_PER_PATIENT
+    first_patient = [record for record in records if record.patient_id == records[0].patient_id]
+    assert [record.slice_number for record in first_patient] == list(range(1, SLICES_PER_PATIENT + 1))
+    arrays = load_slices(first_patient)
+    assert arrays.images.shape == (SLICES_PER_PATIENT, 256, 256, 3)
+    assert arrays.images.dtype == np.uint8
+    assert set(np.unique(arrays.masks)) == {0, 1}
+    assert arrays.labels.tolist() == [float(4 <= n <= 8) for n in range(1, SLICES_PER_PATIENT + 1)]
+
+
+def test_tif_and_jpg_layouts_hold_the_same_masks(dev_layout, original_layout):
+    dev = load_slices(find_slices(dev_layout))
+    original = load_slices(find_slices(original_layout))
+    np.testing.assert_array_equal(dev.masks, original.masks)
+    # JPEG quality 95 against lossless TIFF: close, not equal.
+    assert np.abs(dev.images.astype(int) - original.images.astype(int)).mean() < 3
+
+
+def test_find_slices_reports_missing_mask_with_its_path(dev_layout, tmp_path):
+    root = shutil.copytree(dev_layout, tmp_path / "copy")
+    image = root / PATIENTS[0] / f"{PATIENTS[0]}_3.jpg"
+    (root / PATIENTS[0] / f"{PATIENTS[0]}_3_mask.png").unlink()
+    with pytest.raises(DatasetError, match=str(image)):
+        find_slices(root)
+
+
+def test_load_slices_reports_unreadable_file_with_its_path(dev_layout, tmp_path):
+    root = shutil.copytree(dev_layout, tmp_path / "copy")
+    broken = root / PATIENTS[1] / f"{PATIENTS[1]}_2.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match=f"{broken}: unreadable"):
+        load_slices(find_slices(root))
+
+
+def test_load_slices_reports_wrong_shape_with_its_path(dev_layout, tmp_path):
+    from PIL import Image
+
+    root = shutil.copytree(dev_layout, tmp_path / "copy")
+    small = root / PATIENTS[2] / f"{PATIENTS[2]}_5.jpg"
+    Image.new("RGB", (128, 128)).save(small)
+    with pytest.raises(DatasetError, match=f"{small}: expected a 256x256x3 image"):
+        load_slices(find_slices(root))
+
+
+def test_find_slices_rejects_empty_folder(tmp_path):
+    with pytest.raises(DatasetError, match="no slices found"):
+        find_slices(tmp_path)
+
+
+def test_split_is_by_patient_deterministic_and_complete():
+    patients = [f"TCGA_{site}_{number:04d}" for site in ("CS", "DU", "HT", "FG") for number in range(22)]
+    split = split_patients(patients, validation_count=9, test_count=9, seed=7)
+    sets = {name: set(members) for name, members in split.items()}
+    assert not sets["train"] & sets["validation"]
+    assert not sets["train"] & sets["test"]
+    assert not sets["validation"] & sets["test"]
+    assert sets["train"] | sets["validation"] | sets["test"] == set(patients)
+    assert (len(sets["validation"]), len(sets["test"])) == (9, 9)
+    assert split == split_patients(list(reversed(patients)), validation_count=9, test_count=9, seed=7)
+    # Stratified: the held-out patients come from every site.
+    assert {patient.split("_")[1] for patient in sets["test"]} == {"CS", "DU", "HT", "FG"}
+
+
+def test_split_rejects_more_held_out_than_patients():
+    with pytest.raises(ValueError, match="below the patient count 3"):
+        split_patients(["TCGA_CS_1", "TCGA_CS_2", "TCGA_CS_3"], validation_count=2, test_count=1)
+
+
+def test_committed_split_has_no_patient_in_two_sets():
+    split = load_split(REPO_ROOT / "models" / "split.json")
+    sets = [set(split[name]) for name in ("train", "validation", "test")]
+    assert sum(len(members) for members in sets) == len(set().union(*sets)) == 88
+    assert json.loads((REPO_ROOT / "models" / "split.json").read_text())["seed"] == 2019
+
+
+def test_slice_batches_give_labels_or_masks(dev_layout):
+    arrays = load_slices(find_slices(dev_layout))
+    labels = SliceBatches(arrays, "label", batch_size=4)
+    inputs, targets = labels[0]
+    assert inputs.shape == (4, 256, 256, 3) and inputs.dtype == np.float32
+    assert inputs.min() >= 0.0 and inputs.max() <= 1.0
+    assert targets.shape == (4, 1)
+    masks = SliceBatches(arrays, "mask", batch_size=4, augment=True, shuffle=True)
+    inputs, targets = masks[0]
+    assert targets.shape == (4, 256, 256, 1)
+    assert set(np.unique(targets)) <= {0.0, 1.0}
+
+
+def test_slice_batches_sample_negatives_afresh_each_epoch(dev_layout):
+    arrays = load_slices(find_slices(dev_layout))
+    positives = int(arrays.labels.sum())
+    batches = SliceBatches(arrays, "mask", batch_size=8, negatives_per_epoch=3, shuffle=True, seed=1)
+    epochs = []
+    for _ in range(4):
+        assert len(batches.indices) == positives + 3
+        assert arrays.labels[batches.indices].sum() == positives
+        epochs.append(frozenset(batches.indices.tolist()))
+        batches.on_epoch_end()
+    assert len(set(epochs)) > 1

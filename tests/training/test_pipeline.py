@@ -1,0 +1,94 @@
+"""Train both models for one epoch on a tiny generated dataset, evaluate, export, and reload what was exported."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from app.model_store import ModelStoreError, load_models, read_manifest
+from training import evaluate, export, train
+from training.models import build_classifier, build_resunet
+
+
+@pytest.fixture(scope="module")
+def trained_run(dev_layout, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    split = runs / "split.json"
+    for model in ("classifier", "segmenter"):
+        train.main([
+            "--model", model, "--data-root", str(dev_layout), "--output-dir", str(runs / model),
+            "--split", str(split), "--epochs", "1", "--batch-size", "8", "--negatives-per-epoch", "2",
+        ])
+    evaluate.main([
+        "--data-root", str(dev_layout), "--split", str(split), "--output-dir", str(runs / "evaluation"),
+        "--classifier-weights", str(runs / "classifier" / "best.weights.h5"),
+        "--segmenter-weights", str(runs / "segmenter" / "best.weights.h5"),
+    ])
+    return runs
+
+
+def test_training_writes_checkpoint_history_and_summary(trained_run):
+    for model in ("classifier", "segmenter"):
+        assert (trained_run / model / "best.weights.h5").stat().st_size > 0
+        assert (trained_run / model / "history.csv").read_text().startswith("epoch,")
+        summary = json.loads((trained_run / model / "run.json").read_text())
+        assert summary["epochs_run"] == 1
+    split = json.loads((trained_run / "split.json").read_text())
+    assert not set(split["train"]) & (set(split["validation"]) | set(split["test"]))
+
+
+def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
+    result = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
+    assert 0.0 <= result["thresholds"]["classifier"] <= 1.0
+    assert result["thresholds"]["mask"] in evaluate.MASK_THRESHOLD_CANDIDATES
+    metrics = result["metrics"]
+    assert metrics["patients"] == 1
+    assert set(metrics["classifier"]["confusion_matrix"]) == {"tn", "fp", "fn", "tp"}
+    assert 0.0 <= metrics["segmentation"]["volume_dice_mean"] <= 1.0
+    assert "flair_only" in metrics
+    for plot in ("training_curves.png", "roc_confusion.png", "test_slices.png"):
+        assert (trained_run / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
+    models_dir = tmp_path / "models"
+    export.main([
+        "--classifier-weights", str(trained_run / "classifier" / "best.weights.h5"),
+        "--segmenter-weights", str(trained_run / "segmenter" / "best.weights.h5"),
+        "--evaluation", str(trained_run / "evaluation" / "evaluation.json"),
+        "--split", str(trained_run / "split.json"), "--output-dir", str(models_dir),
+    ])
+    manifest, classifier, segmenter = load_models(models_dir)
+    assert manifest.classifier.name == "tumor_classifier" and manifest.segmenter.name == "tumor_segmenter"
+    assert set(manifest.files) == {
+        "tumor_classifier.json", "tumor_classifier.weights.h5",
+        "tumor_segmenter.json", "tumor_segmenter.weights.h5", "split.json",
+    }
+    images = np.random.default_rng(3).random((2, 256, 256, 3)).astype("float32")
+    reference_classifier = build_classifier()
+    reference_classifier.load_weights(trained_run / "classifier" / "best.weights.h5")
+    reference_segmenter = build_resunet()
+    reference_segmenter.load_weights(trained_run / "segmenter" / "best.weights.h5")
+    np.testing.assert_allclose(classifier(images), reference_classifier(images), atol=1e-6)
+    np.testing.assert_allclose(segmenter(images), reference_segmenter(images), atol=1e-6)
+    # The architecture JSON holds no optimizer or loss: it loads without custom objects.
+    assert "focal_tversky" not in (models_dir / "tumor_segmenter.json").read_text()
+
+
+def test_tampered_weights_are_refused(trained_run, tmp_path):
+    models_dir = tmp_path / "models"
+    export.main([
+        "--classifier-weights", str(trained_run / "classifier" / "best.weights.h5"),
+        "--segmenter-weights", str(trained_run / "segmenter" / "best.weights.h5"),
+        "--evaluation", str(trained_run / "evaluation" / "evaluation.json"),
+        "--split", str(trained_run / "split.json"), "--output-dir", str(models_dir),
+    ])
+    weights = models_dir / "tumor_segmenter.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelStoreError, match="sha256 mismatch for .*tumor_segmenter.weights.h5"):
+        read_manifest(models_dir)
+    weights.unlink()
+    with pytest.raises(ModelStoreError, match="missing: .*tumor_segmenter.weights.h5"):
+        read_manifest(models_dir)

@@ -1,0 +1,257 @@
+"""Evaluate the gated pipeline (segment only where the classifier says tumor) on held-out patients.
+
+    python -m training.evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights runs/classifier/best.weights.h5 \
+        --segmenter-weights runs/segmenter/best.weights.h5 --output-dir runs/evaluation
+
+Thresholds are chosen on the validation patients only, then frozen and applied to the test patients: the classifier
+threshold is the highest one that keeps validation sensitivity at or above `--target-sensitivity`, the mask
+threshold the one that maximises mean per-patient volume Dice on validation. Writes `evaluation.json` (thresholds
+and test metrics, the input of `training.export`) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from training.data import SliceArrays, find_slices, load_slices, load_split
+from training.models import build_classifier, build_resunet
+from training.preprocessing import preprocess_slice
+
+logger = logging.getLogger(__name__)
+MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
+FLAIR_CHANNEL = 1
+
+
+def flair_only(images: np.ndarray) -> np.ndarray:
+    """Replace pre- and post-contrast with FLAIR, as when a PACS sends a FLAIR series alone."""
+    return np.repeat(images[..., FLAIR_CHANNEL : FLAIR_CHANNEL + 1], 3, axis=-1)
+
+
+def predict_slices(
+    classifier: keras.Model, segmenter: keras.Model, images: np.ndarray, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (tumor probability per slice, mask probability maps (N,256,256)) for uint8 slices."""
+    probabilities, maps = [], []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([preprocess_slice(image) for image in images[start : start + batch_size]])
+        probabilities.append(keras.ops.convert_to_numpy(classifier(batch, training=False)).reshape(-1))
+        maps.append(keras.ops.convert_to_numpy(segmenter(batch, training=False))[..., 0])
+    return np.concatenate(probabilities), np.concatenate(maps)
+
+
+def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice of two binary arrays; 1.0 when both are empty."""
+    total = int(truth.sum()) + int(predicted.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * float(np.logical_and(truth, predicted).sum()) / total
+
+
+def tversky(truth: np.ndarray, predicted: np.ndarray, alpha: float = 0.7) -> float:
+    true_positive = float(np.logical_and(truth, predicted).sum())
+    false_negative = float(np.logical_and(truth, ~predicted).sum())
+    false_positive = float(np.logical_and(~truth, predicted).sum())
+    denominator = true_positive + alpha * false_negative + (1 - alpha) * false_positive
+    return 1.0 if denominator == 0 else true_positive / denominator
+
+
+def gated_masks(probabilities, maps, classifier_threshold: float, mask_threshold: float) -> np.ndarray:
+    """Binary masks of the served pipeline: empty wherever the classifier is below its threshold."""
+    masks = maps >= mask_threshold
+    masks[probabilities < classifier_threshold] = False
+    return masks
+
+
+def volume_dice_by_patient(arrays: SliceArrays, masks: np.ndarray) -> dict[str, float]:
+    """Dice of each patient's whole stack of slices (the figure Buda et al. 2019 report)."""
+    truth = arrays.masks > 0
+    return {
+        patient: dice(truth[arrays.patient_ids == patient], masks[arrays.patient_ids == patient])
+        for patient in sorted(set(arrays.patient_ids))
+    }
+
+
+def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
+    """Highest threshold whose sensitivity on these slices is at least `target_sensitivity`."""
+    positives = np.sort(probabilities[labels > 0])
+    if len(positives) == 0:
+        return 0.5
+    # Keeping the k highest-scoring positives at a threshold equal to the k-th highest score.
+    allowed_misses = int(np.floor((1.0 - target_sensitivity) * len(positives)))
+    return float(positives[allowed_misses])
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    predicted = probabilities >= threshold
+    positive = labels > 0
+    true_positive = int(np.sum(predicted & positive))
+    true_negative = int(np.sum(~predicted & ~positive))
+    false_positive = int(np.sum(predicted & ~positive))
+    false_negative = int(np.sum(~predicted & positive))
+    return {
+        "slices": int(len(labels)),
+        "accuracy": (true_positive + true_negative) / len(labels),
+        "roc_auc": float(roc_auc_score(positive, probabilities)) if 0 < positive.sum() < len(labels) else None,
+        "sensitivity": true_positive / max(1, true_positive + false_negative),
+        "specificity": true_negative / max(1, true_negative + false_positive),
+        "confusion_matrix": {"tn": true_negative, "fp": false_positive, "fn": false_negative, "tp": true_positive},
+    }
+
+
+def segmentation_metrics(arrays: SliceArrays, masks: np.ndarray) -> dict:
+    truth = arrays.masks > 0
+    labels = arrays.labels > 0
+    by_patient = volume_dice_by_patient(arrays, masks)
+    tumor_slices = [dice(truth[index], masks[index]) for index in np.flatnonzero(labels)]
+    empty_slices = np.flatnonzero(~labels)
+    false_mask_rate = float(np.mean([masks[index].any() for index in empty_slices])) if len(empty_slices) else None
+    return {
+        "volume_dice_mean": float(np.mean(list(by_patient.values()))),
+        "volume_dice_median": float(np.median(list(by_patient.values()))),
+        "volume_dice_by_patient": by_patient,
+        "tumor_slice_dice_mean": float(np.mean(tumor_slices)) if tumor_slices else None,
+        "nonempty_mask_rate_on_tumor_free_slices": false_mask_rate,
+        "tversky_score": tversky(truth, masks),
+    }
+
+
+def evaluate_split(arrays: SliceArrays, probabilities, maps, classifier_threshold, mask_threshold) -> dict:
+    masks = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
+    ungated = maps >= mask_threshold
+    ungated_rate = float(np.mean([ungated[i].any() for i in np.flatnonzero(arrays.labels == 0)] or [0.0]))
+    return {
+        "patients": len(set(arrays.patient_ids)),
+        "classifier": classification_metrics(arrays.labels, probabilities, classifier_threshold),
+        "segmentation": segmentation_metrics(arrays, masks),
+        "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": ungated_rate,
+    }
+
+
+def save_plots(output_dir: Path, arrays: SliceArrays, probabilities, masks, history_paths: dict[str, Path]) -> None:
+    """Training curves, ROC, confusion matrix and a grid of test slices with true (green) and predicted (red) outlines."""
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    figure, axes = plt.subplots(1, len(history_paths), figsize=(6 * len(history_paths), 4), squeeze=False)
+    for axis, (name, path) in zip(axes[0], history_paths.items(), strict=True):
+        if not path.exists():
+            continue
+        history = np.genfromtxt(path, delimiter=",", names=True)
+        axis.plot(history["epoch"] + 1, history["loss"], label="train loss")
+        axis.plot(history["epoch"] + 1, history["val_loss"], label="validation loss")
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(output_dir / "training_curves.png", dpi=100)
+    plt.close(figure)
+
+    labels = arrays.labels > 0
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    RocCurveDisplay.from_predictions(labels, probabilities, ax=axes[0], name="classifier")
+    ConfusionMatrixDisplay.from_predictions(labels, masks.reshape(len(masks), -1).any(axis=1), ax=axes[1])
+    axes[1].set_title("gated pipeline: slice has a mask")
+    figure.tight_layout()
+    figure.savefig(output_dir / "roc_confusion.png", dpi=100)
+    plt.close(figure)
+
+    chosen = np.flatnonzero(labels)[:: max(1, int(labels.sum()) // 12)][:12]
+    figure, axes = plt.subplots(3, 4, figsize=(12, 9))
+    for axis, index in zip(axes.ravel(), chosen, strict=False):
+        picture = arrays.images[index].copy()
+        for mask, colour in ((arrays.masks[index] > 0, (0, 255, 0)), (masks[index], (255, 0, 0))):
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(picture, contours, -1, colour, 1)
+        axis.imshow(picture)
+        axis.set_title(f"p={probabilities[index]:.2f} dice={dice(arrays.masks[index] > 0, masks[index]):.2f}")
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(output_dir / "test_slices.png", dpi=100)
+    plt.close(figure)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    split = load_split(Path(args.split))
+    records = [record for record in find_slices(args.data_root)
+               if record.patient_id in set(split["validation"]) | set(split["test"])]
+    arrays = load_slices(records)
+    validation, test = arrays.subset(split["validation"]), arrays.subset(split["test"])
+    classifier = build_classifier()
+    classifier.load_weights(args.classifier_weights)
+    segmenter = build_resunet()
+    segmenter.load_weights(args.segmenter_weights)
+
+    validation_probabilities, validation_maps = predict_slices(classifier, segmenter, validation.images)
+    classifier_threshold = choose_classifier_threshold(
+        validation.labels, validation_probabilities, args.target_sensitivity
+    )
+    validation_dice = {
+        str(candidate): float(np.mean(list(volume_dice_by_patient(
+            validation,
+            gated_masks(validation_probabilities, validation_maps, classifier_threshold, candidate),
+        ).values())))
+        for candidate in MASK_THRESHOLD_CANDIDATES
+    }
+    mask_threshold = float(max(validation_dice, key=validation_dice.get))
+
+    test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images)
+    flair_probabilities, flair_maps = predict_slices(classifier, segmenter, flair_only(test.images))
+    result = {
+        "thresholds": {"classifier": classifier_threshold, "mask": mask_threshold},
+        "validation": {
+            "mask_threshold_volume_dice": validation_dice,
+            **evaluate_split(validation, validation_probabilities, validation_maps,
+                             classifier_threshold, mask_threshold),
+        },
+        "metrics": {
+            "split": "test",
+            **evaluate_split(test, test_probabilities, test_maps, classifier_threshold, mask_threshold),
+            "flair_only": evaluate_split(test, flair_probabilities, flair_maps, classifier_threshold, mask_threshold),
+        },
+    }
+    (output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_plots:
+        runs = Path(args.classifier_weights).parent.parent
+        save_plots(
+            output_dir, test, test_probabilities,
+            gated_masks(test_probabilities, test_maps, classifier_threshold, mask_threshold),
+            {name: runs / name / "history.csv" for name in ("classifier", "segmenter")},
+        )
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--classifier-weights", required=True)
+    parser.add_argument("--segmenter-weights", required=True)
+    parser.add_argument("--split", default="models/split.json")
+    parser.add_argument("--output-dir", default="runs/evaluation")
+    parser.add_argument("--target-sensitivity", type=float, default=0.97)
+    parser.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    result = evaluate(build_parser().parse_args(argv))
+    summary = {key: value for key, value in result["metrics"].items() if key != "flair_only"}
+    logger.info("test metrics: %s", json.dumps(summary["segmentation"] | summary["classifier"], default=str)[:2000])
+
+
+if __name__ == "__main__":
+    main()
