@@ -31,12 +31,20 @@ def augment_pair(
     scale = rng.uniform(*scale_range)
     transform = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
     image = cv2.warpAffine(
-        np.ascontiguousarray(image), transform, (width, height),
-        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+        np.ascontiguousarray(image),
+        transform,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )
     mask = cv2.warpAffine(
-        np.ascontiguousarray(mask), transform, (width, height),
-        flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+        np.ascontiguousarray(mask),
+        transform,
+        (width, height),
+        flags=cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )
     # Contrast and brightness per channel: sequences differ between scanners and sites.
     gain = rng.uniform(0.85, 1.15, size=3).astype(np.float32)

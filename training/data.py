@@ -67,9 +67,7 @@ def find_slices(root: str | Path) -> list[SliceRecord]:
         if match is None:
             raise DatasetError(f"{image_path}: name does not follow TCGA_<inst>_<id>_<date>_<n>")
         mask_path = _find_mask(image_path)
-        records.append(
-            SliceRecord(match["patient"], int(match["number"]), image_path, mask_path)
-        )
+        records.append(SliceRecord(match["patient"], int(match["number"]), image_path, mask_path))
     if not records:
         raise DatasetError(f"no slices found under {root} (expected <patient>/<stem>.tif|.jpg files)")
     records.sort(key=lambda record: (record.patient_id, record.slice_number))
@@ -129,9 +127,7 @@ class SliceArrays:
 
     def subset(self, patients: Sequence[str]) -> SliceArrays:
         keep = np.isin(self.patient_ids, list(patients))
-        return SliceArrays(
-            self.images[keep], self.masks[keep], self.patient_ids[keep], self.slice_numbers[keep]
-        )
+        return SliceArrays(self.images[keep], self.masks[keep], self.patient_ids[keep], self.slice_numbers[keep])
 
 
 def load_slices(records: Sequence[SliceRecord]) -> SliceArrays:

@@ -186,8 +186,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(Path(args.split))
-    records = [record for record in find_slices(args.data_root)
-               if record.patient_id in set(split["validation"]) | set(split["test"])]
+    records = [
+        record
+        for record in find_slices(args.data_root)
+        if record.patient_id in set(split["validation"]) | set(split["test"])
+    ]
     arrays = load_slices(records)
     validation, test = arrays.subset(split["validation"]), arrays.subset(split["test"])
     classifier = build_classifier()
@@ -200,10 +203,16 @@ def evaluate(args: argparse.Namespace) -> dict:
         validation.labels, validation_probabilities, args.target_sensitivity
     )
     validation_dice = {
-        str(candidate): float(np.mean(list(volume_dice_by_patient(
-            validation,
-            gated_masks(validation_probabilities, validation_maps, classifier_threshold, candidate),
-        ).values())))
+        str(candidate): float(
+            np.mean(
+                list(
+                    volume_dice_by_patient(
+                        validation,
+                        gated_masks(validation_probabilities, validation_maps, classifier_threshold, candidate),
+                    ).values()
+                )
+            )
+        )
         for candidate in MASK_THRESHOLD_CANDIDATES
     }
     mask_threshold = float(max(validation_dice, key=validation_dice.get))
@@ -214,8 +223,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         "thresholds": {"classifier": classifier_threshold, "mask": mask_threshold},
         "validation": {
             "mask_threshold_volume_dice": validation_dice,
-            **evaluate_split(validation, validation_probabilities, validation_maps,
-                             classifier_threshold, mask_threshold),
+            **evaluate_split(
+                validation, validation_probabilities, validation_maps, classifier_threshold, mask_threshold
+            ),
         },
         "metrics": {
             "split": "test",
@@ -227,7 +237,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if not args.no_plots:
         runs = Path(args.classifier_weights).parent.parent
         save_plots(
-            output_dir, test, test_probabilities,
+            output_dir,
+            test,
+            test_probabilities,
             gated_masks(test_probabilities, test_maps, classifier_threshold, mask_threshold),
             {name: runs / name / "history.csv" for name in ("classifier", "segmenter")},
         )

@@ -27,9 +27,7 @@ def tversky_score(y_true, y_pred, alpha: float = 0.7, smooth: float = SMOOTH):
     true_positive = ops.sum(y_true * y_pred)
     false_negative = ops.sum(y_true * (1.0 - y_pred))
     false_positive = ops.sum((1.0 - y_true) * y_pred)
-    return (true_positive + smooth) / (
-        true_positive + alpha * false_negative + (1.0 - alpha) * false_positive + smooth
-    )
+    return (true_positive + smooth) / (true_positive + alpha * false_negative + (1.0 - alpha) * false_positive + smooth)
 
 
 @keras.saving.register_keras_serializable(package="brain_tumor")

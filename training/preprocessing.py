@@ -29,9 +29,7 @@ def as_three_channel_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise InvalidImageError(
-            f"image must be HxW, HxWx1, HxWx3 or HxWx4; got shape {tuple(image.shape)}"
-        )
+        raise InvalidImageError(f"image must be HxW, HxWx1, HxWx3 or HxWx4; got shape {tuple(image.shape)}")
     image = image[:, :, :3]
     if image.dtype != np.uint8:
         raise InvalidImageError(f"image must be uint8 after decoding; got dtype {image.dtype}")

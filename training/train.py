@@ -94,8 +94,13 @@ def make_batches(
 ) -> tuple[SliceBatches, SliceBatches]:
     target = "label" if model_kind == "classifier" else "mask"
     train_batches = SliceBatches(
-        train, target, batch_size=batch_size, augment=True, shuffle=True,
-        negatives_per_epoch=negatives if model_kind == "segmenter" else None, seed=seed,
+        train,
+        target,
+        batch_size=batch_size,
+        augment=True,
+        shuffle=True,
+        negatives_per_epoch=negatives if model_kind == "segmenter" else None,
+        seed=seed,
     )
     validation_batches = SliceBatches(validation, target, batch_size=batch_size)
     return train_batches, validation_batches
@@ -161,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=6, help="early-stopping patience in epochs")
     parser.add_argument(
-        "--negatives-per-epoch", type=int, default=300,
+        "--negatives-per-epoch",
+        type=int,
+        default=300,
         help="segmenter only: tumor-free slices sampled afresh each epoch besides every tumor slice",
     )
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for training")

@@ -17,15 +17,38 @@ def trained_run(dev_layout, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     split = runs / "split.json"
     for model in ("classifier", "segmenter"):
-        train.main([
-            "--model", model, "--data-root", str(dev_layout), "--output-dir", str(runs / model),
-            "--split", str(split), "--epochs", "1", "--batch-size", "8", "--negatives-per-epoch", "2",
-        ])
-    evaluate.main([
-        "--data-root", str(dev_layout), "--split", str(split), "--output-dir", str(runs / "evaluation"),
-        "--classifier-weights", str(runs / "classifier" / "best.weights.h5"),
-        "--segmenter-weights", str(runs / "segmenter" / "best.weights.h5"),
-    ])
+        train.main(
+            [
+                "--model",
+                model,
+                "--data-root",
+                str(dev_layout),
+                "--output-dir",
+                str(runs / model),
+                "--split",
+                str(split),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--negatives-per-epoch",
+                "2",
+            ]
+        )
+    evaluate.main(
+        [
+            "--data-root",
+            str(dev_layout),
+            "--split",
+            str(split),
+            "--output-dir",
+            str(runs / "evaluation"),
+            "--classifier-weights",
+            str(runs / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(runs / "segmenter" / "best.weights.h5"),
+        ]
+    )
     return runs
 
 
@@ -54,17 +77,28 @@ def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
 
 def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     models_dir = tmp_path / "models"
-    export.main([
-        "--classifier-weights", str(trained_run / "classifier" / "best.weights.h5"),
-        "--segmenter-weights", str(trained_run / "segmenter" / "best.weights.h5"),
-        "--evaluation", str(trained_run / "evaluation" / "evaluation.json"),
-        "--split", str(trained_run / "split.json"), "--output-dir", str(models_dir),
-    ])
+    export.main(
+        [
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(trained_run / "segmenter" / "best.weights.h5"),
+            "--evaluation",
+            str(trained_run / "evaluation" / "evaluation.json"),
+            "--split",
+            str(trained_run / "split.json"),
+            "--output-dir",
+            str(models_dir),
+        ]
+    )
     manifest, classifier, segmenter = load_models(models_dir)
     assert manifest.classifier.name == "tumor_classifier" and manifest.segmenter.name == "tumor_segmenter"
     assert set(manifest.files) == {
-        "tumor_classifier.json", "tumor_classifier.weights.h5",
-        "tumor_segmenter.json", "tumor_segmenter.weights.h5", "split.json",
+        "tumor_classifier.json",
+        "tumor_classifier.weights.h5",
+        "tumor_segmenter.json",
+        "tumor_segmenter.weights.h5",
+        "split.json",
     }
     images = np.random.default_rng(3).random((2, 256, 256, 3)).astype("float32")
     reference_classifier = build_classifier()
@@ -79,12 +113,20 @@ def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
 
 def test_tampered_weights_are_refused(trained_run, tmp_path):
     models_dir = tmp_path / "models"
-    export.main([
-        "--classifier-weights", str(trained_run / "classifier" / "best.weights.h5"),
-        "--segmenter-weights", str(trained_run / "segmenter" / "best.weights.h5"),
-        "--evaluation", str(trained_run / "evaluation" / "evaluation.json"),
-        "--split", str(trained_run / "split.json"), "--output-dir", str(models_dir),
-    ])
+    export.main(
+        [
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(trained_run / "segmenter" / "best.weights.h5"),
+            "--evaluation",
+            str(trained_run / "evaluation" / "evaluation.json"),
+            "--split",
+            str(trained_run / "split.json"),
+            "--output-dir",
+            str(models_dir),
+        ]
+    )
     weights = models_dir / "tumor_segmenter.weights.h5"
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ModelStoreError, match="sha256 mismatch for .*tumor_segmenter.weights.h5"):
