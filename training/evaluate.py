@@ -1,6 +1,7 @@
 """Evaluate the gated pipeline (segment only where the classifier says tumor) on held-out patients.
 
-    python -m training.evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights runs/classifier/best.weights.h5 \
+    python -m training.evaluate --data-root ../shared/lgg/kaggle_3m_dev \
+        --classifier-weights runs/classifier/best.weights.h5 \
         --segmenter-weights runs/segmenter/best.weights.h5 --output-dir runs/evaluation
 
 Thresholds are chosen on the validation patients only, then frozen and applied to the test patients: the classifier
@@ -136,7 +137,7 @@ def evaluate_split(arrays: SliceArrays, probabilities, maps, classifier_threshol
 
 
 def save_plots(output_dir: Path, arrays: SliceArrays, probabilities, masks, history_paths: dict[str, Path]) -> None:
-    """Training curves, ROC, confusion matrix and a grid of test slices with true (green) and predicted (red) outlines."""
+    """Training curves, ROC, confusion matrix, and test slices with true (green) and predicted (red) outlines."""
     import cv2
     import matplotlib
 
