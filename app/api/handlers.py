@@ -1,0 +1,97 @@
+"""The one place where errors become HTTP responses, all with the body `{"error": {"code", "message"}}`.
+
+| code                   | status | when                                                          |
+|------------------------|--------|---------------------------------------------------------------|
+| empty_file             | 400    | the file has 0 bytes                                          |
+| undecodable_image      | 400    | PNG/JPEG/TIFF magic bytes, but the data is truncated/corrupt  |
+| invalid_image          | 400    | decodes, but is no slice (e.g. a multi-page TIFF)             |
+| unsupported_media_type | 415    | the first bytes are not PNG, JPEG or TIFF (names are ignored) |
+| payload_too_large      | 413    | file over MAX_UPLOAD_BYTES, or request body over its limit    |
+| image_too_large        | 413    | width x height over MAX_IMAGE_PIXELS                          |
+| too_many_files         | 413    | a batch with more than MAX_BATCH_FILES files                  |
+| validation_error       | 422    | a missing or malformed field (e.g. no `file`)                 |
+| model_unavailable      | 503    | the models are not loaded and warm yet                        |
+| not_found, ...         | 4xx    | other HTTP errors (unknown path, wrong method)                |
+| internal_error         | 500    | a bug; logged with its traceback                              |
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_KIND: dict[ErrorKind, int] = {
+    ErrorKind.INVALID_INPUT: HTTPStatus.BAD_REQUEST,
+    ErrorKind.UNSUPPORTED_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    ErrorKind.TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    ErrorKind.INVALID_REQUEST: HTTPStatus.UNPROCESSABLE_ENTITY,
+    ErrorKind.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+_SHORT_INPUT = 80
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def service_error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error_body(error.code, error.message), status_code=int(STATUS_BY_KIND[error.kind]))
+
+
+def _remember_error(request: Request, code: str) -> None:
+    # For the access log line; the first error wins (a body cut off by the upload limit also fails parsing).
+    if getattr(request.state, "error_code", None) is None:
+        request.state.error_code = code
+
+
+async def handle_service_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceError)
+    _remember_error(request, error.code)
+    return service_error_response(error)
+
+
+def describe_validation_errors(errors: list[dict]) -> str:
+    """`body.file: Field required; query.mask_format: Input should be ... (got 'x')`."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        text = f"{location}: {error.get('msg', 'invalid')}"
+        value = error.get("input")
+        if isinstance(value, str | int | float) and len(str(value)) <= _SHORT_INPUT:
+            text += f" (got {value!r})"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return await handle_service_error(request, RequestValidationFailed(describe_validation_errors(error.errors())))
+
+
+async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    if error.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        code = PayloadTooLargeError.code
+    else:
+        code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    _remember_error(request, code)
+    return JSONResponse(error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers)
+
+
+async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # Starlette re-raises after this handler, so the server still sees (and logs) the failure; clients get no trace.
+    logger.error("unhandled error", exc_info=error, extra={"fields": {"request_id": _request_id(request)}})
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)

@@ -1,0 +1,87 @@
+"""Domain errors of the service: each has a stable `code` for clients and an HTTP-agnostic `kind`.
+
+Core code (decoding, inference, encoding) raises these and never knows about HTTP; `app.api.handlers` maps each
+`kind` to a status code in one place, and the CLI prints the same `{"error": {"code", "message"}}` body.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorKind(StrEnum):
+    """What sort of failure an error is, independent of the transport that reports it."""
+
+    INVALID_INPUT = "invalid_input"  # the bytes are not a usable image (HTTP 400)
+    UNSUPPORTED_TYPE = "unsupported_type"  # not a format we read at all (HTTP 415)
+    TOO_LARGE = "too_large"  # over a configured size limit (HTTP 413)
+    INVALID_REQUEST = "invalid_request"  # a missing or malformed request field (HTTP 422)
+    UNAVAILABLE = "unavailable"  # the models are not loaded (HTTP 503)
+
+
+class ServiceError(Exception):
+    """Base of the errors the service reports to clients; `message` names the rule and the value found."""
+
+    code: ClassVar[str] = "service_error"
+    kind: ClassVar[ErrorKind] = ErrorKind.INVALID_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class EmptyFileError(ServiceError):
+    code = "empty_file"
+    kind = ErrorKind.INVALID_INPUT
+
+
+class UndecodableImageError(ServiceError):
+    """The magic bytes name a format we read, but the file is truncated or corrupt."""
+
+    code = "undecodable_image"
+    kind = ErrorKind.INVALID_INPUT
+
+
+class InvalidSliceError(ServiceError):
+    """The image decoded, but is not something a slice can be made of (e.g. two channels)."""
+
+    code = "invalid_image"
+    kind = ErrorKind.INVALID_INPUT
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """The first bytes match none of the formats we read (PNG, JPEG, TIFF)."""
+
+    code = "unsupported_media_type"
+    kind = ErrorKind.UNSUPPORTED_TYPE
+
+
+class PayloadTooLargeError(ServiceError):
+    code = "payload_too_large"
+    kind = ErrorKind.TOO_LARGE
+
+
+class ImageTooLargeError(ServiceError):
+    code = "image_too_large"
+    kind = ErrorKind.TOO_LARGE
+
+
+class TooManyFilesError(ServiceError):
+    code = "too_many_files"
+    kind = ErrorKind.TOO_LARGE
+
+
+class RequestValidationFailed(ServiceError):
+    """A request field is missing or malformed (raised by the API layer's validation handler)."""
+
+    code = "validation_error"
+    kind = ErrorKind.INVALID_REQUEST
+
+
+class ModelUnavailableError(ServiceError):
+    code = "model_unavailable"
+    kind = ErrorKind.UNAVAILABLE

@@ -1,0 +1,181 @@
+"""Running the exported models: the service's only TensorFlow code (the backend edge).
+
+`Predictor` loads the classifier and the segmenter once, compiles each into a `tf.function` with a fixed input
+signature (so every batch size reuses one graph instead of retracing), and runs the segmenter only on the slices
+the classifier calls positive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from app.masks import probability_to_mask
+from app.model_store import Manifest, ModelStoreError, load_models
+from training.preprocessing import MODEL_INPUT_SIZE, PREPROCESSING_ID, preprocess_slice
+
+logger = logging.getLogger(__name__)
+
+INPUT_SHAPE = (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3)
+CLASSIFIER = "classifier"
+SEGMENTER = "segmenter"
+
+InferenceObserver = Callable[[str, float, int], None]
+"""Called after each model run with (model role, seconds, batch size), e.g. to record metrics."""
+
+
+@dataclass(frozen=True)
+class SlicePrediction:
+    """What the models say about one slice.
+
+    `mask` is uint8 0/1 at the input's height and width when `detected`, else None (the segmenter did not run).
+    """
+
+    probability: float
+    detected: bool
+    mask: np.ndarray | None
+
+
+def enable_gpu_memory_growth() -> int:
+    """Let TensorFlow take GPU memory as needed instead of all of it at start; return the number of GPUs.
+
+    Must run before anything touches a GPU. A no-op on machines without one.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as error:  # the device was initialised already; growth cannot change any more
+            logger.warning("cannot enable memory growth", extra={"fields": {"device": gpu.name, "error": str(error)}})
+    return len(gpus)
+
+
+def _compile(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    signature = [tf.TensorSpec(shape=(None, *INPUT_SHAPE), dtype=tf.float32, name="images")]
+    return tf.function(lambda images: model(images, training=False), input_signature=signature)
+
+
+class Predictor:
+    """Classifier + segmenter from one verified model directory.
+
+    Parameters
+    ----------
+    manifest
+        The manifest the models were loaded from; gives the thresholds and the model tags.
+    classifier, segmenter
+        Models taking float32 (N, 256, 256, 3) from `preprocess_slice`; the classifier returns (N, 1) tumor
+        probabilities, the segmenter (N, 256, 256, 1) per-pixel probabilities.
+    observer
+        Optional callback told how long each model run took.
+
+    Raises
+    ------
+    ModelStoreError
+        If the manifest was written for another preprocessing or input shape than this code's.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        classifier: keras.Model,
+        segmenter: keras.Model,
+        observer: InferenceObserver | None = None,
+    ) -> None:
+        if manifest.preprocessing != PREPROCESSING_ID:
+            raise ModelStoreError(
+                f"models were exported for preprocessing {manifest.preprocessing!r}, but this code applies "
+                f"{PREPROCESSING_ID!r}; serving them would feed the models inputs unlike their training data"
+            )
+        if tuple(manifest.input_shape) != INPUT_SHAPE:
+            raise ModelStoreError(
+                f"models take input shape {tuple(manifest.input_shape)}; this service produces {INPUT_SHAPE}"
+            )
+        self.manifest = manifest
+        self._observer = observer
+        self._classifier = _compile(classifier)
+        self._segmenter = _compile(segmenter)
+        self.is_warm = False
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, observer: InferenceObserver | None = None) -> Predictor:
+        """Verify the manifest's sha256s, load both models (raises `ModelStoreError` naming the problem)."""
+        manifest, classifier, segmenter = load_models(model_dir)
+        return cls(manifest, classifier, segmenter, observer=observer)
+
+    @property
+    def classifier_threshold(self) -> float:
+        return self.manifest.classifier.threshold
+
+    @property
+    def mask_threshold(self) -> float:
+        return self.manifest.segmenter.threshold
+
+    @property
+    def model_tags(self) -> dict[str, str]:
+        return {CLASSIFIER: self.manifest.classifier.tag, SEGMENTER: self.manifest.segmenter.tag}
+
+    def warm_up(self) -> None:
+        """Trace both graphs with one blank slice, and check the models' output shapes while at it."""
+        blank = np.zeros((1, *INPUT_SHAPE), dtype=np.float32)
+        probabilities = self._run(CLASSIFIER, self._classifier, blank, observe=False)
+        masks = self._run(SEGMENTER, self._segmenter, blank, observe=False)
+        if probabilities.shape != (1, 1):
+            raise ModelStoreError(f"classifier must output shape (N, 1); it gave {probabilities.shape} for N=1")
+        if masks.shape != (1, *INPUT_SHAPE[:2], 1):
+            raise ModelStoreError(f"segmenter must output shape (N, 256, 256, 1); it gave {masks.shape} for N=1")
+        self.is_warm = True
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        """Tumor probability per slice, shape (N,), for a preprocessed batch (N, 256, 256, 3)."""
+        return self._run(CLASSIFIER, self._classifier, batch).reshape(-1)
+
+    def segment(self, batch: np.ndarray) -> np.ndarray:
+        """Per-pixel tumor probability, shape (N, 256, 256), for a preprocessed batch (N, 256, 256, 3)."""
+        return self._run(SEGMENTER, self._segmenter, batch)[..., 0]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[SlicePrediction]:
+        """Predict decoded uint8 slices (HxW or HxWx3, any size) as one batch; masks come back at input size.
+
+        Raises
+        ------
+        training.preprocessing.InvalidImageError
+            If an array is not an 8-bit slice.
+        """
+        batch = np.stack([preprocess_slice(image) for image in images]) if images else None
+        return self.predict_preprocessed(batch, [tuple(image.shape[:2]) for image in images])
+
+    def predict_preprocessed(
+        self, batch: np.ndarray | None, sizes: Sequence[tuple[int, int]]
+    ) -> list[SlicePrediction]:
+        """Like `predict`, for slices already through `preprocess_slice`; `sizes` are their original (H, W)."""
+        if batch is None or len(sizes) == 0:
+            return []
+        if batch.shape[0] != len(sizes):
+            raise ValueError(f"batch holds {batch.shape[0]} slices but {len(sizes)} sizes were given")
+        probabilities = self.classify(batch)
+        positive = np.flatnonzero(probabilities >= self.classifier_threshold)
+        masks: dict[int, np.ndarray] = {}
+        if positive.size:
+            # Only positives reach the segmenter: it costs more than the classifier and its output would be discarded.
+            for index, probability_map in zip(positive, self.segment(batch[positive]), strict=True):
+                masks[int(index)] = probability_to_mask(probability_map, sizes[index], self.mask_threshold)
+        return [
+            SlicePrediction(probability=float(probability), detected=index in masks, mask=masks.get(index))
+            for index, probability in enumerate(probabilities)
+        ]
+
+    def _run(
+        self, role: str, function: Callable[[tf.Tensor], tf.Tensor], batch: np.ndarray, observe: bool = True
+    ) -> np.ndarray:
+        started = time.perf_counter()
+        output = function(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
+        if observe and self._observer is not None:
+            self._observer(role, time.perf_counter() - started, int(batch.shape[0]))
+        return output

@@ -1,0 +1,77 @@
+"""Prometheus metrics of the service, kept in a registry of their own so each app instance (and test) starts at 0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from app.model_store import Manifest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServiceMetrics:
+    """Request counts and latencies by endpoint and status, model run times, predictions, in-flight work."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "brain_tumor_http_requests", "HTTP requests served.", ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "brain_tumor_http_request_duration_seconds", "Time from request to response.",
+            ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.inference_latency = Histogram(
+            "brain_tumor_model_inference_seconds", "Time of one model run on one batch.", ["model"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.inference_batch_size = Histogram(
+            "brain_tumor_model_batch_size", "Slices per model run.", ["model"], buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "brain_tumor_predictions", "Slices predicted, by outcome.", ["result"], registry=self.registry,
+        )
+        self.positives = Counter(
+            "brain_tumor_positive_predictions", "Slices the classifier called positive.", registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "brain_tumor_inference_in_flight", "Requests waiting for or running inference.", registry=self.registry,
+        )
+        self.ready = Gauge("brain_tumor_ready", "1 once the models are loaded and warm.", registry=self.registry)
+        self.model_info = Info("brain_tumor_model", "The models being served.", registry=self.registry)
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        labels = {"endpoint": endpoint, "method": method, "status": str(status)}
+        self.requests.labels(**labels).inc()
+        self.request_latency.labels(**labels).observe(seconds)
+
+    def observe_inference(self, model: str, seconds: float, batch_size: int) -> None:
+        """An `app.inference.InferenceObserver`."""
+        self.inference_latency.labels(model=model).observe(seconds)
+        self.inference_batch_size.labels(model=model).observe(batch_size)
+
+    def record_predictions(self, detected: Iterable[bool]) -> None:
+        for positive in detected:
+            self.predictions.labels(result="positive" if positive else "negative").inc()
+            if positive:
+                self.positives.inc()
+
+    def set_models(self, manifest: Manifest) -> None:
+        self.model_info.info(
+            {
+                "classifier": manifest.classifier.tag,
+                "segmenter": manifest.segmenter.tag,
+                "preprocessing": manifest.preprocessing,
+                "classifier_threshold": f"{manifest.classifier.threshold:g}",
+                "mask_threshold": f"{manifest.segmenter.threshold:g}",
+            }
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,152 @@
+"""Response bodies of the HTTP API (pydantic v2), also printed by `brain-tumor predict`.
+
+Field order here is the order clients see in the JSON.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from app.model_store import Manifest, ModelEntry
+
+Size = Annotated[list[int], Field(min_length=2, max_length=2, description="[height, width] in pixels")]
+
+
+class MaskFormat(StrEnum):
+    """Which encodings of the mask to return."""
+
+    RLE = "rle"
+    PNG = "png"
+    BOTH = "both"
+
+    @property
+    def includes_rle(self) -> bool:
+        return self in (MaskFormat.RLE, MaskFormat.BOTH)
+
+    @property
+    def includes_png(self) -> bool:
+        return self in (MaskFormat.PNG, MaskFormat.BOTH)
+
+
+class RunLengthEncoding(BaseModel):
+    """COCO compressed RLE (column-major, starting with a run of zeros), as `pycocotools.mask.encode` writes it."""
+
+    size: Size
+    counts: str
+
+
+class Mask(BaseModel):
+    """The predicted tumor mask at the input image's size; `rle` and `png` appear only when requested."""
+
+    size: Size
+    rle: RunLengthEncoding | None = Field(default=None, exclude_if=lambda value: value is None)
+    png: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="base64 of an 8-bit single-channel PNG, 0 = background, 255 = tumor",
+    )
+    area_pixels: int = Field(ge=0)
+    bbox: list[int] | None = Field(
+        description="[x, y, width, height] of the tumor pixels; null when the mask is empty",
+    )
+
+
+class ModelTags(BaseModel):
+    """`name@version` of each model that produced the answer."""
+
+    classifier: str
+    segmenter: str
+
+
+class Prediction(BaseModel):
+    """The answer for one slice. `mask` is null when no tumor is detected (the segmenter then does not run)."""
+
+    tumor_probability: float = Field(ge=0.0, le=1.0)
+    tumor_detected: bool = Field(description="tumor_probability >= threshold")
+    threshold: float = Field(description="the classifier's decision threshold")
+    mask: Mask | None
+
+
+class PredictionResponse(Prediction):
+    models: ModelTags
+    request_id: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error response."""
+
+    error: ErrorDetail
+
+
+class BatchItemSuccess(BaseModel):
+    index: int = Field(ge=0, description="position of the file in the request")
+    ok: Literal[True] = True
+    prediction: Prediction
+
+
+class BatchItemFailure(BaseModel):
+    index: int = Field(ge=0, description="position of the file in the request")
+    ok: Literal[False] = False
+    error: ErrorDetail
+
+
+class BatchPredictionResponse(BaseModel):
+    results: list[BatchItemSuccess | BatchItemFailure]
+    models: ModelTags
+    request_id: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    tag: str
+    parameters: int
+    threshold: float
+
+    @classmethod
+    def from_entry(cls, entry: ModelEntry) -> ModelInfo:
+        return cls(
+            name=entry.name,
+            version=entry.version,
+            tag=entry.tag,
+            parameters=entry.parameters,
+            threshold=entry.threshold,
+        )
+
+
+class ModelsResponse(BaseModel):
+    """The public part of the model manifest (file names and hashes left out)."""
+
+    classifier: ModelInfo
+    segmenter: ModelInfo
+    input_shape: list[int]
+    preprocessing: str
+    metrics: dict
+    training_data: str
+    versions: dict[str, str] = Field(description="framework versions that exported the models")
+    format_version: int
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> ModelsResponse:
+        return cls(
+            classifier=ModelInfo.from_entry(manifest.classifier),
+            segmenter=ModelInfo.from_entry(manifest.segmenter),
+            input_shape=manifest.input_shape,
+            preprocessing=manifest.preprocessing,
+            metrics=manifest.metrics,
+            training_data=manifest.training_data,
+            versions=manifest.versions,
+            format_version=manifest.format_version,
+        )
+
+
+class HealthStatus(BaseModel):
+    status: Literal["alive", "ready"]

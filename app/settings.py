@@ -1,0 +1,60 @@
+"""Service configuration: the one place that reads environment variables.
+
+Every field is read from the environment variable of the same name in upper case (MODEL_DIR, HOST, PORT, LOG_LEVEL,
+MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES, MAX_BATCH_UPLOAD_BYTES); anything else in the environment is
+ignored.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "models"
+MIB = 1 << 20
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Validated settings of the HTTP service and the CLI."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    model_dir: Path = Field(
+        default=DEFAULT_MODEL_DIR,
+        description="folder with manifest.json and the exported models (default: the repository's models/)",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: LogLevel = "INFO"
+    max_upload_bytes: int = Field(default=20 * MIB, gt=0, description="largest accepted file, in bytes")
+    max_image_pixels: int = Field(
+        default=4096 * 4096, gt=0, description="largest accepted image (width x height), checked before decoding"
+    )
+    max_batch_files: int = Field(default=64, gt=0, description="most files in one /v1/predict/batch request")
+    max_batch_upload_bytes: int = Field(
+        default=128 * MIB, gt=0, description="largest /v1/predict/batch request body, in bytes"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("model_dir", mode="after")
+    @classmethod
+    def _absolute_model_dir(cls, value: Path) -> Path:
+        # Relative paths from the environment are taken from the working directory, once, here.
+        return value.expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()
