@@ -151,9 +151,7 @@ class Predictor:
         batch = np.stack([preprocess_slice(image) for image in images]) if images else None
         return self.predict_preprocessed(batch, [tuple(image.shape[:2]) for image in images])
 
-    def predict_preprocessed(
-        self, batch: np.ndarray | None, sizes: Sequence[tuple[int, int]]
-    ) -> list[SlicePrediction]:
+    def predict_preprocessed(self, batch: np.ndarray | None, sizes: Sequence[tuple[int, int]]) -> list[SlicePrediction]:
         """Like `predict`, for slices already through `preprocess_slice`; `sizes` are their original (H, W)."""
         if batch is None or len(sizes) == 0:
             return []

@@ -18,29 +18,47 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
-            "brain_tumor_http_requests", "HTTP requests served.", ["endpoint", "method", "status"],
+            "brain_tumor_http_requests",
+            "HTTP requests served.",
+            ["endpoint", "method", "status"],
             registry=self.registry,
         )
         self.request_latency = Histogram(
-            "brain_tumor_http_request_duration_seconds", "Time from request to response.",
-            ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "brain_tumor_http_request_duration_seconds",
+            "Time from request to response.",
+            ["endpoint", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.inference_latency = Histogram(
-            "brain_tumor_model_inference_seconds", "Time of one model run on one batch.", ["model"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "brain_tumor_model_inference_seconds",
+            "Time of one model run on one batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.inference_batch_size = Histogram(
-            "brain_tumor_model_batch_size", "Slices per model run.", ["model"], buckets=BATCH_BUCKETS,
+            "brain_tumor_model_batch_size",
+            "Slices per model run.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.predictions = Counter(
-            "brain_tumor_predictions", "Slices predicted, by outcome.", ["result"], registry=self.registry,
+            "brain_tumor_predictions",
+            "Slices predicted, by outcome.",
+            ["result"],
+            registry=self.registry,
         )
         self.positives = Counter(
-            "brain_tumor_positive_predictions", "Slices the classifier called positive.", registry=self.registry,
+            "brain_tumor_positive_predictions",
+            "Slices the classifier called positive.",
+            registry=self.registry,
         )
         self.in_flight = Gauge(
-            "brain_tumor_inference_in_flight", "Requests waiting for or running inference.", registry=self.registry,
+            "brain_tumor_inference_in_flight",
+            "Requests waiting for or running inference.",
+            registry=self.registry,
         )
         self.ready = Gauge("brain_tumor_ready", "1 once the models are loaded and warm.", registry=self.registry)
         self.model_info = Info("brain_tumor_model", "The models being served.", registry=self.registry)

@@ -69,9 +69,7 @@ def mask_payload(mask: np.ndarray, mask_format: schemas.MaskFormat) -> schemas.M
     )
 
 
-def slice_payload(
-    prediction: SlicePrediction, threshold: float, mask_format: schemas.MaskFormat
-) -> schemas.Prediction:
+def slice_payload(prediction: SlicePrediction, threshold: float, mask_format: schemas.MaskFormat) -> schemas.Prediction:
     mask = prediction.mask
     return schemas.Prediction(
         tumor_probability=prediction.probability,
