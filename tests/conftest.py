@@ -1,0 +1,76 @@
+"""Shared fixtures: a few real LGG slices committed under tests/data, and tiny exported model folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.export import write_manifest
+from training.models import build_classifier, build_resunet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(__file__).resolve().parent / "data" / "lgg"
+COMMITTED_MODEL_DIR = REPO_ROOT / "models"
+TUMOR_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_22.jpg"
+TUMOR_SERIES = [TEST_DATA / "TCGA_DU_A5TW_19980228" / f"TCGA_DU_A5TW_19980228_{n}.jpg" for n in (20, 21, 22)]
+TUMOR_FREE_SLICE = TEST_DATA / "TCGA_CS_4941_19960909" / "TCGA_CS_4941_19960909_10.jpg"
+
+
+def mask_path_of(image_path: Path) -> Path:
+    return image_path.with_name(f"{image_path.stem}_mask.png")
+
+
+def read_slice(image_path: Path) -> np.ndarray:
+    """uint8 256x256x3 (pre-contrast, FLAIR, post-contrast)."""
+    return np.asarray(Image.open(image_path))
+
+
+def read_truth(image_path: Path) -> np.ndarray:
+    """uint8 0/1 ground-truth mask of a committed slice."""
+    return (np.asarray(Image.open(mask_path_of(image_path))) > 127).astype(np.uint8)
+
+
+def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    total = int(truth.sum()) + int(predicted.sum())
+    return 1.0 if total == 0 else 2.0 * float(np.logical_and(truth, predicted).sum()) / total
+
+
+def make_tiny_model_dir(directory: Path, classifier_threshold: float = 0.0, mask_threshold: float = 0.5) -> Path:
+    """Export two tiny untrained models with a valid manifest into `directory`.
+
+    With `classifier_threshold=0.0` every slice counts as positive, so the segmenter path always runs; the masks are
+    whatever random weights draw, which is enough to test plumbing, never accuracy.
+    """
+    keras.utils.set_random_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "split.json").write_text(json.dumps({"seed": 0, "train": [], "validation": [], "test": []}))
+    write_manifest(
+        directory,
+        build_classifier(filters=(4, 8)),
+        build_resunet(filters=(4, 8, 16)),
+        classifier_threshold=classifier_threshold,
+        mask_threshold=mask_threshold,
+        split_file="split.json",
+        metrics={"note": "tiny untrained test models"},
+        version="0.0.0-test",
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Tiny untrained models that call every slice positive."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def committed_model_dir() -> Path:
+    """The trained models shipped in the repository."""
+    if not (COMMITTED_MODEL_DIR / "manifest.json").is_file():
+        pytest.fail(f"no trained models committed: {COMMITTED_MODEL_DIR / 'manifest.json'} is missing")
+    return COMMITTED_MODEL_DIR
