@@ -85,3 +85,14 @@ class RequestValidationFailed(ServiceError):
 class ModelUnavailableError(ServiceError):
     code = "model_unavailable"
     kind = ErrorKind.UNAVAILABLE
+
+
+class OverloadedError(ServiceError):
+    """The inference queue is full; the client should retry after `retry_after_seconds`."""
+
+    code = "overloaded"
+    kind = ErrorKind.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

@@ -55,9 +55,9 @@ class ServiceMetrics:
             "Slices the classifier called positive.",
             registry=self.registry,
         )
-        self.in_flight = Gauge(
-            "brain_tumor_inference_in_flight",
-            "Requests waiting for or running inference.",
+        self.queue_depth = Gauge(
+            "brain_tumor_inference_queue_slices",
+            "Slices waiting for or running in the models (the micro-batcher's queue).",
             registry=self.registry,
         )
         self.ready = Gauge("brain_tumor_ready", "1 once the models are loaded and warm.", registry=self.registry)

@@ -1,11 +1,12 @@
 """From uploaded bytes to the response payload: the one pipeline shared by the HTTP API and the CLI.
 
-decode (`app.imaging`) -> `training.preprocessing.preprocess_slice` -> `Predictor` -> mask encodings
-(`app.masks`). No HTTP here: failures are `app.errors.ServiceError`s.
+decode (`app.imaging`) -> `training.preprocessing.preprocess_slice` -> models (`app.inference.Predictor`, through the
+micro-batcher in the service) -> mask encodings (`app.masks`). No HTTP here: failures are `app.errors.ServiceError`s.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,6 @@ from app import masks, schemas
 from app.errors import InvalidSliceError, PayloadTooLargeError, ServiceError
 from app.imaging import decode_image
 from app.inference import Predictor, SlicePrediction
-from app.overlay import render_overlay_png
 from app.settings import Settings
 from training.preprocessing import InvalidImageError, preprocess_slice
 
@@ -32,6 +32,20 @@ class UploadLimits:
         return cls(max_upload_bytes=settings.max_upload_bytes, max_image_pixels=settings.max_image_pixels)
 
 
+@dataclass(frozen=True)
+class PreparedSlice:
+    """One decoded upload: its model input (256x256x3), original (H, W), and the decoded uint8 image if kept."""
+
+    model_input: np.ndarray
+    size: tuple[int, int]
+    image: np.ndarray | None = None
+
+
+def sha256_hex(data: bytes) -> str:
+    """What the logs record about an upload: its hash, never its content or name."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def check_upload_size(size: int, limits: UploadLimits, complete: bool = True) -> None:
     """Raise `PayloadTooLargeError` if a file of `size` bytes is over the limit.
 
@@ -42,18 +56,41 @@ def check_upload_size(size: int, limits: UploadLimits, complete: bool = True) ->
         raise PayloadTooLargeError(f"file must be at most {limits.max_upload_bytes} bytes; got {found}")
 
 
-def load_slice(data: bytes, limits: UploadLimits) -> np.ndarray:
-    """Check the size and decode one file into a uint8 slice (HxW or HxWx3)."""
+def prepare_upload(data: bytes, limits: UploadLimits, keep_image: bool = False) -> PreparedSlice:
+    """Check the size, decode, and preprocess one file (CPU work: call it off the event loop).
+
+    The full-size decoded image is dropped unless `keep_image` (the overlay needs it), so a batch of large files
+    holds only 256x256 inputs while it waits for the models.
+    """
     check_upload_size(len(data), limits)
-    return decode_image(data, max_pixels=limits.max_image_pixels)
-
-
-def prepare_slice(image: np.ndarray) -> np.ndarray:
-    """`preprocess_slice`, with its `InvalidImageError` turned into the service's error."""
+    image = decode_image(data, max_pixels=limits.max_image_pixels)
     try:
-        return preprocess_slice(image)
+        model_input = preprocess_slice(image)
     except InvalidImageError as error:
         raise InvalidSliceError(str(error)) from error
+    size = (int(image.shape[0]), int(image.shape[1]))
+    return PreparedSlice(model_input, size, image if keep_image else None)
+
+
+def prepare_uploads(
+    uploads: Sequence[bytes | ServiceError], limits: UploadLimits
+) -> list[PreparedSlice | ServiceError]:
+    """`prepare_upload` for each file; a file that fails (or could not even be read) yields its error in its place."""
+    prepared: list[PreparedSlice | ServiceError] = []
+    for data in uploads:
+        if isinstance(data, ServiceError):
+            prepared.append(data)
+            continue
+        try:
+            prepared.append(prepare_upload(data, limits))
+        except ServiceError as error:
+            prepared.append(error)
+    return prepared
+
+
+def stack_inputs(prepared: Sequence[PreparedSlice]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The model batch and the original sizes of the slices that decoded."""
+    return np.stack([item.model_input for item in prepared]), [item.size for item in prepared]
 
 
 def mask_payload(mask: np.ndarray, mask_format: schemas.MaskFormat) -> schemas.Mask:
@@ -79,48 +116,29 @@ def slice_payload(prediction: SlicePrediction, threshold: float, mask_format: sc
     )
 
 
-def predict_uploads(
-    predictor: Predictor,
-    uploads: Sequence[bytes],
-    limits: UploadLimits,
-    mask_format: schemas.MaskFormat = schemas.MaskFormat.RLE,
+def in_request_order(
+    prepared: Sequence[PreparedSlice | ServiceError], predictions: Sequence[SlicePrediction]
+) -> list[SlicePrediction | ServiceError]:
+    """Put each decoded file's prediction, and each failed file's error, back in request order."""
+    remaining = iter(predictions)
+    return [item if isinstance(item, ServiceError) else next(remaining) for item in prepared]
+
+
+def payloads(
+    outcomes: Sequence[SlicePrediction | ServiceError], threshold: float, mask_format: schemas.MaskFormat
 ) -> list[schemas.Prediction | ServiceError]:
-    """Predict several files as one model batch; a file that fails yields its error in its place.
-
-    Each file is decoded and shrunk to model input before the next is read, so at most one full-size image is
-    held at a time besides the masks.
-    """
-    outcomes: list[schemas.Prediction | ServiceError | None] = [None] * len(uploads)
-    inputs: list[np.ndarray] = []
-    sizes: list[tuple[int, int]] = []
-    positions: list[int] = []
-    for position, data in enumerate(uploads):
-        try:
-            image = load_slice(data, limits)
-            inputs.append(prepare_slice(image))
-        except ServiceError as error:
-            outcomes[position] = error
-            continue
-        sizes.append((int(image.shape[0]), int(image.shape[1])))
-        positions.append(position)
-    batch = np.stack(inputs) if inputs else None
-    for position, prediction in zip(positions, predictor.predict_preprocessed(batch, sizes), strict=True):
-        outcomes[position] = slice_payload(prediction, predictor.classifier_threshold, mask_format)
-    return outcomes  # type: ignore[return-value]  # every position was filled above
+    """Encode each prediction for the response; errors pass through."""
+    return [
+        outcome if isinstance(outcome, ServiceError) else slice_payload(outcome, threshold, mask_format)
+        for outcome in outcomes
+    ]
 
 
-def predict_upload(
-    predictor: Predictor, data: bytes, limits: UploadLimits, mask_format: schemas.MaskFormat = schemas.MaskFormat.RLE
-) -> schemas.Prediction:
-    """Predict one file; raises its `ServiceError`."""
-    (outcome,) = predict_uploads(predictor, [data], limits, mask_format)
-    if isinstance(outcome, ServiceError):
-        raise outcome
-    return outcome
-
-
-def overlay_upload(predictor: Predictor, data: bytes, limits: UploadLimits) -> tuple[bytes, SlicePrediction]:
-    """PNG of the slice with the predicted outline, and the prediction it shows."""
-    image = load_slice(data, limits)
-    (prediction,) = predictor.predict_preprocessed(prepare_slice(image)[None], [image.shape[:2]])
-    return render_overlay_png(image, prediction.mask), prediction
+def predict_uploads(
+    predictor: Predictor, uploads: Sequence[bytes], limits: UploadLimits
+) -> list[SlicePrediction | ServiceError]:
+    """The synchronous pipeline (CLI, tests): all files as one model batch, errors in place of failed files."""
+    prepared = prepare_uploads(uploads, limits)
+    decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
+    predictions = predictor.predict_preprocessed(*stack_inputs(decoded)) if decoded else []
+    return in_request_order(prepared, predictions)

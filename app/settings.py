@@ -1,8 +1,7 @@
 """Service configuration: the one place that reads environment variables.
 
-Every field is read from the environment variable of the same name in upper case (MODEL_DIR, HOST, PORT, LOG_LEVEL,
-MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, MAX_BATCH_FILES, MAX_BATCH_UPLOAD_BYTES); anything else in the environment is
-ignored.
+Every field is read from the environment variable of the same name in upper case (MODEL_DIR, HOST, PORT, ...);
+anything else in the environment is ignored. The README's configuration table lists them all.
 """
 
 from __future__ import annotations
@@ -40,6 +39,19 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(default=64, gt=0, description="most files in one /v1/predict/batch request")
     max_batch_upload_bytes: int = Field(
         default=128 * MIB, gt=0, description="largest /v1/predict/batch request body, in bytes"
+    )
+
+    inference_batch_size: int = Field(
+        default=16, gt=0, description="most slices the micro-batcher runs through the models at once"
+    )
+    inference_batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="how long the micro-batcher waits for more requests before running a batch; 0 batches only what "
+        "queued up while the previous batch ran, so a lone request never waits",
+    )
+    inference_queue_slices: int = Field(
+        default=256, gt=0, description="most slices waiting for inference; more are refused with 503 and Retry-After"
     )
 
     @field_validator("log_level", mode="before")

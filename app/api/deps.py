@@ -7,9 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.batching import MicroBatcher
 from app.errors import ModelUnavailableError
 from app.inference import Predictor
 from app.metrics import ServiceMetrics
+from app.model_store import Manifest
 from app.settings import Settings
 
 
@@ -18,10 +20,20 @@ def get_app_settings(request: Request) -> Settings:
 
 
 def get_predictor(request: Request) -> Predictor:
-    predictor = request.app.state.predictor
-    if predictor is None or not request.app.state.ready:
-        raise ModelUnavailableError("the models are not loaded yet; retry when GET /health/ready answers 200")
-    return predictor
+    """The loaded, warm models; 503 `model_unavailable` before that."""
+    state = request.app.state
+    if state.predictor is None or not state.ready:
+        reason = f"loading failed: {state.load_error}" if state.load_error else "the models are still loading"
+        raise ModelUnavailableError(f"{reason}; retry when GET /health/ready answers 200")
+    return state.predictor
+
+
+def get_batcher(request: Request, _: Annotated[Predictor, Depends(get_predictor)]) -> MicroBatcher:
+    return request.app.state.batcher
+
+
+def get_manifest(request: Request) -> Manifest:
+    return request.app.state.manifest
 
 
 def get_metrics(request: Request) -> ServiceMetrics:
@@ -34,5 +46,7 @@ def get_request_id(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+ManifestDep = Annotated[Manifest, Depends(get_manifest)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

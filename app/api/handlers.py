@@ -11,6 +11,7 @@
 | too_many_files         | 413    | a batch with more than MAX_BATCH_FILES files                  |
 | validation_error       | 422    | a missing or malformed field (e.g. no `file`)                 |
 | model_unavailable      | 503    | the models are not loaded and warm yet                        |
+| overloaded             | 503    | the inference queue is full; `Retry-After` says when to retry |
 | not_found, ...         | 4xx    | other HTTP errors (unknown path, wrong method)                |
 | internal_error         | 500    | a bug; logged with its traceback                              |
 """
@@ -25,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError
+from app.errors import ErrorKind, OverloadedError, PayloadTooLargeError, RequestValidationFailed, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,10 @@ def error_body(code: str, message: str) -> dict:
 
 
 def service_error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error_body(error.code, error.message), status_code=int(STATUS_BY_KIND[error.kind]))
+    headers = {"Retry-After": str(error.retry_after_seconds)} if isinstance(error, OverloadedError) else None
+    return JSONResponse(
+        error_body(error.code, error.message), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
+    )
 
 
 def _remember_error(request: Request, code: str) -> None:

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.handlers import service_error_response
@@ -24,13 +23,12 @@ UNMATCHED = "unmatched"
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route a request goes to (`/v1/predict`), never the raw path, to bound labels."""
-    router = getattr(scope.get("app"), "router", None)
-    for route in getattr(router, "routes", ()):
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return getattr(route, "path", UNMATCHED)
-    return UNMATCHED
+    """The path template of the route that served a request (`/v1/predict`), never the raw path, to bound labels.
+
+    The router records the matched route in the scope; requests refused before routing (413 from the upload limit,
+    unknown paths) are `unmatched`.
+    """
+    return getattr(scope.get("route"), "path", UNMATCHED)
 
 
 class RequestContextMiddleware:
@@ -49,7 +47,6 @@ class RequestContextMiddleware:
         request_id = offered if _CLIENT_REQUEST_ID.match(offered) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        endpoint = route_template(scope)
         status = 500
         started = time.perf_counter()
 
@@ -64,6 +61,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
+            endpoint = route_template(scope)
             self.metrics.observe_request(endpoint, scope["method"], status, seconds)
             fields = {
                 "request_id": request_id,

@@ -1,0 +1,105 @@
+"""The `brain-tumor` command: serve the API, predict files offline, train and evaluate models.
+
+brain-tumor serve                         # HOST:PORT from the environment (default 127.0.0.1:8000)
+brain-tumor predict slice.png [--masks-dir masks/] [--mask-format both]
+brain-tumor train --model segmenter --data-root ../shared/lgg/kaggle_3m_dev --output-dir runs/segmenter
+brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights ... --segmenter-weights ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app import schemas
+from app.errors import ServiceError
+from app.settings import get_settings
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.logging_config import configure_logging
+    from app.main import create_app
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_config=None,  # keep our JSON logging
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Same decoding, preprocessing, models and JSON as `POST /v1/predict/batch`; exit 1 if any file failed."""
+    from app.inference import Predictor
+    from app.masks import png_bytes
+    from app.pipeline import UploadLimits, predict_uploads, slice_payload
+
+    settings = get_settings()
+    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir)
+    uploads = [Path(path).read_bytes() for path in args.files]
+    outcomes = predict_uploads(predictor, uploads, UploadLimits.from_settings(settings))
+    results = []
+    for index, (path, outcome) in enumerate(zip(args.files, outcomes, strict=True)):
+        if isinstance(outcome, ServiceError):
+            results.append({"index": index, "file": path, "ok": False, "error": outcome.to_dict()})
+            continue
+        payload = slice_payload(outcome, predictor.classifier_threshold, args.mask_format)
+        item = {"index": index, "file": path, "ok": True, "prediction": payload.model_dump(mode="json")}
+        if args.masks_dir and outcome.mask is not None:
+            target = Path(args.masks_dir) / f"{Path(path).stem}_mask.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png_bytes(outcome.mask))
+            item["mask_file"] = str(target)
+        results.append(item)
+    print(json.dumps({"results": results, "models": predictor.model_tags}, indent=2))
+    return 1 if any(not result["ok"] for result in results) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the HTTP service on the models in MODEL_DIR")
+    serve_parser.add_argument("--host", default=None, help="default: HOST, else 127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=None, help="default: PORT, else 8000")
+    serve_parser.set_defaults(run=serve)
+
+    predict_parser = commands.add_parser("predict", help="predict image files offline (JSON on stdout)")
+    predict_parser.add_argument("files", nargs="+", help="PNG, JPEG or TIFF slices")
+    predict_parser.add_argument("--masks-dir", default=None, help="write <stem>_mask.png here for each positive")
+    predict_parser.add_argument("--mask-format", type=schemas.MaskFormat, default=schemas.MaskFormat.RLE)
+    predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
+    predict_parser.set_defaults(run=predict)
+
+    for name, module in (("train", "training.train"), ("evaluate", "training.evaluate")):
+        passthrough = commands.add_parser(name, help=f"python -m {module} (see --help)", add_help=False)
+        passthrough.set_defaults(run=None, module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.run is None:  # train / evaluate: hand the remaining arguments to the training package
+        import importlib
+
+        importlib.import_module(args.module).main(rest)
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

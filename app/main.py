@@ -1,0 +1,115 @@
+"""Assembles the FastAPI application: settings, lifespan (models load once), middleware, routers, error handlers.
+
+uvicorn --factory app.main:create_app      # or: brain-tumor serve
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from app.api import handlers
+from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from app.api.routes import health, models, predict
+from app.batching import MicroBatcher
+from app.errors import ServiceError
+from app.inference import Predictor, enable_gpu_memory_growth
+from app.metrics import ServiceMetrics
+from app.model_store import ModelStoreError, read_manifest
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Brain-tumor detection and segmentation on 2-D MRI slices (LGG FLAIR), for research use only: not a medical "
+    "device, not validated for clinical use."
+)
+
+
+async def load_models(app: FastAPI) -> None:
+    """Load and warm up both models off the event loop, then start the micro-batcher and turn readiness on."""
+    state = app.state
+    try:
+        predictor = await asyncio.to_thread(
+            Predictor.from_model_dir, state.settings.model_dir, state.metrics.observe_inference
+        )
+        await asyncio.to_thread(predictor.warm_up)
+    except (ModelStoreError, OSError, ValueError) as error:
+        state.load_error = str(error)
+        logger.critical("model loading failed", extra={"fields": {"error": str(error)}})
+        return
+    state.predictor = predictor
+    state.batcher = MicroBatcher(
+        predictor.predict_preprocessed,
+        max_batch_size=state.settings.inference_batch_size,
+        max_wait_seconds=state.settings.inference_batch_wait_ms / 1000.0,
+        max_queued_slices=state.settings.inference_queue_slices,
+        on_queue_change=state.metrics.queue_depth.set,
+    )
+    state.batcher.start()
+    state.ready = True
+    state.metrics.ready.set(1)
+    logger.info("models ready", extra={"fields": predictor.model_tags})
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Check the model files before serving (a bad hash stops startup), then load the models in the background.
+
+    Liveness answers at once; readiness turns true after the warm-up, so orchestrators hold traffic until then.
+    """
+    state = app.state
+    enable_gpu_memory_growth()
+    try:
+        state.manifest = read_manifest(state.settings.model_dir)
+    except ModelStoreError as error:
+        logger.critical("refusing to start", extra={"fields": {"error": str(error)}})
+        raise
+    state.metrics.set_models(state.manifest)
+    loading = asyncio.create_task(load_models(app), name="load-models")
+    try:
+        yield
+    finally:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        if state.batcher is not None:
+            await state.batcher.stop()
+        state.ready = False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; nothing heavy happens until its lifespan starts."""
+    settings = settings or get_settings()
+    metrics = ServiceMetrics()
+    app = FastAPI(title="Brain tumor MRI service", description=DESCRIPTION, version="1.0.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.manifest = None
+    app.state.predictor = None
+    app.state.batcher = None
+    app.state.ready = False
+    app.state.load_error = None
+
+    app.include_router(predict.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+
+    app.add_exception_handler(ServiceError, handlers.handle_service_error)
+    app.add_exception_handler(RequestValidationError, handlers.handle_validation_error)
+    app.add_exception_handler(HTTPException, handlers.handle_http_exception)
+    app.add_exception_handler(Exception, handlers.handle_unexpected_error)
+
+    # Added last = outermost: the request id and access log wrap everything, including 413s from the size limit.
+    app.add_middleware(
+        UploadLimitMiddleware,
+        default_limit=settings.max_upload_bytes + 64 * 1024,  # multipart framing around one file
+        limits={"/v1/predict/batch": settings.max_batch_upload_bytes},
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
