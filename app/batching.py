@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.errors import OverloadedError
+from app.errors import InferenceTimeoutError, OverloadedError
 from app.inference import SlicePrediction
 
 logger = logging.getLogger(__name__)
@@ -94,13 +94,17 @@ class MicroBatcher:
             self._worker = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, inputs: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[SlicePrediction]:
+    async def submit(
+        self, inputs: np.ndarray, sizes: Sequence[tuple[int, int]], timeout_seconds: float | None = None
+    ) -> list[SlicePrediction]:
         """Queue preprocessed slices and wait for their predictions (in the same order).
 
         Raises
         ------
         OverloadedError
             If the queue already holds `max_queued_slices` slices.
+        InferenceTimeoutError
+            If the predictions take longer than `timeout_seconds`; the job is dropped if it has not started.
         """
         if len(inputs) != len(sizes):
             raise ValueError(f"inputs hold {len(inputs)} slices but {len(sizes)} sizes were given")
@@ -110,12 +114,18 @@ class MicroBatcher:
             raise OverloadedError(
                 f"the inference queue is full ({self._queued_slices} of {self.max_queued_slices} slices waiting); "
                 "retry shortly",
-                retry_after_seconds=1,
+                retry_after_seconds=1.0,
             )
         job = _Job(inputs, list(sizes), asyncio.get_running_loop().create_future())
         self._change_queued(len(job))
         self._queue.put_nowait(job)
-        return await job.future
+        try:
+            return await asyncio.wait_for(job.future, timeout_seconds)
+        except TimeoutError:
+            raise InferenceTimeoutError(
+                f"no answer from the models within {timeout_seconds:g} s; the service is busy, retry later",
+                retry_after_seconds=1.0,
+            ) from None
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -141,7 +151,7 @@ class MicroBatcher:
 
     async def _collect(self) -> list[_Job]:
         """Wait for one job, then add the ones already queued (or arriving within the wait) up to the batch size."""
-        jobs = [await self._queue.get()]
+        jobs = [await self._next_live_job()]
         count = len(jobs[0])
         deadline = asyncio.get_running_loop().time() + self.max_wait_seconds
         while count < self.max_batch_size:
@@ -155,6 +165,9 @@ class MicroBatcher:
                     job = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
+            if job.future.done():  # timed out or cancelled while queued: nobody waits for it
+                self._change_queued(-len(job))
+                continue
             if count + len(job) > self.max_batch_size:
                 # Too big to join: it leads the next batch instead.
                 self._requeue_first(job)
@@ -162,6 +175,13 @@ class MicroBatcher:
             jobs.append(job)
             count += len(job)
         return jobs
+
+    async def _next_live_job(self) -> _Job:
+        while True:
+            job = await self._queue.get()
+            if not job.future.done():
+                return job
+            self._change_queued(-len(job))
 
     def _requeue_first(self, job: _Job) -> None:
         waiting = [job]

@@ -63,6 +63,19 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if any(not result["ok"] for result in results) else 0
 
 
+def hash_key(args: argparse.Namespace) -> int:
+    """Print `id:sha256` for an API keys file; the key is read from standard input so it stays out of the shell
+    history."""
+    from app.security import hash_key as sha256_of_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("no key on standard input", file=sys.stderr)
+        return 2
+    print(f"{args.key_id}:{sha256_of_key(key)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -80,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--mask-format", type=schemas.MaskFormat, default=schemas.MaskFormat.RLE)
     predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
     predict_parser.set_defaults(run=predict)
+
+    hash_parser = commands.add_parser("hash-key", help="print an API_KEYS_FILE line for the key on standard input")
+    hash_parser.add_argument("key_id", help="the name the audit log will show for this key")
+    hash_parser.set_defaults(run=hash_key)
 
     for name, module in (("train", "training.train"), ("evaluate", "training.evaluate")):
         passthrough = commands.add_parser(name, help=f"python -m {module} (see --help)", add_help=False)

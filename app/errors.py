@@ -17,7 +17,9 @@ class ErrorKind(StrEnum):
     UNSUPPORTED_TYPE = "unsupported_type"  # not a format we read at all (HTTP 415)
     TOO_LARGE = "too_large"  # over a configured size limit (HTTP 413)
     INVALID_REQUEST = "invalid_request"  # a missing or malformed request field (HTTP 422)
-    UNAVAILABLE = "unavailable"  # the models are not loaded (HTTP 503)
+    UNAVAILABLE = "unavailable"  # the models are not loaded, or the queue is full (HTTP 503)
+    UNAUTHORIZED = "unauthorized"  # no valid API key (HTTP 401)
+    RATE_LIMITED = "rate_limited"  # over the per-client request rate (HTTP 429)
 
 
 class ServiceError(Exception):
@@ -26,9 +28,10 @@ class ServiceError(Exception):
     code: ClassVar[str] = "service_error"
     kind: ClassVar[ErrorKind] = ErrorKind.INVALID_INPUT
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_seconds = retry_after_seconds  # sent as Retry-After when set
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -93,6 +96,19 @@ class OverloadedError(ServiceError):
     code = "overloaded"
     kind = ErrorKind.UNAVAILABLE
 
-    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_seconds = retry_after_seconds
+
+class InferenceTimeoutError(ServiceError):
+    """The models did not answer within the request timeout (the queue is too long for this request)."""
+
+    code = "inference_timeout"
+    kind = ErrorKind.UNAVAILABLE
+
+
+class AuthenticationError(ServiceError):
+    code = "unauthorized"
+    kind = ErrorKind.UNAUTHORIZED
+
+
+class RateLimitedError(ServiceError):
+    code = "rate_limited"
+    kind = ErrorKind.RATE_LIMITED

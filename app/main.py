@@ -6,6 +6,7 @@ uvicorn --factory app.main:create_app      # or: brain-tumor serve
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from app.api import handlers
-from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from app.api.middleware import AccessControlMiddleware, RequestContextMiddleware, UploadLimitMiddleware
 from app.api.routes import health, models, predict
+from app.audit import AuditLog
 from app.batching import MicroBatcher
 from app.errors import ServiceError
 from app.inference import Predictor, enable_gpu_memory_growth
 from app.metrics import ServiceMetrics
 from app.model_store import ModelStoreError, read_manifest
+from app.security import ApiKeyStore, RateLimiter
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     Liveness answers at once; readiness turns true after the warm-up, so orchestrators hold traffic until then.
     """
     state = app.state
+    if not state.api_keys.enabled and not is_loopback(state.settings.host):
+        logger.warning(
+            "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it",
+            extra={"fields": {"host": state.settings.host}},
+        )
     enable_gpu_memory_growth()
     try:
         state.manifest = read_manifest(state.settings.model_dir)
@@ -81,15 +89,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.batcher is not None:
             await state.batcher.stop()
         state.ready = False
+        state.audit.close()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; nothing heavy happens until its lifespan starts."""
     settings = settings or get_settings()
     metrics = ServiceMetrics()
+    api_keys = ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file)
+    limiter = (
+        RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        if settings.rate_limit_per_minute
+        else None
+    )
+    audit = AuditLog(settings.audit_log_file)
     app = FastAPI(title="Brain tumor MRI service", description=DESCRIPTION, version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.api_keys = api_keys
+    app.state.audit = audit
     app.state.manifest = None
     app.state.predictor = None
     app.state.batcher = None
@@ -105,11 +130,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, handlers.handle_http_exception)
     app.add_exception_handler(Exception, handlers.handle_unexpected_error)
 
-    # Added last = outermost: the request id and access log wrap everything, including 413s from the size limit.
+    # Added last = outermost: the request id and logs wrap everything, then keys and rate limit, then body size.
     app.add_middleware(
         UploadLimitMiddleware,
         default_limit=settings.max_upload_bytes + 64 * 1024,  # multipart framing around one file
         limits={"/v1/predict/batch": settings.max_batch_upload_bytes},
     )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(AccessControlMiddleware, keys=api_keys, limiter=limiter)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, audit=audit)
     return app

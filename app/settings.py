@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models"
@@ -53,6 +53,34 @@ class Settings(BaseSettings):
     inference_queue_slices: int = Field(
         default=256, gt=0, description="most slices waiting for inference; more are refused with 503 and Retry-After"
     )
+
+    request_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="longest a request waits for the models before a 503 inference_timeout"
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated id:key pairs; with any key set (here or in API_KEYS_FILE) every endpoint but "
+        "/health/* and the web page's files needs a valid X-API-Key header",
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="file of id:sha256hex lines (brain-tumor hash-key prints the hash of a key)"
+    )
+    rate_limit_per_minute: int = Field(
+        default=0, ge=0, description="requests a minute per API key (per client address without keys); 0 = off"
+    )
+    rate_limit_burst: int | None = Field(
+        default=None, gt=0, description="requests allowed at once before the rate applies (default: the rate)"
+    )
+    audit_log_file: Path | None = Field(
+        default=None, description="where the audit log's JSON lines go (default: standard output)"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -118,6 +118,9 @@ def train(args: argparse.Namespace) -> dict:
         args.model, train_arrays, validation_arrays, args.batch_size, args.negatives_per_epoch, args.seed
     )
     model = compile_model(args.model, args.learning_rate)
+    if args.initial_weights:
+        # Fine-tuning from an earlier run, e.g. to continue training with a lower learning rate.
+        model.load_weights(args.initial_weights)
     monitor = "val_loss"
     checkpoint_path = output_dir / "best.weights.h5"
     checkpoint_cb = keras.callbacks.ModelCheckpoint(
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         help="segmenter only: tumor-free slices sampled afresh each epoch besides every tumor slice",
     )
+    parser.add_argument("--initial-weights", default=None, help="start from these .weights.h5 instead of random")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for training")
     parser.add_argument("--limit-patients", type=int, default=None, help="use only the first N patients (tests)")
     parser.add_argument("--seed", type=int, default=2019)

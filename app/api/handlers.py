@@ -12,6 +12,9 @@
 | validation_error       | 422    | a missing or malformed field (e.g. no `file`)                 |
 | model_unavailable      | 503    | the models are not loaded and warm yet                        |
 | overloaded             | 503    | the inference queue is full; `Retry-After` says when to retry |
+| inference_timeout      | 503    | no answer from the models within REQUEST_TIMEOUT_SECONDS      |
+| unauthorized           | 401    | API keys are configured and X-API-Key is missing or wrong     |
+| rate_limited           | 429    | over RATE_LIMIT_PER_MINUTE for this key; see `Retry-After`    |
 | not_found, ...         | 4xx    | other HTTP errors (unknown path, wrong method)                |
 | internal_error         | 500    | a bug; logged with its traceback                              |
 """
@@ -26,7 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import ErrorKind, OverloadedError, PayloadTooLargeError, RequestValidationFailed, ServiceError
+from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError
+from app.security import retry_after_header
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorKind.INVALID_REQUEST: HTTPStatus.UNPROCESSABLE_ENTITY,
     ErrorKind.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorKind.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
+    ErrorKind.RATE_LIMITED: HTTPStatus.TOO_MANY_REQUESTS,
 }
 _SHORT_INPUT = 80
 
@@ -45,7 +51,9 @@ def error_body(code: str, message: str) -> dict:
 
 
 def service_error_response(error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_seconds)} if isinstance(error, OverloadedError) else None
+    headers = None
+    if error.retry_after_seconds is not None:
+        headers = {"Retry-After": retry_after_header(error.retry_after_seconds)}
     return JSONResponse(
         error_body(error.code, error.message), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
     )

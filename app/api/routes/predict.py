@@ -53,8 +53,11 @@ async def create_prediction(
     data = await read_upload(file, settings)
     request.state.input_sha256 = pipeline.sha256_hex(data)
     prepared = await run_in_threadpool(pipeline.prepare_upload, data, pipeline.UploadLimits.from_settings(settings))
-    (prediction,) = await batcher.submit(prepared.model_input[None], [prepared.size])
+    (prediction,) = await batcher.submit(
+        prepared.model_input[None], [prepared.size], timeout_seconds=settings.request_timeout_seconds
+    )
     metrics.record_predictions([prediction.detected])
+    request.state.outcome = {"tumor_detected": prediction.detected}
     payload = await run_in_threadpool(pipeline.slice_payload, prediction, predictor.classifier_threshold, mask_format)
     return schemas.PredictionResponse(
         **dict(payload), models=schemas.ModelTags(**predictor.model_tags), request_id=request_id
@@ -85,8 +88,18 @@ async def create_batch_prediction(
     limits = pipeline.UploadLimits.from_settings(settings)
     prepared = await run_in_threadpool(pipeline.prepare_uploads, uploads, limits)
     decoded = [item for item in prepared if isinstance(item, pipeline.PreparedSlice)]
-    predictions = await batcher.submit(*pipeline.stack_inputs(decoded)) if decoded else []
+    predictions = (
+        await batcher.submit(*pipeline.stack_inputs(decoded), timeout_seconds=settings.request_timeout_seconds)
+        if decoded
+        else []
+    )
     metrics.record_predictions(prediction.detected for prediction in predictions)
+    positives = sum(prediction.detected for prediction in predictions)
+    request.state.outcome = {
+        "positive": positives,
+        "negative": len(predictions) - positives,
+        "failed": len(prepared) - len(predictions),
+    }
     outcomes = await run_in_threadpool(
         pipeline.payloads,
         pipeline.in_request_order(prepared, predictions),
@@ -122,8 +135,11 @@ async def create_overlay(
     request.state.input_sha256 = pipeline.sha256_hex(data)
     limits = pipeline.UploadLimits.from_settings(settings)
     prepared = await run_in_threadpool(pipeline.prepare_upload, data, limits, True)
-    (prediction,) = await batcher.submit(prepared.model_input[None], [prepared.size])
+    (prediction,) = await batcher.submit(
+        prepared.model_input[None], [prepared.size], timeout_seconds=settings.request_timeout_seconds
+    )
     metrics.record_predictions([prediction.detected])
+    request.state.outcome = {"tumor_detected": prediction.detected}
     png = await run_in_threadpool(render_overlay_png, prepared.image, prediction.mask)
     headers = {
         "X-Tumor-Probability": f"{prediction.probability:.6f}",

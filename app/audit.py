@@ -1,0 +1,56 @@
+"""The audit log: one JSON line per inference request, kept apart from the debug log.
+
+Each line says who asked (key id, client address), what (endpoint, sha256 of each input), with what (model
+versions) and what came of it (status, outcome). Never pixels, file names, keys or DICOM tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+class AuditLog:
+    """Writes audit records to `path` (appending) or, without one, to standard output."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._logger = logging.getLogger(f"app.audit.{id(self)}")
+        self._logger.propagate = False  # never mixed into the debug log
+        self._logger.setLevel(logging.INFO)
+        self._handler: logging.Handler = (
+            logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stdout)
+        )
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(self._handler)
+
+    def record(
+        self,
+        *,
+        request_id: str,
+        endpoint: str,
+        status: int,
+        key_id: str | None,
+        client: str | None,
+        input_sha256: list[str],
+        models: dict[str, str],
+        outcome: object,
+    ) -> None:
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": request_id,
+            "endpoint": endpoint,
+            "status": status,
+            "key_id": key_id,
+            "client": client,
+            "input_sha256": input_sha256,
+            "models": models,
+            "outcome": outcome,
+        }
+        self._logger.info(json.dumps(entry))
+
+    def close(self) -> None:
+        self._handler.close()
+        self._logger.removeHandler(self._handler)

@@ -1,0 +1,119 @@
+"""API keys and per-client rate limits: pure logic, no HTTP (the middleware in `app.api.middleware` applies them).
+
+Keys are never stored or compared in the clear: each configured key is kept as its sha256, a presented key is hashed
+and compared with `hmac.compare_digest` against every stored hash (constant time, and no early exit that would tell
+which key came close). Only the key's id (its name in the configuration) is ever logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+class KeyConfigurationError(ValueError):
+    """The API key settings cannot be used (malformed line, duplicate id); the message names the line."""
+
+
+def hash_key(key: str) -> str:
+    """sha256 hex of a key, as written in an API keys file (`brain-tumor hash-key` prints it)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKeyStore:
+    """Key id -> sha256 of the key. Empty means authentication is off."""
+
+    hashes: dict[str, str]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hashes)
+
+    @classmethod
+    def from_settings(cls, plain_keys: Iterable[str], keys_file: Path | None) -> ApiKeyStore:
+        """Keys from `API_KEYS` (`id:key` items) and from a file of `id:sha256hex` lines (`#` starts a comment).
+
+        Raises
+        ------
+        KeyConfigurationError
+            For an item without an id, a hash that is not 64 hex digits, or an id given twice.
+        """
+        hashes: dict[str, str] = {}
+
+        def add(key_id: str, digest: str, where: str) -> None:
+            if not key_id:
+                raise KeyConfigurationError(f"{where}: an API key needs an id before the ':' (id:key)")
+            if key_id in hashes:
+                raise KeyConfigurationError(f"{where}: API key id {key_id!r} is given twice")
+            hashes[key_id] = digest
+
+        for position, item in enumerate(plain_keys, start=1):
+            key_id, separator, key = item.strip().partition(":")
+            if not separator or not key:
+                raise KeyConfigurationError(f"API_KEYS item {position}: expected id:key")
+            add(key_id.strip(), hash_key(key), f"API_KEYS item {position}")
+        if keys_file is not None:
+            for number, line in enumerate(Path(keys_file).read_text().splitlines(), start=1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                key_id, _, digest = line.partition(":")
+                digest = digest.strip().lower()
+                if not _HASH.match(digest):
+                    raise KeyConfigurationError(f"{keys_file} line {number}: expected id:<64 hex digits of sha256>")
+                add(key_id.strip(), digest, f"{keys_file} line {number}")
+        return cls(hashes)
+
+    def authenticate(self, presented: str | None) -> str | None:
+        """The id of the key `presented`, or None if it matches none."""
+        if not presented:
+            return None
+        digest = hash_key(presented).encode("ascii")
+        found = None
+        for key_id, stored in self.hashes.items():
+            if hmac.compare_digest(digest, stored.encode("ascii")):
+                found = key_id  # no break: every stored key costs the same comparison
+        return found
+
+
+class RateLimiter:
+    """Token bucket per client: `per_minute` requests a minute on average, bursts up to `burst`.
+
+    Thread-safe and in-process: with several replicas each enforces its own share.
+    """
+
+    def __init__(self, per_minute: int, burst: int | None = None, clock=time.monotonic) -> None:
+        if per_minute < 1:
+            raise ValueError(f"per_minute must be >= 1; got {per_minute}")
+        self.rate = per_minute / 60.0
+        self.capacity = float(burst if burst is not None else per_minute)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> float:
+        """Take one token for `client`; return 0 if allowed, else the seconds until a token is free."""
+        with self._lock:
+            now = self._clock()
+            tokens, updated = self._buckets.get(client, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - updated) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[client] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds, at least 1, for the `Retry-After` header."""
+    return str(max(1, math.ceil(seconds)))
