@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 
 from app.model_store import MANIFEST_NAME, sha256_of
+from training.model_card import render_model_card
 from training.models import build_classifier, build_resunet
 from training.preprocessing import PREPROCESSING_ID
 
@@ -94,6 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="models/split.json")
     parser.add_argument("--output-dir", default="models")
     parser.add_argument("--version", default="1.0.0")
+    parser.add_argument(
+        "--evaluation-command", default="(not recorded)", help="the command that produced --evaluation (model card)"
+    )
+    parser.add_argument(
+        "--training-command", action="append", default=[], help="a command that trained a model (model card)"
+    )
     args = parser.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text())
     classifier = build_classifier()
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     split_path = Path(args.split)
     if split_path.resolve() != (output_dir / split_path.name).resolve():
         shutil.copyfile(split_path, output_dir / split_path.name)
-    write_manifest(
+    manifest = write_manifest(
         output_dir,
         classifier,
         segmenter,
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics=evaluation["metrics"],
         version=args.version,
     )
+    card = render_model_card(manifest, args.evaluation_command, args.training_command or ["(not recorded)"])
+    (output_dir / "README.md").write_text(card)
 
 
 if __name__ == "__main__":

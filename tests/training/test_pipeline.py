@@ -111,6 +111,32 @@ def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     assert "focal_tversky" not in (models_dir / "tumor_segmenter.json").read_text()
 
 
+def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_path):
+    models_dir = tmp_path / "models"
+    export.main(
+        [
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(trained_run / "segmenter" / "best.weights.h5"),
+            "--evaluation",
+            str(trained_run / "evaluation" / "evaluation.json"),
+            "--split",
+            str(trained_run / "split.json"),
+            "--output-dir",
+            str(models_dir),
+            "--evaluation-command",
+            "python -m training.evaluate --example",
+        ]
+    )
+    card = (models_dir / "README.md").read_text()
+    metrics = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())["metrics"]
+    volume_dice = metrics["segmentation"]["volume_dice_mean"]
+    assert f"| per-patient volume Dice, mean | {100 * volume_dice:.1f} %" in card
+    assert "python -m training.evaluate --example" in card
+    assert "Research use only" in card
+
+
 def test_tampered_weights_are_refused(trained_run, tmp_path):
     models_dir = tmp_path / "models"
     export.main(

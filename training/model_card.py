@@ -1,0 +1,92 @@
+"""Render `models/README.md`, the model card, from the manifest and the evaluation: every number in it is one that
+`training.evaluate` measured on the held-out test patients, so the card cannot drift from the models it describes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _figures(metrics: Mapping) -> list[str]:
+    classifier, segmentation = metrics["classifier"], metrics["segmentation"]
+    matrix = classifier["confusion_matrix"]
+    auc = classifier["roc_auc"]
+    return [
+        f"| slice ROC AUC | {'n/a' if auc is None else f'{auc:.3f}'} |",
+        f"| sensitivity at the deployed threshold | {_percent(classifier['sensitivity'])} |",
+        f"| specificity at the deployed threshold | {_percent(classifier['specificity'])} |",
+        f"| accuracy | {_percent(classifier['accuracy'])} |",
+        f"| confusion matrix (tn / fp / fn / tp) | {matrix['tn']} / {matrix['fp']} / {matrix['fn']} / {matrix['tp']} |",
+        f"| per-patient volume Dice, mean | {_percent(segmentation['volume_dice_mean'])} |",
+        f"| per-patient volume Dice, median | {_percent(segmentation['volume_dice_median'])} |",
+        f"| Dice on tumor slices, mean | {_percent(segmentation['tumor_slice_dice_mean'])} |",
+        "| tumor-free slices given a non-empty mask (gated pipeline) | "
+        f"{_percent(segmentation['nonempty_mask_rate_on_tumor_free_slices'])} |",
+        "| tumor-free slices given a non-empty mask (segmenter alone) | "
+        f"{_percent(metrics['segmenter_alone_nonempty_mask_rate_on_tumor_free_slices'])} |",
+        f"| Tversky score (alpha 0.7) | {segmentation['tversky_score']:.3f} |",
+    ]
+
+
+def render_model_card(manifest: Mapping, evaluation_command: str, training_commands: list[str]) -> str:
+    """Markdown of the model card for the exported `manifest` (which carries the test metrics)."""
+    metrics = manifest["metrics"]
+    flair = metrics.get("flair_only")
+    rows = _figures(metrics)
+    flair_rows = _figures(flair) if flair else []
+    table = ["| figure | all three sequences | FLAIR only |", "|---|---|---|"]
+    for index, row in enumerate(rows):
+        name, value = row.strip("|").split("|", 1)
+        flair_value = flair_rows[index].strip("|").split("|", 1)[1] if flair_rows else " n/a "
+        table.append(f"|{name}|{value.strip()} | {flair_value.strip()} |")
+    classifier, segmenter = manifest["classifier"], manifest["segmenter"]
+    lines = [
+        "# Model card: LGG tumor classifier and segmenter",
+        "",
+        "**Research use only. Not a medical device; not validated for clinical use; never use it to make or support "
+        "a diagnosis.**",
+        "",
+        "## Models",
+        f"- `{classifier['name']}@{classifier['version']}`: CNN of conv + batch-norm + ReLU blocks, sigmoid output "
+        f"P(slice shows tumor); {classifier['parameters']:,} parameters; decision threshold "
+        f"{classifier['threshold']:.4f} (chosen on the validation patients for sensitivity >= 97 %).",
+        f"- `{segmenter['name']}@{segmenter['version']}`: ResUNet (U-Net with residual blocks), sigmoid mask; "
+        f"{segmenter['parameters']:,} parameters; trained with Adam and Focal Tversky loss (alpha 0.7, gamma 0.75), "
+        f"mask threshold {segmenter['threshold']:.2f} (chosen on the validation patients).",
+        "- Served as a gated pipeline: the segmenter runs only on slices the classifier calls positive.",
+        f"- Input: {manifest['input_shape']} float32, preprocessing `{manifest['preprocessing']}` "
+        "(`training/preprocessing.py`, the same function in training and serving).",
+        f"- Exported with {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}.",
+        "",
+        "## Data",
+        f"{manifest['training_data']}. Split file: `{manifest['split']}` (patients, never slices, in each set). "
+        "The 22 patients kept apart by the data owner were never seen here.",
+        "",
+        f"## Test metrics ({metrics['patients']} held-out patients, {metrics['classifier']['slices']} slices)",
+        "",
+        *table,
+        "",
+        "FLAIR only: every channel replaced by FLAIR, as when a PACS sends a FLAIR series alone.",
+        "",
+        "Measured with:",
+        "```",
+        evaluation_command,
+        "```",
+        "Trained with:",
+        "```",
+        *training_commands,
+        "```",
+        "",
+        "## Limitations",
+        "- Trained on 70 patients of one public dataset (TCGA lower-grade glioma, 5 institutions, pre-2005 scanners): "
+        "other tumor types, other scanners and other protocols are out of distribution.",
+        "- 2-D slices only; no use of neighbouring slices. Expects skull-stripped-like kaggle_3m composites "
+        "(pre-contrast, FLAIR, post-contrast) or FLAIR alone.",
+        "- A test split of 9 patients gives wide confidence intervals: treat the figures as estimates.",
+        "- Thresholds were chosen on the validation patients, never on the test patients.",
+        "",
+    ]
+    return "\n".join(lines)
