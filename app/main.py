@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from app.api import handlers
 from app.api.middleware import AccessControlMiddleware, RequestContextMiddleware, UploadLimitMiddleware
-from app.api.routes import health, models, predict
+from app.api.routes import health, models, predict, web
 from app.audit import AuditLog
 from app.batching import MicroBatcher
 from app.errors import ServiceError
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(web.router)
 
     app.add_exception_handler(ServiceError, handlers.handle_service_error)
     app.add_exception_handler(RequestValidationError, handlers.handle_validation_error)

@@ -1,0 +1,111 @@
+"""The real service on a free loopback port, and headless Chromium (the system's binary) driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from app.api.routes import web
+from app.main import create_app
+from app.settings import Settings
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+READY_TIMEOUT_SECONDS = 120.0
+
+
+def find_chromium() -> str | None:
+    """`CHROMIUM_PATH` if set, else the first Chromium on PATH (Debian's package installs /usr/bin/chromium)."""
+    configured = os.environ.get("CHROMIUM_PATH")
+    if configured:
+        return configured if Path(configured).is_file() else None
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
+def create_app_with_page(settings: Settings) -> FastAPI:
+    """The service's app with the web page's routes, whether or not `create_app` already includes them."""
+    app = create_app(settings)
+    if not any(getattr(route, "path", None) == "/" for route in app.routes):
+        app.include_router(web.router)
+    return app
+
+
+def wait_until_ready(base_url: str, server_thread: threading.Thread) -> None:
+    """Poll readiness: the models load in the background after the server starts listening."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if not server_thread.is_alive():
+            raise RuntimeError("the test server stopped during startup; see its log above")
+        try:
+            if httpx.get(f"{base_url}/health/ready", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url}/health/ready did not answer 200 within {READY_TIMEOUT_SECONDS:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model_dir: Path) -> Iterator[str]:
+    """Base URL of the service, run by uvicorn in a thread on the tiny models (every slice positive)."""
+    app = create_app_with_page(Settings(model_dir=tiny_model_dir))
+    # Bind first, so the port is known and free before uvicorn starts (no race for a guessed port).
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="web-test-server", daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, thread)
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium from the system; Playwright's own browser download is never used."""
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip(
+            "no Chromium binary found: install the Debian package `chromium` or set CHROMIUM_PATH "
+            f"(looked for {', '.join(CHROMIUM_NAMES)} on PATH)"
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab (own sessionStorage) at a desktop size, so screenshots look like what people see."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def screenshot_dir(tmp_path: Path) -> Path:
+    """`BROWSER_SCREENSHOT_DIR` when CI wants to keep the screenshots as artifacts, else the test's tmp_path."""
+    configured = os.environ.get("BROWSER_SCREENSHOT_DIR")
+    if not configured:
+        return tmp_path
+    directory = Path(configured)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

@@ -1,0 +1,134 @@
+"""The upload page in headless Chromium against the real service (tiny models that call every slice positive)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.conftest import TUMOR_SLICE
+
+PREDICT_URL_END = "/v1/predict?mask_format=png"
+RESULT_TIMEOUT_MS = 30_000
+TEXT_FILE = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image\n"}
+
+
+def is_prediction(response) -> bool:
+    return response.url.endswith(PREDICT_URL_END)
+
+
+def test_page_shows_prediction_overlay_and_mask_download(page: Page, live_server: str, screenshot_dir: Path) -> None:
+    page.goto(live_server)
+    expect(page.locator("#notice")).to_contain_text("Research use only — not for clinical diagnosis")
+
+    with page.expect_response(is_prediction, timeout=RESULT_TIMEOUT_MS) as answered:
+        page.set_input_files("#file-input", TUMOR_SLICE)
+    assert answered.value.status == 200
+    prediction = answered.value.json()
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+
+    probability = page.locator("#probability")
+    # The exact number rides along in data-value; the text is the same number as a percentage with one decimal.
+    assert float(probability.get_attribute("data-value")) == prediction["tumor_probability"]
+    shown = probability.inner_text()
+    assert shown.endswith(" %")
+    assert float(shown.removesuffix(" %")) == pytest.approx(100 * prediction["tumor_probability"], abs=0.05 + 1e-9)
+    expect(page.locator("#decision")).to_have_text("Tumor detected")
+    expect(page.locator("#comparison")).to_have_text("is at or above")
+    expect(page.locator("#threshold")).to_have_text(f"{100 * prediction['threshold']:.1f} %")
+    expect(page.locator("#area")).to_contain_text(f"{prediction['mask']['area_pixels']:,} pixels")
+    expect(page.locator("#status")).to_contain_text("Tumor detected: tumor probability")
+    assert page.evaluate("document.querySelector('#overlay').naturalWidth") == 256
+
+    download_link = page.locator("#download-mask")
+    expect(download_link).to_be_visible()
+    page.screenshot(path=screenshot_dir / "web-page-result.png", full_page=True)
+    with page.expect_download() as downloaded:
+        download_link.click()
+    assert downloaded.value.suggested_filename == "tumor-mask.png"
+    assert Path(downloaded.value.path()).read_bytes() == base64.b64decode(prediction["mask"]["png"])
+
+
+def test_page_shows_unsupported_type_message_for_text_file(page: Page, live_server: str, screenshot_dir: Path) -> None:
+    page.goto(live_server)
+
+    # Asked separately: the page cancels its second request once the first fails, so the browser may drop a body.
+    refused = httpx.post(f"{live_server}/v1/predict", files={"file": ("notes.txt", TEXT_FILE["buffer"], "text/plain")})
+    assert refused.status_code == 415
+    server_message = refused.json()["error"]["message"]
+
+    page.set_input_files("#file-input", files=[TEXT_FILE])
+
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(page.locator("#error-title")).to_have_text(
+        "This file type is not supported. Choose a PNG, JPEG, TIFF or DICOM slice."
+    )
+    expect(page.locator("#error-detail")).to_have_text(f"Server message: {server_message}")
+    expect(page.locator("#result")).to_be_hidden()
+    page.screenshot(path=screenshot_dir / "web-page-unsupported-type.png", full_page=True)
+
+
+def test_page_sends_api_key_and_keeps_it_for_the_tab(page: Page, live_server: str) -> None:
+    page.goto(live_server)
+    page.fill("#api-key", "research-key-1")
+
+    with page.expect_request(lambda request: request.url.endswith(PREDICT_URL_END)) as sent:
+        page.set_input_files("#file-input", TUMOR_SLICE)
+    assert sent.value.headers.get("x-api-key") == "research-key-1"
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+
+    page.reload()
+    expect(page.locator("#api-key")).to_have_value("research-key-1")
+
+
+def test_page_sends_no_api_key_header_when_the_field_is_empty(page: Page, live_server: str) -> None:
+    page.goto(live_server)
+
+    with page.expect_request(lambda request: request.url.endswith(PREDICT_URL_END)) as sent:
+        page.set_input_files("#file-input", TUMOR_SLICE)
+    assert "x-api-key" not in sent.value.headers
+
+
+def test_page_file_input_is_first_keyboard_stop(page: Page, live_server: str) -> None:
+    page.goto(live_server)
+
+    page.keyboard.press("Tab")
+
+    assert page.evaluate("document.activeElement.id") == "file-input"
+    # Visually hidden inputs still need a visible focus: the drop zone label draws it.
+    assert page.eval_on_selector("#drop-zone", "zone => getComputedStyle(zone).outlineStyle") == "solid"
+
+
+@pytest.mark.parametrize(
+    ("status", "title"),
+    [
+        (400, "The file could not be read as an MRI slice."),
+        (401, "The server needs a valid API key. Enter it in the API key field and try again."),
+        (413, "The file or the image is too large."),
+        (422, "The request was incomplete or malformed."),
+        (429, "Too many requests for now. Try again in 7 seconds."),
+        (503, "The service is not ready to analyse slices. Try again in 7 seconds."),
+    ],
+)
+def test_page_shows_message_for_error_status(page: Page, live_server: str, status: int, title: str) -> None:
+    # The service cannot easily be driven into every status, so the browser answers for it, in its error format.
+    body = {"error": {"code": f"code_{status}", "message": f"what the server said ({status})"}}
+    headers = {"Retry-After": "7"} if status in (429, 503) else {}
+    page.route(
+        "**/v1/**",
+        lambda route: route.fulfill(
+            status=status, content_type="application/json", headers=headers, body=json.dumps(body)
+        ),
+    )
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#error-title")).to_have_text(title)
+    expect(page.locator("#error-detail")).to_have_text(f"Server message: what the server said ({status})")
+    expect(page.locator("#result")).to_be_hidden()
