@@ -96,7 +96,8 @@ def load_model(model_dir: str | Path, entry: ModelEntry) -> keras.Model:
     model_dir = Path(model_dir)
     architecture = (model_dir / entry.architecture).read_text()
     try:
-        model = keras.models.model_from_json(architecture)
+        # safe_mode refuses Python lambdas (arbitrary code) hidden in an architecture file.
+        model = keras.saving.deserialize_keras_object(json.loads(architecture), safe_mode=True)
         model.load_weights(model_dir / entry.weights)
     except (ValueError, TypeError, KeyError, OSError) as error:
         raise ModelStoreError(f"cannot load {entry.tag} from {model_dir}: {error}") from error
