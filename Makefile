@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev serve test lint train evaluate export
+.PHONY: install install-dev serve test lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ serve: install
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/brain-tumor serve
 
 test: install-dev
-	$(BIN)/ruff check app training tests
+	$(BIN)/ruff check app training tests bench
 	$(BIN)/python -m pytest
 
 lint: install-dev
-	$(BIN)/ruff check app training tests
+	$(BIN)/ruff check app training tests bench
+
+# Benchmarks (not tests): the models' ceiling, the service and a naive server under load; see bench/README.md.
+bench: install-dev
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python -m bench.compare --model-dir models

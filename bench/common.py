@@ -1,0 +1,214 @@
+"""What the benchmarks share: the slice mix, process memory, percentiles, tables and JSON output.
+
+Kept free of TensorFlow and of the service's code so the HTTP load generator stays a light client process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "lgg" / "kaggle_3m_dev"
+DEFAULT_MODEL_DIR = REPO_ROOT / "models"
+DEFAULT_MIX_SIZE = 96
+DEFAULT_TUMOR_FRACTION = 1 / 3
+DEFAULT_SEED = 0
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+_SLICE_NUMBER = re.compile(r"_(\d+)$")
+
+
+@dataclass(frozen=True)
+class MixSlice:
+    """One real slice of the benchmark mix: its file and whether its ground-truth mask has any tumor pixel."""
+
+    path: Path
+    tumor: bool
+
+
+def select_mix(
+    data_root: Path,
+    size: int = DEFAULT_MIX_SIZE,
+    tumor_fraction: float = DEFAULT_TUMOR_FRACTION,
+    seed: int = DEFAULT_SEED,
+) -> list[MixSlice]:
+    """Pick `size` real slices, `tumor_fraction` of them with tumor, spread evenly through the list.
+
+    Evenly spread (not grouped) so that any prefix a short benchmark level uses has about the same share of tumor
+    slices as the whole mix; the same arguments give the same list in every script, so all numbers see one mix.
+
+    Raises
+    ------
+    ValueError
+        If the arguments are out of range or `data_root` holds too few slices of either kind.
+    """
+    if size < 1:
+        raise ValueError(f"mix size must be >= 1; got {size}")
+    if not 0.0 <= tumor_fraction <= 1.0:
+        raise ValueError(f"tumor fraction must be within [0, 1]; got {tumor_fraction}")
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise ValueError(f"data root {data_root} is not a directory (expected the kaggle_3m layout)")
+    candidates = sorted(
+        path
+        for path in data_root.glob("*/*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.endswith("_mask") and _SLICE_NUMBER.search(path.stem)
+    )
+    random.Random(seed).shuffle(candidates)
+    wanted_tumor = round(size * tumor_fraction)
+    wanted = {True: wanted_tumor, False: size - wanted_tumor}
+    picked: dict[bool, list[Path]] = {True: [], False: []}
+    for path in candidates:
+        if all(len(picked[kind]) >= wanted[kind] for kind in picked):
+            break
+        mask = _mask_of(path)
+        if mask is None:
+            continue
+        tumor = _has_tumor(mask)
+        if len(picked[tumor]) < wanted[tumor]:
+            picked[tumor].append(path)
+    for kind, paths in picked.items():
+        if len(paths) < wanted[kind]:
+            label = "tumor" if kind else "tumor-free"
+            raise ValueError(
+                f"{data_root} has only {len(paths)} {label} slices with masks; the mix needs {wanted[kind]}"
+            )
+    mix = []
+    tumor_paths, clean_paths = iter(picked[True]), iter(picked[False])
+    for index in range(size):
+        # Slot `index` holds a tumor slice whenever the running tumor count should step up: an even spread.
+        is_tumor = int((index + 1) * wanted_tumor / size) > int(index * wanted_tumor / size)
+        mix.append(MixSlice(next(tumor_paths if is_tumor else clean_paths), is_tumor))
+    return mix
+
+
+def mix_description(mix: Sequence[MixSlice], data_root: Path, seed: int) -> dict:
+    return {
+        "data_root": str(data_root),
+        "slices": len(mix),
+        "tumor_slices": sum(item.tumor for item in mix),
+        "seed": seed,
+    }
+
+
+def _mask_of(image_path: Path) -> Path | None:
+    for suffix in MASK_SUFFIXES:
+        candidate = image_path.with_name(f"{image_path.stem}_mask{suffix}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _has_tumor(mask_path: Path) -> bool:
+    with Image.open(mask_path) as mask:
+        return bool((np.asarray(mask) > 127).any())
+
+
+def process_memory(pid: int) -> dict[str, float] | None:
+    """Resident memory of a process in MiB, now (`rss_mib`) and at its peak (`peak_rss_mib`), from /proc (Linux).
+
+    None where /proc is not there or the process is gone: memory is then simply not reported.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    values = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024.0  # kB -> MiB
+    if "VmRSS" not in values:
+        return None
+    return {"rss_mib": round(values["VmRSS"], 1), "peak_rss_mib": round(values.get("VmHWM", values["VmRSS"]), 1)}
+
+
+def percentiles_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """p50/p95/p99/mean/max of durations given in seconds, in milliseconds (None for an empty list)."""
+    if not seconds:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
+    values = np.asarray(seconds, dtype=np.float64) * 1000.0
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        "p50_ms": round(float(p50), 2),
+        "p95_ms": round(float(p95), 2),
+        "p99_ms": round(float(p99), 2),
+        "mean_ms": round(float(values.mean()), 2),
+        "max_ms": round(float(values.max()), 2),
+    }
+
+
+def machine_description() -> dict:
+    """Where the numbers came from: they only compare within one machine."""
+    description = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+    }
+    return description
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """Plain-text table of `rows` (dicts) with the given columns; None shows as '-'."""
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 0.01 and value != 0 else f"{value:.2f}"
+        return str(value)
+
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[index]) for line in cells]) for index, column in enumerate(columns)]
+    lines = ["  ".join(column.rjust(width) for column, width in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines.extend("  ".join(value.rjust(width) for value, width in zip(line, widths, strict=True)) for line in cells)
+    return "\n".join(lines)
+
+
+def emit_summary(summary: dict, json_out: Path | None, print_json: bool = True) -> None:
+    """Print the JSON summary (unless `print_json` is false) and, if asked, write it to `json_out`."""
+    text = json.dumps(summary, indent=2)
+    if print_json:
+        print(text)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    sys.stdout.flush()
