@@ -1,0 +1,226 @@
+"""Liveness, readiness (before and after the models load), startup refusal on bad model files, and /metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app import main
+from app.main import create_app
+from app.model_store import ModelStoreError
+from app.settings import Settings
+from tests.api.utils import sample_value, upload, wait_until_ready
+from tests.conftest import TUMOR_SLICE
+
+STILL_LOADING = {
+    "error": {
+        "code": "model_unavailable",
+        "message": "the models are still loading; retry when GET /health/ready answers 200",
+    }
+}
+
+
+@pytest.fixture
+def copied_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "models"))
+
+
+def gate_model_loading(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the lifespan's model loading wait until the returned event is set."""
+    gate = threading.Event()
+    load = main.Predictor.from_model_dir
+
+    def gated_load(model_dir, observer=None):
+        if not gate.wait(timeout=60):
+            raise ModelStoreError("test gate was never opened")
+        return load(model_dir, observer)
+
+    monkeypatch.setattr(main.Predictor, "from_model_dir", gated_load)
+    return gate
+
+
+def test_read_liveness(client: TestClient) -> None:
+    response = client.get("/health/live")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "alive"}
+
+
+def test_read_readiness_when_loaded(client: TestClient) -> None:
+    response = client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+def test_read_readiness_is_503_until_models_load(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = gate_model_loading(monkeypatch)
+    try:
+        with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as client:
+            live = client.get("/health/live")
+            ready = client.get("/health/ready")
+            prediction = client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg"))
+            models = client.get("/v1/models")
+            ready_gauge = sample_value(client.get("/metrics").text, "brain_tumor_ready")
+
+            assert live.status_code == 200
+            assert ready.status_code == 503
+            assert ready.json() == STILL_LOADING
+            assert prediction.status_code == 503
+            assert prediction.json() == STILL_LOADING
+            assert models.status_code == 200  # the manifest is read (and verified) before serving starts
+            assert ready_gauge == 0.0
+
+            gate.set()
+            wait_until_ready(client)
+
+            assert client.get("/health/ready").json() == {"status": "ready"}
+            after = client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg"))
+            assert after.status_code == 200, after.text
+            assert sample_value(client.get("/metrics").text, "brain_tumor_ready") == 1.0
+    finally:
+        gate.set()
+
+
+def test_read_readiness_names_loading_failure(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_load(model_dir, observer=None):
+        raise ModelStoreError("cannot load tumor_classifier@0.0.0-test: bad weights")
+
+    monkeypatch.setattr(main.Predictor, "from_model_dir", failing_load)
+    expected = {
+        "error": {
+            "code": "model_unavailable",
+            "message": "loading failed: cannot load tumor_classifier@0.0.0-test: bad weights; "
+            "retry when GET /health/ready answers 200",
+        }
+    }
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as client:
+        deadline = time.monotonic() + 30
+        while (response := client.get("/health/ready")).json() != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        assert response.status_code == 503
+        assert response.json() == expected
+        assert client.get("/health/live").status_code == 200
+
+
+def start_app(model_dir: Path) -> None:
+    """Run the app's startup (and shutdown); raises what the lifespan raises."""
+    with TestClient(create_app(Settings(model_dir=model_dir))):
+        pass
+
+
+def append_byte(path: Path) -> None:
+    with path.open("ab") as stream:
+        stream.write(b"\0")
+
+
+@pytest.mark.parametrize("file_name", ["tumor_classifier.weights.h5", "tumor_segmenter.weights.h5"])
+def test_startup_refuses_tampered_weights(copied_model_dir: Path, file_name: str) -> None:
+    path = copied_model_dir / file_name
+    recorded = hashlib.sha256(path.read_bytes()).hexdigest()
+    append_byte(path)
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    with pytest.raises(ModelStoreError) as raised:
+        start_app(copied_model_dir)
+
+    assert str(raised.value) == (
+        f"sha256 mismatch for {path}: manifest says {recorded}, file has {actual}; "
+        "refusing to load a model file that changed after export"
+    )
+
+
+def test_startup_refuses_tampered_architecture(copied_model_dir: Path) -> None:
+    path = copied_model_dir / "tumor_segmenter.json"
+    path.write_text(path.read_text() + "\n")  # still valid JSON, same model: only the hash tells
+
+    with pytest.raises(ModelStoreError, match=r"^sha256 mismatch for .*tumor_segmenter\.json: manifest says"):
+        start_app(copied_model_dir)
+
+
+def test_startup_refuses_missing_manifest(copied_model_dir: Path) -> None:
+    (copied_model_dir / "manifest.json").unlink()
+
+    with pytest.raises(ModelStoreError) as raised:
+        start_app(copied_model_dir)
+
+    assert str(raised.value) == f"model manifest not found: {copied_model_dir / 'manifest.json'}"
+
+
+def test_startup_refuses_missing_weights_file(copied_model_dir: Path) -> None:
+    path = copied_model_dir / "tumor_classifier.weights.h5"
+    path.unlink()
+
+    with pytest.raises(ModelStoreError) as raised:
+        start_app(copied_model_dir)
+
+    assert str(raised.value) == f"model file listed in the manifest is missing: {path}"
+
+
+def test_startup_refuses_invalid_manifest(copied_model_dir: Path) -> None:
+    (copied_model_dir / "manifest.json").write_text("{not json")
+
+    with pytest.raises(ModelStoreError, match=r"^model manifest .*manifest\.json is invalid: "):
+        start_app(copied_model_dir)
+
+
+def counter_delta(client: TestClient, action: Callable[[], object], sample: str, **labels: str) -> float:
+    before = sample_value(client.get("/metrics").text, sample, **labels)
+    action()
+    return sample_value(client.get("/metrics").text, sample, **labels) - before
+
+
+def test_read_metrics_counts_requests_by_endpoint_and_status(client: TestClient) -> None:
+    requests = "brain_tumor_http_requests_total"
+
+    def good() -> None:
+        assert client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).status_code == 200
+
+    def unsupported() -> None:
+        assert client.post("/v1/predict", files=upload(b"text", "slice.png")).status_code == 415
+
+    labels = {"endpoint": "/v1/predict", "method": "POST"}
+    assert counter_delta(client, good, requests, status="200", **labels) == 1
+    assert counter_delta(client, unsupported, requests, status="415", **labels) == 1
+    assert counter_delta(client, good, "brain_tumor_http_request_duration_seconds_count", status="200", **labels) == 1
+
+
+def test_read_metrics_times_each_model(client: TestClient) -> None:
+    def good() -> None:
+        assert client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).status_code == 200
+
+    for model in ("classifier", "segmenter"):
+        assert counter_delta(client, good, "brain_tumor_model_inference_seconds_count", model=model) == 1
+    assert counter_delta(client, good, "brain_tumor_positive_predictions_total") == 1
+
+
+def test_read_metrics_shows_model_info_and_queue(client: TestClient, tiny_manifest: dict) -> None:
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    classifier, segmenter = (
+        f"{tiny_manifest[role]['name']}@{tiny_manifest[role]['version']}" for role in ("classifier", "segmenter")
+    )
+    info = {"classifier": classifier, "segmenter": segmenter, "preprocessing": tiny_manifest["preprocessing"]}
+    assert sample_value(response.text, "brain_tumor_model_info", **info) == 1.0
+    assert "brain_tumor_inference_queue_slices" in response.text
+    assert sample_value(response.text, "brain_tumor_inference_queue_slices") == 0.0
+    assert sample_value(response.text, "brain_tumor_ready") == 1.0
+
+
+def test_read_metrics_labels_refused_body_as_unmatched(limited_client: TestClient) -> None:
+    def oversized() -> None:
+        response = limited_client.post("/v1/predict", files=upload(bytes(1 << 20)))
+        assert response.status_code == 413
+
+    labels = {"endpoint": "unmatched", "method": "POST", "status": "413"}
+    assert counter_delta(limited_client, oversized, "brain_tumor_http_requests_total", **labels) == 1

@@ -1,0 +1,453 @@
+"""POST /v1/predict: the response contract field by field, every accepted input, and every error status."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.imaging import decode_image
+from app.inference import Predictor
+from tests.api.utils import (
+    LIMITED_IMAGE_PIXELS,
+    LIMITED_UPLOAD_BYTES,
+    bbox_of,
+    decode_png_mask,
+    decode_rle,
+    full_range,
+    pil_bytes,
+    png_bytes,
+    resized,
+    sample_value,
+    tiff_bytes,
+    upload,
+)
+from tests.conftest import TUMOR_SLICE, read_slice
+
+PREDICTION_KEYS = {"tumor_probability", "tumor_detected", "threshold", "mask", "models", "request_id"}
+UNSUPPORTED_TEXT = b"hello world, this is not an image"
+
+
+def predict(client: TestClient, data: bytes, name: str = "slice.png", **params: str):
+    return client.post("/v1/predict", params=params, files=upload(data, name))
+
+
+def assert_still_serving(client: TestClient) -> None:
+    """The next good request after an error is answered normally."""
+    response = predict(client, TUMOR_SLICE.read_bytes(), "slice.jpg")
+    assert response.status_code == 200, response.text
+    assert response.json()["tumor_detected"] is True
+
+
+def grey_flair() -> np.ndarray:
+    """The tumor slice's FLAIR channel stretched to 0..255, so 16-bit copies of it stretch back to exactly it."""
+    return full_range(read_slice(TUMOR_SLICE)[:, :, 1])
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_model_dir) -> Predictor:
+    return Predictor.from_model_dir(tiny_model_dir)
+
+
+def test_predict_returns_every_contract_field(client: TestClient, tiny_manifest: dict) -> None:
+    response = client.post(
+        "/v1/predict",
+        params={"mask_format": "both"},
+        files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg", "image/jpeg"),
+        headers={"X-Request-ID": "req-0042"},
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == PREDICTION_KEYS
+    assert 0.0 <= body["tumor_probability"] <= 1.0
+    assert body["threshold"] == tiny_manifest["classifier"]["threshold"] == 0.0
+    assert body["tumor_detected"] is (body["tumor_probability"] >= body["threshold"])
+    assert body["models"] == {
+        "classifier": f"{tiny_manifest['classifier']['name']}@{tiny_manifest['classifier']['version']}",
+        "segmenter": f"{tiny_manifest['segmenter']['name']}@{tiny_manifest['segmenter']['version']}",
+    }
+    assert body["request_id"] == "req-0042"
+    assert response.headers["X-Request-ID"] == "req-0042"
+
+    mask = body["mask"]
+    assert set(mask) == {"size", "rle", "png", "area_pixels", "bbox"}
+    assert mask["size"] == [256, 256]
+    assert mask["rle"]["size"] == [256, 256]
+    from_rle = decode_rle(mask["rle"])
+    from_png = decode_png_mask(mask["png"])
+    assert from_rle.shape == (256, 256)
+    np.testing.assert_array_equal(from_rle, from_png)
+    assert from_rle.any(), "the tiny segmenter should mark some pixels of this slice (else bbox is untested)"
+    assert mask["area_pixels"] == int(from_rle.sum())
+    assert mask["bbox"] == bbox_of(from_rle)
+
+
+def test_predict_matches_predictor_on_same_bytes(client: TestClient, tiny_predictor: Predictor) -> None:
+    data = TUMOR_SLICE.read_bytes()
+
+    body = predict(client, data, "slice.jpg").json()
+    (expected,) = tiny_predictor.predict([decode_image(data)])
+
+    assert body["tumor_probability"] == pytest.approx(expected.probability, abs=1e-6)
+    np.testing.assert_array_equal(decode_rle(body["mask"]["rle"]), expected.mask)
+
+
+def test_predict_returns_rle_only_by_default(client: TestClient) -> None:
+    mask = predict(client, TUMOR_SLICE.read_bytes(), "slice.jpg").json()["mask"]
+
+    assert "rle" in mask
+    assert "png" not in mask
+
+
+def test_predict_rle_format_has_no_png_key(client: TestClient) -> None:
+    mask = predict(client, TUMOR_SLICE.read_bytes(), "slice.jpg", mask_format="rle").json()["mask"]
+
+    assert set(mask) == {"size", "rle", "area_pixels", "bbox"}
+
+
+def test_predict_png_format_has_no_rle_key(client: TestClient) -> None:
+    mask = predict(client, TUMOR_SLICE.read_bytes(), "slice.jpg", mask_format="png").json()["mask"]
+
+    assert set(mask) == {"size", "png", "area_pixels", "bbox"}
+    assert decode_png_mask(mask["png"]).sum() == mask["area_pixels"]
+
+
+def test_predict_generates_request_id_without_header(client: TestClient) -> None:
+    response = predict(client, TUMOR_SLICE.read_bytes(), "slice.jpg")
+
+    request_id = response.json()["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert response.headers["X-Request-ID"] == request_id
+
+
+def test_predict_replaces_request_id_that_is_not_a_plain_token(client: TestClient) -> None:
+    response = client.post(
+        "/v1/predict",
+        files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg"),
+        headers={"X-Request-ID": "patient name; drop table"},
+    )
+
+    request_id = response.json()["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert response.headers["X-Request-ID"] == request_id
+
+
+def test_predict_negative_slice_has_null_mask_and_skips_segmenter(negative_client: TestClient) -> None:
+    before = negative_client.get("/metrics").text
+
+    response = predict(negative_client, TUMOR_SLICE.read_bytes(), "slice.jpg", mask_format="both")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["threshold"] == 1.01
+    assert body["tumor_detected"] is False
+    assert body["mask"] is None
+    assert 0.0 <= body["tumor_probability"] < 1.01
+    after = negative_client.get("/metrics").text
+    runs = "brain_tumor_model_inference_seconds_count"
+    assert sample_value(after, runs, model="classifier") == sample_value(before, runs, model="classifier") + 1
+    assert sample_value(after, runs, model="segmenter") == sample_value(before, runs, model="segmenter")
+
+
+@pytest.mark.parametrize(("height", "width"), [(200, 300), (512, 512), (31, 17)])
+def test_predict_returns_mask_at_input_size(client: TestClient, height: int, width: int) -> None:
+    image = resized(read_slice(TUMOR_SLICE), height, width)
+
+    response = predict(client, png_bytes(image), mask_format="both")
+
+    assert response.status_code == 200, response.text
+    mask = response.json()["mask"]
+    assert mask["size"] == [height, width]
+    assert mask["rle"]["size"] == [height, width]
+    from_rle = decode_rle(mask["rle"])
+    assert from_rle.shape == (height, width)
+    np.testing.assert_array_equal(from_rle, decode_png_mask(mask["png"]))
+    assert mask["area_pixels"] == int(from_rle.sum())
+    assert mask["bbox"] == bbox_of(from_rle)
+
+
+GREY_ENCODINGS = {
+    "grey8_png": lambda grey: png_bytes(grey),
+    "grey8_tiff": lambda grey: tiff_bytes(grey),
+    "grey16_png": lambda grey: png_bytes(grey.astype(np.uint16) * 257),
+    "grey16_tiff": lambda grey: tiff_bytes(grey.astype(np.uint16) * 257),
+    # Scanner-range 16-bit values (1000 + 10 * v) stretch back to the same 8-bit image.
+    "grey16_scanner_range_png": lambda grey: png_bytes(1000 + grey.astype(np.uint16) * 10),
+    "grey_alpha_png": lambda grey: pil_bytes(np.dstack([grey, np.full_like(grey, 128)]), "PNG"),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(GREY_ENCODINGS))
+def test_predict_treats_grey_slice_as_flair_replicated(client: TestClient, encoding: str) -> None:
+    grey = grey_flair()
+    replicated = predict(client, png_bytes(np.dstack([grey, grey, grey]))).json()
+
+    response = predict(client, GREY_ENCODINGS[encoding](grey), "slice.bin")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["tumor_probability"] == replicated["tumor_probability"]
+    assert body["mask"] == replicated["mask"]
+
+
+def test_predict_drops_alpha_of_rgba_png(client: TestClient) -> None:
+    rgb = read_slice(TUMOR_SLICE)
+    alpha = np.random.default_rng(0).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    reference = predict(client, png_bytes(rgb)).json()
+
+    response = predict(client, png_bytes(np.dstack([rgb, alpha])))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["tumor_probability"] == reference["tumor_probability"]
+    assert response.json()["mask"] == reference["mask"]
+
+
+def test_predict_reads_16_bit_rgb_png_in_rgb_order(client: TestClient) -> None:
+    rgb = np.dstack([full_range(read_slice(TUMOR_SLICE)[:, :, channel]) for channel in range(3)])
+    reference = predict(client, png_bytes(rgb)).json()
+
+    response = predict(client, png_bytes(rgb.astype(np.uint16) * 257))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["tumor_probability"] == reference["tumor_probability"]
+    assert response.json()["mask"] == reference["mask"]
+
+
+def test_predict_judges_type_by_magic_bytes_not_name(client: TestClient) -> None:
+    data = png_bytes(read_slice(TUMOR_SLICE))
+
+    response = client.post("/v1/predict", files=upload(data, "notes.txt", "text/plain"))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["mask"]["size"] == [256, 256]
+
+
+def test_predict_rejects_empty_file(client: TestClient) -> None:
+    response = predict(client, b"")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "empty_file",
+            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG or TIFF image",
+        }
+    }
+    assert_still_serving(client)
+
+
+@pytest.mark.parametrize(
+    ("image_format", "encode", "keep_bytes"),
+    [
+        ("PNG", lambda image: png_bytes(image), 200),
+        ("16-bit PNG", lambda image: png_bytes(image.astype(np.uint16) * 257), 200),
+        ("JPEG", lambda image: pil_bytes(image, "JPEG"), 600),
+        ("TIFF", lambda image: tiff_bytes(image), 100),
+    ],
+    ids=["png8", "png16", "jpeg", "tiff"],
+)
+def test_predict_rejects_truncated_image(client: TestClient, image_format: str, encode, keep_bytes: int) -> None:
+    data = encode(read_slice(TUMOR_SLICE))[:keep_bytes]
+
+    response = predict(client, data)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"code", "message"}
+    assert error["code"] == "undecodable_image"
+    assert error["message"].startswith(f"{image_format} file cannot be decoded"), error["message"]
+    assert_still_serving(client)
+
+
+def test_predict_rejects_text_file_named_png(client: TestClient) -> None:
+    response = client.post("/v1/predict", files=upload(UNSUPPORTED_TEXT, "slice.png", "image/png"))
+
+    assert response.status_code == 415
+    assert response.json() == {
+        "error": {
+            "code": "unsupported_media_type",
+            "message": "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+            "its first bytes are 68 65 6c 6c 6f 20 77 6f",
+        }
+    }
+    assert_still_serving(client)
+
+
+def test_predict_rejects_gif(client: TestClient) -> None:
+    gif = pil_bytes(read_slice(TUMOR_SLICE)[:, :, 1], "GIF")
+
+    response = predict(client, gif, "slice.png")
+
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert_still_serving(client)
+
+
+def test_predict_rejects_multi_page_tiff(client: TestClient) -> None:
+    pages = np.stack([read_slice(TUMOR_SLICE)[:, :, 1]] * 2)
+
+    response = predict(client, tiff_bytes(pages), "series.tif")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {"code": "invalid_image", "message": "TIFF must hold one page (one slice); it holds 2 pages"}
+    }
+    assert_still_serving(client)
+
+
+def test_predict_rejects_missing_file_field(client: TestClient) -> None:
+    response = client.post("/v1/predict")
+
+    assert response.status_code == 422
+    assert response.json() == {"error": {"code": "validation_error", "message": "body.file: Field required"}}
+    assert_still_serving(client)
+
+
+def test_predict_rejects_file_field_sent_as_text(client: TestClient) -> None:
+    response = client.post("/v1/predict", data={"file": "slice.png"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+    assert response.json()["error"]["message"].startswith("body.file: ")
+    assert_still_serving(client)
+
+
+def test_predict_rejects_unknown_mask_format(client: TestClient) -> None:
+    response = predict(client, TUMOR_SLICE.read_bytes(), "slice.jpg", mask_format="svg")
+
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": {
+            "code": "validation_error",
+            "message": "query.mask_format: Input should be 'rle', 'png' or 'both' (got 'svg')",
+        }
+    }
+    assert_still_serving(client)
+
+
+def test_predict_rejects_file_over_max_upload_bytes(limited_client: TestClient) -> None:
+    # Over the per-file limit but under the request-body limit (file limit + 64 KiB of multipart framing).
+    data = b"\x89PNG\r\n\x1a\n" + bytes(LIMITED_UPLOAD_BYTES + 1000)
+
+    response = predict(limited_client, data)
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {
+            "code": "payload_too_large",
+            "message": f"file must be at most {LIMITED_UPLOAD_BYTES} bytes; got more than {LIMITED_UPLOAD_BYTES} bytes",
+        }
+    }
+    assert_still_serving(limited_client)
+
+
+def test_predict_rejects_body_over_limit_before_reading_it(limited_client: TestClient) -> None:
+    data = bytes(3 * LIMITED_UPLOAD_BYTES)
+
+    response = predict(limited_client, data)
+
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "payload_too_large"
+    assert re.fullmatch(
+        rf"request body must be at most {LIMITED_UPLOAD_BYTES + 64 * 1024} bytes; Content-Length is \d+",
+        error["message"],
+    ), error["message"]
+    assert response.headers["X-Request-ID"]
+    assert_still_serving(limited_client)
+
+
+def test_predict_rejects_chunked_body_over_limit(limited_client: TestClient) -> None:
+    def chunks():
+        for _ in range(4):
+            yield bytes(LIMITED_UPLOAD_BYTES)
+
+    response = limited_client.post(
+        "/v1/predict", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=xyz"}
+    )
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {
+            "code": "payload_too_large",
+            "message": f"request body must be at most {LIMITED_UPLOAD_BYTES + 64 * 1024} bytes; got more",
+        }
+    }
+    assert_still_serving(limited_client)
+
+
+def test_predict_rejects_image_over_max_image_pixels(limited_client: TestClient) -> None:
+    # The FLAIR channel on a black 512x512 canvas: over the pixel limit, under the byte limit.
+    image = np.zeros((512, 512), np.uint8)
+    image[:256, :256] = read_slice(TUMOR_SLICE)[:, :, 1]
+    data = png_bytes(image)
+    assert len(data) < LIMITED_UPLOAD_BYTES
+
+    response = predict(limited_client, data)
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {
+            "code": "image_too_large",
+            "message": f"image is 512x512 = 262144 pixels; the limit is {LIMITED_IMAGE_PIXELS} pixels",
+        }
+    }
+    assert_still_serving(limited_client)
+
+
+def test_predict_accepts_image_at_max_image_pixels(limited_client: TestClient) -> None:
+    data = pil_bytes(resized(read_slice(TUMOR_SLICE), 300, 300), "JPEG", quality=90)
+    assert len(data) < LIMITED_UPLOAD_BYTES
+
+    response = predict(limited_client, data)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["mask"]["size"] == [300, 300]
+
+
+@pytest.mark.parametrize("magic", [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*"])
+@pytest.mark.parametrize("seed", range(3))
+def test_predict_answers_garbage_after_magic_bytes_with_4xx(client: TestClient, magic: bytes, seed: int) -> None:
+    garbage = np.random.default_rng(seed).integers(0, 256, 2048, dtype=np.uint8).tobytes()
+
+    response = predict(client, magic + garbage)
+
+    assert response.status_code in (400, 413), response.text
+    assert response.json()["error"]["code"] in {"undecodable_image", "invalid_image", "image_too_large"}
+    assert_still_serving(client)
+
+
+def test_predict_answers_unknown_path_with_error_body(client: TestClient) -> None:
+    response = client.get("/v1/nothing-here")
+
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+
+
+def test_predict_answers_wrong_method_with_error_body(client: TestClient) -> None:
+    response = client.get("/v1/predict")
+
+    assert response.status_code == 405
+    assert response.json() == {"error": {"code": "method_not_allowed", "message": "Method Not Allowed"}}
+
+
+def test_predict_logs_input_hash_never_file_name(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    data = TUMOR_SLICE.read_bytes()
+    file_name = "DOE^JANE_1961-02-03.jpg"
+
+    with caplog.at_level("INFO"):
+        response = client.post("/v1/predict", files=upload(data, file_name), headers={"X-Request-ID": "log-check"})
+
+    assert response.status_code == 200
+    access = [record for record in caplog.records if record.name == "app.access"]
+    fields = [record.fields for record in access if record.fields.get("request_id") == "log-check"]
+    assert len(fields) == 1
+    assert fields[0]["endpoint"] == "/v1/predict"
+    assert fields[0]["status"] == 200
+    assert fields[0]["input_sha256"] == hashlib.sha256(data).hexdigest()
+    for record in caplog.records:
+        assert "DOE^JANE" not in record.getMessage()
+        assert "DOE^JANE" not in repr(vars(record))

@@ -1,0 +1,175 @@
+"""POST /v1/predict/batch: per-file results in request order, per-file errors, and the batch limits."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from tests.api.utils import (
+    LIMITED_BATCH_FILES,
+    LIMITED_QUEUE_SLICES,
+    LIMITED_UPLOAD_BYTES,
+    batch_upload,
+    decode_png_mask,
+    decode_rle,
+    upload,
+)
+from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
+
+NOT_AN_IMAGE = b"GIF89a is not accepted here"
+
+
+def predict_one(client: TestClient, data: bytes) -> dict:
+    response = client.post("/v1/predict", files=upload(data, "slice.jpg"))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def predict_batch(client: TestClient, items: list[bytes], **params: str):
+    return client.post("/v1/predict/batch", params=params, files=batch_upload(items))
+
+
+def assert_same_prediction(item: dict, single: dict) -> None:
+    prediction = item["prediction"]
+    assert set(prediction) == {"tumor_probability", "tumor_detected", "threshold", "mask"}
+    assert prediction["tumor_probability"] == single["tumor_probability"]
+    assert prediction["tumor_detected"] == single["tumor_detected"]
+    assert prediction["threshold"] == single["threshold"]
+    np.testing.assert_array_equal(decode_rle(prediction["mask"]["rle"]), decode_rle(single["mask"]["rle"]))
+
+
+def test_predict_batch_returns_results_in_request_order(client: TestClient, tiny_manifest: dict) -> None:
+    files = [*TUMOR_SERIES, TUMOR_FREE_SLICE]
+    singles = [predict_one(client, path.read_bytes()) for path in files]
+    assert len({single["tumor_probability"] for single in singles}) == len(files), "slices must be told apart"
+
+    response = client.post(
+        "/v1/predict/batch",
+        files=batch_upload([path.read_bytes() for path in reversed(files)]),
+        headers={"X-Request-ID": "series-7"},
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"results", "models", "request_id"}
+    assert body["request_id"] == "series-7"
+    assert body["models"] == singles[0]["models"]
+    assert [item["index"] for item in body["results"]] == list(range(len(files)))
+    assert all(item["ok"] is True for item in body["results"])
+    for item, single in zip(body["results"], reversed(singles), strict=True):
+        assert_same_prediction(item, single)
+
+
+def test_predict_batch_reports_bad_file_in_place(client: TestClient) -> None:
+    first, last = TUMOR_SERIES[0].read_bytes(), TUMOR_SERIES[2].read_bytes()
+
+    response = predict_batch(client, [first, NOT_AN_IMAGE, last])
+
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results[1] == {
+        "index": 1,
+        "ok": False,
+        "error": {
+            "code": "unsupported_media_type",
+            "message": "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+            f"its first bytes are {NOT_AN_IMAGE[:8].hex(' ')}",
+        },
+    }
+    assert results[0]["index"] == 0 and results[0]["ok"] is True
+    assert results[2]["index"] == 2 and results[2]["ok"] is True
+    assert_same_prediction(results[0], predict_one(client, first))
+    assert_same_prediction(results[2], predict_one(client, last))
+
+
+def test_predict_batch_reports_empty_and_truncated_files(client: TestClient) -> None:
+    good = TUMOR_SLICE.read_bytes()
+
+    response = predict_batch(client, [b"", good, good[:300]])
+
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results[0]["error"]["code"] == "empty_file"
+    assert results[1]["ok"] is True
+    assert results[2]["ok"] is False
+    assert results[2]["error"]["code"] == "undecodable_image"
+
+
+def test_predict_batch_answers_200_when_every_file_fails(client: TestClient) -> None:
+    response = predict_batch(client, [NOT_AN_IMAGE, b""])
+
+    assert response.status_code == 200, response.text
+    assert [(item["ok"], item["error"]["code"]) for item in response.json()["results"]] == [
+        (False, "unsupported_media_type"),
+        (False, "empty_file"),
+    ]
+
+
+def test_predict_batch_honours_mask_format(client: TestClient) -> None:
+    response = predict_batch(client, [TUMOR_SLICE.read_bytes()] * 2, mask_format="png")
+
+    assert response.status_code == 200, response.text
+    for item in response.json()["results"]:
+        mask = item["prediction"]["mask"]
+        assert "rle" not in mask
+        assert decode_png_mask(mask["png"]).sum() == mask["area_pixels"]
+
+
+def test_predict_batch_rejects_missing_files_field(client: TestClient) -> None:
+    response = client.post("/v1/predict/batch")
+
+    assert response.status_code == 422
+    assert response.json() == {"error": {"code": "validation_error", "message": "body.files: Field required"}}
+
+
+def test_predict_batch_reports_file_over_max_upload_bytes_in_place(limited_client: TestClient) -> None:
+    oversized = b"\x89PNG\r\n\x1a\n" + bytes(LIMITED_UPLOAD_BYTES)
+
+    response = predict_batch(limited_client, [TUMOR_SLICE.read_bytes(), oversized])
+
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results[0]["ok"] is True
+    assert results[1] == {
+        "index": 1,
+        "ok": False,
+        "error": {
+            "code": "payload_too_large",
+            "message": f"file must be at most {LIMITED_UPLOAD_BYTES} bytes; got more than {LIMITED_UPLOAD_BYTES} bytes",
+        },
+    }
+
+
+def test_predict_batch_rejects_more_than_max_batch_files(limited_client: TestClient) -> None:
+    files = [TUMOR_SLICE.read_bytes()] * (LIMITED_BATCH_FILES + 1)
+
+    response = predict_batch(limited_client, files)
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {
+            "code": "too_many_files",
+            "message": f"a batch may hold at most {LIMITED_BATCH_FILES} files; got {LIMITED_BATCH_FILES + 1}",
+        }
+    }
+    follow_up = predict_batch(limited_client, [TUMOR_SLICE.read_bytes()] * LIMITED_QUEUE_SLICES)
+    assert follow_up.status_code == 200, follow_up.text
+
+
+def test_predict_batch_over_queue_capacity_is_overloaded_with_retry_after(limited_client: TestClient) -> None:
+    # More decodable slices than the inference queue holds: refused at once with 503 + Retry-After.
+    files = [TUMOR_SLICE.read_bytes()] * (LIMITED_QUEUE_SLICES + 1)
+
+    response = predict_batch(limited_client, files)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json() == {
+        "error": {
+            "code": "overloaded",
+            "message": f"the inference queue is full (0 of {LIMITED_QUEUE_SLICES} slices waiting); retry shortly",
+        }
+    }
+    follow_up = predict_batch(limited_client, [TUMOR_SLICE.read_bytes()] * LIMITED_QUEUE_SLICES)
+    assert follow_up.status_code == 200, follow_up.text
+    assert [item["ok"] for item in follow_up.json()["results"]] == [True] * LIMITED_QUEUE_SLICES

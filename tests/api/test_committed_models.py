@@ -1,0 +1,120 @@
+"""The service on the trained models committed in models/: real predictions on held-out slices, and model integrity.
+
+These fail (at fixture setup) until models/manifest.json and the exported models are committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.inference import Predictor
+from app.model_store import read_manifest
+from app.settings import Settings
+from tests.api.utils import decode_png_mask, decode_rle, running_client, upload
+from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, dice, read_truth
+from training.data import read_image
+from training.preprocessing import preprocess_slice
+
+MIN_DICE = 0.7
+
+
+@pytest.fixture(scope="module")
+def committed_client(committed_model_dir: Path) -> Iterator[TestClient]:
+    with running_client(Settings(model_dir=committed_model_dir)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def committed_manifest(committed_model_dir: Path) -> dict:
+    return json.loads((committed_model_dir / "manifest.json").read_text())
+
+
+def test_committed_manifest_hashes_match_files(committed_model_dir: Path, committed_manifest: dict) -> None:
+    files = committed_manifest["files"]
+    for role in ("classifier", "segmenter"):
+        assert committed_manifest[role]["architecture"] in files
+        assert committed_manifest[role]["weights"] in files
+    assert committed_manifest["split"] in files
+
+    for name, recorded in files.items():
+        assert hashlib.sha256((committed_model_dir / name).read_bytes()).hexdigest() == recorded, name
+    read_manifest(committed_model_dir)  # the service's own check agrees
+
+
+def test_committed_predict_detects_tumor_with_dice_over_0_7(committed_client: TestClient) -> None:
+    response = committed_client.post(
+        "/v1/predict", params={"mask_format": "both"}, files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["tumor_detected"] is True
+    assert body["tumor_probability"] >= body["threshold"]
+    predicted = decode_rle(body["mask"]["rle"])
+    np.testing.assert_array_equal(predicted, decode_png_mask(body["mask"]["png"]))
+    assert body["mask"]["area_pixels"] == int(predicted.sum())
+    score = dice(read_truth(TUMOR_SLICE), predicted)
+    assert score > MIN_DICE, f"Dice {score:.3f} against the ground truth"
+
+
+def test_committed_predict_tumor_free_slice_has_null_mask(committed_client: TestClient) -> None:
+    assert read_truth(TUMOR_FREE_SLICE).sum() == 0
+
+    response = committed_client.post("/v1/predict", files=upload(TUMOR_FREE_SLICE.read_bytes(), "slice.jpg"))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["tumor_detected"] is False
+    assert body["tumor_probability"] < body["threshold"]
+    assert body["mask"] is None
+
+
+def test_committed_models_report_manifest_tags(committed_client: TestClient, committed_manifest: dict) -> None:
+    body = committed_client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).json()
+
+    assert body["threshold"] == committed_manifest["classifier"]["threshold"]
+    assert body["models"] == {
+        role: f"{committed_manifest[role]['name']}@{committed_manifest[role]['version']}"
+        for role in ("classifier", "segmenter")
+    }
+
+
+def test_committed_batch_matches_single_predictions(committed_client: TestClient) -> None:
+    paths = [*TUMOR_SERIES, TUMOR_FREE_SLICE]
+    singles = [
+        committed_client.post("/v1/predict", files=upload(path.read_bytes(), "slice.jpg")).json() for path in paths
+    ]
+
+    response = committed_client.post(
+        "/v1/predict/batch", files=[("files", (path.name, path.read_bytes(), "image/jpeg")) for path in paths]
+    )
+
+    assert response.status_code == 200, response.text
+    for item, single in zip(response.json()["results"], singles, strict=True):
+        assert item["prediction"]["tumor_detected"] == single["tumor_detected"]
+        assert item["prediction"]["tumor_probability"] == pytest.approx(single["tumor_probability"], abs=1e-5)
+
+
+def test_committed_models_reload_to_same_outputs_as_predictor(
+    committed_model_dir: Path, committed_manifest: dict
+) -> None:
+    batch = np.stack([preprocess_slice(read_image(path)) for path in [*TUMOR_SERIES, TUMOR_FREE_SLICE]])
+    predictor = Predictor.from_model_dir(committed_model_dir)
+
+    reloaded = {}
+    for role in ("classifier", "segmenter"):
+        entry = committed_manifest[role]
+        model = keras.models.model_from_json((committed_model_dir / entry["architecture"]).read_text())
+        model.load_weights(committed_model_dir / entry["weights"])
+        reloaded[role] = np.asarray(model(batch, training=False))
+
+    np.testing.assert_allclose(predictor.classify(batch), reloaded["classifier"].reshape(-1), atol=1e-5)
+    np.testing.assert_allclose(predictor.segment(batch), reloaded["segmenter"][..., 0], atol=1e-5)

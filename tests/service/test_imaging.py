@@ -1,0 +1,240 @@
+"""`app.imaging`: each accepted format, depth and channel layout; sniffing by magic bytes; train/serve parity."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import app.pipeline
+import training.preprocessing
+from app.errors import (
+    EmptyFileError,
+    ImageTooLargeError,
+    InvalidSliceError,
+    UndecodableImageError,
+    UnsupportedMediaTypeError,
+)
+from app.imaging import ImageFormat, decode_image, sniff_format, stretch_to_uint8
+from tests.api.utils import pil_bytes, png_bytes, tiff_bytes
+from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, read_slice
+from training.data import read_image
+
+RNG = np.random.default_rng(7)
+GREY = RNG.integers(0, 256, (23, 31), dtype=np.uint8)
+RGB = RNG.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+ALPHA = RNG.integers(0, 256, (23, 31), dtype=np.uint8)
+
+
+def expected_stretch(array: np.ndarray) -> np.ndarray:
+    """Per-channel min/max stretch to 0..255, written independently of `stretch_to_uint8`."""
+    values = array.astype(np.float64)
+    if values.ndim == 2:
+        return np.rint((values - values.min()) * 255 / (values.max() - values.min())).astype(np.uint8)
+    return np.dstack([expected_stretch(array[:, :, channel]) for channel in range(array.shape[2])])
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 8) -> bytes:
+    """A PNG whose IHDR claims `width` x `height` grey pixels, with one tiny IDAT: checked before decoding."""
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def palette_png(grey: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    Image.fromarray(grey).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(stream, format="PNG")
+    return stream.getvalue()
+
+
+GREY16 = (GREY.astype(np.uint16) * 37 + 500).astype(np.uint16)
+RGB16 = np.dstack([GREY16, GREY16 // 2 + 3, 4000 - GREY16]).astype(np.uint16)
+
+EIGHT_BIT_CASES = {
+    "png_grey": (lambda: png_bytes(GREY), GREY),
+    "png_grey_alpha": (lambda: pil_bytes(np.dstack([GREY, ALPHA]), "PNG"), GREY),
+    "png_rgb": (lambda: png_bytes(RGB), RGB),
+    "png_rgba": (lambda: png_bytes(np.dstack([RGB, ALPHA])), RGB),
+    "png_palette": (lambda: palette_png(GREY), np.dstack([GREY, GREY, GREY])),  # palettes decode as RGB
+    "png_one_bit": (lambda: pil_bytes(GREY > 127, "PNG"), (GREY > 127).astype(np.uint8) * 255),
+    "tiff_grey": (lambda: tiff_bytes(GREY), GREY),
+    "tiff_rgb": (lambda: tiff_bytes(RGB, photometric="rgb"), RGB),
+    "tiff_rgba": (lambda: tiff_bytes(np.dstack([RGB, ALPHA]), photometric="rgb", extrasamples=["unassalpha"]), RGB),
+    "tiff_rgb_planar": (
+        lambda: tiff_bytes(np.moveaxis(RGB, -1, 0), photometric="rgb", planarconfig="separate"),
+        RGB,
+    ),
+    "tiff_grey_deflate": (lambda: tiff_bytes(GREY, compression="zlib"), GREY),
+    "tiff_rgb_lzw_pillow": (lambda: pil_bytes(RGB, "TIFF", compression="tiff_lzw"), RGB),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EIGHT_BIT_CASES))
+def test_decode_image_keeps_8_bit_pixels(name: str) -> None:
+    encode, expected = EIGHT_BIT_CASES[name]
+
+    decoded = decode_image(encode())
+
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("png_grey16", lambda: png_bytes(GREY16), lambda: expected_stretch(GREY16)),
+        ("png_rgb16", lambda: png_bytes(RGB16), lambda: expected_stretch(RGB16)),
+        ("png_rgba16", lambda: png_bytes(np.dstack([RGB16, GREY16])), lambda: expected_stretch(RGB16)),
+        ("tiff_grey16", lambda: tiff_bytes(GREY16), lambda: expected_stretch(GREY16)),
+        ("tiff_rgb16", lambda: tiff_bytes(RGB16, photometric="rgb"), lambda: expected_stretch(RGB16)),
+        ("tiff_float32", lambda: tiff_bytes(GREY16.astype(np.float32) / 7), lambda: expected_stretch(GREY16)),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_decode_image_stretches_deeper_images_per_channel(name: str, data, expected) -> None:
+    decoded = decode_image(data())
+
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, expected())
+
+
+def test_decode_image_of_jpeg_matches_pillow() -> None:
+    data = TUMOR_SLICE.read_bytes()
+
+    np.testing.assert_array_equal(decode_image(data), read_slice(TUMOR_SLICE))
+
+
+def test_decode_image_of_grey_jpeg_is_two_dimensional() -> None:
+    decoded = decode_image(pil_bytes(GREY, "JPEG", quality=95))
+
+    assert decoded.shape == GREY.shape
+    assert np.abs(decoded.astype(int) - GREY).mean() < 40  # lossy, but the same picture
+
+
+def test_stretch_to_uint8_passes_uint8_through_unchanged() -> None:
+    assert stretch_to_uint8(RGB) is RGB
+
+
+def test_stretch_to_uint8_maps_constant_channel_to_zero() -> None:
+    constant = np.full((3, 3, 3), 1234, np.uint16)
+
+    np.testing.assert_array_equal(stretch_to_uint8(constant), np.zeros((3, 3, 3), np.uint8))
+
+
+def test_stretch_to_uint8_maps_bool_to_0_255() -> None:
+    flags = np.array([[True, False]])
+
+    np.testing.assert_array_equal(stretch_to_uint8(flags), [[255, 0]])
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n", ImageFormat.PNG),
+        (b"\xff\xd8\xff\xe0", ImageFormat.JPEG),
+        (b"II*\x00", ImageFormat.TIFF),
+        (b"MM\x00*", ImageFormat.TIFF),
+        (b"II+\x00", ImageFormat.TIFF),
+        (b"MM\x00+", ImageFormat.TIFF),
+    ],
+)
+def test_sniff_format_reads_magic_bytes(prefix: bytes, expected: ImageFormat) -> None:
+    assert sniff_format(prefix + b"rest of the file") is expected
+
+
+def test_sniff_format_rejects_empty_file() -> None:
+    with pytest.raises(EmptyFileError, match=r"^the uploaded file is empty \(0 bytes\)"):
+        sniff_format(b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"GIF89a....", b"BM\x00\x00\x00\x00", b"%PDF-1.7", b"<svg xmlns=", b"\x89PNX\r\n\x1a\n", b"DICM"],
+    ids=["gif", "bmp", "pdf", "svg", "almost_png", "dicom_tag"],
+)
+def test_sniff_format_rejects_other_types_naming_first_bytes(data: bytes) -> None:
+    with pytest.raises(UnsupportedMediaTypeError) as raised:
+        sniff_format(data)
+
+    assert raised.value.message.endswith(f"its first bytes are {data[:8].hex(' ')}")
+
+
+def test_decode_image_ignores_what_the_bytes_claim_to_be_elsewhere() -> None:
+    # A TIFF is decoded as TIFF even though it is full of PNG-looking bytes after its header.
+    image = np.frombuffer((b"\x89PNG\r\n\x1a\n" * 100)[: 23 * 31], np.uint8).reshape(23, 31)
+
+    np.testing.assert_array_equal(decode_image(tiff_bytes(image)), image)
+
+
+@pytest.mark.parametrize(
+    ("data", "prefix"),
+    [
+        (lambda: png_bytes(RGB)[:60], "PNG file cannot be decoded"),
+        (lambda: png_bytes(GREY16)[:60], "16-bit PNG file cannot be decoded"),
+        (lambda: TUMOR_SLICE.read_bytes()[:400], "JPEG file cannot be decoded"),
+        (lambda: tiff_bytes(RGB, photometric="rgb")[:12], "TIFF file cannot be decoded"),
+        (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "PNG file cannot be decoded"),
+    ],
+    ids=["png", "png16", "jpeg", "tiff", "png_no_header"],
+)
+def test_decode_image_rejects_truncated_file(data, prefix: str) -> None:
+    with pytest.raises(UndecodableImageError) as raised:
+        decode_image(data())
+
+    assert raised.value.message.startswith(prefix), raised.value.message
+
+
+def test_decode_image_rejects_multi_page_tiff() -> None:
+    with pytest.raises(InvalidSliceError, match=r"^TIFF must hold one page \(one slice\); it holds 3 pages$"):
+        decode_image(tiff_bytes(np.stack([GREY, GREY, GREY]), photometric="minisblack"))
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_decode_image_checks_pixel_count_from_png_header(bit_depth: int) -> None:
+    data = png_header_only(5000, 4000, bit_depth)
+
+    with pytest.raises(ImageTooLargeError) as raised:
+        decode_image(data, max_pixels=4096 * 4096)
+
+    assert raised.value.message == "image is 5000x4000 = 20000000 pixels; the limit is 16777216 pixels"
+
+
+def test_decode_image_checks_pixel_count_of_tiff() -> None:
+    with pytest.raises(ImageTooLargeError, match=r"^image is 31x23 = 713 pixels; the limit is 700 pixels$"):
+        decode_image(tiff_bytes(GREY), max_pixels=700)
+
+
+def test_decode_image_checks_pixel_count_of_jpeg() -> None:
+    with pytest.raises(ImageTooLargeError, match=r"^image is 256x256 = 65536 pixels; the limit is 65535 pixels$"):
+        decode_image(TUMOR_SLICE.read_bytes(), max_pixels=65535)
+
+
+def test_decode_image_accepts_image_at_pixel_limit() -> None:
+    assert decode_image(TUMOR_SLICE.read_bytes(), max_pixels=65536).shape == (256, 256, 3)
+
+
+def test_service_preprocess_slice_is_the_training_function() -> None:
+    assert app.pipeline.preprocess_slice is training.preprocessing.preprocess_slice
+
+
+@pytest.mark.parametrize("path", [*TUMOR_SERIES, TUMOR_FREE_SLICE], ids=lambda path: path.stem)
+def test_service_and_training_read_real_slice_identically(path) -> None:
+    trained_on = read_image(path)
+    served = decode_image(path.read_bytes())
+
+    np.testing.assert_array_equal(served, trained_on)
+    np.testing.assert_array_equal(
+        app.pipeline.preprocess_slice(served), training.preprocessing.preprocess_slice(trained_on)
+    )

@@ -1,0 +1,214 @@
+"""`app.pipeline`: from uploaded bytes to the response payload, shared by the HTTP API and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import pipeline, schemas
+from app.errors import (
+    EmptyFileError,
+    InvalidSliceError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
+from app.imaging import decode_image
+from app.inference import Predictor, SlicePrediction
+from app.masks import decode_rle
+from tests.api.utils import decode_png_mask, png_bytes, resized, tiff_bytes
+from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
+from training.preprocessing import preprocess_slice
+
+LIMITS = pipeline.UploadLimits(max_upload_bytes=1 << 20, max_image_pixels=1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_model_dir: Path) -> Predictor:
+    return Predictor.from_model_dir(tiny_model_dir)
+
+
+def test_sha256_hex_is_the_upload_hash() -> None:
+    data = TUMOR_SLICE.read_bytes()
+
+    assert pipeline.sha256_hex(data) == hashlib.sha256(data).hexdigest()
+
+
+def test_check_upload_size_names_limit_and_size() -> None:
+    limits = pipeline.UploadLimits(max_upload_bytes=10, max_image_pixels=100)
+
+    pipeline.check_upload_size(10, limits)
+    with pytest.raises(PayloadTooLargeError, match=r"^file must be at most 10 bytes; got 11 bytes$"):
+        pipeline.check_upload_size(11, limits)
+    with pytest.raises(PayloadTooLargeError, match=r"^file must be at most 10 bytes; got more than 10 bytes$"):
+        pipeline.check_upload_size(11, limits, complete=False)
+
+
+def test_prepare_upload_is_decode_then_preprocess() -> None:
+    data = png_bytes(resized(read_slice(TUMOR_SLICE), 200, 300))
+
+    prepared = pipeline.prepare_upload(data, LIMITS)
+
+    assert prepared.size == (200, 300)
+    assert prepared.image is None
+    assert prepared.model_input.shape == (256, 256, 3)
+    assert prepared.model_input.dtype == np.float32
+    np.testing.assert_array_equal(prepared.model_input, preprocess_slice(decode_image(data)))
+
+
+def test_prepare_upload_keeps_image_when_asked() -> None:
+    image = read_slice(TUMOR_SLICE)
+
+    prepared = pipeline.prepare_upload(png_bytes(image), LIMITS, keep_image=True)
+
+    np.testing.assert_array_equal(prepared.image, image)
+
+
+def test_prepare_upload_reports_five_channel_image_as_invalid_slice() -> None:
+    data = tiff_bytes(np.zeros((4, 6, 5), np.uint8), photometric="minisblack", planarconfig="contig")
+
+    with pytest.raises(InvalidSliceError) as raised:
+        pipeline.prepare_upload(data, LIMITS)
+
+    assert raised.value.code == "invalid_image"
+    assert raised.value.message == (
+        "image must be grey, grey+alpha, RGB or RGBA (HxW or HxWxC with C in 1..4); got shape (4, 6, 5)"
+    )
+
+
+def test_prepare_uploads_puts_errors_in_place() -> None:
+    good = TUMOR_SLICE.read_bytes()
+    unreadable = PayloadTooLargeError("file must be at most 1 bytes; got more than 1 bytes")
+
+    prepared = pipeline.prepare_uploads([good, b"", unreadable, b"text", good], LIMITS)
+
+    assert [type(item) for item in prepared] == [
+        pipeline.PreparedSlice,
+        EmptyFileError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        pipeline.PreparedSlice,
+    ]
+    assert prepared[2] is unreadable
+
+
+def test_in_request_order_interleaves_predictions_and_errors() -> None:
+    error = EmptyFileError("empty")
+    prepared = [object(), error, object()]
+    first = SlicePrediction(0.1, False, None)
+    second = SlicePrediction(0.9, True, np.ones((2, 2), np.uint8))
+
+    assert pipeline.in_request_order(prepared, [first, second]) == [first, error, second]
+
+
+@pytest.mark.parametrize(
+    ("mask_format", "keys"),
+    [
+        (schemas.MaskFormat.RLE, {"size", "rle", "area_pixels", "bbox"}),
+        (schemas.MaskFormat.PNG, {"size", "png", "area_pixels", "bbox"}),
+        (schemas.MaskFormat.BOTH, {"size", "rle", "png", "area_pixels", "bbox"}),
+    ],
+)
+def test_mask_payload_includes_requested_encodings(mask_format: schemas.MaskFormat, keys: set[str]) -> None:
+    mask = np.zeros((5, 7), np.uint8)
+    mask[1:3, 2:6] = 1
+
+    payload = pipeline.mask_payload(mask, mask_format).model_dump(mode="json")
+
+    assert set(payload) == keys
+    assert payload["size"] == [5, 7]
+    assert payload["area_pixels"] == 8
+    assert payload["bbox"] == [2, 1, 4, 2]
+    if "rle" in payload:
+        np.testing.assert_array_equal(decode_rle(payload["rle"]), mask)
+    if "png" in payload:
+        np.testing.assert_array_equal(decode_png_mask(payload["png"]), mask)
+
+
+def test_mask_payload_of_empty_mask_has_zero_area_and_null_bbox() -> None:
+    payload = pipeline.mask_payload(np.zeros((4, 4), np.uint8), schemas.MaskFormat.BOTH).model_dump(mode="json")
+
+    assert payload["area_pixels"] == 0
+    assert payload["bbox"] is None
+    assert decode_rle(payload["rle"]).sum() == 0
+
+
+def test_slice_payload_of_negative_has_null_mask() -> None:
+    payload = pipeline.slice_payload(SlicePrediction(0.2, False, None), 0.5, schemas.MaskFormat.BOTH)
+
+    assert payload.model_dump(mode="json") == {
+        "tumor_probability": 0.2,
+        "tumor_detected": False,
+        "threshold": 0.5,
+        "mask": None,
+    }
+
+
+def test_predict_uploads_matches_predictor_and_keeps_order(tiny_predictor: Predictor) -> None:
+    series = [path.read_bytes() for path in TUMOR_SERIES]
+    uploads = [series[0], b"not an image", series[1], series[2]]
+
+    outcomes = pipeline.predict_uploads(tiny_predictor, uploads, LIMITS)
+    expected = tiny_predictor.predict([decode_image(data) for data in series])
+
+    assert isinstance(outcomes[1], UnsupportedMediaTypeError)
+    for outcome, reference in zip([outcomes[0], *outcomes[2:]], expected, strict=True):
+        assert outcome.probability == pytest.approx(reference.probability, abs=1e-6)
+        np.testing.assert_array_equal(outcome.mask, reference.mask)
+
+
+def test_predict_uploads_returns_masks_at_input_size(tiny_predictor: Predictor) -> None:
+    data = png_bytes(resized(read_slice(TUMOR_SLICE), 120, 90))
+
+    (outcome,) = pipeline.predict_uploads(tiny_predictor, [data], LIMITS)
+
+    assert outcome.detected is True  # classifier threshold 0
+    assert outcome.mask.shape == (120, 90)
+
+
+def test_predict_uploads_of_negative_skips_segmenter(tmp_path: Path) -> None:
+    calls: list[tuple[str, int]] = []
+    predictor = Predictor.from_model_dir(
+        make_tiny_model_dir(tmp_path / "negative", classifier_threshold=1.01),
+        observer=lambda role, seconds, batch_size: calls.append((role, batch_size)),
+    )
+
+    outcomes = pipeline.predict_uploads(predictor, [TUMOR_SLICE.read_bytes()] * 2, LIMITS)
+
+    assert [(outcome.detected, outcome.mask) for outcome in outcomes] == [(False, None), (False, None)]
+    assert calls == [("classifier", 2)]
+
+
+def corrupted(data: bytes, rng: np.random.Generator) -> bytes:
+    """`data` with a few bytes changed (mostly in the header) and sometimes cut short."""
+    damaged = bytearray(data)
+    for _ in range(int(rng.integers(1, 20))):
+        position = int(rng.integers(0, min(len(damaged), 400)))
+        damaged[position] = int(rng.integers(0, 256))
+    if rng.random() < 0.3:
+        damaged = damaged[: int(rng.integers(8, len(damaged)))]
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("encoding", ["png8", "png16", "jpeg", "tiff_rgb", "tiff_grey16"])
+def test_prepare_upload_raises_only_service_errors_on_corrupt_files(encoding: str) -> None:
+    image = read_slice(TUMOR_SLICE)
+    data = {
+        "png8": lambda: png_bytes(image),
+        "png16": lambda: png_bytes(image.astype(np.uint16) * 257),
+        "jpeg": TUMOR_SLICE.read_bytes,
+        "tiff_rgb": lambda: tiff_bytes(image, photometric="rgb"),
+        "tiff_grey16": lambda: tiff_bytes(image[:, :, 1].astype(np.uint16)),
+    }[encoding]()
+    rng = np.random.default_rng(len(encoding))
+
+    for _ in range(40):
+        try:
+            prepared = pipeline.prepare_upload(corrupted(data, rng), LIMITS)
+        except ServiceError as error:  # anything else would be a 500
+            assert error.code in {"undecodable_image", "invalid_image", "image_too_large", "unsupported_media_type"}
+        else:
+            assert prepared.model_input.shape == (256, 256, 3)
