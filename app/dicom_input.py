@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
@@ -48,6 +47,7 @@ PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 CHANNEL_ORDER = ("pre-contrast", "FLAIR", "post-contrast")
 # Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
 POSITION_TOLERANCE_MM = 0.01
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 class UndecodableDicomError(ServiceError):
@@ -193,11 +193,14 @@ def read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[
         )
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as error:
+        _check_complete(dataset)
+        _check_sop_class(dataset)
+        _check_pixel_description(dataset)
+        rows, columns, frames = _dimensions(dataset)
+    except ServiceError:
+        raise
+    except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
         raise UndecodableDicomError(f"DICOM file cannot be read (truncated or corrupt): {error}") from error
-    _check_sop_class(dataset)
-    _check_pixel_description(dataset)
-    rows, columns, frames = _dimensions(dataset)
     if rows * columns * frames > max_pixels:
         raise ImageTooLargeError(
             f"DICOM image is {rows}x{columns} pixels x {frames} frames = {rows * columns * frames} pixels; "
@@ -289,6 +292,20 @@ def prepare_inputs(frames: Sequence[DicomFrame]) -> list[SliceInput]:
     return inputs
 
 
+def _check_complete(dataset: Dataset) -> None:
+    """pydicom reads a value cut short by the end of the file without complaint; only the last element can be."""
+    tags = list(dataset.keys())
+    if not tags:
+        return
+    element = dataset.get_item(tags[-1])  # the raw element: its value is not decoded here
+    declared = getattr(element, "length", None)
+    value = element.value
+    if declared is not None and declared != UNDEFINED_LENGTH and isinstance(value, bytes) and len(value) < declared:
+        raise UndecodableDicomError(
+            f"DICOM file is truncated: element {element.tag} declares {declared} bytes but the file holds {len(value)}"
+        )
+
+
 def _check_sop_class(dataset: Dataset) -> None:
     sop_class = dataset.get("SOPClassUID")
     if sop_class is None:
@@ -302,7 +319,8 @@ def _check_sop_class(dataset: Dataset) -> None:
         )
     if not any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS):
         raise DicomWithoutPixelDataError(
-            f"DICOM {SUPPORTED_SOP_CLASSES[str(sop_class)]} must carry Pixel Data (7FE0,0010); this one has none"
+            f"DICOM {SUPPORTED_SOP_CLASSES[str(sop_class)]} must carry Pixel Data (7FE0,0010); this one has none "
+            "(or the file is truncated before it)"
         )
 
 
@@ -398,7 +416,8 @@ def _floats(value: object, count: int) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
-        numbers = tuple(float(item) for item in (value if isinstance(value, Sequence) else [value]))
+        items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
+        numbers = tuple(float(item) for item in items)
     except (TypeError, ValueError):
         return None
     return numbers if len(numbers) == count else None

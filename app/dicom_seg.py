@@ -3,8 +3,9 @@
 The SEG has one segment (SNOMED CT "Morphologically abnormal structure" / "Neoplasm" in the brain), names the models
 that made it (Algorithm Identification: segmenter name and version, the classifier tag as a parameter), refers to
 every source frame, and keeps empty frames (one SEG frame per source frame) so that viewers which pair frames by
-index do not shift it. `read_segmentation_masks` decodes such a SEG back into arrays, and `tumor_volume_ml` turns the
-masks into the figure a radiologist asks for.
+index do not shift it. `segment_series` runs the predictor over a series and builds the SEG only when a slice is
+positive; `read_segmentation_masks` decodes a SEG back into arrays, and `tumor_volume_ml` turns the masks into the
+figure a radiologist asks for.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -24,6 +27,9 @@ from pydicom.uid import generate_uid
 from app.dicom_input import DicomFrame, SliceInput
 from app.errors import ErrorKind, ServiceError
 
+if TYPE_CHECKING:
+    from app.inference import Predictor, SlicePrediction
+
 MANUFACTURER = "brain-tumor-service"
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
 SEG_SERIES_DESCRIPTION = "Tumor segmentation (research use only)"
@@ -31,6 +37,7 @@ SEGMENT_LABEL = "Tumor"
 CONTENT_LABEL = "TUMOR"
 SEGMENT_NUMBER = 1
 MM3_PER_ML = 1000.0
+DEFAULT_BATCH_SIZE = 32
 
 
 class SegmentationInputError(ServiceError):
@@ -46,6 +53,56 @@ def software_version() -> str:
         return metadata.version(MANUFACTURER)
     except metadata.PackageNotFoundError:  # running from a source tree that was never installed
         return "unknown"
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesResult:
+    """What the models say about a DICOM series.
+
+    Attributes
+    ----------
+    inputs, predictions
+        One prediction per input, in the same order.
+    segmentation
+        The SEG, or None when no slice is positive (or it was not asked for).
+    tumor_volume_ml
+        See `tumor_volume_ml`; 0.0 when nothing was found.
+    """
+
+    inputs: list[SliceInput]
+    predictions: list[SlicePrediction]
+    segmentation: Dataset | None
+    tumor_volume_ml: float | None
+
+    @property
+    def tumor_detected(self) -> bool:
+        return any(prediction.detected for prediction in self.predictions)
+
+
+def segment_series(
+    predictor: Predictor,
+    inputs: Sequence[SliceInput],
+    build_seg: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> SeriesResult:
+    """Predict every slice of a series and, when any is positive and `build_seg` is set, build its SEG.
+
+    Slices go to the models `batch_size` at a time, so a long series does not hold all its model inputs at once.
+
+    Raises
+    ------
+    SegmentationInputError
+        If a SEG is to be built and the inputs cannot share one (see `build_segmentation`).
+    """
+    inputs = list(inputs)
+    predictions: list[SlicePrediction] = []
+    for start in range(0, len(inputs), batch_size):
+        predictions.extend(predictor.predict([slice_input.image for slice_input in inputs[start : start + batch_size]]))
+    masks = [prediction.mask for prediction in predictions]
+    detected = any(prediction.detected for prediction in predictions)
+    segmentation = build_segmentation(inputs, masks, predictor.model_tags) if detected and build_seg else None
+    volume = tumor_volume_ml(masks, [slice_input.reference for slice_input in inputs])
+    return SeriesResult(inputs=inputs, predictions=predictions, segmentation=segmentation, tumor_volume_ml=volume)
 
 
 def build_segmentation(
@@ -232,7 +289,9 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
             offsets = np.sort(points @ normal)
             gaps = np.diff(offsets)
         else:  # no orientation: order the positions along the line they span
-            gaps = np.linalg.norm(np.diff(points[np.argsort(np.linalg.norm(points - points[0], axis=1))], axis=0), axis=1)
+            gaps = np.linalg.norm(
+                np.diff(points[np.argsort(np.linalg.norm(points - points[0], axis=1))], axis=0), axis=1
+            )
         gaps = np.abs(gaps[np.abs(gaps) > 1e-6])
         if gaps.size:
             return float(np.median(gaps))
@@ -250,9 +309,9 @@ def _split_tag(tag: str) -> tuple[str, str]:
     return (name, version) if name else (tag, "unknown")
 
 
-def _unique_headers(frames: object) -> list[Dataset]:
+def _unique_headers(frames: Iterable[DicomFrame]) -> list[Dataset]:
     headers: dict[str, Dataset] = {}
-    for frame in frames:  # type: ignore[attr-defined]
+    for frame in frames:
         headers.setdefault(frame.sop_instance_uid, frame.header)
     return list(headers.values())
 
@@ -278,9 +337,9 @@ def _source_images_and_pixels(
         return [first.header], pixels
     if any(frame.is_multiframe for frame in references):
         raise SegmentationInputError("a DICOM SEG cannot mix single-frame and multi-frame source instances")
-    pixels = np.zeros((len(references), *references[0].values.shape), dtype=np.uint8)
     if len({frame.values.shape for frame in references}) != 1:
         raise SegmentationInputError("the slices of one DICOM SEG must share rows x columns")
+    pixels = np.zeros((len(references), *references[0].values.shape), dtype=np.uint8)
     for index, mask in enumerate(masks):
         if mask is not None:
             pixels[index] = mask > 0

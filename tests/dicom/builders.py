@@ -1,0 +1,132 @@
+"""Building MR Image Storage datasets with pydicom from the committed real slices (no hand-written bytes)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from tests.conftest import TUMOR_SERIES, read_slice
+
+FLAIR = 1  # channel of the kaggle_3m slices: pre-contrast, FLAIR, post-contrast
+SLICE_GAP_MM = 5.0
+PIXEL_SPACING_MM = (0.9375, 0.9375)
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Study:
+    """UIDs shared by the series of one synthetic study."""
+
+    study_uid: str = field(default_factory=generate_uid)
+    frame_of_reference_uid: str = field(default_factory=generate_uid)
+
+
+def tumor_channels(channel: int = FLAIR) -> list[np.ndarray]:
+    """One channel (uint8 256x256) of each committed tumor slice, in slice order."""
+    return [read_slice(path)[:, :, channel] for path in TUMOR_SERIES]
+
+
+def mr_dataset(
+    stored: np.ndarray,
+    study: Study,
+    series_uid: str,
+    instance_number: int = 1,
+    position_mm: float = 0.0,
+    series_number: int = 1,
+    series_description: str = "AX FLAIR",
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    rescale: tuple[float, float] | None = None,
+) -> Dataset:
+    """An MR Image Storage dataset holding `stored` (uint8, uint16 or int16 HxW) as its stored pixel values."""
+    bits_allocated = stored.dtype.itemsize * 8
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.SOPClassUID = MRImageStorage
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    # Patient and study: synthetic values only.
+    dataset.PatientName = "Test^Phantom"
+    dataset.PatientID = "TEST-0001"
+    dataset.PatientBirthDate = ""
+    dataset.PatientSex = "O"
+    dataset.StudyInstanceUID = study.study_uid
+    dataset.StudyDate = "20240101"
+    dataset.StudyTime = "120000"
+    dataset.StudyID = "1"
+    dataset.AccessionNumber = ""
+    dataset.ReferringPhysicianName = ""
+    # Series, equipment, frame of reference.
+    dataset.Modality = "MR"
+    dataset.SeriesInstanceUID = series_uid
+    dataset.SeriesNumber = series_number
+    dataset.SeriesDescription = series_description
+    dataset.PatientPosition = "HFS"
+    dataset.Manufacturer = "synthetic"
+    dataset.FrameOfReferenceUID = study.frame_of_reference_uid
+    dataset.PositionReferenceIndicator = ""
+    # Image, image plane, MR image.
+    dataset.InstanceNumber = instance_number
+    dataset.ContentDate = "20240101"
+    dataset.ContentTime = "120000"
+    dataset.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    dataset.PixelSpacing = list(PIXEL_SPACING_MM)
+    dataset.ImageOrientationPatient = list(AXIAL)
+    dataset.ImagePositionPatient = [-120.0, -120.0, position_mm]
+    dataset.SliceThickness = SLICE_GAP_MM
+    dataset.SpacingBetweenSlices = SLICE_GAP_MM
+    dataset.ScanningSequence = "SE"
+    dataset.SequenceVariant = "NONE"
+    dataset.ScanOptions = ""
+    dataset.MRAcquisitionType = "2D"
+    dataset.RepetitionTime = 9000.0
+    dataset.EchoTime = 100.0
+    dataset.EchoTrainLength = 1
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.Rows, dataset.Columns = stored.shape
+    dataset.BitsAllocated = bits_allocated
+    dataset.BitsStored = bits_stored or bits_allocated
+    dataset.HighBit = dataset.BitsStored - 1
+    dataset.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
+    if rescale is not None:
+        dataset.RescaleSlope, dataset.RescaleIntercept = rescale
+    dataset.PixelData = np.ascontiguousarray(stored).tobytes()
+    return dataset
+
+
+def mr_series(
+    images: Sequence[np.ndarray],
+    study: Study | None = None,
+    series_number: int = 1,
+    series_description: str = "AX FLAIR",
+) -> list[Dataset]:
+    """One single-frame MR instance per image, `SLICE_GAP_MM` apart along the slice normal."""
+    study = study or Study()
+    series_uid = generate_uid()
+    return [
+        mr_dataset(
+            image,
+            study,
+            series_uid,
+            instance_number=index + 1,
+            position_mm=index * SLICE_GAP_MM,
+            series_number=series_number,
+            series_description=series_description,
+        )
+        for index, image in enumerate(images)
+    ]
+
+
+def to_bytes(dataset: Dataset) -> bytes:
+    """The dataset as a DICOM Part 10 file."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,0 +1,286 @@
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_encoder
+from pydicom.uid import (
+    MPEG2MPML,
+    BasicTextSRStorage,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from app.dicom_input import (
+    DicomWithoutPixelDataError,
+    InvalidDicomImageError,
+    UndecodableDicomError,
+    UnsupportedDicomError,
+    is_dicom,
+    normalise_volume,
+    prepare_inputs,
+    read_dicom,
+)
+from app.errors import ErrorKind, ImageTooLargeError
+from tests.conftest import TUMOR_SLICE, read_slice
+from tests.dicom.builders import (
+    FLAIR,
+    PIXEL_SPACING_MM,
+    SLICE_GAP_MM,
+    Study,
+    mr_dataset,
+    mr_series,
+    to_bytes,
+    tumor_channels,
+)
+
+
+@pytest.fixture(scope="module")
+def flair() -> np.ndarray:
+    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
+
+
+def single_mr(pixels: np.ndarray, **kwargs: object) -> Dataset:
+    return mr_dataset(pixels, Study(), generate_uid(), **kwargs)
+
+
+def test_is_dicom_needs_preamble_and_marker(flair: np.ndarray) -> None:
+    data = to_bytes(single_mr(flair))
+    assert is_dicom(data)
+    assert not is_dicom(b"DICM" + data[132:])  # marker at the start, no preamble
+    assert not is_dicom(TUMOR_SLICE.read_bytes())
+    assert not is_dicom(b"")
+
+
+def test_read_dicom_returns_geometry_and_header_without_pixels(flair: np.ndarray) -> None:
+    dataset = single_mr(flair, position_mm=12.5)
+
+    (frame,) = read_dicom(to_bytes(dataset))
+
+    assert frame.values.dtype == np.float32
+    np.testing.assert_array_equal(frame.values, flair)
+    assert frame.frame_number == 1 and frame.number_of_frames == 1 and not frame.is_multiframe
+    assert frame.image_position == (-120.0, -120.0, 12.5)
+    assert frame.image_orientation == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    assert frame.pixel_spacing == PIXEL_SPACING_MM
+    assert frame.slice_thickness == SLICE_GAP_MM and frame.spacing_between_slices == SLICE_GAP_MM
+    assert frame.sop_instance_uid == dataset.SOPInstanceUID
+    assert frame.series_instance_uid == dataset.SeriesInstanceUID
+    assert "PixelData" not in frame.header
+
+
+def test_read_dicom_applies_rescale_slope(flair: np.ndarray) -> None:
+    stored = flair.astype(np.uint16) * 16 + 1000
+    dataset = single_mr(stored, rescale=(0.25, -250.0))
+
+    (frame,) = read_dicom(to_bytes(dataset))
+
+    np.testing.assert_allclose(frame.values, stored * 0.25 - 250.0)
+
+
+def test_read_dicom_negative_slope_inverts_the_image(flair: np.ndarray) -> None:
+    (plain,) = read_dicom(to_bytes(single_mr(flair)))
+    (inverted,) = read_dicom(to_bytes(single_mr(flair, rescale=(-1.0, 255.0))))
+
+    (plain_input,) = prepare_inputs([plain])
+    (inverted_input,) = prepare_inputs([inverted])
+
+    np.testing.assert_array_equal(inverted_input.image, 255 - plain_input.image)
+
+
+def test_read_dicom_inverts_monochrome1(flair: np.ndarray) -> None:
+    (plain,) = read_dicom(to_bytes(single_mr(flair)))
+    (monochrome1,) = read_dicom(to_bytes(single_mr(255 - flair, photometric="MONOCHROME1")))
+
+    np.testing.assert_array_equal(prepare_inputs([monochrome1])[0].image, prepare_inputs([plain])[0].image)
+
+
+def test_read_dicom_sign_extends_12_bit_signed_pixels(flair: np.ndarray) -> None:
+    signed = flair.astype(np.int16) - 128
+    # Only the 12 stored bits are written: negative values have zeros above bit 11, as a scanner may leave them.
+    raw = (signed.astype(np.uint16) & 0x0FFF).view(np.int16)
+
+    (frame,) = read_dicom(to_bytes(single_mr(raw, bits_stored=12)))
+
+    np.testing.assert_array_equal(frame.values, signed)
+
+
+def test_read_dicom_ignores_bits_above_bits_stored(flair: np.ndarray) -> None:
+    raw = flair.astype(np.uint16) | 0xF000  # overlay-style junk above the 12 stored bits
+
+    (frame,) = read_dicom(to_bytes(single_mr(raw, bits_stored=12)))
+
+    np.testing.assert_array_equal(frame.values, flair)
+
+
+def test_read_dicom_reads_every_frame_of_a_multiframe_image() -> None:
+    channels = tumor_channels()
+    legacy = mr_series([image.astype(np.uint16) * 4 for image in channels])
+    for index, dataset in enumerate(legacy):  # a different rescale per frame, written into the functional groups
+        dataset.RescaleSlope, dataset.RescaleIntercept = float(index + 1), 0.0
+    multiframe = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1
+    )
+
+    frames = read_dicom(to_bytes(multiframe))
+
+    assert [frame.frame_number for frame in frames] == [1, 2, 3]
+    assert all(frame.is_multiframe and frame.number_of_frames == 3 for frame in frames)
+    assert {frame.sop_instance_uid for frame in frames} == {multiframe.SOPInstanceUID}
+    # highdicom may sort frames; match each back to its source by position.
+    by_z = {source.ImagePositionPatient[2]: (index, source) for index, source in enumerate(legacy)}
+    for frame in frames:
+        index, _ = by_z[frame.image_position[2]]
+        np.testing.assert_allclose(frame.values, channels[index].astype(np.float64) * 4 * (index + 1))
+        assert frame.pixel_spacing == PIXEL_SPACING_MM
+
+
+@pytest.mark.parametrize("transfer_syntax", [JPEG2000Lossless, JPEGLSLossless, RLELossless], ids=lambda uid: uid.name)
+def test_read_dicom_decodes_compressed_transfer_syntaxes(flair: np.ndarray, transfer_syntax) -> None:
+    if not get_encoder(transfer_syntax).is_available:
+        pytest.skip(f"no encoder installed for {transfer_syntax.name}")
+    dataset = single_mr(flair.astype(np.uint16) * 8)
+    dataset.compress(transfer_syntax, generate_instance_uid=False)
+
+    (frame,) = read_dicom(to_bytes(dataset))
+
+    np.testing.assert_array_equal(frame.values, flair.astype(np.float32) * 8)
+
+
+def test_read_dicom_rejects_missing_pixel_data(flair: np.ndarray) -> None:
+    dataset = single_mr(flair)
+    del dataset.PixelData
+
+    with pytest.raises(DicomWithoutPixelDataError, match="must carry Pixel Data") as caught:
+        read_dicom(to_bytes(dataset))
+    assert caught.value.kind is ErrorKind.INVALID_INPUT
+
+
+def test_read_dicom_rejects_structured_report() -> None:
+    report = Dataset()
+    report.file_meta = FileMetaDataset()
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    report.SOPInstanceUID = report.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    report.Modality = "SR"
+    report.ValueType = "CONTAINER"
+
+    with pytest.raises(
+        UnsupportedDicomError, match=r"got Basic Text SR Storage \(1\.2\.840\.10008\.5\.1\.4\.1\.1\.88\.11\)"
+    ):
+        read_dicom(to_bytes(report))
+    assert UnsupportedDicomError.kind is ErrorKind.UNSUPPORTED_TYPE
+
+
+def test_read_dicom_rejects_images_other_than_mr(flair: np.ndarray) -> None:
+    dataset = single_mr(flair)
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
+
+    with pytest.raises(UnsupportedDicomError, match=r"got CT Image Storage \(1\.2\.840\.10008\.5\.1\.4\.1\.1\.2\)"):
+        read_dicom(to_bytes(dataset))
+
+
+def test_read_dicom_rejects_transfer_syntax_without_decoder(flair: np.ndarray) -> None:
+    dataset = single_mr(flair)
+    dataset.file_meta.TransferSyntaxUID = MPEG2MPML
+    dataset.PixelData = encapsulate([b"\x00" * 64])
+
+    with pytest.raises(
+        UnsupportedDicomError, match="transfer syntax MPEG2 Main Profile / Main Level .* cannot be decoded"
+    ):
+        read_dicom(to_bytes(dataset))
+
+
+@pytest.mark.parametrize("kept_bytes", [300, 420, 1000, -1], ids=["in-meta", "in-header", "in-pixels", "last-byte"])
+def test_read_dicom_rejects_truncated_file(flair: np.ndarray, kept_bytes: int) -> None:
+    data = to_bytes(single_mr(flair))
+
+    # Cut between two elements, the file cannot be told from one without pixel data: both say "truncated".
+    with pytest.raises((UndecodableDicomError, DicomWithoutPixelDataError), match="truncated") as caught:
+        read_dicom(data[:kept_bytes])
+    assert caught.value.kind is ErrorKind.INVALID_INPUT
+
+
+def test_read_dicom_rejects_bytes_without_marker() -> None:
+    with pytest.raises(UndecodableDicomError, match="must hold DICM at byte 128"):
+        read_dicom(b"\x00" * 200)
+
+
+def test_read_dicom_rejects_colour_images(flair: np.ndarray) -> None:
+    dataset = single_mr(flair)
+    rgb = np.repeat(flair[:, :, None], 3, axis=2)
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation, dataset.PlanarConfiguration = 3, "RGB", 0
+    dataset.PixelData = rgb.tobytes()
+
+    with pytest.raises(InvalidDicomImageError, match="got SamplesPerPixel 3, PhotometricInterpretation RGB"):
+        read_dicom(to_bytes(dataset))
+
+
+def test_read_dicom_checks_pixel_count_before_decoding(flair: np.ndarray) -> None:
+    dataset = single_mr(flair)
+    dataset.PixelData = b""  # would not decode: the size check must come first
+
+    with pytest.raises(ImageTooLargeError, match="256x256 pixels x 1 frames = 65536 pixels; the limit is 1000"):
+        read_dicom(to_bytes(dataset), max_pixels=1000)
+
+
+def test_normalise_volume_stretches_over_the_whole_series() -> None:
+    bright = np.array([[0.0, 1000.0]])
+    dim = np.array([[0.0, 500.0]])
+
+    assert [image.tolist() for image in normalise_volume([bright, dim])] == [[[0, 255]], [[0, 128]]]
+    assert normalise_volume([np.full((2, 2), 7.0)])[0].tolist() == [[0, 0], [0, 0]]
+
+
+def test_prepare_inputs_takes_a_single_instance_as_flair(flair: np.ndarray) -> None:
+    frames = read_dicom(to_bytes(single_mr(flair)))
+
+    (slice_input,) = prepare_inputs(frames)
+
+    assert slice_input.image.shape == flair.shape and slice_input.image.dtype == np.uint8
+    assert slice_input.reference is frames[0]
+    np.testing.assert_array_equal(slice_input.image, normalise_volume([flair.astype(np.float32)])[0])
+
+
+def test_prepare_inputs_stacks_three_series_in_request_order() -> None:
+    study = Study()
+    sequences = [mr_series(tumor_channels(channel), study, series_number=channel + 1) for channel in range(3)]
+    # Request order: pre-contrast, FLAIR, post-contrast per slice, slices interleaved.
+    frames = [frame for index in range(3) for series in sequences for frame in read_dicom(to_bytes(series[index]))]
+
+    inputs = prepare_inputs(frames)
+
+    assert len(inputs) == 3
+    for index, slice_input in enumerate(inputs):
+        assert slice_input.image.shape == (256, 256, 3)
+        assert slice_input.reference.sop_instance_uid == sequences[FLAIR][index].SOPInstanceUID
+        for channel in range(3):
+            series_values = [image.astype(np.float32) for image in tumor_channels(channel)]
+            expected = normalise_volume(series_values)[index]
+            np.testing.assert_array_equal(slice_input.image[:, :, channel], expected)
+
+
+def test_prepare_inputs_rejects_two_frames_at_one_position(flair: np.ndarray) -> None:
+    study = Study()
+    frames = [
+        frame
+        for series in (mr_series([flair], study), mr_series([flair], study))
+        for frame in read_dicom(to_bytes(series[0]))
+    ]
+
+    with pytest.raises(InvalidDicomImageError, match="must be 1 \\(FLAIR\\) or 3 .*got 2 at position"):
+        prepare_inputs(frames)
+
+
+def test_prepare_inputs_rejects_three_frames_of_one_series(flair: np.ndarray) -> None:
+    study, series_uid = Study(), generate_uid()
+    frames = [read_dicom(to_bytes(mr_dataset(flair, study, series_uid, instance_number=n)))[0] for n in (1, 2, 3)]
+
+    with pytest.raises(InvalidDicomImageError, match="must come from three series .* from 1 series"):
+        prepare_inputs(frames)

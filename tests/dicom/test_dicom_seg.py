@@ -1,0 +1,248 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from app.dicom_input import DicomFrame, SliceInput, prepare_inputs, read_dicom
+from app.dicom_seg import (
+    MANUFACTURER,
+    SegmentationInputError,
+    build_segmentation,
+    read_segmentation_masks,
+    segment_series,
+    segmentation_to_bytes,
+    slice_spacing_mm,
+    tumor_volume_ml,
+)
+from app.inference import SlicePrediction
+from tests.conftest import TUMOR_SERIES, read_truth
+from tests.dicom.builders import FLAIR, PIXEL_SPACING_MM, SLICE_GAP_MM, Study, mr_series, to_bytes, tumor_channels
+
+MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
+
+
+def series_inputs(datasets: list[Dataset]) -> list[SliceInput]:
+    return prepare_inputs([frame for dataset in datasets for frame in read_dicom(to_bytes(dataset))])
+
+
+@pytest.fixture(scope="module")
+def flair_series() -> list[Dataset]:
+    return mr_series(tumor_channels())
+
+
+@pytest.fixture(scope="module")
+def truth_masks() -> list[np.ndarray]:
+    return [read_truth(path) for path in TUMOR_SERIES]
+
+
+def test_build_segmentation_round_trips_masks(flair_series: list[Dataset], truth_masks: list[np.ndarray]) -> None:
+    inputs = series_inputs(flair_series)
+    masks: list[np.ndarray | None] = [truth_masks[0], truth_masks[1], None]  # None: classifier negative
+
+    data = segmentation_to_bytes(build_segmentation(inputs, masks, MODEL_TAGS))
+    decoded = read_segmentation_masks(data)
+
+    assert set(decoded) == {dataset.SOPInstanceUID for dataset in flair_series}
+    for slice_input, mask in zip(inputs, masks, strict=True):
+        expected = np.zeros((256, 256), np.uint8) if mask is None else mask
+        np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid], expected[None])
+
+
+def test_build_segmentation_describes_a_binary_neoplasm_segment(
+    flair_series: list[Dataset], truth_masks: list[np.ndarray]
+) -> None:
+    inputs = series_inputs(flair_series)
+
+    seg = pydicom.dcmread(
+        pydicom.filebase.DicomBytesIO(
+            segmentation_to_bytes(build_segmentation(inputs, [None, None, truth_masks[2]], MODEL_TAGS))
+        )
+    )
+
+    assert seg.SegmentationType == "BINARY"
+    assert seg.Manufacturer == MANUFACTURER
+    assert int(seg.NumberOfFrames) == 3  # empty frames kept, one per source frame
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == flair_series[0].SeriesInstanceUID
+    assert seg.StudyInstanceUID == flair_series[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == flair_series[0].FrameOfReferenceUID
+    (segment,) = seg.SegmentSequence
+    category = segment.SegmentedPropertyCategoryCodeSequence[0]
+    property_type = segment.SegmentedPropertyTypeCodeSequence[0]
+    assert (category.CodingSchemeDesignator, category.CodeValue) == (
+        "SCT",
+        codes.SCT.MorphologicallyAbnormalStructure.value,
+    )
+    assert (property_type.CodingSchemeDesignator, property_type.CodeValue) == ("SCT", "108369006")
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("resunet", "3.4.5")
+    assert "resnet-classifier@1.2.0" in algorithm.AlgorithmParameters
+
+
+def test_build_segmentation_of_a_multiframe_source(truth_masks: list[np.ndarray]) -> None:
+    multiframe = hd.legacy.LegacyConvertedEnhancedMRImage(
+        mr_series(tumor_channels()),
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    inputs = series_inputs([multiframe])
+    masks = [truth_masks[index] for index in range(3)]
+
+    decoded = read_segmentation_masks(build_segmentation(inputs, masks, MODEL_TAGS))
+
+    stack = decoded[multiframe.SOPInstanceUID]
+    assert stack.shape == (3, 256, 256)
+    for slice_input, mask in zip(inputs, masks, strict=True):
+        np.testing.assert_array_equal(stack[slice_input.reference.frame_number - 1], mask)
+
+
+def test_build_segmentation_references_pre_and_post_contrast_series(truth_masks: list[np.ndarray]) -> None:
+    study = Study()
+    sequences = [mr_series(tumor_channels(channel), study, series_number=channel + 1) for channel in range(3)]
+    inputs = series_inputs([dataset for index in range(3) for series in sequences for dataset in [series[index]]])
+
+    seg = build_segmentation(inputs, truth_masks, MODEL_TAGS)
+
+    referenced = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
+    assert referenced == {series[0].SeriesInstanceUID for series in sequences}
+    decoded = read_segmentation_masks(segmentation_to_bytes(seg))
+    for dataset, mask in zip(sequences[FLAIR], truth_masks, strict=True):
+        np.testing.assert_array_equal(decoded[dataset.SOPInstanceUID], mask[None])
+
+
+def test_build_segmentation_rejects_slices_of_two_series(truth_masks: list[np.ndarray]) -> None:
+    inputs = series_inputs(mr_series(tumor_channels()[:1]) + mr_series(tumor_channels()[1:2]))
+
+    with pytest.raises(SegmentationInputError, match="covers one series; the FLAIR slices come from 2 series"):
+        build_segmentation(inputs, truth_masks[:2], MODEL_TAGS)
+
+
+def test_build_segmentation_rejects_mask_of_wrong_size(flair_series: list[Dataset]) -> None:
+    inputs = series_inputs(flair_series)
+
+    with pytest.raises(ValueError, match=r"rows x columns \(256, 256\); got \(128, 128\)"):
+        build_segmentation(inputs, [np.zeros((128, 128), np.uint8), None, None], MODEL_TAGS)
+
+
+def test_segmentation_passes_dciodvfy(
+    flair_series: list[Dataset], truth_masks: list[np.ndarray], tmp_path: Path
+) -> None:
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        pytest.skip("dciodvfy not found: install the Debian package dicom3tools (.ci/install-system-packages.sh)")
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(
+        segmentation_to_bytes(build_segmentation(series_inputs(flair_series), [None, *truth_masks[1:]], MODEL_TAGS))
+    )
+
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60, check=False)
+
+    report = result.stdout + result.stderr
+    assert "Segmentation" in report  # dciodvfy recognised the IOD it checked
+    assert [line for line in report.splitlines() if line.startswith("Error")] == []
+
+
+def frame_at(z: float | None, spacing: tuple[float, float] | None = (0.5, 0.5), **geometry: float | None) -> DicomFrame:
+    return DicomFrame(
+        values=np.zeros((4, 4), np.float32),
+        header=Dataset(),
+        frame_number=1,
+        number_of_frames=1,
+        image_position=None if z is None else (0.0, 0.0, z),
+        image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        pixel_spacing=spacing,
+        slice_thickness=geometry.get("slice_thickness"),
+        spacing_between_slices=geometry.get("spacing_between_slices"),
+    )
+
+
+def mask_with(pixels: int) -> np.ndarray:
+    mask = np.zeros((4, 4), np.uint8)
+    mask.flat[:pixels] = 1
+    return mask
+
+
+def test_tumor_volume_ml_uses_distance_between_positions() -> None:
+    # Thickness 3 mm, but the slices are 4 mm apart: the distance is what counts.
+    slices = [frame_at(z, slice_thickness=3.0) for z in (8.0, 0.0, 4.0)]  # given out of order
+
+    volume = tumor_volume_ml([mask_with(10), None, mask_with(6)], slices)
+
+    assert volume == pytest.approx(16 * 0.5 * 0.5 * 4.0 / 1000.0)
+
+
+def test_tumor_volume_ml_falls_back_to_spacing_between_slices_then_thickness() -> None:
+    alone = frame_at(0.0, spacing_between_slices=6.0, slice_thickness=5.0)
+    assert tumor_volume_ml([mask_with(4)], [alone]) == pytest.approx(4 * 0.25 * 6.0 / 1000.0)
+    thick = frame_at(None, slice_thickness=5.0)
+    assert tumor_volume_ml([mask_with(4)], [thick]) == pytest.approx(4 * 0.25 * 5.0 / 1000.0)
+
+
+def test_tumor_volume_ml_is_unknown_without_geometry() -> None:
+    assert tumor_volume_ml([mask_with(4)], [frame_at(0.0)]) is None  # no spacing between slices at all
+    assert tumor_volume_ml([mask_with(4)], [frame_at(0.0, spacing=None, slice_thickness=5.0)]) is None
+    assert tumor_volume_ml([None, mask_with(0)], [frame_at(0.0), frame_at(None)]) == 0.0
+
+
+def test_tumor_volume_ml_of_the_committed_series(flair_series: list[Dataset], truth_masks: list[np.ndarray]) -> None:
+    inputs = series_inputs(flair_series)
+
+    volume = tumor_volume_ml(truth_masks, [slice_input.reference for slice_input in inputs])
+
+    voxel_ml = PIXEL_SPACING_MM[0] * PIXEL_SPACING_MM[1] * SLICE_GAP_MM / 1000.0
+    assert slice_spacing_mm([slice_input.reference for slice_input in inputs]) == SLICE_GAP_MM
+    assert volume == pytest.approx(sum(int(mask.sum()) for mask in truth_masks) * voxel_ml)
+
+
+class TruthPredictor:
+    """Answers with given masks: positive where a mask is given, in batches like the real one."""
+
+    model_tags = MODEL_TAGS
+
+    def __init__(self, masks: list[np.ndarray | None]) -> None:
+        self.masks = masks
+        self.batches: list[int] = []
+
+    def predict(self, images: list[np.ndarray]) -> list[SlicePrediction]:
+        start = sum(self.batches)
+        self.batches.append(len(images))
+        return [
+            SlicePrediction(probability=0.9 if mask is not None else 0.1, detected=mask is not None, mask=mask)
+            for mask in self.masks[start : start + len(images)]
+        ]
+
+
+def test_segment_series_builds_a_seg_when_a_slice_is_positive(
+    flair_series: list[Dataset], truth_masks: list[np.ndarray]
+) -> None:
+    inputs = series_inputs(flair_series)
+    masks: list[np.ndarray | None] = [None, truth_masks[1], truth_masks[2]]
+    predictor = TruthPredictor(masks)
+
+    result = segment_series(predictor, inputs, batch_size=2)  # type: ignore[arg-type]
+
+    assert predictor.batches == [2, 1]
+    assert result.tumor_detected
+    assert result.segmentation is not None
+    assert result.tumor_volume_ml == pytest.approx(tumor_volume_ml(masks, [item.reference for item in inputs]))
+    decoded = read_segmentation_masks(result.segmentation)
+    np.testing.assert_array_equal(decoded[inputs[2].reference.sop_instance_uid][0], truth_masks[2])
+
+
+def test_segment_series_makes_no_seg_when_every_slice_is_negative(flair_series: list[Dataset]) -> None:
+    result = segment_series(TruthPredictor([None, None, None]), series_inputs(flair_series))  # type: ignore[arg-type]
+
+    assert not result.tumor_detected
+    assert result.segmentation is None
+    assert result.tumor_volume_ml == 0.0
