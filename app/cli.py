@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from app import schemas
-from app.errors import ServiceError
+from app.errors import FileUnreadableError, ServiceError
 from app.settings import get_settings
 
 
@@ -44,7 +44,7 @@ def predict(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir)
-    uploads = [Path(path).read_bytes() for path in args.files]
+    uploads = [_read_file(Path(path)) for path in args.files]
     outcomes = predict_uploads(predictor, uploads, UploadLimits.from_settings(settings))
     results = []
     for index, (path, outcome) in enumerate(zip(args.files, outcomes, strict=True)):
@@ -54,13 +54,27 @@ def predict(args: argparse.Namespace) -> int:
         payload = slice_payload(outcome, predictor.classifier_threshold, args.mask_format)
         item = {"index": index, "file": path, "ok": True, "prediction": payload.model_dump(mode="json")}
         if args.masks_dir and outcome.mask is not None:
-            target = Path(args.masks_dir) / f"{Path(path).stem}_mask.png"
+            # The index keeps masks of same-named files from different folders apart.
+            target = Path(args.masks_dir) / f"{index:04d}_{Path(path).stem}_mask.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(png_bytes(outcome.mask))
             item["mask_file"] = str(target)
         results.append(item)
     print(json.dumps({"results": results, "models": predictor.model_tags}, indent=2))
     return 1 if any(not result["ok"] for result in results) else 0
+
+
+def _read_file(path: Path) -> bytes | ServiceError:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        return FileUnreadableError(f"cannot read the file: {error.strerror or error}")
+
+
+def pacs_sync(args: argparse.Namespace) -> int:
+    from app import pacs_sync as sync
+
+    return sync.main(args)
 
 
 def hash_key(args: argparse.Namespace) -> int:
@@ -93,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--mask-format", type=schemas.MaskFormat, default=schemas.MaskFormat.RLE)
     predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
     predict_parser.set_defaults(run=predict)
+
+    from app.pacs_sync import add_arguments as add_pacs_sync_arguments
+
+    sync_parser = commands.add_parser(
+        "pacs-sync", help="segment MR series in Orthanc that have no SEG from us yet, store the SEGs back"
+    )
+    add_pacs_sync_arguments(sync_parser)
+    sync_parser.set_defaults(run=pacs_sync)
 
     hash_parser = commands.add_parser("hash-key", help="print an API_KEYS_FILE line for the key on standard input")
     hash_parser.add_argument("key_id", help="the name the audit log will show for this key")

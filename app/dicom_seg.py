@@ -98,9 +98,20 @@ def segment_series(
     predictions: list[SlicePrediction] = []
     for start in range(0, len(inputs), batch_size):
         predictions.extend(predictor.predict([slice_input.image for slice_input in inputs[start : start + batch_size]]))
+    return summarise_series(inputs, predictions, predictor.model_tags, build_seg=build_seg)
+
+
+def summarise_series(
+    inputs: Sequence[SliceInput],
+    predictions: Sequence[SlicePrediction],
+    model_tags: dict[str, str],
+    build_seg: bool = True,
+) -> SeriesResult:
+    """The SEG (when any slice is positive and `build_seg` is set) and the tumor volume of predicted slices."""
+    inputs, predictions = list(inputs), list(predictions)
     masks = [prediction.mask for prediction in predictions]
     detected = any(prediction.detected for prediction in predictions)
-    segmentation = build_segmentation(inputs, masks, predictor.model_tags) if detected and build_seg else None
+    segmentation = build_segmentation(inputs, masks, model_tags) if detected and build_seg else None
     volume = tumor_volume_ml(masks, [slice_input.reference for slice_input in inputs])
     return SeriesResult(inputs=inputs, predictions=predictions, segmentation=segmentation, tumor_volume_ml=volume)
 

@@ -42,6 +42,13 @@ class EmptyFileError(ServiceError):
     kind = ErrorKind.INVALID_INPUT
 
 
+class FileUnreadableError(ServiceError):
+    """A local file given to the CLI cannot be read (missing, a folder, no permission)."""
+
+    code = "file_unreadable"
+    kind = ErrorKind.INVALID_INPUT
+
+
 class UndecodableImageError(ServiceError):
     """The magic bytes name a format we read, but the file is truncated or corrupt."""
 

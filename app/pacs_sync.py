@@ -67,7 +67,7 @@ class SettingsLike(Protocol):
     orthanc_password: Any  # str, pydantic SecretStr or None
     pacs_series_filter: str
     pacs_poll_seconds: float
-    max_image_pixels: int
+    max_dicom_pixels: int
     model_dir: Path
 
 
@@ -376,7 +376,7 @@ def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSy
         password=password,
         series_filter=args.series_filter if args.series_filter is not None else settings.pacs_series_filter,
         poll_seconds=args.poll_seconds if args.poll_seconds is not None else settings.pacs_poll_seconds,
-        max_image_pixels=settings.max_image_pixels,
+        max_image_pixels=settings.max_dicom_pixels,
     )
 
 

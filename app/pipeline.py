@@ -135,7 +135,7 @@ def payloads(
 
 
 def predict_uploads(
-    predictor: Predictor, uploads: Sequence[bytes], limits: UploadLimits
+    predictor: Predictor, uploads: Sequence[bytes | ServiceError], limits: UploadLimits
 ) -> list[SlicePrediction | ServiceError]:
     """The synchronous pipeline (CLI, tests): all files as one model batch, errors in place of failed files."""
     prepared = prepare_uploads(uploads, limits)

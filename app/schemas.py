@@ -104,6 +104,36 @@ class BatchPredictionResponse(BaseModel):
     request_id: str
 
 
+class OutputFormat(StrEnum):
+    """What a prediction request returns: JSON, or a DICOM Segmentation (DICOM input only)."""
+
+    JSON = "json"
+    DICOM_SEG = "dicom-seg"
+
+
+class SeriesSlice(BaseModel):
+    """One slice of a DICOM series: the instance (and frame) it came from, and its prediction."""
+
+    index: int = Field(ge=0, description="position of the slice in the series as sent")
+    sop_instance_uid: str = Field(description="the FLAIR instance the slice was read from")
+    frame_number: int = Field(ge=1, description="frame within that instance, from 1")
+    prediction: Prediction
+
+
+class SeriesPredictionResponse(BaseModel):
+    """The answer for DICOM files sent together: one result per slice, and the series as a whole."""
+
+    tumor_detected: bool = Field(description="true when any slice is positive")
+    tumor_volume_ml: float | None = Field(
+        description="sum of mask areas x slice spacing, in millilitres; null when the geometry is missing"
+    )
+    threshold: float
+    slices: list[SeriesSlice]
+    file_errors: list[BatchItemFailure] = Field(description="files that could not be read, by their position")
+    models: ModelTags
+    request_id: str
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str

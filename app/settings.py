@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,18 @@ class Settings(BaseSettings):
         default=256, gt=0, description="most slices waiting for inference; more are refused with 503 and Retry-After"
     )
 
+    max_dicom_pixels: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="largest accepted DICOM file in pixels (rows x columns x frames), checked before decoding",
+    )
+    orthanc_url: str = Field(default="http://127.0.0.1:8042", description="Orthanc (PACS) base URL for pacs-sync")
+    orthanc_username: str | None = Field(default=None, description="Orthanc HTTP basic-auth user")
+    orthanc_password: SecretStr | None = Field(default=None, description="Orthanc HTTP basic-auth password")
+    pacs_series_filter: str = Field(
+        default="", description="pacs-sync: wildcard on Series Description (e.g. *FLAIR*); empty = every MR series"
+    )
+    pacs_poll_seconds: float = Field(default=30.0, gt=0, description="pacs-sync: pause between passes")
     request_timeout_seconds: float = Field(
         default=60.0, gt=0, description="longest a request waits for the models before a 503 inference_timeout"
     )
@@ -81,6 +93,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> Settings:
+        # A batch larger than the queue could never be accepted: it would get 503 "retry" forever.
+        if self.max_batch_files > self.inference_queue_slices:
+            raise ValueError(
+                f"MAX_BATCH_FILES ({self.max_batch_files}) must not exceed INFERENCE_QUEUE_SLICES "
+                f"({self.inference_queue_slices})"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -46,7 +46,7 @@ def test_predict_prints_api_json_and_writes_mask(
     api = client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).json()
     assert output["models"] == api["models"]
     (result,) = output["results"]
-    mask_file = masks_dir / f"{TUMOR_SLICE.stem}_mask.png"
+    mask_file = masks_dir / f"0000_{TUMOR_SLICE.stem}_mask.png"
     assert result == {
         "index": 0,
         "file": str(TUMOR_SLICE),
@@ -103,8 +103,8 @@ def test_predict_reports_bad_file_in_place_and_exits_1(
     assert set(mask) == {"size", "rle", "png", "area_pixels", "bbox"}
     np.testing.assert_array_equal(decode_rle(mask["rle"]), decode_png_mask(mask["png"]))
     assert sorted(path.name for path in masks_dir.iterdir()) == [
-        f"{TUMOR_SERIES[0].stem}_mask.png",
-        f"{TUMOR_SERIES[1].stem}_mask.png",
+        f"0000_{TUMOR_SERIES[0].stem}_mask.png",
+        f"0002_{TUMOR_SERIES[1].stem}_mask.png",
     ]
 
 
@@ -140,12 +140,6 @@ def test_predict_refuses_tampered_models(tiny_model_dir: Path, tmp_path: Path) -
         main(["predict", str(TUMOR_SLICE), "--model-dir", str(models)])
 
 
-@pytest.mark.xfail(
-    reason="app/cli.py predict() reads every path with Path.read_bytes() before predicting, so a missing file "
-    "raises FileNotFoundError (traceback, no JSON) instead of a per-file error",
-    raises=FileNotFoundError,
-    strict=True,
-)
 def test_predict_reports_missing_file_in_place(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -157,3 +151,4 @@ def test_predict_reports_missing_file_in_place(
     assert output["results"][0]["ok"] is True
     assert output["results"][1]["ok"] is False
     assert output["results"][1]["file"] == str(missing)
+    assert output["results"][1]["error"]["code"] == "file_unreadable"
