@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.errors import InferenceTimeoutError, OverloadedError
+from app.errors import InferenceTimeoutError, OverloadedError, TooManySlicesError
 from app.inference import SlicePrediction
 
 logger = logging.getLogger(__name__)
@@ -101,8 +101,10 @@ class MicroBatcher:
 
         Raises
         ------
+        TooManySlicesError
+            If the job alone holds more than `max_queued_slices` slices.
         OverloadedError
-            If the queue already holds `max_queued_slices` slices.
+            If the queue has no room for the job now.
         InferenceTimeoutError
             If the predictions take longer than `timeout_seconds`; the job is dropped if it has not started.
         """
@@ -110,6 +112,10 @@ class MicroBatcher:
             raise ValueError(f"inputs hold {len(inputs)} slices but {len(sizes)} sizes were given")
         if not len(sizes):
             return []
+        if len(sizes) > self.max_queued_slices:
+            raise TooManySlicesError(
+                f"a request may hold at most {self.max_queued_slices} slices (INFERENCE_QUEUE_SLICES); got {len(sizes)}"
+            )
         if self._queued_slices + len(sizes) > self.max_queued_slices:
             raise OverloadedError(
                 f"the inference queue is full ({self._queued_slices} of {self.max_queued_slices} slices waiting); "

@@ -80,6 +80,13 @@ class ImageTooLargeError(ServiceError):
     kind = ErrorKind.TOO_LARGE
 
 
+class TooManySlicesError(ServiceError):
+    """One request holds more slices than the inference queue can ever take: retrying would not help."""
+
+    code = "too_many_slices"
+    kind = ErrorKind.TOO_LARGE
+
+
 class TooManyFilesError(ServiceError):
     code = "too_many_files"
     kind = ErrorKind.TOO_LARGE

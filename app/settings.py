@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,16 +93,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
-
-    @model_validator(mode="after")
-    def _batch_fits_queue(self) -> Settings:
-        # A batch larger than the queue could never be accepted: it would get 503 "retry" forever.
-        if self.max_batch_files > self.inference_queue_slices:
-            raise ValueError(
-                f"MAX_BATCH_FILES ({self.max_batch_files}) must not exceed INFERENCE_QUEUE_SLICES "
-                f"({self.inference_queue_slices})"
-            )
-        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ import pytest
 
 from app.api.handlers import service_error_response
 from app.batching import MicroBatcher
-from app.errors import InferenceTimeoutError, OverloadedError
+from app.errors import InferenceTimeoutError, OverloadedError, TooManySlicesError
 from app.inference import SlicePrediction
 
 WAIT_SECONDS = 5.0
@@ -338,3 +338,15 @@ def test_submit_rejects_mismatched_sizes() -> None:
 def test_batcher_rejects_invalid_limits(arguments: dict) -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
         MicroBatcher(FakeModel(), **arguments)
+
+
+def test_submit_refuses_a_job_larger_than_the_queue() -> None:
+    async def scenario() -> None:
+        batcher = MicroBatcher(FakeModel(), max_queued_slices=2)
+        batcher.start()
+        with pytest.raises(TooManySlicesError, match="at most 2 slices .*got 3"):
+            await batcher.submit(*slices(1.0, 2.0, 3.0))
+        assert batcher.queued_slices == 0
+        await batcher.stop()
+
+    run(scenario)

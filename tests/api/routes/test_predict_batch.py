@@ -156,18 +156,18 @@ def test_predict_batch_rejects_more_than_max_batch_files(limited_client: TestCli
     assert follow_up.status_code == 200, follow_up.text
 
 
-def test_predict_batch_over_queue_capacity_is_overloaded_with_retry_after(limited_client: TestClient) -> None:
-    # More decodable slices than the inference queue holds: refused at once with 503 + Retry-After.
+def test_predict_batch_over_queue_capacity_is_too_large(limited_client: TestClient) -> None:
+    # More decodable slices than the inference queue can ever hold: 413, since retrying could never succeed.
     files = [TUMOR_SLICE.read_bytes()] * (LIMITED_QUEUE_SLICES + 1)
 
     response = predict_batch(limited_client, files)
 
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "1"
+    assert response.status_code == 413
     assert response.json() == {
         "error": {
-            "code": "overloaded",
-            "message": f"the inference queue is full (0 of {LIMITED_QUEUE_SLICES} slices waiting); retry shortly",
+            "code": "too_many_slices",
+            "message": f"a request may hold at most {LIMITED_QUEUE_SLICES} slices (INFERENCE_QUEUE_SLICES); "
+            f"got {LIMITED_QUEUE_SLICES + 1}",
         }
     }
     follow_up = predict_batch(limited_client, [TUMOR_SLICE.read_bytes()] * LIMITED_QUEUE_SLICES)
