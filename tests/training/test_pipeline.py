@@ -52,6 +52,24 @@ def trained_run(dev_layout, tmp_path_factory):
     return runs
 
 
+def export_run(trained_run, models_dir, *extra_arguments: str) -> None:
+    export.main(
+        [
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(trained_run / "segmenter" / "best.weights.h5"),
+            "--evaluation",
+            str(trained_run / "evaluation" / "evaluation.json"),
+            "--split",
+            str(trained_run / "split.json"),
+            "--output-dir",
+            str(models_dir),
+            *extra_arguments,
+        ]
+    )
+
+
 def test_training_writes_checkpoint_history_and_summary(trained_run):
     for model in ("classifier", "segmenter"):
         assert (trained_run / model / "best.weights.h5").stat().st_size > 0
@@ -77,20 +95,7 @@ def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
 
 def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     models_dir = tmp_path / "models"
-    export.main(
-        [
-            "--classifier-weights",
-            str(trained_run / "classifier" / "best.weights.h5"),
-            "--segmenter-weights",
-            str(trained_run / "segmenter" / "best.weights.h5"),
-            "--evaluation",
-            str(trained_run / "evaluation" / "evaluation.json"),
-            "--split",
-            str(trained_run / "split.json"),
-            "--output-dir",
-            str(models_dir),
-        ]
-    )
+    export_run(trained_run, models_dir)
     manifest, classifier, segmenter = load_models(models_dir)
     assert manifest.classifier.name == "tumor_classifier" and manifest.segmenter.name == "tumor_segmenter"
     assert set(manifest.files) == {
@@ -113,22 +118,7 @@ def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
 
 def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_path):
     models_dir = tmp_path / "models"
-    export.main(
-        [
-            "--classifier-weights",
-            str(trained_run / "classifier" / "best.weights.h5"),
-            "--segmenter-weights",
-            str(trained_run / "segmenter" / "best.weights.h5"),
-            "--evaluation",
-            str(trained_run / "evaluation" / "evaluation.json"),
-            "--split",
-            str(trained_run / "split.json"),
-            "--output-dir",
-            str(models_dir),
-            "--evaluation-command",
-            "python -m training.evaluate --example",
-        ]
-    )
+    export_run(trained_run, models_dir, "--evaluation-command", "python -m training.evaluate --example")
     card = (models_dir / "README.md").read_text()
     metrics = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())["metrics"]
     volume_dice = metrics["segmentation"]["volume_dice_mean"]
@@ -139,20 +129,7 @@ def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_p
 
 def test_tampered_weights_are_refused(trained_run, tmp_path):
     models_dir = tmp_path / "models"
-    export.main(
-        [
-            "--classifier-weights",
-            str(trained_run / "classifier" / "best.weights.h5"),
-            "--segmenter-weights",
-            str(trained_run / "segmenter" / "best.weights.h5"),
-            "--evaluation",
-            str(trained_run / "evaluation" / "evaluation.json"),
-            "--split",
-            str(trained_run / "split.json"),
-            "--output-dir",
-            str(models_dir),
-        ]
-    )
+    export_run(trained_run, models_dir)
     weights = models_dir / "tumor_segmenter.weights.h5"
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ModelStoreError, match="sha256 mismatch for .*tumor_segmenter.weights.h5"):
