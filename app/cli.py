@@ -9,7 +9,9 @@ brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weight
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from app.settings import get_settings
 
 
 def serve(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()
     import uvicorn
 
     from app.logging_config import configure_logging
@@ -26,6 +29,11 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight requests, run the lifespan's shutdown)
+    # and afterwards re-raises the signal it caught against the handler that was there before. With the default
+    # handler that would kill the process with -15 after a clean shutdown; a no-op lets `serve` return 0.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda number, frame: None)
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,
@@ -34,6 +42,17 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX would): with one arena per thread, TensorFlow's and the
+    server's thread pools let resident memory creep up under load. A no-op outside glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_arena_max = -8  # from glibc's malloc.h
+    libc.mallopt(m_arena_max, arenas)
 
 
 def predict(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from app.api.deps import BatcherDep, MetricsDep, PredictorDep, RequestIdDep, Set
 from app.batching import MicroBatcher
 from app.dicom_input import is_dicom
 from app.dicom_seg import SeriesResult, segmentation_to_bytes, summarise_series
-from app.errors import InvalidSliceError, ServiceError, TooManyFilesError
+from app.errors import InvalidSliceError, RequestValidationFailed, ServiceError, TooManyFilesError
 from app.inference import Predictor
 from app.metrics import ServiceMetrics
 from app.overlay import render_overlay_png
@@ -58,6 +58,16 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     return data
 
 
+async def refuse_several_files(request: Request) -> None:
+    """One `file` part only: FastAPI would silently take the last of several, answering for a slice the client
+    may not have meant."""
+    count = len((await request.form()).getlist("file"))
+    if count > 1:
+        raise RequestValidationFailed(
+            f"body.file: expected one file, got {count} (send several slices to /v1/predict/batch as `files`)"
+        )
+
+
 def wants_segmentation(output: schemas.OutputFormat, accept: str | None) -> bool:
     return output is schemas.OutputFormat.DICOM_SEG or DICOM_MEDIA_TYPE in (accept or "")
 
@@ -80,6 +90,7 @@ async def create_prediction(
     accept: AcceptHeader = None,
 ) -> schemas.PredictionResponse | Response:
     """Tumor probability of one slice, and its mask when a tumor is detected."""
+    await refuse_several_files(request)
     data = await read_upload(file, settings)
     request.state.input_sha256 = pipeline.sha256_hex(data)
     seg = wants_segmentation(output, accept)
@@ -202,6 +213,7 @@ async def create_overlay(
     metrics: MetricsDep,
 ) -> Response:
     """PNG of the slice with the predicted tumor outline drawn in green, for people to look at."""
+    await refuse_several_files(request)
     data = await read_upload(file, settings)
     request.state.input_sha256 = pipeline.sha256_hex(data)
     if is_dicom(data):

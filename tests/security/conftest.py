@@ -1,0 +1,224 @@
+"""Fixtures for the tests that attack the service: an in-process app with small limits, and a real server process.
+
+The limits are set low (1 MiB uploads, 4 files a batch) so that oversized requests stay cheap to build; the
+behaviour under test is the same at the default limits.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import REPO_ROOT, TUMOR_SLICE
+
+MIB = 1 << 20
+MAX_UPLOAD_BYTES = 1 * MIB
+MAX_BATCH_FILES = 4
+MAX_IMAGE_PIXELS = 4096 * 4096
+READY_TIMEOUT_SECONDS = 120.0
+ERROR_CODES_BY_STATUS = {
+    400: {"empty_file", "undecodable_image", "invalid_image", "bad_request"},
+    401: {"unauthorized"},
+    404: {"not_found"},
+    405: {"method_not_allowed"},
+    413: {"payload_too_large", "image_too_large", "too_many_files"},
+    415: {"unsupported_media_type"},
+    422: {"validation_error"},
+    429: {"rate_limited"},
+    503: {"model_unavailable", "overloaded", "inference_timeout"},
+}
+"""Every documented (status, error code) pair: the table in `app.api.handlers`."""
+
+
+def security_settings(model_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "model_dir": model_dir,
+        "max_upload_bytes": MAX_UPLOAD_BYTES,
+        "max_batch_files": MAX_BATCH_FILES,
+        "max_batch_upload_bytes": MAX_BATCH_FILES * MAX_UPLOAD_BYTES + 64 * 1024,
+        "max_image_pixels": MAX_IMAGE_PIXELS,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def wait_until_ready(client: TestClient | httpx.Client, timeout_seconds: float = READY_TIMEOUT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if client.get("/health/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the service was not ready within {timeout_seconds:g} s")
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    """The documented status, the documented code for it, and exactly the body `{"error": {"code", "message"}}`."""
+    assert response.status_code == status, response.text
+    assert code in ERROR_CODES_BY_STATUS[status], f"{code} is not documented for {status}"
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+
+
+def service_error_codes() -> set[str]:
+    """The `code` of every `ServiceError` subclass the app defines (DICOM input brings its own)."""
+    import app.dicom_input  # noqa: F401  (defines the DICOM error classes)
+    from app.errors import ServiceError
+
+    codes, pending = set(), [ServiceError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return codes
+
+
+def assert_documented_client_error(response: httpx.Response) -> None:
+    """A 4xx with exactly the error body and a code the app defines, for inputs whose exact code is not settled yet
+    in the handlers' table (DICOM)."""
+    assert 400 <= response.status_code < 500, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] in service_error_codes(), body
+    assert body["error"]["message"], body
+
+
+def png_bytes(array: np.ndarray, **save_options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", **save_options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def good_jpeg() -> bytes:
+    """A real LGG slice (256x256 RGB JPEG): the request that must still work after each attack."""
+    return TUMOR_SLICE.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model_dir: Path) -> Iterator[TestClient]:
+    """The app on the tiny models, lifespan running, ready to predict."""
+    with TestClient(create_app(security_settings(tiny_model_dir))) as test_client:
+        wait_until_ready(test_client)
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """`brain-tumor serve` in a child process on a loopback port."""
+
+    process: subprocess.Popen
+    base_url: str
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        """Resident memory of the server now (VmRSS from /proc), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, timeout_seconds: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def server_environment(model_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONHASHSEED"}
+    }
+    environment.update(
+        {
+            "MODEL_DIR": str(model_dir),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "INFO",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
+    environment.update(extra)
+    return environment
+
+
+def start_server(model_dir: Path, log_dir: Path, **extra_env: str) -> ServerProcess:
+    """Start `python -m app.cli serve` and wait for readiness; the caller stops it."""
+    port = free_port()
+    stderr_path = log_dir / f"server-{port}.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=REPO_ROOT,
+            env=server_environment(model_dir, port, **extra_env),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", stderr_path)
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    with httpx.Client(base_url=server.base_url, timeout=5.0) as probe:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode} before it was ready:\n{server.stderr()[-4000:]}")
+            try:
+                if probe.get("/health/ready").status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    server.stop()
+    pytest.fail(f"server not ready within {READY_TIMEOUT_SECONDS:g} s:\n{server.stderr()[-4000:]}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    """Start servers with `server_factory(model_dir, **env)`; each is stopped (SIGTERM) at teardown."""
+    started: list[ServerProcess] = []
+
+    def factory(model_dir: Path, **extra_env: str) -> ServerProcess:
+        server = start_server(model_dir, tmp_path, **extra_env)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
