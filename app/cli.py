@@ -92,7 +92,9 @@ def _read_file(path: Path) -> bytes | ServiceError:
 
 def pacs_sync(args: argparse.Namespace) -> int:
     from app import pacs_sync as sync
+    from app.logging_config import configure_logging
 
+    configure_logging(get_settings().log_level)
     return sync.main(args)
 
 
