@@ -18,7 +18,8 @@ TEST_DATA = Path(__file__).resolve().parent / "data" / "lgg"
 COMMITTED_MODEL_DIR = REPO_ROOT / "models"
 TUMOR_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_22.jpg"
 TUMOR_SERIES = [TEST_DATA / "TCGA_DU_A5TW_19980228" / f"TCGA_DU_A5TW_19980228_{n}.jpg" for n in (20, 21, 22)]
-TUMOR_FREE_SLICE = TEST_DATA / "TCGA_CS_4941_19960909" / "TCGA_CS_4941_19960909_10.jpg"
+# Eight slices from the nearest tumor slice of the same held-out patient, with a full brain section in view.
+TUMOR_FREE_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_8.jpg"
 
 
 def mask_path_of(image_path: Path) -> Path:
