@@ -41,7 +41,7 @@ def render_model_card(manifest: Mapping, evaluation_command: str, training_comma
     for index, row in enumerate(rows):
         name, value = row.strip("|").split("|", 1)
         flair_value = flair_rows[index].strip("|").split("|", 1)[1] if flair_rows else " n/a "
-        table.append(f"|{name}|{value.strip()} | {flair_value.strip()} |")
+        table.append(f"| {name.strip()} | {value.strip()} | {flair_value.strip()} |")
     classifier, segmenter = manifest["classifier"], manifest["segmenter"]
     lines = [
         "# Model card: LGG tumor classifier and segmenter",

@@ -221,7 +221,7 @@ def test_pacs_sync_stores_one_seg_per_series_and_never_a_second(
         orthanc_password=PASSWORD,
         pacs_series_filter="",
         pacs_poll_seconds=30.0,
-        max_image_pixels=4096 * 4096,
+        max_dicom_pixels=4096 * 4096,
         model_dir=tiny_model_dir,
     )
     assert pacs_sync.main(args, settings=settings) == 0
@@ -371,7 +371,7 @@ def test_config_from_args_prefers_arguments_over_settings() -> None:
         orthanc_password=SimpleNamespace(get_secret_value=lambda: "env-secret"),
         pacs_series_filter="*FLAIR*",
         pacs_poll_seconds=60.0,
-        max_image_pixels=1000,
+        max_dicom_pixels=1000,
     )
 
     from_settings = pacs_sync.config_from_args(parser.parse_args([]), settings)
