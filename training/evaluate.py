@@ -242,7 +242,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             test,
             test_probabilities,
             gated_masks(test_probabilities, test_maps, classifier_threshold, mask_threshold),
-            {name: runs / name / "history.csv" for name in ("classifier", "segmenter")},
+            {path.parent.name: path for path in sorted(runs.glob("*/history.csv"))},
         )
     return result
 

@@ -71,6 +71,10 @@ def render_model_card(manifest: Mapping, evaluation_command: str, training_comma
         "",
         "FLAIR only: every channel replaced by FLAIR, as when a PACS sends a FLAIR series alone.",
         "",
+        "Plots and raw figures in `evaluation/`: `training_curves.png`, `roc_confusion.png`, `test_slices.png` (test "
+        "slices with the true outline in green and the predicted one in red), `evaluation.json` (also the per-patient "
+        "volume Dice and the validation figures behind the thresholds), and the training histories as CSV.",
+        "",
         "Measured with:",
         "```",
         evaluation_command,
