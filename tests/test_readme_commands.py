@@ -1,0 +1,127 @@
+"""Every command the README shows is run here against a live server, or named below with the test or CI step that
+covers it. A new README command fails `test_every_readme_command_is_run_or_accounted_for` until it is placed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from tests.conftest import REPO_ROOT, TUMOR_SERIES, TUMOR_SLICE, read_slice
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.security.conftest import start_server
+
+README_URL = "http://127.0.0.1:8000"
+# Commands not run here, and why (what runs them instead).
+NOT_RUN_HERE = {
+    "make serve": "builds .venv and serves on a fixed port; the same `brain-tumor serve` is started by this test",
+    "make test": "what .ci/run runs",
+    ".venv/bin/brain-tumor serve": "started by this test (python -m app.cli serve) and by tests/security",
+    ".venv/bin/brain-tumor train": "tests/training/test_pipeline.py trains through the same main() on tiny data",
+    ".venv/bin/brain-tumor evaluate": "tests/training/test_pipeline.py evaluates through the same main()",
+    ".venv/bin/python -m training.train": "tests/training/test_pipeline.py",
+    ".venv/bin/python -m training.evaluate": "tests/training/test_pipeline.py",
+    ".venv/bin/python -m training.export": "tests/training/test_pipeline.py",
+    "make install-dev": "what make test runs first",
+    "make bench": "a benchmark (numbers, not a pass/fail test): run by hand, results in the README",
+    ".venv/bin/python -m bench.": "benchmarks: their --quick modes are smoke-run by hand",
+    "ORTHANC_USERNAME=orthanc": "pacs-sync against a real Orthanc: tests/dicom/test_pacs_sync.py",
+    "docker": "no Docker engine in CI: tests/deploy checks the files statically (see the README)",
+}
+
+
+def readme_blocks(language: str) -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = re.findall(rf"^[ ]*```{language}\n(.*?)^[ ]*```", text, flags=re.MULTILINE | re.DOTALL)
+    return [textwrap.dedent(block) for block in blocks]
+
+
+def readme_commands() -> list[str]:
+    """Shell commands of the README's bash blocks: continuation lines joined, comments dropped."""
+    commands = []
+    for block in readme_blocks("bash"):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = re.sub(r"\s+#\s.*$", "", command).strip()
+            if command and not command.startswith("#"):
+                commands.append(re.sub(r"\s+", " ", command))
+    return commands
+
+
+def is_run_here(command: str) -> bool:
+    return command.startswith(("curl ", ".venv/bin/brain-tumor predict", ".venv/bin/brain-tumor hash-key"))
+
+
+def test_every_readme_command_is_run_or_accounted_for():
+    unplaced = [
+        command
+        for command in readme_commands()
+        if not is_run_here(command) and not any(command.startswith(prefix) for prefix in NOT_RUN_HERE)
+    ]
+    assert not unplaced, f"README commands neither run by this test nor listed in NOT_RUN_HERE: {unplaced}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the files the README's examples name, with `tests/` and `.venv/` of the repository."""
+    folder = tmp_path_factory.mktemp("readme")
+    (folder / "tests").symlink_to(REPO_ROOT / "tests")
+    (folder / ".venv").symlink_to(REPO_ROOT / ".venv")
+    Image.fromarray(read_slice(TUMOR_SLICE)).save(folder / "slice.png")
+    Image.fromarray(read_slice(TUMOR_SLICE)).save(folder / "slice1.png")
+    tifffile.imwrite(folder / "slice2.tif", (read_slice(TUMOR_SLICE)[:, :, 1].astype(np.uint16) * 16))
+    for number, path in zip((20, 21, 22), TUMOR_SERIES, strict=True):
+        Image.fromarray(read_slice(path)).save(folder / f"slice_{number}.png")
+    for number, dataset in enumerate(mr_series(tumor_channels()), start=1):
+        (folder / f"IM{number:04d}.dcm").write_bytes(to_bytes(dataset))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("readme_server"))
+    yield server.base_url
+    server.stop()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("command", [command for command in readme_commands() if is_run_here(command)])
+def test_readme_command_succeeds(command: str, workdir: Path, server_url: str, tiny_model_dir: Path):
+    runnable = command.replace(README_URL, server_url)
+    if runnable.startswith("curl "):
+        runnable = "curl --fail-with-body " + runnable.removeprefix("curl ")
+    environment = {**os.environ, "KEY": "example-key", "MODEL_DIR": str(tiny_model_dir)}
+    completed = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", runnable],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")[-2000:]
+    if "-o overlay.png" in command:
+        assert (workdir / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    elif "-o seg.dcm" in command:
+        assert (workdir / "seg.dcm").read_bytes()[128:132] == b"DICM"
+    else:
+        assert completed.stdout.strip()
+
+
+def test_readme_python_example_runs(workdir: Path, server_url: str):
+    (example,) = readme_blocks("python")
+    completed = subprocess.run(
+        [sys.executable, "-c", example.replace(README_URL, server_url) + "\nassert mask.any()\n"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
