@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--training-command", action="append", default=[], help="a command that trained a model (model card)"
     )
+    parser.add_argument("--note", action="append", default=[], help="a line for the model card's limitations")
     args = parser.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text())
     classifier = build_classifier()
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics=evaluation["metrics"],
         version=args.version,
     )
-    card = render_model_card(manifest, args.evaluation_command, args.training_command or ["(not recorded)"])
+    card = render_model_card(manifest, args.evaluation_command, args.training_command or ["(not recorded)"], args.note)
     (output_dir / "README.md").write_text(card)
 
 

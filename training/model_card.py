@@ -31,7 +31,9 @@ def _figures(metrics: Mapping) -> list[str]:
     ]
 
 
-def render_model_card(manifest: Mapping, evaluation_command: str, training_commands: list[str]) -> str:
+def render_model_card(
+    manifest: Mapping, evaluation_command: str, training_commands: list[str], notes: list[str] | None = None
+) -> str:
     """Markdown of the model card for the exported `manifest` (which carries the test metrics)."""
     metrics = manifest["metrics"]
     flair = metrics.get("flair_only")
@@ -85,12 +87,13 @@ def render_model_card(manifest: Mapping, evaluation_command: str, training_comma
         "```",
         "",
         "## Limitations",
-        "- Trained on 70 patients of one public dataset (TCGA lower-grade glioma, 5 institutions, pre-2005 scanners): "
-        "other tumor types, other scanners and other protocols are out of distribution.",
-        "- 2-D slices only; no use of neighbouring slices. Expects skull-stripped-like kaggle_3m composites "
-        "(pre-contrast, FLAIR, post-contrast) or FLAIR alone.",
+        "- Trained on 70 patients of one public dataset (TCGA lower-grade glioma, 5 institutions): other tumor types, "
+        "other scanners and other protocols are out of distribution.",
+        "- 2-D slices only; no use of neighbouring slices. Expects kaggle_3m-like composites (pre-contrast, FLAIR, "
+        "post-contrast) or FLAIR alone.",
         "- A test split of 9 patients gives wide confidence intervals: treat the figures as estimates.",
         "- Thresholds were chosen on the validation patients, never on the test patients.",
+        *(f"- {note}" for note in notes or []),
         "",
     ]
     return "\n".join(lines)
