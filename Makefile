@@ -18,7 +18,7 @@ $(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
 
 # Runtime plus training extras and test tools.
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[train,dev]"
+	$(BIN)/pip install --quiet -e ".[train,dev,onnx]"
 	touch $@ $(VENV)/.installed-runtime
 
 install: $(VENV)/.installed-runtime

@@ -40,7 +40,10 @@ async def load_models(app: FastAPI) -> None:
     state = app.state
     try:
         predictor = await asyncio.to_thread(
-            Predictor.from_model_dir, state.settings.model_dir, state.metrics.observe_inference
+            Predictor.from_model_dir,
+            state.settings.model_dir,
+            state.metrics.observe_inference,
+            state.settings.inference_runtime,
         )
         await asyncio.to_thread(predictor.warm_up)
     except (ModelStoreError, OSError, ValueError) as error:

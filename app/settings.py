@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         default=128 * MIB, gt=0, description="largest /v1/predict/batch request body, in bytes"
     )
 
+    inference_runtime: Literal["keras", "onnxruntime"] = Field(
+        default="keras",
+        description="keras runs the models on the Keras backend (TensorFlow, or JAX with KERAS_BACKEND=jax); "
+        "onnxruntime converts them at startup with tf2onnx and runs them with ONNX Runtime (faster and lighter on "
+        'CPU; needs pip install -e ".[onnx]")',
+    )
     inference_batch_size: int = Field(
         default=16, gt=0, description="most slices the micro-batcher runs through the models at once"
     )
