@@ -46,9 +46,9 @@ async def load_models(app: FastAPI) -> None:
             state.settings.inference_runtime,
         )
         await asyncio.to_thread(predictor.warm_up)
-    except (ModelStoreError, OSError, ValueError) as error:
-        state.load_error = str(error)
-        logger.critical("model loading failed", extra={"fields": {"error": str(error)}})
+    except Exception as error:  # whatever it is, readiness must say so rather than wait forever
+        state.load_error = str(error) or type(error).__name__
+        logger.critical("model loading failed", exc_info=error, extra={"fields": {"error": state.load_error}})
         return
     state.predictor = predictor
     state.batcher = MicroBatcher(

@@ -37,10 +37,10 @@ def gate_model_loading(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     gate = threading.Event()
     load = main.Predictor.from_model_dir
 
-    def gated_load(model_dir, observer=None):
+    def gated_load(model_dir, observer=None, runtime="keras"):
         if not gate.wait(timeout=60):
             raise ModelStoreError("test gate was never opened")
-        return load(model_dir, observer)
+        return load(model_dir, observer, runtime)
 
     monkeypatch.setattr(main.Predictor, "from_model_dir", gated_load)
     return gate
@@ -90,7 +90,7 @@ def test_read_readiness_is_503_until_models_load(tiny_model_dir: Path, monkeypat
 
 
 def test_read_readiness_names_loading_failure(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing_load(model_dir, observer=None):
+    def failing_load(model_dir, observer=None, runtime="keras"):
         raise ModelStoreError("cannot load tumor_classifier@0.0.0-test: bad weights")
 
     monkeypatch.setattr(main.Predictor, "from_model_dir", failing_load)
