@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.model_store import ModelStoreError, load_models, read_manifest
-from training import evaluate, export, train
+from training import compare_segmenters, evaluate, export, train
 from training.models import build_classifier, build_resunet
 
 
@@ -137,3 +137,50 @@ def test_tampered_weights_are_refused(trained_run, tmp_path):
     weights.unlink()
     with pytest.raises(ModelStoreError, match="missing: .*tumor_segmenter.weights.h5"):
         read_manifest(models_dir)
+
+
+def test_segmenter_comparison_uses_validation_patients_and_each_candidates_own_mask_threshold(
+    trained_run, dev_layout, tmp_path
+):
+    untrained = tmp_path / "untrained" / "best.weights.h5"
+    untrained.parent.mkdir()
+    build_resunet().save_weights(untrained)
+    trained = trained_run / "segmenter" / "best.weights.h5"
+    output = tmp_path / "comparison.json"
+    compare_segmenters.main(
+        [
+            "--data-root",
+            str(dev_layout),
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter",
+            f"trained={trained}",
+            "--segmenter",
+            f"again={trained}",
+            "--segmenter",
+            f"untrained={untrained}",
+            "--split",
+            str(trained_run / "split.json"),
+            "--output",
+            str(output),
+        ]
+    )
+    result = json.loads(output.read_text())
+    split = json.loads((trained_run / "split.json").read_text())
+    assert result["split"] == "validation" and result["patients"] == len(split["validation"])
+    candidates = result["candidates"]
+    assert list(candidates) == ["trained", "again", "untrained"]
+    assert candidates["trained"]["training"]["negatives_per_epoch"] == 2
+    assert candidates["untrained"]["training"] is None
+    # The same checkpoint measures the same; the candidates share the classifier threshold but not the mask one.
+    assert candidates["trained"]["segmentation"] == candidates["again"]["segmentation"]
+    for candidate in candidates.values():
+        assert candidate["mask_threshold"] in evaluate.MASK_THRESHOLD_CANDIDATES
+        assert 0.0 <= candidate["segmentation"]["volume_dice_mean"] <= 1.0
+
+
+def test_segmenter_candidates_must_be_named():
+    with pytest.raises(SystemExit):
+        compare_segmenters.build_parser().parse_args(
+            ["--data-root", "x", "--classifier-weights", "c", "--output", "o", "--segmenter", "no-name-here"]
+        )

@@ -1,0 +1,155 @@
+"""Compare segmenter checkpoints as the service uses them: behind the classifier, on the validation patients.
+
+    python -m training.compare_segmenters --data-root ../shared/lgg/kaggle_3m_dev \
+        --classifier-weights runs/classifier/best.weights.h5 \
+        --segmenter tumor-only=runs/seg_tumor_only/best.weights.h5 \
+        --segmenter with-negatives=runs/seg_negatives/best.weights.h5 --output runs/segmenter_comparison.json
+
+Made to decide how the segmenter trains (tumor slices only, or with tumor-free slices too): in the service it sees
+every slice the classifier passes, false positives included, so what counts is the gated pipeline's volume Dice and
+how often it draws a mask on a tumor-free slice. Only validation patients are used, so the choice never looks at
+the test patients. The classifier threshold is chosen once for all candidates (as in `training.evaluate`), the mask
+threshold for each candidate on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from training.data import find_slices, load_slices, load_split
+from training.evaluate import (
+    MASK_THRESHOLD_CANDIDATES,
+    choose_classifier_threshold,
+    evaluate_split,
+    gated_masks,
+    predict_slices,
+    volume_dice_by_patient,
+)
+from training.models import build_classifier, build_resunet
+
+logger = logging.getLogger(__name__)
+
+
+def parse_candidate(text: str) -> tuple[str, Path]:
+    """`name=path/to/best.weights.h5` -> (name, path)."""
+    name, separator, path = text.partition("=")
+    if not separator or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHTS_PATH; got {text!r}")
+    return name, Path(path)
+
+
+def training_summary(weights: Path) -> dict | None:
+    """The `run.json` that `training.train` wrote next to the checkpoint (recipe, epochs, time), if there is one."""
+    run_file = weights.parent / "run.json"
+    if not run_file.is_file():
+        return None
+    run = json.loads(run_file.read_text())
+    arguments = run.get("arguments", {})
+    return {
+        "negatives_per_epoch": arguments.get("negatives_per_epoch"),
+        "initial_weights": arguments.get("initial_weights"),
+        "epochs_run": run.get("epochs_run"),
+        "best_epoch": run.get("best_epoch"),
+        "train_slices_per_epoch": run.get("train_slices"),
+        "seconds": run.get("seconds"),
+    }
+
+
+def compare(args: argparse.Namespace) -> dict:
+    split = load_split(Path(args.split))
+    validation_patients = set(split["validation"])
+    records = [record for record in find_slices(args.data_root) if record.patient_id in validation_patients]
+    validation = load_slices(records)
+    classifier = build_classifier()
+    classifier.load_weights(args.classifier_weights)
+    segmenter = build_resunet()
+
+    candidates = {}
+    classifier_threshold = None
+    for name, weights in args.segmenter:
+        segmenter.load_weights(weights)
+        probabilities, maps = predict_slices(classifier, segmenter, validation.images)
+        if classifier_threshold is None:
+            classifier_threshold = choose_classifier_threshold(
+                validation.labels, probabilities, args.target_sensitivity
+            )
+        volume_dice = {
+            candidate: float(
+                np.mean(
+                    list(
+                        volume_dice_by_patient(
+                            validation, gated_masks(probabilities, maps, classifier_threshold, candidate)
+                        ).values()
+                    )
+                )
+            )
+            for candidate in MASK_THRESHOLD_CANDIDATES
+        }
+        mask_threshold = max(volume_dice, key=volume_dice.get)
+        metrics = evaluate_split(validation, probabilities, maps, classifier_threshold, mask_threshold)
+        candidates[name] = {
+            "weights": str(weights),
+            "training": training_summary(weights),
+            "mask_threshold": mask_threshold,
+            "segmentation": metrics["segmentation"],
+            "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": metrics[
+                "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices"
+            ],
+        }
+        logger.info("%s: %s", name, summary_line(candidates[name]))
+    return {
+        "split": "validation",
+        "patients": len(validation_patients),
+        "slices": int(len(validation.labels)),
+        "classifier_weights": str(args.classifier_weights),
+        "classifier_threshold": classifier_threshold,
+        "candidates": candidates,
+    }
+
+
+def summary_line(candidate: dict) -> str:
+    segmentation = candidate["segmentation"]
+    return (
+        f"volume Dice mean {segmentation['volume_dice_mean']:.3f} median {segmentation['volume_dice_median']:.3f}, "
+        f"tumor-slice Dice {segmentation['tumor_slice_dice_mean']:.3f}, "
+        f"masks on tumor-free slices {segmentation['nonempty_mask_rate_on_tumor_free_slices']:.3f} gated / "
+        f"{candidate['segmenter_alone_nonempty_mask_rate_on_tumor_free_slices']:.3f} segmenter alone "
+        f"(mask threshold {candidate['mask_threshold']})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--classifier-weights", required=True)
+    parser.add_argument(
+        "--segmenter",
+        type=parse_candidate,
+        action="append",
+        required=True,
+        metavar="NAME=WEIGHTS",
+        help="a segmenter checkpoint to compare (repeat)",
+    )
+    parser.add_argument("--split", default="models/split.json")
+    parser.add_argument("--target-sensitivity", type=float, default=0.97)
+    parser.add_argument("--output", required=True, help="JSON file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    result = compare(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
