@@ -15,8 +15,7 @@ from app import schemas
 from app.dicom_input import SliceInput, prepare_inputs, read_dicom
 from app.dicom_seg import SeriesResult
 from app.errors import InvalidSliceError, ServiceError
-from app.pipeline import slice_payload
-from training.preprocessing import InvalidImageError, preprocess_slice
+from app.pipeline import model_input, slice_payload
 
 
 class MixedInputError(InvalidSliceError):
@@ -53,11 +52,8 @@ def read_series(uploads: Sequence[bytes | ServiceError], max_pixels: int) -> Ser
 
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The model batch (through the shared `preprocess_slice`) and the original size of each slice."""
-    try:
-        batch = np.stack([preprocess_slice(slice_input.image) for slice_input in inputs])
-    except InvalidImageError as error:
-        raise InvalidSliceError(str(error)) from error
+    """The model batch (`pipeline.model_input`, as for raster uploads) and the original size of each slice."""
+    batch = np.stack([model_input(slice_input.image) for slice_input in inputs])
     return batch, [(int(item.image.shape[0]), int(item.image.shape[1])) for item in inputs]
 
 

@@ -64,12 +64,16 @@ def prepare_upload(data: bytes, limits: UploadLimits, keep_image: bool = False) 
     """
     check_upload_size(len(data), limits)
     image = decode_image(data, max_pixels=limits.max_image_pixels)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    return PreparedSlice(model_input(image), size, image if keep_image else None)
+
+
+def model_input(image: np.ndarray) -> np.ndarray:
+    """`preprocess_slice`, with an image it refuses reported as the client's `InvalidSliceError`."""
     try:
-        model_input = preprocess_slice(image)
+        return preprocess_slice(image)
     except InvalidImageError as error:
         raise InvalidSliceError(str(error)) from error
-    size = (int(image.shape[0]), int(image.shape[1]))
-    return PreparedSlice(model_input, size, image if keep_image else None)
 
 
 def prepare_uploads(
