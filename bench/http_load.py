@@ -65,6 +65,7 @@ SERVICE_ENV_PREFIXES = (
     "OMP_",
     "KERAS_",
     "XLA_",
+    "JAX_",
     "CUDA_VISIBLE",
 )
 
