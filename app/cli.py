@@ -39,6 +39,7 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_config=None,  # keep our JSON logging
+        access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
         timeout_graceful_shutdown=30,
     )
     return 0

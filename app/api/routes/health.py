@@ -24,7 +24,7 @@ async def read_liveness() -> schemas.HealthStatus:
 )
 async def read_readiness(request: Request) -> schemas.HealthStatus:
     """200 once both models are loaded and warmed up; 503 `model_unavailable` before (or if loading failed)."""
-    get_predictor(request)
+    await get_predictor(request)
     return schemas.HealthStatus(status="ready")
 
 
