@@ -172,8 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batches", type=int, default=2000, help="timed batches at most, even before --seconds")
     parser.add_argument("--warmup-batches", type=int, default=2, help="untimed batches before each measurement")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON summary here")
+    parser.add_argument(
+        "--runtime",
+        choices=("keras", "onnxruntime"),
+        default=os.environ.get("INFERENCE_RUNTIME", "keras"),
+        help="as the service's INFERENCE_RUNTIME (default: that variable, else keras)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print the table only, not the JSON")
     return parser
+
+
+def backend_description(runtime: str) -> dict[str, str | None]:
+    """Framework versions and the thread settings read from the environment (they change the numbers)."""
+    import importlib.metadata
+
+    import keras
+
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "runtime": runtime,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "tensorflow": version("tensorflow") or version("tensorflow-cpu"),
+        "onnxruntime": version("onnxruntime") if runtime == "onnxruntime" else None,
+        "inference_threads": os.environ.get("INFERENCE_THREADS"),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.inference import Predictor
 
     load_started = time.perf_counter()
-    predictor = Predictor.from_model_dir(args.model_dir)
+    predictor = Predictor.from_model_dir(args.model_dir, runtime=args.runtime)
     predictor.warm_up()
     load_seconds = time.perf_counter() - load_started
     inputs, sizes = load_inputs([item.path for item in mix])
@@ -218,13 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "positive_fraction",
     ]
     print(format_table([asdict(cell) for cell in cells], columns))
-    import keras
-    import tensorflow as tf
-
     summary = {
         "benchmark": "model_limit",
         "machine": machine_description(),
-        "backend": {"keras": keras.__version__, "keras_backend": keras.backend.backend(), "tensorflow": tf.__version__},
+        "backend": backend_description(args.runtime),
         "models": predictor.model_tags,
         "model_dir": str(args.model_dir),
         "classifier_threshold": predictor.classifier_threshold,
