@@ -76,7 +76,8 @@ def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFu
     """Compile `model` for inference: on the active Keras backend (tensorflow or jax), or with ONNX Runtime.
 
     `runtime="onnxruntime"` converts the model with tf2onnx at load time (measured on the committed models on a
-    2-core CPU: 1.7-2.5x faster per slice and about 40 % less memory than TensorFlow); it needs the `onnx` extra.
+    2-core CPU: 1.7-2.5x faster per slice; the service's memory grows, since TensorFlow stays loaded for the
+    conversion); it needs the `onnx` extra.
     """
     if runtime == "onnxruntime":
         return _onnxruntime_function(model)

@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     inference_runtime: Literal["keras", "onnxruntime"] = Field(
         default="keras",
         description="keras runs the models on the Keras backend (TensorFlow, or JAX with KERAS_BACKEND=jax); "
-        "onnxruntime converts them at startup with tf2onnx and runs them with ONNX Runtime (faster and lighter on "
-        'CPU; needs pip install -e ".[onnx]")',
+        "onnxruntime converts them at startup with tf2onnx and runs them with ONNX Runtime (faster on CPU, but the "
+        'process keeps TensorFlow too and uses more memory; needs pip install -e ".[onnx]")',
     )
     inference_batch_size: int = Field(
         default=16, gt=0, description="most slices the micro-batcher runs through the models at once"
