@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def backend_description(runtime: str) -> dict[str, str | None]:
-    """Framework versions and the thread settings read from the environment (they change the numbers)."""
+    """The runtime and the framework versions behind the numbers."""
     import importlib.metadata
 
     import keras
@@ -200,7 +200,6 @@ def backend_description(runtime: str) -> dict[str, str | None]:
         "keras_backend": keras.backend.backend(),
         "tensorflow": version("tensorflow") or version("tensorflow-cpu"),
         "onnxruntime": version("onnxruntime") if runtime == "onnxruntime" else None,
-        "inference_threads": os.environ.get("INFERENCE_THREADS"),
     }
 
 

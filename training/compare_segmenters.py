@@ -19,17 +19,8 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from training.data import find_slices, load_slices, load_split
-from training.evaluate import (
-    MASK_THRESHOLD_CANDIDATES,
-    choose_classifier_threshold,
-    evaluate_split,
-    gated_masks,
-    predict_slices,
-    volume_dice_by_patient,
-)
+from training.evaluate import choose_classifier_threshold, choose_mask_threshold, evaluate_split, model_outputs
 from training.models import build_classifier, build_resunet
 
 logger = logging.getLogger(__name__)
@@ -69,28 +60,14 @@ def compare(args: argparse.Namespace) -> dict:
     classifier.load_weights(args.classifier_weights)
     segmenter = build_resunet()
 
+    # The classifier and its threshold are the same for every candidate: run it once.
+    probabilities = model_outputs(classifier, validation.images).reshape(-1)
+    classifier_threshold = choose_classifier_threshold(validation.labels, probabilities, args.target_sensitivity)
     candidates = {}
-    classifier_threshold = None
     for name, weights in args.segmenter:
         segmenter.load_weights(weights)
-        probabilities, maps = predict_slices(classifier, segmenter, validation.images)
-        if classifier_threshold is None:
-            classifier_threshold = choose_classifier_threshold(
-                validation.labels, probabilities, args.target_sensitivity
-            )
-        volume_dice = {
-            candidate: float(
-                np.mean(
-                    list(
-                        volume_dice_by_patient(
-                            validation, gated_masks(probabilities, maps, classifier_threshold, candidate)
-                        ).values()
-                    )
-                )
-            )
-            for candidate in MASK_THRESHOLD_CANDIDATES
-        }
-        mask_threshold = max(volume_dice, key=volume_dice.get)
+        maps = model_outputs(segmenter, validation.images)[..., 0]
+        mask_threshold, _ = choose_mask_threshold(validation, probabilities, maps, classifier_threshold)
         metrics = evaluate_split(validation, probabilities, maps, classifier_threshold, mask_threshold)
         candidates[name] = {
             "weights": str(weights),

@@ -34,16 +34,23 @@ def flair_only(images: np.ndarray) -> np.ndarray:
     return np.repeat(images[..., FLAIR_CHANNEL : FLAIR_CHANNEL + 1], 3, axis=-1)
 
 
+def model_outputs(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Run `model` on uint8 slices, in batches, through the shared `preprocess_slice`."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([preprocess_slice(image) for image in images[start : start + batch_size]])
+        outputs.append(keras.ops.convert_to_numpy(model(batch, training=False)))
+    return np.concatenate(outputs)
+
+
 def predict_slices(
     classifier: keras.Model, segmenter: keras.Model, images: np.ndarray, batch_size: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (tumor probability per slice, mask probability maps (N,256,256)) for uint8 slices."""
-    probabilities, maps = [], []
-    for start in range(0, len(images), batch_size):
-        batch = np.stack([preprocess_slice(image) for image in images[start : start + batch_size]])
-        probabilities.append(keras.ops.convert_to_numpy(classifier(batch, training=False)).reshape(-1))
-        maps.append(keras.ops.convert_to_numpy(segmenter(batch, training=False))[..., 0])
-    return np.concatenate(probabilities), np.concatenate(maps)
+    return (
+        model_outputs(classifier, images, batch_size).reshape(-1),
+        model_outputs(segmenter, images, batch_size)[..., 0],
+    )
 
 
 def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -76,6 +83,26 @@ def volume_dice_by_patient(arrays: SliceArrays, masks: np.ndarray) -> dict[str, 
         patient: dice(truth[arrays.patient_ids == patient], masks[arrays.patient_ids == patient])
         for patient in sorted(set(arrays.patient_ids))
     }
+
+
+def choose_mask_threshold(
+    arrays: SliceArrays, probabilities: np.ndarray, maps: np.ndarray, classifier_threshold: float
+) -> tuple[float, dict[str, float]]:
+    """The mask threshold with the highest mean per-patient volume Dice on these slices, and that Dice for every
+    candidate."""
+    volume_dice = {
+        str(candidate): float(
+            np.mean(
+                list(
+                    volume_dice_by_patient(
+                        arrays, gated_masks(probabilities, maps, classifier_threshold, candidate)
+                    ).values()
+                )
+            )
+        )
+        for candidate in MASK_THRESHOLD_CANDIDATES
+    }
+    return float(max(volume_dice, key=volume_dice.get)), volume_dice
 
 
 def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
@@ -203,20 +230,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     classifier_threshold = choose_classifier_threshold(
         validation.labels, validation_probabilities, args.target_sensitivity
     )
-    validation_dice = {
-        str(candidate): float(
-            np.mean(
-                list(
-                    volume_dice_by_patient(
-                        validation,
-                        gated_masks(validation_probabilities, validation_maps, classifier_threshold, candidate),
-                    ).values()
-                )
-            )
-        )
-        for candidate in MASK_THRESHOLD_CANDIDATES
-    }
-    mask_threshold = float(max(validation_dice, key=validation_dice.get))
+    mask_threshold, validation_dice = choose_mask_threshold(
+        validation, validation_probabilities, validation_maps, classifier_threshold
+    )
 
     test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images)
     flair_probabilities, flair_maps = predict_slices(classifier, segmenter, flair_only(test.images))

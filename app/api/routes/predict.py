@@ -19,7 +19,7 @@ from app.batching import MicroBatcher
 from app.dicom_input import is_dicom
 from app.dicom_seg import SeriesResult, segmentation_to_bytes, summarise_series
 from app.errors import InvalidSliceError, RequestValidationFailed, ServiceError, TooManyFilesError
-from app.inference import Predictor, SlicePrediction
+from app.inference import Predictor
 from app.metrics import ServiceMetrics
 from app.overlay import render_overlay_png
 from app.settings import Settings
@@ -112,7 +112,7 @@ async def create_prediction(
             prepared.model_input[None], [prepared.size], timeout_seconds=settings.request_timeout_seconds
         )
         record_outcome(request, metrics, [prediction.detected], failed=0)
-    payload = await prediction_payload(prediction, predictor.classifier_threshold, mask_format)
+    payload = await run_in_threadpool(pipeline.slice_payload, prediction, predictor.classifier_threshold, mask_format)
     return schemas.PredictionResponse(
         **dict(payload), models=schemas.ModelTags(**predictor.model_tags), request_id=request_id
     )
@@ -269,16 +269,6 @@ async def run_series(
         predictions = await batcher.submit(batch, sizes, timeout_seconds=settings.request_timeout_seconds)
     record_outcome(request, metrics, [p.detected for p in predictions], failed=len(series.file_errors))
     return await run_in_threadpool(summarise_series, series.inputs, predictions, predictor.model_tags, build_seg)
-
-
-async def prediction_payload(
-    prediction: SlicePrediction, threshold: float, mask_format: schemas.MaskFormat
-) -> schemas.Prediction:
-    """Encode a mask off the event loop; without one (a negative slice) the payload is a few fields, cheaper to build
-    here than a hop to the thread pool and back."""
-    if prediction.mask is None:
-        return pipeline.slice_payload(prediction, threshold, mask_format)
-    return await run_in_threadpool(pipeline.slice_payload, prediction, threshold, mask_format)
 
 
 def segmentation_response(result: SeriesResult) -> Response:
