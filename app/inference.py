@@ -72,6 +72,11 @@ ModelFunction = Callable[[np.ndarray], np.ndarray]
 JAX_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
+def padded_batch_size(count: int) -> int:
+    """The batch size a JAX function runs `count` slices at: the next of `JAX_BATCH_SIZES` (or `count` past them)."""
+    return next((size for size in JAX_BATCH_SIZES if size >= count), count)
+
+
 def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFunction:
     """Compile `model` for inference: on the active Keras backend (tensorflow or jax), or with ONNX Runtime.
 
@@ -130,7 +135,7 @@ def _jax_function(model: keras.Model) -> ModelFunction:
 
     def run(batch: np.ndarray) -> np.ndarray:
         count = len(batch)
-        padded_size = next((size for size in JAX_BATCH_SIZES if size >= count), count)
+        padded_size = padded_batch_size(count)
         if padded_size > count:
             batch = np.concatenate([batch, np.zeros((padded_size - count, *batch.shape[1:]), batch.dtype)])
         return np.asarray(function(batch))[:count]
@@ -178,6 +183,7 @@ class Predictor:
         self._observer = observer
         self._classifier = compile_for_inference(classifier, runtime)
         self._segmenter = compile_for_inference(segmenter, runtime)
+        self._compiles_per_batch_size = runtime == "keras" and keras.backend.backend() == "jax"
         self.is_warm = False
 
     @classmethod
@@ -200,15 +206,28 @@ class Predictor:
     def model_tags(self) -> dict[str, str]:
         return {CLASSIFIER: self.manifest.classifier.tag, SEGMENTER: self.manifest.segmenter.tag}
 
-    def warm_up(self) -> None:
-        """Trace both graphs with one blank slice, and check the models' output shapes while at it."""
-        blank = np.zeros((1, *INPUT_SHAPE), dtype=np.float32)
-        probabilities = self._run(CLASSIFIER, self._classifier, blank, observe=False)
-        masks = self._run(SEGMENTER, self._segmenter, blank, observe=False)
-        if probabilities.shape != (1, 1):
-            raise ModelStoreError(f"classifier must output shape (N, 1); it gave {probabilities.shape} for N=1")
-        if masks.shape != (1, *INPUT_SHAPE[:2], 1):
-            raise ModelStoreError(f"segmenter must output shape (N, 256, 256, 1); it gave {masks.shape} for N=1")
+    def warm_up(self, max_batch_size: int = 1) -> None:
+        """Compile both models before the first request, and check their output shapes while at it.
+
+        TensorFlow and ONNX Runtime run every batch size with one graph, traced by one blank slice. A JAX function
+        compiles once per padded batch size (seconds each), so on JAX every size a batch of up to `max_batch_size`
+        slices pads to is compiled here, not in some request's path.
+        """
+        sizes = [1]
+        if self._compiles_per_batch_size:
+            sizes = sorted({padded_batch_size(count) for count in range(1, max_batch_size + 1)})
+        for size in sizes:
+            blank = np.zeros((size, *INPUT_SHAPE), dtype=np.float32)
+            probabilities = self._run(CLASSIFIER, self._classifier, blank, observe=False)
+            masks = self._run(SEGMENTER, self._segmenter, blank, observe=False)
+            if probabilities.shape != (size, 1):
+                raise ModelStoreError(
+                    f"classifier must output shape (N, 1); it gave {probabilities.shape} for N={size}"
+                )
+            if masks.shape != (size, *INPUT_SHAPE[:2], 1):
+                raise ModelStoreError(
+                    f"segmenter must output shape (N, 256, 256, 1); it gave {masks.shape} for N={size}"
+                )
         self.is_warm = True
 
     def classify(self, batch: np.ndarray) -> np.ndarray:

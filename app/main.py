@@ -45,7 +45,7 @@ async def load_models(app: FastAPI) -> None:
             state.metrics.observe_inference,
             state.settings.inference_runtime,
         )
-        await asyncio.to_thread(predictor.warm_up)
+        await asyncio.to_thread(predictor.warm_up, state.settings.inference_batch_size)
     except Exception as error:  # whatever it is, readiness must say so rather than wait forever
         state.load_error = str(error) or type(error).__name__
         logger.critical("model loading failed", exc_info=error, extra={"fields": {"error": state.load_error}})

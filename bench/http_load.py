@@ -333,6 +333,11 @@ async def run_benchmark(args: argparse.Namespace) -> dict:
                 level = await run_level(client, url, uploads, headers, concurrency, args.requests, args.seconds)
                 level.server_memory = memory()
                 levels.append(level)
+                # One line per level as it ends, for a run stopped at a time limit.
+                print(
+                    f"c={concurrency}: {level.throughput_rps} req/s, p50 {level.p50_ms} ms, errors {level.errors}",
+                    flush=True,
+                )
                 if server is not None and server.process.poll() is not None:
                     raise RuntimeError(f"the server exited during the c={concurrency} level; see {server.log_path}")
             summary["memory_after"] = memory()

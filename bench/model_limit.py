@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_started = time.perf_counter()
     predictor = Predictor.from_model_dir(args.model_dir, runtime=args.runtime)
-    predictor.warm_up()
+    predictor.warm_up(max(args.batch_sizes))
     load_seconds = time.perf_counter() - load_started
     inputs, sizes = load_inputs([item.path for item in mix])
 
@@ -234,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.seconds,
             )
             cells.append(cell)
+            # One line per cell as it ends: a run stopped at a time limit still leaves the cells it finished.
+            print(f"{mode} batch {batch_size}: {cell.images_per_s} images/s", flush=True)
     columns = [
         "mode",
         "batch_size",

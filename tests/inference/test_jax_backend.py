@@ -16,14 +16,21 @@ from training.preprocessing import preprocess_slice
 
 JAX_SCRIPT = """
 import sys
+import jax
 import numpy as np
 import keras
 from app.inference import Predictor
 assert keras.backend.backend() == "jax"
 predictor = Predictor.from_model_dir(sys.argv[1])
-predictor.warm_up()
+predictor.warm_up(max_batch_size=4)
+compiles = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kwargs: compiles.append(event) if event.endswith("backend_compile_duration") else None
+)
 batch = np.load(sys.argv[2])
-np.savez(sys.argv[3], probabilities=predictor.classify(batch), maps=predictor.segment(batch))
+np.savez(
+    sys.argv[3], probabilities=predictor.classify(batch), maps=predictor.segment(batch), compiles=len(compiles)
+)
 """
 
 
@@ -42,6 +49,8 @@ def test_predictor_on_jax_matches_tensorflow(tiny_model_dir, tmp_path):
         check=True,
     )
     on_jax = np.load(tmp_path / "out.npz")
+    # warm_up(max_batch_size=4) compiled every padded size up to 4, so a batch of 3 compiles nothing more.
+    assert on_jax["compiles"] == 0
 
     predictor = Predictor.from_model_dir(tiny_model_dir)
     np.testing.assert_allclose(on_jax["probabilities"], predictor.classify(batch), atol=1e-5)
