@@ -59,6 +59,7 @@ READY_PATH = "/health/ready"
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".tif": "image/tiff"}
 SERVICE_ENV_PREFIXES = (
     "INFERENCE_",
+    "BACKEND",
     "MAX_",
     "LOG_LEVEL",
     "REQUEST_TIMEOUT",

@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime",
         choices=("keras", "onnxruntime"),
-        default=os.environ.get("INFERENCE_RUNTIME", "keras"),
-        help="as the service's INFERENCE_RUNTIME (default: that variable, else keras)",
+        default=os.environ.get("INFERENCE_RUNTIME") or os.environ.get("BACKEND") or "keras",
+        help="as the service's INFERENCE_RUNTIME (default: that variable, else BACKEND, else keras)",
     )
     parser.add_argument("--quiet", action="store_true", help="print the table only, not the JSON")
     return parser

@@ -37,3 +37,12 @@ def test_service_answers_on_onnxruntime(tiny_model_dir):
 def test_unknown_runtime_is_refused():
     with pytest.raises(ValueError, match="inference_runtime"):
         Settings(inference_runtime="tensorrt")
+
+
+def test_runtime_is_read_from_inference_runtime_or_backend(monkeypatch):
+    monkeypatch.delenv("INFERENCE_RUNTIME", raising=False)
+    monkeypatch.setenv("BACKEND", "onnxruntime")
+    assert Settings().inference_runtime == "onnxruntime"
+
+    monkeypatch.setenv("INFERENCE_RUNTIME", "keras")  # the setting's own name wins
+    assert Settings().inference_runtime == "keras"
