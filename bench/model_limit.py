@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime",
         choices=("keras", "onnxruntime"),
-        default=os.environ.get("INFERENCE_RUNTIME") or os.environ.get("BACKEND") or "keras",
-        help="as the service's INFERENCE_RUNTIME (default: that variable, else BACKEND, else keras)",
+        default=None,
+        help="as the service's INFERENCE_RUNTIME (default: the service's setting, read from the environment)",
     )
     parser.add_argument("--quiet", action="store_true", help="print the table only, not the JSON")
     return parser
@@ -213,9 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mix = select_mix(args.data_root, args.mix_size, args.tumor_fraction, args.seed)
 
     from app.inference import Predictor
+    from app.settings import get_settings
 
+    runtime = args.runtime or get_settings().inference_runtime
     load_started = time.perf_counter()
-    predictor = Predictor.from_model_dir(args.model_dir, runtime=args.runtime)
+    predictor = Predictor.from_model_dir(args.model_dir, runtime=runtime)
     predictor.warm_up(max(args.batch_sizes))
     load_seconds = time.perf_counter() - load_started
     inputs, sizes = load_inputs([item.path for item in mix])
@@ -250,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {
         "benchmark": "model_limit",
         "machine": machine_description(),
-        "backend": backend_description(args.runtime),
+        "backend": backend_description(runtime),
         "models": predictor.model_tags,
         "model_dir": str(args.model_dir),
         "classifier_threshold": predictor.classifier_threshold,

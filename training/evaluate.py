@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -34,23 +35,31 @@ def flair_only(images: np.ndarray) -> np.ndarray:
     return np.repeat(images[..., FLAIR_CHANNEL : FLAIR_CHANNEL + 1], 3, axis=-1)
 
 
-def model_outputs(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Run `model` on uint8 slices, in batches, through the shared `preprocess_slice`."""
-    outputs = []
+def preprocessed_batches(images: np.ndarray, batch_size: int = 16) -> Iterator[np.ndarray]:
+    """uint8 slices in batches, each through the shared `preprocess_slice`."""
     for start in range(0, len(images), batch_size):
-        batch = np.stack([preprocess_slice(image) for image in images[start : start + batch_size]])
-        outputs.append(keras.ops.convert_to_numpy(model(batch, training=False)))
-    return np.concatenate(outputs)
+        yield np.stack([preprocess_slice(image) for image in images[start : start + batch_size]])
+
+
+def model_outputs(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Run `model` on uint8 slices, in batches."""
+    return np.concatenate([_run(model, batch) for batch in preprocessed_batches(images, batch_size)])
 
 
 def predict_slices(
     classifier: keras.Model, segmenter: keras.Model, images: np.ndarray, batch_size: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (tumor probability per slice, mask probability maps (N,256,256)) for uint8 slices."""
-    return (
-        model_outputs(classifier, images, batch_size).reshape(-1),
-        model_outputs(segmenter, images, batch_size)[..., 0],
-    )
+    """Return (tumor probability per slice, mask probability maps (N,256,256)) for uint8 slices, preprocessing each
+    batch once for both models."""
+    probabilities, maps = [], []
+    for batch in preprocessed_batches(images, batch_size):
+        probabilities.append(_run(classifier, batch).reshape(-1))
+        maps.append(_run(segmenter, batch)[..., 0])
+    return np.concatenate(probabilities), np.concatenate(maps)
+
+
+def _run(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    return keras.ops.convert_to_numpy(model(batch, training=False))
 
 
 def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -90,18 +99,10 @@ def choose_mask_threshold(
 ) -> tuple[float, dict[str, float]]:
     """The mask threshold with the highest mean per-patient volume Dice on these slices, and that Dice for every
     candidate."""
-    volume_dice = {
-        str(candidate): float(
-            np.mean(
-                list(
-                    volume_dice_by_patient(
-                        arrays, gated_masks(probabilities, maps, classifier_threshold, candidate)
-                    ).values()
-                )
-            )
-        )
-        for candidate in MASK_THRESHOLD_CANDIDATES
-    }
+    volume_dice = {}
+    for candidate in MASK_THRESHOLD_CANDIDATES:
+        masks = gated_masks(probabilities, maps, classifier_threshold, candidate)
+        volume_dice[str(candidate)] = float(np.mean(list(volume_dice_by_patient(arrays, masks).values())))
     return float(max(volume_dice, key=volume_dice.get)), volume_dice
 
 
