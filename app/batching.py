@@ -1,18 +1,27 @@
 """Dynamic micro-batching: requests that arrive together go through the models as one batch.
 
 One worker task takes jobs (each one or more preprocessed slices) from a queue, joins those that are waiting into a
-batch of at most `max_batch_size` slices, runs the batch on a single inference thread, and hands each job its own
-results. The event loop never runs a model. With `max_wait_seconds=0` the batch is whatever queued up while the
-previous batch ran: a lone request starts at once, and under load the batches grow by themselves.
+batch of at most `max_batch_size` slices, and runs it on a single inference thread in two stages, as the models are
+gated: the classifier on every slice, then the segmenter on the positives only. A slice the classifier calls
+negative is answered as soon as the classifier is done; it does not wait for its batch's segmenter run. The event
+loop never runs a model. With `max_wait_seconds=0` a batch is whatever queued up while the previous one ran: a lone
+request starts at once, and under load the batches grow by themselves.
+
+Under load the segmenter waits for one more classifier batch when it has fewer than half a batch of positives and
+new slices are already waiting: the clients whose slices were negative come back with new ones while the segmenter
+runs, so without that wait the load splits into two groups that take turns, each running the segmenter on a few
+positives (it costs the most per slice at small batches). A lone request never waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,18 +30,59 @@ from app.inference import SlicePrediction
 
 logger = logging.getLogger(__name__)
 
-BatchRunner = Callable[[np.ndarray, Sequence[tuple[int, int]]], list[SlicePrediction]]
-"""`Predictor.predict_preprocessed`: (batch (N,256,256,3), original sizes) -> one prediction per slice."""
+
+class GatedModels(Protocol):
+    """What the batcher runs: `app.inference.Predictor`. Called on the inference thread, one call at a time."""
+
+    @property
+    def classifier_threshold(self) -> float: ...
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        """Tumor probability per slice, shape (N,), of a preprocessed batch (N, 256, 256, 3)."""
+        ...
+
+    def masks(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """One uint8 mask per slice, at the slice's original (H, W)."""
+        ...
 
 
 @dataclass
 class _Job:
+    """One `submit` call: its slices, and its predictions as the two stages fill them in."""
+
     inputs: np.ndarray
     sizes: list[tuple[int, int]]
     future: asyncio.Future[list[SlicePrediction]] = field(repr=False)
+    predictions: list[SlicePrediction | None] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.predictions = [None] * len(self.sizes)
 
     def __len__(self) -> int:
         return len(self.sizes)
+
+    @property
+    def abandoned(self) -> bool:
+        """Answered already (failed), timed out or cancelled: nobody waits for the rest of its slices."""
+        return self.future.done()
+
+    def answer(self, index: int, prediction: SlicePrediction) -> None:
+        self.predictions[index] = prediction
+        if not self.abandoned and all(item is not None for item in self.predictions):
+            self.future.set_result(list(self.predictions))  # type: ignore[arg-type]
+
+    def fail(self, error: Exception) -> None:
+        if not self.abandoned:
+            self.future.set_exception(error)
+
+
+@dataclass(frozen=True)
+class _Positive:
+    """A slice the classifier called positive, waiting for the segmenter."""
+
+    job: _Job
+    index: int
+    probability: float
 
 
 class MicroBatcher:
@@ -40,21 +90,22 @@ class MicroBatcher:
 
     Parameters
     ----------
-    run_batch
-        Runs the models on a batch; called on the inference thread, one batch at a time.
+    models
+        The classifier and segmenter (`Predictor`); called on the inference thread, one batch at a time.
     max_batch_size
-        Most slices joined into one batch (a single larger job still runs whole).
+        Most slices joined into one batch, for each model (a single larger job still goes to the classifier whole).
     max_wait_seconds
         How long to hold a batch open for more jobs once the first has arrived.
     max_queued_slices
-        Most slices waiting; `submit` raises `OverloadedError` beyond it instead of letting latency grow unbounded.
+        Most slices waiting or in the models; `submit` raises `OverloadedError` beyond it instead of letting latency
+        grow unbounded.
     on_queue_change
         Called with the number of queued slices whenever it changes (for the queue-depth gauge).
     """
 
     def __init__(
         self,
-        run_batch: BatchRunner,
+        models: GatedModels,
         max_batch_size: int = 16,
         max_wait_seconds: float = 0.0,
         max_queued_slices: int = 256,
@@ -65,18 +116,21 @@ class MicroBatcher:
                 "max_batch_size and max_queued_slices must be >= 1 and max_wait_seconds >= 0; got "
                 f"{max_batch_size}, {max_queued_slices}, {max_wait_seconds}"
             )
-        self._run_batch = run_batch
+        self._models = models
         self.max_batch_size = max_batch_size
         self.max_wait_seconds = max_wait_seconds
         self.max_queued_slices = max_queued_slices
         self._on_queue_change = on_queue_change
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._waiting: deque[_Job] = deque()
+        self._arrived = asyncio.Event()
+        self._positives: deque[_Positive] = deque()
         self._queued_slices = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
 
     @property
     def queued_slices(self) -> int:
+        """Slices submitted and not yet answered (waiting, or in either model)."""
         return self._queued_slices
 
     def start(self) -> None:
@@ -106,7 +160,8 @@ class MicroBatcher:
         OverloadedError
             If the queue has no room for the job now.
         InferenceTimeoutError
-            If the predictions take longer than `timeout_seconds`; the job is dropped if it has not started.
+            If the predictions take longer than `timeout_seconds`; the job's slices that have not reached a model
+            yet never do.
         """
         if len(inputs) != len(sizes):
             raise ValueError(f"inputs hold {len(inputs)} slices but {len(sizes)} sizes were given")
@@ -124,7 +179,8 @@ class MicroBatcher:
             )
         job = _Job(inputs, list(sizes), asyncio.get_running_loop().create_future())
         self._change_queued(len(job))
-        self._queue.put_nowait(job)
+        self._waiting.append(job)
+        self._arrived.set()
         try:
             return await asyncio.wait_for(job.future, timeout_seconds)
         except TimeoutError:
@@ -134,69 +190,106 @@ class MicroBatcher:
             ) from None
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._collect()
-            try:
-                inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
-                sizes = [size for job in jobs for size in job.sizes]
-                predictions = await loop.run_in_executor(self._executor, self._run_batch, inputs, sizes)
-            except Exception as error:  # a model failure fails these jobs, not the worker
-                logger.exception("inference batch failed", extra={"fields": {"slices": sum(map(len, jobs))}})
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-            else:
-                start = 0
-                for job in jobs:
-                    if not job.future.done():  # the client may have gone away
-                        job.future.set_result(predictions[start : start + len(job)])
-                    start += len(job)
-            finally:
-                self._change_queued(-sum(map(len, jobs)))
+            await self._classify(await self._collect())
+            if self._positives and len(self._positives) < self.max_batch_size // 2 and self._jobs_waiting():
+                await self._classify(await self._collect())  # once: a positive never waits for more than this
+            while self._positives:
+                await self._segment(self._next_positives())
 
     async def _collect(self) -> list[_Job]:
-        """Wait for one job, then add the ones already queued (or arriving within the wait) up to the batch size."""
-        jobs = [await self._next_live_job()]
-        count = len(jobs[0])
-        deadline = asyncio.get_running_loop().time() + self.max_wait_seconds
-        while count < self.max_batch_size:
-            if not self._queue.empty():
-                job = self._queue.get_nowait()
-            else:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if job.future.done():  # timed out or cancelled while queued: nobody waits for it
-                self._change_queued(-len(job))
-                continue
-            if count + len(job) > self.max_batch_size:
-                # Too big to join: it leads the next batch instead.
-                self._requeue_first(job)
-                break
-            jobs.append(job)
-            count += len(job)
-        return jobs
+        """Wait for a job, then add the ones waiting (or arriving within the wait) up to the batch size.
 
-    async def _next_live_job(self) -> _Job:
+        A job that would overflow the batch stays first in line and leads the next one.
+        """
+        jobs: list[_Job] = []
+        count = 0
+        deadline: float | None = None
         while True:
-            job = await self._queue.get()
-            if not job.future.done():
-                return job
-            self._change_queued(-len(job))
+            while self._waiting and count < self.max_batch_size:
+                job = self._waiting[0]
+                if job.abandoned:  # timed out or cancelled while queued
+                    self._waiting.popleft()
+                    self._change_queued(-len(job))
+                    continue
+                if jobs and count + len(job) > self.max_batch_size:
+                    return jobs
+                jobs.append(self._waiting.popleft())
+                count += len(job)
+            if count >= self.max_batch_size:
+                return jobs
+            timeout = None
+            if jobs:
+                now = asyncio.get_running_loop().time()
+                deadline = now + self.max_wait_seconds if deadline is None else deadline
+                timeout = deadline - now
+                if timeout <= 0:
+                    return jobs
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return jobs
 
-    def _requeue_first(self, job: _Job) -> None:
-        waiting = [job]
-        while not self._queue.empty():
-            waiting.append(self._queue.get_nowait())
-        for item in waiting:
-            self._queue.put_nowait(item)
+    def _jobs_waiting(self) -> bool:
+        return any(not job.abandoned for job in self._waiting)
+
+    async def _classify(self, jobs: list[_Job]) -> None:
+        """Run the classifier on the jobs' slices; answer the negatives, line the positives up for the segmenter."""
+        inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
+        try:
+            probabilities = await self._in_inference_thread(self._models.classify, inputs)
+        except Exception as error:  # a model failure fails these jobs, not the worker
+            self._fail(jobs, error, sum(map(len, jobs)))
+            return
+        threshold = self._models.classifier_threshold
+        slots = ((job, index) for job in jobs for index in range(len(job)))
+        answered = 0
+        for (job, index), probability in zip(slots, probabilities.tolist(), strict=True):
+            if probability >= threshold:
+                self._positives.append(_Positive(job, index, probability))
+            else:
+                job.answer(index, SlicePrediction(probability=probability, detected=False, mask=None))
+                answered += 1
+        self._change_queued(-answered)
+
+    def _next_positives(self) -> list[_Positive]:
+        """Up to a batch of positives whose jobs still wait for them (the others are dropped)."""
+        batch: list[_Positive] = []
+        while self._positives and len(batch) < self.max_batch_size:
+            positive = self._positives.popleft()
+            if positive.job.abandoned:
+                self._change_queued(-1)
+            else:
+                batch.append(positive)
+        return batch
+
+    async def _segment(self, positives: list[_Positive]) -> None:
+        if not positives:
+            return
+        inputs = np.stack([positive.job.inputs[positive.index] for positive in positives])
+        sizes = [positive.job.sizes[positive.index] for positive in positives]
+        try:
+            masks = await self._in_inference_thread(self._models.masks, inputs, sizes)
+        except Exception as error:
+            self._fail([positive.job for positive in positives], error, len(positives))
+            return
+        for positive, mask in zip(positives, masks, strict=True):
+            prediction = SlicePrediction(probability=positive.probability, detected=True, mask=mask)
+            positive.job.answer(positive.index, prediction)
+        self._change_queued(-len(positives))
+
+    async def _in_inference_thread(self, function: Callable[..., Any], *arguments: object) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)
+
+    def _fail(self, jobs: list[_Job], error: Exception, slices: int) -> None:
+        logger.error("inference batch failed", exc_info=error, extra={"fields": {"slices": slices}})
+        for job in jobs:
+            job.fail(error)
+        self._change_queued(-slices)
 
     def _change_queued(self, delta: int) -> None:
-        self._queued_slices += delta
-        if self._on_queue_change is not None:
-            self._on_queue_change(self._queued_slices)
+        if delta:
+            self._queued_slices += delta
+            if self._on_queue_change is not None:
+                self._on_queue_change(self._queued_slices)

@@ -260,11 +260,18 @@ class Predictor:
         masks: dict[int, np.ndarray] = {}
         if positive.size:
             # Only positives reach the segmenter: it costs more than the classifier and its output would be discarded.
-            for index, probability_map in zip(positive, self.segment(batch[positive]), strict=True):
-                masks[int(index)] = probability_to_mask(probability_map, sizes[index], self.mask_threshold)
+            positive_masks = self.masks(batch[positive], [sizes[index] for index in positive])
+            masks = dict(zip(positive.tolist(), positive_masks, strict=True))
         return [
             SlicePrediction(probability=float(probability), detected=index in masks, mask=masks.get(index))
             for index, probability in enumerate(probabilities)
+        ]
+
+    def masks(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Tumor masks (uint8 0/1 at each slice's original (H, W)) for a preprocessed batch: segmenter, threshold."""
+        return [
+            probability_to_mask(probability_map, size, self.mask_threshold)
+            for probability_map, size in zip(self.segment(batch), sizes, strict=True)
         ]
 
     def _run(self, role: str, function: ModelFunction, batch: np.ndarray, observe: bool = True) -> np.ndarray:

@@ -52,7 +52,7 @@ async def load_models(app: FastAPI) -> None:
         return
     state.predictor = predictor
     state.batcher = MicroBatcher(
-        predictor.predict_preprocessed,
+        predictor,
         max_batch_size=state.settings.inference_batch_size,
         max_wait_seconds=state.settings.inference_batch_wait_ms / 1000.0,
         max_queued_slices=state.settings.inference_queue_slices,

@@ -110,6 +110,16 @@ def mask_payload(mask: np.ndarray, mask_format: schemas.MaskFormat) -> schemas.M
     )
 
 
+INLINE_ENCODE_MAX_PIXELS = 256 * 256
+"""Masks up to this size are encoded where the answer is built (on the event loop in the service): 0.2-0.5 ms for
+RLE / PNG / both at 256x256 on a 2-core CPU, less than a round trip to a worker thread (0.3-0.5 ms there)."""
+
+
+def encodes_quickly(prediction: SlicePrediction) -> bool:
+    """True if the prediction's payload is cheap enough to build without handing it to a worker thread."""
+    return prediction.mask is None or prediction.mask.size <= INLINE_ENCODE_MAX_PIXELS
+
+
 def slice_payload(prediction: SlicePrediction, threshold: float, mask_format: schemas.MaskFormat) -> schemas.Prediction:
     mask = prediction.mask
     return schemas.Prediction(

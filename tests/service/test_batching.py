@@ -1,7 +1,8 @@
-"""`app.batching.MicroBatcher` with a fake model: joining, routing, limits, failures, timeouts and shutdown.
+"""`app.batching.MicroBatcher` with fake models: joining, routing, the two stages, limits, failures, timeouts and
+shutdown.
 
-The fake `run_batch` returns each slice's first input value as its probability, so every caller can check it got
-its own answers back, and records the size of every batch it was given.
+The fake classifier gives each slice its first input value as its probability (positive from 0.5), so every caller
+can check it got its own answers back; both fake models record every batch they were given.
 """
 
 from __future__ import annotations
@@ -22,37 +23,71 @@ from app.inference import SlicePrediction
 WAIT_SECONDS = 5.0
 
 
-class FakeModel:
-    """A `run_batch` whose first call can be held until `release()`; records batch sizes and values."""
+class Gate:
+    """Holds the calls that pass it until `release()` (open from the start unless `closed`)."""
 
-    def __init__(self, hold_first: bool = False, fail_when: Callable[[np.ndarray], bool] | None = None) -> None:
-        self.batches: list[list[float]] = []
-        self.started = threading.Event()
-        self._gate = threading.Event()
-        if not hold_first:
-            self._gate.set()
-        self._fail_when = fail_when
+    def __init__(self, closed: bool) -> None:
+        self.reached = threading.Event()
+        self._open = threading.Event()
+        if not closed:
+            self._open.set()
 
     def release(self) -> None:
-        self._gate.set()
+        self._open.set()
 
-    def __call__(self, inputs: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[SlicePrediction]:
-        assert len(inputs) == len(sizes)
-        self.started.set()
-        if not self._gate.wait(WAIT_SECONDS):
+    def pass_through(self) -> None:
+        self.reached.set()
+        if not self._open.wait(WAIT_SECONDS):
             raise TimeoutError("the test never released the fake model")
-        values = [float(value) for value in inputs[:, 0]]
-        self.batches.append(values)
-        if self._fail_when is not None and self._fail_when(inputs):
+
+
+class FakeModels:
+    """Classifier and segmenter in the shape of `Predictor`; the first classifier call and the first segmenter call
+    can be held; `fail_when` makes a model raise on the batches it matches."""
+
+    classifier_threshold = 0.5
+
+    def __init__(
+        self,
+        hold_first: bool = False,
+        hold_segmenter: bool = False,
+        fail_when: Callable[[np.ndarray], bool] | None = None,
+        fail_segmenter_when: Callable[[np.ndarray], bool] | None = None,
+    ) -> None:
+        self.classified: list[list[float]] = []
+        self.segmented: list[list[float]] = []
+        self.classifier_gate = Gate(closed=hold_first)
+        self.segmenter_gate = Gate(closed=hold_segmenter)
+        self._fail_when = fail_when
+        self._fail_segmenter_when = fail_segmenter_when
+
+    @property
+    def started(self) -> threading.Event:
+        return self.classifier_gate.reached
+
+    def release(self) -> None:
+        self.classifier_gate.release()
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        self.classifier_gate.pass_through()
+        values = [float(value) for value in batch[:, 0]]
+        self.classified.append(values)
+        if self._fail_when is not None and self._fail_when(batch):
             raise RuntimeError("model exploded")
-        return [
-            SlicePrediction(probability=value, detected=True, mask=np.zeros(size, np.uint8))
-            for value, size in zip(values, sizes, strict=True)
-        ]
+        return np.array(values, np.float32)
+
+    def masks(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        assert len(batch) == len(sizes)
+        self.segmenter_gate.pass_through()
+        self.segmented.append([float(value) for value in batch[:, 0]])
+        if self._fail_segmenter_when is not None and self._fail_segmenter_when(batch):
+            raise RuntimeError("segmenter exploded")
+        return [np.ones(size, np.uint8) for size in sizes]
 
     @property
     def batch_sizes(self) -> list[int]:
-        return [len(batch) for batch in self.batches]
+        """Sizes of the classifier's batches (every slice goes through it)."""
+        return [len(batch) for batch in self.classified]
 
 
 def slices(*values: float) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -73,7 +108,7 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
-async def hold_worker(batcher: MicroBatcher, model: FakeModel) -> asyncio.Task:
+async def hold_worker(batcher: MicroBatcher, model: FakeModels) -> asyncio.Task:
     """Submit one slice (value -1) and wait until the fake model is running it, so later jobs queue up."""
     first = asyncio.create_task(batcher.submit(*slices(-1.0)))
     await until(model.started.is_set)
@@ -85,23 +120,26 @@ def probabilities(predictions: list[SlicePrediction]) -> list[float]:
 
 
 def test_submit_returns_predictions_in_order() -> None:
-    model = FakeModel()
+    model = FakeModels()
 
     async def scenario() -> None:
         batcher = MicroBatcher(model)
         batcher.start()
-        inputs, sizes = slices(0.1, 0.2, 0.3)
+        inputs, sizes = slices(0.1, 0.7, 0.3, 0.9)
         predictions = await batcher.submit(inputs, sizes)
         await batcher.stop()
 
-        assert probabilities(predictions) == pytest.approx([0.1, 0.2, 0.3])
-        assert [prediction.mask.shape for prediction in predictions] == sizes
+        assert probabilities(predictions) == pytest.approx([0.1, 0.7, 0.3, 0.9])
+        assert [prediction.detected for prediction in predictions] == [False, True, False, True]
+        assert [None if p.mask is None else p.mask.shape for p in predictions] == [None, sizes[1], None, sizes[3]]
+        # Only the positives reach the segmenter.
+        assert model.segmented == [pytest.approx([0.7, 0.9])]
 
     run(scenario)
 
 
 def test_submit_joins_waiting_jobs_into_one_batch() -> None:
-    model = FakeModel(hold_first=True)
+    model = FakeModels(hold_first=True)
 
     async def scenario() -> None:
         batcher = MicroBatcher(model, max_batch_size=16)
@@ -120,7 +158,7 @@ def test_submit_joins_waiting_jobs_into_one_batch() -> None:
 
 
 def test_submit_routes_multi_slice_jobs_back_to_their_callers() -> None:
-    model = FakeModel(hold_first=True)
+    model = FakeModels(hold_first=True)
 
     async def scenario() -> None:
         batcher = MicroBatcher(model, max_batch_size=16)
@@ -134,7 +172,7 @@ def test_submit_routes_multi_slice_jobs_back_to_their_callers() -> None:
         results = await asyncio.gather(*tasks)
         await batcher.stop()
 
-        assert model.batches[1] == pytest.approx([1.0, 1.1, 1.2, 2.0, 3.0, 3.1])
+        assert model.classified[1] == pytest.approx([1.0, 1.1, 1.2, 2.0, 3.0, 3.1])
         for values, result in zip(jobs, results, strict=True):
             assert probabilities(result) == pytest.approx(list(values))
             assert [prediction.mask.shape for prediction in result] == slices(*values)[1]
@@ -143,7 +181,7 @@ def test_submit_routes_multi_slice_jobs_back_to_their_callers() -> None:
 
 
 def test_submit_respects_max_batch_size() -> None:
-    model = FakeModel(hold_first=True)
+    model = FakeModels(hold_first=True)
 
     async def scenario() -> None:
         batcher = MicroBatcher(model, max_batch_size=4)
@@ -159,14 +197,14 @@ def test_submit_respects_max_batch_size() -> None:
 
         # A job that would overflow the batch leads the next one; order is kept.
         assert model.batch_sizes == [1, 4, 3]
-        assert model.batches[1:] == [pytest.approx([1.0, 1.1, 2.0, 2.1]), pytest.approx([3.0, 3.1, 4.0])]
+        assert model.classified[1:] == [pytest.approx([1.0, 1.1, 2.0, 2.1]), pytest.approx([3.0, 3.1, 4.0])]
         assert [probabilities(result) for result in results] == [pytest.approx(list(values)) for values in jobs]
 
     run(scenario)
 
 
 def test_submit_runs_job_larger_than_max_batch_size_whole() -> None:
-    model = FakeModel()
+    model = FakeModels()
 
     async def scenario() -> None:
         batcher = MicroBatcher(model, max_batch_size=2)
@@ -181,7 +219,7 @@ def test_submit_runs_job_larger_than_max_batch_size_whole() -> None:
 
 
 def test_submit_waits_for_more_jobs_within_max_wait() -> None:
-    model = FakeModel()
+    model = FakeModels()
 
     async def scenario() -> None:
         # The batch closes when full (2 slices), well before the wait ends.
@@ -200,7 +238,7 @@ def test_submit_waits_for_more_jobs_within_max_wait() -> None:
 
 
 def test_submit_raises_overloaded_when_queue_is_full() -> None:
-    model = FakeModel(hold_first=True)
+    model = FakeModels(hold_first=True)
 
     async def scenario() -> None:
         batcher = MicroBatcher(model, max_queued_slices=2)
@@ -234,7 +272,7 @@ def test_overloaded_error_maps_to_503_with_retry_after() -> None:
 
 
 def test_failed_batch_fails_only_its_callers() -> None:
-    model = FakeModel(hold_first=True, fail_when=lambda inputs: bool(np.any(inputs == 13.0)))
+    model = FakeModels(hold_first=True, fail_when=lambda inputs: bool(np.any(inputs == 13.0)))
 
     async def scenario() -> None:
         batcher = MicroBatcher(model)
@@ -259,7 +297,7 @@ def test_failed_batch_fails_only_its_callers() -> None:
 
 
 def test_submit_times_out_and_drops_job_not_started() -> None:
-    model = FakeModel(hold_first=True)
+    model = FakeModels(hold_first=True)
 
     async def scenario() -> None:
         batcher = MicroBatcher(model)
@@ -276,14 +314,14 @@ def test_submit_times_out_and_drops_job_not_started() -> None:
         assert probabilities(await batcher.submit(*slices(3.0))) == [3.0]
         await batcher.stop()
 
-        assert model.batches == [[-1.0], [3.0]]  # the timed-out slice never reached the model
+        assert model.classified == [[-1.0], [3.0]]  # the timed-out slice never reached the model
         assert batcher.queued_slices == 0
 
     run(scenario)
 
 
 def test_stop_finishes_queued_jobs() -> None:
-    model = FakeModel(hold_first=True)
+    model = FakeModels(hold_first=True)
     depths: list[int] = []
 
     async def scenario() -> None:
@@ -308,7 +346,7 @@ def test_stop_finishes_queued_jobs() -> None:
 
 
 def test_submit_of_nothing_returns_nothing() -> None:
-    model = FakeModel()
+    model = FakeModels()
 
     async def scenario() -> None:
         batcher = MicroBatcher(model)
@@ -317,12 +355,12 @@ def test_submit_of_nothing_returns_nothing() -> None:
         await batcher.stop()
 
     run(scenario)
-    assert model.batches == []
+    assert model.classified == []
 
 
 def test_submit_rejects_mismatched_sizes() -> None:
     async def scenario() -> None:
-        batcher = MicroBatcher(FakeModel())
+        batcher = MicroBatcher(FakeModels())
         with pytest.raises(ValueError, match="inputs hold 2 slices but 1 sizes were given"):
             await batcher.submit(np.zeros((2, 1), np.float32), [(1, 1)])
         await batcher.stop()
@@ -337,16 +375,124 @@ def test_submit_rejects_mismatched_sizes() -> None:
 )
 def test_batcher_rejects_invalid_limits(arguments: dict) -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
-        MicroBatcher(FakeModel(), **arguments)
+        MicroBatcher(FakeModels(), **arguments)
 
 
 def test_submit_refuses_a_job_larger_than_the_queue() -> None:
     async def scenario() -> None:
-        batcher = MicroBatcher(FakeModel(), max_queued_slices=2)
+        batcher = MicroBatcher(FakeModels(), max_queued_slices=2)
         batcher.start()
         with pytest.raises(TooManySlicesError, match="at most 2 slices .*got 3"):
             await batcher.submit(*slices(1.0, 2.0, 3.0))
         assert batcher.queued_slices == 0
         await batcher.stop()
+
+    run(scenario)
+
+
+def test_negative_is_answered_before_its_batch_reaches_the_segmenter_end() -> None:
+    model = FakeModels(hold_segmenter=True)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model)
+        batcher.start()
+        positive = asyncio.create_task(batcher.submit(*slices(0.9)))
+        negative = asyncio.create_task(batcher.submit(*slices(0.1)))
+        await until(model.segmenter_gate.reached.is_set)
+
+        # The segmenter is still held, yet the negative slice has its answer.
+        (answer,) = await asyncio.wait_for(negative, WAIT_SECONDS)
+        assert (answer.probability, answer.detected, answer.mask) == (pytest.approx(0.1), False, None)
+        assert not positive.done()
+        assert batcher.queued_slices == 1
+        model.segmenter_gate.release()
+        (answer,) = await positive
+        await batcher.stop()
+
+        assert answer.detected and answer.mask.shape == slices(0.9)[1][0]
+        assert model.classified == [pytest.approx([0.9, 0.1])]
+        assert model.segmented == [pytest.approx([0.9])]
+
+    run(scenario)
+
+
+def test_segmenter_waits_for_one_more_classifier_batch_when_slices_are_waiting() -> None:
+    model = FakeModels(hold_first=True)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model, max_batch_size=8)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(*slices(0.9)))
+        await until(model.started.is_set)
+        later = [asyncio.create_task(batcher.submit(*slices(value))) for value in (0.8, 0.1)]
+        await until(lambda: batcher.queued_slices == 3)
+        model.release()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+
+        # One positive is less than half a batch and slices were waiting: they went through the classifier first,
+        # so the segmenter ran once, on both positives.
+        assert model.classified == [pytest.approx([0.9]), pytest.approx([0.8, 0.1])]
+        assert model.segmented == [pytest.approx([0.9, 0.8])]
+        assert [[p.detected for p in result] for result in results] == [[True], [True], [False]]
+
+    run(scenario)
+
+
+def test_segmenter_waits_for_at_most_one_more_classifier_batch() -> None:
+    model = FakeModels(hold_first=True)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model, max_batch_size=4)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(*slices(0.9)))
+        await until(model.started.is_set)
+        negatives = asyncio.create_task(batcher.submit(*slices(0.1, 0.2, 0.3, 0.4)))
+        last = asyncio.create_task(batcher.submit(*slices(0.7)))
+        await until(lambda: batcher.queued_slices == 6)
+        model.release()
+        await asyncio.gather(first, negatives, last)
+        await batcher.stop()
+
+        # After the full batch of negatives, the first positive goes to the segmenter although a slice still waits.
+        assert model.classified == [pytest.approx([0.9]), pytest.approx([0.1, 0.2, 0.3, 0.4]), pytest.approx([0.7])]
+        assert model.segmented == [pytest.approx([0.9]), pytest.approx([0.7])]
+
+    run(scenario)
+
+
+def test_failed_segmenter_batch_fails_only_the_jobs_in_it() -> None:
+    model = FakeModels(fail_segmenter_when=lambda inputs: bool(np.any(inputs == 0.75)))
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="segmenter exploded"):
+            # The job's negative slice is answered, but the job as a whole fails with its positive.
+            await batcher.submit(*slices(0.1, 0.75))
+        assert probabilities(await batcher.submit(*slices(0.8, 0.2))) == pytest.approx([0.8, 0.2])
+        assert batcher.queued_slices == 0
+        await batcher.stop()
+
+    run(scenario)
+
+
+def test_positives_of_a_timed_out_job_are_dropped_before_the_segmenter() -> None:
+    model = FakeModels(hold_segmenter=True)
+
+    async def scenario() -> None:
+        # Batches of one: the job's two positives need two segmenter runs; it times out during the first.
+        batcher = MicroBatcher(model, max_batch_size=1)
+        batcher.start()
+        with pytest.raises(InferenceTimeoutError):
+            await batcher.submit(*slices(0.9, 0.95), timeout_seconds=0.2)
+        assert model.segmenter_gate.reached.is_set()
+        model.segmenter_gate.release()
+        assert probabilities(await batcher.submit(*slices(0.7))) == pytest.approx([0.7])
+        await batcher.stop()
+
+        assert model.classified == [pytest.approx([0.9, 0.95]), pytest.approx([0.7])]
+        assert model.segmented == [pytest.approx([0.9]), pytest.approx([0.7])]
+        assert batcher.queued_slices == 0
 
     run(scenario)

@@ -147,6 +147,15 @@ def test_slice_payload_of_negative_has_null_mask() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("mask_shape", "quick"), [(None, True), ((256, 256), True), ((512, 128), True), ((257, 256), False)]
+)
+def test_encodes_quickly_up_to_a_256x256_mask(mask_shape: tuple[int, int] | None, quick: bool) -> None:
+    mask = None if mask_shape is None else np.ones(mask_shape, np.uint8)
+
+    assert pipeline.encodes_quickly(SlicePrediction(0.9, mask is not None, mask)) is quick
+
+
 def test_predict_uploads_matches_predictor_and_keeps_order(tiny_predictor: Predictor) -> None:
     series = [path.read_bytes() for path in TUMOR_SERIES]
     uploads = [series[0], b"not an image", series[1], series[2]]
