@@ -1,23 +1,34 @@
 """One run of all three benchmarks, and the ratios the performance issue sets targets for, side by side.
 
-    python -m bench.compare --model-dir models                     # full run (about 10 minutes on 2 cores)
+    python -m bench.compare --model-dir models                     # full run (about 11 minutes on 2 cores)
     python -m bench.compare --model-dir /tmp/tiny-models --quick   # smoke run: tiny counts, numbers mean nothing
 
 Runs, one after the other and each in its own process so none shares a CPU or memory with another:
 `bench.model_limit` (the ceiling), `bench.http_load --server service`, `bench.http_load --server naive`, all on the
 same mix of real slices. Each writes its JSON into the output folder; this script adds `compare.json` with the ratios.
+
+Then paired rounds (`--rounds`, 5 by default): with one service process started, each round measures the ceiling
+(pipeline at batch 1 and at the batch size that gave the ceiling) and right after it the service at concurrency 1
+and 16. A shared or throttled machine drifts by 10-20 % within minutes (measured here: the same ceiling command gave
+41.9 and 60.5 images/s a minute apart), so the two ratios that set a service figure against a model figure
+(throughput at 16 against the ceiling, p50 at 1 against the model's) are taken per round, from numbers measured
+within a minute of each other, and the targets use the median over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+import aiohttp
 
 from bench.common import (
     DEFAULT_DATA_ROOT,
@@ -46,6 +57,8 @@ FULL = {
     "seconds": 30.0,
     "warmup_requests": 16,
     "mix_size": DEFAULT_MIX_SIZE,
+    "rounds": 5,
+    "round_seconds": 10.0,
 }
 QUICK = {
     "batch_sizes": [1, 8],
@@ -55,7 +68,10 @@ QUICK = {
     "seconds": 5.0,
     "warmup_requests": 4,
     "mix_size": 24,
+    "rounds": 1,
+    "round_seconds": 2.0,
 }
+PAIRED_RATIOS = ("service_c16_vs_ceiling", "service_p50_c1_vs_model_p50_batch1")
 
 
 def run_step(name: str, module: str, arguments: Sequence[str], json_out: Path) -> dict:
@@ -142,6 +158,81 @@ def side_by_side(service: dict, naive: dict) -> list[dict]:
     return rows
 
 
+def paired_rounds(model_dir: Path, profile: dict, shared: list[str], best_batch: int, output_dir: Path) -> list[dict]:
+    """Alternate the ceiling and the service, `profile["rounds"]` times, against one service process (see the module
+    docstring); return each round's numbers and its two ratios."""
+    from bench.http_load import start_server, stop_server, wait_ready
+
+    server = start_server("service", model_dir, output_dir / "service-rounds.log")
+    rounds = []
+    try:
+
+        async def ready() -> float:
+            async with aiohttp.ClientSession() as client:
+                return await wait_ready(client, server.base_url, 300.0, server)
+
+        asyncio.run(ready())
+        seconds = str(profile["round_seconds"])
+        for number in range(1, profile["rounds"] + 1):
+            model = run_step(
+                f"round {number}: model ceiling",
+                "bench.model_limit",
+                [
+                    *shared,
+                    "--modes",
+                    "pipeline",
+                    "--batch-sizes",
+                    *map(str, sorted({1, best_batch})),
+                    "--seconds",
+                    seconds,
+                ],
+                output_dir / f"round{number}_model_limit.json",
+            )
+            service = run_step(
+                f"round {number}: service over HTTP",
+                "bench.http_load",
+                [
+                    *shared,
+                    "--url",
+                    server.base_url,
+                    "--server-pid",
+                    str(server.process.pid),
+                    "--concurrency",
+                    "1",
+                    "16",
+                    "--requests",
+                    "100000",
+                    "--seconds",
+                    seconds,
+                    "--warmup-requests",
+                    "4",
+                ],
+                output_dir / f"round{number}_http_service.json",
+            )
+            ratios = compute_ratios(model, service, {})
+            round_result = {
+                "round": number,
+                "ceiling_images_per_s": (model.get("ceiling") or {}).get("images_per_s"),
+                "service_c16_rps": (level(service, 16) or {}).get("throughput_rps"),
+                "model_p50_batch1_ms": (model.get("pipeline_batch1") or {}).get("p50_ms"),
+                "service_p50_c1_ms": (level(service, 1) or {}).get("p50_ms"),
+                **{name: ratios[name] for name in PAIRED_RATIOS},
+            }
+            print(f"round {number}: " + ", ".join(f"{key} {value}" for key, value in round_result.items()), flush=True)
+            rounds.append(round_result)
+    finally:
+        stop_server(server)
+    return rounds
+
+
+def median_ratios(rounds: Sequence[dict]) -> dict[str, float | None]:
+    medians = {}
+    for name in PAIRED_RATIOS:
+        values = [item[name] for item in rounds if item[name] is not None]
+        medians[name] = round(statistics.median(values), 3) if values else None
+    return medians
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="folder with manifest.json")
@@ -152,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=None, help="requests per level at most (400; quick: 24)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per level at most (30; quick: 5)")
     parser.add_argument("--naive-threadpool", action="store_true", help="naive server: handler in the thread pool")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="paired rounds of ceiling then service (5; quick: 1; 0: none)"
+    )
+    parser.add_argument("--round-seconds", type=float, default=None, help="seconds per measurement in a round (10)")
     parser.add_argument(
         "--output-dir",
         type=Path,
@@ -170,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.model_dir / "manifest.json").is_file():
         parser.error(f"--model-dir must hold manifest.json; not found: {args.model_dir / 'manifest.json'}")
     profile = dict(QUICK if args.quick else FULL)
-    for key in ("mix_size", "requests", "seconds"):
+    for key in ("mix_size", "requests", "seconds", "rounds", "round_seconds"):
         if getattr(args, key) is not None:
             profile[key] = getattr(args, key)
     output_dir = args.output_dir or REPO_ROOT / "bench" / "results" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -223,6 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     ratios = compute_ratios(model, service, naive)
+    best_batch = (model.get("ceiling") or {}).get("batch_size") or max(profile["batch_sizes"])
+    rounds = paired_rounds(Path(model_dir), profile, shared, best_batch, output_dir) if profile["rounds"] > 0 else []
+    single_run = {name: ratios[name] for name in PAIRED_RATIOS}
+    if rounds:
+        ratios.update(median_ratios(rounds))
     targets = check_targets(ratios)
     rows = side_by_side(service, naive)
     ceiling = model.get("ceiling") or {}
@@ -232,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nmodel ceiling (gated pipeline, batch {ceiling.get('batch_size')}): {ceiling.get('images_per_s')} images/s;"
         f" pipeline at batch 1: p50 {(model.get('pipeline_batch1') or {}).get('p50_ms')} ms"
     )
+    if rounds:
+        print(f"\n=== paired rounds (ceiling, then the service at 1 and 16, {profile['round_seconds']:g} s each)")
+        print(format_table(rounds, list(rounds[0])))
+        print(f"single run above: {single_run}; the targets below take the median of the rounds")
     print("\n=== targets" + ("  (QUICK RUN: smoke test only, the numbers mean nothing)" if args.quick else ""))
     print(format_table(targets, ["metric", "value", "target", "met"]))
     summary = {
@@ -242,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": model.get("models"),
         "profile": profile,
         "ratios": ratios,
+        "single_run_ratios": single_run,
+        "paired_rounds": rounds,
         "targets": targets,
         "side_by_side": rows,
         "ceiling": ceiling,

@@ -112,10 +112,11 @@ async def create_prediction(
             prepared.model_input[None], [prepared.size], timeout_seconds=settings.request_timeout_seconds
         )
         record_outcome(request, metrics, [prediction.detected], failed=0)
+    threshold = predictor.classifier_threshold
     if pipeline.encodes_quickly(prediction):
-        payload = pipeline.slice_payload(prediction, predictor.classifier_threshold, mask_format)
+        payload = pipeline.slice_payload(prediction, threshold, mask_format)
     else:
-        payload = await run_in_threadpool(pipeline.slice_payload, prediction, predictor.classifier_threshold, mask_format)
+        payload = await run_in_threadpool(pipeline.slice_payload, prediction, threshold, mask_format)
     return schemas.PredictionResponse(
         **dict(payload), models=schemas.ModelTags(**predictor.model_tags), request_id=request_id
     )
