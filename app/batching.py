@@ -53,10 +53,12 @@ class _Job:
     inputs: np.ndarray
     sizes: list[tuple[int, int]]
     future: asyncio.Future[list[SlicePrediction]] = field(repr=False)
-    predictions: list[SlicePrediction | None] = field(default_factory=list, repr=False)
+    predictions: list[SlicePrediction | None] = field(init=False, repr=False)
+    unanswered: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.predictions = [None] * len(self.sizes)
+        self.unanswered = len(self.sizes)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -68,7 +70,8 @@ class _Job:
 
     def answer(self, index: int, prediction: SlicePrediction) -> None:
         self.predictions[index] = prediction
-        if not self.abandoned and all(item is not None for item in self.predictions):
+        self.unanswered -= 1
+        if not self.unanswered and not self.abandoned:
             self.future.set_result(list(self.predictions))  # type: ignore[arg-type]
 
     def fail(self, error: Exception) -> None:
@@ -239,8 +242,10 @@ class MicroBatcher:
         inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
         try:
             probabilities = await self._in_inference_thread(self._models.classify, inputs)
+            if len(probabilities) != len(inputs):
+                raise ValueError(f"the classifier gave {len(probabilities)} probabilities for {len(inputs)} slices")
         except Exception as error:  # a model failure fails these jobs, not the worker
-            self._fail(jobs, error, sum(map(len, jobs)))
+            self._fail(jobs, error, len(inputs))
             return
         threshold = self._models.classifier_threshold
         slots = ((job, index) for job in jobs for index in range(len(job)))
@@ -271,6 +276,8 @@ class MicroBatcher:
         sizes = [positive.job.sizes[positive.index] for positive in positives]
         try:
             masks = await self._in_inference_thread(self._models.masks, inputs, sizes)
+            if len(masks) != len(inputs):
+                raise ValueError(f"the segmenter gave {len(masks)} masks for {len(inputs)} slices")
         except Exception as error:
             self._fail([positive.job for positive in positives], error, len(positives))
             return

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         'process keeps TensorFlow too and uses more memory; needs pip install -e ".[onnx]"); also read from BACKEND',
     )
     inference_batch_size: int = Field(
-        default=16, gt=0, description="most slices the micro-batcher runs through the models at once"
+        default=16, gt=0, description="most slices the micro-batcher runs through each model at once"
     )
     inference_batch_wait_ms: float = Field(
         default=0.0,

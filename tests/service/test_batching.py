@@ -496,3 +496,23 @@ def test_positives_of_a_timed_out_job_are_dropped_before_the_segmenter() -> None
         assert batcher.queued_slices == 0
 
     run(scenario)
+
+
+def test_classifier_giving_too_few_probabilities_fails_its_jobs_not_the_worker() -> None:
+    class ShortClassifier(FakeModels):
+        def classify(self, batch: np.ndarray) -> np.ndarray:
+            probabilities = super().classify(batch)
+            return probabilities[:-1] if len(batch) > 1 else probabilities
+
+    model = ShortClassifier()
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model)
+        batcher.start()
+        with pytest.raises(ValueError, match="the classifier gave 1 probabilities for 2 slices"):
+            await batcher.submit(*slices(0.1, 0.9))
+        assert probabilities(await batcher.submit(*slices(0.2))) == pytest.approx([0.2])
+        assert batcher.queued_slices == 0
+        await batcher.stop()
+
+    run(scenario)
