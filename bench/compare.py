@@ -9,10 +9,10 @@ same mix of real slices. Each writes its JSON into the output folder; this scrip
 
 Then paired rounds (`--rounds`, 5 by default): with one service process started, each round measures the ceiling
 (pipeline at batch 1 and at the batch size that gave the ceiling) and right after it the service at concurrency 1
-and 16. A shared or throttled machine drifts by 10-20 % within minutes (measured here: the same ceiling command gave
-41.9 and 60.5 images/s a minute apart), so the two ratios that set a service figure against a model figure
-(throughput at 16 against the ceiling, p50 at 1 against the model's) are taken per round, from numbers measured
-within a minute of each other, and the targets use the median over the rounds.
+and 16. A shared machine drifts by 15 % and more within minutes (in one run of this script on the 2-core build
+machine the ceiling measured 52.4 and 60.9 images/s in consecutive rounds), so the two ratios that set a service
+figure against a model figure (throughput at 16 against the ceiling, p50 at 1 against the model's) are taken per
+round, from numbers measured within a minute of each other, and the targets use the median over the rounds.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from bench.common import (
     format_table,
     machine_description,
 )
+from bench.http_load import start_server, stop_server, wait_ready
 
 # (name, comparison, target): what the issue asks of the service on this machine.
 TARGETS: tuple[tuple[str, str, float], ...] = (
@@ -160,9 +161,7 @@ def side_by_side(service: dict, naive: dict) -> list[dict]:
 
 def paired_rounds(model_dir: Path, profile: dict, shared: list[str], best_batch: int, output_dir: Path) -> list[dict]:
     """Alternate the ceiling and the service, `profile["rounds"]` times, against one service process (see the module
-    docstring); return each round's numbers and its two ratios."""
-    from bench.http_load import start_server, stop_server, wait_ready
-
+    docstring); return each round's numbers and its two ratios. Each service measurement is bounded by time only."""
     server = start_server("service", model_dir, output_dir / "service-rounds.log")
     rounds = []
     try:
