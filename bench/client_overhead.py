@@ -21,7 +21,7 @@ import aiohttp
 import httpx
 
 from bench.common import DEFAULT_MODEL_DIR, emit_summary, format_table, machine_description
-from bench.http_load import start_server, stop_server, wait_ready
+from bench.http_load import ready_service
 
 LIVE_PATH = "/health/live"
 
@@ -69,18 +69,6 @@ async def run(url: str, concurrency_levels: Sequence[int], seconds: float) -> li
     return rows
 
 
-async def main_async(args: argparse.Namespace) -> dict:
-    log_path = Path(tempfile.mkstemp(prefix="bench-client-overhead-", suffix=".log")[1])
-    server = start_server("service", args.model_dir.resolve(), log_path)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await wait_ready(session, server.base_url, args.ready_timeout, server)
-        rows = await run(server.base_url + LIVE_PATH, args.concurrency, args.seconds)
-    finally:
-        stop_server(server)
-    return {"benchmark": "client_overhead", "machine": machine_description(), "endpoint": LIVE_PATH, "rows": rows}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="folder with manifest.json")
@@ -91,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.concurrency) < 1 or args.seconds <= 0:
         parser.error(f"--concurrency must be >= 1 and --seconds > 0; got {args.concurrency}, {args.seconds}")
-    summary = asyncio.run(main_async(args))
+    log_path = Path(tempfile.mkstemp(prefix="bench-client-overhead-", suffix=".log")[1])
+    with ready_service(args.model_dir.resolve(), log_path, args.ready_timeout) as server:
+        rows = asyncio.run(run(server.base_url + LIVE_PATH, args.concurrency, args.seconds))
+    summary = {"benchmark": "client_overhead", "machine": machine_description(), "endpoint": LIVE_PATH, "rows": rows}
     print(format_table(summary["rows"], ["client", "concurrency", "requests_per_s", "client_cpu_ms_per_request"]))
     emit_summary(summary, args.json_out, print_json=False)
     return 0

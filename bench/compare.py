@@ -18,7 +18,6 @@ round, from numbers measured within a minute of each other, and the targets use 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import subprocess
@@ -27,8 +26,6 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-
-import aiohttp
 
 from bench.common import (
     DEFAULT_DATA_ROOT,
@@ -40,7 +37,7 @@ from bench.common import (
     format_table,
     machine_description,
 )
-from bench.http_load import start_server, stop_server, wait_ready
+from bench.http_load import ready_service
 
 # (name, comparison, target): what the issue asks of the service on this machine.
 TARGETS: tuple[tuple[str, str, float], ...] = (
@@ -162,15 +159,8 @@ def side_by_side(service: dict, naive: dict) -> list[dict]:
 def paired_rounds(model_dir: Path, profile: dict, shared: list[str], best_batch: int, output_dir: Path) -> list[dict]:
     """Alternate the ceiling and the service, `profile["rounds"]` times, against one service process (see the module
     docstring); return each round's numbers and its two ratios. Each service measurement is bounded by time only."""
-    server = start_server("service", model_dir, output_dir / "service-rounds.log")
     rounds = []
-    try:
-
-        async def ready() -> float:
-            async with aiohttp.ClientSession() as client:
-                return await wait_ready(client, server.base_url, 300.0, server)
-
-        asyncio.run(ready())
+    with ready_service(model_dir, output_dir / "service-rounds.log") as server:
         seconds = str(profile["round_seconds"])
         for number in range(1, profile["rounds"] + 1):
             model = run_step(
@@ -219,8 +209,6 @@ def paired_rounds(model_dir: Path, profile: dict, shared: list[str], best_batch:
             }
             print(f"round {number}: " + ", ".join(f"{key} {value}" for key, value in round_result.items()), flush=True)
             rounds.append(round_result)
-    finally:
-        stop_server(server)
     return rounds
 
 

@@ -29,7 +29,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -190,6 +191,22 @@ def stop_server(server: ServerProcess, grace_seconds: float = 40.0) -> int | Non
             server.process.kill()
             server.process.wait(10)
     return server.process.returncode
+
+
+@contextmanager
+def ready_service(model_dir: Path, log_path: Path, timeout: float = 300.0) -> Iterator[ServerProcess]:
+    """The service started in its own process and ready (`wait_ready`); stopped on leaving the block."""
+    server = start_server("service", model_dir, log_path)
+    try:
+
+        async def ready() -> None:
+            async with aiohttp.ClientSession() as client:
+                await wait_ready(client, server.base_url, timeout, server)
+
+        asyncio.run(ready())
+        yield server
+    finally:
+        stop_server(server)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

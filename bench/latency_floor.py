@@ -20,7 +20,7 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from bench.common import (
     machine_description,
     select_mix,
 )
-from bench.http_load import start_server, stop_server, wait_ready
+from bench.http_load import ready_service
 
 LIVE_PATH = "/health/live"
 
@@ -45,25 +45,17 @@ def median_ms(samples: Sequence[float]) -> float:
     return round(1000.0 * statistics.median(samples), 3)
 
 
-def time_calls(call: Callable[[], object], repeats: int) -> list[float]:
-    durations = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        durations.append(time.perf_counter() - started)
-    return durations
-
-
 def decode_ms(paths: Sequence[Path], repeats: int) -> float:
-    """Median per-slice time of `prepare_upload` over the mix (every slice `repeats // len(paths)` times at least)."""
+    """Median per-slice time of `prepare_upload` over the mix (each slice `repeats // len(paths)` times, at least 1)."""
     from app.pipeline import UploadLimits, prepare_upload
     from app.settings import Settings
 
     limits = UploadLimits.from_settings(Settings())
-    uploads = [path.read_bytes() for path in paths]
     durations = []
-    for data in uploads * max(1, repeats // len(uploads)):
-        durations += time_calls(lambda data=data: prepare_upload(data, limits), 1)
+    for data in [path.read_bytes() for path in paths] * max(1, repeats // len(paths)):
+        started = time.perf_counter()
+        prepare_upload(data, limits)
+        durations.append(time.perf_counter() - started)
     return median_ms(durations)
 
 
@@ -90,28 +82,18 @@ def thread_round_trip_ms(repeats: int) -> float:
     return median_ms(durations)
 
 
-async def http_round_trip_ms(base_url: str, repeats: int) -> float:
+async def http_round_trip_ms(base_url: str, repeats: int, warmup: int = 20) -> float:
+    """Median time of `GET /health/live` over one connection, after `warmup` untimed requests."""
     async with aiohttp.ClientSession() as client:
         durations = []
-        for _ in range(repeats):
+        for attempt in range(warmup + repeats):
             started = time.perf_counter()
             async with client.get(base_url + LIVE_PATH) as response:
                 await response.read()
                 response.raise_for_status()
-            durations.append(time.perf_counter() - started)
+            if attempt >= warmup:
+                durations.append(time.perf_counter() - started)
         return median_ms(durations)
-
-
-async def measure_http(model_dir: Path, repeats: int) -> float:
-    with tempfile.TemporaryDirectory() as folder:
-        server = start_server("service", model_dir, Path(folder) / "service.log")
-        try:
-            async with aiohttp.ClientSession() as client:
-                await wait_ready(client, server.base_url, 300.0, server)
-            await http_round_trip_ms(server.base_url, 20)  # connection set up, caches warm
-            return await http_round_trip_ms(server.base_url, repeats)
-        finally:
-            stop_server(server)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--repeats must be >= 1; got {args.repeats}")
     mix = select_mix(args.data_root, args.mix_size, DEFAULT_TUMOR_FRACTION, args.seed)
     # HTTP first: the decoding step imports the service's modules (TensorFlow among them) into this process.
-    http = asyncio.run(measure_http(args.model_dir, args.repeats))
+    with tempfile.TemporaryDirectory() as folder, ready_service(args.model_dir, Path(folder) / "service.log") as server:
+        http = asyncio.run(http_round_trip_ms(server.base_url, args.repeats))
     parts = {
         "decode_and_preprocess_ms": decode_ms([item.path for item in mix], args.repeats),
         "thread_round_trip_ms": thread_round_trip_ms(args.repeats),
