@@ -5,6 +5,8 @@ the slices the classifier calls positive. On TensorFlow (the default) each model
 input signature, so every batch size reuses one graph (measured: `model.predict` costs 40-50 ms more per call at
 batch 1 on a 2-core CPU). On JAX (`KERAS_BACKEND=jax`, e.g. a GPU machine without TensorFlow) each becomes a
 `jax.jit` function, fed batches padded to a few fixed sizes so it compiles a handful of times, not once per size.
+With ONNX Runtime (`INFERENCE_RUNTIME=onnxruntime`) the ONNX files that `training.export_onnx` listed in the manifest
+are run, and Keras (with TensorFlow) is never imported.
 """
 
 from __future__ import annotations
@@ -14,19 +16,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from app.masks import probability_to_mask
-from app.model_store import Manifest, ModelStoreError, load_models
+from app.model_store import Manifest, ModelEntry, ModelStoreError, load_model, read_manifest
 from training.preprocessing import MODEL_INPUT_SIZE, PREPROCESSING_ID, preprocess_slice
+
+if TYPE_CHECKING:
+    import keras
 
 logger = logging.getLogger(__name__)
 
 INPUT_SHAPE = (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3)
 CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"
+RUNTIMES = ("keras", "onnxruntime")
 
 InferenceObserver = Callable[[str, float, int], None]
 """Called after each model run with (model role, seconds, batch size), e.g. to record metrics."""
@@ -51,6 +57,8 @@ def enable_gpu_memory_growth() -> int:
     switched off by `XLA_PYTHON_CLIENT_PREALLOCATE=false`, which `app/__init__.py` sets before JAX can start. A no-op
     on machines without a GPU.
     """
+    import keras
+
     if keras.backend.backend() == "jax":
         import jax
 
@@ -77,17 +85,43 @@ def padded_batch_size(count: int) -> int:
     return next((size for size in JAX_BATCH_SIZES if size >= count), count)
 
 
-def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFunction:
-    """Compile `model` for inference: on the active Keras backend (tensorflow or jax), or with ONNX Runtime.
+def load_for_inference(model_dir: str | Path, entry: ModelEntry, runtime: str = "keras") -> ModelFunction:
+    """Load one model of the manifest (call `read_manifest` first) and compile it for `runtime`.
 
-    `runtime="onnxruntime"` converts the model with tf2onnx at load time (measured on the committed models on a
-    2-core CPU: 1.7-2.5x faster per slice; the service's memory grows, since TensorFlow stays loaded for the
-    conversion); it needs the `onnx` extra.
+    On onnxruntime the model's ONNX file is used when the manifest lists one. Otherwise the Keras model is converted
+    here, at every start, with TensorFlow staying in memory (measured on the committed models: 1.71 GiB peak RSS
+    against 1.16 GiB on TensorFlow alone).
     """
+    if runtime == "onnxruntime" and entry.onnx is not None:
+        return onnxruntime_function(Path(model_dir) / entry.onnx)
     if runtime == "onnxruntime":
-        return _onnxruntime_function(model)
+        logger.warning(
+            "no ONNX file in the manifest; converting at startup (run python -m training.export_onnx to avoid it)",
+            extra={"fields": {"model": entry.tag}},
+        )
+    return compile_for_inference(load_model(model_dir, entry), runtime)
+
+
+def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFunction:
+    """Compile a Keras model for inference: on the active Keras backend (tensorflow or jax), or with ONNX Runtime.
+
+    `runtime="onnxruntime"` converts the model with tf2onnx first (`training.export_onnx`); it needs TensorFlow and
+    the `onnx` extra.
+    """
+    import keras
+
+    if runtime == "onnxruntime":
+        try:
+            from training.export_onnx import convert_to_onnx
+
+            return onnxruntime_function(convert_to_onnx(model))
+        except ImportError as error:
+            raise ModelStoreError(
+                f"converting to ONNX at startup needs TensorFlow and tf2onnx ({error}); install them with "
+                'pip install -e ".[onnx]", or list ONNX files in the manifest with python -m training.export_onnx'
+            ) from error
     if runtime != "keras":
-        raise ModelStoreError(f"inference runtime must be 'keras' or 'onnxruntime'; got {runtime!r}")
+        raise ModelStoreError(f"inference runtime must be one of {RUNTIMES}; got {runtime!r}")
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow_function(model)
@@ -96,36 +130,34 @@ def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFu
     raise ModelStoreError(f"Keras backend {backend!r} is not supported for serving; use tensorflow or jax")
 
 
+def onnxruntime_function(model: bytes | Path) -> ModelFunction:
+    """Run an ONNX model (a file, or its serialized bytes) with ONNX Runtime on the CPU."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ModelStoreError(
+            f'INFERENCE_RUNTIME=onnxruntime needs onnxruntime ({error}); install it with pip install -e ".[onnx]"'
+        ) from error
+    options = onnxruntime.SessionOptions()
+    # No busy-waiting between model runs: in the service the event loop needs those cycles (on 2 cores, spinning
+    # threads halved what ONNX Runtime gained). No memory arena: it kept the largest batch's buffers for good.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = False
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        session = onnxruntime.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable or invalid graphs
+        raise ModelStoreError(f"ONNX Runtime cannot load the model: {error}") from error
+    input_name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {input_name: batch})[0]
+
+
 def _tensorflow_function(model: keras.Model) -> ModelFunction:
     import tensorflow as tf
 
     signature = [tf.TensorSpec(shape=(None, *INPUT_SHAPE), dtype=tf.float32, name="images")]
     function = tf.function(lambda images: model(images, training=False), input_signature=signature)
     return lambda batch: function(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
-
-
-def _onnxruntime_function(model: keras.Model) -> ModelFunction:
-    try:
-        import onnxruntime
-        import tensorflow as tf
-        import tf2onnx
-    except ImportError as error:
-        raise ModelStoreError(
-            f"INFERENCE_RUNTIME=onnxruntime needs TensorFlow, tf2onnx and onnxruntime ({error}); "
-            'install them with pip install -e ".[onnx]"'
-        ) from error
-    signature = (tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name="images"),)
-    converted, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=17)
-    options = onnxruntime.SessionOptions()
-    # No busy-waiting between model runs: in the service the event loop needs those cycles (on 2 cores, spinning
-    # threads halved what ONNX Runtime gained). No memory arena: it kept the largest batch's buffers for good.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_cpu_mem_arena = False
-    session = onnxruntime.InferenceSession(
-        converted.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    input_name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {input_name: batch})[0]
 
 
 def _jax_function(model: keras.Model) -> ModelFunction:
@@ -151,10 +183,12 @@ class Predictor:
     manifest
         The manifest the models were loaded from; gives the thresholds and the model tags.
     classifier, segmenter
-        Models taking float32 (N, 256, 256, 3) from `preprocess_slice`; the classifier returns (N, 1) tumor
-        probabilities, the segmenter (N, 256, 256, 1) per-pixel probabilities.
+        Compiled models (`load_for_inference`) taking float32 (N, 256, 256, 3) from `preprocess_slice`; the
+        classifier returns (N, 1) tumor probabilities, the segmenter (N, 256, 256, 1) per-pixel probabilities.
     observer
         Optional callback told how long each model run took.
+    compiles_per_batch_size
+        True for JAX functions, which compile once per padded batch size (see `warm_up`).
 
     Raises
     ------
@@ -165,10 +199,10 @@ class Predictor:
     def __init__(
         self,
         manifest: Manifest,
-        classifier: keras.Model,
-        segmenter: keras.Model,
+        classifier: ModelFunction,
+        segmenter: ModelFunction,
         observer: InferenceObserver | None = None,
-        runtime: str = "keras",
+        compiles_per_batch_size: bool = False,
     ) -> None:
         if manifest.preprocessing != PREPROCESSING_ID:
             raise ModelStoreError(
@@ -181,18 +215,27 @@ class Predictor:
             )
         self.manifest = manifest
         self._observer = observer
-        self._classifier = compile_for_inference(classifier, runtime)
-        self._segmenter = compile_for_inference(segmenter, runtime)
-        self._compiles_per_batch_size = runtime == "keras" and keras.backend.backend() == "jax"
+        self._classifier = classifier
+        self._segmenter = segmenter
+        self._compiles_per_batch_size = compiles_per_batch_size
         self.is_warm = False
 
     @classmethod
     def from_model_dir(
         cls, model_dir: str | Path, observer: InferenceObserver | None = None, runtime: str = "keras"
     ) -> Predictor:
-        """Verify the manifest's sha256s, load both models (raises `ModelStoreError` naming the problem)."""
-        manifest, classifier, segmenter = load_models(model_dir)
-        return cls(manifest, classifier, segmenter, observer=observer, runtime=runtime)
+        """Verify the manifest's sha256s and load both models for `runtime` (`ModelStoreError` names any problem)."""
+        if runtime not in RUNTIMES:
+            raise ModelStoreError(f"inference runtime must be one of {RUNTIMES}; got {runtime!r}")
+        manifest = read_manifest(model_dir)
+        classifier = load_for_inference(model_dir, manifest.classifier, runtime)
+        segmenter = load_for_inference(model_dir, manifest.segmenter, runtime)
+        compiles_per_batch_size = False
+        if runtime == "keras":
+            import keras
+
+            compiles_per_batch_size = keras.backend.backend() == "jax"
+        return cls(manifest, classifier, segmenter, observer, compiles_per_batch_size)
 
     @property
     def classifier_threshold(self) -> float:

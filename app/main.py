@@ -76,7 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it",
             extra={"fields": {"host": state.settings.host}},
         )
-    enable_gpu_memory_growth()
+    if state.settings.inference_runtime == "keras":  # ONNX Runtime runs on the CPU and never starts TensorFlow
+        enable_gpu_memory_growth()
     try:
         state.manifest = read_manifest(state.settings.model_dir)
     except ModelStoreError as error:

@@ -2,6 +2,9 @@
 
 Model files are code as far as trust goes (an architecture JSON chooses which layers run): load them only from a
 source you trust. The hash check stops a file that was truncated, swapped or edited after export.
+
+Keras is imported only when a Keras model is loaded, so a service running the ONNX files (`INFERENCE_RUNTIME=
+onnxruntime`) never starts TensorFlow.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:
+    import keras
 
 MANIFEST_NAME = "manifest.json"
 
@@ -29,6 +35,8 @@ class ModelEntry(BaseModel):
     weights: str
     parameters: int
     threshold: float
+    onnx: str | None = None
+    """The same model converted to ONNX by `training.export_onnx`, if it was; checked against Keras at 1e-5."""
 
     @property
     def tag(self) -> str:
@@ -75,8 +83,8 @@ def read_manifest(model_dir: str | Path) -> Manifest:
     except (ValueError, ValidationError) as error:
         raise ModelStoreError(f"model manifest {manifest_path} is invalid: {error}") from error
     for entry in (manifest.classifier, manifest.segmenter):
-        for file_name in (entry.architecture, entry.weights):
-            if file_name not in manifest.files:
+        for file_name in (entry.architecture, entry.weights, entry.onnx):
+            if file_name is not None and file_name not in manifest.files:
                 raise ModelStoreError(f"{file_name} is used by {entry.name} but has no sha256 in the manifest")
     for file_name, expected in manifest.files.items():
         path = model_dir / file_name
@@ -93,6 +101,8 @@ def read_manifest(model_dir: str | Path) -> Manifest:
 
 def load_model(model_dir: str | Path, entry: ModelEntry) -> keras.Model:
     """Rebuild a model from its architecture JSON and load its `.weights.h5` (call `read_manifest` first)."""
+    import keras
+
     model_dir = Path(model_dir)
     architecture = (model_dir / entry.architecture).read_text()
     try:

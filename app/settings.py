@@ -46,8 +46,9 @@ class Settings(BaseSettings):
         # BACKEND: the name the performance issue gave this setting; INFERENCE_RUNTIME wins if both are set.
         validation_alias=AliasChoices("inference_runtime", "backend"),
         description="keras runs the models on the Keras backend (TensorFlow, or JAX with KERAS_BACKEND=jax); "
-        "onnxruntime converts them at startup with tf2onnx and runs them with ONNX Runtime (faster on CPU, but the "
-        'process keeps TensorFlow too and uses more memory; needs pip install -e ".[onnx]"); also read from BACKEND',
+        "onnxruntime runs the ONNX files that python -m training.export_onnx listed in the manifest with ONNX Runtime "
+        "(faster on CPU, never loads TensorFlow; without those files the models are converted at every start and "
+        'TensorFlow stays in memory; needs pip install -e ".[onnx]"); also read from BACKEND',
     )
     inference_batch_size: int = Field(
         default=16, gt=0, description="most slices the micro-batcher runs through each model at once"

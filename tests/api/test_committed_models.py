@@ -42,6 +42,7 @@ def test_committed_manifest_hashes_match_files(committed_model_dir: Path, commit
     for role in ("classifier", "segmenter"):
         assert committed_manifest[role]["architecture"] in files
         assert committed_manifest[role]["weights"] in files
+        assert committed_manifest[role]["onnx"] in files
     assert committed_manifest["split"] in files
 
     for name, recorded in files.items():
@@ -118,3 +119,13 @@ def test_committed_models_reload_to_same_outputs_as_predictor(
 
     np.testing.assert_allclose(predictor.classify(batch), reloaded["classifier"].reshape(-1), atol=1e-5)
     np.testing.assert_allclose(predictor.segment(batch), reloaded["segmenter"][..., 0], atol=1e-5)
+
+
+def test_committed_onnx_files_match_the_keras_models(committed_model_dir: Path) -> None:
+    pytest.importorskip("onnxruntime", reason='the onnx extra is installed by make test (pip install -e ".[onnx]")')
+    batch = np.stack([preprocess_slice(read_image(path)) for path in [*TUMOR_SERIES, TUMOR_FREE_SLICE]])
+    on_keras = Predictor.from_model_dir(committed_model_dir)
+    on_onnx = Predictor.from_model_dir(committed_model_dir, runtime="onnxruntime")
+
+    np.testing.assert_allclose(on_onnx.classify(batch), on_keras.classify(batch), atol=1e-5)
+    np.testing.assert_allclose(on_onnx.segment(batch), on_keras.segment(batch), atol=1e-5)

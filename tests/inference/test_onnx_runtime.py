@@ -1,23 +1,112 @@
-"""INFERENCE_RUNTIME=onnxruntime serves the same numbers as Keras/TensorFlow, faster on CPU."""
+"""INFERENCE_RUNTIME=onnxruntime serves the same numbers as Keras/TensorFlow, from ONNX files checked at export."""
 
 from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.inference import Predictor
+from app.model_store import MANIFEST_NAME, ModelStoreError, read_manifest, sha256_of
 from app.settings import Settings
 from tests.api.utils import running_client
 from tests.conftest import TUMOR_SLICE, read_slice
+from training import export_onnx
 from training.preprocessing import preprocess_slice
 
 pytest.importorskip("onnxruntime", reason='the onnx extra is installed by make test (pip install -e ".[onnx]")')
 pytest.importorskip("tf2onnx", reason='the onnx extra is installed by make test (pip install -e ".[onnx]")')
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-def test_onnxruntime_predictor_matches_keras(tiny_model_dir):
+
+@pytest.fixture(scope="module")
+def onnx_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny models with their ONNX conversions listed in the manifest."""
+    directory = tmp_path_factory.mktemp("onnx") / "models"
+    shutil.copytree(tiny_model_dir, directory)
+    export_onnx.export_onnx(directory)
+    return directory
+
+
+def slice_batch() -> np.ndarray:
     image = read_slice(TUMOR_SLICE)
-    batch = np.stack([preprocess_slice(image), preprocess_slice(image[:, :, 1])])
+    return np.stack([preprocess_slice(image), preprocess_slice(image[:, :, 1])])
+
+
+def test_export_lists_the_onnx_files_with_their_hashes(onnx_model_dir):
+    manifest = read_manifest(onnx_model_dir)  # every listed file has its recorded sha256
+
+    for entry in (manifest.classifier, manifest.segmenter):
+        assert entry.onnx == f"{entry.name}.onnx"
+        assert manifest.files[entry.onnx] == sha256_of(onnx_model_dir / entry.onnx)
+    assert manifest.versions["onnx_opset"] == str(export_onnx.ONNX_OPSET)
+
+
+def test_onnx_files_are_served_without_tensorflow_and_match_keras(onnx_model_dir, tmp_path):
+    batch = slice_batch()
+    np.save(tmp_path / "batch.npy", batch)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from app.inference import Predictor
+
+        predictor = Predictor.from_model_dir({str(onnx_model_dir)!r}, runtime="onnxruntime")
+        batch = np.load({str(tmp_path / "batch.npy")!r})
+        np.save({str(tmp_path / "probabilities.npy")!r}, predictor.classify(batch))
+        np.save({str(tmp_path / "maps.npy")!r}, predictor.segment(batch))
+        print(sorted(name for name in ("tensorflow", "keras", "tf2onnx") if name in sys.modules))
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"  # none of them imported: the memory and start-up time TensorFlow costs, saved
+    on_keras = Predictor.from_model_dir(onnx_model_dir)
+    np.testing.assert_allclose(np.load(tmp_path / "probabilities.npy"), on_keras.classify(batch), atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "maps.npy"), on_keras.segment(batch), atol=1e-5)
+
+
+def test_export_writes_nothing_when_a_conversion_differs_from_keras(tiny_model_dir, tmp_path, monkeypatch):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "models")
+    manifest_before = (directory / MANIFEST_NAME).read_text()
+    monkeypatch.setattr(export_onnx, "largest_difference", lambda *args: 1e-3)
+
+    with pytest.raises(export_onnx.ConversionMismatchError, match="differs from Keras by 1.00e-03"):
+        export_onnx.export_onnx(directory)
+
+    assert (directory / MANIFEST_NAME).read_text() == manifest_before
+    assert not list(directory.glob("*.onnx"))
+
+
+def test_an_onnx_file_without_a_hash_is_refused(onnx_model_dir, tmp_path):
+    directory = shutil.copytree(onnx_model_dir, tmp_path / "models")
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    del manifest["files"][manifest["segmenter"]["onnx"]]
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    with pytest.raises(ModelStoreError, match="tumor_segmenter.onnx is used by tumor_segmenter but has no sha256"):
+        read_manifest(directory)
+
+
+def test_a_changed_onnx_file_is_refused(onnx_model_dir, tmp_path):
+    directory = shutil.copytree(onnx_model_dir, tmp_path / "models")
+    with (directory / "tumor_classifier.onnx").open("ab") as stream:
+        stream.write(b"\0")
+
+    with pytest.raises(ModelStoreError, match="sha256 mismatch for .*tumor_classifier.onnx"):
+        Predictor.from_model_dir(directory, runtime="onnxruntime")
+
+
+def test_without_onnx_files_the_models_are_converted_at_startup_and_match_keras(tiny_model_dir):
+    batch = slice_batch()
 
     on_keras = Predictor.from_model_dir(tiny_model_dir)
     on_onnx = Predictor.from_model_dir(tiny_model_dir, runtime="onnxruntime")
@@ -26,8 +115,8 @@ def test_onnxruntime_predictor_matches_keras(tiny_model_dir):
     np.testing.assert_allclose(on_onnx.segment(batch), on_keras.segment(batch), atol=1e-5)
 
 
-def test_service_answers_on_onnxruntime(tiny_model_dir):
-    with running_client(Settings(model_dir=tiny_model_dir, inference_runtime="onnxruntime")) as client:
+def test_service_answers_on_onnxruntime(onnx_model_dir):
+    with running_client(Settings(model_dir=onnx_model_dir, inference_runtime="onnxruntime")) as client:
         response = client.post("/v1/predict", files={"file": ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg")})
 
     assert response.status_code == 200, response.text

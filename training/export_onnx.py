@@ -1,0 +1,105 @@
+"""Convert the exported models to ONNX, check them against Keras, and list them in the manifest.
+
+    python -m training.export_onnx --model-dir models
+
+Run it after `training.export`, which writes a manifest without ONNX files. With the ONNX files listed, a service on
+`INFERENCE_RUNTIME=onnxruntime` loads them directly and never starts TensorFlow; without them it converts the models
+at every start and keeps TensorFlow in memory. A converted model is written only if its outputs match the Keras
+model's within `--tolerance` (1e-5) on the check inputs; otherwise nothing changes. Needs TensorFlow and the `onnx`
+extra (tf2onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from app.model_store import MANIFEST_NAME, Manifest, ModelEntry, load_model, read_manifest, sha256_of
+
+ONNX_OPSET = 17
+DEFAULT_TOLERANCE = 1e-5
+
+
+class ConversionMismatchError(RuntimeError):
+    """A converted model's outputs differ from the Keras model's by more than the tolerance."""
+
+
+def convert_to_onnx(model: keras.Model, opset: int = ONNX_OPSET) -> bytes:
+    """The model as a serialized ONNX graph with input "images", float32 (N, H, W, C) for any N (tf2onnx)."""
+    import tensorflow as tf  # tf2onnx converts TensorFlow graphs only
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images"),)
+    converted, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    return converted.SerializeToString()
+
+
+def check_inputs(input_shape: tuple[int, ...], count: int = 4, seed: int = 0) -> np.ndarray:
+    """Inputs the conversion is checked on: a blank slice and seeded uniform noise in [0, 1] (what
+    `preprocess_slice` yields), which drives every channel and pixel unlike any one real slice would."""
+    noise = np.random.default_rng(seed).random((count - 1, *input_shape), dtype=np.float32)
+    return np.concatenate([np.zeros((1, *input_shape), np.float32), noise])
+
+
+def largest_difference(model: keras.Model, onnx_model: bytes, inputs: np.ndarray) -> float:
+    """Largest absolute difference between the Keras model's and the ONNX model's outputs on `inputs`."""
+    from app.inference import onnxruntime_function
+
+    expected = keras.ops.convert_to_numpy(model(inputs, training=False))
+    actual = onnxruntime_function(onnx_model)(inputs)
+    return float(np.max(np.abs(expected - actual)))
+
+
+def export_onnx(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE, opset: int = ONNX_OPSET) -> dict[str, float]:
+    """Write `<model name>.onnx` for both models and add them (with sha256s) to the manifest.
+
+    Returns each model's largest difference from Keras. Raises `ConversionMismatchError`, writing nothing, when one
+    exceeds `tolerance`.
+    """
+    manifest = read_manifest(model_dir)
+    converted: dict[str, tuple[ModelEntry, bytes]] = {}
+    differences: dict[str, float] = {}
+    for role, entry in (("classifier", manifest.classifier), ("segmenter", manifest.segmenter)):
+        model = load_model(model_dir, entry)
+        onnx_model = convert_to_onnx(model, opset)
+        differences[role] = largest_difference(model, onnx_model, check_inputs(tuple(manifest.input_shape)))
+        if differences[role] > tolerance:
+            raise ConversionMismatchError(
+                f"{entry.tag} converted to ONNX differs from Keras by {differences[role]:.2e} > {tolerance:.0e}"
+            )
+        converted[role] = (entry, onnx_model)
+    for role, (entry, onnx_model) in converted.items():
+        file_name = f"{entry.name}.onnx"
+        (model_dir / file_name).write_bytes(onnx_model)
+        setattr(manifest, role, entry.model_copy(update={"onnx": file_name}))
+        manifest.files[file_name] = sha256_of(model_dir / file_name)
+    manifest.versions.update({"tf2onnx": metadata.version("tf2onnx"), "onnx_opset": str(opset)})
+    write_manifest_atomically(model_dir, manifest)
+    return differences
+
+
+def write_manifest_atomically(model_dir: Path, manifest: Manifest) -> None:
+    """Replace the manifest in one step, so a crash never leaves a half-written one."""
+    staging = model_dir / f".{MANIFEST_NAME}.tmp"
+    staging.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    os.replace(staging, model_dir / MANIFEST_NAME)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("models"))
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET)
+    args = parser.parse_args(argv)
+    for role, difference in export_onnx(args.model_dir, args.tolerance, args.opset).items():
+        print(f"{role}: largest difference from Keras {difference:.2e} (tolerance {args.tolerance:.0e})")
+
+
+if __name__ == "__main__":
+    main()
