@@ -2,7 +2,7 @@
 
     python -m bench.onnx_compare --model-dir models --json-out bench/results/onnx_compare.json
 
-1. Converts the classifier and the segmenter with tf2onnx (`tf2onnx.convert.from_keras`, input signature
+1. Converts the classifier and the segmenter with tf2onnx (`training.export_onnx.convert_to_onnx`, input signature
    float32 (None, 256, 256, 3), so any batch size runs on one graph) into `--onnx-dir`.
 2. Checks the ONNX outputs against the Keras models (the service's fixed-signature functions) on real slices of the
    mix: the largest absolute difference must be within `--tolerance` (1e-5), for probabilities and mask maps alike.
@@ -45,25 +45,21 @@ from bench.model_limit import cycle_batches, load_inputs, time_cell
 BACKENDS = ("tensorflow", "onnxruntime")
 ROLES = ("classifier", "segmenter")
 INPUTS_FILE = "inputs.npy"
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 17  # training.export_onnx.ONNX_OPSET, not imported: the ONNX worker must not load Keras
 
 
 def convert(model_dir: Path, onnx_dir: Path, opset: int) -> dict[str, dict]:
     """Convert both models to `<onnx_dir>/<role>.onnx`; return per role the file, its size and the seconds taken."""
-    import tensorflow as tf
-    import tf2onnx
-
-    from app.inference import INPUT_SHAPE
     from app.model_store import load_models
+    from training.export_onnx import convert_to_onnx
 
     _, classifier, segmenter = load_models(model_dir)
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    signature = (tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name="images"),)
     converted = {}
     for role, model in zip(ROLES, (classifier, segmenter), strict=True):
         path = onnx_dir / f"{role}.onnx"
         started = time.perf_counter()
-        tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
+        path.write_bytes(convert_to_onnx(model, opset))
         converted[role] = {
             "file": str(path),
             "bytes": path.stat().st_size,

@@ -30,6 +30,7 @@ NOT_RUN_HERE = {
     ".venv/bin/brain-tumor evaluate": "tests/training/test_pipeline.py evaluates through the same main()",
     ".venv/bin/python -m training.train": "tests/training/test_pipeline.py",
     ".venv/bin/python -m training.evaluate": "tests/training/test_pipeline.py",
+    ".venv/bin/python -m training.export_onnx": "tests/inference/test_onnx_runtime.py, through the same main()",
     ".venv/bin/python -m training.export": "tests/training/test_pipeline.py",
     "make install-dev": "what make test runs first",
     "make bench": "a benchmark (numbers, not a pass/fail test): run by hand, results in the README",

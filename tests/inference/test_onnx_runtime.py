@@ -31,7 +31,7 @@ def onnx_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny models with their ONNX conversions listed in the manifest."""
     directory = tmp_path_factory.mktemp("onnx") / "models"
     shutil.copytree(tiny_model_dir, directory)
-    export_onnx.export_onnx(directory)
+    export_onnx.main(["--model-dir", str(directory)])  # the README's command
     return directory
 
 
