@@ -2,6 +2,7 @@
 #
 #   docker build -t brain-tumor-service .                                                  # CPU
 #   docker build -t brain-tumor-service:gpu --build-arg TENSORFLOW_PACKAGE="tensorflow[and-cuda]" .    # NVIDIA GPU
+#   docker build -t brain-tumor-service:onnx --build-arg EXTRAS=onnx .    # then run with INFERENCE_RUNTIME=onnxruntime
 #
 # The GPU image keeps the same slim base: tensorflow[and-cuda] brings the CUDA and cuDNN user-space libraries as pip
 # wheels, and the driver comes from the host through the NVIDIA Container Toolkit. BASE_IMAGE stays a build argument
@@ -11,6 +12,8 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS builder
 # tensorflow-cpu (pinned in pyproject.toml) or tensorflow[and-cuda]; the version always comes from pyproject.toml.
 ARG TENSORFLOW_PACKAGE=tensorflow-cpu
+# Optional-dependency groups of pyproject.toml to add, comma-separated: onnx installs ONNX Runtime.
+ARG EXTRAS=""
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -22,7 +25,8 @@ WORKDIR /app
 # --no-deps below. For the default build argument the list is exactly pyproject.toml's (tests/deploy checks it).
 COPY pyproject.toml ./
 COPY deploy/requirements_from_pyproject.py /tmp/
-RUN python /tmp/requirements_from_pyproject.py pyproject.toml --tensorflow "${TENSORFLOW_PACKAGE}" > /tmp/requirements.txt \
+RUN python /tmp/requirements_from_pyproject.py pyproject.toml --tensorflow "${TENSORFLOW_PACKAGE}" \
+        --extras "${EXTRAS}" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 
 # Editable, as `make serve` installs it: the service finds models/ from its source tree, so the image keeps the

@@ -106,7 +106,7 @@ def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFu
     """Compile a Keras model for inference: on the active Keras backend (tensorflow or jax), or with ONNX Runtime.
 
     `runtime="onnxruntime"` converts the model with tf2onnx first (`training.export_onnx`); it needs TensorFlow and
-    the `onnx` extra.
+    the `train` extra.
     """
     import keras
 
@@ -118,7 +118,7 @@ def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFu
         except ImportError as error:
             raise ModelStoreError(
                 f"converting to ONNX at startup needs TensorFlow and tf2onnx ({error}); install them with "
-                'pip install -e ".[onnx]", or list ONNX files in the manifest with python -m training.export_onnx'
+                'pip install -e ".[train]", or list ONNX files in the manifest with python -m training.export_onnx'
             ) from error
     if runtime != "keras":
         raise ModelStoreError(f"inference runtime must be one of {RUNTIMES}; got {runtime!r}")

@@ -47,8 +47,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("inference_runtime", "backend"),
         description="keras runs the models on the Keras backend (TensorFlow, or JAX with KERAS_BACKEND=jax); "
         "onnxruntime runs the ONNX files that python -m training.export_onnx listed in the manifest with ONNX Runtime "
-        "(faster on CPU, never loads TensorFlow; without those files the models are converted at every start and "
-        'TensorFlow stays in memory; needs pip install -e ".[onnx]"); also read from BACKEND',
+        "(faster on CPU, never loads TensorFlow; without those files the models are converted at every start, "
+        "which needs the train extra, and TensorFlow stays in memory; needs pip install -e \".[onnx]\"); also read "
+        "from BACKEND",
     )
     inference_batch_size: int = Field(
         default=16, gt=0, description="most slices the micro-batcher runs through each model at once"

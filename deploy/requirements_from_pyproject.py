@@ -13,6 +13,7 @@ import argparse
 import re
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 PINNED_TENSORFLOW = "tensorflow-cpu"
@@ -28,8 +29,11 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
-def runtime_requirements(pyproject: Path, tensorflow_package: str = PINNED_TENSORFLOW) -> list[str]:
-    """``[project].dependencies`` of ``pyproject``, with ``tensorflow-cpu`` replaced by ``tensorflow_package``.
+def runtime_requirements(
+    pyproject: Path, tensorflow_package: str = PINNED_TENSORFLOW, extras: Sequence[str] = ()
+) -> list[str]:
+    """``[project].dependencies`` of ``pyproject``, with ``tensorflow-cpu`` replaced by ``tensorflow_package``, then
+    the requirements of each optional-dependency group named in ``extras``.
 
     Parameters
     ----------
@@ -37,6 +41,8 @@ def runtime_requirements(pyproject: Path, tensorflow_package: str = PINNED_TENSO
         Path of the project's pyproject.toml.
     tensorflow_package
         Distribution (with extras) to install instead of the pinned one, e.g. ``tensorflow[and-cuda]``.
+    extras
+        Names of ``[project.optional-dependencies]`` groups to add, e.g. ``onnx`` for ONNX Runtime.
 
     Returns
     -------
@@ -46,14 +52,21 @@ def runtime_requirements(pyproject: Path, tensorflow_package: str = PINNED_TENSO
     Raises
     ------
     ValueError
-        If pyproject.toml does not pin ``tensorflow-cpu`` exactly once, so there is nothing unambiguous to swap.
+        If pyproject.toml does not pin ``tensorflow-cpu`` exactly once, so there is nothing unambiguous to swap, or an
+        extra is not one of its optional-dependency groups.
     """
-    dependencies: list[str] = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    project = tomllib.loads(pyproject.read_text())["project"]
+    dependencies: list[str] = project["dependencies"]
+    groups: dict[str, list[str]] = project.get("optional-dependencies", {})
+    unknown = [extra for extra in extras if extra not in groups]
+    if unknown:
+        raise ValueError(f"{pyproject} has no optional-dependency group {unknown}; it has {sorted(groups)}.")
     pinned = [dep for dep in dependencies if requirement_name(dep) == PINNED_TENSORFLOW]
     if len(pinned) != 1:
         raise ValueError(f"{pyproject} must list {PINNED_TENSORFLOW} exactly once; found {pinned}.")
     specifier = _NAME.sub("", pinned[0], count=1)
-    return [f"{tensorflow_package}{specifier}" if dep == pinned[0] else dep for dep in dependencies]
+    swapped = [f"{tensorflow_package}{specifier}" if dep == pinned[0] else dep for dep in dependencies]
+    return swapped + [requirement for extra in extras for requirement in groups[extra]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,8 +78,15 @@ def main(argv: list[str] | None = None) -> None:
         default=PINNED_TENSORFLOW,
         help=f"TensorFlow distribution to install instead of {PINNED_TENSORFLOW} (default: keep it)",
     )
+    parser.add_argument(
+        "--extras",
+        default="",
+        help="comma-separated optional-dependency groups to add, e.g. onnx (default: none)",
+    )
     args = parser.parse_args(argv)
-    sys.stdout.write("".join(f"{line}\n" for line in runtime_requirements(args.pyproject, args.tensorflow)))
+    extras = [extra.strip() for extra in args.extras.split(",") if extra.strip()]
+    requirements = runtime_requirements(args.pyproject, args.tensorflow, extras)
+    sys.stdout.write("".join(f"{line}\n" for line in requirements))
 
 
 if __name__ == "__main__":

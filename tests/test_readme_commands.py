@@ -37,6 +37,7 @@ NOT_RUN_HERE = {
     ".venv/bin/python -m bench.": "benchmarks: their --quick modes are smoke-run by hand",
     "ORTHANC_USERNAME=orthanc": "pacs-sync against a real Orthanc: tests/dicom/test_pacs_sync.py",
     "docker": "no Docker engine in CI: tests/deploy checks the files statically (see the README)",
+    "EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime docker": "as docker; tests/deploy checks the EXTRAS build argument",
 }
 
 

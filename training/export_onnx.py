@@ -5,8 +5,8 @@
 Run it after `training.export`, which writes a manifest without ONNX files. With the ONNX files listed, a service on
 `INFERENCE_RUNTIME=onnxruntime` loads them directly and never starts TensorFlow; without them it converts the models
 at every start and keeps TensorFlow in memory. A converted model is written only if its outputs match the Keras
-model's within `--tolerance` (1e-5) on the check inputs; otherwise nothing changes. Needs TensorFlow and the `onnx`
-extra (tf2onnx).
+model's within `--tolerance` (1e-5) on the check inputs; otherwise nothing changes. Needs TensorFlow and the `train`
+extra (tf2onnx, onnx, onnxruntime).
 """
 
 from __future__ import annotations

@@ -280,6 +280,25 @@ def test_gpu_image_requirements_swap_only_tensorflow() -> None:
     ]
 
 
+def test_onnx_image_requirements_add_the_onnx_extra() -> None:
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+
+    assert _requirements("--extras", "onnx") == project["dependencies"] + project["optional-dependencies"]["onnx"]
+    assert _requirements("--extras", "") == project["dependencies"]  # the Dockerfile's default EXTRAS=""
+
+
+def test_an_unknown_extra_stops_the_image_build() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REQUIREMENTS_SCRIPT), str(PYPROJECT), "--extras", "onnxx"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "no optional-dependency group ['onnxx']" in result.stderr
+
+
 # --- probes hit the app's real health routes ---------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from training import export_onnx
 from training.preprocessing import preprocess_slice
 
 pytest.importorskip("onnxruntime", reason='the onnx extra is installed by make test (pip install -e ".[onnx]")')
-pytest.importorskip("tf2onnx", reason='the onnx extra is installed by make test (pip install -e ".[onnx]")')
+pytest.importorskip("tf2onnx", reason='the train extra is installed by make test (pip install -e ".[train]")')
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
