@@ -21,8 +21,10 @@ import keras
 import numpy as np
 
 from app.model_store import MANIFEST_NAME, Manifest, ModelEntry, load_model, read_manifest, sha256_of
+from training.model_card import refresh_export_lines
 
 ONNX_OPSET = 17
+MODEL_CARD_NAME = "README.md"
 DEFAULT_TOLERANCE = 1e-5
 
 
@@ -57,7 +59,7 @@ def largest_difference(model: keras.Model, onnx_model: bytes, inputs: np.ndarray
 
 
 def export_onnx(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE, opset: int = ONNX_OPSET) -> dict[str, float]:
-    """Write `<model name>.onnx` for both models and add them (with sha256s) to the manifest.
+    """Write `<model name>.onnx` for both models, add them (with sha256s) to the manifest and name them in the card.
 
     Returns each model's largest difference from Keras. Raises `ConversionMismatchError`, writing nothing, when one
     exceeds `tolerance`.
@@ -81,6 +83,9 @@ def export_onnx(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE, opset: in
         manifest.files[file_name] = sha256_of(model_dir / file_name)
     manifest.versions.update({"tf2onnx": metadata.version("tf2onnx"), "onnx_opset": str(opset)})
     write_manifest_atomically(model_dir, manifest)
+    card = model_dir / MODEL_CARD_NAME
+    if card.is_file():
+        card.write_text(refresh_export_lines(card.read_text(), manifest.model_dump()))
     return differences
 
 

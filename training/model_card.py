@@ -31,6 +31,32 @@ def _figures(metrics: Mapping) -> list[str]:
     ]
 
 
+EXPORTED_PREFIX = "- Exported with "
+ONNX_PREFIX = "- ONNX conversions "
+
+
+def export_lines(manifest: Mapping) -> list[str]:
+    """The card's lines on how the models were exported: versions, and the ONNX files if `training.export_onnx` ran."""
+    lines = [f"{EXPORTED_PREFIX}{', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}."]
+    onnx_files = [manifest[role].get("onnx") for role in ("classifier", "segmenter")]
+    if all(onnx_files):
+        lines.append(
+            f"{ONNX_PREFIX}(for `INFERENCE_RUNTIME=onnxruntime`): {', '.join(f'`{name}`' for name in onnx_files)}, "
+            "written by `python -m training.export_onnx` only after matching the Keras models within its tolerance "
+            "(1e-5 by default)."
+        )
+    return lines
+
+
+def refresh_export_lines(card: str, manifest: Mapping) -> str:
+    """`card` with its export lines rendered again from `manifest` (after `training.export_onnx` changed it)."""
+    kept = [line for line in card.splitlines() if not line.startswith(ONNX_PREFIX)]
+    position = next((index for index, line in enumerate(kept) if line.startswith(EXPORTED_PREFIX)), None)
+    if position is None:
+        return card
+    return "\n".join([*kept[:position], *export_lines(manifest), *kept[position + 1 :]]) + "\n"
+
+
 def render_model_card(
     manifest: Mapping, evaluation_command: str, training_commands: list[str], notes: list[str] | None = None
 ) -> str:
@@ -61,7 +87,7 @@ def render_model_card(
         "- Served as a gated pipeline: the segmenter runs only on slices the classifier calls positive.",
         f"- Input: {manifest['input_shape']} float32, preprocessing `{manifest['preprocessing']}` "
         "(`training/preprocessing.py`, the same function in training and serving).",
-        f"- Exported with {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}.",
+        *export_lines(manifest),
         "",
         "## Data",
         f"{manifest['training_data']}. Split file: `{manifest['split']}` (patients, never slices, in each set). "

@@ -31,6 +31,7 @@ def onnx_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny models with their ONNX conversions listed in the manifest."""
     directory = tmp_path_factory.mktemp("onnx") / "models"
     shutil.copytree(tiny_model_dir, directory)
+    (directory / "README.md").write_text("# Model card\n\n## Models\n- Exported with keras 3.\n\n## Data\n")
     export_onnx.main(["--model-dir", str(directory)])  # the README's command
     return directory
 
@@ -47,6 +48,16 @@ def test_export_lists_the_onnx_files_with_their_hashes(onnx_model_dir):
         assert entry.onnx == f"{entry.name}.onnx"
         assert manifest.files[entry.onnx] == sha256_of(onnx_model_dir / entry.onnx)
     assert manifest.versions["onnx_opset"] == str(export_onnx.ONNX_OPSET)
+
+
+def test_export_names_the_onnx_files_in_the_model_card(onnx_model_dir):
+    card = (onnx_model_dir / "README.md").read_text().splitlines()
+
+    exported = card.index(next(line for line in card if line.startswith("- Exported with")))
+    assert "tf2onnx" in card[exported] and "onnx_opset 17" in card[exported]
+    assert card[exported + 1].startswith("- ONNX conversions")
+    assert "`tumor_classifier.onnx`, `tumor_segmenter.onnx`" in card[exported + 1]
+    assert card[exported + 2 :] == ["", "## Data"]  # the rest of the card untouched
 
 
 def test_onnx_files_are_served_without_tensorflow_and_match_keras(onnx_model_dir, tmp_path):
