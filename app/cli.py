@@ -63,7 +63,7 @@ def predict(args: argparse.Namespace) -> int:
     from app.pipeline import UploadLimits, predict_uploads, slice_payload
 
     settings = get_settings()
-    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir)
+    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
     uploads = [_read_file(Path(path)) for path in args.files]
     outcomes = predict_uploads(predictor, uploads, UploadLimits.from_settings(settings))
     results = []

@@ -69,6 +69,7 @@ class SettingsLike(Protocol):
     pacs_poll_seconds: float
     max_dicom_pixels: int
     model_dir: Path
+    inference_runtime: str
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,7 @@ def main(args: argparse.Namespace, settings: SettingsLike | None = None) -> int:
     except ValueError as error:
         print(json.dumps({"error": {"code": "invalid_configuration", "message": str(error)}}))
         return 2
-    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir)
+    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
     predictor.warm_up()
     try:
         report = run_pacs_sync(config, predictor, once=args.once)

@@ -223,6 +223,7 @@ def test_pacs_sync_stores_one_seg_per_series_and_never_a_second(
         pacs_poll_seconds=30.0,
         max_dicom_pixels=4096 * 4096,
         model_dir=tiny_model_dir,
+        inference_runtime="keras",
     )
     assert pacs_sync.main(args, settings=settings) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == SyncReport(already_done=1).as_dict()

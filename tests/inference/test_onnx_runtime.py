@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,27 @@ def test_onnx_files_are_served_without_tensorflow_and_match_keras(onnx_model_dir
     on_keras = Predictor.from_model_dir(onnx_model_dir)
     np.testing.assert_allclose(np.load(tmp_path / "probabilities.npy"), on_keras.classify(batch), atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "maps.npy"), on_keras.segment(batch), atol=1e-5)
+
+
+def test_command_line_predict_follows_the_runtime_setting(onnx_model_dir):
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from app.cli import main
+
+        code = main(["predict", "--model-dir", {str(onnx_model_dir)!r}, {str(TUMOR_SLICE)!r}])
+        print(json.dumps({{"code": code, "keras": "keras" in sys.modules}}))
+        """
+    )
+    environment = {**os.environ, "INFERENCE_RUNTIME": "onnxruntime"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120
+    )
+
+    assert run.returncode == 0, run.stderr
+    *prediction, outcome = run.stdout.strip().splitlines()
+    assert json.loads(outcome) == {"code": 0, "keras": False}
+    assert json.loads("\n".join(prediction))["results"][0]["ok"] is True
 
 
 def test_export_writes_nothing_when_a_conversion_differs_from_keras(tiny_model_dir, tmp_path, monkeypatch):
