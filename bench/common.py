@@ -136,6 +136,17 @@ def process_memory(pid: int) -> dict[str, float] | None:
     return {"rss_mib": round(values["VmRSS"], 1), "peak_rss_mib": round(values.get("VmHWM", values["VmRSS"]), 1)}
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) a process has used so far, from /proc (Linux); None if unavailable."""
+    try:
+        # Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the 12th
+        # and 13th of them (fields 14 and 15 of proc(5)), in clock ticks.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def percentiles_ms(seconds: Sequence[float]) -> dict[str, float | None]:
     """p50/p95/p99/mean/max of durations given in seconds, in milliseconds (None for an empty list)."""
     if not seconds:

@@ -8,11 +8,12 @@ Starts the server as a subprocess on a free loopback port (unless `--url`), meas
 the first 200 from GET /health/ready, sends a few warm-up requests (not counted), then at each concurrency level keeps
 that many POST /v1/predict requests in flight, each with one real slice of the mix (about one third with tumor),
 until the level's request count or its time is used up, whichever comes first. Reports throughput (successful
-requests per second), latency percentiles of the successful requests, errors (any non-200, or no response), and the
-server's resident memory. The client runs on the same machine and takes some of its CPU, as any loopback test does;
-each level reports how much (`client_cpu_ms_per_request`). The client is aiohttp: `bench.client_overhead` measured
-httpx's AsyncClient at 1.7 ms of CPU per request at concurrency 1 and 4.3 ms at 64 (aiohttp: 0.3 ms at both), and on
-a GPU machine httpx held the service at concurrency 64 to 157 req/s where aiohttp measured 348.
+requests per second), latency percentiles of the successful requests, errors (any non-200, or no response), the
+server's CPU time per request and its resident memory. The client runs on the same machine and takes some of its
+CPU, as any loopback test does; each level reports how much (`client_cpu_ms_per_request`). The client is aiohttp:
+`bench.client_overhead` measured httpx's AsyncClient at 1.7 ms of CPU per request at concurrency 1 and 4.3 ms at 64
+(aiohttp: 0.3 ms at both), and on a GPU machine httpx held the service at concurrency 64 to 157 req/s where aiohttp
+measured 348.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from bench.common import (
     machine_description,
     mix_description,
     percentiles_ms,
+    process_cpu_seconds,
     process_memory,
     select_mix,
 )
@@ -102,6 +104,7 @@ class LevelResult:
     client_cpu_ms_per_request: float | None
     error_kinds: dict[str, int] = field(default_factory=dict)
     server_memory: dict[str, float] | None = None
+    server_cpu_ms_per_request: float | None = None
 
 
 @dataclass
@@ -362,7 +365,11 @@ async def run_benchmark(args: argparse.Namespace) -> dict:
                 summary["warmup"] = {"requests": warmup.requests, "errors": warmup.errors}
             summary["memory_before"] = memory()
             for concurrency in args.concurrency:
+                cpu_before = process_cpu_seconds(pid) if pid else None
                 level = await run_level(client, url, uploads, headers, concurrency, args.requests, args.seconds)
+                cpu_after = process_cpu_seconds(pid) if pid else None
+                if cpu_before is not None and cpu_after is not None and level.requests:
+                    level.server_cpu_ms_per_request = round(1000 * (cpu_after - cpu_before) / level.requests, 2)
                 level.server_memory = memory()
                 levels.append(level)
                 # One line per level as it ends, for a run stopped at a time limit.
@@ -388,7 +395,8 @@ def print_table(summary: dict) -> None:
     ]
     columns = ["concurrency", "requests", "ok", "errors", "seconds", "throughput_rps", "p50_ms", "p95_ms", "p99_ms"]
     print(f"{summary['server']} at {summary['url']}: ready after {summary.get('time_to_ready_s')} s")
-    print(format_table(rows, [*columns, "detected_fraction", "client_cpu_ms_per_request", "rss_mib"]))
+    extra_columns = ["detected_fraction", "client_cpu_ms_per_request", "server_cpu_ms_per_request", "rss_mib"]
+    print(format_table(rows, [*columns, *extra_columns]))
 
 
 def build_parser() -> argparse.ArgumentParser:
