@@ -65,12 +65,13 @@ def export_onnx(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE, opset: in
     exceeds `tolerance`.
     """
     manifest = read_manifest(model_dir)
+    inputs = check_inputs(tuple(manifest.input_shape))
     converted: dict[str, tuple[ModelEntry, bytes]] = {}
     differences: dict[str, float] = {}
     for role, entry in (("classifier", manifest.classifier), ("segmenter", manifest.segmenter)):
         model = load_model(model_dir, entry)
         onnx_model = convert_to_onnx(model, opset)
-        differences[role] = largest_difference(model, onnx_model, check_inputs(tuple(manifest.input_shape)))
+        differences[role] = largest_difference(model, onnx_model, inputs)
         if differences[role] > tolerance:
             raise ConversionMismatchError(
                 f"{entry.tag} converted to ONNX differs from Keras by {differences[role]:.2e} > {tolerance:.0e}"
