@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from training.augmentation import augment_pair
+from training.augmentation import FLAIR_CHANNEL, augment_pair
 from training.preprocessing import MODEL_INPUT_SIZE, preprocess_slice
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
@@ -193,8 +193,17 @@ class SliceBatches(keras.utils.PyDataset):
     """Batches of preprocessed slices for Keras `fit`/`predict`.
 
     `target` chooses what the model learns: "label" (tumor present, shape (B, 1)) for the classifier, "mask" (shape
-    (B, 256, 256, 1)) for the segmenter. `negatives_per_epoch` lets the segmenter see every tumor slice each epoch
-    plus a fresh random sample of tumor-free slices, so it learns to draw nothing without drowning in empty masks.
+    (B, S, S, 1)) for the segmenter. `negatives_per_epoch` lets the segmenter see every tumor slice each epoch plus
+    a fresh sample of tumor-free slices, so it learns to draw nothing without drowning in empty masks.
+
+    `crop_size` trains the (fully convolutional) segmenter on S x S crops instead of whole slices: four times
+    cheaper at 128, so many more epochs fit on a CPU, while it still serves whole 256 x 256 slices. Tumor slices
+    are cropped around a random tumor pixel (`tumor_crop_fraction` of the time, otherwise anywhere in the brain),
+    tumor-free ones around the spot where the segmenter last fired (`hard_negatives`, filled in by
+    `training.validation.HardNegativeMiner`) or anywhere in the brain.
+
+    Randomness comes from (`seed`, epoch, position), never from a running generator, so a run resumed at epoch k
+    sees exactly the batches an uninterrupted run would have seen.
     """
 
     def __init__(
@@ -206,50 +215,96 @@ class SliceBatches(keras.utils.PyDataset):
         shuffle: bool = False,
         negatives_per_epoch: int | None = None,
         seed: int = 0,
+        crop_size: int | None = None,
+        tumor_crop_fraction: float = 0.8,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if target not in ("label", "mask"):
             raise ValueError(f"target must be 'label' or 'mask'; got {target!r}")
+        if crop_size is not None and not 32 <= crop_size <= MODEL_INPUT_SIZE:
+            raise ValueError(f"crop_size must be between 32 and {MODEL_INPUT_SIZE}; got {crop_size}")
         self.arrays = arrays
         self.target = target
         self.batch_size = batch_size
         self.augment = augment
         self.shuffle = shuffle
         self.negatives_per_epoch = negatives_per_epoch
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.crop_size = crop_size
+        self.tumor_crop_fraction = tumor_crop_fraction
+        self.epoch = 0
         labels = arrays.labels
         self._positives = np.flatnonzero(labels > 0)
         self._negatives = np.flatnonzero(labels == 0)
+        # Slice index -> (row, column) where the segmenter last drew a mask on that tumor-free slice.
+        self.hard_negatives: dict[int, tuple[int, int]] = {}
         self.indices = self._epoch_indices()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Move to `epoch` (0-based): the sample of slices and every augmentation follow from it."""
+        self.epoch = epoch
+        self.indices = self._epoch_indices()
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, *key])
+
     def _epoch_indices(self) -> np.ndarray:
+        rng = self._rng()
         if self.negatives_per_epoch is None:
             indices = np.arange(len(self.arrays.images))
         else:
             count = min(self.negatives_per_epoch, len(self._negatives))
-            sampled = self.rng.choice(self._negatives, size=count, replace=False)
-            indices = np.sort(np.concatenate([self._positives, sampled]))
+            # Up to half of the tumor-free sample are slices where the segmenter fired (hard negatives).
+            hard = np.array(sorted(self.hard_negatives), dtype=np.int64)
+            hard = rng.permutation(hard)[: count // 2]
+            rest = np.setdiff1d(self._negatives, hard)
+            sampled = rng.choice(rest, size=min(count - len(hard), len(rest)), replace=False)
+            indices = np.sort(np.concatenate([self._positives, hard, sampled]))
         if self.shuffle:
-            self.rng.shuffle(indices)
+            rng.shuffle(indices)
         return indices
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
 
     def __getitem__(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
-        chosen = self.indices[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-        images = self.arrays.images[chosen]
-        masks = self.arrays.masks[chosen]
-        if self.augment:
-            pairs = [augment_pair(image, mask, self.rng) for image, mask in zip(images, masks, strict=True)]
-            images = np.stack([pair[0] for pair in pairs])
-            masks = np.stack([pair[1] for pair in pairs])
-        inputs = np.stack([preprocess_slice(image) for image in images])
+        start = batch_index * self.batch_size
+        chosen = self.indices[start : start + self.batch_size]
+        inputs, masks = [], []
+        for position, index in enumerate(chosen, start=start):
+            image, mask = self.arrays.images[index], self.arrays.masks[index]
+            rng = self._rng(position)
+            if self.augment:
+                image, mask = augment_pair(image, mask, rng)
+            # Preprocess the whole slice, then crop: a crop keeps the scale the model sees when serving.
+            model_input = preprocess_slice(image)
+            if self.crop_size is not None:
+                window = self._crop_window(index, image, mask, rng)
+                model_input, mask = model_input[window], mask[window]
+            inputs.append(model_input)
+            masks.append(mask)
+        inputs, masks = np.stack(inputs), np.stack(masks)
         if self.target == "mask":
             return inputs, masks[..., None].astype(np.float32)
         labels = (masks.reshape(len(masks), -1).max(axis=1) > 0).astype(np.float32)
         return inputs, labels[:, None]
 
+    def _crop_window(
+        self, index: int, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[slice, slice]:
+        if mask.any() and rng.random() < self.tumor_crop_fraction:
+            candidates = np.argwhere(mask > 0)
+            centre = candidates[rng.integers(len(candidates))]
+        elif index in self.hard_negatives:
+            centre = np.array(self.hard_negatives[index])
+        else:
+            # Anywhere with signal in FLAIR: a crop of empty background teaches nothing.
+            candidates = np.argwhere(image[:, :, FLAIR_CHANNEL] > 10)
+            centre = candidates[rng.integers(len(candidates))] if len(candidates) else np.array([128, 128])
+        jitter = rng.integers(-self.crop_size // 4, self.crop_size // 4 + 1, size=2)
+        top, left = np.clip(centre + jitter - self.crop_size // 2, 0, MODEL_INPUT_SIZE - self.crop_size)
+        return slice(top, top + self.crop_size), slice(left, left + self.crop_size)
+
     def on_epoch_end(self) -> None:
-        self.indices = self._epoch_indices()
+        self.set_epoch(self.epoch + 1)

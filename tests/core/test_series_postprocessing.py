@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.core.series_postprocessing import drop_small_components
+
+
+def empty_series(slices: int = 5) -> np.ndarray:
+    return np.zeros((slices, 32, 32), dtype=bool)
+
+
+def test_blob_spanning_adjacent_slices_is_kept_and_isolated_small_blob_dropped():
+    masks = empty_series()
+    masks[1:4, 10:16, 10:16] = True  # 3 slices x 36 pixels = 108 voxels
+    masks[4, 25:28, 25:28] = True  # 9 voxels, alone on the last slice
+    cleaned = drop_small_components(masks, min_voxels=50)
+    np.testing.assert_array_equal(cleaned[1:4], masks[1:4])
+    assert not cleaned[4].any()
+
+
+def test_blobs_touching_diagonally_across_slices_are_one_component():
+    masks = empty_series()
+    masks[1, 5:9, 5:9] = True  # 16 voxels
+    masks[2, 9:13, 9:13] = True  # 16 voxels, touching the first only by a corner on the next slice
+    np.testing.assert_array_equal(drop_small_components(masks, min_voxels=30), masks)
+    assert not drop_small_components(masks, min_voxels=33).any()
+
+
+def test_single_slice_is_untouched():
+    masks = np.zeros((1, 32, 32), dtype=bool)
+    masks[0, 3:5, 3:5] = True
+    np.testing.assert_array_equal(drop_small_components(masks, min_voxels=1000), masks)
+
+
+def test_zero_minimum_keeps_everything_and_input_is_not_modified():
+    masks = empty_series()
+    masks[2, 0, 0] = True
+    before = masks.copy()
+    np.testing.assert_array_equal(drop_small_components(masks, min_voxels=0), masks)
+    drop_small_components(masks, min_voxels=5)
+    np.testing.assert_array_equal(masks, before)
+
+
+@pytest.mark.parametrize(
+    ("masks", "min_voxels", "message"), [(np.zeros((4, 4)), 1, "shape"), (empty_series(), -1, ">= 0")]
+)
+def test_bad_arguments_are_refused(masks, min_voxels, message):
+    with pytest.raises(ValueError, match=message):
+        drop_small_components(masks, min_voxels)

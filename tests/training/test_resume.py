@@ -1,0 +1,63 @@
+"""A run interrupted and resumed ends with the same weights as the same run left alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from training import train
+from training.run_state import load_saved_model
+
+
+def run_arguments(dev_layout, split, output_dir) -> list[str]:
+    return [
+        "--model",
+        "segmenter",
+        "--data-root",
+        str(dev_layout),
+        "--split",
+        str(split),
+        "--output-dir",
+        str(output_dir),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--crop-size",
+        "64",
+        "--negatives-per-epoch",
+        "2",
+        "--hard-negative-every",
+        "1",
+        "--no-jit-compile",
+    ]
+
+
+def test_resumed_run_matches_uninterrupted_run(dev_layout, tmp_path):
+    split = tmp_path / "split.json"
+    train.main(run_arguments(dev_layout, split, tmp_path / "whole"))
+    # A time budget of almost nothing stops the run after its first epoch, as an interruption would.
+    train.main([*run_arguments(dev_layout, split, tmp_path / "interrupted"), "--max-minutes", "0.00001"])
+    interrupted_state = json.loads((tmp_path / "interrupted" / "state.json").read_text())
+    assert interrupted_state["epochs_done"] == 1
+    train.main(["--resume", str(tmp_path / "interrupted")])
+
+    whole = load_saved_model(tmp_path / "whole")
+    resumed = load_saved_model(tmp_path / "interrupted")
+    assert json.loads((tmp_path / "interrupted" / "state.json").read_text())["epochs_done"] == 2
+    for expected, actual in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+    # The optimizer went on from its saved state (step count, moments), not from scratch.
+    assert int(resumed.optimizer.iterations) == int(whole.optimizer.iterations) > 0
+    history = (tmp_path / "interrupted" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
+    assert "train_slices_per_second" in history[0] and "val_volume_dice" in history[0]
+
+
+def test_resume_of_a_folder_without_a_run_is_refused(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(tmp_path)])
+    assert "no arguments.json there" in capsys.readouterr().err
