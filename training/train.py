@@ -128,6 +128,8 @@ def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBat
         negatives_per_epoch=args.negatives_per_epoch if segmenter else None,
         seed=args.seed,
         crop_size=args.crop_size if segmenter and args.crop_size else None,
+        # Threads preparing batches: on a GPU, augmentation on one core cannot keep up with the model.
+        workers=args.workers,
     )
 
 
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="XLA-compile the training step (about 20 %% faster on CPU, after a compile of a minute or two)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="threads preparing batches (more on a GPU machine)")
     parser.add_argument("--seed", type=int, default=2019)
     parser.add_argument("--verbose", action="store_true")
     return parser
