@@ -4,9 +4,9 @@ One pass:
 
 1. list MR series (Orthanc REST ``/tools/find``; optionally only those whose Series Description matches a wildcard),
    skipping series Orthanc does not yet call stable (instances may still be arriving) and series already recorded;
-2. fetch each remaining series' instances (``/instances/{id}/file``), read them with `app.dicom_input`, run the
-   predictor slice by slice (each MR series alone, as FLAIR);
-3. when the classifier is positive on at least one slice, build one SEG for the series (`app.dicom_seg`) and store it
+2. fetch each remaining series' instances (``/instances/{id}/file``) and predict them as one series through the
+   prediction flow the API uses (`app.prediction`; each MR series alone, as FLAIR);
+3. when the classifier is positive on at least one slice, that flow builds one SEG for the series, which is stored
    with DICOMweb STOW-RS (Orthanc's DICOMweb plugin, through dicomweb-client);
 4. record the outcome on the source series as Orthanc user-defined metadata `SYNC_METADATA` (a JSON object: positive,
    negative or failed, the models, the SEG's SOP Instance UID).
@@ -24,6 +24,7 @@ as failed so it is not fetched again every pass. Logs name series by their Ortha
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import time
@@ -37,11 +38,12 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from app.dicom_input import prepare_inputs, read_dicom
-from app.dicom_seg import DEFAULT_BATCH_SIZE, MANUFACTURER, segment_series, software_version
+from app.dicom_input import DEFAULT_MAX_DICOM_PIXELS
+from app.dicom_seg import MANUFACTURER, software_version
 from app.errors import ServiceError
-from app.imaging import DEFAULT_MAX_IMAGE_PIXELS
 from app.inference import Predictor
+from app.prediction import PredictionService, predictor_runner
+from app.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +107,11 @@ class PacsSyncConfig:
     password: str | None = None
     series_filter: str = ""
     poll_seconds: float = 30.0
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int = DEFAULT_MAX_DICOM_PIXELS
     retries: int = 4
     backoff_seconds: float = 0.5
     timeout_seconds: float = 30.0
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int = 32
     require_stable: bool = True
 
     def __post_init__(self) -> None:
@@ -320,13 +322,15 @@ def process_series(client: OrthancClient, predictor: Predictor, series: dict[str
         client.write_sync_record(series_id, record)
         logger.info("series already segmented", extra={"fields": {"orthanc_series": series_id}})
         return STATUS_POSITIVE
+    service = PredictionService(
+        predictor,
+        predictor_runner(predictor, client.config.batch_size),
+        UploadLimits(max_dicom_pixels=client.config.max_image_pixels),
+        offload=False,
+    )
     try:
-        frames = [
-            frame
-            for instance_id in series["Instances"]
-            for frame in read_dicom(client.instance_file(str(instance_id)), client.config.max_image_pixels)
-        ]
-        result = segment_series(predictor, prepare_inputs(frames), batch_size=client.config.batch_size)
+        files = [client.instance_file(str(instance_id)) for instance_id in series["Instances"]]
+        result = asyncio.run(service.predict_dicom(files, build_seg=True, strict=True)).result
     except ServiceError as error:  # the DICOM itself is refused: retrying would fail the same way
         record.update(status=STATUS_FAILED, error=error.to_dict())
         client.write_sync_record(series_id, record)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.cli import main
-from app.model_store import ModelStoreError
+from app.core.model_store import ModelStoreError
 from app.settings import Settings
 from tests.api.utils import decode_png_mask, decode_rle, running_client, upload
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir

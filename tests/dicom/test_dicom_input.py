@@ -17,17 +17,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from app.dicom_input import (
+from app.dicom_input import is_dicom, read_dicom
+from app.dicom_series import normalise_volume, prepare_inputs
+from app.errors import (
     DicomWithoutPixelDataError,
+    ErrorKind,
+    ImageTooLargeError,
     InvalidDicomImageError,
     UndecodableDicomError,
     UnsupportedDicomError,
-    is_dicom,
-    normalise_volume,
-    prepare_inputs,
-    read_dicom,
 )
-from app.errors import ErrorKind, ImageTooLargeError
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import (
     FLAIR,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.dicom_seg import read_segmentation_masks
+from app.dicom_seg_reader import read_segmentation_masks
 from tests.api.utils import decode_rle
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
