@@ -76,7 +76,7 @@ def predict(args: argparse.Namespace) -> int:
     try:
         answer = asyncio.run(service.predict_files(uploads, args.mask_format))
     except ServiceError as error:  # the request as a whole: mixed DICOM and images, frames that form no series
-        print(json.dumps({"error": error.to_dict()}, indent=2))
+        print(json.dumps(error.body(), indent=2))
         return 1
     if isinstance(answer, BatchAnswer):
         results = [

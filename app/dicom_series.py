@@ -71,7 +71,7 @@ def read_series(uploads: Sequence[bytes | ServiceError], max_pixels: int) -> Ser
 
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The model batch (`pipeline.model_input`, as for raster uploads) and the original size of each slice."""
+    """The model batch (`app.uploads.model_input`, as for raster uploads) and the original size of each slice."""
     batch = np.stack([model_input(slice_input.image) for slice_input in inputs])
     return batch, [(int(item.image.shape[0]), int(item.image.shape[1])) for item in inputs]
 

@@ -10,6 +10,11 @@ from enum import StrEnum
 from typing import ClassVar
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The body every error is reported in, over HTTP and on the command line: `{"error": {"code", "message"}}`."""
+    return {"error": {"code": code, "message": message}}
+
+
 class ErrorKind(StrEnum):
     """What sort of failure an error is, independent of the transport that reports it."""
 
@@ -35,6 +40,9 @@ class ServiceError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+    def body(self) -> dict[str, dict[str, str]]:
+        return error_body(self.code, self.message)
 
 
 class EmptyFileError(ServiceError):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.dicom_seg import software_version
-from app.errors import ServiceError
+from app.errors import ServiceError, error_body
 from app.inference import Predictor
 from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
 from app.prediction import PredictionService, predictor_runner
@@ -230,14 +230,14 @@ def main(args: argparse.Namespace, settings: SettingsLike | None = None) -> int:
     try:
         config = config_from_args(args, settings)
     except ValueError as error:
-        print(json.dumps({"error": {"code": "invalid_configuration", "message": str(error)}}))
+        print(json.dumps(error_body("invalid_configuration", str(error))))
         return 2
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
     predictor.warm_up()
     try:
         report = run_pacs_sync(config, predictor, once=args.once)
     except OrthancError as error:
-        print(json.dumps({"error": {"code": "orthanc_unavailable", "message": str(error)}}))
+        print(json.dumps(error_body("orthanc_unavailable", str(error))))
         return 1
     except KeyboardInterrupt:
         return 0

@@ -3,7 +3,7 @@
 Raster or DICOM, one slice or a series: decode (`app.uploads`; DICOM through `app.dicom_series`) -> the models (a
 `ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and pacs-sync) -> the DICOM SEG and
 the tumor volume for a series -> payloads (`app.payloads`). No HTTP here: failures are `app.errors.ServiceError`s.
-CPU work runs in worker threads, so the service's event loop stays free while it happens.
+In the service the CPU work runs in worker threads, so the event loop stays free while it happens (`offload`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ class Models(Protocol):
     def model_tags(self) -> dict[str, str]: ...
 
 
+class PreprocessedPredictor(Protocol):
+    """`app.inference.Predictor.predict_preprocessed`: the gated models on a preprocessed batch."""
+
+    def predict_preprocessed(
+        self, batch: np.ndarray | None, sizes: Sequence[tuple[int, int]]
+    ) -> list[SlicePrediction]: ...
+
+
 def batcher_runner(batcher: MicroBatcher, timeout_seconds: float) -> ModelRunner:
     """The service's runner: slices join other requests' in the micro-batcher."""
 
@@ -67,14 +75,6 @@ def predictor_runner(predictor: PreprocessedPredictor, batch_size: int) -> Model
         return predictions
 
     return run
-
-
-class PreprocessedPredictor(Protocol):
-    """`app.inference.Predictor.predict_preprocessed`: the gated models on a preprocessed batch."""
-
-    def predict_preprocessed(
-        self, batch: np.ndarray | None, sizes: Sequence[tuple[int, int]]
-    ) -> list[SlicePrediction]: ...
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError
+from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError, error_body
 from app.security import retry_after_header
 
 logger = logging.getLogger(__name__)
@@ -55,16 +55,12 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
 _SHORT_INPUT = 80
 
 
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
-
-
 def service_error_response(error: ServiceError) -> JSONResponse:
     headers = None
     if error.retry_after_seconds is not None:
         headers = {"Retry-After": retry_after_header(error.retry_after_seconds)}
     return JSONResponse(
-        error_body(error.code, error.message), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
+        error.body(), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
     )
 
 
