@@ -30,10 +30,10 @@ RUN python /tmp/requirements_from_pyproject.py pyproject.toml --tensorflow "${TE
     && pip install --no-cache-dir -r /tmp/requirements.txt
 
 # Editable, as `make serve` installs it: the service finds models/ from its source tree, so the image keeps the
-# repository layout under /app and the same code paths run in and out of the container.
+# repository layout under /app and the same code paths run in and out of the container. No training/: the service
+# imports only app/ (what it shares with training lives in app/core; tests/core/test_import_graph.py checks it).
 COPY README.md LICENSE ./
 COPY app ./app
-COPY training ./training
 RUN pip install --no-cache-dir --no-deps -e .
 
 

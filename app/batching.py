@@ -25,8 +25,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from app.core.gate import classifier_positive
 from app.errors import InferenceTimeoutError, OverloadedError, TooManySlicesError
 from app.inference import SlicePrediction
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +111,9 @@ class MicroBatcher:
     def __init__(
         self,
         models: GatedModels,
-        max_batch_size: int = 16,
+        max_batch_size: int = Settings.model_fields["inference_batch_size"].default,
         max_wait_seconds: float = 0.0,
-        max_queued_slices: int = 256,
+        max_queued_slices: int = Settings.model_fields["inference_queue_slices"].default,
         on_queue_change: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queued_slices < 1 or max_wait_seconds < 0:
@@ -247,11 +249,11 @@ class MicroBatcher:
         except Exception as error:  # a model failure fails these jobs, not the worker
             self._fail(jobs, error, len(inputs))
             return
-        threshold = self._models.classifier_threshold
+        positive = classifier_positive(probabilities, self._models.classifier_threshold)
         slots = ((job, index) for job in jobs for index in range(len(job)))
         answered = 0
-        for (job, index), probability in zip(slots, probabilities.tolist(), strict=True):
-            if probability >= threshold:
+        for (job, index), probability, is_positive in zip(slots, probabilities.tolist(), positive, strict=True):
+            if is_positive:
                 self._positives.append(_Positive(job, index, probability))
             else:
                 job.answer(index, SlicePrediction(probability=probability, detected=False, mask=None))

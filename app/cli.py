@@ -1,7 +1,7 @@
 """The `brain-tumor` command: serve the API, predict files offline, train and evaluate models.
 
 brain-tumor serve                         # HOST:PORT from the environment (default 127.0.0.1:8000)
-brain-tumor predict slice.png [--masks-dir masks/] [--mask-format both]
+brain-tumor predict slice.png [--masks-dir masks/] [--mask-format both]   # or DICOM files of one series
 brain-tumor train --model segmenter --data-root ../shared/lgg/kaggle_3m_dev --output-dir runs/segmenter
 brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights ... --segmenter-weights ...
 """
@@ -9,6 +9,7 @@ brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weight
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import json
 import signal
@@ -57,31 +58,73 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Same decoding, preprocessing, models and JSON as `POST /v1/predict/batch`; exit 1 if any file failed."""
+    """The API's flow and JSON, offline: PNG/JPEG/TIFF files as `POST /v1/predict/batch` answers them one result per
+    file, DICOM files as one series with one result per slice; exit 1 if any file failed."""
     from app.inference import Predictor
-    from app.masks import png_bytes
-    from app.pipeline import UploadLimits, predict_uploads, slice_payload
+    from app.prediction import BatchAnswer, PredictionService, predictor_runner
+    from app.uploads import UploadLimits
 
     settings = get_settings()
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
+    service = PredictionService(
+        predictor,
+        predictor_runner(predictor, settings.inference_batch_size),
+        UploadLimits.from_settings(settings),
+        offload=False,
+    )
     uploads = [_read_file(Path(path)) for path in args.files]
-    outcomes = predict_uploads(predictor, uploads, UploadLimits.from_settings(settings))
-    results = []
-    for index, (path, outcome) in enumerate(zip(args.files, outcomes, strict=True)):
-        if isinstance(outcome, ServiceError):
-            results.append({"index": index, "file": path, "ok": False, "error": outcome.to_dict()})
-            continue
-        payload = slice_payload(outcome, predictor.classifier_threshold, args.mask_format)
-        item = {"index": index, "file": path, "ok": True, "prediction": payload.model_dump(mode="json")}
-        if args.masks_dir and outcome.mask is not None:
-            # The index keeps masks of same-named files from different folders apart.
-            target = Path(args.masks_dir) / f"{index:04d}_{Path(path).stem}_mask.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(png_bytes(outcome.mask))
-            item["mask_file"] = str(target)
-        results.append(item)
-    print(json.dumps({"results": results, "models": predictor.model_tags}, indent=2))
-    return 1 if any(not result["ok"] for result in results) else 0
+    try:
+        answer = asyncio.run(service.predict_files(uploads, args.mask_format))
+    except ServiceError as error:  # the request as a whole: mixed DICOM and images, frames that form no series
+        print(json.dumps(error.body(), indent=2))
+        return 1
+    if isinstance(answer, BatchAnswer):
+        results = [
+            _result(args, {"index": index, "file": path}, prediction, payload)
+            for index, (path, prediction, payload) in enumerate(
+                zip(args.files, answer.predictions, answer.outcomes, strict=True)
+            )
+        ]
+        print(json.dumps({"results": results, "models": predictor.model_tags}, indent=2))
+        return 1 if any(not result["ok"] for result in results) else 0
+    slices = [
+        _result(
+            args,
+            {"index": index, "sop_instance_uid": item.sop_instance_uid, "frame_number": item.frame_number},
+            prediction,
+            item.prediction,
+        )
+        for index, (item, prediction) in enumerate(zip(answer.slices or [], answer.result.predictions, strict=True))
+    ]
+    failures = [
+        {"index": position, "file": args.files[position], "ok": False, "error": error.to_dict()}
+        for position, error in sorted(answer.file_errors.items())
+    ]
+    series = {"tumor_detected": answer.result.tumor_detected, "tumor_volume_ml": answer.result.tumor_volume_ml}
+    print(
+        json.dumps(
+            {"series": series, "results": slices, "file_errors": failures, "models": predictor.model_tags}, indent=2
+        )
+    )
+    return 1 if failures else 0
+
+
+def _result(args: argparse.Namespace, item: dict, prediction: object, payload: object) -> dict:
+    """One file's (or DICOM slice's) entry; with --masks-dir a positive's mask is written as a PNG beside it."""
+    from app.masks import png_bytes
+
+    if isinstance(payload, ServiceError):
+        return {**item, "ok": False, "error": payload.to_dict()}
+    item = {**item, "ok": True, "prediction": payload.model_dump(mode="json")}
+    mask = getattr(prediction, "mask", None)
+    if args.masks_dir and mask is not None:
+        # The index keeps masks of same-named files from different folders apart.
+        stem = Path(item["file"]).stem if "file" in item else "slice"
+        target = Path(args.masks_dir) / f"{item['index']:04d}_{stem}_mask.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(png_bytes(mask))
+        item["mask_file"] = str(target)
+    return item
 
 
 def _read_file(path: Path) -> bytes | ServiceError:
@@ -124,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.set_defaults(run=serve)
 
     predict_parser = commands.add_parser("predict", help="predict image files offline (JSON on stdout)")
-    predict_parser.add_argument("files", nargs="+", help="PNG, JPEG or TIFF slices")
+    predict_parser.add_argument("files", nargs="+", help="PNG, JPEG or TIFF slices, or the DICOM files of one series")
     predict_parser.add_argument("--masks-dir", default=None, help="write <stem>_mask.png here for each positive")
     predict_parser.add_argument("--mask-format", type=schemas.MaskFormat, default=schemas.MaskFormat.RLE)
     predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")

@@ -1,13 +1,9 @@
-"""Reading DICOM Part 10 uploads into model-ready uint8 slices, keeping what a DICOM SEG needs to refer back.
+"""Decoding DICOM Part 10 uploads into frames: modality values plus what a DICOM SEG needs to refer back.
 
-Two steps, so that intensities can be normalised over a whole series before slices are paired into channels:
-
-1. `read_dicom` turns one file into `DicomFrame`s (one per frame): the modality values (Rescale Slope / Intercept or
-   the Modality LUT applied first, BitsStored and signed pixels honoured by pydicom, MONOCHROME1 inverted so that a
-   higher value always means more signal), the frame's geometry and the instance's header without its pixel data.
-2. `prepare_inputs` normalises the frames of each series to uint8 (`normalise_volume`) and groups frames that lie at
-   the same position into one model input (`SliceInput`): alone it is FLAIR, three together are pre-contrast, FLAIR,
-   post-contrast in the order they were given.
+`read_dicom` turns one file into `DicomFrame`s (one per frame): the modality values (Rescale Slope / Intercept or the
+Modality LUT applied first, BitsStored and signed pixels honoured by pydicom, MONOCHROME1 inverted so that a higher
+value always means more signal), the frame's geometry and the instance's header without its pixel data. Grouping
+frames into model inputs is `app.dicom_series`'s job.
 
 A file is recognised by its 128-byte preamble followed by ``DICM`` (`is_dicom`), never by its name. Failures are
 `app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient attributes.
@@ -26,8 +22,15 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
-from app.errors import ErrorKind, ImageTooLargeError, ServiceError
-from app.imaging import DEFAULT_MAX_IMAGE_PIXELS
+from app.errors import (
+    DicomWithoutPixelDataError,
+    ImageTooLargeError,
+    InvalidDicomImageError,
+    ServiceError,
+    UndecodableDicomError,
+    UnsupportedDicomError,
+)
+from app.settings import Settings
 
 DICOM_PREAMBLE_LENGTH = 128
 DICOM_MAGIC = b"DICM"
@@ -44,38 +47,7 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
 }
 MONOCHROME_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-CHANNEL_ORDER = ("pre-contrast", "FLAIR", "post-contrast")
-# Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
-POSITION_TOLERANCE_MM = 0.01
 UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-class UndecodableDicomError(ServiceError):
-    """The file starts like DICOM, but it is truncated or corrupt, or its pixel data does not decode."""
-
-    code = "undecodable_dicom"
-    kind = ErrorKind.INVALID_INPUT
-
-
-class UnsupportedDicomError(ServiceError):
-    """A DICOM object we do not read: a non-image or non-MR SOP class, or a transfer syntax without a decoder."""
-
-    code = "unsupported_dicom"
-    kind = ErrorKind.UNSUPPORTED_TYPE
-
-
-class DicomWithoutPixelDataError(ServiceError):
-    """An image SOP class whose dataset carries no pixel data (e.g. a header-only export)."""
-
-    code = "dicom_without_pixel_data"
-    kind = ErrorKind.INVALID_INPUT
-
-
-class InvalidDicomImageError(ServiceError):
-    """The pixels decode but cannot be a slice (colour, several samples), or instances do not group into slices."""
-
-    code = "invalid_dicom_image"
-    kind = ErrorKind.INVALID_INPUT
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,33 +100,15 @@ class DicomFrame:
         return "NumberOfFrames" in self.header
 
 
-@dataclass(frozen=True, eq=False)
-class SliceInput:
-    """One model input made of DICOM frames at the same position.
-
-    Attributes
-    ----------
-    image
-        uint8 HxW (one frame, taken as FLAIR) or HxWx3 (pre-contrast, FLAIR, post-contrast).
-    channels
-        The frames the image was made of, in request order: one, or three as `CHANNEL_ORDER`.
-    """
-
-    image: np.ndarray
-    channels: tuple[DicomFrame, ...]
-
-    @property
-    def reference(self) -> DicomFrame:
-        """The FLAIR frame: the one a DICOM SEG frame refers to (the models segment the FLAIR abnormality)."""
-        return self.channels[0] if len(self.channels) == 1 else self.channels[1]
-
-
 def is_dicom(data: bytes) -> bool:
     """True if `data` is a DICOM Part 10 file: a 128-byte preamble followed by ``DICM``."""
     return data[DICOM_PREAMBLE_LENGTH : DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)] == DICOM_MAGIC
 
 
-def read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[DicomFrame]:
+DEFAULT_MAX_DICOM_PIXELS: int = Settings.model_fields["max_dicom_pixels"].default
+
+
+def read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_DICOM_PIXELS) -> list[DicomFrame]:
     """Read one DICOM Part 10 file into its frames.
 
     Checks run cheapest first: the Part 10 marker, the SOP class, the presence of pixel data, the photometric
@@ -211,85 +165,6 @@ def read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[
         if keyword in dataset:
             delattr(dataset, keyword)  # the header is kept per frame: no need to hold the encoded pixels twice
     return [_frame(dataset, values[index], index, frames) for index in range(frames)]
-
-
-def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Map the modality values of frames of one series to uint8 with one min/max stretch over all of them.
-
-    Why this rule: the kaggle_3m slices the models learned from were made per patient and per sequence by a min/max
-    stretch of the whole volume to 0..255. Measured on the development pool, every volume's minimum is 0 and its
-    maximum 247..255 while single slices peak at about 195 (median), and no pixel sits at 255 in bulk; a per-slice
-    stretch would make slices brighter than training ones, and a percentile stretch would saturate pixels that
-    training never saw saturated. So frames of one series are stretched together, exactly like the dataset; a
-    single slice sent alone can only be stretched over itself (brighter than in training: send whole series for the
-    closest match). A constant volume becomes 0.
-
-    Parameters
-    ----------
-    volume
-        HxW float arrays of one series (any sizes).
-
-    Returns
-    -------
-    list of numpy.ndarray
-        uint8 HxW arrays, in the same order.
-    """
-    if not volume:
-        return []
-    low = min(float(np.min(values)) for values in volume)
-    high = max(float(np.max(values)) for values in volume)
-    span = high - low
-    if not np.isfinite(span) or span <= 0:
-        return [np.zeros(values.shape, dtype=np.uint8) for values in volume]
-    scale = 255.0 / span
-    return [np.rint((values.astype(np.float64) - low) * scale).clip(0, 255).astype(np.uint8) for values in volume]
-
-
-def prepare_inputs(frames: Sequence[DicomFrame]) -> list[SliceInput]:
-    """Normalise frames per series and group those at the same position into model inputs.
-
-    Grouping rule: frames sharing Frame of Reference UID, Image Position (Patient) (within `POSITION_TOLERANCE_MM`)
-    and Image Orientation (Patient) are one slice. A slice of one frame is FLAIR (the model gets it in all three
-    channels, as the dataset does for missing sequences). A slice of three frames, from three different series, is
-    pre-contrast, FLAIR, post-contrast in the order the frames were given (file order in the request, then frame
-    order). Any other count is refused. Frames without a position are always a slice of their own.
-
-    Parameters
-    ----------
-    frames
-        Frames from `read_dicom`, in request order.
-
-    Returns
-    -------
-    list of SliceInput
-        In the order each slice first appears in `frames`.
-
-    Raises
-    ------
-    InvalidDicomImageError
-        If a position holds 2 or more than 3 frames, three frames there do not come from three series, or the
-        frames of a slice differ in size.
-    """
-    normalised: dict[int, np.ndarray] = {}
-    by_series: dict[str, list[int]] = {}
-    for index, frame in enumerate(frames):
-        by_series.setdefault(frame.series_instance_uid, []).append(index)
-    for indices in by_series.values():
-        for index, image in zip(indices, normalise_volume([frames[i].values for i in indices]), strict=True):
-            normalised[index] = image
-
-    groups: dict[tuple, list[int]] = {}
-    for index, frame in enumerate(frames):
-        groups.setdefault(_position_key(frame, index), []).append(index)
-
-    inputs = []
-    for indices in groups.values():
-        members = tuple(frames[i] for i in indices)
-        _check_group(members)
-        images = [normalised[i] for i in indices]
-        image = images[0] if len(images) == 1 else np.stack(images, axis=-1)
-        inputs.append(SliceInput(image=image, channels=members))
-    return inputs
 
 
 def _check_complete(dataset: Dataset) -> None:
@@ -439,32 +314,3 @@ def _frame(dataset: Dataset, values: np.ndarray, index: int, frames: int) -> Dic
         slice_thickness=thickness[0] if thickness else None,
         spacing_between_slices=between[0] if between else None,
     )
-
-
-def _position_key(frame: DicomFrame, index: int) -> tuple:
-    if frame.image_position is None:
-        return ("unplaced", index)
-    position = tuple(round(value / POSITION_TOLERANCE_MM) for value in frame.image_position)
-    orientation = tuple(round(value, 4) for value in frame.image_orientation or ())
-    return (frame.frame_of_reference_uid, position, orientation)
-
-
-def _check_group(members: tuple[DicomFrame, ...]) -> None:
-    position = members[0].image_position
-    if len(members) not in (1, 3):
-        raise InvalidDicomImageError(
-            f"frames at one slice position must be 1 (FLAIR) or 3 ({', '.join(CHANNEL_ORDER)}); "
-            f"got {len(members)} at position {position}"
-        )
-    if len(members) == 3:
-        series = {member.series_instance_uid for member in members}
-        if len(series) != 3:
-            raise InvalidDicomImageError(
-                f"three frames at one slice position must come from three series ({', '.join(CHANNEL_ORDER)}); "
-                f"they come from {len(series)} series at position {position}"
-            )
-    sizes = {member.values.shape for member in members}
-    if len(sizes) != 1:
-        raise InvalidDicomImageError(
-            f"frames at one slice position must have the same rows x columns; got {sorted(sizes)} at {position}"
-        )

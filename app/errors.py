@@ -10,6 +10,11 @@ from enum import StrEnum
 from typing import ClassVar
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The body every error is reported in, over HTTP and on the command line: `{"error": {"code", "message"}}`."""
+    return {"error": {"code": code, "message": message}}
+
+
 class ErrorKind(StrEnum):
     """What sort of failure an error is, independent of the transport that reports it."""
 
@@ -35,6 +40,9 @@ class ServiceError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+    def body(self) -> dict[str, dict[str, str]]:
+        return error_body(self.code, self.message)
 
 
 class EmptyFileError(ServiceError):
@@ -126,3 +134,44 @@ class AuthenticationError(ServiceError):
 class RateLimitedError(ServiceError):
     code = "rate_limited"
     kind = ErrorKind.RATE_LIMITED
+
+
+class UndecodableDicomError(ServiceError):
+    """The file starts like DICOM, but it is truncated or corrupt, or its pixel data does not decode."""
+
+    code = "undecodable_dicom"
+    kind = ErrorKind.INVALID_INPUT
+
+
+class UnsupportedDicomError(ServiceError):
+    """A DICOM object we do not read: a non-image or non-MR SOP class, or a transfer syntax without a decoder."""
+
+    code = "unsupported_dicom"
+    kind = ErrorKind.UNSUPPORTED_TYPE
+
+
+class DicomWithoutPixelDataError(ServiceError):
+    """An image SOP class whose dataset carries no pixel data (e.g. a header-only export)."""
+
+    code = "dicom_without_pixel_data"
+    kind = ErrorKind.INVALID_INPUT
+
+
+class InvalidDicomImageError(ServiceError):
+    """The pixels decode but cannot be a slice (colour, several samples), or instances do not group into slices."""
+
+    code = "invalid_dicom_image"
+    kind = ErrorKind.INVALID_INPUT
+
+
+class MixedInputError(InvalidSliceError):
+    """DICOM and raster images in one request: they cannot form one series."""
+
+    code = "mixed_input"
+
+
+class SegmentationInputError(ServiceError):
+    """The slices cannot be covered by one DICOM SEG (e.g. they come from several series)."""
+
+    code = "invalid_segmentation_input"
+    kind = ErrorKind.INVALID_INPUT

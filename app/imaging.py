@@ -4,7 +4,7 @@ The type is judged by the file's magic bytes, never by its name or the declared 
 `UnsupportedMediaTypeError` (HTTP 415); known magic bytes with a body that does not decode are
 `UndecodableImageError` (HTTP 400). The pixel count is checked from the header, before any pixel data is decoded.
 
-The array returned here goes to `training.preprocessing.preprocess_slice`, the same transform training used.
+The array returned here goes to `app.core.preprocessing.preprocess_slice`, the same transform training used.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from app.errors import (
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
+from app.settings import Settings
 
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 
 
 class ImageFormat(StrEnum):

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.masks import probability_to_mask
-from app.model_store import Manifest, ModelEntry, ModelStoreError, load_model, read_manifest
-from training.preprocessing import MODEL_INPUT_SIZE, PREPROCESSING_ID, preprocess_slice
+from app.core.gate import gate, probability_to_mask
+from app.core.model_store import Manifest, ModelEntry, ModelStoreError, load_model, read_manifest
+from app.core.onnx_models import ModelFunction, convert_to_onnx, onnxruntime_function
+from app.core.preprocessing import INPUT_SHAPE, PREPROCESSING_ID, preprocess_slice
 
 if TYPE_CHECKING:
     import keras
 
 logger = logging.getLogger(__name__)
 
-INPUT_SHAPE = (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3)
 CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"
 RUNTIMES = ("keras", "onnxruntime")
@@ -74,9 +74,6 @@ def enable_gpu_memory_growth() -> int:
     return len(gpus)
 
 
-ModelFunction = Callable[[np.ndarray], np.ndarray]
-"""A compiled model: float32 batch (N, 256, 256, 3) in, numpy output out."""
-
 JAX_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -105,15 +102,13 @@ def load_for_inference(model_dir: str | Path, entry: ModelEntry, runtime: str = 
 def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFunction:
     """Compile a Keras model for inference: on the active Keras backend (tensorflow or jax), or with ONNX Runtime.
 
-    `runtime="onnxruntime"` converts the model with tf2onnx first (`training.export_onnx`); it needs TensorFlow and
+    `runtime="onnxruntime"` converts the model with tf2onnx first (`app.core.onnx_models`); it needs TensorFlow and
     the `train` extra.
     """
     import keras
 
     if runtime == "onnxruntime":
         try:
-            from training.export_onnx import convert_to_onnx
-
             return onnxruntime_function(convert_to_onnx(model))
         except ImportError as error:
             raise ModelStoreError(
@@ -128,35 +123,6 @@ def compile_for_inference(model: keras.Model, runtime: str = "keras") -> ModelFu
     if backend == "jax":
         return _jax_function(model)
     raise ModelStoreError(f"Keras backend {backend!r} is not supported for serving; use tensorflow or jax")
-
-
-def onnxruntime_function(model: bytes | Path) -> ModelFunction:
-    """Run an ONNX model (a file, or its serialized bytes) with ONNX Runtime on the CPU."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ModelStoreError(
-            f'INFERENCE_RUNTIME=onnxruntime needs onnxruntime ({error}); install it with pip install -e ".[onnx]"'
-        ) from error
-    options = onnxruntime.SessionOptions()
-    # No busy-waiting between model runs: in the service the event loop needs those cycles (on 2 cores, spinning
-    # threads halved what ONNX Runtime gained). No memory arena: it kept the largest batch's buffers for good.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_cpu_mem_arena = False
-    source = str(model) if isinstance(model, Path) else model
-    try:
-        session = onnxruntime.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types for unreadable or invalid graphs
-        raise ModelStoreError(f"ONNX Runtime cannot load the model: {error}") from error
-    input_name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        # One slice per run: ONNX Runtime on the 2-core CPU is fastest at batch 1 (`bench.model_limit`: segmenter
-        # 20.8 ms per slice at batch 1, 27.7 at 8, 29.9 at 16), while the micro-batcher still saves its per-batch work.
-        outputs = [session.run(None, {input_name: batch[index : index + 1]})[0] for index in range(len(batch))]
-        return np.concatenate(outputs) if outputs else session.run(None, {input_name: batch})[0]
-
-    return run
 
 
 def _tensorflow_function(model: keras.Model) -> ModelFunction:
@@ -293,7 +259,7 @@ class Predictor:
 
         Raises
         ------
-        training.preprocessing.InvalidImageError
+        app.core.preprocessing.InvalidImageError
             If an array is not an 8-bit slice.
         """
         batch = np.stack([preprocess_slice(image) for image in images]) if images else None
@@ -306,15 +272,16 @@ class Predictor:
         if batch.shape[0] != len(sizes):
             raise ValueError(f"batch holds {batch.shape[0]} slices but {len(sizes)} sizes were given")
         probabilities = self.classify(batch)
-        positive = np.flatnonzero(probabilities >= self.classifier_threshold)
-        masks: dict[int, np.ndarray] = {}
-        if positive.size:
-            # Only positives reach the segmenter: it costs more than the classifier and its output would be discarded.
-            positive_masks = self.masks(batch[positive], [sizes[index] for index in positive])
-            masks = dict(zip(positive.tolist(), positive_masks, strict=True))
+        masks = gate(
+            probabilities,
+            lambda positive: self.segment(batch[positive]),
+            sizes,
+            self.classifier_threshold,
+            self.mask_threshold,
+        )
         return [
-            SlicePrediction(probability=float(probability), detected=index in masks, mask=masks.get(index))
-            for index, probability in enumerate(probabilities)
+            SlicePrediction(probability=float(probability), detected=mask is not None, mask=mask)
+            for probability, mask in zip(probabilities, masks, strict=True)
         ]
 
     def masks(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:

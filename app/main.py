@@ -20,12 +20,14 @@ from app.api.middleware import AccessControlMiddleware, RequestContextMiddleware
 from app.api.routes import health, models, predict, web
 from app.audit import AuditLog
 from app.batching import MicroBatcher
+from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
 from app.inference import Predictor, enable_gpu_memory_growth
 from app.metrics import ServiceMetrics
-from app.model_store import ModelStoreError, read_manifest
+from app.prediction import PredictionService, batcher_runner
 from app.security import ApiKeyStore, RateLimiter
 from app.settings import Settings, get_settings
+from app.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,12 @@ async def load_models(app: FastAPI) -> None:
         on_queue_change=state.metrics.queue_depth.set,
     )
     state.batcher.start()
+    state.prediction_service = PredictionService(
+        predictor,
+        batcher_runner(state.batcher, state.settings.request_timeout_seconds),
+        UploadLimits.from_settings(state.settings),
+        on_predictions=lambda tally: state.metrics.record_predictions(tally.detected),
+    )
     state.ready = True
     state.metrics.ready.set(1)
     logger.info("models ready", extra={"fields": predictor.model_tags})
@@ -122,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manifest = None
     app.state.predictor = None
     app.state.batcher = None
+    app.state.prediction_service = None
     app.state.ready = False
     app.state.load_error = None
 

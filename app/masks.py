@@ -60,18 +60,3 @@ def bbox(mask: np.ndarray) -> list[int] | None:
         return None
     x, y = int(columns[0]), int(rows[0])
     return [x, y, int(columns[-1]) - x + 1, int(rows[-1]) - y + 1]
-
-
-def probability_to_mask(probability: np.ndarray, size: tuple[int, int], threshold: float) -> np.ndarray:
-    """Resize a model-resolution probability map to `size` (H, W), then threshold it (`>= threshold`).
-
-    Probabilities are interpolated linearly before thresholding, so the outline at the input's resolution is smooth
-    rather than the blocky upscale of a 256x256 binary mask.
-    """
-    probability = np.asarray(probability, dtype=np.float32)
-    if probability.ndim == 3:
-        probability = probability[:, :, 0]
-    height, width = size
-    if probability.shape != (height, width):
-        probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
-    return (probability >= threshold).astype(np.uint8)

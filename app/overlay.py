@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from app.core.outline import draw_outline as draw_mask_outline
+
 OUTLINE_RGB = (0, 255, 0)  # green: the kaggle_3m composite is mostly grey-magenta, so green stands out
 
 
@@ -20,9 +22,7 @@ def draw_outline(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         return canvas
     if mask.shape != canvas.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} must equal the image's height and width {canvas.shape[:2]}")
-    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    thickness = max(1, round(min(canvas.shape[:2]) / 256))
-    cv2.drawContours(canvas, contours, -1, OUTLINE_RGB, thickness)
+    draw_mask_outline(canvas, mask, OUTLINE_RGB, thickness=max(1, round(min(canvas.shape[:2]) / 256)))
     return canvas
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from app.model_store import Manifest, ModelEntry
+from app.core.model_store import Manifest, ModelEntry
 
 Size = Annotated[list[int], Field(min_length=2, max_length=2, description="[height, width] in pixels")]
 

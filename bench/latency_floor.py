@@ -3,7 +3,7 @@
     python -m bench.latency_floor --model-dir models
 
 Measures, each as the median of `--repeats` tries on this machine:
-1. decoding and preprocessing one slice of the benchmark mix (`app.pipeline.prepare_upload`, what the service runs
+1. decoding and preprocessing one slice of the benchmark mix (`app.uploads.prepare_upload`, what the service runs
    in a worker thread for every upload);
 2. one round trip from an event loop to a worker thread and back (uvloop's `run_in_executor`, as under uvicorn);
    the service makes at least two per request: decoding, and the models on the inference thread;
@@ -47,8 +47,8 @@ def median_ms(samples: Sequence[float]) -> float:
 
 def decode_ms(paths: Sequence[Path], repeats: int) -> float:
     """Median per-slice time of `prepare_upload` over the mix (each slice `repeats // len(paths)` times, at least 1)."""
-    from app.pipeline import UploadLimits, prepare_upload
     from app.settings import Settings
+    from app.uploads import UploadLimits, prepare_upload
 
     limits = UploadLimits.from_settings(Settings())
     durations = []

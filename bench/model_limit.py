@@ -60,8 +60,8 @@ class CellResult:
 
 def load_inputs(paths: Sequence[Path]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Decode and preprocess the slices exactly as the service does (same decoder, same `preprocess_slice`)."""
+    from app.core.preprocessing import preprocess_slice
     from app.imaging import decode_image
-    from training.preprocessing import preprocess_slice
 
     images = [decode_image(path.read_bytes()) for path in paths]
     return np.stack([preprocess_slice(image) for image in images]), [tuple(image.shape[:2]) for image in images]

@@ -50,8 +50,8 @@ DEFAULT_OPSET = 17  # training.export_onnx.ONNX_OPSET, not imported: the ONNX wo
 
 def convert(model_dir: Path, onnx_dir: Path, opset: int) -> dict[str, dict]:
     """Convert both models to `<onnx_dir>/<role>.onnx`; return per role the file, its size and the seconds taken."""
-    from app.model_store import load_models
-    from training.export_onnx import convert_to_onnx
+    from app.core.model_store import load_models
+    from app.core.onnx_models import convert_to_onnx
 
     _, classifier, segmenter = load_models(model_dir)
     onnx_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-FLAIR_CHANNEL = 1
+from app.core.preprocessing import FLAIR_CHANNEL
 
 
 def augment_pair(

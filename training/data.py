@@ -20,8 +20,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from training.augmentation import FLAIR_CHANNEL, augment_pair
-from training.preprocessing import MODEL_INPUT_SIZE, preprocess_slice
+from app.core.preprocessing import FLAIR_CHANNEL, MODEL_INPUT_SIZE, preprocess_slice
+from training.augmentation import augment_pair
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".tif", ".tiff", ".png")

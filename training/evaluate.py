@@ -21,21 +21,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from app.core.gate import gate
+from app.core.outline import draw_outline
+from app.core.preprocessing import flair_only, preprocess_slice
 from app.core.series_postprocessing import drop_small_components
 from training.data import SliceArrays, find_slices, load_slices, load_split
 from training.models import build_classifier, build_resunet
-from training.preprocessing import preprocess_slice
 
 logger = logging.getLogger(__name__)
 MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Series clean-up: smallest 3-D component kept, in voxels of the 256 x 256 grid (0 keeps everything).
 MIN_COMPONENT_VOXEL_CANDIDATES = (0, 25, 50, 100, 200, 400, 800, 1600)
-FLAIR_CHANNEL = 1
-
-
-def flair_only(images: np.ndarray) -> np.ndarray:
-    """Replace pre- and post-contrast with FLAIR, as when a PACS sends a FLAIR series alone."""
-    return np.repeat(images[..., FLAIR_CHANNEL : FLAIR_CHANNEL + 1], 3, axis=-1)
 
 
 def preprocessed_batches(images: np.ndarray, batch_size: int = 16) -> Iterator[np.ndarray]:
@@ -82,9 +78,13 @@ def tversky(truth: np.ndarray, predicted: np.ndarray, alpha: float = 0.7) -> flo
 
 
 def gated_masks(probabilities, maps, classifier_threshold: float, mask_threshold: float) -> np.ndarray:
-    """Binary masks of the served pipeline: empty wherever the classifier is below its threshold."""
-    masks = maps >= mask_threshold
-    masks[probabilities < classifier_threshold] = False
+    """Boolean masks (N, H, W) of the served pipeline (`app.core.gate.gate`): empty where the classifier is negative."""
+    sizes = [tuple(maps.shape[1:3])] * len(maps)
+    masks = np.zeros(maps.shape[:3], dtype=bool)
+    gated = gate(probabilities, lambda positive: maps[positive], sizes, classifier_threshold, mask_threshold)
+    for index, mask in enumerate(gated):
+        if mask is not None:
+            masks[index] = mask > 0
     return masks
 
 
@@ -195,7 +195,6 @@ def evaluate_split(
 
 def save_plots(output_dir: Path, arrays: SliceArrays, probabilities, masks, history_paths: dict[str, Path]) -> None:
     """Training curves, ROC, confusion matrix, and test slices with true (green) and predicted (red) outlines."""
-    import cv2
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,8 +232,7 @@ def save_plots(output_dir: Path, arrays: SliceArrays, probabilities, masks, hist
     for axis, index in zip(axes.ravel(), chosen, strict=False):
         picture = arrays.images[index].copy()
         for mask, colour in ((arrays.masks[index] > 0, (0, 255, 0)), (masks[index], (255, 0, 0))):
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(picture, contours, -1, colour, 1)
+            draw_outline(picture, mask, colour)
         axis.imshow(picture)
         axis.set_title(f"p={probabilities[index]:.2f} dice={dice(arrays.masks[index] > 0, masks[index]):.2f}")
         axis.axis("off")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import keras
 
-from app.model_store import MANIFEST_NAME, sha256_of
+from app.core.model_store import MANIFEST_FORMAT_VERSION, Manifest, ModelEntry, sha256_of
+from app.core.model_store import write_manifest as write_manifest_file
+from app.core.preprocessing import PREPROCESSING_ID
 from training.model_card import render_model_card
 from training.models import build_classifier, build_resunet
-from training.preprocessing import PREPROCESSING_ID
 
-MANIFEST_FORMAT_VERSION = 1
 TRAINING_DATA = (
     "LGG MRI Segmentation (Buda et al. 2019; TCGA-LGG via TCIA), kaggle_3m layout: development pool of 88 "
     "patients, split by patient (see split file)"
@@ -55,7 +55,7 @@ def write_manifest(
     metrics: dict,
     version: str,
 ) -> dict:
-    """Export both models into `output_dir` and write the manifest that the service reads."""
+    """Export both models into `output_dir` and write the manifest that the service reads; return it as a dict."""
     output_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
     for role, model, threshold in (
@@ -63,28 +63,29 @@ def write_manifest(
         ("segmenter", segmenter, mask_threshold),
     ):
         architecture, weights = export_model(model, output_dir)
-        entries[role] = {
-            "name": model.name,
-            "version": version,
-            "architecture": architecture,
-            "weights": weights,
-            "parameters": int(model.count_params()),
-            "threshold": float(threshold),
-        }
-    hashed = [entries[role][kind] for role in entries for kind in ("architecture", "weights")] + [split_file]
-    manifest = {
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "preprocessing": PREPROCESSING_ID,
-        "input_shape": list(classifier.input_shape[1:]),
-        **entries,
-        "split": split_file,
-        "training_data": TRAINING_DATA,
-        "metrics": metrics,
-        "versions": backend_versions(),
-        "files": {name: sha256_of(output_dir / name) for name in hashed},
-    }
-    (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+        entries[role] = ModelEntry(
+            name=model.name,
+            version=version,
+            architecture=architecture,
+            weights=weights,
+            parameters=int(model.count_params()),
+            threshold=float(threshold),
+        )
+    hashed = [name for entry in entries.values() for name in (entry.architecture, entry.weights)] + [split_file]
+    manifest = Manifest(
+        format_version=MANIFEST_FORMAT_VERSION,
+        preprocessing=PREPROCESSING_ID,
+        input_shape=list(classifier.input_shape[1:]),
+        classifier=entries["classifier"],
+        segmenter=entries["segmenter"],
+        split=split_file,
+        training_data=TRAINING_DATA,
+        metrics=metrics,
+        versions=backend_versions(),
+        files={name: sha256_of(output_dir / name) for name in hashed},
+    )
+    write_manifest_file(output_dir, manifest)
+    return manifest.model_dump()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,34 +12,22 @@ extra (tf2onnx, onnx, onnxruntime).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from importlib import metadata
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from app.model_store import MANIFEST_NAME, Manifest, ModelEntry, load_model, read_manifest, sha256_of
+from app.core.model_store import ModelEntry, load_model, read_manifest, sha256_of, write_manifest
+from app.core.onnx_models import ONNX_OPSET, convert_to_onnx, onnxruntime_function
 from training.model_card import refresh_export_lines
 
-ONNX_OPSET = 17
 MODEL_CARD_NAME = "README.md"
 DEFAULT_TOLERANCE = 1e-5
 
 
 class ConversionMismatchError(RuntimeError):
     """A converted model's outputs differ from the Keras model's by more than the tolerance."""
-
-
-def convert_to_onnx(model: keras.Model, opset: int = ONNX_OPSET) -> bytes:
-    """The model as a serialized ONNX graph with input "images", float32 (N, H, W, C) for any N (tf2onnx)."""
-    import tensorflow as tf  # tf2onnx converts TensorFlow graphs only
-    import tf2onnx
-
-    signature = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images"),)
-    converted, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    return converted.SerializeToString()
 
 
 def check_inputs(input_shape: tuple[int, ...], count: int = 4, seed: int = 0) -> np.ndarray:
@@ -51,8 +39,6 @@ def check_inputs(input_shape: tuple[int, ...], count: int = 4, seed: int = 0) ->
 
 def largest_difference(model: keras.Model, onnx_model: bytes, inputs: np.ndarray) -> float:
     """Largest absolute difference between the Keras model's and the ONNX model's outputs on `inputs`."""
-    from app.inference import onnxruntime_function
-
     expected = keras.ops.convert_to_numpy(model(inputs, training=False))
     actual = onnxruntime_function(onnx_model)(inputs)
     return float(np.max(np.abs(expected - actual)))
@@ -83,18 +69,11 @@ def export_onnx(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE, opset: in
         setattr(manifest, role, entry.model_copy(update={"onnx": file_name}))
         manifest.files[file_name] = sha256_of(model_dir / file_name)
     manifest.versions.update({"tf2onnx": metadata.version("tf2onnx"), "onnx_opset": str(opset)})
-    write_manifest_atomically(model_dir, manifest)
+    write_manifest(model_dir, manifest)
     card = model_dir / MODEL_CARD_NAME
     if card.is_file():
         card.write_text(refresh_export_lines(card.read_text(), manifest.model_dump()))
     return differences
-
-
-def write_manifest_atomically(model_dir: Path, manifest: Manifest) -> None:
-    """Replace the manifest in one step, so a crash never leaves a half-written one."""
-    staging = model_dir / f".{MANIFEST_NAME}.tmp"
-    staging.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
-    os.replace(staging, model_dir / MANIFEST_NAME)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -86,7 +86,7 @@ def render_model_card(
         f"mask threshold {segmenter['threshold']:.2f} (chosen on the validation patients).",
         "- Served as a gated pipeline: the segmenter runs only on slices the classifier calls positive.",
         f"- Input: {manifest['input_shape']} float32, preprocessing `{manifest['preprocessing']}` "
-        "(`training/preprocessing.py`, the same function in training and serving).",
+        "(`app/core/preprocessing.py`, the same function in training and serving).",
         *export_lines(manifest),
         "",
         "## Data",

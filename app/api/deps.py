@@ -13,10 +13,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.batching import MicroBatcher
+from app.core.model_store import Manifest
 from app.errors import ModelUnavailableError
 from app.inference import Predictor
 from app.metrics import ServiceMetrics
-from app.model_store import Manifest
+from app.prediction import PredictionService
 from app.settings import Settings
 
 
@@ -37,6 +38,13 @@ async def get_batcher(request: Request, _: Annotated[Predictor, Depends(get_pred
     return request.app.state.batcher
 
 
+async def get_prediction_service(
+    request: Request, _: Annotated[Predictor, Depends(get_predictor)]
+) -> PredictionService:
+    """The prediction flow over the loaded models (503 `model_unavailable` before they are ready)."""
+    return request.app.state.prediction_service
+
+
 async def get_manifest(request: Request) -> Manifest:
     return request.app.state.manifest
 
@@ -52,6 +60,7 @@ async def get_request_id(request: Request) -> str:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
 ManifestDep = Annotated[Manifest, Depends(get_manifest)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

@@ -3,6 +3,7 @@
 | code                   | status | when                                                          |
 |------------------------|--------|---------------------------------------------------------------|
 | empty_file             | 400    | the file has 0 bytes                                          |
+| file_unreadable        | 400    | (CLI) a local file that cannot be read                        |
 | undecodable_image      | 400    | PNG/JPEG/TIFF magic bytes, but the data is truncated/corrupt  |
 | invalid_image          | 400    | decodes, but is no slice (e.g. a multi-page TIFF)             |
 | unsupported_media_type | 415    | the first bytes are not PNG, JPEG, TIFF or DICOM (names are ignored) |
@@ -11,6 +12,7 @@
 | invalid_dicom_image    | 400    | colour DICOM, or frames that do not group into slices         |
 | unsupported_dicom      | 415    | a DICOM that is not an MR image (SR, CT, SEG ...) or has no decoder |
 | mixed_input            | 400    | DICOM and PNG/JPEG/TIFF files in one batch                    |
+| invalid_segmentation_input | 400 | slices one DICOM SEG cannot cover (several series or instance kinds) |
 | too_many_slices        | 413    | one request with more slices than INFERENCE_QUEUE_SLICES      |
 | bad_request            | 400    | a body the multipart parser cannot read (no boundary, huge names) |
 | payload_too_large      | 413    | file over MAX_UPLOAD_BYTES, or request body over its limit    |
@@ -36,7 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError
+from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError, error_body
 from app.security import retry_after_header
 
 logger = logging.getLogger(__name__)
@@ -53,16 +55,12 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
 _SHORT_INPUT = 80
 
 
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
-
-
 def service_error_response(error: ServiceError) -> JSONResponse:
     headers = None
     if error.retry_after_seconds is not None:
         headers = {"Retry-After": retry_after_header(error.retry_after_seconds)}
     return JSONResponse(
-        error_body(error.code, error.message), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
+        error.body(), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
     )
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.model_store import read_manifest
+from app.core.preprocessing import preprocess_slice
 from app.inference import Predictor
-from app.model_store import read_manifest
 from app.settings import Settings
 from tests.api.utils import decode_png_mask, decode_rle, running_client, upload
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, dice, read_truth
 from training.data import read_image
-from training.preprocessing import preprocess_slice
 
 MIN_DICE = 0.7
 

@@ -1,4 +1,5 @@
-"""`brain-tumor predict`: the API's JSON for each file, offline; mask PNGs written; exit 1 when a file fails."""
+"""`brain-tumor predict`: the API's JSON for each file (or DICOM slice), offline; mask PNGs written; exit 1 when a
+file fails."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.cli import main
-from app.model_store import ModelStoreError
+from app.core.model_store import ModelStoreError
 from app.settings import Settings
 from tests.api.utils import decode_png_mask, decode_rle, running_client, upload
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
+from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
 
 PREDICTION_KEYS = {"tumor_probability", "tumor_detected", "threshold", "mask"}
 
@@ -152,3 +154,41 @@ def test_predict_reports_missing_file_in_place(
     assert output["results"][1]["ok"] is False
     assert output["results"][1]["file"] == str(missing)
     assert output["results"][1]["error"]["code"] == "file_unreadable"
+
+
+def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
+    client: TestClient, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    series = mr_series(tumor_channels(FLAIR))
+    paths = []
+    for index, dataset in enumerate(series):
+        paths.append(tmp_path / f"slice_{index}.dcm")
+        paths[-1].write_bytes(to_bytes(dataset))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 16)
+    masks_dir = tmp_path / "masks"
+
+    code, output = run_predict(
+        capsys, *map(str, [*paths, broken]), "--model-dir", str(tiny_model_dir), "--masks-dir", str(masks_dir)
+    )
+    api = client.post(
+        "/v1/predict/batch", files=[("files", (path.name, path.read_bytes(), "application/dicom")) for path in paths]
+    ).json()
+
+    assert code == 1  # the broken file
+    assert output["models"] == api["models"]
+    assert output["series"] == {"tumor_detected": api["tumor_detected"], "tumor_volume_ml": api["tumor_volume_ml"]}
+    assert [
+        {key: item[key] for key in ("index", "sop_instance_uid", "frame_number", "prediction")}
+        for item in output["results"]
+    ] == api["slices"]
+    assert [item["sop_instance_uid"] for item in output["results"]] == [str(item.SOPInstanceUID) for item in series]
+    assert all(item["ok"] for item in output["results"])
+    (failure,) = output["file_errors"]
+    assert (failure["index"], failure["file"], failure["ok"], failure["error"]["code"]) == (
+        3,
+        str(broken),
+        False,
+        "undecodable_dicom",
+    )
+    assert sorted(path.name for path in masks_dir.iterdir()) == [f"{index:04d}_slice_mask.png" for index in range(3)]

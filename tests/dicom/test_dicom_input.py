@@ -17,17 +17,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from app.dicom_input import (
+from app.dicom_input import is_dicom, read_dicom
+from app.dicom_series import prepare_inputs
+from app.errors import (
     DicomWithoutPixelDataError,
+    ErrorKind,
+    ImageTooLargeError,
     InvalidDicomImageError,
     UndecodableDicomError,
     UnsupportedDicomError,
-    is_dicom,
-    normalise_volume,
-    prepare_inputs,
-    read_dicom,
 )
-from app.errors import ErrorKind, ImageTooLargeError
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import (
     FLAIR,
@@ -228,59 +227,3 @@ def test_read_dicom_checks_pixel_count_before_decoding(flair: np.ndarray) -> Non
 
     with pytest.raises(ImageTooLargeError, match="256x256 pixels x 1 frames = 65536 pixels; the limit is 1000"):
         read_dicom(to_bytes(dataset), max_pixels=1000)
-
-
-def test_normalise_volume_stretches_over_the_whole_series() -> None:
-    bright = np.array([[0.0, 1000.0]])
-    dim = np.array([[0.0, 500.0]])
-
-    assert [image.tolist() for image in normalise_volume([bright, dim])] == [[[0, 255]], [[0, 128]]]
-    assert normalise_volume([np.full((2, 2), 7.0)])[0].tolist() == [[0, 0], [0, 0]]
-
-
-def test_prepare_inputs_takes_a_single_instance_as_flair(flair: np.ndarray) -> None:
-    frames = read_dicom(to_bytes(single_mr(flair)))
-
-    (slice_input,) = prepare_inputs(frames)
-
-    assert slice_input.image.shape == flair.shape and slice_input.image.dtype == np.uint8
-    assert slice_input.reference is frames[0]
-    np.testing.assert_array_equal(slice_input.image, normalise_volume([flair.astype(np.float32)])[0])
-
-
-def test_prepare_inputs_stacks_three_series_in_request_order() -> None:
-    study = Study()
-    sequences = [mr_series(tumor_channels(channel), study, series_number=channel + 1) for channel in range(3)]
-    # Request order: pre-contrast, FLAIR, post-contrast per slice, slices interleaved.
-    frames = [frame for index in range(3) for series in sequences for frame in read_dicom(to_bytes(series[index]))]
-
-    inputs = prepare_inputs(frames)
-
-    assert len(inputs) == 3
-    for index, slice_input in enumerate(inputs):
-        assert slice_input.image.shape == (256, 256, 3)
-        assert slice_input.reference.sop_instance_uid == sequences[FLAIR][index].SOPInstanceUID
-        for channel in range(3):
-            series_values = [image.astype(np.float32) for image in tumor_channels(channel)]
-            expected = normalise_volume(series_values)[index]
-            np.testing.assert_array_equal(slice_input.image[:, :, channel], expected)
-
-
-def test_prepare_inputs_rejects_two_frames_at_one_position(flair: np.ndarray) -> None:
-    study = Study()
-    frames = [
-        frame
-        for series in (mr_series([flair], study), mr_series([flair], study))
-        for frame in read_dicom(to_bytes(series[0]))
-    ]
-
-    with pytest.raises(InvalidDicomImageError, match="must be 1 \\(FLAIR\\) or 3 .*got 2 at position"):
-        prepare_inputs(frames)
-
-
-def test_prepare_inputs_rejects_three_frames_of_one_series(flair: np.ndarray) -> None:
-    study, series_uid = Study(), generate_uid()
-    frames = [read_dicom(to_bytes(mr_dataset(flair, study, series_uid, instance_number=n)))[0] for n in (1, 2, 3)]
-
-    with pytest.raises(InvalidDicomImageError, match="must come from three series .* from 1 series"):
-        prepare_inputs(frames)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,18 +13,15 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from app.dicom_input import DicomFrame, SliceInput, prepare_inputs, read_dicom
-from app.dicom_seg import (
-    MANUFACTURER,
-    SegmentationInputError,
-    build_segmentation,
-    read_segmentation_masks,
-    segment_series,
-    segmentation_to_bytes,
-    slice_spacing_mm,
-    tumor_volume_ml,
-)
+from app.dicom_input import DicomFrame, read_dicom
+from app.dicom_seg import MANUFACTURER, build_segmentation, segmentation_to_bytes
+from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom_series import SeriesUploads, SliceInput, prepare_inputs
+from app.errors import SegmentationInputError
 from app.inference import SlicePrediction
+from app.prediction import PredictionService, SeriesResult, predictor_runner
+from app.tumor_volume import slice_spacing_mm, tumor_volume_ml
+from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import FLAIR, PIXEL_SPACING_MM, SLICE_GAP_MM, Study, mr_series, to_bytes, tumor_channels
 
@@ -214,13 +212,22 @@ class TruthPredictor:
         self.masks = masks
         self.batches: list[int] = []
 
-    def predict(self, images: list[np.ndarray]) -> list[SlicePrediction]:
+    classifier_threshold = 0.5
+
+    def predict_preprocessed(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
         start = sum(self.batches)
-        self.batches.append(len(images))
+        self.batches.append(len(sizes))
         return [
             SlicePrediction(probability=0.9 if mask is not None else 0.1, detected=mask is not None, mask=mask)
-            for mask in self.masks[start : start + len(images)]
+            for mask in self.masks[start : start + len(sizes)]
         ]
+
+
+def segment_series(predictor: TruthPredictor, inputs: list[SliceInput], batch_size: int = 32) -> SeriesResult:
+    """The series flow pacs-sync runs: the predictor `batch_size` slices at a time, then the SEG and the volume."""
+    runner = predictor_runner(predictor, batch_size)  # type: ignore[arg-type]
+    service = PredictionService(predictor, runner, UploadLimits(), offload=False)
+    return asyncio.run(service.predict_series(SeriesUploads(list(inputs)), build_seg=True)).result
 
 
 def test_segment_series_builds_a_seg_when_a_slice_is_positive(

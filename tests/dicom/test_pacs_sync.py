@@ -23,8 +23,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
 from app import pacs_sync
-from app.dicom_input import prepare_inputs, read_dicom
-from app.dicom_seg import read_segmentation_masks
+from app.dicom_input import read_dicom
+from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom_series import prepare_inputs
 from app.inference import Predictor, SlicePrediction
 from app.pacs_sync import (
     SYNC_METADATA,
@@ -161,9 +162,10 @@ class NegativePredictor:
     """Stands in for a classifier that finds nothing (the tiny models call every slice positive)."""
 
     model_tags = {"classifier": "stub-classifier@0", "segmenter": "stub-segmenter@0"}
+    classifier_threshold = 0.5
 
-    def predict(self, images: list[np.ndarray]) -> list[SlicePrediction]:
-        return [SlicePrediction(probability=0.01, detected=False, mask=None) for _ in images]
+    def predict_preprocessed(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        return [SlicePrediction(probability=0.01, detected=False, mask=None) for _ in sizes]
 
 
 def config_for(orthanc: Orthanc, description: str, **overrides: Any) -> PacsSyncConfig:

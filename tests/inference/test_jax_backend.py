@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from app.core.preprocessing import preprocess_slice
 from app.inference import Predictor
 from tests.conftest import TUMOR_SLICE, read_slice
-from training.preprocessing import preprocess_slice
 
 JAX_SCRIPT = """
 import sys

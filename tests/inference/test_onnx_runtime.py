@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.core.model_store import MANIFEST_NAME, ModelStoreError, read_manifest, sha256_of
+from app.core.preprocessing import preprocess_slice
 from app.inference import Predictor
-from app.model_store import MANIFEST_NAME, ModelStoreError, read_manifest, sha256_of
 from app.settings import Settings
 from tests.api.utils import running_client
 from tests.conftest import TUMOR_SLICE, read_slice
 from training import export_onnx
-from training.preprocessing import preprocess_slice
 
 pytest.importorskip("onnxruntime", reason='the onnx extra is installed by make test (pip install -e ".[onnx]")')
 pytest.importorskip("tf2onnx", reason='the train extra is installed by make test (pip install -e ".[train]")')

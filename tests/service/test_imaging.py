@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app.pipeline
-import training.preprocessing
+import app.core.preprocessing
+import app.uploads
 from app.errors import (
     EmptyFileError,
     ImageTooLargeError,
@@ -226,7 +226,7 @@ def test_decode_image_accepts_image_at_pixel_limit() -> None:
 
 
 def test_service_preprocess_slice_is_the_training_function() -> None:
-    assert app.pipeline.preprocess_slice is training.preprocessing.preprocess_slice
+    assert app.uploads.preprocess_slice is app.core.preprocessing.preprocess_slice
 
 
 @pytest.mark.parametrize("path", [*TUMOR_SERIES, TUMOR_FREE_SLICE], ids=lambda path: path.stem)
@@ -236,5 +236,5 @@ def test_service_and_training_read_real_slice_identically(path) -> None:
 
     np.testing.assert_array_equal(served, trained_on)
     np.testing.assert_array_equal(
-        app.pipeline.preprocess_slice(served), training.preprocessing.preprocess_slice(trained_on)
+        app.uploads.preprocess_slice(served), app.core.preprocessing.preprocess_slice(trained_on)
     )

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import main
+from app.core.model_store import ModelStoreError
 from app.main import create_app
-from app.model_store import ModelStoreError
 from app.settings import Settings
 from tests.api.utils import sample_value, upload, wait_until_ready
 from tests.conftest import TUMOR_SLICE

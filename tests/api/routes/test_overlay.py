@@ -83,7 +83,13 @@ def test_overlay_rejects_text_file(client: TestClient) -> None:
     response = overlay(client, b"plain text")
 
     assert response.status_code == 415
-    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert response.json() == {
+        "error": {
+            "code": "unsupported_media_type",
+            "message": "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+            f"its first bytes are {b'plain te'.hex(' ')}",
+        }
+    }
     assert response.headers["Content-Type"] == "application/json"
 
 
@@ -91,4 +97,9 @@ def test_overlay_rejects_empty_file(client: TestClient) -> None:
     response = overlay(client, b"")
 
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "empty_file"
+    assert response.json() == {
+        "error": {
+            "code": "empty_file",
+            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG or TIFF image",
+        }
+    }

@@ -90,9 +90,19 @@ def test_predict_batch_reports_empty_and_truncated_files(client: TestClient) -> 
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert results[0]["error"]["code"] == "empty_file"
+    assert results[0] == {
+        "index": 0,
+        "ok": False,
+        "error": {
+            "code": "empty_file",
+            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG or TIFF image",
+        },
+    }
     assert results[1]["ok"] is True
     assert results[2]["ok"] is False
     assert results[2]["error"]["code"] == "undecodable_image"
+    assert set(results[2]) == {"index", "ok", "error"} and results[2]["index"] == 2
+    assert results[2]["error"]["message"].startswith("JPEG file cannot be decoded: ")
 
 
 def test_predict_batch_answers_200_when_every_file_fails(client: TestClient) -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
-from app.dicom_seg import read_segmentation_masks
+from app.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
+from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom_series import model_inputs, read_series
+from app.inference import Predictor, SlicePrediction
 from tests.api.utils import decode_rle
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
@@ -18,21 +26,42 @@ def series_files() -> list[bytes]:
     return [to_bytes(dataset) for dataset in mr_series(tumor_channels())]
 
 
+@pytest.fixture(scope="module")
+def expected(tiny_model_dir: Path, series_files: list[bytes]) -> list[SlicePrediction]:
+    """What the predictor itself says about the series' slices, read and preprocessed as the service does."""
+    predictor = Predictor.from_model_dir(tiny_model_dir)
+    return predictor.predict_preprocessed(*model_inputs(read_series(series_files, max_pixels=1 << 20).inputs))
+
+
+def assert_matches(prediction: dict, reference: SlicePrediction) -> None:
+    """A JSON prediction says what the predictor says: probability, decision and mask."""
+    assert prediction["tumor_probability"] == pytest.approx(reference.probability, abs=1e-6)
+    assert prediction["tumor_detected"] is reference.detected
+    np.testing.assert_array_equal(decode_rle(prediction["mask"]["rle"]), reference.mask)
+
+
 def dicom_parts(files: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("files", (f"IM{index:04d}", data, "application/dicom")) for index, data in enumerate(files)]
 
 
-def test_predict_reads_one_dicom_instance_as_a_slice(client: TestClient, series_files: list[bytes]) -> None:
+def test_predict_reads_one_dicom_instance_as_a_slice(
+    client: TestClient, series_files: list[bytes], tiny_model_dir: Path
+) -> None:
     response = client.post("/v1/predict", files={"file": ("IM0001", series_files[0], "application/dicom")})
 
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["tumor_detected"] is True  # the tiny models call every slice positive
     assert body["mask"]["size"] == [256, 256]
+    # Alone, the instance is normalised over itself (not over the series).
+    (reference,) = Predictor.from_model_dir(tiny_model_dir).predict_preprocessed(
+        *model_inputs(read_series(series_files[:1], max_pixels=1 << 20).inputs)
+    )
+    assert_matches(body, reference)
 
 
 def test_predict_batch_of_dicom_series_gives_one_result_per_slice_and_volume(
-    client: TestClient, series_files: list[bytes]
+    client: TestClient, series_files: list[bytes], expected: list[SlicePrediction]
 ) -> None:
     response = client.post("/v1/predict/batch", files=dicom_parts(series_files))
 
@@ -45,9 +74,13 @@ def test_predict_batch_of_dicom_series_gives_one_result_per_slice_and_volume(
     areas = [item["prediction"]["mask"]["area_pixels"] for item in body["slices"]]
     assert body["tumor_volume_ml"] > 0 and sum(areas) > 0
     assert body["file_errors"] == []
+    for item, reference in zip(body["slices"], expected, strict=True):
+        assert_matches(item["prediction"], reference)
 
 
-def test_predict_batch_dicom_seg_matches_the_json_masks(client: TestClient, series_files: list[bytes]) -> None:
+def test_predict_batch_dicom_seg_matches_the_json_masks(
+    client: TestClient, series_files: list[bytes], expected: list[SlicePrediction], tiny_manifest: dict
+) -> None:
     as_json = client.post("/v1/predict/batch", files=dicom_parts(series_files)).json()
     response = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(series_files))
 
@@ -55,9 +88,22 @@ def test_predict_batch_dicom_seg_matches_the_json_masks(client: TestClient, seri
     assert response.headers["content-type"] == "application/dicom"
     assert float(response.headers["X-Tumor-Volume-mL"]) == pytest.approx(as_json["tumor_volume_ml"], rel=1e-3)
     masks = read_segmentation_masks(response.content)
-    for item in as_json["slices"]:
-        expected = decode_rle(item["prediction"]["mask"]["rle"])
-        np.testing.assert_array_equal(masks[item["sop_instance_uid"]][0], expected)
+    assert sorted(masks) == sorted(item["sop_instance_uid"] for item in as_json["slices"])
+    for item, reference in zip(as_json["slices"], expected, strict=True):
+        np.testing.assert_array_equal(masks[item["sop_instance_uid"]][0], decode_rle(item["prediction"]["mask"]["rle"]))
+        np.testing.assert_array_equal(masks[item["sop_instance_uid"]][0], reference.mask)
+    seg = pydicom.dcmread(io.BytesIO(response.content))
+    source = pydicom.dcmread(io.BytesIO(series_files[0]))
+    assert seg.Modality == "SEG" and seg.Manufacturer == MANUFACTURER
+    assert seg.SeriesDescription == SEG_SERIES_DESCRIPTION
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert [item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence] == [source.SeriesInstanceUID]
+    assert int(seg.NumberOfFrames) == 3  # one frame per source slice, empty ones kept
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == SEGMENT_LABEL
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    segmenter = tiny_manifest["segmenter"]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == (segmenter["name"], segmenter["version"])
 
 
 def test_accept_header_asks_for_a_dicom_seg(client: TestClient, series_files: list[bytes]) -> None:
@@ -70,6 +116,8 @@ def test_accept_header_asks_for_a_dicom_seg(client: TestClient, series_files: li
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/dicom"
     assert response.content[128:132] == b"DICM"
+    assert response.headers["X-Tumor-Detected"] == "true"
+    assert pydicom.dcmread(io.BytesIO(response.content)).Modality == "SEG"
 
 
 def test_negative_series_gives_json_and_no_seg(negative_client: TestClient, series_files: list[bytes]) -> None:
@@ -89,7 +137,10 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     body = response.json()
     assert len(body["slices"]) == 2
     assert [error["index"] for error in body["file_errors"]] == [1]
-    assert body["file_errors"][0]["error"]["code"] == "undecodable_dicom"
+    assert body["file_errors"][0]["error"] == {
+        "code": "undecodable_dicom",
+        "message": "DICOM dataset has no SOP Class UID (0008,0016): the file is truncated or not a DICOM object",
+    }
 
 
 def test_mixed_dicom_and_png_batch_is_refused(client: TestClient, series_files: list[bytes]) -> None:
@@ -97,7 +148,12 @@ def test_mixed_dicom_and_png_batch_is_refused(client: TestClient, series_files: 
     response = client.post("/v1/predict/batch", files=files)
 
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "mixed_input"
+    assert response.json() == {
+        "error": {
+            "code": "mixed_input",
+            "message": "a batch must hold either DICOM files or PNG/JPEG/TIFF images; got 1 DICOM and 1 other files",
+        }
+    }
 
 
 def test_dicom_seg_of_a_png_is_refused(client: TestClient) -> None:
@@ -114,8 +170,18 @@ def test_dicom_seg_of_a_png_is_refused(client: TestClient) -> None:
     }
 
 
-def test_overlay_of_a_dicom_instance_is_a_png(client: TestClient, series_files: list[bytes]) -> None:
+def test_overlay_of_a_dicom_instance_is_a_png(
+    client: TestClient, series_files: list[bytes], tiny_model_dir: Path
+) -> None:
     response = client.post("/v1/overlay", files={"file": ("IM0001", series_files[1], "application/dicom")})
 
     assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
     assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    overlay = Image.open(io.BytesIO(response.content))
+    assert (overlay.mode, overlay.size) == ("RGB", (256, 256))
+    (reference,) = Predictor.from_model_dir(tiny_model_dir).predict_preprocessed(
+        *model_inputs(read_series(series_files[1:2], max_pixels=1 << 20).inputs)
+    )
+    assert float(response.headers["X-Tumor-Probability"]) == pytest.approx(reference.probability, abs=1e-6)
+    assert response.headers["X-Tumor-Detected"] == "true"

@@ -1,4 +1,7 @@
-"""Reading `models/manifest.json` and loading the exported models it lists, after checking every file's sha256.
+"""`models/manifest.json`: its schema, its one reader and its one writer, and loading the models it lists.
+
+The reader checks `format_version` and every file's sha256; the writer replaces the file atomically. Training
+(`training.export`, `training.export_onnx`) writes through `write_manifest`, the service reads through `read_manifest`.
 
 Model files are code as far as trust goes (an architecture JSON chooses which layers run): load them only from a
 source you trust. The hash check stops a file that was truncated, swapped or edited after export.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +24,8 @@ if TYPE_CHECKING:
     import keras
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+"""The manifest layout this code reads and writes; raise it when a field changes meaning or goes away."""
 
 
 class ModelStoreError(RuntimeError):
@@ -44,7 +50,7 @@ class ModelEntry(BaseModel):
 
 
 class Manifest(BaseModel):
-    """What `training.export` writes beside the models."""
+    """What `training.export` writes beside the models (`write_manifest`)."""
 
     format_version: int
     preprocessing: str
@@ -82,6 +88,11 @@ def read_manifest(model_dir: str | Path) -> Manifest:
         manifest = Manifest.model_validate(json.loads(manifest_path.read_text()))
     except (ValueError, ValidationError) as error:
         raise ModelStoreError(f"model manifest {manifest_path} is invalid: {error}") from error
+    if manifest.format_version != MANIFEST_FORMAT_VERSION:
+        raise ModelStoreError(
+            f"model manifest {manifest_path} must have format_version {MANIFEST_FORMAT_VERSION}; "
+            f"got {manifest.format_version}"
+        )
     for entry in (manifest.classifier, manifest.segmenter):
         for file_name in (entry.architecture, entry.weights, entry.onnx):
             if file_name is not None and file_name not in manifest.files:
@@ -97,6 +108,24 @@ def read_manifest(model_dir: str | Path) -> Manifest:
                 "refusing to load a model file that changed after export"
             )
     return manifest
+
+
+def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
+    """Write the manifest, replacing any old one in one step so a crash never leaves a half-written file.
+
+    Raises
+    ------
+    ModelStoreError
+        If `manifest.format_version` is not the one this code reads (`MANIFEST_FORMAT_VERSION`).
+    """
+    if manifest.format_version != MANIFEST_FORMAT_VERSION:
+        raise ModelStoreError(
+            f"manifest format_version must be {MANIFEST_FORMAT_VERSION}; got {manifest.format_version}"
+        )
+    model_dir = Path(model_dir)
+    staging = model_dir / f".{MANIFEST_NAME}.tmp"
+    staging.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    os.replace(staging, model_dir / MANIFEST_NAME)
 
 
 def load_model(model_dir: str | Path, entry: ModelEntry) -> keras.Model:

@@ -1,14 +1,16 @@
-"""`app.pipeline`: from uploaded bytes to the response payload, shared by the HTTP API and the CLI."""
+"""The prediction flow without HTTP: uploads in (`app.uploads`), the models, payloads out (`app.payloads`)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app import pipeline, schemas
+from app import payloads, schemas, uploads
+from app.core.preprocessing import preprocess_slice
 from app.errors import (
     EmptyFileError,
     InvalidSliceError,
@@ -19,11 +21,19 @@ from app.errors import (
 from app.imaging import decode_image
 from app.inference import Predictor, SlicePrediction
 from app.masks import decode_rle
+from app.prediction import PredictionService, in_request_order, predictor_runner
 from tests.api.utils import decode_png_mask, png_bytes, resized, tiff_bytes
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
-from training.preprocessing import preprocess_slice
 
-LIMITS = pipeline.UploadLimits(max_upload_bytes=1 << 20, max_image_pixels=1024 * 1024)
+LIMITS = uploads.UploadLimits(max_upload_bytes=1 << 20, max_image_pixels=1024 * 1024)
+
+
+def predict_uploads(
+    predictor: Predictor, files: list[bytes], limits: uploads.UploadLimits
+) -> list[SlicePrediction | ServiceError]:
+    """The flow the CLI runs: every file through the predictor, errors in place of failed files."""
+    service = PredictionService(predictor, predictor_runner(predictor, batch_size=64), limits, offload=False)
+    return asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE)).predictions
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +44,23 @@ def tiny_predictor(tiny_model_dir: Path) -> Predictor:
 def test_sha256_hex_is_the_upload_hash() -> None:
     data = TUMOR_SLICE.read_bytes()
 
-    assert pipeline.sha256_hex(data) == hashlib.sha256(data).hexdigest()
+    assert uploads.sha256_hex(data) == hashlib.sha256(data).hexdigest()
 
 
 def test_check_upload_size_names_limit_and_size() -> None:
-    limits = pipeline.UploadLimits(max_upload_bytes=10, max_image_pixels=100)
+    limits = uploads.UploadLimits(max_upload_bytes=10, max_image_pixels=100)
 
-    pipeline.check_upload_size(10, limits)
+    uploads.check_upload_size(10, limits)
     with pytest.raises(PayloadTooLargeError, match=r"^file must be at most 10 bytes; got 11 bytes$"):
-        pipeline.check_upload_size(11, limits)
+        uploads.check_upload_size(11, limits)
     with pytest.raises(PayloadTooLargeError, match=r"^file must be at most 10 bytes; got more than 10 bytes$"):
-        pipeline.check_upload_size(11, limits, complete=False)
+        uploads.check_upload_size(11, limits, complete=False)
 
 
 def test_prepare_upload_is_decode_then_preprocess() -> None:
     data = png_bytes(resized(read_slice(TUMOR_SLICE), 200, 300))
 
-    prepared = pipeline.prepare_upload(data, LIMITS)
+    prepared = uploads.prepare_upload(data, LIMITS)
 
     assert prepared.size == (200, 300)
     assert prepared.image is None
@@ -62,7 +72,7 @@ def test_prepare_upload_is_decode_then_preprocess() -> None:
 def test_prepare_upload_keeps_image_when_asked() -> None:
     image = read_slice(TUMOR_SLICE)
 
-    prepared = pipeline.prepare_upload(png_bytes(image), LIMITS, keep_image=True)
+    prepared = uploads.prepare_upload(png_bytes(image), LIMITS, keep_image=True)
 
     np.testing.assert_array_equal(prepared.image, image)
 
@@ -71,7 +81,7 @@ def test_prepare_upload_reports_five_channel_image_as_invalid_slice() -> None:
     data = tiff_bytes(np.zeros((4, 6, 5), np.uint8), photometric="minisblack", planarconfig="contig")
 
     with pytest.raises(InvalidSliceError) as raised:
-        pipeline.prepare_upload(data, LIMITS)
+        uploads.prepare_upload(data, LIMITS)
 
     assert raised.value.code == "invalid_image"
     assert raised.value.message == (
@@ -83,14 +93,14 @@ def test_prepare_uploads_puts_errors_in_place() -> None:
     good = TUMOR_SLICE.read_bytes()
     unreadable = PayloadTooLargeError("file must be at most 1 bytes; got more than 1 bytes")
 
-    prepared = pipeline.prepare_uploads([good, b"", unreadable, b"text", good], LIMITS)
+    prepared = uploads.prepare_uploads([good, b"", unreadable, b"text", good], LIMITS)
 
     assert [type(item) for item in prepared] == [
-        pipeline.PreparedSlice,
+        uploads.PreparedSlice,
         EmptyFileError,
         PayloadTooLargeError,
         UnsupportedMediaTypeError,
-        pipeline.PreparedSlice,
+        uploads.PreparedSlice,
     ]
     assert prepared[2] is unreadable
 
@@ -101,7 +111,7 @@ def test_in_request_order_interleaves_predictions_and_errors() -> None:
     first = SlicePrediction(0.1, False, None)
     second = SlicePrediction(0.9, True, np.ones((2, 2), np.uint8))
 
-    assert pipeline.in_request_order(prepared, [first, second]) == [first, error, second]
+    assert in_request_order(prepared, [first, second]) == [first, error, second]
 
 
 @pytest.mark.parametrize(
@@ -116,7 +126,7 @@ def test_mask_payload_includes_requested_encodings(mask_format: schemas.MaskForm
     mask = np.zeros((5, 7), np.uint8)
     mask[1:3, 2:6] = 1
 
-    payload = pipeline.mask_payload(mask, mask_format).model_dump(mode="json")
+    payload = payloads.mask_payload(mask, mask_format).model_dump(mode="json")
 
     assert set(payload) == keys
     assert payload["size"] == [5, 7]
@@ -129,7 +139,7 @@ def test_mask_payload_includes_requested_encodings(mask_format: schemas.MaskForm
 
 
 def test_mask_payload_of_empty_mask_has_zero_area_and_null_bbox() -> None:
-    payload = pipeline.mask_payload(np.zeros((4, 4), np.uint8), schemas.MaskFormat.BOTH).model_dump(mode="json")
+    payload = payloads.mask_payload(np.zeros((4, 4), np.uint8), schemas.MaskFormat.BOTH).model_dump(mode="json")
 
     assert payload["area_pixels"] == 0
     assert payload["bbox"] is None
@@ -137,7 +147,7 @@ def test_mask_payload_of_empty_mask_has_zero_area_and_null_bbox() -> None:
 
 
 def test_slice_payload_of_negative_has_null_mask() -> None:
-    payload = pipeline.slice_payload(SlicePrediction(0.2, False, None), 0.5, schemas.MaskFormat.BOTH)
+    payload = payloads.slice_payload(SlicePrediction(0.2, False, None), 0.5, schemas.MaskFormat.BOTH)
 
     assert payload.model_dump(mode="json") == {
         "tumor_probability": 0.2,
@@ -153,14 +163,14 @@ def test_slice_payload_of_negative_has_null_mask() -> None:
 def test_encodes_quickly_up_to_a_256x256_mask(mask_shape: tuple[int, int] | None, quick: bool) -> None:
     mask = None if mask_shape is None else np.ones(mask_shape, np.uint8)
 
-    assert pipeline.encodes_quickly(SlicePrediction(0.9, mask is not None, mask)) is quick
+    assert payloads.encodes_quickly(SlicePrediction(0.9, mask is not None, mask)) is quick
 
 
 def test_predict_uploads_matches_predictor_and_keeps_order(tiny_predictor: Predictor) -> None:
     series = [path.read_bytes() for path in TUMOR_SERIES]
     uploads = [series[0], b"not an image", series[1], series[2]]
 
-    outcomes = pipeline.predict_uploads(tiny_predictor, uploads, LIMITS)
+    outcomes = predict_uploads(tiny_predictor, uploads, LIMITS)
     expected = tiny_predictor.predict([decode_image(data) for data in series])
 
     assert isinstance(outcomes[1], UnsupportedMediaTypeError)
@@ -172,7 +182,7 @@ def test_predict_uploads_matches_predictor_and_keeps_order(tiny_predictor: Predi
 def test_predict_uploads_returns_masks_at_input_size(tiny_predictor: Predictor) -> None:
     data = png_bytes(resized(read_slice(TUMOR_SLICE), 120, 90))
 
-    (outcome,) = pipeline.predict_uploads(tiny_predictor, [data], LIMITS)
+    (outcome,) = predict_uploads(tiny_predictor, [data], LIMITS)
 
     assert outcome.detected is True  # classifier threshold 0
     assert outcome.mask.shape == (120, 90)
@@ -185,7 +195,7 @@ def test_predict_uploads_of_negative_skips_segmenter(tmp_path: Path) -> None:
         observer=lambda role, seconds, batch_size: calls.append((role, batch_size)),
     )
 
-    outcomes = pipeline.predict_uploads(predictor, [TUMOR_SLICE.read_bytes()] * 2, LIMITS)
+    outcomes = predict_uploads(predictor, [TUMOR_SLICE.read_bytes()] * 2, LIMITS)
 
     assert [(outcome.detected, outcome.mask) for outcome in outcomes] == [(False, None), (False, None)]
     assert calls == [("classifier", 2)]
@@ -216,7 +226,7 @@ def test_prepare_upload_raises_only_service_errors_on_corrupt_files(encoding: st
 
     for _ in range(40):
         try:
-            prepared = pipeline.prepare_upload(corrupted(data, rng), LIMITS)
+            prepared = uploads.prepare_upload(corrupted(data, rng), LIMITS)
         except ServiceError as error:  # anything else would be a 500
             assert error.code in {"undecodable_image", "invalid_image", "image_too_large", "unsupported_media_type"}
         else:

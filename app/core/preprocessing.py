@@ -1,4 +1,4 @@
-"""The one image transform shared by training and serving.
+"""The one image transform shared by training and serving, and the channel order both read slices in.
 
 Training, evaluation, the HTTP service and the CLI all call `preprocess_slice`, so a slice is turned into model input
 the same way everywhere (no train/serve skew). The preprocessing id is written into the model manifest; change it
@@ -12,10 +12,20 @@ import numpy as np
 
 PREPROCESSING_ID = "rgb8-resize256-area-scale1/255-v1"
 MODEL_INPUT_SIZE = 256
+INPUT_SHAPE = (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3)
+
+CHANNEL_ORDER = ("pre-contrast", "FLAIR", "post-contrast")
+"""The kaggle_3m composite's channels, in the order the models read them."""
+FLAIR_CHANNEL = CHANNEL_ORDER.index("FLAIR")
 
 
 class InvalidImageError(ValueError):
     """An image array that cannot be a brain MRI slice (wrong rank, channels or dtype)."""
+
+
+def flair_only(images: np.ndarray) -> np.ndarray:
+    """Replace pre- and post-contrast with FLAIR (..., H, W, 3), as when a PACS sends a FLAIR series alone."""
+    return np.repeat(images[..., FLAIR_CHANNEL : FLAIR_CHANNEL + 1], 3, axis=-1)
 
 
 def as_three_channel_uint8(image: np.ndarray) -> np.ndarray:

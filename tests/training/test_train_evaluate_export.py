@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from app.model_store import ModelStoreError, load_models, read_manifest
+from app.core.model_store import ModelStoreError, load_models, read_manifest
 from training import compare_segmenters, evaluate, export, train
 from training.models import build_classifier, build_resunet
 

@@ -1,0 +1,188 @@
+"""Talking to Orthanc for pacs-sync: where it is (`PacsSyncConfig`) and the few REST and DICOMweb calls made to it
+(`OrthancClient`), each retried with exponential backoff on network errors and 429/5xx answers.
+
+What to do with the series is `app.pacs_sync`'s job; nothing here predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom.dataset import Dataset
+
+from app.dicom_input import DEFAULT_MAX_DICOM_PIXELS
+from app.dicom_seg import MANUFACTURER
+
+logger = logging.getLogger(__name__)
+
+SYNC_METADATA = "BrainTumorSync"
+DICOMWEB_ROOT = "dicom-web"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
+
+
+class OrthancError(RuntimeError):
+    """An Orthanc call failed: a non-retryable answer, or a retryable one that outlived every retry."""
+
+
+@dataclass(frozen=True)
+class PacsSyncConfig:
+    """Where the PACS is and how to talk to it.
+
+    Attributes
+    ----------
+    orthanc_url
+        Orthanc's base URL (REST API root), e.g. ``http://127.0.0.1:8042``; DICOMweb is under ``/dicom-web``.
+    username, password
+        HTTP basic authentication; None for an Orthanc without authentication.
+    series_filter
+        Orthanc wildcard on Series Description (case-insensitive, ``*`` and ``?``), e.g. ``*FLAIR*``; empty for every
+        MR series. Worth setting: the models read FLAIR, and other sequences give meaningless SEGs.
+    poll_seconds
+        Pause between passes when not running once.
+    max_image_pixels
+        Largest rows x columns x frames accepted per instance (as for uploads).
+    retries, backoff_seconds
+        Retries after the first try of each HTTP call, waiting backoff x 2^attempt seconds in between.
+    timeout_seconds
+        Per HTTP call.
+    batch_size
+        Slices per model call, to bound memory on long series.
+    require_stable
+        Process a series only once Orthanc calls it stable (no new instance for its StableAge), so a SEG never
+        covers half a series.
+    """
+
+    orthanc_url: str
+    username: str | None = None
+    password: str | None = None
+    series_filter: str = ""
+    poll_seconds: float = 30.0
+    max_image_pixels: int = DEFAULT_MAX_DICOM_PIXELS
+    retries: int = 4
+    backoff_seconds: float = 0.5
+    timeout_seconds: float = 30.0
+    batch_size: int = 32
+    require_stable: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.orthanc_url.startswith(("http://", "https://")):
+            raise ValueError(f"orthanc_url must start with http:// or https://; got {self.orthanc_url!r}")
+        if self.retries < 0 or self.backoff_seconds < 0 or self.timeout_seconds <= 0 or self.batch_size < 1:
+            raise ValueError(
+                "retries and backoff_seconds must be >= 0, timeout_seconds > 0 and batch_size >= 1; got "
+                f"{self.retries}, {self.backoff_seconds}, {self.timeout_seconds}, {self.batch_size}"
+            )
+
+    @property
+    def base_url(self) -> str:
+        return self.orthanc_url.rstrip("/")
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.base_url}/{DICOMWEB_ROOT}"
+
+
+class OrthancClient:
+    """The few Orthanc REST and DICOMweb calls pacs-sync makes, each retried on network errors and 429/5xx."""
+
+    def __init__(
+        self,
+        config: PacsSyncConfig,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self._sleep = sleep
+        self.session = session or requests.Session()
+        if config.username is not None:
+            self.session.auth = (config.username, config.password or "")
+        self._dicomweb = DICOMwebClient(url=config.dicomweb_url, session=self.session, timeout=config.timeout_seconds)
+        self._dicomweb.set_http_retry_params(retry=False)  # retried here, once, with the same policy as REST calls
+
+    def find_series(self) -> list[dict[str, Any]]:
+        """MR series (expanded: ID, IsStable, MainDicomTags, ParentStudy), filtered by Series Description if set."""
+        query = {"Modality": "MR"}
+        if self.config.series_filter:
+            query["SeriesDescription"] = self.config.series_filter
+        return self._json("POST", "/tools/find", json={"Level": "Series", "Query": query, "Expand": True})
+
+    def study_instance_uid(self, study_id: str) -> str:
+        return str(self._json("GET", f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"])
+
+    def instance_file(self, instance_id: str) -> bytes:
+        return self._request("GET", f"/instances/{instance_id}/file").content
+
+    def sync_record(self, series_id: str) -> dict[str, Any] | None:
+        """Our record on a series, or None if the series was never processed."""
+        response = self._request("GET", f"/series/{series_id}/metadata/{SYNC_METADATA}", allow=(404,))
+        if response.status_code == 404:
+            return None
+        try:
+            return json.loads(response.text)
+        except json.JSONDecodeError:
+            return {"status": "unreadable"}  # written by someone else: still counts as processed, never redone
+
+    def write_sync_record(self, series_id: str, record: dict[str, Any]) -> None:
+        try:
+            self._request("PUT", f"/series/{series_id}/metadata/{SYNC_METADATA}", data=json.dumps(record))
+        except OrthancError as error:
+            raise OrthancError(
+                f"{error}; Orthanc must declare the user-defined metadata {SYNC_METADATA!r} in its configuration, "
+                f'e.g. "UserMetadata": {{"{SYNC_METADATA}": 4600}}'
+            ) from error
+
+    def find_our_segmentation(self, study_instance_uid: str, series_instance_uid: str) -> str | None:
+        """SOP Instance UID of a SEG made by this service that references the series, if Orthanc holds one."""
+        query = {"StudyInstanceUID": study_instance_uid, "Modality": "SEG"}
+        for instance_id in self._json("POST", "/tools/find", json={"Level": "Instance", "Query": query}):
+            tags = self._json("GET", f"/instances/{instance_id}/simplified-tags")
+            referenced = {item.get("SeriesInstanceUID") for item in tags.get("ReferencedSeriesSequence", [])}
+            if tags.get("Manufacturer") == MANUFACTURER and series_instance_uid in referenced:
+                return str(tags.get("SOPInstanceUID"))
+        return None
+
+    def store(self, dataset: Dataset) -> None:
+        """STOW-RS one instance to the DICOMweb root."""
+        self._retry(lambda: self._dicomweb.store_instances([dataset]), f"STOW-RS to {self.config.dicomweb_url}")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _request(self, method: str, path: str, allow: Sequence[int] = (), **kwargs: Any) -> requests.Response:
+        url = f"{self.config.base_url}{path}"
+
+        def call() -> requests.Response:
+            response = self.session.request(method, url, timeout=self.config.timeout_seconds, **kwargs)
+            if response.status_code not in allow:
+                response.raise_for_status()
+            return response
+
+        return self._retry(call, f"{method} {path}")
+
+    def _retry(self, call: Callable[[], T], what: str) -> T:
+        attempts = self.config.retries + 1
+        for attempt in range(attempts):
+            try:
+                return call()
+            except requests.HTTPError as error:
+                status = error.response.status_code if error.response is not None else None
+                if status not in RETRY_STATUSES or attempt == attempts - 1:
+                    raise OrthancError(f"{what} failed with HTTP {status}") from error
+                reason = f"HTTP {status}"
+            except (requests.ConnectionError, requests.Timeout) as error:
+                if attempt == attempts - 1:
+                    raise OrthancError(f"{what} failed after {attempts} attempts: {type(error).__name__}") from error
+                reason = type(error).__name__
+            delay = self.config.backoff_seconds * 2**attempt
+            logger.warning("orthanc call failed, retrying", extra={"fields": {"call": what, "reason": reason}})
+            self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")

@@ -1,0 +1,351 @@
+"""One prediction flow for the HTTP API, `brain-tumor predict` and `pacs-sync`: uploads in, results out.
+
+Raster or DICOM, one slice or a series: decode (`app.uploads`; DICOM through `app.dicom_series`) -> the models (a
+`ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and pacs-sync) -> the DICOM SEG and
+the tumor volume for a series -> payloads (`app.payloads`). No HTTP here: failures are `app.errors.ServiceError`s.
+In the service the CPU work runs in worker threads, so the event loop stays free while it happens (`offload`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol, TypeVar
+
+import anyio.to_thread
+import numpy as np
+from pydicom.dataset import Dataset
+
+from app import payloads, schemas
+from app.batching import MicroBatcher
+from app.dicom_input import is_dicom
+from app.dicom_seg import build_segmentation
+from app.dicom_series import SeriesUploads, SliceInput, model_inputs, read_series
+from app.errors import InvalidSliceError, MixedInputError, ServiceError
+from app.inference import SlicePrediction
+from app.overlay import render_overlay_png
+from app.tumor_volume import tumor_volume_ml
+from app.uploads import PreparedSlice, UploadLimits, prepare_upload, prepare_uploads, stack_inputs
+
+T = TypeVar("T")
+
+ModelRunner = Callable[[np.ndarray, list[tuple[int, int]]], Awaitable[list[SlicePrediction]]]
+"""Runs the gated models on a preprocessed batch and its slices' original sizes; one prediction per slice."""
+
+
+class Models(Protocol):
+    """What the flow reads of `app.inference.Predictor` besides running it."""
+
+    @property
+    def classifier_threshold(self) -> float: ...
+
+    @property
+    def model_tags(self) -> dict[str, str]: ...
+
+
+class PreprocessedPredictor(Protocol):
+    """`app.inference.Predictor.predict_preprocessed`: the gated models on a preprocessed batch."""
+
+    def predict_preprocessed(
+        self, batch: np.ndarray | None, sizes: Sequence[tuple[int, int]]
+    ) -> list[SlicePrediction]: ...
+
+
+def batcher_runner(batcher: MicroBatcher, timeout_seconds: float) -> ModelRunner:
+    """The service's runner: slices join other requests' in the micro-batcher."""
+
+    async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        return await batcher.submit(batch, sizes, timeout_seconds=timeout_seconds)
+
+    return run
+
+
+def predictor_runner(predictor: PreprocessedPredictor, batch_size: int) -> ModelRunner:
+    """The CLI's and pacs-sync's runner: `batch_size` slices at a time, so a long series is not one huge batch.
+
+    It runs the models in the calling thread: those commands serve one request at a time (`offload=False`).
+    """
+
+    async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        predictions: list[SlicePrediction] = []
+        for start in range(0, len(sizes), batch_size):
+            chunk = slice(start, start + batch_size)
+            predictions.extend(predictor.predict_preprocessed(batch[chunk], sizes[chunk]))
+        return predictions
+
+    return run
+
+
+@dataclass(frozen=True)
+class Tally:
+    """How a request's slices came out: what the metrics count and the audit log records."""
+
+    positive: int = 0
+    negative: int = 0
+    failed: int = 0
+
+    @classmethod
+    def of(cls, predictions: Sequence[SlicePrediction], failed: int = 0) -> Tally:
+        positive = sum(prediction.detected for prediction in predictions)
+        return cls(positive=positive, negative=len(predictions) - positive, failed=failed)
+
+    @property
+    def detected(self) -> list[bool]:
+        return [True] * self.positive + [False] * self.negative
+
+
+TallyObserver = Callable[[Tally], None]
+"""Told a request's tally once the models have answered (before a later step, like the SEG, can fail)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesResult:
+    """What the models say about a DICOM series.
+
+    Attributes
+    ----------
+    inputs, predictions
+        One prediction per input, in the same order.
+    segmentation
+        The SEG, or None when no slice is positive (or it was not asked for).
+    tumor_volume_ml
+        See `app.tumor_volume.tumor_volume_ml`; 0.0 when nothing was found.
+    """
+
+    inputs: list[SliceInput]
+    predictions: list[SlicePrediction]
+    segmentation: Dataset | None
+    tumor_volume_ml: float | None
+
+    @property
+    def tumor_detected(self) -> bool:
+        return any(prediction.detected for prediction in self.predictions)
+
+
+def summarise_series(
+    inputs: Sequence[SliceInput],
+    predictions: Sequence[SlicePrediction],
+    model_tags: dict[str, str],
+    build_seg: bool = True,
+) -> SeriesResult:
+    """The SEG (when any slice is positive and `build_seg` is set) and the tumor volume of predicted slices.
+
+    Raises
+    ------
+    app.errors.SegmentationInputError
+        If a SEG is to be built and the inputs cannot share one (see `app.dicom_seg.build_segmentation`).
+    """
+    inputs, predictions = list(inputs), list(predictions)
+    masks = [prediction.mask for prediction in predictions]
+    detected = any(prediction.detected for prediction in predictions)
+    segmentation = build_segmentation(inputs, masks, model_tags) if detected and build_seg else None
+    volume = tumor_volume_ml(masks, [slice_input.reference for slice_input in inputs])
+    return SeriesResult(inputs=inputs, predictions=predictions, segmentation=segmentation, tumor_volume_ml=volume)
+
+
+@dataclass(frozen=True, eq=False)
+class SliceAnswer:
+    """One slice's prediction, its payload, and (for the overlay) the decoded image."""
+
+    prediction: SlicePrediction
+    image: np.ndarray | None
+    tally: Tally
+
+
+@dataclass(frozen=True, eq=False)
+class BatchAnswer:
+    """One prediction and its payload, or an error, per raster file, in request order."""
+
+    predictions: list[SlicePrediction | ServiceError]
+    outcomes: list[schemas.Prediction | ServiceError]
+    tally: Tally
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesAnswer:
+    """A DICOM series: the result, one payload per slice (unless a SEG answers), and the files that failed."""
+
+    result: SeriesResult
+    slices: list[schemas.SeriesSlice] | None
+    file_errors: dict[int, ServiceError]
+    tally: Tally
+
+
+@dataclass(frozen=True, eq=False)
+class OverlayAnswer:
+    png: bytes
+    prediction: SlicePrediction
+    tally: Tally
+
+
+@dataclass
+class PredictionService:
+    """The prediction flow over one set of models.
+
+    Parameters
+    ----------
+    models
+        Thresholds and tags of the models (`app.inference.Predictor`).
+    run_models
+        How the models run (`batcher_runner` or `predictor_runner`).
+    limits
+        Per-file limits (`UploadLimits.from_settings`).
+    on_predictions
+        Told each request's tally, e.g. to count predictions in the metrics; each call can add its own `on_tally`.
+    offload
+        Run decoding, preprocessing, encoding and the SEG in worker threads (the service, to keep its event loop
+        free); False for the CLI and pacs-sync, which keep every object in their own thread (a highdicom SEG holds
+        an SQLite connection that only its creating thread may use).
+    """
+
+    models: Models
+    run_models: ModelRunner
+    limits: UploadLimits
+    on_predictions: TallyObserver | None = field(default=None)
+    offload: bool = True
+
+    @property
+    def threshold(self) -> float:
+        return self.models.classifier_threshold
+
+    async def predict_slice(
+        self, data: bytes, segmentation: bool = False, on_tally: TallyObserver | None = None
+    ) -> SliceAnswer | SeriesAnswer:
+        """One file, one slice. A DICOM file with `segmentation` answers with its series' SEG when it has one.
+
+        Raises
+        ------
+        InvalidSliceError
+            If a SEG is asked of a raster image, or a DICOM file holds several slices and no SEG answers for them.
+        """
+        if is_dicom(data):
+            series = await self.predict_dicom([data], build_seg=segmentation, strict=True, on_tally=on_tally)
+            if segmentation and series.result.segmentation is not None:
+                return series
+            if len(series.result.predictions) != 1:
+                raise InvalidSliceError(
+                    f"the DICOM file holds {len(series.result.predictions)} slices; send it to /v1/predict/batch for "
+                    "one result per slice, or ask for output=dicom-seg"
+                )
+            return SliceAnswer(series.result.predictions[0], series.result.inputs[0].image, series.tally)
+        refuse_segmentation_of_raster(segmentation)
+        return await self._predict_raster(data, keep_image=False, on_tally=on_tally)
+
+    async def overlay(self, data: bytes, on_tally: TallyObserver | None = None) -> OverlayAnswer:
+        """The slice with the predicted tumor outline, as PNG bytes."""
+        if is_dicom(data):
+            series = await self.predict_dicom([data], build_seg=False, strict=True, on_tally=on_tally)
+            if len(series.result.predictions) != 1:
+                raise InvalidSliceError(
+                    f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
+                )
+            answer = SliceAnswer(series.result.predictions[0], series.result.inputs[0].image, series.tally)
+        else:
+            answer = await self._predict_raster(data, keep_image=True, on_tally=on_tally)
+        png = await self._cpu(render_overlay_png, answer.image, answer.prediction.mask)
+        return OverlayAnswer(png, answer.prediction, answer.tally)
+
+    async def predict_files(
+        self,
+        uploads: Sequence[bytes | ServiceError],
+        mask_format: schemas.MaskFormat,
+        segmentation: bool = False,
+        on_tally: TallyObserver | None = None,
+    ) -> BatchAnswer | SeriesAnswer:
+        """Several files: raster images one result each (a bad file gets its own error), or DICOM files as one series.
+
+        Raises
+        ------
+        MixedInputError
+            If DICOM and raster files are mixed.
+        """
+        readable = [item for item in uploads if isinstance(item, bytes)]
+        dicom_count = sum(is_dicom(item) for item in readable)
+        if dicom_count:
+            if dicom_count != len(readable):
+                raise MixedInputError(
+                    f"a batch must hold either DICOM files or PNG/JPEG/TIFF images; got {dicom_count} DICOM and "
+                    f"{len(readable) - dicom_count} other files"
+                )
+            series = await self.predict_dicom(uploads, build_seg=segmentation, on_tally=on_tally)
+            if segmentation and series.result.segmentation is not None:
+                return series
+            slices = await self._cpu(
+                payloads.series_slices, series.result.inputs, series.result.predictions, self.threshold, mask_format
+            )
+            return SeriesAnswer(series.result, slices, series.file_errors, series.tally)
+        refuse_segmentation_of_raster(segmentation)
+        prepared = await self._cpu(prepare_uploads, uploads, self.limits)
+        decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
+        predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
+        tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
+        ordered = in_request_order(prepared, predictions)
+        outcomes = await self._cpu(payloads.payloads, ordered, self.threshold, mask_format)
+        return BatchAnswer(ordered, outcomes, tally)
+
+    async def predict_dicom(
+        self,
+        uploads: Sequence[bytes | ServiceError],
+        build_seg: bool,
+        strict: bool = False,
+        on_tally: TallyObserver | None = None,
+    ) -> SeriesAnswer:
+        """DICOM files as one series: the models on every slice, then the SEG and the volume.
+
+        A file that cannot be read is left out and reported in `file_errors`; with `strict` it fails the call.
+        """
+        series = await self._cpu(read_series, uploads, self.limits.max_dicom_pixels)
+        if strict and series.file_errors:
+            raise next(iter(series.file_errors.values()))
+        return await self.predict_series(series, build_seg, on_tally)
+
+    async def predict_series(
+        self, series: SeriesUploads, build_seg: bool, on_tally: TallyObserver | None = None
+    ) -> SeriesAnswer:
+        """The models on every slice of an assembled series, then the SEG and the volume off the event loop."""
+        predictions: list[SlicePrediction] = []
+        if series.inputs:
+            batch, sizes = await self._cpu(model_inputs, series.inputs)
+            predictions = await self.run_models(batch, sizes)
+        tally = self._count(predictions, len(series.file_errors), on_tally)
+        result = await self._cpu(
+            partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
+        )
+        return SeriesAnswer(result, None, series.file_errors, tally)
+
+    async def _predict_raster(self, data: bytes, keep_image: bool, on_tally: TallyObserver | None) -> SliceAnswer:
+        prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
+        (prediction,) = await self.run_models(prepared.model_input[None], [prepared.size])
+        return SliceAnswer(prediction, prepared.image, self._count([prediction], 0, on_tally))
+
+    async def _cpu(self, function: Callable[..., T], *arguments: object) -> T:
+        """CPU work: in a worker thread when offloading, else right here."""
+        if self.offload:
+            return await anyio.to_thread.run_sync(function, *arguments)
+        return function(*arguments)
+
+    def _count(
+        self, predictions: Sequence[SlicePrediction], failed: int, on_tally: TallyObserver | None
+    ) -> Tally:
+        """The tally of a request, told to the service's and the call's observers as soon as the models answered."""
+        tally = Tally.of(predictions, failed)
+        for observer in (self.on_predictions, on_tally):
+            if observer is not None:
+                observer(tally)
+        return tally
+
+
+def in_request_order(
+    prepared: Sequence[PreparedSlice | ServiceError], predictions: Sequence[SlicePrediction]
+) -> list[SlicePrediction | ServiceError]:
+    """Put each decoded file's prediction, and each failed file's error, back in request order."""
+    remaining = iter(predictions)
+    return [item if isinstance(item, ServiceError) else next(remaining) for item in prepared]
+
+
+def refuse_segmentation_of_raster(segmentation: bool) -> None:
+    if segmentation:
+        raise InvalidSliceError(
+            "output=dicom-seg needs DICOM input: a DICOM SEG must reference the DICOM instances it segments"
+        )

@@ -1,0 +1,79 @@
+"""Tumor volume of a series: mask pixels x pixel spacing x slice spacing, in millilitres."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from app.dicom_input import DicomFrame
+
+MM3_PER_ML = 1000.0
+
+
+def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFrame]) -> float | None:
+    """Tumor volume in millilitres: mask pixels x Pixel Spacing x slice spacing, summed over the slices.
+
+    Slice spacing is the median distance between neighbouring Image Positions (Patient) along the slice normal,
+    since that is how far apart the slices really are (Slice Thickness can differ from it when slices overlap or
+    have gaps); with fewer than two distinct positions it falls back to Spacing Between Slices, then Slice
+    Thickness. Each 2-D mask stands for a slab one spacing thick.
+
+    Parameters
+    ----------
+    masks
+        One per slice: 0/1 arrays at the slice's rows x columns, or None for an empty slice.
+    slices
+        The frames the masks belong to (for a `SliceInput`, its `reference`), of one series.
+
+    Returns
+    -------
+    float or None
+        Millilitres; 0.0 when every mask is empty; None when a non-empty slice lacks Pixel Spacing or no slice
+        spacing can be found.
+
+    Raises
+    ------
+    ValueError
+        If `masks` and `slices` differ in length.
+    """
+    if len(masks) != len(slices):
+        raise ValueError(f"masks must be one per slice; got {len(masks)} masks for {len(slices)} slices")
+    area_mm2 = 0.0
+    for mask, frame in zip(masks, slices, strict=True):
+        pixels = 0 if mask is None else int(np.count_nonzero(mask))
+        if pixels == 0:
+            continue
+        if frame.pixel_spacing is None:
+            return None
+        area_mm2 += pixels * frame.pixel_spacing[0] * frame.pixel_spacing[1]
+    if area_mm2 == 0.0:
+        return 0.0
+    spacing = slice_spacing_mm(slices)
+    return None if spacing is None else area_mm2 * spacing / MM3_PER_ML
+
+
+def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
+    """Distance between neighbouring slices in mm (see `tumor_volume_ml` for the order of sources), or None."""
+    positions = [frame.image_position for frame in slices if frame.image_position is not None]
+    if len(positions) >= 2:
+        orientation = next((frame.image_orientation for frame in slices if frame.image_orientation), None)
+        points = np.asarray(positions, dtype=np.float64)
+        if orientation is not None:
+            normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+            offsets = np.sort(points @ normal)
+            gaps = np.diff(offsets)
+        else:  # no orientation: order the positions along the line they span
+            gaps = np.linalg.norm(
+                np.diff(points[np.argsort(np.linalg.norm(points - points[0], axis=1))], axis=0), axis=1
+            )
+        gaps = np.abs(gaps[np.abs(gaps) > 1e-6])
+        if gaps.size:
+            return float(np.median(gaps))
+    for frame in slices:
+        if frame.spacing_between_slices:
+            return float(frame.spacing_between_slices)
+    for frame in slices:
+        if frame.slice_thickness:
+            return float(frame.slice_thickness)
+    return None

@@ -1,0 +1,101 @@
+"""The input side of a prediction: uploaded bytes -> checked, decoded, preprocessed slices.
+
+decode (`app.imaging`) -> `app.core.preprocessing.preprocess_slice`. No HTTP here: failures are
+`app.errors.ServiceError`s, and a file that fails yields its error in its place so the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.core.preprocessing import InvalidImageError, preprocess_slice
+from app.errors import InvalidSliceError, PayloadTooLargeError, ServiceError
+from app.imaging import decode_image
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Per-file limits; `max_upload_bytes` bounds the file, `max_image_pixels` its width x height, and
+    `max_dicom_pixels` a DICOM file's rows x columns x frames. The defaults are the settings' defaults."""
+
+    max_upload_bytes: int = Settings.model_fields["max_upload_bytes"].default
+    max_image_pixels: int = Settings.model_fields["max_image_pixels"].default
+    max_dicom_pixels: int = Settings.model_fields["max_dicom_pixels"].default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadLimits:
+        return cls(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_dicom_pixels=settings.max_dicom_pixels,
+        )
+
+
+@dataclass(frozen=True)
+class PreparedSlice:
+    """One decoded upload: its model input (256x256x3), original (H, W), and the decoded uint8 image if kept."""
+
+    model_input: np.ndarray
+    size: tuple[int, int]
+    image: np.ndarray | None = None
+
+
+def sha256_hex(data: bytes) -> str:
+    """What the logs record about an upload: its hash, never its content or name."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_upload_size(size: int, limits: UploadLimits, complete: bool = True) -> None:
+    """Raise `PayloadTooLargeError` if a file of `size` bytes is over the limit.
+
+    `complete=False` says reading stopped at `size` bytes, so the file is at least that large.
+    """
+    if size > limits.max_upload_bytes:
+        found = f"{size} bytes" if complete else f"more than {limits.max_upload_bytes} bytes"
+        raise PayloadTooLargeError(f"file must be at most {limits.max_upload_bytes} bytes; got {found}")
+
+
+def prepare_upload(data: bytes, limits: UploadLimits, keep_image: bool = False) -> PreparedSlice:
+    """Check the size, decode, and preprocess one file (CPU work: call it off the event loop).
+
+    The full-size decoded image is dropped unless `keep_image` (the overlay needs it), so a batch of large files
+    holds only 256x256 inputs while it waits for the models.
+    """
+    check_upload_size(len(data), limits)
+    image = decode_image(data, max_pixels=limits.max_image_pixels)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    return PreparedSlice(model_input(image), size, image if keep_image else None)
+
+
+def model_input(image: np.ndarray) -> np.ndarray:
+    """`preprocess_slice`, with an image it refuses reported as the client's `InvalidSliceError`."""
+    try:
+        return preprocess_slice(image)
+    except InvalidImageError as error:
+        raise InvalidSliceError(str(error)) from error
+
+
+def prepare_uploads(
+    uploads: Sequence[bytes | ServiceError], limits: UploadLimits
+) -> list[PreparedSlice | ServiceError]:
+    """`prepare_upload` for each file; a file that fails (or could not even be read) yields its error in its place."""
+    prepared: list[PreparedSlice | ServiceError] = []
+    for data in uploads:
+        if isinstance(data, ServiceError):
+            prepared.append(data)
+            continue
+        try:
+            prepared.append(prepare_upload(data, limits))
+        except ServiceError as error:
+            prepared.append(error)
+    return prepared
+
+
+def stack_inputs(prepared: Sequence[PreparedSlice]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The model batch and the original sizes of the slices that decoded."""
+    return np.stack([item.model_input for item in prepared]), [item.size for item in prepared]

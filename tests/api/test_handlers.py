@@ -1,0 +1,106 @@
+"""`app.api.handlers`: every domain error has a row in the code table, and becomes its status with the whole body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from app import errors
+from app.api import handlers
+
+
+def all_service_errors() -> list[type[errors.ServiceError]]:
+    found, pending = [], [errors.ServiceError]
+    while pending:
+        cls = pending.pop()
+        found.extend(cls.__subclasses__())
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def code_table() -> dict[str, int]:
+    rows = re.findall(r"^\| (\w+)\s*\| (\d{3})\s*\|", handlers.__doc__ or "", flags=re.MULTILINE)
+    return {code: int(status) for code, status in rows}
+
+
+def request() -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/v1/predict", "headers": [], "state": {}})
+
+
+def body_of(response) -> dict:
+    return json.loads(response.body)
+
+
+@pytest.mark.parametrize("error_class", all_service_errors(), ids=lambda cls: cls.code)
+def test_every_domain_error_has_its_status_in_the_code_table(error_class: type[errors.ServiceError]) -> None:
+    assert code_table()[error_class.code] == handlers.STATUS_BY_KIND[error_class.kind]
+
+
+def test_the_code_table_names_invalid_segmentation_input() -> None:
+    assert code_table()["invalid_segmentation_input"] == 400
+
+
+def test_handle_service_error_answers_the_whole_body_and_remembers_the_code() -> None:
+    incoming = request()
+    error = errors.SegmentationInputError("a DICOM SEG covers one series; the FLAIR slices come from 2 series")
+
+    response = asyncio.run(handlers.handle_service_error(incoming, error))
+
+    assert response.status_code == 400
+    assert body_of(response) == {
+        "error": {
+            "code": "invalid_segmentation_input",
+            "message": "a DICOM SEG covers one series; the FLAIR slices come from 2 series",
+        }
+    }
+    assert incoming.state.error_code == "invalid_segmentation_input"
+
+
+def test_service_error_response_sends_retry_after_rounded_up() -> None:
+    response = handlers.service_error_response(errors.OverloadedError("the queue is full", retry_after_seconds=0.2))
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert body_of(response) == {"error": {"code": "overloaded", "message": "the queue is full"}}
+
+
+def test_handle_validation_error_names_location_message_and_short_value() -> None:
+    error = RequestValidationError(
+        [
+            {"loc": ("body", "file"), "msg": "Field required", "type": "missing"},
+            {"loc": ("query", "mask_format"), "msg": "Input should be 'rle'", "input": "x", "type": "enum"},
+        ]
+    )
+
+    response = asyncio.run(handlers.handle_validation_error(request(), error))
+
+    assert response.status_code == 422
+    assert body_of(response) == {
+        "error": {
+            "code": "validation_error",
+            "message": "body.file: Field required; query.mask_format: Input should be 'rle' (got 'x')",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(404, "not_found"), (405, "method_not_allowed"), (413, "payload_too_large")]
+)
+def test_handle_http_exception_derives_the_code_from_the_status(status: int, code: str) -> None:
+    response = asyncio.run(handlers.handle_http_exception(request(), HTTPException(status, detail="nope")))
+
+    assert response.status_code == status
+    assert body_of(response) == {"error": {"code": code, "message": "nope"}}
+
+
+def test_handle_unexpected_error_hides_the_exception() -> None:
+    response = asyncio.run(handlers.handle_unexpected_error(request(), RuntimeError("secret detail")))
+
+    assert response.status_code == 500
+    assert body_of(response) == {"error": {"code": "internal_error", "message": "internal server error"}}

@@ -1,0 +1,91 @@
+"""`app.api.middleware` on a bare Starlette app: request ids, API keys and body limits, each with the whole answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from app.api.middleware import AccessControlMiddleware, RequestContextMiddleware, UploadLimitMiddleware, is_public
+from app.metrics import ServiceMetrics
+from app.security import ApiKeyStore
+
+
+async def echo(request: Request) -> PlainTextResponse:
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # the upload limit cut the body off; this answer is dropped
+        return PlainTextResponse("cut off", status_code=499)
+    return PlainTextResponse(f"{len(body)} bytes, key {getattr(request.state, 'key_id', None)}")
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    app = Starlette(routes=[Route("/v1/predict", echo, methods=["POST"]), Route("/health/live", echo)])
+    app.add_middleware(UploadLimitMiddleware, default_limit=10)
+    app.add_middleware(AccessControlMiddleware, keys=ApiKeyStore.from_settings([], None))
+    app.add_middleware(RequestContextMiddleware, metrics=ServiceMetrics())
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_a_plain_client_request_id_is_echoed(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b"abc", headers={"X-Request-ID": "client-1.2_3"})
+
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] == "client-1.2_3"
+    assert response.text == "3 bytes, key None"
+
+
+def test_a_request_id_that_is_no_plain_token_is_replaced(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b"abc", headers={"X-Request-ID": "bad id\twith spaces"})
+
+    assert len(response.headers["X-Request-ID"]) == 32
+    assert response.headers["X-Request-ID"] != "bad id\twith spaces"
+
+
+def test_a_body_over_the_declared_limit_is_refused_before_it_is_read(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b"x" * 11)
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {"code": "payload_too_large", "message": "request body must be at most 10 bytes; Content-Length is 11"}
+    }
+    assert "X-Request-ID" in response.headers
+
+
+def test_a_streamed_body_is_cut_off_at_the_limit(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=iter([b"x" * 6, b"x" * 6]))
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {"code": "payload_too_large", "message": "request body must be at most 10 bytes; got more"}
+    }
+
+
+def test_with_keys_a_request_without_a_valid_key_is_refused() -> None:
+    app = Starlette(routes=[Route("/v1/predict", echo, methods=["POST"]), Route("/health/live", echo)])
+    app.add_middleware(AccessControlMiddleware, keys=ApiKeyStore.from_settings([f"lab:{'k' * 32}"], None))
+    with TestClient(app) as client:
+        refused = client.post("/v1/predict", content=b"a")
+        wrong = client.post("/v1/predict", content=b"a", headers={"X-API-Key": "nope"})
+        accepted = client.post("/v1/predict", content=b"a", headers={"X-API-Key": "k" * 32})
+        public = client.get("/health/live")
+
+    assert refused.status_code == wrong.status_code == 401
+    assert refused.json() == {"error": {"code": "unauthorized", "message": "a valid X-API-Key header is required"}}
+    assert accepted.status_code == 200 and accepted.text == "1 bytes, key lab"
+    assert public.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "public"),
+    [("/health/ready", True), ("/", True), ("/static/app.js", True), ("/v1/predict", False), ("/metrics", False)],
+)
+def test_is_public(path: str, public: bool) -> None:
+    assert is_public(path) is public

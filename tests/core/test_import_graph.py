@@ -1,0 +1,83 @@
+"""Dependencies run one way: `app` -> `app.core` <- `training`, so the service image ships without `training/`.
+
+Walks every module's imports (top level and inside functions) with `ast`, without importing anything.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("app", "training")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of the modules `path` imports (relative imports resolved against its package)."""
+    package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Our modules -> the modules of ours they import."""
+    paths = [path for package in PACKAGES for path in (REPO_ROOT / package).rglob("*.py")]
+    modules = {module_name(path): path for path in paths}
+    return {
+        name: {imported for imported in imported_modules(path) if imported in modules}
+        for name, path in modules.items()
+    }
+
+
+def is_core(module: str) -> bool:
+    return module == "app.core" or module.startswith("app.core.")
+
+
+GRAPH = import_graph()
+
+
+def test_the_graph_covers_the_packages() -> None:
+    assert "app.core.preprocessing" in GRAPH and "app.api.routes.predict" in GRAPH and "training.evaluate" in GRAPH
+
+
+@pytest.mark.parametrize("module", sorted(name for name in GRAPH if name.startswith("app")))
+def test_app_never_imports_training(module: str) -> None:
+    assert not [name for name in GRAPH[module] if name.split(".")[0] == "training"]
+
+
+@pytest.mark.parametrize("module", sorted(name for name in GRAPH if is_core(name)))
+def test_core_imports_only_core(module: str) -> None:
+    assert not [name for name in GRAPH[module] if name != "app" and not is_core(name)]
+
+
+@pytest.mark.parametrize("module", sorted(name for name in GRAPH if name.startswith("training")))
+def test_training_imports_only_the_core_of_app(module: str) -> None:
+    assert not [name for name in GRAPH[module] if name.split(".")[0] == "app" and name != "app" and not is_core(name)]
+
+
+def test_packages_depend_one_way() -> None:
+    """Between `app` (outside the core), `app.core` and `training` the only edges are app -> core <- training."""
+
+    def group(module: str) -> str:
+        return "core" if is_core(module) else module.split(".")[0]
+
+    edges = {(group(source), group(target)) for source, targets in GRAPH.items() for target in targets}
+    crossing = {(source, target) for source, target in edges if source != target}
+    assert crossing == {("app", "core"), ("training", "core")}

@@ -1,0 +1,66 @@
+"""The model store: one manifest reader and writer (format_version checked), and model files loaded safely."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import pytest
+
+from app.core.model_store import (
+    MANIFEST_FORMAT_VERSION,
+    MANIFEST_NAME,
+    ModelEntry,
+    ModelStoreError,
+    load_model,
+    read_manifest,
+    write_manifest,
+)
+
+
+def test_load_model_refuses_a_lambda_layer(tmp_path):
+    inputs = keras.Input(shape=(4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2, name="doubling")(inputs)
+    model = keras.Model(inputs, outputs, name="with_lambda")
+    (tmp_path / "with_lambda.json").write_text(model.to_json())
+    model.save_weights(tmp_path / "with_lambda.weights.h5")
+    entry = ModelEntry(
+        name="with_lambda",
+        version="1",
+        architecture="with_lambda.json",
+        weights="with_lambda.weights.h5",
+        parameters=0,
+        threshold=0.5,
+    )
+    with pytest.raises(ModelStoreError, match="cannot load with_lambda@1.*arbitrary code execution"):
+        load_model(tmp_path, entry)
+
+
+def test_write_manifest_round_trips_and_leaves_no_staging_file(tiny_model_dir, tmp_path):
+    manifest = read_manifest(tiny_model_dir)
+    for name in manifest.files:
+        shutil.copyfile(tiny_model_dir / name, tmp_path / name)
+
+    write_manifest(tmp_path, manifest)
+
+    assert read_manifest(tmp_path) == manifest
+    assert sorted(path.name for path in tmp_path.glob(".*")) == []
+
+
+def test_read_manifest_refuses_another_format_version(tiny_model_dir, tmp_path):
+    shutil.copytree(tiny_model_dir, tmp_path, dirs_exist_ok=True)
+    content = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    content["format_version"] = MANIFEST_FORMAT_VERSION + 1
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(content))
+
+    with pytest.raises(ModelStoreError, match=rf"must have format_version 1; got {MANIFEST_FORMAT_VERSION + 1}$"):
+        read_manifest(tmp_path)
+
+
+def test_write_manifest_refuses_another_format_version(tiny_model_dir, tmp_path):
+    manifest = read_manifest(tiny_model_dir).model_copy(update={"format_version": 2})
+
+    with pytest.raises(ModelStoreError, match=r"^manifest format_version must be 1; got 2$"):
+        write_manifest(tmp_path, manifest)
+    assert not (tmp_path / MANIFEST_NAME).exists()

@@ -1,0 +1,115 @@
+"""`app.dicom_series`: frames of one request grouped into model inputs, intensities normalised per series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from app.dicom_input import read_dicom
+from app.dicom_series import model_inputs, normalise_volume, prepare_inputs, read_series
+from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
+from app.uploads import model_input
+from tests.conftest import TUMOR_SLICE, read_slice
+from tests.dicom.builders import FLAIR, Study, mr_dataset, mr_series, to_bytes, tumor_channels
+
+
+@pytest.fixture(scope="module")
+def flair() -> np.ndarray:
+    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
+
+
+def single_mr(pixels: np.ndarray, **kwargs: object) -> Dataset:
+    return mr_dataset(pixels, Study(), generate_uid(), **kwargs)
+
+
+def test_read_series_reports_unreadable_files_in_place_and_keeps_the_others() -> None:
+    series = mr_series(tumor_channels(FLAIR))
+    unreadable = FileUnreadableError("cannot read the file: No such file or directory")
+    uploads = [to_bytes(series[0]), b"\0" * 128 + b"DICM" + b"\xff" * 10, unreadable, to_bytes(series[2])]
+
+    read = read_series(uploads, max_pixels=1 << 20)
+
+    kept = [series[0].SOPInstanceUID, series[2].SOPInstanceUID]
+    assert [item.reference.sop_instance_uid for item in read.inputs] == kept
+    assert sorted(read.file_errors) == [1, 2]
+    assert isinstance(read.file_errors[1], UndecodableDicomError)
+    assert read.file_errors[2] is unreadable
+
+
+def test_read_series_normalises_over_the_files_that_were_read() -> None:
+    images = tumor_channels(FLAIR)
+    read = read_series([to_bytes(dataset) for dataset in mr_series(images)], max_pixels=1 << 20)
+
+    expected = normalise_volume([image.astype(np.float32) for image in images])
+    for slice_input, image in zip(read.inputs, expected, strict=True):
+        np.testing.assert_array_equal(slice_input.image, image)
+
+
+def test_model_inputs_preprocess_each_slice_and_keep_its_size(flair: np.ndarray) -> None:
+    small = flair[:200, :120]
+    inputs = prepare_inputs(read_dicom(to_bytes(single_mr(flair))) + read_dicom(to_bytes(single_mr(small))))
+
+    batch, sizes = model_inputs(inputs)
+
+    assert sizes == [(256, 256), (200, 120)]
+    assert batch.shape == (2, 256, 256, 3) and batch.dtype == np.float32
+    for row, slice_input in zip(batch, inputs, strict=True):
+        np.testing.assert_array_equal(row, model_input(slice_input.image))
+
+
+def test_normalise_volume_stretches_over_the_whole_series() -> None:
+    bright = np.array([[0.0, 1000.0]])
+    dim = np.array([[0.0, 500.0]])
+
+    assert [image.tolist() for image in normalise_volume([bright, dim])] == [[[0, 255]], [[0, 128]]]
+    assert normalise_volume([np.full((2, 2), 7.0)])[0].tolist() == [[0, 0], [0, 0]]
+
+
+def test_prepare_inputs_takes_a_single_instance_as_flair(flair: np.ndarray) -> None:
+    frames = read_dicom(to_bytes(single_mr(flair)))
+
+    (slice_input,) = prepare_inputs(frames)
+
+    assert slice_input.image.shape == flair.shape and slice_input.image.dtype == np.uint8
+    assert slice_input.reference is frames[0]
+    np.testing.assert_array_equal(slice_input.image, normalise_volume([flair.astype(np.float32)])[0])
+
+
+def test_prepare_inputs_stacks_three_series_in_request_order() -> None:
+    study = Study()
+    sequences = [mr_series(tumor_channels(channel), study, series_number=channel + 1) for channel in range(3)]
+    # Request order: pre-contrast, FLAIR, post-contrast per slice, slices interleaved.
+    frames = [frame for index in range(3) for series in sequences for frame in read_dicom(to_bytes(series[index]))]
+
+    inputs = prepare_inputs(frames)
+
+    assert len(inputs) == 3
+    for index, slice_input in enumerate(inputs):
+        assert slice_input.image.shape == (256, 256, 3)
+        assert slice_input.reference.sop_instance_uid == sequences[FLAIR][index].SOPInstanceUID
+        for channel in range(3):
+            series_values = [image.astype(np.float32) for image in tumor_channels(channel)]
+            expected = normalise_volume(series_values)[index]
+            np.testing.assert_array_equal(slice_input.image[:, :, channel], expected)
+
+
+def test_prepare_inputs_rejects_two_frames_at_one_position(flair: np.ndarray) -> None:
+    study = Study()
+    frames = [
+        frame
+        for series in (mr_series([flair], study), mr_series([flair], study))
+        for frame in read_dicom(to_bytes(series[0]))
+    ]
+
+    with pytest.raises(InvalidDicomImageError, match="must be 1 \\(FLAIR\\) or 3 .*got 2 at position"):
+        prepare_inputs(frames)
+
+
+def test_prepare_inputs_rejects_three_frames_of_one_series(flair: np.ndarray) -> None:
+    study, series_uid = Study(), generate_uid()
+    frames = [read_dicom(to_bytes(mr_dataset(flair, study, series_uid, instance_number=n)))[0] for n in (1, 2, 3)]
+
+    with pytest.raises(InvalidDicomImageError, match="must come from three series .* from 1 series"):
+        prepare_inputs(frames)
