@@ -132,5 +132,10 @@ api_key_header = APIKeyHeader(
 )
 
 
+# The empty requirement makes the key optional in the document, as it is in the service: needed only when keys are
+# configured. FastAPI appends this to the requirement its `Security` dependency declares.
+OPTIONAL_API_KEY: dict = {"security": [{}]}
+
+
 async def document_api_key(key: Annotated[str | None, Security(api_key_header)]) -> None:
     """Declares the header in the OpenAPI document; `AccessControlMiddleware` has checked it already."""

@@ -6,13 +6,14 @@ from fastapi import APIRouter, Security
 
 from app import schemas
 from app.api.deps import ManifestDep
-from app.api.openapi_docs import READ_STATUSES, document_api_key, error_responses, response_examples
+from app.api.openapi_docs import OPTIONAL_API_KEY, READ_STATUSES, document_api_key, error_responses, response_examples
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(document_api_key)])
 
 
 @router.get(
     "/models",
+    openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.ModelsResponse,
     responses=error_responses(*READ_STATUSES)
     | {200: {"content": response_examples(models="the committed models"), "description": "what is being served"}},

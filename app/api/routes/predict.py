@@ -15,7 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app import dicom_series, pipeline, schemas
 from app.api.deps import BatcherDep, MetricsDep, PredictorDep, RequestIdDep, SettingsDep
-from app.api.openapi_docs import PREDICTION_STATUSES, document_api_key, error_responses, response_examples
+from app.api.openapi_docs import (
+    OPTIONAL_API_KEY,
+    PREDICTION_STATUSES,
+    document_api_key,
+    error_responses,
+    response_examples,
+)
 from app.batching import MicroBatcher
 from app.dicom_input import is_dicom
 from app.dicom_seg import SeriesResult, segmentation_to_bytes, summarise_series
@@ -87,6 +93,7 @@ def wants_segmentation(output: schemas.OutputFormat, accept: str | None) -> bool
 
 @router.post(
     "/predict",
+    openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.PredictionResponse,
     responses=ERROR_RESPONSES | PREDICT_EXAMPLES,
 )
@@ -137,6 +144,7 @@ async def create_prediction(
 
 @router.post(
     "/predict/batch",
+    openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.BatchPredictionResponse | schemas.SeriesPredictionResponse,
     responses=ERROR_RESPONSES | BATCH_EXAMPLES,
 )
@@ -217,6 +225,7 @@ async def create_batch_prediction(
 
 @router.post(
     "/overlay",
+    openapi_extra=OPTIONAL_API_KEY,
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "the slice with the tumor outline"}}
     | ERROR_RESPONSES,
