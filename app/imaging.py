@@ -60,12 +60,13 @@ def sniff_format(data: bytes) -> ImageFormat:
         If the first bytes match none of PNG, JPEG, TIFF.
     """
     if not data:
-        raise EmptyFileError("the uploaded file is empty (0 bytes); expected a PNG, JPEG or TIFF image")
+        raise EmptyFileError("the uploaded file is empty (0 bytes); expected a PNG, JPEG, TIFF or DICOM file")
     for signature, image_format in _SIGNATURES:
         if data.startswith(signature):
             return image_format
     raise UnsupportedMediaTypeError(
-        "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+        "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
+        "or be DICOM (DICM at byte 128); "
         f"its first bytes are {data[:8].hex(' ')}"
     )
 

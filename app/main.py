@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from app.api import handlers
 from app.api.middleware import AccessControlMiddleware, RequestContextMiddleware, UploadLimitMiddleware
-from app.api.routes import health, models, predict, web
+from app.api.routes import docs, health, models, predict, web
 from app.audit import AuditLog
 from app.batching import MicroBatcher
 from app.core.model_store import ModelStoreError, read_manifest
@@ -122,7 +122,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     audit = AuditLog(settings.audit_log_file)
-    app = FastAPI(title="Brain tumor MRI service", description=DESCRIPTION, version="1.0.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Brain tumor MRI service",
+        description=DESCRIPTION,
+        version="1.0.0",
+        lifespan=lifespan,
+        docs_url=None,  # served offline by app.api.routes.docs instead of from a CDN
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.api_keys = api_keys
@@ -138,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(web.router)
+    docs.add_docs_pages(app)
 
     app.add_exception_handler(ServiceError, handlers.handle_service_error)
     app.add_exception_handler(RequestValidationError, handlers.handle_validation_error)

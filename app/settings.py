@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         description="keras runs the models on the Keras backend (TensorFlow, or JAX with KERAS_BACKEND=jax); "
         "onnxruntime runs the ONNX files that python -m training.export_onnx listed in the manifest with ONNX Runtime "
         "(faster on CPU, never loads TensorFlow; without those files the models are converted at every start, "
-        "which needs the train extra, and TensorFlow stays in memory; needs pip install -e \".[onnx]\"); also read "
+        'which needs the train extra, and TensorFlow stays in memory; needs pip install -e ".[onnx]"); also read '
         "from BACKEND",
     )
     inference_batch_size: int = Field(

@@ -3,12 +3,15 @@ covers it. A new README command fails `test_every_readme_command_is_run_or_accou
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
+from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,8 @@ NOT_RUN_HERE = {
     "make bench": "a benchmark (numbers, not a pass/fail test): run by hand, results in the README",
     ".venv/bin/python -m bench.": "benchmarks: their --quick modes are smoke-run by hand",
     "ORTHANC_USERNAME=orthanc": "pacs-sync against a real Orthanc: tests/dicom/test_pacs_sync.py",
+    ".venv/bin/pip uninstall -y tensorflow-cpu": "needs an NVIDIA GPU; CI has none (and must keep tensorflow-cpu)",
+    '.venv/bin/python -c "import tensorflow': "the GPU check: prints [] on CI's CPU-only machine, proving nothing",
     "docker": "no Docker engine in CI: tests/deploy checks the files statically (see the README)",
     "EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime docker": "as docker; tests/deploy checks the EXTRAS build argument",
 }
@@ -115,6 +120,49 @@ def test_readme_command_succeeds(command: str, workdir: Path, server_url: str, t
         assert (workdir / "seg.dcm").read_bytes()[128:132] == b"DICM"
     else:
         assert completed.stdout.strip()
+
+
+def test_readme_python_example_imports_only_what_make_serve_installs():
+    """`make serve` installs the project's dependencies only (no extras): the example must need nothing more."""
+    (example,) = readme_blocks("python")
+    modules = {
+        node.names[0].name.split(".")[0] if isinstance(node, ast.Import) else node.module.split(".")[0]
+        for node in ast.walk(ast.parse(example))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    }
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {canonical(re.split(r"[<>=!~\[;\s]", item, maxsplit=1)[0]) for item in project["dependencies"]}
+    installed = transitive(runtime)
+    runtime_modules = {
+        module
+        for module, distributions in packages_distributions().items()
+        if any(canonical(name) in installed for name in distributions)
+    }
+    missing = sorted(modules - runtime_modules)
+    assert not missing, f"the README's Python example imports {missing}, which make serve does not install"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def transitive(names: set[str]) -> set[str]:
+    """Every distribution the given ones pull in (their non-extra requirements), as installed here."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requirements = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for requirement in requirements:
+            if "extra ==" not in requirement:
+                todo.append(canonical(re.split(r"[<>=!~\[;\s(]", requirement, maxsplit=1)[0]))
+    return seen
 
 
 def test_readme_python_example_runs(workdir: Path, server_url: str):

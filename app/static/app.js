@@ -1,8 +1,13 @@
-// The upload page: one file goes to /v1/predict (numbers and mask PNG) and /v1/overlay (the picture to look at).
-// Plain browser JavaScript, no framework and no build step, so the service can serve it as it is.
-"use strict";
+// The upload page: the chosen slices go to /v1/predict/batch in one request; the page draws each slice with its
+// returned mask itself (no second request for an overlay), and lets people scroll the series.
+// Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
+import { FormatError, isDicom, readDicom, readPng16, readTiff, readZip, writeGreyPng, writeZip } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
+const BATCH_URL = "/v1/predict/batch";
+// A slice whose probability is this close to the threshold (in probability units) is flagged for a closer look.
+const NEAR_THRESHOLD_MARGIN = 0.05;
+const WHEEL_STEP_PIXELS = 50;
 
 // Human wording per HTTP status; the server's own message goes beneath it, since that names the exact rule broken.
 const ERROR_TITLES = {
@@ -14,27 +19,67 @@ const ERROR_TITLES = {
   429: "Too many requests for now.",
   503: "The service is not ready to analyse slices.",
 };
+// The status a per-file error of a batch would have had on its own (the batch itself answers 200).
+const STATUS_BY_CODE = {
+  unsupported_media_type: 415,
+  unsupported_dicom: 415,
+  payload_too_large: 413,
+  image_too_large: 413,
+  too_many_files: 413,
+  too_many_slices: 413,
+};
 
 const el = (id) => document.getElementById(id);
 const ui = {
   fileInput: el("file-input"),
+  folderInput: el("folder-input"),
   dropZone: el("drop-zone"),
   fileName: el("file-name"),
   apiKey: el("api-key"),
+  progressRow: el("progress-row"),
+  progressLabel: el("progress-label"),
+  progress: el("progress"),
   status: el("status"),
   error: el("error"),
   errorTitle: el("error-title"),
   errorDetail: el("error-detail"),
   result: el("result"),
-  overlay: el("overlay"),
   decision: el("decision"),
+  fileErrors: el("file-errors"),
+  viewer: el("viewer"),
+  sliceCanvas: el("slice-canvas"),
+  maskCanvas: el("mask-canvas"),
+  caption: el("caption"),
+  sliderRow: el("slider-row"),
+  slider: el("slice-slider"),
+  sliceNumber: el("slice-number"),
+  stripBlock: el("strip-block"),
+  strip: el("strip"),
   probability: el("probability"),
   comparison: el("comparison"),
   threshold: el("threshold"),
+  nearFlag: el("near-flag"),
   area: el("area"),
+  volume: el("volume"),
+  sliceSummary: el("slice-summary"),
   models: el("models"),
   requestId: el("request-id"),
-  download: el("download-mask"),
+  maskStyle: el("mask-style"),
+  maskColour: el("mask-colour"),
+  maskOpacity: el("mask-opacity"),
+  maskOpacityValue: el("mask-opacity-value"),
+  windowControls: el("window-controls"),
+  windowLevel: el("window-level"),
+  windowLevelValue: el("window-level-value"),
+  windowWidth: el("window-width"),
+  windowWidthValue: el("window-width-value"),
+  windowReset: el("window-reset"),
+  spacingControls: el("spacing-controls"),
+  pixelSpacing: el("pixel-spacing"),
+  sliceSpacing: el("slice-spacing"),
+  downloadSeg: el("download-seg"),
+  downloadMasks: el("download-masks"),
+  tableBody: document.querySelector("#slice-table tbody"),
 };
 
 class ApiError extends Error {
@@ -45,53 +90,46 @@ class ApiError extends Error {
   }
 }
 
-let inFlight = null; // AbortController of the analysis running now: a newer file cancels it
-let objectUrls = []; // blob: URLs of the shown result, released when it is replaced
+let inFlight = null; // XMLHttpRequest of the analysis running now: a newer upload cancels it
+let series = null; // what is shown: see showSeries
+let current = 0; // index of the slice shown
+let wheelDelta = 0;
 
-function formatPercent(value) {
-  return `${(value * 100).toFixed(1)} %`;
-}
+// ------------------------------------------------------------------------------------------------ small helpers
+
+const formatPercent = (value) => `${(value * 100).toFixed(1)} %`;
+const formatNumber = (value, digits) => value.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const naturalOrder = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
+const isNearThreshold = (prediction) => Math.abs(prediction.tumor_probability - prediction.threshold) < NEAR_THRESHOLD_MARGIN;
 
 function requestHeaders() {
   const key = ui.apiKey.value.trim();
   return key ? { "X-API-Key": key } : {};
 }
 
-async function errorFrom(response) {
-  let message = response.statusText;
+function base64ToBytes(base64) {
+  return Uint8Array.from(atob(base64), (char) => char.charCodeAt(0));
+}
+
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+function errorFromBody(status, body, statusText, retryAfter) {
+  let message = statusText;
   try {
-    message = (await response.json()).error.message;
+    message = JSON.parse(body).error.message;
   } catch {
     // Not our JSON error body (e.g. a proxy's HTML page): the status text is all there is.
   }
-  return new ApiError(response.status, message, response.headers.get("Retry-After"));
-}
-
-async function postSlice(path, file, signal) {
-  const form = new FormData();
-  // A neutral file name: names can hold patient names, and the server judges the type by the content anyway.
-  form.append("file", file, "slice");
-  const response = await fetch(path, { method: "POST", body: form, headers: requestHeaders(), signal });
-  if (!response.ok) {
-    throw await errorFrom(response);
-  }
-  return response;
-}
-
-function base64ToBlob(base64, type) {
-  const bytes = Uint8Array.from(atob(base64), (char) => char.charCodeAt(0));
-  return new Blob([bytes], { type });
-}
-
-function newObjectUrl(blob) {
-  const url = URL.createObjectURL(blob);
-  objectUrls.push(url);
-  return url;
-}
-
-function releaseObjectUrls() {
-  objectUrls.forEach((url) => URL.revokeObjectURL(url));
-  objectUrls = [];
+  return new ApiError(status, message, retryAfter);
 }
 
 function showError(error) {
@@ -103,9 +141,11 @@ function showError(error) {
       title += ` Try again in ${error.retryAfter} seconds.`;
     }
     detail = `Server message: ${error.message}`;
-  } else if (error instanceof TypeError) {
-    // fetch rejects with a TypeError only when no answer came back at all.
+  } else if (error instanceof TypeError && !(error instanceof FormatError)) {
     title = "Could not reach the service. Check the connection and try again.";
+  } else if (error instanceof FormatError) {
+    title = "The files could not be opened.";
+    detail = error.message;
   } else {
     title = "The result could not be shown.";
     detail = String(error.message ?? error);
@@ -116,79 +156,581 @@ function showError(error) {
   ui.status.textContent = "";
 }
 
-function describeArea(mask) {
+// --------------------------------------------------------------------------------------------- reading files
+
+/** Zips opened, masks of the LGG data set and hidden files left out, in natural file-name order. */
+async function collectFiles(chosen) {
+  const files = [];
+  let skippedMasks = 0;
+  for (const file of chosen) {
+    const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
+    if (head[0] === 0x50 && head[1] === 0x4b && head[2] === 3 && head[3] === 4) {
+      files.push(...(await readZip(await file.arrayBuffer())));
+    } else {
+      files.push(file);
+    }
+  }
+  const kept = files.filter((file) => {
+    if (file.name.startsWith(".")) {
+      return false;
+    }
+    // Kaggle's LGG folders keep each ground-truth mask beside its slice: those are answers, not slices.
+    if (/_mask\.(png|tiff?)$/i.test(file.name)) {
+      skippedMasks += 1;
+      return false;
+    }
+    return true;
+  });
+  kept.sort((a, b) => naturalOrder.compare(a.webkitRelativePath || a.name, b.webkitRelativePath || b.name));
+  return { files: kept, skippedMasks };
+}
+
+/** Pixels to draw: grey `values` (16-bit data, DICOM: window/level applies) or an 8-bit `rgba` ImageData. */
+async function decodeRaster(file) {
+  const buffer = await file.arrayBuffer();
+  try {
+    const high = (await readPng16(buffer)) ?? (await readTiff(buffer));
+    if (high) {
+      return high;
+    }
+  } catch {
+    // A damaged or exotic file: the server's answer says what is wrong with it.
+  }
+  try {
+    const bitmap = await createImageBitmap(new Blob([buffer]));
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const context = canvas.getContext("2d");
+    context.drawImage(bitmap, 0, 0);
+    return { width: bitmap.width, height: bitmap.height, rgba: context.getImageData(0, 0, bitmap.width, bitmap.height) };
+  } catch {
+    return null;
+  }
+}
+
+/** What `showSlice` draws for a file (DICOM: the header and its frames); null when the browser cannot read it. */
+async function readPicture(file, dicom) {
+  try {
+    return dicom ? readDicom(await file.arrayBuffer()) : await decodeRaster(file);
+  } catch {
+    return null;
+  }
+}
+
+async function decodeMask(mask) {
+  if (!mask?.png) {
+    return null;
+  }
+  const bitmap = await createImageBitmap(new Blob([base64ToBytes(mask.png)], { type: "image/png" }), {
+    colorSpaceConversion: "none",
+    premultiplyAlpha: "none",
+  });
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  const rgba = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
+  const bits = new Uint8Array(bitmap.width * bitmap.height);
+  for (let i = 0; i < bits.length; i += 1) {
+    bits[i] = rgba[i * 4] > 127 ? 1 : 0;
+  }
+  return bits;
+}
+
+function stemOf(name) {
+  return name.replace(/\.[^.]*$/, "");
+}
+
+// --------------------------------------------------------------------------------------------------- request
+
+/** One multipart request with every file; upload progress, then "analysing" until the answer comes. */
+function postBatch(files, query) {
+  const form = new FormData();
+  // Neutral part names: file names can hold patient names, and the server judges the type by the content anyway.
+  files.forEach((file, index) => form.append("files", file, `slice-${String(index + 1).padStart(4, "0")}`));
+  const request = new XMLHttpRequest();
+  const done = new Promise((resolve, reject) => {
+    request.open("POST", `${BATCH_URL}?${query}`);
+    Object.entries(requestHeaders()).forEach(([name, value]) => request.setRequestHeader(name, value));
+    request.responseType = query.includes("dicom-seg") ? "blob" : "text";
+    request.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) {
+        ui.progress.value = (100 * event.loaded) / event.total;
+      }
+    });
+    request.upload.addEventListener("load", () => {
+      ui.progress.removeAttribute("value"); // indeterminate while the models run
+      ui.progressLabel.textContent = `Analysing ${files.length} ${files.length === 1 ? "file" : "files"}`;
+    });
+    request.addEventListener("load", async () => {
+      if (request.status >= 200 && request.status < 300) {
+        resolve(request.response);
+        return;
+      }
+      const body = request.responseType === "blob" ? await request.response.text() : request.response;
+      reject(errorFromBody(request.status, body, request.statusText, request.getResponseHeader("Retry-After")));
+    });
+    request.addEventListener("error", () => reject(new TypeError("network error")));
+    request.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+    request.send(form);
+  });
+  return { request, done };
+}
+
+// --------------------------------------------------------------------------------------------------- analysis
+
+async function analyse(chosen) {
+  inFlight?.abort();
+  ui.error.hidden = true;
+  ui.result.hidden = true;
+  ui.fileErrors.hidden = true;
+  let request = null;
+  try {
+    const { files, skippedMasks } = await collectFiles(chosen);
+    if (files.length === 0) {
+      throw new FormatError(skippedMasks ? "only ground-truth masks (*_mask.png) were chosen" : "no files were chosen");
+    }
+    const heads = await Promise.all(files.map(async (file) => new Uint8Array(await file.slice(0, 132).arrayBuffer())));
+    const dicom = heads.some(isDicom);
+    ui.fileName.textContent = files.length === 1
+      ? `Selected: ${files[0].name}`
+      : `Selected: ${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`
+        + (skippedMasks ? ` (${skippedMasks} ground-truth mask files left out)` : "");
+    ui.fileName.hidden = false;
+    ui.status.textContent = `Analysing ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
+    ui.progressLabel.textContent = `Uploading ${files.length} ${files.length === 1 ? "file" : "files"}`;
+    ui.progress.value = 0;
+    ui.progressRow.hidden = false;
+
+    // Decode the pictures while the server works: the answer only adds the masks.
+    const pictures = Promise.all(files.map((file) => readPicture(file, dicom)));
+    const posted = postBatch(files, "mask_format=png");
+    request = posted.request;
+    inFlight = request;
+    const answer = JSON.parse(await posted.done);
+    if (inFlight !== request) {
+      return;
+    }
+    const decoded = await pictures;
+    const shown = answer.slices
+      ? await dicomSeries(answer, files, decoded)
+      : await rasterSeries(answer, files, decoded);
+    if (inFlight === request) {
+      showSeries(shown);
+    }
+  } catch (error) {
+    if ((inFlight === request || request === null) && error.name !== "AbortError") {
+      showError(error);
+    }
+  } finally {
+    if (inFlight === request) {
+      inFlight = null;
+    }
+    if (inFlight === null) {
+      ui.progressRow.hidden = true;
+    }
+  }
+}
+
+function fileFailures(failures, files) {
+  return failures.map((item) => ({ name: files[item.index]?.name ?? `file ${item.index + 1}`, error: item.error }));
+}
+
+function throwIfNothingWorked(slices, failures) {
+  if (slices.length === 0 && failures.length > 0) {
+    const { error } = failures[0];
+    throw new ApiError(STATUS_BY_CODE[error.code] ?? 400, error.message);
+  }
+}
+
+async function rasterSeries(answer, files, pictures) {
+  const failures = fileFailures(answer.results.filter((item) => !item.ok), files);
+  const slices = [];
+  for (const item of answer.results.filter((result) => result.ok)) {
+    const file = files[item.index];
+    slices.push({
+      label: file.name,
+      maskName: `${stemOf(file.name)}_mask.png`,
+      prediction: item.prediction,
+      picture: pictures[item.index],
+      mask: await decodeMask(item.prediction.mask),
+      pixelSpacing: null,
+    });
+  }
+  throwIfNothingWorked(slices, failures);
+  return { kind: "raster", files, slices, failures, answer, volumeMl: null };
+}
+
+async function dicomSeries(answer, files, headers) {
+  const failures = fileFailures(answer.file_errors, files);
+  const frames = new Map();
+  headers.forEach((header, index) => {
+    if (header?.sopInstanceUid) {
+      frames.set(header.sopInstanceUid, { header, name: files[index].name });
+    }
+  });
+  const slices = [];
+  for (const item of answer.slices) {
+    const source = frames.get(item.sop_instance_uid);
+    const frame = source?.header.frames[item.frame_number - 1] ?? null;
+    slices.push({
+      label: source ? `${source.name}${source.header.frames.length > 1 ? `, frame ${item.frame_number}` : ""}` : `slice ${item.index + 1}`,
+      maskName: `slice_${String(item.index + 1).padStart(4, "0")}_mask.png`,
+      prediction: { ...item.prediction, threshold: answer.threshold },
+      picture: frame,
+      window: source?.header.window ?? null,
+      mask: await decodeMask(item.prediction.mask),
+      pixelSpacing: source?.header.pixelSpacing ?? null,
+    });
+  }
+  throwIfNothingWorked(slices, failures);
+  return { kind: "dicom", files, slices, failures, answer, volumeMl: answer.tumor_volume_ml };
+}
+
+// ------------------------------------------------------------------------------------------------- the series
+
+function sizeOf(slice) {
+  if (slice.picture) {
+    return [slice.picture.width, slice.picture.height];
+  }
+  const size = slice.prediction.mask?.size;
+  return size ? [size[1], size[0]] : [256, 256];
+}
+
+function showSeries(shown) {
+  series = shown;
+  const { slices, answer } = shown;
+  const first = slices[0].prediction;
+  const positives = slices.filter((slice) => slice.prediction.tumor_detected).length;
+  const near = slices.filter((slice) => isNearThreshold(slice.prediction)).length;
+  const detected = positives > 0;
+  const verdict = detected ? "Tumor detected" : "No tumor detected";
+  ui.decision.textContent = slices.length === 1 ? verdict : `${verdict} (${positives} of ${slices.length} slices)`;
+  ui.decision.classList.toggle("positive", detected);
+  ui.decision.classList.toggle("negative", !detected);
+  ui.threshold.textContent = formatPercent(first.threshold);
+  ui.models.textContent = `${answer.models.classifier}, ${answer.models.segmenter}`;
+  ui.requestId.textContent = answer.request_id;
+  ui.sliceSummary.textContent = `${slices.length} ${slices.length === 1 ? "slice" : "slices"}, ${positives} with tumor`
+    + (near ? `, ${near} close to the threshold` : "");
+
+  ui.fileErrors.hidden = shown.failures.length === 0;
+  ui.fileErrors.textContent = shown.failures.length
+    ? `${shown.failures.length} ${shown.failures.length === 1 ? "file" : "files"} could not be analysed: `
+      + shown.failures.map((failure) => `${failure.name} (${failure.error.message})`).join("; ")
+    : "";
+
+  ui.spacingControls.hidden = shown.kind === "dicom";
+  ui.downloadSeg.hidden = shown.kind !== "dicom";
+  ui.downloadSeg.disabled = !detected;
+  ui.downloadSeg.textContent = detected ? "Download DICOM SEG" : "DICOM SEG: none, no tumor found";
+
+  setUpWindow(slices);
+  ui.slider.max = String(slices.length);
+  ui.sliderRow.hidden = slices.length === 1;
+  ui.stripBlock.hidden = slices.length === 1;
+  buildStrip(slices);
+  buildTable(slices);
+  updateVolume();
+
+  ui.result.hidden = false;
+  showSlice(Math.max(0, slices.findIndex((slice) => slice.prediction.tumor_detected)));
+  // The status line is the live region: screen readers hear the outcome without moving focus.
+  ui.status.textContent = slices.length === 1
+    ? `${verdict}: tumor probability ${formatPercent(first.tumor_probability)}, threshold ${formatPercent(first.threshold)}.`
+    : `${verdict} in ${positives} of ${slices.length} slices; threshold ${formatPercent(first.threshold)}.`;
+}
+
+function buildStrip(slices) {
+  ui.strip.replaceChildren();
+  const line = document.createElement("div");
+  line.className = "strip-threshold";
+  line.style.bottom = `${100 * slices[0].prediction.threshold}%`;
+  ui.strip.append(line);
+  slices.forEach((slice, index) => {
+    const bar = document.createElement("div");
+    const { prediction } = slice;
+    bar.className = `strip-bar ${prediction.tumor_detected ? "positive" : "negative"}`;
+    bar.classList.toggle("near", isNearThreshold(prediction));
+    bar.dataset.index = String(index);
+    const fill = document.createElement("span");
+    fill.style.height = `${Math.max(1, 100 * prediction.tumor_probability)}%`;
+    bar.append(fill);
+    ui.strip.append(bar);
+  });
+}
+
+function areaMm2(slice) {
+  const spacing = slice.pixelSpacing ?? (series.kind === "raster" ? enteredSpacing().pixel : null);
+  if (!spacing || !slice.prediction.mask) {
+    return slice.prediction.mask || !spacing ? null : 0;
+  }
+  const [row, column] = Array.isArray(spacing) ? spacing : [spacing, spacing];
+  return slice.prediction.mask.area_pixels * row * column;
+}
+
+function buildTable(slices) {
+  ui.tableBody.replaceChildren(
+    ...slices.map((slice, index) => {
+      const row = document.createElement("tr");
+      const { prediction } = slice;
+      const area = areaMm2(slice);
+      const result = `${prediction.tumor_detected ? "Tumor" : "No tumor"}${isNearThreshold(prediction) ? " (close to threshold)" : ""}`;
+      const cells = [
+        String(index + 1),
+        slice.label,
+        formatPercent(prediction.tumor_probability),
+        result,
+        (prediction.mask?.area_pixels ?? 0).toLocaleString("en"),
+        area === null ? "–" : formatNumber(area, 1),
+      ];
+      cells.forEach((text, column) => {
+        const cell = document.createElement(column === 0 ? "th" : "td");
+        if (column === 0) {
+          cell.scope = "row";
+        }
+        cell.textContent = text;
+        row.append(cell);
+      });
+      return row;
+    }),
+  );
+}
+
+function enteredSpacing() {
+  const read = (input) => {
+    const value = Number(input.value);
+    return input.value !== "" && Number.isFinite(value) && value > 0 ? value : null;
+  };
+  return { pixel: read(ui.pixelSpacing), slice: read(ui.sliceSpacing) };
+}
+
+/** DICOM: the API's volume. PNG/TIFF: pixels x pixel spacing² x slice spacing, once both spacings are entered. */
+function updateVolume() {
+  let volume = null;
+  let text;
+  if (series.kind === "dicom") {
+    volume = series.volumeMl;
+    text = volume === null
+      ? "unknown: the DICOM files give no pixel or slice spacing"
+      : `${formatNumber(volume, 2)} mL (from the DICOM geometry)`;
+  } else {
+    const { pixel, slice } = enteredSpacing();
+    if (pixel && slice) {
+      const pixels = series.slices.reduce((sum, item) => sum + (item.prediction.mask?.area_pixels ?? 0), 0);
+      volume = (pixels * pixel * pixel * slice) / 1000;
+      text = `${formatNumber(volume, 2)} mL (from the spacing entered)`;
+    } else {
+      text = "enter the pixel and slice spacing below to get it";
+    }
+  }
+  ui.volume.textContent = text;
+  if (volume === null) {
+    delete ui.volume.dataset.value;
+  } else {
+    ui.volume.dataset.value = String(volume);
+  }
+}
+
+// ------------------------------------------------------------------------------------------- window / level
+
+function setUpWindow(slices) {
+  let min = Infinity;
+  let max = -Infinity;
+  for (const slice of slices) {
+    for (const value of slice.picture?.values ?? []) {
+      if (value < min) min = value;
+      if (value > max) max = value;
+    }
+  }
+  const windowed = Number.isFinite(min);
+  ui.windowControls.hidden = !windowed;
+  if (!windowed) {
+    return;
+  }
+  const span = Math.max(1, max - min);
+  const preset = slices.find((slice) => slice.window)?.window;
+  series.defaultWindow = preset ?? { center: (min + max) / 2, width: span };
+  ui.windowLevel.min = String(min);
+  ui.windowLevel.max = String(max);
+  ui.windowWidth.min = "1";
+  ui.windowWidth.max = String(Math.max(span, series.defaultWindow.width));
+  resetWindow();
+}
+
+function resetWindow() {
+  ui.windowLevel.value = String(series.defaultWindow.center);
+  ui.windowWidth.value = String(series.defaultWindow.width);
+  showWindowValues();
+}
+
+function showWindowValues() {
+  ui.windowLevelValue.textContent = formatNumber(Number(ui.windowLevel.value), 0);
+  ui.windowWidthValue.textContent = formatNumber(Number(ui.windowWidth.value), 0);
+}
+
+function pictureImageData(picture) {
+  if (picture.rgba) {
+    return picture.rgba;
+  }
+  const center = Number(ui.windowLevel.value);
+  const width = Math.max(1, Number(ui.windowWidth.value));
+  const low = center - width / 2;
+  const image = new ImageData(picture.width, picture.height);
+  for (let i = 0; i < picture.values.length; i += 1) {
+    const grey = Math.min(255, Math.max(0, ((picture.values[i] - low) / width) * 255));
+    image.data[i * 4] = grey;
+    image.data[i * 4 + 1] = grey;
+    image.data[i * 4 + 2] = grey;
+    image.data[i * 4 + 3] = 255;
+  }
+  return image;
+}
+
+// --------------------------------------------------------------------------------------------- drawing a slice
+
+function drawPicture(slice) {
+  const [width, height] = sizeOf(slice);
+  ui.sliceCanvas.width = width;
+  ui.sliceCanvas.height = height;
+  const context = ui.sliceCanvas.getContext("2d");
+  if (slice.picture) {
+    context.putImageData(pictureImageData(slice.picture), 0, 0);
+  } else {
+    context.fillStyle = "#000";
+    context.fillRect(0, 0, width, height);
+  }
+}
+
+/** The mask on its own canvas over the slice: its alpha is exactly the API's mask (fill) or that mask's edge. */
+function drawMask(slice) {
+  const [width, height] = sizeOf(slice);
+  ui.maskCanvas.width = width;
+  ui.maskCanvas.height = height;
+  const style = ui.maskStyle.value;
+  ui.maskCanvas.style.opacity = style === "fill" ? String(Number(ui.maskOpacity.value) / 100) : "1";
+  if (!slice.mask || style === "none") {
+    return;
+  }
+  const hex = ui.maskColour.value;
+  const colour = [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16));
+  const image = new ImageData(width, height);
+  const { mask } = slice;
+  for (let y = 0; y < height; y += 1) {
+    for (let x = 0; x < width; x += 1) {
+      const i = y * width + x;
+      if (!mask[i]) {
+        continue;
+      }
+      if (style === "outline") {
+        const inside = x > 0 && x < width - 1 && y > 0 && y < height - 1
+          && mask[i - 1] && mask[i + 1] && mask[i - width] && mask[i + width];
+        if (inside) {
+          continue;
+        }
+      }
+      image.data.set([...colour, 255], i * 4);
+    }
+  }
+  ui.maskCanvas.getContext("2d").putImageData(image, 0, 0);
+}
+
+function colourName() {
+  return ui.maskColour.selectedOptions[0].textContent.toLowerCase();
+}
+
+function showSlice(index) {
+  if (!series) {
+    return;
+  }
+  current = Math.min(series.slices.length - 1, Math.max(0, index));
+  const slice = series.slices[current];
+  const { prediction } = slice;
+  const count = series.slices.length;
+  drawPicture(slice);
+  drawMask(slice);
+
+  const where = count === 1 ? slice.label : `Slice ${current + 1} of ${count} (${slice.label})`;
+  let drawn;
+  if (!prediction.mask) {
+    drawn = prediction.tumor_detected ? "tumor detected, but the mask is empty" : "no tumor predicted on this slice";
+  } else if (ui.maskStyle.value === "none") {
+    drawn = "predicted tumor mask hidden";
+  } else {
+    drawn = `predicted tumor ${ui.maskStyle.value === "fill" ? "area filled" : "outlined"} in ${colourName()}`;
+  }
+  ui.caption.textContent = `${where}: ${drawn}`;
+  ui.sliceCanvas.setAttribute("aria-label", `MRI ${where}; ${drawn}`);
+
+  ui.probability.textContent = formatPercent(prediction.tumor_probability);
+  ui.probability.dataset.value = String(prediction.tumor_probability);
+  ui.comparison.textContent = prediction.tumor_detected ? "is at or above" : "is below";
+  ui.nearFlag.hidden = !isNearThreshold(prediction);
+  ui.area.textContent = describeArea(slice);
+
+  ui.slider.value = String(current + 1);
+  ui.sliceNumber.textContent = `${current + 1} / ${count}`;
+  ui.slider.setAttribute(
+    "aria-valuetext",
+    `Slice ${current + 1} of ${count}: ${prediction.tumor_detected ? "tumor" : "no tumor"}, probability ${formatPercent(prediction.tumor_probability)}`,
+  );
+  ui.strip.querySelectorAll(".strip-bar").forEach((bar, at) => bar.classList.toggle("current", at === current));
+}
+
+function describeArea(slice) {
+  const { mask } = slice.prediction;
   if (!mask) {
     return "none";
   }
   const [height, width] = mask.size;
   const share = (100 * mask.area_pixels) / (height * width);
-  return `${mask.area_pixels.toLocaleString("en")} pixels (${share.toFixed(1)} % of the ${width} × ${height} slice)`;
+  const mm2 = areaMm2(slice);
+  const physical = mm2 === null ? "" : `, ${formatNumber(mm2, 1)} mm²`;
+  return `${mask.area_pixels.toLocaleString("en")} pixels (${share.toFixed(1)} % of the ${width} × ${height} slice)${physical}`;
 }
 
-async function showResult(prediction, overlayBlob) {
-  releaseObjectUrls();
-  ui.overlay.src = newObjectUrl(overlayBlob);
-  // Wait for the picture, so the result appears in one piece rather than text first and image later.
-  await ui.overlay.decode();
+// ------------------------------------------------------------------------------------------------- downloads
 
-  const probability = formatPercent(prediction.tumor_probability);
-  const threshold = formatPercent(prediction.threshold);
-  const verdict = prediction.tumor_detected ? "Tumor detected" : "No tumor detected";
-  ui.decision.textContent = verdict;
-  ui.decision.classList.toggle("positive", prediction.tumor_detected);
-  ui.decision.classList.toggle("negative", !prediction.tumor_detected);
-  ui.probability.textContent = probability;
-  ui.probability.dataset.value = String(prediction.tumor_probability);
-  ui.comparison.textContent = prediction.tumor_detected ? "is at or above" : "is below";
-  ui.threshold.textContent = threshold;
-  ui.area.textContent = describeArea(prediction.mask);
-  ui.models.textContent = `${prediction.models.classifier}, ${prediction.models.segmenter}`;
-  ui.requestId.textContent = prediction.request_id;
+function csvCell(value) {
+  const text = String(value);
+  return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
 
-  const maskPng = prediction.mask?.png;
-  ui.download.hidden = !maskPng;
-  if (maskPng) {
-    ui.download.href = newObjectUrl(base64ToBlob(maskPng, "image/png"));
-  } else {
-    ui.download.removeAttribute("href");
+async function downloadMasks() {
+  const entries = [];
+  const rows = [["slice", "file", "mask_file", "tumor_probability", "tumor_detected", "area_pixels", "area_mm2"]];
+  for (const [index, slice] of series.slices.entries()) {
+    const { prediction } = slice;
+    let bytes;
+    if (prediction.mask?.png) {
+      bytes = base64ToBytes(prediction.mask.png); // exactly the API's PNG
+    } else {
+      const [width, height] = sizeOf(slice);
+      bytes = new Uint8Array(await (await writeGreyPng(width, height, new Uint8Array(width * height))).arrayBuffer());
+    }
+    entries.push({ name: slice.maskName, bytes });
+    const area = areaMm2(slice);
+    rows.push([index + 1, slice.label, slice.maskName, prediction.tumor_probability, prediction.tumor_detected,
+      prediction.mask?.area_pixels ?? 0, area === null ? "" : area]);
   }
-
-  ui.result.hidden = false;
-  // The status line is the live region: screen readers hear the outcome without moving focus.
-  ui.status.textContent = `${verdict}: tumor probability ${probability}, threshold ${threshold}.`;
+  entries.push({ name: "slices.csv", bytes: new TextEncoder().encode(`${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`) });
+  saveBlob(writeZip(entries), "tumor-masks.zip");
 }
 
-async function analyse(file) {
-  inFlight?.abort();
-  const controller = new AbortController();
-  inFlight = controller;
-
-  ui.fileName.textContent = `Selected: ${file.name}`;
-  ui.fileName.hidden = false;
-  ui.error.hidden = true;
-  ui.result.hidden = true;
-  ui.status.textContent = "Analysing the slice…";
-
+async function downloadSegmentation() {
+  ui.downloadSeg.disabled = true;
+  ui.status.textContent = "Asking the server for the DICOM SEG…";
   try {
-    // Both requests at once: the server may even serve them in a single model run.
-    const [prediction, overlayBlob] = await Promise.all([
-      postSlice("/v1/predict?mask_format=png", file, controller.signal).then((response) => response.json()),
-      postSlice("/v1/overlay", file, controller.signal).then((response) => response.blob()),
-    ]);
-    if (inFlight === controller) {
-      await showResult(prediction, overlayBlob);
-    }
+    const posted = postBatch(series.files, "output=dicom-seg");
+    const blob = await posted.done;
+    saveBlob(new Blob([blob], { type: "application/dicom" }), "tumor-seg.dcm");
+    ui.status.textContent = "DICOM SEG downloaded.";
   } catch (error) {
-    controller.abort(); // the other request's answer is no longer wanted
-    if (inFlight === controller && error.name !== "AbortError") {
-      showError(error);
-    }
+    showError(error);
   } finally {
-    if (inFlight === controller) {
-      inFlight = null;
-    }
+    ui.downloadSeg.disabled = false;
   }
 }
+
+// ------------------------------------------------------------------------------------------------------ wiring
 
 function restoreApiKey() {
   ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
@@ -202,26 +744,57 @@ function restoreApiKey() {
   });
 }
 
-function wireFileChoice() {
-  ui.fileInput.addEventListener("change", () => {
-    const [file] = ui.fileInput.files;
-    if (file) {
-      analyse(file);
+/** Files of a drop, folders walked (DataTransferItem entries), since `dataTransfer.files` lists folders as empty files. */
+async function droppedFiles(dataTransfer) {
+  const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
+  if (entries.length === 0) {
+    return [...dataTransfer.files];
+  }
+  const files = [];
+  const visit = async (entry) => {
+    if (entry.isFile) {
+      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (batch.length === 0) {
+          break;
+        }
+        for (const child of batch) {
+          await visit(child);
+        }
+      }
     }
-    ui.fileInput.value = ""; // so that choosing the same file again analyses it again
-  });
+  };
+  for (const entry of entries) {
+    await visit(entry);
+  }
+  return files;
+}
+
+function wireFileChoice() {
+  for (const input of [ui.fileInput, ui.folderInput]) {
+    input.addEventListener("change", () => {
+      const files = [...input.files];
+      if (files.length) {
+        analyse(files);
+      }
+      input.value = ""; // so that choosing the same files again analyses them again
+    });
+  }
 
   ui.dropZone.addEventListener("dragover", (event) => {
     event.preventDefault();
     ui.dropZone.classList.add("dragging");
   });
   ui.dropZone.addEventListener("dragleave", () => ui.dropZone.classList.remove("dragging"));
-  ui.dropZone.addEventListener("drop", (event) => {
+  ui.dropZone.addEventListener("drop", async (event) => {
     event.preventDefault();
     ui.dropZone.classList.remove("dragging");
-    const [file] = event.dataTransfer.files;
-    if (file) {
-      analyse(file);
+    const files = await droppedFiles(event.dataTransfer);
+    if (files.length) {
+      analyse(files);
     }
   });
   // A file dropped beside the drop zone would otherwise make the browser navigate away to show it.
@@ -229,5 +802,77 @@ function wireFileChoice() {
   window.addEventListener("drop", (event) => event.preventDefault());
 }
 
+function wireViewer() {
+  ui.slider.addEventListener("input", () => showSlice(Number(ui.slider.value) - 1));
+  ui.viewer.addEventListener(
+    "wheel",
+    (event) => {
+      if (!series || series.slices.length < 2) {
+        return;
+      }
+      event.preventDefault();
+      wheelDelta += event.deltaMode === 0 ? event.deltaY : event.deltaY * WHEEL_STEP_PIXELS;
+      const steps = Math.trunc(wheelDelta / WHEEL_STEP_PIXELS);
+      if (steps) {
+        wheelDelta -= steps * WHEEL_STEP_PIXELS;
+        showSlice(current + steps);
+      }
+    },
+    { passive: false },
+  );
+  const moves = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1, PageUp: -10, PageDown: 10 };
+  ui.viewer.addEventListener("keydown", (event) => {
+    if (!series) {
+      return;
+    }
+    let target = null;
+    if (event.key in moves) {
+      target = current + moves[event.key];
+    } else if (event.key === "Home") {
+      target = 0;
+    } else if (event.key === "End") {
+      target = series.slices.length - 1;
+    }
+    if (target !== null) {
+      event.preventDefault();
+      showSlice(target);
+    }
+  });
+  ui.strip.addEventListener("click", (event) => {
+    const bar = event.target.closest(".strip-bar");
+    if (bar) {
+      showSlice(Number(bar.dataset.index));
+    }
+  });
+  const redrawMask = () => {
+    ui.maskOpacityValue.textContent = `${ui.maskOpacity.value} %`;
+    ui.maskOpacity.disabled = ui.maskStyle.value !== "fill";
+    if (series) {
+      showSlice(current);
+    }
+  };
+  [ui.maskStyle, ui.maskColour, ui.maskOpacity].forEach((input) => input.addEventListener("input", redrawMask));
+  [ui.windowLevel, ui.windowWidth].forEach((input) =>
+    input.addEventListener("input", () => {
+      showWindowValues();
+      drawPicture(series.slices[current]);
+    }),
+  );
+  ui.windowReset.addEventListener("click", () => {
+    resetWindow();
+    drawPicture(series.slices[current]);
+  });
+  [ui.pixelSpacing, ui.sliceSpacing].forEach((input) =>
+    input.addEventListener("input", () => {
+      updateVolume();
+      buildTable(series.slices);
+      ui.area.textContent = describeArea(series.slices[current]);
+    }),
+  );
+  ui.downloadMasks.addEventListener("click", () => downloadMasks().catch(showError));
+  ui.downloadSeg.addEventListener("click", downloadSegmentation);
+}
+
 restoreApiKey();
 wireFileChoice();
+wireViewer();

@@ -96,7 +96,8 @@ def test_predict_reports_bad_file_in_place_and_exits_1(
     ]
     assert results[1]["error"] == {
         "code": "unsupported_media_type",
-        "message": "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+        "message": "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
+        "or be DICOM (DICM at byte 128); "
         f"its first bytes are {b'not an i'.hex(' ')}",
     }
     # The good files get exactly what the batch endpoint gives them.

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from app.api.routes import web
 from app.main import create_app
 from app.settings import Settings
+from tests.conftest import make_tiny_model_dir
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 READY_TIMEOUT_SECONDS = 120.0
@@ -55,10 +57,10 @@ def wait_until_ready(base_url: str, server_thread: threading.Thread) -> None:
     raise TimeoutError(f"{base_url}/health/ready did not answer 200 within {READY_TIMEOUT_SECONDS:.0f} s")
 
 
-@pytest.fixture(scope="module")
-def live_server(tiny_model_dir: Path) -> Iterator[str]:
-    """Base URL of the service, run by uvicorn in a thread on the tiny models (every slice positive)."""
-    app = create_app_with_page(Settings(model_dir=tiny_model_dir))
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """Base URL of the service run by uvicorn in a thread, once its models are ready."""
+    app = create_app_with_page(settings)
     # Bind first, so the port is known and free before uvicorn starts (no race for a guessed port).
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -74,6 +76,21 @@ def live_server(tiny_model_dir: Path) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         listener.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model_dir: Path) -> Iterator[str]:
+    """The service on the tiny models (every slice positive)."""
+    with serving(Settings(model_dir=tiny_model_dir)) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def negative_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service on tiny models whose threshold (1.01) no probability reaches: every slice tumor-free."""
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("negative_models"), classifier_threshold=1.01)
+    with serving(Settings(model_dir=model_dir)) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +112,17 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh tab (own sessionStorage) at a desktop size, so screenshots look like what people see."""
     context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def phone_page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab at a phone's size and touch, for the narrow layout."""
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     tab = context.new_page()
     yield tab
     context.close()

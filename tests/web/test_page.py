@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import TUMOR_SLICE
 
-PREDICT_URL_END = "/v1/predict?mask_format=png"
+PREDICT_URL_END = "/v1/predict/batch?mask_format=png"
 RESULT_TIMEOUT_MS = 30_000
 TEXT_FILE = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image\n"}
 
@@ -28,7 +29,8 @@ def test_page_shows_prediction_overlay_and_mask_download(page: Page, live_server
     with page.expect_response(is_prediction, timeout=RESULT_TIMEOUT_MS) as answered:
         page.set_input_files("#file-input", TUMOR_SLICE)
     assert answered.value.status == 200
-    prediction = answered.value.json()
+    answer = answered.value.json()
+    prediction = answer["results"][0]["prediction"]
     expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
 
     probability = page.locator("#probability")
@@ -42,24 +44,29 @@ def test_page_shows_prediction_overlay_and_mask_download(page: Page, live_server
     expect(page.locator("#threshold")).to_have_text(f"{100 * prediction['threshold']:.1f} %")
     expect(page.locator("#area")).to_contain_text(f"{prediction['mask']['area_pixels']:,} pixels")
     expect(page.locator("#status")).to_contain_text("Tumor detected: tumor probability")
-    assert page.evaluate("document.querySelector('#overlay').naturalWidth") == 256
+    expect(page.locator("#caption")).to_have_text(f"{TUMOR_SLICE.name}: predicted tumor area filled in orange")
+    expect(page.locator("#request-id")).to_have_text(answer["request_id"])
+    assert page.evaluate("document.querySelector('#slice-canvas').width") == 256
 
-    download_link = page.locator("#download-mask")
-    expect(download_link).to_be_visible()
+    download_button = page.locator("#download-masks")
+    expect(download_button).to_be_visible()
     page.screenshot(path=screenshot_dir / "web-page-result.png", full_page=True)
     with page.expect_download() as downloaded:
-        download_link.click()
-    assert downloaded.value.suggested_filename == "tumor-mask.png"
-    assert Path(downloaded.value.path()).read_bytes() == base64.b64decode(prediction["mask"]["png"])
+        download_button.click()
+    assert downloaded.value.suggested_filename == "tumor-masks.zip"
+    with zipfile.ZipFile(downloaded.value.path()) as archive:
+        assert archive.read(f"{TUMOR_SLICE.stem}_mask.png") == base64.b64decode(prediction["mask"]["png"])
 
 
 def test_page_shows_unsupported_type_message_for_text_file(page: Page, live_server: str, screenshot_dir: Path) -> None:
     page.goto(live_server)
 
-    # Asked separately: the page cancels its second request once the first fails, so the browser may drop a body.
-    refused = httpx.post(f"{live_server}/v1/predict", files={"file": ("notes.txt", TEXT_FILE["buffer"], "text/plain")})
-    assert refused.status_code == 415
-    server_message = refused.json()["error"]["message"]
+    refused = httpx.post(
+        f"{live_server}/v1/predict/batch", files={"files": ("notes.txt", TEXT_FILE["buffer"], "text/plain")}
+    )
+    (failure,) = refused.json()["results"]
+    assert failure["error"]["code"] == "unsupported_media_type"
+    server_message = failure["error"]["message"]
 
     page.set_input_files("#file-input", files=[TEXT_FILE])
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Security
 
 from app import schemas
 from app.api.deps import ManifestDep
+from app.api.openapi_docs import OPTIONAL_API_KEY, READ_STATUSES, document_api_key, error_responses, response_examples
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(document_api_key)])
 
 
-@router.get("/models", response_model=schemas.ModelsResponse)
+@router.get(
+    "/models",
+    openapi_extra=OPTIONAL_API_KEY,
+    response_model=schemas.ModelsResponse,
+    responses=error_responses(*READ_STATUSES)
+    | {200: {"content": response_examples(models="the committed models"), "description": "what is being served"}},
+)
 async def read_models(manifest: ManifestDep) -> schemas.ModelsResponse:
     """The manifest's public part: names, versions, thresholds, input shape, preprocessing and test metrics."""
     return schemas.ModelsResponse.from_manifest(manifest)

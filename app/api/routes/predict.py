@@ -13,32 +13,51 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, File, Header, Query, Request, UploadFile
+from fastapi import APIRouter, File, Header, Query, Request, Security, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app import payloads, schemas, uploads
 from app.api.deps import PredictionServiceDep, PredictorDep, RequestIdDep, SettingsDep
+from app.api.openapi_docs import (
+    OPTIONAL_API_KEY,
+    PREDICTION_STATUSES,
+    document_api_key,
+    error_responses,
+    response_examples,
+)
 from app.dicom_seg import segmentation_to_bytes
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
 from app.prediction import SeriesAnswer, SliceAnswer, Tally
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1", tags=["predict"])
+router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)])
 
 DICOM_MEDIA_TYPE = "application/dicom"
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": schemas.ErrorResponse, "description": description}
-    for status, description in (
-        (400, "empty, undecodable or invalid image"),
-        (413, "file, image or request too large"),
-        (415, "not PNG, JPEG, TIFF or an MR DICOM image (judged by the magic bytes)"),
-        (422, "missing or malformed field"),
-        (503, "models not ready, or the inference queue is full"),
-    )
+ERROR_RESPONSES = error_responses(*PREDICTION_STATUSES)
+PREDICT_EXAMPLES: dict[int | str, dict] = {
+    200: {
+        "content": {
+            DICOM_MEDIA_TYPE: {},
+            **response_examples(
+                predict_tumor="tests/data/lgg/.../TCGA_DU_A5TW_19980228_22.jpg: tumor, mask as COCO RLE",
+                predict_tumor_free="tests/data/lgg/.../TCGA_DU_A5TW_19980228_8.jpg: no tumor, no mask",
+            ),
+        },
+        "description": "JSON, or a DICOM SEG with output=dicom-seg",
+    }
 }
-SEG_RESPONSE: dict[int | str, dict] = {
-    200: {"content": {DICOM_MEDIA_TYPE: {}}, "description": "JSON, or a DICOM SEG with output=dicom-seg"}
+BATCH_EXAMPLES: dict[int | str, dict] = {
+    200: {
+        "content": {
+            DICOM_MEDIA_TYPE: {},
+            **response_examples(
+                batch="a JPEG slice and a text file: one result per file, the bad one with its own error",
+                series="three DICOM instances of one series: a result per slice and the tumor volume",
+            ),
+        },
+        "description": "JSON (per file for PNG/JPEG/TIFF, per slice for DICOM), or a DICOM SEG with output=dicom-seg",
+    }
 }
 SliceFile = Annotated[
     UploadFile, File(description="one MRI slice: PNG, JPEG, TIFF (8 or 16 bit, grey or RGB) or DICOM")
@@ -74,8 +93,9 @@ def wants_segmentation(output: schemas.OutputFormat, accept: str | None) -> bool
 
 @router.post(
     "/predict",
+    openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.PredictionResponse,
-    responses=ERROR_RESPONSES | SEG_RESPONSE,
+    responses=ERROR_RESPONSES | PREDICT_EXAMPLES,
 )
 async def create_prediction(
     request: Request,
@@ -105,8 +125,9 @@ async def create_prediction(
 
 @router.post(
     "/predict/batch",
+    openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.BatchPredictionResponse | schemas.SeriesPredictionResponse,
-    responses=ERROR_RESPONSES | SEG_RESPONSE,
+    responses=ERROR_RESPONSES | BATCH_EXAMPLES,
 )
 async def create_batch_prediction(
     request: Request,
@@ -159,6 +180,7 @@ async def create_batch_prediction(
 
 @router.post(
     "/overlay",
+    openapi_extra=OPTIONAL_API_KEY,
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "the slice with the tumor outline"}}
     | ERROR_RESPONSES,

@@ -1,6 +1,7 @@
 """GET / and /static/*: the small upload page for people, served by the app itself (no build step, no CDN).
 
-The page only calls the public API (/v1/predict, /v1/overlay) from the browser, so it needs no server-side state. It
+The page only calls the public API (/v1/predict/batch, one request per upload; it draws the masks itself) from the
+browser, so it needs no server-side state. It
 stays out of the OpenAPI schema: it is not part of the API contract.
 """
 
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
 # The page loads nothing from elsewhere and runs no inline script or style, so a strict policy costs nothing and
-# limits what injected markup could do. Images come as blob: (the overlay) and data: URLs.
+# limits what injected markup could do. Slices and masks are drawn on canvases; downloads are blob: URLs.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
@@ -30,6 +31,7 @@ SECURITY_HEADERS = {
 # An allow-list instead of a mounted folder: only these files can ever be served, whatever the path says.
 ASSET_MEDIA_TYPES = {
     "app.js": "text/javascript; charset=utf-8",
+    "formats.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 
@@ -44,7 +46,7 @@ async def read_index() -> FileResponse:
 
 @router.get("/static/{name}")
 async def read_asset(name: str) -> FileResponse:
-    """The page's script and style sheet."""
+    """The page's script modules and style sheet."""
     media_type = ASSET_MEDIA_TYPES.get(name)
     if media_type is None:
         raise HTTPException(status_code=404, detail=f"no static file {name!r}")

@@ -233,7 +233,7 @@ def test_predict_rejects_empty_file(client: TestClient) -> None:
     assert response.json() == {
         "error": {
             "code": "empty_file",
-            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG or TIFF image",
+            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG, TIFF or DICOM file",
         }
     }
     assert_still_serving(client)
@@ -269,7 +269,8 @@ def test_predict_rejects_text_file_named_png(client: TestClient) -> None:
     assert response.json() == {
         "error": {
             "code": "unsupported_media_type",
-            "message": "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+            "message": "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
+            "or be DICOM (DICM at byte 128); "
             "its first bytes are 68 65 6c 6c 6f 20 77 6f",
         }
     }

@@ -72,7 +72,8 @@ def test_predict_batch_reports_bad_file_in_place(client: TestClient) -> None:
         "ok": False,
         "error": {
             "code": "unsupported_media_type",
-            "message": "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+            "message": "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
+            "or be DICOM (DICM at byte 128); "
             f"its first bytes are {NOT_AN_IMAGE[:8].hex(' ')}",
         },
     }

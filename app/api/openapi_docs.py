@@ -1,0 +1,141 @@
+"""What the OpenAPI document says beyond the routes: every error code with its meaning and a real body, real
+answers of the committed models to the committed test slices (app/api/openapi_examples.json, written by
+`python -m tests.api.openapi_examples`), and `X-API-Key` as a security scheme.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Security
+from fastapi.security import APIKeyHeader
+
+from app import schemas
+
+EXAMPLES_FILE = Path(__file__).with_name("openapi_examples.json")
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    meaning: str
+
+
+# Every `code` a client can meet in `{"error": {"code", "message"}}`, by HTTP status.
+ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
+    ErrorCode("empty_file", 400, "the file has 0 bytes"),
+    ErrorCode("undecodable_image", 400, "PNG, JPEG or TIFF magic bytes, but the data is truncated or corrupt"),
+    ErrorCode(
+        "invalid_image",
+        400,
+        "the image decodes but is no slice (e.g. two channels, a multi-page TIFF), or "
+        "output=dicom-seg was asked for a PNG/JPEG/TIFF",
+    ),
+    ErrorCode("undecodable_dicom", 400, "a DICOM file that is truncated or unreadable"),
+    ErrorCode("dicom_without_pixel_data", 400, "a DICOM file with no image in it"),
+    ErrorCode("invalid_dicom_image", 400, "a colour DICOM, or frames that do not group into slices"),
+    ErrorCode("invalid_segmentation_input", 400, "the DICOM series cannot be referenced by a DICOM SEG"),
+    ErrorCode("mixed_input", 400, "DICOM and PNG/JPEG/TIFF files in one batch"),
+    ErrorCode("bad_request", 400, "a body the multipart parser cannot read (no boundary, huge part names)"),
+    ErrorCode("unauthorized", 401, "API keys are configured and X-API-Key is missing or wrong"),
+    ErrorCode("not_found", 404, "no such path"),
+    ErrorCode("method_not_allowed", 405, "the path exists, but not with this method"),
+    ErrorCode("payload_too_large", 413, "a file over MAX_UPLOAD_BYTES, or a request body over its limit"),
+    ErrorCode("image_too_large", 413, "width x height (x frames) over MAX_IMAGE_PIXELS"),
+    ErrorCode("too_many_files", 413, "a batch with more than MAX_BATCH_FILES files"),
+    ErrorCode("too_many_slices", 413, "one request with more slices than INFERENCE_QUEUE_SLICES could ever hold"),
+    ErrorCode(
+        "unsupported_media_type",
+        415,
+        "the first bytes are not PNG, JPEG, TIFF or DICOM (file names and Content-Type are ignored)",
+    ),
+    ErrorCode(
+        "unsupported_dicom",
+        415,
+        "a DICOM that is not an MR image (SR, CT, SEG ...), or whose transfer syntax has no decoder",
+    ),
+    ErrorCode(
+        "validation_error", 422, "a missing or malformed field (no `file`, several `file` parts, a bad query value)"
+    ),
+    ErrorCode(
+        "rate_limited", 429, "over RATE_LIMIT_PER_MINUTE for this key (or address); Retry-After says when to retry"
+    ),
+    ErrorCode("internal_error", 500, "a bug; logged with its traceback, never with the image"),
+    ErrorCode(
+        "model_unavailable", 503, "the models are not loaded and warm yet; retry when GET /health/ready answers 200"
+    ),
+    ErrorCode("overloaded", 503, "the inference queue is full; Retry-After says when to retry"),
+    ErrorCode("inference_timeout", 503, "no answer from the models within REQUEST_TIMEOUT_SECONDS"),
+)
+STATUS_SUMMARIES = {
+    400: "the file cannot be used as a slice",
+    401: "X-API-Key missing or wrong (only when API keys are configured)",
+    413: "file, image, batch or request too large",
+    415: "not PNG, JPEG, TIFF or an MR DICOM image (judged by the magic bytes)",
+    422: "missing or malformed field",
+    429: "too many requests for this key; see Retry-After",
+    503: "models not ready, the inference queue full, or too slow; see Retry-After",
+}
+PREDICTION_STATUSES = (400, 401, 413, 415, 422, 429, 503)
+READ_STATUSES = (401, 429)
+
+
+@cache
+def recorded_examples() -> dict:
+    """The recorded answers; empty when the file is missing, so the service still starts (with fewer examples)."""
+    try:
+        return json.loads(EXAMPLES_FILE.read_text())
+    except FileNotFoundError:
+        return {"responses": {}, "errors": {}}
+
+
+def error_example(entry: ErrorCode) -> dict:
+    recorded = recorded_examples()["errors"].get(entry.code)
+    body = recorded["body"] if recorded else {"error": {"code": entry.code, "message": entry.meaning}}
+    return {"summary": f"{entry.code}: {entry.meaning}", "value": body}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these statuses: each lists its codes with their meanings, and one example per code."""
+    responses: dict[int | str, dict] = {}
+    for status in statuses:
+        entries = [entry for entry in ERROR_CATALOGUE if entry.status == status]
+        codes = "; ".join(f"`{entry.code}`: {entry.meaning}" for entry in entries)
+        responses[status] = {
+            "model": schemas.ErrorResponse,
+            "description": f"{STATUS_SUMMARIES[status]}. Codes: {codes}.",
+            "content": {"application/json": {"examples": {entry.code: error_example(entry) for entry in entries}}},
+        }
+    return responses
+
+
+def response_examples(**named: str) -> dict[str, dict]:
+    """`{"application/json": {"examples": ...}}` of recorded answers, by the name they were recorded under."""
+    recorded = recorded_examples()["responses"]
+    examples = {
+        name: {"summary": summary, "value": recorded[name]} for name, summary in named.items() if name in recorded
+    }
+    return {"application/json": {"examples": examples}} if examples else {}
+
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="Needed when the server has API keys (API_KEYS or API_KEYS_FILE); checked before the request body "
+    "is read. Missing or wrong: 401 `unauthorized`.",
+)
+
+
+# The empty requirement makes the key optional in the document, as it is in the service: needed only when keys are
+# configured. FastAPI appends this to the requirement its `Security` dependency declares.
+OPTIONAL_API_KEY: dict = {"security": [{}]}
+
+
+async def document_api_key(key: Annotated[str | None, Security(api_key_header)]) -> None:
+    """Declares the header in the OpenAPI document; `AccessControlMiddleware` has checked it already."""

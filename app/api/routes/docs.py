@@ -1,0 +1,73 @@
+"""GET /docs and /redoc: Swagger UI and ReDoc from files installed with the `fastapi-offline` package, so the API
+documentation works on networks without internet (FastAPI's own pages load their scripts from a CDN).
+
+The pages are added to the app itself (not through a router) so that they sit beside /openapi.json: the API-key
+check covers them like the schema. Their scripts and style sheets hold no data and are public, under /static/docs/.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+ASSET_DIR = Path(str(files("fastapi_offline") / "static"))
+ASSET_PREFIX = "/static/docs"
+# An allow-list: only these files of the package can be served, whatever the path says.
+ASSET_MEDIA_TYPES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "redoc.standalone.js": "text/javascript; charset=utf-8",
+    "favicon.png": "image/png",
+}
+OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get(ASSET_PREFIX + "/{name}")
+async def read_docs_asset(name: str) -> FileResponse:
+    """Swagger UI's and ReDoc's scripts, style sheet and icon."""
+    media_type = ASSET_MEDIA_TYPES.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail=f"no documentation file {name!r}")
+    return FileResponse(ASSET_DIR / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+def add_docs_pages(app: FastAPI) -> None:
+    """Serve /docs, its OAuth2 redirect and /redoc on `app` (create it with docs_url=None, redoc_url=None)."""
+    title = app.title
+
+    async def read_swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{title}: Swagger UI",
+            swagger_js_url=f"{ASSET_PREFIX}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSET_PREFIX}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSET_PREFIX}/favicon.png",
+            oauth2_redirect_url=OAUTH2_REDIRECT_URL,
+            # Keeps the key entered under "Authorize" across reloads of the page (in this browser only).
+            swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+        )
+
+    async def read_swagger_ui_redirect(request: Request) -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def read_redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{title}: ReDoc",
+            redoc_js_url=f"{ASSET_PREFIX}/redoc.standalone.js",
+            redoc_favicon_url=f"{ASSET_PREFIX}/favicon.png",
+            with_google_fonts=False,
+        )
+
+    app.add_route("/docs", read_swagger_ui, include_in_schema=False)
+    app.add_route(OAUTH2_REDIRECT_URL, read_swagger_ui_redirect, include_in_schema=False)
+    app.add_route("/redoc", read_redoc, include_in_schema=False)
+    app.include_router(router)

@@ -1,0 +1,451 @@
+// The file formats the page reads and writes itself, so it can show the slices it sends and package the masks it
+// gets back without a second trip to the server. Only what browsers cannot do alone: DICOM, 16-bit PNG and TIFF
+// pixels, zip archives in and out, and 8-bit grey PNGs. Compressed data goes through the browser's own
+// DecompressionStream / CompressionStream, so there is no third-party code.
+"use strict";
+
+export class FormatError extends Error {}
+
+async function streamThrough(bytes, transform) {
+  const stream = new Blob([bytes]).stream().pipeThrough(transform);
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+const inflate = (bytes, format) => streamThrough(bytes, new DecompressionStream(format));
+const deflate = (bytes) => streamThrough(bytes, new CompressionStream("deflate"));
+
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n += 1) {
+    let c = n;
+    for (let k = 0; k < 8; k += 1) {
+      c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    }
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes, crc = 0xffffffff) {
+  let c = crc;
+  for (let i = 0; i < bytes.length; i += 1) {
+    c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  }
+  return c;
+}
+
+const finishCrc = (c) => (c ^ 0xffffffff) >>> 0;
+const ascii = (bytes, start, length) => String.fromCharCode(...bytes.subarray(start, start + length));
+
+// ---------------------------------------------------------------------------------------------------- zip in/out
+
+/** Files of a zip archive (stored or deflated entries; no zip64, no encryption), folders and dot files left out. */
+export async function readZip(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  let end = -1;
+  for (let offset = bytes.length - 22; offset >= Math.max(0, bytes.length - 22 - 65535); offset -= 1) {
+    if (view.getUint32(offset, true) === 0x06054b50) {
+      end = offset;
+      break;
+    }
+  }
+  if (end < 0) {
+    throw new FormatError("the zip file has no central directory (truncated, or not a zip)");
+  }
+  const count = view.getUint16(end + 10, true);
+  let offset = view.getUint32(end + 16, true);
+  if (count === 0xffff || offset === 0xffffffff) {
+    throw new FormatError("zip64 archives are not supported; zip fewer files, or choose them directly");
+  }
+  const decoder = new TextDecoder();
+  const files = [];
+  for (let i = 0; i < count; i += 1) {
+    if (view.getUint32(offset, true) !== 0x02014b50) {
+      throw new FormatError("the zip file's central directory is damaged");
+    }
+    const method = view.getUint16(offset + 10, true);
+    const compressedSize = view.getUint32(offset + 20, true);
+    const nameLength = view.getUint16(offset + 28, true);
+    const extraLength = view.getUint16(offset + 30, true);
+    const commentLength = view.getUint16(offset + 32, true);
+    const localOffset = view.getUint32(offset + 42, true);
+    const name = decoder.decode(bytes.subarray(offset + 46, offset + 46 + nameLength));
+    offset += 46 + nameLength + extraLength + commentLength;
+    const baseName = name.split("/").pop();
+    if (name.endsWith("/") || baseName.startsWith(".") || name.startsWith("__MACOSX/")) {
+      continue;
+    }
+    const dataStart = localOffset + 30 + view.getUint16(localOffset + 26, true) + view.getUint16(localOffset + 28, true);
+    const data = bytes.subarray(dataStart, dataStart + compressedSize);
+    let content;
+    if (method === 0) {
+      content = data;
+    } else if (method === 8) {
+      content = await inflate(data, "deflate-raw");
+    } else {
+      throw new FormatError(`${name}: zip compression method ${method} is not supported (only stored or deflated)`);
+    }
+    files.push(new File([content], baseName));
+  }
+  return files;
+}
+
+/** A zip archive of stored (uncompressed) entries: PNG masks are compressed already. */
+export function writeZip(entries) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  const directory = [];
+  let offset = 0;
+  for (const { name, bytes } of entries) {
+    const nameBytes = encoder.encode(name);
+    const crc = finishCrc(crc32(bytes));
+    const header = (size, signature) => {
+      const buffer = new DataView(new ArrayBuffer(size));
+      buffer.setUint32(0, signature, true);
+      return buffer;
+    };
+    const local = header(30, 0x04034b50);
+    const central = header(46, 0x02014b50);
+    // Shared fields: version 2.0, UTF-8 names, stored, date 1980-01-01, CRC and sizes.
+    const common = (target, at) => {
+      target.setUint16(at, 20, true);
+      target.setUint16(at + 2, 0x0800, true);
+      target.setUint16(at + 4, 0, true);
+      target.setUint16(at + 6, 0, true);
+      target.setUint16(at + 8, 33, true);
+      target.setUint32(at + 10, crc, true);
+      target.setUint32(at + 14, bytes.length, true);
+      target.setUint32(at + 18, bytes.length, true);
+      target.setUint16(at + 22, nameBytes.length, true);
+    };
+    common(local, 4);
+    central.setUint16(4, 20, true);
+    common(central, 6);
+    central.setUint32(42, offset, true);
+    parts.push(local, nameBytes, bytes);
+    directory.push(central, nameBytes);
+    offset += 30 + nameBytes.length + bytes.length;
+  }
+  const directorySize = directory.reduce((sum, part) => sum + part.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true);
+  end.setUint16(8, entries.length, true);
+  end.setUint16(10, entries.length, true);
+  end.setUint32(12, directorySize, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...directory, end], { type: "application/zip" });
+}
+
+// ---------------------------------------------------------------------------------------------------------- PNG
+
+function pngChunk(type, data) {
+  const chunk = new Uint8Array(12 + data.length);
+  const view = new DataView(chunk.buffer);
+  view.setUint32(0, data.length);
+  chunk.set(new TextEncoder().encode(type), 4);
+  chunk.set(data, 8);
+  view.setUint32(8 + data.length, finishCrc(crc32(chunk.subarray(4, 8 + data.length))));
+  return chunk;
+}
+
+/** An 8-bit single-channel PNG, the encoding of the API's masks (used for slices the API returned no mask for). */
+export async function writeGreyPng(width, height, pixels) {
+  const header = new Uint8Array(13);
+  const view = new DataView(header.buffer);
+  view.setUint32(0, width);
+  view.setUint32(4, height);
+  header.set([8, 0, 0, 0, 0], 8);
+  const rows = new Uint8Array((width + 1) * height);
+  for (let y = 0; y < height; y += 1) {
+    rows.set(pixels.subarray(y * width, (y + 1) * width), y * (width + 1) + 1);
+  }
+  const signature = new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]);
+  return new Blob([signature, pngChunk("IHDR", header), pngChunk("IDAT", await deflate(rows)), pngChunk("IEND", new Uint8Array())], {
+    type: "image/png",
+  });
+}
+
+function paeth(a, b, c) {
+  const p = a + b - c;
+  const pa = Math.abs(p - a);
+  const pb = Math.abs(p - b);
+  const pc = Math.abs(p - c);
+  return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+
+/** Grey values of a 16-bit PNG (browsers draw them at 8 bits, losing what window/level needs); null otherwise. */
+export async function readPng16(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  if (bytes.length < 33 || ascii(bytes, 1, 3) !== "PNG" || bytes[24] !== 16 || bytes[28] !== 0) {
+    return null; // not 16 bit, or interlaced: the browser's own decoder is enough (or the server says why not)
+  }
+  const width = view.getUint32(16);
+  const height = view.getUint32(20);
+  const channels = { 0: 1, 2: 3, 4: 2, 6: 4 }[bytes[25]];
+  if (!channels) {
+    return null;
+  }
+  const idat = [];
+  for (let offset = 8; offset + 8 <= bytes.length; ) {
+    const length = view.getUint32(offset);
+    if (ascii(bytes, offset + 4, 4) === "IDAT") {
+      idat.push(bytes.subarray(offset + 8, offset + 8 + length));
+    }
+    offset += 12 + length;
+  }
+  const raw = await inflate(new Blob(idat), "deflate");
+  const stride = width * channels * 2;
+  const bpp = channels * 2;
+  const out = new Uint8Array(stride * height);
+  for (let y = 0; y < height; y += 1) {
+    const filter = raw[y * (stride + 1)];
+    const line = raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
+    const row = y * stride;
+    for (let x = 0; x < stride; x += 1) {
+      const a = x >= bpp ? out[row + x - bpp] : 0;
+      const b = y > 0 ? out[row - stride + x] : 0;
+      const c = x >= bpp && y > 0 ? out[row - stride + x - bpp] : 0;
+      const predicted = [0, a, b, (a + b) >> 1, paeth(a, b, c)][filter];
+      out[row + x] = (line[x] + predicted) & 0xff;
+    }
+  }
+  const values = new Float32Array(width * height);
+  const colour = channels >= 3 ? 3 : 1;
+  for (let i = 0; i < values.length; i += 1) {
+    let sum = 0;
+    for (let k = 0; k < colour; k += 1) {
+      const at = (i * channels + k) * 2;
+      sum += (out[at] << 8) | out[at + 1];
+    }
+    values[i] = sum / colour;
+  }
+  return { width, height, values, bits: 16 };
+}
+
+// --------------------------------------------------------------------------------------------------------- TIFF
+
+/** Grey values of the first page of an uncompressed or deflated, strip-based TIFF (8 or 16 bit); null otherwise. */
+export async function readTiff(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  const marker = ascii(bytes, 0, 2);
+  if (marker !== "II" && marker !== "MM") {
+    return null;
+  }
+  const little = marker === "II";
+  const u16 = (at) => view.getUint16(at, little);
+  const u32 = (at) => view.getUint32(at, little);
+  const ifd = u32(4);
+  const tags = {};
+  for (let i = 0; i < u16(ifd); i += 1) {
+    const entry = ifd + 2 + i * 12;
+    const type = u16(entry + 2);
+    const count = u32(entry + 4);
+    const size = type === 3 ? 2 : 4;
+    const at = count * size > 4 ? u32(entry + 8) : entry + 8;
+    tags[u16(entry)] = Array.from({ length: count }, (_, k) => (size === 2 ? u16(at + 2 * k) : u32(at + 4 * k)));
+  }
+  const [width] = tags[256] ?? [];
+  const [height] = tags[257] ?? [];
+  const bits = (tags[258] ?? [1])[0];
+  const compression = (tags[259] ?? [1])[0];
+  const channels = (tags[277] ?? [1])[0];
+  const predictor = (tags[317] ?? [1])[0];
+  if (!width || !height || !tags[273] || ![8, 16].includes(bits) || ![1, 8, 32946].includes(compression)) {
+    return null;
+  }
+  if (predictor !== 1 || (tags[284] ?? [1])[0] !== 1 || (tags[339] ?? [1])[0] > 2) {
+    return null;
+  }
+  const strips = [];
+  for (let i = 0; i < tags[273].length; i += 1) {
+    const strip = bytes.subarray(tags[273][i], tags[273][i] + tags[279][i]);
+    strips.push(compression === 1 ? strip : await inflate(strip, "deflate"));
+  }
+  const data = await new Blob(strips).arrayBuffer();
+  const pixels = new DataView(data);
+  const signed = (tags[339] ?? [1])[0] === 2;
+  const values = new Float32Array(width * height);
+  const colour = channels >= 3 ? 3 : 1;
+  const step = bits / 8;
+  for (let i = 0; i < values.length; i += 1) {
+    let sum = 0;
+    for (let k = 0; k < colour; k += 1) {
+      const at = (i * channels + k) * step;
+      if (step === 1) {
+        sum += pixels.getUint8(at);
+      } else {
+        sum += signed ? pixels.getInt16(at, little) : pixels.getUint16(at, little);
+      }
+    }
+    values[i] = sum / colour;
+  }
+  if (tags[262]?.[0] === 0) {
+    invert(values);
+  }
+  return { width, height, values, bits };
+}
+
+function invert(values) {
+  let max = -Infinity;
+  let min = Infinity;
+  for (const value of values) {
+    max = Math.max(max, value);
+    min = Math.min(min, value);
+  }
+  for (let i = 0; i < values.length; i += 1) {
+    values[i] = max + min - values[i];
+  }
+}
+
+// -------------------------------------------------------------------------------------------------------- DICOM
+
+const LONG_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"]);
+const WANTED = {
+  "00080018": "sopInstanceUid",
+  "00180050": "sliceThickness",
+  "00180088": "spacingBetweenSlices",
+  "00200013": "instanceNumber",
+  "00200032": "imagePosition",
+  "00280002": "samplesPerPixel",
+  "00280004": "photometric",
+  "00280008": "numberOfFrames",
+  "00280010": "rows",
+  "00280011": "columns",
+  "00280030": "pixelSpacing",
+  "00280100": "bitsAllocated",
+  "00280103": "pixelRepresentation",
+  "00281050": "windowCenter",
+  "00281051": "windowWidth",
+  "00281052": "rescaleIntercept",
+  "00281053": "rescaleSlope",
+};
+const UNSIGNED_SHORT = new Set(["samplesPerPixel", "rows", "columns", "bitsAllocated", "pixelRepresentation"]);
+const IMPLICIT_LITTLE = "1.2.840.10008.1.2";
+const EXPLICIT_LITTLE = "1.2.840.10008.1.2.1";
+
+const hex4 = (value) => value.toString(16).padStart(4, "0").toUpperCase();
+
+/** Is this the 128-byte preamble and `DICM` marker of a DICOM Part 10 file? */
+export function isDicom(bytes) {
+  return bytes.length >= 132 && ascii(bytes, 128, 4) === "DICM";
+}
+
+/**
+ * The header fields the page needs and, for uncompressed little-endian data, each frame's grey values after the
+ * modality rescale. Compressed pixel data keeps `frames` empty: the header (spacing, UIDs) still counts.
+ */
+export function readDicom(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  const text = (start, length) => new TextDecoder().decode(bytes.subarray(start, start + length)).replace(/[\0 ]+$/, "").trim();
+  const found = {};
+  let transferSyntax = EXPLICIT_LITTLE;
+  let pixelData = null;
+
+  // Walks elements from `offset` to `end`, recording WANTED ones at the top level; returns where it stopped.
+  const walk = (offset, end, explicit, depth) => {
+    while (offset + 8 <= end) {
+      const group = view.getUint16(offset, true);
+      const element = view.getUint16(offset + 2, true);
+      const tag = hex4(group) + hex4(element);
+      if (group === 0xfffe) {
+        const length = view.getUint32(offset + 4, true);
+        if (element === 0xe00d || element === 0xe0dd) {
+          return offset + 8; // item or sequence delimiter
+        }
+        offset = length === 0xffffffff ? walk(offset + 8, end, explicit, depth + 1) : offset + 8 + length;
+        continue;
+      }
+      const useExplicit = explicit || group === 0x0002;
+      let vr = null;
+      let length;
+      let valueStart;
+      if (useExplicit) {
+        vr = ascii(bytes, offset + 4, 2);
+        if (LONG_VRS.has(vr)) {
+          length = view.getUint32(offset + 8, true);
+          valueStart = offset + 12;
+        } else {
+          length = view.getUint16(offset + 6, true);
+          valueStart = offset + 8;
+        }
+      } else {
+        length = view.getUint32(offset + 4, true);
+        valueStart = offset + 8;
+      }
+      if (tag === "7FE00010" && depth === 0) {
+        pixelData = length === 0xffffffff ? null : { start: valueStart, length };
+        return end;
+      }
+      if (length === 0xffffffff) {
+        offset = walk(valueStart, end, explicit, depth + 1); // sequence (or encapsulated data) of undefined length
+        continue;
+      }
+      if (depth === 0 && tag === "00020010") {
+        transferSyntax = text(valueStart, length);
+      }
+      const key = depth === 0 ? WANTED[tag] : undefined;
+      if (key) {
+        found[key] = UNSIGNED_SHORT.has(key) && (vr === "US" || (!useExplicit && length === 2))
+          ? view.getUint16(valueStart, true)
+          : text(valueStart, length);
+      }
+      offset = valueStart + length;
+      if (depth === 0 && group === 0x0002 && offset + 2 <= end && view.getUint16(offset, true) !== 0x0002) {
+        // The file meta group ends here; the data set that follows uses the transfer syntax it names.
+        return walk(offset, end, transferSyntax !== IMPLICIT_LITTLE, 0);
+      }
+    }
+    return offset;
+  };
+  walk(132, bytes.length, true, 0);
+
+  const numbers = (value) => (value === undefined ? null : String(value).split("\\").map(Number));
+  const first = (value) => numbers(value)?.[0] ?? null;
+  const rows = Number(found.rows);
+  const columns = Number(found.columns);
+  const spacing = numbers(found.pixelSpacing);
+  const header = {
+    sopInstanceUid: found.sopInstanceUid ?? "",
+    rows,
+    columns,
+    pixelSpacing: spacing && spacing.length === 2 && spacing.every((v) => v > 0) ? spacing : null,
+    window: found.windowCenter && found.windowWidth
+      ? { center: first(found.windowCenter), width: first(found.windowWidth) }
+      : null,
+    frames: [],
+  };
+  const frameCount = first(found.numberOfFrames) ?? 1;
+  const bitsAllocated = Number(found.bitsAllocated);
+  const uncompressed = [IMPLICIT_LITTLE, EXPLICIT_LITTLE].includes(transferSyntax);
+  if (!pixelData || !uncompressed || Number(found.samplesPerPixel ?? 1) !== 1 || ![8, 16].includes(bitsAllocated)) {
+    return header;
+  }
+  const slope = first(found.rescaleSlope) ?? 1;
+  const intercept = first(found.rescaleIntercept) ?? 0;
+  const signed = Number(found.pixelRepresentation) === 1;
+  const step = bitsAllocated / 8;
+  const size = rows * columns;
+  for (let frame = 0; frame < frameCount; frame += 1) {
+    const values = new Float32Array(size);
+    const base = pixelData.start + frame * size * step;
+    if (base + size * step > bytes.length) {
+      break;
+    }
+    for (let i = 0; i < size; i += 1) {
+      const at = base + i * step;
+      const stored = step === 1
+        ? (signed ? view.getInt8(at) : view.getUint8(at))
+        : (signed ? view.getInt16(at, true) : view.getUint16(at, true));
+      values[i] = stored * slope + intercept;
+    }
+    if (found.photometric === "MONOCHROME1") {
+      invert(values);
+    }
+    header.frames.push({ width: columns, height: rows, values, bits: bitsAllocated });
+  }
+  return header;
+}

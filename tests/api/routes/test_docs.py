@@ -1,0 +1,119 @@
+"""/docs, /redoc and the OpenAPI document: offline assets, every error code, the API-key scheme, real examples."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import app.dicom_input
+import app.dicom_seg
+import app.dicom_series  # noqa: F401  (their error classes join ServiceError's subclasses)
+from app.api.openapi_docs import ERROR_CATALOGUE, EXAMPLES_FILE, PREDICTION_STATUSES
+from app.errors import ServiceError
+from app.main import create_app
+from app.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def docs_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    # No lifespan: documentation needs no models.
+    yield TestClient(create_app(Settings(model_dir=tmp_path_factory.mktemp("no_models"))))
+
+
+@pytest.fixture(scope="module")
+def openapi(docs_client: TestClient) -> dict:
+    return docs_client.get("/openapi.json").json()
+
+
+def all_subclasses(cls: type) -> set[type]:
+    return {sub for direct in cls.__subclasses__() for sub in (direct, *all_subclasses(direct))}
+
+
+@pytest.mark.parametrize(
+    ("path", "asset"), [("/docs", "/static/docs/swagger-ui-bundle.js"), ("/redoc", "/static/docs/redoc.standalone.js")]
+)
+def test_docs_pages_load_their_scripts_from_the_service(docs_client: TestClient, path: str, asset: str) -> None:
+    page = docs_client.get(path)
+
+    assert page.status_code == 200
+    assert f'src="{asset}"' in page.text
+    assert "cdn.jsdelivr.net" not in page.text and "fonts.googleapis.com" not in page.text
+    script = docs_client.get(asset)
+    assert script.status_code == 200
+    assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert len(script.content) > 500_000  # the real bundle, not a stub
+
+
+def test_read_docs_asset_refuses_files_outside_allow_list(docs_client: TestClient) -> None:
+    response = docs_client.get("/static/docs/core.py")
+
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "not_found", "message": "no documentation file 'core.py'"}}
+
+
+def test_every_service_error_code_is_in_the_catalogue() -> None:
+    documented = {entry.code for entry in ERROR_CATALOGUE}
+    # file_unreadable is the CLI's, for a local path it cannot read; no HTTP answer carries it.
+    codes = {error.code for error in all_subclasses(ServiceError)} - {"file_unreadable"}
+
+    assert codes - documented == set()
+
+
+def test_prediction_operations_document_every_error_status_with_its_codes(openapi: dict) -> None:
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/overlay"):
+        responses = openapi["paths"][path]["post"]["responses"]
+        for status in PREDICTION_STATUSES:
+            response = responses[str(status)]
+            examples = response["content"]["application/json"]["examples"]
+            expected = {entry.code for entry in ERROR_CATALOGUE if entry.status == status}
+            assert set(examples) == expected, (path, status)
+            for code, example in examples.items():
+                assert example["value"]["error"]["code"] == code
+                assert f"`{code}`" in response["description"]
+
+
+def test_openapi_declares_x_api_key_scheme_on_the_v1_operations(openapi: dict) -> None:
+    assert openapi["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": openapi["components"]["securitySchemes"]["ApiKey"]["description"],
+    }
+    for path, method in (("/v1/predict", "post"), ("/v1/predict/batch", "post"), ("/v1/models", "get")):
+        # Optional ({}): a key is needed only when the server has keys configured.
+        assert openapi["paths"][path][method]["security"] == [{"ApiKey": []}, {}]
+    assert "security" not in openapi["paths"]["/health/ready"]["get"]
+
+
+def test_openapi_examples_are_recorded_answers(openapi: dict) -> None:
+    predict = openapi["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["examples"]
+    batch = openapi["paths"]["/v1/predict/batch"]["post"]["responses"]["200"]["content"]["application/json"]
+    recorded = json.loads(EXAMPLES_FILE.read_text())["responses"]
+
+    assert predict["predict_tumor"]["value"] == recorded["predict_tumor"]
+    assert predict["predict_tumor_free"]["value"]["tumor_detected"] is False
+    assert batch["examples"]["series"]["value"]["tumor_volume_ml"] > 0
+    assert [item["ok"] for item in batch["examples"]["batch"]["value"]["results"]] == [True, False]
+
+
+def test_recorded_examples_match_the_committed_models(committed_model_dir: Path) -> None:
+    """The examples are what the committed models answer today (rerun `python -m tests.api.openapi_examples`)."""
+    from tests.api.openapi_examples import collect_responses
+    from tests.api.utils import running_client
+
+    recorded = json.loads(EXAMPLES_FILE.read_text())["responses"]
+    with running_client(Settings(model_dir=committed_model_dir)) as client:
+        fresh = collect_responses(client)
+
+    hint = "the models changed: rerun python -m tests.api.openapi_examples"
+    assert fresh["models"] == recorded["models"], hint
+    for name in ("predict_tumor", "predict_tumor_free"):
+        assert fresh[name]["tumor_probability"] == pytest.approx(recorded[name]["tumor_probability"], abs=1e-4), hint
+        assert (fresh[name]["mask"] or {}).get("area_pixels") == pytest.approx(
+            (recorded[name]["mask"] or {}).get("area_pixels"), abs=20
+        ), hint
+    assert fresh["series"]["tumor_volume_ml"] == pytest.approx(recorded["series"]["tumor_volume_ml"], rel=0.01), hint

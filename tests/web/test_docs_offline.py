@@ -1,0 +1,55 @@
+"""/docs and /redoc in headless Chromium with every request to another host blocked, as on a network without
+internet: Swagger UI and ReDoc must come from the service itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import Page, Route, expect
+
+# ReDoc's sidebar asks for Redocly's logo and hides it when it does not load: decoration, not documentation.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+OPERATIONS = ("/v1/predict", "/v1/predict/batch", "/v1/overlay", "/v1/models")
+
+
+def block_other_hosts(page: Page, base_url: str) -> list[str]:
+    """Abort every request that does not go to the service; returns the list of aborted URLs."""
+    blocked: list[str] = []
+
+    def handle(route: Route) -> None:
+        if route.request.url.startswith(base_url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", handle)
+    return blocked
+
+
+def test_swagger_ui_renders_operations_without_internet(page: Page, live_server: str, screenshot_dir: Path) -> None:
+    blocked = block_other_hosts(page, live_server)
+
+    page.goto(f"{live_server}/docs")
+
+    expect(page.locator(".opblock").first).to_be_visible(timeout=30_000)
+    for path in OPERATIONS:
+        expect(page.locator(f".opblock-summary-path[data-path='{path}']").first).to_be_visible()
+    expect(page.locator("button.authorize")).to_be_visible()  # the X-API-Key security scheme
+    page.locator(".opblock-summary-path[data-path='/v1/predict']").first.click()
+    expect(page.locator(".opblock-body").first).to_contain_text("unsupported_media_type")
+    page.screenshot(path=screenshot_dir / "docs-swagger-offline.png", full_page=False)
+    assert blocked == []
+
+
+def test_redoc_renders_operations_without_internet(page: Page, live_server: str, screenshot_dir: Path) -> None:
+    blocked = block_other_hosts(page, live_server)
+
+    page.goto(f"{live_server}/redoc")
+
+    expect(
+        page.get_by_text("Tumor probability of one slice, and its mask when a tumor is detected.").first
+    ).to_be_visible(timeout=30_000)
+    expect(page.locator("body")).to_contain_text("/v1/predict/batch")
+    page.screenshot(path=screenshot_dir / "docs-redoc-offline.png", full_page=False)
+    assert set(blocked) <= {REDOC_LOGO}

@@ -1,0 +1,222 @@
+"""The series view in headless Chromium against the real service: many files in one request, scrolling, the masks
+drawn by the page against the API's own, volumes, downloads and accessibility."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from PIL import Image
+from playwright.sync_api import Page, expect
+
+from app.dicom_seg import read_segmentation_masks
+from tests.conftest import TEST_DATA, TUMOR_FREE_SLICE, TUMOR_SERIES, mask_path_of
+from tests.dicom.builders import PIXEL_SPACING_MM, mr_series, to_bytes, tumor_channels
+
+RESULT_TIMEOUT_MS = 60_000
+# Natural file-name order: slice 8 before 20, 21, 22 (a plain string sort would put 8 last).
+RASTER_SERIES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
+
+
+def is_batch(response) -> bool:
+    return "/v1/predict/batch" in response.url and response.request.method == "POST"
+
+
+def mask_of(prediction: dict) -> np.ndarray:
+    """The API's mask as 0/1, an all-zero mask of the slice's size when it sent none."""
+    if prediction["mask"] is None:
+        return np.zeros((256, 256), dtype=np.uint8)
+    return (np.asarray(Image.open(io.BytesIO(base64.b64decode(prediction["mask"]["png"])))) > 127).astype(np.uint8)
+
+
+def drawn_mask(page: Page) -> np.ndarray:
+    """Where the page's mask layer is painted (its alpha), whatever colour and opacity it shows."""
+    size, alpha = page.evaluate(
+        """() => {
+            const canvas = document.querySelector('#mask-canvas');
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            return [[canvas.height, canvas.width], Array.from(data.filter((_, i) => i % 4 === 3))];
+        }"""
+    )
+    return (np.asarray(alpha, dtype=np.uint8).reshape(size) > 0).astype(np.uint8)
+
+
+def assert_no_axe_violations(page: Page) -> None:
+    results = Axe().run(page)
+    assert results.violations_count == 0, results.generate_report()
+
+
+def upload(page: Page, files: list[Path]) -> dict:
+    with page.expect_response(is_batch, timeout=RESULT_TIMEOUT_MS) as answered:
+        page.set_input_files("#file-input", files)
+    assert answered.value.status == 200
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    return answered.value.json()
+
+
+def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
+    page: Page, live_server: str, screenshot_dir: Path
+) -> None:
+    folder = sorted((TEST_DATA / "TCGA_DU_A5TW_19980228").iterdir())  # slices and their ground-truth masks
+    page.goto(live_server)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url) if "/v1/" in request.url else None)
+
+    answer = upload(page, folder)
+
+    assert requests == [f"{live_server}/v1/predict/batch?mask_format=png"]  # one request, no overlay request
+    expect(page.locator("#file-name")).to_contain_text("4 files")
+    expect(page.locator("#file-name")).to_contain_text("4 ground-truth mask files left out")
+    predictions = [item["prediction"] for item in answer["results"]]
+    assert len(predictions) == len(RASTER_SERIES)
+    positives = sum(prediction["tumor_detected"] for prediction in predictions)
+    expect(page.locator("#decision")).to_have_text(f"Tumor detected ({positives} of 4 slices)")
+    expect(page.locator("#strip .strip-bar")).to_have_count(4)
+    expect(page.locator("#slice-table tbody tr")).to_have_count(4)
+
+    # Slider to the first slice, then the arrow keys and the mouse wheel through the rest.
+    page.locator("#slice-slider").fill("1")
+    viewer = page.locator("#viewer")
+    for index, path in enumerate(RASTER_SERIES):
+        if index == 2:
+            viewer.hover()
+            page.mouse.wheel(0, 50)
+        elif index > 0:
+            viewer.press("ArrowDown")
+        expect(page.locator("#slice-number")).to_have_text(f"{index + 1} / 4")
+        expect(page.locator("#caption")).to_contain_text(path.name)
+        shown_probability = float(page.locator("#probability").get_attribute("data-value"))
+        assert shown_probability == predictions[index]["tumor_probability"]
+        np.testing.assert_array_equal(drawn_mask(page), mask_of(predictions[index]))
+    viewer.press("Home")
+    expect(page.locator("#slice-number")).to_have_text("1 / 4")
+
+    # Volume from the spacing entered: sum of mask pixels x pixel spacing squared x slice spacing.
+    expect(page.locator("#volume")).to_contain_text("enter the pixel and slice spacing")
+    page.fill("#pixel-spacing", "0.5")
+    page.fill("#slice-spacing", "2.5")
+    area_pixels = sum(prediction["mask"]["area_pixels"] for prediction in predictions if prediction["mask"])
+    expected_ml = area_pixels * 0.5 * 0.5 * 2.5 / 1000
+    assert float(page.locator("#volume").get_attribute("data-value")) == pytest.approx(expected_ml, rel=1e-12)
+    expect(page.locator("#volume")).to_contain_text(f"{expected_ml:,.2f} mL")
+
+    page.select_option("#mask-style", "outline")
+    page.screenshot(path=screenshot_dir / "web-series-raster.png", full_page=True)
+    assert_no_axe_violations(page)
+
+    with page.expect_download() as downloaded:
+        page.click("#download-masks")
+    assert downloaded.value.suggested_filename == "tumor-masks.zip"
+    with zipfile.ZipFile(downloaded.value.path()) as archive:
+        assert archive.testzip() is None
+        for path, prediction in zip(RASTER_SERIES, predictions, strict=True):
+            content = archive.read(f"{path.stem}_mask.png")
+            if prediction["mask"]:
+                assert content == base64.b64decode(prediction["mask"]["png"])
+            else:
+                assert not np.asarray(Image.open(io.BytesIO(content))).any()
+        rows = archive.read("slices.csv").decode().splitlines()
+    assert rows[0] == "slice,file,mask_file,tumor_probability,tumor_detected,area_pixels,area_mm2"
+    assert len(rows) == 5
+
+
+def test_series_view_of_dicom_series_shows_the_api_volume_and_downloads_its_seg(
+    page: Page, live_server: str, screenshot_dir: Path, tmp_path: Path
+) -> None:
+    paths = []
+    for index, dataset in enumerate(mr_series(tumor_channels())):
+        path = tmp_path / f"IM{index:04d}"  # no extension, as DICOM files often come
+        path.write_bytes(to_bytes(dataset))
+        paths.append(path)
+    uids = [pydicom.dcmread(path).SOPInstanceUID for path in paths]
+    page.goto(live_server)
+
+    answer = upload(page, paths)
+
+    assert answer["tumor_volume_ml"] is not None
+    assert float(page.locator("#volume").get_attribute("data-value")) == answer["tumor_volume_ml"]
+    expect(page.locator("#volume")).to_contain_text(f"{answer['tumor_volume_ml']:,.2f} mL (from the DICOM geometry)")
+    expect(page.locator("#spacing-controls")).to_be_hidden()
+    expect(page.locator("#window-controls")).to_be_visible()  # DICOM values: window and level apply
+
+    viewer = page.locator("#viewer")
+    viewer.focus()
+    viewer.press("Home")
+    pixel_mm2 = PIXEL_SPACING_MM[0] * PIXEL_SPACING_MM[1]
+    for index, item in enumerate(answer["slices"]):
+        if index > 0:
+            viewer.press("ArrowRight")
+        expect(page.locator("#slice-number")).to_have_text(f"{index + 1} / 3")
+        expect(page.locator("#caption")).to_contain_text(paths[uids.index(item["sop_instance_uid"])].name)
+        np.testing.assert_array_equal(drawn_mask(page), mask_of(item["prediction"]))
+        if item["prediction"]["mask"]:
+            area_mm2 = item["prediction"]["mask"]["area_pixels"] * pixel_mm2
+            expect(page.locator("#area")).to_contain_text(f"{area_mm2:,.1f} mm²")
+
+    # The picture is drawn from the DICOM values: a narrow window turns it nearly black and white.
+    page.locator("#window-width").fill("10")
+    page.screenshot(path=screenshot_dir / "web-series-dicom-narrow-window.png", full_page=True)
+    page.click("#window-reset")
+    page.screenshot(path=screenshot_dir / "web-series-dicom.png", full_page=True)
+    assert_no_axe_violations(page)
+
+    with page.expect_download(timeout=RESULT_TIMEOUT_MS) as downloaded:
+        page.click("#download-seg")
+    assert downloaded.value.suggested_filename == "tumor-seg.dcm"
+    files = [("files", (path.name, path.read_bytes(), "application/dicom")) for path in paths]
+    from_api = httpx.post(f"{live_server}/v1/predict/batch?output=dicom-seg", files=files, timeout=60)
+    assert from_api.status_code == 200
+    shown = read_segmentation_masks(Path(downloaded.value.path()).read_bytes())
+    expected = read_segmentation_masks(from_api.content)
+    assert shown.keys() == expected.keys()
+    for key, mask in expected.items():
+        np.testing.assert_array_equal(shown[key], mask)
+
+
+def test_series_view_says_no_tumor_for_a_tumor_free_slice(
+    page: Page, negative_live_server: str, screenshot_dir: Path
+) -> None:
+    page.goto(negative_live_server)
+
+    upload(page, [TUMOR_FREE_SLICE])
+
+    expect(page.locator("#decision")).to_have_text("No tumor detected")
+    caption = page.locator("#caption")
+    expect(caption).to_have_text(f"{TUMOR_FREE_SLICE.name}: no tumor predicted on this slice")
+    expect(page.locator("#result")).not_to_contain_text("outline")
+    assert not drawn_mask(page).any()
+    expect(page.locator("#slider-row")).to_be_hidden()
+    page.screenshot(path=screenshot_dir / "web-single-tumor-free.png", full_page=True)
+
+
+def test_series_view_fits_a_phone_screen(phone_page: Page, live_server: str, screenshot_dir: Path) -> None:
+    phone_page.goto(live_server)
+
+    upload(phone_page, RASTER_SERIES)
+
+    width = phone_page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways on a phone: {width} px wide"
+    phone_page.screenshot(path=screenshot_dir / "web-series-phone.png", full_page=True)
+    assert_no_axe_violations(phone_page)
+
+
+def test_series_view_accepts_a_zip_of_slices(page: Page, live_server: str, tmp_path: Path) -> None:
+    archive_path = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in RASTER_SERIES:
+            archive.write(path, f"patient/{path.name}")
+            archive.write(mask_path_of(path), f"patient/{mask_path_of(path).name}")
+    page.goto(live_server)
+
+    answer = upload(page, [archive_path])
+
+    assert len(answer["results"]) == 4
+    expect(page.locator("#slice-number")).to_contain_text("/ 4")
+    expect(page.locator("#slice-table tbody tr").first).to_contain_text(RASTER_SERIES[0].name)
