@@ -16,6 +16,7 @@ class ErrorKind(StrEnum):
     INVALID_INPUT = "invalid_input"  # the bytes are not a usable image (HTTP 400)
     UNSUPPORTED_TYPE = "unsupported_type"  # not a format we read at all (HTTP 415)
     TOO_LARGE = "too_large"  # over a configured size limit (HTTP 413)
+    HEADERS_TOO_LARGE = "headers_too_large"  # request headers over their limits (HTTP 431)
     INVALID_REQUEST = "invalid_request"  # a missing or malformed request field (HTTP 422)
     UNAVAILABLE = "unavailable"  # the models are not loaded, or the queue is full (HTTP 503)
     UNAUTHORIZED = "unauthorized"  # no valid API key (HTTP 401)
@@ -85,6 +86,13 @@ class TooManySlicesError(ServiceError):
 
     code = "too_many_slices"
     kind = ErrorKind.TOO_LARGE
+
+
+class HeadersTooLargeError(ServiceError):
+    """More request headers than MAX_HEADER_COUNT (their bytes are capped before parsing, in app.http_protocol)."""
+
+    code = "headers_too_large"
+    kind = ErrorKind.HEADERS_TOO_LARGE
 
 
 class TooManyFilesError(ServiceError):
