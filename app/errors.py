@@ -6,8 +6,12 @@ Core code (decoding, inference, encoding) raises these and never knows about HTT
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import ClassVar
+
+# `<_io.BytesIO object at 0x7f03...>` and the like: decoders quote their file object in error texts we pass on.
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class ErrorKind(StrEnum):
@@ -30,12 +34,19 @@ class ServiceError(Exception):
     kind: ClassVar[ErrorKind] = ErrorKind.INVALID_INPUT
 
     def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        message = without_object_reprs(message)
         super().__init__(message)
         self.message = message
         self.retry_after_seconds = retry_after_seconds  # sent as Retry-After when set
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+
+def without_object_reprs(text: str) -> str:
+    """`text` without Python object reprs (`<_io.BytesIO object at 0x...>`): clients and logs get no memory
+    addresses or internal types."""
+    return _OBJECT_REPR.sub("", text)
 
 
 class EmptyFileError(ServiceError):
