@@ -51,8 +51,9 @@ class ClientAddressMiddleware:
     """Set the request's client address to the one the request came from, as far as trusted proxies tell.
 
     `X-Forwarded-For` is believed only from a peer in `trusted_proxies`; its entries are then read from the right
-    (the entry each proxy appended), skipping trusted proxies, and the first untrusted one is the client. From any
-    other peer the header is ignored: anyone can write it. The socket's own peer stays in `state["peer"]`.
+    (the entry each proxy appended), skipping trusted proxies, and the first untrusted one is the client (the
+    leftmost, if all are trusted). From any other peer the header is ignored: anyone can write it. The socket's own
+    peer stays in `state["peer"]`.
     """
 
     def __init__(self, app: ASGIApp, trusted_proxies: Iterable[str] = ()) -> None:
@@ -79,6 +80,7 @@ class ClientAddressMiddleware:
 
     def forwarded_client(self, values: list[str]) -> str | None:
         entries = [entry.strip() for value in values for entry in value.split(",")]
+        address = None
         for entry in reversed(entries):
             try:
                 address = str(ipaddress.ip_address(entry))
@@ -86,7 +88,7 @@ class ClientAddressMiddleware:
                 return None  # a malformed hop: stop believing the chain there, keep the peer
             if not self.is_trusted(address):
                 return address
-        return None
+        return address  # every hop is trusted (a client inside the proxies' network): the furthest one
 
 
 class RequestContextMiddleware:

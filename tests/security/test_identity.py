@@ -132,8 +132,9 @@ def test_request_id_is_the_servers_and_the_clients_is_kept_apart(keyed_client: T
         (["10.0.0.0/8"], PROXY, "198.51.100.1, 10.0.0.9", "198.51.100.1"),  # a chain of trusted proxies
         (["10.0.0.5"], PROXY, "6.6.6.6, 198.51.100.1", "198.51.100.1"),  # what the client wrote itself is ignored
         (["10.0.0.5"], PROXY, "not-an-address", "10.0.0.5"),
+        (["10.0.0.0/8"], PROXY, "10.1.2.3", "10.1.2.3"),  # a client inside the proxy's network (nginx.conf's case)
     ],
-    ids=["default", "untrusted-peer", "trusted-proxy", "proxy-chain", "forged-left-entry", "malformed"],
+    ids=["default", "untrusted-peer", "trusted-proxy", "proxy-chain", "forged-left-entry", "malformed", "all-trusted"],
 )
 def test_forwarded_for_is_believed_only_from_trusted_proxies(
     tiny_model_dir: Path, audit_path: Path, trusted: list[str], peer: tuple, forwarded: str, client: str
