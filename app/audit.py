@@ -1,7 +1,8 @@
-"""The audit log: one JSON line per inference request, kept apart from the debug log.
+"""The audit log: one JSON line per inference request and per refused request, kept apart from the debug log.
 
-Each line says who asked (key id, client address), what (endpoint, sha256 of each input), with what (model
-versions) and what came of it (status, outcome). Never pixels, file names, keys or DICOM tags.
+Each line says who asked (key id, client address, the peer that connected, the client's own request id), what
+(endpoint, path, sha256 of each input), with what (model versions) and what came of it (status, outcome: the error
+code is the reason of a refusal). Never pixels, file names, keys or DICOM tags.
 """
 
 from __future__ import annotations
@@ -35,16 +36,22 @@ class AuditLog:
         key_id: str | None,
         client: str | None,
         input_sha256: list[str],
+        path: str | None = None,
+        peer: str | None = None,
+        client_request_id: str | None = None,
         models: dict[str, str],
         outcome: object,
     ) -> None:
         entry = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "request_id": request_id,
+            "client_request_id": client_request_id,
             "endpoint": endpoint,
+            "path": path,
             "status": status,
             "key_id": key_id,
             "client": client,
+            "peer": peer,
             "input_sha256": input_sha256,
             "models": models,
             "outcome": outcome,

@@ -25,6 +25,7 @@ def serve(args: argparse.Namespace) -> int:
     limit_malloc_arenas()
     import uvicorn
 
+    from app.http_protocol import ConnectionLimits, protocol_with_limits
     from app.logging_config import configure_logging
     from app.main import create_app
 
@@ -41,7 +42,14 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         log_config=None,  # keep our JSON logging
         access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
-        timeout_graceful_shutdown=30,
+        # Header size and time, body idle time, connection count, idle uploads at shutdown: see app.http_protocol.
+        http=protocol_with_limits(ConnectionLimits.from_settings(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        # X-Forwarded-For is read by the app, and only from TRUSTED_PROXIES (ClientAddressMiddleware); uvicorn's own
+        # handling would believe it from any loopback peer.
+        proxy_headers=False,
+        server_header=False,
     )
     return 0
 

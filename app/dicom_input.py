@@ -13,6 +13,7 @@ Nothing here logs.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
 MONOCHROME_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
+_RASTER_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # TIFF may share a file with DICOM: not listed
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,8 +103,18 @@ class DicomFrame:
 
 
 def is_dicom(data: bytes) -> bool:
-    """True if `data` is a DICOM Part 10 file: a 128-byte preamble followed by ``DICM``."""
-    return data[DICOM_PREAMBLE_LENGTH : DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)] == DICOM_MAGIC
+    """True if `data` is a DICOM Part 10 file: a 128-byte preamble, ``DICM``, then a file meta group.
+
+    ``DICM`` alone is four bytes any file can hold at 128 (a PNG's text chunk): the file meta group must follow (a
+    group 0002 tag, then an explicit VR), and a file that starts with a PNG or JPEG signature is that image.
+    """
+    start = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)
+    if data[DICOM_PREAMBLE_LENGTH:start] != DICOM_MAGIC or data.startswith(_RASTER_SIGNATURES):
+        return False
+    if data[start : start + 2] != b"\x02\x00":  # group 0002, little endian, as Part 10 requires
+        return False
+    vr = data[start + 4 : start + 6]
+    return len(vr) < 2 or (vr.isalpha() and vr.isupper())  # a truncated meta group is still DICOM, and a 400
 
 
 DEFAULT_MAX_DICOM_PIXELS: int = Settings.model_fields["max_dicom_pixels"].default
@@ -260,15 +272,45 @@ def _decoder_available(transfer_syntax: UID) -> bool:
 def _modality_values(dataset: Dataset, stored: np.ndarray, index: int) -> np.ndarray:
     """Apply the modality LUT first, as the standard orders: a Modality LUT Sequence, else slope and intercept."""
     if "ModalityLUTSequence" in dataset:
-        return np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
-    slope = _frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleSlope")
-    intercept = _frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleIntercept")
+        _check_modality_lut(dataset)
+        try:
+            return np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
+        except Exception as error:  # a descriptor pydicom cannot use: the element is wrong, whatever the type
+            raise InvalidDicomImageError(
+                f"ModalityLUTSequence (0028,3000) cannot be applied ({type(error).__name__})"
+            ) from error
+    slope = _number(_frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleSlope"), "RescaleSlope")
+    intercept = _number(
+        _frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleIntercept"), "RescaleIntercept"
+    )
     values = stored.astype(np.float64)
-    if slope is not None and float(slope) != 1.0:
-        values *= float(slope)
-    if intercept is not None and float(intercept) != 0.0:
-        values += float(intercept)
+    if slope is not None and slope != 1.0:
+        values *= slope
+    if intercept is not None and intercept != 0.0:
+        values += intercept
     return values
+
+
+def _check_modality_lut(dataset: Dataset) -> None:
+    items = dataset.ModalityLUTSequence
+    if len(items) != 1:
+        raise InvalidDicomImageError(f"ModalityLUTSequence (0028,3000) must hold one item; it holds {len(items)}")
+    for keyword in ("LUTDescriptor", "LUTData"):
+        if keyword not in items[0]:
+            raise InvalidDicomImageError(f"the ModalityLUTSequence (0028,3000) item has no {keyword}")
+
+
+def _number(value: object, keyword: str) -> float | None:
+    """`value` as a finite float, or a 400 naming the element (never its value: it is the file's content)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidDicomImageError(f"{keyword} must be a decimal number") from None
+    if not math.isfinite(number):
+        raise InvalidDicomImageError(f"{keyword} must be a finite number")
+    return number
 
 
 def _frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> object | None:
@@ -287,7 +329,9 @@ def _frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> o
     return dataset.get(keyword)
 
 
-def _floats(value: object, count: int) -> tuple[float, ...] | None:
+def _floats(value: object, count: int, keyword: str) -> tuple[float, ...] | None:
+    """`count` numbers, or None when absent or unreadable (geometry is optional); a 400 for infinite ones, which
+    no position can be and which would break the arithmetic on positions."""
     if value is None:
         return None
     try:
@@ -295,22 +339,25 @@ def _floats(value: object, count: int) -> tuple[float, ...] | None:
         numbers = tuple(float(item) for item in items)
     except (TypeError, ValueError):
         return None
+    if not all(math.isfinite(number) for number in numbers):
+        raise InvalidDicomImageError(f"{keyword} must hold finite numbers")
     return numbers if len(numbers) == count else None
 
 
 def _frame(dataset: Dataset, values: np.ndarray, index: int, frames: int) -> DicomFrame:
-    thickness = _floats(_frame_value(dataset, index, "PixelMeasuresSequence", "SliceThickness"), 1)
-    between = _floats(_frame_value(dataset, index, "PixelMeasuresSequence", "SpacingBetweenSlices"), 1)
+    def floats(sequence: str, keyword: str, count: int) -> tuple[float, ...] | None:
+        return _floats(_frame_value(dataset, index, sequence, keyword), count, keyword)
+
+    thickness = floats("PixelMeasuresSequence", "SliceThickness", 1)
+    between = floats("PixelMeasuresSequence", "SpacingBetweenSlices", 1)
     return DicomFrame(
         values=values,
         header=dataset,
         frame_number=index + 1,
         number_of_frames=frames,
-        image_position=_floats(_frame_value(dataset, index, "PlanePositionSequence", "ImagePositionPatient"), 3),
-        image_orientation=_floats(
-            _frame_value(dataset, index, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
-        ),
-        pixel_spacing=_floats(_frame_value(dataset, index, "PixelMeasuresSequence", "PixelSpacing"), 2),
+        image_position=floats("PlanePositionSequence", "ImagePositionPatient", 3),
+        image_orientation=floats("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+        pixel_spacing=floats("PixelMeasuresSequence", "PixelSpacing", 2),
         slice_thickness=thickness[0] if thickness else None,
         spacing_between_slices=between[0] if between else None,
     )

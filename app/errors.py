@@ -6,8 +6,12 @@ Core code (decoding, inference, encoding) raises these and never knows about HTT
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import ClassVar
+
+# `<_io.BytesIO object at 0x7f03...>` and the like: decoders quote their file object in error texts we pass on.
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -21,6 +25,7 @@ class ErrorKind(StrEnum):
     INVALID_INPUT = "invalid_input"  # the bytes are not a usable image (HTTP 400)
     UNSUPPORTED_TYPE = "unsupported_type"  # not a format we read at all (HTTP 415)
     TOO_LARGE = "too_large"  # over a configured size limit (HTTP 413)
+    HEADERS_TOO_LARGE = "headers_too_large"  # request headers over their limits (HTTP 431)
     INVALID_REQUEST = "invalid_request"  # a missing or malformed request field (HTTP 422)
     UNAVAILABLE = "unavailable"  # the models are not loaded, or the queue is full (HTTP 503)
     UNAUTHORIZED = "unauthorized"  # no valid API key (HTTP 401)
@@ -34,6 +39,7 @@ class ServiceError(Exception):
     kind: ClassVar[ErrorKind] = ErrorKind.INVALID_INPUT
 
     def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        message = without_object_reprs(message)
         super().__init__(message)
         self.message = message
         self.retry_after_seconds = retry_after_seconds  # sent as Retry-After when set
@@ -43,6 +49,12 @@ class ServiceError(Exception):
 
     def body(self) -> dict[str, dict[str, str]]:
         return error_body(self.code, self.message)
+
+
+def without_object_reprs(text: str) -> str:
+    """`text` without Python object reprs (`<_io.BytesIO object at 0x...>`): clients and logs get no memory
+    addresses or internal types."""
+    return _OBJECT_REPR.sub("", text)
 
 
 class EmptyFileError(ServiceError):
@@ -93,6 +105,13 @@ class TooManySlicesError(ServiceError):
 
     code = "too_many_slices"
     kind = ErrorKind.TOO_LARGE
+
+
+class HeadersTooLargeError(ServiceError):
+    """More request headers than MAX_HEADER_COUNT (their bytes are capped before parsing, in app.http_protocol)."""
+
+    code = "headers_too_large"
+    kind = ErrorKind.HEADERS_TOO_LARGE
 
 
 class TooManyFilesError(ServiceError):

@@ -3,31 +3,75 @@
 Structured fields travel in `extra={"fields": {...}}`. What may be logged about a request: its id, endpoint,
 method, status, latency, error code and the sha256 of each uploaded file. Never pixel data, uploaded file names or
 DICOM tags: the sha256 is enough to find a file again for whoever holds it, and says nothing about the patient.
+
+Libraries that read uploads quote what they read: pydicom's validation warnings print element values (`Invalid value
+for VR UI: '1.2.3.MRN...'`), highdicom logs the UIDs it copies, exception messages carry values into tracebacks. So
+Python warnings go through this logger too (no bare lines on stderr), the messages of pydicom, highdicom and warnings
+lose their quoted values and UIDs (`redact_values`), highdicom's INFO lines are dropped, and tracebacks keep their
+frames and exception types but no exception messages.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import traceback
 from datetime import UTC, datetime
+from types import TracebackType
+
+# Loggers whose messages may quote what a file holds: their text is redacted before it is written.
+VALUE_QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings", "PIL")
+_QUOTED = re.compile(r"""'[^']*'|"[^"]*"|b'[^']*'""")
+_UID_LIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")  # 1.2.840.113619.2... (also dates and versions: a fair price)
+REDACTED = "<redacted>"
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def redact_values(text: str) -> str:
+    """`text` without quoted strings and dotted numbers (UIDs): where libraries put the values they read."""
+    return _UID_LIKE.sub(REDACTED, _QUOTED.sub(REDACTED, text))
+
+
+def traceback_without_messages(exc_info: ExcInfo) -> str:
+    """The traceback's frames and exception types, causes included, but no exception message: messages quote values
+    (`could not convert string to float: '...'`), the frames and types are what finding the bug needs."""
+    chain: list[BaseException] = []
+    error: BaseException | None = exc_info[1]
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    lines: list[str] = []
+    for error in reversed(chain):
+        if lines:
+            lines.append("\nwhich led to:\n")
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.format_list(traceback.extract_tb(error.__traceback__)))
+        kind = type(error)
+        lines.append(f"{kind.__module__}.{kind.__qualname__} (message not logged)\n")
+    return "".join(lines).rstrip("\n")
 
 
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON object: time, level, logger, message, then the record's `fields`."""
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name.startswith(VALUE_QUOTING_LOGGERS):
+            message = redact_values(message)
         payload: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             payload.update(fields)
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            payload["exception"] = traceback_without_messages(record.exc_info)
         return json.dumps(payload, default=str)
 
 
@@ -42,3 +86,6 @@ def configure_logging(level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    logging.captureWarnings(True)  # warnings.warn -> the `py.warnings` logger -> this handler, redacted
+    # highdicom logs at INFO the UIDs of the datasets it copies from; its warnings still come through.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)

@@ -16,7 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from app.api import handlers
-from app.api.middleware import AccessControlMiddleware, RequestContextMiddleware, UploadLimitMiddleware
+from app.api.middleware import (
+    AccessControlMiddleware,
+    ClientAddressMiddleware,
+    RequestContextMiddleware,
+    UploadLimitMiddleware,
+)
 from app.api.routes import docs, health, models, predict, web
 from app.audit import AuditLog
 from app.batching import MicroBatcher
@@ -152,12 +157,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, handlers.handle_http_exception)
     app.add_exception_handler(Exception, handlers.handle_unexpected_error)
 
-    # Added last = outermost: the request id and logs wrap everything, then keys and rate limit, then body size.
+    # Added last = outermost: the client's address, then the request id and logs wrap everything, then keys and rate
+    # limits, then body size.
     app.add_middleware(
         UploadLimitMiddleware,
         default_limit=settings.max_upload_bytes + 64 * 1024,  # multipart framing around one file
         limits={"/v1/predict/batch": settings.max_batch_upload_bytes},
     )
-    app.add_middleware(AccessControlMiddleware, keys=api_keys, limiter=limiter)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, audit=audit)
+    app.add_middleware(
+        AccessControlMiddleware,
+        keys=api_keys,
+        limiter=limiter,
+        failed_keys=RateLimiter(settings.auth_failures_per_minute),
+    )
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, audit=audit, max_header_count=settings.max_header_count
+    )
+    app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies)
     return app

@@ -92,6 +92,8 @@ class RateLimiter:
     Thread-safe and in-process: with several replicas each enforces its own share.
     """
 
+    max_clients = 10_000
+
     def __init__(self, per_minute: int, burst: int | None = None, clock=time.monotonic) -> None:
         if per_minute < 1:
             raise ValueError(f"per_minute must be >= 1; got {per_minute}")
@@ -105,13 +107,31 @@ class RateLimiter:
         """Take one token for `client`; return 0 if allowed, else the seconds until a token is free."""
         with self._lock:
             now = self._clock()
-            tokens, updated = self._buckets.get(client, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - updated) * self.rate)
+            tokens = self._tokens(client, now)
             if tokens >= 1.0:
                 self._buckets[client] = (tokens - 1.0, now)
+                self._forget_full_buckets(now)
                 return 0.0
             self._buckets[client] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+    def wait_seconds(self, client: str) -> float:
+        """0 if `client` has a token now, else the seconds until it will; takes nothing."""
+        with self._lock:
+            tokens = self._tokens(client, self._clock())
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, updated = self._buckets.get(client, (self.capacity, now))
+        return min(self.capacity, tokens + (now - updated) * self.rate)
+
+    def _forget_full_buckets(self, now: float) -> None:
+        # Many distinct clients (rotating addresses) must not grow the table without bound: a bucket that has
+        # refilled says nothing a fresh one would not.
+        if len(self._buckets) <= self.max_clients:
+            return
+        for client in [client for client in self._buckets if self._tokens(client, now) >= self.capacity]:
+            del self._buckets[client]
 
 
 def retry_after_header(seconds: float) -> str:

@@ -6,6 +6,7 @@ anything else in the environment is ignored. The README's configuration table li
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -96,12 +97,68 @@ class Settings(BaseSettings):
     audit_log_file: Path | None = Field(
         default=None, description="where the audit log's JSON lines go (default: standard output)"
     )
+    auth_failures_per_minute: int = Field(
+        default=30,
+        gt=0,
+        description="failed API keys a minute per client address; past it every request from that address gets 429 "
+        "until the rate allows again, a right key included (so guessing gains nothing)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated addresses or networks (10.0.0.5, 172.16.0.0/12) whose X-Forwarded-For is "
+        "believed; from any other peer the header is ignored (default: none)",
+    )
 
-    @field_validator("api_keys", mode="before")
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="largest request line plus headers, in bytes; more is refused with 431 before it is parsed",
+    )
+    max_header_count: int = Field(default=100, gt=0, description="most request headers; more are refused with 431")
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="longest a client may take to send a request's line and headers, from its first byte (or from "
+        "connecting); then the connection is closed (408)",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="longest a client may pause while sending a request body; then the request ends with 408",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="how long an idle keep-alive connection stays open between requests"
+    )
+    max_connections: int = Field(
+        default=512,
+        gt=0,
+        description="most open connections; more are answered 503 and closed at once",
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="on SIGTERM, longest wait for requests in flight before they are cancelled"
+    )
+    shutdown_idle_upload_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="on SIGTERM, an upload that sends nothing for this long is dropped (408) instead of holding the "
+        "shutdown",
+    )
+
+    @field_validator("api_keys", "trusted_proxies", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as error:
+                raise ValueError(f"TRUSTED_PROXIES: {item!r} is not an IP address or network") from error
         return value
 
     @field_validator("log_level", mode="before")

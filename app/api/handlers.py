@@ -23,7 +23,13 @@
 | overloaded             | 503    | the inference queue is full; `Retry-After` says when to retry |
 | inference_timeout      | 503    | no answer from the models within REQUEST_TIMEOUT_SECONDS      |
 | unauthorized           | 401    | API keys are configured and X-API-Key is missing or wrong     |
-| rate_limited           | 429    | over RATE_LIMIT_PER_MINUTE for this key; see `Retry-After`    |
+| rate_limited           | 429    | over RATE_LIMIT_PER_MINUTE for this key, or this address over |
+|                        |        | AUTH_FAILURES_PER_MINUTE failed keys; see `Retry-After`       |
+| headers_too_large      | 431    | line + headers over MAX_HEADER_BYTES, or more headers than    |
+|                        |        | MAX_HEADER_COUNT                                              |
+| request_timeout        | 408    | headers not in within HEADER_TIMEOUT_SECONDS, or a body that  |
+|                        |        | pauses longer than BODY_TIMEOUT_SECONDS (app.http_protocol)   |
+| too_many_connections   | 503    | MAX_CONNECTIONS connections open already (app.http_protocol)  |
 | not_found, ...         | 4xx    | other HTTP errors (unknown path, wrong method)                |
 | internal_error         | 500    | a bug; logged with its traceback                              |
 """
@@ -51,14 +57,18 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorKind.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
     ErrorKind.RATE_LIMITED: HTTPStatus.TOO_MANY_REQUESTS,
+    ErrorKind.HEADERS_TOO_LARGE: HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
 }
 _SHORT_INPUT = 80
 
 
-def service_error_response(error: ServiceError) -> JSONResponse:
-    headers = None
+def service_error_response(error: ServiceError, close: bool = False) -> JSONResponse:
+    """The error's response; `close` asks the server to close the connection after it."""
+    headers = {}
     if error.retry_after_seconds is not None:
-        headers = {"Retry-After": retry_after_header(error.retry_after_seconds)}
+        headers["Retry-After"] = retry_after_header(error.retry_after_seconds)
+    if close:
+        headers["Connection"] = "close"
     return JSONResponse(
         error.body(), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
     )

@@ -1,20 +1,28 @@
-"""Pure ASGI middleware: request ids, access and audit logs, request metrics; API keys and rate limits; upload size
+"""Pure ASGI middleware: the client's address (X-Forwarded-For only from trusted proxies); request ids, the header
+count limit, access and audit logs, request metrics; API keys, failed-key throttling and rate limits; upload size
 limits before the body is read."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.handlers import service_error_response
 from app.audit import AuditLog
-from app.errors import AuthenticationError, PayloadTooLargeError, RateLimitedError, ServiceError
+from app.errors import (
+    AuthenticationError,
+    HeadersTooLargeError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    ServiceError,
+)
 from app.metrics import ServiceMetrics
 from app.security import ApiKeyStore, RateLimiter
 
@@ -25,6 +33,9 @@ API_KEY_HEADER = "X-API-Key"
 INFERENCE_ENDPOINTS = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/overlay"})
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 UNMATCHED = "unmatched"
+# Refusals that never reach a route, or reach one and are refused for who or how much is asking: each is audited.
+AUDITED_REFUSALS = frozenset({401, 403, 408, 413, 415, 429, 431})
+_MAX_LOGGED_PATH = 256
 
 
 def route_template(scope: Scope) -> str:
@@ -36,23 +47,78 @@ def route_template(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", UNMATCHED)
 
 
-class RequestContextMiddleware:
-    """Give each request an id (the client's `X-Request-ID` when it is a plain token, else a new uuid4), echo it
-    in the response, count and time the request, write one access log line, and one audit line per inference."""
+class ClientAddressMiddleware:
+    """Set the request's client address to the one the request came from, as far as trusted proxies tell.
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, audit: AuditLog | None = None) -> None:
+    `X-Forwarded-For` is believed only from a peer in `trusted_proxies`; its entries are then read from the right
+    (the entry each proxy appended), skipping trusted proxies, and the first untrusted one is the client (the
+    leftmost, if all are trusted). From any other peer the header is ignored: anyone can write it. The socket's own
+    peer stays in `state["peer"]`.
+    """
+
+    def __init__(self, app: ASGIApp, trusted_proxies: Iterable[str] = ()) -> None:
+        self.app = app
+        self.trusted = tuple(ipaddress.ip_network(item, strict=False) for item in trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client")
+            peer = client[0] if client else None
+            scope.setdefault("state", {})["peer"] = peer
+            if self.trusted and peer is not None and self.is_trusted(peer):
+                forwarded = self.forwarded_client(Headers(scope=scope).getlist("x-forwarded-for"))
+                if forwarded is not None:
+                    scope["client"] = (forwarded, 0)
+        await self.app(scope, receive, send)
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+    def forwarded_client(self, values: list[str]) -> str | None:
+        entries = [entry.strip() for value in values for entry in value.split(",")]
+        address = None
+        for entry in reversed(entries):
+            try:
+                address = str(ipaddress.ip_address(entry))
+            except ValueError:
+                return None  # a malformed hop: stop believing the chain there, keep the peer
+            if not self.is_trusted(address):
+                return address
+        return address  # every hop is trusted (a client inside the proxies' network): the furthest one
+
+
+class RequestContextMiddleware:
+    """Give each request a server-made id (a uuid4, echoed in `X-Request-ID`; the client's own `X-Request-ID`, when
+    a plain token, is kept as `client_request_id`), refuse more than `max_header_count` headers (431), count and
+    time the request, write one access log line, and one audit line per inference and per refusal (401, 403, 408,
+    413, 415, 429, 431) with the path, the peer and the reason."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        audit: AuditLog | None = None,
+        max_header_count: int | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.audit = audit
+        self.max_header_count = max_header_count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        offered = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = offered if _CLIENT_REQUEST_ID.match(offered) else uuid.uuid4().hex
+        request_id = uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        offered = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        if _CLIENT_REQUEST_ID.match(offered):
+            state["client_request_id"] = offered
         status = 500
         started = time.perf_counter()
 
@@ -64,23 +130,34 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.max_header_count is not None and len(scope["headers"]) > self.max_header_count:
+                error = HeadersTooLargeError(
+                    f"a request may have at most {self.max_header_count} headers; got {len(scope['headers'])}"
+                )
+                state["error_code"] = error.code
+                await service_error_response(error, close=True)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             endpoint = route_template(scope)
             self.metrics.observe_request(endpoint, scope["method"], status, seconds)
+            client = scope.get("client")
             fields = {
                 "request_id": request_id,
                 "method": scope["method"],
                 "endpoint": endpoint,
+                "path": logged_path(scope),
                 "status": status,
                 "latency_ms": round(seconds * 1000, 2),
+                "client": client[0] if client else None,
+                "peer": state.get("peer", client[0] if client else None),
             }
-            for key in ("input_sha256", "error_code", "key_id"):
+            for key in ("client_request_id", "input_sha256", "error_code", "key_id"):
                 if key in state:
                     fields[key] = state[key]
             access_logger.info("request", extra={"fields": fields})
-            if self.audit is not None and endpoint in INFERENCE_ENDPOINTS:
+            if self.audit is not None and (endpoint in INFERENCE_ENDPOINTS or status in AUDITED_REFUSALS):
                 self._audit(scope, state, request_id, endpoint, status)
 
     def _audit(self, scope: Scope, state: dict, request_id: str, endpoint: str, status: int) -> None:
@@ -89,14 +166,22 @@ class RequestContextMiddleware:
         client = scope.get("client")
         self.audit.record(
             request_id=request_id,
+            client_request_id=state.get("client_request_id"),
             endpoint=endpoint,
+            path=logged_path(scope),
             status=status,
             key_id=state.get("key_id"),
             client=client[0] if client else None,
+            peer=state.get("peer", client[0] if client else None),
             input_sha256=hashes if isinstance(hashes, list) else [hashes],
             models={"classifier": manifest.classifier.tag, "segmenter": manifest.segmenter.tag} if manifest else {},
             outcome=state.get("outcome") or {"error": state.get("error_code", f"http_{status}")},
         )
+
+
+def logged_path(scope: Scope) -> str:
+    """The request's path, cut to a bounded length (it is the client's text); never the query string."""
+    return str(scope.get("path", ""))[:_MAX_LOGGED_PATH]
 
 
 def is_public(path: str) -> bool:
@@ -105,31 +190,51 @@ def is_public(path: str) -> bool:
 
 
 class AccessControlMiddleware:
-    """With API keys configured, refuse requests without a valid `X-API-Key` (401); then apply the per-client rate
+    """With API keys configured, refuse requests without a valid `X-API-Key` (401), and throttle failed keys per
+    client address: once an address has spent its `failed_keys` budget, all its requests get 429 until the budget
+    refills, before any key is checked (a right key then gains a guesser nothing). Then apply the per-client rate
     limit (429 with `Retry-After`). The client of the rate limit is the key id, or the address without keys."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeyStore, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: ApiKeyStore,
+        limiter: RateLimiter | None = None,
+        failed_keys: RateLimiter | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
+        self.failed_keys = failed_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
         key_id = None
         if self.keys.enabled:
+            if self.failed_keys is not None:
+                wait = self.failed_keys.wait_seconds(address)
+                if wait > 0:
+                    error = RateLimitedError(
+                        "too many failed API keys from this address; retry later", retry_after_seconds=wait
+                    )
+                    await self._reject(scope, receive, send, error)
+                    return
             key_id = self.keys.authenticate(Headers(scope=scope).get(API_KEY_HEADER))
             if key_id is None:
+                if self.failed_keys is not None:
+                    self.failed_keys.acquire(address)
                 await self._reject(
                     scope, receive, send, AuthenticationError(f"a valid {API_KEY_HEADER} header is required")
                 )
                 return
             state["key_id"] = key_id
         if self.limiter is not None:
-            client = scope.get("client")
-            wait = self.limiter.acquire(key_id or (client[0] if client else "unknown"))
+            wait = self.limiter.acquire(key_id or address)
             if wait > 0:
                 error = RateLimitedError("too many requests for this client; retry later", retry_after_seconds=wait)
                 await self._reject(scope, receive, send, error)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import highdicom as hd
 import numpy as np
 import pytest
@@ -227,3 +229,69 @@ def test_read_dicom_checks_pixel_count_before_decoding(flair: np.ndarray) -> Non
 
     with pytest.raises(ImageTooLargeError, match="256x256 pixels x 1 frames = 65536 pixels; the limit is 1000"):
         read_dicom(to_bytes(dataset), max_pixels=1000)
+
+
+def replaced(data: bytes, old: bytes, new: bytes) -> bytes:
+    """`data` with the one occurrence of `old` overwritten by `new` of the same length: a malformed value that
+    pydicom would refuse to write."""
+    assert len(old) == len(new) and data.count(old) == 1, old
+    return data.replace(old, new)
+
+
+def multiframe_with_slopes(slopes: Sequence[float]) -> bytes:
+    legacy = mr_series([image.astype(np.uint16) for image in tumor_channels()])
+    for dataset, slope in zip(legacy, slopes, strict=True):
+        dataset.RescaleSlope, dataset.RescaleIntercept = slope, 0.0
+    multiframe = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1
+    )
+    return to_bytes(multiframe)
+
+
+def malformed_dicom(flair: np.ndarray, case: str) -> bytes:
+    """Files that made the service answer 500 (issue 16, item 4)."""
+    if case == "slope-not-a-number":
+        return replaced(to_bytes(single_mr(flair, rescale=(7.77, 0.0))), b"7.77", b"ab.c")
+    if case == "intercept-not-a-number":
+        return replaced(to_bytes(single_mr(flair, rescale=(1.0, 5.55))), b"5.55", b"ab.c")
+    if case == "per-frame-slope-not-a-number":
+        return replaced(multiframe_with_slopes((1.25, 7.77, 3.5)), b"7.77", b"ab.c")
+    if case == "modality-lut-without-descriptor":
+        dataset = single_mr(flair)
+        item = Dataset()
+        item.ModalityLUTType = "US"
+        item.add_new(0x00283006, "US", list(range(256)))  # LUTData: the VR would come from the descriptor
+        dataset.ModalityLUTSequence = [item]
+        return to_bytes(dataset)
+    if case == "position-overflows":
+        dataset = single_mr(flair)
+        dataset.ImagePositionPatient = ["-120.0", "-120.0", "12345.6"]
+        return replaced(to_bytes(dataset), b"12345.6", b"1e309  ")
+    raise AssertionError(case)
+
+
+MALFORMED_DICOM_CASES = {
+    "slope-not-a-number": "RescaleSlope",
+    "intercept-not-a-number": "RescaleIntercept",
+    "per-frame-slope-not-a-number": "RescaleSlope",
+    "modality-lut-without-descriptor": "LUTDescriptor",
+    "position-overflows": "ImagePositionPatient",
+}
+
+
+@pytest.mark.parametrize(("case", "element"), MALFORMED_DICOM_CASES.items(), ids=list(MALFORMED_DICOM_CASES))
+def test_read_dicom_names_the_malformed_element(flair: np.ndarray, case: str, element: str) -> None:
+    with pytest.raises(InvalidDicomImageError, match=element) as caught:
+        prepare_inputs(read_dicom(malformed_dicom(flair, case)))
+    assert caught.value.kind is ErrorKind.INVALID_INPUT
+    assert "ab.c" not in caught.value.message and "1e309" not in caught.value.message  # the element, not its value
+
+
+def test_is_dicom_needs_a_file_meta_group_after_the_marker(flair: np.ndarray) -> None:
+    png = TUMOR_SLICE.read_bytes() if TUMOR_SLICE.suffix == ".png" else None
+    raster = png or b"\x89PNG\r\n\x1a\n" + b"\0" * 200
+    assert not is_dicom(raster[:128] + b"DICM" + raster[132:])  # a PNG with DICM at 128 is a PNG
+    assert not is_dicom(b"\0" * 128 + b"DICM" + b"tEXtcomment")  # no group 0002 after the marker
+    assert not is_dicom(b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00\x01\x02")  # no explicit VR
+    assert is_dicom(b"\0" * 128 + b"DICM" + b"\x02\x00")  # cut short inside the meta group: DICOM, and a 400
+    assert is_dicom(to_bytes(single_mr(flair)))

@@ -37,11 +37,13 @@ ERROR_CODES_BY_STATUS = {
     401: {"unauthorized"},
     404: {"not_found"},
     405: {"method_not_allowed"},
+    408: {"request_timeout"},
     413: {"payload_too_large", "image_too_large", "too_many_files"},
     415: {"unsupported_media_type"},
     422: {"validation_error"},
     429: {"rate_limited"},
-    503: {"model_unavailable", "overloaded", "inference_timeout"},
+    431: {"headers_too_large"},
+    503: {"model_unavailable", "overloaded", "inference_timeout", "too_many_connections"},
 }
 """Every documented (status, error code) pair: the table in `app.api.handlers`."""
 

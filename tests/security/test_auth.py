@@ -23,7 +23,20 @@ from tests.security.conftest import assert_error, security_settings, wait_until_
 PLAIN_KEY = "plain-key-5f0c1d9e8b7a6f4e3d2c1b0a"  # given in API_KEYS
 FILE_KEY = "file-key-a1b2c3d4e5f60718293a4b5c6d"  # only its sha256 is in API_KEYS_FILE
 PATIENT_FILE_NAME = "DOE^JOHN.png"
-AUDIT_FIELDS = {"time", "request_id", "endpoint", "status", "key_id", "client", "input_sha256", "models", "outcome"}
+AUDIT_FIELDS = {
+    "time",
+    "request_id",
+    "client_request_id",
+    "endpoint",
+    "path",
+    "status",
+    "key_id",
+    "client",
+    "peer",
+    "input_sha256",
+    "models",
+    "outcome",
+}
 
 
 @pytest.fixture
@@ -152,11 +165,15 @@ def test_audit_log_has_one_line_per_inference_without_patient_data(
     keyed_client.get("/v1/models", headers=headers)  # no inference: no audit line
     assert [answer.status_code for answer in answers] == [200, 200, 200, 415, 401]
 
-    # The request refused for want of a key never reached a route: it is in the access log, not the audit log.
-    answers.pop()
     lines = audit_path.read_text().splitlines()
     assert len(lines) == len(answers)
     entries = [json.loads(line) for line in lines]
+    # The request refused for want of a key never reached a route: its line names the path, the peer, the reason.
+    refused = entries.pop()
+    answers.pop()
+    assert set(refused) == AUDIT_FIELDS
+    assert (refused["status"], refused["path"], refused["peer"]) == (401, "/v1/predict", "testclient")
+    assert refused["outcome"] == {"error": "unauthorized"} and refused["key_id"] is None
     digest = hashlib.sha256(good_jpeg).hexdigest()
     for entry, answer in zip(entries, answers, strict=True):
         assert set(entry) == AUDIT_FIELDS

@@ -1,0 +1,231 @@
+"""uvicorn's HTTP/1.1 protocol (httptools) with the connection limits uvicorn does not enforce itself.
+
+uvicorn bounds keep-alive idle time (`timeout_keep_alive`) and shutdown time (`timeout_graceful_shutdown`), but with
+httptools it reads request headers without a size limit (the parser's cost grows faster than the size: a 64 MB
+header stalled every other request for seconds), without a time limit (a client sending one byte a second held a
+connection forever), and waits on a silent upload for as long as the client likes, shutdown included. This protocol
+adds, per connection:
+
+- a cap on open connections: past `max_connections` a new connection is answered 503 and closed at once;
+- a cap on the request line plus headers (`max_header_bytes`): past it, 431 before the parser sees more;
+- a header deadline (`header_timeout_seconds`), counted from the first byte of a request (from accepting, for a new
+  connection): a request whose headers are not all in by then gets 408 and the connection is closed;
+- a body idle timeout (`body_timeout_seconds`): a client that pauses longer while sending a body gets 408 and the
+  connection is closed; the app sees the client go away. Time the app leaves the body unread does not count;
+- on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
+  shutdown while requests that are being sent or answered finish.
+
+The header count is checked in the app (`app.api.middleware`): the byte cap already bounds the parser's work.
+`brain-tumor serve` runs uvicorn with this protocol; plain `uvicorn app.main:create_app` runs without these limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.settings import Settings
+
+logger = logging.getLogger("app.http")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The limits one server applies to every connection (see the module docstring)."""
+
+    max_connections: int
+    max_header_bytes: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    shutdown_idle_upload_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            max_connections=settings.max_connections,
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_seconds=settings.header_timeout_seconds,
+            body_timeout_seconds=settings.body_timeout_seconds,
+            shutdown_idle_upload_seconds=settings.shutdown_idle_upload_seconds,
+        )
+
+
+def protocol_with_limits(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]:
+    """A protocol class bound to `limits`, for `uvicorn.run(http=...)` (uvicorn builds one instance per
+    connection and passes no arguments of ours)."""
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+
+
+def raw_error_response(status: HTTPStatus, code: str, message: str) -> bytes:
+    """A complete HTTP/1.1 response with the service's error body, written before any app runs."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """One connection; see the module docstring for the limits."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading_headers = True
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_activity = 0.0
+        self._draining = False
+
+    # Connection lifecycle
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                f"the server holds its maximum of {self.limits.max_connections} connections; retry later",
+            )
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._draining = True
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._check_body()  # an upload already idle past the grace period goes now
+
+    # Bytes in
+    def data_received(self, data: bytes) -> None:
+        while data and not self.transport.is_closing():
+            if not self._reading_headers:
+                super().data_received(data)
+                return
+            room = self.limits.max_header_bytes - self._header_bytes
+            if room <= 0:
+                self._refuse(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    f"request line and headers must be at most {self.limits.max_header_bytes} bytes",
+                )
+                return
+            if self._header_timer is None:
+                self._arm_header_timer()
+            chunk, data = data[:room], data[room:]
+            self._header_bytes += len(chunk)
+            super().data_received(chunk)
+
+    # Parser callbacks
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().on_headers_complete()
+        self._body_activity = self.loop.time()
+        self._arm_body_timer(self._body_timeout())
+
+    def on_body(self, body: bytes) -> None:
+        self._body_activity = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._reading_headers = True  # whatever comes next is the next request's line and headers
+        self._header_bytes = 0
+
+    # Timers
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._headers_timed_out)
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if not self._reading_headers or self.transport.is_closing():
+            return
+        if self._header_bytes == 0 and self.cycle is None:  # connected and said nothing: no one to answer
+            self._log("connection closed: no request", HTTPStatus.REQUEST_TIMEOUT, "request_timeout")
+            self.transport.close()
+            return
+        self._refuse(
+            HTTPStatus.REQUEST_TIMEOUT,
+            "request_timeout",
+            f"request headers must arrive within {self.limits.header_timeout_seconds:g} s",
+        )
+
+    def _body_timeout(self) -> float:
+        if self._draining:
+            return min(self.limits.body_timeout_seconds, self.limits.shutdown_idle_upload_seconds)
+        return self.limits.body_timeout_seconds
+
+    def _arm_body_timer(self, delay: float) -> None:
+        self._body_timer = self.loop.call_later(max(delay, 0.0), self._check_body)
+
+    def _check_body(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:  # the app has not read what came: the wait is ours, not the client's
+            self._body_activity = now
+        idle = now - self._body_activity
+        timeout = self._body_timeout()
+        if idle < timeout:
+            self._arm_body_timer(timeout - idle)
+            return
+        self._drop_upload(timeout)
+
+    def _drop_upload(self, timeout: float) -> None:
+        cycle = self.cycle
+        status, code = HTTPStatus.REQUEST_TIMEOUT, "request_timeout"
+        message = f"the request body paused for more than {timeout:g} s"
+        if self._draining:
+            message += " while the server is shutting down"
+        if not cycle.response_started:
+            self.transport.write(raw_error_response(status, code, message))
+        # The app reads a disconnect and whatever it answers is dropped (uvicorn's cycle ignores sends then).
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._log(message, status, code, path=cycle.scope.get("path"))
+        self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+    # Refusals
+    def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:
+        self._cancel_timers()
+        self.transport.write(raw_error_response(status, code, message))
+        self.transport.close()
+        self._log(message, status, code)
+
+    def _log(self, message: str, status: HTTPStatus, code: str, path: str | None = None) -> None:
+        fields: dict[str, object] = {"status": status.value, "error_code": code, "peer": self._peer()}
+        if path is not None:
+            fields["path"] = path[:256]
+        logger.warning(message, extra={"fields": fields})
+
+    def _peer(self) -> str | None:
+        return self.client[0] if self.client else None

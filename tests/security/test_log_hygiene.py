@@ -1,0 +1,145 @@
+"""No DICOM value in the logs or in error messages, malformed DICOM values are 400s, and content sniffing does not
+take a PNG for DICOM (issue 16, items 4 and 5)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import struct
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
+
+from app.logging_config import JsonFormatter, redact_values
+from tests.conftest import TUMOR_SLICE, read_slice
+from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes
+from tests.dicom.test_dicom_input import MALFORMED_DICOM_CASES, malformed_dicom, replaced
+from tests.security.conftest import assert_error, png_bytes, start_server
+
+SECRET_UID = "1.2.3.MRN98765.DoeJohn"  # a patient identifier smuggled into a UI element (invalid there)
+PLACEHOLDER_UID = "1.2.3.4444444444444444"  # same length, valid: written first, then overwritten
+# TensorFlow's C++ logging (absl) writes to stderr at import, past Python's logging: startup banners, no request data.
+TENSORFLOW_NATIVE_LINE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} )")
+
+
+@pytest.fixture(scope="module")
+def flair() -> np.ndarray:
+    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
+
+
+def png_with_dicm_at_128() -> bytes:
+    """A real slice as PNG with a text chunk that puts `DICM` and a plausible file meta group start at byte 128."""
+    png = png_bytes(read_slice(TUMOR_SLICE))
+    after_ihdr = 8 + 25
+    keyword = b"Comment\0"
+    text_start = after_ihdr + 8 + len(keyword)
+    data = keyword + b"x" * (128 - text_start) + b"DICM\x02\x00\x00\x00UL\x04\x00"
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    result = png[:after_ihdr] + chunk + png[after_ihdr:]
+    assert result[128:132] == b"DICM"
+    return result
+
+
+def test_png_with_dicm_at_128_is_read_as_png(client: TestClient):
+    response = client.post("/v1/predict", files={"file": ("slice.png", png_with_dicm_at_128(), "image/png")})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(("case", "element"), MALFORMED_DICOM_CASES.items(), ids=list(MALFORMED_DICOM_CASES))
+def test_malformed_dicom_value_is_a_400_naming_the_element(
+    client: TestClient, flair: np.ndarray, case: str, element: str
+):
+    data = malformed_dicom(flair, case)
+    response = client.post("/v1/predict/batch", files=[("files", ("a.dcm", data, "application/dicom"))])
+    # A batch reports a file it cannot read in place; a lone DICOM upload gets the same error as the request's.
+    if response.status_code == 200:
+        [error] = response.json()["file_errors"]
+        body = error["error"]
+    else:
+        assert response.status_code == 400, response.text
+        body = response.json()["error"]
+    assert body["code"] == "invalid_dicom_image"
+    assert element in body["message"]
+
+
+def test_error_messages_hold_no_object_repr(client: TestClient):
+    broken_png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    response = client.post("/v1/predict", files={"file": ("a.png", broken_png, "image/png")})
+    assert_error(response, 400, "undecodable_image")
+    assert "object at 0x" not in response.text and "BytesIO" not in response.text
+
+
+def render(record: logging.LogRecord) -> dict:
+    return json.loads(JsonFormatter().format(record))
+
+
+def test_tracebacks_keep_frames_and_types_but_no_messages():
+    try:
+        try:
+            float(SECRET_UID)
+        except ValueError as error:
+            raise RuntimeError(f"while reading {SECRET_UID}") from error
+    except RuntimeError:
+        record = logging.getLogger("app").makeRecord("app", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    rendered = render(record)
+    assert "MRN98765" not in json.dumps(rendered)
+    assert "builtins.ValueError" in rendered["exception"] and "builtins.RuntimeError" in rendered["exception"]
+    assert "test_tracebacks_keep_frames_and_types_but_no_messages" in rendered["exception"]
+
+
+@pytest.mark.parametrize("name", ["pydicom", "py.warnings", "highdicom.base", "PIL.PngImagePlugin"])
+def test_library_messages_lose_their_values(name: str):
+    message = f"Invalid value for VR UI: '{SECRET_UID}'. copy Image-related attributes from dataset \"{SECRET_UID}\""
+    record = logging.getLogger(name).makeRecord(name, logging.WARNING, __file__, 1, message, (), None)
+    rendered = render(record)["message"]
+    assert "MRN98765" not in rendered and "Invalid value for VR UI" in rendered
+    assert redact_values("UID 1.2.840.113619.2.55.3 seen") == "UID <redacted> seen"
+
+
+def test_python_warnings_become_redacted_json(monkeypatch: pytest.MonkeyPatch):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("py.warnings")
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "propagate", False)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn(f"Invalid value for VR UI: '{SECRET_UID}'", UserWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["logger"] == "py.warnings"
+    assert "MRN98765" not in line
+
+
+def test_served_dicom_values_never_reach_the_logs(tiny_model_dir: Path, tmp_path: Path, flair: np.ndarray):
+    """A real server at INFO, a DICOM with an identifier in an invalid UI value, asked for a DICOM SEG (highdicom
+    logs the UIDs it copies): stderr holds JSON lines only, and neither the identifier nor the file's UIDs."""
+    dataset = mr_dataset(flair, Study(frame_of_reference_uid=PLACEHOLDER_UID), generate_uid())
+    data = replaced(to_bytes(dataset), PLACEHOLDER_UID.encode(), SECRET_UID.encode())
+    server = start_server(tiny_model_dir, tmp_path, LOG_LEVEL="DEBUG")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
+            response = client.post("/v1/predict?output=dicom-seg", files={"file": ("a.dcm", data, "application/dicom")})
+            client.post("/v1/predict", files={"file": ("a.dcm", data, "application/dicom")})
+    finally:
+        server.stop()
+    assert response.status_code in (200, 400), response.text
+    stderr = server.stderr()
+    for secret in ("MRN98765", dataset.SOPInstanceUID, dataset.SeriesInstanceUID, dataset.StudyInstanceUID):
+        assert secret not in stderr, f"{secret} is in the log"
+    for line in stderr.splitlines():
+        if line.strip() and not TENSORFLOW_NATIVE_LINE.match(line):
+            json.loads(line)  # every line is a JSON object: no bare warnings or tracebacks

@@ -1,0 +1,218 @@
+"""Connection limits on a real `brain-tumor serve` process (app.http_protocol): slow and huge headers, silent
+uploads, too many connections, and idle uploads at shutdown. Timeouts are set short so the tests stay short; the
+code paths are those of the defaults."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.security.conftest import ServerProcess, start_server
+
+HEADER_TIMEOUT_SECONDS = 2.0
+BODY_TIMEOUT_SECONDS = 2.0
+MAX_CONNECTIONS = 60
+SLOW_CONNECTIONS = 50
+SLOW_REQUEST = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 64
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    process = start_server(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("limits"),
+        HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_SECONDS),
+        BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS),
+        MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+    )
+    yield process
+    process.stop()
+
+
+def address(server: ServerProcess) -> tuple[str, int]:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def health_latencies(client: httpx.Client, count: int, pause: float = 0.05) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        assert client.get("/health/live").status_code == 200
+        latencies.append(time.perf_counter() - started)
+        time.sleep(pause)
+    return latencies
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection; fails if it stays open past `timeout`."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        pytest.fail(f"the server kept the connection open for more than {timeout:g} s")
+    return received
+
+
+def log_lines(server: ServerProcess) -> list[dict]:
+    return [json.loads(line) for line in server.stderr().splitlines() if line.startswith("{")]
+
+
+def test_slow_headers_do_not_delay_health_and_are_closed(server: ServerProcess):
+    with httpx.Client(base_url=server.base_url, timeout=5.0) as client:
+        baseline = statistics.median(health_latencies(client, 10))
+        sockets = [socket.create_connection(address(server)) for _ in range(SLOW_CONNECTIONS)]
+        opened = time.monotonic()
+        closed_after: dict[int, float] = {}
+        stop = threading.Event()
+
+        def trickle() -> None:  # one byte a second on every connection, until the server closes it
+            for position in range(len(SLOW_REQUEST)):
+                open_sockets = [sock for sock in sockets if sock.fileno() not in closed_after]
+                if stop.is_set() or not open_sockets:
+                    return
+                for sock in open_sockets:
+                    try:
+                        sock.send(SLOW_REQUEST[position : position + 1])
+                    except OSError:
+                        closed_after[sock.fileno()] = time.monotonic() - opened
+                readable, _, _ = select.select(open_sockets, [], [], 1.0)
+                for sock in readable:
+                    try:
+                        if not sock.recv(65536, socket.MSG_PEEK):
+                            closed_after[sock.fileno()] = time.monotonic() - opened
+                        else:
+                            sock.recv(65536)  # the 408, then the close
+                    except OSError:
+                        closed_after[sock.fileno()] = time.monotonic() - opened
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        try:
+            time.sleep(0.5)
+            during = health_latencies(client, 20)
+            sender.join(HEADER_TIMEOUT_SECONDS + 10)
+        finally:
+            stop.set()
+            for sock in sockets:
+                sock.close()
+
+    assert max(during) - baseline < 0.1, f"/health/live took {max(during) * 1000:.0f} ms under slow headers"
+    assert len(closed_after) == SLOW_CONNECTIONS, f"only {len(closed_after)} of {SLOW_CONNECTIONS} were closed"
+    assert max(closed_after.values()) < HEADER_TIMEOUT_SECONDS + 3
+    timeouts = [line for line in log_lines(server) if line.get("error_code") == "request_timeout"]
+    assert len(timeouts) >= SLOW_CONNECTIONS and all(line["peer"] == "127.0.0.1" for line in timeouts)
+
+
+def test_huge_header_is_refused_quickly(server: ServerProcess):
+    request = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+    chunk = b"a" * (1 << 20)
+    started = time.monotonic()
+    with socket.create_connection(address(server)) as sock:
+        sent = 0
+        try:
+            sock.sendall(request)
+            while sent < 64 << 20:  # 64 MiB of one header, as the attack sent
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server closed the connection under us: what we want
+            pass
+        answer = read_until_closed(sock, 5.0)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2.0, f"refusing a 64 MiB header took {elapsed:.1f} s"
+    assert sent < 64 << 20, "the server read all 64 MiB"
+    if answer:  # the 431 may be lost to a reset when the server closes with our bytes unread
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "headers_too_large"
+    assert any(line.get("error_code") == "headers_too_large" for line in log_lines(server))
+    assert httpx.get(f"{server.base_url}/health/live", timeout=2.0).status_code == 200
+
+
+def test_silent_upload_gets_408(server: ServerProcess):
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 100000\r\n\r\n--b\r\n"
+    )
+    started = time.monotonic()
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(head)
+        answer = read_until_closed(sock, BODY_TIMEOUT_SECONDS + 5)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert BODY_TIMEOUT_SECONDS - 0.5 < time.monotonic() - started < BODY_TIMEOUT_SECONDS + 3
+
+
+def test_connections_past_the_maximum_are_refused(server: ServerProcess):
+    held = [socket.create_connection(address(server)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.3)  # let the server accept them all
+        with socket.create_connection(address(server)) as extra:
+            answer = read_until_closed(extra, 2.0)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "too_many_connections"
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the server sees the closes a moment later
+        try:
+            if httpx.get(f"{server.base_url}/health/live", timeout=1.0).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server did not accept connections again after the others closed")
+
+
+def test_forwarded_for_from_loopback_is_not_believed_by_default(server: ServerProcess):
+    response = httpx.get(f"{server.base_url}/v1/models", headers={"X-Forwarded-For": "198.51.100.77"}, timeout=5.0)
+    assert response.status_code == 200
+    deadline = time.monotonic() + 5
+    while not (lines := [e for e in log_lines(server) if e.get("request_id") == response.headers["X-Request-ID"]]):
+        assert time.monotonic() < deadline, "no access log line for the request"
+        time.sleep(0.05)  # the line is written once the response is out
+    [line] = lines
+    assert (line["client"], line["peer"]) == ("127.0.0.1", "127.0.0.1")
+
+
+def test_idle_uploads_do_not_hold_shutdown(tiny_model_dir: Path, tmp_path: Path):
+    """Five uploads that stopped sending: SIGTERM ends them after SHUTDOWN_IDLE_UPLOAD_SECONDS (default 2 s), not
+    after the 30 s graceful shutdown timeout."""
+    server = start_server(tiny_model_dir, tmp_path)
+    head = (
+        b"POST /v1/predict/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 1000000\r\n\r\n--b\r\n"
+    )
+    uploads = [socket.create_connection(address(server)) for _ in range(5)]
+    try:
+        for sock in uploads:
+            sock.sendall(head)
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        exit_code = server.process.wait(20)
+        took = time.monotonic() - signalled
+        answers = [read_until_closed(sock, 1.0) for sock in uploads]
+    finally:
+        for sock in uploads:
+            sock.close()
+        server.stop()
+    assert exit_code == 0, server.stderr()[-2000:]
+    assert took < 6.0, f"shutdown took {took:.1f} s with idle uploads"
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), [answer[:40] for answer in answers]
