@@ -219,6 +219,10 @@ class Predictor:
         return self.manifest.segmenter.threshold
 
     @property
+    def series_min_component_voxels(self) -> int:
+        return self.manifest.segmenter.series_min_component_voxels
+
+    @property
     def model_tags(self) -> dict[str, str]:
         return {CLASSIFIER: self.manifest.classifier.tag, SEGMENTER: self.manifest.segmenter.tag}
 

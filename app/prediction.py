@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from app import payloads, schemas
 from app.batching import MicroBatcher
+from app.core.series_postprocessing import clean_series_masks
 from app.dicom_input import is_dicom
 from app.dicom_seg import build_segmentation
 from app.dicom_series import SeriesUploads, SliceInput, model_inputs, read_series
@@ -42,6 +43,9 @@ class Models(Protocol):
 
     @property
     def model_tags(self) -> dict[str, str]: ...
+
+    @property
+    def series_min_component_voxels(self) -> int: ...
 
 
 class PreprocessedPredictor(Protocol):
@@ -252,8 +256,12 @@ class PredictionService:
         mask_format: schemas.MaskFormat,
         segmentation: bool = False,
         on_tally: TallyObserver | None = None,
+        series: bool = False,
     ) -> BatchAnswer | SeriesAnswer:
         """Several files: raster images one result each (a bad file gets its own error), or DICOM files as one series.
+
+        With `series`, the raster images are the slices of one volume in order, and their masks get the series
+        clean-up (`clean_series`); DICOM files always form a series.
 
         Raises
         ------
@@ -280,6 +288,8 @@ class PredictionService:
         decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
         predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
         tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
+        if series:
+            predictions = await self._cpu(clean_series, predictions, self.models.series_min_component_voxels)
         ordered = in_request_order(prepared, predictions)
         outcomes = await self._cpu(payloads.payloads, ordered, self.threshold, mask_format)
         return BatchAnswer(ordered, outcomes, tally)
@@ -309,6 +319,7 @@ class PredictionService:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
             predictions = await self.run_models(batch, sizes)
         tally = self._count(predictions, len(series.file_errors), on_tally)
+        predictions = await self._cpu(clean_series, predictions, self.models.series_min_component_voxels)
         result = await self._cpu(
             partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
         )
@@ -334,6 +345,19 @@ class PredictionService:
             if observer is not None:
                 observer(tally)
         return tally
+
+
+def clean_series(predictions: Sequence[SlicePrediction], min_voxels: int) -> list[SlicePrediction]:
+    """The series clean-up (`app.core.series_postprocessing`) of the predictions of one volume's slices, in order.
+
+    A slice whose mask the clean-up empties is reported as not detected (its probability stays as the classifier
+    gave it): in a series, a slice is positive when its mask survives. A single slice is never changed.
+    """
+    masks = clean_series_masks([prediction.mask for prediction in predictions], min_voxels)
+    return [
+        SlicePrediction(prediction.probability, prediction.detected and mask is not None, mask)
+        for prediction, mask in zip(predictions, masks, strict=True)
+    ]
 
 
 def in_request_order(

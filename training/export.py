@@ -54,6 +54,7 @@ def write_manifest(
     split_file: str,
     metrics: dict,
     version: str,
+    series_min_component_voxels: int = 0,
 ) -> dict:
     """Export both models into `output_dir` and write the manifest that the service reads; return it as a dict."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,7 @@ def write_manifest(
             parameters=int(model.count_params()),
             threshold=float(threshold),
         )
+    entries["segmenter"].series_min_component_voxels = int(series_min_component_voxels)
     hashed = [name for entry in entries.values() for name in (entry.architecture, entry.weights)] + [split_file]
     manifest = Manifest(
         format_version=MANIFEST_FORMAT_VERSION,
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         split_file=split_path.name,
         metrics=evaluation["metrics"],
         version=args.version,
+        # Evaluations made before the series clean-up existed have no such choice: the clean-up stays off.
+        series_min_component_voxels=evaluation.get("series_min_component_voxels", 0),
     )
     card = render_model_card(manifest, args.evaluation_command, args.training_command or ["(not recorded)"], args.note)
     (output_dir / "README.md").write_text(card)

@@ -10,9 +10,12 @@ means the same for every series whatever its pixel spacing; the value is chosen 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
+MODEL_GRID_PIXELS = 256 * 256
 _NEIGHBOURS_26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -49,3 +52,28 @@ def drop_small_components(masks: np.ndarray, min_voxels: int) -> np.ndarray:
     keep = sizes >= min_voxels
     keep[0] = False
     return keep[labels]
+
+
+def clean_series_masks(masks: Sequence[np.ndarray | None], min_voxels: int) -> list[np.ndarray | None]:
+    """`drop_small_components` for the masks a service returns: each at its slice's own size, None when empty.
+
+    `min_voxels` counts voxels of the model's 256 x 256 grid, so it is scaled to the slices' pixel grid. Slices of
+    different sizes cannot form one volume: their masks come back unchanged. A mask the clean-up empties becomes
+    None.
+    """
+    present = [mask for mask in masks if mask is not None]
+    if len(masks) < 2 or min_voxels == 0 or not present:
+        return list(masks)
+    shape = present[0].shape
+    if any(mask.shape != shape for mask in present):
+        return list(masks)
+    volume = np.zeros((len(masks), *shape), dtype=bool)
+    for index, mask in enumerate(masks):
+        if mask is not None:
+            volume[index] = mask > 0
+    scaled = max(1, round(min_voxels * shape[0] * shape[1] / MODEL_GRID_PIXELS))
+    cleaned = drop_small_components(volume, scaled)
+    return [
+        None if mask is None or not kept.any() else kept.astype(mask.dtype)
+        for mask, kept in zip(masks, cleaned, strict=True)
+    ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.core.series_postprocessing import drop_small_components
+from app.core.series_postprocessing import clean_series_masks, drop_small_components
 
 
 def empty_series(slices: int = 5) -> np.ndarray:
@@ -48,3 +48,27 @@ def test_zero_minimum_keeps_everything_and_input_is_not_modified():
 def test_bad_arguments_are_refused(masks, min_voxels, message):
     with pytest.raises(ValueError, match=message):
         drop_small_components(masks, min_voxels)
+
+
+def test_clean_series_masks_scales_the_minimum_to_the_slice_grid_and_empties_to_none():
+    # 128 x 128 slices: a quarter of the 256 x 256 grid, so 100 grid voxels are 25 slice pixels.
+    blob_of_16 = np.zeros((128, 128), np.uint8)
+    blob_of_16[10:14, 10:14] = 1
+    blob_of_36 = np.zeros((128, 128), np.uint8)
+    blob_of_36[50:56, 50:56] = 1
+    masks = [blob_of_16, None, blob_of_36]
+
+    cleaned = clean_series_masks(masks, min_voxels=100)
+
+    assert cleaned[0] is None and cleaned[1] is None
+    np.testing.assert_array_equal(cleaned[2], blob_of_36)
+    assert cleaned[2].dtype == np.uint8
+
+
+def test_clean_series_masks_leaves_single_slices_and_mixed_sizes_alone():
+    small = np.zeros((64, 64), np.uint8)
+    small[0, 0] = 1
+    assert clean_series_masks([small], min_voxels=10_000)[0] is small
+    other_size = np.zeros((32, 32), np.uint8)
+    other_size[0, 0] = 1
+    assert clean_series_masks([small, other_size], min_voxels=10_000) == [small, other_size]

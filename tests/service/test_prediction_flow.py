@@ -231,3 +231,45 @@ def test_prepare_upload_raises_only_service_errors_on_corrupt_files(encoding: st
             assert error.code in {"undecodable_image", "invalid_image", "image_too_large", "unsupported_media_type"}
         else:
             assert prepared.model_input.shape == (256, 256, 3)
+
+
+class SeriesModels:
+    """Thresholds and tags of a model pair whose manifest asks for the series clean-up."""
+
+    classifier_threshold = 0.5
+    model_tags = {"classifier": "fake@1", "segmenter": "fake@1"}
+    series_min_component_voxels = 100
+
+
+def blob_runner(blobs: dict[int, tuple[slice, slice]]):
+    """A model runner that calls every slice positive and draws the given blob (slice index -> rows, columns)."""
+
+    async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        predictions = []
+        for index, size in enumerate(sizes):
+            mask = np.zeros(size, np.uint8)
+            if index in blobs:
+                mask[blobs[index]] = 1
+            predictions.append(SlicePrediction(0.9, index in blobs, mask if index in blobs else None))
+        return predictions
+
+    return run
+
+
+def test_series_batch_drops_an_isolated_small_blob_and_keeps_a_blob_across_slices() -> None:
+    files = [png_bytes(read_slice(TUMOR_SLICE))] * 4
+    # Slices 0-2 share a 12 x 12 blob (432 voxels); slice 3 has a 3 x 3 blob far away, alone (9 voxels).
+    blobs = {0: (slice(100, 112), slice(100, 112)), 1: (slice(100, 112), slice(100, 112))}
+    blobs |= {2: (slice(100, 112), slice(100, 112)), 3: (slice(10, 13), slice(10, 13))}
+    service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False)
+
+    as_series = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
+    one_by_one = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE))
+
+    assert [prediction.detected for prediction in as_series.predictions] == [True, True, True, False]
+    assert as_series.predictions[3].mask is None and as_series.predictions[3].probability == 0.9
+    assert int(as_series.predictions[0].mask.sum()) == 144
+    assert as_series.outcomes[3].mask is None and as_series.outcomes[3].tumor_detected is False
+    # Without `series` every slice is answered on its own, as a single-slice request is.
+    assert [prediction.detected for prediction in one_by_one.predictions] == [True, True, True, True]
+    assert int(one_by_one.predictions[3].mask.sum()) == 9

@@ -89,6 +89,12 @@ def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
     assert set(metrics["classifier"]["confusion_matrix"]) == {"tn", "fp", "fn", "tp"}
     assert 0.0 <= metrics["segmentation"]["volume_dice_mean"] <= 1.0
     assert "flair_only" in metrics
+    # The series clean-up's size is chosen on validation among the candidates, and both answers are reported.
+    assert result["series_min_component_voxels"] in evaluate.MIN_COMPONENT_VOXEL_CANDIDATES
+    assert set(result["validation"]["min_component_voxels_volume_dice"]) == {
+        str(candidate) for candidate in evaluate.MIN_COMPONENT_VOXEL_CANDIDATES
+    }
+    assert 0.0 <= metrics["segmentation_single_slices"]["volume_dice_mean"] <= 1.0
     for plot in ("training_curves.png", "roc_confusion.png", "test_slices.png"):
         assert (trained_run / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
 
@@ -98,6 +104,8 @@ def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     export_run(trained_run, models_dir)
     manifest, classifier, segmenter = load_models(models_dir)
     assert manifest.classifier.name == "tumor_classifier" and manifest.segmenter.name == "tumor_segmenter"
+    evaluation = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
+    assert manifest.segmenter.series_min_component_voxels == evaluation["series_min_component_voxels"]
     assert set(manifest.files) == {
         "tumor_classifier.json",
         "tumor_classifier.weights.h5",

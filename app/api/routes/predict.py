@@ -67,6 +67,13 @@ OutputQuery = Annotated[
     schemas.OutputFormat, Query(description="json, or dicom-seg for a DICOM Segmentation (DICOM input only)")
 ]
 AcceptHeader = Annotated[str | None, Header(description="application/dicom asks for a DICOM SEG")]
+SeriesQuery = Annotated[
+    bool,
+    Query(
+        description="PNG/JPEG/TIFF files are the slices of one volume, in order: masks get the series clean-up "
+        "(3-D blobs too small to be tumor are dropped). DICOM files are always treated as one series."
+    ),
+]
 
 
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
@@ -139,6 +146,7 @@ async def create_batch_prediction(
     mask_format: MaskFormatQuery = schemas.MaskFormat.RLE,
     output: OutputQuery = schemas.OutputFormat.JSON,
     accept: AcceptHeader = None,
+    series: SeriesQuery = False,
 ) -> schemas.BatchPredictionResponse | schemas.SeriesPredictionResponse | Response:
     """Predict several slices in one request; a bad file gets its own error and does not fail the others.
 
@@ -155,7 +163,9 @@ async def create_batch_prediction(
             contents.append(error)
     request.state.input_sha256 = [uploads.sha256_hex(item) for item in contents if isinstance(item, bytes)]
     segmentation = wants_segmentation(output, accept)
-    answer = await service.predict_files(contents, mask_format, segmentation, on_tally=partial(record_outcome, request))
+    answer = await service.predict_files(
+        contents, mask_format, segmentation, on_tally=partial(record_outcome, request), series=series
+    )
     models = schemas.ModelTags(**predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and answer.slices is None:
         return await run_in_threadpool(segmentation_response, answer)
