@@ -43,6 +43,9 @@ def training_summary(weights: Path) -> dict | None:
     arguments = run.get("arguments", {})
     return {
         "negatives_per_epoch": arguments.get("negatives_per_epoch"),
+        "crop_size": arguments.get("crop_size"),
+        "focal_tversky_alpha": arguments.get("alpha"),
+        "learning_rate": arguments.get("learning_rate"),
         "initial_weights": arguments.get("initial_weights"),
         "epochs_run": run.get("epochs_run"),
         "best_epoch": run.get("best_epoch"),
@@ -113,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a segmenter checkpoint to compare (repeat)",
     )
     parser.add_argument("--split", default="models/split.json")
-    parser.add_argument("--target-sensitivity", type=float, default=0.97)
+    parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--output", required=True, help="JSON file to write")
     return parser
 
