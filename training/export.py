@@ -90,6 +90,17 @@ def write_manifest(
     return manifest.model_dump()
 
 
+def training_run_summary(run_dir: Path) -> dict:
+    """`run.json` of a training run, with its name and the median training throughput over its epochs."""
+    import csv
+    import statistics
+
+    run = json.loads((run_dir / "run.json").read_text())
+    with (run_dir / "history.csv").open() as handle:
+        rates = [float(row["train_slices_per_second"]) for row in csv.DictReader(handle)]
+    return {**run, "name": run_dir.name, "slices_per_second": statistics.median(rates)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier-weights", required=True)
@@ -105,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
         "--training-command", action="append", default=[], help="a command that trained a model (model card)"
     )
     parser.add_argument("--note", action="append", default=[], help="a line for the model card's limitations")
+    parser.add_argument(
+        "--training-run", action="append", default=[], help="a run folder of training.train (model card's table)"
+    )
+    parser.add_argument("--comparison", default=None, help="JSON of training.compare_segmenters (model card)")
     args = parser.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text())
     classifier = build_classifier()
@@ -128,7 +143,14 @@ def main(argv: list[str] | None = None) -> None:
         # Evaluations made before the series clean-up existed have no such choice: the clean-up stays off.
         series_min_component_voxels=evaluation.get("series_min_component_voxels", 0),
     )
-    card = render_model_card(manifest, args.evaluation_command, args.training_command or ["(not recorded)"], args.note)
+    card = render_model_card(
+        manifest,
+        args.evaluation_command,
+        args.training_command or ["(not recorded)"],
+        args.note,
+        training_runs=[training_run_summary(Path(run)) for run in args.training_run],
+        comparison=json.loads(Path(args.comparison).read_text()) if args.comparison else None,
+    )
     (output_dir / "README.md").write_text(card)
 
 

@@ -31,6 +31,79 @@ def _figures(metrics: Mapping) -> list[str]:
     ]
 
 
+def _single_slice_row(metrics: Mapping) -> str | None:
+    single = metrics.get("segmentation_single_slices")
+    if single is None:
+        return None
+    value = _percent(single["volume_dice_mean"])
+    return f"| per-patient volume Dice, mean, each slice alone (no series clean-up) | {value} |"
+
+
+def series_lines(segmenter: Mapping) -> list[str]:
+    voxels = segmenter.get("series_min_component_voxels", 0)
+    if not voxels:
+        return ["- Series clean-up: off (a series' masks are those of its slices)."]
+    return [
+        f"- Series clean-up (DICOM series, `/v1/predict/batch?series=true`, pacs-sync): 3-D connected components "
+        f"under {voxels} voxels of the 256 x 256 grid are dropped (size chosen on the validation patients); single "
+        "slices are never changed."
+    ]
+
+
+def training_lines(runs: list[Mapping]) -> list[str]:
+    """A table of the training runs behind the models: recipe, length, and measured throughput on this machine."""
+    if not runs:
+        return []
+    lines = [
+        "## Training runs",
+        "",
+        "| run | model | recipe | epochs run (best) | training slices/s, median over epochs | hours |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        arguments = run.get("arguments", {})
+        recipe = [f"Adam, cosine decay from {arguments.get('learning_rate')}", f"batch {arguments.get('batch_size')}"]
+        if run["model"] == "segmenter":
+            recipe.append(f"Focal Tversky alpha {arguments.get('alpha')}")
+            if arguments.get("crop_size"):
+                recipe.append(f"{arguments['crop_size']}x{arguments['crop_size']} tumor-centred crops")
+            recipe.append(f"{arguments.get('negatives_per_epoch')} tumor-free slices per epoch, hard negatives")
+        if arguments.get("initial_weights"):
+            recipe.append(f"from `{arguments['initial_weights']}`")
+        lines.append(
+            f"| {run['name']} | {run['model']} | {'; '.join(recipe)} | {run['epochs_run']} ({run['best_epoch']}, "
+            f"by {run['monitor']}) | {run['slices_per_second']:.1f} | {run['seconds'] / 3600:.2f} |"
+        )
+    lines += [
+        "",
+        "Throughput is that of the training steps (data preparation included) on the machine named in the run's "
+        "history (2-core CPU unless said otherwise), from `history.csv`'s `train_slices_per_second`.",
+        "",
+    ]
+    return lines
+
+
+def comparison_lines(comparison: Mapping | None) -> list[str]:
+    """The recipe comparison on the validation patients (`training.compare_segmenters`)."""
+    if not comparison:
+        return []
+    lines = [
+        f"## Segmenter recipes compared ({comparison['patients']} validation patients, gated by the same classifier)",
+        "",
+        "| candidate | volume Dice mean | median | Dice on tumor slices | tumor-free slices with a mask "
+        "| mask threshold |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, candidate in comparison["candidates"].items():
+        segmentation = candidate["segmentation"]
+        lines.append(
+            f"| {name} | {_percent(segmentation['volume_dice_mean'])} | {_percent(segmentation['volume_dice_median'])} "
+            f"| {_percent(segmentation['tumor_slice_dice_mean'])} | "
+            f"{_percent(segmentation['nonempty_mask_rate_on_tumor_free_slices'])} | {candidate['mask_threshold']} |"
+        )
+    return [*lines, ""]
+
+
 EXPORTED_PREFIX = "- Exported with "
 ONNX_PREFIX = "- ONNX conversions "
 
@@ -58,17 +131,22 @@ def refresh_export_lines(card: str, manifest: Mapping) -> str:
 
 
 def render_model_card(
-    manifest: Mapping, evaluation_command: str, training_commands: list[str], notes: list[str] | None = None
+    manifest: Mapping,
+    evaluation_command: str,
+    training_commands: list[str],
+    notes: list[str] | None = None,
+    training_runs: list[Mapping] | None = None,
+    comparison: Mapping | None = None,
 ) -> str:
     """Markdown of the model card for the exported `manifest` (which carries the test metrics)."""
     metrics = manifest["metrics"]
     flair = metrics.get("flair_only")
-    rows = _figures(metrics)
-    flair_rows = _figures(flair) if flair else []
+    rows = _figures(metrics) + [row for row in [_single_slice_row(metrics)] if row]
+    flair_rows = (_figures(flair) + [row for row in [_single_slice_row(flair)] if row]) if flair else []
     table = ["| figure | all three sequences | FLAIR only |", "|---|---|---|"]
     for index, row in enumerate(rows):
         name, value = row.strip("|").split("|", 1)
-        flair_value = flair_rows[index].strip("|").split("|", 1)[1] if flair_rows else " n/a "
+        flair_value = flair_rows[index].strip("|").split("|", 1)[1] if index < len(flair_rows) else " n/a "
         table.append(f"| {name.strip()} | {value.strip()} | {flair_value.strip()} |")
     classifier, segmenter = manifest["classifier"], manifest["segmenter"]
     lines = [
@@ -80,11 +158,13 @@ def render_model_card(
         "## Models",
         f"- `{classifier['name']}@{classifier['version']}`: CNN of conv + batch-norm + ReLU blocks, sigmoid output "
         f"P(slice shows tumor); {classifier['parameters']:,} parameters; decision threshold "
-        f"{classifier['threshold']:.4f} (chosen on the validation patients for sensitivity >= 97 %).",
+        f"{classifier['threshold']:.4f} (chosen on the validation patients: the highest with the target "
+        "sensitivity there).",
         f"- `{segmenter['name']}@{segmenter['version']}`: ResUNet (U-Net with residual blocks), sigmoid mask; "
-        f"{segmenter['parameters']:,} parameters; trained with Adam and Focal Tversky loss (alpha 0.7, gamma 0.75), "
-        f"mask threshold {segmenter['threshold']:.2f} (chosen on the validation patients).",
+        f"{segmenter['parameters']:,} parameters; trained with Adam and Focal Tversky loss (gamma 0.75; alpha in the "
+        f"training runs below), mask threshold {segmenter['threshold']:.2f} (chosen on the validation patients).",
         "- Served as a gated pipeline: the segmenter runs only on slices the classifier calls positive.",
+        *series_lines(segmenter),
         f"- Input: {manifest['input_shape']} float32, preprocessing `{manifest['preprocessing']}` "
         "(`app/core/preprocessing.py`, the same function in training and serving).",
         *export_lines(manifest),
@@ -103,6 +183,8 @@ def render_model_card(
         "slices with the true outline in green and the predicted one in red), `evaluation.json` (also the per-patient "
         "volume Dice and the validation figures behind the thresholds), and the training histories as CSV.",
         "",
+        *training_lines(training_runs or []),
+        *comparison_lines(comparison),
         "Measured with:",
         "```",
         evaluation_command,
