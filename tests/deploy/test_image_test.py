@@ -141,3 +141,18 @@ def test_broken_control_drops_only_the_models_copy() -> None:
     assert removed == {"COPY models /app/models"}
     with pytest.raises(ValueError, match="no `COPY models` line"):
         image_test.without_models_copy(broken)
+
+
+def test_last_log_lines_shortens_json_records_to_message_and_exception() -> None:
+    log_text = "\n".join(
+        [
+            '{"level": "INFO", "message": "loading models"}',
+            '{"level": "ERROR", "message": "Traceback", "exception": "Traceback\\nFileNotFoundError: manifest.json"}',
+            "plain text from a library",
+        ]
+    )
+
+    assert image_test.last_log_lines(log_text, count=2) == [
+        "ERROR Traceback (FileNotFoundError: manifest.json)",
+        "plain text from a library",
+    ]
