@@ -28,11 +28,11 @@ serve: install
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/brain-tumor serve
 
 test: install-dev
-	$(BIN)/ruff check app training tests bench
+	$(BIN)/ruff check app training tests bench deploy
 	$(BIN)/python -m pytest
 
 lint: install-dev
-	$(BIN)/ruff check app training tests bench
+	$(BIN)/ruff check app training tests bench deploy
 
 # Builds both images (TensorFlow, EXTRAS=onnx) with podman and runs them as Compose's `api` service would; needs root,
 # podman and debootstrap (.ci/install-system-packages.sh). Minutes, not seconds: .ci/run runs it after `make test`.

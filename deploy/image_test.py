@@ -262,11 +262,15 @@ def choose_base_image(rebuild_standin: bool) -> str:
     if image_exists(OFFICIAL_BASE):
         log(f"base image: {OFFICIAL_BASE} (already pulled)")
         return OFFICIAL_BASE
-    pulled = run(["podman", "pull", "--quiet", OFFICIAL_BASE], check=False, timeout=600, capture_output=True)
-    if pulled.returncode == 0:
-        log(f"base image: {OFFICIAL_BASE} (pulled)")
-        return OFFICIAL_BASE
-    reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
+    try:
+        pulled = run(["podman", "pull", "--quiet", OFFICIAL_BASE], check=False, timeout=300, capture_output=True)
+    except subprocess.TimeoutExpired:
+        reason = "no answer within 300 s"
+    else:
+        if pulled.returncode == 0:
+            log(f"base image: {OFFICIAL_BASE} (pulled)")
+            return OFFICIAL_BASE
+        reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
     log(f"base image: {OFFICIAL_BASE} cannot be pulled ({reason[:200]})")
     if image_exists(STANDIN_BASE) and not rebuild_standin:
         created = podman("image", "inspect", "--format", "{{.Created}}", STANDIN_BASE)
@@ -459,7 +463,8 @@ class PodmanContainer:
         return None if state["Running"] else int(state["ExitCode"])
 
     def logs(self) -> str:
-        return run(["podman", "logs", self.name], check=False, capture_output=True, timeout=60).stderr
+        logs = run(["podman", "logs", self.name], check=False, capture_output=True, timeout=60)
+        return logs.stdout + logs.stderr
 
     def stop(self) -> None:
         podman("rm", "--force", "--time", "30", self.name, check=False)
