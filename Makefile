@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev serve test lint bench
+.PHONY: install install-dev serve test lint image-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,16 @@ serve: install
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/brain-tumor serve
 
 test: install-dev
-	$(BIN)/ruff check app training tests bench
+	$(BIN)/ruff check app training tests bench deploy
 	$(BIN)/python -m pytest
 
 lint: install-dev
-	$(BIN)/ruff check app training tests bench
+	$(BIN)/ruff check app training tests bench deploy
+
+# Builds both images (TensorFlow, EXTRAS=onnx) with podman and runs them as Compose's `api` service would; needs root,
+# podman and debootstrap (.ci/install-system-packages.sh). Minutes, not seconds: .ci/run runs it after `make test`.
+image-test: install-dev
+	$(BIN)/python deploy/image_test.py
 
 # Benchmarks (not tests): the models' ceiling, the service and a naive server under load; see bench/README.md.
 bench: install-dev

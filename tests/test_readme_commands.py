@@ -28,6 +28,7 @@ README_URL = "http://127.0.0.1:8000"
 NOT_RUN_HERE = {
     "make serve": "builds .venv and serves on a fixed port; the same `brain-tumor serve` is started by this test",
     "make test": "what .ci/run runs",
+    "make image-test": "what .ci/run runs after make test (podman, minutes); tests/deploy/test_image_test.py",
     ".venv/bin/brain-tumor serve": "started by this test (python -m app.cli serve) and by tests/security",
     ".venv/bin/brain-tumor train": "tests/training/test_train_evaluate_export.py trains through main() on tiny data",
     ".venv/bin/brain-tumor evaluate": "tests/training/test_train_evaluate_export.py evaluates through the same main()",
@@ -41,7 +42,7 @@ NOT_RUN_HERE = {
     "ORTHANC_USERNAME=orthanc": "pacs-sync against a real Orthanc: tests/dicom/test_pacs_sync.py",
     ".venv/bin/pip uninstall -y tensorflow-cpu": "needs an NVIDIA GPU; CI has none (and must keep tensorflow-cpu)",
     '.venv/bin/python -c "import tensorflow': "the GPU check: prints [] on CI's CPU-only machine, proving nothing",
-    "docker": "no Docker engine in CI: tests/deploy checks the files statically (see the README)",
+    "docker": "no Docker engine in CI: make image-test builds and runs the images with podman (see the README)",
     "EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime docker": "as docker; tests/deploy checks the EXTRAS build argument",
 }
 

@@ -1,8 +1,8 @@
 """Static checks of the container and deployment files.
 
-No Docker engine or Kubernetes cluster runs in CI, so nothing here builds an image or starts a container: the files are
-linted (hadolint), validated against their published schemas (Compose Specification, Kubernetes OpenAPI), and compared
-with the commands `make serve` runs and the health routes the app declares.
+Nothing here builds an image or starts a container (`make image-test` does, with podman, after the test suite): the
+files are linted (hadolint), validated against their published schemas (Compose Specification, Kubernetes OpenAPI), and
+compared with the commands `make serve` runs and the health routes the app declares.
 """
 
 from __future__ import annotations
