@@ -8,8 +8,8 @@ For each build: the build arguments, command, environment and health check come 
 service, interpolated as Compose would with the variables the README's command sets (none for the default image,
 EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime for the ONNX one). The image must become ready within its HEALTHCHECK start
 period, answer `/v1/predict` on a test slice as the service run from the checkout does, serve as uid 10001 with code
-and models it cannot write, and hold no tests/, runs/ or .git. Then a copy of the Dockerfile without `COPY models` is
-built and run the same way, and must fail: the control that shows these checks can fail.
+and models it cannot write, and hold no tests/, runs/, .git or training/. Then a copy of the Dockerfile without
+`COPY models` is built and run the same way, and must fail: the control that shows these checks can fail.
 
 Base image: python:3.11-slim-bookworm when a registry serves it, else a stand-in with Debian's Python 3.11 at the same
 path, made with debootstrap and kept in podman's storage for the next run. Container: `podman run` where the OCI
@@ -52,7 +52,8 @@ STANDIN_BASE = "localhost/brain-tumor-standin-base:bookworm"
 STANDIN_PACKAGES = "python3.11,python3.11-venv,python3-pip,ca-certificates"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 IMAGE_USER_UID = 10001
-FORBIDDEN_NAMES = {"tests", "runs", ".git"}
+# training/ too: the service imports only app/ (app.core holds what training shares with it), issue 15.
+FORBIDDEN_NAMES = {"tests", "runs", ".git", "training"}
 # A response differs only in its request id; probabilities may differ in the last bits between ONNX Runtime builds.
 VOLATILE_KEYS = {"request_id"}
 PROBABILITY_TOLERANCE = 1e-6
@@ -664,7 +665,7 @@ def check_file_system(report: Report, root: Path, config: ImageConfig, service: 
         report.check(f"{label} not writable", not writable, f"{folder}: {len(writable)} writable by {uid}:{gid}"
                      + (f" ({shown})" if writable else ""))
     leaked = forbidden_paths(root / config.workdir.lstrip("/"))
-    report.check("no tests/, runs/, .git", not leaked,
+    report.check("no tests/, runs/, .git, training/", not leaked,
                  ", ".join("/" + str(path.relative_to(root)) for path in leaked) or f"none under {config.workdir}")
     return uid, gid
 

@@ -116,11 +116,16 @@ def test_writable_paths_by_mode_bits(tmp_path: Path) -> None:
 
 
 def test_forbidden_paths_finds_build_context_leftovers_at_any_depth(tmp_path: Path) -> None:
-    for folder in ("app/api", "tests/api", "models", "runs/segmenter", "app/.git"):
+    for folder in ("app/api", "tests/api", "models", "runs/segmenter", "app/.git", "training"):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "app" / "runs.py").write_text("")
 
-    assert image_test.forbidden_paths(tmp_path) == [tmp_path / "app/.git", tmp_path / "runs", tmp_path / "tests"]
+    assert image_test.forbidden_paths(tmp_path) == [
+        tmp_path / "app/.git",
+        tmp_path / "runs",
+        tmp_path / "tests",
+        tmp_path / "training",
+    ]
 
 
 def test_answers_compare_without_request_id() -> None:
