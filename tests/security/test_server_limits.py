@@ -9,6 +9,7 @@ import select
 import signal
 import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -193,8 +194,8 @@ def test_forwarded_for_from_loopback_is_not_believed_by_default(server: ServerPr
 
 def test_idle_uploads_do_not_hold_shutdown(tiny_model_dir: Path, tmp_path: Path):
     """Five uploads that stopped sending: SIGTERM ends them after SHUTDOWN_IDLE_UPLOAD_SECONDS (default 2 s), not
-    after the 30 s graceful shutdown timeout."""
-    server = start_server(tiny_model_dir, tmp_path)
+    after the graceful shutdown timeout (set to 60 s here, so that the two cannot be mistaken on a busy machine)."""
+    server = start_server(tiny_model_dir, tmp_path, SHUTDOWN_TIMEOUT_SECONDS="60")
     head = (
         b"POST /v1/predict/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
         b"Content-Length: 1000000\r\n\r\n--b\r\n"
@@ -206,7 +207,10 @@ def test_idle_uploads_do_not_hold_shutdown(tiny_model_dir: Path, tmp_path: Path)
         time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        exit_code = server.process.wait(20)
+        try:
+            exit_code = server.process.wait(40)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server did not exit within 40 s of SIGTERM:\n{server.stderr()[-2000:]}")
         took = time.monotonic() - signalled
         answers = [read_until_closed(sock, 1.0) for sock in uploads]
     finally:
@@ -214,5 +218,8 @@ def test_idle_uploads_do_not_hold_shutdown(tiny_model_dir: Path, tmp_path: Path)
             sock.close()
         server.stop()
     assert exit_code == 0, server.stderr()[-2000:]
-    assert took < 6.0, f"shutdown took {took:.1f} s with idle uploads"
-    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), [answer[:40] for answer in answers]
+    assert took < 20.0, f"shutdown took {took:.1f} s with idle uploads"
+    # Each was closed (read_until_closed fails otherwise): with a 408 once the server had read its headers; one
+    # still unread when SIGTERM came (a busy machine) is closed without an answer, as uvicorn closes idle connections.
+    assert all(answer == b"" or answer.startswith(b"HTTP/1.1 408 ") for answer in answers), [a[:40] for a in answers]
+    assert any(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), "no upload was answered 408"
