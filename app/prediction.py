@@ -308,6 +308,9 @@ class PredictionService:
         series = await self._cpu(read_series, uploads, self.limits.max_dicom_pixels)
         if strict and series.file_errors:
             raise next(iter(series.file_errors.values()))
+        if not series.inputs and series.file_errors:
+            # An empty series would read as "no tumor"; raster batches keep an error per file instead.
+            raise nothing_readable(series.file_errors)
         return await self.predict_series(series, build_seg, on_tally)
 
     async def predict_series(
@@ -366,6 +369,18 @@ def in_request_order(
     """Put each decoded file's prediction, and each failed file's error, back in request order."""
     remaining = iter(predictions)
     return [item if isinstance(item, ServiceError) else next(remaining) for item in prepared]
+
+
+def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
+    """The error for a request none of whose files could be used: never an empty answer that reads as "no tumor".
+
+    It has the kind (hence the status) of the first file's error, and names every file's failure.
+    """
+    first = errors[min(errors)]
+    if len(errors) == 1:
+        return first
+    reasons = "; ".join(f"file {index}: {error.message}" for index, error in sorted(errors.items()))
+    return type(first)(f"none of the {len(errors)} files could be used ({reasons})")
 
 
 def refuse_segmentation_of_raster(segmentation: bool) -> None:

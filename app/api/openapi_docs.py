@@ -59,6 +59,8 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         415,
         "a DICOM that is not an MR image (SR, CT, SEG ...), or whose transfer syntax has no decoder",
     ),
+    ErrorCode("request_timeout", 408, "headers or body not sent within HEADER_TIMEOUT_SECONDS / BODY_TIMEOUT_SECONDS"),
+    ErrorCode("headers_too_large", 431, "request headers over MAX_HEADER_BYTES or more than MAX_HEADER_COUNT of them"),
     ErrorCode(
         "validation_error", 422, "a missing or malformed field (no `file`, several `file` parts, a bad query value)"
     ),
@@ -71,6 +73,7 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("overloaded", 503, "the inference queue is full; Retry-After says when to retry"),
     ErrorCode("inference_timeout", 503, "no answer from the models within REQUEST_TIMEOUT_SECONDS"),
+    ErrorCode("too_many_connections", 503, "more than MAX_CONNECTIONS open connections; the connection is closed"),
 )
 STATUS_SUMMARIES = {
     400: "the file cannot be used as a slice",

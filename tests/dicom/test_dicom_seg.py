@@ -213,6 +213,7 @@ class TruthPredictor:
         self.batches: list[int] = []
 
     classifier_threshold = 0.5
+    series_min_component_voxels = 0
 
     def predict_preprocessed(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
         start = sum(self.batches)

@@ -86,7 +86,8 @@ def test_overlay_rejects_text_file(client: TestClient) -> None:
     assert response.json() == {
         "error": {
             "code": "unsupported_media_type",
-            "message": "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+            "message": "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
+            "or be DICOM (DICM at byte 128); "
             f"its first bytes are {b'plain te'.hex(' ')}",
         }
     }
@@ -100,6 +101,6 @@ def test_overlay_rejects_empty_file(client: TestClient) -> None:
     assert response.json() == {
         "error": {
             "code": "empty_file",
-            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG or TIFF image",
+            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG, TIFF or DICOM file",
         }
     }

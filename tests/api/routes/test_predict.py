@@ -286,7 +286,8 @@ def test_predict_rejects_gif(client: TestClient) -> None:
     assert response.status_code == 415
     assert response.json()["error"]["code"] == "unsupported_media_type"
     assert response.json()["error"]["message"] == (
-        "unsupported image type: the file must start with the PNG, JPEG or TIFF magic bytes; "
+        "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
+            "or be DICOM (DICM at byte 128); "
         f"its first bytes are {gif[:8].hex(' ')}"
     )
     assert_still_serving(client)

@@ -96,7 +96,7 @@ def test_predict_batch_reports_empty_and_truncated_files(client: TestClient) -> 
         "ok": False,
         "error": {
             "code": "empty_file",
-            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG or TIFF image",
+            "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG, TIFF or DICOM file",
         },
     }
     assert results[1]["ok"] is True
