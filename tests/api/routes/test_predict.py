@@ -287,7 +287,7 @@ def test_predict_rejects_gif(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "unsupported_media_type"
     assert response.json()["error"]["message"] == (
         "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
-            "or be DICOM (DICM at byte 128); "
+        "or be DICOM (DICM at byte 128); "
         f"its first bytes are {gif[:8].hex(' ')}"
     )
     assert_still_serving(client)
