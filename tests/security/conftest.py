@@ -38,7 +38,7 @@ ERROR_CODES_BY_STATUS = {
     404: {"not_found"},
     405: {"method_not_allowed"},
     408: {"request_timeout"},
-    413: {"payload_too_large", "image_too_large", "too_many_files"},
+    413: {"payload_too_large", "image_too_large", "too_many_files", "too_many_slices", "over_memory_budget"},
     415: {"unsupported_media_type"},
     422: {"validation_error"},
     429: {"rate_limited"},
