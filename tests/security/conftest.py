@@ -33,7 +33,7 @@ MAX_BATCH_FILES = 4
 MAX_IMAGE_PIXELS = 4096 * 4096
 READY_TIMEOUT_SECONDS = 120.0
 ERROR_CODES_BY_STATUS = {
-    400: {"empty_file", "undecodable_image", "invalid_image", "bad_request"},
+    400: {"empty_file", "undecodable_image", "invalid_image", "invalid_dicom_image", "bad_request"},
     401: {"unauthorized"},
     404: {"not_found"},
     405: {"method_not_allowed"},
