@@ -1,22 +1,23 @@
 """Series assembly: DICOM frames of one request grouped into model inputs, intensities normalised per series.
 
-`read_series` reads every file (`app.dicom_input.read_dicom`) and `prepare_inputs` normalises the frames of each
-series to uint8 (`normalise_volume`) and groups frames that lie at the same position into one model input
-(`SliceInput`): alone it is FLAIR, three together are pre-contrast, FLAIR, post-contrast in the order they were given.
-No HTTP here.
+`plan_series` checks every file's header (`app.dicom_input.read_dicom_header`), counts the slices the frames will
+make and the memory decoding them will take, all before any pixel is decoded; `decode_series` then decodes the
+files, and `prepare_inputs` normalises the frames of each series to uint8 (`normalise_volume`) and groups frames that
+lie at the same position into one model input (`SliceInput`): alone it is FLAIR, three together are pre-contrast,
+FLAIR, post-contrast in the order they were given. `read_series` is all three. No HTTP here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL
-from app.dicom_input import DicomFrame, read_dicom
-from app.errors import InvalidDicomImageError, ServiceError
-from app.uploads import model_input
+from app.dicom_input import DicomFrame, DicomHeader, decode_dicom, frame_placement, read_dicom_header
+from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
+from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
 
 # Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
 POSITION_TOLERANCE_MM = 0.01
@@ -51,23 +52,118 @@ class SeriesUploads:
     file_errors: dict[int, ServiceError] = field(default_factory=dict)
 
 
-def read_series(uploads: Sequence[bytes | ServiceError], max_pixels: int) -> SeriesUploads:
-    """Read every DICOM file and group its frames into slices (CPU work: call it off the event loop).
+@dataclass(frozen=True, eq=False)
+class SeriesPlan:
+    """A request's DICOM files after their headers were checked: each file's header or its refusal, in place, the
+    slices the frames will make, and what decoding them all will cost."""
+
+    headers: list[DicomHeader | ServiceError]
+    slices: int
+    cost_bytes: int
+
+    @property
+    def file_errors(self) -> dict[int, ServiceError]:
+        return {index: item for index, item in enumerate(self.headers) if isinstance(item, ServiceError)}
+
+
+def too_many_slices(slices: int, max_slices: int) -> ServiceError:
+    """The refusal of a series with more slices than the inference queue could ever hold (`slices` may be a lower
+    bound: `count_slices` stops counting past the limit)."""
+    return TooManySlicesError(
+        f"a request may hold at most {max_slices} slices (INFERENCE_QUEUE_SLICES); got {slices} or more, counted "
+        "from the DICOM headers"
+    )
+
+
+def plan_series(
+    uploads: Sequence[bytes | ServiceError],
+    limits: UploadLimits,
+    max_slices: int | None = None,
+    refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
+) -> SeriesPlan:
+    """Read and check the headers of every DICOM file, count the slices and the decoding cost; nothing is decoded.
+
+    Order: each file's header (a file that fails yields its error in its place), the slices of the request against
+    `max_slices` (default `limits.max_request_slices`), each file's cost, then the request's (its files are held
+    together, as one series) against `limits.max_decode_bytes`.
+
+    Raises
+    ------
+    ServiceError
+        `refuse_slices(slices, max_slices)` (default `TooManySlicesError`) for too many slices;
+        `app.errors.OverMemoryBudgetError` for a request over the budget.
+    """
+    max_slices = limits.max_request_slices if max_slices is None else max_slices
+    headers: list[DicomHeader | ServiceError] = []
+    for data in uploads:
+        if isinstance(data, ServiceError):
+            headers.append(data)
+            continue
+        try:
+            check_upload_size(len(data), limits)
+            headers.append(read_dicom_header(data, limits.max_dicom_pixels, limits.max_decode_bytes))
+        except ServiceError as error:
+            headers.append(error)
+    readable = [item for item in headers if isinstance(item, DicomHeader)]
+    slices = count_slices(readable, at_most=max_slices)
+    if max_slices is not None and slices > max_slices:
+        raise refuse_slices(slices, max_slices)
+    if limits.max_decode_bytes is not None:
+        for index, item in enumerate(headers):
+            if isinstance(item, DicomHeader):
+                try:
+                    item.check_cost(limits.max_decode_bytes)
+                except ServiceError as error:
+                    headers[index] = error
+    costs = [item.cost_bytes for item in headers if isinstance(item, DicomHeader)]
+    check_request_cost(sum(costs), len(costs), limits)
+    return SeriesPlan(headers, slices, sum(costs))
+
+
+def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> int:
+    """The slices the frames of `headers` make under `prepare_inputs`'s grouping, from the headers alone.
+
+    Frames of one series never share a slice, so then every frame is one; otherwise frames at one place are one.
+    Once the count is past `at_most` it stops: the number returned is then only known to be larger than `at_most`.
+    """
+    frames = sum(header.frames for header in headers)
+    series = {str(header.dataset.get("SeriesInstanceUID", "")) for header in headers}
+    if len(series) <= 1 or (at_most is not None and -(-frames // 3) > at_most):
+        return frames if len(series) <= 1 else -(-frames // 3)
+    places: set[tuple] = set()
+    for file_index, header in enumerate(headers):
+        for index in range(header.frames):
+            places.add(_placement_key(*frame_placement(header.dataset, index), ("unplaced", file_index, index)))
+            if at_most is not None and len(places) > at_most:
+                return len(places)
+    return len(places)
+
+
+def decode_series(plan: SeriesPlan) -> SeriesUploads:
+    """Decode the files of a checked plan and group their frames into slices (CPU work: call it off the event loop).
 
     A file that fails is reported in `file_errors` and left out; frames that cannot be grouped (see
     `prepare_inputs`) fail the whole request, since no slice order could be trusted then.
     """
     frames = []
     errors: dict[int, ServiceError] = {}
-    for position, data in enumerate(uploads):
-        if isinstance(data, ServiceError):
-            errors[position] = data
+    for position, header in enumerate(plan.headers):
+        if isinstance(header, ServiceError):
+            errors[position] = header
             continue
         try:
-            frames.extend(read_dicom(data, max_pixels))
+            frames.extend(decode_dicom(header))
         except ServiceError as error:
             errors[position] = error
     return SeriesUploads(prepare_inputs(frames) if frames else [], errors)
+
+
+def read_series(
+    uploads: Sequence[bytes | ServiceError], max_pixels: int, max_bytes: int | None = None
+) -> SeriesUploads:
+    """`plan_series` then `decode_series`, with the pixel limit `max_pixels` and the budget `max_bytes` (None: none)."""
+    limits = UploadLimits(max_dicom_pixels=max_pixels, max_decode_bytes=max_bytes)
+    return decode_series(plan_series(uploads, limits))
 
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -156,11 +252,21 @@ def prepare_inputs(frames: Sequence[DicomFrame]) -> list[SliceInput]:
 
 
 def _position_key(frame: DicomFrame, index: int) -> tuple:
-    if frame.image_position is None:
-        return ("unplaced", index)
-    position = tuple(round(value / POSITION_TOLERANCE_MM) for value in frame.image_position)
-    orientation = tuple(round(value, 4) for value in frame.image_orientation or ())
-    return (frame.frame_of_reference_uid, position, orientation)
+    return _placement_key(frame.frame_of_reference_uid, frame.image_position, frame.image_orientation, index)
+
+
+def _placement_key(
+    frame_of_reference_uid: str,
+    image_position: tuple[float, ...] | None,
+    image_orientation: tuple[float, ...] | None,
+    fallback: object,
+) -> tuple:
+    """Frames with the same key are one slice; a frame without a position gets its own (`fallback`)."""
+    if image_position is None:
+        return ("unplaced", fallback)
+    position = tuple(round(value / POSITION_TOLERANCE_MM) for value in image_position)
+    orientation = tuple(round(value, 4) for value in image_orientation or ())
+    return (frame_of_reference_uid, position, orientation)
 
 
 def _check_group(members: tuple[DicomFrame, ...]) -> None:

@@ -107,6 +107,14 @@ class TooManySlicesError(ServiceError):
     kind = ErrorKind.TOO_LARGE
 
 
+class OverMemoryBudgetError(ServiceError):
+    """Decoding a file (or a request's files together) would take more memory than DECODE_MEMORY_BYTES, as
+    computed from the headers before anything is decoded."""
+
+    code = "over_memory_budget"
+    kind = ErrorKind.TOO_LARGE
+
+
 class HeadersTooLargeError(ServiceError):
     """More request headers than MAX_HEADER_COUNT (their bytes are capped before parsing, in app.http_protocol)."""
 

@@ -2,7 +2,8 @@
 
 The type is judged by the file's magic bytes, never by its name or the declared content type. Unknown magic bytes are
 `UnsupportedMediaTypeError` (HTTP 415); known magic bytes with a body that does not decode are
-`UndecodableImageError` (HTTP 400). The pixel count is checked from the header, before any pixel data is decoded.
+`UndecodableImageError` (HTTP 400). The pixel count and the memory decoding will take (`RasterHeader.cost_bytes`) are
+checked from the header, before any pixel data is decoded.
 
 The array returned here goes to `app.core.preprocessing.preprocess_slice`, the same transform training used.
 """
@@ -10,6 +11,7 @@ The array returned here goes to `app.core.preprocessing.preprocess_slice`, the s
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from enum import StrEnum
 
 import cv2
@@ -25,9 +27,11 @@ from app.errors import (
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
+from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
+DEFAULT_MAX_DECODE_BYTES: int = Settings.model_fields["decode_memory_bytes"].default
 
 
 class ImageFormat(StrEnum):
@@ -47,6 +51,8 @@ _SIGNATURES: tuple[tuple[bytes, ImageFormat], ...] = (
 # Pillow modes that hold 8-bit samples, and what to convert them to so that channels mean grey or R, G, B.
 _GREY_MODES = {"1", "L"}
 _GREY_ALPHA_MODES = {"LA", "La"}
+# PNG colour type -> samples per pixel as decoded (a palette becomes RGB).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
 def sniff_format(data: bytes) -> ImageFormat:
@@ -71,7 +77,94 @@ def sniff_format(data: bytes) -> ImageFormat:
     )
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+@dataclass(frozen=True)
+class RasterHeader:
+    """What a PNG, JPEG or TIFF header says about its pixels, read without decoding them.
+
+    Attributes
+    ----------
+    samples
+        Samples per pixel as decoded (a PNG palette decodes to RGB: 3).
+    bytes_per_sample
+        Bytes of one decoded sample (1 for 8 bits and less, 2 for 16, 8 for float64 ...).
+    depth
+        Planes of a volumetric TIFF (ImageDepth); 1 otherwise.
+    """
+
+    image_format: ImageFormat
+    width: int
+    height: int
+    samples: int
+    bytes_per_sample: int
+    depth: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * self.depth
+
+    @property
+    def decoded_bytes(self) -> int:
+        """The decoded pixels: width x height x depth x samples x bytes per sample."""
+        return self.pixels * self.samples * self.bytes_per_sample
+
+    @property
+    def cost_bytes(self) -> int:
+        """Memory decoding and preprocessing take at most at once: two copies of the decoded pixels (the decoder's
+        and the array handed on), one float64 channel while deeper samples are stretched to 8 bits, the uint8 RGB
+        image and the three-channel copy `preprocess_slice` makes before resizing, and the float32 model input."""
+        stretch = self.pixels * 8 if self.bytes_per_sample > 1 else 0
+        return 2 * self.decoded_bytes + stretch + 2 * self.pixels * 3 + MODEL_INPUT_BYTES
+
+    def describe(self) -> str:
+        depth = f" x {self.depth} planes" if self.depth != 1 else ""
+        return (
+            f"{self.width}x{self.height}{depth} pixels x {self.samples} samples x {8 * self.bytes_per_sample} bits "
+            f"= {self.decoded_bytes} bytes of pixels, with their working copies and the model input"
+        )
+
+
+def read_image_header(data: bytes) -> RasterHeader:
+    """Read the size, samples and sample depth of a PNG, JPEG or TIFF from its header alone.
+
+    PNG: the IHDR chunk (Pillow would report a 16-bit colour PNG as 8-bit RGB). JPEG: Pillow, which opens lazily.
+    TIFF: tifffile, which reads the tags without decoding; a TIFF of several pages is refused here.
+
+    Raises
+    ------
+    EmptyFileError, UnsupportedMediaTypeError, UndecodableImageError, InvalidSliceError
+    """
+    image_format = sniff_format(data)
+    if image_format is ImageFormat.TIFF:
+        return _tiff_header(data)
+    if image_format is ImageFormat.PNG and len(data) >= 29 and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        bit_depth, colour_type = data[24], data[25]
+        samples = _PNG_SAMPLES.get(colour_type, 4)
+        return RasterHeader(image_format, width, height, samples, 2 if bit_depth > 8 else 1)
+    return _pillow_header(data, image_format)
+
+
+def check_image_header(header: RasterHeader, max_pixels: int, max_bytes: int | None) -> None:
+    """Refuse, before decoding, an image over `max_pixels` (width x height) or whose decoding would cost more than
+    `max_bytes` (None: no budget), or whose samples can make no slice.
+
+    Raises
+    ------
+    ImageTooLargeError, InvalidSliceError, app.errors.OverMemoryBudgetError
+    """
+    _check_pixel_count(header.width, header.height, max_pixels)
+    if not 1 <= header.samples <= 4:
+        raise InvalidSliceError(
+            "image must be grey, grey+alpha, RGB or RGBA (1 to 4 samples per pixel); "
+            f"the {header.image_format.value} header says {header.samples} samples per pixel"
+        )
+    if max_bytes is not None:
+        check_cost(f"{header.image_format.value} image", header.cost_bytes, header.describe(), max_bytes)
+
+
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
+) -> np.ndarray:
     """Decode one uploaded slice into a uint8 array, HxW (grey, taken as FLAIR) or HxWx3.
 
     Alpha channels are dropped (an MR slice has no transparency). 8-bit samples are kept as they are, which is how
@@ -83,6 +176,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
         The file's bytes.
     max_pixels
         Largest accepted width x height, checked from the header before the pixels are decoded.
+    max_bytes
+        Most memory decoding may take (`RasterHeader.cost_bytes`), checked from the header; None: no limit.
 
     Returns
     -------
@@ -91,15 +186,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
 
     Raises
     ------
-    EmptyFileError, UnsupportedMediaTypeError, UndecodableImageError, ImageTooLargeError, InvalidSliceError
+    EmptyFileError, UnsupportedMediaTypeError, UndecodableImageError, ImageTooLargeError, InvalidSliceError,
+    app.errors.OverMemoryBudgetError
     """
-    image_format = sniff_format(data)
-    if image_format is ImageFormat.TIFF:
-        array = _decode_tiff(data, max_pixels)
-    elif image_format is ImageFormat.PNG and _png_bit_depth(data) == 16:
-        array = _decode_png16(data, max_pixels)
+    header = read_image_header(data)
+    check_image_header(header, max_pixels, max_bytes)
+    if header.image_format is ImageFormat.TIFF:
+        array = _decode_tiff(data)
+    elif header.image_format is ImageFormat.PNG and header.bytes_per_sample == 2:
+        array = _decode_png16(data)
     else:
-        array = _decode_with_pillow(data, image_format, max_pixels)
+        array = _decode_with_pillow(data, header.image_format, max_pixels)
     return stretch_to_uint8(_drop_alpha(array))
 
 
@@ -118,12 +215,27 @@ def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * np.uint8(255)
-    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    axes = (0, 1) if values.ndim == 3 else None
-    low = values.min(axis=axes, keepdims=True)
-    span = values.max(axis=axes, keepdims=True) - low
-    scaled = np.divide(values - low, span, out=np.zeros_like(values), where=span > 0)
-    return np.rint(scaled * 255.0).astype(np.uint8)
+    if array.ndim != 3:
+        return _stretch_channel(array)
+    # One channel at a time, in place: one float64 copy of a channel at most (the memory budget counts on it).
+    stretched = np.empty(array.shape, dtype=np.uint8)
+    for channel in range(array.shape[2]):
+        stretched[:, :, channel] = _stretch_channel(array[:, :, channel])
+    return stretched
+
+
+def _stretch_channel(channel: np.ndarray) -> np.ndarray:
+    values = channel.astype(np.float64)
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    low = values.min() if values.size else 0.0
+    span = values.max() - low if values.size else 0.0
+    if not span > 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    values -= low
+    values /= span
+    values *= 255.0
+    np.rint(values, out=values)
+    return values.astype(np.uint8)
 
 
 def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
@@ -133,11 +245,17 @@ def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def _png_bit_depth(data: bytes) -> int | None:
-    # IHDR is always the first chunk: 8-byte signature, 4-byte length, b"IHDR", width, height, then bit depth.
-    if len(data) < 25 or data[12:16] != b"IHDR":
-        return None
-    return data[24]
+def _pillow_header(data: bytes, image_format: ImageFormat) -> RasterHeader:
+    """Pillow reads only the header when it opens a file; the pixels are decoded on first access."""
+    try:
+        with Image.open(io.BytesIO(data), formats=[image_format.value]) as image:
+            samples = 3 if image.mode == "P" else len(image.getbands())
+            bytes_per_sample = 2 if image.mode.startswith("I;16") else 4 if image.mode in ("I", "F") else 1
+            return RasterHeader(image_format, image.width, image.height, samples, bytes_per_sample)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"image is too large to decode ({error})") from error
+    except Exception as error:  # Pillow raises many types for a corrupt header; all mean the same to a client.
+        raise UndecodableImageError(f"{image_format.value} file cannot be decoded: {error}") from error
 
 
 def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int) -> np.ndarray:
@@ -163,10 +281,8 @@ def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int)
             raise UndecodableImageError(f"{image_format.value} file cannot be decoded: {error}") from error
 
 
-def _decode_png16(data: bytes, max_pixels: int) -> np.ndarray:
-    """16-bit PNG: Pillow would cut colour ones to their high byte, so OpenCV decodes them, after the size check."""
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    _check_pixel_count(width, height, max_pixels)
+def _decode_png16(data: bytes) -> np.ndarray:
+    """16-bit PNG: Pillow would cut colour ones to their high byte, so OpenCV decodes them (after the header checks)."""
     array = _decode_with_opencv(data)
     if array is None:
         raise UndecodableImageError("16-bit PNG file cannot be decoded: the data is truncated or corrupt")
@@ -185,16 +301,40 @@ def _decode_with_opencv(data: bytes) -> np.ndarray | None:
     return array
 
 
-def _decode_tiff(data: bytes, max_pixels: int) -> np.ndarray:
-    """TIFF via tifffile (any depth); OpenCV (libtiff) decodes the compressions tifffile needs imagecodecs for."""
+def _tiff_header(data: bytes) -> RasterHeader:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page_count = len(tiff.pages)
             page = tiff.pages.first
-            width, height, axes = int(page.imagewidth), int(page.imagelength), page.axes
-            if page_count != 1:
-                raise InvalidSliceError(f"TIFF must hold one page (one slice); it holds {page_count} pages")
-            _check_pixel_count(width, height, max_pixels)
+            if page.dtype is None:  # a sample format or bits per sample no decoder reads
+                raise UndecodableImageError(
+                    f"TIFF file cannot be decoded: {page.bitspersample} bits per sample of sample format "
+                    f"{page.sampleformat} is not an image type"
+                )
+            itemsize = page.dtype.itemsize
+            header = RasterHeader(
+                ImageFormat.TIFF,
+                int(page.imagewidth),
+                int(page.imagelength),
+                int(page.samplesperpixel),
+                int(itemsize),
+                max(1, int(page.imagedepth)),
+            )
+    except ServiceError:
+        raise
+    except Exception as error:  # tifffile raises TiffFileError, ValueError, struct.error ... for broken files
+        raise UndecodableImageError(f"TIFF file cannot be decoded: {error}") from error
+    if page_count != 1:
+        raise InvalidSliceError(f"TIFF must hold one page (one slice); it holds {page_count} pages")
+    return header
+
+
+def _decode_tiff(data: bytes) -> np.ndarray:
+    """TIFF via tifffile (any depth); OpenCV (libtiff) decodes the compressions tifffile needs imagecodecs for."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            page = tiff.pages.first
+            axes = page.axes
             try:
                 array = page.asarray()
             except Exception as error:

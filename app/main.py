@@ -28,6 +28,7 @@ from app.batching import MicroBatcher
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
 from app.inference import Predictor, enable_gpu_memory_growth
+from app.memory_budget import MemoryBudget
 from app.metrics import ServiceMetrics
 from app.prediction import PredictionService, batcher_runner
 from app.security import ApiKeyStore, RateLimiter
@@ -69,8 +70,9 @@ async def load_models(app: FastAPI) -> None:
     state.prediction_service = PredictionService(
         predictor,
         batcher_runner(state.batcher, state.settings.request_timeout_seconds),
-        UploadLimits.from_settings(state.settings),
+        UploadLimits.from_settings(state.settings, max_request_slices=state.settings.inference_queue_slices),
         on_predictions=lambda tally: state.metrics.record_predictions(tally.detected),
+        budget=MemoryBudget(state.settings.decode_memory_bytes, wait_seconds=state.settings.request_timeout_seconds),
     )
     state.ready = True
     state.metrics.ready.set(1)

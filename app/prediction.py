@@ -1,14 +1,17 @@
 """One prediction flow for the HTTP API, `brain-tumor predict` and `pacs-sync`: uploads in, results out.
 
-Raster or DICOM, one slice or a series: decode (`app.uploads`; DICOM through `app.dicom_series`) -> the models (a
-`ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and pacs-sync) -> the DICOM SEG and
-the tumor volume for a series -> payloads (`app.payloads`). No HTTP here: failures are `app.errors.ServiceError`s.
-In the service the CPU work runs in worker threads, so the event loop stays free while it happens (`offload`).
+Raster or DICOM, one slice or a series: check the headers (slices, memory cost), reserve the cost in the decoding
+memory budget (`app.memory_budget.MemoryBudget`), decode (`app.uploads`; DICOM through `app.dicom_series`) -> the
+models (a `ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and pacs-sync) -> the DICOM
+SEG and the tumor volume for a series -> payloads (`app.payloads`). No HTTP here: failures are
+`app.errors.ServiceError`s. In the service the CPU work runs in worker threads, so the event loop stays free while
+it happens (`offload`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol, TypeVar
@@ -22,12 +25,28 @@ from app.batching import MicroBatcher
 from app.core.series_postprocessing import clean_series_masks
 from app.dicom_input import is_dicom
 from app.dicom_seg import build_segmentation
-from app.dicom_series import SeriesUploads, SliceInput, model_inputs, read_series
+from app.dicom_series import (
+    SeriesPlan,
+    SeriesUploads,
+    SliceInput,
+    decode_series,
+    model_inputs,
+    plan_series,
+    too_many_slices,
+)
 from app.errors import InvalidSliceError, MixedInputError, ServiceError
 from app.inference import SlicePrediction
+from app.memory_budget import MemoryBudget
 from app.overlay import render_overlay_png
 from app.tumor_volume import tumor_volume_ml
-from app.uploads import PreparedSlice, UploadLimits, prepare_upload, prepare_uploads, stack_inputs
+from app.uploads import (
+    PreparedSlice,
+    UploadLimits,
+    plan_raster_uploads,
+    prepare_upload,
+    prepare_uploads,
+    stack_inputs,
+)
 
 T = TypeVar("T")
 
@@ -194,13 +213,17 @@ class PredictionService:
     run_models
         How the models run (`batcher_runner` or `predictor_runner`).
     limits
-        Per-file limits (`UploadLimits.from_settings`).
+        Per-file and per-request limits (`UploadLimits.from_settings`), checked from the headers before decoding.
     on_predictions
         Told each request's tally, e.g. to count predictions in the metrics; each call can add its own `on_tally`.
     offload
         Run decoding, preprocessing, encoding and the SEG in worker threads (the service, to keep its event loop
         free); False for the CLI and pacs-sync, which keep every object in their own thread (a highdicom SEG holds
         an SQLite connection that only its creating thread may use).
+    budget
+        The decoding memory budget requests reserve their cost in, from decoding until the models have answered
+        (their model inputs live that long); by default one of `limits.max_decode_bytes` that waits as long as it
+        takes (none without a budget).
     """
 
     models: Models
@@ -208,6 +231,11 @@ class PredictionService:
     limits: UploadLimits
     on_predictions: TallyObserver | None = field(default=None)
     offload: bool = True
+    budget: MemoryBudget | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget is None and self.limits.max_decode_bytes is not None:
+            self.budget = MemoryBudget(self.limits.max_decode_bytes)
 
     @property
     def threshold(self) -> float:
@@ -221,10 +249,13 @@ class PredictionService:
         Raises
         ------
         InvalidSliceError
-            If a SEG is asked of a raster image, or a DICOM file holds several slices and no SEG answers for them.
+            If a SEG is asked of a raster image, or a DICOM file holds several slices and no SEG answers for them
+            (refused from the header, before decoding, when no SEG is asked for).
         """
         if is_dicom(data):
-            series = await self.predict_dicom([data], build_seg=segmentation, strict=True, on_tally=on_tally)
+            series = await self.predict_dicom(
+                [data], build_seg=segmentation, strict=True, on_tally=on_tally, one_slice=not segmentation
+            )
             if segmentation and series.result.segmentation is not None:
                 return series
             if len(series.result.predictions) != 1:
@@ -239,7 +270,7 @@ class PredictionService:
     async def overlay(self, data: bytes, on_tally: TallyObserver | None = None) -> OverlayAnswer:
         """The slice with the predicted tumor outline, as PNG bytes."""
         if is_dicom(data):
-            series = await self.predict_dicom([data], build_seg=False, strict=True, on_tally=on_tally)
+            series = await self.predict_dicom([data], build_seg=False, strict=True, on_tally=on_tally, one_slice=True)
             if len(series.result.predictions) != 1:
                 raise InvalidSliceError(
                     f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
@@ -284,9 +315,11 @@ class PredictionService:
             )
             return SeriesAnswer(series.result, slices, series.file_errors, series.tally)
         refuse_segmentation_of_raster(segmentation)
-        prepared = await self._cpu(prepare_uploads, uploads, self.limits)
-        decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
-        predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
+        plan = await self._cpu(plan_raster_uploads, uploads, self.limits)
+        async with self._reserve(plan.cost_bytes):
+            prepared = await self._cpu(prepare_uploads, plan.uploads, self.limits)
+            decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
+            predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
         tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
         if series:
             predictions = await self._cpu(clean_series, predictions, self.models.series_min_component_voxels)
@@ -300,18 +333,26 @@ class PredictionService:
         build_seg: bool,
         strict: bool = False,
         on_tally: TallyObserver | None = None,
+        one_slice: bool = False,
     ) -> SeriesAnswer:
         """DICOM files as one series: the models on every slice, then the SEG and the volume.
 
-        A file that cannot be read is left out and reported in `file_errors`; with `strict` it fails the call.
+        The headers are checked first (slices against the request's limit, or against one with `one_slice`; the
+        memory cost), then the files decode within the memory budget. A file that cannot be read is left out and
+        reported in `file_errors`; with `strict` it fails the call.
         """
-        series = await self._cpu(read_series, uploads, self.limits.max_dicom_pixels)
-        if strict and series.file_errors:
-            raise next(iter(series.file_errors.values()))
-        if not series.inputs and series.file_errors:
-            # An empty series would read as "no tumor"; raster batches keep an error per file instead.
-            raise nothing_readable(series.file_errors)
-        return await self.predict_series(series, build_seg, on_tally)
+        check = partial(plan_series, max_slices=1 if one_slice else None, refuse_slices=several_slices)
+        plan: SeriesPlan = await self._cpu(check, uploads, self.limits)
+        if strict and plan.file_errors:
+            raise next(iter(plan.file_errors.values()))
+        async with self._reserve(plan.cost_bytes):
+            series = await self._cpu(decode_series, plan)
+            if strict and series.file_errors:
+                raise next(iter(series.file_errors.values()))
+            if not series.inputs and series.file_errors:
+                # An empty series would read as "no tumor"; raster batches keep an error per file instead.
+                raise nothing_readable(series.file_errors)
+            return await self.predict_series(series, build_seg, on_tally)
 
     async def predict_series(
         self, series: SeriesUploads, build_seg: bool, on_tally: TallyObserver | None = None
@@ -329,9 +370,22 @@ class PredictionService:
         return SeriesAnswer(result, None, series.file_errors, tally)
 
     async def _predict_raster(self, data: bytes, keep_image: bool, on_tally: TallyObserver | None) -> SliceAnswer:
-        prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
-        (prediction,) = await self.run_models(prepared.model_input[None], [prepared.size])
+        plan = await self._cpu(plan_raster_uploads, [data], self.limits)
+        if isinstance(plan.uploads[0], ServiceError):
+            raise plan.uploads[0]
+        async with self._reserve(plan.cost_bytes):
+            prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
+            (prediction,) = await self.run_models(prepared.model_input[None], [prepared.size])
         return SliceAnswer(prediction, prepared.image, self._count([prediction], 0, on_tally))
+
+    @asynccontextmanager
+    async def _reserve(self, cost_bytes: int) -> AsyncIterator[None]:
+        """Hold `cost_bytes` of the decoding memory budget (nothing without a budget)."""
+        if self.budget is None:
+            yield
+            return
+        async with self.budget.reserve(cost_bytes):
+            yield
 
     async def _cpu(self, function: Callable[..., T], *arguments: object) -> T:
         """CPU work: in a worker thread when offloading, else right here."""
@@ -381,6 +435,17 @@ def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
         return first
     reasons = "; ".join(f"file {index}: {error.message}" for index, error in sorted(errors.items()))
     return type(first)(f"none of the {len(errors)} files could be used ({reasons})")
+
+
+def several_slices(slices: int, max_slices: int) -> ServiceError:
+    """The refusal of a request that holds more slices than it may: one slice for /v1/predict and the overlay, the
+    inference queue's size for a series."""
+    if max_slices == 1:
+        return InvalidSliceError(
+            f"the DICOM file holds {slices} slices; send it to /v1/predict/batch for one result per slice, or ask "
+            "for output=dicom-seg"
+        )
+    return too_many_slices(slices, max_slices)
 
 
 def refuse_segmentation_of_raster(segmentation: bool) -> None:

@@ -65,6 +65,14 @@ class Settings(BaseSettings):
         default=256, gt=0, description="most slices waiting for inference; more are refused with 503 and Retry-After"
     )
 
+    decode_memory_bytes: int = Field(
+        default=256 * MIB,
+        ge=16 * MIB,
+        description="memory budget for decoding uploads, in bytes: the cost of each file is computed from its "
+        "header (decoded pixels and their working copies, a 256x256x3 float32 model input per slice); a file or a "
+        "request costing more is refused with 413 before decoding, and requests decode (and wait for the models) "
+        "only while the costs of all of them together fit in it, the others wait their turn",
+    )
     max_dicom_pixels: int = Field(
         default=64 * 1024 * 1024,
         gt=0,

@@ -1,7 +1,8 @@
 """The input side of a prediction: uploaded bytes -> checked, decoded, preprocessed slices.
 
-decode (`app.imaging`) -> `app.core.preprocessing.preprocess_slice`. No HTTP here: failures are
-`app.errors.ServiceError`s, and a file that fails yields its error in its place so the others go on.
+headers checked (`plan_raster_uploads`: pixels, samples, memory cost, slices) -> decode (`app.imaging`) ->
+`app.core.preprocessing.preprocess_slice`. No HTTP here: failures are `app.errors.ServiceError`s, and a file that
+fails yields its error in its place so the others go on.
 """
 
 from __future__ import annotations
@@ -13,27 +14,46 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.core.preprocessing import InvalidImageError, preprocess_slice
-from app.errors import InvalidSliceError, PayloadTooLargeError, ServiceError
-from app.imaging import decode_image
+from app.errors import InvalidSliceError, PayloadTooLargeError, ServiceError, TooManySlicesError
+from app.imaging import check_image_header, decode_image, read_image_header
+from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
 
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """Per-file limits; `max_upload_bytes` bounds the file, `max_image_pixels` its width x height, and
-    `max_dicom_pixels` a DICOM file's rows x columns x frames. The defaults are the settings' defaults."""
+    """Per-file and per-request limits, checked from the headers before anything is decoded.
+
+    `max_upload_bytes` bounds the file, `max_image_pixels` its width x height, `max_dicom_pixels` a DICOM file's
+    rows x columns x frames, `max_decode_bytes` the memory decoding one file, and one request's files together, may
+    take (None: no budget), `max_request_slices` the slices of one request (None: no limit; the service sets it to
+    its inference queue, which could never take more). The defaults are the settings' defaults.
+    """
 
     max_upload_bytes: int = Settings.model_fields["max_upload_bytes"].default
     max_image_pixels: int = Settings.model_fields["max_image_pixels"].default
     max_dicom_pixels: int = Settings.model_fields["max_dicom_pixels"].default
+    max_decode_bytes: int | None = Settings.model_fields["decode_memory_bytes"].default
+    max_request_slices: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> UploadLimits:
+    def from_settings(cls, settings: Settings, max_request_slices: int | None = None) -> UploadLimits:
         return cls(
             max_upload_bytes=settings.max_upload_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_dicom_pixels=settings.max_dicom_pixels,
+            max_decode_bytes=settings.decode_memory_bytes,
+            max_request_slices=max_request_slices,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class RasterPlan:
+    """A request's PNG/JPEG/TIFF files after their headers were checked: each file's bytes or its refusal, in
+    place, and what decoding the accepted ones will cost."""
+
+    uploads: list[bytes | ServiceError]
+    cost_bytes: int
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,52 @@ def check_upload_size(size: int, limits: UploadLimits, complete: bool = True) ->
         raise PayloadTooLargeError(f"file must be at most {limits.max_upload_bytes} bytes; got {found}")
 
 
+def check_request_slices(slices: int, limits: UploadLimits) -> None:
+    """Raise `TooManySlicesError` if one request holds more slices than `limits.max_request_slices`."""
+    if limits.max_request_slices is not None and slices > limits.max_request_slices:
+        raise TooManySlicesError(
+            f"a request may hold at most {limits.max_request_slices} slices (INFERENCE_QUEUE_SLICES); got {slices}"
+        )
+
+
+def check_request_cost(cost: int, files: int, limits: UploadLimits) -> None:
+    """Raise `app.errors.OverMemoryBudgetError` if decoding a request's files takes more than the budget."""
+    if limits.max_decode_bytes is not None:
+        check_cost(f"this request's {files} files", cost, "the cost of each, from its header", limits.max_decode_bytes)
+
+
+def plan_raster_uploads(uploads: Sequence[bytes | ServiceError], limits: UploadLimits) -> RasterPlan:
+    """Check every file's header (size, pixels, samples, cost) and the request's slices and cost; nothing is decoded.
+
+    A file that fails yields its error in its place. The files decode one at a time and keep only their model
+    input, so the request costs one model input per file plus the largest file's decoding.
+
+    Raises
+    ------
+    TooManySlicesError, app.errors.OverMemoryBudgetError
+        For the request as a whole.
+    """
+    checked: list[bytes | ServiceError] = []
+    costs: list[int] = []
+    for data in uploads:
+        if isinstance(data, ServiceError):
+            checked.append(data)
+            continue
+        try:
+            check_upload_size(len(data), limits)
+            header = read_image_header(data)
+            check_image_header(header, limits.max_image_pixels, limits.max_decode_bytes)
+        except ServiceError as error:
+            checked.append(error)
+            continue
+        checked.append(data)
+        costs.append(header.cost_bytes)
+    check_request_slices(len(costs), limits)
+    cost = len(costs) * MODEL_INPUT_BYTES + max((item - MODEL_INPUT_BYTES for item in costs), default=0)
+    check_request_cost(cost, len(costs), limits)
+    return RasterPlan(checked, cost)
+
+
 def prepare_upload(data: bytes, limits: UploadLimits, keep_image: bool = False) -> PreparedSlice:
     """Check the size, decode, and preprocess one file (CPU work: call it off the event loop).
 
@@ -67,7 +133,7 @@ def prepare_upload(data: bytes, limits: UploadLimits, keep_image: bool = False) 
     holds only 256x256 inputs while it waits for the models.
     """
     check_upload_size(len(data), limits)
-    image = decode_image(data, max_pixels=limits.max_image_pixels)
+    image = decode_image(data, max_pixels=limits.max_image_pixels, max_bytes=limits.max_decode_bytes)
     size = (int(image.shape[0]), int(image.shape[1]))
     return PreparedSlice(model_input(image), size, image if keep_image else None)
 

@@ -18,9 +18,12 @@
 | payload_too_large      | 413    | file over MAX_UPLOAD_BYTES, or request body over its limit    |
 | image_too_large        | 413    | width x height over MAX_IMAGE_PIXELS                          |
 | too_many_files         | 413    | a batch with more than MAX_BATCH_FILES files                  |
+| over_memory_budget     | 413    | decoding a file or a request would take more than             |
+|                        |        | DECODE_MEMORY_BYTES (computed from the headers, before decoding) |
 | validation_error       | 422    | a missing or malformed field (e.g. no `file`)                 |
 | model_unavailable      | 503    | the models are not loaded and warm yet                        |
-| overloaded             | 503    | the inference queue is full; `Retry-After` says when to retry |
+| overloaded             | 503    | the inference queue (or the decoding memory budget) is full;  |
+|                        |        | `Retry-After` says when to retry                              |
 | inference_timeout      | 503    | no answer from the models within REQUEST_TIMEOUT_SECONDS      |
 | unauthorized           | 401    | API keys are configured and X-API-Key is missing or wrong     |
 | rate_limited           | 429    | over RATE_LIMIT_PER_MINUTE for this key, or this address over |

@@ -48,6 +48,11 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode("payload_too_large", 413, "a file over MAX_UPLOAD_BYTES, or a request body over its limit"),
     ErrorCode("image_too_large", 413, "width x height (x frames) over MAX_IMAGE_PIXELS"),
     ErrorCode("too_many_files", 413, "a batch with more than MAX_BATCH_FILES files"),
+    ErrorCode(
+        "over_memory_budget",
+        413,
+        "decoding a file, or a request's files together, would take more than DECODE_MEMORY_BYTES (from the headers)",
+    ),
     ErrorCode("too_many_slices", 413, "one request with more slices than INFERENCE_QUEUE_SLICES could ever hold"),
     ErrorCode(
         "unsupported_media_type",
@@ -71,7 +76,11 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode(
         "model_unavailable", 503, "the models are not loaded and warm yet; retry when GET /health/ready answers 200"
     ),
-    ErrorCode("overloaded", 503, "the inference queue is full; Retry-After says when to retry"),
+    ErrorCode(
+        "overloaded",
+        503,
+        "the inference queue, or the decoding memory budget, is full; Retry-After says when to retry",
+    ),
     ErrorCode("inference_timeout", 503, "no answer from the models within REQUEST_TIMEOUT_SECONDS"),
     ErrorCode("too_many_connections", 503, "more than MAX_CONNECTIONS open connections; the connection is closed"),
 )

@@ -33,12 +33,12 @@ MAX_BATCH_FILES = 4
 MAX_IMAGE_PIXELS = 4096 * 4096
 READY_TIMEOUT_SECONDS = 120.0
 ERROR_CODES_BY_STATUS = {
-    400: {"empty_file", "undecodable_image", "invalid_image", "bad_request"},
+    400: {"empty_file", "undecodable_image", "invalid_image", "invalid_dicom_image", "bad_request"},
     401: {"unauthorized"},
     404: {"not_found"},
     405: {"method_not_allowed"},
     408: {"request_timeout"},
-    413: {"payload_too_large", "image_too_large", "too_many_files"},
+    413: {"payload_too_large", "image_too_large", "too_many_files", "too_many_slices", "over_memory_budget"},
     415: {"unsupported_media_type"},
     422: {"validation_error"},
     429: {"rate_limited"},

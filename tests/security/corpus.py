@@ -16,8 +16,17 @@ import numpy as np
 import tifffile
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    BasicTextSRStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    MRImageStorage,
+    generate_uid,
+)
 
 from tests.conftest import TUMOR_SLICE, read_slice
 
@@ -202,3 +211,128 @@ def dicom_structured_report() -> bytes:
     item.TextValue = "no tumor seen"
     dataset.ContentSequence = Sequence([item])
     return _dicom_bytes(dataset)
+
+
+# Decoding-memory bombs (issue 16): small files whose headers promise gigabytes of decoded pixels.
+
+TIFF_DEFLATE, TIFF_PACKBITS = 8, 32773
+
+
+def packbits_zeros(row_bytes: int, rows: int) -> bytes:
+    """A PackBits strip of `rows` rows of `row_bytes` zero bytes: 128 zeros pack into 2 bytes (runs stay in a row)."""
+    whole, rest = divmod(row_bytes, 128)
+    row = b"\x81\x00" * whole + (bytes([257 - rest, 0]) if rest > 1 else b"\x00\x00" if rest else b"")
+    return row * rows
+
+
+def crafted_tiff_samples(
+    width: int,
+    height: int,
+    samples: int,
+    bits: int,
+    sample_format: int = 1,
+    compression: int = TIFF_DEFLATE,
+) -> bytes:
+    """A little-endian TIFF of one black strip with `samples` samples of `bits` bits per pixel, compressed by deflate
+    (default) or PackBits, built tag by tag in milliseconds whatever its decoded size.
+
+    `sample_format`: 1 unsigned integer, 3 IEEE float.
+    """
+    row_bytes = width * samples * bits // 8
+    strip = packbits_zeros(row_bytes, height) if compression == TIFF_PACKBITS else deflate_zeros(row_bytes * height)
+    short, long = 3, 4
+    photometric = 2 if samples >= 3 else 1  # RGB, else BlackIsZero
+    extra = samples - (3 if photometric == 2 else 1)
+    arrays = {258: [bits] * samples, 339: [sample_format] * samples}
+    if extra:
+        arrays[338] = [0] * extra  # ExtraSamples: unspecified
+    tags = sorted(
+        [
+            (256, long, [width]),
+            (257, long, [height]),
+            (258, short, arrays[258]),
+            (259, short, [compression]),
+            (262, short, [photometric]),
+            (273, long, [0]),  # StripOffsets (filled in below)
+            (277, short, [samples]),
+            (278, long, [height]),
+            (279, long, [len(strip)]),
+            (284, short, [1]),  # PlanarConfiguration: contiguous
+            (339, short, arrays[339]),
+        ]
+        + ([(338, short, arrays[338])] if extra else [])
+    )
+    ifd_size = 2 + 12 * len(tags) + 4
+    out_of_line = bytearray()
+    data_start = 8 + ifd_size
+    entries = b""
+    for tag, kind, values in tags:
+        packed = b"".join(struct.pack("<H" if kind == short else "<I", value) for value in values)
+        if len(packed) <= 4:
+            entries += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\x00")
+        else:
+            entries += struct.pack("<HHII", tag, kind, len(values), data_start + len(out_of_line))
+            out_of_line += packed + (b"\x00" if len(packed) % 2 else b"")
+    strip_offset = data_start + len(out_of_line)
+    entries = entries.replace(
+        struct.pack("<HHI", 273, long, 1) + struct.pack("<I", 0), struct.pack("<HHII", 273, long, 1, strip_offset)
+    )
+    ifd = struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(out_of_line) + strip
+
+
+def _mr_header(rows: int, columns: int, frames: int | None, bits: int) -> Dataset:
+    dataset = _dicom_dataset(MRImageStorage, "MR")
+    dataset.Rows, dataset.Columns = rows, columns
+    if frames is not None:
+        dataset.NumberOfFrames = frames
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.BitsAllocated = bits
+    dataset.BitsStored = bits
+    dataset.HighBit = bits - 1
+    dataset.PixelRepresentation = 0
+    return dataset
+
+
+def deflated_dicom(rows: int, columns: int, frames: int | None = None, bits: int = 16) -> bytes:
+    """A Deflated Explicit VR Little Endian MR file of black frames, deflated as it is written: the pixel data is
+    never held, so a file that inflates to gigabytes is built in milliseconds."""
+    dataset = _mr_header(rows, columns, frames, bits)
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, dataset)
+    pixel_bytes = rows * columns * (frames or 1) * bits // 8
+    pixel_bytes += pixel_bytes % 2
+    element = b"\xe0\x7f\x10\x00" + (b"OW" if bits > 8 else b"OB") + b"\x00\x00" + struct.pack("<I", pixel_bytes)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [compressor.compress(body.getvalue() + element)]
+    zeros = bytes(MIB)
+    whole, rest = divmod(pixel_bytes, MIB)
+    parts.extend(compressor.compress(zeros) for _ in range(whole))
+    parts += [compressor.compress(bytes(rest)), compressor.flush()]
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, dataset.file_meta, enforce_standard=True)
+    return bytes(128) + b"DICM" + meta.getvalue() + b"".join(parts)
+
+
+def multiframe_dicom(frames: int, rows: int = 8, columns: int = 8) -> bytes:
+    """An uncompressed MR file of `frames` frames of `rows` x `columns` 8-bit pixels (a gradient, so it decodes)."""
+    dataset = _mr_header(rows, columns, frames, 8)
+    dataset.PixelData = (np.arange(frames * rows * columns) % 251).astype(np.uint8).tobytes()
+    return _dicom_bytes(dataset)
+
+
+def jpeg2000_dicom_claiming(rows: int, columns: int, codestream_side: int) -> bytes:
+    """A JPEG 2000 MR file of a `rows` x `columns` slice whose codestream's SIZ marker is patched to say
+    `codestream_side` x `codestream_side`: the header and the codestream disagree."""
+    dataset = _mr_header(rows, columns, None, 8)
+    pixels = (np.arange(rows * columns) % 251).astype(np.uint8).reshape(rows, columns)
+    dataset.compress(JPEG2000Lossless, pixels, encoding_plugin="pylibjpeg")
+    data = bytearray(_dicom_bytes(dataset))
+    siz = data.find(b"\xff\x4f\xff\x51")
+    assert siz > 0, "no JPEG 2000 codestream in the encoded file"
+    data[siz + 8 : siz + 16] = struct.pack(">II", codestream_side, codestream_side)  # Xsiz, Ysiz
+    return bytes(data)

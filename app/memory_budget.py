@@ -1,0 +1,125 @@
+"""The memory budget of decoding: what a file will cost, computed from its header, and a semaphore counting bytes.
+
+The decoders (`app.imaging`, `app.dicom_input`) read a file's header, never its pixels, to say how many bytes its
+decoding takes; `app.uploads` refuses a file or a request over `DECODE_MEMORY_BYTES` (413, before anything is
+decoded) and `MemoryBudget` lets requests decode only while the costs of all of them together fit in the same budget,
+so that several bombs at once cannot add up. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+
+from app.core.preprocessing import INPUT_SHAPE
+from app.errors import OverloadedError, OverMemoryBudgetError
+
+MIB = 1 << 20
+MODEL_INPUT_BYTES = int(np.prod(INPUT_SHAPE)) * np.dtype(np.float32).itemsize
+"""Every slice becomes one float32 256x256x3 model input (768 KiB), however small the slice."""
+BUDGET_SETTING = "DECODE_MEMORY_BYTES"
+
+
+def describe_bytes(size: int) -> str:
+    """`size` for a message: exact bytes, and MiB to read at a glance."""
+    return f"{size} bytes ({size / MIB:.1f} MiB)"
+
+
+def check_cost(subject: str, cost: int, details: str, max_bytes: int) -> None:
+    """Raise `OverMemoryBudgetError` if decoding `subject` takes more than `max_bytes`.
+
+    `details` says where the cost comes from (the header's numbers), so that the client can see why.
+    """
+    if cost > max_bytes:
+        raise OverMemoryBudgetError(
+            f"{subject} would take {describe_bytes(cost)} to decode ({details}); the memory budget "
+            f"({BUDGET_SETTING}) is {describe_bytes(max_bytes)}"
+        )
+
+
+class MemoryBudget:
+    """A semaphore counting bytes: requests reserve their decoding cost and wait, first come first served, until it
+    fits beside the reservations of the others.
+
+    A count of requests (or the thread pool's 40 workers) would let 40 bombs just under the per-request limit decode
+    at once; counting bytes keeps the sum of all decoding within `capacity`.
+
+    Parameters
+    ----------
+    capacity
+        Bytes all reservations together may hold.
+    wait_seconds
+        Longest a reservation waits for room; then `OverloadedError` (503, retry later). None waits as long as it
+        takes.
+    """
+
+    def __init__(self, capacity: int, wait_seconds: float | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1 byte; got {capacity}")
+        self.capacity = capacity
+        self.wait_seconds = wait_seconds
+        self._used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def used(self) -> int:
+        """Bytes reserved now."""
+        return self._used
+
+    @asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """Hold `size` bytes of the budget for the duration of the block.
+
+        Raises
+        ------
+        OverMemoryBudgetError
+            If `size` alone is over the capacity (it could never fit).
+        OverloadedError
+            If no room came within `wait_seconds`.
+        """
+        check_cost("this request", size, "all its files together", self.capacity)
+        await self._acquire(max(size, 0))
+        try:
+            yield
+        finally:
+            self._release(max(size, 0))
+
+    async def _acquire(self, size: int) -> None:
+        if not self._waiting and self._used + size <= self.capacity:
+            self._used += size
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (size, granted)
+        self._waiting.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(granted), self.wait_seconds)
+        except BaseException as error:
+            if granted.done() and not granted.cancelled():
+                self._release(size)  # granted just as the wait ended: hand the bytes on
+            else:
+                granted.cancel()
+                self._waiting.remove(waiter)
+                self._grant()  # the head may have left: those behind it may fit now
+            if isinstance(error, TimeoutError):
+                raise OverloadedError(
+                    f"decoding is using {describe_bytes(self._used)} of its memory budget ({BUDGET_SETTING}: "
+                    f"{describe_bytes(self.capacity)}) and this request needs {describe_bytes(size)}; retry shortly",
+                    retry_after_seconds=1.0,
+                ) from None
+            raise
+
+    def _release(self, size: int) -> None:
+        self._used -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self._used + self._waiting[0][0] <= self.capacity:
+            size, granted = self._waiting.popleft()
+            if granted.done():  # given up (cancelled) and not yet removed
+                continue
+            self._used += size
+            granted.set_result(None)

@@ -1,0 +1,178 @@
+"""The decoding memory budget: costs from headers (`app.imaging`, `app.dicom_input`) and the byte-counting semaphore
+(`app.memory_budget.MemoryBudget`) that keeps concurrent requests within it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from app import schemas
+from app.dicom_input import read_dicom_header
+from app.errors import OverloadedError, OverMemoryBudgetError
+from app.imaging import read_image_header
+from app.inference import SlicePrediction
+from app.memory_budget import MODEL_INPUT_BYTES, MemoryBudget
+from app.prediction import PredictionService
+from app.uploads import UploadLimits, plan_raster_uploads
+from tests.api.utils import png_bytes
+from tests.security import corpus
+
+MIB = 1 << 20
+
+
+def test_png_cost_counts_samples_and_depth_from_ihdr() -> None:
+    header = read_image_header(corpus.crafted_png(4096, 4096, bit_depth=16, colour_type=2))
+
+    assert (header.width, header.height, header.samples, header.bytes_per_sample) == (4096, 4096, 3, 2)
+    assert header.decoded_bytes == 4096 * 4096 * 3 * 2
+    # two copies of the pixels, one float64 channel for the stretch, the uint8 image and its copy, the model input
+    assert header.cost_bytes == 2 * header.decoded_bytes + 4096 * 4096 * (8 + 6) + MODEL_INPUT_BYTES
+
+
+def test_tiff_cost_counts_float64_samples() -> None:
+    header = read_image_header(corpus.crafted_tiff_samples(4096, 4096, samples=3, bits=64, sample_format=3))
+
+    assert header.decoded_bytes == 4096 * 4096 * 3 * 8
+
+
+def test_dicom_cost_counts_one_model_input_per_frame() -> None:
+    header = read_dicom_header(corpus.deflated_dicom(1, 1, frames=20000))
+
+    assert (header.rows, header.columns, header.frames, header.bits_allocated) == (1, 1, 20000, 16)
+    assert header.cost_bytes > 20000 * MODEL_INPUT_BYTES
+
+
+def test_deflated_dicom_over_the_budget_is_refused_while_inflating() -> None:
+    data = corpus.deflated_dicom(4096, 4096, bits=16)  # inflates to 32 MiB
+
+    with pytest.raises(OverMemoryBudgetError) as raised:
+        read_dicom_header(data, max_bytes=16 * MIB)
+
+    assert "inflates to more than 16777216 bytes" in raised.value.message
+
+
+def test_raster_plan_counts_one_decode_and_every_model_input() -> None:
+    small = png_bytes(np.zeros((64, 64), np.uint8))
+    one = read_image_header(small).cost_bytes
+
+    plan = plan_raster_uploads([small, small, small], UploadLimits())
+
+    assert plan.cost_bytes == one + 2 * MODEL_INPUT_BYTES
+
+
+def test_raster_plan_refuses_request_over_the_budget_whole() -> None:
+    small = png_bytes(np.zeros((64, 64), np.uint8))
+
+    with pytest.raises(OverMemoryBudgetError) as raised:
+        plan_raster_uploads([small] * 10, UploadLimits(max_decode_bytes=4 * MIB))
+
+    assert raised.value.message.startswith("this request's 10 files would take")
+
+
+def test_budget_makes_later_reservations_wait_their_turn() -> None:
+    order: list[str] = []
+
+    async def hold(budget: MemoryBudget, name: str, size: int, seconds: float) -> None:
+        async with budget.reserve(size):
+            order.append(f"{name} in ({budget.used})")
+            await asyncio.sleep(seconds)
+        order.append(f"{name} out")
+
+    async def scenario() -> None:
+        budget = MemoryBudget(100)
+        first = asyncio.create_task(hold(budget, "a", 60, 0.05))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(hold(budget, "b", 60, 0.0))
+        third = asyncio.create_task(hold(budget, "c", 10, 0.0))  # fits now, but waits behind b: first come first
+        await asyncio.gather(first, second, third)
+        assert budget.used == 0
+
+    asyncio.run(scenario())
+
+    # c did not pass b although it fitted beside a; once a left, both fitted and came in, b first
+    assert order[:4] == ["a in (60)", "a out", "b in (70)", "c in (70)"]
+
+
+def test_budget_refuses_a_reservation_that_could_never_fit() -> None:
+    async def scenario() -> None:
+        async with MemoryBudget(100).reserve(101):
+            pass
+
+    with pytest.raises(OverMemoryBudgetError):
+        asyncio.run(scenario())
+
+
+def test_budget_wait_ends_in_overloaded_and_gives_the_place_back() -> None:
+    async def scenario() -> MemoryBudget:
+        budget = MemoryBudget(100, wait_seconds=0.05)
+        async with budget.reserve(80):
+            with pytest.raises(OverloadedError) as raised:
+                async with budget.reserve(80):
+                    pass
+            assert raised.value.retry_after_seconds == 1.0
+        async with budget.reserve(100):  # nothing left behind by the request that gave up
+            assert budget.used == 100
+        return budget
+
+    assert asyncio.run(scenario()).used == 0
+
+
+def test_budget_released_when_a_waiting_request_is_cancelled() -> None:
+    async def scenario() -> MemoryBudget:
+        budget = MemoryBudget(100)
+        async with budget.reserve(80):
+            waiter = asyncio.create_task(budget.reserve(80).__aenter__())
+            await asyncio.sleep(0.01)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+        async with budget.reserve(100):
+            pass
+        return budget
+
+    assert asyncio.run(scenario()).used == 0
+
+
+class SlowModels:
+    """Models that take a while and record how much of the budget is held while they run."""
+
+    classifier_threshold = 0.5
+    model_tags: dict[str, str] = {}
+    series_min_component_voxels = 0
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most_running = 0
+        self.budget: MemoryBudget | None = None
+        self.most_used = 0
+
+    async def run(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        assert self.budget is not None
+        self.most_used = max(self.most_used, self.budget.used)
+        await asyncio.sleep(0.02)
+        self.running -= 1
+        return [SlicePrediction(0.1, False, None) for _ in sizes]
+
+
+def test_concurrent_requests_stay_within_the_budget() -> None:
+    # Each request costs a little over 2 MiB; a 3 MiB budget lets one in at a time, however many arrive together.
+    image = png_bytes(np.zeros((512, 512), np.uint8))
+    cost = plan_raster_uploads([image], UploadLimits()).cost_bytes
+    budget = MemoryBudget(3 * MIB)
+    assert 1.5 * MIB < cost <= 3 * MIB
+    models = SlowModels()
+    models.budget = budget
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=3 * MIB), budget=budget)
+
+    async def scenario() -> None:
+        answers = await asyncio.gather(*(service.predict_files([image], schemas.MaskFormat.RLE) for _ in range(6)))
+        assert all(answer.tally.negative == 1 for answer in answers)
+
+    asyncio.run(scenario())
+
+    assert models.most_running == 1
+    assert models.most_used <= budget.capacity
+    assert budget.used == 0
