@@ -433,6 +433,8 @@ def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
     first = errors[min(errors)]
     if len(errors) == 1:
         return first
+    if len({error.message for error in errors.values()}) == 1:
+        return type(first)(f"none of the {len(errors)} files could be used, each for the same reason: {first.message}")
     reasons = "; ".join(f"file {index}: {error.message}" for index, error in sorted(errors.items()))
     return type(first)(f"none of the {len(errors)} files could be used ({reasons})")
 
