@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the tests use: Orthanc with its DICOMweb plugin (the PACS of the integration test),
-# dicom3tools (dciodvfy validates the SEGs and SRs we write), dcmtk (storescu/echoscu send to the DICOM node), and Chromium with a font for the browser test of the web page.
+# dicom3tools (dciodvfy validates the SEGs and SRs we write), dcmtk (storescu/echoscu send to the DICOM node), and
+# Chromium with a font for the browser test of the web page.
 # Idempotent: does nothing when all are present.
 # The tests start their own Orthanc process on a free port, so the Debian service is kept from starting.
 set -euo pipefail
