@@ -36,6 +36,9 @@ NOT_RUN_HERE = {
     "make bench": "a benchmark (numbers, not a pass/fail test): run by hand, results in the README",
     ".venv/bin/python -m bench.": "benchmarks: their --quick modes are smoke-run by hand",
     "ORTHANC_USERNAME=orthanc": "pacs-sync against a real Orthanc: tests/dicom/test_pacs_sync.py",
+    "DICOM_NODE_ALLOWED_CALLING_AE_TITLES=": "the DICOM node with models: tests/dicom/test_dicom_node.py runs it",
+    "echoscu ": "tests/dicom/test_dicom_node.py runs echoscu against the node",
+    "storescu ": "tests/dicom/test_dicom_node.py runs storescu against the node",
     "docker": "no Docker engine in CI: tests/deploy checks the files statically (see the README)",
     "EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime docker": "as docker; tests/deploy checks the EXTRAS build argument",
 }
