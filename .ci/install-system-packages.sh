@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install the system packages the tests use: Orthanc with its DICOMweb plugin (the PACS of the integration test),
-# dicom3tools (dciodvfy validates the SEGs we write), Chromium with a font for the browser test of the web page, and
-# podman with debootstrap for `make image-test` (builds the image without a Docker engine; debootstrap makes its base
-# image where no registry serves python:3.11-slim-bookworm).
+# dicom3tools (dciodvfy validates the SEGs and SRs we write), dcmtk (storescu/echoscu send to the DICOM node),
+# Chromium with a font for the browser test of the web page, and podman with debootstrap for `make image-test` (builds
+# the image without a Docker engine; debootstrap makes its base image where no registry serves python:3.11-slim-bookworm).
 # Idempotent: does nothing when all are present.
 # The tests start their own Orthanc process on a free port, so the Debian service is kept from starting.
 set -euo pipefail
 
-PACKAGES=(orthanc orthanc-dicomweb dicom3tools chromium fonts-liberation podman debootstrap)
+PACKAGES=(orthanc orthanc-dicomweb dicom3tools dcmtk chromium fonts-liberation podman debootstrap)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

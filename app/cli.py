@@ -2,6 +2,7 @@
 
 brain-tumor serve                         # HOST:PORT from the environment (default 127.0.0.1:8000)
 brain-tumor predict slice.png [--masks-dir masks/] [--mask-format both]   # or DICOM files of one series
+brain-tumor dicom-node                    # DICOM_NODE_AE_TITLE on DICOM_NODE_HOST:DICOM_NODE_PORT (default 11112)
 brain-tumor train --model segmenter --data-root ../shared/lgg/kaggle_3m_dev --output-dir runs/segmenter
 brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights ... --segmenter-weights ...
 """
@@ -150,6 +151,14 @@ def pacs_sync(args: argparse.Namespace) -> int:
     return sync.main(args)
 
 
+def dicom_node(args: argparse.Namespace) -> int:
+    from app import dicom_node as node
+    from app.logging_config import configure_logging
+
+    configure_logging(get_settings().log_level)
+    return node.main(args)
+
+
 def hash_key(args: argparse.Namespace) -> int:
     """Print `id:sha256` for an API keys file; the key is read from standard input so it stays out of the shell
     history."""
@@ -188,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_pacs_sync_arguments(sync_parser)
     sync_parser.set_defaults(run=pacs_sync)
+
+    from app.dicom_node import add_arguments as add_dicom_node_arguments
+
+    node_parser = commands.add_parser(
+        "dicom-node", help="DICOM node: C-STORE MR studies in, SEG and volume report (SR) out by C-STORE"
+    )
+    add_dicom_node_arguments(node_parser)
+    node_parser.set_defaults(run=dicom_node)
 
     hash_parser = commands.add_parser("hash-key", help="print an API_KEYS_FILE line for the key on standard input")
     hash_parser.add_argument("key_id", help="the name the audit log will show for this key")

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from app.errors import (
     DicomWithoutPixelDataError,
@@ -51,6 +51,7 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
     "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
 }
+SECONDARY_CAPTURE_CLASSES = frozenset(uid for uid, name in SUPPORTED_SOP_CLASSES.items() if "Secondary Capture" in name)
 MONOCHROME_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
@@ -518,6 +519,12 @@ def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
         raise UnsupportedDicomError(
             f"DICOM SOP class must be one of {', '.join(SUPPORTED_SOP_CLASSES.values())}; got {name} ({sop_class})"
         )
+    modality = str(dataset.get("Modality", "") or "")
+    if str(sop_class) in SECONDARY_CAPTURE_CLASSES and modality.upper() != "MR":
+        raise UnsupportedDicomError(
+            "a DICOM Secondary Capture is read only as a capture of an MR slice (Modality MR); "
+            f"got Modality {modality or 'missing'}"
+        )
     if not has_pixels:
         raise DicomWithoutPixelDataError(
             f"DICOM {SUPPORTED_SOP_CLASSES[str(sop_class)]} must carry Pixel Data (7FE0,0010); this one has none "
@@ -561,6 +568,13 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
         raise UnsupportedDicomError(
             f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) cannot be decoded by this service"
         )
+    bits_stored = int(dataset.get("BitsStored") or dataset.BitsAllocated)
+    if transfer_syntax == JPEGExtended12Bit and bits_stored > 8 and not _decodes_12_bit_jpeg():
+        raise UnsupportedDicomError(
+            f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) with {bits_stored} bits stored cannot "
+            "be decoded by this service (no 12-bit JPEG decoder installed); send it uncompressed or losslessly "
+            "compressed"
+        )
     try:
         stored = dataset.pixel_array  # pydicom applies BitsStored and the sign of PixelRepresentation
     except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream
@@ -580,6 +594,15 @@ def _decoder_available(transfer_syntax: UID) -> bool:
     try:
         return bool(get_decoder(transfer_syntax).is_available)
     except NotImplementedError:  # pydicom knows no decoder at all for this transfer syntax
+        return False
+
+
+def _decodes_12_bit_jpeg() -> bool:
+    """Only pydicom's pylibjpeg plugin (with pylibjpeg-libjpeg, GPL, not installed) decodes 12-bit JPEG; GDCM and
+    Pillow, which are, refuse it."""
+    try:
+        return "pylibjpeg" in get_decoder(JPEGExtended12Bit).available_plugins
+    except NotImplementedError:
         return False
 
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from app.dicom_conformance import complete_segmentation, with_type2_attributes
 from app.dicom_input import DicomFrame
 from app.dicom_series import SliceInput
 from app.errors import SegmentationInputError
@@ -83,6 +84,9 @@ def build_segmentation(
     further = _unique_headers(
         frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
     )
+    # highdicom reads Type 2 patient/study attributes without a default: de-identified sources often lack them.
+    source_images = [with_type2_attributes(image) for image in source_images]
+    further = [with_type2_attributes(image) for image in further]
     segmenter_name, segmenter_version = _split_tag(model_tags.get("segmenter", "segmenter@unknown"))
     algorithm = hd.AlgorithmIdentificationSequence(
         name=segmenter_name,
@@ -123,7 +127,7 @@ def build_segmentation(
     except ValueError as error:  # highdicom's checks on the sources, e.g. pre/post-contrast from another study
         raise SegmentationInputError(f"the slices cannot be covered by one DICOM SEG: {error}") from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
-    return segmentation
+    return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
 
 
 def segmentation_to_bytes(segmentation: Dataset) -> bytes:

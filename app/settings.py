@@ -14,6 +14,12 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.sequence_selection import (
+    DEFAULT_FLAIR_PATTERNS,
+    DEFAULT_POST_CONTRAST_PATTERNS,
+    DEFAULT_T1_PATTERNS,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models"
 MIB = 1 << 20
@@ -151,6 +157,65 @@ class Settings(BaseSettings):
         description="on SIGTERM, an upload that sends nothing for this long is dropped (408) instead of holding the "
         "shutdown",
     )
+
+    # Sequence selection (app.sequence_selection): which series of a study is FLAIR, which T1 pre/post contrast.
+    sequence_flair_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_FLAIR_PATTERNS),
+        description="comma-separated wildcards on Series Description / Protocol Name that name a FLAIR series",
+    )
+    sequence_t1_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_T1_PATTERNS),
+        description="comma-separated wildcards that name a T1 series (checked first: T1 FLAIR is T1)",
+    )
+    sequence_post_contrast_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_POST_CONTRAST_PATTERNS),
+        description="comma-separated wildcards that name a post-contrast series (besides Contrast/Bolus attributes)",
+    )
+    sequence_flair_min_inversion_ms: float = Field(
+        default=1500.0, gt=0, description="Inversion Time (ms) at or above which an inversion-recovery series is FLAIR"
+    )
+
+    # The DICOM node (brain-tumor dicom-node, app.dicom_node): C-STORE in, SEG and SR out by C-STORE.
+    dicom_node_ae_title: str = Field(
+        default="BRAINTUMOR", min_length=1, max_length=16, description="AE title the node answers to"
+    )
+    dicom_node_host: str = Field(
+        default="127.0.0.1", description="address the node listens on (0.0.0.0 in a container)"
+    )
+    dicom_node_port: int = Field(default=11112, ge=1, le=65535, description="DICOM port the node listens on")
+    dicom_node_spool_dir: Path = Field(
+        default=Path("dicom-node-spool"),
+        description="where received instances, results and the record of what was sent are kept (survives restarts)",
+    )
+    dicom_node_quiet_seconds: float = Field(
+        default=30.0, gt=0, description="a study is processed once no instance of it arrived for this long"
+    )
+    dicom_node_allowed_calling_ae_titles: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated calling AE titles allowed to associate; empty = any (a warning is logged)",
+    )
+    dicom_node_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated AE@host:port the results (SEG, SR) are sent to by C-STORE",
+    )
+    dicom_node_send_retries: int = Field(default=4, ge=0, description="retries of a failed C-STORE of a result")
+    dicom_node_send_backoff_seconds: float = Field(
+        default=2.0, ge=0, description="wait before the first retry of a result, doubled for each further one"
+    )
+
+    @field_validator(
+        "sequence_flair_patterns",
+        "sequence_t1_patterns",
+        "sequence_post_contrast_patterns",
+        "dicom_node_allowed_calling_ae_titles",
+        "dicom_node_destinations",
+        mode="before",
+    )
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("api_keys", "trusted_proxies", mode="before")
     @classmethod

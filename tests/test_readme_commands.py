@@ -42,6 +42,9 @@ NOT_RUN_HERE = {
     "ORTHANC_USERNAME=orthanc": "pacs-sync against a real Orthanc: tests/dicom/test_pacs_sync.py",
     ".venv/bin/pip uninstall -y tensorflow-cpu": "needs an NVIDIA GPU; CI has none (and must keep tensorflow-cpu)",
     '.venv/bin/python -c "import tensorflow': "the GPU check: prints [] on CI's CPU-only machine, proving nothing",
+    "DICOM_NODE_ALLOWED_CALLING_AE_TITLES=": "the DICOM node with models: tests/dicom/test_dicom_node.py runs it",
+    "echoscu ": "tests/dicom/test_dicom_node.py runs echoscu against the node",
+    "storescu ": "tests/dicom/test_dicom_node.py runs storescu against the node",
     "docker": "no Docker engine in CI: make image-test builds and runs the images with podman (see the README)",
     "EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime docker": "as docker; tests/deploy checks the EXTRAS build argument",
 }

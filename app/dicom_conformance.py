@@ -1,0 +1,55 @@
+"""Making source headers and derived objects meet what highdicom and the DICOM standard require.
+
+De-identified or hand-made instances often lack Type 2 attributes (Patient's Birth Date, Study ID, Accession
+Number, ...): the standard lets them be empty but not absent, and highdicom reads them without a default when it
+copies the patient and study modules into a SEG or an SR, so it fails with an AttributeError. `with_type2_attributes`
+hands highdicom a copy with the missing ones present and empty, never touching the caller's dataset.
+
+A SEG of a source without a patient coordinate system (a Secondary Capture without Image Orientation) must carry
+Patient Orientation (Type 2C in the General Image module), which highdicom leaves out: `complete_segmentation` adds
+it, empty or copied from the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+# Patient and General Study module attributes of Type 2 that highdicom copies from the first source.
+TYPE2_PATIENT_STUDY_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def with_type2_attributes(dataset: Dataset) -> Dataset:
+    """`dataset` itself when it has every `TYPE2_PATIENT_STUDY_ATTRIBUTES`, else a shallow copy with the missing
+    ones present and empty (the elements are shared, the dataset is not modified)."""
+    missing = [keyword for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES if keyword not in dataset]
+    if not missing:
+        return dataset
+    completed = Dataset()
+    if hasattr(dataset, "file_meta"):
+        completed.file_meta = dataset.file_meta
+    for element in dataset:
+        completed.add(element)
+    for keyword in missing:
+        setattr(completed, keyword, None)  # an empty value: what Type 2 means by "unknown"
+    return completed
+
+
+def complete_segmentation(segmentation: Dataset, source_images: Sequence[Dataset]) -> Dataset:
+    """Add Patient Orientation to a SEG whose sources have no Image Orientation (Patient) (Type 2C), in place."""
+    if "PatientOrientation" in segmentation or "FrameOfReferenceUID" in segmentation:
+        return segmentation
+    orientations = {tuple(source.get("PatientOrientation") or ()) for source in source_images}
+    segmentation.PatientOrientation = list(orientations.pop()) if len(orientations) == 1 else None
+    return segmentation

@@ -1,0 +1,604 @@
+"""`brain-tumor dicom-node`: a DICOM node (pynetdicom) that PACS and scanners send MR studies to by C-STORE.
+
+How a study flows through it:
+
+1. **Receive.** The node answers C-ECHO and C-STORE for MR storage classes (and the greyscale Secondary Captures the
+   service reads) in the common transfer syntaxes. Only calling AE titles in `allowed_calling_ae_titles` may
+   associate (when the list is set); others are rejected at association. Each instance is written to the spool
+   (`Spool`), flushed to disk and renamed into place *before* the C-STORE is answered with success, and the study is
+   marked pending: a node killed mid-series has lost nothing it acknowledged, and a restarted node finds the pending
+   studies on disk.
+2. **Wait.** A study is complete once no instance of it arrived for `quiet_seconds` (scanners and routers send no
+   end-of-study signal); the pending marker's modification time is the last arrival, so this survives restarts.
+3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
+   instances is fingerprinted: a second send of the same instances finds its fingerprint already processed and
+   produces nothing new; an instance that arrives later changes the fingerprint, so the study is processed again
+   and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902).
+4. **Send.** The results are saved in the spool, then sent by C-STORE to every destination, each retried with
+   exponential backoff; a destination still failing is retried on later passes. Every attempt is appended to
+   ``sent.jsonl`` (the record of what was sent: destination, SOP class, SOP Instance UID of the result, status).
+
+Logs name studies by a hash of their Study Instance UID (`study_key`), never by DICOM attributes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from app.study_analysis import StudyAnalysis, StudyProcessor, dataset_bytes
+
+logger = logging.getLogger(__name__)
+
+STORAGE_CLASSES = (
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
+# Uncompressed first; compressed ones the service decodes. 12-bit JPEG Extended is left out on purpose: no decoder
+# here reads it, and without it in the list a sender falls back to an uncompressed syntax instead.
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+PENDING_MARKER = "pending"
+UNSENT_MARKER = "unsent"
+RECORD_FILE = "record.json"
+SENT_LOG = "sent.jsonl"
+FINAL_STATUSES = ("analysed", "not_analysed", "failed")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: a C-STORE SCP's AE title, host and port (from ``AE@host:port``)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """Read ``AE@host:port``.
+
+        Raises
+        ------
+        ValueError
+            If the text is not of that form, the AE title is not 1-16 characters, or the port not 1-65535.
+        """
+        ae_title, at, address = text.strip().partition("@")
+        host, colon, port = address.rpartition(":")
+        if not at or not colon or not host or not port.isdigit():
+            raise ValueError(f"a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got {text!r}")
+        if not 1 <= len(ae_title) <= 16:
+            raise ValueError(f"a destination's AE title must be 1 to 16 characters; got {ae_title!r}")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"a destination's port must be 1 to 65535; got {port}")
+        return cls(ae_title, host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What the node listens on, where it keeps its data, and where it sends results (see the module docstring)."""
+
+    spool_dir: Path
+    ae_title: str = "BRAINTUMOR"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    quiet_seconds: float = 30.0
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    send_retries: int = 4
+    send_backoff_seconds: float = 2.0
+    poll_seconds: float = 1.0
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.ae_title) <= 16:
+            raise ValueError(f"the node's AE title must be 1 to 16 characters; got {self.ae_title!r}")
+        if self.quiet_seconds <= 0 or self.poll_seconds <= 0:
+            raise ValueError(
+                f"quiet_seconds and poll_seconds must be > 0; got {self.quiet_seconds} and {self.poll_seconds}"
+            )
+        if self.send_retries < 0 or self.send_backoff_seconds < 0 or self.max_attempts < 1:
+            raise ValueError(
+                "send_retries and send_backoff_seconds must be >= 0 and max_attempts >= 1; got "
+                f"{self.send_retries}, {self.send_backoff_seconds}, {self.max_attempts}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> NodeConfig:
+        """The ``DICOM_NODE_*`` settings, with `overrides` (e.g. from the command line) where given."""
+        values: dict[str, Any] = {
+            "spool_dir": Path(settings.dicom_node_spool_dir),
+            "ae_title": settings.dicom_node_ae_title,
+            "host": settings.dicom_node_host,
+            "port": settings.dicom_node_port,
+            "quiet_seconds": settings.dicom_node_quiet_seconds,
+            "allowed_calling_ae_titles": tuple(settings.dicom_node_allowed_calling_ae_titles),
+            "destinations": tuple(Destination.parse(item) for item in settings.dicom_node_destinations),
+            "send_retries": settings.dicom_node_send_retries,
+            "send_backoff_seconds": settings.dicom_node_send_backoff_seconds,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        values["poll_seconds"] = min(1.0, values["quiet_seconds"] / 4)
+        return cls(**values)
+
+
+def study_key(study_instance_uid: str) -> str:
+    """The spool's (and the logs') name for a study: a hash, so no DICOM UID shows in paths or logs."""
+    return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:24]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write, flush to disk, then rename into place: a reader never sees half a file, a crash leaves none."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself is durable only once the directory is
+    finally:
+        os.close(directory)
+
+
+@dataclass
+class Spool:
+    """The node's on-disk state: ``studies/<key>/instances/*.dcm``, markers, ``record.json``, ``results/``."""
+
+    root: Path
+    clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        (self.root / "studies").mkdir(parents=True, exist_ok=True)
+
+    def study_dir(self, key: str) -> Path:
+        return self.root / "studies" / key
+
+    def store_instance(self, study_instance_uid: str, sop_instance_uid: str, data: bytes) -> str:
+        """Keep one received instance (Part 10 bytes) and mark its study pending; return the study key."""
+        key = study_key(study_instance_uid)
+        instances = self.study_dir(key) / "instances"
+        instances.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm"
+        _write_atomically(instances / name, data)
+        self.touch_pending(key)
+        return key
+
+    def touch_pending(self, key: str, at: float | None = None) -> None:
+        marker = self.study_dir(key) / PENDING_MARKER
+        with self._lock:
+            marker.touch()
+            now = self.clock() if at is None else at
+            os.utime(marker, (now, now))
+
+    def pending_studies(self) -> dict[str, float]:
+        """Study key -> time of its last arrival, for every study with a pending marker."""
+        found = {}
+        for marker in (self.root / "studies").glob(f"*/{PENDING_MARKER}"):
+            try:
+                found[marker.parent.name] = marker.stat().st_mtime
+            except FileNotFoundError:  # cleared meanwhile
+                continue
+        return found
+
+    def clear_pending(self, key: str, seen_mtime: float) -> bool:
+        """Remove the marker unless an instance arrived since `seen_mtime`; True if removed."""
+        marker = self.study_dir(key) / PENDING_MARKER
+        with self._lock:
+            try:
+                if marker.stat().st_mtime != seen_mtime:
+                    return False
+                marker.unlink()
+            except FileNotFoundError:
+                pass
+        return True
+
+    def instance_files(self, key: str) -> list[Path]:
+        return sorted((self.study_dir(key) / "instances").glob("*.dcm"))
+
+    def fingerprint(self, files: Sequence[Path]) -> str:
+        """The set of instances (their names are hashes of SOP Instance UIDs); a re-send of the same set matches."""
+        return hashlib.sha256("\n".join(sorted(path.name for path in files)).encode()).hexdigest()[:32]
+
+    def read_record(self, key: str) -> dict[str, Any]:
+        path = self.study_dir(key) / RECORD_FILE
+        if not path.exists():
+            return {"runs": []}
+        return json.loads(path.read_text())
+
+    def write_record(self, key: str, record: dict[str, Any]) -> None:
+        _write_atomically(self.study_dir(key) / RECORD_FILE, json.dumps(record, indent=1).encode())
+
+    def save_results(self, key: str, run_id: str, datasets: Sequence[Dataset]) -> list[Path]:
+        directory = self.study_dir(key) / "results" / run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, dataset in enumerate(datasets):
+            path = directory / f"{index:02d}_{dataset.Modality}.dcm"
+            _write_atomically(path, dataset_bytes(dataset))
+            paths.append(path)
+        return paths
+
+    def log_sent(self, entry: dict[str, Any]) -> None:
+        with self._lock, open(self.root / SENT_LOG, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def sent_log(self) -> list[dict[str, Any]]:
+        path = self.root / SENT_LOG
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class ResultSender:
+    """C-STORE SCU of results to one destination, each association retried with exponential backoff."""
+
+    def __init__(
+        self, ae_title: str, retries: int, backoff_seconds: float, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.ae = AE(ae_title=ae_title)
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+        self._sleep = sleep
+
+    def send(self, destination: Destination, paths: Sequence[Path]) -> tuple[bool, int, str]:
+        """Send every file in one association; return (all stored, attempts made, last failure or "")."""
+        datasets = [pydicom.dcmread(path) for path in paths]
+        self.ae.requested_contexts = []
+        for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets}):
+            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        failure = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self._sleep(self.backoff_seconds * 2 ** (attempt - 1))
+            failure = self._send_once(destination, datasets)
+            if not failure:
+                return True, attempt + 1, ""
+            logger.warning(
+                "sending results failed", extra={"fields": {"destination": str(destination), "reason": failure}}
+            )
+        return False, self.retries + 1, failure
+
+    def _send_once(self, destination: Destination, datasets: Sequence[Dataset]) -> str:
+        association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not association.is_established:
+            return "association rejected or destination unreachable"
+        try:
+            for dataset in datasets:
+                status = association.send_c_store(dataset)
+                code = int(status.Status) if status is not None and "Status" in status else None
+                if code is None:
+                    return "no C-STORE response"
+                if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
+                    return f"C-STORE status 0x{code:04X}"
+        finally:
+            association.release()
+        return ""
+
+
+class DicomNode:
+    """The node: a C-STORE SCP that spools, a worker that processes quiet studies and sends their results.
+
+    `process_ready` and `send_unsent` are one step each of the worker, public so that tests (and a caller that
+    wants its own loop) can drive them with their own clock.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        processor: StudyProcessor,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self.processor = processor
+        self.clock = clock
+        self.spool = Spool(config.spool_dir, clock=clock)
+        self.sender = ResultSender(config.ae_title, config.send_retries, config.send_backoff_seconds, sleep)
+        self._server: Any = None
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    # -- receiving -------------------------------------------------------------------------------------------
+
+    def start(self, worker: bool = True) -> None:
+        """Listen (in pynetdicom's threads) and, with `worker`, process and send in a background thread."""
+        ae = AE(ae_title=self.config.ae_title)
+        ae.add_supported_context(Verification)
+        for sop_class in STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        if self.config.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(self.config.allowed_calling_ae_titles)
+        else:
+            logger.warning("the DICOM node accepts any calling AE title (DICOM_NODE_ALLOWED_CALLING_AE_TITLES unset)")
+        ae.require_called_aet = True  # refuse associations addressed to another AE title
+        handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, self._handle_store)]
+        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        logger.info(
+            "DICOM node listening",
+            extra={"fields": {"host": self.config.host, "port": self.config.port, "ae_title": self.config.ae_title}},
+        )
+        if worker:
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._work, name="dicom-node-worker", daemon=True)
+            self._worker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=60)
+            self._worker = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _handle_store(self, event: Any) -> int:
+        try:
+            dataset = event.dataset
+            study_uid = str(dataset.StudyInstanceUID)
+            sop_uid = str(event.request.AffectedSOPInstanceUID)
+        except Exception:  # a dataset we cannot even parse: say so rather than keep it
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
+            key = self.spool.store_instance(study_uid, sop_uid, data)
+        except OSError:
+            logger.exception("instance not stored")
+            return STATUS_OUT_OF_RESOURCES
+        logger.debug("instance stored", extra={"fields": {"study_key": key}})
+        return STATUS_SUCCESS
+
+    # -- processing ------------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.wait(self.config.poll_seconds):
+            try:
+                self.process_ready()
+                self.send_unsent()
+            except Exception:  # a bug must not stop the node receiving; logged with its traceback
+                logger.exception("DICOM node pass failed")
+
+    def process_ready(self) -> list[str]:
+        """Process every study quiet for `quiet_seconds`; return the keys of the studies processed anew."""
+        now = self.clock()
+        processed = []
+        for key, last_arrival in sorted(self.spool.pending_studies().items(), key=lambda item: item[1]):
+            if now - last_arrival < self.config.quiet_seconds:
+                continue
+            if self._process_study(key, last_arrival):
+                processed.append(key)
+        return processed
+
+    def _process_study(self, key: str, last_arrival: float) -> bool:
+        files = self.spool.instance_files(key)
+        fingerprint = self.spool.fingerprint(files)
+        record = self.spool.read_record(key)
+        runs = record["runs"]
+        done = [run for run in runs if run["fingerprint"] == fingerprint and run["status"] in FINAL_STATUSES]
+        if done:  # the same instances again: nothing new to say
+            logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
+            self.spool.clear_pending(key, last_arrival)
+            return False
+        attempts = sum(1 for run in runs if run["fingerprint"] == fingerprint and run["status"] == "error")
+        run: dict[str, Any] = {
+            "run_id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
+            "fingerprint": fingerprint,
+            "instances": len(files),
+            "started_at": _timestamp(),
+        }
+        try:
+            analysis = self.processor(files)
+        except Exception as error:  # a bug or a resource problem: retried after another quiet period
+            run.update(status="error", error=type(error).__name__, finished_at=_timestamp())
+            runs.append(run)
+            self.spool.write_record(key, record)
+            logger.exception("study processing failed", extra={"fields": {"study_key": key}})
+            if attempts + 1 < self.config.max_attempts:
+                self.spool.touch_pending(key)
+            else:
+                self.spool.clear_pending(key, last_arrival)
+            return False
+        self._record_analysis(key, record, run, analysis)
+        self.spool.clear_pending(key, last_arrival)
+        return True
+
+    def _record_analysis(self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis) -> None:
+        previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
+        results = self.spool.save_results(key, run["run_id"], analysis.datasets)
+        run.update(
+            status=analysis.status,
+            reason=analysis.reason,
+            summary=analysis.summary,
+            results=[
+                {
+                    "file": path.name,
+                    "modality": str(dataset.Modality),
+                    "sop_class_uid": str(dataset.SOPClassUID),
+                    "sop_instance_uid": str(dataset.SOPInstanceUID),
+                }
+                for path, dataset in zip(results, analysis.datasets, strict=True)
+            ],
+            supersedes=previous["run_id"] if previous is not None and results else None,
+            sent={str(destination): {"status": "pending", "attempts": 0} for destination in self.config.destinations}
+            if results
+            else {},
+            finished_at=_timestamp(),
+        )
+        record["runs"].append(run)
+        self.spool.write_record(key, record)
+        logger.info(
+            "study processed",
+            extra={"fields": {"study_key": key, "status": analysis.status, "results": len(results)}},
+        )
+        if run["sent"]:
+            (self.spool.study_dir(key) / UNSENT_MARKER).touch()
+            self._send_run(key, record, run)
+
+    # -- sending ---------------------------------------------------------------------------------------------
+
+    def send_unsent(self) -> int:
+        """Retry destinations that failed in earlier passes, once their backoff has passed; return runs tried."""
+        tried = 0
+        now = self.clock()
+        for marker in sorted((self.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")):
+            key = marker.parent.name
+            record = self.spool.read_record(key)
+            for run in record["runs"]:
+                waiting = [item for item in run.get("sent", {}).values() if item["status"] != "sent"]
+                if waiting and all(item.get("next_attempt_at", 0) <= now for item in waiting):
+                    self._send_run(key, record, run)
+                    tried += 1
+        return tried
+
+    def _send_run(self, key: str, record: dict[str, Any], run: dict[str, Any]) -> None:
+        paths = [self.spool.study_dir(key) / "results" / run["run_id"] / item["file"] for item in run["results"]]
+        for destination in self.config.destinations:
+            state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
+            if state["status"] == "sent":
+                continue
+            ok, attempts, failure = self.sender.send(destination, paths)
+            state["attempts"] += attempts
+            state["status"] = "sent" if ok else "failed"
+            state["last_error"] = failure or None
+            state["at"] = _timestamp()
+            # Later passes retry a failed destination, waiting longer each time (capped at 10 minutes).
+            rounds = state["attempts"] // (self.config.send_retries + 1)
+            state["next_attempt_at"] = self.clock() + min(600.0, self.config.send_backoff_seconds * 2**rounds)
+            for item in run["results"]:
+                self.spool.log_sent(
+                    {
+                        "at": state["at"],
+                        "study_key": key,
+                        "run_id": run["run_id"],
+                        "destination": str(destination),
+                        "modality": item["modality"],
+                        "sop_class_uid": item["sop_class_uid"],
+                        "sop_instance_uid": item["sop_instance_uid"],
+                        "status": state["status"],
+                        "attempts": attempts,
+                        "error": state["last_error"],
+                    }
+                )
+            logger.info(
+                "results sent" if ok else "results not sent",
+                extra={"fields": {"study_key": key, "destination": str(destination), "attempts": attempts}},
+            )
+        self.spool.write_record(key, record)
+        if all(state["status"] == "sent" for run_ in record["runs"] for state in run_.get("sent", {}).values()):
+            (self.spool.study_dir(key) / UNSENT_MARKER).unlink(missing_ok=True)
+
+
+def _handle_echo(event: Any) -> int:
+    return STATUS_SUCCESS
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``brain-tumor dicom-node``; unset ones come from the settings (``DICOM_NODE_*``)."""
+    parser.add_argument("--ae-title", help="AE title to answer to (default: DICOM_NODE_AE_TITLE)")
+    parser.add_argument("--host", help="address to listen on (default: DICOM_NODE_HOST)")
+    parser.add_argument("--port", type=int, help="DICOM port (default: DICOM_NODE_PORT)")
+    parser.add_argument("--spool-dir", type=Path, help="where instances and results are kept (DICOM_NODE_SPOOL_DIR)")
+    parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
+
+
+def main(args: argparse.Namespace, settings: Any = None) -> int:
+    """Entry point of ``brain-tumor dicom-node``: load the models once, listen until interrupted.
+
+    Returns 0 when stopped by SIGINT/SIGTERM, 2 for a bad configuration.
+    """
+    import signal
+
+    from app.inference import Predictor
+    from app.sequence_selection import SelectionRules
+    from app.settings import get_settings
+    from app.study_analysis import ModelStudyProcessor
+    from app.uploads import UploadLimits
+
+    settings = settings or get_settings()
+    try:
+        config = NodeConfig.from_settings(
+            settings, ae_title=args.ae_title, host=args.host, port=args.port, spool_dir=args.spool_dir
+        )
+        rules = SelectionRules.from_settings(settings)
+    except ValueError as error:
+        print(json.dumps({"error": {"code": "invalid_configuration", "message": str(error)}}))
+        return 2
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
+    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
+    predictor.warm_up()
+    node = DicomNode(config, ModelStudyProcessor(predictor, rules, UploadLimits.from_settings(settings)))
+    stopped = threading.Event()
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda number, frame: stopped.set())
+    node.start()
+    try:
+        stopped.wait()
+    finally:
+        node.stop()
+    return 0

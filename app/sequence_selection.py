@@ -1,0 +1,354 @@
+"""Which series of a study the models read: FLAIR, and the pre- and post-contrast T1 series when both are there.
+
+The models learned FLAIR (with pre- and post-contrast T1 as the other two channels). Scanners and PACS send series
+in no useful order, so the roles come from each series' own attributes, never from its position in a request:
+
+1. **Text**: Series Description or Protocol Name matched case-insensitively against wildcards (`SelectionRules`).
+   A name that matches a T1 wildcard is T1 even when it also says FLAIR (``T1 FLAIR`` is T1-weighted).
+2. **Sequence attributes**, which confirm or replace the text: an inversion-recovery sequence (Scanning Sequence
+   ``IR``) with Inversion Time at or above `flair_min_inversion_ms` is FLAIR (fluid suppression needs TI about
+   1500-2800 ms; STIR and T1-weighted IR use far shorter TIs); a named FLAIR whose stated TI is below that is not
+   FLAIR. Without a name, short TR and TE (`t1_max_repetition_ms`, `t1_max_echo_ms`) or an IR with a TI between
+   `t1_inversion_ms` is T1.
+3. **Contrast**: a T1 (or FLAIR) series is post-contrast when its Contrast/Bolus Agent (or Ingredient, Route,
+   Volume) is filled in, or its name matches a post-contrast wildcard (``*POST*``, ``*+C*``, ``*GAD*``).
+
+A study is analysed when it has a FLAIR series; the pre- and post-contrast T1 series are used only when exactly one
+of each is found, else FLAIR goes alone (as the models were trained to accept) and the selection says why. Several
+FLAIR candidates are ranked by evidence (name and attributes over either alone; no contrast over contrast), then by
+Series Number and UID, so any order of the same series gives the same answer. A study with no FLAIR is not analysed,
+with the reason. Pure functions: no I/O, no logging.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+DEFAULT_FLAIR_PATTERNS = ("*FLAIR*", "*DARK*FLUID*", "*DARKFLUID*", "*T2*FLAIR*", "*T2*IR*FS*")
+DEFAULT_T1_PATTERNS = ("*T1*", "*MPRAGE*", "*MP-RAGE*", "*SPGR*", "*BRAVO*", "*TFE*T1*")
+DEFAULT_POST_CONTRAST_PATTERNS = ("*POST*", "*+C*", "*+ C*", "*GAD*", "*GD*", "*CONTRAST*", "* C+*", "*CE*T1*")
+CONTRAST_ATTRIBUTES = ("ContrastBolusAgent", "ContrastBolusIngredient", "ContrastBolusRoute", "ContrastBolusVolume")
+
+
+class SequenceRole(StrEnum):
+    FLAIR = "FLAIR"
+    T1_PRE = "T1 pre-contrast"
+    T1_POST = "T1 post-contrast"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """The rules of `select_sequences` (from the settings: `from_settings`).
+
+    Attributes
+    ----------
+    flair_patterns, t1_patterns, post_contrast_patterns
+        Case-insensitive wildcards (``*``, ``?``) on Series Description and Protocol Name.
+    flair_min_inversion_ms
+        Inversion Time at or above which an IR sequence is FLAIR.
+    t1_inversion_ms
+        Inversion Time range (low, high) of a T1-weighted IR (MPRAGE, T1 FLAIR).
+    t1_max_repetition_ms, t1_max_echo_ms
+        Repetition and Echo Time at or below which an unnamed spin- or gradient-echo series is T1-weighted.
+    """
+
+    flair_patterns: tuple[str, ...] = DEFAULT_FLAIR_PATTERNS
+    t1_patterns: tuple[str, ...] = DEFAULT_T1_PATTERNS
+    post_contrast_patterns: tuple[str, ...] = DEFAULT_POST_CONTRAST_PATTERNS
+    flair_min_inversion_ms: float = 1500.0
+    t1_inversion_ms: tuple[float, float] = (300.0, 1300.0)
+    t1_max_repetition_ms: float = 1000.0
+    t1_max_echo_ms: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.flair_patterns:
+            raise ValueError("flair_patterns must hold at least one wildcard; got none")
+        low, high = self.t1_inversion_ms
+        if not 0 <= low < high <= self.flair_min_inversion_ms:
+            raise ValueError(
+                "t1_inversion_ms must be a range (low, high) with 0 <= low < high <= flair_min_inversion_ms; "
+                f"got {self.t1_inversion_ms} with flair_min_inversion_ms {self.flair_min_inversion_ms}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SelectionRules:
+        """The rules named in `app.settings.Settings` (``SEQUENCE_*``)."""
+        return cls(
+            flair_patterns=tuple(settings.sequence_flair_patterns),
+            t1_patterns=tuple(settings.sequence_t1_patterns),
+            post_contrast_patterns=tuple(settings.sequence_post_contrast_patterns),
+            flair_min_inversion_ms=settings.sequence_flair_min_inversion_ms,
+        )
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What the selection reads of a series: from any one of its instances (they share these attributes)."""
+
+    series_instance_uid: str
+    series_number: int | None
+    modality: str
+    description: str
+    protocol_name: str
+    scanning_sequence: tuple[str, ...]
+    inversion_time_ms: float | None
+    repetition_time_ms: float | None
+    echo_time_ms: float | None
+    contrast_agent: str
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> SeriesInfo:
+        return cls(
+            series_instance_uid=str(dataset.get("SeriesInstanceUID", "")),
+            series_number=_integer(dataset.get("SeriesNumber")),
+            modality=str(dataset.get("Modality", "") or ""),
+            description=str(dataset.get("SeriesDescription", "") or ""),
+            protocol_name=str(dataset.get("ProtocolName", "") or ""),
+            scanning_sequence=tuple(str(item).upper() for item in _values(dataset.get("ScanningSequence"))),
+            inversion_time_ms=_number(
+                _sequence_value(dataset, "MRTimingAndRelatedParametersSequence", "InversionTime")
+            ),
+            repetition_time_ms=_number(
+                _sequence_value(dataset, "MRTimingAndRelatedParametersSequence", "RepetitionTime")
+            ),
+            echo_time_ms=_number(dataset.get("EchoTime")),
+            contrast_agent=" ".join(
+                str(dataset.get(keyword) or "").strip() for keyword in CONTRAST_ATTRIBUTES if dataset.get(keyword)
+            ).strip(),
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name in (self.description, self.protocol_name) if name)
+
+    def sort_key(self) -> tuple[int, str]:
+        return (self.series_number if self.series_number is not None else 1 << 30, self.series_instance_uid)
+
+
+@dataclass(frozen=True)
+class SeriesClassification:
+    """A series' role and the evidence for it (a short sentence, free of patient data)."""
+
+    series: SeriesInfo
+    role: SequenceRole
+    evidence: str
+    named: bool = False
+    by_attributes: bool = False
+    contrast: bool = False
+
+
+@dataclass(frozen=True)
+class StudySelection:
+    """The series the models read, or why none.
+
+    Attributes
+    ----------
+    flair, pre_contrast, post_contrast
+        The chosen series (T1s only when both are found, once each); None where absent.
+    reason
+        Why the study is not analysed; None when it is.
+    notes
+        What else the selection decided (a T1 left out, several FLAIR candidates).
+    classifications
+        Every series of the study with its role and evidence, by Series Number.
+    """
+
+    flair: SeriesInfo | None
+    pre_contrast: SeriesInfo | None
+    post_contrast: SeriesInfo | None
+    reason: str | None
+    notes: tuple[str, ...] = ()
+    classifications: tuple[SeriesClassification, ...] = field(default_factory=tuple)
+
+    @property
+    def analysed(self) -> bool:
+        return self.flair is not None
+
+    @property
+    def channel_series(self) -> tuple[str, ...]:
+        """Series Instance UIDs in model channel order: (pre, FLAIR, post), or (FLAIR,) alone; () if not analysed."""
+        if self.flair is None:
+            return ()
+        if self.pre_contrast is not None and self.post_contrast is not None:
+            return (
+                self.pre_contrast.series_instance_uid,
+                self.flair.series_instance_uid,
+                self.post_contrast.series_instance_uid,
+            )
+        return (self.flair.series_instance_uid,)
+
+
+def classify_series(series: SeriesInfo, rules: SelectionRules | None = None) -> SeriesClassification:
+    """The role of one series by the module's rules (text, then sequence attributes, then contrast)."""
+    rules = rules or SelectionRules()
+    if series.modality and series.modality.upper() != "MR":
+        return SeriesClassification(series, SequenceRole.OTHER, f"Modality is {series.modality}, not MR")
+    contrast_evidence = _contrast_evidence(series, rules)
+    named_t1 = _first_match(series.names, rules.t1_patterns)
+    named_flair = _first_match(series.names, rules.flair_patterns)
+    inversion = series.inversion_time_ms
+    is_ir = "IR" in series.scanning_sequence
+    if named_t1 is not None:
+        return _t1(series, f"name matches {named_t1}", contrast_evidence, named=True)
+    if named_flair is not None:
+        if inversion is not None and inversion < rules.flair_min_inversion_ms:
+            return SeriesClassification(
+                series,
+                SequenceRole.OTHER,
+                f"name matches {named_flair} but Inversion Time {inversion:g} ms is below the FLAIR minimum "
+                f"{rules.flair_min_inversion_ms:g} ms",
+            )
+        confirmed = inversion is not None
+        evidence = f"name matches {named_flair}" + (f", Inversion Time {inversion:g} ms" if confirmed else "")
+        return SeriesClassification(
+            series, SequenceRole.FLAIR, evidence, named=True, by_attributes=confirmed, contrast=bool(contrast_evidence)
+        )
+    if is_ir and inversion is not None and inversion >= rules.flair_min_inversion_ms:
+        return SeriesClassification(
+            series,
+            SequenceRole.FLAIR,
+            f"inversion recovery with Inversion Time {inversion:g} ms",
+            by_attributes=True,
+            contrast=bool(contrast_evidence),
+        )
+    low, high = rules.t1_inversion_ms
+    if is_ir and inversion is not None and low <= inversion <= high:
+        return _t1(series, f"inversion recovery with Inversion Time {inversion:g} ms", contrast_evidence)
+    repetition, echo = series.repetition_time_ms, series.echo_time_ms
+    if (
+        not is_ir
+        and repetition is not None
+        and echo is not None
+        and repetition <= rules.t1_max_repetition_ms
+        and echo <= rules.t1_max_echo_ms
+    ):
+        return _t1(series, f"Repetition Time {repetition:g} ms and Echo Time {echo:g} ms", contrast_evidence)
+    return SeriesClassification(series, SequenceRole.OTHER, "neither name nor sequence attributes say FLAIR or T1")
+
+
+def select_sequences(datasets: Iterable[Dataset], rules: SelectionRules | None = None) -> StudySelection:
+    """Choose the FLAIR series of a study and, when there is one of each, its pre- and post-contrast T1 series.
+
+    Parameters
+    ----------
+    datasets
+        One dataset (headers suffice) per series of the study, or every instance: series are told apart by
+        Series Instance UID and the first dataset of each is read.
+    rules
+        Default: `SelectionRules()`.
+
+    Returns
+    -------
+    StudySelection
+        The same for any order of `datasets`.
+    """
+    rules = rules or SelectionRules()
+    first_of_series: dict[str, Dataset] = {}
+    for dataset in datasets:
+        first_of_series.setdefault(str(dataset.get("SeriesInstanceUID", "")), dataset)
+    infos = sorted((SeriesInfo.from_dataset(dataset) for dataset in first_of_series.values()), key=SeriesInfo.sort_key)
+    classifications = tuple(classify_series(info, rules) for info in infos)
+    return _select(classifications)
+
+
+def _select(classifications: tuple[SeriesClassification, ...]) -> StudySelection:
+    by_role: dict[SequenceRole, list[SeriesClassification]] = {}
+    for item in classifications:
+        by_role.setdefault(item.role, []).append(item)
+    flairs = by_role.get(SequenceRole.FLAIR, [])
+    if not flairs:
+        found = ", ".join(f"{item.role.value} ({item.evidence})" for item in classifications) or "no series"
+        return StudySelection(
+            None,
+            None,
+            None,
+            reason=f"the study has no FLAIR series (the models read FLAIR); found: {found}",
+            classifications=classifications,
+        )
+    # More evidence first, then no contrast (the models learned pre-contrast FLAIR); ties by Series Number and UID.
+    ranked = sorted(
+        flairs, key=lambda item: (-(int(item.named) + int(item.by_attributes)), item.contrast, item.series.sort_key())
+    )
+    notes = []
+    if len(ranked) > 1:
+        notes.append(
+            f"{len(ranked)} FLAIR series found; used the one with series number {ranked[0].series.series_number}"
+        )
+    pre = by_role.get(SequenceRole.T1_PRE, [])
+    post = by_role.get(SequenceRole.T1_POST, [])
+    if len(pre) == 1 and len(post) == 1:
+        return StudySelection(
+            ranked[0].series, pre[0].series, post[0].series, None, tuple(notes), classifications=classifications
+        )
+    if pre or post:
+        notes.append(
+            f"T1 series left out (found {len(pre)} pre-contrast and {len(post)} post-contrast; one of each is needed): "
+            "FLAIR analysed alone"
+        )
+    return StudySelection(ranked[0].series, None, None, None, tuple(notes), classifications=classifications)
+
+
+def _t1(series: SeriesInfo, evidence: str, contrast_evidence: str | None, named: bool = False) -> SeriesClassification:
+    if contrast_evidence:
+        return SeriesClassification(
+            series, SequenceRole.T1_POST, f"{evidence}; {contrast_evidence}", named=named, contrast=True
+        )
+    return SeriesClassification(series, SequenceRole.T1_PRE, f"{evidence}; no contrast agent stated", named=named)
+
+
+def _contrast_evidence(series: SeriesInfo, rules: SelectionRules) -> str | None:
+    if series.contrast_agent:
+        return "Contrast/Bolus attributes filled in"
+    pattern = _first_match(series.names, rules.post_contrast_patterns)
+    return f"name matches {pattern}" if pattern is not None else None
+
+
+def _first_match(names: Sequence[str], patterns: Sequence[str]) -> str | None:
+    for pattern in patterns:
+        if any(fnmatch.fnmatchcase(name.upper(), pattern.upper()) for name in names):
+            return pattern
+    return None
+
+
+def _sequence_value(dataset: Dataset, sequence: str, keyword: str) -> object | None:
+    """A top-level attribute, else the first item's of a shared functional group (enhanced MR objects)."""
+    if keyword in dataset:
+        return dataset.get(keyword)
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    if shared:
+        items = shared[0].get(sequence)
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    return None
+
+
+def _values(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return [value]
+
+
+def _number(value: object) -> float | None:
+    items = _values(value)
+    try:
+        return float(items[0]) if items else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _integer(value: object) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None

@@ -1,0 +1,182 @@
+"""One study in, the objects to send back out: sequence selection, the series flow, the SEG and the volume report.
+
+`StudyProcessor` is the small interface the DICOM node calls (`app.dicom_node`): files of one study in, a
+`StudyAnalysis` out. `ModelStudyProcessor` is the implementation on the service's models; it runs the chosen series
+through the prediction flow of the HTTP API, the CLI and pacs-sync (`app.prediction.PredictionService.predict_dicom`:
+budget, decoding, the models, the series clean-up, the SEG and the volume), so the node has no pipeline of its own.
+
+What it does with a study:
+
+1. read every file's header and choose the series (`app.sequence_selection`); a study without FLAIR is
+   "not_analysed" with the reason, and nothing is sent;
+2. read the chosen series' pixels; a file that fails is left out and counted (`file_errors`, with its code); the
+   T1 series join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
+3. run the models; build the SEG when a slice is positive and always the volume report (SR), so that "analysed, no
+   tumor" can be told from "never analysed".
+
+The summary holds no patient data: series numbers, counts, the volume, error codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from app.dicom_series import SliceInput
+from app.dicom_sr import VolumeFindings, build_volume_report
+from app.errors import InvalidDicomImageError, ServiceError
+from app.prediction import PredictionService, SeriesAnswer, predictor_runner
+from app.sequence_selection import SelectionRules, StudySelection, select_sequences
+from app.uploads import UploadLimits
+
+if TYPE_CHECKING:
+    from app.inference import Predictor
+
+DEFAULT_BATCH_SIZE = 16
+
+AnalysisStatus = Literal["analysed", "not_analysed", "failed"]
+
+
+@dataclass(frozen=True)
+class StudyAnalysis:
+    """The outcome for one study.
+
+    Attributes
+    ----------
+    status
+        "analysed" (results to send), "not_analysed" (no FLAIR: `reason` says why), "failed" (nothing readable).
+    reason
+        Why the study was not analysed or failed; None when analysed.
+    datasets
+        What to send: the SEG (when a slice is positive) and the volume report.
+    summary
+        JSON-ready facts for the node's record, free of patient data.
+    """
+
+    status: AnalysisStatus
+    reason: str | None = None
+    datasets: list[Dataset] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+StudyProcessor = Callable[[Sequence[Path]], StudyAnalysis]
+
+
+class ModelStudyProcessor:
+    """`StudyProcessor` on the service's models (see the module docstring)."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        rules: SelectionRules | None = None,
+        limits: UploadLimits | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.predictor = predictor
+        self.rules = rules or SelectionRules()
+        # One thread, one study at a time: the models run in the calling thread, as in pacs-sync.
+        self.service = PredictionService(
+            predictor, predictor_runner(predictor, batch_size), limits or UploadLimits(), offload=False
+        )
+
+    def __call__(self, files: Sequence[Path]) -> StudyAnalysis:
+        headers: dict[Path, Dataset] = {}
+        file_errors: dict[str, int] = {}
+        for path in files:
+            try:
+                headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # unreadable header: counted, never fatal for the rest of the study
+                file_errors["unreadable_header"] = file_errors.get("unreadable_header", 0) + 1
+        selection = select_sequences(headers.values(), self.rules)
+        summary: dict[str, Any] = {"files": len(files), "series": _series_summary(selection)}
+        if not selection.analysed:
+            return StudyAnalysis(
+                "not_analysed", reason=selection.reason, summary=summary | {"file_errors": file_errors}
+            )
+        files_by_series: dict[str, list[bytes]] = {uid: [] for uid in selection.channel_series}
+        for path, header in sorted(headers.items(), key=lambda item: _instance_order(item[1])):
+            series_uid = str(header.get("SeriesInstanceUID", ""))
+            if series_uid in files_by_series:
+                files_by_series[series_uid].append(path.read_bytes())
+        notes = list(selection.notes)
+        summary.update(file_errors=file_errors, notes=notes)
+        try:
+            answer = self._predict(selection, files_by_series, notes)
+        except ServiceError as error:
+            return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
+        for error in answer.file_errors.values():
+            file_errors[error.code] = file_errors.get(error.code, 0) + 1
+        result = answer.result
+        inputs = result.inputs
+        positive = sum(prediction.detected for prediction in result.predictions)
+        findings = VolumeFindings(
+            tumor_detected=positive > 0,
+            tumor_volume_ml=result.tumor_volume_ml,
+            slices_analysed=len(inputs),
+            slices_with_tumor=positive,
+        )
+        report = build_volume_report(_unique_headers(inputs), findings, self.predictor.model_tags, result.segmentation)
+        datasets = [*([result.segmentation] if result.segmentation is not None else []), report]
+        summary.update(
+            channels=len(inputs[0].channels),
+            slices=len(inputs),
+            positive_slices=positive,
+            tumor_volume_ml=result.tumor_volume_ml,
+            models=dict(self.predictor.model_tags),
+        )
+        return StudyAnalysis("analysed", datasets=datasets, summary=summary)
+
+    def _predict(
+        self, selection: StudySelection, files_by_series: dict[str, list[bytes]], notes: list[str]
+    ) -> SeriesAnswer:
+        """Pre, FLAIR, post files in that order (the flow pairs their slices by position), else FLAIR alone."""
+        flair = files_by_series[selection.flair.series_instance_uid] if selection.flair is not None else []
+        if len(selection.channel_series) == 3:
+            ordered = [data for uid in selection.channel_series for data in files_by_series[uid]]
+            try:
+                return asyncio.run(self.service.predict_dicom(ordered, build_seg=True))
+            except InvalidDicomImageError as error:
+                notes.append(f"T1 series left out: their slices do not pair with FLAIR ({error.message})")
+        return asyncio.run(self.service.predict_dicom(flair, build_seg=True))
+
+
+def dataset_bytes(dataset: Dataset) -> bytes:
+    """A result as a DICOM Part 10 file."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _unique_headers(inputs: Sequence[SliceInput]) -> list[Dataset]:
+    headers: dict[str, Dataset] = {}
+    for slice_input in inputs:
+        headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
+    return list(headers.values())
+
+
+def _instance_order(header: Dataset) -> tuple[int, str]:
+    number = header.get("InstanceNumber")
+    try:
+        return (int(number), str(header.get("SOPInstanceUID", "")))
+    except (TypeError, ValueError):
+        return (1 << 30, str(header.get("SOPInstanceUID", "")))
+
+
+def _series_summary(selection: StudySelection) -> list[dict[str, Any]]:
+    used = set(selection.channel_series)
+    return [
+        {
+            "series_number": item.series.series_number,
+            "role": item.role.value,
+            "evidence": item.evidence,
+            "used": item.series.series_instance_uid in used,
+        }
+        for item in selection.classifications
+    ]

@@ -1,0 +1,109 @@
+"""Defects 3, 4 and 7 of issue 17: sources without Type 2 attributes, Secondary Captures, 12-bit JPEG Extended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
+
+from app.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES, with_type2_attributes
+from app.dicom_input import read_dicom
+from app.dicom_seg import build_segmentation
+from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom_series import prepare_inputs
+from app.errors import UnsupportedDicomError
+from tests.conftest import TUMOR_SERIES, read_truth
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.validation import dciodvfy_errors
+
+MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
+
+
+def secondary_capture(dataset: Dataset, modality: str) -> Dataset:
+    """The MR instance as a Secondary Capture: no patient coordinate system, as a screen capture has."""
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    dataset.Modality = modality
+    dataset.ConversionType = "WSD"
+    for keyword in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "SliceThickness",
+        "SpacingBetweenSlices",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+    ):
+        delattr(dataset, keyword)
+    return dataset
+
+
+def test_seg_of_sources_without_type2_attributes_is_built_and_valid() -> None:
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES:
+            delattr(dataset, keyword)  # as some de-identification tools leave them
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+    masks = [read_truth(path) for path in TUMOR_SERIES]
+
+    seg = build_segmentation(inputs, masks, MODEL_TAGS)
+
+    assert "PatientBirthDate" in seg and not seg.PatientBirthDate and not seg.AccessionNumber  # present, empty
+    assert "PatientBirthDate" not in inputs[0].reference.header  # the source headers are left alone
+    decoded = read_segmentation_masks(seg)
+    np.testing.assert_array_equal(decoded[series[1].SOPInstanceUID][0], masks[1])
+    assert dciodvfy_errors(seg, "Segmentation") == []
+
+
+def test_with_type2_attributes_returns_a_complete_dataset_unchanged() -> None:
+    dataset = mr_series(tumor_channels()[:1])[0]
+
+    assert with_type2_attributes(dataset) is dataset
+
+
+def test_seg_of_an_mr_secondary_capture_is_valid() -> None:
+    capture = secondary_capture(mr_series(tumor_channels()[:1])[0], "MR")
+    inputs = prepare_inputs(read_dicom(to_bytes(capture)))
+
+    seg = build_segmentation(inputs, [read_truth(TUMOR_SERIES[0])], MODEL_TAGS)
+
+    assert "PatientOrientation" in seg
+    assert dciodvfy_errors(seg, "Segmentation") == []
+
+
+@pytest.mark.parametrize("modality", ["NM", "OT", ""])
+def test_non_mr_secondary_capture_is_unsupported_naming_the_modality(modality: str) -> None:
+    capture = secondary_capture(mr_series(tumor_channels()[:1])[0], modality)
+
+    with pytest.raises(UnsupportedDicomError) as caught:
+        read_dicom(to_bytes(capture))
+
+    assert caught.value.message == (
+        "a DICOM Secondary Capture is read only as a capture of an MR slice (Modality MR); "
+        f"got Modality {modality or 'missing'}"
+    )
+
+
+def test_nm_secondary_capture_test_file_is_unsupported() -> None:
+    data = Path(get_testdata_file("JPEG-lossy.dcm")).read_bytes()  # pydicom's NM Secondary Capture
+
+    with pytest.raises(UnsupportedDicomError, match="got Modality NM"):
+        read_dicom(data)
+
+
+def test_12_bit_jpeg_extended_is_unsupported_not_undecodable() -> None:
+    dataset = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))  # 12-bit JPEG Extended (1.2.840.10008.1.2.4.51)
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    dataset.Modality = "MR"
+
+    with pytest.raises(UnsupportedDicomError) as caught:
+        read_dicom(to_bytes(dataset))
+
+    assert caught.value.code == "unsupported_dicom"
+    assert caught.value.message.startswith(
+        "DICOM transfer syntax JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51) with 12 bits stored cannot be "
+        "decoded by this service"
+    )

@@ -1,0 +1,411 @@
+"""The DICOM node over real networking on 127.0.0.1: dcmtk's storescu/echoscu send, a pynetdicom SCP receives results.
+
+The models are replaced by a threshold on the FLAIR channel (`ThresholdPredictor`), so that these tests check the
+node (spooling, quiet period, once-only processing, sending, retries) and the series flow without loading Keras.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
+from pynetdicom import AE, evt
+
+from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
+from app.dicom_node import Destination, DicomNode, NodeConfig
+from app.dicom_seg import SEG_SERIES_NUMBER
+from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom_sr import SR_SERIES_NUMBER, read_volume_report
+from app.inference import SlicePrediction
+from app.prediction import PredictionService, predictor_runner
+from app.settings import Settings
+from app.study_analysis import ModelStudyProcessor
+from app.uploads import UploadLimits
+from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels
+from tests.dicom.validation import dciodvfy_errors
+
+NODE_AE, CALLING_AE, RESULTS_AE = "BRAINTUMOR", "TESTSCU", "RESULTS"
+QUIET_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not found: install the Debian package dcmtk (.ci/install-system-packages.sh)")
+    return path
+
+
+class ThresholdPredictor:
+    """Positive where the FLAIR channel of the model input is bright: deterministic masks, no models."""
+
+    model_tags = {"classifier": "threshold-classifier@0.1", "segmenter": "threshold-segmenter@0.1"}
+    classifier_threshold = 0.5
+    series_min_component_voxels = 0
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict_preprocessed(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[SlicePrediction]:
+        self.calls.append(len(sizes))
+        predictions = []
+        for model_input, (height, width) in zip(batch, sizes, strict=True):
+            bright = (model_input[..., FLAIR] > 150 / 255).astype(np.uint8)
+            mask = cv2.resize(bright, (width, height), interpolation=cv2.INTER_NEAREST)
+            detected = int(mask.sum()) > 50
+            predictions.append(SlicePrediction(0.9 if detected else 0.1, detected, mask if detected else None))
+        return predictions
+
+
+class Clock:
+    """A clock the test moves forward, so the quiet period passes without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class ResultStore:
+    """A pynetdicom C-STORE SCP for SEG and SR: where the node's results land."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[Dataset] = []
+        self._lock = threading.Lock()
+        ae = AE(ae_title=RESULTS_AE)
+        for sop_class in (SegmentationStorage, Comprehensive3DSRStorage):
+            ae.add_supported_context(sop_class)
+        self._server = ae.start_server(
+            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)]
+        )
+
+    def _handle(self, event: Any) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        with self._lock:
+            self.received.append(dataset)
+        return 0x0000
+
+    def by_modality(self, modality: str) -> list[Dataset]:
+        return [dataset for dataset in self.received if dataset.Modality == modality]
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+@pytest.fixture
+def results() -> Iterator[ResultStore]:
+    store = ResultStore(free_port())
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[Any]:
+    nodes: list[DicomNode] = []
+    port = free_port()
+
+    def make(destination_port: int | None = None, allowed: tuple[str, ...] = (CALLING_AE,)) -> DicomNode:
+        config = NodeConfig(
+            spool_dir=tmp_path / "spool",
+            ae_title=NODE_AE,
+            port=port,
+            quiet_seconds=QUIET_SECONDS,
+            allowed_calling_ae_titles=allowed,
+            destinations=(Destination(RESULTS_AE, "127.0.0.1", destination_port or results.port),),
+            send_retries=1,
+            send_backoff_seconds=1.0,  # never slept: sleep is a no-op here, the clock is the test's
+        )
+        node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()), clock=clock, sleep=lambda _: None)
+        node.start(worker=False)  # the test drives process_ready / send_unsent with its clock
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def write_files(datasets: list[Dataset], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dataset in datasets:
+        path = directory / f"{generate_uid()[-12:]}.dcm"
+        path.write_bytes(to_bytes(dataset))
+        paths.append(path)
+    return paths
+
+
+def storescu(node: DicomNode, files: list[Path], calling_ae: str = CALLING_AE) -> subprocess.CompletedProcess[str]:
+    command = [dcmtk("storescu"), "-aet", calling_ae, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)]
+    return subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def expected_result(datasets: list[Dataset]) -> Any:
+    """What the same series flow gives without the node: the reference for the SEG frames and the SR volume."""
+    predictor = ThresholdPredictor()
+    service = PredictionService(predictor, predictor_runner(predictor, 16), UploadLimits(), offload=False)
+    return asyncio.run(service.predict_dicom([to_bytes(dataset) for dataset in datasets], build_seg=True)).result
+
+
+def record(node: DicomNode) -> dict[str, Any]:
+    (study,) = (node.spool.root / "studies").iterdir()
+    return json.loads((study / "record.json").read_text())
+
+
+def test_echo_answers_an_allowed_calling_ae(make_node: Any) -> None:
+    node = make_node()
+
+    result = subprocess.run(
+        [dcmtk("echoscu"), "-aet", CALLING_AE, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_unknown_calling_ae_is_refused(make_node: Any, tmp_path: Path) -> None:
+    node = make_node()
+    files = write_files(mr_series(tumor_channels()[:1]), tmp_path / "in")
+
+    echo = subprocess.run(
+        [dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", NODE_AE, "127.0.0.1", str(node.config.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    store = storescu(node, files, calling_ae="INTRUDER")
+
+    assert echo.returncode != 0
+    assert "Association Rejected" in echo.stderr + echo.stdout
+    assert store.returncode != 0
+    assert node.spool.pending_studies() == {}
+    assert list((node.spool.root / "studies").iterdir()) == []
+
+
+def test_series_from_storescu_comes_back_as_seg_and_sr(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    series = mr_series(tumor_channels())
+    sent = storescu(node, write_files(series, tmp_path / "in"))
+    assert sent.returncode == 0, sent.stderr
+
+    assert node.process_ready() == []  # still inside the quiet period
+    clock.advance(QUIET_SECONDS)
+    assert len(node.process_ready()) == 1
+
+    expected = expected_result(series)
+    (seg,) = results.by_modality("SEG")
+    (sr,) = results.by_modality("SR")
+    decoded = read_segmentation_masks(seg)
+    for slice_input, prediction in zip(expected.inputs, expected.predictions, strict=True):
+        mask = prediction.mask if prediction.mask is not None else np.zeros((256, 256), np.uint8)
+        np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], mask)
+    report = read_volume_report(sr)
+    assert report["tumor_volume_ml"] == pytest.approx(round(expected.tumor_volume_ml, 3))
+    assert report["slices_analysed"] == 3
+    assert report["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == series[0].StudyInstanceUID
+    assert dciodvfy_errors(seg, "Segmentation") == []
+    assert dciodvfy_errors(sr, "Comprehensive3DSR") == []
+    log = node.spool.sent_log()
+    assert {(entry["modality"], entry["status"], entry["destination"]) for entry in log} == {
+        ("SEG", "sent", f"{RESULTS_AE}@127.0.0.1:{results.port}"),
+        ("SR", "sent", f"{RESULTS_AE}@127.0.0.1:{results.port}"),
+    }
+    assert {entry["sop_instance_uid"] for entry in log} == {seg.SOPInstanceUID, sr.SOPInstanceUID}
+
+
+def test_second_send_does_not_duplicate_and_a_late_instance_supersedes(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    study, series_uid = Study(), generate_uid()
+    images = tumor_channels()
+    first_three = [
+        mr_dataset(image, study, series_uid, instance_number=index + 1, position_mm=index * SLICE_GAP_MM)
+        for index, image in enumerate(images)
+    ]
+    files = write_files(first_three, tmp_path / "in")
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    node.process_ready()
+    assert len(results.received) == 2
+
+    assert storescu(node, files).returncode == 0  # the router sends the same series again
+    clock.advance(QUIET_SECONDS)
+    assert node.process_ready() == []
+    assert len(results.received) == 2
+    assert node.spool.pending_studies() == {}
+
+    late = mr_dataset(images[0], study, series_uid, instance_number=4, position_mm=3 * SLICE_GAP_MM)
+    assert storescu(node, write_files([late], tmp_path / "late")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert len(node.process_ready()) == 1
+
+    first_seg, second_seg = results.by_modality("SEG")
+    assert int(first_seg.NumberOfFrames) == 3 and int(second_seg.NumberOfFrames) == 4
+    assert second_seg.SeriesInstanceUID != first_seg.SeriesInstanceUID
+    assert second_seg.SeriesNumber == first_seg.SeriesNumber == SEG_SERIES_NUMBER
+    assert {sr.SeriesNumber for sr in results.by_modality("SR")} == {SR_SERIES_NUMBER}
+    first_run, second_run = record(node)["runs"]
+    assert second_run["supersedes"] == first_run["run_id"]
+    assert (first_run["instances"], second_run["instances"]) == (3, 4)
+
+
+def test_restart_mid_series_loses_no_instance(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    series = mr_series(tumor_channels())
+    files = write_files(series, tmp_path / "in")
+    first = make_node()
+    assert storescu(first, files[:2]).returncode == 0
+    first.stop()  # the process goes away mid-series, before the quiet period ends
+
+    restarted = make_node()
+    assert len(restarted.spool.pending_studies()) == 1  # found on disk
+    assert storescu(restarted, files[2:]).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert len(restarted.process_ready()) == 1
+
+    (seg,) = results.by_modality("SEG")
+    assert set(read_segmentation_masks(seg)) == {dataset.SOPInstanceUID for dataset in series}
+
+
+def test_three_series_sent_in_any_order_are_paired_by_their_attributes(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    study = Study()
+    flair = mr_series(tumor_channels(1), study, series_number=3, series_description="AX T2 FLAIR")
+    pre = mr_series(tumor_channels(0), study, series_number=5, series_description="AX T1")
+    post = mr_series(tumor_channels(2), study, series_number=8, series_description="AX T1")
+    for dataset in post:
+        dataset.ContrastBolusAgent = "GADOLINIUM"
+    mixed = [*post, *flair, *pre]
+    random.Random(7).shuffle(mixed)
+    assert storescu(node, write_files(mixed, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    node.process_ready()
+
+    (seg,) = results.by_modality("SEG")
+    assert {dataset.SOPInstanceUID for dataset in flair} <= set(read_segmentation_masks(seg))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == flair[0].SeriesInstanceUID  # the segmented one
+    referenced = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
+    assert referenced == {flair[0].SeriesInstanceUID, pre[0].SeriesInstanceUID, post[0].SeriesInstanceUID}
+    (run,) = record(node)["runs"]
+    assert run["summary"]["channels"] == 3
+    roles = {item["series_number"]: item["role"] for item in run["summary"]["series"]}
+    assert roles == {3: "FLAIR", 5: "T1 pre-contrast", 8: "T1 post-contrast"}
+
+
+def test_t1_only_study_is_recorded_as_not_analysed_and_nothing_is_sent(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    t1 = mr_series(tumor_channels(0), series_description="AX T1")
+    assert storescu(node, write_files(t1, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    node.process_ready()
+
+    (run,) = record(node)["runs"]
+    assert run["status"] == "not_analysed"
+    assert run["reason"].startswith("the study has no FLAIR series")
+    assert results.received == []
+    assert node.spool.sent_log() == []
+
+
+def test_unreachable_destination_is_retried_on_a_later_pass(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    port = free_port()
+    node = make_node(destination_port=port)  # nothing listens there yet
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    node.process_ready()
+
+    (run,) = record(node)["runs"]
+    (state,) = run["sent"].values()
+    assert (state["status"], state["attempts"]) == ("failed", 2)  # first try and one retry
+    assert {entry["status"] for entry in node.spool.sent_log()} == {"failed"}
+
+    late_store = ResultStore(port)
+    try:
+        assert node.send_unsent() == 0  # still waiting for its backoff
+        clock.advance(600)
+        assert node.send_unsent() == 1
+        assert sorted(dataset.Modality for dataset in late_store.received) == ["SEG", "SR"]
+        (state,) = record(node)["runs"][0]["sent"].values()
+        assert state["status"] == "sent"
+        assert node.send_unsent() == 0
+    finally:
+        late_store.close()
+
+
+def test_destinations_are_parsed_and_validated() -> None:
+    assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
+    with pytest.raises(ValueError, match=r"must be AE@host:port \(e.g. PACS@10.0.0.5:104\); got 'PACS:104'"):
+        Destination.parse("PACS:104")
+    with pytest.raises(ValueError, match="AE title must be 1 to 16 characters; got 'A_VERY_LONG_AE_TITLE'"):
+        Destination.parse("A_VERY_LONG_AE_TITLE@host:104")
+
+
+def test_node_config_comes_from_the_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        dicom_node_ae_title="AINODE",
+        dicom_node_port=11999,
+        dicom_node_spool_dir=tmp_path,
+        dicom_node_allowed_calling_ae_titles="ROUTER, SCANNER1",
+        dicom_node_destinations="PACS@pacs:104,VNA@vna.local:11112",
+        dicom_node_quiet_seconds=20,
+    )
+
+    config = NodeConfig.from_settings(settings, port=12000)
+
+    assert config.ae_title == "AINODE"
+    assert config.port == 12000  # the command line wins
+    assert config.allowed_calling_ae_titles == ("ROUTER", "SCANNER1")
+    assert config.destinations == (Destination("PACS", "pacs", 104), Destination("VNA", "vna.local", 11112))
+    assert config.quiet_seconds == 20.0
+
+
+def test_cli_has_the_dicom_node_command(tmp_path: Path) -> None:
+    from app.cli import build_parser
+
+    args = build_parser().parse_args(["dicom-node", "--port", "11113", "--ae-title", "AINODE", "--spool-dir", "x"])
+
+    assert (args.port, args.ae_title, args.spool_dir) == (11113, "AINODE", Path("x"))
+    assert args.run.__name__ == "dicom_node"

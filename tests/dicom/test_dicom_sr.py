@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from app.dicom_input import read_dicom
+from app.dicom_seg import MANUFACTURER, build_segmentation
+from app.dicom_series import SliceInput, prepare_inputs
+from app.dicom_sr import (
+    SR_SERIES_NUMBER,
+    VolumeFindings,
+    VolumeReportInputError,
+    build_volume_report,
+    read_volume_report,
+)
+from tests.conftest import TUMOR_SERIES, read_truth
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.validation import dciodvfy_errors
+
+MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
+
+
+def series_inputs(datasets: list[Dataset]) -> list[SliceInput]:
+    return prepare_inputs([frame for dataset in datasets for frame in read_dicom(to_bytes(dataset))])
+
+
+def headers(inputs: list[SliceInput]) -> list[Dataset]:
+    return [slice_input.reference.header for slice_input in inputs]
+
+
+def written(dataset: Dataset) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(to_bytes(dataset)))
+
+
+@pytest.fixture(scope="module")
+def flair_inputs() -> list[SliceInput]:
+    return series_inputs(mr_series(tumor_channels()))
+
+
+def test_positive_report_holds_volume_slices_models_and_the_seg(flair_inputs: list[SliceInput]) -> None:
+    masks = [read_truth(path) for path in TUMOR_SERIES]
+    seg = build_segmentation(flair_inputs, masks, MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=4.321, slices_analysed=3, slices_with_tumor=3)
+
+    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, seg))
+
+    assert read_volume_report(report) == {
+        "finding": "Present",
+        "tumor_volume_ml": 4.321,
+        "slices_analysed": 3,
+        "slices_with_tumor": 3,
+        "algorithm": ("resunet", "3.4.5"),
+        "segmentation_sop_instance_uid": seg.SOPInstanceUID,
+    }
+    source = flair_inputs[0].reference.header
+    assert report.StudyInstanceUID == source.StudyInstanceUID
+    assert report.SeriesNumber == SR_SERIES_NUMBER
+    assert report.Manufacturer == MANUFACTURER
+    assert report.CompletionFlag == "COMPLETE" and report.VerificationFlag == "UNVERIFIED"
+    evidence = {
+        sop.ReferencedSOPInstanceUID
+        for study in report.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert evidence == {seg.SOPInstanceUID, *(item.reference.sop_instance_uid for item in flair_inputs)}
+    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+
+
+def test_negative_report_says_analysed_and_absent(flair_inputs: list[SliceInput]) -> None:
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+
+    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS))
+
+    assert read_volume_report(report) == {
+        "finding": "Absent",
+        "tumor_volume_ml": 0.0,
+        "slices_analysed": 3,
+        "slices_with_tumor": 0,
+        "algorithm": ("resunet", "3.4.5"),
+        "segmentation_sop_instance_uid": None,
+    }
+    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+
+
+def test_report_of_pydicom_mr_test_file_without_type2_attributes() -> None:
+    source = pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
+    del source.PatientBirthDate, source.StudyID, source.AccessionNumber  # as after de-identification
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=1, slices_with_tumor=0)
+
+    report = written(build_volume_report([source], findings, MODEL_TAGS))
+
+    assert "PatientBirthDate" not in source  # the caller's dataset is left alone
+    assert report.PatientBirthDate == "" and report.StudyID == ""
+    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+
+
+def test_unknown_volume_is_left_out(flair_inputs: list[SliceInput]) -> None:
+    seg = build_segmentation(flair_inputs, [np.ones((256, 256), np.uint8), None, None], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=None, slices_analysed=3, slices_with_tumor=1)
+
+    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, seg))
+
+    assert read_volume_report(report)["tumor_volume_ml"] is None
+    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+
+
+def test_positive_report_needs_its_seg(flair_inputs: list[SliceInput]) -> None:
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.0, slices_analysed=3, slices_with_tumor=1)
+
+    with pytest.raises(VolumeReportInputError, match="a positive finding must come with its SEG; got none"):
+        build_volume_report(headers(flair_inputs), findings, MODEL_TAGS)
+
+
+def test_report_covers_one_series() -> None:
+    inputs = series_inputs(mr_series(tumor_channels()[:1])) + series_inputs(mr_series(tumor_channels()[1:2]))
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=2, slices_with_tumor=0)
+
+    with pytest.raises(VolumeReportInputError, match="covers one series; the source images come from 2"):
+        build_volume_report(headers(inputs), findings, MODEL_TAGS)
+
+
+@pytest.mark.parametrize(
+    ("detected", "volume", "analysed", "with_tumor", "message"),
+    [
+        (True, 1.0, 3, 4, "slices_with_tumor must be between 0 and slices_analysed; got 4 of 3"),
+        (False, 0.0, 3, 1, "tumor_detected must be True exactly when slices_with_tumor > 0; got False with 1"),
+        (True, -1.0, 3, 1, "tumor_volume_ml must be >= 0; got -1.0"),
+    ],
+)
+def test_findings_are_validated(detected: bool, volume: float, analysed: int, with_tumor: int, message: str) -> None:
+    with pytest.raises(VolumeReportInputError, match=message.replace("(", r"\(")):
+        VolumeFindings(detected, volume, analysed, with_tumor)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from app.sequence_selection import (
+    SelectionRules,
+    SequenceRole,
+    SeriesInfo,
+    classify_series,
+    select_sequences,
+)
+from app.settings import Settings
+from tests.dicom.builders import Study, mr_dataset
+
+
+def series_header(
+    description: str = "",
+    series_number: int = 1,
+    scanning_sequence: str | list[str] = "SE",
+    repetition_ms: float = 9000.0,
+    echo_ms: float = 100.0,
+    inversion_ms: float | None = None,
+    contrast_agent: str | None = None,
+    study: Study | None = None,
+) -> Dataset:
+    """One instance's header of a series with the given sequence attributes (tiny pixels: only headers matter)."""
+    dataset = mr_dataset(
+        np.zeros((4, 4), np.uint16),
+        study or Study(),
+        generate_uid(),
+        series_number=series_number,
+        series_description=description,
+    )
+    dataset.ScanningSequence = scanning_sequence
+    dataset.RepetitionTime = repetition_ms
+    dataset.EchoTime = echo_ms
+    if inversion_ms is not None:
+        dataset.InversionTime = inversion_ms
+    if contrast_agent is not None:
+        dataset.ContrastBolusAgent = contrast_agent
+    return dataset
+
+
+def named_study() -> dict[str, Dataset]:
+    study = Study()
+    return {
+        "flair": series_header("AX T2 FLAIR", 4, "IR", 9000.0, 120.0, 2500.0, study=study),
+        "pre": series_header("AX T1 SE", 2, "SE", 500.0, 12.0, study=study),
+        "post": series_header("AX T1 SE", 7, "SE", 500.0, 12.0, contrast_agent="GADOLINIUM", study=study),
+    }
+
+
+def test_three_series_in_any_order_give_the_same_mapping() -> None:
+    series = named_study()
+
+    selections = [select_sequences(order) for order in itertools.permutations(series.values())]
+
+    for selection in selections:
+        assert selection.analysed
+        assert selection.channel_series == (
+            series["pre"].SeriesInstanceUID,
+            series["flair"].SeriesInstanceUID,
+            series["post"].SeriesInstanceUID,
+        )
+        assert selection == selections[0]
+
+
+def test_series_are_told_apart_by_sequence_attributes_without_names() -> None:
+    study = Study()
+    flair = series_header("", 3, ["IR"], 11000.0, 140.0, inversion_ms=2800.0, study=study)
+    pre = series_header("", 5, "GR", 25.0, 4.0, study=study)
+    post = series_header("", 9, "GR", 25.0, 4.0, contrast_agent="GADOTERATE", study=study)
+
+    selection = select_sequences([post, flair, pre])
+
+    assert selection.channel_series == (pre.SeriesInstanceUID, flair.SeriesInstanceUID, post.SeriesInstanceUID)
+    roles = {item.series.series_instance_uid: item.role for item in selection.classifications}
+    assert roles[post.SeriesInstanceUID] is SequenceRole.T1_POST
+
+
+def test_t1_only_study_is_not_analysed_with_the_reason() -> None:
+    series = named_study()
+
+    selection = select_sequences([series["post"], series["pre"]])
+
+    assert not selection.analysed
+    assert selection.channel_series == ()
+    assert selection.reason is not None
+    assert selection.reason.startswith("the study has no FLAIR series")
+    assert "T1 pre-contrast (name matches *T1*" in selection.reason
+    assert "T1 post-contrast" in selection.reason
+
+
+def test_t2_weighted_mr_test_file_is_not_flair() -> None:
+    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)  # SE, TR 4000, TE 240
+
+    classification = classify_series(SeriesInfo.from_dataset(dataset))
+    selection = select_sequences([dataset])
+
+    assert classification.role is SequenceRole.OTHER
+    assert not selection.analysed
+
+
+def test_t1_flair_is_t1_not_flair() -> None:
+    t1_flair = series_header("SAG T1 FLAIR", scanning_sequence="IR", repetition_ms=2000.0, inversion_ms=860.0)
+
+    assert classify_series(SeriesInfo.from_dataset(t1_flair)).role is SequenceRole.T1_PRE
+
+
+def test_named_flair_with_a_short_inversion_time_is_not_flair() -> None:
+    stir = series_header("FLAIR STIR", scanning_sequence="IR", inversion_ms=150.0)
+
+    classification = classify_series(SeriesInfo.from_dataset(stir))
+
+    assert classification.role is SequenceRole.OTHER
+    assert "Inversion Time 150 ms is below the FLAIR minimum 1500 ms" in classification.evidence
+
+
+def test_non_mr_series_is_other() -> None:
+    dataset = series_header("AX FLAIR")
+    dataset.Modality = "CT"
+
+    assert classify_series(SeriesInfo.from_dataset(dataset)).evidence == "Modality is CT, not MR"
+
+
+def test_flair_goes_alone_when_the_t1_series_are_ambiguous() -> None:
+    study = Study()
+    flair = series_header("AX FLAIR", 3, study=study)
+    first_t1 = series_header("AX T1", 4, "SE", 500.0, 12.0, study=study)
+    second_t1 = series_header("COR T1", 5, "SE", 500.0, 12.0, study=study)
+
+    selection = select_sequences([second_t1, first_t1, flair])
+
+    assert selection.channel_series == (flair.SeriesInstanceUID,)
+    assert selection.notes == (
+        "T1 series left out (found 2 pre-contrast and 0 post-contrast; one of each is needed): FLAIR analysed alone",
+    )
+
+
+def test_pre_contrast_flair_with_confirming_attributes_wins_over_others() -> None:
+    study = Study()
+    named_only = series_header("FLAIR", 2, study=study)
+    confirmed = series_header("AX FLAIR", 6, "IR", inversion_ms=2200.0, study=study)
+    post_contrast = series_header("AX FLAIR +C", 8, "IR", inversion_ms=2200.0, contrast_agent="GD", study=study)
+
+    for order in itertools.permutations([named_only, confirmed, post_contrast]):
+        selection = select_sequences(order)
+        assert selection.flair is not None
+        assert selection.flair.series_instance_uid == confirmed.SeriesInstanceUID
+        assert selection.notes[0] == "3 FLAIR series found; used the one with series number 6"
+
+
+def test_every_instance_of_a_series_may_be_given() -> None:
+    study = Study()
+    flair = series_header("AX FLAIR", study=study)
+    second = flair.copy()
+    second.SOPInstanceUID = generate_uid()
+
+    selection = select_sequences([flair, second])
+
+    assert selection.channel_series == (flair.SeriesInstanceUID,)
+    assert len(selection.classifications) == 1
+
+
+def test_rules_come_from_the_settings() -> None:
+    settings = Settings(
+        sequence_flair_patterns="*DARKFL*",
+        sequence_t1_patterns="*T1*",
+        sequence_post_contrast_patterns="*KM*",
+        sequence_flair_min_inversion_ms=1800.0,
+    )
+    rules = SelectionRules.from_settings(settings)
+    post = series_header("T1 KM", scanning_sequence="SE", repetition_ms=500.0, echo_ms=10.0)
+
+    assert rules.flair_patterns == ("*DARKFL*",)
+    assert classify_series(SeriesInfo.from_dataset(series_header("ax darkfl")), rules).role is SequenceRole.FLAIR
+    assert classify_series(SeriesInfo.from_dataset(series_header("AX FLAIR")), rules).role is SequenceRole.OTHER
+    assert classify_series(SeriesInfo.from_dataset(post), rules).role is SequenceRole.T1_POST
+    unnamed_ir = series_header("", scanning_sequence="IR", inversion_ms=1600.0)
+    assert classify_series(SeriesInfo.from_dataset(unnamed_ir), rules).role is SequenceRole.OTHER
+
+
+def test_rules_reject_an_inverted_t1_inversion_range() -> None:
+    with pytest.raises(ValueError, match=r"t1_inversion_ms must be a range .* got \(900.0, 300.0\)"):
+        SelectionRules(t1_inversion_ms=(900.0, 300.0))
+
+
+def test_settings_split_comma_separated_patterns() -> None:
+    settings = SimpleNamespace(
+        **Settings(sequence_flair_patterns=" *FLAIR* , *DF* ,").model_dump(include={"sequence_flair_patterns"})
+    )
+    assert settings.sequence_flair_patterns == ["*FLAIR*", "*DF*"]
