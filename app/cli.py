@@ -131,12 +131,12 @@ def predict(args: argparse.Namespace) -> int:
     try:
         report, every_file_ok = asyncio.run(command.run())
     except ServiceError as error:  # the files as a whole: mixed DICOM and images, frames that form no series
-        if args.format is OutputFormat.JSON:
+        if args.format == OutputFormat.JSON:
             print(json.dumps(error.body(), indent=2))
         return fail(f"brain-tumor predict: error: {error.message}", EXIT_FILES_FAILED)
     except InputError as error:  # a mask name that only the DICOM headers reveal as shared
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
-    sys.stdout.write(render(report, args.format))
+    sys.stdout.write(render(report, OutputFormat(args.format)))
     return EXIT_OK if every_file_ok else EXIT_FILES_FAILED
 
 
@@ -202,9 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict_parser.add_argument(
         "--format",
-        type=OutputFormat,
-        choices=list(OutputFormat),
-        default=OutputFormat.JSON,
+        choices=[item.value for item in OutputFormat],
+        default=OutputFormat.JSON.value,
         help="what stdout gets (default: json)",
     )
     predict_parser.add_argument("--masks-dir", default=None, help="write <stem>_mask.png here for each positive")

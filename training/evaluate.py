@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     except DatasetError as error:  # a wrong --data-root is a usage error: one line, exit 2, as argparse does
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FileNotFoundError as error:  # a --split, weights or data file named but not there: the same
+        print(f"{parser.prog}: error: {error.strerror}: {error.filename}", file=sys.stderr)
+        raise SystemExit(2) from None
     summary = {key: value for key, value in result["metrics"].items() if key != "flair_only"}
     logger.info("test metrics: %s", json.dumps(summary["segmentation"] | summary["classifier"], default=str)[:2000])
 

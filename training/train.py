@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     except DatasetError as error:  # a wrong --data-root is a usage error: one line, exit 2, as argparse does
         print(f"{build_parser().prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FileNotFoundError as error:  # a --split, weights or data file named but not there: the same
+        print(f"{build_parser().prog}: error: {error.strerror}: {error.filename}", file=sys.stderr)
+        raise SystemExit(2) from None
     logger.info("finished: %s", json.dumps({k: v for k, v in summary.items() if k != "arguments"}))
 
 
