@@ -42,7 +42,8 @@ csv give one line per file (or slice), csv without the series totals.
 
 Masks (--masks-dir): MASKS_DIR/<stem>_mask.png per positive file, 8-bit, 0 background, 255 tumor; a multi-frame
 DICOM file gets <stem>_frame<N>_mask.png. Inputs that would share a mask file (a/slice.png and b/slice.png) stop the
-command before anything runs: predict them in separate runs, each with its own --masks-dir.
+command with exit code 2 (images before anything runs, DICOM files when a second mask would land on the first):
+predict them in separate runs, each with its own --masks-dir.
 
 Progress ([done/total] lines) goes to standard error when it is a terminal, or with --progress.
 
@@ -103,11 +104,23 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 def predict(args: argparse.Namespace) -> int:
     """The API's flow and answers, offline: PNG/JPEG/TIFF files one result each (as `POST /v1/predict/batch`), DICOM
     files as one series with one result per slice. Exit codes: see `PREDICT_EPILOG`."""
-    from app.predict_command import InputError, PredictRun, Progress, collect_inputs, mask_targets, render
+    from app.predict_command import (
+        InputError,
+        PredictRun,
+        Progress,
+        collect_inputs,
+        holds_dicom,
+        mask_targets,
+        read_file,
+        render,
+    )
 
     try:
         files = collect_inputs(args.files)
-        masks = mask_targets(files, Path(args.masks_dir)) if args.masks_dir else None
+        uploads = [read_file(path) for path in files]
+        masks = None
+        if args.masks_dir:
+            masks = mask_targets(files, Path(args.masks_dir), every_file_has_a_mask=not holds_dicom(uploads))
     except InputError as error:
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -124,6 +137,7 @@ def predict(args: argparse.Namespace) -> int:
         limits=UploadLimits.from_settings(settings),
         batch_size=settings.inference_batch_size,
         files=files,
+        uploads=uploads,
         mask_format=args.mask_format,
         masks=masks,
         progress=Progress(sys.stderr if show_progress else None),
@@ -134,7 +148,7 @@ def predict(args: argparse.Namespace) -> int:
         if args.format == OutputFormat.JSON:
             print(json.dumps(error.body(), indent=2))
         return fail(f"brain-tumor predict: error: {error.message}", EXIT_FILES_FAILED)
-    except InputError as error:  # a mask name that only the DICOM headers reveal as shared
+    except InputError as error:  # two DICOM slices' masks on one file: known only once the series is read
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
     sys.stdout.write(render(report, OutputFormat(args.format)))
     return EXIT_OK if every_file_ok else EXIT_FILES_FAILED

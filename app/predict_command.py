@@ -82,18 +82,30 @@ def natural_key(path: Path) -> list[str | int]:
     return [int(part) if part.isdigit() else part.lower() for part in _NUMBER.split(path.name)]
 
 
-def mask_targets(files: Sequence[Path], masks_dir: Path) -> list[Path]:
+def mask_targets(files: Sequence[Path], masks_dir: Path, every_file_has_a_mask: bool = True) -> list[Path]:
     """Where each file's mask goes: `masks_dir/<stem>_mask.png` (a DICOM instance with several frames gets
     `<stem>_frame<N>_mask.png` per frame).
+
+    Parameters
+    ----------
+    every_file_has_a_mask
+        True for raster images: then two files sharing a name is refused here, before anything runs. False for
+        DICOM, where only the files holding FLAIR frames get masks (`pre/IM1.dcm`, `flair/IM1.dcm`, `post/IM1.dcm`
+        is fine): `MaskWriter` refuses a second mask on one file instead.
 
     Raises
     ------
     InputError
         If two inputs would write the same mask (`a/slice.png` and `b/slice.png`, `slice.png` and `slice.tif`, a
-        file given twice), or a mask would overwrite an input: found before anything runs, rather than one mask
-        silently replacing another.
+        file given twice), or a mask would overwrite an input, rather than one file silently replacing another.
     """
     targets = [masks_dir / f"{path.stem}{MASK_SUFFIX}.png" for path in files]
+    inputs = {os.path.abspath(path) for path in files}
+    for path, target in zip(files, targets, strict=True):
+        if os.path.abspath(target) in inputs:
+            raise InputError(f"the mask of {path} would overwrite the input {target}; choose another --masks-dir")
+    if not every_file_has_a_mask:
+        return targets
     by_target: dict[str, list[Path]] = {}
     for path, target in zip(files, targets, strict=True):
         by_target.setdefault(os.path.abspath(target), []).append(path)
@@ -103,10 +115,6 @@ def mask_targets(files: Sequence[Path], masks_dir: Path) -> list[Path]:
                 f"the masks of {' and '.join(map(str, sharing))} would all be written to {target}; "
                 "predict same-named files in separate runs, each with its own --masks-dir"
             )
-    inputs = {os.path.abspath(path) for path in files}
-    for path, target in zip(files, targets, strict=True):
-        if os.path.abspath(target) in inputs:
-            raise InputError(f"the mask of {path} would overwrite the input {target}; choose another --masks-dir")
     return targets
 
 
@@ -134,7 +142,10 @@ class MaskWriter:
 
         key = Path(os.path.abspath(target))
         if key in self.written:
-            raise InputError(f"two masks of this run would be written to {target}; rename one of the inputs")
+            raise InputError(
+                f"two slices' masks would both be written to {target}; predict same-named files in separate runs, "
+                "each with its own --masks-dir"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(png_bytes(mask))
         self.written.add(key)
@@ -152,6 +163,7 @@ class PredictRun:
     limits: UploadLimits
     batch_size: int
     files: list[Path]
+    uploads: list[bytes | ServiceError]
     mask_format: schemas.MaskFormat
     masks: list[Path] | None
     progress: Progress
@@ -170,12 +182,9 @@ class PredictRun:
         app.errors.ServiceError
             If the files cannot be predicted together (DICOM mixed with images, frames that form no series).
         """
-        from app.dicom_input import is_dicom
-
-        uploads = [read_file(path) for path in self.files]
-        if any(isinstance(item, bytes) and is_dicom(item) for item in uploads):
-            return await self._series(uploads)
-        return await self._images(uploads)
+        if holds_dicom(self.uploads):
+            return await self._series(self.uploads)
+        return await self._images(self.uploads)
 
     async def _images(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
         """Raster images, `batch_size` files at a time: one result per file, as `POST /v1/predict/batch`."""
@@ -252,6 +261,12 @@ class PredictRun:
             return predictions
 
         return run
+
+
+def holds_dicom(uploads: Sequence[bytes | ServiceError]) -> bool:
+    from app.dicom_input import is_dicom
+
+    return any(isinstance(item, bytes) and is_dicom(item) for item in uploads)
 
 
 def read_file(path: Path) -> bytes | ServiceError:

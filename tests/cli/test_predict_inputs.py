@@ -12,6 +12,7 @@ import pytest
 from app.cli import main
 from app.predict_command import InputError, collect_inputs, mask_targets
 from tests.conftest import TEST_DATA, TUMOR_SERIES, TUMOR_SLICE
+from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
 
 PATIENT_FOLDER = TEST_DATA / "TCGA_DU_A5TW_19980228"
 NO_MODELS = "/nonexistent/models"  # a usage error must be found before the models are looked for
@@ -150,3 +151,26 @@ def test_predict_without_models_exits_3_with_one_line(tmp_path: Path, capsys: py
     assert out == ""
     assert err.startswith("brain-tumor predict: cannot load the models: ")
     assert err.count("\n") == 1 and str(tmp_path / "no_models") in err
+
+
+def test_same_named_dicom_slices_are_refused_when_their_masks_would_meet(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DICOM names are checked as masks are written (only FLAIR files get one): two slices of one series in two
+    folders under one name would share a mask, so the second is refused rather than overwriting the first."""
+    paths = [tmp_path / folder / "IM0001.dcm" for folder in ("a", "b", "c")]
+    for path, dataset in zip(paths, mr_series(tumor_channels(FLAIR)), strict=True):
+        path.parent.mkdir()
+        path.write_bytes(to_bytes(dataset))
+    masks_dir = tmp_path / "masks"
+
+    without_masks, _, _ = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir))
+    code, out, err = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir), "--masks-dir", str(masks_dir))
+
+    assert without_masks == 0
+    assert code == 2
+    assert out == ""
+    assert err == (
+        f"brain-tumor predict: error: two slices' masks would both be written to {masks_dir / 'IM0001_mask.png'}; "
+        "predict same-named files in separate runs, each with its own --masks-dir\n"
+    )

@@ -155,3 +155,22 @@ def test_unknown_format_is_a_usage_error(tiny_model_dir: Path, capsys: pytest.Ca
 
     assert raised.value.code == 2
     assert "argument --format: invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def test_help_documents_mask_names_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+
+    out = capsys.readouterr().out
+    assert out.startswith("usage: brain-tumor predict [-h] [--format {json,table,csv}]")
+    assert "MASKS_DIR/<stem>_mask.png" in out
+    exit_codes = out.split("exit codes:\n", 1)[1]
+    assert [
+        line.split()[0] for line in exit_codes.splitlines() if line.startswith("  ") and line.split()[0].isdigit()
+    ] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "130",
+    ]
