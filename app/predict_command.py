@@ -1,8 +1,9 @@
 """`brain-tumor predict`: files and folders in, the API's answers out as JSON, a table or CSV; masks as PNGs.
 
-Inputs are checked before the models load (a missing path or an empty folder stops the command with one line), the
-masks' names are settled before anything is written (two inputs never share a mask file), and raster images run in
-chunks of `INFERENCE_BATCH_SIZE` files, so memory stays flat however many there are and progress can be shown.
+Inputs are checked and read before the models load (a missing path or an empty folder stops the command with one
+line), no mask file is ever written twice in a run (two same-named inputs are refused, not silently overwritten), and
+raster images are decoded and run `INFERENCE_BATCH_SIZE` files at a time, so the decoded slices take the same memory
+however many files there are, and progress can be shown between chunks.
 """
 
 from __future__ import annotations
