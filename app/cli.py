@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's and Keras's log (hidden otherwise)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="predict, train, evaluate: show TensorFlow's and Keras's startup log"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help="run the HTTP service on the models in MODEL_DIR")
