@@ -1,10 +1,12 @@
 """The `brain-tumor` command: serve the API, predict files offline, train and evaluate models.
 
 brain-tumor serve                         # HOST:PORT from the environment (default 127.0.0.1:8000)
-brain-tumor predict slice.png [--masks-dir masks/] [--mask-format both]   # or DICOM files of one series
+brain-tumor predict slices/ --format table --masks-dir masks/     # files or folders; or the DICOM files of a series
 brain-tumor dicom-node                    # DICOM_NODE_AE_TITLE on DICOM_NODE_HOST:DICOM_NODE_PORT (default 11112)
 brain-tumor train --model segmenter --data-root ../shared/lgg/kaggle_3m_dev --output-dir runs/segmenter
 brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights ... --segmenter-weights ...
+
+TensorFlow's startup log is hidden; `brain-tumor --verbose COMMAND` (or `predict --verbose`) shows it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,44 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import schemas
-from app.errors import FileUnreadableError, ServiceError
+from app.core.model_store import ModelStoreError
+from app.errors import ServiceError
+from app.predict_command import OutputFormat
 from app.settings import get_settings
+
+if TYPE_CHECKING:
+    from app.inference import Predictor
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_MODELS = 3
+EXIT_INTERRUPTED = 130
+
+PREDICT_EPILOG = f"""\
+A folder stands for the files directly inside it, in natural order (slice_2 before slice_10), without hidden files
+and *_mask.* files. PNG/JPEG/TIFF files get one result each; DICOM files are read as one series (one result per
+slice, and the series' tumor_detected and tumor_volume_ml). JSON is what POST /v1/predict/batch answers; table and
+csv give one line per file (or slice), csv without the series totals.
+
+Masks (--masks-dir): MASKS_DIR/<stem>_mask.png per positive file, 8-bit, 0 background, 255 tumor; a multi-frame
+DICOM file gets <stem>_frame<N>_mask.png. Inputs that would share a mask file (a/slice.png and b/slice.png) stop the
+command with exit code 2 (images before anything runs, DICOM files when a second mask would land on the first):
+predict them in separate runs, each with its own --masks-dir.
+
+Progress ([done/total] lines) goes to standard error when it is a terminal, or with --progress.
+
+exit codes:
+  {EXIT_OK}    every file was predicted
+  {EXIT_FILES_FAILED}    a file could not be predicted (its error is in the output), or the files cannot go together
+       (DICOM mixed with images)
+  {EXIT_USAGE}    bad arguments: an unknown option, a missing file or folder, an empty folder, masks that would collide
+  {EXIT_MODELS}    the models could not be loaded (MODEL_DIR or --model-dir missing, a sha256 mismatch)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -67,80 +103,73 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """The API's flow and JSON, offline: PNG/JPEG/TIFF files as `POST /v1/predict/batch` answers them one result per
-    file, DICOM files as one series with one result per slice; exit 1 if any file failed."""
-    from app.inference import Predictor
-    from app.prediction import BatchAnswer, PredictionService, predictor_runner
+    """The API's flow and answers, offline: PNG/JPEG/TIFF files one result each (as `POST /v1/predict/batch`), DICOM
+    files as one series with one result per slice. Exit codes: see `PREDICT_EPILOG`."""
+    from app.predict_command import (
+        InputError,
+        PredictRun,
+        Progress,
+        collect_inputs,
+        holds_dicom,
+        mask_targets,
+        read_file,
+        render,
+    )
+
+    try:
+        files = collect_inputs(args.files)
+        uploads = [read_file(path) for path in files]
+        masks = None
+        if args.masks_dir:
+            masks = mask_targets(files, Path(args.masks_dir), every_file_has_a_mask=not holds_dicom(uploads))
+    except InputError as error:
+        return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    settings = get_settings()
+    try:
+        predictor = load_predictor(args.model_dir or settings.model_dir, settings.inference_runtime, args.verbose)
+    except ModelStoreError as error:
+        return fail(f"brain-tumor predict: cannot load the models: {error}", EXIT_MODELS)
+
     from app.uploads import UploadLimits
 
-    settings = get_settings()
-    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
-    service = PredictionService(
-        predictor,
-        predictor_runner(predictor, settings.inference_batch_size),
-        UploadLimits.from_settings(settings),
-        offload=False,
+    command = PredictRun(
+        predictor=predictor,
+        limits=UploadLimits.from_settings(settings),
+        batch_size=settings.inference_batch_size,
+        files=files,
+        uploads=uploads,
+        mask_format=args.mask_format,
+        masks=masks,
+        progress=Progress(sys.stderr if show_progress else None),
     )
-    uploads = [_read_file(Path(path)) for path in args.files]
     try:
-        answer = asyncio.run(service.predict_files(uploads, args.mask_format))
-    except ServiceError as error:  # the request as a whole: mixed DICOM and images, frames that form no series
-        print(json.dumps(error.body(), indent=2))
-        return 1
-    if isinstance(answer, BatchAnswer):
-        results = [
-            _result(args, {"index": index, "file": path}, prediction, payload)
-            for index, (path, prediction, payload) in enumerate(
-                zip(args.files, answer.predictions, answer.outcomes, strict=True)
-            )
-        ]
-        print(json.dumps({"results": results, "models": predictor.model_tags}, indent=2))
-        return 1 if any(not result["ok"] for result in results) else 0
-    slices = [
-        _result(
-            args,
-            {"index": index, "sop_instance_uid": item.sop_instance_uid, "frame_number": item.frame_number},
-            prediction,
-            item.prediction,
-        )
-        for index, (item, prediction) in enumerate(zip(answer.slices or [], answer.result.predictions, strict=True))
-    ]
-    failures = [
-        {"index": position, "file": args.files[position], "ok": False, "error": error.to_dict()}
-        for position, error in sorted(answer.file_errors.items())
-    ]
-    series = {"tumor_detected": answer.result.tumor_detected, "tumor_volume_ml": answer.result.tumor_volume_ml}
-    print(
-        json.dumps(
-            {"series": series, "results": slices, "file_errors": failures, "models": predictor.model_tags}, indent=2
-        )
-    )
-    return 1 if failures else 0
+        report, every_file_ok = asyncio.run(command.run())
+    except ServiceError as error:  # the files as a whole: mixed DICOM and images, frames that form no series
+        if args.format == OutputFormat.JSON:
+            print(json.dumps(error.body(), indent=2))
+        return fail(f"brain-tumor predict: error: {error.message}", EXIT_FILES_FAILED)
+    except InputError as error:  # two DICOM slices' masks on one file: known only once the series is read
+        return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
+    sys.stdout.write(render(report, OutputFormat(args.format)))
+    return EXIT_OK if every_file_ok else EXIT_FILES_FAILED
 
 
-def _result(args: argparse.Namespace, item: dict, prediction: object, payload: object) -> dict:
-    """One file's (or DICOM slice's) entry; with --masks-dir a positive's mask is written as a PNG beside it."""
-    from app.masks import png_bytes
+def load_predictor(model_dir: Path, runtime: str, verbose: bool) -> Predictor:
+    """The models, with TensorFlow's startup log held back unless `verbose` (see `app.tensorflow_log`)."""
+    from app.tensorflow_log import native_stderr_held, quiet_tensorflow_logging
 
-    if isinstance(payload, ServiceError):
-        return {**item, "ok": False, "error": payload.to_dict()}
-    item = {**item, "ok": True, "prediction": payload.model_dump(mode="json")}
-    mask = getattr(prediction, "mask", None)
-    if args.masks_dir and mask is not None:
-        # The index keeps masks of same-named files from different folders apart.
-        stem = Path(item["file"]).stem if "file" in item else "slice"
-        target = Path(args.masks_dir) / f"{item['index']:04d}_{stem}_mask.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(png_bytes(mask))
-        item["mask_file"] = str(target)
-    return item
+    if not verbose:
+        quiet_tensorflow_logging()
+    with native_stderr_held(quiet=not verbose):
+        from app.inference import Predictor
+
+        return Predictor.from_model_dir(model_dir, runtime=runtime)
 
 
-def _read_file(path: Path) -> bytes | ServiceError:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        return FileUnreadableError(f"cannot read the file: {error.strerror or error}")
+def fail(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code
 
 
 def pacs_sync(args: argparse.Namespace) -> int:
@@ -176,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="predict, train, evaluate: show TensorFlow's and Keras's startup log"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help="run the HTTP service on the models in MODEL_DIR")
@@ -183,11 +215,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, default=None, help="default: PORT, else 8000")
     serve_parser.set_defaults(run=serve)
 
-    predict_parser = commands.add_parser("predict", help="predict image files offline (JSON on stdout)")
-    predict_parser.add_argument("files", nargs="+", help="PNG, JPEG or TIFF slices, or the DICOM files of one series")
+    predict_parser = commands.add_parser(
+        "predict",
+        help="predict image files offline (JSON, a table or CSV on stdout)",
+        description="Predict PNG/JPEG/TIFF slices, or the DICOM files of one series, with the models in MODEL_DIR.",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict_parser.add_argument(
+        "files", nargs="+", metavar="FILE_OR_FOLDER", help="PNG, JPEG or TIFF slices, or the DICOM files of one series"
+    )
+    predict_parser.add_argument(
+        "--format",
+        choices=[item.value for item in OutputFormat],
+        default=OutputFormat.JSON.value,
+        help="what stdout gets (default: json)",
+    )
     predict_parser.add_argument("--masks-dir", default=None, help="write <stem>_mask.png here for each positive")
-    predict_parser.add_argument("--mask-format", type=schemas.MaskFormat, default=schemas.MaskFormat.RLE)
+    predict_parser.add_argument(
+        "--mask-format",
+        type=schemas.MaskFormat,
+        default=schemas.MaskFormat.RLE,
+        metavar="{" + ",".join(item.value for item in schemas.MaskFormat) + "}",
+        help="how the JSON carries each mask (default: rle)",
+    )
     predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
+    predict_parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="[done/total] lines on stderr (default: only when stderr is a terminal)",
+    )
+    predict_parser.add_argument(
+        "--verbose", action="store_true", dest="predict_verbose", help="show TensorFlow's and Keras's log"
+    )
     predict_parser.set_defaults(run=predict)
 
     from app.pacs_sync import add_arguments as add_pacs_sync_arguments
@@ -211,23 +272,58 @@ def build_parser() -> argparse.ArgumentParser:
     hash_parser.set_defaults(run=hash_key)
 
     for name, module in (("train", "training.train"), ("evaluate", "training.evaluate")):
-        passthrough = commands.add_parser(name, help=f"python -m {module} (see --help)", add_help=False)
+        # Every argument after the command is the training module's, --help included: with a prefix character no
+        # argument can start with, this parser takes them all as they are.
+        passthrough = commands.add_parser(
+            name, help=f"python -m {module} (see brain-tumor {name} --help)", add_help=False, prefix_chars="\0"
+        )
+        passthrough.add_argument("arguments", nargs="*")
         passthrough.set_defaults(run=None, module=module)
     return parser
 
 
+def forward(module_name: str, command: str, arguments: list[str], verbose: bool) -> int:
+    """Run `python -m <module_name>`'s `main()` in this process, its help and errors saying `brain-tumor <command>`.
+
+    The module is found by name only when asked for: `app` never imports `training`, so the service image can ship
+    without it. Its parser's `prog` is renamed through its `build_parser()`, the one hook both modules share.
+    """
+    import importlib
+
+    from app.tensorflow_log import native_stderr_held, quiet_tensorflow_logging
+
+    if not verbose:
+        quiet_tensorflow_logging()
+    try:
+        with native_stderr_held(quiet=not verbose):
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        return fail(f"brain-tumor {command}: needs the training package ({error}); run it from a checkout", EXIT_USAGE)
+    build_parser_of_module = module.build_parser
+
+    def build_subcommand_parser() -> argparse.ArgumentParser:
+        parser = build_parser_of_module()
+        parser.prog = f"brain-tumor {command}"
+        return parser
+
+    module.build_parser = build_subcommand_parser
+    try:
+        module.main(arguments)
+    finally:
+        module.build_parser = build_parser_of_module
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.run is None:  # train / evaluate: hand the remaining arguments to the training package
-        import importlib
-
-        importlib.import_module(args.module).main(rest)
-        return 0
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return args.run(args)
+    args = build_parser().parse_args(argv)
+    args.verbose = args.verbose or getattr(args, "predict_verbose", False)
+    try:
+        if args.run is None:  # train / evaluate: the remaining arguments are the training module's
+            return forward(args.module, args.command, args.arguments, args.verbose)
+        return args.run(args)
+    except KeyboardInterrupt:
+        return fail(f"brain-tumor {args.command}: interrupted", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import keras
 import numpy as np
 
 from training.data import (
+    DatasetError,
     SliceArrays,
     SliceBatches,
     find_slices,
@@ -290,7 +292,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    summary = train(parse_arguments(argv))
+    try:
+        summary = train(parse_arguments(argv))
+    except DatasetError as error:  # a wrong --data-root is a usage error: one line, exit 2, as argparse does
+        print(f"{build_parser().prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FileNotFoundError as error:  # a --split, weights or data file named but not there: the same
+        print(f"{build_parser().prog}: error: {error.strerror}: {error.filename}", file=sys.stderr)
+        raise SystemExit(2) from None
     logger.info("finished: %s", json.dumps({k: v for k, v in summary.items() if k != "arguments"}))
 
 

@@ -1,9 +1,10 @@
-"""`brain-tumor predict`: the API's JSON for each file (or DICOM slice), offline; mask PNGs written; exit 1 when a
-file fails."""
+"""`brain-tumor predict`: the API's JSON for each file (or DICOM slice), offline; masks written as
+`<stem>_mask.png`; exit 1 when a file fails, 3 when the models cannot be loaded."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.cli import main
-from app.core.model_store import ModelStoreError
+from app.errors import FileUnreadableError
+from app.predict_command import read_file
 from app.settings import Settings
 from tests.api.utils import decode_png_mask, decode_rle, running_client, upload
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
@@ -48,7 +50,7 @@ def test_predict_prints_api_json_and_writes_mask(
     api = client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).json()
     assert output["models"] == api["models"]
     (result,) = output["results"]
-    mask_file = masks_dir / f"0000_{TUMOR_SLICE.stem}_mask.png"
+    mask_file = masks_dir / f"{TUMOR_SLICE.stem}_mask.png"
     assert result == {
         "index": 0,
         "file": str(TUMOR_SLICE),
@@ -106,8 +108,8 @@ def test_predict_reports_bad_file_in_place_and_exits_1(
     assert set(mask) == {"size", "rle", "png", "area_pixels", "bbox"}
     np.testing.assert_array_equal(decode_rle(mask["rle"]), decode_png_mask(mask["png"]))
     assert sorted(path.name for path in masks_dir.iterdir()) == [
-        f"0000_{TUMOR_SERIES[0].stem}_mask.png",
-        f"0002_{TUMOR_SERIES[1].stem}_mask.png",
+        f"{TUMOR_SERIES[0].stem}_mask.png",
+        f"{TUMOR_SERIES[1].stem}_mask.png",
     ]
 
 
@@ -134,27 +136,31 @@ def test_predict_rejects_unknown_mask_format(tiny_model_dir: Path, capsys: pytes
     assert "--mask-format" in capsys.readouterr().err
 
 
-def test_predict_refuses_tampered_models(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_predict_refuses_tampered_models_with_exit_3(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     models = Path(shutil.copytree(tiny_model_dir, tmp_path / "models"))
     with (models / "tumor_segmenter.weights.h5").open("ab") as stream:
         stream.write(b"\0")
 
-    with pytest.raises(ModelStoreError, match=r"^sha256 mismatch for .*tumor_segmenter\.weights\.h5"):
-        main(["predict", str(TUMOR_SLICE), "--model-dir", str(models)])
+    code = main(["predict", str(TUMOR_SLICE), "--model-dir", str(models)])
+
+    captured = capsys.readouterr()
+    assert code == 3
+    assert captured.out == ""
+    assert re.fullmatch(
+        r"brain-tumor predict: cannot load the models: sha256 mismatch for \S*tumor_segmenter\.weights\.h5[^\n]*\n",
+        captured.err,
+    )
 
 
-def test_predict_reports_missing_file_in_place(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    missing = tmp_path / "no_such_slice.png"
+def test_read_file_reports_unreadable_path_as_file_error(tmp_path: Path) -> None:
+    """What `predict` reports in place for a file that exists but cannot be read (here a folder, as root can read
+    any file)."""
+    error = read_file(tmp_path)
 
-    code, output = run_predict(capsys, str(TUMOR_SLICE), str(missing), "--model-dir", str(tiny_model_dir))
-
-    assert code == 1
-    assert output["results"][0]["ok"] is True
-    assert output["results"][1]["ok"] is False
-    assert output["results"][1]["file"] == str(missing)
-    assert output["results"][1]["error"]["code"] == "file_unreadable"
+    assert isinstance(error, FileUnreadableError)
+    assert error.to_dict() == {"code": "file_unreadable", "message": "cannot read the file: Is a directory"}
 
 
 def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
@@ -166,9 +172,7 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
         paths.append(tmp_path / f"slice_{index}.dcm")
         paths[-1].write_bytes(to_bytes(dataset))
     broken = tmp_path / "broken.dcm"
-    # A DICOM file cut off in its pixel data: recognised as DICOM, unreadable.
-    whole = to_bytes(series[0])
-    broken.write_bytes(whole[: len(whole) // 2])
+    broken.write_bytes(paths[0].read_bytes()[:400])  # a DICOM file cut short in its header
     masks_dir = tmp_path / "masks"
 
     code, output = run_predict(
@@ -185,6 +189,7 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
         {key: item[key] for key in ("index", "sop_instance_uid", "frame_number", "prediction")}
         for item in output["results"]
     ] == api["slices"]
+    assert [item["file"] for item in output["results"]] == [str(path) for path in paths]
     assert [item["sop_instance_uid"] for item in output["results"]] == [str(item.SOPInstanceUID) for item in series]
     assert all(item["ok"] for item in output["results"])
     (failure,) = output["file_errors"]
@@ -194,4 +199,8 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
         False,
         "undecodable_dicom",
     )
-    assert sorted(path.name for path in masks_dir.iterdir()) == [f"{index:04d}_slice_mask.png" for index in range(3)]
+    # Each slice's mask is named after the file it came from.
+    assert [item["mask_file"] for item in output["results"]] == [
+        str(masks_dir / f"slice_{index}_mask.png") for index in range(3)
+    ]
+    assert sorted(path.name for path in masks_dir.iterdir()) == [f"slice_{index}_mask.png" for index in range(3)]

@@ -1,0 +1,382 @@
+"""`brain-tumor predict`: files and folders in, the API's answers out as JSON, a table or CSV; masks as PNGs.
+
+Inputs are checked and read before the models load (a missing path or an empty folder stops the command with one
+line), no mask file is ever written twice in a run (two same-named inputs are refused, not silently overwritten), and
+raster images are decoded and run `INFERENCE_BATCH_SIZE` files at a time, so the decoded slices take the same memory
+however many files there are, and progress can be shown between chunks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from app import schemas
+from app.errors import FileUnreadableError, ServiceError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from app.inference import Predictor
+    from app.prediction import ModelRunner, PredictionService
+    from app.uploads import UploadLimits
+
+MASK_SUFFIX = "_mask"
+_NUMBER = re.compile(r"(\d+)")
+
+
+class OutputFormat(StrEnum):
+    JSON = "json"
+    TABLE = "table"
+    CSV = "csv"
+
+
+class InputError(ValueError):
+    """The command's inputs cannot be used as given (a missing path, an empty folder, two masks on one file)."""
+
+
+def collect_inputs(arguments: Sequence[str]) -> list[Path]:
+    """The files to predict: each file argument, and the files directly inside each folder argument.
+
+    A folder gives its files in natural order (`slice_2` before `slice_10`), leaving out hidden files and files
+    named `*_mask.*` (ground-truth masks beside LGG slices, or the masks of an earlier run written there).
+
+    Raises
+    ------
+    InputError
+        If a path does not exist, or a folder holds no file to predict.
+    """
+    files: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(
+                (
+                    child
+                    for child in path.iterdir()
+                    if child.is_file() and not child.name.startswith(".") and not child.stem.endswith(MASK_SUFFIX)
+                ),
+                key=natural_key,
+            )
+            if not found:
+                raise InputError(
+                    f"no files to predict in the folder {argument} (hidden and *_mask.* files are skipped)"
+                )
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InputError(f"no such file or folder: {argument}")
+    return files
+
+
+def natural_key(path: Path) -> list[str | int]:
+    return [int(part) if part.isdigit() else part.lower() for part in _NUMBER.split(path.name)]
+
+
+def mask_targets(files: Sequence[Path], masks_dir: Path, every_file_has_a_mask: bool = True) -> list[Path]:
+    """Where each file's mask goes: `masks_dir/<stem>_mask.png` (a DICOM instance with several frames gets
+    `<stem>_frame<N>_mask.png` per frame).
+
+    Parameters
+    ----------
+    every_file_has_a_mask
+        True for raster images: then two files sharing a name is refused here, before anything runs. False for
+        DICOM, where only the files holding FLAIR frames get masks (`pre/IM1.dcm`, `flair/IM1.dcm`, `post/IM1.dcm`
+        is fine): `MaskWriter` refuses a second mask on one file instead.
+
+    Raises
+    ------
+    InputError
+        If two inputs would write the same mask (`a/slice.png` and `b/slice.png`, `slice.png` and `slice.tif`, a
+        file given twice), or a mask would overwrite an input, rather than one file silently replacing another.
+    """
+    targets = [masks_dir / f"{path.stem}{MASK_SUFFIX}.png" for path in files]
+    inputs = {os.path.abspath(path) for path in files}
+    for path, target in zip(files, targets, strict=True):
+        if os.path.abspath(target) in inputs:
+            raise InputError(f"the mask of {path} would overwrite the input {target}; choose another --masks-dir")
+    if not every_file_has_a_mask:
+        return targets
+    by_target: dict[str, list[Path]] = {}
+    for path, target in zip(files, targets, strict=True):
+        by_target.setdefault(os.path.abspath(target), []).append(path)
+    for target, sharing in by_target.items():
+        if len(sharing) > 1:
+            raise InputError(
+                f"the masks of {' and '.join(map(str, sharing))} would all be written to {target}; "
+                "predict same-named files in separate runs, each with its own --masks-dir"
+            )
+    return targets
+
+
+@dataclass
+class Progress:
+    """`[done/total] what` lines on a stream (standard error), or nothing when `stream` is None."""
+
+    stream: TextIO | None
+    done: int = 0
+
+    def advance(self, count: int, total: int, what: str) -> None:
+        self.done += count
+        if self.stream is not None:
+            print(f"[{self.done}/{total}] {what}", file=self.stream, flush=True)
+
+
+@dataclass
+class MaskWriter:
+    """Writes masks as 8-bit PNGs (0 background, 255 tumor); refuses to write one file twice in a run."""
+
+    written: set[Path] = field(default_factory=set)
+
+    def write(self, target: Path, mask: np.ndarray) -> str:
+        from app.masks import png_bytes
+
+        key = Path(os.path.abspath(target))
+        if key in self.written:
+            raise InputError(
+                f"two slices' masks would both be written to {target}; predict same-named files in separate runs, "
+                "each with its own --masks-dir"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(png_bytes(mask))
+        self.written.add(key)
+        return str(target)
+
+
+@dataclass
+class PredictRun:
+    """One `brain-tumor predict`: the models, the inputs, where masks go and how progress shows.
+
+    `batch_size` is both the most slices per model call and the number of raster files read and decoded at once.
+    """
+
+    predictor: Predictor
+    limits: UploadLimits
+    batch_size: int
+    files: list[Path]
+    uploads: list[bytes | ServiceError]
+    mask_format: schemas.MaskFormat
+    masks: list[Path] | None
+    progress: Progress
+    writer: MaskWriter = field(default_factory=MaskWriter)
+
+    def _service(self, run_models: ModelRunner) -> PredictionService:
+        from app.prediction import PredictionService
+
+        return PredictionService(self.predictor, run_models, self.limits, offload=False)
+
+    async def run(self) -> tuple[dict, bool]:
+        """The report (the JSON the command prints) and whether every file was predicted.
+
+        Raises
+        ------
+        app.errors.ServiceError
+            If the files cannot be predicted together (DICOM mixed with images, frames that form no series).
+        """
+        if holds_dicom(self.uploads):
+            return await self._series(self.uploads)
+        return await self._images(self.uploads)
+
+    async def _images(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
+        """Raster images, `batch_size` files at a time: one result per file, as `POST /v1/predict/batch`."""
+        from app.prediction import BatchAnswer, predictor_runner
+
+        service = self._service(predictor_runner(self.predictor, self.batch_size))
+        results = []
+        for start in range(0, len(uploads), self.batch_size):
+            chunk = uploads[start : start + self.batch_size]
+            answer = await service.predict_files(chunk, self.mask_format)
+            assert isinstance(answer, BatchAnswer)  # no DICOM among them
+            for offset, (prediction, outcome) in enumerate(zip(answer.predictions, answer.outcomes, strict=True)):
+                index = start + offset
+                item = {"index": index, "file": str(self.files[index])}
+                results.append(self._result(item, prediction, outcome, self.masks[index] if self.masks else None))
+            self.progress.advance(len(chunk), len(uploads), self.files[start + len(chunk) - 1].name)
+        report = {"results": results, "models": self.predictor.model_tags}
+        return report, all(result["ok"] for result in results)
+
+    async def _series(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
+        """DICOM files as one series: one result per slice, named after the file holding its FLAIR frame."""
+        from app.prediction import SeriesAnswer
+
+        answer = await self._service(self._series_runner()).predict_files(uploads, self.mask_format)
+        assert isinstance(answer, SeriesAnswer)  # DICOM files, no SEG asked for
+        positions = instance_positions(uploads)
+        frames = Counter(item.sop_instance_uid for item in answer.slices or [])
+        results = []
+        for index, (item, prediction) in enumerate(zip(answer.slices or [], answer.result.predictions, strict=True)):
+            position = positions.get(item.sop_instance_uid)
+            target = None
+            if self.masks and position is not None:
+                target = self.masks[position]
+                if frames[item.sop_instance_uid] > 1:
+                    target = target.with_name(
+                        f"{target.stem.removesuffix(MASK_SUFFIX)}_frame{item.frame_number}{MASK_SUFFIX}.png"
+                    )
+            entry = {
+                "index": index,
+                "file": None if position is None else str(self.files[position]),
+                "sop_instance_uid": item.sop_instance_uid,
+                "frame_number": item.frame_number,
+            }
+            results.append(self._result(entry, prediction, item.prediction, target))
+        failures = [
+            {"index": position, "file": str(self.files[position]), "ok": False, "error": error.to_dict()}
+            for position, error in sorted(answer.file_errors.items())
+        ]
+        series = {"tumor_detected": answer.result.tumor_detected, "tumor_volume_ml": answer.result.tumor_volume_ml}
+        report = {"series": series, "results": results, "file_errors": failures, "models": self.predictor.model_tags}
+        return report, not failures
+
+    def _result(self, item: dict, prediction: object, payload: object, target: Path | None) -> dict:
+        if isinstance(payload, ServiceError):
+            return {**item, "ok": False, "error": payload.to_dict()}
+        assert isinstance(payload, schemas.Prediction)
+        item = {**item, "ok": True, "prediction": payload.model_dump(mode="json")}
+        mask = getattr(prediction, "mask", None)
+        if target is not None and mask is not None:
+            item["mask_file"] = self.writer.write(target, mask)
+        return item
+
+    def _series_runner(self) -> ModelRunner:
+        """The predictor `batch_size` slices at a time (as `app.prediction.predictor_runner`), with progress: a DICOM
+        series is one call of the flow, so this is where its progress can be told."""
+        predictor, progress, batch_size = self.predictor, self.progress, self.batch_size
+
+        async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list:
+            predictions: list = []
+            for start in range(0, len(sizes), batch_size):
+                chunk = slice(start, start + batch_size)
+                predictions.extend(predictor.predict_preprocessed(batch[chunk], sizes[chunk]))
+                progress.advance(len(sizes[chunk]), len(sizes), "slices")
+            return predictions
+
+        return run
+
+
+def holds_dicom(uploads: Sequence[bytes | ServiceError]) -> bool:
+    from app.dicom_input import is_dicom
+
+    return any(isinstance(item, bytes) and is_dicom(item) for item in uploads)
+
+
+def read_file(path: Path) -> bytes | ServiceError:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        return FileUnreadableError(f"cannot read the file: {error.strerror or error}")
+
+
+def instance_positions(uploads: Sequence[bytes | ServiceError]) -> dict[str, int]:
+    """SOP Instance UID -> position of the file that holds it (to name a slice's mask after its file)."""
+    import pydicom
+
+    positions = {}
+    for position, data in enumerate(uploads):
+        if not isinstance(data, bytes):
+            continue
+        try:
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        except Exception:  # noqa: BLE001 - a file the series reader could not read either; it is in file_errors
+            continue
+        uid = getattr(header, "SOPInstanceUID", None)
+        if uid is not None:
+            positions.setdefault(str(uid), position)
+    return positions
+
+
+def render(report: dict, output_format: OutputFormat) -> str:
+    """The report as the command prints it on standard output."""
+    if output_format == OutputFormat.JSON:
+        return json.dumps(report, indent=2) + "\n"
+    rows = report["results"] + report.get("file_errors", [])
+    if output_format == OutputFormat.CSV:
+        return csv_text(rows)
+    return table_text(rows, report.get("series"))
+
+
+CSV_COLUMNS = (
+    "index",
+    "file",
+    "sop_instance_uid",
+    "frame_number",
+    "ok",
+    "tumor_probability",
+    "tumor_detected",
+    "threshold",
+    "area_pixels",
+    "mask_file",
+    "error_code",
+    "error_message",
+)
+
+
+def flat_row(result: dict) -> dict[str, object]:
+    """One result as CSV_COLUMNS (empty where a value does not apply)."""
+    prediction = result.get("prediction") or {}
+    mask = prediction.get("mask") or {}
+    error = result.get("error") or {}
+    return {
+        "index": result["index"],
+        "file": result.get("file") or "",
+        "sop_instance_uid": result.get("sop_instance_uid", ""),
+        "frame_number": result.get("frame_number", ""),
+        "ok": str(result["ok"]).lower(),
+        "tumor_probability": prediction.get("tumor_probability", ""),
+        "tumor_detected": str(prediction["tumor_detected"]).lower() if prediction else "",
+        "threshold": prediction.get("threshold", ""),
+        "area_pixels": mask.get("area_pixels", 0 if prediction else ""),
+        "mask_file": result.get("mask_file", ""),
+        "error_code": error.get("code", ""),
+        "error_message": error.get("message", ""),
+    }
+
+
+def csv_text(rows: Sequence[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat_row(row) for row in rows)
+    return buffer.getvalue()
+
+
+def table_text(rows: Sequence[dict], series: dict | None) -> str:
+    """Aligned columns for a person: one line per file (or DICOM slice), then the series' verdict."""
+    header = ["#", "file", "result", "probability", "area px", "mask or error"]
+    if series is not None:
+        header.insert(2, "frame")
+    lines = [header]
+    for row in rows:
+        flat = flat_row(row)
+        if not row["ok"]:
+            result, detail = "error", f"{flat['error_code']}: {flat['error_message']}"
+        else:
+            result = "tumor" if flat["tumor_detected"] == "true" else "no tumor"
+            detail = str(flat["mask_file"])
+        probability = "" if flat["tumor_probability"] == "" else f"{flat['tumor_probability']:.3f}"
+        cells = [str(flat["index"]), str(flat["file"]), result, probability, str(flat["area_pixels"]), detail]
+        if series is not None:
+            cells.insert(2, str(flat["frame_number"]))
+        lines.append(cells)
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    text = (
+        "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+        )
+        + "\n"
+    )
+    if series is not None:
+        verdict = "tumor detected" if series["tumor_detected"] else "no tumor detected"
+        volume = series["tumor_volume_ml"]
+        text += f"series: {verdict}, volume {'unknown (no geometry)' if volume is None else f'{volume:.2f} mL'}\n"
+    return text

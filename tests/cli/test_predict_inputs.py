@@ -1,0 +1,176 @@
+"""`brain-tumor predict` inputs: folders expand to their slices, a missing path or an empty folder stops the command
+with one line and exit 2 before the models load, masks are `<stem>_mask.png` and never share a file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.predict_command import InputError, collect_inputs, mask_targets
+from tests.conftest import TEST_DATA, TUMOR_SERIES, TUMOR_SLICE
+from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
+
+PATIENT_FOLDER = TEST_DATA / "TCGA_DU_A5TW_19980228"
+NO_MODELS = "/nonexistent/models"  # a usage error must be found before the models are looked for
+
+
+def run(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["predict", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("make_argument", "message"),
+    [
+        (lambda tmp: tmp / "no_such_slice.png", "no such file or folder: {}"),
+        (lambda tmp: f"{tmp}/no_such_folder/", "no such file or folder: {}"),
+        (
+            lambda tmp: (tmp / "empty").mkdir() or tmp / "empty",
+            "no files to predict in the folder {} (hidden and *_mask.* files are skipped)",
+        ),
+    ],
+    ids=["missing-file", "missing-folder", "empty-folder"],
+)
+def test_predict_stops_on_missing_input_with_one_line_and_exit_2(
+    make_argument, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argument = str(make_argument(tmp_path))
+
+    code, out, err = run(capsys, str(TUMOR_SLICE), argument, "--model-dir", NO_MODELS)
+
+    assert code == 2
+    assert out == ""
+    assert err == f"brain-tumor predict: error: {message.format(argument)}\n"
+
+
+def test_predict_of_folder_holding_only_masks_and_hidden_files_is_empty(tmp_path: Path) -> None:
+    (tmp_path / "slice_1_mask.png").write_bytes(b"x")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+
+    with pytest.raises(InputError, match="no files to predict in the folder"):
+        collect_inputs([str(tmp_path)])
+
+
+def test_folder_expands_to_its_slices_in_natural_order_without_masks(tmp_path: Path) -> None:
+    for name in ("slice_10.png", "slice_2.png", "slice_2_mask.png", "slice_1.dcm", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "slice_3.png").write_bytes(b"x")
+
+    files = collect_inputs([str(tmp_path), str(TUMOR_SLICE)])
+
+    assert files == [tmp_path / "slice_1.dcm", tmp_path / "slice_2.png", tmp_path / "slice_10.png", TUMOR_SLICE]
+
+
+def test_predict_of_a_folder_predicts_its_slices(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, str(PATIENT_FOLDER), "--model-dir", str(tiny_model_dir), "--masks-dir", str(tmp_path))
+
+    assert code == 0
+    results = json.loads(out)["results"]
+    # The ground-truth *_mask.png files beside the slices are not predicted; 8 < 20 in natural order.
+    expected = [PATIENT_FOLDER / f"TCGA_DU_A5TW_19980228_{number}.jpg" for number in (8, 20, 21, 22)]
+    assert [result["file"] for result in results] == [str(path) for path in expected]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{path.stem}_mask.png" for path in expected)
+
+
+def test_masks_are_named_after_the_stem() -> None:
+    assert mask_targets(TUMOR_SERIES, Path("masks")) == [
+        Path("masks") / f"{path.stem}_mask.png" for path in TUMOR_SERIES
+    ]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("patient_a/slice.png", "patient_b/slice.png"), ("slice.png", "slice.tif"), ("slice.png", "slice.png")],
+    ids=["same-stem-in-two-folders", "same-stem-in-one-folder", "same-file-twice"],
+)
+def test_predict_refuses_inputs_that_would_share_a_mask(
+    names: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [tmp_path / name for name in names]
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x")
+    masks_dir = tmp_path / "masks"
+
+    code, out, err = run(capsys, *map(str, paths), "--model-dir", NO_MODELS, "--masks-dir", str(masks_dir))
+
+    assert code == 2
+    assert out == ""
+    assert err == (
+        f"brain-tumor predict: error: the masks of {paths[0]} and {paths[1]} would all be written to "
+        f"{masks_dir / 'slice_mask.png'}; predict same-named files in separate runs, each with its own --masks-dir\n"
+    )
+    assert not masks_dir.exists()
+
+
+def test_same_stems_are_fine_without_masks(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    first, second = tmp_path / "a" / "slice.jpg", tmp_path / "b" / "slice.jpg"
+    for path in (first, second):
+        path.parent.mkdir()
+        shutil.copyfile(TUMOR_SLICE, path)
+
+    code, out, _ = run(capsys, str(first), str(second), "--model-dir", str(tiny_model_dir))
+
+    assert code == 0
+    assert [result["file"] for result in json.loads(out)["results"]] == [str(first), str(second)]
+
+
+def test_predict_refuses_a_mask_that_would_overwrite_an_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slice_path, ground_truth = tmp_path / "slice.png", tmp_path / "slice_mask.png"
+    slice_path.write_bytes(b"x")
+    ground_truth.write_bytes(b"truth")
+
+    code, _, err = run(
+        capsys, str(slice_path), str(ground_truth), "--model-dir", NO_MODELS, "--masks-dir", str(tmp_path)
+    )
+
+    assert code == 2
+    assert err == (
+        f"brain-tumor predict: error: the mask of {slice_path} would overwrite the input {ground_truth}; "
+        "choose another --masks-dir\n"
+    )
+    assert ground_truth.read_bytes() == b"truth"
+
+
+def test_predict_without_models_exits_3_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, str(TUMOR_SLICE), "--model-dir", str(tmp_path / "no_models"))
+
+    assert code == 3
+    assert out == ""
+    assert err.startswith("brain-tumor predict: cannot load the models: ")
+    assert err.count("\n") == 1 and str(tmp_path / "no_models") in err
+
+
+def test_same_named_dicom_slices_are_refused_when_their_masks_would_meet(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DICOM names are checked as masks are written (only FLAIR files get one): two slices of one series in two
+    folders under one name would share a mask, so the second is refused rather than overwriting the first."""
+    paths = [tmp_path / folder / "IM0001.dcm" for folder in ("a", "b", "c")]
+    for path, dataset in zip(paths, mr_series(tumor_channels(FLAIR)), strict=True):
+        path.parent.mkdir()
+        path.write_bytes(to_bytes(dataset))
+    masks_dir = tmp_path / "masks"
+
+    without_masks, _, _ = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir))
+    code, out, err = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir), "--masks-dir", str(masks_dir))
+
+    assert without_masks == 0
+    assert code == 2
+    assert out == ""
+    assert err == (
+        f"brain-tumor predict: error: two slices' masks would both be written to {masks_dir / 'IM0001_mask.png'}; "
+        "predict same-named files in separate runs, each with its own --masks-dir\n"
+    )

@@ -1,0 +1,176 @@
+"""`brain-tumor predict --format table|csv` says what the JSON says; `--progress` lines go to standard error only."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from app import cli
+from app.cli import main
+from app.predict_command import CSV_COLUMNS
+from app.settings import Settings
+from tests.conftest import TUMOR_SERIES
+from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
+
+
+def run(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["predict", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> list[str]:
+    """Two slices and a file that is no image, in that order."""
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    return [str(TUMOR_SERIES[0]), str(bad), str(TUMOR_SERIES[1])]
+
+
+def test_csv_has_one_row_per_file_with_the_json_values(
+    inputs: list[str], tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [*inputs, "--model-dir", str(tiny_model_dir), "--masks-dir", str(tmp_path / "masks")]
+    json_code, json_out, _ = run(capsys, *common)
+    code, out, err = run(capsys, *common, "--format", "csv")
+
+    assert (code, json_code) == (1, 1)
+    assert err == ""
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    results = json.loads(json_out)["results"]
+    for row, result in zip(rows, results, strict=True):
+        assert row["index"] == str(result["index"]) and row["file"] == result["file"]
+        assert row["ok"] == str(result["ok"]).lower()
+        if result["ok"]:
+            prediction = result["prediction"]
+            assert float(row["tumor_probability"]) == prediction["tumor_probability"]
+            assert row["tumor_detected"] == str(prediction["tumor_detected"]).lower()
+            assert float(row["threshold"]) == prediction["threshold"]
+            assert int(row["area_pixels"]) == prediction["mask"]["area_pixels"]
+            assert row["mask_file"] == result["mask_file"]
+            assert row["error_code"] == row["error_message"] == ""
+        else:
+            assert (row["error_code"], row["error_message"]) == (result["error"]["code"], result["error"]["message"])
+            assert row["tumor_probability"] == row["mask_file"] == ""
+
+
+def test_table_has_a_header_and_one_line_per_file(
+    inputs: list[str], tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, json_out, _ = run(capsys, *inputs, "--model-dir", str(tiny_model_dir))
+    code, out, err = run(capsys, *inputs, "--model-dir", str(tiny_model_dir), "--format", "table")
+
+    assert code == 1
+    assert err == ""
+    header, *lines = out.splitlines()
+    assert header.split() == ["#", "file", "result", "probability", "area", "px", "mask", "or", "error"]
+    results = json.loads(json_out)["results"]
+    assert len(lines) == len(results)
+    for line, result in zip(lines, results, strict=True):
+        cells = line.split()
+        assert cells[:2] == [str(result["index"]), result["file"]]
+        if result["ok"]:
+            prediction = result["prediction"]
+            detected = ["tumor"] if prediction["tumor_detected"] else ["no", "tumor"]
+            probability = f"{prediction['tumor_probability']:.3f}"
+            assert cells[2 : 4 + len(detected) - 1] == [*detected, probability]
+        else:
+            assert cells[2] == "error" and cells[3] == f"{result['error']['code']}:"
+
+
+def test_table_of_a_dicom_series_ends_with_the_series_verdict(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = []
+    for index, dataset in enumerate(mr_series(tumor_channels(FLAIR))):
+        paths.append(tmp_path / f"slice_{index}.dcm")
+        paths[-1].write_bytes(to_bytes(dataset))
+    _, json_out, _ = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir))
+    code, out, _ = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir), "--format", "table")
+
+    assert code == 0
+    series = json.loads(json_out)["series"]
+    header, *lines, verdict = out.splitlines()
+    assert header.split()[:3] == ["#", "file", "frame"]
+    assert [line.split()[1] for line in lines] == [str(path) for path in paths]
+    assert verdict == f"series: tumor detected, volume {series['tumor_volume_ml']:.2f} mL"
+
+
+def test_progress_lines_go_to_stderr_per_chunk(
+    inputs: list[str], tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "get_settings", lambda: Settings(inference_batch_size=2))
+    _, quiet_out, quiet_err = run(capsys, *inputs, "--model-dir", str(tiny_model_dir))
+
+    code, out, err = run(capsys, *inputs, "--model-dir", str(tiny_model_dir), "--progress")
+
+    assert code == 1
+    assert quiet_err == ""  # stderr is no terminal here: no progress unless asked for
+    assert out == quiet_out  # stdout is the same report either way
+    assert err.splitlines() == ["[2/3] notes.png", f"[3/3] {TUMOR_SERIES[1].name}"]
+
+
+def test_progress_of_a_dicom_series_counts_slices(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "get_settings", lambda: Settings(inference_batch_size=2))
+    paths = []
+    for index, dataset in enumerate(mr_series(tumor_channels(FLAIR))):
+        paths.append(tmp_path / f"slice_{index}.dcm")
+        paths[-1].write_bytes(to_bytes(dataset))
+
+    code, _, err = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir), "--progress")
+
+    assert code == 0
+    assert err.splitlines() == ["[2/3] slices", "[3/3] slices"]
+
+
+def test_mixed_dicom_and_images_is_one_error(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dicom = tmp_path / "slice.dcm"
+    dicom.write_bytes(to_bytes(mr_series(tumor_channels(FLAIR))[0]))
+
+    code, out, err = run(
+        capsys, str(dicom), str(TUMOR_SERIES[0]), "--model-dir", str(tiny_model_dir), "--format", "csv"
+    )
+
+    assert code == 1
+    assert out == ""
+    assert err == (
+        "brain-tumor predict: error: a batch must hold either DICOM files or PNG/JPEG/TIFF images; "
+        "got 1 DICOM and 1 other files\n"
+    )
+
+
+def test_unknown_format_is_a_usage_error(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["predict", str(TUMOR_SERIES[0]), "--format", "xml"])
+
+    assert raised.value.code == 2
+    assert "argument --format: invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def test_help_documents_mask_names_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+
+    out = capsys.readouterr().out
+    assert out.startswith("usage: brain-tumor predict [-h] [--format {json,table,csv}]")
+    assert "MASKS_DIR/<stem>_mask.png" in out
+    exit_codes = out.split("exit codes:\n", 1)[1]
+    assert [
+        line.split()[0] for line in exit_codes.splitlines() if line.startswith("  ") and line.split()[0].isdigit()
+    ] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "130",
+    ]
