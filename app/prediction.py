@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from app import payloads, schemas
 from app.batching import MicroBatcher
 from app.core.series_postprocessing import clean_series_masks
-from app.dicom_input import is_dicom
+from app.dicom_header import is_dicom
 from app.dicom_seg import build_segmentation
 from app.dicom_series import (
     SeriesPlan,

@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from app.dicom_input import DicomFrame, read_dicom
+from app.dicom_frame import DicomFrame
+from app.dicom_input import read_dicom
 from app.dicom_seg import MANUFACTURER, build_segmentation, segmentation_to_bytes
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import SeriesUploads, SliceInput, prepare_inputs
