@@ -70,7 +70,8 @@ def predict(args: argparse.Namespace) -> int:
     """The API's flow and JSON, offline: PNG/JPEG/TIFF files as `POST /v1/predict/batch` answers them one result per
     file, DICOM files as one series with one result per slice; exit 1 if any file failed."""
     from app.inference import Predictor
-    from app.prediction import BatchAnswer, PredictionService, predictor_runner
+    from app.model_runners import predictor_runner
+    from app.prediction import BatchAnswer, PredictionService
     from app.uploads import UploadLimits
 
     settings = get_settings()

@@ -20,7 +20,9 @@ from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import SeriesUploads, SliceInput, prepare_inputs
 from app.errors import SegmentationInputError
 from app.inference import SlicePrediction
-from app.prediction import PredictionService, SeriesResult, predictor_runner
+from app.model_runners import predictor_runner
+from app.prediction import PredictionService
+from app.series_result import SeriesResult
 from app.tumor_volume import slice_spacing_mm, tumor_volume_ml
 from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth
