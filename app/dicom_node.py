@@ -5,40 +5,37 @@ How a study flows through it:
 1. **Receive.** The node answers C-ECHO and C-STORE for MR storage classes (and the greyscale Secondary Captures the
    service reads) in the common transfer syntaxes. Only calling AE titles in `allowed_calling_ae_titles` may
    associate (when the list is set); others are rejected at association. Each instance is written to the spool
-   (`Spool`), flushed to disk and renamed into place *before* the C-STORE is answered with success, and the study is
-   marked pending: a node killed mid-series has lost nothing it acknowledged, and a restarted node finds the pending
-   studies on disk.
+   (`app.dicom_spool.Spool`), flushed to disk and renamed into place *before* the C-STORE is answered with success,
+   and the study is marked pending: a node killed mid-series has lost nothing it acknowledged, and a restarted node
+   finds the pending studies on disk.
 2. **Wait.** A study is complete once no instance of it arrived for `quiet_seconds` (scanners and routers send no
    end-of-study signal); the pending marker's modification time is the last arrival, so this survives restarts.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
    instances is fingerprinted: a second send of the same instances finds its fingerprint already processed and
    produces nothing new; an instance that arrives later changes the fingerprint, so the study is processed again
    and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902).
-4. **Send.** The results are saved in the spool, then sent by C-STORE to every destination, each retried with
-   exponential backoff; a destination still failing is retried on later passes. Every attempt is appended to
-   ``sent.jsonl`` (the record of what was sent: destination, SOP class, SOP Instance UID of the result, status).
+4. **Send.** The results are saved in the spool, then sent by C-STORE to every destination (`app.dicom_sender`),
+   each retried with exponential backoff; a destination still failing is retried on later passes. Every attempt is
+   appended to ``sent.jsonl`` (the record of what was sent: destination, SOP class, SOP Instance UID of the result,
+   status).
 
-Logs name studies by a hash of their Study Instance UID (`study_key`), never by DICOM attributes.
+Logs name studies by a hash of their Study Instance UID (`app.dicom_spool.study_key`), never by DICOM attributes.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pydicom
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -62,7 +59,9 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from app.study_analysis import StudyAnalysis, StudyProcessor, dataset_bytes
+from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
+from app.dicom_spool import UNSENT_MARKER, Spool, timestamp
+from app.study_analysis import StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -90,45 +89,9 @@ TRANSFER_SYNTAXES = (
     JPEG2000,
     RLELossless,
 )
-STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
-PENDING_MARKER = "pending"
-UNSENT_MARKER = "unsent"
-RECORD_FILE = "record.json"
-SENT_LOG = "sent.jsonl"
 FINAL_STATUSES = ("analysed", "not_analysed", "failed")
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where results go: a C-STORE SCP's AE title, host and port (from ``AE@host:port``)."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Destination:
-        """Read ``AE@host:port``.
-
-        Raises
-        ------
-        ValueError
-            If the text is not of that form, the AE title is not 1-16 characters, or the port not 1-65535.
-        """
-        ae_title, at, address = text.strip().partition("@")
-        host, colon, port = address.rpartition(":")
-        if not at or not colon or not host or not port.isdigit():
-            raise ValueError(f"a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got {text!r}")
-        if not 1 <= len(ae_title) <= 16:
-            raise ValueError(f"a destination's AE title must be 1 to 16 characters; got {ae_title!r}")
-        if not 1 <= int(port) <= 65535:
-            raise ValueError(f"a destination's port must be 1 to 65535; got {port}")
-        return cls(ae_title, host, int(port))
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -179,165 +142,6 @@ class NodeConfig:
         return cls(**values)
 
 
-def study_key(study_instance_uid: str) -> str:
-    """The spool's (and the logs') name for a study: a hash, so no DICOM UID shows in paths or logs."""
-    return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:24]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write, flush to disk, then rename into place: a reader never sees half a file, a crash leaves none."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself is durable only once the directory is
-    finally:
-        os.close(directory)
-
-
-@dataclass
-class Spool:
-    """The node's on-disk state: ``studies/<key>/instances/*.dcm``, markers, ``record.json``, ``results/``."""
-
-    root: Path
-    clock: Callable[[], float] = time.time
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __post_init__(self) -> None:
-        (self.root / "studies").mkdir(parents=True, exist_ok=True)
-
-    def study_dir(self, key: str) -> Path:
-        return self.root / "studies" / key
-
-    def store_instance(self, study_instance_uid: str, sop_instance_uid: str, data: bytes) -> str:
-        """Keep one received instance (Part 10 bytes) and mark its study pending; return the study key."""
-        key = study_key(study_instance_uid)
-        instances = self.study_dir(key) / "instances"
-        instances.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm"
-        _write_atomically(instances / name, data)
-        self.touch_pending(key)
-        return key
-
-    def touch_pending(self, key: str, at: float | None = None) -> None:
-        marker = self.study_dir(key) / PENDING_MARKER
-        with self._lock:
-            marker.touch()
-            now = self.clock() if at is None else at
-            os.utime(marker, (now, now))
-
-    def pending_studies(self) -> dict[str, float]:
-        """Study key -> time of its last arrival, for every study with a pending marker."""
-        found = {}
-        for marker in (self.root / "studies").glob(f"*/{PENDING_MARKER}"):
-            try:
-                found[marker.parent.name] = marker.stat().st_mtime
-            except FileNotFoundError:  # cleared meanwhile
-                continue
-        return found
-
-    def clear_pending(self, key: str, seen_mtime: float) -> bool:
-        """Remove the marker unless an instance arrived since `seen_mtime`; True if removed."""
-        marker = self.study_dir(key) / PENDING_MARKER
-        with self._lock:
-            try:
-                if marker.stat().st_mtime != seen_mtime:
-                    return False
-                marker.unlink()
-            except FileNotFoundError:
-                pass
-        return True
-
-    def instance_files(self, key: str) -> list[Path]:
-        return sorted((self.study_dir(key) / "instances").glob("*.dcm"))
-
-    def fingerprint(self, files: Sequence[Path]) -> str:
-        """The set of instances (their names are hashes of SOP Instance UIDs); a re-send of the same set matches."""
-        return hashlib.sha256("\n".join(sorted(path.name for path in files)).encode()).hexdigest()[:32]
-
-    def read_record(self, key: str) -> dict[str, Any]:
-        path = self.study_dir(key) / RECORD_FILE
-        if not path.exists():
-            return {"runs": []}
-        return json.loads(path.read_text())
-
-    def write_record(self, key: str, record: dict[str, Any]) -> None:
-        _write_atomically(self.study_dir(key) / RECORD_FILE, json.dumps(record, indent=1).encode())
-
-    def save_results(self, key: str, run_id: str, datasets: Sequence[Dataset]) -> list[Path]:
-        directory = self.study_dir(key) / "results" / run_id
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for index, dataset in enumerate(datasets):
-            path = directory / f"{index:02d}_{dataset.Modality}.dcm"
-            _write_atomically(path, dataset_bytes(dataset))
-            paths.append(path)
-        return paths
-
-    def log_sent(self, entry: dict[str, Any]) -> None:
-        with self._lock, open(self.root / SENT_LOG, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def sent_log(self) -> list[dict[str, Any]]:
-        path = self.root / SENT_LOG
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class ResultSender:
-    """C-STORE SCU of results to one destination, each association retried with exponential backoff."""
-
-    def __init__(
-        self, ae_title: str, retries: int, backoff_seconds: float, sleep: Callable[[float], None] = time.sleep
-    ) -> None:
-        self.ae = AE(ae_title=ae_title)
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
-        self.retries = retries
-        self.backoff_seconds = backoff_seconds
-        self._sleep = sleep
-
-    def send(self, destination: Destination, paths: Sequence[Path]) -> tuple[bool, int, str]:
-        """Send every file in one association; return (all stored, attempts made, last failure or "")."""
-        datasets = [pydicom.dcmread(path) for path in paths]
-        self.ae.requested_contexts = []
-        for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets}):
-            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        failure = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self._sleep(self.backoff_seconds * 2 ** (attempt - 1))
-            failure = self._send_once(destination, datasets)
-            if not failure:
-                return True, attempt + 1, ""
-            logger.warning(
-                "sending results failed", extra={"fields": {"destination": str(destination), "reason": failure}}
-            )
-        return False, self.retries + 1, failure
-
-    def _send_once(self, destination: Destination, datasets: Sequence[Dataset]) -> str:
-        association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not association.is_established:
-            return "association rejected or destination unreachable"
-        try:
-            for dataset in datasets:
-                status = association.send_c_store(dataset)
-                code = int(status.Status) if status is not None and "Status" in status else None
-                if code is None:
-                    return "no C-STORE response"
-                if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
-                    return f"C-STORE status 0x{code:04X}"
-        finally:
-            association.release()
-        return ""
-
-
 class DicomNode:
     """The node: a C-STORE SCP that spools, a worker that processes quiet studies and sends their results.
 
@@ -357,6 +161,7 @@ class DicomNode:
         self.clock = clock
         self.spool = Spool(config.spool_dir, clock=clock)
         self.sender = ResultSender(config.ae_title, config.send_retries, config.send_backoff_seconds, sleep)
+        self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock)
         self._server: Any = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -446,12 +251,12 @@ class DicomNode:
             "run_id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
             "fingerprint": fingerprint,
             "instances": len(files),
-            "started_at": _timestamp(),
+            "started_at": timestamp(),
         }
         try:
             analysis = self.processor(files)
         except Exception as error:  # a bug or a resource problem: retried after another quiet period
-            run.update(status="error", error=type(error).__name__, finished_at=_timestamp())
+            run.update(status="error", error=type(error).__name__, finished_at=timestamp())
             runs.append(run)
             self.spool.write_record(key, record)
             logger.exception("study processing failed", extra={"fields": {"study_key": key}})
@@ -484,7 +289,7 @@ class DicomNode:
             sent={str(destination): {"status": "pending", "attempts": 0} for destination in self.config.destinations}
             if results
             else {},
-            finished_at=_timestamp(),
+            finished_at=timestamp(),
         )
         record["runs"].append(run)
         self.spool.write_record(key, record)
@@ -494,68 +299,17 @@ class DicomNode:
         )
         if run["sent"]:
             (self.spool.study_dir(key) / UNSENT_MARKER).touch()
-            self._send_run(key, record, run)
+            self.delivery.send_run(key, record, run)
 
     # -- sending ---------------------------------------------------------------------------------------------
 
     def send_unsent(self) -> int:
         """Retry destinations that failed in earlier passes, once their backoff has passed; return runs tried."""
-        tried = 0
-        now = self.clock()
-        for marker in sorted((self.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")):
-            key = marker.parent.name
-            record = self.spool.read_record(key)
-            for run in record["runs"]:
-                waiting = [item for item in run.get("sent", {}).values() if item["status"] != "sent"]
-                if waiting and all(item.get("next_attempt_at", 0) <= now for item in waiting):
-                    self._send_run(key, record, run)
-                    tried += 1
-        return tried
-
-    def _send_run(self, key: str, record: dict[str, Any], run: dict[str, Any]) -> None:
-        paths = [self.spool.study_dir(key) / "results" / run["run_id"] / item["file"] for item in run["results"]]
-        for destination in self.config.destinations:
-            state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
-            if state["status"] == "sent":
-                continue
-            ok, attempts, failure = self.sender.send(destination, paths)
-            state["attempts"] += attempts
-            state["status"] = "sent" if ok else "failed"
-            state["last_error"] = failure or None
-            state["at"] = _timestamp()
-            # Later passes retry a failed destination, waiting longer each time (capped at 10 minutes).
-            rounds = state["attempts"] // (self.config.send_retries + 1)
-            state["next_attempt_at"] = self.clock() + min(600.0, self.config.send_backoff_seconds * 2**rounds)
-            for item in run["results"]:
-                self.spool.log_sent(
-                    {
-                        "at": state["at"],
-                        "study_key": key,
-                        "run_id": run["run_id"],
-                        "destination": str(destination),
-                        "modality": item["modality"],
-                        "sop_class_uid": item["sop_class_uid"],
-                        "sop_instance_uid": item["sop_instance_uid"],
-                        "status": state["status"],
-                        "attempts": attempts,
-                        "error": state["last_error"],
-                    }
-                )
-            logger.info(
-                "results sent" if ok else "results not sent",
-                extra={"fields": {"study_key": key, "destination": str(destination), "attempts": attempts}},
-            )
-        self.spool.write_record(key, record)
-        if all(state["status"] == "sent" for run_ in record["runs"] for state in run_.get("sent", {}).values()):
-            (self.spool.study_dir(key) / UNSENT_MARKER).unlink(missing_ok=True)
+        return self.delivery.send_unsent()
 
 
 def _handle_echo(event: Any) -> int:
     return STATUS_SUCCESS
-
-
-def _timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from app.dicom_conformance import complete_segmentation, with_type2_attributes
-from app.dicom_input import DicomFrame
+from app.dicom_frame import DicomFrame
 from app.dicom_series import SliceInput
 from app.errors import SegmentationInputError
 

@@ -1,6 +1,6 @@
 """Series assembly: DICOM frames of one request grouped into model inputs, intensities normalised per series.
 
-`plan_series` checks every file's header (`app.dicom_input.read_dicom_header`), counts the slices the frames will
+`plan_series` checks every file's header (`app.dicom_header.read_dicom_header`), counts the slices the frames will
 make and the memory decoding them will take, all before any pixel is decoded; `decode_series` then decodes the
 files, and `prepare_inputs` normalises the frames of each series to uint8 (`normalise_volume`) and groups frames that
 lie at the same position into one model input (`SliceInput`): alone it is FLAIR, three together are pre-contrast,
@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL
-from app.dicom_input import DicomFrame, DicomHeader, decode_dicom, frame_placement, read_dicom_header
+from app.dicom_frame import DicomFrame, frame_placement
+from app.dicom_header import DicomHeader, read_dicom_header
+from app.dicom_input import decode_dicom
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
 

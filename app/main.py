@@ -30,7 +30,8 @@ from app.errors import ServiceError
 from app.inference import Predictor, enable_gpu_memory_growth
 from app.memory_budget import MemoryBudget
 from app.metrics import ServiceMetrics
-from app.prediction import PredictionService, batcher_runner
+from app.model_runners import batcher_runner
+from app.prediction import PredictionService
 from app.security import ApiKeyStore, RateLimiter
 from app.settings import Settings, get_settings
 from app.uploads import UploadLimits

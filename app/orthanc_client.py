@@ -17,7 +17,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from app.dicom_input import DEFAULT_MAX_DICOM_PIXELS
+from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.dicom_seg import MANUFACTURER
 
 logger = logging.getLogger(__name__)

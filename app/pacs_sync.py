@@ -37,8 +37,9 @@ from typing import Any, Protocol
 from app.dicom_seg import software_version
 from app.errors import ServiceError, error_body
 from app.inference import Predictor
+from app.model_runners import predictor_runner
 from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
-from app.prediction import PredictionService, predictor_runner
+from app.prediction import PredictionService
 from app.uploads import UploadLimits
 
 __all__ = ["SYNC_METADATA", "OrthancClient", "OrthancError", "PacsSyncConfig", "SyncReport", "run_pacs_sync"]

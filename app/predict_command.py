@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from app.inference import Predictor
-    from app.prediction import ModelRunner, PredictionService
+    from app.model_runners import ModelRunner
+    from app.prediction import PredictionService
     from app.uploads import UploadLimits
 
 MASK_SUFFIX = "_mask"
@@ -189,7 +190,8 @@ class PredictRun:
 
     async def _images(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
         """Raster images, `batch_size` files at a time: one result per file, as `POST /v1/predict/batch`."""
-        from app.prediction import BatchAnswer, predictor_runner
+        from app.model_runners import predictor_runner
+        from app.prediction import BatchAnswer
 
         service = self._service(predictor_runner(self.predictor, self.batch_size))
         results = []
@@ -265,7 +267,7 @@ class PredictRun:
 
 
 def holds_dicom(uploads: Sequence[bytes | ServiceError]) -> bool:
-    from app.dicom_input import is_dicom
+    from app.dicom_header import is_dicom
 
     return any(isinstance(item, bytes) and is_dicom(item) for item in uploads)
 

@@ -2,43 +2,32 @@
 
 Raster or DICOM, one slice or a series: check the headers (slices, memory cost), reserve the cost in the decoding
 memory budget (`app.memory_budget.MemoryBudget`), decode (`app.uploads`; DICOM through `app.dicom_series`) -> the
-models (a `ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and pacs-sync) -> the DICOM
-SEG and the tumor volume for a series -> payloads (`app.payloads`). No HTTP here: failures are
-`app.errors.ServiceError`s. In the service the CPU work runs in worker threads, so the event loop stays free while
-it happens (`offload`).
+models (an `app.model_runners.ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and
+pacs-sync) -> the DICOM SEG and the tumor volume for a series (`app.series_result`) -> payloads (`app.payloads`). No
+HTTP here: failures are `app.errors.ServiceError`s. In the service the CPU work runs in worker threads, so the event
+loop stays free while it happens (`offload`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import anyio.to_thread
 import numpy as np
-from pydicom.dataset import Dataset
 
 from app import payloads, schemas
-from app.batching import MicroBatcher
-from app.core.series_postprocessing import clean_series_masks
-from app.dicom_input import is_dicom
-from app.dicom_seg import build_segmentation
-from app.dicom_series import (
-    SeriesPlan,
-    SeriesUploads,
-    SliceInput,
-    decode_series,
-    model_inputs,
-    plan_series,
-    too_many_slices,
-)
+from app.dicom_header import is_dicom
+from app.dicom_series import SeriesPlan, SeriesUploads, decode_series, model_inputs, plan_series
 from app.errors import InvalidSliceError, MixedInputError, ServiceError
 from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget
+from app.model_runners import ModelRunner, Models
 from app.overlay import render_overlay_png
-from app.tumor_volume import tumor_volume_ml
+from app.series_result import SeriesResult, clean_series, nothing_readable, several_slices, summarise_series
 from app.uploads import (
     PreparedSlice,
     UploadLimits,
@@ -49,55 +38,6 @@ from app.uploads import (
 )
 
 T = TypeVar("T")
-
-ModelRunner = Callable[[np.ndarray, list[tuple[int, int]]], Awaitable[list[SlicePrediction]]]
-"""Runs the gated models on a preprocessed batch and its slices' original sizes; one prediction per slice."""
-
-
-class Models(Protocol):
-    """What the flow reads of `app.inference.Predictor` besides running it."""
-
-    @property
-    def classifier_threshold(self) -> float: ...
-
-    @property
-    def model_tags(self) -> dict[str, str]: ...
-
-    @property
-    def series_min_component_voxels(self) -> int: ...
-
-
-class PreprocessedPredictor(Protocol):
-    """`app.inference.Predictor.predict_preprocessed`: the gated models on a preprocessed batch."""
-
-    def predict_preprocessed(
-        self, batch: np.ndarray | None, sizes: Sequence[tuple[int, int]]
-    ) -> list[SlicePrediction]: ...
-
-
-def batcher_runner(batcher: MicroBatcher, timeout_seconds: float) -> ModelRunner:
-    """The service's runner: slices join other requests' in the micro-batcher."""
-
-    async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
-        return await batcher.submit(batch, sizes, timeout_seconds=timeout_seconds)
-
-    return run
-
-
-def predictor_runner(predictor: PreprocessedPredictor, batch_size: int) -> ModelRunner:
-    """The CLI's and pacs-sync's runner: `batch_size` slices at a time, so a long series is not one huge batch.
-
-    It runs the models in the calling thread: those commands serve one request at a time (`offload=False`).
-    """
-
-    async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
-        predictions: list[SlicePrediction] = []
-        for start in range(0, len(sizes), batch_size):
-            chunk = slice(start, start + batch_size)
-            predictions.extend(predictor.predict_preprocessed(batch[chunk], sizes[chunk]))
-        return predictions
-
-    return run
 
 
 @dataclass(frozen=True)
@@ -120,51 +60,6 @@ class Tally:
 
 TallyObserver = Callable[[Tally], None]
 """Told a request's tally once the models have answered (before a later step, like the SEG, can fail)."""
-
-
-@dataclass(frozen=True, eq=False)
-class SeriesResult:
-    """What the models say about a DICOM series.
-
-    Attributes
-    ----------
-    inputs, predictions
-        One prediction per input, in the same order.
-    segmentation
-        The SEG, or None when no slice is positive (or it was not asked for).
-    tumor_volume_ml
-        See `app.tumor_volume.tumor_volume_ml`; 0.0 when nothing was found.
-    """
-
-    inputs: list[SliceInput]
-    predictions: list[SlicePrediction]
-    segmentation: Dataset | None
-    tumor_volume_ml: float | None
-
-    @property
-    def tumor_detected(self) -> bool:
-        return any(prediction.detected for prediction in self.predictions)
-
-
-def summarise_series(
-    inputs: Sequence[SliceInput],
-    predictions: Sequence[SlicePrediction],
-    model_tags: dict[str, str],
-    build_seg: bool = True,
-) -> SeriesResult:
-    """The SEG (when any slice is positive and `build_seg` is set) and the tumor volume of predicted slices.
-
-    Raises
-    ------
-    app.errors.SegmentationInputError
-        If a SEG is to be built and the inputs cannot share one (see `app.dicom_seg.build_segmentation`).
-    """
-    inputs, predictions = list(inputs), list(predictions)
-    masks = [prediction.mask for prediction in predictions]
-    detected = any(prediction.detected for prediction in predictions)
-    segmentation = build_segmentation(inputs, masks, model_tags) if detected and build_seg else None
-    volume = tumor_volume_ml(masks, [slice_input.reference for slice_input in inputs])
-    return SeriesResult(inputs=inputs, predictions=predictions, segmentation=segmentation, tumor_volume_ml=volume)
 
 
 @dataclass(frozen=True, eq=False)
@@ -393,9 +288,7 @@ class PredictionService:
             return await anyio.to_thread.run_sync(function, *arguments)
         return function(*arguments)
 
-    def _count(
-        self, predictions: Sequence[SlicePrediction], failed: int, on_tally: TallyObserver | None
-    ) -> Tally:
+    def _count(self, predictions: Sequence[SlicePrediction], failed: int, on_tally: TallyObserver | None) -> Tally:
         """The tally of a request, told to the service's and the call's observers as soon as the models answered."""
         tally = Tally.of(predictions, failed)
         for observer in (self.on_predictions, on_tally):
@@ -404,50 +297,12 @@ class PredictionService:
         return tally
 
 
-def clean_series(predictions: Sequence[SlicePrediction], min_voxels: int) -> list[SlicePrediction]:
-    """The series clean-up (`app.core.series_postprocessing`) of the predictions of one volume's slices, in order.
-
-    A slice whose mask the clean-up empties is reported as not detected (its probability stays as the classifier
-    gave it): in a series, a slice is positive when its mask survives. A single slice is never changed.
-    """
-    masks = clean_series_masks([prediction.mask for prediction in predictions], min_voxels)
-    return [
-        SlicePrediction(prediction.probability, prediction.detected and mask is not None, mask)
-        for prediction, mask in zip(predictions, masks, strict=True)
-    ]
-
-
 def in_request_order(
     prepared: Sequence[PreparedSlice | ServiceError], predictions: Sequence[SlicePrediction]
 ) -> list[SlicePrediction | ServiceError]:
     """Put each decoded file's prediction, and each failed file's error, back in request order."""
     remaining = iter(predictions)
     return [item if isinstance(item, ServiceError) else next(remaining) for item in prepared]
-
-
-def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
-    """The error for a request none of whose files could be used: never an empty answer that reads as "no tumor".
-
-    It has the kind (hence the status) of the first file's error, and names every file's failure.
-    """
-    first = errors[min(errors)]
-    if len(errors) == 1:
-        return first
-    if len({error.message for error in errors.values()}) == 1:
-        return type(first)(f"none of the {len(errors)} files could be used, each for the same reason: {first.message}")
-    reasons = "; ".join(f"file {index}: {error.message}" for index, error in sorted(errors.items()))
-    return type(first)(f"none of the {len(errors)} files could be used ({reasons})")
-
-
-def several_slices(slices: int, max_slices: int) -> ServiceError:
-    """The refusal of a request that holds more slices than it may: one slice for /v1/predict and the overlay, the
-    inference queue's size for a series."""
-    if max_slices == 1:
-        return InvalidSliceError(
-            f"the DICOM file holds {slices} slices; send it to /v1/predict/batch for one result per slice, or ask "
-            "for output=dicom-seg"
-        )
-    return too_many_slices(slices, max_slices)
 
 
 def refuse_segmentation_of_raster(segmentation: bool) -> None:

@@ -32,7 +32,8 @@ from pydicom.dataset import Dataset
 from app.dicom_series import SliceInput
 from app.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import InvalidDicomImageError, ServiceError
-from app.prediction import PredictionService, SeriesAnswer, predictor_runner
+from app.model_runners import predictor_runner
+from app.prediction import PredictionService, SeriesAnswer
 from app.sequence_selection import SelectionRules, StudySelection, select_sequences
 from app.uploads import UploadLimits
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.dicom_input import DicomFrame
+from app.dicom_frame import DicomFrame
 
 MM3_PER_ML = 1000.0
 

@@ -19,7 +19,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from app.dicom_input import is_dicom, read_dicom
+from app.dicom_header import is_dicom
+from app.dicom_input import read_dicom
 from app.dicom_series import prepare_inputs
 from app.errors import (
     DicomWithoutPixelDataError,

@@ -25,12 +25,14 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_
 from pynetdicom import AE, evt
 
 from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
-from app.dicom_node import Destination, DicomNode, NodeConfig
+from app.dicom_node import DicomNode, NodeConfig
 from app.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom_sender import Destination
 from app.dicom_sr import SR_SERIES_NUMBER, read_volume_report
 from app.inference import SlicePrediction
-from app.prediction import PredictionService, predictor_runner
+from app.model_runners import predictor_runner
+from app.prediction import PredictionService
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits

@@ -13,13 +13,16 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from app.dicom_input import DicomFrame, read_dicom
+from app.dicom_frame import DicomFrame
+from app.dicom_input import read_dicom
 from app.dicom_seg import MANUFACTURER, build_segmentation, segmentation_to_bytes
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import SeriesUploads, SliceInput, prepare_inputs
 from app.errors import SegmentationInputError
 from app.inference import SlicePrediction
-from app.prediction import PredictionService, SeriesResult, predictor_runner
+from app.model_runners import predictor_runner
+from app.prediction import PredictionService
+from app.series_result import SeriesResult
 from app.tumor_volume import slice_spacing_mm, tumor_volume_ml
 from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth

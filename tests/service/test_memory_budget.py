@@ -1,4 +1,4 @@
-"""The decoding memory budget: costs from headers (`app.imaging`, `app.dicom_input`) and the byte-counting semaphore
+"""The decoding memory budget: costs from headers (`app.imaging`, `app.dicom_header`) and the byte-counting semaphore
 (`app.memory_budget.MemoryBudget`) that keeps concurrent requests within it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app import schemas
-from app.dicom_input import read_dicom_header
+from app.dicom_header import read_dicom_header
 from app.errors import OverloadedError, OverMemoryBudgetError
 from app.imaging import read_image_header
 from app.inference import SlicePrediction

@@ -21,7 +21,8 @@ from app.errors import (
 from app.imaging import decode_image
 from app.inference import Predictor, SlicePrediction
 from app.masks import decode_rle
-from app.prediction import PredictionService, in_request_order, predictor_runner
+from app.model_runners import predictor_runner
+from app.prediction import PredictionService, in_request_order
 from tests.api.utils import decode_png_mask, png_bytes, resized, tiff_bytes
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
 

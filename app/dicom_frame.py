@@ -1,0 +1,133 @@
+"""One decoded DICOM frame (`DicomFrame`) and the per-frame attributes read from its header: where it lies in the
+patient and what a DICOM SEG needs to refer back to it.
+
+Enhanced multi-frame objects say per frame (or once for all frames) in functional groups what single-frame objects
+say at the top level; `frame_value` looks in that order. Nothing here logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from app.errors import InvalidDicomImageError
+
+
+@dataclass(frozen=True, eq=False)
+class DicomFrame:
+    """One frame of one instance: its modality values and what a DICOM SEG frame needs to point back at it.
+
+    Attributes
+    ----------
+    values
+        float32 HxW modality values (after the modality LUT; MONOCHROME1 inverted so higher means brighter).
+    header
+        The instance's dataset without its pixel data, shared by all frames of the instance.
+    frame_number
+        1-based frame number within the instance (1 for single-frame instances).
+    number_of_frames
+        Frames in the instance.
+    image_position, image_orientation, pixel_spacing, slice_thickness, spacing_between_slices
+        The frame's geometry in mm (from the per-frame or shared functional groups for enhanced multi-frame
+        objects, else from the top level); None where the object does not say.
+    """
+
+    values: np.ndarray
+    header: Dataset
+    frame_number: int
+    number_of_frames: int
+    image_position: tuple[float, float, float] | None
+    image_orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.header.SOPInstanceUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.header.get("SeriesInstanceUID", ""))
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.header.get("StudyInstanceUID", ""))
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return str(self.header.get("FrameOfReferenceUID", ""))
+
+    @property
+    def is_multiframe(self) -> bool:
+        return "NumberOfFrames" in self.header
+
+
+def frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> object | None:
+    """An attribute of frame `index`: per-frame functional group, then shared group, then the top level."""
+    candidates = []
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and index < len(per_frame):
+        candidates.append(per_frame[index])
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    if shared:
+        candidates.append(shared[0])
+    for group in candidates:
+        items = group.get(sequence)
+        if items and keyword in items[0]:
+            return items[0][keyword].value
+    return dataset.get(keyword)
+
+
+def _floats(value: object, count: int, keyword: str) -> tuple[float, ...] | None:
+    """`count` numbers, or None when absent or unreadable (geometry is optional); a 400 for infinite ones, which
+    no position can be and which would break the arithmetic on positions."""
+    if value is None:
+        return None
+    try:
+        items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
+        numbers = tuple(float(item) for item in items)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(number) for number in numbers):
+        raise InvalidDicomImageError(f"{keyword} must hold finite numbers")
+    return numbers if len(numbers) == count else None
+
+
+def frame_placement(dataset: Dataset, index: int) -> tuple[str, tuple[float, ...] | None, tuple[float, ...] | None]:
+    """Frame of Reference UID, Image Position and Image Orientation (Patient) of frame `index` (0-based), read from
+    the header alone: what groups frames into slices."""
+    position = _floats(
+        frame_value(dataset, index, "PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient"
+    )
+    orientation = _floats(
+        frame_value(dataset, index, "PlaneOrientationSequence", "ImageOrientationPatient"),
+        6,
+        "ImageOrientationPatient",
+    )
+    return str(dataset.get("FrameOfReferenceUID", "")), position, orientation
+
+
+def frame_at(dataset: Dataset, values: np.ndarray, index: int, frames: int) -> DicomFrame:
+    """Frame `index` (0-based) of `frames`: its decoded `values` with its geometry read from `dataset`."""
+
+    def floats(sequence: str, keyword: str, count: int) -> tuple[float, ...] | None:
+        return _floats(frame_value(dataset, index, sequence, keyword), count, keyword)
+
+    thickness = floats("PixelMeasuresSequence", "SliceThickness", 1)
+    between = floats("PixelMeasuresSequence", "SpacingBetweenSlices", 1)
+    return DicomFrame(
+        values=values,
+        header=dataset,
+        frame_number=index + 1,
+        number_of_frames=frames,
+        image_position=floats("PlanePositionSequence", "ImagePositionPatient", 3),
+        image_orientation=floats("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+        pixel_spacing=floats("PixelMeasuresSequence", "PixelSpacing", 2),
+        slice_thickness=thickness[0] if thickness else None,
+        spacing_between_slices=between[0] if between else None,
+    )

@@ -1,0 +1,348 @@
+"""Reading and checking a DICOM file's header without decoding its pixels: what the file is, and what decoding it
+would cost.
+
+A file is recognised by its 128-byte preamble followed by ``DICM`` (`is_dicom`), never by its name.
+`read_dicom_header` checks the SOP class, the pixel description and the size (rows x columns x frames, and for
+compressed pixel data the size each codestream declares, `app.dicom_codestream`) and returns a `DicomHeader`, whose
+`cost_bytes` is the memory decoding the file takes at most; `app.dicom_input.decode_dicom` decodes it. Failures are
+`app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient attributes.
+Nothing here logs.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from app.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
+from app.errors import (
+    DicomWithoutPixelDataError,
+    ImageTooLargeError,
+    InvalidDicomImageError,
+    OverMemoryBudgetError,
+    ServiceError,
+    UndecodableDicomError,
+    UnsupportedDicomError,
+)
+from app.memory_budget import MIB, MODEL_INPUT_BYTES, check_cost, describe_bytes
+from app.settings import Settings
+
+DICOM_PREAMBLE_LENGTH = 128
+DICOM_MAGIC = b"DICM"
+
+# Image storage classes whose pixels are MR slices (or a screenshot of one). Anything else, a SEG, an SR, a CT, is
+# refused: the models learned brain MR and their output would mean nothing for other content.
+SUPPORTED_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+}
+SECONDARY_CAPTURE_CLASSES = frozenset(uid for uid, name in SUPPORTED_SOP_CLASSES.items() if "Secondary Capture" in name)
+MONOCHROME_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+DEFLATED_HEADER_BYTES = 4 * MIB
+"""Most of an inflated (Deflated Explicit VR Little Endian) data set kept to read its header; the rest is only
+counted, so that a deflate bomb is measured without being held."""
+_INFLATE_CHUNK = 1 * MIB
+BYTES_PER_SAMPLE = {1: 1, 8: 1, 16: 2, 32: 4, 64: 8}
+"""BitsAllocated -> bytes of one decoded sample (1-bit pixels are unpacked to one byte each)."""
+_EXPLICIT_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_RASTER_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # TIFF may share a file with DICOM: not listed
+
+
+def is_dicom(data: bytes) -> bool:
+    """True if `data` is a DICOM Part 10 file: a 128-byte preamble, ``DICM``, then a file meta group.
+
+    ``DICM`` alone is four bytes any file can hold at 128 (a PNG's text chunk): the file meta group must follow (a
+    group 0002 tag, then an explicit VR), and a file that starts with a PNG or JPEG signature is that image.
+    """
+    start = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)
+    if data[DICOM_PREAMBLE_LENGTH:start] != DICOM_MAGIC or data.startswith(_RASTER_SIGNATURES):
+        return False
+    if data[start : start + 2] != b"\x02\x00":  # group 0002, little endian, as Part 10 requires
+        return False
+    vr = data[start + 4 : start + 6]
+    return len(vr) < 2 or (vr.isalpha() and vr.isupper())  # a truncated meta group is still DICOM, and a 400
+
+
+DEFAULT_MAX_DICOM_PIXELS: int = Settings.model_fields["max_dicom_pixels"].default
+
+
+@dataclass(frozen=True, eq=False)
+class DicomHeader:
+    """What a DICOM file's header says about its pixels, read without decoding them (`read_dicom_header`).
+
+    Attributes
+    ----------
+    data
+        The file's bytes, decoded later by `app.dicom_input.decode_dicom`.
+    dataset
+        The data set up to (without) the pixel data.
+    inflated_bytes
+        Size of the data set once inflated, for the Deflated transfer syntax (pydicom holds it whole while it reads);
+        0 otherwise.
+    """
+
+    data: bytes
+    dataset: Dataset
+    rows: int
+    columns: int
+    frames: int
+    bits_allocated: int
+    inflated_bytes: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return self.rows * self.columns * self.frames
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Rows x Columns x frames x bytes per sample (one sample per pixel: colour is refused)."""
+        return self.pixels * BYTES_PER_SAMPLE[self.bits_allocated]
+
+    @property
+    def cost_bytes(self) -> int:
+        """Memory reading the file into model inputs holds at most: the inflated data set (Deflated), the pixel data
+        as read and as decoded, the float32 modality values and the uint8 normalised frames (both kept per frame for
+        the series), one frame's float64 modality values and LUT output, and one float32 256x256x3 model input per
+        frame (a 1x1 frame costs as much as a 256x256 one there) with the three-channel copy made before it."""
+        frame = self.rows * self.columns
+        return (
+            self.inflated_bytes
+            + 2 * self.decoded_bytes
+            + self.pixels * (4 + 1)
+            + frame * (16 + 3)
+            + self.frames * MODEL_INPUT_BYTES
+        )
+
+    def describe(self) -> str:
+        plural = "s" if self.frames != 1 else ""
+        inflated = f", {self.inflated_bytes} bytes once inflated" if self.inflated_bytes else ""
+        return (
+            f"{self.rows} rows x {self.columns} columns x {self.frames} frame{plural} x {self.bits_allocated} bits "
+            f"= {self.decoded_bytes} bytes of pixels{inflated}, with their working copies and one "
+            f"{describe_bytes(MODEL_INPUT_BYTES)} model input per frame"
+        )
+
+    def check_cost(self, max_bytes: int) -> None:
+        """Raise `app.errors.OverMemoryBudgetError` if reading the file would take more than `max_bytes`."""
+        check_cost("DICOM file", self.cost_bytes, self.describe(), max_bytes)
+
+
+def read_dicom_header(
+    data: bytes, max_pixels: int = DEFAULT_MAX_DICOM_PIXELS, max_bytes: int | None = None
+) -> DicomHeader:
+    """Read and check one DICOM file's header without decoding its pixels.
+
+    Checks run cheapest first: the Part 10 marker, the SOP class, the presence of pixel data, the photometric
+    interpretation and bits, rows x columns x frames against `max_pixels`, and for JPEG 2000 and JPEG pixel data
+    the size each frame's codestream declares against Rows and Columns (a decoder allocates what the codestream
+    says). A deflated data set is inflated in chunks and only counted past its header: over `max_bytes` it is
+    refused before it is ever held whole. The cost of decoding (`DicomHeader.cost_bytes`) is computed, not checked:
+    the caller compares it with its budget (`DicomHeader.check_cost`), after counting slices.
+
+    Raises
+    ------
+    UndecodableDicomError, UnsupportedDicomError, DicomWithoutPixelDataError, InvalidDicomImageError,
+    app.errors.ImageTooLargeError, app.errors.OverMemoryBudgetError
+    """
+    _check_part10(data)
+    try:
+        meta_end, transfer_syntax = _file_meta(data)
+        if _is_deflated(transfer_syntax):
+            dataset, has_pixels, inflated = _inflated_header(data, meta_end, max_bytes)
+            pixel_position = -1  # deflated pixel data is native: no codestream to check
+        else:
+            buffer = io.BytesIO(data)
+            dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
+            pixel_position, inflated = buffer.tell(), 0
+            has_pixels = _pixel_data_tag_at(data, pixel_position)
+        _check_sop_class(dataset, has_pixels)
+        _check_pixel_description(dataset)
+        rows, columns, frames = image_dimensions(dataset)
+        bits = bits_allocated(dataset)
+    except ServiceError:
+        raise
+    except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
+        raise UndecodableDicomError(f"DICOM file cannot be read (truncated or corrupt): {error}") from error
+    if rows * columns * frames > max_pixels:
+        raise ImageTooLargeError(
+            f"DICOM image is {rows}x{columns} pixels x {frames} frames = {rows * columns * frames} pixels; "
+            f"the limit is {max_pixels} pixels"
+        )
+    if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
+        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns)
+    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated)
+
+
+def _check_part10(data: bytes) -> None:
+    if not is_dicom(data):
+        raise UndecodableDicomError(
+            f"a DICOM file must hold {DICOM_MAGIC.decode()} at byte {DICOM_PREAMBLE_LENGTH} (Part 10 format); "
+            f"found {data[DICOM_PREAMBLE_LENGTH : DICOM_PREAMBLE_LENGTH + 4]!r}"
+        )
+
+
+def _file_meta(data: bytes) -> tuple[int, str]:
+    """Where the file meta group ends, and its Transfer Syntax UID ('' if absent).
+
+    Read by hand (Part 10 fixes it: explicit VR little endian, group 0002, right after ``DICM``) because pydicom
+    inflates a whole deflated data set as soon as it has read the meta group.
+    """
+    position = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)
+    transfer_syntax = ""
+    while position + 8 <= len(data) and data[position : position + 2] == b"\x02\x00":
+        element = int.from_bytes(data[position + 2 : position + 4], "little")
+        if data[position + 4 : position + 6] in _EXPLICIT_LONG_VRS:
+            length, start = int.from_bytes(data[position + 8 : position + 12], "little"), position + 12
+        else:
+            length, start = int.from_bytes(data[position + 6 : position + 8], "little"), position + 8
+        if length == UNDEFINED_LENGTH or start + length > len(data):
+            raise UndecodableDicomError("DICOM file meta group (0002) is truncated or has an undefined length")
+        if element == 0x0010:
+            transfer_syntax = data[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        position = start + length
+    return position, transfer_syntax
+
+
+def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int]:
+    """The header of a deflated data set, whether pixel data follows it, and the inflated size.
+
+    The stream is inflated a chunk at a time; the first `DEFLATED_HEADER_BYTES` are kept, the rest only counted.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    kept, inflated = bytearray(), 0
+    try:
+        for start in range(meta_end, len(data), 64 * 1024):
+            output = inflater.decompress(data[start : start + 64 * 1024], _INFLATE_CHUNK)
+            while True:
+                inflated += len(output)
+                if len(kept) < DEFLATED_HEADER_BYTES:
+                    kept += output[: DEFLATED_HEADER_BYTES - len(kept)]
+                if max_bytes is not None and inflated > max_bytes:
+                    raise OverMemoryBudgetError(
+                        f"DICOM file's deflated data set inflates to more than {describe_bytes(max_bytes)}, the "
+                        "memory budget (DECODE_MEMORY_BYTES); refused before it was held"
+                    )
+                if not inflater.unconsumed_tail:
+                    break
+                output = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
+            if inflater.eof:
+                break
+    except zlib.error as error:
+        raise UndecodableDicomError(f"DICOM deflated data set cannot be inflated: {error}") from error
+    if not inflater.eof:
+        raise UndecodableDicomError("DICOM deflated data set is truncated (the deflate stream does not end)")
+    reached_pixels = False
+
+    def at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal reached_pixels
+        reached_pixels = reached_pixels or tag in PIXEL_DATA_TAGS
+        return reached_pixels
+
+    cut = inflated > len(kept)
+    try:
+        dataset = read_dataset(DicomBytesIO(bytes(kept)), False, True, stop_when=at_pixel_data)
+    except Exception:
+        if not cut or reached_pixels:
+            raise
+        dataset = None
+    if dataset is None or (cut and not reached_pixels):
+        raise OverMemoryBudgetError(
+            f"DICOM file's header (the data set before its pixel data) is over {describe_bytes(DEFLATED_HEADER_BYTES)} "
+            "once inflated"
+        )
+    return dataset, reached_pixels, inflated
+
+
+def _pixel_data_tag_at(data: bytes, position: int) -> bool:
+    """Whether a pixel data element starts at `position` (little endian, or the retired big endian)."""
+    tag = data[position : position + 4]
+    if len(tag) < 4:
+        return False
+    little = int.from_bytes(tag[:2], "little") << 16 | int.from_bytes(tag[2:], "little")
+    big = int.from_bytes(tag[:2], "big") << 16 | int.from_bytes(tag[2:], "big")
+    return little in PIXEL_DATA_TAGS or big in PIXEL_DATA_TAGS
+
+
+def _is_deflated(transfer_syntax: str) -> bool:
+    return transfer_syntax == DeflatedExplicitVRLittleEndian
+
+
+def _is_encapsulated(transfer_syntax: str) -> bool:
+    try:
+        return UID(transfer_syntax).is_encapsulated
+    except ValueError:  # not a transfer syntax pydicom knows: it reads the data as native
+        return False
+
+
+def bits_allocated(dataset: Dataset) -> int:
+    bits = int(dataset.BitsAllocated)
+    if bits not in BYTES_PER_SAMPLE:
+        raise InvalidDicomImageError(f"DICOM BitsAllocated must be one of 1, 8, 16, 32, 64; got {bits}")
+    return bits
+
+
+def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
+    sop_class = dataset.get("SOPClassUID")
+    if sop_class is None:
+        raise UndecodableDicomError(
+            "DICOM dataset has no SOP Class UID (0008,0016): the file is truncated or not a DICOM object"
+        )
+    if str(sop_class) not in SUPPORTED_SOP_CLASSES:
+        name = UID(str(sop_class)).name
+        raise UnsupportedDicomError(
+            f"DICOM SOP class must be one of {', '.join(SUPPORTED_SOP_CLASSES.values())}; got {name} ({sop_class})"
+        )
+    modality = str(dataset.get("Modality", "") or "")
+    if str(sop_class) in SECONDARY_CAPTURE_CLASSES and modality.upper() != "MR":
+        raise UnsupportedDicomError(
+            "a DICOM Secondary Capture is read only as a capture of an MR slice (Modality MR); "
+            f"got Modality {modality or 'missing'}"
+        )
+    if not has_pixels:
+        raise DicomWithoutPixelDataError(
+            f"DICOM {SUPPORTED_SOP_CLASSES[str(sop_class)]} must carry Pixel Data (7FE0,0010); this one has none "
+            "(or the file is truncated before it)"
+        )
+
+
+def _check_pixel_description(dataset: Dataset) -> None:
+    for keyword in ("Rows", "Columns", "BitsAllocated"):
+        if keyword not in dataset:
+            raise UndecodableDicomError(f"DICOM image must state {keyword}; it is missing (truncated or corrupt file)")
+    samples = int(dataset.get("SamplesPerPixel", 1))
+    interpretation = str(dataset.get("PhotometricInterpretation", ""))
+    if samples != 1 or interpretation not in MONOCHROME_INTERPRETATIONS:
+        raise InvalidDicomImageError(
+            "DICOM image must be greyscale (SamplesPerPixel 1, PhotometricInterpretation MONOCHROME1 or MONOCHROME2); "
+            f"got SamplesPerPixel {samples}, PhotometricInterpretation {interpretation or 'missing'}"
+        )
+
+
+def image_dimensions(dataset: Dataset) -> tuple[int, int, int]:
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    try:
+        frames = int(dataset.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError) as error:
+        raise UndecodableDicomError(
+            f"DICOM Number of Frames must be a positive integer; got {dataset.NumberOfFrames!r}"
+        ) from error
+    if rows < 1 or columns < 1 or frames < 1:
+        raise InvalidDicomImageError(
+            f"DICOM image must have at least one row, column and frame; got {rows}x{columns} x {frames} frames"
+        )
+    return rows, columns, frames

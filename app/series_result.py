@@ -1,0 +1,101 @@
+"""What the models say about one DICOM series or volume: the result (`SeriesResult`, with the SEG and the tumor
+volume), the series clean-up of the slices' masks (`clean_series`), and the refusals of a series that cannot be
+answered (`nothing_readable`, `several_slices`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from app.core.series_postprocessing import clean_series_masks
+from app.dicom_seg import build_segmentation
+from app.dicom_series import SliceInput, too_many_slices
+from app.errors import InvalidSliceError, ServiceError
+from app.inference import SlicePrediction
+from app.tumor_volume import tumor_volume_ml
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesResult:
+    """What the models say about a DICOM series.
+
+    Attributes
+    ----------
+    inputs, predictions
+        One prediction per input, in the same order.
+    segmentation
+        The SEG, or None when no slice is positive (or it was not asked for).
+    tumor_volume_ml
+        See `app.tumor_volume.tumor_volume_ml`; 0.0 when nothing was found.
+    """
+
+    inputs: list[SliceInput]
+    predictions: list[SlicePrediction]
+    segmentation: Dataset | None
+    tumor_volume_ml: float | None
+
+    @property
+    def tumor_detected(self) -> bool:
+        return any(prediction.detected for prediction in self.predictions)
+
+
+def summarise_series(
+    inputs: Sequence[SliceInput],
+    predictions: Sequence[SlicePrediction],
+    model_tags: dict[str, str],
+    build_seg: bool = True,
+) -> SeriesResult:
+    """The SEG (when any slice is positive and `build_seg` is set) and the tumor volume of predicted slices.
+
+    Raises
+    ------
+    app.errors.SegmentationInputError
+        If a SEG is to be built and the inputs cannot share one (see `app.dicom_seg.build_segmentation`).
+    """
+    inputs, predictions = list(inputs), list(predictions)
+    masks = [prediction.mask for prediction in predictions]
+    detected = any(prediction.detected for prediction in predictions)
+    segmentation = build_segmentation(inputs, masks, model_tags) if detected and build_seg else None
+    volume = tumor_volume_ml(masks, [slice_input.reference for slice_input in inputs])
+    return SeriesResult(inputs=inputs, predictions=predictions, segmentation=segmentation, tumor_volume_ml=volume)
+
+
+def clean_series(predictions: Sequence[SlicePrediction], min_voxels: int) -> list[SlicePrediction]:
+    """The series clean-up (`app.core.series_postprocessing`) of the predictions of one volume's slices, in order.
+
+    A slice whose mask the clean-up empties is reported as not detected (its probability stays as the classifier
+    gave it): in a series, a slice is positive when its mask survives. A single slice is never changed.
+    """
+    masks = clean_series_masks([prediction.mask for prediction in predictions], min_voxels)
+    return [
+        SlicePrediction(prediction.probability, prediction.detected and mask is not None, mask)
+        for prediction, mask in zip(predictions, masks, strict=True)
+    ]
+
+
+def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
+    """The error for a request none of whose files could be used: never an empty answer that reads as "no tumor".
+
+    It has the kind (hence the status) of the first file's error, and names every file's failure.
+    """
+    first = errors[min(errors)]
+    if len(errors) == 1:
+        return first
+    if len({error.message for error in errors.values()}) == 1:
+        return type(first)(f"none of the {len(errors)} files could be used, each for the same reason: {first.message}")
+    reasons = "; ".join(f"file {index}: {error.message}" for index, error in sorted(errors.items()))
+    return type(first)(f"none of the {len(errors)} files could be used ({reasons})")
+
+
+def several_slices(slices: int, max_slices: int) -> ServiceError:
+    """The refusal of a request that holds more slices than it may: one slice for /v1/predict and the overlay, the
+    inference queue's size for a series."""
+    if max_slices == 1:
+        return InvalidSliceError(
+            f"the DICOM file holds {slices} slices; send it to /v1/predict/batch for one result per slice, or ask "
+            "for output=dicom-seg"
+        )
+    return too_many_slices(slices, max_slices)
