@@ -1,5 +1,6 @@
-"""Talking to Orthanc for pacs-sync: where it is (`PacsSyncConfig`) and the few REST and DICOMweb calls made to it
-(`OrthancClient`), each retried with exponential backoff on network errors and 429/5xx answers.
+"""Talking to Orthanc for pacs-sync: where it is and how often to retry (`PacsSyncConfig`), and the few REST and
+DICOMweb calls made to it (`OrthancClient`), each retried with exponential backoff on network errors and 429/5xx
+answers.
 
 What to do with the series is `app.pacs_sync`'s job; nothing here predicts.
 """
@@ -10,7 +11,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -19,12 +21,14 @@ from pydicom.dataset import Dataset
 
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.dicom_seg import MANUFACTURER
+from app.sequence_selection import SelectionRules
 
 logger = logging.getLogger(__name__)
 
 SYNC_METADATA = "BrainTumorSync"
 DICOMWEB_ROOT = "dicom-web"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+CHANGES_PAGE = 100
 
 T = TypeVar("T")
 
@@ -43,11 +47,16 @@ class PacsSyncConfig:
         Orthanc's base URL (REST API root), e.g. ``http://127.0.0.1:8042``; DICOMweb is under ``/dicom-web``.
     username, password
         HTTP basic authentication; None for an Orthanc without authentication.
-    series_filter
-        Orthanc wildcard on Series Description (case-insensitive, ``*`` and ``?``), e.g. ``*FLAIR*``; empty for every
-        MR series. Worth setting: the models read FLAIR, and other sequences give meaningless SEGs.
+    state_file
+        Where the number of the last Orthanc change handled and the studies waiting for a retry are kept (JSON), so a
+        restart resumes there; None keeps them in memory only (a restart then reads the changes from the start, and
+        the records in Orthanc keep it from redoing work).
     poll_seconds
         Pause between passes when not running once.
+    max_attempts, retry_seconds
+        A study that fails is tried again up to `max_attempts` times in all, `retry_seconds` x 2^(attempt-1) after
+        each failure; then it is only watched (its instances re-checked every `retry_seconds` x 2^(max_attempts-1))
+        and processed again once they change.
     max_image_pixels
         Largest rows x columns x frames accepted per instance (as for uploads).
     retries, backoff_seconds
@@ -57,21 +66,26 @@ class PacsSyncConfig:
     batch_size
         Slices per model call, to bound memory on long series.
     require_stable
-        Process a series only once Orthanc calls it stable (no new instance for its StableAge), so a SEG never
-        covers half a series.
+        Process a study only on Orthanc's ``StableSeries`` changes (no new instance for its StableAge), so a SEG never
+        covers half a series; without it, also on each ``NewInstance``.
+    selection_rules
+        Which series are FLAIR and T1 (`app.sequence_selection`).
     """
 
     orthanc_url: str
     username: str | None = None
     password: str | None = None
-    series_filter: str = ""
+    state_file: Path | None = None
     poll_seconds: float = 30.0
+    max_attempts: int = 5
+    retry_seconds: float = 60.0
     max_image_pixels: int = DEFAULT_MAX_DICOM_PIXELS
     retries: int = 4
     backoff_seconds: float = 0.5
     timeout_seconds: float = 30.0
     batch_size: int = 32
     require_stable: bool = True
+    selection_rules: SelectionRules = field(default_factory=SelectionRules)
 
     def __post_init__(self) -> None:
         if not self.orthanc_url.startswith(("http://", "https://")):
@@ -80,6 +94,10 @@ class PacsSyncConfig:
             raise ValueError(
                 "retries and backoff_seconds must be >= 0, timeout_seconds > 0 and batch_size >= 1; got "
                 f"{self.retries}, {self.backoff_seconds}, {self.timeout_seconds}, {self.batch_size}"
+            )
+        if self.max_attempts < 1 or self.retry_seconds < 0:
+            raise ValueError(
+                f"max_attempts must be >= 1 and retry_seconds >= 0; got {self.max_attempts}, {self.retry_seconds}"
             )
 
     @property
@@ -108,47 +126,62 @@ class OrthancClient:
         self._dicomweb = DICOMwebClient(url=config.dicomweb_url, session=self.session, timeout=config.timeout_seconds)
         self._dicomweb.set_http_retry_params(retry=False)  # retried here, once, with the same policy as REST calls
 
-    def find_series(self) -> list[dict[str, Any]]:
-        """MR series (expanded: ID, IsStable, MainDicomTags, ParentStudy), filtered by Series Description if set."""
-        query = {"Modality": "MR"}
-        if self.config.series_filter:
-            query["SeriesDescription"] = self.config.series_filter
-        return self._json("POST", "/tools/find", json={"Level": "Series", "Query": query, "Expand": True})
+    def changes(self, since: int, limit: int = CHANGES_PAGE) -> dict[str, Any]:
+        """Orthanc's change log after `since`: ``{"Changes": [...], "Done": bool, "Last": int}``."""
+        return self._json("GET", "/changes", params={"since": since, "limit": limit})
 
-    def study_instance_uid(self, study_id: str) -> str:
-        return str(self._json("GET", f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"])
+    def series(self, series_id: str) -> dict[str, Any] | None:
+        """A series (ID, Instances, MainDicomTags, ParentStudy), or None once it is deleted."""
+        return self._json_or_none(f"/series/{series_id}")
+
+    def study(self, study_id: str) -> dict[str, Any] | None:
+        return self._json_or_none(f"/studies/{study_id}")
+
+    def study_of_instance(self, instance_id: str) -> str | None:
+        """The Orthanc ID of an instance's study, or None once the instance is deleted."""
+        study = self._json_or_none(f"/instances/{instance_id}/study")
+        return None if study is None else str(study["ID"])
+
+    def study_series(self, study_id: str) -> list[dict[str, Any]]:
+        """Every series of a study, expanded (ID, Instances, MainDicomTags)."""
+        return list(self._json("GET", f"/studies/{study_id}/series"))
 
     def instance_file(self, instance_id: str) -> bytes:
         return self._request("GET", f"/instances/{instance_id}/file").content
 
-    def sync_record(self, series_id: str) -> dict[str, Any] | None:
-        """Our record on a series, or None if the series was never processed."""
-        response = self._request("GET", f"/series/{series_id}/metadata/{SYNC_METADATA}", allow=(404,))
+    def sync_record(self, study_id: str) -> dict[str, Any] | None:
+        """Our record on a study, or None if the study was never processed."""
+        response = self._request("GET", f"/studies/{study_id}/metadata/{SYNC_METADATA}", allow=(404,))
         if response.status_code == 404:
             return None
         try:
-            return json.loads(response.text)
+            record = json.loads(response.text)
         except json.JSONDecodeError:
-            return {"status": "unreadable"}  # written by someone else: still counts as processed, never redone
+            return {"status": "unreadable"}  # written by someone else: processed again, and overwritten
+        return record if isinstance(record, dict) else {"status": "unreadable"}
 
-    def write_sync_record(self, series_id: str, record: dict[str, Any]) -> None:
+    def write_sync_record(self, study_id: str, record: dict[str, Any]) -> None:
         try:
-            self._request("PUT", f"/series/{series_id}/metadata/{SYNC_METADATA}", data=json.dumps(record))
+            self._request("PUT", f"/studies/{study_id}/metadata/{SYNC_METADATA}", data=json.dumps(record))
         except OrthancError as error:
             raise OrthancError(
                 f"{error}; Orthanc must declare the user-defined metadata {SYNC_METADATA!r} in its configuration, "
                 f'e.g. "UserMetadata": {{"{SYNC_METADATA}": 4600}}'
             ) from error
 
-    def find_our_segmentation(self, study_instance_uid: str, series_instance_uid: str) -> str | None:
-        """SOP Instance UID of a SEG made by this service that references the series, if Orthanc holds one."""
-        query = {"StudyInstanceUID": study_instance_uid, "Modality": "SEG"}
-        for instance_id in self._json("POST", "/tools/find", json={"Level": "Instance", "Query": query}):
-            tags = self._json("GET", f"/instances/{instance_id}/simplified-tags")
-            referenced = {item.get("SeriesInstanceUID") for item in tags.get("ReferencedSeriesSequence", [])}
-            if tags.get("Manufacturer") == MANUFACTURER and series_instance_uid in referenced:
-                return str(tags.get("SOPInstanceUID"))
-        return None
+    def our_result_series(self, study_instance_uid: str) -> dict[str, str]:
+        """The SEG and SR series this service made in a study: Orthanc ID -> Series Instance UID."""
+        found: dict[str, str] = {}
+        for modality in ("SEG", "SR"):
+            query = {"StudyInstanceUID": study_instance_uid, "Modality": modality}
+            for series in self._json("POST", "/tools/find", json={"Level": "Series", "Query": query, "Expand": True}):
+                tags = series.get("MainDicomTags", {})
+                if tags.get("Manufacturer") == MANUFACTURER:
+                    found[str(series["ID"])] = str(tags.get("SeriesInstanceUID", ""))
+        return found
+
+    def delete_series(self, series_id: str) -> None:
+        self._request("DELETE", f"/series/{series_id}", allow=(404,))  # already gone is as good
 
     def store(self, dataset: Dataset) -> None:
         """STOW-RS one instance to the DICOMweb root."""
@@ -156,6 +189,10 @@ class OrthancClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
+
+    def _json_or_none(self, path: str) -> Any:
+        response = self._request("GET", path, allow=(404,))
+        return None if response.status_code == 404 else response.json()
 
     def _request(self, method: str, path: str, allow: Sequence[int] = (), **kwargs: Any) -> requests.Response:
         url = f"{self.config.base_url}{path}"

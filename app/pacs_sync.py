@@ -1,54 +1,52 @@
-"""`brain-tumor pacs-sync`: segment the MR series an Orthanc PACS holds and store DICOM SEGs back into it.
+"""`brain-tumor pacs-sync`: follow an Orthanc PACS's change log, analyse each MR study, store the SEG and the volume
+report (SR) back into it.
 
 One pass:
 
-1. list MR series (Orthanc REST ``/tools/find``; optionally only those whose Series Description matches a wildcard),
-   skipping series Orthanc does not yet call stable (instances may still be arriving) and series already recorded;
-2. fetch each remaining series' instances (``/instances/{id}/file``) and predict them as one series through the
-   prediction flow the API uses (`app.prediction`; each MR series alone, as FLAIR);
-3. when the classifier is positive on at least one slice, that flow builds one SEG for the series, which is stored
-   with DICOMweb STOW-RS (Orthanc's DICOMweb plugin, through dicomweb-client);
-4. record the outcome on the source series as Orthanc user-defined metadata `SYNC_METADATA` (a JSON object: positive,
-   negative or failed, the models, the SEG's SOP Instance UID).
+1. read Orthanc's ``/changes`` after the last change handled (`app.pacs_sync_state.SyncState`, saved after each
+   page, so a restart resumes there); a ``StableSeries`` change of an MR series (and, without
+   `PacsSyncConfig.require_stable`, each ``NewInstance``) names a study to look at;
+2. look at each such study (`app.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
+   `app.sequence_selection`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
+   ones, record the outcome in Orthanc (metadata `SYNC_METADATA` on the study); a study without FLAIR is recorded
+   as not analysed;
+3. look again at the studies whose retry time has come: failures, tried up to `max_attempts` times with backoff,
+   then watched, and processed again once their instances change. Orthanc (1.10) logs no change when an instance
+   is deleted, so deleting a bad instance is noticed through this schedule for a failed study, and at the study's
+   next change for one that succeeded.
 
-The record lives in Orthanc, so a restart neither repeats nor skips work. It is written after the SEG is stored; if
-the process dies between the two, the next pass finds our SEG referencing the series and writes the record instead
-of a second SEG. Orthanc must declare the metadata name, e.g. ``"UserMetadata": {"BrainTumorSync": 4600}`` in its
-configuration (``ORTHANC__USER_METADATA`` in the orthancteam Docker image).
-
-Network errors and 429/5xx answers are retried with exponential backoff; a series that still fails is logged and
-the pass goes on with the next. A series whose DICOM the service refuses (an `app.errors.ServiceError`) is recorded
-as failed so it is not fetched again every pass. Logs name series by their Orthanc ID (a hash), never by DICOM tags.
+Orthanc must declare the metadata name, e.g. ``"UserMetadata": {"BrainTumorSync": 4600}`` in its configuration
+(``ORTHANC__USER_METADATA`` in the orthancteam Docker image). Network errors and 429/5xx answers are retried with
+exponential backoff (`app.orthanc_client`). Logs name studies by their Orthanc ID (a hash), never by DICOM tags.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.dicom_seg import software_version
-from app.errors import ServiceError, error_body
+from app.errors import error_body
 from app.inference import Predictor
-from app.model_runners import predictor_runner
 from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
-from app.prediction import PredictionService
+from app.pacs_study import StudySync
+from app.pacs_sync_state import SyncState, SyncStateError
+from app.sequence_selection import SelectionRules
+from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits
 
 __all__ = ["SYNC_METADATA", "OrthancClient", "OrthancError", "PacsSyncConfig", "SyncReport", "run_pacs_sync"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_POSITIVE = "positive"
-STATUS_NEGATIVE = "negative"
-STATUS_FAILED = "failed"
+TRIGGERS_STABLE = frozenset({"StableSeries"})
+TRIGGERS_UNSTABLE = frozenset({"StableSeries", "NewInstance"})
+
 
 class SettingsLike(Protocol):
     """The fields of `app.settings.Settings` that pacs-sync reads."""
@@ -56,8 +54,14 @@ class SettingsLike(Protocol):
     orthanc_url: str
     orthanc_username: str | None
     orthanc_password: Any  # str, pydantic SecretStr or None
-    pacs_series_filter: str
     pacs_poll_seconds: float
+    sequence_flair_patterns: Any
+    sequence_t1_patterns: Any
+    sequence_post_contrast_patterns: Any
+    sequence_flair_min_inversion_ms: float
+    pacs_state_file: Path | None
+    pacs_max_attempts: int
+    pacs_retry_seconds: float
     max_dicom_pixels: int
     model_dir: Path
     inference_runtime: str
@@ -65,17 +69,22 @@ class SettingsLike(Protocol):
 
 @dataclass
 class SyncReport:
-    """Counts of one or more passes, by outcome."""
+    """Counts of studies looked at in one or more passes, by outcome."""
 
     positive: int = 0
     negative: int = 0
+    not_analysed: int = 0
     failed: int = 0
     already_done: int = 0
-    not_stable: int = 0
+    gave_up: int = 0
 
     def add(self, other: SyncReport) -> None:
         for name, value in asdict(other).items():
             setattr(self, name, getattr(self, name) + value)
+
+    def count(self, outcome: str | None) -> None:
+        if outcome is not None:
+            setattr(self, outcome, getattr(self, outcome) + 1)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -87,20 +96,27 @@ def run_pacs_sync(
     once: bool = False,
     client: OrthancClient | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
 ) -> SyncReport:
     """Run passes until interrupted (or a single one with `once`); return the counts of all passes.
+
+    The models run in a `ModelStudyProcessor` with `config.selection_rules`, as in the DICOM node.
 
     Raises
     ------
     OrthancError
-        With `once`, if the series cannot be listed (Orthanc unreachable, wrong credentials). Without it, such a
+        With `once`, if the change log cannot be read (Orthanc unreachable, wrong credentials). Without it, such a
         pass is logged and tried again after `config.poll_seconds`.
+    SyncStateError
+        If `config.state_file` exists but cannot be read.
     """
     client = client or OrthancClient(config, sleep=sleep)
+    studies = StudySync(client, _processor(config, predictor), clock=clock)
+    state = SyncState.load(config.state_file)
     total = SyncReport()
     while True:
         try:
-            total.add(sync_once(client, predictor))
+            total.add(sync_once(studies, state))
         except OrthancError as error:
             if once:
                 raise
@@ -110,83 +126,53 @@ def run_pacs_sync(
         sleep(config.poll_seconds)
 
 
-def sync_once(client: OrthancClient, predictor: Predictor) -> SyncReport:
-    """One pass over the MR series; a series that fails is logged and counted, and the pass goes on."""
+def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
+    """One pass: the new changes, page by page, then the studies due for a retry."""
+    client = studies.client
+    triggers = TRIGGERS_STABLE if client.config.require_stable else TRIGGERS_UNSTABLE
     report = SyncReport()
-    for series in client.find_series():
-        series_id = str(series["ID"])
-        if client.config.require_stable and not series.get("IsStable", False):
-            report.not_stable += 1
-            continue
-        try:
-            if client.sync_record(series_id) is not None:
-                report.already_done += 1
-                continue
-            status = process_series(client, predictor, series)
-        except OrthancError as error:  # transient or configuration: not recorded, so the next pass tries again
-            report.failed += 1
-            logger.error("series not processed", extra={"fields": {"orthanc_series": series_id, "error": str(error)}})
-            continue
-        except Exception:  # a bug must not stop the other series; logged with its traceback
-            report.failed += 1
-            logger.exception("series not processed", extra={"fields": {"orthanc_series": series_id}})
-            continue
-        if status == STATUS_POSITIVE:
-            report.positive += 1
-        elif status == STATUS_NEGATIVE:
-            report.negative += 1
-        else:
-            report.failed += 1
+    looked_at: set[str] = set()
+    while True:
+        page = client.changes(state.last_change)
+        study_ids: dict[str, None] = {}  # in order, once each
+        for change in page.get("Changes", []):
+            if change.get("ChangeType") in triggers:
+                study_id = _study_of_change(client, change)
+                if study_id is not None:
+                    study_ids.setdefault(study_id)
+        for study_id in study_ids:
+            report.count(studies.process(study_id, state))
+            looked_at.add(study_id)
+        state.last_change = max(int(page.get("Last", state.last_change)), state.last_change)
+        state.save()  # only now: a crash above replays this page, and the records keep work from being redone
+        if page.get("Done", True) or not page.get("Changes"):
+            break
+    for study_id in state.due(studies.clock()):
+        if study_id in looked_at:
+            continue  # a retry waits for the next pass, however short the backoff
+        report.count(studies.process(study_id, state, retry=True))
+    state.save()
     return report
 
 
-def process_series(client: OrthancClient, predictor: Predictor, series: dict[str, Any]) -> str:
-    """Segment one series, store its SEG if anything was found, record the outcome; return the status recorded."""
-    series_id = str(series["ID"])
-    series_uid = str(series["MainDicomTags"]["SeriesInstanceUID"])
-    study_uid = client.study_instance_uid(str(series["ParentStudy"]))
-    record: dict[str, Any] = {
-        "models": predictor.model_tags,
-        "service_version": software_version(),
-        "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    existing = client.find_our_segmentation(study_uid, series_uid)
-    if existing is not None:  # stored by a pass that died before recording it
-        record.update(status=STATUS_POSITIVE, seg_sop_instance_uid=existing, recovered=True)
-        client.write_sync_record(series_id, record)
-        logger.info("series already segmented", extra={"fields": {"orthanc_series": series_id}})
-        return STATUS_POSITIVE
-    service = PredictionService(
+def _study_of_change(client: OrthancClient, change: dict[str, Any]) -> str | None:
+    """The study an MR series' or instance's change belongs to; None for other modalities and deleted resources."""
+    resource_id = str(change.get("ID", ""))
+    if change.get("ResourceType") == "Instance":
+        return client.study_of_instance(resource_id)
+    series = client.series(resource_id)
+    if series is None or series.get("MainDicomTags", {}).get("Modality") != "MR":
+        return None  # our own SEG and SR among them
+    return str(series["ParentStudy"])
+
+
+def _processor(config: PacsSyncConfig, predictor: Predictor) -> ModelStudyProcessor:
+    return ModelStudyProcessor(
         predictor,
-        predictor_runner(predictor, client.config.batch_size),
-        UploadLimits(max_dicom_pixels=client.config.max_image_pixels),
-        offload=False,
+        config.selection_rules,
+        UploadLimits(max_dicom_pixels=config.max_image_pixels),
+        batch_size=config.batch_size,
     )
-    try:
-        files = [client.instance_file(str(instance_id)) for instance_id in series["Instances"]]
-        result = asyncio.run(service.predict_dicom(files, build_seg=True, strict=True)).result
-    except ServiceError as error:  # the DICOM itself is refused: retrying would fail the same way
-        record.update(status=STATUS_FAILED, error=error.to_dict())
-        client.write_sync_record(series_id, record)
-        logger.warning("series refused", extra={"fields": {"orthanc_series": series_id, "error_code": error.code}})
-        return STATUS_FAILED
-    positive_slices = sum(prediction.detected for prediction in result.predictions)
-    record.update(slices=len(result.inputs), positive_slices=positive_slices)
-    if result.segmentation is not None:
-        client.store(result.segmentation)
-        record.update(
-            status=STATUS_POSITIVE,
-            seg_sop_instance_uid=str(result.segmentation.SOPInstanceUID),
-            tumor_volume_ml=result.tumor_volume_ml,
-        )
-    else:
-        record.update(status=STATUS_NEGATIVE)
-    client.write_sync_record(series_id, record)
-    logger.info(
-        "series processed",
-        extra={"fields": {"orthanc_series": series_id, "status": record["status"], "slices": len(result.inputs)}},
-    )
-    return str(record["status"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--password", help="HTTP basic-auth password (default: ORTHANC_PASSWORD; prefer it: arguments show in ps)"
     )
     parser.add_argument(
-        "--series-filter", help="wildcard on Series Description, e.g. '*FLAIR*' (default: PACS_SERIES_FILTER)"
+        "--state-file", help="where the last change handled is kept, to resume there (default: PACS_STATE_FILE)"
     )
     parser.add_argument("--poll-seconds", type=float, help="pause between passes (default: PACS_POLL_SECONDS)")
     parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
@@ -213,9 +199,12 @@ def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSy
         orthanc_url=args.orthanc or settings.orthanc_url,
         username=args.user if args.user is not None else settings.orthanc_username,
         password=password,
-        series_filter=args.series_filter if args.series_filter is not None else settings.pacs_series_filter,
+        state_file=Path(args.state_file) if args.state_file is not None else settings.pacs_state_file,
         poll_seconds=args.poll_seconds if args.poll_seconds is not None else settings.pacs_poll_seconds,
+        max_attempts=settings.pacs_max_attempts,
+        retry_seconds=settings.pacs_retry_seconds,
         max_image_pixels=settings.max_dicom_pixels,
+        selection_rules=SelectionRules.from_settings(settings),
     )
 
 
@@ -237,6 +226,9 @@ def main(args: argparse.Namespace, settings: SettingsLike | None = None) -> int:
     predictor.warm_up()
     try:
         report = run_pacs_sync(config, predictor, once=args.once)
+    except SyncStateError as error:
+        print(json.dumps(error_body("invalid_configuration", str(error))))
+        return 2
     except OrthancError as error:
         print(json.dumps(error_body("orthanc_unavailable", str(error))))
         return 1

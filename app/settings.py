@@ -87,10 +87,19 @@ class Settings(BaseSettings):
     orthanc_url: str = Field(default="http://127.0.0.1:8042", description="Orthanc (PACS) base URL for pacs-sync")
     orthanc_username: str | None = Field(default=None, description="Orthanc HTTP basic-auth user")
     orthanc_password: SecretStr | None = Field(default=None, description="Orthanc HTTP basic-auth password")
-    pacs_series_filter: str = Field(
-        default="", description="pacs-sync: wildcard on Series Description (e.g. *FLAIR*); empty = every MR series"
-    )
     pacs_poll_seconds: float = Field(default=30.0, gt=0, description="pacs-sync: pause between passes")
+    pacs_state_file: Path | None = Field(
+        default=Path("pacs-sync-state.json"),
+        description="pacs-sync: where the last Orthanc change handled is kept, so a restart resumes there (empty: in "
+        "memory only; the change log is then read from the start, and the records in Orthanc keep work from being "
+        "redone)",
+    )
+    pacs_max_attempts: int = Field(
+        default=5, ge=1, description="pacs-sync: tries of a study that fails, before it is only watched for changes"
+    )
+    pacs_retry_seconds: float = Field(
+        default=60.0, ge=0, description="pacs-sync: wait before the first retry of a failed study; doubles each time"
+    )
     request_timeout_seconds: float = Field(
         default=60.0, gt=0, description="longest a request waits for the models before a 503 inference_timeout"
     )
@@ -233,6 +242,11 @@ class Settings(BaseSettings):
             except ValueError as error:
                 raise ValueError(f"TRUSTED_PROXIES: {item!r} is not an IP address or network") from error
         return value
+
+    @field_validator("pacs_state_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -95,17 +95,36 @@ class ModelStudyProcessor:
                 headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception:  # unreadable header: counted, never fatal for the rest of the study
                 file_errors["unreadable_header"] = file_errors.get("unreadable_header", 0) + 1
-        selection = select_sequences(headers.values(), self.rules)
-        summary: dict[str, Any] = {"files": len(files), "series": _series_summary(selection)}
-        if not selection.analysed:
-            return StudyAnalysis(
-                "not_analysed", reason=selection.reason, summary=summary | {"file_errors": file_errors}
-            )
+        selection = self.select(headers.values())
         files_by_series: dict[str, list[bytes]] = {uid: [] for uid in selection.channel_series}
         for path, header in sorted(headers.items(), key=lambda item: _instance_order(item[1])):
             series_uid = str(header.get("SeriesInstanceUID", ""))
             if series_uid in files_by_series:
                 files_by_series[series_uid].append(path.read_bytes())
+        return self.analyse(selection, files_by_series, files=len(files), file_errors=file_errors)
+
+    def select(self, headers: Iterable[Dataset]) -> StudySelection:
+        """The series to read (`app.sequence_selection` with this processor's rules); headers alone suffice."""
+        return select_sequences(headers, self.rules)
+
+    def analyse(
+        self,
+        selection: StudySelection,
+        files_by_series: Mapping[str, Sequence[bytes]],
+        files: int,
+        file_errors: dict[str, int] | None = None,
+    ) -> StudyAnalysis:
+        """Run the chosen series (files as bytes, keyed by Series Instance UID) through the prediction flow.
+
+        For callers that hold the files elsewhere than on disk (pacs-sync fetches them from Orthanc): choose with
+        `select` from one header per series, then fetch only the series in `selection.channel_series`.
+        """
+        file_errors = dict(file_errors or {})
+        summary: dict[str, Any] = {"files": files, "series": _series_summary(selection)}
+        if not selection.analysed:
+            return StudyAnalysis(
+                "not_analysed", reason=selection.reason, summary=summary | {"file_errors": file_errors}
+            )
         notes = list(selection.notes)
         summary.update(file_errors=file_errors, notes=notes)
         try:
@@ -135,7 +154,7 @@ class ModelStudyProcessor:
         return StudyAnalysis("analysed", datasets=datasets, summary=summary)
 
     def _predict(
-        self, selection: StudySelection, files_by_series: dict[str, list[bytes]], notes: list[str]
+        self, selection: StudySelection, files_by_series: Mapping[str, Sequence[bytes]], notes: list[str]
     ) -> SeriesAnswer:
         """Pre, FLAIR, post files in that order (the flow pairs their slices by position), else FLAIR alone."""
         flair = files_by_series[selection.flair.series_instance_uid] if selection.flair is not None else []

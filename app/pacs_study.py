@@ -1,0 +1,231 @@
+"""One Orthanc study through pacs-sync: choose its series, run the study processor, store the results, record it.
+
+The unit is the study, as for the DICOM node: the FLAIR series (and the pre- and post-contrast T1 series when they
+pair) are chosen by `app.sequence_selection` from one header per MR series, and only those are fetched and run
+through `app.study_analysis.ModelStudyProcessor` (the one prediction flow). A study without FLAIR is recorded as
+not analysed, with the reason, and nothing is segmented.
+
+Each study's record (Orthanc metadata `SYNC_METADATA` on the study) holds two fingerprints: of every MR instance in
+the study, and of the instances of the series used. A study is processed again when the first changes and the
+selection then reads different instances (an instance added or deleted, a FLAIR series arriving late); otherwise
+it is already done.
+
+Results, and what supersedes what:
+
+- analysed: the SEG (when a slice is positive) and the volume report (SR, also for a negative study) are stored
+  with STOW-RS. Each processing makes new objects: a new Series Instance UID for each, the same Series Numbers
+  (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR);
+- once the new ones are stored, every earlier SEG or SR series this service made in the study (Manufacturer
+  `app.dicom_seg.MANUFACTURER`) is **deleted** from Orthanc, so a viewer never shows two answers; the record lists
+  the Series Instance UIDs it superseded. A crash between storing and deleting leaves both, and the next processing
+  deletes the older. A study that is no longer analysed (its FLAIR deleted) loses its earlier results the same way;
+- failed (nothing readable, a series that is not a volume, Orthanc errors): recorded with the error and the attempt
+  count, and tried again (`app.pacs_sync` schedules it; see `PacsSyncConfig.max_attempts`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any, Protocol
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from app.dicom_seg import software_version
+from app.orthanc_client import OrthancClient, OrthancError
+from app.pacs_sync_state import SyncState
+from app.sequence_selection import StudySelection
+from app.study_analysis import StudyAnalysis
+
+logger = logging.getLogger(__name__)
+
+POSITIVE = "positive"
+NEGATIVE = "negative"
+NOT_ANALYSED = "not_analysed"
+FAILED = "failed"
+ALREADY_DONE = "already_done"
+GAVE_UP = "gave_up"
+DONE_STATUSES = frozenset({POSITIVE, NEGATIVE, NOT_ANALYSED})
+
+
+class StudyAnalyser(Protocol):
+    """What pacs-sync needs of `app.study_analysis.ModelStudyProcessor`."""
+
+    def select(self, headers: Iterable[Dataset]) -> StudySelection: ...
+
+    def analyse(
+        self,
+        selection: StudySelection,
+        files_by_series: Mapping[str, Sequence[bytes]],
+        files: int,
+        file_errors: dict[str, int] | None = None,
+    ) -> StudyAnalysis: ...
+
+
+class StudySync:
+    """Processes Orthanc studies with one `StudyAnalyser`; the retry schedule goes into a `SyncState`."""
+
+    def __init__(self, client: OrthancClient, analyser: StudyAnalyser, clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.analyser = analyser
+        self.clock = clock
+
+    def process(self, study_id: str, state: SyncState, retry: bool = False) -> str | None:
+        """Process a study if its instances or its record call for it; return the outcome (None: study deleted).
+
+        `retry` is True when the retry schedule (not a change) brings the study: a failed study is then tried
+        again while it has attempts left, and otherwise only checked for changed instances.
+        """
+        study = self.client.study(study_id)
+        if study is None:
+            state.retries.pop(study_id, None)
+            return None
+        record = self.client.sync_record(study_id) or {}
+        mr_series = [
+            series
+            for series in self.client.study_series(study_id)
+            if series.get("MainDicomTags", {}).get("Modality") == "MR" and series.get("Instances")
+        ]
+        study_fingerprint = fingerprint(mr_series)
+        status = record.get("status")
+        attempts = int(record.get("attempts", 0)) if status == FAILED else 0
+        if record.get("study_fingerprint") == study_fingerprint:
+            if status in DONE_STATUSES:
+                state.retries.pop(study_id, None)
+                return ALREADY_DONE
+            if status == FAILED and not retry:
+                state.retries.setdefault(study_id, self._next_attempt(attempts))
+                return ALREADY_DONE
+            if status == FAILED and attempts >= self.client.config.max_attempts:
+                state.retries[study_id] = self._next_attempt(attempts)  # watched for changed instances
+                return GAVE_UP
+        else:
+            attempts = 0  # the instances changed: a fresh start
+        try:
+            return self._analyse(study_id, study, record, mr_series, study_fingerprint, attempts, state)
+        except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
+            attempts += 1
+            state.retries[study_id] = self._next_attempt(attempts)
+            logger.error(
+                "study not processed",
+                exc_info=not isinstance(error, OrthancError),
+                extra={"fields": {"orthanc_study": study_id, "attempts": attempts, "error": type(error).__name__}},
+            )
+            failed = self._record(
+                FAILED, study_fingerprint, attempts=attempts, error=f"{type(error).__name__}: {error}"
+            )
+            try:
+                self.client.write_sync_record(study_id, failed)
+            except Exception:  # Orthanc still unreachable: the schedule in the state retries it all the same
+                logger.warning("failure not recorded in Orthanc", extra={"fields": {"orthanc_study": study_id}})
+            return FAILED
+
+    def _analyse(
+        self,
+        study_id: str,
+        study: dict[str, Any],
+        record: dict[str, Any],
+        mr_series: list[dict[str, Any]],
+        study_fingerprint: str,
+        attempts: int,
+        state: SyncState,
+    ) -> str:
+        first_files = {
+            str(series["ID"]): self.client.instance_file(str(series["Instances"][0])) for series in mr_series
+        }
+        headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
+        selection = self.analyser.select(headers)
+        by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
+        used = [by_uid[uid] for uid in selection.channel_series if uid in by_uid]
+        input_fingerprint = fingerprint(used)
+        if record.get("status") in DONE_STATUSES and record.get("input_fingerprint") == input_fingerprint:
+            # e.g. a series the selection does not use changed: the result stands
+            self.client.write_sync_record(study_id, record | {"study_fingerprint": study_fingerprint})
+            state.retries.pop(study_id, None)
+            return ALREADY_DONE
+        files_by_series = {
+            uid: [
+                first_files[str(series["ID"])] if index == 0 else self.client.instance_file(str(instance))
+                for index, instance in enumerate(series["Instances"])
+            ]
+            for uid, series in ((str(s["MainDicomTags"]["SeriesInstanceUID"]), s) for s in used)
+        }
+        analysis = self.analyser.analyse(
+            selection, files_by_series, files=sum(len(series["Instances"]) for series in mr_series)
+        )
+        fields = {"study_fingerprint": study_fingerprint, "input_fingerprint": input_fingerprint}
+        if analysis.status == "failed":
+            attempts += 1
+            state.retries[study_id] = self._next_attempt(attempts)
+            self.client.write_sync_record(
+                study_id,
+                self._record(FAILED, attempts=attempts, error=analysis.reason, summary=analysis.summary, **fields),
+            )
+            logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
+            return FAILED
+        for dataset in analysis.datasets:
+            self.client.store(dataset)
+        new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
+        superseded = self._delete_earlier_results(str(study["MainDicomTags"]["StudyInstanceUID"]), new_series)
+        if analysis.status == "not_analysed":
+            status = NOT_ANALYSED
+            fields["reason"] = analysis.reason
+        else:
+            status = POSITIVE if analysis.summary.get("positive_slices") else NEGATIVE
+            fields.update(_result_uids(analysis.datasets))
+        result = self._record(status, summary=analysis.summary, superseded=superseded, **fields)
+        self.client.write_sync_record(study_id, result)
+        state.retries.pop(study_id, None)
+        logger.info(
+            "study processed",
+            extra={"fields": {"orthanc_study": study_id, "status": status, "superseded": len(superseded)}},
+        )
+        return status
+
+    def _delete_earlier_results(self, study_instance_uid: str, keep: set[str]) -> list[str]:
+        superseded = []
+        for series_id, series_uid in self.client.our_result_series(study_instance_uid).items():
+            if series_uid not in keep:
+                self.client.delete_series(series_id)
+                superseded.append(series_uid)
+        return superseded
+
+    def _next_attempt(self, attempts: int) -> float:
+        config = self.client.config
+        return self.clock() + config.retry_seconds * 2 ** (min(attempts, config.max_attempts) - 1)
+
+    def _record(self, status: str, study_fingerprint: str | None = None, **fields: Any) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "status": status,
+            "service_version": software_version(),
+            "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if study_fingerprint is not None:
+            record["study_fingerprint"] = study_fingerprint
+        record.update(fields)
+        return record
+
+
+def fingerprint(series: Iterable[dict[str, Any]]) -> str:
+    """A digest of which instances the series hold (Orthanc IDs): changes when one is added or deleted."""
+    digest = hashlib.sha256()
+    for item in sorted(series, key=lambda entry: str(entry["ID"])):
+        digest.update(str(item["ID"]).encode())
+        for instance in sorted(str(instance) for instance in item.get("Instances", [])):
+            digest.update(b"/" + instance.encode())
+        digest.update(b";")
+    return digest.hexdigest()
+
+
+def _result_uids(datasets: Sequence[Dataset]) -> dict[str, str]:
+    uids = {}
+    for dataset in datasets:
+        prefix = "seg" if dataset.Modality == "SEG" else "sr"
+        uids[f"{prefix}_sop_instance_uid"] = str(dataset.SOPInstanceUID)
+        uids[f"{prefix}_series_instance_uid"] = str(dataset.SeriesInstanceUID)
+    return uids

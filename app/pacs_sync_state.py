@@ -1,0 +1,74 @@
+"""What pacs-sync keeps between runs on its own side: the last Orthanc change it handled and the studies it will try
+again, and when.
+
+The outcome of each study lives in Orthanc (`app.orthanc_client.SYNC_METADATA`); this file is only a bookmark, so
+losing it costs time (the change log is read again from the start, and the records keep work from being redone),
+never results. Written to a temporary file and renamed, so a crash leaves the old state or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SyncStateError(ValueError):
+    """The state file exists but cannot be used."""
+
+
+@dataclass
+class SyncState:
+    """The bookmark of pacs-sync.
+
+    Attributes
+    ----------
+    path
+        Where it is saved; None keeps it in memory.
+    last_change
+        Sequence number of the last Orthanc change handled (0: none yet).
+    retries
+        Orthanc study ID -> when (Unix time) to look at it again: a failure to retry, or a study that used up its
+        attempts and is watched for changed instances.
+    """
+
+    path: Path | None = None
+    last_change: int = 0
+    retries: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None) -> SyncState:
+        """The saved state, or a fresh one when `path` is None or does not exist yet.
+
+        Raises
+        ------
+        SyncStateError
+            If the file is not this module's JSON (refused rather than silently started over).
+        """
+        if path is None or not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text())
+            last_change = int(data["last_change"])
+            retries = {str(study): float(due) for study, due in data.get("retries", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise SyncStateError(
+                f"pacs-sync state file {path} cannot be read ({type(error).__name__}); remove it to read Orthanc's "
+                "changes from the start (the records in Orthanc keep work from being redone)"
+            ) from error
+        if last_change < 0:
+            raise SyncStateError(f"pacs-sync state file {path}: last_change must be >= 0; got {last_change}")
+        return cls(path, last_change, retries)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.write_text(json.dumps({"last_change": self.last_change, "retries": self.retries}, sort_keys=True))
+        os.replace(temporary, self.path)
+
+    def due(self, now: float) -> list[str]:
+        """Studies whose retry time has come, earliest first."""
+        return [study for study, when in sorted(self.retries.items(), key=lambda item: item[1]) if when <= now]

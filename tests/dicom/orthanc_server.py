@@ -1,0 +1,149 @@
+"""A real Orthanc (Debian packages orthanc, orthanc-dicomweb) for the pacs-sync tests, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+
+from app.orthanc_client import SYNC_METADATA
+from tests.dicom.builders import to_bytes
+
+USER, PASSWORD = "sync-test", "not-a-secret"
+PLUGIN_CANDIDATES = (
+    Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+    Path("/usr/lib/orthanc/libOrthancDicomWeb.so"),
+)
+
+
+@dataclass(frozen=True)
+class Orthanc:
+    url: str
+    session: requests.Session
+
+    def upload(self, datasets: list[Dataset]) -> str:
+        """Store the instances; return the Orthanc ID of their series once Orthanc calls it stable."""
+        series_ids = set()
+        for dataset in datasets:
+            response = self.session.post(f"{self.url}/instances", data=to_bytes(dataset), timeout=30)
+            response.raise_for_status()
+            series_ids.add(response.json()["ParentSeries"])
+        (series_id,) = series_ids
+        deadline = time.monotonic() + 30
+        while not self.get(f"/series/{series_id}")["IsStable"]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not call series {series_id} stable within 30 s")
+            time.sleep(0.2)
+        return series_id
+
+    def get(self, path: str) -> Any:
+        response = self.session.get(f"{self.url}{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def study_of(self, series_id: str) -> str:
+        return str(self.get(f"/series/{series_id}")["ParentStudy"])
+
+    def results(self, study_uid: str, modality: str) -> list[Dataset]:
+        """Every SEG or SR instance of the study, read back from Orthanc."""
+        query = {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": modality}}
+        ids = self.session.post(f"{self.url}/tools/find", json=query, timeout=30).json()
+        files = [self.session.get(f"{self.url}/instances/{i}/file", timeout=30).content for i in ids]
+        return [pydicom.dcmread(DicomBytesIO(data)) for data in files]
+
+    def record(self, study_id: str) -> dict[str, Any]:
+        response = self.session.get(f"{self.url}/studies/{study_id}/metadata/{SYNC_METADATA}", timeout=30)
+        response.raise_for_status()
+        return json.loads(response.text)
+
+    def last_change(self) -> int:
+        return int(self.get("/changes?last")["Last"])
+
+
+def orthanc_binary() -> str | None:
+    return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
+
+
+def dicomweb_plugin() -> Path | None:
+    """The DICOMweb plugin as the Debian package installed it (`dpkg -L`), else the usual places."""
+    try:
+        listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:  # not a Debian system
+        listing = ""
+    listed = [Path(line) for line in listing.splitlines() if "libOrthancDicomWeb.so" in line]
+    return next((path for path in (*listed, *PLUGIN_CANDIDATES) if path.is_file()), None)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def running_orthanc(directory: Path) -> Iterator[Orthanc]:
+    """A fresh Orthanc on a free loopback port, storing under `directory`; skips the test where it is not installed."""
+    binary = orthanc_binary()
+    if binary is None:
+        pytest.skip("Orthanc not found: install the Debian packages orthanc and orthanc-dicomweb")
+    plugin = dicomweb_plugin()
+    if plugin is None:
+        pytest.fail("Orthanc is installed but its DICOMweb plugin is not: install the Debian package orthanc-dicomweb")
+    port = free_port()
+    config = {
+        "Name": "pacs-sync-test",
+        "StorageDirectory": str(directory / "storage"),
+        "IndexDirectory": str(directory / "storage"),
+        "HttpPort": port,
+        "RemoteAccessAllowed": False,  # localhost only
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {USER: PASSWORD},
+        "DicomServerEnabled": False,
+        "Plugins": [str(plugin)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "UserMetadata": {SYNC_METADATA: 4600},
+        "StableAge": 1,
+        "SaveJobs": False,
+    }
+    config_path = directory / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log_path = directory / "orthanc.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+    session = requests.Session()
+    session.auth = (USER, PASSWORD)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"Orthanc exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                if session.get(f"{url}/system", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not answer within 60 s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield Orthanc(url=url, session=session)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

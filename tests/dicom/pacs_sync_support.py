@@ -1,0 +1,97 @@
+"""Helpers of the pacs-sync tests: a config that sees only a test's own changes, stand-ins, and checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from app.dicom_input import read_dicom
+from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom_series import prepare_inputs
+from app.inference import Predictor, SlicePrediction
+from app.orthanc_client import OrthancClient, OrthancError, PacsSyncConfig
+from app.pacs_sync_state import SyncState
+from app.sequence_selection import DEFAULT_FLAIR_PATTERNS, DEFAULT_POST_CONTRAST_PATTERNS, DEFAULT_T1_PATTERNS
+from tests.dicom.builders import to_bytes
+from tests.dicom.orthanc_server import PASSWORD, USER, Orthanc
+
+
+class NegativePredictor:
+    """Stands in for a classifier that finds nothing (the tiny models call every slice positive)."""
+
+    model_tags = {"classifier": "stub-classifier@0", "segmenter": "stub-segmenter@0"}
+    classifier_threshold = 0.5
+    series_min_component_voxels = 0
+
+    def predict_preprocessed(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        return [SlicePrediction(probability=0.01, detected=False, mask=None) for _ in sizes]
+
+
+def config_for(orthanc: Orthanc, state_file: Path, **overrides: Any) -> PacsSyncConfig:
+    """A config whose state starts at Orthanc's latest change: tests share one Orthanc and see only their studies."""
+    if not state_file.exists():
+        SyncState(state_file, last_change=orthanc.last_change()).save()
+    values: dict[str, Any] = {
+        "orthanc_url": orthanc.url,
+        "username": USER,
+        "password": PASSWORD,
+        "state_file": state_file,
+        "backoff_seconds": 0.0,
+        "retry_seconds": 0.0,
+    }
+    values.update(overrides)
+    return PacsSyncConfig(**values)
+
+
+def assert_masks_are_the_predictions(seg: Dataset, series: list[Dataset], predictor: Predictor) -> None:
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+    predictions = predictor.predict([slice_input.image for slice_input in inputs])
+    decoded = read_segmentation_masks(to_bytes(seg))
+    assert set(decoded) == {dataset.SOPInstanceUID for dataset in series}
+    for slice_input, prediction in zip(inputs, predictions, strict=True):
+        assert prediction.detected and prediction.mask is not None
+        np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], prediction.mask)
+
+
+def cli_settings(model_dir: Path) -> SimpleNamespace:
+    return SimpleNamespace(
+        orthanc_url="http://unused.invalid",
+        orthanc_username=USER,
+        orthanc_password=PASSWORD,
+        pacs_poll_seconds=30.0,
+        pacs_state_file=None,
+        pacs_max_attempts=5,
+        pacs_retry_seconds=60.0,
+        max_dicom_pixels=4096 * 4096,
+        model_dir=model_dir,
+        inference_runtime="keras",
+        sequence_flair_patterns=list(DEFAULT_FLAIR_PATTERNS),
+        sequence_t1_patterns=list(DEFAULT_T1_PATTERNS),
+        sequence_post_contrast_patterns=list(DEFAULT_POST_CONTRAST_PATTERNS),
+        sequence_flair_min_inversion_ms=1500.0,
+    )
+
+
+class FailingClient(OrthancClient):
+    """Fails, as a network would, to fetch chosen instances, or to write records."""
+
+    def __init__(
+        self, *args: Any, broken_instances: frozenset[str] = frozenset(), fail_records: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.broken_instances = broken_instances
+        self.fail_records = fail_records
+
+    def instance_file(self, instance_id: str) -> bytes:
+        if instance_id in self.broken_instances:
+            raise OrthancError(f"GET /instances/{instance_id}/file failed after 5 attempts: ConnectionError")
+        return super().instance_file(instance_id)
+
+    def write_sync_record(self, study_id: str, record: dict[str, Any]) -> None:
+        if self.fail_records:
+            raise OrthancError("PUT metadata failed after 5 attempts: ConnectionError")
+        super().write_sync_record(study_id, record)

@@ -1,0 +1,184 @@
+"""pacs-sync against a real Orthanc: failures, crashes, restarts, the network, the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+
+from app import pacs_sync
+from app.inference import Predictor
+from app.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
+from app.pacs_sync_state import SyncState
+from app.sequence_selection import SelectionRules
+from tests.dicom.builders import mr_series, tumor_channels
+from tests.dicom.orthanc_server import Orthanc, running_orthanc
+from tests.dicom.pacs_sync_support import (
+    FailingClient,
+    cli_settings,
+    config_for,
+)
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir: Path) -> Predictor:
+    loaded = Predictor.from_model_dir(tiny_model_dir)
+    loaded.warm_up()
+    return loaded
+
+
+def test_pacs_sync_goes_on_after_a_failing_study_and_retries_it(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = mr_series(tumor_channels())
+    healthy = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    broken_id = orthanc.upload(broken)
+    healthy_id = orthanc.upload(healthy)
+    broken_study, healthy_study = orthanc.study_of(broken_id), orthanc.study_of(healthy_id)
+    broken_instances = frozenset(orthanc.get(f"/series/{broken_id}")["Instances"])
+
+    first = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, broken_instances=broken_instances))
+    failed = orthanc.record(broken_study)
+    second = run_pacs_sync(config, predictor, once=True)
+
+    assert first == SyncReport(positive=1, failed=1)
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert failed["error"].startswith("OrthancError: GET /instances/")
+    logged = [f"{record.getMessage()} {json.dumps(getattr(record, 'fields', {}))}" for record in caplog.records]
+    assert any(broken_study in line for line in logged)  # logged by Orthanc ID, never by DICOM tags
+    for tag_value in (broken[0].PatientID, str(broken[0].PatientName), broken[0].SeriesInstanceUID):
+        assert not any(tag_value in line for line in logged)
+    assert orthanc.record(healthy_study)["status"] == "positive"
+    assert second == SyncReport(positive=1)  # the retry; the healthy study is not looked at again
+    assert orthanc.record(broken_study)["status"] == "positive"
+
+
+def test_pacs_sync_after_a_crash_between_store_and_record_keeps_one_result(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    series = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload(series))
+
+    crashed = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_records=True))
+    restarted = run_pacs_sync(config, predictor, once=True)
+
+    assert (crashed, restarted) == (SyncReport(failed=1), SyncReport(positive=1))
+    (seg,) = orthanc.results(series[0].StudyInstanceUID, "SEG")
+    (sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
+    record = orthanc.record(study_id)
+    assert (record["seg_sop_instance_uid"], record["sr_sop_instance_uid"]) == (seg.SOPInstanceUID, sr.SOPInstanceUID)
+    assert len(record["superseded"]) == 2
+
+
+class PagedClient(OrthancClient):
+    """Reads the change log three changes at a time, and counts the studies it looks at."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.studies_read: list[str] = []
+
+    def changes(self, since: int, limit: int = 3) -> dict[str, Any]:
+        return super().changes(since, limit=3)
+
+    def study(self, study_id: str) -> dict[str, Any] | None:
+        self.studies_read.append(study_id)
+        return super().study(study_id)
+
+
+def test_pacs_sync_resumes_after_the_last_change_it_handled(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    config = config_for(orthanc, tmp_path / "state.json")
+    first_study = orthanc.study_of(orthanc.upload(mr_series(tumor_channels())))
+    assert run_pacs_sync(config, predictor, once=True, client=PagedClient(config)) == SyncReport(positive=1)
+    saved = SyncState.load(config.state_file).last_change
+    assert saved >= orthanc.last_change() - 6  # our own SEG and SR arrived after the pass read the log
+
+    second_study = orthanc.study_of(orthanc.upload(mr_series(tumor_channels())))
+    restarted = PagedClient(config)
+    report = run_pacs_sync(config, predictor, once=True, client=restarted)
+
+    assert report == SyncReport(positive=1)
+    assert second_study in restarted.studies_read and first_study not in restarted.studies_read
+    assert SyncState.load(config.state_file).last_change > saved
+
+
+def test_pacs_sync_rejects_wrong_credentials(orthanc: Orthanc, predictor: Predictor, tmp_path: Path) -> None:
+    config = config_for(orthanc, tmp_path / "state.json", password="wrong")
+
+    with pytest.raises(OrthancError, match="GET /changes failed with HTTP 401"):
+        run_pacs_sync(config, predictor, once=True)
+
+
+class FlakySession(requests.Session):
+    """Drops the first `failures` connections, then behaves."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise requests.ConnectionError("connection refused")
+        return super().request(method, url, *args, **kwargs)
+
+
+def test_orthanc_client_retries_network_errors_with_backoff(orthanc: Orthanc, tmp_path: Path) -> None:
+    delays: list[float] = []
+    config = config_for(orthanc, tmp_path / "state.json", backoff_seconds=0.5, retries=3)
+    client = OrthancClient(config, session=FlakySession(failures=2), sleep=delays.append)
+
+    assert client.changes(orthanc.last_change())["Changes"] == []
+    assert delays == [0.5, 1.0]
+
+    client = OrthancClient(config, session=FlakySession(failures=10), sleep=delays.append)
+    with pytest.raises(OrthancError, match="failed after 4 attempts: ConnectionError"):
+        client.changes(0)
+
+
+def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    pacs_sync.add_arguments(parser)
+    settings = cli_settings(tmp_path)
+    settings.orthanc_url = "http://pacs:8042"
+    settings.orthanc_username = "env-user"
+    settings.orthanc_password = SimpleNamespace(get_secret_value=lambda: "env-secret")
+    settings.pacs_state_file = tmp_path / "state.json"
+    settings.sequence_flair_patterns = ["*DARK FLUID*"]
+
+    from_settings = pacs_sync.config_from_args(parser.parse_args([]), settings)
+    overridden = pacs_sync.config_from_args(
+        parser.parse_args(["--orthanc", "https://other", "--user", "me", "--state-file", "elsewhere.json"]), settings
+    )
+
+    assert from_settings == PacsSyncConfig(
+        orthanc_url="http://pacs:8042",
+        username="env-user",
+        password="env-secret",
+        state_file=tmp_path / "state.json",
+        poll_seconds=30.0,
+        max_attempts=5,
+        retry_seconds=60.0,
+        max_image_pixels=4096 * 4096,
+        selection_rules=SelectionRules(flair_patterns=("*DARK FLUID*",)),
+    )
+    assert (overridden.orthanc_url, overridden.username, overridden.password) == ("https://other", "me", "env-secret")
+    assert overridden.state_file == Path("elsewhere.json")
+    with pytest.raises(ValueError, match="orthanc_url must start with http:// or https://; got 'pacs:8042'"):
+        pacs_sync.config_from_args(parser.parse_args(["--orthanc", "pacs:8042"]), settings)
