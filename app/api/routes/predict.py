@@ -221,7 +221,10 @@ async def slice_payload(
 
 def segmentation_response(answer: SeriesAnswer) -> Response:
     body = segmentation_to_bytes(answer.result.segmentation)
-    headers = {"X-Tumor-Detected": "true"}
+    # Files left out of the series say so here too: a SEG answer has no JSON body to carry `file_errors`.
+    headers = {"X-Tumor-Detected": "true", "X-Files-Skipped": str(len(answer.file_errors))}
+    if answer.file_errors:
+        headers["X-Skipped-File-Indices"] = ",".join(str(index) for index in sorted(answer.file_errors))
     if answer.result.tumor_volume_ml is not None:
         headers["X-Tumor-Volume-mL"] = f"{answer.result.tumor_volume_ml:.3f}"
     return Response(body, media_type=DICOM_MEDIA_TYPE, headers=headers)

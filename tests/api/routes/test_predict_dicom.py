@@ -143,6 +143,22 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     }
 
 
+def test_seg_answer_counts_the_files_left_out(client: TestClient, series_files: list[bytes]) -> None:
+    broken = b"\0" * 128 + b"DICM" + b"\x02\x00"
+    whole = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(series_files))
+    response = client.post(
+        "/v1/predict/batch?output=dicom-seg", files=dicom_parts([series_files[0], broken, series_files[2]])
+    )
+
+    assert whole.status_code == 200 and whole.headers["X-Files-Skipped"] == "0"
+    assert "X-Skipped-File-Indices" not in whole.headers
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom"
+    assert response.headers["X-Files-Skipped"] == "1"
+    assert response.headers["X-Skipped-File-Indices"] == "1"
+    assert len(read_segmentation_masks(response.content)) == 2
+
+
 def test_mixed_dicom_and_png_batch_is_refused(client: TestClient, series_files: list[bytes]) -> None:
     files = [*dicom_parts(series_files[:1]), ("files", ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg"))]
     response = client.post("/v1/predict/batch", files=files)
