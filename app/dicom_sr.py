@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -30,6 +30,9 @@ from pydicom.uid import generate_uid
 
 from app.dicom_conformance import with_type2_attributes
 from app.dicom_seg import MANUFACTURER, SEGMENT_NUMBER, software_version
+
+if TYPE_CHECKING:
+    from app.series_result import SeriesResult
 
 SR_SERIES_NUMBER = 9902  # after the SEG's 9901: viewers list our objects after the scanner's series
 SR_SERIES_DESCRIPTION = "Tumor volume report (research use only)"
@@ -176,6 +179,21 @@ def build_volume_report(
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
     sr.SoftwareVersions = software_version()
     return sr
+
+
+def series_volume_report(result: SeriesResult, model_tags: Mapping[str, str]) -> hd.sr.Comprehensive3DSR:
+    """The report of a series the prediction flow analysed: its findings, referencing its SEG when there is one."""
+    positive = sum(prediction.detected for prediction in result.predictions)
+    findings = VolumeFindings(
+        tumor_detected=positive > 0,
+        tumor_volume_ml=result.tumor_volume_ml,
+        slices_analysed=len(result.inputs),
+        slices_with_tumor=positive,
+    )
+    headers: dict[str, Dataset] = {}
+    for slice_input in result.inputs:
+        headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
+    return build_volume_report(list(headers.values()), findings, model_tags, result.segmentation)
 
 
 def read_volume_report(report: Dataset) -> dict[str, object]:

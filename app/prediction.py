@@ -308,5 +308,6 @@ def in_request_order(
 def refuse_segmentation_of_raster(segmentation: bool) -> None:
     if segmentation:
         raise InvalidSliceError(
-            "output=dicom-seg needs DICOM input: a DICOM SEG must reference the DICOM instances it segments"
+            "output=dicom-seg and output=dicom-sr need DICOM input: a DICOM SEG or SR must reference the DICOM "
+            "instances it describes"
         )

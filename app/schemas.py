@@ -105,10 +105,12 @@ class BatchPredictionResponse(BaseModel):
 
 
 class OutputFormat(StrEnum):
-    """What a prediction request returns: JSON, or a DICOM Segmentation (DICOM input only)."""
+    """What a prediction request returns: JSON, a DICOM Segmentation, or a DICOM SR volume report (DICOM input only;
+    the report only from /v1/predict/batch, for a whole series)."""
 
     JSON = "json"
     DICOM_SEG = "dicom-seg"
+    DICOM_SR = "dicom-sr"
 
 
 class SeriesSlice(BaseModel):

@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.dicom_series import SliceInput
-from app.dicom_sr import VolumeFindings, build_volume_report
+from app.dicom_sr import series_volume_report
 from app.errors import InvalidDicomImageError, ServiceError
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService, SeriesAnswer
@@ -136,13 +135,7 @@ class ModelStudyProcessor:
         result = answer.result
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
-        findings = VolumeFindings(
-            tumor_detected=positive > 0,
-            tumor_volume_ml=result.tumor_volume_ml,
-            slices_analysed=len(inputs),
-            slices_with_tumor=positive,
-        )
-        report = build_volume_report(_unique_headers(inputs), findings, self.predictor.model_tags, result.segmentation)
+        report = series_volume_report(result, self.predictor.model_tags)
         datasets = [*([result.segmentation] if result.segmentation is not None else []), report]
         summary.update(
             channels=len(inputs[0].channels),
@@ -172,13 +165,6 @@ def dataset_bytes(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _unique_headers(inputs: Sequence[SliceInput]) -> list[Dataset]:
-    headers: dict[str, Dataset] = {}
-    for slice_input in inputs:
-        headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
-    return list(headers.values())
 
 
 def _instance_order(header: Dataset) -> tuple[int, str]:

@@ -27,6 +27,7 @@ from app.api.openapi_docs import (
     response_examples,
 )
 from app.dicom_seg import segmentation_to_bytes
+from app.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
 from app.prediction import SeriesAnswer, SliceAnswer, Tally
 from app.settings import Settings
@@ -64,7 +65,11 @@ SliceFile = Annotated[
 ]
 MaskFormatQuery = Annotated[schemas.MaskFormat, Query(description="mask encodings to return")]
 OutputQuery = Annotated[
-    schemas.OutputFormat, Query(description="json, or dicom-seg for a DICOM Segmentation (DICOM input only)")
+    schemas.OutputFormat,
+    Query(
+        description="json; dicom-seg for a DICOM Segmentation; dicom-sr (batch only) for the series' DICOM SR volume "
+        "report, also when no tumor is found (DICOM input only)"
+    ),
 ]
 AcceptHeader = Annotated[str | None, Header(description="application/dicom asks for a DICOM SEG")]
 SeriesQuery = Annotated[
@@ -95,7 +100,10 @@ async def refuse_several_files(request: Request) -> None:
 
 
 def wants_segmentation(output: schemas.OutputFormat, accept: str | None) -> bool:
-    return output is schemas.OutputFormat.DICOM_SEG or DICOM_MEDIA_TYPE in (accept or "")
+    """A SEG is made for output=dicom-seg or Accept: application/dicom, and for the report, which references it."""
+    if output is schemas.OutputFormat.JSON and DICOM_MEDIA_TYPE in (accept or ""):
+        return True
+    return output in (schemas.OutputFormat.DICOM_SEG, schemas.OutputFormat.DICOM_SR)
 
 
 @router.post(
@@ -116,6 +124,8 @@ async def create_prediction(
     accept: AcceptHeader = None,
 ) -> schemas.PredictionResponse | Response:
     """Tumor probability of one slice, and its mask when a tumor is detected."""
+    if output is schemas.OutputFormat.DICOM_SR:
+        raise RequestValidationFailed("query.output: dicom-sr reports on a whole series; send it to /v1/predict/batch")
     await refuse_several_files(request)
     data = await read_upload(file, settings)
     request.state.input_sha256 = uploads.sha256_hex(data)
@@ -167,6 +177,8 @@ async def create_batch_prediction(
         contents, mask_format, segmentation, on_tally=partial(record_outcome, request), series=series
     )
     models = schemas.ModelTags(**predictor.model_tags)
+    if isinstance(answer, SeriesAnswer) and output is schemas.OutputFormat.DICOM_SR:
+        return await run_in_threadpool(report_response, answer, predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and answer.slices is None:
         return await run_in_threadpool(segmentation_response, answer)
     if isinstance(answer, SeriesAnswer):
@@ -225,6 +237,18 @@ def segmentation_response(answer: SeriesAnswer) -> Response:
     headers = {"X-Tumor-Detected": "true", "X-Files-Skipped": str(len(answer.file_errors))}
     if answer.file_errors:
         headers["X-Skipped-File-Indices"] = ",".join(str(index) for index in sorted(answer.file_errors))
+    if answer.result.tumor_volume_ml is not None:
+        headers["X-Tumor-Volume-mL"] = f"{answer.result.tumor_volume_ml:.3f}"
+    return Response(body, media_type=DICOM_MEDIA_TYPE, headers=headers)
+
+
+def report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
+    """The series' DICOM SR volume report (TID 1500), referencing its SEG when a tumor was found."""
+    body = segmentation_to_bytes(series_volume_report(answer.result, model_tags))
+    headers = {
+        "X-Tumor-Detected": str(answer.result.tumor_detected).lower(),
+        "X-Files-Skipped": str(len(answer.file_errors)),
+    }
     if answer.result.tumor_volume_ml is not None:
         headers["X-Tumor-Volume-mL"] = f"{answer.result.tumor_volume_ml:.3f}"
     return Response(body, media_type=DICOM_MEDIA_TYPE, headers=headers)

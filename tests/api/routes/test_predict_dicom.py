@@ -14,10 +14,12 @@ from PIL import Image
 from app.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import model_inputs, read_series
+from app.dicom_sr import read_volume_report
 from app.inference import Predictor, SlicePrediction
 from tests.api.utils import decode_rle
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.validation import dciodvfy_errors
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,8 @@ def test_dicom_seg_of_a_png_is_refused(client: TestClient) -> None:
     assert response.json() == {
         "error": {
             "code": "invalid_image",
-            "message": "output=dicom-seg needs DICOM input: a DICOM SEG must reference the DICOM instances it segments",
+            "message": "output=dicom-seg and output=dicom-sr need DICOM input: a DICOM SEG or SR must reference the "
+            "DICOM instances it describes",
         }
     }
 
@@ -201,3 +204,51 @@ def test_overlay_of_a_dicom_instance_is_a_png(
     )
     assert float(response.headers["X-Tumor-Probability"]) == pytest.approx(reference.probability, abs=1e-6)
     assert response.headers["X-Tumor-Detected"] == "true"
+
+
+def test_predict_batch_dicom_sr_reports_the_json_volume_and_references_the_seg(
+    client: TestClient, series_files: list[bytes]
+) -> None:
+    as_json = client.post("/v1/predict/batch", files=dicom_parts(series_files)).json()
+    response = client.post("/v1/predict/batch?output=dicom-sr", files=dicom_parts(series_files))
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom"
+    report = read_volume_report(pydicom.dcmread(io.BytesIO(response.content)))
+    assert report["finding"] == "Present"
+    assert report["tumor_volume_ml"] == pytest.approx(as_json["tumor_volume_ml"], rel=1e-3)
+    assert report["slices_analysed"] == len(as_json["slices"])
+    assert report["slices_with_tumor"] == sum(item["prediction"]["tumor_detected"] for item in as_json["slices"])
+    assert report["segmentation_sop_instance_uid"] is not None
+    assert float(response.headers["X-Tumor-Volume-mL"]) == pytest.approx(as_json["tumor_volume_ml"], rel=1e-3)
+    assert dciodvfy_errors(response.content, "Comprehensive3DSR") == []
+
+
+def test_predict_batch_dicom_sr_of_a_negative_series_says_analysed_without_tumor(
+    negative_client: TestClient, series_files: list[bytes]
+) -> None:
+    response = negative_client.post("/v1/predict/batch?output=dicom-sr", files=dicom_parts(series_files))
+
+    assert response.status_code == 200
+    assert response.headers["X-Tumor-Detected"] == "false"
+    report = read_volume_report(pydicom.dcmread(io.BytesIO(response.content)))
+    assert report["finding"] == "Absent"
+    assert report["slices_with_tumor"] == 0
+    assert report["segmentation_sop_instance_uid"] is None
+
+
+def test_dicom_sr_is_refused_for_one_slice_and_for_raster_images(client: TestClient, series_files: list[bytes]) -> None:
+    single = client.post("/v1/predict?output=dicom-sr", files={"file": ("a.dcm", series_files[0], "application/dicom")})
+    raster = client.post(
+        "/v1/predict/batch?output=dicom-sr", files=[("files", ("a.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg"))]
+    )
+
+    assert single.status_code == 422
+    assert single.json() == {
+        "error": {
+            "code": "validation_error",
+            "message": "query.output: dicom-sr reports on a whole series; send it to /v1/predict/batch",
+        }
+    }
+    assert raster.status_code == 400
+    assert raster.json()["error"]["message"].startswith("output=dicom-seg and output=dicom-sr need DICOM input")
