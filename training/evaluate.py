@@ -202,8 +202,9 @@ def save_plots(output_dir: Path, arrays: SliceArrays, probabilities, masks, hist
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-    figure, axes = plt.subplots(1, len(history_paths), figsize=(6 * len(history_paths), 4), squeeze=False)
-    for axis, (name, path) in zip(axes[0], history_paths.items(), strict=True):
+    columns = max(1, len(history_paths))
+    figure, axes = plt.subplots(1, columns, figsize=(6 * columns, 4), squeeze=False)
+    for axis, (name, path) in zip(axes[0], history_paths.items(), strict=False):
         if not path.exists():
             continue
         history = np.genfromtxt(path, delimiter=",", names=True)
@@ -290,12 +291,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     (output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_plots:
         runs = Path(args.classifier_weights).parent.parent
+        histories = dict(args.history) or {path.parent.name: path for path in sorted(runs.glob("*/history.csv"))}
         save_plots(
             output_dir,
             test,
             test_probabilities,
             gated_masks(test_probabilities, test_maps, classifier_threshold, mask_threshold),
-            {path.parent.name: path for path in sorted(runs.glob("*/history.csv"))},
+            histories,
         )
     return result
 
@@ -309,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="runs/evaluation")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--history",
+        action="append",
+        default=[],
+        type=lambda text: (text.partition("=")[0], Path(text.partition("=")[2])),
+        metavar="NAME=HISTORY_CSV",
+        help="training histories to plot (default: */history.csv beside the classifier's run folder)",
+    )
     return parser
 
 

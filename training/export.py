@@ -95,7 +95,20 @@ def training_run_summary(run_dir: Path) -> dict:
     import csv
     import statistics
 
-    run = json.loads((run_dir / "run.json").read_text())
+    if (run_dir / "run.json").is_file():
+        run = json.loads((run_dir / "run.json").read_text())
+    else:  # a run still going (or stopped between sessions): its saved state says as much
+        state = json.loads((run_dir / "state.json").read_text())
+        arguments = json.loads((run_dir / "arguments.json").read_text())
+        run = {
+            "model": arguments["model"],
+            "epochs_run": state["epochs_done"],
+            "best_epoch": state["best_epoch"],
+            "monitor": arguments.get("monitor")
+            or ("val_volume_dice" if arguments["model"] == "segmenter" else "val_specificity"),
+            "seconds": state["seconds"],
+            "arguments": arguments,
+        }
     with (run_dir / "history.csv").open() as handle:
         rates = [float(row["train_slices_per_second"]) for row in csv.DictReader(handle)]
     return {**run, "name": run_dir.name, "slices_per_second": statistics.median(rates)}

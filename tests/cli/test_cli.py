@@ -172,7 +172,8 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
         paths.append(tmp_path / f"slice_{index}.dcm")
         paths[-1].write_bytes(to_bytes(dataset))
     broken = tmp_path / "broken.dcm"
-    broken.write_bytes(paths[0].read_bytes()[:400])  # a DICOM file cut short in its header
+    whole = paths[0].read_bytes()
+    broken.write_bytes(whole[: len(whole) // 2])  # a DICOM file cut off in its pixel data
     masks_dir = tmp_path / "masks"
 
     code, output = run_predict(
