@@ -131,7 +131,8 @@ def build_segmentation(
 
 
 def segmentation_to_bytes(segmentation: Dataset) -> bytes:
-    """Encode a SEG as a DICOM Part 10 file (preamble, ``DICM``, file meta), e.g. for an HTTP response or STOW-RS."""
+    """Encode a SEG (or the volume report beside it) as a DICOM Part 10 file (preamble, ``DICM``, file meta), e.g. for
+    an HTTP response, STOW-RS or the DICOM node's spool."""
     buffer = io.BytesIO()
     segmentation.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

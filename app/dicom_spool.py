@@ -24,7 +24,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from app.study_analysis import dataset_bytes
+from app.dicom_seg import segmentation_to_bytes
 
 PENDING_MARKER = "pending"
 UNSENT_MARKER = "unsent"
@@ -127,7 +127,7 @@ class Spool:
         paths = []
         for index, dataset in enumerate(datasets):
             path = directory / f"{index:02d}_{dataset.Modality}.dcm"
-            _write_atomically(path, dataset_bytes(dataset))
+            _write_atomically(path, segmentation_to_bytes(dataset))
             paths.append(path)
         return paths
 

@@ -20,7 +20,6 @@ The summary holds no patient data: series numbers, counts, the volume, error cod
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,13 +157,6 @@ class ModelStudyProcessor:
             except InvalidDicomImageError as error:
                 notes.append(f"T1 series left out: their slices do not pair with FLAIR ({error.message})")
         return asyncio.run(self.service.predict_dicom(flair, build_seg=True))
-
-
-def dataset_bytes(dataset: Dataset) -> bytes:
-    """A result as a DICOM Part 10 file."""
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _instance_order(header: Dataset) -> tuple[int, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from app.inference import Predictor
 from app.pacs_sync import SyncReport, run_pacs_sync
 from app.pacs_sync_state import SyncState
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
-from tests.dicom.orthanc_server import Orthanc, running_orthanc
+from tests.dicom.orthanc_server import Orthanc
 from tests.dicom.pacs_sync_support import (
     NegativePredictor,
     assert_masks_are_the_predictions,
@@ -25,19 +24,6 @@ from tests.dicom.pacs_sync_support import (
     config_for,
 )
 from tests.dicom.validation import dciodvfy_errors
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_dir: Path) -> Predictor:
-    loaded = Predictor.from_model_dir(tiny_model_dir)
-    loaded.warm_up()
-    return loaded
 
 
 def test_pacs_sync_stores_a_seg_and_a_volume_report_once(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,25 +17,12 @@ from app.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncRepor
 from app.pacs_sync_state import SyncState
 from app.sequence_selection import SelectionRules
 from tests.dicom.builders import mr_series, tumor_channels
-from tests.dicom.orthanc_server import Orthanc, running_orthanc
+from tests.dicom.orthanc_server import Orthanc
 from tests.dicom.pacs_sync_support import (
     FailingClient,
     cli_settings,
     config_for,
 )
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_dir: Path) -> Predictor:
-    loaded = Predictor.from_model_dir(tiny_model_dir)
-    loaded.warm_up()
-    return loaded
 
 
 def test_pacs_sync_goes_on_after_a_failing_study_and_retries_it(
