@@ -131,11 +131,13 @@ def predict(args: argparse.Namespace) -> int:
     except ModelStoreError as error:
         return fail(f"brain-tumor predict: cannot load the models: {error}", EXIT_MODELS)
 
+    from app.sequence_selection import SelectionRules
     from app.uploads import UploadLimits
 
     command = PredictRun(
         predictor=predictor,
         limits=UploadLimits.from_settings(settings),
+        rules=SelectionRules.from_settings(settings),
         batch_size=settings.inference_batch_size,
         files=files,
         uploads=uploads,

@@ -166,10 +166,16 @@ def read_dicom_header(
             dataset, has_pixels, inflated = _inflated_header(data, meta_end, max_bytes)
             pixel_position = -1  # deflated pixel data is native: no codestream to check
         else:
-            buffer = io.BytesIO(data)
+            buffer = _ShortReadWatch(data)
             dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
             pixel_position, inflated = buffer.tell(), 0
             has_pixels = _pixel_data_tag_at(data, pixel_position)
+            if not has_pixels and buffer.cut:
+                # pydicom stops quietly at the end of the bytes, keeping a cut value (a SOP Class UID "1.2.840.1"
+                # would read as an unsupported class): a file that ends inside an element is broken, not unsupported.
+                raise UndecodableDicomError(
+                    f"DICOM file ends inside its header, at byte {len(data)}, before its pixel data (truncated)"
+                )
         _check_sop_class(dataset, has_pixels)
         _check_pixel_description(dataset)
         rows, columns, frames = image_dimensions(dataset)
@@ -186,6 +192,33 @@ def read_dicom_header(
     if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
         check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns)
     return DicomHeader(data, dataset, rows, columns, frames, bits, inflated)
+
+
+class _ShortReadWatch(io.BytesIO):
+    """The file's bytes, noting whether a read ever got fewer bytes than it asked for past the end.
+
+    A complete data set ends on an element boundary: pydicom's one empty read there (looking for the next tag) is
+    the clean end. A second empty read (a value after its tag and length) or a partial one means the bytes end
+    inside an element.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._partial = False
+        self._empty = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        output = super().read(size)
+        if size is not None and size > 0 and len(output) < size:
+            if output:
+                self._partial = True
+            else:
+                self._empty += 1
+        return output
+
+    @property
+    def cut(self) -> bool:
+        return self._partial or self._empty > 1
 
 
 def _check_part10(data: bytes) -> None:

@@ -1,10 +1,12 @@
 """Series assembly: DICOM frames of one request grouped into model inputs, intensities normalised per series.
 
-`plan_series` checks every file's header (`app.dicom_header.read_dicom_header`), counts the slices the frames will
-make and the memory decoding them will take, all before any pixel is decoded; `decode_series` then decodes the
-files, and `prepare_inputs` normalises the frames of each series to uint8 (`normalise_volume`) and groups frames that
-lie at the same position into one model input (`SliceInput`): alone it is FLAIR, three together are pre-contrast,
-FLAIR, post-contrast in the order they were given. `read_series` is all three. No HTTP here.
+`plan_series` checks every file's header (`app.dicom_header.read_dicom_header`), chooses the series the models read
+(`app.series_choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
+slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded;
+`decode_series` then decodes the chosen files, and `prepare_inputs` normalises the frames of each series to uint8
+(`normalise_volume`) and groups frames that lie at the same position into one model input (`SliceInput`): alone it
+is FLAIR, three together are pre-contrast, FLAIR, post-contrast in the order the choice gives. `read_series` is all
+three. No HTTP here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from app.dicom_frame import DicomFrame, frame_placement
 from app.dicom_header import DicomHeader, read_dicom_header
 from app.dicom_input import decode_dicom
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
+from app.sequence_selection import SelectionRules
+from app.series_choice import SeriesChoice, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
 
 # Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
@@ -34,7 +38,7 @@ class SliceInput:
     image
         uint8 HxW (one frame, taken as FLAIR) or HxWx3 (pre-contrast, FLAIR, post-contrast).
     channels
-        The frames the image was made of, in request order: one, or three as `CHANNEL_ORDER`.
+        The frames the image was made of: one, or three as `CHANNEL_ORDER`.
     """
 
     image: np.ndarray
@@ -48,20 +52,23 @@ class SliceInput:
 
 @dataclass
 class SeriesUploads:
-    """The slices of the DICOM files that could be read, and the errors of those that could not (by position)."""
+    """The slices of the DICOM files that could be read, the errors of those that could not (by position), and the
+    series they were read from (`choice`)."""
 
     inputs: list[SliceInput]
     file_errors: dict[int, ServiceError] = field(default_factory=dict)
+    choice: SeriesChoice = field(default_factory=SeriesChoice)
 
 
 @dataclass(frozen=True, eq=False)
 class SeriesPlan:
     """A request's DICOM files after their headers were checked: each file's header or its refusal, in place, the
-    slices the frames will make, and what decoding them all will cost."""
+    series chosen for the models, the slices their frames will make, and what decoding them will cost."""
 
     headers: list[DicomHeader | ServiceError]
     slices: int
     cost_bytes: int
+    choice: SeriesChoice = field(default_factory=SeriesChoice)
 
     @property
     def file_errors(self) -> dict[int, ServiceError]:
@@ -77,25 +84,8 @@ def too_many_slices(slices: int, max_slices: int) -> ServiceError:
     )
 
 
-def plan_series(
-    uploads: Sequence[bytes | ServiceError],
-    limits: UploadLimits,
-    max_slices: int | None = None,
-    refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
-) -> SeriesPlan:
-    """Read and check the headers of every DICOM file, count the slices and the decoding cost; nothing is decoded.
-
-    Order: each file's header (a file that fails yields its error in its place), the slices of the request against
-    `max_slices` (default `limits.max_request_slices`), each file's cost, then the request's (its files are held
-    together, as one series) against `limits.max_decode_bytes`.
-
-    Raises
-    ------
-    ServiceError
-        `refuse_slices(slices, max_slices)` (default `TooManySlicesError`) for too many slices;
-        `app.errors.OverMemoryBudgetError` for a request over the budget.
-    """
-    max_slices = limits.max_request_slices if max_slices is None else max_slices
+def read_headers(uploads: Sequence[bytes | ServiceError], limits: UploadLimits) -> list[DicomHeader | ServiceError]:
+    """Each file's checked header (`read_dicom_header`), or the error that refuses it, in request order."""
     headers: list[DicomHeader | ServiceError] = []
     for data in uploads:
         if isinstance(data, ServiceError):
@@ -106,20 +96,52 @@ def plan_series(
             headers.append(read_dicom_header(data, limits.max_dicom_pixels, limits.max_decode_bytes))
         except ServiceError as error:
             headers.append(error)
-    readable = [item for item in headers if isinstance(item, DicomHeader)]
-    slices = count_slices(readable, at_most=max_slices)
+    return headers
+
+
+def plan_series(
+    uploads: Sequence[bytes | ServiceError],
+    limits: UploadLimits,
+    max_slices: int | None = None,
+    refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
+    rules: SelectionRules | None = None,
+) -> SeriesPlan:
+    """Read and check the headers of every DICOM file, choose the series, count the slices and the decoding cost;
+    nothing is decoded.
+
+    Order: each file's header (a file that fails yields its error in its place), the series the models read
+    (`choose_series` with `rules`; files of other series are left out of everything that follows), the slices of
+    the chosen files against `max_slices` (default `limits.max_request_slices`), each file's cost, then the
+    request's (its files are held together, as one series) against `limits.max_decode_bytes`.
+
+    Raises
+    ------
+    ServiceError
+        `app.errors.NoFlairSeriesError` when no series can be read as FLAIR; `refuse_slices(slices, max_slices)`
+        (default `TooManySlicesError`) for too many slices; `app.errors.OverMemoryBudgetError` for a request over
+        the budget.
+    """
+    max_slices = limits.max_request_slices if max_slices is None else max_slices
+    headers = read_headers(uploads, limits)
+    choice = choose_series(headers, rules)
+    used = choice.used_files
+    chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
+    slices = count_slices(chosen, at_most=max_slices)
     if max_slices is not None and slices > max_slices:
         raise refuse_slices(slices, max_slices)
-    if limits.max_decode_bytes is not None:
-        for index, item in enumerate(headers):
-            if isinstance(item, DicomHeader):
-                try:
-                    item.check_cost(limits.max_decode_bytes)
-                except ServiceError as error:
-                    headers[index] = error
-    costs = [item.cost_bytes for item in headers if isinstance(item, DicomHeader)]
+    costs = []
+    for index, item in enumerate(headers):
+        if not isinstance(item, DicomHeader) or index not in used:
+            continue
+        if limits.max_decode_bytes is not None:
+            try:
+                item.check_cost(limits.max_decode_bytes)
+            except ServiceError as error:
+                headers[index] = error
+                continue
+        costs.append(item.cost_bytes)
     check_request_cost(sum(costs), len(costs), limits)
-    return SeriesPlan(headers, slices, sum(costs))
+    return SeriesPlan(headers, slices, sum(costs), choice)
 
 
 def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> int:
@@ -142,30 +164,49 @@ def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> 
 
 
 def decode_series(plan: SeriesPlan) -> SeriesUploads:
-    """Decode the files of a checked plan and group their frames into slices (CPU work: call it off the event loop).
+    """Decode the chosen files of a checked plan and group their frames into slices (CPU work: call it off the event
+    loop).
 
-    A file that fails is reported in `file_errors` and left out; frames that cannot be grouped (see
-    `prepare_inputs`) fail the whole request, since no slice order could be trusted then.
+    A file that fails is reported in `file_errors` and left out. When the T1 frames do not pair with FLAIR's (a
+    position without all three, see `prepare_inputs`), FLAIR is read alone and the choice says so; other frames
+    that cannot be grouped fail the whole request, since no slice order could be trusted then.
     """
     frames = []
     errors: dict[int, ServiceError] = {}
+    used = plan.choice.used_files
     for position, header in enumerate(plan.headers):
         if isinstance(header, ServiceError):
             errors[position] = header
+            continue
+        if position not in used:
             continue
         try:
             frames.extend(decode_dicom(header))
         except ServiceError as error:
             errors[position] = error
-    return SeriesUploads(prepare_inputs(frames) if frames else [], errors)
+    choice = plan.choice
+    if not frames:
+        return SeriesUploads([], errors, choice)
+    try:
+        return SeriesUploads(prepare_inputs(frames, choice.channel_series), errors, choice)
+    except InvalidDicomImageError as error:
+        flair = choice.flair
+        if len(choice.used) != 3 or flair is None:
+            raise
+        choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message})")
+        flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
+        return SeriesUploads(prepare_inputs(flair_frames, choice.channel_series), errors, choice)
 
 
 def read_series(
-    uploads: Sequence[bytes | ServiceError], max_pixels: int, max_bytes: int | None = None
+    uploads: Sequence[bytes | ServiceError],
+    max_pixels: int,
+    max_bytes: int | None = None,
+    rules: SelectionRules | None = None,
 ) -> SeriesUploads:
     """`plan_series` then `decode_series`, with the pixel limit `max_pixels` and the budget `max_bytes` (None: none)."""
     limits = UploadLimits(max_dicom_pixels=max_pixels, max_decode_bytes=max_bytes)
-    return decode_series(plan_series(uploads, limits))
+    return decode_series(plan_series(uploads, limits, rules=rules))
 
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -206,30 +247,35 @@ def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.rint((values.astype(np.float64) - low) * scale).clip(0, 255).astype(np.uint8) for values in volume]
 
 
-def prepare_inputs(frames: Sequence[DicomFrame]) -> list[SliceInput]:
+def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] = ()) -> list[SliceInput]:
     """Normalise frames per series and group those at the same position into model inputs.
 
     Grouping rule: frames sharing Frame of Reference UID, Image Position (Patient) (within `POSITION_TOLERANCE_MM`)
     and Image Orientation (Patient) are one slice. A slice of one frame is FLAIR (the model gets it in all three
     channels, as the dataset does for missing sequences). A slice of three frames, from three different series, is
-    pre-contrast, FLAIR, post-contrast in the order the frames were given (file order in the request, then frame
-    order). Any other count is refused. Frames without a position are always a slice of their own.
+    pre-contrast, FLAIR, post-contrast: in the order of `channel_series` (the flow's choice,
+    `app.series_choice.choose_series`), or as the frames were given when it is empty. Any other count is refused,
+    and with three `channel_series` so is a slice without all three. Frames without a position are always a slice of
+    their own.
 
     Parameters
     ----------
     frames
         Frames from `read_dicom`, in request order.
+    channel_series
+        Series Instance UIDs in channel order: (pre, FLAIR, post), or (FLAIR,), or () to keep the frames' order.
 
     Returns
     -------
     list of SliceInput
-        In the order each slice first appears in `frames`.
+        In the order each slice's FLAIR frame (its first frame without `channel_series`) appears in `frames`, so the
+        order the series were sent in does not matter.
 
     Raises
     ------
     InvalidDicomImageError
-        If a position holds 2 or more than 3 frames, three frames there do not come from three series, or the
-        frames of a slice differ in size.
+        If a position holds 2 or more than 3 frames, three frames there do not come from three series (with
+        `channel_series`: not one from each), or the frames of a slice differ in size.
     """
     normalised: dict[int, np.ndarray] = {}
     by_series: dict[str, list[int]] = {}
@@ -243,14 +289,30 @@ def prepare_inputs(frames: Sequence[DicomFrame]) -> list[SliceInput]:
     for index, frame in enumerate(frames):
         groups.setdefault(_position_key(frame, index), []).append(index)
 
-    inputs = []
+    channel = {uid: position for position, uid in enumerate(channel_series)}
+    ordered: list[tuple[int, SliceInput]] = []
     for indices in groups.values():
+        if len(channel_series) == 3:
+            _check_channels([frames[i] for i in indices], channel_series)
+            indices = sorted(indices, key=lambda i: channel[frames[i].series_instance_uid])
         members = tuple(frames[i] for i in indices)
         _check_group(members)
         images = [normalised[i] for i in indices]
         image = images[0] if len(images) == 1 else np.stack(images, axis=-1)
-        inputs.append(SliceInput(image=image, channels=members))
-    return inputs
+        first = indices[FLAIR_CHANNEL] if len(channel_series) == 3 else indices[0]
+        ordered.append((first, SliceInput(image=image, channels=members)))
+    return [item for _, item in sorted(ordered, key=lambda pair: pair[0])]
+
+
+def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]) -> None:
+    """Three chosen series: every slice holds one frame of each (else the T1 slices do not pair with FLAIR's)."""
+    found = sorted(member.series_instance_uid for member in members)
+    if found != sorted(channel_series):
+        position = members[0].image_position
+        raise InvalidDicomImageError(
+            f"a slice of three series needs one frame of each ({', '.join(CHANNEL_ORDER)}); got {len(members)} "
+            f"frame(s) from {len(set(found))} of them at position {position}"
+        )
 
 
 def _position_key(frame: DicomFrame, index: int) -> tuple:

@@ -202,3 +202,10 @@ class SegmentationInputError(ServiceError):
 
     code = "invalid_segmentation_input"
     kind = ErrorKind.INVALID_INPUT
+
+
+class NoFlairSeriesError(ServiceError):
+    """The DICOM files hold no series the models can read as FLAIR (a T1-only study): reported, never segmented."""
+
+    code = "no_flair_series"
+    kind = ErrorKind.INVALID_REQUEST

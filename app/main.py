@@ -33,6 +33,7 @@ from app.metrics import ServiceMetrics
 from app.model_runners import batcher_runner
 from app.prediction import PredictionService
 from app.security import ApiKeyStore, RateLimiter
+from app.sequence_selection import SelectionRules
 from app.settings import Settings, get_settings
 from app.uploads import UploadLimits
 
@@ -74,6 +75,7 @@ async def load_models(app: FastAPI) -> None:
         UploadLimits.from_settings(state.settings, max_request_slices=state.settings.inference_queue_slices),
         on_predictions=lambda tally: state.metrics.record_predictions(tally.detected),
         budget=MemoryBudget(state.settings.decode_memory_bytes, wait_seconds=state.settings.request_timeout_seconds),
+        rules=SelectionRules.from_settings(state.settings),
     )
     state.ready = True
     state.metrics.ready.set(1)

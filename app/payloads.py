@@ -13,6 +13,7 @@ from app import masks, schemas
 from app.dicom_series import SliceInput
 from app.errors import ServiceError
 from app.inference import SlicePrediction
+from app.series_choice import SeriesChoice, SeriesUse
 
 
 def mask_payload(mask: np.ndarray, mask_format: schemas.MaskFormat) -> schemas.Mask:
@@ -74,6 +75,25 @@ def series_slices(
         )
         for index, (slice_input, prediction) in enumerate(zip(inputs, predictions, strict=True))
     ]
+
+
+def series_choice(choice: SeriesChoice) -> schemas.SeriesChoice:
+    """The series the models read and those left out, as the JSON answers report them."""
+    return schemas.SeriesChoice(
+        series_used=[series_use(item) for item in choice.used],
+        series_left_out=[series_use(item) for item in choice.left_out],
+        selection_notes=list(choice.notes),
+    )
+
+
+def series_use(item: SeriesUse) -> schemas.SeriesUse:
+    return schemas.SeriesUse(
+        role=item.role,
+        series_number=item.series_number,
+        series_description=item.series_description,
+        evidence=item.evidence,
+        files=list(item.files),
+    )
 
 
 def file_failures(file_errors: dict[int, ServiceError]) -> list[schemas.BatchItemFailure]:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from app.inference import Predictor
     from app.model_runners import ModelRunner
     from app.prediction import PredictionService
+    from app.sequence_selection import SelectionRules
     from app.uploads import UploadLimits
 
 MASK_SUFFIX = "_mask"
@@ -170,11 +171,15 @@ class PredictRun:
     masks: list[Path] | None
     progress: Progress
     writer: MaskWriter = field(default_factory=MaskWriter)
+    rules: SelectionRules | None = None
 
     def _service(self, run_models: ModelRunner) -> PredictionService:
         from app.prediction import PredictionService
+        from app.sequence_selection import SelectionRules
 
-        return PredictionService(self.predictor, run_models, self.limits, offload=False)
+        return PredictionService(
+            self.predictor, run_models, self.limits, offload=False, rules=self.rules or SelectionRules()
+        )
 
     async def run(self) -> tuple[dict, bool]:
         """The report (the JSON the command prints) and whether every file was predicted.
@@ -209,6 +214,7 @@ class PredictRun:
 
     async def _series(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
         """DICOM files as one series: one result per slice, named after the file holding its FLAIR frame."""
+        from app import payloads
         from app.prediction import SeriesAnswer
 
         answer = await self._service(self._series_runner()).predict_files(uploads, self.mask_format)
@@ -236,7 +242,11 @@ class PredictRun:
             {"index": position, "file": str(self.files[position]), "ok": False, "error": error.to_dict()}
             for position, error in sorted(answer.file_errors.items())
         ]
-        series = {"tumor_detected": answer.result.tumor_detected, "tumor_volume_ml": answer.result.tumor_volume_ml}
+        series = {
+            "tumor_detected": answer.result.tumor_detected,
+            "tumor_volume_ml": answer.result.tumor_volume_ml,
+            **payloads.series_choice(answer.choice).model_dump(mode="json"),
+        }
         report = {"series": series, "results": results, "file_errors": failures, "models": self.predictor.model_tags}
         return report, not failures
 

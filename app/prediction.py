@@ -27,6 +27,8 @@ from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget
 from app.model_runners import ModelRunner, Models
 from app.overlay import render_overlay_png
+from app.sequence_selection import SelectionRules
+from app.series_choice import SeriesChoice
 from app.series_result import SeriesResult, clean_series, nothing_readable, several_slices, summarise_series
 from app.uploads import (
     PreparedSlice,
@@ -82,12 +84,14 @@ class BatchAnswer:
 
 @dataclass(frozen=True, eq=False)
 class SeriesAnswer:
-    """A DICOM series: the result, one payload per slice (unless a SEG answers), and the files that failed."""
+    """A DICOM series: the result, one payload per slice (unless a SEG answers), the files that failed, and the
+    series the models read (`choice`: their roles, and the series left out)."""
 
     result: SeriesResult
     slices: list[schemas.SeriesSlice] | None
     file_errors: dict[int, ServiceError]
     tally: Tally
+    choice: SeriesChoice = field(default_factory=SeriesChoice)
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,6 +123,9 @@ class PredictionService:
         The decoding memory budget requests reserve their cost in, from decoding until the models have answered
         (their model inputs live that long); by default one of `limits.max_decode_bytes` that waits as long as it
         takes (none without a budget).
+    rules
+        The sequence-selection rules (`SelectionRules.from_settings`) that choose which DICOM series the models read,
+        and in which channel (`app.series_choice`).
     """
 
     models: Models
@@ -127,6 +134,7 @@ class PredictionService:
     on_predictions: TallyObserver | None = field(default=None)
     offload: bool = True
     budget: MemoryBudget | None = None
+    rules: SelectionRules = field(default_factory=SelectionRules)
 
     def __post_init__(self) -> None:
         if self.budget is None and self.limits.max_decode_bytes is not None:
@@ -208,7 +216,7 @@ class PredictionService:
             slices = await self._cpu(
                 payloads.series_slices, series.result.inputs, series.result.predictions, self.threshold, mask_format
             )
-            return SeriesAnswer(series.result, slices, series.file_errors, series.tally)
+            return SeriesAnswer(series.result, slices, series.file_errors, series.tally, series.choice)
         refuse_segmentation_of_raster(segmentation)
         plan = await self._cpu(plan_raster_uploads, uploads, self.limits)
         async with self._reserve(plan.cost_bytes):
@@ -232,11 +240,19 @@ class PredictionService:
     ) -> SeriesAnswer:
         """DICOM files as one series: the models on every slice, then the SEG and the volume.
 
-        The headers are checked first (slices against the request's limit, or against one with `one_slice`; the
-        memory cost), then the files decode within the memory budget. A file that cannot be read is left out and
-        reported in `file_errors`; with `strict` it fails the call.
+        The headers are checked first (the series the models read, chosen by `self.rules`; slices against the
+        request's limit, or against one with `one_slice`; the memory cost), then the chosen files decode within the
+        memory budget. A file that cannot be read is left out and reported in `file_errors`; with `strict` it fails
+        the call. Files of series not chosen are left out and reported in `SeriesAnswer.choice`.
+
+        Raises
+        ------
+        app.errors.NoFlairSeriesError
+            If no series can be read as FLAIR (`app.series_choice.choose_series`).
         """
-        check = partial(plan_series, max_slices=1 if one_slice else None, refuse_slices=several_slices)
+        check = partial(
+            plan_series, max_slices=1 if one_slice else None, refuse_slices=several_slices, rules=self.rules
+        )
         plan: SeriesPlan = await self._cpu(check, uploads, self.limits)
         if strict and plan.file_errors:
             raise next(iter(plan.file_errors.values()))
@@ -262,7 +278,7 @@ class PredictionService:
         result = await self._cpu(
             partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
         )
-        return SeriesAnswer(result, None, series.file_errors, tally)
+        return SeriesAnswer(result, None, series.file_errors, tally, series.choice)
 
     async def _predict_raster(self, data: bytes, keep_image: bool, on_tally: TallyObserver | None) -> SliceAnswer:
         plan = await self._cpu(plan_raster_uploads, [data], self.limits)

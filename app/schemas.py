@@ -122,8 +122,39 @@ class SeriesSlice(BaseModel):
     prediction: Prediction
 
 
+class SeriesUse(BaseModel):
+    """A DICOM series of the request, the role sequence selection gave it, and the evidence for it."""
+
+    role: str = Field(description="FLAIR, T1 pre-contrast, T1 post-contrast, or other")
+    series_number: int | None
+    series_description: str
+    evidence: str = Field(description="why the series has this role: name patterns or sequence attributes matched")
+    files: list[int] = Field(description="positions of the series' files in the request")
+
+
+SeriesUsed = Annotated[
+    list[SeriesUse],
+    Field(description="FLAIR alone, or T1 pre-contrast, FLAIR, T1 post-contrast: the model's channels, in order"),
+]
+SeriesLeftOut = Annotated[
+    list[SeriesUse],
+    Field(description="the request's other series: their files are not read (and not counted as errors)"),
+]
+SelectionNotes = Annotated[
+    list[str], Field(description="what else sequence selection decided, e.g. T1 series left out and why")
+]
+
+
+class SeriesChoice(BaseModel):
+    """Which series the models read (chosen by sequence selection, never by upload order) and which were left out."""
+
+    series_used: SeriesUsed
+    series_left_out: SeriesLeftOut
+    selection_notes: SelectionNotes
+
+
 class SeriesPredictionResponse(BaseModel):
-    """The answer for DICOM files sent together: one result per slice, and the series as a whole."""
+    """The answer for DICOM files sent together: one result per slice, the series as a whole, and the series read."""
 
     tumor_detected: bool = Field(description="true when any slice is positive")
     tumor_volume_ml: float | None = Field(
@@ -132,6 +163,9 @@ class SeriesPredictionResponse(BaseModel):
     threshold: float
     slices: list[SeriesSlice]
     file_errors: list[BatchItemFailure] = Field(description="files that could not be read, by their position")
+    series_used: SeriesUsed
+    series_left_out: SeriesLeftOut
+    selection_notes: SelectionNotes
     models: ModelTags
     request_id: str
 

@@ -9,8 +9,9 @@ What it does with a study:
 
 1. read every file's header and choose the series (`app.sequence_selection`); a study without FLAIR is
    "not_analysed" with the reason, and nothing is sent;
-2. read the chosen series' pixels; a file that fails is left out and counted (`file_errors`, with its code); the
-   T1 series join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
+2. read the chosen series' pixels through the flow, which applies the same rules to them
+   (`app.series_choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
+   join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
 3. run the models; build the SEG when a slice is positive and always the volume report (SR), so that "analysed, no
    tumor" can be told from "never analysed".
 
@@ -29,9 +30,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.dicom_sr import series_volume_report
-from app.errors import InvalidDicomImageError, ServiceError
+from app.errors import ServiceError
 from app.model_runners import predictor_runner
-from app.prediction import PredictionService, SeriesAnswer
+from app.prediction import PredictionService
 from app.sequence_selection import SelectionRules, StudySelection, select_sequences
 from app.uploads import UploadLimits
 
@@ -82,7 +83,11 @@ class ModelStudyProcessor:
         self.rules = rules or SelectionRules()
         # One thread, one study at a time: the models run in the calling thread, as in pacs-sync.
         self.service = PredictionService(
-            predictor, predictor_runner(predictor, batch_size), limits or UploadLimits(), offload=False
+            predictor,
+            predictor_runner(predictor, batch_size),
+            limits or UploadLimits(),
+            offload=False,
+            rules=self.rules,
         )
 
     def __call__(self, files: Sequence[Path]) -> StudyAnalysis:
@@ -125,10 +130,14 @@ class ModelStudyProcessor:
             )
         notes = list(selection.notes)
         summary.update(file_errors=file_errors, notes=notes)
+        files_chosen = [data for uid in selection.channel_series for data in files_by_series.get(uid, ())]
         try:
-            answer = self._predict(selection, files_by_series, notes)
+            # The flow chooses again among the chosen series, with the same rules: the same roles, and the one place
+            # that maps channels and falls back to FLAIR alone when the T1 slices do not pair.
+            answer = asyncio.run(self.service.predict_dicom(files_chosen, build_seg=True))
         except ServiceError as error:
             return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
+        notes.extend(note for note in answer.choice.notes if note not in notes)
         for error in answer.file_errors.values():
             file_errors[error.code] = file_errors.get(error.code, 0) + 1
         result = answer.result
@@ -144,19 +153,6 @@ class ModelStudyProcessor:
             models=dict(self.predictor.model_tags),
         )
         return StudyAnalysis("analysed", datasets=datasets, summary=summary)
-
-    def _predict(
-        self, selection: StudySelection, files_by_series: Mapping[str, Sequence[bytes]], notes: list[str]
-    ) -> SeriesAnswer:
-        """Pre, FLAIR, post files in that order (the flow pairs their slices by position), else FLAIR alone."""
-        flair = files_by_series[selection.flair.series_instance_uid] if selection.flair is not None else []
-        if len(selection.channel_series) == 3:
-            ordered = [data for uid in selection.channel_series for data in files_by_series[uid]]
-            try:
-                return asyncio.run(self.service.predict_dicom(ordered, build_seg=True))
-            except InvalidDicomImageError as error:
-                notes.append(f"T1 series left out: their slices do not pair with FLAIR ({error.message})")
-        return asyncio.run(self.service.predict_dicom(flair, build_seg=True))
 
 
 def _instance_order(header: Dataset) -> tuple[int, str]:

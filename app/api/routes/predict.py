@@ -188,6 +188,7 @@ async def create_batch_prediction(
             threshold=predictor.classifier_threshold,
             slices=answer.slices,
             file_errors=payloads.file_failures(answer.file_errors),
+            **dict(payloads.series_choice(answer.choice)),
             models=models,
             request_id=request_id,
         )
@@ -233,25 +234,29 @@ async def slice_payload(
 
 def segmentation_response(answer: SeriesAnswer) -> Response:
     body = segmentation_to_bytes(answer.result.segmentation)
-    # Files left out of the series say so here too: a SEG answer has no JSON body to carry `file_errors`.
-    headers = {"X-Tumor-Detected": "true", "X-Files-Skipped": str(len(answer.file_errors))}
-    if answer.file_errors:
-        headers["X-Skipped-File-Indices"] = ",".join(str(index) for index in sorted(answer.file_errors))
-    if answer.result.tumor_volume_ml is not None:
-        headers["X-Tumor-Volume-mL"] = f"{answer.result.tumor_volume_ml:.3f}"
-    return Response(body, media_type=DICOM_MEDIA_TYPE, headers=headers)
+    return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
 
 
 def report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
     """The series' DICOM SR volume report (TID 1500), referencing its SEG when a tumor was found."""
     body = segmentation_to_bytes(series_volume_report(answer.result, model_tags))
+    return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
+
+
+def series_headers(answer: SeriesAnswer) -> dict[str, str]:
+    """What a DICOM answer has no JSON body to carry: the decision, the volume, files that failed (`file_errors`) and
+    the series the models read (`series_used`; ASCII: roles and series numbers, never descriptions)."""
     headers = {
         "X-Tumor-Detected": str(answer.result.tumor_detected).lower(),
         "X-Files-Skipped": str(len(answer.file_errors)),
+        "X-Series-Used": answer.choice.describe_used(),
+        "X-Files-Left-Out": str(len(answer.choice.left_out_files)),
     }
+    if answer.file_errors:
+        headers["X-Skipped-File-Indices"] = ",".join(str(index) for index in sorted(answer.file_errors))
     if answer.result.tumor_volume_ml is not None:
         headers["X-Tumor-Volume-mL"] = f"{answer.result.tumor_volume_ml:.3f}"
-    return Response(body, media_type=DICOM_MEDIA_TYPE, headers=headers)
+    return headers
 
 
 def record_outcome(request: Request, tally: Tally) -> None:

@@ -141,7 +141,7 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     assert [error["index"] for error in body["file_errors"]] == [1]
     assert body["file_errors"][0]["error"] == {
         "code": "undecodable_dicom",
-        "message": "DICOM dataset has no SOP Class UID (0008,0016): the file is truncated or not a DICOM object",
+        "message": "DICOM file ends inside its header, at byte 134, before its pixel data (truncated)",
     }
 
 

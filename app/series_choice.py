@@ -1,0 +1,180 @@
+"""Which of a request's DICOM files the models read: the one place the prediction flow applies sequence selection.
+
+Every caller of the flow (`/v1/predict`, `/v1/predict/batch`, `brain-tumor predict`, pacs-sync, the DICOM node)
+comes through `choose_series`, so channel order never comes from the order files were sent in:
+
+- files of **one series** keep the behaviour the models were built for: the series is read as FLAIR, unless the
+  rules (`app.sequence_selection`) positively classify it as T1 by name or sequence attributes; then the request
+  is refused (`NoFlairSeriesError`): a T1 series is never segmented as if it were FLAIR;
+- files of **several series** go through `select_sequences`: the FLAIR series, with the pre- and post-contrast T1
+  series when exactly one of each is found (mapped by their attributes), else FLAIR alone; no FLAIR refuses the
+  request with the selection's reason. Files of the series not used are left out and reported
+  (`SeriesChoice.left_out`), not counted as errors.
+
+When the T1 slices then do not pair with FLAIR's, the flow reads FLAIR alone (`SeriesChoice.flair_alone`). Pure
+functions over headers: nothing here decodes pixels or logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from app.dicom_header import DicomHeader
+from app.errors import NoFlairSeriesError, ServiceError
+from app.sequence_selection import (
+    SelectionRules,
+    SequenceRole,
+    SeriesClassification,
+    SeriesInfo,
+    classify_series,
+    select_sequences,
+)
+
+T1_ROLES = (SequenceRole.T1_PRE, SequenceRole.T1_POST)
+
+
+@dataclass(frozen=True)
+class SeriesUse:
+    """One series of a request, the role the flow gave it and why (no patient data: numbers, names of sequences)."""
+
+    series_instance_uid: str
+    role: str
+    series_number: int | None
+    series_description: str
+    evidence: str
+    files: tuple[int, ...]
+    """Positions of the series' files in the request."""
+
+
+@dataclass(frozen=True)
+class SeriesChoice:
+    """The series the models read, in channel order, and those left out.
+
+    Attributes
+    ----------
+    used
+        FLAIR alone, or pre-contrast T1, FLAIR, post-contrast T1 (the model's channel order).
+    left_out
+        The request's other series, with the role the rules gave them.
+    notes
+        What else was decided (T1 series left out and why, several FLAIR candidates).
+    """
+
+    used: tuple[SeriesUse, ...] = ()
+    left_out: tuple[SeriesUse, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def channel_series(self) -> tuple[str, ...]:
+        """Series Instance UIDs in channel order."""
+        return tuple(item.series_instance_uid for item in self.used)
+
+    @property
+    def used_files(self) -> frozenset[int]:
+        return frozenset(index for item in self.used for index in item.files)
+
+    @property
+    def left_out_files(self) -> tuple[int, ...]:
+        return tuple(sorted(index for item in self.left_out for index in item.files))
+
+    @property
+    def flair(self) -> SeriesUse | None:
+        return next((item for item in self.used if item.role == SequenceRole.FLAIR), None)
+
+    def flair_alone(self, why: str) -> SeriesChoice:
+        """The same choice with the T1 series moved to `left_out`: FLAIR is read alone, as the models accept."""
+        flair = self.flair
+        if flair is None or len(self.used) == 1:
+            return self
+        t1 = tuple(item for item in self.used if item is not flair)
+        return replace(
+            self,
+            used=(flair,),
+            left_out=tuple(sorted((*self.left_out, *t1), key=_by_number)),
+            notes=(*self.notes, f"T1 series left out: {why}; FLAIR analysed alone"),
+        )
+
+    def describe_used(self) -> str:
+        """ASCII, no descriptions: ``FLAIR=5; T1 pre-contrast=3; T1 post-contrast=7`` (for a response header)."""
+        return "; ".join(f"{item.role}={_number(item.series_number)}" for item in self.used)
+
+
+def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules | None = None) -> SeriesChoice:
+    """The series of a request's readable files that the models read (see the module docstring).
+
+    Parameters
+    ----------
+    headers
+        Each file's header, or its error, in request order (`app.dicom_series.read_headers`).
+    rules
+        Default: `SelectionRules()`.
+
+    Raises
+    ------
+    NoFlairSeriesError
+        If the files span several series and none is FLAIR, or their one series is T1-weighted.
+    """
+    rules = rules or SelectionRules()
+    files: dict[str, list[int]] = {}
+    first: dict[str, DicomHeader] = {}
+    for index, header in enumerate(headers):
+        if isinstance(header, DicomHeader):
+            uid = str(header.dataset.get("SeriesInstanceUID", ""))
+            files.setdefault(uid, []).append(index)
+            first.setdefault(uid, header)
+    if not files:
+        return SeriesChoice()
+    if len(files) == 1:
+        ((uid, header),) = first.items()
+        return SeriesChoice(used=(_only_series(header, tuple(files[uid]), rules),))
+    selection = select_sequences((header.dataset for header in first.values()), rules)
+    if not selection.analysed:
+        raise NoFlairSeriesError(f"the request's files span {len(files)} series and none is FLAIR: {selection.reason}")
+    by_uid = {item.series.series_instance_uid: item for item in selection.classifications}
+    channels = selection.channel_series
+    used = tuple(
+        _use(by_uid[uid], tuple(files[uid]), role)
+        for uid, role in zip(channels, _channel_roles(len(channels)), strict=True)
+    )
+    left_out = tuple(
+        _use(item, tuple(files[item.series.series_instance_uid]), item.role)
+        for item in selection.classifications
+        if item.series.series_instance_uid not in channels
+    )
+    return SeriesChoice(used, left_out, selection.notes)
+
+
+def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRules) -> SeriesUse:
+    """The one series of a request: FLAIR unless the rules say T1."""
+    classification = classify_series(SeriesInfo.from_dataset(header.dataset), rules)
+    if classification.role in T1_ROLES:
+        raise NoFlairSeriesError(
+            f"the request's one series (number {_number(classification.series.series_number)}) is "
+            f"{classification.role.value} ({classification.evidence}); the models read FLAIR, so it is not analysed"
+        )
+    if classification.role == SequenceRole.FLAIR:
+        return _use(classification, files, SequenceRole.FLAIR)
+    evidence = f"the request's only series, taken as FLAIR ({classification.evidence})"
+    return replace(_use(classification, files, SequenceRole.FLAIR), evidence=evidence)
+
+
+def _channel_roles(channels: int) -> tuple[SequenceRole, ...]:
+    if channels == 3:
+        return (SequenceRole.T1_PRE, SequenceRole.FLAIR, SequenceRole.T1_POST)
+    return (SequenceRole.FLAIR,)
+
+
+def _use(item: SeriesClassification, files: tuple[int, ...], role: SequenceRole) -> SeriesUse:
+    series = item.series
+    return SeriesUse(
+        series.series_instance_uid, role.value, series.series_number, series.description, item.evidence, files
+    )
+
+
+def _by_number(item: SeriesUse) -> tuple[int, str]:
+    return (item.series_number if item.series_number is not None else 1 << 30, item.series_instance_uid)
+
+
+def _number(series_number: int | None) -> str:
+    return "unnumbered" if series_number is None else str(series_number)
