@@ -97,7 +97,9 @@ class SeriesChoice:
 
     def describe_used(self) -> str:
         """ASCII, no descriptions: ``FLAIR=5; T1 pre-contrast=3; T1 post-contrast=7`` (for a response header)."""
-        return "; ".join(f"{item.role}={_number(item.series_number)}" for item in self.used)
+        order = [SequenceRole.FLAIR.value, SequenceRole.T1_PRE.value, SequenceRole.T1_POST.value]
+        used = sorted(self.used, key=lambda item: order.index(item.role))
+        return "; ".join(f"{item.role}={_number(item.series_number)}" for item in used)
 
 
 def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules | None = None) -> SeriesChoice:

@@ -1,0 +1,219 @@
+"""The series endpoint chooses the series by sequence selection, never by upload order, and says which it used."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
+
+from app.dicom_input import read_dicom
+from app.dicom_series import model_inputs, prepare_inputs
+from app.inference import Predictor, SlicePrediction
+from tests.api.utils import decode_rle
+from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
+
+
+def dicom_parts(datasets: list[Dataset]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"IM{index:04d}", to_bytes(item), "application/dicom")) for index, item in enumerate(datasets)]
+
+
+def named_study() -> dict[str, list[Dataset]]:
+    """FLAIR, pre- and post-contrast T1 of one study, told apart by their names (series 4, 2, 7)."""
+    study = Study()
+    return {
+        "flair": mr_series(tumor_channels(1), study, series_number=4, series_description="AX T2 FLAIR"),
+        "pre": mr_series(tumor_channels(0), study, series_number=2, series_description="AX T1 PRE"),
+        "post": mr_series(tumor_channels(2), study, series_number=7, series_description="AX T1 POST GAD"),
+    }
+
+
+def unnamed_study() -> dict[str, list[Dataset]]:
+    """The same pixels, no names: only the sequence attributes (IR with long TI; short TR/TE; contrast agent)."""
+    series = named_study()
+    for role, datasets in series.items():
+        for dataset in datasets:
+            dataset.SeriesDescription = ""
+            if role == "flair":
+                dataset.ScanningSequence, dataset.InversionTime = "IR", 2500.0
+                dataset.RepetitionTime, dataset.EchoTime = 9000.0, 120.0
+            else:
+                dataset.ScanningSequence, dataset.RepetitionTime, dataset.EchoTime = "GR", 25.0, 4.0
+            if role == "post":
+                dataset.ContrastBolusAgent = "GADOTERATE"
+    return series
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir: Path) -> Predictor:
+    return Predictor.from_model_dir(tiny_model_dir)
+
+
+def three_channel_reference(predictor: Predictor, series: dict[str, list[Dataset]]) -> list[SlicePrediction]:
+    """What the predictor says of pre, FLAIR, post stacked in that order (the model's channels)."""
+    frames = [
+        frame for role in ("pre", "flair", "post") for item in series[role] for frame in read_dicom(to_bytes(item))
+    ]
+    channels = tuple(series[role][0].SeriesInstanceUID for role in ("pre", "flair", "post"))
+    return predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames, channels)))
+
+
+def assert_same_as(body: dict, reference: list[SlicePrediction]) -> None:
+    assert len(body["slices"]) == len(reference)
+    for item, expected in zip(body["slices"], reference, strict=True):
+        assert item["prediction"]["tumor_probability"] == pytest.approx(expected.probability, abs=1e-6)
+        np.testing.assert_array_equal(decode_rle(item["prediction"]["mask"]["rle"]), expected.mask)
+
+
+def roles(body: dict) -> dict[int, str]:
+    return {item["series_number"]: item["role"] for item in body["series_used"]}
+
+
+def test_three_series_in_all_six_orders_give_the_same_answer(client: TestClient, predictor: Predictor) -> None:
+    series = named_study()
+    reference = three_channel_reference(predictor, series)
+    swapped = three_channel_reference(
+        predictor, {"pre": series["flair"], "flair": series["pre"], "post": series["post"]}
+    )
+    assert any(abs(a.probability - b.probability) > 1e-4 for a, b in zip(reference, swapped, strict=True))
+
+    bodies = []
+    for order in itertools.permutations(("flair", "pre", "post")):
+        response = client.post(
+            "/v1/predict/batch", files=dicom_parts([item for role in order for item in series[role]])
+        )
+        assert response.status_code == 200, response.text
+        bodies.append(response.json())
+
+    for body in bodies:
+        assert_same_as(body, reference)
+        assert [item["sop_instance_uid"] for item in body["slices"]] == [
+            item.SOPInstanceUID for item in series["flair"]
+        ]
+        assert body["tumor_volume_ml"] == bodies[0]["tumor_volume_ml"]
+        assert [item["role"] for item in body["series_used"]] == ["T1 pre-contrast", "FLAIR", "T1 post-contrast"]
+        assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
+        assert body["series_left_out"] == [] and body["file_errors"] == []
+    flair_evidence = next(item for item in bodies[0]["series_used"] if item["role"] == "FLAIR")
+    assert flair_evidence["series_description"] == "AX T2 FLAIR"
+    assert flair_evidence["evidence"] == "name matches *FLAIR*"
+
+
+def test_series_without_names_are_mapped_by_their_sequence_attributes(client: TestClient, predictor: Predictor) -> None:
+    series = unnamed_study()
+    wrong_order = [*series["post"], *series["flair"], *series["pre"]]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts(wrong_order))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
+    assert_same_as(body, three_channel_reference(predictor, series))
+    evidence = {item["role"]: item["evidence"] for item in body["series_used"]}
+    assert evidence["FLAIR"] == "inversion recovery with Inversion Time 2500 ms"
+    assert "Contrast/Bolus attributes filled in" in evidence["T1 post-contrast"]
+
+
+def test_seg_answer_names_the_series_used(client: TestClient) -> None:
+    series = named_study()
+
+    response = client.post(
+        "/v1/predict/batch?output=dicom-seg", files=dicom_parts([*series["post"], *series["flair"], *series["pre"]])
+    )
+
+    assert response.status_code == 200
+    assert response.headers["X-Series-Used"] == "FLAIR=4; T1 pre-contrast=2; T1 post-contrast=7"
+    assert response.headers["X-Files-Left-Out"] == "0"
+    response.headers["X-Series-Used"].encode("ascii")
+
+
+@pytest.mark.parametrize("output", ["json", "dicom-seg"])
+def test_one_t1_series_is_not_analysed(client: TestClient, output: str) -> None:
+    t1 = mr_series(tumor_channels(0), series_number=3, series_description="AX T1 SE")
+
+    response = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(t1))
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "no_flair_series"
+    assert error["message"] == (
+        "the request's one series (number 3) is T1 pre-contrast (name matches *T1*; no contrast agent stated); "
+        "the models read FLAIR, so it is not analysed"
+    )
+
+
+def test_one_t1_instance_is_not_analysed_on_the_slice_endpoint(client: TestClient) -> None:
+    (t1,) = mr_series(tumor_channels(0)[:1], series_description="AX T1 POST GAD")
+
+    response = client.post("/v1/predict", files={"file": ("IM0001", to_bytes(t1), "application/dicom")})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "no_flair_series"
+
+
+def test_t1_pair_without_flair_is_not_analysed(client: TestClient) -> None:
+    series = named_study()
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["post"], *series["pre"]]))
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "no_flair_series"
+    assert error["message"].startswith(
+        "the request's files span 2 series and none is FLAIR: the study has no FLAIR series (the models read FLAIR); "
+        "found: T1 pre-contrast (name matches *T1*; no contrast agent stated), T1 post-contrast (name matches *T1*;"
+    )
+
+
+def test_one_unnamed_series_is_still_read_as_flair(client: TestClient, predictor: Predictor) -> None:
+    datasets = mr_series(tumor_channels(), series_number=5, series_description="")
+    files = [to_bytes(item) for item in datasets]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts(datasets))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    frames = [frame for data in files for frame in read_dicom(data)]
+    assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
+    (used,) = body["series_used"]
+    assert (used["role"], used["series_number"], used["files"]) == ("FLAIR", 5, [0, 1, 2])
+    assert used["evidence"] == (
+        "the request's only series, taken as FLAIR (neither name nor sequence attributes say FLAIR or T1)"
+    )
+
+
+def test_files_of_other_series_are_left_out_and_reported(client: TestClient) -> None:
+    study = Study()
+    flair = mr_series(tumor_channels(1), study, series_number=4, series_description="AX T2 FLAIR")
+    other = mr_series(tumor_channels(0)[:2], study, series_number=9, series_description="DWI B1000")
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*other, *flair]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["sop_instance_uid"] for item in body["slices"]] == [item.SOPInstanceUID for item in flair]
+    assert body["file_errors"] == []
+    (left_out,) = body["series_left_out"]
+    assert (left_out["role"], left_out["series_number"], left_out["files"]) == ("other", 9, [0, 1])
+    seg = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts([*other, *flair]))
+    assert seg.headers["X-Files-Left-Out"] == "2" and seg.headers["X-Files-Skipped"] == "0"
+    assert seg.headers["X-Series-Used"] == "FLAIR=4"
+
+
+def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predictor: Predictor) -> None:
+    series = named_study()
+    series["post"] = series["post"][:2]  # the post-contrast series misses a slice position
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {4: "FLAIR"}
+    assert {item["series_number"] for item in body["series_left_out"]} == {2, 7}
+    (note,) = body["selection_notes"]
+    assert note.startswith("T1 series left out: their slices do not pair with FLAIR's")
+    frames = [frame for item in series["flair"] for frame in read_dicom(to_bytes(item))]
+    assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
