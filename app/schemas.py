@@ -105,12 +105,18 @@ class BatchPredictionResponse(BaseModel):
 
 
 class OutputFormat(StrEnum):
-    """What a prediction request returns: JSON, a DICOM Segmentation, or a DICOM SR volume report (DICOM input only;
-    the report only from /v1/predict/batch, for a whole series)."""
+    """What a prediction request returns: JSON, a DICOM Segmentation, a DICOM SR volume report, or both DICOM objects
+    as one multipart/related answer (DICOM input only; the report and both only from /v1/predict/batch, for a whole
+    series)."""
 
     JSON = "json"
     DICOM_SEG = "dicom-seg"
     DICOM_SR = "dicom-sr"
+    DICOM_SEG_SR = "dicom-seg-sr"
+
+    @property
+    def whole_series_only(self) -> bool:
+        return self in (OutputFormat.DICOM_SR, OutputFormat.DICOM_SEG_SR)
 
 
 class SeriesSlice(BaseModel):

@@ -4,8 +4,11 @@ Each handler parses the request, makes one call to the prediction flow (`app.pre
 shapes its answer into the response.
 
 PNG, JPEG and TIFF files are slices of their own. DICOM files (recognised by their `DICM` marker) are read as a series:
-every frame is a slice, and three instances at one position are pre-contrast, FLAIR, post-contrast; with
-`output=dicom-seg` (or `Accept: application/dicom`) the answer is a DICOM Segmentation instead of JSON.
+every frame is a slice; sequence selection chooses the FLAIR series and, when both are there, the pre- and
+post-contrast T1 series by their names and attributes (never by upload order), and the answer says which series it
+used. With `output=dicom-seg` (or `Accept: application/dicom`) the answer is a DICOM Segmentation instead of JSON,
+with `output=dicom-sr` the volume report, with `output=dicom-seg-sr` (or `Accept: multipart/related;
+type="application/dicom"`) both as a DICOMweb multipart answer.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from app.api.openapi_docs import (
 from app.dicom_seg import segmentation_to_bytes
 from app.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
+from app.multipart_related import multipart_related
 from app.prediction import SeriesAnswer, SliceAnswer, Tally
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)])
 
 DICOM_MEDIA_TYPE = "application/dicom"
+MULTIPART_MEDIA_TYPE = "multipart/related"
 ERROR_RESPONSES = error_responses(*PREDICTION_STATUSES)
 PREDICT_EXAMPLES: dict[int | str, dict] = {
     200: {
@@ -52,12 +57,14 @@ BATCH_EXAMPLES: dict[int | str, dict] = {
     200: {
         "content": {
             DICOM_MEDIA_TYPE: {},
+            f'{MULTIPART_MEDIA_TYPE}; type="{DICOM_MEDIA_TYPE}"': {},
             **response_examples(
                 batch="a JPEG slice and a text file: one result per file, the bad one with its own error",
                 series="three DICOM instances of one series: a result per slice and the tumor volume",
             ),
         },
-        "description": "JSON (per file for PNG/JPEG/TIFF, per slice for DICOM), or a DICOM SEG with output=dicom-seg",
+        "description": "JSON (per file for PNG/JPEG/TIFF, per slice for DICOM, with the series used), a DICOM SEG "
+        "with output=dicom-seg, the SR with output=dicom-sr, or both as multipart/related with output=dicom-seg-sr",
     }
 }
 SliceFile = Annotated[
@@ -68,10 +75,17 @@ OutputQuery = Annotated[
     schemas.OutputFormat,
     Query(
         description="json; dicom-seg for a DICOM Segmentation; dicom-sr (batch only) for the series' DICOM SR volume "
-        "report, also when no tumor is found (DICOM input only)"
+        "report, also when no tumor is found; dicom-seg-sr (batch only) for both as multipart/related "
+        "(type application/dicom: the SEG, then the SR; the SR alone when no tumor is found) (DICOM input only)"
     ),
 ]
-AcceptHeader = Annotated[str | None, Header(description="application/dicom asks for a DICOM SEG")]
+AcceptHeader = Annotated[
+    str | None,
+    Header(
+        description='application/dicom asks for a DICOM SEG; multipart/related; type="application/dicom" for the SEG '
+        "and the SR (batch only)"
+    ),
+]
 SeriesQuery = Annotated[
     bool,
     Query(
@@ -99,11 +113,19 @@ async def refuse_several_files(request: Request) -> None:
         )
 
 
-def wants_segmentation(output: schemas.OutputFormat, accept: str | None) -> bool:
-    """A SEG is made for output=dicom-seg or Accept: application/dicom, and for the report, which references it."""
-    if output is schemas.OutputFormat.JSON and DICOM_MEDIA_TYPE in (accept or ""):
-        return True
-    return output in (schemas.OutputFormat.DICOM_SEG, schemas.OutputFormat.DICOM_SR)
+def requested_output(output: schemas.OutputFormat, accept: str | None) -> schemas.OutputFormat:
+    """The output asked for: the query wins; with output=json, Accept can ask for a SEG or for SEG and SR."""
+    accept = (accept or "").lower()
+    if output is not schemas.OutputFormat.JSON or DICOM_MEDIA_TYPE not in accept:
+        return output
+    if MULTIPART_MEDIA_TYPE in accept:
+        return schemas.OutputFormat.DICOM_SEG_SR
+    return schemas.OutputFormat.DICOM_SEG
+
+
+def wants_segmentation(output: schemas.OutputFormat) -> bool:
+    """A SEG is made when asked for, and for the report, which references it."""
+    return output is not schemas.OutputFormat.JSON
 
 
 @router.post(
@@ -124,13 +146,16 @@ async def create_prediction(
     accept: AcceptHeader = None,
 ) -> schemas.PredictionResponse | Response:
     """Tumor probability of one slice, and its mask when a tumor is detected."""
-    if output is schemas.OutputFormat.DICOM_SR:
-        raise RequestValidationFailed("query.output: dicom-sr reports on a whole series; send it to /v1/predict/batch")
+    output = requested_output(output, accept)
+    if output.whole_series_only:
+        raise RequestValidationFailed(
+            f"query.output: {output.value} reports on a whole series; send it to /v1/predict/batch"
+        )
     await refuse_several_files(request)
     data = await read_upload(file, settings)
     request.state.input_sha256 = uploads.sha256_hex(data)
     answer = await service.predict_slice(
-        data, segmentation=wants_segmentation(output, accept), on_tally=partial(record_outcome, request)
+        data, segmentation=wants_segmentation(output), on_tally=partial(record_outcome, request)
     )
     if isinstance(answer, SeriesAnswer):
         return await run_in_threadpool(segmentation_response, answer)
@@ -172,13 +197,15 @@ async def create_batch_prediction(
         except ServiceError as error:
             contents.append(error)
     request.state.input_sha256 = [uploads.sha256_hex(item) for item in contents if isinstance(item, bytes)]
-    segmentation = wants_segmentation(output, accept)
+    output = requested_output(output, accept)
     answer = await service.predict_files(
-        contents, mask_format, segmentation, on_tally=partial(record_outcome, request), series=series
+        contents, mask_format, wants_segmentation(output), on_tally=partial(record_outcome, request), series=series
     )
     models = schemas.ModelTags(**predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and output is schemas.OutputFormat.DICOM_SR:
         return await run_in_threadpool(report_response, answer, predictor.model_tags)
+    if isinstance(answer, SeriesAnswer) and output is schemas.OutputFormat.DICOM_SEG_SR:
+        return await run_in_threadpool(segmentation_and_report_response, answer, predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and answer.slices is None:
         return await run_in_threadpool(segmentation_response, answer)
     if isinstance(answer, SeriesAnswer):
@@ -241,6 +268,16 @@ def report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Respons
     """The series' DICOM SR volume report (TID 1500), referencing its SEG when a tumor was found."""
     body = segmentation_to_bytes(series_volume_report(answer.result, model_tags))
     return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
+
+
+def segmentation_and_report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
+    """The SEG and the SR as two parts of one multipart/related answer (DICOMweb); the SR alone when no SEG was made
+    (no tumor found)."""
+    parts = [segmentation_to_bytes(series_volume_report(answer.result, model_tags))]
+    if answer.result.segmentation is not None:
+        parts.insert(0, segmentation_to_bytes(answer.result.segmentation))
+    body, media_type = multipart_related(parts, DICOM_MEDIA_TYPE)
+    return Response(body, headers={"Content-Type": media_type, **series_headers(answer)})
 
 
 def series_headers(answer: SeriesAnswer) -> dict[str, str]:

@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from PIL import Image
 
 from app.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
@@ -252,3 +253,73 @@ def test_dicom_sr_is_refused_for_one_slice_and_for_raster_images(client: TestCli
     }
     assert raster.status_code == 400
     assert raster.json()["error"]["message"].startswith("output=dicom-seg and output=dicom-sr need DICOM input")
+
+
+def multipart_parts(response: Response) -> list[tuple[str, bytes]]:
+    """(Content-Type, body) of each part of a multipart/related answer, read by hand (RFC 2046)."""
+    media_type, *parameters = (item.strip() for item in response.headers["content-type"].split(";"))
+    assert media_type == "multipart/related"
+    values = dict(item.split("=", 1) for item in parameters)
+    assert values["type"] == '"application/dicom"'
+    delimiter = b"--" + values["boundary"].encode("ascii")
+    body = response.content
+    assert body.endswith(delimiter + b"--\r\n")
+    parts = []
+    for chunk in body[: -len(delimiter + b"--\r\n")].split(delimiter)[1:]:
+        headers, _, content = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        assert content.endswith(b"\r\n")
+        parts.append((headers.decode("ascii").removeprefix("Content-Type: "), content[:-2]))
+    return parts
+
+
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [("?output=dicom-seg-sr", None), ("", 'multipart/related; type="application/dicom"')],
+    ids=["query", "accept"],
+)
+def test_predict_batch_answers_seg_and_sr_as_multipart(
+    client: TestClient, series_files: list[bytes], query: str, accept: str | None
+) -> None:
+    as_json = client.post("/v1/predict/batch", files=dicom_parts(series_files)).json()
+    headers = {"Accept": accept} if accept else {}
+    response = client.post(f"/v1/predict/batch{query}", files=dicom_parts(series_files), headers=headers)
+
+    assert response.status_code == 200, response.text
+    (seg_type, seg_bytes), (sr_type, sr_bytes) = multipart_parts(response)
+    assert seg_type == sr_type == "application/dicom"
+    seg, sr = pydicom.dcmread(io.BytesIO(seg_bytes)), pydicom.dcmread(io.BytesIO(sr_bytes))
+    assert (seg.Modality, sr.Modality) == ("SEG", "SR")
+    report = read_volume_report(sr)
+    assert report["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
+    assert report["tumor_volume_ml"] == pytest.approx(as_json["tumor_volume_ml"], rel=1e-3)
+    masks = read_segmentation_masks(seg_bytes)
+    for item in as_json["slices"]:
+        np.testing.assert_array_equal(masks[item["sop_instance_uid"]][0], decode_rle(item["prediction"]["mask"]["rle"]))
+    assert response.headers["X-Tumor-Detected"] == "true" and response.headers["X-Series-Used"] == "FLAIR=1"
+    assert dciodvfy_errors(seg_bytes, "Segmentation") == []
+    assert dciodvfy_errors(sr_bytes, "Comprehensive3DSR") == []
+
+
+def test_multipart_answer_of_a_negative_series_holds_the_sr_alone(
+    negative_client: TestClient, series_files: list[bytes]
+) -> None:
+    response = negative_client.post("/v1/predict/batch?output=dicom-seg-sr", files=dicom_parts(series_files))
+
+    assert response.status_code == 200
+    ((part_type, sr_bytes),) = multipart_parts(response)
+    assert part_type == "application/dicom"
+    report = read_volume_report(pydicom.dcmread(io.BytesIO(sr_bytes)))
+    assert report["finding"] == "Absent" and report["segmentation_sop_instance_uid"] is None
+    assert dciodvfy_errors(sr_bytes, "Comprehensive3DSR") == []
+
+
+def test_multipart_answer_is_refused_for_one_slice(client: TestClient, series_files: list[bytes]) -> None:
+    response = client.post(
+        "/v1/predict?output=dicom-seg-sr", files={"file": ("IM0001", series_files[0], "application/dicom")}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "validation_error",
+        "message": "query.output: dicom-seg-sr reports on a whole series; send it to /v1/predict/batch",
+    }
