@@ -72,8 +72,8 @@ def is_dicom(data: bytes) -> bool:
     start = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)
     if data[DICOM_PREAMBLE_LENGTH:start] != DICOM_MAGIC or data.startswith(_RASTER_SIGNATURES):
         return False
-    if data[start : start + 2] != b"\x02\x00":  # group 0002, little endian, as Part 10 requires
-        return False
+    if not b"\x02\x00".startswith(data[start : start + 2]):  # group 0002, little endian, as Part 10 requires
+        return False  # (a file cut right after DICM is still DICOM, and a 400)
     vr = data[start + 4 : start + 6]
     return len(vr) < 2 or (vr.isalpha() and vr.isupper())  # a truncated meta group is still DICOM, and a 400
 
@@ -248,6 +248,10 @@ def _file_meta(data: bytes) -> tuple[int, str]:
         if element == 0x0010:
             transfer_syntax = data[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
         position = start + length
+    if position + 8 > len(data):
+        raise UndecodableDicomError(
+            f"DICOM file ends in or right after its file meta group (0002), at byte {len(data)} (truncated)"
+        )
     return position, transfer_syntax
 
 

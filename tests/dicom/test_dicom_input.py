@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filereader import data_element_generator
 from pydicom.pixels import get_encoder
 from pydicom.uid import (
     MPEG2MPML,
@@ -19,7 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from app.dicom_header import is_dicom
+from app.dicom_header import _file_meta, is_dicom, read_dicom_header
 from app.dicom_input import read_dicom
 from app.dicom_series import prepare_inputs
 from app.errors import (
@@ -296,3 +298,31 @@ def test_is_dicom_needs_a_file_meta_group_after_the_marker(flair: np.ndarray) ->
     assert not is_dicom(b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00\x01\x02")  # no explicit VR
     assert is_dicom(b"\0" * 128 + b"DICM" + b"\x02\x00")  # cut short inside the meta group: DICOM, and a 400
     assert is_dicom(to_bytes(single_mr(flair)))
+
+
+
+def element_ends(data: bytes) -> tuple[int, set[int]]:
+    """Where the pixel data element starts, and the offsets where each element of the data set ends."""
+    meta_end, _ = _file_meta(data)
+    stream = io.BytesIO(data)
+    stream.seek(meta_end)
+    ends: set[int] = set()
+    for element in data_element_generator(stream, False, True):
+        if element.tag == 0x7FE00010:
+            return max(ends), ends
+        ends.add(stream.tell())
+    raise AssertionError("no pixel data")
+
+
+def test_read_dicom_header_calls_a_file_cut_inside_its_header_undecodable(flair: np.ndarray) -> None:
+    data = to_bytes(single_mr(flair))
+    pixel_start, ends = element_ends(data)
+
+    for kept in [132, 200, 400, pixel_start // 2, pixel_start - 1, *range(133, pixel_start)]:
+        with pytest.raises((UndecodableDicomError, DicomWithoutPixelDataError), match="truncated") as caught:
+            read_dicom_header(data[:kept])
+        # Cut between two elements, the file cannot be told from a complete one without pixel data; cut inside an
+        # element (a SOP Class UID "1.2.840.1" among them), it is broken: never an unsupported kind of file.
+        if kept not in ends:
+            assert caught.value.code == "undecodable_dicom", (kept, caught.value)
+        assert caught.value.kind is ErrorKind.INVALID_INPUT

@@ -323,3 +323,16 @@ def test_multipart_answer_is_refused_for_one_slice(client: TestClient, series_fi
         "code": "validation_error",
         "message": "query.output: dicom-seg-sr reports on a whole series; send it to /v1/predict/batch",
     }
+
+
+def test_dicom_cut_inside_its_header_is_400_undecodable(client: TestClient, series_files: list[bytes]) -> None:
+    data = series_files[0]
+    buffer = io.BytesIO(data)
+    pydicom.dcmread(buffer, stop_before_pixels=True)
+    pixel_start = buffer.tell()
+
+    for kept in (132, 200, 400, pixel_start // 2 + 1, pixel_start - 1):
+        response = client.post("/v1/predict", files={"file": ("IM0001", data[:kept], "application/dicom")})
+
+        assert response.status_code == 400, (kept, response.text)
+        assert response.json()["error"]["code"] == "undecodable_dicom", kept
