@@ -40,6 +40,12 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode("dicom_without_pixel_data", 400, "a DICOM file with no image in it"),
     ErrorCode("invalid_dicom_image", 400, "a colour DICOM, or frames that do not group into slices"),
     ErrorCode("invalid_segmentation_input", 400, "the DICOM series cannot be referenced by a DICOM SEG"),
+    ErrorCode(
+        "no_flair_series",
+        422,
+        "the DICOM files hold no series read as FLAIR (one series classified T1, or several series and none FLAIR); "
+        "the message gives each series' role and evidence",
+    ),
     ErrorCode("mixed_input", 400, "DICOM and PNG/JPEG/TIFF files in one batch"),
     ErrorCode("bad_request", 400, "a body the multipart parser cannot read (no boundary, huge part names)"),
     ErrorCode("unauthorized", 401, "API keys are configured and X-API-Key is missing or wrong"),
