@@ -185,7 +185,13 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
 
     assert code == 1  # the broken file
     assert output["models"] == api["models"]
-    assert output["series"] == {"tumor_detected": api["tumor_detected"], "tumor_volume_ml": api["tumor_volume_ml"]}
+    assert output["series"] == {
+        "tumor_detected": api["tumor_detected"],
+        "tumor_volume_ml": api["tumor_volume_ml"],
+        "series_used": [{**api["series_used"][0], "files": [0, 1, 2, 3]}],  # the broken file's header is whole
+        "series_left_out": [],
+        "selection_notes": [],
+    }
     assert [
         {key: item[key] for key in ("index", "sop_instance_uid", "frame_number", "prediction")}
         for item in output["results"]

@@ -174,3 +174,20 @@ def test_same_named_dicom_slices_are_refused_when_their_masks_would_meet(
         f"brain-tumor predict: error: two slices' masks would both be written to {masks_dir / 'IM0001_mask.png'}; "
         "predict same-named files in separate runs, each with its own --masks-dir\n"
     )
+
+
+def test_predict_refuses_a_t1_series_as_the_api_does(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [tmp_path / f"IM{index}.dcm" for index in range(3)]
+    for path, dataset in zip(paths, mr_series(tumor_channels(0), series_description="AX T1 MPRAGE"), strict=True):
+        path.write_bytes(to_bytes(dataset))
+
+    code, out, err = run(capsys, *map(str, paths), "--model-dir", str(tiny_model_dir))
+
+    assert code == 1
+    assert json.loads(out)["error"]["code"] == "no_flair_series"
+    assert err == (
+        "brain-tumor predict: error: the request's one series (number 1) is T1 pre-contrast (name matches *T1*; no "
+        "contrast agent stated); the models read FLAIR, so it is not analysed\n"
+    )
