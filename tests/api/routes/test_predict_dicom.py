@@ -142,7 +142,7 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     assert [error["index"] for error in body["file_errors"]] == [1]
     assert body["file_errors"][0]["error"] == {
         "code": "undecodable_dicom",
-        "message": "DICOM file ends inside its header, at byte 134, before its pixel data (truncated)",
+        "message": "DICOM file ends in or right after its file meta group (0002), at byte 134 (truncated)",
     }
 
 
