@@ -21,6 +21,7 @@
 | over_memory_budget     | 413    | decoding a file or a request would take more than             |
 |                        |        | DECODE_MEMORY_BYTES (computed from the headers, before decoding) |
 | validation_error       | 422    | a missing or malformed field (e.g. no `file`)                 |
+| no_flair_series        | 422    | DICOM files with no series read as FLAIR (T1 only)            |
 | model_unavailable      | 503    | the models are not loaded and warm yet                        |
 | overloaded             | 503    | the inference queue (or the decoding memory budget) is full;  |
 |                        |        | `Retry-After` says when to retry                              |
