@@ -80,7 +80,7 @@ class NodeProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(self._answers_echo, STARTUP_SECONDS, "the DICOM node answering C-ECHO", poll=1.0)
+        wait_for(self._answers_echo, STARTUP_SECONDS, "the DICOM node answering C-ECHO", poll=0.25)
 
     def _answers_echo(self) -> bool:
         assert self.process is not None
@@ -311,7 +311,7 @@ def test_node_killed_mid_series_loses_no_instance(pacs_with_node: PacsWithNode, 
     assert len(list((study_dir / "instances").glob("*.dcm"))) == half  # acknowledged means on disk
     assert not (study_dir / "record.json").exists()  # and not processed
 
-    node.start()
+    node.start()  # the rest must arrive within the quiet period the restart gives the pending study
     rest = storescu(node.port, files[half:])
     assert rest.returncode == 0, rest.stderr
     seg, sr = results_in_pacs(pacs_with_node, series[0].StudyInstanceUID)
