@@ -7,7 +7,7 @@ How a study flows through it:
    associate (when the list is set); others are rejected at association. Each instance is written to the spool
    (`app.dicom_spool.Spool`), flushed to disk and renamed into place *before* the C-STORE is answered with success,
    and the study is marked pending: a node killed mid-series has lost nothing it acknowledged, and a restarted node
-   finds the pending studies on disk.
+   finds the pending studies on disk and gives each a fresh quiet period (their senders resume once it answers).
 2. **Wait.** A study is complete once no instance of it arrived for `quiet_seconds` (scanners and routers send no
    end-of-study signal); the pending marker's modification time is the last arrival, so this survives restarts.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
@@ -170,6 +170,10 @@ class DicomNode:
 
     def start(self, worker: bool = True) -> None:
         """Listen (in pynetdicom's threads) and, with `worker`, process and send in a background thread."""
+        for key in self.spool.pending_studies():
+            # Studies left pending by the last run: their senders were cut off by the stop and retry once the node
+            # answers again, so each gets a fresh quiet period rather than being processed half-received.
+            self.spool.touch_pending(key)
         ae = AE(ae_title=self.config.ae_title)
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:

@@ -340,3 +340,33 @@ def test_compose_orthanc_serves_what_pacs_sync_needs() -> None:
     assert SYNC_METADATA in json.loads(orthanc["ORTHANC__USER_METADATA"])
     assert services["pacs-sync"]["command"][:2] == ["pacs-sync", "--orthanc"]
     assert services["pacs-sync"]["profiles"] == ["pacs"]
+
+
+def _with_defaults(value: str) -> str:
+    """A Compose value as it reads when no variable is set: ``${NAME:-default}`` -> ``default``."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_runs_the_dicom_node_beside_the_api_sending_to_orthanc() -> None:
+    from app.dicom_sender import Destination
+
+    services = load_compose()["services"]
+    node = services["dicom-node"]
+    environment = {key: _with_defaults(str(value)) for key, value in node["environment"].items()}
+    orthanc = services["orthanc"]
+
+    assert node["command"] == ["dicom-node"]
+    assert "profiles" not in node and "profiles" not in services["api"]  # `docker compose up` starts both
+    assert (environment["DICOM_NODE_HOST"], environment["DICOM_NODE_PORT"]) == ("0.0.0.0", "11112")
+    assert [_with_defaults(port) for port in node["ports"]] == ["127.0.0.1:11112:11112"]
+    # The spool survives a restart: it lies in a named volume (the root filesystem is read-only).
+    spool = Path(environment["DICOM_NODE_SPOOL_DIR"])
+    named_volumes = load_compose()["volumes"]
+    mounts = [mount.split(":")[:2] for mount in node["volumes"]]
+    assert any(spool.is_relative_to(target) and source in named_volumes for source, target in mounts)
+    # Results go to Orthanc's DICOM port, and Orthanc knows the node as a modality (so it can route studies to it).
+    (destination,) = [Destination.parse(item) for item in environment["DICOM_NODE_DESTINATIONS"].split(",")]
+    assert (destination.host, destination.port) == ("orthanc", 4242)
+    assert any(port.endswith(":4242") for port in map(_with_defaults, orthanc["ports"]))
+    modalities = json.loads(_with_defaults(orthanc["environment"]["ORTHANC__DICOM_MODALITIES"]))
+    assert [environment["DICOM_NODE_AE_TITLE"], "dicom-node", 11112] in modalities.values()

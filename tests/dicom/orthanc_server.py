@@ -23,6 +23,7 @@ from app.orthanc_client import SYNC_METADATA
 from tests.dicom.builders import to_bytes
 
 USER, PASSWORD = "sync-test", "not-a-secret"
+ORTHANC_AE = "ORTHANC"
 PLUGIN_CANDIDATES = (
     Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
     Path("/usr/lib/orthanc/libOrthancDicomWeb.so"),
@@ -33,6 +34,7 @@ PLUGIN_CANDIDATES = (
 class Orthanc:
     url: str
     session: requests.Session
+    dicom_port: int | None = None  # set when started with a DICOM server (`dicom_modalities`)
 
     def upload(self, datasets: list[Dataset]) -> str:
         """Store the instances; return the Orthanc ID of their series once Orthanc calls it stable."""
@@ -72,6 +74,12 @@ class Orthanc:
     def last_change(self) -> int:
         return int(self.get("/changes?last")["Last"])
 
+    def result_origins(self, study_uid: str, modality: str) -> list[dict[str, str]]:
+        """How each SEG or SR instance of the study reached Orthanc: its metadata (``Origin``, ``RemoteAET``, ...)."""
+        query = {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": modality}}
+        ids = self.session.post(f"{self.url}/tools/find", json=query, timeout=30).json()
+        return [self.get(f"/instances/{i}/metadata?expand") for i in ids]
+
 
 def orthanc_binary() -> str | None:
     return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
@@ -94,8 +102,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_orthanc(directory: Path) -> Iterator[Orthanc]:
-    """A fresh Orthanc on a free loopback port, storing under `directory`; skips the test where it is not installed."""
+def running_orthanc(
+    directory: Path, dicom_modalities: dict[str, tuple[str, str, int]] | None = None
+) -> Iterator[Orthanc]:
+    """A fresh Orthanc on a free loopback port, storing under `directory`; skips the test where it is not installed.
+
+    With `dicom_modalities` (name -> AE title, host, port), Orthanc also listens for DICOM (AE title ``ORTHANC``) on
+    another free port, and accepts C-STORE only from those modalities, so whatever it holds from DIMSE came from one.
+    """
     binary = orthanc_binary()
     if binary is None:
         pytest.skip("Orthanc not found: install the Debian packages orthanc and orthanc-dicomweb")
@@ -118,6 +132,21 @@ def running_orthanc(directory: Path) -> Iterator[Orthanc]:
         "StableAge": 1,
         "SaveJobs": False,
     }
+    dicom_port = None
+    if dicom_modalities is not None:
+        dicom_port = free_port()
+        config.update(
+            DicomServerEnabled=True,
+            DicomAet=ORTHANC_AE,
+            DicomPort=dicom_port,
+            DicomCheckCalledAet=True,
+            DicomAlwaysAllowStore=False,  # only the declared modalities may store
+            DicomCheckModalityHost=True,
+            DicomModalities={
+                name: {"AET": ae_title, "Host": host, "Port": port, "AllowStore": True}
+                for name, (ae_title, host, port) in dicom_modalities.items()
+            },
+        )
     config_path = directory / "orthanc.json"
     config_path.write_text(json.dumps(config))
     log_path = directory / "orthanc.log"
@@ -139,7 +168,7 @@ def running_orthanc(directory: Path) -> Iterator[Orthanc]:
             if time.monotonic() > deadline:
                 pytest.fail(f"Orthanc did not answer within 60 s: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
-        yield Orthanc(url=url, session=session)
+        yield Orthanc(url=url, session=session, dicom_port=dicom_port)
     finally:
         process.terminate()
         try:

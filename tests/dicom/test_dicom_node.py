@@ -307,6 +307,24 @@ def test_restart_mid_series_loses_no_instance(
     assert set(read_segmentation_masks(seg)) == {dataset.SOPInstanceUID for dataset in series}
 
 
+def test_restarted_node_waits_a_quiet_period_before_a_study_left_pending(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    series = mr_series(tumor_channels())
+    files = write_files(series, tmp_path / "in")
+    first = make_node()
+    assert storescu(first, files[:2]).returncode == 0
+    first.stop()
+    clock.advance(QUIET_SECONDS)  # down for longer than the quiet period: the sender has the rest still to send
+
+    restarted = make_node()
+    assert restarted.process_ready() == []  # not processed half-received the moment the node is back
+    clock.advance(QUIET_SECONDS)
+    assert len(restarted.process_ready()) == 1
+    (seg,) = results.by_modality("SEG")
+    assert int(seg.NumberOfFrames) == 2
+
+
 def test_three_series_sent_in_any_order_are_paired_by_their_attributes(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
 ) -> None:
