@@ -295,10 +295,15 @@ def _mr_header(rows: int, columns: int, frames: int | None, bits: int) -> Datase
     return dataset
 
 
-def deflated_dicom(rows: int, columns: int, frames: int | None = None, bits: int = 16) -> bytes:
+def deflated_dicom(
+    rows: int, columns: int, frames: int | None = None, bits: int = 16, series_instance_uid: str | None = None
+) -> bytes:
     """A Deflated Explicit VR Little Endian MR file of black frames, deflated as it is written: the pixel data is
-    never held, so a file that inflates to gigabytes is built in milliseconds."""
+    never held, so a file that inflates to gigabytes is built in milliseconds. Files given one
+    `series_instance_uid` are one series (a batch of files of several unnamed series is refused before decoding)."""
     dataset = _mr_header(rows, columns, frames, bits)
+    if series_instance_uid is not None:
+        dataset.SeriesInstanceUID = series_instance_uid
     dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, False

@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
 
 from app import dicom_series
 from app.dicom_series import plan_series
@@ -206,7 +207,8 @@ def test_batch_of_deflated_8192_dicoms_is_refused_with_the_reason(budget_client:
 
 def test_batch_over_the_budget_together_is_refused_whole(budget_client: TestClient, no_decoding: None):
     # Each 2048x2048 16-bit file costs about 113 MiB: one fits in 256 MiB, three together do not.
-    files = [corpus.deflated_dicom(2048, 2048, bits=16) for _ in range(3)]
+    series = generate_uid()
+    files = [corpus.deflated_dicom(2048, 2048, bits=16, series_instance_uid=series) for _ in range(3)]
 
     response = predict_batch(budget_client, files)
 
@@ -277,9 +279,9 @@ def test_server_memory_stays_within_512_mib_over_the_bomb_corpus(
             statuses = [send(data) for data in bombs]
             with ThreadPoolExecutor(max_workers=8) as pool:  # the same bombs, all at once, twice over
                 statuses += list(pool.map(send, bombs * 2))
-            batch = [
-                ("files", (f"f{i}", corpus.deflated_dicom(8192, 8192, bits=8), "application/dicom")) for i in range(8)
-            ]
+            series = generate_uid()
+            big = [corpus.deflated_dicom(8192, 8192, bits=8, series_instance_uid=series) for _ in range(8)]
+            batch = [("files", (f"f{i}", data, "application/dicom")) for i, data in enumerate(big)]
             statuses.append(client.post("/v1/predict/batch", files=batch).status_code)
         peak = max(sampler.highest, peak_rss_bytes(process) or 0) if peak_was_reset else sampler.highest
         assert client.get("/health/live").status_code == 200
