@@ -21,7 +21,7 @@ from pathlib import Path
 
 from training.data import find_slices, load_slices, load_split
 from training.evaluate import choose_classifier_threshold, choose_mask_threshold, evaluate_split, model_outputs
-from training.models import build_classifier, build_resunet
+from training.models import build_classifier, load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,13 @@ def compare(args: argparse.Namespace) -> dict:
     validation = load_slices(records)
     classifier = build_classifier()
     classifier.load_weights(args.classifier_weights)
-    segmenter = build_resunet()
 
     # The classifier and its threshold are the same for every candidate: run it once.
     probabilities = model_outputs(classifier, validation.images).reshape(-1)
     classifier_threshold = choose_classifier_threshold(validation.labels, probabilities, args.target_sensitivity)
     candidates = {}
     for name, weights in args.segmenter:
-        segmenter.load_weights(weights)
+        segmenter = load_segmenter(weights)
         maps = model_outputs(segmenter, validation.images)[..., 0]
         mask_threshold, _ = choose_mask_threshold(validation, probabilities, maps, classifier_threshold)
         metrics = evaluate_split(validation, probabilities, maps, classifier_threshold, mask_threshold)

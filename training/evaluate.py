@@ -27,7 +27,7 @@ from app.core.outline import draw_outline
 from app.core.preprocessing import flair_only, preprocess_slice
 from app.core.series_postprocessing import drop_small_components
 from training.data import DatasetError, SliceArrays, find_slices, load_slices, load_split
-from training.models import build_classifier, build_resunet
+from training.models import build_classifier, load_segmenter
 
 logger = logging.getLogger(__name__)
 MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -256,8 +256,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     validation, test = arrays.subset(split["validation"]), arrays.subset(split["test"])
     classifier = build_classifier()
     classifier.load_weights(args.classifier_weights)
-    segmenter = build_resunet()
-    segmenter.load_weights(args.segmenter_weights)
+    segmenter = load_segmenter(args.segmenter_weights)
 
     validation_probabilities, validation_maps = predict_slices(classifier, segmenter, validation.images)
     classifier_threshold = choose_classifier_threshold(

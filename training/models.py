@@ -7,6 +7,7 @@ Only `keras` layers are used, so the same code builds the models on the TensorFl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 from keras import layers
@@ -14,6 +15,8 @@ from keras import layers
 INPUT_SHAPE = (256, 256, 3)
 CLASSIFIER_FILTERS = (16, 32, 64, 128, 256)
 SEGMENTER_FILTERS = (16, 32, 64, 128, 256)
+# A training run saves its segmenter's architecture under this name beside its checkpoints.
+ARCHITECTURE_NAME = "architecture.json"
 
 
 def convolution_block(x, filters: int, name: str, strides: int = 1):
@@ -67,6 +70,7 @@ def build_resunet(
     input_shape: Sequence[int] = INPUT_SHAPE,
     filters: Sequence[int] = SEGMENTER_FILTERS,
     name: str = "tumor_segmenter",
+    full_resolution_output: bool = False,
 ) -> keras.Model:
     """ResUNet: residual encoder, a bridge, and a residual decoder joined to the encoder by skip connections.
 
@@ -74,6 +78,11 @@ def build_resunet(
     the resolution with a strided conv. The stem works at half resolution and the mask logits are upsampled
     bilinearly to the input size: measured on a 2-core CPU this cut inference from 123 ms to 30 ms and made
     training 4x faster, while LGG lesions are large enough that half-resolution logits lose little Dice.
+
+    `full_resolution_output` instead upsamples the decoder's features and joins them to a light full-resolution
+    branch of the input before the logits, so edges and small lesions are drawn at the input's resolution (the
+    recipe comparison in the model card says whether that is worth its cost). Layers shared with the plain
+    architecture keep their names, so its weights start this variant (`transfer_weights`).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Conv2D(filters[0], 3, strides=2, padding="same", name="stem_conv")(inputs)
@@ -87,7 +96,39 @@ def build_resunet(
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder{depth}_up")(x)
         x = layers.Concatenate(name=f"decoder{depth}_concat")([x, skips[depth]])
         x = residual_block(x, filters[depth], f"decoder{depth}")
-    logits = layers.Conv2D(1, 1, name="mask_logits")(x)
-    logits = layers.UpSampling2D(2, interpolation="bilinear", name="mask_logits_up")(logits)
+    if full_resolution_output:
+        x = layers.UpSampling2D(2, interpolation="bilinear", name="full_up")(x)
+        full = convolution_block(inputs, filters[0] // 2, "full_stem")
+        x = layers.Concatenate(name="full_concat")([x, full])
+        x = residual_block(x, filters[0], "full_decoder")
+        logits = layers.Conv2D(1, 1, name="full_mask_logits")(x)
+    else:
+        logits = layers.Conv2D(1, 1, name="mask_logits")(x)
+        logits = layers.UpSampling2D(2, interpolation="bilinear", name="mask_logits_up")(logits)
     outputs = layers.Activation("sigmoid", name="tumor_mask")(logits)
     return keras.Model(inputs, outputs, name=name)
+
+
+def transfer_weights(model: keras.Model, source: keras.Model) -> list[str]:
+    """Copy the weights of every layer of `source` that `model` has by name with the same shapes; return the names
+    of `model`'s layers with weights that got none (they keep their initial values)."""
+    by_name = {layer.name: layer for layer in source.layers}
+    untouched = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        match = by_name.get(layer.name)
+        if match is not None and [w.shape for w in match.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(match.get_weights())
+        else:
+            untouched.append(layer.name)
+    return untouched
+
+
+def load_segmenter(weights: str | Path) -> keras.Model:
+    """The segmenter of a checkpoint: the architecture a training run saved beside it (`architecture.json`, e.g. the
+    full-resolution variant), else the plain `build_resunet()`, with the weights loaded."""
+    architecture = Path(weights).parent / ARCHITECTURE_NAME
+    model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_resunet()
+    model.load_weights(weights)
+    return model

@@ -40,7 +40,7 @@ from training.data import (
 )
 from training.evaluate import model_outputs
 from training.losses import FocalTverskyLoss, dice_coefficient, tversky_score
-from training.models import build_classifier, build_resunet
+from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, transfer_weights
 from training.run_state import RunCheckpoint, RunState, has_saved_state, load_saved_model
 from training.validation import HardNegativeMiner, ServedPipelineValidation
 
@@ -89,7 +89,12 @@ def prepare_split(data_root: Path, split_path: Path, seed: int, limit_patients: 
 
 
 def compile_model(
-    model_kind: str, learning_rate: float, decay_steps: int, alpha: float, jit_compile: bool = True
+    model_kind: str,
+    learning_rate: float,
+    decay_steps: int,
+    alpha: float,
+    jit_compile: bool = True,
+    full_resolution_output: bool = False,
 ) -> keras.Model:
     """Build and compile the model of `model_kind` ("classifier" or "segmenter") with Adam and a cosine decay.
 
@@ -107,7 +112,7 @@ def compile_model(
             jit_compile=jit_compile,
         )
     elif model_kind == "segmenter":
-        model = build_resunet(input_shape=(None, None, 3))
+        model = build_resunet(input_shape=(None, None, 3), full_resolution_output=full_resolution_output)
         model.compile(
             optimizer=optimizer,
             loss=FocalTverskyLoss(alpha=alpha),
@@ -174,12 +179,27 @@ def train(args: argparse.Namespace) -> dict:
         )
     else:
         state = RunState()
+        full_resolution = args.model == "segmenter" and args.full_resolution_output
         model = compile_model(
-            args.model, args.learning_rate, args.epochs * len(train_batches), args.alpha, args.jit_compile
+            args.model,
+            args.learning_rate,
+            args.epochs * len(train_batches),
+            args.alpha,
+            args.jit_compile,
+            full_resolution,
         )
+        if args.model == "segmenter":
+            # What evaluate, compare_segmenters and export build to load this run's checkpoints.
+            served = build_resunet(full_resolution_output=full_resolution)
+            (output_dir / ARCHITECTURE_NAME).write_text(served.to_json())
         if args.initial_weights:
-            # Fine-tuning from an earlier model, e.g. the committed one.
-            model.load_weights(args.initial_weights)
+            # Fine-tuning from an earlier model, e.g. the committed one; a plain segmenter starts the variant.
+            if full_resolution:
+                source = build_resunet()
+                source.load_weights(args.initial_weights)
+                logger.info("new layers (no initial weights): %s", transfer_weights(model, source))
+            else:
+                model.load_weights(args.initial_weights)
     callbacks = [
         ServedPipelineValidation(
             validation_arrays, args.model, reference_outputs(args, validation_arrays), args.target_sensitivity
@@ -256,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="segmenter only: tumor-free slices sampled afresh each epoch besides every tumor slice",
     )
     parser.add_argument("--hard-negative-every", type=int, default=3, help="segmenter only: epochs between mining")
+    parser.add_argument(
+        "--full-resolution-output",
+        action="store_true",
+        help="segmenter only: draw the mask at full resolution (see build_resunet)",
+    )
     parser.add_argument("--initial-weights", default=None, help="start from these .weights.h5 instead of random")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this invocation")
     parser.add_argument("--limit-patients", type=int, default=None, help="use only the first N patients (tests)")

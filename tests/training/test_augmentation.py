@@ -38,9 +38,7 @@ def test_augment_pair_keeps_image_and_mask_aligned(seed: int) -> None:
 
 def test_augment_pair_moves_the_object_for_some_draws() -> None:
     image, mask = l_shaped_object()
-    moved = [
-        iou(augment_pair(image, mask, np.random.default_rng(seed))[1] > 0, mask > 0) < 0.8 for seed in range(12)
-    ]
+    moved = [iou(augment_pair(image, mask, np.random.default_rng(seed))[1] > 0, mask > 0) < 0.8 for seed in range(12)]
     assert any(moved)  # flips and turns happen, so the alignment test above is not about an unchanged mask
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 
 from training.losses import focal_tversky_loss
-from training.models import build_classifier, build_resunet
+from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, load_segmenter, transfer_weights
 
 
 def test_classifier_outputs_one_probability_per_slice():
@@ -33,3 +33,29 @@ def test_one_training_step_reduces_the_loss_on_a_tiny_resunet():
     for _ in range(15):
         last = model.train_on_batch(images, masks)
     assert last < first
+
+
+def test_full_resolution_variant_starts_from_a_plain_segmenter_and_loads_from_its_run(tmp_path):
+    plain = build_resunet(input_shape=(64, 64, 3), filters=(4, 8, 16))
+    variant = build_resunet(input_shape=(None, None, 3), filters=(4, 8, 16), full_resolution_output=True)
+    # Serves any size, crops as well as whole slices, and draws at the input's resolution.
+    for side in (32, 64):
+        assert variant(np.zeros((1, side, side, 3), "float32")).shape == (1, side, side, 1)
+
+    untouched = transfer_weights(variant, plain)
+
+    assert untouched and all(name.startswith("full_") for name in untouched)
+    shared = [layer for layer in plain.layers if layer.weights and layer.name not in ("mask_logits",)]
+    for layer in shared:
+        for mine, theirs in zip(variant.get_layer(layer.name).get_weights(), layer.get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+
+    # A run folder keeps the architecture beside the weights, so its checkpoint loads as the variant.
+    served = build_resunet(filters=(4, 8, 16), full_resolution_output=True)
+    served.set_weights(variant.get_weights())
+    (tmp_path / ARCHITECTURE_NAME).write_text(served.to_json())
+    served.save_weights(tmp_path / "best.weights.h5")
+    loaded = load_segmenter(tmp_path / "best.weights.h5")
+    image = np.random.default_rng(1).random((1, 256, 256, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(served(image)), atol=1e-6)
+    assert any(layer.name == "full_mask_logits" for layer in loaded.layers)
