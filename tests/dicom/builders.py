@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -130,3 +131,14 @@ def to_bytes(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def write_files(datasets: Sequence[Dataset], directory: Path) -> list[Path]:
+    """Each dataset as a Part 10 file in `directory` (made if missing), for tools that send files, e.g. storescu."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dataset in datasets:
+        path = directory / f"{generate_uid()[-12:]}.dcm"
+        path.write_bytes(to_bytes(dataset))
+        paths.append(path)
+    return paths

@@ -300,7 +300,6 @@ def test_is_dicom_needs_a_file_meta_group_after_the_marker(flair: np.ndarray) ->
     assert is_dicom(to_bytes(single_mr(flair)))
 
 
-
 def element_ends(data: bytes) -> tuple[int, set[int]]:
     """Where the pixel data element starts, and the offsets where each element of the data set ends."""
     meta_end, _ = _file_meta(data)

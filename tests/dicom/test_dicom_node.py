@@ -36,7 +36,7 @@ from app.prediction import PredictionService
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits
-from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels, write_files
 from tests.dicom.validation import dciodvfy_errors
 
 NODE_AE, CALLING_AE, RESULTS_AE = "BRAINTUMOR", "TESTSCU", "RESULTS"
@@ -100,9 +100,7 @@ class ResultStore:
         ae = AE(ae_title=RESULTS_AE)
         for sop_class in (SegmentationStorage, Comprehensive3DSRStorage):
             ae.add_supported_context(sop_class)
-        self._server = ae.start_server(
-            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)]
-        )
+        self._server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)])
 
     def _handle(self, event: Any) -> int:
         dataset = event.dataset
@@ -154,16 +152,6 @@ def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[An
     yield make
     for node in nodes:
         node.stop()
-
-
-def write_files(datasets: list[Dataset], directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for dataset in datasets:
-        path = directory / f"{generate_uid()[-12:]}.dcm"
-        path.write_bytes(to_bytes(dataset))
-        paths.append(path)
-    return paths
 
 
 def storescu(node: DicomNode, files: list[Path], calling_ae: str = CALLING_AE) -> subprocess.CompletedProcess[str]:
@@ -368,9 +356,7 @@ def test_t1_only_study_is_recorded_as_not_analysed_and_nothing_is_sent(
     assert node.spool.sent_log() == []
 
 
-def test_unreachable_destination_is_retried_on_a_later_pass(
-    make_node: Any, clock: Clock, tmp_path: Path
-) -> None:
+def test_unreachable_destination_is_retried_on_a_later_pass(make_node: Any, clock: Clock, tmp_path: Path) -> None:
     port = free_port()
     node = make_node(destination_port=port)  # nothing listens there yet
     assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0

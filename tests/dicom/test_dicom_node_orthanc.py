@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_spool import study_key
@@ -32,7 +31,7 @@ from app.dicom_sr import read_volume_report
 from app.settings import Settings
 from tests.api.utils import decode_rle, running_client
 from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, read_slice
-from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import FLAIR, mr_series, tumor_channels, write_files
 from tests.dicom.orthanc_server import ORTHANC_AE, Orthanc, free_port, running_orthanc
 from tests.dicom.validation import dciodvfy_errors
 
@@ -171,16 +170,6 @@ def real_series() -> list[Dataset]:
     tumor = tumor_channels()
     free = read_slice(TUMOR_FREE_SLICE)[:, :, FLAIR]
     return mr_series([free, *tumor, *reversed(tumor[:-1]), free])
-
-
-def write_files(datasets: list[Dataset], directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for dataset in datasets:
-        path = directory / f"{generate_uid()[-12:]}.dcm"
-        path.write_bytes(to_bytes(dataset))
-        paths.append(path)
-    return paths
 
 
 def results_in_pacs(pacs: PacsWithNode, study_uid: str) -> tuple[Dataset, Dataset]:
