@@ -125,6 +125,19 @@ class SliceArrays:
         """1 where the slice holds any tumor pixel."""
         return (self.masks.reshape(len(self.masks), -1).max(axis=1) > 0).astype(np.float32)
 
+    def slices_to_tumor(self) -> np.ndarray:
+        """Per slice, how many slices away its patient's nearest tumor slice is (0 on a tumor slice; a large
+        number for a patient without tumor)."""
+        distance = np.full(len(self.labels), 1 << 20, dtype=np.int64)
+        labels = self.labels > 0
+        for patient in np.unique(self.patient_ids):
+            rows = np.flatnonzero(self.patient_ids == patient)
+            tumor = self.slice_numbers[rows][labels[rows]]
+            if len(tumor):
+                numbers = self.slice_numbers[rows]
+                distance[rows] = np.abs(numbers[:, None] - tumor[None, :]).min(axis=1)
+        return distance
+
     def subset(self, patients: Sequence[str]) -> SliceArrays:
         keep = np.isin(self.patient_ids, list(patients))
         return SliceArrays(self.images[keep], self.masks[keep], self.patient_ids[keep], self.slice_numbers[keep])
@@ -217,6 +230,8 @@ class SliceBatches(keras.utils.PyDataset):
         seed: int = 0,
         crop_size: int | None = None,
         tumor_crop_fraction: float = 0.8,
+        near_tumor_weight: float = 1.0,
+        near_tumor_slices: int = 3,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -233,6 +248,13 @@ class SliceBatches(keras.utils.PyDataset):
         self.seed = seed
         self.crop_size = crop_size
         self.tumor_crop_fraction = tumor_crop_fraction
+        # Loss weight per slice ("label" only): tumor-free slices within `near_tumor_slices` of a tumor slice, where
+        # the classifier's false positives gather, weigh `near_tumor_weight`; None when every slice weighs 1.
+        self.sample_weights = None
+        if target == "label" and near_tumor_weight != 1.0:
+            distance = arrays.slices_to_tumor()
+            near = (distance > 0) & (distance <= near_tumor_slices)
+            self.sample_weights = np.where(near, near_tumor_weight, 1.0).astype(np.float32)
         self.epoch = 0
         labels = arrays.labels
         self._positives = np.flatnonzero(labels > 0)
@@ -268,7 +290,7 @@ class SliceBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
 
-    def __getitem__(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, batch_index: int) -> tuple[np.ndarray, ...]:
         start = batch_index * self.batch_size
         chosen = self.indices[start : start + self.batch_size]
         inputs, masks = [], []
@@ -288,6 +310,8 @@ class SliceBatches(keras.utils.PyDataset):
         if self.target == "mask":
             return inputs, masks[..., None].astype(np.float32)
         labels = (masks.reshape(len(masks), -1).max(axis=1) > 0).astype(np.float32)
+        if self.sample_weights is not None:
+            return inputs, labels[:, None], self.sample_weights[chosen]
         return inputs, labels[:, None]
 
     def _crop_window(

@@ -133,6 +133,8 @@ def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBat
         augment=True,
         shuffle=True,
         negatives_per_epoch=args.negatives_per_epoch if segmenter else None,
+        near_tumor_weight=1.0 if segmenter else args.near_tumor_negative_weight,
+        near_tumor_slices=args.near_tumor_slices,
         seed=args.seed,
         crop_size=args.crop_size if segmenter and args.crop_size else None,
         # Threads preparing batches: on a GPU, augmentation on one core cannot keep up with the model.
@@ -280,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--full-resolution-output",
         action="store_true",
         help="segmenter only: draw the mask at full resolution (see build_resunet)",
+    )
+    parser.add_argument(
+        "--near-tumor-negative-weight",
+        type=float,
+        default=1.0,
+        help="classifier only: loss weight of tumor-free slices near a tumor slice (where false positives gather)",
+    )
+    parser.add_argument(
+        "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"
     )
     parser.add_argument("--initial-weights", default=None, help="start from these .weights.h5 instead of random")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this invocation")

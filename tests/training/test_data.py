@@ -10,6 +10,7 @@ import pytest
 from tests.training.conftest import PATIENTS, SLICES_PER_PATIENT
 from training.data import (
     DatasetError,
+    SliceArrays,
     SliceBatches,
     find_slices,
     load_slices,
@@ -122,3 +123,28 @@ def test_slice_batches_sample_negatives_afresh_each_epoch(dev_layout):
         epochs.append(frozenset(batches.indices.tolist()))
         batches.on_epoch_end()
     assert len(set(epochs)) > 1
+
+
+def small_volume_arrays() -> SliceArrays:
+    """Two patients of 1x1 "slices": A has tumor on slices 4-5 of 1-9, B none."""
+    numbers = np.array([*range(1, 10), 1, 2, 3], dtype=np.int32)
+    masks = np.zeros((12, 1, 1), np.uint8)
+    masks[[3, 4]] = 1
+    patients = np.array(["A"] * 9 + ["B"] * 3)
+    return SliceArrays(np.zeros((12, 1, 1, 3), np.uint8), masks, patients, numbers)
+
+
+def test_slices_to_tumor_counts_within_each_patient():
+    distance = small_volume_arrays().slices_to_tumor()
+    assert distance[:9].tolist() == [3, 2, 1, 0, 0, 1, 2, 3, 4]
+    assert (distance[9:] > 1000).all()  # no tumor in B: never "near"
+
+
+def test_classifier_batches_weigh_tumor_free_slices_near_the_tumor(dev_layout):
+    arrays = small_volume_arrays()
+    weighted = SliceBatches(arrays, "label", near_tumor_weight=3.0, near_tumor_slices=2)
+    assert weighted.sample_weights.tolist() == [1, 3, 3, 1, 1, 3, 3, 1, 1, 1, 1, 1]
+    real = load_slices(find_slices(dev_layout))
+    inputs, labels, weights = SliceBatches(real, "label", batch_size=4, near_tumor_weight=2.0)[0]
+    assert weights.shape == (4,) and set(weights.tolist()) <= {1.0, 2.0}
+    assert len(SliceBatches(real, "label", batch_size=4)[0]) == 2  # no weights asked: (inputs, labels)
