@@ -11,8 +11,10 @@ import json
 import math
 import random
 import re
+import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,20 @@ _SLICE_NAME = re.compile(r"^(?P<patient>TCGA_[A-Z0-9]+_[A-Z0-9]+)_\d+_(?P<number
 
 class DatasetError(ValueError):
     """A problem with the files of the dataset; the message names the file."""
+
+
+@contextmanager
+def usage_errors(prog: str) -> Iterator[None]:
+    """Turn a wrong --data-root (`DatasetError`) or a named file that is not there (`FileNotFoundError`) into what
+    argparse does for a usage error: one line on stderr and exit status 2, not a traceback."""
+    try:
+        yield
+    except DatasetError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FileNotFoundError as error:
+        print(f"{prog}: error: {error.strerror}: {error.filename}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from app.core.gate import gate
 from app.core.outline import draw_outline
 from app.core.preprocessing import flair_only, preprocess_slice
 from app.core.series_postprocessing import drop_small_components
-from training.data import DatasetError, SliceArrays, find_slices, load_slices, load_split
+from training.data import SliceArrays, find_slices, load_slices, load_split, usage_errors
 from training.models import build_classifier, load_segmenter
 
 logger = logging.getLogger(__name__)
@@ -324,14 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = build_parser()
-    try:
+    with usage_errors(parser.prog):
         result = evaluate(parser.parse_args(argv))
-    except DatasetError as error:  # a wrong --data-root is a usage error: one line, exit 2, as argparse does
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except FileNotFoundError as error:  # a --split, weights or data file named but not there: the same
-        print(f"{parser.prog}: error: {error.strerror}: {error.filename}", file=sys.stderr)
-        raise SystemExit(2) from None
     summary = {key: value for key, value in result["metrics"].items() if key != "flair_only"}
     logger.info("test metrics: %s", json.dumps(summary["segmentation"] | summary["classifier"], default=str)[:2000])
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import keras
 import numpy as np
 
 from training.data import (
-    DatasetError,
     SliceArrays,
     SliceBatches,
     find_slices,
@@ -37,6 +35,7 @@ from training.data import (
     load_split,
     save_split,
     split_patients,
+    usage_errors,
 )
 from training.evaluate import model_outputs
 from training.losses import FocalTverskyLoss, dice_coefficient, tversky_score
@@ -328,14 +327,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
+    with usage_errors(build_parser().prog):
         summary = train(parse_arguments(argv))
-    except DatasetError as error:  # a wrong --data-root is a usage error: one line, exit 2, as argparse does
-        print(f"{build_parser().prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except FileNotFoundError as error:  # a --split, weights or data file named but not there: the same
-        print(f"{build_parser().prog}: error: {error.strerror}: {error.filename}", file=sys.stderr)
-        raise SystemExit(2) from None
     logger.info("finished: %s", json.dumps({k: v for k, v in summary.items() if k != "arguments"}))
 
 
