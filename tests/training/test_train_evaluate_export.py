@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.core.model_store import ModelStoreError, load_models, read_manifest
-from training import compare_segmenters, evaluate, export, train
+from training import compare_classifiers, compare_segmenters, evaluate, export, train
 from training.models import build_classifier, build_resunet
 
 
@@ -192,3 +192,43 @@ def test_segmenter_candidates_must_be_named():
         compare_segmenters.build_parser().parse_args(
             ["--data-root", "x", "--classifier-weights", "c", "--output", "o", "--segmenter", "no-name-here"]
         )
+
+
+def test_classifier_comparison_measures_each_checkpoint_and_their_combinations(trained_run, dev_layout, tmp_path):
+    trained = trained_run / "classifier" / "best.weights.h5"
+    output = tmp_path / "classifiers.json"
+    compare_classifiers.main(
+        [
+            "--data-root",
+            str(dev_layout),
+            "--classifier",
+            f"trained={trained}",
+            "--classifier",
+            f"again={trained}",
+            "--split",
+            str(trained_run / "split.json"),
+            "--recalibrate-batch-norm",
+            "--output",
+            str(output),
+        ]
+    )
+    result = json.loads(output.read_text())
+    split = json.loads((trained_run / "split.json").read_text())
+    assert result["split"] == "validation" and result["patients"] == len(split["validation"])
+    results = result["results"]
+    assert set(results) == {
+        "trained",
+        "again",
+        "trained + flip average",
+        "again + flip average",
+        "mean of all",
+        "weights averaged",
+        "trained, batch norm re-estimated",
+        "again, batch norm re-estimated",
+    }
+    # Two copies of one checkpoint: their mean and their averaged weights are that checkpoint again.
+    for combined in ("mean of all", "weights averaged"):
+        assert results[combined]["specificity"] == pytest.approx(results["trained"]["specificity"])
+        assert results[combined]["threshold"] == pytest.approx(results["trained"]["threshold"], abs=1e-5)
+    for figures in results.values():
+        assert figures["sensitivity"] >= result["target_sensitivity"]

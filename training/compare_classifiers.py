@@ -1,0 +1,133 @@
+"""Compare classifier checkpoints, and simple ways of combining them, on the validation patients.
+
+    python -m training.compare_classifiers --data-root ../shared/lgg/kaggle_3m_dev \
+        --classifier committed=models/tumor_classifier.weights.h5 \
+        --classifier fine-tune=runs/cla_ft/best.weights.h5 --output runs/classifier_comparison.json
+
+The figure that matters for the service is the specificity at the highest threshold that keeps sensitivity at or
+above `--target-sensitivity` (as `training.evaluate` chooses the deployed threshold), with the ROC AUC beside it.
+Besides each checkpoint alone it measures: the checkpoint with a horizontal-flip test-time average, the mean of the
+candidates' probabilities (an ensemble), the candidates' weights averaged into one model, and, with
+`--recalibrate-batch-norm`, each checkpoint with its batch-norm statistics re-estimated on the un-augmented
+training slices. Only validation patients are judged, so the choice never looks at the test patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from training.compare_segmenters import parse_candidate
+from training.data import SliceArrays, find_slices, load_slices, load_split, usage_errors
+from training.evaluate import (
+    choose_classifier_threshold,
+    classification_metrics,
+    model_outputs,
+    preprocessed_batches,
+)
+from training.models import build_classifier
+
+logger = logging.getLogger(__name__)
+
+
+def figures(validation: SliceArrays, probabilities: np.ndarray, target_sensitivity: float) -> dict:
+    """ROC AUC, and specificity and sensitivity at the threshold chosen for `target_sensitivity`."""
+    threshold = choose_classifier_threshold(validation.labels, probabilities, target_sensitivity)
+    metrics = classification_metrics(validation.labels, probabilities, threshold)
+    return {key: metrics[key] for key in ("roc_auc", "sensitivity", "specificity")} | {"threshold": threshold}
+
+
+def recalibrate_batch_norm(model: keras.Model, images: np.ndarray) -> None:
+    """Replace the batch-norm moving statistics by their average over `images` (uint8 slices, no augmentation)."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for step, batch in enumerate(preprocessed_batches(images, 32)):
+        for layer in layers:
+            layer.momentum = step / (step + 1.0)  # a running mean over the batches seen so far
+        model(batch, training=True)
+    for layer in layers:
+        layer.momentum = 0.99
+
+
+def compare(args: argparse.Namespace) -> dict:
+    split = load_split(Path(args.split))
+    wanted = set(split["validation"]) | (set(split["train"]) if args.recalibrate_batch_norm else set())
+    arrays = load_slices([record for record in find_slices(args.data_root) if record.patient_id in wanted])
+    validation = arrays.subset(split["validation"])
+    flipped = np.ascontiguousarray(validation.images[:, :, ::-1])
+    models, probabilities, results = {}, {}, {}
+    for name, weights in args.classifier:
+        model = build_classifier()
+        model.load_weights(weights)
+        models[name] = model
+        probabilities[name] = model_outputs(model, validation.images).reshape(-1)
+        results[name] = figures(validation, probabilities[name], args.target_sensitivity)
+        with_flip = (probabilities[name] + model_outputs(model, flipped).reshape(-1)) / 2
+        results[f"{name} + flip average"] = figures(validation, with_flip, args.target_sensitivity)
+    if len(models) > 1:
+        ensemble = np.mean(list(probabilities.values()), axis=0)
+        results["mean of all"] = figures(validation, ensemble, args.target_sensitivity)
+        averaged = build_classifier()
+        each_model = [model.get_weights() for model in models.values()]
+        averaged.set_weights([np.mean(variables, axis=0) for variables in zip(*each_model, strict=True)])
+        results["weights averaged"] = figures(
+            validation, model_outputs(averaged, validation.images).reshape(-1), args.target_sensitivity
+        )
+    if args.recalibrate_batch_norm:
+        training_images = arrays.subset(split["train"]).images
+        for name, model in models.items():
+            recalibrate_batch_norm(model, training_images)
+            outputs = model_outputs(model, validation.images).reshape(-1)
+            results[f"{name}, batch norm re-estimated"] = figures(validation, outputs, args.target_sensitivity)
+    for name, result in results.items():
+        logger.info("%s: AUC %.4f, specificity %.3f", name, result["roc_auc"], result["specificity"])
+    return {
+        "split": "validation",
+        "patients": len(split["validation"]),
+        "slices": int(len(validation.labels)),
+        "target_sensitivity": args.target_sensitivity,
+        "classifiers": {name: str(weights) for name, weights in args.classifier},
+        "results": results,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.compare_classifiers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument(
+        "--classifier",
+        type=parse_candidate,
+        action="append",
+        required=True,
+        metavar="NAME=WEIGHTS",
+        help="a classifier checkpoint to compare (repeat)",
+    )
+    parser.add_argument("--split", default="models/split.json")
+    parser.add_argument("--target-sensitivity", type=float, default=0.95)
+    parser.add_argument("--recalibrate-batch-norm", action="store_true")
+    parser.add_argument("--output", required=True, help="JSON file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with usage_errors(parser.prog):
+        result = compare(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
