@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -30,7 +31,7 @@ from training.evaluate import (
     model_outputs,
     preprocessed_batches,
 )
-from training.models import build_classifier
+from training.models import load_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,18 @@ def figures(validation: SliceArrays, probabilities: np.ndarray, target_sensitivi
     return {key: metrics[key] for key in ("roc_auc", "sensitivity", "specificity")} | {"threshold": threshold}
 
 
+def batch_norm_layers(model: keras.Model) -> Iterator[keras.layers.BatchNormalization]:
+    """The model's batch-norm layers, those of nested models (an averaged classifier's members) included."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from batch_norm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            yield layer
+
+
 def recalibrate_batch_norm(model: keras.Model, images: np.ndarray) -> None:
     """Replace the batch-norm moving statistics by their average over `images` (uint8 slices, no augmentation)."""
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = list(batch_norm_layers(model))
     for step, batch in enumerate(preprocessed_batches(images, 32)):
         for layer in layers:
             layer.momentum = step / (step + 1.0)  # a running mean over the batches seen so far
@@ -61,8 +71,7 @@ def compare(args: argparse.Namespace) -> dict:
     flipped = np.ascontiguousarray(validation.images[:, :, ::-1])
     models, probabilities, results = {}, {}, {}
     for name, weights in args.classifier:
-        model = build_classifier()
-        model.load_weights(weights)
+        model = load_classifier(weights)
         models[name] = model
         probabilities[name] = model_outputs(model, validation.images).reshape(-1)
         results[name] = figures(validation, probabilities[name], args.target_sensitivity)
@@ -71,7 +80,9 @@ def compare(args: argparse.Namespace) -> dict:
     if len(models) > 1:
         ensemble = np.mean(list(probabilities.values()), axis=0)
         results["mean of all"] = figures(validation, ensemble, args.target_sensitivity)
-        averaged = build_classifier()
+    architectures = {model.to_json() for model in models.values()}
+    if len(models) > 1 and len(architectures) == 1:  # weights average only between models of one architecture
+        averaged = keras.models.model_from_json(architectures.pop())
         each_model = [model.get_weights() for model in models.values()]
         averaged.set_weights([np.mean(variables, axis=0) for variables in zip(*each_model, strict=True)])
         results["weights averaged"] = figures(

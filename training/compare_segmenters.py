@@ -21,7 +21,7 @@ from pathlib import Path
 
 from training.data import find_slices, load_slices, load_split
 from training.evaluate import choose_classifier_threshold, choose_mask_threshold, evaluate_split, model_outputs
-from training.models import build_classifier, load_segmenter
+from training.models import load_classifier, load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def compare(args: argparse.Namespace) -> dict:
     validation_patients = set(split["validation"])
     records = [record for record in find_slices(args.data_root) if record.patient_id in validation_patients]
     validation = load_slices(records)
-    classifier = build_classifier()
-    classifier.load_weights(args.classifier_weights)
+    classifier = load_classifier(args.classifier_weights)
 
     # The classifier and its threshold are the same for every candidate: run it once.
     probabilities = model_outputs(classifier, validation.images).reshape(-1)

@@ -25,8 +25,8 @@ from app.core.gate import gate
 from app.core.outline import draw_outline
 from app.core.preprocessing import flair_only, preprocess_slice
 from app.core.series_postprocessing import drop_small_components
-from training.data import SliceArrays, find_slices, load_slices, load_split, usage_errors
-from training.models import build_classifier, load_segmenter
+from training.data import DatasetError, SliceArrays, find_slices, load_slices, load_split, usage_errors
+from training.models import load_classifier, load_segmenter
 
 logger = logging.getLogger(__name__)
 MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -138,6 +138,13 @@ def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, t
     # Keeping the k highest-scoring positives at a threshold equal to the k-th highest score.
     allowed_misses = int(np.floor((1.0 - target_sensitivity) * len(positives)))
     return float(positives[allowed_misses])
+
+
+def read_threshold_slices(path: str | Path) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """(labels, probabilities, patient ids) of slices predicted by models that never saw them: the
+    `out_of_fold.npz` of `training.cross_validation combine`."""
+    with np.load(path) as saved:
+        return saved["labels"], saved["probabilities"], set(saved["patient_ids"].tolist())
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
@@ -253,13 +260,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     ]
     arrays = load_slices(records)
     validation, test = arrays.subset(split["validation"]), arrays.subset(split["test"])
-    classifier = build_classifier()
-    classifier.load_weights(args.classifier_weights)
+    classifier = load_classifier(args.classifier_weights)
     segmenter = load_segmenter(args.segmenter_weights)
 
     validation_probabilities, validation_maps = predict_slices(classifier, segmenter, validation.images)
+    threshold_labels, threshold_probabilities, threshold_patients = validation.labels, validation_probabilities, 0
+    if args.threshold_slices:
+        labels, probabilities, patients = read_threshold_slices(args.threshold_slices)
+        if patients & (set(split["validation"]) | set(split["test"])):
+            raise DatasetError(f"{args.threshold_slices} holds validation or test patients: it must not choose")
+        threshold_labels = np.concatenate([threshold_labels, labels])
+        threshold_probabilities = np.concatenate([threshold_probabilities, probabilities])
+        threshold_patients = len(patients)
     classifier_threshold = choose_classifier_threshold(
-        validation.labels, validation_probabilities, args.target_sensitivity
+        threshold_labels, threshold_probabilities, args.target_sensitivity
     )
     mask_threshold, validation_dice = choose_mask_threshold(
         validation, validation_probabilities, validation_maps, classifier_threshold
@@ -274,6 +288,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     flair_probabilities, flair_maps = predict_slices(classifier, segmenter, flair_only(test.images))
     result = {
         "thresholds": {"classifier": classifier_threshold, "mask": mask_threshold},
+        "classifier_threshold_chosen_on": {
+            "validation_patients": len(split["validation"]),
+            "out_of_fold_patients": threshold_patients,
+            "slices": len(threshold_labels),
+        },
         "series_min_component_voxels": min_component_voxels,
         "validation": {
             "mask_threshold_volume_dice": validation_dice,
@@ -308,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="models/split.json")
     parser.add_argument("--output-dir", default="runs/evaluation")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
+    parser.add_argument(
+        "--threshold-slices",
+        default=None,
+        metavar="OUT_OF_FOLD_NPZ",
+        help="out-of-fold predictions of training patients (training.cross_validation) that join the validation "
+        "slices in choosing the classifier threshold",
+    )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
         "--history",

@@ -18,7 +18,7 @@ from app.core.model_store import MANIFEST_FORMAT_VERSION, Manifest, ModelEntry, 
 from app.core.model_store import write_manifest as write_manifest_file
 from app.core.preprocessing import PREPROCESSING_ID
 from training.model_card import render_model_card
-from training.models import build_classifier, load_segmenter
+from training.models import load_classifier, load_segmenter
 
 TRAINING_DATA = (
     "LGG MRI Segmentation (Buda et al. 2019; TCGA-LGG via TCIA), kaggle_3m layout: development pool of 88 "
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--comparison", default=None, help="JSON of training.compare_segmenters (model card)")
     args = parser.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text())
-    classifier = build_classifier()
-    classifier.load_weights(args.classifier_weights)
+    classifier = load_classifier(args.classifier_weights)
     segmenter = load_segmenter(args.segmenter_weights)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -132,3 +132,12 @@ def load_segmenter(weights: str | Path) -> keras.Model:
     model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_resunet()
     model.load_weights(weights)
     return model
+
+
+def load_classifier(weights: str | Path) -> keras.Model:
+    """The classifier of a checkpoint: the architecture saved beside it (`architecture.json`, e.g. the average of
+    cross-validation fold models written by `training.cross_validation combine`), else `build_classifier()`."""
+    architecture = Path(weights).parent / ARCHITECTURE_NAME
+    model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_classifier()
+    model.load_weights(weights)
+    return model

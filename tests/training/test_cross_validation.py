@@ -1,0 +1,191 @@
+"""Cross-validation of the classifier: folds by patient, out-of-fold predictions, the averaged fold models, and the
+threshold chosen on out-of-fold slices together with the validation patients."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.model_store import load_models
+from training import cross_validation, evaluate, export, train
+from training.data import DatasetError, find_slices, load_slices
+from training.models import build_classifier, build_resunet, load_classifier
+
+PATIENTS = [f"TCGA_{site}_{number:04d}_20000101" for site in ("CS", "DU", "HT") for number in range(7)]
+
+
+def test_folds_hold_each_patient_once_and_spread_each_institution():
+    folds = cross_validation.make_folds(PATIENTS, folds=5, seed=7)
+    assert sorted(patient for fold in folds for patient in fold) == sorted(PATIENTS)
+    assert {len(fold) for fold in folds} <= {4, 5}
+    for fold in folds:
+        assert {patient.split("_")[1] for patient in fold} == {"CS", "DU", "HT"}
+    assert cross_validation.make_folds(list(reversed(PATIENTS)), folds=5, seed=7) == folds
+    assert cross_validation.make_folds(PATIENTS, folds=5, seed=8) != folds
+
+
+@pytest.mark.parametrize("count", [1, len(PATIENTS) + 1])
+def test_impossible_fold_counts_are_refused(count):
+    with pytest.raises(DatasetError):
+        cross_validation.make_folds(PATIENTS, folds=count, seed=7)
+
+
+def test_fold_splits_keep_the_validation_and_test_patients_out_of_every_fold(tmp_path):
+    split_path = tmp_path / "split.json"
+    split = {"train": PATIENTS[:15], "validation": PATIENTS[15:18], "test": PATIENTS[18:]}
+    split_path.write_text(json.dumps(split))
+    cross_validation.main(["folds", "--split", str(split_path), "--folds", "3", "--output-dir", str(tmp_path / "cv")])
+    fold_splits = [json.loads((tmp_path / "cv" / f"split_fold{index}.json").read_text()) for index in range(3)]
+    assert sorted(patient for fold in fold_splits for patient in fold["validation"]) == sorted(split["train"])
+    for fold in fold_splits:
+        assert sorted(fold["train"] + fold["validation"]) == sorted(split["train"])
+        assert sorted(fold["test"]) == sorted(split["validation"] + split["test"])
+
+
+@pytest.fixture(scope="module")
+def fold_runs(dev_layout, tmp_path_factory):
+    """Two one-epoch fold classifiers on the tiny dataset (two training patients, one validation, one test)."""
+    root = tmp_path_factory.mktemp("cv")
+    patients = sorted({record.patient_id for record in find_slices(dev_layout)})
+    split = root / "split.json"
+    split.write_text(json.dumps({"train": patients[:2], "validation": [patients[2]], "test": [patients[3]]}))
+    cross_validation.main(["folds", "--split", str(split), "--folds", "2", "--output-dir", str(root)])
+    runs = []
+    for index in range(2):
+        run = root / f"fold{index}"
+        train.main(
+            [
+                "--model",
+                "classifier",
+                "--data-root",
+                str(dev_layout),
+                "--split",
+                str(root / f"split_fold{index}.json"),
+                "--output-dir",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--seed",
+                str(index),
+            ]
+        )
+        runs.append(run)
+    arguments = [argument for run in runs for argument in ("--run", str(run))]
+    cross_validation.main(
+        ["combine", "--data-root", str(dev_layout), *arguments, "--output-dir", str(root / "ensemble")]
+    )
+    return root, split, patients
+
+
+def test_out_of_fold_predictions_come_from_the_model_that_never_saw_the_patient(fold_runs, dev_layout):
+    root, _, patients = fold_runs
+    saved = np.load(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME)
+    assert set(saved["patient_ids"]) == set(patients[:2])
+    for index in range(2):
+        held_out = json.loads((root / f"split_fold{index}.json").read_text())["validation"]
+        member = build_classifier()
+        member.load_weights(root / f"fold{index}" / "best.weights.h5")
+        rows = np.isin(saved["patient_ids"], held_out)
+        arrays = load_slices([record for record in find_slices(dev_layout) if record.patient_id in held_out])
+        expected = evaluate.model_outputs(member, arrays.images).reshape(-1)
+        np.testing.assert_allclose(saved["probabilities"][rows], expected, atol=1e-5)
+        np.testing.assert_array_equal(saved["labels"][rows], arrays.labels)
+    summary = json.loads((root / "ensemble" / "out_of_fold.json").read_text())
+    assert summary["out_of_fold"]["patients"] == 2 and len(summary["folds"]) == 2
+
+
+def untrained_segmenter(folder: Path) -> Path:
+    """Segmenter weights for the evaluation's second stage (its figures are not what these tests check)."""
+    weights = folder / "segmenter.weights.h5"
+    if not weights.exists():
+        build_resunet().save_weights(weights)
+    return weights
+
+
+def evaluation_arguments(fold_runs, dev_layout: Path, folder: Path, output_dir: Path) -> list[str]:
+    root, split, _ = fold_runs
+    return [
+        "--data-root",
+        str(dev_layout),
+        "--split",
+        str(split),
+        "--classifier-weights",
+        str(root / "ensemble" / "best.weights.h5"),
+        "--segmenter-weights",
+        str(untrained_segmenter(folder)),
+        "--threshold-slices",
+        str(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME),
+        "--output-dir",
+        str(output_dir),
+        "--no-plots",
+    ]
+
+
+def test_the_averaged_classifier_is_the_mean_of_its_folds_and_exports_like_any_classifier(
+    fold_runs, dev_layout, tmp_path
+):
+    root, split, patients = fold_runs
+    averaged = load_classifier(root / "ensemble" / "best.weights.h5")
+    members = []
+    for index in range(2):
+        member = build_classifier()
+        member.load_weights(root / f"fold{index}" / "best.weights.h5")
+        members.append(member)
+    images = np.random.default_rng(5).random((3, 256, 256, 3)).astype("float32")
+    expected = (np.asarray(members[0](images)) + np.asarray(members[1](images))) / 2
+    assert not np.allclose(members[0](images), members[1](images), atol=1e-4), "folds must differ for this test"
+    np.testing.assert_allclose(averaged(images), expected, atol=1e-6)
+
+    evaluation_dir = tmp_path / "evaluation"
+    evaluate.main(evaluation_arguments(fold_runs, dev_layout, tmp_path, evaluation_dir))
+    result = json.loads((evaluation_dir / "evaluation.json").read_text())
+    out_of_fold = np.load(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME)
+    chosen_on = result["classifier_threshold_chosen_on"]
+    assert chosen_on["out_of_fold_patients"] == 2 and chosen_on["validation_patients"] == 1
+    assert chosen_on["slices"] == len(out_of_fold["labels"]) + result["validation"]["classifier"]["slices"]
+    validation = load_slices([record for record in find_slices(dev_layout) if record.patient_id == patients[2]])
+    expected_threshold = evaluate.choose_classifier_threshold(
+        np.concatenate([validation.labels, out_of_fold["labels"]]),
+        np.concatenate([evaluate.model_outputs(averaged, validation.images).reshape(-1), out_of_fold["probabilities"]]),
+        0.95,
+    )
+    assert result["thresholds"]["classifier"] == pytest.approx(expected_threshold, abs=1e-6)
+
+    models_dir = tmp_path / "models"
+    export.main(
+        [
+            "--classifier-weights",
+            str(root / "ensemble" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(untrained_segmenter(tmp_path)),
+            "--evaluation",
+            str(evaluation_dir / "evaluation.json"),
+            "--split",
+            str(split),
+            "--output-dir",
+            str(models_dir),
+        ]
+    )
+    manifest, classifier, _ = load_models(models_dir)
+    assert manifest.classifier.name == "tumor_classifier"
+    assert manifest.classifier.threshold == pytest.approx(result["thresholds"]["classifier"])
+    np.testing.assert_allclose(classifier(images), expected, atol=1e-6)
+
+
+def test_out_of_fold_slices_of_a_validation_patient_cannot_choose_the_threshold(fold_runs, dev_layout, tmp_path):
+    root, _, patients = fold_runs
+    saved = dict(np.load(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME))
+    saved["patient_ids"] = np.where(saved["patient_ids"] == patients[0], patients[2], saved["patient_ids"])
+    leaking = tmp_path / "leaking.npz"
+    np.savez(leaking, **saved)
+    arguments = evaluation_arguments(fold_runs, dev_layout, tmp_path, tmp_path / "evaluation")
+    arguments[arguments.index("--threshold-slices") + 1] = str(leaking)
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main(arguments)
+    assert stopped.value.code == 2
+    assert not (tmp_path / "evaluation" / "evaluation.json").exists()

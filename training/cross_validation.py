@@ -1,0 +1,143 @@
+"""Cross-validate the classifier over the training patients and average the fold models into one served classifier.
+
+    python -m training.cross_validation folds --split models/split.json --folds 5 --output-dir runs/cv
+    python -m training.train --model classifier --data-root ../shared/lgg/kaggle_3m_dev \
+        --split runs/cv/split_fold0.json --output-dir runs/cv/fold0 ...        # once per fold
+    python -m training.cross_validation combine --data-root ../shared/lgg/kaggle_3m_dev \
+        --run runs/cv/fold0 ... --run runs/cv/fold4 --output-dir runs/cv/ensemble
+
+Why: nine validation patients are too few to place the classifier threshold. The threshold keeps sensitivity at
+95 %, so it sits on the 5th lowest-scoring percent of tumor slices: on 9 patients a handful of slices, and the
+threshold moves with each of them. `folds` deals the training patients into k folds (each institution spread over
+all folds); a classifier is trained per fold with that fold's patients as its validation set. `combine` then
+predicts each fold's patients with the one model that never saw them (out-of-fold predictions: every training
+patient judged as an unseen one), and writes the fold models, averaged, as one Keras model (`architecture.json` +
+`best.weights.h5`, loaded by `training.models.load_classifier` like any checkpoint). `training.evaluate
+--threshold-slices runs/cv/ensemble/out_of_fold.npz` chooses the threshold on those slices together with the
+validation patients'. The validation and test patients of the split are in no fold, so both stay unseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from training.data import DatasetError, find_slices, load_slices, load_split, save_split, usage_errors
+from training.evaluate import choose_classifier_threshold, classification_metrics, model_outputs
+from training.models import ARCHITECTURE_NAME, build_classifier
+
+logger = logging.getLogger(__name__)
+OUT_OF_FOLD_NAME = "out_of_fold.npz"
+
+
+def make_folds(patients: Sequence[str], folds: int, seed: int) -> list[list[str]]:
+    """Deal `patients` into `folds` folds: each institution's patients shuffled (by `seed`), then dealt in turn,
+    so every fold gets a share of each scanner site. The same ids and seed always give the same folds."""
+    if not 2 <= folds <= len(patients):
+        raise DatasetError(f"cannot make {folds} folds of {len(patients)} patients")
+    by_institution = defaultdict(list)
+    for patient in sorted(patients):
+        by_institution[patient.split("_")[1]].append(patient)
+    rng = random.Random(seed)
+    order = []
+    for institution in sorted(by_institution):
+        members = by_institution[institution]
+        rng.shuffle(members)
+        order += members
+    return [sorted(order[fold::folds]) for fold in range(folds)]
+
+
+def write_fold_splits(split_path: Path, folds: int, seed: int, output_dir: Path) -> list[Path]:
+    """One split file per fold: that fold's patients as validation, the other folds as training, the split's own
+    validation and test patients in neither (kept as `test` so nothing downstream mistakes them for training)."""
+    split = load_split(split_path)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, fold in enumerate(make_folds(split["train"], folds, seed)):
+        held_out = sorted(set(split["validation"]) | set(split["test"]))
+        fold_split = {"train": [p for p in split["train"] if p not in fold], "validation": fold, "test": held_out}
+        path = output_dir / f"split_fold{index}.json"
+        save_split(fold_split, path, seed=seed, source=f"{split_path.name}, fold {index} of {folds}")
+        paths.append(path)
+    return paths
+
+
+def average_of(members: Sequence[keras.Model], name: str = "tumor_classifier") -> keras.Model:
+    """One model whose output is the mean of the members' probabilities (the members keep their own weights)."""
+    inputs = keras.Input(shape=members[0].input_shape[1:], name="image")
+    outputs = keras.layers.Average(name="tumor_probability_mean")([member(inputs) for member in members])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
+    """Out-of-fold predictions of the fold runs, and their average as one model; return the summary written."""
+    splits = [load_split(Path(json.loads((run / "arguments.json").read_text())["split"])) for run in runs]
+    fold_patients = [set(split["validation"]) for split in splits]
+    if sum(len(patients) for patients in fold_patients) != len(set().union(*fold_patients)):
+        raise DatasetError("the runs' validation patients overlap: they are not folds of one split")
+    everyone = set().union(*fold_patients)
+    arrays = load_slices([record for record in find_slices(data_root) if record.patient_id in everyone])
+    members, probabilities, labels, patient_ids, per_fold = [], [], [], [], []
+    for index, (run, patients) in enumerate(zip(runs, fold_patients, strict=True)):
+        member = build_classifier(name=f"fold{index}")
+        member.load_weights(run / "best.weights.h5")
+        members.append(member)
+        held_out = arrays.subset(sorted(patients))
+        fold_probabilities = model_outputs(member, held_out.images).reshape(-1)
+        probabilities.append(fold_probabilities)
+        labels.append(held_out.labels)
+        patient_ids.append(held_out.patient_ids)
+        per_fold.append({"run": str(run), "patients": len(patients), **figures(held_out.labels, fold_probabilities)})
+    probabilities, labels, patient_ids = (np.concatenate(part) for part in (probabilities, labels, patient_ids))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(output_dir / OUT_OF_FOLD_NAME, probabilities=probabilities, labels=labels, patient_ids=patient_ids)
+    ensemble = average_of(members)
+    (output_dir / ARCHITECTURE_NAME).write_text(ensemble.to_json())
+    ensemble.save_weights(output_dir / "best.weights.h5")
+    summary = {"folds": per_fold, "out_of_fold": {"patients": len(set(patient_ids)), **figures(labels, probabilities)}}
+    (output_dir / "out_of_fold.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def figures(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float = 0.95) -> dict:
+    """ROC AUC, and the threshold for `target_sensitivity` on these slices with its specificity."""
+    threshold = choose_classifier_threshold(labels, probabilities, target_sensitivity)
+    metrics = classification_metrics(labels, probabilities, threshold)
+    return {"slices": metrics["slices"], "roc_auc": metrics["roc_auc"], "threshold": threshold} | {
+        key: metrics[key] for key in ("sensitivity", "specificity")
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    folds = commands.add_parser("folds", help="write one split file per fold of the training patients")
+    folds.add_argument("--split", default="models/split.json")
+    folds.add_argument("--folds", type=int, default=5)
+    folds.add_argument("--seed", type=int, default=2026)
+    folds.add_argument("--output-dir", required=True)
+    collect = commands.add_parser("combine", help="out-of-fold predictions and the averaged model of the fold runs")
+    collect.add_argument("--data-root", required=True)
+    collect.add_argument("--run", action="append", required=True, help="a fold's training.train run folder")
+    collect.add_argument("--output-dir", required=True)
+    args = parser.parse_args(argv)
+    with usage_errors(parser.prog):
+        if args.command == "folds":
+            for path in write_fold_splits(Path(args.split), args.folds, args.seed, Path(args.output_dir)):
+                logger.info("wrote %s", path)
+        else:
+            summary = combine(args.data_root, [Path(run) for run in args.run], Path(args.output_dir))
+            logger.info("out of fold: %s", json.dumps(summary["out_of_fold"]))
+
+
+if __name__ == "__main__":
+    main()
