@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         args.note,
         training_runs=[training_run_summary(Path(run)) for run in args.training_run],
         comparison=json.loads(Path(args.comparison).read_text()) if args.comparison else None,
+        classifier_members=max(1, sum(isinstance(layer, keras.Model) for layer in classifier.layers)),
+        threshold_chosen_on=evaluation.get("classifier_threshold_chosen_on"),
     )
     (output_dir / "README.md").write_text(card)
 

@@ -130,6 +130,29 @@ def refresh_export_lines(card: str, manifest: Mapping) -> str:
     return "\n".join([*kept[:position], *export_lines(manifest), *kept[position + 1 :]]) + "\n"
 
 
+def classifier_line(classifier: Mapping, members: int, threshold_chosen_on: Mapping | None) -> str:
+    """The card's line on the classifier: one CNN or the mean of the cross-validation fold CNNs, and what chose its
+    threshold."""
+    kind = "CNN of conv + batch-norm + ReLU blocks"
+    if members > 1:
+        kind = (
+            f"mean of {members} CNNs of conv + batch-norm + ReLU blocks, one per cross-validation fold of the "
+            "training patients (`training.cross_validation`)"
+        )
+    basis = "the validation patients"
+    if threshold_chosen_on and threshold_chosen_on.get("out_of_fold_patients"):
+        basis = (
+            f"{threshold_chosen_on['slices']} slices: the {threshold_chosen_on['validation_patients']} validation "
+            f"patients and the {threshold_chosen_on['out_of_fold_patients']} training patients, each predicted by "
+            "the fold model that never saw it"
+        )
+    return (
+        f"- `{classifier['name']}@{classifier['version']}`: {kind}, sigmoid output P(slice shows tumor); "
+        f"{classifier['parameters']:,} parameters; decision threshold {classifier['threshold']:.4f} (chosen on "
+        f"{basis}: the highest with the target sensitivity there)."
+    )
+
+
 def render_model_card(
     manifest: Mapping,
     evaluation_command: str,
@@ -137,6 +160,8 @@ def render_model_card(
     notes: list[str] | None = None,
     training_runs: list[Mapping] | None = None,
     comparison: Mapping | None = None,
+    classifier_members: int = 1,
+    threshold_chosen_on: Mapping | None = None,
 ) -> str:
     """Markdown of the model card for the exported `manifest` (which carries the test metrics)."""
     metrics = manifest["metrics"]
@@ -156,10 +181,7 @@ def render_model_card(
         "a diagnosis.**",
         "",
         "## Models",
-        f"- `{classifier['name']}@{classifier['version']}`: CNN of conv + batch-norm + ReLU blocks, sigmoid output "
-        f"P(slice shows tumor); {classifier['parameters']:,} parameters; decision threshold "
-        f"{classifier['threshold']:.4f} (chosen on the validation patients: the highest with the target "
-        "sensitivity there).",
+        classifier_line(classifier, classifier_members, threshold_chosen_on),
         f"- `{segmenter['name']}@{segmenter['version']}`: ResUNet (U-Net with residual blocks), sigmoid mask; "
         f"{segmenter['parameters']:,} parameters; trained with Adam and Focal Tversky loss (gamma 0.75; alpha in the "
         f"training runs below), mask threshold {segmenter['threshold']:.2f} (chosen on the validation patients).",
@@ -200,7 +222,8 @@ def render_model_card(
         "- 2-D slices only; no use of neighbouring slices. Expects kaggle_3m-like composites (pre-contrast, FLAIR, "
         "post-contrast) or FLAIR alone.",
         "- A test split of 9 patients gives wide confidence intervals: treat the figures as estimates.",
-        "- Thresholds were chosen on the validation patients, never on the test patients.",
+        "- Thresholds were chosen on the validation patients (the classifier's also on out-of-fold training "
+        "predictions when the card says so above), never on the test patients.",
         *(f"- {note}" for note in notes or []),
         "",
     ]

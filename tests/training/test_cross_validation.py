@@ -175,6 +175,9 @@ def test_the_averaged_classifier_is_the_mean_of_its_folds_and_exports_like_any_c
     assert manifest.classifier.name == "tumor_classifier"
     assert manifest.classifier.threshold == pytest.approx(result["thresholds"]["classifier"])
     np.testing.assert_allclose(classifier(images), expected, atol=1e-6)
+    card = (models_dir / "README.md").read_text()
+    assert "mean of 2 CNNs" in card
+    assert f"{chosen_on['slices']} slices: the 1 validation patients and the 2 training patients" in card
 
 
 def test_out_of_fold_slices_of_a_validation_patient_cannot_choose_the_threshold(fold_runs, dev_layout, tmp_path):
