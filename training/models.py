@@ -53,6 +53,40 @@ def build_classifier(
     return keras.Model(inputs, outputs, name=name)
 
 
+def build_encoder_classifier(
+    input_shape: Sequence[int] = INPUT_SHAPE,
+    filters: Sequence[int] = SEGMENTER_FILTERS,
+    dropout: float = 0.3,
+    name: str = "tumor_classifier",
+) -> keras.Model:
+    """The classifier on the segmenter's encoder: the ResUNet's stem, residual encoder stages and bridge (same layer
+    names, so a trained segmenter's weights start it, `transfer_weights`), then the same pooled head as
+    `build_classifier`.
+
+    Why: the segmenter learned its encoder from every tumor pixel of the training patients, far more supervision
+    than one yes/no per slice, so started from it the classifier needs fewer patients to learn what tumor looks like.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = encoder(inputs, filters)[0]
+    pooled = layers.Concatenate(name="pool")(
+        [layers.GlobalAveragePooling2D(name="avg")(x), layers.GlobalMaxPooling2D(name="max")(x)]
+    )
+    pooled = layers.Dropout(dropout, name="dropout")(pooled)
+    outputs = layers.Dense(1, activation="sigmoid", name="tumor_probability")(pooled)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def encoder(inputs, filters: Sequence[int]) -> tuple:
+    """The ResUNet's stem, encoder stages and bridge: (bridge output, skip outputs from shallow to deep)."""
+    x = layers.Conv2D(filters[0], 3, strides=2, padding="same", name="stem_conv")(inputs)
+    x = residual_block(x, filters[0], "encoder0")
+    skips = [x]
+    for depth, stage_filters in enumerate(filters[1:-1], start=1):
+        x = residual_block(x, stage_filters, f"encoder{depth}", strides=2)
+        skips.append(x)
+    return residual_block(x, filters[-1], "bridge", strides=2), skips
+
+
 def residual_block(x, filters: int, name: str, strides: int = 1):
     """Pre-activation residual block (BN-ReLU-conv twice) with a 1x1 projection shortcut (Zhang et al. 2018)."""
     shortcut = layers.Conv2D(filters, 1, strides=strides, padding="same", name=f"{name}_shortcut")(x)
@@ -85,13 +119,7 @@ def build_resunet(
     architecture keep their names, so its weights start this variant (`transfer_weights`).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = layers.Conv2D(filters[0], 3, strides=2, padding="same", name="stem_conv")(inputs)
-    x = residual_block(x, filters[0], "encoder0")
-    skips = [x]
-    for depth, stage_filters in enumerate(filters[1:-1], start=1):
-        x = residual_block(x, stage_filters, f"encoder{depth}", strides=2)
-        skips.append(x)
-    x = residual_block(x, filters[-1], "bridge", strides=2)
+    x, skips = encoder(inputs, filters)
     for depth in reversed(range(len(skips))):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder{depth}_up")(x)
         x = layers.Concatenate(name=f"decoder{depth}_concat")([x, skips[depth]])

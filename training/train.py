@@ -39,7 +39,14 @@ from training.data import (
 )
 from training.evaluate import model_outputs
 from training.losses import FocalTverskyLoss, dice_coefficient, tversky_score
-from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, transfer_weights
+from training.models import (
+    ARCHITECTURE_NAME,
+    build_classifier,
+    build_encoder_classifier,
+    build_resunet,
+    load_segmenter,
+    transfer_weights,
+)
 from training.run_state import RunCheckpoint, RunState, has_saved_state, load_saved_model
 from training.validation import HardNegativeMiner, ServedPipelineValidation
 
@@ -94,6 +101,7 @@ def compile_model(
     alpha: float,
     jit_compile: bool = True,
     full_resolution_output: bool = False,
+    classifier_backbone: str = "cnn",
 ) -> keras.Model:
     """Build and compile the model of `model_kind` ("classifier" or "segmenter") with Adam and a cosine decay.
 
@@ -103,7 +111,7 @@ def compile_model(
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.02)
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
     if model_kind == "classifier":
-        model = build_classifier()
+        model = build_encoder_classifier() if classifier_backbone == "segmenter-encoder" else build_classifier()
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.BinaryCrossentropy(),
@@ -188,14 +196,22 @@ def train(args: argparse.Namespace) -> dict:
             args.alpha,
             args.jit_compile,
             full_resolution,
+            args.classifier_backbone,
         )
+        on_encoder = args.model == "classifier" and args.classifier_backbone == "segmenter-encoder"
         if args.model == "segmenter":
             # What evaluate, compare_segmenters and export build to load this run's checkpoints.
             served = build_resunet(full_resolution_output=full_resolution)
             (output_dir / ARCHITECTURE_NAME).write_text(served.to_json())
+        elif on_encoder:
+            (output_dir / ARCHITECTURE_NAME).write_text(build_encoder_classifier().to_json())
         if args.initial_weights:
-            # Fine-tuning from an earlier model, e.g. the committed one; a plain segmenter starts the variant.
-            if full_resolution:
+            # Fine-tuning from an earlier model, e.g. the committed one; a plain segmenter starts the variant and
+            # the classifier on the segmenter's encoder.
+            if on_encoder:
+                untouched = transfer_weights(model, load_segmenter(args.initial_weights))
+                logger.info("new layers (no initial weights): %s", untouched)
+            elif full_resolution:
                 source = build_resunet()
                 source.load_weights(args.initial_weights)
                 logger.info("new layers (no initial weights): %s", transfer_weights(model, source))
@@ -291,7 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"
     )
-    parser.add_argument("--initial-weights", default=None, help="start from these .weights.h5 instead of random")
+    parser.add_argument(
+        "--classifier-backbone",
+        choices=["cnn", "segmenter-encoder"],
+        default="cnn",
+        help="classifier only: its own CNN, or the segmenter's encoder (start it with a segmenter's --initial-weights)",
+    )
+    parser.add_argument(
+        "--initial-weights",
+        default=None,
+        help="start from these .weights.h5 instead of random (a segmenter's for the segmenter-encoder backbone)",
+    )
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this invocation")
     parser.add_argument("--limit-patients", type=int, default=None, help="use only the first N patients (tests)")
     parser.add_argument(

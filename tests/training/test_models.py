@@ -1,7 +1,15 @@
 import numpy as np
 
 from training.losses import focal_tversky_loss
-from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, load_segmenter, transfer_weights
+from training.models import (
+    ARCHITECTURE_NAME,
+    build_classifier,
+    build_encoder_classifier,
+    build_resunet,
+    load_classifier,
+    load_segmenter,
+    transfer_weights,
+)
 
 
 def test_classifier_outputs_one_probability_per_slice():
@@ -59,3 +67,26 @@ def test_full_resolution_variant_starts_from_a_plain_segmenter_and_loads_from_it
     image = np.random.default_rng(1).random((1, 256, 256, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(served(image)), atol=1e-6)
     assert any(layer.name == "full_mask_logits" for layer in loaded.layers)
+
+
+def test_classifier_on_the_segmenter_encoder_starts_from_a_segmenter_and_loads_from_its_run(tmp_path):
+    segmenter = build_resunet(filters=(4, 8, 16))
+    segmenter.set_weights([np.random.default_rng(2).normal(size=w.shape) for w in segmenter.get_weights()])
+    classifier = build_encoder_classifier(filters=(4, 8, 16))
+
+    untouched = transfer_weights(classifier, segmenter)
+
+    assert untouched == ["tumor_probability"], "only the head is new"
+    encoder_layers = [layer for layer in classifier.layers if layer.weights and layer.name != "tumor_probability"]
+    assert any(layer.name.startswith("bridge") for layer in encoder_layers)
+    for layer in encoder_layers:
+        for mine, theirs in zip(layer.get_weights(), segmenter.get_layer(layer.name).get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    image = np.random.default_rng(3).random((2, 256, 256, 3)).astype("float32")
+    assert np.asarray(classifier(image)).shape == (2, 1)
+
+    # Its run keeps the architecture beside the weights: load_classifier gives this model, not the plain CNN.
+    (tmp_path / ARCHITECTURE_NAME).write_text(classifier.to_json())
+    classifier.save_weights(tmp_path / "best.weights.h5")
+    loaded = load_classifier(tmp_path / "best.weights.h5")
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(classifier(image)), atol=1e-6)
