@@ -7,9 +7,12 @@
 The figure that matters for the service is the specificity at the highest threshold that keeps sensitivity at or
 above `--target-sensitivity` (as `training.evaluate` chooses the deployed threshold), with the ROC AUC beside it.
 Besides each checkpoint alone it measures: the checkpoint with a horizontal-flip test-time average, the mean of the
-candidates' probabilities (an ensemble), the candidates' weights averaged into one model, and, with
+candidates' probabilities (an ensemble), the candidates' weights averaged into one model (only when all share one
+architecture), and, with
 `--recalibrate-batch-norm`, each checkpoint with its batch-norm statistics re-estimated on the un-augmented
-training slices. Only validation patients are judged, so the choice never looks at the test patients.
+training slices. A checkpoint is loaded with the architecture its run saved beside it, if any (`load_classifier`:
+the encoder backbone, the cross-validation folds averaged). Only validation patients are judged, so the choice
+never looks at the test patients.
 """
 
 from __future__ import annotations
