@@ -209,8 +209,12 @@ def writable_paths(root: Path, uid: int, gid: int) -> list[Path]:
 
 def forbidden_paths(root: Path, names: set[str] = FORBIDDEN_NAMES) -> list[Path]:
     """Folders or files under `root` with a name that must never reach the image (the build context leaking)."""
-    return sorted(Path(directory, name) for directory, folders, files in os.walk(root) for name in folders + files
-                  if name in names)
+    return sorted(
+        Path(directory, name)
+        for directory, folders, files in os.walk(root)
+        for name in folders + files
+        if name in names
+    )
 
 
 def comparable(answer: Any) -> Any:
@@ -229,8 +233,9 @@ def answers_differ(expected: dict[str, Any], found: dict[str, Any]) -> str | Non
     expected_rest = {key: value for key, value in expected.items() if key != "tumor_probability"}
     found_rest = {key: value for key, value in found.items() if key != "tumor_probability"}
     if expected_rest != found_rest:
-        keys = sorted(key for key in expected_rest.keys() | found_rest.keys()
-                      if expected_rest.get(key) != found_rest.get(key))
+        keys = sorted(
+            key for key in expected_rest.keys() | found_rest.keys() if expected_rest.get(key) != found_rest.get(key)
+        )
         return f"fields {keys} differ: {json.dumps({key: found_rest.get(key) for key in keys})[:400]}"
     return None
 
@@ -287,17 +292,39 @@ def build_standin_base() -> None:
     log(f"base image: building the Debian stand-in {STANDIN_BASE} with debootstrap ({STANDIN_PACKAGES})")
     with tempfile.TemporaryDirectory(prefix="standin-", dir="/var/tmp") as work:
         rootfs = Path(work) / "rootfs"
-        run(["debootstrap", "--variant=minbase", f"--include={STANDIN_PACKAGES}", "bookworm", str(rootfs),
-             DEBIAN_MIRROR], capture_output=True)
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={STANDIN_PACKAGES}",
+                "bookworm",
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ],
+            capture_output=True,
+        )
         (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3.11")
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for entry in (rootfs / cache).glob("*"):
                 if entry.is_file():
                     entry.unlink()
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        run(["podman", "import", "--change", "ENV LANG=C.UTF-8", "--change", 'CMD ["python"]',
-             "--message", "Debian stand-in for python:3.11-slim-bookworm", "-", STANDIN_BASE],
-            stdin=tar.stdout, capture_output=True)
+        run(
+            [
+                "podman",
+                "import",
+                "--change",
+                "ENV LANG=C.UTF-8",
+                "--change",
+                'CMD ["python"]',
+                "--message",
+                "Debian stand-in for python:3.11-slim-bookworm",
+                "-",
+                STANDIN_BASE,
+            ],
+            stdin=tar.stdout,
+            capture_output=True,
+        )
         if tar.wait() != 0:
             raise RuntimeError("tar of the stand-in root file system failed")
     log(f"base image: stand-in built, {image_size_mb(STANDIN_BASE):.0f} MB")
@@ -324,8 +351,21 @@ def host_trust_volumes(folder: Path) -> list[str]:
 def build_image(tag: str, base_image: str, service: ComposeService, dockerfile: Path) -> float:
     """`podman build` of the repository as Compose would build the service; returns seconds taken."""
     arguments = {"BASE_IMAGE": base_image, **service.build_args}
-    argv = ["podman", "build", "--isolation", "chroot", "--network", "host", "--layers", "--format", "docker",
-            "--file", str(dockerfile), "--tag", tag]
+    argv = [
+        "podman",
+        "build",
+        "--isolation",
+        "chroot",
+        "--network",
+        "host",
+        "--layers",
+        "--format",
+        "docker",
+        "--file",
+        str(dockerfile),
+        "--tag",
+        tag,
+    ]
     for name, value in arguments.items():
         argv += ["--build-arg", f"{name}={value}"]
     argv += host_trust_volumes(Path(tempfile.gettempdir()))
@@ -426,8 +466,12 @@ class Started(Protocol):
 
 def runtime_works(image: str) -> tuple[bool, str]:
     """Whether the OCI runtime can start a container here (it cannot where, for one, setrlimit is refused)."""
-    probe = run(["podman", "run", "--rm", "--network", "none", "--entrypoint", "true", image], check=False,
-                timeout=120, capture_output=True)
+    probe = run(
+        ["podman", "run", "--rm", "--network", "none", "--entrypoint", "true", image],
+        check=False,
+        timeout=120,
+        capture_output=True,
+    )
     return probe.returncode == 0, (probe.stderr.strip().splitlines() or [""])[-1][:200]
 
 
@@ -507,10 +551,24 @@ class ChrootContainer:
     def start(self) -> ChrootContainer:
         self.log_file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (read by logs(), closed by stop())
         self.process = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--fork", "--kill-child", "sh", "-c", _CHROOT_SETUP, "chroot-setup",
-             str(self.root), f"{self.uid}:{self.gid}", *self._in_root(self.argv)],
+            [
+                "unshare",
+                "--mount",
+                "--net",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                _CHROOT_SETUP,
+                "chroot-setup",
+                str(self.root),
+                f"{self.uid}:{self.gid}",
+                *self._in_root(self.argv),
+            ],
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPFS_PATHS": " ".join(self.tmpfs)},
-            stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         # unshare --fork: the container's first process is its child, in the new namespaces.
         deadline = time.monotonic() + 30
@@ -526,8 +584,17 @@ class ChrootContainer:
         return self
 
     def exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-        command = ["nsenter", f"--target={self.pid}", "--mount", "--net", "--",
-                   "chroot", f"--userspec={self.uid}:{self.gid}", str(self.root), *self._in_root(argv)]
+        command = [
+            "nsenter",
+            f"--target={self.pid}",
+            "--mount",
+            "--net",
+            "--",
+            "chroot",
+            f"--userspec={self.uid}:{self.gid}",
+            str(self.root),
+            *self._in_root(argv),
+        ]
         return run(command, check=False, timeout=timeout, capture_output=True, env={"PATH": "/usr/sbin:/usr/bin"})
 
     def exited(self) -> int | None:
@@ -558,8 +625,21 @@ print(json.dumps({"status": response.status_code, "body": response.text}))
 
 
 def predict_in_namespace(pid: int, port: int) -> tuple[int, str]:
-    client = run(["nsenter", f"--target={pid}", "--net", "--", sys.executable, "-c", _PREDICT_CLIENT,
-                  f"http://127.0.0.1:{port}{PREDICT_PATH}", str(TEST_SLICE)], capture_output=True, timeout=180)
+    client = run(
+        [
+            "nsenter",
+            f"--target={pid}",
+            "--net",
+            "--",
+            sys.executable,
+            "-c",
+            _PREDICT_CLIENT,
+            f"http://127.0.0.1:{port}{PREDICT_PATH}",
+            str(TEST_SLICE),
+        ],
+        capture_output=True,
+        timeout=180,
+    )
     reply = json.loads(client.stdout)
     return reply["status"], reply["body"]
 
@@ -598,10 +678,20 @@ def free_port() -> int:
 def checkout_answer(service: ComposeService) -> dict[str, Any]:
     """The answer of `brain-tumor serve` run from the checkout with the service's INFERENCE_RUNTIME."""
     port = free_port()
-    environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MODEL_DIR": str(REPO_ROOT / "models"),
-                   "INFERENCE_RUNTIME": service.environment.get("INFERENCE_RUNTIME", "keras"), "LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "brain-tumor"), "serve"], env=environment,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    environment = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODEL_DIR": str(REPO_ROOT / "models"),
+        "INFERENCE_RUNTIME": service.environment.get("INFERENCE_RUNTIME", "keras"),
+        "LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "brain-tumor"), "serve"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             deadline = time.monotonic() + 300
@@ -662,11 +752,17 @@ def check_file_system(report: Report, root: Path, config: ImageConfig, service: 
             continue
         writable = writable_paths(inside, uid, gid)
         shown = ", ".join("/" + str(path.relative_to(root)) for path in writable[:5])
-        report.check(f"{label} not writable", not writable, f"{folder}: {len(writable)} writable by {uid}:{gid}"
-                     + (f" ({shown})" if writable else ""))
+        report.check(
+            f"{label} not writable",
+            not writable,
+            f"{folder}: {len(writable)} writable by {uid}:{gid}" + (f" ({shown})" if writable else ""),
+        )
     leaked = forbidden_paths(root / config.workdir.lstrip("/"))
-    report.check("no tests/, runs/, .git, training/", not leaked,
-                 ", ".join("/" + str(path.relative_to(root)) for path in leaked) or f"none under {config.workdir}")
+    report.check(
+        "no tests/, runs/, .git, training/",
+        not leaked,
+        ", ".join("/" + str(path.relative_to(root)) for path in leaked) or f"none under {config.workdir}",
+    )
     return uid, gid
 
 
@@ -690,30 +786,40 @@ def wait_until_healthy(report: Report, container: Started, service: ComposeServi
     while time.monotonic() - started < deadline_s:
         exit_code = container.exited()
         if exit_code is not None:
-            raise CheckFailed(f"the service exited with code {exit_code} before it was ready; its log ends: "
-                              + " | ".join(last_log_lines(container.logs())))
+            raise CheckFailed(
+                f"the service exited with code {exit_code} before it was ready; its log ends: "
+                + " | ".join(last_log_lines(container.logs()))
+            )
         probe = container.exec(service.healthcheck, timeout=service.healthcheck_timeout_s + 5)
         if probe.returncode == 0:
-            report.check("ready within the start period", True,
-                         f"health check passed after {time.monotonic() - started:.1f} s (limit {deadline_s:g} s)")
+            report.check(
+                "ready within the start period",
+                True,
+                f"health check passed after {time.monotonic() - started:.1f} s (limit {deadline_s:g} s)",
+            )
             return
         last = (probe.stderr.strip().splitlines() or [""])[-1][:200]
         time.sleep(1.0)
     raise CheckFailed(f"health check still failing after {deadline_s:g} s: {last}")
 
 
-def check_image(name: str, image: str, service: ComposeService, expected: dict[str, Any] | None,
-                container_runtime: bool) -> Report:
+def check_image(
+    name: str, image: str, service: ComposeService, expected: dict[str, Any] | None, container_runtime: bool
+) -> Report:
     report = Report(name)
     config = image_config(image)
     size = image_size_mb(image)
     report.results["image_size_mb"] = round(size, 1)
     log(f"{name}: image {image}, {size:.0f} MB")
     start_period = min(config.start_period_s or float("inf"), service.start_period_s or float("inf"))
-    report.check("HEALTHCHECK start period", 0 < start_period < float("inf"),
-                 f"image {config.start_period_s:g} s, compose {service.start_period_s:g} s")
+    report.check(
+        "HEALTHCHECK start period",
+        0 < start_period < float("inf"),
+        f"image {config.start_period_s:g} s, compose {service.start_period_s:g} s",
+    )
     argv = (service.entrypoint if service.entrypoint is not None else config.entrypoint) + (
-        service.command if service.command is not None else config.cmd)
+        service.command if service.command is not None else config.cmd
+    )
     with mounted_image(image) as root:
         uid, gid = check_file_system(report, root, config, service)
         environment = {"HOME": home_of(root, uid), **config.env, **service.environment}
@@ -722,28 +828,41 @@ def check_image(name: str, image: str, service: ComposeService, expected: dict[s
             container = PodmanContainer(image, service, service.command)
         else:
             container = ChrootContainer(root, uid, gid, config.workdir, environment, argv, service.tmpfs)
-        log(f"{name}: starting {shlex.join(argv)} ({container.mode}), environment from compose: "
-            + " ".join(f"{key}={value}" for key, value in service.environment.items() if "PASSWORD" not in key))
+        log(
+            f"{name}: starting {shlex.join(argv)} ({container.mode}), environment from compose: "
+            + " ".join(f"{key}={value}" for key, value in service.environment.items() if "PASSWORD" not in key)
+        )
         try:
             container.start()
             wait_until_healthy(report, container, service, start_period)
             server = listening_process(container.pid, service.container_port)
             found_uid, found_gid = process_ids(server)
-            report.check("process uid 10001", found_uid == IMAGE_USER_UID,
-                         f"the process listening on {service.container_port} runs as {found_uid}:{found_gid}")
-            probe = container.exec(["python", "-c", _WRITE_PROBE, service.environment.get("MODEL_DIR", ""),
-                                    config.workdir], timeout=60)
-            report.check("cannot write code or models at run time", probe.returncode == 0,
-                         (probe.stdout.strip() or probe.stderr.strip())[-300:])
+            report.check(
+                "process uid 10001",
+                found_uid == IMAGE_USER_UID,
+                f"the process listening on {service.container_port} runs as {found_uid}:{found_gid}",
+            )
+            probe = container.exec(
+                ["python", "-c", _WRITE_PROBE, service.environment.get("MODEL_DIR", ""), config.workdir], timeout=60
+            )
+            report.check(
+                "cannot write code or models at run time",
+                probe.returncode == 0,
+                (probe.stdout.strip() or probe.stderr.strip())[-300:],
+            )
             status, body = predict_in_namespace(container.pid, service.container_port)
             if status != 200:
                 report.check("/v1/predict answers as the checkout", False, f"status {status}: {body[:300]}")
             elif expected is not None:
                 difference = answers_differ(expected, json.loads(body))
                 answer = json.loads(body)
-                report.check("/v1/predict answers as the checkout", difference is None,
-                             difference or f"tumor_probability {answer['tumor_probability']:.6f}, "
-                             f"mask area {(answer.get('mask') or {}).get('area_pixels')} px, same as the checkout")
+                report.check(
+                    "/v1/predict answers as the checkout",
+                    difference is None,
+                    difference
+                    or f"tumor_probability {answer['tumor_probability']:.6f}, "
+                    f"mask area {(answer.get('mask') or {}).get('area_pixels')} px, same as the checkout",
+                )
         except CheckFailed as failure:
             report.check("starts and serves", False, str(failure))
         finally:
@@ -776,10 +895,15 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS),
-                        help="which build to test (repeatable; default: all)")
-    parser.add_argument("--no-broken-control", dest="broken_control", action="store_false",
-                        help="skip the Dockerfile without `COPY models` that must fail")
+    parser.add_argument(
+        "--variant", action="append", choices=sorted(VARIANTS), help="which build to test (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--no-broken-control",
+        dest="broken_control",
+        action="store_false",
+        help="skip the Dockerfile without `COPY models` that must fail",
+    )
     parser.add_argument("--base-image", help="use this base image instead of choosing one")
     parser.add_argument("--rebuild-standin", action="store_true", help="rebuild the Debian stand-in base image")
     parser.add_argument("--report", type=Path, help="write the results as JSON here")
@@ -807,9 +931,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{variant}: built in {seconds:.0f} s")
         if container_runtime is None:
             container_runtime, reason = runtime_works(tag)
-            log("containers: podman run works" if container_runtime
+            log(
+                "containers: podman run works"
+                if container_runtime
                 else f"containers: the OCI runtime cannot start one here ({reason}); running the image's root file "
-                     "system with chroot as its user instead")
+                "system with chroot as its user instead"
+            )
         expected = checkout_answer(service)
         report = check_image(variant, tag, service, expected, container_runtime)
         report.results["build_seconds"] = round(seconds)
@@ -825,8 +952,10 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("broken_control", {}).get("ok") is False:
         failures.append("broken control: the image without models passed every check")
     for report in reports:
-        log(f"summary {report.name}: {'FAIL' if report.failures else 'PASS'}, "
-            f"image {report.results.get('image_size_mb', '?')} MB, build {report.results.get('build_seconds', '?')} s")
+        log(
+            f"summary {report.name}: {'FAIL' if report.failures else 'PASS'}, "
+            f"image {report.results.get('image_size_mb', '?')} MB, build {report.results.get('build_seconds', '?')} s"
+        )
     log(f"{'FAILED' if failures else 'PASSED'} in {summary['seconds']} s" + "".join(f"\n  {item}" for item in failures))
     return 1 if failures else 0
 

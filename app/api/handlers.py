@@ -73,9 +73,7 @@ def service_error_response(error: ServiceError, close: bool = False) -> JSONResp
         headers["Retry-After"] = retry_after_header(error.retry_after_seconds)
     if close:
         headers["Connection"] = "close"
-    return JSONResponse(
-        error.body(), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers
-    )
+    return JSONResponse(error.body(), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers)
 
 
 def _remember_error(request: Request, code: str) -> None:

@@ -41,8 +41,7 @@ def import_graph() -> dict[str, set[str]]:
     paths = [path for package in PACKAGES for path in (REPO_ROOT / package).rglob("*.py")]
     modules = {module_name(path): path for path in paths}
     return {
-        name: {imported for imported in imported_modules(path) if imported in modules}
-        for name, path in modules.items()
+        name: {imported for imported in imported_modules(path) if imported in modules} for name, path in modules.items()
     }
 
 

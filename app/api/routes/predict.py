@@ -250,9 +250,7 @@ async def create_overlay(
     return Response(answer.png, media_type="image/png", headers=headers)
 
 
-async def slice_payload(
-    answer: SliceAnswer, threshold: float, mask_format: schemas.MaskFormat
-) -> schemas.Prediction:
+async def slice_payload(answer: SliceAnswer, threshold: float, mask_format: schemas.MaskFormat) -> schemas.Prediction:
     """Encode a small mask here, a large one in a worker thread."""
     if payloads.encodes_quickly(answer.prediction):
         return payloads.slice_payload(answer.prediction, threshold, mask_format)
