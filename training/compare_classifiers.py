@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from training.compare_segmenters import parse_candidate
-from training.data import SliceArrays, find_slices, load_slices, load_split, usage_errors
+from training.data import find_slices, load_slices, load_split, usage_errors
 from training.evaluate import (
     choose_classifier_threshold,
     classification_metrics,
@@ -39,10 +39,10 @@ from training.models import load_classifier
 logger = logging.getLogger(__name__)
 
 
-def figures(validation: SliceArrays, probabilities: np.ndarray, target_sensitivity: float) -> dict:
-    """ROC AUC, and specificity and sensitivity at the threshold chosen for `target_sensitivity`."""
-    threshold = choose_classifier_threshold(validation.labels, probabilities, target_sensitivity)
-    metrics = classification_metrics(validation.labels, probabilities, threshold)
+def figures(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> dict:
+    """ROC AUC, and specificity and sensitivity at the threshold chosen for `target_sensitivity` on these slices."""
+    threshold = choose_classifier_threshold(labels, probabilities, target_sensitivity)
+    metrics = classification_metrics(labels, probabilities, threshold)
     return {key: metrics[key] for key in ("roc_auc", "sensitivity", "specificity")} | {"threshold": threshold}
 
 
@@ -77,26 +77,26 @@ def compare(args: argparse.Namespace) -> dict:
         model = load_classifier(weights)
         models[name] = model
         probabilities[name] = model_outputs(model, validation.images).reshape(-1)
-        results[name] = figures(validation, probabilities[name], args.target_sensitivity)
+        results[name] = figures(validation.labels, probabilities[name], args.target_sensitivity)
         with_flip = (probabilities[name] + model_outputs(model, flipped).reshape(-1)) / 2
-        results[f"{name} + flip average"] = figures(validation, with_flip, args.target_sensitivity)
+        results[f"{name} + flip average"] = figures(validation.labels, with_flip, args.target_sensitivity)
     if len(models) > 1:
         ensemble = np.mean(list(probabilities.values()), axis=0)
-        results["mean of all"] = figures(validation, ensemble, args.target_sensitivity)
+        results["mean of all"] = figures(validation.labels, ensemble, args.target_sensitivity)
     architectures = {model.to_json() for model in models.values()}
     if len(models) > 1 and len(architectures) == 1:  # weights average only between models of one architecture
         averaged = keras.models.model_from_json(architectures.pop())
         each_model = [model.get_weights() for model in models.values()]
         averaged.set_weights([np.mean(variables, axis=0) for variables in zip(*each_model, strict=True)])
         results["weights averaged"] = figures(
-            validation, model_outputs(averaged, validation.images).reshape(-1), args.target_sensitivity
+            validation.labels, model_outputs(averaged, validation.images).reshape(-1), args.target_sensitivity
         )
     if args.recalibrate_batch_norm:
         training_images = arrays.subset(split["train"]).images
         for name, model in models.items():
             recalibrate_batch_norm(model, training_images)
             outputs = model_outputs(model, validation.images).reshape(-1)
-            results[f"{name}, batch norm re-estimated"] = figures(validation, outputs, args.target_sensitivity)
+            results[f"{name}, batch norm re-estimated"] = figures(validation.labels, outputs, args.target_sensitivity)
     for name, result in results.items():
         logger.info("%s: AUC %.4f, specificity %.3f", name, result["roc_auc"], result["specificity"])
     return {

@@ -30,12 +30,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training.compare_classifiers import figures
 from training.data import DatasetError, find_slices, load_slices, load_split, save_split, usage_errors
-from training.evaluate import choose_classifier_threshold, classification_metrics, model_outputs
+from training.evaluate import model_outputs
 from training.models import ARCHITECTURE_NAME, build_classifier
 
 logger = logging.getLogger(__name__)
 OUT_OF_FOLD_NAME = "out_of_fold.npz"
+TARGET_SENSITIVITY = 0.95  # the operating point whose threshold and specificity the summary reports
 
 
 def make_folds(patients: Sequence[str], folds: int, seed: int) -> list[list[str]]:
@@ -60,9 +62,9 @@ def write_fold_splits(split_path: Path, folds: int, seed: int, output_dir: Path)
     validation and test patients in neither (kept as `test` so nothing downstream mistakes them for training)."""
     split = load_split(split_path)
     output_dir.mkdir(parents=True, exist_ok=True)
+    held_out = sorted(set(split["validation"]) | set(split["test"]))
     paths = []
     for index, fold in enumerate(make_folds(split["train"], folds, seed)):
-        held_out = sorted(set(split["validation"]) | set(split["test"]))
         fold_split = {"train": [p for p in split["train"] if p not in fold], "validation": fold, "test": held_out}
         path = output_dir / f"split_fold{index}.json"
         save_split(fold_split, path, seed=seed, source=f"{split_path.name}, fold {index} of {folds}")
@@ -81,9 +83,9 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
     """Out-of-fold predictions of the fold runs, and their average as one model; return the summary written."""
     splits = [load_split(Path(json.loads((run / "arguments.json").read_text())["split"])) for run in runs]
     fold_patients = [set(split["validation"]) for split in splits]
-    if sum(len(patients) for patients in fold_patients) != len(set().union(*fold_patients)):
-        raise DatasetError("the runs' validation patients overlap: they are not folds of one split")
     everyone = set().union(*fold_patients)
+    if sum(len(patients) for patients in fold_patients) != len(everyone):
+        raise DatasetError("the runs' validation patients overlap: they are not folds of one split")
     arrays = load_slices([record for record in find_slices(data_root) if record.patient_id in everyone])
     members, probabilities, labels, patient_ids, per_fold = [], [], [], [], []
     for index, (run, patients) in enumerate(zip(runs, fold_patients, strict=True)):
@@ -95,25 +97,18 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
         probabilities.append(fold_probabilities)
         labels.append(held_out.labels)
         patient_ids.append(held_out.patient_ids)
-        per_fold.append({"run": str(run), "patients": len(patients), **figures(held_out.labels, fold_probabilities)})
+        fold_figures = figures(held_out.labels, fold_probabilities, TARGET_SENSITIVITY)
+        per_fold.append({"run": str(run), "patients": len(patients), "slices": len(held_out.labels), **fold_figures})
     probabilities, labels, patient_ids = (np.concatenate(part) for part in (probabilities, labels, patient_ids))
     output_dir.mkdir(parents=True, exist_ok=True)
     np.savez(output_dir / OUT_OF_FOLD_NAME, probabilities=probabilities, labels=labels, patient_ids=patient_ids)
     ensemble = average_of(members)
     (output_dir / ARCHITECTURE_NAME).write_text(ensemble.to_json())
     ensemble.save_weights(output_dir / "best.weights.h5")
-    summary = {"folds": per_fold, "out_of_fold": {"patients": len(set(patient_ids)), **figures(labels, probabilities)}}
+    pooled = {"patients": len(everyone), "slices": len(labels), **figures(labels, probabilities, TARGET_SENSITIVITY)}
+    summary = {"folds": per_fold, "out_of_fold": pooled}
     (output_dir / "out_of_fold.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def figures(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float = 0.95) -> dict:
-    """ROC AUC, and the threshold for `target_sensitivity` on these slices with its specificity."""
-    threshold = choose_classifier_threshold(labels, probabilities, target_sensitivity)
-    metrics = classification_metrics(labels, probabilities, threshold)
-    return {"slices": metrics["slices"], "roc_auc": metrics["roc_auc"], "threshold": threshold} | {
-        key: metrics[key] for key in ("sensitivity", "specificity")
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

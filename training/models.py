@@ -6,7 +6,7 @@ Only `keras` layers are used, so the same code builds the models on the TensorFl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -154,16 +154,18 @@ def transfer_weights(model: keras.Model, source: keras.Model) -> list[str]:
 def load_segmenter(weights: str | Path) -> keras.Model:
     """The segmenter of a checkpoint: the architecture a training run saved beside it (`architecture.json`, e.g. the
     full-resolution variant), else the plain `build_resunet()`, with the weights loaded."""
-    architecture = Path(weights).parent / ARCHITECTURE_NAME
-    model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_resunet()
-    model.load_weights(weights)
-    return model
+    return load_checkpoint(weights, build_resunet)
 
 
 def load_classifier(weights: str | Path) -> keras.Model:
     """The classifier of a checkpoint: the architecture saved beside it (`architecture.json`, e.g. the average of
     cross-validation fold models written by `training.cross_validation combine`), else `build_classifier()`."""
+    return load_checkpoint(weights, build_classifier)
+
+
+def load_checkpoint(weights: str | Path, build_default: Callable[[], keras.Model]) -> keras.Model:
+    """`weights` in the architecture its run saved beside them (`architecture.json`), else in `build_default()`."""
     architecture = Path(weights).parent / ARCHITECTURE_NAME
-    model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_classifier()
+    model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_default()
     model.load_weights(weights)
     return model
