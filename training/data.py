@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from app.core.preprocessing import FLAIR_CHANNEL, MODEL_INPUT_SIZE, preprocess_slice
-from training.augmentation import augment_pair
+from training.augmentation import STANDARD, Augmentation, augment_pair
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".tif", ".tiff", ".png")
@@ -241,6 +241,7 @@ class SliceBatches(keras.utils.PyDataset):
         target: str,
         batch_size: int = 16,
         augment: bool = False,
+        augmentation: Augmentation = STANDARD,
         shuffle: bool = False,
         negatives_per_epoch: int | None = None,
         seed: int = 0,
@@ -259,6 +260,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.target = target
         self.batch_size = batch_size
         self.augment = augment
+        self.augmentation = augmentation
         self.shuffle = shuffle
         self.negatives_per_epoch = negatives_per_epoch
         self.seed = seed
@@ -314,7 +316,7 @@ class SliceBatches(keras.utils.PyDataset):
             image, mask = self.arrays.images[index], self.arrays.masks[index]
             rng = self._rng(position)
             if self.augment:
-                image, mask = augment_pair(image, mask, rng)
+                image, mask = augment_pair(image, mask, rng, self.augmentation)
             # Preprocess the whole slice, then crop: a crop keeps the scale the model sees when serving.
             model_input = preprocess_slice(image)
             if self.crop_size is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training.augmentation import AUGMENTATIONS
 from training.data import (
     SliceArrays,
     SliceBatches,
@@ -138,6 +139,7 @@ def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBat
         "mask" if segmenter else "label",
         batch_size=args.batch_size,
         augment=True,
+        augmentation=AUGMENTATIONS[args.augmentation],
         shuffle=True,
         negatives_per_epoch=args.negatives_per_epoch if segmenter else None,
         near_tumor_weight=1.0 if segmenter else args.near_tumor_negative_weight,
@@ -325,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="XLA-compile the training step (about 20 %% faster on CPU, after a compile of a minute or two)",
+    )
+    parser.add_argument(
+        "--augmentation",
+        choices=sorted(AUGMENTATIONS),
+        default="standard",
+        help="how far training slices are varied (strong: wider contrast, gamma, blur and noise)",
     )
     parser.add_argument("--workers", type=int, default=1, help="threads preparing batches (more on a GPU machine)")
     parser.add_argument("--seed", type=int, default=2019)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import PATIENTS, SLICES_PER_PATIENT
+from training.augmentation import STRONG
 from training.data import (
     DatasetError,
     SliceArrays,
@@ -17,6 +18,7 @@ from training.data import (
     load_split,
     split_patients,
 )
+from training.train import build_parser, make_train_batches
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,6 +112,18 @@ def test_slice_batches_give_labels_or_masks(dev_layout):
     inputs, targets = masks[0]
     assert targets.shape == (4, 256, 256, 1)
     assert set(np.unique(targets)) <= {0.0, 1.0}
+
+
+def test_train_option_strong_augmentation_reaches_the_batches(dev_layout):
+    arrays = load_slices(find_slices(dev_layout))
+    args = build_parser().parse_args(["--model", "classifier", "--augmentation", "strong"])
+    batches = make_train_batches(args, arrays)
+    standard = SliceBatches(arrays, "label", batch_size=args.batch_size, augment=True, shuffle=True, seed=args.seed)
+
+    assert batches.augmentation == STRONG
+    # Same seed, same slices, same flips and turns drawn first: only the strong intensity changes tell them apart.
+    assert not np.array_equal(batches[0][0], standard[0][0])
+    np.testing.assert_array_equal(batches[0][1], standard[0][1])
 
 
 def test_slice_batches_sample_negatives_afresh_each_epoch(dev_layout):
