@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from training.compare_segmenters import parse_candidate
-from training.data import find_slices, load_slices, load_split, usage_errors
+from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
 from training.evaluate import (
     choose_classifier_threshold,
     classification_metrics,
@@ -66,6 +66,18 @@ def recalibrate_batch_norm(model: keras.Model, images: np.ndarray) -> None:
         layer.momentum = 0.99
 
 
+def weights_average(models: list[keras.Model]) -> keras.Model:
+    """One model of the members' shared architecture whose every variable is the members' mean.
+
+    Between a checkpoint and its own fine-tune (one basin of the loss) this keeps the cost of one model and often
+    generalizes like their ensemble ("model soup"); between models trained from different starts it is meaningless.
+    """
+    averaged = keras.models.model_from_json(models[0].to_json())
+    each_model = [model.get_weights() for model in models]
+    averaged.set_weights([np.mean(variables, axis=0) for variables in zip(*each_model, strict=True)])
+    return averaged
+
+
 def compare(args: argparse.Namespace) -> dict:
     split = load_split(Path(args.split))
     wanted = set(split["validation"]) | (set(split["train"]) if args.recalibrate_batch_norm else set())
@@ -85,12 +97,15 @@ def compare(args: argparse.Namespace) -> dict:
         results["mean of all"] = figures(validation.labels, ensemble, args.target_sensitivity)
     architectures = {model.to_json() for model in models.values()}
     if len(models) > 1 and len(architectures) == 1:  # weights average only between models of one architecture
-        averaged = keras.models.model_from_json(architectures.pop())
-        each_model = [model.get_weights() for model in models.values()]
-        averaged.set_weights([np.mean(variables, axis=0) for variables in zip(*each_model, strict=True)])
+        averaged = weights_average(list(models.values()))
         results["weights averaged"] = figures(
             validation.labels, model_outputs(averaged, validation.images).reshape(-1), args.target_sensitivity
         )
+        if args.save_weights_average:
+            averaged.save_weights(args.save_weights_average)
+            logger.info("wrote the averaged weights to %s", args.save_weights_average)
+    elif args.save_weights_average:
+        raise DatasetError("--save-weights-average needs two or more classifiers of one architecture")
     if args.recalibrate_batch_norm:
         training_images = arrays.subset(split["train"]).images
         for name, model in models.items():
@@ -128,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--recalibrate-batch-norm", action="store_true")
     parser.add_argument("--output", required=True, help="JSON file to write")
+    parser.add_argument(
+        "--save-weights-average",
+        default=None,
+        metavar="WEIGHTS_H5",
+        help="also write the candidates' weights averaged (one architecture) as a .weights.h5 to export",
+    )
     return parser
 
 

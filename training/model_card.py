@@ -68,6 +68,8 @@ def training_lines(runs: list[Mapping]) -> list[str]:
             if arguments.get("crop_size"):
                 recipe.append(f"{arguments['crop_size']}x{arguments['crop_size']} tumor-centred crops")
             recipe.append(f"{arguments.get('negatives_per_epoch')} tumor-free slices per epoch, hard negatives")
+        if arguments.get("augmentation", "standard") != "standard":
+            recipe.append(f"{arguments['augmentation']} augmentation")
         if arguments.get("initial_weights"):
             recipe.append(f"from `{arguments['initial_weights']}`")
         lines.append(

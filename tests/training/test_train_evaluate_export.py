@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.core.model_store import ModelStoreError, load_models, read_manifest
-from training import compare_classifiers, compare_segmenters, evaluate, export, train
+from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
 from training.models import build_classifier, build_resunet
 
 
@@ -210,6 +210,8 @@ def test_classifier_comparison_measures_each_checkpoint_and_their_combinations(t
             "--recalibrate-batch-norm",
             "--output",
             str(output),
+            "--save-weights-average",
+            str(tmp_path / "averaged.weights.h5"),
         ]
     )
     result = json.loads(output.read_text())
@@ -232,3 +234,63 @@ def test_classifier_comparison_measures_each_checkpoint_and_their_combinations(t
         assert results[combined]["threshold"] == pytest.approx(results["trained"]["threshold"], abs=1e-5)
     for figures in results.values():
         assert figures["sensitivity"] >= result["target_sensitivity"]
+    # The saved average of two copies is the checkpoint itself, ready for training.export.
+    saved = build_classifier()
+    saved.load_weights(tmp_path / "averaged.weights.h5")
+    original = build_classifier()
+    original.load_weights(trained)
+    for saved_variable, original_variable in zip(saved.get_weights(), original.get_weights(), strict=True):
+        np.testing.assert_allclose(saved_variable, original_variable, rtol=1e-6)
+
+
+def test_weights_average_is_the_mean_of_every_variable_batch_norm_statistics_included():
+    first, second = build_classifier(name="first"), build_classifier(name="second")
+    second.set_weights([variable + 1.0 for variable in first.get_weights()])
+
+    averaged = compare_classifiers.weights_average([first, second])
+
+    assert len(averaged.get_weights()) == len(first.get_weights())
+    for average, variable in zip(averaged.get_weights(), first.get_weights(), strict=True):
+        np.testing.assert_allclose(average, variable + 0.5, rtol=1e-6)
+
+
+def test_saving_a_weights_average_of_one_classifier_is_a_usage_error(trained_run, dev_layout, tmp_path, capsys):
+    trained = trained_run / "classifier" / "best.weights.h5"
+    with pytest.raises(SystemExit) as stopped:
+        compare_classifiers.main(
+            [
+                "--data-root",
+                str(dev_layout),
+                "--classifier",
+                f"trained={trained}",
+                "--split",
+                str(trained_run / "split.json"),
+                "--output",
+                str(tmp_path / "c.json"),
+                "--save-weights-average",
+                str(tmp_path / "averaged.weights.h5"),
+            ]
+        )
+    assert stopped.value.code == 2
+    assert "two or more classifiers" in capsys.readouterr().err
+    assert not (tmp_path / "averaged.weights.h5").exists()
+
+
+def test_model_card_training_table_names_a_strong_augmentation():
+    run = {
+        "name": "cla_strong_ft",
+        "model": "classifier",
+        "epochs_run": 9,
+        "best_epoch": 4,
+        "monitor": "val_auc",
+        "slices_per_second": 46.6,
+        "seconds": 560.0,
+    }
+    strong = {**run, "arguments": {"learning_rate": 1e-4, "batch_size": 32, "augmentation": "strong"}}
+    standard = {**run, "arguments": {"learning_rate": 1e-4, "batch_size": 32, "augmentation": "standard"}}
+
+    def row(summary: dict) -> str:
+        return next(line for line in model_card.training_lines([summary]) if line.startswith("| cla_strong_ft |"))
+
+    assert "; strong augmentation" in row(strong)
+    assert "augmentation" not in row(standard)
