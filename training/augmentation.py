@@ -52,14 +52,13 @@ def augment_pair(
     dataset does exactly this for patients missing a sequence, and a PACS may send FLAIR alone; training on it keeps
     the model usable then.
     """
-    settings = augmentation
     image = image.copy()
     mask = mask.copy()
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
     height, width = mask.shape
-    angle = rng.uniform(-settings.max_rotation_degrees, settings.max_rotation_degrees)
-    scale = rng.uniform(*settings.scale_range)
+    angle = rng.uniform(-augmentation.max_rotation_degrees, augmentation.max_rotation_degrees)
+    scale = rng.uniform(*augmentation.scale_range)
     transform = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
     image = cv2.warpAffine(
         np.ascontiguousarray(image),
@@ -78,22 +77,22 @@ def augment_pair(
         borderValue=0,
     )
     # Contrast and brightness per channel: sequences differ between scanners and sites.
-    gain = rng.uniform(*settings.gain_range, size=3).astype(np.float32)
-    offset = rng.uniform(-settings.max_offset, settings.max_offset, size=3).astype(np.float32)
+    gain = rng.uniform(*augmentation.gain_range, size=3).astype(np.float32)
+    offset = rng.uniform(-augmentation.max_offset, augmentation.max_offset, size=3).astype(np.float32)
     image = np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
-    if settings.max_log_gamma > 0:
-        image = scanner_variation(image, rng, settings)
+    if augmentation.max_log_gamma > 0:
+        image = scanner_variation(image, rng, augmentation)
     draw = rng.random()
-    if draw < settings.flair_substitution_probability:
+    if draw < augmentation.flair_substitution_probability:
         image = np.repeat(image[:, :, FLAIR_CHANNEL : FLAIR_CHANNEL + 1], 3, axis=2)
-    elif draw < 2 * settings.flair_substitution_probability:
+    elif draw < 2 * augmentation.flair_substitution_probability:
         replaced = rng.choice([0, 2])
         image[:, :, replaced] = image[:, :, FLAIR_CHANNEL]
     return image, mask
 
 
 def scanner_variation(image: np.ndarray, rng: np.random.Generator, settings: Augmentation) -> np.ndarray:
-    """A gamma curve per channel, then sometimes a slight blur or noise (black background stays black)."""
+    """A gamma curve per channel, then sometimes a slight blur or noise (none where the slice is black)."""
     gamma = np.exp(rng.uniform(-settings.max_log_gamma, settings.max_log_gamma, size=3)).astype(np.float32)
     varied = 255.0 * (image.astype(np.float32) / 255.0) ** gamma
     draw = rng.random()
