@@ -34,7 +34,7 @@ from training.evaluate import (
     model_outputs,
     preprocessed_batches,
 )
-from training.models import load_classifier
+from training.models import load_classifier, weights_average
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +64,6 @@ def recalibrate_batch_norm(model: keras.Model, images: np.ndarray) -> None:
         model(batch, training=True)
     for layer in layers:
         layer.momentum = 0.99
-
-
-def weights_average(models: list[keras.Model]) -> keras.Model:
-    """One model of the members' shared architecture whose every variable is the members' mean.
-
-    Between a checkpoint and its own fine-tune (one basin of the loss) this keeps the cost of one model and often
-    generalizes like their ensemble ("model soup"); between models trained from different starts it is meaningless.
-    """
-    averaged = keras.models.model_from_json(models[0].to_json())
-    each_model = [model.get_weights() for model in models]
-    averaged.set_weights([np.mean(variables, axis=0) for variables in zip(*each_model, strict=True)])
-    return averaged
 
 
 def compare(args: argparse.Namespace) -> dict:

@@ -19,9 +19,9 @@ import json
 import logging
 from pathlib import Path
 
-from training.data import find_slices, load_slices, load_split
+from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
 from training.evaluate import choose_classifier_threshold, choose_mask_threshold, evaluate_split, model_outputs
-from training.models import load_classifier, load_segmenter
+from training.models import load_classifier, load_segmenter, weights_average
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +64,25 @@ def compare(args: argparse.Namespace) -> dict:
     # The classifier and its threshold are the same for every candidate: run it once.
     probabilities = model_outputs(classifier, validation.images).reshape(-1)
     classifier_threshold = choose_classifier_threshold(validation.labels, probabilities, args.target_sensitivity)
+    segmenters = {name: load_segmenter(weights) for name, weights in args.segmenter}
+    weights_files = dict(args.segmenter)
+    if len(segmenters) > 1 and len({model.to_json() for model in segmenters.values()}) == 1:
+        segmenters["weights averaged"] = weights_average(list(segmenters.values()))
+        weights_files["weights averaged"] = args.save_weights_average
+        if args.save_weights_average:
+            segmenters["weights averaged"].save_weights(args.save_weights_average)
+            logger.info("wrote the averaged weights to %s", args.save_weights_average)
+    elif args.save_weights_average:
+        raise DatasetError("--save-weights-average needs two or more segmenters of one architecture")
     candidates = {}
-    for name, weights in args.segmenter:
-        segmenter = load_segmenter(weights)
+    for name, segmenter in segmenters.items():
+        weights = weights_files[name]
         maps = model_outputs(segmenter, validation.images)[..., 0]
         mask_threshold, _ = choose_mask_threshold(validation, probabilities, maps, classifier_threshold)
         metrics = evaluate_split(validation, probabilities, maps, classifier_threshold, mask_threshold)
         candidates[name] = {
-            "weights": str(weights),
-            "training": training_summary(weights),
+            "weights": str(weights) if weights else None,
+            "training": training_summary(Path(weights)) if name in dict(args.segmenter) else None,
             "mask_threshold": mask_threshold,
             "segmentation": metrics["segmentation"],
             "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": metrics[
@@ -116,13 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="models/split.json")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--output", required=True, help="JSON file to write")
+    parser.add_argument(
+        "--save-weights-average",
+        default=None,
+        metavar="WEIGHTS_H5",
+        help="also write the candidates' weights averaged (one architecture) as a .weights.h5 to export",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    args = build_parser().parse_args(argv)
-    result = compare(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with usage_errors(parser.prog):
+        result = compare(args)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 INPUT_SHAPE = (256, 256, 3)
@@ -169,3 +170,15 @@ def load_checkpoint(weights: str | Path, build_default: Callable[[], keras.Model
     model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_default()
     model.load_weights(weights)
     return model
+
+
+def weights_average(models: list[keras.Model]) -> keras.Model:
+    """One model of the members' shared architecture whose every variable is the members' mean.
+
+    Between a checkpoint and its own fine-tune (one basin of the loss) this keeps the cost of one model and often
+    generalizes like their ensemble ("model soup"); between models trained from different starts it is meaningless.
+    """
+    averaged = keras.models.model_from_json(models[0].to_json())
+    each_model = [model.get_weights() for model in models]
+    averaged.set_weights([np.mean(variables, axis=0) for variables in zip(*each_model, strict=True)])
+    return averaged

@@ -177,14 +177,42 @@ def test_segmenter_comparison_uses_validation_patients_and_each_candidates_own_m
     split = json.loads((trained_run / "split.json").read_text())
     assert result["split"] == "validation" and result["patients"] == len(split["validation"])
     candidates = result["candidates"]
-    assert list(candidates) == ["trained", "again", "untrained"]
+    assert list(candidates) == ["trained", "again", "untrained", "weights averaged"]
     assert candidates["trained"]["training"]["negatives_per_epoch"] == 2
     assert candidates["untrained"]["training"] is None
+    assert candidates["weights averaged"]["training"] is None and candidates["weights averaged"]["weights"] is None
     # The same checkpoint measures the same; the candidates share the classifier threshold but not the mask one.
     assert candidates["trained"]["segmentation"] == candidates["again"]["segmentation"]
     for candidate in candidates.values():
         assert candidate["mask_threshold"] in evaluate.MASK_THRESHOLD_CANDIDATES
         assert 0.0 <= candidate["segmentation"]["volume_dice_mean"] <= 1.0
+
+
+def test_segmenter_weights_average_of_two_copies_is_that_checkpoint_and_is_saved(trained_run, dev_layout, tmp_path):
+    trained = trained_run / "segmenter" / "best.weights.h5"
+    averaged = tmp_path / "averaged.weights.h5"
+    result = compare_segmenters.main(
+        ["--data-root", str(dev_layout), "--classifier-weights", str(trained_run / "classifier" / "best.weights.h5")]
+        + ["--segmenter", f"trained={trained}", "--segmenter", f"again={trained}", "--split"]
+        + [
+            str(trained_run / "split.json"),
+            "--output",
+            str(tmp_path / "c.json"),
+            "--save-weights-average",
+            str(averaged),
+        ]
+    )
+    candidates = result["candidates"]
+    assert candidates["weights averaged"]["weights"] == str(averaged)
+    for figure in ("volume_dice_mean", "tumor_slice_dice_mean", "nonempty_mask_rate_on_tumor_free_slices"):
+        assert candidates["weights averaged"]["segmentation"][figure] == pytest.approx(
+            candidates["trained"]["segmentation"][figure], abs=1e-4
+        )
+    saved, original = build_resunet(), build_resunet()
+    saved.load_weights(averaged)
+    original.load_weights(trained)
+    for saved_variable, original_variable in zip(saved.get_weights(), original.get_weights(), strict=True):
+        np.testing.assert_allclose(saved_variable, original_variable, rtol=1e-6)
 
 
 def test_segmenter_candidates_must_be_named():
