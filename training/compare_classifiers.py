@@ -26,15 +26,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.compare_segmenters import parse_candidate
-from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
+from training.compare_segmenters import average_and_save, parse_candidate
+from training.data import find_slices, load_slices, load_split, usage_errors
 from training.evaluate import (
     choose_classifier_threshold,
     classification_metrics,
     model_outputs,
     preprocessed_batches,
 )
-from training.models import load_classifier, weights_average
+from training.models import load_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +83,11 @@ def compare(args: argparse.Namespace) -> dict:
     if len(models) > 1:
         ensemble = np.mean(list(probabilities.values()), axis=0)
         results["mean of all"] = figures(validation.labels, ensemble, args.target_sensitivity)
-    architectures = {model.to_json() for model in models.values()}
-    if len(models) > 1 and len(architectures) == 1:  # weights average only between models of one architecture
-        averaged = weights_average(list(models.values()))
+    averaged = average_and_save(list(models.values()), args.save_weights_average, "classifiers")
+    if averaged is not None:
         results["weights averaged"] = figures(
             validation.labels, model_outputs(averaged, validation.images).reshape(-1), args.target_sensitivity
         )
-        if args.save_weights_average:
-            averaged.save_weights(args.save_weights_average)
-            logger.info("wrote the averaged weights to %s", args.save_weights_average)
-    elif args.save_weights_average:
-        raise DatasetError("--save-weights-average needs two or more classifiers of one architecture")
     if args.recalibrate_batch_norm:
         training_images = arrays.subset(split["train"]).images
         for name, model in models.items():

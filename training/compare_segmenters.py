@@ -19,6 +19,8 @@ import json
 import logging
 from pathlib import Path
 
+import keras
+
 from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
 from training.evaluate import choose_classifier_threshold, choose_mask_threshold, evaluate_split, model_outputs
 from training.models import load_classifier, load_segmenter, weights_average
@@ -32,6 +34,20 @@ def parse_candidate(text: str) -> tuple[str, Path]:
     if not separator or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=WEIGHTS_PATH; got {text!r}")
     return name, Path(path)
+
+
+def average_and_save(models: list[keras.Model], save_to: str | None, kind: str) -> keras.Model | None:
+    """The candidates' weight average when two or more share one architecture, else None; written to `save_to` if
+    given (asking to save what cannot be averaged is a usage error)."""
+    if len(models) < 2 or len({model.to_json() for model in models}) > 1:
+        if save_to:
+            raise DatasetError(f"--save-weights-average needs two or more {kind} of one architecture")
+        return None
+    averaged = weights_average(models)
+    if save_to:
+        averaged.save_weights(save_to)
+        logger.info("wrote the averaged weights to %s", save_to)
+    return averaged
 
 
 def training_summary(weights: Path) -> dict | None:
@@ -64,25 +80,20 @@ def compare(args: argparse.Namespace) -> dict:
     # The classifier and its threshold are the same for every candidate: run it once.
     probabilities = model_outputs(classifier, validation.images).reshape(-1)
     classifier_threshold = choose_classifier_threshold(validation.labels, probabilities, args.target_sensitivity)
-    segmenters = {name: load_segmenter(weights) for name, weights in args.segmenter}
-    weights_files = dict(args.segmenter)
-    if len(segmenters) > 1 and len({model.to_json() for model in segmenters.values()}) == 1:
-        segmenters["weights averaged"] = weights_average(list(segmenters.values()))
-        weights_files["weights averaged"] = args.save_weights_average
-        if args.save_weights_average:
-            segmenters["weights averaged"].save_weights(args.save_weights_average)
-            logger.info("wrote the averaged weights to %s", args.save_weights_average)
-    elif args.save_weights_average:
-        raise DatasetError("--save-weights-average needs two or more segmenters of one architecture")
+    given = dict(args.segmenter)
+    segmenters = {name: load_segmenter(weights) for name, weights in given.items()}
+    averaged = average_and_save(list(segmenters.values()), args.save_weights_average, "segmenters")
+    if averaged is not None:
+        segmenters["weights averaged"] = averaged
     candidates = {}
     for name, segmenter in segmenters.items():
-        weights = weights_files[name]
+        weights = given.get(name, args.save_weights_average)
         maps = model_outputs(segmenter, validation.images)[..., 0]
         mask_threshold, _ = choose_mask_threshold(validation, probabilities, maps, classifier_threshold)
         metrics = evaluate_split(validation, probabilities, maps, classifier_threshold, mask_threshold)
         candidates[name] = {
             "weights": str(weights) if weights else None,
-            "training": training_summary(Path(weights)) if name in dict(args.segmenter) else None,
+            "training": training_summary(given[name]) if name in given else None,
             "mask_threshold": mask_threshold,
             "segmentation": metrics["segmentation"],
             "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": metrics[

@@ -9,7 +9,7 @@ import pytest
 
 from app.core.model_store import ModelStoreError, load_models, read_manifest
 from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
-from training.models import build_classifier, build_resunet
+from training.models import build_classifier, build_resunet, weights_average
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_weights_average_is_the_mean_of_every_variable_batch_norm_statistics_inc
     first, second = build_classifier(name="first"), build_classifier(name="second")
     second.set_weights([variable + 1.0 for variable in first.get_weights()])
 
-    averaged = compare_classifiers.weights_average([first, second])
+    averaged = weights_average([first, second])
 
     assert len(averaged.get_weights()) == len(first.get_weights())
     for average, variable in zip(averaged.get_weights(), first.get_weights(), strict=True):
