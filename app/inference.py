@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.gate import gate, probability_to_mask
+from app.core.gate import flip_average, gate, probability_to_mask
 from app.core.model_store import Manifest, ModelEntry, ModelStoreError, load_model, read_manifest
 from app.core.onnx_models import ModelFunction, convert_to_onnx, onnxruntime_function
 from app.core.preprocessing import INPUT_SHAPE, PREPROCESSING_ID, preprocess_slice
@@ -251,7 +251,10 @@ class Predictor:
         self.is_warm = True
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
-        """Tumor probability per slice, shape (N,), for a preprocessed batch (N, 256, 256, 3)."""
+        """Tumor probability per slice, shape (N,), for a preprocessed batch (N, 256, 256, 3); the mean over the
+        slice and its mirror when the manifest asks for it."""
+        if self.manifest.classifier.flip_average:
+            return flip_average(lambda images: self._run(CLASSIFIER, self._classifier, images), batch).reshape(-1)
         return self._run(CLASSIFIER, self._classifier, batch).reshape(-1)
 
     def segment(self, batch: np.ndarray) -> np.ndarray:

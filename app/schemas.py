@@ -182,6 +182,10 @@ class ModelInfo(BaseModel):
     tag: str
     parameters: int
     threshold: float
+    flip_average: bool = Field(
+        default=False,
+        description="the probability is the mean of the model's outputs for the slice and its left-right mirror",
+    )
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> ModelInfo:
@@ -191,6 +195,7 @@ class ModelInfo(BaseModel):
             tag=entry.tag,
             parameters=entry.parameters,
             threshold=entry.threshold,
+            flip_average=entry.flip_average,
         )
 
 

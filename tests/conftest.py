@@ -41,11 +41,14 @@ def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(truth, predicted).sum()) / total
 
 
-def make_tiny_model_dir(directory: Path, classifier_threshold: float = 0.0, mask_threshold: float = 0.5) -> Path:
+def make_tiny_model_dir(
+    directory: Path, classifier_threshold: float = 0.0, mask_threshold: float = 0.5, flip_average: bool = False
+) -> Path:
     """Export two tiny untrained models with a valid manifest into `directory`.
 
     With `classifier_threshold=0.0` every slice counts as positive, so the segmenter path always runs; the masks are
-    whatever random weights draw, which is enough to test plumbing, never accuracy.
+    whatever random weights draw, which is enough to test plumbing, never accuracy. `flip_average` as in the
+    manifest.
     """
     keras.utils.set_random_seed(0)
     directory.mkdir(parents=True, exist_ok=True)
@@ -59,6 +62,7 @@ def make_tiny_model_dir(directory: Path, classifier_threshold: float = 0.0, mask
         split_file="split.json",
         metrics={"note": "tiny untrained test models"},
         version="0.0.0-test",
+        classifier_flip_average=flip_average,
     )
     return directory
 

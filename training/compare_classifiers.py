@@ -31,6 +31,7 @@ from training.data import find_slices, load_slices, load_split, usage_errors
 from training.evaluate import (
     choose_classifier_threshold,
     classification_metrics,
+    classifier_probabilities,
     model_outputs,
     preprocessed_batches,
 )
@@ -71,14 +72,13 @@ def compare(args: argparse.Namespace) -> dict:
     wanted = set(split["validation"]) | (set(split["train"]) if args.recalibrate_batch_norm else set())
     arrays = load_slices([record for record in find_slices(args.data_root) if record.patient_id in wanted])
     validation = arrays.subset(split["validation"])
-    flipped = np.ascontiguousarray(validation.images[:, :, ::-1])
     models, probabilities, results = {}, {}, {}
     for name, weights in args.classifier:
         model = load_classifier(weights)
         models[name] = model
         probabilities[name] = model_outputs(model, validation.images).reshape(-1)
         results[name] = figures(validation.labels, probabilities[name], args.target_sensitivity)
-        with_flip = (probabilities[name] + model_outputs(model, flipped).reshape(-1)) / 2
+        with_flip = classifier_probabilities(model, validation.images, flip_average=True)
         results[f"{name} + flip average"] = figures(validation.labels, with_flip, args.target_sensitivity)
     if len(models) > 1:
         ensemble = np.mean(list(probabilities.values()), axis=0)

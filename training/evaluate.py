@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from app.core.gate import gate
+from app.core.gate import flip_average, gate
 from app.core.outline import draw_outline
 from app.core.preprocessing import flair_only, preprocess_slice
 from app.core.series_postprocessing import drop_small_components
@@ -46,15 +46,35 @@ def model_outputs(model: keras.Model, images: np.ndarray, batch_size: int = 16) 
 
 
 def predict_slices(
-    classifier: keras.Model, segmenter: keras.Model, images: np.ndarray, batch_size: int = 16
+    classifier: keras.Model,
+    segmenter: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 16,
+    classifier_flip_average: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (tumor probability per slice, mask probability maps (N,256,256)) for uint8 slices, preprocessing each
-    batch once for both models."""
+    batch once for both models; with `classifier_flip_average` the probability is the served mean over the slice and
+    its mirror (`app.core.gate.flip_average`)."""
     probabilities, maps = [], []
     for batch in preprocessed_batches(images, batch_size):
-        probabilities.append(_run(classifier, batch).reshape(-1))
+        probabilities.append(_classify(classifier, batch, classifier_flip_average))
         maps.append(_run(segmenter, batch)[..., 0])
     return np.concatenate(probabilities), np.concatenate(maps)
+
+
+def classifier_probabilities(
+    classifier: keras.Model, images: np.ndarray, flip_average: bool = False, batch_size: int = 16
+) -> np.ndarray:
+    """Tumor probability per uint8 slice, as served (see `predict_slices`)."""
+    return np.concatenate(
+        [_classify(classifier, batch, flip_average) for batch in preprocessed_batches(images, batch_size)]
+    )
+
+
+def _classify(classifier: keras.Model, batch: np.ndarray, with_flip_average: bool) -> np.ndarray:
+    if with_flip_average:
+        return flip_average(lambda images: _run(classifier, images), batch).reshape(-1)
+    return _run(classifier, batch).reshape(-1)
 
 
 def _run(model: keras.Model, batch: np.ndarray) -> np.ndarray:
@@ -140,18 +160,25 @@ def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, t
     return float(positives[allowed_misses])
 
 
-def read_threshold_slices(path: str | Path) -> tuple[np.ndarray, np.ndarray, set[str]]:
+def read_threshold_slices(path: str | Path, flip_average: bool = False) -> tuple[np.ndarray, np.ndarray, set[str]]:
     """(labels, probabilities, patient ids) of slices predicted by models that never saw them: the
-    `out_of_fold.npz` of `training.cross_validation combine`."""
+    `out_of_fold.npz` of `training.cross_validation combine`; with `flip_average` the flip-averaged probabilities.
+
+    Raises
+    ------
+    training.data.DatasetError
+        If flip averages are asked for and the file has none (written before they were saved).
+    """
+    key = "flip_average_probabilities" if flip_average else "probabilities"
     with np.load(path) as saved:
-        return saved["labels"], saved["probabilities"], set(saved["patient_ids"].tolist())
+        if key not in saved:
+            raise DatasetError(f"{path} holds no {key}: run training.cross_validation combine again")
+        return saved["labels"], saved[key], set(saved["patient_ids"].tolist())
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    predicted = probabilities >= threshold
-    positive = labels > 0
+def decision_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict:
+    """Sensitivity, specificity, accuracy and confusion matrix of yes/no answers per slice."""
+    predicted, positive = np.asarray(predicted, dtype=bool), np.asarray(labels) > 0
     true_positive = int(np.sum(predicted & positive))
     true_negative = int(np.sum(~predicted & ~positive))
     false_positive = int(np.sum(predicted & ~positive))
@@ -159,11 +186,18 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, thresh
     return {
         "slices": int(len(labels)),
         "accuracy": (true_positive + true_negative) / len(labels),
-        "roc_auc": float(roc_auc_score(positive, probabilities)) if 0 < positive.sum() < len(labels) else None,
         "sensitivity": true_positive / max(1, true_positive + false_negative),
         "specificity": true_negative / max(1, true_negative + false_positive),
         "confusion_matrix": {"tn": true_negative, "fp": false_positive, "fn": false_negative, "tp": true_positive},
     }
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    positive = labels > 0
+    auc = float(roc_auc_score(positive, probabilities)) if 0 < positive.sum() < len(labels) else None
+    return {**decision_metrics(labels, probabilities >= threshold), "roc_auc": auc}
 
 
 def segmentation_metrics(arrays: SliceArrays, masks: np.ndarray) -> dict:
@@ -186,7 +220,11 @@ def segmentation_metrics(arrays: SliceArrays, masks: np.ndarray) -> dict:
 def evaluate_split(
     arrays: SliceArrays, probabilities, maps, classifier_threshold, mask_threshold, min_component_voxels: int = 0
 ) -> dict:
-    """Figures of the served pipeline on `arrays`: per series (cleaned up) and per single slice (as sent alone)."""
+    """Figures of the served pipeline on `arrays`: per series (cleaned up) and per single slice (as sent alone).
+
+    A single slice's answer is the classifier's; in a series a slice is positive when its mask survives the clean-up
+    (`app.series_result.clean_series`), so `series_answers` measures those answers.
+    """
     single_slice_masks = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
     masks = clean_by_patient(arrays, single_slice_masks, min_component_voxels)
     ungated = maps >= mask_threshold
@@ -194,6 +232,7 @@ def evaluate_split(
     return {
         "patients": len(set(arrays.patient_ids)),
         "classifier": classification_metrics(arrays.labels, probabilities, classifier_threshold),
+        "series_answers": decision_metrics(arrays.labels, masks.reshape(len(masks), -1).any(axis=1)),
         "segmentation": segmentation_metrics(arrays, masks),
         "segmentation_single_slices": segmentation_metrics(arrays, single_slice_masks),
         "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": ungated_rate,
@@ -263,10 +302,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     classifier = load_classifier(args.classifier_weights)
     segmenter = load_segmenter(args.segmenter_weights)
 
-    validation_probabilities, validation_maps = predict_slices(classifier, segmenter, validation.images)
+    flip = args.classifier_flip_average
+    validation_probabilities, validation_maps = predict_slices(
+        classifier, segmenter, validation.images, classifier_flip_average=flip
+    )
     threshold_labels, threshold_probabilities, threshold_patients = validation.labels, validation_probabilities, 0
     if args.threshold_slices:
-        labels, probabilities, patients = read_threshold_slices(args.threshold_slices)
+        labels, probabilities, patients = read_threshold_slices(args.threshold_slices, flip)
         if patients & (set(split["validation"]) | set(split["test"])):
             raise DatasetError(f"{args.threshold_slices} holds validation or test patients: it must not choose")
         threshold_labels = np.concatenate([threshold_labels, labels])
@@ -284,10 +326,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
     thresholds = (classifier_threshold, mask_threshold, min_component_voxels)
 
-    test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images)
-    flair_probabilities, flair_maps = predict_slices(classifier, segmenter, flair_only(test.images))
+    test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
+    flair_probabilities, flair_maps = predict_slices(
+        classifier, segmenter, flair_only(test.images), classifier_flip_average=flip
+    )
     result = {
         "thresholds": {"classifier": classifier_threshold, "mask": mask_threshold},
+        "classifier_flip_average": flip,
         "classifier_threshold_chosen_on": {
             "validation_patients": len(split["validation"]),
             "out_of_fold_patients": threshold_patients,
@@ -333,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT_OF_FOLD_NPZ",
         help="out-of-fold predictions of training patients (training.cross_validation) that join the validation "
         "slices in choosing the classifier threshold",
+    )
+    parser.add_argument(
+        "--classifier-flip-average",
+        action="store_true",
+        help="the classifier's probability is the mean over each slice and its left-right mirror, as the service "
+        "computes it when the manifest says flip_average (training.export carries this choice into it)",
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(

@@ -55,6 +55,7 @@ def write_manifest(
     metrics: dict,
     version: str,
     series_min_component_voxels: int = 0,
+    classifier_flip_average: bool = False,
 ) -> dict:
     """Export both models into `output_dir` and write the manifest that the service reads; return it as a dict."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,7 @@ def write_manifest(
             parameters=int(model.count_params()),
             threshold=float(threshold),
         )
+    entries["classifier"].flip_average = bool(classifier_flip_average)
     entries["segmenter"].series_min_component_voxels = int(series_min_component_voxels)
     hashed = [name for entry in entries.values() for name in (entry.architecture, entry.weights)] + [split_file]
     manifest = Manifest(
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         version=args.version,
         # Evaluations made before the series clean-up existed have no such choice: the clean-up stays off.
         series_min_component_voxels=evaluation.get("series_min_component_voxels", 0),
+        classifier_flip_average=evaluation.get("classifier_flip_average", False),
     )
     card = render_model_card(
         manifest,

@@ -18,6 +18,7 @@ def _figures(metrics: Mapping) -> list[str]:
         f"| slice ROC AUC | {'n/a' if auc is None else f'{auc:.3f}'} |",
         f"| sensitivity at the deployed threshold | {_percent(classifier['sensitivity'])} |",
         f"| specificity at the deployed threshold | {_percent(classifier['specificity'])} |",
+        *_series_answer_rows(metrics),
         f"| accuracy | {_percent(classifier['accuracy'])} |",
         f"| confusion matrix (tn / fp / fn / tp) | {matrix['tn']} / {matrix['fp']} / {matrix['fn']} / {matrix['tp']} |",
         f"| per-patient volume Dice, mean | {_percent(segmentation['volume_dice_mean'])} |",
@@ -28,6 +29,20 @@ def _figures(metrics: Mapping) -> list[str]:
         "| tumor-free slices given a non-empty mask (segmenter alone) | "
         f"{_percent(metrics['segmenter_alone_nonempty_mask_rate_on_tumor_free_slices'])} |",
         f"| Tversky score (alpha 0.7) | {segmentation['tversky_score']:.3f} |",
+    ]
+
+
+def _series_answer_rows(metrics: Mapping) -> list[str]:
+    """Sensitivity and specificity of the answers given in a series, where a slice is positive when its mask survives
+    the clean-up (evaluations made before 1.3.0's card did not measure them)."""
+    answers = metrics.get("series_answers")
+    if answers is None:
+        return []
+    return [
+        f"| sensitivity in a series (slice positive when its mask survives the clean-up) | "
+        f"{_percent(answers['sensitivity'])} |",
+        f"| specificity in a series (slice positive when its mask survives the clean-up) | "
+        f"{_percent(answers['specificity'])} |",
     ]
 
 
@@ -148,8 +163,11 @@ def classifier_line(classifier: Mapping, members: int, threshold_chosen_on: Mapp
             f"patients and the {threshold_chosen_on['out_of_fold_patients']} training patients, each predicted by "
             "the fold model that never saw it"
         )
+    served = ""
+    if classifier.get("flip_average"):
+        served = ", served as the mean of its probabilities for the slice and its left-right mirror"
     return (
-        f"- `{classifier['name']}@{classifier['version']}`: {kind}, sigmoid output P(slice shows tumor); "
+        f"- `{classifier['name']}@{classifier['version']}`: {kind}, sigmoid output P(slice shows tumor){served}; "
         f"{classifier['parameters']:,} parameters; decision threshold {classifier['threshold']:.4f} (chosen on "
         f"{basis}: the highest with the target sensitivity there)."
     )

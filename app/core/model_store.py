@@ -43,6 +43,9 @@ class ModelEntry(BaseModel):
     threshold: float
     onnx: str | None = None
     """The same model converted to ONNX by `training.export_onnx`, if it was; checked against Keras at 1e-5."""
+    flip_average: bool = False
+    """Classifier only: serve the mean of its probabilities for the slice and its left-right mirror
+    (`app.core.gate.flip_average`); the threshold was chosen for that mean."""
     series_min_component_voxels: int = Field(default=0, ge=0)
     """Segmenter only: the series clean-up's smallest 3-D component, in voxels of the 256 x 256 grid, chosen on the
     validation patients (`app.core.series_postprocessing`); 0 turns the clean-up off."""

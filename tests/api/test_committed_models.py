@@ -110,14 +110,21 @@ def test_committed_models_reload_to_same_outputs_as_predictor(
     batch = np.stack([preprocess_slice(read_image(path)) for path in [*TUMOR_SERIES, TUMOR_FREE_SLICE]])
     predictor = Predictor.from_model_dir(committed_model_dir)
 
-    reloaded = {}
+    reloaded, models = {}, {}
     for role in ("classifier", "segmenter"):
         entry = committed_manifest[role]
-        model = keras.models.model_from_json((committed_model_dir / entry["architecture"]).read_text())
-        model.load_weights(committed_model_dir / entry["weights"])
-        reloaded[role] = np.asarray(model(batch, training=False))
+        models[role] = keras.models.model_from_json((committed_model_dir / entry["architecture"]).read_text())
+        models[role].load_weights(committed_model_dir / entry["weights"])
+        reloaded[role] = np.asarray(models[role](batch, training=False))
+    mirrored = np.asarray(models["classifier"](np.ascontiguousarray(batch[:, :, ::-1]), training=False))
+    # The manifest says how the classifier is served: plain, or the mean over the slice and its mirror.
+    expected = (
+        (reloaded["classifier"] + mirrored) / 2
+        if committed_manifest["classifier"]["flip_average"]
+        else reloaded["classifier"]
+    )
 
-    np.testing.assert_allclose(predictor.classify(batch), reloaded["classifier"].reshape(-1), atol=1e-5)
+    np.testing.assert_allclose(predictor.classify(batch), expected.reshape(-1), atol=1e-5)
     np.testing.assert_allclose(predictor.segment(batch), reloaded["segmenter"][..., 0], atol=1e-5)
 
 

@@ -94,9 +94,13 @@ def test_out_of_fold_predictions_come_from_the_model_that_never_saw_the_patient(
         arrays = load_slices([record for record in find_slices(dev_layout) if record.patient_id in held_out])
         expected = evaluate.model_outputs(member, arrays.images).reshape(-1)
         np.testing.assert_allclose(saved["probabilities"][rows], expected, atol=1e-5)
+        mirrored = evaluate.model_outputs(member, np.ascontiguousarray(arrays.images[:, :, ::-1])).reshape(-1)
+        np.testing.assert_allclose(saved["flip_average_probabilities"][rows], (expected + mirrored) / 2, atol=1e-5)
         np.testing.assert_array_equal(saved["labels"][rows], arrays.labels)
     summary = json.loads((root / "ensemble" / "out_of_fold.json").read_text())
     assert summary["out_of_fold"]["patients"] == 2 and len(summary["folds"]) == 2
+    assert set(summary["out_of_fold"]["flip_average"]) == {"roc_auc", "sensitivity", "specificity", "threshold"}
+    assert all("flip_average" in fold for fold in summary["folds"])
 
 
 def untrained_segmenter(folder: Path) -> Path:
@@ -192,3 +196,15 @@ def test_out_of_fold_slices_of_a_validation_patient_cannot_choose_the_threshold(
         evaluate.main(arguments)
     assert stopped.value.code == 2
     assert not (tmp_path / "evaluation" / "evaluation.json").exists()
+
+
+def test_flip_averaged_thresholds_refuse_out_of_fold_files_without_flip_averages(fold_runs, tmp_path):
+    root, _, _ = fold_runs
+    saved = np.load(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME)
+    older = tmp_path / "older.npz"
+    np.savez(older, probabilities=saved["probabilities"], labels=saved["labels"], patient_ids=saved["patient_ids"])
+
+    _, flipped, _ = evaluate.read_threshold_slices(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME, True)
+    np.testing.assert_array_equal(flipped, saved["flip_average_probabilities"])
+    with pytest.raises(DatasetError, match="holds no flip_average_probabilities"):
+        evaluate.read_threshold_slices(older, flip_average=True)

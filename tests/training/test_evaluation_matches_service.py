@@ -36,21 +36,26 @@ def images() -> np.ndarray:
     return np.concatenate([slices, flair_only(slices)])
 
 
-@pytest.fixture(scope="module")
-def gated_model_dir(tmp_path_factory, images: np.ndarray) -> Path:
-    """Tiny models whose thresholds split these slices: some negative, some positive with part of a mask."""
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "flip-average"])
+def gated_model_dir(tmp_path_factory, images: np.ndarray, request) -> Path:
+    """Tiny models whose thresholds split these slices: some negative, some positive with part of a mask; the
+    classifier served plain or as a flip average."""
     probe = make_tiny_model_dir(tmp_path_factory.mktemp("probe"))
     _, classifier, segmenter = load_models(probe)
-    probabilities, maps = predict_slices(classifier, segmenter, images)
+    probabilities, maps = predict_slices(classifier, segmenter, images, classifier_flip_average=request.param)
     return make_tiny_model_dir(
-        tmp_path_factory.mktemp("gated"), classifier_threshold=midway(probabilities), mask_threshold=midway(maps)
+        tmp_path_factory.mktemp("gated"),
+        classifier_threshold=midway(probabilities),
+        mask_threshold=midway(maps),
+        flip_average=request.param,
     )
 
 
 def test_evaluation_and_service_give_the_same_decisions_and_masks(gated_model_dir: Path, images: np.ndarray) -> None:
     manifest, classifier, segmenter = load_models(gated_model_dir)
     classifier_threshold, mask_threshold = manifest.classifier.threshold, manifest.segmenter.threshold
-    probabilities, maps = predict_slices(classifier, segmenter, images)
+    flip = manifest.classifier.flip_average
+    probabilities, maps = predict_slices(classifier, segmenter, images, classifier_flip_average=flip)
     evaluated = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
     evaluated_detected = probabilities >= classifier_threshold
     assert 0 < evaluated_detected.sum() < len(images)  # both branches of the gate are exercised
@@ -77,3 +82,18 @@ def test_evaluation_and_service_give_the_same_decisions_and_masks(gated_model_di
             else:
                 assert prediction.mask is None and not evaluated[index].any()
         np.testing.assert_allclose([p.probability for p in predictions], probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_flip_average_is_the_mean_over_each_slice_and_its_mirror(tmp_path: Path, images: np.ndarray) -> None:
+    plain = Predictor.from_model_dir(make_tiny_model_dir(tmp_path / "plain"))
+    flipped = Predictor.from_model_dir(make_tiny_model_dir(tmp_path / "flip", flip_average=True))
+    batch = np.stack([preprocess_slice(image) for image in images])
+    mirrored = np.ascontiguousarray(batch[:, :, ::-1])
+
+    expected = (plain.classify(batch) + plain.classify(mirrored)) / 2
+
+    np.testing.assert_allclose(flipped.classify(batch), expected, rtol=1e-5, atol=1e-6)
+    # The tiny classifier is not mirror-symmetric, so the average is a different answer from the plain one.
+    assert np.abs(flipped.classify(batch) - plain.classify(batch)).max() > 1e-4
+    # A slice and its mirror get the same flip-averaged probability.
+    np.testing.assert_allclose(flipped.classify(mirrored), flipped.classify(batch), rtol=1e-5, atol=1e-6)

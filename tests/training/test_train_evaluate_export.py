@@ -9,6 +9,7 @@ import pytest
 
 from app.core.model_store import ModelStoreError, load_models, read_manifest
 from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
+from training.data import SliceArrays
 from training.models import build_classifier, build_resunet, weights_average
 
 
@@ -322,3 +323,85 @@ def test_model_card_training_table_names_a_strong_augmentation():
 
     assert "; strong augmentation" in row(strong)
     assert "augmentation" not in row(standard)
+
+
+def test_series_answers_count_a_slice_positive_only_when_its_mask_survives_the_clean_up():
+    # One patient, four slices in order: a tumor spanning slices 0-1, then two tumor-free slices. The classifier
+    # calls all four positive; the segmenter draws the tumor and a 4-pixel speck on slice 3.
+    masks = np.zeros((4, 16, 16), dtype=np.uint8)
+    masks[0:2, 4:10, 4:10] = 1
+    arrays = SliceArrays(
+        images=np.zeros((4, 16, 16, 3), dtype=np.uint8),
+        masks=masks,
+        patient_ids=np.array(["P"] * 4),
+        slice_numbers=np.arange(1, 5),
+    )
+    maps = masks.astype(np.float32)
+    maps[3, 0:2, 0:2] = 1.0
+    probabilities = np.array([0.9, 0.9, 0.9, 0.9])
+
+    kept_everything = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, min_component_voxels=0)
+    cleaned = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, min_component_voxels=10)
+
+    # A single slice's answer is the classifier's: both tumor-free slices are false positives.
+    assert cleaned["classifier"]["confusion_matrix"] == {"tn": 0, "fp": 2, "fn": 0, "tp": 2}
+    # In a series, slice 2 (no mask) is negative, and slice 3 too once its speck is cleaned away.
+    assert kept_everything["series_answers"]["confusion_matrix"] == {"tn": 1, "fp": 1, "fn": 0, "tp": 2}
+    assert cleaned["series_answers"]["confusion_matrix"] == {"tn": 2, "fp": 0, "fn": 0, "tp": 2}
+    assert cleaned["series_answers"]["sensitivity"] == 1.0 and cleaned["series_answers"]["specificity"] == 1.0
+
+    card_rows = model_card._figures({**cleaned, "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": 0.5})
+    assert "| specificity in a series (slice positive when its mask survives the clean-up) | 100.0 % |" in card_rows
+    assert "| specificity at the deployed threshold | 0.0 % |" in card_rows
+
+
+def test_a_flip_averaged_evaluation_chooses_its_own_threshold_and_reaches_the_manifest(
+    trained_run, dev_layout, tmp_path
+):
+    flipped_dir = tmp_path / "evaluation"
+    evaluate.main(
+        [
+            "--data-root",
+            str(dev_layout),
+            "--split",
+            str(trained_run / "split.json"),
+            "--output-dir",
+            str(flipped_dir),
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(trained_run / "segmenter" / "best.weights.h5"),
+            "--classifier-flip-average",
+            "--no-plots",
+        ]
+    )
+    plain = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
+    flipped = json.loads((flipped_dir / "evaluation.json").read_text())
+    assert plain["classifier_flip_average"] is False and flipped["classifier_flip_average"] is True
+    # The threshold is chosen for the averaged probabilities, not carried over from the plain ones.
+    assert flipped["thresholds"]["classifier"] != plain["thresholds"]["classifier"]
+
+    models_dir = tmp_path / "models"
+    export_run(trained_run, models_dir)
+    assert read_manifest(models_dir).classifier.flip_average is False
+    export.main(
+        [
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(trained_run / "segmenter" / "best.weights.h5"),
+            "--evaluation",
+            str(flipped_dir / "evaluation.json"),
+            "--split",
+            str(trained_run / "split.json"),
+            "--output-dir",
+            str(models_dir),
+        ]
+    )
+    manifest = read_manifest(models_dir)
+    assert manifest.classifier.flip_average is True and manifest.segmenter.flip_average is False
+    assert manifest.classifier.threshold == flipped["thresholds"]["classifier"]
+    assert (
+        "the mean of its probabilities for the slice and its left-right mirror"
+        in (models_dir / "README.md").read_text()
+    )

@@ -21,6 +21,7 @@ def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_ma
             "tag": f"{entry['name']}@{entry['version']}",
             "parameters": entry["parameters"],
             "threshold": entry["threshold"],
+            "flip_average": False,
         }
     assert body["classifier"]["threshold"] == 0.0
     assert body["segmenter"]["threshold"] == 0.5
