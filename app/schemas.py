@@ -64,8 +64,16 @@ class ModelTags(BaseModel):
 class Prediction(BaseModel):
     """The answer for one slice. `mask` is null when no tumor is detected (the segmenter then does not run)."""
 
-    tumor_probability: float = Field(ge=0.0, le=1.0)
-    tumor_detected: bool = Field(description="tumor_probability >= threshold")
+    tumor_probability: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="the classifier's probability that the slice shows tumor (with flip_average in GET /v1/models: "
+        "the mean over the slice and its left-right mirror)",
+    )
+    tumor_detected: bool = Field(
+        description="tumor_probability >= threshold; in a series, also that the slice's mask survived the series "
+        "clean-up"
+    )
     threshold: float = Field(description="the classifier's decision threshold")
     mask: Mask | None
 
