@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.core.model_store import load_models
-from training import cross_validation, evaluate, export, train
+from training import compare_test_time_views, cross_validation, evaluate, export, train
 from training.data import DatasetError, find_slices, load_slices
 from training.models import build_classifier, build_resunet, load_classifier
 
@@ -208,3 +208,32 @@ def test_flip_averaged_thresholds_refuse_out_of_fold_files_without_flip_averages
     np.testing.assert_array_equal(flipped, saved["flip_average_probabilities"])
     with pytest.raises(DatasetError, match="holds no flip_average_probabilities"):
         evaluate.read_threshold_slices(older, flip_average=True)
+
+
+def test_test_time_views_agree_with_the_out_of_fold_figures_of_combine(fold_runs, dev_layout, tmp_path):
+    root, split, _ = fold_runs
+    output = tmp_path / "views.json"
+    result = compare_test_time_views.main(
+        [
+            "--data-root",
+            str(dev_layout),
+            "--fold-run",
+            str(root / "fold0"),
+            "--fold-run",
+            str(root / "fold1"),
+            "--classifier",
+            str(root / "fold0" / "best.weights.h5"),
+            "--split",
+            str(split),
+            "--output",
+            str(output),
+        ]
+    )
+    assert json.loads(output.read_text()) == result
+    combined = json.loads((root / "ensemble" / "out_of_fold.json").read_text())["out_of_fold"]
+    for view_set, expected in (("plain", combined), ("flip", combined["flip_average"])):
+        for key in ("roc_auc", "specificity", "threshold"):
+            assert result["out_of_fold"][view_set][key] == pytest.approx(expected[key], abs=1e-5)
+    assert set(result["validation"]) >= set(compare_test_time_views.VIEW_SETS)
+    # A rotation is a different view: the sets that add rotations do not just repeat the flip average.
+    assert result["out_of_fold"]["flip and rotations"]["threshold"] != result["out_of_fold"]["flip"]["threshold"]
