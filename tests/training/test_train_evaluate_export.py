@@ -53,7 +53,7 @@ def trained_run(dev_layout, tmp_path_factory):
     return runs
 
 
-def export_run(trained_run, models_dir, *extra_arguments: str) -> None:
+def export_run(trained_run, models_dir, *extra_arguments: str, evaluation=None) -> None:
     export.main(
         [
             "--classifier-weights",
@@ -61,7 +61,7 @@ def export_run(trained_run, models_dir, *extra_arguments: str) -> None:
             "--segmenter-weights",
             str(trained_run / "segmenter" / "best.weights.h5"),
             "--evaluation",
-            str(trained_run / "evaluation" / "evaluation.json"),
+            str(evaluation or trained_run / "evaluation" / "evaluation.json"),
             "--split",
             str(trained_run / "split.json"),
             "--output-dir",
@@ -384,20 +384,7 @@ def test_a_flip_averaged_evaluation_chooses_its_own_threshold_and_reaches_the_ma
     models_dir = tmp_path / "models"
     export_run(trained_run, models_dir)
     assert read_manifest(models_dir).classifier.flip_average is False
-    export.main(
-        [
-            "--classifier-weights",
-            str(trained_run / "classifier" / "best.weights.h5"),
-            "--segmenter-weights",
-            str(trained_run / "segmenter" / "best.weights.h5"),
-            "--evaluation",
-            str(flipped_dir / "evaluation.json"),
-            "--split",
-            str(trained_run / "split.json"),
-            "--output-dir",
-            str(models_dir),
-        ]
-    )
+    export_run(trained_run, models_dir, evaluation=flipped_dir / "evaluation.json")
     manifest = read_manifest(models_dir)
     assert manifest.classifier.flip_average is True and manifest.segmenter.flip_average is False
     assert manifest.classifier.threshold == flipped["thresholds"]["classifier"]
