@@ -253,9 +253,13 @@ class Predictor:
     def classify(self, batch: np.ndarray) -> np.ndarray:
         """Tumor probability per slice, shape (N,), for a preprocessed batch (N, 256, 256, 3); the mean over the
         slice and its mirror when the manifest asks for it."""
-        if self.manifest.classifier.flip_average:
-            return flip_average(lambda images: self._run(CLASSIFIER, self._classifier, images), batch).reshape(-1)
-        return self._run(CLASSIFIER, self._classifier, batch).reshape(-1)
+        if not self.manifest.classifier.flip_average:
+            return self._run(CLASSIFIER, self._classifier, batch).reshape(-1)
+        # One observation for both runs: the metrics count batches of slices, not calls of the model.
+        started = time.perf_counter()
+        mean = flip_average(lambda images: self._run(CLASSIFIER, self._classifier, images, observe=False), batch)
+        self._observe(CLASSIFIER, started, batch)
+        return mean.reshape(-1)
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         """Per-pixel tumor probability, shape (N, 256, 256), for a preprocessed batch (N, 256, 256, 3)."""
@@ -301,6 +305,10 @@ class Predictor:
     def _run(self, role: str, function: ModelFunction, batch: np.ndarray, observe: bool = True) -> np.ndarray:
         started = time.perf_counter()
         output = function(np.asarray(batch, dtype=np.float32))
-        if observe and self._observer is not None:
-            self._observer(role, time.perf_counter() - started, int(batch.shape[0]))
+        if observe:
+            self._observe(role, started, batch)
         return output
+
+    def _observe(self, role: str, started: float, batch: np.ndarray) -> None:
+        if self._observer is not None:
+            self._observer(role, time.perf_counter() - started, int(batch.shape[0]))

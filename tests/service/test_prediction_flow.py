@@ -203,6 +203,19 @@ def test_predict_uploads_of_negative_skips_segmenter(tmp_path: Path) -> None:
     assert calls == [("classifier", 2)]
 
 
+def test_a_flip_averaged_classifier_is_observed_once_per_batch(tmp_path: Path) -> None:
+    calls: list[tuple[str, int]] = []
+    predictor = Predictor.from_model_dir(
+        make_tiny_model_dir(tmp_path / "flip", classifier_threshold=1.01, flip_average=True),
+        observer=lambda role, seconds, batch_size: calls.append((role, batch_size)),
+    )
+
+    predict_uploads(predictor, [TUMOR_SLICE.read_bytes()] * 3, LIMITS)
+
+    # It runs twice (slice and mirror), but the metrics count one classifier batch of three slices.
+    assert calls == [("classifier", 3)]
+
+
 def corrupted(data: bytes, rng: np.random.Generator) -> bytes:
     """`data` with a few bytes changed (mostly in the header) and sometimes cut short."""
     damaged = bytearray(data)
