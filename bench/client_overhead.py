@@ -20,8 +20,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from bench.common import DEFAULT_MODEL_DIR, emit_summary, format_table, machine_description
 from bench.http_load import ready_service
+from bench.measurements import DEFAULT_MODEL_DIR, emit_summary, format_table, machine_description
 
 LIVE_PATH = "/health/live"
 

@@ -27,17 +27,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import (
-    DEFAULT_DATA_ROOT,
-    DEFAULT_MIX_SIZE,
-    DEFAULT_MODEL_DIR,
-    DEFAULT_SEED,
-    REPO_ROOT,
-    emit_summary,
-    format_table,
-    machine_description,
-)
 from bench.http_load import ready_service
+from bench.measurements import DEFAULT_MODEL_DIR, REPO_ROOT, emit_summary, format_table, machine_description
+from bench.slice_mix import DEFAULT_DATA_ROOT, DEFAULT_MIX_SIZE, DEFAULT_SEED
 
 # (name, comparison, target): what the issue asks of the service on this machine.
 TARGETS: tuple[tuple[str, str, float], ...] = (

@@ -38,21 +38,23 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bench.common import (
-    DEFAULT_DATA_ROOT,
-    DEFAULT_MIX_SIZE,
+from bench.measurements import (
     DEFAULT_MODEL_DIR,
-    DEFAULT_SEED,
-    DEFAULT_TUMOR_FRACTION,
     REPO_ROOT,
-    MixSlice,
     emit_summary,
     format_table,
     machine_description,
-    mix_description,
     percentiles_ms,
     process_cpu_seconds,
     process_memory,
+)
+from bench.slice_mix import (
+    DEFAULT_DATA_ROOT,
+    DEFAULT_MIX_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_TUMOR_FRACTION,
+    MixSlice,
+    mix_description,
     select_mix,
 )
 

@@ -26,17 +26,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import (
-    DEFAULT_DATA_ROOT,
-    DEFAULT_MIX_SIZE,
-    DEFAULT_MODEL_DIR,
-    DEFAULT_SEED,
-    DEFAULT_TUMOR_FRACTION,
-    emit_summary,
-    machine_description,
-    select_mix,
-)
 from bench.http_load import ready_service
+from bench.measurements import DEFAULT_MODEL_DIR, emit_summary, machine_description
+from bench.slice_mix import DEFAULT_DATA_ROOT, DEFAULT_MIX_SIZE, DEFAULT_SEED, DEFAULT_TUMOR_FRACTION, select_mix
 
 LIVE_PATH = "/health/live"
 

@@ -20,18 +20,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.common import (
-    DEFAULT_DATA_ROOT,
-    DEFAULT_MIX_SIZE,
+from bench.measurements import (
     DEFAULT_MODEL_DIR,
-    DEFAULT_SEED,
-    DEFAULT_TUMOR_FRACTION,
     emit_summary,
     format_table,
     machine_description,
-    mix_description,
     percentiles_ms,
     process_memory,
+)
+from bench.slice_mix import (
+    DEFAULT_DATA_ROOT,
+    DEFAULT_MIX_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_TUMOR_FRACTION,
+    mix_description,
     select_mix,
 )
 

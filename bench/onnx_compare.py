@@ -26,21 +26,23 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (
-    DEFAULT_DATA_ROOT,
-    DEFAULT_MIX_SIZE,
+from bench.measurements import (
     DEFAULT_MODEL_DIR,
-    DEFAULT_SEED,
-    DEFAULT_TUMOR_FRACTION,
     REPO_ROOT,
     emit_summary,
     format_table,
     machine_description,
-    mix_description,
     process_memory,
-    select_mix,
 )
 from bench.model_limit import cycle_batches, load_inputs, time_cell
+from bench.slice_mix import (
+    DEFAULT_DATA_ROOT,
+    DEFAULT_MIX_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_TUMOR_FRACTION,
+    mix_description,
+    select_mix,
+)
 
 BACKENDS = ("tensorflow", "onnxruntime")
 ROLES = ("classifier", "segmenter")

@@ -5,10 +5,10 @@
 #
 # Fills the two git-ignored folders that bench/gpu/run.sh needs on the GPU machine, which has no network and no
 # ../shared: .whl/ (the wheels of bench/gpu/wheels.txt, for CPython 3.12 on x86-64) and .bench-data/kaggle_3m_dev/
-# (the benchmark's slice mix, as bench.common.select_mix picks it with the default arguments, with their masks, in
+# (the benchmark's slice mix, as bench.slice_mix.select_mix picks it with the default arguments, with their masks, in
 # the kaggle_3m layout). Prints what would travel: tracked files + both folders must stay under 64 MiB.
 #
-# Environment: DATA_ROOT (default ../shared/lgg/kaggle_3m_dev), PYTHON (runs bench.common; default .venv/bin/python),
+# Environment: DATA_ROOT (default ../shared/lgg/kaggle_3m_dev), PYTHON (runs bench.slice_mix; default .venv/bin/python),
 # PIP_PYTHON (runs pip download; default python3).
 set -euo pipefail
 
@@ -39,14 +39,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.common import _mask_of, select_mix
+from bench.slice_mix import mask_of, select_mix
 
 source, target = Path(sys.argv[1]), Path(sys.argv[2])
 mix = select_mix(source)
 for item in mix:
     folder = target / item.path.parent.name
     folder.mkdir(parents=True, exist_ok=True)
-    for path in (item.path, _mask_of(item.path)):
+    for path in (item.path, mask_of(item.path)):
         shutil.copy2(path, folder / path.name)
 # The copy holds exactly the mix, so select_mix picks the same slices from it (the order may differ: it shuffles
 # the folder's own list).

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
-from tests.api.utils import (
+from tests.api.service_client import (
     LIMITED_BATCH_FILES,
     LIMITED_IMAGE_PIXELS,
     LIMITED_QUEUE_SLICES,

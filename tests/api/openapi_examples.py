@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from app.api.openapi_docs import EXAMPLES_FILE
 from app.main import create_app
 from app.settings import Settings
-from tests.api.utils import running_client
+from tests.api.service_client import running_client
 from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 

@@ -19,7 +19,7 @@ from app.core.model_store import read_manifest
 from app.core.preprocessing import preprocess_slice
 from app.inference import Predictor
 from app.settings import Settings
-from tests.api.utils import decode_png_mask, decode_rle, running_client, upload
+from tests.api.service_client import decode_png_mask, decode_rle, running_client, upload
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, dice, read_truth
 from training.data import read_image
 

@@ -18,7 +18,7 @@ from app.cli import main
 from app.errors import FileUnreadableError
 from app.predict_command import read_file
 from app.settings import Settings
-from tests.api.utils import decode_png_mask, decode_rle, running_client, upload
+from tests.api.service_client import decode_png_mask, decode_rle, running_client, upload
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
 from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
 

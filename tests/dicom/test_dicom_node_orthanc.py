@@ -29,7 +29,7 @@ from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_spool import study_key
 from app.dicom_sr import read_volume_report
 from app.settings import Settings
-from tests.api.utils import decode_rle, running_client
+from tests.api.service_client import decode_rle, running_client
 from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, read_slice
 from tests.dicom.builders import FLAIR, mr_series, tumor_channels, write_files
 from tests.dicom.orthanc_server import ORTHANC_AE, Orthanc, free_port, running_orthanc

@@ -17,7 +17,7 @@ from app.core.model_store import MANIFEST_NAME, ModelStoreError, read_manifest, 
 from app.core.preprocessing import preprocess_slice
 from app.inference import Predictor
 from app.settings import Settings
-from tests.api.utils import running_client
+from tests.api.service_client import running_client
 from tests.conftest import TUMOR_SLICE, read_slice
 from training import export_onnx
 

@@ -20,7 +20,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
 )
 from app.imaging import ImageFormat, decode_image, sniff_format, stretch_to_uint8
-from tests.api.utils import pil_bytes, png_bytes, tiff_bytes
+from tests.api.service_client import pil_bytes, png_bytes, tiff_bytes
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, read_slice
 from training.data import read_image
 

@@ -16,7 +16,7 @@ from app.inference import SlicePrediction
 from app.memory_budget import MODEL_INPUT_BYTES, MemoryBudget
 from app.prediction import PredictionService
 from app.uploads import UploadLimits, plan_raster_uploads
-from tests.api.utils import png_bytes
+from tests.api.service_client import png_bytes
 from tests.security import corpus
 
 MIB = 1 << 20

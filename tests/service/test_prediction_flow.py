@@ -23,7 +23,7 @@ from app.inference import Predictor, SlicePrediction
 from app.masks import decode_rle
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService, in_request_order
-from tests.api.utils import decode_png_mask, png_bytes, resized, tiff_bytes
+from tests.api.service_client import decode_png_mask, png_bytes, resized, tiff_bytes
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
 
 LIMITS = uploads.UploadLimits(max_upload_bytes=1 << 20, max_image_pixels=1024 * 1024)

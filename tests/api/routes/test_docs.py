@@ -103,7 +103,7 @@ def test_openapi_examples_are_recorded_answers(openapi: dict) -> None:
 def test_recorded_examples_match_the_committed_models(committed_model_dir: Path) -> None:
     """The examples are what the committed models answer today (rerun `python -m tests.api.openapi_examples`)."""
     from tests.api.openapi_examples import collect_responses
-    from tests.api.utils import running_client
+    from tests.api.service_client import running_client
 
     recorded = json.loads(EXAMPLES_FILE.read_text())["responses"]
     with running_client(Settings(model_dir=committed_model_dir)) as client:

@@ -16,7 +16,7 @@ from app import main
 from app.core.model_store import ModelStoreError
 from app.main import create_app
 from app.settings import Settings
-from tests.api.utils import sample_value, upload, wait_until_ready
+from tests.api.service_client import sample_value, upload, wait_until_ready
 from tests.conftest import TUMOR_SLICE
 
 STILL_LOADING = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.api.utils import upload
+from tests.api.service_client import upload
 from tests.conftest import TUMOR_SLICE
 
 

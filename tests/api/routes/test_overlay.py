@@ -8,7 +8,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.api.utils import decode_rle, png_bytes, resized, upload
+from tests.api.service_client import decode_rle, png_bytes, resized, upload
 from tests.conftest import TUMOR_SLICE, read_slice
 
 GREEN = np.array([0, 255, 0], np.uint8)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.imaging import decode_image
 from app.inference import Predictor
-from tests.api.utils import (
+from tests.api.service_client import (
     LIMITED_IMAGE_PIXELS,
     LIMITED_UPLOAD_BYTES,
     bbox_of,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi.testclient import TestClient
 
-from tests.api.utils import (
+from tests.api.service_client import (
     LIMITED_BATCH_FILES,
     LIMITED_QUEUE_SLICES,
     LIMITED_UPLOAD_BYTES,

@@ -17,7 +17,7 @@ from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import model_inputs, read_series
 from app.dicom_sr import read_volume_report
 from app.inference import Predictor, SlicePrediction
-from tests.api.utils import decode_rle
+from tests.api.service_client import decode_rle
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors

@@ -1,4 +1,4 @@
-"""Helpers for the API, service and CLI tests: a running app, uploads in every accepted encoding, mask decoders."""
+"""A running app for the API, service and CLI tests, uploads in every accepted encoding, decoders for replies."""
 
 from __future__ import annotations
 
