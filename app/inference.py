@@ -223,6 +223,10 @@ class Predictor:
         return self.manifest.segmenter.series_min_component_voxels
 
     @property
+    def single_slice_mask_min_probability(self) -> float:
+        return self.manifest.segmenter.single_slice_mask_min_probability
+
+    @property
     def model_tags(self) -> dict[str, str]:
         return {CLASSIFIER: self.manifest.classifier.tag, SEGMENTER: self.manifest.segmenter.tag}
 

@@ -29,6 +29,9 @@ class Models(Protocol):
     @property
     def series_min_component_voxels(self) -> int: ...
 
+    @property
+    def single_slice_mask_min_probability(self) -> float: ...
+
 
 class PreprocessedPredictor(Protocol):
     """`app.inference.Predictor.predict_preprocessed`: the gated models on a preprocessed batch."""

@@ -29,7 +29,14 @@ from app.model_runners import ModelRunner, Models
 from app.overlay import render_overlay_png
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice
-from app.series_result import SeriesResult, clean_series, nothing_readable, several_slices, summarise_series
+from app.series_result import (
+    SeriesResult,
+    clean_series,
+    nothing_readable,
+    several_slices,
+    single_slice_answers,
+    summarise_series,
+)
 from app.uploads import (
     PreparedSlice,
     UploadLimits,
@@ -195,7 +202,8 @@ class PredictionService:
         """Several files: raster images one result each (a bad file gets its own error), or DICOM files as one series.
 
         With `series`, the raster images are the slices of one volume in order, and their masks get the series
-        clean-up (`clean_series`); DICOM files always form a series.
+        clean-up (`clean_series`); without it each is a slice on its own (`single_slice_answers`). DICOM files always
+        form a series.
 
         Raises
         ------
@@ -224,8 +232,7 @@ class PredictionService:
             decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
             predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
         tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
-        if series:
-            predictions = await self._cpu(clean_series, predictions, self.models.series_min_component_voxels)
+        predictions = await self._cpu(self.finish, predictions, series)
         ordered = in_request_order(prepared, predictions)
         outcomes = await self._cpu(payloads.payloads, ordered, self.threshold, mask_format)
         return BatchAnswer(ordered, outcomes, tally)
@@ -274,11 +281,18 @@ class PredictionService:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
             predictions = await self.run_models(batch, sizes)
         tally = self._count(predictions, len(series.file_errors), on_tally)
-        predictions = await self._cpu(clean_series, predictions, self.models.series_min_component_voxels)
+        predictions = await self._cpu(self.finish, predictions, True)
         result = await self._cpu(
             partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
         )
         return SeriesAnswer(result, None, series.file_errors, tally, series.choice)
+
+    def finish(self, predictions: list[SlicePrediction], series: bool) -> list[SlicePrediction]:
+        """The last step on the models' answers: a series of two or more slices gets the series clean-up
+        (`clean_series`); any slice answered on its own, the single-slice mask rule (`single_slice_answers`)."""
+        if series and len(predictions) > 1:
+            return clean_series(predictions, self.models.series_min_component_voxels)
+        return single_slice_answers(predictions, self.models.single_slice_mask_min_probability)
 
     async def _predict_raster(self, data: bytes, keep_image: bool, on_tally: TallyObserver | None) -> SliceAnswer:
         plan = await self._cpu(plan_raster_uploads, [data], self.limits)
@@ -286,7 +300,8 @@ class PredictionService:
             raise plan.uploads[0]
         async with self._reserve(plan.cost_bytes):
             prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
-            (prediction,) = await self.run_models(prepared.model_input[None], [prepared.size])
+            predictions = await self.run_models(prepared.model_input[None], [prepared.size])
+        (prediction,) = self.finish(predictions, series=False)
         return SliceAnswer(prediction, prepared.image, self._count([prediction], 0, on_tally))
 
     @asynccontextmanager

@@ -62,7 +62,9 @@ class ModelTags(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The answer for one slice. `mask` is null when no tumor is detected (the segmenter then does not run)."""
+    """The answer for one slice. `mask` is null when no tumor is detected (the segmenter then does not run), and for
+    a slice answered on its own (not in a series) when `tumor_probability` is below the segmenter's
+    `single_slice_mask_min_probability` (GET /v1/models)."""
 
     tumor_probability: float = Field(
         ge=0.0,
@@ -194,6 +196,11 @@ class ModelInfo(BaseModel):
         default=False,
         description="the probability is the mean of the model's outputs for the slice and its left-right mirror",
     )
+    single_slice_mask_min_probability: float = Field(
+        default=0.0,
+        description="segmenter: a slice answered on its own (not in a series) gets a mask only when tumor_probability "
+        "is at least this; below it the slice is still reported as tumor, without a mask (0: every positive slice)",
+    )
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> ModelInfo:
@@ -204,6 +211,7 @@ class ModelInfo(BaseModel):
             parameters=entry.parameters,
             threshold=entry.threshold,
             flip_average=entry.flip_average,
+            single_slice_mask_min_probability=entry.single_slice_mask_min_probability,
         )
 
 

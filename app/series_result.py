@@ -1,6 +1,7 @@
 """What the models say about one DICOM series or volume: the result (`SeriesResult`, with the SEG and the tumor
-volume), the series clean-up of the slices' masks (`clean_series`), and the refusals of a series that cannot be
-answered (`nothing_readable`, `several_slices`).
+volume), the series clean-up of the slices' masks (`clean_series`) and its counterpart for slices answered on their
+own (`single_slice_answers`), and the refusals of a series that cannot be answered (`nothing_readable`,
+`several_slices`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from app.core.gate import shows_mask_alone
 from app.core.series_postprocessing import clean_series_masks
 from app.dicom_seg import build_segmentation
 from app.dicom_series import SliceInput, too_many_slices
@@ -73,6 +75,22 @@ def clean_series(predictions: Sequence[SlicePrediction], min_voxels: int) -> lis
     return [
         SlicePrediction(prediction.probability, prediction.detected and mask is not None, mask)
         for prediction, mask in zip(predictions, masks, strict=True)
+    ]
+
+
+def single_slice_answers(predictions: Sequence[SlicePrediction], min_probability: float) -> list[SlicePrediction]:
+    """Slices answered on their own, which get no series clean-up: a mask only where the classifier's probability is
+    at least `min_probability` (the manifest's `single_slice_mask_min_probability`).
+
+    Below it the slice stays detected (the decision keeps the classifier's threshold, chosen for sensitivity) but
+    carries no mask: on the validation patients this drew masks on half as many tumor-free slices, at the same
+    volume Dice (model card).
+    """
+    return [
+        prediction
+        if prediction.mask is None or shows_mask_alone(prediction.probability, min_probability)
+        else SlicePrediction(prediction.probability, prediction.detected, None)
+        for prediction in predictions
     ]
 
 

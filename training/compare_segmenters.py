@@ -23,7 +23,7 @@ import keras
 
 from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
 from training.evaluate import choose_classifier_threshold, choose_mask_threshold, evaluate_split, model_outputs
-from training.models import load_classifier, load_segmenter, weights_average
+from training.models import architecture_json, load_classifier, load_segmenter, weights_average
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def parse_candidate(text: str) -> tuple[str, Path]:
 def average_and_save(models: list[keras.Model], save_to: str | None, kind: str) -> keras.Model | None:
     """The candidates' weight average when two or more share one architecture, else None; written to `save_to` if
     given (asking to save what cannot be averaged is a usage error)."""
-    if len(models) < 2 or len({model.to_json() for model in models}) > 1:
+    if len(models) < 2 or len({architecture_json(model) for model in models}) > 1:
         if save_to:
             raise DatasetError(f"--save-weights-average needs two or more {kind} of one architecture")
         return None

@@ -6,7 +6,8 @@
 
 Thresholds are chosen on the validation patients only, then frozen and applied to the test patients: the classifier
 threshold is the highest one that keeps validation sensitivity at or above `--target-sensitivity`, the mask
-threshold the one that maximises mean per-patient volume Dice on validation. Writes `evaluation.json` (thresholds
+threshold the one that maximises mean per-patient volume Dice on validation, and so are the series clean-up size
+and the classifier probability from which a slice answered alone shows its mask. Writes `evaluation.json` (thresholds
 and test metrics, the input of `training.export`) and PNG plots.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from app.core.gate import flip_average, gate
+from app.core.gate import flip_average, gate, shows_mask_alone
 from app.core.outline import draw_outline
 from app.core.preprocessing import flair_only, preprocess_slice
 from app.core.series_postprocessing import drop_small_components
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Series clean-up: smallest 3-D component kept, in voxels of the 256 x 256 grid (0 keeps everything).
 MIN_COMPONENT_VOXEL_CANDIDATES = (0, 25, 50, 100, 200, 400, 800, 1600)
+# A slice answered alone shows its mask only from this classifier probability on (0: whenever it is positive).
+SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES = (0.0, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 
 def preprocessed_batches(images: np.ndarray, batch_size: int = 16) -> Iterator[np.ndarray]:
@@ -106,6 +109,30 @@ def gated_masks(probabilities, maps, classifier_threshold: float, mask_threshold
         if mask is not None:
             masks[index] = mask > 0
     return masks
+
+
+def masks_shown_alone(probabilities, masks: np.ndarray, min_probability: float) -> np.ndarray:
+    """The gated masks as slices sent one by one get them (`app.series_result.single_slice_answers`): emptied below
+    `min_probability`."""
+    shown = masks.copy()
+    for index, probability in enumerate(np.asarray(probabilities).reshape(-1)):
+        if not shows_mask_alone(float(probability), min_probability):
+            shown[index] = False
+    return shown
+
+
+def choose_single_slice_mask_min_probability(
+    arrays: SliceArrays, probabilities, masks: np.ndarray
+) -> tuple[float, dict[str, float]]:
+    """The single-slice mask minimum with the highest mean per-patient volume Dice of slices answered one by one
+    (ties: the smaller), and that Dice for every candidate."""
+    volume_dice = {
+        str(candidate): float(
+            np.mean(list(volume_dice_by_patient(arrays, masks_shown_alone(probabilities, masks, candidate)).values()))
+        )
+        for candidate in SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    }
+    return float(max(volume_dice, key=lambda key: (volume_dice[key], -float(key)))), volume_dice
 
 
 def volume_dice_by_patient(arrays: SliceArrays, masks: np.ndarray) -> dict[str, float]:
@@ -218,15 +245,23 @@ def segmentation_metrics(arrays: SliceArrays, masks: np.ndarray) -> dict:
 
 
 def evaluate_split(
-    arrays: SliceArrays, probabilities, maps, classifier_threshold, mask_threshold, min_component_voxels: int = 0
+    arrays: SliceArrays,
+    probabilities,
+    maps,
+    classifier_threshold,
+    mask_threshold,
+    min_component_voxels: int = 0,
+    single_slice_mask_min_probability: float = 0.0,
 ) -> dict:
     """Figures of the served pipeline on `arrays`: per series (cleaned up) and per single slice (as sent alone).
 
-    A single slice's answer is the classifier's; in a series a slice is positive when its mask survives the clean-up
-    (`app.series_result.clean_series`), so `series_answers` measures those answers.
+    A single slice's answer is the classifier's, with its mask only from `single_slice_mask_min_probability` on; in a
+    series a slice is positive when its mask survives the clean-up (`app.series_result.clean_series`), so
+    `series_answers` measures those answers.
     """
-    single_slice_masks = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
-    masks = clean_by_patient(arrays, single_slice_masks, min_component_voxels)
+    gated = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
+    single_slice_masks = masks_shown_alone(probabilities, gated, single_slice_mask_min_probability)
+    masks = clean_by_patient(arrays, gated, min_component_voxels)
     ungated = maps >= mask_threshold
     ungated_rate = float(np.mean([ungated[i].any() for i in np.flatnonzero(arrays.labels == 0)] or [0.0]))
     return {
@@ -235,6 +270,7 @@ def evaluate_split(
         "series_answers": decision_metrics(arrays.labels, masks.reshape(len(masks), -1).any(axis=1)),
         "segmentation": segmentation_metrics(arrays, masks),
         "segmentation_single_slices": segmentation_metrics(arrays, single_slice_masks),
+        "segmentation_single_slices_every_positive": segmentation_metrics(arrays, gated),
         "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": ungated_rate,
     }
 
@@ -321,10 +357,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         validation, validation_probabilities, validation_maps, classifier_threshold
     )
 
-    min_component_voxels, validation_cleanup_dice = choose_min_component_voxels(
-        validation, gated_masks(validation_probabilities, validation_maps, classifier_threshold, mask_threshold)
+    validation_gated = gated_masks(validation_probabilities, validation_maps, classifier_threshold, mask_threshold)
+    min_component_voxels, validation_cleanup_dice = choose_min_component_voxels(validation, validation_gated)
+    single_slice_min_probability, validation_single_slice_dice = choose_single_slice_mask_min_probability(
+        validation, validation_probabilities, validation_gated
     )
-    thresholds = (classifier_threshold, mask_threshold, min_component_voxels)
+    thresholds = (classifier_threshold, mask_threshold, min_component_voxels, single_slice_min_probability)
 
     test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
     flair_probabilities, flair_maps = predict_slices(
@@ -339,9 +377,11 @@ def evaluate(args: argparse.Namespace) -> dict:
             "slices": len(threshold_labels),
         },
         "series_min_component_voxels": min_component_voxels,
+        "single_slice_mask_min_probability": single_slice_min_probability,
         "validation": {
             "mask_threshold_volume_dice": validation_dice,
             "min_component_voxels_volume_dice": validation_cleanup_dice,
+            "single_slice_mask_min_probability_volume_dice": validation_single_slice_dice,
             **evaluate_split(validation, validation_probabilities, validation_maps, *thresholds),
         },
         "metrics": {

@@ -56,6 +56,7 @@ def write_manifest(
     version: str,
     series_min_component_voxels: int = 0,
     classifier_flip_average: bool = False,
+    single_slice_mask_min_probability: float = 0.0,
 ) -> dict:
     """Export both models into `output_dir` and write the manifest that the service reads; return it as a dict."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,7 @@ def write_manifest(
         )
     entries["classifier"].flip_average = bool(classifier_flip_average)
     entries["segmenter"].series_min_component_voxels = int(series_min_component_voxels)
+    entries["segmenter"].single_slice_mask_min_probability = float(single_slice_mask_min_probability)
     hashed = [name for entry in entries.values() for name in (entry.architecture, entry.weights)] + [split_file]
     manifest = Manifest(
         format_version=MANIFEST_FORMAT_VERSION,
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         # Evaluations made before the series clean-up existed have no such choice: the clean-up stays off.
         series_min_component_voxels=evaluation.get("series_min_component_voxels", 0),
         classifier_flip_average=evaluation.get("classifier_flip_average", False),
+        single_slice_mask_min_probability=evaluation.get("single_slice_mask_min_probability", 0.0),
     )
     card = render_model_card(
         manifest,

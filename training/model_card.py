@@ -46,22 +46,36 @@ def _series_answer_rows(metrics: Mapping) -> list[str]:
     ]
 
 
-def _single_slice_row(metrics: Mapping) -> str | None:
+def _single_slice_rows(metrics: Mapping) -> list[str]:
     single = metrics.get("segmentation_single_slices")
     if single is None:
-        return None
-    value = _percent(single["volume_dice_mean"])
-    return f"| per-patient volume Dice, mean, each slice alone (no series clean-up) | {value} |"
+        return []
+    return [
+        f"| per-patient volume Dice, mean, each slice alone (no series clean-up) | "
+        f"{_percent(single['volume_dice_mean'])} |",
+        f"| tumor-free slices given a non-empty mask, each slice alone | "
+        f"{_percent(single['nonempty_mask_rate_on_tumor_free_slices'])} |",
+    ]
 
 
 def series_lines(segmenter: Mapping) -> list[str]:
+    """How masks are finished: the series clean-up, and the single-slice mask minimum."""
     voxels = segmenter.get("series_min_component_voxels", 0)
+    minimum = segmenter.get("single_slice_mask_min_probability", 0.0)
+    single = []
+    if minimum:
+        single = [
+            f"- A slice answered on its own (no series clean-up) shows its mask only when the classifier's probability "
+            f"is at least {minimum:.2f} (chosen on the validation patients); below it the slice is still called "
+            "tumor, without a mask."
+        ]
     if not voxels:
-        return ["- Series clean-up: off (a series' masks are those of its slices)."]
+        return ["- Series clean-up: off (a series' masks are those of its slices).", *single]
     return [
         f"- Series clean-up (DICOM series, `/v1/predict/batch?series=true`, pacs-sync): 3-D connected components "
         f"under {voxels} voxels of the 256 x 256 grid are dropped (size chosen on the validation patients); single "
-        "slices are never changed."
+        "slices are never cleaned up.",
+        *single,
     ]
 
 
@@ -186,8 +200,8 @@ def render_model_card(
     """Markdown of the model card for the exported `manifest` (which carries the test metrics)."""
     metrics = manifest["metrics"]
     flair = metrics.get("flair_only")
-    rows = _figures(metrics) + [row for row in [_single_slice_row(metrics)] if row]
-    flair_rows = (_figures(flair) + [row for row in [_single_slice_row(flair)] if row]) if flair else []
+    rows = _figures(metrics) + _single_slice_rows(metrics)
+    flair_rows = (_figures(flair) + _single_slice_rows(flair)) if flair else []
     table = ["| figure | all three sequences | FLAIR only |", "|---|---|---|"]
     for index, row in enumerate(rows):
         name, value = row.strip("|").split("|", 1)

@@ -6,6 +6,7 @@ Only `keras` layers are used, so the same code builds the models on the TensorFl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -46,6 +47,55 @@ def build_classifier(
         x = convolution_block(x, stage_filters, f"stage{stage}_b")
         x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
     return keras.Model(inputs, probability_head(x, dropout), name=name)
+
+
+def build_mirror_classifier(
+    input_shape: Sequence[int] = INPUT_SHAPE,
+    filters: Sequence[int] = CLASSIFIER_FILTERS,
+    dropout: float = 0.3,
+    name: str = "tumor_classifier",
+) -> keras.Model:
+    """`build_classifier` whose stages also see the stem's features mirrored left to right.
+
+    Why try it: a low-grade glioma is usually on one side, and a bright region that the other hemisphere repeats is
+    more likely anatomy than tumor; with both sides side by side every later layer can compare them. The mirror is a
+    fixed permutation (`mirror_width`), so the model stays plain Keras layers (JSON, ONNX, JAX).
+    `mirror_classifier_from` starts it as an exact copy of a trained plain classifier.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = convolution_block(inputs, filters[0], "stem", strides=2)
+    x = layers.MaxPooling2D(2, name="stem_pool")(x)
+    x = layers.Concatenate(name="stem_and_mirror")([x, mirror_width(x, "stem_mirror")])
+    for stage, stage_filters in enumerate(filters[1:], start=1):
+        x = convolution_block(x, stage_filters, f"stage{stage}_a")
+        x = convolution_block(x, stage_filters, f"stage{stage}_b")
+        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    model = keras.Model(inputs, probability_head(x, dropout), name=name)
+    mirror = model.get_layer("stem_mirror_flip")
+    mirror.set_weights([np.eye(mirror.units, dtype="float32")[::-1]])
+    return model
+
+
+def mirror_width(x, name: str):
+    """`x` (batch, height, width, channels) flipped along its width, by a frozen dense layer that holds the reversed
+    identity: built-in layers only, so the architecture file needs no custom code to load."""
+    width = x.shape[2]
+    x = layers.Permute((1, 3, 2), name=f"{name}_to_width_last")(x)
+    x = layers.Dense(width, use_bias=False, trainable=False, name=f"{name}_flip")(x)
+    return layers.Permute((1, 3, 2), name=f"{name}_to_channels_last")(x)
+
+
+def mirror_classifier_from(plain: keras.Model) -> keras.Model:
+    """A mirror classifier that computes exactly what `plain` (a `build_classifier` model) computes: every weight
+    copied, and the first stage's kernel extended with zeros for the mirrored channels, which training then learns."""
+    model = build_mirror_classifier()
+    untouched = transfer_weights(model, plain)
+    first = model.get_layer("stage1_a_conv")
+    if set(untouched) != {"stem_mirror_flip", "stage1_a_conv"}:
+        raise ValueError(f"not a plain classifier: no weights for {untouched}")
+    (kernel,) = plain.get_layer("stage1_a_conv").get_weights()
+    first.set_weights([np.concatenate([kernel, np.zeros_like(kernel)], axis=2)])
+    return model
 
 
 def probability_head(x, dropout: float):
@@ -205,6 +255,14 @@ def transfer_weights(model: keras.Model, source: keras.Model) -> list[str]:
         else:
             untouched.append(layer.name)
     return untouched
+
+
+def architecture_json(model: keras.Model) -> str:
+    """The model's architecture without its compile settings: a run's architecture file then loads an uncompiled
+    model, and checkpoints of one architecture compare equal (`training.compare_segmenters.average_and_save`)."""
+    config = json.loads(model.to_json())
+    config.pop("compile_config", None)
+    return json.dumps(config)
 
 
 def load_segmenter(weights: str | Path) -> keras.Model:

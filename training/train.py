@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -42,11 +43,14 @@ from training.evaluate import model_outputs
 from training.losses import FocalTverskyLoss, dice_coefficient, tversky_score
 from training.models import (
     ARCHITECTURE_NAME,
+    architecture_json,
     build_classifier,
     build_efficientnet_lite0_classifier,
     build_encoder_classifier,
+    build_mirror_classifier,
     build_resunet,
     load_segmenter,
+    mirror_classifier_from,
     transfer_weights,
 )
 from training.run_state import RunCheckpoint, RunState, has_saved_state, load_saved_model
@@ -57,9 +61,25 @@ ARGUMENTS_NAME = "arguments.json"
 DEFAULT_MONITOR = {"classifier": "val_specificity", "segmenter": "val_volume_dice"}
 CLASSIFIER_BACKBONES = {
     "cnn": build_classifier,
+    "cnn-mirror": build_mirror_classifier,
     "segmenter-encoder": build_encoder_classifier,
     "efficientnet-lite0": build_efficientnet_lite0_classifier,
 }
+
+
+def mirror_start(weights: str) -> keras.Model:
+    """The mirror classifier a run starts from: a mirror checkpoint as it is, or a plain classifier's weights
+    carried over unchanged (`mirror_classifier_from`)."""
+    model = build_mirror_classifier()
+    try:
+        with warnings.catch_warnings():  # Keras warns about each layer a plain classifier's file lacks
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(weights)
+    except ValueError:
+        plain = build_classifier()
+        plain.load_weights(weights)
+        return mirror_classifier_from(plain)
+    return model
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -214,15 +234,17 @@ def train(args: argparse.Namespace) -> dict:
         if args.model == "segmenter":
             # What evaluate, compare_segmenters and export build to load this run's checkpoints.
             served = build_resunet(full_resolution_output=full_resolution)
-            (output_dir / ARCHITECTURE_NAME).write_text(served.to_json())
+            (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(served))
         elif args.model == "classifier" and args.classifier_backbone != "cnn":
-            (output_dir / ARCHITECTURE_NAME).write_text(model.to_json())
+            (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(model))
         if args.initial_weights:
             # Fine-tuning from an earlier model, e.g. the committed one; a plain segmenter starts the variant and
             # the classifier on the segmenter's encoder.
             if on_encoder:
                 untouched = transfer_weights(model, load_segmenter(args.initial_weights))
                 logger.info("new layers (no initial weights): %s", untouched)
+            elif args.model == "classifier" and args.classifier_backbone == "cnn-mirror":
+                model.set_weights(mirror_start(args.initial_weights).get_weights())
             elif full_resolution:
                 source = build_resunet()
                 source.load_weights(args.initial_weights)
@@ -324,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(CLASSIFIER_BACKBONES),
         default="cnn",
         help="classifier only: its own CNN, the segmenter's encoder (start it with a segmenter's --initial-weights), "
-        "or EfficientNet-Lite0 (start it with `training.imagenet_weights`' ImageNet weights)",
+        "EfficientNet-Lite0 (start it with `training.imagenet_weights`' ImageNet weights), or the CNN that also sees "
+        "its features mirrored left to right (cnn-mirror; a plain classifier's --initial-weights start it unchanged)",
     )
     parser.add_argument(
         "--initial-weights",

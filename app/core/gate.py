@@ -27,6 +27,12 @@ def flip_average(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> 
     return (np.asarray(run(batch)) + np.asarray(run(np.ascontiguousarray(batch[:, :, ::-1])))) / 2
 
 
+def shows_mask_alone(probability: float, min_probability: float) -> bool:
+    """Whether a positive slice answered on its own (no series clean-up) shows its mask: only from `min_probability`
+    on (the manifest's `single_slice_mask_min_probability`, chosen on the validation patients)."""
+    return probability >= min_probability
+
+
 def probability_to_mask(probability: np.ndarray, size: tuple[int, int], threshold: float) -> np.ndarray:
     """Resize a model-resolution probability map to `size` (H, W), then threshold it (`>= threshold`).
 

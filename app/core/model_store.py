@@ -49,6 +49,10 @@ class ModelEntry(BaseModel):
     series_min_component_voxels: int = Field(default=0, ge=0)
     """Segmenter only: the series clean-up's smallest 3-D component, in voxels of the 256 x 256 grid, chosen on the
     validation patients (`app.core.series_postprocessing`); 0 turns the clean-up off."""
+    single_slice_mask_min_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Segmenter only: a slice answered on its own (no series clean-up) gets its mask only when the classifier's
+    probability is at least this, chosen on the validation patients; below it the slice is still reported as tumor,
+    without a mask. 0 (or anything up to the classifier's threshold) draws a mask on every positive slice."""
 
     @property
     def tag(self) -> str:

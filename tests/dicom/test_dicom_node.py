@@ -62,6 +62,7 @@ class ThresholdPredictor:
     model_tags = {"classifier": "threshold-classifier@0.1", "segmenter": "threshold-segmenter@0.1"}
     classifier_threshold = 0.5
     series_min_component_voxels = 0
+    single_slice_mask_min_probability = 0.0
 
     def __init__(self) -> None:
         self.calls: list[int] = []

@@ -140,6 +140,7 @@ class SlowModels:
     classifier_threshold = 0.5
     model_tags: dict[str, str] = {}
     series_min_component_voxels = 0
+    single_slice_mask_min_probability = 0.0
 
     def __init__(self) -> None:
         self.running = 0

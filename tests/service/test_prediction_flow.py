@@ -260,6 +260,7 @@ class SeriesModels:
     classifier_threshold = 0.5
     model_tags = {"classifier": "fake@1", "segmenter": "fake@1"}
     series_min_component_voxels = 100
+    single_slice_mask_min_probability = 0.0
 
 
 def blob_runner(blobs: dict[int, tuple[slice, slice]]):
@@ -294,3 +295,55 @@ def test_series_batch_drops_an_isolated_small_blob_and_keeps_a_blob_across_slice
     # Without `series` every slice is answered on its own, as a single-slice request is.
     assert [prediction.detected for prediction in one_by_one.predictions] == [True, True, True, True]
     assert int(one_by_one.predictions[3].mask.sum()) == 9
+
+
+class UnsureMaskModels(SeriesModels):
+    """A model pair whose manifest draws a single slice's mask only from probability 0.5 on (threshold 0.1)."""
+
+    classifier_threshold = 0.1
+    single_slice_mask_min_probability = 0.5
+
+
+def probability_runner(probabilities: list[float]):
+    """A model runner that gives slice i probability `probabilities[i]` and, when positive, a 12 x 12 blob."""
+
+    async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        predictions = []
+        for probability, size in zip(probabilities, sizes, strict=True):
+            mask = None
+            if probability >= UnsureMaskModels.classifier_threshold:
+                mask = np.zeros(size, np.uint8)
+                mask[100:112, 100:112] = 1
+            predictions.append(SlicePrediction(probability, mask is not None, mask))
+        return predictions
+
+    return run
+
+
+def test_a_slice_answered_alone_gets_its_mask_only_above_the_single_slice_minimum() -> None:
+    image = png_bytes(read_slice(TUMOR_SLICE))
+    unsure = PredictionService(UnsureMaskModels(), probability_runner([0.3]), LIMITS, offload=False)
+    sure = PredictionService(UnsureMaskModels(), probability_runner([0.7]), LIMITS, offload=False)
+
+    unsure_answer = asyncio.run(unsure.predict_slice(image))
+    sure_answer = asyncio.run(sure.predict_slice(image))
+
+    # Still a tumor by the classifier's threshold, but no mask below the minimum; above it, the mask as drawn.
+    assert unsure_answer.prediction.detected and unsure_answer.prediction.mask is None
+    assert payloads.slice_payload(unsure_answer.prediction, 0.1, schemas.MaskFormat.RLE).tumor_detected is True
+    assert sure_answer.prediction.detected and int(sure_answer.prediction.mask.sum()) == 144
+    overlay = asyncio.run(unsure.overlay(image))
+    assert overlay.prediction.mask is None and overlay.png.startswith(b"\x89PNG")
+
+
+def test_the_single_slice_minimum_applies_to_a_batch_of_slices_but_not_to_a_series() -> None:
+    files = [png_bytes(read_slice(TUMOR_SLICE))] * 3
+    service = PredictionService(UnsureMaskModels(), probability_runner([0.3, 0.7, 0.05]), LIMITS, offload=False)
+
+    one_by_one = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE))
+    as_series = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
+
+    assert [prediction.detected for prediction in one_by_one.predictions] == [True, True, False]
+    assert [prediction.mask is not None for prediction in one_by_one.predictions] == [False, True, False]
+    # In a series the 3-D clean-up judges the masks instead: the blob across slices 0 and 1 (288 voxels) stays.
+    assert [prediction.mask is not None for prediction in as_series.predictions] == [True, True, False]

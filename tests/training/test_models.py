@@ -1,15 +1,23 @@
+import keras
 import numpy as np
+import pytest
 
+from training.compare_segmenters import average_and_save
+from training.data import DatasetError
 from training.losses import focal_tversky_loss
 from training.models import (
     ARCHITECTURE_NAME,
+    architecture_json,
     build_classifier,
     build_encoder_classifier,
+    build_mirror_classifier,
     build_resunet,
     load_classifier,
     load_segmenter,
+    mirror_classifier_from,
     transfer_weights,
 )
+from training.train import mirror_start
 
 
 def test_classifier_outputs_one_probability_per_slice():
@@ -71,7 +79,12 @@ def test_full_resolution_variant_starts_from_a_plain_segmenter_and_loads_from_it
 
 def test_classifier_on_the_segmenter_encoder_starts_from_a_segmenter_and_loads_from_its_run(tmp_path):
     segmenter = build_resunet(filters=(4, 8, 16))
-    segmenter.set_weights([np.random.default_rng(2).normal(size=w.shape) for w in segmenter.get_weights()])
+    rng = np.random.default_rng(2)
+    random_weights = [rng.normal(0, 0.3, w.shape) for w in segmenter.weights]
+    # Batch norm's variances stay positive, or every output is NaN (and NaN equals NaN in assert_allclose).
+    segmenter.set_weights(
+        [np.abs(v) if "variance" in w.path else v for w, v in zip(segmenter.weights, random_weights, strict=True)]
+    )
     classifier = build_encoder_classifier(filters=(4, 8, 16))
 
     untouched = transfer_weights(classifier, segmenter)
@@ -83,10 +96,71 @@ def test_classifier_on_the_segmenter_encoder_starts_from_a_segmenter_and_loads_f
         for mine, theirs in zip(layer.get_weights(), segmenter.get_layer(layer.name).get_weights(), strict=True):
             np.testing.assert_array_equal(mine, theirs)
     image = np.random.default_rng(3).random((2, 256, 256, 3)).astype("float32")
-    assert np.asarray(classifier(image)).shape == (2, 1)
+    outputs = np.asarray(classifier(image))
+    assert outputs.shape == (2, 1) and np.isfinite(outputs).all()
 
     # Its run keeps the architecture beside the weights: load_classifier gives this model, not the plain CNN.
     (tmp_path / ARCHITECTURE_NAME).write_text(classifier.to_json())
     classifier.save_weights(tmp_path / "best.weights.h5")
     loaded = load_classifier(tmp_path / "best.weights.h5")
     np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(classifier(image)), atol=1e-6)
+
+
+def test_mirror_classifier_sees_its_features_mirrored_and_starts_as_the_plain_classifier(tmp_path):
+    plain = build_classifier()  # random initial weights; batch norm's statistics at their start
+    image = np.random.default_rng(5).random((2, 256, 256, 3)).astype("float32")
+
+    mirror = mirror_classifier_from(plain)
+
+    assert np.isfinite(np.asarray(plain(image))).all()
+    np.testing.assert_allclose(np.asarray(mirror(image)), np.asarray(plain(image)), atol=1e-6)
+    features = np.asarray(keras.Model(mirror.input, mirror.get_layer("stem_and_mirror").output)(image))
+    np.testing.assert_allclose(features[..., 16:], features[:, :, ::-1, :16], atol=1e-6)
+    # Learning reaches the mirrored channels (zero at the start) but never the fixed flip.
+    trainable = {weight.path for weight in mirror.trainable_weights}
+    assert "stage1_a_conv/kernel" in trainable
+    assert not any(path.startswith("stem_mirror_flip") for path in trainable)
+
+    # A changed mirror weight changes the answer; its run keeps the architecture, and the file loads safely.
+    kernel = mirror.get_layer("stage1_a_conv").get_weights()[0]
+    kernel[:, :, 16:, :] = np.random.default_rng(6).normal(0, 0.1, kernel[:, :, 16:, :].shape)
+    mirror.get_layer("stage1_a_conv").set_weights([kernel])
+    assert np.abs(np.asarray(mirror(image)) - np.asarray(plain(image))).max() > 1e-4
+    (tmp_path / ARCHITECTURE_NAME).write_text(mirror.to_json())
+    mirror.save_weights(tmp_path / "best.weights.h5")
+    loaded = load_classifier(tmp_path / "best.weights.h5")
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(mirror(image)), atol=1e-6)
+
+
+def test_mirror_classifier_refuses_a_start_that_is_not_a_plain_classifier():
+    with pytest.raises(ValueError, match="not a plain classifier"):
+        mirror_classifier_from(build_mirror_classifier())
+
+
+def test_a_mirror_run_starts_from_a_plain_classifier_or_a_mirror_checkpoint(tmp_path):
+    image = np.random.default_rng(7).random((2, 256, 256, 3)).astype("float32")
+    plain = build_classifier()
+    plain.save_weights(tmp_path / "plain.weights.h5")
+
+    from_plain = mirror_start(str(tmp_path / "plain.weights.h5"))
+
+    np.testing.assert_allclose(np.asarray(from_plain(image)), np.asarray(plain(image)), atol=1e-6)
+    kernel = from_plain.get_layer("stage1_a_conv").get_weights()[0]
+    kernel[:, :, 16:, :] = 0.05
+    from_plain.get_layer("stage1_a_conv").set_weights([kernel])
+    from_plain.save_weights(tmp_path / "mirror.weights.h5")
+    from_mirror = mirror_start(str(tmp_path / "mirror.weights.h5"))
+    assert np.isfinite(np.asarray(from_mirror(image))).all()
+    np.testing.assert_allclose(np.asarray(from_mirror(image)), np.asarray(from_plain(image)), atol=1e-6)
+
+
+def test_a_compiled_and_an_uncompiled_model_of_one_architecture_average_together(tmp_path):
+    compiled, loaded = build_classifier(), build_classifier()
+    compiled.compile(optimizer="adam", loss="binary_crossentropy")
+
+    assert "compile_config" not in architecture_json(compiled)
+    assert architecture_json(compiled) == architecture_json(loaded)
+    averaged = average_and_save([compiled, loaded], str(tmp_path / "average.weights.h5"), "classifiers")
+    assert averaged is not None and (tmp_path / "average.weights.h5").is_file()
+    with pytest.raises(DatasetError, match="one architecture"):
+        average_and_save([compiled, build_mirror_classifier()], str(tmp_path / "no.weights.h5"), "classifiers")

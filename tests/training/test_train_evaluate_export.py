@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from app.core.model_store import ModelStoreError, load_models, read_manifest
+from app.inference import SlicePrediction
+from app.series_result import single_slice_answers
 from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
 from training.data import SliceArrays
 from training.models import build_classifier, build_resunet, weights_average
@@ -96,6 +98,11 @@ def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
         str(candidate) for candidate in evaluate.MIN_COMPONENT_VOXEL_CANDIDATES
     }
     assert 0.0 <= metrics["segmentation_single_slices"]["volume_dice_mean"] <= 1.0
+    # So is the probability from which a slice answered alone shows its mask.
+    assert result["single_slice_mask_min_probability"] in evaluate.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    assert len(result["validation"]["single_slice_mask_min_probability_volume_dice"]) == len(
+        evaluate.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    )
     for plot in ("training_curves.png", "roc_confusion.png", "test_slices.png"):
         assert (trained_run / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
 
@@ -107,6 +114,7 @@ def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     assert manifest.classifier.name == "tumor_classifier" and manifest.segmenter.name == "tumor_segmenter"
     evaluation = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
     assert manifest.segmenter.series_min_component_voxels == evaluation["series_min_component_voxels"]
+    assert manifest.segmenter.single_slice_mask_min_probability == evaluation["single_slice_mask_min_probability"]
     assert set(manifest.files) == {
         "tumor_classifier.json",
         "tumor_classifier.weights.h5",
@@ -392,3 +400,37 @@ def test_a_flip_averaged_evaluation_chooses_its_own_threshold_and_reaches_the_ma
         "the mean of its probabilities for the slice and its left-right mirror"
         in (models_dir / "README.md").read_text()
     )
+
+
+def test_a_slice_answered_alone_shows_its_mask_only_from_the_chosen_probability_as_the_service_does():
+    # One patient, three tumor slices, each drawn exactly; the classifier is unsure of slice 0 (0.3), and slice 2 is
+    # tumor-free but drawn anyway (0.35). A minimum of 0.4 costs slice 0's Dice and removes slice 2's false mask.
+    truth = np.zeros((3, 16, 16), dtype=np.uint8)
+    truth[0:2, 4:10, 4:10] = 1
+    arrays = SliceArrays(
+        images=np.zeros((3, 16, 16, 3), dtype=np.uint8),
+        masks=truth,
+        patient_ids=np.array(["P"] * 3),
+        slice_numbers=np.arange(1, 4),
+    )
+    maps = truth.astype(np.float32)
+    maps[2, 0:8, 0:8] = 1.0
+    probabilities = np.array([0.3, 0.9, 0.35])
+    gated = evaluate.gated_masks(probabilities, maps, 0.2, 0.5)
+
+    shown = evaluate.masks_shown_alone(probabilities, gated, 0.4)
+
+    assert [bool(mask.any()) for mask in shown] == [False, True, False]
+    served = single_slice_answers(
+        [SlicePrediction(float(p), True, mask.astype(np.uint8)) for p, mask in zip(probabilities, gated, strict=True)],
+        0.4,
+    )
+    assert [prediction.mask is not None for prediction in served] == [bool(mask.any()) for mask in shown]
+    figures = evaluate.evaluate_split(arrays, probabilities, maps, 0.2, 0.5, single_slice_mask_min_probability=0.4)
+    assert figures["segmentation_single_slices"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
+    assert figures["segmentation_single_slices_every_positive"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
+    # 36 of 72 tumor pixels found, none drawn outside: Dice 2 * 36 / (72 + 36).
+    assert figures["segmentation_single_slices"]["volume_dice_mean"] == pytest.approx(2 * 36 / 108)
+    # The choice: here drawing everything (0.0) scores 2 * 72 / (72 + 72 + 64), better than losing slice 0.
+    chosen, by_candidate = evaluate.choose_single_slice_mask_min_probability(arrays, probabilities, gated)
+    assert by_candidate["0.0"] == pytest.approx(2 * 72 / 208) and chosen == 0.0
