@@ -651,7 +651,10 @@ function showSlice(index) {
   const where = count === 1 ? slice.label : `Slice ${current + 1} of ${count} (${slice.label})`;
   let drawn;
   if (!prediction.mask) {
-    drawn = prediction.tumor_detected ? "tumor detected, but the mask is empty" : "no tumor predicted on this slice";
+    // Detected without a mask: under the segmenter's single_slice_mask_min_probability (GET /v1/models).
+    drawn = prediction.tumor_detected
+      ? "tumor detected, not outlined (a slice sent alone is outlined only when the model is surer)"
+      : "no tumor predicted on this slice";
   } else if (ui.maskStyle.value === "none") {
     drawn = "predicted tumor mask hidden";
   } else {

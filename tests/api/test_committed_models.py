@@ -50,6 +50,19 @@ def test_committed_manifest_hashes_match_files(committed_model_dir: Path, commit
     read_manifest(committed_model_dir)  # the service's own check agrees
 
 
+def test_committed_manifest_carries_the_choices_its_evaluation_made(
+    committed_model_dir: Path, committed_manifest: dict
+) -> None:
+    evaluation = json.loads((committed_model_dir / "evaluation" / "evaluation.json").read_text())
+    segmenter = committed_manifest["segmenter"]
+
+    assert committed_manifest["classifier"]["threshold"] == evaluation["thresholds"]["classifier"]
+    assert segmenter["threshold"] == evaluation["thresholds"]["mask"]
+    assert segmenter["series_min_component_voxels"] == evaluation["series_min_component_voxels"]
+    assert segmenter["single_slice_mask_min_probability"] == evaluation["single_slice_mask_min_probability"]
+    assert committed_manifest["metrics"] == evaluation["metrics"]
+
+
 def test_committed_predict_detects_tumor_with_dice_over_0_7(committed_client: TestClient) -> None:
     response = committed_client.post(
         "/v1/predict", params={"mask_format": "both"}, files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")
