@@ -123,16 +123,18 @@ def masks_shown_alone(probabilities, masks: np.ndarray, min_probability: float) 
 
 def choose_single_slice_mask_min_probability(
     arrays: SliceArrays, probabilities, masks: np.ndarray
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, dict[str, float]]]:
     """The single-slice mask minimum with the highest mean per-patient volume Dice of slices answered one by one
-    (ties: the smaller), and that Dice for every candidate."""
-    volume_dice = {
-        str(candidate): float(
-            np.mean(list(volume_dice_by_patient(arrays, masks_shown_alone(probabilities, masks, candidate)).values()))
-        )
-        for candidate in SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
-    }
-    return float(max(volume_dice, key=lambda key: (volume_dice[key], -float(key)))), volume_dice
+    (ties: the smaller), and for every candidate that Dice and the share of tumor-free slices given a mask."""
+    figures = {}
+    for candidate in SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES:
+        segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, candidate))
+        figures[str(candidate)] = {
+            "volume_dice_mean": segmentation["volume_dice_mean"],
+            "nonempty_mask_rate_on_tumor_free_slices": segmentation["nonempty_mask_rate_on_tumor_free_slices"],
+        }
+    best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -float(key)))
+    return float(best), figures
 
 
 def volume_dice_by_patient(arrays: SliceArrays, masks: np.ndarray) -> dict[str, float]:
@@ -359,7 +361,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     validation_gated = gated_masks(validation_probabilities, validation_maps, classifier_threshold, mask_threshold)
     min_component_voxels, validation_cleanup_dice = choose_min_component_voxels(validation, validation_gated)
-    single_slice_min_probability, validation_single_slice_dice = choose_single_slice_mask_min_probability(
+    single_slice_min_probability, validation_single_slice_figures = choose_single_slice_mask_min_probability(
         validation, validation_probabilities, validation_gated
     )
     thresholds = (classifier_threshold, mask_threshold, min_component_voxels, single_slice_min_probability)
@@ -381,7 +383,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "validation": {
             "mask_threshold_volume_dice": validation_dice,
             "min_component_voxels_volume_dice": validation_cleanup_dice,
-            "single_slice_mask_min_probability_volume_dice": validation_single_slice_dice,
+            "single_slice_mask_min_probability_candidates": validation_single_slice_figures,
             **evaluate_split(validation, validation_probabilities, validation_maps, *thresholds),
         },
         "metrics": {

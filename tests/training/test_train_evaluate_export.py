@@ -100,8 +100,11 @@ def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
     assert 0.0 <= metrics["segmentation_single_slices"]["volume_dice_mean"] <= 1.0
     # So is the probability from which a slice answered alone shows its mask.
     assert result["single_slice_mask_min_probability"] in evaluate.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
-    assert len(result["validation"]["single_slice_mask_min_probability_volume_dice"]) == len(
-        evaluate.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    candidates = result["validation"]["single_slice_mask_min_probability_candidates"]
+    assert set(candidates) == {str(candidate) for candidate in evaluate.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES}
+    assert all(
+        set(figures) == {"volume_dice_mean", "nonempty_mask_rate_on_tumor_free_slices"}
+        for figures in candidates.values()
     )
     for plot in ("training_curves.png", "roc_confusion.png", "test_slices.png"):
         assert (trained_run / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
@@ -433,4 +436,6 @@ def test_a_slice_answered_alone_shows_its_mask_only_from_the_chosen_probability_
     assert figures["segmentation_single_slices"]["volume_dice_mean"] == pytest.approx(2 * 36 / 108)
     # The choice: here drawing everything (0.0) scores 2 * 72 / (72 + 72 + 64), better than losing slice 0.
     chosen, by_candidate = evaluate.choose_single_slice_mask_min_probability(arrays, probabilities, gated)
-    assert by_candidate["0.0"] == pytest.approx(2 * 72 / 208) and chosen == 0.0
+    assert by_candidate["0.0"]["volume_dice_mean"] == pytest.approx(2 * 72 / 208) and chosen == 0.0
+    assert by_candidate["0.0"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
+    assert by_candidate["0.4"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
