@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -161,3 +162,19 @@ def test_last_log_lines_shortens_json_records_to_message_and_exception() -> None
         "ERROR Traceback (FileNotFoundError: manifest.json)",
         "plain text from a library",
     ]
+
+
+def test_prune_removes_only_untagged_images_older_than_this_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_run(argv, **options):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout="aaa\nbbb\n", stderr="")
+
+    monkeypatch.setattr(image_test, "run", fake_run)
+    monkeypatch.setattr(image_test, "STARTED_WALL", 1_796_097_600.0)  # 2026-12-01 04:00:00 UTC
+
+    image_test.prune_earlier_build_layers()
+
+    # Not `--all`: tagged images (the base, this run's builds) and their cache layers stay.
+    assert calls == [["podman", "image", "prune", "--force", "--filter", "until=2026-12-01T04:00:00Z"]]
