@@ -94,6 +94,15 @@ def negative_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 
 @pytest.fixture(scope="module")
+def unsure_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service on tiny models that call every slice positive but outline a slice sent alone only at probability
+    1.0 (`single_slice_mask_min_probability`), which an untrained sigmoid never reaches."""
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("unsure_models"), single_slice_mask_min_probability=1.0)
+    with serving(Settings(model_dir=model_dir)) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Chromium from the system; Playwright's own browser download is never used."""
     executable = find_chromium()

@@ -139,3 +139,18 @@ def test_page_shows_message_for_error_status(page: Page, live_server: str, statu
     expect(page.locator("#error-title")).to_have_text(title)
     expect(page.locator("#error-detail")).to_have_text(f"Server message: what the server said ({status})")
     expect(page.locator("#result")).to_be_hidden()
+
+
+def test_page_says_why_a_detected_slice_sent_alone_is_not_outlined(page: Page, unsure_live_server: str) -> None:
+    page.goto(unsure_live_server)
+
+    with page.expect_response(is_prediction, timeout=RESULT_TIMEOUT_MS) as answered:
+        page.set_input_files("#file-input", TUMOR_SLICE)
+    prediction = answered.value.json()["results"][0]["prediction"]
+
+    assert prediction["tumor_detected"] is True and prediction["mask"] is None
+    expect(page.locator("#decision")).to_have_text("Tumor detected", timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#caption")).to_have_text(
+        f"{TUMOR_SLICE.name}: tumor detected, not outlined "
+        "(a slice sent alone is outlined only when the model is surer)"
+    )
