@@ -258,3 +258,20 @@ def test_segment_series_makes_no_seg_when_every_slice_is_negative(flair_series: 
     assert not result.tumor_detected
     assert result.segmentation is None
     assert result.tumor_volume_ml == 0.0
+
+
+def test_a_one_slice_series_under_the_single_slice_minimum_gets_an_empty_seg(
+    flair_series: list[Dataset], truth_masks: list[np.ndarray]
+) -> None:
+    # One DICOM slice is a slice answered on its own: detected (0.9 >= 0.5), but under the minimum (0.95) its mask
+    # is withheld, so the SEG (asked for) has the slice's frame, empty, and the volume is 0.
+    predictor = TruthPredictor([truth_masks[1]])
+    predictor.single_slice_mask_min_probability = 0.95
+    inputs = series_inputs(flair_series)[1:2]
+
+    result = segment_series(predictor, inputs)  # type: ignore[arg-type]
+
+    assert result.tumor_detected and result.predictions[0].mask is None
+    assert result.segmentation is not None and result.tumor_volume_ml == 0.0
+    decoded = read_segmentation_masks(result.segmentation)
+    assert not decoded[inputs[0].reference.sop_instance_uid][0].any()
