@@ -90,11 +90,10 @@ def mirror_classifier_from(plain: keras.Model) -> keras.Model:
     copied, and the first stage's kernel extended with zeros for the mirrored channels, which training then learns."""
     model = build_mirror_classifier()
     untouched = transfer_weights(model, plain)
-    first = model.get_layer("stage1_a_conv")
     if set(untouched) != {"stem_mirror_flip", "stage1_a_conv"}:
         raise ValueError(f"not a plain classifier: no weights for {untouched}")
     (kernel,) = plain.get_layer("stage1_a_conv").get_weights()
-    first.set_weights([np.concatenate([kernel, np.zeros_like(kernel)], axis=2)])
+    model.get_layer("stage1_a_conv").set_weights([np.concatenate([kernel, np.zeros_like(kernel)], axis=2)])
     return model
 
 

@@ -336,17 +336,23 @@ def test_model_card_training_table_names_a_strong_augmentation():
     assert "augmentation" not in row(standard)
 
 
+def one_patient_with_tumor_on_slices_0_and_1(slices: int) -> SliceArrays:
+    """One patient's slices in order, 16 x 16, with a 6 x 6 tumor on the first two and none on the rest."""
+    masks = np.zeros((slices, 16, 16), dtype=np.uint8)
+    masks[0:2, 4:10, 4:10] = 1
+    return SliceArrays(
+        images=np.zeros((slices, 16, 16, 3), dtype=np.uint8),
+        masks=masks,
+        patient_ids=np.array(["P"] * slices),
+        slice_numbers=np.arange(1, slices + 1),
+    )
+
+
 def test_series_answers_count_a_slice_positive_only_when_its_mask_survives_the_clean_up():
     # One patient, four slices in order: a tumor spanning slices 0-1, then two tumor-free slices. The classifier
     # calls all four positive; the segmenter draws the tumor and a 4-pixel speck on slice 3.
-    masks = np.zeros((4, 16, 16), dtype=np.uint8)
-    masks[0:2, 4:10, 4:10] = 1
-    arrays = SliceArrays(
-        images=np.zeros((4, 16, 16, 3), dtype=np.uint8),
-        masks=masks,
-        patient_ids=np.array(["P"] * 4),
-        slice_numbers=np.arange(1, 5),
-    )
+    arrays = one_patient_with_tumor_on_slices_0_and_1(slices=4)
+    masks = arrays.masks
     maps = masks.astype(np.float32)
     maps[3, 0:2, 0:2] = 1.0
     probabilities = np.array([0.9, 0.9, 0.9, 0.9])
@@ -406,17 +412,11 @@ def test_a_flip_averaged_evaluation_chooses_its_own_threshold_and_reaches_the_ma
 
 
 def test_a_slice_answered_alone_shows_its_mask_only_from_the_chosen_probability_as_the_service_does():
-    # One patient, three tumor slices, each drawn exactly; the classifier is unsure of slice 0 (0.3), and slice 2 is
-    # tumor-free but drawn anyway (0.35). A minimum of 0.4 costs slice 0's Dice and removes slice 2's false mask.
-    truth = np.zeros((3, 16, 16), dtype=np.uint8)
-    truth[0:2, 4:10, 4:10] = 1
-    arrays = SliceArrays(
-        images=np.zeros((3, 16, 16, 3), dtype=np.uint8),
-        masks=truth,
-        patient_ids=np.array(["P"] * 3),
-        slice_numbers=np.arange(1, 4),
-    )
-    maps = truth.astype(np.float32)
+    # One patient, three slices: tumor on slices 0 and 1, each drawn exactly; the classifier is unsure of slice 0
+    # (0.3), and slice 2 is tumor-free but drawn anyway (0.35). A minimum of 0.4 costs slice 0's Dice and removes
+    # slice 2's false mask.
+    arrays = one_patient_with_tumor_on_slices_0_and_1(slices=3)
+    maps = arrays.masks.astype(np.float32)
     maps[2, 0:8, 0:8] = 1.0
     probabilities = np.array([0.3, 0.9, 0.35])
     gated = evaluate.gated_masks(probabilities, maps, 0.2, 0.5)
