@@ -1,5 +1,5 @@
-"""Measure sets of test-time views (the slice, its mirror, small rotations) for the classifier, out of fold and on
-the validation patients.
+"""Measure sets of test-time views (the slice, its mirror, small rotations, FLAIR alone) for the classifier, out of
+fold and on the validation patients.
 
     python -m training.compare_test_time_views --data-root ../shared/lgg/kaggle_3m_dev \
         --fold-run runs/cv/fold0 ... --fold-run runs/cv/fold4 \
@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.core.preprocessing import flair_only
 from training.compare_classifiers import figures
 from training.data import find_slices, load_slices, load_split, usage_errors
 from training.evaluate import model_outputs
@@ -36,6 +37,8 @@ VIEW_SETS = {
     "rotations": ("slice", "rotated+", "rotated-"),
     "flip and rotations": ("slice", "mirror", "rotated+", "rotated-"),
     "flip and rotations of both": ("slice", "mirror", "rotated+", "rotated-", "mirror rotated+", "mirror rotated-"),
+    "slice and FLAIR": ("slice", "flair"),
+    "flip and FLAIR": ("slice", "mirror", "flair", "mirror flair"),
 }
 
 
@@ -49,7 +52,7 @@ def rotated(images: np.ndarray, degrees: float) -> np.ndarray:
 def view_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
     """The classifier's probability per slice for every view any set uses."""
     mirror = np.ascontiguousarray(images[:, :, ::-1])
-    views = {"slice": images, "mirror": mirror}
+    views = {"slice": images, "mirror": mirror, "flair": flair_only(images), "mirror flair": flair_only(mirror)}
     for sign, degrees in (("+", ROTATION_DEGREES), ("-", -ROTATION_DEGREES)):
         views[f"rotated{sign}"] = rotated(images, degrees)
         views[f"mirror rotated{sign}"] = rotated(mirror, degrees)

@@ -35,6 +35,8 @@ MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_COMPONENT_VOXEL_CANDIDATES = (0, 25, 50, 100, 200, 400, 800, 1600)
 # A slice answered alone shows its mask only from this classifier probability on (0: whenever it is positive).
 SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES = (0.0, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+# Tumor-free slices this many slices or fewer from an annotated tumor slice count as the tumor's edge.
+TUMOR_EDGE_SLICES = 4
 
 
 def preprocessed_batches(images: np.ndarray, batch_size: int = 16) -> Iterator[np.ndarray]:
@@ -246,6 +248,28 @@ def segmentation_metrics(arrays: SliceArrays, masks: np.ndarray) -> dict:
     }
 
 
+def tumor_free_answers_by_distance(arrays: SliceArrays, called_tumor: np.ndarray, shown_mask: np.ndarray) -> dict:
+    """How the answers on tumor-free slices fare at the tumor's edge (1 to `TUMOR_EDGE_SLICES` slices from an
+    annotated tumor slice, where the annotation's first and last slices are least sure) and away from it.
+
+    `called_tumor` is the classifier's yes/no per slice, `shown_mask` whether the answer carries a non-empty mask.
+    """
+    distance = arrays.slices_to_tumor()
+    tumor_free = arrays.labels == 0
+    called_tumor, shown_mask = np.asarray(called_tumor, bool), np.asarray(shown_mask, bool)
+    figures = {}
+    for name, near in (("tumor_edge", True), ("away_from_tumor", False)):
+        rows = tumor_free & ((distance <= TUMOR_EDGE_SLICES) == near)
+        count = int(rows.sum())
+        figures[name] = {
+            "tumor_free_slices": count,
+            "specificity": float(1 - called_tumor[rows].mean()) if count else None,
+            "false_positives": int(called_tumor[rows].sum()),
+            "nonempty_mask_rate": float(shown_mask[rows].mean()) if count else None,
+        }
+    return {"tumor_edge_slices": TUMOR_EDGE_SLICES, **figures}
+
+
 def evaluate_split(
     arrays: SliceArrays,
     probabilities,
@@ -266,6 +290,11 @@ def evaluate_split(
     masks = clean_by_patient(arrays, gated, min_component_voxels)
     ungated = maps >= mask_threshold
     ungated_rate = float(np.mean([ungated[i].any() for i in np.flatnonzero(arrays.labels == 0)] or [0.0]))
+    single_slice_answers = tumor_free_answers_by_distance(
+        arrays,
+        probabilities >= classifier_threshold,
+        single_slice_masks.reshape(len(single_slice_masks), -1).any(axis=1),
+    )
     return {
         "patients": len(set(arrays.patient_ids)),
         "classifier": classification_metrics(arrays.labels, probabilities, classifier_threshold),
@@ -274,6 +303,7 @@ def evaluate_split(
         "segmentation_single_slices": segmentation_metrics(arrays, single_slice_masks),
         "segmentation_single_slices_every_positive": segmentation_metrics(arrays, gated),
         "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": ungated_rate,
+        "tumor_free_single_slices_by_distance_to_tumor": single_slice_answers,
     }
 
 

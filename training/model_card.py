@@ -187,6 +187,23 @@ def classifier_line(classifier: Mapping, members: int, threshold_chosen_on: Mapp
     )
 
 
+def _tumor_edge_rows(metrics: Mapping) -> list[str]:
+    """Where the single-slice false alarms sit: at the tumor's edge or away from it (from 1.5.0's card on)."""
+    by_distance = metrics.get("tumor_free_single_slices_by_distance_to_tumor")
+    if by_distance is None:
+        return []
+    edge, away = by_distance["tumor_edge"], by_distance["away_from_tumor"]
+    near = f"1-{by_distance['tumor_edge_slices']} slices from a tumor slice"
+    return [
+        f"| specificity on tumor-free slices {near} ({edge['tumor_free_slices']} slices) | "
+        f"{_percent(edge['specificity'])} |",
+        f"| specificity on the other tumor-free slices ({away['tumor_free_slices']} slices) | "
+        f"{_percent(away['specificity'])} |",
+        f"| tumor-free slices {near} given a mask, each slice alone | {_percent(edge['nonempty_mask_rate'])} |",
+        f"| other tumor-free slices given a mask, each slice alone | {_percent(away['nonempty_mask_rate'])} |",
+    ]
+
+
 def render_model_card(
     manifest: Mapping,
     evaluation_command: str,
@@ -200,8 +217,8 @@ def render_model_card(
     """Markdown of the model card for the exported `manifest` (which carries the test metrics)."""
     metrics = manifest["metrics"]
     flair = metrics.get("flair_only")
-    rows = _figures(metrics) + _single_slice_rows(metrics)
-    flair_rows = (_figures(flair) + _single_slice_rows(flair)) if flair else []
+    rows = _figures(metrics) + _single_slice_rows(metrics) + _tumor_edge_rows(metrics)
+    flair_rows = (_figures(flair) + _single_slice_rows(flair) + _tumor_edge_rows(flair)) if flair else []
     table = ["| figure | all three sequences | FLAIR only |", "|---|---|---|"]
     for index, row in enumerate(rows):
         name, value = row.strip("|").split("|", 1)

@@ -129,6 +129,7 @@ def compile_model(
     jit_compile: bool | None = None,
     full_resolution_output: bool = False,
     classifier_backbone: str = "cnn",
+    label_smoothing: float = 0.0,
 ) -> keras.Model:
     """Build and compile the model of `model_kind` ("classifier" or "segmenter") with Adam and a cosine decay.
 
@@ -145,7 +146,7 @@ def compile_model(
         model = CLASSIFIER_BACKBONES[classifier_backbone]()
         model.compile(
             optimizer=optimizer,
-            loss=keras.losses.BinaryCrossentropy(),
+            loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
             metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
             jit_compile=jit_compile,
         )
@@ -229,6 +230,7 @@ def train(args: argparse.Namespace) -> dict:
             args.jit_compile,
             full_resolution,
             args.classifier_backbone,
+            args.label_smoothing if args.model == "classifier" else 0.0,
         )
         on_encoder = args.model == "classifier" and args.classifier_backbone == "segmenter-encoder"
         if args.model == "segmenter":
@@ -337,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="classifier only: loss weight of tumor-free slices near a tumor slice (where false positives gather)",
+    )
+    parser.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        help="classifier only: train towards labels eps/2 and 1-eps/2 (less confident at the tumor's first and last "
+        "slices, where the annotation is least sure)",
     )
     parser.add_argument(
         "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.core.model_store import load_models
+from app.core.preprocessing import flair_only
 from training import compare_test_time_views, cross_validation, evaluate, export, train
 from training.data import DatasetError, find_slices, load_slices
 from training.models import build_classifier, build_resunet, load_classifier
@@ -237,3 +238,17 @@ def test_test_time_views_agree_with_the_out_of_fold_figures_of_combine(fold_runs
     assert set(result["validation"]) >= set(compare_test_time_views.VIEW_SETS)
     # A rotation is a different view: the sets that add rotations do not just repeat the flip average.
     assert result["out_of_fold"]["flip and rotations"]["threshold"] != result["out_of_fold"]["flip"]["threshold"]
+
+
+def test_the_flair_views_are_the_slice_and_its_mirror_with_every_channel_flair():
+    images = np.random.default_rng(5).integers(0, 256, size=(2, 256, 256, 3), dtype=np.uint8)
+    model = build_classifier()
+
+    outputs = compare_test_time_views.view_outputs(model, images)
+
+    assert np.isfinite(outputs["flair"]).all()
+    np.testing.assert_allclose(outputs["flair"], evaluate.model_outputs(model, flair_only(images)).reshape(-1))
+    mirrored_flair = flair_only(np.ascontiguousarray(images[:, :, ::-1]))
+    np.testing.assert_allclose(outputs["mirror flair"], evaluate.model_outputs(model, mirrored_flair).reshape(-1))
+    assert not np.allclose(outputs["flair"], outputs["slice"])
+    assert compare_test_time_views.VIEW_SETS["flip and FLAIR"] == ("slice", "mirror", "flair", "mirror flair")

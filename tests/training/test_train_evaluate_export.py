@@ -439,3 +439,43 @@ def test_a_slice_answered_alone_shows_its_mask_only_from_the_chosen_probability_
     assert by_candidate["0.0"]["volume_dice_mean"] == pytest.approx(2 * 72 / 208) and chosen == 0.0
     assert by_candidate["0.0"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
     assert by_candidate["0.4"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
+
+
+def test_tumor_free_answers_are_split_between_the_tumors_edge_and_away_from_it():
+    # One patient, eight slices: tumor on slices 0-1; slices 2-5 are 1-4 slices from it (the edge), 6-7 further.
+    # The classifier calls slices 2, 3 and 7 tumor; the segmenter draws on slices 3 and 7 (a 4 x 4 square).
+    arrays = one_patient_with_tumor_on_slices_0_and_1(slices=8)
+    maps = arrays.masks.astype(np.float32)
+    maps[[3, 7], 0:4, 0:4] = 1.0
+    probabilities = np.array([0.9, 0.9, 0.6, 0.6, 0.1, 0.1, 0.1, 0.6])
+
+    figures = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5)
+    by_distance = figures["tumor_free_single_slices_by_distance_to_tumor"]
+
+    assert by_distance["tumor_edge_slices"] == 4
+    assert by_distance["tumor_edge"] == {
+        "tumor_free_slices": 4,
+        "specificity": 0.5,
+        "false_positives": 2,
+        "nonempty_mask_rate": 0.25,
+    }
+    assert by_distance["away_from_tumor"] == {
+        "tumor_free_slices": 2,
+        "specificity": 0.5,
+        "false_positives": 1,
+        "nonempty_mask_rate": 0.5,
+    }
+    rows = model_card._tumor_edge_rows(figures)
+    assert "| specificity on tumor-free slices 1-4 slices from a tumor slice (4 slices) | 50.0 % |" in rows
+    assert "| other tumor-free slices given a mask, each slice alone | 50.0 % |" in rows
+    assert model_card._tumor_edge_rows({}) == []
+
+
+def test_label_smoothing_reaches_the_classifiers_loss():
+    # A confident right answer costs nothing without smoothing; with 0.1 it is trained towards 0.95, not 1.
+    labels, confident = np.array([[1.0]], np.float32), np.array([[1.0 - 1e-6]], np.float32)
+    plain = train.compile_model("classifier", 1e-3, 10, 0.7, jit_compile=False)
+    smoothed = train.compile_model("classifier", 1e-3, 10, 0.7, jit_compile=False, label_smoothing=0.1)
+
+    assert float(plain.loss(labels, confident)) < 1e-3
+    assert float(smoothed.loss(labels, confident)) > 0.5
