@@ -37,6 +37,7 @@ MIN_COMPONENT_VOXEL_CANDIDATES = (0, 25, 50, 100, 200, 400, 800, 1600)
 SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES = (0.0, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 # Tumor-free slices this many slices or fewer from an annotated tumor slice count as the tumor's edge.
 TUMOR_EDGE_SLICES = 4
+BOOTSTRAP_DRAWS = 2000
 
 
 def preprocessed_batches(images: np.ndarray, batch_size: int = 16) -> Iterator[np.ndarray]:
@@ -270,6 +271,52 @@ def tumor_free_answers_by_distance(arrays: SliceArrays, called_tumor: np.ndarray
     return {"tumor_edge_slices": TUMOR_EDGE_SLICES, **figures}
 
 
+def patient_bootstrap_intervals(
+    arrays: SliceArrays,
+    called_tumor: np.ndarray,
+    shown_mask_alone: np.ndarray,
+    series_masks: np.ndarray,
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 2019,
+) -> dict:
+    """95 % intervals of the headline figures with the patients drawn again, with replacement: how far the figures
+    of a handful of patients could move on another handful like them (slices of one patient are not independent, so
+    patients, not slices, are drawn)."""
+    patients = sorted(set(arrays.patient_ids))
+    labels = arrays.labels > 0
+    called_tumor, shown_mask_alone = np.asarray(called_tumor, bool), np.asarray(shown_mask_alone, bool)
+    counts = []
+    for patient in patients:
+        rows = arrays.patient_ids == patient
+        tumor, tumor_free = rows & labels, rows & ~labels
+        counts.append(
+            [
+                (called_tumor & tumor).sum(),
+                tumor.sum(),
+                (~called_tumor & tumor_free).sum(),
+                tumor_free.sum(),
+                (shown_mask_alone & tumor_free).sum(),
+            ]
+        )
+    counts = np.asarray(counts, dtype=np.float64)
+    volume_dice = np.asarray(list(volume_dice_by_patient(arrays, series_masks).values()))
+    picks = np.random.default_rng(seed).integers(0, len(patients), size=(draws, len(patients)))
+    found, tumor, rejected, tumor_free, masked = counts[picks].sum(axis=1).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        figures = {
+            "sensitivity": found / tumor,
+            "specificity": rejected / tumor_free,
+            "nonempty_mask_rate_on_tumor_free_slices_alone": masked / tumor_free,
+            "volume_dice_mean": volume_dice[picks].mean(axis=1),
+        }
+
+    def interval(values: np.ndarray) -> list[float] | None:
+        values = values[np.isfinite(values)]
+        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else None
+
+    return {"draws": draws, **{name: interval(values) for name, values in figures.items()}}
+
+
 def evaluate_split(
     arrays: SliceArrays,
     probabilities,
@@ -304,6 +351,12 @@ def evaluate_split(
         "segmentation_single_slices_every_positive": segmentation_metrics(arrays, gated),
         "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": ungated_rate,
         "tumor_free_single_slices_by_distance_to_tumor": single_slice_answers,
+        "intervals_95_patient_bootstrap": patient_bootstrap_intervals(
+            arrays,
+            probabilities >= classifier_threshold,
+            single_slice_masks.reshape(len(single_slice_masks), -1).any(axis=1),
+            masks,
+        ),
     }
 
 

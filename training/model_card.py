@@ -204,6 +204,26 @@ def _tumor_edge_rows(metrics: Mapping) -> list[str]:
     ]
 
 
+def interval_lines(metrics: Mapping) -> list[str]:
+    """The test figures' 95 % intervals with the patients drawn again (evaluations from 1.5.0's card on)."""
+    intervals = metrics.get("intervals_95_patient_bootstrap")
+    if intervals is None:
+        return []
+
+    def span(name: str) -> str:
+        low_high = intervals[name]
+        return "n/a" if low_high is None else f"{100 * low_high[0]:.1f}-{100 * low_high[1]:.1f} %"
+
+    return [
+        f"95 % intervals, the {metrics['patients']} test patients drawn again with replacement "
+        f"({intervals['draws']:,} draws; `training.evaluate.patient_bootstrap_intervals`): "
+        f"sensitivity {span('sensitivity')}, specificity {span('specificity')}, per-patient volume Dice mean "
+        f"{span('volume_dice_mean')}, tumor-free slices given a mask each slice alone "
+        f"{span('nonempty_mask_rate_on_tumor_free_slices_alone')}.",
+        "",
+    ]
+
+
 def render_model_card(
     manifest: Mapping,
     evaluation_command: str,
@@ -252,6 +272,7 @@ def render_model_card(
         "",
         "FLAIR only: every channel replaced by FLAIR, as when a PACS sends a FLAIR series alone.",
         "",
+        *interval_lines(metrics),
         "Plots and raw figures in `evaluation/`: `training_curves.png`, `roc_confusion.png`, `test_slices.png` (test "
         "slices with the true outline in green and the predicted one in red), `evaluation.json` (also the per-patient "
         "volume Dice and the validation figures behind the thresholds), and the training histories as CSV.",

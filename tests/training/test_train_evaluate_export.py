@@ -479,3 +479,31 @@ def test_label_smoothing_reaches_the_classifiers_loss():
 
     assert float(plain.loss(labels, confident)) < 1e-3
     assert float(smoothed.loss(labels, confident)) > 0.5
+
+
+def test_patient_bootstrap_intervals_draw_patients_not_slices():
+    # Two patients, four slices each, tumor on slices 0-1. Patient A's tumor-free slices are called tumor, patient
+    # B's are not: drawn again, a set of two can hold A twice (specificity 0) or B twice (specificity 1).
+    one = one_patient_with_tumor_on_slices_0_and_1(slices=4)
+    arrays = SliceArrays(
+        images=np.concatenate([one.images, one.images]),
+        masks=np.concatenate([one.masks, one.masks]),
+        patient_ids=np.array(["A"] * 4 + ["B"] * 4),
+        slice_numbers=np.concatenate([one.slice_numbers, one.slice_numbers]),
+    )
+    called_tumor = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
+    masks = arrays.masks > 0
+
+    both = evaluate.patient_bootstrap_intervals(arrays, called_tumor, called_tumor, masks, draws=200)
+    only_b = evaluate.patient_bootstrap_intervals(
+        arrays.subset(["B"]), called_tumor[4:], called_tumor[4:], masks[4:], draws=50
+    )
+
+    assert both["draws"] == 200
+    assert both["specificity"] == [0.0, 1.0]
+    assert both["nonempty_mask_rate_on_tumor_free_slices_alone"] == [0.0, 1.0]
+    assert both["sensitivity"] == [1.0, 1.0] and both["volume_dice_mean"] == [1.0, 1.0]
+    # One patient drawn again is always that patient: the interval is its own figure.
+    assert only_b["specificity"] == [1.0, 1.0] and only_b["nonempty_mask_rate_on_tumor_free_slices_alone"] == [0, 0]
+    rows = model_card.interval_lines({"patients": 2, "intervals_95_patient_bootstrap": both})
+    assert "specificity 0.0-100.0 %" in rows[0] and "(200 draws;" in rows[0]
