@@ -28,6 +28,8 @@ from training.augmentation import STANDARD, Augmentation, augment_pair
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".tif", ".tiff", ".png")
 _SLICE_NAME = re.compile(r"^(?P<patient>TCGA_[A-Z0-9]+_[A-Z0-9]+)_\d+_(?P<number>\d+)$")
+# Keys the mixup draws of a batch apart from the per-slice augmentation draws (keyed by position, always smaller).
+MIXUP_KEY = 1 << 30
 
 
 class DatasetError(ValueError):
@@ -225,6 +227,9 @@ class SliceBatches(keras.utils.PyDataset):
     (B, S, S, 1)) for the segmenter. `negatives_per_epoch` lets the segmenter see every tumor slice each epoch plus
     a fresh sample of tumor-free slices, so it learns to draw nothing without drowning in empty masks.
 
+    `mixup_alpha` > 0 (classifier only) blends each slice with another of its batch, weight lam >= 0.5 drawn from
+    Beta(alpha, alpha), and its label alike (mixup, Zhang et al. 2018): a regularizer for a small training set.
+
     `crop_size` trains the (fully convolutional) segmenter on S x S crops instead of whole slices: four times
     cheaper at 128, so many more epochs fit on a CPU, while it still serves whole 256 x 256 slices. Tumor slices
     are cropped around a random tumor pixel (`tumor_crop_fraction` of the time, otherwise anywhere in the brain),
@@ -249,11 +254,14 @@ class SliceBatches(keras.utils.PyDataset):
         tumor_crop_fraction: float = 0.8,
         near_tumor_weight: float = 1.0,
         near_tumor_slices: int = 3,
+        mixup_alpha: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if target not in ("label", "mask"):
             raise ValueError(f"target must be 'label' or 'mask'; got {target!r}")
+        if mixup_alpha and target != "label":
+            raise ValueError("mixup_alpha is for the classifier's labels only")
         if crop_size is not None and not 32 <= crop_size <= MODEL_INPUT_SIZE:
             raise ValueError(f"crop_size must be between 32 and {MODEL_INPUT_SIZE}; got {crop_size}")
         self.arrays = arrays
@@ -266,6 +274,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.seed = seed
         self.crop_size = crop_size
         self.tumor_crop_fraction = tumor_crop_fraction
+        self.mixup_alpha = mixup_alpha
         # Loss weight per slice ("label" only): tumor-free slices within `near_tumor_slices` of a tumor slice, where
         # the classifier's false positives gather, weigh `near_tumor_weight`; None when every slice weighs 1.
         self.sample_weights = None
@@ -328,9 +337,26 @@ class SliceBatches(keras.utils.PyDataset):
         if self.target == "mask":
             return inputs, masks[..., None].astype(np.float32)
         labels = (masks.reshape(len(masks), -1).max(axis=1) > 0).astype(np.float32)
-        if self.sample_weights is not None:
-            return inputs, labels[:, None], self.sample_weights[chosen]
+        weights = None if self.sample_weights is None else self.sample_weights[chosen]
+        if self.mixup_alpha > 0:
+            inputs, labels, weights = self._mixup(batch_index, inputs, labels, weights)
+        if weights is not None:
+            return inputs, labels[:, None], weights
         return inputs, labels[:, None]
+
+    def _mixup(
+        self, batch_index: int, inputs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Each slice blended with a partner from the same batch; its own share stays the larger."""
+        rng = self._rng(MIXUP_KEY, batch_index)
+        share = rng.beta(self.mixup_alpha, self.mixup_alpha, size=len(labels)).astype(np.float32)
+        share = np.maximum(share, 1 - share)
+        partner = rng.permutation(len(labels))
+        inputs = share[:, None, None, None] * inputs + (1 - share[:, None, None, None]) * inputs[partner]
+        labels = share * labels + (1 - share) * labels[partner]
+        if weights is not None:
+            weights = share * weights + (1 - share) * weights[partner]
+        return inputs.astype(np.float32), labels.astype(np.float32), weights
 
     def _crop_window(
         self, index: int, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator

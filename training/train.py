@@ -175,6 +175,7 @@ def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBat
         negatives_per_epoch=args.negatives_per_epoch if segmenter else None,
         near_tumor_weight=1.0 if segmenter else args.near_tumor_negative_weight,
         near_tumor_slices=args.near_tumor_slices,
+        mixup_alpha=0.0 if segmenter else args.mixup_alpha,
         seed=args.seed,
         crop_size=args.crop_size if segmenter and args.crop_size else None,
         # Threads preparing batches: on a GPU, augmentation on one core cannot keep up with the model.
@@ -346,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="classifier only: train towards labels eps/2 and 1-eps/2 (less confident at the tumor's first and last "
         "slices, where the annotation is least sure)",
+    )
+    parser.add_argument(
+        "--mixup-alpha",
+        type=float,
+        default=0.0,
+        help="classifier only: blend training slices and their labels in pairs, shares from Beta(alpha, alpha)",
     )
     parser.add_argument(
         "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"

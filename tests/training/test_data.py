@@ -162,3 +162,41 @@ def test_classifier_batches_weigh_tumor_free_slices_near_the_tumor(dev_layout):
     inputs, labels, weights = SliceBatches(real, "label", batch_size=4, near_tumor_weight=2.0)[0]
     assert weights.shape == (4,) and set(weights.tolist()) <= {1.0, 2.0}
     assert len(SliceBatches(real, "label", batch_size=4)[0]) == 2  # no weights asked: (inputs, labels)
+
+
+def test_mixup_blends_slices_and_labels_in_pairs_and_repeats_on_resume(dev_layout):
+    arrays = load_slices(find_slices(dev_layout))
+    plain = SliceBatches(arrays, "label", batch_size=8, shuffle=True, seed=3)
+    mixed = SliceBatches(arrays, "label", batch_size=8, shuffle=True, seed=3, mixup_alpha=0.4)
+    (plain_inputs, plain_labels), (inputs, labels) = plain[0], mixed[0]
+    plain_inputs64 = plain_inputs.astype(np.float64)  # float32 sums over a slice are too coarse here
+    assert 0 < plain_labels.sum() < 8, "the fixture batch needs both kinds of slice"
+
+    # Every slice keeps the larger share: a tumor slice stays >= 0.5, a tumor-free one <= 0.5.
+    assert ((labels >= 0.5) == ((plain_labels == 1) | (labels == 0.5))).all()
+    assert ((labels > 0) & (labels < 1)).any()
+    assert not np.allclose(inputs, plain_inputs) and inputs.dtype == np.float32
+    # Each mixed slice is share * its own + (1 - share) * a partner's from the batch, share >= 0.5, label alike.
+    for own in range(8):
+        fits = []
+        for partner in range(8):
+            difference = plain_inputs64[own] - plain_inputs64[partner]
+            if partner == own or not difference.any():
+                share = 1.0 if np.allclose(inputs[own], plain_inputs[own]) else np.nan
+            else:
+                share = float(
+                    np.vdot(inputs[own] - plain_inputs64[partner], difference) / np.vdot(difference, difference)
+                )
+            blend = share * plain_inputs64[own] + (1 - share) * plain_inputs64[partner]
+            label = share * plain_labels[own] + (1 - share) * plain_labels[partner]
+            if np.isfinite(share) and np.abs(blend - inputs[own]).max() < 1e-4 and np.isclose(label, labels[own]).all():
+                fits.append(share)
+        assert fits and 0.5 - 1e-4 <= max(fits) <= 1 + 1e-4, own
+    # Drawn from (seed, epoch, batch): the same batch again, as after a resume, is the same.
+    again = SliceBatches(arrays, "label", batch_size=8, shuffle=True, seed=3, mixup_alpha=0.4)[0]
+    np.testing.assert_array_equal(again[0], inputs)
+    np.testing.assert_array_equal(again[1], labels)
+    with pytest.raises(ValueError, match="classifier's labels only"):
+        SliceBatches(arrays, "mask", mixup_alpha=0.4)
+    args = build_parser().parse_args(["--model", "classifier", "--mixup-alpha", "0.4"])
+    assert make_train_batches(args, arrays).mixup_alpha == 0.4
