@@ -227,8 +227,8 @@ class SliceBatches(keras.utils.PyDataset):
     (B, S, S, 1)) for the segmenter. `negatives_per_epoch` lets the segmenter see every tumor slice each epoch plus
     a fresh sample of tumor-free slices, so it learns to draw nothing without drowning in empty masks.
 
-    `mixup_alpha` > 0 (classifier only) blends each slice with another of its batch, weight lam >= 0.5 drawn from
-    Beta(alpha, alpha), and its label alike (mixup, Zhang et al. 2018): a regularizer for a small training set.
+    `mixup_alpha` > 0 (classifier only) blends each slice with another of its batch, its own share >= 0.5 drawn
+    from Beta(alpha, alpha), and its label alike (mixup, Zhang et al. 2018): a regularizer for a small training set.
 
     `crop_size` trains the (fully convolutional) segmenter on S x S crops instead of whole slices: four times
     cheaper at 128, so many more epochs fit on a CPU, while it still serves whole 256 x 256 slices. Tumor slices

@@ -337,11 +337,8 @@ def evaluate_split(
     masks = clean_by_patient(arrays, gated, min_component_voxels)
     ungated = maps >= mask_threshold
     ungated_rate = float(np.mean([ungated[i].any() for i in np.flatnonzero(arrays.labels == 0)] or [0.0]))
-    single_slice_answers = tumor_free_answers_by_distance(
-        arrays,
-        probabilities >= classifier_threshold,
-        single_slice_masks.reshape(len(single_slice_masks), -1).any(axis=1),
-    )
+    called_tumor = probabilities >= classifier_threshold
+    shown_mask_alone = single_slice_masks.reshape(len(single_slice_masks), -1).any(axis=1)
     return {
         "patients": len(set(arrays.patient_ids)),
         "classifier": classification_metrics(arrays.labels, probabilities, classifier_threshold),
@@ -350,13 +347,10 @@ def evaluate_split(
         "segmentation_single_slices": segmentation_metrics(arrays, single_slice_masks),
         "segmentation_single_slices_every_positive": segmentation_metrics(arrays, gated),
         "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": ungated_rate,
-        "tumor_free_single_slices_by_distance_to_tumor": single_slice_answers,
-        "intervals_95_patient_bootstrap": patient_bootstrap_intervals(
-            arrays,
-            probabilities >= classifier_threshold,
-            single_slice_masks.reshape(len(single_slice_masks), -1).any(axis=1),
-            masks,
+        "tumor_free_single_slices_by_distance_to_tumor": tumor_free_answers_by_distance(
+            arrays, called_tumor, shown_mask_alone
         ),
+        "intervals_95_patient_bootstrap": patient_bootstrap_intervals(arrays, called_tumor, shown_mask_alone, masks),
     }
 
 
