@@ -8,6 +8,9 @@ hands highdicom a copy with the missing ones present and empty, never touching t
 A SEG of a source without a patient coordinate system (a Secondary Capture without Image Orientation) must carry
 Patient Orientation (Type 2C in the General Image module), which highdicom leaves out: `complete_segmentation` adds
 it, empty or copied from the source.
+
+A SEG or an SR refers to its sources by their UIDs (Type 1: present and not empty); `missing_reference_uids` names
+the ones a source lacks, so the caller can refuse it with a reason instead of failing inside highdicom.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ TYPE2_PATIENT_STUDY_ATTRIBUTES = (
     "StudyID",
     "AccessionNumber",
 )
+
+
+# What a SEG or an SR needs of every source to refer to it (Type 1 in the referencing macros and modules).
+REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def missing_reference_uids(sources: Sequence[Dataset]) -> list[str]:
+    """The `REFERENCE_UIDS` that any of `sources` lacks or leaves empty, in that order."""
+    return [keyword for keyword in REFERENCE_UIDS if any(not str(source.get(keyword) or "") for source in sources)]
 
 
 def with_type2_attributes(dataset: Dataset) -> Dataset:

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as PydicomSequence
 
 from app.errors import InvalidDicomImageError
+
+# Longest pixel spacing, slice thickness or slice spacing taken at its word: a metre is far beyond any MR image.
+MAX_LENGTH_MM = 1000.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,17 +74,32 @@ class DicomFrame:
 def frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> object | None:
     """An attribute of frame `index`: per-frame functional group, then shared group, then the top level."""
     candidates = []
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and index < len(per_frame):
+    per_frame = _sequence(dataset, "PerFrameFunctionalGroupsSequence")
+    if index < len(per_frame):
         candidates.append(per_frame[index])
-    shared = dataset.get("SharedFunctionalGroupsSequence")
+    shared = _sequence(dataset, "SharedFunctionalGroupsSequence")
     if shared:
         candidates.append(shared[0])
     for group in candidates:
-        items = group.get(sequence)
+        items = _sequence(group, sequence)
         if items and keyword in items[0]:
             return items[0][keyword].value
     return dataset.get(keyword)
+
+
+def _sequence(dataset: Dataset, keyword: str) -> PydicomSequence | list:
+    """The items of sequence `keyword`; none when it is absent, or present as anything but a sequence (a value of
+    another type cannot hold a frame's attributes)."""
+    value = dataset.get(keyword)
+    return value if isinstance(value, PydicomSequence) else []
+
+
+def _lengths(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Spacings and thicknesses in mm, or None (unknown, so no volume) unless every one is above 0 and at most
+    `MAX_LENGTH_MM`: a zero, negative or astronomic spacing would give a volume of 0, below 0 or infinite."""
+    if numbers is None or not all(0.0 < number <= MAX_LENGTH_MM for number in numbers):
+        return None
+    return numbers
 
 
 def _floats(value: object, count: int, keyword: str) -> tuple[float, ...] | None:
@@ -118,8 +137,8 @@ def frame_at(dataset: Dataset, values: np.ndarray, index: int, frames: int) -> D
     def floats(sequence: str, keyword: str, count: int) -> tuple[float, ...] | None:
         return _floats(frame_value(dataset, index, sequence, keyword), count, keyword)
 
-    thickness = floats("PixelMeasuresSequence", "SliceThickness", 1)
-    between = floats("PixelMeasuresSequence", "SpacingBetweenSlices", 1)
+    thickness = _lengths(floats("PixelMeasuresSequence", "SliceThickness", 1))
+    between = _lengths(floats("PixelMeasuresSequence", "SpacingBetweenSlices", 1))
     return DicomFrame(
         values=values,
         header=dataset,
@@ -127,7 +146,7 @@ def frame_at(dataset: Dataset, values: np.ndarray, index: int, frames: int) -> D
         number_of_frames=frames,
         image_position=floats("PlanePositionSequence", "ImagePositionPatient", 3),
         image_orientation=floats("PlaneOrientationSequence", "ImageOrientationPatient", 6),
-        pixel_spacing=floats("PixelMeasuresSequence", "PixelSpacing", 2),
+        pixel_spacing=_lengths(floats("PixelMeasuresSequence", "PixelSpacing", 2)),
         slice_thickness=thickness[0] if thickness else None,
         spacing_between_slices=between[0] if between else None,
     )

@@ -19,6 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from app.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
@@ -30,6 +31,7 @@ from app.errors import (
     ServiceError,
     UndecodableDicomError,
     UnsupportedDicomError,
+    without_quoted_values,
 )
 from app.memory_budget import MIB, MODEL_INPUT_BYTES, check_cost, describe_bytes
 from app.settings import Settings
@@ -49,6 +51,12 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
 }
 SECONDARY_CAPTURE_CLASSES = frozenset(uid for uid, name in SUPPORTED_SOP_CLASSES.items() if "Secondary Capture" in name)
 MONOCHROME_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
+# Every Photometric Interpretation term of PS3.3 C.7.6.3.1.2, retired ones included.
+PHOTOMETRIC_INTERPRETATIONS = (
+    *MONOCHROME_INTERPRETATIONS,
+    *("PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_422"),
+    *("YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB"),
+)
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 DEFLATED_HEADER_BYTES = 4 * MIB
@@ -178,12 +186,15 @@ def read_dicom_header(
                 )
         _check_sop_class(dataset, has_pixels)
         _check_pixel_description(dataset)
+        _check_functional_groups(dataset)
         rows, columns, frames = image_dimensions(dataset)
         bits = bits_allocated(dataset)
     except ServiceError:
         raise
     except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
-        raise UndecodableDicomError(f"DICOM file cannot be read (truncated or corrupt): {error}") from error
+        raise UndecodableDicomError(
+            f"DICOM file cannot be read (truncated or corrupt): {without_quoted_values(str(error))}"
+        ) from error
     if rows * columns * frames > max_pixels:
         raise ImageTooLargeError(
             f"DICOM image is {rows}x{columns} pixels x {frames} frames = {rows * columns * frames} pixels; "
@@ -364,10 +375,24 @@ def _check_pixel_description(dataset: Dataset) -> None:
     samples = int(dataset.get("SamplesPerPixel", 1))
     interpretation = str(dataset.get("PhotometricInterpretation", ""))
     if samples != 1 or interpretation not in MONOCHROME_INTERPRETATIONS:
+        # Named only when it is one of the standard's terms: anything else is the file's content, not echoed.
+        named = interpretation if interpretation in PHOTOMETRIC_INTERPRETATIONS else "missing or not a standard term"
         raise InvalidDicomImageError(
             "DICOM image must be greyscale (SamplesPerPixel 1, PhotometricInterpretation MONOCHROME1 or MONOCHROME2); "
-            f"got SamplesPerPixel {samples}, PhotometricInterpretation {interpretation or 'missing'}"
+            f"got SamplesPerPixel {samples}, PhotometricInterpretation {named}"
         )
+    if "BitsStored" in dataset:
+        try:
+            int(dataset.BitsStored)
+        except (TypeError, ValueError):
+            raise InvalidDicomImageError("DICOM BitsStored (0028,0101) must be an integer") from None
+
+
+def _check_functional_groups(dataset: Dataset) -> None:
+    """Enhanced objects keep per-frame geometry and rescaling in these: anything but a sequence cannot be read."""
+    for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if keyword in dataset and not isinstance(dataset[keyword].value, Sequence):
+            raise InvalidDicomImageError(f"DICOM {keyword} must be a sequence (VR SQ)")
 
 
 def image_dimensions(dataset: Dataset) -> tuple[int, int, int]:
@@ -375,9 +400,7 @@ def image_dimensions(dataset: Dataset) -> tuple[int, int, int]:
     try:
         frames = int(dataset.get("NumberOfFrames") or 1)
     except (TypeError, ValueError) as error:
-        raise UndecodableDicomError(
-            f"DICOM Number of Frames must be a positive integer; got {dataset.NumberOfFrames!r}"
-        ) from error
+        raise UndecodableDicomError("DICOM Number of Frames (0028,0008) must be a positive integer") from error
     if rows < 1 or columns < 1 or frames < 1:
         raise InvalidDicomImageError(
             f"DICOM image must have at least one row, column and frame; got {rows}x{columns} x {frames} frames"

@@ -36,6 +36,7 @@ from app.errors import (
     ServiceError,
     UndecodableDicomError,
     UnsupportedDicomError,
+    without_quoted_values,
 )
 
 
@@ -95,15 +96,25 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
     except ServiceError:
         raise
     except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
-        raise UndecodableDicomError(f"DICOM file cannot be read (truncated or corrupt): {error}") from error
+        raise UndecodableDicomError(
+            f"DICOM file cannot be read (truncated or corrupt): {without_quoted_values(str(error))}"
+        ) from error
     frames = header.frames
     if found != (header.rows, header.columns, frames, header.bits_allocated):
         raise UndecodableDicomError("DICOM file reads differently from its header (rows, columns, frames or bits)")
-    values = _decode_values(dataset, frames)
-    for keyword in PIXEL_DATA_KEYWORDS:
-        if keyword in dataset:
-            delattr(dataset, keyword)  # the header is kept per frame: no need to hold the encoded pixels twice
-    return [frame_at(dataset, values[index], index, frames) for index in range(frames)]
+    try:
+        values = _decode_values(dataset, frames)
+        for keyword in PIXEL_DATA_KEYWORDS:
+            if keyword in dataset:
+                delattr(dataset, keyword)  # the header is kept per frame: no need to hold the encoded pixels twice
+        return [frame_at(dataset, values[index], index, frames) for index in range(frames)]
+    except ServiceError:
+        raise
+    except Exception as error:  # a value of a type the standard does not allow, first read here
+        raise UndecodableDicomError(
+            f"DICOM pixel data or frame attributes cannot be read ({type(error).__name__}: "
+            f"{without_quoted_values(str(error))})"
+        ) from error
 
 
 def _check_complete(dataset: Dataset) -> None:
@@ -124,6 +135,9 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     """Decoded pixels as float32 (frames, rows, columns) modality values, brighter = higher."""
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if transfer_syntax is not None and not UID(transfer_syntax).is_transfer_syntax:
+        # The header reads an unknown (e.g. private) transfer syntax as native little endian; so does this.
+        transfer_syntax = None
     if transfer_syntax is not None and transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
         raise UnsupportedDicomError(
             f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) cannot be decoded by this service"
@@ -138,8 +152,15 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     try:
         stored = dataset.pixel_array  # pydicom applies BitsStored and the sign of PixelRepresentation
     except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream
-        raise UndecodableDicomError(f"DICOM pixel data cannot be decoded: {error}") from error
-    stored = stored.reshape(frames, int(dataset.Rows), int(dataset.Columns))
+        raise UndecodableDicomError(
+            f"DICOM pixel data cannot be decoded: {without_quoted_values(str(error))}"
+        ) from error
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    if stored.size != frames * rows * columns:
+        raise InvalidDicomImageError(
+            f"DICOM pixel data holds {stored.size} pixels; Rows x Columns x frames says {frames * rows * columns}"
+        )
+    stored = stored.reshape(frames, rows, columns)
     values = np.empty(stored.shape, dtype=np.float32)
     for index in range(frames):
         values[index] = _modality_values(dataset, stored[index], index)

@@ -20,10 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from app.dicom_conformance import complete_segmentation, with_type2_attributes
+from app.dicom_conformance import complete_segmentation, missing_reference_uids, with_type2_attributes
 from app.dicom_frame import DicomFrame
 from app.dicom_series import SliceInput
-from app.errors import SegmentationInputError
+from app.errors import SegmentationInputError, without_quoted_values
 
 MANUFACTURER = "brain-tumor-service"
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
@@ -80,6 +80,11 @@ def build_segmentation(
     series = {frame.series_instance_uid for frame in references}
     if len(series) != 1:
         raise SegmentationInputError(f"a DICOM SEG covers one series; the FLAIR slices come from {len(series)} series")
+    missing = missing_reference_uids([frame.header for frame in references])
+    if missing:
+        raise SegmentationInputError(
+            f"a DICOM SEG refers to its source slices by their UIDs; the FLAIR slices lack {', '.join(missing)}"
+        )
     source_images, pixel_array = _source_images_and_pixels(references, masks)
     further = _unique_headers(
         frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
@@ -124,8 +129,12 @@ def build_segmentation(
             omit_empty_frames=False,  # one SEG frame per source frame, so frame-by-index viewers stay aligned
             further_source_images=further or None,
         )
-    except ValueError as error:  # highdicom's checks on the sources, e.g. pre/post-contrast from another study
-        raise SegmentationInputError(f"the slices cannot be covered by one DICOM SEG: {error}") from error
+    except (ValueError, TypeError, AttributeError) as error:
+        # highdicom's checks on the sources (pre/post-contrast from another study, an attribute in a form the
+        # standard does not allow); its text quotes the offending value, which is the file's content.
+        raise SegmentationInputError(
+            f"the slices cannot be covered by one DICOM SEG: {without_quoted_values(str(error))}"
+        ) from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
 

@@ -28,8 +28,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from app.dicom_conformance import with_type2_attributes
+from app.dicom_conformance import missing_reference_uids, with_type2_attributes
 from app.dicom_seg import MANUFACTURER, SEGMENT_NUMBER, software_version
+from app.errors import ReportInputError, without_quoted_values
 
 if TYPE_CHECKING:
     from app.series_result import SeriesResult
@@ -113,6 +114,8 @@ def build_volume_report(
     ------
     VolumeReportInputError
         If there are no sources, they come from several series, or a positive finding comes without a SEG.
+    app.errors.ReportInputError
+        If the sources lack a UID the report refers to them by, or highdicom refuses one of their attributes.
     """
     if not source_images:
         raise VolumeReportInputError("a volume report needs at least one source image; got none")
@@ -121,6 +124,26 @@ def build_volume_report(
         raise VolumeReportInputError(f"a volume report covers one series; the source images come from {len(series)}")
     if findings.tumor_detected and segmentation is None:
         raise VolumeReportInputError("a positive finding must come with its SEG; got none")
+    missing = missing_reference_uids(source_images)
+    if missing:
+        raise ReportInputError(
+            f"a DICOM SR refers to its source images by their UIDs; the source images lack {', '.join(missing)}"
+        )
+    try:
+        return _volume_report(source_images, findings, model_tags, segmentation, series.pop())
+    except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
+        raise ReportInputError(
+            f"the series cannot be reported in a DICOM SR: {without_quoted_values(str(error))}"
+        ) from error
+
+
+def _volume_report(
+    source_images: Sequence[Dataset],
+    findings: VolumeFindings,
+    model_tags: Mapping[str, str],
+    segmentation: Dataset | None,
+    series_uid: str,
+) -> hd.sr.Comprehensive3DSR:
     sources = [with_type2_attributes(image) for image in source_images]
     algorithm = _algorithm(model_tags)
     measurements = _measurements(findings, algorithm)
@@ -143,7 +166,7 @@ def build_volume_report(
                 sop_class_uid=str(segmentation.SOPClassUID),
                 sop_instance_uid=str(segmentation.SOPInstanceUID),
                 segment_number=SEGMENT_NUMBER,
-                source_series=hd.sr.SourceSeriesForSegmentation(series.pop()),
+                source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
             ),
             **common,
         )

@@ -12,6 +12,8 @@ from typing import ClassVar
 
 # `<_io.BytesIO object at 0x7f03...>` and the like: decoders quote their file object in error texts we pass on.
 _OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
+# 'text' or "text" (optionally b'...') in a library's error text: a value read from the uploaded file.
+_QUOTED_VALUE = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -55,6 +57,12 @@ def without_object_reprs(text: str) -> str:
     """`text` without Python object reprs (`<_io.BytesIO object at 0x...>`): clients and logs get no memory
     addresses or internal types."""
     return _OBJECT_REPR.sub("", text)
+
+
+def without_quoted_values(text: str) -> str:
+    """A library's error text with every quoted value replaced by '...': pydicom and highdicom quote the offending
+    value, which is the uploaded file's content (a patient's name, say), and answers never echo file content."""
+    return _QUOTED_VALUE.sub("'...'", text)
 
 
 class EmptyFileError(ServiceError):
@@ -201,6 +209,13 @@ class SegmentationInputError(ServiceError):
     """The slices cannot be covered by one DICOM SEG (e.g. they come from several series)."""
 
     code = "invalid_segmentation_input"
+    kind = ErrorKind.INVALID_INPUT
+
+
+class ReportInputError(ServiceError):
+    """The series cannot be described in a DICOM SR (its sources lack the UIDs a report refers to, say)."""
+
+    code = "invalid_report_input"
     kind = ErrorKind.INVALID_INPUT
 
 

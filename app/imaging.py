@@ -31,6 +31,8 @@ from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
+# Longest side of an image: DICOM's Rows and Columns stop here, and a PNG overlay cannot be written past 1,000,000.
+MAX_IMAGE_SIDE = 65_535
 DEFAULT_MAX_DECODE_BYTES: int = Settings.model_fields["decode_memory_bytes"].default
 
 
@@ -239,6 +241,10 @@ def _stretch_channel(channel: np.ndarray) -> np.ndarray:
 
 
 def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} pixels; no side may be over {MAX_IMAGE_SIDE} pixels (a DICOM image's limit)"
+        )
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"

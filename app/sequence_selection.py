@@ -322,12 +322,20 @@ def _sequence_value(dataset: Dataset, sequence: str, keyword: str) -> object | N
     """A top-level attribute, else the first item's of a shared functional group (enhanced MR objects)."""
     if keyword in dataset:
         return dataset.get(keyword)
-    shared = dataset.get("SharedFunctionalGroupsSequence")
-    if shared:
-        items = shared[0].get(sequence)
-        if items and keyword in items[0]:
-            return items[0].get(keyword)
+    group = _first_item(dataset.get("SharedFunctionalGroupsSequence"))
+    item = _first_item(group.get(sequence)) if group is not None else None
+    if item is not None and keyword in item:
+        return item.get(keyword)
     return None
+
+
+def _first_item(value: object) -> Any | None:
+    """The first item of a sequence element's value; None when it is empty or not a sequence of items at all (a
+    malformed file can carry text or bytes where the standard puts a sequence)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        return None
+    item = value[0]
+    return item if hasattr(item, "get") and hasattr(item, "__contains__") else None
 
 
 def _values(value: object) -> list[object]:

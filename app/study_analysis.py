@@ -143,7 +143,10 @@ class ModelStudyProcessor:
         result = answer.result
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
-        report = series_volume_report(result, self.predictor.model_tags)
+        try:
+            report = series_volume_report(result, self.predictor.model_tags)
+        except ServiceError as error:  # sources a report cannot refer to (no Study Instance UID, say)
+            return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
         datasets = [*([result.segmentation] if result.segmentation is not None else []), report]
         summary.update(
             channels=len(inputs[0].channels),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from app.dicom_frame import DicomFrame
+from app.dicom_frame import MAX_LENGTH_MM, DicomFrame
 
 MM3_PER_ML = 1000.0
 
@@ -29,8 +30,8 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
     Returns
     -------
     float or None
-        Millilitres; 0.0 when every mask is empty; None when a non-empty slice lacks Pixel Spacing or no slice
-        spacing can be found.
+        Millilitres; 0.0 when every mask is empty; None when a non-empty slice lacks Pixel Spacing, no slice
+        spacing can be found, or the product is not a finite number.
 
     Raises
     ------
@@ -50,7 +51,10 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
     if area_mm2 == 0.0:
         return 0.0
     spacing = slice_spacing_mm(slices)
-    return None if spacing is None else area_mm2 * spacing / MM3_PER_ML
+    if spacing is None:
+        return None
+    volume = area_mm2 * spacing / MM3_PER_ML
+    return volume if math.isfinite(volume) else None  # positions far apart can still multiply past float range
 
 
 def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
@@ -69,7 +73,8 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
             )
         gaps = np.abs(gaps[np.abs(gaps) > 1e-6])
         if gaps.size:
-            return float(np.median(gaps))
+            gap = float(np.median(gaps))
+            return gap if gap <= MAX_LENGTH_MM else None  # positions a metre apart are no series of one head
     for frame in slices:
         if frame.spacing_between_slices:
             return float(frame.spacing_between_slices)

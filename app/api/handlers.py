@@ -13,10 +13,11 @@
 | unsupported_dicom      | 415    | a DICOM that is not an MR image (SR, CT, SEG ...) or has no decoder |
 | mixed_input            | 400    | DICOM and PNG/JPEG/TIFF files in one batch                    |
 | invalid_segmentation_input | 400 | slices one DICOM SEG cannot cover (several series or instance kinds) |
+| invalid_report_input   | 400    | a series one DICOM SR cannot describe (no StudyInstanceUID)   |
 | too_many_slices        | 413    | one request with more slices than INFERENCE_QUEUE_SLICES      |
 | bad_request            | 400    | a body the multipart parser cannot read (no boundary, huge names) |
 | payload_too_large      | 413    | file over MAX_UPLOAD_BYTES, or request body over its limit    |
-| image_too_large        | 413    | width x height over MAX_IMAGE_PIXELS                          |
+| image_too_large        | 413    | width x height over MAX_IMAGE_PIXELS, or a side over 65535    |
 | too_many_files         | 413    | a batch with more than MAX_BATCH_FILES files                  |
 | over_memory_budget     | 413    | decoding a file or a request would take more than             |
 |                        |        | DECODE_MEMORY_BYTES (computed from the headers, before decoding) |

@@ -41,6 +41,9 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_dicom_image", 400, "a colour DICOM, or frames that do not group into slices"),
     ErrorCode("invalid_segmentation_input", 400, "the DICOM series cannot be referenced by a DICOM SEG"),
     ErrorCode(
+        "invalid_report_input", 400, "the DICOM series cannot be described by a DICOM SR (no StudyInstanceUID...)"
+    ),
+    ErrorCode(
         "no_flair_series",
         422,
         "the DICOM files hold no series read as FLAIR (one series classified T1, or several series and none FLAIR); "
@@ -52,7 +55,7 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode("not_found", 404, "no such path"),
     ErrorCode("method_not_allowed", 405, "the path exists, but not with this method"),
     ErrorCode("payload_too_large", 413, "a file over MAX_UPLOAD_BYTES, or a request body over its limit"),
-    ErrorCode("image_too_large", 413, "width x height (x frames) over MAX_IMAGE_PIXELS"),
+    ErrorCode("image_too_large", 413, "width x height (x frames) over MAX_IMAGE_PIXELS, or a side over 65535"),
     ErrorCode("too_many_files", 413, "a batch with more than MAX_BATCH_FILES files"),
     ErrorCode(
         "over_memory_budget",

@@ -1,0 +1,182 @@
+"""Malformed DICOM and raster uploads found by an attack on the service: each gets a 4xx naming what is wrong, never a
+500, and no answer quotes a value from the file (the canary CANARY stands in for a patient's name)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from app.dicom_sr import VolumeFindings, build_volume_report
+from app.errors import ReportInputError
+from app.imaging import MAX_IMAGE_SIDE
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+
+CANARY = "DOE^JOHN"
+ENDPOINTS = (("/v1/predict", "file"), ("/v1/overlay", "file"), ("/v1/predict/batch", "files"))
+
+
+def series() -> list[Dataset]:
+    return mr_series(tumor_channels())
+
+
+def with_element(keyword: str, vr: str, value: object) -> bytes:
+    dataset = series()[0]
+    tag = tag_for_keyword(keyword)
+    dataset[tag] = DataElement(tag, vr, value)
+    return to_bytes(dataset)
+
+
+def with_transfer_syntax(uid: str) -> bytes:
+    """Native pixel data under a Transfer Syntax UID pydicom does not know (patched in the file meta's bytes)."""
+    data = bytearray(to_bytes(series()[0]))
+    start = data.index(b"\x02\x00\x10\x00UI")
+    old_length = struct.unpack("<H", data[start + 6 : start + 8])[0]
+    new = uid.encode() + (b"\0" if len(uid) % 2 else b"")
+    data[start + 6 : start + 8 + old_length] = struct.pack("<H", len(new)) + new
+    return bytes(data)
+
+
+def with_more_pixels_than_rows_say() -> bytes:
+    dataset = series()[0]
+    dataset.Rows = dataset.Columns = 1  # the pixel data still holds 256 x 256
+    return to_bytes(dataset)
+
+
+MALFORMED = {
+    "BitsStored as text": (lambda: with_element("BitsStored", "LO", CANARY), "invalid_dicom_image", "BitsStored"),
+    "per-frame groups as text": (
+        lambda: with_element("PerFrameFunctionalGroupsSequence", "LO", CANARY),
+        "invalid_dicom_image",
+        "PerFrameFunctionalGroupsSequence",
+    ),
+    "shared groups as bytes": (
+        lambda: with_element("SharedFunctionalGroupsSequence", "OB", b"\x05\x06"),
+        "invalid_dicom_image",
+        "SharedFunctionalGroupsSequence",
+    ),
+    "unknown transfer syntax": (lambda: with_transfer_syntax("1.2.3.4.5"), "undecodable_dicom", "pixel data"),
+    "more pixels than Rows x Columns": (with_more_pixels_than_rows_say, "invalid_dicom_image", "Rows x Columns"),
+    "Number of Frames as text": (
+        lambda: with_element("NumberOfFrames", "LO", CANARY),
+        "undecodable_dicom",
+        "Number of Frames",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize(("path", "field"), ENDPOINTS)
+def test_a_malformed_dicom_file_gets_a_400_that_names_the_problem(client: TestClient, case, path, field) -> None:
+    build, code, named = MALFORMED[case]
+
+    response = client.post(path, files={field: ("IM0001", build(), "application/dicom")})
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and named in error["message"]
+    assert CANARY not in response.text
+
+
+def test_one_malformed_file_in_a_series_gets_its_own_error_and_the_rest_is_analysed(client: TestClient) -> None:
+    datasets = series()
+    broken = datasets[1]
+    broken[tag_for_keyword("BitsStored")] = DataElement(tag_for_keyword("BitsStored"), "LO", CANARY)
+    files = [
+        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
+    ]
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["slices"]) == 2
+    assert [(error["index"], error["error"]["code"]) for error in body["file_errors"]] == [(1, "invalid_dicom_image")]
+
+
+@pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr", "dicom-seg-sr"])
+def test_a_series_without_study_uid_gets_a_400_for_dicom_outputs_and_its_json_answer(client: TestClient, output):
+    datasets = series()
+    for dataset in datasets:
+        del dataset.StudyInstanceUID
+    files = [
+        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
+    ]
+
+    refused = client.post(f"/v1/predict/batch?output={output}", files=files)
+    answered = client.post("/v1/predict/batch?output=json", files=files)
+
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_segmentation_input"  # the SEG comes first, SR or not
+    assert "StudyInstanceUID" in refused.json()["error"]["message"]
+    assert answered.status_code == 200 and answered.json()["tumor_detected"] is True
+
+
+def test_a_report_of_sources_without_study_uid_is_refused_with_a_reason() -> None:
+    source = series()[0]
+    del source.StudyInstanceUID
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=1, slices_with_tumor=0)
+
+    with pytest.raises(ReportInputError, match="lack StudyInstanceUID"):
+        build_volume_report([source], findings, {"classifier": "c@1", "segmenter": "s@1"})
+
+
+@pytest.mark.parametrize("spacing", [["1e300", "1e300"], [0.0, 0.0], [-1.0, -1.0]])
+@pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr", "dicom-seg-sr"])
+def test_a_pixel_spacing_no_image_can_have_gives_no_volume(client: TestClient, spacing, output) -> None:
+    datasets = series()
+    for dataset in datasets:
+        dataset.PixelSpacing = spacing
+    files = [
+        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
+    ]
+
+    response = client.post(f"/v1/predict/batch?output={output}", files=files)
+
+    assert response.status_code == 200, response.text
+    if output == "json":
+        assert response.json()["tumor_detected"] is True and response.json()["tumor_volume_ml"] is None
+    else:
+        assert "x-tumor-volume-ml" not in response.headers
+
+
+@pytest.mark.parametrize("keyword", ["PatientSex", "PatientBirthDate", "StudyTime"])
+def test_highdicom_refusals_do_not_quote_the_files_values(client: TestClient, keyword) -> None:
+    dataset = series()[0]
+    setattr(dataset, keyword, CANARY)
+
+    response = client.post(
+        "/v1/predict?output=dicom-seg", files={"file": ("IM0001", to_bytes(dataset), "application/dicom")}
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_segmentation_input"
+    assert CANARY not in response.text and "DOE" not in response.text
+
+
+@pytest.mark.parametrize(("width", "height"), [(MAX_IMAGE_SIDE + 1, 1), (1, MAX_IMAGE_SIDE + 1)])
+@pytest.mark.parametrize(("path", "field"), ENDPOINTS)
+def test_an_image_with_a_side_over_the_limit_is_refused_as_too_large(
+    client: TestClient, width, height, path, field
+) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((height, width), np.uint8)).save(buffer, format="PNG")
+
+    response = client.post(path, files={field: ("long.png", buffer.getvalue(), "image/png")})
+
+    if path == "/v1/predict/batch":  # a raster batch answers each image on its own
+        assert response.status_code == 200, response.text
+        (result,) = response.json()["results"]
+        assert result["ok"] is False
+        error = result["error"]
+    else:
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+    assert error["code"] == "image_too_large" and str(MAX_IMAGE_SIDE) in error["message"]
