@@ -59,10 +59,10 @@ def without_object_reprs(text: str) -> str:
     return _OBJECT_REPR.sub("", text)
 
 
-def without_quoted_values(text: str) -> str:
-    """A library's error text with every quoted value replaced by '...': pydicom and highdicom quote the offending
-    value, which is the uploaded file's content (a patient's name, say), and answers never echo file content."""
-    return _QUOTED_VALUE.sub("'...'", text)
+def without_quoted_values(text: str, replacement: str = "'...'") -> str:
+    """A library's error text with every quoted value replaced: pydicom and highdicom quote the offending value, which
+    is the uploaded file's content (a patient's name, say), and neither answers nor logs echo file content."""
+    return _QUOTED_VALUE.sub(replacement, text)
 
 
 class EmptyFileError(ServiceError):

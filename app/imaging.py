@@ -199,6 +199,8 @@ def decode_image(
         array = _decode_png16(data)
     else:
         array = _decode_with_pillow(data, header.image_format, max_pixels)
+    if array.dtype.kind not in "biuf":  # a complex or structured TIFF: no intensity to read
+        raise InvalidSliceError(f"image samples must be real numbers; this image holds {array.dtype.name} samples")
     return stretch_to_uint8(_drop_alpha(array))
 
 
@@ -230,11 +232,13 @@ def _stretch_channel(channel: np.ndarray) -> np.ndarray:
     values = channel.astype(np.float64)
     np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     low = values.min() if values.size else 0.0
-    span = values.max() - low if values.size else 0.0
-    if not span > 0:
+    high = values.max() if values.size else 0.0
+    if not high > low:
         return np.zeros(values.shape, dtype=np.uint8)
-    values -= low
-    values /= span
+    # Halved, a span between float64's extremes (-1e308 to 1e308) stays finite; the ratio is the same.
+    values /= 2.0
+    values -= low / 2.0
+    values /= high / 2.0 - low / 2.0
     values *= 255.0
     np.rint(values, out=values)
     return values.astype(np.uint8)

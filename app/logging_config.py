@@ -21,9 +21,10 @@ import traceback
 from datetime import UTC, datetime
 from types import TracebackType
 
+from app.errors import without_quoted_values
+
 # Loggers whose messages may quote what a file holds: their text is redacted before it is written.
 VALUE_QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings", "PIL")
-_QUOTED = re.compile(r"""'[^']*'|"[^"]*"|b'[^']*'""")
 _UID_LIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")  # 1.2.840.113619.2... (also dates and versions: a fair price)
 REDACTED = "<redacted>"
 
@@ -32,7 +33,7 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 def redact_values(text: str) -> str:
     """`text` without quoted strings and dotted numbers (UIDs): where libraries put the values they read."""
-    return _UID_LIKE.sub(REDACTED, _QUOTED.sub(REDACTED, text))
+    return _UID_LIKE.sub(REDACTED, without_quoted_values(text, REDACTED))
 
 
 def traceback_without_messages(exc_info: ExcInfo) -> str:
@@ -89,3 +90,5 @@ def configure_logging(level: str = "INFO") -> None:
     logging.captureWarnings(True)  # warnings.warn -> the `py.warnings` logger -> this handler, redacted
     # highdicom logs at INFO the UIDs of the datasets it copies from; its warnings still come through.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Pillow logs at DEBUG every tag of an image's metadata: one crafted JPEG wrote 16,000 lines at LOG_LEVEL=DEBUG.
+    logging.getLogger("PIL").setLevel(logging.INFO)

@@ -52,6 +52,8 @@ from starlette.exceptions import HTTPException
 from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError, error_body
 from app.security import retry_after_header
 
+REQUEST_ID_HEADER = "X-Request-ID"
+
 logger = logging.getLogger(__name__)
 
 STATUS_BY_KIND: dict[ErrorKind, int] = {
@@ -119,8 +121,13 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
 
 async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # Starlette re-raises after this handler, so the server still sees (and logs) the failure; clients get no trace.
-    logger.error("unhandled error", exc_info=error, extra={"fields": {"request_id": _request_id(request)}})
-    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+    request_id = _request_id(request)
+    logger.error("unhandled error", exc_info=error, extra={"fields": {"request_id": request_id}})
+    _remember_error(request, "internal_error")
+    # This answer is sent from outside the request-id middleware, so it names the request itself: the id is what an
+    # operator looks up in the log.
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500, headers=headers)
 
 
 def _request_id(request: Request) -> str | None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.handlers import service_error_response
+from app.api.handlers import REQUEST_ID_HEADER, service_error_response
 from app.audit import AuditLog
 from app.errors import (
     AuthenticationError,
@@ -28,7 +28,6 @@ from app.security import ApiKeyStore, RateLimiter
 
 access_logger = logging.getLogger("app.access")
 
-REQUEST_ID_HEADER = "X-Request-ID"
 API_KEY_HEADER = "X-API-Key"
 INFERENCE_ENDPOINTS = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/overlay"})
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -104,3 +104,16 @@ def test_handle_unexpected_error_hides_the_exception() -> None:
 
     assert response.status_code == 500
     assert body_of(response) == {"error": {"code": "internal_error", "message": "internal server error"}}
+
+
+def test_handle_unexpected_error_names_the_request_it_failed() -> None:
+    # The 500 is sent from outside the request-id middleware: the handler itself must say which request failed.
+    failed = Request(
+        {"type": "http", "method": "POST", "path": "/v1/overlay", "headers": [], "state": {"request_id": "abc123"}}
+    )
+
+    response = asyncio.run(handlers.handle_unexpected_error(failed, RuntimeError("secret detail")))
+
+    assert response.headers["X-Request-ID"] == "abc123"
+    assert failed.state.error_code == "internal_error"
+    assert "X-Request-ID" not in asyncio.run(handlers.handle_unexpected_error(request(), RuntimeError())).headers

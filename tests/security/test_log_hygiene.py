@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app.logging_config import JsonFormatter, redact_values
+from app.logging_config import JsonFormatter, configure_logging, redact_values
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes
 from tests.dicom.test_dicom_input import MALFORMED_DICOM_CASES, malformed_dicom, replaced
@@ -143,3 +143,18 @@ def test_served_dicom_values_never_reach_the_logs(tiny_model_dir: Path, tmp_path
     for line in stderr.splitlines():
         if line.strip() and not TENSORFLOW_NATIVE_LINE.match(line):
             json.loads(line)  # every line is a JSON object: no bare warnings or tracebacks
+
+
+def test_debug_logging_leaves_out_pillows_per_tag_lines():
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("PIL").level, logging.getLogger("highdicom").level)
+    try:
+        configure_logging("DEBUG")
+
+        assert root.getEffectiveLevel() == logging.DEBUG
+        assert not logging.getLogger("PIL.TiffImagePlugin").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("PIL.TiffImagePlugin").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger("PIL").setLevel(saved[2])
+        logging.getLogger("highdicom").setLevel(saved[3])

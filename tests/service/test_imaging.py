@@ -133,6 +133,20 @@ def test_stretch_to_uint8_maps_constant_channel_to_zero() -> None:
     np.testing.assert_array_equal(stretch_to_uint8(constant), np.zeros((3, 3, 3), np.uint8))
 
 
+def test_stretch_to_uint8_spans_float64s_whole_range_without_overflow() -> None:
+    extremes = np.array([[-1e308, 0.0, 1e308]])
+
+    with np.errstate(all="raise"):  # an overflow to inf, then inf - inf = nan, would raise here
+        stretched = stretch_to_uint8(extremes)
+
+    np.testing.assert_array_equal(stretched, [[0, 128, 255]])
+
+
+def test_decode_image_refuses_complex_samples() -> None:
+    with pytest.raises(InvalidSliceError, match="real numbers; this image holds complex64"):
+        decode_image(tiff_bytes(np.ones((8, 8), np.complex64)))
+
+
 def test_stretch_to_uint8_maps_bool_to_0_255() -> None:
     flags = np.array([[True, False]])
 
