@@ -136,7 +136,7 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if transfer_syntax is not None and not UID(transfer_syntax).is_transfer_syntax:
-        # The header reads an unknown (e.g. private) transfer syntax as native little endian; so does this.
+        # An unknown (e.g. private) UID: none of the checks below apply; pydicom's decoding decides (a 400 if not).
         transfer_syntax = None
     if transfer_syntax is not None and transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
         raise UnsupportedDicomError(

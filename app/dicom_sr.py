@@ -144,6 +144,7 @@ def _volume_report(
     segmentation: Dataset | None,
     series_uid: str,
 ) -> hd.sr.Comprehensive3DSR:
+    """`build_volume_report`'s work once its inputs are checked: highdicom builds the report here."""
     sources = [with_type2_attributes(image) for image in source_images]
     algorithm = _algorithm(model_tags)
     measurements = _measurements(findings, algorithm)
