@@ -1,6 +1,9 @@
 """Talking to Orthanc for pacs-sync: where it is and how often to retry (`PacsSyncConfig`), and the few REST and
-DICOMweb calls made to it (`OrthancClient`), each retried with exponential backoff on network errors and 429/5xx
-answers.
+DICOMweb calls made to it (`OrthancClient`), each retried with exponential backoff on network errors, 429/5xx
+answers and answers whose body is not the JSON the call expects (a proxy's HTML page, say).
+
+Every answer is checked against the shape the caller relies on before it is returned, so a wrong one is an
+`OrthancError` here, never a `KeyError` or a `JSONDecodeError` deep in the sync loop.
 
 What to do with the series is `app.pacs_sync`'s job; nothing here predicts.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +33,21 @@ SYNC_METADATA = "BrainTumorSync"
 DICOMWEB_ROOT = "dicom-web"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CHANGES_PAGE = 100
+RESULT_MODALITIES = frozenset({"SEG", "SR"})
+MEDIA_TYPE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}")
 
 T = TypeVar("T")
 
 
 class OrthancError(RuntimeError):
     """An Orthanc call failed: a non-retryable answer, or a retryable one that outlived every retry."""
+
+
+class OrthancAnswerError(OrthancError):
+    """Orthanc, or a proxy in front of it, answered with a body that is not the JSON the call expects.
+
+    The message names the call and what was wrong with the body, never the body: it may hold patient data.
+    """
 
 
 @dataclass(frozen=True)
@@ -127,24 +140,24 @@ class OrthancClient:
         self._dicomweb.set_http_retry_params(retry=False)  # retried here, once, with the same policy as REST calls
 
     def changes(self, since: int, limit: int = CHANGES_PAGE) -> dict[str, Any]:
-        """Orthanc's change log after `since`: ``{"Changes": [...], "Done": bool, "Last": int}``."""
-        return self._json("GET", "/changes", params={"since": since, "limit": limit})
+        """Orthanc's change log after `since`: ``{"Changes": [{...}, ...], "Done": bool, "Last": int}``."""
+        return self._json("GET", "/changes", _changes_page, params={"since": since, "limit": limit})
 
     def series(self, series_id: str) -> dict[str, Any] | None:
         """A series (ID, Instances, MainDicomTags, ParentStudy), or None once it is deleted."""
-        return self._json_or_none(f"/series/{series_id}")
+        return self._json_or_none(f"/series/{series_id}", _series_in_study)
 
     def study(self, study_id: str) -> dict[str, Any] | None:
-        return self._json_or_none(f"/studies/{study_id}")
+        return self._json_or_none(f"/studies/{study_id}", _object)
 
     def study_of_instance(self, instance_id: str) -> str | None:
         """The Orthanc ID of an instance's study, or None once the instance is deleted."""
-        study = self._json_or_none(f"/instances/{instance_id}/study")
-        return None if study is None else str(study["ID"])
+        study = self._json_or_none(f"/instances/{instance_id}/study", _with_id)
+        return None if study is None else study["ID"]
 
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
         """Every series of a study, expanded (ID, Instances, MainDicomTags)."""
-        return list(self._json("GET", f"/studies/{study_id}/series"))
+        return self._json("GET", f"/studies/{study_id}/series", _series_list)
 
     def instance_file(self, instance_id: str) -> bytes:
         return self._request("GET", f"/instances/{instance_id}/file").content
@@ -169,16 +182,31 @@ class OrthancClient:
                 f'e.g. "UserMetadata": {{"{SYNC_METADATA}": 4600}}'
             ) from error
 
-    def our_result_series(self, study_instance_uid: str) -> dict[str, str]:
-        """The SEG and SR series this service made in a study: Orthanc ID -> Series Instance UID."""
+    def our_result_series(self, study_id: str) -> dict[str, str]:
+        """The SEG and SR series this service made in one Orthanc study: Orthanc ID -> Series Instance UID.
+
+        Listed from that study, never searched by Study Instance UID: Orthanc keys a study by Patient ID and Study
+        Instance UID, so two patients' studies may share the UID, and the other patient's results are not ours.
+        """
         found: dict[str, str] = {}
-        for modality in ("SEG", "SR"):
-            query = {"StudyInstanceUID": study_instance_uid, "Modality": modality}
-            for series in self._json("POST", "/tools/find", json={"Level": "Series", "Query": query, "Expand": True}):
-                tags = series.get("MainDicomTags", {})
-                if tags.get("Manufacturer") == MANUFACTURER:
-                    found[str(series["ID"])] = str(tags.get("SeriesInstanceUID", ""))
+        for series in self.study_series(study_id):
+            tags = series["MainDicomTags"]
+            if tags.get("Modality") in RESULT_MODALITIES and tags.get("Manufacturer") == MANUFACTURER:
+                found[series["ID"]] = str(tags.get("SeriesInstanceUID", ""))
         return found
+
+    def delete_our_series_by_uid(self, series_instance_uid: str) -> int:
+        """Delete the series this service made with a Series Instance UID, in whichever study they landed.
+
+        Only for a UID this service has just generated (nobody else's series can carry it); returns how many.
+        """
+        query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_instance_uid}, "Expand": True}
+        deleted = 0
+        for series in self._json("POST", "/tools/find", _series_list, json=query):
+            if series["MainDicomTags"].get("Manufacturer") == MANUFACTURER:
+                self.delete_series(series["ID"])
+                deleted += 1
+        return deleted
 
     def delete_series(self, series_id: str) -> None:
         self._request("DELETE", f"/series/{series_id}", allow=(404,))  # already gone is as good
@@ -187,23 +215,32 @@ class OrthancClient:
         """STOW-RS one instance to the DICOMweb root."""
         self._retry(lambda: self._dicomweb.store_instances([dataset]), f"STOW-RS to {self.config.dicomweb_url}")
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._request(method, path, **kwargs).json()
+    def _json(self, method: str, path: str, shape: Callable[[Any, str], T], **kwargs: Any) -> T:
+        """The answer's JSON body as `shape` checks it; a body that is not is retried like a 5xx answer."""
+        what = f"{method} {path}"
+        return self._retry(lambda: shape(_json_body(self._send(method, path, (), **kwargs), what), what), what)
 
-    def _json_or_none(self, path: str) -> Any:
-        response = self._request("GET", path, allow=(404,))
-        return None if response.status_code == 404 else response.json()
+    def _json_or_none(self, path: str, shape: Callable[[Any, str], T]) -> T | None:
+        """As `_json` for a GET, or None when the resource is gone (404)."""
+        what = f"GET {path}"
+
+        def call() -> T | None:
+            response = self._send("GET", path, (404,))
+            return None if response.status_code == 404 else shape(_json_body(response, what), what)
+
+        return self._retry(call, what)
 
     def _request(self, method: str, path: str, allow: Sequence[int] = (), **kwargs: Any) -> requests.Response:
-        url = f"{self.config.base_url}{path}"
+        return self._retry(lambda: self._send(method, path, allow, **kwargs), f"{method} {path}")
 
-        def call() -> requests.Response:
-            response = self.session.request(method, url, timeout=self.config.timeout_seconds, **kwargs)
-            if response.status_code not in allow:
-                response.raise_for_status()
-            return response
-
-        return self._retry(call, f"{method} {path}")
+    def _send(self, method: str, path: str, allow: Sequence[int], **kwargs: Any) -> requests.Response:
+        """One try: the answer, or `requests.HTTPError` for a status that is neither 2xx nor in `allow`."""
+        response = self.session.request(
+            method, f"{self.config.base_url}{path}", timeout=self.config.timeout_seconds, **kwargs
+        )
+        if response.status_code not in allow:
+            response.raise_for_status()
+        return response
 
     def _retry(self, call: Callable[[], T], what: str) -> T:
         attempts = self.config.retries + 1
@@ -219,7 +256,86 @@ class OrthancClient:
                 if attempt == attempts - 1:
                     raise OrthancError(f"{what} failed after {attempts} attempts: {type(error).__name__}") from error
                 reason = type(error).__name__
+            except OrthancAnswerError as error:
+                if attempt == attempts - 1:
+                    raise OrthancAnswerError(f"{error} ({attempts} attempts)") from error
+                reason = "unexpected answer body"
+            except requests.JSONDecodeError:  # dicomweb_client's: a JSON media type on a body that is not JSON
+                if attempt == attempts - 1:
+                    # from None: the decoder's error holds the whole body
+                    raise OrthancAnswerError(f"{what} answered a body that is not JSON ({attempts} attempts)") from None
+                reason = "unexpected answer body"
             delay = self.config.backoff_seconds * 2**attempt
             logger.warning("orthanc call failed, retrying", extra={"fields": {"call": what, "reason": reason}})
             self._sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _json_body(response: requests.Response, what: str) -> Any:
+    """The answer's JSON, or `OrthancAnswerError` naming its status and media type (never its content)."""
+    try:
+        return response.json()
+    except requests.JSONDecodeError:
+        media = response.headers.get("Content-Type", "").split(";")[0].strip()
+        media = media if MEDIA_TYPE.fullmatch(media) else "unknown"
+        raise OrthancAnswerError(
+            f"{what} answered HTTP {response.status_code} with a body that is not JSON (Content-Type {media})"
+        ) from None  # the decoder's error holds the whole body
+
+
+def _expect(value: Any, kind: type[T], what: str) -> T:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise OrthancAnswerError(f"{what} answered {_json_kind(value)} where {_json_kind(kind)} was expected")
+    return value
+
+
+def _require(mapping: dict[str, Any], key: str, kind: type[T], what: str) -> T:
+    """`mapping[key]`, present and of type `kind`, else `OrthancAnswerError` naming the key (not the value)."""
+    if key not in mapping:
+        raise OrthancAnswerError(f"{what} answered an object without {key!r}")
+    return _expect(mapping[key], kind, f"{what} {key!r}")
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    return _expect(body, dict, what)
+
+
+def _with_id(body: Any, what: str) -> dict[str, Any]:
+    _require(_object(body, what), "ID", str, what)
+    return body
+
+
+def _changes_page(body: Any, what: str) -> dict[str, Any]:
+    page = _object(body, what)
+    _require(page, "Done", bool, what)
+    _require(page, "Last", int, what)
+    for change in _require(page, "Changes", list, what):
+        _object(change, f"{what} change")
+    return page
+
+
+def _series(body: Any, what: str) -> dict[str, Any]:
+    """An expanded series as pacs-sync reads it: ``ID`` (str), ``Instances`` (list of str), ``MainDicomTags``."""
+    series = _with_id(body, what)
+    for instance in _require(series, "Instances", list, what):
+        _expect(instance, str, f"{what} instance")
+    _require(series, "MainDicomTags", dict, what)
+    return series
+
+
+def _series_in_study(body: Any, what: str) -> dict[str, Any]:
+    _require(_series(body, what), "ParentStudy", str, what)
+    return body
+
+
+def _series_list(body: Any, what: str) -> list[dict[str, Any]]:
+    return [_series(item, f"{what} series") for item in _expect(body, list, what)]
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a value's type, or of a type: what an error may say about a body without quoting it."""
+    kind = value if isinstance(value, type) else type(value)
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer"}
+    if kind is type(None):
+        return "null"
+    return names.get(kind, "a number" if kind is float else kind.__name__)

@@ -17,10 +17,15 @@ Results, and what supersedes what:
   (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR);
 - once the new ones are stored, every earlier SEG or SR series this service made in the study (Manufacturer
   `app.dicom_seg.MANUFACTURER`) is **deleted** from Orthanc, so a viewer never shows two answers; the record lists
-  the Series Instance UIDs it superseded. A crash between storing and deleting leaves both, and the next processing
-  deletes the older. A study that is no longer analysed (its FLAIR deleted) loses its earlier results the same way;
+  the Series Instance UIDs it superseded. "The study" is the one Orthanc study (Patient ID + Study Instance UID),
+  never every study with its UID: another patient's results are never touched. A crash between storing and deleting
+  leaves both, and the next processing deletes the older. A study that is no longer analysed (its FLAIR deleted)
+  loses its earlier results the same way;
 - failed (nothing readable, a series that is not a volume, Orthanc errors): recorded with the error and the attempt
   count, and tried again (`app.pacs_sync` schedules it; see `PacsSyncConfig.max_attempts`).
+
+A record that is not this module's (not JSON, or fields of other types: `readable_record`) is processed again and
+overwritten.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ FAILED = "failed"
 ALREADY_DONE = "already_done"
 GAVE_UP = "gave_up"
 DONE_STATUSES = frozenset({POSITIVE, NEGATIVE, NOT_ANALYSED})
+UNREADABLE = {"status": "unreadable"}  # a record this module did not write: the study is processed again
+
+
+class MisplacedResultsError(RuntimeError):
+    """The SEG or SR stored for a study landed in another Orthanc study (or nowhere)."""
 
 
 class StudyAnalyser(Protocol):
@@ -79,21 +89,22 @@ class StudySync:
         """Process a study if its instances or its record call for it; return the outcome (None: study deleted).
 
         `retry` is True when the retry schedule (not a change) brings the study: a failed study is then tried
-        again while it has attempts left, and otherwise only checked for changed instances.
+        again while it has attempts left, and otherwise only checked for changed instances. Nothing about one study
+        (Orthanc errors, a record or an answer of the wrong shape, a bug) raises: it is logged, and retried.
         """
-        study = self.client.study(study_id)
-        if study is None:
+        try:
+            looked_at = self._look_at(study_id)
+        except Exception as error:  # Orthanc down or answering nonsense: no record to trust, the schedule retries
+            state.retries[study_id] = self._next_attempt(1)
+            _log_not_processed(study_id, error, attempts=None)
+            return FAILED
+        if looked_at is None:
             state.retries.pop(study_id, None)
             return None
-        record = self.client.sync_record(study_id) or {}
-        mr_series = [
-            series
-            for series in self.client.study_series(study_id)
-            if series.get("MainDicomTags", {}).get("Modality") == "MR" and series.get("Instances")
-        ]
+        record, mr_series = looked_at
         study_fingerprint = fingerprint(mr_series)
         status = record.get("status")
-        attempts = int(record.get("attempts", 0)) if status == FAILED else 0
+        attempts = record["attempts"] if status == FAILED else 0
         if record.get("study_fingerprint") == study_fingerprint:
             if status in DONE_STATUSES:
                 state.retries.pop(study_id, None)
@@ -107,15 +118,11 @@ class StudySync:
         else:
             attempts = 0  # the instances changed: a fresh start
         try:
-            return self._analyse(study_id, study, record, mr_series, study_fingerprint, attempts, state)
+            return self._analyse(study_id, record, mr_series, study_fingerprint, attempts, state)
         except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
             attempts += 1
             state.retries[study_id] = self._next_attempt(attempts)
-            logger.error(
-                "study not processed",
-                exc_info=not isinstance(error, OrthancError),
-                extra={"fields": {"orthanc_study": study_id, "attempts": attempts, "error": type(error).__name__}},
-            )
+            _log_not_processed(study_id, error, attempts)
             failed = self._record(
                 FAILED, study_fingerprint, attempts=attempts, error=f"{type(error).__name__}: {error}"
             )
@@ -125,10 +132,21 @@ class StudySync:
                 logger.warning("failure not recorded in Orthanc", extra={"fields": {"orthanc_study": study_id}})
             return FAILED
 
+    def _look_at(self, study_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The study's record (`readable_record`) and its MR series with instances; None once it is deleted."""
+        if self.client.study(study_id) is None:
+            return None
+        record = readable_record(self.client.sync_record(study_id))
+        mr_series = [
+            series
+            for series in self.client.study_series(study_id)
+            if series["MainDicomTags"].get("Modality") == "MR" and series["Instances"]
+        ]
+        return record, mr_series
+
     def _analyse(
         self,
         study_id: str,
-        study: dict[str, Any],
         record: dict[str, Any],
         mr_series: list[dict[str, Any]],
         study_fingerprint: str,
@@ -171,7 +189,7 @@ class StudySync:
         for dataset in analysis.datasets:
             self.client.store(dataset)
         new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
-        superseded = self._delete_earlier_results(str(study["MainDicomTags"]["StudyInstanceUID"]), new_series)
+        superseded = self._supersede(study_id, new_series)
         if analysis.status == "not_analysed":
             status = NOT_ANALYSED
             fields["reason"] = analysis.reason
@@ -187,10 +205,25 @@ class StudySync:
         )
         return status
 
-    def _delete_earlier_results(self, study_instance_uid: str, keep: set[str]) -> list[str]:
+    def _supersede(self, study_id: str, new_series: set[str]) -> list[str]:
+        """Delete this study's earlier results once the new ones are in it; return the Series Instance UIDs deleted.
+
+        Only the series of this Orthanc study are looked at (`OrthancClient.our_result_series`). New results that
+        did not land in it (a Patient ID the SEG or SR did not carry over as Orthanc reads it, a store a proxy
+        swallowed) are deleted wherever they are, and the earlier ones kept: they are another patient's otherwise.
+        """
+        ours = self.client.our_result_series(study_id)
+        misplaced = new_series - set(ours.values())
+        if misplaced:
+            for series_uid in misplaced:
+                self.client.delete_our_series_by_uid(series_uid)
+            raise MisplacedResultsError(
+                f"{len(misplaced)} of the {len(new_series)} result series stored are not in the study; deleted, and "
+                "the earlier results kept"
+            )
         superseded = []
-        for series_id, series_uid in self.client.our_result_series(study_instance_uid).items():
-            if series_uid not in keep:
+        for series_id, series_uid in ours.items():
+            if series_uid not in new_series:
                 self.client.delete_series(series_id)
                 superseded.append(series_uid)
         return superseded
@@ -211,6 +244,24 @@ class StudySync:
         return record
 
 
+def readable_record(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The study's record if the fields this module reads have the types it writes them with, else an unreadable one.
+
+    The metadata is writable by anyone with access to Orthanc; a record of the wrong shape (``"attempts": "n/a"``)
+    is processed again and overwritten, like one that is not JSON, instead of stopping the sync at every pass.
+    """
+    if record is None:
+        return {}
+    if not isinstance(record, dict) or not isinstance(record.get("status"), str):
+        return dict(UNREADABLE)
+    if any(not isinstance(record.get(key, ""), str) for key in ("study_fingerprint", "input_fingerprint")):
+        return dict(UNREADABLE)
+    attempts = record.get("attempts")
+    if record["status"] == FAILED and (not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0):
+        return dict(UNREADABLE)
+    return record
+
+
 def fingerprint(series: Iterable[dict[str, Any]]) -> str:
     """A digest of which instances the series hold (Orthanc IDs): changes when one is added or deleted."""
     digest = hashlib.sha256()
@@ -220,6 +271,15 @@ def fingerprint(series: Iterable[dict[str, Any]]) -> str:
             digest.update(b"/" + instance.encode())
         digest.update(b";")
     return digest.hexdigest()
+
+
+def _log_not_processed(study_id: str, error: Exception, attempts: int | None) -> None:
+    """Log a study that raised, by its Orthanc ID and the error's type; a traceback only for what is not Orthanc's."""
+    logger.error(
+        "study not processed",
+        exc_info=not isinstance(error, OrthancError),
+        extra={"fields": {"orthanc_study": study_id, "attempts": attempts, "error": type(error).__name__}},
+    )
 
 
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, str]:

@@ -4,20 +4,22 @@ report (SR) back into it.
 One pass:
 
 1. read Orthanc's ``/changes`` after the last change handled (`app.pacs_sync_state.SyncState`, saved after each
-   page, so a restart resumes there); a ``StableSeries`` change of an MR series (and, without
-   `PacsSyncConfig.require_stable`, each ``NewInstance``) names a study to look at;
+   page, so a restart resumes there; a save that fails is logged, and the next one tries again); a ``StableSeries``
+   change of an MR series (and, without `PacsSyncConfig.require_stable`, each ``NewInstance``) names a study to
+   look at;
 2. look at each such study (`app.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
    `app.sequence_selection`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
    ones, record the outcome in Orthanc (metadata `SYNC_METADATA` on the study); a study without FLAIR is recorded
-   as not analysed;
+   as not analysed; whatever goes wrong with one study is logged and retried, and the others go on;
 3. look again at the studies whose retry time has come: failures, tried up to `max_attempts` times with backoff,
    then watched, and processed again once their instances change. Orthanc (1.10) logs no change when an instance
    is deleted, so deleting a bad instance is noticed through this schedule for a failed study, and at the study's
    next change for one that succeeded.
 
 Orthanc must declare the metadata name, e.g. ``"UserMetadata": {"BrainTumorSync": 4600}`` in its configuration
-(``ORTHANC__USER_METADATA`` in the orthancteam Docker image). Network errors and 429/5xx answers are retried with
-exponential backoff (`app.orthanc_client`). Logs name studies by their Orthanc ID (a hash), never by DICOM tags.
+(``ORTHANC__USER_METADATA`` in the orthancteam Docker image). Network errors, 429/5xx answers and answers that are
+not the JSON expected are retried with exponential backoff (`app.orthanc_client`). Logs name studies by their
+Orthanc ID (a hash), never by DICOM tags.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from app.errors import error_body
 from app.inference import Predictor
 from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
 from app.pacs_study import StudySync
-from app.pacs_sync_state import SyncState, SyncStateError
+from app.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
 from app.sequence_selection import SelectionRules
 from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits
@@ -135,7 +137,7 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
     while True:
         page = client.changes(state.last_change)
         study_ids: dict[str, None] = {}  # in order, once each
-        for change in page.get("Changes", []):
+        for change in page["Changes"]:
             if change.get("ChangeType") in triggers:
                 study_id = _study_of_change(client, change)
                 if study_id is not None:
@@ -143,16 +145,27 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
         for study_id in study_ids:
             report.count(studies.process(study_id, state))
             looked_at.add(study_id)
-        state.last_change = max(int(page.get("Last", state.last_change)), state.last_change)
-        state.save()  # only now: a crash above replays this page, and the records keep work from being redone
-        if page.get("Done", True) or not page.get("Changes"):
+        state.last_change = max(page["Last"], state.last_change)
+        _save(state)  # only now: a crash above replays this page, and the records keep work from being redone
+        if page["Done"] or not page["Changes"]:
             break
     for study_id in state.due(studies.clock()):
         if study_id in looked_at:
             continue  # a retry waits for the next pass, however short the backoff
         report.count(studies.process(study_id, state, retry=True))
-    state.save()
+    _save(state)
     return report
+
+
+def _save(state: SyncState) -> None:
+    """Save the bookmark; if it cannot be, log it and go on from memory (the next save tries again).
+
+    A restart before a save succeeds reads the change log from the last saved point: time lost, not results.
+    """
+    try:
+        state.save()
+    except SyncStateWriteError as error:
+        logger.error("pacs-sync state not saved", extra={"fields": {"error": str(error)}})
 
 
 def _study_of_change(client: OrthancClient, change: dict[str, Any]) -> str | None:

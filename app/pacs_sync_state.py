@@ -3,11 +3,14 @@ again, and when.
 
 The outcome of each study lives in Orthanc (`app.orthanc_client.SYNC_METADATA`); this file is only a bookmark, so
 losing it costs time (the change log is read again from the start, and the records keep work from being redone),
-never results. Written to a temporary file and renamed, so a crash leaves the old state or the new one, never half.
+never results. Written to a temporary file, flushed to disk and renamed (the directory flushed too), so a crash or a
+power cut leaves the old state or the new one, never half; a save that fails raises `SyncStateWriteError`, and
+`app.pacs_sync` logs it and goes on from memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,6 +19,10 @@ from pathlib import Path
 
 class SyncStateError(ValueError):
     """The state file exists but cannot be used."""
+
+
+class SyncStateWriteError(RuntimeError):
+    """The state file cannot be written (directory unwritable, disk full); the old one, if any, is left as it was."""
 
 
 @dataclass
@@ -62,13 +69,44 @@ class SyncState:
         return cls(path, last_change, retries)
 
     def save(self) -> None:
+        """Write the state atomically and durably (nothing when `path` is None).
+
+        Raises
+        ------
+        SyncStateWriteError
+            If the file or its directory cannot be written; no temporary file is left behind.
+        """
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"last_change": self.last_change, "retries": self.retries}, sort_keys=True)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(json.dumps({"last_change": self.last_change, "retries": self.retries}, sort_keys=True))
-        os.replace(temporary, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_durably(temporary, text)
+            os.replace(temporary, self.path)
+            _fsync_directory(self.path.parent)  # the rename itself survives a power cut only once its directory does
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            reason = f"{type(error).__name__}: {error.strerror}" if error.strerror else type(error).__name__
+            raise SyncStateWriteError(f"pacs-sync state file {self.path} cannot be written ({reason})") from error
 
     def due(self, now: float) -> list[str]:
         """Studies whose retry time has come, earliest first."""
         return [study for study, when in sorted(self.retries.items(), key=lambda item: item[1]) if when <= now]
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write `text` and wait until it is on disk, so the rename that follows never exposes an empty file."""
+    with path.open("w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -71,6 +71,22 @@ class Orthanc:
         response.raise_for_status()
         return json.loads(response.text)
 
+    def result_series(self, study_id: str) -> dict[str, list[str]]:
+        """The Series Instance UIDs of the SEG and SR series in one Orthanc study (not all studies with its UID)."""
+        found: dict[str, list[str]] = {"SEG": [], "SR": []}
+        for series in self.get(f"/studies/{study_id}/series"):
+            tags = series["MainDicomTags"]
+            if tags.get("Modality") in found:
+                found[tags["Modality"]].append(tags["SeriesInstanceUID"])
+        return {modality: sorted(uids) for modality, uids in found.items()}
+
+    def series_with_uid(self, series_uid: str) -> list[str]:
+        """The Orthanc IDs of the series with a Series Instance UID, in any study."""
+        query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_uid}}
+        response = self.session.post(f"{self.url}/tools/find", json=query, timeout=30)
+        response.raise_for_status()
+        return list(response.json())
+
     def last_change(self) -> int:
         return int(self.get("/changes?last")["Last"])
 

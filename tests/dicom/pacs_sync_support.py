@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+import requests
 from pydicom.dataset import Dataset
 
 from app.dicom_input import read_dicom
@@ -96,3 +99,31 @@ class FailingClient(OrthancClient):
         if self.fail_records:
             raise OrthancError("PUT metadata failed after 5 attempts: ConnectionError")
         super().write_sync_record(study_id, record)
+
+
+Answer = tuple[int, str, bytes]  # status, Content-Type, body
+HTML_PAGE: Answer = (200, "text/html; charset=utf-8", b"<html><body>Proxy login. Last patient: Doe^Jane</body></html>")
+HTML_SECRET = "Doe^Jane"  # in the HTML page: must never reach an error message or a log
+
+
+def json_answer(value: Any, status: int = 200) -> Answer:
+    return status, "application/json", json.dumps(value).encode()
+
+
+class CannedSession(requests.Session):
+    """Answers each ``"METHOD /path"`` with its canned answers in turn (the last one repeated), others with 404."""
+
+    def __init__(self, answers: dict[str, list[Answer]]) -> None:
+        super().__init__()
+        self.answers = {path: list(queue) for path, queue in answers.items()}
+        self.calls: list[str] = []
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        call = f"{method} {urlsplit(url).path}"
+        self.calls.append(call)
+        queue = self.answers.get(call) or [(404, "text/plain", b"Unknown resource")]
+        status, content_type, body = queue.pop(0) if len(queue) > 1 else queue[0]
+        response = requests.Response()
+        response.status_code, response.url, response._content = status, url, body
+        response.headers["Content-Type"] = content_type
+        return response

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 
 from app import pacs_sync
 from app.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_sr import SR_SERIES_NUMBER, read_volume_report
 from app.inference import Predictor
-from app.pacs_sync import SyncReport, run_pacs_sync
+from app.orthanc_client import OrthancClient
+from app.pacs_study import StudySync
+from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs_sync_state import SyncState
+from app.sequence_selection import StudySelection
+from app.study_analysis import ModelStudyProcessor, StudyAnalysis
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
 from tests.dicom.orthanc_server import Orthanc
 from tests.dicom.pacs_sync_support import (
@@ -175,3 +181,81 @@ def test_pacs_sync_retries_a_failed_study_and_processes_it_once_its_bad_instance
     assert_masks_are_the_predictions(seg, [series[0], series[2]], predictor)
     assert orthanc.record(study_id)["status"] == "positive"
     assert SyncState.load(config.state_file).retries == {}
+
+
+def test_pacs_sync_keeps_another_patients_results_in_a_study_with_the_same_uid(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    # Orthanc keys a study by Patient ID and Study Instance UID: two patients, one UID, two Orthanc studies.
+    study = Study()
+    first = mr_series(tumor_channels(), study=study)
+    second = mr_series(tumor_channels(), study=study)
+    for dataset in second:
+        dataset.PatientID = "TEST-0002"
+    config = config_for(orthanc, tmp_path / "state.json")
+    first_study = orthanc.study_of(orthanc.upload(first[:2]))
+    second_study = orthanc.study_of(orthanc.upload(second))
+    assert first_study != second_study
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=2)
+    first_results, second_results = orthanc.result_series(first_study), orthanc.result_series(second_study)
+
+    orthanc.upload(first[2:])  # a late instance: the first patient's study is processed again, and supersedes
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report == SyncReport(positive=1)
+    assert orthanc.result_series(second_study) == second_results  # the other patient's SEG and SR survive
+    assert [len(uids) for uids in second_results.values()] == [1, 1]
+    assert orthanc.record(second_study)["superseded"] == []
+    assert sorted(orthanc.record(first_study)["superseded"]) == sorted(first_results["SEG"] + first_results["SR"])
+    renewed = orthanc.result_series(first_study)
+    assert [len(uids) for uids in renewed.values()] == [1, 1] and renewed != first_results
+    assert orthanc.record(first_study)["summary"]["slices"] == 3
+
+
+class OtherPatientAnalyser:
+    """The service's analyser, whose results carry another Patient ID: they land in another Orthanc study."""
+
+    def __init__(self, inner: ModelStudyProcessor) -> None:
+        self.inner = inner
+        self.result_series: list[str] = []
+
+    def select(self, headers: Iterable[Dataset]) -> StudySelection:
+        return self.inner.select(headers)
+
+    def analyse(
+        self,
+        selection: StudySelection,
+        files_by_series: Mapping[str, Sequence[bytes]],
+        files: int,
+        file_errors: dict[str, int] | None = None,
+    ) -> StudyAnalysis:
+        analysis = self.inner.analyse(selection, files_by_series, files, file_errors)
+        for dataset in analysis.datasets:
+            dataset.PatientID = "SOMEONE-ELSE"
+            self.result_series.append(str(dataset.SeriesInstanceUID))
+        return analysis
+
+
+def test_pacs_sync_deletes_results_that_land_outside_the_study_and_keeps_the_earlier_ones(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    series = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload(series[:2]))
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)
+    earlier = orthanc.result_series(study_id)
+    orthanc.upload(series[2:])
+    analyser = OtherPatientAnalyser(ModelStudyProcessor(predictor))
+
+    report = sync_once(StudySync(OrthancClient(config), analyser), SyncState.load(config.state_file))
+
+    assert report == SyncReport(failed=1)
+    assert orthanc.result_series(study_id) == earlier
+    assert len(analyser.result_series) == 2
+    assert all(orthanc.series_with_uid(uid) == [] for uid in analyser.result_series)
+    record = orthanc.record(study_id)
+    assert (record["status"], record["attempts"]) == ("failed", 1)
+    assert record["error"] == (
+        "MisplacedResultsError: 2 of the 2 result series stored are not in the study; deleted, and the earlier "
+        "results kept"
+    )

@@ -13,6 +13,7 @@ import requests
 
 from app import pacs_sync
 from app.inference import Predictor
+from app.orthanc_client import SYNC_METADATA
 from app.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
 from app.pacs_sync_state import SyncState
 from app.sequence_selection import SelectionRules
@@ -50,6 +51,28 @@ def test_pacs_sync_goes_on_after_a_failing_study_and_retries_it(
     assert orthanc.record(healthy_study)["status"] == "positive"
     assert second == SyncReport(positive=1)  # the retry; the healthy study is not looked at again
     assert orthanc.record(broken_study)["status"] == "positive"
+
+
+def test_pacs_sync_processes_a_study_whose_record_is_malformed_and_goes_on(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    malformed = mr_series(tumor_channels())
+    healthy = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    malformed_study = orthanc.study_of(orthanc.upload(malformed))
+    healthy_study = orthanc.study_of(orthanc.upload(healthy))
+    record = {"attempts": "n/a", "status": "failed", "error": "written by hand"}
+    orthanc.session.put(
+        f"{orthanc.url}/studies/{malformed_study}/metadata/{SYNC_METADATA}", data=json.dumps(record), timeout=30
+    ).raise_for_status()
+
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report == SyncReport(positive=2)
+    overwritten = orthanc.record(malformed_study)
+    assert overwritten["status"] == "positive" and "attempts" not in overwritten
+    assert orthanc.record(healthy_study)["status"] == "positive"
+    assert SyncState.load(config.state_file).retries == {}
 
 
 def test_pacs_sync_after_a_crash_between_store_and_record_keeps_one_result(

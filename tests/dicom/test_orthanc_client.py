@@ -1,0 +1,138 @@
+"""The Orthanc client on canned answers: a body that is not the JSON a call expects is an `OrthancError`, retried."""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from app.orthanc_client import OrthancAnswerError, OrthancClient, OrthancError, PacsSyncConfig
+from tests.dicom.pacs_sync_support import HTML_PAGE, HTML_SECRET, Answer, CannedSession, json_answer
+
+CONFIG = PacsSyncConfig("http://orthanc.invalid:8042", retries=2, backoff_seconds=0.5)
+SERIES = {"ID": "s1", "Instances": ["i1"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+
+
+def client_for(answers: dict[str, list[Answer]], delays: list[float] | None = None) -> OrthancClient:
+    sleep = delays.append if delays is not None else (lambda _: None)
+    return OrthancClient(CONFIG, session=CannedSession(answers), sleep=sleep)
+
+
+def test_orthanc_client_turns_an_html_page_into_an_orthanc_error_after_retrying(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    delays: list[float] = []
+    client = client_for({"GET /changes": [HTML_PAGE]}, delays)
+
+    with pytest.raises(OrthancAnswerError) as raised:
+        client.changes(0)
+
+    assert isinstance(raised.value, OrthancError)
+    assert str(raised.value) == (
+        "GET /changes answered HTTP 200 with a body that is not JSON (Content-Type text/html) (3 attempts)"
+    )
+    assert delays == [0.5, 1.0]  # retried as a 5xx answer would be
+    assert HTML_SECRET not in caplog.text
+    assert HTML_SECRET not in "".join(traceback.format_exception(raised.value))  # as a log with a traceback shows it
+
+
+def test_orthanc_client_retries_an_html_page_and_reads_the_json_that_follows() -> None:
+    page = {"Changes": [], "Done": True, "Last": 7}
+    client = client_for({"GET /changes": [HTML_PAGE, json_answer(page)]})
+
+    assert client.changes(0) == page
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "call", "message"),
+    [
+        ("GET /changes", [], lambda c: c.changes(0), "GET /changes answered an array where an object was expected"),
+        (
+            "GET /changes",
+            {"Changes": {}, "Done": True, "Last": 3},
+            lambda c: c.changes(0),
+            "GET /changes 'Changes' answered an object where an array was expected",
+        ),
+        (
+            "GET /changes",
+            {"Changes": [], "Done": True, "Last": "7"},
+            lambda c: c.changes(0),
+            "GET /changes 'Last' answered a string where an integer was expected",
+        ),
+        (
+            "GET /changes",
+            {"Changes": [], "Done": True},
+            lambda c: c.changes(0),
+            "GET /changes answered an object without",
+        ),
+        (
+            "GET /changes",
+            {"Changes": [3], "Done": True, "Last": 3},
+            lambda c: c.changes(0),
+            "GET /changes change answered an integer where an object was expected",
+        ),
+        ("GET /studies/st1", "text", lambda c: c.study("st1"), "GET /studies/st1 answered a string where an object"),
+        (
+            "GET /studies/st1/series",
+            {"error": "x"},
+            lambda c: c.study_series("st1"),
+            "GET /studies/st1/series answered an object where an array was expected",
+        ),
+        (
+            "GET /studies/st1/series",
+            [SERIES | {"Instances": "i1"}],
+            lambda c: c.study_series("st1"),
+            "GET /studies/st1/series series 'Instances' answered a string where an array was expected",
+        ),
+        (
+            "GET /studies/st1/series",
+            [{"ID": "s1", "Instances": []}],
+            lambda c: c.our_result_series("st1"),
+            "GET /studies/st1/series series answered an object without 'MainDicomTags'",
+        ),
+        (
+            "GET /series/s1",
+            {key: value for key, value in SERIES.items() if key != "ParentStudy"},
+            lambda c: c.series("s1"),
+            "GET /series/s1 answered an object without 'ParentStudy'",
+        ),
+        (
+            "GET /instances/i1/study",
+            {"ID": 5},
+            lambda c: c.study_of_instance("i1"),
+            "GET /instances/i1/study 'ID' answered an integer where a string was expected",
+        ),
+        (
+            "POST /tools/find",
+            None,
+            lambda c: c.delete_our_series_by_uid("1.2.3"),
+            "POST /tools/find answered null where an array was expected",
+        ),
+    ],
+)
+def test_orthanc_client_refuses_json_of_the_wrong_shape(
+    endpoint: str, body: Any, call: Callable[[OrthancClient], Any], message: str
+) -> None:
+    client = client_for({endpoint: [json_answer(body)]})
+
+    with pytest.raises(OrthancAnswerError, match=re.escape(message)):
+        call(client)
+
+
+def test_orthanc_client_reads_answers_of_the_right_shape() -> None:
+    result = {"ID": "r1", "Instances": ["i9"], "MainDicomTags": {"Modality": "SEG", "Manufacturer": "x"}}
+    client = client_for(
+        {
+            "GET /series/s1": [json_answer(SERIES)],
+            "GET /instances/i1/study": [json_answer({"ID": "st1"})],
+            "GET /studies/st1/series": [json_answer([SERIES, result])],
+        }
+    )
+
+    assert client.series("s1") == SERIES
+    assert client.series("gone") is None  # 404
+    assert client.study_of_instance("i1") == "st1"
+    assert client.study_series("st1") == [SERIES, result]

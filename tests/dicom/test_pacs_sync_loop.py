@@ -1,0 +1,97 @@
+"""The pacs-sync loop on a stand-in Orthanc (canned answers): what a bad answer or an unwritable state file does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.orthanc_client import SYNC_METADATA, OrthancClient, PacsSyncConfig
+from app.pacs_study import StudySync
+from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
+from app.pacs_sync_state import SyncState
+from app.study_analysis import ModelStudyProcessor
+from tests.dicom.pacs_sync_support import HTML_PAGE, HTML_SECRET, CannedSession, NegativePredictor, json_answer
+
+CONFIG = PacsSyncConfig("http://orthanc.invalid", poll_seconds=7.0, retries=1, backoff_seconds=0.0, retry_seconds=60)
+EMPTY_PAGE = {"Changes": [], "Done": True, "Last": 9}
+
+
+class StopSync(Exception):
+    """Raised by the test's sleep to end a sync that runs until interrupted."""
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{record.getMessage()} {json.dumps(getattr(record, 'fields', {}))}" for record in caplog.records]
+
+
+def stable_series(series_id: str, seq: int) -> dict[str, object]:
+    return {"ChangeType": "StableSeries", "ResourceType": "Series", "ID": series_id, "Seq": seq}
+
+
+def test_run_pacs_sync_keeps_running_when_orthanc_answers_an_html_page(caplog: pytest.LogCaptureFixture) -> None:
+    session = CannedSession({"GET /changes": [HTML_PAGE, HTML_PAGE, json_answer(EMPTY_PAGE)]})
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        if seconds == CONFIG.poll_seconds:
+            polls.append(seconds)
+            if len(polls) == 2:
+                raise StopSync
+
+    with pytest.raises(StopSync):
+        client = OrthancClient(CONFIG, session=session, sleep=sleep)
+        run_pacs_sync(CONFIG, NegativePredictor(), client=client, sleep=sleep)  # type: ignore[arg-type]
+
+    assert session.calls == ["GET /changes"] * 3  # a first pass (two tries) that failed, then one that worked
+    lines = logged(caplog)
+    assert len([line for line in lines if line.startswith("pacs-sync pass failed")]) == 1
+    assert any("body that is not JSON (Content-Type text/html)" in line for line in lines)
+    assert not any(HTML_SECRET in line for line in lines)
+
+
+def test_sync_once_goes_on_when_one_study_answers_nonsense(caplog: pytest.LogCaptureFixture) -> None:
+    page = {"Changes": [stable_series("s1", 1), stable_series("s2", 2)], "Done": True, "Last": 2}
+    answers = {"GET /changes": [json_answer(page)]}
+    for index in (1, 2):
+        series = {
+            "ID": f"s{index}",
+            "Instances": ["i"],
+            "MainDicomTags": {"Modality": "MR"},
+            "ParentStudy": f"st{index}",
+        }
+        answers[f"GET /series/s{index}"] = [json_answer(series)]
+        answers[f"GET /studies/st{index}"] = [json_answer({"ID": f"st{index}"})]
+        answers[f"PUT /studies/st{index}/metadata/{SYNC_METADATA}"] = [json_answer({})]
+    answers["GET /studies/st1/series"] = [HTML_PAGE]  # the first study's series: a proxy's page, every time
+    answers["GET /studies/st2/series"] = [json_answer([])]  # the second: no MR series, so not analysed
+    client = OrthancClient(CONFIG, session=CannedSession(answers), sleep=lambda _: None)
+    state = SyncState()
+
+    report = sync_once(StudySync(client, ModelStudyProcessor(NegativePredictor()), clock=lambda: 1000.0), state)  # type: ignore[arg-type]
+
+    assert report == SyncReport(not_analysed=1, failed=1)
+    assert (state.last_change, state.retries) == (2, {"st1": 1060.0})  # the first study is retried, not lost
+    assert not any(HTML_SECRET in line for line in logged(caplog))
+
+
+def test_sync_once_logs_a_state_it_cannot_save_and_saves_it_at_the_next_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the state's folder should be")
+    state = SyncState(blocker / "state.json")
+    client = OrthancClient(CONFIG, session=CannedSession({"GET /changes": [json_answer(EMPTY_PAGE)]}))
+    studies = StudySync(client, analyser=None)  # type: ignore[arg-type]
+
+    assert sync_once(studies, state) == SyncReport()
+
+    assert state.last_change == 9  # kept in memory
+    not_saved = [line for line in logged(caplog) if line.startswith("pacs-sync state not saved")]
+    assert len(not_saved) == 2  # after the page, and at the end of the pass
+    assert "blocker/state.json cannot be written (" in not_saved[0]
+
+    blocker.unlink()
+    assert sync_once(studies, state) == SyncReport()
+    assert SyncState.load(blocker / "state.json").last_change == 9
