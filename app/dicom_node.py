@@ -11,15 +11,25 @@ How a study flows through it:
 2. **Wait.** A study is complete once no instance of it arrived for `quiet_seconds` (scanners and routers send no
    end-of-study signal); the pending marker's modification time is the last arrival, so this survives restarts.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
-   instances is fingerprinted: a second send of the same instances finds its fingerprint already processed and
-   produces nothing new; an instance that arrives later changes the fingerprint, so the study is processed again
+   instances and their content is fingerprinted: a second send of the same instances finds its fingerprint already
+   processed and produces nothing new (an instance sent again with other content under the same SOP Instance UID
+   is analysed again); an instance that arrives later changes the fingerprint, so the study is processed again
    and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902).
-4. **Send.** The results are saved in the spool, then sent by C-STORE to every destination (`app.dicom_sender`),
-   each retried with exponential backoff; a destination still failing is retried on later passes. Every attempt is
-   appended to ``sent.jsonl`` (the record of what was sent: destination, SOP class, SOP Instance UID of the result,
-   status).
+4. **Send.** The results are saved in the spool and marked unsent; a second thread sends them by C-STORE to every
+   destination (`app.dicom_sender`), each retried with exponential backoff; a destination still failing is retried
+   on later passes. Every attempt is appended to ``sent.jsonl`` (the record of what was sent: destination, SOP
+   class, SOP Instance UID of the result, status). Sending has its own thread so that a destination that hangs
+   delays only the sending, never the receiving or the processing of other studies.
+5. **Forget.** Instances and results of a study whose results were all delivered are removed after
+   `SpoolLimits.retention_seconds`; its record stays.
 
-Logs name studies by a hash of their Study Instance UID (`app.dicom_spool.study_key`), never by DICOM attributes.
+Defences against a sender that misbehaves: instances over the size limit, or that would overfill the spool or the
+disk, are refused with Out of Resources (`app.dicom_spool.SpoolLimits`); a connection that does not associate
+within `association_timeout_seconds`, or an association idle that long, is closed, so idle connections cannot hold
+the node's `max_associations` slots for long.
+
+Logs name studies by a hash of their Patient ID and Study Instance UID (`app.dicom_spool.study_key`), never by
+DICOM attributes.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
-from app.dicom_spool import UNSENT_MARKER, Spool, timestamp
+from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
 from app.study_analysis import StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
@@ -92,6 +102,7 @@ TRANSFER_SYNTAXES = (
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 FINAL_STATUSES = ("analysed", "not_analysed", "failed")
+PURGE_EVERY_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,12 @@ class NodeConfig:
     destinations: tuple[Destination, ...] = ()
     send_retries: int = 4
     send_backoff_seconds: float = 2.0
+    send_timeout_seconds: float = 30.0
     poll_seconds: float = 1.0
     max_attempts: int = 3
+    max_associations: int = 32
+    association_timeout_seconds: float = 30.0
+    spool_limits: SpoolLimits = SpoolLimits()
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.ae_title) <= 16:
@@ -116,6 +131,11 @@ class NodeConfig:
         if self.quiet_seconds <= 0 or self.poll_seconds <= 0:
             raise ValueError(
                 f"quiet_seconds and poll_seconds must be > 0; got {self.quiet_seconds} and {self.poll_seconds}"
+            )
+        if self.max_associations < 1 or self.association_timeout_seconds <= 0 or self.send_timeout_seconds <= 0:
+            raise ValueError(
+                "max_associations must be >= 1, association_timeout_seconds and send_timeout_seconds > 0; got "
+                f"{self.max_associations}, {self.association_timeout_seconds} and {self.send_timeout_seconds}"
             )
         if self.send_retries < 0 or self.send_backoff_seconds < 0 or self.max_attempts < 1:
             raise ValueError(
@@ -136,6 +156,15 @@ class NodeConfig:
             "destinations": tuple(Destination.parse(item) for item in settings.dicom_node_destinations),
             "send_retries": settings.dicom_node_send_retries,
             "send_backoff_seconds": settings.dicom_node_send_backoff_seconds,
+            "send_timeout_seconds": settings.dicom_node_send_timeout_seconds,
+            "max_associations": settings.dicom_node_max_associations,
+            "association_timeout_seconds": settings.dicom_node_association_timeout_seconds,
+            "spool_limits": SpoolLimits(
+                max_instance_bytes=settings.dicom_node_max_instance_bytes,
+                max_spool_bytes=settings.dicom_node_max_spool_bytes,
+                min_free_bytes=settings.dicom_node_min_free_bytes,
+                retention_seconds=settings.dicom_node_retention_hours * 3600.0,
+            ),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         values["poll_seconds"] = min(1.0, values["quiet_seconds"] / 4)
@@ -143,10 +172,10 @@ class NodeConfig:
 
 
 class DicomNode:
-    """The node: a C-STORE SCP that spools, a worker that processes quiet studies and sends their results.
+    """The node: a C-STORE SCP that spools, a worker that processes quiet studies, a sender that sends results.
 
-    `process_ready` and `send_unsent` are one step each of the worker, public so that tests (and a caller that
-    wants its own loop) can drive them with their own clock.
+    `process_ready`, `send_unsent` and `purge_expired` are one step each of the background threads, public so that
+    tests (and a caller that wants its own loop) can drive them with their own clock.
     """
 
     def __init__(
@@ -159,22 +188,29 @@ class DicomNode:
         self.config = config
         self.processor = processor
         self.clock = clock
-        self.spool = Spool(config.spool_dir, clock=clock)
-        self.sender = ResultSender(config.ae_title, config.send_retries, config.send_backoff_seconds, sleep)
+        self.spool = Spool(config.spool_dir, clock=clock, limits=config.spool_limits)
+        self.sender = ResultSender(
+            config.ae_title, config.send_retries, config.send_backoff_seconds, sleep, config.send_timeout_seconds
+        )
         self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock)
         self._server: Any = None
         self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._last_purge = 0.0
 
     # -- receiving -------------------------------------------------------------------------------------------
 
     def start(self, worker: bool = True) -> None:
-        """Listen (in pynetdicom's threads) and, with `worker`, process and send in a background thread."""
+        """Listen (in pynetdicom's threads) and, with `worker`, process and send in two background threads."""
         for key in self.spool.pending_studies():
             # Studies left pending by the last run: their senders were cut off by the stop and retry once the node
             # answers again, so each gets a fresh quiet period rather than being processed half-received.
             self.spool.touch_pending(key)
+        self.delivery.restore_unsent_markers()
         ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_associations = self.config.max_associations
+        # The ARTIM timer (a connection that sends no association request) and the idle timer of an association.
+        ae.acse_timeout = ae.network_timeout = self.config.association_timeout_seconds
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
@@ -191,28 +227,40 @@ class DicomNode:
         )
         if worker:
             self._stop.clear()
-            self._worker = threading.Thread(target=self._work, name="dicom-node-worker", daemon=True)
-            self._worker.start()
+            self._threads = [
+                threading.Thread(target=self._loop, args=(step,), name=f"dicom-node-{name}", daemon=True)
+                for name, step in (("worker", self._process_and_purge), ("sender", self.send_unsent))
+            ]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=60)
-            self._worker = None
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self._threads = []
         if self._server is not None:
             self._server.shutdown()
             self._server = None
 
     def _handle_store(self, event: Any) -> int:
         try:
+            self.spool.check_room(event.request.DataSet.getbuffer().nbytes)  # before copying it once more
             dataset = event.dataset
             study_uid = str(dataset.StudyInstanceUID)
+            patient_id = str(dataset.get("PatientID", ""))
             sop_uid = str(event.request.AffectedSOPInstanceUID)
+        except SpoolFullError as error:
+            logger.warning("instance refused", extra={"fields": {"reason": str(error)}})
+            return STATUS_OUT_OF_RESOURCES
         except Exception:  # a dataset we cannot even parse: say so rather than keep it
             return STATUS_CANNOT_UNDERSTAND
         try:
             data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
-            key = self.spool.store_instance(study_uid, sop_uid, data)
+            key = self.spool.store_instance(study_uid, patient_id, sop_uid, data)
+        except SpoolFullError as error:
+            logger.warning("instance refused", extra={"fields": {"reason": str(error)}})
+            return STATUS_OUT_OF_RESOURCES
         except OSError:
             logger.exception("instance not stored")
             return STATUS_OUT_OF_RESOURCES
@@ -221,13 +269,25 @@ class DicomNode:
 
     # -- processing ------------------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _loop(self, step: Callable[[], object]) -> None:
         while not self._stop.wait(self.config.poll_seconds):
             try:
-                self.process_ready()
-                self.send_unsent()
+                step()
             except Exception:  # a bug must not stop the node receiving; logged with its traceback
                 logger.exception("DICOM node pass failed")
+
+    def _process_and_purge(self) -> None:
+        self.process_ready()
+        if self.clock() - self._last_purge >= PURGE_EVERY_SECONDS:  # a walk over every study: not every second
+            self._last_purge = self.clock()
+            self.purge_expired()
+
+    def purge_expired(self) -> list[str]:
+        """Remove instances and results of studies delivered `retention_seconds` ago; return their keys."""
+        purged = self.spool.purge_expired(self.clock())
+        if purged:
+            logger.info("expired studies removed from the spool", extra={"fields": {"studies": len(purged)}})
+        return purged
 
     def process_ready(self) -> list[str]:
         """Process every study quiet for `quiet_seconds`; return the keys of the studies processed anew."""
@@ -261,8 +321,7 @@ class DicomNode:
             analysis = self.processor(files)
         except Exception as error:  # a bug or a resource problem: retried after another quiet period
             run.update(status="error", error=type(error).__name__, finished_at=timestamp())
-            runs.append(run)
-            self.spool.write_record(key, record)
+            self.spool.update_record(key, lambda stored: stored["runs"].append(run))
             logger.exception("study processing failed", extra={"fields": {"study_key": key}})
             if attempts + 1 < self.config.max_attempts:
                 self.spool.touch_pending(key)
@@ -295,20 +354,18 @@ class DicomNode:
             else {},
             finished_at=timestamp(),
         )
-        record["runs"].append(run)
-        self.spool.write_record(key, record)
+        if run["sent"]:
+            self.spool.mark_unsent(key)  # before the record: a node stopped in between still sends them
+        self.spool.update_record(key, lambda stored: stored["runs"].append(run))
         logger.info(
             "study processed",
             extra={"fields": {"study_key": key, "status": analysis.status, "results": len(results)}},
         )
-        if run["sent"]:
-            (self.spool.study_dir(key) / UNSENT_MARKER).touch()
-            self.delivery.send_run(key, record, run)
 
     # -- sending ---------------------------------------------------------------------------------------------
 
     def send_unsent(self) -> int:
-        """Retry destinations that failed in earlier passes, once their backoff has passed; return runs tried."""
+        """Send each destination what it still lacks, once its backoff has passed; return runs tried."""
         return self.delivery.send_unsent()
 
 

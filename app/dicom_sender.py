@@ -2,14 +2,16 @@
 
 `ResultSender` sends one run's files to one destination in one association, retrying it within a pass;
 `ResultDelivery` sends every run to every destination, records each attempt in the spool (``record.json`` and
-``sent.jsonl``), and retries a destination still failing on later passes, waiting longer each time.
+``sent.jsonl``), and retries a destination still failing on later passes, waiting longer each time. A destination
+that takes some results and refuses others (say the SEG but not the SR) is sent only the rest on later passes; a
+destination that fails in any way, even one no test foresaw, never holds up the other destinations and studies.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,56 +59,110 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one `ResultSender.send` achieved: the files the destination stored, attempts made, last failure."""
+
+    stored: tuple[Path, ...]
+    attempts: int
+    failure: str = ""
+
+
 class ResultSender:
     """C-STORE SCU of results to one destination, each association retried with exponential backoff."""
 
     def __init__(
-        self, ae_title: str, retries: int, backoff_seconds: float, sleep: Callable[[float], None] = time.sleep
+        self,
+        ae_title: str,
+        retries: int,
+        backoff_seconds: float,
+        sleep: Callable[[float], None] = time.sleep,
+        timeout_seconds: float = 30.0,
     ) -> None:
         self.ae = AE(ae_title=ae_title)
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_seconds
+        self.ae.connection_timeout = timeout_seconds
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         self._sleep = sleep
 
-    def send(self, destination: Destination, paths: Sequence[Path]) -> tuple[bool, int, str]:
-        """Send every file in one association; return (all stored, attempts made, last failure or "")."""
-        datasets = [pydicom.dcmread(path) for path in paths]
-        self.ae.requested_contexts = []
-        for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets}):
-            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    def send(self, destination: Destination, paths: Sequence[Path]) -> SendOutcome:
+        """Send the files in one association, retrying those not stored; every failure ends up in the outcome."""
+        datasets = {path: pydicom.dcmread(path) for path in paths}
+        stored: list[Path] = []
         failure = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(self.backoff_seconds * 2 ** (attempt - 1))
-            failure = self._send_once(destination, datasets)
+            remaining = {path: dataset for path, dataset in datasets.items() if path not in stored}
+            stored_now, failure = self._send_once(destination, remaining)
+            stored.extend(stored_now)
             if not failure:
-                return True, attempt + 1, ""
+                return SendOutcome(tuple(stored), attempt + 1)
             logger.warning(
                 "sending results failed", extra={"fields": {"destination": str(destination), "reason": failure}}
             )
-        return False, self.retries + 1, failure
+        return SendOutcome(tuple(stored), self.retries + 1, failure)
 
-    def _send_once(self, destination: Destination, datasets: Sequence[Dataset]) -> str:
-        association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not association.is_established:
-            return "association rejected or destination unreachable"
+    def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str]:
+        """One association: (files stored, first failure or ""). A refused file does not stop the others."""
+        self.ae.requested_contexts = []
+        for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets.values()}):
+            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         try:
-            for dataset in datasets:
-                status = association.send_c_store(dataset)
-                code = int(status.Status) if status is not None and "Status" in status else None
-                if code is None:
-                    return "no C-STORE response"
-                if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
-                    return f"C-STORE status 0x{code:04X}"
+            association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        except (OSError, RuntimeError, ValueError) as error:
+            return [], f"association failed ({type(error).__name__})"
+        if not association.is_established:
+            return [], _not_associated(association, datasets.values())
+        accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
+        stored, failures = [], []
+        try:
+            for path, dataset in datasets.items():
+                failure = _store(association, dataset, accepted)
+                if failure:
+                    failures.append(failure)
+                else:
+                    stored.append(path)
+                if not association.is_established:
+                    failures.append("association ended by the destination")
+                    break
         finally:
-            association.release()
-        return ""
+            if association.is_established:
+                association.release()
+        return stored, "; ".join(dict.fromkeys(failures))
+
+
+def _not_associated(association: Any, datasets: Iterable[Dataset]) -> str:
+    """Why an association was not established, as far as pynetdicom can tell."""
+    if association.is_rejected:
+        return "association rejected by the destination"
+    if association.is_aborted:  # also when the destination accepted none of the SOP classes offered
+        modalities = ", ".join(sorted({str(dataset.get("Modality", "result")) for dataset in datasets}))
+        return f"association aborted: does the destination accept {modalities}?"
+    return "destination unreachable or not answering"
+
+
+def _store(association: Any, dataset: Dataset, accepted: set[str]) -> str:
+    """C-STORE one dataset: "" if stored, otherwise why not."""
+    modality = str(dataset.get("Modality", "result"))
+    if str(dataset.SOPClassUID) not in accepted:
+        return f"destination accepts no {modality} (its SOP class was not accepted)"
+    try:
+        status = association.send_c_store(dataset)
+    except (OSError, RuntimeError, ValueError) as error:
+        return f"{modality} not sent ({type(error).__name__})"
+    code = int(status.Status) if status is not None and "Status" in status else None
+    if code is None:
+        return f"no C-STORE response for the {modality}"
+    if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
+        return f"C-STORE status 0x{code:04X} for the {modality}"
+    return ""
 
 
 class ResultDelivery:
-    """Every run's results to every destination; `send_unsent` retries the destinations that failed in earlier
-    passes, once their backoff has passed."""
+    """Every run's results to every destination; `send_unsent` sends what a destination still lacks, once its
+    backoff has passed (at once for a new run)."""
 
     def __init__(
         self, spool: Spool, sender: ResultSender, destinations: Sequence[Destination], clock: Callable[[], float]
@@ -116,53 +172,109 @@ class ResultDelivery:
         self.destinations = tuple(destinations)
         self.clock = clock
 
+    def restore_unsent_markers(self) -> int:
+        """Mark every study whose record still has results to send (a node stopped between writing a record and
+        marking it, or a marker lost): without the marker `send_unsent` would never look at it. Returns how many."""
+        restored = 0
+        for record_file in (self.spool.root / "studies").glob("*/record.json"):
+            key = record_file.parent.name
+            try:
+                record = self.spool.read_record(key)
+            except (OSError, ValueError):
+                logger.exception("unreadable study record", extra={"fields": {"study_key": key}})
+                continue
+            if _waiting(record["runs"]) and not (record_file.parent / UNSENT_MARKER).exists():
+                self.spool.mark_unsent(key)
+                restored += 1
+        return restored
+
     def send_unsent(self) -> int:
-        """Retry destinations that failed in earlier passes, once their backoff has passed; return runs tried."""
+        """Send to each destination what it still lacks, once its backoff has passed; return runs tried."""
         tried = 0
-        now = self.clock()
         for marker in sorted((self.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")):
             key = marker.parent.name
-            record = self.spool.read_record(key)
-            for run in record["runs"]:
-                waiting = [item for item in run.get("sent", {}).values() if item["status"] != "sent"]
-                if waiting and all(item.get("next_attempt_at", 0) <= now for item in waiting):
-                    self.send_run(key, record, run)
-                    tried += 1
+            try:
+                tried += self._send_study(key)
+            except Exception:  # one study's problem must not hold up the others; logged with its traceback
+                logger.exception("sending a study's results failed", extra={"fields": {"study_key": key}})
         return tried
 
-    def send_run(self, key: str, record: dict[str, Any], run: dict[str, Any]) -> None:
-        paths = [self.spool.study_dir(key) / "results" / run["run_id"] / item["file"] for item in run["results"]]
+    def _send_study(self, key: str) -> int:
+        record = self.spool.read_record(key)
+        tried = 0
+        for run in record["runs"]:
+            waiting = [item for item in run.get("sent", {}).values() if item["status"] != "sent"]
+            if waiting and all(item.get("next_attempt_at", 0) <= self.clock() for item in waiting):
+                self.send_run(key, run)
+                tried += 1
+        if not _waiting(self.spool.read_record(key)["runs"]):
+            (self.spool.study_dir(key) / UNSENT_MARKER).unlink(missing_ok=True)
+        return tried
+
+    def send_run(self, key: str, run: dict[str, Any]) -> None:
+        """Send one run's results to every destination that still lacks some, and record each attempt."""
+        folder = self.spool.study_dir(key) / "results" / run["run_id"]
         for destination in self.destinations:
             state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
             if state["status"] == "sent":
                 continue
-            ok, attempts, failure = self.sender.send(destination, paths)
-            state["attempts"] += attempts
-            state["status"] = "sent" if ok else "failed"
-            state["last_error"] = failure or None
-            state["at"] = timestamp()
-            # Later passes retry a failed destination, waiting longer each time (capped at 10 minutes).
-            rounds = state["attempts"] // (self.sender.retries + 1)
-            state["next_attempt_at"] = self.clock() + min(600.0, self.sender.backoff_seconds * 2**rounds)
-            for item in run["results"]:
-                self.spool.log_sent(
-                    {
-                        "at": state["at"],
-                        "study_key": key,
-                        "run_id": run["run_id"],
-                        "destination": str(destination),
-                        "modality": item["modality"],
-                        "sop_class_uid": item["sop_class_uid"],
-                        "sop_instance_uid": item["sop_instance_uid"],
-                        "status": state["status"],
-                        "attempts": attempts,
-                        "error": state["last_error"],
-                    }
-                )
-            logger.info(
-                "results sent" if ok else "results not sent",
-                extra={"fields": {"study_key": key, "destination": str(destination), "attempts": attempts}},
+            missing = [item for item in run["results"] if item["file"] not in state.get("stored", [])]
+            if not missing:  # every file was stored in an earlier pass that ended before it was recorded as sent
+                self._record_attempt(key, run, destination, state, [], SendOutcome((), 0))
+                continue
+            try:
+                outcome = self.sender.send(destination, [folder / item["file"] for item in missing])
+            except Exception as error:  # unreadable result files, a library bug: retried later like a refusal
+                logger.exception("sending results failed", extra={"fields": {"destination": str(destination)}})
+                outcome = SendOutcome((), 1, f"not sent ({type(error).__name__})")
+            self._record_attempt(key, run, destination, state, missing, outcome)
+
+    def _record_attempt(
+        self,
+        key: str,
+        run: dict[str, Any],
+        destination: Destination,
+        state: dict[str, Any],
+        missing: list[dict[str, Any]],
+        outcome: SendOutcome,
+    ) -> None:
+        stored_now = {path.name for path in outcome.stored}
+        state["stored"] = sorted({*state.get("stored", []), *stored_now})
+        state["attempts"] += outcome.attempts
+        state["status"] = "sent" if not outcome.failure else "failed"
+        state["last_error"] = outcome.failure or None
+        state["at"] = timestamp()
+        # Later passes retry a failed destination, waiting longer each time (capped at 10 minutes).
+        rounds = state["attempts"] // (self.sender.retries + 1)
+        state["next_attempt_at"] = self.clock() + min(600.0, self.sender.backoff_seconds * 2**rounds)
+
+        def update(record: dict[str, Any]) -> None:
+            for stored_run in record["runs"]:
+                if stored_run["run_id"] == run["run_id"]:
+                    stored_run["sent"][str(destination)] = dict(state)
+
+        self.spool.update_record(key, update)
+        for item in missing:
+            self.spool.log_sent(
+                {
+                    "at": state["at"],
+                    "study_key": key,
+                    "run_id": run["run_id"],
+                    "destination": str(destination),
+                    "modality": item["modality"],
+                    "sop_class_uid": item["sop_class_uid"],
+                    "sop_instance_uid": item["sop_instance_uid"],
+                    "status": "sent" if item["file"] in stored_now else "failed",
+                    "attempts": outcome.attempts,
+                    "error": None if item["file"] in stored_now else outcome.failure,
+                }
             )
-        self.spool.write_record(key, record)
-        if all(state["status"] == "sent" for run_ in record["runs"] for state in run_.get("sent", {}).values()):
-            (self.spool.study_dir(key) / UNSENT_MARKER).unlink(missing_ok=True)
+        logger.info(
+            "results sent" if not outcome.failure else "results not sent",
+            extra={"fields": {"study_key": key, "destination": str(destination), "attempts": outcome.attempts}},
+        )
+
+
+def _waiting(runs: list[dict[str, Any]]) -> bool:
+    """Whether any run has results a destination still lacks."""
+    return any(state["status"] != "sent" for run in runs for state in run.get("sent", {}).values())

@@ -4,8 +4,13 @@ Layout under the spool directory: ``studies/<key>/instances/*.dcm`` (instances a
 (its modification time is the study's last arrival), ``studies/<key>/unsent`` (results a destination still lacks),
 ``studies/<key>/record.json`` (every run), ``studies/<key>/results/<run>/`` and ``sent.jsonl``. Instances, records and
 results are written to a temporary file, flushed to disk and renamed into place, and ``sent.jsonl`` is flushed after
-each line, so a node killed at any point has lost nothing it acknowledged. Studies are named by
-a hash of their Study Instance UID (`study_key`): no DICOM UID shows in paths or logs.
+each line, so a node killed at any point has lost nothing it acknowledged. Studies are named by a hash of their
+Patient ID and Study Instance UID (`study_key`): no DICOM attribute shows in paths or logs, and two patients whose
+studies share a Study Instance UID (a UID generator's fault, or a re-identified copy) never share a study.
+
+The spool is bounded: `SpoolLimits` caps one instance, the spool's total size and the disk space it leaves free, and
+`purge_expired` removes the instances and results of studies whose results were all delivered long enough ago
+(their ``record.json`` stays: a re-send of the same instances is still recognised and not processed again).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -32,9 +38,30 @@ RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
 
 
-def study_key(study_instance_uid: str) -> str:
-    """The spool's (and the logs') name for a study: a hash, so no DICOM UID shows in paths or logs."""
-    return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:24]
+MIB = 1024 * 1024
+
+
+class SpoolFullError(Exception):
+    """The instance would break a `SpoolLimits` limit: not kept (the C-STORE is answered Out of Resources)."""
+
+
+@dataclass(frozen=True)
+class SpoolLimits:
+    """How much the spool may hold: the largest instance, the whole spool, the disk space it must leave free."""
+
+    max_instance_bytes: int = 128 * MIB
+    max_spool_bytes: int = 20 * 1024 * MIB
+    min_free_bytes: int = 1024 * MIB
+    retention_seconds: float = 7 * 24 * 3600.0
+
+
+def study_key(study_instance_uid: str, patient_id: str = "") -> str:
+    """The spool's (and the logs') name for a study: a hash of Patient ID and Study Instance UID.
+
+    The Patient ID takes part because Study Instance UIDs are not always unique across patients; a hash, so no
+    DICOM attribute shows in paths or logs.
+    """
+    return hashlib.sha256(f"{patient_id}\\{study_instance_uid}".encode()).hexdigest()[:24]
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -58,22 +85,51 @@ class Spool:
 
     root: Path
     clock: Callable[[], float] = time.time
+    limits: SpoolLimits = field(default_factory=SpoolLimits)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _record_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _size_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # also: store against purge
+    _size: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         (self.root / "studies").mkdir(parents=True, exist_ok=True)
+        studies = self.root / "studies"
+        self._size = sum(path.stat().st_size for path in studies.glob("*/*/**/*.dcm") if path.is_file())
+
+    @property
+    def size_bytes(self) -> int:
+        """What the instances and results in the spool hold on disk (the small records are not counted)."""
+        return self._size
 
     def study_dir(self, key: str) -> Path:
         return self.root / "studies" / key
 
-    def store_instance(self, study_instance_uid: str, sop_instance_uid: str, data: bytes) -> str:
-        """Keep one received instance (Part 10 bytes) and mark its study pending; return the study key."""
-        key = study_key(study_instance_uid)
+    def check_room(self, size: int) -> None:
+        """Raise `SpoolFullError` (with the reason) unless an instance of `size` bytes may be kept."""
+        limits = self.limits
+        if size > limits.max_instance_bytes:
+            raise SpoolFullError(f"instance of {size} bytes is over the limit of {limits.max_instance_bytes}")
+        if self._size + size > limits.max_spool_bytes:
+            raise SpoolFullError(f"the spool holds {self._size} bytes; its limit is {limits.max_spool_bytes}")
+        free = shutil.disk_usage(self.root).free
+        if free - size < limits.min_free_bytes:
+            raise SpoolFullError(f"{free} bytes free on the spool's disk; {limits.min_free_bytes} must stay free")
+
+    def store_instance(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str, data: bytes) -> str:
+        """Keep one received instance (Part 10 bytes) and mark its study pending; return the study key.
+
+        Raises `SpoolFullError` (nothing written) when the instance would break a limit of `SpoolLimits`.
+        """
+        key = study_key(study_instance_uid, patient_id)
         instances = self.study_dir(key) / "instances"
-        instances.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm"
-        _write_atomically(instances / name, data)
-        self.touch_pending(key)
+        path = instances / (hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm")
+        with self._size_lock:
+            replaced = path.stat().st_size if path.exists() else 0
+            self.check_room(len(data) - replaced)
+            instances.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, data)
+            self._size += len(data) - replaced
+            self.touch_pending(key)
         return key
 
     def touch_pending(self, key: str, at: float | None = None) -> None:
@@ -109,8 +165,13 @@ class Spool:
         return sorted((self.study_dir(key) / "instances").glob("*.dcm"))
 
     def fingerprint(self, files: Sequence[Path]) -> str:
-        """The set of instances (their names are hashes of SOP Instance UIDs); a re-send of the same set matches."""
-        return hashlib.sha256("\n".join(sorted(path.name for path in files)).encode()).hexdigest()[:32]
+        """The set of instances and their content: a re-send of the same instances matches; an instance sent again
+        under the same SOP Instance UID with other content (a corrected image) does not, so the study is analysed
+        again."""
+        digest = hashlib.sha256()
+        for path in sorted(files, key=lambda item: item.name):
+            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()[:32]
 
     def read_record(self, key: str) -> dict[str, Any]:
         path = self.study_dir(key) / RECORD_FILE
@@ -121,15 +182,58 @@ class Spool:
     def write_record(self, key: str, record: dict[str, Any]) -> None:
         _write_atomically(self.study_dir(key) / RECORD_FILE, json.dumps(record, indent=1).encode())
 
+    def update_record(self, key: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read, `change` and write a study's record as one step: the processing and the sending threads both
+        write records, and neither may undo what the other just wrote. Returns the record as written."""
+        with self._record_lock:
+            record = self.read_record(key)
+            change(record)
+            self.write_record(key, record)
+            return record
+
     def save_results(self, key: str, run_id: str, datasets: Sequence[Dataset]) -> list[Path]:
         directory = self.study_dir(key) / "results" / run_id
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for index, dataset in enumerate(datasets):
             path = directory / f"{index:02d}_{dataset.Modality}.dcm"
-            _write_atomically(path, segmentation_to_bytes(dataset))
+            data = segmentation_to_bytes(dataset)
+            _write_atomically(path, data)
+            with self._size_lock:
+                self._size += len(data)
             paths.append(path)
         return paths
+
+    def mark_unsent(self, key: str) -> None:
+        (self.study_dir(key) / UNSENT_MARKER).touch()
+
+    def purge_expired(self, now: float) -> list[str]:
+        """Remove instances and results of studies that are settled (nothing pending, nothing left to send) and
+        whose last run finished `retention_seconds` ago; return their keys. Their records stay."""
+        purged = []
+        for directory in sorted((self.root / "studies").iterdir()):
+            if (directory / PENDING_MARKER).exists() or (directory / UNSENT_MARKER).exists():
+                continue
+            if not (directory / "instances").exists() and not (directory / "results").exists():
+                continue
+            record_file = directory / RECORD_FILE
+            if not record_file.exists() or now - record_file.stat().st_mtime < self.limits.retention_seconds:
+                continue
+            with self._size_lock:  # no instance is stored meanwhile
+                if (directory / PENDING_MARKER).exists():
+                    continue
+                for part in ("instances", "results"):
+                    self._remove_tree(directory / part)
+            purged.append(directory.name)
+        return purged
+
+    def _remove_tree(self, directory: Path) -> None:
+        if not directory.exists():
+            return
+        freed = sum(path.stat().st_size for path in directory.rglob("*.dcm") if path.is_file())
+        shutil.rmtree(directory)
+        with self._size_lock:
+            self._size -= freed
 
     def log_sent(self, entry: dict[str, Any]) -> None:
         with self._lock, open(self.root / SENT_LOG, "a", encoding="utf-8") as handle:

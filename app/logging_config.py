@@ -24,7 +24,7 @@ from types import TracebackType
 from app.errors import without_quoted_values
 
 # Loggers whose messages may quote what a file holds: their text is redacted before it is written.
-VALUE_QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings", "PIL")
+VALUE_QUOTING_LOGGERS = ("pydicom", "pynetdicom", "highdicom", "py.warnings", "PIL")
 _UID_LIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")  # 1.2.840.113619.2... (also dates and versions: a fair price)
 REDACTED = "<redacted>"
 

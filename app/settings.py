@@ -211,6 +211,31 @@ class Settings(BaseSettings):
     dicom_node_send_backoff_seconds: float = Field(
         default=2.0, ge=0, description="wait before the first retry of a result, doubled for each further one"
     )
+    dicom_node_send_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a destination silent this long (connecting, associating, storing) has failed"
+    )
+    dicom_node_max_associations: int = Field(
+        default=32, ge=1, description="associations the node serves at once; more are refused (Local Limit Exceeded)"
+    )
+    dicom_node_association_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a connection that sends no association request, or an association idle, this long is closed",
+    )
+    dicom_node_max_instance_bytes: int = Field(
+        default=128 * MIB, gt=0, description="largest instance the node keeps; larger are refused (Out of Resources)"
+    )
+    dicom_node_max_spool_bytes: int = Field(
+        default=20 * 1024 * MIB, gt=0, description="most the spool may hold; instances beyond are refused"
+    )
+    dicom_node_min_free_bytes: int = Field(
+        default=1024 * MIB, ge=0, description="disk space the spool leaves free; instances that would not are refused"
+    )
+    dicom_node_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="instances and results of a study whose results were all delivered are removed this long after",
+    )
 
     @field_validator(
         "sequence_flair_patterns",

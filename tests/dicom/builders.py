@@ -19,6 +19,9 @@ PIXEL_SPACING_MM = (0.9375, 0.9375)
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
+PATIENT_ID = "TEST-0001"  # synthetic, like every patient attribute here
+
+
 @dataclass(frozen=True)
 class Study:
     """UIDs shared by the series of one synthetic study."""
@@ -55,7 +58,7 @@ def mr_dataset(
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     # Patient and study: synthetic values only.
     dataset.PatientName = "Test^Phantom"
-    dataset.PatientID = "TEST-0001"
+    dataset.PatientID = PATIENT_ID
     dataset.PatientBirthDate = ""
     dataset.PatientSex = "O"
     dataset.StudyInstanceUID = study.study_uid

@@ -6,170 +6,37 @@ node (spooling, quiet period, once-only processing, sending, retries) and the se
 
 from __future__ import annotations
 
-import asyncio
-import json
 import random
-import shutil
-import socket
 import subprocess
-import threading
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
-from pynetdicom import AE, evt
+from pydicom.uid import generate_uid
 
-from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
-from app.dicom_node import DicomNode, NodeConfig
+from app.dicom_node import NodeConfig
 from app.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_sender import Destination
 from app.dicom_sr import SR_SERIES_NUMBER, read_volume_report
-from app.inference import SlicePrediction
-from app.model_runners import predictor_runner
-from app.prediction import PredictionService
 from app.settings import Settings
-from app.study_analysis import ModelStudyProcessor
-from app.uploads import UploadLimits
-from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels, write_files
+from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, tumor_channels, write_files
+from tests.dicom.node_support import (
+    CALLING_AE,
+    NODE_AE,
+    QUIET_SECONDS,
+    RESULTS_AE,
+    Clock,
+    ResultStore,
+    dcmtk,
+    expected_result,
+    free_port,
+    process_and_send,
+    record,
+    storescu,
+)
 from tests.dicom.validation import dciodvfy_errors
-
-NODE_AE, CALLING_AE, RESULTS_AE = "BRAINTUMOR", "TESTSCU", "RESULTS"
-QUIET_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def dcmtk(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} not found: install the Debian package dcmtk (.ci/install-system-packages.sh)")
-    return path
-
-
-class ThresholdPredictor:
-    """Positive where the FLAIR channel of the model input is bright: deterministic masks, no models."""
-
-    model_tags = {"classifier": "threshold-classifier@0.1", "segmenter": "threshold-segmenter@0.1"}
-    classifier_threshold = 0.5
-    series_min_component_voxels = 0
-    single_slice_mask_min_probability = 0.0
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def predict_preprocessed(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[SlicePrediction]:
-        self.calls.append(len(sizes))
-        predictions = []
-        for model_input, (height, width) in zip(batch, sizes, strict=True):
-            bright = (model_input[..., FLAIR] > 150 / 255).astype(np.uint8)
-            mask = cv2.resize(bright, (width, height), interpolation=cv2.INTER_NEAREST)
-            detected = int(mask.sum()) > 50
-            predictions.append(SlicePrediction(0.9 if detected else 0.1, detected, mask if detected else None))
-        return predictions
-
-
-class Clock:
-    """A clock the test moves forward, so the quiet period passes without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class ResultStore:
-    """A pynetdicom C-STORE SCP for SEG and SR: where the node's results land."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.received: list[Dataset] = []
-        self._lock = threading.Lock()
-        ae = AE(ae_title=RESULTS_AE)
-        for sop_class in (SegmentationStorage, Comprehensive3DSRStorage):
-            ae.add_supported_context(sop_class)
-        self._server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)])
-
-    def _handle(self, event: Any) -> int:
-        dataset = event.dataset
-        dataset.file_meta = event.file_meta
-        with self._lock:
-            self.received.append(dataset)
-        return 0x0000
-
-    def by_modality(self, modality: str) -> list[Dataset]:
-        return [dataset for dataset in self.received if dataset.Modality == modality]
-
-    def close(self) -> None:
-        self._server.shutdown()
-
-
-@pytest.fixture
-def results() -> Iterator[ResultStore]:
-    store = ResultStore(free_port())
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[Any]:
-    nodes: list[DicomNode] = []
-    port = free_port()
-
-    def make(destination_port: int | None = None, allowed: tuple[str, ...] = (CALLING_AE,)) -> DicomNode:
-        config = NodeConfig(
-            spool_dir=tmp_path / "spool",
-            ae_title=NODE_AE,
-            port=port,
-            quiet_seconds=QUIET_SECONDS,
-            allowed_calling_ae_titles=allowed,
-            destinations=(Destination(RESULTS_AE, "127.0.0.1", destination_port or results.port),),
-            send_retries=1,
-            send_backoff_seconds=1.0,  # never slept: sleep is a no-op here, the clock is the test's
-        )
-        node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()), clock=clock, sleep=lambda _: None)
-        node.start(worker=False)  # the test drives process_ready / send_unsent with its clock
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.stop()
-
-
-def storescu(node: DicomNode, files: list[Path], calling_ae: str = CALLING_AE) -> subprocess.CompletedProcess[str]:
-    command = [dcmtk("storescu"), "-aet", calling_ae, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)]
-    return subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
-
-
-def expected_result(datasets: list[Dataset]) -> Any:
-    """What the same series flow gives without the node: the reference for the SEG frames and the SR volume."""
-    predictor = ThresholdPredictor()
-    service = PredictionService(predictor, predictor_runner(predictor, 16), UploadLimits(), offload=False)
-    return asyncio.run(service.predict_dicom([to_bytes(dataset) for dataset in datasets], build_seg=True)).result
-
-
-def record(node: DicomNode) -> dict[str, Any]:
-    (study,) = (node.spool.root / "studies").iterdir()
-    return json.loads((study / "record.json").read_text())
 
 
 def test_echo_answers_an_allowed_calling_ae(make_node: Any) -> None:
@@ -214,9 +81,9 @@ def test_series_from_storescu_comes_back_as_seg_and_sr(
     sent = storescu(node, write_files(series, tmp_path / "in"))
     assert sent.returncode == 0, sent.stderr
 
-    assert node.process_ready() == []  # still inside the quiet period
+    assert process_and_send(node) == []  # still inside the quiet period
     clock.advance(QUIET_SECONDS)
-    assert len(node.process_ready()) == 1
+    assert len(process_and_send(node)) == 1
 
     expected = expected_result(series)
     (seg,) = results.by_modality("SEG")
@@ -253,19 +120,19 @@ def test_second_send_does_not_duplicate_and_a_late_instance_supersedes(
     files = write_files(first_three, tmp_path / "in")
     assert storescu(node, files).returncode == 0
     clock.advance(QUIET_SECONDS)
-    node.process_ready()
+    process_and_send(node)
     assert len(results.received) == 2
 
     assert storescu(node, files).returncode == 0  # the router sends the same series again
     clock.advance(QUIET_SECONDS)
-    assert node.process_ready() == []
+    assert process_and_send(node) == []
     assert len(results.received) == 2
     assert node.spool.pending_studies() == {}
 
     late = mr_dataset(images[0], study, series_uid, instance_number=4, position_mm=3 * SLICE_GAP_MM)
     assert storescu(node, write_files([late], tmp_path / "late")).returncode == 0
     clock.advance(QUIET_SECONDS)
-    assert len(node.process_ready()) == 1
+    assert len(process_and_send(node)) == 1
 
     first_seg, second_seg = results.by_modality("SEG")
     assert int(first_seg.NumberOfFrames) == 3 and int(second_seg.NumberOfFrames) == 4
@@ -290,7 +157,7 @@ def test_restart_mid_series_loses_no_instance(
     assert len(restarted.spool.pending_studies()) == 1  # found on disk
     assert storescu(restarted, files[2:]).returncode == 0
     clock.advance(QUIET_SECONDS)
-    assert len(restarted.process_ready()) == 1
+    assert len(process_and_send(restarted)) == 1
 
     (seg,) = results.by_modality("SEG")
     assert set(read_segmentation_masks(seg)) == {dataset.SOPInstanceUID for dataset in series}
@@ -307,9 +174,9 @@ def test_restarted_node_waits_a_quiet_period_before_a_study_left_pending(
     clock.advance(QUIET_SECONDS)  # down for longer than the quiet period: the sender has the rest still to send
 
     restarted = make_node()
-    assert restarted.process_ready() == []  # not processed half-received the moment the node is back
+    assert process_and_send(restarted) == []  # not processed half-received the moment the node is back
     clock.advance(QUIET_SECONDS)
-    assert len(restarted.process_ready()) == 1
+    assert len(process_and_send(restarted)) == 1
     (seg,) = results.by_modality("SEG")
     assert int(seg.NumberOfFrames) == 2
 
@@ -328,7 +195,7 @@ def test_three_series_sent_in_any_order_are_paired_by_their_attributes(
     random.Random(7).shuffle(mixed)
     assert storescu(node, write_files(mixed, tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
-    node.process_ready()
+    process_and_send(node)
 
     (seg,) = results.by_modality("SEG")
     assert {dataset.SOPInstanceUID for dataset in flair} <= set(read_segmentation_masks(seg))
@@ -348,7 +215,7 @@ def test_t1_only_study_is_recorded_as_not_analysed_and_nothing_is_sent(
     t1 = mr_series(tumor_channels(0), series_description="AX T1")
     assert storescu(node, write_files(t1, tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
-    node.process_ready()
+    process_and_send(node)
 
     (run,) = record(node)["runs"]
     assert run["status"] == "not_analysed"
@@ -362,7 +229,7 @@ def test_unreachable_destination_is_retried_on_a_later_pass(make_node: Any, cloc
     node = make_node(destination_port=port)  # nothing listens there yet
     assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
-    node.process_ready()
+    process_and_send(node)
 
     (run,) = record(node)["runs"]
     (state,) = run["sent"].values()

@@ -31,7 +31,7 @@ from app.dicom_sr import read_volume_report
 from app.settings import Settings
 from tests.api.service_client import decode_rle, running_client
 from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, read_slice
-from tests.dicom.builders import FLAIR, mr_series, tumor_channels, write_files
+from tests.dicom.builders import FLAIR, PATIENT_ID, mr_series, tumor_channels, write_files
 from tests.dicom.orthanc_server import ORTHANC_AE, Orthanc, free_port, running_orthanc
 from tests.dicom.validation import dciodvfy_errors
 
@@ -103,13 +103,13 @@ class NodeProcess:
             self.kill()
 
     def study_dir(self, study_uid: str) -> Path:
-        return self.spool_dir / "studies" / study_key(study_uid)
+        return self.spool_dir / "studies" / study_key(study_uid, PATIENT_ID)
 
     def sent(self, study_uid: str) -> list[dict[str, Any]]:
         """The node's record of what it sent for the study (``sent.jsonl``), one entry per result and attempt."""
         log = self.spool_dir / "sent.jsonl"
         lines = log.read_text().splitlines() if log.exists() else []
-        return [entry for entry in map(json.loads, lines) if entry["study_key"] == study_key(study_uid)]
+        return [entry for entry in map(json.loads, lines) if entry["study_key"] == study_key(study_uid, PATIENT_ID)]
 
 
 def echoscu(port: int, calling_ae: str = CALLING_AE) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,133 @@
+"""What the DICOM node tests share: a model stand-in, a clock, a results SCP, and dcmtk's storescu.
+
+The models are replaced by a threshold on the FLAIR channel (`ThresholdPredictor`), so that the node tests check the
+node (spooling, quiet period, once-only processing, sending, retries) and the series flow without loading Keras.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pynetdicom import AE, evt
+
+from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
+from app.dicom_node import DicomNode
+from app.inference import SlicePrediction
+from app.model_runners import predictor_runner
+from app.prediction import PredictionService
+from app.uploads import UploadLimits
+from tests.dicom.builders import to_bytes
+
+NODE_AE, CALLING_AE, RESULTS_AE = "BRAINTUMOR", "TESTSCU", "RESULTS"
+QUIET_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not found: install the Debian package dcmtk (.ci/install-system-packages.sh)")
+    return path
+
+
+class ThresholdPredictor:
+    """Positive where the FLAIR channel of the model input is bright: deterministic masks, no models."""
+
+    model_tags = {"classifier": "threshold-classifier@0.1", "segmenter": "threshold-segmenter@0.1"}
+    classifier_threshold = 0.5
+    series_min_component_voxels = 0
+    single_slice_mask_min_probability = 0.0
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict_preprocessed(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[SlicePrediction]:
+        self.calls.append(len(sizes))
+        predictions = []
+        for model_input, (height, width) in zip(batch, sizes, strict=True):
+            bright = (model_input[..., FLAIR] > 150 / 255).astype(np.uint8)
+            mask = cv2.resize(bright, (width, height), interpolation=cv2.INTER_NEAREST)
+            detected = int(mask.sum()) > 50
+            predictions.append(SlicePrediction(0.9 if detected else 0.1, detected, mask if detected else None))
+        return predictions
+
+
+class Clock:
+    """A clock the test moves forward, so the quiet period passes without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class ResultStore:
+    """A pynetdicom C-STORE SCP for SEG and SR: where the node's results land."""
+
+    def __init__(self, port: int, sop_classes: Sequence[str] = (SegmentationStorage, Comprehensive3DSRStorage)) -> None:
+        self.port = port
+        self.received: list[Dataset] = []
+        self._lock = threading.Lock()
+        ae = AE(ae_title=RESULTS_AE)
+        for sop_class in sop_classes:
+            ae.add_supported_context(sop_class)
+        self._server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)])
+
+    def _handle(self, event: Any) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        with self._lock:
+            self.received.append(dataset)
+        return 0x0000
+
+    def by_modality(self, modality: str) -> list[Dataset]:
+        return [dataset for dataset in self.received if dataset.Modality == modality]
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+def storescu(node: DicomNode, files: list[Path], calling_ae: str = CALLING_AE) -> subprocess.CompletedProcess[str]:
+    command = [dcmtk("storescu"), "-aet", calling_ae, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)]
+    return subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def expected_result(datasets: list[Dataset]) -> Any:
+    """What the same series flow gives without the node: the reference for the SEG frames and the SR volume."""
+    predictor = ThresholdPredictor()
+    service = PredictionService(predictor, predictor_runner(predictor, 16), UploadLimits(), offload=False)
+    return asyncio.run(service.predict_dicom([to_bytes(dataset) for dataset in datasets], build_seg=True)).result
+
+
+def process_and_send(node: DicomNode) -> list[str]:
+    """One pass of each of the node's two threads: process the quiet studies, then send their results."""
+    processed = node.process_ready()
+    node.send_unsent()
+    return processed
+
+
+def record(node: DicomNode) -> dict[str, Any]:
+    (study,) = (node.spool.root / "studies").iterdir()
+    return json.loads((study / "record.json").read_text())

@@ -1,0 +1,337 @@
+"""The DICOM node when senders, destinations and its own process misbehave (findings of an attack on the node).
+
+Each test sends real DICOM over 127.0.0.1 (dcmtk's storescu, pynetdicom) to a node whose models are a threshold
+(`tests.dicom.node_support.ThresholdPredictor`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.uid import SegmentationStorage
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from app.dicom_node import DicomNode, NodeConfig
+from app.dicom_sender import Destination
+from app.dicom_spool import MIB, UNSENT_MARKER, SpoolLimits
+from app.logging_config import REDACTED, JsonFormatter
+from app.study_analysis import ModelStudyProcessor
+from tests.dicom.builders import PATIENT_ID, Study, mr_series, tumor_channels, write_files
+from tests.dicom.node_support import (
+    CALLING_AE,
+    NODE_AE,
+    QUIET_SECONDS,
+    RESULTS_AE,
+    Clock,
+    ResultStore,
+    ThresholdPredictor,
+    free_port,
+    process_and_send,
+    record,
+    storescu,
+)
+
+WEEK_SECONDS = 7 * 24 * 3600.0
+
+
+def records(node: DicomNode) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted((node.spool.root / "studies").glob("*/record.json"))]
+
+
+def test_two_patients_whose_studies_share_a_study_uid_are_kept_apart(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    study = Study()
+    first, second = mr_series(tumor_channels(), study), mr_series(tumor_channels()[:2], study)
+    for dataset in second:
+        dataset.PatientID = "TEST-0002"
+    assert storescu(node, write_files([*first, *second], tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 2
+
+    frames = {str(seg.PatientID): int(seg.NumberOfFrames) for seg in results.by_modality("SEG")}
+    assert frames == {PATIENT_ID: 3, "TEST-0002": 2}
+
+
+def test_results_are_sent_after_a_stop_between_the_record_and_its_unsent_marker(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert len(node.process_ready()) == 1
+    (marker,) = (node.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")
+    marker.unlink()  # as if the node had died after writing the record, before marking it
+    node.stop()
+
+    restarted = make_node()
+    assert restarted.send_unsent() == 1
+
+    assert sorted(dataset.Modality for dataset in results.received) == ["SEG", "SR"]
+    assert not marker.exists()  # all sent: the marker is gone again
+
+
+def test_an_instance_sent_again_with_other_pixels_is_analysed_again(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    series[1].PixelData = np.zeros((256, 256), np.uint8).tobytes()  # corrected image, same SOP Instance UID
+    assert storescu(node, write_files(series[1:2], tmp_path / "corrected")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 1
+    first, second = results.by_modality("SEG")
+    assert int(first.NumberOfFrames) == int(second.NumberOfFrames) == 3
+    first_run, second_run = record(node)["runs"]
+    assert second_run["supersedes"] == first_run["run_id"]
+    assert second_run["summary"] != first_run["summary"]  # one tumor slice less
+
+
+def test_a_destination_that_refuses_the_sr_gets_the_seg_once_and_holds_up_no_other_study(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    seg_only = ResultStore(free_port(), sop_classes=(SegmentationStorage,))
+    try:
+        node = make_node(destination_port=seg_only.port)
+        for index in range(2):
+            assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / f"in{index}")).returncode == 0
+        clock.advance(QUIET_SECONDS)
+        assert len(process_and_send(node)) == 2
+        assert len(seg_only.by_modality("SEG")) == 2  # both studies' SEGs arrived
+
+        for _ in range(3):  # later passes send only what is missing
+            clock.advance(600)
+            assert node.send_unsent() == 2
+        assert len(seg_only.received) == 2
+
+        for study in records(node):
+            (state,) = study["runs"][0]["sent"].values()
+            assert state["status"] == "failed"
+            assert state["stored"] == ["00_SEG.dcm"]
+            assert "accept" in state["last_error"] and "SR" in state["last_error"]
+            assert state["next_attempt_at"] > clock.now  # retried later, not on every pass
+        statuses = {(entry["modality"], entry["status"]) for entry in node.spool.sent_log()}
+        assert statuses == {("SEG", "sent"), ("SR", "failed")}
+        assert sum(entry["modality"] == "SEG" for entry in node.spool.sent_log()) == 2  # once per study
+    finally:
+        seg_only.close()
+
+
+def test_a_failure_while_sending_one_study_does_not_stop_the_others(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = make_node()
+    for index in range(2):
+        assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / f"in{index}")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    node.process_ready()
+    real_send, calls = node.sender.send, []
+
+    def send_failing_first(destination: Destination, paths: list[Path]) -> Any:
+        calls.append(paths)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the sender")
+        return real_send(destination, paths)
+
+    monkeypatch.setattr(node.sender, "send", send_failing_first)
+
+    assert node.send_unsent() == 2
+
+    assert len(results.by_modality("SEG")) == 1  # the second study went out
+    failed = [run["sent"] for study in records(node) for run in study["runs"] if run["sent"]]
+    assert sorted(state["status"] for sent in failed for state in sent.values()) == ["failed", "sent"]
+
+
+@pytest.fixture
+def silent_destination() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word: a hung PACS."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def wait_for(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_destination_that_never_answers_holds_up_no_processing(silent_destination: int, tmp_path: Path) -> None:
+    config = NodeConfig(
+        spool_dir=tmp_path / "spool",
+        ae_title=NODE_AE,
+        port=free_port(),
+        quiet_seconds=0.3,
+        poll_seconds=0.1,
+        allowed_calling_ae_titles=(CALLING_AE,),
+        destinations=(Destination(RESULTS_AE, "127.0.0.1", silent_destination),),
+        send_retries=0,
+        send_timeout_seconds=6.0,
+    )
+    node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()))
+    node.start()  # real threads, real clock
+    try:
+        assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "a")).returncode == 0
+        assert wait_for(lambda: len(records(node)) == 1, 10)
+        started = time.monotonic()
+        assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "b")).returncode == 0
+
+        assert wait_for(lambda: len(records(node)) == 2, 10)  # processed while the first send hangs
+
+        assert time.monotonic() - started < 4.0
+        states = [state["status"] for study in records(node) for state in study["runs"][0]["sent"].values()]
+        assert states == ["pending", "pending"]  # neither send has even timed out yet
+    finally:
+        node.stop()
+
+
+def echo(port: int) -> bool:
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 5
+    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    if not association.is_established:
+        return False
+    status = association.send_c_echo()
+    association.release()
+    return status is not None and int(status.Status) == 0
+
+
+def test_idle_connections_are_closed_so_they_cannot_lock_out_senders(make_node: Any) -> None:
+    node = make_node(max_associations=2, association_timeout_seconds=1.0)
+    idle = [socket.create_connection(("127.0.0.1", node.config.port)) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        assert not echo(node.config.port)  # both slots held: refused (Local Limit Exceeded)
+        for connection in idle:
+            connection.settimeout(5)
+            assert connection.recv(1024) == b""  # closed by the node after association_timeout_seconds
+        assert wait_for(lambda: echo(node.config.port), 5)
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_pynetdicom_log_lines_do_not_show_uids() -> None:
+    line = logging.LogRecord(
+        "pynetdicom.dsutils", logging.WARNING, __file__, 1, "Invalid UID '1.2.826.0.1.3680043.8.498.1x'", None, None
+    )
+
+    message = json.loads(JsonFormatter().format(line))["message"]
+
+    assert "1.2.826" not in message and REDACTED in message
+
+
+@pytest.mark.parametrize(
+    ("limits", "kept"),
+    [
+        (SpoolLimits(max_instance_bytes=10_000), 0),  # each instance is about 66 kB
+        (SpoolLimits(max_spool_bytes=150_000), 2),
+        (SpoolLimits(min_free_bytes=1 << 60), 0),
+    ],
+    ids=["instance too large", "spool full", "disk full"],
+)
+def test_instances_that_break_a_spool_limit_are_refused(
+    make_node: Any, tmp_path: Path, limits: SpoolLimits, kept: int
+) -> None:
+    node = make_node(spool_limits=limits)
+
+    storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in"))
+
+    stored = list((node.spool.root / "studies").glob("*/instances/*.dcm"))
+    assert len(stored) == kept
+    assert node.spool.size_bytes == sum(path.stat().st_size for path in stored)
+
+
+def test_delivered_studies_leave_the_spool_after_the_retention_time_and_are_still_recognised(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node(spool_limits=SpoolLimits(retention_seconds=WEEK_SECONDS))
+    files = write_files(mr_series(tumor_channels()), tmp_path / "in")
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    (study,) = (node.spool.root / "studies").iterdir()
+
+    clock.now = time.time() + WEEK_SECONDS - 60
+    assert node.purge_expired() == []
+    clock.now = time.time() + WEEK_SECONDS + 60
+    assert node.purge_expired() == [study.name]
+
+    assert sorted(path.name for path in study.iterdir()) == ["record.json"]
+    assert node.spool.size_bytes == 0
+    assert storescu(node, files).returncode == 0  # the router sends the study again
+    clock.advance(QUIET_SECONDS)
+    assert process_and_send(node) == []  # recognised: not analysed or sent again
+    assert len(results.received) == 2
+
+
+def test_studies_with_results_still_to_send_are_kept(make_node: Any, clock: Clock, tmp_path: Path) -> None:
+    node = make_node(destination_port=free_port(), spool_limits=SpoolLimits(retention_seconds=60))
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)  # nothing listens at the destination
+
+    clock.now = time.time() + 3600
+
+    assert node.purge_expired() == []
+    assert len(list((node.spool.root / "studies").glob("*/instances/*.dcm"))) == 3
+
+
+def test_spool_limits_come_from_the_settings(tmp_path: Path) -> None:
+    from app.settings import Settings
+
+    settings = Settings(
+        dicom_node_spool_dir=tmp_path,
+        dicom_node_max_instance_bytes=2 * MIB,
+        dicom_node_max_spool_bytes=100 * MIB,
+        dicom_node_min_free_bytes=0,
+        dicom_node_retention_hours=2,
+        dicom_node_max_associations=4,
+        dicom_node_association_timeout_seconds=5,
+        dicom_node_send_timeout_seconds=7,
+    )
+
+    config = NodeConfig.from_settings(settings)
+
+    assert config.spool_limits == SpoolLimits(2 * MIB, 100 * MIB, 0, 7200.0)
+    assert (config.max_associations, config.association_timeout_seconds, config.send_timeout_seconds) == (4, 5, 7)
