@@ -159,31 +159,45 @@ def test_a_failure_while_sending_one_study_does_not_stop_the_others(
     assert sorted(state["status"] for sent in failed for state in sent.values()) == ["failed", "sent"]
 
 
-@pytest.fixture
-def silent_destination() -> Iterator[int]:
-    """A TCP port that accepts connections and never says a word: a hung PACS."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
+class SilentDestination:
+    """A TCP port that accepts connections and never says a word: a hung PACS, until `close`."""
 
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
             try:
-                held.append(listener.accept()[0])
+                self._held.append(self._listener.accept()[0])
             except TimeoutError:
                 continue
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield int(listener.getsockname()[1])
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    listener.close()
+    def close(self) -> None:
+        """Stop listening and drop every connection: a send still waiting fails at once."""
+        self._stop.set()
+        self._thread.join()
+        for connection in self._held:
+            connection.close()
+        self._listener.close()
+
+
+@pytest.fixture
+def silent_destination() -> Iterator[SilentDestination]:
+    destination = SilentDestination()
+    yield destination
+    destination.close()
 
 
 def wait_for(condition: Any, seconds: float) -> bool:
@@ -195,7 +209,9 @@ def wait_for(condition: Any, seconds: float) -> bool:
     return False
 
 
-def test_a_destination_that_never_answers_holds_up_no_processing(silent_destination: int, tmp_path: Path) -> None:
+def test_a_destination_that_never_answers_holds_up_no_processing(
+    silent_destination: SilentDestination, tmp_path: Path
+) -> None:
     config = NodeConfig(
         spool_dir=tmp_path / "spool",
         ae_title=NODE_AE,
@@ -203,24 +219,24 @@ def test_a_destination_that_never_answers_holds_up_no_processing(silent_destinat
         quiet_seconds=0.3,
         poll_seconds=0.1,
         allowed_calling_ae_titles=(CALLING_AE,),
-        destinations=(Destination(RESULTS_AE, "127.0.0.1", silent_destination),),
+        destinations=(Destination(RESULTS_AE, "127.0.0.1", silent_destination.port),),
         send_retries=0,
-        send_timeout_seconds=6.0,
+        send_timeout_seconds=60.0,  # longer than the test: the first send hangs throughout
     )
     node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()))
     node.start()  # real threads, real clock
     try:
         assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "a")).returncode == 0
-        assert wait_for(lambda: len(records(node)) == 1, 10)
-        started = time.monotonic()
+        assert wait_for(lambda: len(records(node)) == 1, 30)
+        assert wait_for(lambda: silent_destination.connections == 1, 30)  # its results are being sent
         assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "b")).returncode == 0
 
-        assert wait_for(lambda: len(records(node)) == 2, 10)  # processed while the first send hangs
+        assert wait_for(lambda: len(records(node)) == 2, 30)  # processed while the first send hangs
 
-        assert time.monotonic() - started < 4.0
         states = [state["status"] for study in records(node) for state in study["runs"][0]["sent"].values()]
-        assert states == ["pending", "pending"]  # neither send has even timed out yet
+        assert states == ["pending", "pending"]  # the first send has not even timed out
     finally:
+        silent_destination.close()  # the hung send fails at once, so the node stops promptly
         node.stop()
 
 
