@@ -38,6 +38,7 @@ SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES = (0.0, 0.15, 0.2, 0.25, 0.3, 0.4, 
 # Tumor-free slices this many slices or fewer from an annotated tumor slice count as the tumor's edge.
 TUMOR_EDGE_SLICES = 4
 BOOTSTRAP_DRAWS = 2000
+THRESHOLD_MARGIN = 1e-4  # relative: the classifier threshold lies this far below the score that decides it
 
 
 def preprocessed_batches(images: np.ndarray, batch_size: int = 16) -> Iterator[np.ndarray]:
@@ -183,13 +184,19 @@ def choose_min_component_voxels(arrays: SliceArrays, masks: np.ndarray) -> tuple
 
 
 def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
-    """Highest threshold whose sensitivity on these slices is at least `target_sensitivity`."""
+    """Highest threshold whose sensitivity on these slices is at least `target_sensitivity`, less a margin.
+
+    The threshold lies just below the score of the positive that decides it (`THRESHOLD_MARGIN`, relative), not on
+    it: the same slice scores differently in the 8th digit under another runtime, thread count or machine (4.5e-8
+    measured for 1.5.0's on a rerun; 1.5.1 fixed it), and on the score itself that slice, and the sensitivity, would
+    flip.
+    """
     positives = np.sort(probabilities[labels > 0])
     if len(positives) == 0:
         return 0.5
-    # Keeping the k highest-scoring positives at a threshold equal to the k-th highest score.
+    # Keeping the k highest-scoring positives at a threshold just below the k-th highest score.
     allowed_misses = int(np.floor((1.0 - target_sensitivity) * len(positives)))
-    return float(positives[allowed_misses])
+    return float(positives[allowed_misses]) * (1.0 - THRESHOLD_MARGIN)
 
 
 def read_threshold_slices(path: str | Path, flip_average: bool = False) -> tuple[np.ndarray, np.ndarray, set[str]]:

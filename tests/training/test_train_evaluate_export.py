@@ -507,3 +507,16 @@ def test_patient_bootstrap_intervals_draw_patients_not_slices():
     assert only_b["specificity"] == [1.0, 1.0] and only_b["nonempty_mask_rate_on_tumor_free_slices_alone"] == [0, 0]
     rows = model_card.interval_lines({"patients": 2, "intervals_95_patient_bootstrap": both})
     assert "specificity 0.0-100.0 %" in rows[0] and "(200 draws;" in rows[0]
+
+
+def test_classifier_threshold_keeps_its_sensitivity_when_the_scores_move_in_the_8th_digit():
+    labels = np.array([1] * 20 + [0] * 5)
+    probabilities = np.array([*np.linspace(0.11, 0.9, 20), 0.01, 0.02, 0.05, 0.08, 0.1159])
+
+    threshold = evaluate.choose_classifier_threshold(labels, probabilities, target_sensitivity=0.95)
+
+    deciding = np.sort(probabilities[labels > 0])[1]  # 0.95 of 20 allows one miss: the second lowest decides
+    assert deciding * (1 - 2e-4) < threshold < deciding
+    rerun = probabilities - 5e-8  # another runtime's rounding
+    assert ((rerun >= threshold) & (labels > 0)).sum() == 19
+    assert ((probabilities >= threshold) & (labels == 0)).sum() == 0
