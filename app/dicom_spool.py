@@ -123,13 +123,20 @@ class Spool:
         key = study_key(study_instance_uid, patient_id)
         instances = self.study_dir(key) / "instances"
         path = instances / (hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm")
+        # Room is reserved and the study marked pending (so a purge leaves it alone) under the lock; the slow,
+        # flushed write happens outside it, so concurrent associations store side by side.
         with self._size_lock:
             replaced = path.stat().st_size if path.exists() else 0
             self.check_room(len(data) - replaced)
-            instances.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, data)
             self._size += len(data) - replaced
+            instances.mkdir(parents=True, exist_ok=True)
             self.touch_pending(key)
+        try:
+            _write_atomically(path, data)
+        except OSError:
+            with self._size_lock:
+                self._size -= len(data) - replaced
+            raise
         return key
 
     def touch_pending(self, key: str, at: float | None = None) -> None:
