@@ -37,6 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
+import socketserver
 import threading
 import time
 import uuid
@@ -68,6 +70,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
 from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
@@ -220,7 +223,13 @@ class DicomNode:
             logger.warning("the DICOM node accepts any calling AE title (DICOM_NODE_ALLOWED_CALLING_AE_TITLES unset)")
         ae.require_called_aet = True  # refuse associations addressed to another AE title
         handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, self._handle_store)]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        self._server = ae.make_server(
+            (self.config.host, self.config.port),
+            evt_handlers=handlers,
+            server_class=TimedAssociationServer,
+            receive_timeout=self.config.association_timeout_seconds,
+        )
+        threading.Thread(target=self._server.serve_forever, name="dicom-node-server", daemon=True).start()
         logger.info(
             "DICOM node listening",
             extra={"fields": {"host": self.config.host, "port": self.config.port, "ae_title": self.config.ae_title}},
@@ -367,6 +376,29 @@ class DicomNode:
     def send_unsent(self) -> int:
         """Send each destination what it still lacks, once its backoff has passed; return runs tried."""
         return self.delivery.send_unsent()
+
+
+class TimedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's server, with a receive timeout on every connection it accepts.
+
+    pynetdicom's own timers (ARTIM, network idle) are not checked while it waits for the rest of a half-received
+    message: a peer that sends a few bytes and stops would hold one of the node's association slots for ever, and a
+    few such peers would lock out every sender. With the timeout, a silent connection is closed whatever it sent.
+    """
+
+    def __init__(self, *args: Any, receive_timeout: float, **kwargs: Any) -> None:
+        self.receive_timeout = receive_timeout
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        connection.settimeout(self.receive_timeout)
+        return connection, address
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket; made by `AE.make_server`, the server is not in the AE's own list."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 def _handle_echo(event: Any) -> int:

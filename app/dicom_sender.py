@@ -109,11 +109,14 @@ class ResultSender:
         self.ae.requested_contexts = []
         for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets.values()}):
             self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        started = time.monotonic()
         try:
             association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         except (OSError, RuntimeError, ValueError) as error:
             return [], f"association failed ({type(error).__name__})"
         if not association.is_established:
+            if time.monotonic() - started >= self.ae.acse_timeout:  # pynetdicom aborts a request left unanswered
+                return [], f"no answer from the destination within {self.ae.acse_timeout:g} s"
             return [], _not_associated(association, datasets.values())
         accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
         stored, failures = [], []

@@ -59,6 +59,10 @@ def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[An
     def make(
         destination_port: int | None = None, allowed: tuple[str, ...] = (CALLING_AE,), **settings: Any
     ) -> DicomNode:
+        defaults: dict[str, Any] = {
+            "send_retries": 1,
+            "send_backoff_seconds": 1.0,  # never slept: sleep is a no-op here, the clock is the test's
+        }
         config = NodeConfig(
             spool_dir=tmp_path / "spool",
             ae_title=NODE_AE,
@@ -66,9 +70,7 @@ def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[An
             quiet_seconds=QUIET_SECONDS,
             allowed_calling_ae_titles=allowed,
             destinations=(Destination(RESULTS_AE, "127.0.0.1", destination_port or results.port),),
-            send_retries=1,
-            send_backoff_seconds=1.0,  # never slept: sleep is a no-op here, the clock is the test's
-            **settings,
+            **(defaults | settings),
         )
         node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()), clock=clock, sleep=lambda _: None)
         node.start(worker=False)  # the test drives process_ready / send_unsent with its clock

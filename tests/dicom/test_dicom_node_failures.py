@@ -240,6 +240,19 @@ def test_a_destination_that_never_answers_holds_up_no_processing(
         node.stop()
 
 
+def test_a_destination_that_never_answers_is_recorded_as_such(
+    make_node: Any, silent_destination: SilentDestination, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node(destination_port=silent_destination.port, send_retries=0, send_timeout_seconds=1.0)
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    process_and_send(node)
+
+    (state,) = record(node)["runs"][0]["sent"].values()
+    assert (state["status"], state["last_error"]) == ("failed", "no answer from the destination within 1 s")
+
+
 def echo(port: int) -> bool:
     ae = AE(ae_title=CALLING_AE)
     ae.add_requested_context(Verification)
@@ -252,15 +265,22 @@ def echo(port: int) -> bool:
     return status is not None and int(status.Status) == 0
 
 
-def test_idle_connections_are_closed_so_they_cannot_lock_out_senders(make_node: Any) -> None:
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"", b"\x01\x00\x00"],  # nothing at all; the first bytes of an association request, then silence
+    ids=["bare connection", "half a request"],
+)
+def test_idle_connections_are_closed_so_they_cannot_lock_out_senders(make_node: Any, first_bytes: bytes) -> None:
     node = make_node(max_associations=2, association_timeout_seconds=1.0)
     idle = [socket.create_connection(("127.0.0.1", node.config.port)) for _ in range(2)]
     try:
+        for connection in idle:
+            connection.sendall(first_bytes)
         time.sleep(0.2)
         assert not echo(node.config.port)  # both slots held: refused (Local Limit Exceeded)
         for connection in idle:
             connection.settimeout(5)
-            assert connection.recv(1024) == b""  # closed by the node after association_timeout_seconds
+            assert connection.recv(1024) in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")  # closed (maybe aborted)
         assert wait_for(lambda: echo(node.config.port), 5)
     finally:
         for connection in idle:
