@@ -220,7 +220,7 @@ class Settings(BaseSettings):
     dicom_node_association_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="a connection that sends no association request, or an association idle, this long is closed",
+        description="a connection silent this long (no association request, half a message, idle) is closed",
     )
     dicom_node_max_instance_bytes: int = Field(
         default=128 * MIB, gt=0, description="largest instance the node keeps; larger are refused (Out of Resources)"
