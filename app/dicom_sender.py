@@ -105,7 +105,7 @@ class ResultSender:
         return SendOutcome(tuple(stored), self.retries + 1, failure)
 
     def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str]:
-        """One association: (files stored, first failure or ""). A refused file does not stop the others."""
+        """One association: (files stored, what failed or ""). A refused file does not stop the others."""
         self.ae.requested_contexts = []
         for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets.values()}):
             self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
