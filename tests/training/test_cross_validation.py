@@ -73,6 +73,7 @@ def fold_runs(dev_layout, tmp_path_factory):
                 "8",
                 "--seed",
                 str(index),
+                "--no-jit-compile",  # XLA's compile would take most of this one-epoch run
             ]
         )
         runs.append(run)

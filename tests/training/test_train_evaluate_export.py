@@ -36,6 +36,7 @@ def trained_run(dev_layout, tmp_path_factory):
                 "8",
                 "--negatives-per-epoch",
                 "2",
+                "--no-jit-compile",  # XLA's compile would take most of this one-epoch run
             ]
         )
     evaluate.main(
