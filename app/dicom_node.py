@@ -363,9 +363,13 @@ class DicomNode:
             else {},
             finished_at=timestamp(),
         )
-        if run["sent"]:
-            self.spool.mark_unsent(key)  # before the record: a node stopped in between still sends them
-        self.spool.update_record(key, lambda stored: stored["runs"].append(run))
+
+        def append(stored: dict[str, Any]) -> None:
+            if run["sent"]:  # marked before the record is written: a node stopped in between still sends them
+                self.spool.mark_unsent(key)
+            stored["runs"].append(run)
+
+        self.spool.update_record(key, append)
         logger.info(
             "study processed",
             extra={"fields": {"study_key": key, "status": analysis.status, "results": len(results)}},

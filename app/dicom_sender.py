@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from app.dicom_spool import UNSENT_MARKER, Spool, timestamp
+from app.dicom_spool import UNSENT_MARKER, Spool, results_waiting, timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class ResultDelivery:
             except (OSError, ValueError):
                 logger.exception("unreadable study record", extra={"fields": {"study_key": key}})
                 continue
-            if _waiting(record["runs"]) and not (record_file.parent / UNSENT_MARKER).exists():
+            if results_waiting(record) and not (record_file.parent / UNSENT_MARKER).exists():
                 self.spool.mark_unsent(key)
                 restored += 1
         return restored
@@ -210,8 +210,7 @@ class ResultDelivery:
             if waiting and all(item.get("next_attempt_at", 0) <= self.clock() for item in waiting):
                 self.send_run(key, run)
                 tried += 1
-        if not _waiting(self.spool.read_record(key)["runs"]):
-            (self.spool.study_dir(key) / UNSENT_MARKER).unlink(missing_ok=True)
+        self.spool.clear_unsent_if_all_sent(key)
         return tried
 
     def send_run(self, key: str, run: dict[str, Any]) -> None:
@@ -276,8 +275,3 @@ class ResultDelivery:
             "results sent" if not outcome.failure else "results not sent",
             extra={"fields": {"study_key": key, "destination": str(destination), "attempts": outcome.attempts}},
         )
-
-
-def _waiting(runs: list[dict[str, Any]]) -> bool:
-    """Whether any run has results a destination still lacks."""
-    return any(state["status"] != "sent" for run in runs for state in run.get("sent", {}).values())

@@ -21,7 +21,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from app.dicom_seg import segmentation_to_bytes
+from app.durable_files import write_atomically
 
 PENDING_MARKER = "pending"
 UNSENT_MARKER = "unsent"
@@ -62,21 +62,6 @@ def study_key(study_instance_uid: str, patient_id: str = "") -> str:
     DICOM attribute shows in paths or logs.
     """
     return hashlib.sha256(f"{patient_id}\\{study_instance_uid}".encode()).hexdigest()[:24]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write, flush to disk, then rename into place: a reader never sees half a file, a crash leaves none."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself is durable only once the directory is
-    finally:
-        os.close(directory)
 
 
 @dataclass
@@ -132,7 +117,7 @@ class Spool:
             instances.mkdir(parents=True, exist_ok=True)
             self.touch_pending(key)
         try:
-            _write_atomically(path, data)
+            write_atomically(path, data)
         except OSError:
             with self._size_lock:
                 self._size -= len(data) - replaced
@@ -187,7 +172,7 @@ class Spool:
         return json.loads(path.read_text())
 
     def write_record(self, key: str, record: dict[str, Any]) -> None:
-        _write_atomically(self.study_dir(key) / RECORD_FILE, json.dumps(record, indent=1).encode())
+        write_atomically(self.study_dir(key) / RECORD_FILE, json.dumps(record, indent=1).encode())
 
     def update_record(self, key: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read, `change` and write a study's record as one step: the processing and the sending threads both
@@ -205,7 +190,7 @@ class Spool:
         for index, dataset in enumerate(datasets):
             path = directory / f"{index:02d}_{dataset.Modality}.dcm"
             data = segmentation_to_bytes(dataset)
-            _write_atomically(path, data)
+            write_atomically(path, data)
             with self._size_lock:
                 self._size += len(data)
             paths.append(path)
@@ -213,6 +198,15 @@ class Spool:
 
     def mark_unsent(self, key: str) -> None:
         (self.study_dir(key) / UNSENT_MARKER).touch()
+
+    def clear_unsent_if_all_sent(self, key: str) -> None:
+        """Remove the study's unsent marker once its record has nothing left to send.
+
+        Under the record lock: a run appended meanwhile (marked first, see `DicomNode`) keeps its marker.
+        """
+        with self._record_lock:
+            if not results_waiting(self.read_record(key)):
+                (self.study_dir(key) / UNSENT_MARKER).unlink(missing_ok=True)
 
     def purge_expired(self, now: float) -> list[str]:
         """Remove instances and results of studies that are settled (nothing pending, nothing left to send) and
@@ -253,6 +247,11 @@ class Spool:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def results_waiting(record: dict[str, Any]) -> bool:
+    """Whether any run of a study's record has results a destination still lacks."""
+    return any(state["status"] != "sent" for run in record["runs"] for state in run.get("sent", {}).values())
 
 
 def timestamp() -> str:

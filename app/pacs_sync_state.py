@@ -10,11 +10,11 @@ power cut leaves the old state or the new one, never half; a save that fails rai
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from app.durable_files import write_atomically
 
 
 class SyncStateError(ValueError):
@@ -79,34 +79,13 @@ class SyncState:
         if self.path is None:
             return
         text = json.dumps({"last_change": self.last_change, "retries": self.retries}, sort_keys=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _write_durably(temporary, text)
-            os.replace(temporary, self.path)
-            _fsync_directory(self.path.parent)  # the rename itself survives a power cut only once its directory does
+            write_atomically(self.path, text.encode())
         except OSError as error:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             reason = f"{type(error).__name__}: {error.strerror}" if error.strerror else type(error).__name__
             raise SyncStateWriteError(f"pacs-sync state file {self.path} cannot be written ({reason})") from error
 
     def due(self, now: float) -> list[str]:
         """Studies whose retry time has come, earliest first."""
         return [study for study, when in sorted(self.retries.items(), key=lambda item: item[1]) if when <= now]
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write `text` and wait until it is on disk, so the rename that follows never exposes an empty file."""
-    with path.open("w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
