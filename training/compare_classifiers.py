@@ -7,8 +7,8 @@
 The figure that matters for the service is the specificity at the highest threshold that keeps sensitivity at or
 above `--target-sensitivity` (as `training.evaluate` chooses the deployed threshold), with the ROC AUC beside it.
 Besides each checkpoint alone it measures: the checkpoint with a horizontal-flip test-time average, the mean of the
-candidates' probabilities (an ensemble), the candidates' weights averaged into one model (only when all share one
-architecture), and, with
+candidates' probabilities (an ensemble), the mean of their flip averages (the ensemble as the service would run
+it), the candidates' weights averaged into one model (only when all share one architecture), and, with
 `--recalibrate-batch-norm`, each checkpoint with its batch-norm statistics re-estimated on the un-augmented
 training slices. A checkpoint is loaded with the architecture its run saved beside it, if any (`load_classifier`:
 the encoder backbone, the cross-validation folds averaged). Only validation patients are judged, so the choice
@@ -72,17 +72,21 @@ def compare(args: argparse.Namespace) -> dict:
     wanted = set(split["validation"]) | (set(split["train"]) if args.recalibrate_batch_norm else set())
     arrays = load_slices([record for record in find_slices(args.data_root) if record.patient_id in wanted])
     validation = arrays.subset(split["validation"])
-    models, probabilities, results = {}, {}, {}
+    models, probabilities, flip_probabilities, results = {}, {}, {}, {}
     for name, weights in args.classifier:
         model = load_classifier(weights)
         models[name] = model
         probabilities[name] = model_outputs(model, validation.images).reshape(-1)
         results[name] = figures(validation.labels, probabilities[name], args.target_sensitivity)
-        with_flip = classifier_probabilities(model, validation.images, flip_average=True)
-        results[f"{name} + flip average"] = figures(validation.labels, with_flip, args.target_sensitivity)
+        flip_probabilities[name] = classifier_probabilities(model, validation.images, flip_average=True)
+        results[f"{name} + flip average"] = figures(
+            validation.labels, flip_probabilities[name], args.target_sensitivity
+        )
     if len(models) > 1:
         ensemble = np.mean(list(probabilities.values()), axis=0)
         results["mean of all"] = figures(validation.labels, ensemble, args.target_sensitivity)
+        served_ensemble = np.mean(list(flip_probabilities.values()), axis=0)  # how the service would run them
+        results["mean of all + flip average"] = figures(validation.labels, served_ensemble, args.target_sensitivity)
     averaged = average_and_save(list(models.values()), args.save_weights_average, "classifiers")
     if averaged is not None:
         results["weights averaged"] = figures(

@@ -265,14 +265,19 @@ def test_classifier_comparison_measures_each_checkpoint_and_their_combinations(t
         "trained + flip average",
         "again + flip average",
         "mean of all",
+        "mean of all + flip average",
         "weights averaged",
         "trained, batch norm re-estimated",
         "again, batch norm re-estimated",
     }
     # Two copies of one checkpoint: their mean and their averaged weights are that checkpoint again.
-    for combined in ("mean of all", "weights averaged"):
-        assert results[combined]["specificity"] == pytest.approx(results["trained"]["specificity"])
-        assert results[combined]["threshold"] == pytest.approx(results["trained"]["threshold"], abs=1e-5)
+    for combined, alone in (
+        ("mean of all", "trained"),
+        ("weights averaged", "trained"),
+        ("mean of all + flip average", "trained + flip average"),
+    ):
+        assert results[combined]["specificity"] == pytest.approx(results[alone]["specificity"])
+        assert results[combined]["threshold"] == pytest.approx(results[alone]["threshold"], abs=1e-5)
     for figures in results.values():
         assert figures["sensitivity"] >= result["target_sensitivity"]
     # The saved average of two copies is the checkpoint itself, ready for training.export.
