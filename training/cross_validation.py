@@ -29,13 +29,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from training.compare_classifiers import figures
 from training.data import DatasetError, find_slices, load_slices, load_split, save_split, usage_errors
 from training.evaluate import classifier_probabilities, model_outputs
-from training.models import ARCHITECTURE_NAME, build_classifier
+from training.models import ARCHITECTURE_NAME, average_of, build_classifier
 
 logger = logging.getLogger(__name__)
 OUT_OF_FOLD_NAME = "out_of_fold.npz"
@@ -72,13 +71,6 @@ def write_fold_splits(split_path: Path, folds: int, seed: int, output_dir: Path)
         save_split(fold_split, path, seed=seed, source=f"{split_path.name}, fold {index} of {folds}")
         paths.append(path)
     return paths
-
-
-def average_of(members: Sequence[keras.Model], name: str = "tumor_classifier") -> keras.Model:
-    """One model whose output is the mean of the members' probabilities (the members keep their own weights)."""
-    inputs = keras.Input(shape=members[0].input_shape[1:], name="image")
-    outputs = keras.layers.Average(name="tumor_probability_mean")([member(inputs) for member in members])
-    return keras.Model(inputs, outputs, name=name)
 
 
 def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:

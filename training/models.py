@@ -284,6 +284,22 @@ def load_checkpoint(weights: str | Path, build_default: Callable[[], keras.Model
     return model
 
 
+def average_of(members: list[keras.Model], name: str = "tumor_classifier") -> keras.Model:
+    """One model whose output is the mean of the members' probabilities (the members keep their own weights)."""
+    inputs = keras.Input(shape=members[0].input_shape[1:], name="image")
+    outputs = keras.layers.Average(name="tumor_probability_mean")([member(inputs) for member in members])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def renamed(model: keras.Model, name: str) -> keras.Model:
+    """A copy of `model` under another name, same weights (members of one ensemble need distinct names)."""
+    config = model.get_config()
+    config["name"] = name
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def weights_average(models: list[keras.Model]) -> keras.Model:
     """One model of the members' shared architecture whose every variable is the members' mean.
 

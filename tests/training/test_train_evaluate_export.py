@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -11,8 +12,8 @@ from app.core.model_store import ModelStoreError, load_models, read_manifest
 from app.inference import SlicePrediction
 from app.series_result import single_slice_answers
 from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
-from training.data import SliceArrays
-from training.models import build_classifier, build_resunet, weights_average
+from training.data import DatasetError, SliceArrays
+from training.models import build_classifier, build_resunet, load_classifier, weights_average
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +288,23 @@ def test_classifier_comparison_measures_each_checkpoint_and_their_combinations(t
     original.load_weights(trained)
     for saved_variable, original_variable in zip(saved.get_weights(), original.get_weights(), strict=True):
         np.testing.assert_allclose(saved_variable, original_variable, rtol=1e-6)
+
+
+def test_the_probability_mean_of_two_classifiers_is_one_checkpoint_that_outputs_their_mean(tmp_path):
+    keras.utils.set_random_seed(7)
+    first, second = build_classifier(), build_classifier()
+    compare_classifiers.save_probability_mean([first, second], tmp_path / "mean")
+    loaded = load_classifier(tmp_path / "mean" / "best.weights.h5")
+    images = np.random.default_rng(0).random((2, 256, 256, 3), dtype=np.float32)
+    first_out, second_out = (keras.ops.convert_to_numpy(model(images)) for model in (first, second))
+    assert not np.allclose(first_out, second_out, atol=1e-4)  # two different members, so the mean says something
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)), (first_out + second_out) / 2, atol=1e-6)
+
+
+def test_a_probability_mean_of_one_classifier_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match="two or more"):
+        compare_classifiers.save_probability_mean([build_classifier()], tmp_path / "mean")
+    assert not (tmp_path / "mean").exists()
 
 
 def test_weights_average_is_the_mean_of_every_variable_batch_norm_statistics_included():
