@@ -71,22 +71,26 @@ def _codestream_size(fragment: memoryview) -> tuple[int, int] | None:
         return height - y_offset, width - x_offset
     if head[:2] != b"\xff\xd8":
         return None
+    data = bytes(fragment)  # one copy, for find()
     position = 2
-    while position + 4 <= len(fragment):
-        if fragment[position] != 0xFF:
-            return None
-        marker = fragment[position + 1]
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:  # stray bytes between segments: libjpeg skips to the next marker, so do we
+            position = data.find(b"\xff", position)
+            if position < 0:
+                return None
+            continue
+        marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             position += 2
             continue
-        if marker in _JPEG_FRAME_MARKERS and position + 9 <= len(fragment):
-            height = int.from_bytes(fragment[position + 5 : position + 7], "big")
-            width = int.from_bytes(fragment[position + 7 : position + 9], "big")
+        if marker in _JPEG_FRAME_MARKERS and position + 9 <= len(data):
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
             return height, width
         if marker == 0xDA:  # start of scan before any frame header
             return None
-        position += 2 + int.from_bytes(fragment[position + 2 : position + 4], "big")
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return None

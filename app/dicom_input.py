@@ -31,6 +31,7 @@ from app.dicom_header import (
     image_dimensions,
     read_dicom_header,
 )
+from app.dicom_pixels import stored_pixels
 from app.errors import (
     InvalidDicomImageError,
     ServiceError,
@@ -131,6 +132,9 @@ def _check_complete(dataset: Dataset) -> None:
         )
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     """Decoded pixels as float32 (frames, rows, columns) modality values, brighter = higher."""
     file_meta = getattr(dataset, "file_meta", None)
@@ -150,7 +154,9 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
             "compressed"
         )
     try:
-        stored = dataset.pixel_array  # pydicom applies BitsStored and the sign of PixelRepresentation
+        stored = stored_pixels(dataset, transfer_syntax)  # pydicom applies BitsStored and PixelRepresentation's sign
+    except ServiceError:
+        raise
     except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream
         raise UndecodableDicomError(
             f"DICOM pixel data cannot be decoded: {without_quoted_values(str(error))}"
@@ -163,7 +169,7 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     stored = stored.reshape(frames, rows, columns)
     values = np.empty(stored.shape, dtype=np.float32)
     for index in range(frames):
-        values[index] = _modality_values(dataset, stored[index], index)
+        values[index] = _within_float32(_modality_values(dataset, stored[index], index))
     if str(dataset.PhotometricInterpretation) == "MONOCHROME1":
         # MONOCHROME1 shows low values bright; negating keeps "higher = brighter", and the stretch that follows
         # removes the sign, so the result matches the image a viewer displays.
@@ -206,6 +212,17 @@ def _modality_values(dataset: Dataset, stored: np.ndarray, index: int) -> np.nda
         values *= slope
     if intercept is not None and intercept != 0.0:
         values += intercept
+    return values
+
+
+def _within_float32(values: np.ndarray) -> np.ndarray:
+    """Refuse modality values a float32 cannot hold: they would become infinite, then zero, and a tumor slice
+    would be answered as a black one (a RescaleSlope of 1e39 is a valid DS value)."""
+    if values.size and not np.abs(values).max() <= _FLOAT32_MAX:
+        raise InvalidDicomImageError(
+            "RescaleSlope and RescaleIntercept (or the Modality LUT) give pixel values beyond the 32-bit float "
+            "range this service computes in"
+        )
     return values
 
 

@@ -325,3 +325,13 @@ def test_read_dicom_header_calls_a_file_cut_inside_its_header_undecodable(flair:
         if kept not in ends:
             assert caught.value.code == "undecodable_dicom", (kept, caught.value)
         assert caught.value.kind is ErrorKind.INVALID_INPUT
+
+
+def test_read_dicom_refuses_a_slope_beyond_float32_instead_of_a_black_slice(flair: np.ndarray) -> None:
+    """Attack finding: RescaleSlope 1e39 overflowed to infinity, then zero, and a tumor slice was answered as
+    tumor-free with a 200."""
+    with pytest.raises(InvalidDicomImageError, match="RescaleSlope and RescaleIntercept .* 32-bit float"):
+        read_dicom(to_bytes(single_mr(flair, rescale=(1e39, 0.0))))
+
+    (frame,) = read_dicom(to_bytes(single_mr(flair, rescale=(1e30, 0.0))))  # large, still representable
+    np.testing.assert_allclose(frame.values, flair.astype(np.float64) * 1e30, rtol=1e-6)

@@ -1,0 +1,155 @@
+"""Decoding DICOM pixel data so that a broken codestream can fail only its own request.
+
+pydicom tries GDCM first for most compressed transfer syntaxes, and GDCM aborts the whole process on some corrupt
+JPEG data (a C++ exception that Python cannot catch): one 4 KB upload would end the service for everyone. So:
+
+- where a transfer syntax has a decoder that fails with a Python exception, pydicom is told to use it (Pillow for
+  JPEG baseline and extended, pyjpegls for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000);
+- the syntaxes that only GDCM decodes here (JPEG lossless) are decoded in a separate worker process; if GDCM takes
+  that process down, the request fails with `UndecodableDicomError` and the next one gets a fresh worker.
+
+Everything else (uncompressed, deflated, RLE) is pydicom's own code. Nothing here logs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
+
+from app.errors import UndecodableDicomError, without_quoted_values
+
+SAFE_PLUGINS: dict[str, str] = {
+    JPEGBaseline8Bit: "pillow",
+    JPEGExtended12Bit: "pillow",
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+    JPEG2000Lossless: "pylibjpeg",
+    JPEG2000: "pylibjpeg",
+}
+"""The decoder pydicom is told to use for a transfer syntax, instead of GDCM."""
+
+ISOLATED_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1})
+"""Transfer syntaxes decoded in the worker process (GDCM is their only decoder here)."""
+
+WORKER_TIMEOUT_SECONDS = 60.0
+"""How long one frame set may take in the worker before it is killed (a decoder stuck on a crafted codestream)."""
+
+_LENGTH_BYTES = 8
+
+
+def stored_pixels(dataset: Dataset, transfer_syntax: UID | None) -> np.ndarray:
+    """The stored pixel values (`Dataset.pixel_array`), decoded where a decoder's crash cannot end the process.
+
+    Decoder errors propagate as they are (the caller turns them into a 400); a worker that dies or hangs is an
+    `UndecodableDicomError`.
+    """
+    if transfer_syntax in ISOLATED_SYNTAXES:
+        return _WORKER.decode(dataset)
+    plugin = SAFE_PLUGINS.get(str(transfer_syntax)) if transfer_syntax is not None else None
+    if plugin is not None and plugin in get_decoder(transfer_syntax).available_plugins:
+        dataset.pixel_array_options(decoding_plugin=plugin)
+    return dataset.pixel_array
+
+
+class DecodingWorker:
+    """A child process (`python -m app.dicom_pixels`) that decodes one dataset at a time, started on first use and
+    again after it died. Requests and answers are length-prefixed pickles over its stdin and stdout; a plain
+    subprocess, not multiprocessing, so that the child never imports the service's own main module."""
+
+    def __init__(self, timeout_seconds: float = WORKER_TIMEOUT_SECONDS) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def decode(self, dataset: Dataset) -> np.ndarray:
+        request = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            try:
+                status, value = pickle.loads(self._exchange(request))
+            except (OSError, EOFError, TimeoutError) as error:
+                self.stop()
+                raise UndecodableDicomError(
+                    "DICOM pixel data cannot be decoded: the JPEG decoder failed on this codestream"
+                ) from error
+        if status != "ok":
+            raise UndecodableDicomError(f"DICOM pixel data cannot be decoded: {without_quoted_values(value)}")
+        return value
+
+    def _exchange(self, request: bytes) -> bytes:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "app.dicom_pixels"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,  # raw pipes: select() below must see every byte not yet read
+                stderr=subprocess.DEVNULL,  # GDCM's messages may describe the data; never passed on
+            )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        pending = memoryview(len(request).to_bytes(_LENGTH_BYTES, "little") + request)
+        while pending:
+            pending = pending[os.write(self._process.stdin.fileno(), pending) :]
+        deadline = time.monotonic() + self.timeout_seconds
+        answers = self._process.stdout.fileno()
+        length = int.from_bytes(_read_exactly(answers, _LENGTH_BYTES, deadline), "little")
+        return _read_exactly(answers, length, deadline)
+
+    def stop(self) -> None:
+        """Kill the child, if any (after a failure; tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+def _read_exactly(descriptor: int, size: int, deadline: float) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        if not select.select([descriptor], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError("the decoding worker did not answer in time")
+        chunk = os.read(descriptor, min(remaining, 1 << 20))
+        if not chunk:
+            raise EOFError("the decoding worker ended")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+_WORKER = DecodingWorker()
+
+
+def _serve(requests, answers) -> None:
+    """The worker's loop: decode each dataset with pydicom's default plugin (GDCM) and answer with the array or
+    the error's text."""
+    while header := requests.read(_LENGTH_BYTES):
+        dataset = pickle.loads(requests.read(int.from_bytes(header, "little")))
+        try:
+            answer = ("ok", dataset.pixel_array)
+        except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream
+            answer = ("error", str(error))
+        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.write(len(data).to_bytes(_LENGTH_BYTES, "little") + data)
+        answers.flush()
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

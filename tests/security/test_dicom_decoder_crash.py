@@ -1,0 +1,120 @@
+"""A corrupt JPEG codestream in a DICOM file fails that file only (attack finding: one 3.6 KB upload with a stray
+byte after the JPEG's start marker made GDCM abort the whole service).
+
+JPEG baseline now goes through Pillow, which raises; JPEG lossless, which only GDCM decodes here, goes through a
+worker process (`app.dicom_pixels`) whose death is a 400 for that file and a fresh worker for the next.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.encaps import encapsulate, generate_fragments
+from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
+
+from app.dicom_codestream import check_codestreams
+from app.dicom_input import read_dicom
+from app.errors import InvalidDicomImageError, UndecodableDicomError
+from tests.conftest import TUMOR_SLICE, read_slice
+from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes
+
+
+@pytest.fixture(scope="module")
+def flair() -> np.ndarray:
+    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
+
+
+def with_stray_byte(codestream: bytes) -> bytes:
+    """The codestream with one byte between its start marker and the next (libjpeg warns and skips it)."""
+    assert codestream[:2] == b"\xff\xd8"
+    return codestream[:2] + b"\x00" + codestream[2:]
+
+
+def jpeg_baseline_dicom(pixels: np.ndarray, codestream: bytes | None = None) -> bytes:
+    """An 8-bit MR file of `pixels` in JPEG baseline (Pillow's encoder), or holding `codestream` instead."""
+    dataset = mr_dataset(pixels, Study(), generate_uid())
+    if codestream is None:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+        codestream = buffer.getvalue()
+    dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    dataset.PixelData = encapsulate([codestream])
+    dataset["PixelData"].VR = "OB"
+    return to_bytes(dataset)
+
+
+def jpeg_lossless_dicom(pixels: np.ndarray, tmp_path: Path) -> bytes:
+    """An MR file of `pixels` in JPEG lossless (first-order prediction), encoded by dcmtk's dcmcjpeg."""
+    tool = shutil.which("dcmcjpeg")
+    if tool is None:
+        pytest.skip("dcmcjpeg not found: install the Debian package dcmtk (.ci/install-system-packages.sh)")
+    source, encoded = tmp_path / "plain.dcm", tmp_path / "lossless.dcm"
+    source.write_bytes(to_bytes(mr_dataset(pixels, Study(), generate_uid())))
+    subprocess.run([tool, "+e1", str(source), str(encoded)], check=True, capture_output=True)
+    return encoded.read_bytes()
+
+
+def replace_codestream(data: bytes, codestream: bytes) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.PixelData = encapsulate([codestream])
+    return to_bytes(dataset)
+
+
+def only_codestream(data: bytes) -> bytes:
+    fragments = [bytes(fragment) for fragment in generate_fragments(pydicom.dcmread(io.BytesIO(data)).PixelData)]
+    return next(fragment for fragment in fragments if fragment[:2] == b"\xff\xd8")
+
+
+def test_a_jpeg_baseline_dicom_decodes_close_to_its_source(flair: np.ndarray) -> None:
+    (frame,) = read_dicom(jpeg_baseline_dicom(flair))
+
+    assert frame.values.shape == flair.shape
+    assert np.abs(frame.values - flair.astype(np.float32)).mean() < 2.0  # lossy, quality 95
+
+
+def test_a_jpeg_baseline_codestream_with_a_stray_byte_is_refused_and_the_process_lives_on(flair: np.ndarray) -> None:
+    good = jpeg_baseline_dicom(flair)
+    broken = jpeg_baseline_dicom(flair, codestream=with_stray_byte(only_codestream(good)))
+
+    with pytest.raises(UndecodableDicomError, match="DICOM pixel data cannot be decoded"):
+        read_dicom(broken)
+    (frame,) = read_dicom(good)  # reaching this line is the point: GDCM used to abort the process on `broken`
+    assert frame.values.shape == flair.shape
+
+
+def test_jpeg_lossless_decodes_exactly_in_the_worker_process(flair: np.ndarray, tmp_path: Path) -> None:
+    (frame,) = read_dicom(jpeg_lossless_dicom(flair, tmp_path))
+
+    np.testing.assert_array_equal(frame.values, flair.astype(np.float32))
+
+
+def test_a_decoder_crash_in_the_worker_fails_that_file_only(flair: np.ndarray, tmp_path: Path) -> None:
+    good = jpeg_lossless_dicom(flair, tmp_path)
+    assert pydicom.dcmread(io.BytesIO(good)).file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    broken = replace_codestream(good, with_stray_byte(only_codestream(good)))  # GDCM aborts on this one
+
+    with pytest.raises(UndecodableDicomError, match="the JPEG decoder failed on this codestream"):
+        read_dicom(broken)
+    (frame,) = read_dicom(good)  # a fresh worker
+    np.testing.assert_array_equal(frame.values, flair.astype(np.float32))
+
+
+def test_the_codestream_size_check_skips_stray_bytes_as_libjpeg_does(flair: np.ndarray) -> None:
+    """A stray byte used to end the check early, and a 64x64 header over a 12000x12000 codestream got through."""
+    codestream = bytearray(with_stray_byte(only_codestream(jpeg_baseline_dicom(flair))))
+    frame_header = codestream.find(b"\xff\xc0")
+    codestream[frame_header + 5 : frame_header + 9] = (12000).to_bytes(2, "big") * 2
+    data = jpeg_baseline_dicom(flair[:64, :64].copy(), codestream=bytes(codestream))
+    position = data.find(b"\xe0\x7f\x10\x00")  # the Pixel Data element
+
+    with pytest.raises(InvalidDicomImageError, match="12000x12000 codestream .* refused before decoding"):
+        check_codestreams(data, position, JPEGBaseline8Bit, 64, 64)
+    with pytest.raises(InvalidDicomImageError, match="refused before decoding"):
+        read_dicom(data)
