@@ -11,6 +11,9 @@ The array returned here goes to `app.core.preprocessing.preprocess_slice`, the s
 from __future__ import annotations
 
 import io
+import lzma
+import math
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -188,8 +191,8 @@ def decode_image(
 
     Raises
     ------
-    EmptyFileError, UnsupportedMediaTypeError, UndecodableImageError, ImageTooLargeError, InvalidSliceError,
-    app.errors.OverMemoryBudgetError
+    EmptyFileError, UnsupportedMediaTypeError, UndecodableImageError, ImageTooLargeError, InvalidSliceError (also
+    for a float image without one finite sample), app.errors.OverMemoryBudgetError
     """
     header = read_image_header(data)
     check_image_header(header, max_pixels, max_bytes)
@@ -201,6 +204,9 @@ def decode_image(
         array = _decode_with_pillow(data, header.image_format, max_pixels)
     if array.dtype.kind not in "biuf":  # a complex or structured TIFF: no intensity to read
         raise InvalidSliceError(f"image samples must be real numbers; this image holds {array.dtype.name} samples")
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).any():
+        # Stretched, it would be a black slice, answered "no tumor" with confidence.
+        raise InvalidSliceError("image holds no finite sample (every sample is NaN or infinite)")
     return stretch_to_uint8(_drop_alpha(array))
 
 
@@ -345,7 +351,10 @@ def _decode_tiff(data: bytes) -> np.ndarray:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
             axes = page.axes
+            bounded = _check_tiff_inflation(data, page)
             try:
+                if not bounded:
+                    raise ValueError(f"compression {page.compression} has no bounded decoder without imagecodecs")
                 array = page.asarray()
             except Exception as error:
                 array = _decode_with_opencv(data)
@@ -359,6 +368,85 @@ def _decode_tiff(data: bytes) -> np.ndarray:
     if array.ndim == 3 and axes.startswith("S"):  # planar configuration: samples first
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+# A compressed strip or tile may inflate to its declared size, and to no more than the page's pixels plus this.
+_TIFF_SEGMENT_SLACK = 1 << 20
+
+
+def _check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> bool:
+    """Refuse a TIFF whose compressed strip or tile inflates to more than the header declares.
+
+    Why: the memory budget (`RasterHeader.cost_bytes`) trusts the header, but without imagecodecs tifffile inflates
+    deflate, LZMA and PackBits with unbounded pure-Python fallbacks (`zlib.decompress` ...), so a 16x16 TIFF whose
+    1 MB strip inflates to 1 GiB took 2 GiB. Each segment is inflated here first with a bounded decoder that stops
+    one byte past its declared size, keeping nothing. A compression with another unbounded fallback (zstd on
+    Python >= 3.14) is left to OpenCV's libtiff, which decodes into a buffer of the declared size; imagecodecs'
+    decoders are bounded by the size tifffile passes them. Returns False when tifffile must not decode the page.
+
+    Raises
+    ------
+    UndecodableImageError
+    """
+    codec = tifffile.TIFF.DECOMPRESSORS.get(page.compression)
+    measure = _TIFF_INFLATED_SIZE.get(page.compression)
+    if measure is None:
+        return getattr(codec, "__module__", "") != "tifffile._imagecodecs"
+    declared = math.prod(page.chunks) * page.dtype.itemsize
+    limit = min(declared, page.nbytes + _TIFF_SEGMENT_SLACK)
+    view = memoryview(data)
+    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+        if measure(view[offset : offset + count], limit) > limit:
+            raise UndecodableImageError(
+                f"TIFF file cannot be decoded: a TIFF strip or tile inflates to more than its declared size "
+                f"({limit} bytes)"
+            )
+    return True
+
+
+def _inflated_zlib(segment: memoryview, limit: int) -> int:
+    try:
+        return len(zlib.decompressobj().decompress(segment, limit + 1))
+    except zlib.error:
+        return 0  # corrupt: tifffile reports it
+
+
+def _inflated_lzma(segment: memoryview, limit: int) -> int:
+    total = 0
+    try:
+        while segment and total <= limit:  # lzma.decompress, like tifffile, reads concatenated streams
+            decompressor = lzma.LZMADecompressor()
+            total += len(decompressor.decompress(segment, limit + 1 - total))
+            if not decompressor.eof:
+                break
+            segment = memoryview(decompressor.unused_data)
+    except lzma.LZMAError:
+        pass  # corrupt: tifffile reports it
+    return total
+
+
+def _inflated_packbits(segment: memoryview, limit: int) -> int:
+    total = index = 0
+    while index < len(segment) and total <= limit:
+        header = segment[index]
+        if header < 128:  # a literal run of header + 1 bytes
+            total += min(header + 1, len(segment) - index - 1)
+            index += header + 2
+        elif header > 128:  # one byte repeated 257 - header times
+            total += 257 - header
+            index += 2
+        else:  # 128: no operation
+            index += 1
+    return total
+
+
+_TIFF_INFLATED_SIZE = {
+    8: _inflated_zlib,  # deflate
+    32946: _inflated_zlib,  # deflate (old code)
+    50013: _inflated_zlib,  # PixTIFF deflate
+    34925: _inflated_lzma,
+    32773: _inflated_packbits,
+}
 
 
 def _drop_alpha(array: np.ndarray) -> np.ndarray:

@@ -147,6 +147,17 @@ def test_decode_image_refuses_complex_samples() -> None:
         decode_image(tiff_bytes(np.ones((8, 8), np.complex64)))
 
 
+@pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_decode_image_refuses_a_float_image_without_one_finite_sample(fill: float) -> None:
+    """Attack finding: an all-NaN float TIFF was stretched to a black slice and answered "no tumor" with a 200."""
+    with pytest.raises(InvalidSliceError, match="no finite sample"):
+        decode_image(tiff_bytes(np.full((8, 8), fill, np.float32)))
+
+    partly = np.arange(64, dtype=np.float32).reshape(8, 8)
+    partly[0, 0] = fill
+    assert decode_image(tiff_bytes(partly)).max() == 255  # one finite sample is enough to decode
+
+
 def test_stretch_to_uint8_maps_bool_to_0_255() -> None:
     flags = np.array([[True, False]])
 

@@ -1,0 +1,133 @@
+"""TIFF strips that inflate past their declared size: a 16x16 TIFF whose one strip inflated to 1 GiB once took 2 GiB,
+because tifffile (without imagecodecs) inflates with plain `zlib.decompress` and the memory budget trusts the header.
+Such files are refused (400 undecodable_image) before tifffile decodes them; ordinary compressed TIFFs still decode.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.errors import UndecodableImageError
+from app.imaging import decode_image
+from tests.conftest import REPO_ROOT
+from tests.security import corpus
+from tests.security.conftest import MIB, assert_error
+
+TIFF_LZW, TIFF_LZMA = 5, 34925
+REFUSAL = "inflates to more than its declared size"
+MAX_PEAK_GROWTH_MIB = 24  # the 64 MiB deflate bomb took 128 MiB before the limit; refused, it takes about 1
+
+
+def tiff_16x16(strip: bytes, compression: int = corpus.TIFF_DEFLATE) -> bytes:
+    """`corpus.crafted_tiff` (16x16 8-bit grey, one strip) with its Compression tag set to `compression`."""
+    data = corpus.crafted_tiff(16, 16, strip)
+    deflate_tag = struct.pack("<HHIHH", 259, 3, 1, corpus.TIFF_DEFLATE, 0)
+    assert data.count(deflate_tag) == 1
+    return data.replace(deflate_tag, struct.pack("<HHIHH", 259, 3, 1, compression, 0))
+
+
+def lzw_zeros(size: int) -> bytes:
+    """An LZW strip (written by Pillow's libtiff) that inflates to `size` zero bytes."""
+    buffer = io.BytesIO()
+    zeros = np.zeros((size // 4096, 4096), dtype=np.uint8)
+    Image.fromarray(zeros).save(buffer, format="TIFF", compression="tiff_lzw", strip_size=size)
+    with tifffile.TiffFile(io.BytesIO(buffer.getvalue())) as tiff:
+        (offset,), (count,) = tiff.pages.first.dataoffsets, tiff.pages.first.databytecounts
+    return buffer.getvalue()[offset : offset + count]
+
+
+BOMBS = {
+    "deflate_64_mib": lambda: tiff_16x16(corpus.deflate_zeros(64 * MIB)),
+    "lzma_16_mib": lambda: tiff_16x16(lzma.compress(bytes(16 * MIB), preset=0), TIFF_LZMA),
+    "packbits_8_mib": lambda: tiff_16x16(corpus.packbits_zeros(MIB, 8), corpus.TIFF_PACKBITS),
+}
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_strip_inflating_past_its_declared_size_is_refused(name: str):
+    with pytest.raises(UndecodableImageError, match=REFUSAL):
+        decode_image(BOMBS[name]())
+
+
+def test_strip_inflating_to_its_declared_size_decodes():
+    assert np.array_equal(decode_image(tiff_16x16(corpus.deflate_zeros(256))), np.zeros((16, 16), np.uint8))
+
+
+MEASURE = """
+import resource, sys
+from app.errors import UndecodableImageError
+from app.imaging import decode_image
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode_image(data)
+    outcome = "decoded"
+except UndecodableImageError:
+    outcome = "refused"
+print(outcome, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "outcome"),
+    [
+        ("deflate", lambda: tiff_16x16(corpus.deflate_zeros(64 * MIB)), "refused"),
+        # tifffile cannot read LZW without imagecodecs: OpenCV's libtiff decodes only the declared 256 bytes.
+        ("lzw", lambda: tiff_16x16(lzw_zeros(64 * MIB), TIFF_LZW), "decoded"),
+    ],
+)
+def test_bomb_keeps_peak_memory_low(tmp_path: Path, name: str, build, outcome: str):
+    path = tmp_path / f"{name}.tif"
+    path.write_bytes(build())
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    seen, growth_mib = result.stdout.split()
+    assert seen == outcome
+    assert int(growth_mib) < MAX_PEAK_GROWTH_MIB, f"peak memory grew by {growth_mib} MiB decoding the {name} bomb"
+
+
+def _image() -> np.ndarray:
+    return corpus.tumor_slice()[:, :, 1].copy()
+
+
+def _pillow_tiff(compression: str) -> bytes:
+    return corpus.pillow_file(_image(), "TIFF", compression=compression)
+
+
+ORDINARY = {
+    "deflate_strips": lambda: corpus.tiff_of(_image(), compression="zlib", rowsperstrip=16),
+    "deflate_tiles_predictor": lambda: corpus.tiff_of(_image(), compression="zlib", tile=(64, 64), predictor=True),
+    "deflate_rgb_planar": lambda: corpus.tiff_of(
+        np.moveaxis(corpus.tumor_slice(), -1, 0).copy(), compression="zlib", photometric="rgb", planarconfig="separate"
+    ),
+    "lzma": lambda: corpus.tiff_of(_image(), compression="lzma"),
+    "lzw_libtiff": lambda: _pillow_tiff("tiff_lzw"),
+    "packbits_libtiff": lambda: _pillow_tiff("packbits"),
+    "deflate_libtiff": lambda: _pillow_tiff("tiff_adobe_deflate"),
+}
+
+
+@pytest.mark.parametrize("name", list(ORDINARY))
+def test_ordinary_compressed_tiff_decodes_to_the_uncompressed_pixels(name: str):
+    expected = decode_image(corpus.tiff_of(corpus.tumor_slice() if "rgb" in name else _image()))
+    assert np.array_equal(decode_image(ORDINARY[name]()), expected)
+
+
+def test_predict_refuses_the_bomb_with_a_reason(client: TestClient):
+    data = BOMBS["deflate_64_mib"]()
+    response = client.post("/v1/predict", files={"file": ("slice.tif", data, "application/octet-stream")})
+    assert_error(response, 400, "undecodable_image")
+    assert REFUSAL in response.json()["error"]["message"]
