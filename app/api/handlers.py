@@ -32,6 +32,8 @@
 |                        |        | AUTH_FAILURES_PER_MINUTE failed keys; see `Retry-After`       |
 | headers_too_large      | 431    | line + headers over MAX_HEADER_BYTES, or more headers than    |
 |                        |        | MAX_HEADER_COUNT                                              |
+| invalid_http_request   | 400    | a request line or header that is not valid HTTP/1.1           |
+|                        |        | (app.http_protocol)                                           |
 | request_timeout        | 408    | headers not in within HEADER_TIMEOUT_SECONDS, or a body that  |
 |                        |        | pauses longer than BODY_TIMEOUT_SECONDS (app.http_protocol)   |
 | too_many_connections   | 503    | MAX_CONNECTIONS connections open already (app.http_protocol)  |

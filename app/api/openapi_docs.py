@@ -73,6 +73,9 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         415,
         "a DICOM that is not an MR image (SR, CT, SEG ...), or whose transfer syntax has no decoder",
     ),
+    ErrorCode(
+        "invalid_http_request", 400, "a request line or header that is not valid HTTP/1.1; the connection is closed"
+    ),
     ErrorCode("request_timeout", 408, "headers or body not sent within HEADER_TIMEOUT_SECONDS / BODY_TIMEOUT_SECONDS"),
     ErrorCode("headers_too_large", 431, "request headers over MAX_HEADER_BYTES or more than MAX_HEADER_COUNT of them"),
     ErrorCode(

@@ -146,6 +146,20 @@ def test_huge_header_is_refused_quickly(server: ServerProcess):
     assert httpx.get(f"{server.base_url}/health/live", timeout=2.0).status_code == 200
 
 
+def test_a_malformed_header_gets_the_json_error_and_a_log_line(server: ServerProcess):
+    """Attack finding: a control character in a header value got uvicorn's plain-text 400 and no log line of ours."""
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: abc\x01def\r\n\r\n")
+        answer = read_until_closed(sock, 5)
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "invalid_http_request"
+    assert any(line.get("error_code") == "invalid_http_request" for line in log_lines(server))
+    assert httpx.get(f"{server.base_url}/health/live", timeout=2.0).status_code == 200
+
+
 def test_silent_upload_gets_408(server: ServerProcess):
     head = (
         b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
