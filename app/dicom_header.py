@@ -31,7 +31,7 @@ from app.errors import (
     ServiceError,
     UndecodableDicomError,
     UnsupportedDicomError,
-    without_quoted_values,
+    decoder_reason,
 )
 from app.memory_budget import MIB, MODEL_INPUT_BYTES, check_cost, describe_bytes
 from app.settings import Settings
@@ -193,7 +193,7 @@ def read_dicom_header(
         raise
     except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
         raise UndecodableDicomError(
-            f"DICOM file cannot be read (truncated or corrupt): {without_quoted_values(str(error))}"
+            f"DICOM file cannot be read (truncated or corrupt): {decoder_reason(error)}"
         ) from error
     if rows * columns * frames > max_pixels:
         raise ImageTooLargeError(

@@ -37,6 +37,7 @@ from app.errors import (
     ServiceError,
     UndecodableDicomError,
     UnsupportedDicomError,
+    decoder_reason,
     without_quoted_values,
 )
 
@@ -98,7 +99,7 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
         raise
     except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
         raise UndecodableDicomError(
-            f"DICOM file cannot be read (truncated or corrupt): {without_quoted_values(str(error))}"
+            f"DICOM file cannot be read (truncated or corrupt): {decoder_reason(error)}"
         ) from error
     frames = header.frames
     if found != (header.rows, header.columns, frames, header.bits_allocated):
@@ -158,9 +159,7 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     except ServiceError:
         raise
     except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream
-        raise UndecodableDicomError(
-            f"DICOM pixel data cannot be decoded: {without_quoted_values(str(error))}"
-        ) from error
+        raise UndecodableDicomError(f"DICOM pixel data cannot be decoded: {decoder_reason(error)}") from error
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     if stored.size != frames * rows * columns:
         raise InvalidDicomImageError(

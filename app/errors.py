@@ -65,6 +65,18 @@ def without_quoted_values(text: str, replacement: str = "'...'") -> str:
     return _QUOTED_VALUE.sub(replacement, text)
 
 
+_LIBRARY_SLIP_TYPES = (AttributeError, TypeError, KeyError, IndexError)
+
+
+def decoder_reason(error: Exception) -> str:
+    """Why a library could not read a file, for the client: its message without quoted values; for an error that
+    only says where the library tripped (`'...' object has no attribute '...'` on a truncated codestream), a
+    sentence that says what it means."""
+    if isinstance(error, _LIBRARY_SLIP_TYPES):
+        return f"its data breaks off or is malformed where the reader expected more ({type(error).__name__})"
+    return without_quoted_values(str(error))
+
+
 class EmptyFileError(ServiceError):
     code = "empty_file"
     kind = ErrorKind.INVALID_INPUT

@@ -335,3 +335,17 @@ def test_read_dicom_refuses_a_slope_beyond_float32_instead_of_a_black_slice(flai
 
     (frame,) = read_dicom(to_bytes(single_mr(flair, rescale=(1e30, 0.0))))  # large, still representable
     np.testing.assert_allclose(frame.values, flair.astype(np.float64) * 1e30, rtol=1e-6)
+
+
+def test_a_truncated_compressed_file_is_refused_with_a_reason_not_a_library_slip(flair: np.ndarray) -> None:
+    """Attack finding: a truncated JPEG 2000 file got "'...' object has no attribute '...'" as its reason."""
+    if not get_encoder(JPEG2000Lossless).is_available:
+        pytest.skip("no JPEG 2000 encoder installed")
+    dataset = single_mr(flair.astype(np.uint16) * 8)
+    dataset.compress(JPEG2000Lossless, generate_instance_uid=False)
+    data = to_bytes(dataset)
+
+    with pytest.raises(UndecodableDicomError) as caught:
+        read_dicom(data[: len(data) // 2])
+    assert "truncated or corrupt" in str(caught.value)
+    assert "breaks off or is malformed" in str(caught.value) and "has no attribute" not in str(caught.value)

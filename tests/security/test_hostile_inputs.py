@@ -3,6 +3,7 @@
 Decisions recorded here (what counts as valid):
 - A 1x1 image is a valid slice: it decodes and is resized to the model's 256x256 like any other size (200).
 - A float32 TIFF is valid: `app.imaging.stretch_to_uint8` stretches deeper samples to 0..255; NaN and inf become 0.
+  One without a single finite sample is not (400 `invalid_image`): it would be answered as a black slice.
 - Grey+alpha (two channels) is valid: the alpha channel is dropped. Five channels are not (400 `invalid_image`).
 - A PNG whose only damage is a missing IEND chunk decodes (Pillow reads the pixels first), so the truncated-PNG cases
   cut into the header or the pixel data.
@@ -123,7 +124,18 @@ BAD_FILES: list[BadFile] = [
     BadFile("grey+alpha PNG", lambda: corpus.png_of(np.zeros((64, 64, 2), np.uint8)), 200, None),
     BadFile("PNG without IEND", _cut(corpus.png_slice, -12), 200, None),
     BadFile("float32 TIFF", lambda: corpus.tiff_of(np.random.default_rng(0).random((64, 64), np.float32)), 200, None),
-    BadFile("float32 TIFF of NaN and inf", lambda: corpus.tiff_of(np.array([[np.nan, np.inf]], np.float32)), 200, None),
+    BadFile(
+        "float32 TIFF of NaN and inf",
+        lambda: corpus.tiff_of(np.array([[np.nan, np.inf]], np.float32)),
+        400,
+        "invalid_image",
+    ),
+    BadFile(
+        "float32 TIFF of NaN and one finite sample",
+        lambda: corpus.tiff_of(np.array([[np.nan, np.inf, 1.0]], np.float32)),
+        200,
+        None,
+    ),
     BadFile("crafted 64x64 deflate TIFF", lambda: corpus.crafted_tiff(64, 64), 200, None, "s.tif"),
     BadFile("crafted 64x64 16-bit RGB PNG", lambda: corpus.crafted_png(64, 64, 16, 2), 200, None),
 ]
