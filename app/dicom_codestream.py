@@ -1,7 +1,8 @@
 """The sizes compressed (encapsulated) pixel data declares, checked before a decoder allocates them.
 
 A JPEG, JPEG-LS or JPEG 2000 decoder allocates the image its codestream declares, whatever the DICOM header says:
-`check_codestreams` walks the pixel data's fragments and refuses a codestream whose size is not Rows x Columns.
+`check_codestreams` walks the pixel data's fragments and refuses a codestream whose size is not Rows x Columns (a
+JPEG 2000 one also inside a JP2 file wrapper, which OpenJPEG decodes as well).
 Failures are `app.errors.ServiceError`s; nothing here logs.
 """
 
@@ -17,6 +18,8 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM_TAG, _SEQUENCE_DELIMITER_TAG = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
 _JPEG_FRAME_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
 """SOF markers of JPEG (baseline, extended, progressive, lossless) and SOF55 of JPEG-LS: all hold height, width."""
+_JPEG2000_SOC_SIZ = b"\xff\x4f\xff\x51"
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: int, columns: int) -> None:
@@ -66,7 +69,13 @@ def _fragments(data: bytes, position: int) -> Iterator[memoryview]:
 def _codestream_size(fragment: memoryview) -> tuple[int, int] | None:
     """(rows, columns) a JPEG 2000 (SIZ) or JPEG / JPEG-LS (SOF) codestream starting `fragment` declares."""
     head = bytes(fragment[:24])
-    if head[:4] == b"\xff\x4f\xff\x51" and len(head) == 24:
+    if head.startswith(_JP2_SIGNATURE):  # a JP2 file, which OpenJPEG also decodes: its codestream is in a box
+        data = bytes(fragment)
+        start = data.find(_JPEG2000_SOC_SIZ)
+        head = data[start : start + 24] if start >= 0 else b""
+        if not head:
+            return None
+    if head[:4] == _JPEG2000_SOC_SIZ and len(head) == 24:
         width, height, x_offset, y_offset = (int.from_bytes(head[i : i + 4], "big") for i in (8, 12, 16, 20))
         return height - y_offset, width - x_offset
     if head[:2] != b"\xff\xd8":

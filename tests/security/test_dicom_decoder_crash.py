@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, generate_fragments
-from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
 
 from app.dicom_codestream import check_codestreams
 from app.dicom_input import read_dicom
@@ -118,3 +119,22 @@ def test_the_codestream_size_check_skips_stray_bytes_as_libjpeg_does(flair: np.n
         check_codestreams(data, position, JPEGBaseline8Bit, 64, 64)
     with pytest.raises(InvalidDicomImageError, match="refused before decoding"):
         read_dicom(data)
+
+
+def test_a_later_frame_wrapped_as_a_jp2_file_is_size_checked_too() -> None:
+    """OpenJPEG also decodes a JP2 file; frame 2 wrapped as one used to escape the check that frame 1 gets."""
+    siz = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 16384, 16384, 0, 0)
+    plain = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 64, 64, 0, 0) + b"\x00" * 32
+    jp2 = (
+        b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+        + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
+        + struct.pack(">I", 8 + len(siz) + 32)
+        + b"jp2c"
+        + siz
+        + b"\x00" * 32
+    )
+    items = b"".join(b"\xfe\xff\x00\xe0" + struct.pack("<I", len(item)) + item for item in (b"", plain, jp2))
+    data = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+    with pytest.raises(InvalidDicomImageError, match="fragment 2 holds a 16384x16384 codestream"):
+        check_codestreams(data, 0, JPEG2000Lossless, 64, 64)
