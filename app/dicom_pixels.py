@@ -86,7 +86,7 @@ class DecodingWorker:
         with self._lock:
             try:
                 status, value = pickle.loads(self._exchange(request))
-            except (OSError, EOFError, TimeoutError) as error:
+            except Exception as error:  # died, hung, or answered garbage: a fresh worker for the next file
                 self.stop()
                 raise UndecodableDicomError(
                     "DICOM pixel data cannot be decoded: the JPEG decoder failed on this codestream"
@@ -152,4 +152,7 @@ def _serve(requests, answers) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    # Answers go to a copy of stdout; whatever a C library prints to stdout itself goes nowhere.
+    answer_stream = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _serve(sys.stdin.buffer, answer_stream)
