@@ -20,6 +20,9 @@ _JPEG_FRAME_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(
 """SOF markers of JPEG (baseline, extended, progressive, lossless) and SOF55 of JPEG-LS: all hold height, width."""
 _JPEG2000_SOC_SIZ = b"\xff\x4f\xff\x51"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+MAX_JPEG2000_TILES = 4096
+"""OpenJPEG keeps about 9 KB per tile: a 512x512 codestream of 3x3-pixel tiles (29,241 of them) took 277 MiB that
+no budget counted. Real MR images are one tile, or a few hundred on very large images."""
 
 
 def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: int, columns: int) -> None:
@@ -46,6 +49,12 @@ def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: in
                 f"DICOM pixel data fragment {number} holds a {size[1]}x{size[0]} codestream (columns x rows) but the "
                 f"header says Columns {columns}, Rows {rows}; refused before decoding"
             )
+        tiles = _jpeg2000_tiles(fragment) if jpeg2000 else None
+        if tiles is not None and tiles > MAX_JPEG2000_TILES:
+            raise InvalidDicomImageError(
+                f"DICOM pixel data fragment {number} splits its image into {tiles} JPEG 2000 tiles; at most "
+                f"{MAX_JPEG2000_TILES} are accepted; refused before decoding"
+            )
 
 
 def _fragments(data: bytes, position: int) -> Iterator[memoryview]:
@@ -66,18 +75,37 @@ def _fragments(data: bytes, position: int) -> Iterator[memoryview]:
         position = start + length
 
 
-def _codestream_size(fragment: memoryview) -> tuple[int, int] | None:
-    """(rows, columns) a JPEG 2000 (SIZ) or JPEG / JPEG-LS (SOF) codestream starting `fragment` declares."""
-    head = bytes(fragment[:24])
-    if head.startswith(_JP2_SIGNATURE):  # a JP2 file, which OpenJPEG also decodes: its codestream is in a box
+def _jpeg2000_siz(fragment: memoryview) -> bytes | None:
+    """The first 40 bytes of the JPEG 2000 codestream (SOC, then SIZ) that `fragment` starts with, bare or in a JP2
+    file (which OpenJPEG also decodes: its codestream is in a box); None if it starts with neither."""
+    head = bytes(fragment[:40])
+    if head.startswith(_JP2_SIGNATURE):
         data = bytes(fragment)
         start = data.find(_JPEG2000_SOC_SIZ)
-        head = data[start : start + 24] if start >= 0 else b""
-        if not head:
-            return None
-    if head[:4] == _JPEG2000_SOC_SIZ and len(head) == 24:
-        width, height, x_offset, y_offset = (int.from_bytes(head[i : i + 4], "big") for i in (8, 12, 16, 20))
+        head = data[start : start + 40] if start >= 0 else b""
+    return head if head[:4] == _JPEG2000_SOC_SIZ and len(head) == 40 else None
+
+
+def _jpeg2000_tiles(fragment: memoryview) -> int | None:
+    """How many tiles the JPEG 2000 codestream of `fragment` declares (SIZ: image and tile sizes and offsets)."""
+    siz = _jpeg2000_siz(fragment)
+    if siz is None:
+        return None
+    width, height, _, _, tile_width, tile_height, tile_x, tile_y = (
+        int.from_bytes(siz[i : i + 4], "big") for i in range(8, 40, 4)
+    )
+    if tile_width == 0 or tile_height == 0 or width <= tile_x or height <= tile_y:
+        return None  # malformed: OpenJPEG refuses it
+    return -(-(width - tile_x) // tile_width) * -(-(height - tile_y) // tile_height)
+
+
+def _codestream_size(fragment: memoryview) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG 2000 (SIZ) or JPEG / JPEG-LS (SOF) codestream starting `fragment` declares."""
+    siz = _jpeg2000_siz(fragment)
+    if siz is not None:
+        width, height, x_offset, y_offset = (int.from_bytes(siz[i : i + 4], "big") for i in (8, 12, 16, 20))
         return height - y_offset, width - x_offset
+    head = bytes(fragment[:4])
     if head[:2] != b"\xff\xd8":
         return None
     data = bytes(fragment)  # one copy, for find()

@@ -1,12 +1,14 @@
 """Decoding DICOM pixel data so that a broken codestream can fail only its own request.
 
 pydicom tries GDCM first for most compressed transfer syntaxes, and GDCM aborts the whole process on some corrupt
-JPEG data (a C++ exception that Python cannot catch): one 4 KB upload would end the service for everyone. So:
+JPEG data (a C++ exception that Python cannot catch): one 4 KB upload would end the service for everyone. And
+CharLS (JPEG-LS) spends seconds on some truncated codestreams while holding the GIL, which stalls every request. So:
 
-- where a transfer syntax has a decoder that fails with a Python exception, pydicom is told to use it (Pillow for
-  JPEG baseline and extended, pyjpegls for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000);
-- the syntaxes that only GDCM decodes here (JPEG lossless) are decoded in a separate worker process; if GDCM takes
-  that process down, the request fails with `UndecodableDicomError` and the next one gets a fresh worker.
+- JPEG baseline and extended are decoded with Pillow, JPEG 2000 with pylibjpeg-openjpeg: both fail with a Python
+  exception, quickly;
+- JPEG lossless (GDCM is its only decoder here) and JPEG-LS (pyjpegls) are decoded in a separate worker process; if
+  the decoder takes that process down, or runs past `WORKER_TIMEOUT_SECONDS`, the request fails with
+  `UndecodableDicomError` and the next one gets a fresh worker, while the service's own threads keep running.
 
 Everything else (uncompressed, deflated, RLE) is pydicom's own code. Nothing here logs.
 """
@@ -41,18 +43,22 @@ from app.errors import UndecodableDicomError, without_quoted_values
 SAFE_PLUGINS: dict[str, str] = {
     JPEGBaseline8Bit: "pillow",
     JPEGExtended12Bit: "pillow",
-    JPEGLSLossless: "pyjpegls",
-    JPEGLSNearLossless: "pyjpegls",
     JPEG2000Lossless: "pylibjpeg",
     JPEG2000: "pylibjpeg",
 }
 """The decoder pydicom is told to use for a transfer syntax, instead of GDCM."""
 
-ISOLATED_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1})
-"""Transfer syntaxes decoded in the worker process (GDCM is their only decoder here)."""
+ISOLATED_SYNTAXES: dict[str, str | None] = {
+    JPEGLossless: None,  # pydicom's choice: GDCM, the only one installed
+    JPEGLosslessSV1: None,
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+}
+"""Transfer syntaxes decoded in the worker process, with the decoder it uses (None: pydicom's default)."""
 
-WORKER_TIMEOUT_SECONDS = 60.0
-"""How long one frame set may take in the worker before it is killed (a decoder stuck on a crafted codestream)."""
+WORKER_TIMEOUT_SECONDS = 10.0
+"""How long one file's frames may take in the worker before it is killed (a decoder stuck on a crafted codestream;
+a valid 512 x 512 JPEG-LS or lossless JPEG frame takes milliseconds)."""
 
 _LENGTH_BYTES = 8
 
@@ -64,7 +70,7 @@ def stored_pixels(dataset: Dataset, transfer_syntax: UID | None) -> np.ndarray:
     `UndecodableDicomError`.
     """
     if transfer_syntax in ISOLATED_SYNTAXES:
-        return _WORKER.decode(dataset)
+        return _WORKER.decode(dataset, ISOLATED_SYNTAXES[transfer_syntax])
     plugin = SAFE_PLUGINS.get(str(transfer_syntax)) if transfer_syntax is not None else None
     if plugin is not None and plugin in get_decoder(transfer_syntax).available_plugins:
         dataset.pixel_array_options(decoding_plugin=plugin)
@@ -81,15 +87,16 @@ class DecodingWorker:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
 
-    def decode(self, dataset: Dataset) -> np.ndarray:
-        request = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
+    def decode(self, dataset: Dataset, plugin: str | None = None) -> np.ndarray:
+        """`dataset.pixel_array` computed in the worker, with `plugin` as pydicom's decoder (None: its default)."""
+        request = pickle.dumps((dataset, plugin), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             try:
                 status, value = pickle.loads(self._exchange(request))
             except Exception as error:  # died, hung, or answered garbage: a fresh worker for the next file
                 self.stop()
                 raise UndecodableDicomError(
-                    "DICOM pixel data cannot be decoded: the JPEG decoder failed on this codestream"
+                    "DICOM pixel data cannot be decoded: the decoder failed or gave up on this codestream"
                 ) from error
         if status != "ok":
             raise UndecodableDicomError(f"DICOM pixel data cannot be decoded: {without_quoted_values(value)}")
@@ -138,10 +145,12 @@ _WORKER = DecodingWorker()
 
 
 def _serve(requests, answers) -> None:
-    """The worker's loop: decode each dataset with pydicom's default plugin (GDCM) and answer with the array or
-    the error's text."""
+    """The worker's loop: decode each dataset with the plugin asked for and answer with the array or the error's
+    text."""
     while header := requests.read(_LENGTH_BYTES):
-        dataset = pickle.loads(requests.read(int.from_bytes(header, "little")))
+        dataset, plugin = pickle.loads(requests.read(int.from_bytes(header, "little")))
+        if plugin is not None:
+            dataset.pixel_array_options(decoding_plugin=plugin)
         try:
             answer = ("ok", dataset.pixel_array)
         except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream

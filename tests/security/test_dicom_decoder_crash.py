@@ -11,6 +11,8 @@ import io
 import shutil
 import struct
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
 
+from app import dicom_pixels
 from app.dicom_codestream import check_codestreams
 from app.dicom_input import read_dicom
 from app.errors import InvalidDicomImageError, UndecodableDicomError
@@ -101,7 +104,7 @@ def test_a_decoder_crash_in_the_worker_fails_that_file_only(flair: np.ndarray, t
     assert pydicom.dcmread(io.BytesIO(good)).file_meta.TransferSyntaxUID == JPEGLosslessSV1
     broken = replace_codestream(good, with_stray_byte(only_codestream(good)))  # GDCM aborts on this one
 
-    with pytest.raises(UndecodableDicomError, match="the JPEG decoder failed on this codestream"):
+    with pytest.raises(UndecodableDicomError, match="the decoder failed or gave up on this codestream"):
         read_dicom(broken)
     (frame,) = read_dicom(good)  # a fresh worker
     np.testing.assert_array_equal(frame.values, flair.astype(np.float32))
@@ -138,3 +141,53 @@ def test_a_later_frame_wrapped_as_a_jp2_file_is_size_checked_too() -> None:
 
     with pytest.raises(InvalidDicomImageError, match="fragment 2 holds a 16384x16384 codestream"):
         check_codestreams(data, 0, JPEG2000Lossless, 64, 64)
+
+
+SLOW_JPEG_LS = Path(__file__).parents[1] / "data" / "dicom" / "jpeg_ls_truncated_slow.dcm"
+"""A synthetic 3-frame 64x64 JPEG-LS file with frame 1 cut short (found by fuzzing): CharLS takes 5-15 s to give
+up on it, holding the GIL all along when it runs in the service's process."""
+
+
+def test_a_slow_jpeg_ls_codestream_stalls_no_thread_of_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dicom_pixels, "_WORKER", dicom_pixels.DecodingWorker(timeout_seconds=2.0))
+    gaps, done = [], threading.Event()
+
+    def tick() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            time.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UndecodableDicomError, match="the decoder failed or gave up on this codestream"):
+            read_dicom(SLOW_JPEG_LS.read_bytes())
+    finally:
+        done.set()
+        ticker.join()
+        dicom_pixels._WORKER.stop()
+    assert time.monotonic() - started < 6.0  # the worker was given up on after 2 s (and a fresh one started)
+    assert max(gaps) < 0.5, f"another thread waited {max(gaps):.1f} s"
+
+
+def jpeg2000_pixel_data(*fragments: bytes) -> bytes:
+    """An encapsulated Pixel Data element (explicit VR OB) holding `fragments` after an empty offset table."""
+    items = b"".join(b"\xfe\xff\x00\xe0" + struct.pack("<I", len(item)) + item for item in (b"", *fragments))
+    return b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def siz_codestream(side: int, tile: int) -> bytes:
+    """The start of a JPEG 2000 codestream: SOC and a SIZ of a `side` x `side` image in `tile` x `tile` tiles."""
+    return b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIIIIIII", side, side, 0, 0, tile, tile, 0, 0)
+
+
+def test_a_jpeg2000_codestream_of_tens_of_thousands_of_tiles_is_refused_before_decoding() -> None:
+    """Fuzzing finding: 3x3-pixel tiles of a 512x512 image (29,241 tiles) took 277 MiB in OpenJPEG."""
+    with pytest.raises(InvalidDicomImageError, match="29241 JPEG 2000 tiles; at most 4096"):
+        check_codestreams(jpeg2000_pixel_data(siz_codestream(512, 3)), 0, JPEG2000Lossless, 512, 512)
+    check_codestreams(jpeg2000_pixel_data(siz_codestream(512, 64)), 0, JPEG2000Lossless, 512, 512)  # 64 tiles
+    check_codestreams(jpeg2000_pixel_data(siz_codestream(512, 512)), 0, JPEG2000Lossless, 512, 512)  # one tile
