@@ -36,8 +36,9 @@ def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: in
     jpeg2000 = transfer_syntax.startswith("1.2.840.10008.1.2.4.9") or transfer_syntax.startswith(
         "1.2.840.10008.1.2.4.20"
     )
-    for number, fragment in enumerate(_fragments(data, position + 12), start=1):
-        size = _codestream_size(fragment)
+    for number, (begin, end) in enumerate(_fragments(data, position + 12), start=1):
+        siz = _jpeg2000_siz(data, begin, end)
+        size = _siz_size(siz) if siz is not None else _jpeg_frame_size(data, begin, end)
         if size is None:
             if jpeg2000 and number == 1:
                 raise InvalidDicomImageError(
@@ -49,7 +50,7 @@ def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: in
                 f"DICOM pixel data fragment {number} holds a {size[1]}x{size[0]} codestream (columns x rows) but the "
                 f"header says Columns {columns}, Rows {rows}; refused before decoding"
             )
-        tiles = _jpeg2000_tiles(fragment) if jpeg2000 else None
+        tiles = _siz_tiles(siz) if jpeg2000 and siz is not None else None
         if tiles is not None and tiles > MAX_JPEG2000_TILES:
             raise InvalidDicomImageError(
                 f"DICOM pixel data fragment {number} splits its image into {tiles} JPEG 2000 tiles; at most "
@@ -57,10 +58,9 @@ def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: in
             )
 
 
-def _fragments(data: bytes, position: int) -> Iterator[memoryview]:
-    """The fragments of encapsulated pixel data starting at `position` (the Basic Offset Table item), without
-    copying them."""
-    view = memoryview(data)
+def _fragments(data: bytes, position: int) -> Iterator[tuple[int, int]]:
+    """Where the fragments of encapsulated pixel data starting at `position` (the Basic Offset Table item) begin and
+    end in `data`: the checks below read them in place, never copying one."""
     first = True
     while position + 8 <= len(data):
         tag, length = data[position : position + 4], int.from_bytes(data[position + 4 : position + 8], "little")
@@ -70,27 +70,29 @@ def _fragments(data: bytes, position: int) -> Iterator[memoryview]:
             raise UndecodableDicomError("DICOM encapsulated pixel data has an element that is not an item")
         start = position + 8
         if not first:
-            yield view[start : start + length]
+            yield start, min(start + length, len(data))
         first = False  # the first item is the Basic Offset Table
         position = start + length
 
 
-def _jpeg2000_siz(fragment: memoryview) -> bytes | None:
-    """The first 40 bytes of the JPEG 2000 codestream (SOC, then SIZ) that `fragment` starts with, bare or in a JP2
+def _jpeg2000_siz(data: bytes, begin: int, end: int) -> bytes | None:
+    """The first 40 bytes of the JPEG 2000 codestream (SOC, then SIZ) that the fragment starts with, bare or in a JP2
     file (which OpenJPEG also decodes: its codestream is in a box); None if it starts with neither."""
-    head = bytes(fragment[:40])
-    if head.startswith(_JP2_SIGNATURE):
-        data = bytes(fragment)
-        start = data.find(_JPEG2000_SOC_SIZ)
-        head = data[start : start + 40] if start >= 0 else b""
+    start = begin
+    if data.startswith(_JP2_SIGNATURE, begin, end):
+        start = data.find(_JPEG2000_SOC_SIZ, begin, end)
+    head = data[start : min(start + 40, end)] if start >= 0 else b""
     return head if head[:4] == _JPEG2000_SOC_SIZ and len(head) == 40 else None
 
 
-def _jpeg2000_tiles(fragment: memoryview) -> int | None:
-    """How many tiles the JPEG 2000 codestream of `fragment` declares (SIZ: image and tile sizes and offsets)."""
-    siz = _jpeg2000_siz(fragment)
-    if siz is None:
-        return None
+def _siz_size(siz: bytes) -> tuple[int, int]:
+    """(rows, columns) of a JPEG 2000 image, from its SIZ."""
+    width, height, x_offset, y_offset = (int.from_bytes(siz[i : i + 4], "big") for i in (8, 12, 16, 20))
+    return height - y_offset, width - x_offset
+
+
+def _siz_tiles(siz: bytes) -> int | None:
+    """How many tiles a JPEG 2000 SIZ declares (image and tile sizes and offsets); None when malformed."""
     width, height, _, _, tile_width, tile_height, tile_x, tile_y = (
         int.from_bytes(siz[i : i + 4], "big") for i in range(8, 40, 4)
     )
@@ -99,20 +101,14 @@ def _jpeg2000_tiles(fragment: memoryview) -> int | None:
     return -(-(width - tile_x) // tile_width) * -(-(height - tile_y) // tile_height)
 
 
-def _codestream_size(fragment: memoryview) -> tuple[int, int] | None:
-    """(rows, columns) a JPEG 2000 (SIZ) or JPEG / JPEG-LS (SOF) codestream starting `fragment` declares."""
-    siz = _jpeg2000_siz(fragment)
-    if siz is not None:
-        width, height, x_offset, y_offset = (int.from_bytes(siz[i : i + 4], "big") for i in (8, 12, 16, 20))
-        return height - y_offset, width - x_offset
-    head = bytes(fragment[:4])
-    if head[:2] != b"\xff\xd8":
+def _jpeg_frame_size(data: bytes, begin: int, end: int) -> tuple[int, int] | None:
+    """(rows, columns) the JPEG or JPEG-LS frame header (SOF) of the codestream starting the fragment declares."""
+    if not data.startswith(b"\xff\xd8", begin, end):
         return None
-    data = bytes(fragment)  # one copy, for find()
-    position = 2
-    while position + 4 <= len(data):
+    position = begin + 2
+    while position + 4 <= end:
         if data[position] != 0xFF:  # stray bytes between segments: libjpeg skips to the next marker, so do we
-            position = data.find(b"\xff", position)
+            position = data.find(b"\xff", position, end)
             if position < 0:
                 return None
             continue
@@ -123,7 +119,7 @@ def _codestream_size(fragment: memoryview) -> tuple[int, int] | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             position += 2
             continue
-        if marker in _JPEG_FRAME_MARKERS and position + 9 <= len(data):
+        if marker in _JPEG_FRAME_MARKERS and position + 9 <= end:
             height = int.from_bytes(data[position + 5 : position + 7], "big")
             width = int.from_bytes(data[position + 7 : position + 9], "big")
             return height, width

@@ -124,20 +124,30 @@ def test_the_codestream_size_check_skips_stray_bytes_as_libjpeg_does(flair: np.n
         read_dicom(data)
 
 
+def jpeg2000_pixel_data(*fragments: bytes) -> bytes:
+    """An encapsulated Pixel Data element (explicit VR OB) holding `fragments` after an empty offset table."""
+    items = b"".join(b"\xfe\xff\x00\xe0" + struct.pack("<I", len(item)) + item for item in (b"", *fragments))
+    return b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def siz_codestream(side: int, tile: int | None = None) -> bytes:
+    """The start of a JPEG 2000 codestream: SOC and a SIZ of a `side` x `side` image in `tile` x `tile` tiles (one
+    tile by default)."""
+    tile = tile or side
+    return b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIIIIIII", side, side, 0, 0, tile, tile, 0, 0)
+
+
 def test_a_later_frame_wrapped_as_a_jp2_file_is_size_checked_too() -> None:
     """OpenJPEG also decodes a JP2 file; frame 2 wrapped as one used to escape the check that frame 1 gets."""
-    siz = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 16384, 16384, 0, 0)
-    plain = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 64, 64, 0, 0) + b"\x00" * 32
+    codestream = siz_codestream(16384, 16384)
     jp2 = (
         b"\x00\x00\x00\x0cjP  \r\n\x87\n"
         + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
-        + struct.pack(">I", 8 + len(siz) + 32)
+        + struct.pack(">I", 8 + len(codestream))
         + b"jp2c"
-        + siz
-        + b"\x00" * 32
+        + codestream
     )
-    items = b"".join(b"\xfe\xff\x00\xe0" + struct.pack("<I", len(item)) + item for item in (b"", plain, jp2))
-    data = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    data = jpeg2000_pixel_data(siz_codestream(64, 64), jp2)
 
     with pytest.raises(InvalidDicomImageError, match="fragment 2 holds a 16384x16384 codestream"):
         check_codestreams(data, 0, JPEG2000Lossless, 64, 64)
@@ -172,17 +182,6 @@ def test_a_slow_jpeg_ls_codestream_stalls_no_thread_of_the_service(monkeypatch: 
         dicom_pixels._WORKER.stop()
     assert time.monotonic() - started < 6.0  # the worker was given up on after 2 s (and a fresh one started)
     assert max(gaps) < 0.5, f"another thread waited {max(gaps):.1f} s"
-
-
-def jpeg2000_pixel_data(*fragments: bytes) -> bytes:
-    """An encapsulated Pixel Data element (explicit VR OB) holding `fragments` after an empty offset table."""
-    items = b"".join(b"\xfe\xff\x00\xe0" + struct.pack("<I", len(item)) + item for item in (b"", *fragments))
-    return b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-
-
-def siz_codestream(side: int, tile: int) -> bytes:
-    """The start of a JPEG 2000 codestream: SOC and a SIZ of a `side` x `side` image in `tile` x `tile` tiles."""
-    return b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIIIIIII", side, side, 0, 0, tile, tile, 0, 0)
 
 
 def test_a_jpeg2000_codestream_of_tens_of_thousands_of_tiles_is_refused_before_decoding() -> None:
