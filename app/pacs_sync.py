@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -146,7 +147,10 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
             report.count(studies.process(study_id, state))
             looked_at.add(study_id)
         state.last_change = max(page["Last"], state.last_change)
-        _save(state)  # only now: a crash above replays this page, and the records keep work from being redone
+        # Only now: a crash above replays this page, and the records keep work from being redone. A failure here is
+        # logged by the save that ends the pass, if that one fails too (one line per pass, not one per page).
+        with suppress(SyncStateWriteError):
+            state.save()
         if page["Done"] or not page["Changes"]:
             break
     for study_id in state.due(studies.clock()):
@@ -158,7 +162,7 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
 
 
 def _save(state: SyncState) -> None:
-    """Save the bookmark; if it cannot be, log it and go on from memory (the next save tries again).
+    """Save the bookmark; if it cannot be, log it and go on from memory (the next pass tries again).
 
     A restart before a save succeeds reads the change log from the last saved point: time lost, not results.
     """
