@@ -94,6 +94,8 @@ class RasterHeader:
         Bytes of one decoded sample (1 for 8 bits and less, 2 for 16, 8 for float64 ...).
     depth
         Planes of a volumetric TIFF (ImageDepth); 1 otherwise.
+    decoder_bytes
+        What the decoder holds besides its output, when that is more than a small buffer (see `_tiff_header`).
     """
 
     image_format: ImageFormat
@@ -102,6 +104,7 @@ class RasterHeader:
     samples: int
     bytes_per_sample: int
     depth: int = 1
+    decoder_bytes: int = 0
 
     @property
     def pixels(self) -> int:
@@ -116,9 +119,10 @@ class RasterHeader:
     def cost_bytes(self) -> int:
         """Memory decoding and preprocessing take at most at once: two copies of the decoded pixels (the decoder's
         and the array handed on), one float64 channel while deeper samples are stretched to 8 bits, the uint8 RGB
-        image and the three-channel copy `preprocess_slice` makes before resizing, and the float32 model input."""
+        image and the three-channel copy `preprocess_slice` makes before resizing, and the float32 model input; plus
+        what the decoder itself holds."""
         stretch = self.pixels * 8 if self.bytes_per_sample > 1 else 0
-        return 2 * self.decoded_bytes + stretch + 2 * self.pixels * 3 + MODEL_INPUT_BYTES
+        return 2 * self.decoded_bytes + stretch + 2 * self.pixels * 3 + MODEL_INPUT_BYTES + self.decoder_bytes
 
     def describe(self) -> str:
         depth = f" x {self.depth} planes" if self.depth != 1 else ""
@@ -335,6 +339,7 @@ def _tiff_header(data: bytes) -> RasterHeader:
                 int(page.samplesperpixel),
                 int(itemsize),
                 max(1, int(page.imagedepth)),
+                _tiff_decoder_bytes(page),
             )
     except ServiceError:
         raise
@@ -343,6 +348,20 @@ def _tiff_header(data: bytes) -> RasterHeader:
     if page_count != 1:
         raise InvalidSliceError(f"TIFF must hold one page (one slice); it holds {page_count} pages")
     return header
+
+
+# Without imagecodecs, tifffile decodes PackBits in pure Python into a list of ints (an 8-byte reference per decoded
+# byte) and then copies it to bytes: 9 bytes per decoded byte of the largest strip or tile (measured: a 4000x4000
+# 16-bit TIFF in one PackBits strip grew the process by 306 MiB for 30 MiB of pixels).
+_PACKBITS_FALLBACK_BYTES_PER_BYTE = 9
+
+
+def _tiff_decoder_bytes(page: tifffile.TiffPage) -> int:
+    """Memory the decoder of `page` holds besides its output: large only for tifffile's PackBits fallback."""
+    codec = tifffile.TIFF.DECOMPRESSORS.get(page.compression) if page.compression == 32773 else None
+    if codec is None or getattr(codec, "__module__", "") != "tifffile._imagecodecs":
+        return 0
+    return _PACKBITS_FALLBACK_BYTES_PER_BYTE * math.prod(page.chunks) * page.dtype.itemsize
 
 
 def _decode_tiff(data: bytes) -> np.ndarray:

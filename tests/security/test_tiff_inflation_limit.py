@@ -10,6 +10,7 @@ import lzma
 import struct
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.errors import UndecodableImageError
-from app.imaging import decode_image
+from app.imaging import decode_image, read_image_header
 from tests.conftest import REPO_ROOT
 from tests.security import corpus
 from tests.security.conftest import MIB, assert_error
@@ -131,3 +132,30 @@ def test_predict_refuses_the_bomb_with_a_reason(client: TestClient):
     response = client.post("/v1/predict", files={"file": ("slice.tif", data, "application/octet-stream")})
     assert_error(response, 400, "undecodable_image")
     assert REFUSAL in response.json()["error"]["message"]
+
+
+def test_the_cost_of_a_large_packbits_strip_counts_the_pure_python_decoder():
+    """tifffile's PackBits fallback holds a list of ints (9 bytes per decoded byte) while it decodes a strip: the
+    header's cost must count it, or the memory budget admits what it cannot hold (measured 10x the pixels)."""
+    pixels = np.random.default_rng(7).integers(0, 4000, (1024, 1024), dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "TIFF", compression="packbits", tiffinfo={278: 1024})  # one strip
+    data = buffer.getvalue()
+    header = read_image_header(data)
+    assert header.decoder_bytes >= 9 * pixels.nbytes
+
+    tracemalloc.start()
+    try:
+        decode_image(data, max_bytes=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert header.cost_bytes - header.decoder_bytes < peak < header.cost_bytes
+
+
+def test_packbits_in_small_strips_costs_no_more_than_other_compressions():
+    pixels = np.random.default_rng(7).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "TIFF", compression="packbits")  # Pillow's strips of about 8 KiB
+    assert read_image_header(buffer.getvalue()).decoder_bytes < MIB
