@@ -47,6 +47,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 SERVICE = "api"
 TEST_SLICE = REPO_ROOT / "tests" / "data" / "lgg" / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_22.jpg"
+# A JPEG-lossless DICOM: only GDCM decodes it, in a worker process the service starts (app.dicom_pixels), so this
+# upload proves the worker starts and decodes inside the image, as its user, on its read-only file system.
+TEST_DICOM = REPO_ROOT / "tests" / "data" / "dicom" / "flair_jpeg_lossless.dcm"
+# What each image is asked: (name, file, content type); both answers must match the checkout's.
+UPLOADS: tuple[tuple[str, Path, str], ...] = (
+    ("slice.jpg", TEST_SLICE, "image/jpeg"),
+    ("slice.dcm", TEST_DICOM, "application/dicom"),
+)
 PREDICT_PATH = "/v1/predict?mask_format=rle"
 OFFICIAL_BASE = "docker.io/library/python:3.11-slim-bookworm"
 STANDIN_BASE = "localhost/brain-tumor-standin-base:bookworm"
@@ -620,13 +628,13 @@ class ChrootContainer:
 
 # Run in the container's network namespace with this interpreter (the checkout's venv, httpx installed).
 _PREDICT_CLIENT = """import json, sys, httpx
-with open(sys.argv[2], "rb") as slice_file:
-    response = httpx.post(sys.argv[1], files={"file": ("slice.jpg", slice_file, "image/jpeg")}, timeout=120)
+with open(sys.argv[2], "rb") as upload:
+    response = httpx.post(sys.argv[1], files={"file": (sys.argv[3], upload, sys.argv[4])}, timeout=120)
 print(json.dumps({"status": response.status_code, "body": response.text}))
 """
 
 
-def predict_in_namespace(pid: int, port: int) -> tuple[int, str]:
+def predict_in_namespace(pid: int, port: int, name: str, path: Path, content_type: str) -> tuple[int, str]:
     client = run(
         [
             "nsenter",
@@ -637,7 +645,9 @@ def predict_in_namespace(pid: int, port: int) -> tuple[int, str]:
             "-c",
             _PREDICT_CLIENT,
             f"http://127.0.0.1:{port}{PREDICT_PATH}",
-            str(TEST_SLICE),
+            str(path),
+            name,
+            content_type,
         ],
         capture_output=True,
         timeout=180,
@@ -677,8 +687,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def checkout_answer(service: ComposeService) -> dict[str, Any]:
-    """The answer of `brain-tumor serve` run from the checkout with the service's INFERENCE_RUNTIME."""
+def checkout_answers(service: ComposeService) -> dict[str, dict[str, Any]]:
+    """The answers of `brain-tumor serve`, run from the checkout with the service's INFERENCE_RUNTIME, to UPLOADS."""
     port = free_port()
     environment = {
         **os.environ,
@@ -706,10 +716,12 @@ def checkout_answer(service: ComposeService) -> dict[str, Any]:
                 time.sleep(0.2)
             else:
                 raise RuntimeError("the checkout's service was not ready within 300 s")
-            with TEST_SLICE.open("rb") as slice_file:
-                response = client.post(PREDICT_PATH, files={"file": ("slice.jpg", slice_file, "image/jpeg")})
-            response.raise_for_status()
-            return response.json()
+            answers = {}
+            for name, path, content_type in UPLOADS:
+                response = client.post(PREDICT_PATH, files={"file": (name, path.read_bytes(), content_type)})
+                response.raise_for_status()
+                answers[name] = response.json()
+            return answers
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -806,7 +818,11 @@ def wait_until_healthy(report: Report, container: Started, service: ComposeServi
 
 
 def check_image(
-    name: str, image: str, service: ComposeService, expected: dict[str, Any] | None, container_runtime: bool
+    name: str,
+    image: str,
+    service: ComposeService,
+    expected: dict[str, dict[str, Any]] | None,
+    container_runtime: bool,
 ) -> Report:
     report = Report(name)
     config = image_config(image)
@@ -852,14 +868,18 @@ def check_image(
                 probe.returncode == 0,
                 (probe.stdout.strip() or probe.stderr.strip())[-300:],
             )
-            status, body = predict_in_namespace(container.pid, service.container_port)
-            if status != 200:
-                report.check("/v1/predict answers as the checkout", False, f"status {status}: {body[:300]}")
-            elif expected is not None:
-                difference = answers_differ(expected, json.loads(body))
+            for upload, path, content_type in UPLOADS:
+                check = f"/v1/predict answers {upload} as the checkout"
+                status, body = predict_in_namespace(container.pid, service.container_port, upload, path, content_type)
+                if status != 200:
+                    report.check(check, False, f"status {status}: {body[:300]}")
+                    continue
+                if expected is None:
+                    continue  # the broken control: any answer but 200 is what it must show
                 answer = json.loads(body)
+                difference = answers_differ(expected[upload], answer)
                 report.check(
-                    "/v1/predict answers as the checkout",
+                    check,
                     difference is None,
                     difference
                     or f"tumor_probability {answer['tumor_probability']:.6f}, "
@@ -945,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
                 else f"containers: the OCI runtime cannot start one here ({reason}); running the image's root file "
                 "system with chroot as its user instead"
             )
-        expected = checkout_answer(service)
+        expected = checkout_answers(service)
         report = check_image(variant, tag, service, expected, container_runtime)
         report.results["build_seconds"] = round(seconds)
         reports.append(report)

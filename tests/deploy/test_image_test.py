@@ -178,3 +178,16 @@ def test_prune_removes_only_untagged_images_older_than_this_run(monkeypatch: pyt
 
     # Not `--all`: tagged images (the base, this run's builds) and their cache layers stay.
     assert calls == [["podman", "image", "prune", "--force", "--filter", "until=2026-12-01T04:00:00Z"]]
+
+
+def test_the_image_is_asked_a_jpeg_lossless_dicom_which_only_the_decoder_worker_reads():
+    """The upload that proves `app.dicom_pixels`' worker process starts and decodes inside the image."""
+    import pydicom
+    from pydicom.uid import JPEGLosslessSV1
+
+    from app import dicom_pixels
+
+    (dicom_upload,) = [path for name, path, kind in image_test.UPLOADS if kind == "application/dicom"]
+    dataset = pydicom.dcmread(dicom_upload)
+    assert dataset.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    assert JPEGLosslessSV1 in dicom_pixels.ISOLATED_SYNTAXES
