@@ -1,7 +1,9 @@
 // The upload page: the chosen slices go to /v1/predict/batch in one request; the page draws each slice with its
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
-import { FormatError, isDicom, readDicom, readPng16, readTiff, readZip, writeGreyPng, writeZip } from "./formats.js";
+import {
+  FormatError, MAX_DRAWN_PIXELS, isDicom, rasterSize, readDicom, readPng16, readTiff, readZip, writeGreyPng, writeZip,
+} from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
 const BATCH_URL = "/v1/predict/batch";
@@ -18,6 +20,10 @@ const ERROR_TITLES = {
   422: "The request was incomplete or malformed.",
   429: "Too many requests for now.",
   503: "The service is not ready to analyse slices.",
+};
+// Wording per error code where the status alone would mislead (a 400 is not always an unreadable file).
+const ERROR_TITLES_BY_CODE = {
+  mixed_input: "DICOM files and PNG, JPEG or TIFF images cannot be analysed together. Choose one kind.",
 };
 // The status a per-file error of a batch would have had on its own (the batch itself answers 200).
 const STATUS_BY_CODE = {
@@ -39,6 +45,7 @@ const ui = {
   progressRow: el("progress-row"),
   progressLabel: el("progress-label"),
   progress: el("progress"),
+  cancel: el("cancel"),
   status: el("status"),
   error: el("error"),
   errorTitle: el("error-title"),
@@ -83,14 +90,21 @@ const ui = {
 };
 
 class ApiError extends Error {
-  constructor(status, message, retryAfter) {
+  constructor(status, message, retryAfter, code) {
     super(message);
     this.status = status;
     this.retryAfter = retryAfter;
+    this.code = code;
   }
 }
 
+/** The request never got an answer (offline, server down, connection reset): not a bug of the page. */
+class NetworkError extends Error {}
+
 let inFlight = null; // XMLHttpRequest of the analysis running now: a newer upload cancels it
+// Counts analyses started (and cancels): an analysis whose number is no longer the latest shows nothing, whatever
+// stage it was in (reading a big zip, uploading, decoding), so the newest choice always wins.
+let generation = 0;
 let series = null; // what is shown: see showSeries
 let current = 0; // index of the slice shown
 let wheelDelta = 0;
@@ -122,26 +136,45 @@ function saveBlob(blob, name) {
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
+/** Seconds to wait from a Retry-After header (delay-seconds or an HTTP date); null when absent or unreadable. */
+function retrySeconds(header) {
+  if (!header) {
+    return null;
+  }
+  const text = header.trim();
+  if (/^\d+$/.test(text)) {
+    return Number(text);
+  }
+  const seconds = Math.ceil((Date.parse(text) - Date.now()) / 1000);
+  return seconds > 0 ? seconds : null; // NaN for an unreadable date; a date passed already means "now"
+}
+
 function errorFromBody(status, body, statusText, retryAfter) {
   let message = statusText;
+  let code;
   try {
-    message = JSON.parse(body).error.message;
+    const { error } = JSON.parse(body);
+    if (typeof error?.message === "string") {
+      message = error.message;
+    }
+    code = typeof error?.code === "string" ? error.code : undefined;
   } catch {
     // Not our JSON error body (e.g. a proxy's HTML page): the status text is all there is.
   }
-  return new ApiError(status, message, retryAfter);
+  return new ApiError(status, message, retrySeconds(retryAfter), code);
 }
 
 function showError(error) {
   let title;
   let detail = "";
   if (error instanceof ApiError) {
-    title = ERROR_TITLES[error.status] ?? `The server answered with an error (HTTP ${error.status}).`;
+    title = ERROR_TITLES_BY_CODE[error.code] ?? ERROR_TITLES[error.status]
+      ?? `The server answered with an error (HTTP ${error.status}).`;
     if (error.retryAfter) {
-      title += ` Try again in ${error.retryAfter} seconds.`;
+      title += ` Try again in ${error.retryAfter} ${error.retryAfter === 1 ? "second" : "seconds"}.`;
     }
-    detail = `Server message: ${error.message}`;
-  } else if (error instanceof TypeError && !(error instanceof FormatError)) {
+    detail = error.message ? `Server message: ${error.message}` : "";
+  } else if (error instanceof NetworkError) {
     title = "Could not reach the service. Check the connection and try again.";
   } else if (error instanceof FormatError) {
     title = "The files could not be opened.";
@@ -165,7 +198,13 @@ async function collectFiles(chosen) {
   for (const file of chosen) {
     const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
     if (head[0] === 0x50 && head[1] === 0x4b && head[2] === 3 && head[3] === 4) {
-      files.push(...(await readZip(await file.arrayBuffer())));
+      try {
+        files.push(...(await readZip(await file.arrayBuffer())));
+      } catch (error) {
+        // A damaged archive throws from DataView (RangeError) or the inflater (TypeError): say which file it was.
+        const reason = error instanceof FormatError ? error.message : "the zip file is damaged";
+        throw new FormatError(`${file.name}: ${reason}`);
+      }
     } else {
       files.push(file);
     }
@@ -188,6 +227,15 @@ async function collectFiles(chosen) {
 /** Pixels to draw: grey `values` (16-bit data, DICOM: window/level applies) or an 8-bit `rgba` ImageData. */
 async function decodeRaster(file) {
   const buffer = await file.arrayBuffer();
+  let size = null;
+  try {
+    size = rasterSize(buffer);
+  } catch {
+    // A truncated header: the decoders below fail on it too.
+  }
+  if (size && !(size.width * size.height <= MAX_DRAWN_PIXELS)) {
+    return null; // too large to decode here without freezing the tab; the server's answer says if it takes it
+  }
   try {
     const high = (await readPng16(buffer)) ?? (await readTiff(buffer));
     if (high) {
@@ -268,7 +316,7 @@ function postBatch(files, query) {
       const body = request.responseType === "blob" ? await request.response.text() : request.response;
       reject(errorFromBody(request.status, body, request.statusText, request.getResponseHeader("Retry-After")));
     });
-    request.addEventListener("error", () => reject(new TypeError("network error")));
+    request.addEventListener("error", () => reject(new NetworkError("network error")));
     request.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
     request.send(form);
   });
@@ -277,18 +325,43 @@ function postBatch(files, query) {
 
 // --------------------------------------------------------------------------------------------------- analysis
 
-async function analyse(chosen) {
+/** Stops what runs now (its answer, if any comes, is dropped) and hides the progress row. */
+function stopAnalysis() {
+  generation += 1;
   inFlight?.abort();
+  inFlight = null;
+  hideProgress();
+}
+
+function hideProgress() {
+  if (document.activeElement === ui.cancel) {
+    ui.fileInput.focus(); // the Cancel button disappears: keep keyboard focus on the page, at the file choice
+  }
+  ui.progressRow.hidden = true;
+}
+
+async function analyse(chosen) {
+  stopAnalysis();
+  const mine = generation;
+  const stale = () => mine !== generation;
   ui.error.hidden = true;
   ui.result.hidden = true;
   ui.fileErrors.hidden = true;
-  let request = null;
+  ui.fileName.hidden = true; // the previous choice's names, until this one's are known
+  ui.status.textContent = "Reading the files…";
+  // Shown from the start, so that a slow read (a big zip, a network drive) can be cancelled too.
+  ui.progressLabel.textContent = "Reading the files";
+  ui.progress.removeAttribute("value");
+  ui.progressRow.hidden = false;
   try {
     const { files, skippedMasks } = await collectFiles(chosen);
     if (files.length === 0) {
       throw new FormatError(skippedMasks ? "only ground-truth masks (*_mask.png) were chosen" : "no files were chosen");
     }
     const heads = await Promise.all(files.map(async (file) => new Uint8Array(await file.slice(0, 132).arrayBuffer())));
+    if (stale()) {
+      return;
+    }
     const dicom = heads.some(isDicom);
     ui.fileName.textContent = files.length === 1
       ? `Selected: ${files[0].name}`
@@ -303,31 +376,34 @@ async function analyse(chosen) {
     // Decode the pictures while the server works: the answer only adds the masks.
     const pictures = Promise.all(files.map((file) => readPicture(file, dicom)));
     const posted = postBatch(files, "mask_format=png");
-    request = posted.request;
-    inFlight = request;
+    inFlight = posted.request;
     const answer = JSON.parse(await posted.done);
-    if (inFlight !== request) {
+    if (stale()) {
       return;
     }
+    inFlight = null;
     const decoded = await pictures;
     const shown = answer.slices
       ? await dicomSeries(answer, files, decoded)
       : await rasterSeries(answer, files, decoded);
-    if (inFlight === request) {
+    if (!stale()) {
       showSeries(shown);
     }
   } catch (error) {
-    if ((inFlight === request || request === null) && error.name !== "AbortError") {
+    if (!stale() && error.name !== "AbortError") {
       showError(error);
     }
   } finally {
-    if (inFlight === request) {
+    if (!stale()) {
       inFlight = null;
-    }
-    if (inFlight === null) {
-      ui.progressRow.hidden = true;
+      hideProgress();
     }
   }
+}
+
+function cancelAnalysis() {
+  stopAnalysis();
+  ui.status.textContent = "Analysis cancelled.";
 }
 
 function fileFailures(failures, files) {
@@ -337,18 +413,39 @@ function fileFailures(failures, files) {
 function throwIfNothingWorked(slices, failures) {
   if (slices.length === 0 && failures.length > 0) {
     const { error } = failures[0];
-    throw new ApiError(STATUS_BY_CODE[error.code] ?? 400, error.message);
+    throw new ApiError(STATUS_BY_CODE[error.code] ?? 400, error.message, null, error.code);
   }
+}
+
+/**
+ * `<stem>_mask.png` per file, each name used once in the zip (files of two folders, or two zip entries, can share a
+ * name: a second entry of the same name would hide the first when unpacked), with no path separators or characters
+ * that archive tools or file systems refuse.
+ */
+function maskNamer() {
+  const used = new Set(["slices.csv"]);
+  return (fileName) => {
+    // Also no leading dot (hidden file) or formula sign (the name is a cell of slices.csv too).
+    const stem = stemOf(fileName).replace(/[\\/:*?"<>|\u0000-\u001f\u007f]/g, "_").replace(/^[.=+\-@]+/, "_")
+      || "slice";
+    let name = `${stem}_mask.png`;
+    for (let n = 2; used.has(name.toLowerCase()); n += 1) {
+      name = `${stem}_${n}_mask.png`;
+    }
+    used.add(name.toLowerCase());
+    return name;
+  };
 }
 
 async function rasterSeries(answer, files, pictures) {
   const failures = fileFailures(answer.results.filter((item) => !item.ok), files);
   const slices = [];
+  const maskName = maskNamer();
   for (const item of answer.results.filter((result) => result.ok)) {
     const file = files[item.index];
     slices.push({
       label: file.name,
-      maskName: `${stemOf(file.name)}_mask.png`,
+      maskName: maskName(file.name),
       prediction: item.prediction,
       picture: pictures[item.index],
       mask: await decodeMask(item.prediction.mask),
@@ -660,6 +757,11 @@ function showSlice(index) {
   } else {
     drawn = `predicted tumor ${ui.maskStyle.value === "fill" ? "area filled" : "outlined"} in ${colourName()}`;
   }
+  if (!slice.picture) {
+    // Compressed DICOM or an encoding this browser cannot decode: the server read it, the page cannot draw it.
+    drawn += "; the image itself cannot be drawn in this browser (compressed or unusual encoding), so the mask "
+      + "is shown on black";
+  }
   ui.caption.textContent = `${where}: ${drawn}`;
   ui.sliceCanvas.setAttribute("aria-label", `MRI ${where}; ${drawn}`);
 
@@ -693,8 +795,13 @@ function describeArea(slice) {
 // ------------------------------------------------------------------------------------------------- downloads
 
 function csvCell(value) {
-  const text = String(value);
-  return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+  let text = String(value);
+  // A file name such as `=HYPERLINK(...)` would run as a formula when the sheet is opened in a spreadsheet program:
+  // text that starts like a formula gets a leading apostrophe, which spreadsheets read as "this is text".
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(text)) {
+    text = `'${text}`;
+  }
+  return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
 async function downloadMasks() {
@@ -874,6 +981,7 @@ function wireViewer() {
   );
   ui.downloadMasks.addEventListener("click", () => downloadMasks().catch(showError));
   ui.downloadSeg.addEventListener("click", downloadSegmentation);
+  ui.cancel.addEventListener("click", cancelAnalysis);
 }
 
 restoreApiKey();

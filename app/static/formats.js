@@ -6,6 +6,12 @@
 
 export class FormatError extends Error {}
 
+// The most pixels the page decodes to draw one slice itself (twice the server's default limit). A file can claim any
+// size in a few bytes (a PNG of zeros compresses a thousandfold), and decoding it would freeze or crash the tab
+// before the server's refusal is shown; such a slice is left undrawn, and the server says whether it takes it.
+export const MAX_DRAWN_PIXELS = 2 ** 25;
+const tooLargeToDraw = (width, height) => !(width > 0 && height > 0 && width * height <= MAX_DRAWN_PIXELS);
+
 async function streamThrough(bytes, transform) {
   const stream = new Blob([bytes]).stream().pipeThrough(transform);
   return new Uint8Array(await new Response(stream).arrayBuffer());
@@ -174,6 +180,33 @@ function paeth(a, b, c) {
   return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
 }
 
+/** Width and height from a PNG's IHDR or a JPEG's start-of-frame segment; null for other files or none found. */
+export function rasterSize(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const view = new DataView(buffer);
+  if (bytes.length >= 24 && ascii(bytes, 1, 3) === "PNG") {
+    return { width: view.getUint32(16), height: view.getUint32(20) };
+  }
+  if (bytes[0] !== 0xff || bytes[1] !== 0xd8) {
+    return null;
+  }
+  for (let offset = 2; offset + 9 <= bytes.length; ) {
+    if (bytes[offset] !== 0xff) {
+      return null;
+    }
+    const marker = bytes[offset + 1];
+    if (marker === 0xff) {
+      offset += 1; // fill byte
+      continue;
+    }
+    if (marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker)) {
+      return { width: view.getUint16(offset + 7), height: view.getUint16(offset + 5) };
+    }
+    offset += 2 + view.getUint16(offset + 2);
+  }
+  return null;
+}
+
 /** Grey values of a 16-bit PNG (browsers draw them at 8 bits, losing what window/level needs); null otherwise. */
 export async function readPng16(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -184,7 +217,7 @@ export async function readPng16(buffer) {
   const width = view.getUint32(16);
   const height = view.getUint32(20);
   const channels = { 0: 1, 2: 3, 4: 2, 6: 4 }[bytes[25]];
-  if (!channels) {
+  if (!channels || tooLargeToDraw(width, height)) {
     return null;
   }
   const idat = [];
@@ -253,7 +286,8 @@ export async function readTiff(buffer) {
   const compression = (tags[259] ?? [1])[0];
   const channels = (tags[277] ?? [1])[0];
   const predictor = (tags[317] ?? [1])[0];
-  if (!width || !height || !tags[273] || ![8, 16].includes(bits) || ![1, 8, 32946].includes(compression)) {
+  if (tooLargeToDraw(width, height) || !tags[273] || ![8, 16].includes(bits)
+    || ![1, 8, 32946].includes(compression)) {
     return null;
   }
   if (predictor !== 1 || (tags[284] ?? [1])[0] !== 1 || (tags[339] ?? [1])[0] > 2) {
@@ -421,7 +455,8 @@ export function readDicom(buffer) {
   const frameCount = first(found.numberOfFrames) ?? 1;
   const bitsAllocated = Number(found.bitsAllocated);
   const uncompressed = [IMPLICIT_LITTLE, EXPLICIT_LITTLE].includes(transferSyntax);
-  if (!pixelData || !uncompressed || Number(found.samplesPerPixel ?? 1) !== 1 || ![8, 16].includes(bitsAllocated)) {
+  if (!pixelData || !uncompressed || Number(found.samplesPerPixel ?? 1) !== 1 || ![8, 16].includes(bitsAllocated)
+    || tooLargeToDraw(columns, rows)) {
     return header;
   }
   const slope = first(found.rescaleSlope) ?? 1;
@@ -430,11 +465,11 @@ export function readDicom(buffer) {
   const step = bitsAllocated / 8;
   const size = rows * columns;
   for (let frame = 0; frame < frameCount; frame += 1) {
-    const values = new Float32Array(size);
     const base = pixelData.start + frame * size * step;
     if (base + size * step > bytes.length) {
-      break;
+      break; // checked before allocating: the header may claim more frames than the file holds
     }
+    const values = new Float32Array(size);
     for (let i = 0; i < size; i += 1) {
       const at = base + i * step;
       const stored = step === 1
