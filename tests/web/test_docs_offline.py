@@ -53,3 +53,26 @@ def test_redoc_renders_operations_without_internet(page: Page, live_server: str,
     expect(page.locator("body")).to_contain_text("/v1/predict/batch")
     page.screenshot(path=screenshot_dir / "docs-redoc-offline.png", full_page=False)
     assert set(blocked) <= {REDOC_LOGO}
+
+
+def test_the_docs_pages_cannot_be_framed_and_render_under_their_policy(page: Page, live_server: str) -> None:
+    """Swagger UI's "Authorize" dialog takes an API key: the pages must not be framed by another site, and their
+    Content-Security-Policy must still let them render (a violation shows as a console error)."""
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            refused.append(message.text)
+            if "Content Security Policy" in message.text and REDOC_LOGO not in message.text
+            else None
+        ),
+    )
+    block_other_hosts(page, live_server)
+    for path, rendered in (("/docs", page.locator(".opblock").first), ("/redoc", page.get_by_text("/v1/models").first)):
+        response = page.goto(f"{live_server}{path}")
+        assert response is not None
+        policy = response.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in policy and "object-src 'none'" in policy
+        assert response.headers.get("x-content-type-options") == "nosniff"
+        expect(rendered).to_be_visible(timeout=30_000)
+    assert refused == []
