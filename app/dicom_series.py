@@ -335,18 +335,29 @@ def _placement_key(
 
 def _check_group(members: tuple[DicomFrame, ...]) -> None:
     position = members[0].image_position
+    series = {member.series_instance_uid for member in members}
+    if len(members) > 1 and len(series) == 1:
+        files = {member.sop_instance_uid for member in members}
+        where = (
+            "one multi-frame file that gives no position per frame (a cine, or a stack without its Plane Position "
+            "per frame)"
+            if len(files) == 1
+            else f"{len(files)} files of one series with the same ImagePositionPatient"
+        )
+        raise InvalidDicomImageError(
+            f"{len(members)} frames lie at one slice position {position}, from {where}; each slice needs a position "
+            "of its own: send one file per slice, or an Enhanced MR file with a position per frame"
+        )
     if len(members) not in (1, 3):
         raise InvalidDicomImageError(
             f"frames at one slice position must be 1 (FLAIR) or 3 ({', '.join(CHANNEL_ORDER)}); "
             f"got {len(members)} at position {position}"
         )
-    if len(members) == 3:
-        series = {member.series_instance_uid for member in members}
-        if len(series) != 3:
-            raise InvalidDicomImageError(
-                f"three frames at one slice position must come from three series ({', '.join(CHANNEL_ORDER)}); "
-                f"they come from {len(series)} series at position {position}"
-            )
+    if len(members) == 3 and len(series) != 3:
+        raise InvalidDicomImageError(
+            f"three frames at one slice position must come from three series ({', '.join(CHANNEL_ORDER)}); "
+            f"they come from {len(series)} series at position {position}"
+        )
     sizes = {member.values.shape for member in members}
     if len(sizes) != 1:
         raise InvalidDicomImageError(

@@ -111,5 +111,32 @@ def test_prepare_inputs_rejects_three_frames_of_one_series(flair: np.ndarray) ->
     study, series_uid = Study(), generate_uid()
     frames = [read_dicom(to_bytes(mr_dataset(flair, study, series_uid, instance_number=n)))[0] for n in (1, 2, 3)]
 
-    with pytest.raises(InvalidDicomImageError, match="must come from three series .* from 1 series"):
+    with pytest.raises(
+        InvalidDicomImageError, match=r"3 frames lie at one slice position .* from 3 files of one series"
+    ):
+        prepare_inputs(frames)
+
+
+@pytest.mark.parametrize("frame_count", [2, 3])
+def test_prepare_inputs_names_a_multiframe_file_without_a_position_per_frame(
+    flair: np.ndarray, frame_count: int
+) -> None:
+    """A cine or a legacy multi-frame file: one ImagePositionPatient for all its frames (a review found this answered
+    "three frames at one slice position must come from three series", which says nothing of the file's fault)."""
+    dataset = mr_dataset(flair, Study(), generate_uid())
+    dataset.NumberOfFrames = frame_count
+    dataset.PixelData = np.ascontiguousarray(np.stack([flair] * frame_count)).tobytes()
+
+    with pytest.raises(InvalidDicomImageError, match="from one multi-frame file that gives no position per frame"):
+        prepare_inputs(read_dicom(to_bytes(dataset)))
+
+
+def test_prepare_inputs_still_asks_three_series_of_three_frames_from_two(flair: np.ndarray) -> None:
+    study, series_uid = Study(), generate_uid()
+    frames = [
+        read_dicom(to_bytes(mr_dataset(flair, study, uid, instance_number=n)))[0]
+        for n, uid in ((1, series_uid), (2, series_uid), (3, generate_uid()))
+    ]
+
+    with pytest.raises(InvalidDicomImageError, match="must come from three series .* from 2 series"):
         prepare_inputs(frames)
