@@ -11,12 +11,17 @@ it, empty or copied from the source.
 
 A SEG or an SR refers to its sources by their UIDs (Type 1: present and not empty); `missing_reference_uids` names
 the ones a source lacks, so the caller can refuse it with a reason instead of failing inside highdicom.
+
+A SEG or an SR copies the patient's and study's names and descriptions, so it needs a Specific Character Set that
+holds them: `derived_character_set` keeps the source's, unless highdicom would refuse it (ISO 2022 code extensions
+in the forms Japanese and Korean sites send), and then writes UTF-8.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import highdicom as hd
 from pydicom.dataset import Dataset
 
 # Patient and General Study module attributes of Type 2 that highdicom copies from the first source.
@@ -35,6 +40,30 @@ TYPE2_PATIENT_STUDY_ATTRIBUTES = (
 
 # What a SEG or an SR needs of every source to refer to it (Type 1 in the referencing macros and modules).
 REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+# One character set without ISO 2022 code extensions, which highdicom writes as it is (ISO_IR 100, ISO_IR 192, GBK ...).
+SINGLE_CHARACTER_SETS = frozenset(
+    value.value for value in hd.enum.SpecificCharacterSetValues if not value.value.startswith("ISO 2022")
+)
+UTF8 = "ISO_IR 192"
+
+
+def derived_character_set(source: Dataset) -> str | None:
+    """The Specific Character Set of a SEG or SR made from `source`: the source's own when it is absent (the default
+    repertoire) or one character set without code extensions, else UTF-8, which holds every character the source's
+    values decode to.
+
+    Why: highdicom refuses ISO 2022 code extensions in the forms the standard and scanners use (`\\ISO 2022 IR 87`
+    with its empty first value, Korean `ISO 2022 IR 149`, a lone `ISO 2022 IR 100`), so a Japanese or Korean series
+    got no SEG. Converting is lossless: pydicom decodes the copied values to text and encodes them again on writing.
+    """
+    value = source.get("SpecificCharacterSet")
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value in SINGLE_CHARACTER_SETS:
+        return value
+    return UTF8
 
 
 def missing_reference_uids(sources: Sequence[Dataset]) -> list[str]:

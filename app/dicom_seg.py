@@ -20,7 +20,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from app.dicom_conformance import complete_segmentation, missing_reference_uids, with_type2_attributes
+from app.dicom_conformance import (
+    complete_segmentation,
+    derived_character_set,
+    missing_reference_uids,
+    with_type2_attributes,
+)
 from app.dicom_frame import DicomFrame
 from app.dicom_series import SliceInput
 from app.errors import SegmentationInputError, without_quoted_values
@@ -128,6 +133,7 @@ def build_segmentation(
             content_description=SEG_SERIES_DESCRIPTION,
             omit_empty_frames=False,  # one SEG frame per source frame, so frame-by-index viewers stay aligned
             further_source_images=further or None,
+            specific_character_set=derived_character_set(source_images[0]),
         )
     except (ValueError, TypeError, AttributeError) as error:
         # highdicom's checks on the sources (pre/post-contrast from another study, an attribute in a form the

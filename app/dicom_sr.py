@@ -28,7 +28,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from app.dicom_conformance import missing_reference_uids, with_type2_attributes
+from app.dicom_conformance import derived_character_set, missing_reference_uids, with_type2_attributes
 from app.dicom_seg import MANUFACTURER, SEGMENT_NUMBER, software_version
 from app.errors import ReportInputError, without_quoted_values
 
@@ -191,6 +191,7 @@ def _volume_report(
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
+        specific_character_set=derived_character_set(sources[0]),
         content=report[0],
         series_instance_uid=generate_uid(),
         series_number=SR_SERIES_NUMBER,

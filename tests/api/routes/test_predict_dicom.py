@@ -336,3 +336,21 @@ def test_dicom_cut_inside_its_header_is_400_undecodable(client: TestClient, seri
 
         assert response.status_code == 400, (kept, response.text)
         assert response.json()["error"]["code"] == "undecodable_dicom", kept
+
+
+def test_a_japanese_series_gets_its_seg_and_sr_with_the_patient_name_intact(client: TestClient) -> None:
+    """`\\ISO 2022 IR 87` (the standard's example for Japanese) once made the SEG fail: highdicom refuses it."""
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    datasets = mr_series(tumor_channels())
+    for dataset in datasets:
+        dataset.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        dataset.PatientName = name
+
+    response = client.post(
+        "/v1/predict/batch?output=dicom-seg-sr", files=dicom_parts([to_bytes(dataset) for dataset in datasets])
+    )
+
+    assert response.status_code == 200, response.text
+    for _, data in multipart_parts(response):
+        found = pydicom.dcmread(io.BytesIO(data))
+        assert found.SpecificCharacterSet == "ISO_IR 192" and str(found.PatientName) == name

@@ -1,0 +1,74 @@
+"""A SEG and an SR carry the patient's and study's names as the source wrote them, whatever its character set.
+
+A review found that a series in Japanese (`\\ISO 2022 IR 87`, the standard's own example) or Korean
+(`ISO 2022 IR 6\\ISO 2022 IR 149`) got no SEG at all: highdicom refuses those Specific Character Set values. They
+are now written in UTF-8 (ISO_IR 192); a character set highdicom takes is kept as it is.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from app.dicom_input import read_dicom
+from app.dicom_seg import build_segmentation, segmentation_to_bytes
+from app.dicom_series import SliceInput, prepare_inputs
+from app.dicom_sr import VolumeFindings, build_volume_report
+from tests.conftest import TUMOR_SERIES, read_truth
+from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
+from tests.dicom.validation import dciodvfy_errors
+
+MODEL_TAGS = {"classifier": "cnn@1.2.3", "segmenter": "resunet@3.4.5"}
+
+# (Specific Character Set of the source, patient name, study description, what the SEG and SR are written in)
+CASES = {
+    "japanese": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", "頭部", "ISO_IR 192"),
+    "korean": (["ISO 2022 IR 6", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", "머리", "ISO_IR 192"),
+    "latin1 with code extensions": ("ISO 2022 IR 100", "Müller^Jörg", "Tête", "ISO_IR 192"),
+    "latin1": ("ISO_IR 100", "Müller^Jörg", "Tête", "ISO_IR 100"),
+    "cyrillic": ("ISO_IR 144", "Иванов^Иван", "Голова", "ISO_IR 144"),
+    "default repertoire": (None, "Doe^John", "Head", None),
+}
+
+
+def source_series(character_set: str | list[str] | None, name: str, description: str) -> list[SliceInput]:
+    datasets = mr_series(tumor_channels(), Study())
+    for dataset in datasets:
+        if character_set is not None:
+            dataset.SpecificCharacterSet = character_set
+        dataset.PatientName = name
+        dataset.StudyDescription = description
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a value that cannot be encoded in the source's character set
+        files = [to_bytes(dataset) for dataset in datasets]
+    return prepare_inputs([frame for data in files for frame in read_dicom(data)])
+
+
+def written(dataset: Dataset | bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(dataset if isinstance(dataset, bytes) else to_bytes(dataset)))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_seg_and_sr_keep_names_in_any_character_set(case: str) -> None:
+    character_set, name, description, written_in = CASES[case]
+    inputs = source_series(character_set, name, description)
+    masks = [read_truth(path) for path in TUMOR_SERIES]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seg = build_segmentation(inputs, masks, MODEL_TAGS)
+        seg_bytes = segmentation_to_bytes(seg)
+        findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
+        report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, seg)
+        report_bytes = to_bytes(report)
+
+    for data, iod in ((seg_bytes, "Segmentation"), (report_bytes, "Comprehensive3DSR")):
+        found = written(data)
+        assert found.get("SpecificCharacterSet") == written_in
+        assert str(found.PatientName) == name
+        assert found.StudyDescription == description
+        assert dciodvfy_errors(data, iod) == []
