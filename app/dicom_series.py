@@ -338,12 +338,16 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
     series = {member.series_instance_uid for member in members}
     if len(members) > 1 and len(series) == 1:
         files = {member.sop_instance_uid for member in members}
-        where = (
-            "one multi-frame file that gives no position per frame (a cine, or a stack without its Plane Position "
-            "per frame)"
-            if len(files) == 1
-            else f"{len(files)} files of one series with the same ImagePositionPatient"
-        )
+        frames = {(member.sop_instance_uid, member.frame_number) for member in members}
+        if len(frames) < len(members):
+            where = "the same instance (SOP Instance UID) sent more than once"
+        elif len(files) == 1:
+            where = (
+                "one multi-frame file that gives no position per frame (a cine, or a stack without its Plane Position "
+                "per frame)"
+            )
+        else:
+            where = f"{len(files)} files of one series with the same ImagePositionPatient"
         raise InvalidDicomImageError(
             f"{len(members)} frames lie at one slice position {position}, from {where}; each slice needs a position "
             "of its own: send one file per slice, or an Enhanced MR file with a position per frame"

@@ -131,6 +131,15 @@ def test_prepare_inputs_names_a_multiframe_file_without_a_position_per_frame(
         prepare_inputs(read_dicom(to_bytes(dataset)))
 
 
+def test_prepare_inputs_names_an_instance_sent_twice(flair: np.ndarray) -> None:
+    data = to_bytes(mr_dataset(flair, Study(), generate_uid()))
+
+    with pytest.raises(
+        InvalidDicomImageError, match=r"from the same instance \(SOP Instance UID\) sent more than once"
+    ):
+        prepare_inputs(read_dicom(data) + read_dicom(data))
+
+
 def test_prepare_inputs_still_asks_three_series_of_three_frames_from_two(flair: np.ndarray) -> None:
     study, series_uid = Study(), generate_uid()
     frames = [
