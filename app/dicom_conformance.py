@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from app.dicom_frame import DicomFrame, frame_value
+
 # Patient and General Study module attributes of Type 2 that highdicom copies from the first source.
 TYPE2_PATIENT_STUDY_ATTRIBUTES = (
     "PatientName",
@@ -64,6 +66,27 @@ def derived_character_set(source: Dataset) -> str | None:
     if isinstance(value, str) and value in SINGLE_CHARACTER_SETS:
         return value
     return UTF8
+
+
+# The plane of a frame in a patient coordinate system: (functional group sequence, attribute) as `frame_value` reads
+# them, per frame or shared in an enhanced object, else at the top level.
+PLANE_ATTRIBUTES = (
+    ("PlanePositionSequence", "ImagePositionPatient"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    ("PixelMeasuresSequence", "PixelSpacing"),
+)
+
+
+def missing_plane_attributes(frames: Sequence[DicomFrame]) -> list[str]:
+    """The plane attributes that any of `frames` with a Frame of Reference UID lacks altogether (Type 1 in MR),
+    in `PLANE_ATTRIBUTES` order: highdicom fails on them with an AttributeError that names nothing. A value that
+    is present but impossible (a spacing of 0) is the volume's concern, not this check's."""
+    placed = [frame for frame in frames if frame.frame_of_reference_uid]
+    return [
+        keyword
+        for sequence, keyword in PLANE_ATTRIBUTES
+        if any(frame_value(frame.header, frame.frame_number - 1, sequence, keyword) is None for frame in placed)
+    ]
 
 
 def missing_reference_uids(sources: Sequence[Dataset]) -> list[str]:

@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 from app.dicom_conformance import (
     complete_segmentation,
     derived_character_set,
+    missing_plane_attributes,
     missing_reference_uids,
     with_type2_attributes,
 )
@@ -89,6 +90,13 @@ def build_segmentation(
     if missing:
         raise SegmentationInputError(
             f"a DICOM SEG refers to its source slices by their UIDs; the FLAIR slices lack {', '.join(missing)}"
+        )
+    missing = missing_plane_attributes(references)
+    if missing:
+        raise SegmentationInputError(
+            "a DICOM SEG places its frames in the patient's coordinates (the FLAIR slices have a Frame of Reference "
+            f"UID), which needs each slice's position, orientation and pixel spacing; the FLAIR slices lack "
+            f"{', '.join(missing)}"
         )
     source_images, pixel_array = _source_images_and_pixels(references, masks)
     further = _unique_headers(

@@ -275,3 +275,16 @@ def test_a_one_slice_series_under_the_single_slice_minimum_gets_an_empty_seg(
     assert result.segmentation is not None and result.tumor_volume_ml == 0.0
     decoded = read_segmentation_masks(result.segmentation)
     assert not decoded[inputs[0].reference.sop_instance_uid][0].any()
+
+
+@pytest.mark.parametrize("keyword", ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"])
+def test_a_seg_of_slices_placed_without_their_plane_names_what_they_lack(
+    truth_masks: list[np.ndarray], keyword: str
+) -> None:
+    """A review found "'...' object has no attribute '...'" (highdicom's AttributeError, its names redacted)."""
+    datasets = mr_series(tumor_channels())
+    for dataset in datasets:
+        delattr(dataset, keyword)
+
+    with pytest.raises(SegmentationInputError, match=f"the FLAIR slices lack {keyword}$"):
+        build_segmentation(series_inputs(datasets), truth_masks, MODEL_TAGS)
