@@ -1,9 +1,11 @@
 """Making source headers and derived objects meet what highdicom and the DICOM standard require.
 
 De-identified or hand-made instances often lack Type 2 attributes (Patient's Birth Date, Study ID, Accession
-Number, ...): the standard lets them be empty but not absent, and highdicom reads them without a default when it
-copies the patient and study modules into a SEG or an SR, so it fails with an AttributeError. `with_type2_attributes`
-hands highdicom a copy with the missing ones present and empty, never touching the caller's dataset.
+Number, Slice Thickness ...): the standard lets them be empty but not absent, and highdicom reads them without a
+default when it copies the patient and study modules into a SEG or an SR, so it fails with an AttributeError.
+`with_type2_attributes` hands highdicom a copy with the missing ones present and empty, never touching the caller's
+dataset. An SR's image library needs more of each image (its plane, a non-empty Slice Thickness):
+`image_library_sources` leaves the library out when a source cannot fill it.
 
 A SEG of a source without a patient coordinate system (a Secondary Capture without Image Orientation) must carry
 Patient Orientation (Type 2C in the General Image module), which highdicom leaves out: `complete_segmentation` adds
@@ -38,6 +40,9 @@ TYPE2_PATIENT_STUDY_ATTRIBUTES = (
     "StudyID",
     "AccessionNumber",
 )
+# Image Plane module attributes of Type 2 that highdicom's SEG reads from a single-frame source (an enhanced
+# multi-frame image keeps them in its functional groups instead).
+TYPE2_IMAGE_PLANE_ATTRIBUTES = ("SliceThickness",)
 
 
 # What a SEG or an SR needs of every source to refer to it (Type 1 in the referencing macros and modules).
@@ -89,22 +94,66 @@ def missing_plane_attributes(frames: Sequence[DicomFrame]) -> list[str]:
     ]
 
 
+# What highdicom's image library (TID 1604, in every SR that lists its images) reads of a cross-sectional image,
+# without a default: absent or empty, it fails.
+IMAGE_LIBRARY_ATTRIBUTES = (
+    "Modality",
+    "PixelSpacing",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "SliceThickness",
+)
+
+
+def image_library_sources(sources: Sequence[Dataset]) -> list[Dataset] | None:
+    """The sources for an SR's image library, or None to leave the library out (the SR still lists them as its
+    evidence) when one lacks what it describes: an empty Slice Thickness (Type 2, so legal), an enhanced multi-frame
+    image (its geometry is per frame), a missing position. An empty Spacing Between Slices, which highdicom also
+    reads when present, is left out of a shallow copy.
+    """
+    if any(not _has_value(source, keyword) for source in sources for keyword in IMAGE_LIBRARY_ATTRIBUTES):
+        return None
+    return [_without_empty(source, "SpacingBetweenSlices") for source in sources]
+
+
+def _has_value(dataset: Dataset, keyword: str) -> bool:
+    return keyword in dataset and dataset[keyword].value not in (None, "", [])
+
+
+def _without_empty(dataset: Dataset, keyword: str) -> Dataset:
+    """`dataset` itself, or a shallow copy without `keyword` when it is present and empty."""
+    if keyword not in dataset or _has_value(dataset, keyword):
+        return dataset
+    return _shallow_copy(dataset, leave_out=keyword)
+
+
+def _shallow_copy(dataset: Dataset, leave_out: str = "") -> Dataset:
+    """A new dataset holding `dataset`'s elements (shared, not copied) but `leave_out`, and its file meta."""
+    copy = Dataset()
+    if hasattr(dataset, "file_meta"):
+        copy.file_meta = dataset.file_meta
+    for element in dataset:
+        if element.keyword != leave_out:
+            copy.add(element)
+    return copy
+
+
 def missing_reference_uids(sources: Sequence[Dataset]) -> list[str]:
     """The `REFERENCE_UIDS` that any of `sources` lacks or leaves empty, in that order."""
     return [keyword for keyword in REFERENCE_UIDS if any(not str(source.get(keyword) or "") for source in sources)]
 
 
 def with_type2_attributes(dataset: Dataset) -> Dataset:
-    """`dataset` itself when it has every `TYPE2_PATIENT_STUDY_ATTRIBUTES`, else a shallow copy with the missing
-    ones present and empty (the elements are shared, the dataset is not modified)."""
-    missing = [keyword for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES if keyword not in dataset]
+    """`dataset` itself when it has every `TYPE2_PATIENT_STUDY_ATTRIBUTES` (and, single-frame, every
+    `TYPE2_IMAGE_PLANE_ATTRIBUTES`), else a shallow copy with the missing ones present and empty (the elements are
+    shared, the dataset is not modified)."""
+    expected = TYPE2_PATIENT_STUDY_ATTRIBUTES
+    if "SharedFunctionalGroupsSequence" not in dataset:
+        expected += TYPE2_IMAGE_PLANE_ATTRIBUTES
+    missing = [keyword for keyword in expected if keyword not in dataset]
     if not missing:
         return dataset
-    completed = Dataset()
-    if hasattr(dataset, "file_meta"):
-        completed.file_meta = dataset.file_meta
-    for element in dataset:
-        completed.add(element)
+    completed = _shallow_copy(dataset)
     for keyword in missing:
         setattr(completed, keyword, None)  # an empty value: what Type 2 means by "unknown"
     return completed

@@ -28,7 +28,12 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from app.dicom_conformance import derived_character_set, missing_reference_uids, with_type2_attributes
+from app.dicom_conformance import (
+    derived_character_set,
+    image_library_sources,
+    missing_reference_uids,
+    with_type2_attributes,
+)
 from app.dicom_seg import MANUFACTURER, SEGMENT_NUMBER, software_version
 from app.errors import ReportInputError, without_quoted_values
 
@@ -187,7 +192,7 @@ def _volume_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=[group],
-        referenced_images=sources,
+        referenced_images=image_library_sources(sources),
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,

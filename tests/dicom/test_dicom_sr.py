@@ -136,3 +136,49 @@ def test_report_covers_one_series() -> None:
 def test_findings_are_validated(detected: bool, volume: float, analysed: int, with_tumor: int, message: str) -> None:
     with pytest.raises(VolumeReportInputError, match=message.replace("(", r"\(")):
         VolumeFindings(detected, volume, analysed, with_tumor)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "how"),
+    [
+        ("SliceThickness", "empty"),  # Type 2: legal, and it made the SR fail
+        ("SliceThickness", "absent"),  # a de-identifier's doing: it made the SEG fail too
+        ("SpacingBetweenSlices", "empty"),
+        ("Modality", "absent"),
+    ],
+)
+def test_seg_and_report_of_slices_with_an_empty_or_missing_plane_attribute(keyword: str, how: str) -> None:
+    datasets = mr_series(tumor_channels())
+    for dataset in datasets:
+        if how == "empty":
+            setattr(dataset, keyword, None)
+        else:
+            delattr(dataset, keyword)
+    inputs = series_inputs(datasets)
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
+
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    report = written(build_volume_report(headers(inputs), findings, MODEL_TAGS, seg))
+
+    assert read_volume_report(report)["tumor_volume_ml"] == 1.5
+    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    # The SEG says what the source says: no thickness where it gives none (dciodvfy wants one there, Type 1C).
+    unknown_thickness = [
+        "Error - Missing attribute Type 1C Conditional Element=<SliceThickness> Module=<PixelMeasuresMacro>"
+    ]
+    assert dciodvfy_errors(seg, "Segmentation") == (unknown_thickness if keyword == "SliceThickness" else [])
+
+
+def test_the_report_lists_its_images_in_its_image_library_when_they_describe_their_plane(
+    flair_inputs: list[SliceInput],
+) -> None:
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+
+    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS))
+
+    (library,) = [
+        item for item in report.ContentSequence if item.ConceptNameCodeSequence[0].CodeMeaning == "Image Library"
+    ]
+    (group,) = library.ContentSequence
+    listed = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in group.ContentSequence}
+    assert listed == {item.reference.sop_instance_uid for item in flair_inputs}
