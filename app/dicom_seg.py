@@ -29,7 +29,7 @@ from app.dicom_conformance import (
 )
 from app.dicom_frame import DicomFrame
 from app.dicom_series import SliceInput
-from app.errors import SegmentationInputError, without_quoted_values
+from app.errors import SegmentationInputError, builder_reason
 
 MANUFACTURER = "brain-tumor-service"
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
@@ -147,7 +147,7 @@ def build_segmentation(
         # highdicom's checks on the sources (pre/post-contrast from another study, an attribute in a form the
         # standard does not allow); its text quotes the offending value, which is the file's content.
         raise SegmentationInputError(
-            f"the slices cannot be covered by one DICOM SEG: {without_quoted_values(str(error))}"
+            f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry

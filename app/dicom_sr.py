@@ -35,7 +35,7 @@ from app.dicom_conformance import (
     with_type2_attributes,
 )
 from app.dicom_seg import MANUFACTURER, SEGMENT_NUMBER, software_version
-from app.errors import ReportInputError, without_quoted_values
+from app.errors import ReportInputError, builder_reason
 
 if TYPE_CHECKING:
     from app.series_result import SeriesResult
@@ -137,9 +137,7 @@ def build_volume_report(
     try:
         return _volume_report(source_images, findings, model_tags, segmentation, series.pop())
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
-        raise ReportInputError(
-            f"the series cannot be reported in a DICOM SR: {without_quoted_values(str(error))}"
-        ) from error
+        raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
 
 
 def _volume_report(

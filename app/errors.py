@@ -65,6 +65,19 @@ def without_quoted_values(text: str, replacement: str = "'...'") -> str:
     return _QUOTED_VALUE.sub(replacement, text)
 
 
+_MISSING_ATTRIBUTE = re.compile(r"has no attribute '([A-Z][A-Za-z0-9]*)'")
+
+
+def builder_reason(error: Exception) -> str:
+    """Why highdicom could not build a SEG or an SR, for the client: its message without quoted values, except the
+    name of a DICOM attribute a source lacks (a keyword such as `SliceThickness` is no file content), which is the
+    one thing that makes "'...' object has no attribute '...'" useful."""
+    missing = _MISSING_ATTRIBUTE.search(str(error)) if isinstance(error, AttributeError) else None
+    if missing:
+        return f"a source image lacks {missing.group(1)}"
+    return without_quoted_values(str(error))
+
+
 _LIBRARY_SLIP_TYPES = (AttributeError, TypeError, KeyError, IndexError)
 
 

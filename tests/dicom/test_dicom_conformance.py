@@ -16,7 +16,7 @@ from app.dicom_input import read_dicom
 from app.dicom_seg import build_segmentation
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import prepare_inputs
-from app.errors import UnsupportedDicomError
+from app.errors import UnsupportedDicomError, builder_reason
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
@@ -106,4 +106,20 @@ def test_12_bit_jpeg_extended_is_unsupported_not_undecodable() -> None:
     assert caught.value.message.startswith(
         "DICOM transfer syntax JPEG Extended (Process 2 and 4) (1.2.840.10008.1.2.4.51) with 12 bits stored cannot be "
         "decoded by this service"
+    )
+
+
+def test_a_highdicom_refusal_names_a_missing_attribute_but_no_value() -> None:
+    """highdicom reads what it needs with attribute access: pydicom's AttributeError names the DICOM keyword, which
+    is no file content and the one useful part of the message; quoted values stay out."""
+    dataset = Dataset()
+    dataset.PatientName = "Secret^Name"
+    with pytest.raises(AttributeError) as raised:
+        _ = dataset.SliceThickness
+
+    assert builder_reason(raised.value) == "a source image lacks SliceThickness"
+    assert builder_reason(ValueError("value 'Secret^Name' is invalid")) == "value '...' is invalid"
+    assert (
+        builder_reason(AttributeError("'str' object has no attribute 'secret'"))
+        == "'...' object has no attribute '...'"
     )
