@@ -304,6 +304,30 @@ def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] =
     return [item for _, item in sorted(ordered, key=lambda pair: pair[0])]
 
 
+def anatomical_order(frames: Sequence[DicomFrame]) -> list[int]:
+    """Indices of `frames` from one end of the volume to the other, which the series clean-up needs (it joins masks
+    of neighbouring slices into 3-D components) and the request's file order does not give.
+
+    By position along the slice normal when every frame has an Image Position (along the line the positions span
+    when no frame has an orientation); else by Instance Number and frame number when every frame has one; else as
+    given. Ties keep their given order.
+    """
+    positions = [frame.image_position for frame in frames]
+    if positions and all(position is not None for position in positions):
+        points = np.asarray(positions, dtype=np.float64)
+        orientation = next((frame.image_orientation for frame in frames if frame.image_orientation), None)
+        if orientation is not None:
+            direction = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+        else:
+            direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
+        offsets = points @ direction
+        return sorted(range(len(frames)), key=lambda index: offsets[index])
+    numbers = [frame.header.get("InstanceNumber") for frame in frames]
+    if all(isinstance(number, int) for number in numbers):
+        return sorted(range(len(frames)), key=lambda index: (numbers[index], frames[index].frame_number))
+    return list(range(len(frames)))
+
+
 def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]) -> None:
     """Three chosen series: every slice holds one frame of each (else the T1 slices do not pair with FLAIR's)."""
     found = sorted(member.series_instance_uid for member in members)

@@ -21,7 +21,7 @@ import numpy as np
 
 from app import payloads, schemas
 from app.dicom_header import is_dicom
-from app.dicom_series import SeriesPlan, SeriesUploads, decode_series, model_inputs, plan_series
+from app.dicom_series import SeriesPlan, SeriesUploads, anatomical_order, decode_series, model_inputs, plan_series
 from app.errors import InvalidSliceError, MixedInputError, ServiceError
 from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget
@@ -281,17 +281,21 @@ class PredictionService:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
             predictions = await self.run_models(batch, sizes)
         tally = self._count(predictions, len(series.file_errors), on_tally)
-        predictions = await self._cpu(self.finish, predictions, True)
+        order = anatomical_order([slice_input.reference for slice_input in series.inputs])
+        predictions = await self._cpu(self.finish, predictions, True, order)
         result = await self._cpu(
             partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
         )
         return SeriesAnswer(result, None, series.file_errors, tally, series.choice)
 
-    def finish(self, predictions: list[SlicePrediction], series: bool) -> list[SlicePrediction]:
+    def finish(
+        self, predictions: list[SlicePrediction], series: bool, order: Sequence[int] | None = None
+    ) -> list[SlicePrediction]:
         """The last step on the models' answers: a series of two or more slices gets the series clean-up
-        (`clean_series`); any slice answered on its own, the single-slice mask rule (`single_slice_answers`)."""
+        (`clean_series`, in anatomical `order`; None: the given order, as a client's raster series is); any slice
+        answered on its own, the single-slice mask rule (`single_slice_answers`)."""
         if series and len(predictions) > 1:
-            return clean_series(predictions, self.models.series_min_component_voxels)
+            return clean_series(predictions, self.models.series_min_component_voxels, order)
         return single_slice_answers(predictions, self.models.single_slice_mask_min_probability)
 
     async def _predict_raster(self, data: bytes, keep_image: bool, on_tally: TallyObserver | None) -> SliceAnswer:

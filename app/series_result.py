@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from app.core.gate import shows_mask_alone
@@ -65,13 +66,23 @@ def summarise_series(
     return SeriesResult(inputs=inputs, predictions=predictions, segmentation=segmentation, tumor_volume_ml=volume)
 
 
-def clean_series(predictions: Sequence[SlicePrediction], min_voxels: int) -> list[SlicePrediction]:
-    """The series clean-up (`app.core.series_postprocessing`) of the predictions of one volume's slices, in order.
+def clean_series(
+    predictions: Sequence[SlicePrediction], min_voxels: int, order: Sequence[int] | None = None
+) -> list[SlicePrediction]:
+    """The series clean-up (`app.core.series_postprocessing`) of the predictions of one volume's slices.
 
-    A slice whose mask the clean-up empties is reported as not detected (its probability stays as the classifier
-    gave it): in a series, a slice is positive when its mask survives. A single slice is never changed.
+    `order` lists the predictions' indices in anatomical order (`app.dicom_series.anatomical_order`); None: they
+    are in that order already. The answer keeps the predictions' own order. A slice whose mask the clean-up empties
+    is reported as not detected (its probability stays as the classifier gave it): in a series, a slice is positive
+    when its mask survives. A single slice is never changed.
     """
-    masks = clean_series_masks([prediction.mask for prediction in predictions], min_voxels)
+    order = list(range(len(predictions))) if order is None else list(order)
+    if sorted(order) != list(range(len(predictions))):
+        raise ValueError(f"order must list each of the {len(predictions)} predictions once; got {order}")
+    cleaned = clean_series_masks([predictions[index].mask for index in order], min_voxels)
+    masks: list[np.ndarray | None] = [None] * len(predictions)
+    for index, mask in zip(order, cleaned, strict=True):
+        masks[index] = mask
     return [
         SlicePrediction(prediction.probability, prediction.detected and mask is not None, mask)
         for prediction, mask in zip(predictions, masks, strict=True)

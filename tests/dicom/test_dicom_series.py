@@ -8,7 +8,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.dicom_input import read_dicom
-from app.dicom_series import model_inputs, normalise_volume, prepare_inputs, read_series
+from app.dicom_series import anatomical_order, model_inputs, normalise_volume, prepare_inputs, read_series
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
 from app.uploads import model_input
 from tests.conftest import TUMOR_SLICE, read_slice
@@ -149,3 +149,19 @@ def test_prepare_inputs_still_asks_three_series_of_three_frames_from_two(flair: 
 
     with pytest.raises(InvalidDicomImageError, match="must come from three series .* from 2 series"):
         prepare_inputs(frames)
+
+
+def test_anatomical_order_follows_positions_then_instance_numbers_then_the_files(flair: np.ndarray) -> None:
+    datasets = mr_series([flair] * 4)  # positions 0, 5, 10, 15 mm along the normal, instance numbers 1-4
+    sent = [2, 0, 3, 1]
+
+    def order_of(kept: list) -> list[int]:
+        return anatomical_order([read_dicom(to_bytes(kept[index]))[0] for index in sent])
+
+    assert [sent[index] for index in order_of(datasets)] == [0, 1, 2, 3]
+    for dataset in datasets:  # no positions: Instance Number
+        del dataset.ImagePositionPatient
+    assert [sent[index] for index in order_of(datasets)] == [0, 1, 2, 3]
+    for dataset in datasets:  # neither: as sent
+        del dataset.InstanceNumber
+    assert order_of(datasets) == [0, 1, 2, 3]
