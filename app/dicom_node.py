@@ -452,4 +452,5 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
         stopped.wait()
     finally:
         node.stop()
+        logger.info("DICOM node stopped")
     return 0

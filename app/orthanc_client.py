@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from dicomweb_client import DICOMwebClient
@@ -40,7 +41,14 @@ T = TypeVar("T")
 
 
 class OrthancError(RuntimeError):
-    """An Orthanc call failed: a non-retryable answer, or a retryable one that outlived every retry."""
+    """An Orthanc call failed: a non-retryable answer, or a retryable one that outlived every retry.
+
+    `status` is the HTTP status Orthanc answered, if it answered (401 and 403: the credentials were refused).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class OrthancAnswerError(OrthancError):
@@ -118,6 +126,12 @@ class PacsSyncConfig:
         return self.orthanc_url.rstrip("/")
 
     @property
+    def server(self) -> str:
+        """Scheme, host and port of Orthanc, for messages: never the user information a URL may carry."""
+        parts = urlsplit(self.orthanc_url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+    @property
     def dicomweb_url(self) -> str:
         return f"{self.base_url}/{DICOMWEB_ROOT}"
 
@@ -179,7 +193,8 @@ class OrthancClient:
         except OrthancError as error:
             raise OrthancError(
                 f"{error}; Orthanc must declare the user-defined metadata {SYNC_METADATA!r} in its configuration, "
-                f'e.g. "UserMetadata": {{"{SYNC_METADATA}": 4600}}'
+                f'e.g. "UserMetadata": {{"{SYNC_METADATA}": 4600}}',
+                error.status,
             ) from error
 
     def our_result_series(self, study_id: str) -> dict[str, str]:
@@ -250,11 +265,13 @@ class OrthancClient:
             except requests.HTTPError as error:
                 status = error.response.status_code if error.response is not None else None
                 if status not in RETRY_STATUSES or attempt == attempts - 1:
-                    raise OrthancError(f"{what} failed with HTTP {status}") from error
+                    raise OrthancError(f"{what} failed with HTTP {status}", status) from error
                 reason = f"HTTP {status}"
             except (requests.ConnectionError, requests.Timeout) as error:
                 if attempt == attempts - 1:
-                    raise OrthancError(f"{what} failed after {attempts} attempts: {type(error).__name__}") from error
+                    raise OrthancError(
+                        f"{what} at {self.config.server} failed after {attempts} attempts: {type(error).__name__}"
+                    ) from error
                 reason = type(error).__name__
             except OrthancAnswerError as error:
                 if attempt == attempts - 1:

@@ -128,8 +128,11 @@ class StudySync:
             )
             try:
                 self.client.write_sync_record(study_id, failed)
-            except Exception:  # Orthanc still unreachable: the schedule in the state retries it all the same
-                logger.warning("failure not recorded in Orthanc", extra={"fields": {"orthanc_study": study_id}})
+            except Exception as record_error:  # Orthanc still unreachable: the state's schedule retries it all the same
+                logger.warning(
+                    "failure not recorded in Orthanc",
+                    extra={"fields": {"orthanc_study": study_id, "error": _error_text(record_error)}},
+                )
             return FAILED
 
     def _look_at(self, study_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -274,12 +277,18 @@ def fingerprint(series: Iterable[dict[str, Any]]) -> str:
 
 
 def _log_not_processed(study_id: str, error: Exception, attempts: int | None) -> None:
-    """Log a study that raised, by its Orthanc ID and the error's type; a traceback only for what is not Orthanc's."""
+    """Log a study that raised, by its Orthanc ID and the error; a traceback only for what is not Orthanc's."""
     logger.error(
         "study not processed",
         exc_info=not isinstance(error, OrthancError),
-        extra={"fields": {"orthanc_study": study_id, "attempts": attempts, "error": type(error).__name__}},
+        extra={"fields": {"orthanc_study": study_id, "attempts": attempts, "error": _error_text(error)}},
     )
+
+
+def _error_text(error: Exception) -> str:
+    """An Orthanc error's own message (the call, the HTTP status, what to configure: written here, never file
+    content); for anything else only its type, since a library's message may quote a file's values."""
+    return f"OrthancError: {error}" if isinstance(error, OrthancError) else type(error).__name__
 
 
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, str]:

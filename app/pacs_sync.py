@@ -117,6 +117,18 @@ def run_pacs_sync(
     studies = StudySync(client, _processor(config, predictor), clock=clock)
     state = SyncState.load(config.state_file)
     total = SyncReport()
+    if not once:
+        logger.info(
+            "pacs-sync started",
+            extra={
+                "fields": {
+                    "orthanc": config.server,
+                    "poll_seconds": config.poll_seconds,
+                    "state_file": str(config.state_file) if config.state_file else None,
+                    "last_change": state.last_change,
+                }
+            },
+        )
     while True:
         try:
             total.add(sync_once(studies, state))
@@ -247,9 +259,11 @@ def main(args: argparse.Namespace, settings: SettingsLike | None = None) -> int:
         print(json.dumps(error_body("invalid_configuration", str(error))))
         return 2
     except OrthancError as error:
-        print(json.dumps(error_body("orthanc_unavailable", str(error))))
+        code = "orthanc_credentials_refused" if error.status in (401, 403) else "orthanc_unavailable"
+        print(json.dumps(error_body(code, str(error))))
         return 1
     except KeyboardInterrupt:
+        logger.info("pacs-sync stopped")
         return 0
     print(json.dumps(report.as_dict()))
     return 0

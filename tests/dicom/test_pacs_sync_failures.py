@@ -191,3 +191,18 @@ def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> Non
     assert overridden.state_file == Path("elsewhere.json")
     with pytest.raises(ValueError, match="orthanc_url must start with http:// or https://; got 'pacs:8042'"):
         pacs_sync.config_from_args(parser.parse_args(["--orthanc", "pacs:8042"]), settings)
+
+
+def test_the_cli_names_refused_credentials_apart_from_an_outage(
+    orthanc: Orthanc, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    pacs_sync.add_arguments(parser)
+    args = parser.parse_args(
+        ["--orthanc", orthanc.url, "--password", "wrong", "--state-file", str(tmp_path / "s.json"), "--once"]
+    )
+
+    assert pacs_sync.main(args, settings=cli_settings(tiny_model_dir)) == 1
+
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert error["code"] == "orthanc_credentials_refused" and "HTTP 401" in error["message"]

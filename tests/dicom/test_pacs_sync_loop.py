@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.orthanc_client import SYNC_METADATA, OrthancClient, PacsSyncConfig
+from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
 from app.pacs_study import StudySync
 from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs_sync_state import SyncState
@@ -95,3 +95,35 @@ def test_sync_once_logs_a_state_it_cannot_save_and_saves_it_at_the_next_pass(
     blocker.unlink()
     assert sync_once(studies, state) == SyncReport()
     assert SyncState.load(blocker / "state.json").last_change == 9
+
+
+def test_a_study_whose_record_orthanc_refuses_is_logged_with_what_to_configure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An Orthanc without the user-defined metadata answers the record's PUT with an error: the log said only
+    "OrthancError" (a README walkthrough), and now says what to declare."""
+    page = {"Changes": [stable_series("s1", 1)], "Done": True, "Last": 1}
+    series = {"ID": "s1", "Instances": ["i"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+    answers = {
+        "GET /changes": [json_answer(page)],
+        "GET /series/s1": [json_answer(series)],
+        "GET /studies/st1": [json_answer({"ID": "st1"})],
+        "GET /studies/st1/series": [json_answer([])],  # nothing to analyse: only the record is written
+        f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({"Message": "Unknown metadata"}, 404)],
+    }
+    client = OrthancClient(CONFIG, session=CannedSession(answers), sleep=lambda _: None)
+
+    report = sync_once(StudySync(client, ModelStudyProcessor(NegativePredictor()), clock=lambda: 1000.0), SyncState())  # type: ignore[arg-type]
+
+    assert report == SyncReport(failed=1)
+    (line,) = [line for line in logged(caplog) if line.startswith("study not processed")]
+    assert f"failed with HTTP 404; Orthanc must declare the user-defined metadata '{SYNC_METADATA}'" in line
+
+
+def test_an_unreachable_orthanc_is_named_without_the_credentials_of_its_url() -> None:
+    config = PacsSyncConfig("http://sync:s3cret@127.0.0.1:9/", retries=0, backoff_seconds=0.0, timeout_seconds=2.0)
+
+    with pytest.raises(OrthancError, match=r"GET /changes at http://127\.0\.0\.1:9 failed after 1 attempts") as raised:
+        OrthancClient(config, sleep=lambda _: None).changes(0)
+
+    assert "s3cret" not in str(raised.value) and raised.value.status is None
