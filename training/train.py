@@ -204,14 +204,15 @@ def reference_outputs(args: argparse.Namespace, validation: SliceArrays) -> np.n
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training job and return its summary (also written to `run.json`)."""
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     resuming = has_saved_state(output_dir)
-    if not resuming:
-        (output_dir / ARGUMENTS_NAME).write_text(json.dumps(vars(args), indent=2) + "\n")
     keras.utils.set_random_seed(args.seed)
     train_arrays, validation_arrays = prepare_split(
         Path(args.data_root), Path(args.split), args.seed, args.limit_patients
     )
+    # Only now: a run refused for its data (a missing data root) leaves no half-made run folder behind.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (output_dir / ARGUMENTS_NAME).write_text(json.dumps(vars(args), indent=2) + "\n")
     train_batches = make_train_batches(args, train_arrays)
     if resuming:
         state = RunState.read(output_dir)

@@ -73,6 +73,7 @@ def test_missing_data_root_is_one_line_and_exit_2(
 
     assert raised.value.code == 2
     assert capsys.readouterr().err == f"brain-tumor {command}: error: dataset root {missing} is not a directory\n"
+    assert not (tmp_path / "run").exists()  # a refused training run leaves no run folder (arguments.json) behind
 
 
 @pytest.mark.parametrize(
