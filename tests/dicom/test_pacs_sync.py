@@ -165,7 +165,8 @@ def test_pacs_sync_retries_a_failed_study_and_processes_it_once_its_bad_instance
     assert passes == [SyncReport(failed=1), SyncReport(failed=1), SyncReport(gave_up=1)]
     record = orthanc.record(study_id)
     assert (record["status"], record["attempts"]) == ("failed", 2)
-    assert record["error"].startswith("invalid_dicom_image:") and "2 frames lie at one slice position" in record["error"]
+    assert record["error"].startswith("invalid_dicom_image:")
+    assert "2 frames lie at one slice position" in record["error"]
     assert orthanc.results(series[0].StudyInstanceUID, "SEG") == []
 
     bad = next(
