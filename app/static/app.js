@@ -456,6 +456,26 @@ async function rasterSeries(answer, files, pictures) {
   return { kind: "raster", files, slices, failures, answer, volumeMl: null };
 }
 
+/**
+ * The answer's slices from one end of the volume to the other, as the service orders them for its clean-up: by
+ * position along the slice normal when every file gives one (single-frame files), else by Instance Number and frame,
+ * else as sent. Files chosen from a folder come in name order, which for UID-named files is no order at all.
+ */
+function anatomicalOrder(items, frames) {
+  const headers = items.map((item) => frames.get(item.sop_instance_uid)?.header);
+  let keys = items.map((item) => item.index);
+  const single = headers.every((header) => header && header.frames.length <= 1);
+  const orientation = headers.find((header) => header?.imageOrientation)?.imageOrientation;
+  if (single && orientation && headers.every((header) => header.imagePosition)) {
+    const [rx, ry, rz, cx, cy, cz] = orientation;
+    const normal = [ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx];
+    keys = headers.map(({ imagePosition: [x, y, z] }) => x * normal[0] + y * normal[1] + z * normal[2]);
+  } else if (headers.every((header) => Number.isFinite(header?.instanceNumber))) {
+    keys = items.map((item, at) => headers[at].instanceNumber * 1e6 + item.frame_number);
+  }
+  return items.map((item, at) => ({ item, key: keys[at] })).sort((a, b) => a.key - b.key).map(({ item }) => item);
+}
+
 async function dicomSeries(answer, files, headers) {
   const failures = fileFailures(answer.file_errors, files);
   const frames = new Map();
@@ -465,7 +485,7 @@ async function dicomSeries(answer, files, headers) {
     }
   });
   const slices = [];
-  for (const item of answer.slices) {
+  for (const item of anatomicalOrder(answer.slices, frames)) {
     const source = frames.get(item.sop_instance_uid);
     const frame = source?.header.frames[item.frame_number - 1] ?? null;
     slices.push({

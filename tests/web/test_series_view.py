@@ -220,3 +220,28 @@ def test_series_view_accepts_a_zip_of_slices(page: Page, live_server: str, tmp_p
     assert len(answer["results"]) == 4
     expect(page.locator("#slice-number")).to_contain_text("/ 4")
     expect(page.locator("#slice-table tbody tr").first).to_contain_text(RASTER_SERIES[0].name)
+
+
+def test_series_view_shows_dicom_slices_in_anatomical_order_whatever_order_they_are_chosen_in(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Files named by UID come in no order at all: the viewer scrolls from one end of the volume to the other, by
+    Image Position along the slice normal, as the service orders them for its clean-up."""
+    datasets = mr_series(tumor_channels())  # positions 0, 5, 10 mm along the normal
+    paths = []
+    for name, index in (("b", 2), ("a", 0), ("c", 1)):  # chosen in name order: the last slice first
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(to_bytes(datasets[index]))
+        paths.append(path)
+    page.goto(live_server)
+
+    upload(page, sorted(paths))
+
+    viewer = page.locator("#viewer")
+    viewer.focus()
+    viewer.press("Home")
+    for step, name in enumerate(["a.dcm", "c.dcm", "b.dcm"]):  # positions 0, 5, 10 mm
+        if step:
+            viewer.press("ArrowRight")
+        expect(page.locator("#slice-number")).to_have_text(f"{step + 1} / 3")
+        expect(page.locator("#caption")).to_contain_text(name)
