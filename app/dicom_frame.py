@@ -71,6 +71,13 @@ class DicomFrame:
         return "NumberOfFrames" in self.header
 
 
+def slice_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
+    """The normal of the slices' plane (row direction x column direction) from the first frame with an orientation;
+    None when none has one. Positions projected on it give the slices' order and spacing."""
+    orientation = next((frame.image_orientation for frame in frames if frame.image_orientation), None)
+    return None if orientation is None else np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+
+
 def frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> object | None:
     """An attribute of frame `index`: per-frame functional group, then shared group, then the top level."""
     candidates = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL
-from app.dicom_frame import DicomFrame, frame_placement
+from app.dicom_frame import DicomFrame, frame_placement, slice_normal
 from app.dicom_header import DicomHeader, read_dicom_header
 from app.dicom_input import decode_dicom
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
@@ -315,10 +315,8 @@ def anatomical_order(frames: Sequence[DicomFrame]) -> list[int]:
     positions = [frame.image_position for frame in frames]
     if positions and all(position is not None for position in positions):
         points = np.asarray(positions, dtype=np.float64)
-        orientation = next((frame.image_orientation for frame in frames if frame.image_orientation), None)
-        if orientation is not None:
-            direction = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
-        else:
+        direction = slice_normal(frames)
+        if direction is None:
             direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
         offsets = points @ direction
         return sorted(range(len(frames)), key=lambda index: offsets[index])

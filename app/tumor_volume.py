@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.dicom_frame import MAX_LENGTH_MM, DicomFrame
+from app.dicom_frame import MAX_LENGTH_MM, DicomFrame, slice_normal
 
 MM3_PER_ML = 1000.0
 
@@ -61,10 +61,9 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     """Distance between neighbouring slices in mm (see `tumor_volume_ml` for the order of sources), or None."""
     positions = [frame.image_position for frame in slices if frame.image_position is not None]
     if len(positions) >= 2:
-        orientation = next((frame.image_orientation for frame in slices if frame.image_orientation), None)
+        normal = slice_normal(slices)
         points = np.asarray(positions, dtype=np.float64)
-        if orientation is not None:
-            normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+        if normal is not None:
             offsets = np.sort(points @ normal)
             gaps = np.diff(offsets)
         else:  # no orientation: order the positions along the line they span

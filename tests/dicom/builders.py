@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -127,6 +128,17 @@ def mr_series(
         )
         for index, image in enumerate(images)
     ]
+
+
+def legacy_multiframe(datasets: Sequence[Dataset]) -> Dataset:
+    """The single-frame instances as one Legacy Converted Enhanced MR instance (series 2), made by highdicom."""
+    return hd.legacy.LegacyConvertedEnhancedMRImage(
+        datasets,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
 
 
 def to_bytes(dataset: Dataset) -> bytes:

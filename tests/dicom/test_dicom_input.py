@@ -3,7 +3,6 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -38,6 +37,7 @@ from tests.dicom.builders import (
     PIXEL_SPACING_MM,
     SLICE_GAP_MM,
     Study,
+    legacy_multiframe,
     mr_dataset,
     mr_series,
     to_bytes,
@@ -128,9 +128,7 @@ def test_read_dicom_reads_every_frame_of_a_multiframe_image() -> None:
     legacy = mr_series([image.astype(np.uint16) * 4 for image in channels])
     for index, dataset in enumerate(legacy):  # a different rescale per frame, written into the functional groups
         dataset.RescaleSlope, dataset.RescaleIntercept = float(index + 1), 0.0
-    multiframe = hd.legacy.LegacyConvertedEnhancedMRImage(
-        legacy, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1
-    )
+    multiframe = legacy_multiframe(legacy)
 
     frames = read_dicom(to_bytes(multiframe))
 
@@ -245,9 +243,7 @@ def multiframe_with_slopes(slopes: Sequence[float]) -> bytes:
     legacy = mr_series([image.astype(np.uint16) for image in tumor_channels()])
     for dataset, slope in zip(legacy, slopes, strict=True):
         dataset.RescaleSlope, dataset.RescaleIntercept = slope, 0.0
-    multiframe = hd.legacy.LegacyConvertedEnhancedMRImage(
-        legacy, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1
-    )
+    multiframe = legacy_multiframe(legacy)
     return to_bytes(multiframe)
 
 

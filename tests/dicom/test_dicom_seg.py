@@ -5,13 +5,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from app.dicom_frame import DicomFrame
 from app.dicom_input import read_dicom
@@ -26,7 +24,16 @@ from app.series_result import SeriesResult
 from app.tumor_volume import slice_spacing_mm, tumor_volume_ml
 from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth
-from tests.dicom.builders import FLAIR, PIXEL_SPACING_MM, SLICE_GAP_MM, Study, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import (
+    FLAIR,
+    PIXEL_SPACING_MM,
+    SLICE_GAP_MM,
+    Study,
+    legacy_multiframe,
+    mr_series,
+    to_bytes,
+    tumor_channels,
+)
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
 
@@ -90,13 +97,7 @@ def test_build_segmentation_describes_a_binary_neoplasm_segment(
 
 
 def test_build_segmentation_of_a_multiframe_source(truth_masks: list[np.ndarray]) -> None:
-    multiframe = hd.legacy.LegacyConvertedEnhancedMRImage(
-        mr_series(tumor_channels()),
-        series_instance_uid=generate_uid(),
-        series_number=2,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-    )
+    multiframe = legacy_multiframe(mr_series(tumor_channels()))
     inputs = series_inputs([multiframe])
     masks = [truth_masks[index] for index in range(3)]
 

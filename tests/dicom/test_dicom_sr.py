@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import io
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from app.dicom_input import read_dicom
 from app.dicom_seg import MANUFACTURER, build_segmentation
@@ -21,7 +19,7 @@ from app.dicom_sr import (
     read_volume_report,
 )
 from tests.conftest import TUMOR_SERIES, read_truth
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
@@ -189,13 +187,7 @@ def test_the_report_lists_its_images_in_its_image_library_when_they_describe_the
 def test_an_enhanced_multiframe_series_gets_its_report() -> None:
     """Enhanced MR keeps each frame's plane in its functional groups: highdicom's image library, which reads the top
     level, failed on it, so such a series (what current scanners send) got a SEG but no SR."""
-    multiframe = hd.legacy.LegacyConvertedEnhancedMRImage(
-        mr_series(tumor_channels()),
-        series_instance_uid=generate_uid(),
-        series_number=2,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-    )
+    multiframe = legacy_multiframe(mr_series(tumor_channels()))
     inputs = series_inputs([multiframe])
     seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
     findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=2.5, slices_analysed=3, slices_with_tumor=3)

@@ -184,18 +184,29 @@ def wait_for_slow_reads(page: Page, count: int) -> None:
     page.wait_for_timeout(200)
 
 
+def record_posts(page: Page) -> list[str]:
+    """The URLs of the POST requests the page sends from now on."""
+    posts: list[str] = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    return posts
+
+
+def slow_zip(slice_path: Path) -> dict:
+    """A zip of one slice that takes 1.5 s to read (`SLOW_FILES`), as Playwright's set_input_files takes it."""
+    return {
+        "name": "slow-series.zip",
+        "mimeType": "application/zip",
+        "buffer": zip_of([(slice_path.name, slice_path.read_bytes())]),
+    }
+
+
 def test_newest_choice_wins_over_an_older_one_still_being_read(page: Page, live_server: str) -> None:
     # A zip on a slow network drive is still being read when the researcher chooses another slice.
     watch = PageWatch(page)
     page.add_init_script(SLOW_FILES)
-    posts: list[str] = []
-    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    posts = record_posts(page)
     page.goto(live_server)
-    slow_valid = {
-        "name": "slow-series.zip",
-        "mimeType": "application/zip",
-        "buffer": zip_of([(TUMOR_FREE_SLICE.name, TUMOR_FREE_SLICE.read_bytes())]),
-    }
+    slow_valid = slow_zip(TUMOR_FREE_SLICE)
     slow_damaged = {"name": "slow-damaged.zip", "mimeType": "application/zip", "buffer": b"PK\x03\x04" + bytes(64)}
 
     for reads, older in enumerate((slow_valid, slow_damaged), start=1):
@@ -250,14 +261,9 @@ def test_cancel_stops_a_running_analysis_from_the_keyboard(page: Page, live_serv
 def test_cancel_while_a_slow_zip_is_still_being_read_sends_nothing(page: Page, live_server: str) -> None:
     watch = PageWatch(page)
     page.add_init_script(SLOW_FILES)
-    posts: list[str] = []
-    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    posts = record_posts(page)
     page.goto(live_server)
-    slow = {
-        "name": "slow-series.zip",
-        "mimeType": "application/zip",
-        "buffer": zip_of([(TUMOR_SLICE.name, TUMOR_SLICE.read_bytes())]),
-    }
+    slow = slow_zip(TUMOR_SLICE)
 
     page.set_input_files("#file-input", files=[slow])
     expect(page.locator("#progress-label")).to_have_text("Reading the files")
