@@ -62,3 +62,23 @@ class FocalTverskyLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="brain_tumor")
+def tumor_map_loss(y_true, y_pred):
+    """Binary cross-entropy of a tumor-map classifier (`training.models.build_tumor_map_classifier`).
+
+    `y_true` is the full-size mask (B, H, W, 1), `y_pred` the region map (B, h, w, 1). A region's target is 1 when
+    any of its pixels is tumor; the slice's, when any region's is. Both the regions and the slice (the largest
+    region probability, what is served) count, so the map learns where the tumor is and the served figure stays
+    a calibrated probability.
+    """
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    region_size = y_true.shape[1] // y_pred.shape[1]
+    regions = ops.max_pool(y_true, pool_size=region_size, strides=region_size, padding="valid")
+    region_loss = ops.mean(keras.losses.binary_crossentropy(regions, y_pred))
+    slice_true = ops.max(regions, axis=(1, 2, 3))
+    slice_pred = ops.max(y_pred, axis=(1, 2, 3))
+    slice_loss = ops.mean(keras.losses.binary_crossentropy(slice_true[:, None], slice_pred[:, None]))
+    return region_loss + slice_loss

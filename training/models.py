@@ -97,6 +97,51 @@ def mirror_classifier_from(plain: keras.Model) -> keras.Model:
     return model
 
 
+def build_tumor_map_classifier(
+    input_shape: Sequence[int] = INPUT_SHAPE,
+    filters: Sequence[int] = CLASSIFIER_FILTERS,
+    dropout: float = 0.3,
+    name: str = "tumor_map_classifier",
+) -> keras.Model:
+    """`build_classifier`'s stages, but the output is a coarse map: P(tumor) for each 64 x 64 region of the slice.
+
+    Why try it: the plain classifier learns from one yes/no per slice, and its misses and false alarms are the
+    tumor's first and last slices, where the tumor is small. Training the map against the masks (`tumor_map_loss`)
+    tells it where the tumor is, from every tumor pixel. `served_from_tumor_map` serves the largest region
+    probability as P(slice shows tumor), with the same weights.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = convolution_block(inputs, filters[0], "stem", strides=2)
+    x = layers.MaxPooling2D(2, name="stem_pool")(x)
+    for stage, stage_filters in enumerate(filters[1:], start=1):
+        x = convolution_block(x, stage_filters, f"stage{stage}_a")
+        x = convolution_block(x, stage_filters, f"stage{stage}_b")
+        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="tumor_map")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def served_from_tumor_map(model: keras.Model, name: str = "tumor_classifier") -> keras.Model:
+    """The classifier served from a tumor-map classifier: its largest region probability, same weights."""
+    probability = layers.GlobalMaxPooling2D(name="tumor_probability")(model.output)
+    return keras.Model(model.input, probability, name=name)
+
+
+def tumor_map_classifier_from(plain: keras.Model) -> keras.Model:
+    """A tumor-map classifier started from a trained plain classifier: every stage copied, and each region's
+    logit the plain head's weights for the average and the largest feature added (a close start, not an exact one)."""
+    model = build_tumor_map_classifier()
+    untouched = transfer_weights(model, plain)
+    if untouched != ["tumor_map"]:
+        raise ValueError(f"not a plain classifier: no weights for {untouched}")
+    kernel, bias = plain.get_layer("tumor_probability").get_weights()
+    channels = kernel.shape[0] // 2
+    region_kernel = (kernel[:channels] + kernel[channels:]).reshape(1, 1, channels, 1)
+    model.get_layer("tumor_map").set_weights([region_kernel, bias])
+    return model
+
+
 def probability_head(x, dropout: float):
     """Pooled features -> P(tumor). Max pooling over space as well as average: a small lesion in one corner must
     still fire."""

@@ -40,7 +40,7 @@ from training.data import (
     usage_errors,
 )
 from training.evaluate import model_outputs
-from training.losses import FocalTverskyLoss, dice_coefficient, tversky_score
+from training.losses import FocalTverskyLoss, dice_coefficient, tumor_map_loss, tversky_score
 from training.models import (
     ARCHITECTURE_NAME,
     architecture_json,
@@ -49,9 +49,12 @@ from training.models import (
     build_encoder_classifier,
     build_mirror_classifier,
     build_resunet,
+    build_tumor_map_classifier,
     load_segmenter,
     mirror_classifier_from,
+    served_from_tumor_map,
     transfer_weights,
+    tumor_map_classifier_from,
 )
 from training.run_state import RunCheckpoint, RunState, has_saved_state, load_saved_model
 from training.validation import HardNegativeMiner, ServedPipelineValidation
@@ -64,7 +67,10 @@ CLASSIFIER_BACKBONES = {
     "cnn-mirror": build_mirror_classifier,
     "segmenter-encoder": build_encoder_classifier,
     "efficientnet-lite0": build_efficientnet_lite0_classifier,
+    "cnn-tumor-map": build_tumor_map_classifier,
 }
+# Backbones that learn from the masks (a map of tumor regions) rather than from one label per slice.
+MASK_TRAINED_BACKBONES = {"cnn-tumor-map"}
 
 
 def mirror_start(weights: str) -> keras.Model:
@@ -142,7 +148,10 @@ def compile_model(
         jit_compile = not (model_kind == "classifier" and classifier_backbone == "efficientnet-lite0")
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.02)
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    if model_kind == "classifier":
+    if model_kind == "classifier" and classifier_backbone in MASK_TRAINED_BACKBONES:
+        model = CLASSIFIER_BACKBONES[classifier_backbone]()
+        model.compile(optimizer=optimizer, loss=tumor_map_loss, jit_compile=jit_compile)
+    elif model_kind == "classifier":
         model = CLASSIFIER_BACKBONES[classifier_backbone]()
         model.compile(
             optimizer=optimizer,
@@ -165,17 +174,18 @@ def compile_model(
 
 def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBatches:
     segmenter = args.model == "segmenter"
+    on_masks = segmenter or args.classifier_backbone in MASK_TRAINED_BACKBONES
     return SliceBatches(
         train,
-        "mask" if segmenter else "label",
+        "mask" if on_masks else "label",
         batch_size=args.batch_size,
         augment=True,
         augmentation=AUGMENTATIONS[args.augmentation],
         shuffle=True,
         negatives_per_epoch=args.negatives_per_epoch if segmenter else None,
-        near_tumor_weight=1.0 if segmenter else args.near_tumor_negative_weight,
+        near_tumor_weight=1.0 if on_masks else args.near_tumor_negative_weight,
         near_tumor_slices=args.near_tumor_slices,
-        mixup_alpha=0.0 if segmenter else args.mixup_alpha,
+        mixup_alpha=0.0 if on_masks else args.mixup_alpha,
         seed=args.seed,
         crop_size=args.crop_size if segmenter and args.crop_size else None,
         # Threads preparing batches: on a GPU, augmentation on one core cannot keep up with the model.
@@ -239,6 +249,8 @@ def train(args: argparse.Namespace) -> dict:
             # What evaluate, compare_segmenters and export build to load this run's checkpoints.
             served = build_resunet(full_resolution_output=full_resolution)
             (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(served))
+        elif args.model == "classifier" and args.classifier_backbone == "cnn-tumor-map":
+            (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(served_from_tumor_map(model)))
         elif args.model == "classifier" and args.classifier_backbone != "cnn":
             (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(model))
         if args.initial_weights:
@@ -249,6 +261,10 @@ def train(args: argparse.Namespace) -> dict:
                 logger.info("new layers (no initial weights): %s", untouched)
             elif args.model == "classifier" and args.classifier_backbone == "cnn-mirror":
                 model.set_weights(mirror_start(args.initial_weights).get_weights())
+            elif args.model == "classifier" and args.classifier_backbone == "cnn-tumor-map":
+                plain = build_classifier()
+                plain.load_weights(args.initial_weights)
+                model.set_weights(tumor_map_classifier_from(plain).get_weights())
             elif full_resolution:
                 source = build_resunet()
                 source.load_weights(args.initial_weights)

@@ -73,7 +73,8 @@ class ServedPipelineValidation(keras.callbacks.Callback):
         """Run the pipeline with the current weights and return its validation figures."""
         outputs = model_outputs(self.model, self.validation.images, self.batch_size)
         if self.trained == "classifier":
-            probabilities, maps = outputs.reshape(-1), self.reference_outputs
+            # The largest output: the one probability of a plain classifier, the largest region's of a tumor map.
+            probabilities, maps = outputs.reshape(len(outputs), -1).max(axis=1), self.reference_outputs
         else:
             probabilities, maps = self.reference_outputs, outputs[..., 0]
         return served_pipeline_figures(

@@ -15,7 +15,9 @@ from training.models import (
     load_classifier,
     load_segmenter,
     mirror_classifier_from,
+    served_from_tumor_map,
     transfer_weights,
+    tumor_map_classifier_from,
 )
 from training.train import mirror_start
 
@@ -164,3 +166,37 @@ def test_a_compiled_and_an_uncompiled_model_of_one_architecture_average_together
     assert averaged is not None and (tmp_path / "average.weights.h5").is_file()
     with pytest.raises(DatasetError, match="one architecture"):
         average_and_save([compiled, build_mirror_classifier()], str(tmp_path / "no.weights.h5"), "classifiers")
+
+
+def test_tumor_map_classifier_serves_its_largest_region_and_starts_from_a_plain_classifier(tmp_path):
+    plain = build_classifier()
+    image = np.random.default_rng(8).random((2, 256, 256, 3)).astype("float32")
+
+    tumor_map = tumor_map_classifier_from(plain)
+    served = served_from_tumor_map(tumor_map)
+
+    regions = np.asarray(tumor_map(image))
+    assert regions.shape == (2, 4, 4, 1)  # one probability per 64 x 64 region
+    np.testing.assert_allclose(np.asarray(served(image))[:, 0], regions.reshape(2, -1).max(axis=1), atol=1e-6)
+    # Every stage is the plain classifier's; the region head is its head's two halves added.
+    for name in ("stem_conv", "stage2_b_conv", "stage4_b_bn"):
+        for got, start in zip(
+            tumor_map.get_layer(name).get_weights(), plain.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(got, start)
+    kernel, bias = plain.get_layer("tumor_probability").get_weights()
+    region_kernel, region_bias = tumor_map.get_layer("tumor_map").get_weights()
+    np.testing.assert_allclose(region_kernel.reshape(-1), kernel[:256, 0] + kernel[256:, 0], atol=1e-7)
+    np.testing.assert_array_equal(region_bias, bias)
+
+    # Its run keeps the served architecture beside the map's weights: load_classifier gives one probability.
+    (tmp_path / ARCHITECTURE_NAME).write_text(architecture_json(served))
+    tumor_map.save_weights(tmp_path / "best.weights.h5")
+    loaded = load_classifier(tmp_path / "best.weights.h5")
+    assert loaded.output.shape[1:] == (1,)
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(served(image)), atol=1e-6)
+
+
+def test_tumor_map_classifier_refuses_a_start_that_is_not_a_plain_classifier():
+    with pytest.raises(ValueError, match="not a plain classifier"):
+        tumor_map_classifier_from(build_mirror_classifier())

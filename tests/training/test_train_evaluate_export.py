@@ -12,7 +12,7 @@ from app.core.model_store import ModelStoreError, load_models, read_manifest
 from app.inference import SlicePrediction
 from app.series_result import single_slice_answers
 from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
-from training.data import DatasetError, SliceArrays
+from training.data import DatasetError, SliceArrays, find_slices, load_slices
 from training.models import build_classifier, build_resunet, load_classifier, weights_average
 
 
@@ -544,3 +544,41 @@ def test_classifier_threshold_keeps_its_sensitivity_when_the_scores_move_in_the_
     rerun = probabilities - 5e-8  # another runtime's rounding
     assert ((rerun >= threshold) & (labels > 0)).sum() == 19
     assert ((probabilities >= threshold) & (labels == 0)).sum() == 0
+
+
+def test_a_tumor_map_classifier_run_learns_from_the_masks_and_saves_a_served_classifier(trained_run, dev_layout):
+    """The run starts from a plain classifier's weights, trains its region map against the masks, and its
+    checkpoint loads (`load_classifier`) as a classifier of one probability per slice: what evaluate and export take."""
+    run = trained_run / "tumor_map"
+    train.main(
+        [
+            "--model",
+            "classifier",
+            "--classifier-backbone",
+            "cnn-tumor-map",
+            "--initial-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--data-root",
+            str(dev_layout),
+            "--output-dir",
+            str(run),
+            "--split",
+            str(trained_run / "split.json"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-jit-compile",
+        ]
+    )
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "val_specificity" in history[0]
+    # Its batches carry the masks (the region targets), not one label per slice.
+    batches = train.make_train_batches(
+        train.parse_arguments(["--resume", str(run)]), load_slices(find_slices(dev_layout))
+    )
+    assert batches.target == "mask" and batches[0][1].shape[1:] == (256, 256, 1)
+    classifier = load_classifier(run / "best.weights.h5")
+    images = np.random.default_rng(9).random((3, 256, 256, 3)).astype("float32")
+    probabilities = np.asarray(classifier(images))
+    assert probabilities.shape == (3, 1) and ((probabilities >= 0) & (probabilities <= 1)).all()
