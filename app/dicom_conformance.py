@@ -4,8 +4,9 @@ De-identified or hand-made instances often lack Type 2 attributes (Patient's Bir
 Number, Slice Thickness ...): the standard lets them be empty but not absent, and highdicom reads them without a
 default when it copies the patient and study modules into a SEG or an SR, so it fails with an AttributeError.
 `with_type2_attributes` hands highdicom a copy with the missing ones present and empty, never touching the caller's
-dataset. An SR's image library needs more of each image (its plane, a non-empty Slice Thickness):
-`image_library_sources` leaves the library out when a source cannot fill it.
+dataset. A SEG's frames need a Slice Thickness all the same: `with_slice_thickness` gives them the slices' spacing.
+An SR's image library needs more of each image (its plane, a non-empty Slice Thickness): `image_library_sources`
+leaves the library out when a source cannot fill it.
 
 A SEG of a source without a patient coordinate system (a Secondary Capture without Image Orientation) must carry
 Patient Orientation (Type 2C in the General Image module), which highdicom leaves out: `complete_segmentation` adds
@@ -156,6 +157,21 @@ def with_type2_attributes(dataset: Dataset) -> Dataset:
     completed = _shallow_copy(dataset)
     for keyword in missing:
         setattr(completed, keyword, None)  # an empty value: what Type 2 means by "unknown"
+    return completed
+
+
+def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Dataset:
+    """`dataset` itself when its Slice Thickness has a value (or `thickness_mm` is None), else a shallow copy with
+    Slice Thickness `thickness_mm`, for highdicom to copy into a SEG.
+
+    Why: a SEG's Pixel Measures need a Slice Thickness (Type 1C: its frames are a volume), while a single-frame
+    source may leave it empty (Type 2). The caller passes the slices' spacing: each mask frame stands for a slab one
+    spacing thick, the slab the tumor volume counts (`app.tumor_volume.slice_spacing_mm`).
+    """
+    if thickness_mm is None or "SharedFunctionalGroupsSequence" in dataset or _has_value(dataset, "SliceThickness"):
+        return dataset
+    completed = _shallow_copy(dataset, leave_out="SliceThickness")
+    completed.SliceThickness = round(thickness_mm, 6)  # a DS holds at most 16 characters
     return completed
 
 

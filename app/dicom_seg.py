@@ -25,11 +25,13 @@ from app.dicom_conformance import (
     derived_character_set,
     missing_plane_attributes,
     missing_reference_uids,
+    with_slice_thickness,
     with_type2_attributes,
 )
 from app.dicom_frame import DicomFrame
 from app.dicom_series import SliceInput
 from app.errors import SegmentationInputError, builder_reason
+from app.tumor_volume import slice_spacing_mm
 
 MANUFACTURER = "brain-tumor-service"
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
@@ -102,6 +104,9 @@ def build_segmentation(
     further = _unique_headers(
         frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
     )
+    if any(frame.slice_thickness is None for frame in references):
+        spacing = slice_spacing_mm(references)
+        source_images = [with_slice_thickness(image, spacing) for image in source_images]
     # highdicom reads Type 2 patient/study attributes without a default: de-identified sources often lack them.
     source_images = [with_type2_attributes(image) for image in source_images]
     further = [with_type2_attributes(image) for image in further]

@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
 
-from app.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES, with_type2_attributes
+from app.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES, with_slice_thickness, with_type2_attributes
 from app.dicom_input import read_dicom
 from app.dicom_seg import build_segmentation
 from app.dicom_seg_reader import read_segmentation_masks
@@ -62,6 +62,35 @@ def test_with_type2_attributes_returns_a_complete_dataset_unchanged() -> None:
     dataset = mr_series(tumor_channels()[:1])[0]
 
     assert with_type2_attributes(dataset) is dataset
+
+
+def test_with_slice_thickness_fills_only_an_empty_thickness_and_leaves_the_source_alone() -> None:
+    dataset = mr_series(tumor_channels()[:1])[0]
+    assert with_slice_thickness(dataset, 4.4) is dataset  # it has its own
+    dataset.SliceThickness = None
+
+    filled = with_slice_thickness(dataset, 1 / 3)
+
+    assert float(filled.SliceThickness) == pytest.approx(1 / 3, abs=1e-6) and len(str(filled.SliceThickness)) <= 16
+    assert dataset.SliceThickness is None and filled.SOPInstanceUID == dataset.SOPInstanceUID
+    assert with_slice_thickness(dataset, None) is dataset  # no spacing known: left for Type 2 completion
+
+
+def test_seg_of_one_slice_without_thickness_takes_its_spacing_and_without_either_is_still_built() -> None:
+    """One slice has no neighbour to measure: Spacing Between Slices stands in; with neither, the SEG is written
+    without a thickness (a dciodvfy error only the source's own value can clear) rather than refused."""
+    dataset = mr_series(tumor_channels()[:1])[0]
+    del dataset.SliceThickness
+    dataset.SpacingBetweenSlices = 3.3
+
+    def seg_thickness() -> object:
+        inputs = prepare_inputs(read_dicom(to_bytes(dataset)))
+        seg = build_segmentation(inputs, [read_truth(TUMOR_SERIES[0])], MODEL_TAGS)
+        return seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].get("SliceThickness")
+
+    assert float(seg_thickness()) == pytest.approx(3.3)
+    del dataset.SpacingBetweenSlices
+    assert not seg_thickness()
 
 
 def test_seg_of_an_mr_secondary_capture_is_valid() -> None:

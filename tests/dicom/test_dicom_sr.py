@@ -18,6 +18,7 @@ from app.dicom_sr import (
     build_volume_report,
     read_volume_report,
 )
+from app.tumor_volume import slice_spacing_mm
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
@@ -162,11 +163,15 @@ def test_seg_and_report_of_slices_with_an_empty_or_missing_plane_attribute(keywo
 
     assert read_volume_report(report)["tumor_volume_ml"] == 1.5
     assert dciodvfy_errors(report, "Comprehensive3DSR") == []
-    # The SEG says what the source says: no thickness where it gives none (dciodvfy wants one there, Type 1C).
-    unknown_thickness = [
-        "Error - Missing attribute Type 1C Conditional Element=<SliceThickness> Module=<PixelMeasuresMacro>"
-    ]
-    assert dciodvfy_errors(seg, "Segmentation") == (unknown_thickness if keyword == "SliceThickness" else [])
+    # A SEG's frames need a thickness (Type 1C): without the source's, the slices' spacing, the slab each mask
+    # stands for in the tumor volume; the caller's datasets keep theirs empty or absent.
+    assert dciodvfy_errors(seg, "Segmentation") == []
+    thickness = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
+    if keyword == "SliceThickness":
+        assert float(thickness) == pytest.approx(slice_spacing_mm([item.reference for item in inputs]))
+        assert all(not dataset.get(keyword) for dataset in datasets)
+    else:
+        assert float(thickness) == float(datasets[0].SliceThickness)
 
 
 def test_the_report_lists_its_images_in_its_image_library_when_they_describe_their_plane(
