@@ -211,6 +211,42 @@ def reference_outputs(args: argparse.Namespace, validation: SliceArrays) -> np.n
     return outputs.reshape(-1) if other == "classifier" else outputs[..., 0]
 
 
+def write_served_architecture(args: argparse.Namespace, model: keras.Model, output_dir: Path) -> None:
+    """Save the architecture that evaluate, the comparisons and export build to load this run's checkpoints, when
+    it is not the default one (the plain CNN classifier)."""
+    if args.model == "segmenter":
+        served = build_resunet(full_resolution_output=args.full_resolution_output)
+    elif args.classifier_backbone == "cnn-tumor-map":
+        served = served_from_tumor_map(model)  # the largest region probability, same weights
+    elif args.classifier_backbone != "cnn":
+        served = model
+    else:
+        return
+    (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(served))
+
+
+def load_initial_weights(args: argparse.Namespace, model: keras.Model) -> None:
+    """Start `model` from `--initial-weights` (a fine-tune of an earlier model, e.g. the committed one). A plain
+    classifier starts the mirror and tumor-map classifiers, a plain segmenter the classifier on its encoder and the
+    full-resolution segmenter; layers the start lacks keep their initial values."""
+    weights = args.initial_weights
+    backbone = args.classifier_backbone if args.model == "classifier" else None
+    if backbone == "segmenter-encoder":
+        logger.info("new layers (no initial weights): %s", transfer_weights(model, load_segmenter(weights)))
+    elif backbone == "cnn-mirror":
+        model.set_weights(mirror_start(weights).get_weights())
+    elif backbone == "cnn-tumor-map":
+        plain = build_classifier()
+        plain.load_weights(weights)
+        model.set_weights(tumor_map_classifier_from(plain).get_weights())
+    elif args.model == "segmenter" and args.full_resolution_output:
+        source = build_resunet()
+        source.load_weights(weights)
+        logger.info("new layers (no initial weights): %s", transfer_weights(model, source))
+    else:
+        model.load_weights(weights)
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training job and return its summary (also written to `run.json`)."""
     output_dir = Path(args.output_dir)
@@ -244,33 +280,9 @@ def train(args: argparse.Namespace) -> dict:
             args.classifier_backbone,
             args.label_smoothing if args.model == "classifier" else 0.0,
         )
-        on_encoder = args.model == "classifier" and args.classifier_backbone == "segmenter-encoder"
-        if args.model == "segmenter":
-            # What evaluate, compare_segmenters and export build to load this run's checkpoints.
-            served = build_resunet(full_resolution_output=full_resolution)
-            (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(served))
-        elif args.model == "classifier" and args.classifier_backbone == "cnn-tumor-map":
-            (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(served_from_tumor_map(model)))
-        elif args.model == "classifier" and args.classifier_backbone != "cnn":
-            (output_dir / ARCHITECTURE_NAME).write_text(architecture_json(model))
+        write_served_architecture(args, model, output_dir)
         if args.initial_weights:
-            # Fine-tuning from an earlier model, e.g. the committed one; a plain segmenter starts the variant and
-            # the classifier on the segmenter's encoder.
-            if on_encoder:
-                untouched = transfer_weights(model, load_segmenter(args.initial_weights))
-                logger.info("new layers (no initial weights): %s", untouched)
-            elif args.model == "classifier" and args.classifier_backbone == "cnn-mirror":
-                model.set_weights(mirror_start(args.initial_weights).get_weights())
-            elif args.model == "classifier" and args.classifier_backbone == "cnn-tumor-map":
-                plain = build_classifier()
-                plain.load_weights(args.initial_weights)
-                model.set_weights(tumor_map_classifier_from(plain).get_weights())
-            elif full_resolution:
-                source = build_resunet()
-                source.load_weights(args.initial_weights)
-                logger.info("new layers (no initial weights): %s", transfer_weights(model, source))
-            else:
-                model.load_weights(args.initial_weights)
+            load_initial_weights(args, model)
     callbacks = [
         ServedPipelineValidation(
             validation_arrays, args.model, reference_outputs(args, validation_arrays), args.target_sensitivity
