@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from app import schemas
 from app.core.model_store import ModelStoreError
 from app.errors import ServiceError
 from app.predict_command import OutputFormat
-from app.settings import get_settings
+from app.settings import SettingsError, get_settings
 
 if TYPE_CHECKING:
     from app.inference import Predictor
@@ -34,6 +35,8 @@ EXIT_FILES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MODELS = 3
 EXIT_INTERRUPTED = 130
+MIN_PORT, MAX_PORT = 1, 65535
+KEY_ID = re.compile(r"[\w.@-]+")
 
 PREDICT_EPILOG = f"""\
 A folder stands for the files directly inside it, in natural order (slice_2 before slice_10), without hidden files
@@ -44,7 +47,8 @@ csv give one line per file (or slice), csv without the series totals.
 Masks (--masks-dir): MASKS_DIR/<stem>_mask.png per positive file, 8-bit, 0 background, 255 tumor; a multi-frame
 DICOM file gets <stem>_frame<N>_mask.png. Inputs that would share a mask file (a/slice.png and b/slice.png) stop the
 command with exit code 2 (images before anything runs, DICOM files when a second mask would land on the first):
-predict them in separate runs, each with its own --masks-dir.
+predict them in separate runs, each with its own --masks-dir. A file already there (a ground-truth mask, an earlier
+run's) is never replaced unless --overwrite is given: it stops the command with exit code 2 the same way.
 
 Progress ([done/total] lines) goes to standard error when it is a terminal, or with --progress.
 
@@ -53,7 +57,9 @@ exit codes:
   {EXIT_FILES_FAILED}    a file could not be predicted (its error is in the output), or the files cannot go together
        (DICOM mixed with images)
   {EXIT_USAGE}    bad arguments: an unknown option, a missing file or folder, an empty folder, masks that would collide
-  {EXIT_MODELS}    the models could not be loaded (MODEL_DIR or --model-dir missing, a sha256 mismatch)
+       or replace a file, a --masks-dir that cannot be written, an invalid environment variable
+  {EXIT_MODELS}    the models could not be loaded (MODEL_DIR or --model-dir missing, a sha256 mismatch, an invalid
+       manifest)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 
@@ -65,16 +71,23 @@ def serve(args: argparse.Namespace) -> int:
     from app.http_protocol import ConnectionLimits, protocol_with_limits
     from app.logging_config import configure_logging
     from app.main import create_app
+    from app.security import KeyConfigurationError
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except KeyConfigurationError as error:
+        return fail(f"brain-tumor serve: error: {error}", EXIT_USAGE)
+    except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE
+        return fail(f"brain-tumor serve: error: cannot open {error.filename}: {error.strerror}", EXIT_USAGE)
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight requests, run the lifespan's shutdown)
     # and afterwards re-raises the signal it caught against the handler that was there before. With the default
     # handler that would kill the process with -15 after a clean shutdown; a no-op lets `serve` return 0.
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, lambda number, frame: None)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_config=None,  # keep our JSON logging
@@ -107,36 +120,45 @@ def predict(args: argparse.Namespace) -> int:
     files as one series with one result per slice. Exit codes: see `PREDICT_EPILOG`."""
     from app.predict_command import (
         InputError,
+        MaskWriter,
         PredictRun,
         Progress,
         collect_inputs,
         holds_dicom,
         mask_targets,
+        prepare_masks_dir,
         read_file,
         render,
     )
+    from app.uploads import UploadLimits
 
+    settings = get_settings()
+    limits = UploadLimits.from_settings(settings)
     try:
         files = collect_inputs(args.files)
-        uploads = [read_file(path) for path in files]
+        uploads = [read_file(path, limits) for path in files]
         masks = None
         if args.masks_dir:
-            masks = mask_targets(files, Path(args.masks_dir), every_file_has_a_mask=not holds_dicom(uploads))
+            masks = mask_targets(
+                files,
+                Path(args.masks_dir),
+                every_file_has_a_mask=not holds_dicom(uploads),
+                overwrite=args.overwrite,
+            )
+            prepare_masks_dir(Path(args.masks_dir))
     except InputError as error:
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
-    settings = get_settings()
     try:
         predictor = load_predictor(args.model_dir or settings.model_dir, settings.inference_runtime, args.verbose)
     except ModelStoreError as error:
         return fail(f"brain-tumor predict: cannot load the models: {error}", EXIT_MODELS)
 
     from app.sequence_selection import SelectionRules
-    from app.uploads import UploadLimits
 
     command = PredictRun(
         predictor=predictor,
-        limits=UploadLimits.from_settings(settings),
+        limits=limits,
         rules=SelectionRules.from_settings(settings),
         batch_size=settings.inference_batch_size,
         files=files,
@@ -144,6 +166,7 @@ def predict(args: argparse.Namespace) -> int:
         mask_format=args.mask_format,
         masks=masks,
         progress=Progress(sys.stderr if show_progress else None),
+        writer=MaskWriter(overwrite=args.overwrite),
     )
     try:
         report, every_file_ok = asyncio.run(command.run())
@@ -151,7 +174,7 @@ def predict(args: argparse.Namespace) -> int:
         if args.format == OutputFormat.JSON:
             print(json.dumps(error.body(), indent=2))
         return fail(f"brain-tumor predict: error: {error.message}", EXIT_FILES_FAILED)
-    except InputError as error:  # two DICOM slices' masks on one file: known only once the series is read
+    except InputError as error:  # DICOM masks on one file, or on a file already there: known once the series is read
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
     sys.stdout.write(render(report, OutputFormat(args.format)))
     return EXIT_OK if every_file_ok else EXIT_FILES_FAILED
@@ -187,7 +210,20 @@ def dicom_node(args: argparse.Namespace) -> int:
     from app.logging_config import configure_logging
 
     configure_logging(get_settings().log_level)
-    return node.main(args)
+    if args.port is not None and not MIN_PORT <= args.port <= MAX_PORT:  # 0 would listen on a port chosen at random
+        return fail(
+            f"brain-tumor dicom-node: error: --port must be {MIN_PORT} to {MAX_PORT}; got {args.port}", EXIT_USAGE
+        )
+    try:
+        return node.main(args)
+    except (OSError, OverflowError, ValueError) as error:  # the spool folder, the address, the AE title
+        return fail(f"brain-tumor dicom-node: cannot start: {describe_start_error(error)}", EXIT_USAGE)
+
+
+def describe_start_error(error: Exception) -> str:
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    return str(error) or type(error).__name__
 
 
 def hash_key(args: argparse.Namespace) -> int:
@@ -195,12 +231,28 @@ def hash_key(args: argparse.Namespace) -> int:
     history."""
     from app.security import hash_key as sha256_of_key
 
+    # The line it prints is `id:sha256`, in a file where `#` starts a comment: such an id would make it unreadable.
+    if not KEY_ID.fullmatch(args.key_id):
+        return fail(
+            f"brain-tumor hash-key: error: key_id must be letters, digits, '.', '_', '@' or '-'; got {args.key_id!r}",
+            EXIT_USAGE,
+        )
     key = sys.stdin.readline().strip()
     if not key:
-        print("no key on standard input", file=sys.stderr)
-        return 2
+        return fail("brain-tumor hash-key: error: no key on standard input", EXIT_USAGE)
     print(f"{args.key_id}:{sha256_of_key(key)}")
     return 0
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535: a larger number would wrap around to another port, and 0 pick one at random."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if not MIN_PORT <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be {MIN_PORT} to {MAX_PORT}; got {port}")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_parser = commands.add_parser("serve", help="run the HTTP service on the models in MODEL_DIR")
     serve_parser.add_argument("--host", default=None, help="default: HOST, else 127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=None, help="default: PORT, else 8000")
+    serve_parser.add_argument("--port", type=port_number, default=None, help="default: PORT, else 8000")
     serve_parser.set_defaults(run=serve)
 
     predict_parser = commands.add_parser(
@@ -240,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=schemas.MaskFormat.RLE,
         metavar="{" + ",".join(item.value for item in schemas.MaskFormat) + "}",
         help="how the JSON carries each mask (default: rle)",
+    )
+    predict_parser.add_argument(
+        "--overwrite", action="store_true", help="replace mask files already in --masks-dir (default: refuse)"
     )
     predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
     predict_parser.add_argument(
@@ -324,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.run is None:  # train / evaluate: the remaining arguments are the training module's
             return forward(args.module, args.command, args.arguments, args.verbose)
         return args.run(args)
+    except SettingsError as error:
+        return fail(f"brain-tumor {args.command}: {error}", EXIT_USAGE)
+    except ModelStoreError as error:  # pacs-sync and dicom-node load the models themselves
+        return fail(f"brain-tumor {args.command}: cannot load the models: {error}", EXIT_MODELS)
     except KeyboardInterrupt:
         return fail(f"brain-tumor {args.command}: interrupted", EXIT_INTERRUPTED)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -116,6 +117,8 @@ class PacsSyncConfig:
                 "retries and backoff_seconds must be >= 0, timeout_seconds > 0 and batch_size >= 1; got "
                 f"{self.retries}, {self.backoff_seconds}, {self.timeout_seconds}, {self.batch_size}"
             )
+        if not 0 < self.poll_seconds < math.inf:  # time.sleep refuses a negative, NaN or infinite pause
+            raise ValueError(f"poll_seconds must be a positive number of seconds; got {self.poll_seconds}")
         if self.max_attempts < 1 or self.retry_seconds < 0:
             raise ValueError(
                 f"max_attempts must be >= 1 and retry_seconds >= 0; got {self.max_attempts}, {self.retry_seconds}"

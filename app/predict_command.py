@@ -76,6 +76,8 @@ def collect_inputs(arguments: Sequence[str]) -> list[Path]:
             files.extend(found)
         elif path.exists():
             files.append(path)
+        elif path.is_symlink():
+            raise InputError(f"{argument} is a symbolic link that leads nowhere (a missing target or a loop)")
         else:
             raise InputError(f"no such file or folder: {argument}")
     return files
@@ -85,7 +87,9 @@ def natural_key(path: Path) -> list[str | int]:
     return [int(part) if part.isdigit() else part.lower() for part in _NUMBER.split(path.name)]
 
 
-def mask_targets(files: Sequence[Path], masks_dir: Path, every_file_has_a_mask: bool = True) -> list[Path]:
+def mask_targets(
+    files: Sequence[Path], masks_dir: Path, every_file_has_a_mask: bool = True, overwrite: bool = False
+) -> list[Path]:
     """Where each file's mask goes: `masks_dir/<stem>_mask.png` (a DICOM instance with several frames gets
     `<stem>_frame<N>_mask.png` per frame).
 
@@ -95,12 +99,15 @@ def mask_targets(files: Sequence[Path], masks_dir: Path, every_file_has_a_mask: 
         True for raster images: then two files sharing a name is refused here, before anything runs. False for
         DICOM, where only the files holding FLAIR frames get masks (`pre/IM1.dcm`, `flair/IM1.dcm`, `post/IM1.dcm`
         is fine): `MaskWriter` refuses a second mask on one file instead.
+    overwrite
+        False refuses a target that is already a file (for raster images; `MaskWriter` checks DICOM masks).
 
     Raises
     ------
     InputError
         If two inputs would write the same mask (`a/slice.png` and `b/slice.png`, `slice.png` and `slice.tif`, a
-        file given twice), or a mask would overwrite an input, rather than one file silently replacing another.
+        file given twice), a mask would overwrite an input, or (without `overwrite`) a file already there, such as
+        the ground-truth `<stem>_mask.png` beside an LGG slice: rather than one file silently replacing another.
     """
     targets = [masks_dir / f"{path.stem}{MASK_SUFFIX}.png" for path in files]
     inputs = {os.path.abspath(path) for path in files}
@@ -118,7 +125,36 @@ def mask_targets(files: Sequence[Path], masks_dir: Path, every_file_has_a_mask: 
                 f"the masks of {' and '.join(map(str, sharing))} would all be written to {target}; "
                 "predict same-named files in separate runs, each with its own --masks-dir"
             )
+    if not overwrite:
+        for target in targets:
+            if target.exists() or target.is_symlink():
+                raise InputError(already_there(target))
     return targets
+
+
+def already_there(target: Path) -> str:
+    return (
+        f"the mask file {target} already exists; choose another --masks-dir, or pass --overwrite to replace the "
+        "masks of an earlier run"
+    )
+
+
+def prepare_masks_dir(masks_dir: Path) -> None:
+    """Create `masks_dir` before the models load, so an unusable one stops the command before any work is done.
+
+    Raises
+    ------
+    InputError
+        If it is a file, or cannot be created or written.
+    """
+    if masks_dir.exists() and not masks_dir.is_dir():
+        raise InputError(f"cannot use --masks-dir {masks_dir}: it is a file, not a folder")
+    try:
+        masks_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot use --masks-dir {masks_dir}: {error.strerror}") from error
+    if not os.access(masks_dir, os.W_OK | os.X_OK):
+        raise InputError(f"cannot use --masks-dir {masks_dir}: it is not writable")
 
 
 @dataclass
@@ -136,9 +172,11 @@ class Progress:
 
 @dataclass
 class MaskWriter:
-    """Writes masks as 8-bit PNGs (0 background, 255 tumor); refuses to write one file twice in a run."""
+    """Writes masks as 8-bit PNGs (0 background, 255 tumor); refuses to write one file twice in a run, and to replace
+    a file already there unless `overwrite`."""
 
     written: set[Path] = field(default_factory=set)
+    overwrite: bool = False
 
     def write(self, target: Path, mask: np.ndarray) -> str:
         from app.masks import png_bytes
@@ -149,8 +187,15 @@ class MaskWriter:
                 f"two slices' masks would both be written to {target}; predict same-named files in separate runs, "
                 "each with its own --masks-dir"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(png_bytes(mask))
+        data = png_bytes(mask)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb" if self.overwrite else "xb") as stream:
+                stream.write(data)
+        except OSError as error:  # the file already there, a full disk, a folder that is a file
+            if isinstance(error, FileExistsError) and error.filename == str(target):
+                raise InputError(already_there(target)) from error
+            raise InputError(f"cannot write the mask file {target}: {error.strerror}") from error
         self.written.add(key)
         return str(target)
 
@@ -282,11 +327,22 @@ def holds_dicom(uploads: Sequence[bytes | ServiceError]) -> bool:
     return any(isinstance(item, bytes) and is_dicom(item) for item in uploads)
 
 
-def read_file(path: Path) -> bytes | ServiceError:
+def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | ServiceError:
+    """The file's bytes, or the error that takes its place. With `limits`, at most `max_upload_bytes` + 1 bytes are
+    read: a file over the limit (a 3 GB file, /dev/zero) is refused as the API refuses it, without filling memory."""
+    from app.uploads import check_upload_size
+
     try:
-        return path.read_bytes()
+        with path.open("rb") as stream:
+            data = stream.read() if limits is None else stream.read(limits.max_upload_bytes + 1)
     except OSError as error:
         return FileUnreadableError(f"cannot read the file: {error.strerror or error}")
+    if limits is not None:
+        try:
+            check_upload_size(len(data), limits, complete=False)
+        except ServiceError as error:
+            return error
+    return data
 
 
 def instance_positions(uploads: Sequence[bytes | ServiceError]) -> dict[str, int]:

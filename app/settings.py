@@ -1,7 +1,8 @@
 """Service configuration: the one place that reads environment variables.
 
 Every field is read from the environment variable of the same name in upper case (MODEL_DIR, HOST, PORT, ...);
-anything else in the environment is ignored. The README's configuration table lists them all.
+anything else in the environment is ignored. The README's configuration table lists them all. `get_settings` turns a
+value that breaks a rule into one `SettingsError` naming each variable, so the commands can report it in one line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.sequence_selection import (
@@ -25,12 +26,21 @@ DEFAULT_MODEL_DIR = REPO_ROOT / "models"
 MIB = 1 << 20
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# Never echoed in an error message: their values are credentials.
+SECRET_SETTINGS = frozenset({"api_keys", "orthanc_password"})
+SHOWN_VALUE_CHARACTERS = 80
+
+
+class SettingsError(ValueError):
+    """The environment holds a setting that cannot be used; the message names each variable, the rule and the value
+    (never the value of a secret)."""
 
 
 class Settings(BaseSettings):
     """Validated settings of the HTTP service and the CLI."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # allow_inf_nan=False: PACS_POLL_SECONDS=inf would crash time.sleep, and nan passes no comparison.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, allow_inf_nan=False)
 
     model_dir: Path = Field(
         default=DEFAULT_MODEL_DIR,
@@ -265,13 +275,28 @@ class Settings(BaseSettings):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError as error:
-                raise ValueError(f"TRUSTED_PROXIES: {item!r} is not an IP address or network") from error
+                raise ValueError(f"{item!r} is not an IP address or network") from error
         return value
 
-    @field_validator("pacs_state_file", mode="before")
+    @field_validator("pacs_state_file", "api_keys_file", "audit_log_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_dir", "host", "dicom_node_host", "dicom_node_spool_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # An empty HOST would listen on every interface, an empty MODEL_DIR or spool folder be the working directory.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty; unset it for the default")
+        return value
+
+    @field_validator("dicom_node_ae_title", mode="after")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not value.strip() or "\\" in value or not value.isprintable():
+            raise ValueError("an AE title is 1 to 16 printable characters, not all spaces, without a backslash")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -282,10 +307,37 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_model_dir(cls, value: Path) -> Path:
         # Relative paths from the environment are taken from the working directory, once, here.
-        return value.expanduser().resolve()
+        try:
+            return value.expanduser().resolve()
+        except RuntimeError as error:  # ~user of no user, or a symlink loop
+            raise ValueError(f"cannot resolve the path: {error}") from error
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the environment, read once per process."""
-    return Settings()
+    """Settings from the environment, read once per process.
+
+    Raises
+    ------
+    SettingsError
+        Naming every variable whose value breaks its rule.
+    """
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(describe_invalid_settings(error)) from None
+
+
+def describe_invalid_settings(error: ValidationError) -> str:
+    """`PORT: Input should be a valid integer (got 'abc'); ...`: each variable, its rule and the value found."""
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else "settings"
+        variable = "INFERENCE_RUNTIME (or BACKEND)" if name == "inference_runtime" else name.upper()
+        problem = f"{variable}: {item['msg'].removeprefix('Value error, ')}"
+        value = item.get("input")
+        if isinstance(value, str) and name not in SECRET_SETTINGS and repr(value) not in problem:
+            shown = value if len(value) <= SHOWN_VALUE_CHARACTERS else value[:SHOWN_VALUE_CHARACTERS] + "..."
+            problem += f" (got {shown!r})"
+        problems.append(problem)
+    return "invalid environment variable: " + "; ".join(problems)

@@ -40,7 +40,8 @@ class ModelEntry(BaseModel):
     architecture: str
     weights: str
     parameters: int
-    threshold: float
+    threshold: float = Field(allow_inf_nan=False)
+    """A NaN threshold passes no comparison: every slice would be called tumor-free."""
     onnx: str | None = None
     """The same model converted to ONNX by `training.export_onnx`, if it was; checked against Keras at 1e-5."""
     flip_average: bool = False

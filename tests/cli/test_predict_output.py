@@ -37,7 +37,7 @@ def test_csv_has_one_row_per_file_with_the_json_values(
 ) -> None:
     common = [*inputs, "--model-dir", str(tiny_model_dir), "--masks-dir", str(tmp_path / "masks")]
     json_code, json_out, _ = run(capsys, *common)
-    code, out, err = run(capsys, *common, "--format", "csv")
+    code, out, err = run(capsys, *common, "--format", "csv", "--overwrite")  # the same masks as the first run
 
     assert (code, json_code) == (1, 1)
     assert err == ""

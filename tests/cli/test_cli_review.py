@@ -1,0 +1,331 @@
+"""The command line and the environment as a user types them wrong: each mistake gets one line naming it and a
+documented exit code, never a traceback, and nothing already on disk is replaced."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from app import cli
+from app.errors import PayloadTooLargeError
+from app.orthanc_client import PacsSyncConfig
+from app.predict_command import InputError, MaskWriter, read_file
+from app.settings import SettingsError, get_settings
+from app.uploads import UploadLimits
+from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_SLICE, mask_path_of
+
+NO_MODELS = "/nonexistent/models"  # the commands below stop before the models would load
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings read from this test's environment; the commands' JSON logging left out of the test process."""
+    monkeypatch.setattr("app.logging_config.configure_logging", lambda level: None)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def run(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
+    code = cli.main(list(arguments))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("PORT", "abc", "PORT: Input should be a valid integer"),
+        ("INFERENCE_BATCH_SIZE", "0", "INFERENCE_BATCH_SIZE: Input should be greater than 0"),
+        ("INFERENCE_RUNTIME", "torch", "INFERENCE_RUNTIME (or BACKEND): Input should be 'keras' or 'onnxruntime'"),
+        ("BACKEND", "torch", "INFERENCE_RUNTIME (or BACKEND): Input should be 'keras' or 'onnxruntime'"),
+        ("LOG_LEVEL", "chatty", "LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+        ("TRUSTED_PROXIES", "proxy.local", "TRUSTED_PROXIES: 'proxy.local' is not an IP address or network"),
+    ],
+)
+def test_predict_with_an_invalid_variable_is_one_line_and_exit_2(
+    variable: str, value: str, named: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    code, out, err = run(capsys, "predict", str(TUMOR_SLICE), "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err.startswith(f"brain-tumor predict: invalid environment variable: {named}")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["serve"], ["pacs-sync", "--once"], ["dicom-node"]])
+def test_every_command_reports_an_invalid_variable_in_one_line(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PORT", "-1")
+    monkeypatch.setenv("DICOM_NODE_PORT", "-1")
+
+    code, _, err = run(capsys, *command)
+
+    assert code == cli.EXIT_USAGE
+    assert err.startswith(f"brain-tumor {command[0]}: invalid environment variable: ")
+    assert "Input should be greater than or equal to 1 (got '-1')" in err
+
+
+@pytest.mark.parametrize("variable", ["HOST", "DICOM_NODE_HOST", "MODEL_DIR", "DICOM_NODE_SPOOL_DIR"])
+def test_empty_host_or_folder_is_refused_not_taken_as_everywhere_or_here(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HOST= used to listen on every interface; MODEL_DIR= and DICOM_NODE_SPOOL_DIR= meant the working directory."""
+    monkeypatch.setenv(variable, "")
+
+    with pytest.raises(SettingsError, match=f"{variable}: must not be empty; unset it for the default"):
+        get_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PACS_POLL_SECONDS", "inf"), ("PACS_POLL_SECONDS", "1e400"), ("INFERENCE_BATCH_WAIT_MS", "inf")],
+)
+def test_infinite_durations_are_refused(variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """time.sleep(inf) raises OverflowError: pacs-sync would crash after its first pass."""
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError, match=f"{variable}: Input should be a finite number"):
+        get_settings()
+
+
+def test_model_dir_of_an_unknown_user_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_DIR", "~no-such-user-here/models")
+
+    with pytest.raises(SettingsError, match="MODEL_DIR: cannot resolve the path"):
+        get_settings()
+
+
+def test_ae_title_of_spaces_is_refused_before_the_models_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOM_NODE_AE_TITLE", "   ")
+
+    with pytest.raises(SettingsError, match="DICOM_NODE_AE_TITLE: an AE title is 1 to 16 printable characters"):
+        get_settings()
+
+
+def test_empty_key_and_audit_files_mean_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """They used to be Path('.'): serve then died on reading a folder as the keys file."""
+    monkeypatch.setenv("API_KEYS_FILE", "")
+    monkeypatch.setenv("AUDIT_LOG_FILE", " ")
+
+    settings = get_settings()
+
+    assert settings.api_keys_file is None
+    assert settings.audit_log_file is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("API_KEYS", "no-colon-here", "brain-tumor serve: error: API_KEYS item 1: expected id:key\n"),
+        ("API_KEYS_FILE", "{missing}/keys.txt", "brain-tumor serve: error: cannot open {missing}/keys.txt: No such"),
+        ("AUDIT_LOG_FILE", "{missing}/audit.log", "brain-tumor serve: error: cannot open {missing}/audit.log: No such"),
+    ],
+)
+def test_serve_with_unusable_keys_or_audit_file_is_one_line_and_exit_2(
+    variable: str,
+    value: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = tmp_path / "missing"
+    monkeypatch.setenv(variable, value.format(missing=missing))
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("the server must not start"))
+
+    code, _, err = run(capsys, "serve", "--port", "8000")
+
+    assert code == cli.EXIT_USAGE
+    assert err.startswith(message.format(missing=missing))
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "-1", "http"])
+def test_serve_refuses_a_port_out_of_range(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--port 70000 used to listen on 4464 (70000 mod 65536) while logging 70000; 0 falls back to PORT."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.build_parser().parse_args(["serve", "--port", port])
+
+    assert stopped.value.code == cli.EXIT_USAGE
+    assert "brain-tumor serve: error: argument --port: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_dicom_node_refuses_a_port_out_of_range(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """0 listened on a port chosen at random; 70000 ended in an OverflowError traceback."""
+    code, _, err = run(capsys, "dicom-node", "--port", port, "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_USAGE
+    assert err == f"brain-tumor dicom-node: error: --port must be 1 to 65535; got {port}\n"
+
+
+@pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node", "--port", "11112"]])
+def test_daemons_without_models_exit_3_with_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, *command, "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_MODELS
+    assert err == (
+        f"brain-tumor {command[0]}: cannot load the models: model manifest not found: {NO_MODELS}/manifest.json\n"
+    )
+
+
+def test_dicom_node_with_a_spool_under_a_file_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("kept")
+    stub = SimpleNamespace(warm_up=lambda *args: None, model_tags={})
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
+
+    code, _, err = run(capsys, "dicom-node", "--port", "11112", "--spool-dir", str(a_file / "spool"))
+
+    assert code == cli.EXIT_USAGE
+    assert err == f"brain-tumor dicom-node: cannot start: {a_file / 'spool' / 'studies'}: Not a directory\n"
+    assert a_file.read_text() == "kept"
+
+
+@pytest.mark.parametrize("seconds", [-1.0, 0.0, float("nan"), float("inf")])
+def test_pacs_sync_refuses_a_pause_time_sleep_cannot_take(seconds: float) -> None:
+    """--poll-seconds -1 used to crash the loop with a ValueError traceback after its first pass."""
+    with pytest.raises(ValueError, match="poll_seconds must be a positive number of seconds"):
+        PacsSyncConfig("http://orthanc.invalid", poll_seconds=seconds)
+
+
+def test_predict_does_not_overwrite_ground_truth_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict patient/ --masks-dir patient/` used to replace the LGG ground-truth <stem>_mask.png files."""
+    patient = tmp_path / "patient"
+    patient.mkdir()
+    shutil.copy(TUMOR_SLICE, patient)
+    truth = shutil.copy(mask_path_of(TUMOR_SLICE), patient)
+    before = Path(truth).read_bytes()
+
+    code, out, err = run(capsys, "predict", str(patient), "--masks-dir", str(patient), "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err == (
+        f"brain-tumor predict: error: the mask file {truth} already exists; choose another --masks-dir, or pass "
+        "--overwrite to replace the masks of an earlier run\n"
+    )
+    assert Path(truth).read_bytes() == before
+
+
+def test_overwrite_lets_a_run_replace_its_earlier_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / f"{TUMOR_SLICE.stem}_mask.png").write_bytes(b"earlier run")
+
+    code, _, err = run(
+        capsys, "predict", str(TUMOR_SLICE), "--masks-dir", str(masks), "--overwrite", "--model-dir", NO_MODELS
+    )
+
+    assert code == cli.EXIT_MODELS  # past the mask checks: only the (missing) models stop it
+    assert "cannot load the models" in err
+
+
+def test_mask_writer_refuses_a_file_already_there(tmp_path: Path) -> None:
+    """DICOM masks are only known while the series runs: the writer itself must not replace a file."""
+    target = tmp_path / "IM0001_mask.png"
+    target.write_bytes(b"precious")
+
+    with pytest.raises(InputError, match="already exists"):
+        MaskWriter().write(target, np.ones((4, 4), dtype=np.uint8))
+
+    assert target.read_bytes() == b"precious"
+    assert MaskWriter(overwrite=True).write(target, np.ones((4, 4), dtype=np.uint8)) == str(target)
+    assert target.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("masks_dir", "reason"), [("a-file", "it is a file, not a folder"), ("a-file/masks", "Not a directory")]
+)
+def test_predict_with_an_unusable_masks_dir_stops_before_the_models(
+    masks_dir: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to end in a FileExistsError/NotADirectoryError traceback after every file was predicted."""
+    (tmp_path / "a-file").write_text("kept")
+
+    code, _, err = run(
+        capsys, "predict", str(TUMOR_SLICE), "--masks-dir", str(tmp_path / masks_dir), "--model-dir", NO_MODELS
+    )
+
+    assert code == cli.EXIT_USAGE
+    assert err == f"brain-tumor predict: error: cannot use --masks-dir {tmp_path / masks_dir}: {reason}\n"
+    assert (tmp_path / "a-file").read_text() == "kept"
+
+
+def test_mask_writer_reports_an_unwritable_target_as_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("kept")
+
+    with pytest.raises(InputError, match="cannot write the mask file .*: File exists"):
+        MaskWriter().write(tmp_path / "a-file" / "IM0001_mask.png", np.ones((4, 4), dtype=np.uint8))
+
+
+def test_read_file_stops_reading_past_the_upload_limit(tmp_path: Path) -> None:
+    """A 3 GB file was read whole (4 GB resident) before being refused; /dev/zero never ended."""
+    limits = UploadLimits(max_upload_bytes=1024)
+    sparse = tmp_path / "huge.png"
+    with sparse.open("wb") as stream:
+        stream.truncate(1 << 40)  # 1 TiB, sparse: takes no disk
+
+    for path in (sparse, Path("/dev/zero")):
+        error = read_file(path, limits)
+        assert isinstance(error, PayloadTooLargeError)
+        assert error.message == "file must be at most 1024 bytes; got more than 1024 bytes"
+    assert read_file(TUMOR_SLICE, UploadLimits(max_upload_bytes=1 << 20)) == TUMOR_SLICE.read_bytes()
+
+
+def test_predict_of_a_symlink_loop_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(loop)
+
+    code, _, err = run(capsys, "predict", str(loop), "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_USAGE
+    assert (
+        err
+        == f"brain-tumor predict: error: {loop} is a symbolic link that leads nowhere (a missing target or a loop)\n"
+    )
+
+
+@pytest.mark.parametrize("key_id", ["ops:team", "al#ice", "", "two words"])
+def test_hash_key_refuses_an_id_the_keys_file_cannot_hold(
+    key_id: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ops:team:<hash>` or `al#ice:<hash>` used to be printed, and then stopped serve as a malformed keys file."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-new-secret\n"))
+
+    code, out, err = run(capsys, "hash-key", key_id)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err == (
+        f"brain-tumor hash-key: error: key_id must be letters, digits, '.', '_', '@' or '-'; got {key_id!r}\n"
+    )
+
+
+def test_manifest_with_a_nan_threshold_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A NaN threshold passes no comparison: a slice at probability 0.999 was answered tumor_detected false, exit 0."""
+    manifest = json.loads((COMMITTED_MODEL_DIR / "manifest.json").read_text())
+    manifest["classifier"]["threshold"] = float("nan")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+    code, _, err = run(capsys, "predict", str(TUMOR_SLICE), "--model-dir", str(tmp_path))
+
+    assert code == cli.EXIT_MODELS
+    assert err.startswith(f"brain-tumor predict: cannot load the models: model manifest {tmp_path / 'manifest.json'}")
+    assert "classifier.threshold" in err
+    assert "Input should be a finite number" in err
