@@ -78,6 +78,11 @@ from app.study_analysis import StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
 
+
+class NodeStartError(OSError):
+    """The node cannot listen where it is told to; the message names the address."""
+
+
 STORAGE_CLASSES = (
     MRImageStorage,
     EnhancedMRImageStorage,
@@ -223,12 +228,17 @@ class DicomNode:
             logger.warning("the DICOM node accepts any calling AE title (DICOM_NODE_ALLOWED_CALLING_AE_TITLES unset)")
         ae.require_called_aet = True  # refuse associations addressed to another AE title
         handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, self._handle_store)]
-        self._server = ae.make_server(
-            (self.config.host, self.config.port),
-            evt_handlers=handlers,
-            server_class=TimedAssociationServer,
-            receive_timeout=self.config.association_timeout_seconds,
-        )
+        try:
+            self._server = ae.make_server(
+                (self.config.host, self.config.port),
+                evt_handlers=handlers,
+                server_class=TimedAssociationServer,
+                receive_timeout=self.config.association_timeout_seconds,
+            )
+        except OSError as error:  # an unknown host name, an address of another machine, a port in use
+            raise NodeStartError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {error.strerror or error}"
+            ) from error
         threading.Thread(target=self._server.serve_forever, name="dicom-node-server", daemon=True).start()
         logger.info(
             "DICOM node listening",

@@ -196,6 +196,21 @@ def test_dicom_node_with_a_spool_under_a_file_is_one_line_and_exit_2(
     assert a_file.read_text() == "kept"
 
 
+def test_dicom_node_that_cannot_listen_names_the_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stub = SimpleNamespace(warm_up=lambda *args: None, model_tags={})
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
+
+    code, _, err = run(
+        capsys, "dicom-node", "--host", "256.1.1.1", "--port", "11112", "--spool-dir", str(tmp_path / "spool")
+    )
+
+    assert code == cli.EXIT_USAGE
+    assert err.startswith("brain-tumor dicom-node: cannot start: cannot listen on 256.1.1.1:11112: ")
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize("seconds", [-1.0, 0.0, float("nan"), float("inf")])
 def test_pacs_sync_refuses_a_pause_time_sleep_cannot_take(seconds: float) -> None:
     """--poll-seconds -1 used to crash the loop with a ValueError traceback after its first pass."""
