@@ -436,6 +436,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     missing = [name for name in ("model", "data_root", "output_dir") if getattr(args, name) is None]
     if missing:
         parser.error("the following arguments are required: " + ", ".join(f"--{n.replace('_', '-')}" for n in missing))
+    if args.model == "classifier" and args.classifier_backbone in MASK_TRAINED_BACKBONES:
+        # Options about one label per slice, which a classifier trained on the masks has not got.
+        label_only = {
+            "--label-smoothing": args.label_smoothing != 0.0,
+            "--mixup-alpha": args.mixup_alpha != 0.0,
+            "--near-tumor-negative-weight": args.near_tumor_negative_weight != 1.0,
+        }
+        given = [option for option, set_ in label_only.items() if set_]
+        if given:
+            parser.error(
+                f"{', '.join(given)}: not for --classifier-backbone {args.classifier_backbone}, "
+                "which learns from the masks"
+            )
     return args
 
 

@@ -582,3 +582,23 @@ def test_a_tumor_map_classifier_run_learns_from_the_masks_and_saves_a_served_cla
     images = np.random.default_rng(9).random((3, 256, 256, 3)).astype("float32")
     probabilities = np.asarray(classifier(images))
     assert probabilities.shape == (3, 1) and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_options_about_one_label_per_slice_are_refused_for_the_tumor_map_classifier(capsys):
+    with pytest.raises(SystemExit) as raised:
+        train.parse_arguments(
+            [
+                "--model",
+                "classifier",
+                "--classifier-backbone",
+                "cnn-tumor-map",
+                "--mixup-alpha",
+                "0.2",
+                "--data-root",
+                "data",
+                "--output-dir",
+                "runs/x",
+            ]
+        )
+    assert raised.value.code == 2
+    assert "--mixup-alpha: not for --classifier-backbone cnn-tumor-map" in capsys.readouterr().err
