@@ -550,10 +550,17 @@ function showSeries(shown) {
 
   ui.result.hidden = false;
   showSlice(Math.max(0, slices.findIndex((slice) => slice.prediction.tumor_detected)));
-  // The status line is the live region: screen readers hear the outcome without moving focus.
-  ui.status.textContent = slices.length === 1
+  // The status line is the live region: screen readers hear the outcome without moving focus, including what the
+  // page flags beside it (slices close to the threshold, files left out), which they would otherwise never hear of.
+  const outcome = slices.length === 1
     ? `${verdict}: tumor probability ${formatPercent(first.tumor_probability)}, threshold ${formatPercent(first.threshold)}.`
     : `${verdict} in ${positives} of ${slices.length} slices; threshold ${formatPercent(first.threshold)}.`;
+  const nearNote = slices.length === 1
+    ? " Close to the threshold: review this slice with care."
+    : ` ${near} ${near === 1 ? "slice is" : "slices are"} close to the threshold.`;
+  const failed = shown.failures.length;
+  const failureNote = ` ${failed} ${failed === 1 ? "file" : "files"} could not be analysed (listed under Result).`;
+  ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "");
 }
 
 function buildStrip(slices) {
