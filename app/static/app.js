@@ -54,6 +54,7 @@ const ui = {
   decision: el("decision"),
   fileErrors: el("file-errors"),
   viewer: el("viewer"),
+  viewerHelp: el("viewer-help"),
   sliceCanvas: el("slice-canvas"),
   maskCanvas: el("mask-canvas"),
   caption: el("caption"),
@@ -544,6 +545,9 @@ function showSeries(shown) {
   ui.slider.max = String(slices.length);
   ui.sliderRow.hidden = slices.length === 1;
   ui.stripBlock.hidden = slices.length === 1;
+  // One slice has nothing to scroll through: the viewer is no keyboard stop then, and its scrolling help is hidden.
+  ui.viewer.tabIndex = slices.length === 1 ? -1 : 0;
+  ui.viewerHelp.hidden = slices.length === 1;
   buildStrip(slices);
   buildTable(slices);
   updateVolume();

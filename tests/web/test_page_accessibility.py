@@ -229,6 +229,21 @@ def test_slice_changed_from_the_viewer_keys_is_announced(page: Page, live_server
     assert ax_node(page, "#slice-number").get("live") in (None, "off")
 
 
+def test_a_single_slice_is_no_keyboard_stop_and_a_series_after_it_is(page: Page, live_server: str) -> None:
+    """One slice has nothing to scroll: Tab goes past the viewer and its scrolling help is hidden; a series again
+    makes the viewer a keyboard stop."""
+    page.goto(live_server)
+    upload(page, as_buffers([TUMOR_SLICE]))
+
+    assert page.eval_on_selector("#viewer", "element => element.tabIndex") == -1
+    expect(page.locator("#viewer-help")).to_be_hidden()
+
+    upload(page, as_buffers(RASTER_SERIES))
+
+    assert page.eval_on_selector("#viewer", "element => element.tabIndex") == 0
+    expect(page.locator("#viewer-help")).to_be_visible()
+
+
 def test_result_announcement_says_which_files_failed(page: Page, live_server: str) -> None:
     page.goto(live_server)
 
