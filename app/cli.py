@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
+import io
 import json
+import os
 import re
 import signal
 import sys
@@ -57,7 +60,8 @@ exit codes:
   {EXIT_FILES_FAILED}    a file could not be predicted (its error is in the output), or the files cannot go together
        (DICOM mixed with images)
   {EXIT_USAGE}    bad arguments: an unknown option, a missing file or folder, an empty folder, masks that would collide
-       or replace a file, a --masks-dir that cannot be written, an invalid environment variable
+       or replace a file, a --masks-dir that cannot be written, an invalid environment variable, standard output
+       that cannot be written (a full disk)
   {EXIT_MODELS}    the models could not be loaded (MODEL_DIR or --model-dir missing, a sha256 mismatch, an invalid
        manifest)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
@@ -176,8 +180,21 @@ def predict(args: argparse.Namespace) -> int:
         return fail(f"brain-tumor predict: error: {error.message}", EXIT_FILES_FAILED)
     except InputError as error:  # DICOM masks on one file, or on a file already there: known once the series is read
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
-    sys.stdout.write(render(report, OutputFormat(args.format)))
+    try:
+        sys.stdout.write(render(report, OutputFormat(args.format)))
+        sys.stdout.flush()
+    except OSError as error:  # a full disk, a closed pipe: the results are lost, so say so
+        discard_standard_output()
+        return fail(f"brain-tumor predict: error: cannot write the output: {error.strerror or error}", EXIT_USAGE)
     return EXIT_OK if every_file_ok else EXIT_FILES_FAILED
+
+
+def discard_standard_output() -> None:
+    """Point standard output at /dev/null, so that the interpreter's own flush at exit does not fail again with a
+    traceback-like "Exception ignored" (the way the Python docs handle a closed pipe)."""
+    # Not a real file (a test's capture): nothing is left to flush at exit.
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def load_predictor(model_dir: Path, runtime: str, verbose: bool) -> Predictor:

@@ -344,3 +344,20 @@ def test_manifest_with_a_nan_threshold_is_refused(tmp_path: Path, capsys: pytest
     assert err.startswith(f"brain-tumor predict: cannot load the models: model manifest {tmp_path / 'manifest.json'}")
     assert "classifier.threshold" in err
     assert "Input should be a finite number" in err
+
+
+class FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_predict_whose_output_cannot_be_written_says_so_with_exit_2(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`predict ... > /dev/full`: the results are lost, so the command fails in one line instead of a traceback."""
+    monkeypatch.setattr("sys.stdout", FullDisk())
+
+    code = cli.main(["predict", str(TUMOR_SLICE), "--model-dir", str(tiny_model_dir)])
+
+    assert code == cli.EXIT_USAGE
+    assert capsys.readouterr().err == "brain-tumor predict: error: cannot write the output: No space left on device\n"
