@@ -97,13 +97,16 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,  # keep our JSON logging
         access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
         # Header size and time, body idle time, connection count, idle uploads at shutdown: see app.http_protocol.
-        http=protocol_with_limits(ConnectionLimits.from_settings(settings)),
+        http=protocol_with_limits(ConnectionLimits.from_settings(settings), audit=app.state.audit),
         timeout_keep_alive=settings.keep_alive_timeout_seconds,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         # X-Forwarded-For is read by the app, and only from TRUSTED_PROXIES (ClientAddressMiddleware); uvicorn's own
         # handling would believe it from any loopback peer.
         proxy_headers=False,
         server_header=False,
+        # No route takes a WebSocket: an upgrade request is served as the plain HTTP request it also is (the key
+        # check, the JSON error, the audit line) instead of being handed to a WebSocket handshake outside them.
+        ws="none",
     )
     return 0
 

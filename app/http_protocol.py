@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.audit import AuditLog
 from app.settings import Settings
 
 logger = logging.getLogger("app.http")
@@ -56,10 +58,15 @@ class ConnectionLimits:
         )
 
 
-def protocol_with_limits(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]:
+# Refusals the app's audit log records (as `app.api.middleware.AUDITED_REFUSALS` does for the app's own).
+AUDITED_STATUSES = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE})
+
+
+def protocol_with_limits(limits: ConnectionLimits, audit: AuditLog | None = None) -> type[LimitedHttpToolsProtocol]:
     """A protocol class bound to `limits`, for `uvicorn.run(http=...)` (uvicorn builds one instance per
-    connection and passes no arguments of ours)."""
-    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+    connection and passes no arguments of ours). With `audit`, the 408 and 431 refusals made here, before any app
+    runs, get their audit line as the app's refusals do."""
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits, "audit": audit})
 
 
 def raw_error_response(status: HTTPStatus, code: str, message: str) -> bytes:
@@ -78,6 +85,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """One connection; see the module docstring for the limits."""
 
     limits: ClassVar[ConnectionLimits]
+    audit: ClassVar[AuditLog | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -202,6 +210,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             message += " while the server is shutting down"
         if not cycle.response_started:
             self.transport.write(raw_error_response(status, code, message))
+            # The app's access and audit lines must say what the client got, not what the app answers to the
+            # disconnect it reads next (a 400 `bad_request` from the half-read multipart body).
+            cycle.scope.setdefault("state", {})["answered"] = (status.value, code)
         # The app reads a disconnect and whatever it answers is dropped (uvicorn's cycle ignores sends then).
         cycle.disconnected = True
         cycle.message_event.set()
@@ -229,6 +240,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(raw_error_response(status, code, message))
         self.transport.close()
         self._log(message, status, code)
+        if self.audit is not None and status in AUDITED_STATUSES:
+            peer = self._peer()
+            self.audit.record(
+                request_id=uuid.uuid4().hex,  # no app ever saw the request: the id only names this line
+                endpoint="unmatched",
+                status=status.value,
+                key_id=None,
+                client=peer,  # the headers were never read, so no proxy's X-Forwarded-For either
+                peer=peer,
+                input_sha256=[],
+                models={},
+                outcome={"error": code},
+            )
 
     def _log(self, message: str, status: HTTPStatus, code: str, path: str | None = None) -> None:
         fields: dict[str, object] = {"status": status.value, "error_code": code, "peer": self._peer()}

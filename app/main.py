@@ -139,6 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served offline by app.api.routes.docs instead of from a CDN
         redoc_url=None,
+        # Starlette answers `/health/live/` with a redirect to an absolute URL built from the client's Host header
+        # (`Location: http://evil.example/health/live`): a trailing slash is a 404 here instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -410,11 +410,21 @@ def flat_row(result: dict) -> dict[str, object]:
     }
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula (a DICOM file's SOP Instance UID of
+    `=HYPERLINK(...)`, a file named `@SUM(...).png`) gets a leading apostrophe, which spreadsheets read as "this is
+    text", as the upload page's slices.csv does; numbers stay as they are."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def csv_text(rows: Sequence[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(flat_row(row) for row in rows)
+    writer.writerows({key: formula_safe(value) for key, value in flat_row(row).items()} for row in rows)
     return buffer.getvalue()
 
 

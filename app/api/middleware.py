@@ -139,6 +139,8 @@ class RequestContextMiddleware:
                 await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
+            if "answered" in state:  # the server refused the request itself (a stalled body: app.http_protocol)
+                status, state["error_code"] = state["answered"]
             endpoint = route_template(scope)
             self.metrics.observe_request(endpoint, scope["method"], status, seconds)
             client = scope.get("client")
