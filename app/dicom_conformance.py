@@ -22,9 +22,11 @@ in the forms Japanese and Korean sites send), and then writes UTF-8.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import highdicom as hd
+from pydicom import valuerep
+from pydicom.config import RAISE
 from pydicom.dataset import Dataset
 
 from app.dicom_frame import DicomFrame, frame_value
@@ -137,6 +139,47 @@ def _shallow_copy(dataset: Dataset, leave_out: str = "") -> Dataset:
         if element.keyword != leave_out:
             copy.add(element)
     return copy
+
+
+# Value types whose text pydicom can check (length, characters, form), and those of them that may hold line breaks.
+CHECKED_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UI", "UT"})
+MULTILINE_VRS = frozenset({"LT", "ST", "UT"})
+ALLOWED_CONTROLS = {"\x1b"}  # ESC, which ISO 2022 code extensions use
+ALLOWED_MULTILINE_CONTROLS = ALLOWED_CONTROLS | {"\r", "\n", "\t", "\x0c"}
+
+
+def invalid_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> list[str]:
+    """The keywords (all top-level elements, or only `keywords`) whose values break their value type: too long
+    (a 3,000-character Study Description in an LO of 64), a form it does not have (a Study Time of 25:99:99), or
+    control characters (a NUL or a line break in a Patient's Name).
+
+    Why: a SEG and an SR copy the patient's and study's values as they come, so a source that breaks them makes an
+    object that a PACS may refuse or show garbled, or highdicom fails on it with a message that names nothing. The
+    caller refuses such a source with the keywords; the values are never quoted (they may identify the patient).
+    """
+    wanted = None if keywords is None else set(keywords)
+    invalid = []
+    for element in dataset:
+        if element.VR not in CHECKED_TEXT_VRS or (wanted is not None and element.keyword not in wanted):
+            continue
+        if element.VM == 0:
+            continue
+        values = element.value if element.VM > 1 else [element.value]
+        if not all(_valid_value(element.VR, value) for value in values):
+            invalid.append(element.keyword or str(element.tag))
+    return invalid
+
+
+def _valid_value(vr: str, value: object) -> bool:
+    text = str(value)
+    allowed = ALLOWED_MULTILINE_CONTROLS if vr in MULTILINE_VRS else ALLOWED_CONTROLS
+    if any(not character.isprintable() and character not in allowed for character in text):
+        return False
+    try:
+        valuerep.validate_value(vr, text, RAISE)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def missing_reference_uids(sources: Sequence[Dataset]) -> list[str]:

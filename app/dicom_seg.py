@@ -21,8 +21,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from app.dicom_conformance import (
+    TYPE2_PATIENT_STUDY_ATTRIBUTES,
     complete_segmentation,
     derived_character_set,
+    invalid_values,
     missing_plane_attributes,
     missing_reference_uids,
     with_slice_thickness,
@@ -100,6 +102,7 @@ def build_segmentation(
             f"UID), which needs each slice's position, orientation and pixel spacing; the FLAIR slices lack "
             f"{', '.join(missing)}"
         )
+    _refuse_invalid_values(invalid_values(references[0].header, TYPE2_PATIENT_STUDY_ATTRIBUTES))
     source_images, pixel_array = _source_images_and_pixels(references, masks)
     further = _unique_headers(
         frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
@@ -155,7 +158,16 @@ def build_segmentation(
             f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
+    _refuse_invalid_values(invalid_values(segmentation))  # what highdicom copied from the source, as it came
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
+
+
+def _refuse_invalid_values(keywords: list[str]) -> None:
+    if keywords:
+        raise SegmentationInputError(
+            f"the source's {', '.join(keywords)} break their DICOM value type (too long, or a form or characters it "
+            "does not allow), and a DICOM SEG copies them"
+        )
 
 
 def segmentation_to_bytes(segmentation: Dataset) -> bytes:

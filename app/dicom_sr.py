@@ -29,8 +29,10 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from app.dicom_conformance import (
+    TYPE2_PATIENT_STUDY_ATTRIBUTES,
     derived_character_set,
     image_library_sources,
+    invalid_values,
     missing_reference_uids,
     with_type2_attributes,
 )
@@ -134,10 +136,21 @@ def build_volume_report(
         raise ReportInputError(
             f"a DICOM SR refers to its source images by their UIDs; the source images lack {', '.join(missing)}"
         )
+    _refuse_invalid_values(invalid_values(source_images[0], TYPE2_PATIENT_STUDY_ATTRIBUTES))
     try:
-        return _volume_report(source_images, findings, model_tags, segmentation, series.pop())
+        report = _volume_report(source_images, findings, model_tags, segmentation, series.pop())
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
+    _refuse_invalid_values(invalid_values(report))  # what highdicom copied from the source, as it came
+    return report
+
+
+def _refuse_invalid_values(keywords: list[str]) -> None:
+    if keywords:
+        raise ReportInputError(
+            f"the source's {', '.join(keywords)} break their DICOM value type (too long, or a form or characters it "
+            "does not allow), and a DICOM SR copies them"
+        )
 
 
 def _volume_report(

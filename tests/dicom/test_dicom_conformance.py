@@ -11,12 +11,18 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
 
-from app.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES, with_slice_thickness, with_type2_attributes
+from app.dicom_conformance import (
+    TYPE2_PATIENT_STUDY_ATTRIBUTES,
+    invalid_values,
+    with_slice_thickness,
+    with_type2_attributes,
+)
 from app.dicom_input import read_dicom
 from app.dicom_seg import build_segmentation
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import prepare_inputs
-from app.errors import UnsupportedDicomError, builder_reason
+from app.dicom_sr import VolumeFindings, build_volume_report
+from app.errors import ReportInputError, SegmentationInputError, UnsupportedDicomError, builder_reason
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
@@ -91,6 +97,40 @@ def test_seg_of_one_slice_without_thickness_takes_its_spacing_and_without_either
     assert float(seg_thickness()) == pytest.approx(3.3)
     del dataset.SpacingBetweenSlices
     assert not seg_thickness()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("StudyDescription", "Brain MRI " * 300),  # an LO holds 64 characters
+        ("AccessionNumber", "A" * 200),  # an SH holds 16
+        ("PatientName", "Doe^Jane\x00\r\nInjected"),  # control characters
+        ("StudyTime", "25:99:99"),  # no time of day; highdicom failed on it naming nothing
+    ],
+)
+def test_seg_and_sr_refuse_source_values_that_break_their_type_naming_them_not_quoting_them(
+    keyword: str, value: str
+) -> None:
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        setattr(dataset, keyword, value)
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+
+    with pytest.raises(SegmentationInputError) as raised:
+        build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    assert keyword in raised.value.message and value[:8] not in raised.value.message
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    with pytest.raises(ReportInputError) as raised:
+        build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+    assert keyword in raised.value.message and value[:8] not in raised.value.message
+
+
+def test_values_that_fit_their_type_pass_the_check() -> None:
+    dataset = mr_series(tumor_channels()[:1])[0]
+    dataset.StudyDescription = "Hirn MRT, Übersicht"  # non-ASCII letters are text, not control characters
+    dataset.PatientComments = "first line\r\nsecond line"  # an LT may hold line breaks
+
+    assert invalid_values(dataset) == []
 
 
 def test_seg_of_an_mr_secondary_capture_is_valid() -> None:
