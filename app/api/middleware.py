@@ -30,7 +30,7 @@ access_logger = logging.getLogger("app.access")
 
 API_KEY_HEADER = "X-API-Key"
 INFERENCE_ENDPOINTS = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/overlay"})
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 UNMATCHED = "unmatched"
 # Refusals that never reach a route, or reach one and are refused for who or how much is asking: each is audited.
 AUDITED_REFUSALS = frozenset({401, 403, 408, 413, 415, 429, 431})
@@ -116,7 +116,7 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         offered = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        if _CLIENT_REQUEST_ID.match(offered):
+        if _CLIENT_REQUEST_ID.fullmatch(offered):  # `$` would let a trailing newline through
             state["client_request_id"] = offered
         status = 500
         started = time.perf_counter()

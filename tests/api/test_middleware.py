@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -91,3 +92,36 @@ def test_with_keys_a_request_without_a_valid_key_is_refused() -> None:
 )
 def test_is_public(path: str, public: bool) -> None:
     assert is_public(path) is public
+
+
+@pytest.mark.parametrize(("offered", "kept"), [(b"client-1", True), (b"client-1\n", False), (b"x" * 65, False)])
+def test_only_a_plain_token_is_kept_as_the_clients_request_id(offered: bytes, kept: bool) -> None:
+    """The whole header must be the token: a trailing newline (which `$` lets through) would reach the log lines."""
+    seen: dict = {}
+
+    async def inner(scope, receive, send) -> None:
+        seen.update(scope["state"])
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/health/live",
+        "raw_path": b"/health/live",
+        "query_string": b"",
+        "headers": [(b"x-request-id", offered)],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "scheme": "http",
+        "http_version": "1.1",
+        "root_path": "",
+    }
+    asyncio.run(RequestContextMiddleware(inner, metrics=ServiceMetrics())(scope, receive, send))
+
+    assert ("client_request_id" in seen) is kept
