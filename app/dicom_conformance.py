@@ -170,6 +170,14 @@ def invalid_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> l
     return invalid
 
 
+def invalid_values_reason(keywords: Sequence[str], derived: str) -> str:
+    """Why a source with `invalid_values` cannot give `derived` (e.g. "a DICOM SEG"), naming the keywords only."""
+    return (
+        f"the source's {', '.join(keywords)} break their DICOM value type (too long, or a form or characters it does "
+        f"not allow), and {derived} copies them"
+    )
+
+
 def _valid_value(vr: str, value: object) -> bool:
     text = str(value)
     allowed = ALLOWED_MULTILINE_CONTROLS if vr in MULTILINE_VRS else ALLOWED_CONTROLS

@@ -25,6 +25,7 @@ from app.dicom_conformance import (
     complete_segmentation,
     derived_character_set,
     invalid_values,
+    invalid_values_reason,
     missing_plane_attributes,
     missing_reference_uids,
     with_slice_thickness,
@@ -164,10 +165,7 @@ def build_segmentation(
 
 def _refuse_invalid_values(keywords: list[str]) -> None:
     if keywords:
-        raise SegmentationInputError(
-            f"the source's {', '.join(keywords)} break their DICOM value type (too long, or a form or characters it "
-            "does not allow), and a DICOM SEG copies them"
-        )
+        raise SegmentationInputError(invalid_values_reason(keywords, "a DICOM SEG"))
 
 
 def segmentation_to_bytes(segmentation: Dataset) -> bytes:

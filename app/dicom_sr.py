@@ -33,6 +33,7 @@ from app.dicom_conformance import (
     derived_character_set,
     image_library_sources,
     invalid_values,
+    invalid_values_reason,
     missing_reference_uids,
     with_type2_attributes,
 )
@@ -147,10 +148,7 @@ def build_volume_report(
 
 def _refuse_invalid_values(keywords: list[str]) -> None:
     if keywords:
-        raise ReportInputError(
-            f"the source's {', '.join(keywords)} break their DICOM value type (too long, or a form or characters it "
-            "does not allow), and a DICOM SR copies them"
-        )
+        raise ReportInputError(invalid_values_reason(keywords, "a DICOM SR"))
 
 
 def _volume_report(

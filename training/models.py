@@ -28,6 +28,22 @@ def convolution_block(x, filters: int, name: str, strides: int = 1):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
+def classifier_stem(inputs, filters: int):
+    """Strided conv block, then pooling: 256x256 down to 64x64 before the wide stages."""
+    x = convolution_block(inputs, filters, "stem", strides=2)
+    return layers.MaxPooling2D(2, name="stem_pool")(x)
+
+
+def classifier_stages(x, filters: Sequence[int]):
+    """Two conv blocks per stage, each stage halving the resolution (layer names shared by every classifier, so
+    weights carry over between them by name)."""
+    for stage, stage_filters in enumerate(filters, start=1):
+        x = convolution_block(x, stage_filters, f"stage{stage}_a")
+        x = convolution_block(x, stage_filters, f"stage{stage}_b")
+        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    return x
+
+
 def build_classifier(
     input_shape: Sequence[int] = INPUT_SHAPE,
     filters: Sequence[int] = CLASSIFIER_FILTERS,
@@ -40,12 +56,8 @@ def build_classifier(
     the extra compute buys little for a yes/no answer and would make CPU training and serving several times slower.
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = convolution_block(inputs, filters[0], "stem", strides=2)
-    x = layers.MaxPooling2D(2, name="stem_pool")(x)
-    for stage, stage_filters in enumerate(filters[1:], start=1):
-        x = convolution_block(x, stage_filters, f"stage{stage}_a")
-        x = convolution_block(x, stage_filters, f"stage{stage}_b")
-        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    x = classifier_stem(inputs, filters[0])
+    x = classifier_stages(x, filters[1:])
     return keras.Model(inputs, probability_head(x, dropout), name=name)
 
 
@@ -63,13 +75,9 @@ def build_mirror_classifier(
     `mirror_classifier_from` starts it as an exact copy of a trained plain classifier.
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = convolution_block(inputs, filters[0], "stem", strides=2)
-    x = layers.MaxPooling2D(2, name="stem_pool")(x)
+    x = classifier_stem(inputs, filters[0])
     x = layers.Concatenate(name="stem_and_mirror")([x, mirror_width(x, "stem_mirror")])
-    for stage, stage_filters in enumerate(filters[1:], start=1):
-        x = convolution_block(x, stage_filters, f"stage{stage}_a")
-        x = convolution_block(x, stage_filters, f"stage{stage}_b")
-        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    x = classifier_stages(x, filters[1:])
     model = keras.Model(inputs, probability_head(x, dropout), name=name)
     mirror = model.get_layer("stem_mirror_flip")
     mirror.set_weights([np.eye(mirror.units, dtype="float32")[::-1]])
@@ -111,12 +119,8 @@ def build_tumor_map_classifier(
     probability as P(slice shows tumor), with the same weights.
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = convolution_block(inputs, filters[0], "stem", strides=2)
-    x = layers.MaxPooling2D(2, name="stem_pool")(x)
-    for stage, stage_filters in enumerate(filters[1:], start=1):
-        x = convolution_block(x, stage_filters, f"stage{stage}_a")
-        x = convolution_block(x, stage_filters, f"stage{stage}_b")
-        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    x = classifier_stem(inputs, filters[0])
+    x = classifier_stages(x, filters[1:])
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", name="tumor_map")(x)
     return keras.Model(inputs, outputs, name=name)

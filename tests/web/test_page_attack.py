@@ -215,9 +215,8 @@ def test_newest_choice_wins_over_an_older_one_still_being_read(page: Page, live_
         page.set_input_files("#file-input", TUMOR_SLICE)
 
         expect(page.locator("#caption")).to_contain_text(TUMOR_SLICE.name, timeout=RESULT_TIMEOUT_MS)
-        wait_for_slow_reads(
-            page, reads
-        )  # the older choice is read: it must neither replace the result nor add an error
+        # The older choice is read: it must neither replace the result nor add an error.
+        wait_for_slow_reads(page, reads)
         expect(page.locator("#caption")).to_contain_text(TUMOR_SLICE.name)
         expect(page.locator("#error")).to_be_hidden()
         expect(page.locator("#progress-row")).to_be_hidden()
