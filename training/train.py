@@ -136,6 +136,7 @@ def compile_model(
     full_resolution_output: bool = False,
     classifier_backbone: str = "cnn",
     label_smoothing: float = 0.0,
+    focal_gamma: float = 0.0,
 ) -> keras.Model:
     """Build and compile the model of `model_kind` ("classifier" or "segmenter") with Adam and a cosine decay.
 
@@ -153,9 +154,15 @@ def compile_model(
         model.compile(optimizer=optimizer, loss=tumor_map_loss, jit_compile=jit_compile)
     elif model_kind == "classifier":
         model = CLASSIFIER_BACKBONES[classifier_backbone]()
+        if focal_gamma > 0:
+            # Focal loss: slices the classifier already gets right weigh (1 - p_right)^gamma, so the hard ones
+            # (a tumor's first and last slices) drive training.
+            loss = keras.losses.BinaryFocalCrossentropy(gamma=focal_gamma, label_smoothing=label_smoothing)
+        else:
+            loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         model.compile(
             optimizer=optimizer,
-            loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+            loss=loss,
             metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
             jit_compile=jit_compile,
         )
@@ -279,6 +286,7 @@ def train(args: argparse.Namespace) -> dict:
             full_resolution,
             args.classifier_backbone,
             args.label_smoothing if args.model == "classifier" else 0.0,
+            args.focal_gamma if args.model == "classifier" else 0.0,
         )
         write_served_architecture(args, model, output_dir)
         if args.initial_weights:
@@ -384,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier only: blend training slices and their labels in pairs, shares from Beta(alpha, alpha)",
     )
     parser.add_argument(
+        "--focal-gamma",
+        type=float,
+        default=0.0,
+        help="classifier only: focal cross-entropy with this gamma (0: plain cross-entropy), so that the slices it "
+        "gets wrong, not the many it already gets right, drive training",
+    )
+    parser.add_argument(
         "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"
     )
     parser.add_argument(
@@ -436,12 +451,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     missing = [name for name in ("model", "data_root", "output_dir") if getattr(args, name) is None]
     if missing:
         parser.error("the following arguments are required: " + ", ".join(f"--{n.replace('_', '-')}" for n in missing))
+    if args.focal_gamma < 0:
+        parser.error(f"--focal-gamma {args.focal_gamma}: must be 0 (plain cross-entropy) or more")
     if args.model == "classifier" and args.classifier_backbone in MASK_TRAINED_BACKBONES:
         # Options about one label per slice, which a classifier trained on the masks has not got.
         label_only = {
             "--label-smoothing": args.label_smoothing != 0.0,
             "--mixup-alpha": args.mixup_alpha != 0.0,
             "--near-tumor-negative-weight": args.near_tumor_negative_weight != 1.0,
+            "--focal-gamma": args.focal_gamma != 0.0,
         }
         given = [option for option, set_ in label_only.items() if set_]
         if given:

@@ -505,6 +505,18 @@ def test_label_smoothing_reaches_the_classifiers_loss():
     assert float(smoothed.loss(labels, confident)) > 0.5
 
 
+def test_focal_gamma_makes_the_slices_the_classifier_gets_right_weigh_less():
+    # Plain cross-entropy of p = 0.9 for a tumor slice is 0.105; focal (gamma 2) scales it by (1 - 0.9)^2 = 0.01,
+    # while a slice it gets wrong (p = 0.1) keeps (1 - 0.1)^2 = 81 % of its loss.
+    labels = np.array([[1.0]], np.float32)
+    easy, hard = np.array([[0.9]], np.float32), np.array([[0.1]], np.float32)
+    plain = train.compile_model("classifier", 1e-3, 10, 0.7, jit_compile=False)
+    focal = train.compile_model("classifier", 1e-3, 10, 0.7, jit_compile=False, focal_gamma=2.0)
+
+    assert float(focal.loss(labels, easy)) / float(plain.loss(labels, easy)) == pytest.approx(0.01, rel=0.05)
+    assert float(focal.loss(labels, hard)) / float(plain.loss(labels, hard)) == pytest.approx(0.81, rel=0.05)
+
+
 def test_patient_bootstrap_intervals_draw_patients_not_slices():
     # Two patients, four slices each, tumor on slices 0-1. Patient A's tumor-free slices are called tumor, patient
     # B's are not: drawn again, a set of two can hold A twice (specificity 0) or B twice (specificity 1).
@@ -602,3 +614,20 @@ def test_options_about_one_label_per_slice_are_refused_for_the_tumor_map_classif
         )
     assert raised.value.code == 2
     assert "--mixup-alpha: not for --classifier-backbone cnn-tumor-map" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--focal-gamma", "-1"], "--focal-gamma -1.0: must be 0 (plain cross-entropy) or more"),
+        (
+            ["--classifier-backbone", "cnn-tumor-map", "--focal-gamma", "2"],
+            "--focal-gamma: not for --classifier-backbone cnn-tumor-map",
+        ),
+    ],
+)
+def test_focal_gamma_is_refused_when_negative_or_for_the_tumor_map_classifier(capsys, options, message):
+    with pytest.raises(SystemExit) as raised:
+        train.parse_arguments(["--model", "classifier", "--data-root", "data", "--output-dir", "runs/x", *options])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
