@@ -11,7 +11,9 @@ One report per analysed series, positive or negative, so that a radiologist can 
 Both name the models (Algorithm Identification, TID 4019: segmenter name and version, the classifier as a parameter)
 and list the source images in the Image Library, and the report is a Comprehensive 3D SR in the source study, with
 the SEG and the sources in its evidence. The slice counts use codes of this service's private scheme
-(`PRIVATE_SCHEME`): the standard has no concept for them.
+(`PRIVATE_SCHEME`): the standard has no concept for them. As PS3.16 asks of a private scheme, its designator begins
+with "99" and the report declares it in the Coding Scheme Identification Sequence (dciodvfy still warns that it does
+not know the designator, as it does of any private scheme).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ if TYPE_CHECKING:
 SR_SERIES_NUMBER = 9902  # after the SEG's 9901: viewers list our objects after the scanner's series
 SR_SERIES_DESCRIPTION = "Tumor volume report (research use only)"
 PRIVATE_SCHEME = "99BRAINTUMOR"
+PRIVATE_SCHEME_IDENTIFICATION = hd.coding_schemes.CodingSchemeIdentificationItem(
+    designator=PRIVATE_SCHEME,
+    name="Brain tumor inference service concepts",
+    responsible_organization=MANUFACTURER,
+)
 SLICES_ANALYSED = hd.sr.CodedConcept("SLICES-ANALYSED", PRIVATE_SCHEME, "Number of slices analysed")
 SLICES_WITH_TUMOR = hd.sr.CodedConcept("SLICES-TUMOR", PRIVATE_SCHEME, "Number of slices with tumor")
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
@@ -214,6 +221,7 @@ def _volume_report(
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,  # unverified machine output: a preliminary report, never final
+        coding_schemes=[PRIVATE_SCHEME_IDENTIFICATION],
     )
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
     sr.SoftwareVersions = software_version()

@@ -34,6 +34,14 @@ def headers(inputs: list[SliceInput]) -> list[Dataset]:
     return [slice_input.reference.header for slice_input in inputs]
 
 
+def coding_scheme_designators(report: Dataset) -> set[str]:
+    """Every Coding Scheme Designator in the report's content tree."""
+    found: set[str] = set()
+    for item in report.ContentSequence:
+        item.walk(lambda _, element: found.add(element.value) if element.keyword == "CodingSchemeDesignator" else None)
+    return found
+
+
 def written(dataset: Dataset) -> Dataset:
     return pydicom.dcmread(io.BytesIO(to_bytes(dataset)))
 
@@ -71,6 +79,10 @@ def test_positive_report_holds_volume_slices_models_and_the_seg(flair_inputs: li
     }
     assert evidence == {seg.SOPInstanceUID, *(item.reference.sop_instance_uid for item in flair_inputs)}
     assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    # Every private ("99...") coding scheme the content uses is declared, as PS3.16 asks.
+    private = {scheme for scheme in coding_scheme_designators(report) if scheme.startswith("99")}
+    declared = {item.CodingSchemeDesignator for item in report.get("CodingSchemeIdentificationSequence", [])}
+    assert private == {"99BRAINTUMOR"} and private <= declared
 
 
 def test_negative_report_says_analysed_and_absent(flair_inputs: list[SliceInput]) -> None:
