@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import schemas
-from app.core.model_store import ModelStoreError
+from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
 from app.predict_command import OutputFormat
 from app.settings import SettingsError, get_settings
@@ -85,6 +85,9 @@ def serve(args: argparse.Namespace) -> int:
         return fail(f"brain-tumor serve: error: {error}", EXIT_USAGE)
     except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE
         return fail(f"brain-tumor serve: error: cannot open {error.filename}: {error.strerror}", EXIT_USAGE)
+    # The lifespan checks the model files too (for `uvicorn app.main:app`), but a refusal there also gets uvicorn's
+    # traceback: checked here first, a missing or tampered file is one line and exit 3.
+    read_manifest(settings.model_dir)
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight requests, run the lifespan's shutdown)
     # and afterwards re-raises the signal it caught against the handler that was there before. With the default
     # handler that would kill the process with -15 after a clean shutdown; a no-op lets `serve` return 0.
