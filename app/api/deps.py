@@ -28,9 +28,12 @@ async def get_app_settings(request: Request) -> Settings:
 async def get_predictor(request: Request) -> Predictor:
     """The loaded, warm models; 503 `model_unavailable` before that."""
     state = request.app.state
+    if state.load_error:
+        # The reason (file paths, library messages) is in the server's log, not in answers anyone can read:
+        # /health/ready takes no API key.
+        raise ModelUnavailableError("the models failed to load (the server's log says why): fix them and restart")
     if state.predictor is None or not state.ready:
-        reason = f"loading failed: {state.load_error}" if state.load_error else "the models are still loading"
-        raise ModelUnavailableError(f"{reason}; retry when GET /health/ready answers 200")
+        raise ModelUnavailableError("the models are still loading; retry when GET /health/ready answers 200")
     return state.predictor
 
 

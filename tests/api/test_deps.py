@@ -26,11 +26,11 @@ def test_get_predictor_before_loading_says_the_models_are_loading() -> None:
     }
 
 
-def test_get_predictor_after_a_failed_load_names_the_failure() -> None:
+def test_get_predictor_after_a_failed_load_points_to_the_log_without_its_details() -> None:
     with pytest.raises(ModelUnavailableError) as raised:
-        asyncio.run(deps.get_predictor(request_with(load_error="sha256 mismatch")))  # type: ignore[arg-type]
+        asyncio.run(deps.get_predictor(request_with(load_error="sha256 mismatch for /srv/models/x.h5")))  # type: ignore[arg-type]
 
-    assert raised.value.message == "loading failed: sha256 mismatch; retry when GET /health/ready answers 200"
+    assert raised.value.message == "the models failed to load (the server's log says why): fix them and restart"
 
 
 def test_get_predictor_waits_for_the_warm_up() -> None:

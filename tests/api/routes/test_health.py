@@ -89,16 +89,18 @@ def test_read_readiness_is_503_until_models_load(tiny_model_dir: Path, monkeypat
         gate.set()
 
 
-def test_read_readiness_names_loading_failure(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_readiness_says_loading_failed_and_keeps_the_reason_for_the_log(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def failing_load(model_dir, observer=None, runtime="keras"):
-        raise ModelStoreError("cannot load tumor_classifier@0.0.0-test: bad weights")
+        raise ModelStoreError(f"cannot load {model_dir}/tumor_classifier.weights.h5: bad weights")
 
     monkeypatch.setattr(main.Predictor, "from_model_dir", failing_load)
+    # Readiness takes no API key: anyone who reaches it learns that loading failed, not the paths or the reason.
     expected = {
         "error": {
             "code": "model_unavailable",
-            "message": "loading failed: cannot load tumor_classifier@0.0.0-test: bad weights; "
-            "retry when GET /health/ready answers 200",
+            "message": "the models failed to load (the server's log says why): fix them and restart",
         }
     }
     with TestClient(create_app(Settings(model_dir=tiny_model_dir))) as client:
@@ -109,6 +111,8 @@ def test_read_readiness_names_loading_failure(tiny_model_dir: Path, monkeypatch:
         assert response.status_code == 503
         assert response.json() == expected
         assert client.get("/health/live").status_code == 200
+    failures = [record for record in caplog.records if record.getMessage() == "model loading failed"]
+    assert failures and "bad weights" in failures[0].fields["error"]
 
 
 def start_app(model_dir: Path) -> None:
