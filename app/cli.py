@@ -79,6 +79,9 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    if settings.inference_runtime == "keras":
+        # The log is JSON lines; TensorFlow's C++ startup lines (oneDNN, CPU features) would break it.
+        import_tensorflow_quietly(verbose=args.verbose)
     try:
         app = create_app(settings)
     except KeyConfigurationError as error:
@@ -215,6 +218,17 @@ def load_predictor(model_dir: Path, runtime: str, verbose: bool) -> Predictor:
         return Predictor.from_model_dir(model_dir, runtime=runtime)
 
 
+def import_tensorflow_quietly(verbose: bool) -> None:
+    """Import TensorFlow and Keras now, their startup log held back unless `verbose` (see `app.tensorflow_log`)."""
+    from app.tensorflow_log import native_stderr_held, quiet_tensorflow_logging
+
+    if not verbose:
+        quiet_tensorflow_logging()
+    with native_stderr_held(quiet=not verbose):
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+
 def fail(message: str, code: int) -> int:
     print(message, file=sys.stderr)
     return code
@@ -283,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--verbose", action="store_true", help="predict, train, evaluate: show TensorFlow's and Keras's startup log"
+        "--verbose",
+        action="store_true",
+        help="predict, serve, train, evaluate: show TensorFlow's and Keras's startup log",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
