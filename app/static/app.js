@@ -10,6 +10,8 @@ const BATCH_URL = "/v1/predict/batch";
 // A slice whose probability is this close to the threshold (in probability units) is flagged for a closer look.
 const NEAR_THRESHOLD_MARGIN = 0.05;
 const WHEEL_STEP_PIXELS = 50;
+// The recomputed volume is announced once typing in a spacing field pauses this long, not once per keystroke.
+const VOLUME_ANNOUNCE_DELAY_MS = 500;
 
 // Human wording per HTTP status; the server's own message goes beneath it, since that names the exact rule broken.
 const ERROR_TITLES = {
@@ -69,6 +71,7 @@ const ui = {
   nearFlag: el("near-flag"),
   area: el("area"),
   volume: el("volume"),
+  volumeStatus: el("volume-status"),
   sliceSummary: el("slice-summary"),
   models: el("models"),
   requestId: el("request-id"),
@@ -109,6 +112,7 @@ let generation = 0;
 let series = null; // what is shown: see showSeries
 let current = 0; // index of the slice shown
 let wheelDelta = 0;
+let volumeAnnouncement = 0; // timer of the pending announcement of a recomputed volume
 
 // ------------------------------------------------------------------------------------------------ small helpers
 
@@ -551,6 +555,9 @@ function showSeries(shown) {
   buildStrip(slices);
   buildTable(slices);
   updateVolume();
+  // A new result is announced by the status line; a volume announcement still pending is of the old one.
+  clearTimeout(volumeAnnouncement);
+  ui.volumeStatus.textContent = "";
 
   ui.result.hidden = false;
   showSlice(Math.max(0, slices.findIndex((slice) => slice.prediction.tumor_detected)));
@@ -569,6 +576,7 @@ function showSeries(shown) {
 
 function buildStrip(slices) {
   ui.strip.replaceChildren();
+  ui.strip.setAttribute("aria-valuemax", String(slices.length));
   const line = document.createElement("div");
   line.className = "strip-threshold";
   line.style.bottom = `${100 * slices[0].prediction.threshold}%`;
@@ -656,6 +664,14 @@ function updateVolume() {
   } else {
     ui.volume.dataset.value = String(volume);
   }
+}
+
+/** Reads the volume out (its live region) once typing pauses: one announcement, not one per keystroke. */
+function announceVolume() {
+  clearTimeout(volumeAnnouncement);
+  volumeAnnouncement = setTimeout(() => {
+    ui.volumeStatus.textContent = `Tumor volume: ${ui.volume.textContent}`;
+  }, VOLUME_ANNOUNCE_DELAY_MS);
 }
 
 // ------------------------------------------------------------------------------------------- window / level
@@ -804,10 +820,11 @@ function showSlice(index) {
 
   ui.slider.value = String(current + 1);
   ui.sliceNumber.textContent = `${current + 1} / ${count}`;
-  ui.slider.setAttribute(
-    "aria-valuetext",
-    `Slice ${current + 1} of ${count}: ${prediction.tumor_detected ? "tumor" : "no tumor"}, probability ${formatPercent(prediction.tumor_probability)}`,
-  );
+  const valueText = `Slice ${current + 1} of ${count}: ${prediction.tumor_detected ? "tumor" : "no tumor"}, `
+    + `probability ${formatPercent(prediction.tumor_probability)}`;
+  ui.slider.setAttribute("aria-valuetext", valueText);
+  ui.strip.setAttribute("aria-valuenow", String(current + 1));
+  ui.strip.setAttribute("aria-valuetext", valueText);
   ui.strip.querySelectorAll(".strip-bar").forEach((bar, at) => bar.classList.toggle("current", at === current));
 }
 
@@ -943,6 +960,27 @@ function wireFileChoice() {
   window.addEventListener("drop", (event) => event.preventDefault());
 }
 
+/** Home, End and the keys of `moves` (steps from the slice shown) scroll the series while `element` has focus. */
+function scrollByKeys(element, moves) {
+  element.addEventListener("keydown", (event) => {
+    if (!series) {
+      return;
+    }
+    let target = null;
+    if (event.key in moves) {
+      target = current + moves[event.key];
+    } else if (event.key === "Home") {
+      target = 0;
+    } else if (event.key === "End") {
+      target = series.slices.length - 1;
+    }
+    if (target !== null) {
+      event.preventDefault();
+      showSlice(target);
+    }
+  });
+}
+
 function wireViewer() {
   ui.slider.addEventListener("input", () => showSlice(Number(ui.slider.value) - 1));
   ui.viewer.addEventListener(
@@ -961,24 +999,10 @@ function wireViewer() {
     },
     { passive: false },
   );
-  const moves = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1, PageUp: -10, PageDown: 10 };
-  ui.viewer.addEventListener("keydown", (event) => {
-    if (!series) {
-      return;
-    }
-    let target = null;
-    if (event.key in moves) {
-      target = current + moves[event.key];
-    } else if (event.key === "Home") {
-      target = 0;
-    } else if (event.key === "End") {
-      target = series.slices.length - 1;
-    }
-    if (target !== null) {
-      event.preventDefault();
-      showSlice(target);
-    }
-  });
+  // The viewer scrolls like a page (up: the slice before); the strip is a slider (up and right: the next slice), as
+  // screen readers announce it and as the range input above works.
+  scrollByKeys(ui.viewer, { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1, PageUp: -10, PageDown: 10 });
+  scrollByKeys(ui.strip, { ArrowDown: -1, ArrowLeft: -1, ArrowUp: 1, ArrowRight: 1, PageDown: -10, PageUp: 10 });
   ui.strip.addEventListener("click", (event) => {
     const bar = event.target.closest(".strip-bar");
     if (bar) {
@@ -1005,7 +1029,11 @@ function wireViewer() {
   });
   [ui.pixelSpacing, ui.sliceSpacing].forEach((input) =>
     input.addEventListener("input", () => {
+      const before = ui.volume.textContent;
       updateVolume();
+      if (ui.volume.textContent !== before) {
+        announceVolume(); // only a changed volume: the first spacing entered alone changes nothing yet
+      }
       buildTable(series.slices);
       ui.area.textContent = describeArea(series.slices[current]);
     }),

@@ -154,6 +154,7 @@ def test_keyboard_reaches_and_operates_every_control_in_order(page: Page, live_s
         "api-key",
         "viewer",
         "slice-slider",
+        "strip",
         "mask-style",
         "mask-colour",
         "mask-opacity",
@@ -227,6 +228,82 @@ def test_slice_changed_from_the_viewer_keys_is_announced(page: Page, live_server
     expect(page.locator("#caption")).to_contain_text(f"Slice 2 of 4 ({RASTER_SERIES[1].name})")
     # The bare "2 / 4" beside the slider is not announced on top of the caption.
     assert ax_node(page, "#slice-number").get("live") in (None, "off")
+
+
+def test_per_slice_bars_are_a_slider_that_the_keys_and_the_mouse_operate(page: Page, live_server: str) -> None:
+    page.goto(live_server)
+    answer = upload(page, RASTER_SERIES)
+    predictions = [item["prediction"] for item in answer["results"]]
+    strip = page.locator("#strip")
+
+    node = ax_node(page, "#strip")
+    assert node["role"] == "slider"
+    assert node["name"] == "Tumor probability per slice (line: threshold)"
+    assert node.get("focusable")
+    page.focus("#slice-slider")
+    page.keyboard.press("Tab")
+    assert focused(page) == "strip"
+    assert focus_is_drawn(page)
+
+    def shown(number: int) -> None:
+        prediction = predictions[number - 1]
+        result = "tumor" if prediction["tumor_detected"] else "no tumor"
+        probability = f"{100 * prediction['tumor_probability']:.1f} %"
+        expect(page.locator("#slice-number")).to_have_text(f"{number} / 4")
+        expect(strip).to_have_attribute("aria-valuenow", str(number))
+        expect(strip).to_have_attribute("aria-valuetext", f"Slice {number} of 4: {result}, probability {probability}")
+
+    # Slider keys: right and up go to the next slice, Page Down ten back (stopping at the first), Home and End.
+    for key, number in [("End", 4), ("ArrowLeft", 3), ("Home", 1), ("ArrowRight", 2), ("ArrowUp", 3), ("PageDown", 1)]:
+        page.keyboard.press(key)
+        shown(number)
+    assert strip.get_attribute("aria-valuemin") == "1" and strip.get_attribute("aria-valuemax") == "4"
+    expect(page.locator("#caption")).to_contain_text(f"Slice 1 of 4 ({RASTER_SERIES[0].name})")
+
+    page.locator("#strip .strip-bar").nth(2).click()  # the mouse still picks a slice by its bar
+    shown(3)
+    expect(page.locator("#strip .strip-bar.current")).to_have_attribute("data-index", "2")
+
+
+def test_a_volume_recomputed_from_the_spacing_is_announced_once_and_scrolling_slices_is_not(
+    page: Page, live_server: str
+) -> None:
+    page.goto(live_server)
+    answer = upload(page, RASTER_SERIES)
+    area_pixels = sum(
+        item["prediction"]["mask"]["area_pixels"] for item in answer["results"] if item["prediction"]["mask"]
+    )
+    expected_ml = area_pixels * 0.5 * 0.5 * 2.5 / 1000
+    announcement = page.locator("#volume-status")
+    expect(announcement).to_have_text("")  # the status line announces the result itself
+    # Every text the live region is given, so that one announcement per change can be counted.
+    page.evaluate(
+        """() => {
+            window.__volumeSaid = [];
+            const region = document.querySelector("#volume-status");
+            new MutationObserver((records) => records.forEach(() => window.__volumeSaid.push(region.textContent)))
+                .observe(region, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
+
+    page.focus("#viewer")
+    page.keyboard.press("End")
+    page.keyboard.press("ArrowUp")
+    page.focus("#pixel-spacing")
+    page.keyboard.type("0.5")  # the volume needs both spacings: nothing changed yet
+    page.wait_for_timeout(1000)  # past the page's pause before an announcement
+    assert page.evaluate("window.__volumeSaid") == []
+
+    page.focus("#slice-spacing")
+    page.keyboard.type("2.5")
+    said = f"Tumor volume: {expected_ml:,.2f} mL (from the spacing entered)"
+    expect(announcement).to_have_text(said)
+    assert ax_node(page, "#volume-status").get("live") == "polite"  # Chromium leaves the empty region out of its tree
+    expect(page.locator("#volume")).to_have_text(f"{expected_ml:,.2f} mL (from the spacing entered)")
+    page.focus("#viewer")
+    page.keyboard.press("Home")
+    page.wait_for_timeout(1000)
+    assert page.evaluate("window.__volumeSaid") == [said]  # one announcement for three keystrokes, none for a scroll
 
 
 def test_a_single_slice_is_no_keyboard_stop_and_a_series_after_it_is(page: Page, live_server: str) -> None:
