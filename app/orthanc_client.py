@@ -19,15 +19,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.dicom_seg import MANUFACTURER
 from app.sequence_selection import SelectionRules
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CHANGES_PAGE = 100
 RESULT_MODALITIES = frozenset({"SEG", "SR"})
 MEDIA_TYPE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}")
+READ_CHUNK = 64 * 1024
+DEFAULT_MAX_ANSWER_BYTES: int = Settings.model_fields["max_upload_bytes"].default
+DEFAULT_MAX_STUDY_BYTES: int = Settings.model_fields["decode_memory_bytes"].default
 
 T = TypeVar("T")
 
@@ -57,6 +62,21 @@ class OrthancAnswerError(OrthancError):
 
     The message names the call and what was wrong with the body, never the body: it may hold patient data.
     """
+
+
+class AnswerTooLargeError(OrthancError):
+    """An answer longer than `PacsSyncConfig.max_answer_bytes`: cut off before it is held whole, and not retried
+    (the same call would answer the same)."""
+
+
+class AnswerTooSlowError(requests.Timeout):
+    """An answer whose body did not end within `PacsSyncConfig.answer_seconds` (a server that trickles bytes beats
+    any per-read timeout); retried as a timeout."""
+
+
+class ForeignRedirectError(OrthancError):
+    """Orthanc's address redirected to another server: not followed, since requests would send it the request's
+    body (a SEG with patient data on a 307) and the answer would be trusted as Orthanc's."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +104,15 @@ class PacsSyncConfig:
     retries, backoff_seconds
         Retries after the first try of each HTTP call, waiting backoff x 2^attempt seconds in between.
     timeout_seconds
-        Per HTTP call.
+        Per read of an HTTP call (connecting, each wait for bytes).
+    answer_seconds
+        The most one HTTP call may take, from sending the request to the answer's last byte.
+    max_answer_bytes
+        Largest answer read from Orthanc, an instance file or a JSON body (default `MAX_UPLOAD_BYTES`' default: the
+        prediction flow refuses larger files anyway); a longer one is cut off, never held whole.
+    max_study_bytes
+        Most bytes of instance files fetched for one study (default `DECODE_MEMORY_BYTES`' default: an uncompressed
+        file costs more to decode than its size, so a study past it could not pass the flow's memory budget).
     batch_size
         Slices per model call, to bound memory on long series.
     require_stable
@@ -105,6 +133,9 @@ class PacsSyncConfig:
     retries: int = 4
     backoff_seconds: float = 0.5
     timeout_seconds: float = 30.0
+    answer_seconds: float = 120.0
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES
     batch_size: int = 32
     require_stable: bool = True
     selection_rules: SelectionRules = field(default_factory=SelectionRules)
@@ -116,6 +147,11 @@ class PacsSyncConfig:
             raise ValueError(
                 "retries and backoff_seconds must be >= 0, timeout_seconds > 0 and batch_size >= 1; got "
                 f"{self.retries}, {self.backoff_seconds}, {self.timeout_seconds}, {self.batch_size}"
+            )
+        if not 0 < self.answer_seconds < math.inf or self.max_answer_bytes < 1 or self.max_study_bytes < 1:
+            raise ValueError(
+                "answer_seconds must be a positive number of seconds and max_answer_bytes, max_study_bytes >= 1; got "
+                f"{self.answer_seconds}, {self.max_answer_bytes}, {self.max_study_bytes}"
             )
         if not 0 < self.poll_seconds < math.inf:  # time.sleep refuses a negative, NaN or infinite pause
             raise ValueError(f"poll_seconds must be a positive number of seconds; got {self.poll_seconds}")
@@ -131,8 +167,7 @@ class PacsSyncConfig:
     @property
     def server(self) -> str:
         """Scheme, host and port of Orthanc, for messages: never the user information a URL may carry."""
-        parts = urlsplit(self.orthanc_url)
-        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return _origin(self.orthanc_url)
 
     @property
     def dicomweb_url(self) -> str:
@@ -153,6 +188,7 @@ class OrthancClient:
         self.session = session or requests.Session()
         if config.username is not None:
             self.session.auth = (config.username, config.password or "")
+        self.session.hooks["response"].append(self._check_answer)  # REST and DICOMweb calls alike
         self._dicomweb = DICOMwebClient(url=config.dicomweb_url, session=self.session, timeout=config.timeout_seconds)
         self._dicomweb.set_http_retry_params(retry=False)  # retried here, once, with the same policy as REST calls
 
@@ -177,6 +213,7 @@ class OrthancClient:
         return self._json("GET", f"/studies/{study_id}/series", _series_list)
 
     def instance_file(self, instance_id: str) -> bytes:
+        """The instance's DICOM file; `AnswerTooLargeError` past `PacsSyncConfig.max_answer_bytes`."""
         return self._request("GET", f"/instances/{instance_id}/file").content
 
     def sync_record(self, study_id: str) -> dict[str, Any] | None:
@@ -186,7 +223,7 @@ class OrthancClient:
             return None
         try:
             record = json.loads(response.text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer past Python's digit limit, nesting too deep
             return {"status": "unreadable"}  # written by someone else: processed again, and overwritten
         return record if isinstance(record, dict) else {"status": "unreadable"}
 
@@ -285,17 +322,89 @@ class OrthancClient:
                     # from None: the decoder's error holds the whole body
                     raise OrthancAnswerError(f"{what} answered a body that is not JSON ({attempts} attempts)") from None
                 reason = "unexpected answer body"
+            except requests.RequestException as error:  # a redirect loop, a bad header: the loop must not die of it
+                raise OrthancError(f"{what} at {self.config.server} failed: {type(error).__name__}") from None
             delay = self.config.backoff_seconds * 2**attempt
             logger.warning("orthanc call failed, retrying", extra={"fields": {"call": what, "reason": reason}})
             self._sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _check_answer(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        """Session hook, run on each answer before requests reads its body or follows a redirect.
+
+        A redirect to another server is refused (`ForeignRedirectError`): requests would strip the credentials but
+        send a 307's body, and trust the other server's answer. The body is read here within
+        `PacsSyncConfig.max_answer_bytes` and what is left of `PacsSyncConfig.answer_seconds`, so neither a huge
+        answer nor one that trickles in forever can hold the sync.
+        """
+        if response.is_redirect:
+            location = urljoin(response.url, response.headers["Location"])
+            target = _origin(location)
+            if _endpoint(location) != _endpoint(self.config.orthanc_url):
+                response.close()
+                raise ForeignRedirectError(
+                    f"{_call(response)} was redirected to {target}; pacs-sync follows redirects only within "
+                    f"{self.config.server}: set ORTHANC_URL to the address Orthanc answers at",
+                    response.status_code,
+                )
+        seconds_left = self.config.answer_seconds - response.elapsed.total_seconds()
+        response._content = _read_body(response, self.config.max_answer_bytes, seconds_left)
+        response._content_consumed = True
+        return response
+
+
+def _read_body(response: requests.Response, max_bytes: int, seconds: float) -> bytes:
+    """The answer's body, read as it arrives; `AnswerTooLargeError` past `max_bytes`, `AnswerTooSlowError` past
+    `seconds`. Network errors mid-body become `requests.ConnectionError`, retried like the others."""
+    declared = response.headers.get("Content-Length", "")
+    body = bytearray()
+    deadline = time.monotonic() + seconds
+    try:
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise AnswerTooLargeError(
+                f"{_call(response)} answered {declared} bytes; at most {max_bytes} are read", response.status_code
+            )
+        while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
+            body += chunk
+            if len(body) > max_bytes:
+                raise AnswerTooLargeError(
+                    f"{_call(response)} answered more than {max_bytes} bytes; cut off there", response.status_code
+                )
+            if time.monotonic() > deadline:
+                raise AnswerTooSlowError(f"{_call(response)}: answer not complete within {seconds:.0f} s")
+    except urllib3.exceptions.HTTPError as error:  # cut mid-body, a read timeout, a bad compressed stream
+        response.close()
+        raise requests.ConnectionError(f"{_call(response)}: {type(error).__name__} while reading the answer") from None
+    except BaseException:
+        response.close()  # drops the connection: the rest of the body is never read
+        raise
+    response.raw.release_conn()
+    return bytes(body)
+
+
+def _call(response: requests.Response) -> str:
+    """``METHOD /path`` of an answer's request, for messages (never the host's user information or the body)."""
+    request = response.request
+    return f"{request.method} {urlsplit(request.url or '').path}"
+
+
+def _endpoint(url: str) -> tuple[str, str | None, int | None]:
+    """Scheme, host and port of a URL, the port filled in when it is the scheme's default: what is one server."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def _origin(url: str) -> str:
+    """Scheme, host and port of a URL (the port only when it says one): what may see the credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def _json_body(response: requests.Response, what: str) -> Any:
     """The answer's JSON, or `OrthancAnswerError` naming its status and media type (never its content)."""
     try:
         return response.json()
-    except requests.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an integer past Python's digit limit, nesting too deep
         media = response.headers.get("Content-Type", "").split(";")[0].strip()
         media = media if MEDIA_TYPE.fullmatch(media) else "unknown"
         raise OrthancAnswerError(
@@ -328,7 +437,8 @@ def _with_id(body: Any, what: str) -> dict[str, Any]:
 def _changes_page(body: Any, what: str) -> dict[str, Any]:
     page = _object(body, what)
     _require(page, "Done", bool, what)
-    _require(page, "Last", int, what)
+    if _require(page, "Last", int, what) < 0:
+        raise OrthancAnswerError(f"{what} 'Last' answered a negative change number")
     for change in _require(page, "Changes", list, what):
         _object(change, f"{what} change")
     return page

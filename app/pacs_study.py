@@ -63,6 +63,14 @@ class MisplacedResultsError(RuntimeError):
     """The SEG or SR stored for a study landed in another Orthanc study (or nowhere)."""
 
 
+class StudyTooLargeError(RuntimeError):
+    """The files of a study's series add up to more than `PacsSyncConfig.max_study_bytes`."""
+
+
+class MixedStudyError(RuntimeError):
+    """A study's instances name different patients or studies (never the values: they are patient data)."""
+
+
 class StudyAnalyser(Protocol):
     """What pacs-sync needs of `app.study_analysis.ModelStudyProcessor`."""
 
@@ -156,9 +164,8 @@ class StudySync:
         attempts: int,
         state: SyncState,
     ) -> str:
-        first_files = {
-            str(series["ID"]): self.client.instance_file(str(series["Instances"][0])) for series in mr_series
-        }
+        fetch = _Fetch(self.client)
+        first_files = {str(series["ID"]): fetch(str(series["Instances"][0])) for series in mr_series}
         headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
         selection = self.analyser.select(headers)
         by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
@@ -171,7 +178,7 @@ class StudySync:
             return ALREADY_DONE
         files_by_series = {
             uid: [
-                first_files[str(series["ID"])] if index == 0 else self.client.instance_file(str(instance))
+                first_files[str(series["ID"])] if index == 0 else fetch(str(instance))
                 for index, instance in enumerate(series["Instances"])
             ]
             for uid, series in ((str(s["MainDicomTags"]["SeriesInstanceUID"]), s) for s in used)
@@ -189,9 +196,13 @@ class StudySync:
             )
             logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
             return FAILED
-        for dataset in analysis.datasets:
-            self.client.store(dataset)
         new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
+        try:
+            for dataset in analysis.datasets:
+                self.client.store(dataset)
+        except Exception:
+            self._withdraw(study_id, new_series)
+            raise
         superseded = self._supersede(study_id, new_series)
         if analysis.status == "not_analysed":
             status = NOT_ANALYSED
@@ -231,6 +242,19 @@ class StudySync:
                 superseded.append(series_uid)
         return superseded
 
+    def _withdraw(self, study_id: str, new_series: set[str]) -> None:
+        """Delete what a failed store left of the new results (a SEG stored, its SR refused): it would pass for a
+        result next to the earlier ones, and pile up at each retry. If Orthanc refuses this too, the next processing
+        of the study supersedes them."""
+        for series_uid in new_series:
+            try:
+                self.client.delete_our_series_by_uid(series_uid)
+            except Exception as error:
+                logger.warning(
+                    "partial results not withdrawn",
+                    extra={"fields": {"orthanc_study": study_id, "error": _error_text(error)}},
+                )
+
     def _next_attempt(self, attempts: int) -> float:
         config = self.client.config
         return self.clock() + config.retry_seconds * 2 ** (min(attempts, config.max_attempts) - 1)
@@ -245,6 +269,41 @@ class StudySync:
             record["study_fingerprint"] = study_fingerprint
         record.update(fields)
         return record
+
+
+class _Fetch:
+    """Fetches one study's instance files within `PacsSyncConfig.max_study_bytes`, and checks that they belong to one
+    patient and one study, as an Orthanc study's instances must (a PACS that mixes them would get a SEG and a volume
+    made of two patients' slices)."""
+
+    def __init__(self, client: OrthancClient) -> None:
+        self.client = client
+        self.fetched = 0
+        self.identity: tuple[str, str] | None = None
+
+    def __call__(self, instance_id: str) -> bytes:
+        data = self.client.instance_file(instance_id)
+        self.fetched += len(data)
+        limit = self.client.config.max_study_bytes
+        if self.fetched > limit:
+            raise StudyTooLargeError(f"the study's files take more than {limit} bytes (max_study_bytes); not analysed")
+        identity = _identity(data)
+        if identity is not None:
+            self.identity = self.identity or identity
+            if identity != self.identity:
+                raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
+        return data
+
+
+def _identity(data: bytes) -> tuple[str, str] | None:
+    """A file's Patient ID and Study Instance UID, or None when it is not readable DICOM (the flow counts it)."""
+    try:
+        header = pydicom.dcmread(
+            BytesIO(data), stop_before_pixels=True, specific_tags=["PatientID", "StudyInstanceUID"]
+        )
+    except Exception:
+        return None
+    return str(header.get("PatientID", "")), str(header.get("StudyInstanceUID", ""))
 
 
 def readable_record(record: dict[str, Any] | None) -> dict[str, Any]:

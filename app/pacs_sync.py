@@ -142,17 +142,32 @@ def run_pacs_sync(
 
 
 def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
-    """One pass: the new changes, page by page, then the studies due for a retry."""
+    """One pass: the new changes, page by page, then the studies due for a retry.
+
+    Orthanc's ``Last`` below the bookmark on an empty page means its change log started again (a new database, a
+    restore): the log is then read from the start, once per pass, rather than waiting, blind, for the old number.
+    A page that is not the last but does not move past the bookmark ends the reading, so the pass always ends.
+    """
     client = studies.client
     triggers = TRIGGERS_STABLE if client.config.require_stable else TRIGGERS_UNSTABLE
     report = SyncReport()
     looked_at: set[str] = set()
+    restarted = False
+    unresolved = list(state.unresolved)  # those of earlier passes: a change that failed now waits for the next
     while True:
-        page = client.changes(state.last_change)
+        since = state.last_change
+        page = client.changes(since)
+        if page["Last"] < since and not page["Changes"] and not restarted:
+            logger.warning(
+                "orthanc change log started again; reading it from the start",
+                extra={"fields": {"bookmark": since, "orthanc_last": page["Last"]}},
+            )
+            state.last_change, restarted = 0, True
+            continue
         study_ids: dict[str, None] = {}  # in order, once each
         for change in page["Changes"]:
             if change.get("ChangeType") in triggers:
-                study_id = _study_of_change(client, change)
+                study_id = _study_of(client, change, state)
                 if study_id is not None:
                     study_ids.setdefault(study_id)
         for study_id in study_ids:
@@ -165,6 +180,18 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
             state.save()
         if page["Done"] or not page["Changes"]:
             break
+        if page["Last"] <= since:
+            logger.error(
+                "orthanc change log does not advance; the rest is read at the next pass",
+                extra={"fields": {"since": since, "orthanc_last": page["Last"]}},
+            )
+            break
+    for resource in unresolved:
+        resource_type, _, resource_id = resource.partition("/")
+        study_id = _study_of(client, {"ResourceType": resource_type, "ID": resource_id}, state)
+        if study_id is not None and study_id not in looked_at:
+            report.count(studies.process(study_id, state))
+            looked_at.add(study_id)
     for study_id in state.due(studies.clock()):
         if study_id in looked_at:
             continue  # a retry waits for the next pass, however short the backoff
@@ -193,6 +220,29 @@ def _study_of_change(client: OrthancClient, change: dict[str, Any]) -> str | Non
     if series is None or series.get("MainDicomTags", {}).get("Modality") != "MR":
         return None  # our own SEG and SR among them
     return str(series["ParentStudy"])
+
+
+def _study_of(client: OrthancClient, change: dict[str, Any], state: SyncState) -> str | None:
+    """`_study_of_change`, kept in `state.unresolved` when Orthanc answers but not with the resource (a 500, a page
+    that is not JSON, an answer too large): the rest of the log goes on, and the change is tried again at the next
+    passes, up to `PacsSyncConfig.max_attempts`. When Orthanc itself does not answer, the pass fails (replayed).
+    """
+    resource = f"{change.get('ResourceType')}/{change.get('ID')}"
+    try:
+        study_id = _study_of_change(client, change)
+    except OrthancError as error:
+        client.changes(state.last_change, limit=1)  # raises if Orthanc is unreachable: the pass fails, replayed
+        failures = state.unresolved.pop(resource, 0) + 1
+        given_up = failures >= client.config.max_attempts
+        if not given_up:
+            state.unresolved[resource] = failures
+        logger.error(
+            "change given up: its study cannot be looked up" if given_up else "change not resolved; tried again",
+            extra={"fields": {"resource": resource, "failures": failures, "error": str(error)}},
+        )
+        return None
+    state.unresolved.pop(resource, None)
+    return study_id
 
 
 def _processor(config: PacsSyncConfig, predictor: Predictor) -> ModelStudyProcessor:

@@ -38,11 +38,16 @@ class SyncState:
     retries
         Orthanc study ID -> when (Unix time) to look at it again: a failure to retry, or a study that used up its
         attempts and is watched for changed instances.
+    unresolved
+        Changes whose study could not be looked up although Orthanc answered (``"Series/<id>"`` or
+        ``"Instance/<id>"`` -> passes that failed): tried again at each pass, so one broken resource never holds up
+        the rest of the change log, nor is it forgotten at once.
     """
 
     path: Path | None = None
     last_change: int = 0
     retries: dict[str, float] = field(default_factory=dict)
+    unresolved: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None) -> SyncState:
@@ -59,6 +64,7 @@ class SyncState:
             data = json.loads(path.read_text())
             last_change = int(data["last_change"])
             retries = {str(study): float(due) for study, due in data.get("retries", {}).items()}
+            unresolved = {str(change): int(failed) for change, failed in data.get("unresolved", {}).items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise SyncStateError(
                 f"pacs-sync state file {path} cannot be read ({type(error).__name__}); remove it to read Orthanc's "
@@ -66,7 +72,7 @@ class SyncState:
             ) from error
         if last_change < 0:
             raise SyncStateError(f"pacs-sync state file {path}: last_change must be >= 0; got {last_change}")
-        return cls(path, last_change, retries)
+        return cls(path, last_change, retries, unresolved)
 
     def save(self) -> None:
         """Write the state atomically and durably (nothing when `path` is None).
@@ -78,7 +84,8 @@ class SyncState:
         """
         if self.path is None:
             return
-        text = json.dumps({"last_change": self.last_change, "retries": self.retries}, sort_keys=True)
+        state = {"last_change": self.last_change, "retries": self.retries, "unresolved": self.unresolved}
+        text = json.dumps(state, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(self.path, text.encode())

@@ -1,0 +1,479 @@
+"""pacs-sync against a hostile or broken PACS: a tiny HTTP server (or canned answers) playing Orthanc.
+
+What a hospital expects of it: one log line without patient data per problem, the loop going on with the other
+studies, no unbounded memory or wait, credentials and patient data never sent to another server, no half-stored
+results left as if complete, and the bookmark never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+
+from app.dicom_seg import MANUFACTURER
+from app.inference import SlicePrediction
+from app.orthanc_client import (
+    SYNC_METADATA,
+    AnswerTooLargeError,
+    ForeignRedirectError,
+    OrthancAnswerError,
+    OrthancClient,
+    OrthancError,
+    PacsSyncConfig,
+)
+from app.pacs_study import StudySync
+from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
+from app.pacs_sync_state import SyncState
+from app.study_analysis import ModelStudyProcessor
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.pacs_sync_support import Answer, CannedSession, NegativePredictor, json_answer
+
+USER, PASSWORD = "sync", "s3cret-pw"
+MIB = 1024 * 1024
+
+
+# --- a PACS on loopback
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class FakePacs:
+    """A threaded HTTP server on 127.0.0.1 answering ``"METHOD /path"`` with a route; records every request."""
+
+    def __init__(self, routes: dict[str, Route]) -> None:
+        self.routes = routes
+        self.requests: list[dict[str, Any]] = []
+        pacs = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def handle_one(self) -> None:
+                path = urlsplit(self.path).path
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if self.headers.get("Transfer-Encoding") == "chunked":
+                    body = _read_chunked(self)
+                pacs.requests.append(
+                    {"call": f"{self.command} {path}", "auth": self.headers.get("Authorization"), "body": body}
+                )
+                route = pacs.routes.get(f"{self.command} {path}")
+                try:
+                    if route is None:
+                        send(self, 404, b"{}")
+                    else:
+                        route(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up, as it should on a hostile answer
+
+            do_GET = do_POST = do_PUT = do_DELETE = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def calls(self) -> list[str]:
+        return [request["call"] for request in self.requests]
+
+    def __enter__(self) -> FakePacs:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _read_chunked(handler: BaseHTTPRequestHandler) -> bytes:
+    body = b""
+    while size := int(handler.rfile.readline().strip() or b"0", 16):
+        body += handler.rfile.read(size)
+        handler.rfile.readline()
+    handler.rfile.readline()
+    return body
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    handler.send_response(status)
+    for name, value in {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **(headers or {}),
+    }.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def config(pacs: FakePacs, **overrides: Any) -> PacsSyncConfig:
+    values: dict[str, Any] = {
+        "orthanc_url": f"http://127.0.0.1:{pacs.port}",
+        "username": USER,
+        "password": PASSWORD,
+        "retries": 0,
+        "backoff_seconds": 0.0,
+        "timeout_seconds": 2.0,
+    }
+    return PacsSyncConfig(**(values | overrides))
+
+
+@pytest.fixture
+def thief() -> Iterator[FakePacs]:
+    """Another server, on another host name: it must never hear from pacs-sync."""
+    with FakePacs({}) as server:
+        yield server
+
+
+# --- stand-ins
+
+
+class PositivePredictor(NegativePredictor):
+    """Finds a tumor on every slice, so that a SEG and an SR are stored."""
+
+    def predict_preprocessed(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
+        predictions = []
+        for height, width in sizes:
+            mask = np.zeros((height, width), np.uint8)
+            mask[height // 4 : height // 2, width // 4 : width // 2] = 1
+            predictions.append(SlicePrediction(probability=0.99, detected=True, mask=mask))
+        return predictions
+
+
+CANNED = PacsSyncConfig("http://orthanc.invalid", retries=0, backoff_seconds=0.0, retry_seconds=60.0, max_attempts=2)
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{record.getMessage()} {json.dumps(getattr(record, 'fields', {}))}" for record in caplog.records]
+
+
+def stable_series(series_id: str, seq: int) -> dict[str, Any]:
+    return {"ChangeType": "StableSeries", "ResourceType": "Series", "ID": series_id, "Seq": seq}
+
+
+def study_answers(files: list[bytes]) -> dict[str, list[Answer]]:
+    """Canned Orthanc answers for study st1 with one MR series s1 whose instances are `files`."""
+    header = pydicom.dcmread(BytesIO(files[0]), stop_before_pixels=True, force=True)
+    series = {
+        "ID": "s1",
+        "Instances": [f"i{index}" for index in range(len(files))],
+        "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": str(header.get("SeriesInstanceUID", ""))},
+        "ParentStudy": "st1",
+    }
+    answers: dict[str, list[Answer]] = {
+        "GET /studies/st1": [json_answer({"ID": "st1"})],
+        "GET /studies/st1/series": [json_answer([series])],
+        f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({})],
+    }
+    for index, data in enumerate(files):
+        answers[f"GET /instances/i{index}/file"] = [(200, "application/dicom", data)]
+    return answers
+
+
+def written_records(session: CannedSession) -> int:
+    return session.calls.count(f"PUT /studies/st1/metadata/{SYNC_METADATA}")
+
+
+# --- the change log
+
+
+def test_a_changes_answer_that_never_ends_is_cut_at_the_size_cap() -> None:
+    """It was read whole into memory (here 8 MiB, from a server that could go on for ever)."""
+
+    def endless(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(b'{"Changes": [')
+        for _ in range(128):  # 8 MiB, then it stops so that a client without a cap ends too
+            handler.wfile.write(b" " * (64 * 1024))
+
+    with FakePacs({"GET /changes": endless}) as pacs:
+        client = OrthancClient(config(pacs, max_answer_bytes=MIB, retries=2))
+        with pytest.raises(AnswerTooLargeError, match=r"GET /changes answered more than 1048576 bytes"):
+            client.changes(0)
+
+    assert pacs.calls == ["GET /changes"]  # not retried: the same call would answer the same
+
+
+def test_an_instance_that_declares_more_than_the_cap_is_not_read() -> None:
+    def huge(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/dicom")
+        handler.send_header("Content-Length", str(10 * 1024 * MIB))
+        handler.end_headers()
+        handler.wfile.write(b"\0" * (2 * MIB))  # then hangs up
+
+    with FakePacs({"GET /instances/big/file": huge}) as pacs:
+        client = OrthancClient(config(pacs, max_answer_bytes=MIB))
+        with pytest.raises(AnswerTooLargeError, match="answered 10737418240 bytes; at most 1048576 are read"):
+            client.instance_file("big")
+
+
+def test_a_trickling_answer_is_cut_at_the_call_deadline() -> None:
+    """A byte every 50 ms beats a 2 s per-read timeout: the call took as long as the server liked (4 s here)."""
+
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.flush()
+        for _ in range(80):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+    with FakePacs({"GET /changes": trickle}) as pacs:
+        client = OrthancClient(config(pacs, answer_seconds=0.5, retries=1), sleep=lambda _: None)
+        started = time.monotonic()
+        with pytest.raises(OrthancError, match="failed after 2 attempts: AnswerTooSlowError"):
+            client.changes(0)
+
+    assert time.monotonic() - started < 3.0
+    assert pacs.calls == ["GET /changes"] * 2  # retried as a timeout
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"Changes": [], "Done": true, "Last": 1' + b"0" * 5000 + b"}", b"[" * 100_000 + b"]" * 100_000],
+    ids=["integer-past-the-digit-limit", "nesting-too-deep"],
+)
+def test_run_pacs_sync_survives_json_python_cannot_read(body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """Python's JSON decoder raises ValueError or RecursionError here, not JSONDecodeError: it killed the loop."""
+    session = CannedSession(
+        {"GET /changes": [(200, "application/json", body), json_answer({"Changes": [], "Done": True, "Last": 3})]}
+    )
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pacs_sync(CANNED, NegativePredictor(), client=OrthancClient(CANNED, session=session), sleep=sleep)  # type: ignore[arg-type]
+
+    assert session.calls == ["GET /changes"] * 2
+    (failed,) = [line for line in logged(caplog) if line.startswith("pacs-sync pass failed")]
+    assert "body that is not JSON" in failed
+
+
+def test_a_change_log_that_does_not_advance_ends_the_pass(caplog: pytest.LogCaptureFixture) -> None:
+    """A page that is not the last, but whose Last does not move past the bookmark, was asked for again for ever."""
+    stuck = json_answer({"Changes": [{"ChangeType": "NewPatient", "Seq": 5}], "Done": False, "Last": 5})
+    session = CannedSession({"GET /changes": [stuck] * 30 + [json_answer({}, 500)]})
+    state = SyncState(last_change=5)
+
+    report = sync_once(StudySync(OrthancClient(CANNED, session=session), analyser=None), state)  # type: ignore[arg-type]
+
+    assert report == SyncReport()
+    assert session.calls == ["GET /changes"] and state.last_change == 5
+    assert any(line.startswith("orthanc change log does not advance") for line in logged(caplog))
+
+
+class ScriptedSession(CannedSession):
+    """Answers ``GET /changes`` from `changes(since)`; records each `since` asked for."""
+
+    def __init__(self, changes: Callable[[int], dict[str, Any]]) -> None:
+        super().__init__({})
+        self.changes = changes
+        self.since: list[int] = []
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        since = int(kwargs.get("params", {}).get("since", -1))
+        self.since.append(since)
+        self.answers["GET /changes"] = [json_answer(self.changes(since))]
+        return super().request(method, url, *args, **kwargs)
+
+
+def test_a_change_log_that_started_again_is_read_from_the_start(caplog: pytest.LogCaptureFixture) -> None:
+    """A new or restored Orthanc numbers its changes from 1 again and answers ``Last`` below the bookmark (as a real
+    Orthanc does for a `since` past its end): the bookmark was kept, and every new study missed for months."""
+    session = ScriptedSession(lambda since: {"Changes": [], "Done": True, "Last": 8})
+    state = SyncState(last_change=1000)
+
+    sync_once(StudySync(OrthancClient(CANNED, session=session), analyser=None), state)  # type: ignore[arg-type]
+
+    assert session.since == [1000, 0]  # once per pass, so a hostile log cannot loop
+    assert state.last_change == 8
+    assert any(line.startswith("orthanc change log started again") for line in logged(caplog))
+
+
+def test_a_negative_last_is_refused_and_the_bookmark_kept() -> None:
+    session = CannedSession({"GET /changes": [json_answer({"Changes": [], "Done": True, "Last": -3})]})
+    state = SyncState(last_change=40)
+
+    with pytest.raises(OrthancAnswerError, match="'Last' answered a negative change number"):
+        sync_once(StudySync(OrthancClient(CANNED, session=session), analyser=None), state)  # type: ignore[arg-type]
+
+    assert state.last_change == 40
+
+
+def test_a_change_whose_series_answers_500_does_not_hold_up_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The pass failed at that change each time, and no later study was ever looked at."""
+    page = {"Changes": [stable_series("s1", 1), stable_series("s2", 2)], "Done": True, "Last": 2}
+    answers = {
+        "GET /changes": [json_answer(page), json_answer({"Changes": [], "Done": True, "Last": 2})],
+        "GET /series/s1": [json_answer({"Message": "internal"}, 500)],
+        "GET /series/s2": [
+            json_answer({"ID": "s2", "Instances": ["i"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st2"})
+        ],
+        "GET /studies/st2": [json_answer({"ID": "st2"})],
+        "GET /studies/st2/series": [json_answer([])],
+        f"PUT /studies/st2/metadata/{SYNC_METADATA}": [json_answer({})],
+    }
+    session = CannedSession(answers)
+    studies = StudySync(OrthancClient(CANNED, session=session), ModelStudyProcessor(NegativePredictor()))  # type: ignore[arg-type]
+    state = SyncState()
+
+    first = sync_once(studies, state)
+    assert (first, state.last_change, state.unresolved) == (SyncReport(not_analysed=1), 2, {"Series/s1": 1})
+    second = sync_once(studies, state)  # tried again, then given up (max_attempts 2)
+
+    assert second == SyncReport() and state.unresolved == {}
+    assert session.calls.count("GET /series/s1") == 2
+    lines = logged(caplog)
+    assert any(line.startswith("change not resolved") and "Series/s1" in line for line in lines)
+    assert any(line.startswith("change given up") and "Series/s1" in line for line in lines)
+
+
+# --- redirects
+
+
+@pytest.mark.parametrize("call", ["changes", "store"])
+def test_a_redirect_to_another_server_is_not_followed(call: str, thief: FakePacs) -> None:
+    """requests strips the credentials, but re-sent a 307's body (a SEG with patient data) and trusted the answer."""
+    elsewhere = f"http://localhost:{thief.port}/dicom-web/studies"
+
+    def redirect(handler: BaseHTTPRequestHandler) -> None:
+        send(handler, 307, b"", {"Location": elsewhere})
+
+    dataset = mr_series(tumor_channels()[:1])[0]
+    with FakePacs({"GET /changes": redirect, "POST /dicom-web/studies": redirect}) as pacs:
+        client = OrthancClient(config(pacs))
+        with pytest.raises(ForeignRedirectError, match=rf"redirected to http://localhost:{thief.port}; pacs-sync"):
+            client.changes(0) if call == "changes" else client.store(dataset)
+
+    assert thief.requests == []
+    assert all(request["auth"] is not None for request in pacs.requests)
+
+
+def test_a_redirect_within_orthanc_is_followed_with_the_credentials() -> None:
+    page = json.dumps({"Changes": [], "Done": True, "Last": 4}).encode()
+    routes: dict[str, Route] = {
+        "GET /changes": lambda handler: send(handler, 302, b"", {"Location": "/moved/changes?since=0"}),
+        "GET /moved/changes": lambda handler: send(handler, 200, page),
+    }
+    with FakePacs(routes) as pacs:
+        assert OrthancClient(config(pacs)).changes(0)["Last"] == 4
+
+    assert [request["auth"] is not None for request in pacs.requests] == [True, True]
+
+
+# --- one study
+
+
+def test_a_series_of_thousands_of_instances_stops_at_the_study_byte_cap(caplog: pytest.LogCaptureFixture) -> None:
+    """Every instance was fetched into memory before the flow's memory budget refused them."""
+    data = to_bytes(mr_series(tumor_channels()[:1])[0])
+    session = CannedSession(study_answers([data] * 2000))
+    client = OrthancClient(
+        PacsSyncConfig("http://orthanc.invalid", retries=0, max_study_bytes=20 * len(data)), session=session
+    )
+    state = SyncState()
+
+    outcome = StudySync(client, ModelStudyProcessor(NegativePredictor()), clock=lambda: 0.0).process("st1", state)  # type: ignore[arg-type]
+
+    assert outcome == "failed" and "st1" in state.retries
+    fetched = [call for call in session.calls if call.endswith("/file")]
+    assert len(fetched) == 21  # the 21st passes the cap
+    (line,) = [line for line in logged(caplog) if line.startswith("study not processed")]
+    assert "StudyTooLargeError" in line
+
+
+def test_a_study_whose_instances_disagree_on_patient_id_is_not_analysed(caplog: pytest.LogCaptureFixture) -> None:
+    """A PACS mixing patients got one SEG and one volume made of two patients' slices, stored under the first."""
+    series = mr_series(tumor_channels())
+    series[1].PatientID = "OTHER-PATIENT-7731"
+    session = CannedSession(study_answers([to_bytes(dataset) for dataset in series]))
+    client = OrthancClient(CANNED, session=session)
+
+    outcome = StudySync(client, ModelStudyProcessor(PositivePredictor()), clock=lambda: 0.0).process("st1", SyncState())  # type: ignore[arg-type]
+
+    assert outcome == "failed"
+    assert not any(call.startswith("POST /dicom-web") for call in session.calls)
+    text = "\n".join(logged(caplog))
+    assert "MixedStudyError" in text
+    assert "OTHER-PATIENT-7731" not in text and series[0].PatientID not in text
+
+
+def test_a_non_dicom_instance_fails_the_study_in_one_line_and_it_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    html = b"<html><body>Error page. Patient: Doe^Jane</body></html>"
+    session = CannedSession(study_answers([html]))
+    state = SyncState()
+
+    outcome = StudySync(
+        OrthancClient(CANNED, session=session), ModelStudyProcessor(NegativePredictor()), clock=lambda: 0.0
+    ).process("st1", state)  # type: ignore[arg-type]
+
+    assert outcome == "failed" and state.retries == {"st1": 60.0}
+    assert written_records(session) == 1  # recorded as failed in Orthanc
+    lines = [line for line in logged(caplog) if "st1" in line]
+    assert len(lines) == 1 and lines[0].startswith("study not processed")
+    assert "Doe^Jane" not in "\n".join(logged(caplog))
+
+
+def test_a_500_while_storing_the_sr_withdraws_the_seg_and_the_study_is_retried() -> None:
+    """The SEG stayed next to the earlier results with no SR, as if complete, and one more piled up at each retry."""
+    series = mr_series(tumor_channels())
+    answers = study_answers([to_bytes(dataset) for dataset in series])
+    answers["POST /dicom-web/studies"] = [json_answer({}), json_answer({"Message": "disk full"}, 500)]
+    ours = {"ID": "new-seg", "Instances": ["x"], "MainDicomTags": {"Modality": "SEG", "Manufacturer": MANUFACTURER}}
+    answers["POST /tools/find"] = [json_answer([ours])]
+    answers["DELETE /series/new-seg"] = [json_answer({})]
+    session = CannedSession(answers)
+    state = SyncState()
+
+    outcome = StudySync(
+        OrthancClient(CANNED, session=session), ModelStudyProcessor(PositivePredictor()), clock=lambda: 0.0
+    ).process("st1", state)  # type: ignore[arg-type]
+
+    assert outcome == "failed" and state.retries == {"st1": 60.0}
+    assert session.calls.count("POST /dicom-web/studies") == 2  # the SEG, then the SR that failed
+    assert "DELETE /series/new-seg" in session.calls
+    assert written_records(session) == 1  # the failure, never a result
+
+
+def test_a_500_while_storing_the_seg_never_stores_the_sr() -> None:
+    series = mr_series(tumor_channels())
+    answers = study_answers([to_bytes(dataset) for dataset in series])
+    answers["POST /dicom-web/studies"] = [json_answer({"Message": "busy"}, 500)]
+    answers["POST /tools/find"] = [json_answer([])]
+    session = CannedSession(answers)
+
+    outcome = StudySync(
+        OrthancClient(CANNED, session=session), ModelStudyProcessor(PositivePredictor()), clock=lambda: 0.0
+    ).process("st1", SyncState())  # type: ignore[arg-type]
+
+    assert outcome == "failed"
+    assert session.calls.count("POST /dicom-web/studies") == 1  # the SEG; no SR pointing at a missing SEG
