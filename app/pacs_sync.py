@@ -66,6 +66,8 @@ class SettingsLike(Protocol):
     pacs_max_attempts: int
     pacs_retry_seconds: float
     max_dicom_pixels: int
+    max_upload_bytes: int
+    decode_memory_bytes: int
     model_dir: Path
     inference_runtime: str
 
@@ -283,6 +285,9 @@ def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSy
         max_attempts=settings.pacs_max_attempts,
         retry_seconds=settings.pacs_retry_seconds,
         max_image_pixels=settings.max_dicom_pixels,
+        # The service's own limits: an instance the API would refuse is not fetched, nor a study it could not decode.
+        max_answer_bytes=settings.max_upload_bytes,
+        max_study_bytes=settings.decode_memory_bytes,
         selection_rules=SelectionRules.from_settings(settings),
     )
 
