@@ -119,6 +119,46 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
         ) from error
 
 
+def check_native_pixel_data(header: DicomHeader) -> None:
+    """Refuse native (uncompressed, not deflated) pixel data shorter than Rows x Columns x frames x BitsAllocated
+    needs, or cut short by the end of the file, from the element's header alone: nothing is decoded.
+
+    For callers that keep files to decode later (the DICOM node): such a file would only fail then, long after its
+    sender was told it was kept. Compressed pixel data is checked by `read_dicom_header` (codestream sizes).
+
+    Raises
+    ------
+    InvalidDicomImageError
+        If the pixel data declares fewer bytes than the image needs.
+    UndecodableDicomError
+        If the file ends before the bytes the pixel data declares.
+    """
+    if header.inflated_bytes:
+        return
+    buffer = io.BytesIO(header.data)
+    dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
+    transfer_syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", "")))
+    if transfer_syntax.is_transfer_syntax and transfer_syntax.is_encapsulated:
+        return
+    position = buffer.tell()  # the pixel data element's tag: read_dicom_header found it there
+    implicit, little = dataset.original_encoding
+    order = "little" if little else "big"
+    length_at = position + (4 if implicit else 8)  # pixel data VRs (OB, OW, OF...) have a 4-byte length
+    declared = int.from_bytes(header.data[length_at : length_at + 4], order)
+    if declared == UNDEFINED_LENGTH:
+        return  # encapsulated pixel data under a native transfer syntax: the decoder refuses it
+    needed = -(-header.pixels * header.bits_allocated // 8)
+    if declared < needed:
+        raise InvalidDicomImageError(
+            f"DICOM pixel data holds {declared} bytes; Rows x Columns x frames x BitsAllocated needs {needed}"
+        )
+    held = len(header.data) - (length_at + 4)
+    if held < declared:
+        raise UndecodableDicomError(
+            f"DICOM file is truncated: its pixel data declares {declared} bytes but the file holds {held}"
+        )
+
+
 def _check_complete(dataset: Dataset) -> None:
     """pydicom reads a value cut short by the end of the file without complaint; only the last element can be."""
     tags = list(dataset.keys())

@@ -23,10 +23,14 @@ How a study flows through it:
 5. **Forget.** Instances and results of a study whose results were all delivered are removed after
    `SpoolLimits.retention_seconds`; its record stays.
 
-Defences against a sender that misbehaves: instances over the size limit, or that would overfill the spool or the
-disk, are refused with Out of Resources (`app.dicom_spool.SpoolLimits`); a connection that does not associate
-within `association_timeout_seconds`, or an association idle that long, is closed, so idle connections cannot hold
-the node's `max_associations` slots for long.
+Defences against a sender that misbehaves: instances over the size limit (for a deflated one, once inflated), or
+that would overfill the spool or the disk, are refused with Out of Resources (`app.dicom_spool.SpoolLimits`); an
+instance over the size limit is not even held while it arrives (`_discard_oversized`). An instance is kept only if
+the service can read it (`checked_instance`: its header, its pixel data's length, the UIDs that name it, matching
+the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line without
+patient data. A connection that does not associate within `association_timeout_seconds`, an association idle that
+long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
+node's `max_associations` slots for long; a PDU longer than an instance may be closes its connection at once.
 
 Logs name studies by a hash of their Patient ID and Study Instance UID (`app.dicom_spool.study_key`), never by
 DICOM attributes.
@@ -35,10 +39,13 @@ DICOM attributes.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import re
 import socket
 import socketserver
+import sys
 import threading
 import time
 import uuid
@@ -46,8 +53,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -72,8 +80,16 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from app.dicom_header import read_dicom_header
+from app.dicom_input import check_native_pixel_data
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
 from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
+from app.errors import (
+    DicomWithoutPixelDataError,
+    OverMemoryBudgetError,
+    ServiceError,
+    UnsupportedDicomError,
+)
 from app.study_analysis import StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
@@ -81,6 +97,17 @@ logger = logging.getLogger(__name__)
 
 class NodeStartError(OSError):
     """The node cannot listen where it is told to; the message names the address."""
+
+
+class InstanceRefusedError(Exception):
+    """A received instance the node does not keep: `status` answers its C-STORE, the message is the Error Comment.
+
+    The message never quotes a DICOM value: it goes to the sender and to the log.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 STORAGE_CLASSES = (
@@ -108,7 +135,12 @@ TRANSFER_SYNTAXES = (
     RLELossless,
 )
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
+ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is an LO
+MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundred bytes
+PDU_OVERHEAD_BYTES = 64 * 1024  # what a PDU may hold besides an instance's bytes: command set, item headers
+_UID = re.compile(r"[0-9.]{1,64}")  # the characters and length a UI value allows (leading zeros are tolerated)
 FINAL_STATUSES = ("analysed", "not_analysed", "failed")
 PURGE_EVERY_SECONDS = 300.0
 
@@ -227,13 +259,18 @@ class DicomNode:
         else:
             logger.warning("the DICOM node accepts any calling AE title (DICOM_NODE_ALLOWED_CALLING_AE_TITLES unset)")
         ae.require_called_aet = True  # refuse associations addressed to another AE title
-        handlers = [(evt.EVT_C_ECHO, _handle_echo), (evt.EVT_C_STORE, self._handle_store)]
+        handlers = [
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_PDU_RECV, self._discard_oversized),
+        ]
         try:
             self._server = ae.make_server(
                 (self.config.host, self.config.port),
                 evt_handlers=handlers,
                 server_class=TimedAssociationServer,
                 receive_timeout=self.config.association_timeout_seconds,
+                max_pdu_bytes=self.config.spool_limits.max_instance_bytes + PDU_OVERHEAD_BYTES,
             )
         except OSError as error:  # an unknown host name, an address of another machine, a port in use
             raise NodeStartError(
@@ -262,29 +299,46 @@ class DicomNode:
             self._server.shutdown()
             self._server = None
 
-    def _handle_store(self, event: Any) -> int:
+    def _handle_store(self, event: Any) -> int | Dataset:
+        """Keep one instance (`checked_instance`) and answer Success, or refuse it with a status and a comment."""
+        request = event.request
         try:
-            self.spool.check_room(event.request.DataSet.getbuffer().nbytes)  # before copying it once more
-            dataset = event.dataset
-            study_uid = str(dataset.StudyInstanceUID)
-            patient_id = str(dataset.get("PatientID", ""))
-            sop_uid = str(event.request.AffectedSOPInstanceUID)
-        except SpoolFullError as error:
-            logger.warning("instance refused", extra={"fields": {"reason": str(error)}})
-            return STATUS_OUT_OF_RESOURCES
-        except Exception:  # a dataset we cannot even parse: say so rather than keep it
-            return STATUS_CANNOT_UNDERSTAND
-        try:
+            self.spool.check_room(_received_bytes(request.DataSet))  # before copying it once more
             data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
-            key = self.spool.store_instance(study_uid, patient_id, sop_uid, data)
+            instance = checked_instance(
+                data,
+                str(request.AffectedSOPClassUID or ""),
+                str(request.AffectedSOPInstanceUID or ""),
+                self.config.spool_limits.max_instance_bytes,
+            )
+            key = self.spool.store_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid, data)
         except SpoolFullError as error:
-            logger.warning("instance refused", extra={"fields": {"reason": str(error)}})
-            return STATUS_OUT_OF_RESOURCES
+            return _refusal(STATUS_OUT_OF_RESOURCES, str(error))
+        except InstanceRefusedError as error:
+            return _refusal(error.status, str(error))
         except OSError:
             logger.exception("instance not stored")
-            return STATUS_OUT_OF_RESOURCES
+            return _refusal(STATUS_OUT_OF_RESOURCES, "the node cannot write its spool")
         logger.debug("instance stored", extra={"fields": {"study_key": key}})
         return STATUS_SUCCESS
+
+    def _discard_oversized(self, event: Any) -> None:
+        """EVT_PDU_RECV: once the message being received is over the instance limit, drop its data set as it arrives.
+
+        pynetdicom holds a message whole in memory until its last fragment, and the limit could only be checked then:
+        a sender could make the node hold any amount. This runs in the association's reader thread before the PDU's
+        fragments join the message; the request is then refused (`_handle_store`) once its last fragment is in.
+        """
+        message = event.assoc.dimse.message
+        if message is None:  # the PDU starts a message: bounded by the PDU limit (`GuardedConnection`)
+            return
+        if message.encoded_command_set.tell() > MAX_COMMAND_BYTES:
+            logger.warning("association aborted", extra={"fields": {"reason": "a command set over 64 KiB"}})
+            event.assoc.abort()
+            return
+        data_set = message.data_set
+        if not isinstance(data_set, DiscardedDataSet) and data_set.tell() > self.config.spool_limits.max_instance_bytes:
+            message.data_set = DiscardedDataSet(data_set.tell())
 
     # -- processing ------------------------------------------------------------------------------------------
 
@@ -393,26 +447,161 @@ class DicomNode:
 
 
 class TimedAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's server, with a receive timeout on every connection it accepts.
+    """pynetdicom's server, whose connections are `GuardedConnection`s: timed, and with a limit on a PDU's length.
 
     pynetdicom's own timers (ARTIM, network idle) are not checked while it waits for the rest of a half-received
-    message: a peer that sends a few bytes and stops would hold one of the node's association slots for ever, and a
-    few such peers would lock out every sender. With the timeout, a silent connection is closed whatever it sent.
+    message: a peer that sends a few bytes and stops, or trickles them, would hold one of the node's association
+    slots for ever, and a few such peers would lock out every sender.
     """
 
-    def __init__(self, *args: Any, receive_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, receive_timeout: float, max_pdu_bytes: int, **kwargs: Any) -> None:
         self.receive_timeout = receive_timeout
+        self.max_pdu_bytes = max_pdu_bytes
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
-        connection.settimeout(self.receive_timeout)
-        return connection, address
+        return GuardedConnection.accepted(connection, self.max_pdu_bytes, self.receive_timeout), address
 
     def shutdown(self) -> None:
         """Stop serving and close the socket; made by `AE.make_server`, the server is not in the AE's own list."""
         socketserver.BaseServer.shutdown(self)
         self.server_close()
+
+
+class GuardedConnection(socket.socket):
+    """An accepted connection that follows the PDUs it carries: each may be at most `max_pdu_bytes` long and must
+    arrive whole within `pdu_seconds` of its first byte; between PDUs, the connection may be silent that long.
+
+    pynetdicom reads a PDU's 6-byte header, then as many bytes as the header announces, into memory, with no limit
+    and no timer: a peer announcing 4 GiB, or sending a byte every few seconds, would hold memory or a slot for as
+    long as it liked. A PDU that breaks a rule makes `recv` raise `ConnectionError` (logged), which pynetdicom takes
+    for a closed connection.
+    """
+
+    max_pdu_bytes: int
+    pdu_seconds: float
+    _header: bytearray
+    _remaining: int
+    _deadline: float | None
+
+    @classmethod
+    def accepted(cls, connection: socket.socket, max_pdu_bytes: int, pdu_seconds: float) -> GuardedConnection:
+        guarded = cls(connection.family, connection.type, connection.proto, fileno=connection.detach())
+        guarded.max_pdu_bytes, guarded.pdu_seconds = max_pdu_bytes, pdu_seconds
+        guarded._header, guarded._remaining, guarded._deadline = bytearray(), 0, None
+        guarded.settimeout(pdu_seconds)
+        return guarded
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        left = self.pdu_seconds if self._deadline is None else self._deadline - time.monotonic()
+        if left <= 0:
+            self._close_for(f"a PDU took longer than {self.pdu_seconds:g} s to arrive")
+        self.settimeout(left)
+        try:
+            data = super().recv(size, flags)
+        except TimeoutError:
+            inside = self._deadline is not None
+            self._close_for(f"a PDU took longer than {self.pdu_seconds:g} s to arrive" if inside else "silent peer")
+        self._follow(data)
+        return data
+
+    def _follow(self, data: bytes) -> None:
+        """Count `data` against the PDU it belongs to; read each PDU header (type, reserved, 4-byte length)."""
+        view = memoryview(data)
+        while view:
+            if self._remaining:
+                step = min(self._remaining, len(view))
+                self._remaining, view = self._remaining - step, view[step:]
+                if not self._remaining:
+                    self._deadline = None
+                continue
+            if self._deadline is None:
+                self._deadline = time.monotonic() + self.pdu_seconds
+            step = 6 - len(self._header)
+            self._header += view[:step]
+            view = view[step:]
+            if len(self._header) == 6:
+                self._remaining = int.from_bytes(self._header[2:], "big")
+                self._header.clear()
+                if self._remaining > self.max_pdu_bytes:
+                    self._close_for(f"a PDU of {self._remaining} bytes; the limit is {self.max_pdu_bytes}")
+                if not self._remaining:
+                    self._deadline = None
+
+    def _close_for(self, reason: str) -> NoReturn:
+        logger.warning("DICOM connection closed", extra={"fields": {"reason": reason}})
+        raise ConnectionError(reason)
+
+
+class DiscardedDataSet(io.BytesIO):
+    """Stands in for the data set of a C-STORE request past the instance limit: counts the bytes that still arrive
+    and keeps none (`DicomNode._discard_oversized`)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__()
+        self.received = received
+
+    def write(self, data: Any, /) -> int:
+        self.received += len(data)
+        return len(data)
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """The UIDs and Patient ID that place a checked instance in the spool (`checked_instance`)."""
+
+    study_uid: str
+    patient_id: str
+    sop_instance_uid: str
+
+
+def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max_bytes: int) -> ReceivedInstance:
+    """Where the instance `data` (Part 10 bytes as received by C-STORE) goes, if the node may keep it.
+
+    Refused with `InstanceRefusedError`: what `read_dicom_header` refuses (a truncated or garbled header, a class
+    other than the MR ones, no pixel data, colour...), a deflated data set that inflates past `max_bytes`, native
+    pixel data shorter than its image (`check_native_pixel_data`), a SOP Class or Instance UID other than the
+    request's (stored under the request's UID, it would replace another instance), and a SOP Instance or Study
+    Instance UID that is missing or not a UID. Each would fail only once the study is processed, long after its
+    sender was told it was kept.
+    """
+    try:
+        header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
+        check_native_pixel_data(header)
+    except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
+        raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
+    except (UnsupportedDicomError, DicomWithoutPixelDataError) as error:
+        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, error.message) from error
+    except ServiceError as error:
+        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, error.message) from error
+    dataset = header.dataset
+    if _uid(dataset.get("SOPClassUID")) != _uid(sop_class_uid):
+        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not the request's")
+    if _uid(dataset.get("SOPInstanceUID")) != _uid(sop_instance_uid):
+        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID is not the request's")
+    study_uid = _uid(dataset.get("StudyInstanceUID"))
+    for name, value in (("SOP Instance UID", _uid(sop_instance_uid)), ("Study Instance UID", study_uid)):
+        if not _UID.fullmatch(value):
+            raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing or not a UID")
+    return ReceivedInstance(study_uid, str(dataset.get("PatientID", "") or ""), _uid(sop_instance_uid))
+
+
+def _uid(value: object) -> str:
+    return str(value or "").rstrip("\0 ")
+
+
+def _received_bytes(data_set: io.BytesIO) -> int:
+    return data_set.received if isinstance(data_set, DiscardedDataSet) else data_set.getbuffer().nbytes
+
+
+def _refusal(status: int, reason: str) -> Dataset:
+    """The C-STORE answer that refuses an instance, with `reason` as its Error Comment; logged without DICOM values."""
+    logger.warning("instance refused", extra={"fields": {"status": f"0x{status:04X}", "reason": reason}})
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = reason[:ERROR_COMMENT_LENGTH]
+    return answer
 
 
 def _handle_echo(event: Any) -> int:

@@ -1,0 +1,319 @@
+"""An attacker's review of the DICOM node (`app.dicom_node`): what a sender with real DICOM tools can make it do.
+
+Each test sends over 127.0.0.1, with dcmtk's storescu or with pynetdicom's DIMSE layer directly (`forged_store`:
+a C-STORE request whose command and data set are whatever the test says, as a broken or hostile sender would
+send), to a node made by `tests.dicom.conftest.make_node` (models replaced by a threshold). What was checked and
+found right already is pinned only where it is cheap; `tests/dicom/test_dicom_node_failures.py` covers idle
+connections, spool limits and Study UIDs shared by two patients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.dsutils import encode
+
+from app.dicom_spool import MIB, SpoolLimits
+from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
+from tests.dicom.conftest import clock, make_node, results  # noqa: F401 (fixtures)
+from tests.dicom.node_support import CALLING_AE, NODE_AE, dcmtk, storescu
+
+SMALL_LIMITS = SpoolLimits(max_instance_bytes=1 * MIB, min_free_bytes=0)
+
+
+def one_instance() -> Dataset:
+    return mr_series(tumor_channels()[:1])[0]
+
+
+def forged_store(
+    port: int,
+    body: bytes,
+    sop_class: str = MRImageStorage,
+    sop_instance: str | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """Send one C-STORE request for `sop_class` / `sop_instance` whose data set is `body` (encoded, no file meta) as
+    it is; return the response's status data set (Status, ErrorComment)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance or generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    part10 = DicomBytesIO()
+    write_file_meta_info(part10, meta)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "forged.dcm"
+        path.write_bytes(bytes(128) + b"DICM" + part10.getvalue() + body)
+        ae = AE(ae_title=CALLING_AE)
+        ae.add_requested_context(sop_class, [transfer_syntax])
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+        assert association.is_established
+        chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True  # the file as it is
+        try:
+            status = association.send_c_store(path)
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = chunked
+            association.release()
+    assert "Status" in status, "no answer: the association ended"
+    return status
+
+
+def encoded(dataset: Dataset) -> bytes:
+    data = encode(dataset, False, True)
+    assert data is not None
+    return data
+
+
+def stored_files(node: Any) -> list[Path]:
+    return sorted((node.spool.root / "studies").glob("*/instances/*.dcm"))
+
+
+def peak_rss_growth(action: Callable[[], object]) -> int:
+    """How far this process's resident memory rose above its level before `action`, sampled every 5 ms."""
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+    baseline, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        action()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0] - baseline
+
+
+@pytest.fixture
+def refusals(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[logging.LogRecord]]]:
+    """The node's "instance refused" log lines, so far."""
+    with caplog.at_level(logging.WARNING, logger="app.dicom_node"):
+        yield lambda: [record for record in caplog.records if record.getMessage() == "instance refused"]
+
+
+# -- defects found, each fixed ------------------------------------------------------------------------------------
+
+
+def test_an_instance_over_the_size_limit_is_not_held_in_memory_while_it_arrives(
+    make_node: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """It used to be received whole (any size) before the limit was checked: a few senders could exhaust memory."""
+    node = make_node(spool_limits=SMALL_LIMITS)
+    huge = mr_dataset(np.zeros((8192, 8192), np.uint16), Study(), generate_uid())  # 128 MiB
+    files = write_files([huge, *mr_series(tumor_channels()[:1])], tmp_path / "in")
+    del huge
+
+    growth = peak_rss_growth(lambda: storescu(node, files))
+
+    assert growth < 48 * MIB, f"the node held {growth / MIB:.0f} MiB while refusing a 128 MiB instance"
+    assert len(stored_files(node)) == 1  # refused with 0xA700, and the association went on to the next one
+
+
+def test_a_deflated_instance_is_measured_inflated_and_a_bomb_is_refused(
+    make_node: Any,  # noqa: F811
+    refusals: Callable[[], list[logging.LogRecord]],
+) -> None:
+    """A 200 KB deflated data set that inflates to 200 MiB was kept (and inflated whole while received)."""
+    node = make_node(spool_limits=SMALL_LIMITS)
+    dataset = one_instance()
+    del dataset.PixelData
+    dataset.Rows, dataset.Columns = 3200, 32768  # 200 MiB of 16-bit zeros
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(encoded(dataset) + struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 200 * MIB))]
+    parts += [deflater.compress(bytes(MIB)) for _ in range(200)]
+    body = b"".join([*parts, deflater.flush()])
+
+    response = forged_store(
+        node.config.port, body, sop_instance=dataset.SOPInstanceUID, transfer_syntax=DeflatedExplicitVRLittleEndian
+    )
+
+    assert len(body) < SMALL_LIMITS.max_instance_bytes
+    assert (response.Status, response.ErrorComment) == (0xA700, f"over {MIB} bytes once inflated")
+    assert stored_files(node) == []
+    assert len(refusals()) == 1
+
+
+def _truncated_in_pixel_data(dataset: Dataset) -> bytes:
+    return encoded(dataset)[:-30000]
+
+
+def _pixels_short_of_rows_x_columns(dataset: Dataset) -> bytes:
+    dataset.Rows = 4000
+    return encoded(dataset)
+
+
+def _without_pixel_data(dataset: Dataset) -> bytes:
+    del dataset.PixelData
+    return encoded(dataset)
+
+
+def _without_study_uid(dataset: Dataset) -> bytes:
+    del dataset.StudyInstanceUID
+    return encoded(dataset)
+
+
+def _study_uid_as_a_path(dataset: Dataset) -> bytes:
+    dataset.StudyInstanceUID = "../../" + "A" * 300
+    return encoded(dataset)
+
+
+@pytest.mark.parametrize(
+    ("damage", "status", "comment"),
+    [
+        (_truncated_in_pixel_data, 0xC000, "DICOM file is truncated"),
+        (_pixels_short_of_rows_x_columns, 0xC000, "DICOM pixel data holds 65536 bytes"),
+        (_without_pixel_data, 0xA900, "DICOM MR Image Storage must carry Pixel Data"),
+        (_without_study_uid, 0xA900, "Study Instance UID missing or not a UID"),
+        (_study_uid_as_a_path, 0xA900, "Study Instance UID missing or not a UID"),
+    ],
+    ids=["truncated in pixel data", "pixel data short of rows x columns", "no pixel data", "no study uid", "path"],
+)
+def test_an_instance_the_node_cannot_analyse_is_refused_with_a_status_and_a_comment(
+    make_node: Any,  # noqa: F811
+    refusals: Callable[[], list[logging.LogRecord]],
+    damage: Callable[[Dataset], bytes],
+    status: int,
+    comment: str,
+) -> None:
+    """Such instances were acknowledged with Success and only failed once the study was processed, unseen."""
+    node = make_node()
+    dataset = one_instance()
+
+    response = forged_store(node.config.port, damage(dataset), sop_instance=dataset.SOPInstanceUID)
+
+    assert response.Status == status
+    assert response.ErrorComment.startswith(comment)
+    assert stored_files(node) == []
+    (record,) = refusals()
+    assert PATIENT_ID not in str(record.__dict__)
+
+
+def test_a_request_naming_another_instance_cannot_replace_it(make_node: Any, tmp_path: Path) -> None:  # noqa: F811
+    """The spool names a file by the request's SOP Instance UID: a data set under another instance's UID replaced
+    that instance's file, whatever its own UID."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    before = {path: path.read_bytes() for path in stored_files(node)}
+    intruder = mr_dataset(np.zeros((256, 256), np.uint8), Study(series[0].StudyInstanceUID), generate_uid())
+
+    response = forged_store(node.config.port, encoded(intruder), sop_instance=series[0].SOPInstanceUID)
+
+    assert (response.Status, response.ErrorComment) == (0xA900, "SOP Instance UID is not the request's")
+    assert {path: path.read_bytes() for path in stored_files(node)} == before
+
+
+def test_connections_that_trickle_a_pdu_are_closed_so_they_cannot_lock_out_senders(
+    make_node: Any,  # noqa: F811
+) -> None:
+    """A byte now and then kept each read alive: two such peers held both slots far past the timeout."""
+    node = make_node(max_associations=2, association_timeout_seconds=1.0)
+    header = b"\x01\x00" + struct.pack(">L", 4096)  # an association request of 4 KiB, sent a byte at a time
+    trickling = [socket.create_connection(("127.0.0.1", node.config.port)) for _ in range(2)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for index in range(4096 + 6):
+            for connection in trickling:
+                with contextlib.suppress(OSError):  # closed by the node: what the test waits for
+                    connection.sendall((header + bytes(4096))[index : index + 1])
+            if stop.wait(0.3):
+                return
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        time.sleep(0.2)
+        assert not echo(node.config.port)  # both slots held
+        assert wait_for(lambda: echo(node.config.port), 4)
+    finally:
+        stop.set()
+        sender.join()
+        for connection in trickling:
+            connection.close()
+
+
+def test_a_pdu_longer_than_an_instance_may_be_closes_the_connection_at_once(make_node: Any) -> None:  # noqa: F811
+    """A PDU's announced length was read into memory, whatever it was (4 GiB here), as long as bytes kept coming."""
+    node = make_node(spool_limits=SMALL_LIMITS)
+    connection = socket.create_connection(("127.0.0.1", node.config.port))
+    sent, chunk, deadline = 0, bytes(64 * 1024), time.monotonic() + 5
+    try:
+        connection.sendall(b"\x01\x00\xff\xff\xff\xff")
+        with pytest.raises(OSError):  # reset or broken pipe: the node closed it
+            while time.monotonic() < deadline:
+                connection.sendall(chunk)
+                sent += len(chunk)
+    finally:
+        connection.close()
+
+    assert sent < 64 * MIB
+    assert echo(node.config.port)
+
+
+# -- checked and already right -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("called", "accepted"), [("braintumor", False), (" BRAINTUMOR ", True), ("OTHER", False)])
+def test_the_called_ae_title_must_be_the_nodes(make_node: Any, called: str, accepted: bool) -> None:  # noqa: F811
+    """AE titles are case-sensitive; leading and trailing spaces are not significant (PS3.5 AE)."""
+    import subprocess
+
+    node = make_node()
+    result = subprocess.run(
+        [dcmtk("echoscu"), "-aet", CALLING_AE, "-aec", called, "127.0.0.1", str(node.config.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert (result.returncode == 0) == accepted, result.stderr
+
+
+def echo(port: int) -> bool:
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 5
+    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    if not association.is_established:
+        return False
+    status = association.send_c_echo()
+    association.release()
+    return status is not None and int(status.Status) == 0
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
