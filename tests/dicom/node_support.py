@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +44,10 @@ def free_port() -> int:
 
 
 def dcmtk(tool: str) -> str:
-    path = shutil.which(tool)
+    """dcmtk's `tool`, never the virtual environment's namesake (pynetdicom installs a `storescu` of its own)."""
+    venv_bin = Path(sys.prefix) / "bin"
+    search = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d) != venv_bin)
+    path = shutil.which(tool, path=search)
     if path is None:
         pytest.skip(f"{tool} not found: install the Debian package dcmtk (.ci/install-system-packages.sh)")
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
@@ -283,3 +284,55 @@ def test_cli_has_the_dicom_node_command(tmp_path: Path) -> None:
 
     assert (args.port, args.ae_title, args.spool_dir) == (11113, "AINODE", Path("x"))
     assert args.run.__name__ == "dicom_node"
+
+
+@pytest.mark.parametrize(
+    ("tool", "options", "transfer_syntax", "proposal"),
+    [
+        ("dcmcjpeg", ["+e1"], "1.2.840.10008.1.2.4.70", "-xs"),  # JPEG lossless, first-order prediction
+        ("dcmcjpls", ["+el"], "1.2.840.10008.1.2.4.80", "-xt"),  # JPEG-LS lossless
+        ("dcmcrle", [], "1.2.840.10008.1.2.5", "-xr"),  # RLE lossless
+        ("dcmconv", ["+td"], "1.2.840.10008.1.2.1.99", "-xd"),  # deflated explicit VR little endian
+    ],
+)
+def test_a_series_compressed_by_dcmtk_is_kept_and_gives_the_masks_of_its_uncompressed_copy(
+    make_node: Any,
+    results: ResultStore,
+    clock: Clock,
+    tmp_path: Path,
+    tool: str,
+    options: list[str],
+    transfer_syntax: str,
+    proposal: str,
+) -> None:
+    # The node checks what it keeps (header, codestream, pixel data length): lossless encodings of a valid series must
+    # pass those checks and decode to the same pixels, so the SEG equals the uncompressed series' masks.
+    node = make_node()
+    series = mr_series(tumor_channels())
+    compressed = []
+    for path in write_files(series, tmp_path / "in"):
+        target = tmp_path / "compressed" / path.name
+        target.parent.mkdir(exist_ok=True)
+        subprocess.run([dcmtk(tool), *options, str(path), str(target)], check=True, capture_output=True, timeout=60)
+        compressed.append(target)
+    assert pydicom.dcmread(compressed[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == transfer_syntax
+
+    # -R with `proposal`: propose the files' own transfer syntax only, so the node receives them compressed.
+    sent = subprocess.run(
+        [dcmtk("storescu"), "-R", proposal, "-aet", CALLING_AE, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)]
+        + [str(path) for path in compressed],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr + sent.stdout
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+
+    (seg,) = results.by_modality("SEG")
+    decoded = read_segmentation_masks(seg)
+    expected = expected_result(series)
+    for slice_input, prediction in zip(expected.inputs, expected.predictions, strict=True):
+        mask = prediction.mask if prediction.mask is not None else np.zeros((256, 256), np.uint8)
+        np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], mask)
