@@ -42,7 +42,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.dicom_seg import software_version
-from app.orthanc_client import OrthancClient, OrthancError
+from app.orthanc_client import AnswerTooLargeError, OrthancClient, OrthancError
 from app.pacs_sync_state import SyncState
 from app.sequence_selection import StudySelection
 from app.study_analysis import StudyAnalysis
@@ -165,7 +165,8 @@ class StudySync:
         state: SyncState,
     ) -> str:
         fetch = _Fetch(self.client)
-        first_files = {str(series["ID"]): fetch(str(series["Instances"][0])) for series in mr_series}
+        first_files = self._first_files(study_id, mr_series, fetch)
+        mr_series = [series for series in mr_series if str(series["ID"]) in first_files]
         headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
         selection = self.analyser.select(headers)
         by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
@@ -241,6 +242,21 @@ class StudySync:
                 self.client.delete_series(series_id)
                 superseded.append(series_uid)
         return superseded
+
+    def _first_files(self, study_id: str, mr_series: list[dict[str, Any]], fetch: _Fetch) -> dict[str, bytes]:
+        """Orthanc series ID -> its first instance's file, for choosing the series. A series whose first file is over
+        `PacsSyncConfig.max_answer_bytes` (a large multi-frame object, e.g. diffusion) is left out of the choice, as
+        the upload API leaves out a file over its limit: the FLAIR series next to it is still analysed."""
+        first_files = {}
+        for series in mr_series:
+            try:
+                first_files[str(series["ID"])] = fetch(str(series["Instances"][0]))
+            except AnswerTooLargeError:
+                logger.warning(
+                    "series left out: its first file is over the answer limit",
+                    extra={"fields": {"orthanc_study": study_id, "orthanc_series": str(series["ID"])}},
+                )
+        return first_files
 
     def _withdraw(self, study_id: str, new_series: set[str]) -> None:
         """Delete what a failed store left of the new results (a SEG stored, its SR refused): it would pass for a

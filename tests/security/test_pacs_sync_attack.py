@@ -40,6 +40,7 @@ from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.pacs_sync_support import Answer, CannedSession, NegativePredictor, json_answer
 
 USER, PASSWORD = "sync", "s3cret-pw"
+APPLICATION_DICOM = {"Content-Type": "application/dicom"}
 MIB = 1024 * 1024
 
 
@@ -409,6 +410,42 @@ def test_a_series_of_thousands_of_instances_stops_at_the_study_byte_cap(caplog: 
     assert len(fetched) == 21  # the 21st passes the cap
     (line,) = [line for line in logged(caplog) if line.startswith("study not processed")]
     assert "StudyTooLargeError" in line
+
+
+def test_a_series_whose_first_file_is_over_the_cap_is_left_out_and_the_flair_beside_it_analysed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cap failed the whole study; the upload API leaves out only the file over its limit."""
+    flair = [to_bytes(dataset) for dataset in mr_series(tumor_channels())]
+    header = pydicom.dcmread(BytesIO(flair[0]), stop_before_pixels=True)
+    series = [
+        {"ID": "big", "Instances": ["huge"], "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": "1.2.3.4"}},
+        {
+            "ID": "s1",
+            "Instances": [f"i{index}" for index in range(len(flair))],
+            "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": str(header.SeriesInstanceUID)},
+        },
+    ]
+    routes: dict[str, Route] = {
+        "GET /studies/st1": lambda handler: send(handler, 200, json.dumps({"ID": "st1"}).encode()),
+        "GET /studies/st1/series": lambda handler: send(handler, 200, json.dumps(series).encode()),
+        "GET /instances/huge/file": lambda handler: send(handler, 200, b"\0" * (2 * MIB), APPLICATION_DICOM),
+        f"PUT /studies/st1/metadata/{SYNC_METADATA}": lambda handler: send(handler, 200, b"{}"),
+        "POST /dicom-web/studies": lambda handler: send(handler, 200, b"{}"),
+    }
+    for index, data in enumerate(flair):
+        routes[f"GET /instances/i{index}/file"] = lambda handler, data=data: send(handler, 200, data, APPLICATION_DICOM)
+
+    with FakePacs(routes) as pacs:
+        client = OrthancClient(config(pacs, max_answer_bytes=MIB))
+        StudySync(client, ModelStudyProcessor(NegativePredictor()), clock=lambda: 0.0).process("st1", SyncState())  # type: ignore[arg-type]
+
+    # Analysed: every FLAIR file fetched and its volume report (an SR: no tumor, so no SEG) stored. What happens
+    # after the store (this fake Orthanc never lists it in the study) is another test's business.
+    assert all(f"GET /instances/i{index}/file" in pacs.calls for index in range(len(flair)))
+    assert pacs.calls.count("POST /dicom-web/studies") == 1
+    (line,) = [line for line in logged(caplog) if line.startswith("series left out")]
+    assert '"orthanc_series": "big"' in line
 
 
 def test_a_study_whose_instances_disagree_on_patient_id_is_not_analysed(caplog: pytest.LogCaptureFixture) -> None:
