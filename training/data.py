@@ -254,6 +254,8 @@ class SliceBatches(keras.utils.PyDataset):
         tumor_crop_fraction: float = 0.8,
         near_tumor_weight: float = 1.0,
         near_tumor_slices: int = 3,
+        small_tumor_weight: float = 1.0,
+        small_tumor_pixels: int = 300,
         mixup_alpha: float = 0.0,
         **kwargs,
     ) -> None:
@@ -276,12 +278,17 @@ class SliceBatches(keras.utils.PyDataset):
         self.tumor_crop_fraction = tumor_crop_fraction
         self.mixup_alpha = mixup_alpha
         # Loss weight per slice ("label" only): tumor-free slices within `near_tumor_slices` of a tumor slice, where
-        # the classifier's false positives gather, weigh `near_tumor_weight`; None when every slice weighs 1.
+        # the classifier's false positives gather, weigh `near_tumor_weight`; tumor slices with fewer than
+        # `small_tumor_pixels` tumor pixels, the lowest-scoring positives that set the threshold for 95 % sensitivity,
+        # weigh `small_tumor_weight`. None when every slice weighs 1.
         self.sample_weights = None
-        if target == "label" and near_tumor_weight != 1.0:
+        if target == "label" and (near_tumor_weight != 1.0 or small_tumor_weight != 1.0):
             distance = arrays.slices_to_tumor()
             near = (distance > 0) & (distance <= near_tumor_slices)
-            self.sample_weights = np.where(near, near_tumor_weight, 1.0).astype(np.float32)
+            area = arrays.masks.reshape(len(arrays.masks), -1).astype(bool).sum(axis=1)
+            small = (area > 0) & (area < small_tumor_pixels)
+            weights = np.where(near, near_tumor_weight, 1.0) * np.where(small, small_tumor_weight, 1.0)
+            self.sample_weights = weights.astype(np.float32)
         self.epoch = 0
         labels = arrays.labels
         self._positives = np.flatnonzero(labels > 0)

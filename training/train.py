@@ -192,6 +192,8 @@ def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBat
         negatives_per_epoch=args.negatives_per_epoch if segmenter else None,
         near_tumor_weight=1.0 if on_masks else args.near_tumor_negative_weight,
         near_tumor_slices=args.near_tumor_slices,
+        small_tumor_weight=1.0 if on_masks else args.small_tumor_weight,
+        small_tumor_pixels=args.small_tumor_pixels,
         mixup_alpha=0.0 if on_masks else args.mixup_alpha,
         seed=args.seed,
         crop_size=args.crop_size if segmenter and args.crop_size else None,
@@ -392,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier only: blend training slices and their labels in pairs, shares from Beta(alpha, alpha)",
     )
     parser.add_argument(
+        "--small-tumor-weight",
+        type=float,
+        default=1.0,
+        help="classifier only: loss weight of tumor slices with fewer than --small-tumor-pixels tumor pixels (the "
+        "lowest-scoring tumor slices, which set the threshold for the target sensitivity)",
+    )
+    parser.add_argument(
+        "--small-tumor-pixels", type=int, default=300, help="classifier only: how small, in pixels, for that weight"
+    )
+    parser.add_argument(
         "--focal-gamma",
         type=float,
         default=0.0,
@@ -451,6 +463,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     missing = [name for name in ("model", "data_root", "output_dir") if getattr(args, name) is None]
     if missing:
         parser.error("the following arguments are required: " + ", ".join(f"--{n.replace('_', '-')}" for n in missing))
+    if args.small_tumor_weight <= 0 or args.near_tumor_negative_weight <= 0:
+        parser.error("--small-tumor-weight and --near-tumor-negative-weight must be above 0")
     if args.focal_gamma < 0:
         parser.error(f"--focal-gamma {args.focal_gamma}: must be 0 (plain cross-entropy) or more")
     if args.model == "classifier" and args.classifier_backbone in MASK_TRAINED_BACKBONES:
@@ -460,6 +474,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
             "--mixup-alpha": args.mixup_alpha != 0.0,
             "--near-tumor-negative-weight": args.near_tumor_negative_weight != 1.0,
             "--focal-gamma": args.focal_gamma != 0.0,
+            "--small-tumor-weight": args.small_tumor_weight != 1.0,
         }
         given = [option for option, set_ in label_only.items() if set_]
         if given:

@@ -164,6 +164,22 @@ def test_classifier_batches_weigh_tumor_free_slices_near_the_tumor(dev_layout):
     assert len(SliceBatches(real, "label", batch_size=4)[0]) == 2  # no weights asked: (inputs, labels)
 
 
+def test_classifier_batches_weigh_small_tumors_and_near_tumor_slices_together():
+    # small_volume_arrays' layout with 1x2 slices: slice 4 of A holds one tumor pixel, slice 5 two.
+    volume = small_volume_arrays()
+    masks = np.zeros((12, 1, 2), np.uint8)
+    masks[3, 0, 0] = 1
+    masks[4] = 1
+    arrays = SliceArrays(np.zeros((12, 1, 2, 3), np.uint8), masks, volume.patient_ids, volume.slice_numbers)
+
+    small = SliceBatches(arrays, "label", small_tumor_weight=4.0, small_tumor_pixels=2)
+    assert small.sample_weights.tolist() == [1, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1]
+    both = SliceBatches(
+        arrays, "label", small_tumor_weight=4.0, small_tumor_pixels=2, near_tumor_weight=3.0, near_tumor_slices=2
+    )
+    assert both.sample_weights.tolist() == [1, 3, 3, 4, 1, 3, 3, 1, 1, 1, 1, 1]
+
+
 def test_mixup_blends_slices_and_labels_in_pairs_and_repeats_on_resume(dev_layout):
     arrays = load_slices(find_slices(dev_layout))
     plain = SliceBatches(arrays, "label", batch_size=8, shuffle=True, seed=3)

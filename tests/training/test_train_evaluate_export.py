@@ -624,9 +624,14 @@ def test_options_about_one_label_per_slice_are_refused_for_the_tumor_map_classif
             ["--classifier-backbone", "cnn-tumor-map", "--focal-gamma", "2"],
             "--focal-gamma: not for --classifier-backbone cnn-tumor-map",
         ),
+        (["--small-tumor-weight", "0"], "--small-tumor-weight and --near-tumor-negative-weight must be above 0"),
+        (
+            ["--classifier-backbone", "cnn-tumor-map", "--small-tumor-weight", "3"],
+            "--small-tumor-weight: not for --classifier-backbone cnn-tumor-map",
+        ),
     ],
 )
-def test_focal_gamma_is_refused_when_negative_or_for_the_tumor_map_classifier(capsys, options, message):
+def test_loss_options_are_refused_out_of_range_or_for_the_tumor_map_classifier(capsys, options, message):
     with pytest.raises(SystemExit) as raised:
         train.parse_arguments(["--model", "classifier", "--data-root", "data", "--output-dir", "runs/x", *options])
     assert raised.value.code == 2
