@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import keras
@@ -13,13 +14,14 @@ from app.inference import SlicePrediction
 from app.series_result import single_slice_answers
 from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
 from training.data import DatasetError, SliceArrays, find_slices, load_slices
-from training.models import build_classifier, build_resunet, load_classifier, weights_average
+from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, load_classifier, weights_average
+
+# The runs below train a ResUNet of three stages: the full one spends about 20 s tracing its training step. (Four or
+# eight filters in the first stage crashed TensorFlow 2.21's CPU kernels here: heap corruption at batch 8, crop 128.)
+tiny_resunet = functools.partial(build_resunet, filters=(16, 32, 64))
 
 
-@pytest.fixture(scope="module")
-def trained_run(dev_layout, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    split = runs / "split.json"
+def train_both(dev_layout, runs, split) -> None:
     for model in ("classifier", "segmenter"):
         train.main(
             [
@@ -40,6 +42,15 @@ def trained_run(dev_layout, tmp_path_factory):
                 "--no-jit-compile",  # XLA's compile would take most of this one-epoch run
             ]
         )
+
+
+@pytest.fixture(scope="module")
+def trained_run(dev_layout, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    split = runs / "split.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "build_resunet", tiny_resunet)
+        train_both(dev_layout, runs, split)
     evaluate.main(
         [
             "--data-root",
@@ -130,7 +141,7 @@ def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     images = np.random.default_rng(3).random((2, 256, 256, 3)).astype("float32")
     reference_classifier = build_classifier()
     reference_classifier.load_weights(trained_run / "classifier" / "best.weights.h5")
-    reference_segmenter = build_resunet()
+    reference_segmenter = tiny_resunet()
     reference_segmenter.load_weights(trained_run / "segmenter" / "best.weights.h5")
     np.testing.assert_allclose(classifier(images), reference_classifier(images), atol=1e-6)
     np.testing.assert_allclose(segmenter(images), reference_segmenter(images), atol=1e-6)
@@ -166,7 +177,9 @@ def test_segmenter_comparison_uses_validation_patients_and_each_candidates_own_m
 ):
     untrained = tmp_path / "untrained" / "best.weights.h5"
     untrained.parent.mkdir()
-    build_resunet().save_weights(untrained)
+    untrained_model = tiny_resunet()
+    untrained_model.save_weights(untrained)
+    (untrained.parent / ARCHITECTURE_NAME).write_text(untrained_model.to_json())  # as a run saves it
     trained = trained_run / "segmenter" / "best.weights.h5"
     output = tmp_path / "comparison.json"
     compare_segmenters.main(
@@ -222,7 +235,7 @@ def test_segmenter_weights_average_of_two_copies_is_that_checkpoint_and_is_saved
         assert candidates["weights averaged"]["segmentation"][figure] == pytest.approx(
             candidates["trained"]["segmentation"][figure], abs=1e-4
         )
-    saved, original = build_resunet(), build_resunet()
+    saved, original = tiny_resunet(), tiny_resunet()
     saved.load_weights(averaged)
     original.load_weights(trained)
     for saved_variable, original_variable in zip(saved.get_weights(), original.get_weights(), strict=True):
