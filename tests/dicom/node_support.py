@@ -114,8 +114,10 @@ class ResultStore:
         self._server.shutdown()
 
 
-def storescu(node: DicomNode, files: list[Path], calling_ae: str = CALLING_AE) -> subprocess.CompletedProcess[str]:
-    command = [dcmtk("storescu"), "-aet", calling_ae, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)]
+def storescu(
+    node: DicomNode, files: list[Path], calling_ae: str = CALLING_AE, options: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    command = [dcmtk("storescu"), *options, "-aet", calling_ae, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)]
     return subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
 
 
