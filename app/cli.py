@@ -208,11 +208,9 @@ def discard_standard_output() -> None:
 
 def load_predictor(model_dir: Path, runtime: str, verbose: bool) -> Predictor:
     """The models, with TensorFlow's startup log held back unless `verbose` (see `app.tensorflow_log`)."""
-    from app.tensorflow_log import native_stderr_held, quiet_tensorflow_logging
+    from app.tensorflow_log import tensorflow_log_held
 
-    if not verbose:
-        quiet_tensorflow_logging()
-    with native_stderr_held(quiet=not verbose):
+    with tensorflow_log_held(verbose):
         from app.inference import Predictor
 
         return Predictor.from_model_dir(model_dir, runtime=runtime)
@@ -220,11 +218,9 @@ def load_predictor(model_dir: Path, runtime: str, verbose: bool) -> Predictor:
 
 def import_tensorflow_quietly(verbose: bool) -> None:
     """Import TensorFlow and Keras now, their startup log held back unless `verbose` (see `app.tensorflow_log`)."""
-    from app.tensorflow_log import native_stderr_held, quiet_tensorflow_logging
+    from app.tensorflow_log import tensorflow_log_held
 
-    if not verbose:
-        quiet_tensorflow_logging()
-    with native_stderr_held(quiet=not verbose):
+    with tensorflow_log_held(verbose):
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
 
@@ -386,12 +382,10 @@ def forward(module_name: str, command: str, arguments: list[str], verbose: bool)
     """
     import importlib
 
-    from app.tensorflow_log import native_stderr_held, quiet_tensorflow_logging
+    from app.tensorflow_log import tensorflow_log_held
 
-    if not verbose:
-        quiet_tensorflow_logging()
     try:
-        with native_stderr_held(quiet=not verbose):
+        with tensorflow_log_held(verbose):
             module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         return fail(f"brain-tumor {command}: needs the training package ({error}); run it from a checkout", EXIT_USAGE)

@@ -57,3 +57,13 @@ def _restore(saved: int) -> None:
     sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
+
+
+@contextmanager
+def tensorflow_log_held(verbose: bool) -> Iterator[None]:
+    """For a block that imports TensorFlow or loads models: its log quiet and its startup lines held back, unless
+    `verbose` (what `--verbose` asks for)."""
+    if not verbose:
+        quiet_tensorflow_logging()
+    with native_stderr_held(quiet=not verbose):
+        yield

@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier only: loss weight of tumor-free slices near a tumor slice (where false positives gather)",
     )
     parser.add_argument(
+        "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"
+    )
+    parser.add_argument(
         "--label-smoothing",
         type=float,
         default=0.0,
@@ -409,9 +412,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="classifier only: focal cross-entropy with this gamma (0: plain cross-entropy), so that the slices it "
         "gets wrong, not the many it already gets right, drive training",
-    )
-    parser.add_argument(
-        "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"
     )
     parser.add_argument(
         "--classifier-backbone",

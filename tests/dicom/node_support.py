@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
 
 from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
 from app.dicom_node import DicomNode
@@ -138,3 +140,26 @@ def process_and_send(node: DicomNode) -> list[str]:
 def record(node: DicomNode) -> dict[str, Any]:
     (study,) = (node.spool.root / "studies").iterdir()
     return json.loads((study / "record.json").read_text())
+
+
+def echo(port: int) -> bool:
+    """True if the node at `port` answers a C-ECHO from an allowed calling AE (False if it refuses to associate)."""
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 5
+    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    if not association.is_established:
+        return False
+    status = association.send_c_echo()
+    association.release()
+    return status is not None and int(status.Status) == 0
+
+
+def wait_for(condition: Callable[[], object], seconds: float) -> bool:
+    """Poll `condition` every 50 ms; True as soon as it holds, False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

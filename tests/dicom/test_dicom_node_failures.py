@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom.uid import SegmentationStorage
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from app.dicom_node import DicomNode, NodeConfig
 from app.dicom_sender import Destination
@@ -35,10 +33,12 @@ from tests.dicom.node_support import (
     Clock,
     ResultStore,
     ThresholdPredictor,
+    echo,
     free_port,
     process_and_send,
     record,
     storescu,
+    wait_for,
 )
 
 WEEK_SECONDS = 7 * 24 * 3600.0
@@ -200,15 +200,6 @@ def silent_destination() -> Iterator[SilentDestination]:
     destination.close()
 
 
-def wait_for(condition: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_destination_that_never_answers_holds_up_no_processing(
     silent_destination: SilentDestination, tmp_path: Path
 ) -> None:
@@ -251,18 +242,6 @@ def test_a_destination_that_never_answers_is_recorded_as_such(
 
     (state,) = record(node)["runs"][0]["sent"].values()
     assert (state["status"], state["last_error"]) == ("failed", "no answer from the destination within 1 s")
-
-
-def echo(port: int) -> bool:
-    ae = AE(ae_title=CALLING_AE)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = 5
-    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
-    if not association.is_established:
-        return False
-    status = association.send_c_echo()
-    association.release()
-    return status is not None and int(status.Status) == 0
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from pynetdicom.dsutils import encode
 from app.dicom_spool import MIB, SpoolLimits
 from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
 from tests.dicom.conftest import clock, make_node, results  # noqa: F401 (fixtures)
-from tests.dicom.node_support import CALLING_AE, NODE_AE, dcmtk, storescu
+from tests.dicom.node_support import CALLING_AE, NODE_AE, dcmtk, echo, storescu, wait_for
 
 SMALL_LIMITS = SpoolLimits(max_instance_bytes=1 * MIB, min_free_bytes=0)
 
@@ -295,26 +295,3 @@ def test_the_called_ae_title_must_be_the_nodes(make_node: Any, called: str, acce
     )
 
     assert (result.returncode == 0) == accepted, result.stderr
-
-
-def echo(port: int) -> bool:
-    from pynetdicom.sop_class import Verification
-
-    ae = AE(ae_title=CALLING_AE)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = 5
-    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
-    if not association.is_established:
-        return False
-    status = association.send_c_echo()
-    association.release()
-    return status is not None and int(status.Status) == 0
-
-
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
