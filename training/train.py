@@ -47,9 +47,11 @@ from training.models import (
     build_classifier,
     build_efficientnet_lite0_classifier,
     build_encoder_classifier,
+    build_fine_stem_classifier,
     build_mirror_classifier,
     build_resunet,
     build_tumor_map_classifier,
+    fine_stem_classifier_from,
     load_segmenter,
     mirror_classifier_from,
     served_from_tumor_map,
@@ -65,6 +67,7 @@ DEFAULT_MONITOR = {"classifier": "val_specificity", "segmenter": "val_volume_dic
 CLASSIFIER_BACKBONES = {
     "cnn": build_classifier,
     "cnn-mirror": build_mirror_classifier,
+    "cnn-fine-stem": build_fine_stem_classifier,
     "segmenter-encoder": build_encoder_classifier,
     "efficientnet-lite0": build_efficientnet_lite0_classifier,
     "cnn-tumor-map": build_tumor_map_classifier,
@@ -85,6 +88,21 @@ def mirror_start(weights: str) -> keras.Model:
         plain = build_classifier()
         plain.load_weights(weights)
         return mirror_classifier_from(plain)
+    return model
+
+
+def fine_stem_start(weights: str) -> keras.Model:
+    """The fine-stem classifier a run starts from: a plain classifier's weights or a fine-stem checkpoint (the two
+    share every weight; only the plain one pools after its stem)."""
+    model = build_fine_stem_classifier()
+    try:
+        with warnings.catch_warnings():  # Keras warns about the pooling layer a plain classifier's file has
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(weights)
+    except ValueError:
+        plain = build_classifier()
+        plain.load_weights(weights)
+        return fine_stem_classifier_from(plain)
     return model
 
 
@@ -244,6 +262,8 @@ def load_initial_weights(args: argparse.Namespace, model: keras.Model) -> None:
         logger.info("new layers (no initial weights): %s", transfer_weights(model, load_segmenter(weights)))
     elif backbone == "cnn-mirror":
         model.set_weights(mirror_start(weights).get_weights())
+    elif backbone == "cnn-fine-stem":
+        model.set_weights(fine_stem_start(weights).get_weights())
     elif backbone == "cnn-tumor-map":
         plain = build_classifier()
         plain.load_weights(weights)

@@ -12,6 +12,7 @@ from training.models import (
     build_encoder_classifier,
     build_mirror_classifier,
     build_resunet,
+    fine_stem_classifier_from,
     load_classifier,
     load_segmenter,
     mirror_classifier_from,
@@ -19,7 +20,7 @@ from training.models import (
     transfer_weights,
     tumor_map_classifier_from,
 )
-from training.train import mirror_start
+from training.train import fine_stem_start, mirror_start
 
 
 def test_classifier_outputs_one_probability_per_slice():
@@ -154,6 +155,37 @@ def test_a_mirror_run_starts_from_a_plain_classifier_or_a_mirror_checkpoint(tmp_
     from_mirror = mirror_start(str(tmp_path / "mirror.weights.h5"))
     assert np.isfinite(np.asarray(from_mirror(image))).all()
     np.testing.assert_allclose(np.asarray(from_mirror(image)), np.asarray(from_plain(image)), atol=1e-6)
+
+
+def test_fine_stem_classifier_keeps_twice_the_resolution_and_starts_from_a_plain_classifier(tmp_path):
+    image = np.random.default_rng(8).random((2, 256, 256, 3)).astype("float32")
+    plain = build_classifier()
+    plain.save_weights(tmp_path / "plain.weights.h5")
+
+    fine = fine_stem_start(str(tmp_path / "plain.weights.h5"))
+
+    # Its stages see 128 x 128 where the plain classifier's see 64 x 64, with the plain classifier's weights.
+    assert fine.get_layer("stage1_a_conv").input.shape[1:3] == (128, 128)
+    assert plain.get_layer("stage1_a_conv").input.shape[1:3] == (64, 64)
+    for layer in fine.layers:
+        for mine, theirs in zip(layer.get_weights(), plain.get_layer(layer.name).get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    assert np.abs(np.asarray(fine(image)) - np.asarray(plain(image))).max() > 1e-6  # a different model, same weights
+    # A fine-stem checkpoint starts a run as it is, and its run's architecture loads it.
+    kernel = fine.get_layer("stage1_a_conv").get_weights()[0]
+    fine.get_layer("stage1_a_conv").set_weights([kernel + 0.01])
+    (tmp_path / "run").mkdir()
+    fine.save_weights(tmp_path / "run" / "best.weights.h5")
+    again = fine_stem_start(str(tmp_path / "run" / "best.weights.h5"))
+    np.testing.assert_allclose(np.asarray(again(image)), np.asarray(fine(image)), atol=1e-6)
+    (tmp_path / "run" / ARCHITECTURE_NAME).write_text(fine.to_json())
+    loaded = load_classifier(tmp_path / "run" / "best.weights.h5")
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(fine(image)), atol=1e-6)
+
+
+def test_fine_stem_classifier_refuses_a_start_that_is_not_a_plain_classifier():
+    with pytest.raises(ValueError, match="not a plain or fine-stem classifier"):
+        fine_stem_classifier_from(build_mirror_classifier())
 
 
 def test_a_compiled_and_an_uncompiled_model_of_one_architecture_average_together(tmp_path):
