@@ -26,6 +26,7 @@ import urllib3
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from app.answer_deadline import AnswerDeadlineAdapter
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.dicom_seg import MANUFACTURER
 from app.sequence_selection import SelectionRules
@@ -188,7 +189,9 @@ class OrthancClient:
         self.session = session or requests.Session()
         if config.username is not None:
             self.session.auth = (config.username, config.password or "")
-        self.session.hooks["response"].append(self._check_answer)  # REST and DICOMweb calls alike
+        for scheme in ("http://", "https://"):  # headers due within answer_seconds, REST and DICOMweb calls alike
+            self.session.mount(scheme, AnswerDeadlineAdapter(config.answer_seconds))
+        self.session.hooks["response"].append(self._check_answer)  # and the body within what is left of it
         self._dicomweb = DICOMwebClient(url=config.dicomweb_url, session=self.session, timeout=config.timeout_seconds)
         self._dicomweb.set_http_retry_params(retry=False)  # retried here, once, with the same policy as REST calls
 

@@ -42,6 +42,7 @@ from tests.dicom.pacs_sync_support import Answer, CannedSession, NegativePredict
 USER, PASSWORD = "sync", "s3cret-pw"
 APPLICATION_DICOM = {"Content-Type": "application/dicom"}
 MIB = 1024 * 1024
+CHANGES_DONE = {"Changes": [], "Done": True, "Last": 7}
 
 
 # --- a PACS on loopback
@@ -252,6 +253,37 @@ def test_a_trickling_answer_is_cut_at_the_call_deadline() -> None:
 
     assert time.monotonic() - started < 3.0
     assert pacs.calls == ["GET /changes"] * 2  # retried as a timeout
+
+
+def test_answer_headers_that_trickle_in_are_cut_at_the_call_deadline() -> None:
+    """Headers a byte every 50 ms beat a 2 s per-read timeout too; cut like a trickling body, and retried."""
+
+    def trickle_headers(handler: BaseHTTPRequestHandler) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 200:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+    with FakePacs({"GET /changes": trickle_headers}) as pacs:
+        client = OrthancClient(config(pacs, answer_seconds=0.5, retries=1), sleep=lambda _: None)
+        started = time.monotonic()
+        with pytest.raises(OrthancError, match="failed after 2 attempts: ReadTimeout"):
+            client.changes(0)
+
+    assert time.monotonic() - started < 3.0
+    assert pacs.calls == ["GET /changes"] * 2  # retried as a timeout
+
+
+def test_answers_within_the_deadline_keep_their_connection() -> None:
+    """The deadline's timer must neither cut a prompt answer nor the next call on the same kept-alive connection."""
+    with FakePacs({"GET /changes": lambda handler: send(handler, 200, json.dumps(CHANGES_DONE).encode())}) as pacs:
+        client = OrthancClient(config(pacs, answer_seconds=0.3), sleep=lambda _: None)
+        first = client.changes(0)
+        time.sleep(0.5)  # past the first call's deadline: its timer must be gone
+        second = client.changes(0)
+
+    assert first == second == CHANGES_DONE
+    assert pacs.calls == ["GET /changes"] * 2
 
 
 @pytest.mark.parametrize(
