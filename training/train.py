@@ -439,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="cnn",
         help="classifier only: its own CNN, the segmenter's encoder (start it with a segmenter's --initial-weights), "
         "EfficientNet-Lite0 (start it with `training.imagenet_weights`' ImageNet weights), or the CNN that also sees "
-        "its features mirrored left to right (cnn-mirror; a plain classifier's --initial-weights start it unchanged)",
+        "its features mirrored left to right (cnn-mirror; a plain classifier's --initial-weights start it unchanged), "
+        "or the CNN without its stem's pooling, its stages at 128 x 128 (cnn-fine-stem; a plain classifier's "
+        "--initial-weights start it)",
     )
     parser.add_argument(
         "--initial-weights",
