@@ -30,7 +30,8 @@ the service can read it (`checked_instance`: its header, its pixel data's length
 the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line without
 patient data. A connection that does not associate within `association_timeout_seconds`, an association idle that
 long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
-node's `max_associations` slots for long; a PDU longer than an instance may be closes its connection at once.
+node's `max_associations` slots for long; a PDU longer than an instance may be closes its connection at once. One
+address holds at most `max_associations_per_peer` associations, so a peer that keeps them busy cannot take them all.
 
 Logs name studies by a hash of their Patient ID and Study Instance UID (`app.dicom_spool.study_key`), never by
 DICOM attributes.
@@ -39,6 +40,8 @@ DICOM attributes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import io
 import json
 import logging
@@ -49,6 +52,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +81,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -162,6 +167,7 @@ class NodeConfig:
     poll_seconds: float = 1.0
     max_attempts: int = 3
     max_associations: int = 32
+    max_associations_per_peer: int = 8
     association_timeout_seconds: float = 30.0
     spool_limits: SpoolLimits = SpoolLimits()
 
@@ -177,6 +183,8 @@ class NodeConfig:
                 "max_associations must be >= 1, association_timeout_seconds and send_timeout_seconds > 0; got "
                 f"{self.max_associations}, {self.association_timeout_seconds} and {self.send_timeout_seconds}"
             )
+        if self.max_associations_per_peer < 1:
+            raise ValueError(f"max_associations_per_peer must be >= 1; got {self.max_associations_per_peer}")
         if self.send_retries < 0 or self.send_backoff_seconds < 0 or self.max_attempts < 1:
             raise ValueError(
                 "send_retries and send_backoff_seconds must be >= 0 and max_attempts >= 1; got "
@@ -198,6 +206,7 @@ class NodeConfig:
             "send_backoff_seconds": settings.dicom_node_send_backoff_seconds,
             "send_timeout_seconds": settings.dicom_node_send_timeout_seconds,
             "max_associations": settings.dicom_node_max_associations,
+            "max_associations_per_peer": settings.dicom_node_max_associations_per_peer,
             "association_timeout_seconds": settings.dicom_node_association_timeout_seconds,
             "spool_limits": SpoolLimits(
                 max_instance_bytes=settings.dicom_node_max_instance_bytes,
@@ -271,6 +280,7 @@ class DicomNode:
                 server_class=TimedAssociationServer,
                 receive_timeout=self.config.association_timeout_seconds,
                 max_pdu_bytes=self.config.spool_limits.max_instance_bytes + PDU_OVERHEAD_BYTES,
+                max_per_peer=self.config.max_associations_per_peer,
             )
         except OSError as error:  # an unknown host name, an address of another machine, a port in use
             raise NodeStartError(
@@ -447,21 +457,52 @@ class DicomNode:
 
 
 class TimedAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's server, whose connections are `GuardedConnection`s: timed, and with a limit on a PDU's length.
+    """pynetdicom's server, whose connections are `GuardedConnection`s: timed, and with a limit on a PDU's length;
+    and at most `max_per_peer` of them from one address at once.
 
     pynetdicom's own timers (ARTIM, network idle) are not checked while it waits for the rest of a half-received
     message: a peer that sends a few bytes and stops, or trickles them, would hold one of the node's association
-    slots for ever, and a few such peers would lock out every sender.
+    slots for ever, and a few such peers would lock out every sender. A peer that keeps its associations busy
+    (a C-ECHO every few seconds passes every timer) is held to its share of the slots instead; the others are
+    answered A-ASSOCIATE-RJ "local limit exceeded", as pynetdicom answers past `max_associations`.
     """
 
-    def __init__(self, *args: Any, receive_timeout: float, max_pdu_bytes: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, receive_timeout: float, max_pdu_bytes: int, max_per_peer: int, **kwargs: Any
+    ) -> None:
         self.receive_timeout = receive_timeout
         self.max_pdu_bytes = max_pdu_bytes
+        self.max_per_peer = max_per_peer
+        self._connections_of: Counter[str] = Counter()
+        self._connections_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
         return GuardedConnection.accepted(connection, self.max_pdu_bytes, self.receive_timeout), address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve the connection (in its own thread) if its peer has a slot left, else refuse its association."""
+        peer = str(client_address[0])
+        with self._connections_lock:
+            admitted = self._connections_of[peer] < self.max_per_peer
+            if admitted:
+                self._connections_of[peer] += 1
+        if not admitted:
+            logger.warning(
+                "DICOM association refused",
+                extra={"fields": {"reason": f"peer already holds {self.max_per_peer} associations", "peer": peer}},
+            )
+            refuse_association(request)
+            return
+        request.on_close = functools.partial(self._release, peer)
+        super().process_request_thread(request, client_address)
+
+    def _release(self, peer: str) -> None:
+        with self._connections_lock:
+            self._connections_of[peer] -= 1
+            if not self._connections_of[peer]:
+                del self._connections_of[peer]
 
     def shutdown(self) -> None:
         """Stop serving and close the socket; made by `AE.make_server`, the server is not in the AE's own list."""
@@ -481,6 +522,7 @@ class GuardedConnection(socket.socket):
 
     max_pdu_bytes: int
     pdu_seconds: float
+    on_close: Callable[[], None] | None
     _header: bytearray
     _remaining: int
     _deadline: float | None
@@ -488,7 +530,7 @@ class GuardedConnection(socket.socket):
     @classmethod
     def accepted(cls, connection: socket.socket, max_pdu_bytes: int, pdu_seconds: float) -> GuardedConnection:
         guarded = cls(connection.family, connection.type, connection.proto, fileno=connection.detach())
-        guarded.max_pdu_bytes, guarded.pdu_seconds = max_pdu_bytes, pdu_seconds
+        guarded.max_pdu_bytes, guarded.pdu_seconds, guarded.on_close = max_pdu_bytes, pdu_seconds, None
         guarded._header, guarded._remaining, guarded._deadline = bytearray(), 0, None
         guarded.settimeout(pdu_seconds)
         return guarded
@@ -529,9 +571,39 @@ class GuardedConnection(socket.socket):
                 if not self._remaining:
                     self._deadline = None
 
+    def close(self) -> None:
+        """Close, and tell `on_close` once (the server counts its peer's connections)."""
+        on_close, self.on_close = self.on_close, None
+        super().close()
+        if on_close is not None:
+            on_close()
+
     def _close_for(self, reason: str) -> NoReturn:
         logger.warning("DICOM connection closed", extra={"fields": {"reason": reason}})
         raise ConnectionError(reason)
+
+
+def refuse_association(connection: socket.socket) -> None:
+    """Read the peer's association request, answer A-ASSOCIATE-RJ (rejected transient, local limit exceeded) and
+    close: the sender's log then says why, and it may try again later. Reading first keeps the answer from being
+    lost to a reset (a socket closed with unread data resets the connection)."""
+    with contextlib.suppress(OSError):  # a peer that hung up, or broke the connection's rules: closed anyway
+        header = _receive_exactly(connection, 6)
+        _receive_exactly(connection, int.from_bytes(header[2:], "big"))
+        rejection = A_ASSOCIATE_RJ()
+        rejection.result, rejection.source, rejection.reason_diagnostic = 0x02, 0x03, 0x02
+        connection.sendall(rejection.encode())
+    connection.close()
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = connection.recv(min(size - len(data), 64 * 1024))
+        if not chunk:
+            raise ConnectionError("closed by the peer")
+        data += chunk
+    return bytes(data)
 
 
 class DiscardedDataSet(io.BytesIO):

@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     dicom_node_max_associations: int = Field(
         default=32, ge=1, description="associations the node serves at once; more are refused (Local Limit Exceeded)"
     )
+    dicom_node_max_associations_per_peer: int = Field(
+        default=8,
+        ge=1,
+        description="associations one sender address may hold at once; more are refused (Local Limit Exceeded)",
+    )
     dicom_node_association_timeout_seconds: float = Field(
         default=30.0,
         gt=0,

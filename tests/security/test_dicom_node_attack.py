@@ -29,6 +29,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import Verification
 
 from app.dicom_spool import MIB, SpoolLimits
 from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
@@ -275,6 +276,48 @@ def test_a_pdu_longer_than_an_instance_may_be_closes_the_connection_at_once(make
 
     assert sent < 64 * MIB
     assert echo(node.config.port)
+
+
+def test_one_peer_cannot_hold_every_slot_with_busy_associations(
+    make_node: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A C-ECHO now and then passes every timer: one address could hold all of the node's associations for ever."""
+    import subprocess
+
+    node = make_node(max_associations=4, max_associations_per_peer=2)
+    port = node.config.port
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 10
+    held = [ae.associate("127.0.0.1", port, ae_title=NODE_AE) for _ in range(2)]
+    try:
+        assert all(association.is_established for association in held)
+        assert all(int(association.send_c_echo().Status) == 0 for association in held)  # busy, not idle
+
+        refused = subprocess.run(
+            [dcmtk("echoscu"), "-aet", CALLING_AE, "-aec", NODE_AE, "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert "local limit exceeded" in (refused.stdout + refused.stderr).lower()  # told why, not just cut off
+        assert any(
+            record.getMessage() == "DICOM association refused" and record.fields["peer"] == "127.0.0.1"
+            for record in caplog.records
+        )
+
+        held.pop().release()  # a slot given back is a slot another association may take
+        assert wait_for(lambda: echo(port), 5)
+    finally:
+        for association in held:
+            association.release()
+
+    # Every connection closed is counted out: many associations one after another all get in.
+    assert all(echo(port) for _ in range(5))
+    assert wait_for(lambda: not node._server._connections_of, 5)
 
 
 # -- checked and already right -------------------------------------------------------------------------------------
