@@ -234,7 +234,8 @@ def test_read_dicom_checks_pixel_count_before_decoding(flair: np.ndarray) -> Non
 
 def replaced(data: bytes, old: bytes, new: bytes) -> bytes:
     """`data` with the one occurrence of `old` overwritten by `new` of the same length: a malformed value that
-    pydicom would refuse to write."""
+    pydicom would refuse to write. Each `old` has a component with a leading zero (".07"), which no valid UID has:
+    the files' UIDs are random, and "7.77" once turned up in one of them too."""
     assert len(old) == len(new) and data.count(old) == 1, old
     return data.replace(old, new)
 
@@ -250,11 +251,11 @@ def multiframe_with_slopes(slopes: Sequence[float]) -> bytes:
 def malformed_dicom(flair: np.ndarray, case: str) -> bytes:
     """Files that made the service answer 500 (issue 16, item 4)."""
     if case == "slope-not-a-number":
-        return replaced(to_bytes(single_mr(flair, rescale=(7.77, 0.0))), b"7.77", b"ab.c")
+        return replaced(to_bytes(single_mr(flair, rescale=(7.07, 0.0))), b"7.07", b"ab.c")
     if case == "intercept-not-a-number":
-        return replaced(to_bytes(single_mr(flair, rescale=(1.0, 5.55))), b"5.55", b"ab.c")
+        return replaced(to_bytes(single_mr(flair, rescale=(1.0, 5.05))), b"5.05", b"ab.c")
     if case == "per-frame-slope-not-a-number":
-        return replaced(multiframe_with_slopes((1.25, 7.77, 3.5)), b"7.77", b"ab.c")
+        return replaced(multiframe_with_slopes((1.25, 7.07, 3.5)), b"7.07", b"ab.c")
     if case == "modality-lut-without-descriptor":
         dataset = single_mr(flair)
         item = Dataset()
@@ -264,8 +265,8 @@ def malformed_dicom(flair: np.ndarray, case: str) -> bytes:
         return to_bytes(dataset)
     if case == "position-overflows":
         dataset = single_mr(flair)
-        dataset.ImagePositionPatient = ["-120.0", "-120.0", "12345.6"]
-        return replaced(to_bytes(dataset), b"12345.6", b"1e309  ")
+        dataset.ImagePositionPatient = ["-120.0", "-120.0", "12345.06"]
+        return replaced(to_bytes(dataset), b"12345.06", b"1e309   ")
     raise AssertionError(case)
 
 
