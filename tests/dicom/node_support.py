@@ -45,10 +45,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+VENV_BIN = Path(sys.prefix) / "bin"
+
+
 def dcmtk(tool: str) -> str:
-    """dcmtk's `tool`, never the virtual environment's namesake (pynetdicom installs a `storescu` of its own)."""
-    venv_bin = Path(sys.prefix) / "bin"
-    search = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d) != venv_bin)
+    """dcmtk's `tool`, never a virtual environment's namesake (pynetdicom installs a `storescu` of its own): not this
+    environment's, nor another's on PATH (a shell with another checkout's environment active)."""
+    search = os.pathsep.join(
+        directory
+        for directory in os.environ.get("PATH", "").split(os.pathsep)
+        if directory and not (Path(directory).parent / "pyvenv.cfg").is_file() and Path(directory) != VENV_BIN
+    )
     path = shutil.which(tool, path=search)
     if path is None:
         pytest.skip(f"{tool} not found: install the Debian package dcmtk (.ci/install-system-packages.sh)")
