@@ -28,10 +28,10 @@ def convolution_block(x, filters: int, name: str, strides: int = 1):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def classifier_stem(inputs, filters: int):
-    """Strided conv block, then pooling: 256x256 down to 64x64 before the wide stages."""
+def classifier_stem(inputs, filters: int, pooling: bool = True):
+    """Strided conv block, then pooling: 256x256 down to 64x64 before the wide stages (128x128 without pooling)."""
     x = convolution_block(inputs, filters, "stem", strides=2)
-    return layers.MaxPooling2D(2, name="stem_pool")(x)
+    return layers.MaxPooling2D(2, name="stem_pool")(x) if pooling else x
 
 
 def classifier_stages(x, filters: Sequence[int]):
@@ -49,14 +49,20 @@ def build_classifier(
     filters: Sequence[int] = CLASSIFIER_FILTERS,
     dropout: float = 0.3,
     name: str = "tumor_classifier",
+    stem_pooling: bool = True,
 ) -> keras.Model:
     """CNN that outputs P(slice shows tumor): stages of conv-BN-ReLU blocks, each halving the resolution.
 
     The stem (strided conv, then pooling) brings 256x256 down to 64x64 before the wide stages: at full resolution
     the extra compute buys little for a yes/no answer and would make CPU training and serving several times slower.
+
+    `stem_pooling=False` is the fine-stem classifier (`--classifier-backbone cnn-fine-stem`), tried for issue 14: its
+    stages see 128x128, so a small tumor (under 350 pixels, about 4x4 cells after the plain stem) gets four times the
+    cells, for about four times the stages' compute. Same layer names and weights, so `fine_stem_classifier_from`
+    starts it from a trained plain classifier.
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = classifier_stem(inputs, filters[0])
+    x = classifier_stem(inputs, filters[0], pooling=stem_pooling)
     x = classifier_stages(x, filters[1:])
     return keras.Model(inputs, probability_head(x, dropout), name=name)
 
@@ -84,28 +90,9 @@ def build_mirror_classifier(
     return model
 
 
-def build_fine_stem_classifier(
-    input_shape: Sequence[int] = INPUT_SHAPE,
-    filters: Sequence[int] = CLASSIFIER_FILTERS,
-    dropout: float = 0.3,
-    name: str = "tumor_classifier",
-) -> keras.Model:
-    """`build_classifier` without the stem's pooling: its stages see 128x128 instead of 64x64.
-
-    Why try it: the slices that set the threshold at 95 % sensitivity are mostly small tumors (under 350 pixels,
-    about 4x4 cells after the plain stem), and every false alarm above that threshold costs specificity. Twice the
-    resolution gives a small tumor four times the cells, for about four times the stages' compute. Same layer names
-    and shapes as the plain classifier, so `fine_stem_classifier_from` starts it from a trained one.
-    """
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = convolution_block(inputs, filters[0], "stem", strides=2)
-    x = classifier_stages(x, filters[1:])
-    return keras.Model(inputs, probability_head(x, dropout), name=name)
-
-
 def fine_stem_classifier_from(plain: keras.Model) -> keras.Model:
     """A fine-stem classifier with every weight of `plain` (a `build_classifier` model) or of a fine-stem one."""
-    model = build_fine_stem_classifier()
+    model = build_classifier(stem_pooling=False)
     untouched = transfer_weights(model, plain)
     if untouched:
         raise ValueError(f"not a plain or fine-stem classifier: no weights for {untouched}")

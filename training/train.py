@@ -19,10 +19,12 @@ from `--split` if that file exists, otherwise made and saved there.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -47,7 +49,6 @@ from training.models import (
     build_classifier,
     build_efficientnet_lite0_classifier,
     build_encoder_classifier,
-    build_fine_stem_classifier,
     build_mirror_classifier,
     build_resunet,
     build_tumor_map_classifier,
@@ -67,7 +68,7 @@ DEFAULT_MONITOR = {"classifier": "val_specificity", "segmenter": "val_volume_dic
 CLASSIFIER_BACKBONES = {
     "cnn": build_classifier,
     "cnn-mirror": build_mirror_classifier,
-    "cnn-fine-stem": build_fine_stem_classifier,
+    "cnn-fine-stem": functools.partial(build_classifier, stem_pooling=False),
     "segmenter-encoder": build_encoder_classifier,
     "efficientnet-lite0": build_efficientnet_lite0_classifier,
     "cnn-tumor-map": build_tumor_map_classifier,
@@ -76,34 +77,31 @@ CLASSIFIER_BACKBONES = {
 MASK_TRAINED_BACKBONES = {"cnn-tumor-map"}
 
 
-def mirror_start(weights: str) -> keras.Model:
-    """The mirror classifier a run starts from: a mirror checkpoint as it is, or a plain classifier's weights
-    carried over unchanged (`mirror_classifier_from`)."""
-    model = build_mirror_classifier()
+def start_from(
+    weights: str, build: Callable[[], keras.Model], from_plain: Callable[[keras.Model], keras.Model]
+) -> keras.Model:
+    """The classifier of `build` a run starts from: its own checkpoint as it is, or a plain classifier's weights
+    carried over by `from_plain`."""
+    model = build()
     try:
-        with warnings.catch_warnings():  # Keras warns about each layer a plain classifier's file lacks
+        with warnings.catch_warnings():  # Keras warns about each layer the other architecture's file has or lacks
             warnings.simplefilter("ignore", UserWarning)
             model.load_weights(weights)
     except ValueError:
         plain = build_classifier()
         plain.load_weights(weights)
-        return mirror_classifier_from(plain)
+        return from_plain(plain)
     return model
+
+
+def mirror_start(weights: str) -> keras.Model:
+    """A mirror checkpoint, or a plain classifier carried over unchanged (`mirror_classifier_from`)."""
+    return start_from(weights, build_mirror_classifier, mirror_classifier_from)
 
 
 def fine_stem_start(weights: str) -> keras.Model:
-    """The fine-stem classifier a run starts from: a plain classifier's weights or a fine-stem checkpoint (the two
-    share every weight; only the plain one pools after its stem)."""
-    model = build_fine_stem_classifier()
-    try:
-        with warnings.catch_warnings():  # Keras warns about the pooling layer a plain classifier's file has
-            warnings.simplefilter("ignore", UserWarning)
-            model.load_weights(weights)
-    except ValueError:
-        plain = build_classifier()
-        plain.load_weights(weights)
-        return fine_stem_classifier_from(plain)
-    return model
+    """A fine-stem checkpoint, or a plain classifier's weights (the two share every weight)."""
+    return start_from(weights, CLASSIFIER_BACKBONES["cnn-fine-stem"], fine_stem_classifier_from)
 
 
 class TimeBudget(keras.callbacks.Callback):
