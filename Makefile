@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Test workers: two keep both cores of the CI machine busy while other tests wait on servers and subprocesses.
+# Each worker takes whole test files, so a file's servers and fixtures are started once.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-dev serve test lint image-test bench
 
@@ -29,7 +32,7 @@ serve: install
 
 test: install-dev
 	$(BIN)/ruff check app training tests bench deploy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses $(TEST_WORKERS) --dist loadfile
 
 lint: install-dev
 	$(BIN)/ruff check app training tests bench deploy
