@@ -1,0 +1,175 @@
+"""The DICOM node's defences at the connection level, below pynetdicom: a timer and a length limit on every PDU, and a
+limit on the associations one peer may hold at once.
+
+pynetdicom checks its timers only between whole messages and reads a PDU of any announced length into memory, so
+these rules live on the socket (`GuardedConnection`) and on the server that accepts it (`TimedAssociationServer`),
+which `app.dicom_node` hands to `AE.make_server`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.transport import ThreadedAssociationServer
+
+logger = logging.getLogger(__name__)
+
+
+class TimedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's server, whose connections are `GuardedConnection`s: timed, and with a limit on a PDU's length;
+    and at most `max_per_peer` of them from one address at once.
+
+    pynetdicom's own timers (ARTIM, network idle) are not checked while it waits for the rest of a half-received
+    message: a peer that sends a few bytes and stops, or trickles them, would hold one of the node's association
+    slots for ever, and a few such peers would lock out every sender. A peer that keeps its associations busy
+    (a C-ECHO every few seconds passes every timer) is held to its share of the slots instead; the others are
+    answered A-ASSOCIATE-RJ "local limit exceeded", as pynetdicom answers past `max_associations`.
+    """
+
+    def __init__(
+        self, *args: Any, receive_timeout: float, max_pdu_bytes: int, max_per_peer: int, **kwargs: Any
+    ) -> None:
+        self.receive_timeout = receive_timeout
+        self.max_pdu_bytes = max_pdu_bytes
+        self.max_per_peer = max_per_peer
+        self._connections_of: Counter[str] = Counter()
+        self._connections_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        return GuardedConnection.accepted(connection, self.max_pdu_bytes, self.receive_timeout), address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve the connection (in its own thread) if its peer has a slot left, else refuse its association."""
+        peer = str(client_address[0])
+        with self._connections_lock:
+            admitted = self._connections_of[peer] < self.max_per_peer
+            if admitted:
+                self._connections_of[peer] += 1
+        if not admitted:
+            logger.warning(
+                "DICOM association refused",
+                extra={"fields": {"reason": f"peer already holds {self.max_per_peer} associations", "peer": peer}},
+            )
+            refuse_association(request)
+            return
+        request.on_close = functools.partial(self._release, peer)
+        super().process_request_thread(request, client_address)
+
+    def _release(self, peer: str) -> None:
+        with self._connections_lock:
+            self._connections_of[peer] -= 1
+            if not self._connections_of[peer]:
+                del self._connections_of[peer]
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket; made by `AE.make_server`, the server is not in the AE's own list."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+class GuardedConnection(socket.socket):
+    """An accepted connection that follows the PDUs it carries: each may be at most `max_pdu_bytes` long and must
+    arrive whole within `pdu_seconds` of its first byte; between PDUs, the connection may be silent that long.
+
+    pynetdicom reads a PDU's 6-byte header, then as many bytes as the header announces, into memory, with no limit
+    and no timer: a peer announcing 4 GiB, or sending a byte every few seconds, would hold memory or a slot for as
+    long as it liked. A PDU that breaks a rule makes `recv` raise `ConnectionError` (logged), which pynetdicom takes
+    for a closed connection.
+    """
+
+    max_pdu_bytes: int
+    pdu_seconds: float
+    on_close: Callable[[], None] | None
+    _header: bytearray
+    _remaining: int
+    _deadline: float | None
+
+    @classmethod
+    def accepted(cls, connection: socket.socket, max_pdu_bytes: int, pdu_seconds: float) -> GuardedConnection:
+        guarded = cls(connection.family, connection.type, connection.proto, fileno=connection.detach())
+        guarded.max_pdu_bytes, guarded.pdu_seconds, guarded.on_close = max_pdu_bytes, pdu_seconds, None
+        guarded._header, guarded._remaining, guarded._deadline = bytearray(), 0, None
+        guarded.settimeout(pdu_seconds)
+        return guarded
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        left = self.pdu_seconds if self._deadline is None else self._deadline - time.monotonic()
+        if left <= 0:
+            self._close_for(f"a PDU took longer than {self.pdu_seconds:g} s to arrive")
+        self.settimeout(left)
+        try:
+            data = super().recv(size, flags)
+        except TimeoutError:
+            inside = self._deadline is not None
+            self._close_for(f"a PDU took longer than {self.pdu_seconds:g} s to arrive" if inside else "silent peer")
+        self._follow(data)
+        return data
+
+    def _follow(self, data: bytes) -> None:
+        """Count `data` against the PDU it belongs to; read each PDU header (type, reserved, 4-byte length)."""
+        view = memoryview(data)
+        while view:
+            if self._remaining:
+                step = min(self._remaining, len(view))
+                self._remaining, view = self._remaining - step, view[step:]
+                if not self._remaining:
+                    self._deadline = None
+                continue
+            if self._deadline is None:
+                self._deadline = time.monotonic() + self.pdu_seconds
+            step = 6 - len(self._header)
+            self._header += view[:step]
+            view = view[step:]
+            if len(self._header) == 6:
+                self._remaining = int.from_bytes(self._header[2:], "big")
+                self._header.clear()
+                if self._remaining > self.max_pdu_bytes:
+                    self._close_for(f"a PDU of {self._remaining} bytes; the limit is {self.max_pdu_bytes}")
+                if not self._remaining:
+                    self._deadline = None
+
+    def close(self) -> None:
+        """Close, and tell `on_close` once (the server counts its peer's connections)."""
+        on_close, self.on_close = self.on_close, None
+        super().close()
+        if on_close is not None:
+            on_close()
+
+    def _close_for(self, reason: str) -> NoReturn:
+        logger.warning("DICOM connection closed", extra={"fields": {"reason": reason}})
+        raise ConnectionError(reason)
+
+
+def refuse_association(connection: socket.socket) -> None:
+    """Read the peer's association request, answer A-ASSOCIATE-RJ (rejected transient, local limit exceeded) and
+    close: the sender's log then says why, and it may try again later. Reading first keeps the answer from being
+    lost to a reset (a socket closed with unread data resets the connection)."""
+    with contextlib.suppress(OSError):  # a peer that hung up, or broke the connection's rules: closed anyway
+        header = _receive_exactly(connection, 6)
+        _receive_exactly(connection, int.from_bytes(header[2:], "big"))
+        rejection = A_ASSOCIATE_RJ()
+        rejection.result, rejection.source, rejection.reason_diagnostic = 0x02, 0x03, 0x02
+        connection.sendall(rejection.encode())
+    connection.close()
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = connection.recv(min(size - len(data), 64 * 1024))
+        if not chunk:
+            raise ConnectionError("closed by the peer")
+        data += chunk
+    return bytes(data)
