@@ -17,7 +17,7 @@ import keras
 from app.core.model_store import MANIFEST_FORMAT_VERSION, Manifest, ModelEntry, sha256_of
 from app.core.model_store import write_manifest as write_manifest_file
 from app.core.preprocessing import PREPROCESSING_ID
-from training.model_card import render_model_card
+from training.model_card import HISTORY_NAME, render_model_card
 from training.models import load_classifier, load_segmenter
 
 TRAINING_DATA = (
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         comparison=json.loads(Path(args.comparison).read_text()) if args.comparison else None,
         classifier_members=max(1, sum(isinstance(layer, keras.Model) for layer in classifier.layers)),
         threshold_chosen_on=evaluation.get("classifier_threshold_chosen_on"),
+        has_history=(output_dir / HISTORY_NAME).exists(),
     )
     (output_dir / "README.md").write_text(card)
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# The model history (releases, and recipes tried and not adopted) is written by hand beside the card; an export
+# rewrites the card, never the history, and links to it.
+HISTORY_NAME = "history.md"
+
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
@@ -233,8 +237,10 @@ def render_model_card(
     comparison: Mapping | None = None,
     classifier_members: int = 1,
     threshold_chosen_on: Mapping | None = None,
+    has_history: bool = False,
 ) -> str:
-    """Markdown of the model card for the exported `manifest` (which carries the test metrics)."""
+    """Markdown of the model card for the exported `manifest` (which carries the test metrics); with `has_history`,
+    a link to the model history beside it."""
     metrics = manifest["metrics"]
     flair = metrics.get("flair_only")
     rows = _figures(metrics) + _single_slice_rows(metrics) + _tumor_edge_rows(metrics)
@@ -298,5 +304,15 @@ def render_model_card(
         "predictions when the card says so above), never on the test patients.",
         *(f"- {note}" for note in notes or []),
         "",
+        *(history_lines() if has_history else []),
     ]
     return "\n".join(lines)
+
+
+def history_lines() -> list[str]:
+    return [
+        "## History",
+        "What each release changed, and every recipe tried and not adopted, with its comparison on the validation "
+        f"patients and its commands: [{HISTORY_NAME}]({HISTORY_NAME}).",
+        "",
+    ]

@@ -158,6 +158,17 @@ def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_p
     assert f"| per-patient volume Dice, mean | {100 * volume_dice:.1f} %" in card
     assert "python -m training.evaluate --example" in card
     assert "Research use only" in card
+    assert "history.md" not in card  # no history beside this card: no link to one
+
+
+def test_export_keeps_the_model_history_and_links_to_it(trained_run, tmp_path):
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    history = "# Model history\n\n## A recipe tried and not adopted\n"
+    (models_dir / "history.md").write_text(history)
+    export_run(trained_run, models_dir)
+    assert (models_dir / "history.md").read_text() == history
+    assert "[history.md](history.md)" in (models_dir / "README.md").read_text()
 
 
 def test_tampered_weights_are_refused(trained_run, tmp_path):
