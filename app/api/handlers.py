@@ -98,12 +98,19 @@ def describe_validation_errors(errors: list[dict]) -> str:
     parts = []
     for error in errors:
         location = ".".join(str(part) for part in error.get("loc", ()))
-        text = f"{location}: {error.get('msg', 'invalid')}"
+        text = f"{location}: {_validation_message(error)}"
         value = error.get("input")
         if isinstance(value, str | int | float) and len(str(value)) <= _SHORT_INPUT:
             text += f" (got {value!r})"
         parts.append(text)
     return "; ".join(parts)
+
+
+def _validation_message(error: dict) -> str:
+    message = str(error.get("msg", "invalid"))
+    if "Expected UploadFile" in message:  # FastAPI's words for a form field sent as text where a file belongs
+        return "expected a file, got a text field (send the image as a multipart/form-data file part, with a filename)"
+    return message
 
 
 async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:

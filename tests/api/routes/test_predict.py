@@ -318,7 +318,10 @@ def test_predict_rejects_file_field_sent_as_text(client: TestClient) -> None:
 
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
-    assert response.json()["error"]["message"].startswith("body.file: ")
+    assert response.json()["error"]["message"] == (
+        "body.file: expected a file, got a text field (send the image as a multipart/form-data file part, with a "
+        "filename) (got 'slice.png')"
+    )
     assert_still_serving(client)
 
 

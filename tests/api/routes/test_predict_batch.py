@@ -133,6 +133,13 @@ def test_predict_batch_rejects_missing_files_field(client: TestClient) -> None:
     assert response.json() == {"error": {"code": "validation_error", "message": "body.files: Field required"}}
 
 
+def test_predict_batch_names_a_text_field_sent_where_a_file_belongs(client: TestClient) -> None:
+    response = client.post("/v1/predict/batch", files=[("files", (None, "slice.png"))])
+
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("body.files.0: expected a file, got a text field")
+
+
 def test_predict_batch_reports_file_over_max_upload_bytes_in_place(limited_client: TestClient) -> None:
     oversized = b"\x89PNG\r\n\x1a\n" + bytes(LIMITED_UPLOAD_BYTES)
 
