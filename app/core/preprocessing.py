@@ -18,6 +18,10 @@ CHANNEL_ORDER = ("pre-contrast", "FLAIR", "post-contrast")
 """The kaggle_3m composite's channels, in the order the models read them."""
 FLAIR_CHANNEL = CHANNEL_ORDER.index("FLAIR")
 
+MIN_IMAGE_SIDE = 32
+"""Smaller images hold too few pixels to be an MR slice (the coarsest clinical matrices are 64 x 64): scaled up to
+256 x 256 they would still get an answer, with a confidence that means nothing."""
+
 
 class InvalidImageError(ValueError):
     """An image array that cannot be a brain MRI slice (wrong rank, channels or dtype)."""
@@ -43,8 +47,11 @@ def as_three_channel_uint8(image: np.ndarray) -> np.ndarray:
     image = image[:, :, :3]
     if image.dtype != np.uint8:
         raise InvalidImageError(f"image must be uint8 after decoding; got dtype {image.dtype}")
-    if min(image.shape[:2]) < 1:
-        raise InvalidImageError(f"image must not be empty; got shape {tuple(image.shape)}")
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise InvalidImageError(
+            f"image is {width}x{height} pixels; a brain MRI slice has at least {MIN_IMAGE_SIDE} pixels on each side"
+        )
     return image
 
 

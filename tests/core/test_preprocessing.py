@@ -78,7 +78,11 @@ def test_flair_only_copies_flair_into_every_channel() -> None:
     [
         (np.zeros((4, 4, 2), np.uint8), r"^image must be HxW, HxWx1, HxWx3 or HxWx4; got shape \(4, 4, 2\)$"),
         (np.zeros((4, 4), np.uint16), r"^image must be uint8 after decoding; got dtype uint16$"),
-        (np.zeros((0, 4), np.uint8), r"^image must not be empty; got shape \(0, 4, 3\)$"),
+        (np.zeros((0, 4), np.uint8), r"^image is 4x0 pixels; a brain MRI slice has at least 32 pixels on each side$"),
+        (
+            np.zeros((31, 256), np.uint8),
+            r"^image is 256x31 pixels; a brain MRI slice has at least 32 pixels on each side$",
+        ),
     ],
 )
 def test_preprocess_slice_refuses_what_is_no_8_bit_slice(image: np.ndarray, message: str) -> None:

@@ -1,7 +1,8 @@
 """A corpus of hostile inputs: each gets its documented status and error body, and the service keeps serving.
 
 Decisions recorded here (what counts as valid):
-- A 1x1 image is a valid slice: it decodes and is resized to the model's 256x256 like any other size (200).
+- An image under 32 pixels a side is no slice (400 `invalid_image`): too few pixels for an MR slice, so any answer
+  would be a confident guess. From 32 pixels on, any size is resized to the model's 256x256 (200).
 - A float32 TIFF is valid: `app.imaging.stretch_to_uint8` stretches deeper samples to 0..255; NaN and inf become 0.
   One without a single finite sample is not (400 `invalid_image`): it would be answered as a black slice.
 - Grey+alpha (two channels) is valid: the alpha channel is dropped. Five channels are not (400 `invalid_image`).
@@ -118,9 +119,11 @@ BAD_FILES: list[BadFile] = [
         "invalid_image",
         "s.tif",
     ),
+    # Too small to be an MR slice: an answer would be a confident guess.
+    BadFile("1x1 PNG", lambda: corpus.png_of(np.full((1, 1), 128, np.uint8)), 400, "invalid_image"),
+    BadFile("1x4096 PNG strip", lambda: corpus.crafted_png(4096, 1), 400, "invalid_image"),
     # Odd but valid: decoded and resized like any slice.
-    BadFile("1x1 PNG", lambda: corpus.png_of(np.full((1, 1), 128, np.uint8)), 200, None),
-    BadFile("1x4096 PNG strip", lambda: corpus.crafted_png(4096, 1), 200, None),
+    BadFile("32x32 PNG", lambda: corpus.png_of(np.full((32, 32), 128, np.uint8)), 200, None),
     BadFile("grey+alpha PNG", lambda: corpus.png_of(np.zeros((64, 64, 2), np.uint8)), 200, None),
     BadFile("PNG without IEND", _cut(corpus.png_slice, -12), 200, None),
     BadFile("float32 TIFF", lambda: corpus.tiff_of(np.random.default_rng(0).random((64, 64), np.float32)), 200, None),
@@ -132,7 +135,7 @@ BAD_FILES: list[BadFile] = [
     ),
     BadFile(
         "float32 TIFF of NaN and one finite sample",
-        lambda: corpus.tiff_of(np.array([[np.nan, np.inf, 1.0]], np.float32)),
+        lambda: corpus.tiff_of(np.pad(np.array([[1.0]], np.float32), ((0, 31), (0, 31)), constant_values=np.nan)),
         200,
         None,
     ),

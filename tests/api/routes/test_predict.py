@@ -154,7 +154,7 @@ def test_predict_negative_slice_has_null_mask_and_skips_segmenter(negative_clien
     assert sample_value(after, runs, model="segmenter") == sample_value(before, runs, model="segmenter")
 
 
-@pytest.mark.parametrize(("height", "width"), [(200, 300), (512, 512), (31, 17)])
+@pytest.mark.parametrize(("height", "width"), [(200, 300), (512, 512), (32, 45)])
 def test_predict_returns_mask_at_input_size(client: TestClient, height: int, width: int) -> None:
     image = resized(read_slice(TUMOR_SLICE), height, width)
 
