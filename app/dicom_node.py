@@ -31,7 +31,8 @@ the C-STORE request); others are refused with a status and an Error Comment that
 patient data. A connection that does not associate within `association_timeout_seconds`, an association idle that
 long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
 node's `max_associations` slots for long; a PDU longer than an instance may be closes its connection at once. One
-address holds at most `max_associations_per_peer` associations, so a peer that keeps them busy cannot take them all.
+address holds at most `max_associations_per_peer` associations, so a peer that keeps them busy cannot take them all
+(these rules on connections are in `app.dicom_association`).
 
 Logs name studies by a hash of their Patient ID and Study Instance UID (`app.dicom_spool.study_key`), never by
 DICOM attributes.
