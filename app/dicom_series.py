@@ -27,6 +27,8 @@ from app.uploads import UploadLimits, check_request_cost, check_upload_size, mod
 
 # Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
 POSITION_TOLERANCE_MM = 0.01
+# Direction cosines closer than this are the same plane (rounding noise in Image Orientation (Patient)).
+ORIENTATION_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,7 +277,8 @@ def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] =
     ------
     InvalidDicomImageError
         If a position holds 2 or more than 3 frames, three frames there do not come from three series (with
-        `channel_series`: not one from each), or the frames of a slice differ in size.
+        `channel_series`: not one from each), the frames of a slice differ in size, or the slices do not share one
+        plane and one rows x columns (`_check_volume`).
     """
     normalised: dict[int, np.ndarray] = {}
     by_series: dict[str, list[int]] = {}
@@ -301,7 +304,31 @@ def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] =
         image = images[0] if len(images) == 1 else np.stack(images, axis=-1)
         first = indices[FLAIR_CHANNEL] if len(channel_series) == 3 else indices[0]
         ordered.append((first, SliceInput(image=image, channels=members)))
-    return [item for _, item in sorted(ordered, key=lambda pair: pair[0])]
+    slices = [item for _, item in sorted(ordered, key=lambda pair: pair[0])]
+    _check_volume(slices)
+    return slices
+
+
+def _check_volume(slices: Sequence[SliceInput]) -> None:
+    """The slices of a series are one volume: one plane and one matrix. Otherwise the series clean-up would join
+    masks of slices that do not lie one above the other, and the volume would add up areas of different planes."""
+    orientations = [item.reference.image_orientation for item in slices if item.reference.image_orientation]
+    if any(
+        np.max(np.abs(np.subtract(orientation, orientations[0]))) > ORIENTATION_TOLERANCE
+        for orientation in orientations
+    ):
+        planes = sorted({tuple(round(value, 3) for value in orientation) for orientation in orientations})
+        raise InvalidDicomImageError(
+            f"the slices of one series must lie in one plane; they have {len(planes)} orientations (Image "
+            f"Orientation (Patient) {', '.join(str(list(plane)) for plane in planes[:3])}): send each plane as a "
+            "request of its own"
+        )
+    sizes = sorted({item.image.shape[:2] for item in slices})
+    if len(sizes) > 1:
+        raise InvalidDicomImageError(
+            "the slices of one series must share rows x columns; got "
+            f"{', '.join(f'{rows} x {columns}' for rows, columns in sizes)}"
+        )
 
 
 def anatomical_order(frames: Sequence[DicomFrame]) -> list[int]:

@@ -49,7 +49,10 @@ def test_read_series_normalises_over_the_files_that_were_read() -> None:
 
 def test_model_inputs_preprocess_each_slice_and_keep_its_size(flair: np.ndarray) -> None:
     small = flair[:200, :120]
-    inputs = prepare_inputs(read_dicom(to_bytes(single_mr(flair))) + read_dicom(to_bytes(single_mr(small))))
+    # Two series of one slice each: the slices of one series share a size (`prepare_inputs` refuses others).
+    inputs = prepare_inputs(read_dicom(to_bytes(single_mr(flair)))) + prepare_inputs(
+        read_dicom(to_bytes(single_mr(small)))
+    )
 
     batch, sizes = model_inputs(inputs)
 

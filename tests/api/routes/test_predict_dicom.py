@@ -146,6 +146,41 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     }
 
 
+@pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr"])
+def test_a_series_whose_slices_lie_in_two_planes_is_refused_for_every_output(client: TestClient, output: str) -> None:
+    datasets = mr_series(tumor_channels())
+    datasets[2].ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # sagittal among axial slices
+
+    response = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts([to_bytes(d) for d in datasets]))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_dicom_image"
+    assert response.json()["error"]["message"].startswith("the slices of one series must lie in one plane; they have 2")
+
+
+def test_a_series_whose_slices_differ_in_size_is_refused(client: TestClient) -> None:
+    channels = tumor_channels()
+    datasets = mr_series([channels[0], channels[1][:128, :128].copy(), channels[2]])
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(d) for d in datasets]))
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_dicom_image",
+        "message": "the slices of one series must share rows x columns; got 128 x 128, 256 x 256",
+    }
+
+
+def test_orientations_that_differ_by_rounding_noise_are_one_plane(client: TestClient) -> None:
+    datasets = mr_series(tumor_channels())
+    datasets[1].ImageOrientationPatient = [1.0, 0.00001, 0.0, -0.00001, 1.0, 0.0]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(d) for d in datasets]))
+
+    assert response.status_code == 200, response.text
+    assert len(response.json()["slices"]) == 3
+
+
 def test_seg_answer_counts_the_files_left_out(client: TestClient, series_files: list[bytes]) -> None:
     broken = b"\0" * 128 + b"DICM" + b"\x02\x00"
     whole = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(series_files))
