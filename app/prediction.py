@@ -209,6 +209,8 @@ class PredictionService:
         ------
         MixedInputError
             If DICOM and raster files are mixed.
+        InvalidSliceError
+            If the raster slices of a series differ in size.
         """
         readable = [item for item in uploads if isinstance(item, bytes)]
         dicom_count = sum(is_dicom(item) for item in readable)
@@ -230,6 +232,8 @@ class PredictionService:
         async with self._reserve(plan.cost_bytes):
             prepared = await self._cpu(prepare_uploads, plan.uploads, self.limits)
             decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
+            if series:
+                check_one_size(decoded)
             predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
         tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
         predictions = await self._cpu(self.finish, predictions, series)
@@ -345,4 +349,15 @@ def refuse_segmentation_of_raster(segmentation: bool) -> None:
         raise InvalidSliceError(
             "output=dicom-seg and output=dicom-sr need DICOM input: a DICOM SEG or SR must reference the DICOM "
             "instances it describes"
+        )
+
+
+def check_one_size(slices: Sequence[PreparedSlice]) -> None:
+    """The raster slices of a series are one volume, so one size: the series clean-up joins their masks on the
+    models' 256 x 256 grid, which lines up only slices of the same size."""
+    sizes = sorted({item.size for item in slices})
+    if len(sizes) > 1:
+        raise InvalidSliceError(
+            "the slices of one series must share one size; got "
+            f"{', '.join(f'{height} x {width}' for height, width in sizes)} (height x width)"
         )

@@ -12,9 +12,11 @@ from tests.api.service_client import (
     batch_upload,
     decode_png_mask,
     decode_rle,
+    png_bytes,
+    resized,
     upload,
 )
-from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
+from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, read_slice
 
 NOT_AN_IMAGE = b"GIF89a is not accepted here"
 
@@ -131,6 +133,24 @@ def test_predict_batch_rejects_missing_files_field(client: TestClient) -> None:
 
     assert response.status_code == 422
     assert response.json() == {"error": {"code": "validation_error", "message": "body.files: Field required"}}
+
+
+def test_a_raster_series_of_slices_of_two_sizes_is_refused_and_the_same_slices_alone_are_answered(
+    client: TestClient,
+) -> None:
+    tumor = TUMOR_SLICE.read_bytes()
+    smaller = png_bytes(resized(read_slice(TUMOR_SLICE), 128, 128))
+
+    series = predict_batch(client, [tumor, smaller, tumor], series="true")
+    alone = predict_batch(client, [tumor, smaller, tumor])
+
+    assert series.status_code == 400
+    assert series.json()["error"] == {
+        "code": "invalid_image",
+        "message": "the slices of one series must share one size; got 128 x 128, 256 x 256 (height x width)",
+    }
+    assert alone.status_code == 200
+    assert [item["ok"] for item in alone.json()["results"]] == [True, True, True]
 
 
 def test_predict_batch_names_a_text_field_sent_where_a_file_belongs(client: TestClient) -> None:
