@@ -270,7 +270,8 @@ class Predictor:
         return self._run(SEGMENTER, self._segmenter, batch)[..., 0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[SlicePrediction]:
-        """Predict decoded uint8 slices (HxW or HxWx3, any size) as one batch; masks come back at input size.
+        """Predict decoded uint8 slices (HxW or HxWx3, at least 32 pixels a side) as one batch; masks come back at
+        input size.
 
         Raises
         ------

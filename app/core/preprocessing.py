@@ -61,7 +61,8 @@ def preprocess_slice(image: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     image
-        uint8 array, HxW (taken as FLAIR) or HxWx3 / HxWx4 in pre-contrast, FLAIR, post-contrast order, any size.
+        uint8 array, HxW (taken as FLAIR) or HxWx3 / HxWx4 in pre-contrast, FLAIR, post-contrast order, any size
+        from `MIN_IMAGE_SIDE` pixels a side.
 
     Returns
     -------
@@ -71,7 +72,7 @@ def preprocess_slice(image: np.ndarray) -> np.ndarray:
     Raises
     ------
     InvalidImageError
-        If the array has a shape or dtype that is not an 8-bit slice.
+        If the array has a shape, size or dtype that is not an 8-bit slice.
     """
     image = as_three_channel_uint8(np.asarray(image))
     if image.shape[:2] != (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE):
