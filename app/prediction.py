@@ -40,6 +40,7 @@ from app.series_result import (
 from app.uploads import (
     PreparedSlice,
     UploadLimits,
+    check_one_size,
     plan_raster_uploads,
     prepare_upload,
     prepare_uploads,
@@ -349,15 +350,4 @@ def refuse_segmentation_of_raster(segmentation: bool) -> None:
         raise InvalidSliceError(
             "output=dicom-seg and output=dicom-sr need DICOM input: a DICOM SEG or SR must reference the DICOM "
             "instances it describes"
-        )
-
-
-def check_one_size(slices: Sequence[PreparedSlice]) -> None:
-    """The raster slices of a series are one volume, so one size: the series clean-up joins their masks on the
-    models' 256 x 256 grid, which lines up only slices of the same size."""
-    sizes = sorted({item.size for item in slices})
-    if len(sizes) > 1:
-        raise InvalidSliceError(
-            "the slices of one series must share one size; got "
-            f"{', '.join(f'{height} x {width}' for height, width in sizes)} (height x width)"
         )

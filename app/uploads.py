@@ -162,6 +162,17 @@ def prepare_uploads(
     return prepared
 
 
+def check_one_size(slices: Sequence[PreparedSlice]) -> None:
+    """The raster slices of a series are one volume, so one size: the series clean-up joins their masks on the
+    models' 256 x 256 grid, which lines up only slices of the same size."""
+    sizes = sorted({item.size for item in slices})
+    if len(sizes) > 1:
+        raise InvalidSliceError(
+            "the slices of one series must share one size; got "
+            f"{', '.join(f'{height} x {width}' for height, width in sizes)} (height x width)"
+        )
+
+
 def stack_inputs(prepared: Sequence[PreparedSlice]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """The model batch and the original sizes of the slices that decoded."""
     return np.stack([item.model_input for item in prepared]), [item.size for item in prepared]
