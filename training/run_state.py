@@ -5,7 +5,9 @@ A run folder holds:
 - `state.json`: the epochs done, the best figure so far and its epoch, epochs since it improved, the hard negatives
   found so far, and the wall-clock seconds spent;
 - `best.weights.h5`: the weights of the best epoch (what `training.export` takes);
-- `history.csv`: one row per epoch.
+- `history.csv`: one row per epoch;
+- `epochs/epoch_NNN.weights.h5`: every epoch's weights, only when asked for (`keep_epoch_weights`), so the tail of
+  a run can be averaged afterwards (`training.compare_classifiers --save-weights-average`).
 
 Every random draw of the data pipeline follows from (seed, epoch) (see `SliceBatches`), and the Keras seed is set
 from (seed, epoch) at the start of each epoch, so `--resume` continues exactly where the run stopped.
@@ -33,6 +35,7 @@ STATE_NAME = "state.json"
 MODEL_NAME = "last.keras"
 BEST_WEIGHTS_NAME = "best.weights.h5"
 HISTORY_NAME = "history.csv"
+EPOCH_WEIGHTS_DIR = "epochs"
 
 
 @dataclass
@@ -67,6 +70,11 @@ def has_saved_state(run_dir: Path) -> bool:
     return (run_dir / STATE_NAME).is_file() and (run_dir / MODEL_NAME).is_file()
 
 
+def epoch_weights_path(run_dir: Path, epoch: int) -> Path:
+    """Where `keep_epoch_weights` puts the weights after `epoch` (counted from 1)."""
+    return run_dir / EPOCH_WEIGHTS_DIR / f"epoch_{epoch:03d}.weights.h5"
+
+
 def load_saved_model(run_dir: Path) -> keras.Model:
     """The model of the last finished epoch, compiled, with its optimizer state."""
     return keras.saving.load_model(run_dir / MODEL_NAME)
@@ -92,6 +100,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         The training batches: their hard negatives are saved and their epoch is moved on.
     state
         The state read from `run_dir` when resuming, or a fresh one.
+    keep_epoch_weights
+        Also keep every epoch's weights under `epochs/`.
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         total_epochs: int,
         batches: SliceBatches,
         state: RunState,
+        keep_epoch_weights: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("max", "min"):
@@ -114,6 +125,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.total_epochs = total_epochs
         self.batches = batches
         self.state = state
+        self.keep_epoch_weights = keep_epoch_weights
         self.epoch_started = self.last_batch_ended = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -150,6 +162,9 @@ class RunCheckpoint(keras.callbacks.Callback):
             state.stopped_early = True
             self.model.stop_training = True
         append_history(self.run_dir / HISTORY_NAME, epoch, logs)
+        if self.keep_epoch_weights:
+            (self.run_dir / EPOCH_WEIGHTS_DIR).mkdir(exist_ok=True)
+            write_atomically(epoch_weights_path(self.run_dir, epoch + 1), self.model.save_weights)
         write_atomically(self.run_dir / MODEL_NAME, self.model.save)
         state.write(self.run_dir)
         left = (self.total_epochs - state.epochs_done) * state.seconds / state.epochs_done

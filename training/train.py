@@ -328,6 +328,7 @@ def train(args: argparse.Namespace) -> dict:
             args.epochs,
             train_batches,
             state,
+            keep_epoch_weights=args.keep_epoch_weights,
         )
     )
     if args.max_minutes:
@@ -445,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--initial-weights",
         default=None,
         help="start from these .weights.h5 instead of random (a segmenter's for the segmenter-encoder backbone)",
+    )
+    parser.add_argument(
+        "--keep-epoch-weights",
+        action="store_true",
+        help="keep every epoch's weights under RUN_DIR/epochs/, to average the tail of the run afterwards",
     )
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this invocation")
     parser.add_argument("--limit-patients", type=int, default=None, help="use only the first N patients (tests)")

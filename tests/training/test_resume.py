@@ -9,7 +9,7 @@ import numpy as np
 
 from training import train
 from training.models import build_resunet
-from training.run_state import load_saved_model
+from training.run_state import epoch_weights_path, load_saved_model
 
 
 def run_arguments(dev_layout, split, output_dir) -> list[str]:
@@ -43,7 +43,8 @@ def test_resumed_run_matches_uninterrupted_run(dev_layout, tmp_path, monkeypatch
     split = tmp_path / "split.json"
     train.main(run_arguments(dev_layout, split, tmp_path / "whole"))
     # A time budget of almost nothing stops the run after its first epoch, as an interruption would.
-    train.main([*run_arguments(dev_layout, split, tmp_path / "interrupted"), "--max-minutes", "0.00001"])
+    interrupted = [*run_arguments(dev_layout, split, tmp_path / "interrupted"), "--keep-epoch-weights"]
+    train.main([*interrupted, "--max-minutes", "0.00001"])
     interrupted_state = json.loads((tmp_path / "interrupted" / "state.json").read_text())
     assert interrupted_state["epochs_done"] == 1
     train.main(["--resume", str(tmp_path / "interrupted")])
@@ -58,6 +59,16 @@ def test_resumed_run_matches_uninterrupted_run(dev_layout, tmp_path, monkeypatch
     history = (tmp_path / "interrupted" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
     assert "train_slices_per_second" in history[0] and "val_volume_dice" in history[0]
+    # Every epoch's weights were kept, before and after the interruption; the last are the run's last weights.
+    assert sorted(path.name for path in (tmp_path / "interrupted" / "epochs").iterdir()) == [
+        "epoch_001.weights.h5",
+        "epoch_002.weights.h5",
+    ]
+    resumed.load_weights(epoch_weights_path(tmp_path / "interrupted", 2))
+    for expected, actual in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+    resumed.load_weights(epoch_weights_path(tmp_path / "interrupted", 1))
+    assert not all(np.allclose(a, b) for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True))
 
 
 def test_resume_of_a_folder_without_a_run_is_refused(tmp_path, capsys):
