@@ -19,6 +19,7 @@ from app.api import handlers
 from app.api.middleware import (
     AccessControlMiddleware,
     ClientAddressMiddleware,
+    HeadAsGetMiddleware,
     RequestContextMiddleware,
     UploadLimitMiddleware,
 )
@@ -166,7 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, handlers.handle_unexpected_error)
 
     # Added last = outermost: the client's address, then the request id and logs wrap everything, then keys and rate
-    # limits, then body size.
+    # limits, then body size, then HEAD as GET.
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         UploadLimitMiddleware,
         default_limit=settings.max_upload_bytes + 64 * 1024,  # multipart framing around one file

@@ -1,6 +1,6 @@
 """Pure ASGI middleware: the client's address (X-Forwarded-For only from trusted proxies); request ids, the header
 count limit, access and audit logs, request metrics; API keys, failed-key throttling and rate limits; upload size
-limits before the body is read."""
+limits before the body is read; HEAD answered as GET without its body."""
 
 from __future__ import annotations
 
@@ -305,3 +305,30 @@ class UploadLimitMiddleware:
     async def _reject(scope: Scope, receive: Receive, send: Send, error: PayloadTooLargeError) -> None:
         scope.setdefault("state", {})["error_code"] = error.code
         await service_error_response(error)(scope, receive, send)
+
+
+class HeadAsGetMiddleware:
+    """Answer HEAD like GET, headers only: HTTP/1.1 servers must (RFC 9110, 9.1), and uptime monitors and load
+    balancers probe `/health/live` and `/` with it. FastAPI routes declared for GET answer HEAD with 405.
+
+    The method is GET only while the app below runs, so logs and metrics outside still say HEAD.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_headers_only)
+        finally:
+            scope["method"] = "HEAD"

@@ -53,6 +53,37 @@ def test_read_liveness(client: TestClient) -> None:
     assert response.json() == {"status": "alive"}
 
 
+@pytest.mark.parametrize("path", ["/health/live", "/health/ready", "/metrics", "/", "/v1/models"])
+def test_head_is_answered_like_get_without_the_body(client: TestClient, path: str) -> None:
+    get = client.get(path)
+    head = client.head(path)
+
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    if "Content-Length" in get.headers:  # a fixed page; /metrics can grow between the two calls
+        assert path == "/metrics" or head.headers["Content-Length"] == get.headers["Content-Length"]
+
+
+def test_head_on_a_post_endpoint_is_405_and_counted_as_head(client: TestClient) -> None:
+    def head() -> None:
+        response = client.head("/v1/predict")
+        assert response.status_code == 405
+        assert response.headers["Allow"] == "POST"
+        assert response.content == b""
+
+    labels = {"endpoint": "/v1/predict", "method": "HEAD", "status": "405"}
+    assert counter_delta(client, head, "brain_tumor_http_requests_total", **labels) == 1
+
+
+def test_head_of_liveness_is_counted_as_head(client: TestClient) -> None:
+    def head() -> None:
+        assert client.head("/health/live").status_code == 200
+
+    labels = {"endpoint": "/health/live", "method": "HEAD", "status": "200"}
+    assert counter_delta(client, head, "brain_tumor_http_requests_total", **labels) == 1
+
+
 def test_read_readiness_when_loaded(client: TestClient) -> None:
     response = client.get("/health/ready")
 

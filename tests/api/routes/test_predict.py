@@ -434,14 +434,21 @@ def test_predict_answers_unknown_path_with_error_body(client: TestClient) -> Non
     response = client.get("/v1/nothing-here")
 
     assert response.status_code == 404
-    assert response.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+    assert response.json() == {
+        "error": {
+            "code": "not_found",
+            "message": "no endpoint at this path (the API is described at /docs; paths take no trailing slash)",
+        }
+    }
 
 
 def test_predict_answers_wrong_method_with_error_body(client: TestClient) -> None:
     response = client.get("/v1/predict")
 
     assert response.status_code == 405
-    assert response.json() == {"error": {"code": "method_not_allowed", "message": "Method Not Allowed"}}
+    assert response.json() == {
+        "error": {"code": "method_not_allowed", "message": "GET is not allowed on this path; it takes POST"}
+    }
 
 
 def test_predict_logs_input_hash_never_file_name(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
