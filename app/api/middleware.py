@@ -35,6 +35,8 @@ UNMATCHED = "unmatched"
 # Refusals that never reach a route, or reach one and are refused for who or how much is asking: each is audited.
 AUDITED_REFUSALS = frozenset({401, 403, 408, 413, 415, 429, 431})
 _MAX_LOGGED_PATH = 256
+# What Starlette's router writes into the scope of a request it matched.
+ROUTING_KEYS = ("route", "endpoint", "path_params", "app_root_path")
 
 
 def route_template(scope: Scope) -> str:
@@ -311,7 +313,9 @@ class HeadAsGetMiddleware:
     """Answer HEAD like GET, headers only: HTTP/1.1 servers must (RFC 9110, 9.1), and uptime monitors and load
     balancers probe `/health/live` and `/` with it. FastAPI routes declared for GET answer HEAD with 405.
 
-    The method is GET only while the app below runs, so logs and metrics outside still say HEAD.
+    The app below sees a copy of the scope that says GET; the server's own scope still says HEAD, so it sends no body
+    and expects none (uvicorn checks the body against Content-Length unless the request is HEAD), and logs and
+    metrics outside still say HEAD.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -327,8 +331,10 @@ class HeadAsGetMiddleware:
                 message = {**message, "body": b""}
             await send(message)
 
-        scope["method"] = "GET"
+        as_get = {**scope, "method": "GET"}  # "state" stays the one dict: request id and error codes are shared
         try:
-            await self.app(scope, receive, send_headers_only)
+            await self.app(as_get, receive, send_headers_only)
         finally:
-            scope["method"] = "HEAD"
+            for key in ROUTING_KEYS:  # what the router found, for the access log and metrics outside
+                if key in as_get:
+                    scope[key] = as_get[key]
