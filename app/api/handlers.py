@@ -124,14 +124,17 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
         code = PayloadTooLargeError.code
     else:
         code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-    message = str(error.detail)
+    message, headers = str(error.detail), error.headers
     # Starlette's own words for an unknown path or method say nothing of what would do.
-    if error.status_code == HTTPStatus.METHOD_NOT_ALLOWED and error.headers and "Allow" in error.headers:
-        message = f"{request.method} is not allowed on this path; it takes {error.headers['Allow']}"
+    if error.status_code == HTTPStatus.METHOD_NOT_ALLOWED and headers and "Allow" in headers:
+        allowed = headers["Allow"].split(", ")
+        if "GET" in allowed and "HEAD" not in allowed:  # app.api.middleware.HeadAsGetMiddleware answers it
+            headers = {**headers, "Allow": ", ".join([*allowed, "HEAD"])}
+        message = f"{request.method} is not allowed on this path; it takes {headers['Allow']}"
     elif error.status_code == HTTPStatus.NOT_FOUND and message == HTTPStatus.NOT_FOUND.phrase:
         message = "no endpoint at this path (the API is described at /docs; paths take no trailing slash)"
     _remember_error(request, code)
-    return JSONResponse(error_body(code, message), status_code=error.status_code, headers=error.headers)
+    return JSONResponse(error_body(code, message), status_code=error.status_code, headers=headers)
 
 
 async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -76,6 +76,16 @@ def test_head_on_a_post_endpoint_is_405_and_counted_as_head(client: TestClient) 
     assert counter_delta(client, head, "brain_tumor_http_requests_total", **labels) == 1
 
 
+def test_a_method_a_get_path_does_not_take_is_405_naming_get_and_head(client: TestClient) -> None:
+    response = client.delete("/health/live")
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.json() == {
+        "error": {"code": "method_not_allowed", "message": "DELETE is not allowed on this path; it takes GET, HEAD"}
+    }
+
+
 def test_head_of_liveness_is_counted_as_head(client: TestClient) -> None:
     def head() -> None:
         assert client.head("/health/live").status_code == 200
