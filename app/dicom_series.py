@@ -29,6 +29,9 @@ from app.uploads import UploadLimits, check_request_cost, check_upload_size, mod
 POSITION_TOLERANCE_MM = 0.01
 # Direction cosines closer than this are the same plane (rounding noise in Image Orientation (Patient)).
 ORIENTATION_TOLERANCE = 1e-3
+# Neighbouring slices of a series further apart than this many times its usual spacing have two or more slices
+# missing between them: the series clean-up does not join their masks (`series_breaks`).
+MAX_NEIGHBOUR_SPACINGS = 2.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -339,18 +342,45 @@ def anatomical_order(frames: Sequence[DicomFrame]) -> list[int]:
     when no frame has an orientation); else by Instance Number and frame number when every frame has one; else as
     given. Ties keep their given order.
     """
-    positions = [frame.image_position for frame in frames]
-    if positions and all(position is not None for position in positions):
-        points = np.asarray(positions, dtype=np.float64)
-        direction = slice_normal(frames)
-        if direction is None:
-            direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
-        offsets = points @ direction
+    offsets = offsets_along_normal(frames)
+    if offsets is not None:
         return sorted(range(len(frames)), key=lambda index: offsets[index])
     numbers = [frame.header.get("InstanceNumber") for frame in frames]
     if all(isinstance(number, int) for number in numbers):
         return sorted(range(len(frames)), key=lambda index: (numbers[index], frames[index].frame_number))
     return list(range(len(frames)))
+
+
+def offsets_along_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
+    """Each frame's Image Position projected on the slice normal (on the line the positions span when no frame has
+    an orientation); None unless every frame has a position."""
+    positions = [frame.image_position for frame in frames]
+    if not positions or any(position is None for position in positions):
+        return None
+    points = np.asarray(positions, dtype=np.float64)
+    direction = slice_normal(frames)
+    if direction is None:
+        direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
+    return points @ direction
+
+
+def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int]:
+    """The places k in `order` (from `anatomical_order`) where frames `order[k]` and `order[k + 1]` are no
+    neighbours: over `MAX_NEIGHBOUR_SPACINGS` times the series' median spacing apart, so two or more slices are
+    missing between them (files that could not be read, or a client that sent part of a series).
+
+    The series clean-up joins masks across one missing slice, as a tumor goes on through it, but not across a wider
+    gap, where a blob would otherwise be kept for touching, in projection, a tumor many millimetres away. Without
+    positions for every frame nothing is known of gaps: no breaks.
+    """
+    offsets = offsets_along_normal(frames)
+    if offsets is None or len(order) < 3:
+        return set()
+    steps = np.abs(np.diff(offsets[list(order)]))
+    spacing = float(np.median(steps))
+    if spacing <= 0:
+        return set()
+    return {int(place) for place in np.flatnonzero(steps > MAX_NEIGHBOUR_SPACINGS * spacing)}
 
 
 def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]) -> None:

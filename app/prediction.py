@@ -10,7 +10,7 @@ loop stays free while it happens (`offload`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,7 +21,15 @@ import numpy as np
 
 from app import payloads, schemas
 from app.dicom_header import is_dicom
-from app.dicom_series import SeriesPlan, SeriesUploads, anatomical_order, decode_series, model_inputs, plan_series
+from app.dicom_series import (
+    SeriesPlan,
+    SeriesUploads,
+    anatomical_order,
+    decode_series,
+    model_inputs,
+    plan_series,
+    series_breaks,
+)
 from app.errors import InvalidSliceError, MixedInputError, ServiceError
 from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget
@@ -286,21 +294,26 @@ class PredictionService:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
             predictions = await self.run_models(batch, sizes)
         tally = self._count(predictions, len(series.file_errors), on_tally)
-        order = anatomical_order([slice_input.reference for slice_input in series.inputs])
-        predictions = await self._cpu(self.finish, predictions, True, order)
+        frames = [slice_input.reference for slice_input in series.inputs]
+        order = anatomical_order(frames)
+        predictions = await self._cpu(self.finish, predictions, True, order, series_breaks(frames, order))
         result = await self._cpu(
             partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
         )
         return SeriesAnswer(result, None, series.file_errors, tally, series.choice)
 
     def finish(
-        self, predictions: list[SlicePrediction], series: bool, order: Sequence[int] | None = None
+        self,
+        predictions: list[SlicePrediction],
+        series: bool,
+        order: Sequence[int] | None = None,
+        breaks: Collection[int] = (),
     ) -> list[SlicePrediction]:
         """The last step on the models' answers: a series of two or more slices gets the series clean-up
-        (`clean_series`, in anatomical `order`; None: the given order, as a client's raster series is); any slice
-        answered on its own, the single-slice mask rule (`single_slice_answers`)."""
+        (`clean_series`, in anatomical `order`, not joining across `breaks`; None: the given order, as a client's
+        raster series is); any slice answered on its own, the single-slice mask rule (`single_slice_answers`)."""
         if series and len(predictions) > 1:
-            return clean_series(predictions, self.models.series_min_component_voxels, order)
+            return clean_series(predictions, self.models.series_min_component_voxels, order, breaks)
         return single_slice_answers(predictions, self.models.single_slice_mask_min_probability)
 
     async def _predict_raster(self, data: bytes, keep_image: bool, on_tally: TallyObserver | None) -> SliceAnswer:

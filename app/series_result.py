@@ -6,7 +6,7 @@ own (`single_slice_answers`), and the refusals of a series that cannot be answer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,19 +67,23 @@ def summarise_series(
 
 
 def clean_series(
-    predictions: Sequence[SlicePrediction], min_voxels: int, order: Sequence[int] | None = None
+    predictions: Sequence[SlicePrediction],
+    min_voxels: int,
+    order: Sequence[int] | None = None,
+    breaks: Collection[int] = (),
 ) -> list[SlicePrediction]:
     """The series clean-up (`app.core.series_postprocessing`) of the predictions of one volume's slices.
 
     `order` lists the predictions' indices in anatomical order (`app.dicom_series.anatomical_order`); None: they
-    are in that order already. The answer keeps the predictions' own order. A slice whose mask the clean-up empties
-    is reported as not detected (its probability stays as the classifier gave it): in a series, a slice is positive
-    when its mask survives. A single slice is never changed.
+    are in that order already. `breaks`: the places in `order` with slices missing after them
+    (`app.dicom_series.series_breaks`). The answer keeps the predictions' own order. A slice whose mask the
+    clean-up empties is reported as not detected (its probability stays as the classifier gave it): in a series, a
+    slice is positive when its mask survives. A single slice is never changed.
     """
     order = list(range(len(predictions))) if order is None else list(order)
     if sorted(order) != list(range(len(predictions))):
         raise ValueError(f"order must list each of the {len(predictions)} predictions once; got {order}")
-    cleaned = clean_series_masks([predictions[index].mask for index in order], min_voxels)
+    cleaned = clean_series_masks([predictions[index].mask for index in order], min_voxels, breaks)
     masks: list[np.ndarray | None] = [None] * len(predictions)
     for index, mask in zip(order, cleaned, strict=True):
         masks[index] = mask

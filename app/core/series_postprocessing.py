@@ -5,12 +5,13 @@ several adjacent slices. With the slices of one series in order, masks are joine
 (26-connectivity: pixels touching by a face, an edge or a corner, on the same or an adjacent slice), and components
 with fewer than `min_voxels` voxels are removed. Voxels are counted on the model's 256 x 256 grid, so the setting
 means the same for every series whatever its pixel spacing; the value is chosen on the validation patients
-(`training.evaluate`) and written into the model manifest. A single slice has no neighbours and is left unchanged.
+(`training.evaluate`) and written into the model manifest. A single slice has no neighbours and is left unchanged;
+slices known not to be neighbours (a gap in the series) are not joined.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -54,12 +55,15 @@ def drop_small_components(masks: np.ndarray, min_voxels: int) -> np.ndarray:
     return keep[labels]
 
 
-def clean_series_masks(masks: Sequence[np.ndarray | None], min_voxels: int) -> list[np.ndarray | None]:
+def clean_series_masks(
+    masks: Sequence[np.ndarray | None], min_voxels: int, breaks: Collection[int] = ()
+) -> list[np.ndarray | None]:
     """`drop_small_components` for the masks a service returns: each at its slice's own size, None when empty.
 
     `min_voxels` counts voxels of the model's 256 x 256 grid, so it is scaled to the slices' pixel grid. Slices of
     different sizes cannot form one volume: their masks come back unchanged. A mask the clean-up empties becomes
-    None.
+    None. `breaks` lists the places k where slices k and k + 1 are no neighbours (slices missing between them): an
+    empty slice goes between them, so no component spans the gap.
     """
     present = [mask for mask in masks if mask is not None]
     if len(masks) < 2 or min_voxels == 0 or not present:
@@ -67,12 +71,14 @@ def clean_series_masks(masks: Sequence[np.ndarray | None], min_voxels: int) -> l
     shape = present[0].shape
     if any(mask.shape != shape for mask in present):
         return list(masks)
-    volume = np.zeros((len(masks), *shape), dtype=bool)
-    for index, mask in enumerate(masks):
+    # Row of each slice in the volume, one empty row further down after each break.
+    rows = [index + sum(1 for place in breaks if place < index) for index in range(len(masks))]
+    volume = np.zeros((rows[-1] + 1, *shape), dtype=bool)
+    for row, mask in zip(rows, masks, strict=True):
         if mask is not None:
-            volume[index] = mask > 0
+            volume[row] = mask > 0
     scaled = max(1, round(min_voxels * shape[0] * shape[1] / MODEL_GRID_PIXELS))
-    cleaned = drop_small_components(volume, scaled)
+    cleaned = drop_small_components(volume, scaled)[rows]
     return [
         None if mask is None or not kept.any() else kept.astype(mask.dtype)
         for mask, kept in zip(masks, cleaned, strict=True)

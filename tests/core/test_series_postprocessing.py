@@ -72,3 +72,21 @@ def test_clean_series_masks_leaves_single_slices_and_mixed_sizes_alone():
     other_size = np.zeros((32, 32), np.uint8)
     other_size[0, 0] = 1
     assert clean_series_masks([small, other_size], min_voxels=10_000) == [small, other_size]
+
+
+def test_clean_series_masks_joins_no_blob_across_a_break():
+    # 256 x 256 slices (the model grid): a tumor of 3 x 36 voxels, and on the next slice given a small blob that
+    # overlaps it in projection.
+    tumor = np.zeros((256, 256), np.uint8)
+    tumor[100:106, 100:106] = 1
+    blob = np.zeros((256, 256), np.uint8)
+    blob[103:106, 103:106] = 1
+    masks = [tumor, tumor, tumor, blob]
+
+    joined = clean_series_masks(masks, min_voxels=50)
+    apart = clean_series_masks(masks, min_voxels=50, breaks={2})  # slices missing between the third and the fourth
+
+    np.testing.assert_array_equal(joined[3], blob)  # one component of 117 voxels with the tumor
+    assert apart[3] is None  # 9 voxels on its own
+    for kept in apart[:3]:
+        np.testing.assert_array_equal(kept, tumor)

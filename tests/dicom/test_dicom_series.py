@@ -8,7 +8,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.dicom_input import read_dicom
-from app.dicom_series import anatomical_order, model_inputs, normalise_volume, prepare_inputs, read_series
+from app.dicom_series import (
+    anatomical_order,
+    model_inputs,
+    normalise_volume,
+    prepare_inputs,
+    read_series,
+    series_breaks,
+)
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
 from app.uploads import model_input
 from tests.conftest import TUMOR_SLICE, read_slice
@@ -168,3 +175,33 @@ def test_anatomical_order_follows_positions_then_instance_numbers_then_the_files
     for dataset in datasets:  # neither: as sent
         del dataset.InstanceNumber
     assert order_of(datasets) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("positions_mm", "breaks"),
+    [
+        ([0, 5, 10, 15, 20], set()),  # every slice there
+        ([0, 5, 15, 20, 25], set()),  # one slice missing: a tumor goes on through it, the clean-up joins across
+        ([0, 5, 10, 25, 30], {2}),  # two missing between 10 and 25 mm: no neighbours
+        ([30, 0, 5, 10, 25], {2}),  # the same, sent in another order
+    ],
+)
+def test_series_breaks_are_where_two_or_more_slices_are_missing(
+    flair: np.ndarray, positions_mm: list[float], breaks: set[int]
+) -> None:
+    study, series_uid = Study(), generate_uid()
+    frames = [
+        read_dicom(to_bytes(mr_dataset(flair, study, series_uid, instance_number=index + 1, position_mm=position)))[0]
+        for index, position in enumerate(positions_mm)
+    ]
+
+    assert series_breaks(frames, anatomical_order(frames)) == breaks
+
+
+def test_series_without_positions_has_no_breaks(flair: np.ndarray) -> None:
+    datasets = mr_series([flair] * 4)
+    for dataset in datasets:
+        del dataset.ImagePositionPatient
+    frames = [read_dicom(to_bytes(dataset))[0] for dataset in datasets]
+
+    assert series_breaks(frames, anatomical_order(frames)) == set()

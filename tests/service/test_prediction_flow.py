@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.uid import generate_uid
 
 from app import payloads, schemas, uploads
 from app.core.preprocessing import preprocess_slice
@@ -25,7 +26,7 @@ from app.model_runners import predictor_runner
 from app.prediction import PredictionService, in_request_order
 from tests.api.service_client import decode_png_mask, png_bytes, resized, tiff_bytes
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
-from tests.dicom.builders import mr_series, to_bytes
+from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes
 
 LIMITS = uploads.UploadLimits(max_upload_bytes=1 << 20, max_image_pixels=1024 * 1024)
 
@@ -390,3 +391,24 @@ def test_a_dicom_series_is_cleaned_up_in_anatomical_order_whatever_order_its_fil
     assert [item.reference.sop_instance_uid for item in answer.result.inputs] == [
         datasets[index].SOPInstanceUID for index in sent
     ]
+
+
+@pytest.mark.parametrize(("last_position_mm", "kept"), [(20.0, True), (25.0, False)])
+def test_a_dicom_series_is_not_joined_across_two_or_more_missing_slices(last_position_mm: float, kept: bool) -> None:
+    """A 12 x 12 blob on a slice after a gap overlaps, in projection, a tumor on the slices before it. One slice
+    missing (10 -> 20 mm, slices 5 mm apart): joined to the tumor, kept. Two missing (10 -> 25 mm): no neighbours,
+    and alone its 144 voxels are under the minimum of 200."""
+    study, series_uid = Study(), generate_uid()
+    positions = [0.0, 5.0, 10.0, last_position_mm]
+    images = [np.full((256, 256), 40, np.uint8) for _ in positions]
+    for image in images:
+        image[100:112, 100:112] = 220
+    datasets = [
+        mr_dataset(image, study, series_uid, instance_number=index + 1, position_mm=position)
+        for index, (image, position) in enumerate(zip(images, positions, strict=True))
+    ]
+    service = PredictionService(LargeBlobModels(), bright_square_runner(), LIMITS, offload=False)
+
+    answer = asyncio.run(service.predict_files([to_bytes(dataset) for dataset in datasets], schemas.MaskFormat.RLE))
+
+    assert [prediction.detected for prediction in answer.result.predictions] == [True, True, True, kept]
