@@ -78,6 +78,21 @@ def slice_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
     return None if orientation is None else np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
 
 
+def offsets_along_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
+    """Each frame's Image Position projected on the slice normal, in mm (on the line the positions span when no
+    frame has an orientation); None unless every frame has a position."""
+    positions = [frame.image_position for frame in frames]
+    if not positions or any(position is None for position in positions):
+        return None
+    points = np.asarray(positions, dtype=np.float64)
+    direction = slice_normal(frames)
+    if direction is None:
+        direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
+        length = np.linalg.norm(direction)
+        direction = direction / length if length > 0 else direction
+    return points @ direction
+
+
 def frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> object | None:
     """An attribute of frame `index`: per-frame functional group, then shared group, then the top level."""
     candidates = []

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL
-from app.dicom_frame import DicomFrame, frame_placement, slice_normal
+from app.dicom_frame import DicomFrame, frame_placement, offsets_along_normal
 from app.dicom_header import DicomHeader, read_dicom_header
 from app.dicom_input import decode_dicom
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
+from app.tumor_volume import slice_spacing_mm
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
 
 # Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
@@ -351,35 +352,21 @@ def anatomical_order(frames: Sequence[DicomFrame]) -> list[int]:
     return list(range(len(frames)))
 
 
-def offsets_along_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
-    """Each frame's Image Position projected on the slice normal (on the line the positions span when no frame has
-    an orientation); None unless every frame has a position."""
-    positions = [frame.image_position for frame in frames]
-    if not positions or any(position is None for position in positions):
-        return None
-    points = np.asarray(positions, dtype=np.float64)
-    direction = slice_normal(frames)
-    if direction is None:
-        direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
-    return points @ direction
-
-
 def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int]:
     """The places k in `order` (from `anatomical_order`) where frames `order[k]` and `order[k + 1]` are no
-    neighbours: over `MAX_NEIGHBOUR_SPACINGS` times the series' median spacing apart, so two or more slices are
-    missing between them (files that could not be read, or a client that sent part of a series).
+    neighbours: over `MAX_NEIGHBOUR_SPACINGS` times the series' spacing apart (`slice_spacing_mm`, the median
+    distance between neighbours, as the tumor volume takes it), so two or more slices are missing between them
+    (files that could not be read, or a client that sent part of a series).
 
     The series clean-up joins masks across one missing slice, as a tumor goes on through it, but not across a wider
     gap, where a blob would otherwise be kept for touching, in projection, a tumor many millimetres away. Without
     positions for every frame nothing is known of gaps: no breaks.
     """
     offsets = offsets_along_normal(frames)
-    if offsets is None or len(order) < 3:
+    spacing = slice_spacing_mm(frames)
+    if offsets is None or spacing is None or len(order) < 3:
         return set()
     steps = np.abs(np.diff(offsets[list(order)]))
-    spacing = float(np.median(steps))
-    if spacing <= 0:
-        return set()
     return {int(place) for place in np.flatnonzero(steps > MAX_NEIGHBOUR_SPACINGS * spacing)}
 
 

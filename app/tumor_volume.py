@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.dicom_frame import MAX_LENGTH_MM, DicomFrame, slice_normal
+from app.dicom_frame import MAX_LENGTH_MM, DicomFrame, offsets_along_normal
 
 MM3_PER_ML = 1000.0
 
@@ -59,18 +59,10 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
 
 def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     """Distance between neighbouring slices in mm (see `tumor_volume_ml` for the order of sources), or None."""
-    positions = [frame.image_position for frame in slices if frame.image_position is not None]
-    if len(positions) >= 2:
-        normal = slice_normal(slices)
-        points = np.asarray(positions, dtype=np.float64)
-        if normal is not None:
-            offsets = np.sort(points @ normal)
-            gaps = np.diff(offsets)
-        else:  # no orientation: order the positions along the line they span
-            gaps = np.linalg.norm(
-                np.diff(points[np.argsort(np.linalg.norm(points - points[0], axis=1))], axis=0), axis=1
-            )
-        gaps = np.abs(gaps[np.abs(gaps) > 1e-6])
+    placed = [frame for frame in slices if frame.image_position is not None]
+    if len(placed) >= 2:
+        gaps = np.diff(np.sort(offsets_along_normal(placed)))
+        gaps = gaps[gaps > 1e-6]
         if gaps.size:
             gap = float(np.median(gaps))
             return gap if gap <= MAX_LENGTH_MM else None  # positions a metre apart are no series of one head
