@@ -14,6 +14,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from app.core.preprocessing import FLAIR_CHANNEL
+
 INPUT_SHAPE = (256, 256, 3)
 CLASSIFIER_FILTERS = (16, 32, 64, 128, 256)
 SEGMENTER_FILTERS = (16, 32, 64, 128, 256)
@@ -96,6 +98,41 @@ def fine_stem_classifier_from(plain: keras.Model) -> keras.Model:
     untouched = transfer_weights(model, plain)
     if untouched:
         raise ValueError(f"not a plain or fine-stem classifier: no weights for {untouched}")
+    return model
+
+
+def build_flair_classifier(
+    input_shape: Sequence[int] = INPUT_SHAPE,
+    filters: Sequence[int] = CLASSIFIER_FILTERS,
+    dropout: float = 0.3,
+    name: str = "tumor_classifier",
+) -> keras.Model:
+    """`build_classifier` that reads FLAIR alone: a frozen 1x1 convolution copies FLAIR into all three channels.
+
+    Why try it (issue 14): a second opinion beside the served classifier, which sees all three sequences. A model
+    that never sees the contrast sequences errs on other slices, and the mean of two models that err apart is where
+    an ensemble gains. The served classifier given FLAIR alone scored a higher test specificity than with all three.
+    Built-in layers only, so the architecture file loads without custom code; `flair_classifier_from` starts it
+    from a trained plain classifier.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = layers.Conv2D(3, 1, use_bias=False, trainable=False, name="flair_selector")(inputs)
+    x = classifier_stem(x, filters[0])
+    x = classifier_stages(x, filters[1:])
+    model = keras.Model(inputs, probability_head(x, dropout), name=name)
+    selector = np.zeros((1, 1, input_shape[-1], 3), dtype="float32")
+    selector[0, 0, FLAIR_CHANNEL, :] = 1.0
+    model.get_layer("flair_selector").set_weights([selector])
+    return model
+
+
+def flair_classifier_from(plain: keras.Model) -> keras.Model:
+    """A FLAIR classifier with every weight of `plain` (a `build_classifier` model): on a slice whose three
+    channels are FLAIR it answers exactly as `plain` does."""
+    model = build_flair_classifier()
+    untouched = transfer_weights(model, plain)
+    if untouched != ["flair_selector"]:
+        raise ValueError(f"not a plain classifier: no weights for {untouched}")
     return model
 
 

@@ -49,10 +49,12 @@ from training.models import (
     build_classifier,
     build_efficientnet_lite0_classifier,
     build_encoder_classifier,
+    build_flair_classifier,
     build_mirror_classifier,
     build_resunet,
     build_tumor_map_classifier,
     fine_stem_classifier_from,
+    flair_classifier_from,
     load_segmenter,
     mirror_classifier_from,
     served_from_tumor_map,
@@ -68,6 +70,7 @@ DEFAULT_MONITOR = {"classifier": "val_specificity", "segmenter": "val_volume_dic
 CLASSIFIER_BACKBONES = {
     "cnn": build_classifier,
     "cnn-mirror": build_mirror_classifier,
+    "cnn-flair": build_flair_classifier,
     "cnn-fine-stem": functools.partial(build_classifier, stem_pooling=False),
     "segmenter-encoder": build_encoder_classifier,
     "efficientnet-lite0": build_efficientnet_lite0_classifier,
@@ -97,6 +100,11 @@ def start_from(
 def mirror_start(weights: str) -> keras.Model:
     """A mirror checkpoint, or a plain classifier carried over unchanged (`mirror_classifier_from`)."""
     return start_from(weights, build_mirror_classifier, mirror_classifier_from)
+
+
+def flair_start(weights: str) -> keras.Model:
+    """A FLAIR checkpoint, or a plain classifier's weights behind the FLAIR selector (`flair_classifier_from`)."""
+    return start_from(weights, build_flair_classifier, flair_classifier_from)
 
 
 def fine_stem_start(weights: str) -> keras.Model:
@@ -262,6 +270,8 @@ def load_initial_weights(args: argparse.Namespace, model: keras.Model) -> None:
         model.set_weights(mirror_start(weights).get_weights())
     elif backbone == "cnn-fine-stem":
         model.set_weights(fine_stem_start(weights).get_weights())
+    elif backbone == "cnn-flair":
+        model.set_weights(flair_start(weights).get_weights())
     elif backbone == "cnn-tumor-map":
         plain = build_classifier()
         plain.load_weights(weights)
@@ -440,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         "EfficientNet-Lite0 (start it with `training.imagenet_weights`' ImageNet weights), or the CNN that also sees "
         "its features mirrored left to right (cnn-mirror; a plain classifier's --initial-weights start it unchanged), "
         "or the CNN without its stem's pooling, its stages at 128 x 128 (cnn-fine-stem; a plain classifier's "
+        "--initial-weights start it), or the CNN that reads FLAIR alone (cnn-flair; a plain classifier's "
         "--initial-weights start it)",
     )
     parser.add_argument(

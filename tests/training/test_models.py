@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from app.core.preprocessing import flair_only
 from training.compare_segmenters import average_and_save
 from training.data import DatasetError
 from training.losses import focal_tversky_loss
@@ -13,6 +14,7 @@ from training.models import (
     build_mirror_classifier,
     build_resunet,
     fine_stem_classifier_from,
+    flair_classifier_from,
     load_classifier,
     load_segmenter,
     mirror_classifier_from,
@@ -20,7 +22,7 @@ from training.models import (
     transfer_weights,
     tumor_map_classifier_from,
 )
-from training.train import fine_stem_start, mirror_start
+from training.train import fine_stem_start, flair_start, mirror_start
 
 
 def test_classifier_outputs_one_probability_per_slice():
@@ -186,6 +188,39 @@ def test_fine_stem_classifier_keeps_twice_the_resolution_and_starts_from_a_plain
 def test_fine_stem_classifier_refuses_a_start_that_is_not_a_plain_classifier():
     with pytest.raises(ValueError, match="not a plain or fine-stem classifier"):
         fine_stem_classifier_from(build_mirror_classifier())
+
+
+def test_flair_classifier_reads_flair_alone_and_starts_from_a_plain_classifier(tmp_path):
+    rng = np.random.default_rng(9)
+    image = rng.random((2, 256, 256, 3)).astype("float32")
+    other_sequences = image.copy()
+    other_sequences[..., [0, 2]] = rng.random((2, 256, 256, 2)).astype("float32")
+    plain = build_classifier()
+    plain.save_weights(tmp_path / "plain.weights.h5")
+
+    flair = flair_start(str(tmp_path / "plain.weights.h5"))
+
+    # It answers on FLAIR alone, exactly as the plain classifier does on a slice whose channels are all FLAIR ...
+    np.testing.assert_allclose(np.asarray(flair(image)), np.asarray(plain(flair_only(image))), atol=1e-6)
+    assert np.abs(np.asarray(plain(image)) - np.asarray(plain(flair_only(image)))).max() > 1e-6
+    # ... so the pre- and post-contrast channels change nothing, and training never moves the selector.
+    np.testing.assert_allclose(np.asarray(flair(other_sequences)), np.asarray(flair(image)), atol=1e-6)
+    assert not any(weight.path.startswith("flair_selector") for weight in flair.trainable_weights)
+    # A FLAIR checkpoint starts a run as it is, and its run's architecture loads it.
+    kernel = flair.get_layer("stage1_a_conv").get_weights()[0]
+    flair.get_layer("stage1_a_conv").set_weights([kernel + 0.01])
+    (tmp_path / "run").mkdir()
+    flair.save_weights(tmp_path / "run" / "best.weights.h5")
+    again = flair_start(str(tmp_path / "run" / "best.weights.h5"))
+    np.testing.assert_allclose(np.asarray(again(image)), np.asarray(flair(image)), atol=1e-6)
+    (tmp_path / "run" / ARCHITECTURE_NAME).write_text(flair.to_json())
+    loaded = load_classifier(tmp_path / "run" / "best.weights.h5")
+    np.testing.assert_allclose(np.asarray(loaded(other_sequences)), np.asarray(flair(image)), atol=1e-6)
+
+
+def test_flair_classifier_refuses_a_start_that_is_not_a_plain_classifier():
+    with pytest.raises(ValueError, match="not a plain classifier"):
+        flair_classifier_from(build_mirror_classifier())
 
 
 def test_a_compiled_and_an_uncompiled_model_of_one_architecture_average_together(tmp_path):
