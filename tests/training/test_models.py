@@ -159,6 +159,20 @@ def test_a_mirror_run_starts_from_a_plain_classifier_or_a_mirror_checkpoint(tmp_
     np.testing.assert_allclose(np.asarray(from_mirror(image)), np.asarray(from_plain(image)), atol=1e-6)
 
 
+def assert_a_checkpoint_restarts_and_loads(model, start, run_dir, image):
+    """`model`, changed and saved as a run's checkpoint, starts a run (`start`) as it is, and `load_classifier`
+    loads it with the architecture its run keeps."""
+    kernel = model.get_layer("stage1_a_conv").get_weights()[0]
+    model.get_layer("stage1_a_conv").set_weights([kernel + 0.01])
+    run_dir.mkdir()
+    model.save_weights(run_dir / "best.weights.h5")
+    again = start(str(run_dir / "best.weights.h5"))
+    np.testing.assert_allclose(np.asarray(again(image)), np.asarray(model(image)), atol=1e-6)
+    (run_dir / ARCHITECTURE_NAME).write_text(model.to_json())
+    loaded = load_classifier(run_dir / "best.weights.h5")
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(model(image)), atol=1e-6)
+
+
 def test_fine_stem_classifier_keeps_twice_the_resolution_and_starts_from_a_plain_classifier(tmp_path):
     image = np.random.default_rng(8).random((2, 256, 256, 3)).astype("float32")
     plain = build_classifier()
@@ -174,15 +188,7 @@ def test_fine_stem_classifier_keeps_twice_the_resolution_and_starts_from_a_plain
             np.testing.assert_array_equal(mine, theirs)
     assert np.abs(np.asarray(fine(image)) - np.asarray(plain(image))).max() > 1e-6  # a different model, same weights
     # A fine-stem checkpoint starts a run as it is, and its run's architecture loads it.
-    kernel = fine.get_layer("stage1_a_conv").get_weights()[0]
-    fine.get_layer("stage1_a_conv").set_weights([kernel + 0.01])
-    (tmp_path / "run").mkdir()
-    fine.save_weights(tmp_path / "run" / "best.weights.h5")
-    again = fine_stem_start(str(tmp_path / "run" / "best.weights.h5"))
-    np.testing.assert_allclose(np.asarray(again(image)), np.asarray(fine(image)), atol=1e-6)
-    (tmp_path / "run" / ARCHITECTURE_NAME).write_text(fine.to_json())
-    loaded = load_classifier(tmp_path / "run" / "best.weights.h5")
-    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(fine(image)), atol=1e-6)
+    assert_a_checkpoint_restarts_and_loads(fine, fine_stem_start, tmp_path / "run", image)
 
 
 def test_fine_stem_classifier_refuses_a_start_that_is_not_a_plain_classifier():
@@ -207,15 +213,7 @@ def test_flair_classifier_reads_flair_alone_and_starts_from_a_plain_classifier(t
     np.testing.assert_allclose(np.asarray(flair(other_sequences)), np.asarray(flair(image)), atol=1e-6)
     assert not any(weight.path.startswith("flair_selector") for weight in flair.trainable_weights)
     # A FLAIR checkpoint starts a run as it is, and its run's architecture loads it.
-    kernel = flair.get_layer("stage1_a_conv").get_weights()[0]
-    flair.get_layer("stage1_a_conv").set_weights([kernel + 0.01])
-    (tmp_path / "run").mkdir()
-    flair.save_weights(tmp_path / "run" / "best.weights.h5")
-    again = flair_start(str(tmp_path / "run" / "best.weights.h5"))
-    np.testing.assert_allclose(np.asarray(again(image)), np.asarray(flair(image)), atol=1e-6)
-    (tmp_path / "run" / ARCHITECTURE_NAME).write_text(flair.to_json())
-    loaded = load_classifier(tmp_path / "run" / "best.weights.h5")
-    np.testing.assert_allclose(np.asarray(loaded(other_sequences)), np.asarray(flair(image)), atol=1e-6)
+    assert_a_checkpoint_restarts_and_loads(flair, flair_start, tmp_path / "run", other_sequences)
 
 
 def test_flair_classifier_refuses_a_start_that_is_not_a_plain_classifier():
