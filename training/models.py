@@ -109,11 +109,11 @@ def build_flair_classifier(
 ) -> keras.Model:
     """`build_classifier` that reads FLAIR alone: a frozen 1x1 convolution copies FLAIR into all three channels.
 
-    Why try it (issue 14): a second opinion beside the served classifier, which sees all three sequences. A model
-    that never sees the contrast sequences errs on other slices, and the mean of two models that err apart is where
-    an ensemble gains. The served classifier given FLAIR alone scored a higher test specificity than with all three.
-    Built-in layers only, so the architecture file loads without custom code; `flair_classifier_from` starts it
-    from a trained plain classifier.
+    Tried for issue 14 as a second opinion beside the served classifier, which sees all three sequences: a model
+    that never sees the contrast sequences might err on other slices, and the mean of two models that err apart is
+    where an ensemble gains (not adopted: its ensembles ranked slices better but did not raise the specificity at
+    the target sensitivity; models/history.md). Built-in layers only, so the architecture file loads without custom
+    code; `flair_classifier_from` starts it from a trained plain classifier.
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Conv2D(3, 1, use_bias=False, trainable=False, name="flair_selector")(inputs)
