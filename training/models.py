@@ -7,7 +7,7 @@ Only `keras` layers are used, so the same code builds the models on the TensorFl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import keras
@@ -94,11 +94,7 @@ def build_mirror_classifier(
 
 def fine_stem_classifier_from(plain: keras.Model) -> keras.Model:
     """A fine-stem classifier with every weight of `plain` (a `build_classifier` model) or of a fine-stem one."""
-    model = build_classifier(stem_pooling=False)
-    untouched = transfer_weights(model, plain)
-    if untouched:
-        raise ValueError(f"not a plain or fine-stem classifier: no weights for {untouched}")
-    return model
+    return carried_over(build_classifier(stem_pooling=False), plain, accepted="a plain or fine-stem classifier")
 
 
 def build_flair_classifier(
@@ -129,11 +125,7 @@ def build_flair_classifier(
 def flair_classifier_from(plain: keras.Model) -> keras.Model:
     """A FLAIR classifier with every weight of `plain` (a `build_classifier` model): on a slice whose three
     channels are FLAIR it answers exactly as `plain` does."""
-    model = build_flair_classifier()
-    untouched = transfer_weights(model, plain)
-    if untouched != ["flair_selector"]:
-        raise ValueError(f"not a plain classifier: no weights for {untouched}")
-    return model
+    return carried_over(build_flair_classifier(), plain, new_layers={"flair_selector"})
 
 
 def mirror_width(x, name: str):
@@ -148,10 +140,7 @@ def mirror_width(x, name: str):
 def mirror_classifier_from(plain: keras.Model) -> keras.Model:
     """A mirror classifier that computes exactly what `plain` (a `build_classifier` model) computes: every weight
     copied, and the first stage's kernel extended with zeros for the mirrored channels, which training then learns."""
-    model = build_mirror_classifier()
-    untouched = transfer_weights(model, plain)
-    if set(untouched) != {"stem_mirror_flip", "stage1_a_conv"}:
-        raise ValueError(f"not a plain classifier: no weights for {untouched}")
+    model = carried_over(build_mirror_classifier(), plain, new_layers={"stem_mirror_flip", "stage1_a_conv"})
     (kernel,) = plain.get_layer("stage1_a_conv").get_weights()
     model.get_layer("stage1_a_conv").set_weights([np.concatenate([kernel, np.zeros_like(kernel)], axis=2)])
     return model
@@ -187,10 +176,7 @@ def served_from_tumor_map(model: keras.Model, name: str = "tumor_classifier") ->
 def tumor_map_classifier_from(plain: keras.Model) -> keras.Model:
     """A tumor-map classifier started from a trained plain classifier: every stage copied, and each region's
     logit the plain head's weights for the average and the largest feature added (a close start, not an exact one)."""
-    model = build_tumor_map_classifier()
-    untouched = transfer_weights(model, plain)
-    if untouched != ["tumor_map"]:
-        raise ValueError(f"not a plain classifier: no weights for {untouched}")
+    model = carried_over(build_tumor_map_classifier(), plain, new_layers={"tumor_map"})
     kernel, bias = plain.get_layer("tumor_probability").get_weights()
     channels = kernel.shape[0] // 2
     region_kernel = (kernel[:channels] + kernel[channels:]).reshape(1, 1, channels, 1)
@@ -355,6 +341,17 @@ def transfer_weights(model: keras.Model, source: keras.Model) -> list[str]:
         else:
             untouched.append(layer.name)
     return untouched
+
+
+def carried_over(
+    model: keras.Model, plain: keras.Model, new_layers: Collection[str] = (), accepted: str = "a plain classifier"
+) -> keras.Model:
+    """`model` with `plain`'s weights copied in by layer name (`transfer_weights`); every layer with weights but
+    `new_layers` must get some, else `plain` is not what the builder starts from (`accepted`) and this raises."""
+    untouched = transfer_weights(model, plain)
+    if set(untouched) != set(new_layers):
+        raise ValueError(f"not {accepted}: no weights for {untouched}")
+    return model
 
 
 def architecture_json(model: keras.Model) -> str:
