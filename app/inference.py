@@ -227,6 +227,10 @@ class Predictor:
         return self.manifest.segmenter.single_slice_mask_min_probability
 
     @property
+    def single_slice_min_component_pixels(self) -> int:
+        return self.manifest.segmenter.single_slice_min_component_pixels
+
+    @property
     def model_tags(self) -> dict[str, str]:
         return {CLASSIFIER: self.manifest.classifier.tag, SEGMENTER: self.manifest.segmenter.tag}
 

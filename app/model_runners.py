@@ -32,6 +32,9 @@ class Models(Protocol):
     @property
     def single_slice_mask_min_probability(self) -> float: ...
 
+    @property
+    def single_slice_min_component_pixels(self) -> int: ...
+
 
 class PreprocessedPredictor(Protocol):
     """`app.inference.Predictor.predict_preprocessed`: the gated models on a preprocessed batch."""

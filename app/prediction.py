@@ -314,7 +314,11 @@ class PredictionService:
         raster series is); any slice answered on its own, the single-slice mask rule (`single_slice_answers`)."""
         if series and len(predictions) > 1:
             return clean_series(predictions, self.models.series_min_component_voxels, order, breaks)
-        return single_slice_answers(predictions, self.models.single_slice_mask_min_probability)
+        return single_slice_answers(
+            predictions,
+            self.models.single_slice_mask_min_probability,
+            self.models.single_slice_min_component_pixels,
+        )
 
     async def _predict_raster(self, data: bytes, keep_image: bool, on_tally: TallyObserver | None) -> SliceAnswer:
         plan = await self._cpu(plan_raster_uploads, [data], self.limits)

@@ -64,7 +64,8 @@ class ModelTags(BaseModel):
 class Prediction(BaseModel):
     """The answer for one slice. `mask` is null when no tumor is detected (the segmenter then does not run), and for
     a slice answered on its own (not in a series) when `tumor_probability` is below the segmenter's
-    `single_slice_mask_min_probability` (GET /v1/models)."""
+    `single_slice_mask_min_probability` or no mask piece reaches its `single_slice_min_component_pixels`
+    (GET /v1/models)."""
 
     tumor_probability: float = Field(
         ge=0.0,
@@ -201,6 +202,11 @@ class ModelInfo(BaseModel):
         description="segmenter: a slice answered on its own (not in a series) gets a mask only when tumor_probability "
         "is at least this; below it the slice is still reported as tumor, without a mask (0: every positive slice)",
     )
+    single_slice_min_component_pixels: int = Field(
+        default=0,
+        description="segmenter: a slice answered on its own loses mask pieces smaller than this many pixels of the "
+        "256 x 256 grid; when none is left the slice is still reported as tumor, without a mask (0: every piece kept)",
+    )
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> ModelInfo:
@@ -212,6 +218,7 @@ class ModelInfo(BaseModel):
             threshold=entry.threshold,
             flip_average=entry.flip_average,
             single_slice_mask_min_probability=entry.single_slice_mask_min_probability,
+            single_slice_min_component_pixels=entry.single_slice_min_component_pixels,
         )
 
 

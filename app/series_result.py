@@ -13,7 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from app.core.gate import shows_mask_alone
-from app.core.series_postprocessing import clean_series_masks
+from app.core.series_postprocessing import clean_series_masks, drop_small_pieces
 from app.dicom_seg import build_segmentation
 from app.dicom_series import SliceInput, too_many_slices
 from app.errors import InvalidSliceError, ServiceError
@@ -93,20 +93,26 @@ def clean_series(
     ]
 
 
-def single_slice_answers(predictions: Sequence[SlicePrediction], min_probability: float) -> list[SlicePrediction]:
+def single_slice_answers(
+    predictions: Sequence[SlicePrediction], min_probability: float, min_pixels: int = 0
+) -> list[SlicePrediction]:
     """Slices answered on their own, which get no series clean-up: a mask only where the classifier's probability is
-    at least `min_probability` (the manifest's `single_slice_mask_min_probability`).
+    at least `min_probability` (the manifest's `single_slice_mask_min_probability`), and without its pieces under
+    `min_pixels` (`single_slice_min_component_pixels`, `drop_small_pieces`).
 
-    Below it the slice stays detected (the decision keeps the classifier's threshold, chosen for sensitivity) but
-    carries no mask: on the validation patients this drew masks on half as many tumor-free slices, at the same
-    volume Dice (model card).
+    Either way the slice stays detected (the decision keeps the classifier's threshold, chosen for sensitivity) and
+    may carry no mask: on the validation patients the two together drew masks on 5 tumor-free slices of 201 instead
+    of 14, at the same volume Dice (model card).
     """
-    return [
-        prediction
-        if prediction.mask is None or shows_mask_alone(prediction.probability, min_probability)
-        else SlicePrediction(prediction.probability, prediction.detected, None)
-        for prediction in predictions
-    ]
+    answers = []
+    for prediction in predictions:
+        mask = prediction.mask
+        if mask is not None and not shows_mask_alone(prediction.probability, min_probability):
+            mask = None
+        answers.append(
+            SlicePrediction(prediction.probability, prediction.detected, drop_small_pieces(mask, min_pixels))
+        )
+    return answers
 
 
 def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:

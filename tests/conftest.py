@@ -47,12 +47,13 @@ def make_tiny_model_dir(
     mask_threshold: float = 0.5,
     flip_average: bool = False,
     single_slice_mask_min_probability: float = 0.0,
+    single_slice_min_component_pixels: int = 0,
 ) -> Path:
     """Export two tiny untrained models with a valid manifest into `directory`.
 
     With `classifier_threshold=0.0` every slice counts as positive, so the segmenter path always runs; the masks are
-    whatever random weights draw, which is enough to test plumbing, never accuracy. `flip_average` and
-    `single_slice_mask_min_probability` as in the manifest.
+    whatever random weights draw, which is enough to test plumbing, never accuracy. `flip_average`,
+    `single_slice_mask_min_probability` and `single_slice_min_component_pixels` as in the manifest.
     """
     keras.utils.set_random_seed(0)
     directory.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,7 @@ def make_tiny_model_dir(
         version="0.0.0-test",
         classifier_flip_average=flip_average,
         single_slice_mask_min_probability=single_slice_mask_min_probability,
+        single_slice_min_component_pixels=single_slice_min_component_pixels,
     )
     return directory
 

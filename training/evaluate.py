@@ -6,8 +6,9 @@
 
 Thresholds are chosen on the validation patients only, then frozen and applied to the test patients: the classifier
 threshold is the highest one that keeps validation sensitivity at or above `--target-sensitivity`, the mask
-threshold the one that maximises mean per-patient volume Dice on validation, and so are the series clean-up size
-and the classifier probability from which a slice answered alone shows its mask. Writes `evaluation.json` (thresholds
+threshold the one that maximises mean per-patient volume Dice on validation, and so are the series clean-up size,
+the classifier probability from which a slice answered alone shows its mask and, after it, the smallest mask piece
+such a slice keeps. Writes `evaluation.json` (thresholds
 and test metrics, the input of `training.export`) and PNG plots.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 from app.core.gate import flip_average, gate, shows_mask_alone
 from app.core.outline import draw_outline
 from app.core.preprocessing import flair_only, preprocess_slice
-from app.core.series_postprocessing import drop_small_components
+from app.core.series_postprocessing import drop_small_components, drop_small_pieces
 from training.data import DatasetError, SliceArrays, find_slices, load_slices, load_split, usage_errors
 from training.models import load_classifier, load_segmenter
 
@@ -35,6 +36,8 @@ MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_COMPONENT_VOXEL_CANDIDATES = (0, 25, 50, 100, 200, 400, 800, 1600)
 # A slice answered alone shows its mask only from this classifier probability on (0: whenever it is positive).
 SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES = (0.0, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+# ... and then keeps only its mask pieces of at least this many pixels of the 256 x 256 grid (0: every piece).
+SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES = (0, 25, 50, 100, 150, 200, 300, 400)
 # Tumor-free slices this many slices or fewer from an annotated tumor slice count as the tumor's edge.
 TUMOR_EDGE_SLICES = 4
 BOOTSTRAP_DRAWS = 2000
@@ -115,13 +118,14 @@ def gated_masks(probabilities, maps, classifier_threshold: float, mask_threshold
     return masks
 
 
-def masks_shown_alone(probabilities, masks: np.ndarray, min_probability: float) -> np.ndarray:
+def masks_shown_alone(probabilities, masks: np.ndarray, min_probability: float, min_pixels: int = 0) -> np.ndarray:
     """The gated masks as slices sent one by one get them (`app.series_result.single_slice_answers`): emptied below
-    `min_probability`."""
-    shown = masks.copy()
+    `min_probability`, without their pieces under `min_pixels`."""
+    shown = np.zeros_like(masks, dtype=bool)
     for index, probability in enumerate(np.asarray(probabilities).reshape(-1)):
-        if not shows_mask_alone(float(probability), min_probability):
-            shown[index] = False
+        if shows_mask_alone(float(probability), min_probability):
+            kept = drop_small_pieces(masks[index], min_pixels)
+            shown[index] = False if kept is None else kept
     return shown
 
 
@@ -139,6 +143,23 @@ def choose_single_slice_mask_min_probability(
         }
     best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -float(key)))
     return float(best), figures
+
+
+def choose_single_slice_min_component_pixels(
+    arrays: SliceArrays, probabilities, masks: np.ndarray, min_probability: float
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """With the single-slice mask minimum chosen, the smallest mask piece a slice answered alone keeps: the candidate
+    with the highest mean per-patient volume Dice of slices answered one by one (ties: the smaller), and for every
+    candidate that Dice and the share of tumor-free slices given a mask."""
+    figures = {}
+    for candidate in SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES:
+        segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, min_probability, candidate))
+        figures[str(candidate)] = {
+            "volume_dice_mean": segmentation["volume_dice_mean"],
+            "nonempty_mask_rate_on_tumor_free_slices": segmentation["nonempty_mask_rate_on_tumor_free_slices"],
+        }
+    best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -int(key)))
+    return int(best), figures
 
 
 def volume_dice_by_patient(arrays: SliceArrays, masks: np.ndarray) -> dict[str, float]:
@@ -332,15 +353,19 @@ def evaluate_split(
     mask_threshold,
     min_component_voxels: int = 0,
     single_slice_mask_min_probability: float = 0.0,
+    single_slice_min_component_pixels: int = 0,
 ) -> dict:
     """Figures of the served pipeline on `arrays`: per series (cleaned up) and per single slice (as sent alone).
 
-    A single slice's answer is the classifier's, with its mask only from `single_slice_mask_min_probability` on; in a
+    A single slice's answer is the classifier's, with its mask only from `single_slice_mask_min_probability` on and
+    without its pieces under `single_slice_min_component_pixels`; in a
     series a slice is positive when its mask survives the clean-up (`app.series_result.clean_series`), so
     `series_answers` measures those answers.
     """
     gated = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
-    single_slice_masks = masks_shown_alone(probabilities, gated, single_slice_mask_min_probability)
+    single_slice_masks = masks_shown_alone(
+        probabilities, gated, single_slice_mask_min_probability, single_slice_min_component_pixels
+    )
     masks = clean_by_patient(arrays, gated, min_component_voxels)
     ungated = maps >= mask_threshold
     ungated_rate = float(np.mean([ungated[i].any() for i in np.flatnonzero(arrays.labels == 0)] or [0.0]))
@@ -448,7 +473,16 @@ def evaluate(args: argparse.Namespace) -> dict:
     single_slice_min_probability, validation_single_slice_figures = choose_single_slice_mask_min_probability(
         validation, validation_probabilities, validation_gated
     )
-    thresholds = (classifier_threshold, mask_threshold, min_component_voxels, single_slice_min_probability)
+    single_slice_min_pixels, validation_single_slice_pixel_figures = choose_single_slice_min_component_pixels(
+        validation, validation_probabilities, validation_gated, single_slice_min_probability
+    )
+    thresholds = (
+        classifier_threshold,
+        mask_threshold,
+        min_component_voxels,
+        single_slice_min_probability,
+        single_slice_min_pixels,
+    )
 
     test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
     flair_probabilities, flair_maps = predict_slices(
@@ -464,10 +498,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         },
         "series_min_component_voxels": min_component_voxels,
         "single_slice_mask_min_probability": single_slice_min_probability,
+        "single_slice_min_component_pixels": single_slice_min_pixels,
         "validation": {
             "mask_threshold_volume_dice": validation_dice,
             "min_component_voxels_volume_dice": validation_cleanup_dice,
             "single_slice_mask_min_probability_candidates": validation_single_slice_figures,
+            "single_slice_min_component_pixels_candidates": validation_single_slice_pixel_figures,
             **evaluate_split(validation, validation_probabilities, validation_maps, *thresholds),
         },
         "metrics": {

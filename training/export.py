@@ -57,6 +57,7 @@ def write_manifest(
     series_min_component_voxels: int = 0,
     classifier_flip_average: bool = False,
     single_slice_mask_min_probability: float = 0.0,
+    single_slice_min_component_pixels: int = 0,
 ) -> dict:
     """Export both models into `output_dir` and write the manifest that the service reads; return it as a dict."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,7 @@ def write_manifest(
     entries["classifier"].flip_average = bool(classifier_flip_average)
     entries["segmenter"].series_min_component_voxels = int(series_min_component_voxels)
     entries["segmenter"].single_slice_mask_min_probability = float(single_slice_mask_min_probability)
+    entries["segmenter"].single_slice_min_component_pixels = int(single_slice_min_component_pixels)
     hashed = [name for entry in entries.values() for name in (entry.architecture, entry.weights)] + [split_file]
     manifest = Manifest(
         format_version=MANIFEST_FORMAT_VERSION,
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         series_min_component_voxels=evaluation.get("series_min_component_voxels", 0),
         classifier_flip_average=evaluation.get("classifier_flip_average", False),
         single_slice_mask_min_probability=evaluation.get("single_slice_mask_min_probability", 0.0),
+        single_slice_min_component_pixels=evaluation.get("single_slice_min_component_pixels", 0),
     )
     card = render_model_card(
         manifest,

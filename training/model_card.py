@@ -66,13 +66,20 @@ def series_lines(segmenter: Mapping) -> list[str]:
     """How masks are finished: the series clean-up, and the single-slice mask minimum."""
     voxels = segmenter.get("series_min_component_voxels", 0)
     minimum = segmenter.get("single_slice_mask_min_probability", 0.0)
+    pixels = segmenter.get("single_slice_min_component_pixels", 0)
     single = []
     if minimum:
-        single = [
+        single.append(
             f"- A slice answered on its own (no series clean-up) shows its mask only when the classifier's probability "
             f"is at least {minimum:.2f} (chosen on the validation patients); below it the slice is still called "
             "tumor, without a mask."
-        ]
+        )
+    if pixels:
+        single.append(
+            f"- A slice answered on its own keeps only the mask pieces of at least {pixels} pixels of the 256 x 256 "
+            "grid (chosen on the validation patients); when none is left the slice is still called tumor, without a "
+            "mask."
+        )
     if not voxels:
         return ["- Series clean-up: off (a series' masks are those of its slices).", *single]
     return [

@@ -54,6 +54,10 @@ class ModelEntry(BaseModel):
     """Segmenter only: a slice answered on its own (no series clean-up) gets its mask only when the classifier's
     probability is at least this, chosen on the validation patients; below it the slice is still reported as tumor,
     without a mask. 0 (or anything up to the classifier's threshold) draws a mask on every positive slice."""
+    single_slice_min_component_pixels: int = Field(default=0, ge=0)
+    """Segmenter only: a slice answered on its own loses mask pieces smaller than this, in pixels of the 256 x 256
+    grid (`app.core.series_postprocessing.drop_small_pieces`), chosen on the validation patients; a mask left empty
+    becomes none, the slice still reported as tumor. 0 keeps every piece."""
 
     @property
     def tag(self) -> str:

@@ -1,4 +1,4 @@
-"""Series-level clean-up of masks: drop small 3-D blobs that no neighbouring slice confirms.
+"""Clean-up of masks: drop small 3-D blobs that no neighbouring slice confirms, and small pieces of a lone slice.
 
 A false-positive blob on one slice rarely lines up with blobs on the slices above and below it, while a tumor spans
 several adjacent slices. With the slices of one series in order, masks are joined into 3-D connected components
@@ -7,6 +7,10 @@ with fewer than `min_voxels` voxels are removed. Voxels are counted on the model
 means the same for every series whatever its pixel spacing; the value is chosen on the validation patients
 (`training.evaluate`) and written into the model manifest. A single slice has no neighbours and is left unchanged;
 slices known not to be neighbours (a gap in the series) are not joined.
+
+A slice answered on its own has no neighbours to confirm it, so it gets the 2-D counterpart (`drop_small_pieces`):
+mask pieces (8-connectivity) under `min_pixels` pixels of the 256 x 256 grid are removed, the size chosen on the
+validation patients like the series' (the manifest's `single_slice_min_component_pixels`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from scipy import ndimage
 
 MODEL_GRID_PIXELS = 256 * 256
 _NEIGHBOURS_26 = np.ones((3, 3, 3), dtype=bool)
+_NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
 
 
 def drop_small_components(masks: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -83,3 +88,21 @@ def clean_series_masks(
         None if mask is None or not kept.any() else kept.astype(mask.dtype)
         for mask, kept in zip(masks, cleaned, strict=True)
     ]
+
+
+def drop_small_pieces(mask: np.ndarray | None, min_pixels: int) -> np.ndarray | None:
+    """Return `mask` (one slice, any size) without its 2-D pieces under `min_pixels`; None when nothing is left.
+
+    `min_pixels` counts pixels of the model's 256 x 256 grid and is scaled to the mask's own grid, as the series
+    clean-up scales its voxels; 0 (or a None mask) returns the mask unchanged.
+    """
+    if min_pixels < 0:
+        raise ValueError(f"min_pixels must be >= 0; got {min_pixels}")
+    if mask is None or min_pixels == 0:
+        return mask
+    pieces, count = ndimage.label(mask > 0, structure=_NEIGHBOURS_8)
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+    keep = sizes >= max(1, round(min_pixels * mask.shape[0] * mask.shape[1] / MODEL_GRID_PIXELS))
+    keep[0] = False
+    kept = keep[pieces]
+    return kept.astype(mask.dtype) if kept.any() else None

@@ -60,6 +60,7 @@ def test_committed_manifest_carries_the_choices_its_evaluation_made(
     assert segmenter["threshold"] == evaluation["thresholds"]["mask"]
     assert segmenter["series_min_component_voxels"] == evaluation["series_min_component_voxels"]
     assert segmenter["single_slice_mask_min_probability"] == evaluation["single_slice_mask_min_probability"]
+    assert segmenter["single_slice_min_component_pixels"] == evaluation["single_slice_min_component_pixels"]
     assert committed_manifest["metrics"] == evaluation["metrics"]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.core.series_postprocessing import clean_series_masks, drop_small_components
+from app.core.series_postprocessing import clean_series_masks, drop_small_components, drop_small_pieces
 
 
 def empty_series(slices: int = 5) -> np.ndarray:
@@ -90,3 +90,23 @@ def test_clean_series_masks_joins_no_blob_across_a_break():
     assert apart[3] is None  # 9 voxels on its own
     for kept in apart[:3]:
         np.testing.assert_array_equal(kept, tumor)
+
+
+def test_a_lone_slice_loses_its_small_pieces_counted_on_the_model_grid():
+    # 512 x 512: four times the 256 x 256 grid, so 100 grid pixels are 400 here. Pieces of 441 and 256 pixels, and
+    # two of 1 touching by a corner (one 8-connected piece of 2).
+    mask = np.zeros((512, 512), np.uint8)
+    mask[10:31, 10:31] = 1
+    mask[100:116, 100:116] = 1
+    mask[300, 300] = mask[301, 301] = 1
+
+    kept = drop_small_pieces(mask, min_pixels=100)
+
+    assert kept.dtype == np.uint8 and int(kept.sum()) == 441 and kept[10:31, 10:31].all()
+    assert int(drop_small_pieces(mask, min_pixels=1).sum()) == 441 + 256  # 4 pixels here: the pair of 2 goes
+    mask[302, 302] = mask[303, 303] = 1  # now a diagonal piece of 4
+    assert int(drop_small_pieces(mask, min_pixels=1).sum()) == 441 + 256 + 4
+    assert drop_small_pieces(mask, min_pixels=200) is None  # nothing left: no mask
+    assert drop_small_pieces(mask, min_pixels=0) is mask and drop_small_pieces(None, 100) is None
+    with pytest.raises(ValueError, match=">= 0"):
+        drop_small_pieces(mask, -1)

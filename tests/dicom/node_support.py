@@ -69,6 +69,7 @@ class ThresholdPredictor:
     classifier_threshold = 0.5
     series_min_component_voxels = 0
     single_slice_mask_min_probability = 0.0
+    single_slice_min_component_pixels = 0
 
     def __init__(self) -> None:
         self.calls: list[int] = []

@@ -30,6 +30,7 @@ class NegativePredictor:
     classifier_threshold = 0.5
     series_min_component_voxels = 0
     single_slice_mask_min_probability = 0.0
+    single_slice_min_component_pixels = 0
 
     def predict_preprocessed(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
         return [SlicePrediction(probability=0.01, detected=False, mask=None) for _ in sizes]

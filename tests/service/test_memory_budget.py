@@ -141,6 +141,7 @@ class SlowModels:
     model_tags: dict[str, str] = {}
     series_min_component_voxels = 0
     single_slice_mask_min_probability = 0.0
+    single_slice_min_component_pixels = 0
 
     def __init__(self) -> None:
         self.running = 0

@@ -263,6 +263,7 @@ class SeriesModels:
     model_tags = {"classifier": "fake@1", "segmenter": "fake@1"}
     series_min_component_voxels = 100
     single_slice_mask_min_probability = 0.0
+    single_slice_min_component_pixels = 0
 
 
 def blob_runner(blobs: dict[int, tuple[slice, slice]]):
@@ -349,6 +350,34 @@ def test_the_single_slice_minimum_applies_to_a_batch_of_slices_but_not_to_a_seri
     assert [prediction.mask is not None for prediction in one_by_one.predictions] == [False, True, False]
     # In a series the 3-D clean-up judges the masks instead: the blob across slices 0 and 1 (288 voxels) stays.
     assert [prediction.mask is not None for prediction in as_series.predictions] == [True, True, False]
+
+
+class SpeckModels(SeriesModels):
+    """A model pair whose manifest drops a lone slice's mask pieces under 100 pixels of the 256 x 256 grid."""
+
+    single_slice_min_component_pixels = 100
+
+
+def test_a_slice_answered_alone_loses_small_mask_pieces_but_a_series_keeps_what_spans_slices() -> None:
+    files = [png_bytes(read_slice(TUMOR_SLICE))] * 3  # 256 x 256: grid pixels are slice pixels
+    # A 12 x 12 blob on slice 0; a 6 x 6 blob (36 pixels) on slices 1 and 2, one component of 72 in a series.
+    blobs = {0: (slice(100, 112), slice(100, 112))}
+    blobs |= {1: (slice(10, 16), slice(10, 16)), 2: (slice(10, 16), slice(10, 16))}
+    service = PredictionService(SpeckModels(), blob_runner(blobs), LIMITS, offload=False)
+
+    one_by_one = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE))
+    speck_alone = PredictionService(SpeckModels(), blob_runner({0: blobs[1]}), LIMITS, offload=False)
+    alone = asyncio.run(speck_alone.predict_slice(files[1]))
+    as_series = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
+
+    assert [prediction.detected for prediction in one_by_one.predictions] == [True, True, True]
+    assert [prediction.mask is not None for prediction in one_by_one.predictions] == [True, False, False]
+    assert int(one_by_one.predictions[0].mask.sum()) == 144
+    assert alone.prediction.detected and alone.prediction.mask is None
+    # The series clean-up (100 voxels) judges in 3-D instead: 72 voxels across two slices are dropped there too,
+    # and the slices are then tumor-free; the single-slice rule does not apply on top of it.
+    assert [prediction.mask is not None for prediction in as_series.predictions] == [True, False, False]
+    assert [prediction.detected for prediction in as_series.predictions] == [True, False, False]
 
 
 def bright_square_runner():

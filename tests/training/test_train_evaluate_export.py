@@ -119,6 +119,10 @@ def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
         set(figures) == {"volume_dice_mean", "nonempty_mask_rate_on_tumor_free_slices"}
         for figures in candidates.values()
     )
+    # And after it, the smallest mask piece such a slice keeps.
+    assert result["single_slice_min_component_pixels"] in evaluate.SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES
+    pieces = result["validation"]["single_slice_min_component_pixels_candidates"]
+    assert set(pieces) == {str(candidate) for candidate in evaluate.SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES}
     for plot in ("training_curves.png", "roc_confusion.png", "test_slices.png"):
         assert (trained_run / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
 
@@ -131,6 +135,7 @@ def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     evaluation = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
     assert manifest.segmenter.series_min_component_voxels == evaluation["series_min_component_voxels"]
     assert manifest.segmenter.single_slice_mask_min_probability == evaluation["single_slice_mask_min_probability"]
+    assert manifest.segmenter.single_slice_min_component_pixels == evaluation["single_slice_min_component_pixels"]
     assert set(manifest.files) == {
         "tumor_classifier.json",
         "tumor_classifier.weights.h5",
@@ -487,6 +492,40 @@ def test_a_slice_answered_alone_shows_its_mask_only_from_the_chosen_probability_
     assert by_candidate["0.0"]["volume_dice_mean"] == pytest.approx(2 * 72 / 208) and chosen == 0.0
     assert by_candidate["0.0"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
     assert by_candidate["0.4"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
+
+
+def test_a_slice_answered_alone_loses_its_small_mask_pieces_as_the_service_does():
+    # One patient, three 64 x 64 slices (1/16 of the 256 x 256 grid): an 8 x 8 tumor on slices 0 and 1, drawn
+    # exactly, and a 3 x 3 speck drawn on tumor-free slice 2. 200 grid pixels are 12.5 here: the speck goes.
+    masks = np.zeros((3, 64, 64), dtype=np.uint8)
+    masks[0:2, 20:28, 20:28] = 1
+    arrays = SliceArrays(
+        images=np.zeros((3, 64, 64, 3), dtype=np.uint8),
+        masks=masks,
+        patient_ids=np.array(["P"] * 3),
+        slice_numbers=np.arange(1, 4),
+    )
+    maps = masks.astype(np.float32)
+    maps[2, 50:53, 50:53] = 1.0
+    probabilities = np.array([0.9, 0.9, 0.9])
+    gated = evaluate.gated_masks(probabilities, maps, 0.5, 0.5)
+
+    shown = evaluate.masks_shown_alone(probabilities, gated, 0.0, min_pixels=200)
+
+    assert [int(mask.sum()) for mask in shown] == [64, 64, 0]
+    served = single_slice_answers(
+        [SlicePrediction(0.9, True, mask.astype(np.uint8)) for mask in gated], min_probability=0.0, min_pixels=200
+    )
+    assert [prediction.mask is not None for prediction in served] == [True, True, False]
+    assert all(prediction.detected for prediction in served)  # the slice stays a tumor by the classifier
+    figures = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, single_slice_min_component_pixels=200)
+    assert figures["segmentation_single_slices"]["volume_dice_mean"] == 1.0
+    assert figures["segmentation_single_slices"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
+    # The choice: 150 grid pixels (9.4, rounded to 9) still keep the 9-pixel speck; 200 is the smallest that drops it.
+    chosen, by_candidate = evaluate.choose_single_slice_min_component_pixels(arrays, probabilities, gated, 0.0)
+    assert by_candidate["0"]["volume_dice_mean"] == pytest.approx(2 * 128 / (128 + 137))
+    assert by_candidate["150"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
+    assert chosen == 200 and by_candidate["400"]["volume_dice_mean"] == 1.0
 
 
 def test_tumor_free_answers_are_split_between_the_tumors_edge_and_away_from_it():

@@ -23,6 +23,7 @@ def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_ma
             "threshold": entry["threshold"],
             "flip_average": False,
             "single_slice_mask_min_probability": 0.0,
+            "single_slice_min_component_pixels": 0,
         }
     assert body["classifier"]["threshold"] == 0.0
     assert body["segmenter"]["threshold"] == 0.5
