@@ -795,9 +795,11 @@ function showSlice(index) {
   const where = count === 1 ? slice.label : `Slice ${current + 1} of ${count} (${slice.label})`;
   let drawn;
   if (!prediction.mask) {
-    // Detected without a mask: under the segmenter's single_slice_mask_min_probability (GET /v1/models).
+    // Detected without a mask: under the segmenter's single_slice_mask_min_probability, or no mask piece as large as
+    // its single_slice_min_component_pixels (GET /v1/models).
     drawn = prediction.tumor_detected
-      ? "tumor detected, not outlined (a slice sent alone is outlined only when the model is surer)"
+      ? "tumor detected, not outlined (a slice sent alone is outlined only when the model is surer and the outline "
+        + "is more than a speck)"
       : "no tumor predicted on this slice";
   } else if (ui.maskStyle.value === "none") {
     drawn = "predicted tumor mask hidden";

@@ -152,5 +152,5 @@ def test_page_says_why_a_detected_slice_sent_alone_is_not_outlined(page: Page, u
     expect(page.locator("#decision")).to_have_text("Tumor detected", timeout=RESULT_TIMEOUT_MS)
     expect(page.locator("#caption")).to_have_text(
         f"{TUMOR_SLICE.name}: tumor detected, not outlined "
-        "(a slice sent alone is outlined only when the model is surer)"
+        "(a slice sent alone is outlined only when the model is surer and the outline is more than a speck)"
     )
