@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
 MODEL_GRID_PIXELS = 256 * 256
 _NEIGHBOURS_26 = np.ones((3, 3, 3), dtype=bool)
-_NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
 
 
 def drop_small_components(masks: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -100,9 +100,12 @@ def drop_small_pieces(mask: np.ndarray | None, min_pixels: int) -> np.ndarray | 
         raise ValueError(f"min_pixels must be >= 0; got {min_pixels}")
     if mask is None or min_pixels == 0:
         return mask
-    pieces, count = ndimage.label(mask > 0, structure=_NEIGHBOURS_8)
-    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
-    keep = sizes >= max(1, round(min_pixels * mask.shape[0] * mask.shape[1] / MODEL_GRID_PIXELS))
-    keep[0] = False
-    kept = keep[pieces]
-    return kept.astype(mask.dtype) if kept.any() else None
+    scaled = max(1, round(min_pixels * mask.shape[0] * mask.shape[1] / MODEL_GRID_PIXELS))
+    if np.count_nonzero(mask) < scaled:  # every piece is smaller than that
+        return None
+    _, pieces, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= scaled
+    keep[0] = False  # the background
+    if keep[1:].all():  # the usual case: one tumor, no specks
+        return mask
+    return keep[pieces].astype(mask.dtype) if keep.any() else None
