@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 from PIL import Image
@@ -230,6 +231,11 @@ class SliceBatches(keras.utils.PyDataset):
     `mixup_alpha` > 0 (classifier only) blends each slice with another of its batch, its own share >= 0.5 drawn
     from Beta(alpha, alpha), and its label alike (mixup, Zhang et al. 2018): a regularizer for a small training set.
 
+    `tumor_paste_fraction` > 0 (classifier only) turns that share of the tumor-free slices into tumor slices: the
+    tumor of a random tumor slice of the same patient (same scanner, same contrast) is pasted at the same place,
+    feathered at its rim (copy-paste augmentation), when nearly all of it lands on the recipient's brain. More small
+    tumors, the slices that set the threshold.
+
     `crop_size` trains the (fully convolutional) segmenter on S x S crops instead of whole slices: four times
     cheaper at 128, so many more epochs fit on a CPU, while it still serves whole 256 x 256 slices. Tumor slices
     are cropped around a random tumor pixel (`tumor_crop_fraction` of the time, otherwise anywhere in the brain),
@@ -257,6 +263,7 @@ class SliceBatches(keras.utils.PyDataset):
         small_tumor_weight: float = 1.0,
         small_tumor_pixels: int = 300,
         mixup_alpha: float = 0.0,
+        tumor_paste_fraction: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -264,6 +271,10 @@ class SliceBatches(keras.utils.PyDataset):
             raise ValueError(f"target must be 'label' or 'mask'; got {target!r}")
         if mixup_alpha and target != "label":
             raise ValueError("mixup_alpha is for the classifier's labels only")
+        if tumor_paste_fraction and target != "label":
+            raise ValueError("tumor_paste_fraction is for the classifier's labels only")
+        if not 0.0 <= tumor_paste_fraction <= 1.0:
+            raise ValueError(f"tumor_paste_fraction must be between 0 and 1; got {tumor_paste_fraction}")
         if crop_size is not None and not 32 <= crop_size <= MODEL_INPUT_SIZE:
             raise ValueError(f"crop_size must be between 32 and {MODEL_INPUT_SIZE}; got {crop_size}")
         self.arrays = arrays
@@ -277,6 +288,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.crop_size = crop_size
         self.tumor_crop_fraction = tumor_crop_fraction
         self.mixup_alpha = mixup_alpha
+        self.tumor_paste_fraction = tumor_paste_fraction
         # Loss weight per slice ("label" only): tumor-free slices within `near_tumor_slices` of a tumor slice, where
         # the classifier's false positives gather, weigh `near_tumor_weight`; tumor slices with fewer than
         # `small_tumor_pixels` tumor pixels, the lowest-scoring positives that set the threshold for 95 % sensitivity,
@@ -331,6 +343,8 @@ class SliceBatches(keras.utils.PyDataset):
         for position, index in enumerate(chosen, start=start):
             image, mask = self.arrays.images[index], self.arrays.masks[index]
             rng = self._rng(position)
+            if self.tumor_paste_fraction and not mask.any() and rng.random() < self.tumor_paste_fraction:
+                image, mask = self._paste_tumor(index, image, mask, rng)
             if self.augment:
                 image, mask = augment_pair(image, mask, rng, self.augmentation)
             # Preprocess the whole slice, then crop: a crop keeps the scale the model sees when serving.
@@ -364,6 +378,25 @@ class SliceBatches(keras.utils.PyDataset):
         if weights is not None:
             weights = share * weights + (1 - share) * weights[partner]
         return inputs.astype(np.float32), labels.astype(np.float32), weights
+
+    def _paste_tumor(
+        self, index: int, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Slice `index` (tumor-free) with the tumor of a random tumor slice of its patient pasted at the same place,
+        and its mask; the slice unchanged when its patient has no tumor slice or under 90 % of that tumor would land
+        on its brain."""
+        donors = self._positives[self.arrays.patient_ids[self._positives] == self.arrays.patient_ids[index]]
+        if len(donors) == 0:
+            return image, mask
+        donor = donors[rng.integers(len(donors))]
+        tumor = self.arrays.masks[donor] > 0
+        brain = image[:, :, FLAIR_CHANNEL] > 10
+        if np.count_nonzero(tumor & brain) < 0.9 * np.count_nonzero(tumor):
+            return image, mask
+        rim = cv2.dilate(tumor.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32)
+        share = cv2.GaussianBlur(rim, (0, 0), 2.0)[..., None]
+        pasted = (1 - share) * image + share * self.arrays.images[donor]
+        return np.clip(np.rint(pasted), 0, 255).astype(np.uint8), (tumor & brain).astype(mask.dtype)
 
     def _crop_window(
         self, index: int, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator

@@ -219,6 +219,7 @@ def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBat
         small_tumor_weight=1.0 if on_masks else args.small_tumor_weight,
         small_tumor_pixels=args.small_tumor_pixels,
         mixup_alpha=0.0 if on_masks else args.mixup_alpha,
+        tumor_paste_fraction=0.0 if on_masks else args.tumor_paste_fraction,
         seed=args.seed,
         crop_size=args.crop_size if segmenter and args.crop_size else None,
         # Threads preparing batches: on a GPU, augmentation on one core cannot keep up with the model.
@@ -426,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier only: blend training slices and their labels in pairs, shares from Beta(alpha, alpha)",
     )
     parser.add_argument(
+        "--tumor-paste-fraction",
+        type=float,
+        default=0.0,
+        help="classifier only: share of tumor-free training slices given the tumor of a random tumor slice, pasted "
+        "at the same place (copy-paste augmentation: more small tumors)",
+    )
+    parser.add_argument(
         "--small-tumor-weight",
         type=float,
         default=1.0,
@@ -502,6 +510,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("the following arguments are required: " + ", ".join(f"--{n.replace('_', '-')}" for n in missing))
     if args.small_tumor_weight <= 0 or args.near_tumor_negative_weight <= 0:
         parser.error("--small-tumor-weight and --near-tumor-negative-weight must be above 0")
+    if not 0.0 <= args.tumor_paste_fraction <= 1.0:
+        parser.error(f"--tumor-paste-fraction {args.tumor_paste_fraction}: must be between 0 and 1")
     if args.focal_gamma < 0:
         parser.error(f"--focal-gamma {args.focal_gamma}: must be 0 (plain cross-entropy) or more")
     if args.model == "classifier" and args.classifier_backbone in MASK_TRAINED_BACKBONES:
@@ -509,6 +519,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         label_only = {
             "--label-smoothing": args.label_smoothing != 0.0,
             "--mixup-alpha": args.mixup_alpha != 0.0,
+            "--tumor-paste-fraction": args.tumor_paste_fraction != 0.0,
             "--near-tumor-negative-weight": args.near_tumor_negative_weight != 1.0,
             "--focal-gamma": args.focal_gamma != 0.0,
             "--small-tumor-weight": args.small_tumor_weight != 1.0,

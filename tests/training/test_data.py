@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -216,3 +217,31 @@ def test_mixup_blends_slices_and_labels_in_pairs_and_repeats_on_resume(dev_layou
         SliceBatches(arrays, "mask", mixup_alpha=0.4)
     args = build_parser().parse_args(["--model", "classifier", "--mixup-alpha", "0.4"])
     assert make_train_batches(args, arrays).mixup_alpha == 0.4
+
+
+def test_tumor_paste_gives_tumor_free_slices_a_tumor_of_their_own_patient_and_repeats_on_resume(dev_layout):
+    arrays = load_slices(find_slices(dev_layout))
+    everything = len(arrays.images)  # one batch of every slice, in order, no other augmentation
+    plain_inputs, plain_labels = SliceBatches(arrays, "label", batch_size=everything, seed=5)[0]
+    inputs, labels = SliceBatches(arrays, "label", batch_size=everything, seed=5, tumor_paste_fraction=1.0)[0]
+    tumor_free = np.flatnonzero(plain_labels[:, 0] == 0)
+    tumors = np.flatnonzero(plain_labels[:, 0] == 1)
+
+    # Tumor slices are left alone; every tumor-free one (the synthetic blobs all lie on the brain) becomes a tumor
+    # slice, changed only around a tumor of its own patient: the pasted tumor, its 3-pixel rim and the feathering.
+    np.testing.assert_array_equal(inputs[tumors], plain_inputs[tumors])
+    assert labels[:, 0].tolist() == [1.0] * everything
+    for index in tumor_free:
+        own = tumors[arrays.patient_ids[tumors] == arrays.patient_ids[index]]
+        near_own_tumors = cv2.dilate((arrays.masks[own] > 0).any(axis=0).astype(np.uint8), np.ones((21, 21), np.uint8))
+        changed = np.abs(inputs[index] - plain_inputs[index]).max(axis=2) > 0
+        assert changed.any() and not (changed & (near_own_tumors == 0)).any(), index
+    # A share of the tumor-free slices, drawn from (seed, epoch, position): the same again after a resume.
+    half = SliceBatches(arrays, "label", batch_size=everything, seed=5, tumor_paste_fraction=0.5)[0]
+    assert 0 < half[1][tumor_free].sum() < len(tumor_free)
+    again = SliceBatches(arrays, "label", batch_size=everything, seed=5, tumor_paste_fraction=0.5)[0]
+    np.testing.assert_array_equal(again[0], half[0])
+    with pytest.raises(ValueError, match="classifier's labels only"):
+        SliceBatches(arrays, "mask", tumor_paste_fraction=0.3)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        SliceBatches(arrays, "label", tumor_paste_fraction=1.5)
