@@ -8,8 +8,8 @@ Thresholds are chosen on the validation patients only, then frozen and applied t
 threshold is the highest one that keeps validation sensitivity at or above `--target-sensitivity`, the mask
 threshold the one that maximises mean per-patient volume Dice on validation, and so are the series clean-up size,
 the classifier probability from which a slice answered alone shows its mask and, after it, the smallest mask piece
-such a slice keeps. Writes `evaluation.json` (thresholds
-and test metrics, the input of `training.export`) and PNG plots.
+such a slice keeps. Writes `evaluation.json` (thresholds and test metrics, the input of `training.export`) and PNG
+plots.
 """
 
 from __future__ import annotations
@@ -358,9 +358,8 @@ def evaluate_split(
     """Figures of the served pipeline on `arrays`: per series (cleaned up) and per single slice (as sent alone).
 
     A single slice's answer is the classifier's, with its mask only from `single_slice_mask_min_probability` on and
-    without its pieces under `single_slice_min_component_pixels`; in a
-    series a slice is positive when its mask survives the clean-up (`app.series_result.clean_series`), so
-    `series_answers` measures those answers.
+    without its pieces under `single_slice_min_component_pixels`; in a series a slice is positive when its mask
+    survives the clean-up (`app.series_result.clean_series`), so `series_answers` measures those answers.
     """
     gated = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
     single_slice_masks = masks_shown_alone(

@@ -63,7 +63,7 @@ def _single_slice_rows(metrics: Mapping) -> list[str]:
 
 
 def series_lines(segmenter: Mapping) -> list[str]:
-    """How masks are finished: the series clean-up, and the single-slice mask minimum."""
+    """How masks are finished: the series clean-up, and a single slice's mask minimum and smallest piece."""
     voxels = segmenter.get("series_min_component_voxels", 0)
     minimum = segmenter.get("single_slice_mask_min_probability", 0.0)
     pixels = segmenter.get("single_slice_min_component_pixels", 0)

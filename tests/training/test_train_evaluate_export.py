@@ -528,6 +528,21 @@ def test_a_slice_answered_alone_loses_its_small_mask_pieces_as_the_service_does(
     assert chosen == 200 and by_candidate["400"]["volume_dice_mean"] == 1.0
 
 
+def test_the_model_card_says_how_a_lone_slice_s_mask_is_finished():
+    neither = model_card.series_lines({"series_min_component_voxels": 1600})
+    both = model_card.series_lines(
+        {
+            "series_min_component_voxels": 1600,
+            "single_slice_mask_min_probability": 0.2,
+            "single_slice_min_component_pixels": 200,
+        }
+    )
+
+    assert len(neither) == 1 and "1600 voxels" in neither[0]
+    assert both[0] == neither[0] and "at least 0.20" in both[1]
+    assert "mask pieces of at least 200 pixels of the 256 x 256 grid" in both[2]
+
+
 def test_tumor_free_answers_are_split_between_the_tumors_edge_and_away_from_it():
     # One patient, eight slices: tumor on slices 0-1; slices 2-5 are 1-4 slices from it (the edge), 6-7 further.
     # The classifier calls slices 2, 3 and 7 tumor; the segmenter draws on slices 3 and 7 (a 4 x 4 square).
