@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
-from app.core.gate import shows_mask_alone
-from app.core.series_postprocessing import clean_series_masks, drop_small_pieces
+from app.core.gate import mask_shown_alone
+from app.core.series_postprocessing import clean_series_masks
 from app.dicom_seg import build_segmentation
 from app.dicom_series import SliceInput, too_many_slices
 from app.errors import InvalidSliceError, ServiceError
@@ -104,15 +104,14 @@ def single_slice_answers(
     may carry no mask: on the validation patients the two together drew masks on 5 tumor-free slices of 201 instead
     of 14, at the same volume Dice (model card).
     """
-    answers = []
-    for prediction in predictions:
-        mask = prediction.mask
-        if mask is not None and not shows_mask_alone(prediction.probability, min_probability):
-            mask = None
-        answers.append(
-            SlicePrediction(prediction.probability, prediction.detected, drop_small_pieces(mask, min_pixels))
+    return [
+        SlicePrediction(
+            prediction.probability,
+            prediction.detected,
+            mask_shown_alone(prediction.mask, prediction.probability, min_probability, min_pixels),
         )
-    return answers
+        for prediction in predictions
+    ]
 
 
 def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:

@@ -23,10 +23,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from app.core.gate import flip_average, gate, shows_mask_alone
+from app.core.gate import flip_average, gate, mask_shown_alone
 from app.core.outline import draw_outline
 from app.core.preprocessing import flair_only, preprocess_slice
-from app.core.series_postprocessing import drop_small_components, drop_small_pieces
+from app.core.series_postprocessing import drop_small_components
 from training.data import DatasetError, SliceArrays, find_slices, load_slices, load_split, usage_errors
 from training.models import load_classifier, load_segmenter
 
@@ -123,10 +123,18 @@ def masks_shown_alone(probabilities, masks: np.ndarray, min_probability: float, 
     `min_probability`, without their pieces under `min_pixels`."""
     shown = np.zeros_like(masks, dtype=bool)
     for index, probability in enumerate(np.asarray(probabilities).reshape(-1)):
-        if shows_mask_alone(float(probability), min_probability):
-            kept = drop_small_pieces(masks[index], min_pixels)
-            shown[index] = False if kept is None else kept
+        kept = mask_shown_alone(masks[index], float(probability), min_probability, min_pixels)
+        if kept is not None:
+            shown[index] = kept
     return shown
+
+
+def single_slice_figures(
+    arrays: SliceArrays, probabilities, masks: np.ndarray, min_probability: float, min_pixels: int = 0
+) -> dict[str, float]:
+    """Volume Dice and the share of tumor-free slices given a mask, of slices answered one by one."""
+    segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, min_probability, min_pixels))
+    return {key: segmentation[key] for key in ("volume_dice_mean", "nonempty_mask_rate_on_tumor_free_slices")}
 
 
 def choose_single_slice_mask_min_probability(
@@ -134,13 +142,10 @@ def choose_single_slice_mask_min_probability(
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """The single-slice mask minimum with the highest mean per-patient volume Dice of slices answered one by one
     (ties: the smaller), and for every candidate that Dice and the share of tumor-free slices given a mask."""
-    figures = {}
-    for candidate in SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES:
-        segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, candidate))
-        figures[str(candidate)] = {
-            "volume_dice_mean": segmentation["volume_dice_mean"],
-            "nonempty_mask_rate_on_tumor_free_slices": segmentation["nonempty_mask_rate_on_tumor_free_slices"],
-        }
+    figures = {
+        str(candidate): single_slice_figures(arrays, probabilities, masks, candidate)
+        for candidate in SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    }
     best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -float(key)))
     return float(best), figures
 
@@ -151,13 +156,10 @@ def choose_single_slice_min_component_pixels(
     """With the single-slice mask minimum chosen, the smallest mask piece a slice answered alone keeps: the candidate
     with the highest mean per-patient volume Dice of slices answered one by one (ties: the smaller), and for every
     candidate that Dice and the share of tumor-free slices given a mask."""
-    figures = {}
-    for candidate in SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES:
-        segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, min_probability, candidate))
-        figures[str(candidate)] = {
-            "volume_dice_mean": segmentation["volume_dice_mean"],
-            "nonempty_mask_rate_on_tumor_free_slices": segmentation["nonempty_mask_rate_on_tumor_free_slices"],
-        }
+    figures = {
+        str(candidate): single_slice_figures(arrays, probabilities, masks, min_probability, candidate)
+        for candidate in SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES
+    }
     best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -int(key)))
     return int(best), figures
 

@@ -430,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tumor-paste-fraction",
         type=float,
         default=0.0,
-        help="classifier only: share of tumor-free training slices given the tumor of a random tumor slice, pasted "
-        "at the same place (copy-paste augmentation: more small tumors)",
+        help="classifier only: share of tumor-free training slices given the tumor of a random tumor slice of the same "
+        "patient, pasted at the same place (copy-paste augmentation: more small tumors)",
     )
     parser.add_argument(
         "--small-tumor-weight",

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from app.core.series_postprocessing import drop_small_pieces
+
 
 def classifier_positive(probabilities: np.ndarray, classifier_threshold: float) -> np.ndarray:
     """Boolean per slice: True where the classifier calls it tumor (`>= classifier_threshold`)."""
@@ -27,10 +29,15 @@ def flip_average(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> 
     return (np.asarray(run(batch)) + np.asarray(run(np.ascontiguousarray(batch[:, :, ::-1])))) / 2
 
 
-def shows_mask_alone(probability: float, min_probability: float) -> bool:
-    """Whether a positive slice answered on its own (no series clean-up) shows its mask: only from `min_probability`
-    on (the manifest's `single_slice_mask_min_probability`, chosen on the validation patients)."""
-    return probability >= min_probability
+def mask_shown_alone(
+    mask: np.ndarray | None, probability: float, min_probability: float, min_pixels: int = 0
+) -> np.ndarray | None:
+    """The mask a positive slice answered on its own (no series clean-up) shows: none below `min_probability` (the
+    manifest's `single_slice_mask_min_probability`), else `mask` without its pieces under `min_pixels`
+    (`single_slice_min_component_pixels`, `drop_small_pieces`); both chosen on the validation patients."""
+    if mask is None or probability < min_probability:
+        return None
+    return drop_small_pieces(mask, min_pixels)
 
 
 def probability_to_mask(probability: np.ndarray, size: tuple[int, int], threshold: float) -> np.ndarray:
