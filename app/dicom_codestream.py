@@ -2,7 +2,8 @@
 
 A JPEG, JPEG-LS or JPEG 2000 decoder allocates the image its codestream declares, whatever the DICOM header says:
 `check_codestreams` walks the pixel data's fragments and refuses a codestream whose size is not Rows x Columns (a
-JPEG 2000 one also inside a JP2 file wrapper, which OpenJPEG decodes as well).
+JPEG 2000 one also inside a JP2 file wrapper, which OpenJPEG decodes as well), a JPEG or JPEG-LS one whose
+components are not SamplesPerPixel, and a JPEG frame over the scan and segment limits of `app.jpeg_markers`.
 Failures are `app.errors.ServiceError`s; nothing here logs.
 """
 
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1
 
 from app.errors import InvalidDicomImageError, UndecodableDicomError
+from app.jpeg_markers import JpegStructureError, check_jpeg_structure, frame_header
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM_TAG, _SEQUENCE_DELIMITER_TAG = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
-_JPEG_FRAME_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
-"""SOF markers of JPEG (baseline, extended, progressive, lossless) and SOF55 of JPEG-LS: all hold height, width."""
+_JPEG_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1})
+"""The JPEG (not JPEG-LS, not JPEG 2000) transfer syntaxes a decoder here reads."""
 _JPEG2000_SOC_SIZ = b"\xff\x4f\xff\x51"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 MAX_JPEG2000_TILES = 4096
@@ -25,20 +27,31 @@ MAX_JPEG2000_TILES = 4096
 no budget counted. Real MR images are one tile, or a few hundred on very large images."""
 
 
-def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: int, columns: int) -> None:
-    """Refuse a compressed frame whose codestream declares another size than Rows x Columns.
+def check_codestreams(
+    data: bytes, position: int, transfer_syntax: UID, rows: int, columns: int, samples_per_pixel: int = 1
+) -> None:
+    """Refuse a compressed frame whose codestream declares another size than Rows x Columns, or (JPEG, JPEG-LS)
+    other components than SamplesPerPixel, or a JPEG frame with too many scans or segments.
 
     The decoders allocate what the codestream says: a header of 64x64 over a 16384x16384 JPEG 2000 codestream
-    would take 512 MiB before pydicom noticed the mismatch.
+    would take 512 MiB before pydicom noticed the mismatch. A colour JPEG under a MONOCHROME2 header was decoded
+    by GDCM without complaint, and its pixels read as grey: a wrong answer, not an error.
     """
     if int.from_bytes(data[position + 8 : position + 12], "little") != UNDEFINED_LENGTH:
         return  # not encapsulated after all: pydicom refuses it when decoding
     jpeg2000 = transfer_syntax.startswith("1.2.840.10008.1.2.4.9") or transfer_syntax.startswith(
         "1.2.840.10008.1.2.4.20"
     )
+    jpeg_frame: list[bytes] = []  # the fragments of the JPEG frame being read (a frame may span several)
     for number, (begin, end) in enumerate(_fragments(data, position + 12), start=1):
+        if transfer_syntax in _JPEG_SYNTAXES:
+            if jpeg_frame and data.startswith(b"\xff\xd8", begin, end):
+                _check_jpeg_frame(b"".join(jpeg_frame))
+                jpeg_frame = []
+            jpeg_frame.append(data[begin:end])
         siz = _jpeg2000_siz(data, begin, end)
-        size = _siz_size(siz) if siz is not None else _jpeg_frame_size(data, begin, end)
+        frame = frame_header(data, begin, end) if siz is None else None
+        size = _siz_size(siz) if siz is not None else (frame.rows, frame.columns) if frame is not None else None
         if size is None:
             if jpeg2000 and number == 1:
                 raise InvalidDicomImageError(
@@ -50,12 +63,26 @@ def check_codestreams(data: bytes, position: int, transfer_syntax: UID, rows: in
                 f"DICOM pixel data fragment {number} holds a {size[1]}x{size[0]} codestream (columns x rows) but the "
                 f"header says Columns {columns}, Rows {rows}; refused before decoding"
             )
+        if frame is not None and frame.components != samples_per_pixel:
+            raise InvalidDicomImageError(
+                f"DICOM pixel data fragment {number} holds a codestream of {frame.components} components but the "
+                f"header says SamplesPerPixel {samples_per_pixel}; refused before decoding"
+            )
         tiles = _siz_tiles(siz) if jpeg2000 and siz is not None else None
         if tiles is not None and tiles > MAX_JPEG2000_TILES:
             raise InvalidDicomImageError(
                 f"DICOM pixel data fragment {number} splits its image into {tiles} JPEG 2000 tiles; at most "
                 f"{MAX_JPEG2000_TILES} are accepted; refused before decoding"
             )
+    if jpeg_frame:
+        _check_jpeg_frame(b"".join(jpeg_frame))
+
+
+def _check_jpeg_frame(codestream: bytes) -> None:
+    try:
+        check_jpeg_structure(codestream, "a JPEG frame of the DICOM pixel data")
+    except JpegStructureError as error:
+        raise InvalidDicomImageError(str(error)) from None
 
 
 def _fragments(data: bytes, position: int) -> Iterator[tuple[int, int]]:
@@ -99,31 +126,3 @@ def _siz_tiles(siz: bytes) -> int | None:
     if tile_width == 0 or tile_height == 0 or width <= tile_x or height <= tile_y:
         return None  # malformed: OpenJPEG refuses it
     return -(-(width - tile_x) // tile_width) * -(-(height - tile_y) // tile_height)
-
-
-def _jpeg_frame_size(data: bytes, begin: int, end: int) -> tuple[int, int] | None:
-    """(rows, columns) the JPEG or JPEG-LS frame header (SOF) of the codestream starting the fragment declares."""
-    if not data.startswith(b"\xff\xd8", begin, end):
-        return None
-    position = begin + 2
-    while position + 4 <= end:
-        if data[position] != 0xFF:  # stray bytes between segments: libjpeg skips to the next marker, so do we
-            position = data.find(b"\xff", position, end)
-            if position < 0:
-                return None
-            continue
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            position += 2
-            continue
-        if marker in _JPEG_FRAME_MARKERS and position + 9 <= end:
-            height = int.from_bytes(data[position + 5 : position + 7], "big")
-            width = int.from_bytes(data[position + 7 : position + 9], "big")
-            return height, width
-        if marker == 0xDA:  # start of scan before any frame header
-            return None
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-    return None

@@ -201,7 +201,8 @@ def read_dicom_header(
             f"the limit is {max_pixels} pixels"
         )
     if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
-        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns)
+        samples = int(dataset.get("SamplesPerPixel") or 1)
+        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples)
     return DicomHeader(data, dataset, rows, columns, frames, bits, inflated)
 
 

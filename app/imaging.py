@@ -30,6 +30,7 @@ from app.errors import (
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
+from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
 
@@ -58,6 +59,15 @@ _GREY_MODES = {"1", "L"}
 _GREY_ALPHA_MODES = {"LA", "La"}
 # PNG colour type -> samples per pixel as decoded (a palette becomes RGB).
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+# TIFF colour models read here: grey (either polarity), RGB, and a palette (its colour map applied). YCbCr only when
+# JPEG-compressed, which both decoders return as RGB; CMYK, CIELab and the rest would be read as raw samples.
+_TIFF_PHOTOMETRICS = {
+    tifffile.PHOTOMETRIC.MINISBLACK,
+    tifffile.PHOTOMETRIC.MINISWHITE,
+    tifffile.PHOTOMETRIC.RGB,
+    tifffile.PHOTOMETRIC.PALETTE,
+}
+_TIFF_JPEG_COMPRESSIONS = {6, 7}  # old-style and new-style JPEG
 
 
 def sniff_format(data: bytes) -> ImageFormat:
@@ -145,6 +155,11 @@ def read_image_header(data: bytes) -> RasterHeader:
     image_format = sniff_format(data)
     if image_format is ImageFormat.TIFF:
         return _tiff_header(data)
+    if image_format is ImageFormat.JPEG:
+        try:
+            check_jpeg_structure(data, "JPEG file")  # before Pillow parses a single segment
+        except JpegStructureError as error:
+            raise InvalidSliceError(str(error)) from None
     if image_format is ImageFormat.PNG and len(data) >= 29 and data[12:16] == b"IHDR":
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         bit_depth, colour_type = data[24], data[25]
@@ -331,13 +346,14 @@ def _tiff_header(data: bytes) -> RasterHeader:
                     f"TIFF file cannot be decoded: {page.bitspersample} bits per sample of sample format "
                     f"{page.sampleformat} is not an image type"
                 )
-            itemsize = page.dtype.itemsize
+            _check_tiff_photometric(page)
+            palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE
             header = RasterHeader(
                 ImageFormat.TIFF,
                 int(page.imagewidth),
                 int(page.imagelength),
-                int(page.samplesperpixel),
-                int(itemsize),
+                3 if palette else int(page.samplesperpixel),  # a colour map gives R, G, B
+                1 if palette else int(page.dtype.itemsize),
                 max(1, int(page.imagedepth)),
                 _tiff_decoder_bytes(page),
             )
@@ -348,6 +364,21 @@ def _tiff_header(data: bytes) -> RasterHeader:
     if page_count != 1:
         raise InvalidSliceError(f"TIFF must hold one page (one slice); it holds {page_count} pages")
     return header
+
+
+def _check_tiff_photometric(page: tifffile.TiffPage) -> None:
+    """Refuse a TIFF colour model this service would read as raw samples (CMYK, YCbCr uncompressed, CIELab ...):
+    its pixels are not the image a viewer shows."""
+    photometric = page.photometric
+    if photometric in _TIFF_PHOTOMETRICS or (
+        photometric == tifffile.PHOTOMETRIC.YCBCR and page.compression in _TIFF_JPEG_COMPRESSIONS
+    ):
+        return
+    name = photometric.name if isinstance(photometric, tifffile.PHOTOMETRIC) else str(photometric)
+    raise InvalidSliceError(
+        f"TIFF colour model (PhotometricInterpretation) {name} is not read by this service; "
+        "send grey (MinIsBlack or MinIsWhite), RGB or palette"
+    )
 
 
 # Without imagecodecs, tifffile decodes PackBits in pure Python into a list of ints (an 8-byte reference per decoded
@@ -374,7 +405,7 @@ def _decode_tiff(data: bytes) -> np.ndarray:
             try:
                 if not bounded:
                     raise ValueError(f"compression {page.compression} has no bounded decoder without imagecodecs")
-                array = page.asarray()
+                array = _as_shown(page.asarray(), page)
             except Exception as error:
                 array = _decode_with_opencv(data)
                 if array is None:
@@ -386,6 +417,19 @@ def _decode_tiff(data: bytes) -> np.ndarray:
         raise UndecodableImageError(f"TIFF file cannot be decoded: {error}") from error
     if array.ndim == 3 and axes.startswith("S"):  # planar configuration: samples first
         array = np.moveaxis(array, 0, -1)
+    return array
+
+
+def _as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
+    """tifffile's raw samples as a viewer shows them (OpenCV's libtiff does this itself): a palette's indices
+    looked up in its colour map (16-bit colours cut to 8 bits, or taken as 8-bit when every one is under 256, as
+    libtiff guesses), MinIsWhite turned so that brighter is higher again (any order-reversing map will do: deeper
+    images are stretched afterwards)."""
+    if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+        colours = page.colormap if page.colormap.max() < 256 else page.colormap >> 8
+        return np.moveaxis(colours.astype(np.uint8)[:, array.astype(np.intp, copy=False)], 0, -1)
+    if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+        return np.negative(array) if array.dtype.kind == "f" else np.invert(array)
     return array
 
 

@@ -263,3 +263,36 @@ def test_service_and_training_read_real_slice_identically(path) -> None:
     np.testing.assert_array_equal(
         app.uploads.preprocess_slice(served), app.core.preprocessing.preprocess_slice(trained_on)
     )
+
+
+def test_decode_image_reads_tiff_colour_models_as_a_viewer_shows_them() -> None:
+    """Attack finding: raw TIFF samples were read as grey or RGB whatever PhotometricInterpretation said, so a
+    MinIsWhite slice was answered as its negative and a palette image as its indices."""
+    flair = read_slice(TUMOR_SLICE)[:, :, 1]
+    shuffled = np.random.default_rng(0).permutation(256).astype(np.uint16)
+    colour_map = np.stack([shuffled * 257] * 3)  # 16-bit colours, as TIFF stores them
+
+    np.testing.assert_array_equal(decode_image(tiff_bytes(255 - flair, photometric="miniswhite")), flair)
+    np.testing.assert_array_equal(
+        decode_image(tiff_bytes(flair, photometric="palette", colormap=colour_map)),
+        np.repeat(shuffled[flair].astype(np.uint8)[:, :, None], 3, axis=2),
+    )
+    deep = decode_image(tiff_bytes((4095 - flair.astype(np.uint16) * 16), photometric="miniswhite"))
+    assert np.corrcoef(deep.ravel(), flair.ravel())[0, 1] > 0.999  # brighter is higher, as shown
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "YCbCr", "LAB"])
+def test_decode_image_refuses_tiff_colour_models_it_would_misread(mode: str) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(read_slice(TUMOR_SLICE)).convert(mode).save(buffer, "TIFF")
+
+    with pytest.raises(InvalidSliceError, match="TIFF colour model .* is not read by this service"):
+        decode_image(buffer.getvalue())
+
+
+def test_decode_image_reads_a_jpeg_compressed_ycbcr_tiff_as_rgb() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(read_slice(TUMOR_SLICE)).save(buffer, "TIFF", compression="jpeg")
+
+    decoded = decode_image(buffer.getvalue())
+    assert np.abs(decoded.astype(int) - read_slice(TUMOR_SLICE).astype(int)).mean() < 3.0  # lossy
