@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app import payloads, schemas, uploads
+from app.api.content_negotiation import DICOM_MEDIA_TYPE, MULTIPART_MEDIA_TYPE, negotiated_output
 from app.api.deps import PredictionServiceDep, PredictorDep, RequestIdDep, SettingsDep
 from app.api.openapi_docs import (
     OPTIONAL_API_KEY,
@@ -38,8 +39,6 @@ from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)])
 
-DICOM_MEDIA_TYPE = "application/dicom"
-MULTIPART_MEDIA_TYPE = "multipart/related"
 ERROR_RESPONSES = error_responses(*PREDICTION_STATUSES)
 PREDICT_EXAMPLES: dict[int | str, dict] = {
     200: {
@@ -115,12 +114,9 @@ async def refuse_several_files(request: Request) -> None:
 
 def requested_output(output: schemas.OutputFormat, accept: str | None) -> schemas.OutputFormat:
     """The output asked for: the query wins; with output=json, Accept can ask for a SEG or for SEG and SR."""
-    accept = (accept or "").lower()
-    if output is not schemas.OutputFormat.JSON or DICOM_MEDIA_TYPE not in accept:
+    if output is not schemas.OutputFormat.JSON:
         return output
-    if MULTIPART_MEDIA_TYPE in accept:
-        return schemas.OutputFormat.DICOM_SEG_SR
-    return schemas.OutputFormat.DICOM_SEG
+    return negotiated_output(accept)
 
 
 def wants_segmentation(output: schemas.OutputFormat) -> bool:

@@ -1,0 +1,131 @@
+"""Accept on the predict endpoints: media ranges with q weights choose JSON, a DICOM SEG, or the SEG and SR."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.content_negotiation import MediaRange, parse_accept
+from app.api.routes.predict import requested_output
+from app.schemas import OutputFormat
+from tests.conftest import TUMOR_SLICE
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+
+JSON, SEG, SEG_SR = OutputFormat.JSON, OutputFormat.DICOM_SEG, OutputFormat.DICOM_SEG_SR
+
+
+@pytest.fixture(scope="module")
+def dicom_instance() -> bytes:
+    """One single-frame MR instance built from a committed tumor slice's FLAIR channel."""
+    return to_bytes(mr_series(tumor_channels()[:1])[0])
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        # Found by the attack review: each once gave a SEG (or, the last, the multipart answer).
+        ("application/dicom+json", JSON),
+        ("application/dicom;q=0", JSON),
+        ("application/json, application/dicom;q=0", JSON),
+        ("application/json;q=1, application/dicom;q=0.1", JSON),
+        ("text/html, application/dicom+xml", JSON),
+        ('multipart/related; type="application/dicom+xml"', JSON),
+        # Naming DICOM still asks for it.
+        ("application/dicom", SEG),
+        ('multipart/related; type="application/dicom"', SEG_SR),
+        ("multipart/related; type=application/dicom", SEG_SR),
+        ("Application/DICOM", SEG),
+        ('Multipart/Related; TYPE="Application/Dicom"', SEG_SR),
+        ("  application/dicom ;  q=0.5  ", SEG),
+        ("application/json , application/dicom", SEG),
+        ('multipart/related; type="application/dicom", application/dicom', SEG_SR),
+        # Wildcards, no header and nothing acceptable give JSON.
+        ("*/*", JSON),
+        (None, JSON),
+        ("", JSON),
+        ("application/*", JSON),
+        ("image/png", JSON),
+        ("multipart/related", JSON),
+        ("application/json;q=0, application/dicom;q=0", JSON),
+        # Highest q wins, both ways.
+        ("application/dicom;q=0.9, application/json", JSON),
+        ("application/json;q=0.5, application/dicom", SEG),
+        ('application/json;q=0.2, multipart/related; type="application/dicom";q=0.3', SEG_SR),
+        ('multipart/related; type="application/dicom";q=0.4, application/dicom;q=0.6', SEG),
+        ("*/*, application/dicom;q=0.5", JSON),
+        ("image/png, application/dicom;q=0.1", SEG),
+        # JSON takes the q of its most specific range.
+        ("application/json;q=0.1, */*, application/dicom;q=0.5", SEG),
+        # A malformed range is left out.
+        ("application/dicom;q=abc", JSON),
+        ("application/dicom;q=1.5, application/json;q=0.1", JSON),
+        ("application/dicom;q=nan", JSON),
+        ("dicom", JSON),
+    ],
+)
+def test_accept_header_chooses_the_output(accept: str | None, expected: OutputFormat) -> None:
+    assert requested_output(JSON, accept) is expected
+
+
+@pytest.mark.parametrize("output", [SEG, OutputFormat.DICOM_SR, SEG_SR])
+def test_output_query_wins_over_accept(output: OutputFormat) -> None:
+    assert requested_output(output, "application/json") is output
+
+
+def test_parse_accept_reads_quoted_parameters_and_weights() -> None:
+    accept = 'Multipart/Related; Type="application/dicom"; note="a, \\"b\\""; q=0.25, text/html, bad, x/y;q=2'
+
+    assert parse_accept(accept) == [
+        MediaRange("multipart/related", {"type": "application/dicom", "note": 'a, "b"'}, 0.25),
+        MediaRange("text/html", {}, 1.0),
+    ]
+
+
+def test_dicom_upload_accepting_dicom_json_gets_json(client: TestClient, dicom_instance: bytes) -> None:
+    response = client.post(
+        "/v1/predict",
+        files={"file": ("IM0001", dicom_instance, "application/dicom")},
+        headers={"Accept": "application/dicom+json"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["tumor_detected"] is True  # the tiny models call every slice positive
+
+
+def test_dicom_upload_accepting_dicom_gets_a_seg(client: TestClient, dicom_instance: bytes) -> None:
+    response = client.post(
+        "/v1/predict",
+        files={"file": ("IM0001", dicom_instance, "application/dicom")},
+        headers={"Accept": "application/json;q=0.5, application/dicom"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(response.content)).Modality == "SEG"
+
+
+def test_jpeg_upload_refusing_dicom_gets_json(client: TestClient) -> None:
+    response = client.post(
+        "/v1/predict",
+        files={"file": ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg")},
+        headers={"Accept": "application/json, application/dicom;q=0"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["tumor_detected"] is True
+
+
+def test_batch_accepting_dicomweb_xml_gets_json(client: TestClient, dicom_instance: bytes) -> None:
+    response = client.post(
+        "/v1/predict/batch",
+        files=[("files", ("IM0001", dicom_instance, "application/dicom"))],
+        headers={"Accept": 'multipart/related; type="application/dicom+xml"'},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert [item["index"] for item in response.json()["slices"]] == [0]
