@@ -125,18 +125,43 @@ def _lengths(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
 
 
 def _floats(value: object, count: int, keyword: str) -> tuple[float, ...] | None:
-    """`count` numbers, or None when absent or unreadable (geometry is optional); a 400 for infinite ones, which
-    no position can be and which would break the arithmetic on positions."""
-    if value is None:
+    """`count` finite numbers, or None when absent or empty (geometry is optional); a 400 naming the element for
+    any other value: a position of two numbers or of text cannot place a slice, and taken as absent it went on to
+    fail the SEG with a library's message (attack finding)."""
+    if value is None or (isinstance(value, str | bytes | Sequence) and len(value) == 0):
         return None
     try:
         items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
         numbers = tuple(float(item) for item in items)
     except (TypeError, ValueError):
-        return None
+        raise InvalidDicomImageError(f"{keyword} must hold {count} decimal numbers") from None
+    if len(numbers) != count:
+        raise InvalidDicomImageError(f"{keyword} must hold {count} numbers; it holds {len(numbers)}")
     if not all(math.isfinite(number) for number in numbers):
         raise InvalidDicomImageError(f"{keyword} must hold finite numbers")
-    return numbers if len(numbers) == count else None
+    return numbers
+
+
+# How far direction cosines may be from unit length and from orthogonal: rounding to 6 decimals (what scanners
+# write) is far within it; an orientation of length 2 (attack finding: a tumor volume 4 times too large) is not.
+ORIENTATION_TOLERANCE = 0.01
+
+
+def _orientation(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Image Orientation (Patient): two unit-length, orthogonal direction cosines, or a 400. Every length along the
+    normal (slice spacing, so the tumor volume) is measured with them."""
+    if numbers is None:
+        return None
+    row, column = np.asarray(numbers[:3]), np.asarray(numbers[3:])
+    if (
+        abs(np.linalg.norm(row) - 1.0) > ORIENTATION_TOLERANCE
+        or abs(np.linalg.norm(column) - 1.0) > ORIENTATION_TOLERANCE
+        or abs(float(row @ column)) > ORIENTATION_TOLERANCE
+    ):
+        raise InvalidDicomImageError(
+            "ImageOrientationPatient must hold two unit-length, orthogonal direction cosines (row, then column)"
+        )
+    return numbers
 
 
 def frame_placement(dataset: Dataset, index: int) -> tuple[str, tuple[float, ...] | None, tuple[float, ...] | None]:
@@ -145,10 +170,12 @@ def frame_placement(dataset: Dataset, index: int) -> tuple[str, tuple[float, ...
     position = _floats(
         frame_value(dataset, index, "PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient"
     )
-    orientation = _floats(
-        frame_value(dataset, index, "PlaneOrientationSequence", "ImageOrientationPatient"),
-        6,
-        "ImageOrientationPatient",
+    orientation = _orientation(
+        _floats(
+            frame_value(dataset, index, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            6,
+            "ImageOrientationPatient",
+        )
     )
     return str(dataset.get("FrameOfReferenceUID", "")), position, orientation
 
@@ -167,7 +194,7 @@ def frame_at(dataset: Dataset, values: np.ndarray, index: int, frames: int) -> D
         frame_number=index + 1,
         number_of_frames=frames,
         image_position=floats("PlanePositionSequence", "ImagePositionPatient", 3),
-        image_orientation=floats("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+        image_orientation=_orientation(floats("PlaneOrientationSequence", "ImageOrientationPatient", 6)),
         pixel_spacing=_lengths(floats("PixelMeasuresSequence", "PixelSpacing", 2)),
         slice_thickness=thickness[0] if thickness else None,
         spacing_between_slices=between[0] if between else None,
