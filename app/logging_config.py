@@ -61,7 +61,10 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.name.startswith(VALUE_QUOTING_LOGGERS):
-            message = redact_values(message)
+            # With an exception, these libraries log its text (pydicom's decoders: `LOGGER.exception(error)`),
+            # which may quote the file or show object reprs: left out, like the messages in the traceback.
+            has_exception = bool(record.exc_info and record.exc_info[1] is not None)
+            message = "(exception message not logged)" if has_exception else redact_values(message)
         payload: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

@@ -102,6 +102,22 @@ def test_library_messages_lose_their_values(name: str):
     assert redact_values("UID 1.2.840.113619.2.55.3 seen") == "UID <redacted> seen"
 
 
+def test_a_library_logging_an_exception_keeps_its_type_and_frames_but_not_its_text():
+    """Attack finding: pydicom's decoders log `LOGGER.exception(error)`, so the exception's text (object reprs,
+    values read from the file) became the record's message, though the traceback left it out."""
+    text = f"cannot identify image file for {SECRET_UID} <_io.BytesIO object at 0x7fbb>"
+    try:
+        raise ValueError(text)  # the traceback shows this source line, not the text
+    except ValueError as error:
+        name = "pydicom.pixels.decoders.base"
+        record = logging.getLogger(name).makeRecord(name, logging.ERROR, __file__, 1, error, (), sys.exc_info())
+    rendered = render(record)
+
+    assert rendered["message"] == "(exception message not logged)"
+    assert "MRN98765" not in json.dumps(rendered) and "BytesIO object" not in json.dumps(rendered)
+    assert "builtins.ValueError" in rendered["exception"]
+
+
 def test_python_warnings_become_redacted_json(monkeypatch: pytest.MonkeyPatch):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
