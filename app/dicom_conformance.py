@@ -97,6 +97,42 @@ def missing_plane_attributes(frames: Sequence[DicomFrame]) -> list[str]:
     ]
 
 
+# Lengths a SEG's Pixel Measures and an SR's image library copy from the sources, and the values the standard allows
+# them: a pixel spacing above 0, a thickness or spacing between slices of at least 0.
+COPIED_LENGTHS = (
+    ("PixelSpacing", 0.0, False),
+    ("SliceThickness", 0.0, True),
+    ("SpacingBetweenSlices", 0.0, True),
+)
+
+
+def impossible_lengths(sources: Sequence[Dataset]) -> list[str]:
+    """The `COPIED_LENGTHS` that any of `sources` (top level or shared functional groups) gives a value the standard
+    does not allow. A JSON answer leaves the volume out for them; a SEG or SR would copy them (attack finding:
+    a SEG with Pixel Spacing 0, an SR image library with 0 in it, a negative Spacing Between Slices)."""
+    impossible = []
+    for keyword, least, inclusive in COPIED_LENGTHS:
+        for source in sources:
+            value = frame_value(source, 0, "PixelMeasuresSequence", keyword)
+            numbers = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
+            try:
+                lengths = [float(number) for number in numbers if number is not None and str(number) != ""]
+            except (TypeError, ValueError):
+                continue  # unreadable: refused where the frame is read
+            if any(length < least or (length == least and not inclusive) for length in lengths):
+                impossible.append(keyword)
+                break
+    return impossible
+
+
+def impossible_lengths_reason(keywords: Sequence[str], derived: str) -> str:
+    """Why sources with `impossible_lengths` cannot give `derived` (e.g. "a DICOM SEG"), naming the keywords only."""
+    return (
+        f"the source's {', '.join(keywords)} must be above 0 (PixelSpacing) or not negative, and {derived} copies "
+        "them; a JSON answer is given without a tumor volume"
+    )
+
+
 # What highdicom's image library (TID 1604, in every SR that lists its images) reads of a cross-sectional image,
 # without a default: absent or empty, it fails.
 IMAGE_LIBRARY_ATTRIBUTES = (

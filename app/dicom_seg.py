@@ -24,6 +24,8 @@ from app.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
     complete_segmentation,
     derived_character_set,
+    impossible_lengths,
+    impossible_lengths_reason,
     invalid_values,
     invalid_values_reason,
     missing_plane_attributes,
@@ -104,6 +106,9 @@ def build_segmentation(
             f"{', '.join(missing)}"
         )
     _refuse_invalid_values(invalid_values(references[0].header, TYPE2_PATIENT_STUDY_ATTRIBUTES))
+    impossible = impossible_lengths([frame.header for frame in references])
+    if impossible:
+        raise SegmentationInputError(impossible_lengths_reason(impossible, "a DICOM SEG"))
     source_images, pixel_array = _source_images_and_pixels(references, masks)
     further = _unique_headers(
         frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference

@@ -34,6 +34,8 @@ from app.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
     derived_character_set,
     image_library_sources,
+    impossible_lengths,
+    impossible_lengths_reason,
     invalid_values,
     invalid_values_reason,
     missing_reference_uids,
@@ -145,6 +147,9 @@ def build_volume_report(
             f"a DICOM SR refers to its source images by their UIDs; the source images lack {', '.join(missing)}"
         )
     _refuse_invalid_values(invalid_values(source_images[0], TYPE2_PATIENT_STUDY_ATTRIBUTES))
+    impossible = impossible_lengths(source_images)
+    if impossible:
+        raise ReportInputError(impossible_lengths_reason(impossible, "a DICOM SR"))
     try:
         report = _volume_report(source_images, findings, model_tags, segmentation, series.pop())
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values

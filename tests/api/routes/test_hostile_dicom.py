@@ -132,6 +132,8 @@ def test_a_report_of_sources_without_study_uid_is_refused_with_a_reason() -> Non
 @pytest.mark.parametrize("spacing", [["1e300", "1e300"], [0.0, 0.0], [-1.0, -1.0]])
 @pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr", "dicom-seg-sr"])
 def test_a_pixel_spacing_no_image_can_have_gives_no_volume(client: TestClient, spacing, output) -> None:
+    """JSON answers without a volume; a SEG or SR, which would copy a spacing the standard forbids (0 or below:
+    attack finding, objects that fail dciodvfy), is refused naming it."""
     datasets = series()
     for dataset in datasets:
         dataset.PixelSpacing = spacing
@@ -141,11 +143,34 @@ def test_a_pixel_spacing_no_image_can_have_gives_no_volume(client: TestClient, s
 
     response = client.post(f"/v1/predict/batch?output={output}", files=files)
 
+    if output != "json" and float(spacing[0]) <= 0:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] in ("invalid_segmentation_input", "invalid_report_input")
+        assert "PixelSpacing must be above 0" in response.json()["error"]["message"]
+        return
     assert response.status_code == 200, response.text
     if output == "json":
         assert response.json()["tumor_detected"] is True and response.json()["tumor_volume_ml"] is None
     else:
         assert "x-tumor-volume-ml" not in response.headers
+
+
+@pytest.mark.parametrize("keyword", ["SpacingBetweenSlices", "SliceThickness"])
+@pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr"])
+def test_a_negative_slice_length_is_not_copied_into_a_seg_or_sr(client: TestClient, keyword, output) -> None:
+    datasets = series()
+    for dataset in datasets:
+        setattr(dataset, keyword, -5.0)
+    files = [
+        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
+    ]
+
+    refused = client.post(f"/v1/predict/batch?output={output}", files=files)
+    answered = client.post("/v1/predict/batch?output=json", files=files)
+
+    assert refused.status_code == 400, refused.text
+    assert keyword in refused.json()["error"]["message"]
+    assert answered.status_code == 200 and answered.json()["tumor_detected"] is True
 
 
 @pytest.mark.parametrize(
