@@ -15,9 +15,10 @@ in no useful order, so the roles come from each series' own attributes, never fr
 
 A study is analysed when it has a FLAIR series; the pre- and post-contrast T1 series are used only when exactly one
 of each is found, else FLAIR goes alone (as the models were trained to accept) and the selection says why. Several
-FLAIR candidates are ranked by evidence (name and attributes over either alone; no contrast over contrast), then by
-Series Number and UID, so any order of the same series gives the same answer. A study with no FLAIR is not analysed,
-with the reason. Pure functions: no I/O, no logging.
+FLAIR candidates are ranked by evidence (name and attributes over either alone; no contrast over contrast), then axial
+before other orientations (the models learned axial slices: a sagittal 3D FLAIR beside an axial one is not read),
+then by Series Number and UID, so any order of the same series gives the same answer. A study with no FLAIR is not
+analysed, with the reason. Pure functions: no I/O, no logging.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class SeriesInfo:
     repetition_time_ms: float | None
     echo_time_ms: float | None
     contrast_agent: str
+    axial: bool | None = None
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> SeriesInfo:
@@ -123,6 +125,7 @@ class SeriesInfo:
             contrast_agent=" ".join(
                 str(dataset.get(keyword) or "").strip() for keyword in CONTRAST_ATTRIBUTES if dataset.get(keyword)
             ).strip(),
+            axial=_is_axial(_sequence_value(dataset, "PlaneOrientationSequence", "ImageOrientationPatient")),
         )
 
     @property
@@ -273,15 +276,20 @@ def _select(classifications: tuple[SeriesClassification, ...]) -> StudySelection
             reason=f"the study has no FLAIR series (the models read FLAIR); found: {found}",
             classifications=classifications,
         )
-    # More evidence first, then no contrast (the models learned pre-contrast FLAIR); ties by Series Number and UID.
+    # More evidence first, then no contrast (the models learned pre-contrast FLAIR), then axial slices (what they
+    # learned from); ties by Series Number and UID.
     ranked = sorted(
-        flairs, key=lambda item: (-(int(item.named) + int(item.by_attributes)), item.contrast, item.series.sort_key())
+        flairs,
+        key=lambda item: (
+            -(int(item.named) + int(item.by_attributes)),
+            item.contrast,
+            item.series.axial is not True,
+            item.series.sort_key(),
+        ),
     )
     notes = []
     if len(ranked) > 1:
-        notes.append(
-            f"{len(ranked)} FLAIR series found; used the one with series number {ranked[0].series.series_number}"
-        )
+        notes.append(_flair_choice_note(ranked))
     pre = by_role.get(SequenceRole.T1_PRE, [])
     post = by_role.get(SequenceRole.T1_POST, [])
     if len(pre) == 1 and len(post) == 1:
@@ -294,6 +302,33 @@ def _select(classifications: tuple[SeriesClassification, ...]) -> StudySelection
             "FLAIR analysed alone"
         )
     return StudySelection(ranked[0].series, None, None, None, tuple(notes), classifications=classifications)
+
+
+def _flair_choice_note(ranked: Sequence[SeriesClassification]) -> str:
+    """Which of several FLAIR series was used, and by what: its Series Number alone does not say which when
+    another series has the same one."""
+    chosen = ranked[0].series
+    orientation = {True: "axial", False: "not axial", None: "orientation not given"}[chosen.axial]
+    shared_number = sum(item.series.series_number == chosen.series_number for item in ranked) > 1
+    tie = " (another FLAIR series has that number: the lowest Series Instance UID decided)" if shared_number else ""
+    return (
+        f"{len(ranked)} FLAIR series found; used the one with series number {chosen.series_number}, {orientation}"
+        f"{tie}; ranked by evidence for FLAIR, then no contrast, then axial slices, then Series Number"
+    )
+
+
+def _is_axial(orientation: object) -> bool | None:
+    """Whether slices of this Image Orientation (Patient) are axial: their normal nearest the head-foot axis. None
+    when the orientation is absent or unreadable."""
+    cosines = _values(orientation)
+    try:
+        rx, ry, rz, cx, cy, cz = (float(value) for value in cosines)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    normal = (ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx)
+    if not any(normal):
+        return None
+    return abs(normal[2]) >= max(abs(normal[0]), abs(normal[1]))
 
 
 def _t1(series: SeriesInfo, evidence: str, contrast_evidence: str | None, named: bool = False) -> SeriesClassification:

@@ -155,7 +155,34 @@ def test_pre_contrast_flair_with_confirming_attributes_wins_over_others() -> Non
         selection = select_sequences(order)
         assert selection.flair is not None
         assert selection.flair.series_instance_uid == confirmed.SeriesInstanceUID
-        assert selection.notes[0] == "3 FLAIR series found; used the one with series number 6"
+        assert selection.notes[0] == (
+            "3 FLAIR series found; used the one with series number 6, axial; ranked by evidence for FLAIR, then no "
+            "contrast, then axial slices, then Series Number"
+        )
+
+
+def test_an_axial_flair_is_read_before_a_sagittal_one_with_a_lower_number() -> None:
+    """Attack finding: a sagittal 3D FLAIR (series 3) was read instead of the axial FLAIR (series 6); the models
+    learned axial slices."""
+    study = Study()
+    sagittal = series_header("SAG 3D FLAIR", 3, study=study)
+    sagittal.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+    axial = series_header("AX FLAIR", 6, study=study)
+
+    for order in itertools.permutations([sagittal, axial]):
+        selection = select_sequences(order)
+        assert selection.flair is not None and selection.flair.series_instance_uid == axial.SeriesInstanceUID
+        assert "used the one with series number 6, axial;" in selection.notes[0]
+
+
+def test_the_note_says_when_series_numbers_tie() -> None:
+    study = Study()
+    first, second = series_header("FLAIR", 1, study=study), series_header("FLAIR", 1, study=study)
+
+    selection = select_sequences([first, second])
+
+    assert "another FLAIR series has that number: the lowest Series Instance UID decided" in selection.notes[0]
+    assert selection.flair.series_instance_uid == min(first.SeriesInstanceUID, second.SeriesInstanceUID)
 
 
 def test_every_instance_of_a_series_may_be_given() -> None:
