@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from app.dicom_header import DicomHeader
-from app.errors import NoFlairSeriesError, ServiceError
+from app.errors import MixedInputError, NoFlairSeriesError, ServiceError
 from app.sequence_selection import (
     SelectionRules,
     SequenceRole,
@@ -114,10 +114,13 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
 
     Raises
     ------
+    MixedInputError
+        If the files come from several studies or patients: one answer, SEG or SR would mix them.
     NoFlairSeriesError
         If the files span several series and none is FLAIR, or their one series is T1-weighted.
     """
     rules = rules or SelectionRules()
+    _refuse_several_studies([header for header in headers if isinstance(header, DicomHeader)])
     files: dict[str, list[int]] = {}
     first: dict[str, DicomHeader] = {}
     for index, header in enumerate(headers):
@@ -145,6 +148,18 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
         if item.series.series_instance_uid not in channels
     )
     return SeriesChoice(used, left_out, selection.notes)
+
+
+def _refuse_several_studies(headers: Sequence[DicomHeader]) -> None:
+    """Refuse files of several studies or patients (attack finding: a tumor series and another study's tumor-free
+    FLAIR series were answered from the second, "no tumor", the first only listed as left out)."""
+    for keyword, what in (("StudyInstanceUID", "studies"), ("PatientID", "patients")):
+        values = {str(header.dataset.get(keyword) or "") for header in headers} - {""}
+        if len(values) > 1:
+            raise MixedInputError(
+                f"the request's DICOM files come from {len(values)} {what} (by {keyword}); send one study per "
+                "request: its series are chosen among"
+            )
 
 
 def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRules) -> SeriesUse:

@@ -217,3 +217,22 @@ def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predic
     assert note.startswith("T1 series left out: their slices do not pair with FLAIR's")
     frames = [frame for item in series["flair"] for frame in read_dicom(to_bytes(item))]
     assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
+
+
+@pytest.mark.parametrize("output", ["json", "dicom-seg"])
+def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClient, output: str) -> None:
+    """Attack finding: a tumor FLAIR series and another study's tumor-free FLAIR series were answered from the
+    second ("no tumor"), the first only listed as left out."""
+    first = mr_series(tumor_channels(1), Study(), series_number=1, series_description="AX FLAIR")
+    second = mr_series(tumor_channels(1), Study(), series_number=1, series_description="AX FLAIR")
+    other_patient = mr_series(tumor_channels(1), Study(), series_number=2, series_description="AX FLAIR")
+    for dataset in other_patient:
+        dataset.StudyInstanceUID, dataset.PatientID = first[0].StudyInstanceUID, "OTHER-PATIENT"
+
+    studies = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(first + second))
+    patients = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(first + other_patient))
+
+    assert studies.status_code == 400 and studies.json()["error"]["code"] == "mixed_input"
+    assert "come from 2 studies (by StudyInstanceUID)" in studies.json()["error"]["message"]
+    assert patients.status_code == 400 and "come from 2 patients (by PatientID)" in patients.json()["error"]["message"]
+    assert "OTHER-PATIENT" not in patients.text
