@@ -181,8 +181,11 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if transfer_syntax is not None and not UID(transfer_syntax).is_transfer_syntax:
-        # An unknown (e.g. private) UID: none of the checks below apply; pydicom's decoding decides (a 400 if not).
-        transfer_syntax = None
+        # An unknown (e.g. private) UID: no decoder reads it. Not echoed: it is the file's content.
+        raise UnsupportedDicomError(
+            "DICOM transfer syntax is not a standard one this service knows; send the file uncompressed (Explicit VR "
+            "Little Endian) or in a standard compressed transfer syntax"
+        )
     if transfer_syntax is not None and transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
         raise UnsupportedDicomError(
             f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) cannot be decoded by this service"

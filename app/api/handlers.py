@@ -51,7 +51,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.errors import ErrorKind, PayloadTooLargeError, RequestValidationFailed, ServiceError, error_body
+from app.errors import (
+    ErrorKind,
+    PayloadTooLargeError,
+    RequestValidationFailed,
+    ServiceError,
+    TooManyFilesError,
+    error_body,
+)
 from app.security import retry_after_header
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -124,7 +131,12 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
         code = PayloadTooLargeError.code
     else:
         code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-    message, headers = str(error.detail), error.headers
+    message, headers, status = str(error.detail), error.headers, error.status_code
+    if status == HTTPStatus.BAD_REQUEST and message.startswith("Too many files"):
+        # Starlette's form parser stops at 1,000 file parts, before the route counts them against MAX_BATCH_FILES:
+        # the same refusal as 65 files, not a body "the parser cannot read".
+        status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TooManyFilesError.code
+        message = f"a batch may hold at most MAX_BATCH_FILES files ({message.lower().rstrip('.')})"
     # Starlette's own words for an unknown path or method say nothing of what would do.
     if error.status_code == HTTPStatus.METHOD_NOT_ALLOWED and headers and "Allow" in headers:
         allowed = headers["Allow"].split(", ")
@@ -134,7 +146,7 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
     elif error.status_code == HTTPStatus.NOT_FOUND and message == HTTPStatus.NOT_FOUND.phrase:
         message = "no endpoint at this path (the API is described at /docs; paths take no trailing slash)"
     _remember_error(request, code)
-    return JSONResponse(error_body(code, message), status_code=error.status_code, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -342,6 +342,13 @@ BAD_REQUESTS: list[BadRequest] = [
         "too_many_files",
         path="/v1/predict/batch",
     ),
+    BadRequest(
+        "batch with more files than the multipart parser takes",
+        lambda good: _multipart([("files", f"s{i}.jpg", b"x") for i in range(1001)]),
+        413,
+        "too_many_files",
+        path="/v1/predict/batch",
+    ),
     BadRequest("batch with no files", lambda good: _multipart([]), 422, "validation_error", path="/v1/predict/batch"),
     BadRequest(
         "unknown mask_format",

@@ -16,6 +16,7 @@ from app.errors import (
     EmptyFileError,
     ImageTooLargeError,
     InvalidSliceError,
+    UndecodableDicomError,
     UndecodableImageError,
     UnsupportedMediaTypeError,
 )
@@ -296,3 +297,9 @@ def test_decode_image_reads_a_jpeg_compressed_ycbcr_tiff_as_rgb() -> None:
 
     decoded = decode_image(buffer.getvalue())
     assert np.abs(decoded.astype(int) - read_slice(TUMOR_SLICE).astype(int)).mean() < 3.0  # lossy
+
+
+def test_a_file_with_dicm_at_128_but_no_file_meta_is_a_broken_dicom_not_an_unknown_type() -> None:
+    """Attack finding: it got 415 "must be ... DICOM (DICM at byte 128)", though it holds that marker."""
+    with pytest.raises(UndecodableDicomError, match="DICM at byte 128 but no file meta group"):
+        sniff_format(b"\0" * 128 + b"DICM" + b"garbage" * 10)
