@@ -27,7 +27,9 @@ from collections.abc import Iterable, Sequence
 import highdicom as hd
 from pydicom import valuerep
 from pydicom.config import RAISE
+from pydicom.datadict import dictionary_VM
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from app.dicom_frame import DicomFrame, frame_value
 
@@ -60,9 +62,9 @@ UTF8 = "ISO_IR 192"
 
 
 def derived_character_set(source: Dataset) -> str | None:
-    """The Specific Character Set of a SEG or SR made from `source`: the source's own when it is absent (the default
-    repertoire) or one character set without code extensions, else UTF-8, which holds every character the source's
-    values decode to.
+    """The Specific Character Set of a SEG or SR made from `source`: the source's own when it is one character set
+    without code extensions, or absent with ASCII values only (the default repertoire), else UTF-8, which holds every
+    character the source's values decode to.
 
     Why: highdicom refuses ISO 2022 code extensions in the forms the standard and scanners use (`\\ISO 2022 IR 87`
     with its empty first value, Korean `ISO 2022 IR 149`, a lone `ISO 2022 IR 100`), so a Japanese or Korean series
@@ -70,10 +72,18 @@ def derived_character_set(source: Dataset) -> str | None:
     """
     value = source.get("SpecificCharacterSet")
     if value is None or value == "":
-        return None
+        # Attack finding: Latin-1 names in a file that declares no character set were copied into objects that
+        # declared none either (characters outside the default repertoire); pydicom read them as Latin-1.
+        return UTF8 if _has_text_beyond_ascii(source) else None
     if isinstance(value, str) and value in SINGLE_CHARACTER_SETS:
         return value
     return UTF8
+
+
+def _has_text_beyond_ascii(dataset: Dataset) -> bool:
+    return any(
+        element.VR in CHECKED_TEXT_VRS and element.VM > 0 and not str(element.value).isascii() for element in dataset
+    )
 
 
 # The plane of a frame in a patient coordinate system: (functional group sequence, attribute) as `frame_value` reads
@@ -186,8 +196,9 @@ ALLOWED_MULTILINE_CONTROLS = ALLOWED_CONTROLS | {"\r", "\n", "\t", "\x0c"}
 
 def invalid_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> list[str]:
     """The keywords (all top-level elements, or only `keywords`) whose values break their value type: too long
-    (a 3,000-character Study Description in an LO of 64), a form it does not have (a Study Time of 25:99:99), or
-    control characters (a NUL or a line break in a Patient's Name).
+    (a 3,000-character Study Description in an LO of 64), a form it does not have (a Study Time of 25:99:99),
+    control characters (a NUL or a line break in a Patient's Name), or several values where the dictionary allows
+    one (two Patient IDs).
 
     Why: a SEG and an SR copy the patient's and study's values as they come, so a source that breaks them makes an
     object that a PACS may refuse or show garbled, or highdicom fails on it with a message that names nothing. The
@@ -201,9 +212,19 @@ def invalid_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> l
         if element.VM == 0:
             continue
         values = element.value if element.VM > 1 else [element.value]
-        if not all(_valid_value(element.VR, value) for value in values):
+        if (element.VM > 1 and _single_valued(element.tag)) or not all(
+            _valid_value(element.VR, value) for value in values
+        ):
             invalid.append(element.keyword or str(element.tag))
     return invalid
+
+
+def _single_valued(tag: BaseTag) -> bool:
+    """Whether the data dictionary allows `tag` one value only (private and unknown tags: not known, so no)."""
+    try:
+        return dictionary_VM(tag) == "1"
+    except KeyError:
+        return False
 
 
 def invalid_values_reason(keywords: Sequence[str], derived: str) -> str:

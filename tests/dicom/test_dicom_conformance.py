@@ -13,6 +13,7 @@ from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
 
 from app.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
+    derived_character_set,
     invalid_values,
     with_slice_thickness,
     with_type2_attributes,
@@ -192,3 +193,23 @@ def test_a_highdicom_refusal_names_a_missing_attribute_but_no_value() -> None:
         builder_reason(AttributeError("'str' object has no attribute 'secret'"))
         == "'...' object has no attribute '...'"
     )
+
+
+def test_several_values_where_the_dictionary_allows_one_are_refused() -> None:
+    """Attack finding: a source with two Patient IDs gave a SEG and an SR with two (dciodvfy: bad multiplicity)."""
+    dataset = mr_series(tumor_channels()[:1])[0]
+    dataset.PatientID = ["ID-1", "ID-2"]
+    dataset.ImageType = ["ORIGINAL", "PRIMARY", "M"]  # 2-n: several are its form
+
+    assert invalid_values(dataset) == ["PatientID"]
+
+
+def test_a_source_without_a_character_set_but_with_latin_1_text_gives_utf_8_objects() -> None:
+    """Attack finding: such names were copied into objects declaring the default repertoire, which cannot hold
+    them; pydicom read them as Latin-1, so UTF-8 holds them as read."""
+    dataset = mr_series(tumor_channels()[:1])[0]
+    assert "SpecificCharacterSet" not in dataset or not dataset.SpecificCharacterSet
+    assert derived_character_set(dataset) is None  # ASCII only: the default repertoire still holds it
+
+    dataset.PatientName = "Müller^Jürgen"
+    assert derived_character_set(dataset) == "ISO_IR 192"
