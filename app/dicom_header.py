@@ -345,6 +345,89 @@ def bits_allocated(dataset: Dataset) -> int:
     return bits
 
 
+# Modality defined terms (PS3.3 C.7.3.1.1.1) a refusal may name; any other value is the file's content, never echoed.
+_MODALITY_TERMS = frozenset(
+    [
+        "AR",
+        "ASMT",
+        "AU",
+        "BDUS",
+        "BI",
+        "BMD",
+        "CR",
+        "CT",
+        "CTPROTOCOL",
+        "DG",
+        "DOC",
+        "DX",
+        "ECG",
+        "EPS",
+        "ES",
+        "FID",
+        "GM",
+        "HC",
+        "HD",
+        "IO",
+        "IOL",
+        "IVOCT",
+        "IVUS",
+        "KER",
+        "KO",
+        "LEN",
+        "LS",
+        "MG",
+        "MR",
+        "M3D",
+        "NM",
+        "OAM",
+        "OCT",
+        "OP",
+        "OPM",
+        "OPT",
+        "OPTBSV",
+        "OPTENF",
+        "OPV",
+        "OSS",
+        "OT",
+        "PLAN",
+        "PR",
+        "PT",
+        "PX",
+        "REG",
+        "RESP",
+        "RF",
+        "RG",
+        "RTDOSE",
+        "RTIMAGE",
+        "RTINTENT",
+        "RTPLAN",
+        "RTRAD",
+        "RTRECORD",
+        "RTSEGANN",
+        "RTSTRUCT",
+        "RWV",
+        "SEG",
+        "SM",
+        "SMR",
+        "SR",
+        "SRF",
+        "STAIN",
+        "TEXTUREMAP",
+        "TG",
+        "US",
+        "VA",
+        "XA",
+        "XC",
+    ]
+)
+
+
+def _modality_found(modality: str) -> str:
+    if not modality:
+        return "got no Modality"
+    return f"got Modality {modality}" if modality.upper() in _MODALITY_TERMS else "got another Modality"
+
+
 def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
     sop_class = dataset.get("SOPClassUID")
     if sop_class is None:
@@ -352,15 +435,17 @@ def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
             "DICOM dataset has no SOP Class UID (0008,0016): the file is truncated or not a DICOM object"
         )
     if str(sop_class) not in SUPPORTED_SOP_CLASSES:
-        name = UID(str(sop_class)).name
+        uid = UID(str(sop_class))
+        # A standard class is named; any other UID is the file's content, so never echoed.
+        found = f"{uid.name} ({uid})" if uid.name != str(uid) else "a SOP Class UID that is not a standard one"
         raise UnsupportedDicomError(
-            f"DICOM SOP class must be one of {', '.join(SUPPORTED_SOP_CLASSES.values())}; got {name} ({sop_class})"
+            f"DICOM SOP class must be one of {', '.join(SUPPORTED_SOP_CLASSES.values())}; got {found}"
         )
     modality = str(dataset.get("Modality", "") or "")
     if str(sop_class) in SECONDARY_CAPTURE_CLASSES and modality.upper() != "MR":
         raise UnsupportedDicomError(
             "a DICOM Secondary Capture is read only as a capture of an MR slice (Modality MR); "
-            f"got Modality {modality or 'missing'}"
+            + _modality_found(modality)
         )
     if not has_pixels:
         raise DicomWithoutPixelDataError(

@@ -144,16 +144,25 @@ def test_seg_of_an_mr_secondary_capture_is_valid() -> None:
     assert dciodvfy_errors(seg, "Segmentation") == []
 
 
-@pytest.mark.parametrize("modality", ["NM", "OT", ""])
-def test_non_mr_secondary_capture_is_unsupported_naming_the_modality(modality: str) -> None:
+@pytest.mark.parametrize(
+    ("modality", "found"),
+    [
+        ("NM", "got Modality NM"),
+        ("OT", "got Modality OT"),
+        ("", "got no Modality"),
+        ("DOE^JANE", "got another Modality"),
+    ],
+)
+def test_non_mr_secondary_capture_is_unsupported_naming_only_a_standard_modality(modality: str, found: str) -> None:
+    """Attack finding: any Modality value was quoted, a patient's name put there too, in the answer and the node's
+    log and Error Comment."""
     capture = secondary_capture(mr_series(tumor_channels()[:1])[0], modality)
 
     with pytest.raises(UnsupportedDicomError) as caught:
         read_dicom(to_bytes(capture))
 
     assert caught.value.message == (
-        "a DICOM Secondary Capture is read only as a capture of an MR slice (Modality MR); "
-        f"got Modality {modality or 'missing'}"
+        f"a DICOM Secondary Capture is read only as a capture of an MR slice (Modality MR); {found}"
     )
 
 
