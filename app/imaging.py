@@ -166,12 +166,25 @@ def read_image_header(data: bytes) -> RasterHeader:
             check_jpeg_structure(data, "JPEG file")  # before Pillow parses a single segment
         except JpegStructureError as error:
             raise InvalidSliceError(str(error)) from None
+    if image_format is ImageFormat.PNG:
+        _refuse_animated_png(data)
     if image_format is ImageFormat.PNG and len(data) >= 29 and data[12:16] == b"IHDR":
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         bit_depth, colour_type = data[24], data[25]
         samples = _PNG_SAMPLES.get(colour_type, 4)
         return RasterHeader(image_format, width, height, samples, 2 if bit_depth > 8 else 1)
     return _pillow_header(data, image_format)
+
+
+def _refuse_animated_png(data: bytes) -> None:
+    """An animated PNG (an acTL chunk before the image data) of several frames is refused, as a TIFF of several
+    pages is: which frame is the slice? (Decoders read its first frame and say nothing.)"""
+    image_data = data.find(b"IDAT")
+    animation = data.find(b"acTL", 8, image_data if image_data > 0 else len(data))
+    if animation > 0:
+        frames = int.from_bytes(data[animation + 4 : animation + 8], "big")
+        if frames > 1:
+            raise InvalidSliceError(f"PNG must hold one frame (one slice); this animated PNG holds {frames} frames")
 
 
 def check_image_header(header: RasterHeader, max_pixels: int, max_bytes: int | None) -> None:

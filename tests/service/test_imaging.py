@@ -303,3 +303,15 @@ def test_a_file_with_dicm_at_128_but_no_file_meta_is_a_broken_dicom_not_an_unkno
     """Attack finding: it got 415 "must be ... DICOM (DICM at byte 128)", though it holds that marker."""
     with pytest.raises(UndecodableDicomError, match="DICM at byte 128 but no file meta group"):
         sniff_format(b"\0" * 128 + b"DICM" + b"garbage" * 10)
+
+
+def test_an_animated_png_of_several_frames_is_refused_as_a_multi_page_tiff_is() -> None:
+    frames = [Image.fromarray(GREY), Image.fromarray(255 - GREY)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
+
+    with pytest.raises(InvalidSliceError, match="animated PNG holds 2 frames"):
+        decode_image(buffer.getvalue())
+    single = io.BytesIO()
+    frames[0].save(single, "PNG")
+    assert decode_image(single.getvalue()).shape == GREY.shape
