@@ -12,14 +12,19 @@ How a study flows through it:
    end-of-study signal); the pending marker's modification time is the last arrival, so this survives restarts.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
    instances and their content is fingerprinted: a second send of the same instances finds its fingerprint already
-   processed and produces nothing new (an instance sent again with other content under the same SOP Instance UID
+   analysed and produces nothing new (an instance sent again with other content under the same SOP Instance UID
    is analysed again); an instance that arrives later changes the fingerprint, so the study is processed again
-   and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902).
-4. **Send.** The results are saved in the spool and marked unsent; a second thread sends them by C-STORE to every
-   destination (`app.dicom_sender`), each retried with exponential backoff; a destination still failing is retried
-   on later passes. Every attempt is appended to ``sent.jsonl`` (the record of what was sent: destination, SOP
-   class, SOP Instance UID of the result, status). Sending has its own thread so that a destination that hangs
-   delays only the sending, never the receiving or the processing of other studies.
+   and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902). A study
+   that "failed" or was "not_analysed" is processed once more when any of its instances is sent again (after, say,
+   a fix to the memory budget or the sequence rules); only a new C-STORE does that, so it never loops. A study
+   whose ``record.json`` cannot be read is skipped (logged once), and the other studies go on.
+4. **Send.** The results are saved in the spool and marked unsent; one thread per destination sends them by C-STORE
+   (`app.dicom_sender`), each retried with exponential backoff; a destination still failing is retried on later
+   passes. Every attempt is appended to ``sent.jsonl`` (the record of what was sent: destination, SOP class, SOP
+   Instance UID of the result, status). Each destination has its own thread so that a destination that hangs delays
+   only its own deliveries, never the receiving, the processing, or the other destinations. Results still waiting
+   for a destination taken out of ``DICOM_NODE_DESTINATIONS`` are dropped at start (logged, kept in the record as
+   "dropped"), so they no longer keep the study from being purged.
 5. **Forget.** Instances and results of a study whose results were all delivered are removed after
    `SpoolLimits.retention_seconds`; its record stays.
 
@@ -41,6 +46,7 @@ DICOM attributes.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -141,7 +147,13 @@ ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is an LO
 MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundred bytes
 PDU_OVERHEAD_BYTES = 64 * 1024  # what a PDU may hold besides an instance's bytes: command set, item headers
 _UID = re.compile(r"[0-9.]{1,64}")  # the characters and length a UI value allows (leading zeros are tolerated)
-FINAL_STATUSES = ("analysed", "not_analysed", "failed")
+_FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's message quotes what the file holds
+# An outcome that a re-send of the same instances does not change. "failed" and "not_analysed" runs are not final:
+# they depend on the configuration (memory budget, sequence rules) an operator may have fixed before re-sending, so a
+# re-send is processed once more. It cannot loop: a study is looked at only while pending, and only a C-STORE (or an
+# "error" run's retry, at most `max_attempts`) marks it pending again.
+FINAL_STATUSES = ("analysed",)
+OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
 PURGE_EVERY_SECONDS = 300.0
 
 
@@ -290,10 +302,19 @@ class DicomNode:
             self._stop.clear()
             self._threads = [
                 threading.Thread(target=self._loop, args=(step,), name=f"dicom-node-{name}", daemon=True)
-                for name, step in (("worker", self._process_and_purge), ("sender", self.send_unsent))
+                for name, step in self._background_steps()
             ]
             for thread in self._threads:
                 thread.start()
+
+    def _background_steps(self) -> list[tuple[str, Callable[[], object]]]:
+        """The worker (process, purge), and one sender per destination: a destination that hangs until the send
+        timeout, or backs off between retries, holds up no other destination's deliveries."""
+        senders = [
+            (f"sender-{index}", functools.partial(self.send_unsent, (destination,)))
+            for index, destination in enumerate(self.config.destinations)
+        ]
+        return [("worker", self._process_and_purge), *senders]
 
     def stop(self) -> None:
         self._stop.set()
@@ -368,27 +389,36 @@ class DicomNode:
         return purged
 
     def process_ready(self) -> list[str]:
-        """Process every study quiet for `quiet_seconds`; return the keys of the studies processed anew."""
+        """Process every study quiet for `quiet_seconds`; return the keys of the studies processed anew.
+
+        One study's problem (an unreadable record, an instance file gone) skips that study only: the others are
+        processed in the same pass.
+        """
         now = self.clock()
         processed = []
         for key, last_arrival in sorted(self.spool.pending_studies().items(), key=lambda item: item[1]):
             if now - last_arrival < self.config.quiet_seconds:
                 continue
-            if self._process_study(key, last_arrival):
-                processed.append(key)
+            try:
+                if self._process_study(key, last_arrival):
+                    processed.append(key)
+            except Exception:  # a bug or a broken spool file: retried after another quiet period, not every pass
+                logger.exception("study not processed", extra={"fields": {"study_key": key}})
+                self.spool.touch_pending(key)
         return processed
 
     def _process_study(self, key: str, last_arrival: float) -> bool:
+        record = self.spool.readable_record(key)  # first: a study skipped for its record costs no hashing
+        if record is None:  # logged by the spool; stays pending, so a repaired record is processed
+            return False
         files = self.spool.instance_files(key)
         fingerprint = self.spool.fingerprint(files)
-        record = self.spool.read_record(key)
         runs = record["runs"]
-        done = [run for run in runs if run["fingerprint"] == fingerprint and run["status"] in FINAL_STATUSES]
-        if done:  # the same instances again: nothing new to say
+        if _already_analysed(runs, fingerprint):  # the same instances again: nothing new to say
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
             self.spool.clear_pending(key, last_arrival)
             return False
-        attempts = sum(1 for run in runs if run["fingerprint"] == fingerprint and run["status"] == "error")
+        attempts = _errors_since_last_outcome(runs, fingerprint)
         run: dict[str, Any] = {
             "run_id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
             "fingerprint": fingerprint,
@@ -446,9 +476,29 @@ class DicomNode:
 
     # -- sending ---------------------------------------------------------------------------------------------
 
-    def send_unsent(self) -> int:
-        """Send each destination what it still lacks, once its backoff has passed; return runs tried."""
-        return self.delivery.send_unsent()
+    def send_unsent(self, destinations: tuple[Destination, ...] | None = None) -> int:
+        """Send each of `destinations` (default: all, one after the other) what it still lacks, once its backoff
+        has passed; return runs tried. The sender threads call it for one destination each."""
+        return self.delivery.send_unsent(destinations)
+
+
+def _already_analysed(runs: list[dict[str, Any]], fingerprint: str) -> bool:
+    """Whether these very instances were analysed already (`FINAL_STATUSES`)."""
+    return any(run.get("fingerprint") == fingerprint and run.get("status") in FINAL_STATUSES for run in runs)
+
+
+def _errors_since_last_outcome(runs: list[dict[str, Any]], fingerprint: str) -> int:
+    """The "error" runs of these instances since their last outcome: a re-send after a "failed" run starts a fresh
+    count of `max_attempts`."""
+    errors = 0
+    for run in runs:
+        if run.get("fingerprint") != fingerprint:
+            continue
+        if run.get("status") in OUTCOME_STATUSES:
+            errors = 0
+        elif run.get("status") == "error":
+            errors += 1
+    return errors
 
 
 class DiscardedDataSet(io.BytesIO):
@@ -480,8 +530,9 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     other than the MR ones, no pixel data, colour...), a deflated data set that inflates past `max_bytes`, native
     pixel data shorter than its image (`check_native_pixel_data`), a SOP Class or Instance UID other than the
     request's (stored under the request's UID, it would replace another instance), and a SOP Instance or Study
-    Instance UID that is missing or not a UID. Each would fail only once the study is processed, long after its
-    sender was told it was kept.
+    Instance, Study Instance or Series Instance UID that is missing or not a UID. Each would fail only once the study
+    is processed, long after its sender was told it was kept. No refusal quotes a value of the instance
+    (`without_found_values`).
     """
     try:
         header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
@@ -489,19 +540,35 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
         raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
     except (UnsupportedDicomError, DicomWithoutPixelDataError) as error:
-        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, error.message) from error
+        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, without_found_values(error.message)) from error
     except ServiceError as error:
-        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, error.message) from error
+        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, without_found_values(error.message)) from error
     dataset = header.dataset
     if _uid(dataset.get("SOPClassUID")) != _uid(sop_class_uid):
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not the request's")
     if _uid(dataset.get("SOPInstanceUID")) != _uid(sop_instance_uid):
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID is not the request's")
     study_uid = _uid(dataset.get("StudyInstanceUID"))
-    for name, value in (("SOP Instance UID", _uid(sop_instance_uid)), ("Study Instance UID", study_uid)):
+    # Type 1 UIDs that processing needs: the spool files an instance by its study, the series flow groups by series.
+    required = (
+        ("SOP Instance UID", _uid(sop_instance_uid)),
+        ("Study Instance UID", study_uid),
+        ("Series Instance UID", _uid(dataset.get("SeriesInstanceUID"))),
+    )
+    for name, value in required:
         if not _UID.fullmatch(value):
             raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing or not a UID")
     return ReceivedInstance(study_uid, str(dataset.get("PatientID", "") or ""), _uid(sop_instance_uid))
+
+
+def without_found_values(message: str) -> str:
+    """A header check's message cut before the value it found (``...; got Modality XYZ``, ``...; found b'...'``).
+
+    `InstanceRefusedError` goes to the sender's Error Comment and to the log: what follows ``got``/``found`` is the
+    instance's content (a Modality, a SOP Class UID), which may be anything a sender wrote, even patient data. The
+    rule before it is the service's own text.
+    """
+    return _FOUND_VALUE.split(message, maxsplit=1)[0]
 
 
 def _uid(value: object) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from app.dicom_spool import UNSENT_MARKER, Spool, results_waiting, timestamp
+from app.dicom_spool import RECORD_FILE, UNSENT_MARKER, WAITING_STATUSES, Spool, results_waiting, timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,8 @@ class ResultSender:
         sleep: Callable[[float], None] = time.sleep,
         timeout_seconds: float = 30.0,
     ) -> None:
-        self.ae = AE(ae_title=ae_title)
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_seconds
-        self.ae.connection_timeout = timeout_seconds
+        self.ae_title = ae_title
+        self.timeout_seconds = timeout_seconds
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         self._sleep = sleep
@@ -106,17 +106,15 @@ class ResultSender:
 
     def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str]:
         """One association: (files stored, what failed or ""). A refused file does not stop the others."""
-        self.ae.requested_contexts = []
-        for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets.values()}):
-            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae = self._application_entity(datasets.values())
         started = time.monotonic()
         try:
-            association = self.ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+            association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         except (OSError, RuntimeError, ValueError) as error:
             return [], f"association failed ({type(error).__name__})"
         if not association.is_established:
-            if time.monotonic() - started >= self.ae.acse_timeout:  # pynetdicom aborts a request left unanswered
-                return [], f"no answer from the destination within {self.ae.acse_timeout:g} s"
+            if time.monotonic() - started >= self.timeout_seconds:  # pynetdicom aborts a request left unanswered
+                return [], f"no answer from the destination within {self.timeout_seconds:g} s"
             return [], _not_associated(association, datasets.values())
         accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
         stored, failures = [], []
@@ -134,6 +132,16 @@ class ResultSender:
             if association.is_established:
                 association.release()
         return stored, "; ".join(dict.fromkeys(failures))
+
+    def _application_entity(self, datasets: Iterable[Dataset]) -> AE:
+        """A fresh AE for one association: its requested contexts are per send, and destinations send in parallel
+        threads (`ResultDelivery`), so none may share one."""
+        ae = AE(ae_title=self.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_seconds
+        ae.connection_timeout = self.timeout_seconds
+        for sop_class in sorted({str(dataset.SOPClassUID) for dataset in datasets}):
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        return ae
 
 
 def _not_associated(association: Any, datasets: Iterable[Dataset]) -> str:
@@ -165,7 +173,13 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> str:
 
 class ResultDelivery:
     """Every run's results to every destination; `send_unsent` sends what a destination still lacks, once its
-    backoff has passed (at once for a new run)."""
+    backoff has passed (at once for a new run).
+
+    Each destination is meant to be served by a thread of its own (`DicomNode` runs `send_unsent` for one
+    destination per thread): a destination that hangs until the send timeout, and backs off between retries, delays
+    only its own deliveries. The threads share the spool: each writes only its destination's state in a run, under
+    the spool's record lock, so nothing one writes is undone by another.
+    """
 
     def __init__(
         self, spool: Spool, sender: ResultSender, destinations: Sequence[Destination], clock: Callable[[], float]
@@ -176,49 +190,97 @@ class ResultDelivery:
         self.clock = clock
 
     def restore_unsent_markers(self) -> int:
-        """Mark every study whose record still has results to send (a node stopped between writing a record and
-        marking it, or a marker lost): without the marker `send_unsent` would never look at it. Returns how many."""
+        """At start: drop what waits for a destination no longer configured, and mark every study whose record
+        still has results to send (a node stopped between writing a record and marking it, or a marker lost):
+        without the marker `send_unsent` would never look at it. Returns how many were marked."""
         restored = 0
-        for record_file in (self.spool.root / "studies").glob("*/record.json"):
+        for record_file in (self.spool.root / "studies").glob(f"*/{RECORD_FILE}"):
             key = record_file.parent.name
-            try:
-                record = self.spool.read_record(key)
-            except (OSError, ValueError):
-                logger.exception("unreadable study record", extra={"fields": {"study_key": key}})
+            record = self.spool.readable_record(key)
+            if record is None:  # logged by the spool; the other studies go on
                 continue
-            if results_waiting(record) and not (record_file.parent / UNSENT_MARKER).exists():
+            if self._removed_destinations(record):  # written only then: the record's time counts to its purge
+                record = self.spool.update_record(key, self._drop_removed_destinations(key))
+            marked = (record_file.parent / UNSENT_MARKER).exists()
+            if results_waiting(record) and not marked:
                 self.spool.mark_unsent(key)
                 restored += 1
+            elif marked:
+                self.spool.clear_unsent_if_all_sent(key)
         return restored
 
-    def send_unsent(self) -> int:
-        """Send to each destination what it still lacks, once its backoff has passed; return runs tried."""
+    def _removed_destinations(self, record: dict[str, Any]) -> set[str]:
+        """Destinations that results in `record` still wait for, though they are no longer configured."""
+        configured = {str(destination) for destination in self.destinations}
+        return {
+            name
+            for run in record["runs"]
+            for name, state in run.get("sent", {}).items()
+            if name not in configured and state.get("status") in WAITING_STATUSES
+        }
+
+    def _drop_removed_destinations(self, key: str) -> Callable[[dict[str, Any]], None]:
+        """A record change: results still waiting for a destination taken out of the configuration are marked
+        "dropped" (kept in the record, never sent), so that they no longer hold the study's unsent marker and its
+        retention purge."""
+
+        def drop(record: dict[str, Any]) -> None:
+            removed, dropped = self._removed_destinations(record), Counter[str]()
+            for run in record["runs"]:
+                for name, state in run.get("sent", {}).items():
+                    if name in removed and state.get("status") in WAITING_STATUSES:
+                        state.update(status="dropped", at=timestamp())
+                        dropped[name] += 1
+            for name, runs in dropped.items():
+                logger.warning(
+                    "results dropped: their destination is no longer configured",
+                    extra={"fields": {"study_key": key, "destination": name, "runs": runs}},
+                )
+
+        return drop
+
+    def send_unsent(self, destinations: Sequence[Destination] | None = None) -> int:
+        """Send to each of `destinations` (default: all, one after the other) what it still lacks, once its backoff
+        has passed; return runs tried."""
+        chosen = self.destinations if destinations is None else tuple(destinations)
         tried = 0
         for marker in sorted((self.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")):
             key = marker.parent.name
             try:
-                tried += self._send_study(key)
+                tried += self._send_study(key, chosen)
             except Exception:  # one study's problem must not hold up the others; logged with its traceback
                 logger.exception("sending a study's results failed", extra={"fields": {"study_key": key}})
         return tried
 
-    def _send_study(self, key: str) -> int:
-        record = self.spool.read_record(key)
+    def _send_study(self, key: str, destinations: Sequence[Destination]) -> int:
+        record = self.spool.readable_record(key)
+        if record is None:  # logged by the spool; its results wait until it is repaired
+            return 0
         tried = 0
         for run in record["runs"]:
-            waiting = [item for item in run.get("sent", {}).values() if item["status"] != "sent"]
-            if waiting and all(item.get("next_attempt_at", 0) <= self.clock() for item in waiting):
-                self.send_run(key, run)
+            due = [destination for destination in destinations if self._due(run, destination)]
+            if due:
+                self.send_run(key, run, due)
                 tried += 1
         self.spool.clear_unsent_if_all_sent(key)
         return tried
 
-    def send_run(self, key: str, run: dict[str, Any]) -> None:
-        """Send one run's results to every destination that still lacks some, and record each attempt."""
+    def _due(self, run: dict[str, Any], destination: Destination) -> bool:
+        """Whether `destination` still lacks some of the run's results and its backoff has passed."""
+        state = run.get("sent", {}).get(str(destination))
+        return (
+            state is not None
+            and state.get("status") in WAITING_STATUSES
+            and state.get("next_attempt_at", 0) <= self.clock()
+        )
+
+    def send_run(self, key: str, run: dict[str, Any], destinations: Sequence[Destination] | None = None) -> None:
+        """Send one run's results to each of `destinations` (default: all) that still lacks some, and record each
+        attempt."""
         folder = self.spool.study_dir(key) / "results" / run["run_id"]
-        for destination in self.destinations:
+        for destination in self.destinations if destinations is None else destinations:
             state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
-            if state["status"] == "sent":
+            if state["status"] not in WAITING_STATUSES:
                 continue
             missing = [item for item in run["results"] if item["file"] not in state.get("stored", [])]
             if not missing:  # every file was stored in an earlier pass that ended before it was recorded as sent

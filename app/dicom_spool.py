@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -32,10 +33,15 @@ from pydicom.dataset import Dataset
 from app.dicom_seg import segmentation_to_bytes
 from app.durable_files import write_atomically
 
+logger = logging.getLogger(__name__)
+
 PENDING_MARKER = "pending"
 UNSENT_MARKER = "unsent"
 RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
+WAITING_STATUSES = ("pending", "failed")
+"""A destination's state in a run that still has results to send; the others: "sent", and "dropped" (the
+destination was taken out of the configuration before it got them)."""
 
 
 MIB = 1024 * 1024
@@ -75,6 +81,7 @@ class Spool:
     _record_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _size_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # also: store against purge
     _size: int = field(default=0, repr=False)
+    _unreadable: set[str] = field(default_factory=set, repr=False)  # studies whose unreadable record was logged
 
     def __post_init__(self) -> None:
         (self.root / "studies").mkdir(parents=True, exist_ok=True)
@@ -171,6 +178,31 @@ class Spool:
             return {"runs": []}
         return json.loads(path.read_text())
 
+    def readable_record(self, key: str) -> dict[str, Any] | None:
+        """The study's record, or None if it cannot be read (truncated, not JSON, not a record).
+
+        Such a study is skipped, not fatal: one broken file must not hold up every other study. It is logged once
+        (by key and error type: the file may hold patient data) until it can be read again, not on every pass.
+        """
+        try:
+            record = self.read_record(key)
+            runs = record.get("runs") if isinstance(record, dict) else None
+            if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+                raise ValueError("not a study record")
+        except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            with self._lock:
+                first = key not in self._unreadable
+                self._unreadable.add(key)
+            if first:
+                logger.error(
+                    "study record unreadable: study skipped until it is repaired",
+                    extra={"fields": {"study_key": key, "error": type(error).__name__}},
+                )
+            return None
+        with self._lock:
+            self._unreadable.discard(key)
+        return record
+
     def write_record(self, key: str, record: dict[str, Any]) -> None:
         write_atomically(self.study_dir(key) / RECORD_FILE, json.dumps(record, indent=1).encode())
 
@@ -250,8 +282,10 @@ class Spool:
 
 
 def results_waiting(record: dict[str, Any]) -> bool:
-    """Whether any run of a study's record has results a destination still lacks."""
-    return any(state["status"] != "sent" for run in record["runs"] for state in run.get("sent", {}).values())
+    """Whether any run of a study's record has results a destination still lacks (and is still to be sent them)."""
+    return any(
+        state.get("status") in WAITING_STATUSES for run in record["runs"] for state in run.get("sent", {}).values()
+    )
 
 
 def timestamp() -> str:

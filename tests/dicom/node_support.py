@@ -171,3 +171,53 @@ def wait_for(condition: Callable[[], object], seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+class SilentDestination:
+    """A TCP port that accepts connections and never says a word: a hung PACS, until `close`."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._held.append(self._listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    def close(self) -> None:
+        """Stop listening and drop every connection: a send still waiting fails at once."""
+        self._stop.set()
+        self._thread.join()
+        for connection in self._held:
+            connection.close()
+        self._listener.close()
+
+
+def store_dataset(port: int, dataset: Dataset) -> Dataset:
+    """C-STORE `dataset` as it is (pynetdicom, no checks by a tool like storescu); return the response's status data
+    set (Status, ErrorComment)."""
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(str(dataset.SOPClassUID), [str(dataset.file_meta.TransferSyntaxUID)])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert association.is_established
+    try:
+        status = association.send_c_store(dataset)
+    finally:
+        association.release()
+    assert "Status" in status, "no answer: the association ended"
+    return status

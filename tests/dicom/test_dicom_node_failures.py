@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.dicom.node_support import (
     RESULTS_AE,
     Clock,
     ResultStore,
+    SilentDestination,
     ThresholdPredictor,
     echo,
     free_port,
@@ -157,40 +157,6 @@ def test_a_failure_while_sending_one_study_does_not_stop_the_others(
     assert len(results.by_modality("SEG")) == 1  # the second study went out
     failed = [run["sent"] for study in records(node) for run in study["runs"] if run["sent"]]
     assert sorted(state["status"] for sent in failed for state in sent.values()) == ["failed", "sent"]
-
-
-class SilentDestination:
-    """A TCP port that accepts connections and never says a word: a hung PACS, until `close`."""
-
-    def __init__(self) -> None:
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
-        self.port = int(self._listener.getsockname()[1])
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def connections(self) -> int:
-        return len(self._held)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._held.append(self._listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    def close(self) -> None:
-        """Stop listening and drop every connection: a send still waiting fails at once."""
-        self._stop.set()
-        self._thread.join()
-        for connection in self._held:
-            connection.close()
-        self._listener.close()
 
 
 @pytest.fixture

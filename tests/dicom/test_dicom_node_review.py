@@ -1,0 +1,323 @@
+"""The DICOM node against the findings of an outside review: a broken record, re-sends after a failure, refusals
+that quote nothing of the instance, a hung destination, a destination taken out of the configuration.
+
+Each test sends real DICOM over 127.0.0.1 to a node whose models are a threshold
+(`tests.dicom.node_support.ThresholdPredictor`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from app.dicom_node import DicomNode, NodeConfig, without_found_values
+from app.dicom_sender import Destination
+from app.dicom_spool import UNSENT_MARKER, SpoolLimits
+from app.study_analysis import ModelStudyProcessor
+from tests.dicom.builders import PATIENT_ID, mr_series, tumor_channels, write_files
+from tests.dicom.node_support import (
+    CALLING_AE,
+    NODE_AE,
+    QUIET_SECONDS,
+    RESULTS_AE,
+    Clock,
+    ResultStore,
+    SilentDestination,
+    ThresholdPredictor,
+    free_port,
+    process_and_send,
+    record,
+    store_dataset,
+    storescu,
+    wait_for,
+)
+
+SECRET = "SECRETVALUE"  # stands for patient data a sender put where it does not belong
+
+
+@pytest.fixture
+def node_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.INFO, logger="app"):
+        yield caplog
+
+
+def lines(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [line for line in caplog.records if line.getMessage() == message]
+
+
+def study_dirs(node: DicomNode) -> list[Path]:
+    return sorted((node.spool.root / "studies").iterdir())
+
+
+# -- 1. an unreadable record ----------------------------------------------------------------------------------------
+
+
+def test_a_study_whose_record_is_unreadable_holds_up_no_other_study(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, node_log: pytest.LogCaptureFixture
+) -> None:
+    node = make_node()
+    broken = mr_series(tumor_channels())
+    assert storescu(node, write_files(broken[:2], tmp_path / "a")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    (study,) = study_dirs(node)
+    record_file = study / "record.json"
+    record_file.write_bytes(record_file.read_bytes()[:100])  # truncated
+    assert storescu(node, write_files(broken[2:], tmp_path / "a_late")).returncode == 0
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "b")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    (healthy,) = process_and_send(node)
+    for _ in range(3):
+        clock.advance(QUIET_SECONDS)
+        assert process_and_send(node) == []
+
+    assert healthy != study.name and len(results.by_modality("SEG")) == 2
+    assert (study / "pending").exists()  # processed once the record is repaired
+    (logged,) = lines(node_log, "study record unreadable: study skipped until it is repaired")  # once, not per pass
+    assert logged.fields == {"study_key": study.name, "error": "JSONDecodeError"}
+    assert not lines(node_log, "DICOM node pass failed")
+    assert PATIENT_ID not in node_log.text
+
+
+def test_a_repaired_record_lets_its_study_be_processed(make_node: Any, clock: Clock, tmp_path: Path) -> None:
+    node = make_node()
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series[:2], tmp_path / "a")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    (study,) = study_dirs(node)
+    good = (study / "record.json").read_bytes()
+    (study / "record.json").write_text('{"runs": 3}')  # JSON, but not a record
+    assert storescu(node, write_files(series[2:], tmp_path / "late")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert process_and_send(node) == []
+
+    (study / "record.json").write_bytes(good)
+
+    assert process_and_send(node) == [study.name]
+    assert [run["instances"] for run in record(node)["runs"]] == [2, 3]
+
+
+# -- 2. a failed or not analysed study sent again -------------------------------------------------------------------
+
+
+def test_a_study_not_analysed_is_processed_once_more_when_sent_again_and_never_loops(
+    make_node: Any, clock: Clock, tmp_path: Path, node_log: pytest.LogCaptureFixture
+) -> None:
+    node = make_node()
+    files = write_files(mr_series(tumor_channels(0), series_description="AX T1"), tmp_path / "in")
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    (key,) = process_and_send(node)
+
+    assert storescu(node, files).returncode == 0  # the operator fixed the sequence rules and sends it again
+    clock.advance(QUIET_SECONDS)
+    assert process_and_send(node) == [key]
+    for _ in range(3):  # no new C-STORE: nothing more
+        clock.advance(QUIET_SECONDS)
+        assert process_and_send(node) == []
+
+    assert [run["status"] for run in record(node)["runs"]] == ["not_analysed", "not_analysed"]
+    assert not lines(node_log, "study unchanged since last processed")
+
+
+def test_a_failed_study_sent_again_gets_a_fresh_count_of_attempts(
+    make_node: Any, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = make_node(max_attempts=2)
+    files = write_files(mr_series(tumor_channels()), tmp_path / "in")
+    assert storescu(node, files).returncode == 0
+    real_processor, outcomes = node.processor, ["failed", "error", "error", "error"]
+
+    def processor(paths: list[Path]) -> Any:
+        outcome = outcomes.pop(0) if outcomes else "real"
+        if outcome == "error":
+            raise MemoryError("the decode budget is too small")
+        analysis = real_processor(paths)
+        return analysis if outcome == "real" else type(analysis)("failed", reason="over the memory budget")
+
+    monkeypatch.setattr(node, "processor", processor)
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)  # failed
+    assert storescu(node, files).returncode == 0
+    for _ in range(4):
+        clock.advance(QUIET_SECONDS)
+        process_and_send(node)
+
+    assert [run["status"] for run in record(node)["runs"]] == ["failed", "error", "error"]  # 2 attempts, then stop
+    assert node.spool.pending_studies() == {}
+
+
+def test_an_analysed_study_sent_again_unchanged_is_not_processed_again(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    files = write_files(mr_series(tumor_channels()), tmp_path / "in")
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert process_and_send(node) == []
+    assert len(results.received) == 2
+
+
+# -- 3. refusals quote no DICOM value -------------------------------------------------------------------------------
+
+
+def test_a_refused_secondary_capture_does_not_quote_its_modality(
+    make_node: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = make_node()
+    capture = mr_series(tumor_channels()[:1])[0]
+    capture.SOPClassUID = capture.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    capture.Modality = SECRET
+
+    with caplog.at_level(logging.WARNING, logger="app.dicom_node"):
+        answer = store_dataset(node.config.port, capture)
+
+    assert answer.Status == 0xA900
+    assert answer.ErrorComment.startswith("a DICOM Secondary Capture is read only as a capture")
+    (refused,) = lines(caplog, "instance refused")
+    assert SECRET not in str(refused.__dict__) and SECRET not in str(answer.ErrorComment)
+    assert list((node.spool.root / "studies").glob("*/instances/*.dcm")) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        (
+            "DICOM SOP class must be one of MR Image Storage; got 1.2.3 (1.2.3)",
+            "DICOM SOP class must be one of MR Image Storage",
+        ),
+        (
+            "a DICOM file must hold DICM at byte 128 (Part 10 format); found b'SECR'",
+            "a DICOM file must hold DICM at byte 128 (Part 10 format)",
+        ),
+        ("DICOM pixel data holds 10 bytes; Rows x Columns x frames x BitsAllocated needs 20", None),
+    ],
+    ids=["got", "found", "nothing found"],
+)
+def test_refusal_reasons_are_cut_before_the_value_found(message: str, kept: str | None) -> None:
+    assert without_found_values(message) == (kept or message)
+
+
+# -- 4. Type 1 UIDs that processing needs ---------------------------------------------------------------------------
+
+
+def test_an_instance_without_a_series_uid_is_refused_when_it_arrives(make_node: Any) -> None:
+    node = make_node()
+    orphan = mr_series(tumor_channels()[:1])[0]
+    del orphan.SeriesInstanceUID
+
+    answer = store_dataset(node.config.port, orphan)
+
+    assert (answer.Status, answer.ErrorComment) == (0xA900, "Series Instance UID missing or not a UID")
+    assert list((node.spool.root / "studies").glob("*/instances/*.dcm")) == []
+
+
+def test_an_instance_whose_series_uid_is_not_a_uid_is_refused(make_node: Any) -> None:
+    node = make_node()
+    instance = mr_series(tumor_channels()[:1])[0]
+    instance.SeriesInstanceUID = SECRET
+
+    answer = store_dataset(node.config.port, instance)
+
+    assert (answer.Status, answer.ErrorComment) == (0xA900, "Series Instance UID missing or not a UID")
+
+
+# -- 5. a hung destination ------------------------------------------------------------------------------------------
+
+
+def test_a_hung_destination_does_not_delay_the_healthy_one(results: ResultStore, tmp_path: Path) -> None:
+    hung = SilentDestination()
+    config = NodeConfig(
+        spool_dir=tmp_path / "spool",
+        ae_title=NODE_AE,
+        port=free_port(),
+        quiet_seconds=0.3,
+        poll_seconds=0.1,
+        allowed_calling_ae_titles=(CALLING_AE,),
+        destinations=(Destination("HUNG", "127.0.0.1", hung.port), Destination(RESULTS_AE, "127.0.0.1", results.port)),
+        send_retries=2,
+        send_timeout_seconds=60.0,  # longer than the test: every send to HUNG hangs throughout
+    )
+    node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()))
+    node.start()  # real threads, real clock
+    try:
+        for index in range(2):
+            assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / f"s{index}")).returncode == 0
+            assert wait_for(lambda count=index + 1: len(results.by_modality("SR")) == count, 30)
+        assert hung.connections == 1  # still waiting for its first answer
+    finally:
+        hung.close()  # the hung send fails at once, so the node stops promptly
+        node.stop()
+
+
+def test_each_destination_sent_on_its_own_records_only_its_own_state(
+    results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    other = ResultStore(free_port())
+    destinations = (Destination(RESULTS_AE, "127.0.0.1", results.port), Destination("OTHER", "127.0.0.1", other.port))
+    config = NodeConfig(
+        spool_dir=tmp_path / "spool",
+        ae_title=NODE_AE,
+        port=free_port(),
+        quiet_seconds=QUIET_SECONDS,
+        allowed_calling_ae_titles=(CALLING_AE,),
+        destinations=destinations,
+    )
+    node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()), clock=clock, sleep=lambda _: None)
+    node.start(worker=False)
+    try:
+        assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+        clock.advance(QUIET_SECONDS)
+        node.process_ready()
+
+        for destination in destinations:  # as the two sender threads do
+            assert node.send_unsent((destination,)) == 1
+            assert node.send_unsent((destination,)) == 0
+
+        (run,) = record(node)["runs"]
+        assert {name: state["status"] for name, state in run["sent"].items()} == dict.fromkeys(
+            map(str, destinations), "sent"
+        )
+        assert len(results.received) == len(other.received) == 2
+        assert not list((node.spool.root / "studies").glob(f"*/{UNSENT_MARKER}"))
+    finally:
+        node.stop()
+        other.close()
+
+
+# -- 6. a destination taken out of the configuration ----------------------------------------------------------------
+
+
+def test_results_for_a_removed_destination_are_dropped_so_the_study_is_purged(
+    make_node: Any, clock: Clock, tmp_path: Path, node_log: pytest.LogCaptureFixture
+) -> None:
+    gone = free_port()  # nothing listens there
+    node = make_node(destination_port=gone, spool_limits=SpoolLimits(retention_seconds=60))
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    node.stop()
+
+    restarted = make_node(spool_limits=SpoolLimits(retention_seconds=60))  # DICOM_NODE_DESTINATIONS changed
+
+    (study,) = study_dirs(restarted)
+    assert not (study / UNSENT_MARKER).exists()
+    (state,) = record(restarted)["runs"][0]["sent"].values()
+    assert state["status"] == "dropped"
+    (logged,) = lines(node_log, "results dropped: their destination is no longer configured")
+    assert logged.fields == {"study_key": study.name, "destination": f"{RESULTS_AE}@127.0.0.1:{gone}", "runs": 1}
+    assert restarted.send_unsent() == 0
+    clock.now = time.time() + 3600
+    assert restarted.purge_expired() == [study.name]
