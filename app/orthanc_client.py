@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,10 @@ DICOMWEB_ROOT = "dicom-web"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CHANGES_PAGE = 100
 RESULT_MODALITIES = frozenset({"SEG", "SR"})
+# StationName of the SEG and SR pacs-sync stores: the DICOM node's results carry the same Manufacturer but not this,
+# so pacs-sync supersedes (deletes) only its own. At most 16 characters (VR SH).
+SYNC_STATION_NAME = "BT-PACS-SYNC"
+INEXISTENT_ITEM = 7  # Orthanc's error code ("OrthancStatus") for a metadata name it does not declare, among others
 MEDIA_TYPE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}")
 READ_CHUNK = 64 * 1024
 DEFAULT_MAX_ANSWER_BYTES: int = Settings.model_fields["max_upload_bytes"].default
@@ -50,12 +54,14 @@ T = TypeVar("T")
 class OrthancError(RuntimeError):
     """An Orthanc call failed: a non-retryable answer, or a retryable one that outlived every retry.
 
-    `status` is the HTTP status Orthanc answered, if it answered (401 and 403: the credentials were refused).
+    `status` is the HTTP status Orthanc answered, if it answered (401 and 403: the credentials were refused);
+    `orthanc_status` the error code Orthanc's own error body names (``"OrthancStatus"``), if it has one.
     """
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, orthanc_status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.orthanc_status = orthanc_status
 
 
 class OrthancAnswerError(OrthancError):
@@ -112,8 +118,9 @@ class PacsSyncConfig:
         Largest answer read from Orthanc, an instance file or a JSON body (default `MAX_UPLOAD_BYTES`' default: the
         prediction flow refuses larger files anyway); a longer one is cut off, never held whole.
     max_study_bytes
-        Most bytes of instance files fetched for one study (default `DECODE_MEMORY_BYTES`' default: an uncompressed
-        file costs more to decode than its size, so a study past it could not pass the flow's memory budget).
+        Most bytes of instance files fetched for one study, and the prediction flow's memory budget for decoding them
+        (default `DECODE_MEMORY_BYTES`' default: an uncompressed file costs more to decode than its size, so a study
+        past it could not pass that budget).
     batch_size
         Slices per model call, to bound memory on long series.
     require_stable
@@ -231,17 +238,25 @@ class OrthancClient:
         return record if isinstance(record, dict) else {"status": "unreadable"}
 
     def write_sync_record(self, study_id: str, record: dict[str, Any]) -> None:
+        """Write our record on a study; when Orthanc says the metadata name is unknown, the error says what to declare.
+
+        Only then: a network error or a deleted study (404 "Unknown resource") is not a configuration problem.
+        """
         try:
             self._request("PUT", f"/studies/{study_id}/metadata/{SYNC_METADATA}", data=json.dumps(record))
         except OrthancError as error:
+            if error.status != 404 or error.orthanc_status != INEXISTENT_ITEM:
+                raise
             raise OrthancError(
                 f"{error}; Orthanc must declare the user-defined metadata {SYNC_METADATA!r} in its configuration, "
                 f'e.g. "UserMetadata": {{"{SYNC_METADATA}": 4600}}',
                 error.status,
+                error.orthanc_status,
             ) from error
 
-    def our_result_series(self, study_id: str) -> dict[str, str]:
-        """The SEG and SR series this service made in one Orthanc study: Orthanc ID -> Series Instance UID.
+    def our_result_series(self, study_id: str, recorded: Collection[str] = ()) -> dict[str, str]:
+        """The SEG and SR series pacs-sync stored in one Orthanc study (`stored_by_sync`, `recorded` being the Series
+        Instance UIDs the study's record names): Orthanc ID -> Series Instance UID.
 
         Listed from that study, never searched by Study Instance UID: Orthanc keys a study by Patient ID and Study
         Instance UID, so two patients' studies may share the UID, and the other patient's results are not ours.
@@ -249,14 +264,15 @@ class OrthancClient:
         found: dict[str, str] = {}
         for series in self.study_series(study_id):
             tags = series["MainDicomTags"]
-            if tags.get("Modality") in RESULT_MODALITIES and tags.get("Manufacturer") == MANUFACTURER:
+            if stored_by_sync(tags, recorded):
                 found[series["ID"]] = str(tags.get("SeriesInstanceUID", ""))
         return found
 
     def delete_our_series_by_uid(self, series_instance_uid: str) -> int:
         """Delete the series this service made with a Series Instance UID, in whichever study they landed.
 
-        Only for a UID this service has just generated (nobody else's series can carry it); returns how many.
+        Only for a UID pacs-sync has just generated (nobody else's series can carry it, so the UID, not the
+        StationName, says they are its own); returns how many.
         """
         query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_instance_uid}, "Expand": True}
         deleted = 0
@@ -308,7 +324,8 @@ class OrthancClient:
             except requests.HTTPError as error:
                 status = error.response.status_code if error.response is not None else None
                 if status not in RETRY_STATUSES or attempt == attempts - 1:
-                    raise OrthancError(f"{what} failed with HTTP {status}", status) from error
+                    code = _orthanc_status(error.response)
+                    raise OrthancError(f"{what} failed with HTTP {status}", status, code) from error
                 reason = f"HTTP {status}"
             except (requests.ConnectionError, requests.Timeout) as error:
                 if attempt == attempts - 1:
@@ -383,6 +400,25 @@ def _read_body(response: requests.Response, max_bytes: int, seconds: float) -> b
         raise
     response.raw.release_conn()
     return bytes(body)
+
+
+def stored_by_sync(tags: dict[str, Any], recorded: Collection[str] = ()) -> bool:
+    """Whether a series' main DICOM tags are those of a result pacs-sync stored: the service's SEG or SR with
+    `SYNC_STATION_NAME`, or one whose Series Instance UID is in `recorded` (a study's record names the results stored
+    before pacs-sync marked them). The DICOM node's results, delivered to the same Orthanc, are neither."""
+    if tags.get("Modality") not in RESULT_MODALITIES or tags.get("Manufacturer") != MANUFACTURER:
+        return False
+    return tags.get("StationName") == SYNC_STATION_NAME or str(tags.get("SeriesInstanceUID", "")) in recorded
+
+
+def _orthanc_status(response: requests.Response | None) -> int | None:
+    """The error code of Orthanc's JSON error body (``"OrthancStatus"``), or None for any other body; only that
+    number is read, since the body's other fields may quote the request."""
+    try:
+        code = response.json().get("OrthancStatus") if response is not None else None
+    except (ValueError, RecursionError, AttributeError):  # not JSON, or JSON that is not an object
+        return None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def _call(response: requests.Response) -> str:

@@ -13,14 +13,17 @@ it is already done.
 Results, and what supersedes what:
 
 - analysed: the SEG (when a slice is positive) and the volume report (SR, also for a negative study) are stored
-  with STOW-RS. Each processing makes new objects: a new Series Instance UID for each, the same Series Numbers
-  (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR);
-- once the new ones are stored, every earlier SEG or SR series this service made in the study (Manufacturer
-  `app.dicom_seg.MANUFACTURER`) is **deleted** from Orthanc, so a viewer never shows two answers; the record lists
-  the Series Instance UIDs it superseded. "The study" is the one Orthanc study (Patient ID + Study Instance UID),
-  never every study with its UID: another patient's results are never touched. A crash between storing and deleting
-  leaves both, and the next processing deletes the older. A study that is no longer analysed (its FLAIR deleted)
-  loses its earlier results the same way;
+  with STOW-RS, with StationName `app.orthanc_client.SYNC_STATION_NAME`. Each processing makes new objects: a new
+  Series Instance UID for each, the same Series Numbers (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG,
+  `app.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR);
+- once the new ones are stored, every earlier SEG or SR series pacs-sync stored in the study (Manufacturer
+  `app.dicom_seg.MANUFACTURER` and that StationName, or named by the study's record: see
+  `app.orthanc_client.stored_by_sync`) is **deleted** from Orthanc, so a viewer never shows two answers; the record
+  lists the Series Instance UIDs it superseded. The DICOM node's results, delivered to the same Orthanc, carry the
+  same Manufacturer but not the StationName: they are left alone. "The study" is the one Orthanc study (Patient
+  ID + Study Instance UID), never every study with its UID: another patient's results are never touched. A crash
+  between storing and deleting leaves both, and the next processing deletes the older. A study that is no longer
+  analysed (its FLAIR deleted) loses its earlier results the same way;
 - failed (nothing readable, a series that is not a volume, Orthanc errors): recorded with the error and the attempt
   count, and tried again (`app.pacs_sync` schedules it; see `PacsSyncConfig.max_attempts`).
 
@@ -42,7 +45,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.dicom_seg import software_version
-from app.orthanc_client import AnswerTooLargeError, OrthancClient, OrthancError
+from app.orthanc_client import SYNC_STATION_NAME, AnswerTooLargeError, OrthancClient, OrthancError
 from app.pacs_sync_state import SyncState
 from app.sequence_selection import StudySelection
 from app.study_analysis import StudyAnalysis
@@ -57,6 +60,7 @@ ALREADY_DONE = "already_done"
 GAVE_UP = "gave_up"
 DONE_STATUSES = frozenset({POSITIVE, NEGATIVE, NOT_ANALYSED})
 UNREADABLE = {"status": "unreadable"}  # a record this module did not write: the study is processed again
+RESULT_SERIES_FIELDS = ("seg_series_instance_uid", "sr_series_instance_uid")
 
 
 class MisplacedResultsError(RuntimeError):
@@ -200,11 +204,12 @@ class StudySync:
         new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
         try:
             for dataset in analysis.datasets:
+                dataset.StationName = SYNC_STATION_NAME  # in the object itself: a crash after the store leaves it ours
                 self.client.store(dataset)
         except Exception:
             self._withdraw(study_id, new_series)
             raise
-        superseded = self._supersede(study_id, new_series)
+        superseded = self._supersede(study_id, new_series, _recorded_results(record))
         if analysis.status == "not_analysed":
             status = NOT_ANALYSED
             fields["reason"] = analysis.reason
@@ -220,14 +225,15 @@ class StudySync:
         )
         return status
 
-    def _supersede(self, study_id: str, new_series: set[str]) -> list[str]:
+    def _supersede(self, study_id: str, new_series: set[str], recorded: set[str]) -> list[str]:
         """Delete this study's earlier results once the new ones are in it; return the Series Instance UIDs deleted.
 
-        Only the series of this Orthanc study are looked at (`OrthancClient.our_result_series`). New results that
-        did not land in it (a Patient ID the SEG or SR did not carry over as Orthanc reads it, a store a proxy
-        swallowed) are deleted wherever they are, and the earlier ones kept: they are another patient's otherwise.
+        Only the series of this Orthanc study that pacs-sync stored are looked at (`OrthancClient.our_result_series`,
+        with `recorded`, the result series its record names). New results that did not land in it (a Patient ID the
+        SEG or SR did not carry over as Orthanc reads it, a store a proxy swallowed) are deleted wherever they are,
+        and the earlier ones kept: they are another patient's otherwise.
         """
-        ours = self.client.our_result_series(study_id)
+        ours = self.client.our_result_series(study_id, recorded)
         misplaced = new_series - set(ours.values())
         if misplaced:
             for series_uid in misplaced:
@@ -364,6 +370,12 @@ def _error_text(error: Exception) -> str:
     """An Orthanc error's own message (the call, the HTTP status, what to configure: written here, never file
     content); for anything else only its type, since a library's message may quote a file's values."""
     return f"OrthancError: {error}" if isinstance(error, OrthancError) else type(error).__name__
+
+
+def _recorded_results(record: Mapping[str, Any]) -> set[str]:
+    """The Series Instance UIDs of the results a study's record names: how results pacs-sync stored before it marked
+    them with `SYNC_STATION_NAME` are still known as its own, and superseded."""
+    return {value for key in RESULT_SERIES_FIELDS if isinstance(value := record.get(key), str) and value}
 
 
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, str]:

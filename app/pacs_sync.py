@@ -248,11 +248,20 @@ def _study_of(client: OrthancClient, change: dict[str, Any], state: SyncState) -
 
 
 def _processor(config: PacsSyncConfig, predictor: Predictor) -> ModelStudyProcessor:
-    return ModelStudyProcessor(
-        predictor,
-        config.selection_rules,
-        UploadLimits(max_dicom_pixels=config.max_image_pixels),
-        batch_size=config.batch_size,
+    return ModelStudyProcessor(predictor, config.selection_rules, upload_limits(config), batch_size=config.batch_size)
+
+
+def upload_limits(config: PacsSyncConfig) -> UploadLimits:
+    """The prediction flow's limits from the configured ones, as the API and the DICOM node take them from the settings
+    (`UploadLimits.from_settings`): built-in defaults here would refuse a study that DECODE_MEMORY_BYTES was raised
+    for, after fetching it. A study is one request: `max_study_bytes` (DECODE_MEMORY_BYTES) bounds its decoding as it
+    bounds its fetch, `max_answer_bytes` (MAX_UPLOAD_BYTES) each file, `max_image_pixels` (MAX_DICOM_PIXELS) each
+    instance's pixels.
+    """
+    return UploadLimits(
+        max_upload_bytes=config.max_answer_bytes,
+        max_dicom_pixels=config.max_image_pixels,
+        max_decode_bytes=config.max_study_bytes,
     )
 
 

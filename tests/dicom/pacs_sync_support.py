@@ -16,7 +16,7 @@ from app.dicom_input import read_dicom
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import prepare_inputs
 from app.inference import Predictor, SlicePrediction
-from app.orthanc_client import OrthancClient, OrthancError, PacsSyncConfig
+from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
 from app.pacs_sync_state import SyncState
 from app.sequence_selection import DEFAULT_FLAIR_PATTERNS, DEFAULT_POST_CONTRAST_PATTERNS, DEFAULT_T1_PATTERNS
 from tests.dicom.builders import to_bytes
@@ -111,6 +111,25 @@ HTML_SECRET = "Doe^Jane"  # in the HTML page: must never reach an error message 
 
 def json_answer(value: Any, status: int = 200) -> Answer:
     return status, "application/json", json.dumps(value).encode()
+
+
+def orthanc_error(status: int, orthanc_status: int, message: str, uri: str) -> Answer:
+    """An error answer as Orthanc 1.10 writes it (its error body, without a Content-Type)."""
+    body = {
+        "HttpError": "Not Found" if status == 404 else "Error",
+        "HttpStatus": status,
+        "Message": message,
+        "Method": "PUT",
+        "OrthancError": message,
+        "OrthancStatus": orthanc_status,
+        "Uri": uri,
+    }
+    return status, "", json.dumps(body, indent="\t").encode()
+
+
+def undeclared_metadata(study_id: str) -> Answer:
+    """Orthanc's answer to the record's PUT when its configuration does not declare `SYNC_METADATA`."""
+    return orthanc_error(404, 7, "Accessing an inexistent item", f"/studies/{study_id}/metadata/{SYNC_METADATA}")
 
 
 class CannedSession(requests.Session):

@@ -8,9 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 
-from app.orthanc_client import OrthancAnswerError, OrthancClient, OrthancError, PacsSyncConfig
-from tests.dicom.pacs_sync_support import HTML_PAGE, HTML_SECRET, Answer, CannedSession, json_answer
+from app.orthanc_client import SYNC_METADATA, OrthancAnswerError, OrthancClient, OrthancError, PacsSyncConfig
+from tests.dicom.pacs_sync_support import (
+    HTML_PAGE,
+    HTML_SECRET,
+    Answer,
+    CannedSession,
+    json_answer,
+    orthanc_error,
+    undeclared_metadata,
+)
 
 CONFIG = PacsSyncConfig("http://orthanc.invalid:8042", retries=2, backoff_seconds=0.5)
 SERIES = {"ID": "s1", "Instances": ["i1"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
@@ -136,3 +145,64 @@ def test_orthanc_client_reads_answers_of_the_right_shape() -> None:
     assert client.series("gone") is None  # 404
     assert client.study_of_instance("i1") == "st1"
     assert client.study_series("st1") == [SERIES, result]
+
+
+RECORD_PUT = f"PUT /studies/st1/metadata/{SYNC_METADATA}"
+METADATA_HINT = f"Orthanc must declare the user-defined metadata {SYNC_METADATA!r}"
+
+
+class FailingSession(requests.Session):
+    """Fails every request as the network would, with `error`."""
+
+    def __init__(self, error: requests.RequestException) -> None:
+        super().__init__()
+        self.error = error
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        raise self.error
+
+
+def test_orthanc_client_says_what_to_declare_when_orthanc_does_not_know_the_metadata() -> None:
+    client = client_for({RECORD_PUT: [undeclared_metadata("st1")]})
+
+    with pytest.raises(OrthancError) as raised:
+        client.write_sync_record("st1", {"status": "negative"})
+
+    assert str(raised.value).startswith(f"{RECORD_PUT} failed with HTTP 404; {METADATA_HINT} in its configuration")
+    assert (raised.value.status, raised.value.orthanc_status) == (404, 7)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (
+            orthanc_error(404, 17, "Unknown resource", f"/studies/st1/metadata/{SYNC_METADATA}"),  # study deleted
+            f"{RECORD_PUT} failed with HTTP 404",
+        ),
+        (json_answer({"Message": "Unknown metadata"}, 404), f"{RECORD_PUT} failed with HTTP 404"),  # not Orthanc's
+        ((404, "text/html", b"<html>Not Found</html>"), f"{RECORD_PUT} failed with HTTP 404"),  # a proxy's page
+        (orthanc_error(500, 7, "Accessing an inexistent item", "/"), f"{RECORD_PUT} failed with HTTP 500"),
+        ((503, "text/plain", b"busy"), f"{RECORD_PUT} failed with HTTP 503"),
+    ],
+)
+def test_orthanc_client_gives_the_metadata_hint_for_no_other_answer(answer: Answer, message: str) -> None:
+    client = client_for({RECORD_PUT: [answer]})
+
+    with pytest.raises(OrthancError) as raised:
+        client.write_sync_record("st1", {"status": "negative"})
+
+    assert str(raised.value) == message
+    assert METADATA_HINT not in str(raised.value)
+
+
+@pytest.mark.parametrize("error", [requests.ConnectionError("refused"), requests.ReadTimeout("slow")])
+def test_orthanc_client_gives_no_metadata_hint_when_orthanc_does_not_answer(error: requests.RequestException) -> None:
+    client = OrthancClient(CONFIG, session=FailingSession(error), sleep=lambda _: None)
+
+    with pytest.raises(OrthancError) as raised:
+        client.write_sync_record("st1", {"status": "negative"})
+
+    assert str(raised.value) == (
+        f"{RECORD_PUT} at http://orthanc.invalid:8042 failed after 3 attempts: {type(error).__name__}"
+    )
+    assert raised.value.status is None and METADATA_HINT not in str(raised.value)

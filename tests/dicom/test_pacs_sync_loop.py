@@ -12,7 +12,14 @@ from app.pacs_study import StudySync
 from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
-from tests.dicom.pacs_sync_support import HTML_PAGE, HTML_SECRET, CannedSession, NegativePredictor, json_answer
+from tests.dicom.pacs_sync_support import (
+    HTML_PAGE,
+    HTML_SECRET,
+    CannedSession,
+    NegativePredictor,
+    json_answer,
+    undeclared_metadata,
+)
 
 CONFIG = PacsSyncConfig("http://orthanc.invalid", poll_seconds=7.0, retries=1, backoff_seconds=0.0, retry_seconds=60)
 EMPTY_PAGE = {"Changes": [], "Done": True, "Last": 9}
@@ -109,7 +116,7 @@ def test_a_study_whose_record_orthanc_refuses_is_logged_with_what_to_configure(
         "GET /series/s1": [json_answer(series)],
         "GET /studies/st1": [json_answer({"ID": "st1"})],
         "GET /studies/st1/series": [json_answer([])],  # nothing to analyse: only the record is written
-        f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({"Message": "Unknown metadata"}, 404)],
+        f"PUT /studies/st1/metadata/{SYNC_METADATA}": [undeclared_metadata("st1")],
     }
     client = OrthancClient(CONFIG, session=CannedSession(answers), sleep=lambda _: None)
 
