@@ -30,6 +30,7 @@ from app.errors import (
     UndecodableDicomError,
     UndecodableImageError,
     UnsupportedMediaTypeError,
+    decoder_reason,
 )
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
@@ -379,7 +380,7 @@ def _tiff_header(data: bytes) -> RasterHeader:
     except ServiceError:
         raise
     except Exception as error:  # tifffile raises TiffFileError, ValueError, struct.error ... for broken files
-        raise UndecodableImageError(f"TIFF file cannot be decoded: {error}") from error
+        raise UndecodableImageError(f"TIFF file cannot be decoded: {decoder_reason(error)}") from error
     if page_count != 1:
         raise InvalidSliceError(f"TIFF must hold one page (one slice); it holds {page_count} pages")
     return header
@@ -428,12 +429,12 @@ def _decode_tiff(data: bytes) -> np.ndarray:
             except Exception as error:
                 array = _decode_with_opencv(data)
                 if array is None:
-                    raise UndecodableImageError(f"TIFF file cannot be decoded: {error}") from error
+                    raise UndecodableImageError(f"TIFF file cannot be decoded: {decoder_reason(error)}") from error
                 axes = "YXS" if array.ndim == 3 else "YX"
     except ServiceError:
         raise
     except Exception as error:  # tifffile raises TiffFileError, ValueError, struct.error ... for broken files
-        raise UndecodableImageError(f"TIFF file cannot be decoded: {error}") from error
+        raise UndecodableImageError(f"TIFF file cannot be decoded: {decoder_reason(error)}") from error
     if array.ndim == 3 and axes.startswith("S"):  # planar configuration: samples first
         array = np.moveaxis(array, 0, -1)
     return array

@@ -315,3 +315,9 @@ def test_an_animated_png_of_several_frames_is_refused_as_a_multi_page_tiff_is() 
     single = io.BytesIO()
     frames[0].save(single, "PNG")
     assert decode_image(single.getvalue()).shape == GREY.shape
+
+
+def test_a_broken_tiff_structure_is_explained_not_reported_as_a_bare_index() -> None:
+    """Attack finding: a BigTIFF header followed by garbage answered "TIFF file cannot be decoded: 0"."""
+    with pytest.raises(UndecodableImageError, match="malformed where the reader expected more \\(IndexError\\)"):
+        decode_image(b"II+\x00\x08\x00\x00\x00" + b"\0" * 20)
