@@ -30,7 +30,7 @@ from app.dicom_series import (
     plan_series,
     series_breaks,
 )
-from app.errors import InvalidSliceError, MixedInputError, ServiceError
+from app.errors import InvalidSliceError, MixedInputError, SegmentationInputError, ServiceError
 from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget
 from app.model_runners import ModelRunner, Models
@@ -364,7 +364,7 @@ def in_request_order(
 
 def refuse_segmentation_of_raster(segmentation: bool) -> None:
     if segmentation:
-        raise InvalidSliceError(
+        raise SegmentationInputError(
             "output=dicom-seg and output=dicom-sr need DICOM input: a DICOM SEG or SR must reference the DICOM "
             "instances it describes"
         )

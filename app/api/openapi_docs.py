@@ -33,13 +33,16 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode(
         "invalid_image",
         400,
-        "the image decodes but is no slice (e.g. two channels, a multi-page TIFF), or "
-        "output=dicom-seg was asked for a PNG/JPEG/TIFF",
+        "the image decodes but is no slice (e.g. two channels, a multi-page TIFF, under 32 pixels a side)",
     ),
     ErrorCode("undecodable_dicom", 400, "a DICOM file that is truncated or unreadable"),
     ErrorCode("dicom_without_pixel_data", 400, "a DICOM file with no image in it"),
     ErrorCode("invalid_dicom_image", 400, "a colour DICOM, or frames that do not group into slices"),
-    ErrorCode("invalid_segmentation_input", 400, "the DICOM series cannot be referenced by a DICOM SEG"),
+    ErrorCode(
+        "invalid_segmentation_input",
+        400,
+        "the DICOM series cannot be referenced by a DICOM SEG, or output=dicom-seg was asked for a PNG/JPEG/TIFF",
+    ),
     ErrorCode(
         "invalid_report_input", 400, "the DICOM series cannot be described by a DICOM SR (no StudyInstanceUID...)"
     ),

@@ -10,12 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from fastapi.testclient import TestClient
 
 from app.api.openapi_docs import EXAMPLES_FILE
 from app.main import create_app
 from app.settings import Settings
-from tests.api.service_client import running_client
+from tests.api.service_client import png_bytes, running_client
 from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 
@@ -61,6 +62,7 @@ def collect(client: TestClient, limited: TestClient, unready: TestClient) -> dic
         client.post("/v1/predict", files={"file": ("notes.txt", b"not an image\n", "text/plain")}),
         client.post("/v1/predict", files={"other": ("a.jpg", b"x", "image/jpeg")}),
         client.post("/v1/predict", files=[("file", jpeg(TUMOR_SLICE))] * 2),
+        client.post("/v1/predict", files={"file": ("tiny.png", png_bytes(np.zeros((16, 16), np.uint8)), "image/png")}),
         client.post("/v1/predict?output=dicom-seg", files={"file": jpeg(TUMOR_SLICE)}),
         client.post("/v1/predict/batch", files=[dicom[0], ("files", jpeg(TUMOR_SLICE))]),
         limited.post("/v1/predict/batch", files=[("files", jpeg(TUMOR_SLICE))] * 9),

@@ -218,7 +218,7 @@ def test_dicom_seg_of_a_png_is_refused(client: TestClient) -> None:
     assert response.status_code == 400
     assert response.json() == {
         "error": {
-            "code": "invalid_image",
+            "code": "invalid_segmentation_input",  # the image is fine; the SEG asked for cannot cover it
             "message": "output=dicom-seg and output=dicom-sr need DICOM input: a DICOM SEG or SR must reference the "
             "DICOM instances it describes",
         }
