@@ -234,13 +234,14 @@ def test_read_dicom_checks_pixel_count_before_decoding(flair: np.ndarray) -> Non
 
 def replaced(data: bytes, old: bytes, new: bytes) -> bytes:
     """`data` with the one occurrence of `old` overwritten by `new` of the same length: a malformed value that
-    pydicom would refuse to write. Each `old` has a component with a leading zero (".07"), which no valid UID has:
-    the files' UIDs are random, and "7.77" once turned up in one of them too."""
+    pydicom would refuse to write. Each `old` is a decimal with an exponent ("7.07E0"): the files also hold random
+    UIDs ("7.77" once turned up in one) and times of day with fractions of a second ("152437.071234" holds "7.07",
+    which failed a clean-clone run), and neither ever holds an "E"."""
     assert len(old) == len(new) and data.count(old) == 1, old
     return data.replace(old, new)
 
 
-def multiframe_with_slopes(slopes: Sequence[float]) -> bytes:
+def multiframe_with_slopes(slopes: Sequence[float | str]) -> bytes:
     legacy = mr_series([image.astype(np.uint16) for image in tumor_channels()])
     for dataset, slope in zip(legacy, slopes, strict=True):
         dataset.RescaleSlope, dataset.RescaleIntercept = slope, 0.0
@@ -251,11 +252,11 @@ def multiframe_with_slopes(slopes: Sequence[float]) -> bytes:
 def malformed_dicom(flair: np.ndarray, case: str) -> bytes:
     """Files that made the service answer 500 (issue 16, item 4)."""
     if case == "slope-not-a-number":
-        return replaced(to_bytes(single_mr(flair, rescale=(7.07, 0.0))), b"7.07", b"ab.c")
+        return replaced(to_bytes(single_mr(flair, rescale=("7.07E0", 0.0))), b"7.07E0", b"ab.cE0")
     if case == "intercept-not-a-number":
-        return replaced(to_bytes(single_mr(flair, rescale=(1.0, 5.05))), b"5.05", b"ab.c")
+        return replaced(to_bytes(single_mr(flair, rescale=(1.0, "5.05E0"))), b"5.05E0", b"ab.cE0")
     if case == "per-frame-slope-not-a-number":
-        return replaced(multiframe_with_slopes((1.25, 7.07, 3.5)), b"7.07", b"ab.c")
+        return replaced(multiframe_with_slopes((1.25, "7.07E0", 3.5)), b"7.07E0", b"ab.cE0")
     if case == "modality-lut-without-descriptor":
         dataset = single_mr(flair)
         item = Dataset()

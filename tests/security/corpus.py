@@ -300,10 +300,12 @@ def deflated_dicom(
 ) -> bytes:
     """A Deflated Explicit VR Little Endian MR file of black frames, deflated as it is written: the pixel data is
     never held, so a file that inflates to gigabytes is built in milliseconds. Files given one
-    `series_instance_uid` are one series (a batch of files of several unnamed series is refused before decoding)."""
+    `series_instance_uid` are one series of one study (a batch of files of several unnamed series is refused before
+    decoding, one of several studies too)."""
     dataset = _mr_header(rows, columns, frames, bits)
     if series_instance_uid is not None:
         dataset.SeriesInstanceUID = series_instance_uid
+        dataset.StudyInstanceUID = generate_uid(entropy_srcs=[series_instance_uid])  # the series' own study
     dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, False
