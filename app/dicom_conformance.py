@@ -107,32 +107,35 @@ def missing_plane_attributes(frames: Sequence[DicomFrame]) -> list[str]:
     ]
 
 
-# Lengths a SEG's Pixel Measures and an SR's image library copy from the sources, and the values the standard allows
-# them: a pixel spacing above 0, a thickness or spacing between slices of at least 0.
-COPIED_LENGTHS = (
-    ("PixelSpacing", 0.0, False),
-    ("SliceThickness", 0.0, True),
-    ("SpacingBetweenSlices", 0.0, True),
-)
+# Lengths a SEG's Pixel Measures and an SR's image library copy from the sources, each with whether the standard
+# allows it to be 0 (none may be negative).
+COPIED_LENGTHS = (("PixelSpacing", False), ("SliceThickness", True), ("SpacingBetweenSlices", True))
 
 
 def impossible_lengths(sources: Sequence[Dataset]) -> list[str]:
     """The `COPIED_LENGTHS` that any of `sources` (top level or shared functional groups) gives a value the standard
     does not allow. A JSON answer leaves the volume out for them; a SEG or SR would copy them (attack finding:
     a SEG with Pixel Spacing 0, an SR image library with 0 in it, a negative Spacing Between Slices)."""
-    impossible = []
-    for keyword, least, inclusive in COPIED_LENGTHS:
-        for source in sources:
-            value = frame_value(source, 0, "PixelMeasuresSequence", keyword)
-            numbers = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
-            try:
-                lengths = [float(number) for number in numbers if number is not None and str(number) != ""]
-            except (TypeError, ValueError):
-                continue  # unreadable: refused where the frame is read
-            if any(length < least or (length == least and not inclusive) for length in lengths):
-                impossible.append(keyword)
-                break
-    return impossible
+    return [
+        keyword
+        for keyword, zero_allowed in COPIED_LENGTHS
+        if any(
+            length < 0 or (length == 0 and not zero_allowed)
+            for source in sources
+            for length in _lengths_in(source, keyword)
+        )
+    ]
+
+
+def _lengths_in(source: Dataset, keyword: str) -> list[float]:
+    """The numbers of a length attribute; none when it is absent, empty or unreadable (an unreadable one is refused
+    where the frame is read, `app.dicom_frame`)."""
+    value = frame_value(source, 0, "PixelMeasuresSequence", keyword)
+    items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
+    try:
+        return [float(item) for item in items if item is not None and str(item) != ""]
+    except (TypeError, ValueError):
+        return []
 
 
 def impossible_lengths_reason(keywords: Sequence[str], derived: str) -> str:
