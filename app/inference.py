@@ -195,12 +195,20 @@ class Predictor:
 
     @classmethod
     def from_model_dir(
-        cls, model_dir: str | Path, observer: InferenceObserver | None = None, runtime: str = "keras"
+        cls,
+        model_dir: str | Path,
+        observer: InferenceObserver | None = None,
+        runtime: str = "keras",
+        manifest: Manifest | None = None,
     ) -> Predictor:
-        """Verify the manifest's sha256s and load both models for `runtime` (`ModelStoreError` names any problem)."""
+        """Verify the manifest's sha256s and load both models for `runtime` (`ModelStoreError` names any problem).
+
+        `manifest`: one the caller has just read with `read_manifest` (the service checks it before serving), so
+        the model files are not hashed a second time.
+        """
         if runtime not in RUNTIMES:
             raise ModelStoreError(f"inference runtime must be one of {RUNTIMES}; got {runtime!r}")
-        manifest = read_manifest(model_dir)
+        manifest = manifest or read_manifest(model_dir)
         classifier = load_for_inference(model_dir, manifest.classifier, runtime)
         segmenter = load_for_inference(model_dir, manifest.segmenter, runtime)
         compiles_per_batch_size = False

@@ -55,6 +55,7 @@ async def load_models(app: FastAPI) -> None:
             state.settings.model_dir,
             state.metrics.observe_inference,
             state.settings.inference_runtime,
+            state.manifest,  # verified by the lifespan before serving
         )
         await asyncio.to_thread(predictor.warm_up, state.settings.inference_batch_size)
     except Exception as error:  # whatever it is, readiness must say so rather than wait forever

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import main
+from app.core import model_store
 from app.core.model_store import ModelStoreError
 from app.main import create_app
 from app.settings import Settings
@@ -37,10 +39,10 @@ def gate_model_loading(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     gate = threading.Event()
     load = main.Predictor.from_model_dir
 
-    def gated_load(model_dir, observer=None, runtime="keras"):
+    def gated_load(model_dir, observer=None, runtime="keras", manifest=None):
         if not gate.wait(timeout=60):
             raise ModelStoreError("test gate was never opened")
-        return load(model_dir, observer, runtime)
+        return load(model_dir, observer, runtime, manifest)
 
     monkeypatch.setattr(main.Predictor, "from_model_dir", gated_load)
     return gate
@@ -133,7 +135,7 @@ def test_read_readiness_is_503_until_models_load(tiny_model_dir: Path, monkeypat
 def test_read_readiness_says_loading_failed_and_keeps_the_reason_for_the_log(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def failing_load(model_dir, observer=None, runtime="keras"):
+    def failing_load(model_dir, observer=None, runtime="keras", manifest=None):
         raise ModelStoreError(f"cannot load {model_dir}/tumor_classifier.weights.h5: bad weights")
 
     monkeypatch.setattr(main.Predictor, "from_model_dir", failing_load)
@@ -181,6 +183,22 @@ def test_startup_refuses_tampered_weights(copied_model_dir: Path, file_name: str
         f"sha256 mismatch for {path}: manifest says {recorded}, file has {actual}; "
         "refusing to load a model file that changed after export"
     )
+
+
+def test_startup_hashes_each_model_file_once(copied_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: list[str] = []
+    sha256_of = model_store.sha256_of
+
+    def counted_sha256_of(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return sha256_of(path)
+
+    monkeypatch.setattr(model_store, "sha256_of", counted_sha256_of)
+    with TestClient(create_app(Settings(model_dir=copied_model_dir))) as client:
+        wait_until_ready(client)
+
+    files = [name for name in os.listdir(copied_model_dir) if name != "manifest.json"]
+    assert sorted(hashed) == sorted(files)  # checked before serving, and not again when loading
 
 
 def test_startup_refuses_tampered_architecture(copied_model_dir: Path) -> None:
