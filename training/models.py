@@ -122,6 +122,27 @@ def build_flair_classifier(
     return model
 
 
+def build_standardized_classifier(
+    input_shape: Sequence[int] = INPUT_SHAPE,
+    filters: Sequence[int] = CLASSIFIER_FILTERS,
+    dropout: float = 0.3,
+    name: str = "tumor_classifier",
+) -> keras.Model:
+    """`build_classifier` behind a per-slice standardization: each channel of each slice to mean 0 and variance 1
+    (instance normalization: `GroupNormalization` with one group per channel), then a learned scale and offset.
+
+    Tried for issue 14 (`--classifier-backbone cnn-standardized`): the classifier's specificity drops from validation
+    to test patients, and brightness and contrast differ between scanners and institutions; a classifier that never
+    sees a slice's absolute intensities cannot learn them. The statistics include the background, so a slice with
+    little brain is stretched more. A built-in layer, so the architecture file loads without custom code.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = layers.GroupNormalization(groups=input_shape[-1], epsilon=1e-3, name="slice_standardization")(inputs)
+    x = classifier_stem(x, filters[0])
+    x = classifier_stages(x, filters[1:])
+    return keras.Model(inputs, probability_head(x, dropout), name=name)
+
+
 def flair_classifier_from(plain: keras.Model) -> keras.Model:
     """A FLAIR classifier with every weight of `plain` (a `build_classifier` model): on a slice whose three
     channels are FLAIR it answers exactly as `plain` does."""

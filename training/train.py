@@ -52,6 +52,7 @@ from training.models import (
     build_flair_classifier,
     build_mirror_classifier,
     build_resunet,
+    build_standardized_classifier,
     build_tumor_map_classifier,
     fine_stem_classifier_from,
     flair_classifier_from,
@@ -71,6 +72,7 @@ CLASSIFIER_BACKBONES = {
     "cnn": build_classifier,
     "cnn-mirror": build_mirror_classifier,
     "cnn-flair": build_flair_classifier,
+    "cnn-standardized": build_standardized_classifier,
     "cnn-fine-stem": functools.partial(build_classifier, stem_pooling=False),
     "segmenter-encoder": build_encoder_classifier,
     "efficientnet-lite0": build_efficientnet_lite0_classifier,
@@ -459,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
         "its features mirrored left to right (cnn-mirror; a plain classifier's --initial-weights start it unchanged), "
         "or the CNN without its stem's pooling, its stages at 128 x 128 (cnn-fine-stem; a plain classifier's "
         "--initial-weights start it), or the CNN that reads FLAIR alone (cnn-flair; a plain classifier's "
-        "--initial-weights start it)",
+        "--initial-weights start it), or the CNN behind a per-slice standardization of each channel "
+        "(cnn-standardized; trained from scratch)",
     )
     parser.add_argument(
         "--initial-weights",

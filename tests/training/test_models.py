@@ -13,6 +13,7 @@ from training.models import (
     build_encoder_classifier,
     build_mirror_classifier,
     build_resunet,
+    build_standardized_classifier,
     fine_stem_classifier_from,
     flair_classifier_from,
     load_classifier,
@@ -219,6 +220,23 @@ def test_flair_classifier_reads_flair_alone_and_starts_from_a_plain_classifier(t
 def test_flair_classifier_refuses_a_start_that_is_not_a_plain_classifier():
     with pytest.raises(ValueError, match="not a plain classifier"):
         flair_classifier_from(build_mirror_classifier())
+
+
+def test_standardized_classifier_answers_alike_whatever_the_brightness_and_contrast():
+    rng = np.random.default_rng(11)
+    image = rng.random((2, 256, 256, 3)).astype("float32")
+    model = build_standardized_classifier()
+    head = model.get_layer("tumor_probability")
+    kernel, bias = head.get_weights()
+    head.set_weights([rng.normal(0.0, 0.5, kernel.shape).astype("float32"), bias])  # answers that differ by slice
+
+    # A slice at half the brightness, or with an offset, reaches the stem unchanged (up to the epsilon) ...
+    answers = np.asarray(model(image)).ravel()
+    np.testing.assert_allclose(np.asarray(model(image * 0.5 + 0.1)).ravel(), answers, atol=2e-3)
+    # ... while the answer still depends on the image itself.
+    assert abs(answers[0] - answers[1]) > 1e-3
+    # Built-in layers only: its architecture file loads without custom code.
+    assert keras.models.model_from_json(architecture_json(model)).get_layer("slice_standardization")
 
 
 def test_a_compiled_and_an_uncompiled_model_of_one_architecture_average_together(tmp_path):
