@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, File, Header, Query, Request, Security, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Query, Request, Security, UploadFile, params
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -94,6 +94,25 @@ SeriesQuery = Annotated[
 ]
 
 
+def query_parameters(*known: str) -> params.Depends:
+    """A route dependency that refuses a query parameter the route does not take, or one given more than once.
+
+    Why: a misspelt parameter (`mask_fromat=png`) would be ignored and the request answered with the defaults, and
+    of `output=json&output=dicom-seg` only the last would count: either way an answer to a question not asked.
+    """
+
+    async def refuse_others(request: Request) -> None:
+        for name in dict.fromkeys(request.query_params.keys()):
+            if name not in known:
+                shown = name if len(name) <= 40 else f"{name[:40]}..."
+                taken = ", ".join(known) if known else "no query parameters"
+                raise RequestValidationFailed(f"query.{shown}: not a parameter of this endpoint (it takes {taken})")
+            if (count := len(request.query_params.getlist(name))) > 1:
+                raise RequestValidationFailed(f"query.{name}: given {count} times; give it once")
+
+    return Depends(refuse_others)
+
+
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     """Read a file part, at most one byte past the per-file limit (so an oversized file is never read whole)."""
     data = await upload.read(settings.max_upload_bytes + 1)
@@ -126,6 +145,7 @@ def wants_segmentation(output: schemas.OutputFormat) -> bool:
 
 @router.post(
     "/predict",
+    dependencies=[query_parameters("mask_format", "output")],
     openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.PredictionResponse,
     responses=ERROR_RESPONSES | PREDICT_EXAMPLES,
@@ -163,6 +183,7 @@ async def create_prediction(
 
 @router.post(
     "/predict/batch",
+    dependencies=[query_parameters("mask_format", "output", "series")],
     openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.BatchPredictionResponse | schemas.SeriesPredictionResponse,
     responses=ERROR_RESPONSES | BATCH_EXAMPLES,
@@ -226,6 +247,7 @@ async def create_batch_prediction(
 
 @router.post(
     "/overlay",
+    dependencies=[query_parameters()],
     openapi_extra=OPTIONAL_API_KEY,
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "the slice with the tumor outline"}}

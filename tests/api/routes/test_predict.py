@@ -469,3 +469,64 @@ def test_predict_logs_input_hash_never_file_name(client: TestClient, caplog: pyt
     for record in caplog.records:
         assert "DOE^JANE" not in record.getMessage()
         assert "DOE^JANE" not in repr(vars(record))
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "message"),
+    [
+        (
+            "/v1/predict",
+            "mask_fromat=png",
+            "query.mask_fromat: not a parameter of this endpoint (it takes mask_format, output)",
+        ),
+        (
+            "/v1/predict",
+            "series=true",
+            "query.series: not a parameter of this endpoint (it takes mask_format, output)",
+        ),
+        ("/v1/predict", "output=json&output=dicom-seg", "query.output: given 2 times; give it once"),
+        (
+            "/v1/predict/batch",
+            "mask_format=png&Series=true",
+            "query.Series: not a parameter of this endpoint (it takes mask_format, output, series)",
+        ),
+        ("/v1/predict/batch", "series=true&series=false", "query.series: given 2 times; give it once"),
+        (
+            "/v1/overlay",
+            "mask_format=png",
+            "query.mask_format: not a parameter of this endpoint (it takes no query parameters)",
+        ),
+        (
+            "/v1/predict",
+            "x" * 100,
+            f"query.{'x' * 40}...: not a parameter of this endpoint (it takes mask_format, output)",
+        ),
+    ],
+)
+def test_unknown_or_repeated_query_parameters_are_refused(
+    client: TestClient, path: str, query: str, message: str
+) -> None:
+    """A misspelt parameter was answered with the defaults, and of a repeated one the last counted."""
+    field = "files" if path.endswith("batch") else "file"
+    response = client.post(f"{path}?{query}", files={field: ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg")})
+
+    assert response.status_code == 422
+    assert response.json() == {"error": {"code": "validation_error", "message": message}}
+    assert_still_serving(client)
+
+
+def test_every_query_parameter_a_route_documents_is_taken(client: TestClient) -> None:
+    """The refusal's list of known parameters and the routes' own parameters are one list."""
+    values = {"mask_format": "rle", "output": "json", "series": "true"}
+    expected = {"/v1/predict": ["mask_format", "output"], "/v1/predict/batch": ["mask_format", "output", "series"]}
+    documented = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/overlay"):
+        names = [item["name"] for item in documented[path]["post"].get("parameters", []) if item["in"] == "query"]
+        assert names == expected.get(path, [])
+        field = "files" if path.endswith("batch") else "file"
+        response = client.post(
+            path,
+            params={name: values[name] for name in names},
+            files={field: ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg")},
+        )
+        assert response.status_code == 200, (path, response.text)
