@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pydicom
@@ -150,6 +152,20 @@ class DicomHeader:
         check_cost("DICOM file", self.cost_bytes, self.describe(), max_bytes)
 
 
+@contextmanager
+def garbled_values_refused() -> Iterator[None]:
+    """Reading a data set's values, turn any exception but the service's own into `UndecodableDicomError`: pydicom
+    parses lazily, so a garbled value surfaces on first access, as any exception type."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except Exception as error:
+        raise UndecodableDicomError(
+            f"DICOM file cannot be read (truncated or corrupt): {decoder_reason(error)}"
+        ) from error
+
+
 def read_dicom_header(
     data: bytes, max_pixels: int = DEFAULT_MAX_DICOM_PIXELS, max_bytes: int | None = None
 ) -> DicomHeader:
@@ -168,7 +184,7 @@ def read_dicom_header(
     app.errors.ImageTooLargeError, app.errors.OverMemoryBudgetError
     """
     _check_part10(data)
-    try:
+    with garbled_values_refused():
         meta_end, transfer_syntax = _file_meta(data)
         if _is_deflated(transfer_syntax):
             dataset, has_pixels, inflated = _inflated_header(data, meta_end, max_bytes)
@@ -189,12 +205,6 @@ def read_dicom_header(
         _check_functional_groups(dataset)
         rows, columns, frames = image_dimensions(dataset)
         bits = bits_allocated(dataset)
-    except ServiceError:
-        raise
-    except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
-        raise UndecodableDicomError(
-            f"DICOM file cannot be read (truncated or corrupt): {decoder_reason(error)}"
-        ) from error
     if rows * columns * frames > max_pixels:
         raise ImageTooLargeError(
             f"DICOM image is {rows}x{columns} pixels x {frames} frames = {rows * columns * frames} pixels; "

@@ -28,6 +28,7 @@ from app.dicom_header import (
     PIXEL_DATA_KEYWORDS,
     DicomHeader,
     bits_allocated,
+    garbled_values_refused,
     image_dimensions,
     read_dicom_header,
 )
@@ -90,17 +91,11 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
     ------
     UndecodableDicomError, UnsupportedDicomError, InvalidDicomImageError
     """
-    try:
+    with garbled_values_refused():
         dataset = pydicom.dcmread(io.BytesIO(header.data))
         _check_complete(dataset)
         # The same bytes parse the same way; this only guards the allocation below against any disagreement.
         found = (*image_dimensions(dataset), bits_allocated(dataset))
-    except ServiceError:
-        raise
-    except Exception as error:  # pydicom parses lazily: a garbled value surfaces as any type on first access
-        raise UndecodableDicomError(
-            f"DICOM file cannot be read (truncated or corrupt): {decoder_reason(error)}"
-        ) from error
     frames = header.frames
     if found != (header.rows, header.columns, frames, header.bits_allocated):
         raise UndecodableDicomError("DICOM file reads differently from its header (rows, columns, frames or bits)")
