@@ -77,7 +77,8 @@ class Tally:
 
 
 TallyObserver = Callable[[Tally], None]
-"""Told a request's tally once the models have answered (before a later step, like the SEG, can fail)."""
+"""Told a request's tally once its answers are final (after the series clean-up, which can turn a slice negative;
+before a later step, like the SEG, can fail), so the metrics and the audit log count what the client is told."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,8 +245,8 @@ class PredictionService:
             if series:
                 check_one_size(decoded)
             predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
-        tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
         predictions = await self._cpu(self.finish, predictions, series)
+        tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
         ordered = in_request_order(prepared, predictions)
         outcomes = await self._cpu(payloads.payloads, ordered, self.threshold, mask_format)
         return BatchAnswer(ordered, outcomes, tally)
@@ -293,10 +294,10 @@ class PredictionService:
         if series.inputs:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
             predictions = await self.run_models(batch, sizes)
-        tally = self._count(predictions, len(series.file_errors), on_tally)
         frames = [slice_input.reference for slice_input in series.inputs]
         order = anatomical_order(frames)
         predictions = await self._cpu(self.finish, predictions, True, order, series_breaks(frames, order))
+        tally = self._count(predictions, len(series.file_errors), on_tally)
         result = await self._cpu(
             partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
         )
@@ -346,7 +347,7 @@ class PredictionService:
         return function(*arguments)
 
     def _count(self, predictions: Sequence[SlicePrediction], failed: int, on_tally: TallyObserver | None) -> Tally:
-        """The tally of a request, told to the service's and the call's observers as soon as the models answered."""
+        """The tally of a request's final answers, told to the service's and the call's observers."""
         tally = Tally.of(predictions, failed)
         for observer in (self.on_predictions, on_tally):
             if observer is not None:

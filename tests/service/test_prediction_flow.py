@@ -23,7 +23,7 @@ from app.imaging import decode_image
 from app.inference import Predictor, SlicePrediction
 from app.masks import decode_rle
 from app.model_runners import predictor_runner
-from app.prediction import PredictionService, in_request_order
+from app.prediction import PredictionService, Tally, in_request_order
 from tests.api.service_client import decode_png_mask, png_bytes, resized, tiff_bytes
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes
@@ -286,12 +286,16 @@ def test_series_batch_drops_an_isolated_small_blob_and_keeps_a_blob_across_slice
     # Slices 0-2 share a 12 x 12 blob (432 voxels); slice 3 has a 3 x 3 blob far away, alone (9 voxels).
     blobs = {0: (slice(100, 112), slice(100, 112)), 1: (slice(100, 112), slice(100, 112))}
     blobs |= {2: (slice(100, 112), slice(100, 112)), 3: (slice(10, 13), slice(10, 13))}
-    service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False)
+    told: list[Tally] = []
+    service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False, on_predictions=told.append)
 
     as_series = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
     one_by_one = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE))
 
     assert [prediction.detected for prediction in as_series.predictions] == [True, True, True, False]
+    # The metrics and the audit log count what the client is told, after the clean-up (they counted 4 positives).
+    assert as_series.tally == told[0] == Tally(positive=3, negative=1)
+    assert one_by_one.tally == told[1] == Tally(positive=4, negative=0)
     assert as_series.predictions[3].mask is None and as_series.predictions[3].probability == 0.9
     assert int(as_series.predictions[0].mask.sum()) == 144
     assert as_series.outcomes[3].mask is None and as_series.outcomes[3].tumor_detected is False
@@ -441,3 +445,4 @@ def test_a_dicom_series_is_not_joined_across_two_or_more_missing_slices(last_pos
     answer = asyncio.run(service.predict_files([to_bytes(dataset) for dataset in datasets], schemas.MaskFormat.RLE))
 
     assert [prediction.detected for prediction in answer.result.predictions] == [True, True, True, kept]
+    assert answer.tally == Tally(positive=3 + kept, negative=1 - kept)
