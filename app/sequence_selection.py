@@ -3,15 +3,18 @@
 The models learned FLAIR (with pre- and post-contrast T1 as the other two channels). Scanners and PACS send series
 in no useful order, so the roles come from each series' own attributes, never from its position in a request:
 
-1. **Text**: Series Description or Protocol Name matched case-insensitively against wildcards (`SelectionRules`).
-   A name that matches a T1 wildcard is T1 even when it also says FLAIR (``T1 FLAIR`` is T1-weighted).
+1. **Text**: Series Description, else Protocol Name, matched case-insensitively against wildcards
+   (`SelectionRules`). The Series Description decides when it matches a FLAIR or T1 wildcard: Protocol Name is often
+   the whole examination's protocol (``MR BRAIN W WO T1 T2 FLAIR``), naming every sequence of it. A name that
+   matches a T1 wildcard is T1 even when it also says FLAIR (``T1 FLAIR`` is T1-weighted).
 2. **Sequence attributes**, which confirm or replace the text: an inversion-recovery sequence (Scanning Sequence
    ``IR``) with Inversion Time at or above `flair_min_inversion_ms` is FLAIR (fluid suppression needs TI about
    1500-2800 ms; STIR and T1-weighted IR use far shorter TIs); a named FLAIR whose stated TI is below that is not
    FLAIR. Without a name, short TR and TE (`t1_max_repetition_ms`, `t1_max_echo_ms`) or an IR with a TI between
    `t1_inversion_ms` is T1.
 3. **Contrast**: a T1 (or FLAIR) series is post-contrast when its Contrast/Bolus Agent (or Ingredient, Route,
-   Volume) is filled in, or its name matches a post-contrast wildcard (``*POST*``, ``*+C*``, ``*GAD*``).
+   Volume) is filled in, or its name matches a post-contrast wildcard (``*POST*``, ``*+C*``, ``*GAD*``): the name
+   that said the role when one did, so a ``W WO CONTRAST`` examination protocol does not make every series post.
 
 A study is analysed when it has a FLAIR series; the pre- and post-contrast T1 series are used only when exactly one
 of each is found, else FLAIR goes alone (as the models were trained to accept) and the selection says why. Several
@@ -129,8 +132,10 @@ class SeriesInfo:
         )
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name in (self.description, self.protocol_name) if name)
+    def names(self) -> tuple[tuple[str, str], ...]:
+        """(attribute, value) of the names given, Series Description first."""
+        named = (("Series Description", self.description), ("Protocol Name", self.protocol_name))
+        return tuple((attribute, value) for attribute, value in named if value)
 
     def sort_key(self) -> tuple[int, str]:
         return (self.series_number if self.series_number is not None else 1 << 30, self.series_instance_uid)
@@ -194,23 +199,25 @@ def classify_series(series: SeriesInfo, rules: SelectionRules | None = None) -> 
     rules = rules or SelectionRules()
     if series.modality and series.modality.upper() != "MR":
         return SeriesClassification(series, SequenceRole.OTHER, f"Modality is {series.modality}, not MR")
-    contrast_evidence = _contrast_evidence(series, rules)
-    named_t1 = _first_match(series.names, rules.t1_patterns)
-    named_flair = _first_match(series.names, rules.flair_patterns)
+    role_name = _role_name(series, rules)
+    names = (role_name,) if role_name else series.names
+    contrast_evidence = _contrast_evidence(series, names, rules)
+    named_t1 = _name_match((role_name,), rules.t1_patterns) if role_name else None
+    named_flair = _name_match((role_name,), rules.flair_patterns) if role_name else None
     inversion = series.inversion_time_ms
     is_ir = "IR" in series.scanning_sequence
     if named_t1 is not None:
-        return _t1(series, f"name matches {named_t1}", contrast_evidence, named=True)
+        return _t1(series, named_t1, contrast_evidence, named=True)
     if named_flair is not None:
         if inversion is not None and inversion < rules.flair_min_inversion_ms:
             return SeriesClassification(
                 series,
                 SequenceRole.OTHER,
-                f"name matches {named_flair} but Inversion Time {inversion:g} ms is below the FLAIR minimum "
+                f"{named_flair} but Inversion Time {inversion:g} ms is below the FLAIR minimum "
                 f"{rules.flair_min_inversion_ms:g} ms",
             )
         confirmed = inversion is not None
-        evidence = f"name matches {named_flair}" + (f", Inversion Time {inversion:g} ms" if confirmed else "")
+        evidence = named_flair + (f", Inversion Time {inversion:g} ms" if confirmed else "")
         return SeriesClassification(
             series, SequenceRole.FLAIR, evidence, named=True, by_attributes=confirmed, contrast=bool(contrast_evidence)
         )
@@ -339,17 +346,28 @@ def _t1(series: SeriesInfo, evidence: str, contrast_evidence: str | None, named:
     return SeriesClassification(series, SequenceRole.T1_PRE, f"{evidence}; no contrast agent stated", named=named)
 
 
-def _contrast_evidence(series: SeriesInfo, rules: SelectionRules) -> str | None:
+def _role_name(series: SeriesInfo, rules: SelectionRules) -> tuple[str, str] | None:
+    """The (attribute, value) of the name that says the series' role: the first, Series Description before Protocol
+    Name, that matches a FLAIR or T1 wildcard; None when neither does."""
+    for name in series.names:
+        if _name_match((name,), (*rules.t1_patterns, *rules.flair_patterns)):
+            return name
+    return None
+
+
+def _contrast_evidence(series: SeriesInfo, names: Sequence[tuple[str, str]], rules: SelectionRules) -> str | None:
+    """Contrast by the Contrast/Bolus attributes, else by `names` (the name that says the role, when one does)."""
     if series.contrast_agent:
         return "Contrast/Bolus attributes filled in"
-    pattern = _first_match(series.names, rules.post_contrast_patterns)
-    return f"name matches {pattern}" if pattern is not None else None
+    return _name_match(names, rules.post_contrast_patterns)
 
 
-def _first_match(names: Sequence[str], patterns: Sequence[str]) -> str | None:
+def _name_match(names: Sequence[tuple[str, str]], patterns: Sequence[str]) -> str | None:
+    """ "<attribute> matches <wildcard>" for the first wildcard that one of the (attribute, value) `names` matches."""
     for pattern in patterns:
-        if any(fnmatch.fnmatchcase(name.upper(), pattern.upper()) for name in names):
-            return pattern
+        for attribute, value in names:
+            if fnmatch.fnmatchcase(value.upper(), pattern.upper()):
+                return f"{attribute} matches {pattern}"
     return None
 
 

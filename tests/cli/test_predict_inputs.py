@@ -188,6 +188,6 @@ def test_predict_refuses_a_t1_series_as_the_api_does(
     assert code == 1
     assert json.loads(out)["error"]["code"] == "no_flair_series"
     assert err == (
-        "brain-tumor predict: error: the request's one series (number 1) is T1 pre-contrast (name matches *T1*; no "
-        "contrast agent stated); the models read FLAIR, so it is not analysed\n"
+        "brain-tumor predict: error: the request's one series (number 1) is T1 pre-contrast (Series Description "
+        "matches *T1*; no contrast agent stated); the models read FLAIR, so it is not analysed\n"
     )

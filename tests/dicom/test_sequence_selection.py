@@ -95,8 +95,48 @@ def test_t1_only_study_is_not_analysed_with_the_reason() -> None:
     assert selection.channel_series == ()
     assert selection.reason is not None
     assert selection.reason.startswith("the study has no FLAIR series")
-    assert "T1 pre-contrast (name matches *T1*" in selection.reason
+    assert "T1 pre-contrast (Series Description matches *T1*" in selection.reason
     assert "T1 post-contrast" in selection.reason
+
+
+def with_protocol(dataset: Dataset, protocol_name: str) -> Dataset:
+    dataset.ProtocolName = protocol_name
+    return dataset
+
+
+@pytest.mark.parametrize(
+    ("description", "protocol_name", "role", "evidence"),
+    [
+        # The examination's protocol names every sequence: the Series Description decides (it was refused as T1).
+        ("AX FLAIR", "MR BRAIN W WO T1 T2 FLAIR", SequenceRole.FLAIR, "Series Description matches *FLAIR*"),
+        ("AX T1 SE", "MR BRAIN W WO T1 T2 FLAIR", SequenceRole.T1_PRE, "Series Description matches *T1*"),
+        # A description that says nothing of the sequence leaves it to the Protocol Name.
+        ("", "t2_tirm_tra_dark-fluid", SequenceRole.FLAIR, "Protocol Name matches *DARK*FLUID*"),
+        ("AX 5MM", "T1 SE AXIAL", SequenceRole.T1_PRE, "Protocol Name matches *T1*"),
+    ],
+)
+def test_the_series_description_decides_before_the_protocol_name(
+    description: str, protocol_name: str, role: SequenceRole, evidence: str
+) -> None:
+    header = with_protocol(series_header(description, repetition_ms=9000.0, echo_ms=120.0), protocol_name)
+
+    classification = classify_series(SeriesInfo.from_dataset(header))
+
+    assert classification.role is role
+    assert classification.evidence.startswith(evidence)
+
+
+def test_contrast_in_the_examination_protocol_does_not_make_a_named_flair_post_contrast() -> None:
+    study = Study()
+    flair = with_protocol(series_header("AX FLAIR", 3, study=study), "BRAIN W AND WO CONTRAST")
+    other = with_protocol(series_header("AX FLAIR POST GAD", 9, study=study), "BRAIN W AND WO CONTRAST")
+
+    selection = select_sequences([other, flair])
+
+    by_uid = {item.series.series_instance_uid: item for item in selection.classifications}
+    assert not by_uid[flair.SeriesInstanceUID].contrast
+    assert by_uid[other.SeriesInstanceUID].contrast
+    assert selection.flair is not None and selection.flair.series_instance_uid == flair.SeriesInstanceUID
 
 
 def test_t2_weighted_mr_test_file_is_not_flair() -> None:

@@ -99,7 +99,7 @@ def test_three_series_in_all_six_orders_give_the_same_answer(client: TestClient,
         assert body["series_left_out"] == [] and body["file_errors"] == []
     flair_evidence = next(item for item in bodies[0]["series_used"] if item["role"] == "FLAIR")
     assert flair_evidence["series_description"] == "AX T2 FLAIR"
-    assert flair_evidence["evidence"] == "name matches *FLAIR*"
+    assert flair_evidence["evidence"] == "Series Description matches *FLAIR*"
 
 
 def test_series_without_names_are_mapped_by_their_sequence_attributes(client: TestClient, predictor: Predictor) -> None:
@@ -140,8 +140,8 @@ def test_one_t1_series_is_not_analysed(client: TestClient, output: str) -> None:
     error = response.json()["error"]
     assert error["code"] == "no_flair_series"
     assert error["message"] == (
-        "the request's one series (number 3) is T1 pre-contrast (name matches *T1*; no contrast agent stated); "
-        "the models read FLAIR, so it is not analysed"
+        "the request's one series (number 3) is T1 pre-contrast (Series Description matches *T1*; no contrast agent "
+        "stated); the models read FLAIR, so it is not analysed"
     )
 
 
@@ -164,7 +164,8 @@ def test_t1_pair_without_flair_is_not_analysed(client: TestClient) -> None:
     assert error["code"] == "no_flair_series"
     assert error["message"].startswith(
         "the request's files span 2 series and none is FLAIR: the study has no FLAIR series (the models read FLAIR); "
-        "found: T1 pre-contrast (name matches *T1*; no contrast agent stated), T1 post-contrast (name matches *T1*;"
+        "found: T1 pre-contrast (Series Description matches *T1*; no contrast agent stated), T1 post-contrast "
+        "(Series Description matches *T1*;"
     )
 
 
