@@ -207,6 +207,11 @@ class ModelInfo(BaseModel):
         description="segmenter: a slice answered on its own loses mask pieces smaller than this many pixels of the "
         "256 x 256 grid; when none is left the slice is still reported as tumor, without a mask (0: every piece kept)",
     )
+    series_min_component_voxels: int = Field(
+        default=0,
+        description="segmenter: in a series, 3-D mask pieces smaller than this many voxels of the 256 x 256 grid are "
+        "dropped (the series clean-up), and a slice left without a mask is not detected (0: no clean-up)",
+    )
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> ModelInfo:
@@ -219,6 +224,7 @@ class ModelInfo(BaseModel):
             flip_average=entry.flip_average,
             single_slice_mask_min_probability=entry.single_slice_mask_min_probability,
             single_slice_min_component_pixels=entry.single_slice_min_component_pixels,
+            series_min_component_voxels=entry.series_min_component_voxels,
         )
 
 

@@ -64,6 +64,19 @@ def test_committed_manifest_carries_the_choices_its_evaluation_made(
     assert committed_manifest["metrics"] == evaluation["metrics"]
 
 
+def test_models_endpoint_shows_every_choice_that_shapes_an_answer(
+    committed_client: TestClient, committed_manifest: dict
+) -> None:
+    segmenter = committed_client.get("/v1/models").json()["segmenter"]
+
+    for choice in (
+        "series_min_component_voxels",
+        "single_slice_mask_min_probability",
+        "single_slice_min_component_pixels",
+    ):
+        assert segmenter[choice] == committed_manifest["segmenter"][choice] > 0
+
+
 def test_committed_predict_detects_tumor_with_dice_over_0_7(committed_client: TestClient) -> None:
     response = committed_client.post(
         "/v1/predict", params={"mask_format": "both"}, files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")

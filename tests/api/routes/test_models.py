@@ -24,6 +24,7 @@ def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_ma
             "flip_average": False,
             "single_slice_mask_min_probability": 0.0,
             "single_slice_min_component_pixels": 0,
+            "series_min_component_voxels": entry.get("series_min_component_voxels", 0),
         }
     assert body["classifier"]["threshold"] == 0.0
     assert body["segmenter"]["threshold"] == 0.5
