@@ -6,6 +6,7 @@ Only `keras` layers are used, so the same code builds the models on the TensorFl
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -396,7 +397,12 @@ def load_classifier(weights: str | Path) -> keras.Model:
 
 
 def load_checkpoint(weights: str | Path, build_default: Callable[[], keras.Model]) -> keras.Model:
-    """`weights` in the architecture its run saved beside them (`architecture.json`), else in `build_default()`."""
+    """`weights` in the architecture its run saved beside them (`architecture.json`), else in `build_default()`.
+
+    A missing file is a `FileNotFoundError` naming it (h5py's own names none), which the commands report as a usage
+    error."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such weights file", str(weights))
     architecture = Path(weights).parent / ARCHITECTURE_NAME
     model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_default()
     model.load_weights(weights)

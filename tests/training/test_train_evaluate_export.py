@@ -13,7 +13,7 @@ from app.core.model_store import ModelStoreError, load_models, read_manifest
 from app.inference import SlicePrediction
 from app.series_result import single_slice_answers
 from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
-from training.data import DatasetError, SliceArrays, find_slices, load_slices
+from training.data import DatasetError, SliceArrays, find_slices, load_slices, usage_errors
 from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, load_classifier, weights_average
 
 # The runs below train a ResUNet of three stages: the full one spends about 20 s tracing its training step. (Four or
@@ -714,3 +714,12 @@ def test_loss_options_are_refused_out_of_range_or_for_the_tumor_map_classifier(c
         train.parse_arguments(["--model", "classifier", "--data-root", "data", "--output-dir", "runs/x", *options])
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_weights_file_that_is_not_there_is_a_usage_error_naming_it(tmp_path, capsys):
+    """h5py's own error named no file: the commands printed "...: None"."""
+    missing = tmp_path / "nowhere.weights.h5"
+    with pytest.raises(SystemExit) as raised, usage_errors("evaluate"):
+        load_classifier(missing)
+    assert raised.value.code == 2
+    assert capsys.readouterr().err == f"evaluate: error: no such weights file: {missing}\n"
