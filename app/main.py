@@ -174,6 +174,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         UploadLimitMiddleware,
         default_limit=settings.max_upload_bytes + 64 * 1024,  # multipart framing around one file
         limits={"/v1/predict/batch": settings.max_batch_upload_bytes},
+        sources={
+            "": "MAX_UPLOAD_BYTES and 64 KiB for the form around the file",
+            "/v1/predict/batch": "MAX_BATCH_UPLOAD_BYTES",
+        },
     )
     app.add_middleware(
         AccessControlMiddleware,

@@ -255,22 +255,32 @@ class UploadLimitMiddleware:
 
     The `Content-Length` header is checked first; a body sent without one (chunked) is counted as it streams, and
     cut off with 413 once it passes the limit. `limits` maps exact paths to their limit; others get
-    `default_limit`.
+    `default_limit`. `sources` says where a path's limit comes from (its settings), so that the refusal tells the
+    client which setting to look at ("" for the default limit).
     """
 
-    def __init__(self, app: ASGIApp, default_limit: int, limits: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        default_limit: int,
+        limits: Mapping[str, int] | None = None,
+        sources: Mapping[str, str] | None = None,
+    ) -> None:
         self.app = app
         self.default_limit = default_limit
         self.limits = dict(limits or {})
+        self.sources = dict(sources or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         limit = self.limits.get(scope["path"], self.default_limit)
+        source = self.sources.get(scope["path"] if scope["path"] in self.limits else "")
+        at_most = f"request body must be at most {limit} bytes" + (f" ({source})" if source else "")
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            error = PayloadTooLargeError(f"request body must be at most {limit} bytes; Content-Length is {declared}")
+            error = PayloadTooLargeError(f"{at_most}; Content-Length is {declared}")
             await self._reject(scope, receive, send, error)
             return
 
@@ -287,7 +297,7 @@ class UploadLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit and not response_started:
                     rejected = True
-                    error = PayloadTooLargeError(f"request body must be at most {limit} bytes; got more")
+                    error = PayloadTooLargeError(f"{at_most}; got more")
                     await self._reject(scope, receive, send, error)
                     # The app sees the client go away; whatever it answers is dropped by `guarded_send`.
                     return {"type": "http.disconnect"}

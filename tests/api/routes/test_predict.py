@@ -363,7 +363,8 @@ def test_predict_rejects_body_over_limit_before_reading_it(limited_client: TestC
     error = response.json()["error"]
     assert error["code"] == "payload_too_large"
     assert re.fullmatch(
-        rf"request body must be at most {LIMITED_UPLOAD_BYTES + 64 * 1024} bytes; Content-Length is \d+",
+        rf"request body must be at most {LIMITED_UPLOAD_BYTES + 64 * 1024} bytes \(MAX_UPLOAD_BYTES and 64 KiB for "
+        r"the form around the file\); Content-Length is \d+",
         error["message"],
     ), error["message"]
     assert response.headers["X-Request-ID"]
@@ -383,7 +384,8 @@ def test_predict_rejects_chunked_body_over_limit(limited_client: TestClient) -> 
     assert response.json() == {
         "error": {
             "code": "payload_too_large",
-            "message": f"request body must be at most {LIMITED_UPLOAD_BYTES + 64 * 1024} bytes; got more",
+            "message": f"request body must be at most {LIMITED_UPLOAD_BYTES + 64 * 1024} bytes (MAX_UPLOAD_BYTES "
+            "and 64 KiB for the form around the file); got more",
         }
     }
     assert_still_serving(limited_client)
