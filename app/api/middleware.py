@@ -193,10 +193,11 @@ def is_public(path: str) -> bool:
 
 
 class AccessControlMiddleware:
-    """With API keys configured, refuse requests without a valid `X-API-Key` (401), and throttle failed keys per
-    client address: once an address has spent its `failed_keys` budget, all its requests get 429 until the budget
-    refills, before any key is checked (a right key then gains a guesser nothing). Then apply the per-client rate
-    limit (429 with `Retry-After`). The client of the rate limit is the key id, or the address without keys."""
+    """With API keys configured, refuse requests without a valid `X-API-Key` (401), and throttle wrong keys per
+    client address (a missing or empty header is no guess and is not counted): once an address has spent its
+    `failed_keys` budget, all its requests get 429 until the budget refills, before any key is checked (a right key
+    then gains a guesser nothing). Then apply the per-client rate limit (429 with `Retry-After`). The client of the
+    rate limit is the key id, or the address without keys."""
 
     def __init__(
         self,
@@ -227,9 +228,11 @@ class AccessControlMiddleware:
                     )
                     await self._reject(scope, receive, send, error)
                     return
-            key_id = self.keys.authenticate(Headers(scope=scope).get(API_KEY_HEADER))
+            presented = Headers(scope=scope).get(API_KEY_HEADER)
+            key_id = self.keys.authenticate(presented)
             if key_id is None:
-                if self.failed_keys is not None:
+                # Only a wrong key is a guess: a browser opening /docs without one must not lock its address out.
+                if self.failed_keys is not None and presented:
                     self.failed_keys.acquire(address)
                 await self._reject(
                     scope, receive, send, AuthenticationError(f"a valid {API_KEY_HEADER} header is required")

@@ -110,6 +110,16 @@ def test_failed_keys_are_throttled_per_address(keyed_app, audit_path: Path):
     assert len(throttled) == 2 and all(entry["peer"] == PEER[0] for entry in throttled)
 
 
+def test_requests_without_a_key_do_not_lock_the_address_out(keyed_app):
+    """A browser opening /docs, /openapi.json and /metrics sends no key: each is a 401, none of them a guess."""
+    browser = TestClient(keyed_app, client=PEER)
+    for path in ("/docs", "/openapi.json", "/metrics", "/v1/models", "/v1/models"):
+        assert_error(browser.get(path), 401, "unauthorized")
+    assert_error(browser.get("/v1/models", headers={"X-API-Key": ""}), 401, "unauthorized")
+
+    assert browser.get("/v1/models", headers={"X-API-Key": KEY}).status_code == 200
+
+
 def test_request_id_is_the_servers_and_the_clients_is_kept_apart(keyed_client: TestClient, audit_path: Path):
     headers = {"X-API-Key": KEY, "X-Request-ID": "same-id"}
     upload = {"file": ("a.gif", b"GIF89a", "image/gif")}
