@@ -28,7 +28,7 @@ from app import schemas
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
 from app.predict_command import OutputFormat
-from app.settings import SettingsError, get_settings
+from app.settings import AE_TITLE_RULE, HTTP_URL_RULE, Settings, SettingsError, get_settings, is_ae_title, is_http_url
 
 if TYPE_CHECKING:
     from app.inference import Predictor
@@ -77,11 +77,11 @@ def serve(args: argparse.Namespace) -> int:
     from app.main import create_app
     from app.security import KeyConfigurationError
 
-    settings = get_settings()
+    # --host and --port go into the settings the app is built with, so that what it says about its address (the
+    # warning for a public one without API keys) is about the address uvicorn binds.
+    settings = with_address(get_settings(), host=args.host, port=args.port)
     configure_logging(settings.log_level)
-    if settings.inference_runtime == "keras":
-        # The log is JSON lines; TensorFlow's C++ startup lines (oneDNN, CPU features) would break it.
-        import_tensorflow_quietly(verbose=args.verbose)
+    hold_back_tensorflow_log(settings, args.verbose)
     try:
         app = create_app(settings)
     except KeyConfigurationError as error:
@@ -98,8 +98,8 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(handled, lambda number, frame: None)
     uvicorn.run(
         app,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=settings.host,
+        port=settings.port,
         log_config=None,  # keep our JSON logging
         access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
         # Header size and time, body idle time, connection count, idle uploads at shutdown: see app.http_protocol.
@@ -115,6 +115,11 @@ def serve(args: argparse.Namespace) -> int:
         ws="none",
     )
     return 0
+
+
+def with_address(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """`settings` with `serve --host/--port` where given (an empty --host is not given: it would bind everywhere)."""
+    return settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -216,6 +221,14 @@ def load_predictor(model_dir: Path, runtime: str, verbose: bool) -> Predictor:
         return Predictor.from_model_dir(model_dir, runtime=runtime)
 
 
+def hold_back_tensorflow_log(settings: Settings, verbose: bool) -> None:
+    """For the commands whose log is JSON lines (serve, pacs-sync, dicom-node): TensorFlow's C++ startup lines
+    (oneDNN, CPU features, absl) would break it, so with the Keras runtime it is imported now, quietly unless
+    `verbose`. ONNX Runtime never starts TensorFlow."""
+    if settings.inference_runtime == "keras":
+        import_tensorflow_quietly(verbose)
+
+
 def import_tensorflow_quietly(verbose: bool) -> None:
     """Import TensorFlow and Keras now, their startup log held back unless `verbose` (see `app.tensorflow_log`)."""
     from app.tensorflow_log import tensorflow_log_held
@@ -234,21 +247,29 @@ def pacs_sync(args: argparse.Namespace) -> int:
     from app import pacs_sync as sync
     from app.logging_config import configure_logging
 
-    configure_logging(get_settings().log_level)
-    return sync.main(args)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    if args.orthanc and not is_http_url(args.orthanc):
+        return fail(f"brain-tumor pacs-sync: error: --orthanc {HTTP_URL_RULE}; got {args.orthanc!r}", EXIT_USAGE)
+    hold_back_tensorflow_log(settings, args.verbose)
+    return sync.main(args, settings)
 
 
 def dicom_node(args: argparse.Namespace) -> int:
     from app import dicom_node as node
     from app.logging_config import configure_logging
 
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
     if args.port is not None and not MIN_PORT <= args.port <= MAX_PORT:  # 0 would listen on a port chosen at random
         return fail(
             f"brain-tumor dicom-node: error: --port must be {MIN_PORT} to {MAX_PORT}; got {args.port}", EXIT_USAGE
         )
+    if args.ae_title is not None and not is_ae_title(args.ae_title):
+        return fail(f"brain-tumor dicom-node: error: --ae-title: {AE_TITLE_RULE}; got {args.ae_title!r}", EXIT_USAGE)
+    hold_back_tensorflow_log(settings, args.verbose)
     try:
-        return node.main(args)
+        return node.main(args, settings)
     except (OSError, OverflowError, ValueError) as error:  # the spool folder, the address, the AE title
         return fail(f"brain-tumor dicom-node: cannot start: {describe_start_error(error)}", EXIT_USAGE)
 
@@ -295,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="predict, serve, train, evaluate: show TensorFlow's and Keras's startup log",
+        help="predict, serve, pacs-sync, dicom-node, train, evaluate: show TensorFlow's and Keras's startup log",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

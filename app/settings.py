@@ -19,6 +19,7 @@ from app.sequence_selection import (
     DEFAULT_FLAIR_PATTERNS,
     DEFAULT_POST_CONTRAST_PATTERNS,
     DEFAULT_T1_PATTERNS,
+    SelectionRules,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,10 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # Never echoed in an error message: their values are credentials.
 SECRET_SETTINGS = frozenset({"api_keys", "orthanc_password"})
 SHOWN_VALUE_CHARACTERS = 80
+AE_TITLE_RULE = "an AE title is 1 to 16 printable ASCII characters, not all spaces, without a backslash"
+HTTP_URL_RULE = "must start with http:// or https://"
+# FLAIR's inversion time must stay above the range that marks an inversion-recovery series as T1.
+T1_MAX_INVERSION_MS = SelectionRules.t1_inversion_ms[1]
 
 
 class SettingsError(ValueError):
@@ -94,7 +99,9 @@ class Settings(BaseSettings):
         gt=0,
         description="largest accepted DICOM file in pixels (rows x columns x frames), checked before decoding",
     )
-    orthanc_url: str = Field(default="http://127.0.0.1:8042", description="Orthanc (PACS) base URL for pacs-sync")
+    orthanc_url: str = Field(
+        default="http://127.0.0.1:8042", description="Orthanc (PACS) base URL for pacs-sync (http:// or https://)"
+    )
     orthanc_username: str | None = Field(default=None, description="Orthanc HTTP basic-auth user")
     orthanc_password: SecretStr | None = Field(default=None, description="Orthanc HTTP basic-auth password")
     pacs_poll_seconds: float = Field(default=30.0, gt=0, description="pacs-sync: pause between passes")
@@ -133,8 +140,9 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         default=30,
         gt=0,
-        description="failed API keys a minute per client address; past it every request from that address gets 429 "
-        "until the rate allows again, a right key included (so guessing gains nothing)",
+        description="wrong API keys a minute per client address (a request without a key is not counted); past it "
+        "every request from that address gets 429 until the rate allows again, a right key included (so guessing "
+        "gains nothing)",
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -191,7 +199,10 @@ class Settings(BaseSettings):
         description="comma-separated wildcards that name a post-contrast series (besides Contrast/Bolus attributes)",
     )
     sequence_flair_min_inversion_ms: float = Field(
-        default=1500.0, gt=0, description="Inversion Time (ms) at or above which an inversion-recovery series is FLAIR"
+        default=1500.0,
+        ge=T1_MAX_INVERSION_MS,
+        description="Inversion Time (ms) at or above which an inversion-recovery series is FLAIR (at least "
+        f"{T1_MAX_INVERSION_MS:g}, the top of the T1 inversion range)",
     )
 
     # The DICOM node (brain-tumor dicom-node, app.dicom_node): C-STORE in, SEG and SR out by C-STORE.
@@ -215,7 +226,8 @@ class Settings(BaseSettings):
     )
     dicom_node_destinations: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="comma-separated AE@host:port the results (SEG, SR) are sent to by C-STORE",
+        description="comma-separated AE@host:port the results (SEG, SR) are sent to by C-STORE "
+        "(e.g. PACS@10.0.0.5:104)",
     )
     dicom_node_send_retries: int = Field(default=4, ge=0, description="retries of a failed C-STORE of a result")
     dicom_node_send_backoff_seconds: float = Field(
@@ -299,8 +311,40 @@ class Settings(BaseSettings):
     @field_validator("dicom_node_ae_title", mode="after")
     @classmethod
     def _ae_title(cls, value: str) -> str:
-        if not value.strip() or "\\" in value or not value.isprintable():
-            raise ValueError("an AE title is 1 to 16 printable characters, not all spaces, without a backslash")
+        if not is_ae_title(value):
+            raise ValueError(AE_TITLE_RULE)
+        return value
+
+    @field_validator("dicom_node_allowed_calling_ae_titles", mode="after")
+    @classmethod
+    def _ae_titles(cls, value: list[str]) -> list[str]:
+        # Checked here, not when the node starts: pynetdicom's refusal names its own `require_calling_aet`.
+        for item in value:
+            if not is_ae_title(item):
+                raise ValueError(f"{AE_TITLE_RULE}; got {item!r}")
+        return value
+
+    @field_validator("dicom_node_destinations", mode="after")
+    @classmethod
+    def _destinations(cls, value: list[str]) -> list[str]:
+        from app.dicom_sender import Destination  # pynetdicom: only imported when destinations are set
+
+        for item in value:
+            Destination.parse(item)
+        return value
+
+    @field_validator("orthanc_url", mode="after")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not is_http_url(value):
+            raise ValueError(HTTP_URL_RULE)
+        return value
+
+    @field_validator("sequence_flair_patterns", mode="after")
+    @classmethod
+    def _some_pattern(cls, value: list[str]) -> list[str]:
+        if not value:  # SelectionRules refuses it too, but only once a command runs (predict: with a traceback)
+            raise ValueError("must hold at least one wildcard; unset it for the default")
         return value
 
     @field_validator("log_level", mode="before")
@@ -316,6 +360,17 @@ class Settings(BaseSettings):
             return value.expanduser().resolve()
         except RuntimeError as error:  # ~user of no user, or a symlink loop
             raise ValueError(f"cannot resolve the path: {error}") from error
+
+
+def is_ae_title(value: str) -> bool:
+    """DICOM's rule for an AE title as pynetdicom applies it, and not all spaces (a peer could never match it)."""
+    return (
+        1 <= len(value) <= 16 and bool(value.strip()) and value.isascii() and value.isprintable() and "\\" not in value
+    )
+
+
+def is_http_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
 
 
 @lru_cache(maxsize=1)
@@ -341,7 +396,9 @@ def describe_invalid_settings(error: ValidationError) -> str:
         variable = "INFERENCE_RUNTIME (or BACKEND)" if name == "inference_runtime" else name.upper()
         problem = f"{variable}: {item['msg'].removeprefix('Value error, ')}"
         value = item.get("input")
-        if isinstance(value, str) and name not in SECRET_SETTINGS and repr(value) not in problem:
+        # A list's item names the value it found itself ("...; got 'X@h:70000'"): the whole list is not repeated.
+        already_shown = repr(value) in problem or "; got " in problem
+        if isinstance(value, str) and name not in SECRET_SETTINGS and not already_shown:
             shown = value if len(value) <= SHOWN_VALUE_CHARACTERS else value[:SHOWN_VALUE_CHARACTERS] + "..."
             problem += f" (got {shown!r})"
         problems.append(problem)

@@ -3,8 +3,10 @@ documented exit code, never a traceback, and nothing already on disk is replaced
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from app import cli
 from app.errors import PayloadTooLargeError
@@ -110,8 +114,102 @@ def test_model_dir_of_an_unknown_user_is_a_settings_error(monkeypatch: pytest.Mo
 def test_ae_title_of_spaces_is_refused_before_the_models_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DICOM_NODE_AE_TITLE", "   ")
 
-    with pytest.raises(SettingsError, match="DICOM_NODE_AE_TITLE: an AE title is 1 to 16 printable characters"):
+    with pytest.raises(SettingsError, match="DICOM_NODE_AE_TITLE: an AE title is 1 to 16 printable ASCII characters"):
         get_settings()
+
+
+AE_RULE = "an AE title is 1 to 16 printable ASCII characters, not all spaces, without a backslash"
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "message"),
+    [
+        (
+            ["dicom-node"],
+            "DICOM_NODE_DESTINATIONS",
+            "garbage",
+            "a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got 'garbage'",
+        ),
+        (
+            ["dicom-node"],
+            "DICOM_NODE_DESTINATIONS",
+            "PACS@10.0.0.5:104, PACS@10.0.0.6:70000",
+            "a destination's port must be 1 to 65535; got 70000",
+        ),
+        (["pacs-sync", "--once"], "ORTHANC_URL", "notaurl", "must start with http:// or https:// (got 'notaurl')"),
+        (["dicom-node"], "DICOM_NODE_ALLOWED_CALLING_AE_TITLES", "MODALITY,A\\B", f"{AE_RULE}; got 'A\\\\B'"),
+        (["dicom-node"], "DICOM_NODE_AE_TITLE", "ÉTUDE", f"{AE_RULE} (got 'ÉTUDE')"),
+        (["predict", str(TUMOR_SLICE)], "DICOM_NODE_DESTINATIONS", "garbage", "a destination must be AE@host:port"),
+        (["serve"], "ORTHANC_URL", "pacs:8042", "must start with http:// or https:// (got 'pacs:8042')"),
+        (
+            ["predict", str(TUMOR_SLICE)],
+            "SEQUENCE_FLAIR_PATTERNS",
+            ",",
+            "must hold at least one wildcard; unset it for the default (got ',')",
+        ),
+        (
+            ["predict", str(TUMOR_SLICE)],
+            "SEQUENCE_FLAIR_MIN_INVERSION_MS",
+            "1000",
+            "Input should be greater than or equal to 1300 (got '1000')",
+        ),
+    ],
+    ids=[
+        "node-destination",
+        "node-destination-port",
+        "orthanc-url",
+        "calling-ae-titles",
+        "non-ascii-ae-title",
+        "predict-reads-node-settings",
+        "serve-reads-pacs-settings",
+        "no-flair-pattern",
+        "flair-inversion-in-t1-range",
+    ],
+)
+def test_a_bad_variable_of_any_command_is_one_line_naming_it_before_anything_runs(
+    command: list[str],
+    variable: str,
+    value: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """These were checked only where used: as JSON on stdout naming orthanc_url, as pynetdicom's require_calling_aet
+    once the models had loaded, or (predict with no FLAIR pattern) as a traceback; predict ignored a bad node."""
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("the server must not start"))
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+
+    code, out, err = run(capsys, *command)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err.startswith(f"brain-tumor {command[0]}: invalid environment variable: {variable}: {message}")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["pacs-sync", "--once", "--orthanc", "pacs:8042"],
+            "--orthanc must start with http:// or https://; got 'pacs:8042'",
+        ),
+        (["dicom-node", "--ae-title", "A\\B"], f"--ae-title: {AE_RULE}; got 'A\\\\B'"),
+        (["dicom-node", "--ae-title", ""], f"--ae-title: {AE_RULE}; got ''"),
+    ],
+    ids=["orthanc-url", "backslash-ae-title", "empty-ae-title"],
+)
+def test_daemons_refuse_a_bad_address_or_ae_title_option_in_one_line(
+    arguments: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+
+    code, out, err = run(capsys, *arguments)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err == f"brain-tumor {arguments[0]}: error: {message}\n"
 
 
 def test_empty_key_and_audit_files_mean_none(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,6 +248,52 @@ def test_serve_with_unusable_keys_or_audit_file_is_one_line_and_exit_2(
     assert code == cli.EXIT_USAGE
     assert err.startswith(message.format(missing=missing))
     assert err.count("\n") == 1
+
+
+PUBLIC_ADDRESS_WARNING = (
+    "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it"
+)
+
+
+@pytest.mark.parametrize(
+    ("environment", "arguments", "bound", "warned"),
+    [
+        ({}, ["--host", "0.0.0.0", "--port", "8123"], ("0.0.0.0", 8123), True),
+        ({"HOST": "0.0.0.0", "PORT": "9000"}, ["--host", "127.0.0.1"], ("127.0.0.1", 9000), False),
+        ({"HOST": "0.0.0.0"}, [], ("0.0.0.0", 8000), True),
+    ],
+    ids=["public-option", "loopback-option-over-public-variable", "public-variable"],
+)
+def test_serve_warns_about_the_address_it_binds_not_the_host_variable(
+    environment: dict[str, str],
+    arguments: list[str],
+    bound: tuple[str, int],
+    warned: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`HOST=0.0.0.0 serve --host 127.0.0.1` warned while listening on loopback only; `serve --host 0.0.0.0` never."""
+    for variable, value in {"INFERENCE_RUNTIME": "onnxruntime", **environment}.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("API_KEYS", raising=False)
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    monkeypatch.setattr("app.main.load_models", lambda app: asyncio.sleep(0))  # the address is all this is about
+    served: list[tuple[str, int]] = []
+
+    def run_lifespan(app: FastAPI, host: str, port: int, **options: object) -> None:
+        served.append((host, port))
+        with TestClient(app):
+            pass
+
+    monkeypatch.setattr("uvicorn.run", run_lifespan)
+    monkeypatch.setattr("signal.signal", lambda number, handler: None)  # keep Ctrl-C working in the test run
+
+    with caplog.at_level(logging.WARNING, logger="app.main"):
+        assert cli.main(["serve", *arguments]) == cli.EXIT_OK
+
+    assert served == [bound]
+    warnings = [record for record in caplog.records if record.getMessage() == PUBLIC_ADDRESS_WARNING]
+    assert [record.fields["host"] for record in warnings] == (["0.0.0.0"] if warned else [])
 
 
 @pytest.mark.parametrize("port", ["0", "70000", "-1", "http"])

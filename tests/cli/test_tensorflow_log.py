@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -38,13 +43,17 @@ def test_native_stderr_passes_through_when_verbose(capfd: pytest.CaptureFixture[
     assert capfd.readouterr().err == "native\n"
 
 
+def fresh_environment(**variables: str) -> dict[str, str]:
+    """This environment without the TensorFlow log level a user would not have set, with `variables` added."""
+    return {**{key: value for key, value in os.environ.items() if not key.startswith("TF_CPP_")}, **variables}
+
+
 def predict_in_fresh_process(model_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """`brain-tumor predict` as a user runs it: TensorFlow imported for the first time in the process."""
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("TF_CPP_")}
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *options, "predict", str(TUMOR_SLICE), "--model-dir", str(model_dir)],
         cwd=REPO_ROOT,
-        env=environment,
+        env=fresh_environment(),
         capture_output=True,
         text=True,
         timeout=180,
@@ -60,3 +69,113 @@ def test_predict_stderr_is_empty_unless_verbose(tiny_model_dir: Path) -> None:
     assert json.loads(quiet.stdout) == json.loads(verbose.stdout)
     # TensorFlow 2.21 on x86 always announces oneDNN (and its CPU features) while it is imported.
     assert "tensorflow" in verbose.stderr.lower() or "onednn" in verbose.stderr.lower(), verbose.stderr
+
+
+def assert_json_lines_only(stderr: str) -> None:
+    """The daemons' log is JSON lines: one TensorFlow startup line in it breaks a log shipper's parsing."""
+    for line in stderr.splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON log line on stderr: {line!r}\n{stderr}")
+
+
+class EmptyChangeLog(BaseHTTPRequestHandler):
+    """An Orthanc with nothing new: every GET answers the last page of an empty change log."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.dumps({"Changes": [], "Done": True, "Last": 0}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        pass
+
+
+@pytest.fixture
+def empty_orthanc() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EmptyChangeLog)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_pacs_sync_stderr_is_json_lines_only(tiny_model_dir: Path, empty_orthanc: str) -> None:
+    synced = subprocess.run(
+        [sys.executable, "-m", "app.cli", "pacs-sync", "--once", "--model-dir", str(tiny_model_dir)],
+        cwd=REPO_ROOT,
+        env=fresh_environment(ORTHANC_URL=empty_orthanc, PACS_STATE_FILE=""),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["failed"] == 0
+    assert_json_lines_only(synced.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_dicom_node_stderr_is_json_lines_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "app.cli", "dicom-node", "--port", str(free_port())]
+    command += ["--spool-dir", str(tmp_path / "spool"), "--model-dir", str(tiny_model_dir)]
+    node = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=fresh_environment(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    stderr = StderrLines(node)
+    try:
+        assert stderr.wait_for("DICOM node listening", timeout_seconds=180), stderr.text()
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+    finally:
+        node.kill()
+        node.wait()
+        stderr.reader.join(timeout=10)
+
+    assert node.returncode == 0, stderr.text()
+    assert_json_lines_only(stderr.text())
+
+
+class StderrLines:
+    """A running process's stderr, read line by line in a thread so that the test can wait for one of them."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        self.stream = process.stderr
+        self.lines: list[str] = []
+        self.ended = False
+        self.arrived = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            with self.arrived:
+                self.lines.append(line)
+                self.arrived.notify_all()
+        with self.arrived:
+            self.ended = True
+            self.arrived.notify_all()
+
+    def wait_for(self, text: str, timeout_seconds: float) -> bool:
+        """Whether a line holding `text` came before the process ended or the time ran out."""
+
+        def seen() -> bool:
+            return any(text in line for line in self.lines)
+
+        with self.arrived:
+            self.arrived.wait_for(lambda: seen() or self.ended, timeout=timeout_seconds)
+            return seen()
+
+    def text(self) -> str:
+        with self.arrived:
+            return "".join(self.lines)
