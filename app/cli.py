@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=OutputFormat.JSON.value,
         help="what stdout gets (default: json)",
     )
-    predict_parser.add_argument("--masks-dir", default=None, help="write <stem>_mask.png here for each positive")
+    predict_parser.add_argument(
+        "--masks-dir", default=None, help="write <stem>_mask.png here for each slice with a mask"
+    )
     predict_parser.add_argument(
         "--mask-format",
         type=schemas.MaskFormat,
@@ -367,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.pacs_sync import add_arguments as add_pacs_sync_arguments
 
     sync_parser = commands.add_parser(
-        "pacs-sync", help="segment MR series in Orthanc that have no SEG from us yet, store the SEGs back"
+        "pacs-sync",
+        help="analyse the MR studies in Orthanc with no result from us yet (or new instances since), store the SEG "
+        "and the volume report (SR) back",
     )
     add_pacs_sync_arguments(sync_parser)
     sync_parser.set_defaults(run=pacs_sync)
