@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import json
+import tempfile
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 from keras import layers
@@ -405,8 +407,35 @@ def load_checkpoint(weights: str | Path, build_default: Callable[[], keras.Model
         raise FileNotFoundError(errno.ENOENT, "no such weights file", str(weights))
     architecture = Path(weights).parent / ARCHITECTURE_NAME
     model = keras.models.model_from_json(architecture.read_text()) if architecture.is_file() else build_default()
+    check_weights_fit(model, weights)
     model.load_weights(weights)
     return model
+
+
+def check_weights_fit(model: keras.Model, weights: str | Path) -> None:
+    """Refuse a weights file whose variables (names and shapes) are not the model's own.
+
+    Why: Keras loads what matches and skips the rest without a word, so the weights of a classifier with one more
+    layer, loaded into the plain CNN, gave a model that answered with AUC 0.65.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        expected = Path(folder) / "expected.weights.h5"
+        model.save_weights(expected)
+        if _variable_shapes(expected) != _variable_shapes(weights):
+            raise ValueError(
+                f"{weights} does not fit the {model.name} architecture it is loaded into (no {ARCHITECTURE_NAME} "
+                "beside it, or the wrong one): its variables differ in name or shape"
+            )
+
+
+def _variable_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The model's variables in a `.weights.h5` file, by path (a training checkpoint also holds the optimizer's)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    with h5py.File(path, "r") as weights_file:
+        weights_file["layers"].visititems(
+            lambda name, item: shapes.__setitem__(name, item.shape) if isinstance(item, h5py.Dataset) else None
+        )
+    return shapes
 
 
 def average_of(members: list[keras.Model], name: str = "tumor_classifier") -> keras.Model:
