@@ -30,7 +30,7 @@ from app.answer_deadline import AnswerDeadlineAdapter
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.dicom_seg import MANUFACTURER
 from app.sequence_selection import SelectionRules
-from app.settings import Settings
+from app.settings import HTTP_URL_RULE, Settings, is_http_url
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +149,8 @@ class PacsSyncConfig:
     selection_rules: SelectionRules = field(default_factory=SelectionRules)
 
     def __post_init__(self) -> None:
-        if not self.orthanc_url.startswith(("http://", "https://")):
-            raise ValueError(f"orthanc_url must start with http:// or https://; got {self.orthanc_url!r}")
+        if not is_http_url(self.orthanc_url):
+            raise ValueError(f"orthanc_url {HTTP_URL_RULE}; got {self.orthanc_url!r}")
         if self.retries < 0 or self.backoff_seconds < 0 or self.timeout_seconds <= 0 or self.batch_size < 1:
             raise ValueError(
                 "retries and backoff_seconds must be >= 0, timeout_seconds > 0 and batch_size >= 1; got "

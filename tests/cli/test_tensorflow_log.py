@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 
 from app.tensorflow_log import native_stderr_held
 from tests.conftest import REPO_ROOT, TUMOR_SLICE
+from tests.dicom.node_support import free_port
 
 
 def test_native_stderr_is_held_back_while_loading(capfd: pytest.CaptureFixture[str]) -> None:
@@ -117,12 +117,6 @@ def test_pacs_sync_stderr_is_json_lines_only(tiny_model_dir: Path, empty_orthanc
     assert synced.returncode == 0, synced.stderr
     assert json.loads(synced.stdout)["failed"] == 0
     assert_json_lines_only(synced.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_dicom_node_stderr_is_json_lines_only(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -55,18 +55,24 @@ def study_dirs(node: DicomNode) -> list[Path]:
     return sorted((node.spool.root / "studies").iterdir())
 
 
+def first_slices_processed(make_node: Any, clock: Clock, series: list, folder: Path) -> tuple[DicomNode, Path]:
+    """A new node that received the first two slices of `series` and processed them: the node and its study folder."""
+    node = make_node()
+    assert storescu(node, write_files(series[:2], folder)).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    (study,) = study_dirs(node)
+    return node, study
+
+
 # -- 1. an unreadable record ----------------------------------------------------------------------------------------
 
 
 def test_a_study_whose_record_is_unreadable_holds_up_no_other_study(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, node_log: pytest.LogCaptureFixture
 ) -> None:
-    node = make_node()
     broken = mr_series(tumor_channels())
-    assert storescu(node, write_files(broken[:2], tmp_path / "a")).returncode == 0
-    clock.advance(QUIET_SECONDS)
-    process_and_send(node)
-    (study,) = study_dirs(node)
+    node, study = first_slices_processed(make_node, clock, broken, tmp_path / "a")
     record_file = study / "record.json"
     record_file.write_bytes(record_file.read_bytes()[:100])  # truncated
     assert storescu(node, write_files(broken[2:], tmp_path / "a_late")).returncode == 0
@@ -87,12 +93,8 @@ def test_a_study_whose_record_is_unreadable_holds_up_no_other_study(
 
 
 def test_a_repaired_record_lets_its_study_be_processed(make_node: Any, clock: Clock, tmp_path: Path) -> None:
-    node = make_node()
     series = mr_series(tumor_channels())
-    assert storescu(node, write_files(series[:2], tmp_path / "a")).returncode == 0
-    clock.advance(QUIET_SECONDS)
-    process_and_send(node)
-    (study,) = study_dirs(node)
+    node, study = first_slices_processed(make_node, clock, series, tmp_path / "a")
     good = (study / "record.json").read_bytes()
     (study / "record.json").write_text('{"runs": 3}')  # JSON, but not a record
     assert storescu(node, write_files(series[2:], tmp_path / "late")).returncode == 0
