@@ -96,6 +96,7 @@ from app.errors import (
     ServiceError,
     UnsupportedDicomError,
 )
+from app.settings import AE_TITLE_RULE, is_ae_title
 from app.study_analysis import StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
@@ -179,8 +180,8 @@ class NodeConfig:
     spool_limits: SpoolLimits = SpoolLimits()
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.ae_title) <= 16:
-            raise ValueError(f"the node's AE title must be 1 to 16 characters; got {self.ae_title!r}")
+        if not is_ae_title(self.ae_title):
+            raise ValueError(f"the node's AE title: {AE_TITLE_RULE}; got {self.ae_title!r}")
         if self.quiet_seconds <= 0 or self.poll_seconds <= 0:
             raise ValueError(
                 f"quiet_seconds and poll_seconds must be > 0; got {self.quiet_seconds} and {self.poll_seconds}"

@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from app.dicom_spool import RECORD_FILE, UNSENT_MARKER, WAITING_STATUSES, Spool, results_waiting, timestamp
+from app.settings import AE_TITLE_RULE, is_ae_title
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,15 @@ class Destination:
         Raises
         ------
         ValueError
-            If the text is not of that form, the AE title is not 1-16 characters, or the port not 1-65535.
+            If the text is not of that form, the AE title breaks DICOM's rule (`AE_TITLE_RULE`), or the port is
+            not 1-65535.
         """
         ae_title, at, address = text.strip().partition("@")
         host, colon, port = address.rpartition(":")
         if not at or not colon or not host or not port.isdigit():
             raise ValueError(f"a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got {text!r}")
-        if not 1 <= len(ae_title) <= 16:
-            raise ValueError(f"a destination's AE title must be 1 to 16 characters; got {ae_title!r}")
+        if not is_ae_title(ae_title):
+            raise ValueError(f"a destination's AE title: {AE_TITLE_RULE}; got {ae_title!r}")
         if not 1 <= int(port) <= 65535:
             raise ValueError(f"a destination's port must be 1 to 65535; got {port}")
         return cls(ae_title, host, int(port))

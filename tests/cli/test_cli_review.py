@@ -136,6 +136,12 @@ AE_RULE = "an AE title is 1 to 16 printable ASCII characters, not all spaces, wi
             "PACS@10.0.0.5:104, PACS@10.0.0.6:70000",
             "a destination's port must be 1 to 65535; got 70000",
         ),
+        (
+            ["dicom-node"],
+            "DICOM_NODE_DESTINATIONS",
+            "PA\\CS@10.0.0.5:104",
+            f"a destination's AE title: {AE_RULE}; got 'PA\\\\CS'",
+        ),
         (["pacs-sync", "--once"], "ORTHANC_URL", "notaurl", "must start with http:// or https:// (got 'notaurl')"),
         (["dicom-node"], "DICOM_NODE_ALLOWED_CALLING_AE_TITLES", "MODALITY,A\\B", f"{AE_RULE}; got 'A\\\\B'"),
         (["dicom-node"], "DICOM_NODE_AE_TITLE", "ÉTUDE", f"{AE_RULE} (got 'ÉTUDE')"),
@@ -157,6 +163,7 @@ AE_RULE = "an AE title is 1 to 16 printable ASCII characters, not all spaces, wi
     ids=[
         "node-destination",
         "node-destination-port",
+        "node-destination-ae-title",
         "orthanc-url",
         "calling-ae-titles",
         "non-ascii-ae-title",

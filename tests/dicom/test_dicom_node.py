@@ -254,8 +254,16 @@ def test_destinations_are_parsed_and_validated() -> None:
     assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
     with pytest.raises(ValueError, match=r"must be AE@host:port \(e.g. PACS@10.0.0.5:104\); got 'PACS:104'"):
         Destination.parse("PACS:104")
-    with pytest.raises(ValueError, match="AE title must be 1 to 16 characters; got 'A_VERY_LONG_AE_TITLE'"):
-        Destination.parse("A_VERY_LONG_AE_TITLE@host:104")
+    for ae_title in ("A_VERY_LONG_AE_TITLE", "PA\\CS", "PÄCS"):  # too long, a backslash, not ASCII
+        with pytest.raises(ValueError, match="AE title: an AE title is 1 to 16 printable ASCII") as refusal:
+            Destination.parse(f"{ae_title}@host:104")
+        assert str(refusal.value).endswith(f"got {ae_title!r}")
+
+
+def test_the_node_refuses_an_ae_title_no_peer_could_call(tmp_path: Path) -> None:
+    for ae_title in ("A_VERY_LONG_AE_TITLE", "PA\\CS", "    "):  # too long, a backslash, all spaces
+        with pytest.raises(ValueError, match="the node's AE title: an AE title is 1 to 16 printable ASCII"):
+            NodeConfig(spool_dir=tmp_path, ae_title=ae_title)
 
 
 def test_node_config_comes_from_the_settings(tmp_path: Path) -> None:
