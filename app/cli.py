@@ -43,8 +43,9 @@ KEY_ID = re.compile(r"[\w.@-]+")
 
 PREDICT_EPILOG = f"""\
 A folder stands for the files directly inside it, in natural order (slice_2 before slice_10), without hidden files
-and *_mask.* files. PNG/JPEG/TIFF files get one result each; DICOM files are read as one series (one result per
-slice, and the series' tumor_detected and tumor_volume_ml). JSON is what POST /v1/predict/batch answers; table and
+and *_mask.* files. PNG/JPEG/TIFF files get one result each (with --series, as the slices of one volume in order:
+their masks get the series clean-up); DICOM files are read as one series (one result per slice, and the series'
+tumor_detected and tumor_volume_ml). JSON is what POST /v1/predict/batch answers; table and
 csv give one line per file (or slice), csv without the series totals.
 
 Masks (--masks-dir): MASKS_DIR/<stem>_mask.png per positive file, 8-bit, 0 background, 255 tumor; a multi-frame
@@ -185,6 +186,7 @@ def predict(args: argparse.Namespace) -> int:
         masks=masks,
         progress=Progress(sys.stderr if show_progress else None),
         writer=MaskWriter(overwrite=args.overwrite),
+        series=args.series,
     )
     try:
         report, every_file_ok = asyncio.run(command.run())
@@ -350,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=schemas.MaskFormat.RLE,
         metavar="{" + ",".join(item.value for item in schemas.MaskFormat) + "}",
         help="how the JSON carries each mask (default: rle)",
+    )
+    predict_parser.add_argument(
+        "--series",
+        action="store_true",
+        help="the PNG/JPEG/TIFF files are the slices of one volume, in order: masks get the series clean-up (3-D "
+        "blobs too small to be tumor are dropped; DICOM files are always a series)",
     )
     predict_parser.add_argument(
         "--overwrite", action="store_true", help="replace mask files already in --masks-dir (default: refuse)"

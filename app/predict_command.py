@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from app.inference import Predictor
     from app.model_runners import ModelRunner
-    from app.prediction import PredictionService
+    from app.prediction import BatchAnswer, PredictionService
     from app.sequence_selection import SelectionRules
     from app.uploads import UploadLimits
 
@@ -205,6 +205,8 @@ class PredictRun:
     """One `brain-tumor predict`: the models, the inputs, where masks go and how progress shows.
 
     `batch_size` is both the most slices per model call and the number of raster files read and decoded at once.
+    With `series`, the raster files are the slices of one volume in order: decoded together, so that their masks get
+    the series clean-up (as `POST /v1/predict/batch?series=true`). DICOM files always form a series.
     """
 
     predictor: Predictor
@@ -217,6 +219,7 @@ class PredictRun:
     progress: Progress
     writer: MaskWriter = field(default_factory=MaskWriter)
     rules: SelectionRules | None = None
+    series: bool = False
 
     def _service(self, run_models: ModelRunner) -> PredictionService:
         from app.prediction import PredictionService
@@ -239,23 +242,35 @@ class PredictRun:
         return await self._images(self.uploads)
 
     async def _images(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
-        """Raster images, `batch_size` files at a time: one result per file, as `POST /v1/predict/batch`."""
+        """Raster images, one result per file, as `POST /v1/predict/batch`: `batch_size` files at a time, or with
+        `series` all at once (the clean-up needs the whole volume)."""
         from app.model_runners import predictor_runner
         from app.prediction import BatchAnswer
 
-        service = self._service(predictor_runner(self.predictor, self.batch_size))
-        results = []
-        for start in range(0, len(uploads), self.batch_size):
-            chunk = uploads[start : start + self.batch_size]
-            answer = await service.predict_files(chunk, self.mask_format)
+        if self.series:
+            answer = await self._service(self._series_runner()).predict_files(uploads, self.mask_format, series=True)
             assert isinstance(answer, BatchAnswer)  # no DICOM among them
-            for offset, (prediction, outcome) in enumerate(zip(answer.predictions, answer.outcomes, strict=True)):
-                index = start + offset
-                item = {"index": index, "file": str(self.files[index])}
-                results.append(self._result(item, prediction, outcome, self.masks[index] if self.masks else None))
-            self.progress.advance(len(chunk), len(uploads), self.files[start + len(chunk) - 1].name)
+            results = self._image_results(0, answer)
+        else:
+            service = self._service(predictor_runner(self.predictor, self.batch_size))
+            results = []
+            for start in range(0, len(uploads), self.batch_size):
+                chunk = uploads[start : start + self.batch_size]
+                answer = await service.predict_files(chunk, self.mask_format)
+                assert isinstance(answer, BatchAnswer)  # no DICOM among them
+                results.extend(self._image_results(start, answer))
+                self.progress.advance(len(chunk), len(uploads), self.files[start + len(chunk) - 1].name)
         report = {"results": results, "models": self.predictor.model_tags}
         return report, all(result["ok"] for result in results)
+
+    def _image_results(self, start: int, answer: BatchAnswer) -> list[dict]:
+        """The results of the files from `start` on, their masks written."""
+        results = []
+        for offset, (prediction, outcome) in enumerate(zip(answer.predictions, answer.outcomes, strict=True)):
+            index = start + offset
+            item = {"index": index, "file": str(self.files[index])}
+            results.append(self._result(item, prediction, outcome, self.masks[index] if self.masks else None))
+        return results
 
     async def _series(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
         """DICOM files as one series: one result per slice, named after the file holding its FLAIR frame."""

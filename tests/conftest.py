@@ -48,12 +48,14 @@ def make_tiny_model_dir(
     flip_average: bool = False,
     single_slice_mask_min_probability: float = 0.0,
     single_slice_min_component_pixels: int = 0,
+    series_min_component_voxels: int = 0,
 ) -> Path:
     """Export two tiny untrained models with a valid manifest into `directory`.
 
     With `classifier_threshold=0.0` every slice counts as positive, so the segmenter path always runs; the masks are
     whatever random weights draw, which is enough to test plumbing, never accuracy. `flip_average`,
-    `single_slice_mask_min_probability` and `single_slice_min_component_pixels` as in the manifest.
+    `single_slice_mask_min_probability`, `single_slice_min_component_pixels` and `series_min_component_voxels` as in
+    the manifest.
     """
     keras.utils.set_random_seed(0)
     directory.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,7 @@ def make_tiny_model_dir(
         classifier_flip_average=flip_average,
         single_slice_mask_min_probability=single_slice_mask_min_probability,
         single_slice_min_component_pixels=single_slice_min_component_pixels,
+        series_min_component_voxels=series_min_component_voxels,
     )
     return directory
 

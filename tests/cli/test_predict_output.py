@@ -13,7 +13,7 @@ from app import cli
 from app.cli import main
 from app.predict_command import CSV_COLUMNS
 from app.settings import Settings
-from tests.conftest import TUMOR_SERIES
+from tests.conftest import TUMOR_SERIES, make_tiny_model_dir
 from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
 
 
@@ -100,6 +100,38 @@ def test_table_of_a_dicom_series_ends_with_the_series_verdict(
     assert header.split()[:3] == ["#", "file", "frame"]
     assert [line.split()[1] for line in lines] == [str(path) for path in paths]
     assert verdict == f"series: tumor detected, volume {series['tumor_volume_ml']:.2f} mL"
+
+
+def test_series_gives_raster_slices_the_series_clean_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every pixel over the mask threshold 0: each slice's mask is the whole slice, one 3-D blob of 3 x 65,536 voxels,
+    # under the manifest's minimum of 10**6, so the series clean-up drops it; slices answered alone keep theirs.
+    models = make_tiny_model_dir(tmp_path / "models", mask_threshold=0.0, series_min_component_voxels=10**6)
+    monkeypatch.setattr(cli, "get_settings", lambda: Settings(inference_batch_size=2))
+    slices = [str(path) for path in TUMOR_SERIES[:3]]
+
+    alone_code, alone_out, _ = run(capsys, *slices, "--model-dir", str(models), "--masks-dir", str(tmp_path / "alone"))
+    code, out, err = run(
+        capsys, *slices, "--series", "--model-dir", str(models), "--masks-dir", str(tmp_path / "series"), "--progress"
+    )
+
+    assert (alone_code, code) == (0, 0)
+    alone = [result["prediction"] for result in json.loads(alone_out)["results"]]
+    assert [(item["tumor_detected"], item["mask"]["area_pixels"]) for item in alone] == [(True, 65536)] * 3
+    results = json.loads(out)["results"]
+    assert [result["file"] for result in results] == slices
+    assert [(result["prediction"]["tumor_detected"], result["prediction"]["mask"]) for result in results] == [
+        (False, None)
+    ] * 3
+    assert [result["prediction"]["tumor_probability"] for result in results] == [
+        item["tumor_probability"] for item in alone
+    ]
+    assert sorted(path.name for path in (tmp_path / "alone").iterdir()) == [
+        f"{Path(name).stem}_mask.png" for name in sorted(slices)
+    ]
+    assert not any((tmp_path / "series").iterdir())  # no mask, no file
+    assert err.splitlines() == ["[2/3] slices", "[3/3] slices"]  # the models' chunks of the one volume
 
 
 def test_progress_lines_go_to_stderr_per_chunk(
