@@ -239,10 +239,14 @@ class ModelsResponse(BaseModel):
     training_data: str
     versions: dict[str, str] = Field(description="framework versions that exported the models")
     format_version: int
+    runtime: Literal["keras", "onnxruntime"] = Field(
+        description="what runs the models in this service (INFERENCE_RUNTIME): Keras, or ONNX Runtime on the CPU"
+    )
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> ModelsResponse:
+    def from_manifest(cls, manifest: Manifest, runtime: str) -> ModelsResponse:
         return cls(
+            runtime=runtime,
             classifier=ModelInfo.from_entry(manifest.classifier),
             segmenter=ModelInfo.from_entry(manifest.segmenter),
             input_shape=manifest.input_shape,

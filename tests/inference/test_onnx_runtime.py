@@ -151,9 +151,11 @@ def test_without_onnx_files_the_models_are_converted_at_startup_and_match_keras(
 def test_service_answers_on_onnxruntime(onnx_model_dir):
     with running_client(Settings(model_dir=onnx_model_dir, inference_runtime="onnxruntime")) as client:
         response = client.post("/v1/predict", files={"file": ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg")})
+        models = client.get("/v1/models").json()
 
     assert response.status_code == 200, response.text
     assert response.json()["mask"]["size"] == [256, 256]
+    assert models["runtime"] == "onnxruntime"  # /v1/models says what runs the models
 
 
 def test_unknown_runtime_is_refused():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Security
 
 from app import schemas
-from app.api.deps import ManifestDep
+from app.api.deps import ManifestDep, SettingsDep
 from app.api.openapi_docs import OPTIONAL_API_KEY, READ_STATUSES, document_api_key, error_responses, response_examples
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(document_api_key)])
@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(documen
     responses=error_responses(*READ_STATUSES)
     | {200: {"content": response_examples(models="the committed models"), "description": "what is being served"}},
 )
-async def read_models(manifest: ManifestDep) -> schemas.ModelsResponse:
-    """The manifest's public part: names, versions, thresholds, input shape, preprocessing and test metrics."""
-    return schemas.ModelsResponse.from_manifest(manifest)
+async def read_models(manifest: ManifestDep, settings: SettingsDep) -> schemas.ModelsResponse:
+    """The manifest's public part (names, versions, thresholds, input shape, preprocessing and test metrics), and
+    the runtime that runs them (also while they load)."""
+    return schemas.ModelsResponse.from_manifest(manifest, settings.inference_runtime)

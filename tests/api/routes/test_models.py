@@ -32,6 +32,7 @@ def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_ma
     assert body["preprocessing"] == tiny_manifest["preprocessing"]
     assert body["metrics"] == {"note": "tiny untrained test models"}
     assert body["versions"] == tiny_manifest["versions"]
+    assert body["runtime"] == "keras"
 
 
 def test_read_models_hides_files_and_hashes(client: TestClient, tiny_manifest: dict) -> None:
