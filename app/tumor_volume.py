@@ -17,8 +17,8 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
 
     Slice spacing is the median distance between neighbouring Image Positions (Patient) along the slice normal,
     since that is how far apart the slices really are (Slice Thickness can differ from it when slices overlap or
-    have gaps); with fewer than two distinct positions it falls back to Spacing Between Slices, then Slice
-    Thickness. Each 2-D mask stands for a slab one spacing thick.
+    have gaps); when a slice has no position, or there are fewer than two distinct positions, it falls back to
+    Spacing Between Slices, then Slice Thickness. Each 2-D mask stands for a slab one spacing thick.
 
     Parameters
     ----------
@@ -58,10 +58,15 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
 
 
 def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
-    """Distance between neighbouring slices in mm (see `tumor_volume_ml` for the order of sources), or None."""
-    placed = [frame for frame in slices if frame.image_position is not None]
-    if len(placed) >= 2:
-        gaps = np.diff(np.sort(offsets_along_normal(placed)))
+    """Distance between neighbouring slices in mm (see `tumor_volume_ml` for the order of sources), or None.
+
+    Positions count only when every slice has one: the gaps between the slices that have one would take an
+    unplaced slice's place for empty space (three slices 5 mm apart, the middle one unplaced: a 10 mm spacing for
+    all three, and twice the volume).
+    """
+    offsets = offsets_along_normal(slices)
+    if offsets is not None and len(offsets) >= 2:
+        gaps = np.diff(np.sort(offsets))
         gaps = gaps[gaps > 1e-6]
         if gaps.size:
             gap = float(np.median(gaps))

@@ -191,6 +191,21 @@ def test_tumor_volume_ml_falls_back_to_spacing_between_slices_then_thickness() -
     assert tumor_volume_ml([mask_with(4)], [thick]) == pytest.approx(4 * 0.25 * 5.0 / 1000.0)
 
 
+def test_tumor_volume_ml_ignores_positions_unless_every_slice_has_one() -> None:
+    # Three slices 5 mm apart, the middle one without a position: the gap between the other two (10 mm) is no
+    # slice spacing (it counted the unplaced slice's place as empty space and doubled the volume).
+    slices = [
+        frame_at(0.0, slice_thickness=5.0),
+        frame_at(None, slice_thickness=5.0),
+        frame_at(10.0, slice_thickness=5.0),
+    ]
+
+    volume = tumor_volume_ml([mask_with(4), mask_with(4), mask_with(4)], slices)
+
+    assert volume == pytest.approx(12 * 0.25 * 5.0 / 1000.0)
+    assert tumor_volume_ml([mask_with(4)] * 3, [frame_at(0.0), frame_at(None), frame_at(10.0)]) is None
+
+
 def test_tumor_volume_ml_is_unknown_without_geometry() -> None:
     assert tumor_volume_ml([mask_with(4)], [frame_at(0.0)]) is None  # no spacing between slices at all
     assert tumor_volume_ml([mask_with(4)], [frame_at(0.0, spacing=None, slice_thickness=5.0)]) is None
