@@ -182,20 +182,24 @@ def frame_placement(dataset: Dataset, index: int) -> tuple[str, tuple[float, ...
 
 def frame_at(dataset: Dataset, values: np.ndarray, index: int, frames: int) -> DicomFrame:
     """Frame `index` (0-based) of `frames`: its decoded `values` with its geometry read from `dataset`."""
+    return DicomFrame(
+        values=values, header=dataset, frame_number=index + 1, number_of_frames=frames, **frame_geometry(dataset, index)
+    )
+
+
+def frame_geometry(dataset: Dataset, index: int) -> dict[str, tuple[float, ...] | float | None]:
+    """Position, orientation, pixel spacing, slice thickness and spacing between slices of frame `index`, from the
+    header alone (`DicomFrame`'s fields of those names); a 400 naming a malformed element."""
 
     def floats(sequence: str, keyword: str, count: int) -> tuple[float, ...] | None:
         return _floats(frame_value(dataset, index, sequence, keyword), count, keyword)
 
     thickness = _lengths(floats("PixelMeasuresSequence", "SliceThickness", 1))
     between = _lengths(floats("PixelMeasuresSequence", "SpacingBetweenSlices", 1))
-    return DicomFrame(
-        values=values,
-        header=dataset,
-        frame_number=index + 1,
-        number_of_frames=frames,
-        image_position=floats("PlanePositionSequence", "ImagePositionPatient", 3),
-        image_orientation=_orientation(floats("PlaneOrientationSequence", "ImageOrientationPatient", 6)),
-        pixel_spacing=_lengths(floats("PixelMeasuresSequence", "PixelSpacing", 2)),
-        slice_thickness=thickness[0] if thickness else None,
-        spacing_between_slices=between[0] if between else None,
-    )
+    return {
+        "image_position": floats("PlanePositionSequence", "ImagePositionPatient", 3),
+        "image_orientation": _orientation(floats("PlaneOrientationSequence", "ImageOrientationPatient", 6)),
+        "pixel_spacing": _lengths(floats("PixelMeasuresSequence", "PixelSpacing", 2)),
+        "slice_thickness": thickness[0] if thickness else None,
+        "spacing_between_slices": between[0] if between else None,
+    }

@@ -479,9 +479,14 @@ def _check_pixel_description(dataset: Dataset) -> None:
         )
     if "BitsStored" in dataset:
         try:
-            int(dataset.BitsStored)
+            bits_stored = int(dataset.BitsStored)
         except (TypeError, ValueError):
             raise InvalidDicomImageError("DICOM BitsStored (0028,0101) must be an integer") from None
+        allocated = bits_allocated(dataset)
+        if not 1 <= bits_stored <= allocated:  # pydicom would fail on it only when decoding
+            raise InvalidDicomImageError(
+                f"DICOM BitsStored (0028,0101) must be 1 to BitsAllocated ({allocated}); got {bits_stored}"
+            )
 
 
 def _check_functional_groups(dataset: Dataset) -> None:
@@ -494,7 +499,8 @@ def _check_functional_groups(dataset: Dataset) -> None:
 def image_dimensions(dataset: Dataset) -> tuple[int, int, int]:
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     try:
-        frames = int(dataset.get("NumberOfFrames") or 1)
+        value = dataset.get("NumberOfFrames")
+        frames = 1 if value is None or value == "" else int(value)  # absent or empty: one frame; 0 is no count
     except (TypeError, ValueError) as error:
         raise UndecodableDicomError("DICOM Number of Frames (0028,0008) must be a positive integer") from error
     if rows < 1 or columns < 1 or frames < 1:

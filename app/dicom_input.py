@@ -22,7 +22,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, JPEGExtended12Bit
 
 from app.dicom_codestream import UNDEFINED_LENGTH
-from app.dicom_frame import DicomFrame, frame_at, frame_value
+from app.dicom_frame import DicomFrame, frame_at, frame_geometry, frame_value
 from app.dicom_header import (
     DEFAULT_MAX_DICOM_PIXELS,
     PIXEL_DATA_KEYWORDS,
@@ -112,6 +112,26 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
             f"DICOM pixel data or frame attributes cannot be read ({type(error).__name__}: "
             f"{without_quoted_values(str(error))})"
         ) from error
+
+
+def check_frame_attributes(header: DicomHeader) -> None:
+    """Check what `decode_dicom` reads besides the pixels, from the header alone: each frame's geometry and its
+    Rescale Slope and Intercept (or the Modality LUT's form). For callers that keep files to decode later (the DICOM
+    node), as `check_native_pixel_data`: a malformed value would only fail then.
+
+    Raises
+    ------
+    InvalidDicomImageError
+        Naming the element (never its value).
+    """
+    dataset = header.dataset
+    with garbled_values_refused():
+        if "ModalityLUTSequence" in dataset:
+            _check_modality_lut(dataset)
+        for index in range(header.frames):
+            frame_geometry(dataset, index)
+            if "ModalityLUTSequence" not in dataset:
+                _rescale(dataset, index)
 
 
 def check_native_pixel_data(header: DicomHeader) -> None:
@@ -207,6 +227,7 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     values = np.empty(stored.shape, dtype=np.float32)
     for index in range(frames):
         values[index] = _within_float32(_modality_values(dataset, stored[index], index))
+        _check_contrast_kept(stored[index], values[index])
     if str(dataset.PhotometricInterpretation) == "MONOCHROME1":
         # MONOCHROME1 shows low values bright; negating keeps "higher = brighter", and the stretch that follows
         # removes the sign, so the result matches the image a viewer displays.
@@ -240,16 +261,24 @@ def _modality_values(dataset: Dataset, stored: np.ndarray, index: int) -> np.nda
             raise InvalidDicomImageError(
                 f"ModalityLUTSequence (0028,3000) cannot be applied ({type(error).__name__})"
             ) from error
-    slope = _number(frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleSlope"), "RescaleSlope")
-    intercept = _number(
-        frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleIntercept"), "RescaleIntercept"
-    )
+    slope, intercept = _rescale(dataset, index)
     values = stored.astype(np.float64)
     if slope is not None and slope != 1.0:
         values *= slope
     if intercept is not None and intercept != 0.0:
         values += intercept
     return values
+
+
+def _rescale(dataset: Dataset, index: int) -> tuple[float | None, float | None]:
+    """Rescale Slope and Intercept of frame `index` (None where absent); a slope of 0 makes no image."""
+    slope = _number(frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleSlope"), "RescaleSlope")
+    intercept = _number(
+        frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleIntercept"), "RescaleIntercept"
+    )
+    if slope == 0.0:
+        raise InvalidDicomImageError("RescaleSlope must not be 0: it maps every stored pixel value to one value")
+    return slope, intercept
 
 
 def _within_float32(values: np.ndarray) -> np.ndarray:
@@ -261,6 +290,16 @@ def _within_float32(values: np.ndarray) -> np.ndarray:
             "range this service computes in"
         )
     return values
+
+
+def _check_contrast_kept(stored: np.ndarray, values: np.ndarray) -> None:
+    """Refuse a frame whose distinct stored values the modality transform makes one: a RescaleSlope of 0, or one so
+    small its products underflow 32-bit floats (1e-50), leaves a blank slice, which would be answered "no tumor"."""
+    if values.size and values.min() == values.max() and stored.min() != stored.max():
+        raise InvalidDicomImageError(
+            "RescaleSlope (or the Modality LUT) maps every stored pixel value of a frame to one value: no image is "
+            "left to read (a slope of 0, or one too small for 32-bit floats)"
+        )
 
 
 def _check_modality_lut(dataset: Dataset) -> None:

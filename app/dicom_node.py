@@ -87,7 +87,7 @@ from pynetdicom.sop_class import Verification
 
 from app.dicom_association import TimedAssociationServer
 from app.dicom_header import read_dicom_header
-from app.dicom_input import check_native_pixel_data
+from app.dicom_input import check_frame_attributes, check_native_pixel_data
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
 from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
 from app.errors import (
@@ -529,15 +529,18 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
 
     Refused with `InstanceRefusedError`: what `read_dicom_header` refuses (a truncated or garbled header, a class
     other than the MR ones, no pixel data, colour...), a deflated data set that inflates past `max_bytes`, native
-    pixel data shorter than its image (`check_native_pixel_data`), a SOP Class or Instance UID other than the
-    request's (stored under the request's UID, it would replace another instance), and a SOP Instance or Study
-    Instance, Study Instance or Series Instance UID that is missing or not a UID. Each would fail only once the study
-    is processed, long after its sender was told it was kept. No refusal quotes a value of the instance
+    pixel data shorter than its image (`check_native_pixel_data`), a malformed geometry or rescale value
+    (`check_frame_attributes`: a position of two numbers, a RescaleSlope of text or 0), a SOP Class or Instance UID
+    other than the request's (stored under the request's UID, it would replace another instance), and a SOP
+    Instance or Study Instance, Study Instance or Series Instance UID that is missing or not a UID. Each would fail
+    only once the study is processed, long after its sender was told it was kept (and a re-sent instance refused
+    leaves the copy stored before it as it was). No refusal quotes a value of the instance
     (`without_found_values`).
     """
     try:
         header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
         check_native_pixel_data(header)
+        check_frame_attributes(header)
     except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
         raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
     except (UnsupportedDicomError, DicomWithoutPixelDataError) as error:

@@ -335,6 +335,36 @@ def test_read_dicom_refuses_a_slope_beyond_float32_instead_of_a_black_slice(flai
     np.testing.assert_allclose(frame.values, flair.astype(np.float64) * 1e30, rtol=1e-6)
 
 
+@pytest.mark.parametrize("slope", [0.0, 1e-50, 1e-300])
+def test_read_dicom_refuses_a_slope_that_leaves_no_image_instead_of_a_black_slice(
+    flair: np.ndarray, slope: float
+) -> None:
+    """Attack finding: RescaleSlope 0 (or one whose products underflow float32) made every pixel one value, and a
+    tumor series was answered "no tumor" with a 200."""
+    with pytest.raises(InvalidDicomImageError, match="RescaleSlope .*maps every stored pixel value .*to one value"):
+        read_dicom(to_bytes(single_mr(flair, rescale=(slope, 0.0))))
+
+    (frame,) = read_dicom(to_bytes(single_mr(flair, rescale=(1e-30, 0.0))))  # small, still distinct in float32
+    assert frame.values.max() > frame.values.min()
+    (blank,) = read_dicom(to_bytes(single_mr(np.zeros_like(flair), rescale=(1e-50, 0.0))))  # blank already
+    assert blank.values.max() == blank.values.min() == 0.0
+
+
+def test_the_header_refuses_no_frames_and_more_bits_stored_than_allocated(flair: np.ndarray) -> None:
+    """Attack findings: NumberOfFrames 0 was read as one frame (absent); BitsStored over BitsAllocated failed only
+    when the pixels were decoded (at the DICOM node, long after the instance was acknowledged)."""
+    no_frames = single_mr(flair)
+    no_frames.NumberOfFrames = 0
+    with pytest.raises(InvalidDicomImageError, match="at least one row, column and frame; got 256x256 x 0 frames"):
+        read_dicom_header(to_bytes(no_frames))
+    too_deep = single_mr(flair.astype(np.uint8))  # 8 bits allocated
+    too_deep.BitsStored = 12
+    with pytest.raises(
+        InvalidDicomImageError, match=r"BitsStored \(0028,0101\) must be 1 to BitsAllocated \(8\); got 12"
+    ):
+        read_dicom_header(to_bytes(too_deep))
+
+
 def test_a_truncated_compressed_file_is_refused_with_a_reason_not_a_library_slip(flair: np.ndarray) -> None:
     """Attack finding: a truncated JPEG 2000 file got "'...' object has no attribute '...'" as its reason."""
     if not get_encoder(JPEG2000Lossless).is_available:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from app.dicom_node import DicomNode, NodeConfig, without_found_values
@@ -234,6 +236,43 @@ def test_an_instance_whose_series_uid_is_not_a_uid_is_refused(make_node: Any) ->
     answer = store_dataset(node.config.port, instance)
 
     assert (answer.Status, answer.ErrorComment) == (0xA900, "Series Instance UID missing or not a UID")
+
+
+# -- 4b. values that processing would refuse (attack review, session 21) -------------------------------------------
+
+
+def bad_rescale_text(instance: Any) -> None:
+    tag = Tag("RescaleSlope")  # written as is: a DS that is no number (pydicom refuses to set one)
+    instance[tag] = RawDataElement(tag, "DS", 4, b"ab.c", 0, False, True, True, False)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "comment"),
+    [
+        (lambda instance: setattr(instance, "ImagePositionPatient", [0.0, 0.0]), "ImagePositionPatient must hold 3"),
+        (lambda instance: setattr(instance, "ImageOrientationPatient", [0.0] * 6), "ImageOrientationPatient must"),
+        (bad_rescale_text, "RescaleSlope must be a decimal number"),
+        (lambda instance: setattr(instance, "RescaleSlope", 0.0), "RescaleSlope must not be 0"),
+        (lambda instance: setattr(instance, "BitsStored", 17), "DICOM BitsStored (0028,0101) must be 1 to"),
+    ],
+    ids=["position-of-two", "orientation-of-zeros", "slope-text", "slope-zero", "bits-stored-over-allocated"],
+)
+def test_a_resent_instance_that_processing_would_refuse_is_refused_and_the_stored_copy_kept(
+    make_node: Any, spoil: Any, comment: str
+) -> None:
+    """It was answered Success, replaced the good copy, and the study was analysed again without that slice."""
+    node = make_node()
+    instance = mr_series(tumor_channels()[:1])[0]
+    assert store_dataset(node.config.port, instance).Status == 0x0000
+    (stored,) = (node.spool.root / "studies").glob("*/instances/*.dcm")
+    good_copy = stored.read_bytes()
+
+    spoil(instance)
+    answer = store_dataset(node.config.port, instance)
+
+    assert answer.Status == 0xC000
+    assert str(answer.ErrorComment).startswith(comment)
+    assert stored.read_bytes() == good_copy
 
 
 # -- 5. a hung destination ------------------------------------------------------------------------------------------
