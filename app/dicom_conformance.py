@@ -12,8 +12,9 @@ A SEG of a source without a patient coordinate system (a Secondary Capture witho
 Patient Orientation (Type 2C in the General Image module), which highdicom leaves out: `complete_segmentation` adds
 it, empty or copied from the source.
 
-A SEG or an SR refers to its sources by their UIDs (Type 1: present and not empty); `missing_reference_uids` names
-the ones a source lacks, so the caller can refuse it with a reason instead of failing inside highdicom.
+A SEG or an SR refers to its sources by their UIDs (Type 1: present, not empty, and UIDs); `unusable_reference_uids`
+names the ones a source lacks or holds in another form, so the caller can refuse it with a reason instead of failing
+inside highdicom or making an object that refers to nothing a PACS can find.
 
 A SEG or an SR copies the patient's and study's names and descriptions, so it needs a Specific Character Set that
 holds them: `derived_character_set` keeps the source's, unless highdicom would refuse it (ISO 2022 code extensions
@@ -22,6 +23,7 @@ in the forms Japanese and Korean sites send), and then writes UTF-8.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import highdicom as hd
@@ -52,6 +54,12 @@ TYPE2_IMAGE_PLANE_ATTRIBUTES = ("SliceThickness",)
 
 # What a SEG or an SR needs of every source to refer to it (Type 1 in the referencing macros and modules).
 REFERENCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+UID_FORM = re.compile(r"[0-9.]{1,64}")  # the characters and length a UI value allows (leading zeros are tolerated)
+
+
+def is_uid(value: str) -> bool:
+    """Whether `value` has a UID's form (digits and dots, at most 64 characters)."""
+    return UID_FORM.fullmatch(value) is not None
 
 
 # One character set without ISO 2022 code extensions, which highdicom writes as it is (ISO_IR 100, ISO_IR 192, GBK ...).
@@ -250,9 +258,14 @@ def _valid_value(vr: str, value: object) -> bool:
     return True
 
 
-def missing_reference_uids(sources: Sequence[Dataset]) -> list[str]:
-    """The `REFERENCE_UIDS` that any of `sources` lacks or leaves empty, in that order."""
-    return [keyword for keyword in REFERENCE_UIDS if any(not str(source.get(keyword) or "") for source in sources)]
+def unusable_reference_uids(sources: Sequence[Dataset]) -> list[str]:
+    """The `REFERENCE_UIDS` that any of `sources` lacks, leaves empty or holds in a form no UID has (`1.2.abc`), in
+    that order."""
+    return [
+        keyword
+        for keyword in REFERENCE_UIDS
+        if any(not is_uid(str(source.get(keyword) or "").rstrip("\0 ")) for source in sources)
+    ]
 
 
 def with_type2_attributes(dataset: Dataset) -> Dataset:

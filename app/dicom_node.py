@@ -86,6 +86,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from app.dicom_association import TimedAssociationServer
+from app.dicom_conformance import is_uid
 from app.dicom_header import read_dicom_header
 from app.dicom_input import check_frame_attributes, check_native_pixel_data
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
@@ -147,7 +148,6 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is an LO
 MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundred bytes
 PDU_OVERHEAD_BYTES = 64 * 1024  # what a PDU may hold besides an instance's bytes: command set, item headers
-_UID = re.compile(r"[0-9.]{1,64}")  # the characters and length a UI value allows (leading zeros are tolerated)
 _FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's message quotes what the file holds
 # An outcome that a re-send of the same instances does not change. "failed" and "not_analysed" runs are not final:
 # they depend on the configuration (memory budget, sequence rules) an operator may have fixed before re-sending, so a
@@ -560,7 +560,7 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         ("Series Instance UID", _uid(dataset.get("SeriesInstanceUID"))),
     )
     for name, value in required:
-        if not _UID.fullmatch(value):
+        if not is_uid(value):
             raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing or not a UID")
     return ReceivedInstance(study_uid, str(dataset.get("PatientID", "") or ""), _uid(sop_instance_uid))
 

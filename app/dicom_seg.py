@@ -29,7 +29,7 @@ from app.dicom_conformance import (
     invalid_values,
     invalid_values_reason,
     missing_plane_attributes,
-    missing_reference_uids,
+    unusable_reference_uids,
     with_slice_thickness,
     with_type2_attributes,
 )
@@ -93,10 +93,11 @@ def build_segmentation(
     series = {frame.series_instance_uid for frame in references}
     if len(series) != 1:
         raise SegmentationInputError(f"a DICOM SEG covers one series; the FLAIR slices come from {len(series)} series")
-    missing = missing_reference_uids([frame.header for frame in references])
+    missing = unusable_reference_uids([frame.header for frame in references])
     if missing:
         raise SegmentationInputError(
-            f"a DICOM SEG refers to its source slices by their UIDs; the FLAIR slices lack {', '.join(missing)}"
+            f"a DICOM SEG refers to its source slices by their UIDs; the FLAIR slices lack {', '.join(missing)} or "
+            "hold one that is no UID (digits and dots, at most 64 characters)"
         )
     missing = missing_plane_attributes(references)
     if missing:

@@ -11,6 +11,7 @@ three. No HTTP here.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -132,6 +133,7 @@ def plan_series(
     choice = choose_series(headers, rules)
     used = choice.used_files
     chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
+    check_distinct_instances(chosen)
     slices = count_slices(chosen, at_most=max_slices)
     if max_slices is not None and slices > max_slices:
         raise refuse_slices(slices, max_slices)
@@ -148,6 +150,17 @@ def plan_series(
         costs.append(item.cost_bytes)
     check_request_cost(sum(costs), len(costs), limits)
     return SeriesPlan(headers, slices, sum(costs), choice)
+
+
+def check_distinct_instances(headers: Sequence[DicomHeader]) -> None:
+    """Refuse files that share a SOP Instance UID: answers, a SEG and an SR name slices by it, so two files under one
+    would be two slices of one instance (the UID is not quoted: it is the file's content)."""
+    counts = Counter(str(header.dataset.get("SOPInstanceUID", "") or "") for header in headers)
+    shared = max((count for uid, count in counts.items() if uid), default=0)
+    if shared > 1:
+        raise InvalidDicomImageError(
+            f"{shared} files share one SOP Instance UID; a UID names one instance: send each instance once"
+        )
 
 
 def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> int:

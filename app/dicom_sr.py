@@ -38,7 +38,7 @@ from app.dicom_conformance import (
     impossible_lengths_reason,
     invalid_values,
     invalid_values_reason,
-    missing_reference_uids,
+    unusable_reference_uids,
     with_type2_attributes,
 )
 from app.dicom_seg import MANUFACTURER, SEGMENT_NUMBER, software_version
@@ -141,10 +141,11 @@ def build_volume_report(
         raise VolumeReportInputError(f"a volume report covers one series; the source images come from {len(series)}")
     if findings.tumor_detected and segmentation is None:
         raise VolumeReportInputError("a positive finding must come with its SEG; got none")
-    missing = missing_reference_uids(source_images)
+    missing = unusable_reference_uids(source_images)
     if missing:
         raise ReportInputError(
-            f"a DICOM SR refers to its source images by their UIDs; the source images lack {', '.join(missing)}"
+            f"a DICOM SR refers to its source images by their UIDs; the source images lack {', '.join(missing)} or "
+            "hold one that is no UID (digits and dots, at most 64 characters)"
         )
     _refuse_invalid_values(invalid_values(source_images[0], TYPE2_PATIENT_STUDY_ATTRIBUTES))
     impossible = impossible_lengths(source_images)

@@ -106,11 +106,34 @@ def test_one_malformed_file_in_a_series_gets_its_own_error_and_the_rest_is_analy
     assert [(error["index"], error["error"]["code"]) for error in body["file_errors"]] == [(1, "invalid_dicom_image")]
 
 
+def without_study_uid(dataset: Dataset, index: int) -> None:
+    del dataset.StudyInstanceUID
+
+
+def with_instance_uid_no_uid(dataset: Dataset, index: int) -> None:
+    dataset.SOPInstanceUID = f"1.2.abc{index}"  # attack finding: referenced as it came by the SEG and the SR
+
+
+def with_series_uid_no_uid(dataset: Dataset, index: int) -> None:
+    dataset.SeriesInstanceUID = "1.2.x"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "keyword"),
+    [
+        (without_study_uid, "StudyInstanceUID"),
+        (with_instance_uid_no_uid, "SOPInstanceUID"),
+        (with_series_uid_no_uid, "SeriesInstanceUID"),
+    ],
+    ids=["no-study-uid", "instance-uid-not-a-uid", "series-uid-not-a-uid"],
+)
 @pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr", "dicom-seg-sr"])
-def test_a_series_without_study_uid_gets_a_400_for_dicom_outputs_and_its_json_answer(client: TestClient, output):
+def test_a_series_without_usable_uids_gets_a_400_for_dicom_outputs_and_its_json_answer(
+    client: TestClient, output: str, spoil, keyword: str
+) -> None:
     datasets = series()
-    for dataset in datasets:
-        del dataset.StudyInstanceUID
+    for index, dataset in enumerate(datasets):
+        spoil(dataset, index)
     files = [
         ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
     ]
@@ -120,8 +143,27 @@ def test_a_series_without_study_uid_gets_a_400_for_dicom_outputs_and_its_json_an
 
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["code"] == "invalid_segmentation_input"  # the SEG comes first, SR or not
-    assert "StudyInstanceUID" in refused.json()["error"]["message"]
+    assert f"lack {keyword} or hold one that is no UID" in refused.json()["error"]["message"]
     assert answered.status_code == 200 and answered.json()["tumor_detected"] is True
+
+
+def test_two_files_with_one_sop_instance_uid_are_refused(client: TestClient) -> None:
+    """Attack finding: two different slices under one SOP Instance UID were answered (and a SEG made) as two slices
+    of one instance."""
+    datasets = series()
+    datasets[1].SOPInstanceUID = datasets[0].SOPInstanceUID
+    files = [
+        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
+    ]
+
+    for output in ("json", "dicom-seg"):
+        response = client.post(f"/v1/predict/batch?output={output}", files=files)
+
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == {
+            "code": "invalid_dicom_image",
+            "message": "2 files share one SOP Instance UID; a UID names one instance: send each instance once",
+        }
 
 
 def test_a_report_of_sources_without_study_uid_is_refused_with_a_reason() -> None:
