@@ -52,6 +52,7 @@ from app.uploads import (
     plan_raster_uploads,
     prepare_upload,
     prepare_uploads,
+    raster_series_breaks,
     stack_inputs,
 )
 
@@ -245,7 +246,8 @@ class PredictionService:
             if series:
                 check_one_size(decoded)
             predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
-        predictions = await self._cpu(self.finish, predictions, series)
+        breaks = raster_series_breaks(prepared) if series else set()
+        predictions = await self._cpu(self.finish, predictions, series, None, breaks)
         tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
         ordered = in_request_order(prepared, predictions)
         outcomes = await self._cpu(payloads.payloads, ordered, self.threshold, mask_format)

@@ -304,6 +304,23 @@ def test_series_batch_drops_an_isolated_small_blob_and_keeps_a_blob_across_slice
     assert int(one_by_one.predictions[3].mask.sum()) == 9
 
 
+@pytest.mark.parametrize(("failed", "kept"), [(1, True), (2, False)], ids=["one-missing", "two-missing"])
+def test_a_raster_series_joins_masks_across_one_failed_file_but_not_two(failed: int, kept: bool) -> None:
+    """As a DICOM series does across missing slices (attack finding: the slices either side of failed files were
+    joined as neighbours however many failed)."""
+    good = png_bytes(read_slice(TUMOR_SLICE))
+    files = [good, *[b"not an image"] * failed, good]
+    # The same 8 x 8 blob (64 pixels) on both decoded slices: 128 voxels joined, over the minimum of 100.
+    blobs = {0: (slice(100, 108), slice(100, 108)), 1: (slice(100, 108), slice(100, 108))}
+    service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False)
+
+    answer = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
+
+    decoded = [answer.predictions[0], answer.predictions[-1]]
+    assert [prediction.detected for prediction in decoded] == [kept, kept]
+    assert [error.code for error in answer.outcomes[1:-1]] == ["unsupported_media_type"] * failed
+
+
 class UnsureMaskModels(SeriesModels):
     """A model pair whose manifest draws a single slice's mask only from probability 0.5 on (threshold 0.1)."""
 
