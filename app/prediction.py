@@ -182,7 +182,7 @@ class PredictionService:
             if len(series.result.predictions) != 1:
                 raise InvalidSliceError(
                     f"the DICOM file holds {len(series.result.predictions)} slices; send it to /v1/predict/batch for "
-                    "one result per slice, or ask for output=dicom-seg"
+                    "one result per slice (or to /v1/predict with output=dicom-seg for its SEG)"
                 )
             return SliceAnswer(series.result.predictions[0], series.result.inputs[0].image, series.tally)
         refuse_segmentation_of_raster(segmentation)

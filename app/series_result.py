@@ -133,7 +133,7 @@ def several_slices(slices: int, max_slices: int) -> ServiceError:
     inference queue's size for a series."""
     if max_slices == 1:
         return InvalidSliceError(
-            f"the DICOM file holds {slices} slices; send it to /v1/predict/batch for one result per slice, or ask "
-            "for output=dicom-seg"
+            f"the DICOM file holds {slices} slices; send it to /v1/predict/batch for one result per slice (or to "
+            "/v1/predict with output=dicom-seg for its SEG)"
         )
     return too_many_slices(slices, max_slices)

@@ -19,7 +19,7 @@ from app.dicom_sr import read_volume_report
 from app.inference import Predictor, SlicePrediction
 from tests.api.service_client import decode_rle
 from tests.conftest import TUMOR_SLICE
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
 
 
@@ -195,6 +195,23 @@ def test_seg_answer_counts_the_files_left_out(client: TestClient, series_files: 
     assert response.headers["X-Files-Skipped"] == "1"
     assert response.headers["X-Skipped-File-Indices"] == "1"
     assert len(read_segmentation_masks(response.content)) == 2
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/overlay"])
+def test_a_multi_frame_file_sent_as_one_slice_is_told_where_to_go(client: TestClient, path: str) -> None:
+    """Attack finding: the overlay was told to "ask for output=dicom-seg", a parameter it refuses."""
+    volume = to_bytes(legacy_multiframe(mr_series(tumor_channels())))
+
+    response = client.post(path, files={"file": ("volume.dcm", volume, "application/dicom")})
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {
+        "code": "invalid_image",
+        "message": "the DICOM file holds 3 slices; send it to /v1/predict/batch for one result per slice (or to "
+        "/v1/predict with output=dicom-seg for its SEG)",
+    }
+    seg = client.post("/v1/predict?output=dicom-seg", files={"file": ("volume.dcm", volume, "application/dicom")})
+    assert seg.status_code == 200 and seg.headers["content-type"] == "application/dicom"  # the advice holds
 
 
 def test_mixed_dicom_and_png_batch_is_refused(client: TestClient, series_files: list[bytes]) -> None:
