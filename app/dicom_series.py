@@ -118,22 +118,22 @@ def plan_series(
 
     Order: each file's header (a file that fails yields its error in its place), the series the models read
     (`choose_series` with `rules`; files of other series are left out of everything that follows), the slices of
-    the chosen files against `max_slices` (default `limits.max_request_slices`), each file's cost, then the
-    request's (its files are held together, as one series) against `limits.max_decode_bytes`.
+    the chosen files against `max_slices` (default `limits.max_request_slices`), each file's cost, that no two files
+    left share a SOP Instance UID, then the request's cost (its files are held together, as one series) against
+    `limits.max_decode_bytes`.
 
     Raises
     ------
     ServiceError
         `app.errors.NoFlairSeriesError` when no series can be read as FLAIR; `refuse_slices(slices, max_slices)`
-        (default `TooManySlicesError`) for too many slices; `app.errors.OverMemoryBudgetError` for a request over
-        the budget.
+        (default `TooManySlicesError`) for too many slices; `app.errors.InvalidDicomImageError` for files that share
+        a SOP Instance UID; `app.errors.OverMemoryBudgetError` for a request over the budget.
     """
     max_slices = limits.max_request_slices if max_slices is None else max_slices
     headers = read_headers(uploads, limits)
     choice = choose_series(headers, rules)
     used = choice.used_files
     chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
-    check_distinct_instances(chosen)
     slices = count_slices(chosen, at_most=max_slices)
     if max_slices is not None and slices > max_slices:
         raise refuse_slices(slices, max_slices)
@@ -148,6 +148,9 @@ def plan_series(
                 headers[index] = error
                 continue
         costs.append(item.cost_bytes)
+    check_distinct_instances(
+        [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
+    )
     check_request_cost(sum(costs), len(costs), limits)
     return SeriesPlan(headers, slices, sum(costs), choice)
 

@@ -169,12 +169,29 @@ def read_image_header(data: bytes) -> RasterHeader:
             raise InvalidSliceError(str(error)) from None
     if image_format is ImageFormat.PNG:
         _refuse_animated_png(data)
-    if image_format is ImageFormat.PNG and len(data) >= 29 and data[12:16] == b"IHDR":
+        _check_png_chunks(data)
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         bit_depth, colour_type = data[24], data[25]
         samples = _PNG_SAMPLES.get(colour_type, 4)
         return RasterHeader(image_format, width, height, samples, 2 if bit_depth > 8 else 1)
     return _pillow_header(data, image_format)
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG that breaks the chunk order its header is read by: IHDR first (else the header read here, and
+    the 16-bit path, would not apply), and a palette image's PLTE before its image data (else Pillow makes colours
+    up, and the models would read pixels that are not in the file)."""
+    kinds = []
+    position = 8  # after the signature
+    while position + 8 <= len(data) and b"IDAT" not in kinds:
+        kinds.append(data[position + 4 : position + 8])
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    if not kinds or kinds[0] != b"IHDR" or len(data) < 29:
+        raise UndecodableImageError("PNG file cannot be decoded: its first chunk must be IHDR (the image header)")
+    if data[25] == 3 and b"PLTE" not in kinds:
+        raise UndecodableImageError(
+            "PNG file cannot be decoded: a palette image (colour type 3) must hold a PLTE chunk before its image data"
+        )
 
 
 def _refuse_animated_png(data: bytes) -> None:

@@ -317,6 +317,24 @@ def test_an_animated_png_of_several_frames_is_refused_as_a_multi_page_tiff_is() 
     assert decode_image(single.getvalue()).shape == GREY.shape
 
 
+def test_a_png_out_of_chunk_order_is_refused_not_read_with_made_up_pixels() -> None:
+    """Attack findings: a palette PNG without its PLTE got a prediction on the colours Pillow makes up; a PNG whose
+    first chunk is not IHDR skipped the header read here (the 16-bit path and its cost)."""
+    buffer = io.BytesIO()
+    Image.fromarray(GREY).convert("P").save(buffer, "PNG")
+    palette = buffer.getvalue()
+    start = palette.index(b"PLTE") - 4
+    length = struct.unpack(">I", palette[start : start + 4])[0]
+    without_palette = palette[:start] + palette[start + 12 + length :]
+    text_first = palette[:8] + png_chunk(b"tEXt", b"Comment\0first") + palette[8:]
+
+    assert decode_image(palette).shape[:2] == GREY.shape  # the well-formed palette image is read
+    with pytest.raises(UndecodableImageError, match="palette image \\(colour type 3\\) must hold a PLTE chunk"):
+        decode_image(without_palette)
+    with pytest.raises(UndecodableImageError, match="its first chunk must be IHDR"):
+        decode_image(text_first)
+
+
 def test_a_broken_tiff_structure_is_explained_not_reported_as_a_bare_index() -> None:
     """Attack finding: a BigTIFF header followed by garbage answered "TIFF file cannot be decoded: 0"."""
     with pytest.raises(UndecodableImageError, match="malformed where the reader expected more \\(IndexError\\)"):
