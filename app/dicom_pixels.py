@@ -38,7 +38,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
 )
 
-from app.errors import UndecodableDicomError, without_quoted_values
+from app.errors import UndecodableDicomError, decoder_reason, without_quoted_values
 
 SAFE_PLUGINS: dict[str, str] = {
     JPEGBaseline8Bit: "pillow",
@@ -145,8 +145,8 @@ _WORKER = DecodingWorker()
 
 
 def _serve(requests, answers) -> None:
-    """The worker's loop: decode each dataset with the plugin asked for and answer with the array or the error's
-    text."""
+    """The worker's loop: decode each dataset with the plugin asked for and answer with the array or why it failed
+    (`decoder_reason`: a library's slip is said in words, here where its type is known)."""
     while header := requests.read(_LENGTH_BYTES):
         dataset, plugin = pickle.loads(requests.read(int.from_bytes(header, "little")))
         if plugin is not None:
@@ -154,7 +154,7 @@ def _serve(requests, answers) -> None:
         try:
             answer = ("ok", dataset.pixel_array)
         except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream
-            answer = ("error", str(error))
+            answer = ("error", decoder_reason(error))
         data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         answers.write(len(data).to_bytes(_LENGTH_BYTES, "little") + data)
         answers.flush()

@@ -81,13 +81,22 @@ def builder_reason(error: Exception) -> str:
 _LIBRARY_SLIP_TYPES = (AttributeError, TypeError, KeyError, IndexError)
 
 
+# The same slips, reported inside another error's text (pydicom's "exceptions were raised by all available plugins").
+_LIBRARY_SLIP_TEXT = re.compile(r"object has no attribute|index out of range|unpack requires a buffer")
+
+
 def decoder_reason(error: Exception) -> str:
     """Why a library could not read a file, for the client: its message without quoted values; for an error that
-    only says where the library tripped (`'...' object has no attribute '...'` on a truncated codestream), a
-    sentence that says what it means."""
-    if isinstance(error, _LIBRARY_SLIP_TYPES):
+    only says where the library tripped (`'...' object has no attribute '...'` on a truncated codestream, also
+    inside a plugin's report), or says nothing at all, a sentence that says what it means."""
+    text = str(error).strip()
+    if isinstance(error, StopIteration):  # pydicom's frame generator, run out of fragments
+        return "its data holds fewer frames than its header says (StopIteration)"
+    if isinstance(error, _LIBRARY_SLIP_TYPES) or _LIBRARY_SLIP_TEXT.search(text):
         return f"its data breaks off or is malformed where the reader expected more ({type(error).__name__})"
-    return without_quoted_values(str(error))
+    if not text:
+        return f"the decoder stopped without a reason ({type(error).__name__})"
+    return without_quoted_values(text)
 
 
 class EmptyFileError(ServiceError):

@@ -15,6 +15,7 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLossless,
     JPEGLSLossless,
     RLELossless,
     generate_uid,
@@ -377,3 +378,21 @@ def test_a_truncated_compressed_file_is_refused_with_a_reason_not_a_library_slip
         read_dicom(data[: len(data) // 2])
     assert "truncated or corrupt" in str(caught.value)
     assert "breaks off or is malformed" in str(caught.value) and "has no attribute" not in str(caught.value)
+
+
+def test_encapsulated_pixel_data_unlike_its_header_is_refused_with_a_reason(flair: np.ndarray) -> None:
+    """Attack findings: two frames declared over one fragment gave "cannot be decoded: " and nothing more; RLE data
+    under a JPEG Lossless transfer syntax, the plugin report "gdcm: '...' object has no attribute '...'"."""
+    dataset = single_mr(flair)
+    dataset.compress(RLELossless, generate_instance_uid=False)
+    dataset.NumberOfFrames = 2  # one fragment: one frame's data
+    with pytest.raises(UndecodableDicomError, match="cannot be decoded: its data holds fewer frames than its header"):
+        read_dicom(to_bytes(dataset))
+
+    mislabelled = single_mr(flair)
+    mislabelled.compress(RLELossless, generate_instance_uid=False)
+    mislabelled.file_meta.TransferSyntaxUID = JPEGLossless
+    with pytest.raises(UndecodableDicomError) as caught:
+        read_dicom(to_bytes(mislabelled))
+    assert "breaks off or is malformed where the reader expected more" in caught.value.message
+    assert "has no attribute" not in caught.value.message
