@@ -293,12 +293,13 @@ def _within_float32(values: np.ndarray) -> np.ndarray:
 
 
 def _check_contrast_kept(stored: np.ndarray, values: np.ndarray) -> None:
-    """Refuse a frame whose distinct stored values the modality transform makes one: a RescaleSlope of 0, or one so
-    small its products underflow 32-bit floats (1e-50), leaves a blank slice, which would be answered "no tumor"."""
+    """Refuse a frame whose distinct stored values the modality transform makes one: a RescaleSlope so small its
+    products underflow 32-bit floats (1e-50), or a Modality LUT of one value, leaves a blank slice, which would be
+    answered "no tumor" (a slope of 0 is refused from the header, by `_rescale`)."""
     if values.size and values.min() == values.max() and stored.min() != stored.max():
         raise InvalidDicomImageError(
             "RescaleSlope (or the Modality LUT) maps every stored pixel value of a frame to one value: no image is "
-            "left to read (a slope of 0, or one too small for 32-bit floats)"
+            "left to read (a slope too small for 32-bit floats)"
         )
 
 
