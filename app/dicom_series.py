@@ -386,6 +386,19 @@ def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int
     return {int(place) for place in np.flatnonzero(steps > MAX_NEIGHBOUR_SPACINGS * spacing)}
 
 
+def missing_slices(frames: Sequence[DicomFrame]) -> int:
+    """How many slices are missing between the frames' positions, counted in the series' spacing
+    (`slice_spacing_mm`): files that could not be read, or a client that sent part of a series, so the tumor volume
+    leaves them out. 0 without positions for every frame (nothing is known of gaps), and for two frames (their
+    distance is the spacing)."""
+    offsets = offsets_along_normal(frames)
+    spacing = slice_spacing_mm(frames)
+    if offsets is None or spacing is None or len(frames) < 3:
+        return 0
+    steps = np.diff(np.sort(offsets))
+    return int(sum(max(0, round(float(step) / spacing) - 1) for step in steps))
+
+
 def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]) -> None:
     """Three chosen series: every slice holds one frame of each (else the T1 slices do not pair with FLAIR's)."""
     found = sorted(member.series_instance_uid for member in members)

@@ -177,6 +177,14 @@ class SeriesPredictionResponse(BaseModel):
     tumor_volume_ml: float | None = Field(
         description="sum of mask areas x slice spacing, in millilitres; null when the geometry is missing"
     )
+    slices_missing: int = Field(
+        description="slices missing between those analysed (positions further apart than the series' spacing): "
+        "files that could not be read, or part of a series sent; the volume leaves them out"
+    )
+    tumor_reaches_series_end: bool = Field(
+        description="a slice at either end of those analysed shows tumor: the tumor may go on beyond the slices sent, "
+        "and the volume may be cut short"
+    )
     threshold: float
     slices: list[SeriesSlice]
     file_errors: list[BatchItemFailure] = Field(description="files that could not be read, by their position")

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from app.core.gate import mask_shown_alone
 from app.core.series_postprocessing import clean_series_masks
 from app.dicom_seg import build_segmentation
-from app.dicom_series import SliceInput, too_many_slices
+from app.dicom_series import SliceInput, anatomical_order, missing_slices, too_many_slices
 from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
 from app.tumor_volume import tumor_volume_ml
@@ -33,12 +33,19 @@ class SeriesResult:
         The SEG, or None when no slice is positive (or it was not asked for).
     tumor_volume_ml
         See `app.tumor_volume.tumor_volume_ml`; 0.0 when nothing was found.
+    slices_missing
+        Slices missing between those analysed (`app.dicom_series.missing_slices`): the volume leaves them out.
+    tumor_reaches_series_end
+        A slice at either end of those analysed (in anatomical order) is positive: the tumor may go on beyond what
+        was sent, and the volume may be cut short.
     """
 
     inputs: list[SliceInput]
     predictions: list[SlicePrediction]
     segmentation: Dataset | None
     tumor_volume_ml: float | None
+    slices_missing: int = 0
+    tumor_reaches_series_end: bool = False
 
     @property
     def tumor_detected(self) -> bool:
@@ -62,8 +69,16 @@ def summarise_series(
     masks = [prediction.mask for prediction in predictions]
     detected = any(prediction.detected for prediction in predictions)
     segmentation = build_segmentation(inputs, masks, model_tags) if detected and build_seg else None
-    volume = tumor_volume_ml(masks, [slice_input.reference for slice_input in inputs])
-    return SeriesResult(inputs=inputs, predictions=predictions, segmentation=segmentation, tumor_volume_ml=volume)
+    frames = [slice_input.reference for slice_input in inputs]
+    order = anatomical_order(frames)
+    return SeriesResult(
+        inputs=inputs,
+        predictions=predictions,
+        segmentation=segmentation,
+        tumor_volume_ml=tumor_volume_ml(masks, frames),
+        slices_missing=missing_slices(frames),
+        tumor_reaches_series_end=bool(order) and (predictions[order[0]].detected or predictions[order[-1]].detected),
+    )
 
 
 def clean_series(

@@ -153,6 +153,8 @@ class ModelStudyProcessor:
             slices=len(inputs),
             positive_slices=positive,
             tumor_volume_ml=result.tumor_volume_ml,
+            slices_missing=result.slices_missing,
+            tumor_reaches_series_end=result.tumor_reaches_series_end,
             models=dict(self.predictor.model_tags),
         )
         return StudyAnalysis("analysed", datasets=datasets, summary=summary)

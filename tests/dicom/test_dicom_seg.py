@@ -20,7 +20,7 @@ from app.errors import SegmentationInputError
 from app.inference import SlicePrediction
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
-from app.series_result import SeriesResult
+from app.series_result import SeriesResult, summarise_series
 from app.tumor_volume import slice_spacing_mm, tumor_volume_ml
 from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth
@@ -210,6 +210,24 @@ def test_tumor_volume_ml_is_unknown_without_geometry() -> None:
     assert tumor_volume_ml([mask_with(4)], [frame_at(0.0)]) is None  # no spacing between slices at all
     assert tumor_volume_ml([mask_with(4)], [frame_at(0.0, spacing=None, slice_thickness=5.0)]) is None
     assert tumor_volume_ml([None, mask_with(0)], [frame_at(0.0), frame_at(None)]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("detected", "reaches_end"),
+    [([False, True, False], False), ([True, True, False], True), ([False, False, True], True), ([False] * 3, False)],
+)
+def test_a_series_says_when_its_tumor_reaches_the_first_or_last_slice_sent(
+    flair_series: list[Dataset], detected: list[bool], reaches_end: bool
+) -> None:
+    """A browser review found 52.8 mL shown for the first 4 slices of a tumor of 71.4 mL, with no sign that the
+    tumor goes on beyond them."""
+    order = [2, 0, 1]  # sent out of order: the ends are anatomical, not the request's
+    datasets = [flair_series[index] for index in order]
+    predictions = [SlicePrediction(0.9 if detected[index] else 0.1, detected[index], None) for index in order]
+
+    result = summarise_series(series_inputs(datasets), predictions, MODEL_TAGS, build_seg=False)
+
+    assert (result.tumor_reaches_series_end, result.slices_missing) == (reaches_end, 0)
 
 
 def test_tumor_volume_ml_of_the_committed_series(flair_series: list[Dataset], truth_masks: list[np.ndarray]) -> None:

@@ -10,6 +10,7 @@ from pydicom.uid import generate_uid
 from app.dicom_input import read_dicom
 from app.dicom_series import (
     anatomical_order,
+    missing_slices,
     model_inputs,
     normalise_volume,
     prepare_inputs,
@@ -178,16 +179,16 @@ def test_anatomical_order_follows_positions_then_instance_numbers_then_the_files
 
 
 @pytest.mark.parametrize(
-    ("positions_mm", "breaks"),
+    ("positions_mm", "breaks", "missing"),
     [
-        ([0, 5, 10, 15, 20], set()),  # every slice there
-        ([0, 5, 15, 20, 25], set()),  # one slice missing: a tumor goes on through it, the clean-up joins across
-        ([0, 5, 10, 25, 30], {2}),  # two missing between 10 and 25 mm: no neighbours
-        ([30, 0, 5, 10, 25], {2}),  # the same, sent in another order
+        ([0, 5, 10, 15, 20], set(), 0),  # every slice there
+        ([0, 5, 15, 20, 25], set(), 1),  # one slice missing: a tumor goes on through it, the clean-up joins across
+        ([0, 5, 10, 25, 30], {2}, 2),  # two missing between 10 and 25 mm: no neighbours
+        ([30, 0, 5, 10, 25], {2}, 2),  # the same, sent in another order
     ],
 )
 def test_series_breaks_are_where_two_or_more_slices_are_missing(
-    flair: np.ndarray, positions_mm: list[float], breaks: set[int]
+    flair: np.ndarray, positions_mm: list[float], breaks: set[int], missing: int
 ) -> None:
     study, series_uid = Study(), generate_uid()
     frames = [
@@ -196,6 +197,7 @@ def test_series_breaks_are_where_two_or_more_slices_are_missing(
     ]
 
     assert series_breaks(frames, anatomical_order(frames)) == breaks
+    assert missing_slices(frames) == missing  # what the answer reports as slices_missing
 
 
 def test_series_without_positions_has_no_breaks(flair: np.ndarray) -> None:
@@ -205,3 +207,4 @@ def test_series_without_positions_has_no_breaks(flair: np.ndarray) -> None:
     frames = [read_dicom(to_bytes(dataset))[0] for dataset in datasets]
 
     assert series_breaks(frames, anatomical_order(frames)) == set()
+    assert missing_slices(frames) == 0

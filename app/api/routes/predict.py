@@ -229,6 +229,8 @@ async def create_batch_prediction(
         return schemas.SeriesPredictionResponse(
             tumor_detected=answer.result.tumor_detected,
             tumor_volume_ml=answer.result.tumor_volume_ml,
+            slices_missing=answer.result.slices_missing,
+            tumor_reaches_series_end=answer.result.tumor_reaches_series_end,
             threshold=predictor.classifier_threshold,
             slices=answer.slices,
             file_errors=payloads.file_failures(answer.file_errors),

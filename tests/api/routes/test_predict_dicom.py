@@ -77,8 +77,23 @@ def test_predict_batch_of_dicom_series_gives_one_result_per_slice_and_volume(
     areas = [item["prediction"]["mask"]["area_pixels"] for item in body["slices"]]
     assert body["tumor_volume_ml"] > 0 and sum(areas) > 0
     assert body["file_errors"] == []
+    # Every slice there (5 mm apart); the tumor on the first and last slice sent: it may go on beyond them.
+    assert (body["slices_missing"], body["tumor_reaches_series_end"]) == (
+        0,
+        body["slices"][0]["prediction"]["tumor_detected"],
+    )
     for item, reference in zip(body["slices"], expected, strict=True):
         assert_matches(item["prediction"], reference)
+
+
+def test_a_series_with_slices_missing_says_how_many(client: TestClient) -> None:
+    datasets = mr_series(tumor_channels() + tumor_channels())  # 6 slices, 0 to 25 mm
+    sent = [datasets[index] for index in (0, 1, 4, 5)]  # 10 and 15 mm left out
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in sent]))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["slices_missing"] == 2
 
 
 def test_predict_batch_dicom_seg_matches_the_json_masks(
