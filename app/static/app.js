@@ -9,7 +9,13 @@ const KEY_STORAGE = "brain-tumor-api-key";
 const BATCH_URL = "/v1/predict/batch";
 // A slice whose probability is this close to the threshold (in probability units) is flagged for a closer look.
 const NEAR_THRESHOLD_MARGIN = 0.05;
+// Pixel-mode wheel movement that makes one slice step. One notch is 53 px (Chromium on Linux) to 100-120 px
+// (Windows, macOS): each wheel event moves at most one slice, so one notch is one slice whatever its size, while the
+// many small events of a touchpad add up to a step.
 const WHEEL_STEP_PIXELS = 50;
+// A mask of at most this many pixels is a speck at the viewer's size (even at full opacity): the caption says so
+// instead of pointing at a fill nobody can see.
+const TINY_MASK_PIXELS = 9;
 // The recomputed volume is announced once typing in a spacing field pauses this long, not once per keystroke.
 const VOLUME_ANNOUNCE_DELAY_MS = 500;
 
@@ -19,14 +25,29 @@ const ERROR_TITLES = {
   401: "The server needs a valid API key. Enter it in the API key field and try again.",
   413: "The file or the image is too large.",
   415: "This file type is not supported. Choose a PNG, JPEG, TIFF or DICOM slice.",
-  422: "The request was incomplete or malformed.",
+  422: "The request was incomplete or malformed.", // validation_error; other 422 codes have their own titles
   429: "Too many requests for now.",
   503: "The service is not ready to analyse slices.",
 };
-// Wording per error code where the status alone would mislead (a 400 is not always an unreadable file).
+// Wording per error code where the status alone would mislead (a 400 is not always an unreadable file, a 422 not
+// always a malformed request). Codes not listed here fall back to the status's title.
 const ERROR_TITLES_BY_CODE = {
   mixed_input: "DICOM files and PNG, JPEG or TIFF images cannot be analysed together. Choose one kind.",
+  no_flair_series: "No FLAIR series among the chosen DICOM files: the models read FLAIR only.",
+  empty_file: "The file is empty.",
+  undecodable_image: "The image file is damaged or cut short and could not be decoded.",
+  undecodable_dicom: "The DICOM file is damaged, or its pixel data could not be decoded.",
+  dicom_without_pixel_data: "The DICOM file holds no image (no pixel data).",
+  invalid_dicom_image: "The DICOM images cannot be used as MRI slices.",
+  unsupported_dicom: "This DICOM file is not supported (not an MR image, or an encoding the server cannot read).",
+  invalid_segmentation_input: "No DICOM SEG can be made for these slices.",
+  too_many_files: "Too many files for one request.",
+  too_many_slices: "Too many slices for one request.",
+  inference_timeout: "The analysis took too long. Try fewer slices, or try again later.",
 };
+// The one request-level error of a PNG/JPEG/TIFF series (code invalid_image, HTTP 400): its slices differ in size.
+const SERIES_SIZE_TITLE = "The slices differ in size, so they cannot be analysed as one series. Choose slices of "
+  + "one size, or analyse them one at a time.";
 // The status a per-file error of a batch would have had on its own (the batch itself answers 200).
 const STATUS_BY_CODE = {
   unsupported_media_type: 415,
@@ -54,6 +75,7 @@ const ui = {
   errorDetail: el("error-detail"),
   result: el("result"),
   decision: el("decision"),
+  seriesChoice: el("series-choice"),
   fileErrors: el("file-errors"),
   viewer: el("viewer"),
   viewerHelp: el("viewer-help"),
@@ -68,6 +90,7 @@ const ui = {
   probability: el("probability"),
   comparison: el("comparison"),
   threshold: el("threshold"),
+  clearedNote: el("cleared-note"),
   nearFlag: el("near-flag"),
   area: el("area"),
   volume: el("volume"),
@@ -88,6 +111,7 @@ const ui = {
   spacingControls: el("spacing-controls"),
   pixelSpacing: el("pixel-spacing"),
   sliceSpacing: el("slice-spacing"),
+  sliceSpacingRow: el("slice-spacing-row"),
   downloadSeg: el("download-seg"),
   downloadMasks: el("download-masks"),
   tableBody: document.querySelector("#slice-table tbody"),
@@ -99,6 +123,7 @@ class ApiError extends Error {
     this.status = status;
     this.retryAfter = retryAfter;
     this.code = code;
+    this.title = null; // set where the request itself tells more than the code (a raster series' size error)
   }
 }
 
@@ -106,6 +131,7 @@ class ApiError extends Error {
 class NetworkError extends Error {}
 
 let inFlight = null; // XMLHttpRequest of the analysis running now: a newer upload cancels it
+let segInFlight = null; // XMLHttpRequest of a DICOM SEG download: a newer upload cancels it too
 // Counts analyses started (and cancels): an analysis whose number is no longer the latest shows nothing, whatever
 // stage it was in (reading a big zip, uploading, decoding), so the newest choice always wins.
 let generation = 0;
@@ -120,6 +146,11 @@ const formatPercent = (value) => `${(value * 100).toFixed(1)} %`;
 const formatNumber = (value, digits) => value.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const naturalOrder = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
 const isNearThreshold = (prediction) => Math.abs(prediction.tumor_probability - prediction.threshold) < NEAR_THRESHOLD_MARGIN;
+const isAboveThreshold = (prediction) => prediction.tumor_probability >= prediction.threshold;
+// At or above the threshold yet not detected: only the series clean-up does that (no mask piece of the slice was
+// left, as 3-D pieces too small to be tumor are dropped).
+const isClearedBySeries = (prediction) => isAboveThreshold(prediction) && !prediction.tumor_detected;
+const plural = (count, word) => `${count.toLocaleString("en")} ${count === 1 ? word : `${word}s`}`;
 
 function requestHeaders() {
   const key = ui.apiKey.value.trim();
@@ -173,7 +204,7 @@ function showError(error) {
   let title;
   let detail = "";
   if (error instanceof ApiError) {
-    title = ERROR_TITLES_BY_CODE[error.code] ?? ERROR_TITLES[error.status]
+    title = error.title ?? ERROR_TITLES_BY_CODE[error.code] ?? ERROR_TITLES[error.status]
       ?? `The server answered with an error (HTTP ${error.status}).`;
     if (error.retryAfter) {
       title += ` Try again in ${error.retryAfter} ${error.retryAfter === 1 ? "second" : "seconds"}.`;
@@ -335,6 +366,9 @@ function stopAnalysis() {
   generation += 1;
   inFlight?.abort();
   inFlight = null;
+  // A SEG still downloading is the previous result's: saving it while a new upload is shown would mix patients.
+  segInFlight?.abort();
+  segInFlight = null;
   hideProgress();
 }
 
@@ -348,11 +382,13 @@ function hideProgress() {
 async function analyse(chosen) {
   stopAnalysis();
   const mine = generation;
+  let rasterSeriesSent = false;
   const stale = () => mine !== generation;
   ui.error.hidden = true;
   ui.result.hidden = true;
   ui.fileErrors.hidden = true;
   ui.fileName.hidden = true; // the previous choice's names, until this one's are known
+  clearSpacing();
   ui.status.textContent = "Reading the files…";
   // Shown from the start, so that a slow read (a big zip, a network drive) can be cancelled too.
   ui.progressLabel.textContent = "Reading the files";
@@ -378,9 +414,12 @@ async function analyse(chosen) {
     ui.progress.value = 0;
     ui.progressRow.hidden = false;
 
+    // Several PNG/JPEG/TIFF files are the slices of one volume: series=true gets them the series clean-up, as
+    // DICOM series always get it. A single file stays a slice on its own.
+    rasterSeriesSent = !dicom && files.length > 1;
     // Decode the pictures while the server works: the answer only adds the masks.
     const pictures = Promise.all(files.map((file) => readPicture(file, dicom)));
-    const posted = postBatch(files, "mask_format=png");
+    const posted = postBatch(files, rasterSeriesSent ? "mask_format=png&series=true" : "mask_format=png");
     inFlight = posted.request;
     const answer = JSON.parse(await posted.done);
     if (stale()) {
@@ -390,13 +429,13 @@ async function analyse(chosen) {
     const decoded = await pictures;
     const shown = answer.slices
       ? await dicomSeries(answer, files, decoded)
-      : await rasterSeries(answer, files, decoded);
+      : await rasterSeries(answer, files, decoded, rasterSeriesSent);
     if (!stale()) {
       showSeries(shown);
     }
   } catch (error) {
     if (!stale() && error.name !== "AbortError") {
-      showError(error);
+      showError(titledForRequest(error, rasterSeriesSent));
     }
   } finally {
     if (!stale()) {
@@ -404,6 +443,14 @@ async function analyse(chosen) {
       hideProgress();
     }
   }
+}
+
+/** A raster series' one request-level invalid_image is its slices' sizes: a title that says so, not "unreadable". */
+function titledForRequest(error, rasterSeries) {
+  if (rasterSeries && error instanceof ApiError && error.code === "invalid_image") {
+    error.title = SERIES_SIZE_TITLE;
+  }
+  return error;
 }
 
 function cancelAnalysis() {
@@ -423,9 +470,10 @@ function throwIfNothingWorked(slices, failures) {
 }
 
 /**
- * `<stem>_mask.png` per file, each name used once in the zip (files of two folders, or two zip entries, can share a
- * name: a second entry of the same name would hide the first when unpacked), with no path separators or characters
- * that archive tools or file systems refuse.
+ * `<stem>_predicted_mask.png` per file (never `<stem>_mask.png`: that is the LGG data set's ground-truth name, which
+ * unzipping into the patient's folder would overwrite), each name used once in the zip (files of two folders, or two
+ * zip entries, can share a name: a second entry of the same name would hide the first when unpacked), with no path
+ * separators or characters that archive tools or file systems refuse.
  */
 function maskNamer() {
   const used = new Set(["slices.csv"]);
@@ -433,16 +481,16 @@ function maskNamer() {
     // Also no leading dot (hidden file) or formula sign (the name is a cell of slices.csv too).
     const stem = stemOf(fileName).replace(/[\\/:*?"<>|\u0000-\u001f\u007f]/g, "_").replace(/^[.=+\-@]+/, "_")
       || "slice";
-    let name = `${stem}_mask.png`;
+    let name = `${stem}_predicted_mask.png`;
     for (let n = 2; used.has(name.toLowerCase()); n += 1) {
-      name = `${stem}_${n}_mask.png`;
+      name = `${stem}_${n}_predicted_mask.png`;
     }
     used.add(name.toLowerCase());
     return name;
   };
 }
 
-async function rasterSeries(answer, files, pictures) {
+async function rasterSeries(answer, files, pictures, sentAsSeries) {
   const failures = fileFailures(answer.results.filter((item) => !item.ok), files);
   const slices = [];
   const maskName = maskNamer();
@@ -458,7 +506,7 @@ async function rasterSeries(answer, files, pictures) {
     });
   }
   throwIfNothingWorked(slices, failures);
-  return { kind: "raster", files, slices, failures, answer, volumeMl: null };
+  return { kind: "raster", sentAsSeries, files, slices, failures, answer, volumeMl: null };
 }
 
 /**
@@ -490,12 +538,14 @@ async function dicomSeries(answer, files, headers) {
     }
   });
   const slices = [];
-  for (const item of anatomicalOrder(answer.slices, frames)) {
+  for (const [position, item] of anatomicalOrder(answer.slices, frames).entries()) {
     const source = frames.get(item.sop_instance_uid);
     const frame = source?.header.frames[item.frame_number - 1] ?? null;
     slices.push({
       label: source ? `${source.name}${source.header.frames.length > 1 ? `, frame ${item.frame_number}` : ""}` : `slice ${item.index + 1}`,
-      maskName: `slice_${String(item.index + 1).padStart(4, "0")}_mask.png`,
+      // Numbered as the page shows the slices (anatomical order), not as the files were sent: the names sort in
+      // slice order, and slice_0001 is the page's slice 1.
+      maskName: `slice_${String(position + 1).padStart(4, "0")}_mask.png`,
       prediction: { ...item.prediction, threshold: answer.threshold },
       picture: frame,
       window: source?.header.window ?? null,
@@ -504,7 +554,7 @@ async function dicomSeries(answer, files, headers) {
     });
   }
   throwIfNothingWorked(slices, failures);
-  return { kind: "dicom", files, slices, failures, answer, volumeMl: answer.tumor_volume_ml };
+  return { kind: "dicom", sentAsSeries: true, files, slices, failures, answer, volumeMl: answer.tumor_volume_ml };
 }
 
 // ------------------------------------------------------------------------------------------------- the series
@@ -534,6 +584,9 @@ function showSeries(shown) {
   ui.sliceSummary.textContent = `${slices.length} ${slices.length === 1 ? "slice" : "slices"}, ${positives} with tumor`
     + (near ? `, ${near} close to the threshold` : "");
 
+  ui.seriesChoice.textContent = shown.kind === "dicom" ? describeSeriesChoice(answer) : "";
+  ui.seriesChoice.hidden = shown.kind !== "dicom";
+
   ui.fileErrors.hidden = shown.failures.length === 0;
   ui.fileErrors.textContent = shown.failures.length
     ? `${shown.failures.length} ${shown.failures.length === 1 ? "file" : "files"} could not be analysed: `
@@ -541,6 +594,7 @@ function showSeries(shown) {
     : "";
 
   ui.spacingControls.hidden = shown.kind === "dicom";
+  ui.sliceSpacingRow.hidden = slices.length === 1; // one slice has no volume: its pixel spacing gives the area
   ui.downloadSeg.hidden = shown.kind !== "dicom";
   ui.downloadSeg.disabled = !detected;
   ui.downloadSeg.textContent = detected ? "Download DICOM SEG" : "DICOM SEG: none, no tumor found";
@@ -572,6 +626,23 @@ function showSeries(shown) {
   const failed = shown.failures.length;
   const failureNote = ` ${failed} ${failed === 1 ? "file" : "files"} could not be analysed (listed under Result).`;
   ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "");
+}
+
+/** Which DICOM series the server read and which it left out, with its notes: plain text from the answer. */
+function describeSeriesChoice(answer) {
+  const named = (use) => {
+    const number = use.series_number === null ? "no series number" : `series ${use.series_number}`;
+    const description = use.series_description ? `, “${use.series_description}”` : "";
+    return `${use.role} (${number}${description}, ${plural(use.files.length, "file")})`;
+  };
+  const used = answer.series_used ?? [];
+  const leftOut = answer.series_left_out ?? [];
+  const parts = [`Series read: ${used.length ? used.map(named).join(", ") : "none"}.`];
+  if (leftOut.length) {
+    parts.push(`Left out: ${leftOut.map(named).join(", ")}.`);
+  }
+  parts.push(...(answer.selection_notes ?? []).map((note) => `${note}.`));
+  return parts.join(" ");
 }
 
 function buildStrip(slices) {
@@ -609,7 +680,7 @@ function buildTable(slices) {
       const row = document.createElement("tr");
       const { prediction } = slice;
       const area = areaMm2(slice);
-      const result = `${prediction.tumor_detected ? "Tumor" : "No tumor"}${isNearThreshold(prediction) ? " (close to threshold)" : ""}`;
+      const result = `${resultWords(prediction)}${isNearThreshold(prediction) ? " (close to threshold)" : ""}`;
       const cells = [
         String(index + 1),
         slice.label,
@@ -631,6 +702,12 @@ function buildTable(slices) {
   );
 }
 
+/** A new upload is another patient or scan: the spacing typed for the previous one does not carry over. */
+function clearSpacing() {
+  ui.pixelSpacing.value = "";
+  ui.sliceSpacing.value = "";
+}
+
 function enteredSpacing() {
   const read = (input) => {
     const value = Number(input.value);
@@ -647,7 +724,9 @@ function updateVolume() {
     volume = series.volumeMl;
     text = volume === null
       ? "unknown: the DICOM files give no pixel or slice spacing"
-      : `${formatNumber(volume, 2)} mL (from the DICOM geometry)`;
+      : `${formatNumber(volume, 2)} mL (from the DICOM geometry)${volumeCaveats(series.answer)}`;
+  } else if (series.slices.length === 1) {
+    text = "not computed for a single slice (send the slices of a series together)";
   } else {
     const { pixel, slice } = enteredSpacing();
     if (pixel && slice) {
@@ -664,6 +743,18 @@ function updateVolume() {
   } else {
     ui.volume.dataset.value = String(volume);
   }
+}
+
+/** Why a DICOM series' volume may fall short, from the answer: slices missing inside it, tumor at its ends. */
+function volumeCaveats(answer) {
+  const caveats = [];
+  if (answer.slices_missing > 0) {
+    caveats.push(`${plural(answer.slices_missing, "slice")} missing between those analysed`);
+  }
+  if (answer.tumor_reaches_series_end) {
+    caveats.push("tumor on the first or last slice sent (it may go on beyond them)");
+  }
+  return caveats.length ? `; it may fall short: ${caveats.join(", and ")}` : "";
 }
 
 /** Reads the volume out (its live region) once typing pauses: one announcement, not one per keystroke. */
@@ -793,19 +884,7 @@ function showSlice(index) {
   drawMask(slice);
 
   const where = count === 1 ? slice.label : `Slice ${current + 1} of ${count} (${slice.label})`;
-  let drawn;
-  if (!prediction.mask) {
-    // Detected without a mask: under the segmenter's single_slice_mask_min_probability, or no mask piece as large as
-    // its single_slice_min_component_pixels (GET /v1/models).
-    drawn = prediction.tumor_detected
-      ? "tumor detected, not outlined (a slice sent alone is outlined only when the model is surer and the outline "
-        + "is more than a speck)"
-      : "no tumor predicted on this slice";
-  } else if (ui.maskStyle.value === "none") {
-    drawn = "predicted tumor mask hidden";
-  } else {
-    drawn = `predicted tumor ${ui.maskStyle.value === "fill" ? "area filled" : "outlined"} in ${colourName()}`;
-  }
+  let drawn = describeDrawn(prediction);
   if (!slice.picture) {
     // Compressed DICOM or an encoding this browser cannot decode: the server read it, the page cannot draw it.
     drawn += "; the image itself cannot be drawn in this browser (compressed or unusual encoding), so the mask "
@@ -816,18 +895,57 @@ function showSlice(index) {
 
   ui.probability.textContent = formatPercent(prediction.tumor_probability);
   ui.probability.dataset.value = String(prediction.tumor_probability);
-  ui.comparison.textContent = prediction.tumor_detected ? "is at or above" : "is below";
+  // The numbers themselves are compared; the series clean-up, when it is why the slice is negative, is said apart.
+  ui.comparison.textContent = isAboveThreshold(prediction) ? "is at or above" : "is below";
+  ui.clearedNote.hidden = !isClearedBySeries(prediction);
   ui.nearFlag.hidden = !isNearThreshold(prediction);
   ui.area.textContent = describeArea(slice);
 
   ui.slider.value = String(current + 1);
   ui.sliceNumber.textContent = `${current + 1} / ${count}`;
-  const valueText = `Slice ${current + 1} of ${count}: ${prediction.tumor_detected ? "tumor" : "no tumor"}, `
+  const valueText = `Slice ${current + 1} of ${count}: ${resultWords(prediction).toLowerCase()}, `
     + `probability ${formatPercent(prediction.tumor_probability)}`;
   ui.slider.setAttribute("aria-valuetext", valueText);
   ui.strip.setAttribute("aria-valuenow", String(current + 1));
   ui.strip.setAttribute("aria-valuetext", valueText);
   ui.strip.querySelectorAll(".strip-bar").forEach((bar, at) => bar.classList.toggle("current", at === current));
+}
+
+/** The caption's words for what the mask layer shows of this slice's prediction. */
+function describeDrawn(prediction) {
+  const { mask } = prediction;
+  if (!mask) {
+    if (isClearedBySeries(prediction)) {
+      return "no tumor: its predicted tumor area did not survive the series clean-up";
+    }
+    if (!prediction.tumor_detected) {
+      return "no tumor predicted on this slice";
+    }
+    // Detected without a mask happens only to a slice sent alone: under the segmenter's
+    // single_slice_mask_min_probability, or no mask piece as large as its single_slice_min_component_pixels.
+    return series.sentAsSeries
+      ? "tumor detected, not outlined"
+      : "tumor detected, not outlined (a slice sent alone is outlined only when the model is surer and the outline "
+        + "is more than a speck)";
+  }
+  if (ui.maskStyle.value === "none") {
+    return "predicted tumor mask hidden";
+  }
+  if (mask.area_pixels <= TINY_MASK_PIXELS) {
+    // A fill or outline of a few pixels is invisible at the viewer's size: say where it is instead.
+    const [x, y] = mask.bbox ?? [0, 0];
+    return `predicted tumor area of only ${plural(mask.area_pixels, "pixel")} (at column ${x + 1}, row ${y + 1}), `
+      + "too small to see";
+  }
+  return `predicted tumor ${ui.maskStyle.value === "fill" ? "area filled" : "outlined"} in ${colourName()}`;
+}
+
+/** "Tumor", "No tumor", or "No tumor (series clean-up)": the table's and the sliders' word for a slice. */
+function resultWords(prediction) {
+  if (prediction.tumor_detected) {
+    return "Tumor";
+  }
+  return isClearedBySeries(prediction) ? "No tumor (series clean-up)" : "No tumor";
 }
 
 function describeArea(slice) {
@@ -839,7 +957,7 @@ function describeArea(slice) {
   const share = (100 * mask.area_pixels) / (height * width);
   const mm2 = areaMm2(slice);
   const physical = mm2 === null ? "" : `, ${formatNumber(mm2, 1)} mm²`;
-  return `${mask.area_pixels.toLocaleString("en")} pixels (${share.toFixed(1)} % of the ${width} × ${height} slice)${physical}`;
+  return `${plural(mask.area_pixels, "pixel")} (${share.toFixed(1)} % of the ${width} × ${height} slice)${physical}`;
 }
 
 // ------------------------------------------------------------------------------------------------- downloads
@@ -875,18 +993,30 @@ async function downloadMasks() {
   saveBlob(writeZip(entries), "tumor-masks.zip");
 }
 
+/** The SEG of the result shown; a new upload aborts it (stopAnalysis), and an answer that still comes is dropped. */
 async function downloadSegmentation() {
+  const mine = generation;
+  const stale = () => mine !== generation;
   ui.downloadSeg.disabled = true;
   ui.status.textContent = "Asking the server for the DICOM SEG…";
   try {
     const posted = postBatch(series.files, "output=dicom-seg");
+    segInFlight = posted.request;
     const blob = await posted.done;
+    if (stale()) {
+      return;
+    }
     saveBlob(new Blob([blob], { type: "application/dicom" }), "tumor-seg.dcm");
     ui.status.textContent = "DICOM SEG downloaded.";
   } catch (error) {
-    showError(error);
+    if (!stale() && error.name !== "AbortError") {
+      showError(error);
+    }
   } finally {
-    ui.downloadSeg.disabled = false;
+    if (!stale()) {
+      segInFlight = null;
+      ui.downloadSeg.disabled = false;
+    }
   }
 }
 
@@ -983,6 +1113,33 @@ function scrollByKeys(element, moves) {
   });
 }
 
+const SLICE_KEYS = { ArrowDown: -1, ArrowLeft: -1, ArrowUp: 1, ArrowRight: 1, PageDown: -10, PageUp: 10 };
+
+/**
+ * -1, 0 or 1: at most one slice per wheel event, so one notch is one slice whether the browser sends it as 3 lines
+ * (Firefox), 100 pixels (Chromium on Windows) or 53 (Chromium on Linux). Small pixel deltas (a touchpad) add up to
+ * WHEEL_STEP_PIXELS first; turning back starts the count afresh.
+ */
+function wheelStep(event) {
+  const direction = Math.sign(event.deltaY);
+  if (direction === 0) {
+    return 0;
+  }
+  if (event.deltaMode !== WheelEvent.DOM_DELTA_PIXEL) {
+    wheelDelta = 0;
+    return direction;
+  }
+  if (Math.sign(wheelDelta) === -direction) {
+    wheelDelta = 0;
+  }
+  wheelDelta += event.deltaY;
+  if (Math.abs(wheelDelta) < WHEEL_STEP_PIXELS) {
+    return 0;
+  }
+  wheelDelta = 0;
+  return direction;
+}
+
 function wireViewer() {
   ui.slider.addEventListener("input", () => showSlice(Number(ui.slider.value) - 1));
   ui.viewer.addEventListener(
@@ -992,19 +1149,17 @@ function wireViewer() {
         return;
       }
       event.preventDefault();
-      wheelDelta += event.deltaMode === 0 ? event.deltaY : event.deltaY * WHEEL_STEP_PIXELS;
-      const steps = Math.trunc(wheelDelta / WHEEL_STEP_PIXELS);
-      if (steps) {
-        wheelDelta -= steps * WHEEL_STEP_PIXELS;
-        showSlice(current + steps);
+      const step = wheelStep(event);
+      if (step) {
+        showSlice(current + step);
       }
     },
     { passive: false },
   );
-  // The viewer scrolls like a page (up: the slice before); the strip is a slider (up and right: the next slice), as
-  // screen readers announce it and as the range input above works.
-  scrollByKeys(ui.viewer, { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1, PageUp: -10, PageDown: 10 });
-  scrollByKeys(ui.strip, { ArrowDown: -1, ArrowLeft: -1, ArrowUp: 1, ArrowRight: 1, PageDown: -10, PageUp: 10 });
+  // One key map for the viewer, the strip and the range input (which the browser drives): up and right go to the
+  // next slice, as a slider does and as screen readers announce the two sliders.
+  scrollByKeys(ui.viewer, SLICE_KEYS);
+  scrollByKeys(ui.strip, SLICE_KEYS);
   ui.strip.addEventListener("click", (event) => {
     const bar = event.target.closest(".strip-bar");
     if (bar) {

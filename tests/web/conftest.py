@@ -103,6 +103,16 @@ def unsure_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 
 
 @pytest.fixture(scope="module")
+def cleared_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service on tiny models that call every slice positive (threshold 0.0) but whose series clean-up drops
+    every mask piece (`series_min_component_voxels` above any volume's voxel count): in a series, every slice is at or
+    above the threshold and yet not detected."""
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("cleared_models"), series_min_component_voxels=10**9)
+    with serving(Settings(model_dir=model_dir)) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Chromium from the system; Playwright's own browser download is never used."""
     executable = find_chromium()

@@ -55,7 +55,7 @@ def test_page_shows_prediction_overlay_and_mask_download(page: Page, live_server
         download_button.click()
     assert downloaded.value.suggested_filename == "tumor-masks.zip"
     with zipfile.ZipFile(downloaded.value.path()) as archive:
-        assert archive.read(f"{TUMOR_SLICE.stem}_mask.png") == base64.b64decode(prediction["mask"]["png"])
+        assert archive.read(f"{TUMOR_SLICE.stem}_predicted_mask.png") == base64.b64decode(prediction["mask"]["png"])
 
 
 def test_page_shows_unsupported_type_message_for_text_file(page: Page, live_server: str, screenshot_dir: Path) -> None:

@@ -173,7 +173,7 @@ def test_keyboard_reaches_and_operates_every_control_in_order(page: Page, live_s
     page.focus("#viewer")
     page.keyboard.press("End")
     expect(page.locator("#slice-number")).to_have_text("4 / 4")
-    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowDown")
     expect(page.locator("#slice-number")).to_have_text("3 / 4")
     page.keyboard.press("Tab")
     assert focused(page) == "slice-slider"
@@ -221,7 +221,7 @@ def test_slice_changed_from_the_viewer_keys_is_announced(page: Page, live_server
 
     page.focus("#viewer")
     page.keyboard.press("Home")
-    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowUp")
 
     caption = ax_node(page, "#caption")
     assert caption.get("live") == "polite"
@@ -288,7 +288,7 @@ def test_a_volume_recomputed_from_the_spacing_is_announced_once_and_scrolling_sl
 
     page.focus("#viewer")
     page.keyboard.press("End")
-    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowDown")
     page.focus("#pixel-spacing")
     page.keyboard.type("0.5")  # the volume needs both spacings: nothing changed yet
     page.wait_for_timeout(1000)  # past the page's pause before an announcement

@@ -97,6 +97,7 @@ def test_markup_in_file_names_dicom_tags_and_server_reasons_stays_text(page: Pag
     expect(page.locator("#caption")).to_contain_text(f"({PAYLOAD}0.dcm)")
     expect(page.locator("#file-name")).to_contain_text(PAYLOAD)
     assert page.locator("#slice-table tbody td").nth(0).text_content() == f"{PAYLOAD}0.dcm"
+    expect(page.locator("#series-choice")).to_contain_text(f"“{PAYLOAD[:64]}”")  # the Series Description, as text
 
     # A per-file error of a raster batch: the server's reason and the file name, side by side.
     good = TUMOR_SLICE.read_bytes()

@@ -71,7 +71,8 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
 
     answer = upload(page, folder)
 
-    assert requests == [f"{live_server}/v1/predict/batch?mask_format=png"]  # one request, no overlay request
+    # One request, no overlay request; several raster files are one series (its clean-up applies).
+    assert requests == [f"{live_server}/v1/predict/batch?mask_format=png&series=true"]
     expect(page.locator("#file-name")).to_contain_text("4 files")
     expect(page.locator("#file-name")).to_contain_text("4 ground-truth mask files left out")
     predictions = [item["prediction"] for item in answer["results"]]
@@ -81,7 +82,7 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
     expect(page.locator("#strip .strip-bar")).to_have_count(4)
     expect(page.locator("#slice-table tbody tr")).to_have_count(4)
 
-    # Slider to the first slice, then the arrow keys and the mouse wheel through the rest.
+    # Slider to the first slice, then the arrow keys (up: the next slice) and the mouse wheel through the rest.
     page.locator("#slice-slider").fill("1")
     viewer = page.locator("#viewer")
     for index, path in enumerate(RASTER_SERIES):
@@ -89,7 +90,7 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
             viewer.hover()
             page.mouse.wheel(0, 50)
         elif index > 0:
-            viewer.press("ArrowDown")
+            viewer.press("ArrowUp")
         expect(page.locator("#slice-number")).to_have_text(f"{index + 1} / 4")
         expect(page.locator("#caption")).to_contain_text(path.name)
         shown_probability = float(page.locator("#probability").get_attribute("data-value"))
@@ -117,7 +118,7 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
     with zipfile.ZipFile(downloaded.value.path()) as archive:
         assert archive.testzip() is None
         for path, prediction in zip(RASTER_SERIES, predictions, strict=True):
-            content = archive.read(f"{path.stem}_mask.png")
+            content = archive.read(f"{path.stem}_predicted_mask.png")
             if prediction["mask"]:
                 assert content == base64.b64decode(prediction["mask"]["png"])
             else:
@@ -125,6 +126,26 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
         rows = archive.read("slices.csv").decode().splitlines()
     assert rows[0] == "slice,file,mask_file,tumor_probability,tumor_detected,area_pixels,area_mm2"
     assert len(rows) == 5
+
+
+def test_a_gapped_dicom_series_says_its_volume_may_fall_short(page: Page, live_server: str, tmp_path: Path) -> None:
+    """A browser review found 42.2 mL shown for a series with two slices missing through the tumor, with no sign."""
+    datasets = mr_series(tumor_channels() + tumor_channels())  # 6 slices, 5 mm apart
+    paths = []
+    for index in (0, 1, 4, 5):  # the two in the middle left out
+        paths.append(tmp_path / f"IM{index:04d}")
+        paths[-1].write_bytes(to_bytes(datasets[index]))
+    page.goto(live_server)
+
+    answer = upload(page, paths)
+
+    assert answer["slices_missing"] == 2
+    expect(page.locator("#volume")).to_contain_text("it may fall short: 2 slices missing between those analysed")
+    ends = "tumor on the first or last slice sent (it may go on beyond them)"
+    if answer["tumor_reaches_series_end"]:
+        expect(page.locator("#volume")).to_contain_text(ends)
+    else:
+        expect(page.locator("#volume")).not_to_contain_text(ends)
 
 
 def test_series_view_of_dicom_series_shows_the_api_volume_and_downloads_its_seg(
