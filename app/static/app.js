@@ -45,6 +45,8 @@ const ERROR_TITLES_BY_CODE = {
   too_many_slices: "Too many slices for one request.",
   inference_timeout: "The analysis took too long. Try fewer slices, or try again later.",
 };
+// mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.
+const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or patients. Choose the files of one study.";
 // The one request-level error of a PNG/JPEG/TIFF series (code invalid_image, HTTP 400): its slices differ in size.
 const SERIES_SIZE_TITLE = "The slices differ in size, so they cannot be analysed as one series. Choose slices of "
   + "one size, or analyse them one at a time.";
@@ -383,6 +385,7 @@ async function analyse(chosen) {
   stopAnalysis();
   const mine = generation;
   let rasterSeriesSent = false;
+  let onlyDicomSent = false;
   const stale = () => mine !== generation;
   ui.error.hidden = true;
   ui.result.hidden = true;
@@ -417,6 +420,7 @@ async function analyse(chosen) {
     // Several PNG/JPEG/TIFF files are the slices of one volume: series=true gets them the series clean-up, as
     // DICOM series always get it. A single file stays a slice on its own.
     rasterSeriesSent = !dicom && files.length > 1;
+    onlyDicomSent = heads.every(isDicom);
     // Decode the pictures while the server works: the answer only adds the masks.
     const pictures = Promise.all(files.map((file) => readPicture(file, dicom)));
     const posted = postBatch(files, rasterSeriesSent ? "mask_format=png&series=true" : "mask_format=png");
@@ -435,7 +439,7 @@ async function analyse(chosen) {
     }
   } catch (error) {
     if (!stale() && error.name !== "AbortError") {
-      showError(titledForRequest(error, rasterSeriesSent));
+      showError(titledForRequest(error, rasterSeriesSent, onlyDicomSent));
     }
   } finally {
     if (!stale()) {
@@ -445,10 +449,16 @@ async function analyse(chosen) {
   }
 }
 
-/** A raster series' one request-level invalid_image is its slices' sizes: a title that says so, not "unreadable". */
-function titledForRequest(error, rasterSeries) {
+/**
+ * Titles the request tells more precisely than the code: a raster series' one request-level invalid_image is its
+ * slices' sizes (not "unreadable"), and mixed_input of DICOM files alone means several studies or patients.
+ */
+function titledForRequest(error, rasterSeries, onlyDicom) {
   if (rasterSeries && error instanceof ApiError && error.code === "invalid_image") {
     error.title = SERIES_SIZE_TITLE;
+  }
+  if (onlyDicom && error instanceof ApiError && error.code === "mixed_input") {
+    error.title = SEVERAL_STUDIES_TITLE;
   }
   return error;
 }

@@ -332,6 +332,27 @@ def test_odd_server_answers_get_honest_messages(page: Page, live_server: str) ->
     watch.assert_clean(page)
 
 
+def test_dicom_files_of_two_studies_are_told_apart_from_dicom_mixed_with_images(page: Page, live_server: str) -> None:
+    """Both are the code mixed_input; the page titled two studies' files "DICOM files and PNG, JPEG or TIFF images"."""
+    watch = PageWatch(page)
+    first, second = mr_series(tumor_channels()[:1])[0], mr_series(tumor_channels()[:1])[0]  # a Study() each
+    page.goto(live_server)
+
+    page.set_input_files(
+        "#file-input",
+        files=[
+            {"name": "a.dcm", "mimeType": "application/dicom", "buffer": to_bytes(first)},
+            {"name": "b.dcm", "mimeType": "application/dicom", "buffer": to_bytes(second)},
+        ],
+    )
+
+    expect(page.locator("#error-title")).to_have_text(
+        "The DICOM files come from several studies or patients. Choose the files of one study."
+    )
+    expect(page.locator("#error-detail")).to_contain_text("come from 2 studies")
+    watch.assert_clean(page)
+
+
 def test_mixing_dicom_and_images_says_so(page: Page, live_server: str) -> None:
     watch = PageWatch(page)
     (dataset,) = mr_series(tumor_channels()[:1])
