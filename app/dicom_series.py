@@ -378,12 +378,8 @@ def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int
     gap, where a blob would otherwise be kept for touching, in projection, a tumor many millimetres away. Without
     positions for every frame nothing is known of gaps: no breaks.
     """
-    offsets = offsets_along_normal(frames)
-    spacing = slice_spacing_mm(frames)
-    if offsets is None or spacing is None or len(order) < 3:
-        return set()
-    steps = np.abs(np.diff(offsets[list(order)]))
-    return {int(place) for place in np.flatnonzero(steps > MAX_NEIGHBOUR_SPACINGS * spacing)}
+    steps = _steps_in_spacings(frames, order)
+    return set() if steps is None else {int(place) for place in np.flatnonzero(steps > MAX_NEIGHBOUR_SPACINGS)}
 
 
 def missing_slices(frames: Sequence[DicomFrame]) -> int:
@@ -391,12 +387,18 @@ def missing_slices(frames: Sequence[DicomFrame]) -> int:
     (`slice_spacing_mm`): files that could not be read, or a client that sent part of a series, so the tumor volume
     leaves them out. 0 without positions for every frame (nothing is known of gaps), and for two frames (their
     distance is the spacing)."""
+    steps = _steps_in_spacings(frames, anatomical_order(frames))
+    return 0 if steps is None else int(sum(max(0, round(float(step)) - 1) for step in steps))
+
+
+def _steps_in_spacings(frames: Sequence[DicomFrame], order: Sequence[int]) -> np.ndarray | None:
+    """The distances between neighbours in `order`, in units of the series' spacing; None without positions for
+    every frame, a spacing, or three frames (two frames' distance is the spacing)."""
     offsets = offsets_along_normal(frames)
     spacing = slice_spacing_mm(frames)
-    if offsets is None or spacing is None or len(frames) < 3:
-        return 0
-    steps = np.diff(np.sort(offsets))
-    return int(sum(max(0, round(float(step) / spacing) - 1) for step in steps))
+    if offsets is None or spacing is None or len(order) < 3:
+        return None
+    return np.abs(np.diff(offsets[list(order)])) / spacing
 
 
 def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]) -> None:
