@@ -11,8 +11,7 @@ three. No HTTP here.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,16 +117,16 @@ def plan_series(
 
     Order: each file's header (a file that fails yields its error in its place), the series the models read
     (`choose_series` with `rules`; files of other series are left out of everything that follows), the slices of
-    the chosen files against `max_slices` (default `limits.max_request_slices`), each file's cost, that no two files
-    left share a SOP Instance UID, then the request's cost (its files are held together, as one series) against
-    `limits.max_decode_bytes`.
+    the chosen files against `max_slices` (default `limits.max_request_slices`), each file's cost, an error in place
+    of a file with the SOP Instance UID of an earlier one, then the request's cost (its files are held together, as
+    one series) against `limits.max_decode_bytes`.
 
     Raises
     ------
     ServiceError
         `app.errors.NoFlairSeriesError` when no series can be read as FLAIR; `refuse_slices(slices, max_slices)`
-        (default `TooManySlicesError`) for too many slices; `app.errors.InvalidDicomImageError` for files that share
-        a SOP Instance UID; `app.errors.OverMemoryBudgetError` for a request over the budget.
+        (default `TooManySlicesError`) for too many slices; `app.errors.OverMemoryBudgetError` for a request over
+        the budget.
     """
     max_slices = limits.max_request_slices if max_slices is None else max_slices
     headers = read_headers(uploads, limits)
@@ -137,33 +136,33 @@ def plan_series(
     slices = count_slices(chosen, at_most=max_slices)
     if max_slices is not None and slices > max_slices:
         raise refuse_slices(slices, max_slices)
-    costs = []
     for index, item in enumerate(headers):
-        if not isinstance(item, DicomHeader) or index not in used:
-            continue
-        if limits.max_decode_bytes is not None:
+        if isinstance(item, DicomHeader) and index in used and limits.max_decode_bytes is not None:
             try:
                 item.check_cost(limits.max_decode_bytes)
             except ServiceError as error:
                 headers[index] = error
-                continue
-        costs.append(item.cost_bytes)
-    check_distinct_instances(
-        [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
-    )
+    refuse_repeated_instances(headers, used)  # after each file's own checks: a file refused by itself keeps its reason
+    costs = [item.cost_bytes for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
     check_request_cost(sum(costs), len(costs), limits)
     return SeriesPlan(headers, slices, sum(costs), choice)
 
 
-def check_distinct_instances(headers: Sequence[DicomHeader]) -> None:
-    """Refuse files that share a SOP Instance UID: answers, a SEG and an SR name slices by it, so two files under one
-    would be two slices of one instance (the UID is not quoted: it is the file's content)."""
-    counts = Counter(str(header.dataset.get("SOPInstanceUID", "") or "") for header in headers)
-    shared = max((count for uid, count in counts.items() if uid), default=0)
-    if shared > 1:
-        raise InvalidDicomImageError(
-            f"{shared} files share one SOP Instance UID; a UID names one instance: send each instance once"
-        )
+def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
+    """Put an error in place of each used file whose SOP Instance UID an earlier used file has: answers, a SEG and an
+    SR name slices by it, so two files under one would be two slices of one instance. The first is read; the UID is
+    not quoted (it is the file's content)."""
+    first: dict[str, int] = {}
+    for index, header in enumerate(headers):
+        if not isinstance(header, DicomHeader) or index not in used:
+            continue
+        uid = str(header.dataset.get("SOPInstanceUID", "") or "")
+        if uid and uid in first:
+            headers[index] = InvalidDicomImageError(
+                f"the file has the SOP Instance UID of file {first[uid]} of the request; a UID names one instance, "
+                "which is read once"
+            )
+        first.setdefault(uid, index)
 
 
 def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> int:

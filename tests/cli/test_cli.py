@@ -172,7 +172,10 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
         paths.append(tmp_path / f"slice_{index}.dcm")
         paths[-1].write_bytes(to_bytes(dataset))
     broken = tmp_path / "broken.dcm"
-    whole = paths[0].read_bytes()
+    (extra,) = mr_series(tumor_channels(FLAIR)[:1])  # an instance of its own (the same UID twice is refused)
+    extra.SeriesInstanceUID, extra.StudyInstanceUID = series[0].SeriesInstanceUID, series[0].StudyInstanceUID
+    extra.ImagePositionPatient = [-120.0, -120.0, 99.0]
+    whole = to_bytes(extra)
     broken.write_bytes(whole[: len(whole) // 2])  # a DICOM file cut off in its pixel data
     masks_dir = tmp_path / "masks"
 

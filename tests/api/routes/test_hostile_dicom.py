@@ -147,23 +147,30 @@ def test_a_series_without_usable_uids_gets_a_400_for_dicom_outputs_and_its_json_
     assert answered.status_code == 200 and answered.json()["tumor_detected"] is True
 
 
-def test_two_files_with_one_sop_instance_uid_are_refused(client: TestClient) -> None:
+def test_a_file_with_the_sop_instance_uid_of_an_earlier_one_gets_its_own_error(client: TestClient) -> None:
     """Attack finding: two different slices under one SOP Instance UID were answered (and a SEG made) as two slices
-    of one instance."""
+    of one instance. The first is read; the second gets an error in its place, as any file that cannot be used."""
     datasets = series()
     datasets[1].SOPInstanceUID = datasets[0].SOPInstanceUID
     files = [
         ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
     ]
 
-    for output in ("json", "dicom-seg"):
-        response = client.post(f"/v1/predict/batch?output={output}", files=files)
+    answer = client.post("/v1/predict/batch", files=files)
+    seg = client.post("/v1/predict/batch?output=dicom-seg", files=files)
 
-        assert response.status_code == 400, response.text
-        assert response.json()["error"] == {
-            "code": "invalid_dicom_image",
-            "message": "2 files share one SOP Instance UID; a UID names one instance: send each instance once",
-        }
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [item["sop_instance_uid"] for item in body["slices"]] == [
+        str(datasets[0].SOPInstanceUID),
+        str(datasets[2].SOPInstanceUID),
+    ]
+    (failure,) = body["file_errors"]
+    assert (failure["index"], failure["error"]["code"]) == (1, "invalid_dicom_image")
+    assert failure["error"]["message"] == (
+        "the file has the SOP Instance UID of file 0 of the request; a UID names one instance, which is read once"
+    )
+    assert seg.status_code == 200 and seg.headers["x-skipped-file-indices"] == "1"  # a SEG of the two distinct ones
 
 
 def test_a_report_of_sources_without_study_uid_is_refused_with_a_reason() -> None:
