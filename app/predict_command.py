@@ -305,6 +305,8 @@ class PredictRun:
         series = {
             "tumor_detected": answer.result.tumor_detected,
             "tumor_volume_ml": answer.result.tumor_volume_ml,
+            "slices_missing": answer.result.slices_missing,
+            "tumor_reaches_series_end": answer.result.tumor_reaches_series_end,
             **payloads.series_choice(answer.choice).model_dump(mode="json"),
         }
         report = {"series": series, "results": results, "file_errors": failures, "models": self.predictor.model_tags}

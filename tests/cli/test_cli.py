@@ -191,6 +191,8 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
     assert output["series"] == {
         "tumor_detected": api["tumor_detected"],
         "tumor_volume_ml": api["tumor_volume_ml"],
+        "slices_missing": api["slices_missing"],
+        "tumor_reaches_series_end": api["tumor_reaches_series_end"],
         "series_used": [{**api["series_used"][0], "files": [0, 1, 2, 3]}],  # the broken file's header is whole
         "series_left_out": [],
         "selection_notes": [],
