@@ -440,11 +440,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(Path(args.split))
-    records = [
-        record
-        for record in find_slices(args.data_root)
-        if record.patient_id in set(split["validation"]) | set(split["test"])
-    ]
+    # A candidate judged before any test figure is seen: the test patients are not even read.
+    patients = set(split["validation"]) if args.validation_only else set(split["validation"]) | set(split["test"])
+    records = [record for record in find_slices(args.data_root) if record.patient_id in patients]
     arrays = load_slices(records)
     validation, test = arrays.subset(split["validation"]), arrays.subset(split["test"])
     classifier = load_classifier(args.classifier_weights)
@@ -484,6 +482,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         single_slice_min_probability,
         single_slice_min_pixels,
     )
+
+    if args.validation_only:
+        return validation_only_result(
+            args, classifier, segmenter, validation, validation_probabilities, validation_maps, thresholds
+        )
 
     test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
     flair_probabilities, flair_maps = predict_slices(
@@ -527,6 +530,35 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+def validation_only_result(
+    args: argparse.Namespace,
+    classifier: keras.Model,
+    segmenter: keras.Model,
+    validation: SliceArrays,
+    probabilities,
+    maps,
+    thresholds: tuple,
+) -> dict:
+    """The served pipeline's figures on the validation patients alone, with FLAIR alone as well: what a recipe's
+    rule is judged on before anything is adopted. Written to `validation_evaluation.json`, never read by export."""
+    flair_probabilities, flair_maps = predict_slices(
+        classifier, segmenter, flair_only(validation.images), classifier_flip_average=args.classifier_flip_average
+    )
+    result = {
+        "thresholds": {"classifier": thresholds[0], "mask": thresholds[1]},
+        "classifier_flip_average": args.classifier_flip_average,
+        "series_min_component_voxels": thresholds[2],
+        "single_slice_mask_min_probability": thresholds[3],
+        "single_slice_min_component_pixels": thresholds[4],
+        "validation": {
+            **evaluate_split(validation, probabilities, maps, *thresholds),
+            "flair_only": evaluate_split(validation, flair_probabilities, flair_maps, *thresholds),
+        },
+    }
+    (Path(args.output_dir) / "validation_evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True)
@@ -550,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="judge a candidate on the validation patients alone (with FLAIR alone too) and write "
+        "validation_evaluation.json; the test patients are not read, so a recipe is decided before any test figure",
+    )
+    parser.add_argument(
         "--history",
         action="append",
         default=[],
@@ -565,6 +603,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     with usage_errors(parser.prog):
         result = evaluate(parser.parse_args(argv))
+    if "metrics" not in result:
+        validation = {key: value for key, value in result["validation"].items() if key != "flair_only"}
+        logger.info("validation metrics: %s", json.dumps(validation, default=str)[:2000])
+        return
     summary = {key: value for key, value in result["metrics"].items() if key != "flair_only"}
     logger.info("test metrics: %s", json.dumps(summary["segmentation"] | summary["classifier"], default=str)[:2000])
 

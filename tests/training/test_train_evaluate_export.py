@@ -127,6 +127,46 @@ def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
         assert (trained_run / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_validation_only_evaluation_reads_no_test_patient_and_chooses_as_the_full_one(
+    trained_run, dev_layout, tmp_path, monkeypatch
+):
+    # A recipe is judged before any test figure is seen: the test patients are not even read, and the settings
+    # chosen on validation are those of the full evaluation.
+    split = json.loads((trained_run / "split.json").read_text())
+    read_patients: set[str] = set()
+    real_load_slices = evaluate.load_slices
+
+    def recording_load_slices(records):
+        read_patients.update(record.patient_id for record in records)
+        return real_load_slices(records)
+
+    monkeypatch.setattr(evaluate, "load_slices", recording_load_slices)
+    evaluate.main(
+        [
+            "--data-root",
+            str(dev_layout),
+            "--split",
+            str(trained_run / "split.json"),
+            "--output-dir",
+            str(tmp_path),
+            "--classifier-weights",
+            str(trained_run / "classifier" / "best.weights.h5"),
+            "--segmenter-weights",
+            str(trained_run / "segmenter" / "best.weights.h5"),
+            "--validation-only",
+        ]
+    )
+    assert read_patients == set(split["validation"])
+    assert not (tmp_path / "evaluation.json").exists()
+    judged = json.loads((tmp_path / "validation_evaluation.json").read_text())
+    full = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
+    assert "metrics" not in judged
+    assert judged["thresholds"] == full["thresholds"]
+    assert judged["series_min_component_voxels"] == full["series_min_component_voxels"]
+    assert judged["validation"]["segmentation"] == full["validation"]["segmentation"]
+    assert 0.0 <= judged["validation"]["flair_only"]["segmentation"]["volume_dice_mean"] <= 1.0
+
+
 def test_export_then_reload_gives_the_same_outputs(trained_run, tmp_path):
     models_dir = tmp_path / "models"
     export_run(trained_run, models_dir)
@@ -593,6 +633,45 @@ def test_focal_gamma_makes_the_slices_the_classifier_gets_right_weigh_less():
 
     assert float(focal.loss(labels, easy)) / float(plain.loss(labels, easy)) == pytest.approx(0.01, rel=0.05)
     assert float(focal.loss(labels, hard)) / float(plain.loss(labels, hard)) == pytest.approx(0.81, rel=0.05)
+
+
+def test_weight_decay_shrinks_the_weights_apart_from_the_gradient():
+    # With a zero gradient Adam leaves a weight alone, while AdamW shrinks it by learning rate x weight decay.
+    plain = train.compile_model("classifier", 1e-3, 10, 0.7, jit_compile=False)
+    decayed = train.compile_model("classifier", 1e-3, 10, 0.7, jit_compile=False, weight_decay=0.5)
+    assert type(plain.optimizer) is keras.optimizers.Adam
+    assert isinstance(decayed.optimizer, keras.optimizers.AdamW)
+    assert decayed.optimizer.weight_decay == pytest.approx(0.5)
+
+    kernel = decayed.get_layer("tumor_probability").kernel
+    before = np.array(kernel.numpy())
+    decayed.optimizer.apply_gradients([(keras.ops.zeros_like(kernel), kernel)])
+    assert np.allclose(kernel.numpy(), before * (1 - 1e-3 * 0.5), rtol=1e-5)
+
+
+def test_a_resumed_run_keeps_its_weight_decay(tmp_path):
+    # `--resume` reloads the saved model with its optimizer: the decay must come back with it, not plain Adam.
+    decayed = train.compile_model("classifier", 1e-3, 10, 0.7, jit_compile=False, weight_decay=0.5)
+    decayed.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(reloaded.optimizer, keras.optimizers.AdamW)
+    assert reloaded.optimizer.weight_decay == pytest.approx(0.5)
+
+
+def test_weight_decay_must_not_be_negative(tmp_path):
+    with pytest.raises(SystemExit):
+        train.parse_arguments(
+            [
+                "--model",
+                "classifier",
+                "--data-root",
+                str(tmp_path),
+                "--output-dir",
+                str(tmp_path),
+                "--weight-decay",
+                "-1",
+            ]
+        )
 
 
 def test_patient_bootstrap_intervals_draw_patients_not_slices():
