@@ -2,7 +2,8 @@
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
-  FormatError, MAX_DRAWN_PIXELS, isDicom, rasterSize, readDicom, readPng16, readTiff, readZip, writeGreyPng, writeZip,
+  FormatError, MAX_DRAWN_PIXELS, isDicom, rasterSize, readDicom, readPng16, readTiff, readZip, withStoredOrientation,
+  writeGreyPng, writeZip,
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
@@ -16,6 +17,12 @@ const WHEEL_STEP_PIXELS = 50;
 // A mask of at most this many pixels is a speck at the viewer's size (even at full opacity): the caption says so
 // instead of pointing at a fill nobody can see.
 const TINY_MASK_PIXELS = 9;
+// The outline's least width on screen. One canvas pixel is less than one CSS pixel once the image is larger than the
+// viewer (a 512 px slice shown at 416 px), too faint to see; the outline is drawn this many CSS pixels wide or more.
+const OUTLINE_CSS_PIXELS = 1.5;
+// Fields where keystrokes go: a result that arrives while one has focus does not take the focus away.
+const TEXT_ENTRY = "input:not([type=file], [type=range], [type=checkbox], [type=radio], [type=button]), textarea, "
+  + "[contenteditable]";
 // The recomputed volume is announced once typing in a spacing field pauses this long, not once per keystroke.
 const VOLUME_ANNOUNCE_DELAY_MS = 500;
 
@@ -67,6 +74,7 @@ const ui = {
   dropZone: el("drop-zone"),
   fileName: el("file-name"),
   apiKey: el("api-key"),
+  keyForm: el("key-form"),
   progressRow: el("progress-row"),
   progressLabel: el("progress-label"),
   progress: el("progress"),
@@ -76,6 +84,7 @@ const ui = {
   errorTitle: el("error-title"),
   errorDetail: el("error-detail"),
   result: el("result"),
+  resultHeading: el("result-heading"),
   decision: el("decision"),
   seriesChoice: el("series-choice"),
   fileErrors: el("file-errors"),
@@ -116,6 +125,7 @@ const ui = {
   sliceSpacingRow: el("slice-spacing-row"),
   downloadSeg: el("download-seg"),
   downloadMasks: el("download-masks"),
+  tableHead: document.querySelector("#slice-table thead"),
   tableBody: document.querySelector("#slice-table tbody"),
 };
 
@@ -283,7 +293,7 @@ async function decodeRaster(file) {
     // A damaged or exotic file: the server's answer says what is wrong with it.
   }
   try {
-    const bitmap = await createImageBitmap(new Blob([buffer]));
+    const bitmap = await createImageBitmap(new Blob([withStoredOrientation(buffer)]));
     const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
     const context = canvas.getContext("2d");
     context.drawImage(bitmap, 0, 0);
@@ -625,6 +635,7 @@ function showSeries(shown) {
 
   ui.result.hidden = false;
   showSlice(Math.max(0, slices.findIndex((slice) => slice.prediction.tumor_detected)));
+  revealResult(); // before the status line changes, so that the outcome is read after the heading, not cut off
   // The status line is the live region: screen readers hear the outcome without moving focus, including what the
   // page flags beside it (slices close to the threshold, files left out), which they would otherwise never hear of.
   const outcome = slices.length === 1
@@ -636,6 +647,19 @@ function showSeries(shown) {
   const failed = shown.failures.length;
   const failureNote = ` ${failed} ${failed === 1 ? "file" : "files"} could not be analysed (listed under Result).`;
   ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "");
+}
+
+/**
+ * The result heading scrolled to the top of the window and given keyboard focus: the result appears below the fold
+ * (on a phone, wholly off screen), and keyboard and screen-reader users go on from there. Not while someone types in
+ * a field (the API key), whose next keystrokes would otherwise land nowhere; the status line still announces it.
+ */
+function revealResult() {
+  if (document.activeElement?.matches(TEXT_ENTRY)) {
+    return;
+  }
+  ui.resultHeading.focus({ preventScroll: true });
+  ui.resultHeading.scrollIntoView({ block: "start" });
 }
 
 /** Which DICOM series the server read and which it left out, with its notes: plain text from the answer. */
@@ -685,6 +709,8 @@ function areaMm2(slice) {
 }
 
 function buildTable(slices) {
+  // Each cell carries its column's name: on a narrow screen the rows are stacked and each value shows its name.
+  const labels = [...ui.tableHead.querySelectorAll("th")].map((header) => header.textContent);
   ui.tableBody.replaceChildren(
     ...slices.map((slice, index) => {
       const row = document.createElement("tr");
@@ -704,6 +730,7 @@ function buildTable(slices) {
         if (column === 0) {
           cell.scope = "row";
         }
+        cell.dataset.label = labels[column];
         cell.textContent = text;
         row.append(cell);
       });
@@ -845,6 +872,42 @@ function drawPicture(slice) {
   }
 }
 
+/** Canvas pixels per OUTLINE_CSS_PIXELS at the size the viewer shows the mask canvas now (at least one). */
+function outlineWidth(canvasWidth) {
+  const shownWidth = ui.maskCanvas.getBoundingClientRect().width;
+  return shownWidth > 0 ? Math.max(1, Math.ceil((OUTLINE_CSS_PIXELS * canvasWidth) / shownWidth)) : 1;
+}
+
+/**
+ * The mask's pixels less than `band` steps (to a side neighbour) from outside it, the image's border counting as
+ * outside: its edge, `band` pixels thick and on the mask's own pixels, so that a thicker outline grows inwards and
+ * never off the predicted area. One step is the pixels with a side neighbour outside the mask.
+ */
+function maskEdge(mask, width, height, band) {
+  const edge = new Uint8Array(mask.length);
+  let left = mask; // what is left of the mask after each step peels its edge off
+  for (let step = 0; step < band; step += 1) {
+    const inner = new Uint8Array(mask.length);
+    for (let y = 0; y < height; y += 1) {
+      for (let x = 0; x < width; x += 1) {
+        const i = y * width + x;
+        if (!left[i]) {
+          continue;
+        }
+        const inside = x > 0 && x < width - 1 && y > 0 && y < height - 1
+          && left[i - 1] && left[i + 1] && left[i - width] && left[i + width];
+        if (inside) {
+          inner[i] = 1;
+        } else {
+          edge[i] = 1;
+        }
+      }
+    }
+    left = inner;
+  }
+  return edge;
+}
+
 /** The mask on its own canvas over the slice: its alpha is exactly the API's mask (fill) or that mask's edge. */
 function drawMask(slice) {
   const [width, height] = sizeOf(slice);
@@ -858,20 +921,9 @@ function drawMask(slice) {
   const hex = ui.maskColour.value;
   const colour = [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16));
   const image = new ImageData(width, height);
-  const { mask } = slice;
-  for (let y = 0; y < height; y += 1) {
-    for (let x = 0; x < width; x += 1) {
-      const i = y * width + x;
-      if (!mask[i]) {
-        continue;
-      }
-      if (style === "outline") {
-        const inside = x > 0 && x < width - 1 && y > 0 && y < height - 1
-          && mask[i - 1] && mask[i + 1] && mask[i - width] && mask[i + width];
-        if (inside) {
-          continue;
-        }
-      }
+  const drawn = style === "outline" ? maskEdge(slice.mask, width, height, outlineWidth(width)) : slice.mask;
+  for (let i = 0; i < width * height; i += 1) {
+    if (drawn[i]) {
       image.data.set([...colour, 255], i * 4);
     }
   }
@@ -1033,6 +1085,9 @@ async function downloadSegmentation() {
 // ------------------------------------------------------------------------------------------------------ wiring
 
 function restoreApiKey() {
+  // The field sits in a form only so that Chromium does not warn about a password field outside one: Enter in it must
+  // not submit (the page's policy, form-action 'none', would block that too, with an error in the console).
+  ui.keyForm.addEventListener("submit", (event) => event.preventDefault());
   ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
   ui.apiKey.addEventListener("input", () => {
     const key = ui.apiKey.value.trim();
@@ -1184,6 +1239,13 @@ function wireViewer() {
     }
   };
   [ui.maskStyle, ui.maskColour, ui.maskOpacity].forEach((input) => input.addEventListener("input", redrawMask));
+  // The outline's width in canvas pixels follows the size the viewer is shown at: redrawn when that changes (a
+  // window resized or turned, the result shown).
+  new ResizeObserver(() => {
+    if (series && ui.maskStyle.value === "outline") {
+      drawMask(series.slices[current]);
+    }
+  }).observe(ui.maskCanvas);
   [ui.windowLevel, ui.windowWidth].forEach((input) =>
     input.addEventListener("input", () => {
       showWindowValues();

@@ -257,6 +257,89 @@ export async function readPng16(buffer) {
   return { width, height, values, bits: 16 };
 }
 
+// ------------------------------------------------------------------------------------------- EXIF orientation
+
+const EXIF_ORIENTATION_TAG = 0x0112;
+const TIFF_SHORT = 3;
+
+/**
+ * Sets the Orientation of the EXIF (TIFF-structured) block bytes[start, end) to 1, "as stored". True when it changed
+ * it; a block without the tag, or one too damaged to read, is left as it is.
+ */
+function clearOrientation(bytes, start, end) {
+  const order = ascii(bytes, start, 2);
+  if (end - start < 8 || (order !== "II" && order !== "MM")) {
+    return false;
+  }
+  const little = order === "II";
+  const view = new DataView(bytes.buffer, bytes.byteOffset + start, end - start);
+  const ifd = view.getUint32(4, little);
+  if (ifd + 2 > view.byteLength) {
+    return false;
+  }
+  for (let i = 0; i < view.getUint16(ifd, little); i += 1) {
+    const entry = ifd + 2 + i * 12;
+    if (entry + 12 > view.byteLength) {
+      return false;
+    }
+    if (view.getUint16(entry, little) === EXIF_ORIENTATION_TAG && view.getUint16(entry + 2, little) === TIFF_SHORT) {
+      const changed = view.getUint16(entry + 8, little) !== 1;
+      view.setUint16(entry + 8, 1, little);
+      return changed;
+    }
+  }
+  return false;
+}
+
+/** The EXIF blocks of a JPEG (APP1 "Exif" segments before the image data), as [start, end) of their TIFF bytes. */
+function jpegExifBlocks(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const blocks = [];
+  for (let offset = 2; offset + 4 <= bytes.length && bytes[offset] === 0xff; ) {
+    const marker = bytes[offset + 1];
+    if (marker === 0xff) {
+      offset += 1; // fill byte
+      continue;
+    }
+    if (marker === 0xda || marker === 0xd9) {
+      break; // start of scan or end of image: no more headers
+    }
+    const end = offset + 2 + view.getUint16(offset + 2);
+    if (marker === 0xe1 && ascii(bytes, offset + 4, 6) === "Exif\0\0") {
+      blocks.push([offset + 10, Math.min(end, bytes.length)]);
+    }
+    offset = end;
+  }
+  return blocks;
+}
+
+/**
+ * A copy of a JPEG or PNG file whose EXIF orientation says "as stored". Browsers turn an image by it when they decode
+ * it (createImageBitmap's imageOrientation "none" too, in Chromium 156), but the server never does: its masks come
+ * in stored pixel order, and so must the slice drawn under them. Other files come back unchanged.
+ */
+export function withStoredOrientation(buffer) {
+  const bytes = new Uint8Array(buffer.slice(0));
+  if (bytes[0] === 0xff && bytes[1] === 0xd8) {
+    jpegExifBlocks(bytes).forEach(([start, end]) => clearOrientation(bytes, start, end));
+  } else if (bytes.length >= 8 && ascii(bytes, 1, 3) === "PNG") {
+    const view = new DataView(bytes.buffer);
+    for (let offset = 8; offset + 12 <= bytes.length; ) {
+      const length = view.getUint32(offset);
+      const end = offset + 8 + length;
+      if (end + 4 > bytes.length) {
+        break;
+      }
+      // The eXIf chunk's CRC covers its data: recomputed, or the decoder could reject the file.
+      if (ascii(bytes, offset + 4, 4) === "eXIf" && clearOrientation(bytes, offset + 8, end)) {
+        view.setUint32(end, finishCrc(crc32(bytes.subarray(offset + 4, end))));
+      }
+      offset = end + 4;
+    }
+  }
+  return bytes.buffer;
+}
+
 // --------------------------------------------------------------------------------------------------------- TIFF
 
 /** Grey values of the first page of an uncompressed or deflated, strip-based TIFF (8 or 16 bit); null otherwise. */
