@@ -33,6 +33,7 @@ from app.errors import (
     ServiceError,
     UndecodableDicomError,
     UnsupportedDicomError,
+    UnsupportedSopClassError,
     decoder_reason,
 )
 from app.memory_budget import MIB, MODEL_INPUT_BYTES, check_cost, describe_bytes
@@ -448,7 +449,7 @@ def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
         uid = UID(str(sop_class))
         # A standard class is named; any other UID is the file's content, so never echoed.
         found = f"{uid.name} ({uid})" if uid.name != str(uid) else "a SOP Class UID that is not a standard one"
-        raise UnsupportedDicomError(
+        raise UnsupportedSopClassError(
             f"DICOM SOP class must be one of {', '.join(SUPPORTED_SOP_CLASSES.values())}; got {found}"
         )
     modality = str(dataset.get("Modality", "") or "")

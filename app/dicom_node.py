@@ -95,7 +95,7 @@ from app.errors import (
     DicomWithoutPixelDataError,
     OverMemoryBudgetError,
     ServiceError,
-    UnsupportedDicomError,
+    UnsupportedSopClassError,
 )
 from app.settings import AE_TITLE_RULE, is_ae_title
 from app.study_analysis import StudyAnalysis, StudyProcessor
@@ -543,7 +543,7 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         check_frame_attributes(header)
     except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
         raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
-    except (UnsupportedDicomError, DicomWithoutPixelDataError) as error:
+    except (UnsupportedSopClassError, DicomWithoutPixelDataError) as error:
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, without_found_values(error.message)) from error
     except ServiceError as error:
         raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, without_found_values(error.message)) from error

@@ -219,6 +219,11 @@ class UnsupportedDicomError(ServiceError):
     kind = ErrorKind.UNSUPPORTED_TYPE
 
 
+class UnsupportedSopClassError(UnsupportedDicomError):
+    """A SOP class the service does not read at all (the DICOM node answers it "does not match SOP Class"), as
+    against an object of a class it reads whose content it cannot use (a Secondary Capture of another modality)."""
+
+
 class DicomWithoutPixelDataError(ServiceError):
     """An image SOP class whose dataset carries no pixel data (e.g. a header-only export)."""
 
