@@ -429,6 +429,20 @@ def _placement_key(
     return (frame_of_reference_uid, position, orientation)
 
 
+ECHO_AND_ACQUISITION_ATTRIBUTES = ("EchoNumbers", "EchoTime", "AcquisitionNumber", "TemporalPositionIdentifier")
+
+
+def _attributes_that_tell_apart(members: Sequence[DicomFrame]) -> str:
+    """The names of the echo and acquisition attributes whose values differ between `members` ("" if none do).
+    Names only: the values are the files' content."""
+    differing = [
+        name
+        for name in ECHO_AND_ACQUISITION_ATTRIBUTES
+        if len({str(member.header.get(name, "")) for member in members}) > 1
+    ]
+    return " and ".join(differing)
+
+
 def _check_group(members: tuple[DicomFrame, ...]) -> None:
     position = members[0].image_position
     series = {member.series_instance_uid for member in members}
@@ -441,6 +455,14 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
             where = (
                 "one multi-frame file that gives no position per frame (a cine, or a stack without its Plane Position "
                 "per frame)"
+            )
+        elif told_apart := _attributes_that_tell_apart(members):
+            # A multi-echo (PD/T2) or repeated acquisition: the files are one per image, but the models read one
+            # image per position, and which one is FLAIR is not for the service to guess.
+            raise InvalidDicomImageError(
+                f"{len(members)} files of one series lie at each slice position (first at {position}), told apart by "
+                f"{told_apart}: the series holds several echoes or acquisitions, and the models read one image per "
+                "slice position; send the files of one echo and one acquisition (the FLAIR ones) only"
             )
         else:
             where = f"{len(files)} files of one series with the same ImagePositionPatient"

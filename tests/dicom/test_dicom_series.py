@@ -128,6 +128,26 @@ def test_prepare_inputs_rejects_three_frames_of_one_series(flair: np.ndarray) ->
         prepare_inputs(frames)
 
 
+def test_prepare_inputs_names_the_echoes_of_a_multi_echo_series(flair: np.ndarray) -> None:
+    # A dual-echo (PD/T2) series is one file per image, two at each position: the advice to send one file per slice
+    # would not fit, so the message names what tells the files apart (names only, never their values).
+    study, series_uid = Study(), generate_uid()
+    datasets = []
+    for echo, echo_time in ((1, 12.5), (2, 95.0)):
+        dataset = mr_dataset(flair, study, series_uid, instance_number=echo)
+        dataset.EchoNumbers, dataset.EchoTime = echo, echo_time
+        datasets.append(dataset)
+    frames = [read_dicom(to_bytes(dataset))[0] for dataset in datasets]
+
+    with pytest.raises(InvalidDicomImageError) as refused:
+        prepare_inputs(frames)
+
+    message = refused.value.message
+    assert "told apart by EchoNumbers and EchoTime" in message
+    assert "send the files of one echo and one acquisition (the FLAIR ones) only" in message
+    assert "12.5" not in message and "send one file per slice" not in message
+
+
 @pytest.mark.parametrize("frame_count", [2, 3])
 def test_prepare_inputs_names_a_multiframe_file_without_a_position_per_frame(
     flair: np.ndarray, frame_count: int
