@@ -12,7 +12,8 @@ three. No HTTP here.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,8 +24,12 @@ from app.dicom_input import decode_dicom
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
+from app.slice_orientation import in_plane_turn
 from app.tumor_volume import slice_spacing_mm
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
+
+if TYPE_CHECKING:
+    from app.inference import SlicePrediction
 
 # Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
 POSITION_TOLERANCE_MM = 0.01
@@ -231,9 +236,25 @@ def read_series(
 
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The model batch (`app.uploads.model_input`, as for raster uploads) and the original size of each slice."""
-    batch = np.stack([model_input(slice_input.image) for slice_input in inputs])
-    return batch, [(int(item.image.shape[0]), int(item.image.shape[1])) for item in inputs]
+    """The model batch (`app.uploads.model_input`, as for raster uploads) and the size of each slice, each axial slice
+    turned in-plane to the orientation the models learned (`app.slice_orientation`); `in_stored_orientation` turns
+    the answers' masks back."""
+    turned = [in_plane_turn(item.reference.image_orientation).apply(item.image) for item in inputs]
+    batch = np.stack([model_input(image) for image in turned])
+    return batch, [(int(image.shape[0]), int(image.shape[1])) for image in turned]
+
+
+def in_stored_orientation(
+    predictions: Sequence[SlicePrediction], inputs: Sequence[SliceInput]
+) -> list[SlicePrediction]:
+    """The models' answers for `model_inputs(inputs)` with each mask turned back to its slice's stored pixel order."""
+    answers = []
+    for prediction, item in zip(predictions, inputs, strict=True):
+        turn = in_plane_turn(item.reference.image_orientation)
+        if prediction.mask is not None and not turn.is_identity:
+            prediction = replace(prediction, mask=turn.undo(prediction.mask))
+        answers.append(prediction)
+    return answers
 
 
 def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ from app.dicom_series import (
     SeriesUploads,
     anatomical_order,
     decode_series,
+    in_stored_orientation,
     model_inputs,
     plan_series,
     series_breaks,
@@ -295,7 +296,7 @@ class PredictionService:
         predictions: list[SlicePrediction] = []
         if series.inputs:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
-            predictions = await self.run_models(batch, sizes)
+            predictions = in_stored_orientation(await self.run_models(batch, sizes), series.inputs)
         frames = [slice_input.reference for slice_input in series.inputs]
         order = anatomical_order(frames)
         predictions = await self._cpu(self.finish, predictions, True, order, series_breaks(frames, order))

@@ -4,15 +4,17 @@ Every caller of the flow (`/v1/predict`, `/v1/predict/batch`, `brain-tumor predi
 comes through `choose_series`, so channel order never comes from the order files were sent in:
 
 - files of **one series** keep the behaviour the models were built for: the series is read as FLAIR, unless the
-  rules (`app.sequence_selection`) positively classify it as T1 by name or sequence attributes; then the request
-  is refused (`NoFlairSeriesError`): a T1 series is never segmented as if it were FLAIR;
+  rules (`app.sequence_selection`) positively classify it as T1 by name or sequence attributes, or as a localizer;
+  then the request is refused (`NoFlairSeriesError`): a T1 series or a planning scan is never segmented as if it
+  were FLAIR;
 - files of **several series** go through `select_sequences`: the FLAIR series, with the pre- and post-contrast T1
   series when exactly one of each is found (mapped by their attributes), else FLAIR alone; no FLAIR refuses the
   request with the selection's reason. Files of the series not used are left out and reported
   (`SeriesChoice.left_out`), not counted as errors.
 
-When the T1 slices then do not pair with FLAIR's, the flow reads FLAIR alone (`SeriesChoice.flair_alone`). Pure
-functions over headers: nothing here decodes pixels or logs.
+When the T1 slices then do not pair with FLAIR's, the flow reads FLAIR alone (`SeriesChoice.flair_alone`). A FLAIR
+series that is not axial (sagittal, coronal, steeply oblique) is read with a note, on either path
+(`app.sequence_selection.orientation_note`). Pure functions over headers: nothing here decodes pixels or logs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from app.sequence_selection import (
     SeriesClassification,
     SeriesInfo,
     classify_series,
+    orientation_note,
     select_sequences,
 )
 
@@ -58,7 +61,7 @@ class SeriesChoice:
     left_out
         The request's other series, with the role the rules gave them.
     notes
-        What else was decided (T1 series left out and why, several FLAIR candidates).
+        What else was decided (T1 series left out and why, several FLAIR candidates, FLAIR slices not axial).
     """
 
     used: tuple[SeriesUse, ...] = ()
@@ -132,8 +135,11 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
         return SeriesChoice()
     if len(files) == 1:
         ((uid, header),) = first.items()
-        return SeriesChoice(used=(_only_series(header, tuple(files[uid]), rules),))
-    selection = select_sequences((header.dataset for header in first.values()), rules)
+        flair = _only_series(header, tuple(files[uid]), rules)
+        note = orientation_note(SeriesInfo.from_dataset(header.dataset), rules)
+        return SeriesChoice(used=(flair,), notes=(note,) if note else ())
+    # Every header, not one per series: a series whose slices lie in several planes (a 3-plane scout) is never T1.
+    selection = select_sequences((header.dataset for header in headers if isinstance(header, DicomHeader)), rules)
     if not selection.analysed:
         raise NoFlairSeriesError(f"the request's files span {len(files)} series and none is FLAIR: {selection.reason}")
     by_uid = {item.series.series_instance_uid: item for item in selection.classifications}
@@ -163,8 +169,13 @@ def _refuse_several_studies(headers: Sequence[DicomHeader]) -> None:
 
 
 def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRules) -> SeriesUse:
-    """The one series of a request: FLAIR unless the rules say T1."""
+    """The one series of a request: FLAIR unless the rules say T1 or localizer."""
     classification = classify_series(SeriesInfo.from_dataset(header.dataset), rules)
+    if classification.localizer:
+        raise NoFlairSeriesError(
+            f"the request's one series (number {_number(classification.series.series_number)}) is not analysed "
+            f"({classification.evidence}); the models read FLAIR"
+        )
     if classification.role in T1_ROLES:
         raise NoFlairSeriesError(
             f"the request's one series (number {_number(classification.series.series_number)}) is "

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.sequence_selection import (
     DEFAULT_FLAIR_PATTERNS,
+    DEFAULT_LOCALIZER_PATTERNS,
+    DEFAULT_OTHER_PATTERNS,
     DEFAULT_POST_CONTRAST_PATTERNS,
     DEFAULT_T1_PATTERNS,
     SelectionRules,
@@ -204,6 +206,16 @@ class Settings(BaseSettings):
         description="Inversion Time (ms) at or above which an inversion-recovery series is FLAIR (at least "
         f"{T1_MAX_INVERSION_MS:g}, the top of the T1 inversion range)",
     )
+    sequence_localizer_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_LOCALIZER_PATTERNS),
+        description="comma-separated wildcards that name a localizer (planning scan): never analysed, not even "
+        "alone (checked first; Image Type LOCALIZER says so too)",
+    )
+    sequence_other_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_OTHER_PATTERNS),
+        description="comma-separated wildcards that name another contrast (T2*, SWI, diffusion, angiography): neither "
+        "FLAIR nor T1 (checked after the FLAIR and T1 wildcards; [*] is a literal asterisk)",
+    )
 
     # The DICOM node (brain-tumor dicom-node, app.dicom_node): C-STORE in, SEG and SR out by C-STORE.
     dicom_node_ae_title: str = Field(
@@ -268,6 +280,8 @@ class Settings(BaseSettings):
         "sequence_flair_patterns",
         "sequence_t1_patterns",
         "sequence_post_contrast_patterns",
+        "sequence_localizer_patterns",
+        "sequence_other_patterns",
         "dicom_node_allowed_calling_ae_titles",
         "dicom_node_destinations",
         mode="before",

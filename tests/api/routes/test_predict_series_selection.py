@@ -237,3 +237,46 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
     assert "come from 2 studies (by StudyInstanceUID)" in studies.json()["error"]["message"]
     assert patients.status_code == 400 and "come from 2 patients (by PatientID)" in patients.json()["error"]["message"]
     assert "OTHER-PATIENT" not in patients.text
+
+
+def test_a_localizer_beside_the_three_series_is_left_out_with_its_reason(client: TestClient) -> None:
+    """dicom22 finding 4: a 3-plane localizer (GR, TR 8.6 / TE 4) counted as a second pre-contrast T1, and the
+    three-channel mode went off ("found 2 pre-contrast and 1 post-contrast")."""
+    series = named_study()
+    study = Study(series["flair"][0].StudyInstanceUID, series["flair"][0].FrameOfReferenceUID)
+    localizer = mr_series(tumor_channels(1), study, series_number=1, series_description="localizer")
+    planes = ([1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1])
+    for dataset, orientation in zip(localizer, planes, strict=True):
+        dataset.ImageOrientationPatient = [float(value) for value in orientation]
+        dataset.ScanningSequence, dataset.RepetitionTime, dataset.EchoTime = "GR", 8.6, 4.0
+
+    response = client.post(
+        "/v1/predict/batch", files=dicom_parts([*localizer, *series["flair"], *series["pre"], *series["post"]])
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
+    assert body["selection_notes"] == []
+    (left_out,) = body["series_left_out"]
+    assert (left_out["role"], left_out["series_number"], left_out["files"]) == ("other", 1, [0, 1, 2])
+    assert left_out["evidence"] == "Series Description matches *LOC*: a localizer (planning scan), never a channel"
+
+
+def test_a_sagittal_flair_series_alone_is_answered_with_a_note(client: TestClient) -> None:
+    """dicom22 finding 7: a sagittal reslice scored Dice 0.80 against 0.89 for the same patient's axial series, and
+    the answer said nothing."""
+    datasets = mr_series(tumor_channels(), series_number=5, series_description="SAG FLAIR")
+    for index, dataset in enumerate(datasets):
+        dataset.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+        dataset.ImagePositionPatient = [-5.0 * index, -120.0, 120.0]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts(datasets))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["slices"]) == 3
+    assert body["selection_notes"] == [
+        "the FLAIR series (number 5) has sagittal slices (90 degrees from axial by Image Orientation (Patient)): the "
+        "models learned axial slices, so accuracy may be lower"
+    ]
