@@ -4,6 +4,12 @@ The SEG has one segment (SNOMED CT "Morphologically abnormal structure" / "Neopl
 that made it (Algorithm Identification: segmenter name and version, the classifier tag as a parameter), refers to
 every source frame, and keeps empty frames (one SEG frame per source frame) so that viewers which pair frames by
 index do not shift it. Reading a SEG back is `app.dicom_seg_reader`; the tumor volume is `app.tumor_volume`.
+
+Slices without a patient coordinate system (no Frame of Reference: Secondary Captures) do not share one SEG here: a
+SEG's frames are told apart and placed by their positions in the patient, and highdicom builds a SEG of such sources
+from a single frame only. `build_segmentations` then makes one single-frame SEG per positive slice, all in one SEG
+series, each naming its one source slice (Source Image and Derivation Image), which is how a viewer lays it over
+that slice.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from app.dicom_conformance import (
     with_type2_attributes,
 )
 from app.dicom_frame import DicomFrame
-from app.dicom_series import SliceInput
+from app.dicom_series import SliceInput, anatomical_order
 from app.errors import SegmentationInputError, builder_reason
 from app.tumor_volume import slice_spacing_mm
 
@@ -54,10 +60,48 @@ def software_version() -> str:
         return "unknown"
 
 
+def build_segmentations(
+    inputs: Sequence[SliceInput],
+    masks: Sequence[np.ndarray | None],
+    model_tags: Mapping[str, str],
+) -> list[Dataset]:
+    """The SEGs of a series: one SEG covering every slice (`build_segmentation`), or, for two or more single-frame
+    slices without a Frame of Reference (Secondary Captures), one single-frame SEG per slice with a mask, in
+    anatomical order (Instance Number), sharing one new SEG series (Instance Numbers from 1).
+
+    Raises
+    ------
+    SegmentationInputError
+        As `build_segmentation`.
+    ValueError
+        If `masks` does not match `inputs` in number or in size.
+    """
+    references = [slice_input.reference for slice_input in inputs]
+    if len(inputs) < 2 or any(frame.frame_of_reference_uid or frame.is_multiframe for frame in references):
+        return [build_segmentation(inputs, masks, model_tags)]
+    if len(masks) != len(inputs):
+        raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
+    _refuse_several_series(references)
+    series_instance_uid = generate_uid()
+    positive = [index for index in anatomical_order(references) if masks[index] is not None]
+    return [
+        build_segmentation(
+            [inputs[index]],
+            [masks[index]],
+            model_tags,
+            series_instance_uid=series_instance_uid,
+            instance_number=number,
+        )
+        for number, index in enumerate(positive, start=1)
+    ]
+
+
 def build_segmentation(
     inputs: Sequence[SliceInput],
     masks: Sequence[np.ndarray | None],
     model_tags: Mapping[str, str],
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
 ) -> Dataset:
     """Build one binary DICOM SEG covering the series the inputs come from.
 
@@ -72,6 +116,8 @@ def build_segmentation(
         classifier was negative), written as an empty frame.
     model_tags
         `Predictor.model_tags`: ``{"classifier": "name@version", "segmenter": "name@version"}``.
+    series_instance_uid, instance_number
+        Where the SEG goes: a new series by default; `build_segmentations` puts the SEGs of one series in one.
 
     Returns
     -------
@@ -90,9 +136,7 @@ def build_segmentation(
     if len(masks) != len(inputs):
         raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
     references = [slice_input.reference for slice_input in inputs]
-    series = {frame.series_instance_uid for frame in references}
-    if len(series) != 1:
-        raise SegmentationInputError(f"a DICOM SEG covers one series; the FLAIR slices come from {len(series)} series")
+    _refuse_several_series(references)
     missing = unusable_reference_uids([frame.header for frame in references])
     if missing:
         raise SegmentationInputError(
@@ -143,10 +187,10 @@ def build_segmentation(
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=generate_uid(),
+            series_instance_uid=series_instance_uid or generate_uid(),
             series_number=SEG_SERIES_NUMBER,
             sop_instance_uid=generate_uid(),
-            instance_number=1,
+            instance_number=instance_number,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=f"{segmenter_name} {segmenter_version}"[:64],
             software_versions=software_version(),
@@ -172,6 +216,12 @@ def build_segmentation(
 def _refuse_invalid_values(keywords: list[str]) -> None:
     if keywords:
         raise SegmentationInputError(invalid_values_reason(keywords, "a DICOM SEG"))
+
+
+def _refuse_several_series(references: Sequence[DicomFrame]) -> None:
+    series = {frame.series_instance_uid for frame in references}
+    if len(series) != 1:
+        raise SegmentationInputError(f"a DICOM SEG covers one series; the FLAIR slices come from {len(series)} series")
 
 
 def segmentation_to_bytes(segmentation: Dataset) -> bytes:

@@ -6,11 +6,20 @@ One report per analysed series, positive or negative, so that a radiologist can 
 - positive: a volumetric ROI group (TID 1411) referencing segment 1 of our SEG and the source series, with the tumor
   volume in mL (SNOMED CT 118565006 "Volume", UCUM ``ml``), the slices analysed and the slices with tumor, and the
   qualitative evaluation Presence of property = Present;
+- positive, of slices without a Frame of Reference (Secondary Captures, one SEG per positive slice: see
+  `app.dicom_seg`): the same figures in a measurements group (TID 1501), and one planar ROI group (TID 1410) per SEG,
+  referencing its frame and its source slice, with Presence = Present; every group has the same Tracking Identifier
+  (one finding, seen on several slices);
 - negative: a measurements group (TID 1501) with volume 0 mL, the slice counts and Presence = Absent.
 
-Both name the models (Algorithm Identification, TID 4019: segmenter name and version, the classifier as a parameter)
-and list the source images in the Image Library, and the report is a Comprehensive 3D SR in the source study, with
-the SEG and the sources in its evidence. The slice counts use codes of this service's private scheme
+The tumor's group also says when the volume may fall short, always with a value: the slices missing between those
+analysed (a count, 0 when none) and whether the tumor reaches the first or last slice analysed (Yes/No, SNOMED CT
+373066001 / 373067005), so that a radiologist who sees only the PACS knows the volume is then a lower bound.
+
+All name the models (Algorithm Identification, TID 4019: segmenter name and version, the classifier as a parameter)
+and list the source images in the Image Library, and the report is a Comprehensive SR (no 3D coordinates: every PACS
+takes the class, where many lack Comprehensive 3D SR) in the source study, with the SEGs and the sources in its
+evidence. The slice counts and the series-end evaluation use codes of this service's private scheme
 (`PRIVATE_SCHEME`): the standard has no concept for them. As PS3.16 asks of a private scheme, its designator begins
 with "99" and the report declares it in the Coding Scheme Identification Sequence (dciodvfy still warns that it does
 not know the designator, as it does of any private scheme).
@@ -28,7 +37,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
 from app.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
@@ -57,6 +66,10 @@ PRIVATE_SCHEME_IDENTIFICATION = hd.coding_schemes.CodingSchemeIdentificationItem
 )
 SLICES_ANALYSED = hd.sr.CodedConcept("SLICES-ANALYSED", PRIVATE_SCHEME, "Number of slices analysed")
 SLICES_WITH_TUMOR = hd.sr.CodedConcept("SLICES-TUMOR", PRIVATE_SCHEME, "Number of slices with tumor")
+SLICES_MISSING = hd.sr.CodedConcept("SLICES-MISSING", PRIVATE_SCHEME, "Number of slices missing between those analysed")
+TUMOR_AT_SERIES_END = hd.sr.CodedConcept(
+    "TUMOR-AT-END", PRIVATE_SCHEME, "Tumor on first or last slice: volume may be underestimated"
+)
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 SLICES_UNIT = hd.sr.CodedConcept("{slices}", "UCUM", "slices")
 PROCEDURE_REPORTED = codes.LN.BrainMRI
@@ -81,12 +94,18 @@ class VolumeFindings:
         See `app.dicom_seg.tumor_volume_ml`; None when the geometry does not give one (then left out of the report).
     slices_analysed, slices_with_tumor
         Slices the models read, and those they called positive.
+    slices_missing
+        Slices missing between those analysed (`app.dicom_series.missing_slices`): the volume leaves them out.
+    tumor_reaches_series_end
+        The first or last slice analysed is positive: the tumor may go on beyond the series, and the volume with it.
     """
 
     tumor_detected: bool
     tumor_volume_ml: float | None
     slices_analysed: int
     slices_with_tumor: int
+    slices_missing: int = 0
+    tumor_reaches_series_end: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.slices_with_tumor <= self.slices_analysed:
@@ -101,14 +120,18 @@ class VolumeFindings:
             )
         if self.tumor_volume_ml is not None and self.tumor_volume_ml < 0:
             raise VolumeReportInputError(f"tumor_volume_ml must be >= 0; got {self.tumor_volume_ml}")
+        if self.slices_missing < 0:
+            raise VolumeReportInputError(f"slices_missing must be >= 0; got {self.slices_missing}")
+        if self.tumor_reaches_series_end and not self.tumor_detected:
+            raise VolumeReportInputError("tumor_reaches_series_end needs a tumor; got it without one")
 
 
 def build_volume_report(
     source_images: Sequence[Dataset],
     findings: VolumeFindings,
     model_tags: Mapping[str, str],
-    segmentation: Dataset | None = None,
-) -> hd.sr.Comprehensive3DSR:
+    segmentations: Sequence[Dataset] = (),
+) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one analysed series.
 
     Parameters
@@ -119,18 +142,20 @@ def build_volume_report(
         What the models found.
     model_tags
         `Predictor.model_tags`: ``{"classifier": "name@version", "segmenter": "name@version"}``.
-    segmentation
-        Our SEG of the series; required when `findings.tumor_detected`, ignored otherwise.
+    segmentations
+        Our SEG of the series (`app.dicom_seg.build_segmentations`: one, or one per positive slice for slices without
+        a Frame of Reference); required when `findings.tumor_detected`, ignored otherwise.
 
     Returns
     -------
-    highdicom.sr.Comprehensive3DSR
+    highdicom.sr.ComprehensiveSR
         A pydicom Dataset in the sources' study (new series `SR_SERIES_NUMBER`).
 
     Raises
     ------
     VolumeReportInputError
-        If there are no sources, they come from several series, or a positive finding comes without a SEG.
+        If there are no sources, they come from several series, a positive finding comes without a SEG, or several
+        SEGs come for sources in a patient coordinate system (one SEG covers them).
     app.errors.ReportInputError
         If the sources lack a UID the report refers to them by, or highdicom refuses one of their attributes.
     """
@@ -139,8 +164,13 @@ def build_volume_report(
     series = {str(image.get("SeriesInstanceUID", "")) for image in source_images}
     if len(series) != 1:
         raise VolumeReportInputError(f"a volume report covers one series; the source images come from {len(series)}")
-    if findings.tumor_detected and segmentation is None:
+    segmentations = list(segmentations) if findings.tumor_detected else []
+    if findings.tumor_detected and not segmentations:
         raise VolumeReportInputError("a positive finding must come with its SEG; got none")
+    if len(segmentations) > 1 and any("FrameOfReferenceUID" in segmentation for segmentation in segmentations):
+        raise VolumeReportInputError(
+            f"one SEG covers slices placed in the patient's coordinates; got {len(segmentations)}"
+        )
     missing = unusable_reference_uids(source_images)
     if missing:
         raise ReportInputError(
@@ -152,7 +182,7 @@ def build_volume_report(
     if impossible:
         raise ReportInputError(impossible_lengths_reason(impossible, "a DICOM SR"))
     try:
-        report = _volume_report(source_images, findings, model_tags, segmentation, series.pop())
+        report = _volume_report(source_images, findings, model_tags, segmentations, series.pop())
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
     _refuse_invalid_values(invalid_values(report))  # what highdicom copied from the source, as it came
@@ -168,39 +198,42 @@ def _volume_report(
     source_images: Sequence[Dataset],
     findings: VolumeFindings,
     model_tags: Mapping[str, str],
-    segmentation: Dataset | None,
+    segmentations: Sequence[Dataset],
     series_uid: str,
-) -> hd.sr.Comprehensive3DSR:
+) -> hd.sr.ComprehensiveSR:
     """`build_volume_report`'s work once its inputs are checked: highdicom builds the report here."""
     sources = [with_type2_attributes(image) for image in source_images]
     algorithm = _algorithm(model_tags)
-    measurements = _measurements(findings, algorithm)
-    evaluation = hd.sr.QualitativeEvaluation(
-        codes.DCM.PresenceOfProperty, codes.SCT.Present if findings.tumor_detected else codes.SCT.Absent
-    )
+    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Tumor")
     common = {
-        "tracking_identifier": hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Tumor"),
+        "tracking_identifier": tracking,
         "finding_type": codes.SCT.Neoplasm,
         "algorithm_id": algorithm,
         "finding_sites": [hd.sr.FindingSite(codes.SCT.Brain)],
-        "measurements": measurements,
-        "qualitative_evaluations": [evaluation],
+        "measurements": _measurements(findings, algorithm),
+        "qualitative_evaluations": _evaluations(findings),
     }
-    evidence = list(sources)
-    if findings.tumor_detected and segmentation is not None:
-        group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
-        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=str(segmentation.SOPClassUID),
-                sop_instance_uid=str(segmentation.SOPInstanceUID),
-                segment_number=SEGMENT_NUMBER,
-                source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
-            ),
-            **common,
-        )
-        evidence.append(segmentation)
-    else:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ]
+    if len(segmentations) == 1 and "FrameOfReferenceUID" in segmentations[0]:
+        (segmentation,) = segmentations
+        groups = [
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=str(segmentation.SOPClassUID),
+                    sop_instance_uid=str(segmentation.SOPInstanceUID),
+                    segment_number=SEGMENT_NUMBER,
+                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+                ),
+                **common,
+            )
+        ]
+    else:  # no SEG (negative), or SEGs of one slice each (no Frame of Reference): each gets a planar ROI group
+        groups = [hd.sr.MeasurementsAndQualitativeEvaluations(**common)]
+        groups.extend(_slice_group(segmentation, tracking, algorithm) for segmentation in segmentations)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -213,11 +246,11 @@ def _volume_report(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURE_REPORTED,
-        imaging_measurements=[group],
+        imaging_measurements=groups,
         referenced_images=image_library_sources(sources),
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[*sources, *segmentations],
         specific_character_set=derived_character_set(sources[0]),
         content=report[0],
         series_instance_uid=generate_uid(),
@@ -234,41 +267,84 @@ def _volume_report(
     return sr
 
 
-def series_volume_report(result: SeriesResult, model_tags: Mapping[str, str]) -> hd.sr.Comprehensive3DSR:
-    """The report of a series the prediction flow analysed: its findings, referencing its SEG when there is one."""
+def _slice_group(
+    segmentation: Dataset, tracking: hd.sr.TrackingIdentifier, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The planar ROI group (TID 1410) of a one-slice SEG: its frame and the slice it masks, tumor present there.
+    It shares the series group's Tracking Identifier: one finding, seen on several slices."""
+    source = segmentation.SourceImageSequence[0]  # highdicom lists the FLAIR slice before the T1 slices, if any
+    reference = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=str(segmentation.SOPClassUID),
+        sop_instance_uid=str(segmentation.SOPInstanceUID),
+        frame_number=1,
+        segment_number=SEGMENT_NUMBER,
+        source_image=hd.sr.SourceImageForSegmentation(
+            str(source.ReferencedSOPClassUID), str(source.ReferencedSOPInstanceUID)
+        ),
+    )
+    # A frame of a SEG holds one segment: PS3.3 (Image SOP Instance Reference Macro) allows Referenced Segment
+    # Number only without Referenced Frame Number, and dciodvfy reports an error for both.
+    del reference[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_segment=reference,
+        finding_type=codes.SCT.Neoplasm,
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Present)],
+    )
+
+
+def series_volume_report(result: SeriesResult, model_tags: Mapping[str, str]) -> hd.sr.ComprehensiveSR:
+    """The report of a series the prediction flow analysed: its findings, referencing its SEGs when there are any."""
     positive = sum(prediction.detected for prediction in result.predictions)
     findings = VolumeFindings(
         tumor_detected=positive > 0,
         tumor_volume_ml=result.tumor_volume_ml,
         slices_analysed=len(result.inputs),
         slices_with_tumor=positive,
+        slices_missing=result.slices_missing,
+        tumor_reaches_series_end=result.tumor_reaches_series_end,
     )
     headers: dict[str, Dataset] = {}
     for slice_input in result.inputs:
         headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
-    return build_volume_report(list(headers.values()), findings, model_tags, result.segmentation)
+    return build_volume_report(list(headers.values()), findings, model_tags, result.segmentations)
 
 
 def read_volume_report(report: Dataset) -> dict[str, object]:
-    """The figures of a report written by `build_volume_report`: finding, volume (mL or None), slice counts, the
-    algorithm and the referenced SEG (SOP Instance UID or None). For tests and for checking what was sent."""
-    parsed = report if isinstance(report, hd.sr.Comprehensive3DSR) else hd.sr.Comprehensive3DSR.from_dataset(report)
-    content = parsed.content
+    """The figures of a report written by `build_volume_report`: finding, volume (mL or None), slice counts, slices
+    missing, whether the tumor reaches the series' end, the algorithm and the referenced SEGs (the first's SOP
+    Instance UID or None, and all of them). For tests and for checking what was sent.
+
+    Reads the Comprehensive 3D SRs of earlier versions too."""
+    report_class = (
+        hd.sr.Comprehensive3DSR if str(report.SOPClassUID) == Comprehensive3DSRStorage else hd.sr.ComprehensiveSR
+    )
+    content = report_class.from_dataset(report).content  # parsed into templates, also for a report just built
     group = _only(content.get_volumetric_roi_measurement_groups() or content.get_image_measurement_groups())
     values = {str(item.name.value): item for item in group.get_measurements()}
     volume = values.get(codes.SCT.Volume.value)
-    segment = _item(group, REFERENCED_SEGMENT)
-    algorithm_name = _text_value(group, ALGORITHM_NAME)
-    (evaluation,) = group.get_qualitative_evaluations()
+    missing = values.get(SLICES_MISSING.value)
+    evaluations = {str(item.name.value): item.value for item in group.get_qualitative_evaluations()}
+    at_end = evaluations.get(TUMOR_AT_SERIES_END.value)
+    references = [_item(group, REFERENCED_SEGMENT)]  # the volumetric group's SEG, or none
+    references += [
+        _item(planar, codes.DCM.ReferencedSegmentationFrame) for planar in content.get_planar_roi_measurement_groups()
+    ]
+    segmentation_uids = [
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for item in references if item is not None
+    ]
     return {
-        "finding": evaluation.value.meaning,
+        "finding": evaluations[codes.DCM.PresenceOfProperty.value].meaning,
         "tumor_volume_ml": None if volume is None else float(volume.value),
         "slices_analysed": int(values[SLICES_ANALYSED.value].value),
         "slices_with_tumor": int(values[SLICES_WITH_TUMOR.value].value),
-        "algorithm": (algorithm_name, _text_value(group, ALGORITHM_VERSION)),
-        "segmentation_sop_instance_uid": (
-            None if segment is None else str(segment.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        ),
+        "slices_missing": None if missing is None else int(missing.value),
+        "tumor_reaches_series_end": None if at_end is None else at_end == codes.SCT.Yes,
+        "algorithm": (_text_value(group, ALGORITHM_NAME), _text_value(group, ALGORITHM_VERSION)),
+        "segmentation_sop_instance_uid": segmentation_uids[0] if segmentation_uids else None,
+        "segmentation_sop_instance_uids": segmentation_uids,
     }
 
 
@@ -287,7 +363,20 @@ def _measurements(findings: VolumeFindings, algorithm: hd.sr.AlgorithmIdentifica
         measurements.append(hd.sr.Measurement(codes.SCT.Volume, round(volume, 3), MILLILITRE, algorithm_id=algorithm))
     measurements.append(hd.sr.Measurement(SLICES_ANALYSED, findings.slices_analysed, SLICES_UNIT))
     measurements.append(hd.sr.Measurement(SLICES_WITH_TUMOR, findings.slices_with_tumor, SLICES_UNIT))
+    measurements.append(hd.sr.Measurement(SLICES_MISSING, findings.slices_missing, SLICES_UNIT))
     return measurements
+
+
+def _evaluations(findings: VolumeFindings) -> list[hd.sr.QualitativeEvaluation]:
+    """Presence of the tumor, and whether it reaches the series' end (then the volume may be short of it)."""
+    return [
+        hd.sr.QualitativeEvaluation(
+            codes.DCM.PresenceOfProperty, codes.SCT.Present if findings.tumor_detected else codes.SCT.Absent
+        ),
+        hd.sr.QualitativeEvaluation(
+            TUMOR_AT_SERIES_END, codes.SCT.Yes if findings.tumor_reaches_series_end else codes.SCT.No
+        ),
+    ]
 
 
 def _device_uid(model_tags: Mapping[str, str]) -> str:

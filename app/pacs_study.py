@@ -12,10 +12,11 @@ it is already done.
 
 Results, and what supersedes what:
 
-- analysed: the SEG (when a slice is positive) and the volume report (SR, also for a negative study) are stored
-  with STOW-RS, with StationName `app.orthanc_client.SYNC_STATION_NAME`. Each processing makes new objects: a new
-  Series Instance UID for each, the same Series Numbers (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG,
-  `app.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR);
+- analysed: the SEG (when a slice is positive; for slices without a Frame of Reference one per positive slice, in
+  one series) and the volume report (SR, also for a negative study) are stored with STOW-RS, with StationName
+  `app.orthanc_client.SYNC_STATION_NAME`. Each processing makes new objects: a new Series Instance UID for each,
+  the same Series Numbers (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom_sr.SR_SERIES_NUMBER` 9902
+  for the SR);
 - once the new ones are stored, every earlier SEG or SR series pacs-sync stored in the study (Manufacturer
   `app.dicom_seg.MANUFACTURER` and that StationName, or named by the study's record: see
   `app.orthanc_client.stored_by_sync`) is **deleted** from Orthanc, so a viewer never shows two answers; the record
@@ -378,10 +379,15 @@ def _recorded_results(record: Mapping[str, Any]) -> set[str]:
     return {value for key in RESULT_SERIES_FIELDS if isinstance(value := record.get(key), str) and value}
 
 
-def _result_uids(datasets: Sequence[Dataset]) -> dict[str, str]:
-    uids = {}
+def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:
+    """The results' UIDs for the record: the SEG's and the SR's, and every SEG's when a series without a Frame of
+    Reference got one per positive slice (all in one series)."""
+    uids: dict[str, Any] = {}
     for dataset in datasets:
         prefix = "seg" if dataset.Modality == "SEG" else "sr"
-        uids[f"{prefix}_sop_instance_uid"] = str(dataset.SOPInstanceUID)
+        uids.setdefault(f"{prefix}_sop_instance_uid", str(dataset.SOPInstanceUID))
         uids[f"{prefix}_series_instance_uid"] = str(dataset.SeriesInstanceUID)
+    segmentations = [str(dataset.SOPInstanceUID) for dataset in datasets if dataset.Modality == "SEG"]
+    if len(segmentations) > 1:
+        uids["seg_sop_instance_uids"] = segmentations
     return uids

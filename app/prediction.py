@@ -178,7 +178,7 @@ class PredictionService:
             series = await self.predict_dicom(
                 [data], build_seg=segmentation, strict=True, on_tally=on_tally, one_slice=not segmentation
             )
-            if segmentation and series.result.segmentation is not None:
+            if segmentation and series.result.segmentations:
                 return series
             if len(series.result.predictions) != 1:
                 raise InvalidSliceError(
@@ -233,7 +233,7 @@ class PredictionService:
                     f"{len(readable) - dicom_count} other files"
                 )
             series = await self.predict_dicom(uploads, build_seg=segmentation, on_tally=on_tally)
-            if segmentation and series.result.segmentation is not None:
+            if segmentation and series.result.segmentations:
                 return series
             slices = await self._cpu(
                 payloads.series_slices, series.result.inputs, series.result.predictions, self.threshold, mask_format

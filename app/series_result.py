@@ -1,4 +1,4 @@
-"""What the models say about one DICOM series or volume: the result (`SeriesResult`, with the SEG and the tumor
+"""What the models say about one DICOM series or volume: the result (`SeriesResult`, with the SEGs and the tumor
 volume), the series clean-up of the slices' masks (`clean_series`) and its counterpart for slices answered on their
 own (`single_slice_answers`), and the refusals of a series that cannot be answered (`nothing_readable`,
 `several_slices`).
@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from app.core.gate import mask_shown_alone
 from app.core.series_postprocessing import clean_series_masks
-from app.dicom_seg import build_segmentation
+from app.dicom_seg import build_segmentations
 from app.dicom_series import SliceInput, anatomical_order, missing_slices, too_many_slices
 from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
@@ -29,8 +29,9 @@ class SeriesResult:
     ----------
     inputs, predictions
         One prediction per input, in the same order.
-    segmentation
-        The SEG, or None when no slice is positive (or it was not asked for).
+    segmentations
+        The SEGs (`app.dicom_seg.build_segmentations`): one covering the series, or one per positive slice for
+        slices without a Frame of Reference; none when no slice is positive (or they were not asked for).
     tumor_volume_ml
         See `app.tumor_volume.tumor_volume_ml`; 0.0 when nothing was found.
     slices_missing
@@ -42,7 +43,7 @@ class SeriesResult:
 
     inputs: list[SliceInput]
     predictions: list[SlicePrediction]
-    segmentation: Dataset | None
+    segmentations: list[Dataset]
     tumor_volume_ml: float | None
     slices_missing: int = 0
     tumor_reaches_series_end: bool = False
@@ -58,23 +59,23 @@ def summarise_series(
     model_tags: dict[str, str],
     build_seg: bool = True,
 ) -> SeriesResult:
-    """The SEG (when any slice is positive and `build_seg` is set) and the tumor volume of predicted slices.
+    """The SEGs (when any slice is positive and `build_seg` is set) and the tumor volume of predicted slices.
 
     Raises
     ------
     app.errors.SegmentationInputError
-        If a SEG is to be built and the inputs cannot share one (see `app.dicom_seg.build_segmentation`).
+        If a SEG is to be built and the inputs cannot be referenced by one (see `app.dicom_seg.build_segmentation`).
     """
     inputs, predictions = list(inputs), list(predictions)
     masks = [prediction.mask for prediction in predictions]
     detected = any(prediction.detected for prediction in predictions)
-    segmentation = build_segmentation(inputs, masks, model_tags) if detected and build_seg else None
+    segmentations = build_segmentations(inputs, masks, model_tags) if detected and build_seg else []
     frames = [slice_input.reference for slice_input in inputs]
     order = anatomical_order(frames)
     return SeriesResult(
         inputs=inputs,
         predictions=predictions,
-        segmentation=segmentation,
+        segmentations=segmentations,
         tumor_volume_ml=tumor_volume_ml(masks, frames),
         slices_missing=missing_slices(frames),
         tumor_reaches_series_end=bool(order) and (predictions[order[0]].detected or predictions[order[-1]].detected),

@@ -12,8 +12,9 @@ What it does with a study:
 2. read the chosen series' pixels through the flow, which applies the same rules to them
    (`app.series_choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
    join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
-3. run the models; build the SEG when a slice is positive and always the volume report (SR), so that "analysed, no
-   tumor" can be told from "never analysed".
+3. run the models; build the SEG when a slice is positive (one per positive slice for slices without a Frame of
+   Reference, `app.dicom_seg.build_segmentations`) and always the volume report (SR), so that "analysed, no tumor"
+   can be told from "never analysed".
 
 The summary holds no patient data: series numbers, counts, the volume, error codes.
 """
@@ -55,7 +56,7 @@ class StudyAnalysis:
     reason
         Why the study was not analysed or failed; None when analysed.
     datasets
-        What to send: the SEG (when a slice is positive) and the volume report.
+        What to send: the SEGs (when a slice is positive) and the volume report, last.
     summary
         JSON-ready facts for the node's record, free of patient data.
     """
@@ -147,11 +148,12 @@ class ModelStudyProcessor:
             report = series_volume_report(result, self.predictor.model_tags)
         except ServiceError as error:  # sources a report cannot refer to (no Study Instance UID, say)
             return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
-        datasets = [*([result.segmentation] if result.segmentation is not None else []), report]
+        datasets = [*result.segmentations, report]
         summary.update(
             channels=len(inputs[0].channels),
             slices=len(inputs),
             positive_slices=positive,
+            segmentations=len(result.segmentations),
             tumor_volume_ml=result.tumor_volume_ml,
             slices_missing=result.slices_missing,
             tumor_reaches_series_end=result.tumor_reaches_series_end,

@@ -10,7 +10,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
 
 from tests.conftest import TUMOR_SERIES, read_slice
 
@@ -128,6 +128,33 @@ def mr_series(
         )
         for index, image in enumerate(images)
     ]
+
+
+def secondary_capture(dataset: Dataset, modality: str) -> Dataset:
+    """The MR instance as a Secondary Capture: no patient coordinate system, as a screen capture has."""
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    dataset.Modality = modality
+    dataset.ConversionType = "WSD"
+    for keyword in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "SliceThickness",
+        "SpacingBetweenSlices",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+    ):
+        delattr(dataset, keyword)
+    return dataset
+
+
+def secondary_capture_series(images: Sequence[np.ndarray], study: Study | None = None) -> list[Dataset]:
+    """Greyscale Secondary Captures of MR slices (Modality MR), as a capture export writes them: no Frame of
+    Reference, no plane or Pixel Spacing (a Patient Orientation instead), in order by Instance Number."""
+    series = [secondary_capture(dataset, "MR") for dataset in mr_series(images, study)]
+    for dataset in series:
+        del dataset.PixelSpacing
+        dataset.PatientOrientation = ["L", "P"]
+    return series
 
 
 def legacy_multiframe(datasets: Sequence[Dataset]) -> Dataset:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pydicom.uid import ComprehensiveSRStorage, SegmentationStorage
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
@@ -101,7 +101,7 @@ class Clock:
 class ResultStore:
     """A pynetdicom C-STORE SCP for SEG and SR: where the node's results land."""
 
-    def __init__(self, port: int, sop_classes: Sequence[str] = (SegmentationStorage, Comprehensive3DSRStorage)) -> None:
+    def __init__(self, port: int, sop_classes: Sequence[str] = (SegmentationStorage, ComprehensiveSRStorage)) -> None:
         self.port = port
         self.received: list[Dataset] = []
         self._lock = threading.Lock()

@@ -63,10 +63,10 @@ def test_seg_and_sr_keep_names_in_any_character_set(case: str) -> None:
         seg = build_segmentation(inputs, masks, MODEL_TAGS)
         seg_bytes = segmentation_to_bytes(seg)
         findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
-        report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, seg)
+        report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, [seg])
         report_bytes = to_bytes(report)
 
-    for data, iod in ((seg_bytes, "Segmentation"), (report_bytes, "Comprehensive3DSR")):
+    for data, iod in ((seg_bytes, "Segmentation"), (report_bytes, "ComprehensiveSR")):
         found = written(data)
         assert found.get("SpecificCharacterSet") == written_in
         assert str(found.PatientName) == name

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
+from pydicom.uid import MRImageStorage
 
 from app.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
@@ -25,27 +25,10 @@ from app.dicom_series import prepare_inputs
 from app.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError, SegmentationInputError, UnsupportedDicomError, builder_reason
 from tests.conftest import TUMOR_SERIES, read_truth
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import mr_series, secondary_capture, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
-
-
-def secondary_capture(dataset: Dataset, modality: str) -> Dataset:
-    """The MR instance as a Secondary Capture: no patient coordinate system, as a screen capture has."""
-    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    dataset.Modality = modality
-    dataset.ConversionType = "WSD"
-    for keyword in (
-        "ImagePositionPatient",
-        "ImageOrientationPatient",
-        "SliceThickness",
-        "SpacingBetweenSlices",
-        "FrameOfReferenceUID",
-        "PositionReferenceIndicator",
-    ):
-        delattr(dataset, keyword)
-    return dataset
 
 
 def test_seg_of_sources_without_type2_attributes_is_built_and_valid() -> None:

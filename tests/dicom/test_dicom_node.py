@@ -99,7 +99,7 @@ def test_series_from_storescu_comes_back_as_seg_and_sr(
     assert report["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == series[0].StudyInstanceUID
     assert dciodvfy_errors(seg, "Segmentation") == []
-    assert dciodvfy_errors(sr, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(sr, "ComprehensiveSR") == []
     log = node.spool.sent_log()
     assert {(entry["modality"], entry["status"], entry["destination"]) for entry in log} == {
         ("SEG", "sent", f"{RESULTS_AE}@127.0.0.1:{results.port}"),

@@ -252,7 +252,7 @@ def test_node_seg_frames_equal_the_http_api_masks(delivered: DeliveredStudy, htt
 
 def test_node_seg_and_sr_pass_dciodvfy(delivered: DeliveredStudy) -> None:
     assert dciodvfy_errors(delivered.seg, "Segmentation") == []
-    assert dciodvfy_errors(delivered.sr, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(delivered.sr, "ComprehensiveSR") == []
 
 
 def test_second_send_of_the_same_series_adds_nothing_to_orthanc(

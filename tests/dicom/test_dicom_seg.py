@@ -281,9 +281,9 @@ def test_segment_series_builds_a_seg_when_a_slice_is_positive(
 
     assert predictor.batches == [2, 1]
     assert result.tumor_detected
-    assert result.segmentation is not None
+    (segmentation,) = result.segmentations
     assert result.tumor_volume_ml == pytest.approx(tumor_volume_ml(masks, [item.reference for item in inputs]))
-    decoded = read_segmentation_masks(result.segmentation)
+    decoded = read_segmentation_masks(segmentation)
     np.testing.assert_array_equal(decoded[inputs[2].reference.sop_instance_uid][0], truth_masks[2])
 
 
@@ -291,7 +291,7 @@ def test_segment_series_makes_no_seg_when_every_slice_is_negative(flair_series: 
     result = segment_series(TruthPredictor([None, None, None]), series_inputs(flair_series))  # type: ignore[arg-type]
 
     assert not result.tumor_detected
-    assert result.segmentation is None
+    assert result.segmentations == []
     assert result.tumor_volume_ml == 0.0
 
 
@@ -307,8 +307,9 @@ def test_a_one_slice_series_under_the_single_slice_minimum_gets_an_empty_seg(
     result = segment_series(predictor, inputs)  # type: ignore[arg-type]
 
     assert result.tumor_detected and result.predictions[0].mask is None
-    assert result.segmentation is not None and result.tumor_volume_ml == 0.0
-    decoded = read_segmentation_masks(result.segmentation)
+    (segmentation,) = result.segmentations
+    assert result.tumor_volume_ml == 0.0
+    decoded = read_segmentation_masks(segmentation)
     assert not decoded[inputs[0].reference.sop_instance_uid][0].any()
 
 

@@ -56,15 +56,18 @@ def test_positive_report_holds_volume_slices_models_and_the_seg(flair_inputs: li
     seg = build_segmentation(flair_inputs, masks, MODEL_TAGS)
     findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=4.321, slices_analysed=3, slices_with_tumor=3)
 
-    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, seg))
+    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, [seg]))
 
     assert read_volume_report(report) == {
         "finding": "Present",
         "tumor_volume_ml": 4.321,
         "slices_analysed": 3,
         "slices_with_tumor": 3,
+        "slices_missing": 0,
+        "tumor_reaches_series_end": False,
         "algorithm": ("resunet", "3.4.5"),
         "segmentation_sop_instance_uid": seg.SOPInstanceUID,
+        "segmentation_sop_instance_uids": [seg.SOPInstanceUID],
     }
     source = flair_inputs[0].reference.header
     assert report.StudyInstanceUID == source.StudyInstanceUID
@@ -78,7 +81,7 @@ def test_positive_report_holds_volume_slices_models_and_the_seg(flair_inputs: li
         for sop in series.ReferencedSOPSequence
     }
     assert evidence == {seg.SOPInstanceUID, *(item.reference.sop_instance_uid for item in flair_inputs)}
-    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
     # Every private ("99...") coding scheme the content uses is declared, as PS3.16 asks.
     private = {scheme for scheme in coding_scheme_designators(report) if scheme.startswith("99")}
     declared = {item.CodingSchemeDesignator for item in report.get("CodingSchemeIdentificationSequence", [])}
@@ -95,10 +98,13 @@ def test_negative_report_says_analysed_and_absent(flair_inputs: list[SliceInput]
         "tumor_volume_ml": 0.0,
         "slices_analysed": 3,
         "slices_with_tumor": 0,
+        "slices_missing": 0,
+        "tumor_reaches_series_end": False,
         "algorithm": ("resunet", "3.4.5"),
         "segmentation_sop_instance_uid": None,
+        "segmentation_sop_instance_uids": [],
     }
-    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
 def test_report_of_pydicom_mr_test_file_without_type2_attributes() -> None:
@@ -110,17 +116,17 @@ def test_report_of_pydicom_mr_test_file_without_type2_attributes() -> None:
 
     assert "PatientBirthDate" not in source  # the caller's dataset is left alone
     assert report.PatientBirthDate == "" and report.StudyID == ""
-    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
 def test_unknown_volume_is_left_out(flair_inputs: list[SliceInput]) -> None:
     seg = build_segmentation(flair_inputs, [np.ones((256, 256), np.uint8), None, None], MODEL_TAGS)
     findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=None, slices_analysed=3, slices_with_tumor=1)
 
-    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, seg))
+    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, [seg]))
 
     assert read_volume_report(report)["tumor_volume_ml"] is None
-    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
 def test_positive_report_needs_its_seg(flair_inputs: list[SliceInput]) -> None:
@@ -171,10 +177,10 @@ def test_seg_and_report_of_slices_with_an_empty_or_missing_plane_attribute(keywo
     findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
 
     seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
-    report = written(build_volume_report(headers(inputs), findings, MODEL_TAGS, seg))
+    report = written(build_volume_report(headers(inputs), findings, MODEL_TAGS, [seg]))
 
     assert read_volume_report(report)["tumor_volume_ml"] == 1.5
-    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
     # A SEG's frames need a thickness (Type 1C): without the source's, the slices' spacing, the slab each mask
     # stands for in the tumor volume; the caller's datasets keep theirs empty or absent.
     assert dciodvfy_errors(seg, "Segmentation") == []
@@ -209,7 +215,7 @@ def test_an_enhanced_multiframe_series_gets_its_report() -> None:
     seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
     findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=2.5, slices_analysed=3, slices_with_tumor=3)
 
-    report = written(build_volume_report([inputs[0].reference.header], findings, MODEL_TAGS, seg))
+    report = written(build_volume_report([inputs[0].reference.header], findings, MODEL_TAGS, [seg]))
 
     assert read_volume_report(report)["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
-    assert dciodvfy_errors(report, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []

@@ -57,7 +57,7 @@ def test_pacs_sync_stores_a_seg_and_a_volume_report_once(
     assert record["status"] == "positive"
     assert (record["seg_sop_instance_uid"], record["sr_sop_instance_uid"]) == (seg.SOPInstanceUID, sr.SOPInstanceUID)
     assert record["summary"]["models"] == predictor.model_tags
-    assert dciodvfy_errors(sr, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(sr, "ComprehensiveSR") == []
     assert dciodvfy_errors(seg, "Segmentation") == []
 
     # The CLI after a restart, with the same state file: the change was handled, nothing is looked at again.

@@ -63,7 +63,9 @@ BATCH_EXAMPLES: dict[int | str, dict] = {
             ),
         },
         "description": "JSON (per file for PNG/JPEG/TIFF, per slice for DICOM, with the series used), a DICOM SEG "
-        "with output=dicom-seg, the SR with output=dicom-sr, or both as multipart/related with output=dicom-seg-sr",
+        "with output=dicom-seg (slices without a Frame of Reference, such as Secondary Captures: one SEG per positive "
+        "slice, as multipart/related), the SR with output=dicom-sr, or both as multipart/related with "
+        "output=dicom-seg-sr",
     }
 }
 SliceFile = Annotated[
@@ -75,7 +77,9 @@ OutputQuery = Annotated[
     Query(
         description="json; dicom-seg for a DICOM Segmentation; dicom-sr (batch only) for the series' DICOM SR volume "
         "report, also when no tumor is found; dicom-seg-sr (batch only) for both as multipart/related "
-        "(type application/dicom: the SEG, then the SR; the SR alone when no tumor is found) (DICOM input only)"
+        "(type application/dicom: the SEG, then the SR; the SR alone when no tumor is found) (DICOM input only). "
+        "Slices without a Frame of Reference (Secondary Captures) get one SEG per positive slice: several SEGs "
+        "come as multipart/related"
     ),
 ]
 AcceptHeader = Annotated[
@@ -203,7 +207,8 @@ async def create_batch_prediction(
     """Predict several slices in one request; a bad file gets its own error and does not fail the others.
 
     PNG/JPEG/TIFF files give one result per file. DICOM files give one result per slice of the series, the tumor
-    volume, and with `output=dicom-seg` one multi-frame DICOM SEG for the whole series.
+    volume, and with `output=dicom-seg` one multi-frame DICOM SEG for the whole series (slices without a Frame of
+    Reference: one SEG per positive slice, as multipart/related).
     """
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(f"a batch may hold at most {settings.max_batch_files} files; got {len(files)}")
@@ -278,31 +283,38 @@ async def slice_payload(answer: SliceAnswer, threshold: float, mask_format: sche
 
 
 def segmentation_response(answer: SeriesAnswer) -> Response:
-    body = segmentation_to_bytes(answer.result.segmentation)
-    return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
+    """The series' SEG; the SEGs as parts of one multipart/related answer (DICOMweb) when its slices have no Frame
+    of Reference and each positive one got its own (`app.dicom_seg.build_segmentations`)."""
+    segmentations = [segmentation_to_bytes(segmentation) for segmentation in answer.result.segmentations]
+    if len(segmentations) == 1:
+        return Response(segmentations[0], media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
+    body, media_type = multipart_related(segmentations, DICOM_MEDIA_TYPE)
+    return Response(body, headers={"Content-Type": media_type, **series_headers(answer)})
 
 
 def report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
-    """The series' DICOM SR volume report (TID 1500), referencing its SEG when a tumor was found."""
+    """The series' DICOM SR volume report (TID 1500), referencing its SEGs when a tumor was found."""
     body = segmentation_to_bytes(series_volume_report(answer.result, model_tags))
     return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
 
 
 def segmentation_and_report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
-    """The SEG and the SR as two parts of one multipart/related answer (DICOMweb); the SR alone when no SEG was made
-    (no tumor found)."""
-    parts = [segmentation_to_bytes(series_volume_report(answer.result, model_tags))]
-    if answer.result.segmentation is not None:
-        parts.insert(0, segmentation_to_bytes(answer.result.segmentation))
+    """The SEGs and the SR as parts of one multipart/related answer (DICOMweb), the SR last; the SR alone when no SEG
+    was made (no tumor found)."""
+    report = segmentation_to_bytes(series_volume_report(answer.result, model_tags))
+    parts = [*(segmentation_to_bytes(segmentation) for segmentation in answer.result.segmentations), report]
     body, media_type = multipart_related(parts, DICOM_MEDIA_TYPE)
     return Response(body, headers={"Content-Type": media_type, **series_headers(answer)})
 
 
 def series_headers(answer: SeriesAnswer) -> dict[str, str]:
-    """What a DICOM answer has no JSON body to carry: the decision, the volume, files that failed (`file_errors`) and
-    the series the models read (`series_used`; ASCII: roles and series numbers, never descriptions)."""
+    """What a DICOM answer has no JSON body to carry: the decision, the volume and when it may fall short
+    (`slices_missing`, `tumor_reaches_series_end`), files that failed (`file_errors`) and the series the models read
+    (`series_used`; ASCII: roles and series numbers, never descriptions)."""
     headers = {
         "X-Tumor-Detected": str(answer.result.tumor_detected).lower(),
+        "X-Slices-Missing": str(answer.result.slices_missing),
+        "X-Tumor-Reaches-Series-End": str(answer.result.tumor_reaches_series_end).lower(),
         "X-Files-Skipped": str(len(answer.file_errors)),
         "X-Series-Used": answer.choice.describe_used(),
         "X-Files-Left-Out": str(len(answer.choice.left_out_files)),

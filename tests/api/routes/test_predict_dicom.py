@@ -19,7 +19,7 @@ from app.dicom_sr import read_volume_report
 from app.inference import Predictor, SlicePrediction
 from tests.api.service_client import decode_rle
 from tests.conftest import TUMOR_SLICE
-from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import legacy_multiframe, mr_series, secondary_capture_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
 
 
@@ -289,7 +289,7 @@ def test_predict_batch_dicom_sr_reports_the_json_volume_and_references_the_seg(
     assert report["slices_with_tumor"] == sum(item["prediction"]["tumor_detected"] for item in as_json["slices"])
     assert report["segmentation_sop_instance_uid"] is not None
     assert float(response.headers["X-Tumor-Volume-mL"]) == pytest.approx(as_json["tumor_volume_ml"], rel=1e-3)
-    assert dciodvfy_errors(response.content, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(response.content, "ComprehensiveSR") == []
 
 
 def test_predict_batch_dicom_sr_of_a_negative_series_says_analysed_without_tumor(
@@ -364,7 +364,7 @@ def test_predict_batch_answers_seg_and_sr_as_multipart(
         np.testing.assert_array_equal(masks[item["sop_instance_uid"]][0], decode_rle(item["prediction"]["mask"]["rle"]))
     assert response.headers["X-Tumor-Detected"] == "true" and response.headers["X-Series-Used"] == "FLAIR=1"
     assert dciodvfy_errors(seg_bytes, "Segmentation") == []
-    assert dciodvfy_errors(sr_bytes, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(sr_bytes, "ComprehensiveSR") == []
 
 
 def test_multipart_answer_of_a_negative_series_holds_the_sr_alone(
@@ -377,7 +377,53 @@ def test_multipart_answer_of_a_negative_series_holds_the_sr_alone(
     assert part_type == "application/dicom"
     report = read_volume_report(pydicom.dcmread(io.BytesIO(sr_bytes)))
     assert report["finding"] == "Absent" and report["segmentation_sop_instance_uid"] is None
-    assert dciodvfy_errors(sr_bytes, "Comprehensive3DSR") == []
+    assert dciodvfy_errors(sr_bytes, "ComprehensiveSR") == []
+
+
+def test_a_secondary_capture_series_gets_a_seg_per_positive_slice_and_a_report(client: TestClient) -> None:
+    """Review dicom22, finding 1: such a series (Modality MR, no Frame of Reference) got 400 for the SEG and the SR."""
+    captures = secondary_capture_series(tumor_channels())
+    files = dicom_parts([to_bytes(dataset) for dataset in captures])
+    as_json = client.post("/v1/predict/batch", files=files).json()
+    positive = [item["sop_instance_uid"] for item in as_json["slices"] if item["prediction"]["tumor_detected"]]
+
+    seg_answer = client.post("/v1/predict/batch?output=dicom-seg", files=files)
+    both = client.post("/v1/predict/batch?output=dicom-seg-sr", files=files)
+    report_answer = client.post("/v1/predict/batch?output=dicom-sr", files=files)
+
+    assert seg_answer.status_code == both.status_code == report_answer.status_code == 200, seg_answer.text
+    segmentations = [pydicom.dcmread(io.BytesIO(data)) for _, data in multipart_parts(seg_answer)]
+    assert len(positive) == len(segmentations) > 1  # the tiny models call every slice positive
+    for seg, item in zip(segmentations, as_json["slices"], strict=True):
+        masks = read_segmentation_masks(to_bytes(seg))
+        np.testing.assert_array_equal(masks[item["sop_instance_uid"]][0], decode_rle(item["prediction"]["mask"]["rle"]))
+    *seg_parts, (_, sr_bytes) = multipart_parts(both)
+    delivered = [pydicom.dcmread(io.BytesIO(data)) for _, data in seg_parts]
+    report = read_volume_report(pydicom.dcmread(io.BytesIO(sr_bytes)))
+    assert report["finding"] == "Present" and report["tumor_volume_ml"] is None  # no pixel spacing: no volume
+    assert report["segmentation_sop_instance_uids"] == [seg.SOPInstanceUID for seg in delivered]
+    assert read_volume_report(pydicom.dcmread(io.BytesIO(report_answer.content)))["finding"] == "Present"
+    assert dciodvfy_errors(sr_bytes, "ComprehensiveSR") == []
+    assert all(dciodvfy_errors(data, "Segmentation") == [] for _, data in seg_parts)
+
+
+def test_the_dicom_sr_and_headers_say_when_the_volume_may_fall_short(client: TestClient) -> None:
+    """Review dicom22, finding 2: the SR said "Volume N ml, Present" and nothing of a gap or a cut-off tumor."""
+    datasets = mr_series(tumor_channels() + tumor_channels())  # 6 slices, 0 to 25 mm
+    files = dicom_parts([to_bytes(datasets[index]) for index in (0, 1, 4, 5)])  # 10 and 15 mm left out
+    as_json = client.post("/v1/predict/batch", files=files).json()
+
+    response = client.post("/v1/predict/batch?output=dicom-sr", files=files)
+
+    assert response.status_code == 200
+    report = read_volume_report(pydicom.dcmread(io.BytesIO(response.content)))
+    assert (report["slices_missing"], report["tumor_reaches_series_end"]) == (
+        as_json["slices_missing"],
+        as_json["tumor_reaches_series_end"],
+    )
+    assert report["slices_missing"] == 2
+    assert response.headers["X-Slices-Missing"] == "2"
+    assert response.headers["X-Tumor-Reaches-Series-End"] == str(as_json["tumor_reaches_series_end"]).lower()
 
 
 def test_multipart_answer_is_refused_for_one_slice(client: TestClient, series_files: list[bytes]) -> None:
