@@ -2,8 +2,8 @@
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
-  FormatError, MAX_DRAWN_PIXELS, isDicom, rasterSize, readDicom, readPng16, readTiff, readZip, withStoredOrientation,
-  writeGreyPng, writeZip,
+  FormatError, MAX_DRAWN_PIXELS, isDicom, rasterSize, readDicom, readPng16, readTiff, readZip, splitMultipart,
+  withStoredOrientation, writeGreyPng, writeZip,
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
@@ -1068,8 +1068,20 @@ async function downloadSegmentation() {
     if (stale()) {
       return;
     }
-    saveBlob(new Blob([blob], { type: "application/dicom" }), "tumor-seg.dcm");
-    ui.status.textContent = "DICOM SEG downloaded.";
+    // Slices without a patient coordinate system (Secondary Captures) get one SEG per positive slice, sent as one
+    // multipart answer: saved as a zip of those SEGs, never as one broken .dcm file.
+    const segs = splitMultipart(await blob.arrayBuffer(), posted.request.getResponseHeader("Content-Type"));
+    if (stale()) {
+      return;
+    }
+    if (segs) {
+      const entries = segs.map((bytes, index) => ({ name: `tumor-seg-${String(index + 1).padStart(4, "0")}.dcm`, bytes }));
+      saveBlob(writeZip(entries), "tumor-seg.zip");
+      ui.status.textContent = `${segs.length} DICOM SEG files downloaded (one per slice with a tumor), in a zip.`;
+    } else {
+      saveBlob(new Blob([blob], { type: "application/dicom" }), "tumor-seg.dcm");
+      ui.status.textContent = "DICOM SEG downloaded.";
+    }
   } catch (error) {
     if (!stale() && error.name !== "AbortError") {
       showError(error);

@@ -97,6 +97,50 @@ export async function readZip(buffer) {
   return files;
 }
 
+/**
+ * The bodies of a `multipart/related` answer (RFC 2387: how the server returns several DICOM objects, e.g. one SEG
+ * per slice of a Secondary Capture series), given its Content-Type header; null when that is not multipart.
+ */
+export function splitMultipart(buffer, contentType) {
+  const boundary = /^multipart\/related\b.*?;\s*boundary="?([^";]+)"?/i.exec(contentType ?? "")?.[1];
+  if (!boundary) {
+    return null;
+  }
+  // A CRLF in front, so that the first delimiter reads like every other one ("\r\n--boundary").
+  const bytes = new Uint8Array(buffer.byteLength + 2);
+  bytes.set([13, 10]);
+  bytes.set(new Uint8Array(buffer), 2);
+  const delimiter = new TextEncoder().encode(`\r\n--${boundary}`);
+  const parts = [];
+  let at = findSequence(bytes, delimiter, 0);
+  while (at >= 0) {
+    const afterDelimiter = at + delimiter.length;
+    if (bytes[afterDelimiter] === 0x2d && bytes[afterDelimiter + 1] === 0x2d) {
+      return parts; // "--" after it: the closing delimiter
+    }
+    const headersEnd = findSequence(bytes, [13, 10, 13, 10], afterDelimiter);
+    const next = findSequence(bytes, delimiter, afterDelimiter);
+    if (headersEnd < 0 || next < 0 || headersEnd > next) {
+      throw new FormatError("the server's multipart answer is cut short");
+    }
+    parts.push(bytes.slice(headersEnd + 4, next));
+    at = next;
+  }
+  throw new FormatError("the server's multipart answer has no closing boundary");
+}
+
+function findSequence(bytes, sequence, from) {
+  outer: for (let i = from; i + sequence.length <= bytes.length; i += 1) {
+    for (let k = 0; k < sequence.length; k += 1) {
+      if (bytes[i + k] !== sequence[k]) {
+        continue outer;
+      }
+    }
+    return i;
+  }
+  return -1;
+}
+
 /** A zip archive of stored (uncompressed) entries: PNG masks are compressed already. */
 export function writeZip(entries) {
   const encoder = new TextEncoder();

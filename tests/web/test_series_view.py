@@ -17,8 +17,9 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from app.dicom_seg_reader import read_segmentation_masks
+from tests.api.routes.test_predict_dicom import multipart_parts
 from tests.conftest import TEST_DATA, TUMOR_FREE_SLICE, TUMOR_SERIES, mask_path_of
-from tests.dicom.builders import PIXEL_SPACING_MM, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import PIXEL_SPACING_MM, mr_series, secondary_capture_series, to_bytes, tumor_channels
 
 RESULT_TIMEOUT_MS = 60_000
 # Natural file-name order: slice 8 before 20, 21, 22 (a plain string sort would put 8 last).
@@ -266,3 +267,38 @@ def test_series_view_shows_dicom_slices_in_anatomical_order_whatever_order_they_
             viewer.press("ArrowRight")
         expect(page.locator("#slice-number")).to_have_text(f"{step + 1} / 3")
         expect(page.locator("#caption")).to_contain_text(name)
+
+
+def test_a_secondary_capture_series_downloads_its_seg_per_slice_as_a_zip(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    # Secondary Captures have no patient coordinate system: the server answers one SEG per positive slice in one
+    # multipart body, which the page must save as those SEG files (a zip), not as one broken .dcm.
+    paths = []
+    for index, dataset in enumerate(secondary_capture_series(tumor_channels())):
+        path = tmp_path / f"SC{index:04d}.dcm"
+        path.write_bytes(to_bytes(dataset))
+        paths.append(path)
+    files = [("files", (path.name, path.read_bytes(), "application/dicom")) for path in paths]
+    from_api = httpx.post(f"{live_server}/v1/predict/batch?output=dicom-seg", files=files, timeout=60)
+    assert from_api.status_code == 200
+    assert from_api.headers["content-type"].startswith("multipart/related")
+    page.goto(live_server)
+    upload(page, paths)
+
+    with page.expect_download(timeout=RESULT_TIMEOUT_MS) as downloaded:
+        page.click("#download-seg")
+
+    assert downloaded.value.suggested_filename == "tumor-seg.zip"
+    with zipfile.ZipFile(downloaded.value.path()) as archive:
+        names = archive.namelist()
+        segs = [archive.read(name) for name in names]
+    expected = [read_segmentation_masks(part) for _, part in multipart_parts(from_api)]
+    assert names == [f"tumor-seg-{number:04d}.dcm" for number in range(1, len(expected) + 1)]
+    assert len(segs) == len(expected) >= 2
+    for seg, masks in zip(segs, expected, strict=True):
+        shown = read_segmentation_masks(seg)
+        assert shown.keys() == masks.keys()
+        for key, mask in masks.items():
+            np.testing.assert_array_equal(shown[key], mask)
+    expect(page.locator("#status")).to_contain_text(f"{len(expected)} DICOM SEG files downloaded")
