@@ -62,6 +62,8 @@ class SettingsLike(Protocol):
     sequence_t1_patterns: Any
     sequence_post_contrast_patterns: Any
     sequence_flair_min_inversion_ms: float
+    sequence_localizer_patterns: Any
+    sequence_other_patterns: Any
     pacs_state_file: Path | None
     pacs_max_attempts: int
     pacs_retry_seconds: float

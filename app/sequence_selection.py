@@ -139,15 +139,14 @@ class SelectionRules:
 
     @classmethod
     def from_settings(cls, settings: Any) -> SelectionRules:
-        """The rules named in `app.settings.Settings` (``SEQUENCE_*``). A settings-like object without the localizer
-        or other-contrast wildcards (pacs-sync's `SettingsLike` names only the fields it reads) keeps their defaults."""
+        """The rules named in `app.settings.Settings` (``SEQUENCE_*``)."""
         return cls(
             flair_patterns=tuple(settings.sequence_flair_patterns),
             t1_patterns=tuple(settings.sequence_t1_patterns),
             post_contrast_patterns=tuple(settings.sequence_post_contrast_patterns),
             flair_min_inversion_ms=settings.sequence_flair_min_inversion_ms,
-            localizer_patterns=tuple(getattr(settings, "sequence_localizer_patterns", DEFAULT_LOCALIZER_PATTERNS)),
-            other_patterns=tuple(getattr(settings, "sequence_other_patterns", DEFAULT_OTHER_PATTERNS)),
+            localizer_patterns=tuple(settings.sequence_localizer_patterns),
+            other_patterns=tuple(settings.sequence_other_patterns),
         )
 
 

@@ -18,7 +18,13 @@ from app.dicom_series import prepare_inputs
 from app.inference import Predictor, SlicePrediction
 from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
 from app.pacs_sync_state import SyncState
-from app.sequence_selection import DEFAULT_FLAIR_PATTERNS, DEFAULT_POST_CONTRAST_PATTERNS, DEFAULT_T1_PATTERNS
+from app.sequence_selection import (
+    DEFAULT_FLAIR_PATTERNS,
+    DEFAULT_LOCALIZER_PATTERNS,
+    DEFAULT_OTHER_PATTERNS,
+    DEFAULT_POST_CONTRAST_PATTERNS,
+    DEFAULT_T1_PATTERNS,
+)
 from tests.dicom.builders import to_bytes
 from tests.dicom.orthanc_server import PASSWORD, USER, Orthanc
 
@@ -80,6 +86,8 @@ def cli_settings(model_dir: Path) -> SimpleNamespace:
         sequence_t1_patterns=list(DEFAULT_T1_PATTERNS),
         sequence_post_contrast_patterns=list(DEFAULT_POST_CONTRAST_PATTERNS),
         sequence_flair_min_inversion_ms=1500.0,
+        sequence_localizer_patterns=list(DEFAULT_LOCALIZER_PATTERNS),
+        sequence_other_patterns=list(DEFAULT_OTHER_PATTERNS),
     )
 
 
