@@ -68,6 +68,23 @@ def trained_run(dev_layout, tmp_path_factory):
     return runs
 
 
+def evaluation_arguments(trained_run, data_root, output_dir, *extra_arguments: str) -> list[str]:
+    """`training.evaluate`'s command line for the run's two best checkpoints on `data_root`."""
+    return [
+        "--data-root",
+        str(data_root),
+        "--split",
+        str(trained_run / "split.json"),
+        "--output-dir",
+        str(output_dir),
+        "--classifier-weights",
+        str(trained_run / "classifier" / "best.weights.h5"),
+        "--segmenter-weights",
+        str(trained_run / "segmenter" / "best.weights.h5"),
+        *extra_arguments,
+    ]
+
+
 def export_run(trained_run, models_dir, *extra_arguments: str, evaluation=None) -> None:
     export.main(
         [
@@ -141,21 +158,7 @@ def test_a_validation_only_evaluation_reads_no_test_patient_and_chooses_as_the_f
         return real_load_slices(records)
 
     monkeypatch.setattr(evaluate, "load_slices", recording_load_slices)
-    evaluate.main(
-        [
-            "--data-root",
-            str(dev_layout),
-            "--split",
-            str(trained_run / "split.json"),
-            "--output-dir",
-            str(tmp_path),
-            "--classifier-weights",
-            str(trained_run / "classifier" / "best.weights.h5"),
-            "--segmenter-weights",
-            str(trained_run / "segmenter" / "best.weights.h5"),
-            "--validation-only",
-        ]
-    )
+    evaluate.main(evaluation_arguments(trained_run, dev_layout, tmp_path, "--validation-only"))
     assert read_patients == set(split["validation"])
     assert not (tmp_path / "evaluation.json").exists()
     judged = json.loads((tmp_path / "validation_evaluation.json").read_text())
@@ -469,22 +472,7 @@ def test_a_flip_averaged_evaluation_chooses_its_own_threshold_and_reaches_the_ma
     trained_run, dev_layout, tmp_path
 ):
     flipped_dir = tmp_path / "evaluation"
-    evaluate.main(
-        [
-            "--data-root",
-            str(dev_layout),
-            "--split",
-            str(trained_run / "split.json"),
-            "--output-dir",
-            str(flipped_dir),
-            "--classifier-weights",
-            str(trained_run / "classifier" / "best.weights.h5"),
-            "--segmenter-weights",
-            str(trained_run / "segmenter" / "best.weights.h5"),
-            "--classifier-flip-average",
-            "--no-plots",
-        ]
-    )
+    evaluate.main(evaluation_arguments(trained_run, dev_layout, flipped_dir, "--classifier-flip-average", "--no-plots"))
     plain = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
     flipped = json.loads((flipped_dir / "evaluation.json").read_text())
     assert plain["classifier_flip_average"] is False and flipped["classifier_flip_average"] is True

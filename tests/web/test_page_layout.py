@@ -16,25 +16,13 @@ from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
+from tests.web.test_page_series_answers import upload
 
 RESULT_TIMEOUT_MS = 60_000
 FOCUS_TIMEOUT_MS = 5_000
 RASTER_SERIES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
-
-
-def is_batch(response) -> bool:
-    return "/v1/predict/batch" in response.url and response.request.method == "POST"
-
-
-def upload(page: Page, files) -> dict:
-    """Choose `files` and wait for the result; the batch answer's JSON."""
-    with page.expect_response(is_batch, timeout=RESULT_TIMEOUT_MS) as answered:
-        page.set_input_files("#file-input", files)
-    assert answered.value.status == 200
-    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
-    return answered.value.json()
 
 
 def ax_roles(page: Page, selector: str) -> list[str]:
