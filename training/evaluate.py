@@ -483,15 +483,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         single_slice_min_pixels,
     )
 
-    if args.validation_only:
-        return validation_only_result(
-            args, classifier, segmenter, validation, validation_probabilities, validation_maps, thresholds
-        )
-
-    test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
-    flair_probabilities, flair_maps = predict_slices(
-        classifier, segmenter, flair_only(test.images), classifier_flip_average=flip
-    )
     result = {
         "thresholds": {"classifier": classifier_threshold, "mask": mask_threshold},
         "classifier_flip_average": flip,
@@ -510,11 +501,22 @@ def evaluate(args: argparse.Namespace) -> dict:
             "single_slice_min_component_pixels_candidates": validation_single_slice_pixel_figures,
             **evaluate_split(validation, validation_probabilities, validation_maps, *thresholds),
         },
-        "metrics": {
-            "split": "test",
-            **evaluate_split(test, test_probabilities, test_maps, *thresholds),
-            "flair_only": evaluate_split(test, flair_probabilities, flair_maps, *thresholds),
-        },
+    }
+    if args.validation_only:
+        # What a recipe's rule is judged on before anything is adopted, FLAIR alone too; never read by export.
+        flair = predict_slices(classifier, segmenter, flair_only(validation.images), classifier_flip_average=flip)
+        result["validation"]["flair_only"] = evaluate_split(validation, *flair, *thresholds)
+        (output_dir / "validation_evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
+    flair_probabilities, flair_maps = predict_slices(
+        classifier, segmenter, flair_only(test.images), classifier_flip_average=flip
+    )
+    result["metrics"] = {
+        "split": "test",
+        **evaluate_split(test, test_probabilities, test_maps, *thresholds),
+        "flair_only": evaluate_split(test, flair_probabilities, flair_maps, *thresholds),
     }
     (output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_plots:
@@ -527,35 +529,6 @@ def evaluate(args: argparse.Namespace) -> dict:
             gated_masks(test_probabilities, test_maps, classifier_threshold, mask_threshold),
             histories,
         )
-    return result
-
-
-def validation_only_result(
-    args: argparse.Namespace,
-    classifier: keras.Model,
-    segmenter: keras.Model,
-    validation: SliceArrays,
-    probabilities,
-    maps,
-    thresholds: tuple,
-) -> dict:
-    """The served pipeline's figures on the validation patients alone, with FLAIR alone as well: what a recipe's
-    rule is judged on before anything is adopted. Written to `validation_evaluation.json`, never read by export."""
-    flair_probabilities, flair_maps = predict_slices(
-        classifier, segmenter, flair_only(validation.images), classifier_flip_average=args.classifier_flip_average
-    )
-    result = {
-        "thresholds": {"classifier": thresholds[0], "mask": thresholds[1]},
-        "classifier_flip_average": args.classifier_flip_average,
-        "series_min_component_voxels": thresholds[2],
-        "single_slice_mask_min_probability": thresholds[3],
-        "single_slice_min_component_pixels": thresholds[4],
-        "validation": {
-            **evaluate_split(validation, probabilities, maps, *thresholds),
-            "flair_only": evaluate_split(validation, flair_probabilities, flair_maps, *thresholds),
-        },
-    }
-    (Path(args.output_dir) / "validation_evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

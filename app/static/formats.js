@@ -224,6 +224,38 @@ function paeth(a, b, c) {
   return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
 }
 
+/**
+ * The header segments of a JPEG up to its first scan, as { marker, offset, end } (offset: the segment's 0xFF; end:
+ * past its data, as its length field says). Stops at the first byte that is not a marker.
+ */
+function* jpegSegments(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let offset = 2; offset + 4 <= bytes.length && bytes[offset] === 0xff; ) {
+    const marker = bytes[offset + 1];
+    if (marker === 0xff) {
+      offset += 1; // fill byte
+      continue;
+    }
+    if (marker === 0xda || marker === 0xd9) {
+      return; // start of scan or end of image: no more headers
+    }
+    const end = offset + 2 + view.getUint16(offset + 2);
+    yield { marker, offset, end };
+    offset = end;
+  }
+}
+
+/** The chunks of a PNG as { type, start, end } (start and end of the data; end may pass a truncated file's end). */
+function* pngChunks(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let offset = 8; offset + 8 <= bytes.length; ) {
+    const start = offset + 8;
+    const end = start + view.getUint32(offset);
+    yield { type: ascii(bytes, offset + 4, 4), start, end };
+    offset = end + 4;
+  }
+}
+
 /** Width and height from a PNG's IHDR or a JPEG's start-of-frame segment; null for other files or none found. */
 export function rasterSize(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -234,19 +266,10 @@ export function rasterSize(buffer) {
   if (bytes[0] !== 0xff || bytes[1] !== 0xd8) {
     return null;
   }
-  for (let offset = 2; offset + 9 <= bytes.length; ) {
-    if (bytes[offset] !== 0xff) {
-      return null;
-    }
-    const marker = bytes[offset + 1];
-    if (marker === 0xff) {
-      offset += 1; // fill byte
-      continue;
-    }
+  for (const { marker, offset } of jpegSegments(bytes)) {
     if (marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker)) {
-      return { width: view.getUint16(offset + 7), height: view.getUint16(offset + 5) };
+      return offset + 9 <= bytes.length ? { width: view.getUint16(offset + 7), height: view.getUint16(offset + 5) } : null;
     }
-    offset += 2 + view.getUint16(offset + 2);
   }
   return null;
 }
@@ -264,14 +287,7 @@ export async function readPng16(buffer) {
   if (!channels || tooLargeToDraw(width, height)) {
     return null;
   }
-  const idat = [];
-  for (let offset = 8; offset + 8 <= bytes.length; ) {
-    const length = view.getUint32(offset);
-    if (ascii(bytes, offset + 4, 4) === "IDAT") {
-      idat.push(bytes.subarray(offset + 8, offset + 8 + length));
-    }
-    offset += 12 + length;
-  }
+  const idat = [...pngChunks(bytes)].filter(({ type }) => type === "IDAT").map(({ start, end }) => bytes.subarray(start, end));
   const raw = await inflate(new Blob(idat), "deflate");
   const stride = width * channels * 2;
   const bpp = channels * 2;
@@ -337,24 +353,9 @@ function clearOrientation(bytes, start, end) {
 
 /** The EXIF blocks of a JPEG (APP1 "Exif" segments before the image data), as [start, end) of their TIFF bytes. */
 function jpegExifBlocks(bytes) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const blocks = [];
-  for (let offset = 2; offset + 4 <= bytes.length && bytes[offset] === 0xff; ) {
-    const marker = bytes[offset + 1];
-    if (marker === 0xff) {
-      offset += 1; // fill byte
-      continue;
-    }
-    if (marker === 0xda || marker === 0xd9) {
-      break; // start of scan or end of image: no more headers
-    }
-    const end = offset + 2 + view.getUint16(offset + 2);
-    if (marker === 0xe1 && ascii(bytes, offset + 4, 6) === "Exif\0\0") {
-      blocks.push([offset + 10, Math.min(end, bytes.length)]);
-    }
-    offset = end;
-  }
-  return blocks;
+  return [...jpegSegments(bytes)]
+    .filter(({ marker, offset }) => marker === 0xe1 && ascii(bytes, offset + 4, 6) === "Exif\0\0")
+    .map(({ offset, end }) => [offset + 10, Math.min(end, bytes.length)]);
 }
 
 /**
@@ -368,17 +369,14 @@ export function withStoredOrientation(buffer) {
     jpegExifBlocks(bytes).forEach(([start, end]) => clearOrientation(bytes, start, end));
   } else if (bytes.length >= 8 && ascii(bytes, 1, 3) === "PNG") {
     const view = new DataView(bytes.buffer);
-    for (let offset = 8; offset + 12 <= bytes.length; ) {
-      const length = view.getUint32(offset);
-      const end = offset + 8 + length;
+    for (const { type, start, end } of pngChunks(bytes)) {
       if (end + 4 > bytes.length) {
         break;
       }
       // The eXIf chunk's CRC covers its data: recomputed, or the decoder could reject the file.
-      if (ascii(bytes, offset + 4, 4) === "eXIf" && clearOrientation(bytes, offset + 8, end)) {
-        view.setUint32(end, finishCrc(crc32(bytes.subarray(offset + 4, end))));
+      if (type === "eXIf" && clearOrientation(bytes, start, end)) {
+        view.setUint32(end, finishCrc(crc32(bytes.subarray(start - 4, end))));
       }
-      offset = end + 4;
     }
   }
   return bytes.buffer;
