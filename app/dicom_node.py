@@ -630,7 +630,9 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
     predictor.warm_up()
-    node = DicomNode(config, ModelStudyProcessor(predictor, rules, UploadLimits.from_settings(settings)))
+    node = DicomNode(
+        config, ModelStudyProcessor(predictor, rules, UploadLimits.from_settings(settings), result_origin="dicom-node")
+    )
     stopped = threading.Event()
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, lambda number, frame: stopped.set())

@@ -18,13 +18,11 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import metadata
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from app.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
@@ -42,9 +40,9 @@ from app.dicom_conformance import (
 from app.dicom_frame import DicomFrame
 from app.dicom_series import SliceInput, anatomical_order
 from app.errors import SegmentationInputError, builder_reason
+from app.result_uids import MANUFACTURER, masks_digest, result_uid, software_version
 from app.tumor_volume import slice_spacing_mm
 
-MANUFACTURER = "brain-tumor-service"
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
 SEG_SERIES_DESCRIPTION = "Tumor segmentation (research use only)"
 SEGMENT_LABEL = "Tumor"
@@ -52,22 +50,17 @@ CONTENT_LABEL = "TUMOR"
 SEGMENT_NUMBER = 1
 
 
-def software_version() -> str:
-    """The installed service's version, written into the SEG's Software Versions."""
-    try:
-        return metadata.version(MANUFACTURER)
-    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
-
-
 def build_segmentations(
     inputs: Sequence[SliceInput],
     masks: Sequence[np.ndarray | None],
     model_tags: Mapping[str, str],
+    result_origin: str = "",
 ) -> list[Dataset]:
     """The SEGs of a series: one SEG covering every slice (`build_segmentation`), or, for two or more single-frame
     slices without a Frame of Reference (Secondary Captures), one single-frame SEG per slice with a mask, in
-    anatomical order (Instance Number), sharing one new SEG series (Instance Numbers from 1).
+    anatomical order (Instance Number), sharing one new SEG series (Instance Numbers from 1). The same slices,
+    masks, models and `result_origin` (`PredictionService.result_origin`) always give the same UIDs
+    (`app.result_uids`).
 
     Raises
     ------
@@ -78,11 +71,13 @@ def build_segmentations(
     """
     references = [slice_input.reference for slice_input in inputs]
     if len(inputs) < 2 or any(frame.frame_of_reference_uid or frame.is_multiframe for frame in references):
-        return [build_segmentation(inputs, masks, model_tags)]
+        return [build_segmentation(inputs, masks, model_tags, result_origin=result_origin)]
     if len(masks) != len(inputs):
         raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
     _refuse_several_series(references)
-    series_instance_uid = generate_uid()
+    series_instance_uid = result_uid(
+        "seg-series", model_tags, result_origin, references[0].series_instance_uid, masks_digest(references, masks)
+    )
     positive = [index for index in anatomical_order(references) if masks[index] is not None]
     return [
         build_segmentation(
@@ -91,6 +86,7 @@ def build_segmentations(
             model_tags,
             series_instance_uid=series_instance_uid,
             instance_number=number,
+            result_origin=result_origin,
         )
         for number, index in enumerate(positive, start=1)
     ]
@@ -102,6 +98,7 @@ def build_segmentation(
     model_tags: Mapping[str, str],
     series_instance_uid: str | None = None,
     instance_number: int = 1,
+    result_origin: str = "",
 ) -> Dataset:
     """Build one binary DICOM SEG covering the series the inputs come from.
 
@@ -117,7 +114,10 @@ def build_segmentation(
     model_tags
         `Predictor.model_tags`: ``{"classifier": "name@version", "segmenter": "name@version"}``.
     series_instance_uid, instance_number
-        Where the SEG goes: a new series by default; `build_segmentations` puts the SEGs of one series in one.
+        Where the SEG goes: a series of its own by default; `build_segmentations` puts the SEGs of one series in one.
+    result_origin
+        Who the SEG is made for (`PredictionService.result_origin`). The UIDs come from it, the source frames, masks
+        and models (`app.result_uids`): making the same SEG again gives the same UIDs.
 
     Returns
     -------
@@ -155,6 +155,10 @@ def build_segmentation(
     if impossible:
         raise SegmentationInputError(impossible_lengths_reason(impossible, "a DICOM SEG"))
     source_images, pixel_array = _source_images_and_pixels(references, masks)
+    made_of = masks_digest(references, masks)
+    series_instance_uid = series_instance_uid or result_uid(
+        "seg-series", model_tags, result_origin, references[0].series_instance_uid, made_of
+    )
     further = _unique_headers(
         frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
     )
@@ -187,9 +191,9 @@ def build_segmentation(
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
-            series_instance_uid=series_instance_uid or generate_uid(),
+            series_instance_uid=series_instance_uid,
             series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=generate_uid(),
+            sop_instance_uid=result_uid("seg", model_tags, result_origin, series_instance_uid, made_of),
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=f"{segmenter_name} {segmenter_version}"[:64],

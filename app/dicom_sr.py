@@ -50,8 +50,9 @@ from app.dicom_conformance import (
     unusable_reference_uids,
     with_type2_attributes,
 )
-from app.dicom_seg import MANUFACTURER, SEGMENT_NUMBER, software_version
+from app.dicom_seg import SEGMENT_NUMBER
 from app.errors import ReportInputError, builder_reason
+from app.result_uids import MANUFACTURER, result_uid, software_version
 
 if TYPE_CHECKING:
     from app.series_result import SeriesResult
@@ -131,6 +132,7 @@ def build_volume_report(
     findings: VolumeFindings,
     model_tags: Mapping[str, str],
     segmentations: Sequence[Dataset] = (),
+    result_origin: str = "",
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one analysed series.
 
@@ -145,6 +147,9 @@ def build_volume_report(
     segmentations
         Our SEG of the series (`app.dicom_seg.build_segmentations`: one, or one per positive slice for slices without
         a Frame of Reference); required when `findings.tumor_detected`, ignored otherwise.
+    result_origin
+        Who the report is made for (`PredictionService.result_origin`): with the sources, findings, SEGs and models,
+        it makes the report's UIDs (`app.result_uids`), the same each time they are the same.
 
     Returns
     -------
@@ -182,7 +187,7 @@ def build_volume_report(
     if impossible:
         raise ReportInputError(impossible_lengths_reason(impossible, "a DICOM SR"))
     try:
-        report = _volume_report(source_images, findings, model_tags, segmentations, series.pop())
+        report = _volume_report(source_images, findings, model_tags, segmentations, series.pop(), result_origin)
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
     _refuse_invalid_values(invalid_values(report))  # what highdicom copied from the source, as it came
@@ -200,11 +205,23 @@ def _volume_report(
     model_tags: Mapping[str, str],
     segmentations: Sequence[Dataset],
     series_uid: str,
+    result_origin: str,
 ) -> hd.sr.ComprehensiveSR:
     """`build_volume_report`'s work once its inputs are checked: highdicom builds the report here."""
     sources = [with_type2_attributes(image) for image in source_images]
     algorithm = _algorithm(model_tags)
-    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Tumor")
+    # The same sources, findings, SEGs and models give the same UIDs (app.result_uids): a report made again is the
+    # same instance, and the tumor keeps its tracking UID for as long as the models and the series stay the same.
+    made_of = [
+        result_origin,
+        series_uid,
+        *sorted(str(image.SOPInstanceUID) for image in source_images),
+        repr(findings),
+        *(str(segmentation.SOPInstanceUID) for segmentation in segmentations),
+    ]
+    tracking = hd.sr.TrackingIdentifier(
+        uid=result_uid("tracking", model_tags, result_origin, series_uid), identifier="Tumor"
+    )
     common = {
         "tracking_identifier": tracking,
         "finding_type": codes.SCT.Neoplasm,
@@ -253,9 +270,9 @@ def _volume_report(
         evidence=[*sources, *segmentations],
         specific_character_set=derived_character_set(sources[0]),
         content=report[0],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=result_uid("sr-series", model_tags, *made_of),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=result_uid("sr", model_tags, *made_of),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -309,7 +326,9 @@ def series_volume_report(result: SeriesResult, model_tags: Mapping[str, str]) ->
     headers: dict[str, Dataset] = {}
     for slice_input in result.inputs:
         headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
-    return build_volume_report(list(headers.values()), findings, model_tags, result.segmentations)
+    return build_volume_report(
+        list(headers.values()), findings, model_tags, result.segmentations, result_origin=result.result_origin
+    )
 
 
 def read_volume_report(report: Dataset) -> dict[str, object]:

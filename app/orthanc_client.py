@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from app.answer_deadline import AnswerDeadlineAdapter
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
-from app.dicom_seg import MANUFACTURER
+from app.result_uids import MANUFACTURER
 from app.sequence_selection import SelectionRules
 from app.settings import HTTP_URL_RULE, Settings, is_http_url
 
@@ -271,8 +271,8 @@ class OrthancClient:
     def delete_our_series_by_uid(self, series_instance_uid: str) -> int:
         """Delete the series this service made with a Series Instance UID, in whichever study they landed.
 
-        Only for a UID pacs-sync has just generated (nobody else's series can carry it, so the UID, not the
-        StationName, says they are its own); returns how many.
+        Only for a UID pacs-sync made (`app.result_uids`, origin "pacs-sync": nobody else's series can carry it, so
+        the UID, not the StationName, says they are its own); returns how many.
         """
         query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_instance_uid}, "Expand": True}
         deleted = 0

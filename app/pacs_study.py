@@ -14,9 +14,11 @@ Results, and what supersedes what:
 
 - analysed: the SEG (when a slice is positive; for slices without a Frame of Reference one per positive slice, in
   one series) and the volume report (SR, also for a negative study) are stored with STOW-RS, with StationName
-  `app.orthanc_client.SYNC_STATION_NAME`. Each processing makes new objects: a new Series Instance UID for each,
-  the same Series Numbers (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom_sr.SR_SERIES_NUMBER` 9902
-  for the SR);
+  `app.orthanc_client.SYNC_STATION_NAME`. Their UIDs come from what they were made of (`app.result_uids`, origin
+  "pacs-sync"): other instances or models make new objects, in new series with the same Series Numbers
+  (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR); the same
+  ones processed again (after a crash before the record was written) make the same objects, which Orthanc already
+  holds and keeps once;
 - once the new ones are stored, every earlier SEG or SR series pacs-sync stored in the study (Manufacturer
   `app.dicom_seg.MANUFACTURER` and that StationName, or named by the study's record: see
   `app.orthanc_client.stored_by_sync`) is **deleted** from Orthanc, so a viewer never shows two answers; the record
@@ -45,9 +47,9 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.dicom_seg import software_version
 from app.orthanc_client import SYNC_STATION_NAME, AnswerTooLargeError, OrthancClient, OrthancError
 from app.pacs_sync_state import SyncState
+from app.result_uids import software_version
 from app.sequence_selection import StudySelection
 from app.study_analysis import StudyAnalysis
 
@@ -203,12 +205,14 @@ class StudySync:
             logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
             return FAILED
         new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
+        # Made again from the same instances, a result has the UIDs of one already stored: never withdraw that one.
+        stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
         try:
             for dataset in analysis.datasets:
                 dataset.StationName = SYNC_STATION_NAME  # in the object itself: a crash after the store leaves it ours
                 self.client.store(dataset)
         except Exception:
-            self._withdraw(study_id, new_series)
+            self._withdraw(study_id, new_series - stored_before)
             raise
         superseded = self._supersede(study_id, new_series, _recorded_results(record))
         if analysis.status == "not_analysed":

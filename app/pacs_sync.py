@@ -250,7 +250,13 @@ def _study_of(client: OrthancClient, change: dict[str, Any], state: SyncState) -
 
 
 def _processor(config: PacsSyncConfig, predictor: Predictor) -> ModelStudyProcessor:
-    return ModelStudyProcessor(predictor, config.selection_rules, upload_limits(config), batch_size=config.batch_size)
+    return ModelStudyProcessor(
+        predictor,
+        config.selection_rules,
+        upload_limits(config),
+        batch_size=config.batch_size,
+        result_origin="pacs-sync",
+    )
 
 
 def upload_limits(config: PacsSyncConfig) -> UploadLimits:

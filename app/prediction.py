@@ -145,6 +145,11 @@ class PredictionService:
     rules
         The sequence-selection rules (`SelectionRules.from_settings`) that choose which DICOM series the models read,
         and in which channel (`app.series_choice`).
+    result_origin
+        Who the SEGs and SRs are made for, mixed into their UIDs (`app.result_uids`): "" for answers on request
+        (HTTP, CLI), so that the same series gives the same objects, whichever output asks; the DICOM node and
+        pacs-sync name themselves, so that their results never take the UIDs of each other's (pacs-sync deletes
+        what it superseded, and only its own).
     """
 
     models: Models
@@ -154,6 +159,7 @@ class PredictionService:
     offload: bool = True
     budget: MemoryBudget | None = None
     rules: SelectionRules = field(default_factory=SelectionRules)
+    result_origin: str = ""
 
     def __post_init__(self) -> None:
         if self.budget is None and self.limits.max_decode_bytes is not None:
@@ -302,7 +308,14 @@ class PredictionService:
         predictions = await self._cpu(self.finish, predictions, True, order, series_breaks(frames, order))
         tally = self._count(predictions, len(series.file_errors), on_tally)
         result = await self._cpu(
-            partial(summarise_series, series.inputs, predictions, self.models.model_tags, build_seg=build_seg)
+            partial(
+                summarise_series,
+                series.inputs,
+                predictions,
+                self.models.model_tags,
+                build_seg=build_seg,
+                result_origin=self.result_origin,
+            )
         )
         return SeriesAnswer(result, None, series.file_errors, tally, series.choice)
 

@@ -39,6 +39,8 @@ class SeriesResult:
     tumor_reaches_series_end
         A slice at either end of those analysed (in anatomical order) is positive: the tumor may go on beyond what
         was sent, and the volume may be cut short.
+    result_origin
+        Who the SEGs and the report are made for (`PredictionService.result_origin`), part of their UIDs.
     """
 
     inputs: list[SliceInput]
@@ -47,6 +49,7 @@ class SeriesResult:
     tumor_volume_ml: float | None
     slices_missing: int = 0
     tumor_reaches_series_end: bool = False
+    result_origin: str = ""
 
     @property
     def tumor_detected(self) -> bool:
@@ -58,6 +61,7 @@ def summarise_series(
     predictions: Sequence[SlicePrediction],
     model_tags: dict[str, str],
     build_seg: bool = True,
+    result_origin: str = "",
 ) -> SeriesResult:
     """The SEGs (when any slice is positive and `build_seg` is set) and the tumor volume of predicted slices.
 
@@ -69,7 +73,7 @@ def summarise_series(
     inputs, predictions = list(inputs), list(predictions)
     masks = [prediction.mask for prediction in predictions]
     detected = any(prediction.detected for prediction in predictions)
-    segmentations = build_segmentations(inputs, masks, model_tags) if detected and build_seg else []
+    segmentations = build_segmentations(inputs, masks, model_tags, result_origin) if detected and build_seg else []
     frames = [slice_input.reference for slice_input in inputs]
     order = anatomical_order(frames)
     return SeriesResult(
@@ -79,6 +83,7 @@ def summarise_series(
         tumor_volume_ml=tumor_volume_ml(masks, frames),
         slices_missing=missing_slices(frames),
         tumor_reaches_series_end=bool(order) and (predictions[order[0]].detected or predictions[order[-1]].detected),
+        result_origin=result_origin,
     )
 
 

@@ -79,6 +79,7 @@ class ModelStudyProcessor:
         rules: SelectionRules | None = None,
         limits: UploadLimits | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        result_origin: str = "study-processor",
     ) -> None:
         self.predictor = predictor
         self.rules = rules or SelectionRules()
@@ -89,6 +90,7 @@ class ModelStudyProcessor:
             limits or UploadLimits(),
             offload=False,
             rules=self.rules,
+            result_origin=result_origin,  # "dicom-node", "pacs-sync": see PredictionService.result_origin
         )
 
     def __call__(self, files: Sequence[Path]) -> StudyAnalysis:

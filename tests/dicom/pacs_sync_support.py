@@ -92,14 +92,25 @@ def cli_settings(model_dir: Path) -> SimpleNamespace:
 
 
 class FailingClient(OrthancClient):
-    """Fails, as a network would, to fetch chosen instances, or to write records."""
+    """Fails, as a network would, to fetch chosen instances, to write records, or to store objects of a modality."""
 
     def __init__(
-        self, *args: Any, broken_instances: frozenset[str] = frozenset(), fail_records: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        broken_instances: frozenset[str] = frozenset(),
+        fail_records: bool = False,
+        fail_stores_of: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.broken_instances = broken_instances
         self.fail_records = fail_records
+        self.fail_stores_of = fail_stores_of
+
+    def store(self, dataset: Any) -> None:
+        if dataset.Modality == self.fail_stores_of:
+            raise OrthancError("POST /dicom-web/studies failed after 5 attempts: ConnectionError")
+        super().store(dataset)
 
     def instance_file(self, instance_id: str) -> bytes:
         if instance_id in self.broken_instances:

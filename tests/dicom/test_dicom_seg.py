@@ -65,6 +65,23 @@ def test_build_segmentation_round_trips_masks(flair_series: list[Dataset], truth
         np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid], expected[None])
 
 
+def test_the_same_slices_masks_and_models_give_the_same_seg_uids(
+    flair_series: list[Dataset], truth_masks: list[np.ndarray]
+) -> None:
+    inputs = series_inputs(flair_series)
+    masks: list[np.ndarray | None] = [truth_masks[0], truth_masks[1], None]
+    first, again = build_segmentation(inputs, masks, MODEL_TAGS), build_segmentation(inputs, list(masks), MODEL_TAGS)
+    moved = truth_masks[1].copy()
+    moved[0, 0] = 1 - moved[0, 0]  # one pixel more or less
+    other_mask = build_segmentation(inputs, [truth_masks[0], moved, None], MODEL_TAGS)
+    other_models = build_segmentation(inputs, masks, {**MODEL_TAGS, "segmenter": "resunet@3.4.6"})
+
+    uids = [(seg.SeriesInstanceUID, seg.SOPInstanceUID) for seg in (first, again, other_mask, other_models)]
+    assert uids[0] == uids[1]
+    assert len({uid for pair in uids[1:] for uid in pair}) == 6  # every change gives a new series and instance
+    assert first.SOPInstanceUID not in {dataset.SOPInstanceUID for dataset in flair_series}
+
+
 def test_build_segmentation_describes_a_binary_neoplasm_segment(
     flair_series: list[Dataset], truth_masks: list[np.ndarray]
 ) -> None:

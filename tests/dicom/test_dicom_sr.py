@@ -107,6 +107,20 @@ def test_negative_report_says_analysed_and_absent(flair_inputs: list[SliceInput]
     assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
+def test_the_same_findings_give_the_same_report_uids_and_other_findings_new_ones(
+    flair_inputs: list[SliceInput],
+) -> None:
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    fewer = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=2, slices_with_tumor=0)
+
+    first = build_volume_report(headers(flair_inputs), findings, MODEL_TAGS)
+    again = build_volume_report(headers(flair_inputs), findings, MODEL_TAGS)
+    other = build_volume_report(headers(flair_inputs[:2]), fewer, MODEL_TAGS)
+
+    assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (again.SeriesInstanceUID, again.SOPInstanceUID)
+    assert first.SOPInstanceUID != other.SOPInstanceUID and first.SeriesInstanceUID != other.SeriesInstanceUID
+
+
 def test_report_of_pydicom_mr_test_file_without_type2_attributes() -> None:
     source = pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
     del source.PatientBirthDate, source.StudyID, source.AccessionNumber  # as after de-identification

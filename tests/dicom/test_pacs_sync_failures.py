@@ -90,7 +90,27 @@ def test_pacs_sync_after_a_crash_between_store_and_record_keeps_one_result(
     (sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
     record = orthanc.record(study_id)
     assert (record["seg_sop_instance_uid"], record["sr_sop_instance_uid"]) == (seg.SOPInstanceUID, sr.SOPInstanceUID)
-    assert len(record["superseded"]) == 2
+    assert record["superseded"] == []  # made again from the same instances: the same objects, stored once
+
+
+def test_pacs_sync_never_withdraws_a_result_it_stored_before_when_a_store_fails(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """A failed store withdraws the new results; a SEG made again with the UIDs of one stored before is not new."""
+    series = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload(series))
+    crashed = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_records=True))
+    (seg_before,) = orthanc.results(series[0].StudyInstanceUID, "SEG")
+
+    sr_refused = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_stores_of="SR"))
+    (seg_after,) = orthanc.results(series[0].StudyInstanceUID, "SEG")
+    retried = run_pacs_sync(config, predictor, once=True)
+
+    assert (crashed, sr_refused, retried) == (SyncReport(failed=1), SyncReport(failed=1), SyncReport(positive=1))
+    assert seg_after.SOPInstanceUID == seg_before.SOPInstanceUID
+    assert orthanc.record(study_id)["seg_sop_instance_uid"] == seg_before.SOPInstanceUID
+    assert len(orthanc.results(series[0].StudyInstanceUID, "SR")) == 1
 
 
 class PagedClient(OrthancClient):

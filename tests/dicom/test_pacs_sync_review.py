@@ -19,13 +19,16 @@ from tests.dicom.pacs_sync_support import config_for
 MIB = 1024 * 1024
 
 
-def node_results(predictor: Predictor, series: list[Dataset], directory: Path) -> list[Dataset]:
-    """The SEG and SR the DICOM node makes of a series (the same processor, without pacs-sync's StationName)."""
+def node_results(
+    predictor: Predictor, series: list[Dataset], directory: Path, origin: str = "dicom-node"
+) -> list[Dataset]:
+    """The SEG and SR the DICOM node makes of a series (the same processor, without pacs-sync's StationName); another
+    `origin` gives them other UIDs (`app.result_uids`)."""
     directory.mkdir()
     paths = [directory / f"{index}.dcm" for index in range(len(series))]
     for path, dataset in zip(paths, series, strict=True):
         path.write_bytes(to_bytes(dataset))
-    datasets = ModelStudyProcessor(predictor)(paths).datasets
+    datasets = ModelStudyProcessor(predictor, result_origin=origin)(paths).datasets
     assert [dataset.Modality for dataset in datasets] == ["SEG", "SR"]
     return datasets
 
@@ -104,7 +107,7 @@ def test_pacs_sync_supersedes_the_unmarked_results_its_record_names(
     series = mr_series(tumor_channels())
     config = config_for(orthanc, tmp_path / "state.json")
     study_id = orthanc.study_of(orthanc.upload(series))
-    legacy = node_results(predictor, series, tmp_path / "legacy")
+    legacy = node_results(predictor, series, tmp_path / "legacy", origin="pacs-sync of an earlier version")
     legacy_uids = upload_each(orthanc, legacy)
     from_node = upload_each(orthanc, node_results(predictor, series, tmp_path / "node"))
     old_record = {"status": "positive", "study_fingerprint": "from an earlier version"}

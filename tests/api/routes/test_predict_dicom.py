@@ -292,6 +292,32 @@ def test_predict_batch_dicom_sr_reports_the_json_volume_and_references_the_seg(
     assert dciodvfy_errors(response.content, "ComprehensiveSR") == []
 
 
+def test_the_seg_an_sr_alone_refers_to_is_the_one_dicom_seg_answers(
+    client: TestClient, series_files: list[bytes]
+) -> None:
+    """Before, every answer made its SEG and SR with new UIDs: an SR asked for alone named a SEG nobody could get."""
+    report_alone = pydicom.dcmread(
+        io.BytesIO(client.post("/v1/predict/batch?output=dicom-sr", files=dicom_parts(series_files)).content)
+    )
+    seg_answer = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(series_files))
+    (_, seg_bytes), (_, sr_bytes) = multipart_parts(
+        client.post("/v1/predict/batch?output=dicom-seg-sr", files=dicom_parts(series_files))
+    )
+
+    seg = pydicom.dcmread(io.BytesIO(seg_answer.content))
+    assert read_volume_report(report_alone)["segmentation_sop_instance_uid"] == seg.SOPInstanceUID
+    again = pydicom.dcmread(io.BytesIO(seg_bytes))
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (seg.SOPInstanceUID, seg.SeriesInstanceUID)
+    report = pydicom.dcmread(io.BytesIO(sr_bytes))
+    assert (report.SOPInstanceUID, report.SeriesInstanceUID) == (
+        report_alone.SOPInstanceUID,
+        report_alone.SeriesInstanceUID,
+    )
+    assert seg.SOPInstanceUID not in {
+        dataset.SOPInstanceUID for dataset in map(pydicom.dcmread, map(io.BytesIO, series_files))
+    }
+
+
 def test_predict_batch_dicom_sr_of_a_negative_series_says_analysed_without_tumor(
     negative_client: TestClient, series_files: list[bytes]
 ) -> None:

@@ -1,0 +1,50 @@
+"""UIDs of the objects made from a series (SEG, SR): the same sources, models and answer always get the same UIDs.
+
+Why not a new random UID each time: `output=dicom-sr` alone refers to a SEG it does not return, and asking for
+`output=dicom-seg` afterwards must give that very SEG; a PACS that receives a result twice (a retried send, pacs-sync
+or the DICOM node run again on the same series) then keeps one copy instead of two series of the same objects.
+Whatever changes the answer (another mask, other findings, other models, another service version) changes the UIDs.
+The UID is pydicom's `generate_uid` with these as its entropy sources (a SHA-512 hash under pydicom's UID root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from app.dicom_frame import DicomFrame
+
+MANUFACTURER = "brain-tumor-service"
+
+
+def software_version() -> str:
+    """The installed service's version (written into the SEG's and SR's Software Versions)."""
+    try:
+        return metadata.version(MANUFACTURER)
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def result_uid(kind: str, model_tags: Mapping[str, str], *parts: str) -> str:
+    """The UID of one made object (`kind`: what it is, e.g. "seg-series") from the models and what it was made of."""
+    models = json.dumps(dict(model_tags), sort_keys=True)
+    return generate_uid(entropy_srcs=[MANUFACTURER, software_version(), models, kind, *parts])
+
+
+def masks_digest(references: Sequence[DicomFrame], masks: Sequence[np.ndarray | None]) -> str:
+    """A digest of which source frame got which mask (None: nothing found), for `result_uid`'s parts."""
+    digest = hashlib.sha256()
+    for frame, mask in zip(references, masks, strict=True):
+        digest.update(f"{frame.sop_instance_uid}/{frame.frame_number}:".encode())
+        if mask is None:
+            digest.update(b"none;")
+        else:
+            digest.update(f"{mask.shape}".encode())
+            digest.update(np.packbits(np.asarray(mask) > 0).tobytes())
+            digest.update(b";")
+    return digest.hexdigest()
