@@ -126,18 +126,23 @@ class DicomHeader:
 
     @property
     def cost_bytes(self) -> int:
-        """Memory reading the file into model inputs holds at most: the inflated data set (Deflated), the pixel data
-        as read and as decoded, the float32 modality values and the uint8 normalised frames (both kept per frame for
-        the series), one frame's float64 modality values and LUT output, and one float32 256x256x3 model input per
-        frame (a 1x1 frame costs as much as a 256x256 one there) with the three-channel copy made before it."""
+        """Memory reading the file into model inputs holds at most: what it keeps and its working copies."""
+        return self.kept_bytes + self.working_bytes
+
+    @property
+    def kept_bytes(self) -> int:
+        """What the file leaves held until the models have answered its series: per pixel the float32 modality
+        values, the uint8 normalised frame and its share of the slice image, and one float32 256x256x3 model input
+        per frame (a 1x1 frame costs as much as a 256x256 one there)."""
+        return self.pixels * (4 + 1 + 1) + self.frames * MODEL_INPUT_BYTES
+
+    @property
+    def working_bytes(self) -> int:
+        """What reading the file holds only while it is read (the files of a series are read one after another):
+        the inflated data set (Deflated), the pixel data as read and as decoded, one frame's float64 modality values
+        and LUT output, and the three-channel copy made before a model input."""
         frame = self.rows * self.columns
-        return (
-            self.inflated_bytes
-            + 2 * self.decoded_bytes
-            + self.pixels * (4 + 1)
-            + frame * (16 + 3)
-            + self.frames * MODEL_INPUT_BYTES
-        )
+        return self.inflated_bytes + 2 * self.decoded_bytes + frame * (16 + 3)
 
     def describe(self) -> str:
         plural = "s" if self.frames != 1 else ""

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL
+from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL, INPUT_SHAPE
 from app.dicom_frame import DicomFrame, frame_placement, offsets_along_normal
 from app.dicom_header import DicomHeader, read_dicom_header
 from app.dicom_input import decode_dicom
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
+from app.intensity_range import stretch_range
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
 from app.slice_orientation import in_plane_turn
@@ -123,8 +124,9 @@ def plan_series(
     Order: each file's header (a file that fails yields its error in its place), the series the models read
     (`choose_series` with `rules`; files of other series are left out of everything that follows), the slices of
     the chosen files against `max_slices` (default `limits.max_request_slices`), each file's cost, an error in place
-    of a file with the SOP Instance UID of an earlier one, then the request's cost (its files are held together, as
-    one series) against `limits.max_decode_bytes`.
+    of a file with the SOP Instance UID of an earlier one, then the request's cost against `limits.max_decode_bytes`
+    (its files are held together, as one series, and decode one after another: what each keeps, and the largest
+    one's working copies).
 
     Raises
     ------
@@ -148,9 +150,11 @@ def plan_series(
             except ServiceError as error:
                 headers[index] = error
     refuse_repeated_instances(headers, used)  # after each file's own checks: a file refused by itself keeps its reason
-    costs = [item.cost_bytes for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
-    check_request_cost(sum(costs), len(costs), limits)
-    return SeriesPlan(headers, slices, sum(costs), choice)
+    readable = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
+    # The files decode one after another: each keeps its part, and the largest one's working copies come on top.
+    cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
+    check_request_cost(cost, len(readable), limits)
+    return SeriesPlan(headers, slices, cost, choice)
 
 
 def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
@@ -194,8 +198,10 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     loop).
 
     A file that fails is reported in `file_errors` and left out. When the T1 frames do not pair with FLAIR's (a
-    position without all three, see `prepare_inputs`), FLAIR is read alone and the choice says so; other frames
-    that cannot be grouped fail the whole request, since no slice order could be trusted then.
+    position without all three, see `prepare_inputs`), or when a T1 series is blank (one value in every pixel of
+    two or more frames), FLAIR is read alone and the choice says so; a blank FLAIR series fails the request (its
+    answer would read as "no tumor"), as do other frames that cannot be grouped, since no slice order could be
+    trusted then.
     """
     frames = []
     errors: dict[int, ServiceError] = {}
@@ -213,6 +219,16 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     choice = plan.choice
     if not frames:
         return SeriesUploads([], errors, choice)
+    blank = _blank_series(frames)
+    flair = choice.flair
+    if blank and (flair is None or flair.series_instance_uid in blank):
+        raise InvalidDicomImageError(
+            "the FLAIR series holds one value in every pixel of all its frames: a blank series has no image to analyse "
+            "(an answer would read as no tumor)"
+        )
+    if blank:  # a blank T1 series: FLAIR alone, as the models accept
+        choice = choice.flair_alone("a T1 series holds one value in every pixel of all its frames (blank)")
+        frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
     try:
         return SeriesUploads(prepare_inputs(frames, choice.channel_series), errors, choice)
     except InvalidDicomImageError as error:
@@ -222,6 +238,20 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message})")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         return SeriesUploads(prepare_inputs(flair_frames, choice.channel_series), errors, choice)
+
+
+def _blank_series(frames: Sequence[DicomFrame]) -> set[str]:
+    """The series of two or more frames that hold one value in every pixel. One blank frame alone is answered (a
+    slice above the head is black); a whole blank series is no image."""
+    by_series: dict[str, list[DicomFrame]] = {}
+    for frame in frames:
+        by_series.setdefault(frame.series_instance_uid, []).append(frame)
+    return {
+        uid
+        for uid, items in by_series.items()
+        if len(items) > 1
+        and min(float(np.min(item.values)) for item in items) == max(float(np.max(item.values)) for item in items)
+    }
 
 
 def read_series(
@@ -239,9 +269,13 @@ def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[i
     """The model batch (`app.uploads.model_input`, as for raster uploads) and the size of each slice, each axial slice
     turned in-plane to the orientation the models learned (`app.slice_orientation`); `in_stored_orientation` turns
     the answers' masks back."""
-    turned = [in_plane_turn(item.reference.image_orientation).apply(item.image) for item in inputs]
-    batch = np.stack([model_input(image) for image in turned])
-    return batch, [(int(image.shape[0]), int(image.shape[1])) for image in turned]
+    batch = np.empty((len(inputs), *INPUT_SHAPE), dtype=np.float32)  # filled in place: no second copy of the batch
+    sizes = []
+    for index, item in enumerate(inputs):
+        image = in_plane_turn(item.reference.image_orientation).apply(item.image)
+        batch[index] = model_input(image)
+        sizes.append((int(image.shape[0]), int(image.shape[1])))
+    return batch, sizes
 
 
 def in_stored_orientation(
@@ -266,7 +300,8 @@ def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:
     stretch would make slices brighter than training ones, and a percentile stretch would saturate pixels that
     training never saw saturated. So frames of one series are stretched together, exactly like the dataset; a
     single slice sent alone can only be stretched over itself (brighter than in training: send whole series for the
-    closest match). A constant volume becomes 0.
+    closest match). A constant volume becomes 0 (`decode_series` refuses a blank series of several frames). A few
+    pixels far above the rest (`app.intensity_range`) saturate instead of darkening everything else.
 
     Parameters
     ----------
@@ -280,8 +315,7 @@ def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:
     """
     if not volume:
         return []
-    low = min(float(np.min(values)) for values in volume)
-    high = max(float(np.max(values)) for values in volume)
+    low, high = stretch_range(volume)
     span = high - low
     if not np.isfinite(span) or span <= 0:
         return [np.zeros(values.shape, dtype=np.uint8) for values in volume]
@@ -386,6 +420,24 @@ def anatomical_order(frames: Sequence[DicomFrame]) -> list[int]:
     if all(isinstance(number, int) for number in numbers):
         return sorted(range(len(frames)), key=lambda index: (numbers[index], frames[index].frame_number))
     return list(range(len(frames)))
+
+
+UNKNOWN_ORDER_NOTE = (
+    "slice order unknown (no Image Position, and Instance Numbers missing or repeated): each slice answered on its "
+    "own, without the series clean-up, and the tumor's reaching the series' end not judged"
+)
+
+
+def slice_order_known(frames: Sequence[DicomFrame]) -> bool:
+    """Whether `anatomical_order` knows the order of the frames (one frame always is): positions for every frame,
+    or an Instance Number (and frame number) that tells every frame apart. Otherwise it is the order they were sent
+    in, which no clean-up across neighbouring slices may trust."""
+    if len(frames) < 2 or offsets_along_normal(frames) is not None:
+        return True
+    numbers = [frame.header.get("InstanceNumber") for frame in frames]
+    if not all(isinstance(number, int) for number in numbers):
+        return False
+    return len({(number, frame.frame_number) for number, frame in zip(numbers, frames, strict=True)}) == len(frames)
 
 
 def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int]:

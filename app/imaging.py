@@ -32,6 +32,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
     decoder_reason,
 )
+from app.intensity_range import stretch_range
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
@@ -177,18 +178,35 @@ def read_image_header(data: bytes) -> RasterHeader:
     return _pillow_header(data, image_format)
 
 
+MAX_PNG_CHUNKS_BEFORE_IMAGE = 1000
+"""Chunks a PNG may hold before its image data. Encoders write a handful (header, palette, colour and text
+chunks); each chunk costs a step here and in Pillow, and a 1.4 MB file of 120,000 empty chunks held a core for two
+minutes before this limit (the walk was quadratic then, too)."""
+
+
 def _check_png_chunks(data: bytes) -> None:
     """Refuse a PNG that breaks the chunk order its header is read by: IHDR first (else the header read here, and
-    the 16-bit path, would not apply), and a palette image's PLTE before its image data (else Pillow makes colours
-    up, and the models would read pixels that are not in the file)."""
-    kinds = []
-    position = 8  # after the signature
-    while position + 8 <= len(data) and b"IDAT" not in kinds:
-        kinds.append(data[position + 4 : position + 8])
-        position += 12 + int.from_bytes(data[position : position + 4], "big")
-    if not kinds or kinds[0] != b"IHDR" or len(data) < 29:
+    the 16-bit path, would not apply), a palette image's PLTE before its image data (else Pillow makes colours
+    up, and the models would read pixels that are not in the file), and at most `MAX_PNG_CHUNKS_BEFORE_IMAGE`
+    chunks between IHDR and the image data. Walks the chunks once, stopping at the first IDAT."""
+    if len(data) < 29 or data[12:16] != b"IHDR":
         raise UndecodableImageError("PNG file cannot be decoded: its first chunk must be IHDR (the image header)")
-    if data[25] == 3 and b"PLTE" not in kinds:
+    palette = False
+    position = 20 + int.from_bytes(data[8:12], "big")  # after the signature and IHDR
+    for _ in range(MAX_PNG_CHUNKS_BEFORE_IMAGE + 1):  # the chunks allowed, then the image data
+        if position + 8 > len(data):
+            break  # no image data: the decoder says so
+        kind = data[position + 4 : position + 8]
+        if kind == b"IDAT":
+            break
+        palette = palette or kind == b"PLTE"
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    else:
+        raise UndecodableImageError(
+            f"PNG file cannot be decoded: more than {MAX_PNG_CHUNKS_BEFORE_IMAGE} chunks between its header and its "
+            "image data (encoders write a handful)"
+        )
+    if data[25] == 3 and not palette:
         raise UndecodableImageError(
             "PNG file cannot be decoded: a palette image (colour type 3) must hold a PLTE chunk before its image data"
         )
@@ -274,8 +292,8 @@ def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
     0..65535 range (scanner values usually sit within 0..4095), so a fixed scale would turn most uploads into
     near-black images unlike anything the models saw. The kaggle_3m slices the models learned from were each
     rescaled to fill 0..255, one sequence (channel) at a time, so stretching each channel's own range is the
-    closest match. What it costs: absolute intensities are lost, a single very bright outlier compresses the rest,
-    and a constant channel becomes 0.
+    closest match. What it costs: absolute intensities are lost, and a constant channel becomes 0; a few pixels far
+    above the rest (`app.intensity_range`) saturate at 255 instead of compressing the rest.
     """
     if array.dtype == np.uint8:
         return array
@@ -293,8 +311,7 @@ def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
 def _stretch_channel(channel: np.ndarray) -> np.ndarray:
     values = channel.astype(np.float64)
     np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    low = values.min() if values.size else 0.0
-    high = values.max() if values.size else 0.0
+    low, high = stretch_range([values])  # min..max, unless a few pixels lie far above the rest (then they saturate)
     if not high > low:
         return np.zeros(values.shape, dtype=np.uint8)
     # Halved, a span between float64's extremes (-1e308 to 1e308) stays finite; the ratio is the same.
@@ -303,6 +320,7 @@ def _stretch_channel(channel: np.ndarray) -> np.ndarray:
     values /= high / 2.0 - low / 2.0
     values *= 255.0
     np.rint(values, out=values)
+    np.clip(values, 0.0, 255.0, out=values)
     return values.astype(np.uint8)
 
 

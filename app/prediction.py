@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ import numpy as np
 from app import payloads, schemas
 from app.dicom_header import is_dicom
 from app.dicom_series import (
+    UNKNOWN_ORDER_NOTE,
     SeriesPlan,
     SeriesUploads,
     anatomical_order,
@@ -30,6 +31,7 @@ from app.dicom_series import (
     model_inputs,
     plan_series,
     series_breaks,
+    slice_order_known,
 )
 from app.errors import InvalidSliceError, MixedInputError, SegmentationInputError, ServiceError
 from app.inference import SlicePrediction
@@ -304,8 +306,10 @@ class PredictionService:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
             predictions = in_stored_orientation(await self.run_models(batch, sizes), series.inputs)
         frames = [slice_input.reference for slice_input in series.inputs]
-        order = anatomical_order(frames)
-        predictions = await self._cpu(self.finish, predictions, True, order, series_breaks(frames, order))
+        order, choice, known = anatomical_order(frames), series.choice, slice_order_known(frames)
+        if not known:  # e.g. Secondary Captures all numbered 1: which slices are neighbours is not known
+            choice = replace(choice, notes=(*choice.notes, UNKNOWN_ORDER_NOTE))
+        predictions = await self._cpu(self.finish, predictions, known, order, series_breaks(frames, order))
         tally = self._count(predictions, len(series.file_errors), on_tally)
         result = await self._cpu(
             partial(
@@ -317,7 +321,7 @@ class PredictionService:
                 result_origin=self.result_origin,
             )
         )
-        return SeriesAnswer(result, None, series.file_errors, tally, series.choice)
+        return SeriesAnswer(result, None, series.file_errors, tally, choice)
 
     def finish(
         self,

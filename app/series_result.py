@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from app.core.gate import mask_shown_alone
 from app.core.series_postprocessing import clean_series_masks
 from app.dicom_seg import build_segmentations
-from app.dicom_series import SliceInput, anatomical_order, missing_slices, too_many_slices
+from app.dicom_series import SliceInput, anatomical_order, missing_slices, slice_order_known, too_many_slices
 from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
 from app.tumor_volume import tumor_volume_ml
@@ -38,7 +38,7 @@ class SeriesResult:
         Slices missing between those analysed (`app.dicom_series.missing_slices`): the volume leaves them out.
     tumor_reaches_series_end
         A slice at either end of those analysed (in anatomical order) is positive: the tumor may go on beyond what
-        was sent, and the volume may be cut short.
+        was sent, and the volume may be cut short. False when the order is unknown (`slice_order_known`).
     result_origin
         Who the SEGs and the report are made for (`PredictionService.result_origin`), part of their UIDs.
     """
@@ -82,7 +82,9 @@ def summarise_series(
         segmentations=segmentations,
         tumor_volume_ml=tumor_volume_ml(masks, frames),
         slices_missing=missing_slices(frames),
-        tumor_reaches_series_end=bool(order) and (predictions[order[0]].detected or predictions[order[-1]].detected),
+        tumor_reaches_series_end=bool(order)
+        and slice_order_known(frames)
+        and (predictions[order[0]].detected or predictions[order[-1]].detected),
         result_origin=result_origin,
     )
 

@@ -60,7 +60,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=4096 * 4096, gt=0, description="largest accepted image (width x height), checked before decoding"
     )
-    max_batch_files: int = Field(default=64, gt=0, description="most files in one /v1/predict/batch request")
+    max_batch_files: int = Field(
+        default=256,
+        gt=0,
+        description="most files in one /v1/predict/batch request (a 176-slice 3D FLAIR series, or three series of 64 "
+        "slices, in one request)",
+    )
     max_batch_upload_bytes: int = Field(
         default=128 * MIB, gt=0, description="largest /v1/predict/batch request body, in bytes"
     )

@@ -92,7 +92,12 @@ def check_request_slices(slices: int, limits: UploadLimits) -> None:
 def check_request_cost(cost: int, files: int, limits: UploadLimits) -> None:
     """Raise `app.errors.OverMemoryBudgetError` if decoding a request's files takes more than the budget."""
     if limits.max_decode_bytes is not None:
-        check_cost(f"this request's {files} files", cost, "the cost of each, from its header", limits.max_decode_bytes)
+        check_cost(
+            f"this request's {files} files",
+            cost,
+            "from their headers: what each keeps until the models answer, and the working copies of the largest",
+            limits.max_decode_bytes,
+        )
 
 
 def plan_raster_uploads(uploads: Sequence[bytes | ServiceError], limits: UploadLimits) -> RasterPlan:

@@ -364,3 +364,21 @@ def test_results_for_a_removed_destination_are_dropped_so_the_study_is_purged(
     assert restarted.send_unsent() == 0
     clock.now = time.time() + 3600
     assert restarted.purge_expired() == [study.name]
+
+
+def test_a_blank_series_is_recorded_failed_and_no_absent_report_is_sent(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """attack23: a FLAIR series with one value in every pixel was recorded "analysed" and an Absent SR went out."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.PixelData = bytes(len(dataset.PixelData))
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    (run,) = record(node)["runs"]
+    assert run["status"] == "failed"
+    assert "the FLAIR series holds one value in every pixel" in run["reason"]
+    assert results.received == []

@@ -78,6 +78,21 @@ def test_normalise_volume_stretches_over_the_whole_series() -> None:
     assert normalise_volume([np.full((2, 2), 7.0)])[0].tolist() == [[0, 0], [0, 0]]
 
 
+def test_normalise_volume_lets_a_few_extreme_pixels_saturate_rather_than_darken_the_series() -> None:
+    """attack23: one pixel at 65535 in a 16-bit series (the rest under 1,200) turned three positive slices into "no
+    tumor": the min/max stretch squeezed the brain into a few grey levels."""
+    images = [image.astype(np.float32) * 4.0 for image in tumor_channels(FLAIR)]
+    spiked = [image.copy() for image in images]
+    spiked[0][10, 10] = 65535.0
+
+    clean, guarded = normalise_volume(images), normalise_volume(spiked)
+
+    assert guarded[0][10, 10] == 255
+    guarded[0][10, 10] = clean[0][10, 10]
+    for expected, image in zip(clean, guarded, strict=True):
+        np.testing.assert_array_equal(image, expected)
+
+
 def test_prepare_inputs_takes_a_single_instance_as_flair(flair: np.ndarray) -> None:
     frames = read_dicom(to_bytes(single_mr(flair)))
 

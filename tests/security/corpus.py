@@ -114,6 +114,13 @@ def crafted_png(width: int, height: int, bit_depth: int = 8, colour_type: int = 
     return PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
+def png_with_chunks_before_image(chunks: int) -> bytes:
+    """A valid 64x64 grey PNG with `chunks` empty private ancillary chunks between its header and its image data."""
+    image = png_of(np.random.default_rng(3).integers(0, 255, (64, 64), dtype=np.uint8))
+    header_end = 8 + 25  # signature, IHDR
+    return image[:header_end] + png_chunk(b"prVt", b"") * chunks + image[header_end:]
+
+
 def crafted_tiff(width: int, height: int, strip: bytes | None = None) -> bytes:
     """A little-endian 8-bit grey TIFF with one deflate strip; by default it inflates to a black image."""
     if strip is None:

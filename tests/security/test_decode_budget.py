@@ -206,14 +206,15 @@ def test_batch_of_deflated_8192_dicoms_is_refused_with_the_reason(budget_client:
 
 
 def test_batch_over_the_budget_together_is_refused_whole(budget_client: TestClient, no_decoding: None):
-    # Each 2048x2048 16-bit file costs about 113 MiB: one fits in 256 MiB, three together do not.
+    # Each 2048x2048 16-bit file keeps about 25 MiB and works with 92 MiB more while it decodes (the files of a
+    # series decode one after another): one fits in 256 MiB, eight together (290 MiB) do not.
     series = generate_uid()
-    files = [corpus.deflated_dicom(2048, 2048, bits=16, series_instance_uid=series) for _ in range(3)]
+    files = [corpus.deflated_dicom(2048, 2048, bits=16, series_instance_uid=series) for _ in range(8)]
 
     response = predict_batch(budget_client, files)
 
     assert_error(response, 413, "over_memory_budget")
-    assert response.json()["error"]["message"].startswith("this request's 3 files would take")
+    assert response.json()["error"]["message"].startswith("this request's 8 files would take")
 
 
 # The memory test: a real server, its resident memory watched while the whole corpus arrives.

@@ -82,6 +82,17 @@ BAD_FILES: list[BadFile] = [
     BadFile("JPEG magic then garbage", lambda: b"\xff\xd8\xff" + bytes(range(256)) * 4, 400, "undecodable_image"),
     BadFile("TIFF magic then garbage", lambda: b"II*\x00" + b"\xff" * 1024, 400, "undecodable_image"),
     BadFile("PNG with a corrupt IHDR CRC", corpus.png_with_corrupt_ihdr_crc, 400, "undecodable_image"),
+    # attack23: the chunk walk was quadratic; 1 MB of zeros after the signature took half a minute to refuse.
+    BadFile(
+        "PNG signature and 1 MB of zeros", lambda: corpus.PNG_SIGNATURE + bytes(1_000_000), 400, "undecodable_image"
+    ),
+    BadFile(
+        "PNG with 1,001 chunks before its image",
+        lambda: corpus.png_with_chunks_before_image(1001),
+        400,
+        "undecodable_image",
+    ),
+    BadFile("PNG with 1,000 chunks before its image", lambda: corpus.png_with_chunks_before_image(1000), 200, None),
     BadFile("PNG declaring 0x0", lambda: corpus.crafted_png(0, 0, idat=b""), 400, "undecodable_image"),
     BadFile("TIFF declaring 0x0", lambda: corpus.crafted_tiff(0, 0, b""), 400, "invalid_image"),
     # Wrong magic bytes: judged by content, never by the name.

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
 import numpy as np
 import pytest
+from pydicom.uid import generate_uid
 
 from app import schemas
 from app.dicom_header import read_dicom_header
+from app.dicom_series import decode_series, model_inputs, plan_series
 from app.errors import OverloadedError, OverMemoryBudgetError
 from app.imaging import read_image_header
 from app.inference import SlicePrediction
@@ -17,6 +20,7 @@ from app.memory_budget import MODEL_INPUT_BYTES, MemoryBudget
 from app.prediction import PredictionService
 from app.uploads import UploadLimits, plan_raster_uploads
 from tests.api.service_client import png_bytes
+from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, to_bytes
 from tests.security import corpus
 
 MIB = 1 << 20
@@ -42,6 +46,51 @@ def test_dicom_cost_counts_one_model_input_per_frame() -> None:
 
     assert (header.rows, header.columns, header.frames, header.bits_allocated) == (1, 1, 20000, 16)
     assert header.cost_bytes > 20000 * MODEL_INPUT_BYTES
+
+
+def dicom_series_files(slices: int, size: int) -> list[bytes]:
+    rng = np.random.default_rng(5)
+    study, series = Study(), generate_uid()
+    return [
+        to_bytes(
+            mr_dataset(
+                rng.integers(0, 1000, (size, size), dtype=np.uint16), study, series, index + 1, index * SLICE_GAP_MM
+            )
+        )
+        for index in range(slices)
+    ]
+
+
+def test_a_dicom_series_costs_what_each_file_keeps_and_one_files_working_copies() -> None:
+    """The files of a series decode one after another; before, each file's working copies were counted as held at
+    once, and a 40-slice 512x512 FLAIR (common in clinics) was refused at the default budget (310 MiB)."""
+    files = dicom_series_files(40, 512)
+    header = read_dicom_header(files[0])
+
+    plan = plan_series(files, UploadLimits())
+
+    assert plan.cost_bytes == 40 * header.kept_bytes + header.working_bytes
+    assert plan.cost_bytes < UploadLimits().max_decode_bytes
+    with pytest.raises(OverMemoryBudgetError) as raised:
+        plan_series(files, UploadLimits(max_decode_bytes=40 * header.kept_bytes))
+    assert raised.value.message.startswith("this request's 40 files would take")
+
+
+def test_decoding_a_dicom_series_holds_no_more_than_its_plan_says() -> None:
+    """The plan's cost is the budget's only guard, so it must not undercount what decoding really allocates."""
+    files = dicom_series_files(12, 512)
+    plan = plan_series(files, UploadLimits())
+
+    tracemalloc.start()
+    try:
+        series = decode_series(plan)
+        batch, _ = model_inputs(series.inputs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(batch) == 12
+    assert plan.cost_bytes / 3 < peak < plan.cost_bytes
 
 
 def test_deflated_dicom_over_the_budget_is_refused_while_inflating() -> None:

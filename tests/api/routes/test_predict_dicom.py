@@ -14,9 +14,10 @@ from PIL import Image
 
 from app.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_series import model_inputs, read_series
+from app.dicom_series import UNKNOWN_ORDER_NOTE, model_inputs, read_series
 from app.dicom_sr import read_volume_report
 from app.inference import Predictor, SlicePrediction
+from app.series_result import single_slice_answers
 from tests.api.service_client import decode_rle
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import legacy_multiframe, mr_series, secondary_capture_series, to_bytes, tumor_channels
@@ -431,6 +432,42 @@ def test_a_secondary_capture_series_gets_a_seg_per_positive_slice_and_a_report(c
     assert read_volume_report(pydicom.dcmread(io.BytesIO(report_answer.content)))["finding"] == "Present"
     assert dciodvfy_errors(sr_bytes, "ComprehensiveSR") == []
     assert all(dciodvfy_errors(data, "Segmentation") == [] for _, data in seg_parts)
+
+
+@pytest.mark.parametrize("numbers", [[1, 1, 1], [None, None, None]], ids=["all-one", "none"])
+def test_slices_in_no_known_order_are_answered_each_alone_and_the_answer_says_so(
+    client: TestClient, tiny_model_dir: Path, numbers: list[int | None]
+) -> None:
+    """attack23: Secondary Captures numbered alike (or not at all) got the series clean-up and the series-end flag in
+    the order they were sent, without a word."""
+    captures = secondary_capture_series(tumor_channels())
+    for dataset, number in zip(captures, numbers, strict=True):
+        if number is None:
+            del dataset.InstanceNumber
+        else:
+            dataset.InstanceNumber = number
+    files = [to_bytes(dataset) for dataset in captures]
+
+    body = client.post("/v1/predict/batch", files=dicom_parts(files)).json()
+
+    predictor = Predictor.from_model_dir(tiny_model_dir)
+    raw = predictor.predict_preprocessed(*model_inputs(read_series(files, max_pixels=1 << 20).inputs))
+    alone = single_slice_answers(
+        raw, predictor.single_slice_mask_min_probability, predictor.single_slice_min_component_pixels
+    )
+    assert UNKNOWN_ORDER_NOTE in body["selection_notes"]
+    assert body["tumor_reaches_series_end"] is False
+    for item, expected in zip(body["slices"], alone, strict=True):
+        assert item["prediction"]["tumor_detected"] == expected.detected
+        mask = item["prediction"]["mask"]
+        if expected.mask is None:
+            assert mask is None
+        else:
+            np.testing.assert_array_equal(decode_rle(mask["rle"]), expected.mask)
+    numbered = client.post(
+        "/v1/predict/batch", files=dicom_parts(map(to_bytes, secondary_capture_series(tumor_channels())))
+    )
+    assert UNKNOWN_ORDER_NOTE not in numbered.json()["selection_notes"]
 
 
 def test_the_dicom_sr_and_headers_say_when_the_volume_may_fall_short(client: TestClient) -> None:

@@ -220,6 +220,34 @@ def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predic
     assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
 
 
+def test_a_blank_t1_series_leaves_flair_alone_and_a_blank_flair_series_is_refused(
+    client: TestClient, predictor: Predictor
+) -> None:
+    """attack23: a series with one value in every pixel was answered "no tumor", and the node sent an Absent SR."""
+    series = named_study()
+    for dataset in series["post"]:
+        dataset.PixelData = bytes(len(dataset.PixelData))  # every pixel 0
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {4: "FLAIR"}
+    (note,) = body["selection_notes"]
+    assert note.startswith("T1 series left out: a T1 series holds one value in every pixel")
+    frames = [frame for item in series["flair"] for frame in read_dicom(to_bytes(item))]
+    assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
+
+    for dataset in series["flair"]:
+        dataset.PixelData = b"\x09" * len(dataset.PixelData)  # every pixel one value
+    refused = client.post("/v1/predict/batch", files=dicom_parts(series["flair"]))
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_dicom_image"
+    assert "the FLAIR series holds one value in every pixel" in refused.json()["error"]["message"]
+    single = client.post("/v1/predict", files={"file": ("a.dcm", to_bytes(series["flair"][0]), "application/dicom")})
+    assert single.status_code == 200  # one black slice alone (above the head) is still answered
+
+
 @pytest.mark.parametrize("output", ["json", "dicom-seg"])
 def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClient, output: str) -> None:
     """Attack finding: a tumor FLAIR series and another study's tumor-free FLAIR series were answered from the

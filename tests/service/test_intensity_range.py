@@ -1,0 +1,56 @@
+"""The stretch's range (`app.intensity_range`): min..max, unless a few pixels lie far above the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.imaging import stretch_to_uint8
+from app.intensity_range import OUTLIER_FACTOR, stretch_range
+from tests.conftest import TUMOR_SERIES, read_slice
+
+
+def volume() -> list[np.ndarray]:
+    """The committed tumor series' FLAIR channel as 12-bit-like values (0..1020)."""
+    return [read_slice(path)[:, :, 1].astype(np.float32) * 4.0 for path in TUMOR_SERIES]
+
+
+def test_a_volume_without_outliers_keeps_its_minimum_and_maximum() -> None:
+    frames = volume()
+
+    assert stretch_range(frames) == (min(float(f.min()) for f in frames), max(float(f.max()) for f in frames))
+
+
+def test_pixels_past_the_bound_are_left_out_of_the_range() -> None:
+    frames = volume()
+    clean_high = max(float(frame.max()) for frame in frames)
+    frames[1][0, :3] = 65535.0
+
+    assert stretch_range(frames) == (0.0, clean_high)
+
+
+def test_a_bright_spot_on_a_black_image_is_no_outlier() -> None:
+    """Nearly every pixel at the minimum: the percentile says nothing, and the spot keeps the range."""
+    image = np.zeros((256, 256), np.float32)
+    image[100:102, 100:102] = 800.0
+
+    assert stretch_range([image]) == (0.0, 800.0)
+
+
+def test_a_value_just_inside_the_bound_keeps_the_range() -> None:
+    frames = volume()
+    reference = float(np.percentile(np.concatenate([frame.ravel() for frame in frames]), 99.9))
+    frames[0][0, 0] = OUTLIER_FACTOR * reference * 0.9
+
+    assert stretch_range(frames)[1] == frames[0][0, 0]
+
+
+def test_a_16_bit_slice_with_a_hot_pixel_stretches_like_the_slice_without_it() -> None:
+    clean = (read_slice(TUMOR_SERIES[0])[:, :, 1].astype(np.uint16)) * 4
+    hot = clean.copy()
+    hot[5, 5] = 65535
+
+    stretched, expected = stretch_to_uint8(hot), stretch_to_uint8(clean)
+
+    assert stretched[5, 5] == 255
+    stretched[5, 5] = expected[5, 5]
+    np.testing.assert_array_equal(stretched, expected)
