@@ -9,11 +9,13 @@ Slices without a patient coordinate system (no Frame of Reference: Secondary Cap
 SEG's frames are told apart and placed by their positions in the patient, and highdicom builds a SEG of such sources
 from a single frame only. `build_segmentations` then makes one single-frame SEG per positive slice, all in one SEG
 series, each naming its one source slice (Source Image and Derivation Image), which is how a viewer lays it over
-that slice.
+that slice. A frame of a multi-frame Secondary Capture is handed to highdicom as a one-frame copy of its header, and
+the SEG's references then name the frame (Referenced Frame Number).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -23,6 +25,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from app.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
@@ -56,8 +59,8 @@ def build_segmentations(
     model_tags: Mapping[str, str],
     result_origin: str = "",
 ) -> list[Dataset]:
-    """The SEGs of a series: one SEG covering every slice (`build_segmentation`), or, for two or more single-frame
-    slices without a Frame of Reference (Secondary Captures), one single-frame SEG per slice with a mask, in
+    """The SEGs of a series: one SEG covering every slice (`build_segmentation`), or, for two or more slices without
+    a Frame of Reference (Secondary Captures, single- or multi-frame), one single-frame SEG per slice with a mask, in
     anatomical order (Instance Number), sharing one new SEG series (Instance Numbers from 1). The same slices,
     masks, models and `result_origin` (`PredictionService.result_origin`) always give the same UIDs
     (`app.result_uids`).
@@ -70,7 +73,7 @@ def build_segmentations(
         If `masks` does not match `inputs` in number or in size.
     """
     references = [slice_input.reference for slice_input in inputs]
-    if len(inputs) < 2 or any(frame.frame_of_reference_uid or frame.is_multiframe for frame in references):
+    if len(inputs) < 2 or any(frame.frame_of_reference_uid for frame in references):
         return [build_segmentation(inputs, masks, model_tags, result_origin=result_origin)]
     if len(masks) != len(inputs):
         raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
@@ -155,6 +158,10 @@ def build_segmentation(
     if impossible:
         raise SegmentationInputError(impossible_lengths_reason(impossible, "a DICOM SEG"))
     source_images, pixel_array = _source_images_and_pixels(references, masks)
+    frame_of_capture = _frame_of_capture(references)
+    if frame_of_capture is not None:  # one frame of a multi-frame capture: highdicom gets a one-frame copy
+        source_images = [_one_frame_header(source_images[0])]
+        pixel_array = pixel_array[frame_of_capture - 1 : frame_of_capture]
     made_of = masks_digest(references, masks)
     series_instance_uid = series_instance_uid or result_uid(
         "seg-series", model_tags, result_origin, references[0].series_instance_uid, made_of
@@ -213,8 +220,48 @@ def build_segmentation(
             f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
+    if frame_of_capture is not None:
+        _name_the_frame(segmentation, references[0])
     _refuse_invalid_values(invalid_values(segmentation))  # what highdicom copied from the source, as it came
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
+
+
+def _frame_of_capture(references: Sequence[DicomFrame]) -> int | None:
+    """The frame number when the SEG covers one frame of a multi-frame instance without a Frame of Reference."""
+    if len(references) == 1 and references[0].is_multiframe and not references[0].frame_of_reference_uid:
+        return references[0].frame_number
+    return None
+
+
+def _one_frame_header(header: Dataset) -> Dataset:
+    """A copy of a multi-frame capture's header that reads as a single-frame Secondary Capture, for highdicom, which
+    builds a SEG of a source without a Frame of Reference from one single-frame image only (`_name_the_frame` puts
+    the real SOP class and the frame number back into the SEG's references)."""
+    one_frame = copy.deepcopy(header)
+    one_frame.SOPClassUID = SecondaryCaptureImageStorage
+    for keyword in ("NumberOfFrames", "FrameIncrementPointer"):
+        if keyword in one_frame:
+            delattr(one_frame, keyword)
+    return one_frame
+
+
+def _name_the_frame(segmentation: Dataset, source: DicomFrame) -> None:
+    """Put the multi-frame source's SOP class back into the SEG's references to it (`_one_frame_header`), and the
+    frame's number where the Image SOP Instance Reference Macro has one (Source Image Sequence, each frame's
+    Derivation Image Sequence)."""
+    sop_class_uid = str(source.header.SOPClassUID)
+    for series in segmentation.get("ReferencedSeriesSequence", []):
+        for instance in series.get("ReferencedInstanceSequence", []):
+            if instance.ReferencedSOPInstanceUID == source.sop_instance_uid:
+                instance.ReferencedSOPClassUID = sop_class_uid
+    references = list(segmentation.get("SourceImageSequence", []))
+    for group in segmentation.PerFrameFunctionalGroupsSequence:
+        for derivation in group.get("DerivationImageSequence", []):
+            references.extend(derivation.get("SourceImageSequence", []))
+    for reference in references:
+        if reference.ReferencedSOPInstanceUID == source.sop_instance_uid:
+            reference.ReferencedSOPClassUID = sop_class_uid
+            reference.ReferencedFrameNumber = source.frame_number
 
 
 def _refuse_invalid_values(keywords: list[str]) -> None:

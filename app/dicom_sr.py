@@ -296,7 +296,10 @@ def _slice_group(
         frame_number=1,
         segment_number=SEGMENT_NUMBER,
         source_image=hd.sr.SourceImageForSegmentation(
-            str(source.ReferencedSOPClassUID), str(source.ReferencedSOPInstanceUID)
+            str(source.ReferencedSOPClassUID),
+            str(source.ReferencedSOPInstanceUID),
+            # a frame of a multi-frame capture (app.dicom_seg names it)
+            [int(source.ReferencedFrameNumber)] if "ReferencedFrameNumber" in source else None,
         ),
     )
     # A frame of a SEG holds one segment: PS3.3 (Image SOP Instance Reference Macro) allows Referenced Segment

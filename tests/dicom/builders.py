@@ -10,7 +10,13 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from tests.conftest import TUMOR_SERIES, read_slice
 
@@ -155,6 +161,21 @@ def secondary_capture_series(images: Sequence[np.ndarray], study: Study | None =
         del dataset.PixelSpacing
         dataset.PatientOrientation = ["L", "P"]
     return series
+
+
+def multiframe_secondary_capture(images: Sequence[np.ndarray], study: Study | None = None) -> Dataset:
+    """The uint8 images as one Multi-frame Grayscale Byte Secondary Capture (Modality MR): frames without a position,
+    in slice order, as a viewer's export of a stack writes them."""
+    (dataset,) = secondary_capture_series(images[:1], study)
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = (
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage
+    )
+    dataset.NumberOfFrames = len(images)
+    dataset.FrameIncrementPointer = 0x00182002  # Frame Label Vector
+    dataset.FrameLabelVector = [f"slice {index + 1}" for index in range(len(images))]
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelData = np.stack([np.asarray(image, np.uint8) for image in images]).tobytes()
+    return dataset
 
 
 def legacy_multiframe(datasets: Sequence[Dataset]) -> Dataset:

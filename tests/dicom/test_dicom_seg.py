@@ -13,7 +13,7 @@ from pydicom.sr.codedict import codes
 
 from app.dicom_frame import DicomFrame
 from app.dicom_input import read_dicom
-from app.dicom_seg import MANUFACTURER, build_segmentation, segmentation_to_bytes
+from app.dicom_seg import MANUFACTURER, build_segmentation, build_segmentations, segmentation_to_bytes
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import SeriesUploads, SliceInput, prepare_inputs
 from app.errors import SegmentationInputError
@@ -31,9 +31,11 @@ from tests.dicom.builders import (
     Study,
     legacy_multiframe,
     mr_series,
+    multiframe_secondary_capture,
     to_bytes,
     tumor_channels,
 )
+from tests.dicom.validation import dciodvfy_errors
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
 
@@ -124,6 +126,25 @@ def test_build_segmentation_of_a_multiframe_source(truth_masks: list[np.ndarray]
     assert stack.shape == (3, 256, 256)
     for slice_input, mask in zip(inputs, masks, strict=True):
         np.testing.assert_array_equal(stack[slice_input.reference.frame_number - 1], mask)
+
+
+def test_a_multi_frame_capture_gets_a_seg_per_positive_frame_that_names_its_frame(
+    truth_masks: list[np.ndarray],
+) -> None:
+    """Before, highdicom refused it (a source without a Frame of Reference may have one frame only): no SEG, no SR."""
+    capture = multiframe_secondary_capture(tumor_channels())
+    inputs = series_inputs([capture])
+
+    segmentations = build_segmentations(inputs, [truth_masks[0], None, truth_masks[2]], MODEL_TAGS)
+
+    assert len(segmentations) == 2
+    assert len({seg.SeriesInstanceUID for seg in segmentations}) == 1
+    for seg, frame_number, mask in zip(segmentations, (1, 3), (truth_masks[0], truth_masks[2]), strict=True):
+        (source,) = seg.SourceImageSequence
+        assert (source.ReferencedSOPClassUID, source.ReferencedFrameNumber) == (capture.SOPClassUID, frame_number)
+        data = segmentation_to_bytes(seg)
+        np.testing.assert_array_equal(read_segmentation_masks(data)[capture.SOPInstanceUID], mask[None])
+        assert dciodvfy_errors(data, "Segmentation") == []
 
 
 def test_build_segmentation_references_pre_and_post_contrast_series(truth_masks: list[np.ndarray]) -> None:

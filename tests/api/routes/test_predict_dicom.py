@@ -20,7 +20,14 @@ from app.inference import Predictor, SlicePrediction
 from app.series_result import single_slice_answers
 from tests.api.service_client import decode_rle
 from tests.conftest import TUMOR_SLICE
-from tests.dicom.builders import legacy_multiframe, mr_series, secondary_capture_series, to_bytes, tumor_channels
+from tests.dicom.builders import (
+    legacy_multiframe,
+    mr_series,
+    multiframe_secondary_capture,
+    secondary_capture_series,
+    to_bytes,
+    tumor_channels,
+)
 from tests.dicom.validation import dciodvfy_errors
 
 
@@ -468,6 +475,29 @@ def test_slices_in_no_known_order_are_answered_each_alone_and_the_answer_says_so
         "/v1/predict/batch", files=dicom_parts(map(to_bytes, secondary_capture_series(tumor_channels())))
     )
     assert UNKNOWN_ORDER_NOTE not in numbered.json()["selection_notes"]
+
+
+def test_a_multi_frame_secondary_capture_gets_its_segs_and_report(client: TestClient) -> None:
+    """Before, its positive frames got no SEG and no SR (400 for both); the DICOM node recorded it failed."""
+    capture = multiframe_secondary_capture(tumor_channels())
+    files = dicom_parts([to_bytes(capture)])
+    as_json = client.post("/v1/predict/batch", files=files).json()
+
+    response = client.post("/v1/predict/batch?output=dicom-seg-sr", files=files)
+
+    assert response.status_code == 200, response.text
+    *seg_parts, (_, sr_bytes) = multipart_parts(response)
+    positive = [item for item in as_json["slices"] if item["prediction"]["tumor_detected"]]
+    assert len(seg_parts) == len(positive) == 3  # the tiny models call every slice positive
+    segmentations = [pydicom.dcmread(io.BytesIO(data)) for _, data in seg_parts]
+    for seg, item in zip(segmentations, positive, strict=True):
+        assert seg.SourceImageSequence[0].ReferencedFrameNumber == item["frame_number"]
+        mask = read_segmentation_masks(to_bytes(seg))[capture.SOPInstanceUID][0]
+        np.testing.assert_array_equal(mask, decode_rle(item["prediction"]["mask"]["rle"]))
+    report = read_volume_report(pydicom.dcmread(io.BytesIO(sr_bytes)))
+    assert report["finding"] == "Present"
+    assert report["segmentation_sop_instance_uids"] == [seg.SOPInstanceUID for seg in segmentations]
+    assert dciodvfy_errors(sr_bytes, "ComprehensiveSR") == []
 
 
 def test_the_dicom_sr_and_headers_say_when_the_volume_may_fall_short(client: TestClient) -> None:
