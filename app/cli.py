@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from app import schemas
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
-from app.predict_command import OutputFormat
+from app.predict_command import OutputFormat, printable
 from app.settings import AE_TITLE_RULE, HTTP_URL_RULE, Settings, SettingsError, get_settings, is_ae_title, is_http_url
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def import_tensorflow_quietly(verbose: bool) -> None:
 
 
 def fail(message: str, code: int) -> int:
-    print(message, file=sys.stderr)
+    print(printable(message), file=sys.stderr)  # a file name may hold a newline or a terminal escape
     return code
 
 

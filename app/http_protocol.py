@@ -13,7 +13,11 @@ adds, per connection:
 - a body idle timeout (`body_timeout_seconds`): a client that pauses longer while sending a body gets 408 and the
   connection is closed; the app sees the client go away. Time the app leaves the body unread does not count;
 - on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
-  shutdown while requests that are being sent or answered finish.
+  shutdown while requests that are being sent or answered finish;
+- an answer sent before its request body was all in (a refusal: 401 without a key, 413, 404) closes the connection
+  `UNWANTED_BODY_SECONDS` later if the body is still coming: the rest is unwanted, and a client trickling it (a byte
+  every few seconds keeps clear of the body idle timeout) must not hold the connection. Before, 515 keyless clients
+  doing so kept a client with a key out (503 `too_many_connections`).
 
 The header count is checked in the app (`app.api.middleware`): the byte cap already bounds the parser's work.
 `brain-tumor serve` runs uvicorn with this protocol; plain `uvicorn app.main:create_app` runs without these limits.
@@ -57,6 +61,10 @@ class ConnectionLimits:
             shutdown_idle_upload_seconds=settings.shutdown_idle_upload_seconds,
         )
 
+
+UNWANTED_BODY_SECONDS = 2.0
+"""How long a connection stays open after its answer for the rest of a body nobody reads: enough for the client to
+read the answer before the close (closing with data still arriving may reset the connection)."""
 
 # Refusals the app's audit log records (as `app.api.middleware.AUDITED_REFUSALS` does for the app's own).
 AUDITED_STATUSES = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE})
@@ -152,6 +160,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self._body_activity = self.loop.time()
         super().on_body(body)
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            self.loop.call_later(UNWANTED_BODY_SECONDS, self._close_unwanted_body, cycle)
+
+    def _close_unwanted_body(self, cycle: Any) -> None:
+        if cycle.more_body and not self.transport.is_closing():  # the body still comes: nobody will read it
+            fields = {"peer": self._peer(), "path": str(cycle.scope.get("path", ""))[:256]}
+            logger.info("connection closed: request body still coming after the answer", extra={"fields": fields})
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

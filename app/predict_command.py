@@ -74,8 +74,10 @@ def collect_inputs(arguments: Sequence[str]) -> list[Path]:
                     f"no files to predict in the folder {argument} (hidden and *_mask.* files are skipped)"
                 )
             files.extend(found)
-        elif path.exists():
+        elif path.is_file():
             files.append(path)
+        elif path.exists():  # a FIFO would hang the read, a device has no end
+            raise InputError(f"{argument} is not a regular file (a pipe, a device or a socket)")
         elif path.is_symlink():
             raise InputError(f"{argument} is a symbolic link that leads nowhere (a missing target or a loop)")
         else:
@@ -190,7 +192,9 @@ class MaskWriter:
         data = png_bytes(mask)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("wb" if self.overwrite else "xb") as stream:
+            # O_NOFOLLOW: a symbolic link planted where the mask goes is never written through, --overwrite or not.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if self.overwrite else os.O_EXCL)
+            with os.fdopen(os.open(target, flags, 0o644), "wb") as stream:
                 stream.write(data)
         except OSError as error:  # the file already there, a full disk, a folder that is a file
             if isinstance(error, FileExistsError) and error.filename == str(target):
@@ -437,11 +441,23 @@ def formula_safe(value: object) -> object:
     return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal would act on (newline, escape, other controls) written as its Python
+    escape: a file name holding them must not forge a line or a colour in the output."""
+    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
+
+
 def csv_text(rows: Sequence[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({key: formula_safe(value) for key, value in flat_row(row).items()} for row in rows)
+    writer.writerows(
+        {
+            key: formula_safe(printable(value) if isinstance(value, str) else value)
+            for key, value in flat_row(row).items()
+        }
+        for row in rows
+    )
     return buffer.getvalue()
 
 
@@ -462,7 +478,7 @@ def table_text(rows: Sequence[dict], series: dict | None) -> str:
         cells = [str(flat["index"]), str(flat["file"]), result, probability, str(flat["area_pixels"]), detail]
         if series is not None:
             cells.insert(2, str(flat["frame_number"]))
-        lines.append(cells)
+        lines.append([printable(cell) for cell in cells])
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = (
         "\n".join(

@@ -61,6 +61,13 @@ class ApiKeyStore:
             key_id, separator, key = item.strip().partition(":")
             if not separator or not key:
                 raise KeyConfigurationError(f"API_KEYS item {position}: expected id:key")
+            if key != key.strip() or not all(" " <= character <= "~" for character in key):
+                # A header value loses its outer spaces on the way (HTTP trims them) and cannot carry control or
+                # non-ASCII characters: such a key could never match, and its owner would lock out their address.
+                raise KeyConfigurationError(
+                    f"API_KEYS item {position}: the key must be printable ASCII without spaces at its start or end "
+                    "(an HTTP header cannot carry them)"
+                )
             add(key_id.strip(), hash_key(key), f"API_KEYS item {position}")
         if keys_file is not None:
             for number, line in enumerate(Path(keys_file).read_text().splitlines(), start=1):

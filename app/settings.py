@@ -130,13 +130,17 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated id:key pairs; with any key set (here or in API_KEYS_FILE) every endpoint but "
-        "/health/* and the web page's files needs a valid X-API-Key header",
+        "/health/* and the web page's files needs a valid X-API-Key header; a key with spaces at its ends or a "
+        "non-printable character (which no header can carry) stops the service at start",
     )
     api_keys_file: Path | None = Field(
         default=None, description="file of id:sha256hex lines (brain-tumor hash-key prints the hash of a key)"
     )
     rate_limit_per_minute: int = Field(
-        default=0, ge=0, description="requests a minute per API key (per client address without keys); 0 = off"
+        default=0,
+        ge=0,
+        description="requests a minute per API key (per client address without keys, and for requests refused for "
+        "a missing or wrong key); 0 = off",
     )
     rate_limit_burst: int | None = Field(
         default=None, gt=0, description="requests allowed at once before the rate applies (default: the rate)"

@@ -197,7 +197,8 @@ class AccessControlMiddleware:
     client address (a missing or empty header is no guess and is not counted): once an address has spent its
     `failed_keys` budget, all its requests get 429 until the budget refills, before any key is checked (a right key
     then gains a guesser nothing). Then apply the per-client rate limit (429 with `Retry-After`). The client of the
-    rate limit is the key id, or the address without keys."""
+    rate limit is the key id, or the address without keys or without a valid key (a flood of refused requests is
+    throttled too)."""
 
     def __init__(
         self,
@@ -234,6 +235,12 @@ class AccessControlMiddleware:
                 # Only a wrong key is a guess: a browser opening /docs without one must not lock its address out.
                 if self.failed_keys is not None and presented:
                     self.failed_keys.acquire(address)
+                # Refusals count against the address's rate limit too: a flood without a key is throttled.
+                wait = self.limiter.acquire(address) if self.limiter is not None else 0.0
+                if wait > 0:
+                    error = RateLimitedError("too many requests for this client; retry later", retry_after_seconds=wait)
+                    await self._reject(scope, receive, send, error)
+                    return
                 await self._reject(
                     scope, receive, send, AuthenticationError(f"a valid {API_KEY_HEADER} header is required")
                 )

@@ -234,6 +234,9 @@ def test_empty_key_and_audit_files_mean_none(monkeypatch: pytest.MonkeyPatch) ->
     ("variable", "value", "message"),
     [
         ("API_KEYS", "no-colon-here", "brain-tumor serve: error: API_KEYS item 1: expected id:key\n"),
+        # attack23b: HTTP trims a header's outer spaces, so "alice: key" made a key its owner could never send.
+        ("API_KEYS", "bob:k1,alice: key", "brain-tumor serve: error: API_KEYS item 2: the key must be printable ASCII"),
+        ("API_KEYS", "alice:k\x07ey", "brain-tumor serve: error: API_KEYS item 1: the key must be printable ASCII"),
         ("API_KEYS_FILE", "{missing}/keys.txt", "brain-tumor serve: error: cannot open {missing}/keys.txt: No such"),
         ("AUDIT_LOG_FILE", "{missing}/audit.log", "brain-tumor serve: error: cannot open {missing}/audit.log: No such"),
     ],

@@ -4,6 +4,7 @@ with one line and exit 2 before the models load, masks are `<stem>_mask.png` and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -191,3 +192,53 @@ def test_predict_refuses_a_t1_series_as_the_api_does(
         "brain-tumor predict: error: the request's one series (number 1) is T1 pre-contrast (Series Description "
         "matches *T1*; no contrast agent stated); the models read FLAIR, so it is not analysed\n"
     )
+
+
+def test_a_pipe_named_on_the_command_line_is_refused_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """attack23b: `predict` waited forever on a FIFO named directly (one inside a folder was already skipped)."""
+    fifo = tmp_path / "slice.png"
+    os.mkfifo(fifo)
+
+    code, out, err = run(capsys, str(fifo), "--model-dir", NO_MODELS)
+
+    assert (code, out) == (2, "")
+    assert err == f"brain-tumor predict: error: {fifo} is not a regular file (a pipe, a device or a socket)\n"
+
+
+def test_a_file_name_with_a_newline_or_an_escape_cannot_forge_output(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """attack23b: a newline in a file name forged a table row for a file never analysed; escapes reached the
+    terminal. JSON escaped them already."""
+    forged = tmp_path / "a.jpg\nslice_9.jpg  no tumor\x1b[2J.jpg"
+    shutil.copyfile(TUMOR_SLICE, forged)
+
+    code, table, _ = run(capsys, str(forged), "--model-dir", str(tiny_model_dir), "--format", "table")
+    _, csv_out, _ = run(capsys, str(forged), "--model-dir", str(tiny_model_dir), "--format", "csv")
+    missing_code, _, err = run(capsys, str(tmp_path / "b\n\x1b[31m.png"), "--model-dir", NO_MODELS)
+
+    assert code == 0
+    assert "\x1b" not in table + csv_out + err
+    assert "a.jpg\\nslice_9.jpg  no tumor\\x1b[2J.jpg" in table
+    assert len(table.splitlines()) == len(
+        run(capsys, str(TUMOR_SLICE), "--model-dir", str(tiny_model_dir), "--format", "table")[1].splitlines()
+    )
+    assert len(csv_out.splitlines()) == 2  # header and one row
+    assert missing_code == 2 and err.count("\n") == 1
+
+
+def test_overwrite_never_writes_through_a_symbolic_link_in_the_masks_folder(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """attack23b: with --overwrite, a link planted at a mask's name sent the mask into another folder."""
+    masks, elsewhere = tmp_path / "masks", tmp_path / "elsewhere.png"
+    masks.mkdir()
+    elsewhere.write_bytes(b"keep me")
+    (masks / f"{TUMOR_SLICE.stem}_mask.png").symlink_to(elsewhere)
+
+    code, _, err = run(
+        capsys, str(TUMOR_SLICE), "--model-dir", str(tiny_model_dir), "--masks-dir", str(masks), "--overwrite"
+    )
+
+    assert code != 0 and "cannot write the mask file" in err
+    assert elsewhere.read_bytes() == b"keep me"

@@ -214,8 +214,16 @@ def test_rate_limit_answers_429_with_retry_after(rate_limited_client: TestClient
     # Per key: another key still has its own budget; health probes are never limited.
     assert rate_limited_client.get("/v1/models", headers={"X-API-Key": FILE_KEY}).status_code == 200
     assert all(rate_limited_client.get("/health/live").status_code == 200 for _ in range(5))
-    # A wrong key is refused as unauthorized before it can spend anyone's budget.
+    # A wrong key is refused as unauthorized before it can spend any key's budget.
     assert_error(rate_limited_client.get("/v1/models", headers={"X-API-Key": "nope"}), 401, "unauthorized")
+
+
+def test_requests_without_a_valid_key_spend_their_address_budget(rate_limited_client: TestClient):
+    """attack23b: requests without a key were never limited; 905 a second each wrote their log lines."""
+    statuses = [rate_limited_client.get("/v1/models").status_code for _ in range(3)]
+
+    assert statuses == [401, 401, 429]
+    assert rate_limited_client.get("/v1/models", headers={"X-API-Key": PLAIN_KEY}).status_code == 200
 
 
 def test_hash_key_command_prints_a_keys_file_line(monkeypatch, capsys):

@@ -258,3 +258,29 @@ def test_idle_uploads_do_not_hold_shutdown(tiny_model_dir: Path, tmp_path: Path)
     # still unread when SIGTERM came (a busy machine) is closed without an answer, as uvicorn closes idle connections.
     assert all(answer == b"" or answer.startswith(b"HTTP/1.1 408 ") for answer in answers), [a[:40] for a in answers]
     assert any(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), "no upload was answered 408"
+
+
+def test_a_body_still_trickling_in_after_the_answer_does_not_hold_the_connection(server: ServerProcess):
+    """attack23b: after a refusal sent before the body was in (here 404), a client sending a byte every second kept
+    its connection for as long as it liked; 515 of them kept every other client out."""
+    head = b"POST /v1/no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
+    received = b""
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.5)
+        closed = False
+        for _ in range(20):  # up to 10 s, well past UNWANTED_BODY_SECONDS and within the body idle timeout
+            try:
+                sock.sendall(b"x")
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 404 "), received[:200]
+    assert closed
