@@ -10,6 +10,7 @@ loop stays free while it happens (`offload`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -361,10 +362,24 @@ class PredictionService:
             yield
 
     async def _cpu(self, function: Callable[..., T], *arguments: object) -> T:
-        """CPU work: in a worker thread when offloading, else right here."""
-        if self.offload:
-            return await anyio.to_thread.run_sync(function, *arguments)
-        return function(*arguments)
+        """CPU work: in a worker thread when offloading, else right here.
+
+        A thread cannot be stopped: when the request is cancelled (its client has gone), this still waits for the
+        thread to end before passing the cancellation on, so that the memory reservation around the call is held as
+        long as the thread holds the memory.
+        """
+        if not self.offload:
+            return function(*arguments)
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(function, *arguments))
+        cancelled = False
+        while not work.done():
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return work.result()
 
     def _count(self, predictions: Sequence[SlicePrediction], failed: int, on_tally: TallyObserver | None) -> Tally:
         """The tally of a request's final answers, told to the service's and the call's observers."""

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import tracemalloc
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
 from app import schemas
+from app.api.routes.predict import ClientGone, unless_client_gone
 from app.dicom_header import read_dicom_header
 from app.dicom_series import decode_series, model_inputs, plan_series
 from app.errors import OverloadedError, OverMemoryBudgetError
@@ -18,7 +21,7 @@ from app.imaging import read_image_header
 from app.inference import SlicePrediction
 from app.memory_budget import MODEL_INPUT_BYTES, MemoryBudget
 from app.prediction import PredictionService
-from app.uploads import UploadLimits, plan_raster_uploads
+from app.uploads import UploadLimits, plan_raster_uploads, prepare_uploads
 from tests.api.service_client import png_bytes
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, to_bytes
 from tests.security import corpus
@@ -227,3 +230,62 @@ def test_concurrent_requests_stay_within_the_budget() -> None:
     assert models.most_running == 1
     assert models.most_used <= budget.capacity
     assert budget.used == 0
+
+
+def test_a_cancelled_request_keeps_its_reservation_until_its_decoding_thread_ends() -> None:
+    """A request whose client has gone is cancelled (`app.api.routes.predict.unless_client_gone`); the thread
+    decoding its files cannot be stopped, so the memory it holds stays counted until the thread ends."""
+    image = png_bytes(np.zeros((512, 512), np.uint8))
+    budget = MemoryBudget(3 * MIB)
+    models = SlowModels()
+    models.budget = budget
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=3 * MIB), budget=budget)
+    decoding_started, release_decoding = threading.Event(), threading.Event()
+    used_when_decoding_ended: list[int] = []
+
+    def slow_prepare(*arguments: object) -> object:
+        decoding_started.set()
+        release_decoding.wait(5)
+        used_when_decoding_ended.append(budget.used)
+        return prepare_uploads(*arguments)
+
+    async def scenario() -> None:
+        with patch("app.prediction.prepare_uploads", slow_prepare):
+            request = asyncio.ensure_future(service.predict_files([image], schemas.MaskFormat.RLE))
+            await asyncio.to_thread(decoding_started.wait, 5)
+            request.cancel()
+            await asyncio.sleep(0.05)
+            assert not request.done() and budget.used > 0  # still held: the thread still decodes
+            release_decoding.set()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+
+    asyncio.run(scenario())
+
+    assert used_when_decoding_ended[0] > 0
+    assert budget.used == 0 and models.running == 0  # released after, and the models never ran for it
+
+
+def test_a_request_whose_client_has_gone_stops_waiting_and_is_not_inferred() -> None:
+    """attack23b: batches whose clients had given up were still inferred while a live request waited."""
+
+    class GoneRequest:
+        async def receive(self) -> dict:
+            await asyncio.sleep(0.05)
+            return {"type": "http.disconnect"}
+
+    image = png_bytes(np.zeros((512, 512), np.uint8))
+    budget = MemoryBudget(3 * MIB)
+    models = SlowModels()
+    models.budget = budget
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=3 * MIB), budget=budget)
+
+    async def scenario() -> None:
+        async with budget.reserve(2 * MIB):  # another request holds the budget: this one waits for room
+            with pytest.raises(ClientGone):
+                await unless_client_gone(GoneRequest(), service.predict_files([image], schemas.MaskFormat.RLE))
+        assert budget.used == 0
+
+    asyncio.run(scenario())
+
+    assert models.most_running == 0
