@@ -158,10 +158,6 @@ def build_segmentation(
     if impossible:
         raise SegmentationInputError(impossible_lengths_reason(impossible, "a DICOM SEG"))
     source_images, pixel_array = _source_images_and_pixels(references, masks)
-    frame_of_capture = _frame_of_capture(references)
-    if frame_of_capture is not None:  # one frame of a multi-frame capture: highdicom gets a one-frame copy
-        source_images = [_one_frame_header(source_images[0])]
-        pixel_array = pixel_array[frame_of_capture - 1 : frame_of_capture]
     made_of = masks_digest(references, masks)
     series_instance_uid = series_instance_uid or result_uid(
         "seg-series", model_tags, result_origin, references[0].series_instance_uid, made_of
@@ -220,17 +216,15 @@ def build_segmentation(
             f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
-    if frame_of_capture is not None:
+    if _frame_of_capture(references):
         _name_the_frame(segmentation, references[0])
     _refuse_invalid_values(invalid_values(segmentation))  # what highdicom copied from the source, as it came
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
 
 
-def _frame_of_capture(references: Sequence[DicomFrame]) -> int | None:
-    """The frame number when the SEG covers one frame of a multi-frame instance without a Frame of Reference."""
-    if len(references) == 1 and references[0].is_multiframe and not references[0].frame_of_reference_uid:
-        return references[0].frame_number
-    return None
+def _frame_of_capture(references: Sequence[DicomFrame]) -> bool:
+    """Whether the SEG covers one frame of a multi-frame instance without a Frame of Reference (a capture)."""
+    return len(references) == 1 and references[0].is_multiframe and not references[0].frame_of_reference_uid
 
 
 def _one_frame_header(header: Dataset) -> Dataset:
@@ -298,10 +292,17 @@ def _unique_headers(frames: Iterable[DicomFrame]) -> list[Dataset]:
 def _source_images_and_pixels(
     references: Sequence[DicomFrame], masks: Sequence[np.ndarray | None]
 ) -> tuple[list[Dataset], np.ndarray]:
-    """highdicom takes either single-frame sources with one plane each, or one multi-frame source with all frames."""
+    """highdicom takes either single-frame sources with one plane each, or one multi-frame source with all frames
+    (one frame of a multi-frame capture goes as a one-frame copy of its header: `_one_frame_header`)."""
     for mask, frame in zip(masks, references, strict=True):
         if mask is not None and mask.shape != frame.values.shape:
             raise ValueError(f"mask must match its slice's rows x columns {frame.values.shape}; got {mask.shape}")
+    if _frame_of_capture(references):
+        (mask,), (frame,) = masks, references
+        pixels = np.zeros((1, *frame.values.shape), dtype=np.uint8)
+        if mask is not None:
+            pixels[0] = mask > 0
+        return [_one_frame_header(frame.header)], pixels
     instances = {frame.sop_instance_uid for frame in references}
     if all(frame.is_multiframe for frame in references):
         if len(instances) != 1:

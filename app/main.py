@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from app.api import handlers
+from app.api.disconnect import ClientGone
 from app.api.middleware import (
     AccessControlMiddleware,
     ClientAddressMiddleware,
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.add_docs_pages(app)
 
     app.add_exception_handler(ServiceError, handlers.handle_service_error)
+    app.add_exception_handler(ClientGone, handlers.handle_client_gone)
     app.add_exception_handler(RequestValidationError, handlers.handle_validation_error)
     app.add_exception_handler(HTTPException, handlers.handle_http_exception)
     app.add_exception_handler(Exception, handlers.handle_unexpected_error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from functools import cache
 from importlib import metadata
 
 import numpy as np
@@ -22,6 +23,7 @@ from app.dicom_frame import DicomFrame
 MANUFACTURER = "brain-tumor-service"
 
 
+@cache  # read from the installed package's metadata once: every SEG and SR asks
 def software_version() -> str:
     """The installed service's version (written into the SEG's and SR's Software Versions)."""
     try:

@@ -39,6 +39,9 @@
 | too_many_connections   | 503    | MAX_CONNECTIONS connections open already (app.http_protocol)  |
 | not_found, ...         | 4xx    | other HTTP errors (unknown path, wrong method)                |
 | internal_error         | 500    | a bug; logged with its traceback                              |
+
+A request whose client disconnected before its answer (`app.api.disconnect.ClientGone`) ends with 499 and no body:
+nobody receives it, but the logs, audit and metrics record it.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ from http import HTTPStatus
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from app.api.disconnect import CLIENT_GONE
 from app.errors import (
     ErrorKind,
     PayloadTooLargeError,
@@ -123,6 +127,12 @@ def _validation_message(error: dict) -> str:
 async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     return await handle_service_error(request, RequestValidationFailed(describe_validation_errors(error.errors())))
+
+
+async def handle_client_gone(request: Request, error: Exception) -> Response:
+    """A request whose client disconnected before its answer (`app.api.disconnect`): nobody receives this; the logs,
+    audit and metrics record the status."""
+    return Response(status_code=CLIENT_GONE)
 
 
 async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:

@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from app import schemas
-from app.api.routes.predict import ClientGone, unless_client_gone
+from app.api.disconnect import ClientGone, unless_client_gone
 from app.dicom_header import read_dicom_header
 from app.dicom_series import decode_series, model_inputs, plan_series
 from app.errors import OverloadedError, OverMemoryBudgetError

@@ -1,8 +1,8 @@
 """POST /v1/predict, /v1/predict/batch and /v1/overlay: slices in, tumor probability and mask out.
 
 Each handler parses the request, makes one call to the prediction flow (`app.prediction.PredictionService`) and
-shapes its answer into the response. The call is cancelled when the client disconnects first (`unless_client_gone`):
-a queued batch nobody will read must not take the models' time; the request is then logged with status 499.
+shapes its answer into the response. The call is cancelled when the client disconnects first
+(`app.api.disconnect.unless_client_gone`): a queued batch nobody will read must not take the models' time.
 
 PNG, JPEG and TIFF files are slices of their own. DICOM files (recognised by their `DICM` marker) are read as a series:
 every frame is a slice; sequence selection chooses the FLAIR series and, when both are there, the pre- and
@@ -14,11 +14,8 @@ type="application/dicom"`) both as a DICOMweb multipart answer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable
 from functools import partial
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, Security, UploadFile, params
 from fastapi.responses import Response
@@ -27,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from app import payloads, schemas, uploads
 from app.api.content_negotiation import DICOM_MEDIA_TYPE, MULTIPART_MEDIA_TYPE, negotiated_output
 from app.api.deps import PredictionServiceDep, PredictorDep, RequestIdDep, SettingsDep
+from app.api.disconnect import unless_client_gone
 from app.api.openapi_docs import (
     OPTIONAL_API_KEY,
     PREDICTION_STATUSES,
@@ -121,42 +119,6 @@ def query_parameters(*known: str) -> params.Depends:
     return Depends(refuse_others)
 
 
-T = TypeVar("T")
-CLIENT_GONE = 499
-"""The status a request whose client disconnected before its answer is logged with (nginx's "client closed
-request"); nobody receives it."""
-
-
-class ClientGone(Exception):
-    """The client disconnected before the answer was ready; the work for it was cancelled."""
-
-
-async def unless_client_gone(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, or `ClientGone` once the client disconnects first (the work is cancelled: a request waiting
-    for memory or for the models gives up its place; CPU work already in a thread ends first, see
-    `PredictionService._cpu`). Called once the request's body has been read."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        gone.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    raise ClientGone
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        await asyncio.sleep(0.1)  # a server that repeats empty body messages must not make this spin
-
-
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     """Read a file part, at most one byte past the per-file limit (so an oversized file is never read whole)."""
     data = await upload.read(settings.max_upload_bytes + 1)
@@ -214,15 +176,10 @@ async def create_prediction(
     await refuse_several_files(request)
     data = await read_upload(file, settings)
     request.state.input_sha256 = uploads.sha256_hex(data)
-    try:
-        answer = await unless_client_gone(
-            request,
-            service.predict_slice(
-                data, segmentation=wants_segmentation(output), on_tally=partial(record_outcome, request)
-            ),
-        )
-    except ClientGone:
-        return Response(status_code=CLIENT_GONE)
+    answer = await unless_client_gone(
+        request,
+        service.predict_slice(data, segmentation=wants_segmentation(output), on_tally=partial(record_outcome, request)),
+    )
     if isinstance(answer, SeriesAnswer):
         return await run_in_threadpool(segmentation_response, answer)
     payload = await slice_payload(answer, predictor.classifier_threshold, mask_format)
@@ -269,10 +226,7 @@ async def create_batch_prediction(
     work = service.predict_files(
         contents, mask_format, wants_segmentation(output), on_tally=partial(record_outcome, request), series=series
     )
-    try:
-        answer = await unless_client_gone(request, work)
-    except ClientGone:
-        return Response(status_code=CLIENT_GONE)
+    answer = await unless_client_gone(request, work)
     models = schemas.ModelTags(**predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and output is schemas.OutputFormat.DICOM_SR:
         return await run_in_threadpool(report_response, answer, predictor.model_tags)
@@ -317,10 +271,7 @@ async def create_overlay(
     await refuse_several_files(request)
     data = await read_upload(file, settings)
     request.state.input_sha256 = uploads.sha256_hex(data)
-    try:
-        answer = await unless_client_gone(request, service.overlay(data, on_tally=partial(record_outcome, request)))
-    except ClientGone:
-        return Response(status_code=CLIENT_GONE)
+    answer = await unless_client_gone(request, service.overlay(data, on_tally=partial(record_outcome, request)))
     headers = {
         "X-Tumor-Probability": f"{answer.prediction.probability:.6f}",
         "X-Tumor-Detected": str(answer.prediction.detected).lower(),
