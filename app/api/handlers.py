@@ -27,7 +27,7 @@
 | overloaded             | 503    | the inference queue (or the decoding memory budget) is full;  |
 |                        |        | `Retry-After` says when to retry                              |
 | inference_timeout      | 503    | no answer from the models within REQUEST_TIMEOUT_SECONDS      |
-| unauthorized           | 401    | API keys are configured and X-API-Key is missing or wrong     |
+| unauthorized           | 401    | API keys are configured and X-API-Key is missing, wrong or sent twice |
 | rate_limited           | 429    | over RATE_LIMIT_PER_MINUTE for this key, or this address over |
 |                        |        | AUTH_FAILURES_PER_MINUTE failed keys; see `Retry-After`       |
 | headers_too_large      | 431    | line + headers over MAX_HEADER_BYTES, or more headers than    |

@@ -229,9 +229,12 @@ class AccessControlMiddleware:
                     )
                     await self._reject(scope, receive, send, error)
                     return
-            presented = Headers(scope=scope).get(API_KEY_HEADER)
+            presented_keys = Headers(scope=scope).getlist(API_KEY_HEADER)
+            # Two headers are refused, not read first-wins: a proxy and a client would disagree on which one counts.
+            presented = presented_keys[0] if len(presented_keys) == 1 else None
             key_id = self.keys.authenticate(presented)
             if key_id is None:
+                presented = presented or ",".join(presented_keys)
                 # Only a wrong key is a guess: a browser opening /docs without one must not lock its address out.
                 if self.failed_keys is not None and presented:
                     self.failed_keys.acquire(address)
@@ -241,9 +244,12 @@ class AccessControlMiddleware:
                     error = RateLimitedError("too many requests for this client; retry later", retry_after_seconds=wait)
                     await self._reject(scope, receive, send, error)
                     return
-                await self._reject(
-                    scope, receive, send, AuthenticationError(f"a valid {API_KEY_HEADER} header is required")
+                reason = (
+                    f"exactly one {API_KEY_HEADER} header is allowed; got {len(presented_keys)}"
+                    if len(presented_keys) > 1
+                    else f"a valid {API_KEY_HEADER} header is required"
                 )
+                await self._reject(scope, receive, send, AuthenticationError(reason))
                 return
             state["key_id"] = key_id
         if self.limiter is not None:

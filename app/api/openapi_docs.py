@@ -54,7 +54,7 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("mixed_input", 400, "DICOM and PNG/JPEG/TIFF files in one batch"),
     ErrorCode("bad_request", 400, "a body the multipart parser cannot read (no boundary, huge part names)"),
-    ErrorCode("unauthorized", 401, "API keys are configured and X-API-Key is missing or wrong"),
+    ErrorCode("unauthorized", 401, "API keys are configured and X-API-Key is missing, wrong or sent twice"),
     ErrorCode("not_found", 404, "no such path"),
     ErrorCode("method_not_allowed", 405, "the path exists, but not with this method"),
     ErrorCode("payload_too_large", 413, "a file over MAX_UPLOAD_BYTES, or a request body over its limit"),

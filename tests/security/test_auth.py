@@ -116,6 +116,16 @@ def test_every_protected_endpoint_refuses_missing_or_wrong_key(keyed_client: Tes
         assert PLAIN_KEY not in response.text
 
 
+@pytest.mark.parametrize("second", [PLAIN_KEY, "wrong"], ids=["same-key-twice", "valid-then-wrong"])
+def test_two_key_headers_are_refused_not_read_first_wins(keyed_client: TestClient, second: str):
+    """A proxy that reads the last header and a service that reads the first would disagree on who is asking."""
+    response = keyed_client.get("/v1/models", headers=[("X-API-Key", PLAIN_KEY), ("X-API-Key", second)])
+
+    assert_error(response, 401, "unauthorized")
+    assert "exactly one X-API-Key header" in response.json()["error"]["message"]
+    assert keyed_client.get("/v1/models", headers={"X-API-Key": PLAIN_KEY}).status_code == 200
+
+
 def test_health_endpoints_need_no_key(keyed_client: TestClient):
     assert keyed_client.get("/health/live").status_code == 200
     assert keyed_client.get("/health/ready").status_code == 200
