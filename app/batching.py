@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -106,7 +107,13 @@ class MicroBatcher:
         grow unbounded.
     on_queue_change
         Called with the number of queued slices whenever it changes (for the queue-depth gauge).
+    clock
+        Seconds, for timing the models (the refusal of a full queue says how long the queue takes to drain).
     """
+
+    # Each batch's model time counts this much less at the next batch: the estimate follows a change of load.
+    TIMING_DECAY = 0.8
+    MAX_RETRY_AFTER_SECONDS = 60.0
 
     def __init__(
         self,
@@ -115,6 +122,7 @@ class MicroBatcher:
         max_wait_seconds: float = 0.0,
         max_queued_slices: int = Settings.model_fields["inference_queue_slices"].default,
         on_queue_change: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch_size < 1 or max_queued_slices < 1 or max_wait_seconds < 0:
             raise ValueError(
@@ -132,6 +140,16 @@ class MicroBatcher:
         self._queued_slices = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
+        self._clock = clock
+        self._model_seconds = 0.0  # recent time in either model (decayed), over ...
+        self._slices_classified = 0.0  # ... the recent slices through the classifier (decayed alike)
+
+    def seconds_to_drain(self) -> float:
+        """About how long the slices queued now take to answer: their number times the recent model time per slice
+        (the segmenter's share of positives included); 0 before any batch has run."""
+        if not self._slices_classified:
+            return 0.0
+        return self._queued_slices * self._model_seconds / self._slices_classified
 
     @property
     def queued_slices(self) -> int:
@@ -177,10 +195,11 @@ class MicroBatcher:
                 f"a request may hold at most {self.max_queued_slices} slices (INFERENCE_QUEUE_SLICES); got {len(sizes)}"
             )
         if self._queued_slices + len(sizes) > self.max_queued_slices:
+            wait = min(max(1.0, self.seconds_to_drain()), self.MAX_RETRY_AFTER_SECONDS)
             raise OverloadedError(
                 f"the inference queue is full ({self._queued_slices} of {self.max_queued_slices} slices waiting); "
-                "retry shortly",
-                retry_after_seconds=1.0,
+                f"retry in about {wait:.0f} s",
+                retry_after_seconds=wait,
             )
         job = _Job(inputs, list(sizes), asyncio.get_running_loop().create_future())
         self._change_queued(len(job))
@@ -242,8 +261,10 @@ class MicroBatcher:
     async def _classify(self, jobs: list[_Job]) -> None:
         """Run the classifier on the jobs' slices; answer the negatives, line the positives up for the segmenter."""
         inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
+        self._slices_classified = self._slices_classified * self.TIMING_DECAY + len(inputs)
+        self._model_seconds *= self.TIMING_DECAY
         try:
-            probabilities = await self._in_inference_thread(self._models.classify, inputs)
+            probabilities = await self._timed(self._models.classify, inputs)
             if len(probabilities) != len(inputs):
                 raise ValueError(f"the classifier gave {len(probabilities)} probabilities for {len(inputs)} slices")
         except Exception as error:  # a model failure fails these jobs, not the worker
@@ -277,7 +298,7 @@ class MicroBatcher:
         inputs = np.stack([positive.job.inputs[positive.index] for positive in positives])
         sizes = [positive.job.sizes[positive.index] for positive in positives]
         try:
-            masks = await self._in_inference_thread(self._models.masks, inputs, sizes)
+            masks = await self._timed(self._models.masks, inputs, sizes)
             if len(masks) != len(inputs):
                 raise ValueError(f"the segmenter gave {len(masks)} masks for {len(inputs)} slices")
         except Exception as error:
@@ -288,8 +309,13 @@ class MicroBatcher:
             positive.job.answer(positive.index, prediction)
         self._change_queued(-len(positives))
 
-    async def _in_inference_thread(self, function: Callable[..., Any], *arguments: object) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)
+    async def _timed(self, function: Callable[..., Any], *arguments: object) -> Any:
+        """Run a model on the inference thread, adding its time to the recent model time."""
+        started = self._clock()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)
+        finally:
+            self._model_seconds += self._clock() - started
 
     def _fail(self, jobs: list[_Job], error: Exception, slices: int) -> None:
         logger.error("inference batch failed", exc_info=error, extra={"fields": {"slices": slices}})

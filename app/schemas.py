@@ -146,7 +146,10 @@ class SeriesUse(BaseModel):
     series_number: int | None
     series_description: str
     evidence: str = Field(description="why the series has this role: name patterns or sequence attributes matched")
-    files: list[int] = Field(description="positions of the series' files in the request")
+    files: list[int] = Field(
+        description="positions of the series' files in the request; one that could not be read (a repeated instance, "
+        "a broken file) is in file_errors too"
+    )
 
 
 SeriesUsed = Annotated[

@@ -41,9 +41,21 @@ class Gate:
             raise TimeoutError("the test never released the fake model")
 
 
+class ModelClock:
+    """Seconds that only the fake models move: each slice through the classifier or the segmenter takes its time."""
+
+    def __init__(self, classifier_seconds: float, segmenter_seconds: float) -> None:
+        self.now = 0.0
+        self.classifier_seconds = classifier_seconds
+        self.segmenter_seconds = segmenter_seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class FakeModels:
     """Classifier and segmenter in the shape of `Predictor`; the first classifier call and the first segmenter call
-    can be held; `fail_when` makes a model raise on the batches it matches."""
+    can be held; `fail_when` makes a model raise on the batches it matches; `clock` is moved by each call."""
 
     classifier_threshold = 0.5
 
@@ -53,7 +65,9 @@ class FakeModels:
         hold_segmenter: bool = False,
         fail_when: Callable[[np.ndarray], bool] | None = None,
         fail_segmenter_when: Callable[[np.ndarray], bool] | None = None,
+        clock: ModelClock | None = None,
     ) -> None:
+        self.clock = clock
         self.classified: list[list[float]] = []
         self.segmented: list[list[float]] = []
         self.classifier_gate = Gate(closed=hold_first)
@@ -70,6 +84,8 @@ class FakeModels:
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
         self.classifier_gate.pass_through()
+        if self.clock is not None:
+            self.clock.now += self.clock.classifier_seconds * len(batch)
         values = [float(value) for value in batch[:, 0]]
         self.classified.append(values)
         if self._fail_when is not None and self._fail_when(batch):
@@ -79,6 +95,8 @@ class FakeModels:
     def masks(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         assert len(batch) == len(sizes)
         self.segmenter_gate.pass_through()
+        if self.clock is not None:
+            self.clock.now += self.clock.segmenter_seconds * len(batch)
         self.segmented.append([float(value) for value in batch[:, 0]])
         if self._fail_segmenter_when is not None and self._fail_segmenter_when(batch):
             raise RuntimeError("segmenter exploded")
@@ -251,13 +269,49 @@ def test_submit_raises_overloaded_when_queue_is_full() -> None:
             await batcher.submit(*slices(3.0))
 
         assert raised.value.code == "overloaded"
-        assert raised.value.message == "the inference queue is full (2 of 2 slices waiting); retry shortly"
+        # No batch has finished yet, so nothing says how long the queue takes: the shortest wait.
+        assert raised.value.message == "the inference queue is full (2 of 2 slices waiting); retry in about 1 s"
         assert raised.value.retry_after_seconds == 1
         model.release()
         assert probabilities(await second) == [2.0]
         await first
         # Once the queue drains, new work is accepted again.
         assert probabilities(await batcher.submit(*slices(4.0, 5.0))) == [4.0, 5.0]
+        await batcher.stop()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("classifier_seconds", "segmenter_seconds", "expected"),
+    [(0.5, 1.0, 4 * 3.2 / 4.2), (50.0, 100.0, MicroBatcher.MAX_RETRY_AFTER_SECONDS)],
+    ids=["measured", "capped"],
+)
+def test_full_queue_says_how_long_it_takes_to_drain(
+    classifier_seconds: float, segmenter_seconds: float, expected: float
+) -> None:
+    """attack23b: Retry-After was 1 s however long the queue; clients retrying at once only refill it."""
+    clock = ModelClock(classifier_seconds, segmenter_seconds)
+    model = FakeModels(clock=clock)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model, max_queued_slices=4, clock=clock)
+        batcher.start()
+        # Two negatives and two positives: 4 classifier slices and 2 segmenter slices.
+        await batcher.submit(*slices(0.1, 0.9, 0.2, 0.8))
+        model.classifier_gate = Gate(closed=True)
+        first = await hold_worker(batcher, model)
+        second = asyncio.create_task(batcher.submit(*slices(0.3, 0.4, 0.45)))
+        await until(lambda: batcher.queued_slices == 4)
+
+        with pytest.raises(OverloadedError) as raised:
+            await batcher.submit(*slices(0.5))
+
+        # The first batch's model time (decayed once as the held batch started) over its slices and the held one's.
+        assert raised.value.retry_after_seconds == pytest.approx(expected)
+        assert f"retry in about {expected:.0f} s" in raised.value.message
+        model.release()
+        await asyncio.gather(first, second)
         await batcher.stop()
 
     run(scenario)
