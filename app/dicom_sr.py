@@ -68,6 +68,8 @@ PRIVATE_SCHEME_IDENTIFICATION = hd.coding_schemes.CodingSchemeIdentificationItem
 SLICES_ANALYSED = hd.sr.CodedConcept("SLICES-ANALYSED", PRIVATE_SCHEME, "Number of slices analysed")
 SLICES_WITH_TUMOR = hd.sr.CodedConcept("SLICES-TUMOR", PRIVATE_SCHEME, "Number of slices with tumor")
 SLICES_MISSING = hd.sr.CodedConcept("SLICES-MISSING", PRIVATE_SCHEME, "Number of slices missing between those analysed")
+# PS3.16 TID 1501 row "Qualitative Evaluations" also takes TEXT; highdicom builds the coded ones only.
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 TUMOR_AT_SERIES_END = hd.sr.CodedConcept(
     "TUMOR-AT-END", PRIVATE_SCHEME, "Tumor on first or last slice: volume may be underestimated"
 )
@@ -99,6 +101,9 @@ class VolumeFindings:
         Slices missing between those analysed (`app.dicom_series.missing_slices`): the volume leaves them out.
     tumor_reaches_series_end
         The first or last slice analysed is positive: the tumor may go on beyond the series, and the volume with it.
+    notes
+        What sequence selection decided that the figures depend on (`SeriesChoice.notes`: FLAIR read alone and why,
+        slice order unknown, ...), for the radiologist who sees only the PACS.
     """
 
     tumor_detected: bool
@@ -107,6 +112,7 @@ class VolumeFindings:
     slices_with_tumor: int
     slices_missing: int = 0
     tumor_reaches_series_end: bool = False
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.slices_with_tumor <= self.slices_analysed:
@@ -251,6 +257,7 @@ def _volume_report(
     else:  # no SEG (negative), or SEGs of one slice each (no Frame of Reference): each gets a planar ROI group
         groups = [hd.sr.MeasurementsAndQualitativeEvaluations(**common)]
         groups.extend(_slice_group(segmentation, tracking, algorithm) for segmentation in segmentations)
+    groups[0][0].ContentSequence.extend(_notes(findings))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -315,8 +322,11 @@ def _slice_group(
     )
 
 
-def series_volume_report(result: SeriesResult, model_tags: Mapping[str, str]) -> hd.sr.ComprehensiveSR:
-    """The report of a series the prediction flow analysed: its findings, referencing its SEGs when there are any."""
+def series_volume_report(
+    result: SeriesResult, model_tags: Mapping[str, str], notes: Sequence[str] = ()
+) -> hd.sr.ComprehensiveSR:
+    """The report of a series the prediction flow analysed: its findings and selection `notes`, referencing its SEGs
+    when there are any."""
     positive = sum(prediction.detected for prediction in result.predictions)
     findings = VolumeFindings(
         tumor_detected=positive > 0,
@@ -325,6 +335,7 @@ def series_volume_report(result: SeriesResult, model_tags: Mapping[str, str]) ->
         slices_with_tumor=positive,
         slices_missing=result.slices_missing,
         tumor_reaches_series_end=result.tumor_reaches_series_end,
+        notes=tuple(notes),
     )
     headers: dict[str, Dataset] = {}
     for slice_input in result.inputs:
@@ -336,8 +347,8 @@ def series_volume_report(result: SeriesResult, model_tags: Mapping[str, str]) ->
 
 def read_volume_report(report: Dataset) -> dict[str, object]:
     """The figures of a report written by `build_volume_report`: finding, volume (mL or None), slice counts, slices
-    missing, whether the tumor reaches the series' end, the algorithm and the referenced SEGs (the first's SOP
-    Instance UID or None, and all of them). For tests and for checking what was sent.
+    missing, whether the tumor reaches the series' end, the selection notes, the algorithm and the referenced SEGs
+    (the first's SOP Instance UID or None, and all of them). For tests and for checking what was sent.
 
     Reads the Comprehensive 3D SRs of earlier versions too."""
     report_class = (
@@ -364,6 +375,7 @@ def read_volume_report(report: Dataset) -> dict[str, object]:
         "slices_with_tumor": int(values[SLICES_WITH_TUMOR.value].value),
         "slices_missing": None if missing is None else int(missing.value),
         "tumor_reaches_series_end": None if at_end is None else at_end == codes.SCT.Yes,
+        "notes": _text_values(group[0].ContentSequence, QUALITATIVE_EVALUATIONS),
         "algorithm": (_text_value(group, ALGORITHM_NAME), _text_value(group, ALGORITHM_VERSION)),
         "segmentation_sop_instance_uid": segmentation_uids[0] if segmentation_uids else None,
         "segmentation_sop_instance_uids": segmentation_uids,
@@ -401,6 +413,16 @@ def _evaluations(findings: VolumeFindings) -> list[hd.sr.QualitativeEvaluation]:
     ]
 
 
+def _notes(findings: VolumeFindings) -> list[hd.sr.TextContentItem]:
+    """The selection notes as text evaluations of the tumor's group (highdicom's maintainers' way to add them)."""
+    return [
+        hd.sr.TextContentItem(
+            name=QUALITATIVE_EVALUATIONS, value=note, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        for note in findings.notes
+    ]
+
+
 def _device_uid(model_tags: Mapping[str, str]) -> str:
     """The same models give the same Device Observer UID everywhere (it names the model pair, not a machine)."""
     digest = hashlib.sha256(json.dumps(dict(model_tags), sort_keys=True).encode()).hexdigest()
@@ -422,6 +444,17 @@ def _item(items: Sequence[Dataset], concept: Code) -> Dataset | None:
 def _text_value(items: Sequence[Dataset], concept: Code) -> str | None:
     item = _item(items, concept)
     return None if item is None else str(item.TextValue)
+
+
+def _text_values(items: Sequence[Dataset], concept: Code) -> list[str]:
+    """The text of the TEXT items named `concept` directly under `items`."""
+    return [
+        str(item.TextValue)
+        for item in items
+        if item.ValueType == "TEXT"
+        and item.ConceptNameCodeSequence[0].CodeValue == concept.value
+        and item.ConceptNameCodeSequence[0].CodingSchemeDesignator == concept.scheme_designator
+    ]
 
 
 def _only(groups: Sequence[Any]) -> Any:

@@ -147,7 +147,7 @@ class ModelStudyProcessor:
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
         try:
-            report = series_volume_report(result, self.predictor.model_tags)
+            report = series_volume_report(result, self.predictor.model_tags, notes)
         except ServiceError as error:  # sources a report cannot refer to (no Study Instance UID, say)
             return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
         datasets = [*result.segmentations, report]

@@ -54,7 +54,10 @@ def flair_inputs() -> list[SliceInput]:
 def test_positive_report_holds_volume_slices_models_and_the_seg(flair_inputs: list[SliceInput]) -> None:
     masks = [read_truth(path) for path in TUMOR_SERIES]
     seg = build_segmentation(flair_inputs, masks, MODEL_TAGS)
-    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=4.321, slices_analysed=3, slices_with_tumor=3)
+    notes = ("T1 series left out: no pre-contrast series; FLAIR analysed alone", "2 FLAIR series found")
+    findings = VolumeFindings(
+        tumor_detected=True, tumor_volume_ml=4.321, slices_analysed=3, slices_with_tumor=3, notes=notes
+    )
 
     report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, [seg]))
 
@@ -65,6 +68,7 @@ def test_positive_report_holds_volume_slices_models_and_the_seg(flair_inputs: li
         "slices_with_tumor": 3,
         "slices_missing": 0,
         "tumor_reaches_series_end": False,
+        "notes": list(notes),
         "algorithm": ("resunet", "3.4.5"),
         "segmentation_sop_instance_uid": seg.SOPInstanceUID,
         "segmentation_sop_instance_uids": [seg.SOPInstanceUID],
@@ -100,6 +104,7 @@ def test_negative_report_says_analysed_and_absent(flair_inputs: list[SliceInput]
         "slices_with_tumor": 0,
         "slices_missing": 0,
         "tumor_reaches_series_end": False,
+        "notes": [],
         "algorithm": ("resunet", "3.4.5"),
         "segmentation_sop_instance_uid": None,
         "segmentation_sop_instance_uids": [],

@@ -19,6 +19,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from app.dicom_header import read_dicom_header
+from app.dicom_sr import read_volume_report
 from app.errors import NoFlairSeriesError
 from app.sequence_selection import (
     SelectionRules,
@@ -437,6 +438,7 @@ def test_the_study_record_holds_the_orientation_note_once(path: str, tmp_path: P
 
     assert analysis.status == "analysed", analysis.reason
     assert analysis.summary["notes"] == [SAGITTAL_NOTE.format(number=1)]
+    assert read_volume_report(analysis.datasets[-1])["notes"] == analysis.summary["notes"]  # and the SR says it
 
 
 def test_a_study_with_a_localizer_keeps_three_channels_in_the_node_record(tmp_path: Path) -> None:

@@ -298,14 +298,14 @@ def segmentation_response(answer: SeriesAnswer) -> Response:
 
 def report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
     """The series' DICOM SR volume report (TID 1500), referencing its SEGs when a tumor was found."""
-    body = segmentation_to_bytes(series_volume_report(answer.result, model_tags))
+    body = segmentation_to_bytes(series_volume_report(answer.result, model_tags, answer.choice.notes))
     return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
 
 
 def segmentation_and_report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
     """The SEGs and the SR as parts of one multipart/related answer (DICOMweb), the SR last; the SR alone when no SEG
     was made (no tumor found)."""
-    report = segmentation_to_bytes(series_volume_report(answer.result, model_tags))
+    report = segmentation_to_bytes(series_volume_report(answer.result, model_tags, answer.choice.notes))
     parts = [*(segmentation_to_bytes(segmentation) for segmentation in answer.result.segmentations), report]
     body, media_type = multipart_related(parts, DICOM_MEDIA_TYPE)
     return Response(body, headers={"Content-Type": media_type, **series_headers(answer)})

@@ -475,6 +475,11 @@ def test_slices_in_no_known_order_are_answered_each_alone_and_the_answer_says_so
         "/v1/predict/batch", files=dicom_parts(map(to_bytes, secondary_capture_series(tumor_channels())))
     )
     assert UNKNOWN_ORDER_NOTE not in numbered.json()["selection_notes"]
+    # The SR says so too, for the radiologist who sees only the PACS (it had no notes before).
+    report = client.post("/v1/predict/batch?output=dicom-sr", files=dicom_parts(files))
+    assert report.status_code == 200, report.text
+    assert read_volume_report(pydicom.dcmread(io.BytesIO(report.content)))["notes"] == body["selection_notes"]
+    assert dciodvfy_errors(report.content, "ComprehensiveSR") == []
 
 
 def test_a_multi_frame_secondary_capture_gets_its_segs_and_report(client: TestClient) -> None:
