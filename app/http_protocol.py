@@ -103,6 +103,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_activity = 0.0
         self._draining = False
+        # The request whose body the parser has read to its end. uvicorn never marks the body of a request answered
+        # before it was in as complete (its `more_body` stays true), so this is what says the body stopped coming.
+        self._body_complete_for: object | None = None
 
     # Connection lifecycle
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -168,12 +171,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(UNWANTED_BODY_SECONDS, self._close_unwanted_body, cycle)
 
     def _close_unwanted_body(self, cycle: Any) -> None:
-        if cycle.more_body and not self.transport.is_closing():  # the body still comes: nobody will read it
+        # Still on that request (no next request has begun) and its body still comes: nobody will read it.
+        if cycle is self.cycle and self._body_complete_for is not cycle and not self.transport.is_closing():
             fields = {"peer": self._peer(), "path": str(cycle.scope.get("path", ""))[:256]}
             logger.info("connection closed: request body still coming after the answer", extra={"fields": fields})
             self.transport.close()
 
     def on_message_complete(self) -> None:
+        self._body_complete_for = self.cycle
         super().on_message_complete()
         if self._body_timer is not None:
             self._body_timer.cancel()

@@ -69,6 +69,26 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     return received
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (headers and a Content-Length body); b"" if the server closed the connection first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def log_lines(server: ServerProcess) -> list[dict]:
     return [json.loads(line) for line in server.stderr().splitlines() if line.startswith("{")]
 
@@ -258,6 +278,23 @@ def test_idle_uploads_do_not_hold_shutdown(tiny_model_dir: Path, tmp_path: Path)
     # still unread when SIGTERM came (a busy machine) is closed without an answer, as uvicorn closes idle connections.
     assert all(answer == b"" or answer.startswith(b"HTTP/1.1 408 ") for answer in answers), [a[:40] for a in answers]
     assert any(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), "no upload was answered 408"
+
+
+def test_a_body_sent_in_full_after_the_answer_leaves_the_connection_open(server: ServerProcess):
+    """browser24: the close meant for a trickling body also closed a connection whose body had all come (uvicorn
+    keeps such a request's `more_body` true), cutting off the next request on it (a false 499, a retried upload)."""
+    body = b"x" * 1000
+    head = f"POST /v1/no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection(address(server)) as sock:
+        sock.settimeout(10)
+        sock.sendall(head)
+        refusal = read_response(sock)  # answered before the body was sent
+        sock.sendall(body)
+        time.sleep(3.0)  # past UNWANTED_BODY_SECONDS
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = read_response(sock)
+    assert refusal.startswith(b"HTTP/1.1 404 "), refusal[:200]
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
 def test_a_body_still_trickling_in_after_the_answer_does_not_hold_the_connection(server: ServerProcess):
