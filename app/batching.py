@@ -195,7 +195,7 @@ class MicroBatcher:
                 f"a request may hold at most {self.max_queued_slices} slices (INFERENCE_QUEUE_SLICES); got {len(sizes)}"
             )
         if self._queued_slices + len(sizes) > self.max_queued_slices:
-            wait = min(max(1.0, self.seconds_to_drain()), self.MAX_RETRY_AFTER_SECONDS)
+            wait = self._retry_after()
             raise OverloadedError(
                 f"the inference queue is full ({self._queued_slices} of {self.max_queued_slices} slices waiting); "
                 f"retry in about {wait:.0f} s",
@@ -210,8 +210,12 @@ class MicroBatcher:
         except TimeoutError:
             raise InferenceTimeoutError(
                 f"no answer from the models within {timeout_seconds:g} s; the service is busy, retry later",
-                retry_after_seconds=1.0,
+                retry_after_seconds=self._retry_after(),
             ) from None
+
+    def _retry_after(self) -> float:
+        """Seconds a refused client should wait: until the queue has drained, within 1 s to a minute."""
+        return min(max(1.0, self.seconds_to_drain()), self.MAX_RETRY_AFTER_SECONDS)
 
     async def _serve(self) -> None:
         while True:
