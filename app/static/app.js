@@ -8,8 +8,15 @@ import {
 
 const KEY_STORAGE = "brain-tumor-api-key";
 const BATCH_URL = "/v1/predict/batch";
-// A slice whose probability is this close to the threshold (in probability units) is flagged for a closer look.
-const NEAR_THRESHOLD_MARGIN = 0.05;
+// A slice is "close to the threshold" when its probability is this close to it in log-odds (ln(p / (1 - p))): a band
+// that scales with the threshold, where a fixed ±0.05 did not (around a threshold of 0.116 it took in a third of a
+// series, the model's baseline on tumor-free slices). 0.25 gives 0.44-0.56 around 0.5, 0.093-0.144 around 0.116.
+const NEAR_THRESHOLD_LOGIT_MARGIN = 0.25;
+// Probabilities and thresholds are clamped into (0, 1) before the logit, so that a threshold of 0 or 1 stays finite.
+const LOGIT_CLAMP = 1e-6;
+// Plausible spacings in mm (a typed decimal comma read as a point): outside them the value is refused, never used.
+const PIXEL_SPACING_RANGE_MM = [0.05, 5];
+const SLICE_SPACING_RANGE_MM = [0.1, 20];
 // Pixel-mode wheel movement that makes one slice step. One notch is 53 px (Chromium on Linux) to 100-120 px
 // (Windows, macOS): each wheel event moves at most one slice, so one notch is one slice whatever its size, while the
 // many small events of a touchpad add up to a step.
@@ -51,6 +58,9 @@ const ERROR_TITLES_BY_CODE = {
   too_many_files: "Too many files for one request.",
   too_many_slices: "Too many slices for one request.",
   inference_timeout: "The analysis took too long. Try fewer slices, or try again later.",
+  // 503 covers both "not ready" (model_unavailable, the status's title) and "ready but busy" (these two).
+  overloaded: "The service is busy.",
+  too_many_connections: "The service is busy.",
 };
 // mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.
 const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or patients. Choose the files of one study.";
@@ -124,6 +134,13 @@ const ui = {
   sliceSpacing: el("slice-spacing"),
   sliceSpacingRow: el("slice-spacing-row"),
   downloadSeg: el("download-seg"),
+  segStatus: el("seg-status"),
+  segError: el("seg-error"),
+  segErrorTitle: el("seg-error-title"),
+  segErrorDetail: el("seg-error-detail"),
+  pixelSpacingError: el("pixel-spacing-error"),
+  sliceSpacingError: el("slice-spacing-error"),
+  docsKeyNote: el("docs-key-note"),
   downloadMasks: el("download-masks"),
   tableHead: document.querySelector("#slice-table thead"),
   tableBody: document.querySelector("#slice-table tbody"),
@@ -142,6 +159,9 @@ class ApiError extends Error {
 /** The request never got an answer (offline, server down, connection reset): not a bug of the page. */
 class NetworkError extends Error {}
 
+/** The API key typed holds a character no HTTP header can carry: the request is never sent. */
+class ApiKeyError extends Error {}
+
 let inFlight = null; // XMLHttpRequest of the analysis running now: a newer upload cancels it
 let segInFlight = null; // XMLHttpRequest of a DICOM SEG download: a newer upload cancels it too
 // Counts analyses started (and cancels): an analysis whose number is no longer the latest shows nothing, whatever
@@ -151,22 +171,43 @@ let series = null; // what is shown: see showSeries
 let current = 0; // index of the slice shown
 let wheelDelta = 0;
 let volumeAnnouncement = 0; // timer of the pending announcement of a recomputed volume
+// The volume's text when the typing now pausing began (null: none pending): typing "0.5" passes "0" (refused), and a
+// volume back where it started is not read out.
+let volumeBeforeTyping = null;
+let spacingCheck = 0; // timer of the pending check of the spacing typed (not on every keystroke: "0." becomes 0.5)
+let keysInUse = false; // a 401 came: this server wants API keys
 
 // ------------------------------------------------------------------------------------------------ small helpers
 
 const formatPercent = (value) => `${(value * 100).toFixed(1)} %`;
 const formatNumber = (value, digits) => value.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const naturalOrder = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
-const isNearThreshold = (prediction) => Math.abs(prediction.tumor_probability - prediction.threshold) < NEAR_THRESHOLD_MARGIN;
+const logit = (p) => {
+  const clamped = Math.min(1 - LOGIT_CLAMP, Math.max(LOGIT_CLAMP, p));
+  return Math.log(clamped / (1 - clamped));
+};
+const isNearThreshold = (prediction) =>
+  Math.abs(logit(prediction.tumor_probability) - logit(prediction.threshold)) < NEAR_THRESHOLD_LOGIT_MARGIN;
 const isAboveThreshold = (prediction) => prediction.tumor_probability >= prediction.threshold;
 // At or above the threshold yet not detected: only the series clean-up does that (no mask piece of the slice was
 // left, as 3-D pieces too small to be tumor are dropped).
 const isClearedBySeries = (prediction) => isAboveThreshold(prediction) && !prediction.tumor_detected;
 const plural = (count, word) => `${count.toLocaleString("en")} ${count === 1 ? word : `${word}s`}`;
 
+/** The X-API-Key header, if a key is typed; throws ApiKeyError for a key no header can carry (the browser would throw
+ * a raw exception that blames nothing in particular). Spaces at its ends are trimmed: HTTP drops them anyway. */
 function requestHeaders() {
   const key = ui.apiKey.value.trim();
-  return key ? { "X-API-Key": key } : {};
+  if (!key) {
+    return {};
+  }
+  // Printable ISO-8859-1 only: setRequestHeader refuses anything past U+00FF, and control characters are no key.
+  const bad = [...key].findIndex((char) => !/[\x20-\x7e\xa0-\xff]/.test(char));
+  if (bad >= 0) {
+    throw new ApiKeyError(`Character ${bad + 1} of the key cannot be sent in an HTTP header: only printable `
+      + "ISO-8859-1 characters can (letters without accents, digits and signs are safe).");
+  }
+  return { "X-API-Key": key };
 }
 
 function base64ToBytes(base64) {
@@ -212,10 +253,14 @@ function errorFromBody(status, body, statusText, retryAfter) {
   return new ApiError(status, message, retrySeconds(retryAfter), code);
 }
 
-function showError(error) {
+/** The title and detail an error is shown with, in the page's error box or beside the SEG button. */
+function describeError(error) {
   let title;
   let detail = "";
-  if (error instanceof ApiError) {
+  if (error instanceof ApiKeyError) {
+    title = "The API key contains characters that cannot be sent. Check the key in the API key field.";
+    detail = error.message;
+  } else if (error instanceof ApiError) {
     title = error.title ?? ERROR_TITLES_BY_CODE[error.code] ?? ERROR_TITLES[error.status]
       ?? `The server answered with an error (HTTP ${error.status}).`;
     if (error.retryAfter) {
@@ -231,10 +276,29 @@ function showError(error) {
     title = "The result could not be shown.";
     detail = String(error.message ?? error);
   }
+  return { title, detail };
+}
+
+function showError(error) {
+  const { title, detail } = describeError(error);
   ui.errorTitle.textContent = title;
   ui.errorDetail.textContent = detail;
   ui.error.hidden = false;
   ui.status.textContent = "";
+  noteKeyNeeded(error);
+}
+
+/** A 401 says this server wants keys: the footer then says that /docs cannot be opened from the browser. */
+function noteKeyNeeded(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    keysInUse = true;
+    showDocsKeyNote();
+  }
+}
+
+/** The footer's note on /docs, while a key is typed or after a 401: a browser opening /docs sends no key. */
+function showDocsKeyNote() {
+  ui.docsKeyNote.hidden = !(keysInUse || ui.apiKey.value.trim());
 }
 
 // --------------------------------------------------------------------------------------------- reading files
@@ -408,6 +472,7 @@ async function analyse(chosen) {
   ui.progress.removeAttribute("value");
   ui.progressRow.hidden = false;
   try {
+    requestHeaders(); // a key no header can carry is refused before any file is read
     const { files, skippedMasks } = await collectFiles(chosen);
     if (files.length === 0) {
       throw new FormatError(skippedMasks ? "only ground-truth masks (*_mask.png) were chosen" : "no files were chosen");
@@ -476,6 +541,9 @@ function titledForRequest(error, rasterSeries, onlyDicom) {
 function cancelAnalysis() {
   stopAnalysis();
   ui.status.textContent = "Analysis cancelled.";
+  if (!ui.fileName.hidden) {
+    ui.fileName.textContent += " (cancelled, not analysed)"; // no result follows: the line no longer stands alone
+  }
 }
 
 function fileFailures(failures, files) {
@@ -592,7 +660,9 @@ function showSeries(shown) {
   const { slices, answer } = shown;
   const first = slices[0].prediction;
   const positives = slices.filter((slice) => slice.prediction.tumor_detected).length;
+  markBesideTumor(slices);
   const near = slices.filter((slice) => isNearThreshold(slice.prediction)).length;
+  const beside = slices.flatMap((slice, index) => (slice.besideTumor ? [index + 1] : []));
   const detected = positives > 0;
   const verdict = detected ? "Tumor detected" : "No tumor detected";
   ui.decision.textContent = slices.length === 1 ? verdict : `${verdict} (${positives} of ${slices.length} slices)`;
@@ -602,7 +672,8 @@ function showSeries(shown) {
   ui.models.textContent = `${answer.models.classifier}, ${answer.models.segmenter}`;
   ui.requestId.textContent = answer.request_id;
   ui.sliceSummary.textContent = `${slices.length} ${slices.length === 1 ? "slice" : "slices"}, ${positives} with tumor`
-    + (near ? `, ${near} close to the threshold` : "");
+    + (near ? `, ${near} close to the threshold` : "")
+    + (beside.length ? ` (${beside.length} of them next to a slice with tumor)` : "");
 
   ui.seriesChoice.textContent = shown.kind === "dicom" ? describeSeriesChoice(answer) : "";
   ui.seriesChoice.hidden = shown.kind !== "dicom";
@@ -617,6 +688,9 @@ function showSeries(shown) {
   ui.sliceSpacingRow.hidden = slices.length === 1; // one slice has no volume: its pixel spacing gives the area
   ui.downloadSeg.hidden = shown.kind !== "dicom";
   ui.downloadSeg.disabled = !detected;
+  setSegBusy(false);
+  ui.segStatus.textContent = "";
+  ui.segError.hidden = true;
   ui.downloadSeg.textContent = detected ? "Download DICOM SEG" : "DICOM SEG: none, no tumor found";
 
   setUpWindow(slices);
@@ -631,6 +705,7 @@ function showSeries(shown) {
   updateVolume();
   // A new result is announced by the status line; a volume announcement still pending is of the old one.
   clearTimeout(volumeAnnouncement);
+  volumeBeforeTyping = null;
   ui.volumeStatus.textContent = "";
 
   ui.result.hidden = false;
@@ -641,12 +716,29 @@ function showSeries(shown) {
   const outcome = slices.length === 1
     ? `${verdict}: tumor probability ${formatPercent(first.tumor_probability)}, threshold ${formatPercent(first.threshold)}.`
     : `${verdict} in ${positives} of ${slices.length} slices; threshold ${formatPercent(first.threshold)}.`;
+  const besideNote = beside.length
+    ? `, ${beside.length} of them next to a slice with tumor `
+      + `(review first: ${beside.length === 1 ? "slice" : "slices"} ${beside.join(", ")})`
+    : "";
   const nearNote = slices.length === 1
     ? " Close to the threshold: review this slice with care."
-    : ` ${near} ${near === 1 ? "slice is" : "slices are"} close to the threshold.`;
+    : ` ${near} ${near === 1 ? "slice is" : "slices are"} close to the threshold${besideNote}.`;
   const failed = shown.failures.length;
   const failureNote = ` ${failed} ${failed === 1 ? "file" : "files"} could not be analysed (listed under Result).`;
   ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "");
+}
+
+/**
+ * Sets `besideTumor` on the slices without tumor that are close to the threshold and next to a slice with tumor: where
+ * a tumor's first or last slice would be missed, so they are marked apart from the others close to the threshold (in
+ * a long series often the model's baseline on tumor-free slices) and named first.
+ */
+function markBesideTumor(slices) {
+  const positive = (index) => Boolean(slices[index]?.prediction.tumor_detected);
+  slices.forEach((slice, index) => {
+    slice.besideTumor = !slice.prediction.tumor_detected && isNearThreshold(slice.prediction)
+      && (positive(index - 1) || positive(index + 1));
+  });
 }
 
 /**
@@ -691,6 +783,7 @@ function buildStrip(slices) {
     const { prediction } = slice;
     bar.className = `strip-bar ${prediction.tumor_detected ? "positive" : "negative"}`;
     bar.classList.toggle("near", isNearThreshold(prediction));
+    bar.classList.toggle("beside-tumor", slice.besideTumor);
     bar.dataset.index = String(index);
     const fill = document.createElement("span");
     fill.style.height = `${Math.max(1, 100 * prediction.tumor_probability)}%`;
@@ -716,7 +809,12 @@ function buildTable(slices) {
       const row = document.createElement("tr");
       const { prediction } = slice;
       const area = areaMm2(slice);
-      const result = `${resultWords(prediction)}${isNearThreshold(prediction) ? " (close to threshold)" : ""}`;
+      let result = resultWords(prediction);
+      if (slice.besideTumor) {
+        result += " (close to threshold, next to tumor)";
+      } else if (isNearThreshold(prediction)) {
+        result += " (close to threshold)";
+      }
       const cells = [
         String(index + 1),
         slice.label,
@@ -743,14 +841,54 @@ function buildTable(slices) {
 function clearSpacing() {
   ui.pixelSpacing.value = "";
   ui.sliceSpacing.value = "";
+  clearTimeout(spacingCheck);
+  showSpacingErrors();
 }
 
+/**
+ * A spacing typed in mm: `{ value }` when plausible, `{ error }` saying why not, `{}` when empty. A decimal comma
+ * counts as a point ("0,9375"): a number field would drop it and read 9375.
+ */
+function readSpacing(input, [low, high], name) {
+  const typed = input.value.trim();
+  if (typed === "") {
+    return {};
+  }
+  const text = typed.replace(",", ".");
+  if (!/^[+-]?(\d+\.?\d*|\.\d+)$/.test(text)) {
+    return { error: `Invalid ${name}: “${typed}” is not a number of mm. Type it like 0.94 or 0,94.` };
+  }
+  const value = Number(text);
+  if (value < low || value > high) {
+    return { error: `Invalid ${name}: ${text} mm is out of range; it must be between ${low} and ${high} mm.` };
+  }
+  return { value };
+}
+
+/** The spacings typed: `pixel`, `slice` (null unless valid) and why each invalid one is refused. */
 function enteredSpacing() {
-  const read = (input) => {
-    const value = Number(input.value);
-    return input.value !== "" && Number.isFinite(value) && value > 0 ? value : null;
-  };
-  return { pixel: read(ui.pixelSpacing), slice: read(ui.sliceSpacing) };
+  const pixel = readSpacing(ui.pixelSpacing, PIXEL_SPACING_RANGE_MM, "pixel spacing");
+  // A single slice has no slice spacing: its field is hidden, and whatever it holds is not asked for.
+  const sliceAsked = !ui.sliceSpacingRow.hidden;
+  const slice = sliceAsked ? readSpacing(ui.sliceSpacing, SLICE_SPACING_RANGE_MM, "slice spacing") : {};
+  return { pixel: pixel.value ?? null, slice: slice.value ?? null, pixelError: pixel.error, sliceError: slice.error };
+}
+
+/** Each refused spacing's reason beside its field (and the field marked invalid); shown once typing pauses. */
+function showSpacingErrors() {
+  const { pixelError, sliceError } = enteredSpacing();
+  for (const [input, message, error] of [
+    [ui.pixelSpacing, ui.pixelSpacingError, pixelError],
+    [ui.sliceSpacing, ui.sliceSpacingError, sliceError],
+  ]) {
+    message.textContent = error ?? "";
+    message.hidden = !error;
+    if (error) {
+      input.setAttribute("aria-invalid", "true");
+    } else {
+      input.removeAttribute("aria-invalid");
+    }
+  }
 }
 
 /** DICOM: the API's volume. PNG/TIFF: pixels x pixel spacing² x slice spacing, once both spacings are entered. */
@@ -765,8 +903,13 @@ function updateVolume() {
   } else if (series.slices.length === 1) {
     text = "not computed for a single slice (send the slices of a series together)";
   } else {
-    const { pixel, slice } = enteredSpacing();
-    if (pixel && slice) {
+    const { pixel, slice, pixelError, sliceError } = enteredSpacing();
+    if (pixelError || sliceError) {
+      // Never a volume from a refused value: "0,9375" read as 9375 once gave 6.95 billion mL.
+      const which = pixelError && sliceError ? "the pixel and slice spacings entered are" : pixelError
+        ? "the pixel spacing entered is" : "the slice spacing entered is";
+      text = `not computed: ${which} invalid (see below)`;
+    } else if (pixel && slice) {
       const pixels = series.slices.reduce((sum, item) => sum + (item.prediction.mask?.area_pixels ?? 0), 0);
       volume = (pixels * pixel * pixel * slice) / 1000;
       text = `${formatNumber(volume, 2)} mL (from the spacing entered)`;
@@ -794,11 +937,18 @@ function volumeCaveats(answer) {
   return caveats.length ? `; it may fall short: ${caveats.join(", and ")}` : "";
 }
 
-/** Reads the volume out (its live region) once typing pauses: one announcement, not one per keystroke. */
-function announceVolume() {
+/**
+ * Reads the volume out (its live region) once typing pauses: one announcement, not one per keystroke, and none when
+ * the volume ends where it was (`before`: its text before this keystroke).
+ */
+function announceVolume(before) {
   clearTimeout(volumeAnnouncement);
+  volumeBeforeTyping ??= before;
   volumeAnnouncement = setTimeout(() => {
-    ui.volumeStatus.textContent = `Tumor volume: ${ui.volume.textContent}`;
+    if (ui.volume.textContent !== volumeBeforeTyping) {
+      ui.volumeStatus.textContent = `Tumor volume: ${ui.volume.textContent}`;
+    }
+    volumeBeforeTyping = null;
   }, VOLUME_ANNOUNCE_DELAY_MS);
 }
 
@@ -961,6 +1111,9 @@ function showSlice(index) {
   ui.comparison.textContent = isAboveThreshold(prediction) ? "is at or above" : "is below";
   ui.clearedNote.hidden = !isClearedBySeries(prediction);
   ui.nearFlag.hidden = !isNearThreshold(prediction);
+  ui.nearFlag.textContent = slice.besideTumor
+    ? "Close to the threshold and next to a slice with tumor: the tumor may go on here. Review this slice first."
+    : "Close to the threshold: review this slice with care.";
   ui.area.textContent = describeArea(slice);
 
   ui.slider.value = String(current + 1);
@@ -1055,12 +1208,43 @@ async function downloadMasks() {
   saveBlob(writeZip(entries), "tumor-masks.zip");
 }
 
+/** Busy through aria-disabled, not `disabled`: a disabled button drops the keyboard focus to the page's body. */
+function setSegBusy(busy) {
+  if (busy) {
+    ui.downloadSeg.setAttribute("aria-disabled", "true");
+  } else {
+    ui.downloadSeg.removeAttribute("aria-disabled");
+  }
+}
+
+/** The SEG's progress or outcome under its button, scrolled into view (it sits just below the window's edge when
+ * the button does). */
+function showSegStatus(text) {
+  ui.segStatus.textContent = text;
+  ui.segStatus.scrollIntoView({ block: "nearest" });
+}
+
+/** The SEG's error beside its button, where the person who asked for it looks (the page's error box is far above). */
+function showSegError(error) {
+  const { title, detail } = describeError(error);
+  ui.segErrorTitle.textContent = title;
+  ui.segErrorDetail.textContent = detail;
+  ui.segStatus.textContent = "";
+  ui.segError.hidden = false;
+  ui.segError.scrollIntoView({ block: "nearest" });
+  noteKeyNeeded(error);
+}
+
 /** The SEG of the result shown; a new upload aborts it (stopAnalysis), and an answer that still comes is dropped. */
 async function downloadSegmentation() {
+  if (ui.downloadSeg.getAttribute("aria-disabled") === "true") {
+    return; // one SEG request at a time
+  }
   const mine = generation;
   const stale = () => mine !== generation;
-  ui.downloadSeg.disabled = true;
-  ui.status.textContent = "Asking the server for the DICOM SEG…";
+  setSegBusy(true);
+  ui.segError.hidden = true;
+  showSegStatus("Asking the server for the DICOM SEG…");
   try {
     const posted = postBatch(series.files, "output=dicom-seg");
     segInFlight = posted.request;
@@ -1077,19 +1261,19 @@ async function downloadSegmentation() {
     if (segs) {
       const entries = segs.map((bytes, index) => ({ name: `tumor-seg-${String(index + 1).padStart(4, "0")}.dcm`, bytes }));
       saveBlob(writeZip(entries), "tumor-seg.zip");
-      ui.status.textContent = `${segs.length} DICOM SEG files downloaded (one per slice with a tumor), in a zip.`;
+      showSegStatus(`${segs.length} DICOM SEG files downloaded (one per slice with a tumor), in a zip.`);
     } else {
       saveBlob(new Blob([blob], { type: "application/dicom" }), "tumor-seg.dcm");
-      ui.status.textContent = "DICOM SEG downloaded.";
+      showSegStatus("DICOM SEG downloaded.");
     }
   } catch (error) {
     if (!stale() && error.name !== "AbortError") {
-      showError(error);
+      showSegError(error);
     }
   } finally {
     if (!stale()) {
       segInFlight = null;
-      ui.downloadSeg.disabled = false;
+      setSegBusy(false);
     }
   }
 }
@@ -1101,7 +1285,9 @@ function restoreApiKey() {
   // not submit (the page's policy, form-action 'none', would block that too, with an error in the console).
   ui.keyForm.addEventListener("submit", (event) => event.preventDefault());
   ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
+  showDocsKeyNote();
   ui.apiKey.addEventListener("input", () => {
+    showDocsKeyNote();
     const key = ui.apiKey.value.trim();
     if (key) {
       sessionStorage.setItem(KEY_STORAGE, key);
@@ -1268,17 +1454,23 @@ function wireViewer() {
     resetWindow();
     drawPicture(series.slices[current]);
   });
-  [ui.pixelSpacing, ui.sliceSpacing].forEach((input) =>
+  [ui.pixelSpacing, ui.sliceSpacing].forEach((input) => {
+    input.addEventListener("change", () => {
+      clearTimeout(spacingCheck);
+      showSpacingErrors();
+    });
     input.addEventListener("input", () => {
+      clearTimeout(spacingCheck);
+      spacingCheck = setTimeout(showSpacingErrors, VOLUME_ANNOUNCE_DELAY_MS);
       const before = ui.volume.textContent;
       updateVolume();
       if (ui.volume.textContent !== before) {
-        announceVolume(); // only a changed volume: the first spacing entered alone changes nothing yet
+        announceVolume(before); // only a changed volume: the first spacing entered alone changes nothing yet
       }
       buildTable(series.slices);
       ui.area.textContent = describeArea(series.slices[current]);
-    }),
-  );
+    });
+  });
   ui.downloadMasks.addEventListener("click", () => downloadMasks().catch(showError));
   ui.downloadSeg.addEventListener("click", downloadSegmentation);
   ui.cancel.addEventListener("click", cancelAnalysis);

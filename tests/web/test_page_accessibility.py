@@ -55,7 +55,7 @@ CONTRAST_SCRIPT = """() => {
     if (value < (large ? 3 : 4.5)) text.push(describe(element, value));
   }
   const borders = [];
-  for (const element of document.querySelectorAll("#drop-zone, #api-key, select, input[type=number]")) {
+  for (const element of document.querySelectorAll("#drop-zone, #api-key, select, input[inputmode=decimal]")) {
     if (!element.checkVisibility()) continue;
     const value = ratio(rgba(getComputedStyle(element).borderTopColor), backgroundOf(element.parentElement));
     if (value < 3) borders.push(describe(element, value));
@@ -334,11 +334,13 @@ def test_result_announcement_says_which_files_failed(page: Page, live_server: st
 
 
 def test_result_announcement_flags_a_slice_close_to_the_threshold(page: Page, live_server: str) -> None:
-    # The tiny models' threshold is 0.0: the service's own answer, with its probability moved just above it.
+    # The service's own answer, with a threshold of 0.5 and its probability just above it (the tiny models' threshold
+    # of 0.0 is infinitely far from any probability in log-odds, which is how the page measures "close").
     with TUMOR_SLICE.open("rb") as file:
         answer = httpx.post(f"{live_server}/v1/predict/batch?mask_format=png", files={"files": file}, timeout=60).json()
     prediction = answer["results"][0]["prediction"]
-    prediction["tumor_probability"] = prediction["threshold"] + 0.01
+    prediction["threshold"] = 0.5
+    prediction["tumor_probability"] = 0.51
     page.route(
         "**/v1/predict/batch*",
         lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
@@ -349,7 +351,8 @@ def test_result_announcement_flags_a_slice_close_to_the_threshold(page: Page, li
 
     expect(page.locator("#near-flag")).to_be_visible()
     expect(page.locator("#status")).to_have_text(
-        "Tumor detected: tumor probability 1.0 %, threshold 0.0 %. Close to the threshold: review this slice with care."
+        "Tumor detected: tumor probability 51.0 %, threshold 50.0 %. "
+        "Close to the threshold: review this slice with care."
     )
     assert page.evaluate(CONTRAST_SCRIPT) == {"text": [], "borders": []}
 

@@ -195,7 +195,7 @@ def test_a_seg_download_still_running_is_dropped_when_a_new_upload_starts(
     upload(page, paths)
 
     page.click("#download-seg")
-    page.wait_for_function("() => document.querySelector('#status').textContent.includes('DICOM SEG')")
+    expect(page.locator("#seg-status")).to_have_text("Asking the server for the DICOM SEG…")
     assert len(held) == 1
     upload(page, [TUMOR_SLICE])
     expect(page.locator("#caption")).to_contain_text(TUMOR_SLICE.name)

@@ -301,4 +301,4 @@ def test_a_secondary_capture_series_downloads_its_seg_per_slice_as_a_zip(
         assert shown.keys() == masks.keys()
         for key, mask in masks.items():
             np.testing.assert_array_equal(shown[key], mask)
-    expect(page.locator("#status")).to_contain_text(f"{len(expected)} DICOM SEG files downloaded")
+    expect(page.locator("#seg-status")).to_contain_text(f"{len(expected)} DICOM SEG files downloaded")
