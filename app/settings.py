@@ -93,8 +93,10 @@ class Settings(BaseSettings):
         default=256, gt=0, description="most slices waiting for inference; more are refused with 503 and Retry-After"
     )
 
+    # 512 MiB: a 176-slice 512x512 3D FLAIR (402 MiB, README) fits, and the 4 GiB of a Compose container hold it beside
+    # the models and the DICOM node's associations.
     decode_memory_bytes: int = Field(
-        default=256 * MIB,
+        default=512 * MIB,
         ge=16 * MIB,
         description="memory budget for decoding uploads, in bytes: the cost of each file is computed from its "
         "header (decoded pixels and their working copies, a 256x256x3 float32 model input per slice); a file or a "

@@ -106,9 +106,13 @@ BOMBS = [
 
 @pytest.fixture(scope="module")
 def budget_client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    """The app at the default memory budget, with uploads up to 4 MiB (the PackBits bomb is 1.5 MB), 8 files a batch."""
+    """The app at a 256 MiB memory budget, with uploads up to 4 MiB (the PackBits bomb is 1.5 MB), 8 files a batch."""
     settings = security_settings(
-        tiny_model_dir, max_upload_bytes=4 * MIB, max_batch_files=8, max_batch_upload_bytes=40 * MIB
+        tiny_model_dir,
+        max_upload_bytes=4 * MIB,
+        max_batch_files=8,
+        max_batch_upload_bytes=40 * MIB,
+        decode_memory_bytes=256 * MIB,
     )
     with TestClient(create_app(settings)) as client:
         wait_until_ready(client)
@@ -263,7 +267,7 @@ class RssSampler:
 def test_server_memory_stays_within_512_mib_over_the_bomb_corpus(
     server_factory, tiny_model_dir: Path, good_jpeg: bytes
 ):
-    server: ServerProcess = server_factory(tiny_model_dir)
+    server: ServerProcess = server_factory(tiny_model_dir, DECODE_MEMORY_BYTES=str(256 * MIB))
     process = psutil.Process(server.pid)
     bombs = [bomb.build() for bomb in BOMBS]
     with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
