@@ -20,7 +20,8 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from app.dicom_spool import RECORD_FILE, UNSENT_MARKER, WAITING_STATUSES, Spool, results_waiting, timestamp
 from app.settings import AE_TITLE_RULE, is_ae_title
@@ -109,15 +110,20 @@ class ResultSender:
     def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str]:
         """One association: (files stored, what failed or ""). A refused file does not stop the others."""
         ae = self._application_entity(datasets.values())
+        connection = _Connection()
         started = time.monotonic()
         try:
-            association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+            association = ae.associate(
+                destination.host,
+                destination.port,
+                ae_title=destination.ae_title,
+                evt_handlers=[(evt.EVT_CONN_OPEN, connection.opened)],
+            )
         except (OSError, RuntimeError, ValueError) as error:
             return [], f"association failed ({type(error).__name__})"
         if not association.is_established:
-            if time.monotonic() - started >= self.timeout_seconds:  # pynetdicom aborts a request left unanswered
-                return [], f"no answer from the destination within {self.timeout_seconds:g} s"
-            return [], _not_associated(association, datasets.values())
+            waited = time.monotonic() - started
+            return [], self._not_associated(association, connection.is_open, waited, destination, datasets.values())
         accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
         stored, failures = [], []
         try:
@@ -128,12 +134,47 @@ class ResultSender:
                 else:
                     stored.append(path)
                 if not association.is_established:
-                    failures.append("association ended by the destination")
+                    failures.append(
+                        "association aborted after it was established"
+                        if association.is_aborted
+                        else "association ended by the destination"
+                    )
                     break
         finally:
             if association.is_established:
                 association.release()
         return stored, "; ".join(dict.fromkeys(failures))
+
+    def _not_associated(
+        self,
+        association: Association,
+        connected: bool,
+        waited: float,
+        destination: Destination,
+        datasets: Iterable[Dataset],
+    ) -> str:
+        """Why an association was not established. pynetdicom sets `is_aborted` alike for a TCP connection that
+        failed and for an A-ASSOCIATE-AC accepting none of the contexts offered: the connection event and the answer
+        (`acceptor.primitive`: None until an A-ASSOCIATE-AC or -RJ comes) tell them apart."""
+        answer = association.acceptor.primitive
+        timed_out = waited >= self.timeout_seconds  # pynetdicom gives up on a connect or a request left unanswered
+        if not connected:
+            within = f" within {self.timeout_seconds:g} s" if timed_out else ""
+            return f"destination unreachable: could not connect to {destination.host}:{destination.port}{within}"
+        if association.is_rejected and answer is not None:
+            kind = "permanent" if answer.result == 0x01 else "transient"
+            return f"association rejected by the destination ({kind}: {answer.reason_str})"
+        if answer is not None and answer.result == 0x00:
+            modalities = ", ".join(sorted({str(dataset.get("Modality", "result")) for dataset in datasets}))
+            return (
+                "association accepted with no presentation context for the results' SOP classes: does the "
+                f"destination accept {modalities}?"
+            )
+        if timed_out:
+            return f"no answer from the destination within {self.timeout_seconds:g} s"
+        if association.is_aborted:
+            return "association aborted by the destination before it answered the request"
+        return "destination unreachable or not answering"
 
     def _application_entity(self, datasets: Iterable[Dataset]) -> AE:
         """A fresh AE for one association: its requested contexts are per send, and destinations send in parallel
@@ -146,14 +187,15 @@ class ResultSender:
         return ae
 
 
-def _not_associated(association: Any, datasets: Iterable[Dataset]) -> str:
-    """Why an association was not established, as far as pynetdicom can tell."""
-    if association.is_rejected:
-        return "association rejected by the destination"
-    if association.is_aborted:  # also when the destination accepted none of the SOP classes offered
-        modalities = ", ".join(sorted({str(dataset.get("Modality", "result")) for dataset in datasets}))
-        return f"association aborted: does the destination accept {modalities}?"
-    return "destination unreachable or not answering"
+class _Connection:
+    """Whether an association's TCP connection opened (pynetdicom's EVT_CONN_OPEN): a failed connect and an
+    association aborted once connected otherwise look the same afterwards."""
+
+    def __init__(self) -> None:
+        self.is_open = False
+
+    def opened(self, event: evt.Event) -> None:
+        self.is_open = True
 
 
 def _store(association: Any, dataset: Dataset, accepted: set[str]) -> str:
