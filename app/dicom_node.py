@@ -3,13 +3,19 @@
 How a study flows through it:
 
 1. **Receive.** The node answers C-ECHO and C-STORE for MR storage classes (and the greyscale Secondary Captures the
-   service reads) in the common transfer syntaxes. Only calling AE titles in `allowed_calling_ae_titles` may
-   associate (when the list is set); others are rejected at association. Each instance is written to the spool
-   (`app.dicom_spool.Spool`), flushed to disk and renamed into place *before* the C-STORE is answered with success,
-   and the study is marked pending: a node killed mid-series has lost nothing it acknowledged, and a restarted node
-   finds the pending studies on disk and gives each a fresh quiet period (their senders resume once it answers).
+   service reads) in the common transfer syntaxes, and takes (Success) without keeping the objects that travel with
+   MR images and are no image (SEG, SR, KOS, presentation states...: `IGNORED_CLASSES`), so that a whole study
+   forwarded by a router arrives. An MR object must say Modality MR. Only calling AE titles in
+   `allowed_calling_ae_titles` may associate (when the list is set); others are rejected at association. Each
+   instance is written to the spool (`app.dicom_spool.Spool`), flushed to disk and renamed into place *before* the
+   C-STORE is answered with success, and the study is marked pending: a node killed mid-series has lost nothing it
+   acknowledged, and a restarted node finds the pending studies on disk and gives each a fresh quiet period (their
+   senders resume once it answers).
 2. **Wait.** A study is complete once no instance of it arrived for `quiet_seconds` (scanners and routers send no
-   end-of-study signal); the pending marker's modification time is the last arrival, so this survives restarts.
+   end-of-study signal) and the associations that sent it have ended (up to `OPEN_ASSOCIATION_WAIT` quiet periods:
+   an instance may still be on the wire); its quiet period starts again when the last of them ends. The pending
+   marker's modification time is the last arrival, so this survives restarts. A study left by an association that
+   ended without a release (aborted, cut off) says so in its report's notes.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
    instances and their content is fingerprinted: a second send of the same instances finds its fingerprint already
    analysed and produces nothing new (an instance sent again with other content under the same SOP Instance UID
@@ -56,7 +62,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +70,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     EnhancedMRImageStorage,
     ExplicitVRBigEndian,
@@ -82,8 +89,21 @@ from pydicom.uid import (
     RLELossless,
     SecondaryCaptureImageStorage,
 )
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import (
+    BasicTextSRStorage,
+    ColorSoftcopyPresentationStateStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EncapsulatedPDFStorage,
+    EnhancedSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    KeyObjectSelectionDocumentStorage,
+    MRSpectroscopyStorage,
+    RawDataStorage,
+    SegmentationStorage,
+    Verification,
+)
 
 from app.dicom_association import TimedAssociationServer
 from app.dicom_conformance import is_uid
@@ -99,6 +119,7 @@ from app.errors import (
 )
 from app.settings import AE_TITLE_RULE, is_ae_title
 from app.study_analysis import StudyAnalysis, StudyProcessor
+from app.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +147,23 @@ STORAGE_CLASSES = (
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 )
+# What travels with MR images in a study and is not an image the models read: our own results (SEG, SR) among them.
+# A router that forwards a whole study offers them too, and Orthanc fails the whole send when any class is refused,
+# so they are answered Success and not kept (`DicomNode._handle_store`).
+IGNORED_CLASSES = (
+    SegmentationStorage,
+    BasicTextSRStorage,
+    EnhancedSRStorage,
+    ComprehensiveSRStorage,
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    ColorSoftcopyPresentationStateStorage,
+    RawDataStorage,
+    MRSpectroscopyStorage,
+    EncapsulatedPDFStorage,
+)
+MR_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
 # Uncompressed first; compressed ones the service decodes. 12-bit JPEG Extended is left out on purpose: no decoder
 # here reads it, and without it in the list a sender falls back to an uncompressed syntax instead.
 TRANSFER_SYNTAXES = (
@@ -156,6 +194,11 @@ _FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's m
 FINAL_STATUSES = ("analysed",)
 OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
 PURGE_EVERY_SECONDS = 300.0
+OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
+ABORTED_NOTE = (
+    "{count} association(s) sending this study ended without a release (aborted or cut off): instances may be "
+    "missing; a later send of them gives a new result"
+)
 
 
 @dataclass(frozen=True)
@@ -254,6 +297,11 @@ class DicomNode:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_purge = 0.0
+        # Association -> the studies it stored instances of: a study is not processed while one is still open (a
+        # slow link, a large instance on the wire), and its quiet period starts when the last one ends.
+        self._open: dict[Any, set[str]] = {}
+        self._released: set[Any] = set()
+        self._open_lock = threading.Lock()
 
     # -- receiving -------------------------------------------------------------------------------------------
 
@@ -271,6 +319,8 @@ class DicomNode:
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        for sop_class in IGNORED_CLASSES:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)  # never decoded
         if self.config.allowed_calling_ae_titles:
             ae.require_calling_aet = list(self.config.allowed_calling_ae_titles)
         else:
@@ -280,6 +330,8 @@ class DicomNode:
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_PDU_RECV, self._discard_oversized),
+            (evt.EVT_RELEASED, self._note_release),
+            (evt.EVT_CONN_CLOSE, self._end_association),
         ]
         try:
             self._server = ae.make_server(
@@ -329,6 +381,12 @@ class DicomNode:
     def _handle_store(self, event: Any) -> int | Dataset:
         """Keep one instance (`checked_instance`) and answer Success, or refuse it with a status and a comment."""
         request = event.request
+        if str(request.AffectedSOPClassUID or "") in IGNORED_CLASSES:
+            logger.info(
+                "instance ignored: not an image the models read",
+                extra={"fields": {"sop_class": _uid_name(request.AffectedSOPClassUID)}},
+            )
+            return STATUS_SUCCESS
         try:
             self.spool.check_room(_received_bytes(request.DataSet))  # before copying it once more
             data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
@@ -346,8 +404,35 @@ class DicomNode:
         except OSError:
             logger.exception("instance not stored")
             return _refusal(STATUS_OUT_OF_RESOURCES, "the node cannot write its spool")
+        with self._open_lock:
+            self._open.setdefault(event.assoc, set()).add(key)
         logger.debug("instance stored", extra={"fields": {"study_key": key}})
         return STATUS_SUCCESS
+
+    def _note_release(self, event: Any) -> None:
+        """EVT_RELEASED: the sender ended the association as the standard asks, so it sent all it meant to."""
+        with self._open_lock:
+            if event.assoc in self._open:
+                self._released.add(event.assoc)
+
+    def _end_association(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: the studies this association stored instances of start their quiet period now. One that
+        ended without a release (aborted by the sender, by the node for idling, its connection lost) may have sent
+        part of what was meant: that is recorded, for the report's notes."""
+        with self._open_lock:
+            keys = set(self._open.get(event.assoc, ()))
+            aborted = event.assoc not in self._released
+        for key in keys:  # while the studies still count as receiving: none is processed before this is written
+            if aborted:
+                self.spool.update_record(key, _count_abort)
+            self.spool.touch_pending(key)
+        with self._open_lock:
+            self._open.pop(event.assoc, None)
+            self._released.discard(event.assoc)
+
+    def _studies_receiving(self) -> set[str]:
+        with self._open_lock:
+            return {key for keys in self._open.values() for key in keys}
 
     def _discard_oversized(self, event: Any) -> None:
         """EVT_PDU_RECV: once the message being received is over the instance limit, drop its data set as it arrives.
@@ -397,9 +482,13 @@ class DicomNode:
         """
         now = self.clock()
         processed = []
+        receiving = self._studies_receiving()
         for key, last_arrival in sorted(self.spool.pending_studies().items(), key=lambda item: item[1]):
-            if now - last_arrival < self.config.quiet_seconds:
+            quiet_for = now - last_arrival
+            if quiet_for < self.config.quiet_seconds:
                 continue
+            if key in receiving and quiet_for < OPEN_ASSOCIATION_WAIT * self.config.quiet_seconds:
+                continue  # an instance of it may be on the wire; a router that never releases holds it this long
             try:
                 if self._process_study(key, last_arrival):
                     processed.append(key)
@@ -426,8 +515,9 @@ class DicomNode:
             "instances": len(files),
             "started_at": timestamp(),
         }
+        aborted = int(record.get("aborted_associations", 0))
         try:
-            analysis = self.processor(files)
+            analysis = self.processor(files, [ABORTED_NOTE.format(count=aborted)] if aborted else [])
         except Exception as error:  # a bug or a resource problem: retried after another quiet period
             run.update(status="error", error=type(error).__name__, finished_at=timestamp())
             self.spool.update_record(key, lambda stored: stored["runs"].append(run))
@@ -468,6 +558,7 @@ class DicomNode:
             if run["sent"]:  # marked before the record is written: a node stopped in between still sends them
                 self.spool.mark_unsent(key)
             stored["runs"].append(run)
+            stored.pop("aborted_associations", None)  # said in this run's notes
 
         self.spool.update_record(key, append)
         logger.info(
@@ -481,6 +572,10 @@ class DicomNode:
         """Send each of `destinations` (default: all, one after the other) what it still lacks, once its backoff
         has passed; return runs tried. The sender threads call it for one destination each."""
         return self.delivery.send_unsent(destinations)
+
+
+def _count_abort(record: dict[str, Any]) -> None:
+    record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
 
 
 def _already_analysed(runs: list[dict[str, Any]], fingerprint: str) -> bool:
@@ -548,6 +643,9 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     except ServiceError as error:
         raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, without_found_values(error.message)) from error
     dataset = header.dataset
+    if _uid(dataset.get("SOPClassUID")) in MR_CLASSES and str(dataset.get("Modality", "")).upper() != "MR":
+        # As a Secondary Capture of another modality is refused: kept, it would only be recorded "not analysed".
+        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, "an MR storage object must have Modality MR")
     if _uid(dataset.get("SOPClassUID")) != _uid(sop_class_uid):
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not the request's")
     if _uid(dataset.get("SOPInstanceUID")) != _uid(sop_instance_uid):
@@ -575,6 +673,11 @@ def without_found_values(message: str) -> str:
     return _FOUND_VALUE.split(message, maxsplit=1)[0]
 
 
+def _uid_name(value: object) -> str:
+    """The standard name of a SOP Class UID (the node lists only standard ones), for logs."""
+    return UID(_uid(value)).name
+
+
 def _uid(value: object) -> str:
     return str(value or "").rstrip("\0 ")
 
@@ -594,6 +697,13 @@ def _refusal(status: int, reason: str) -> Dataset:
 
 def _handle_echo(event: Any) -> int:
     return STATUS_SUCCESS
+
+
+def node_upload_limits(settings: Any) -> UploadLimits:
+    """The flow's limits for the node: an instance it kept (up to DICOM_NODE_MAX_INSTANCE_BYTES) is not refused
+    again for its size, as MAX_UPLOAD_BYTES, the HTTP upload limit, would (a 22 MiB Enhanced MR 3D FLAIR);
+    DECODE_MEMORY_BYTES still bounds the study."""
+    return replace(UploadLimits.from_settings(settings), max_upload_bytes=settings.dicom_node_max_instance_bytes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -616,7 +726,6 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
     from app.sequence_selection import SelectionRules
     from app.settings import get_settings
     from app.study_analysis import ModelStudyProcessor
-    from app.uploads import UploadLimits
 
     settings = settings or get_settings()
     try:
@@ -631,7 +740,7 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
     predictor.warm_up()
     node = DicomNode(
-        config, ModelStudyProcessor(predictor, rules, UploadLimits.from_settings(settings), result_origin="dicom-node")
+        config, ModelStudyProcessor(predictor, rules, node_upload_limits(settings), result_origin="dicom-node")
     )
     stopped = threading.Event()
     for handled in (signal.SIGTERM, signal.SIGINT):

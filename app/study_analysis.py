@@ -1,9 +1,10 @@
 """One study in, the objects to send back out: sequence selection, the series flow, the SEG and the volume report.
 
-`StudyProcessor` is the small interface the DICOM node calls (`app.dicom_node`): files of one study in, a
-`StudyAnalysis` out. `ModelStudyProcessor` is the implementation on the service's models; it runs the chosen series
-through the prediction flow of the HTTP API, the CLI and pacs-sync (`app.prediction.PredictionService.predict_dicom`:
-budget, decoding, the models, the series clean-up, the SEG and the volume), so the node has no pipeline of its own.
+`StudyProcessor` is the small interface the DICOM node calls (`app.dicom_node`): files of one study (and notes of its
+own on how they came, for the report) in, a `StudyAnalysis` out. `ModelStudyProcessor` is the implementation on the
+service's models; it runs the chosen series through the prediction flow of the HTTP API, the CLI and pacs-sync
+(`app.prediction.PredictionService.predict_dicom`: budget, decoding, the models, the series clean-up, the SEG and the
+volume), so the node has no pipeline of its own.
 
 What it does with a study:
 
@@ -67,7 +68,7 @@ class StudyAnalysis:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-StudyProcessor = Callable[[Sequence[Path]], StudyAnalysis]
+StudyProcessor = Callable[[Sequence[Path], Sequence[str]], StudyAnalysis]
 
 
 class ModelStudyProcessor:
@@ -93,7 +94,7 @@ class ModelStudyProcessor:
             result_origin=result_origin,  # "dicom-node", "pacs-sync": see PredictionService.result_origin
         )
 
-    def __call__(self, files: Sequence[Path]) -> StudyAnalysis:
+    def __call__(self, files: Sequence[Path], notes: Sequence[str] = ()) -> StudyAnalysis:
         headers: dict[Path, Dataset] = {}
         file_errors: dict[str, int] = {}
         for path in files:
@@ -107,7 +108,7 @@ class ModelStudyProcessor:
             series_uid = str(header.get("SeriesInstanceUID", ""))
             if series_uid in files_by_series:
                 files_by_series[series_uid].append(path.read_bytes())
-        return self.analyse(selection, files_by_series, files=len(files), file_errors=file_errors)
+        return self.analyse(selection, files_by_series, files=len(files), file_errors=file_errors, notes=notes)
 
     def select(self, headers: Iterable[Dataset]) -> StudySelection:
         """The series to read (`app.sequence_selection` with this processor's rules); headers alone suffice."""
@@ -119,11 +120,13 @@ class ModelStudyProcessor:
         files_by_series: Mapping[str, Sequence[bytes]],
         files: int,
         file_errors: dict[str, int] | None = None,
+        notes: Sequence[str] = (),
     ) -> StudyAnalysis:
         """Run the chosen series (files as bytes, keyed by Series Instance UID) through the prediction flow.
 
         For callers that hold the files elsewhere than on disk (pacs-sync fetches them from Orthanc): choose with
-        `select` from one header per series, then fetch only the series in `selection.channel_series`.
+        `select` from one header per series, then fetch only the series in `selection.channel_series`. `notes`
+        (the caller's, e.g. an association aborted) go into the record and the report after the selection's.
         """
         file_errors = dict(file_errors or {})
         summary: dict[str, Any] = {"files": files, "series": _series_summary(selection)}
@@ -131,7 +134,7 @@ class ModelStudyProcessor:
             return StudyAnalysis(
                 "not_analysed", reason=selection.reason, summary=summary | {"file_errors": file_errors}
             )
-        notes = list(selection.notes)
+        notes = [*selection.notes, *notes]
         summary.update(file_errors=file_errors, notes=notes)
         files_chosen = [data for uid in selection.channel_series for data in files_by_series.get(uid, ())]
         try:
@@ -143,6 +146,8 @@ class ModelStudyProcessor:
         notes.extend(note for note in answer.choice.notes if note not in notes)
         for error in answer.file_errors.values():
             file_errors[error.code] = file_errors.get(error.code, 0) + 1
+        if file_errors:  # the SR would otherwise count only the gaps between slices read, not a file left at an end
+            notes.append(unread_files_note(file_errors))
         result = answer.result
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
@@ -162,6 +167,14 @@ class ModelStudyProcessor:
             models=dict(self.predictor.model_tags),
         )
         return StudyAnalysis("analysed", datasets=datasets, summary=summary)
+
+
+def unread_files_note(file_errors: Mapping[str, int]) -> str:
+    """The note that received files were not read, by error code (no file content)."""
+    count = sum(file_errors.values())
+    codes = ", ".join(f"{code}: {number}" for code, number in sorted(file_errors.items()))
+    plural = "files were" if count != 1 else "file was"
+    return f"{count} received {plural} not read ({codes}): the slices in them are not in this result"
 
 
 def _instance_order(header: Dataset) -> tuple[int, str]:

@@ -127,8 +127,11 @@ class ResultStore:
 def storescu(
     node: DicomNode, files: list[Path], calling_ae: str = CALLING_AE, options: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
+    """Send `files` with dcmtk's storescu; return once the node has seen the association end (`associations_ended`)."""
     command = [dcmtk("storescu"), *options, "-aet", calling_ae, "-aec", NODE_AE, "127.0.0.1", str(node.config.port)]
-    return subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
+    sent = subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
+    associations_ended(node)
+    return sent
 
 
 def expected_result(datasets: list[Dataset]) -> Any:
@@ -138,9 +141,23 @@ def expected_result(datasets: list[Dataset]) -> Any:
     return asyncio.run(service.predict_dicom([to_bytes(dataset) for dataset in datasets], build_seg=True)).result
 
 
-def process_and_send(node: DicomNode) -> list[str]:
-    """One pass of each of the node's two threads: process the quiet studies, then send their results."""
-    processed = node.process_ready()
+def associations_ended(node: DicomNode) -> None:
+    """Wait until the node has seen the test's associations end (storescu may exit a moment before the node handles
+    the close): a study is not processed while one is open, and its quiet period starts at the end, so a test clock
+    moved before it would start it later."""
+    assert wait_for(lambda: not node._studies_receiving(), 10), "the node never saw the association end"
+
+
+def process_ready(node: DicomNode) -> list[str]:
+    """`node.process_ready()` once the test's associations have ended (`associations_ended`)."""
+    associations_ended(node)
+    return node.process_ready()
+
+
+def process_and_send(node: DicomNode, associations_ended: bool = True) -> list[str]:
+    """One pass of each of the node's two threads: process the quiet studies, then send their results; with
+    `associations_ended`, once the test's associations have ended (`process_ready`)."""
+    processed = process_ready(node) if associations_ended else node.process_ready()
     node.send_unsent()
     return processed
 

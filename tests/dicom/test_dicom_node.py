@@ -30,6 +30,7 @@ from tests.dicom.node_support import (
     RESULTS_AE,
     Clock,
     ResultStore,
+    associations_ended,
     dcmtk,
     expected_result,
     free_port,
@@ -335,6 +336,7 @@ def test_a_series_compressed_by_dcmtk_is_kept_and_gives_the_masks_of_its_uncompr
         check=False,
     )
     assert sent.returncode == 0, sent.stderr + sent.stdout
+    associations_ended(node)
     clock.advance(QUIET_SECONDS)
     assert len(process_and_send(node)) == 1
 

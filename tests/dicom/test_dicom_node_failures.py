@@ -36,6 +36,7 @@ from tests.dicom.node_support import (
     echo,
     free_port,
     process_and_send,
+    process_ready,
     record,
     storescu,
     wait_for,
@@ -71,7 +72,7 @@ def test_results_are_sent_after_a_stop_between_the_record_and_its_unsent_marker(
     node = make_node()
     assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
-    assert len(node.process_ready()) == 1
+    assert len(process_ready(node)) == 1
     (marker,) = (node.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")
     marker.unlink()  # as if the node had died after writing the record, before marking it
     node.stop()
@@ -141,7 +142,7 @@ def test_a_failure_while_sending_one_study_does_not_stop_the_others(
     for index in range(2):
         assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / f"in{index}")).returncode == 0
     clock.advance(QUIET_SECONDS)
-    node.process_ready()
+    process_ready(node)
     real_send, calls = node.sender.send, []
 
     def send_failing_first(destination: Destination, paths: list[Path]) -> Any:

@@ -34,6 +34,7 @@ from tests.dicom.node_support import (
     ThresholdPredictor,
     free_port,
     process_and_send,
+    process_ready,
     record,
     store_dataset,
     storescu,
@@ -140,11 +141,11 @@ def test_a_failed_study_sent_again_gets_a_fresh_count_of_attempts(
     assert storescu(node, files).returncode == 0
     real_processor, outcomes = node.processor, ["failed", "error", "error", "error"]
 
-    def processor(paths: list[Path]) -> Any:
+    def processor(paths: list[Path], notes: Any = ()) -> Any:
         outcome = outcomes.pop(0) if outcomes else "real"
         if outcome == "error":
             raise MemoryError("the decode budget is too small")
-        analysis = real_processor(paths)
+        analysis = real_processor(paths, notes)
         return analysis if outcome == "real" else type(analysis)("failed", reason="over the memory budget")
 
     monkeypatch.setattr(node, "processor", processor)
@@ -323,7 +324,7 @@ def test_each_destination_sent_on_its_own_records_only_its_own_state(
     try:
         assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
         clock.advance(QUIET_SECONDS)
-        node.process_ready()
+        process_ready(node)
 
         for destination in destinations:  # as the two sender threads do
             assert node.send_unsent((destination,)) == 1

@@ -1,0 +1,181 @@
+"""The DICOM node against what review dicom24 found with real tools: an association still open or aborted, a whole
+study forwarded with our own results in it, an MR object of another modality, a file over the HTTP upload limit, and
+files the SR did not mention."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ComprehensiveSRStorage, MRImageStorage, SegmentationStorage
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from app.dicom_node import ABORTED_NOTE, OPEN_ASSOCIATION_WAIT, DicomNode, node_upload_limits
+from app.dicom_sr import read_volume_report
+from app.settings import Settings
+from app.study_analysis import ModelStudyProcessor, unread_files_note
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files
+from tests.dicom.node_support import (
+    CALLING_AE,
+    NODE_AE,
+    QUIET_SECONDS,
+    Clock,
+    ResultStore,
+    ThresholdPredictor,
+    associations_ended,
+    process_and_send,
+    record,
+    storescu,
+)
+
+
+def associate(node: DicomNode, *sop_classes: str) -> Association:
+    ae = AE(ae_title=CALLING_AE)
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class)
+    association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
+    assert association.is_established
+    return association
+
+
+def store(association: Association, dataset: Dataset) -> int:
+    status = association.send_c_store(dataset)
+    return int(status.Status)
+
+
+def test_a_study_waits_while_its_association_is_open_and_its_quiet_period_starts_at_the_release(
+    make_node: Any, results: ResultStore, clock: Clock
+) -> None:
+    """dicom24 finding 3: a study was processed while its last instance was still on the wire (a slow link), and
+    again once it came: two results in the PACS."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    association = associate(node, MRImageStorage)
+    assert [store(association, dataset) for dataset in series[:2]] == [0, 0]
+
+    clock.advance(QUIET_SECONDS * 3)
+    assert process_and_send(node, associations_ended=False) == []  # quiet for long, but its association is open
+
+    assert store(association, series[2]) == 0
+    association.release()
+    assert process_and_send(node) == []  # the quiet period starts at the release
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+    (run,) = record(node)["runs"]
+    assert run["instances"] == 3
+    assert read_volume_report(results.by_modality("SR")[0])["notes"] == []
+
+
+def test_an_association_never_released_holds_its_study_for_ten_quiet_periods_at_most(
+    make_node: Any, results: ResultStore, clock: Clock
+) -> None:
+    """A router that keeps one association open for study after study must not hold the first one forever."""
+    node = make_node()
+    association = associate(node, MRImageStorage)
+    assert [store(association, dataset) for dataset in mr_series(tumor_channels())] == [0, 0, 0]
+
+    clock.advance(OPEN_ASSOCIATION_WAIT * QUIET_SECONDS - 1)
+    assert process_and_send(node, associations_ended=False) == []
+    clock.advance(1)
+    assert len(process_and_send(node, associations_ended=False)) == 1
+    association.release()
+
+
+def test_a_study_left_by_an_aborted_association_says_so_in_its_report(
+    make_node: Any, results: ResultStore, clock: Clock
+) -> None:
+    node = make_node()
+    series = mr_series(tumor_channels())
+    association = associate(node, MRImageStorage)
+    assert [store(association, dataset) for dataset in series[:2]] == [0, 0]
+    association.abort()
+    associations_ended(node)
+
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+
+    note = ABORTED_NOTE.format(count=1)
+    (run,) = record(node)["runs"]
+    assert run["summary"]["notes"] == [note]
+    assert read_volume_report(results.by_modality("SR")[0])["notes"] == [note]
+    assert "aborted_associations" not in record(node)  # said once, in the run it belongs to
+
+
+def test_our_own_results_forwarded_with_the_study_are_taken_and_not_kept(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """dicom24 finding 2: the node refused SEG and SR, so Orthanc could not forward a study that had results in it:
+    the whole send failed before its first instance."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    (seg,) = results.by_modality("SEG")
+    (sr,) = results.by_modality("SR")
+
+    association = associate(node, MRImageStorage, SegmentationStorage, ComprehensiveSRStorage)
+    statuses = [store(association, dataset) for dataset in (*series, seg, sr)]
+    association.release()
+
+    assert statuses == [0] * 5
+    associations_ended(node)
+    clock.advance(QUIET_SECONDS)
+    assert process_and_send(node) == []  # the same three MR instances: nothing new to say, and no SEG or SR kept
+    assert len(node.spool.instance_files(next(iter(node.spool.root.joinpath("studies").iterdir())).name)) == 3
+
+
+def test_an_mr_object_of_another_modality_is_refused_at_store(make_node: Any) -> None:
+    """dicom24 finding 6: MR Image Storage with Modality CT was kept (Success) and only recorded "not analysed"."""
+    node = make_node()
+    dataset = mr_series(tumor_channels())[0]
+    dataset.Modality = "CT"
+    association = associate(node, MRImageStorage)
+    status = association.send_c_store(dataset)
+    association.release()
+
+    assert int(status.Status) == 0xC000
+    assert status.ErrorComment == "an MR storage object must have Modality MR"
+    assert node.spool.pending_studies() == {}
+
+
+def test_the_node_analyses_an_instance_over_the_http_upload_limit(tmp_path: Path) -> None:
+    """dicom24 finding 1: C-STORE kept instances up to DICOM_NODE_MAX_INSTANCE_BYTES, then analysis refused any over
+    MAX_UPLOAD_BYTES (payload_too_large) and nothing reached the PACS."""
+    series = mr_series(tumor_channels())
+    size = len(to_bytes(series[0]))
+    settings = Settings(max_upload_bytes=size // 2, dicom_node_max_instance_bytes=8 * size)
+    files = write_files(series, tmp_path / "in")
+
+    limits = node_upload_limits(settings)
+    analysis = ModelStudyProcessor(ThresholdPredictor(), limits=limits)(files)
+
+    assert limits.max_upload_bytes == settings.dicom_node_max_instance_bytes
+    assert limits.max_decode_bytes == settings.decode_memory_bytes
+    assert analysis.status == "analysed", analysis.reason
+    assert analysis.summary["slices"] == 3
+
+
+def test_files_that_were_not_read_are_named_in_the_report(tmp_path: Path) -> None:
+    """dicom24 finding 4: a received file left out at the series' end was counted nowhere in the SR."""
+    files = write_files(mr_series(tumor_channels()), tmp_path / "in")
+    broken = tmp_path / "in" / "broken.dcm"
+    broken.write_bytes(b"no DICOM file")
+
+    analysis = ModelStudyProcessor(ThresholdPredictor())([*files, broken])
+
+    note = unread_files_note({"unreadable_header": 1})
+    assert note == "1 received file was not read (unreadable_header: 1): the slices in them are not in this result"
+    assert analysis.summary["notes"] == [note]
+    report = read_volume_report(pydicom.dcmread(io.BytesIO(to_bytes(analysis.datasets[-1]))))
+    assert report["notes"] == [note]
+
+
+@pytest.mark.parametrize(("errors", "expected"), [({"a": 2, "b": 1}, "3 received files were not read (a: 2, b: 1)")])
+def test_the_unread_files_note_counts_by_code(errors: dict[str, int], expected: str) -> None:
+    assert unread_files_note(errors).startswith(expected)
