@@ -216,6 +216,8 @@ def build_segmentation(
             f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
+    # When it was made: where a later result supersedes it (same series number), a viewer orders them by this.
+    segmentation.SeriesDate, segmentation.SeriesTime = segmentation.ContentDate, segmentation.ContentTime
     if _frame_of_capture(references):
         _name_the_frame(segmentation, references[0])
     _refuse_invalid_values(invalid_values(segmentation))  # what highdicom copied from the source, as it came

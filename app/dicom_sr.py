@@ -287,6 +287,7 @@ def _volume_report(
         coding_schemes=[PRIVATE_SCHEME_IDENTIFICATION],
     )
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime  # as the SEG's: versions in time order
     sr.SoftwareVersions = software_version()
     return sr
 

@@ -78,6 +78,9 @@ def test_positive_report_holds_volume_slices_models_and_the_seg(flair_inputs: li
     assert report.SeriesNumber == SR_SERIES_NUMBER
     assert report.Manufacturer == MANUFACTURER
     assert report.CompletionFlag == "COMPLETE" and report.VerificationFlag == "UNVERIFIED"
+    # dicom24: two versions of a result (same series number) could not be told apart by a viewer: when each was made.
+    assert (report.SeriesDate, report.SeriesTime) == (report.ContentDate, report.ContentTime)
+    assert (seg.SeriesDate, seg.SeriesTime) == (seg.ContentDate, seg.ContentTime)
     evidence = {
         sop.ReferencedSOPInstanceUID
         for study in report.CurrentRequestedProcedureEvidenceSequence
