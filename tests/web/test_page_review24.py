@@ -16,23 +16,11 @@ from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.web.test_page_series_answers import upload
 
-RESULT_TIMEOUT_MS = 60_000
 RASTER_SERIES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
 SEG_URL = "**/v1/predict/batch?output=dicom-seg*"
 BUSY_BODY = {"error": {"code": "overloaded", "message": "the inference queue is full (64 slices waiting)"}}
-
-
-def is_batch(response) -> bool:
-    return "/v1/predict/batch" in response.url and response.request.method == "POST"
-
-
-def upload(page: Page, files) -> dict:
-    with page.expect_response(is_batch, timeout=RESULT_TIMEOUT_MS) as answered:
-        page.set_input_files("#file-input", files)
-    assert answered.value.status == 200
-    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
-    return answered.value.json()
 
 
 def dicom_series(directory: Path) -> list[Path]:
