@@ -422,13 +422,17 @@ class DicomNode:
         with self._open_lock:
             keys = set(self._open.get(event.assoc, ()))
             aborted = event.assoc not in self._released
-        for key in keys:  # while the studies still count as receiving: none is processed before this is written
-            if aborted:
-                self.spool.update_record(key, _count_abort)
-            self.spool.touch_pending(key)
-        with self._open_lock:
-            self._open.pop(event.assoc, None)
-            self._released.discard(event.assoc)
+        try:
+            for key in keys:  # while the studies still count as receiving: none is processed before this is written
+                if aborted:
+                    self.spool.update_record(key, _count_abort)
+                self.spool.touch_pending(key)
+        except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
+            logger.exception("association end not recorded")
+        finally:
+            with self._open_lock:
+                self._open.pop(event.assoc, None)
+                self._released.discard(event.assoc)
 
     def _studies_receiving(self) -> set[str]:
         with self._open_lock:
