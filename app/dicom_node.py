@@ -61,6 +61,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -301,6 +302,9 @@ class DicomNode:
         # slow link, a large instance on the wire), and its quiet period starts when the last one ends.
         self._open: dict[Any, set[str]] = {}
         self._released: set[Any] = set()
+        # Associations whose connection has closed: a C-STORE handler still writing when its peer aborts finishes
+        # after the close event, and must not leave its study waiting on an association that is gone.
+        self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
         self._open_lock = threading.Lock()
 
     # -- receiving -------------------------------------------------------------------------------------------
@@ -405,7 +409,11 @@ class DicomNode:
             logger.exception("instance not stored")
             return _refusal(STATUS_OUT_OF_RESOURCES, "the node cannot write its spool")
         with self._open_lock:
-            self._open.setdefault(event.assoc, set()).add(key)
+            closed = event.assoc in self._closed
+            if not closed:
+                self._open.setdefault(event.assoc, set()).add(key)
+        if closed:  # the peer aborted while this instance was being written
+            self._studies_sent({key}, aborted=True)
         logger.debug("instance stored", extra={"fields": {"study_key": key}})
         return STATUS_SUCCESS
 
@@ -420,19 +428,25 @@ class DicomNode:
         ended without a release (aborted by the sender, by the node for idling, its connection lost) may have sent
         part of what was meant: that is recorded, for the report's notes."""
         with self._open_lock:
+            self._closed.add(event.assoc)
             keys = set(self._open.get(event.assoc, ()))
             aborted = event.assoc not in self._released
         try:
-            for key in keys:  # while the studies still count as receiving: none is processed before this is written
+            self._studies_sent(keys, aborted)  # while they still count as receiving: none is processed before
+        finally:
+            with self._open_lock:
+                self._open.pop(event.assoc, None)
+                self._released.discard(event.assoc)
+
+    def _studies_sent(self, keys: set[str], aborted: bool) -> None:
+        """Start the quiet period of studies an association has finished sending, recording an abort."""
+        try:
+            for key in keys:
                 if aborted:
                     self.spool.update_record(key, _count_abort)
                 self.spool.touch_pending(key)
         except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
             logger.exception("association end not recorded")
-        finally:
-            with self._open_lock:
-                self._open.pop(event.assoc, None)
-                self._released.discard(event.assoc)
 
     def _studies_receiving(self) -> set[str]:
         with self._open_lock:
@@ -531,11 +545,13 @@ class DicomNode:
             else:
                 self.spool.clear_pending(key, last_arrival)
             return False
-        self._record_analysis(key, record, run, analysis)
+        self._record_analysis(key, record, run, analysis, aborted)
         self.spool.clear_pending(key, last_arrival)
         return True
 
-    def _record_analysis(self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis) -> None:
+    def _record_analysis(
+        self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, aborted: int
+    ) -> None:
         previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
@@ -562,7 +578,10 @@ class DicomNode:
             if run["sent"]:  # marked before the record is written: a node stopped in between still sends them
                 self.spool.mark_unsent(key)
             stored["runs"].append(run)
-            stored.pop("aborted_associations", None)  # said in this run's notes
+            # Said in this run's notes; an abort counted while it ran is left for the next run.
+            left = int(stored.pop("aborted_associations", 0)) - aborted
+            if left > 0:
+                stored["aborted_associations"] = left
 
         self.spool.update_record(key, append)
         logger.info(

@@ -5,6 +5,7 @@ files the SR did not mention."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from tests.dicom.node_support import (
     process_and_send,
     record,
     storescu,
+    wait_for,
 )
 
 
@@ -104,6 +106,63 @@ def test_a_study_left_by_an_aborted_association_says_so_in_its_report(
     assert run["summary"]["notes"] == [note]
     assert read_volume_report(results.by_modality("SR")[0])["notes"] == [note]
     assert "aborted_associations" not in record(node)  # said once, in the run it belongs to
+
+
+def test_an_instance_still_being_written_when_its_sender_aborts_does_not_hold_its_study(
+    make_node: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review24: the close of an aborted association came before its last C-STORE handler had stored the instance,
+    which then put the association back among the open ones for good (held in memory, its study waiting)."""
+    node = make_node()
+    store_instance = node.spool.store_instance
+
+    def store_slowly(*arguments: Any) -> str:
+        time.sleep(1.5)  # a busy disk: the sender's 0.5 s DIMSE timeout passes, and it aborts
+        return store_instance(*arguments)
+
+    monkeypatch.setattr(node.spool, "store_instance", store_slowly)
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage)
+    ae.dimse_timeout = 0.5
+    association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
+    association.send_c_store(mr_series(tumor_channels())[0])
+    assert association.is_aborted
+
+    assert wait_for(lambda: node.spool.pending_studies(), 10)  # stored after the close
+    associations_ended(node)
+    assert "aborted_associations" in record(node)
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+
+
+def test_an_abort_counted_while_its_study_is_analysed_is_kept_for_the_next_run(
+    make_node: Any, results: ResultStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review24: the run's end removed the abort count it had not read, so the next run said nothing of it."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    association = associate(node, MRImageStorage)
+    assert [store(association, dataset) for dataset in series[:2]] == [0, 0]
+    association.release()
+    clock.advance(QUIET_SECONDS)
+    analyse = node.processor
+
+    def abort_meanwhile(files: Any, notes: Any) -> Any:
+        late = associate(node, MRImageStorage)  # the third slice comes, and its sender aborts, during the run
+        assert store(late, series[2]) == 0
+        late.abort()
+        associations_ended(node)
+        return analyse(files, notes)
+
+    monkeypatch.setattr(node, "processor", abort_meanwhile)
+    assert len(process_and_send(node)) == 1
+    monkeypatch.setattr(node, "processor", analyse)
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+
+    first, second = record(node)["runs"]
+    assert first["summary"]["notes"] == []
+    assert second["summary"]["notes"] == [ABORTED_NOTE.format(count=1)]
 
 
 def test_our_own_results_forwarded_with_the_study_are_taken_and_not_kept(
