@@ -196,6 +196,7 @@ FINAL_STATUSES = ("analysed",)
 OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
 PURGE_EVERY_SECONDS = 300.0
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
+IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
 ABORTED_NOTE = (
     "{count} association(s) sending this study ended without a release (aborted or cut off): instances may be "
     "missing; a later send of them gives a new result"
@@ -301,6 +302,7 @@ class DicomNode:
         # Association -> the studies it stored instances of: a study is not processed while one is still open (a
         # slow link, a large instance on the wire), and its quiet period starts when the last one ends.
         self._open: dict[Any, set[str]] = {}
+        self._last_store: dict[Any, float] = {}  # association -> time.monotonic() of its last instance kept
         self._released: set[Any] = set()
         # Associations whose connection has closed: a C-STORE handler still writing when its peer aborts finishes
         # after the close event, and must not leave its study waiting on an association that is gone.
@@ -385,10 +387,13 @@ class DicomNode:
     def _handle_store(self, event: Any) -> int | Dataset:
         """Keep one instance (`checked_instance`) and answer Success, or refuse it with a status and a comment."""
         request = event.request
-        if str(request.AffectedSOPClassUID or "") in IGNORED_CLASSES:
+        context_class = str(event.context.abstract_syntax)
+        if _uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
+            return _refusal(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's")
+        if context_class in IGNORED_CLASSES:
             logger.info(
                 "instance ignored: not an image the models read",
-                extra={"fields": {"sop_class": _uid_name(request.AffectedSOPClassUID)}},
+                extra={"fields": {"sop_class": UID(context_class).name}},
             )
             return STATUS_SUCCESS
         try:
@@ -412,6 +417,7 @@ class DicomNode:
             closed = event.assoc in self._closed
             if not closed:
                 self._open.setdefault(event.assoc, set()).add(key)
+                self._last_store[event.assoc] = time.monotonic()
         if closed:  # the peer aborted while this instance was being written
             self._studies_sent({key}, aborted=True)
         logger.debug("instance stored", extra={"fields": {"study_key": key}})
@@ -430,12 +436,15 @@ class DicomNode:
         with self._open_lock:
             self._closed.add(event.assoc)
             keys = set(self._open.get(event.assoc, ()))
-            aborted = event.assoc not in self._released
+            idle = time.monotonic() - self._last_store.get(event.assoc, 0.0)
+            # Closed by the node after an idle timeout: a router that leaves its association open had sent it all.
+            aborted = event.assoc not in self._released and idle < IDLE_SHARE * self.config.association_timeout_seconds
         try:
             self._studies_sent(keys, aborted)  # while they still count as receiving: none is processed before
         finally:
             with self._open_lock:
                 self._open.pop(event.assoc, None)
+                self._last_store.pop(event.assoc, None)
                 self._released.discard(event.assoc)
 
     def _studies_sent(self, keys: set[str], aborted: bool) -> None:
@@ -448,7 +457,8 @@ class DicomNode:
         except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
             logger.exception("association end not recorded")
 
-    def _studies_receiving(self) -> set[str]:
+    def studies_receiving(self) -> set[str]:
+        """The studies an open association has stored instances of: not processed yet (`_quiet`)."""
         with self._open_lock:
             return {key for keys in self._open.values() for key in keys}
 
@@ -498,15 +508,13 @@ class DicomNode:
         One study's problem (an unreadable record, an instance file gone) skips that study only: the others are
         processed in the same pass.
         """
-        now = self.clock()
         processed = []
-        receiving = self._studies_receiving()
-        for key, last_arrival in sorted(self.spool.pending_studies().items(), key=lambda item: item[1]):
-            quiet_for = now - last_arrival
-            if quiet_for < self.config.quiet_seconds:
+        for key, _ in sorted(self.spool.pending_studies().items(), key=lambda item: item[1]):
+            # Asked again for each study: processing the one before may have taken minutes, and new instances and
+            # associations came meanwhile.
+            last_arrival = self.spool.pending_studies().get(key)
+            if last_arrival is None or not self._quiet(key, last_arrival):
                 continue
-            if key in receiving and quiet_for < OPEN_ASSOCIATION_WAIT * self.config.quiet_seconds:
-                continue  # an instance of it may be on the wire; a router that never releases holds it this long
             try:
                 if self._process_study(key, last_arrival):
                     processed.append(key)
@@ -514,6 +522,15 @@ class DicomNode:
                 logger.exception("study not processed", extra={"fields": {"study_key": key}})
                 self.spool.touch_pending(key)
         return processed
+
+    def _quiet(self, key: str, last_arrival: float) -> bool:
+        """Whether a study is ready: no instance for `quiet_seconds`, and no association that sent part of it still
+        open (an instance of it may be on the wire), unless one has held it `OPEN_ASSOCIATION_WAIT` quiet periods
+        (a router that never releases)."""
+        quiet_for = self.clock() - last_arrival
+        if quiet_for < self.config.quiet_seconds:
+            return False
+        return key not in self.studies_receiving() or quiet_for >= OPEN_ASSOCIATION_WAIT * self.config.quiet_seconds
 
     def _process_study(self, key: str, last_arrival: float) -> bool:
         record = self.spool.readable_record(key)  # first: a study skipped for its record costs no hashing
@@ -524,6 +541,8 @@ class DicomNode:
         runs = record["runs"]
         if _already_analysed(runs, fingerprint):  # the same instances again: nothing new to say
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
+            if record.get("aborted_associations"):  # an abort that brought nothing new: no note for a later run
+                self.spool.update_record(key, lambda stored: stored.pop("aborted_associations", None))
             self.spool.clear_pending(key, last_arrival)
             return False
         attempts = _errors_since_last_outcome(runs, fingerprint)
@@ -598,6 +617,7 @@ class DicomNode:
 
 
 def _count_abort(record: dict[str, Any]) -> None:
+    """One more association ended without a release since the study's last run (`ABORTED_NOTE`)."""
     record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
 
 
@@ -694,11 +714,6 @@ def without_found_values(message: str) -> str:
     rule before it is the service's own text.
     """
     return _FOUND_VALUE.split(message, maxsplit=1)[0]
-
-
-def _uid_name(value: object) -> str:
-    """The standard name of a SOP Class UID (the node lists only standard ones), for logs."""
-    return UID(_uid(value)).name
 
 
 def _uid(value: object) -> str:

@@ -145,7 +145,7 @@ def associations_ended(node: DicomNode) -> None:
     """Wait until the node has seen the test's associations end (storescu may exit a moment before the node handles
     the close): a study is not processed while one is open, and its quiet period starts at the end, so a test clock
     moved before it would start it later."""
-    assert wait_for(lambda: not node._studies_receiving(), 10), "the node never saw the association end"
+    assert wait_for(lambda: not node.studies_receiving(), 10), "the node never saw the association end"
 
 
 def process_ready(node: DicomNode) -> list[str]:

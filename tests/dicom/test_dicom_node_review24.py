@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pydicom
@@ -163,6 +164,60 @@ def test_an_abort_counted_while_its_study_is_analysed_is_kept_for_the_next_run(
     first, second = record(node)["runs"]
     assert first["summary"]["notes"] == []
     assert second["summary"]["notes"] == [ABORTED_NOTE.format(count=1)]
+
+
+def test_an_association_the_node_closes_for_idling_is_no_abort(
+    make_node: Any, results: ResultStore, clock: Clock
+) -> None:
+    """review24: a router that leaves its association open until the node's idle timeout had sent all it meant to;
+    counted as an abort, every SR said "instances may be missing"."""
+    node = make_node(association_timeout_seconds=1.0)
+    association = associate(node, MRImageStorage)
+    assert [store(association, dataset) for dataset in mr_series(tumor_channels())] == [0, 0, 0]
+    assert wait_for(lambda: not association.is_established, 10)  # closed by the node
+
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+    assert read_volume_report(results.by_modality("SR")[0])["notes"] == []
+
+
+def test_a_study_that_an_association_began_sending_during_the_pass_waits(
+    make_node: Any, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review24: the open associations were read once per pass, before a pass that can take minutes: a study whose
+    sender came back meanwhile was processed with its association open."""
+    node = make_node()
+    first, second = mr_series(tumor_channels()), mr_series(tumor_channels())
+    assert storescu(node, write_files(first, tmp_path / "first")).returncode == 0
+    clock.advance(1)
+    assert storescu(node, write_files(second[:2], tmp_path / "second")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    analyse, late = node.processor, []
+
+    def second_sender_returns(files: Any, notes: Any) -> Any:
+        if not late:  # while the first study is analysed, the second's sender sends its last slice, and holds on
+            late.append(associate(node, MRImageStorage))
+            assert store(late[0], second[2]) == 0
+        return analyse(files, notes)
+
+    monkeypatch.setattr(node, "processor", second_sender_returns)
+    assert len(process_and_send(node, associations_ended=False)) == 1  # the first study only
+    late[0].release()
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+
+
+def test_an_instance_on_a_context_of_another_class_is_refused(make_node: Any) -> None:
+    """review24: whether an instance was ignored was decided by the class its request named, which pynetdicom does
+    not check against the negotiated context (one for a class the node ignores accepts every transfer syntax)."""
+    node = make_node()
+    request = SimpleNamespace(AffectedSOPClassUID=MRImageStorage, DataSet=io.BytesIO(b""))
+    event = SimpleNamespace(request=request, context=SimpleNamespace(abstract_syntax=ComprehensiveSRStorage))
+
+    answer = node._handle_store(event)
+
+    assert answer.Status == 0xA900
+    assert answer.ErrorComment == "SOP Class UID is not its presentation context's"
 
 
 def test_our_own_results_forwarded_with_the_study_are_taken_and_not_kept(
