@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -198,7 +199,7 @@ class MicroBatcher:
             wait = self._retry_after()
             raise OverloadedError(
                 f"the inference queue is full ({self._queued_slices} of {self.max_queued_slices} slices waiting); "
-                f"retry in about {wait:.0f} s",
+                f"retry in about {math.ceil(wait)} s",
                 retry_after_seconds=wait,
             )
         job = _Job(inputs, list(sizes), asyncio.get_running_loop().create_future())
@@ -265,10 +266,8 @@ class MicroBatcher:
     async def _classify(self, jobs: list[_Job]) -> None:
         """Run the classifier on the jobs' slices; answer the negatives, line the positives up for the segmenter."""
         inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
-        self._slices_classified = self._slices_classified * self.TIMING_DECAY + len(inputs)
-        self._model_seconds *= self.TIMING_DECAY
         try:
-            probabilities = await self._timed(self._models.classify, inputs)
+            probabilities = await self._timed(self._models.classify, inputs, slices=len(inputs))
             if len(probabilities) != len(inputs):
                 raise ValueError(f"the classifier gave {len(probabilities)} probabilities for {len(inputs)} slices")
         except Exception as error:  # a model failure fails these jobs, not the worker
@@ -313,12 +312,17 @@ class MicroBatcher:
             positive.job.answer(positive.index, prediction)
         self._change_queued(-len(positives))
 
-    async def _timed(self, function: Callable[..., Any], *arguments: object) -> Any:
-        """Run a model on the inference thread, adding its time to the recent model time."""
+    async def _timed(self, function: Callable[..., Any], *arguments: object, slices: int = 0) -> Any:
+        """Run a model on the inference thread, adding its time to the recent model time; a classifier batch
+        (`slices` > 0) first decays what came before. Counted once it is done: a batch still running would count its
+        slices without its time (the queue is full mostly then), and the estimate would fall short."""
         started = self._clock()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, function, *arguments)
         finally:
+            if slices:
+                self._model_seconds *= self.TIMING_DECAY
+                self._slices_classified = self._slices_classified * self.TIMING_DECAY + slices
             self._model_seconds += self._clock() - started
 
     def _fail(self, jobs: list[_Job], error: Exception, slices: int) -> None:
