@@ -234,9 +234,8 @@ class AccessControlMiddleware:
             presented = presented_keys[0] if len(presented_keys) == 1 else None
             key_id = self.keys.authenticate(presented)
             if key_id is None:
-                presented = presented or ",".join(presented_keys)
                 # Only a wrong key is a guess: a browser opening /docs without one must not lock its address out.
-                if self.failed_keys is not None and presented:
+                if self.failed_keys is not None and any(presented_keys):
                     self.failed_keys.acquire(address)
                 # Refusals count against the address's rate limit too: a flood without a key is throttled.
                 wait = self.limiter.acquire(address) if self.limiter is not None else 0.0
