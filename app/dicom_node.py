@@ -63,7 +63,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -299,11 +299,9 @@ class DicomNode:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_purge = 0.0
-        # Association -> the studies it stored instances of: a study is not processed while one is still open (a
-        # slow link, a large instance on the wire), and its quiet period starts when the last one ends.
-        self._open: dict[Any, set[str]] = {}
-        self._last_store: dict[Any, float] = {}  # association -> time.monotonic() of its last instance kept
-        self._released: set[Any] = set()
+        # What each open association has sent: a study is not processed while one is still open (a slow link, a
+        # large instance on the wire), and its quiet period starts when the last one ends.
+        self._open: dict[Any, _Sending] = {}
         # Associations whose connection has closed: a C-STORE handler still writing when its peer aborts finishes
         # after the close event, and must not leave its study waiting on an association that is gone.
         self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -416,8 +414,9 @@ class DicomNode:
         with self._open_lock:
             closed = event.assoc in self._closed
             if not closed:
-                self._open.setdefault(event.assoc, set()).add(key)
-                self._last_store[event.assoc] = time.monotonic()
+                sending = self._open.setdefault(event.assoc, _Sending())
+                sending.studies.add(key)
+                sending.last_store = time.monotonic()
         if closed:  # the peer aborted while this instance was being written
             self._studies_sent({key}, aborted=True)
         logger.debug("instance stored", extra={"fields": {"study_key": key}})
@@ -427,7 +426,7 @@ class DicomNode:
         """EVT_RELEASED: the sender ended the association as the standard asks, so it sent all it meant to."""
         with self._open_lock:
             if event.assoc in self._open:
-                self._released.add(event.assoc)
+                self._open[event.assoc].released = True
 
     def _end_association(self, event: Any) -> None:
         """EVT_CONN_CLOSE: the studies this association stored instances of start their quiet period now. One that
@@ -435,17 +434,15 @@ class DicomNode:
         part of what was meant: that is recorded, for the report's notes."""
         with self._open_lock:
             self._closed.add(event.assoc)
-            keys = set(self._open.get(event.assoc, ()))
-            idle = time.monotonic() - self._last_store.get(event.assoc, 0.0)
+            sending = self._open.get(event.assoc, _Sending())
+            idle = time.monotonic() - sending.last_store
             # Closed by the node after an idle timeout: a router that leaves its association open had sent it all.
-            aborted = event.assoc not in self._released and idle < IDLE_SHARE * self.config.association_timeout_seconds
+            aborted = not sending.released and idle < IDLE_SHARE * self.config.association_timeout_seconds
         try:
-            self._studies_sent(keys, aborted)  # while they still count as receiving: none is processed before
+            self._studies_sent(sending.studies, aborted)  # while they still count as receiving: none is processed
         finally:
             with self._open_lock:
                 self._open.pop(event.assoc, None)
-                self._last_store.pop(event.assoc, None)
-                self._released.discard(event.assoc)
 
     def _studies_sent(self, keys: set[str], aborted: bool) -> None:
         """Start the quiet period of studies an association has finished sending, recording an abort."""
@@ -460,7 +457,7 @@ class DicomNode:
     def studies_receiving(self) -> set[str]:
         """The studies an open association has stored instances of: not processed yet (`_quiet`)."""
         with self._open_lock:
-            return {key for keys in self._open.values() for key in keys}
+            return {key for sending in self._open.values() for key in sending.studies}
 
     def _discard_oversized(self, event: Any) -> None:
         """EVT_PDU_RECV: once the message being received is over the instance limit, drop its data set as it arrives.
@@ -512,7 +509,7 @@ class DicomNode:
         for key, _ in sorted(self.spool.pending_studies().items(), key=lambda item: item[1]):
             # Asked again for each study: processing the one before may have taken minutes, and new instances and
             # associations came meanwhile.
-            last_arrival = self.spool.pending_studies().get(key)
+            last_arrival = self.spool.pending_since(key)
             if last_arrival is None or not self._quiet(key, last_arrival):
                 continue
             try:
@@ -614,6 +611,16 @@ class DicomNode:
         """Send each of `destinations` (default: all, one after the other) what it still lacks, once its backoff
         has passed; return runs tried. The sender threads call it for one destination each."""
         return self.delivery.send_unsent(destinations)
+
+
+@dataclass
+class _Sending:
+    """What one open association has sent: the studies it stored instances of, when it last did, and whether it
+    asked for a release."""
+
+    studies: set[str] = field(default_factory=set)
+    last_store: float = 0.0  # time.monotonic()
+    released: bool = False
 
 
 def _count_abort(record: dict[str, Any]) -> None:

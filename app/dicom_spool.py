@@ -138,6 +138,13 @@ class Spool:
             now = self.clock() if at is None else at
             os.utime(marker, (now, now))
 
+    def pending_since(self, key: str) -> float | None:
+        """Time of the last arrival of one study, or None when it is not pending."""
+        try:
+            return (self.study_dir(key) / PENDING_MARKER).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def pending_studies(self) -> dict[str, float]:
         """Study key -> time of its last arrival, for every study with a pending marker."""
         found = {}

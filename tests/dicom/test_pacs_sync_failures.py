@@ -75,14 +75,21 @@ def test_pacs_sync_processes_a_study_whose_record_is_malformed_and_goes_on(
     assert SyncState.load(config.state_file).retries == {}
 
 
-def test_pacs_sync_after_a_crash_between_store_and_record_keeps_one_result(
-    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
-) -> None:
+def crash_between_store_and_record(orthanc: Orthanc, predictor: Predictor, tmp_path: Path) -> tuple[Any, ...]:
+    """A study uploaded and synced by a pacs-sync that stored its results and failed to write its record: the
+    series, the config, the Orthanc study ID and that run's report."""
     series = mr_series(tumor_channels())
     config = config_for(orthanc, tmp_path / "state.json")
     study_id = orthanc.study_of(orthanc.upload(series))
-
     crashed = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_records=True))
+    return series, config, study_id, crashed
+
+
+def test_pacs_sync_after_a_crash_between_store_and_record_keeps_one_result(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    series, config, study_id, crashed = crash_between_store_and_record(orthanc, predictor, tmp_path)
+
     restarted = run_pacs_sync(config, predictor, once=True)
 
     assert (crashed, restarted) == (SyncReport(failed=1), SyncReport(positive=1))
@@ -97,10 +104,7 @@ def test_pacs_sync_never_withdraws_a_result_it_stored_before_when_a_store_fails(
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
     """A failed store withdraws the new results; a SEG made again with the UIDs of one stored before is not new."""
-    series = mr_series(tumor_channels())
-    config = config_for(orthanc, tmp_path / "state.json")
-    study_id = orthanc.study_of(orthanc.upload(series))
-    crashed = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_records=True))
+    series, config, study_id, crashed = crash_between_store_and_record(orthanc, predictor, tmp_path)
     (seg_before,) = orthanc.results(series[0].StudyInstanceUID, "SEG")
 
     sr_refused = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_stores_of="SR"))
