@@ -20,10 +20,11 @@ How a study flows through it:
    instances and their content is fingerprinted: a second send of the same instances finds its fingerprint already
    analysed and produces nothing new (an instance sent again with other content under the same SOP Instance UID
    is analysed again); an instance that arrives later changes the fingerprint, so the study is processed again
-   and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902). A study
-   that "failed" or was "not_analysed" is processed once more when any of its instances is sent again (after, say,
-   a fix to the memory budget or the sequence rules); only a new C-STORE does that, so it never loops. A study
-   whose ``record.json`` cannot be read is skipped (logged once), and the other studies go on.
+   and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902; the new SR
+   names the one it replaces in its Predecessor Documents Sequence). A study that "failed" or was "not_analysed"
+   is processed once more when any of its instances is sent again (after, say, a fix to the memory budget or the
+   sequence rules); only a new C-STORE does that, so it never loops. A study whose ``record.json`` cannot be read
+   is skipped (logged once), and the other studies go on.
 4. **Send.** The results are saved in the spool and marked unsent; one thread per destination sends them by C-STORE
    (`app.dicom_sender`), each retried with exponential backoff; a destination still failing is retried on later
    passes. Every attempt is appended to ``sent.jsonl`` (the record of what was sent: destination, SOP class, SOP
@@ -112,6 +113,7 @@ from app.dicom_header import read_dicom_header
 from app.dicom_input import check_frame_attributes, check_native_pixel_data
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
 from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
+from app.dicom_sr import ReportReference, name_predecessors
 from app.errors import (
     DicomWithoutPixelDataError,
     OverMemoryBudgetError,
@@ -569,6 +571,8 @@ class DicomNode:
         self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, aborted: int
     ) -> None:
         previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
+        if previous is not None and analysis.datasets:  # the report comes last: it names the one it replaces
+            name_predecessors(analysis.datasets[-1], _reports(previous["results"]))
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
             status=analysis.status,
@@ -579,6 +583,7 @@ class DicomNode:
                     "file": path.name,
                     "modality": str(dataset.Modality),
                     "sop_class_uid": str(dataset.SOPClassUID),
+                    "series_instance_uid": str(dataset.SeriesInstanceUID),
                     "sop_instance_uid": str(dataset.SOPInstanceUID),
                 }
                 for path, dataset in zip(results, analysis.datasets, strict=True)
@@ -626,6 +631,15 @@ class _Sending:
 def _count_abort(record: dict[str, Any]) -> None:
     """One more association ended without a release since the study's last run (`ABORTED_NOTE`)."""
     record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
+
+
+def _reports(results: list[dict[str, Any]]) -> list[ReportReference]:
+    """The reports among a run's recorded results (a record older than the series UID in it: none named)."""
+    return [
+        ReportReference(result["series_instance_uid"], result["sop_class_uid"], result["sop_instance_uid"])
+        for result in results
+        if result.get("modality") == "SR" and "series_instance_uid" in result
+    ]
 
 
 def _already_analysed(runs: list[dict[str, Any]], fingerprint: str) -> bool:

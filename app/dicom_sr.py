@@ -346,6 +346,49 @@ def series_volume_report(
     )
 
 
+@dataclass(frozen=True)
+class ReportReference:
+    """An earlier report of the same study, as a record keeps it: enough to name it as a predecessor."""
+
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+def name_predecessors(report: Dataset, earlier: Sequence[ReportReference]) -> None:
+    """Name in `report` the earlier reports of its study that it replaces (Predecessor Documents Sequence, SR
+    Document General Module), so that a PACS or viewer showing both can tell which is current.
+
+    Set after the report is built (its UIDs do not depend on it); an earlier report with the report's own SOP
+    Instance UID (the same findings made again) is left out."""
+    items = []
+    for reference in earlier:
+        if reference.sop_instance_uid == str(report.SOPInstanceUID):
+            continue
+        instance = Dataset()
+        instance.ReferencedSOPClassUID = reference.sop_class_uid
+        instance.ReferencedSOPInstanceUID = reference.sop_instance_uid
+        series = Dataset()
+        series.SeriesInstanceUID = reference.series_instance_uid
+        series.ReferencedSOPSequence = [instance]
+        item = Dataset()
+        item.StudyInstanceUID = report.StudyInstanceUID  # the node's results stay in their source study
+        item.ReferencedSeriesSequence = [series]
+        items.append(item)
+    if items:
+        report.PredecessorDocumentsSequence = items
+
+
+def predecessors(report: Dataset) -> list[str]:
+    """The SOP Instance UIDs of the reports `report` names as its predecessors (`name_predecessors`)."""
+    return [
+        str(instance.ReferencedSOPInstanceUID)
+        for item in report.get("PredecessorDocumentsSequence", [])
+        for series in item.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    ]
+
+
 def read_volume_report(report: Dataset) -> dict[str, object]:
     """The figures of a report written by `build_volume_report`: finding, volume (mL or None), slice counts, slices
     missing, whether the tumor reaches the series' end, the selection notes, the algorithm and the referenced SEGs

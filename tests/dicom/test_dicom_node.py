@@ -20,7 +20,7 @@ from app.dicom_node import NodeConfig
 from app.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_sender import Destination
-from app.dicom_sr import SR_SERIES_NUMBER, read_volume_report
+from app.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
 from app.settings import Settings
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (
@@ -144,6 +144,15 @@ def test_second_send_does_not_duplicate_and_a_late_instance_supersedes(
     first_run, second_run = record(node)["runs"]
     assert second_run["supersedes"] == first_run["run_id"]
     assert (first_run["instances"], second_run["instances"]) == (3, 4)
+    # The new report names the one it replaces, so a PACS showing both can tell which is current.
+    first_sr, second_sr = results.by_modality("SR")
+    assert predecessors(first_sr) == []
+    assert predecessors(second_sr) == [first_sr.SOPInstanceUID]
+    (item,) = second_sr.PredecessorDocumentsSequence
+    assert item.StudyInstanceUID == first_sr.StudyInstanceUID
+    assert item.ReferencedSeriesSequence[0].SeriesInstanceUID == first_sr.SeriesInstanceUID
+    assert item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPClassUID == first_sr.SOPClassUID
+    assert dciodvfy_errors(second_sr, "ComprehensiveSR") == []
 
 
 def test_restart_mid_series_loses_no_instance(
