@@ -30,7 +30,7 @@ from app.answer_deadline import AnswerDeadlineAdapter
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.result_uids import MANUFACTURER
 from app.sequence_selection import SelectionRules
-from app.settings import HTTP_URL_RULE, Settings, is_http_url
+from app.settings import HTTP_URL_RULE, MIB, Settings, is_http_url
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ SYNC_STATION_NAME = "BT-PACS-SYNC"
 INEXISTENT_ITEM = 7  # Orthanc's error code ("OrthancStatus") for a metadata name it does not declare, among others
 MEDIA_TYPE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}")
 READ_CHUNK = 64 * 1024
-DEFAULT_MAX_ANSWER_BYTES: int = Settings.model_fields["max_upload_bytes"].default
+DEFAULT_MAX_ANSWER_BYTES = 20 * MIB  # Orthanc's JSON answers; instance files have their own limit
+DEFAULT_MAX_INSTANCE_BYTES: int = Settings.model_fields["pacs_max_instance_bytes"].default
 DEFAULT_MAX_STUDY_BYTES: int = Settings.model_fields["decode_memory_bytes"].default
 
 T = TypeVar("T")
@@ -72,8 +73,8 @@ class OrthancAnswerError(OrthancError):
 
 
 class AnswerTooLargeError(OrthancError):
-    """An answer longer than `PacsSyncConfig.max_answer_bytes`: cut off before it is held whole, and not retried
-    (the same call would answer the same)."""
+    """An answer longer than its limit (`PacsSyncConfig.max_instance_bytes` or `max_answer_bytes`): cut off before
+    it is held whole, and not retried (the same call would answer the same)."""
 
 
 class AnswerTooSlowError(requests.Timeout):
@@ -114,9 +115,11 @@ class PacsSyncConfig:
         Per read of an HTTP call (connecting, each wait for bytes).
     answer_seconds
         The most one HTTP call may take, from sending the request to the answer's last byte.
+    max_instance_bytes
+        Largest instance file read from Orthanc (PACS_MAX_INSTANCE_BYTES, 128 MiB by default, as the DICOM node's:
+        a 3D FLAIR stored as one Enhanced MR object is often past 20 MiB); a longer one is cut off, never held whole.
     max_answer_bytes
-        Largest answer read from Orthanc, an instance file or a JSON body (default `MAX_UPLOAD_BYTES`' default: the
-        prediction flow refuses larger files anyway); a longer one is cut off, never held whole.
+        Largest other answer (JSON) read from Orthanc, cut off likewise.
     max_study_bytes
         Most bytes of instance files fetched for one study, and the prediction flow's memory budget for decoding them
         (default `DECODE_MEMORY_BYTES`' default: an uncompressed file costs more to decode than its size, so a study
@@ -142,6 +145,7 @@ class PacsSyncConfig:
     backoff_seconds: float = 0.5
     timeout_seconds: float = 30.0
     answer_seconds: float = 120.0
+    max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES
     batch_size: int = 32
@@ -156,11 +160,13 @@ class PacsSyncConfig:
                 "retries and backoff_seconds must be >= 0, timeout_seconds > 0 and batch_size >= 1; got "
                 f"{self.retries}, {self.backoff_seconds}, {self.timeout_seconds}, {self.batch_size}"
             )
-        if not 0 < self.answer_seconds < math.inf or self.max_answer_bytes < 1 or self.max_study_bytes < 1:
+        if not 0 < self.answer_seconds < math.inf or min(self.max_instance_bytes, self.max_answer_bytes) < 1:
             raise ValueError(
-                "answer_seconds must be a positive number of seconds and max_answer_bytes, max_study_bytes >= 1; got "
-                f"{self.answer_seconds}, {self.max_answer_bytes}, {self.max_study_bytes}"
+                "answer_seconds must be a positive number of seconds and max_instance_bytes, max_answer_bytes >= 1; "
+                f"got {self.answer_seconds}, {self.max_instance_bytes}, {self.max_answer_bytes}"
             )
+        if self.max_study_bytes < 1:
+            raise ValueError(f"max_study_bytes must be >= 1; got {self.max_study_bytes}")
         if not 0 < self.poll_seconds < math.inf:  # time.sleep refuses a negative, NaN or infinite pause
             raise ValueError(f"poll_seconds must be a positive number of seconds; got {self.poll_seconds}")
         if self.max_attempts < 1 or self.retry_seconds < 0:
@@ -223,7 +229,7 @@ class OrthancClient:
         return self._json("GET", f"/studies/{study_id}/series", _series_list)
 
     def instance_file(self, instance_id: str) -> bytes:
-        """The instance's DICOM file; `AnswerTooLargeError` past `PacsSyncConfig.max_answer_bytes`."""
+        """The instance's DICOM file; `AnswerTooLargeError` past `PacsSyncConfig.max_instance_bytes`."""
         return self._request("GET", f"/instances/{instance_id}/file").content
 
     def sync_record(self, study_id: str) -> dict[str, Any] | None:
@@ -353,8 +359,8 @@ class OrthancClient:
         """Session hook, run on each answer before requests reads its body or follows a redirect.
 
         A redirect to another server is refused (`ForeignRedirectError`): requests would strip the credentials but
-        send a 307's body, and trust the other server's answer. The body is read here within
-        `PacsSyncConfig.max_answer_bytes` and what is left of `PacsSyncConfig.answer_seconds`, so neither a huge
+        send a 307's body, and trust the other server's answer. The body is read here within its limit
+        (`_answer_limit`) and what is left of `PacsSyncConfig.answer_seconds`, so neither a huge
         answer nor one that trickles in forever can hold the sync.
         """
         if response.is_redirect:
@@ -368,9 +374,16 @@ class OrthancClient:
                     response.status_code,
                 )
         seconds_left = self.config.answer_seconds - response.elapsed.total_seconds()
-        response._content = _read_body(response, self.config.max_answer_bytes, seconds_left)
+        response._content = _read_body(response, _answer_limit(response, self.config), seconds_left)
         response._content_consumed = True
         return response
+
+
+def _answer_limit(response: requests.Response, config: PacsSyncConfig) -> int:
+    """The most bytes read of an answer: an instance's DICOM file (`OrthancClient.instance_file`) may be a large
+    multi-frame object, a JSON answer never needs as much."""
+    is_file = urlsplit(response.url).path.endswith("/file")
+    return config.max_instance_bytes if is_file else config.max_answer_bytes
 
 
 def _read_body(response: requests.Response, max_bytes: int, seconds: float) -> bytes:

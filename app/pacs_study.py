@@ -29,10 +29,10 @@ Results, and what supersedes what:
   analysed (its FLAIR deleted) loses its earlier results the same way;
 - failed (nothing readable, a series that is not a volume, Orthanc errors): recorded with the error and the attempt
   count, and tried again (`app.pacs_sync` schedules it; see `PacsSyncConfig.max_attempts`). So is a study without
-  FLAIR among the series read when some were left out for size (first file over `PacsSyncConfig.max_answer_bytes`,
-  MAX_UPLOAD_BYTES): the FLAIR may be one of them. Its record names the limit, and a changed limit starts its
-  attempts afresh. An analysed study with series left out keeps its results; its record counts them
-  (``series_left_out_for_size``) and its SR says so.
+  FLAIR among the series read when some were left out for size (first file over
+  `PacsSyncConfig.max_instance_bytes`, PACS_MAX_INSTANCE_BYTES): the FLAIR may be one of them. Its record names the
+  limit, and a changed limit starts its attempts afresh. An analysed study with series left out keeps its results;
+  its record counts them (``series_left_out_for_size``) and its SR says so.
 
 A record that is not this module's (not JSON, or fields of other types: `readable_record`) is processed again and
 overwritten.
@@ -125,9 +125,11 @@ class StudySync:
         study_fingerprint = fingerprint(mr_series)
         status = record.get("status")
         attempts = record["attempts"] if status == FAILED else 0
-        answer_limit = self.client.config.max_answer_bytes
-        # A failure for series over the answer limit names that limit: once it is changed, the study starts afresh.
-        limit_changed = status == FAILED and record.get("max_answer_bytes", answer_limit) != answer_limit
+        instance_limit = self.client.config.max_instance_bytes
+        # A failure for series over the instance limit names that limit: once it is changed, the study starts afresh
+        # (a record written before the limit had its own setting names it "max_answer_bytes").
+        recorded_limit = record.get("max_instance_bytes", record.get("max_answer_bytes", instance_limit))
+        limit_changed = status == FAILED and recorded_limit != instance_limit
         if record.get("study_fingerprint") == study_fingerprint and not limit_changed:
             if status in DONE_STATUSES:
                 state.retries.pop(study_id, None)
@@ -139,7 +141,7 @@ class StudySync:
                 state.retries[study_id] = self._next_attempt(attempts)  # watched for changed instances
                 return GAVE_UP
         else:
-            attempts = 0  # the instances or the answer limit changed: a fresh start
+            attempts = 0  # the instances or the instance limit changed: a fresh start
         try:
             return self._analyse(study_id, record, mr_series, study_fingerprint, attempts, state)
         except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
@@ -185,7 +187,7 @@ class StudySync:
         mr_series = [series for series in mr_series if str(series["ID"]) in first_files]
         headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
         selection = self.analyser.select(headers)
-        left_out_note = _left_out_note(len(too_large), self.client.config.max_answer_bytes) if too_large else ""
+        left_out_note = _left_out_note(len(too_large), self.client.config.max_instance_bytes) if too_large else ""
         if left_out_note and selection.analysed:  # the SR says so too: a PACS user sees the volume is of what was read
             selection = replace(selection, notes=(*selection.notes, left_out_note))
         by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
@@ -211,7 +213,7 @@ class StudySync:
             fields.update(
                 series_left_out_for_size=len(too_large),
                 orthanc_series_left_out_for_size=too_large,
-                max_answer_bytes=self.client.config.max_answer_bytes,
+                max_instance_bytes=self.client.config.max_instance_bytes,
             )
         if analysis.status == "not_analysed" and too_large:
             # Not "no FLAIR": the FLAIR may be a series left out, which a raised limit (or a retry) would read.
@@ -278,7 +280,7 @@ class StudySync:
 
     def _first_files(self, study_id: str, mr_series: list[dict[str, Any]], fetch: _Fetch) -> dict[str, bytes]:
         """Orthanc series ID -> its first instance's file, for choosing the series. A series whose first file is over
-        `PacsSyncConfig.max_answer_bytes` (a large multi-frame object, e.g. diffusion) is left out of the choice, as
+        `PacsSyncConfig.max_instance_bytes` (a large multi-frame object, e.g. diffusion) is left out of the choice, as
         the upload API leaves out a file over its limit: the FLAIR series next to it is still analysed. `_analyse`
         records what was left out, and fails the study when nothing else has a FLAIR."""
         first_files = {}
@@ -287,7 +289,7 @@ class StudySync:
                 first_files[str(series["ID"])] = fetch(str(series["Instances"][0]))
             except AnswerTooLargeError:
                 logger.warning(
-                    "series left out: its first file is over the answer limit",
+                    "series left out: its first file is over the instance limit",
                     extra={"fields": {"orthanc_study": study_id, "orthanc_series": str(series["ID"])}},
                 )
         return first_files
@@ -388,10 +390,7 @@ def fingerprint(series: Iterable[dict[str, Any]]) -> str:
 def _left_out_note(count: int, limit: int) -> str:
     """Why `count` MR series were not read, with the limit and the setting to raise (counts only: no patient data)."""
     files = "its first file is" if count == 1 else "the first file of each is"
-    return (
-        f"{count} MR series left out: {files} over the answer limit of {limit} bytes (max_answer_bytes, set by "
-        "MAX_UPLOAD_BYTES)"
-    )
+    return f"{count} MR series left out: {files} over the instance limit of {limit} bytes (PACS_MAX_INSTANCE_BYTES)"
 
 
 def _log_not_processed(study_id: str, error: Exception, attempts: int | None) -> None:

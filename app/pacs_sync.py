@@ -68,7 +68,7 @@ class SettingsLike(Protocol):
     pacs_max_attempts: int
     pacs_retry_seconds: float
     max_dicom_pixels: int
-    max_upload_bytes: int
+    pacs_max_instance_bytes: int
     decode_memory_bytes: int
     model_dir: Path
     inference_runtime: str
@@ -263,11 +263,11 @@ def upload_limits(config: PacsSyncConfig) -> UploadLimits:
     """The prediction flow's limits from the configured ones, as the API and the DICOM node take them from the settings
     (`UploadLimits.from_settings`): built-in defaults here would refuse a study that DECODE_MEMORY_BYTES was raised
     for, after fetching it. A study is one request: `max_study_bytes` (DECODE_MEMORY_BYTES) bounds its decoding as it
-    bounds its fetch, `max_answer_bytes` (MAX_UPLOAD_BYTES) each file, `max_image_pixels` (MAX_DICOM_PIXELS) each
-    instance's pixels.
+    bounds its fetch, `max_instance_bytes` (PACS_MAX_INSTANCE_BYTES) each file, `max_image_pixels`
+    (MAX_DICOM_PIXELS) each instance's pixels.
     """
     return UploadLimits(
-        max_upload_bytes=config.max_answer_bytes,
+        max_upload_bytes=config.max_instance_bytes,
         max_dicom_pixels=config.max_image_pixels,
         max_decode_bytes=config.max_study_bytes,
     )
@@ -302,8 +302,8 @@ def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSy
         max_attempts=settings.pacs_max_attempts,
         retry_seconds=settings.pacs_retry_seconds,
         max_image_pixels=settings.max_dicom_pixels,
-        # The service's own limits: an instance the API would refuse is not fetched, nor a study it could not decode.
-        max_answer_bytes=settings.max_upload_bytes,
+        # A study the service could not decode is not fetched; each file has its own limit, as in the DICOM node.
+        max_instance_bytes=settings.pacs_max_instance_bytes,
         max_study_bytes=settings.decode_memory_bytes,
         selection_rules=SelectionRules.from_settings(settings),
     )

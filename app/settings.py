@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         "memory only; the change log is then read from the start, and the records in Orthanc keep work from being "
         "redone)",
     )
+    pacs_max_instance_bytes: int = Field(
+        default=128 * MIB,
+        gt=0,
+        description="pacs-sync: largest instance file fetched from Orthanc; a series whose first file is larger is "
+        "left out (a study left without FLAIR is recorded failed, naming this limit)",
+    )
     pacs_max_attempts: int = Field(
         default=5, ge=1, description="pacs-sync: tries of a study that fails, before it is only watched for changes"
     )

@@ -78,7 +78,7 @@ def cli_settings(model_dir: Path) -> SimpleNamespace:
         pacs_max_attempts=5,
         pacs_retry_seconds=60.0,
         max_dicom_pixels=4096 * 4096,
-        max_upload_bytes=20 * 1024 * 1024,
+        pacs_max_instance_bytes=128 * 1024 * 1024,
         decode_memory_bytes=256 * 1024 * 1024,
         model_dir=model_dir,
         inference_runtime="keras",

@@ -194,7 +194,7 @@ def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> Non
     settings.orthanc_password = SimpleNamespace(get_secret_value=lambda: "env-secret")
     settings.pacs_state_file = tmp_path / "state.json"
     settings.sequence_flair_patterns = ["*DARK FLUID*"]
-    settings.max_upload_bytes, settings.decode_memory_bytes = 5_000_000, 90_000_000
+    settings.pacs_max_instance_bytes, settings.decode_memory_bytes = 5_000_000, 90_000_000
 
     from_settings = pacs_sync.config_from_args(parser.parse_args([]), settings)
     overridden = pacs_sync.config_from_args(
@@ -210,7 +210,7 @@ def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> Non
         max_attempts=5,
         retry_seconds=60.0,
         max_image_pixels=4096 * 4096,
-        max_answer_bytes=5_000_000,
+        max_instance_bytes=5_000_000,
         max_study_bytes=90_000_000,
         selection_rules=SelectionRules(flair_patterns=("*DARK FLUID*",)),
     )

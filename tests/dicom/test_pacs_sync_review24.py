@@ -1,6 +1,6 @@
 """pacs-sync against a real Orthanc, on review 24's finding 1: a series left out because its first file is over the
-answer limit (MAX_UPLOAD_BYTES) was mentioned only in the log. A study whose FLAIR was that series was recorded
-"not_analysed ... found: no series" and never tried again."""
+instance limit (then MAX_UPLOAD_BYTES, now PACS_MAX_INSTANCE_BYTES) was mentioned only in the log. A study whose
+FLAIR was that series was recorded "not_analysed ... found: no series" and never tried again."""
 
 from __future__ import annotations
 
@@ -22,10 +22,7 @@ LIMIT = FLAIR_FILE_BYTES - 1  # the FLAIR's files are over it; every JSON answer
 
 
 def left_out_note(limit: int) -> str:
-    return (
-        f"1 MR series left out: its first file is over the answer limit of {limit} bytes (max_answer_bytes, set by "
-        "MAX_UPLOAD_BYTES)"
-    )
+    return f"1 MR series left out: its first file is over the instance limit of {limit} bytes (PACS_MAX_INSTANCE_BYTES)"
 
 
 def text_values(dataset: Dataset) -> Iterator[str]:
@@ -36,13 +33,13 @@ def text_values(dataset: Dataset) -> Iterator[str]:
         yield from text_values(item)
 
 
-def test_a_study_whose_only_flair_is_over_the_answer_limit_fails_naming_the_limit(
+def test_a_study_whose_only_flair_is_over_the_instance_limit_fails_naming_the_limit(
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
     """Recorded `failed` (retried), not `not_analysed` with "found: no series"."""
     series = mr_series(tumor_channels())
     state_file = tmp_path / "state.json"
-    config = config_for(orthanc, state_file, max_answer_bytes=LIMIT)
+    config = config_for(orthanc, state_file, max_instance_bytes=LIMIT)
     series_id = orthanc.upload(series)
     study_id = orthanc.study_of(series_id)
 
@@ -54,18 +51,18 @@ def test_a_study_whose_only_flair_is_over_the_answer_limit_fails_naming_the_limi
     assert record["error"] == f"{left_out_note(LIMIT)}; no other MR series"
     assert record["series_left_out_for_size"] == 1
     assert record["orthanc_series_left_out_for_size"] == [series_id]
-    assert record["max_answer_bytes"] == LIMIT
+    assert record["max_instance_bytes"] == LIMIT
     assert "found: no series" not in str(record)
     assert study_id in SyncState.load(state_file).retries  # scheduled for a retry like any failure
     assert orthanc.results(series[0].StudyInstanceUID, "SR") == []
 
 
-def test_a_study_failed_for_the_answer_limit_is_analysed_once_the_limit_is_raised(
+def test_a_study_failed_for_the_instance_limit_is_analysed_once_the_limit_is_raised(
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
     """A study that used up its attempts is only watched for new instances; a raised limit starts it afresh."""
     state_file = tmp_path / "state.json"
-    small = config_for(orthanc, state_file, max_answer_bytes=LIMIT, max_attempts=1)
+    small = config_for(orthanc, state_file, max_instance_bytes=LIMIT, max_attempts=1)
     study_id = orthanc.study_of(orthanc.upload(mr_series(tumor_channels())))
     assert run_pacs_sync(small, predictor, once=True) == SyncReport(failed=1)
 
@@ -82,7 +79,7 @@ def test_a_series_left_out_beside_an_analysed_flair_is_counted_in_the_record_and
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
     limit = FLAIR_FILE_BYTES * 3 // 2
-    config = config_for(orthanc, tmp_path / "state.json", max_answer_bytes=limit)
+    config = config_for(orthanc, tmp_path / "state.json", max_instance_bytes=limit)
     study = Study()
     wide = [np.zeros((256, 512), np.uint8)] * 2  # twice the FLAIR's pixels: over the limit
     other_id = orthanc.upload(mr_series(wide, study=study, series_number=2, series_description="AX T2"))

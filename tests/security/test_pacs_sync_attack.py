@@ -226,9 +226,25 @@ def test_an_instance_that_declares_more_than_the_cap_is_not_read() -> None:
         handler.wfile.write(b"\0" * (2 * MIB))  # then hangs up
 
     with FakePacs({"GET /instances/big/file": huge}) as pacs:
-        client = OrthancClient(config(pacs, max_answer_bytes=MIB))
+        client = OrthancClient(config(pacs, max_instance_bytes=MIB))
         with pytest.raises(AnswerTooLargeError, match="answered 10737418240 bytes; at most 1048576 are read"):
             client.instance_file("big")
+
+
+def test_an_instance_file_has_its_own_limit_above_the_json_answers() -> None:
+    """A 3D FLAIR stored as one Enhanced MR object is often past 20 MiB: it was cut at the JSON answers' limit
+    (then MAX_UPLOAD_BYTES). Now files have PACS_MAX_INSTANCE_BYTES, and JSON keeps the lower limit."""
+    body = b"\0" * (2 * MIB)
+    json_body = b"[" + b" " * (2 * MIB) + b"]"
+    routes: dict[str, Route] = {
+        "GET /instances/big/file": lambda handler: send(handler, 200, body, APPLICATION_DICOM),
+        "GET /studies/st1/series": lambda handler: send(handler, 200, json_body),
+    }
+    with FakePacs(routes) as pacs:
+        client = OrthancClient(config(pacs, max_answer_bytes=MIB, max_instance_bytes=4 * MIB))
+        assert client.instance_file("big") == body
+        with pytest.raises(AnswerTooLargeError, match="at most 1048576 are read"):
+            client.study_series("st1")
 
 
 def trickle_body(handler: BaseHTTPRequestHandler) -> None:
@@ -463,7 +479,7 @@ def test_a_series_whose_first_file_is_over_the_cap_is_left_out_and_the_flair_bes
         routes[f"GET /instances/i{index}/file"] = lambda handler, data=data: send(handler, 200, data, APPLICATION_DICOM)
 
     with FakePacs(routes) as pacs:
-        client = OrthancClient(config(pacs, max_answer_bytes=MIB))
+        client = OrthancClient(config(pacs, max_instance_bytes=MIB))
         StudySync(client, ModelStudyProcessor(NegativePredictor()), clock=lambda: 0.0).process("st1", SyncState())  # type: ignore[arg-type]
 
     # Analysed: every FLAIR file fetched and its volume report (an SR: no tumor, so no SEG) stored. What happens
