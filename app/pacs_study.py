@@ -52,6 +52,7 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
+from app.dicom_sr import ReportReference, name_predecessors
 from app.orthanc_client import SYNC_STATION_NAME, AnswerTooLargeError, OrthancClient, OrthancError
 from app.pacs_sync_state import SyncState
 from app.result_uids import software_version
@@ -229,6 +230,8 @@ class StudySync:
             logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
             return FAILED
         new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
+        if analysis.datasets:  # the report comes last: it names the one it replaces, deleted below
+            name_predecessors(analysis.datasets[-1], _recorded_report(record))
         # Made again from the same instances, a result has the UIDs of one already stored: never withdraw that one.
         stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
         try:
@@ -414,6 +417,14 @@ def _recorded_results(record: Mapping[str, Any]) -> set[str]:
     return {value for key in RESULT_SERIES_FIELDS if isinstance(value := record.get(key), str) and value}
 
 
+def _recorded_report(record: Mapping[str, Any]) -> list[ReportReference]:
+    """The report a study's record names (none in a record written before it kept the SR's SOP Class UID)."""
+    fields = [record.get(f"sr_{name}") for name in ("series_instance_uid", "sop_class_uid", "sop_instance_uid")]
+    if not all(isinstance(value, str) and value for value in fields):
+        return []
+    return [ReportReference(*fields)]
+
+
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:
     """The results' UIDs for the record: the SEG's and the SR's, and every SEG's when a series without a Frame of
     Reference got one per positive slice (all in one series)."""
@@ -422,6 +433,8 @@ def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:
         prefix = "seg" if dataset.Modality == "SEG" else "sr"
         uids.setdefault(f"{prefix}_sop_instance_uid", str(dataset.SOPInstanceUID))
         uids[f"{prefix}_series_instance_uid"] = str(dataset.SeriesInstanceUID)
+        if prefix == "sr":
+            uids["sr_sop_class_uid"] = str(dataset.SOPClassUID)  # to name it as the next report's predecessor
     segmentations = [str(dataset.SOPInstanceUID) for dataset in datasets if dataset.Modality == "SEG"]
     if len(segmentations) > 1:
         uids["seg_sop_instance_uids"] = segmentations

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from app import pacs_sync
 from app.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_sr import SR_SERIES_NUMBER, read_volume_report
+from app.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
 from app.inference import Predictor
 from app.orthanc_client import OrthancClient
 from app.pacs_study import StudySync
@@ -149,6 +149,13 @@ def test_pacs_sync_supersedes_its_result_when_a_late_instance_arrives(
     record = orthanc.record(study_id)
     assert sorted(record["superseded"]) == sorted([first_seg.SeriesInstanceUID, first_sr.SeriesInstanceUID])
     assert record["summary"]["slices"] == 3
+    # The new report names the deleted one: an archive the first was forwarded to can tell which is current.
+    assert predecessors(first_sr) == []
+    assert predecessors(sr) == [first_sr.SOPInstanceUID]
+    series_item = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert series_item.SeriesInstanceUID == first_sr.SeriesInstanceUID
+    assert series_item.ReferencedSOPSequence[0].ReferencedSOPClassUID == first_sr.SOPClassUID
+    assert dciodvfy_errors(sr, "ComprehensiveSR") == []
 
 
 def test_pacs_sync_retries_a_failed_study_and_processes_it_once_its_bad_instance_is_deleted(
