@@ -1,0 +1,209 @@
+"""The DICOM node's conformance statement (after PS3.2's outline), written from the node's own tables.
+
+A PACS administrator reads it before declaring the node: what it accepts, in which transfer syntaxes, what it
+answers, and what it sends back. It is made from the constants the node runs on (`app.dicom_node`) and the settings'
+defaults, so it cannot drift from the code; `DICOM_CONFORMANCE.md` at the repository's root is its output, and a test
+checks both that the file is current and that a running node accepts and refuses what it says.
+
+Run ``python -m app.dicom_conformance_statement > DICOM_CONFORMANCE.md`` after changing the node's classes, syntaxes
+or settings.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable, Sequence
+
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage, Verification
+
+from app.dicom_node import (
+    IGNORED_CLASSES,
+    MR_CLASSES,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_OUT_OF_RESOURCES,
+    STORAGE_CLASSES,
+    TRANSFER_SYNTAXES,
+)
+from app.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
+from app.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
+from app.result_uids import MANUFACTURER
+from app.settings import Settings
+
+RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage)
+RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # as `app.dicom_sender` proposes them
+
+
+def _default(name: str) -> object:
+    """A setting's default, as the README's settings table shows it."""
+    field = Settings.model_fields[name]
+    return field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+
+
+def _uid_rows(uids: Iterable[str]) -> list[str]:
+    return [f"| {UID(uid).name} | `{uid}` |" for uid in uids]
+
+
+def _reflowed(lines: Sequence[str], width: int = 116) -> list[str]:
+    """Paragraphs and list items (split over source lines as the code writes them) wrapped again at `width`;
+    headings and table rows left as they are."""
+    out: list[str] = []
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if paragraph:
+            text = " ".join(paragraph)
+            indent = "  " if text.startswith("- ") else ""
+            out.extend(textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False))
+            paragraph.clear()
+
+    for line in lines:
+        if not line or line.startswith(("#", "|")) or line.startswith("- "):
+            flush()
+        if line and not line.startswith(("#", "|")):
+            paragraph.append(line.strip())
+        else:
+            out.append(line)
+    flush()
+    return out
+
+
+def _table(header: str, rows: Sequence[str]) -> list[str]:
+    columns = header.count("|") - 1
+    return [header, "|" + " --- |" * columns, *rows]
+
+
+def conformance_statement() -> str:
+    """The statement as Markdown."""
+    ae = AE()  # pynetdicom's defaults, which the node keeps
+    mib = 1 << 20
+    lines = [
+        "# DICOM conformance statement: `brain-tumor dicom-node`",
+        "",
+        "Written by `python -m app.dicom_conformance_statement` from the node's code (`app/dicom_node.py`) and the",
+        "settings' defaults; `tests/dicom/test_conformance_statement.py` checks that this file is current and that a",
+        "running node accepts and refuses what it says. Research use only: the results are unverified machine output",
+        "and no clinical device.",
+        "",
+        "## 1. Implementation",
+        "",
+        f"- Manufacturer (in the results): `{MANUFACTURER}`; DICOM toolkit: pynetdicom (Implementation Class UID",
+        f"  `{ae.implementation_class_uid}`, Implementation Version Name `{ae.implementation_version_name}`).",
+        f"- One Application Entity, AE title `DICOM_NODE_AE_TITLE` (default `{_default('dicom_node_ae_title')}`), port",
+        f"  `DICOM_NODE_PORT` (default {_default('dicom_node_port')}), on `DICOM_NODE_HOST` (default",
+        f"  `{_default('dicom_node_host')}`). It stores MR studies sent to it, analyses each once it is complete, and",
+        "  sends a segmentation (SEG) and a volume report (SR) to the configured destinations.",
+        "",
+        "## 2. Network services",
+        "",
+        *_table(
+            "| SOP class | role |",
+            [
+                "| Verification | SCP |",
+                *(f"| {UID(uid).name} | SCP (analysed) |" for uid in STORAGE_CLASSES),
+                *(f"| {UID(uid).name} | SCP (accepted, not kept) |" for uid in IGNORED_CLASSES),
+                *(f"| {UID(uid).name} | SCU (the results) |" for uid in RESULT_CLASSES),
+            ],
+        ),
+        "",
+        "## 3. Association acceptance (SCP)",
+        "",
+        "- The called AE title must be the node's; when `DICOM_NODE_ALLOWED_CALLING_AE_TITLES` is set, the calling AE",
+        "  title must be one of them (else any is accepted, and a warning is logged at start). Rejected associations",
+        "  get A-ASSOCIATE-RJ (permanent; called or calling AE title not recognized).",
+        f"- At most `DICOM_NODE_MAX_ASSOCIATIONS` ({_default('dicom_node_max_associations')}) associations at once and",
+        f"  `DICOM_NODE_MAX_ASSOCIATIONS_PER_PEER` ({_default('dicom_node_max_associations_per_peer')}) from one",
+        "  address; more are rejected (transient, local limit exceeded).",
+        f"- Maximum PDU length received: {ae.maximum_pdu_size} bytes (announced). A connection silent for",
+        f"  `DICOM_NODE_ASSOCIATION_TIMEOUT_SECONDS` ({_default('dicom_node_association_timeout_seconds')} s: no",
+        "  association request, an idle association, a PDU that does not arrive whole) is closed.",
+        "- Asynchronous operations and extended negotiation: not supported. Role selection: SCP only.",
+        "",
+        "### Presentation contexts accepted",
+        "",
+        "Storage classes the node reads, in these transfer syntaxes (the first, uncompressed ones preferred):",
+        "",
+        *_table("| abstract syntax | UID |", [*_uid_rows([Verification]), *_uid_rows(STORAGE_CLASSES)]),
+        "",
+        *_table("| transfer syntax | UID |", _uid_rows(TRANSFER_SYNTAXES)),
+        "",
+        "Verification is accepted in the uncompressed syntaxes (Implicit and Explicit VR Little Endian, Deflated",
+        "Explicit VR Little Endian, Explicit VR Big Endian). The classes below travel with MR studies and are no",
+        "image the models read; they are accepted in every transfer syntax, answered Success and not kept, so that a",
+        "router can forward a whole study that already holds results:",
+        "",
+        *_table("| abstract syntax | UID |", _uid_rows(IGNORED_CLASSES)),
+        "",
+        "Any other class (CT, PET, ...) is refused at association (abstract syntax not supported).",
+        "",
+        "### C-STORE SCP",
+        "",
+        "Each instance is written to the spool (`DICOM_NODE_SPOOL_DIR`) and flushed to disk before Success is",
+        "answered. A study is analysed once no instance of it arrived for `DICOM_NODE_QUIET_SECONDS`",
+        f"({_default('dicom_node_quiet_seconds')} s) and the associations that sent it have ended. Statuses:",
+        "",
+        *_table(
+            "| status | when | Error Comment |",
+            [
+                "| `0000` Success | kept for analysis, or one of the classes not kept | |",
+                f"| `{STATUS_OUT_OF_RESOURCES:04X}` Out of Resources | over `DICOM_NODE_MAX_INSTANCE_BYTES` "
+                f"({_default('dicom_node_max_instance_bytes') // mib} MiB, once inflated), or the spool "
+                f"(`DICOM_NODE_MAX_SPOOL_BYTES`, {_default('dicom_node_max_spool_bytes') // mib} MiB) or the disk "
+                f"(`DICOM_NODE_MIN_FREE_BYTES` left free, {_default('dicom_node_min_free_bytes') // mib} MiB) would "
+                "be overfilled | the limit |",
+                f"| `{STATUS_DOES_NOT_MATCH_SOP_CLASS:04X}` Data Set Does Not Match SOP Class | the data set's SOP "
+                "Class or Instance UID is not the request's, the request's class is not its presentation context's, "
+                "a UID is missing or malformed | what is wrong |",
+                f"| `{STATUS_CANNOT_UNDERSTAND:04X}` Cannot Understand | a header or pixel data the service cannot "
+                f"read, or an object of an MR class ({', '.join(UID(uid).name for uid in MR_CLASSES)}) whose "
+                "Modality is not MR | what is wrong, without the file's values |",
+            ],
+        ),
+        "",
+        "An instance sent again replaces the stored copy (same SOP Instance UID); the same instances sent again give",
+        "no new result, and a study whose instances changed after its analysis is analysed again, its new results",
+        "superseding the earlier ones (below).",
+        "",
+        "## 4. Association initiation (SCU)",
+        "",
+        "The results go to each destination in `DICOM_NODE_DESTINATIONS` (`AE@host:port`), the calling AE title",
+        "being the node's, one association per study and destination, proposing:",
+        "",
+        *_table("| abstract syntax | UID |", _uid_rows(RESULT_CLASSES)),
+        "",
+        *_table("| transfer syntax | UID |", _uid_rows(RESULT_TRANSFER_SYNTAXES)),
+        "",
+        "A C-STORE answered Success or a Warning (`Bxxx`) is delivered; a failure status, no answer within",
+        f"`DICOM_NODE_SEND_TIMEOUT_SECONDS` ({_default('dicom_node_send_timeout_seconds')} s), or an unreachable",
+        f"destination is retried `DICOM_NODE_SEND_RETRIES` ({_default('dicom_node_send_retries')}) times with",
+        "exponential backoff, then again on later passes. Every attempt is recorded in the spool's `sent.jsonl`.",
+        "",
+        "## 5. Objects created",
+        "",
+        "Both are in the source study (its patient and study attributes copied, Specific Character Set derived from",
+        "the sources'), with their own series, and name the models (Algorithm Identification).",
+        "",
+        f"- **Segmentation** (SEG), series number {SEG_SERIES_NUMBER}, Series Description",
+        f'  "{SEG_SERIES_DESCRIPTION}": BINARY, one segment "{SEGMENT_LABEL}" (SNOMED CT Morphologically abnormal',
+        "  structure / Neoplasm, in the brain), one frame per source frame (empty frames kept). Sent only when a",
+        "  slice is positive; slices without a Frame of Reference (Secondary Captures) get one SEG each.",
+        f"- **Comprehensive SR**, series number {SR_SERIES_NUMBER}, Series Description",
+        f'  "{SR_SERIES_DESCRIPTION}": TID 1500 Measurement Report, PRELIMINARY and UNVERIFIED, always sent (a',
+        "  negative study too): the tumor's presence, its volume in mL, slices analysed / with tumor / missing,",
+        "  whether the tumor reaches the series' end, notes on how the series were chosen, the source images and",
+        "  SEGs as evidence. A report that supersedes an earlier one names it in its Predecessor Documents Sequence;",
+        "  both carry Series Date and Time.",
+        "",
+        "## 6. Security",
+        "",
+        "No TLS and no user identity negotiation: run the node on the hospital network only. The calling AE title",
+        "check is access control, not authentication. Logs name studies by a hash, never by patient attributes.",
+        "",
+    ]
+    return "\n".join(_reflowed(lines)) + "\n"
+
+
+if __name__ == "__main__":
+    print(conformance_statement(), end="")
