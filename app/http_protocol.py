@@ -7,7 +7,9 @@ connection forever), and waits on a silent upload for as long as the client like
 adds, per connection:
 
 - a cap on open connections: past `max_connections` a new connection is answered 503 and closed at once;
-- a cap on the request line plus headers (`max_header_bytes`): past it, 431 before the parser sees more;
+- a cap on the request line plus headers (`max_header_bytes`): past it, 431 before the parser sees more; the
+  trailer fields after a chunked body have the same cap (past it, 431 or a close), and are dropped: nothing reads
+  them, and uvicorn would add them to the request's headers;
 - a header deadline (`header_timeout_seconds`), counted from the first byte of a request (from accepting, for a new
   connection): a request whose headers are not all in by then gets 408 and the connection is closed;
 - a body idle timeout (`body_timeout_seconds`): a client that pauses longer while sending a body gets 408 and the
@@ -106,6 +108,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # The request whose body the parser has read to its end. uvicorn never marks the body of a request answered
         # before it was in as complete (its `more_body` stays true), so this is what says the body stopped coming.
         self._body_complete_for: object | None = None
+        # Trailer fields (after a chunked body's last chunk) are read by no one, yet httptools holds each one whole
+        # and uvicorn adds it to the request's headers: they are dropped, and their bytes capped (`_count_trailers`).
+        self._chunk_events = 0  # chunk headers, body bytes and message ends parsed so far
+        self._after_chunk_header = False  # a chunk header parsed and no data after it yet: the last chunk's, if so
+        self._trailer_bytes = 0
 
     # Connection lifecycle
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -134,7 +141,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         while data and not self.transport.is_closing():
             if not self._reading_headers:
+                events = self._chunk_events
                 super().data_received(data)
+                self._count_trailers(len(data), events)
                 return
             room = self.limits.max_header_bytes - self._header_bytes
             if room <= 0:
@@ -162,7 +171,33 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_activity = self.loop.time()
+        self._chunk_events += 1
+        self._after_chunk_header = False
         super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_events += 1
+        self._after_chunk_header = True
+        self._trailer_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._reading_headers:  # else a trailer field: dropped
+            super().on_header(name, value)
+
+    def _count_trailers(self, size: int, events_before: int) -> None:
+        """Count `size` bytes just parsed as trailer bytes when they all came after the last chunk's header (no chunk
+        event while they were parsed); past `max_header_bytes`, end the request and the connection. (The bytes of
+        the read in which that header came are not counted: at most one read more.)"""
+        if not self._after_chunk_header or self._chunk_events != events_before or self.transport.is_closing():
+            return
+        self._trailer_bytes += size
+        if self._trailer_bytes > self.limits.max_header_bytes:
+            message = f"trailer fields after a chunked body must be at most {self.limits.max_header_bytes} bytes"
+            if self.cycle is None or self.cycle.response_complete:
+                self._log(message, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large")
+                self.transport.close()
+            else:
+                self._end_request(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", message)
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
@@ -179,6 +214,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._body_complete_for = self.cycle
+        self._chunk_events += 1
+        self._after_chunk_header = False
         super().on_message_complete()
         if self._body_timer is not None:
             self._body_timer.cancel()
@@ -228,11 +265,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._drop_upload(timeout)
 
     def _drop_upload(self, timeout: float) -> None:
-        cycle = self.cycle
-        status, code = HTTPStatus.REQUEST_TIMEOUT, "request_timeout"
         message = f"the request body paused for more than {timeout:g} s"
         if self._draining:
             message += " while the server is shutting down"
+        self._end_request(HTTPStatus.REQUEST_TIMEOUT, "request_timeout", message)
+
+    def _end_request(self, status: HTTPStatus, code: str, message: str) -> None:
+        """Answer the request in progress with an error, unless its answer has begun, and close the connection."""
+        cycle = self.cycle
         if not cycle.response_started:
             self.transport.write(raw_error_response(status, code, message))
             # The app's access and audit lines must say what the client got, not what the app answers to the

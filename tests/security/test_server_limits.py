@@ -321,3 +321,60 @@ def test_a_body_still_trickling_in_after_the_answer_does_not_hold_the_connection
             received += chunk
     assert received.startswith(b"HTTP/1.1 404 "), received[:200]
     assert closed
+
+
+def send_trailers_until_closed(server: ServerProcess, path: str, trailer: bytes, most: int) -> tuple[int, bytes]:
+    """A chunked POST whose body ends at once, then trailer bytes (`trailer` again and again) up to `most` bytes or
+    until the server closes; returns the bytes of trailers sent and what the server answered."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    sent = 0
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(head + b"5\r\nhello\r\n0\r\n")
+        try:
+            while sent < most:
+                sock.sendall(trailer)
+                sent += len(trailer)
+        except OSError:  # closed under us: what we want
+            pass
+        answer = read_until_closed(sock, 5.0)
+    return sent, answer
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [b"X-T: " + b"a" * 60_000 + b"\r\n", b"a" * 65_536],  # many trailer fields; one that never ends
+    ids=["many-fields", "one-endless-field"],
+)
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/no-such-route"], ids=["read-by-the-app", "answered-first"])
+def test_trailer_fields_after_a_chunked_body_are_capped(server: ServerProcess, trailer: bytes, path: str):
+    """attack25: the trailer section escaped every header limit, and uvicorn kept each field in the request's
+    headers: one keyless connection added ~1 GiB to the server's memory in 2 s, a keyed one 2.4 GiB in 5 s. Now they
+    are dropped, and past MAX_HEADER_BYTES the connection is closed (431 if the answer has not begun)."""
+    started = time.monotonic()
+    sent, answer = send_trailers_until_closed(server, path, trailer, 256 << 20)
+    elapsed = time.monotonic() - started
+
+    assert sent < 256 << 20, "the server read 256 MiB of trailers"
+    assert elapsed < 5.0, f"closing took {elapsed:.1f} s"
+    # The 431 may be lost to a reset when the server closes with our bytes unread; a 404 the app sent before the cap
+    # was reached stands (the connection is closed all the same).
+    expected = (b"HTTP/1.1 431 ",) if path == "/v1/predict" else (b"HTTP/1.1 431 ", b"HTTP/1.1 404 ")
+    if answer:
+        assert answer.startswith(expected), answer[:200]
+    assert any("trailer fields" in line.get("message", "") for line in log_lines(server))
+    assert httpx.get(f"{server.base_url}/health/live", timeout=2.0).status_code == 200
+
+
+def test_a_chunked_body_with_a_small_trailer_is_answered_and_the_connection_goes_on(server: ServerProcess):
+    """The cap leaves the trailers real clients send (a checksum) alone."""
+    with socket.create_connection(address(server)) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST /v1/no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Checksum: 5d41402abc4b2a76\r\n\r\n"
+        )
+        first = read_response(sock)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        second = read_response(sock)
+    assert first.startswith(b"HTTP/1.1 404 "), first[:200]
+    assert second.startswith(b"HTTP/1.1 200 "), second[:200]
