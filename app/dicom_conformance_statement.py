@@ -152,7 +152,10 @@ def conformance_statement() -> str:
                 f"({_default('dicom_node_max_instance_bytes') // mib} MiB, once inflated), or the spool "
                 f"(`DICOM_NODE_MAX_SPOOL_BYTES`, {_default('dicom_node_max_spool_bytes') // mib} MiB) or the disk "
                 f"(`DICOM_NODE_MIN_FREE_BYTES` left free, {_default('dicom_node_min_free_bytes') // mib} MiB) would "
-                "be overfilled | the limit |",
+                "be overfilled; a new study while `DICOM_NODE_MAX_PENDING_STUDIES` "
+                f"({_default('dicom_node_max_pending_studies')}) wait for analysis; the instances being received at "
+                f"once past `DICOM_NODE_RECEIVE_MEMORY_BYTES` ({_default('dicom_node_receive_memory_bytes') // mib} "
+                "MiB) | the limit |",
                 f"| `{STATUS_DOES_NOT_MATCH_SOP_CLASS:04X}` Data Set Does Not Match SOP Class | the data set's SOP "
                 "Class or Instance UID is not the request's, the request's class is not its presentation context's, "
                 "a UID is missing or malformed | what is wrong |",

@@ -36,8 +36,10 @@ How a study flows through it:
    `SpoolLimits.retention_seconds`; its record stays.
 
 Defences against a sender that misbehaves: instances over the size limit (for a deflated one, once inflated), or
-that would overfill the spool or the disk, are refused with Out of Resources (`app.dicom_spool.SpoolLimits`); an
-instance over the size limit is not even held while it arrives (`_discard_oversized`). An instance is kept only if
+that would overfill the spool or the disk, or start one study too many waiting for analysis, are refused with Out of
+Resources (`app.dicom_spool.SpoolLimits`); an instance over the size limit, or past the memory all associations
+together may hold in instances being received (`NodeConfig.receive_memory_bytes`), is not even held while it
+arrives (`_discard_oversized`). An instance is kept only if
 the service can read it (`checked_instance`: its header, its pixel data's length, the UIDs that name it, matching
 the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line without
 patient data. A connection that does not associate within `association_timeout_seconds`, an association idle that
@@ -197,6 +199,7 @@ _FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's m
 FINAL_STATUSES = ("analysed",)
 OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
 PURGE_EVERY_SECONDS = 300.0
+RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
 IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
 ABORTED_NOTE = (
@@ -225,6 +228,7 @@ class NodeConfig:
     max_associations_per_peer: int = 8
     association_timeout_seconds: float = 30.0
     spool_limits: SpoolLimits = SpoolLimits()
+    receive_memory_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not is_ae_title(self.ae_title):
@@ -240,6 +244,12 @@ class NodeConfig:
             )
         if self.max_associations_per_peer < 1:
             raise ValueError(f"max_associations_per_peer must be >= 1; got {self.max_associations_per_peer}")
+        if self.receive_memory_bytes < self.spool_limits.max_instance_bytes:
+            raise ValueError(
+                "receive_memory_bytes (DICOM_NODE_RECEIVE_MEMORY_BYTES) must be at least max_instance_bytes "
+                f"(DICOM_NODE_MAX_INSTANCE_BYTES), or no instance that large could arrive; got "
+                f"{self.receive_memory_bytes} < {self.spool_limits.max_instance_bytes}"
+            )
         if self.send_retries < 0 or self.send_backoff_seconds < 0 or self.max_attempts < 1:
             raise ValueError(
                 "send_retries and send_backoff_seconds must be >= 0 and max_attempts >= 1; got "
@@ -268,7 +278,9 @@ class NodeConfig:
                 max_spool_bytes=settings.dicom_node_max_spool_bytes,
                 min_free_bytes=settings.dicom_node_min_free_bytes,
                 retention_seconds=settings.dicom_node_retention_hours * 3600.0,
+                max_pending_studies=settings.dicom_node_max_pending_studies,
             ),
+            "receive_memory_bytes": settings.dicom_node_receive_memory_bytes,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         values["poll_seconds"] = min(1.0, values["quiet_seconds"] / 4)
@@ -308,6 +320,10 @@ class DicomNode:
         # after the close event, and must not leave its study waiting on an association that is gone.
         self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
         self._open_lock = threading.Lock()
+        # Bytes of the instance each association is receiving (or has received and not yet stored): pynetdicom holds
+        # each whole in memory, so all of them together are held to `receive_memory_bytes`.
+        self._receiving: dict[Any, int] = {}
+        self._receiving_lock = threading.Lock()
 
     # -- receiving -------------------------------------------------------------------------------------------
 
@@ -386,7 +402,16 @@ class DicomNode:
 
     def _handle_store(self, event: Any) -> int | Dataset:
         """Keep one instance (`checked_instance`) and answer Success, or refuse it with a status and a comment."""
+        try:
+            return self._store(event)
+        finally:  # stored or refused: its bytes are no longer the node's to hold
+            with self._receiving_lock:
+                self._receiving.pop(event.assoc, None)
+
+    def _store(self, event: Any) -> int | Dataset:
         request = event.request
+        if isinstance(request.DataSet, DiscardedDataSet) and request.DataSet.reason is not None:
+            return _refusal(STATUS_OUT_OF_RESOURCES, request.DataSet.reason)
         context_class = str(event.context.abstract_syntax)
         if _uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
             return _refusal(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's")
@@ -434,6 +459,8 @@ class DicomNode:
         """EVT_CONN_CLOSE: the studies this association stored instances of start their quiet period now. One that
         ended without a release (aborted by the sender, by the node for idling, its connection lost) may have sent
         part of what was meant: that is recorded, for the report's notes."""
+        with self._receiving_lock:
+            self._receiving.pop(event.assoc, None)
         with self._open_lock:
             self._closed.add(event.assoc)
             sending = self._open.get(event.assoc, _Sending())
@@ -462,11 +489,13 @@ class DicomNode:
             return {key for sending in self._open.values() for key in sending.studies}
 
     def _discard_oversized(self, event: Any) -> None:
-        """EVT_PDU_RECV: once the message being received is over the instance limit, drop its data set as it arrives.
+        """EVT_PDU_RECV: once the message being received is over the instance limit, or the instances all
+        associations are receiving are over `receive_memory_bytes`, drop its data set as it arrives.
 
         pynetdicom holds a message whole in memory until its last fragment, and the limit could only be checked then:
-        a sender could make the node hold any amount. This runs in the association's reader thread before the PDU's
-        fragments join the message; the request is then refused (`_handle_store`) once its last fragment is in.
+        a sender could make the node hold any amount, and many associations at once many times that. This runs in the
+        association's reader thread before the PDU's fragments join the message; the request is then refused
+        (`_handle_store`) once its last fragment is in.
         """
         message = event.assoc.dimse.message
         if message is None:  # the PDU starts a message: bounded by the PDU limit (`GuardedConnection`)
@@ -476,8 +505,19 @@ class DicomNode:
             event.assoc.abort()
             return
         data_set = message.data_set
-        if not isinstance(data_set, DiscardedDataSet) and data_set.tell() > self.config.spool_limits.max_instance_bytes:
-            message.data_set = DiscardedDataSet(data_set.tell())
+        if isinstance(data_set, DiscardedDataSet):
+            return
+        size = data_set.tell()
+        with self._receiving_lock:
+            self._receiving[event.assoc] = size
+            held = sum(self._receiving.values())
+            if size > self.config.spool_limits.max_instance_bytes:
+                message.data_set = DiscardedDataSet(size)
+            elif held > self.config.receive_memory_bytes:
+                message.data_set = DiscardedDataSet(size, reason=RECEIVE_MEMORY_FULL)
+            else:
+                return
+            del self._receiving[event.assoc]  # dropped: it holds nothing more
 
     # -- processing ------------------------------------------------------------------------------------------
 
@@ -662,12 +702,14 @@ def _errors_since_last_outcome(runs: list[dict[str, Any]], fingerprint: str) -> 
 
 
 class DiscardedDataSet(io.BytesIO):
-    """Stands in for the data set of a C-STORE request past the instance limit: counts the bytes that still arrive
-    and keeps none (`DicomNode._discard_oversized`)."""
+    """Stands in for the data set of a C-STORE request past the instance limit or the receive memory: counts the bytes
+    that still arrive and keeps none (`DicomNode._discard_oversized`). `reason`, when set, is the Error Comment of
+    the refusal (the instance limit's comes from `Spool.check_room`)."""
 
-    def __init__(self, received: int) -> None:
+    def __init__(self, received: int, reason: str | None = None) -> None:
         super().__init__()
         self.received = received
+        self.reason = reason
 
     def write(self, data: Any, /) -> int:
         self.received += len(data)

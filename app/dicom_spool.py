@@ -53,12 +53,15 @@ class SpoolFullError(Exception):
 
 @dataclass(frozen=True)
 class SpoolLimits:
-    """How much the spool may hold: the largest instance, the whole spool, the disk space it must leave free."""
+    """How much the spool may hold: the largest instance, the whole spool, the disk space it must leave free, and the
+    studies waiting for analysis (a sender that makes up studies faster than the node analyses them would otherwise
+    queue work without end, and a real study would wait behind all of it)."""
 
     max_instance_bytes: int = 128 * MIB
     max_spool_bytes: int = 20 * 1024 * MIB
     min_free_bytes: int = 1024 * MIB
     retention_seconds: float = 7 * 24 * 3600.0
+    max_pending_studies: int = 1000
 
 
 def study_key(study_instance_uid: str, patient_id: str = "") -> str:
@@ -120,6 +123,12 @@ class Spool:
         with self._size_lock:
             replaced = path.stat().st_size if path.exists() else 0
             self.check_room(len(data) - replaced)
+            if self.pending_since(key) is None:  # a study not already waiting: one more to analyse
+                pending = len(self.pending_studies())
+                if pending >= self.limits.max_pending_studies:
+                    raise SpoolFullError(
+                        f"{pending} studies wait for analysis; the limit is {self.limits.max_pending_studies}"
+                    )
             self._size += len(data) - replaced
             instances.mkdir(parents=True, exist_ok=True)
             self.touch_pending(key)

@@ -287,6 +287,18 @@ class Settings(BaseSettings):
     dicom_node_min_free_bytes: int = Field(
         default=1024 * MIB, ge=0, description="disk space the spool leaves free; instances that would not are refused"
     )
+    dicom_node_max_pending_studies: int = Field(
+        default=1000,
+        ge=1,
+        description="studies waiting for analysis at most; an instance of a further study is refused (Out of "
+        "Resources), one of a study already waiting is kept",
+    )
+    dicom_node_receive_memory_bytes: int = Field(
+        default=1024 * MIB,
+        gt=0,
+        description="memory all associations together may hold in instances being received; an instance that "
+        "would pass it is refused (Out of Resources); at least DICOM_NODE_MAX_INSTANCE_BYTES",
+    )
     dicom_node_retention_hours: float = Field(
         default=168.0,
         gt=0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from pydicom.uid import SegmentationStorage
 
-from app.dicom_node import DicomNode, NodeConfig
+from app.dicom_node import RECEIVE_MEMORY_FULL, DicomNode, NodeConfig
 from app.dicom_sender import Destination
 from app.dicom_spool import MIB, UNSENT_MARKER, SpoolLimits
 from app.logging_config import REDACTED, JsonFormatter
@@ -38,6 +39,7 @@ from tests.dicom.node_support import (
     process_and_send,
     process_ready,
     record,
+    store_dataset,
     storescu,
     wait_for,
 )
@@ -311,9 +313,63 @@ def test_spool_limits_come_from_the_settings(tmp_path: Path) -> None:
         dicom_node_max_associations=4,
         dicom_node_association_timeout_seconds=5,
         dicom_node_send_timeout_seconds=7,
+        dicom_node_max_pending_studies=5,
+        dicom_node_receive_memory_bytes=8 * MIB,
     )
 
     config = NodeConfig.from_settings(settings)
 
-    assert config.spool_limits == SpoolLimits(2 * MIB, 100 * MIB, 0, 7200.0)
+    assert config.spool_limits == SpoolLimits(2 * MIB, 100 * MIB, 0, 7200.0, max_pending_studies=5)
+    assert config.receive_memory_bytes == 8 * MIB
     assert (config.max_associations, config.association_timeout_seconds, config.send_timeout_seconds) == (4, 5, 7)
+
+
+def test_a_sender_cannot_queue_studies_without_end(make_node: Any, clock: Clock) -> None:
+    """attack25: one association stored 150 made-up one-slice studies in 3 s, 15 times faster than the node
+    analyses them, and a real study sent next waited 53 s behind them (a flood: without end). Studies waiting for
+    analysis are now capped; an instance of a study already waiting is still kept."""
+    node = make_node(spool_limits=SpoolLimits(max_pending_studies=2))
+    first, second, third = (mr_series(tumor_channels()[:2], Study()) for _ in range(3))
+
+    statuses = [store_dataset(node.config.port, dataset) for dataset in (first[0], second[0], third[0], first[1])]
+
+    assert [int(status.Status) for status in statuses] == [0x0000, 0x0000, 0xA700, 0x0000]
+    assert statuses[2].ErrorComment == "2 studies wait for analysis; the limit is 2"
+    clock.advance(QUIET_SECONDS)
+    assert len(process_ready(node)) == 2
+    assert int(store_dataset(node.config.port, third[0]).Status) == 0x0000  # room again once analysed
+
+
+def test_instances_received_at_once_are_held_to_the_receive_memory(make_node: Any) -> None:
+    """attack25: each association holds the instance it receives whole in memory, and nothing bounded them all
+    together (8 associations of 118 MB each: +1.6 GiB; at the defaults ~8 GiB). An instance that would take the
+    instances being received past DICOM_NODE_RECEIVE_MEMORY_BYTES is now refused, Out of Resources."""
+    node = make_node(spool_limits=SpoolLimits(max_instance_bytes=100_000), receive_memory_bytes=100_000)
+    first, second, third = (mr_series(tumor_channels()[:1], Study())[0] for _ in range(3))  # ~66 kB each
+    storing, release = threading.Event(), threading.Event()
+    store_instance = node.spool.store_instance
+
+    def held_store(*args: Any) -> str:  # the first instance stays in memory until the test lets it go
+        storing.set()
+        assert release.wait(30)
+        return store_instance(*args)
+
+    node.spool.store_instance = held_store
+    answers: list[Any] = []
+    sender = threading.Thread(target=lambda: answers.append(store_dataset(node.config.port, first)))
+    sender.start()
+    assert storing.wait(30)
+    node.spool.store_instance = store_instance
+
+    refused = store_dataset(node.config.port, second)
+    release.set()
+    sender.join(30)
+
+    assert (int(refused.Status), refused.ErrorComment) == (0xA700, RECEIVE_MEMORY_FULL)
+    assert int(answers[0].Status) == 0x0000
+    assert int(store_dataset(node.config.port, third).Status) == 0x0000  # held memory is given back
+
+
+def test_the_receive_memory_must_hold_one_instance_of_the_largest_size() -> None:
+    with pytest.raises(ValueError, match="receive_memory_bytes .* must be at least max_instance_bytes"):
+        NodeConfig(Path("spool"), spool_limits=SpoolLimits(max_instance_bytes=2 * MIB), receive_memory_bytes=MIB)
