@@ -146,7 +146,12 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
         # Starlette's form parser stops at 1,000 file parts, before the route counts them against MAX_BATCH_FILES:
         # the same refusal as 65 files, not a body "the parser cannot read".
         status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TooManyFilesError.code
-        message = f"a batch may hold at most MAX_BATCH_FILES files ({message.lower().rstrip('.')})"
+        limit = (
+            "a batch may hold at most MAX_BATCH_FILES files"
+            if request.url.path.endswith("/batch")
+            else "this endpoint takes one file, in the field `file`"
+        )
+        message = f"{limit} ({message.lower().rstrip('.')})"
     # Starlette's own words for an unknown path or method say nothing of what would do.
     if error.status_code == HTTPStatus.METHOD_NOT_ALLOWED and headers and "Allow" in headers:
         allowed = headers["Allow"].split(", ")

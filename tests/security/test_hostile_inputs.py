@@ -401,6 +401,22 @@ def test_predict_answers_malformed_request_as_documented(client: TestClient, goo
     assert_still_serving(client, good_jpeg)
 
 
+@pytest.mark.parametrize(
+    ("path", "field", "limit"),
+    [
+        ("/v1/predict/batch", "files", "a batch may hold at most MAX_BATCH_FILES files"),
+        ("/v1/predict", "file", "this endpoint takes one file, in the field `file`"),
+    ],
+)
+def test_more_file_parts_than_the_parser_takes_are_refused_naming_the_endpoints_limit(
+    client: TestClient, path: str, field: str, limit: str
+):
+    """attack25: /v1/predict, which takes one file, answered 3,000 parts with the batch's limit."""
+    response = client.post(path, **_multipart([(field, f"s{i}.jpg", b"x") for i in range(1001)]))
+    assert response.status_code == 413
+    assert response.json()["error"]["message"] == f"{limit} (too many files. maximum number of files is 1000)"
+
+
 def test_predict_ignores_hostile_request_id_and_file_name(client: TestClient, good_jpeg: bytes):
     hostile_name = "../../etc/passwd\0<script>.jpg"
     response = client.post(
