@@ -122,8 +122,15 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
     NoFlairSeriesError
         If the files span several series and none is FLAIR, or their one series is T1-weighted.
     """
-    rules = rules or SelectionRules()
-    _refuse_several_studies([header for header in headers if isinstance(header, DicomHeader)])
+    dicom_headers = [header for header in headers if isinstance(header, DicomHeader)]
+    _refuse_several_studies(dicom_headers)
+    choice = _choose(headers, rules or SelectionRules())
+    note = _disagreeing_patient_note(dicom_headers)
+    return replace(choice, notes=(*choice.notes, note)) if note else choice
+
+
+def _choose(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules) -> SeriesChoice:
+    """`choose_series` once the files are known to be of one study and patient."""
     files: dict[str, list[int]] = {}
     first: dict[str, DicomHeader] = {}
     for index, header in enumerate(headers):
@@ -166,6 +173,26 @@ def _refuse_several_studies(headers: Sequence[DicomHeader]) -> None:
                 f"the request's DICOM files come from {len(values)} {what} (by {keyword}); send one study per "
                 "request: its series are chosen among"
             )
+
+
+def _disagreeing_patient_note(headers: Sequence[DicomHeader]) -> str | None:
+    """A note when files of one Patient ID disagree on the patient's name or birth date (attack finding: three names
+    and birth dates were analysed without a word, and the SEG and SR carried the first's). Not refused: a name
+    corrected between two series, or written with other separators, is common; the note names no value."""
+    names = {_comparable_name(header.dataset.get("PatientName")) for header in headers} - {""}
+    birth_dates = {str(header.dataset.get("PatientBirthDate") or "").strip() for header in headers} - {""}
+    disagree = [what for what, values in (("name", names), ("birth date", birth_dates)) if len(values) > 1]
+    if not disagree:
+        return None
+    return (
+        f"the files disagree on the patient's {' and '.join(disagree)} under one Patient ID (a SEG or SR carries "
+        "one file's): check the study's identity"
+    )
+
+
+def _comparable_name(value: object) -> str:
+    """Patient's Name without the empty components and case that differ between writers (``DOE^JOHN^^^``)."""
+    return "^".join(part.strip() for part in str(value or "").upper().split("^")).rstrip("^ ")
 
 
 def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRules) -> SeriesUse:

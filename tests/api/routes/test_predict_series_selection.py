@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
@@ -265,6 +266,31 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
     assert "come from 2 studies (by StudyInstanceUID)" in studies.json()["error"]["message"]
     assert patients.status_code == 400 and "come from 2 patients (by PatientID)" in patients.json()["error"]["message"]
     assert "OTHER-PATIENT" not in patients.text
+
+
+def test_files_of_one_patient_id_that_disagree_on_name_or_birth_date_are_answered_with_a_note(
+    client: TestClient,
+) -> None:
+    """attack25: three slices of one Patient ID with three names and birth dates were analysed without a word, and the
+    SEG and SR carried one of them. Not refused (a corrected name is common), noted, without the values; a name
+    written with other empty components or case is the same name."""
+    series = mr_series(tumor_channels(1), Study(), series_description="AX FLAIR")
+    same = copy.deepcopy(series)  # Dataset.copy shares its elements: setting a value would change both
+    for index, dataset in enumerate(series):
+        dataset.PatientName, dataset.PatientBirthDate = f"MIXED^NAME{index}", f"197{index}0101"
+    for dataset, name in zip(same, ["DOE^JOHN", "doe^john^^", "DOE^JOHN^^^"], strict=True):
+        dataset.PatientName, dataset.PatientBirthDate = name, "19700101"
+
+    mixed = client.post("/v1/predict/batch", files=dicom_parts(series))
+    consistent = client.post("/v1/predict/batch", files=dicom_parts(same))
+
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.json()["selection_notes"] == [
+        "the files disagree on the patient's name and birth date under one Patient ID (a SEG or SR carries one "
+        "file's): check the study's identity"
+    ]
+    assert "MIXED" not in mixed.text and "1971" not in mixed.text
+    assert consistent.status_code == 200 and consistent.json()["selection_notes"] == []
 
 
 def test_a_localizer_beside_the_three_series_is_left_out_with_its_reason(client: TestClient) -> None:
