@@ -201,8 +201,10 @@ def conformance_statement() -> str:
         "",
         "## 6. Security",
         "",
-        "No TLS and no user identity negotiation: run the node on the hospital network only. The calling AE title",
-        "check is access control, not authentication. Logs name studies by a hash, never by patient attributes.",
+        "No TLS and no user identity negotiation: make the node reachable only from the senders it serves (a firewall",
+        "rule for the PACS and the scanners). The calling AE title check is access control, not authentication, and",
+        "any sender that reaches the node can take its association slots (four addresses, eight each) or fill its",
+        "queue of studies up to the limits above. Logs name studies by a hash, never by patient attributes.",
         "",
     ]
     return "\n".join(_reflowed(lines)) + "\n"
