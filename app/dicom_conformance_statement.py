@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -36,7 +37,7 @@ RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage)
 RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # as `app.dicom_sender` proposes them
 
 
-def _default(name: str) -> object:
+def _default(name: str) -> Any:
     """A setting's default, as the README's settings table shows it."""
     field = Settings.model_fields[name]
     return field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
@@ -203,7 +204,9 @@ def conformance_statement() -> str:
         "",
         "No TLS and no user identity negotiation: make the node reachable only from the senders it serves (a firewall",
         "rule for the PACS and the scanners). The calling AE title check is access control, not authentication, and",
-        "any sender that reaches the node can take its association slots (four addresses, eight each) or fill its",
+        "any sender that reaches the node can take its association slots ("
+        f"{-(-_default('dicom_node_max_associations') // _default('dicom_node_max_associations_per_peer'))} "
+        "addresses at the defaults) or fill its",
         "queue of studies up to the limits above. Logs name studies by a hash, never by patient attributes.",
         "",
     ]
