@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from app import schemas
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
-from app.predict_command import OutputFormat, printable
+from app.predict_command import PrintFormat, printable
 from app.settings import AE_TITLE_RULE, HTTP_URL_RULE, Settings, SettingsError, get_settings, is_ae_title, is_http_url
 
 if TYPE_CHECKING:
@@ -191,13 +191,13 @@ def predict(args: argparse.Namespace) -> int:
     try:
         report, every_file_ok = asyncio.run(command.run())
     except ServiceError as error:  # the files as a whole: mixed DICOM and images, frames that form no series
-        if args.format == OutputFormat.JSON:
+        if args.format == PrintFormat.JSON:
             print(json.dumps(error.body(), indent=2))
         return fail(f"brain-tumor predict: error: {error.message}", EXIT_FILES_FAILED)
     except InputError as error:  # DICOM masks on one file, or on a file already there: known once the series is read
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
     try:
-        sys.stdout.write(render(report, OutputFormat(args.format)))
+        sys.stdout.write(render(report, PrintFormat(args.format)))
         sys.stdout.flush()
     except OSError as error:  # a full disk, a closed pipe: the results are lost, so say so
         discard_standard_output()
@@ -339,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict_parser.add_argument(
         "--format",
-        choices=[item.value for item in OutputFormat],
-        default=OutputFormat.JSON.value,
+        choices=[item.value for item in PrintFormat],
+        default=PrintFormat.JSON.value,
         help="what stdout gets (default: json)",
     )
     predict_parser.add_argument(

@@ -125,7 +125,7 @@ def build_segmentation(
     Returns
     -------
     highdicom.seg.Segmentation
-        A pydicom Dataset; write it with `segmentation_to_bytes`.
+        A pydicom Dataset; write it with `part10_bytes`.
 
     Raises
     ------
@@ -271,11 +271,11 @@ def _refuse_several_series(references: Sequence[DicomFrame]) -> None:
         raise SegmentationInputError(f"a DICOM SEG covers one series; the FLAIR slices come from {len(series)} series")
 
 
-def segmentation_to_bytes(segmentation: Dataset) -> bytes:
-    """Encode a SEG (or the volume report beside it) as a DICOM Part 10 file (preamble, ``DICM``, file meta), e.g. for
-    an HTTP response, STOW-RS or the DICOM node's spool."""
+def part10_bytes(dataset: Dataset) -> bytes:
+    """Encode a result (a SEG or the volume report beside it) as a DICOM Part 10 file (preamble, ``DICM``, file
+    meta), e.g. for an HTTP response, STOW-RS or the DICOM node's spool."""
     buffer = io.BytesIO()
-    segmentation.save_as(buffer, enforce_file_format=True)
+    dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 

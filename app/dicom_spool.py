@@ -30,8 +30,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from app.dicom_seg import segmentation_to_bytes
-from app.durable_files import write_atomically
+from app.core.durable_files import write_atomically
+from app.dicom_seg import part10_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class Spool:
         paths = []
         for index, dataset in enumerate(datasets):
             path = directory / f"{index:02d}_{dataset.Modality}.dcm"
-            data = segmentation_to_bytes(dataset)
+            data = part10_bytes(dataset)
             write_atomically(path, data)
             with self._size_lock:
                 self._size += len(data)

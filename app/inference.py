@@ -1,4 +1,7 @@
-"""Running the exported models: the service's only framework-specific code (the backend edge).
+"""Running the exported models: the service's backend edge, the one place it compiles and calls them.
+
+Loading and converting the model files, which training needs too, is in `app.core.model_store` and
+`app.core.onnx_models`; the rest of the service hands NumPy arrays to `Predictor` and gets NumPy arrays back.
 
 `Predictor` loads the classifier and the segmenter once, compiles each for inference, and runs the segmenter only on
 the slices the classifier calls positive. On TensorFlow (the default) each model becomes a `tf.function` with a fixed
@@ -191,7 +194,6 @@ class Predictor:
         self._classifier = classifier
         self._segmenter = segmenter
         self._compiles_per_batch_size = compiles_per_batch_size
-        self.is_warm = False
 
     @classmethod
     def from_model_dir(
@@ -264,7 +266,6 @@ class Predictor:
                 raise ModelStoreError(
                     f"segmenter must output shape (N, 256, 256, 1); it gave {masks.shape} for N={size}"
                 )
-        self.is_warm = True
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
         """Tumor probability per slice, shape (N,), for a preprocessed batch (N, 256, 256, 3); the mean over the

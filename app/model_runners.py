@@ -53,10 +53,14 @@ def batcher_runner(batcher: MicroBatcher, timeout_seconds: float) -> ModelRunner
     return run
 
 
-def predictor_runner(predictor: PreprocessedPredictor, batch_size: int) -> ModelRunner:
+def predictor_runner(
+    predictor: PreprocessedPredictor, batch_size: int, on_chunk: Callable[[int, int], None] | None = None
+) -> ModelRunner:
     """The CLI's and pacs-sync's runner: `batch_size` slices at a time, so a long series is not one huge batch.
 
     It runs the models in the calling thread: those commands serve one request at a time (`offload=False`).
+    `on_chunk(slices_in_chunk, slices_in_batch)` is called after each chunk: a DICOM series is one call of the flow,
+    so this is where the CLI can tell its progress.
     """
 
     async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[SlicePrediction]:
@@ -64,6 +68,8 @@ def predictor_runner(predictor: PreprocessedPredictor, batch_size: int) -> Model
         for start in range(0, len(sizes), batch_size):
             chunk = slice(start, start + batch_size)
             predictions.extend(predictor.predict_preprocessed(batch[chunk], sizes[chunk]))
+            if on_chunk is not None:
+                on_chunk(len(sizes[chunk]), len(sizes))
         return predictions
 
     return run

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.durable_files import write_atomically
+from app.core.durable_files import write_atomically
 
 
 class SyncStateError(ValueError):

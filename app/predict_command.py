@@ -36,7 +36,9 @@ MASK_SUFFIX = "_mask"
 _NUMBER = re.compile(r"(\d+)")
 
 
-class OutputFormat(StrEnum):
+class PrintFormat(StrEnum):
+    """What `brain-tumor predict` prints on stdout; not the API's `schemas.OutputFormat`, which picks DICOM outputs."""
+
     JSON = "json"
     TABLE = "table"
     CSV = "csv"
@@ -327,19 +329,14 @@ class PredictRun:
         return item
 
     def _series_runner(self) -> ModelRunner:
-        """The predictor `batch_size` slices at a time (as `app.prediction.predictor_runner`), with progress: a DICOM
-        series is one call of the flow, so this is where its progress can be told."""
-        predictor, progress, batch_size = self.predictor, self.progress, self.batch_size
+        """`predictor_runner` with progress per chunk of slices: a DICOM series (or a `series` of images) is one call
+        of the flow, so its progress can only be told from inside the runner."""
+        from app.model_runners import predictor_runner
 
-        async def run(batch: np.ndarray, sizes: list[tuple[int, int]]) -> list:
-            predictions: list = []
-            for start in range(0, len(sizes), batch_size):
-                chunk = slice(start, start + batch_size)
-                predictions.extend(predictor.predict_preprocessed(batch[chunk], sizes[chunk]))
-                progress.advance(len(sizes[chunk]), len(sizes), "slices")
-            return predictions
+        def advance(count: int, total: int) -> None:
+            self.progress.advance(count, total, "slices")
 
-        return run
+        return predictor_runner(self.predictor, self.batch_size, on_chunk=advance)
 
 
 def holds_dicom(uploads: Sequence[bytes | ServiceError]) -> bool:
@@ -384,12 +381,12 @@ def instance_positions(uploads: Sequence[bytes | ServiceError]) -> dict[str, int
     return positions
 
 
-def render(report: dict, output_format: OutputFormat) -> str:
+def render(report: dict, print_format: PrintFormat) -> str:
     """The report as the command prints it on standard output."""
-    if output_format == OutputFormat.JSON:
+    if print_format == PrintFormat.JSON:
         return json.dumps(report, indent=2) + "\n"
     rows = report["results"] + report.get("file_errors", [])
-    if output_format == OutputFormat.CSV:
+    if print_format == PrintFormat.CSV:
         return csv_text(rows)
     return table_text(rows, report.get("series"))
 

@@ -88,7 +88,8 @@ before a later step, like the SEG, can fail), so the metrics and the audit log c
 
 @dataclass(frozen=True, eq=False)
 class SliceAnswer:
-    """One slice's prediction, its payload, and (for the overlay) the decoded image."""
+    """One slice's prediction, its tally (for the metrics and the audit log), and (for the overlay) the decoded
+    image; the caller turns the prediction into its answer."""
 
     prediction: SlicePrediction
     image: np.ndarray | None
@@ -190,10 +191,7 @@ class PredictionService:
             if segmentation and series.result.segmentations:
                 return series
             if len(series.result.predictions) != 1:
-                raise InvalidSliceError(
-                    f"the DICOM file holds {len(series.result.predictions)} slices; send it to /v1/predict/batch for "
-                    "one result per slice (or to /v1/predict with output=dicom-seg for its SEG)"
-                )
+                raise several_slices(len(series.result.predictions), max_slices=1)
             return SliceAnswer(series.result.predictions[0], series.result.inputs[0].image, series.tally)
         refuse_segmentation_of_raster(segmentation)
         return await self._predict_raster(data, keep_image=False, on_tally=on_tally)
@@ -257,7 +255,9 @@ class PredictionService:
                 check_one_size(decoded)
             predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
         breaks = raster_series_breaks(prepared) if series else set()
-        predictions = await self._cpu(self.finish, predictions, series, None, breaks)
+        predictions = await self._cpu(
+            partial(self.final_answers, predictions, clean_as_volume=series, order=None, breaks=breaks)
+        )
         tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
         ordered = in_request_order(prepared, predictions)
         outcomes = await self._cpu(payloads.payloads, ordered, self.threshold, mask_format)
@@ -310,7 +310,10 @@ class PredictionService:
         order, choice, known = anatomical_order(frames), series.choice, slice_order_known(frames)
         if not known:  # e.g. Secondary Captures all numbered 1: which slices are neighbours is not known
             choice = replace(choice, notes=(*choice.notes, UNKNOWN_ORDER_NOTE))
-        predictions = await self._cpu(self.finish, predictions, known, order, series_breaks(frames, order))
+        breaks = series_breaks(frames, order)
+        predictions = await self._cpu(
+            partial(self.final_answers, predictions, clean_as_volume=known, order=order, breaks=breaks)
+        )
         tally = self._count(predictions, len(series.file_errors), on_tally)
         result = await self._cpu(
             partial(
@@ -324,17 +327,18 @@ class PredictionService:
         )
         return SeriesAnswer(result, None, series.file_errors, tally, choice)
 
-    def finish(
+    def final_answers(
         self,
         predictions: list[SlicePrediction],
-        series: bool,
+        clean_as_volume: bool,
         order: Sequence[int] | None = None,
         breaks: Collection[int] = (),
     ) -> list[SlicePrediction]:
-        """The last step on the models' answers: a series of two or more slices gets the series clean-up
+        """The last step on the models' answers. With `clean_as_volume`, two or more slices get the series clean-up
         (`clean_series`, in anatomical `order`, not joining across `breaks`; None: the given order, as a client's
-        raster series is); any slice answered on its own, the single-slice mask rule (`single_slice_answers`)."""
-        if series and len(predictions) > 1:
+        raster series is); otherwise each slice is answered on its own, with the single-slice mask rule
+        (`single_slice_answers`)."""
+        if clean_as_volume and len(predictions) > 1:
             return clean_series(predictions, self.models.series_min_component_voxels, order, breaks)
         return single_slice_answers(
             predictions,
@@ -349,7 +353,7 @@ class PredictionService:
         async with self._reserve(plan.cost_bytes):
             prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
             predictions = await self.run_models(prepared.model_input[None], [prepared.size])
-        (prediction,) = self.finish(predictions, series=False)
+        (prediction,) = self.final_answers(predictions, clean_as_volume=False)
         return SliceAnswer(prediction, prepared.image, self._count([prediction], 0, on_tally))
 
     @asynccontextmanager

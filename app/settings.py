@@ -306,6 +306,8 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
+        "api_keys",
+        "trusted_proxies",
         "sequence_flair_patterns",
         "sequence_t1_patterns",
         "sequence_post_contrast_patterns",
@@ -316,14 +318,9 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _split_lists(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("api_keys", "trusted_proxies", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_comma_separated(cls, value: object) -> object:
+        """An environment variable holds a list as `a, b, c` (`NoDecode` keeps pydantic-settings from wanting JSON);
+        blank items are dropped, so a trailing comma is harmless."""
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value

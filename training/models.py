@@ -17,9 +17,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from app.core.preprocessing import FLAIR_CHANNEL
+from app.core.preprocessing import FLAIR_CHANNEL, INPUT_SHAPE
 
-INPUT_SHAPE = (256, 256, 3)
 CLASSIFIER_FILTERS = (16, 32, 64, 128, 256)
 SEGMENTER_FILTERS = (16, 32, 64, 128, 256)
 # A training run saves its segmenter's architecture under this name beside its checkpoints.

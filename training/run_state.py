@@ -20,13 +20,13 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 
+from app.core.durable_files import replace_atomically
 from training.data import SliceBatches
 
 logger = logging.getLogger(__name__)
@@ -55,15 +55,8 @@ class RunState:
         return cls(**json.loads((run_dir / STATE_NAME).read_text()))
 
     def write(self, run_dir: Path) -> None:
-        write_atomically(run_dir / STATE_NAME, lambda path: path.write_text(json.dumps(asdict(self), indent=2) + "\n"))
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call `write(temporary_path)`, then move the result over `path` in one step."""
-    # Same folder (one file system) and same suffix (Keras checks `.keras` / `.weights.h5`).
-    temporary = path.with_name(f".tmp-{path.name}")
-    write(temporary)
-    os.replace(temporary, path)
+        text = json.dumps(asdict(self), indent=2) + "\n"
+        replace_atomically(run_dir / STATE_NAME, lambda path: path.write_text(text))
 
 
 def has_saved_state(run_dir: Path) -> bool:
@@ -152,7 +145,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         improved = state.best is None or (value > state.best if self.mode == "max" else value < state.best)
         if improved:
             state.best, state.best_epoch, state.epochs_since_best = float(value), epoch + 1, 0
-            write_atomically(self.run_dir / BEST_WEIGHTS_NAME, self.model.save_weights)
+            replace_atomically(self.run_dir / BEST_WEIGHTS_NAME, self.model.save_weights)
         else:
             state.epochs_since_best += 1
         state.epochs_done = epoch + 1
@@ -164,8 +157,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         append_history(self.run_dir / HISTORY_NAME, epoch, logs)
         if self.keep_epoch_weights:
             (self.run_dir / EPOCH_WEIGHTS_DIR).mkdir(exist_ok=True)
-            write_atomically(epoch_weights_path(self.run_dir, epoch + 1), self.model.save_weights)
-        write_atomically(self.run_dir / MODEL_NAME, self.model.save)
+            replace_atomically(epoch_weights_path(self.run_dir, epoch + 1), self.model.save_weights)
+        replace_atomically(self.run_dir / MODEL_NAME, self.model.save)
         state.write(self.run_dir)
         left = (self.total_epochs - state.epochs_done) * state.seconds / state.epochs_done
         logger.info(
@@ -201,4 +194,4 @@ def append_history(path: Path, epoch: int, logs: dict) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    write_atomically(path, write)
+    replace_atomically(path, write)

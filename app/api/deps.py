@@ -12,7 +12,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.batching import MicroBatcher
 from app.core.model_store import Manifest
 from app.errors import ModelUnavailableError
 from app.inference import Predictor
@@ -37,10 +36,6 @@ async def get_predictor(request: Request) -> Predictor:
     return state.predictor
 
 
-async def get_batcher(request: Request, _: Annotated[Predictor, Depends(get_predictor)]) -> MicroBatcher:
-    return request.app.state.batcher
-
-
 async def get_prediction_service(
     request: Request, _: Annotated[Predictor, Depends(get_predictor)]
 ) -> PredictionService:
@@ -62,7 +57,6 @@ async def get_request_id(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
-BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
 ManifestDep = Annotated[Manifest, Depends(get_manifest)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]

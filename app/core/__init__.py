@@ -2,6 +2,7 @@
 
 `preprocessing` (the image transform and the channel order), `model_store` (the manifest: schema, one reader, one
 atomic writer), `onnx_models` (conversion and the ONNX Runtime adapter), `gate` (classifier threshold -> segmenter ->
-mask threshold) and `outline` (drawing a mask's outline). Dependencies run one way: `app` -> `app.core` <- `training`.
-Nothing here imports the rest of `app` or `training`, so the service ships without `training/`.
+mask threshold), `outline` (drawing a mask's outline) and `durable_files` (files replaced in one step).
+Dependencies run one way: `app` -> `app.core` <- `training`. Nothing here imports the rest of `app` or `training`,
+so the service ships without `training/`.
 """

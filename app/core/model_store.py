@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
+
+from app.core.durable_files import write_atomically
 
 if TYPE_CHECKING:
     import keras
@@ -137,10 +138,8 @@ def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
         raise ModelStoreError(
             f"manifest format_version must be {MANIFEST_FORMAT_VERSION}; got {manifest.format_version}"
         )
-    model_dir = Path(model_dir)
-    staging = model_dir / f".{MANIFEST_NAME}.tmp"
-    staging.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
-    os.replace(staging, model_dir / MANIFEST_NAME)
+    text = json.dumps(manifest.model_dump(), indent=2) + "\n"
+    write_atomically(Path(model_dir) / MANIFEST_NAME, text.encode())
 
 
 def load_model(model_dir: str | Path, entry: ModelEntry) -> keras.Model:

@@ -15,7 +15,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from app.dicom_input import read_dicom
-from app.dicom_seg import build_segmentation, segmentation_to_bytes
+from app.dicom_seg import build_segmentation, part10_bytes
 from app.dicom_series import SliceInput, prepare_inputs
 from app.dicom_sr import VolumeFindings, build_volume_report
 from tests.conftest import TUMOR_SERIES, read_truth
@@ -61,7 +61,7 @@ def test_seg_and_sr_keep_names_in_any_character_set(case: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         seg = build_segmentation(inputs, masks, MODEL_TAGS)
-        seg_bytes = segmentation_to_bytes(seg)
+        seg_bytes = part10_bytes(seg)
         findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
         report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, [seg])
         report_bytes = to_bytes(report)

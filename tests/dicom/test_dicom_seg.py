@@ -13,7 +13,7 @@ from pydicom.sr.codedict import codes
 
 from app.dicom_frame import DicomFrame
 from app.dicom_input import read_dicom
-from app.dicom_seg import MANUFACTURER, build_segmentation, build_segmentations, segmentation_to_bytes
+from app.dicom_seg import MANUFACTURER, build_segmentation, build_segmentations, part10_bytes
 from app.dicom_seg_reader import read_segmentation_masks
 from app.dicom_series import SeriesUploads, SliceInput, prepare_inputs
 from app.errors import SegmentationInputError
@@ -58,7 +58,7 @@ def test_build_segmentation_round_trips_masks(flair_series: list[Dataset], truth
     inputs = series_inputs(flair_series)
     masks: list[np.ndarray | None] = [truth_masks[0], truth_masks[1], None]  # None: classifier negative
 
-    data = segmentation_to_bytes(build_segmentation(inputs, masks, MODEL_TAGS))
+    data = part10_bytes(build_segmentation(inputs, masks, MODEL_TAGS))
     decoded = read_segmentation_masks(data)
 
     assert set(decoded) == {dataset.SOPInstanceUID for dataset in flair_series}
@@ -91,7 +91,7 @@ def test_build_segmentation_describes_a_binary_neoplasm_segment(
 
     seg = pydicom.dcmread(
         pydicom.filebase.DicomBytesIO(
-            segmentation_to_bytes(build_segmentation(inputs, [None, None, truth_masks[2]], MODEL_TAGS))
+            part10_bytes(build_segmentation(inputs, [None, None, truth_masks[2]], MODEL_TAGS))
         )
     )
 
@@ -142,7 +142,7 @@ def test_a_multi_frame_capture_gets_a_seg_per_positive_frame_that_names_its_fram
     for seg, frame_number, mask in zip(segmentations, (1, 3), (truth_masks[0], truth_masks[2]), strict=True):
         (source,) = seg.SourceImageSequence
         assert (source.ReferencedSOPClassUID, source.ReferencedFrameNumber) == (capture.SOPClassUID, frame_number)
-        data = segmentation_to_bytes(seg)
+        data = part10_bytes(seg)
         np.testing.assert_array_equal(read_segmentation_masks(data)[capture.SOPInstanceUID], mask[None])
         assert dciodvfy_errors(data, "Segmentation") == []
 
@@ -156,7 +156,7 @@ def test_build_segmentation_references_pre_and_post_contrast_series(truth_masks:
 
     referenced = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
     assert referenced == {series[0].SeriesInstanceUID for series in sequences}
-    decoded = read_segmentation_masks(segmentation_to_bytes(seg))
+    decoded = read_segmentation_masks(part10_bytes(seg))
     for dataset, mask in zip(sequences[FLAIR], truth_masks, strict=True):
         np.testing.assert_array_equal(decoded[dataset.SOPInstanceUID], mask[None])
 
@@ -183,7 +183,7 @@ def test_segmentation_passes_dciodvfy(
         pytest.skip("dciodvfy not found: install the Debian package dicom3tools (.ci/install-system-packages.sh)")
     path = tmp_path / "seg.dcm"
     path.write_bytes(
-        segmentation_to_bytes(build_segmentation(series_inputs(flair_series), [None, *truth_masks[1:]], MODEL_TAGS))
+        part10_bytes(build_segmentation(series_inputs(flair_series), [None, *truth_masks[1:]], MODEL_TAGS))
     )
 
     result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60, check=False)

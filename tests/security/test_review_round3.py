@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.predict_command import OutputFormat, render
+from app.predict_command import PrintFormat, render
 from tests.security.conftest import ServerProcess, assert_error, security_settings, start_server
 
 KEY = "round3-key-5f4e3d2c1b0a"
@@ -169,7 +169,7 @@ def test_predict_csv_cells_from_files_never_start_a_formula():
             {"index": 1, "file": "-1+2.png", "ok": False, "error": {"code": "empty_file", "message": "empty"}},
         ]
     }
-    rows = list(csv.DictReader(io.StringIO(render(report, OutputFormat.CSV))))
+    rows = list(csv.DictReader(io.StringIO(render(report, PrintFormat.CSV))))
     assert [row["file"] for row in rows] == ["'@SUM(1+1).dcm", "'-1+2.png"]
     assert rows[0]["sop_instance_uid"] == "'" + formula_uid
     assert (rows[0]["tumor_probability"], rows[0]["area_pixels"], rows[0]["index"]) == ("0.75", "12", "0")

@@ -32,7 +32,7 @@ from app.api.openapi_docs import (
     error_responses,
     response_examples,
 )
-from app.dicom_seg import segmentation_to_bytes
+from app.dicom_seg import part10_bytes
 from app.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
 from app.multipart_related import multipart_related
@@ -289,7 +289,7 @@ async def slice_payload(answer: SliceAnswer, threshold: float, mask_format: sche
 def segmentation_response(answer: SeriesAnswer) -> Response:
     """The series' SEG; the SEGs as parts of one multipart/related answer (DICOMweb) when its slices have no Frame
     of Reference and each positive one got its own (`app.dicom_seg.build_segmentations`)."""
-    segmentations = [segmentation_to_bytes(segmentation) for segmentation in answer.result.segmentations]
+    segmentations = [part10_bytes(segmentation) for segmentation in answer.result.segmentations]
     if len(segmentations) == 1:
         return Response(segmentations[0], media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
     body, media_type = multipart_related(segmentations, DICOM_MEDIA_TYPE)
@@ -298,15 +298,15 @@ def segmentation_response(answer: SeriesAnswer) -> Response:
 
 def report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
     """The series' DICOM SR volume report (TID 1500), referencing its SEGs when a tumor was found."""
-    body = segmentation_to_bytes(series_volume_report(answer.result, model_tags, answer.choice.notes))
+    body = part10_bytes(series_volume_report(answer.result, model_tags, answer.choice.notes))
     return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
 
 
 def segmentation_and_report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
     """The SEGs and the SR as parts of one multipart/related answer (DICOMweb), the SR last; the SR alone when no SEG
     was made (no tumor found)."""
-    report = segmentation_to_bytes(series_volume_report(answer.result, model_tags, answer.choice.notes))
-    parts = [*(segmentation_to_bytes(segmentation) for segmentation in answer.result.segmentations), report]
+    report = part10_bytes(series_volume_report(answer.result, model_tags, answer.choice.notes))
+    parts = [*(part10_bytes(segmentation) for segmentation in answer.result.segmentations), report]
     body, media_type = multipart_related(parts, DICOM_MEDIA_TYPE)
     return Response(body, headers={"Content-Type": media_type, **series_headers(answer)})
 
