@@ -1,44 +1,7 @@
 """The one place where errors become HTTP responses, all with the body `{"error": {"code", "message"}}`.
 
-| code                   | status | when                                                          |
-|------------------------|--------|---------------------------------------------------------------|
-| empty_file             | 400    | the file has 0 bytes                                          |
-| file_unreadable        | 400    | (CLI) a local file that cannot be read                        |
-| undecodable_image      | 400    | PNG/JPEG/TIFF magic bytes, but the data is truncated/corrupt  |
-| invalid_image          | 400    | decodes, but is no slice (e.g. a multi-page TIFF)             |
-| unsupported_media_type | 415    | the first bytes are not PNG, JPEG, TIFF or DICOM (names are ignored) |
-| undecodable_dicom      | 400    | a DICOM file that is truncated or unreadable                  |
-| dicom_without_pixel_data | 400  | a DICOM file with no image in it                              |
-| invalid_dicom_image    | 400    | colour DICOM, or frames that do not group into slices         |
-| unsupported_dicom      | 415    | a DICOM that is not an MR image (SR, CT, SEG ...) or has no decoder |
-| mixed_input            | 400    | DICOM and PNG/JPEG/TIFF files in one batch                    |
-| invalid_segmentation_input | 400 | slices one DICOM SEG cannot cover (several series or instance kinds) |
-| invalid_report_input   | 400    | a series one DICOM SR cannot describe (no StudyInstanceUID)   |
-| too_many_slices        | 413    | one request with more slices than INFERENCE_QUEUE_SLICES      |
-| bad_request            | 400    | a body the multipart parser cannot read (no boundary, huge names) |
-| payload_too_large      | 413    | file over MAX_UPLOAD_BYTES, or request body over its limit    |
-| image_too_large        | 413    | width x height over MAX_IMAGE_PIXELS, or a side over 65535    |
-| too_many_files         | 413    | a batch with more than MAX_BATCH_FILES files                  |
-| over_memory_budget     | 413    | decoding a file or a request would take more than             |
-|                        |        | DECODE_MEMORY_BYTES (computed from the headers, before decoding) |
-| validation_error       | 422    | a missing or malformed field (e.g. no `file`)                 |
-| no_flair_series        | 422    | DICOM files with no series read as FLAIR (T1 only)            |
-| model_unavailable      | 503    | the models are not loaded and warm yet                        |
-| overloaded             | 503    | the inference queue (or the decoding memory budget) is full;  |
-|                        |        | `Retry-After` says when to retry                              |
-| inference_timeout      | 503    | no answer from the models within REQUEST_TIMEOUT_SECONDS      |
-| unauthorized           | 401    | API keys are configured and X-API-Key is missing, wrong or sent twice |
-| rate_limited           | 429    | over RATE_LIMIT_PER_MINUTE for this key, or this address over |
-|                        |        | AUTH_FAILURES_PER_MINUTE failed keys; see `Retry-After`       |
-| headers_too_large      | 431    | line + headers over MAX_HEADER_BYTES, or more headers than    |
-|                        |        | MAX_HEADER_COUNT                                              |
-| invalid_http_request   | 400    | a request line or header that is not valid HTTP/1.1           |
-|                        |        | (app.http_protocol)                                           |
-| request_timeout        | 408    | headers not in within HEADER_TIMEOUT_SECONDS, or a body that  |
-|                        |        | pauses longer than BODY_TIMEOUT_SECONDS (app.http_protocol)   |
-| too_many_connections   | 503    | MAX_CONNECTIONS connections open already (app.http_protocol)  |
-| not_found, ...         | 4xx    | other HTTP errors (unknown path, wrong method)                |
-| internal_error         | 500    | a bug; logged with its traceback                              |
+Every code, its status and when it is answered: `app.api.openapi_docs.ERROR_CATALOGUE` (shown in /docs and the
+README's Errors table; `tests/api/routes/test_docs.py` checks that every `app.errors.ServiceError` is in it).
 
 A request whose client disconnected before its answer (`app.api.disconnect.ClientGone`) ends with 499 and no body:
 nobody receives it, but the logs, audit and metrics record it.
