@@ -212,7 +212,9 @@ def test_an_instance_on_a_context_of_another_class_is_refused(make_node: Any) ->
     not check against the negotiated context (one for a class the node ignores accepts every transfer syntax)."""
     node = make_node()
     request = SimpleNamespace(AffectedSOPClassUID=MRImageStorage, DataSet=io.BytesIO(b""))
-    event = SimpleNamespace(request=request, context=SimpleNamespace(abstract_syntax=ComprehensiveSRStorage))
+    event = SimpleNamespace(
+        request=request, context=SimpleNamespace(abstract_syntax=ComprehensiveSRStorage), assoc=object()
+    )
 
     answer = node._handle_store(event)
 

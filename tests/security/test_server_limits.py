@@ -326,10 +326,15 @@ def test_a_body_still_trickling_in_after_the_answer_does_not_hold_the_connection
 def send_trailers_until_closed(server: ServerProcess, path: str, trailer: bytes, most: int) -> tuple[int, bytes]:
     """A chunked POST whose body ends at once, then trailer bytes (`trailer` again and again) up to `most` bytes or
     until the server closes; returns the bytes of trailers sent and what the server answered."""
-    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    head = (  # a form the app reads to its end (no Content-Type: FastAPI answers 422 without reading the body)
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
     sent = 0
     with socket.create_connection(address(server)) as sock:
-        sock.sendall(head + b"5\r\nhello\r\n0\r\n")
+        # A file part left open: the app waits for the rest of the form, so only the trailers' cap can end it.
+        part = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nxx'
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(part), part))
         try:
             while sent < most:
                 sock.sendall(trailer)
