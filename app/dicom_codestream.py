@@ -2,8 +2,11 @@
 
 A JPEG, JPEG-LS or JPEG 2000 decoder allocates the image its codestream declares, whatever the DICOM header says:
 `check_codestreams` walks the pixel data's fragments and refuses a codestream whose size is not Rows x Columns (a
-JPEG 2000 one also inside a JP2 file wrapper, which OpenJPEG decodes as well), a JPEG or JPEG-LS one whose
-components are not SamplesPerPixel, and a JPEG frame over the scan and segment limits of `app.jpeg_markers`.
+JPEG 2000 one also inside a JP2 file wrapper, which OpenJPEG decodes as well: read from the wrapper's codestream box,
+not from a decoy earlier in the file), whose components are not SamplesPerPixel, whose samples have more bits than
+BitsAllocated (the decoded values would be cut to the header's bits: a tumor read as noise), a JPEG or JPEG-LS
+codestream whose frame header cannot be found within the segment limit, and a JPEG frame over the scan and segment
+limits of `app.jpeg_markers`. RLE data is checked too (`check_rle_frame`): its runs may expand 64 times.
 Failures are `app.errors.ServiceError`s; nothing here logs.
 """
 
@@ -11,7 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1
+from pydicom.uid import (
+    UID,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 
 from app.errors import InvalidDicomImageError, UndecodableDicomError
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure, frame_header
@@ -20,18 +32,29 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM_TAG, _SEQUENCE_DELIMITER_TAG = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
 _JPEG_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1})
 """The JPEG (not JPEG-LS, not JPEG 2000) transfer syntaxes a decoder here reads."""
+_JPEG_LS_SYNTAXES = frozenset({JPEGLSLossless, JPEGLSNearLossless})
 _JPEG2000_SOC_SIZ = b"\xff\x4f\xff\x51"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_SIZ_HEAD_BYTES = 43  # SOC, the SIZ marker and fields through Csiz and the first component's Ssiz
+RLE_SLACK_BYTES = 256
+"""What an RLE segment may decode to past Rows x Columns (encoders that pad or overrun a little; pydicom drops it)."""
 MAX_JPEG2000_TILES = 4096
 """OpenJPEG keeps about 9 KB per tile: a 512x512 codestream of 3x3-pixel tiles (29,241 of them) took 277 MiB that
 no budget counted. Real MR images are one tile, or a few hundred on very large images."""
 
 
 def check_codestreams(
-    data: bytes, position: int, transfer_syntax: UID, rows: int, columns: int, samples_per_pixel: int = 1
+    data: bytes,
+    position: int,
+    transfer_syntax: UID,
+    rows: int,
+    columns: int,
+    samples_per_pixel: int = 1,
+    bits_allocated: int = 16,
 ) -> None:
-    """Refuse a compressed frame whose codestream declares another size than Rows x Columns, or (JPEG, JPEG-LS)
-    other components than SamplesPerPixel, or a JPEG frame with too many scans or segments.
+    """Refuse a compressed frame whose codestream declares another size than Rows x Columns, other components than
+    SamplesPerPixel or samples wider than BitsAllocated, or a JPEG frame with too many scans or segments; and an RLE
+    frame that decodes to more than its Rows x Columns.
 
     The decoders allocate what the codestream says: a header of 64x64 over a 16384x16384 JPEG 2000 codestream
     would take 512 MiB before pydicom noticed the mismatch. A colour JPEG under a MONOCHROME2 header was decoded
@@ -44,6 +67,9 @@ def check_codestreams(
     )
     jpeg_frame: list[bytes] = []  # the fragments of the JPEG frame being read (a frame may span several)
     for number, (begin, end) in enumerate(_fragments(data, position + 12), start=1):
+        if transfer_syntax == RLELossless:
+            check_rle_frame(data, begin, end, rows * columns, number)
+            continue
         if transfer_syntax in _JPEG_SYNTAXES:
             if jpeg_frame and data.startswith(b"\xff\xd8", begin, end):
                 _check_jpeg_frame(b"".join(jpeg_frame))
@@ -57,16 +83,31 @@ def check_codestreams(
                 raise InvalidDicomImageError(
                     "DICOM JPEG 2000 pixel data must start with a codestream (SOC and SIZ markers); it does not"
                 )
+            if (transfer_syntax in _JPEG_SYNTAXES or transfer_syntax in _JPEG_LS_SYNTAXES) and data.startswith(
+                b"\xff\xd8", begin, end
+            ):  # a frame header hidden past the segment limit would be allocated unchecked
+                raise InvalidDicomImageError(
+                    f"DICOM pixel data fragment {number} starts a JPEG codestream whose frame header (SOF) is not "
+                    "within its first segments; refused before decoding"
+                )
             continue
         if size != (rows, columns):
             raise InvalidDicomImageError(
                 f"DICOM pixel data fragment {number} holds a {size[1]}x{size[0]} codestream (columns x rows) but the "
                 f"header says Columns {columns}, Rows {rows}; refused before decoding"
             )
-        if frame is not None and frame.components != samples_per_pixel:
+        components, precision = (_siz_components(siz), _siz_precision(siz)) if siz is not None else (None, None)
+        if frame is not None:
+            components, precision = frame.components, frame.precision
+        if components is not None and components != samples_per_pixel:
             raise InvalidDicomImageError(
-                f"DICOM pixel data fragment {number} holds a codestream of {frame.components} components but the "
+                f"DICOM pixel data fragment {number} holds a codestream of {components} components but the "
                 f"header says SamplesPerPixel {samples_per_pixel}; refused before decoding"
+            )
+        if precision is not None and precision > bits_allocated:
+            raise InvalidDicomImageError(
+                f"DICOM pixel data fragment {number} holds {precision}-bit samples but the header says BitsAllocated "
+                f"{bits_allocated}: decoded, their values would be cut; refused before decoding"
             )
         tiles = _siz_tiles(siz) if jpeg2000 and siz is not None else None
         if tiles is not None and tiles > MAX_JPEG2000_TILES:
@@ -103,19 +144,90 @@ def _fragments(data: bytes, position: int) -> Iterator[tuple[int, int]]:
 
 
 def _jpeg2000_siz(data: bytes, begin: int, end: int) -> bytes | None:
-    """The first 40 bytes of the JPEG 2000 codestream (SOC, then SIZ) that the fragment starts with, bare or in a JP2
-    file (which OpenJPEG also decodes: its codestream is in a box); None if it starts with neither."""
-    start = begin
-    if data.startswith(_JP2_SIGNATURE, begin, end):
-        start = data.find(_JPEG2000_SOC_SIZ, begin, end)
-    head = data[start : min(start + 40, end)] if start >= 0 else b""
-    return head if head[:4] == _JPEG2000_SOC_SIZ and len(head) == 40 else None
+    """The first 43 bytes of the JPEG 2000 codestream (SOC, then SIZ up to its first component's precision) that the
+    fragment starts with, bare or in a JP2 file (which OpenJPEG also decodes: its codestream is the contiguous
+    codestream box); None if it starts with neither."""
+    start = _jp2_codestream(data, begin, end) if data.startswith(_JP2_SIGNATURE, begin, end) else begin
+    head = data[start : min(start + _SIZ_HEAD_BYTES, end)] if start is not None else b""
+    return head if head[:4] == _JPEG2000_SOC_SIZ and len(head) == _SIZ_HEAD_BYTES else None
+
+
+def _jp2_codestream(data: bytes, begin: int, end: int) -> int | None:
+    """Where the codestream of a JP2 file starts: the content of its `jp2c` box, found by walking the boxes (a SIZ
+    inside another box, an XML one say, is no codestream OpenJPEG decodes)."""
+    position = begin
+    while position + 8 <= end:
+        length, kind = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
+        header = 8
+        if length == 1:  # the length follows as 8 bytes (XLBox)
+            if position + 16 > end:
+                return None
+            length, header = int.from_bytes(data[position + 8 : position + 16], "big"), 16
+        if kind == b"jp2c":
+            return position + header
+        if length == 0 or length < header:  # 0: the last box, to the end; anything else shorter is malformed
+            return None
+        position += length
+    return None
 
 
 def _siz_size(siz: bytes) -> tuple[int, int]:
     """(rows, columns) of a JPEG 2000 image, from its SIZ."""
     width, height, x_offset, y_offset = (int.from_bytes(siz[i : i + 4], "big") for i in (8, 12, 16, 20))
     return height - y_offset, width - x_offset
+
+
+def _siz_components(siz: bytes) -> int:
+    """Csiz: how many components a JPEG 2000 SIZ declares (OpenJPEG allocates each before any size check)."""
+    return int.from_bytes(siz[40:42], "big")
+
+
+def _siz_precision(siz: bytes) -> int:
+    """Bits per sample of the first component (Ssiz: bits - 1 in its low 7 bits, the sign in the high one)."""
+    return (siz[42] & 0x7F) + 1
+
+
+def check_rle_frame(data: bytes, begin: int, end: int, pixels: int, number: int = 1) -> None:
+    """Refuse an RLE Lossless frame (PS3.5 G) whose segments decode to more than `pixels` bytes each.
+
+    pydicom decodes every run of a segment before cutting it to size, and a replicate run of 2 bytes is 128: a
+    16 MB fragment took 1 GiB. A segment longer than the longest encoding of `pixels` bytes (all literal runs) is
+    refused at once; the runs of the others are summed, stopping as soon as they pass `pixels`.
+    """
+    if end - begin < 64:
+        raise InvalidDicomImageError(f"DICOM RLE fragment {number} is shorter than its 64-byte header")
+    count = int.from_bytes(data[begin : begin + 4], "little")
+    offsets = [int.from_bytes(data[begin + 4 + 4 * i : begin + 8 + 4 * i], "little") for i in range(15)]
+    if not 1 <= count <= 15:
+        raise InvalidDicomImageError(f"DICOM RLE fragment {number} declares {count} segments; 1 to 15 are allowed")
+    starts = [begin + offset for offset in offsets[:count]]
+    longest = pixels + -(-pixels // 128) + 1  # a literal run holds 128 bytes behind its 1-byte header; padding
+    most = pixels + RLE_SLACK_BYTES
+    for index, (start, stop) in enumerate(zip(starts, [*starts[1:], end], strict=True), start=1):
+        if not begin + 64 <= start <= stop <= end:
+            raise InvalidDicomImageError(f"DICOM RLE fragment {number}: segment {index} lies outside the fragment")
+        if stop - start > longest or _rle_decoded_length(data, start, stop, most) > most:
+            raise InvalidDicomImageError(
+                f"DICOM RLE fragment {number}: segment {index} decodes to more than the {pixels} bytes of Rows x "
+                "Columns; refused before decoding"
+            )
+
+
+def _rle_decoded_length(data: bytes, start: int, stop: int, limit: int) -> int:
+    """How many bytes the runs of one RLE segment decode to, counted up to just past `limit` (a literal run cut by
+    the segment's end, as a padding byte is, counts the bytes it has)."""
+    decoded, position = 0, start
+    while position < stop and decoded <= limit:
+        header = data[position]
+        if header < 128:  # a literal run of header + 1 bytes
+            decoded += min(header + 1, stop - position - 1)
+            position += header + 2
+        elif header > 128:  # a replicate run: the next byte, 257 - header times
+            decoded += 257 - header
+            position += 2
+        else:  # 128: no operation
+            position += 1
+    return decoded
 
 
 def _siz_tiles(siz: bytes) -> int | None:

@@ -218,7 +218,7 @@ def read_dicom_header(
         )
     if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
-        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples)
+        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
     return DicomHeader(data, dataset, rows, columns, frames, bits, inflated)
 
 

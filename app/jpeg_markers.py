@@ -41,6 +41,7 @@ class JpegFrame:
     rows: int
     columns: int
     components: int
+    precision: int  # bits per sample
 
 
 def frame_header(data: bytes, begin: int = 0, end: int | None = None) -> JpegFrame | None:
@@ -57,6 +58,7 @@ def frame_header(data: bytes, begin: int = 0, end: int | None = None) -> JpegFra
                 rows=int.from_bytes(data[position + 5 : position + 7], "big"),
                 columns=int.from_bytes(data[position + 7 : position + 9], "big"),
                 components=data[position + 9],
+                precision=data[position + 4],
             )
     return None
 

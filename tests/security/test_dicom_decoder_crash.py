@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, generate_fragments
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, RLELossless, generate_uid
 
 from app import dicom_pixels
 from app.dicom_codestream import check_codestreams
@@ -132,9 +132,13 @@ def jpeg2000_pixel_data(*fragments: bytes) -> bytes:
 
 def siz_codestream(side: int, tile: int | None = None) -> bytes:
     """The start of a JPEG 2000 codestream: SOC and a SIZ of a `side` x `side` image in `tile` x `tile` tiles (one
-    tile by default)."""
+    tile by default), of one 8-bit component."""
     tile = tile or side
-    return b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIIIIIII", side, side, 0, 0, tile, tile, 0, 0)
+    return (
+        b"\xff\x4f\xff\x51\x00\x29\x00\x00"
+        + struct.pack(">IIIIIIII", side, side, 0, 0, tile, tile, 0, 0)
+        + b"\x00\x01\x07\x01\x01"  # Csiz 1; Ssiz 8 bits unsigned, no subsampling
+    )
 
 
 def test_a_later_frame_wrapped_as_a_jp2_file_is_size_checked_too() -> None:
@@ -190,3 +194,83 @@ def test_a_jpeg2000_codestream_of_tens_of_thousands_of_tiles_is_refused_before_d
         check_codestreams(jpeg2000_pixel_data(siz_codestream(512, 3)), 0, JPEG2000Lossless, 512, 512)
     check_codestreams(jpeg2000_pixel_data(siz_codestream(512, 64)), 0, JPEG2000Lossless, 512, 512)  # 64 tiles
     check_codestreams(jpeg2000_pixel_data(siz_codestream(512, 512)), 0, JPEG2000Lossless, 512, 512)  # one tile
+
+
+def jpeg2000_siz(side: int, components: int = 1, bits: int = 8) -> bytes:
+    """SOC and a SIZ of a `side` x `side` one-tile image of `components` components of `bits` bits."""
+    return (
+        b"\xff\x4f\xff\x51"
+        + struct.pack(">HH", 38 + 3 * components, 0)
+        + struct.pack(">IIIIIIII", side, side, 0, 0, side, side, 0, 0)
+        + struct.pack(">H", components)
+        + bytes([bits - 1, 1, 1]) * components
+    )
+
+
+def test_a_codestream_with_samples_wider_than_bits_allocated_is_refused() -> None:
+    """attack25b: a 16-bit (or 12-bit) JPEG 2000 or JPEG-LS codestream under an 8-bit header was decoded with its
+    high bits cut (values modulo 256): a tumor slice answered "no tumor" (p 0.036 instead of 0.994), and the DICOM
+    node sent a negative SR."""
+    for bits in (12, 16):
+        with pytest.raises(
+            InvalidDicomImageError, match=f"holds {bits}-bit samples but the header says BitsAllocated 8"
+        ):
+            check_codestreams(jpeg2000_pixel_data(jpeg2000_siz(64, bits=bits)), 0, JPEG2000Lossless, 64, 64, 1, 8)
+    check_codestreams(jpeg2000_pixel_data(jpeg2000_siz(64, bits=12)), 0, JPEG2000Lossless, 64, 64, 1, 16)  # fits
+    jpeg_ls = b"\xff\xd8\xff\xf7\x00\x0b\x10\x00\x40\x00\x40\x01\x01\x11\x00"  # SOI, SOF55: 16-bit, 64x64, 1 component
+    with pytest.raises(InvalidDicomImageError, match="holds 16-bit samples but the header says BitsAllocated 8"):
+        check_codestreams(jpeg2000_pixel_data(jpeg_ls), 0, JPEGLSLossless, 64, 64, 1, 8)
+
+
+def test_a_jpeg2000_codestream_of_many_components_is_refused_before_decoding() -> None:
+    """attack25b: Csiz was never read; OpenJPEG allocated 2,048 components of a 7.4 KB file (+657 MiB)."""
+    with pytest.raises(InvalidDicomImageError, match="codestream of 2048 components but the header says"):
+        check_codestreams(jpeg2000_pixel_data(jpeg2000_siz(256, components=2048)), 0, JPEG2000Lossless, 256, 256)
+
+
+def test_a_jp2_file_is_checked_on_its_codestream_box_not_on_a_decoy_before_it() -> None:
+    """attack25b: a SIZ of the header's size inside an earlier box (XML here) passed the size check, and OpenJPEG
+    decoded the `jp2c` box's 16384x16384 codestream (+1 GiB from a 1.4 KB file)."""
+    decoy, real = jpeg2000_siz(256), jpeg2000_siz(16384)
+    jp2 = (
+        b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+        + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
+        + struct.pack(">I", 8 + len(decoy))
+        + b"xml "
+        + decoy
+        + struct.pack(">I", 8 + len(real))
+        + b"jp2c"
+        + real
+    )
+    with pytest.raises(InvalidDicomImageError, match="holds a 16384x16384 codestream"):
+        check_codestreams(jpeg2000_pixel_data(jp2), 0, JPEG2000Lossless, 256, 256)
+
+
+def test_a_jpeg_ls_frame_header_hidden_behind_many_segments_is_refused() -> None:
+    """attack25b: a frame header (16384x16384) after 1,001 comment segments was not found, so not checked, and the
+    decoding worker allocated what it declared."""
+    comments = b"\xff\xfe\x00\x04ab" * 1001
+    hidden = b"\xff\xd8" + comments + b"\xff\xf7\x00\x0b\x08\x40\x00\x40\x00\x01\x01\x11\x00"
+    with pytest.raises(InvalidDicomImageError, match=r"frame header \(SOF\) is not within its first segments"):
+        check_codestreams(jpeg2000_pixel_data(hidden), 0, JPEGLSLossless, 256, 256)
+
+
+def rle_dataset() -> pydicom.Dataset:
+    """The tumor slice's FLAIR as an RLE Lossless MR instance (pydicom's encoder)."""
+    dataset = mr_dataset(read_slice(TUMOR_SLICE)[:, :, FLAIR], Study(), generate_uid(), 1, 0.0)
+    dataset.compress(RLELossless, encoding_plugin="pydicom")
+    return dataset
+
+
+def test_an_rle_frame_that_decodes_past_its_size_is_refused_before_decoding() -> None:
+    """attack25b: pydicom decodes every run of an RLE segment before cutting it to Rows x Columns, and a run of 2
+    bytes decodes to 128: a 16 MB upload took +1 GiB (4 at once: 867 -> 5,126 MiB), and was answered 200."""
+    dataset = rle_dataset()
+    (frame,) = read_dicom(to_bytes(dataset))  # a real RLE frame still decodes, value for value
+    assert np.array_equal(frame.values, read_slice(TUMOR_SLICE)[:, :, FLAIR].astype(np.float32))
+
+    (frame,) = [bytes(fragment) for fragment in generate_fragments(dataset.PixelData)][1:] or [b""]
+    bomb = frame + b"\x81\x00" * 500_000  # 1 MB of replicate runs: 64 MB once decoded
+    dataset.PixelData = encapsulate([bomb])
+    with pytest.raises(InvalidDicomImageError, match="segment 1 decodes to more than the 65536 bytes"):
+        read_dicom(to_bytes(dataset))
