@@ -124,6 +124,10 @@ class StudySync:
             return None
         record, mr_series = looked_at
         study_fingerprint = fingerprint(mr_series)
+        unrecorded = state.unrecorded_failures.get(study_id)
+        if unrecorded is not None and unrecorded[0] == study_fingerprint and "status" not in record:
+            # Failures Orthanc did not let us record: counted in the state, as a record would count them.
+            record = {"status": FAILED, "attempts": unrecorded[1], "study_fingerprint": study_fingerprint}
         status = record.get("status")
         attempts = record["attempts"] if status == FAILED else 0
         instance_limit = self.client.config.max_instance_bytes
@@ -144,7 +148,9 @@ class StudySync:
         else:
             attempts = 0  # the instances or the instance limit changed: a fresh start
         try:
-            return self._analyse(study_id, record, mr_series, study_fingerprint, attempts, state)
+            outcome = self._analyse(study_id, record, mr_series, study_fingerprint, attempts, state)
+            state.unrecorded_failures.pop(study_id, None)  # its record is written now
+            return outcome
         except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
             attempts += 1
             state.retries[study_id] = self._next_attempt(attempts)
@@ -154,7 +160,9 @@ class StudySync:
             )
             try:
                 self.client.write_sync_record(study_id, failed)
+                state.unrecorded_failures.pop(study_id, None)
             except Exception as record_error:  # Orthanc still unreachable: the state's schedule retries it all the same
+                state.unrecorded_failures[study_id] = [study_fingerprint, attempts]
                 logger.warning(
                     "failure not recorded in Orthanc",
                     extra={"fields": {"orthanc_study": study_id, "error": _error_text(record_error)}},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from app.core.durable_files import write_atomically
 
@@ -42,12 +43,17 @@ class SyncState:
         Changes whose study could not be looked up although Orthanc answered (``"Series/<id>"`` or
         ``"Instance/<id>"`` -> passes that failed): tried again at each pass, so one broken resource never holds up
         the rest of the change log, nor is it forgotten at once.
+    unrecorded_failures
+        Orthanc study ID -> [study fingerprint, failed attempts] for failures Orthanc would not let pacs-sync record
+        (its metadata write refused): the attempts are counted here instead, so such a study is not analysed and
+        stored again at every retry without end.
     """
 
     path: Path | None = None
     last_change: int = 0
     retries: dict[str, float] = field(default_factory=dict)
     unresolved: dict[str, int] = field(default_factory=dict)
+    unrecorded_failures: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None) -> SyncState:
@@ -65,6 +71,10 @@ class SyncState:
             last_change = int(data["last_change"])
             retries = {str(study): float(due) for study, due in data.get("retries", {}).items()}
             unresolved = {str(change): int(failed) for change, failed in data.get("unresolved", {}).items()}
+            unrecorded = {
+                str(study): [str(print_), int(attempts)]
+                for study, (print_, attempts) in data.get("unrecorded_failures", {}).items()
+            }
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise SyncStateError(
                 f"pacs-sync state file {path} cannot be read ({type(error).__name__}); remove it to read Orthanc's "
@@ -72,7 +82,7 @@ class SyncState:
             ) from error
         if last_change < 0:
             raise SyncStateError(f"pacs-sync state file {path}: last_change must be >= 0; got {last_change}")
-        return cls(path, last_change, retries, unresolved)
+        return cls(path, last_change, retries, unresolved, unrecorded)
 
     def save(self) -> None:
         """Write the state atomically and durably (nothing when `path` is None).
@@ -84,7 +94,12 @@ class SyncState:
         """
         if self.path is None:
             return
-        state = {"last_change": self.last_change, "retries": self.retries, "unresolved": self.unresolved}
+        state = {
+            "last_change": self.last_change,
+            "retries": self.retries,
+            "unresolved": self.unresolved,
+            "unrecorded_failures": self.unrecorded_failures,
+        }
         text = json.dumps(state, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

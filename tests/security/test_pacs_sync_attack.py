@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -556,3 +557,31 @@ def test_a_500_while_storing_the_seg_never_stores_the_sr() -> None:
 
     assert outcome == "failed"
     assert session.calls.count("POST /dicom-web/studies") == 1  # the SEG; no SR pointing at a missing SEG
+
+
+def test_a_study_whose_record_orthanc_refuses_is_not_analysed_again_without_end(tmp_path: Path) -> None:
+    """attack25b: with the record's metadata write refused (a 500, or the metadata left undeclared), the attempts,
+    read from that record, started at 0 each time: the study was fetched, analysed and stored again every
+    `retry_seconds`, for ever. They are now counted in the state, with the same backoff and `max_attempts`."""
+    answers = study_answers([to_bytes(dataset) for dataset in mr_series(tumor_channels())])
+    answers[f"PUT /studies/st1/metadata/{SYNC_METADATA}"] = [(500, "application/json", b"{}")]
+    answers["POST /dicom-web/studies"] = [json_answer({})]
+    session = CannedSession(answers)
+    config = PacsSyncConfig("http://orthanc.invalid", retries=0, max_attempts=3, retry_seconds=60.0)
+    client = OrthancClient(config, session=session)
+    now, state = [1000.0], SyncState()
+    studies = StudySync(client, ModelStudyProcessor(NegativePredictor()), clock=lambda: now[0])  # type: ignore[arg-type]
+
+    outcomes, waits = [studies.process("st1", state)], []
+    for _ in range(4):
+        waits.append(state.retries["st1"] - now[0])
+        now[0] = state.retries["st1"]
+        outcomes.append(studies.process("st1", state, retry=True))
+
+    assert outcomes == ["failed", "failed", "failed", "gave_up", "gave_up"]
+    assert session.calls.count("POST /dicom-web/studies") == 3  # analysed and stored max_attempts times, no more
+    assert waits == [60.0, 120.0, 240.0, 240.0]
+    assert state.unrecorded_failures["st1"][1] == 3
+    state.path = tmp_path / "state.json"
+    state.save()
+    assert SyncState.load(state.path).unrecorded_failures == state.unrecorded_failures  # survives a restart
