@@ -214,27 +214,27 @@ class OrthancClient:
 
     def series(self, series_id: str) -> dict[str, Any] | None:
         """A series (ID, Instances, MainDicomTags, ParentStudy), or None once it is deleted."""
-        return self._json_or_none(f"/series/{series_id}", _series_in_study)
+        return self._json_or_none(f"/series/{_path_id(series_id)}", _series_in_study)
 
     def study(self, study_id: str) -> dict[str, Any] | None:
-        return self._json_or_none(f"/studies/{study_id}", _object)
+        return self._json_or_none(f"/studies/{_path_id(study_id)}", _object)
 
     def study_of_instance(self, instance_id: str) -> str | None:
         """The Orthanc ID of an instance's study, or None once the instance is deleted."""
-        study = self._json_or_none(f"/instances/{instance_id}/study", _with_id)
+        study = self._json_or_none(f"/instances/{_path_id(instance_id)}/study", _with_id)
         return None if study is None else study["ID"]
 
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
         """Every series of a study, expanded (ID, Instances, MainDicomTags)."""
-        return self._json("GET", f"/studies/{study_id}/series", _series_list)
+        return self._json("GET", f"/studies/{_path_id(study_id)}/series", _series_list)
 
     def instance_file(self, instance_id: str) -> bytes:
         """The instance's DICOM file; `AnswerTooLargeError` past `PacsSyncConfig.max_instance_bytes`."""
-        return self._request("GET", f"/instances/{instance_id}/file").content
+        return self._request("GET", f"/instances/{_path_id(instance_id)}/file").content
 
     def sync_record(self, study_id: str) -> dict[str, Any] | None:
         """Our record on a study, or None if the study was never processed."""
-        response = self._request("GET", f"/studies/{study_id}/metadata/{SYNC_METADATA}", allow=(404,))
+        response = self._request("GET", f"/studies/{_path_id(study_id)}/metadata/{SYNC_METADATA}", allow=(404,))
         if response.status_code == 404:
             return None
         try:
@@ -249,7 +249,7 @@ class OrthancClient:
         Only then: a network error or a deleted study (404 "Unknown resource") is not a configuration problem.
         """
         try:
-            self._request("PUT", f"/studies/{study_id}/metadata/{SYNC_METADATA}", data=json.dumps(record))
+            self._request("PUT", f"/studies/{_path_id(study_id)}/metadata/{SYNC_METADATA}", data=json.dumps(record))
         except OrthancError as error:
             if error.status != 404 or error.orthanc_status != INEXISTENT_ITEM:
                 raise
@@ -289,7 +289,7 @@ class OrthancClient:
         return deleted
 
     def delete_series(self, series_id: str) -> None:
-        self._request("DELETE", f"/series/{series_id}", allow=(404,))  # already gone is as good
+        self._request("DELETE", f"/series/{_path_id(series_id)}", allow=(404,))  # already gone is as good
 
     def store(self, dataset: Dataset) -> None:
         """STOW-RS one instance to the DICOMweb root."""
@@ -384,6 +384,20 @@ def _answer_limit(response: requests.Response, config: PacsSyncConfig) -> int:
     multi-frame object, a JSON answer never needs as much."""
     is_file = urlsplit(response.url).path.endswith("/file")
     return config.max_instance_bytes if is_file else config.max_answer_bytes
+
+
+_ORTHANC_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _path_id(value: str) -> str:
+    """An Orthanc resource ID for a URL path. Orthanc's are hex and dashes; one with other characters (``../``,
+    ``?``, ``#``, ``%2F``) would steer the request elsewhere (``DELETE /series/../studies/x``): a hostile or broken
+    answer, refused."""
+    if not _ORTHANC_ID.fullmatch(value):
+        raise OrthancAnswerError(
+            "Orthanc named a resource by an ID that is not one (characters other than letters, digits, dashes)"
+        )
+    return value
 
 
 def _read_body(response: requests.Response, max_bytes: int, seconds: float) -> bytes:

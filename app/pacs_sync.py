@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 TRIGGERS_STABLE = frozenset({"StableSeries"})
 TRIGGERS_UNSTABLE = frozenset({"StableSeries", "NewInstance"})
+MAX_CHANGE_PAGES_PER_PASS = 1000
+"""Pages of the change log one pass reads (100 changes each): a busy Orthanc's backlog takes a few passes, and one
+whose log never says Done cannot keep the due retries from their turn."""
 
 
 class SettingsLike(Protocol):
@@ -150,7 +153,8 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
 
     Orthanc's ``Last`` below the bookmark on an empty page means its change log started again (a new database, a
     restore): the log is then read from the start, once per pass, rather than waiting, blind, for the old number.
-    A page that is not the last but does not move past the bookmark ends the reading, so the pass always ends.
+    A page that is not the last but does not move past the bookmark ends the reading, and so do
+    `MAX_CHANGE_PAGES_PER_PASS` pages (a log that advances but never says Done), so the pass always ends.
     """
     client = studies.client
     triggers = TRIGGERS_STABLE if client.config.require_stable else TRIGGERS_UNSTABLE
@@ -158,6 +162,7 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
     looked_at: set[str] = set()
     restarted = False
     unresolved = list(state.unresolved)  # those of earlier passes: a change that failed now waits for the next
+    pages = 0
     while True:
         since = state.last_change
         page = client.changes(since)
@@ -183,6 +188,13 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
         with suppress(SyncStateWriteError):
             state.save()
         if page["Done"] or not page["Changes"]:
+            break
+        pages += 1
+        if pages >= MAX_CHANGE_PAGES_PER_PASS:  # a log that never says Done: the retries due must get their turn
+            logger.warning(
+                "orthanc change log not done after the pages one pass reads; the rest is read at the next pass",
+                extra={"fields": {"pages": pages, "bookmark": state.last_change}},
+            )
             break
         if page["Last"] <= since:
             logger.error(

@@ -22,6 +22,7 @@ import pydicom
 import pytest
 import requests
 
+from app import pacs_sync
 from app.dicom_seg import MANUFACTURER
 from app.inference import SlicePrediction
 from app.orthanc_client import (
@@ -585,3 +586,35 @@ def test_a_study_whose_record_orthanc_refuses_is_not_analysed_again_without_end(
     state.path = tmp_path / "state.json"
     state.save()
     assert SyncState.load(state.path).unrecorded_failures == state.unrecorded_failures  # survives a restart
+
+
+@pytest.mark.parametrize("resource_id", ["../studies/st1", "s1?since=0", "s1#frag", "..", "%2e%2e", "s1/../../x"])
+def test_an_orthanc_id_that_would_steer_the_request_is_refused_and_nothing_sent(resource_id: str) -> None:
+    """attack25b: IDs went into URL paths raw and dot segments were resolved: `delete_series("../studies/st1")` sent
+    `DELETE /studies/st1`, and `GET /series/../../tools/reset` became `GET /tools/reset`."""
+    session = CannedSession({})
+    client = OrthancClient(PacsSyncConfig("http://orthanc.invalid", retries=0), session=session)
+
+    for call in (client.delete_series, client.series, client.study, client.instance_file, client.study_series):
+        with pytest.raises(OrthancAnswerError, match="an ID that is not one"):
+            call(resource_id)
+
+    assert session.calls == []
+
+
+def test_a_change_log_that_advances_but_never_says_done_ends_the_pass(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """attack25b: a log that moved on by one change a page and never said Done kept one pass reading for ever
+    (1,490 pages in 20 s), and the retries due never ran. A pass now reads at most MAX_CHANGE_PAGES_PER_PASS pages."""
+    monkeypatch.setattr(pacs_sync, "MAX_CHANGE_PAGES_PER_PASS", 5)
+    session = ScriptedSession(
+        lambda since: {"Changes": [{"ChangeType": "NewPatient", "Seq": since + 1}], "Done": False, "Last": since + 1}
+    )
+    state = SyncState()
+
+    report = sync_once(StudySync(OrthancClient(CANNED, session=session), analyser=None), state)  # type: ignore[arg-type]
+
+    assert report == SyncReport()
+    assert session.since == [0, 1, 2, 3, 4] and state.last_change == 5  # the next pass goes on from there
+    assert any(line.startswith("orthanc change log not done after the pages") for line in logged(caplog))
