@@ -256,6 +256,17 @@ def test_read_metrics_counts_requests_by_endpoint_and_status(client: TestClient)
     assert counter_delta(client, good, "brain_tumor_http_request_duration_seconds_count", status="200", **labels) == 1
 
 
+def test_read_metrics_labels_methods_the_service_does_not_serve_as_other(client: TestClient) -> None:
+    """attack25b: each of the ~35 methods the HTTP parser takes (MKCALENDAR, SOURCE ...) became a label value, without
+    a key: a sweep grew every scrape from 19 KB to 1 MB."""
+    for method in ("MKCALENDAR", "SOURCE", "PROPFIND"):
+        client.request(method, "/v1/predict")
+    text = client.get("/metrics").text
+
+    assert "MKCALENDAR" not in text and "SOURCE" not in text and "PROPFIND" not in text
+    assert 'method="other"' in text
+
+
 def test_read_metrics_times_each_model(client: TestClient) -> None:
     def good() -> None:
         assert client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).status_code == 200
