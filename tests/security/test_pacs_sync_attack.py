@@ -34,7 +34,7 @@ from app.orthanc_client import (
     OrthancError,
     PacsSyncConfig,
 )
-from app.pacs_study import StudySync
+from app.pacs_study import MAX_MR_SERIES, StudySync
 from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
@@ -618,3 +618,26 @@ def test_a_change_log_that_advances_but_never_says_done_ends_the_pass(
     assert report == SyncReport()
     assert session.since == [0, 1, 2, 3, 4] and state.last_change == 5  # the next pass goes on from there
     assert any(line.startswith("orthanc change log not done after the pages") for line in logged(caplog))
+
+
+def test_a_study_of_thousands_of_mr_series_fails_before_any_file_is_fetched() -> None:
+    """attack25b: the first file of every MR series was fetched and parsed to choose among them, outside the study's
+    byte budget: 5,000 one-instance series took 38 s and +248 MiB, at every retry."""
+    series = [
+        {"ID": f"s{index}", "Instances": [f"i{index}"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+        for index in range(MAX_MR_SERIES + 1)
+    ]
+    session = CannedSession(
+        {
+            "GET /studies/st1": [json_answer({"ID": "st1"})],
+            "GET /studies/st1/series": [json_answer(series)],
+            f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({})],
+        }
+    )
+    client = OrthancClient(PacsSyncConfig("http://orthanc.invalid", retries=0), session=session)
+
+    outcome = StudySync(client, ModelStudyProcessor(NegativePredictor()), clock=lambda: 0.0).process("st1", SyncState())  # type: ignore[arg-type]
+
+    assert outcome == "failed"
+    assert not [call for call in session.calls if call.endswith("/file")]
+    assert written_records(session) == 1
