@@ -1,4 +1,6 @@
-"""Dependencies run one way: `app` -> `app.core` <- `training`, so the service image ships without `training/`.
+"""Dependencies run one way: `app` -> `app.core` <- `training`, so the service image ships without `training/`; and
+only the HTTP edge (`app/main.py`, `app/api/`) knows the web framework: the rest raises domain errors that
+`app/api/handlers.py` maps to HTTP statuses.
 
 Walks every module's imports (top level and inside functions) with `ast`, without importing anything.
 """
@@ -80,3 +82,18 @@ def test_packages_depend_one_way() -> None:
     edges = {(group(source), group(target)) for source, targets in GRAPH.items() for target in targets}
     crossing = {(source, target) for source, target in edges if source != target}
     assert crossing == {("app", "core"), ("training", "core")}
+
+
+WEB_FRAMEWORKS = ("fastapi", "starlette")
+
+
+def is_web_edge(module: str) -> bool:
+    return module == "app.main" or module == "app.api" or module.startswith("app.api.")
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "app").rglob("*.py")), ids=module_name)
+def test_only_the_web_edge_imports_fastapi_or_starlette(path: Path) -> None:
+    if is_web_edge(module_name(path)):
+        pytest.skip("the HTTP edge")
+    web = sorted(name for name in imported_modules(path) if name.split(".")[0] in WEB_FRAMEWORKS)
+    assert not web, f"{module_name(path)} imports {web}: only app/main.py and app/api/ may"
