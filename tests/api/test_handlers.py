@@ -1,10 +1,10 @@
-"""`app.api.handlers`: every domain error has a row in the code table, and becomes its status with the whole body."""
+"""`app.api.handlers`: every domain error has a row in the error catalogue (`app.api.openapi_docs.ERROR_CATALOGUE`,
+the one table of codes), and becomes its status with the whole body."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import pytest
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from app import errors
 from app.api import handlers
+from app.api.openapi_docs import ERROR_CATALOGUE
 
 
 def all_service_errors() -> list[type[errors.ServiceError]]:
@@ -25,8 +26,7 @@ def all_service_errors() -> list[type[errors.ServiceError]]:
 
 
 def code_table() -> dict[str, int]:
-    rows = re.findall(r"^\| (\w+)\s*\| (\d{3})\s*\|", handlers.__doc__ or "", flags=re.MULTILINE)
-    return {code: int(status) for code, status in rows}
+    return {entry.code: entry.status for entry in ERROR_CATALOGUE}
 
 
 def request() -> Request:
@@ -37,7 +37,10 @@ def body_of(response) -> dict:
     return json.loads(response.body)
 
 
-@pytest.mark.parametrize("error_class", all_service_errors(), ids=lambda cls: cls.code)
+# file_unreadable is the CLI's, for a local path it cannot read: no HTTP answer carries it.
+@pytest.mark.parametrize(
+    "error_class", [cls for cls in all_service_errors() if cls.code != "file_unreadable"], ids=lambda cls: cls.code
+)
 def test_every_domain_error_has_its_status_in_the_code_table(error_class: type[errors.ServiceError]) -> None:
     assert code_table()[error_class.code] == handlers.STATUS_BY_KIND[error_class.kind]
 
