@@ -130,27 +130,31 @@ def jpeg2000_pixel_data(*fragments: bytes) -> bytes:
     return b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
-def siz_codestream(side: int, tile: int | None = None) -> bytes:
+def siz_codestream(side: int, tile: int | None = None, components: int = 1, bits: int = 8) -> bytes:
     """The start of a JPEG 2000 codestream: SOC and a SIZ of a `side` x `side` image in `tile` x `tile` tiles (one
-    tile by default), of one 8-bit component."""
+    tile by default), of `components` components of `bits` bits (no subsampling)."""
     tile = tile or side
     return (
-        b"\xff\x4f\xff\x51\x00\x29\x00\x00"
+        b"\xff\x4f\xff\x51"
+        + struct.pack(">HH", 38 + 3 * components, 0)
         + struct.pack(">IIIIIIII", side, side, 0, 0, tile, tile, 0, 0)
-        + b"\x00\x01\x07\x01\x01"  # Csiz 1; Ssiz 8 bits unsigned, no subsampling
+        + struct.pack(">H", components)
+        + bytes([bits - 1, 1, 1]) * components
+    )
+
+
+def jp2_file(*boxes: tuple[bytes, bytes]) -> bytes:
+    """A JP2 file: its signature and file-type boxes, then `boxes` as (type, content)."""
+    return (
+        b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+        + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
+        + b"".join(struct.pack(">I", 8 + len(content)) + kind + content for kind, content in boxes)
     )
 
 
 def test_a_later_frame_wrapped_as_a_jp2_file_is_size_checked_too() -> None:
     """OpenJPEG also decodes a JP2 file; frame 2 wrapped as one used to escape the check that frame 1 gets."""
-    codestream = siz_codestream(16384, 16384)
-    jp2 = (
-        b"\x00\x00\x00\x0cjP  \r\n\x87\n"
-        + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
-        + struct.pack(">I", 8 + len(codestream))
-        + b"jp2c"
-        + codestream
-    )
+    jp2 = jp2_file((b"jp2c", siz_codestream(16384, 16384)))
     data = jpeg2000_pixel_data(siz_codestream(64, 64), jp2)
 
     with pytest.raises(InvalidDicomImageError, match="fragment 2 holds a 16384x16384 codestream"):
@@ -196,17 +200,6 @@ def test_a_jpeg2000_codestream_of_tens_of_thousands_of_tiles_is_refused_before_d
     check_codestreams(jpeg2000_pixel_data(siz_codestream(512, 512)), 0, JPEG2000Lossless, 512, 512)  # one tile
 
 
-def jpeg2000_siz(side: int, components: int = 1, bits: int = 8) -> bytes:
-    """SOC and a SIZ of a `side` x `side` one-tile image of `components` components of `bits` bits."""
-    return (
-        b"\xff\x4f\xff\x51"
-        + struct.pack(">HH", 38 + 3 * components, 0)
-        + struct.pack(">IIIIIIII", side, side, 0, 0, side, side, 0, 0)
-        + struct.pack(">H", components)
-        + bytes([bits - 1, 1, 1]) * components
-    )
-
-
 def test_a_codestream_with_samples_wider_than_bits_allocated_is_refused() -> None:
     """attack25b: a 16-bit (or 12-bit) JPEG 2000 or JPEG-LS codestream under an 8-bit header was decoded with its
     high bits cut (values modulo 256): a tumor slice answered "no tumor" (p 0.036 instead of 0.994), and the DICOM
@@ -215,8 +208,8 @@ def test_a_codestream_with_samples_wider_than_bits_allocated_is_refused() -> Non
         with pytest.raises(
             InvalidDicomImageError, match=f"holds {bits}-bit samples but the header says BitsAllocated 8"
         ):
-            check_codestreams(jpeg2000_pixel_data(jpeg2000_siz(64, bits=bits)), 0, JPEG2000Lossless, 64, 64, 1, 8)
-    check_codestreams(jpeg2000_pixel_data(jpeg2000_siz(64, bits=12)), 0, JPEG2000Lossless, 64, 64, 1, 16)  # fits
+            check_codestreams(jpeg2000_pixel_data(siz_codestream(64, bits=bits)), 0, JPEG2000Lossless, 64, 64, 1, 8)
+    check_codestreams(jpeg2000_pixel_data(siz_codestream(64, bits=12)), 0, JPEG2000Lossless, 64, 64, 1, 16)  # fits
     jpeg_ls = b"\xff\xd8\xff\xf7\x00\x0b\x10\x00\x40\x00\x40\x01\x01\x11\x00"  # SOI, SOF55: 16-bit, 64x64, 1 component
     with pytest.raises(InvalidDicomImageError, match="holds 16-bit samples but the header says BitsAllocated 8"):
         check_codestreams(jpeg2000_pixel_data(jpeg_ls), 0, JPEGLSLossless, 64, 64, 1, 8)
@@ -225,23 +218,13 @@ def test_a_codestream_with_samples_wider_than_bits_allocated_is_refused() -> Non
 def test_a_jpeg2000_codestream_of_many_components_is_refused_before_decoding() -> None:
     """attack25b: Csiz was never read; OpenJPEG allocated 2,048 components of a 7.4 KB file (+657 MiB)."""
     with pytest.raises(InvalidDicomImageError, match="codestream of 2048 components but the header says"):
-        check_codestreams(jpeg2000_pixel_data(jpeg2000_siz(256, components=2048)), 0, JPEG2000Lossless, 256, 256)
+        check_codestreams(jpeg2000_pixel_data(siz_codestream(256, components=2048)), 0, JPEG2000Lossless, 256, 256)
 
 
 def test_a_jp2_file_is_checked_on_its_codestream_box_not_on_a_decoy_before_it() -> None:
     """attack25b: a SIZ of the header's size inside an earlier box (XML here) passed the size check, and OpenJPEG
     decoded the `jp2c` box's 16384x16384 codestream (+1 GiB from a 1.4 KB file)."""
-    decoy, real = jpeg2000_siz(256), jpeg2000_siz(16384)
-    jp2 = (
-        b"\x00\x00\x00\x0cjP  \r\n\x87\n"
-        + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
-        + struct.pack(">I", 8 + len(decoy))
-        + b"xml "
-        + decoy
-        + struct.pack(">I", 8 + len(real))
-        + b"jp2c"
-        + real
-    )
+    jp2 = jp2_file((b"xml ", siz_codestream(256)), (b"jp2c", siz_codestream(16384)))
     with pytest.raises(InvalidDicomImageError, match="holds a 16384x16384 codestream"):
         check_codestreams(jpeg2000_pixel_data(jp2), 0, JPEG2000Lossless, 256, 256)
 
