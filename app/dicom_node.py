@@ -33,7 +33,7 @@ How a study flows through it:
    for a destination taken out of ``DICOM_NODE_DESTINATIONS`` are dropped at start (logged, kept in the record as
    "dropped"), so they no longer keep the study from being purged.
 5. **Forget.** Instances and results of a study whose results were all delivered are removed after
-   `SpoolLimits.retention_seconds`; its record stays.
+   `SpoolLimits.retention_seconds`; its record stays until `SpoolLimits.record_retention_seconds`.
 
 Defences against a sender that misbehaves: instances over the size limit (for a deflated one, once inflated), or
 that would overfill the spool or the disk, or start one study too many waiting for analysis, are refused with Out of
@@ -198,7 +198,7 @@ _FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's m
 # "error" run's retry, at most `max_attempts`) marks it pending again.
 FINAL_STATUSES = ("analysed",)
 OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
-PURGE_EVERY_SECONDS = 300.0
+PURGE_EVERY_SECONDS = 3600.0  # retention is set in hours; the walk reads every study folder
 RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
 IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
@@ -279,6 +279,7 @@ class NodeConfig:
                 min_free_bytes=settings.dicom_node_min_free_bytes,
                 retention_seconds=settings.dicom_node_retention_hours * 3600.0,
                 max_pending_studies=settings.dicom_node_max_pending_studies,
+                record_retention_seconds=settings.dicom_node_record_retention_days * 24 * 3600.0,
             ),
             "receive_memory_bytes": settings.dicom_node_receive_memory_bytes,
         }
@@ -530,7 +531,7 @@ class DicomNode:
 
     def _process_and_purge(self) -> None:
         self.process_ready()
-        if self.clock() - self._last_purge >= PURGE_EVERY_SECONDS:  # a walk over every study: not every second
+        if self.clock() - self._last_purge >= PURGE_EVERY_SECONDS:
             self._last_purge = self.clock()
             self.purge_expired()
 

@@ -23,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from app.dicom_spool import RECORD_FILE, UNSENT_MARKER, WAITING_STATUSES, Spool, results_waiting, timestamp
+from app.dicom_spool import RECORD_FILE, WAITING_STATUSES, Spool, results_waiting, timestamp
 from app.settings import AE_TITLE_RULE, is_ae_title
 
 logger = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ class ResultDelivery:
                 continue
             if self._removed_destinations(record):  # written only then: the record's time counts to its purge
                 record = self.spool.update_record(key, self._drop_removed_destinations(key))
-            marked = (record_file.parent / UNSENT_MARKER).exists()
+            marked = self.spool.is_unsent(key)
             if results_waiting(record) and not marked:
                 self.spool.mark_unsent(key)
                 restored += 1
@@ -288,8 +288,7 @@ class ResultDelivery:
         has passed; return runs tried."""
         chosen = self.destinations if destinations is None else tuple(destinations)
         tried = 0
-        for marker in sorted((self.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")):
-            key = marker.parent.name
+        for key in self.spool.unsent_studies():
             try:
                 tried += self._send_study(key, chosen)
             except Exception:  # one study's problem must not hold up the others; logged with its traceback

@@ -1,8 +1,10 @@
 """The DICOM node's spool on disk: received instances, pending studies, records of runs, results and sends.
 
-Layout under the spool directory: ``studies/<key>/instances/*.dcm`` (instances as received), ``studies/<key>/pending``
-(its modification time is the study's last arrival), ``studies/<key>/unsent`` (results a destination still lacks),
-``studies/<key>/record.json`` (every run), ``studies/<key>/results/<run>/`` and ``sent.jsonl``. Instances, records and
+Layout under the spool directory: ``studies/<key>/instances/*.dcm`` (instances as received),
+``studies/<key>/record.json`` (every run), ``studies/<key>/results/<run>/``, ``sent.jsonl``, and two folders of empty
+marker files: ``pending/<key>`` (its modification time is the study's last arrival) and ``unsent/<key>`` (results a
+destination still lacks). The markers have folders of their own so that the passes that look for them every second
+read a folder as long as the work waiting, not one entry per study the node ever received. Instances, records and
 results are written to a temporary file, flushed to disk and renamed into place, and ``sent.jsonl`` is flushed after
 each line, so a node killed at any point has lost nothing it acknowledged. Studies are named by a hash of their
 Patient ID and Study Instance UID (`study_key`): no DICOM attribute shows in paths or logs, and two patients whose
@@ -10,7 +12,8 @@ studies share a Study Instance UID (a UID generator's fault, or a re-identified 
 
 The spool is bounded: `SpoolLimits` caps one instance, the spool's total size and the disk space it leaves free, and
 `purge_expired` removes the instances and results of studies whose results were all delivered long enough ago
-(their ``record.json`` stays: a re-send of the same instances is still recognised and not processed again).
+(their ``record.json`` stays for `SpoolLimits.record_retention_seconds`: a re-send of the same instances is still
+recognised and not processed again), and then the whole study, so the spool does not grow with every study for ever.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from app.dicom_seg import part10_bytes
 
 logger = logging.getLogger(__name__)
 
-PENDING_MARKER = "pending"
-UNSENT_MARKER = "unsent"
+PENDING_DIR = "pending"
+UNSENT_DIR = "unsent"
 RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
 WAITING_STATUSES = ("pending", "failed")
@@ -53,15 +56,18 @@ class SpoolFullError(Exception):
 
 @dataclass(frozen=True)
 class SpoolLimits:
-    """How much the spool may hold: the largest instance, the whole spool, the disk space it must leave free, and the
+    """How much the spool may hold: the largest instance, the whole spool, the disk space it must leave free, the
     studies waiting for analysis (a sender that makes up studies faster than the node analyses them would otherwise
-    queue work without end, and a real study would wait behind all of it)."""
+    queue work without end, and a real study would wait behind all of it), and how long a settled study keeps its
+    instances and results (`retention_seconds`) and its record (`record_retention_seconds`, counted from the same
+    moment: the record's last change)."""
 
     max_instance_bytes: int = 128 * MIB
     max_spool_bytes: int = 20 * 1024 * MIB
     min_free_bytes: int = 1024 * MIB
     retention_seconds: float = 7 * 24 * 3600.0
     max_pending_studies: int = 1000
+    record_retention_seconds: float = 365 * 24 * 3600.0
 
 
 def study_key(study_instance_uid: str, patient_id: str = "") -> str:
@@ -87,9 +93,19 @@ class Spool:
     _unreadable: set[str] = field(default_factory=set, repr=False)  # studies whose unreadable record was logged
 
     def __post_init__(self) -> None:
-        (self.root / "studies").mkdir(parents=True, exist_ok=True)
         studies = self.root / "studies"
+        for directory in (studies, self.root / PENDING_DIR, self.root / UNSENT_DIR):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._move_markers_out_of_study_folders()
         self._size = sum(path.stat().st_size for path in studies.glob("*/*/**/*.dcm") if path.is_file())
+
+    def _move_markers_out_of_study_folders(self) -> None:
+        """A spool written before the marker folders kept ``studies/<key>/pending`` and ``studies/<key>/unsent``:
+        moved into place (a rename keeps the arrival time), once, when the node starts."""
+        for marker_dir in (PENDING_DIR, UNSENT_DIR):
+            for marker in (self.root / "studies").glob(f"*/{marker_dir}"):
+                if marker.is_file():
+                    os.replace(marker, self.root / marker_dir / marker.parent.name)
 
     @property
     def size_bytes(self) -> int:
@@ -140,8 +156,11 @@ class Spool:
             raise
         return key
 
+    def _marker(self, marker_dir: str, key: str) -> Path:
+        return self.root / marker_dir / key
+
     def touch_pending(self, key: str, at: float | None = None) -> None:
-        marker = self.study_dir(key) / PENDING_MARKER
+        marker = self._marker(PENDING_DIR, key)
         with self._lock:
             marker.touch()
             now = self.clock() if at is None else at
@@ -150,23 +169,23 @@ class Spool:
     def pending_since(self, key: str) -> float | None:
         """Time of the last arrival of one study, or None when it is not pending."""
         try:
-            return (self.study_dir(key) / PENDING_MARKER).stat().st_mtime
+            return self._marker(PENDING_DIR, key).stat().st_mtime
         except FileNotFoundError:
             return None
 
     def pending_studies(self) -> dict[str, float]:
         """Study key -> time of its last arrival, for every study with a pending marker."""
         found = {}
-        for marker in (self.root / "studies").glob(f"*/{PENDING_MARKER}"):
+        for marker in (self.root / PENDING_DIR).iterdir():
             try:
-                found[marker.parent.name] = marker.stat().st_mtime
+                found[marker.name] = marker.stat().st_mtime
             except FileNotFoundError:  # cleared meanwhile
                 continue
         return found
 
     def clear_pending(self, key: str, seen_mtime: float) -> bool:
         """Remove the marker unless an instance arrived since `seen_mtime`; True if removed."""
-        marker = self.study_dir(key) / PENDING_MARKER
+        marker = self._marker(PENDING_DIR, key)
         with self._lock:
             try:
                 if marker.stat().st_mtime != seen_mtime:
@@ -245,7 +264,14 @@ class Spool:
         return paths
 
     def mark_unsent(self, key: str) -> None:
-        (self.study_dir(key) / UNSENT_MARKER).touch()
+        self._marker(UNSENT_DIR, key).touch()
+
+    def is_unsent(self, key: str) -> bool:
+        return self._marker(UNSENT_DIR, key).exists()
+
+    def unsent_studies(self) -> list[str]:
+        """Keys of the studies with results a destination still lacks, in key order."""
+        return sorted(marker.name for marker in (self.root / UNSENT_DIR).iterdir())
 
     def clear_unsent_if_all_sent(self, key: str) -> None:
         """Remove the study's unsent marker once its record has nothing left to send.
@@ -254,27 +280,46 @@ class Spool:
         """
         with self._record_lock:
             if not results_waiting(self.read_record(key)):
-                (self.study_dir(key) / UNSENT_MARKER).unlink(missing_ok=True)
+                self._marker(UNSENT_DIR, key).unlink(missing_ok=True)
 
     def purge_expired(self, now: float) -> list[str]:
-        """Remove instances and results of studies that are settled (nothing pending, nothing left to send) and
-        whose last run finished `retention_seconds` ago; return their keys. Their records stay."""
+        """Remove what settled studies (nothing pending, nothing left to send) no longer need; return their keys.
+
+        Counted from the record's last change (the last run or delivery): after `retention_seconds` the instances and
+        results go, after `record_retention_seconds` the study's folder with its record (the same instances sent
+        again are then analysed as a new study).
+        """
         purged = []
         for directory in sorted((self.root / "studies").iterdir()):
-            if (directory / PENDING_MARKER).exists() or (directory / UNSENT_MARKER).exists():
+            key = directory.name
+            settled_for = self._settled_for(key, now)
+            if settled_for < self.limits.retention_seconds:
                 continue
-            if not (directory / "instances").exists() and not (directory / "results").exists():
-                continue
-            record_file = directory / RECORD_FILE
-            if not record_file.exists() or now - record_file.stat().st_mtime < self.limits.retention_seconds:
+            parts = [directory / part for part in ("instances", "results") if (directory / part).exists()]
+            if settled_for >= self.limits.record_retention_seconds:
+                parts = [directory]
+            if not parts:
                 continue
             with self._size_lock:  # no instance is stored meanwhile
-                if (directory / PENDING_MARKER).exists():
+                if self._marker(PENDING_DIR, key).exists():
                     continue
-                for part in ("instances", "results"):
-                    self._remove_tree(directory / part)
-            purged.append(directory.name)
+                for part in parts:
+                    self._remove_tree(part)
+            purged.append(key)
         return purged
+
+    def _settled_for(self, key: str, now: float) -> float:
+        """Seconds since the record of a settled study last changed; 0 for a study pending, unsent or unrecorded.
+
+        The record's age first: most studies are younger than the retention, and need no look at the markers.
+        """
+        try:
+            age = now - (self.study_dir(key) / RECORD_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+        if age < self.limits.retention_seconds or self._marker(PENDING_DIR, key).exists() or self.is_unsent(key):
+            return 0.0
+        return age
 
     def _remove_tree(self, directory: Path) -> None:
         if not directory.exists():

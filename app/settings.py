@@ -304,6 +304,12 @@ class Settings(BaseSettings):
         gt=0,
         description="instances and results of a study whose results were all delivered are removed this long after",
     )
+    dicom_node_record_retention_days: float = Field(
+        default=365.0,
+        gt=0,
+        description="the record of such a study (which recognises the same instances sent again) is removed this "
+        "long after its last run or delivery, and never before its instances",
+    )
 
     @field_validator(
         "api_keys",

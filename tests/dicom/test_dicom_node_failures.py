@@ -21,7 +21,7 @@ from pydicom.uid import SegmentationStorage
 
 from app.dicom_node import RECEIVE_MEMORY_FULL, DicomNode, NodeConfig
 from app.dicom_sender import Destination
-from app.dicom_spool import MIB, UNSENT_MARKER, SpoolLimits
+from app.dicom_spool import MIB, SpoolLimits
 from app.logging_config import REDACTED, JsonFormatter
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import PATIENT_ID, Study, mr_series, tumor_channels, write_files
@@ -75,7 +75,8 @@ def test_results_are_sent_after_a_stop_between_the_record_and_its_unsent_marker(
     assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
     assert len(process_ready(node)) == 1
-    (marker,) = (node.spool.root / "studies").glob(f"*/{UNSENT_MARKER}")
+    (key,) = node.spool.unsent_studies()
+    marker = node.spool.root / "unsent" / key
     marker.unlink()  # as if the node had died after writing the record, before marking it
     node.stop()
 
@@ -310,6 +311,7 @@ def test_spool_limits_come_from_the_settings(tmp_path: Path) -> None:
         dicom_node_max_spool_bytes=100 * MIB,
         dicom_node_min_free_bytes=0,
         dicom_node_retention_hours=2,
+        dicom_node_record_retention_days=30,
         dicom_node_max_associations=4,
         dicom_node_association_timeout_seconds=5,
         dicom_node_send_timeout_seconds=7,
@@ -319,7 +321,9 @@ def test_spool_limits_come_from_the_settings(tmp_path: Path) -> None:
 
     config = NodeConfig.from_settings(settings)
 
-    assert config.spool_limits == SpoolLimits(2 * MIB, 100 * MIB, 0, 7200.0, max_pending_studies=5)
+    assert config.spool_limits == SpoolLimits(
+        2 * MIB, 100 * MIB, 0, 7200.0, max_pending_studies=5, record_retention_seconds=30 * 24 * 3600.0
+    )
     assert config.receive_memory_bytes == 8 * MIB
     assert (config.max_associations, config.association_timeout_seconds, config.send_timeout_seconds) == (4, 5, 7)
 

@@ -264,7 +264,7 @@ def test_second_send_of_the_same_series_adds_nothing_to_orthanc(
 
     again = storescu(node.port, delivered.files)
     assert again.returncode == 0, again.stderr
-    pending = node.study_dir(study_uid) / "pending"
+    pending = node.spool_dir / "pending" / node.study_dir(study_uid).name
     wait_for(lambda: not pending.exists(), QUIET_SECONDS + 60, "the node done with the second send")
     time.sleep(1.0)  # anything it were to send would be under way by now
 

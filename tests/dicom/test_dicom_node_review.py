@@ -20,7 +20,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from app.dicom_node import DicomNode, NodeConfig, without_found_values
 from app.dicom_sender import Destination
-from app.dicom_spool import UNSENT_MARKER, SpoolLimits
+from app.dicom_spool import SpoolLimits
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import PATIENT_ID, mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (
@@ -88,7 +88,7 @@ def test_a_study_whose_record_is_unreadable_holds_up_no_other_study(
         assert process_and_send(node) == []
 
     assert healthy != study.name and len(results.by_modality("SEG")) == 2
-    assert (study / "pending").exists()  # processed once the record is repaired
+    assert node.spool.pending_since(study.name) is not None  # processed once the record is repaired
     (logged,) = lines(node_log, "study record unreadable: study skipped until it is repaired")  # once, not per pass
     assert logged.fields == {"study_key": study.name, "error": "JSONDecodeError"}
     assert not lines(node_log, "DICOM node pass failed")
@@ -335,7 +335,7 @@ def test_each_destination_sent_on_its_own_records_only_its_own_state(
             map(str, destinations), "sent"
         )
         assert len(results.received) == len(other.received) == 2
-        assert not list((node.spool.root / "studies").glob(f"*/{UNSENT_MARKER}"))
+        assert node.spool.unsent_studies() == []
     finally:
         node.stop()
         other.close()
@@ -357,7 +357,7 @@ def test_results_for_a_removed_destination_are_dropped_so_the_study_is_purged(
     restarted = make_node(spool_limits=SpoolLimits(retention_seconds=60))  # DICOM_NODE_DESTINATIONS changed
 
     (study,) = study_dirs(restarted)
-    assert not (study / UNSENT_MARKER).exists()
+    assert not restarted.spool.is_unsent(study.name)
     (state,) = record(restarted)["runs"][0]["sent"].values()
     assert state["status"] == "dropped"
     (logged,) = lines(node_log, "results dropped: their destination is no longer configured")

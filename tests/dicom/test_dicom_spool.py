@@ -1,0 +1,109 @@
+"""The spool as it fills with studies over months (attack25b finding 6).
+
+The node kept its pending and unsent markers inside each study's folder and found them by listing every study the
+spool ever held, every second, and kept a record per study for ever: with 50,000 settled studies an idle node used
+65 % of a core and a new study's first C-STORE took 1.2-1.9 s. The markers now have folders of their own, and a
+settled study's record expires. `python -m bench.spool_scale` measures the passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.dicom_node import DicomNode
+from app.dicom_spool import Spool, SpoolLimits, study_key
+from tests.dicom.builders import mr_series, tumor_channels, write_files
+from tests.dicom.node_support import QUIET_SECONDS, Clock, ResultStore, process_and_send, storescu
+
+DAY_SECONDS = 24 * 3600.0
+
+
+def settled_studies(root: Path, count: int) -> None:
+    """`count` study folders as the retention purge leaves them: a record, no instances, no marker."""
+    for index in range(count):
+        directory = root / "studies" / study_key(f"1.2.3.{index}", "someone")
+        directory.mkdir(parents=True)
+        (directory / "record.json").write_text(json.dumps({"runs": [{"status": "analysed", "sent": {}}]}))
+
+
+def test_the_passes_run_every_second_do_not_list_the_studies(
+    make_node: Any, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node: DicomNode = make_node(destination_port=1)  # nothing listens: the study's results stay unsent
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "sent")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    assert storescu(node, write_files(mr_series(tumor_channels()[:2]), tmp_path / "arriving")).returncode == 0
+    settled_studies(node.spool.root, 20)
+    listed: list[Path] = []
+    for name in ("scandir", "listdir"):
+        original = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path=".", original=original: listed.append(Path(path)) or original(path))
+
+    node.process_ready()  # the arriving study is not quiet yet: only looked at
+    node.send_unsent()  # the first study's results: looked at, not yet due again
+
+    assert listed and node.spool.root / "studies" not in listed
+
+
+def test_markers_of_a_spool_written_before_the_marker_folders_are_moved_into_them(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    waiting, unsent = (root / "studies" / key for key in ("a" * 24, "b" * 24))
+    for directory in (waiting, unsent):
+        directory.mkdir(parents=True)
+    (waiting / "pending").touch()
+    os.utime(waiting / "pending", (1_000.0, 1_000.0))
+    (unsent / "unsent").touch()
+
+    spool = Spool(root)
+
+    assert spool.pending_studies() == {waiting.name: 1_000.0}  # its last arrival kept
+    assert spool.unsent_studies() == [unsent.name]
+    assert not (waiting / "pending").exists() and not (unsent / "unsent").exists()
+
+
+def test_a_settled_studys_record_expires_and_the_same_instances_are_then_analysed_again(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    limits = SpoolLimits(retention_seconds=7 * DAY_SECONDS, record_retention_seconds=30 * DAY_SECONDS)
+    node = make_node(spool_limits=limits)
+    files = write_files(mr_series(tumor_channels()), tmp_path / "in")
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    (study,) = (node.spool.root / "studies").iterdir()
+
+    clock.now = time.time() + 8 * DAY_SECONDS
+    assert node.purge_expired() == [study.name]
+    assert [path.name for path in study.iterdir()] == ["record.json"]
+    clock.now = time.time() + 29 * DAY_SECONDS
+    assert node.purge_expired() == []
+    clock.now = time.time() + 31 * DAY_SECONDS
+    assert node.purge_expired() == [study.name]
+    assert not study.exists() and node.spool.size_bytes == 0
+
+    assert storescu(node, files).returncode == 0  # sent again a month later
+    clock.advance(QUIET_SECONDS)
+    assert process_and_send(node) == [study.name]
+    assert sorted(dataset.Modality for dataset in results.received) == ["SEG", "SEG", "SR", "SR"]
+
+
+def test_a_study_with_results_still_to_send_outlives_every_retention(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node(destination_port=1, spool_limits=SpoolLimits(retention_seconds=60, record_retention_seconds=60))
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    clock.now = time.time() + 400 * DAY_SECONDS
+
+    assert node.purge_expired() == []
+    assert len(list((node.spool.root / "studies").glob("*/instances/*.dcm"))) == 3
+    assert len(node.spool.unsent_studies()) == 1
