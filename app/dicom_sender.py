@@ -5,6 +5,9 @@
 ``sent.jsonl``), and retries a destination still failing on later passes, waiting longer each time. A destination
 that takes some results and refuses others (say the SEG but not the SR) is sent only the rest on later passes; a
 destination that fails in any way, even one no test foresaw, never holds up the other destinations and studies.
+A destination that cannot be reached at all (down, not answering, rejecting the node's associations) is tried with
+one study per pass, and with no other until that study's backoff has passed: each try costs the retries' waits and
+timeouts, and every study behind it would only fail the same way.
 """
 
 from __future__ import annotations
@@ -65,11 +68,13 @@ class Destination:
 
 @dataclass(frozen=True)
 class SendOutcome:
-    """What one `ResultSender.send` achieved: the files the destination stored, attempts made, last failure."""
+    """What one `ResultSender.send` achieved: the files the destination stored, attempts made, last failure, and
+    whether no attempt had its association accepted (`unreachable`: the destination failed, not these results)."""
 
     stored: tuple[Path, ...]
     attempts: int
     failure: str = ""
+    unreachable: bool = False
 
 
 class ResultSender:
@@ -93,22 +98,24 @@ class ResultSender:
         """Send the files in one association, retrying those not stored; every failure ends up in the outcome."""
         datasets = {path: pydicom.dcmread(path) for path in paths}
         stored: list[Path] = []
-        failure = ""
+        failure, accepted = "", False
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(self.backoff_seconds * 2 ** (attempt - 1))
             remaining = {path: dataset for path, dataset in datasets.items() if path not in stored}
-            stored_now, failure = self._send_once(destination, remaining)
+            stored_now, failure, accepted_now = self._send_once(destination, remaining)
             stored.extend(stored_now)
+            accepted = accepted or accepted_now
             if not failure:
                 return SendOutcome(tuple(stored), attempt + 1)
             logger.warning(
                 "sending results failed", extra={"fields": {"destination": str(destination), "reason": failure}}
             )
-        return SendOutcome(tuple(stored), self.retries + 1, failure)
+        return SendOutcome(tuple(stored), self.retries + 1, failure, unreachable=not accepted)
 
-    def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str]:
-        """One association: (files stored, what failed or ""). A refused file does not stop the others."""
+    def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str, bool]:
+        """One association: (files stored, what failed or "", whether the destination accepted it). A refused file
+        does not stop the others."""
         ae = self._application_entity(datasets.values())
         connection = _Connection()
         started = time.monotonic()
@@ -120,10 +127,11 @@ class ResultSender:
                 evt_handlers=[(evt.EVT_CONN_OPEN, connection.opened)],
             )
         except (OSError, RuntimeError, ValueError) as error:
-            return [], f"association failed ({type(error).__name__})"
+            return [], f"association failed ({type(error).__name__})", False
         if not association.is_established:
             waited = time.monotonic() - started
-            return [], self._not_associated(association, connection.is_open, waited, destination, datasets.values())
+            why = self._not_associated(association, connection.is_open, waited, destination, datasets.values())
+            return [], why, _accepted(association)
         accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
         stored, failures = [], []
         try:
@@ -143,7 +151,7 @@ class ResultSender:
         finally:
             if association.is_established:
                 association.release()
-        return stored, "; ".join(dict.fromkeys(failures))
+        return stored, "; ".join(dict.fromkeys(failures)), True
 
     def _not_associated(
         self,
@@ -164,7 +172,7 @@ class ResultSender:
         if association.is_rejected and answer is not None:
             kind = "permanent" if answer.result == 0x01 else "transient"
             return f"association rejected by the destination ({kind}: {answer.reason_str})"
-        if answer is not None and answer.result == 0x00:
+        if _accepted(association):
             modalities = ", ".join(sorted({str(dataset.get("Modality", "result")) for dataset in datasets}))
             return (
                 "association accepted with no presentation context for the results' SOP classes: does the "
@@ -196,6 +204,13 @@ class _Connection:
 
     def opened(self, event: evt.Event) -> None:
         self.is_open = True
+
+
+def _accepted(association: Association) -> bool:
+    """Whether the destination answered the association request with an A-ASSOCIATE-AC (which may still accept none
+    of the presentation contexts: then it takes none of these results, though another study's might suit it)."""
+    answer = association.acceptor.primitive
+    return answer is not None and answer.result == 0x00
 
 
 def _store(association: Any, dataset: Dataset, accepted: set[str]) -> str:
@@ -232,6 +247,9 @@ class ResultDelivery:
         self.sender = sender
         self.destinations = tuple(destinations)
         self.clock = clock
+        # Destination -> sends in a row that could not reach it, and when to try it again: until then it is
+        # passed over for every study (one thread per destination writes its own entry).
+        self._outages: dict[str, tuple[int, float]] = {}
 
     def restore_unsent_markers(self) -> int:
         """At start: drop what waits for a destination no longer configured, and mark every study whose record
@@ -289,8 +307,11 @@ class ResultDelivery:
         chosen = self.destinations if destinations is None else tuple(destinations)
         tried = 0
         for key in self.spool.unsent_studies():
+            reachable = [destination for destination in chosen if not self._unreachable(destination)]
+            if not reachable:
+                break
             try:
-                tried += self._send_study(key, chosen)
+                tried += self._send_study(key, reachable)
             except Exception:  # one study's problem must not hold up the others; logged with its traceback
                 logger.exception("sending a study's results failed", extra={"fields": {"study_key": key}})
         return tried
@@ -308,6 +329,10 @@ class ResultDelivery:
         self.spool.clear_unsent_if_all_sent(key)
         return tried
 
+    def _unreachable(self, destination: Destination) -> bool:
+        _, until = self._outages.get(str(destination), (0, 0.0))
+        return until > self.clock()
+
     def _due(self, run: dict[str, Any], destination: Destination) -> bool:
         """Whether `destination` still lacks some of the run's results and its backoff has passed."""
         state = run.get("sent", {}).get(str(destination))
@@ -323,7 +348,7 @@ class ResultDelivery:
         folder = self.spool.study_dir(key) / "results" / run["run_id"]
         for destination in self.destinations if destinations is None else destinations:
             state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
-            if state["status"] not in WAITING_STATUSES:
+            if state["status"] not in WAITING_STATUSES or self._unreachable(destination):
                 continue
             missing = [item for item in run["results"] if item["file"] not in state.get("stored", [])]
             if not missing:  # every file was stored in an earlier pass that ended before it was recorded as sent
@@ -335,6 +360,10 @@ class ResultDelivery:
                 logger.exception("sending results failed", extra={"fields": {"destination": str(destination)}})
                 outcome = SendOutcome((), 1, f"not sent ({type(error).__name__})")
             self._record_attempt(key, run, destination, state, missing, outcome)
+
+    def _backoff(self, rounds: int) -> float:
+        """Seconds to wait after `rounds` failed passes: doubling, at most 10 minutes."""
+        return min(600.0, self.sender.backoff_seconds * 2**rounds)
 
     def _record_attempt(
         self,
@@ -351,9 +380,14 @@ class ResultDelivery:
         state["status"] = "sent" if not outcome.failure else "failed"
         state["last_error"] = outcome.failure or None
         state["at"] = timestamp()
-        # Later passes retry a failed destination, waiting longer each time (capped at 10 minutes).
+        # Later passes retry a failed destination, waiting longer each time.
         rounds = state["attempts"] // (self.sender.retries + 1)
-        state["next_attempt_at"] = self.clock() + min(600.0, self.sender.backoff_seconds * 2**rounds)
+        state["next_attempt_at"] = self.clock() + self._backoff(rounds)
+        if outcome.unreachable:  # the same growing wait for the destination, whichever study tried it
+            failed, _ = self._outages.get(str(destination), (0, 0.0))
+            self._outages[str(destination)] = (failed + 1, self.clock() + self._backoff(failed + 1))
+        else:
+            self._outages.pop(str(destination), None)
 
         def update(record: dict[str, Any]) -> None:
             for stored_run in record["runs"]:
