@@ -2,7 +2,8 @@
 
 `plan_series` checks every file's header (`app.dicom_header.read_dicom_header`), chooses the series the models read
 (`app.series_choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
-slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded;
+slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded (the
+last three are `plan_headers`, which the DICOM node's studies also go through before their files are read);
 `decode_series` then decodes the chosen files, and `prepare_inputs` normalises the frames of each series to uint8
 (`normalise_volume`) and groups frames that lie at the same position into one model input (`SliceInput`): alone it
 is FLAIR, three together are pre-contrast, FLAIR, post-contrast in the order the choice gives. `read_series` is all
@@ -118,15 +119,38 @@ def plan_series(
     refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
     rules: SelectionRules | None = None,
 ) -> SeriesPlan:
-    """Read and check the headers of every DICOM file, choose the series, count the slices and the decoding cost;
-    nothing is decoded.
+    """Read and check the headers of every DICOM file (`read_headers`), then choose the series, count the slices and
+    the decoding cost (`plan_headers`); nothing is decoded.
 
-    Order: each file's header (a file that fails yields its error in its place), the series the models read
-    (`choose_series` with `rules`; files of other series are left out of everything that follows), the slices of
-    the chosen files against `max_slices` (default `limits.max_request_slices`), each file's cost, an error in place
-    of a file with the SOP Instance UID of an earlier one, then the request's cost against `limits.max_decode_bytes`
-    (its files are held together, as one series, and decode one after another: what each keeps, and the largest
-    one's working copies).
+    Raises
+    ------
+    ServiceError
+        As `plan_headers`.
+    """
+    return plan_headers(read_headers(uploads, limits), limits, max_slices, refuse_slices, rules)
+
+
+def plan_headers(
+    headers: list[DicomHeader | ServiceError],
+    limits: UploadLimits,
+    max_slices: int | None = None,
+    refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
+    rules: SelectionRules | None = None,
+) -> SeriesPlan:
+    """Choose the series of checked headers, count the slices and the decoding cost; nothing is decoded, and only the
+    headers' data sets and sizes are read, never `DicomHeader.data`.
+
+    Order: the series the models read (`choose_series` with `rules`; files of other series are left out of
+    everything that follows), the slices of the chosen files against `max_slices` (default
+    `limits.max_request_slices`), each file's cost, an error in place of a file with the SOP Instance UID of an
+    earlier one, then the request's cost against `limits.max_decode_bytes` (its files are held together, as one
+    series, and decode one after another: what each keeps, and the largest one's working copies).
+
+    Parameters
+    ----------
+    headers
+        Each file's header, or its error, in request order (`read_headers`). A file refused here gets its error in
+        its place in this list.
 
     Raises
     ------
@@ -136,7 +160,6 @@ def plan_series(
         the budget.
     """
     max_slices = limits.max_request_slices if max_slices is None else max_slices
-    headers = read_headers(uploads, limits)
     choice = choose_series(headers, rules)
     used = choice.used_files
     chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]

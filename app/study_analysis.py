@@ -10,10 +10,13 @@ What it does with a study:
 
 1. read every file's header and choose the series (`app.sequence_selection`); a study without FLAIR is
    "not_analysed" with the reason, and nothing is sent;
-2. read the chosen series' pixels through the flow, which applies the same rules to them
+2. check the chosen series from their headers against the flow's limits (slices, decoding memory), as the flow
+   will (`app.dicom_series.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
+   any file's bytes are read (attack finding 12: 10,000 one-slice instances were all read into memory first);
+3. read the chosen series' pixels through the flow, which applies the same rules to them
    (`app.series_choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
    join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
-3. run the models; build the SEG when a slice is positive (one per positive slice for slices without a Frame of
+4. run the models; build the SEG when a slice is positive (one per positive slice for slices without a Frame of
    Reference, `app.dicom_seg.build_segmentations`) and always the volume report (SR), so that "analysed, no tumor"
    can be told from "never analysed".
 
@@ -31,12 +34,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydicom
 from pydicom.dataset import Dataset
 
+from app.dicom_header import DicomHeader, bits_allocated, garbled_values_refused, image_dimensions
+from app.dicom_series import plan_headers
 from app.dicom_sr import series_volume_report
 from app.errors import ServiceError
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
 from app.sequence_selection import SelectionRules, StudySelection, select_sequences
-from app.uploads import UploadLimits
+from app.series_result import several_slices
+from app.uploads import UploadLimits, check_upload_size
 
 if TYPE_CHECKING:
     from app.inference import Predictor
@@ -71,6 +77,29 @@ class StudyAnalysis:
 StudyProcessor = Callable[[Sequence[Path], Sequence[str]], StudyAnalysis]
 
 
+@dataclass(frozen=True)
+class ChosenFiles:
+    """A study's files once their headers were read (`ModelStudyProcessor.choose_files`).
+
+    Attributes
+    ----------
+    selection
+        The series chosen.
+    paths_by_series
+        The files of the chosen series by Series Instance UID, in channel order, each series in instance order.
+    file_errors
+        Files whose header could not be read, by error code.
+    refusal
+        Why the flow would refuse the chosen series (too many slices, over the memory budget), found from the
+        headers; None when it would take them.
+    """
+
+    selection: StudySelection
+    paths_by_series: dict[str, list[Path]]
+    file_errors: dict[str, int]
+    refusal: ServiceError | None = None
+
+
 class ModelStudyProcessor:
     """`StudyProcessor` on the service's models (see the module docstring)."""
 
@@ -95,6 +124,25 @@ class ModelStudyProcessor:
         )
 
     def __call__(self, files: Sequence[Path], notes: Sequence[str] = ()) -> StudyAnalysis:
+        """Analyse the study held in `files` (the DICOM node's spool); only the chosen series' files are read whole,
+        and only once the flow's limits are known to take them (`choose_files`)."""
+        chosen = self.choose_files(files)
+        if chosen.refusal is not None:
+            summary = _study_summary(
+                chosen.selection, len(files), chosen.file_errors, [*chosen.selection.notes, *notes]
+            )
+            return _failed(chosen.refusal, summary)
+        files_by_series = {uid: [path.read_bytes() for path in paths] for uid, paths in chosen.paths_by_series.items()}
+        return self.analyse(
+            chosen.selection, files_by_series, files=len(files), file_errors=chosen.file_errors, notes=notes
+        )
+
+    def choose_files(self, files: Sequence[Path]) -> ChosenFiles:
+        """Read every file's header, choose the series, and check the chosen ones' size; no file's bytes are read.
+
+        The headers are dropped on return (the flow reads them again from the bytes): a large study's headers are
+        held only while its series are chosen and checked.
+        """
         headers: dict[Path, Dataset] = {}
         file_errors: dict[str, int] = {}
         for path in files:
@@ -103,12 +151,36 @@ class ModelStudyProcessor:
             except Exception:  # unreadable header: counted, never fatal for the rest of the study
                 file_errors["unreadable_header"] = file_errors.get("unreadable_header", 0) + 1
         selection = self.select(headers.values())
-        files_by_series: dict[str, list[bytes]] = {uid: [] for uid in selection.channel_series}
+        by_series: dict[str, list[tuple[Path, Dataset]]] = {uid: [] for uid in selection.channel_series}
         for path, header in sorted(headers.items(), key=lambda item: _instance_order(item[1])):
             series_uid = str(header.get("SeriesInstanceUID", ""))
-            if series_uid in files_by_series:
-                files_by_series[series_uid].append(path.read_bytes())
-        return self.analyse(selection, files_by_series, files=len(files), file_errors=file_errors, notes=notes)
+            if series_uid in by_series:
+                by_series[series_uid].append((path, header))
+        paths_by_series = {uid: [path for path, _ in instances] for uid, instances in by_series.items()}
+        try:
+            # In the order the flow gets the files: by channel, each series in instance order.
+            self.check_size([instance for instances in by_series.values() for instance in instances])
+        except ServiceError as error:
+            return ChosenFiles(selection, paths_by_series, file_errors, refusal=error)
+        return ChosenFiles(selection, paths_by_series, file_errors)
+
+    def check_size(self, instances: Sequence[tuple[Path, Dataset]]) -> None:
+        """Refuse, from their headers alone, chosen files that the flow would refuse for their slices or memory cost.
+
+        The same check as the flow's (`PredictionService.predict_dicom`: `plan_headers` with its limits, slice
+        refusal and rules), so a study it passes is analysed exactly as before; only its refusal comes before
+        gigabytes of files are read. A deflated file counts without its inflated size, which the flow adds: the
+        flow's check stays the last word.
+
+        Raises
+        ------
+        ServiceError
+            The flow's refusal (`app.errors.OverMemoryBudgetError`, `TooManySlicesError`, ...).
+        """
+        limits = self.service.limits
+        sized = [_sized_header(path, dataset, limits) for path, dataset in instances]
+        readable = [header for header in sized if header is not None]
+        plan_headers(readable, limits, refuse_slices=several_slices, rules=self.rules)
 
     def select(self, headers: Iterable[Dataset]) -> StudySelection:
         """The series to read (`app.sequence_selection` with this processor's rules); headers alone suffice."""
@@ -129,20 +201,18 @@ class ModelStudyProcessor:
         (the caller's, e.g. an association aborted) go into the record and the report after the selection's.
         """
         file_errors = dict(file_errors or {})
-        summary: dict[str, Any] = {"files": files, "series": _series_summary(selection)}
         if not selection.analysed:
-            return StudyAnalysis(
-                "not_analysed", reason=selection.reason, summary=summary | {"file_errors": file_errors}
-            )
+            not_analysed = {"files": files, "series": _series_summary(selection), "file_errors": file_errors}
+            return StudyAnalysis("not_analysed", reason=selection.reason, summary=not_analysed)
         notes = [*selection.notes, *notes]
-        summary.update(file_errors=file_errors, notes=notes)
+        summary = _study_summary(selection, files, file_errors, notes)
         files_chosen = [data for uid in selection.channel_series for data in files_by_series.get(uid, ())]
         try:
             # The flow chooses again among the chosen series, with the same rules: the same roles, and the one place
             # that maps channels and falls back to FLAIR alone when the T1 slices do not pair.
             answer = asyncio.run(self.service.predict_dicom(files_chosen, build_seg=True))
         except ServiceError as error:
-            return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
+            return _failed(error, summary)
         notes.extend(note for note in answer.choice.notes if note not in notes)
         for error in answer.file_errors.values():
             file_errors[error.code] = file_errors.get(error.code, 0) + 1
@@ -154,7 +224,7 @@ class ModelStudyProcessor:
         try:
             report = series_volume_report(result, self.predictor.model_tags, notes)
         except ServiceError as error:  # sources a report cannot refer to (no Study Instance UID, say)
-            return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
+            return _failed(error, summary)
         datasets = [*result.segmentations, report]
         summary.update(
             channels=len(inputs[0].channels),
@@ -175,6 +245,37 @@ def unread_files_note(file_errors: Mapping[str, int]) -> str:
     codes = ", ".join(f"{code}: {number}" for code, number in sorted(file_errors.items()))
     plural = "files were" if count != 1 else "file was"
     return f"{count} received {plural} not read ({codes}): the slices in them are not in this result"
+
+
+def _study_summary(
+    selection: StudySelection, files: int, file_errors: dict[str, int], notes: list[str]
+) -> dict[str, Any]:
+    """The record of a study whose series were chosen, before the flow adds what it found."""
+    return {"files": files, "series": _series_summary(selection), "file_errors": file_errors, "notes": notes}
+
+
+def _failed(error: ServiceError, summary: dict[str, Any]) -> StudyAnalysis:
+    return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
+
+
+def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHeader | None:
+    """A file's header read from disk as a `DicomHeader` for `plan_headers`, which sizes it but never decodes it:
+    its bytes are not read (`data` is empty).
+
+    None for a file the flow refuses on its own before sizing it (over the upload size or the pixel limit, or
+    dimensions that cannot be read): `app.dicom_series.read_headers` puts an error in its place, which leaves it out
+    of the slices and the cost.
+    """
+    try:
+        check_upload_size(path.stat().st_size, limits)
+        with garbled_values_refused():
+            rows, columns, frames = image_dimensions(dataset)
+            bits = bits_allocated(dataset)
+    except (ServiceError, OSError):
+        return None
+    if rows * columns * frames > limits.max_dicom_pixels:
+        return None
+    return DicomHeader(b"", dataset, rows, columns, frames, bits)
 
 
 def _instance_order(header: Dataset) -> tuple[int, str]:
