@@ -258,7 +258,7 @@ def pacs_sync(args: argparse.Namespace) -> int:
 
 
 def dicom_node(args: argparse.Namespace) -> int:
-    from app import dicom_node as node
+    from app import dicom_node_command as node
     from app.logging_config import configure_logging
 
     settings = get_settings()
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pacs_sync_arguments(sync_parser)
     sync_parser.set_defaults(run=pacs_sync)
 
-    from app.dicom_node import add_arguments as add_dicom_node_arguments
+    from app.dicom_node_command import add_arguments as add_dicom_node_arguments
 
     node_parser = commands.add_parser(
         "dicom-node", help="DICOM node: C-STORE MR studies in, SEG and volume report (SR) out by C-STORE"

@@ -1,9 +1,9 @@
 """The DICOM node's conformance statement (after PS3.2's outline), written from the node's own tables.
 
 A PACS administrator reads it before declaring the node: what it accepts, in which transfer syntaxes, what it
-answers, and what it sends back. It is made from the constants the node runs on (`app.dicom_node`) and the settings'
-defaults, so it cannot drift from the code; `DICOM_CONFORMANCE.md` at the repository's root is its output, and a test
-checks both that the file is current and that a running node accepts and refuses what it says.
+answers, and what it sends back. It is made from the tables the node runs on (`app.dicom_received_instance`) and the
+settings' defaults, so it cannot drift from the code; `DICOM_CONFORMANCE.md` at the repository's root is its output,
+and a test checks both that the file is current and that a running node accepts and refuses what it says.
 
 Run ``python -m app.dicom_conformance_statement > DICOM_CONFORMANCE.md`` after changing the node's classes, syntaxes
 or settings.
@@ -19,7 +19,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage, Verification
 
-from app.dicom_node import (
+from app.dicom_received_instance import (
     IGNORED_CLASSES,
     MR_CLASSES,
     STATUS_CANNOT_UNDERSTAND,

@@ -4,13 +4,13 @@ How a study flows through it:
 
 1. **Receive.** The node answers C-ECHO and C-STORE for MR storage classes (and the greyscale Secondary Captures the
    service reads) in the common transfer syntaxes, and takes (Success) without keeping the objects that travel with
-   MR images and are no image (SEG, SR, KOS, presentation states...: `IGNORED_CLASSES`), so that a whole study
-   forwarded by a router arrives. An MR object must say Modality MR. Only calling AE titles in
-   `allowed_calling_ae_titles` may associate (when the list is set); others are rejected at association. Each
-   instance is written to the spool (`app.dicom_spool.Spool`), flushed to disk and renamed into place *before* the
-   C-STORE is answered with success, and the study is marked pending: a node killed mid-series has lost nothing it
-   acknowledged, and a restarted node finds the pending studies on disk and gives each a fresh quiet period (their
-   senders resume once it answers).
+   MR images and are no image (SEG, SR, KOS, presentation states...: `IGNORED_CLASSES`; these tables are in
+   `app.dicom_received_instance`), so that a whole study forwarded by a router arrives. An MR object must say
+   Modality MR. Only calling AE titles in `allowed_calling_ae_titles` may associate (when the list is set); others
+   are rejected at association. Each instance is written to the spool (`app.dicom_spool.Spool`), flushed to disk
+   and renamed into place *before* the C-STORE is answered with success, and the study is marked pending: a node
+   killed mid-series has lost nothing it acknowledged, and a restarted node finds the pending studies on disk and
+   gives each a fresh quiet period (their senders resume once it answers).
 2. **Wait.** A study is complete once no instance of it arrived for `quiet_seconds` (scanners and routers send no
    end-of-study signal) and the associations that sent it have ended (up to `OPEN_ASSOCIATION_WAIT` quiet periods:
    an instance may still be on the wire); its quiet period starts again when the last of them ends. The pending
@@ -39,8 +39,8 @@ Defences against a sender that misbehaves: instances over the size limit (for a 
 that would overfill the spool or the disk, or start one study too many waiting for analysis, are refused with Out of
 Resources (`app.dicom_spool.SpoolLimits`); an instance over the size limit, or past the memory all associations
 together may hold in instances being received (`NodeConfig.receive_memory_bytes`), is not even held while it
-arrives (`_discard_oversized`). An instance is kept only if
-the service can read it (`checked_instance`: its header, its pixel data's length, the UIDs that name it, matching
+arrives (`_discard_oversized`). An instance is kept only if the service can read it
+(`app.dicom_received_instance.checked_instance`: its header, its pixel data's length, the UIDs that name it, matching
 the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line without
 patient data. A connection that does not associate within `association_timeout_seconds`, an association idle that
 long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
@@ -50,81 +50,57 @@ address holds at most `max_associations_per_peer` associations, so a peer that k
 
 Logs name studies by a hash of their Patient ID and Study Instance UID (`app.dicom_spool.study_key`), never by
 DICOM attributes.
+
+This module holds the node itself: `NodeConfig` (its settings, checked) and `DicomNode` (the association handlers that
+receive, the worker that processes, the sender threads). The rest lives beside it:
+
+- `app.dicom_received_instance`: what the node accepts (SOP classes, transfer syntaxes, statuses) and the check
+  that keeps or refuses each instance received;
+- `app.dicom_study_runs`: the runs in a study's record that decide whether it is processed again (step 3), and the
+  count of associations that ended without a release;
+- `app.dicom_spool`, `app.dicom_sender`, `app.dicom_association`: the spool on disk, the sending of results, the
+  limits on connections and PDUs;
+- `app.dicom_node_command`: the command line (``brain-tumor dicom-node``), which loads the models and runs the node.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import io
-import json
 import logging
-import re
-import sys
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    EnhancedMRImageStorage,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    LegacyConvertedEnhancedMRImageStorage,
-    MRImageStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    RLELossless,
-    SecondaryCaptureImageStorage,
-)
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import (
-    BasicTextSRStorage,
-    ColorSoftcopyPresentationStateStorage,
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EncapsulatedPDFStorage,
-    EnhancedSRStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    KeyObjectSelectionDocumentStorage,
-    MRSpectroscopyStorage,
-    RawDataStorage,
-    SegmentationStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification
 
 from app.dicom_association import TimedAssociationServer
-from app.dicom_conformance import is_uid
-from app.dicom_header import read_dicom_header
-from app.dicom_input import check_frame_attributes, check_native_pixel_data
+from app.dicom_received_instance import (
+    IGNORED_CLASSES,
+    STATUS_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_OUT_OF_RESOURCES,
+    STORAGE_CLASSES,
+    TRANSFER_SYNTAXES,
+    DiscardedDataSet,
+    InstanceRefusedError,
+    checked_instance,
+    received_bytes,
+    uid,
+)
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
 from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
-from app.dicom_sr import ReportReference, name_predecessors
-from app.errors import (
-    DicomWithoutPixelDataError,
-    OverMemoryBudgetError,
-    ServiceError,
-    UnsupportedSopClassError,
-)
+from app.dicom_sr import name_predecessors
+from app.dicom_study_runs import ABORTED_NOTE, already_analysed, count_abort, errors_since_last_outcome, reports
 from app.settings import AE_TITLE_RULE, is_ae_title
 from app.study_analysis import StudyAnalysis, StudyProcessor
-from app.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -133,79 +109,13 @@ class NodeStartError(OSError):
     """The node cannot listen where it is told to; the message names the address."""
 
 
-class InstanceRefusedError(Exception):
-    """A received instance the node does not keep: `status` answers its C-STORE, the message is the Error Comment.
-
-    The message never quotes a DICOM value: it goes to the sender and to the log.
-    """
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-STORAGE_CLASSES = (
-    MRImageStorage,
-    EnhancedMRImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    SecondaryCaptureImageStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-)
-# What travels with MR images in a study and is not an image the models read: our own results (SEG, SR) among them.
-# A router that forwards a whole study offers them too, and Orthanc fails the whole send when any class is refused,
-# so they are answered Success and not kept (`DicomNode._handle_store`).
-IGNORED_CLASSES = (
-    SegmentationStorage,
-    BasicTextSRStorage,
-    EnhancedSRStorage,
-    ComprehensiveSRStorage,
-    Comprehensive3DSRStorage,
-    KeyObjectSelectionDocumentStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    ColorSoftcopyPresentationStateStorage,
-    RawDataStorage,
-    MRSpectroscopyStorage,
-    EncapsulatedPDFStorage,
-)
-MR_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
-# Uncompressed first; compressed ones the service decodes. 12-bit JPEG Extended is left out on purpose: no decoder
-# here reads it, and without it in the list a sender falls back to an uncompressed syntax instead.
-TRANSFER_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-)
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
 ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is an LO
 MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundred bytes
 PDU_OVERHEAD_BYTES = 64 * 1024  # what a PDU may hold besides an instance's bytes: command set, item headers
-_FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's message quotes what the file holds
-# An outcome that a re-send of the same instances does not change. "failed" and "not_analysed" runs are not final:
-# they depend on the configuration (memory budget, sequence rules) an operator may have fixed before re-sending, so a
-# re-send is processed once more. It cannot loop: a study is looked at only while pending, and only a C-STORE (or an
-# "error" run's retry, at most `max_attempts`) marks it pending again.
-FINAL_STATUSES = ("analysed",)
-OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
 PURGE_EVERY_SECONDS = 3600.0  # retention is set in hours; the walk reads every study folder
 RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
 IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
-ABORTED_NOTE = (
-    "{count} association(s) sending this study ended without a release (aborted or cut off): instances may be "
-    "missing; a later send of them gives a new result"
-)
 
 
 @dataclass(frozen=True)
@@ -414,7 +324,7 @@ class DicomNode:
         if isinstance(request.DataSet, DiscardedDataSet) and request.DataSet.reason is not None:
             return _refusal(STATUS_OUT_OF_RESOURCES, request.DataSet.reason)
         context_class = str(event.context.abstract_syntax)
-        if _uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
+        if uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
             return _refusal(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's")
         if context_class in IGNORED_CLASSES:
             logger.info(
@@ -423,7 +333,7 @@ class DicomNode:
             )
             return STATUS_SUCCESS
         try:
-            self.spool.check_room(_received_bytes(request.DataSet))  # before copying it once more
+            self.spool.check_room(received_bytes(request.DataSet))  # before copying it once more
             data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
             instance = checked_instance(
                 data,
@@ -479,7 +389,7 @@ class DicomNode:
         try:
             for key in keys:
                 if aborted:
-                    self.spool.update_record(key, _count_abort)
+                    self.spool.update_record(key, count_abort)
                 self.spool.touch_pending(key)
         except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
             logger.exception("association end not recorded")
@@ -579,13 +489,13 @@ class DicomNode:
         files = self.spool.instance_files(key)
         fingerprint = self.spool.fingerprint(files)
         runs = record["runs"]
-        if _already_analysed(runs, fingerprint):  # the same instances again: nothing new to say
+        if already_analysed(runs, fingerprint):  # the same instances again: nothing new to say
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
             if record.get("aborted_associations"):  # an abort that brought nothing new: no note for a later run
                 self.spool.update_record(key, lambda stored: stored.pop("aborted_associations", None))
             self.spool.clear_pending(key, last_arrival)
             return False
-        attempts = _errors_since_last_outcome(runs, fingerprint)
+        attempts = errors_since_last_outcome(runs, fingerprint)
         run: dict[str, Any] = {
             "run_id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
             "fingerprint": fingerprint,
@@ -613,7 +523,7 @@ class DicomNode:
     ) -> None:
         previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
         if previous is not None and analysis.datasets:  # the report comes last: it names the one it replaces
-            name_predecessors(analysis.datasets[-1], _reports(previous["results"]))
+            name_predecessors(analysis.datasets[-1], reports(previous["results"]))
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
             status=analysis.status,
@@ -669,125 +579,6 @@ class _Sending:
     released: bool = False
 
 
-def _count_abort(record: dict[str, Any]) -> None:
-    """One more association ended without a release since the study's last run (`ABORTED_NOTE`)."""
-    record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
-
-
-def _reports(results: list[dict[str, Any]]) -> list[ReportReference]:
-    """The reports among a run's recorded results (a record older than the series UID in it: none named)."""
-    return [
-        ReportReference(result["series_instance_uid"], result["sop_class_uid"], result["sop_instance_uid"])
-        for result in results
-        if result.get("modality") == "SR" and "series_instance_uid" in result
-    ]
-
-
-def _already_analysed(runs: list[dict[str, Any]], fingerprint: str) -> bool:
-    """Whether these very instances were analysed already (`FINAL_STATUSES`)."""
-    return any(run.get("fingerprint") == fingerprint and run.get("status") in FINAL_STATUSES for run in runs)
-
-
-def _errors_since_last_outcome(runs: list[dict[str, Any]], fingerprint: str) -> int:
-    """The "error" runs of these instances since their last outcome: a re-send after a "failed" run starts a fresh
-    count of `max_attempts`."""
-    errors = 0
-    for run in runs:
-        if run.get("fingerprint") != fingerprint:
-            continue
-        if run.get("status") in OUTCOME_STATUSES:
-            errors = 0
-        elif run.get("status") == "error":
-            errors += 1
-    return errors
-
-
-class DiscardedDataSet(io.BytesIO):
-    """Stands in for the data set of a C-STORE request past the instance limit or the receive memory: counts the bytes
-    that still arrive and keeps none (`DicomNode._discard_oversized`). `reason`, when set, is the Error Comment of
-    the refusal (the instance limit's comes from `Spool.check_room`)."""
-
-    def __init__(self, received: int, reason: str | None = None) -> None:
-        super().__init__()
-        self.received = received
-        self.reason = reason
-
-    def write(self, data: Any, /) -> int:
-        self.received += len(data)
-        return len(data)
-
-
-@dataclass(frozen=True)
-class ReceivedInstance:
-    """The UIDs and Patient ID that place a checked instance in the spool (`checked_instance`)."""
-
-    study_uid: str
-    patient_id: str
-    sop_instance_uid: str
-
-
-def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max_bytes: int) -> ReceivedInstance:
-    """Where the instance `data` (Part 10 bytes as received by C-STORE) goes, if the node may keep it.
-
-    Refused with `InstanceRefusedError`: what `read_dicom_header` refuses (a truncated or garbled header, a class
-    other than the MR ones, no pixel data, colour...), a deflated data set that inflates past `max_bytes`, native
-    pixel data shorter than its image (`check_native_pixel_data`), a malformed geometry or rescale value
-    (`check_frame_attributes`: a position of two numbers, a RescaleSlope of text or 0), a SOP Class or Instance UID
-    other than the request's (stored under the request's UID, it would replace another instance), and a SOP
-    Instance or Study Instance, Study Instance or Series Instance UID that is missing or not a UID. Each would fail
-    only once the study is processed, long after its sender was told it was kept (and a re-sent instance refused
-    leaves the copy stored before it as it was). No refusal quotes a value of the instance
-    (`without_found_values`).
-    """
-    try:
-        header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
-        check_native_pixel_data(header)
-        check_frame_attributes(header)
-    except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
-        raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
-    except (UnsupportedSopClassError, DicomWithoutPixelDataError) as error:
-        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, without_found_values(error.message)) from error
-    except ServiceError as error:
-        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, without_found_values(error.message)) from error
-    dataset = header.dataset
-    if _uid(dataset.get("SOPClassUID")) in MR_CLASSES and str(dataset.get("Modality", "")).upper() != "MR":
-        # As a Secondary Capture of another modality is refused: kept, it would only be recorded "not analysed".
-        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, "an MR storage object must have Modality MR")
-    if _uid(dataset.get("SOPClassUID")) != _uid(sop_class_uid):
-        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not the request's")
-    if _uid(dataset.get("SOPInstanceUID")) != _uid(sop_instance_uid):
-        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID is not the request's")
-    study_uid = _uid(dataset.get("StudyInstanceUID"))
-    # Type 1 UIDs that processing needs: the spool files an instance by its study, the series flow groups by series.
-    required = (
-        ("SOP Instance UID", _uid(sop_instance_uid)),
-        ("Study Instance UID", study_uid),
-        ("Series Instance UID", _uid(dataset.get("SeriesInstanceUID"))),
-    )
-    for name, value in required:
-        if not is_uid(value):
-            raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing or not a UID")
-    return ReceivedInstance(study_uid, str(dataset.get("PatientID", "") or ""), _uid(sop_instance_uid))
-
-
-def without_found_values(message: str) -> str:
-    """A header check's message cut before the value it found (``...; got Modality XYZ``, ``...; found b'...'``).
-
-    `InstanceRefusedError` goes to the sender's Error Comment and to the log: what follows ``got``/``found`` is the
-    instance's content (a Modality, a SOP Class UID), which may be anything a sender wrote, even patient data. The
-    rule before it is the service's own text.
-    """
-    return _FOUND_VALUE.split(message, maxsplit=1)[0]
-
-
-def _uid(value: object) -> str:
-    return str(value or "").rstrip("\0 ")
-
-
-def _received_bytes(data_set: io.BytesIO) -> int:
-    return data_set.received if isinstance(data_set, DiscardedDataSet) else data_set.getbuffer().nbytes
-
-
 def _refusal(status: int, reason: str) -> Dataset:
     """The C-STORE answer that refuses an instance, with `reason` as its Error Comment; logged without DICOM values."""
     logger.warning("instance refused", extra={"fields": {"status": f"0x{status:04X}", "reason": reason}})
@@ -799,58 +590,3 @@ def _refusal(status: int, reason: str) -> Dataset:
 
 def _handle_echo(event: Any) -> int:
     return STATUS_SUCCESS
-
-
-def node_upload_limits(settings: Any) -> UploadLimits:
-    """The flow's limits for the node: an instance it kept (up to DICOM_NODE_MAX_INSTANCE_BYTES) is not refused
-    again for its size, as MAX_UPLOAD_BYTES, the HTTP upload limit, would (a 22 MiB Enhanced MR 3D FLAIR);
-    DECODE_MEMORY_BYTES still bounds the study."""
-    return replace(UploadLimits.from_settings(settings), max_upload_bytes=settings.dicom_node_max_instance_bytes)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``brain-tumor dicom-node``; unset ones come from the settings (``DICOM_NODE_*``)."""
-    parser.add_argument("--ae-title", help="AE title to answer to (default: DICOM_NODE_AE_TITLE)")
-    parser.add_argument("--host", help="address to listen on (default: DICOM_NODE_HOST)")
-    parser.add_argument("--port", type=int, help="DICOM port (default: DICOM_NODE_PORT)")
-    parser.add_argument("--spool-dir", type=Path, help="where instances and results are kept (DICOM_NODE_SPOOL_DIR)")
-    parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
-
-
-def main(args: argparse.Namespace, settings: Any = None) -> int:
-    """Entry point of ``brain-tumor dicom-node``: load the models once, listen until interrupted.
-
-    Returns 0 when stopped by SIGINT/SIGTERM, 2 for a bad configuration.
-    """
-    import signal
-
-    from app.inference import Predictor
-    from app.sequence_selection import SelectionRules
-    from app.settings import get_settings
-    from app.study_analysis import ModelStudyProcessor
-
-    settings = settings or get_settings()
-    try:
-        config = NodeConfig.from_settings(
-            settings, ae_title=args.ae_title, host=args.host, port=args.port, spool_dir=args.spool_dir
-        )
-        rules = SelectionRules.from_settings(settings)
-    except ValueError as error:
-        print(json.dumps({"error": {"code": "invalid_configuration", "message": str(error)}}))
-        return 2
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
-    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
-    predictor.warm_up()
-    node = DicomNode(
-        config, ModelStudyProcessor(predictor, rules, node_upload_limits(settings), result_origin="dicom-node")
-    )
-    stopped = threading.Event()
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda number, frame: stopped.set())
-    node.start()
-    try:
-        stopped.wait()
-    finally:
-        node.stop()
-        logger.info("DICOM node stopped")
-    return 0

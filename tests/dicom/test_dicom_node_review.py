@@ -18,7 +18,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from app.dicom_node import DicomNode, NodeConfig, without_found_values
+from app.dicom_node import DicomNode, NodeConfig
+from app.dicom_received_instance import without_found_values
 from app.dicom_sender import Destination
 from app.dicom_spool import SpoolLimits
 from app.study_analysis import ModelStudyProcessor

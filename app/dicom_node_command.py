@@ -1,0 +1,78 @@
+"""`brain-tumor dicom-node` on the command line: its options, and the entry point that loads the models once and
+runs the node (`app.dicom_node.DicomNode`) until interrupted.
+
+`app.cli` checks the port and AE title given, configures logging and calls `main`, as it calls `app.pacs_sync.main`
+for ``brain-tumor pacs-sync``; options not given come from the ``DICOM_NODE_*`` settings (`NodeConfig.from_settings`).
+How a study flows through the node, and its defences, are told in `app.dicom_node`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from app.dicom_node import DicomNode, NodeConfig
+from app.uploads import UploadLimits
+
+# The node's logger: "DICOM node stopped" comes under the name the node's other lines have.
+logger = logging.getLogger("app.dicom_node")
+
+
+def node_upload_limits(settings: Any) -> UploadLimits:
+    """The flow's limits for the node: an instance it kept (up to DICOM_NODE_MAX_INSTANCE_BYTES) is not refused
+    again for its size, as MAX_UPLOAD_BYTES, the HTTP upload limit, would (a 22 MiB Enhanced MR 3D FLAIR);
+    DECODE_MEMORY_BYTES still bounds the study."""
+    return replace(UploadLimits.from_settings(settings), max_upload_bytes=settings.dicom_node_max_instance_bytes)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``brain-tumor dicom-node``; unset ones come from the settings (``DICOM_NODE_*``)."""
+    parser.add_argument("--ae-title", help="AE title to answer to (default: DICOM_NODE_AE_TITLE)")
+    parser.add_argument("--host", help="address to listen on (default: DICOM_NODE_HOST)")
+    parser.add_argument("--port", type=int, help="DICOM port (default: DICOM_NODE_PORT)")
+    parser.add_argument("--spool-dir", type=Path, help="where instances and results are kept (DICOM_NODE_SPOOL_DIR)")
+    parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
+
+
+def main(args: argparse.Namespace, settings: Any = None) -> int:
+    """Entry point of ``brain-tumor dicom-node``: load the models once, listen until interrupted.
+
+    Returns 0 when stopped by SIGINT/SIGTERM, 2 for a bad configuration.
+    """
+    import signal
+
+    from app.inference import Predictor
+    from app.sequence_selection import SelectionRules
+    from app.settings import get_settings
+    from app.study_analysis import ModelStudyProcessor
+
+    settings = settings or get_settings()
+    try:
+        config = NodeConfig.from_settings(
+            settings, ae_title=args.ae_title, host=args.host, port=args.port, spool_dir=args.spool_dir
+        )
+        rules = SelectionRules.from_settings(settings)
+    except ValueError as error:
+        print(json.dumps({"error": {"code": "invalid_configuration", "message": str(error)}}))
+        return 2
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
+    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
+    predictor.warm_up()
+    node = DicomNode(
+        config, ModelStudyProcessor(predictor, rules, node_upload_limits(settings), result_origin="dicom-node")
+    )
+    stopped = threading.Event()
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda number, frame: stopped.set())
+    node.start()
+    try:
+        stopped.wait()
+    finally:
+        node.stop()
+        logger.info("DICOM node stopped")
+    return 0

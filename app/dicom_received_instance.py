@@ -1,0 +1,213 @@
+"""What the DICOM node accepts, and why it refuses a received instance.
+
+First the node's tables: the storage classes it reads (`STORAGE_CLASSES`; the MR ones, which must say Modality MR:
+`MR_CLASSES`), the classes that travel with MR studies and are answered Success without being kept
+(`IGNORED_CLASSES`), the transfer syntaxes it accepts (`TRANSFER_SYNTAXES`), and the C-STORE statuses of its
+refusals. `app.dicom_node` offers them at association and answers with them, and
+`app.dicom_conformance_statement` writes them into ``DICOM_CONFORMANCE.md``: one table for both, so the statement
+cannot drift from what the node does.
+
+Then the check of one instance once it has arrived whole (`checked_instance`): it is kept only if the service can
+read it (its header, its pixel data's length, the UIDs that name it, matching the C-STORE request), else refused with
+`InstanceRefusedError`, whose status answers the C-STORE and whose message, the Error Comment, never quotes a value
+of the instance (`without_found_values`). An instance refused while it still arrives (over the instance limit or the
+memory the node may hold in instances being received) goes into a `DiscardedDataSet`, which counts its bytes and
+keeps none.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom.sop_class import (
+    BasicTextSRStorage,
+    ColorSoftcopyPresentationStateStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EncapsulatedPDFStorage,
+    EnhancedSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    KeyObjectSelectionDocumentStorage,
+    MRSpectroscopyStorage,
+    RawDataStorage,
+    SegmentationStorage,
+)
+
+from app.dicom_conformance import is_uid
+from app.dicom_header import read_dicom_header
+from app.dicom_input import check_frame_attributes, check_native_pixel_data
+from app.errors import (
+    DicomWithoutPixelDataError,
+    OverMemoryBudgetError,
+    ServiceError,
+    UnsupportedSopClassError,
+)
+
+STORAGE_CLASSES = (
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
+# What travels with MR images in a study and is not an image the models read: our own results (SEG, SR) among them.
+# A router that forwards a whole study offers them too, and Orthanc fails the whole send when any class is refused,
+# so they are answered Success and not kept (`app.dicom_node.DicomNode._handle_store`).
+IGNORED_CLASSES = (
+    SegmentationStorage,
+    BasicTextSRStorage,
+    EnhancedSRStorage,
+    ComprehensiveSRStorage,
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    ColorSoftcopyPresentationStateStorage,
+    RawDataStorage,
+    MRSpectroscopyStorage,
+    EncapsulatedPDFStorage,
+)
+MR_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
+# Uncompressed first; compressed ones the service decodes. 12-bit JPEG Extended is left out on purpose: no decoder
+# here reads it, and without it in the list a sender falls back to an uncompressed syntax instead.
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+_FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's message quotes what the file holds
+
+
+class InstanceRefusedError(Exception):
+    """A received instance the node does not keep: `status` answers its C-STORE, the message is the Error Comment.
+
+    The message never quotes a DICOM value: it goes to the sender and to the log.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """The UIDs and Patient ID that place a checked instance in the spool (`checked_instance`)."""
+
+    study_uid: str
+    patient_id: str
+    sop_instance_uid: str
+
+
+def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max_bytes: int) -> ReceivedInstance:
+    """Where the instance `data` (Part 10 bytes as received by C-STORE) goes, if the node may keep it.
+
+    Refused with `InstanceRefusedError`: what `read_dicom_header` refuses (a truncated or garbled header, a class
+    other than the MR ones, no pixel data, colour...), a deflated data set that inflates past `max_bytes`, native
+    pixel data shorter than its image (`check_native_pixel_data`), a malformed geometry or rescale value
+    (`check_frame_attributes`: a position of two numbers, a RescaleSlope of text or 0), a SOP Class or Instance UID
+    other than the request's (stored under the request's UID, it would replace another instance), and a SOP
+    Instance or Study Instance, Study Instance or Series Instance UID that is missing or not a UID. Each would fail
+    only once the study is processed, long after its sender was told it was kept (and a re-sent instance refused
+    leaves the copy stored before it as it was). No refusal quotes a value of the instance
+    (`without_found_values`).
+    """
+    try:
+        header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
+        check_native_pixel_data(header)
+        check_frame_attributes(header)
+    except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
+        raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
+    except (UnsupportedSopClassError, DicomWithoutPixelDataError) as error:
+        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, without_found_values(error.message)) from error
+    except ServiceError as error:
+        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, without_found_values(error.message)) from error
+    dataset = header.dataset
+    if uid(dataset.get("SOPClassUID")) in MR_CLASSES and str(dataset.get("Modality", "")).upper() != "MR":
+        # As a Secondary Capture of another modality is refused: kept, it would only be recorded "not analysed".
+        raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, "an MR storage object must have Modality MR")
+    if uid(dataset.get("SOPClassUID")) != uid(sop_class_uid):
+        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not the request's")
+    if uid(dataset.get("SOPInstanceUID")) != uid(sop_instance_uid):
+        raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID is not the request's")
+    study_uid = uid(dataset.get("StudyInstanceUID"))
+    # Type 1 UIDs that processing needs: the spool files an instance by its study, the series flow groups by series.
+    required = (
+        ("SOP Instance UID", uid(sop_instance_uid)),
+        ("Study Instance UID", study_uid),
+        ("Series Instance UID", uid(dataset.get("SeriesInstanceUID"))),
+    )
+    for name, value in required:
+        if not is_uid(value):
+            raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing or not a UID")
+    return ReceivedInstance(study_uid, str(dataset.get("PatientID", "") or ""), uid(sop_instance_uid))
+
+
+def without_found_values(message: str) -> str:
+    """A header check's message cut before the value it found (``...; got Modality XYZ``, ``...; found b'...'``).
+
+    `InstanceRefusedError` goes to the sender's Error Comment and to the log: what follows ``got``/``found`` is the
+    instance's content (a Modality, a SOP Class UID), which may be anything a sender wrote, even patient data. The
+    rule before it is the service's own text.
+    """
+    return _FOUND_VALUE.split(message, maxsplit=1)[0]
+
+
+def uid(value: object) -> str:
+    """A UID as a data set or a C-STORE request holds it, without the padding (NUL or space) it may end with."""
+    return str(value or "").rstrip("\0 ")
+
+
+class DiscardedDataSet(io.BytesIO):
+    """Stands in for the data set of a C-STORE request past the instance limit or the receive memory: counts the bytes
+    that still arrive and keeps none (`app.dicom_node.DicomNode._discard_oversized`). `reason`, when set, is the Error
+    Comment of the refusal (the instance limit's comes from `app.dicom_spool.Spool.check_room`)."""
+
+    def __init__(self, received: int, reason: str | None = None) -> None:
+        super().__init__()
+        self.received = received
+        self.reason = reason
+
+    def write(self, data: Any, /) -> int:
+        self.received += len(data)
+        return len(data)
+
+
+def received_bytes(data_set: io.BytesIO) -> int:
+    """The bytes of a C-STORE request's data set, those a `DiscardedDataSet` counted and did not keep included."""
+    return data_set.received if isinstance(data_set, DiscardedDataSet) else data_set.getbuffer().nbytes

@@ -1,0 +1,59 @@
+"""The runs in a study's record (``record.json``) that decide whether the DICOM node processes the study again.
+
+Each time `app.dicom_node.DicomNode` processes a study it appends a run to the study's record: the fingerprint of
+its instances (and their content), its status, its results. These functions read that list: whether these very
+instances were analysed already (`already_analysed`; only "analysed" is final, `FINAL_STATUSES`), how many "error"
+runs they had since their last outcome (`errors_since_last_outcome`, held to `app.dicom_node.NodeConfig.max_attempts`),
+and which reports a new run supersedes (`reports`). An association that sent part of a study and ended without a
+release is counted in the record (`count_abort`) and said in the notes of the study's next run (`ABORTED_NOTE`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.dicom_sr import ReportReference
+
+# An outcome that a re-send of the same instances does not change. "failed" and "not_analysed" runs are not final:
+# they depend on the configuration (memory budget, sequence rules) an operator may have fixed before re-sending, so a
+# re-send is processed once more. It cannot loop: a study is looked at only while pending, and only a C-STORE (or an
+# "error" run's retry, at most `max_attempts`) marks it pending again.
+FINAL_STATUSES = ("analysed",)
+OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
+ABORTED_NOTE = (
+    "{count} association(s) sending this study ended without a release (aborted or cut off): instances may be "
+    "missing; a later send of them gives a new result"
+)
+
+
+def count_abort(record: dict[str, Any]) -> None:
+    """One more association ended without a release since the study's last run (`ABORTED_NOTE`)."""
+    record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
+
+
+def reports(results: list[dict[str, Any]]) -> list[ReportReference]:
+    """The reports among a run's recorded results (a record older than the series UID in it: none named)."""
+    return [
+        ReportReference(result["series_instance_uid"], result["sop_class_uid"], result["sop_instance_uid"])
+        for result in results
+        if result.get("modality") == "SR" and "series_instance_uid" in result
+    ]
+
+
+def already_analysed(runs: list[dict[str, Any]], fingerprint: str) -> bool:
+    """Whether these very instances were analysed already (`FINAL_STATUSES`)."""
+    return any(run.get("fingerprint") == fingerprint and run.get("status") in FINAL_STATUSES for run in runs)
+
+
+def errors_since_last_outcome(runs: list[dict[str, Any]], fingerprint: str) -> int:
+    """The "error" runs of these instances since their last outcome: a re-send after a "failed" run starts a fresh
+    count of `max_attempts`."""
+    errors = 0
+    for run in runs:
+        if run.get("fingerprint") != fingerprint:
+            continue
+        if run.get("status") in OUTCOME_STATUSES:
+            errors = 0
+        elif run.get("status") == "error":
+            errors += 1
+    return errors
