@@ -83,10 +83,10 @@ def conformance_statement() -> str:
     lines = [
         "# DICOM conformance statement: `brain-tumor dicom-node`",
         "",
-        "Written by `python -m app.dicom_conformance_statement` from the node's code (`app/dicom_node.py`) and the",
-        "settings' defaults; `tests/dicom/test_conformance_statement.py` checks that this file is current and that a",
-        "running node accepts and refuses what it says. Research use only: the results are unverified machine output",
-        "and no clinical device.",
+        "Written by `python -m app.dicom_conformance_statement` from the node's tables",
+        "(`app/dicom_received_instance.py`) and the settings' defaults; `tests/dicom/test_conformance_statement.py`",
+        "checks that this file is current and that a running node accepts and refuses what it says. Research use only:",
+        "the results are unverified machine output and no clinical device.",
         "",
         "## 1. Implementation",
         "",
@@ -154,7 +154,9 @@ def conformance_statement() -> str:
                 f"(`DICOM_NODE_MAX_SPOOL_BYTES`, {_default('dicom_node_max_spool_bytes') // mib} MiB) or the disk "
                 f"(`DICOM_NODE_MIN_FREE_BYTES` left free, {_default('dicom_node_min_free_bytes') // mib} MiB) would "
                 "be overfilled; a new study while `DICOM_NODE_MAX_PENDING_STUDIES` "
-                f"({_default('dicom_node_max_pending_studies')}) wait for analysis; the instances being received at "
+                f"({_default('dicom_node_max_pending_studies')}) wait for analysis; a new instance of a study that "
+                f"holds `DICOM_NODE_MAX_STUDY_INSTANCES` ({_default('dicom_node_max_study_instances')}); the "
+                "instances being received at "
                 f"once past `DICOM_NODE_RECEIVE_MEMORY_BYTES` ({_default('dicom_node_receive_memory_bytes') // mib} "
                 "MiB) | the limit |",
                 f"| `{STATUS_DOES_NOT_MATCH_SOP_CLASS:04X}` Data Set Does Not Match SOP Class | the data set's SOP "

@@ -190,6 +190,7 @@ class NodeConfig:
                 retention_seconds=settings.dicom_node_retention_hours * 3600.0,
                 max_pending_studies=settings.dicom_node_max_pending_studies,
                 record_retention_seconds=settings.dicom_node_record_retention_days * 24 * 3600.0,
+                max_study_instances=settings.dicom_node_max_study_instances,
             ),
             "receive_memory_bytes": settings.dicom_node_receive_memory_bytes,
         }

@@ -293,6 +293,12 @@ class Settings(BaseSettings):
         description="studies waiting for analysis at most; an instance of a further study is refused (Out of "
         "Resources), one of a study already waiting is kept",
     )
+    dicom_node_max_study_instances: int = Field(
+        default=10_000,
+        ge=1,
+        description="instances one study may hold; a further one is refused (Out of Resources): choosing a study's "
+        "series reads every header into memory (about 256 MiB and 8 s for 10,000)",
+    )
     dicom_node_receive_memory_bytes: int = Field(
         default=1024 * MIB,
         gt=0,

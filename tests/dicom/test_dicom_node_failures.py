@@ -312,6 +312,7 @@ def test_spool_limits_come_from_the_settings(tmp_path: Path) -> None:
         dicom_node_min_free_bytes=0,
         dicom_node_retention_hours=2,
         dicom_node_record_retention_days=30,
+        dicom_node_max_study_instances=7,
         dicom_node_max_associations=4,
         dicom_node_association_timeout_seconds=5,
         dicom_node_send_timeout_seconds=7,
@@ -322,7 +323,13 @@ def test_spool_limits_come_from_the_settings(tmp_path: Path) -> None:
     config = NodeConfig.from_settings(settings)
 
     assert config.spool_limits == SpoolLimits(
-        2 * MIB, 100 * MIB, 0, 7200.0, max_pending_studies=5, record_retention_seconds=30 * 24 * 3600.0
+        2 * MIB,
+        100 * MIB,
+        0,
+        7200.0,
+        max_pending_studies=5,
+        record_retention_seconds=30 * 24 * 3600.0,
+        max_study_instances=7,
     )
     assert config.receive_memory_bytes == 8 * MIB
     assert (config.max_associations, config.association_timeout_seconds, config.send_timeout_seconds) == (4, 5, 7)

@@ -1,4 +1,4 @@
-"""The spool as it fills with studies over months (attack25b finding 6).
+"""The spool as it fills with studies over months (attack25b finding 6), and a study of very many instances (12).
 
 The node kept its pending and unsent markers inside each study's folder and found them by listing every study the
 spool ever held, every second, and kept a record per study for ever: with 50,000 settled studies an idle node used
@@ -17,9 +17,17 @@ from typing import Any
 import pytest
 
 from app.dicom_node import DicomNode
-from app.dicom_spool import Spool, SpoolLimits, study_key
-from tests.dicom.builders import mr_series, tumor_channels, write_files
-from tests.dicom.node_support import QUIET_SECONDS, Clock, ResultStore, process_and_send, storescu
+from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, study_key
+from tests.dicom.builders import Study, mr_series, tumor_channels, write_files
+from tests.dicom.node_support import (
+    QUIET_SECONDS,
+    Clock,
+    ResultStore,
+    process_and_send,
+    process_ready,
+    store_dataset,
+    storescu,
+)
 
 DAY_SECONDS = 24 * 3600.0
 
@@ -107,3 +115,22 @@ def test_a_study_with_results_still_to_send_outlives_every_retention(
     assert node.purge_expired() == []
     assert len(list((node.spool.root / "studies").glob("*/instances/*.dcm"))) == 3
     assert len(node.spool.unsent_studies()) == 1
+
+
+def test_a_study_holds_at_most_max_study_instances_and_the_count_survives_a_restart(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """attack25b finding 12: a study of 10,000 one-slice instances was all accepted, and choosing its series read
+    every header into memory (+256 MiB, 8 s). The instances of one study are now capped as they arrive."""
+    node = make_node(spool_limits=SpoolLimits(max_study_instances=2))
+    study, other = mr_series(tumor_channels(), Study()), mr_series(tumor_channels()[:1], Study())
+
+    statuses = [store_dataset(node.config.port, dataset) for dataset in (*study, study[0], other[0])]
+
+    assert [int(status.Status) for status in statuses] == [0x0000, 0x0000, 0xA700, 0x0000, 0x0000]
+    assert statuses[2].ErrorComment == "the study holds 2 instances; the limit is 2"  # a copy sent again is kept
+    restarted = Spool(node.spool.root, limits=SpoolLimits(max_study_instances=2))
+    with pytest.raises(SpoolFullError, match="the study holds 2 instances"):
+        restarted.store_instance(study[2].StudyInstanceUID, study[2].PatientID, study[2].SOPInstanceUID, b"x")
+    clock.advance(QUIET_SECONDS)
+    assert len(process_ready(node)) == 2
