@@ -8,6 +8,10 @@ import numpy as np
 from app.core.outline import draw_outline as draw_mask_outline
 
 OUTLINE_RGB = (0, 255, 0)  # green: the kaggle_3m composite is mostly grey-magenta, so green stands out
+OVERLAY_BYTES_PER_PIXEL = 13
+"""What drawing and encoding an overlay holds per pixel of the slice, beyond its decoding: the RGB canvas and its
+BGR copy for OpenCV (3 + 3), the encoded PNG and its copy as bytes (up to 3 + 3: noise does not compress), the mask
+(1)."""
 
 
 def draw_outline(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

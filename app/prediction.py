@@ -21,7 +21,7 @@ import anyio.to_thread
 import numpy as np
 
 from app import payloads, schemas
-from app.dicom_header import is_dicom
+from app.dicom_header import DicomHeader, is_dicom
 from app.dicom_series import (
     UNKNOWN_ORDER_NOTE,
     SeriesPlan,
@@ -38,7 +38,7 @@ from app.errors import InvalidSliceError, MixedInputError, SegmentationInputErro
 from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget
 from app.model_runners import ModelRunner, Models
-from app.overlay import render_overlay_png
+from app.overlay import OVERLAY_BYTES_PER_PIXEL, render_overlay_png
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice
 from app.series_result import (
@@ -197,17 +197,33 @@ class PredictionService:
         return await self._predict_raster(data, keep_image=False, on_tally=on_tally)
 
     async def overlay(self, data: bytes, on_tally: TallyObserver | None = None) -> OverlayAnswer:
-        """The slice with the predicted tumor outline, as PNG bytes."""
+        """The slice with the predicted tumor outline, as PNG bytes.
+
+        The drawing and the PNG are counted in the request's memory reservation with the decoding, and made before
+        it ends (`OVERLAY_BYTES_PER_PIXEL`): they take more than the decoding of an 8-bit slice, and twelve
+        4096x4096 overlays at once took 1.4 GiB outside a 512 MiB budget.
+        """
         if is_dicom(data):
-            series = await self.predict_dicom([data], build_seg=False, strict=True, on_tally=on_tally, one_slice=True)
-            if len(series.result.predictions) != 1:
-                raise InvalidSliceError(
-                    f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
-                )
-            answer = SliceAnswer(series.result.predictions[0], series.result.inputs[0].image, series.tally)
-        else:
-            answer = await self._predict_raster(data, keep_image=True, on_tally=on_tally)
-        png = await self._cpu(render_overlay_png, answer.image, answer.prediction.mask)
+            check = partial(plan_series, max_slices=1, refuse_slices=several_slices, rules=self.rules)
+            plan: SeriesPlan = await self._cpu(check, [data], self.limits)
+            if plan.file_errors:
+                raise next(iter(plan.file_errors.values()))
+            pixels = sum(header.pixels for header in plan.headers if isinstance(header, DicomHeader))
+            async with self._reserve(plan.cost_bytes + OVERLAY_BYTES_PER_PIXEL * pixels):
+                series = await self._answer_planned_series(plan, build_seg=False, strict=True, on_tally=on_tally)
+                if len(series.result.predictions) != 1:
+                    raise InvalidSliceError(
+                        f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
+                    )
+                answer = SliceAnswer(series.result.predictions[0], series.result.inputs[0].image, series.tally)
+                png = await self._cpu(render_overlay_png, answer.image, answer.prediction.mask)
+            return OverlayAnswer(png, answer.prediction, answer.tally)
+        raster_plan = await self._cpu(plan_raster_uploads, [data], self.limits, OVERLAY_BYTES_PER_PIXEL)
+        if isinstance(raster_plan.uploads[0], ServiceError):
+            raise raster_plan.uploads[0]
+        async with self._reserve(raster_plan.cost_bytes):
+            answer = await self._predict_planned_raster(data, keep_image=True, on_tally=on_tally)
+            png = await self._cpu(render_overlay_png, answer.image, answer.prediction.mask)
         return OverlayAnswer(png, answer.prediction, answer.tally)
 
     async def predict_files(
@@ -290,13 +306,19 @@ class PredictionService:
         if strict and plan.file_errors:
             raise next(iter(plan.file_errors.values()))
         async with self._reserve(plan.cost_bytes):
-            series = await self._cpu(decode_series, plan)
-            if strict and series.file_errors:
-                raise next(iter(series.file_errors.values()))
-            if not series.inputs and series.file_errors:
-                # An empty series would read as "no tumor"; raster batches keep an error per file instead.
-                raise nothing_readable(series.file_errors)
-            return await self.predict_series(series, build_seg, on_tally)
+            return await self._answer_planned_series(plan, build_seg, strict, on_tally)
+
+    async def _answer_planned_series(
+        self, plan: SeriesPlan, build_seg: bool, strict: bool, on_tally: TallyObserver | None
+    ) -> SeriesAnswer:
+        """Decode a planned series and answer it; the caller holds the plan's memory reservation."""
+        series = await self._cpu(decode_series, plan)
+        if strict and series.file_errors:
+            raise next(iter(series.file_errors.values()))
+        if not series.inputs and series.file_errors:
+            # An empty series would read as "no tumor"; raster batches keep an error per file instead.
+            raise nothing_readable(series.file_errors)
+        return await self.predict_series(series, build_seg, on_tally)
 
     async def predict_series(
         self, series: SeriesUploads, build_seg: bool, on_tally: TallyObserver | None = None
@@ -351,8 +373,14 @@ class PredictionService:
         if isinstance(plan.uploads[0], ServiceError):
             raise plan.uploads[0]
         async with self._reserve(plan.cost_bytes):
-            prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
-            predictions = await self.run_models(prepared.model_input[None], [prepared.size])
+            return await self._predict_planned_raster(data, keep_image, on_tally)
+
+    async def _predict_planned_raster(
+        self, data: bytes, keep_image: bool, on_tally: TallyObserver | None
+    ) -> SliceAnswer:
+        """Decode a planned raster file and answer it; the caller holds the plan's memory reservation."""
+        prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
+        predictions = await self.run_models(prepared.model_input[None], [prepared.size])
         (prediction,) = self.final_answers(predictions, clean_as_volume=False)
         return SliceAnswer(prediction, prepared.image, self._count([prediction], 0, on_tally))
 

@@ -100,11 +100,14 @@ def check_request_cost(cost: int, files: int, limits: UploadLimits) -> None:
         )
 
 
-def plan_raster_uploads(uploads: Sequence[bytes | ServiceError], limits: UploadLimits) -> RasterPlan:
+def plan_raster_uploads(
+    uploads: Sequence[bytes | ServiceError], limits: UploadLimits, extra_bytes_per_pixel: int = 0
+) -> RasterPlan:
     """Check every file's header (size, pixels, samples, cost) and the request's slices and cost; nothing is decoded.
 
     A file that fails yields its error in its place. The files decode one at a time and keep only their model
-    input, so the request costs one model input per file plus the largest file's decoding.
+    input, so the request costs one model input per file plus the largest file's decoding. `extra_bytes_per_pixel`
+    counts what the caller makes of a decoded file besides (the overlay's drawing and PNG).
 
     Raises
     ------
@@ -125,7 +128,7 @@ def plan_raster_uploads(uploads: Sequence[bytes | ServiceError], limits: UploadL
             checked.append(error)
             continue
         checked.append(data)
-        costs.append(header.cost_bytes)
+        costs.append(header.cost_bytes + extra_bytes_per_pixel * header.pixels)
     check_request_slices(len(costs), limits)
     cost = len(costs) * MODEL_INPUT_BYTES + max((item - MODEL_INPUT_BYTES for item in costs), default=0)
     check_request_cost(cost, len(costs), limits)

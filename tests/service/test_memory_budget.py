@@ -20,6 +20,7 @@ from app.errors import OverloadedError, OverMemoryBudgetError
 from app.imaging import read_image_header
 from app.inference import SlicePrediction
 from app.memory_budget import MODEL_INPUT_BYTES, MemoryBudget
+from app.overlay import OVERLAY_BYTES_PER_PIXEL
 from app.prediction import PredictionService
 from app.uploads import UploadLimits, plan_raster_uploads, prepare_uploads
 from tests.api.service_client import png_bytes
@@ -289,3 +290,41 @@ def test_a_request_whose_client_has_gone_stops_waiting_and_is_not_inferred() -> 
     asyncio.run(scenario())
 
     assert models.most_running == 0
+
+
+@pytest.mark.parametrize("kind", ["png", "dicom"])
+def test_an_overlay_is_drawn_and_encoded_inside_its_reservation(kind: str) -> None:
+    """attack26 finding 1: the overlay's drawing and PNG (13 bytes a pixel, more than decoding an 8-bit slice) were
+    made after the request's reservation had ended: twelve 4096x4096 overlays at once took 1.4 GiB beside a 512 MiB
+    budget. They are now counted in the reservation and made before it ends."""
+    side = 512
+    data = png_bytes(np.zeros((side, side), np.uint8)) if kind == "png" else dicom_series_files(1, side)[0]
+    budget = MemoryBudget(64 * MIB)
+    models = SlowModels()
+    models.budget = budget
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=64 * MIB), budget=budget)
+    held_while_drawing: list[int] = []
+
+    def drawing(image: np.ndarray, mask: np.ndarray | None) -> bytes:
+        held_while_drawing.append(budget.used)
+        return b"png"
+
+    with patch("app.prediction.render_overlay_png", drawing):
+        answer = asyncio.run(service.overlay(data))
+
+    assert answer.png == b"png"
+    assert held_while_drawing[0] >= OVERLAY_BYTES_PER_PIXEL * side * side
+    assert budget.used == 0
+
+
+def test_an_overlay_over_the_budget_is_refused_where_its_prediction_is_not() -> None:
+    image = png_bytes(np.zeros((1024, 1024), np.uint8))
+    prediction_cost = plan_raster_uploads([image], UploadLimits()).cost_bytes
+    budget_bytes = prediction_cost + 1024 * 1024  # room for the prediction, not for 13 bytes a pixel more
+    models = SlowModels()
+    models.budget = MemoryBudget(budget_bytes)
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=budget_bytes), budget=models.budget)
+
+    assert asyncio.run(service.predict_files([image], schemas.MaskFormat.RLE)).tally.negative == 1
+    with pytest.raises(OverMemoryBudgetError, match="DECODE_MEMORY_BYTES"):
+        asyncio.run(service.overlay(image))
