@@ -171,7 +171,7 @@ def _refuse_several_studies(headers: Sequence[DicomHeader]) -> None:
         if len(values) > 1:
             raise MixedInputError(
                 f"the request's DICOM files come from {len(values)} {what} (by {keyword}); send one study per "
-                "request: its series are chosen among"
+                "request: the series the models read are chosen within it"
             )
 
 

@@ -263,7 +263,10 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
     patients = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(first + other_patient))
 
     assert studies.status_code == 400 and studies.json()["error"]["code"] == "mixed_input"
-    assert "come from 2 studies (by StudyInstanceUID)" in studies.json()["error"]["message"]
+    assert studies.json()["error"]["message"] == (
+        "the request's DICOM files come from 2 studies (by StudyInstanceUID); send one study per request: the series "
+        "the models read are chosen within it"
+    )
     assert patients.status_code == 400 and "come from 2 patients (by PatientID)" in patients.json()["error"]["message"]
     assert "OTHER-PATIENT" not in patients.text
 
