@@ -83,6 +83,8 @@ _LIBRARY_SLIP_TYPES = (AttributeError, TypeError, KeyError, IndexError)
 
 # The same slips, reported inside another error's text (pydicom's "exceptions were raised by all available plugins").
 _LIBRARY_SLIP_TEXT = re.compile(r"object has no attribute|index out of range|unpack requires a buffer")
+# pydicom's preamble to the reports of its decoder plugins, one per line ("  pydicom: ...", "  pylibjpeg: ...").
+_PLUGIN_REPORTS = re.compile(r"^Unable to decode as exceptions were raised by all available plugins:\s*")
 
 
 def decoder_reason(error: Exception) -> str:
@@ -96,6 +98,8 @@ def decoder_reason(error: Exception) -> str:
         return f"its data breaks off or is malformed where the reader expected more ({type(error).__name__})"
     if not text:
         return f"the decoder stopped without a reason ({type(error).__name__})"
+    if _PLUGIN_REPORTS.match(text):  # the plugins' reports on one line, without the dispatcher's preamble
+        text = "; ".join(line.strip() for line in _PLUGIN_REPORTS.sub("", text).splitlines() if line.strip())
     return without_quoted_values(text)
 
 

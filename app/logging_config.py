@@ -27,6 +27,7 @@ from app.errors import without_quoted_values
 VALUE_QUOTING_LOGGERS = ("pydicom", "pynetdicom", "highdicom", "py.warnings", "PIL")
 _UID_LIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")  # 1.2.840.113619.2... (also dates and versions: a fair price)
 REDACTED = "<redacted>"
+DECODER_PLUGIN_LOGGER = "pydicom.pixels.decoders.base"
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -95,3 +96,6 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     # Pillow logs at DEBUG every tag of an image's metadata: one crafted JPEG wrote 16,000 lines at LOG_LEVEL=DEBUG.
     logging.getLogger("PIL").setLevel(logging.INFO)
+    # pydicom logs each decoder plugin's failure on a file, traceback and all, at ERROR: a client's broken file,
+    # which the service refuses (400, the node C000) with the reason and logs in its own line.
+    logging.getLogger(DECODER_PLUGIN_LOGGER).setLevel(logging.CRITICAL)

@@ -10,10 +10,12 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     MRImageStorage,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    RLELossless,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -205,3 +207,14 @@ def write_files(datasets: Sequence[Dataset], directory: Path) -> list[Path]:
         path.write_bytes(to_bytes(dataset))
         paths.append(path)
     return paths
+
+
+def with_broken_rle(dataset: Dataset) -> Dataset:
+    """`dataset` as RLE Lossless whose one segment holds 3 bytes for a whole frame: its header passes every check,
+    and pydicom's decoder fails on it (attack review 26)."""
+    segment_table = bytearray(64)
+    segment_table[0], segment_table[4] = 1, 64  # one segment, at byte 64
+    dataset.file_meta.TransferSyntaxUID = RLELossless
+    dataset.PixelData = encapsulate([bytes(segment_table) + b"\x7f\x01\x02\x03"])
+    dataset["PixelData"].VR = "OB"
+    return dataset

@@ -18,9 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app.logging_config import JsonFormatter, configure_logging, redact_values
+from app.dicom_header import read_dicom_header
+from app.dicom_input import decode_dicom
+from app.errors import UndecodableDicomError
+from app.logging_config import DECODER_PLUGIN_LOGGER, JsonFormatter, configure_logging, redact_values
 from tests.conftest import TUMOR_SLICE, read_slice
-from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes
+from tests.dicom.builders import FLAIR, Study, mr_dataset, mr_series, to_bytes, tumor_channels, with_broken_rle
 from tests.dicom.test_dicom_input import MALFORMED_DICOM_CASES, malformed_dicom, replaced
 from tests.security.conftest import assert_error, png_bytes, start_server
 
@@ -170,3 +173,24 @@ def test_debug_logging_leaves_out_pillows_per_tag_lines():
         root.handlers[:], root.level = saved[0], saved[1]
         logging.getLogger("PIL").setLevel(saved[2])
         logging.getLogger("highdicom").setLevel(saved[3])
+
+
+def test_a_clients_broken_file_leaves_no_error_line_from_pydicoms_decoders() -> None:
+    """attack26 finding 2: pydicom logged each decoder plugin's failure at ERROR with its traceback, one per broken
+    upload: a client could fill the log and set off error alerts at will. The refusal (400, C000) says why."""
+    root, decoders = logging.getLogger(), logging.getLogger(DECODER_PLUGIN_LOGGER)
+    saved = (root.handlers[:], root.level, decoders.level)
+    records: list[logging.LogRecord] = []
+    try:
+        configure_logging("INFO")
+        collector = logging.Handler()
+        collector.emit = records.append  # type: ignore[method-assign]
+        root.addHandler(collector)
+        header = read_dicom_header(to_bytes(with_broken_rle(mr_series(tumor_channels())[0])))
+
+        with pytest.raises(UndecodableDicomError, match="RLE segment"):
+            decode_dicom(header)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        decoders.setLevel(saved[2])
+    assert [record.name for record in records if record.levelno >= logging.ERROR] == []

@@ -18,7 +18,7 @@ from app.dicom_input import read_dicom
 from app.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError
 from app.imaging import MAX_IMAGE_SIDE
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels, with_broken_rle
 
 CANARY = "DOE^JOHN"
 ENDPOINTS = (("/v1/predict", "file"), ("/v1/overlay", "file"), ("/v1/predict/batch", "files"))
@@ -308,3 +308,20 @@ def test_an_image_with_a_side_over_the_limit_is_refused_as_too_large(
         assert response.status_code == 413, response.text
         error = response.json()["error"]
     assert error["code"] == "image_too_large" and str(MAX_IMAGE_SIDE) in error["message"]
+
+
+def test_a_decoder_failure_is_told_in_one_line_without_pydicoms_dispatch_preamble(client: TestClient) -> None:
+    """attack26 finding 3: the message carried pydicom's "Unable to decode as exceptions were raised by all
+    available plugins:" and a newline before each plugin's report."""
+    files = [
+        ("files", (f"{index}.dcm", to_bytes(with_broken_rle(dataset)), "application/dicom"))
+        for index, dataset in enumerate(series())
+    ]
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 400 and response.json()["error"]["code"] == "undecodable_dicom"
+    assert response.json()["error"]["message"] == (
+        "none of the 3 files could be used, each for the same reason: DICOM pixel data cannot be decoded: pydicom: "
+        "The amount of decoded RLE segment data doesn't match the expected amount (3 vs. 65536 bytes)"
+    )
