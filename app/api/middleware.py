@@ -94,9 +94,9 @@ class ClientAddressMiddleware:
 
 class RequestContextMiddleware:
     """Give each request a server-made id (a uuid4, echoed in `X-Request-ID`; the client's own `X-Request-ID`, when
-    a plain token, is kept as `client_request_id`), refuse more than `max_header_count` headers (431), count and
-    time the request, write one access log line, and one audit line per inference and per refusal (401, 403, 408,
-    413, 415, 429, 431) with the path, the peer and the reason."""
+    a plain token, is kept as `client_request_id`), mark every answer `X-Content-Type-Options: nosniff`, refuse more
+    than `max_header_count` headers (431), count and time the request, write one access log line, and one audit line
+    per inference and per refusal (401, 403, 408, 413, 415, 429, 431) with the path, the peer and the reason."""
 
     def __init__(
         self,
@@ -127,7 +127,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append(REQUEST_ID_HEADER, request_id)
+                if "x-content-type-options" not in headers:  # JSON that echoes input is never sniffed as HTML
+                    headers.append("X-Content-Type-Options", "nosniff")
             await send(message)
 
         try:

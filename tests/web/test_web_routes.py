@@ -63,3 +63,13 @@ def test_page_routes_are_not_in_openapi_schema(client: TestClient) -> None:
 
     assert "/" not in paths
     assert not any(path.startswith("/static") for path in paths)
+
+
+@pytest.mark.parametrize("path", ["/static/nope.js", "/openapi.json", "/no/such/path", "/health/live", "/metrics"])
+def test_every_answer_is_marked_nosniff_once(client: TestClient, path: str) -> None:
+    """attack26 finding 12: JSON answers, errors that echo the path among them (`no static file 'nope.js'`), had no
+    X-Content-Type-Options; only the page, its files and the docs did."""
+    response = client.get(path)
+
+    assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+    assert client.get("/").headers.get_list("x-content-type-options") == ["nosniff"]  # set by its route: not twice
