@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.audit import AuditLog
@@ -293,7 +295,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Refusals
     def send_400_response(self, msg: str) -> None:
         """httptools could not parse the request (a control character in a header, a broken request line): the
-        JSON error body and the log line every other refusal has, instead of uvicorn's plain text."""
+        JSON error body and the log line every other refusal has, instead of uvicorn's plain text.
+
+        A method httptools does not know (``FOO``: a legal token, RFC 9110 9.1) is no malformed request but one this
+        server does not implement: 501. uvicorn calls this inside its ``except httptools.HttpParserError``, so the
+        error at hand tells the two apart.
+        """
+        if isinstance(sys.exc_info()[1], httptools.HttpParserInvalidMethodError):
+            self._refuse(
+                HTTPStatus.NOT_IMPLEMENTED,
+                "method_not_implemented",
+                "the request's method is not an HTTP method this server knows (its routes take GET, HEAD and POST)",
+            )
+            return
         self._refuse(
             HTTPStatus.BAD_REQUEST,
             "invalid_http_request",

@@ -79,6 +79,12 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode(
         "invalid_http_request", 400, "a request line or header that is not valid HTTP/1.1; the connection is closed"
     ),
+    ErrorCode(
+        "method_not_implemented",
+        501,
+        "a method the server does not know at all (`FOO`; a known one a path does not take is 405); the connection is "
+        "closed",
+    ),
     ErrorCode("request_timeout", 408, "headers or body not sent within HEADER_TIMEOUT_SECONDS / BODY_TIMEOUT_SECONDS"),
     ErrorCode("headers_too_large", 431, "request headers over MAX_HEADER_BYTES or more than MAX_HEADER_COUNT of them"),
     ErrorCode(

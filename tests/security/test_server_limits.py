@@ -180,6 +180,17 @@ def test_a_malformed_header_gets_the_json_error_and_a_log_line(server: ServerPro
     assert httpx.get(f"{server.base_url}/health/live", timeout=2.0).status_code == 200
 
 
+def test_an_unknown_method_is_not_implemented_rather_than_malformed(server: ServerProcess):
+    """attack26 finding 11: `FOO`, a legal method token httptools does not know, got 400 "not valid HTTP/1.1"."""
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(b"FOO /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = read_until_closed(sock, 5)
+
+    assert answer.startswith(b"HTTP/1.1 501 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "method_not_implemented"
+    assert any(line.get("error_code") == "method_not_implemented" for line in log_lines(server))
+
+
 def test_head_gets_the_headers_of_get_and_the_connection_goes_on(server: ServerProcess):
     """HEAD is answered as GET without the body (app.api.middleware.HeadAsGetMiddleware); the server itself must
     still see HEAD, or it waits for the Content-Length bytes that never come and fails the response."""
