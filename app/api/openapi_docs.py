@@ -88,7 +88,10 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode("request_timeout", 408, "headers or body not sent within HEADER_TIMEOUT_SECONDS / BODY_TIMEOUT_SECONDS"),
     ErrorCode("headers_too_large", 431, "request headers over MAX_HEADER_BYTES or more than MAX_HEADER_COUNT of them"),
     ErrorCode(
-        "validation_error", 422, "a missing or malformed field (no `file`, several `file` parts, a bad query value)"
+        "validation_error",
+        422,
+        "a missing or malformed field (no `file`, several `file` parts, a part under another name, a bad or unknown "
+        "query parameter)",
     ),
     ErrorCode(
         "rate_limited", 429, "over RATE_LIMIT_PER_MINUTE for this key (or address); Retry-After says when to retry"

@@ -7,11 +7,12 @@ from fastapi.responses import Response
 
 from app import schemas
 from app.api.deps import MetricsDep, get_predictor
+from app.api.request_fields import query_parameters
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health/live", response_model=schemas.HealthStatus)
+@router.get("/health/live", dependencies=[query_parameters()], response_model=schemas.HealthStatus)
 async def read_liveness() -> schemas.HealthStatus:
     """200 while the process serves requests, also during model loading."""
     return schemas.HealthStatus(status="alive")
@@ -19,6 +20,7 @@ async def read_liveness() -> schemas.HealthStatus:
 
 @router.get(
     "/health/ready",
+    dependencies=[query_parameters()],
     response_model=schemas.HealthStatus,
     responses={503: {"model": schemas.ErrorResponse, "description": "models not loaded and warm yet"}},
 )

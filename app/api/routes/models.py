@@ -7,12 +7,14 @@ from fastapi import APIRouter, Security
 from app import schemas
 from app.api.deps import ManifestDep, SettingsDep
 from app.api.openapi_docs import OPTIONAL_API_KEY, READ_STATUSES, document_api_key, error_responses, response_examples
+from app.api.request_fields import query_parameters
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(document_api_key)])
 
 
 @router.get(
     "/models",
+    dependencies=[query_parameters()],
     openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.ModelsResponse,
     responses=error_responses(*READ_STATUSES)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Header, Query, Request, Security, UploadFile, params
+from fastapi import APIRouter, File, Header, Query, Request, Security, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -32,6 +32,7 @@ from app.api.openapi_docs import (
     error_responses,
     response_examples,
 )
+from app.api.request_fields import check_file_fields, query_parameters
 from app.dicom_seg import part10_bytes
 from app.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
@@ -100,41 +101,12 @@ SeriesQuery = Annotated[
 ]
 
 
-def query_parameters(*known: str) -> params.Depends:
-    """A route dependency that refuses a query parameter the route does not take, or one given more than once.
-
-    Why: a misspelt parameter (`mask_fromat=png`) would be ignored and the request answered with the defaults, and
-    of `output=json&output=dicom-seg` only the last would count: either way an answer to a question not asked.
-    """
-
-    async def refuse_others(request: Request) -> None:
-        for name in dict.fromkeys(request.query_params.keys()):
-            if name not in known:
-                shown = name if len(name) <= 40 else f"{name[:40]}..."
-                taken = ", ".join(known) if known else "no query parameters"
-                raise RequestValidationFailed(f"query.{shown}: not a parameter of this endpoint (it takes {taken})")
-            if (count := len(request.query_params.getlist(name))) > 1:
-                raise RequestValidationFailed(f"query.{name}: given {count} times; give it once")
-
-    return Depends(refuse_others)
-
-
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     """Read a file part, at most one byte past the per-file limit (so an oversized file is never read whole)."""
     data = await upload.read(settings.max_upload_bytes + 1)
     limits = uploads.UploadLimits.from_settings(settings)
     uploads.check_upload_size(len(data), limits, complete=len(data) <= settings.max_upload_bytes)
     return data
-
-
-async def refuse_several_files(request: Request) -> None:
-    """One `file` part only: FastAPI would silently take the last of several, answering for a slice the client
-    may not have meant."""
-    count = len((await request.form()).getlist("file"))
-    if count > 1:
-        raise RequestValidationFailed(
-            f"body.file: expected one file, got {count} (send several slices to /v1/predict/batch as `files`)"
-        )
 
 
 def requested_output(output: schemas.OutputFormat, accept: str | None) -> schemas.OutputFormat:
@@ -173,7 +145,7 @@ async def create_prediction(
         raise RequestValidationFailed(
             f"query.output: {output.value} reports on a whole series; send it to /v1/predict/batch"
         )
-    await refuse_several_files(request)
+    await check_file_fields(request, "file")
     data = await read_upload(file, settings)
     request.state.input_sha256 = uploads.sha256_hex(data)
     answer = await unless_client_gone(
@@ -213,6 +185,7 @@ async def create_batch_prediction(
     volume, and with `output=dicom-seg` one multi-frame DICOM SEG for the whole series (slices without a Frame of
     Reference: one SEG per positive slice, as multipart/related).
     """
+    await check_file_fields(request, "files", several=True)
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(f"a batch may hold at most {settings.max_batch_files} files; got {len(files)}")
     contents: list[bytes | ServiceError] = []
@@ -268,7 +241,7 @@ async def create_overlay(
     request: Request, file: SliceFile, service: PredictionServiceDep, settings: SettingsDep
 ) -> Response:
     """PNG of the slice with the predicted tumor outline drawn in green, for people to look at."""
-    await refuse_several_files(request)
+    await check_file_fields(request, "file")
     data = await read_upload(file, settings)
     request.state.input_sha256 = uploads.sha256_hex(data)
     answer = await unless_client_gone(request, service.overlay(data, on_tally=partial(record_outcome, request)))

@@ -532,3 +532,37 @@ def test_every_query_parameter_a_route_documents_is_taken(client: TestClient) ->
             files={field: ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg")},
         )
         assert response.status_code == 200, (path, response.text)
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/health/live", "/health/ready"])
+def test_the_read_routes_refuse_query_parameters_too(client: TestClient, path: str) -> None:
+    """attack26 finding 10: they answered `?x=1` as if it were not there, where the POST routes refuse it."""
+    response = client.get(f"{path}?verbose=1")
+
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == (
+        "query.verbose: not a parameter of this endpoint (it takes no query parameters)"
+    )
+    assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "message"),
+    [
+        ("/v1/predict/batch", ["files", "file"], "body.file: not a field of this endpoint (it takes `files`)"),
+        ("/v1/predict", ["file", "other"], "body.other: not a field of this endpoint (it takes `file`)"),
+        ("/v1/overlay", ["file", "files"], "body.files: not a field of this endpoint (it takes `file`)"),
+    ],
+)
+def test_a_file_part_under_another_name_is_refused_not_dropped(
+    client: TestClient, path: str, fields: list[str], message: str
+) -> None:
+    """attack26 finding 10: the batch answered for its `files` and dropped a part sent as `file` without a word."""
+    data = TUMOR_SLICE.read_bytes()
+    parts = [(name, (f"{index}.jpg", data, "image/jpeg")) for index, name in enumerate(fields)]
+
+    response = client.post(path, files=parts)
+
+    assert response.status_code == 422
+    assert response.json() == {"error": {"code": "validation_error", "message": message}}
+    assert_still_serving(client)
