@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import uuid
 from dataclasses import dataclass
@@ -93,6 +94,9 @@ def raw_error_response(status: HTTPStatus, code: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+_METHOD_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64} ")  # RFC 9110's token, then the space
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """One connection; see the module docstring for the limits."""
 
@@ -115,6 +119,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._chunk_events = 0  # chunk headers, body bytes and message ends parsed so far
         self._after_chunk_header = False  # a chunk header parsed and no data after it yet: the last chunk's, if so
         self._trailer_bytes = 0
+        self._header_chunk = b""  # the bytes of the request line and headers handed to the parser last
 
     # Connection lifecycle
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -159,6 +164,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm_header_timer()
             chunk, data = data[:room], data[room:]
             self._header_bytes += len(chunk)
+            self._header_chunk = chunk
             super().data_received(chunk)
 
     # Parser callbacks
@@ -299,9 +305,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
         A method httptools does not know (``FOO``: a legal token, RFC 9110 9.1) is no malformed request but one this
         server does not implement: 501. uvicorn calls this inside its ``except httptools.HttpParserError``, so the
-        error at hand tells the two apart.
+        error at hand says the method was not known; the request line says whether it was a token at all (a TLS
+        hello is not).
         """
-        if isinstance(sys.exc_info()[1], httptools.HttpParserInvalidMethodError):
+        unknown_method = isinstance(sys.exc_info()[1], httptools.HttpParserInvalidMethodError)
+        if unknown_method and _METHOD_TOKEN.match(self._header_chunk):
             self._refuse(
                 HTTPStatus.NOT_IMPLEMENTED,
                 "method_not_implemented",
