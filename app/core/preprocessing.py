@@ -23,6 +23,11 @@ MIN_IMAGE_SIDE = 32
 256 x 256 they would still get an answer, with a confidence that means nothing."""
 
 
+MAX_ASPECT_RATIO = 8
+"""A slice whose long side is more than this many times its short side is no MR slice (clinical matrices are at most
+about 2:1): squeezed to 256 x 256 it would get an answer that means nothing, and a viewer shows it as a line."""
+
+
 class InvalidImageError(ValueError):
     """An image array that cannot be a brain MRI slice (wrong rank, channels or dtype)."""
 
@@ -51,6 +56,11 @@ def as_three_channel_uint8(image: np.ndarray) -> np.ndarray:
     if min(height, width) < MIN_IMAGE_SIDE:
         raise InvalidImageError(
             f"image is {width}x{height} pixels; a brain MRI slice has at least {MIN_IMAGE_SIDE} pixels on each side"
+        )
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise InvalidImageError(
+            f"image is {width}x{height} pixels; a brain MRI slice's long side is at most {MAX_ASPECT_RATIO} times "
+            "its short side"
         )
     return image
 

@@ -83,8 +83,20 @@ def test_flair_only_copies_flair_into_every_channel() -> None:
             np.zeros((31, 256), np.uint8),
             r"^image is 256x31 pixels; a brain MRI slice has at least 32 pixels on each side$",
         ),
+        (  # attack26 finding 6: answered 200, and the page showed a strip 0.2 px tall
+            np.zeros((32, 60000), np.uint8),
+            r"^image is 60000x32 pixels; a brain MRI slice's long side is at most 8 times its short side$",
+        ),
+        (
+            np.zeros((257, 32), np.uint8),
+            r"^image is 32x257 pixels; a brain MRI slice's long side is at most 8 times its short side$",
+        ),
     ],
 )
 def test_preprocess_slice_refuses_what_is_no_8_bit_slice(image: np.ndarray, message: str) -> None:
     with pytest.raises(InvalidImageError, match=message):
         preprocess_slice(image)
+
+
+def test_a_slice_eight_times_as_long_as_wide_is_still_a_slice() -> None:
+    assert preprocess_slice(np.zeros((32, 256), np.uint8)).shape == (256, 256, 3)
