@@ -204,27 +204,31 @@ class PredictionService:
         4096x4096 overlays at once took 1.4 GiB outside a 512 MiB budget.
         """
         if is_dicom(data):
-            check = partial(plan_series, max_slices=1, refuse_slices=several_slices, rules=self.rules)
-            plan: SeriesPlan = await self._cpu(check, [data], self.limits)
-            if plan.file_errors:
-                raise next(iter(plan.file_errors.values()))
-            pixels = sum(header.pixels for header in plan.headers if isinstance(header, DicomHeader))
-            async with self._reserve(plan.cost_bytes + OVERLAY_BYTES_PER_PIXEL * pixels):
-                series = await self._answer_planned_series(plan, build_seg=False, strict=True, on_tally=on_tally)
-                if len(series.result.predictions) != 1:
-                    raise InvalidSliceError(
-                        f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
-                    )
-                answer = SliceAnswer(series.result.predictions[0], series.result.inputs[0].image, series.tally)
-                png = await self._cpu(render_overlay_png, answer.image, answer.prediction.mask)
-            return OverlayAnswer(png, answer.prediction, answer.tally)
-        raster_plan = await self._cpu(plan_raster_uploads, [data], self.limits, OVERLAY_BYTES_PER_PIXEL)
-        if isinstance(raster_plan.uploads[0], ServiceError):
-            raise raster_plan.uploads[0]
-        async with self._reserve(raster_plan.cost_bytes):
+            return await self._dicom_overlay(data, on_tally)
+        plan = await self._cpu(plan_raster_uploads, [data], self.limits, OVERLAY_BYTES_PER_PIXEL)
+        if isinstance(plan.uploads[0], ServiceError):
+            raise plan.uploads[0]
+        async with self._reserve(plan.cost_bytes):
             answer = await self._predict_planned_raster(data, keep_image=True, on_tally=on_tally)
             png = await self._cpu(render_overlay_png, answer.image, answer.prediction.mask)
         return OverlayAnswer(png, answer.prediction, answer.tally)
+
+    async def _dicom_overlay(self, data: bytes, on_tally: TallyObserver | None) -> OverlayAnswer:
+        """`overlay` of one DICOM slice: planned as `predict_dicom` plans one slice, plus the drawing's cost."""
+        check = partial(plan_series, max_slices=1, refuse_slices=several_slices, rules=self.rules)
+        plan: SeriesPlan = await self._cpu(check, [data], self.limits)
+        if plan.file_errors:
+            raise next(iter(plan.file_errors.values()))
+        pixels = sum(header.pixels for header in plan.headers if isinstance(header, DicomHeader))
+        async with self._reserve(plan.cost_bytes + OVERLAY_BYTES_PER_PIXEL * pixels):
+            series = await self._answer_planned_series(plan, build_seg=False, strict=True, on_tally=on_tally)
+            if len(series.result.predictions) != 1:
+                raise InvalidSliceError(
+                    f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
+                )
+            prediction, image = series.result.predictions[0], series.result.inputs[0].image
+            png = await self._cpu(render_overlay_png, image, prediction.mask)
+        return OverlayAnswer(png, prediction, series.tally)
 
     async def predict_files(
         self,
