@@ -359,7 +359,18 @@ class ResultDelivery:
             except Exception as error:  # unreadable result files, a library bug: retried later like a refusal
                 logger.exception("sending results failed", extra={"fields": {"destination": str(destination)}})
                 outcome = SendOutcome((), 1, f"not sent ({type(error).__name__})")
+            else:
+                self._note_reachability(destination, outcome)
             self._record_attempt(key, run, destination, state, missing, outcome)
+
+    def _note_reachability(self, destination: Destination, outcome: SendOutcome) -> None:
+        """After a send that went to the destination: one it could not reach waits longer each time, whichever study
+        tried it (`_unreachable`); one it reached is open to every study again."""
+        if outcome.unreachable:
+            failed, _ = self._outages.get(str(destination), (0, 0.0))
+            self._outages[str(destination)] = (failed + 1, self.clock() + self._backoff(failed + 1))
+        else:
+            self._outages.pop(str(destination), None)
 
     def _backoff(self, rounds: int) -> float:
         """Seconds to wait after `rounds` failed passes: doubling, at most 10 minutes."""
@@ -383,11 +394,6 @@ class ResultDelivery:
         # Later passes retry a failed destination, waiting longer each time.
         rounds = state["attempts"] // (self.sender.retries + 1)
         state["next_attempt_at"] = self.clock() + self._backoff(rounds)
-        if outcome.unreachable:  # the same growing wait for the destination, whichever study tried it
-            failed, _ = self._outages.get(str(destination), (0, 0.0))
-            self._outages[str(destination)] = (failed + 1, self.clock() + self._backoff(failed + 1))
-        else:
-            self._outages.pop(str(destination), None)
 
         def update(record: dict[str, Any]) -> None:
             for stored_run in record["runs"]:
