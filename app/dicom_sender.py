@@ -26,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from app.core.backoff import doubling_wait
 from app.dicom_spool import RECORD_FILE, WAITING_STATUSES, Spool, results_waiting, timestamp
 from app.settings import AE_TITLE_RULE, is_ae_title
 
@@ -101,7 +102,7 @@ class ResultSender:
         failure, accepted = "", False
         for attempt in range(self.retries + 1):
             if attempt:
-                self._sleep(self.backoff_seconds * 2 ** (attempt - 1))
+                self._sleep(doubling_wait(self.backoff_seconds, attempt - 1))
             remaining = {path: dataset for path, dataset in datasets.items() if path not in stored}
             stored_now, failure, accepted_now = self._send_once(destination, remaining)
             stored.extend(stored_now)
@@ -374,7 +375,7 @@ class ResultDelivery:
 
     def _backoff(self, rounds: int) -> float:
         """Seconds to wait after `rounds` failed passes: doubling, at most 10 minutes."""
-        return min(600.0, self.sender.backoff_seconds * 2**rounds)
+        return doubling_wait(self.sender.backoff_seconds, rounds, most_seconds=600.0)
 
     def _record_attempt(
         self,

@@ -27,6 +27,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from app.answer_deadline import AnswerDeadlineAdapter
+from app.core.backoff import doubling_wait
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.result_uids import MANUFACTURER
 from app.sequence_selection import SelectionRules
@@ -350,7 +351,7 @@ class OrthancClient:
                 reason = "unexpected answer body"
             except requests.RequestException as error:  # a redirect loop, a bad header: the loop must not die of it
                 raise OrthancError(f"{what} at {self.config.server} failed: {type(error).__name__}") from None
-            delay = self.config.backoff_seconds * 2**attempt
+            delay = doubling_wait(self.config.backoff_seconds, attempt)
             logger.warning("orthanc call failed, retrying", extra={"fields": {"call": what, "reason": reason}})
             self._sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")

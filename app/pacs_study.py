@@ -52,6 +52,7 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
+from app.core.backoff import doubling_wait
 from app.dicom_sr import ReportReference, name_predecessors
 from app.orthanc_client import SYNC_STATION_NAME, AnswerTooLargeError, OrthancClient, OrthancError
 from app.pacs_sync_state import SyncState
@@ -331,7 +332,7 @@ class StudySync:
 
     def _next_attempt(self, attempts: int) -> float:
         config = self.client.config
-        return self.clock() + config.retry_seconds * 2 ** (min(attempts, config.max_attempts) - 1)
+        return self.clock() + doubling_wait(config.retry_seconds, min(attempts, config.max_attempts) - 1)
 
     def _record(self, status: str, study_fingerprint: str | None = None, **fields: Any) -> dict[str, Any]:
         record: dict[str, Any] = {
