@@ -162,6 +162,9 @@ class NetworkError extends Error {}
 /** The API key typed holds a character no HTTP header can carry: the request is never sent. */
 class ApiKeyError extends Error {}
 
+/** A 200 whose body is not the answer to the files sent (a proxy that rewrites answers): said so, not drawn. */
+class AnswerError extends Error {}
+
 let inFlight = null; // XMLHttpRequest of the analysis running now: a newer upload cancels it
 let segInFlight = null; // XMLHttpRequest of a DICOM SEG download: a newer upload cancels it too
 // Counts analyses started (and cancels): an analysis whose number is no longer the latest shows nothing, whatever
@@ -271,6 +274,9 @@ function describeError(error) {
     title = "Could not reach the service. Check the connection and try again.";
   } else if (error instanceof FormatError) {
     title = "The files could not be opened.";
+    detail = error.message;
+  } else if (error instanceof AnswerError) {
+    title = "The service's answer could not be read.";
     detail = error.message;
   } else {
     title = "The result could not be shown.";
@@ -579,6 +585,10 @@ function maskNamer() {
 }
 
 async function rasterSeries(answer, files, pictures, sentAsSeries) {
+  if (!Array.isArray(answer.results) || answer.results.length !== files.length) {
+    const held = Array.isArray(answer.results) ? answer.results.length : "no";
+    throw new AnswerError(`the answer holds ${held} results for the ${files.length} files sent`);
+  }
   const failures = fileFailures(answer.results.filter((item) => !item.ok), files);
   const slices = [];
   const maskName = maskNamer();
@@ -618,6 +628,16 @@ function anatomicalOrder(items, frames) {
 }
 
 async function dicomSeries(answer, files, headers) {
+  if (!Array.isArray(answer.slices) || answer.slices.length === 0) {
+    throw new AnswerError("the answer holds no slices"); // the service answers an error when none could be read
+  }
+  // The frames sent bound the slices, where the page could read every file's header.
+  const sent = headers.every((header) => header)
+    ? headers.reduce((sum, header) => sum + Math.max(header.frames.length, 1), 0)
+    : Infinity;
+  if (answer.slices.length > sent) {
+    throw new AnswerError(`the answer holds ${answer.slices.length} slices for the ${sent} in the files sent`);
+  }
   const failures = fileFailures(answer.file_errors, files);
   const frames = new Map();
   headers.forEach((header, index) => {

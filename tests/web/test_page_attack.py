@@ -319,7 +319,8 @@ def test_odd_server_answers_get_honest_messages(page: Page, live_server: str) ->
     # A 200 that is not the API's answer is not a connection problem.
     answers["now"] = (200, "{}", {"Content-Type": "application/json"})
     page.set_input_files("#file-input", TUMOR_SLICE)
-    expect(page.locator("#error-title")).to_have_text("The result could not be shown.")
+    expect(page.locator("#error-title")).to_have_text("The service's answer could not be read.")
+    expect(page.locator("#error-detail")).to_have_text("the answer holds no results for the 1 files sent")
 
     # A real connection failure still says so.
     page.unroute("**/v1/**")
@@ -329,6 +330,42 @@ def test_odd_server_answers_get_honest_messages(page: Page, live_server: str) ->
         "Could not reach the service. Check the connection and try again."
     )
     expect(page.locator("#progress-row")).to_be_hidden()
+    watch.assert_clean(page)
+
+
+def test_an_answer_that_does_not_fit_the_files_sent_is_said_so_not_drawn(page: Page, live_server: str) -> None:
+    """attack26 finding 7: an answer of no slices showed "Cannot read properties of undefined", and 1,200 slices
+    for 3 files were drawn, each on one of the 3 (a proxy that rewrites answers)."""
+    watch = PageWatch(page)
+    rewrites: dict[str, object] = {}
+
+    def rewritten(route: Route) -> None:
+        response = route.fetch()
+        answer = response.json()
+        rewrites["now"](answer)
+        route.fulfill(response=response, json=answer)
+
+    page.route("**/v1/predict/batch*", rewritten)
+    page.goto(live_server)
+    series = [
+        {"name": f"{index}.dcm", "mimeType": "application/dicom", "buffer": to_bytes(dataset)}
+        for index, dataset in enumerate(mr_series(tumor_channels()))
+    ]
+    cases = [
+        (lambda answer: answer.update(slices=[]), series, "the answer holds no slices"),
+        (
+            lambda answer: answer.update(slices=answer["slices"] * 400),
+            series,
+            "the answer holds 1200 slices for the 3 in the files sent",
+        ),
+        (lambda answer: answer.update(results=[]), [TUMOR_SLICE], "the answer holds 0 results for the 1 files sent"),
+    ]
+    for rewrite, files, detail in cases:
+        rewrites["now"] = rewrite
+        page.set_input_files("#file-input", files=files)
+        expect(page.locator("#error-title")).to_have_text("The service's answer could not be read.")
+        expect(page.locator("#error-detail")).to_have_text(detail)
+        expect(page.locator("#progress-row")).to_be_hidden()
     watch.assert_clean(page)
 
 
