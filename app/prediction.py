@@ -30,6 +30,7 @@ from app.dicom_series import (
     decode_series,
     in_stored_orientation,
     model_inputs,
+    plan_headers,
     plan_series,
     series_breaks,
     slice_order_known,
@@ -303,26 +304,56 @@ class PredictionService:
         app.errors.NoFlairSeriesError
             If no series can be read as FLAIR (`app.series_choice.choose_series`).
         """
-        check = partial(
-            plan_series, max_slices=1 if one_slice else None, refuse_slices=several_slices, rules=self.rules
-        )
-        plan: SeriesPlan = await self._cpu(check, uploads, self.limits)
+        planning = {"max_slices": 1 if one_slice else None, "refuse_slices": several_slices, "rules": self.rules}
+        plan: SeriesPlan = await self._cpu(partial(plan_series, **planning), uploads, self.limits)
         if strict and plan.file_errors:
             raise next(iter(plan.file_errors.values()))
         async with self._reserve(plan.cost_bytes):
-            return await self._answer_planned_series(plan, build_seg, strict, on_tally)
+            replan = None if strict else partial(plan_headers, **planning)
+            return await self._answer_planned_series(plan, build_seg, strict, on_tally, replan)
 
     async def _answer_planned_series(
-        self, plan: SeriesPlan, build_seg: bool, strict: bool, on_tally: TallyObserver | None
+        self,
+        plan: SeriesPlan,
+        build_seg: bool,
+        strict: bool,
+        on_tally: TallyObserver | None,
+        replan: Callable[[list[DicomHeader | ServiceError], UploadLimits], SeriesPlan] | None = None,
     ) -> SeriesAnswer:
-        """Decode a planned series and answer it; the caller holds the plan's memory reservation."""
+        """Decode a planned series and answer it; the caller holds the plan's memory reservation. With `replan`, a
+        chosen series none of whose files decode gives way to the next one the rules choose (`_read_next_series`)."""
         series = await self._cpu(decode_series, plan)
         if strict and series.file_errors:
             raise next(iter(series.file_errors.values()))
+        if not series.inputs and series.file_errors and replan is not None:
+            series = await self._read_next_series(plan, series, replan)
         if not series.inputs and series.file_errors:
             # An empty series would read as "no tumor"; raster batches keep an error per file instead.
             raise nothing_readable(series.file_errors)
         return await self.predict_series(series, build_seg, on_tally)
+
+    async def _read_next_series(
+        self,
+        plan: SeriesPlan,
+        failed: SeriesUploads,
+        replan: Callable[[list[DicomHeader | ServiceError], UploadLimits], SeriesPlan],
+    ) -> SeriesUploads:
+        """The series the rules choose once the files of the chosen one are known not to decode (pixel data its
+        headers did not betray), within the reservation already held; `failed` as it was when there is none, or it
+        costs more, or it does not decode either (attack finding: a readable second FLAIR series was never tried)."""
+        headers = [failed.file_errors.get(index, header) for index, header in enumerate(plan.headers)]
+        try:
+            other: SeriesPlan = await self._cpu(replan, headers, self.limits)
+        except ServiceError:  # no other series the models can read: the first one's errors say why
+            return failed
+        if other.cost_bytes > plan.cost_bytes:
+            return failed
+        series = await self._cpu(decode_series, other)
+        if not series.inputs:
+            return failed
+        unread = sum(index in plan.choice.used_files for index in failed.file_errors)
+        note = f"the series chosen first could not be read ({unread} files); the next one the rules choose was read"
+        return replace(series, choice=replace(series.choice, notes=(*series.choice.notes, note)))
 
     async def predict_series(
         self, series: SeriesUploads, build_seg: bool, on_tally: TallyObserver | None = None

@@ -18,7 +18,7 @@ from app.dicom_input import read_dicom
 from app.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError
 from app.imaging import MAX_IMAGE_SIDE
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels, with_broken_rle
+from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, with_broken_rle
 
 CANARY = "DOE^JOHN"
 ENDPOINTS = (("/v1/predict", "file"), ("/v1/overlay", "file"), ("/v1/predict/batch", "files"))
@@ -325,3 +325,26 @@ def test_a_decoder_failure_is_told_in_one_line_without_pydicoms_dispatch_preambl
         "none of the 3 files could be used, each for the same reason: DICOM pixel data cannot be decoded: pydicom: "
         "The amount of decoded RLE segment data doesn't match the expected amount (3 vs. 65536 bytes)"
     )
+
+
+def test_a_flair_series_that_does_not_decode_gives_way_to_another_flair_series(client: TestClient) -> None:
+    """attack26 finding 4: the FLAIR series chosen from the headers had pixel data no decoder could read, and the
+    request failed (400) though a readable FLAIR series was sent beside it."""
+    study = Study()
+    broken = [with_broken_rle(dataset) for dataset in mr_series(tumor_channels(), study, series_number=1)]
+    readable = mr_series(tumor_channels(), study, series_number=2)
+    files = [
+        ("files", (f"{index}.dcm", to_bytes(dataset), "application/dicom"))
+        for index, dataset in enumerate(broken + readable)
+    ]
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert {item["sop_instance_uid"] for item in body["slices"]} == {str(item.SOPInstanceUID) for item in readable}
+    assert (
+        "the series chosen first could not be read (3 files); the next one the rules choose was read"
+        in (body["selection_notes"])
+    )
+    assert len(body["file_errors"]) == 3
