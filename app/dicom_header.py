@@ -209,6 +209,21 @@ def read_dicom_header(
         _check_sop_class(dataset, has_pixels)
         _check_pixel_description(dataset)
         _check_functional_groups(dataset)
+    rows, columns, frames, bits = checked_dimensions(dataset, max_pixels)
+    if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
+        samples = int(dataset.get("SamplesPerPixel") or 1)
+        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
+    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated)
+
+
+def checked_dimensions(dataset: Dataset, max_pixels: int) -> tuple[int, int, int, int]:
+    """Rows, columns, frames and BitsAllocated of a header, refused over `max_pixels` (rows x columns x frames).
+
+    Raises
+    ------
+    UndecodableDicomError, InvalidDicomImageError, app.errors.ImageTooLargeError
+    """
+    with garbled_values_refused():
         rows, columns, frames = image_dimensions(dataset)
         bits = bits_allocated(dataset)
     if rows * columns * frames > max_pixels:
@@ -216,10 +231,7 @@ def read_dicom_header(
             f"DICOM image is {rows}x{columns} pixels x {frames} frames = {rows * columns * frames} pixels; "
             f"the limit is {max_pixels} pixels"
         )
-    if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
-        samples = int(dataset.get("SamplesPerPixel") or 1)
-        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
-    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated)
+    return rows, columns, frames, bits
 
 
 class _ShortReadWatch(io.BytesIO):

@@ -335,12 +335,13 @@ class ResultDelivery:
         return until > self.clock()
 
     def _due(self, run: dict[str, Any], destination: Destination) -> bool:
-        """Whether `destination` still lacks some of the run's results and its backoff has passed."""
+        """Whether `destination` still lacks some of the run's results, its backoff has passed and it is not down."""
         state = run.get("sent", {}).get(str(destination))
         return (
             state is not None
             and state.get("status") in WAITING_STATUSES
             and state.get("next_attempt_at", 0) <= self.clock()
+            and not self._unreachable(destination)
         )
 
     def send_run(self, key: str, run: dict[str, Any], destinations: Sequence[Destination] | None = None) -> None:
@@ -349,7 +350,7 @@ class ResultDelivery:
         folder = self.spool.study_dir(key) / "results" / run["run_id"]
         for destination in self.destinations if destinations is None else destinations:
             state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
-            if state["status"] not in WAITING_STATUSES or self._unreachable(destination):
+            if state["status"] not in WAITING_STATUSES:
                 continue
             missing = [item for item in run["results"] if item["file"] not in state.get("stored", [])]
             if not missing:  # every file was stored in an earlier pass that ended before it was recorded as sent

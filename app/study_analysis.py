@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.dicom_header import DicomHeader, bits_allocated, garbled_values_refused, image_dimensions
+from app.dicom_header import DicomHeader, checked_dimensions
 from app.dicom_series import plan_headers
 from app.dicom_sr import series_volume_report
 from app.errors import ServiceError
@@ -268,12 +268,8 @@ def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHe
     """
     try:
         check_upload_size(path.stat().st_size, limits)
-        with garbled_values_refused():
-            rows, columns, frames = image_dimensions(dataset)
-            bits = bits_allocated(dataset)
+        rows, columns, frames, bits = checked_dimensions(dataset, limits.max_dicom_pixels)
     except (ServiceError, OSError):
-        return None
-    if rows * columns * frames > limits.max_dicom_pixels:
         return None
     return DicomHeader(b"", dataset, rows, columns, frames, bits)
 
