@@ -119,15 +119,35 @@ def test_pacs_sync_stderr_is_json_lines_only(tiny_model_dir: Path, empty_orthanc
     assert_json_lines_only(synced.stderr)
 
 
+def started_node(tiny_model_dir: Path, spool: Path) -> tuple[subprocess.Popen[str], StderrLines]:
+    """A DICOM node process and its stderr; started again on another port if the free one was taken meanwhile (the
+    node loads its models before it listens, and the other test worker's connections take ports too)."""
+    for _ in range(3):
+        command = [sys.executable, "-m", "app.cli", "dicom-node", "--port", str(free_port())]
+        command += ["--spool-dir", str(spool), "--model-dir", str(tiny_model_dir)]
+        node = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=fresh_environment(),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        stderr = StderrLines(node)
+        if (
+            stderr.wait_for("DICOM node listening", timeout_seconds=180)
+            or "Address already in use" not in stderr.text()
+        ):
+            return node, stderr
+        node.wait(timeout=60)
+        stderr.reader.join(timeout=10)
+    return node, stderr
+
+
 def test_dicom_node_stderr_is_json_lines_only(tiny_model_dir: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "app.cli", "dicom-node", "--port", str(free_port())]
-    command += ["--spool-dir", str(tmp_path / "spool"), "--model-dir", str(tiny_model_dir)]
-    node = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=fresh_environment(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-    )
-    stderr = StderrLines(node)
+    node, stderr = started_node(tiny_model_dir, tmp_path / "spool")
     try:
-        assert stderr.wait_for("DICOM node listening", timeout_seconds=180), stderr.text()
+        assert stderr.wait_for("DICOM node listening", timeout_seconds=1), stderr.text()
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=60)
     finally:
