@@ -7,12 +7,13 @@ check covers them like the schema. Their scripts and style sheets hold no data a
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
@@ -26,6 +27,10 @@ ASSET_MEDIA_TYPES = {
     "favicon.png": "image/png",
 }
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+# ReDoc's sidebar always shows Redocly's logo from their CDN, which the policy below blocks (a console error, and a
+# request to another host on networks that have internet). The bundle is served with an empty picture instead.
+REDOC_LOGO_URL = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+EMPTY_PICTURE_URL = b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
 # Swagger UI and ReDoc start from an inline script and set inline styles, so those stay allowed; everything else is
 # held to this service: no framing (the "Authorize" dialog takes an API key), no plugins, no <base> rewrite, no
 # requests or forms to other hosts, and no MIME sniffing of the assets.
@@ -44,14 +49,20 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get(ASSET_PREFIX + "/{name}")
-async def read_docs_asset(name: str) -> FileResponse:
+async def read_docs_asset(name: str) -> Response:
     """Swagger UI's and ReDoc's scripts, style sheet and icon."""
     media_type = ASSET_MEDIA_TYPES.get(name)
     if media_type is None:
         raise HTTPException(status_code=404, detail=f"no documentation file {name!r}")
-    return FileResponse(
-        ASSET_DIR / name, media_type=media_type, headers={"Cache-Control": "no-cache", **SECURITY_HEADERS}
-    )
+    headers = {"Cache-Control": "no-cache", **SECURITY_HEADERS}
+    if name == "redoc.standalone.js":
+        return Response(_redoc_bundle(), media_type=media_type, headers=headers)
+    return FileResponse(ASSET_DIR / name, media_type=media_type, headers=headers)
+
+
+@cache
+def _redoc_bundle() -> bytes:
+    return (ASSET_DIR / "redoc.standalone.js").read_bytes().replace(REDOC_LOGO_URL, EMPTY_PICTURE_URL)
 
 
 def add_docs_pages(app: FastAPI) -> None:
