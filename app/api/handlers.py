@@ -15,6 +15,7 @@ from http import HTTPStatus
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from python_multipart.exceptions import FormParserError
 from starlette.exceptions import HTTPException
 
 from app.api.disconnect import CLIENT_GONE
@@ -43,6 +44,12 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.HEADERS_TOO_LARGE: HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
 }
 _SHORT_INPUT = 80
+# What a multipart/form-data body must look like, for the parser's refusals; RFC 2046 allows text before the first
+# boundary line, but python-multipart (Starlette's parser) does not read such a body.
+MULTIPART_LAYOUT = (
+    "the body must start with its boundary line (--BOUNDARY, with nothing before it), give each part its headers and "
+    "a blank line, and end with --BOUNDARY--"
+)
 
 
 def service_error_response(error: ServiceError, close: bool = False) -> JSONResponse:
@@ -67,12 +74,13 @@ async def handle_service_error(request: Request, error: Exception) -> JSONRespon
     return service_error_response(error)
 
 
-def describe_validation_errors(errors: list[dict]) -> str:
-    """`body.file: Field required; query.mask_format: Input should be ... (got 'x')`."""
+def describe_validation_errors(errors: list[dict], multipart: bool = False) -> str:
+    """`body.file: Field required; query.mask_format: Input should be ... (got 'x')`; `multipart` when the body was
+    multipart/form-data, where a missing part usually means a body cut short."""
     parts = []
     for error in errors:
         location = ".".join(str(part) for part in error.get("loc", ()))
-        text = f"{location}: {_validation_message(error)}"
+        text = f"{location}: {_validation_message(error, multipart)}"
         value = error.get("input")
         if isinstance(value, str | int | float) and len(str(value)) <= _SHORT_INPUT:
             text += f" (got {value!r})"
@@ -80,16 +88,21 @@ def describe_validation_errors(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def _validation_message(error: dict) -> str:
+def _validation_message(error: dict, multipart: bool) -> str:
     message = str(error.get("msg", "invalid"))
     if "Expected UploadFile" in message:  # FastAPI's words for a form field sent as text where a file belongs
         return "expected a file, got a text field (send the image as a multipart/form-data file part, with a filename)"
+    if multipart and error.get("type") == "missing" and error.get("loc", ())[:1] == ("body",):
+        # The parser keeps only parts that end in a boundary line: a body cut short loses its last part silently.
+        return f"{message} (no complete part of this name in the multipart body; {MULTIPART_LAYOUT})"
     return message
 
 
 async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    return await handle_service_error(request, RequestValidationFailed(describe_validation_errors(error.errors())))
+    multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+    message = describe_validation_errors(error.errors(), multipart)
+    return await handle_service_error(request, RequestValidationFailed(message))
 
 
 async def handle_client_gone(request: Request, error: Exception) -> Response:
@@ -123,8 +136,18 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
         message = f"{request.method} is not allowed on this path; it takes {headers['Allow']}"
     elif error.status_code == HTTPStatus.NOT_FOUND and message == HTTPStatus.NOT_FOUND.phrase:
         message = "no endpoint at this path (the API is described at /docs; paths take no trailing slash)"
+    elif (reason := _multipart_parser_reason(error)) is not None:
+        message = f"the multipart/form-data body could not be read ({reason}): {MULTIPART_LAYOUT}"
     _remember_error(request, code)
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def _multipart_parser_reason(error: HTTPException) -> str | None:
+    """python-multipart's own words when Starlette answered its refusal with a bare "Invalid multipart data."."""
+    cause = error.__context__
+    while cause is not None and not isinstance(cause, FormParserError):
+        cause = cause.__cause__ or cause.__context__
+    return None if cause is None else " ".join(str(cause).split())
 
 
 async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -53,7 +53,11 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "the message gives each series' role and evidence",
     ),
     ErrorCode("mixed_input", 400, "DICOM and PNG/JPEG/TIFF files in one batch"),
-    ErrorCode("bad_request", 400, "a body the multipart parser cannot read (no boundary, huge part names)"),
+    ErrorCode(
+        "bad_request",
+        400,
+        "a body the multipart parser cannot read (no boundary, text before the first boundary, huge part names)",
+    ),
     ErrorCode("unauthorized", 401, "API keys are configured and X-API-Key is missing, wrong or sent twice"),
     ErrorCode("not_found", 404, "no such path"),
     ErrorCode("method_not_allowed", 405, "the path exists, but not with this method"),

@@ -313,6 +313,38 @@ def test_predict_rejects_missing_file_field(client: TestClient) -> None:
     assert_still_serving(client)
 
 
+def multipart_file_part(data: bytes) -> bytes:
+    return (
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="slice.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + data + b"\r\n"
+    )
+
+
+def test_predict_says_why_a_body_with_a_preamble_cannot_be_read(client: TestClient) -> None:
+    body = b"text before the first boundary\r\n" + multipart_file_part(png_bytes(grey_flair())) + b"--xyz--\r\n"
+
+    response = client.post("/v1/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "bad_request"
+    assert error["message"].startswith("the multipart/form-data body could not be read (Expected boundary character")
+    assert "must start with its boundary line (--BOUNDARY, with nothing before it)" in error["message"]
+    assert_still_serving(client)
+
+
+def test_predict_says_a_body_without_its_closing_boundary_has_no_complete_part(client: TestClient) -> None:
+    body = multipart_file_part(png_bytes(grey_flair()))  # cut before "--xyz--"
+
+    response = client.post("/v1/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert message.startswith("body.file: Field required (no complete part of this name in the multipart body;")
+    assert message.endswith("and end with --BOUNDARY--)")
+    assert_still_serving(client)
+
+
 def test_predict_rejects_file_field_sent_as_text(client: TestClient) -> None:
     response = client.post("/v1/predict", data={"file": "slice.png"})
 
