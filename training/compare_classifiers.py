@@ -28,14 +28,10 @@ import numpy as np
 
 from training.compare_segmenters import average_and_save, parse_candidate
 from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
-from training.evaluate import (
-    choose_classifier_threshold,
-    classification_metrics,
-    classifier_probabilities,
-    model_outputs,
-    preprocessed_batches,
-)
+from training.evaluation_metrics import classification_metrics
 from training.models import ARCHITECTURE_NAME, average_of, load_classifier, renamed
+from training.pipeline_choices import choose_classifier_threshold
+from training.slice_predictions import classifier_probabilities, model_outputs, preprocessed_batches
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,10 @@ from pathlib import Path
 import keras
 
 from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
-from training.evaluate import choose_classifier_threshold, choose_mask_threshold, evaluate_split, model_outputs
+from training.evaluation_metrics import evaluate_split
 from training.models import architecture_json, load_classifier, load_segmenter, weights_average
+from training.pipeline_choices import choose_classifier_threshold, choose_mask_threshold
+from training.slice_predictions import model_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import numpy as np
 from app.core.preprocessing import flair_only
 from training.compare_classifiers import figures
 from training.data import find_slices, load_slices, load_split, usage_errors
-from training.evaluate import model_outputs
 from training.models import build_classifier, load_classifier
+from training.slice_predictions import model_outputs
 
 logger = logging.getLogger(__name__)
 TARGET_SENSITIVITY = 0.95

@@ -33,8 +33,8 @@ import numpy as np
 
 from training.compare_classifiers import figures
 from training.data import DatasetError, find_slices, load_slices, load_split, save_split, usage_errors
-from training.evaluate import classifier_probabilities, model_outputs
 from training.models import ARCHITECTURE_NAME, average_of, build_classifier
+from training.slice_predictions import classifier_probabilities, model_outputs
 
 logger = logging.getLogger(__name__)
 OUT_OF_FOLD_NAME = "out_of_fold.npz"

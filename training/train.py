@@ -41,7 +41,6 @@ from training.data import (
     split_patients,
     usage_errors,
 )
-from training.evaluate import model_outputs
 from training.losses import FocalTverskyLoss, dice_coefficient, tumor_map_loss, tversky_score
 from training.models import (
     ARCHITECTURE_NAME,
@@ -63,6 +62,7 @@ from training.models import (
     tumor_map_classifier_from,
 )
 from training.run_state import RunCheckpoint, RunState, has_saved_state, load_saved_model
+from training.slice_predictions import model_outputs
 from training.validation import HardNegativeMiner, ServedPipelineValidation
 
 logger = logging.getLogger(__name__)

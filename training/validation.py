@@ -21,13 +21,10 @@ import keras
 import numpy as np
 
 from training.data import SliceArrays, SliceBatches
-from training.evaluate import (
-    choose_classifier_threshold,
-    classification_metrics,
-    gated_masks,
-    model_outputs,
-    volume_dice_by_patient,
-)
+from training.evaluation_metrics import classification_metrics, volume_dice_by_patient
+from training.pipeline_choices import choose_classifier_threshold
+from training.served_masks import gated_masks
+from training.slice_predictions import model_outputs
 
 logger = logging.getLogger(__name__)
 

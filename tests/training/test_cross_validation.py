@@ -11,7 +11,15 @@ import pytest
 
 from app.core.model_store import load_models
 from app.core.preprocessing import flair_only
-from training import compare_test_time_views, cross_validation, evaluate, export, train
+from training import (
+    compare_test_time_views,
+    cross_validation,
+    evaluate,
+    export,
+    pipeline_choices,
+    slice_predictions,
+    train,
+)
 from training.data import DatasetError, find_slices, load_slices
 from training.models import build_classifier, build_resunet, load_classifier
 
@@ -94,9 +102,9 @@ def test_out_of_fold_predictions_come_from_the_model_that_never_saw_the_patient(
         member.load_weights(root / f"fold{index}" / "best.weights.h5")
         rows = np.isin(saved["patient_ids"], held_out)
         arrays = load_slices([record for record in find_slices(dev_layout) if record.patient_id in held_out])
-        expected = evaluate.model_outputs(member, arrays.images).reshape(-1)
+        expected = slice_predictions.model_outputs(member, arrays.images).reshape(-1)
         np.testing.assert_allclose(saved["probabilities"][rows], expected, atol=1e-5)
-        mirrored = evaluate.model_outputs(member, np.ascontiguousarray(arrays.images[:, :, ::-1])).reshape(-1)
+        mirrored = slice_predictions.model_outputs(member, np.ascontiguousarray(arrays.images[:, :, ::-1])).reshape(-1)
         np.testing.assert_allclose(saved["flip_average_probabilities"][rows], (expected + mirrored) / 2, atol=1e-5)
         np.testing.assert_array_equal(saved["labels"][rows], arrays.labels)
     summary = json.loads((root / "ensemble" / "out_of_fold.json").read_text())
@@ -155,9 +163,11 @@ def test_the_averaged_classifier_is_the_mean_of_its_folds_and_exports_like_any_c
     assert chosen_on["out_of_fold_patients"] == 2 and chosen_on["validation_patients"] == 1
     assert chosen_on["slices"] == len(out_of_fold["labels"]) + result["validation"]["classifier"]["slices"]
     validation = load_slices([record for record in find_slices(dev_layout) if record.patient_id == patients[2]])
-    expected_threshold = evaluate.choose_classifier_threshold(
+    expected_threshold = pipeline_choices.choose_classifier_threshold(
         np.concatenate([validation.labels, out_of_fold["labels"]]),
-        np.concatenate([evaluate.model_outputs(averaged, validation.images).reshape(-1), out_of_fold["probabilities"]]),
+        np.concatenate(
+            [slice_predictions.model_outputs(averaged, validation.images).reshape(-1), out_of_fold["probabilities"]]
+        ),
         0.95,
     )
     assert result["thresholds"]["classifier"] == pytest.approx(expected_threshold, abs=1e-6)
@@ -206,10 +216,10 @@ def test_flip_averaged_thresholds_refuse_out_of_fold_files_without_flip_averages
     older = tmp_path / "older.npz"
     np.savez(older, probabilities=saved["probabilities"], labels=saved["labels"], patient_ids=saved["patient_ids"])
 
-    _, flipped, _ = evaluate.read_threshold_slices(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME, True)
+    _, flipped, _ = pipeline_choices.read_threshold_slices(root / "ensemble" / cross_validation.OUT_OF_FOLD_NAME, True)
     np.testing.assert_array_equal(flipped, saved["flip_average_probabilities"])
     with pytest.raises(DatasetError, match="holds no flip_average_probabilities"):
-        evaluate.read_threshold_slices(older, flip_average=True)
+        pipeline_choices.read_threshold_slices(older, flip_average=True)
 
 
 def test_test_time_views_agree_with_the_out_of_fold_figures_of_combine(fold_runs, dev_layout, tmp_path):
@@ -248,8 +258,10 @@ def test_the_flair_views_are_the_slice_and_its_mirror_with_every_channel_flair()
     outputs = compare_test_time_views.view_outputs(model, images)
 
     assert np.isfinite(outputs["flair"]).all()
-    np.testing.assert_allclose(outputs["flair"], evaluate.model_outputs(model, flair_only(images)).reshape(-1))
+    np.testing.assert_allclose(outputs["flair"], slice_predictions.model_outputs(model, flair_only(images)).reshape(-1))
     mirrored_flair = flair_only(np.ascontiguousarray(images[:, :, ::-1]))
-    np.testing.assert_allclose(outputs["mirror flair"], evaluate.model_outputs(model, mirrored_flair).reshape(-1))
+    np.testing.assert_allclose(
+        outputs["mirror flair"], slice_predictions.model_outputs(model, mirrored_flair).reshape(-1)
+    )
     assert not np.allclose(outputs["flair"], outputs["slice"])
     assert compare_test_time_views.VIEW_SETS["flip and FLAIR"] == ("slice", "mirror", "flair", "mirror flair")

@@ -18,7 +18,8 @@ from app.core.model_store import load_models
 from app.core.preprocessing import flair_only, preprocess_slice
 from app.inference import Predictor
 from tests.conftest import TEST_DATA, make_tiny_model_dir, read_slice
-from training.evaluate import gated_masks, predict_slices
+from training.served_masks import gated_masks
+from training.slice_predictions import predict_slices
 
 SLICES = sorted(path for path in TEST_DATA.rglob("*.jpg"))
 

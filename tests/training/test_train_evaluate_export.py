@@ -12,7 +12,17 @@ import pytest
 from app.core.model_store import ModelStoreError, load_models, read_manifest
 from app.inference import SlicePrediction
 from app.series_result import single_slice_answers
-from training import compare_classifiers, compare_segmenters, evaluate, export, model_card, train
+from training import (
+    compare_classifiers,
+    compare_segmenters,
+    evaluate,
+    evaluation_metrics,
+    export,
+    model_card,
+    pipeline_choices,
+    served_masks,
+    train,
+)
 from training.data import DatasetError, SliceArrays, find_slices, load_slices, usage_errors
 from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, load_classifier, weights_average
 
@@ -116,30 +126,32 @@ def test_training_writes_checkpoint_history_and_summary(trained_run):
 def test_evaluation_reports_thresholds_and_test_metrics(trained_run):
     result = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())
     assert 0.0 <= result["thresholds"]["classifier"] <= 1.0
-    assert result["thresholds"]["mask"] in evaluate.MASK_THRESHOLD_CANDIDATES
+    assert result["thresholds"]["mask"] in pipeline_choices.MASK_THRESHOLD_CANDIDATES
     metrics = result["metrics"]
     assert metrics["patients"] == 1
     assert set(metrics["classifier"]["confusion_matrix"]) == {"tn", "fp", "fn", "tp"}
     assert 0.0 <= metrics["segmentation"]["volume_dice_mean"] <= 1.0
     assert "flair_only" in metrics
     # The series clean-up's size is chosen on validation among the candidates, and both answers are reported.
-    assert result["series_min_component_voxels"] in evaluate.MIN_COMPONENT_VOXEL_CANDIDATES
+    assert result["series_min_component_voxels"] in pipeline_choices.MIN_COMPONENT_VOXEL_CANDIDATES
     assert set(result["validation"]["min_component_voxels_volume_dice"]) == {
-        str(candidate) for candidate in evaluate.MIN_COMPONENT_VOXEL_CANDIDATES
+        str(candidate) for candidate in pipeline_choices.MIN_COMPONENT_VOXEL_CANDIDATES
     }
     assert 0.0 <= metrics["segmentation_single_slices"]["volume_dice_mean"] <= 1.0
     # So is the probability from which a slice answered alone shows its mask.
-    assert result["single_slice_mask_min_probability"] in evaluate.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    assert result["single_slice_mask_min_probability"] in pipeline_choices.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
     candidates = result["validation"]["single_slice_mask_min_probability_candidates"]
-    assert set(candidates) == {str(candidate) for candidate in evaluate.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES}
+    assert set(candidates) == {
+        str(candidate) for candidate in pipeline_choices.SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    }
     assert all(
         set(figures) == {"volume_dice_mean", "nonempty_mask_rate_on_tumor_free_slices"}
         for figures in candidates.values()
     )
     # And after it, the smallest mask piece such a slice keeps.
-    assert result["single_slice_min_component_pixels"] in evaluate.SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES
+    assert result["single_slice_min_component_pixels"] in pipeline_choices.SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES
     pieces = result["validation"]["single_slice_min_component_pixels_candidates"]
-    assert set(pieces) == {str(candidate) for candidate in evaluate.SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES}
+    assert set(pieces) == {str(candidate) for candidate in pipeline_choices.SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES}
     for plot in ("training_curves.png", "roc_confusion.png", "test_slices.png"):
         assert (trained_run / "evaluation" / plot).read_bytes()[:4] == b"\x89PNG"
 
@@ -270,7 +282,7 @@ def test_segmenter_comparison_uses_validation_patients_and_each_candidates_own_m
     # The same checkpoint measures the same; the candidates share the classifier threshold but not the mask one.
     assert candidates["trained"]["segmentation"] == candidates["again"]["segmentation"]
     for candidate in candidates.values():
-        assert candidate["mask_threshold"] in evaluate.MASK_THRESHOLD_CANDIDATES
+        assert candidate["mask_threshold"] in pipeline_choices.MASK_THRESHOLD_CANDIDATES
         assert 0.0 <= candidate["segmentation"]["volume_dice_mean"] <= 1.0
 
 
@@ -453,8 +465,8 @@ def test_series_answers_count_a_slice_positive_only_when_its_mask_survives_the_c
     maps[3, 0:2, 0:2] = 1.0
     probabilities = np.array([0.9, 0.9, 0.9, 0.9])
 
-    kept_everything = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, min_component_voxels=0)
-    cleaned = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, min_component_voxels=10)
+    kept_everything = evaluation_metrics.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, min_component_voxels=0)
+    cleaned = evaluation_metrics.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, min_component_voxels=10)
 
     # A single slice's answer is the classifier's: both tumor-free slices are false positives.
     assert cleaned["classifier"]["confusion_matrix"] == {"tn": 0, "fp": 2, "fn": 0, "tp": 2}
@@ -500,9 +512,9 @@ def test_a_slice_answered_alone_shows_its_mask_only_from_the_chosen_probability_
     maps = arrays.masks.astype(np.float32)
     maps[2, 0:8, 0:8] = 1.0
     probabilities = np.array([0.3, 0.9, 0.35])
-    gated = evaluate.gated_masks(probabilities, maps, 0.2, 0.5)
+    gated = served_masks.gated_masks(probabilities, maps, 0.2, 0.5)
 
-    shown = evaluate.masks_shown_alone(probabilities, gated, 0.4)
+    shown = served_masks.masks_shown_alone(probabilities, gated, 0.4)
 
     assert [bool(mask.any()) for mask in shown] == [False, True, False]
     served = single_slice_answers(
@@ -510,13 +522,15 @@ def test_a_slice_answered_alone_shows_its_mask_only_from_the_chosen_probability_
         0.4,
     )
     assert [prediction.mask is not None for prediction in served] == [bool(mask.any()) for mask in shown]
-    figures = evaluate.evaluate_split(arrays, probabilities, maps, 0.2, 0.5, single_slice_mask_min_probability=0.4)
+    figures = evaluation_metrics.evaluate_split(
+        arrays, probabilities, maps, 0.2, 0.5, single_slice_mask_min_probability=0.4
+    )
     assert figures["segmentation_single_slices"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
     assert figures["segmentation_single_slices_every_positive"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
     # 36 of 72 tumor pixels found, none drawn outside: Dice 2 * 36 / (72 + 36).
     assert figures["segmentation_single_slices"]["volume_dice_mean"] == pytest.approx(2 * 36 / 108)
     # The choice: here drawing everything (0.0) scores 2 * 72 / (72 + 72 + 64), better than losing slice 0.
-    chosen, by_candidate = evaluate.choose_single_slice_mask_min_probability(arrays, probabilities, gated)
+    chosen, by_candidate = pipeline_choices.choose_single_slice_mask_min_probability(arrays, probabilities, gated)
     assert by_candidate["0.0"]["volume_dice_mean"] == pytest.approx(2 * 72 / 208) and chosen == 0.0
     assert by_candidate["0.0"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
     assert by_candidate["0.4"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
@@ -536,9 +550,9 @@ def test_a_slice_answered_alone_loses_its_small_mask_pieces_as_the_service_does(
     maps = masks.astype(np.float32)
     maps[2, 50:53, 50:53] = 1.0
     probabilities = np.array([0.9, 0.9, 0.9])
-    gated = evaluate.gated_masks(probabilities, maps, 0.5, 0.5)
+    gated = served_masks.gated_masks(probabilities, maps, 0.5, 0.5)
 
-    shown = evaluate.masks_shown_alone(probabilities, gated, 0.0, min_pixels=200)
+    shown = served_masks.masks_shown_alone(probabilities, gated, 0.0, min_pixels=200)
 
     assert [int(mask.sum()) for mask in shown] == [64, 64, 0]
     served = single_slice_answers(
@@ -546,11 +560,13 @@ def test_a_slice_answered_alone_loses_its_small_mask_pieces_as_the_service_does(
     )
     assert [prediction.mask is not None for prediction in served] == [True, True, False]
     assert all(prediction.detected for prediction in served)  # the slice stays a tumor by the classifier
-    figures = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5, single_slice_min_component_pixels=200)
+    figures = evaluation_metrics.evaluate_split(
+        arrays, probabilities, maps, 0.5, 0.5, single_slice_min_component_pixels=200
+    )
     assert figures["segmentation_single_slices"]["volume_dice_mean"] == 1.0
     assert figures["segmentation_single_slices"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
     # The choice: 150 grid pixels (9.4, rounded to 9) still keep the 9-pixel speck; 200 is the smallest that drops it.
-    chosen, by_candidate = evaluate.choose_single_slice_min_component_pixels(arrays, probabilities, gated, 0.0)
+    chosen, by_candidate = pipeline_choices.choose_single_slice_min_component_pixels(arrays, probabilities, gated, 0.0)
     assert by_candidate["0"]["volume_dice_mean"] == pytest.approx(2 * 128 / (128 + 137))
     assert by_candidate["150"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
     assert chosen == 200 and by_candidate["400"]["volume_dice_mean"] == 1.0
@@ -579,7 +595,7 @@ def test_tumor_free_answers_are_split_between_the_tumors_edge_and_away_from_it()
     maps[[3, 7], 0:4, 0:4] = 1.0
     probabilities = np.array([0.9, 0.9, 0.6, 0.6, 0.1, 0.1, 0.1, 0.6])
 
-    figures = evaluate.evaluate_split(arrays, probabilities, maps, 0.5, 0.5)
+    figures = evaluation_metrics.evaluate_split(arrays, probabilities, maps, 0.5, 0.5)
     by_distance = figures["tumor_free_single_slices_by_distance_to_tumor"]
 
     assert by_distance["tumor_edge_slices"] == 4
@@ -675,8 +691,8 @@ def test_patient_bootstrap_intervals_draw_patients_not_slices():
     called_tumor = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
     masks = arrays.masks > 0
 
-    both = evaluate.patient_bootstrap_intervals(arrays, called_tumor, called_tumor, masks, draws=200)
-    only_b = evaluate.patient_bootstrap_intervals(
+    both = evaluation_metrics.patient_bootstrap_intervals(arrays, called_tumor, called_tumor, masks, draws=200)
+    only_b = evaluation_metrics.patient_bootstrap_intervals(
         arrays.subset(["B"]), called_tumor[4:], called_tumor[4:], masks[4:], draws=50
     )
 
@@ -694,7 +710,7 @@ def test_classifier_threshold_keeps_its_sensitivity_when_the_scores_move_in_the_
     labels = np.array([1] * 20 + [0] * 5)
     probabilities = np.array([*np.linspace(0.11, 0.9, 20), 0.01, 0.02, 0.05, 0.08, 0.1159])
 
-    threshold = evaluate.choose_classifier_threshold(labels, probabilities, target_sensitivity=0.95)
+    threshold = pipeline_choices.choose_classifier_threshold(labels, probabilities, target_sensitivity=0.95)
 
     deciding = np.sort(probabilities[labels > 0])[1]  # 0.95 of 20 allows one miss: the second lowest decides
     assert deciding * (1 - 2e-4) < threshold < deciding

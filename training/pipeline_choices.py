@@ -1,0 +1,113 @@
+"""Choosing the served pipeline's thresholds and settings on validation slices only, before they are frozen and
+applied to the test patients: the classifier threshold, the mask threshold, the series clean-up size and the rules
+of a slice answered alone, each the candidate with the best validation figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.data import DatasetError, SliceArrays
+from training.evaluation_metrics import segmentation_metrics, volume_dice_by_patient
+from training.served_masks import clean_by_patient, gated_masks, masks_shown_alone
+
+MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Series clean-up: smallest 3-D component kept, in voxels of the 256 x 256 grid (0 keeps everything).
+MIN_COMPONENT_VOXEL_CANDIDATES = (0, 25, 50, 100, 200, 400, 800, 1600)
+# A slice answered alone shows its mask only from this classifier probability on (0: whenever it is positive).
+SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES = (0.0, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+# ... and then keeps only its mask pieces of at least this many pixels of the 256 x 256 grid (0: every piece).
+SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES = (0, 25, 50, 100, 150, 200, 300, 400)
+THRESHOLD_MARGIN = 1e-4  # relative: the classifier threshold lies this far below the score that decides it
+
+
+def read_threshold_slices(path: str | Path, flip_average: bool = False) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """(labels, probabilities, patient ids) of slices predicted by models that never saw them: the
+    `out_of_fold.npz` of `training.cross_validation combine`; with `flip_average` the flip-averaged probabilities.
+
+    Raises
+    ------
+    training.data.DatasetError
+        If flip averages are asked for and the file has none (written before they were saved).
+    """
+    key = "flip_average_probabilities" if flip_average else "probabilities"
+    with np.load(path) as saved:
+        if key not in saved:
+            raise DatasetError(f"{path} holds no {key}: run training.cross_validation combine again")
+        return saved["labels"], saved[key], set(saved["patient_ids"].tolist())
+
+
+def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
+    """Highest threshold whose sensitivity on these slices is at least `target_sensitivity`, less a margin.
+
+    The threshold lies just below the score of the positive that decides it (`THRESHOLD_MARGIN`, relative), not on
+    it: the same slice scores differently in the 8th digit under another runtime, thread count or machine (4.5e-8
+    measured for 1.5.0's on a rerun; 1.5.1 fixed it), and on the score itself that slice, and the sensitivity, would
+    flip.
+    """
+    positives = np.sort(probabilities[labels > 0])
+    if len(positives) == 0:
+        return 0.5
+    # Keeping the k highest-scoring positives at a threshold just below the k-th highest score.
+    allowed_misses = int(np.floor((1.0 - target_sensitivity) * len(positives)))
+    return float(positives[allowed_misses]) * (1.0 - THRESHOLD_MARGIN)
+
+
+def choose_mask_threshold(
+    arrays: SliceArrays, probabilities: np.ndarray, maps: np.ndarray, classifier_threshold: float
+) -> tuple[float, dict[str, float]]:
+    """The mask threshold with the highest mean per-patient volume Dice on these slices, and that Dice for every
+    candidate."""
+    volume_dice = {}
+    for candidate in MASK_THRESHOLD_CANDIDATES:
+        masks = gated_masks(probabilities, maps, classifier_threshold, candidate)
+        volume_dice[str(candidate)] = float(np.mean(list(volume_dice_by_patient(arrays, masks).values())))
+    return float(max(volume_dice, key=volume_dice.get)), volume_dice
+
+
+def choose_min_component_voxels(arrays: SliceArrays, masks: np.ndarray) -> tuple[int, dict[str, float]]:
+    """The series clean-up size with the highest mean per-patient volume Dice on these slices (ties: the smaller)."""
+    volume_dice = {
+        str(candidate): float(
+            np.mean(list(volume_dice_by_patient(arrays, clean_by_patient(arrays, masks, candidate)).values()))
+        )
+        for candidate in MIN_COMPONENT_VOXEL_CANDIDATES
+    }
+    return int(max(volume_dice, key=lambda key: (volume_dice[key], -int(key)))), volume_dice
+
+
+def single_slice_figures(
+    arrays: SliceArrays, probabilities, masks: np.ndarray, min_probability: float, min_pixels: int = 0
+) -> dict[str, float]:
+    """Volume Dice and the share of tumor-free slices given a mask, of slices answered one by one."""
+    segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, min_probability, min_pixels))
+    return {key: segmentation[key] for key in ("volume_dice_mean", "nonempty_mask_rate_on_tumor_free_slices")}
+
+
+def choose_single_slice_mask_min_probability(
+    arrays: SliceArrays, probabilities, masks: np.ndarray
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """The single-slice mask minimum with the highest mean per-patient volume Dice of slices answered one by one
+    (ties: the smaller), and for every candidate that Dice and the share of tumor-free slices given a mask."""
+    figures = {
+        str(candidate): single_slice_figures(arrays, probabilities, masks, candidate)
+        for candidate in SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
+    }
+    best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -float(key)))
+    return float(best), figures
+
+
+def choose_single_slice_min_component_pixels(
+    arrays: SliceArrays, probabilities, masks: np.ndarray, min_probability: float
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """With the single-slice mask minimum chosen, the smallest mask piece a slice answered alone keeps: the candidate
+    with the highest mean per-patient volume Dice of slices answered one by one (ties: the smaller), and for every
+    candidate that Dice and the share of tumor-free slices given a mask."""
+    figures = {
+        str(candidate): single_slice_figures(arrays, probabilities, masks, min_probability, candidate)
+        for candidate in SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES
+    }
+    best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -int(key)))
+    return int(best), figures
