@@ -54,7 +54,8 @@ from pydicom.dataset import Dataset
 
 from app.core.backoff import doubling_wait
 from app.dicom_sr import ReportReference, name_predecessors
-from app.orthanc_client import SYNC_STATION_NAME, AnswerTooLargeError, OrthancClient, OrthancError
+from app.orthanc_client import SYNC_STATION_NAME, OrthancClient
+from app.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs_sync_state import SyncState
 from app.result_uids import software_version
 from app.sequence_selection import StudySelection

@@ -36,8 +36,10 @@ from typing import Any, Protocol
 
 from app.errors import error_body
 from app.inference import Predictor
-from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
+from app.orthanc_client import SYNC_METADATA, OrthancClient
+from app.orthanc_errors import OrthancError
 from app.pacs_study import StudySync
+from app.pacs_sync_config import PacsSyncConfig
 from app.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
 from app.sequence_selection import SelectionRules
 from app.study_analysis import ModelStudyProcessor

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import requests
 
-from app.orthanc_client import SYNC_METADATA, OrthancAnswerError, OrthancClient, OrthancError, PacsSyncConfig
+from app.orthanc_client import SYNC_METADATA, OrthancClient
+from app.orthanc_errors import OrthancAnswerError, OrthancError
+from app.pacs_sync_config import PacsSyncConfig
 from tests.dicom.pacs_sync_support import (
     HTML_PAGE,
     HTML_SECRET,

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from app.orthanc_client import OrthancError, PacsSyncConfig
+from app.orthanc_errors import OrthancError
 from app.pacs_study import FAILED, UNREADABLE, StudySync, fingerprint, readable_record
+from app.pacs_sync_config import PacsSyncConfig
 from app.pacs_sync_state import SyncState
 
 SERIES = {"ID": "s1", "Instances": ["i1", "i2"], "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": "1.2"}}

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.orthanc_client import SYNC_METADATA, OrthancClient, OrthancError, PacsSyncConfig
+from app.orthanc_client import SYNC_METADATA, OrthancClient
+from app.orthanc_errors import OrthancError
 from app.pacs_study import StudySync
 from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
+from app.pacs_sync_config import PacsSyncConfig
 from app.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.pacs_sync_support import (

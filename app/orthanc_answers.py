@@ -1,0 +1,97 @@
+"""The shapes pacs-sync relies on in Orthanc's JSON answers, checked before an answer is returned: a body that is not
+JSON, or not of the shape the call expects, is an `OrthancAnswerError` naming the call and what was wrong, never
+quoting the body (it may hold patient data)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import requests
+
+from app.orthanc_errors import OrthancAnswerError
+
+MEDIA_TYPE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}")
+
+T = TypeVar("T")
+
+
+def _orthanc_status(response: requests.Response | None) -> int | None:
+    """The error code of Orthanc's JSON error body (``"OrthancStatus"``), or None for any other body; only that
+    number is read, since the body's other fields may quote the request."""
+    try:
+        code = response.json().get("OrthancStatus") if response is not None else None
+    except (ValueError, RecursionError, AttributeError):  # not JSON, or JSON that is not an object
+        return None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _json_body(response: requests.Response, what: str) -> Any:
+    """The answer's JSON, or `OrthancAnswerError` naming its status and media type (never its content)."""
+    try:
+        return response.json()
+    except (ValueError, RecursionError):  # not JSON, an integer past Python's digit limit, nesting too deep
+        media = response.headers.get("Content-Type", "").split(";")[0].strip()
+        media = media if MEDIA_TYPE.fullmatch(media) else "unknown"
+        raise OrthancAnswerError(
+            f"{what} answered HTTP {response.status_code} with a body that is not JSON (Content-Type {media})"
+        ) from None  # the decoder's error holds the whole body
+
+
+def _expect(value: Any, kind: type[T], what: str) -> T:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise OrthancAnswerError(f"{what} answered {_json_kind(value)} where {_json_kind(kind)} was expected")
+    return value
+
+
+def _require(mapping: dict[str, Any], key: str, kind: type[T], what: str) -> T:
+    """`mapping[key]`, present and of type `kind`, else `OrthancAnswerError` naming the key (not the value)."""
+    if key not in mapping:
+        raise OrthancAnswerError(f"{what} answered an object without {key!r}")
+    return _expect(mapping[key], kind, f"{what} {key!r}")
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    return _expect(body, dict, what)
+
+
+def _with_id(body: Any, what: str) -> dict[str, Any]:
+    _require(_object(body, what), "ID", str, what)
+    return body
+
+
+def _changes_page(body: Any, what: str) -> dict[str, Any]:
+    page = _object(body, what)
+    _require(page, "Done", bool, what)
+    if _require(page, "Last", int, what) < 0:
+        raise OrthancAnswerError(f"{what} 'Last' answered a negative change number")
+    for change in _require(page, "Changes", list, what):
+        _object(change, f"{what} change")
+    return page
+
+
+def _series(body: Any, what: str) -> dict[str, Any]:
+    """An expanded series as pacs-sync reads it: ``ID`` (str), ``Instances`` (list of str), ``MainDicomTags``."""
+    series = _with_id(body, what)
+    for instance in _require(series, "Instances", list, what):
+        _expect(instance, str, f"{what} instance")
+    _require(series, "MainDicomTags", dict, what)
+    return series
+
+
+def _series_in_study(body: Any, what: str) -> dict[str, Any]:
+    _require(_series(body, what), "ParentStudy", str, what)
+    return body
+
+
+def _series_list(body: Any, what: str) -> list[dict[str, Any]]:
+    return [_series(item, f"{what} series") for item in _expect(body, list, what)]
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a value's type, or of a type: what an error may say about a body without quoting it."""
+    kind = value if isinstance(value, type) else type(value)
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer"}
+    if kind is type(None):
+        return "null"
+    return names.get(kind, "a number" if kind is float else kind.__name__)
