@@ -16,7 +16,7 @@ MEDIA_TYPE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}")
 T = TypeVar("T")
 
 
-def _orthanc_status(response: requests.Response | None) -> int | None:
+def orthanc_status(response: requests.Response | None) -> int | None:
     """The error code of Orthanc's JSON error body (``"OrthancStatus"``), or None for any other body; only that
     number is read, since the body's other fields may quote the request."""
     try:
@@ -26,7 +26,7 @@ def _orthanc_status(response: requests.Response | None) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
-def _json_body(response: requests.Response, what: str) -> Any:
+def json_body(response: requests.Response, what: str) -> Any:
     """The answer's JSON, or `OrthancAnswerError` naming its status and media type (never its content)."""
     try:
         return response.json()
@@ -51,40 +51,40 @@ def _require(mapping: dict[str, Any], key: str, kind: type[T], what: str) -> T:
     return _expect(mapping[key], kind, f"{what} {key!r}")
 
 
-def _object(body: Any, what: str) -> dict[str, Any]:
+def json_object(body: Any, what: str) -> dict[str, Any]:
     return _expect(body, dict, what)
 
 
-def _with_id(body: Any, what: str) -> dict[str, Any]:
-    _require(_object(body, what), "ID", str, what)
+def with_id(body: Any, what: str) -> dict[str, Any]:
+    _require(json_object(body, what), "ID", str, what)
     return body
 
 
-def _changes_page(body: Any, what: str) -> dict[str, Any]:
-    page = _object(body, what)
+def changes_page(body: Any, what: str) -> dict[str, Any]:
+    page = json_object(body, what)
     _require(page, "Done", bool, what)
     if _require(page, "Last", int, what) < 0:
         raise OrthancAnswerError(f"{what} 'Last' answered a negative change number")
     for change in _require(page, "Changes", list, what):
-        _object(change, f"{what} change")
+        json_object(change, f"{what} change")
     return page
 
 
 def _series(body: Any, what: str) -> dict[str, Any]:
     """An expanded series as pacs-sync reads it: ``ID`` (str), ``Instances`` (list of str), ``MainDicomTags``."""
-    series = _with_id(body, what)
+    series = with_id(body, what)
     for instance in _require(series, "Instances", list, what):
         _expect(instance, str, f"{what} instance")
     _require(series, "MainDicomTags", dict, what)
     return series
 
 
-def _series_in_study(body: Any, what: str) -> dict[str, Any]:
+def series_in_study(body: Any, what: str) -> dict[str, Any]:
     _require(_series(body, what), "ParentStudy", str, what)
     return body
 
 
-def _series_list(body: Any, what: str) -> list[dict[str, Any]]:
+def series_list(body: Any, what: str) -> list[dict[str, Any]]:
     return [_series(item, f"{what} series") for item in _expect(body, list, what)]
 
 

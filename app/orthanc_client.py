@@ -26,16 +26,16 @@ from pydicom.dataset import Dataset
 from app.answer_deadline import AnswerDeadlineAdapter
 from app.core.backoff import doubling_wait
 from app.orthanc_answers import (
-    _changes_page,
-    _json_body,
-    _object,
-    _orthanc_status,
-    _series_in_study,
-    _series_list,
-    _with_id,
+    changes_page,
+    json_body,
+    json_object,
+    orthanc_status,
+    series_in_study,
+    series_list,
+    with_id,
 )
 from app.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError
-from app.orthanc_http import _call, _endpoint, _origin, _read_body
+from app.orthanc_http import endpoint, origin, read_body, request_line
 from app.pacs_sync_config import PacsSyncConfig
 from app.result_uids import MANUFACTURER
 
@@ -75,23 +75,23 @@ class OrthancClient:
 
     def changes(self, since: int, limit: int = CHANGES_PAGE) -> dict[str, Any]:
         """Orthanc's change log after `since`: ``{"Changes": [{...}, ...], "Done": bool, "Last": int}``."""
-        return self._json("GET", "/changes", _changes_page, params={"since": since, "limit": limit})
+        return self._json("GET", "/changes", changes_page, params={"since": since, "limit": limit})
 
     def series(self, series_id: str) -> dict[str, Any] | None:
         """A series (ID, Instances, MainDicomTags, ParentStudy), or None once it is deleted."""
-        return self._json_or_none(f"/series/{_path_id(series_id)}", _series_in_study)
+        return self._json_or_none(f"/series/{_path_id(series_id)}", series_in_study)
 
     def study(self, study_id: str) -> dict[str, Any] | None:
-        return self._json_or_none(f"/studies/{_path_id(study_id)}", _object)
+        return self._json_or_none(f"/studies/{_path_id(study_id)}", json_object)
 
     def study_of_instance(self, instance_id: str) -> str | None:
         """The Orthanc ID of an instance's study, or None once the instance is deleted."""
-        study = self._json_or_none(f"/instances/{_path_id(instance_id)}/study", _with_id)
+        study = self._json_or_none(f"/instances/{_path_id(instance_id)}/study", with_id)
         return None if study is None else study["ID"]
 
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
         """Every series of a study, expanded (ID, Instances, MainDicomTags)."""
-        return self._json("GET", f"/studies/{_path_id(study_id)}/series", _series_list)
+        return self._json("GET", f"/studies/{_path_id(study_id)}/series", series_list)
 
     def instance_file(self, instance_id: str) -> bytes:
         """The instance's DICOM file; `AnswerTooLargeError` past `PacsSyncConfig.max_instance_bytes`."""
@@ -147,7 +147,7 @@ class OrthancClient:
         """
         query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_instance_uid}, "Expand": True}
         deleted = 0
-        for series in self._json("POST", "/tools/find", _series_list, json=query):
+        for series in self._json("POST", "/tools/find", series_list, json=query):
             if series["MainDicomTags"].get("Manufacturer") == MANUFACTURER:
                 self.delete_series(series["ID"])
                 deleted += 1
@@ -163,7 +163,7 @@ class OrthancClient:
     def _json(self, method: str, path: str, shape: Callable[[Any, str], T], **kwargs: Any) -> T:
         """The answer's JSON body as `shape` checks it; a body that is not is retried like a 5xx answer."""
         what = f"{method} {path}"
-        return self._retry(lambda: shape(_json_body(self._send(method, path, (), **kwargs), what), what), what)
+        return self._retry(lambda: shape(json_body(self._send(method, path, (), **kwargs), what), what), what)
 
     def _json_or_none(self, path: str, shape: Callable[[Any, str], T]) -> T | None:
         """As `_json` for a GET, or None when the resource is gone (404)."""
@@ -171,7 +171,7 @@ class OrthancClient:
 
         def call() -> T | None:
             response = self._send("GET", path, (404,))
-            return None if response.status_code == 404 else shape(_json_body(response, what), what)
+            return None if response.status_code == 404 else shape(json_body(response, what), what)
 
         return self._retry(call, what)
 
@@ -195,7 +195,7 @@ class OrthancClient:
             except requests.HTTPError as error:
                 status = error.response.status_code if error.response is not None else None
                 if status not in RETRY_STATUSES or attempt == attempts - 1:
-                    code = _orthanc_status(error.response)
+                    code = orthanc_status(error.response)
                     raise OrthancError(f"{what} failed with HTTP {status}", status, code) from error
                 reason = f"HTTP {status}"
             except (requests.ConnectionError, requests.Timeout) as error:
@@ -230,16 +230,16 @@ class OrthancClient:
         """
         if response.is_redirect:
             location = urljoin(response.url, response.headers["Location"])
-            target = _origin(location)
-            if _endpoint(location) != _endpoint(self.config.orthanc_url):
+            target = origin(location)
+            if endpoint(location) != endpoint(self.config.orthanc_url):
                 response.close()
                 raise ForeignRedirectError(
-                    f"{_call(response)} was redirected to {target}; pacs-sync follows redirects only within "
+                    f"{request_line(response)} was redirected to {target}; pacs-sync follows redirects only within "
                     f"{self.config.server}: set ORTHANC_URL to the address Orthanc answers at",
                     response.status_code,
                 )
         seconds_left = self.config.answer_seconds - response.elapsed.total_seconds()
-        response._content = _read_body(response, _answer_limit(response, self.config), seconds_left)
+        response._content = read_body(response, _answer_limit(response, self.config), seconds_left)
         response._content_consumed = True
         return response
 

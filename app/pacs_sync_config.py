@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
-from app.orthanc_http import _origin
+from app.orthanc_http import origin
 from app.sequence_selection import SelectionRules
 from app.settings import HTTP_URL_RULE, MIB, Settings, is_http_url
 
@@ -112,7 +112,7 @@ class PacsSyncConfig:
     @property
     def server(self) -> str:
         """Scheme, host and port of Orthanc, for messages: never the user information a URL may carry."""
-        return _origin(self.orthanc_url)
+        return origin(self.orthanc_url)
 
     @property
     def dicomweb_url(self) -> str:
