@@ -24,9 +24,6 @@ import numpy as np
 from app.core.preprocessing import flair_only
 from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
 from training.evaluation_metrics import evaluate_split
-
-# The model card names it here (`training.model_card.interval_lines`), so it stays importable from this module.
-from training.evaluation_metrics import patient_bootstrap_intervals as patient_bootstrap_intervals
 from training.evaluation_plots import save_plots
 from training.models import load_classifier, load_segmenter
 from training.pipeline_choices import (

@@ -227,7 +227,7 @@ def interval_lines(metrics: Mapping) -> list[str]:
 
     return [
         f"95 % intervals, the {metrics['patients']} test patients drawn again with replacement "
-        f"({intervals['draws']:,} draws; `training.evaluate.patient_bootstrap_intervals`): "
+        f"({intervals['draws']:,} draws; `training.evaluation_metrics.patient_bootstrap_intervals`): "
         f"sensitivity {span('sensitivity')}, specificity {span('specificity')}, per-patient volume Dice mean "
         f"{span('volume_dice_mean')}, tumor-free slices given a mask each slice alone "
         f"{span('nonempty_mask_rate_on_tumor_free_slices_alone')}.",
