@@ -25,14 +25,17 @@ in no useful order, so the roles come from each series' own attributes, never fr
    Volume) is filled in, or its name matches a post-contrast wildcard (``*POST*``, ``*+C*``, ``*GAD*``): the name
    that said the role when one did, so a ``W WO CONTRAST`` examination protocol does not make every series post.
 
-A study is analysed when it has a FLAIR series; the pre- and post-contrast T1 series are used only when exactly one
-of each is found, else FLAIR goes alone (as the models were trained to accept) and the selection says why. Several
-FLAIR candidates are ranked by evidence (name and attributes over either alone; no contrast over contrast), then axial
-before other orientations (the models learned axial slices: a sagittal 3D FLAIR beside an axial one is not read),
-then by Series Number and UID, so any order of the same series gives the same answer. A FLAIR series read whose
-slices are tilted more than `axial_max_tilt_degrees` from axial (sagittal, coronal, steeply oblique) is still
-analysed, with a note (`orientation_note`): a real sagittal reslice scored Dice 0.80 against 0.89 for the same
-patient's axial series. A study with no FLAIR is not analysed, with the reason. Pure functions: no I/O, no logging.
+A study is analysed when it has a FLAIR series, or when its one series besides localizers says nothing of its
+contrast (neither name nor sequence attributes): that series is read as FLAIR, with a note (`only_series_note`), on
+every path alike (a request of one series, pacs-sync, the DICOM node). The pre- and post-contrast T1 series are used
+only when exactly one of each is found, else FLAIR goes alone (as the models were trained to accept) and the
+selection says why. Several FLAIR candidates are ranked by evidence (name and attributes over either alone; no
+contrast over contrast), then axial before other orientations (the models learned axial slices: a sagittal 3D FLAIR
+beside an axial one is not read), then by Series Number and UID, so any order of the same series gives the same
+answer. A FLAIR series read whose slices are tilted more than `axial_max_tilt_degrees` from axial (sagittal, coronal,
+steeply oblique) is still analysed, with a note (`orientation_note`): a real sagittal reslice scored Dice 0.80 against
+0.89 for the same patient's axial series. A study with no FLAIR otherwise is not analysed, with the reason. Pure
+functions: no I/O, no logging.
 """
 
 from __future__ import annotations
@@ -229,6 +232,7 @@ class SeriesClassification:
     by_attributes: bool = False
     contrast: bool = False
     localizer: bool = False
+    undetermined: bool = False  # nothing says FLAIR, T1 or another contrast
 
 
 @dataclass(frozen=True)
@@ -362,7 +366,24 @@ def _classify(series: SeriesInfo, rules: SelectionRules) -> SeriesClassification
         if not_t1 is not None:
             return SeriesClassification(series, SequenceRole.OTHER, f"{timing}, but {not_t1}")
         return _t1(series, timing, contrast_evidence)
-    return SeriesClassification(series, SequenceRole.OTHER, "neither name nor sequence attributes say FLAIR or T1")
+    if series.scanning_sequence and not is_ir:
+        # FLAIR is an inversion recovery: a stated sequence without one (a T2-weighted spin echo, say) is not FLAIR.
+        stated = "\\".join(series.scanning_sequence)
+        return SeriesClassification(
+            series, SequenceRole.OTHER, f"Scanning Sequence {stated}, no inversion recovery: neither FLAIR nor T1"
+        )
+    return SeriesClassification(
+        series, SequenceRole.OTHER, "neither name nor sequence attributes say FLAIR or T1", undetermined=True
+    )
+
+
+def only_series_note(series: SeriesInfo) -> str:
+    """The note for a series read as FLAIR because it is the only one and nothing says what it is."""
+    number = "unnumbered" if series.series_number is None else f"number {series.series_number}"
+    return (
+        f"the only series ({number}, localizers aside) says neither FLAIR nor another contrast by its name or "
+        "sequence attributes: read as FLAIR, the contrast the models read; check that it is FLAIR"
+    )
 
 
 def _not_t1_weighted(series: SeriesInfo, echo_ms: float, rules: SelectionRules) -> str | None:
@@ -421,6 +442,13 @@ def _select(classifications: tuple[SeriesClassification, ...], rules: SelectionR
     for item in classifications:
         by_role.setdefault(item.role, []).append(item)
     flairs = by_role.get(SequenceRole.FLAIR, [])
+    candidates = [item for item in classifications if not item.localizer]
+    if not flairs and len(candidates) == 1 and candidates[0].undetermined:
+        only = candidates[0].series
+        notes = [only_series_note(only), orientation_note(only, rules)]
+        return StudySelection(
+            only, None, None, None, tuple(note for note in notes if note), classifications=classifications
+        )
     if not flairs:
         found = ", ".join(f"{item.role.value} ({item.evidence})" for item in classifications) or "no series"
         return StudySelection(

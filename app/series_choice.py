@@ -4,9 +4,10 @@ Every caller of the flow (`/v1/predict`, `/v1/predict/batch`, `brain-tumor predi
 comes through `choose_series`, so channel order never comes from the order files were sent in:
 
 - files of **one series** keep the behaviour the models were built for: the series is read as FLAIR, unless the
-  rules (`app.sequence_selection`) positively classify it as T1 by name or sequence attributes, or as a localizer;
-  then the request is refused (`NoFlairSeriesError`): a T1 series or a planning scan is never segmented as if it
-  were FLAIR;
+  rules (`app.sequence_selection`) positively classify it as T1, as a localizer, or as another contrast (DWI, SWI,
+  T2*, ...) by name or sequence attributes; then the request is refused (`NoFlairSeriesError`): such a series is
+  never segmented as if it were FLAIR. A series that says nothing of its contrast is read as FLAIR with a note
+  (`only_series_note`), as pacs-sync and the DICOM node read a study of that one series;
 - files of **several series** go through `select_sequences`: the FLAIR series, with the pre- and post-contrast T1
   series when exactly one of each is found (mapped by their attributes), else FLAIR alone; no FLAIR refuses the
   request with the selection's reason. Files of the series not used are left out and reported
@@ -30,6 +31,7 @@ from app.sequence_selection import (
     SeriesClassification,
     SeriesInfo,
     classify_series,
+    only_series_note,
     orientation_note,
     select_sequences,
 )
@@ -142,9 +144,7 @@ def _choose(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules
         return SeriesChoice()
     if len(files) == 1:
         ((uid, header),) = first.items()
-        flair = _only_series(header, tuple(files[uid]), rules)
-        note = orientation_note(SeriesInfo.from_dataset(header.dataset), rules)
-        return SeriesChoice(used=(flair,), notes=(note,) if note else ())
+        return _only_series(header, tuple(files[uid]), rules)
     # Every header, not one per series: a series whose slices lie in several planes (a 3-plane scout) is never T1.
     selection = select_sequences((header.dataset for header in headers if isinstance(header, DicomHeader)), rules)
     if not selection.analysed:
@@ -195,9 +195,11 @@ def _comparable_name(value: object) -> str:
     return "^".join(part.strip() for part in str(value or "").upper().split("^")).rstrip("^ ")
 
 
-def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRules) -> SeriesUse:
-    """The one series of a request: FLAIR unless the rules say T1 or localizer."""
-    classification = classify_series(SeriesInfo.from_dataset(header.dataset), rules)
+def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRules) -> SeriesChoice:
+    """The one series of a request: FLAIR unless the rules say T1, localizer or another contrast."""
+    info = SeriesInfo.from_dataset(header.dataset)
+    classification = classify_series(info, rules)
+    orientation = orientation_note(info, rules)
     if classification.localizer:
         raise NoFlairSeriesError(
             f"the request's one series (number {_number(classification.series.series_number)}) is not analysed "
@@ -209,9 +211,17 @@ def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRu
             f"{classification.role.value} ({classification.evidence}); the models read FLAIR, so it is not analysed"
         )
     if classification.role == SequenceRole.FLAIR:
-        return _use(classification, files, SequenceRole.FLAIR)
+        flair = _use(classification, files, SequenceRole.FLAIR)
+        return SeriesChoice(used=(flair,), notes=(orientation,) if orientation else ())
+    if not classification.undetermined:  # named as another contrast (DWI, SWI, ...), or its attributes say so
+        raise NoFlairSeriesError(
+            f"the request's one series (number {_number(classification.series.series_number)}) is another "
+            f"contrast ({classification.evidence}); the models read FLAIR, so it is not analysed"
+        )
     evidence = f"the request's only series, taken as FLAIR ({classification.evidence})"
-    return replace(_use(classification, files, SequenceRole.FLAIR), evidence=evidence)
+    flair = replace(_use(classification, files, SequenceRole.FLAIR), evidence=evidence)
+    notes = (only_series_note(info), orientation) if orientation else (only_series_note(info),)
+    return SeriesChoice(used=(flair,), notes=notes)
 
 
 def _channel_roles(channels: int) -> tuple[SequenceRole, ...]:

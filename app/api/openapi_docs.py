@@ -49,8 +49,8 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode(
         "no_flair_series",
         422,
-        "the DICOM files hold no series read as FLAIR (one series classified T1, or several series and none FLAIR); "
-        "the message gives each series' role and evidence",
+        "the DICOM files hold no series read as FLAIR (one series classified T1, a localizer or another contrast, or "
+        "several series and none FLAIR); the message gives each series' role and evidence",
     ),
     ErrorCode("mixed_input", 400, "DICOM and PNG/JPEG/TIFF files in one batch"),
     ErrorCode(

@@ -170,8 +170,16 @@ def test_t1_pair_without_flair_is_not_analysed(client: TestClient) -> None:
     )
 
 
+def series_that_says_nothing(series_number: int = 5) -> list[Dataset]:
+    """The tumor slices as one series with neither a name nor a Scanning Sequence: nothing says its contrast."""
+    datasets = mr_series(tumor_channels(), series_number=series_number, series_description="")
+    for dataset in datasets:
+        del dataset.ScanningSequence
+    return datasets
+
+
 def test_one_unnamed_series_is_still_read_as_flair(client: TestClient, predictor: Predictor) -> None:
-    datasets = mr_series(tumor_channels(), series_number=5, series_description="")
+    datasets = series_that_says_nothing()
     files = [to_bytes(item) for item in datasets]
 
     response = client.post("/v1/predict/batch", files=dicom_parts(datasets))
@@ -185,6 +193,37 @@ def test_one_unnamed_series_is_still_read_as_flair(client: TestClient, predictor
     assert used["evidence"] == (
         "the request's only series, taken as FLAIR (neither name nor sequence attributes say FLAIR or T1)"
     )
+    assert body["selection_notes"] == [
+        "the only series (number 5, localizers aside) says neither FLAIR nor another contrast by its name or sequence "
+        "attributes: read as FLAIR, the contrast the models read; check that it is FLAIR"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("description", "scanning_sequence", "evidence"),
+    [
+        ("Ax DWI", "SE", "Series Description matches *DWI*: another contrast, neither FLAIR nor T1"),
+        ("SWI_Images", "GR", "Series Description matches *SWI*: another contrast, neither FLAIR nor T1"),
+        ("AX T2 FSE", "SE", "Scanning Sequence SE, no inversion recovery: neither FLAIR nor T1"),
+    ],
+)
+def test_one_series_of_another_contrast_is_not_analysed(
+    client: TestClient, description: str, scanning_sequence: str, evidence: str
+) -> None:
+    """Read as FLAIR, a diffusion or T2 series came back with a tumor volume; pacs-sync and the node refused the
+    same series (review finding: the paths disagreed)."""
+    datasets = mr_series(tumor_channels(), series_number=6, series_description=description)
+    for dataset in datasets:
+        dataset.ScanningSequence = scanning_sequence
+
+    response = client.post("/v1/predict/batch", files=dicom_parts(datasets))
+
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "no_flair_series",
+        "message": f"the request's one series (number 6) is another contrast ({evidence}); the models read FLAIR, "
+        "so it is not analysed",
+    }
 
 
 def test_files_of_other_series_are_left_out_and_reported(client: TestClient) -> None:
