@@ -185,6 +185,8 @@ def conformance_statement() -> str:
         f"`DICOM_NODE_SEND_TIMEOUT_SECONDS` ({_default('dicom_node_send_timeout_seconds')} s), or an unreachable",
         f"destination is retried `DICOM_NODE_SEND_RETRIES` ({_default('dicom_node_send_retries')}) times with",
         "exponential backoff, then again on later passes. Every attempt is recorded in the spool's `sent.jsonl`.",
+        "Results a destination has not yet received when a later analysis of the study supersedes them are not",
+        "sent to it: it gets the later results only.",
         "",
         "## 5. Objects created",
         "",

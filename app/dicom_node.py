@@ -82,6 +82,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
+from app.core.backoff import doubling_wait
 from app.dicom_association import TimedAssociationServer
 from app.dicom_received_instance import (
     IGNORED_CLASSES,
@@ -98,7 +99,15 @@ from app.dicom_received_instance import (
 from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
 from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
 from app.dicom_sr import name_predecessors
-from app.dicom_study_runs import ABORTED_NOTE, already_analysed, count_abort, errors_since_last_outcome, reports
+from app.dicom_study_runs import (
+    ABORTED_NOTE,
+    already_analysed,
+    count_abort,
+    errors_since_last_outcome,
+    reports,
+    supersede_undelivered,
+)
+from app.logging_config import os_error_name
 from app.settings import AE_TITLE_RULE, is_ae_title
 from app.study_analysis import StudyAnalysis, StudyProcessor
 
@@ -115,6 +124,7 @@ PDU_OVERHEAD_BYTES = 64 * 1024  # what a PDU may hold besides an instance's byte
 PURGE_EVERY_SECONDS = 3600.0  # retention is set in hours; the walk reads every study folder
 RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
+UNWRITABLE_MOST_SECONDS = 1800.0  # longest wait before a study whose results the spool could not take is tried again
 IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
 
 
@@ -225,6 +235,9 @@ class DicomNode:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_purge = 0.0
+        # Study -> analyses in a row whose results the spool could not take (a full disk), and when to try again:
+        # kept in memory, since the record cannot be written either.
+        self._unwritable: dict[str, tuple[int, float]] = {}
         # What each open association has sent: a study is not processed while one is still open (a slow link, a
         # large instance on the wire), and its quiet period starts when the last one ends.
         self._open: dict[Any, _Sending] = {}
@@ -464,7 +477,7 @@ class DicomNode:
             # Asked again for each study: processing the one before may have taken minutes, and new instances and
             # associations came meanwhile.
             last_arrival = self.spool.pending_since(key)
-            if last_arrival is None or not self._quiet(key, last_arrival):
+            if last_arrival is None or not self._quiet(key, last_arrival) or self._waits_for_room(key):
                 continue
             try:
                 if self._process_study(key, last_arrival):
@@ -515,9 +528,32 @@ class DicomNode:
             else:
                 self.spool.clear_pending(key, last_arrival)
             return False
-        self._record_analysis(key, record, run, analysis, aborted)
+        try:
+            self._record_analysis(key, record, run, analysis, aborted)
+        except OSError as error:
+            self._results_not_written(key, run, error)
+            return False
+        self._unwritable.pop(key, None)
         self.spool.clear_pending(key, last_arrival)
         return True
+
+    def _waits_for_room(self, key: str) -> bool:
+        _, until = self._unwritable.get(key, (0, 0.0))
+        return until > self.clock()
+
+    def _results_not_written(self, key: str, run: dict[str, Any], error: OSError) -> None:
+        """The spool could not take a run's results or its record (a full disk, a read-only remount): nothing of the
+        run is kept, and the study is analysed again after a wait that doubles (attack finding: it was analysed
+        again every quiet period, each time leaving an empty results folder)."""
+        self.spool.discard_results(key, run["run_id"])
+        failures = self._unwritable.get(key, (0, 0.0))[0] + 1
+        wait = doubling_wait(self.config.quiet_seconds, failures, most_seconds=UNWRITABLE_MOST_SECONDS)
+        self._unwritable[key] = (failures, self.clock() + wait)
+        logger.warning(
+            "the study's results could not be written to the spool; it is analysed again after a wait",
+            extra={"fields": {"study_key": key, "error": os_error_name(error), "retry_in_seconds": round(wait)}},
+        )
+        self.spool.touch_pending(key)
 
     def _record_analysis(
         self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, aborted: int
@@ -550,6 +586,7 @@ class DicomNode:
         def append(stored: dict[str, Any]) -> None:
             if run["sent"]:  # marked before the record is written: a node stopped in between still sends them
                 self.spool.mark_unsent(key)
+                supersede_undelivered(stored["runs"], run["sent"])
             stored["runs"].append(run)
             # Said in this run's notes; an abort counted while it ran is left for the next run.
             left = int(stored.pop("aborted_associations", 0)) - aborted

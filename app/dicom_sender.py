@@ -28,6 +28,7 @@ from pynetdicom.association import Association
 
 from app.core.backoff import doubling_wait
 from app.dicom_spool import RECORD_FILE, WAITING_STATUSES, Spool, results_waiting, timestamp
+from app.logging_config import os_error_name
 from app.settings import AE_TITLE_RULE, is_ae_title
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,9 @@ class ResultDelivery:
         # Destination -> sends in a row that could not reach it, and when to try it again: until then it is
         # passed over for every study (one thread per destination writes its own entry).
         self._outages: dict[str, tuple[int, float]] = {}
+        # (study key, run id, destination) -> a delivery's state the record could not take (a full disk): what was
+        # stored is not sent again while the spool cannot be written, and it is recorded once it can.
+        self._unrecorded: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def restore_unsent_markers(self) -> int:
         """At start: drop what waits for a destination no longer configured, and mark every study whose record
@@ -318,17 +322,43 @@ class ResultDelivery:
         return tried
 
     def _send_study(self, key: str, destinations: Sequence[Destination]) -> int:
+        self._record_unrecorded(key)
         record = self.spool.readable_record(key)
         if record is None:  # logged by the spool; its results wait until it is repaired
             return 0
         tried = 0
         for run in record["runs"]:
+            for destination in destinations:  # what the record could not take yet stands in for it
+                held = self._unrecorded.get((key, run["run_id"], str(destination)))
+                if held is not None:
+                    run["sent"][str(destination)] = dict(held)
             due = [destination for destination in destinations if self._due(run, destination)]
             if due:
                 self.send_run(key, run, due)
                 tried += 1
         self.spool.clear_unsent_if_all_sent(key)
         return tried
+
+    def _record_unrecorded(self, key: str) -> None:
+        """Write the study's delivery states that its record could not take before; kept in memory if it still
+        cannot (said once, when they were held)."""
+        held = {entry: state for entry, state in self._unrecorded.items() if entry[0] == key}
+        if not held:
+            return
+
+        def update(record: dict[str, Any]) -> None:
+            for stored_run in record["runs"]:
+                for (_, run_id, destination), state in held.items():
+                    if stored_run["run_id"] == run_id:
+                        stored_run["sent"][destination] = dict(state)
+
+        try:
+            self.spool.update_record(key, update)
+        except OSError:
+            return
+        for entry in held:
+            self._unrecorded.pop(entry, None)
+        logger.info("deliveries recorded once the spool could be written", extra={"fields": {"study_key": key}})
 
     def _unreachable(self, destination: Destination) -> bool:
         _, until = self._outages.get(str(destination), (0, 0.0))
@@ -400,9 +430,22 @@ class ResultDelivery:
         def update(record: dict[str, Any]) -> None:
             for stored_run in record["runs"]:
                 if stored_run["run_id"] == run["run_id"]:
+                    recorded = stored_run["sent"].get(str(destination), {})
+                    if recorded.get("status") == "superseded" and state["status"] != "sent":
+                        return  # a later run of the study came while this one was being sent: not retried
                     stored_run["sent"][str(destination)] = dict(state)
 
-        self.spool.update_record(key, update)
+        try:
+            self.spool.update_record(key, update)
+        except OSError as error:
+            # Attack finding: with the spool full, the record kept the delivery "pending" and the same results went
+            # to the destination again every pass (42 times a minute). Held here until it can be written.
+            self._unrecorded[(key, run["run_id"], str(destination))] = dict(state)
+            logger.warning(
+                "a delivery could not be recorded: the spool cannot be written; kept in memory until it can",
+                extra={"fields": {"study_key": key, "destination": str(destination), "error": os_error_name(error)}},
+            )
+            return
         for item in missing:
             self.spool.log_sent(
                 {

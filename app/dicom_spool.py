@@ -43,8 +43,9 @@ UNSENT_DIR = "unsent"
 RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
 WAITING_STATUSES = ("pending", "failed")
-"""A destination's state in a run that still has results to send; the others: "sent", and "dropped" (the
-destination was taken out of the configuration before it got them)."""
+"""A destination's state in a run that still has results to send; the others: "sent", "dropped" (the
+destination was taken out of the configuration before it got them) and "superseded" (a later run of the study came
+before they were delivered: the destination gets that run's instead)."""
 
 
 MIB = 1024 * 1024
@@ -156,10 +157,12 @@ class Spool:
                 raise SpoolFullError(
                     f"the study holds {held} instances; the limit is {self.limits.max_study_instances}"
                 )
-            self._size += len(data) - replaced
-            self._instances[key] = held + 1 if new else held
+            # The folder and the marker first: a spool that refuses them (read-only, out of inodes) counts nothing
+            # (attack finding: each refused instance's size stayed counted, until the node refused every one).
             instances.mkdir(parents=True, exist_ok=True)
             self.touch_pending(key)
+            self._size += len(data) - replaced
+            self._instances[key] = held + 1 if new else held
         try:
             write_atomically(path, data)
         except OSError:
@@ -271,17 +274,28 @@ class Spool:
             return record
 
     def save_results(self, key: str, run_id: str, datasets: Sequence[Dataset]) -> list[Path]:
+        """Write a run's results into a folder of their own; a write that fails (a full disk) leaves no folder."""
         directory = self.study_dir(key) / "results" / run_id
         directory.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for index, dataset in enumerate(datasets):
-            path = directory / f"{index:02d}_{dataset.Modality}.dcm"
-            data = part10_bytes(dataset)
-            write_atomically(path, data)
-            with self._size_lock:
-                self._size += len(data)
-            paths.append(path)
+        paths: list[Path] = []
+        written = 0
+        try:
+            for index, dataset in enumerate(datasets):
+                path = directory / f"{index:02d}_{dataset.Modality}.dcm"
+                data = part10_bytes(dataset)
+                write_atomically(path, data)
+                written += len(data)
+                paths.append(path)
+        except OSError:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        with self._size_lock:
+            self._size += written
         return paths
+
+    def discard_results(self, key: str, run_id: str) -> None:
+        """Remove a run's results that its record never took (the record could not be written)."""
+        self._remove_tree(self.study_dir(key) / "results" / run_id)
 
     def mark_unsent(self, key: str) -> None:
         self._marker(UNSENT_DIR, key).touch()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.dicom_spool import WAITING_STATUSES, timestamp
 from app.dicom_sr import ReportReference
 
 # An outcome that a re-send of the same instances does not change. "failed" and "not_analysed" runs are not final:
@@ -29,6 +30,17 @@ ABORTED_NOTE = (
 def count_abort(record: dict[str, Any]) -> None:
     """One more association ended without a release since the study's last run (`ABORTED_NOTE`)."""
     record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
+
+
+def supersede_undelivered(runs: list[dict[str, Any]], destinations: dict[str, Any]) -> None:
+    """Mark "superseded" the earlier runs' results still waiting for one of `destinations` (a new run's): a
+    destination that never got them gets the new run's only (attack finding: a destination down while a study was
+    analysed twice received the stale, incomplete run and then the new one). Results already delivered stay as
+    they are: C-STORE cannot take them back, and the new report names the old one."""
+    for run in runs:
+        for name, state in run.get("sent", {}).items():
+            if name in destinations and state.get("status") in WAITING_STATUSES:
+                state.update(status="superseded", at=timestamp())
 
 
 def reports(results: list[dict[str, Any]]) -> list[ReportReference]:

@@ -13,8 +13,10 @@ frames and exception types but no exception messages.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -52,8 +54,17 @@ def traceback_without_messages(exc_info: ExcInfo) -> str:
         lines.append("Traceback (most recent call last):\n")
         lines.extend(traceback.format_list(traceback.extract_tb(error.__traceback__)))
         kind = type(error)
-        lines.append(f"{kind.__module__}.{kind.__qualname__} (message not logged)\n")
+        reason = f" [{os_error_name(error)}]" if isinstance(error, OSError) and error.errno is not None else ""
+        lines.append(f"{kind.__module__}.{kind.__qualname__}{reason} (message not logged)\n")
     return "".join(lines).rstrip("\n")
+
+
+def os_error_name(error: OSError) -> str:
+    """``ENOSPC (No space left on device)``: the system's words for an OSError, without its message, which names
+    the file (attack finding: a full disk and a read-only spool logged only ``OSError (message not logged)``)."""
+    if error.errno is None:
+        return type(error).__name__
+    return f"{errno.errorcode.get(error.errno, str(error.errno))} ({os.strerror(error.errno)})"
 
 
 class JsonFormatter(logging.Formatter):
