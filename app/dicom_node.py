@@ -254,6 +254,7 @@ class DicomNode:
 
     def start(self, worker: bool = True) -> None:
         """Listen (in pynetdicom's threads) and, with `worker`, process and send in two background threads."""
+        self._count_cut_off_associations()
         for key in self.spool.pending_studies():
             # Studies left pending by the last run: their senders were cut off by the stop and retry once the node
             # answers again, so each gets a fresh quiet period rather than being processed half-received.
@@ -367,6 +368,8 @@ class DicomNode:
             closed = event.assoc in self._closed
             if not closed:
                 sending = self._open.setdefault(event.assoc, _Sending())
+                if key not in sending.studies:  # on disk too: a node that dies now leaves the study cut off
+                    self._mark_receiving(key, True)
                 sending.studies.add(key)
                 sending.last_store = time.monotonic()
         if closed:  # the peer aborted while this instance was being written
@@ -379,6 +382,22 @@ class DicomNode:
         with self._open_lock:
             if event.assoc in self._open:
                 self._open[event.assoc].released = True
+
+    def _count_cut_off_associations(self) -> None:
+        """Studies an association was storing when the node died (no close event ran): counted as an association
+        that ended without a release, so their report says instances may be missing (attack finding: a study cut
+        off by a crash was reported as complete, the same cut-off by an abort was not)."""
+        for key in self.spool.studies_left_receiving():
+            try:
+                self.spool.update_record(key, count_abort)
+            except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
+                logger.exception("association cut off by a stop not recorded", extra={"fields": {"study_key": key}})
+            else:
+                logger.warning(
+                    "a study was being received when the node stopped; its report will say instances may be missing",
+                    extra={"fields": {"study_key": key}},
+                )
+            self.spool.clear_receiving(key)
 
     def _end_association(self, event: Any) -> None:
         """EVT_CONN_CLOSE: the studies this association stored instances of start their quiet period now. One that
@@ -397,6 +416,22 @@ class DicomNode:
         finally:
             with self._open_lock:
                 self._open.pop(event.assoc, None)
+                still_receiving = {key for other in self._open.values() for key in other.studies}
+                for key in sending.studies - still_receiving:
+                    self._mark_receiving(key, False)
+
+    def _mark_receiving(self, key: str, receiving: bool) -> None:
+        """The study's receiving marker set or cleared; a spool that cannot take it only loses the note a crash
+        would add."""
+        try:
+            if receiving:
+                self.spool.mark_receiving(key)
+            else:
+                self.spool.clear_receiving(key)
+        except OSError as error:
+            logger.warning(
+                "receiving marker not written", extra={"fields": {"study_key": key, "error": os_error_name(error)}}
+            )
 
     def _studies_sent(self, keys: set[str], aborted: bool) -> None:
         """Start the quiet period of studies an association has finished sending, recording an abort."""

@@ -1,9 +1,10 @@
 """The DICOM node's spool on disk: received instances, pending studies, records of runs, results and sends.
 
 Layout under the spool directory: ``studies/<key>/instances/*.dcm`` (instances as received),
-``studies/<key>/record.json`` (every run), ``studies/<key>/results/<run>/``, ``sent.jsonl``, and two folders of empty
-marker files: ``pending/<key>`` (its modification time is the study's last arrival) and ``unsent/<key>`` (results a
-destination still lacks). The markers have folders of their own so that the passes that look for them every second
+``studies/<key>/record.json`` (every run), ``studies/<key>/results/<run>/``, ``sent.jsonl``, and three folders of
+empty marker files: ``pending/<key>`` (its modification time is the study's last arrival), ``unsent/<key>`` (results a
+destination still lacks) and ``receiving/<key>`` (an association is storing instances of it: one left by a node that
+died is a study cut off). The markers have folders of their own so that the passes that look for them every second
 read a folder as long as the work waiting, not one entry per study the node ever received. Instances, records and
 results are written to a temporary file, flushed to disk and renamed into place, and ``sent.jsonl`` is flushed after
 each line, so a node killed at any point has lost nothing it acknowledged. Studies are named by a hash of their
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 PENDING_DIR = "pending"
 UNSENT_DIR = "unsent"
+RECEIVING_DIR = "receiving"
 RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
 WAITING_STATUSES = ("pending", "failed")
@@ -100,7 +102,7 @@ class Spool:
 
     def __post_init__(self) -> None:
         studies = self.root / "studies"
-        for directory in (studies, self.root / PENDING_DIR, self.root / UNSENT_DIR):
+        for directory in (studies, self.root / PENDING_DIR, self.root / UNSENT_DIR, self.root / RECEIVING_DIR):
             directory.mkdir(parents=True, exist_ok=True)
         self._move_markers_out_of_study_folders()
         self._size = sum(path.stat().st_size for path in studies.glob("*/*/**/*.dcm") if path.is_file())
@@ -296,6 +298,16 @@ class Spool:
     def discard_results(self, key: str, run_id: str) -> None:
         """Remove a run's results that its record never took (the record could not be written)."""
         self._remove_tree(self.study_dir(key) / "results" / run_id)
+
+    def mark_receiving(self, key: str) -> None:
+        self._marker(RECEIVING_DIR, key).touch()
+
+    def clear_receiving(self, key: str) -> None:
+        self._marker(RECEIVING_DIR, key).unlink(missing_ok=True)
+
+    def studies_left_receiving(self) -> list[str]:
+        """Keys of the studies an association was storing when the node last stopped without closing it."""
+        return sorted(marker.name for marker in (self.root / RECEIVING_DIR).iterdir())
 
     def mark_unsent(self, key: str) -> None:
         self._marker(UNSENT_DIR, key).touch()

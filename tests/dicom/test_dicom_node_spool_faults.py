@@ -1,4 +1,5 @@
-"""The DICOM node when its spool cannot be written (attack review 27: a full disk, a read-only remount).
+"""The DICOM node when its spool cannot be written (attack review 27: a full disk, a read-only remount), and when it
+dies while a study is being received.
 
 Each fault is made by the spool's own write failing with the error the system gives (ENOSPC, EROFS); the node must
 neither send the same results again and again, nor count what it never wrote, nor analyse a study again every quiet
@@ -14,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import MRImageStorage
+from pynetdicom import AE
 
 from app import dicom_spool
 from app.dicom_spool import Spool, SpoolFullError, SpoolLimits
+from app.dicom_sr import read_volume_report
+from app.dicom_study_runs import ABORTED_NOTE
 from app.logging_config import traceback_without_messages
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, write_files
 from tests.dicom.node_support import (
+    CALLING_AE,
+    NODE_AE,
     QUIET_SECONDS,
     Clock,
     ResultStore,
@@ -163,3 +170,41 @@ def test_a_logged_os_error_names_the_system_error_but_not_the_file() -> None:
 
     assert "builtins.OSError [ENOSPC (No space left on device)] (message not logged)" in text
     assert "record.json" not in text
+
+
+def test_a_study_cut_off_by_a_node_that_died_says_so_in_its_report(
+    make_node: Any, results: ResultStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node killed while an association stored a study ran no close handler: the study was analysed from what had
+    come and reported as complete, where the same cut-off by an abort says instances may be missing."""
+    node = make_node()
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage)
+    association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
+    for dataset in mr_series(tumor_channels())[:2]:
+        assert int(association.send_c_store(dataset).Status) == 0
+    (key,) = node.spool.pending_studies()
+    assert (node.spool.root / "receiving" / key).exists()
+    # The crash: what the close of the connection would record never happens.
+    monkeypatch.setattr(node, "_studies_sent", lambda keys, aborted: None)
+    monkeypatch.setattr(node, "_mark_receiving", lambda key, receiving: None, raising=False)
+    association.abort()
+    node.stop()
+
+    restarted = make_node()
+    clock.advance(QUIET_SECONDS)
+    assert len(process_ready(restarted)) == 1
+    restarted.send_unsent()
+
+    note = ABORTED_NOTE.format(count=1)
+    (run,) = record(restarted)["runs"]
+    assert run["summary"]["notes"] == [note]
+    assert read_volume_report(results.by_modality("SR")[0])["notes"] == [note]
+    assert not (restarted.spool.root / "receiving" / key).exists()
+
+
+def test_a_study_whose_association_ended_leaves_no_receiving_mark(make_node: Any, tmp_path: Path) -> None:
+    node = make_node()
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+
+    assert list((node.spool.root / "receiving").iterdir()) == []
