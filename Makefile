@@ -8,7 +8,7 @@ PORT ?= 8000
 # Each worker takes whole test files, so a file's servers and fixtures are started once.
 TEST_WORKERS ?= 2
 
-.PHONY: install install-dev serve test lint image-test bench
+.PHONY: install install-dev serve test lint examples image-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check app training tests bench deploy
+
+# The files the README's examples name (examples/slice.png, examples/IM0001.dcm, examples/study/*.dcm ...), made from
+# the committed test slices: the repository ships none of them. tests/ needs the dev extras.
+examples: install-dev
+	$(BIN)/python -m tests.example_files examples
 
 # Builds both images (TensorFlow, EXTRAS=onnx) with podman and runs them as Compose's `api` service would; needs root,
 # podman and debootstrap (.ci/install-system-packages.sh). Minutes, not seconds: .ci/run runs it after `make test`.

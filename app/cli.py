@@ -48,11 +48,12 @@ their masks get the series clean-up); DICOM files are read as one series (one re
 tumor_detected and tumor_volume_ml). JSON is what POST /v1/predict/batch answers; table and
 csv give one line per file (or slice), csv without the series totals.
 
-Masks (--masks-dir): MASKS_DIR/<stem>_mask.png per positive file, 8-bit, 0 background, 255 tumor; a multi-frame
-DICOM file gets <stem>_frame<N>_mask.png. Inputs that would share a mask file (a/slice.png and b/slice.png) stop the
+Masks (--masks-dir): MASKS_DIR/<stem>_predicted_mask.png per positive file (as the upload page names them, never the
+LGG ground truth's <stem>_mask.png), 8-bit, 0 background, 255 tumor; a multi-frame DICOM file gets
+<stem>_frame<N>_predicted_mask.png. Inputs that would share a mask file (a/slice.png and b/slice.png) stop the
 command with exit code 2 (images before anything runs, DICOM files when a second mask would land on the first):
-predict them in separate runs, each with its own --masks-dir. A file already there (a ground-truth mask, an earlier
-run's) is never replaced unless --overwrite is given: it stops the command with exit code 2 the same way.
+predict them in separate runs, each with its own --masks-dir. A file already there (an earlier run's mask) is never
+replaced unless --overwrite is given: it stops the command with exit code 2 the same way.
 
 Progress ([done/total] lines) goes to standard error when it is a terminal, or with --progress.
 
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what stdout gets (default: json)",
     )
     predict_parser.add_argument(
-        "--masks-dir", default=None, help="write <stem>_mask.png here for each slice with a mask"
+        "--masks-dir", default=None, help="write <stem>_predicted_mask.png here for each slice with a mask"
     )
     predict_parser.add_argument(
         "--mask-format",

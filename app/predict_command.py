@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from app.sequence_selection import SelectionRules
     from app.uploads import UploadLimits
 
-MASK_SUFFIX = "_mask"
+# `<stem>_predicted_mask.png`, as the upload page names its masks: never the LGG ground truth's `<stem>_mask.png`, so
+# a predicted mask written beside the data cannot be taken for (or replace) the annotation.
+MASK_SUFFIX = "_predicted_mask"
+# Files a folder argument leaves out: ground-truth `*_mask.*` files, and (since MASK_SUFFIX ends with it too) the
+# masks an earlier run wrote there.
+SKIPPED_SUFFIX = "_mask"
 _NUMBER = re.compile(r"(\d+)")
 
 
@@ -52,7 +57,8 @@ def collect_inputs(arguments: Sequence[str]) -> list[Path]:
     """The files to predict: each file argument, and the files directly inside each folder argument.
 
     A folder gives its files in natural order (`slice_2` before `slice_10`), leaving out hidden files and files
-    named `*_mask.*` (ground-truth masks beside LGG slices, or the masks of an earlier run written there).
+    named `*_mask.*` (ground-truth masks beside LGG slices, or the `*_predicted_mask.png` of an earlier run written
+    there).
 
     Raises
     ------
@@ -67,7 +73,7 @@ def collect_inputs(arguments: Sequence[str]) -> list[Path]:
                 (
                     child
                     for child in path.iterdir()
-                    if child.is_file() and not child.name.startswith(".") and not child.stem.endswith(MASK_SUFFIX)
+                    if child.is_file() and not child.name.startswith(".") and not child.stem.endswith(SKIPPED_SUFFIX)
                 ),
                 key=natural_key,
             )
@@ -94,8 +100,8 @@ def natural_key(path: Path) -> list[str | int]:
 def mask_targets(
     files: Sequence[Path], masks_dir: Path, every_file_has_a_mask: bool = True, overwrite: bool = False
 ) -> list[Path]:
-    """Where each file's mask goes: `masks_dir/<stem>_mask.png` (a DICOM instance with several frames gets
-    `<stem>_frame<N>_mask.png` per frame).
+    """Where each file's mask goes: `masks_dir/<stem>_predicted_mask.png` (a DICOM instance with several frames gets
+    `<stem>_frame<N>_predicted_mask.png` per frame).
 
     Parameters
     ----------
@@ -111,7 +117,7 @@ def mask_targets(
     InputError
         If two inputs would write the same mask (`a/slice.png` and `b/slice.png`, `slice.png` and `slice.tif`, a
         file given twice), a mask would overwrite an input, or (without `overwrite`) a file already there, such as
-        the ground-truth `<stem>_mask.png` beside an LGG slice: rather than one file silently replacing another.
+        the mask of an earlier run: rather than one file silently replacing another.
     """
     targets = [masks_dir / f"{path.stem}{MASK_SUFFIX}.png" for path in files]
     inputs = {os.path.abspath(path) for path in files}

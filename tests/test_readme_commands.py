@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,13 +15,9 @@ import tomllib
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
-from PIL import Image
 
-from tests.conftest import REPO_ROOT, TUMOR_SERIES, TUMOR_SLICE, read_slice
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.conftest import REPO_ROOT
 from tests.security.conftest import start_server
 
 README_URL = "http://127.0.0.1:8000"
@@ -28,6 +25,8 @@ README_URL = "http://127.0.0.1:8000"
 NOT_RUN_HERE = {
     "make serve": "builds .venv and serves on a fixed port; the same `brain-tumor serve` is started by this test",
     "make test": "what .ci/run runs",
+    "make examples": "its recipe (python -m tests.example_files examples) is what the workdir fixture runs, here with "
+    "this interpreter: make would first build .venv",
     "make image-test": "what .ci/run runs after make test (podman, minutes); tests/deploy/test_image_test.py",
     ".venv/bin/brain-tumor serve": "started by this test (python -m app.cli serve) and by tests/security",
     ".venv/bin/brain-tumor train": "tests/training/test_train_evaluate_export.py trains through main() on tiny data",
@@ -83,20 +82,36 @@ def test_every_readme_command_is_run_or_accounted_for():
     assert not unplaced, f"README commands neither run by this test nor listed in NOT_RUN_HERE: {unplaced}"
 
 
+def make_recipe(target: str) -> list[str]:
+    """The command lines `make TARGET` runs, as the Makefile writes them."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    match = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", makefile, flags=re.MULTILINE)
+    assert match, f"the Makefile has no recipe for {target}"
+    return [line.strip() for line in match.group(1).splitlines()]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the files the README's examples name, with `tests/` and `.venv/` of the repository."""
+    """A checkout-like folder (`tests/` and `.venv/` of the repository) in which `make examples`'s own recipe has
+    written the files the README's examples name, so a README path with no file behind it fails here."""
     folder = tmp_path_factory.mktemp("readme")
     (folder / "tests").symlink_to(REPO_ROOT / "tests")
     (folder / ".venv").symlink_to(REPO_ROOT / ".venv")
-    Image.fromarray(read_slice(TUMOR_SLICE)).save(folder / "slice.png")
-    Image.fromarray(read_slice(TUMOR_SLICE)).save(folder / "slice1.png")
-    tifffile.imwrite(folder / "slice2.tif", (read_slice(TUMOR_SLICE)[:, :, 1].astype(np.uint16) * 16))
-    for number, path in zip((20, 21, 22), TUMOR_SERIES, strict=True):
-        Image.fromarray(read_slice(path)).save(folder / f"slice_{number}.png")
-    for number, dataset in enumerate(mr_series(tumor_channels()), start=1):
-        (folder / f"IM{number:04d}.dcm").write_bytes(to_bytes(dataset))
+    for recipe in make_recipe("examples"):
+        command = shlex.split(recipe.replace("$(BIN)/python", shlex.quote(sys.executable)))
+        completed = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-2000:]
     return folder
+
+
+def test_make_examples_writes_every_file_the_readme_names(workdir: Path):
+    named = set(re.findall(r"examples/[\w./*-]+\.(?:png|tif|dcm)", (REPO_ROOT / "README.md").read_text()))
+    outputs = {"examples/overlay.png", "examples/seg.dcm"}  # what the commands write, not read
+
+    missing = [name for name in sorted(named - outputs) if not list(workdir.glob(name))]
+
+    assert named - outputs, "the README names no example file"
+    assert not missing, f"make examples does not write {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +136,10 @@ def test_readme_command_succeeds(command: str, workdir: Path, server_url: str, t
         timeout=180,
     )
     assert completed.returncode == 0, completed.stderr.decode(errors="replace")[-2000:]
-    if "-o overlay.png" in command:
-        assert (workdir / "overlay.png").read_bytes()[:4] == b"\x89PNG"
-    elif "-o seg.dcm" in command:
-        assert (workdir / "seg.dcm").read_bytes()[128:132] == b"DICM"
+    if "-o examples/overlay.png" in command:
+        assert (workdir / "examples" / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    elif "-o examples/seg.dcm" in command:
+        assert (workdir / "examples" / "seg.dcm").read_bytes()[128:132] == b"DICM"
     else:
         assert completed.stdout.strip()
 

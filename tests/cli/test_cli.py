@@ -1,5 +1,5 @@
 """`brain-tumor predict`: the API's JSON for each file (or DICOM slice), offline; masks written as
-`<stem>_mask.png`; exit 1 when a file fails, 3 when the models cannot be loaded."""
+`<stem>_predicted_mask.png`; exit 1 when a file fails, 3 when the models cannot be loaded."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from app.predict_command import read_file
 from app.settings import Settings
 from tests.api.service_client import decode_png_mask, decode_rle, running_client, upload
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
-from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import FLAIR, legacy_multiframe, mr_series, to_bytes, tumor_channels
 
 PREDICTION_KEYS = {"tumor_probability", "tumor_detected", "threshold", "mask"}
 
@@ -50,7 +50,7 @@ def test_predict_prints_api_json_and_writes_mask(
     api = client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).json()
     assert output["models"] == api["models"]
     (result,) = output["results"]
-    mask_file = masks_dir / f"{TUMOR_SLICE.stem}_mask.png"
+    mask_file = masks_dir / f"{TUMOR_SLICE.stem}_predicted_mask.png"
     assert result == {
         "index": 0,
         "file": str(TUMOR_SLICE),
@@ -108,9 +108,27 @@ def test_predict_reports_bad_file_in_place_and_exits_1(
     assert set(mask) == {"size", "rle", "png", "area_pixels", "bbox"}
     np.testing.assert_array_equal(decode_rle(mask["rle"]), decode_png_mask(mask["png"]))
     assert sorted(path.name for path in masks_dir.iterdir()) == [
-        f"{TUMOR_SERIES[0].stem}_mask.png",
-        f"{TUMOR_SERIES[1].stem}_mask.png",
+        f"{TUMOR_SERIES[0].stem}_predicted_mask.png",
+        f"{TUMOR_SERIES[1].stem}_predicted_mask.png",
     ]
+
+
+def test_predict_names_the_masks_of_a_multiframe_file_per_frame(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One file, three slices: each frame's mask is `<stem>_frame<N>_predicted_mask.png`, never the ground truth's
+    `_mask.png` name."""
+    volume = tmp_path / "volume.dcm"
+    volume.write_bytes(to_bytes(legacy_multiframe(mr_series(tumor_channels(FLAIR)))))
+    masks_dir = tmp_path / "masks"
+
+    code, output = run_predict(capsys, str(volume), "--model-dir", str(tiny_model_dir), "--masks-dir", str(masks_dir))
+
+    assert code == 0
+    names = [f"volume_frame{item['frame_number']}_predicted_mask.png" for item in output["results"]]
+    assert sorted(names) == [f"volume_frame{number}_predicted_mask.png" for number in (1, 2, 3)]
+    assert [item["mask_file"] for item in output["results"]] == [str(masks_dir / name) for name in names]
+    assert sorted(path.name for path in masks_dir.iterdir()) == sorted(names)
 
 
 def test_predict_of_negative_writes_no_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,6 +231,8 @@ def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(
     )
     # Each slice's mask is named after the file it came from.
     assert [item["mask_file"] for item in output["results"]] == [
-        str(masks_dir / f"slice_{index}_mask.png") for index in range(3)
+        str(masks_dir / f"slice_{index}_predicted_mask.png") for index in range(3)
     ]
-    assert sorted(path.name for path in masks_dir.iterdir()) == [f"slice_{index}_mask.png" for index in range(3)]
+    assert sorted(path.name for path in masks_dir.iterdir()) == [
+        f"slice_{index}_predicted_mask.png" for index in range(3)
+    ]

@@ -372,41 +372,60 @@ def test_pacs_sync_refuses_a_pause_time_sleep_cannot_take(seconds: float) -> Non
         PacsSyncConfig("http://orthanc.invalid", poll_seconds=seconds)
 
 
-def test_predict_does_not_overwrite_ground_truth_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`predict patient/ --masks-dir patient/` used to replace the LGG ground-truth <stem>_mask.png files."""
+def test_predict_writes_its_masks_beside_the_ground_truth_without_touching_it(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`predict patient/ --masks-dir patient/` wrote `<stem>_mask.png`, the LGG ground truth's name, so it was refused
+    there; predicted masks are `<stem>_predicted_mask.png` now, as the upload page names them. A second run finds the
+    first run's masks and stops unless --overwrite is given, and never predicts them as slices."""
     patient = tmp_path / "patient"
     patient.mkdir()
     shutil.copy(TUMOR_SLICE, patient)
-    truth = shutil.copy(mask_path_of(TUMOR_SLICE), patient)
-    before = Path(truth).read_bytes()
+    truth = Path(shutil.copy(mask_path_of(TUMOR_SLICE), patient))
+    before = truth.read_bytes()
+    predicted = patient / f"{TUMOR_SLICE.stem}_predicted_mask.png"
+    arguments = ("predict", str(patient), "--masks-dir", str(patient), "--model-dir", str(tiny_model_dir))
 
-    code, out, err = run(capsys, "predict", str(patient), "--masks-dir", str(patient), "--model-dir", NO_MODELS)
+    code, out, err = run(capsys, *arguments)
+    again, again_out, again_err = run(capsys, *arguments)
+    replaced, replaced_out, _ = run(capsys, *arguments, "--overwrite")
 
-    assert code == cli.EXIT_USAGE
-    assert out == ""
-    assert err == (
-        f"brain-tumor predict: error: the mask file {truth} already exists; choose another --masks-dir, or pass "
+    assert (code, err) == (cli.EXIT_OK, "")
+    (result,) = json.loads(out)["results"]
+    assert (result["file"], result["mask_file"]) == (str(patient / TUMOR_SLICE.name), str(predicted))
+    assert predicted.read_bytes().startswith(b"\x89PNG")
+    assert truth.read_bytes() == before
+    assert (again, again_out) == (cli.EXIT_USAGE, "")
+    assert again_err == (
+        f"brain-tumor predict: error: the mask file {predicted} already exists; choose another --masks-dir, or pass "
         "--overwrite to replace the masks of an earlier run\n"
     )
-    assert Path(truth).read_bytes() == before
+    assert replaced == cli.EXIT_OK
+    assert [item["file"] for item in json.loads(replaced_out)["results"]] == [str(patient / TUMOR_SLICE.name)]
+    assert sorted(path.name for path in patient.iterdir()) == sorted([TUMOR_SLICE.name, truth.name, predicted.name])
 
 
 def test_overwrite_lets_a_run_replace_its_earlier_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     masks = tmp_path / "masks"
     masks.mkdir()
-    (masks / f"{TUMOR_SLICE.stem}_mask.png").write_bytes(b"earlier run")
+    earlier = masks / f"{TUMOR_SLICE.stem}_predicted_mask.png"
+    earlier.write_bytes(b"earlier run")
 
+    refused, _, refused_err = run(
+        capsys, "predict", str(TUMOR_SLICE), "--masks-dir", str(masks), "--model-dir", NO_MODELS
+    )
     code, _, err = run(
         capsys, "predict", str(TUMOR_SLICE), "--masks-dir", str(masks), "--overwrite", "--model-dir", NO_MODELS
     )
 
+    assert refused == cli.EXIT_USAGE and f"the mask file {earlier} already exists" in refused_err
     assert code == cli.EXIT_MODELS  # past the mask checks: only the (missing) models stop it
     assert "cannot load the models" in err
 
 
 def test_mask_writer_refuses_a_file_already_there(tmp_path: Path) -> None:
     """DICOM masks are only known while the series runs: the writer itself must not replace a file."""
-    target = tmp_path / "IM0001_mask.png"
+    target = tmp_path / "IM0001_predicted_mask.png"
     target.write_bytes(b"precious")
 
     with pytest.raises(InputError, match="already exists"):
@@ -439,7 +458,7 @@ def test_mask_writer_reports_an_unwritable_target_as_an_input_error(tmp_path: Pa
     (tmp_path / "a-file").write_text("kept")
 
     with pytest.raises(InputError, match="cannot write the mask file .*: File exists"):
-        MaskWriter().write(tmp_path / "a-file" / "IM0001_mask.png", np.ones((4, 4), dtype=np.uint8))
+        MaskWriter().write(tmp_path / "a-file" / "IM0001_predicted_mask.png", np.ones((4, 4), dtype=np.uint8))
 
 
 def test_read_file_stops_reading_past_the_upload_limit(tmp_path: Path) -> None:

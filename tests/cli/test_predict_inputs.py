@@ -1,5 +1,6 @@
 """`brain-tumor predict` inputs: folders expand to their slices, a missing path or an empty folder stops the command
-with one line and exit 2 before the models load, masks are `<stem>_mask.png` and never share a file."""
+with one line and exit 2 before the models load, masks are `<stem>_predicted_mask.png` (never the
+ground truth's `<stem>_mask.png`) and never share a file."""
 
 from __future__ import annotations
 
@@ -60,7 +61,16 @@ def test_predict_of_folder_holding_only_masks_and_hidden_files_is_empty(tmp_path
 
 
 def test_folder_expands_to_its_slices_in_natural_order_without_masks(tmp_path: Path) -> None:
-    for name in ("slice_10.png", "slice_2.png", "slice_2_mask.png", "slice_1.dcm", ".hidden.png"):
+    # Ground truth (`slice_2_mask.png`) and an earlier run's mask (`slice_2_predicted_mask.png`) are both left out.
+    names = (
+        "slice_10.png",
+        "slice_2.png",
+        "slice_2_mask.png",
+        "slice_2_predicted_mask.png",
+        "slice_1.dcm",
+        ".hidden.png",
+    )
+    for name in names:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "nested").mkdir()
     (tmp_path / "nested" / "slice_3.png").write_bytes(b"x")
@@ -80,12 +90,14 @@ def test_predict_of_a_folder_predicts_its_slices(
     # The ground-truth *_mask.png files beside the slices are not predicted; 8 < 20 in natural order.
     expected = [PATIENT_FOLDER / f"TCGA_DU_A5TW_19980228_{number}.jpg" for number in (8, 20, 21, 22)]
     assert [result["file"] for result in results] == [str(path) for path in expected]
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{path.stem}_mask.png" for path in expected)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        f"{path.stem}_predicted_mask.png" for path in expected
+    )
 
 
 def test_masks_are_named_after_the_stem() -> None:
     assert mask_targets(TUMOR_SERIES, Path("masks")) == [
-        Path("masks") / f"{path.stem}_mask.png" for path in TUMOR_SERIES
+        Path("masks") / f"{path.stem}_predicted_mask.png" for path in TUMOR_SERIES
     ]
 
 
@@ -109,7 +121,8 @@ def test_predict_refuses_inputs_that_would_share_a_mask(
     assert out == ""
     assert err == (
         f"brain-tumor predict: error: the masks of {paths[0]} and {paths[1]} would all be written to "
-        f"{masks_dir / 'slice_mask.png'}; predict same-named files in separate runs, each with its own --masks-dir\n"
+        f"{masks_dir / 'slice_predicted_mask.png'}; predict same-named files in separate runs, each with its own "
+        "--masks-dir\n"
     )
     assert not masks_dir.exists()
 
@@ -129,20 +142,21 @@ def test_same_stems_are_fine_without_masks(tiny_model_dir: Path, tmp_path: Path,
 def test_predict_refuses_a_mask_that_would_overwrite_an_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    slice_path, ground_truth = tmp_path / "slice.png", tmp_path / "slice_mask.png"
+    """An earlier run's mask named as an input (to inspect it) is also where this run's mask of the slice goes."""
+    slice_path, earlier_mask = tmp_path / "slice.png", tmp_path / "slice_predicted_mask.png"
     slice_path.write_bytes(b"x")
-    ground_truth.write_bytes(b"truth")
+    earlier_mask.write_bytes(b"earlier run")
 
     code, _, err = run(
-        capsys, str(slice_path), str(ground_truth), "--model-dir", NO_MODELS, "--masks-dir", str(tmp_path)
+        capsys, str(slice_path), str(earlier_mask), "--model-dir", NO_MODELS, "--masks-dir", str(tmp_path)
     )
 
     assert code == 2
     assert err == (
-        f"brain-tumor predict: error: the mask of {slice_path} would overwrite the input {ground_truth}; "
+        f"brain-tumor predict: error: the mask of {slice_path} would overwrite the input {earlier_mask}; "
         "choose another --masks-dir\n"
     )
-    assert ground_truth.read_bytes() == b"truth"
+    assert earlier_mask.read_bytes() == b"earlier run"
 
 
 def test_predict_without_models_exits_3_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,8 +186,9 @@ def test_same_named_dicom_slices_are_refused_when_their_masks_would_meet(
     assert code == 2
     assert out == ""
     assert err == (
-        f"brain-tumor predict: error: two slices' masks would both be written to {masks_dir / 'IM0001_mask.png'}; "
-        "predict same-named files in separate runs, each with its own --masks-dir\n"
+        "brain-tumor predict: error: two slices' masks would both be written to "
+        f"{masks_dir / 'IM0001_predicted_mask.png'}; predict same-named files in separate runs, each with its own "
+        "--masks-dir\n"
     )
 
 
@@ -234,7 +249,7 @@ def test_overwrite_never_writes_through_a_symbolic_link_in_the_masks_folder(
     masks, elsewhere = tmp_path / "masks", tmp_path / "elsewhere.png"
     masks.mkdir()
     elsewhere.write_bytes(b"keep me")
-    (masks / f"{TUMOR_SLICE.stem}_mask.png").symlink_to(elsewhere)
+    (masks / f"{TUMOR_SLICE.stem}_predicted_mask.png").symlink_to(elsewhere)
 
     code, _, err = run(
         capsys, str(TUMOR_SLICE), "--model-dir", str(tiny_model_dir), "--masks-dir", str(masks), "--overwrite"

@@ -128,7 +128,7 @@ def test_series_gives_raster_slices_the_series_clean_up(
         item["tumor_probability"] for item in alone
     ]
     assert sorted(path.name for path in (tmp_path / "alone").iterdir()) == [
-        f"{Path(name).stem}_mask.png" for name in sorted(slices)
+        f"{Path(name).stem}_predicted_mask.png" for name in sorted(slices)
     ]
     assert not any((tmp_path / "series").iterdir())  # no mask, no file
     assert err.splitlines() == ["[2/3] slices", "[3/3] slices"]  # the models' chunks of the one volume
@@ -195,7 +195,8 @@ def test_help_documents_mask_names_and_exit_codes(capsys: pytest.CaptureFixture[
 
     out = capsys.readouterr().out
     assert out.startswith("usage: brain-tumor predict [-h] [--format {json,table,csv}]")
-    assert "MASKS_DIR/<stem>_mask.png" in out
+    assert "MASKS_DIR/<stem>_predicted_mask.png" in out
+    assert "<stem>_frame<N>_predicted_mask.png" in out
     exit_codes = out.split("exit codes:\n", 1)[1]
     assert [
         line.split()[0] for line in exit_codes.splitlines() if line.startswith("  ") and line.split()[0].isdigit()

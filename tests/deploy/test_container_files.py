@@ -342,6 +342,16 @@ def test_compose_orthanc_serves_what_pacs_sync_needs() -> None:
     assert services["pacs-sync"]["profiles"] == ["pacs"]
 
 
+def test_no_compose_profile_starts_both_pacs_sync_and_the_dicom_node() -> None:
+    """Each stores its own SEG and SR for a study (the README: one of them per PACS, not both); the node had no
+    profile, so `docker compose --profile pacs up` ran both against the one Orthanc and a study got two of each."""
+    services = load_compose()["services"]
+    sync, node = set(services["pacs-sync"].get("profiles", [])), set(services["dicom-node"].get("profiles", []))
+
+    assert sync and node, "a service without a profile starts with every profile"
+    assert not sync & node
+
+
 def _with_defaults(value: str) -> str:
     """A Compose value as it reads when no variable is set: ``${NAME:-default}`` -> ``default``."""
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
@@ -356,7 +366,7 @@ def test_compose_runs_the_dicom_node_beside_the_api_sending_to_orthanc() -> None
     orthanc = services["orthanc"]
 
     assert node["command"] == ["dicom-node"]
-    assert "profiles" not in node and "profiles" not in services["api"]  # `docker compose up` starts both
+    assert node["profiles"] == ["node"] and "profiles" not in services["api"]  # `--profile node up` starts both
     assert (environment["DICOM_NODE_HOST"], environment["DICOM_NODE_PORT"]) == ("0.0.0.0", "11112")
     assert [_with_defaults(port) for port in node["ports"]] == ["127.0.0.1:11112:11112"]
     # The spool survives a restart: it lies in a named volume (the root filesystem is read-only).
