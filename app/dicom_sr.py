@@ -359,12 +359,17 @@ def name_predecessors(report: Dataset, earlier: Sequence[ReportReference]) -> No
     """Name in `report` the earlier reports of its study that it replaces (Predecessor Documents Sequence, SR
     Document General Module), so that a PACS or viewer showing both can tell which is current.
 
-    Set after the report is built (its UIDs do not depend on it); an earlier report with the report's own SOP
-    Instance UID (the same findings made again) is left out."""
+    Set after the report is built; an earlier report with the report's own SOP Instance UID (the same findings made
+    again) is left out. A report that names predecessors gets UIDs of its own, derived from the ones it was built
+    with and the reports it replaces: the same findings as an earlier, already superseded report (an instance
+    corrected, then sent again as it was) make a new document, which a PACS that already holds that earlier copy
+    does not ignore, so the newest report is the one that replaces the others."""
     items = []
+    named = []
     for reference in earlier:
         if reference.sop_instance_uid == str(report.SOPInstanceUID):
             continue
+        named.append(reference.sop_instance_uid)
         instance = Dataset()
         instance.ReferencedSOPClassUID = reference.sop_class_uid
         instance.ReferencedSOPInstanceUID = reference.sop_instance_uid
@@ -377,6 +382,10 @@ def name_predecessors(report: Dataset, earlier: Sequence[ReportReference]) -> No
         items.append(item)
     if items:
         report.PredecessorDocumentsSequence = items
+        report.SOPInstanceUID = generate_uid(entropy_srcs=[str(report.SOPInstanceUID), "replaces", *named])
+        report.SeriesInstanceUID = generate_uid(entropy_srcs=[str(report.SeriesInstanceUID), "replaces", *named])
+        if "MediaStorageSOPInstanceUID" in getattr(report, "file_meta", Dataset()):
+            report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
 
 
 def predecessors(report: Dataset) -> list[str]:

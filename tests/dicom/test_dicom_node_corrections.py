@@ -1,0 +1,60 @@
+"""An instance corrected, then sent again as it was (attack review 27, finding 5).
+
+The node called the study "unchanged" because an earlier run had analysed those very instances, and sent nothing:
+the newest results at the destination described the correction, which the node no longer held. Now the latest run
+decides, and the report that replaces the correction's is a new document (its own UIDs), which the destination
+cannot take for the first run's copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.dicom_sr import predecessors, read_volume_report
+from app.dicom_study_runs import already_analysed
+from tests.dicom.builders import mr_series, tumor_channels, write_files
+from tests.dicom.node_support import QUIET_SECONDS, Clock, ResultStore, process_and_send, record, storescu
+
+
+def test_an_instance_sent_again_as_it_was_before_its_correction_is_analysed_again(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    series = mr_series(tumor_channels())
+    original = series[2].PixelData
+    assert storescu(node, write_files(series, tmp_path / "a")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    series[2].PixelData = np.zeros((256, 256), np.uint8).tobytes()  # corrected, same SOP Instance UID
+    assert storescu(node, write_files(series[2:], tmp_path / "b")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    series[2].PixelData = original  # and back
+    assert storescu(node, write_files(series[2:], tmp_path / "a_again")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 1
+
+    first, corrected, again = record(node)["runs"]
+    assert again["fingerprint"] == first["fingerprint"] and again["status"] == "analysed"
+    assert again["supersedes"] == corrected["run_id"]
+    first_sr, corrected_sr, again_sr = results.by_modality("SR")
+    assert read_volume_report(again_sr)["tumor_volume_ml"] == read_volume_report(first_sr)["tumor_volume_ml"]
+    assert again_sr.SOPInstanceUID not in (first_sr.SOPInstanceUID, corrected_sr.SOPInstanceUID)
+    assert predecessors(again_sr) == [corrected_sr.SOPInstanceUID]
+
+
+def test_only_the_latest_outcome_makes_instances_already_analysed() -> None:
+    runs = [
+        {"fingerprint": "a", "status": "analysed"},
+        {"fingerprint": "b", "status": "analysed"},
+        {"fingerprint": "a", "status": "error"},  # an error run is no outcome
+    ]
+
+    assert not already_analysed(runs, "a")
+    assert already_analysed(runs, "b")
+    assert not already_analysed([], "a")
+    assert not already_analysed([{"fingerprint": "a", "status": "not_analysed"}], "a")
