@@ -401,10 +401,14 @@ def readable_record(record: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def fingerprint(series: Iterable[dict[str, Any]]) -> str:
-    """A digest of which instances the series hold (Orthanc IDs): changes when one is added or deleted."""
+    """A digest of which instances the series hold (Orthanc IDs) and when each series last changed (its
+    ``LastUpdate``): changes when an instance is added or deleted, and when one is stored again under its SOP
+    Instance UID with other content, which keeps its ID (attack finding: with ``OverwriteInstances`` a corrected
+    slice was never read again). Becoming stable, other series and the study's metadata leave ``LastUpdate`` as is."""
     digest = hashlib.sha256()
     for item in sorted(series, key=lambda entry: str(entry["ID"])):
         digest.update(str(item["ID"]).encode())
+        digest.update(b"@" + str(item.get("LastUpdate", "")).encode())
         for instance in sorted(str(instance) for instance in item.get("Instances", [])):
             digest.update(b"/" + instance.encode())
         digest.update(b";")

@@ -119,9 +119,11 @@ def free_port() -> int:
 
 @contextmanager
 def running_orthanc(
-    directory: Path, dicom_modalities: dict[str, tuple[str, str, int]] | None = None
+    directory: Path, dicom_modalities: dict[str, tuple[str, str, int]] | None = None, overwrite_instances: bool = False
 ) -> Iterator[Orthanc]:
     """A fresh Orthanc on a free loopback port, storing under `directory`; skips the test where it is not installed.
+    With `overwrite_instances`, an instance stored again under its SOP Instance UID replaces the stored one (Orthanc's
+    ``OverwriteInstances``, common where corrected images are sent again).
 
     With `dicom_modalities` (name -> AE title, host, port), Orthanc also listens for DICOM (AE title ``ORTHANC``) on
     another free port, and accepts C-STORE only from those modalities, so whatever it holds from DIMSE came from one.
@@ -147,6 +149,7 @@ def running_orthanc(
         "UserMetadata": {SYNC_METADATA: 4600},
         "StableAge": 1,
         "SaveJobs": False,
+        "OverwriteInstances": overwrite_instances,
     }
     dicom_port = None
     if dicom_modalities is not None:
