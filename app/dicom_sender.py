@@ -232,6 +232,15 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> str:
     return ""
 
 
+def _put_delivery(run: dict[str, Any], destination: str, state: dict[str, Any]) -> None:
+    """Set a destination's delivery state in a run, unless a later run of the study superseded it there meanwhile
+    (while it was being sent, or while the record could not be written) and the state is not "sent": then it stays
+    superseded, and is never retried."""
+    if run["sent"].get(destination, {}).get("status") == "superseded" and state["status"] != "sent":
+        return
+    run["sent"][destination] = dict(state)
+
+
 class ResultDelivery:
     """Every run's results to every destination; `send_unsent` sends what a destination still lacks, once its
     backoff has passed (at once for a new run).
@@ -331,7 +340,7 @@ class ResultDelivery:
             for destination in destinations:  # what the record could not take yet stands in for it
                 held = self._unrecorded.get((key, run["run_id"], str(destination)))
                 if held is not None:
-                    run["sent"][str(destination)] = dict(held)
+                    _put_delivery(run, str(destination), held)
             due = [destination for destination in destinations if self._due(run, destination)]
             if due:
                 self.send_run(key, run, due)
@@ -350,7 +359,7 @@ class ResultDelivery:
             for stored_run in record["runs"]:
                 for (_, run_id, destination), state in held.items():
                     if stored_run["run_id"] == run_id:
-                        stored_run["sent"][destination] = dict(state)
+                        _put_delivery(stored_run, destination, state)
 
         try:
             self.spool.update_record(key, update)
@@ -430,10 +439,7 @@ class ResultDelivery:
         def update(record: dict[str, Any]) -> None:
             for stored_run in record["runs"]:
                 if stored_run["run_id"] == run["run_id"]:
-                    recorded = stored_run["sent"].get(str(destination), {})
-                    if recorded.get("status") == "superseded" and state["status"] != "sent":
-                        return  # a later run of the study came while this one was being sent: not retried
-                    stored_run["sent"][str(destination)] = dict(state)
+                    _put_delivery(stored_run, str(destination), state)
 
         try:
             self.spool.update_record(key, update)
