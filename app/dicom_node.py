@@ -595,7 +595,7 @@ class DicomNode:
     ) -> None:
         previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
         if previous is not None and analysis.datasets:  # the report comes last: it names the one it replaces
-            name_predecessors(analysis.datasets[-1], reports(previous["results"]))
+            name_predecessors(analysis.datasets, reports(previous["results"]))
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
             status=analysis.status,

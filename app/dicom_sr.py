@@ -355,37 +355,50 @@ class ReportReference:
     sop_instance_uid: str
 
 
-def name_predecessors(report: Dataset, earlier: Sequence[ReportReference]) -> None:
-    """Name in `report` the earlier reports of its study that it replaces (Predecessor Documents Sequence, SR
-    Document General Module), so that a PACS or viewer showing both can tell which is current.
+def name_predecessors(results: Sequence[Dataset], earlier: Sequence[ReportReference]) -> None:
+    """Name in a run's report (the last of `results`, after its SEGs) the earlier reports of its study that it
+    replaces (Predecessor Documents Sequence, SR Document General Module), so that a PACS or viewer showing both can
+    tell which is current.
 
-    Set after the report is built; an earlier report with the report's own SOP Instance UID (the same findings made
-    again) is left out. A report that names predecessors gets UIDs of its own, derived from the ones it was built
-    with and the reports it replaces: the same findings as an earlier, already superseded report (an instance
-    corrected, then sent again as it was) make a new document, which a PACS that already holds that earlier copy
-    does not ignore, so the newest report is the one that replaces the others."""
-    items = []
-    named = []
-    for reference in earlier:
-        if reference.sop_instance_uid == str(report.SOPInstanceUID):
-            continue
-        named.append(reference.sop_instance_uid)
-        instance = Dataset()
-        instance.ReferencedSOPClassUID = reference.sop_class_uid
-        instance.ReferencedSOPInstanceUID = reference.sop_instance_uid
-        series = Dataset()
-        series.SeriesInstanceUID = reference.series_instance_uid
-        series.ReferencedSOPSequence = [instance]
-        item = Dataset()
-        item.StudyInstanceUID = report.StudyInstanceUID  # the node's results stay in their source study
-        item.ReferencedSeriesSequence = [series]
-        items.append(item)
-    if items:
-        report.PredecessorDocumentsSequence = items
-        report.SOPInstanceUID = generate_uid(entropy_srcs=[str(report.SOPInstanceUID), "replaces", *named])
-        report.SeriesInstanceUID = generate_uid(entropy_srcs=[str(report.SeriesInstanceUID), "replaces", *named])
-        if "MediaStorageSOPInstanceUID" in getattr(report, "file_meta", Dataset()):
-            report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    Set after the results are built; an earlier report with the report's own SOP Instance UID (the same findings made
+    again) is left out. Results whose report names predecessors get UIDs of their own, derived from the ones they
+    were built with and the reports replaced, and the report refers to its SEGs by their new UIDs: the same findings
+    as an earlier, already superseded run (an instance corrected, then sent again as it was) make new objects, which
+    a PACS that already holds the earlier copies does not ignore, so the newest SEG and report are the current ones."""
+    report = results[-1]
+    named = [reference for reference in earlier if reference.sop_instance_uid != str(report.SOPInstanceUID)]
+    if not named:
+        return
+    report.PredecessorDocumentsSequence = [_predecessor_item(report, reference) for reference in named]
+    replaced = [reference.sop_instance_uid for reference in named]
+    renewed: dict[str, str] = {}
+    for dataset in results:
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
+            old = str(dataset[keyword].value)
+            renewed[old] = generate_uid(entropy_srcs=[old, "replaces", *replaced])
+            dataset[keyword].value = renewed[old]
+        if "MediaStorageSOPInstanceUID" in getattr(dataset, "file_meta", Dataset()):
+            dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+
+    def refer_to_renewed(dataset: Dataset, element: Any) -> None:
+        if element.VR == "UI" and element.VM == 1 and str(element.value) in renewed:
+            element.value = renewed[str(element.value)]
+
+    report.walk(refer_to_renewed)  # its SEG references (content items, evidence) follow the SEGs' new UIDs
+
+
+def _predecessor_item(report: Dataset, reference: ReportReference) -> Dataset:
+    """One Predecessor Documents Sequence item: the earlier report, in the report's own study."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = reference.sop_class_uid
+    instance.ReferencedSOPInstanceUID = reference.sop_instance_uid
+    series = Dataset()
+    series.SeriesInstanceUID = reference.series_instance_uid
+    series.ReferencedSOPSequence = [instance]
+    item = Dataset()
+    item.StudyInstanceUID = report.StudyInstanceUID  # the node's results stay in their source study
+    item.ReferencedSeriesSequence = [series]
+    return item
 
 
 def predecessors(report: Dataset) -> list[str]:

@@ -251,7 +251,7 @@ class StudySync:
             logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
             return FAILED
         if analysis.datasets:  # the report comes last: it names the one it replaces, deleted below (new UIDs then)
-            name_predecessors(analysis.datasets[-1], _recorded_report(record))
+            name_predecessors(analysis.datasets, _recorded_report(record))
         new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
         # Made again from the same instances, a result has the UIDs of one already stored: never withdraw that one.
         stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())

@@ -45,6 +45,21 @@ def test_an_instance_sent_again_as_it_was_before_its_correction_is_analysed_agai
     assert read_volume_report(again_sr)["tumor_volume_ml"] == read_volume_report(first_sr)["tumor_volume_ml"]
     assert again_sr.SOPInstanceUID not in (first_sr.SOPInstanceUID, corrected_sr.SOPInstanceUID)
     assert predecessors(again_sr) == [corrected_sr.SOPInstanceUID]
+    # The SEG too is a new object (the first run's, made again, would be ignored by a PACS that holds it, leaving
+    # the correction's SEG the newest), and the report refers to it by its new UIDs.
+    first_seg, corrected_seg, again_seg = results.by_modality("SEG")
+    assert again_seg.SOPInstanceUID not in (first_seg.SOPInstanceUID, corrected_seg.SOPInstanceUID)
+    assert again_seg.SeriesInstanceUID not in (first_seg.SeriesInstanceUID, corrected_seg.SeriesInstanceUID)
+    assert again_seg.file_meta.MediaStorageSOPInstanceUID == again_seg.SOPInstanceUID
+    assert read_volume_report(again_sr)["segmentation_sop_instance_uids"] == [again_seg.SOPInstanceUID]
+    evidence = [
+        (series.SeriesInstanceUID, instance.ReferencedSOPInstanceUID)
+        for study in again_sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    ]
+    assert (again_seg.SeriesInstanceUID, again_seg.SOPInstanceUID) in evidence
+    assert first_seg.SOPInstanceUID not in str(again_sr)
 
 
 def test_only_the_latest_outcome_makes_instances_already_analysed() -> None:
