@@ -247,8 +247,8 @@ def fail(message: str, code: int) -> int:
 
 
 def pacs_sync(args: argparse.Namespace) -> int:
-    from app import pacs_sync as sync
     from app.logging_config import configure_logging
+    from app.pacs import pacs_sync as sync
 
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -259,8 +259,8 @@ def pacs_sync(args: argparse.Namespace) -> int:
 
 
 def dicom_node(args: argparse.Namespace) -> int:
-    from app import dicom_node_command as node
     from app.logging_config import configure_logging
+    from app.node import dicom_node_command as node
 
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict_parser.set_defaults(run=predict)
 
-    from app.pacs_sync import add_arguments as add_pacs_sync_arguments
+    from app.pacs.pacs_sync import add_arguments as add_pacs_sync_arguments
 
     sync_parser = commands.add_parser(
         "pacs-sync",
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pacs_sync_arguments(sync_parser)
     sync_parser.set_defaults(run=pacs_sync)
 
-    from app.dicom_node_command import add_arguments as add_dicom_node_arguments
+    from app.node.dicom_node_command import add_arguments as add_dicom_node_arguments
 
     node_parser = commands.add_parser(
         "dicom-node", help="DICOM node: C-STORE MR studies in, SEG and volume report (SR) out by C-STORE"

@@ -88,7 +88,7 @@ def sniff_format(data: bytes) -> ImageFormat:
     for signature, image_format in _SIGNATURES:
         if data.startswith(signature):
             return image_format
-    if data[128:132] == b"DICM":  # `app.dicom_header.is_dicom` found no file meta group after it
+    if data[128:132] == b"DICM":  # `app.dicom.dicom_header.is_dicom` found no file meta group after it
         raise UndecodableDicomError(
             "DICOM file holds DICM at byte 128 but no file meta group (group 0002 elements) after it: "
             "truncated or corrupt"

@@ -5,7 +5,7 @@ passes over every block of the image once per scan. A 1.1 MB file of 4096 x 4096
 refine nothing kept a CPU core busy for 88 s; 3 million comment segments (18 MB) took 17 s in Pillow's header
 parser. Real encoders write one scan (baseline) or about ten (progressive; libjpeg's default script), with a few
 dozen segments in all, so the limits below are far above any real file and far below an attack. Used for uploaded
-JPEG files (`app.imaging`) and for JPEG frames inside DICOM (`app.dicom_codestream`). Nothing here logs.
+JPEG files (`app.imaging`) and for JPEG frames inside DICOM (`app.dicom.dicom_codestream`). Nothing here logs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The memory budget of decoding: what a file will cost, computed from its header, and a semaphore counting bytes.
 
-The decoders (`app.imaging`, `app.dicom_header`) read a file's header, never its pixels, to say how many bytes its
+The decoders (`app.imaging`, `app.dicom.dicom_header`) read a file's header, never its pixels, to say how many bytes its
 decoding takes; `app.uploads` refuses a file or a request over `DECODE_MEMORY_BYTES` (413, before anything is
 decoded) and `MemoryBudget` lets requests decode only while the costs of all of them together fit in the same budget,
 so that several bombs at once cannot add up. No HTTP here.

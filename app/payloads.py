@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from app import masks, schemas
-from app.dicom_series import SliceInput
+from app.dicom.dicom_series import SliceInput
 from app.errors import ServiceError
 from app.inference import SlicePrediction
 from app.series_choice import SeriesChoice, SeriesUse

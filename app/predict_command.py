@@ -346,7 +346,7 @@ class PredictRun:
 
 
 def holds_dicom(uploads: Sequence[bytes | ServiceError]) -> bool:
-    from app.dicom_header import is_dicom
+    from app.dicom.dicom_header import is_dicom
 
     return any(isinstance(item, bytes) and is_dicom(item) for item in uploads)
 

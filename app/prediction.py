@@ -1,7 +1,7 @@
 """One prediction flow for the HTTP API, `brain-tumor predict` and `pacs-sync`: uploads in, results out.
 
 Raster or DICOM, one slice or a series: check the headers (slices, memory cost), reserve the cost in the decoding
-memory budget (`app.memory_budget.MemoryBudget`), decode (`app.uploads`; DICOM through `app.dicom_series`) -> the
+memory budget (`app.memory_budget.MemoryBudget`), decode (`app.uploads`; DICOM through `app.dicom.dicom_series`) -> the
 models (an `app.model_runners.ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and
 pacs-sync) -> the DICOM SEG and the tumor volume for a series (`app.series_result`) -> payloads (`app.payloads`). No
 HTTP here: failures are `app.errors.ServiceError`s. In the service the CPU work runs in worker threads, so the event
@@ -21,8 +21,8 @@ import anyio.to_thread
 import numpy as np
 
 from app import payloads, schemas
-from app.dicom_header import DicomHeader, is_dicom
-from app.dicom_series import (
+from app.dicom.dicom_header import DicomHeader, is_dicom
+from app.dicom.dicom_series import (
     UNKNOWN_ORDER_NOTE,
     SeriesPlan,
     SeriesUploads,
@@ -151,7 +151,7 @@ class PredictionService:
         The sequence-selection rules (`SelectionRules.from_settings`) that choose which DICOM series the models read,
         and in which channel (`app.series_choice`).
     result_origin
-        Who the SEGs and SRs are made for, mixed into their UIDs (`app.result_uids`): "" for answers on request
+        Who the SEGs and SRs are made for, mixed into their UIDs (`app.dicom.result_uids`): "" for answers on request
         (HTTP, CLI), so that the same series gives the same objects, whichever output asks; the DICOM node and
         pacs-sync name themselves, so that their results never take the UIDs of each other's (pacs-sync deletes
         what it superseded, and only its own).

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from app.dicom_header import DicomHeader
+from app.dicom.dicom_header import DicomHeader
 from app.errors import MixedInputError, NoFlairSeriesError, ServiceError
 from app.sequence_selection import (
     SelectionRules,
@@ -113,7 +113,7 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
     Parameters
     ----------
     headers
-        Each file's header, or its error, in request order (`app.dicom_series.read_headers`).
+        Each file's header, or its error, in request order (`app.dicom.dicom_series.read_headers`).
     rules
         Default: `SelectionRules()`.
 

@@ -234,7 +234,7 @@ class Settings(BaseSettings):
         "FLAIR nor T1 (checked after the FLAIR and T1 wildcards; [*] is a literal asterisk)",
     )
 
-    # The DICOM node (brain-tumor dicom-node, app.dicom_node): C-STORE in, SEG and SR out by C-STORE.
+    # The DICOM node (brain-tumor dicom-node, app.node.dicom_node): C-STORE in, SEG and SR out by C-STORE.
     dicom_node_ae_title: str = Field(
         default="BRAINTUMOR", min_length=1, max_length=16, description="AE title the node answers to"
     )
@@ -379,7 +379,7 @@ class Settings(BaseSettings):
     @field_validator("dicom_node_destinations", mode="after")
     @classmethod
     def _destinations(cls, value: list[str]) -> list[str]:
-        from app.dicom_sender import Destination  # pynetdicom: only imported when destinations are set
+        from app.node.dicom_sender import Destination  # pynetdicom: only imported when destinations are set
 
         for item in value:
             Destination.parse(item)

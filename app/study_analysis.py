@@ -1,6 +1,7 @@
 """One study in, the objects to send back out: sequence selection, the series flow, the SEG and the volume report.
 
-`StudyProcessor` is the small interface the DICOM node calls (`app.dicom_node`): files of one study (and notes of its
+`StudyProcessor` is the small interface the DICOM node calls (`app.node.dicom_node`): files of one study (and notes of
+its
 own on how they came, for the report) in, a `StudyAnalysis` out. `ModelStudyProcessor` is the implementation on the
 service's models; it runs the chosen series through the prediction flow of the HTTP API, the CLI and pacs-sync
 (`app.prediction.PredictionService.predict_dicom`: budget, decoding, the models, the series clean-up, the SEG and the
@@ -11,13 +12,13 @@ What it does with a study:
 1. read every file's header and choose the series (`app.sequence_selection`); a study without FLAIR is
    "not_analysed" with the reason, and nothing is sent;
 2. check the chosen series from their headers against the flow's limits (slices, decoding memory), as the flow
-   will (`app.dicom_series.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
+   will (`app.dicom.dicom_series.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
    any file's bytes are read (attack finding 12: 10,000 one-slice instances were all read into memory first);
 3. read the chosen series' pixels through the flow, which applies the same rules to them
    (`app.series_choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
    join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
 4. run the models; build the SEG when a slice is positive (one per positive slice for slices without a Frame of
-   Reference, `app.dicom_seg.build_segmentations`) and always the volume report (SR), so that "analysed, no tumor"
+   Reference, `app.dicom.dicom_seg.build_segmentations`) and always the volume report (SR), so that "analysed, no tumor"
    can be told from "never analysed".
 
 The summary holds no patient data: series numbers, counts, the volume, error codes.
@@ -34,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.dicom_header import DicomHeader, checked_dimensions
-from app.dicom_series import plan_headers
-from app.dicom_sr import series_volume_report
+from app.dicom.dicom_header import DicomHeader, checked_dimensions
+from app.dicom.dicom_series import plan_headers
+from app.dicom.dicom_sr import series_volume_report
 from app.errors import ServiceError
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
@@ -263,7 +264,8 @@ def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHe
     its bytes are not read (`data` is empty).
 
     None for a file the flow refuses on its own before sizing it (over the upload size or the pixel limit, or
-    dimensions that cannot be read): `app.dicom_series.read_headers` puts an error in its place, which leaves it out
+    dimensions that cannot be read): `app.dicom.dicom_series.read_headers` puts an error in its place, which leaves it
+    out
     of the slices and the cost.
     """
     try:

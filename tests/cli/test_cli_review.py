@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from app import cli
 from app.errors import PayloadTooLargeError
-from app.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.predict_command import InputError, MaskWriter, read_file
 from app.settings import SettingsError, get_settings
 from app.uploads import UploadLimits

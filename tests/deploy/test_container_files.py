@@ -331,7 +331,7 @@ def test_gpu_variants_request_one_nvidia_gpu() -> None:
 
 
 def test_compose_orthanc_serves_what_pacs_sync_needs() -> None:
-    from app.pacs_sync import SYNC_METADATA
+    from app.pacs.pacs_sync import SYNC_METADATA
 
     services = load_compose()["services"]
     orthanc = services["orthanc"]["environment"]
@@ -358,7 +358,7 @@ def _with_defaults(value: str) -> str:
 
 
 def test_compose_runs_the_dicom_node_beside_the_api_sending_to_orthanc() -> None:
-    from app.dicom_sender import Destination
+    from app.node.dicom_sender import Destination
 
     services = load_compose()["services"]
     node = services["dicom-node"]

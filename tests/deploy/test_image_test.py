@@ -181,11 +181,11 @@ def test_prune_removes_only_untagged_images_older_than_this_run(monkeypatch: pyt
 
 
 def test_the_image_is_asked_a_jpeg_lossless_dicom_which_only_the_decoder_worker_reads():
-    """The upload that proves `app.dicom_pixels`' worker process starts and decodes inside the image."""
+    """The upload that proves `app.dicom.dicom_pixels`' worker process starts and decodes inside the image."""
     import pydicom
     from pydicom.uid import JPEGLosslessSV1
 
-    from app import dicom_pixels
+    from app.dicom import dicom_pixels
 
     (dicom_upload,) = [path for name, path, kind in image_test.UPLOADS if kind == "application/dicom"]
     dataset = pydicom.dcmread(dicom_upload)

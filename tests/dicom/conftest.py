@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from app.dicom_node import DicomNode, NodeConfig
-from app.dicom_sender import Destination
 from app.inference import Predictor
+from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_sender import Destination
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.node_support import (
     CALLING_AE,

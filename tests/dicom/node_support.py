@@ -28,9 +28,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
-from app.dicom_node import DicomNode
 from app.inference import SlicePrediction
 from app.model_runners import predictor_runner
+from app.node.dicom_node import DicomNode
 from app.prediction import PredictionService
 from app.uploads import UploadLimits
 from tests.dicom.builders import to_bytes

@@ -19,7 +19,7 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
-from app.orthanc_client import SYNC_METADATA
+from app.pacs.orthanc_client import SYNC_METADATA
 from tests.dicom.builders import to_bytes
 
 USER, PASSWORD = "sync-test", "not-a-secret"

@@ -12,14 +12,14 @@ import numpy as np
 import requests
 from pydicom.dataset import Dataset
 
-from app.dicom_input import read_dicom
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_series import prepare_inputs
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_series import prepare_inputs
 from app.inference import Predictor, SlicePrediction
-from app.orthanc_client import SYNC_METADATA, OrthancClient
-from app.orthanc_errors import OrthancError
-from app.pacs_sync_config import PacsSyncConfig
-from app.pacs_sync_state import SyncState
+from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
+from app.pacs.orthanc_errors import OrthancError
+from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import (
     DEFAULT_FLAIR_PATTERNS,
     DEFAULT_LOCALIZER_PATTERNS,

@@ -12,7 +12,7 @@ from typing import Any
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from app.dicom_conformance_statement import conformance_statement
+from app.node.dicom_conformance_statement import conformance_statement
 from tests.dicom.node_support import CALLING_AE, NODE_AE
 
 STATEMENT = Path(__file__).resolve().parents[2] / "DICOM_CONFORMANCE.md"
@@ -31,7 +31,7 @@ def table_uids(section: str, table_index: int) -> list[str]:
 
 
 def test_the_committed_statement_is_what_the_code_writes() -> None:
-    """Regenerate with `python -m app.dicom_conformance_statement > DICOM_CONFORMANCE.md`."""
+    """Regenerate with `python -m app.node.dicom_conformance_statement > DICOM_CONFORMANCE.md`."""
     assert STATEMENT.read_text(encoding="utf-8") == conformance_statement()
 
 

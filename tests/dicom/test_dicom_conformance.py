@@ -11,18 +11,18 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
-from app.dicom_conformance import (
+from app.dicom.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
     derived_character_set,
     invalid_values,
     with_slice_thickness,
     with_type2_attributes,
 )
-from app.dicom_input import read_dicom
-from app.dicom_seg import build_segmentation
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_series import prepare_inputs
-from app.dicom_sr import VolumeFindings, build_volume_report
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_seg import build_segmentation
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_series import prepare_inputs
+from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError, SegmentationInputError, UnsupportedDicomError, builder_reason
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, secondary_capture, to_bytes, tumor_channels

@@ -21,9 +21,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from app.dicom_header import _file_meta, is_dicom, read_dicom_header
-from app.dicom_input import read_dicom
-from app.dicom_series import prepare_inputs
+from app.dicom.dicom_header import _file_meta, is_dicom, read_dicom_header
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_series import prepare_inputs
 from app.errors import (
     DicomWithoutPixelDataError,
     ErrorKind,

@@ -16,11 +16,11 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from app.dicom_node import NodeConfig
-from app.dicom_seg import SEG_SERIES_NUMBER
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_sender import Destination
-from app.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
+from app.dicom.dicom_seg import SEG_SERIES_NUMBER
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
+from app.node.dicom_node import NodeConfig
+from app.node.dicom_sender import Destination
 from app.settings import Settings
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (

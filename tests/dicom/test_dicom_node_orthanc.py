@@ -25,9 +25,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_spool import study_key
-from app.dicom_sr import read_volume_report
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_sr import read_volume_report
+from app.node.dicom_spool import study_key
 from app.settings import Settings
 from tests.api.service_client import decode_rle, running_client
 from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, read_slice

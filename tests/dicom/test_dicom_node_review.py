@@ -18,10 +18,10 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from app.dicom_node import DicomNode, NodeConfig
-from app.dicom_received_instance import without_found_values
-from app.dicom_sender import Destination
-from app.dicom_spool import SpoolLimits
+from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_received_instance import without_found_values
+from app.node.dicom_sender import Destination
+from app.node.dicom_spool import SpoolLimits
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import PATIENT_ID, mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (
@@ -187,7 +187,7 @@ def test_a_refused_secondary_capture_does_not_quote_its_modality(
     capture.SOPClassUID = capture.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     capture.Modality = SECRET
 
-    with caplog.at_level(logging.WARNING, logger="app.dicom_node"):
+    with caplog.at_level(logging.WARNING, logger="app.node.dicom_node"):
         answer = store_dataset(node.config.port, capture)
 
     # C000, not A900: the data set matches its class (a PACS may quarantine an A900 as malformed); the node just

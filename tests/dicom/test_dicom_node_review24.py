@@ -17,10 +17,10 @@ from pydicom.uid import ComprehensiveSRStorage, MRImageStorage, SegmentationStor
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from app.dicom_node import OPEN_ASSOCIATION_WAIT, DicomNode
-from app.dicom_node_command import node_upload_limits
-from app.dicom_sr import read_volume_report
-from app.dicom_study_runs import ABORTED_NOTE
+from app.dicom.dicom_sr import read_volume_report
+from app.node.dicom_node import OPEN_ASSOCIATION_WAIT, DicomNode
+from app.node.dicom_node_command import node_upload_limits
+from app.node.dicom_study_runs import ABORTED_NOTE
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor, unread_files_note
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files

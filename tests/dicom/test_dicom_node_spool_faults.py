@@ -18,11 +18,11 @@ import pytest
 from pydicom.uid import MRImageStorage
 from pynetdicom import AE
 
-from app import dicom_spool
-from app.dicom_spool import Spool, SpoolFullError, SpoolLimits
-from app.dicom_sr import read_volume_report
-from app.dicom_study_runs import ABORTED_NOTE
+from app.dicom.dicom_sr import read_volume_report
 from app.logging_config import traceback_without_messages
+from app.node import dicom_spool
+from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits
+from app.node.dicom_study_runs import ABORTED_NOTE
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, write_files
 from tests.dicom.node_support import (
     CALLING_AE,
@@ -52,7 +52,7 @@ def test_results_delivered_while_the_record_cannot_be_written_are_not_sent_again
         raise DISK_FULL
 
     node.spool.update_record = disk_full
-    with caplog.at_level(logging.WARNING, logger="app.dicom_sender"):
+    with caplog.at_level(logging.WARNING, logger="app.node.dicom_sender"):
         node.send_unsent()
         for _ in range(5):  # the attack saw the same SEG and SR go out 42 times a minute
             clock.advance(60)
@@ -111,7 +111,7 @@ def test_a_study_whose_results_cannot_be_written_leaves_nothing_and_waits_longer
 
     monkeypatch.setattr(dicom_spool, "write_atomically", results_disk_full)
     clock.advance(QUIET_SECONDS)
-    with caplog.at_level(logging.WARNING, logger="app.dicom_node"):
+    with caplog.at_level(logging.WARNING, logger="app.node.dicom_node"):
         assert process_ready(node) == []
     analyses = len(predictor.calls)
     (study,) = (node.spool.root / "studies").iterdir()

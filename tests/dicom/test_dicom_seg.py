@@ -11,17 +11,17 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from app.dicom_frame import DicomFrame
-from app.dicom_input import read_dicom
-from app.dicom_seg import MANUFACTURER, build_segmentation, build_segmentations, part10_bytes
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_series import SeriesUploads, SliceInput, prepare_inputs
+from app.dicom.dicom_frame import DicomFrame
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_seg import MANUFACTURER, build_segmentation, build_segmentations, part10_bytes
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_series import SeriesUploads, SliceInput, prepare_inputs
+from app.dicom.tumor_volume import slice_spacing_mm, tumor_volume_ml
 from app.errors import SegmentationInputError
 from app.inference import SlicePrediction
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
 from app.series_result import SeriesResult, summarise_series
-from app.tumor_volume import slice_spacing_mm, tumor_volume_ml
 from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import (

@@ -19,7 +19,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 
-from app.dicom_sender import Destination, ResultSender
+from app.node.dicom_sender import Destination, ResultSender
 from tests.dicom.node_support import RESULTS_AE, SilentDestination, free_port
 
 HOST = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""`app.dicom_series`: frames of one request grouped into model inputs, intensities normalised per series."""
+"""`app.dicom.dicom_series`: frames of one request grouped into model inputs, intensities normalised per series."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from app.dicom_input import read_dicom
-from app.dicom_series import (
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_series import (
     anatomical_order,
     missing_slices,
     model_inputs,

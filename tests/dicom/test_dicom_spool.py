@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from app.dicom_node import DicomNode
-from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, study_key
+from app.node.dicom_node import DicomNode
+from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits, study_key
 from tests.dicom.builders import Study, mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (
     QUIET_SECONDS,

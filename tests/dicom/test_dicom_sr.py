@@ -8,17 +8,17 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from app.dicom_input import read_dicom
-from app.dicom_seg import MANUFACTURER, build_segmentation
-from app.dicom_series import SliceInput, prepare_inputs
-from app.dicom_sr import (
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_seg import MANUFACTURER, build_segmentation
+from app.dicom.dicom_series import SliceInput, prepare_inputs
+from app.dicom.dicom_sr import (
     SR_SERIES_NUMBER,
     VolumeFindings,
     VolumeReportInputError,
     build_volume_report,
     read_volume_report,
 )
-from app.tumor_volume import slice_spacing_mm
+from app.dicom.tumor_volume import slice_spacing_mm
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors

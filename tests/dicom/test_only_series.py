@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from app.dicom_header import read_dicom_header
+from app.dicom.dicom_header import read_dicom_header
 from app.errors import NoFlairSeriesError
 from app.sequence_selection import SeriesInfo, only_series_note, select_sequences
 from app.series_choice import choose_series

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import requests
 
-from app.orthanc_client import SYNC_METADATA, OrthancClient
-from app.orthanc_errors import OrthancAnswerError, OrthancError
-from app.pacs_sync_config import PacsSyncConfig
+from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
+from app.pacs.orthanc_errors import OrthancAnswerError, OrthancError
+from app.pacs.pacs_sync_config import PacsSyncConfig
 from tests.dicom.pacs_sync_support import (
     HTML_PAGE,
     HTML_SECRET,

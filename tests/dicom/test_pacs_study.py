@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from app.orthanc_errors import OrthancError
-from app.pacs_study import FAILED, UNREADABLE, StudySync, fingerprint, readable_record
-from app.pacs_sync_config import PacsSyncConfig
-from app.pacs_sync_state import SyncState
+from app.pacs.orthanc_errors import OrthancError
+from app.pacs.pacs_study import FAILED, UNREADABLE, StudySync, fingerprint, readable_record
+from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_state import SyncState
 
 SERIES = {"ID": "s1", "Instances": ["i1", "i2"], "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": "1.2"}}
 STUDY_FINGERPRINT = fingerprint([SERIES])

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from app import pacs_sync
-from app.dicom_seg import SEG_SERIES_NUMBER
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
+from app.dicom.dicom_seg import SEG_SERIES_NUMBER
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
 from app.inference import Predictor
-from app.orthanc_client import OrthancClient
-from app.pacs_study import StudySync
-from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
-from app.pacs_sync_state import SyncState
+from app.pacs import pacs_sync
+from app.pacs.orthanc_client import OrthancClient
+from app.pacs.pacs_study import StudySync
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
+from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import StudySelection
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import requests
 
-from app import pacs_sync
 from app.inference import Predictor
-from app.orthanc_client import SYNC_METADATA
-from app.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
-from app.pacs_sync_state import SyncState
+from app.pacs import pacs_sync
+from app.pacs.orthanc_client import SYNC_METADATA
+from app.pacs.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
+from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import SelectionRules
 from tests.dicom.builders import mr_series, tumor_channels
 from tests.dicom.orthanc_server import Orthanc

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from app.orthanc_client import SYNC_METADATA, OrthancClient
-from app.orthanc_errors import OrthancError
-from app.pacs_study import StudySync
-from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
-from app.pacs_sync_config import PacsSyncConfig
-from app.pacs_sync_state import SyncState
+from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
+from app.pacs.orthanc_errors import OrthancError
+from app.pacs.pacs_study import StudySync
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
+from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.pacs_sync_support import (
     HTML_PAGE,

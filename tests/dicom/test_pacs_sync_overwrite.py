@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.dicom_sr import predecessors
+from app.dicom.dicom_sr import predecessors
 from app.inference import Predictor
-from app.pacs_sync import SyncReport, run_pacs_sync
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from tests.dicom.builders import mr_series, tumor_channels
 from tests.dicom.orthanc_server import Orthanc, running_orthanc
 from tests.dicom.pacs_sync_support import config_for

@@ -9,8 +9,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from app.inference import Predictor
-from app.orthanc_client import SYNC_METADATA, SYNC_STATION_NAME
-from app.pacs_sync import SyncReport, run_pacs_sync, upload_limits
+from app.pacs.orthanc_client import SYNC_METADATA, SYNC_STATION_NAME
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync, upload_limits
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.orthanc_server import Orthanc
@@ -23,7 +23,7 @@ def node_results(
     predictor: Predictor, series: list[Dataset], directory: Path, origin: str = "dicom-node"
 ) -> list[Dataset]:
     """The SEG and SR the DICOM node makes of a series (the same processor, without pacs-sync's StationName); another
-    `origin` gives them other UIDs (`app.result_uids`)."""
+    `origin` gives them other UIDs (`app.dicom.result_uids`)."""
     directory.mkdir()
     paths = [directory / f"{index}.dcm" for index in range(len(series))]
     for path, dataset in zip(paths, series, strict=True):

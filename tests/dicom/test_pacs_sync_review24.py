@@ -11,8 +11,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from app.inference import Predictor
-from app.pacs_sync import SyncReport, run_pacs_sync
-from app.pacs_sync_state import SyncState
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync
+from app.pacs.pacs_sync_state import SyncState
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
 from tests.dicom.orthanc_server import Orthanc
 from tests.dicom.pacs_sync_support import config_for

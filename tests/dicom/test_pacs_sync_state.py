@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
+from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
 
 
 def test_sync_state_round_trips_and_lists_due_retries(tmp_path: Path) -> None:

@@ -23,11 +23,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, SegmentationStorage
 
-from app.dicom_input import read_dicom
-from app.dicom_seg import SEG_SERIES_NUMBER, build_segmentation, build_segmentations
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_series import SliceInput, prepare_inputs
-from app.dicom_sr import (
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_seg import SEG_SERIES_NUMBER, build_segmentation, build_segmentations
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_series import SliceInput, prepare_inputs
+from app.dicom.dicom_sr import (
     SLICES_MISSING,
     TUMOR_AT_SERIES_END,
     VolumeFindings,
@@ -37,7 +37,7 @@ from app.dicom_sr import (
     series_volume_report,
 )
 from app.inference import Predictor
-from app.pacs_sync import SyncReport, run_pacs_sync
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from app.study_analysis import ModelStudyProcessor
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, secondary_capture_series, to_bytes, tumor_channels, write_files

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from app.dicom_header import read_dicom_header
-from app.dicom_sr import read_volume_report
+from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_sr import read_volume_report
 from app.errors import NoFlairSeriesError
 from app.sequence_selection import (
     SelectionRules,

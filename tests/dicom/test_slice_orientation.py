@@ -8,11 +8,11 @@ import itertools
 import numpy as np
 import pytest
 
-from app.dicom_series import in_stored_orientation, model_inputs, read_series
+from app.dicom.dicom_series import in_stored_orientation, model_inputs, read_series
+from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn
 from app.inference import Predictor, SlicePrediction
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
-from app.slice_orientation import InPlaneTurn, in_plane_turn
 from app.uploads import UploadLimits
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 

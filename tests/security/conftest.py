@@ -82,7 +82,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 def service_error_codes() -> set[str]:
     """The `code` of every `ServiceError` subclass the app defines (DICOM input brings its own)."""
-    import app.dicom_input  # noqa: F401  (defines the DICOM error classes)
+    import app.dicom.dicom_input  # noqa: F401  (defines the DICOM error classes)
     from app.errors import ServiceError
 
     codes, pending = set(), [ServiceError]

@@ -21,8 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app import dicom_series
-from app.dicom_series import plan_series
+from app.dicom import dicom_series
+from app.dicom.dicom_series import plan_series
 from app.errors import OverMemoryBudgetError, TooManySlicesError
 from app.main import create_app
 from app.uploads import UploadLimits

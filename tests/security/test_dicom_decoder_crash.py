@@ -2,7 +2,7 @@
 byte after the JPEG's start marker made GDCM abort the whole service).
 
 JPEG baseline now goes through Pillow, which raises; JPEG lossless, which only GDCM decodes here, goes through a
-worker process (`app.dicom_pixels`) whose death is a 400 for that file and a fresh worker for the next.
+worker process (`app.dicom.dicom_pixels`) whose death is a 400 for that file and a fresh worker for the next.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from PIL import Image
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, RLELossless, generate_uid
 
-from app import dicom_pixels
-from app.dicom_codestream import check_codestreams
-from app.dicom_input import read_dicom
+from app.dicom import dicom_pixels
+from app.dicom.dicom_codestream import check_codestreams
+from app.dicom.dicom_input import read_dicom
 from app.errors import InvalidDicomImageError, UndecodableDicomError
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes

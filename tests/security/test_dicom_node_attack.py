@@ -1,4 +1,4 @@
-"""An attacker's review of the DICOM node (`app.dicom_node`): what a sender with real DICOM tools can make it do.
+"""An attacker's review of the DICOM node (`app.node.dicom_node`): what a sender with real DICOM tools can make it do.
 
 Each test sends over 127.0.0.1, with dcmtk's storescu or with pynetdicom's DIMSE layer directly (`forged_store`:
 a C-STORE request whose command and data set are whatever the test says, as a broken or hostile sender would
@@ -31,7 +31,7 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
-from app.dicom_spool import MIB, SpoolLimits
+from app.node.dicom_spool import MIB, SpoolLimits
 from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
 from tests.dicom.conftest import clock, make_node, results  # noqa: F401 (fixtures)
 from tests.dicom.node_support import CALLING_AE, NODE_AE, dcmtk, echo, storescu, wait_for
@@ -112,7 +112,7 @@ def peak_rss_growth(action: Callable[[], object]) -> int:
 @pytest.fixture
 def refusals(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[logging.LogRecord]]]:
     """The node's "instance refused" log lines, so far."""
-    with caplog.at_level(logging.WARNING, logger="app.dicom_node"):
+    with caplog.at_level(logging.WARNING, logger="app.node.dicom_node"):
         yield lambda: [record for record in caplog.records if record.getMessage() == "instance refused"]
 
 

@@ -163,7 +163,7 @@ BOMBS: list[BadFile] = [
     ),
 ]
 
-# DICOM: today the first bytes are no PNG/JPEG/TIFF magic, so 415. Once DICOM input lands (app/dicom_input.py) the
+# DICOM: today the first bytes are no PNG/JPEG/TIFF magic, so 415. Once DICOM input lands (app/dicom/dicom_input.py) the
 # exact codes can be tightened here; until then each must get some documented 4xx with the error body.
 DICOM_FILES: list[BadFile] = [
     BadFile("DICOM cut after its preamble", _cut(corpus.dicom_mr, 132), 400, None, "s.dcm"),

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, generate_fragments
 
-from app.dicom_input import read_dicom
+from app.dicom.dicom_input import read_dicom
 from app.errors import InvalidDicomImageError, InvalidSliceError
 from app.imaging import decode_image
 from app.jpeg_markers import (

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app.dicom_header import read_dicom_header
-from app.dicom_input import decode_dicom
+from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_input import decode_dicom
 from app.errors import UndecodableDicomError
 from app.logging_config import DECODER_PLUGIN_LOGGER, JsonFormatter, configure_logging, redact_values
 from tests.conftest import TUMOR_SLICE, read_slice

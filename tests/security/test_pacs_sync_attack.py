@@ -22,15 +22,15 @@ import pydicom
 import pytest
 import requests
 
-from app import pacs_sync
-from app.dicom_seg import MANUFACTURER
+from app.dicom.dicom_seg import MANUFACTURER
 from app.inference import SlicePrediction
-from app.orthanc_client import SYNC_METADATA, OrthancClient
-from app.orthanc_errors import AnswerTooLargeError, ForeignRedirectError, OrthancAnswerError, OrthancError
-from app.pacs_study import MAX_MR_SERIES, StudySync
-from app.pacs_sync import SyncReport, run_pacs_sync, sync_once
-from app.pacs_sync_config import PacsSyncConfig
-from app.pacs_sync_state import SyncState
+from app.pacs import pacs_sync
+from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
+from app.pacs.orthanc_errors import AnswerTooLargeError, ForeignRedirectError, OrthancAnswerError, OrthancError
+from app.pacs.pacs_study import MAX_MR_SERIES, StudySync
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
+from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.pacs_sync_support import Answer, CannedSession, NegativePredictor, json_answer

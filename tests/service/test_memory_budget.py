@@ -1,4 +1,5 @@
-"""The decoding memory budget: costs from headers (`app.imaging`, `app.dicom_header`) and the byte-counting semaphore
+"""The decoding memory budget: costs from headers (`app.imaging`, `app.dicom.dicom_header`) and the byte-counting
+semaphore
 (`app.memory_budget.MemoryBudget`) that keeps concurrent requests within it."""
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pydicom.uid import generate_uid
 
 from app import schemas
 from app.api.disconnect import ClientGone, unless_client_gone
-from app.dicom_header import read_dicom_header
-from app.dicom_series import decode_series, model_inputs, plan_series
+from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_series import decode_series, model_inputs, plan_series
 from app.errors import OverloadedError, OverMemoryBudgetError
 from app.imaging import read_image_header
 from app.inference import SlicePrediction

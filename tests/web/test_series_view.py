@@ -16,7 +16,7 @@ from axe_playwright_python.sync_playwright import Axe
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from app.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_seg_reader import read_segmentation_masks
 from tests.api.routes.test_predict_dicom import multipart_parts
 from tests.conftest import TEST_DATA, TUMOR_FREE_SLICE, TUMOR_SERIES, mask_path_of
 from tests.dicom.builders import PIXEL_SPACING_MM, mr_series, secondary_capture_series, to_bytes, tumor_channels

@@ -33,8 +33,8 @@ from app.api.openapi_docs import (
     response_examples,
 )
 from app.api.request_fields import check_file_fields, query_parameters
-from app.dicom_seg import part10_bytes
-from app.dicom_sr import series_volume_report
+from app.dicom.dicom_seg import part10_bytes
+from app.dicom.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
 from app.multipart_related import multipart_related
 from app.prediction import SeriesAnswer, SliceAnswer, Tally
@@ -261,7 +261,7 @@ async def slice_payload(answer: SliceAnswer, threshold: float, mask_format: sche
 
 def segmentation_response(answer: SeriesAnswer) -> Response:
     """The series' SEG; the SEGs as parts of one multipart/related answer (DICOMweb) when its slices have no Frame
-    of Reference and each positive one got its own (`app.dicom_seg.build_segmentations`)."""
+    of Reference and each positive one got its own (`app.dicom.dicom_seg.build_segmentations`)."""
     segmentations = [part10_bytes(segmentation) for segmentation in answer.result.segmentations]
     if len(segmentations) == 1:
         return Response(segmentations[0], media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import app.dicom_input
-import app.dicom_seg
-import app.dicom_series  # noqa: F401  (their error classes join ServiceError's subclasses)
+import app.dicom.dicom_input
+import app.dicom.dicom_seg
+import app.dicom.dicom_series  # noqa: F401  (their error classes join ServiceError's subclasses)
 from app.api.openapi_docs import ERROR_CATALOGUE, EXAMPLES_FILE, PREDICTION_STATUSES
 from app.errors import ServiceError
 from app.main import create_app

@@ -14,8 +14,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from app.dicom_input import read_dicom
-from app.dicom_sr import VolumeFindings, build_volume_report
+from app.dicom.dicom_input import read_dicom
+from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError
 from app.imaging import MAX_IMAGE_SIDE
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, with_broken_rle

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
-from app.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
-from app.dicom_seg_reader import read_segmentation_masks
-from app.dicom_series import UNKNOWN_ORDER_NOTE, model_inputs, read_series
-from app.dicom_sr import read_volume_report
+from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
+from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.dicom.dicom_series import UNKNOWN_ORDER_NOTE, model_inputs, read_series
+from app.dicom.dicom_sr import read_volume_report
 from app.inference import Predictor, SlicePrediction
 from app.series_result import single_slice_answers
 from tests.api.service_client import decode_rle

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import MRImageStorage
 
-from app.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES
+from app.dicom.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 
 

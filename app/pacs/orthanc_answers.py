@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from app.orthanc_errors import OrthancAnswerError
+from app.pacs.orthanc_errors import OrthancAnswerError
 
 MEDIA_TYPE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}")
 

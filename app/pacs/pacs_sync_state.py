@@ -1,11 +1,11 @@
 """What pacs-sync keeps between runs on its own side: the last Orthanc change it handled and the studies it will try
 again, and when.
 
-The outcome of each study lives in Orthanc (`app.orthanc_client.SYNC_METADATA`); this file is only a bookmark, so
+The outcome of each study lives in Orthanc (`app.pacs.orthanc_client.SYNC_METADATA`); this file is only a bookmark, so
 losing it costs time (the change log is read again from the start, and the records keep work from being redone),
 never results. Written to a temporary file, flushed to disk and renamed (the directory flushed too), so a crash or a
 power cut leaves the old state or the new one, never half; a save that fails raises `SyncStateWriteError`, and
-`app.pacs_sync` logs it and goes on from memory.
+`app.pacs.pacs_sync` logs it and goes on from memory.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Series assembly: DICOM frames of one request grouped into model inputs, intensities normalised per series.
 
-`plan_series` checks every file's header (`app.dicom_header.read_dicom_header`), chooses the series the models read
+`plan_series` checks every file's header (`app.dicom.dicom_header.read_dicom_header`), chooses the series the models
+read
 (`app.series_choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
 slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded (the
 last three are `plan_headers`, which the DICOM node's studies also go through before their files are read);
@@ -19,15 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL, INPUT_SHAPE
-from app.dicom_frame import DicomFrame, frame_placement, offsets_along_normal
-from app.dicom_header import DicomHeader, read_dicom_header
-from app.dicom_input import decode_dicom
+from app.dicom.dicom_frame import DicomFrame, frame_placement, offsets_along_normal
+from app.dicom.dicom_header import DicomHeader, read_dicom_header
+from app.dicom.dicom_input import decode_dicom
+from app.dicom.slice_orientation import in_plane_turn
+from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_range
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
-from app.slice_orientation import in_plane_turn
-from app.tumor_volume import slice_spacing_mm
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
 
 if TYPE_CHECKING:
@@ -290,7 +291,7 @@ def read_series(
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """The model batch (`app.uploads.model_input`, as for raster uploads) and the size of each slice, each axial slice
-    turned in-plane to the orientation the models learned (`app.slice_orientation`); `in_stored_orientation` turns
+    turned in-plane to the orientation the models learned (`app.dicom.slice_orientation`); `in_stored_orientation` turns
     the answers' masks back."""
     batch = np.empty((len(inputs), *INPUT_SHAPE), dtype=np.float32)  # filled in place: no second copy of the batch
     sizes = []

@@ -18,7 +18,7 @@ from importlib import metadata
 import numpy as np
 from pydicom.uid import generate_uid
 
-from app.dicom_frame import DicomFrame
+from app.dicom.dicom_frame import DicomFrame
 
 MANUFACTURER = "brain-tumor-service"
 

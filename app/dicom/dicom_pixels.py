@@ -78,7 +78,7 @@ def stored_pixels(dataset: Dataset, transfer_syntax: UID | None) -> np.ndarray:
 
 
 class DecodingWorker:
-    """A child process (`python -m app.dicom_pixels`) that decodes one dataset at a time, started on first use and
+    """A child process (`python -m app.dicom.dicom_pixels`) that decodes one dataset at a time, started on first use and
     again after it died. Requests and answers are length-prefixed pickles over its stdin and stdout; a plain
     subprocess, not multiprocessing, so that the child never imports the service's own main module."""
 
@@ -105,7 +105,7 @@ class DecodingWorker:
     def _exchange(self, request: bytes) -> bytes:
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "app.dicom_pixels"],
+                [sys.executable, "-m", "app.dicom.dicom_pixels"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 bufsize=0,  # raw pipes: select() below must see every byte not yet read

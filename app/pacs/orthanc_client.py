@@ -1,12 +1,12 @@
 """The few REST and DICOMweb calls pacs-sync makes to Orthanc (`OrthancClient`), each retried with exponential backoff
 on network errors, 429/5xx answers and answers whose body is not the JSON the call expects (a proxy's HTML page, say).
-Where Orthanc is and how often to retry: `app.pacs_sync_config.PacsSyncConfig`; how an answer's body is read within
-its limits: `app.orthanc_http`; the shapes answers must have: `app.orthanc_answers`.
+Where Orthanc is and how often to retry: `app.pacs.pacs_sync_config.PacsSyncConfig`; how an answer's body is read within
+its limits: `app.pacs.orthanc_http`; the shapes answers must have: `app.pacs.orthanc_answers`.
 
 Every answer is checked against the shape the caller relies on before it is returned, so a wrong one is an
-`OrthancError` (`app.orthanc_errors`) here, never a `KeyError` or a `JSONDecodeError` deep in the sync loop.
+`OrthancError` (`app.pacs.orthanc_errors`) here, never a `KeyError` or a `JSONDecodeError` deep in the sync loop.
 
-What to do with the series is `app.pacs_sync`'s job; nothing here predicts.
+What to do with the series is `app.pacs.pacs_sync`'s job; nothing here predicts.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from app.answer_deadline import AnswerDeadlineAdapter
-from app.core.backoff import doubling_wait
-from app.orthanc_answers import (
+from app.backoff import doubling_wait
+from app.dicom.result_uids import MANUFACTURER
+from app.pacs.answer_deadline import AnswerDeadlineAdapter
+from app.pacs.orthanc_answers import (
     changes_page,
     json_body,
     json_object,
@@ -34,10 +35,9 @@ from app.orthanc_answers import (
     series_list,
     with_id,
 )
-from app.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError
-from app.orthanc_http import endpoint, origin, read_body, request_line
-from app.pacs_sync_config import PacsSyncConfig
-from app.result_uids import MANUFACTURER
+from app.pacs.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError
+from app.pacs.orthanc_http import endpoint, origin, read_body, request_line
+from app.pacs.pacs_sync_config import PacsSyncConfig
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ class OrthancClient:
     def delete_our_series_by_uid(self, series_instance_uid: str) -> int:
         """Delete the series this service made with a Series Instance UID, in whichever study they landed.
 
-        Only for a UID pacs-sync made (`app.result_uids`, origin "pacs-sync": nobody else's series can carry it, so
+        Only for a UID pacs-sync made (`app.dicom.result_uids`, origin "pacs-sync": nobody else's series can carry it,
+        so
         the UID, not the StationName, says they are its own); returns how many.
         """
         query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_instance_uid}, "Expand": True}

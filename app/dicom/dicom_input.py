@@ -1,10 +1,11 @@
 """Decoding DICOM Part 10 uploads into frames: modality values plus what a DICOM SEG needs to refer back.
 
 `read_dicom` turns one file into `DicomFrame`s (one per frame): its header is read and checked first
-(`app.dicom_header.read_dicom_header`), then `decode_dicom` decodes the pixels into modality values (Rescale Slope /
+(`app.dicom.dicom_header.read_dicom_header`), then `decode_dicom` decodes the pixels into modality values (Rescale
+Slope /
 Intercept or the Modality LUT applied first, BitsStored and signed pixels honoured by pydicom, MONOCHROME1 inverted
 so that a higher value always means more signal), with the frame's geometry and the instance's header without its
-pixel data (`app.dicom_frame`). Grouping frames into model inputs is `app.dicom_series`'s job.
+pixel data (`app.dicom.dicom_frame`). Grouping frames into model inputs is `app.dicom.dicom_series`'s job.
 
 Failures are `app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient
 attributes. Nothing here logs.
@@ -21,9 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, JPEGExtended12Bit
 
-from app.dicom_codestream import UNDEFINED_LENGTH
-from app.dicom_frame import DicomFrame, frame_at, frame_geometry, frame_value
-from app.dicom_header import (
+from app.dicom.dicom_codestream import UNDEFINED_LENGTH
+from app.dicom.dicom_frame import DicomFrame, frame_at, frame_geometry, frame_value
+from app.dicom.dicom_header import (
     DEFAULT_MAX_DICOM_PIXELS,
     PIXEL_DATA_KEYWORDS,
     DicomHeader,
@@ -32,7 +33,7 @@ from app.dicom_header import (
     image_dimensions,
     read_dicom_header,
 )
-from app.dicom_pixels import stored_pixels
+from app.dicom.dicom_pixels import stored_pixels
 from app.errors import (
     InvalidDicomImageError,
     ServiceError,

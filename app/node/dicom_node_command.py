@@ -1,9 +1,9 @@
 """`brain-tumor dicom-node` on the command line: its options, and the entry point that loads the models once and
-runs the node (`app.dicom_node.DicomNode`) until interrupted.
+runs the node (`app.node.dicom_node.DicomNode`) until interrupted.
 
-`app.cli` checks the port and AE title given, configures logging and calls `main`, as it calls `app.pacs_sync.main`
+`app.cli` checks the port and AE title given, configures logging and calls `main`, as it calls `app.pacs.pacs_sync.main`
 for ``brain-tumor pacs-sync``; options not given come from the ``DICOM_NODE_*`` settings (`NodeConfig.from_settings`).
-How a study flows through the node, and its defences, are told in `app.dicom_node`.
+How a study flows through the node, and its defences, are told in `app.node.dicom_node`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_node import DicomNode, NodeConfig
 from app.uploads import UploadLimits
 
 # The node's logger: "DICOM node stopped" comes under the name the node's other lines have.
-logger = logging.getLogger("app.dicom_node")
+logger = logging.getLogger("app.node.dicom_node")
 
 
 def node_upload_limits(settings: Any) -> UploadLimits:

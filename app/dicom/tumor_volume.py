@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.dicom_frame import MAX_LENGTH_MM, DicomFrame, offsets_along_normal
+from app.dicom.dicom_frame import MAX_LENGTH_MM, DicomFrame, offsets_along_normal
 
 MM3_PER_ML = 1000.0
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.dicom_header import DEFAULT_MAX_DICOM_PIXELS
-from app.orthanc_http import origin
+from app.dicom.dicom_header import DEFAULT_MAX_DICOM_PIXELS
+from app.pacs.orthanc_http import origin
 from app.sequence_selection import SelectionRules
 from app.settings import HTTP_URL_RULE, MIB, Settings, is_http_url
 

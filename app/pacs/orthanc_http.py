@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from app.orthanc_errors import AnswerTooLargeError, AnswerTooSlowError
+from app.pacs.orthanc_errors import AnswerTooLargeError, AnswerTooSlowError
 
 READ_CHUNK = 64 * 1024
 

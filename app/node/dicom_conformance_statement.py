@@ -1,11 +1,13 @@
 """The DICOM node's conformance statement (after PS3.2's outline), written from the node's own tables.
 
 A PACS administrator reads it before declaring the node: what it accepts, in which transfer syntaxes, what it
-answers, and what it sends back. It is made from the tables the node runs on (`app.dicom_received_instance`) and the
+answers, and what it sends back. It is made from the tables the node runs on (`app.node.dicom_received_instance`) and
+the
 settings' defaults, so it cannot drift from the code; `DICOM_CONFORMANCE.md` at the repository's root is its output,
 and a test checks both that the file is current and that a running node accepts and refuses what it says.
 
-Run ``python -m app.dicom_conformance_statement > DICOM_CONFORMANCE.md`` after changing the node's classes, syntaxes
+Run ``python -m app.node.dicom_conformance_statement > DICOM_CONFORMANCE.md`` after changing the node's classes,
+syntaxes
 or settings.
 """
 
@@ -19,7 +21,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage, Verification
 
-from app.dicom_received_instance import (
+from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
+from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
+from app.dicom.result_uids import MANUFACTURER
+from app.node.dicom_received_instance import (
     IGNORED_CLASSES,
     MR_CLASSES,
     STATUS_CANNOT_UNDERSTAND,
@@ -28,13 +33,10 @@ from app.dicom_received_instance import (
     STORAGE_CLASSES,
     TRANSFER_SYNTAXES,
 )
-from app.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
-from app.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
-from app.result_uids import MANUFACTURER
 from app.settings import Settings
 
 RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage)
-RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # as `app.dicom_sender` proposes them
+RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # as `app.node.dicom_sender` proposes them
 
 
 def _default(name: str) -> Any:
@@ -83,10 +85,11 @@ def conformance_statement() -> str:
     lines = [
         "# DICOM conformance statement: `brain-tumor dicom-node`",
         "",
-        "Written by `python -m app.dicom_conformance_statement` from the node's tables",
-        "(`app/dicom_received_instance.py`) and the settings' defaults; `tests/dicom/test_conformance_statement.py`",
-        "checks that this file is current and that a running node accepts and refuses what it says. Research use only:",
-        "the results are unverified machine output and no clinical device.",
+        "Written by `python -m app.node.dicom_conformance_statement` from the node's tables",
+        "(`app/node/dicom_received_instance.py`) and the settings' defaults;",
+        "`tests/dicom/test_conformance_statement.py` checks that this file is current and that a running node accepts",
+        "and refuses what it says. Research use only: the results are unverified machine output and no clinical",
+        "device.",
         "",
         "## 1. Implementation",
         "",

@@ -35,7 +35,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from app.core.durable_files import write_atomically
-from app.dicom_seg import part10_bytes
+from app.dicom.dicom_seg import part10_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ One report per analysed series, positive or negative, so that a radiologist can 
   volume in mL (SNOMED CT 118565006 "Volume", UCUM ``ml``), the slices analysed and the slices with tumor, and the
   qualitative evaluation Presence of property = Present;
 - positive, of slices without a Frame of Reference (Secondary Captures, one SEG per positive slice: see
-  `app.dicom_seg`): the same figures in a measurements group (TID 1501), and one planar ROI group (TID 1410) per SEG,
+  `app.dicom.dicom_seg`): the same figures in a measurements group (TID 1501), and one planar ROI group (TID 1410) per
+  SEG,
   referencing its frame and its source slice, with Presence = Present; every group has the same Tracking Identifier
   (one finding, seen on several slices);
 - negative: a measurements group (TID 1501) with volume 0 mL, the slice counts and Presence = Absent.
@@ -39,7 +40,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
-from app.dicom_conformance import (
+from app.dicom.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
     derived_character_set,
     image_library_sources,
@@ -50,9 +51,9 @@ from app.dicom_conformance import (
     unusable_reference_uids,
     with_type2_attributes,
 )
-from app.dicom_seg import SEGMENT_NUMBER
+from app.dicom.dicom_seg import SEGMENT_NUMBER
+from app.dicom.result_uids import MANUFACTURER, result_uid, software_version
 from app.errors import ReportInputError, builder_reason
-from app.result_uids import MANUFACTURER, result_uid, software_version
 
 if TYPE_CHECKING:
     from app.series_result import SeriesResult
@@ -94,11 +95,12 @@ class VolumeFindings:
     tumor_detected
         True if any slice is positive.
     tumor_volume_ml
-        See `app.dicom_seg.tumor_volume_ml`; None when the geometry does not give one (then left out of the report).
+        See `app.dicom.dicom_seg.tumor_volume_ml`; None when the geometry does not give one (then left out of the
+        report).
     slices_analysed, slices_with_tumor
         Slices the models read, and those they called positive.
     slices_missing
-        Slices missing between those analysed (`app.dicom_series.missing_slices`): the volume leaves them out.
+        Slices missing between those analysed (`app.dicom.dicom_series.missing_slices`): the volume leaves them out.
     tumor_reaches_series_end
         The first or last slice analysed is positive: the tumor may go on beyond the series, and the volume with it.
     notes
@@ -151,11 +153,12 @@ def build_volume_report(
     model_tags
         `Predictor.model_tags`: ``{"classifier": "name@version", "segmenter": "name@version"}``.
     segmentations
-        Our SEG of the series (`app.dicom_seg.build_segmentations`: one, or one per positive slice for slices without
+        Our SEG of the series (`app.dicom.dicom_seg.build_segmentations`: one, or one per positive slice for slices
+        without
         a Frame of Reference); required when `findings.tumor_detected`, ignored otherwise.
     result_origin
         Who the report is made for (`PredictionService.result_origin`): with the sources, findings, SEGs and models,
-        it makes the report's UIDs (`app.result_uids`), the same each time they are the same.
+        it makes the report's UIDs (`app.dicom.result_uids`), the same each time they are the same.
 
     Returns
     -------
@@ -216,7 +219,7 @@ def _volume_report(
     """`build_volume_report`'s work once its inputs are checked: highdicom builds the report here."""
     sources = [with_type2_attributes(image) for image in source_images]
     algorithm = _algorithm(model_tags)
-    # The same sources, findings, SEGs and models give the same UIDs (app.result_uids): a report made again is the
+    # The same sources, findings, SEGs and models give the same UIDs (app.dicom.result_uids): a report made again is the
     # same instance, and the tumor keeps its tracking UID for as long as the models and the series stay the same.
     made_of = [
         result_origin,
@@ -306,7 +309,7 @@ def _slice_group(
         source_image=hd.sr.SourceImageForSegmentation(
             str(source.ReferencedSOPClassUID),
             str(source.ReferencedSOPInstanceUID),
-            # a frame of a multi-frame capture (app.dicom_seg names it)
+            # a frame of a multi-frame capture (app.dicom.dicom_seg names it)
             [int(source.ReferencedFrameNumber)] if "ReferencedFrameNumber" in source else None,
         ),
     )

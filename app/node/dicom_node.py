@@ -5,9 +5,9 @@ How a study flows through it:
 1. **Receive.** The node answers C-ECHO and C-STORE for MR storage classes (and the greyscale Secondary Captures the
    service reads) in the common transfer syntaxes, and takes (Success) without keeping the objects that travel with
    MR images and are no image (SEG, SR, KOS, presentation states...: `IGNORED_CLASSES`; these tables are in
-   `app.dicom_received_instance`), so that a whole study forwarded by a router arrives. An MR object must say
+   `app.node.dicom_received_instance`), so that a whole study forwarded by a router arrives. An MR object must say
    Modality MR. Only calling AE titles in `allowed_calling_ae_titles` may associate (when the list is set); others
-   are rejected at association. Each instance is written to the spool (`app.dicom_spool.Spool`), flushed to disk
+   are rejected at association. Each instance is written to the spool (`app.node.dicom_spool.Spool`), flushed to disk
    and renamed into place *before* the C-STORE is answered with success, and the study is marked pending: a node
    killed mid-series has lost nothing it acknowledged, and a restarted node finds the pending studies on disk and
    gives each a fresh quiet period (their senders resume once it answers).
@@ -26,7 +26,7 @@ How a study flows through it:
    sequence rules); only a new C-STORE does that, so it never loops. A study whose ``record.json`` cannot be read
    is skipped (logged once), and the other studies go on.
 4. **Send.** The results are saved in the spool and marked unsent; one thread per destination sends them by C-STORE
-   (`app.dicom_sender`), each retried with exponential backoff; a destination still failing is retried on later
+   (`app.node.dicom_sender`), each retried with exponential backoff; a destination still failing is retried on later
    passes. Every attempt is appended to ``sent.jsonl`` (the record of what was sent: destination, SOP class, SOP
    Instance UID of the result, status). Each destination has its own thread so that a destination that hangs delays
    only its own deliveries, never the receiving, the processing, or the other destinations. Results still waiting
@@ -37,30 +37,33 @@ How a study flows through it:
 
 Defences against a sender that misbehaves: instances over the size limit (for a deflated one, once inflated), or
 that would overfill the spool or the disk, or start one study too many waiting for analysis, are refused with Out of
-Resources (`app.dicom_spool.SpoolLimits`); an instance over the size limit, or past the memory all associations
+Resources (`app.node.dicom_spool.SpoolLimits`); an instance over the size limit, or past the memory all associations
 together may hold in instances being received (`NodeConfig.receive_memory_bytes`), is not even held while it
 arrives (`_discard_oversized`). An instance is kept only if the service can read it
-(`app.dicom_received_instance.checked_instance`: its header, its pixel data's length, the UIDs that name it, matching
+(`app.node.dicom_received_instance.checked_instance`: its header, its pixel data's length, the UIDs that name it,
+matching
 the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line without
 patient data. A connection that does not associate within `association_timeout_seconds`, an association idle that
 long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
 node's `max_associations` slots for long; a PDU longer than an instance may be closes its connection at once. One
 address holds at most `max_associations_per_peer` associations, so a peer that keeps them busy cannot take them all
-(these rules on connections are in `app.dicom_association`).
+(these rules on connections are in `app.node.dicom_association`).
 
-Logs name studies by a hash of their Patient ID and Study Instance UID (`app.dicom_spool.study_key`), never by
+Logs name studies by a hash of their Patient ID and Study Instance UID (`app.node.dicom_spool.study_key`), never by
 DICOM attributes.
 
 This module holds the node itself: `NodeConfig` (its settings, checked) and `DicomNode` (the association handlers that
 receive, the worker that processes, the sender threads). The rest lives beside it:
 
-- `app.dicom_received_instance`: what the node accepts (SOP classes, transfer syntaxes, statuses) and the check
+- `app.node.dicom_received_instance`: what the node accepts (SOP classes, transfer syntaxes, statuses) and the check
   that keeps or refuses each instance received;
-- `app.dicom_study_runs`: the runs in a study's record that decide whether it is processed again (step 3), and the
+- `app.node.dicom_study_runs`: the runs in a study's record that decide whether it is processed again (step 3), and the
   count of associations that ended without a release;
-- `app.dicom_spool`, `app.dicom_sender`, `app.dicom_association`: the spool on disk, the sending of results, the
+- `app.node.dicom_spool`, `app.node.dicom_sender`, `app.node.dicom_association`: the spool on disk, the sending of
+  results, the
   limits on connections and PDUs;
-- `app.dicom_node_command`: the command line (``brain-tumor dicom-node``), which loads the models and runs the node.
+- `app.node.dicom_node_command`: the command line (``brain-tumor dicom-node``), which loads the models and runs the
+  node.
 """
 
 from __future__ import annotations
@@ -82,9 +85,11 @@ from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
-from app.core.backoff import doubling_wait
-from app.dicom_association import TimedAssociationServer
-from app.dicom_received_instance import (
+from app.backoff import doubling_wait
+from app.dicom.dicom_sr import name_predecessors
+from app.logging_config import os_error_name
+from app.node.dicom_association import TimedAssociationServer
+from app.node.dicom_received_instance import (
     IGNORED_CLASSES,
     STATUS_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
@@ -96,10 +101,9 @@ from app.dicom_received_instance import (
     received_bytes,
     uid,
 )
-from app.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
-from app.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
-from app.dicom_sr import name_predecessors
-from app.dicom_study_runs import (
+from app.node.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
+from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
+from app.node.dicom_study_runs import (
     ABORTED_NOTE,
     already_analysed,
     count_abort,
@@ -107,7 +111,6 @@ from app.dicom_study_runs import (
     reports,
     supersede_undelivered,
 )
-from app.logging_config import os_error_name
 from app.settings import AE_TITLE_RULE, is_ae_title
 from app.study_analysis import StudyAnalysis, StudyProcessor
 

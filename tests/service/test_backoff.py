@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.backoff import doubling_wait
+from app.backoff import doubling_wait
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,11 @@ report (SR) back into it.
 
 One pass:
 
-1. read Orthanc's ``/changes`` after the last change handled (`app.pacs_sync_state.SyncState`, saved after each
+1. read Orthanc's ``/changes`` after the last change handled (`app.pacs.pacs_sync_state.SyncState`, saved after each
    page, so a restart resumes there; a save that fails is logged, and the next one tries again); a ``StableSeries``
    change of an MR series (and, without `PacsSyncConfig.require_stable`, each ``NewInstance``) names a study to
    look at;
-2. look at each such study (`app.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
+2. look at each such study (`app.pacs.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
    `app.sequence_selection`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
    ones, record the outcome in Orthanc (metadata `SYNC_METADATA` on the study); a study without FLAIR is recorded
    as not analysed; whatever goes wrong with one study is logged and retried, and the others go on;
@@ -18,7 +18,7 @@ One pass:
 
 Orthanc must declare the metadata name, e.g. ``"UserMetadata": {"BrainTumorSync": 4600}`` in its configuration
 (``ORTHANC__USER_METADATA`` in the orthancteam Docker image). Network errors, 429/5xx answers and answers that are
-not the JSON expected are retried with exponential backoff (`app.orthanc_client`). Logs name studies by their
+not the JSON expected are retried with exponential backoff (`app.pacs.orthanc_client`). Logs name studies by their
 Orthanc ID (a hash), never by DICOM tags.
 """
 
@@ -36,11 +36,11 @@ from typing import Any, Protocol
 
 from app.errors import error_body
 from app.inference import Predictor
-from app.orthanc_client import SYNC_METADATA, OrthancClient
-from app.orthanc_errors import OrthancError
-from app.pacs_study import StudySync
-from app.pacs_sync_config import PacsSyncConfig
-from app.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
+from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
+from app.pacs.orthanc_errors import OrthancError
+from app.pacs.pacs_study import StudySync
+from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
 from app.sequence_selection import SelectionRules
 from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits

@@ -26,9 +26,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from app.core.backoff import doubling_wait
-from app.dicom_spool import RECORD_FILE, WAITING_STATUSES, Spool, results_waiting, timestamp
+from app.backoff import doubling_wait
 from app.logging_config import os_error_name
+from app.node.dicom_spool import RECORD_FILE, WAITING_STATUSES, Spool, results_waiting, timestamp
 from app.settings import AE_TITLE_RULE, is_ae_title
 
 logger = logging.getLogger(__name__)

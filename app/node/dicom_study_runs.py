@@ -1,9 +1,10 @@
 """The runs in a study's record (``record.json``) that decide whether the DICOM node processes the study again.
 
-Each time `app.dicom_node.DicomNode` processes a study it appends a run to the study's record: the fingerprint of
+Each time `app.node.dicom_node.DicomNode` processes a study it appends a run to the study's record: the fingerprint of
 its instances (and their content), its status, its results. These functions read that list: whether these very
 instances were analysed already (`already_analysed`; only "analysed" is final, `FINAL_STATUSES`), how many "error"
-runs they had since their last outcome (`errors_since_last_outcome`, held to `app.dicom_node.NodeConfig.max_attempts`),
+runs they had since their last outcome (`errors_since_last_outcome`, held to
+`app.node.dicom_node.NodeConfig.max_attempts`),
 and which reports a new run supersedes (`reports`). An association that sent part of a study and ended without a
 release is counted in the record (`count_abort`) and said in the notes of the study's next run (`ABORTED_NOTE`).
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.dicom_spool import WAITING_STATUSES, timestamp
-from app.dicom_sr import ReportReference
+from app.dicom.dicom_sr import ReportReference
+from app.node.dicom_spool import WAITING_STATUSES, timestamp
 
 # An outcome that a re-send of the same instances does not change. "failed" and "not_analysed" runs are not final:
 # they depend on the configuration (memory budget, sequence rules) an operator may have fixed before re-sending, so a

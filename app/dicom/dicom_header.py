@@ -3,8 +3,10 @@ would cost.
 
 A file is recognised by its 128-byte preamble followed by ``DICM`` (`is_dicom`), never by its name.
 `read_dicom_header` checks the SOP class, the pixel description and the size (rows x columns x frames, and for
-compressed pixel data the size each codestream declares, `app.dicom_codestream`) and returns a `DicomHeader`, whose
-`cost_bytes` is the memory decoding the file takes at most; `app.dicom_input.decode_dicom` decodes it. Failures are
+compressed pixel data the size each codestream declares, `app.dicom.dicom_codestream`) and returns a `DicomHeader`,
+whose
+`cost_bytes` is the memory decoding the file takes at most; `app.dicom.dicom_input.decode_dicom` decodes it. Failures
+are
 `app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient attributes.
 Nothing here logs.
 """
@@ -24,7 +26,7 @@ from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from app.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
+from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
 from app.errors import (
     DicomWithoutPixelDataError,
     ImageTooLargeError,
@@ -99,7 +101,7 @@ class DicomHeader:
     Attributes
     ----------
     data
-        The file's bytes, decoded later by `app.dicom_input.decode_dicom`.
+        The file's bytes, decoded later by `app.dicom.dicom_input.decode_dicom`.
     dataset
         The data set up to (without) the pixel data.
     inflated_bytes

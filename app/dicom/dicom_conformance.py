@@ -33,7 +33,7 @@ from pydicom.datadict import dictionary_VM
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from app.dicom_frame import DicomFrame, frame_value
+from app.dicom.dicom_frame import DicomFrame, frame_value
 
 # Patient and General Study module attributes of Type 2 that highdicom copies from the first source.
 TYPE2_PATIENT_STUDY_ATTRIBUTES = (
@@ -137,7 +137,7 @@ def impossible_lengths(sources: Sequence[Dataset]) -> list[str]:
 
 def _lengths_in(source: Dataset, keyword: str) -> list[float]:
     """The numbers of a length attribute; none when it is absent, empty or unreadable (an unreadable one is refused
-    where the frame is read, `app.dicom_frame`)."""
+    where the frame is read, `app.dicom.dicom_frame`)."""
     value = frame_value(source, 0, "PixelMeasuresSequence", keyword)
     items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
     try:
@@ -290,7 +290,7 @@ def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Datase
 
     Why: a SEG's Pixel Measures need a Slice Thickness (Type 1C: its frames are a volume), while a single-frame
     source may leave it empty (Type 2). The caller passes the slices' spacing: each mask frame stands for a slab one
-    spacing thick, the slab the tumor volume counts (`app.tumor_volume.slice_spacing_mm`).
+    spacing thick, the slab the tumor volume counts (`app.dicom.tumor_volume.slice_spacing_mm`).
     """
     if thickness_mm is None or "SharedFunctionalGroupsSequence" in dataset or _has_value(dataset, "SliceThickness"):
         return dataset

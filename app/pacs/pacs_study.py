@@ -14,21 +14,23 @@ Results, and what supersedes what:
 
 - analysed: the SEG (when a slice is positive; for slices without a Frame of Reference one per positive slice, in
   one series) and the volume report (SR, also for a negative study) are stored with STOW-RS, with StationName
-  `app.orthanc_client.SYNC_STATION_NAME`. Their UIDs come from what they were made of (`app.result_uids`, origin
+  `app.pacs.orthanc_client.SYNC_STATION_NAME`. Their UIDs come from what they were made of (`app.dicom.result_uids`,
+  origin
   "pacs-sync"): other instances or models make new objects, in new series with the same Series Numbers
-  (`app.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR); the same
+  (`app.dicom.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR);
+  the same
   ones processed again (after a crash before the record was written) make the same objects, which Orthanc already
   holds and keeps once;
 - once the new ones are stored, every earlier SEG or SR series pacs-sync stored in the study (Manufacturer
-  `app.dicom_seg.MANUFACTURER` and that StationName, or named by the study's record: see
-  `app.orthanc_client.stored_by_sync`) is **deleted** from Orthanc, so a viewer never shows two answers; the record
+  `app.dicom.dicom_seg.MANUFACTURER` and that StationName, or named by the study's record: see
+  `app.pacs.orthanc_client.stored_by_sync`) is **deleted** from Orthanc, so a viewer never shows two answers; the record
   lists the Series Instance UIDs it superseded. The DICOM node's results, delivered to the same Orthanc, carry the
   same Manufacturer but not the StationName: they are left alone. "The study" is the one Orthanc study (Patient
   ID + Study Instance UID), never every study with its UID: another patient's results are never touched. A crash
   between storing and deleting leaves both, and the next processing deletes the older. A study that is no longer
   analysed (its FLAIR deleted) loses its earlier results the same way;
 - failed (nothing readable, a series that is not a volume, Orthanc errors): recorded with the error and the attempt
-  count, and tried again (`app.pacs_sync` schedules it; see `PacsSyncConfig.max_attempts`). So is a study without
+  count, and tried again (`app.pacs.pacs_sync` schedules it; see `PacsSyncConfig.max_attempts`). So is a study without
   FLAIR among the series read when some were left out for size (first file over
   `PacsSyncConfig.max_instance_bytes`, PACS_MAX_INSTANCE_BYTES): the FLAIR may be one of them. Its record names the
   limit, and a changed limit starts its attempts afresh. An analysed study with series left out keeps its results;
@@ -52,12 +54,12 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.core.backoff import doubling_wait
-from app.dicom_sr import ReportReference, name_predecessors
-from app.orthanc_client import SYNC_STATION_NAME, OrthancClient
-from app.orthanc_errors import AnswerTooLargeError, OrthancError
-from app.pacs_sync_state import SyncState
-from app.result_uids import software_version
+from app.backoff import doubling_wait
+from app.dicom.dicom_sr import ReportReference, name_predecessors
+from app.dicom.result_uids import software_version
+from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
+from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
+from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import StudySelection
 from app.study_analysis import StudyAnalysis
 

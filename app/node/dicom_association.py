@@ -3,7 +3,7 @@ limit on the associations one peer may hold at once.
 
 pynetdicom checks its timers only between whole messages and reads a PDU of any announced length into memory, so
 these rules live on the socket (`GuardedConnection`) and on the server that accepts it (`TimedAssociationServer`),
-which `app.dicom_node` hands to `AE.make_server`.
+which `app.node.dicom_node` hands to `AE.make_server`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ urllib3's timeouts bound each wait for bytes, not the whole answer: a server tha
 a byte at a time, each within the read timeout, holds the caller for as long as it likes. The adapter gives every
 request it sends `seconds` to get its headers in; past that the connection is shut, and the call fails as a read
 timeout (`requests.ReadTimeout`), which callers already retry. The body is the caller's to bound
-(`app.orthanc_client` reads it within what is left of the same time).
+(`app.pacs.orthanc_client` reads it within what is left of the same time).
 """
 
 from __future__ import annotations

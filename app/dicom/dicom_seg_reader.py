@@ -9,7 +9,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from app.dicom_seg import SEGMENT_NUMBER
+from app.dicom.dicom_seg import SEGMENT_NUMBER
 
 
 def read_segmentation_masks(segmentation: Dataset | bytes) -> dict[str, np.ndarray]:

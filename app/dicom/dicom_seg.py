@@ -3,7 +3,7 @@
 The SEG has one segment (SNOMED CT "Morphologically abnormal structure" / "Neoplasm" in the brain), names the models
 that made it (Algorithm Identification: segmenter name and version, the classifier tag as a parameter), refers to
 every source frame, and keeps empty frames (one SEG frame per source frame) so that viewers which pair frames by
-index do not shift it. Reading a SEG back is `app.dicom_seg_reader`; the tumor volume is `app.tumor_volume`.
+index do not shift it. Reading a SEG back is `app.dicom.dicom_seg_reader`; the tumor volume is `app.dicom.tumor_volume`.
 
 Slices without a patient coordinate system (no Frame of Reference: Secondary Captures) do not share one SEG here: a
 SEG's frames are told apart and placed by their positions in the patient, and highdicom builds a SEG of such sources
@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from app.dicom_conformance import (
+from app.dicom.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
     complete_segmentation,
     derived_character_set,
@@ -40,11 +40,11 @@ from app.dicom_conformance import (
     with_slice_thickness,
     with_type2_attributes,
 )
-from app.dicom_frame import DicomFrame
-from app.dicom_series import SliceInput, anatomical_order
+from app.dicom.dicom_frame import DicomFrame
+from app.dicom.dicom_series import SliceInput, anatomical_order
+from app.dicom.result_uids import MANUFACTURER, masks_digest, result_uid, software_version
+from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import SegmentationInputError, builder_reason
-from app.result_uids import MANUFACTURER, masks_digest, result_uid, software_version
-from app.tumor_volume import slice_spacing_mm
 
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
 SEG_SERIES_DESCRIPTION = "Tumor segmentation (research use only)"
@@ -63,7 +63,7 @@ def build_segmentations(
     a Frame of Reference (Secondary Captures, single- or multi-frame), one single-frame SEG per slice with a mask, in
     anatomical order (Instance Number), sharing one new SEG series (Instance Numbers from 1). The same slices,
     masks, models and `result_origin` (`PredictionService.result_origin`) always give the same UIDs
-    (`app.result_uids`).
+    (`app.dicom.result_uids`).
 
     Raises
     ------
@@ -108,7 +108,7 @@ def build_segmentation(
     Parameters
     ----------
     inputs
-        Slices from `app.dicom_series.prepare_inputs`; their FLAIR frames (`SliceInput.reference`) must all come
+        Slices from `app.dicom.dicom_series.prepare_inputs`; their FLAIR frames (`SliceInput.reference`) must all come
         from one series, and either all be single-frame instances or all be frames of one multi-frame instance.
         Pre- and post-contrast frames are recorded as further source images.
     masks
@@ -120,7 +120,7 @@ def build_segmentation(
         Where the SEG goes: a series of its own by default; `build_segmentations` puts the SEGs of one series in one.
     result_origin
         Who the SEG is made for (`PredictionService.result_origin`). The UIDs come from it, the source frames, masks
-        and models (`app.result_uids`): making the same SEG again gives the same UIDs.
+        and models (`app.dicom.result_uids`): making the same SEG again gives the same UIDs.
 
     Returns
     -------
