@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.dicom_node import DicomNode, NodeConfig
-from app.dicom_sender import Destination
-from app.dicom_spool import study_key
+from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_sender import Destination
+from app.node.dicom_spool import study_key
 from app.study_analysis import StudyAnalysis
 from bench.measurements import format_table
 

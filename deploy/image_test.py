@@ -47,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 SERVICE = "api"
 TEST_SLICE = REPO_ROOT / "tests" / "data" / "lgg" / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_22.jpg"
-# A JPEG-lossless DICOM: only GDCM decodes it, in a worker process the service starts (app.dicom_pixels), so this
+# A JPEG-lossless DICOM: only GDCM decodes it, in a worker process the service starts (app.dicom.dicom_pixels), so this
 # upload proves the worker starts and decodes inside the image, as its user, on its read-only file system.
 TEST_DICOM = REPO_ROOT / "tests" / "data" / "dicom" / "flair_jpeg_lossless.dcm"
 # What each image is asked: (name, file, content type); both answers must match the checkout's.
