@@ -13,6 +13,8 @@ three. No HTTP here.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -208,13 +210,13 @@ def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> 
     series = {str(header.dataset.get("SeriesInstanceUID", "")) for header in headers}
     if len(series) <= 1 or (at_most is not None and -(-frames // 3) > at_most):
         return frames if len(series) <= 1 else -(-frames // 3)
-    places: set[tuple] = set()
-    for file_index, header in enumerate(headers):
+    places = SlicePlaces()
+    for header in headers:
         for index in range(header.frames):
-            places.add(_placement_key(*frame_placement(header.dataset, index), ("unplaced", file_index, index)))
-            if at_most is not None and len(places) > at_most:
-                return len(places)
-    return len(places)
+            places.place(*frame_placement(header.dataset, index))
+            if at_most is not None and places.count > at_most:
+                return places.count
+    return places.count
 
 
 def decode_series(plan: SeriesPlan) -> SeriesUploads:
@@ -386,9 +388,11 @@ def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] =
         for index, image in zip(indices, normalise_volume([frames[i].values for i in indices]), strict=True):
             normalised[index] = image
 
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[int, list[int]] = {}
+    places = SlicePlaces()
     for index, frame in enumerate(frames):
-        groups.setdefault(_position_key(frame, index), []).append(index)
+        place = places.place(frame.frame_of_reference_uid, frame.image_position, frame.image_orientation)
+        groups.setdefault(place, []).append(index)
 
     channel = {uid: position for position, uid in enumerate(channel_series)}
     ordered: list[tuple[int, SliceInput]] = []
@@ -508,22 +512,48 @@ def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]
         )
 
 
-def _position_key(frame: DicomFrame, index: int) -> tuple:
-    return _placement_key(frame.frame_of_reference_uid, frame.image_position, frame.image_orientation, index)
+class SlicePlaces:
+    """The slices frames make: frames in one Frame of Reference whose Image Positions (Patient) are within
+    `POSITION_TOLERANCE_MM` of each other in every coordinate, and whose orientations are within
+    `ORIENTATION_TOLERANCE`, are one slice; a frame without a position is a slice of its own.
+
+    A frame joins the first slice it is that close to. Positions are kept in cells of the tolerance's size, so a
+    frame is compared with the slices of its own and the neighbouring cells only (rounding each position to a grid
+    instead would split two positions 0.0002 mm apart across a grid line)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._cells: dict[tuple, list[tuple[int, tuple[float, ...], tuple[float, ...]]]] = {}
+
+    def place(
+        self,
+        frame_of_reference_uid: str,
+        image_position: tuple[float, ...] | None,
+        image_orientation: tuple[float, ...] | None,
+    ) -> int:
+        """The number (0, 1, ...) of the slice a frame lying there belongs to; a new one if none is that close."""
+        if image_position is None:
+            return self._new_slice()
+        orientation = tuple(image_orientation or ())
+        cell = tuple(math.floor(value / POSITION_TOLERANCE_MM) for value in image_position)
+        for offset in itertools.product((-1, 0, 1), repeat=len(cell)):
+            near = tuple(index + step for index, step in zip(cell, offset, strict=True))
+            for number, position, other in self._cells.get((frame_of_reference_uid, near), []):
+                if _close(position, image_position, POSITION_TOLERANCE_MM) and (
+                    len(other) == len(orientation) and _close(other, orientation, ORIENTATION_TOLERANCE)
+                ):
+                    return number
+        number = self._new_slice()
+        self._cells.setdefault((frame_of_reference_uid, cell), []).append((number, tuple(image_position), orientation))
+        return number
+
+    def _new_slice(self) -> int:
+        self.count += 1
+        return self.count - 1
 
 
-def _placement_key(
-    frame_of_reference_uid: str,
-    image_position: tuple[float, ...] | None,
-    image_orientation: tuple[float, ...] | None,
-    fallback: object,
-) -> tuple:
-    """Frames with the same key are one slice; a frame without a position gets its own (`fallback`)."""
-    if image_position is None:
-        return ("unplaced", fallback)
-    position = tuple(round(value / POSITION_TOLERANCE_MM) for value in image_position)
-    orientation = tuple(round(value, 4) for value in image_orientation or ())
-    return (frame_of_reference_uid, position, orientation)
+def _close(first: Sequence[float], second: Sequence[float], tolerance: float) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(first, second, strict=True))
 
 
 ECHO_AND_ACQUISITION_ATTRIBUTES = ("EchoNumbers", "EchoTime", "AcquisitionNumber", "TemporalPositionIdentifier")

@@ -9,6 +9,7 @@ from pydicom.uid import generate_uid
 
 from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_series import (
+    SlicePlaces,
     anatomical_order,
     missing_slices,
     model_inputs,
@@ -243,3 +244,32 @@ def test_series_without_positions_has_no_breaks(flair: np.ndarray) -> None:
 
     assert series_breaks(frames, anatomical_order(frames)) == set()
     assert missing_slices(frames) == 0
+
+
+def test_frames_closer_than_the_tolerance_are_one_slice_even_across_a_grid_line() -> None:
+    """Positions were rounded to a 0.01 mm grid: 0.0002 mm apart on either side of a grid line were two slices,
+    0.0098 mm apart one (newcomer review 28, finding 3)."""
+    orientation = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    places = SlicePlaces()
+
+    first = places.place("1.2", (0.0, 0.0, 10.0049), orientation)
+    assert places.place("1.2", (0.0, 0.0, 10.0051), orientation) == first  # 0.0002 mm apart, across 10.005
+    assert places.place("1.2", (0.0, 0.0, 10.0300), orientation) != first  # 0.025 mm apart
+    assert places.place("1.3", (0.0, 0.0, 10.0049), orientation) != first  # another frame of reference
+    assert places.place("1.2", (0.0, 0.0, 10.0049), (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)) != first  # another plane
+    assert places.place("1.2", None, orientation) != places.place("1.2", None, orientation)  # no position
+    assert places.count == 6
+
+
+def test_three_series_with_rounding_noise_across_a_grid_line_are_stacked() -> None:
+    study = Study()
+    sequences = [mr_series(tumor_channels(channel), study, series_number=channel + 1) for channel in range(3)]
+    for channel, series in enumerate(sequences):
+        for dataset in series:
+            x, y, z = dataset.ImagePositionPatient
+            dataset.ImagePositionPatient = [x, y, float(z) + 0.0049 + 0.0001 * channel]  # 10.0049, 10.005, 10.0051
+    frames = [frame for series in sequences for dataset in series for frame in read_dicom(to_bytes(dataset))]
+
+    inputs = prepare_inputs(frames)
+
+    assert len(inputs) == 3 and all(item.image.shape == (256, 256, 3) for item in inputs)
