@@ -41,11 +41,12 @@ functions: no I/O, no logging.
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+from app.dicom.slice_orientation import slice_plane
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -504,22 +505,11 @@ def _flair_choice_note(ranked: Sequence[SeriesClassification]) -> str:
 
 
 def _orientation(orientation: object) -> tuple[str, float] | None:
-    """The plane of slices of this Image Orientation (Patient), the axis their normal is nearest (axial on a tie),
-    and the normal's angle in degrees from the head-foot axis. None when the orientation is absent or unreadable."""
-    cosines = _values(orientation)
+    """`slice_plane` of an Image Orientation (Patient) as a header holds it; None when it is absent or unreadable."""
     try:
-        rx, ry, rz, cx, cy, cz = (float(value) for value in cosines)  # type: ignore[arg-type]
+        return slice_plane([float(value) for value in _values(orientation)])  # type: ignore[union-attr]
     except (TypeError, ValueError):
         return None
-    normal = (ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx)
-    length = math.sqrt(sum(component * component for component in normal))
-    if not length or not math.isfinite(length):
-        return None
-    x, y, z = (abs(component) for component in normal)
-    tilt = math.degrees(math.acos(min(1.0, z / length)))
-    if z >= max(x, y):
-        return ("axial", tilt)
-    return ("sagittal" if x >= y else "coronal", tilt)
 
 
 def _planes(dataset: Dataset) -> frozenset[str]:

@@ -7,18 +7,17 @@ Image Orientation (Patient) says so, and read as stored such a slice gave anothe
 volume Dice of one patient fall from 0.86 to 0.81 rotated and 0.69 transposed). So the model input is turned to the
 learned orientation, and the mask turned back, so that every answer (masks, SEG, overlay) stays in the stored pixel
 order. Only axial slices are turned: sagittal and coronal ones have no such orientation (the series choice notes
-them) and are read as stored, as is a slice without an orientation.
+them) and are read as stored, as is a slice without an orientation. Which plane a slice lies in is `slice_plane`,
+the one rule the series choice and the turn both read.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-# A slice is axial when its normal is within this angle's cosine of the patient's head-feet axis (45 degrees: an
-# oblique axial stays axial, as the series choice counts it).
-AXIAL_MIN_NORMAL_COSINE = float(np.cos(np.radians(45.0)))
 
 
 @dataclass(frozen=True)
@@ -56,15 +55,31 @@ class InPlaneTurn:
 def in_plane_turn(orientation: tuple[float, ...] | None) -> InPlaneTurn:
     """How to turn a slice of Image Orientation (Patient) `orientation` (row direction, then column direction) to
     the learned one; no turn for a slice that is not axial or has no orientation."""
-    if orientation is None or len(orientation) != 6:
+    plane = slice_plane(orientation)
+    if plane is None or plane[0] != "axial":
         return InPlaneTurn()
-    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-    normal = np.cross(row, column)
-    length = float(np.linalg.norm(normal))
-    if length == 0 or abs(normal[2]) / length < AXIAL_MIN_NORMAL_COSINE:
-        return InPlaneTurn()
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)  # type: ignore[index]
     # Rows mostly along the patient's front-back axis: swap them with the columns first.
     transpose = abs(row[1]) > abs(row[0])
     if transpose:
         row, column = column, row
     return InPlaneTurn(transpose=transpose, flip_rows=bool(column[1] < 0), flip_columns=bool(row[0] < 0))
+
+
+def slice_plane(orientation: Sequence[float] | None) -> tuple[str, float] | None:
+    """The plane of slices of Image Orientation (Patient) `orientation` (row direction, then column direction): the
+    patient axis their normal is nearest ("axial" for head-feet, "sagittal", "coronal"; axial on a tie, so a
+    double-oblique axial slice up to about 54.7 degrees stays axial), and the normal's angle in degrees from the
+    head-feet axis. None without six finite values or with parallel directions."""
+    if orientation is None or len(orientation) != 6:
+        return None
+    rx, ry, rz, cx, cy, cz = (float(value) for value in orientation)
+    normal = (ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx)
+    length = math.sqrt(sum(component * component for component in normal))
+    if not length or not math.isfinite(length):
+        return None
+    x, y, z = (abs(component) for component in normal)
+    tilt = math.degrees(math.acos(min(1.0, z / length)))
+    if z >= max(x, y):
+        return ("axial", tilt)
+    return ("sagittal" if x >= y else "coronal", tilt)

@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 
 from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_sr import read_volume_report
+from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn, slice_plane
 from app.errors import NoFlairSeriesError
 from app.sequence_selection import (
     SelectionRules,
@@ -465,3 +466,26 @@ def test_a_study_with_a_localizer_keeps_three_channels_in_the_node_record(tmp_pa
         "evidence": "Series Description matches *LOC*: a localizer (planning scan), never a channel",
         "used": False,
     }
+
+
+def double_oblique_axial() -> tuple[float, ...]:
+    """Slices whose normal is nearest the head-feet axis but 53.8 degrees from it (tilted about two axes), rows
+    running from the patient's left to right and columns from posterior to anterior: stored turned 180 degrees."""
+    normal = np.array([0.571, 0.571, 0.591]) / np.linalg.norm([0.571, 0.571, 0.591])
+    row = -np.cross([0.0, 1.0, 0.0], normal)
+    row /= np.linalg.norm(row)
+    column = np.cross(normal, row)
+    return (*row, *column)
+
+
+def test_the_series_choice_and_the_turn_read_one_rule_for_axial() -> None:
+    """The choice called such slices "oblique axial" (normal nearest the head-feet axis) while the turn, at 45
+    degrees, left them as stored (newcomer review 28, finding 4)."""
+    orientation = double_oblique_axial()
+    info = SeriesInfo.from_dataset(header("AX FLAIR", orientation=orientation))
+
+    assert slice_plane(orientation) == ("axial", pytest.approx(53.8, abs=0.1))
+    assert info.plane == "axial" and info.tilt_degrees == pytest.approx(53.8, abs=0.1)
+    assert in_plane_turn(orientation) == InPlaneTurn(flip_rows=True, flip_columns=True)
+    assert slice_plane((0.0, 1.0, 0.0, 0.0, 0.0, -1.0))[0] == "sagittal"
+    assert in_plane_turn((0.0, 1.0, 0.0, 0.0, 0.0, -1.0)).is_identity
