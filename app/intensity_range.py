@@ -4,11 +4,16 @@ The models learned from volumes stretched from their minimum to their maximum (k
 the same way (`app.dicom.dicom_series.normalise_volume`, `app.imaging.decode_image`). One pixel far above the rest (a
 hot
 pixel, a burnt-in marker, a corrupt value) would then squeeze the image into a few grey levels: a 16-bit series with
-one pixel at 65535 (the rest under 1,200) turned three positive slices into "no tumor". On the 88 development volumes
-the maximum lies at most 4.83 times as far above the minimum as the 99.9th percentile does (median 1.4-1.5, each
-channel; `python -m bench.intensity_range` prints it). Past `OUTLIER_FACTOR` times, the pixels beyond are outliers:
-the stretch ends at the highest value below that bound and the outliers saturate at 255. No development volume
-reaches the bound, so what the models learned from is stretched exactly as before.
+one pixel at 65535 (the rest under 1,200) turned three positive slices into "no tumor"; one far below (a cold pixel
+at -1000 under a 0..1020 head) did the same. On the 88 development volumes the maximum lies at most 4.83 times as far
+above the minimum as the 99.9th percentile does (median 1.4-1.5, each channel), and the 0.1th percentile at most
+0.254 of the 0.1th-99.9th percentile range above the minimum (pre-contrast; FLAIR 0.005, median 0);
+`python -m bench.intensity_range` prints both. Past `OUTLIER_FACTOR` times above, or `LOW_OUTLIER_MARGIN` below,
+pixels are outliers: the stretch ends at the nearest value inside the bounds and the outliers saturate at 255 or 0.
+No development volume reaches a bound, so what the models learned from is stretched exactly as before. A pixel
+inside the bounds still sets the stretch (a hot pixel at 2.5 times a series' maximum changed its answer): the
+models learned volumes whose few brightest pixels lie that far out (the maximum up to 3.9 times the 99.99th
+percentile's distance above the minimum), so a tighter rule would stretch what they learned from differently.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import numpy as np
 OUTLIER_FACTOR = 8.0
 """How many times the 99.9th percentile's distance above the minimum a pixel may lie before it is an outlier."""
 REFERENCE_PERCENTILE = 99.9
+LOW_OUTLIER_MARGIN = 0.5
+"""How far below the 0.1th percentile a pixel may lie, as a share of the 0.1th to 99.9th percentile range, before it
+is an outlier."""
+LOW_REFERENCE_PERCENTILE = 0.1
 SAMPLE_PIXELS = 1 << 20
-"""The percentile is read from about this many pixels, taken at a regular step (the bound is far from it anyway)."""
+"""The percentiles are read from about this many pixels, taken at a regular step (the bounds are far from them)."""
 
 
 def stretch_range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
-    """(low, high) of the stretch over finite `arrays` (one image, or the frames of one series): their minimum, and
-    their maximum unless pixels lie past `OUTLIER_FACTOR` (then the highest value short of them)."""
+    """(low, high) of the stretch over finite `arrays` (one image, or the frames of one series): their minimum and
+    maximum, each short of the outliers beyond it (the module's rules), which then saturate at 0 or 255."""
     arrays = [array for array in arrays if array.size]
     if not arrays:
         return 0.0, 0.0
@@ -36,8 +45,15 @@ def stretch_range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
         return low, high
     step = max(1, sum(array.size for array in arrays) // SAMPLE_PIXELS)
     sample = np.concatenate([array.ravel()[::step] for array in arrays])
-    reference = float(np.percentile(sample, REFERENCE_PERCENTILE))
-    bound = low + OUTLIER_FACTOR * (reference - low)
-    if high <= bound or not reference > low:  # no outlier, or nearly every pixel at the minimum: nothing to judge by
+    bottom, reference = (
+        float(value) for value in np.percentile(sample, [LOW_REFERENCE_PERCENTILE, REFERENCE_PERCENTILE])
+    )
+    if not reference > bottom:  # nearly every pixel at one value: nothing to judge by
         return low, high
-    return low, max(float(np.max(array, where=array <= bound, initial=low)) for array in arrays)
+    floor = bottom - LOW_OUTLIER_MARGIN * (reference - bottom)
+    if low < floor:
+        low = min(float(np.min(array, where=array >= floor, initial=np.inf)) for array in arrays)
+    ceiling = low + OUTLIER_FACTOR * (reference - low)
+    if high > ceiling:
+        high = max(float(np.max(array, where=array <= ceiling, initial=low)) for array in arrays)
+    return low, high

@@ -124,6 +124,49 @@ def test_read_dicom_ignores_bits_above_bits_stored(flair: np.ndarray) -> None:
     np.testing.assert_array_equal(frame.values, flair)
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_read_dicom_ignores_bits_above_bits_stored_in_compressed_pixel_data(flair: np.ndarray, signed: bool) -> None:
+    """pydicom drops the bits above Bits Stored from native pixel data only; a codestream may carry them (dcmtk's
+    JPEG-LS encoder does), and read as image they answered a 12-bit tumor series "no tumor" (attack review 28)."""
+    if not get_encoder(JPEGLSLossless).is_available:
+        pytest.skip("no JPEG-LS encoder installed")
+    values = flair.astype(np.int16) * 8 - (1000 if signed else 0)  # 12-bit values, negative ones when signed
+    junk = np.random.default_rng(28).integers(0, 16, flair.shape).astype(np.uint16) << 12
+    stored = ((values.astype(np.uint16) & 0x0FFF) | junk).view(np.int16 if signed else np.uint16)
+    dataset = single_mr(stored, bits_stored=16)
+    dataset.PixelRepresentation = int(signed)
+    dataset.compress(
+        JPEGLSLossless, stored, generate_instance_uid=False
+    )  # pydicom encodes only values within Bits Stored
+    dataset.BitsStored, dataset.HighBit = 12, 11  # so the file says 12 once the junk is in the codestream
+
+    (frame,) = read_dicom(to_bytes(dataset))
+
+    np.testing.assert_array_equal(frame.values, values)
+
+
+def test_read_dicom_takes_pixel_padding_as_background(flair: np.ndarray) -> None:
+    """Pixels at Pixel Padding Value (or up to Pixel Padding Range Limit) are not image: a padding of -32768 had set
+    the series stretch's floor and answered a tumor series "no tumor" (attack review 28, finding 1)."""
+    values = flair.astype(np.int16) * 4 + 10
+    padded = np.where(flair < 3, -32768, values).astype(np.int16)
+    dataset = single_mr(padded, bits_stored=16)
+    dataset.PixelRepresentation = 1
+    dataset.PixelPaddingValue = -32768
+    reference = single_mr(np.where(flair < 3, values[flair >= 3].min(), values).astype(np.int16), bits_stored=16)
+    reference.PixelRepresentation = 1
+
+    (frame,) = read_dicom(to_bytes(dataset))
+    (expected,) = read_dicom(to_bytes(reference))
+    np.testing.assert_array_equal(frame.values, expected.values)
+    assert frame.values.min() == values[flair >= 3].min()
+
+    dataset.PixelPaddingValue, dataset.PixelPaddingRangeLimit = -32768, -30000  # a range of padding values
+    dataset.PixelData = np.where(flair < 3, -31000, padded).astype(np.int16).tobytes()
+    (ranged,) = read_dicom(to_bytes(dataset))
+    np.testing.assert_array_equal(ranged.values, expected.values)
+
+
 def test_read_dicom_reads_every_frame_of_a_multiframe_image() -> None:
     channels = tumor_channels()
     legacy = mr_series([image.astype(np.uint16) * 4 for image in channels])

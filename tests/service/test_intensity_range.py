@@ -1,11 +1,11 @@
-"""The stretch's range (`app.intensity_range`): min..max, unless a few pixels lie far above the rest."""
+"""The stretch's range (`app.intensity_range`): min..max, unless a few pixels lie far above or below the rest."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from app.imaging import stretch_to_uint8
-from app.intensity_range import OUTLIER_FACTOR, stretch_range
+from app.intensity_range import LOW_OUTLIER_MARGIN, LOW_REFERENCE_PERCENTILE, OUTLIER_FACTOR, stretch_range
 from tests.conftest import TUMOR_SERIES, read_slice
 
 
@@ -54,3 +54,22 @@ def test_a_16_bit_slice_with_a_hot_pixel_stretches_like_the_slice_without_it() -
     assert stretched[5, 5] == 255
     stretched[5, 5] = expected[5, 5]
     np.testing.assert_array_equal(stretched, expected)
+
+
+def test_pixels_far_below_the_rest_are_left_out_of_the_range() -> None:
+    """One cold pixel at -1000 under a 0..1020 series had set the stretch's floor: "no tumor" for a tumor series
+    (attack review 28, finding 1)."""
+    frames = volume()
+    clean_high = max(float(frame.max()) for frame in frames)
+    frames[0][7, 7] = -1000.0
+
+    assert stretch_range(frames) == (0.0, clean_high)
+
+
+def test_a_value_just_inside_the_low_bound_keeps_the_range() -> None:
+    frames = volume()
+    values = np.concatenate([frame.ravel() for frame in frames])
+    bottom, reference = np.percentile(values, [LOW_REFERENCE_PERCENTILE, 99.9])
+    frames[0][7, 7] = bottom - LOW_OUTLIER_MARGIN * (reference - bottom) * 0.9
+
+    assert stretch_range(frames)[0] == frames[0][7, 7]
