@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import keras
@@ -41,9 +42,15 @@ def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(truth, predicted).sum()) / total
 
 
+# Thresholds a manifest takes (strictly between 0 and 1) that, for tiny untrained models, pass every slice (or mask
+# pixel) or none: their sigmoid outputs stay far from 0 and 1.
+EVERY_SLICE = 1e-12
+NO_SLICE = math.nextafter(1.0, 0.0)
+
+
 def make_tiny_model_dir(
     directory: Path,
-    classifier_threshold: float = 0.0,
+    classifier_threshold: float = EVERY_SLICE,
     mask_threshold: float = 0.5,
     flip_average: bool = False,
     single_slice_mask_min_probability: float = 0.0,
@@ -52,8 +59,8 @@ def make_tiny_model_dir(
 ) -> Path:
     """Export two tiny untrained models with a valid manifest into `directory`.
 
-    With `classifier_threshold=0.0` every slice counts as positive, so the segmenter path always runs; the masks are
-    whatever random weights draw, which is enough to test plumbing, never accuracy. `flip_average`,
+    With `classifier_threshold=EVERY_SLICE` every slice counts as positive, so the segmenter path always runs; the
+    masks are whatever random weights draw, which is enough to test plumbing, never accuracy. `flip_average`,
     `single_slice_mask_min_probability`, `single_slice_min_component_pixels` and `series_min_component_voxels` as in
     the manifest.
     """

@@ -41,8 +41,9 @@ class ModelEntry(BaseModel):
     architecture: str
     weights: str
     parameters: int
-    threshold: float = Field(allow_inf_nan=False)
-    """A NaN threshold passes no comparison: every slice would be called tumor-free."""
+    threshold: float = Field(gt=0.0, lt=1.0, allow_inf_nan=False)
+    """A probability strictly between 0 and 1: at 2.0 (or NaN) no slice passes and a tumor study was reported
+    "absent", at 0 or below every slice does, with a mask over the whole image."""
     onnx: str | None = None
     """The same model converted to ONNX by `training.export_onnx`, if it was; checked against Keras at 1e-5."""
     flip_average: bool = False
@@ -102,7 +103,13 @@ def read_manifest(model_dir: str | Path) -> Manifest:
         raise ModelStoreError(f"model manifest not found: {manifest_path}")
     try:
         manifest = Manifest.model_validate(json.loads(manifest_path.read_text()))
-    except (ValueError, ValidationError) as error:
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'the whole file'}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        )
+        raise ModelStoreError(f"model manifest {manifest_path} is invalid: {problems}") from error
+    except ValueError as error:  # not JSON
         raise ModelStoreError(f"model manifest {manifest_path} is invalid: {error}") from error
     if manifest.format_version != MANIFEST_FORMAT_VERSION:
         raise ModelStoreError(

@@ -17,7 +17,7 @@ from tests.api.service_client import (
     LIMITED_UPLOAD_BYTES,
     running_client,
 )
-from tests.conftest import make_tiny_model_dir
+from tests.conftest import NO_SLICE, make_tiny_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def tiny_manifest(tiny_model_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def negative_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny models whose classifier threshold (1.01) no probability reaches: every slice negative."""
-    return make_tiny_model_dir(tmp_path_factory.mktemp("negative_models"), classifier_threshold=1.01)
+    return make_tiny_model_dir(tmp_path_factory.mktemp("negative_models"), classifier_threshold=NO_SLICE)
 
 
 @pytest.fixture(scope="session")

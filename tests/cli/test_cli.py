@@ -19,7 +19,7 @@ from app.errors import FileUnreadableError
 from app.predict_command import read_file
 from app.settings import Settings
 from tests.api.service_client import decode_png_mask, decode_rle, running_client, upload
-from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
+from tests.conftest import NO_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
 from tests.dicom.builders import FLAIR, legacy_multiframe, mr_series, to_bytes, tumor_channels
 
 PREDICTION_KEYS = {"tumor_probability", "tumor_detected", "threshold", "mask"}
@@ -132,7 +132,7 @@ def test_predict_names_the_masks_of_a_multiframe_file_per_frame(
 
 
 def test_predict_of_negative_writes_no_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    negative = make_tiny_model_dir(tmp_path / "negative_models", classifier_threshold=1.01)
+    negative = make_tiny_model_dir(tmp_path / "negative_models", classifier_threshold=NO_SLICE)
     masks_dir = tmp_path / "masks"
 
     code, output = run_predict(capsys, str(TUMOR_SLICE), "--model-dir", str(negative), "--masks-dir", str(masks_dir))

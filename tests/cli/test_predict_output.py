@@ -13,7 +13,7 @@ from app import cli
 from app.cli import main
 from app.predict_command import CSV_COLUMNS
 from app.settings import Settings
-from tests.conftest import TUMOR_SERIES, make_tiny_model_dir
+from tests.conftest import EVERY_SLICE, TUMOR_SERIES, make_tiny_model_dir
 from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
 
 
@@ -107,7 +107,7 @@ def test_series_gives_raster_slices_the_series_clean_up(
 ) -> None:
     # Every pixel over the mask threshold 0: each slice's mask is the whole slice, one 3-D blob of 3 x 65,536 voxels,
     # under the manifest's minimum of 10**6, so the series clean-up drops it; slices answered alone keep theirs.
-    models = make_tiny_model_dir(tmp_path / "models", mask_threshold=0.0, series_min_component_voxels=10**6)
+    models = make_tiny_model_dir(tmp_path / "models", mask_threshold=EVERY_SLICE, series_min_component_voxels=10**6)
     monkeypatch.setattr(cli, "get_settings", lambda: Settings(inference_batch_size=2))
     slices = [str(path) for path in TUMOR_SERIES[:3]]
 

@@ -64,3 +64,21 @@ def test_write_manifest_refuses_another_format_version(tiny_model_dir, tmp_path)
     with pytest.raises(ModelStoreError, match=r"^manifest format_version must be 1; got 2$"):
         write_manifest(tmp_path, manifest)
     assert not (tmp_path / MANIFEST_NAME).exists()
+
+
+@pytest.mark.parametrize("threshold", [2.0, 1.0, 0.0, -0.5], ids=["two", "one", "zero", "negative"])
+def test_read_manifest_refuses_a_threshold_that_is_no_probability(tiny_model_dir, tmp_path, threshold):
+    """A classifier threshold of 2.0 answered every tumor slice "no tumor" with the service ready, and the DICOM node
+    reported a tumor study "absent" (operations review 28, finding 1); one of 0 or below calls every slice tumor."""
+    shutil.copytree(tiny_model_dir, tmp_path, dirs_exist_ok=True)
+    content = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    content["classifier"]["threshold"] = threshold
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(content))
+
+    with pytest.raises(ModelStoreError) as raised:
+        read_manifest(tmp_path)
+
+    message = str(raised.value)
+    bound = "greater than 0" if threshold <= 0 else "less than 1"
+    assert message.endswith(f"is invalid: classifier.threshold: Input should be {bound}")
+    assert "pydantic" not in message and "\n" not in message

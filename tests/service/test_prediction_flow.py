@@ -25,7 +25,7 @@ from app.masks import decode_rle
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService, Tally, in_request_order
 from tests.api.service_client import decode_png_mask, png_bytes, resized, tiff_bytes
-from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
+from tests.conftest import NO_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes
 
 LIMITS = uploads.UploadLimits(max_upload_bytes=1 << 20, max_image_pixels=1024 * 1024)
@@ -195,7 +195,7 @@ def test_predict_uploads_returns_masks_at_input_size(tiny_predictor: Predictor) 
 def test_predict_uploads_of_negative_skips_segmenter(tmp_path: Path) -> None:
     calls: list[tuple[str, int]] = []
     predictor = Predictor.from_model_dir(
-        make_tiny_model_dir(tmp_path / "negative", classifier_threshold=1.01),
+        make_tiny_model_dir(tmp_path / "negative", classifier_threshold=NO_SLICE),
         observer=lambda role, seconds, batch_size: calls.append((role, batch_size)),
     )
 
@@ -208,7 +208,7 @@ def test_predict_uploads_of_negative_skips_segmenter(tmp_path: Path) -> None:
 def test_a_flip_averaged_classifier_is_observed_once_per_batch(tmp_path: Path) -> None:
     calls: list[tuple[str, int]] = []
     predictor = Predictor.from_model_dir(
-        make_tiny_model_dir(tmp_path / "flip", classifier_threshold=1.01, flip_average=True),
+        make_tiny_model_dir(tmp_path / "flip", classifier_threshold=NO_SLICE, flip_average=True),
         observer=lambda role, seconds, batch_size: calls.append((role, batch_size)),
     )
 

@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from app.api.routes import web
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import make_tiny_model_dir
+from tests.conftest import NO_SLICE, make_tiny_model_dir
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 READY_TIMEOUT_SECONDS = 120.0
@@ -88,7 +88,7 @@ def live_server(tiny_model_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def negative_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service on tiny models whose threshold (1.01) no probability reaches: every slice tumor-free."""
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("negative_models"), classifier_threshold=1.01)
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("negative_models"), classifier_threshold=NO_SLICE)
     with serving(Settings(model_dir=model_dir)) as base_url:
         yield base_url
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from tests.api.service_client import batch_upload, running_client, upload
-from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
+from tests.conftest import EVERY_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,9 @@ def unsure_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClie
     """Tiny models that call every slice positive (threshold 0) but show a single slice's mask only at probability
     1.0, which an untrained sigmoid never reaches."""
     model_dir: Path = make_tiny_model_dir(
-        tmp_path_factory.mktemp("unsure_models"), classifier_threshold=0.0, single_slice_mask_min_probability=1.0
+        tmp_path_factory.mktemp("unsure_models"),
+        classifier_threshold=EVERY_SLICE,
+        single_slice_mask_min_probability=1.0,
     )
     with running_client(Settings(model_dir=model_dir)) as client:
         yield client
