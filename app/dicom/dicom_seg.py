@@ -41,7 +41,7 @@ from app.dicom.dicom_conformance import (
     with_type2_attributes,
 )
 from app.dicom.dicom_frame import DicomFrame
-from app.dicom.dicom_series import SliceInput, anatomical_order
+from app.dicom.dicom_series import ORIENTATION_TOLERANCE, SliceInput, anatomical_order
 from app.dicom.result_uids import MANUFACTURER, masks_digest, result_uid, software_version
 from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import SegmentationInputError, builder_reason
@@ -316,7 +316,7 @@ def _source_images_and_pixels(
         for mask, frame in zip(masks, references, strict=True):
             if mask is not None:
                 pixels[frame.frame_number - 1] = mask > 0
-        return [first.header], pixels
+        return [_with_shared_plane(first.header)], pixels
     if any(frame.is_multiframe for frame in references):
         raise SegmentationInputError("a DICOM SEG cannot mix single-frame and multi-frame source instances")
     if len({frame.values.shape for frame in references}) != 1:
@@ -325,4 +325,58 @@ def _source_images_and_pixels(
     for index, mask in enumerate(masks):
         if mask is not None:
             pixels[index] = mask > 0
-    return [frame.header for frame in references], pixels
+    orientation = references[0].header.get("ImageOrientationPatient")
+    return [_in_plane(frame.header, orientation) for frame in references], pixels
+
+
+def _in_plane(header: Dataset, orientation: object) -> Dataset:
+    """`header`, or a copy with the series' first Image Orientation (Patient): highdicom wants the sources'
+    orientations equal, while scanners write them with rounding noise (5 or 6 decimals, 1e-5 apart); the flow has
+    checked they are one plane (`app.dicom.dicom_series.ORIENTATION_TOLERANCE`). A SEG was refused for such a series
+    and the DICOM node sent nothing for the study (attack review 28, finding 4)."""
+    if orientation is None or header.get("ImageOrientationPatient") == orientation:
+        return header
+    same_plane = copy.deepcopy(header)
+    same_plane.ImageOrientationPatient = orientation
+    return same_plane
+
+
+PLANE_GROUPS = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+
+
+def _with_shared_plane(header: Dataset) -> Dataset:
+    """`header`, or a copy of it whose Pixel Measures and Plane Orientation are in the Shared Functional Groups:
+    the standard lets an enhanced image hold them per frame, highdicom takes them shared only (a SEG was refused for
+    such an Enhanced MR, and the DICOM node sent nothing; attack review 28, finding 3). Frames whose pixel spacing
+    differs cannot share one and are refused; orientations within `ORIENTATION_TOLERANCE` share the first's."""
+    shared = header.get("SharedFunctionalGroupsSequence")
+    shared_group = shared[0] if shared else Dataset()
+    missing = [keyword for keyword in PLANE_GROUPS if keyword not in shared_group]
+    per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
+    if not missing or not per_frame or any(keyword not in group for group in per_frame for keyword in missing):
+        return header
+    if "PixelMeasuresSequence" in missing:
+        spacings = {tuple(group.PixelMeasuresSequence[0].get("PixelSpacing") or ()) for group in per_frame}
+        if len(spacings) > 1:
+            raise SegmentationInputError(
+                "a DICOM SEG gives its frames one pixel spacing; the frames of this multi-frame image have "
+                f"{len(spacings)} (Pixel Measures per frame)"
+            )
+    if "PlaneOrientationSequence" in missing:
+        first = np.asarray(per_frame[0].PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+        for group in per_frame:
+            orientation = np.asarray(group.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+            if np.max(np.abs(orientation - first)) > ORIENTATION_TOLERANCE:
+                raise SegmentationInputError(
+                    "a DICOM SEG of a multi-frame image needs its frames in one plane; they have several orientations"
+                )
+    moved = copy.deepcopy(header)
+    if not moved.get("SharedFunctionalGroupsSequence"):
+        moved.SharedFunctionalGroupsSequence = [Dataset()]
+    for keyword in missing:
+        setattr(
+            moved.SharedFunctionalGroupsSequence[0], keyword, moved.PerFrameFunctionalGroupsSequence[0][keyword].value
+        )
+        for group in moved.PerFrameFunctionalGroupsSequence:
+            delattr(group, keyword)
+    return moved

@@ -128,6 +128,41 @@ def test_build_segmentation_of_a_multiframe_source(truth_masks: list[np.ndarray]
         np.testing.assert_array_equal(stack[slice_input.reference.frame_number - 1], mask)
 
 
+@pytest.mark.parametrize("keyword", ["PixelMeasuresSequence", "PlaneOrientationSequence"])
+def test_a_multiframe_source_with_its_plane_per_frame_gets_a_seg(truth_masks: list[np.ndarray], keyword: str) -> None:
+    """The standard lets an enhanced image hold Pixel Measures and Plane Orientation per frame; highdicom takes them
+    shared only, and the SEG was refused (the DICOM node then sent nothing; attack review 28, finding 3)."""
+    multiframe = legacy_multiframe(mr_series(tumor_channels()))
+    item = multiframe.SharedFunctionalGroupsSequence[0][keyword].value
+    delattr(multiframe.SharedFunctionalGroupsSequence[0], keyword)
+    for group in multiframe.PerFrameFunctionalGroupsSequence:
+        setattr(group, keyword, [Dataset(item[0])])
+    inputs = series_inputs([multiframe])
+    masks = [truth_masks[index] for index in range(3)]
+
+    segmentation = build_segmentation(inputs, masks, MODEL_TAGS)
+
+    stack = read_segmentation_masks(segmentation)[multiframe.SOPInstanceUID]
+    for slice_input, mask in zip(inputs, masks, strict=True):
+        np.testing.assert_array_equal(stack[slice_input.reference.frame_number - 1], mask)
+    assert keyword in multiframe.PerFrameFunctionalGroupsSequence[0]  # the source header is left as it came
+
+
+def test_slices_whose_orientations_differ_by_rounding_get_a_seg(truth_masks: list[np.ndarray]) -> None:
+    """One slice written with 5 decimals, the next with 6 (1e-5 apart): one plane to the flow, but highdicom wants
+    the orientations equal, and the SEG was refused (the DICOM node then sent nothing; attack review 28, finding 4)."""
+    series = mr_series(tumor_channels())
+    series[1].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.99999999995, 1e-5]
+    inputs = series_inputs(series)
+
+    segmentation = build_segmentation(inputs, truth_masks[:3], MODEL_TAGS)
+
+    decoded = read_segmentation_masks(segmentation)
+    for dataset, mask in zip(series, truth_masks, strict=False):
+        np.testing.assert_array_equal(decoded[dataset.SOPInstanceUID], mask[None])
+    assert series[1].ImageOrientationPatient[5] == 1e-5  # the source header is left as it came
+
+
 def test_a_multi_frame_capture_gets_a_seg_per_positive_frame_that_names_its_frame(
     truth_masks: list[np.ndarray],
 ) -> None:
