@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from app.dicom.dicom_frame import frame_value
 from app.dicom.slice_orientation import slice_plane
 
 if TYPE_CHECKING:
@@ -582,16 +583,9 @@ def _name_match(names: Sequence[tuple[str, str]], patterns: Sequence[str]) -> st
 
 
 def _sequence_value(dataset: Dataset, sequence: str, keyword: str) -> object | None:
-    """A top-level attribute, else the first item's of a shared functional group, else of the first frame's
-    (enhanced MR objects)."""
-    if keyword in dataset:
-        return dataset.get(keyword)
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        group = _first_item(dataset.get(groups))
-        item = _first_item(group.get(sequence)) if group is not None else None
-        if item is not None and keyword in item:
-            return item.get(keyword)
-    return None
+    """An attribute as the first frame has it (`app.dicom.dicom_frame.frame_value`: its per-frame functional group,
+    then the shared one, then the top level): the same precedence the flow reads the frames' geometry with."""
+    return frame_value(dataset, 0, sequence, keyword)
 
 
 def _first_item(value: object) -> Any | None:

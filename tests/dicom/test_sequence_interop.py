@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
+from app.dicom.dicom_frame import frame_value
 from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_sr import read_volume_report
 from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn, slice_plane
@@ -489,3 +490,19 @@ def test_the_series_choice_and_the_turn_read_one_rule_for_axial() -> None:
     assert in_plane_turn(orientation) == InPlaneTurn(flip_rows=True, flip_columns=True)
     assert slice_plane((0.0, 1.0, 0.0, 0.0, 0.0, -1.0))[0] == "sagittal"
     assert in_plane_turn((0.0, 1.0, 0.0, 0.0, 0.0, -1.0)).is_identity
+
+
+def test_the_series_choice_reads_a_frame_attribute_as_the_flow_does() -> None:
+    """An enhanced image's per-frame functional group wins over a stray top-level value, for the choice as for the
+    frames' geometry; the choice read the top level first (newcomer review 28, finding 5)."""
+    dataset = header("AX FLAIR", orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0))  # top level: sagittal
+    plane = Dataset()
+    plane.ImageOrientationPatient = list(AXIAL)
+    group = Dataset()
+    group.PlaneOrientationSequence = [plane]
+    dataset.PerFrameFunctionalGroupsSequence = [group]
+
+    info = SeriesInfo.from_dataset(dataset)
+
+    assert info.plane == "axial"
+    assert info.plane == slice_plane(frame_value(dataset, 0, "PlaneOrientationSequence", "ImageOrientationPatient"))[0]
