@@ -32,7 +32,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
     decoder_reason,
 )
-from app.intensity_range import stretch_range
+from app.intensity_range import stretch_in_place, stretch_range
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
@@ -311,17 +311,8 @@ def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
 def _stretch_channel(channel: np.ndarray) -> np.ndarray:
     values = channel.astype(np.float64)
     np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = stretch_range([values])  # min..max, unless a few pixels lie far above the rest (then they saturate)
-    if not high > low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    # Halved, a span between float64's extremes (-1e308 to 1e308) stays finite; the ratio is the same.
-    values /= 2.0
-    values -= low / 2.0
-    values /= high / 2.0 - low / 2.0
-    values *= 255.0
-    np.rint(values, out=values)
-    np.clip(values, 0.0, 255.0, out=values)
-    return values.astype(np.uint8)
+    low, high = stretch_range([values])  # min..max, unless a few pixels lie far from the rest (then they saturate)
+    return stretch_in_place(values, low, high)
 
 
 def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:

@@ -57,3 +57,18 @@ def stretch_range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
     if high > ceiling:
         high = max(float(np.max(array, where=array <= ceiling, initial=low)) for array in arrays)
     return low, high
+
+
+def stretch_in_place(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`values` (float64, overwritten: the one copy the memory budget counts) mapped from `low`..`high` to 0..255 as
+    uint8, what lies outside saturating; all 0 when `high` is not above `low`. The one stretch of uploads and DICOM
+    series: halved first, a span between float64's extremes (-1e308 to 1e308) stays finite and the ratio the same."""
+    if not high > low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    values /= 2.0
+    values -= low / 2.0
+    values /= high / 2.0 - low / 2.0
+    values *= 255.0
+    np.rint(values, out=values)
+    np.clip(values, 0.0, 255.0, out=values)
+    return values.astype(np.uint8)

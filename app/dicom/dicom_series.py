@@ -28,7 +28,7 @@ from app.dicom.dicom_input import decode_dicom
 from app.dicom.slice_orientation import in_plane_turn
 from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
-from app.intensity_range import stretch_range
+from app.intensity_range import stretch_in_place, stretch_range
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
@@ -342,11 +342,7 @@ def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:
     if not volume:
         return []
     low, high = stretch_range(volume)
-    span = high - low
-    if not np.isfinite(span) or span <= 0:
-        return [np.zeros(values.shape, dtype=np.uint8) for values in volume]
-    scale = 255.0 / span
-    return [np.rint((values.astype(np.float64) - low) * scale).clip(0, 255).astype(np.uint8) for values in volume]
+    return [stretch_in_place(values.astype(np.float64), low, high) for values in volume]
 
 
 def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] = ()) -> list[SliceInput]:

@@ -19,6 +19,7 @@ from app.dicom.dicom_series import (
     series_breaks,
 )
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
+from app.imaging import stretch_to_uint8
 from app.uploads import model_input
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, Study, mr_dataset, mr_series, to_bytes, tumor_channels
@@ -273,3 +274,14 @@ def test_three_series_with_rounding_noise_across_a_grid_line_are_stacked() -> No
     inputs = prepare_inputs(frames)
 
     assert len(inputs) == 3 and all(item.image.shape == (256, 256, 3) for item in inputs)
+
+
+def test_a_series_and_an_upload_are_stretched_by_one_rule() -> None:
+    """The DICOM copy of the stretch gave a blank series for a span near float64's limits, where the upload's did
+    not (newcomer review 28, finding 6)."""
+    extreme = np.array([[-1e308, 0.0], [1e308, 5e307]])
+    ordinary = np.array([[0.0, 100.0], [200.0, 300.0]])
+
+    for values in (extreme, ordinary):
+        np.testing.assert_array_equal(normalise_volume([values])[0], stretch_to_uint8(values))
+    np.testing.assert_array_equal(normalise_volume([extreme])[0], [[0, 128], [255, 191]])
