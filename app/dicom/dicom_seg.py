@@ -16,9 +16,7 @@ the SEG's references then name the frame (Referenced Frame Number).
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
-import json
 from collections.abc import Iterable, Mapping, Sequence
 
 import highdicom as hd
@@ -42,7 +40,14 @@ from app.dicom.dicom_conformance import (
 )
 from app.dicom.dicom_frame import DicomFrame
 from app.dicom.dicom_series import ORIENTATION_TOLERANCE, SliceInput, anatomical_order
-from app.dicom.result_uids import MANUFACTURER, masks_digest, result_uid, software_version
+from app.dicom.result_uids import (
+    MANUFACTURER,
+    masks_digest,
+    models_digest,
+    result_uid,
+    segmenter_name_version,
+    software_version,
+)
 from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import SegmentationInputError, builder_reason
 
@@ -171,7 +176,7 @@ def build_segmentation(
     # highdicom reads Type 2 patient/study attributes without a default: de-identified sources often lack them.
     source_images = [with_type2_attributes(image) for image in source_images]
     further = [with_type2_attributes(image) for image in further]
-    segmenter_name, segmenter_version = _split_tag(model_tags.get("segmenter", "segmenter@unknown"))
+    segmenter_name, segmenter_version = segmenter_name_version(model_tags)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=segmenter_name,
         family=codes.cid7162.ArtificialIntelligence,
@@ -202,7 +207,7 @@ def build_segmentation(
             manufacturer_model_name=f"{segmenter_name} {segmenter_version}"[:64],
             software_versions=software_version(),
             # Identifies the model pair (not a machine): the same models give the same serial everywhere.
-            device_serial_number=hashlib.sha256(json.dumps(dict(model_tags), sort_keys=True).encode()).hexdigest()[:16],
+            device_serial_number=models_digest(model_tags)[:16],
             content_label=CONTENT_LABEL,
             content_description=SEG_SERIES_DESCRIPTION,
             omit_empty_frames=False,  # one SEG frame per source frame, so frame-by-index viewers stay aligned
@@ -277,11 +282,6 @@ def part10_bytes(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _split_tag(tag: str) -> tuple[str, str]:
-    name, _, version = tag.rpartition("@")
-    return (name, version) if name else (tag, "unknown")
 
 
 def _unique_headers(frames: Iterable[DicomFrame]) -> list[Dataset]:

@@ -28,8 +28,6 @@ not know the designator, as it does of any private scheme).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,7 +50,7 @@ from app.dicom.dicom_conformance import (
     with_type2_attributes,
 )
 from app.dicom.dicom_seg import SEGMENT_NUMBER
-from app.dicom.result_uids import MANUFACTURER, result_uid, software_version
+from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version, software_version
 from app.errors import ReportInputError, builder_reason
 
 if TYPE_CHECKING:
@@ -452,11 +450,9 @@ def read_volume_report(report: Dataset) -> dict[str, object]:
 
 
 def _algorithm(model_tags: Mapping[str, str]) -> hd.sr.AlgorithmIdentification:
-    name, _, version = model_tags.get("segmenter", "segmenter@unknown").rpartition("@")
+    name, version = segmenter_name_version(model_tags)
     parameters = [f"{role}={tag}" for role, tag in sorted(model_tags.items()) if role != "segmenter"]
-    return hd.sr.AlgorithmIdentification(
-        name=name or "segmenter", version=version or "unknown", parameters=parameters or None
-    )
+    return hd.sr.AlgorithmIdentification(name=name, version=version, parameters=parameters or None)
 
 
 def _measurements(findings: VolumeFindings, algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
@@ -494,8 +490,7 @@ def _notes(findings: VolumeFindings) -> list[hd.sr.TextContentItem]:
 
 def _device_uid(model_tags: Mapping[str, str]) -> str:
     """The same models give the same Device Observer UID everywhere (it names the model pair, not a machine)."""
-    digest = hashlib.sha256(json.dumps(dict(model_tags), sort_keys=True).encode()).hexdigest()
-    return generate_uid(entropy_srcs=[MANUFACTURER, digest])
+    return generate_uid(entropy_srcs=[MANUFACTURER, models_digest(model_tags)])
 
 
 def _item(items: Sequence[Dataset], concept: Code) -> Dataset | None:

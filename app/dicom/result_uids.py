@@ -38,6 +38,19 @@ def result_uid(kind: str, model_tags: Mapping[str, str], *parts: str) -> str:
     return generate_uid(entropy_srcs=[MANUFACTURER, software_version(), models, kind, *parts])
 
 
+def models_digest(model_tags: Mapping[str, str]) -> str:
+    """A hex digest of the model pair: the SEG's Device Serial Number and the SR's device UID come from it, so the same
+    models give the same device everywhere."""
+    return hashlib.sha256(json.dumps(dict(model_tags), sort_keys=True).encode()).hexdigest()
+
+
+def segmenter_name_version(model_tags: Mapping[str, str]) -> tuple[str, str]:
+    """(name, version) of the segmenter from its tag ("name@version"), as the SEG and the SR name the algorithm; a
+    tag without a version gives "unknown"."""
+    name, _, version = model_tags.get("segmenter", "segmenter@unknown").rpartition("@")
+    return (name, version or "unknown") if name else (model_tags.get("segmenter") or "segmenter", "unknown")
+
+
 def masks_digest(references: Sequence[DicomFrame], masks: Sequence[np.ndarray | None]) -> str:
     """A digest of which source frame got which mask (None: nothing found), for `result_uid`'s parts."""
     digest = hashlib.sha256()
