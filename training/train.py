@@ -30,6 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from app.core.model_store import load_model, read_manifest
 from training.augmentation import AUGMENTATIONS
 from training.data import (
     SliceArrays,
@@ -247,9 +248,8 @@ def reference_outputs(args: argparse.Namespace, validation: SliceArrays) -> np.n
         if other == "classifier":
             return np.ones(len(validation.images), np.float32)
         return validation.masks.astype(np.float32)
-    manifest = json.loads((Path(args.reference_model_dir) / "manifest.json").read_text())[other]
-    model = keras.models.model_from_json((Path(args.reference_model_dir) / manifest["architecture"]).read_text())
-    model.load_weights(Path(args.reference_model_dir) / manifest["weights"])
+    manifest = read_manifest(args.reference_model_dir)  # the sha256s checked, loaded in safe mode, as served
+    model = load_model(args.reference_model_dir, getattr(manifest, other))
     outputs = model_outputs(model, validation.images)
     return outputs.reshape(-1) if other == "classifier" else outputs[..., 0]
 

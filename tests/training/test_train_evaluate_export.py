@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
+import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -806,3 +809,24 @@ def test_a_weights_file_that_is_not_there_is_a_usage_error_naming_it(tmp_path, c
         load_classifier(missing)
     assert raised.value.code == 2
     assert capsys.readouterr().err == f"evaluate: error: no such weights file: {missing}\n"
+
+
+def test_the_reference_models_are_read_through_the_model_store(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`--reference-model-dir` read the manifest and weights around `app.core.model_store`: no sha256 check, no safe
+    mode (newcomer review 28, finding 8)."""
+    validation = SliceArrays(
+        images=np.zeros((2, 256, 256, 3), np.uint8),
+        masks=np.zeros((2, 256, 256), np.uint8),
+        patient_ids=np.array(["a", "a"]),
+        slice_numbers=np.array([1, 2]),
+    )
+    args = argparse.Namespace(model="segmenter", reference_model_dir=str(tiny_model_dir))
+
+    assert train.reference_outputs(args, validation).shape == (2,)  # the classifier's probability per slice
+
+    altered = tmp_path / "altered"
+    shutil.copytree(tiny_model_dir, altered)
+    with (altered / "tumor_classifier.weights.h5").open("ab") as weights:
+        weights.write(b"\0")
+    with pytest.raises(ModelStoreError, match="sha256"):
+        train.reference_outputs(argparse.Namespace(model="segmenter", reference_model_dir=str(altered)), validation)
