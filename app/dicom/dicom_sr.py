@@ -356,10 +356,10 @@ class ReportReference:
     sop_instance_uid: str
 
 
-def name_predecessors(results: Sequence[Dataset], earlier: Sequence[ReportReference]) -> None:
-    """Name in a run's report (the last of `results`, after its SEGs) the earlier reports of its study that it
-    replaces (Predecessor Documents Sequence, SR Document General Module), so that a PACS or viewer showing both can
-    tell which is current.
+def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[ReportReference]) -> None:
+    """Make a run's results (its SEGs, then its report, last) supersede the earlier reports of its study: the report
+    names them (Predecessor Documents Sequence, SR Document General Module), so that a PACS or viewer showing both
+    can tell which is current, and every result gets UIDs of its own.
 
     Set after the results are built; an earlier report with the report's own SOP Instance UID (the same findings made
     again) is left out. Results whose report names predecessors get UIDs of their own, derived from the ones they
@@ -403,7 +403,7 @@ def _predecessor_item(report: Dataset, reference: ReportReference) -> Dataset:
 
 
 def predecessors(report: Dataset) -> list[str]:
-    """The SOP Instance UIDs of the reports `report` names as its predecessors (`name_predecessors`)."""
+    """The SOP Instance UIDs of the reports `report` names as its predecessors (`supersede_earlier_reports`)."""
     return [
         str(instance.ReferencedSOPInstanceUID)
         for item in report.get("PredecessorDocumentsSequence", [])

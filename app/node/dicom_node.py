@@ -86,7 +86,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
 from app.backoff import doubling_wait
-from app.dicom.dicom_sr import name_predecessors
+from app.dicom.dicom_sr import supersede_earlier_reports
 from app.logging_config import os_error_name
 from app.node.dicom_association import TimedAssociationServer
 from app.node.dicom_received_instance import (
@@ -597,8 +597,8 @@ class DicomNode:
         self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, aborted: int
     ) -> None:
         previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
-        if previous is not None and analysis.datasets:  # the report comes last: it names the one it replaces
-            name_predecessors(analysis.datasets, reports(previous["results"]))
+        if previous is not None and analysis.datasets:  # the report names the one it replaces; new UIDs for all
+            supersede_earlier_reports(analysis.datasets, reports(previous["results"]))
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
             status=analysis.status,

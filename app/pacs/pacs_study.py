@@ -55,7 +55,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
-from app.dicom.dicom_sr import ReportReference, name_predecessors
+from app.dicom.dicom_sr import ReportReference, supersede_earlier_reports
 from app.dicom.result_uids import software_version
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
@@ -252,8 +252,8 @@ class StudySync:
             )
             logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
             return FAILED
-        if analysis.datasets:  # the report comes last: it names the one it replaces, deleted below (new UIDs then)
-            name_predecessors(analysis.datasets, _recorded_report(record))
+        if analysis.datasets:  # the report names the one it replaces, deleted below; new UIDs
+            supersede_earlier_reports(analysis.datasets, _recorded_report(record))
         new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
         # Made again from the same instances, a result has the UIDs of one already stored: never withdraw that one.
         stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
