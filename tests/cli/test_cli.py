@@ -141,7 +141,7 @@ def test_predict_of_negative_writes_no_mask(tmp_path: Path, capsys: pytest.Captu
     (result,) = output["results"]
     assert result["prediction"]["tumor_detected"] is False
     assert result["prediction"]["mask"] is None
-    assert result["prediction"]["threshold"] == 1.01
+    assert result["prediction"]["threshold"] == NO_SLICE
     assert "mask_file" not in result
     assert not masks_dir.exists() or not any(masks_dir.iterdir())
 

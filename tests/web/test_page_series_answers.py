@@ -196,6 +196,10 @@ def test_a_seg_download_still_running_is_dropped_when_a_new_upload_starts(
 
     page.click("#download-seg")
     expect(page.locator("#seg-status")).to_have_text("Asking the server for the DICOM SEG…")
+    for _ in range(100):  # the route handler runs when Playwright next waits
+        if held:
+            break
+        page.wait_for_timeout(50)
     assert len(held) == 1
     upload(page, [TUMOR_SLICE])
     expect(page.locator("#caption")).to_contain_text(TUMOR_SLICE.name)

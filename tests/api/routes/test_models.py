@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from tests.api.service_client import upload
-from tests.conftest import TUMOR_SLICE
+from tests.conftest import EVERY_SLICE, TUMOR_SLICE
 
 
 def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_manifest: dict) -> None:
@@ -26,7 +26,7 @@ def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_ma
             "single_slice_min_component_pixels": 0,
             "series_min_component_voxels": entry.get("series_min_component_voxels", 0),
         }
-    assert body["classifier"]["threshold"] == 0.0
+    assert body["classifier"]["threshold"] == EVERY_SLICE
     assert body["segmenter"]["threshold"] == 0.5
     assert body["input_shape"] == [256, 256, 3]
     assert body["preprocessing"] == tiny_manifest["preprocessing"]

@@ -25,7 +25,7 @@ from tests.api.service_client import (
     tiff_bytes,
     upload,
 )
-from tests.conftest import TUMOR_SLICE, read_slice
+from tests.conftest import EVERY_SLICE, NO_SLICE, TUMOR_SLICE, read_slice
 
 PREDICTION_KEYS = {"tumor_probability", "tumor_detected", "threshold", "mask", "models", "request_id"}
 UNSUPPORTED_TEXT = b"hello world, this is not an image"
@@ -64,7 +64,7 @@ def test_predict_returns_every_contract_field(client: TestClient, tiny_manifest:
     body = response.json()
     assert set(body) == PREDICTION_KEYS
     assert 0.0 <= body["tumor_probability"] <= 1.0
-    assert body["threshold"] == tiny_manifest["classifier"]["threshold"] == 0.0
+    assert body["threshold"] == tiny_manifest["classifier"]["threshold"] == EVERY_SLICE
     assert body["tumor_detected"] is (body["tumor_probability"] >= body["threshold"])
     assert body["models"] == {
         "classifier": f"{tiny_manifest['classifier']['name']}@{tiny_manifest['classifier']['version']}",
@@ -144,10 +144,10 @@ def test_predict_negative_slice_has_null_mask_and_skips_segmenter(negative_clien
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["threshold"] == 1.01
+    assert body["threshold"] == NO_SLICE
     assert body["tumor_detected"] is False
     assert body["mask"] is None
-    assert 0.0 <= body["tumor_probability"] < 1.01
+    assert 0.0 <= body["tumor_probability"] < NO_SLICE
     after = negative_client.get("/metrics").text
     runs = "brain_tumor_model_inference_seconds_count"
     assert sample_value(after, runs, model="classifier") == sample_value(before, runs, model="classifier") + 1
