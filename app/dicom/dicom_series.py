@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 POSITION_TOLERANCE_MM = 0.01
 # Direction cosines closer than this are the same plane (rounding noise in Image Orientation (Patient)).
 ORIENTATION_TOLERANCE = 1e-3
+# Pixel spacings of the frames stacked into one slice may differ by this share (rounding in Pixel Spacing).
+PIXEL_SPACING_TOLERANCE = 0.01
 # Neighbouring slices of a series further apart than this many times its usual spacing have two or more slices
 # missing between them: the series clean-up does not join their masks (`series_breaks`).
 MAX_NEIGHBOUR_SPACINGS = 2.5
@@ -607,4 +609,11 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
     if len(sizes) != 1:
         raise InvalidDicomImageError(
             f"frames at one slice position must have the same rows x columns; got {sorted(sizes)} at {position}"
+        )
+    spacings = [member.pixel_spacing for member in members if member.pixel_spacing]
+    if any(not np.allclose(spacing, spacings[0], rtol=PIXEL_SPACING_TOLERANCE, atol=0) for spacing in spacings[1:]):
+        # Stacked pixel for pixel, images at two scales would show the model's channels the anatomy at two sizes.
+        raise InvalidDicomImageError(
+            f"frames at one slice position must have the same Pixel Spacing; got {sorted(set(spacings))} (mm) at "
+            f"{position}"
         )

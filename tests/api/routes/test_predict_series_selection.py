@@ -244,6 +244,23 @@ def test_files_of_other_series_are_left_out_and_reported(client: TestClient) -> 
     assert seg.headers["X-Series-Used"] == "FLAIR=4"
 
 
+def test_t1_slices_of_another_pixel_spacing_leave_flair_alone(client: TestClient) -> None:
+    """T1 slices of 0.75 mm pixels were stacked pixel for pixel onto 0.9375 mm FLAIR slices, without a note (attack
+    review 28, finding 8)."""
+    series = named_study()
+    for dataset in (*series["pre"], *series["post"]):
+        dataset.PixelSpacing = [0.75, 0.75]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {4: "FLAIR"}
+    (note,) = body["selection_notes"]
+    assert note.startswith("T1 series left out: their slices do not pair with FLAIR's (frames at one slice position ")
+    assert "must have the same Pixel Spacing" in note
+
+
 def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predictor: Predictor) -> None:
     series = named_study()
     series["post"] = series["post"][:2]  # the post-contrast series misses a slice position
