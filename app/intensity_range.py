@@ -2,18 +2,17 @@
 
 The models learned from volumes stretched from their minimum to their maximum (kaggle_3m), so the service stretches
 the same way (`app.dicom.dicom_series.normalise_volume`, `app.imaging.decode_image`). One pixel far above the rest (a
-hot
-pixel, a burnt-in marker, a corrupt value) would then squeeze the image into a few grey levels: a 16-bit series with
-one pixel at 65535 (the rest under 1,200) turned three positive slices into "no tumor"; one far below (a cold pixel
-at -1000 under a 0..1020 head) did the same. On the 88 development volumes the maximum lies at most 4.83 times as far
-above the minimum as the 99.9th percentile does (median 1.4-1.5, each channel), and the 0.1th percentile at most
-0.254 of the 0.1th-99.9th percentile range above the minimum (pre-contrast; FLAIR 0.005, median 0);
-`python -m bench.intensity_range` prints both. Past `OUTLIER_FACTOR` times above, or `LOW_OUTLIER_MARGIN` below,
-pixels are outliers: the stretch ends at the nearest value inside the bounds and the outliers saturate at 255 or 0.
-No development volume reaches a bound, so what the models learned from is stretched exactly as before. A pixel
-inside the bounds still sets the stretch (a hot pixel at 2.5 times a series' maximum changed its answer): the
-models learned volumes whose few brightest pixels lie that far out (the maximum up to 3.9 times the 99.99th
-percentile's distance above the minimum), so a tighter rule would stretch what they learned from differently.
+hot pixel, a burnt-in marker, a corrupt value) would then squeeze the image into a few grey levels: a 16-bit series with
+one pixel at 65535 (the rest under 1,200) turned three positive slices into "no tumor"; one far below (a cold pixel at
+-1000 under a 0..1020 head) did the same. On the 88 development volumes the maximum lies at most 4.83 times as far above
+the minimum as the 99.9th percentile does (median 1.4-1.5, each channel), and the 0.1th percentile at most 0.254 of the
+0.1th-99.9th percentile range above the minimum (pre-contrast; FLAIR 0.005, median 0); `python -m bench.intensity_range`
+prints both. Past `OUTLIER_FACTOR` times above, or `LOW_OUTLIER_MARGIN` below, pixels are outliers: the stretch ends at
+the nearest value inside the bounds and the outliers saturate at 255 or 0. No development volume reaches a bound, so
+what the models learned from is stretched exactly as before. A pixel inside the bounds still sets the stretch (a hot
+pixel at 2.5 times a series' maximum changed its answer): the models learned volumes whose few brightest pixels lie that
+far out (the maximum up to 3.9 times the 99.99th percentile's distance above the minimum), so a tighter rule would
+stretch what they learned from differently.
 """
 
 from __future__ import annotations

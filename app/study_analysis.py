@@ -1,8 +1,7 @@
 """One study in, the objects to send back out: sequence selection, the series flow, the SEG and the volume report.
 
 `StudyProcessor` is the small interface the DICOM node calls (`app.node.dicom_node`): files of one study (and notes of
-its
-own on how they came, for the report) in, a `StudyAnalysis` out. `ModelStudyProcessor` is the implementation on the
+its own on how they came, for the report) in, a `StudyAnalysis` out. `ModelStudyProcessor` is the implementation on the
 service's models; it runs the chosen series through the prediction flow of the HTTP API, the CLI and pacs-sync
 (`app.prediction.PredictionService.predict_dicom`: budget, decoding, the models, the series clean-up, the SEG and the
 volume), so the node has no pipeline of its own.
@@ -265,8 +264,7 @@ def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHe
 
     None for a file the flow refuses on its own before sizing it (over the upload size or the pixel limit, or
     dimensions that cannot be read): `app.dicom.dicom_series.read_headers` puts an error in its place, which leaves it
-    out
-    of the slices and the cost.
+    out of the slices and the cost.
     """
     try:
         check_upload_size(path.stat().st_size, limits)

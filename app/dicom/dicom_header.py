@@ -4,11 +4,9 @@ would cost.
 A file is recognised by its 128-byte preamble followed by ``DICM`` (`is_dicom`), never by its name.
 `read_dicom_header` checks the SOP class, the pixel description and the size (rows x columns x frames, and for
 compressed pixel data the size each codestream declares, `app.dicom.dicom_codestream`) and returns a `DicomHeader`,
-whose
-`cost_bytes` is the memory decoding the file takes at most; `app.dicom.dicom_input.decode_dicom` decodes it. Failures
-are
-`app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient attributes.
-Nothing here logs.
+whose `cost_bytes` is the memory decoding the file takes at most; `app.dicom.dicom_input.decode_dicom` decodes it.
+Failures are `app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient
+attributes. Nothing here logs.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """Decoding DICOM Part 10 uploads into frames: modality values plus what a DICOM SEG needs to refer back.
 
 `read_dicom` turns one file into `DicomFrame`s (one per frame): its header is read and checked first
-(`app.dicom.dicom_header.read_dicom_header`), then `decode_dicom` decodes the pixels into modality values (Rescale
-Slope /
-Intercept or the Modality LUT applied first, BitsStored and signed pixels honoured by pydicom, MONOCHROME1 inverted
-so that a higher value always means more signal), with the frame's geometry and the instance's header without its
-pixel data (`app.dicom.dicom_frame`). Grouping frames into model inputs is `app.dicom.dicom_series`'s job.
+(`app.dicom.dicom_header.read_dicom_header`), then `decode_dicom` decodes the pixels into modality values (Rescale Slope
+/ Intercept or the Modality LUT applied first, BitsStored and signed pixels honoured by pydicom, MONOCHROME1 inverted so
+that a higher value always means more signal), with the frame's geometry and the instance's header without its pixel
+data (`app.dicom.dicom_frame`). Grouping frames into model inputs is `app.dicom.dicom_series`'s job.
 
 Failures are `app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient
 attributes. Nothing here logs.

@@ -1,14 +1,12 @@
 """Series assembly: DICOM frames of one request grouped into model inputs, intensities normalised per series.
 
 `plan_series` checks every file's header (`app.dicom.dicom_header.read_dicom_header`), chooses the series the models
-read
-(`app.series_choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
-slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded (the
-last three are `plan_headers`, which the DICOM node's studies also go through before their files are read);
-`decode_series` then decodes the chosen files, and `prepare_inputs` normalises the frames of each series to uint8
-(`normalise_volume`) and groups frames that lie at the same position into one model input (`SliceInput`): alone it
-is FLAIR, three together are pre-contrast, FLAIR, post-contrast in the order the choice gives. `read_series` is all
-three. No HTTP here.
+read (`app.series_choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
+slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded (the last
+three are `plan_headers`, which the DICOM node's studies also go through before their files are read); `decode_series`
+then decodes the chosen files, and `prepare_inputs` normalises the frames of each series to uint8 (`normalise_volume`)
+and groups frames that lie at the same position into one model input (`SliceInput`): alone it is FLAIR, three together
+are pre-contrast, FLAIR, post-contrast in the order the choice gives. `read_series` is all three. No HTTP here.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ One report per analysed series, positive or negative, so that a radiologist can 
   qualitative evaluation Presence of property = Present;
 - positive, of slices without a Frame of Reference (Secondary Captures, one SEG per positive slice: see
   `app.dicom.dicom_seg`): the same figures in a measurements group (TID 1501), and one planar ROI group (TID 1410) per
-  SEG,
-  referencing its frame and its source slice, with Presence = Present; every group has the same Tracking Identifier
+  SEG, referencing its frame and its source slice, with Presence = Present; every group has the same Tracking Identifier
   (one finding, seen on several slices);
 - negative: a measurements group (TID 1501) with volume 0 mL, the slice counts and Presence = Absent.
 
@@ -152,8 +151,7 @@ def build_volume_report(
         `Predictor.model_tags`: ``{"classifier": "name@version", "segmenter": "name@version"}``.
     segmentations
         Our SEG of the series (`app.dicom.dicom_seg.build_segmentations`: one, or one per positive slice for slices
-        without
-        a Frame of Reference); required when `findings.tumor_detected`, ignored otherwise.
+        without a Frame of Reference); required when `findings.tumor_detected`, ignored otherwise.
     result_origin
         Who the report is made for (`PredictionService.result_origin`): with the sources, findings, SEGs and models,
         it makes the report's UIDs (`app.dicom.result_uids`), the same each time they are the same.

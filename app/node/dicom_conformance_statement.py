@@ -2,13 +2,11 @@
 
 A PACS administrator reads it before declaring the node: what it accepts, in which transfer syntaxes, what it
 answers, and what it sends back. It is made from the tables the node runs on (`app.node.dicom_received_instance`) and
-the
-settings' defaults, so it cannot drift from the code; `DICOM_CONFORMANCE.md` at the repository's root is its output,
+the settings' defaults, so it cannot drift from the code; `DICOM_CONFORMANCE.md` at the repository's root is its output,
 and a test checks both that the file is current and that a running node accepts and refuses what it says.
 
 Run ``python -m app.node.dicom_conformance_statement > DICOM_CONFORMANCE.md`` after changing the node's classes,
-syntaxes
-or settings.
+syntaxes or settings.
 """
 
 from __future__ import annotations

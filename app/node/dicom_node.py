@@ -41,10 +41,9 @@ Resources (`app.node.dicom_spool.SpoolLimits`); an instance over the size limit,
 together may hold in instances being received (`NodeConfig.receive_memory_bytes`), is not even held while it
 arrives (`_discard_oversized`). An instance is kept only if the service can read it
 (`app.node.dicom_received_instance.checked_instance`: its header, its pixel data's length, the UIDs that name it,
-matching
-the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line without
-patient data. A connection that does not associate within `association_timeout_seconds`, an association idle that
-long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
+matching the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line
+without patient data. A connection that does not associate within `association_timeout_seconds`, an association idle
+that long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
 node's `max_associations` slots for long; a PDU longer than an instance may be closes its connection at once. One
 address holds at most `max_associations_per_peer` associations, so a peer that keeps them busy cannot take them all
 (these rules on connections are in `app.node.dicom_association`).
@@ -60,8 +59,7 @@ receive, the worker that processes, the sender threads). The rest lives beside i
 - `app.node.dicom_study_runs`: the runs in a study's record that decide whether it is processed again (step 3), and the
   count of associations that ended without a release;
 - `app.node.dicom_spool`, `app.node.dicom_sender`, `app.node.dicom_association`: the spool on disk, the sending of
-  results, the
-  limits on connections and PDUs;
+  results, the limits on connections and PDUs;
 - `app.node.dicom_node_command`: the command line (``brain-tumor dicom-node``), which loads the models and runs the
   node.
 """

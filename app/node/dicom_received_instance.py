@@ -196,8 +196,7 @@ def uid(value: object) -> str:
 class DiscardedDataSet(io.BytesIO):
     """Stands in for the data set of a C-STORE request past the instance limit or the receive memory: counts the bytes
     that still arrive and keeps none (`app.node.dicom_node.DicomNode._discard_oversized`). `reason`, when set, is the
-    Error
-    Comment of the refusal (the instance limit's comes from `app.node.dicom_spool.Spool.check_room`)."""
+    Error Comment of the refusal (the instance limit's comes from `app.node.dicom_spool.Spool.check_room`)."""
 
     def __init__(self, received: int, reason: str | None = None) -> None:
         super().__init__()

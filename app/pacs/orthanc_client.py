@@ -143,8 +143,7 @@ class OrthancClient:
         """Delete the series this service made with a Series Instance UID, in whichever study they landed.
 
         Only for a UID pacs-sync made (`app.dicom.result_uids`, origin "pacs-sync": nobody else's series can carry it,
-        so
-        the UID, not the StationName, says they are its own); returns how many.
+        so the UID, not the StationName, says they are its own); returns how many.
         """
         query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_instance_uid}, "Expand": True}
         deleted = 0

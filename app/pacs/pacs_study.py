@@ -15,11 +15,9 @@ Results, and what supersedes what:
 - analysed: the SEG (when a slice is positive; for slices without a Frame of Reference one per positive slice, in
   one series) and the volume report (SR, also for a negative study) are stored with STOW-RS, with StationName
   `app.pacs.orthanc_client.SYNC_STATION_NAME`. Their UIDs come from what they were made of (`app.dicom.result_uids`,
-  origin
-  "pacs-sync"): other instances or models make new objects, in new series with the same Series Numbers
-  (`app.dicom.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR);
-  the same
-  ones processed again (after a crash before the record was written) make the same objects, which Orthanc already
+  origin "pacs-sync"): other instances or models make new objects, in new series with the same Series Numbers
+  (`app.dicom.dicom_seg.SEG_SERIES_NUMBER` 9901 for the SEG, `app.dicom.dicom_sr.SR_SERIES_NUMBER` 9902 for the SR); the
+  same ones processed again (after a crash before the record was written) make the same objects, which Orthanc already
   holds and keeps once;
 - once the new ones are stored, every earlier SEG or SR series pacs-sync stored in the study (Manufacturer
   `app.dicom.dicom_seg.MANUFACTURER` and that StationName, or named by the study's record: see
