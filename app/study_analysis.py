@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -49,7 +50,13 @@ if TYPE_CHECKING:
 
 DEFAULT_BATCH_SIZE = 16
 
-AnalysisStatus = Literal["analysed", "not_analysed", "failed"]
+
+class AnalysisStatus(StrEnum):
+    """What became of a study; the strings are what the DICOM node's records and pacs-sync's logs hold."""
+
+    ANALYSED = "analysed"
+    NOT_ANALYSED = "not_analysed"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ class ModelStudyProcessor:
         file_errors = dict(file_errors or {})
         if not selection.analysed:
             not_analysed = {"files": files, "series": _series_summary(selection), "file_errors": file_errors}
-            return StudyAnalysis("not_analysed", reason=selection.reason, summary=not_analysed)
+            return StudyAnalysis(AnalysisStatus.NOT_ANALYSED, reason=selection.reason, summary=not_analysed)
         notes = [*selection.notes, *notes]
         summary = _study_summary(selection, files, file_errors, notes)
         files_chosen = [data for uid in selection.channel_series for data in files_by_series.get(uid, ())]
@@ -236,7 +243,7 @@ class ModelStudyProcessor:
             tumor_reaches_series_end=result.tumor_reaches_series_end,
             models=dict(self.predictor.model_tags),
         )
-        return StudyAnalysis("analysed", datasets=datasets, summary=summary)
+        return StudyAnalysis(AnalysisStatus.ANALYSED, datasets=datasets, summary=summary)
 
 
 def unread_files_note(file_errors: Mapping[str, int]) -> str:
@@ -255,7 +262,7 @@ def _study_summary(
 
 
 def _failed(error: ServiceError, summary: dict[str, Any]) -> StudyAnalysis:
-    return StudyAnalysis("failed", reason=f"{error.code}: {error.message}", summary=summary)
+    return StudyAnalysis(AnalysisStatus.FAILED, reason=f"{error.code}: {error.message}", summary=summary)
 
 
 def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHeader | None:

@@ -15,13 +15,14 @@ from typing import Any
 
 from app.dicom.dicom_sr import ReportReference
 from app.node.dicom_spool import WAITING_STATUSES, timestamp
+from app.study_analysis import AnalysisStatus
 
 # An outcome that a re-send of the same instances does not change. "failed" and "not_analysed" runs are not final:
 # they depend on the configuration (memory budget, sequence rules) an operator may have fixed before re-sending, so a
 # re-send is processed once more. It cannot loop: a study is looked at only while pending, and only a C-STORE (or an
 # "error" run's retry, at most `max_attempts`) marks it pending again.
-FINAL_STATUSES = ("analysed",)
-OUTCOME_STATUSES = ("analysed", "not_analysed", "failed")
+FINAL_STATUSES = (AnalysisStatus.ANALYSED,)
+OUTCOME_STATUSES = tuple(AnalysisStatus)
 ABORTED_NOTE = (
     "{count} association(s) sending this study ended without a release (aborted or cut off): instances may be "
     "missing; a later send of them gives a new result"

@@ -59,7 +59,7 @@ from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import StudySelection
-from app.study_analysis import StudyAnalysis
+from app.study_analysis import AnalysisStatus, StudyAnalysis
 
 logger = logging.getLogger(__name__)
 
@@ -237,11 +237,11 @@ class StudySync:
                 orthanc_series_left_out_for_size=too_large,
                 max_instance_bytes=self.client.config.max_instance_bytes,
             )
-        if analysis.status == "not_analysed" and too_large:
+        if analysis.status == AnalysisStatus.NOT_ANALYSED and too_large:
             # Not "no FLAIR": the FLAIR may be a series left out, which a raised limit (or a retry) would read.
             read = f"of the {len(mr_series)} series read: {analysis.reason}" if mr_series else "no other MR series"
-            analysis = StudyAnalysis("failed", reason=f"{left_out_note}; {read}", summary=analysis.summary)
-        if analysis.status == "failed":
+            analysis = StudyAnalysis(AnalysisStatus.FAILED, reason=f"{left_out_note}; {read}", summary=analysis.summary)
+        if analysis.status == AnalysisStatus.FAILED:
             attempts += 1
             state.retries[study_id] = self._next_attempt(attempts)
             self.client.write_sync_record(
@@ -263,7 +263,7 @@ class StudySync:
             self._withdraw(study_id, new_series - stored_before)
             raise
         superseded = self._supersede(study_id, new_series, _recorded_results(record))
-        if analysis.status == "not_analysed":
+        if analysis.status == AnalysisStatus.NOT_ANALYSED:
             status = NOT_ANALYSED
             fields["reason"] = analysis.reason
         else:
