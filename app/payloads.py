@@ -14,6 +14,7 @@ from app.dicom.dicom_series import SliceInput
 from app.errors import ServiceError
 from app.inference import SlicePrediction
 from app.series_choice import SeriesChoice, SeriesUse
+from app.series_result import SeriesResult
 
 
 def mask_payload(mask: np.ndarray, mask_format: schemas.MaskFormat) -> schemas.Mask:
@@ -75,6 +76,19 @@ def series_slices(
         )
         for index, (slice_input, prediction) in enumerate(zip(inputs, predictions, strict=True))
     ]
+
+
+def series_summary(result: SeriesResult, choice: SeriesChoice) -> dict[str, object]:
+    """What an answer on one series says of the whole series, JSON-ready: the API's top-level fields and the CLI's
+    "series" (one place, so a field added shows in both): the decision, the volume and when it may fall short, and
+    the series the models read."""
+    return {
+        "tumor_detected": result.tumor_detected,
+        "tumor_volume_ml": result.tumor_volume_ml,
+        "slices_missing": result.slices_missing,
+        "tumor_reaches_series_end": result.tumor_reaches_series_end,
+        **series_choice(choice).model_dump(mode="json"),
+    }
 
 
 def series_choice(choice: SeriesChoice) -> schemas.SeriesChoice:

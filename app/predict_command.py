@@ -314,13 +314,7 @@ class PredictRun:
             {"index": position, "file": str(self.files[position]), "ok": False, "error": error.to_dict()}
             for position, error in sorted(answer.file_errors.items())
         ]
-        series = {
-            "tumor_detected": answer.result.tumor_detected,
-            "tumor_volume_ml": answer.result.tumor_volume_ml,
-            "slices_missing": answer.result.slices_missing,
-            "tumor_reaches_series_end": answer.result.tumor_reaches_series_end,
-            **payloads.series_choice(answer.choice).model_dump(mode="json"),
-        }
+        series = payloads.series_summary(answer.result, answer.choice)
         report = {"series": series, "results": results, "file_errors": failures, "models": self.predictor.model_tags}
         return report, not failures
 

@@ -209,14 +209,10 @@ async def create_batch_prediction(
         return await run_in_threadpool(segmentation_response, answer)
     if isinstance(answer, SeriesAnswer):
         return schemas.SeriesPredictionResponse(
-            tumor_detected=answer.result.tumor_detected,
-            tumor_volume_ml=answer.result.tumor_volume_ml,
-            slices_missing=answer.result.slices_missing,
-            tumor_reaches_series_end=answer.result.tumor_reaches_series_end,
+            **payloads.series_summary(answer.result, answer.choice),
             threshold=predictor.classifier_threshold,
             slices=answer.slices,
             file_errors=payloads.file_failures(answer.file_errors),
-            **dict(payloads.series_choice(answer.choice)),
             models=models,
             request_id=request_id,
         )
