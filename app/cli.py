@@ -409,10 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def forward(module_name: str, command: str, arguments: list[str], verbose: bool) -> int:
-    """Run `python -m <module_name>`'s `main()` in this process, its help and errors saying `brain-tumor <command>`.
+    """Run `python -m <module_name>`'s `main()` in this process, its help and errors saying `brain-tumor <command>`
+    (its `prog`).
 
     The module is found by name only when asked for: `app` never imports `training`, so the service image can ship
-    without it. Its parser's `prog` is renamed through its `build_parser()`, the one hook both modules share.
+    without it.
     """
     import importlib
 
@@ -423,18 +424,7 @@ def forward(module_name: str, command: str, arguments: list[str], verbose: bool)
             module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         return fail(f"brain-tumor {command}: needs the training package ({error}); run it from a checkout", EXIT_USAGE)
-    build_parser_of_module = module.build_parser
-
-    def build_subcommand_parser() -> argparse.ArgumentParser:
-        parser = build_parser_of_module()
-        parser.prog = f"brain-tumor {command}"
-        return parser
-
-    module.build_parser = build_subcommand_parser
-    try:
-        module.main(arguments)
-    finally:
-        module.build_parser = build_parser_of_module
+    module.main(arguments, prog=f"brain-tumor {command}")
     return EXIT_OK
 
 

@@ -136,8 +136,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--classifier-weights", required=True)
     parser.add_argument("--segmenter-weights", required=True)
@@ -175,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """`python -m training.evaluate`, or `brain-tumor evaluate` (`prog`: the name help and errors give the command)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = build_parser()
+    parser = build_parser(prog)
     with usage_errors(parser.prog):
         result = evaluate(parser.parse_args(argv))
     if "metrics" not in result:

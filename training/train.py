@@ -382,9 +382,11 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog or "python -m training.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--resume", default=None, metavar="RUN_DIR", help="go on with the run in RUN_DIR, same arguments"
@@ -510,9 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The command line, or for `--resume` the arguments the run started with (`--max-minutes` may change)."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.resume:
         saved = Path(args.resume) / ARGUMENTS_NAME
@@ -553,10 +555,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """`python -m training.train`, or `brain-tumor train` (`prog`: the name help and errors give the command)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    with usage_errors(build_parser().prog):
-        summary = train(parse_arguments(argv))
+    with usage_errors(build_parser(prog).prog):
+        summary = train(parse_arguments(argv, prog))
     logger.info("finished: %s", json.dumps({k: v for k, v in summary.items() if k != "arguments"}))
 
 
