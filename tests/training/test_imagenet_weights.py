@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+from training.classifier_variants import build_efficientnet_lite0_classifier
 from training.imagenet_weights import (
     StateDictError,
     assign_imagenet_weights,
@@ -17,7 +18,7 @@ from training.imagenet_weights import (
     read_legacy_state_dict,
     top_imagenet_classes,
 )
-from training.models import ARCHITECTURE_NAME, build_efficientnet_lite0_classifier, load_classifier
+from training.models import ARCHITECTURE_NAME, load_classifier
 
 MILITARY_UNIFORM = 652  # ImageNet class index; Grace Hopper's photograph is the classic example of it
 

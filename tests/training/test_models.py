@@ -3,6 +3,16 @@ import numpy as np
 import pytest
 
 from app.core.preprocessing import flair_only
+from training.classifier_variants import (
+    build_encoder_classifier,
+    build_mirror_classifier,
+    build_standardized_classifier,
+    fine_stem_classifier_from,
+    flair_classifier_from,
+    mirror_classifier_from,
+    served_from_tumor_map,
+    tumor_map_classifier_from,
+)
 from training.compare_segmenters import average_and_save
 from training.data import DatasetError
 from training.losses import focal_tversky_loss
@@ -10,18 +20,10 @@ from training.models import (
     ARCHITECTURE_NAME,
     architecture_json,
     build_classifier,
-    build_encoder_classifier,
-    build_mirror_classifier,
     build_resunet,
-    build_standardized_classifier,
-    fine_stem_classifier_from,
-    flair_classifier_from,
     load_classifier,
     load_segmenter,
-    mirror_classifier_from,
-    served_from_tumor_map,
     transfer_weights,
-    tumor_map_classifier_from,
 )
 from training.train import fine_stem_start, flair_start, mirror_start
 
