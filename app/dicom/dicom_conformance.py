@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from app.dicom.dicom_frame import DicomFrame, frame_value
+from app.errors import ServiceError
 
 # Patient and General Study module attributes of Type 2 that highdicom copies from the first source.
 TYPE2_PATIENT_STUDY_ATTRIBUTES = (
@@ -236,6 +237,34 @@ def _single_valued(tag: BaseTag) -> bool:
         return dictionary_VM(tag) == "1"
     except KeyError:
         return False
+
+
+def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceError], sources_named: str) -> None:
+    """What a SEG and an SR both need of the source headers they refer to and copy from: UIDs to name them by, Type 2
+    patient and study attributes in a form the standard allows, lengths their value type can hold.
+
+    Raises
+    ------
+    ServiceError
+        Of the caller's kind (`error`), its reason naming `derived` ("a DICOM SEG") and the sources (`sources_named`),
+        never their values.
+    """
+    missing = unusable_reference_uids(sources)
+    if missing:
+        raise error(
+            f"{derived} refers to its source images by their UIDs; the {sources_named} lack {', '.join(missing)} or "
+            "hold one that is no UID (digits and dots, at most 64 characters)"
+        )
+    refuse_invalid_values(invalid_values(sources[0], TYPE2_PATIENT_STUDY_ATTRIBUTES), derived, error)
+    impossible = impossible_lengths(sources)
+    if impossible:
+        raise error(impossible_lengths_reason(impossible, derived))
+
+
+def refuse_invalid_values(keywords: Sequence[str], derived: str, error: type[ServiceError]) -> None:
+    """Raise `error` when a source (or what was made of it) holds `invalid_values`."""
+    if keywords:
+        raise error(invalid_values_reason(keywords, derived))
 
 
 def invalid_values_reason(keywords: Sequence[str], derived: str) -> str:

@@ -26,15 +26,12 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from app.dicom.dicom_conformance import (
-    TYPE2_PATIENT_STUDY_ATTRIBUTES,
+    check_sources,
     complete_segmentation,
     derived_character_set,
-    impossible_lengths,
-    impossible_lengths_reason,
     invalid_values,
-    invalid_values_reason,
     missing_plane_attributes,
-    unusable_reference_uids,
+    refuse_invalid_values,
     with_slice_thickness,
     with_type2_attributes,
 )
@@ -56,6 +53,7 @@ SEG_SERIES_DESCRIPTION = "Tumor segmentation (research use only)"
 SEGMENT_LABEL = "Tumor"
 CONTENT_LABEL = "TUMOR"
 SEGMENT_NUMBER = 1
+SEG = "a DICOM SEG"  # what refusals say cannot be made
 
 
 def build_segmentations(
@@ -145,12 +143,7 @@ def build_segmentation(
         raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
     references = [slice_input.reference for slice_input in inputs]
     _refuse_several_series(references)
-    missing = unusable_reference_uids([frame.header for frame in references])
-    if missing:
-        raise SegmentationInputError(
-            f"a DICOM SEG refers to its source slices by their UIDs; the FLAIR slices lack {', '.join(missing)} or "
-            "hold one that is no UID (digits and dots, at most 64 characters)"
-        )
+    check_sources([frame.header for frame in references], SEG, SegmentationInputError, "FLAIR slices")
     missing = missing_plane_attributes(references)
     if missing:
         raise SegmentationInputError(
@@ -158,10 +151,6 @@ def build_segmentation(
             f"UID), which needs each slice's position, orientation and pixel spacing; the FLAIR slices lack "
             f"{', '.join(missing)}"
         )
-    _refuse_invalid_values(invalid_values(references[0].header, TYPE2_PATIENT_STUDY_ATTRIBUTES))
-    impossible = impossible_lengths([frame.header for frame in references])
-    if impossible:
-        raise SegmentationInputError(impossible_lengths_reason(impossible, "a DICOM SEG"))
     source_images, pixel_array = _source_images_and_pixels(references, masks)
     made_of = masks_digest(references, masks)
     series_instance_uid = series_instance_uid or result_uid(
@@ -225,7 +214,9 @@ def build_segmentation(
     segmentation.SeriesDate, segmentation.SeriesTime = segmentation.ContentDate, segmentation.ContentTime
     if _frame_of_capture(references):
         _name_the_frame(segmentation, references[0])
-    _refuse_invalid_values(invalid_values(segmentation))  # what highdicom copied from the source, as it came
+    refuse_invalid_values(
+        invalid_values(segmentation), SEG, SegmentationInputError
+    )  # copied from the source as it came
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
 
 
@@ -263,11 +254,6 @@ def _name_the_frame(segmentation: Dataset, source: DicomFrame) -> None:
         if reference.ReferencedSOPInstanceUID == source.sop_instance_uid:
             reference.ReferencedSOPClassUID = sop_class_uid
             reference.ReferencedFrameNumber = source.frame_number
-
-
-def _refuse_invalid_values(keywords: list[str]) -> None:
-    if keywords:
-        raise SegmentationInputError(invalid_values_reason(keywords, "a DICOM SEG"))
 
 
 def _refuse_several_series(references: Sequence[DicomFrame]) -> None:

@@ -38,14 +38,11 @@ from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
 from app.dicom.dicom_conformance import (
-    TYPE2_PATIENT_STUDY_ATTRIBUTES,
+    check_sources,
     derived_character_set,
     image_library_sources,
-    impossible_lengths,
-    impossible_lengths_reason,
     invalid_values,
-    invalid_values_reason,
-    unusable_reference_uids,
+    refuse_invalid_values,
     with_type2_attributes,
 )
 from app.dicom.dicom_seg import SEGMENT_NUMBER
@@ -57,6 +54,7 @@ if TYPE_CHECKING:
 
 SR_SERIES_NUMBER = 9902  # after the SEG's 9901: viewers list our objects after the scanner's series
 SR_SERIES_DESCRIPTION = "Tumor volume report (research use only)"
+SR = "a DICOM SR"  # what refusals say cannot be made
 PRIVATE_SCHEME = "99BRAINTUMOR"
 PRIVATE_SCHEME_IDENTIFICATION = hd.coding_schemes.CodingSchemeIdentificationItem(
     designator=PRIVATE_SCHEME,
@@ -181,27 +179,13 @@ def build_volume_report(
         raise VolumeReportInputError(
             f"one SEG covers slices placed in the patient's coordinates; got {len(segmentations)}"
         )
-    missing = unusable_reference_uids(source_images)
-    if missing:
-        raise ReportInputError(
-            f"a DICOM SR refers to its source images by their UIDs; the source images lack {', '.join(missing)} or "
-            "hold one that is no UID (digits and dots, at most 64 characters)"
-        )
-    _refuse_invalid_values(invalid_values(source_images[0], TYPE2_PATIENT_STUDY_ATTRIBUTES))
-    impossible = impossible_lengths(source_images)
-    if impossible:
-        raise ReportInputError(impossible_lengths_reason(impossible, "a DICOM SR"))
+    check_sources(source_images, SR, ReportInputError, "source images")
     try:
         report = _volume_report(source_images, findings, model_tags, segmentations, series.pop(), result_origin)
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
-    _refuse_invalid_values(invalid_values(report))  # what highdicom copied from the source, as it came
+    refuse_invalid_values(invalid_values(report), SR, ReportInputError)  # what highdicom copied from the source
     return report
-
-
-def _refuse_invalid_values(keywords: list[str]) -> None:
-    if keywords:
-        raise ReportInputError(invalid_values_reason(keywords, "a DICOM SR"))
 
 
 def _volume_report(
