@@ -217,7 +217,26 @@ def build_segmentation(
     refuse_invalid_values(
         invalid_values(segmentation), SEG, SegmentationInputError
     )  # copied from the source as it came
+    _pixel_measures_per_frame(segmentation, references)
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
+
+
+def _pixel_measures_per_frame(segmentation: Dataset, references: Sequence[DicomFrame]) -> None:
+    """Give each SEG frame its source slice's Pixel Spacing when the slices' differ (in place): highdicom shares the
+    first one's, and a viewer placing the frames by geometry drew a mask of a 0.9 mm slice at 0.9375 mm, up to
+    10 mm off at the image's edge (attack review 28, finding 6)."""
+    spacings = {frame.sop_instance_uid: frame.pixel_spacing for frame in references if not frame.is_multiframe}
+    shared = segmentation.get("SharedFunctionalGroupsSequence")
+    if len(set(spacings.values())) < 2 or not shared or "PixelMeasuresSequence" not in shared[0]:
+        return
+    common = shared[0].PixelMeasuresSequence[0]
+    for group in segmentation.PerFrameFunctionalGroupsSequence:
+        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        measures = copy.deepcopy(common)
+        if spacings.get(source):
+            measures.PixelSpacing = list(spacings[source])
+        group.PixelMeasuresSequence = [measures]
+    del shared[0].PixelMeasuresSequence
 
 
 def _frame_of_capture(references: Sequence[DicomFrame]) -> bool:

@@ -182,6 +182,30 @@ def test_a_multi_frame_capture_gets_a_seg_per_positive_frame_that_names_its_fram
         assert dciodvfy_errors(data, "Segmentation") == []
 
 
+def test_a_slice_of_another_pixel_spacing_keeps_its_own_in_the_seg(truth_masks: list[np.ndarray]) -> None:
+    """highdicom gives every SEG frame the first source's Pixel Spacing: a viewer placing the frames by geometry drew
+    the mask of a 0.9 mm slice at 0.9375 mm (attack review 28, finding 6)."""
+    series = mr_series(tumor_channels())
+    series[1].PixelSpacing = [0.9, 0.9]
+    inputs = series_inputs(series)
+
+    seg = build_segmentation(inputs, truth_masks[:3], MODEL_TAGS)
+
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    by_source = {
+        group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID: [
+            float(value) for value in group.PixelMeasuresSequence[0].PixelSpacing
+        ]
+        for group in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert by_source == {dataset.SOPInstanceUID: [float(value) for value in dataset.PixelSpacing] for dataset in series}
+    data = part10_bytes(seg)
+    assert dciodvfy_errors(data, "Segmentation") == []
+    decoded = read_segmentation_masks(data)
+    for dataset, mask in zip(series, truth_masks, strict=False):
+        np.testing.assert_array_equal(decoded[dataset.SOPInstanceUID], mask[None])
+
+
 def test_build_segmentation_references_pre_and_post_contrast_series(truth_masks: list[np.ndarray]) -> None:
     study = Study()
     sequences = [mr_series(tumor_channels(channel), study, series_number=channel + 1) for channel in range(3)]
