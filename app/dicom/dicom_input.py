@@ -249,7 +249,7 @@ def _within_bits_stored(stored: np.ndarray, bits_stored: int, signed: bool) -> n
         return stored
     if not stored.flags.writeable:
         stored = stored.copy()
-    unsigned = stored.view(stored.dtype.newbyteorder("=").str.replace("i", "u"))
+    unsigned = stored.view(stored.dtype.str.replace("i", "u"))  # the same bytes, read as unsigned
     np.bitwise_and(unsigned, (1 << bits_stored) - 1, out=unsigned)
     if signed:
         sign = unsigned >= 1 << (bits_stored - 1)
