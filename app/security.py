@@ -13,7 +13,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +101,7 @@ class RateLimiter:
 
     max_clients = 10_000
 
-    def __init__(self, per_minute: int, burst: int | None = None, clock=time.monotonic) -> None:
+    def __init__(self, per_minute: int, burst: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if per_minute < 1:
             raise ValueError(f"per_minute must be >= 1; got {per_minute}")
         self.rate = per_minute / 60.0

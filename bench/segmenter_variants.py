@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 
+import keras
 import numpy as np
 
 from training.models import build_classifier, build_resunet
 
 
-def time_calls(model, calls: int, warmup: int) -> list[float]:
+def time_calls(model: keras.Model, calls: int, warmup: int) -> list[float]:
     """Seconds per call of `model.predict_on_batch` on one random slice, warm-up calls not counted."""
     image = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
     for _ in range(warmup):

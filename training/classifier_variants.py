@@ -104,7 +104,7 @@ def flair_classifier_from(plain: keras.Model) -> keras.Model:
     return carried_over(build_flair_classifier(), plain, new_layers={"flair_selector"})
 
 
-def mirror_width(x, name: str):
+def mirror_width(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
     """`x` (batch, height, width, channels) flipped along its width, by a frozen dense layer that holds the reversed
     identity: built-in layers only, so the architecture file needs no custom code to load."""
     width = x.shape[2]
@@ -214,14 +214,18 @@ def build_efficientnet_lite0_classifier(
     return keras.Model(inputs, probability_head(x, dropout), name=name)
 
 
-def lite_convolution(x, filters: int, kernel_size: int, name: str, strides: int = 1, activation: bool = True):
+def lite_convolution(
+    x: keras.KerasTensor, filters: int, kernel_size: int, name: str, strides: int = 1, activation: bool = True
+) -> keras.KerasTensor:
     """Conv (no bias) -> batch norm (epsilon 1e-3, as the ImageNet weights were trained) -> ReLU6."""
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x) if activation else x
 
 
-def inverted_residual_block(x, channels: int, out_channels: int, kernel_size: int, strides: int, expansion: int, name):
+def inverted_residual_block(
+    x: keras.KerasTensor, channels: int, out_channels: int, kernel_size: int, strides: int, expansion: int, name: str
+) -> keras.KerasTensor:
     """MobileNetV2's block: 1x1 expansion, depthwise conv, linear 1x1 projection; the input is added back when the
     shape allows."""
     y = lite_convolution(x, channels * expansion, 1, f"{name}_expand") if expansion != 1 else x

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 
 from app.core.preprocessing import flair_only
@@ -49,7 +50,7 @@ def rotated(images: np.ndarray, degrees: float) -> np.ndarray:
     return np.stack([cv2.warpAffine(np.ascontiguousarray(image), transform, (width, height)) for image in images])
 
 
-def view_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
+def view_outputs(model: keras.Model, images: np.ndarray) -> dict[str, np.ndarray]:
     """The classifier's probability per slice for every view any set uses."""
     mirror = np.ascontiguousarray(images[:, :, ::-1])
     views = {"slice": images, "mirror": mirror, "flair": flair_only(images), "mirror flair": flair_only(mirror)}

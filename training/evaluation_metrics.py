@@ -150,10 +150,10 @@ def patient_bootstrap_intervals(
 
 def evaluate_split(
     arrays: SliceArrays,
-    probabilities,
-    maps,
-    classifier_threshold,
-    mask_threshold,
+    probabilities: np.ndarray,
+    maps: np.ndarray,
+    classifier_threshold: float,
+    mask_threshold: float,
     min_component_voxels: int = 0,
     single_slice_mask_min_probability: float = 0.0,
     single_slice_min_component_pixels: int = 0,

@@ -12,7 +12,9 @@ from training.data import SliceArrays
 from training.evaluation_metrics import dice
 
 
-def save_plots(output_dir: Path, arrays: SliceArrays, probabilities, masks, history_paths: dict[str, Path]) -> None:
+def save_plots(
+    output_dir: Path, arrays: SliceArrays, probabilities: np.ndarray, masks: np.ndarray, history_paths: dict[str, Path]
+) -> None:
     """Training curves, ROC, confusion matrix, and test slices with true (green) and predicted (red) outlines."""
     import matplotlib
 

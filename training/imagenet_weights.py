@@ -23,6 +23,7 @@ import collections
 import importlib.util
 import pickle
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,7 +61,9 @@ class _Storage:
         self.data = np.empty(0, dtype=dtype)
 
 
-def _tensor_reference(storage: _Storage, offset: int, size, stride, *_rest):
+def _tensor_reference(
+    storage: _Storage, offset: int, size: Sequence[int], stride: Sequence[int], *_rest: object
+) -> tuple[_Storage, int, tuple[int, ...], tuple[int, ...]]:
     return storage, offset, tuple(size), tuple(stride)
 
 
@@ -71,7 +74,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         super().__init__(file)
         self.storages = storages
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> object:
         if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
             return _tensor_reference
         if module == "torch" and name in STORAGE_DTYPES:
@@ -80,7 +83,7 @@ class _StateDictUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         raise StateDictError(f"unexpected object in a state dict: {module}.{name}")
 
-    def persistent_load(self, saved_id):
+    def persistent_load(self, saved_id: tuple[str, str, str, str, int, object]) -> _Storage:
         _kind, storage_type, key, _location, _size, _view = saved_id
         return self.storages.setdefault(key, _Storage(STORAGE_DTYPES[storage_type]))
 

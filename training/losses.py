@@ -8,20 +8,24 @@ batch, so a batch of tumor-free slices still gives a defined value thanks to the
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
+# A backend tensor (TensorFlow, JAX, or a numpy array): keras.ops takes any of them, and they share no type.
+Tensor = Any
 SMOOTH = 1.0
 
 
-def _flatten_pair(y_true, y_pred):
+def _flatten_pair(y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
     y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
     y_pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
     return y_true, y_pred
 
 
 @keras.saving.register_keras_serializable(package="brain_tumor")
-def tversky_score(y_true, y_pred, alpha: float = 0.7, smooth: float = SMOOTH):
+def tversky_score(y_true: Tensor, y_pred: Tensor, alpha: float = 0.7, smooth: float = SMOOTH) -> Tensor:
     """Tversky index of the batch, in [0, 1]; 1 is a perfect mask."""
     y_true, y_pred = _flatten_pair(y_true, y_pred)
     true_positive = ops.sum(y_true * y_pred)
@@ -31,13 +35,13 @@ def tversky_score(y_true, y_pred, alpha: float = 0.7, smooth: float = SMOOTH):
 
 
 @keras.saving.register_keras_serializable(package="brain_tumor")
-def focal_tversky_loss(y_true, y_pred, alpha: float = 0.7, gamma: float = 0.75):
+def focal_tversky_loss(y_true: Tensor, y_pred: Tensor, alpha: float = 0.7, gamma: float = 0.75) -> Tensor:
     """(1 - Tversky index) ** gamma over the batch."""
     return ops.power(1.0 - tversky_score(y_true, y_pred, alpha=alpha), gamma)
 
 
 @keras.saving.register_keras_serializable(package="brain_tumor")
-def dice_coefficient(y_true, y_pred, smooth: float = SMOOTH):
+def dice_coefficient(y_true: Tensor, y_pred: Tensor, smooth: float = SMOOTH) -> Tensor:
     """Soft Dice of the batch: (2 * TP + s) / (|true| + |pred| + s)."""
     y_true, y_pred = _flatten_pair(y_true, y_pred)
     intersection = ops.sum(y_true * y_pred)
@@ -57,7 +61,7 @@ class FocalTverskyLoss(keras.losses.Loss):
         self.alpha = alpha
         self.gamma = gamma
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         return focal_tversky_loss(y_true, y_pred, alpha=self.alpha, gamma=self.gamma)
 
     def get_config(self) -> dict:
@@ -65,7 +69,7 @@ class FocalTverskyLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="brain_tumor")
-def tumor_map_loss(y_true, y_pred):
+def tumor_map_loss(y_true: Tensor, y_pred: Tensor) -> Tensor:
     """Binary cross-entropy of a tumor-map classifier (`training.classifier_variants.build_tumor_map_classifier`).
 
     `y_true` is the full-size mask (B, H, W, 1), `y_pred` the region map (B, h, w, 1). A region's target is 1 when

@@ -25,20 +25,20 @@ SEGMENTER_FILTERS = (16, 32, 64, 128, 256)
 ARCHITECTURE_NAME = "architecture.json"
 
 
-def convolution_block(x, filters: int, name: str, strides: int = 1):
+def convolution_block(x: keras.KerasTensor, filters: int, name: str, strides: int = 1) -> keras.KerasTensor:
     """Conv 3x3 -> batch norm -> ReLU; the conv has no bias because batch norm adds one."""
     x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def classifier_stem(inputs, filters: int, pooling: bool = True):
+def classifier_stem(inputs: keras.KerasTensor, filters: int, pooling: bool = True) -> keras.KerasTensor:
     """Strided conv block, then pooling: 256x256 down to 64x64 before the wide stages (128x128 without pooling)."""
     x = convolution_block(inputs, filters, "stem", strides=2)
     return layers.MaxPooling2D(2, name="stem_pool")(x) if pooling else x
 
 
-def classifier_stages(x, filters: Sequence[int]):
+def classifier_stages(x: keras.KerasTensor, filters: Sequence[int]) -> keras.KerasTensor:
     """Two conv blocks per stage, each stage halving the resolution (layer names shared by every classifier, so
     weights carry over between them by name)."""
     for stage, stage_filters in enumerate(filters, start=1):
@@ -71,7 +71,7 @@ def build_classifier(
     return keras.Model(inputs, probability_head(x, dropout), name=name)
 
 
-def probability_head(x, dropout: float):
+def probability_head(x: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
     """Pooled features -> P(tumor). Max pooling over space as well as average: a small lesion in one corner must
     still fire."""
     pooled = layers.Concatenate(name="pool")(
@@ -81,7 +81,7 @@ def probability_head(x, dropout: float):
     return layers.Dense(1, activation="sigmoid", name="tumor_probability")(pooled)
 
 
-def encoder(inputs, filters: Sequence[int]) -> tuple:
+def encoder(inputs: keras.KerasTensor, filters: Sequence[int]) -> tuple:
     """The ResUNet's stem, encoder stages and bridge: (bridge output, skip outputs from shallow to deep)."""
     x = layers.Conv2D(filters[0], 3, strides=2, padding="same", name="stem_conv")(inputs)
     x = residual_block(x, filters[0], "encoder0")
@@ -92,7 +92,7 @@ def encoder(inputs, filters: Sequence[int]) -> tuple:
     return residual_block(x, filters[-1], "bridge", strides=2), skips
 
 
-def residual_block(x, filters: int, name: str, strides: int = 1):
+def residual_block(x: keras.KerasTensor, filters: int, name: str, strides: int = 1) -> keras.KerasTensor:
     """Pre-activation residual block (BN-ReLU-conv twice) with a 1x1 projection shortcut (Zhang et al. 2018)."""
     shortcut = layers.Conv2D(filters, 1, strides=strides, padding="same", name=f"{name}_shortcut")(x)
     shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)

@@ -79,7 +79,7 @@ def choose_min_component_voxels(arrays: SliceArrays, masks: np.ndarray) -> tuple
 
 
 def single_slice_figures(
-    arrays: SliceArrays, probabilities, masks: np.ndarray, min_probability: float, min_pixels: int = 0
+    arrays: SliceArrays, probabilities: np.ndarray, masks: np.ndarray, min_probability: float, min_pixels: int = 0
 ) -> dict[str, float]:
     """Volume Dice and the share of tumor-free slices given a mask, of slices answered one by one."""
     segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, min_probability, min_pixels))
@@ -87,7 +87,7 @@ def single_slice_figures(
 
 
 def choose_single_slice_mask_min_probability(
-    arrays: SliceArrays, probabilities, masks: np.ndarray
+    arrays: SliceArrays, probabilities: np.ndarray, masks: np.ndarray
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """The single-slice mask minimum with the highest mean per-patient volume Dice of slices answered one by one
     (ties: the smaller), and for every candidate that Dice and the share of tumor-free slices given a mask."""
@@ -100,7 +100,7 @@ def choose_single_slice_mask_min_probability(
 
 
 def choose_single_slice_min_component_pixels(
-    arrays: SliceArrays, probabilities, masks: np.ndarray, min_probability: float
+    arrays: SliceArrays, probabilities: np.ndarray, masks: np.ndarray, min_probability: float
 ) -> tuple[int, dict[str, dict[str, float]]]:
     """With the single-slice mask minimum chosen, the smallest mask piece a slice answered alone keeps: the candidate
     with the highest mean per-patient volume Dice of slices answered one by one (ties: the smaller), and for every

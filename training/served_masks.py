@@ -14,7 +14,9 @@ from app.core.series_postprocessing import drop_small_components
 from training.data import SliceArrays
 
 
-def gated_masks(probabilities, maps, classifier_threshold: float, mask_threshold: float) -> np.ndarray:
+def gated_masks(
+    probabilities: np.ndarray, maps: np.ndarray, classifier_threshold: float, mask_threshold: float
+) -> np.ndarray:
     """Boolean masks (N, H, W) of the served pipeline (`app.core.gate.gate`): empty where the classifier is negative."""
     sizes = [tuple(maps.shape[1:3])] * len(maps)
     masks = np.zeros(maps.shape[:3], dtype=bool)
@@ -25,7 +27,9 @@ def gated_masks(probabilities, maps, classifier_threshold: float, mask_threshold
     return masks
 
 
-def masks_shown_alone(probabilities, masks: np.ndarray, min_probability: float, min_pixels: int = 0) -> np.ndarray:
+def masks_shown_alone(
+    probabilities: np.ndarray, masks: np.ndarray, min_probability: float, min_pixels: int = 0
+) -> np.ndarray:
     """The gated masks as slices sent one by one get them (`app.series_result.single_slice_answers`): emptied below
     `min_probability`, without their pieces under `min_pixels`."""
     shown = np.zeros_like(masks, dtype=bool)

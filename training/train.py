@@ -126,10 +126,10 @@ class TimeBudget(keras.callbacks.Callback):
         self.started = time.monotonic()
         self.epoch_started = self.started
 
-    def on_epoch_begin(self, epoch, logs=None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.epoch_started = time.monotonic()
 
-    def on_epoch_end(self, epoch, logs=None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         now = time.monotonic()
         if now - self.started + (now - self.epoch_started) > self.seconds:
             logger.info("time budget of %.0f min reached after epoch %d", self.seconds / 60, epoch + 1)

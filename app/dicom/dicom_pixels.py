@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -144,7 +145,7 @@ def _read_exactly(descriptor: int, size: int, deadline: float) -> bytes:
 _WORKER = DecodingWorker()
 
 
-def _serve(requests, answers) -> None:
+def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     """The worker's loop: decode each dataset with the plugin asked for and answer with the array or why it failed
     (`decoder_reason`: a library's slip is said in words, here where its type is known)."""
     while header := requests.read(_LENGTH_BYTES):
