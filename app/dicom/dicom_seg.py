@@ -229,14 +229,25 @@ def _pixel_measures_per_frame(segmentation: Dataset, references: Sequence[DicomF
     shared = segmentation.get("SharedFunctionalGroupsSequence")
     if len(set(spacings.values())) < 2 or not shared or "PixelMeasuresSequence" not in shared[0]:
         return
+    groups = segmentation.PerFrameFunctionalGroupsSequence
+    sources = [_derived_from(group) for group in groups]
+    if any(source not in spacings for source in sources):
+        return  # a frame whose source is not named: leave highdicom's shared spacing
     common = shared[0].PixelMeasuresSequence[0]
-    for group in segmentation.PerFrameFunctionalGroupsSequence:
-        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+    for group, source in zip(groups, sources, strict=True):
         measures = copy.deepcopy(common)
-        if spacings.get(source):
+        if spacings[source]:
             measures.PixelSpacing = list(spacings[source])
         group.PixelMeasuresSequence = [measures]
     del shared[0].PixelMeasuresSequence
+
+
+def _derived_from(group: Dataset) -> str | None:
+    """The SOP Instance UID of the source a SEG frame's functional group names (Derivation Image), if any."""
+    for derivation in group.get("DerivationImageSequence") or []:
+        for source in derivation.get("SourceImageSequence") or []:
+            return str(source.get("ReferencedSOPInstanceUID", "")) or None
+    return None
 
 
 def _frame_of_capture(references: Sequence[DicomFrame]) -> bool:
