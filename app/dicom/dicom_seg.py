@@ -332,7 +332,7 @@ def _source_images_and_pixels(
         for mask, frame in zip(masks, references, strict=True):
             if mask is not None:
                 pixels[frame.frame_number - 1] = mask > 0
-        return [_with_shared_plane(first.header)], pixels
+        return [_with_shared_plane(first.header, references)], pixels
     if any(frame.is_multiframe for frame in references):
         raise SegmentationInputError("a DICOM SEG cannot mix single-frame and multi-frame source instances")
     if len({frame.values.shape for frame in references}) != 1:
@@ -360,32 +360,33 @@ def _in_plane(header: Dataset, orientation: object) -> Dataset:
 PLANE_GROUPS = ("PixelMeasuresSequence", "PlaneOrientationSequence")
 
 
-def _with_shared_plane(header: Dataset) -> Dataset:
+def _with_shared_plane(header: Dataset, frames: Sequence[DicomFrame]) -> Dataset:
     """`header`, or a copy of it whose Pixel Measures and Plane Orientation are in the Shared Functional Groups:
     the standard lets an enhanced image hold them per frame, highdicom takes them shared only (a SEG was refused for
     such an Enhanced MR, and the DICOM node sent nothing; attack review 28, finding 3). Frames whose pixel spacing
-    differs cannot share one and are refused; orientations within `ORIENTATION_TOLERANCE` share the first's."""
+    differs cannot share one and are refused; orientations within `ORIENTATION_TOLERANCE` share the first's (the
+    values compared are the `frames`' own, as the flow read them)."""
     shared = header.get("SharedFunctionalGroupsSequence")
     shared_group = shared[0] if shared else Dataset()
     missing = [keyword for keyword in PLANE_GROUPS if keyword not in shared_group]
     per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
-    if not missing or not per_frame or any(keyword not in group for group in per_frame for keyword in missing):
-        return header
-    if "PixelMeasuresSequence" in missing:
-        spacings = {tuple(group.PixelMeasuresSequence[0].get("PixelSpacing") or ()) for group in per_frame}
-        if len(spacings) > 1:
-            raise SegmentationInputError(
-                "a DICOM SEG gives its frames one pixel spacing; the frames of this multi-frame image have "
-                f"{len(spacings)} (Pixel Measures per frame)"
-            )
-    if "PlaneOrientationSequence" in missing:
-        first = np.asarray(per_frame[0].PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
-        for group in per_frame:
-            orientation = np.asarray(group.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
-            if np.max(np.abs(orientation - first)) > ORIENTATION_TOLERANCE:
-                raise SegmentationInputError(
-                    "a DICOM SEG of a multi-frame image needs its frames in one plane; they have several orientations"
-                )
+    if not missing or not per_frame or not all(group.get(keyword) for group in per_frame for keyword in missing):
+        return header  # nothing to move, or nothing that can be: highdicom says what it lacks
+    spacings = {frame.pixel_spacing for frame in frames}
+    if "PixelMeasuresSequence" in missing and len(spacings) > 1:
+        raise SegmentationInputError(
+            "a DICOM SEG gives its frames one pixel spacing; the frames of this multi-frame image have "
+            f"{len(spacings)} (Pixel Measures per frame)"
+        )
+    orientations = [np.asarray(frame.image_orientation or (), dtype=float) for frame in frames]
+    if "PlaneOrientationSequence" in missing and any(
+        orientation.shape != orientations[0].shape
+        or np.max(np.abs(orientation - orientations[0]), initial=0.0) > ORIENTATION_TOLERANCE
+        for orientation in orientations
+    ):
+        raise SegmentationInputError(
+            "a DICOM SEG of a multi-frame image needs its frames in one plane; they have several orientations"
+        )
     moved = copy.deepcopy(header)
     if not moved.get("SharedFunctionalGroupsSequence"):
         moved.SharedFunctionalGroupsSequence = [Dataset()]
