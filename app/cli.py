@@ -270,6 +270,16 @@ def dicom_node(args: argparse.Namespace) -> int:
         )
     if args.ae_title is not None and not is_ae_title(args.ae_title):
         return fail(f"brain-tumor dicom-node: error: --ae-title: {AE_TITLE_RULE}; got {args.ae_title!r}", EXIT_USAGE)
+    # The same rule as DICOM_NODE_HOST and DICOM_NODE_SPOOL_DIR: a wrapper's `--host "$UNSET"` must not expose the node.
+    for option, value, why in (
+        ("--host", args.host, "it would listen on every interface"),
+        ("--spool-dir", args.spool_dir, "the spool would be the working directory"),
+    ):
+        if value is not None and not value.strip():
+            return fail(
+                f"brain-tumor dicom-node: error: {option} must not be empty ({why}); leave it out for the default",
+                EXIT_USAGE,
+            )
     hold_back_tensorflow_log(settings, args.verbose)
     try:
         return node.main(args, settings)

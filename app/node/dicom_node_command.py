@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ae-title", help="AE title to answer to (default: DICOM_NODE_AE_TITLE)")
     parser.add_argument("--host", help="address to listen on (default: DICOM_NODE_HOST)")
     parser.add_argument("--port", type=int, help="DICOM port (default: DICOM_NODE_PORT)")
-    parser.add_argument("--spool-dir", type=Path, help="where instances and results are kept (DICOM_NODE_SPOOL_DIR)")
+    # A string, not a Path: Path("") is ".", and an empty --spool-dir must be told from `--spool-dir .`.
+    parser.add_argument("--spool-dir", help="where instances and results are kept (DICOM_NODE_SPOOL_DIR)")
     parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
 
 
@@ -54,7 +55,11 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
     settings = settings or get_settings()
     try:
         config = NodeConfig.from_settings(
-            settings, ae_title=args.ae_title, host=args.host, port=args.port, spool_dir=args.spool_dir
+            settings,
+            ae_title=args.ae_title,
+            host=args.host,
+            port=args.port,
+            spool_dir=None if args.spool_dir is None else Path(args.spool_dir),
         )
         rules = SelectionRules.from_settings(settings)
     except ValueError as error:

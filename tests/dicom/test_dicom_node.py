@@ -300,7 +300,7 @@ def test_cli_has_the_dicom_node_command(tmp_path: Path) -> None:
 
     args = build_parser().parse_args(["dicom-node", "--port", "11113", "--ae-title", "AINODE", "--spool-dir", "x"])
 
-    assert (args.port, args.ae_title, args.spool_dir) == (11113, "AINODE", Path("x"))
+    assert (args.port, args.ae_title, args.spool_dir) == (11113, "AINODE", "x")
     assert args.run.__name__ == "dicom_node"
 
 
