@@ -65,7 +65,7 @@ exit codes:
        or replace a file, a --masks-dir that cannot be written, an invalid environment variable, standard output
        that cannot be written (a full disk)
   {EXIT_MODELS}    the models could not be loaded (MODEL_DIR or --model-dir missing, a sha256 mismatch, an invalid
-       manifest)
+       manifest, a model file that does not load)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 

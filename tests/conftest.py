@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -82,6 +84,17 @@ def make_tiny_model_dir(
         series_min_component_voxels=series_min_component_voxels,
     )
     return directory
+
+
+def replace_model_file(model_dir: Path, copy_to: Path, name: str, content: bytes) -> Path:
+    """A copy of `model_dir` in `copy_to` with file `name` replaced by `content` and its sha256 updated in the
+    manifest, as an operator replacing a file would do: the hash check passes, loading is what must refuse it."""
+    shutil.copytree(model_dir, copy_to, dirs_exist_ok=True)
+    (copy_to / name).write_bytes(content)
+    manifest = json.loads((copy_to / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256(content).hexdigest()
+    (copy_to / "manifest.json").write_text(json.dumps(manifest))
+    return copy_to
 
 
 @pytest.fixture(scope="session")

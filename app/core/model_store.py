@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
 """The manifest layout this code reads and writes; raise it when a field changes meaning or goes away."""
+MAX_REASON_CHARACTERS = 300
+KERAS_OBJECT_REPR = re.compile(r"<(\w+) name=([^,>]+)[^>]*>")
+OBJECT_REPR = re.compile(r"<[^<>]*>")
 
 
 class ModelStoreError(RuntimeError):
@@ -150,18 +155,55 @@ def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
 
 
 def load_model(model_dir: str | Path, entry: ModelEntry) -> keras.Model:
-    """Rebuild a model from its architecture JSON and load its `.weights.h5` (call `read_manifest` first)."""
+    """Rebuild a model from its architecture JSON and load its `.weights.h5` (call `read_manifest` first).
+
+    Raises
+    ------
+    ModelStoreError
+        For any file that does not rebuild into a Keras model or whose weights do not fit it, with a one-line reason:
+        files that pass the sha256 check (an operator re-hashed them) can still hold anything, and Keras reports
+        them with many-line messages, object reprs, or as an AttributeError.
+    """
     import keras
 
     model_dir = Path(model_dir)
-    architecture = (model_dir / entry.architecture).read_text()
-    try:
-        # safe_mode refuses Python lambdas (arbitrary code) hidden in an architecture file.
-        model = keras.saving.deserialize_keras_object(json.loads(architecture), safe_mode=True)
-        model.load_weights(model_dir / entry.weights)
-    except (ValueError, TypeError, KeyError, OSError) as error:
-        raise ModelStoreError(f"cannot load {entry.tag} from {model_dir}: {error}") from error
+    with warnings.catch_warnings(record=True) as caught:
+        # Keras warns once per layer it skips ("Skipping nested container ..."): noise when the load fails anyway.
+        warnings.simplefilter("always")
+        try:
+            try:
+                architecture = json.loads((model_dir / entry.architecture).read_text())
+            except json.JSONDecodeError as error:
+                raise ModelStoreError(
+                    f"cannot load {entry.tag} from {model_dir}: {entry.architecture} is not JSON ({error})"
+                ) from error
+            # safe_mode refuses Python lambdas (arbitrary code) hidden in an architecture file.
+            model = keras.saving.deserialize_keras_object(architecture, safe_mode=True)
+            if not isinstance(model, keras.Model):
+                raise ModelStoreError(
+                    f"cannot load {entry.tag} from {model_dir}: {entry.architecture} does not describe a Keras "
+                    f"model (it gives a {type(model).__name__})"
+                )
+            model.load_weights(model_dir / entry.weights)
+        except ModelStoreError:
+            raise
+        except Exception as error:  # whatever Keras, h5py or the file system raise: the model cannot be used
+            raise ModelStoreError(f"cannot load {entry.tag} from {model_dir}: {one_line_reason(error)}") from error
+    for warning in caught:  # a load that worked keeps its warnings (layers left with their initial weights)
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return model
+
+
+def one_line_reason(error: Exception) -> str:
+    """Keras's message for `error` as one short line: its lists of unloaded objects and full configs left out, an
+    object repr (`<Conv2D name=stem_conv, built=True>`) named as `Conv2D 'stem_conv'`."""
+    text = str(error) or type(error).__name__
+    for tail in ("List of objects that could not be loaded", "Full object config"):
+        text = text.split(tail, 1)[0]
+    text = KERAS_OBJECT_REPR.sub(r"\1 '\2'", text)
+    text = OBJECT_REPR.sub("an object", text)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON_CHARACTERS else text[: MAX_REASON_CHARACTERS - 3] + "..."
 
 
 def load_models(model_dir: str | Path) -> tuple[Manifest, keras.Model, keras.Model]:

@@ -10,6 +10,7 @@ import pytest
 
 from app import cli
 from app.settings import get_settings
+from tests.conftest import replace_model_file
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +52,23 @@ def test_dicom_node_refuses_an_empty_host_or_spool_option(
     assert out == ""
     assert err == f"brain-tumor dicom-node: error: {option} must not be empty ({why}); leave it out for the default\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command", [["pacs-sync", "--once", "--orthanc", "http://127.0.0.1:9"], ["dicom-node", "--port", "11112"]]
+)
+def test_daemons_with_an_architecture_that_is_no_model_exit_3_in_one_line(
+    command: list[str], tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tumor_classifier.json` of `{}` (manifest re-hashed) gave a 25-line AttributeError traceback and exit 1
+    (finding 6)."""
+    model_dir = replace_model_file(tiny_model_dir, tmp_path / "models", "tumor_classifier.json", b"{}")
+
+    code, out, err = run(capsys, *command, "--model-dir", str(model_dir))
+
+    assert code == cli.EXIT_MODELS
+    assert out == ""
+    assert err == (
+        f"brain-tumor {command[0]}: cannot load the models: cannot load tumor_classifier@0.0.0-test from {model_dir}: "
+        "tumor_classifier.json does not describe a Keras model (it gives a dict)\n"
+    )

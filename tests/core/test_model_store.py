@@ -17,6 +17,7 @@ from app.core.model_store import (
     read_manifest,
     write_manifest,
 )
+from tests.conftest import replace_model_file
 
 
 def test_load_model_refuses_a_lambda_layer(tmp_path):
@@ -82,3 +83,48 @@ def test_read_manifest_refuses_a_threshold_that_is_no_probability(tiny_model_dir
     bound = "greater than 0" if threshold <= 0 else "less than 1"
     assert message.endswith(f"is invalid: classifier.threshold: Input should be {bound}")
     assert "pydantic" not in message and "\n" not in message
+
+
+def classifier_weights_of(model_dir):
+    return (model_dir / read_manifest(model_dir).classifier.weights).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("tumor_classifier.json", b"{}", "tumor_classifier.json does not describe a Keras model (it gives a dict)"),
+        ("tumor_classifier.json", b"[1, 2]", "tumor_classifier.json does not describe a Keras model (it gives a list)"),
+        (
+            "tumor_classifier.json",
+            json.dumps({"class_name": "Dense", "config": {"units": 3}, "module": "keras.layers"}).encode(),
+            "tumor_classifier.json does not describe a Keras model (it gives a Dense)",
+        ),
+        ("tumor_classifier.json", b"not json", "tumor_classifier.json is not JSON (Expecting value"),
+        ("tumor_segmenter.weights.h5", b"garbage" * 100, "Unable to synchronously open file"),
+        (
+            "tumor_segmenter.weights.h5",
+            classifier_weights_of,
+            "could not be loaded. Example error message for object Conv2D 'stem_conv': Layer 'stem_conv' expected",
+        ),
+    ],
+    ids=["empty-object", "list", "a-layer", "not-json", "garbage-weights", "other-models-weights"],
+)
+def test_a_model_file_that_passes_its_sha256_but_cannot_load_is_one_short_line(
+    tiny_model_dir, tmp_path, name, content, reason
+):
+    """An architecture of {} (re-hashed) stopped pacs-sync and dicom-node with an AttributeError traceback and exit
+    1, and another model's weights with a 3 KB line of Keras object reprs (operations review 28, finding 6)."""
+    content = content(tiny_model_dir) if callable(content) else content
+    model_dir = replace_model_file(tiny_model_dir, tmp_path / "models", name, content)
+    manifest = read_manifest(model_dir)
+    entry = manifest.classifier if name.startswith("tumor_classifier") else manifest.segmenter
+
+    with pytest.raises(ModelStoreError) as raised:
+        load_model(model_dir, entry)
+
+    message = str(raised.value)
+    assert message.startswith(f"cannot load {entry.tag} from {model_dir}: ")
+    assert reason in message
+    assert "\n" not in message
+    assert "<" not in message
+    assert len(message) < 500
