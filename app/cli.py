@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,8 @@ from app.predict_command import PrintFormat, printable
 from app.settings import AE_TITLE_RULE, HTTP_URL_RULE, Settings, SettingsError, get_settings, is_ae_title, is_http_url
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from app.inference import Predictor
 
 EXIT_OK = 0
@@ -71,6 +74,12 @@ exit codes:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Listen on HOST:PORT, load the models in the background, serve until SIGTERM/SIGINT.
+
+    Exit codes: 0 stopped by a signal; 2 an address it cannot listen on, bad API keys or audit log file; 3 models
+    that cannot be loaded, found before serving (missing, sha256) or while loading (the process stops then, so that
+    Compose, systemd or Kubernetes restart it instead of leaving it unready for ever).
+    """
     limit_malloc_arenas()
     import uvicorn
 
@@ -83,40 +92,85 @@ def serve(args: argparse.Namespace) -> int:
     # warning for a public one without API keys) is about the address uvicorn binds.
     settings = with_address(get_settings(), host=args.host, port=args.port)
     configure_logging(settings.log_level)
-    hold_back_tensorflow_log(settings, args.verbose)
+    # Bound here, before TensorFlow and the models, and handed to uvicorn: a busy port or a host that does not resolve
+    # is one line and exit 2 at once (uvicorn exits 3 for it, the code of models that cannot load), with no window
+    # for another process to take the port in between.
     try:
-        app = create_app(settings)
-    except KeyConfigurationError as error:
-        return fail(f"brain-tumor serve: error: {error}", EXIT_USAGE)
-    except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE
-        return fail(f"brain-tumor serve: error: cannot open {error.filename}: {error.strerror}", EXIT_USAGE)
-    # The lifespan checks the model files too (for `uvicorn app.main:app`), but a refusal there also gets uvicorn's
-    # traceback: checked here first, a missing or tampered file is one line and exit 3.
-    read_manifest(settings.model_dir)
-    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight requests, run the lifespan's shutdown)
-    # and afterwards re-raises the signal it caught against the handler that was there before. With the default
-    # handler that would kill the process with -15 after a clean shutdown; a no-op lets `serve` return 0.
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda number, frame: None)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep our JSON logging
-        access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
-        # Header size and time, body idle time, connection count, idle uploads at shutdown: see app.http_protocol.
-        http=protocol_with_limits(ConnectionLimits.from_settings(settings), audit=app.state.audit),
-        timeout_keep_alive=settings.keep_alive_timeout_seconds,
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-        # X-Forwarded-For is read by the app, and only from TRUSTED_PROXIES (ClientAddressMiddleware); uvicorn's own
-        # handling would believe it from any loopback peer.
-        proxy_headers=False,
-        server_header=False,
-        # No route takes a WebSocket: an upgrade request is served as the plain HTTP request it also is (the key
-        # check, the JSON error, the audit line) instead of being handed to a WebSocket handshake outside them.
-        ws="none",
-    )
-    return 0
+        listener = listening_socket(settings.host, settings.port)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return fail(f"brain-tumor serve: cannot listen on {settings.host}:{settings.port}: {reason}", EXIT_USAGE)
+    with listener:
+        hold_back_tensorflow_log(settings, args.verbose)
+        try:
+            app = create_app(settings)
+        except KeyConfigurationError as error:
+            return fail(f"brain-tumor serve: error: {error}", EXIT_USAGE)
+        except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE
+            return fail(f"brain-tumor serve: error: cannot open {error.filename}: {error.strerror}", EXIT_USAGE)
+        # The lifespan checks the model files too (for `uvicorn app.main:app`), but a refusal there also gets
+        # uvicorn's traceback: checked here first, a missing or tampered file is one line and exit 3.
+        read_manifest(settings.model_dir)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,  # keep our JSON logging
+                access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
+                # Header size and time, body idle time, connection count, idle uploads at shutdown: app.http_protocol.
+                http=protocol_with_limits(ConnectionLimits.from_settings(settings), audit=app.state.audit),
+                timeout_keep_alive=settings.keep_alive_timeout_seconds,
+                timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+                # X-Forwarded-For is read by the app, and only from TRUSTED_PROXIES (ClientAddressMiddleware);
+                # uvicorn's own handling would believe it from any loopback peer.
+                proxy_headers=False,
+                server_header=False,
+                # No route takes a WebSocket: an upgrade request is served as the plain HTTP request it also is (the
+                # key check, the JSON error, the audit line) instead of being handed to a WebSocket handshake.
+                ws="none",
+            )
+        )
+        # Models that pass their sha256 and still cannot load (another model's weights, a broken architecture) stop
+        # the server as SIGTERM would: requests in flight (none can predict) end, then exit 3 below.
+        app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
+        # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight requests, run the lifespan's
+        # shutdown) and afterwards re-raises the signal it caught against the handler that was there before. With
+        # the default handler that would kill the process with -15 after a clean shutdown; a no-op lets `serve`
+        # return 0.
+        for handled in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(handled, lambda number, frame: None)
+        run_server(server, listener)
+    if app.state.load_error is not None:
+        return fail(f"brain-tumor serve: cannot load the models: {app.state.load_error}", EXIT_MODELS)
+    return EXIT_OK
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` as uvicorn binds one it is handed (IPv6 for an address with a colon, then
+    IPv6 only, as asyncio does), not yet listening: uvicorn's server listens on it.
+
+    Raises
+    ------
+    OSError
+        The port is in use or not ours to take, or the host does not resolve or is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family=family)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart is not refused for TIME_WAIT
+        if family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def run_server(server: uvicorn.Server, listener: socket.socket) -> None:
+    """Serve on `listener` until a signal, or until the models fail to load (tests replace this)."""
+    server.run(sockets=[listener])
 
 
 def with_address(settings: Settings, host: str | None, port: int | None) -> Settings:

@@ -62,6 +62,8 @@ async def load_models(app: FastAPI) -> None:
     except Exception as error:  # whatever it is, readiness must say so rather than wait forever
         state.load_error = str(error) or type(error).__name__
         logger.critical("model loading failed", exc_info=error, extra={"fields": {"error": state.load_error}})
+        if state.on_load_failure is not None:  # `brain-tumor serve` stops (exit 3): restarts act on an exit
+            state.on_load_failure()
         return
     state.predictor = predictor
     state.batcher = MicroBatcher(
@@ -156,6 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.prediction_service = None
     app.state.ready = False
     app.state.load_error = None
+    # Called once loading has failed; None (another ASGI server) keeps serving, readiness 503 with the reason logged.
+    app.state.on_load_failure = None
 
     app.include_router(predict.router)
     app.include_router(models.router)

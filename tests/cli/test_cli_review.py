@@ -8,13 +8,14 @@ import io
 import json
 import logging
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
+import uvicorn
 from fastapi.testclient import TestClient
 
 from app import cli
@@ -184,7 +185,7 @@ def test_a_bad_variable_of_any_command_is_one_line_naming_it_before_anything_run
     """These were checked only where used: as JSON on stdout naming orthanc_url, as pynetdicom's require_calling_aet
     once the models had loaded, or (predict with no FLAIR pattern) as a traceback; predict ignored a bad node."""
     monkeypatch.setenv(variable, value)
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("the server must not start"))
+    monkeypatch.setattr("app.cli.run_server", lambda *args: pytest.fail("the server must not start"))
     monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
 
     code, out, err = run(capsys, *command)
@@ -251,7 +252,8 @@ def test_serve_with_unusable_keys_or_audit_file_is_one_line_and_exit_2(
 ) -> None:
     missing = tmp_path / "missing"
     monkeypatch.setenv(variable, value.format(missing=missing))
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("the server must not start"))
+    monkeypatch.setattr("app.cli.listening_socket", lambda host, port: socket.socket())  # port 8000 may be taken
+    monkeypatch.setattr("app.cli.run_server", lambda *args: pytest.fail("the server must not start"))
 
     code, _, err = run(capsys, "serve", "--port", "8000")
 
@@ -290,12 +292,13 @@ def test_serve_warns_about_the_address_it_binds_not_the_host_variable(
     monkeypatch.setattr("app.main.load_models", lambda app: asyncio.sleep(0))  # the address is all this is about
     served: list[tuple[str, int]] = []
 
-    def run_lifespan(app: FastAPI, host: str, port: int, **options: object) -> None:
-        served.append((host, port))
-        with TestClient(app):
+    def run_lifespan(server: uvicorn.Server, listener: socket.socket) -> None:
+        served.append((server.config.host, server.config.port))
+        with TestClient(server.config.app):
             pass
 
-    monkeypatch.setattr("uvicorn.run", run_lifespan)
+    monkeypatch.setattr("app.cli.listening_socket", lambda host, port: socket.socket())  # the ports may be taken
+    monkeypatch.setattr("app.cli.run_server", run_lifespan)
     monkeypatch.setattr("signal.signal", lambda number, handler: None)  # keep Ctrl-C working in the test run
 
     with caplog.at_level(logging.WARNING, logger="app.main"):

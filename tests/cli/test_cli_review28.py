@@ -3,10 +3,13 @@ documented exit code, before or instead of running in a state that cannot work."
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
 from app import cli
 from app.settings import get_settings
@@ -72,3 +75,73 @@ def test_daemons_with_an_architecture_that_is_no_model_exit_3_in_one_line(
         f"brain-tumor {command[0]}: cannot load the models: cannot load tumor_classifier@0.0.0-test from {model_dir}: "
         "tumor_classifier.json does not describe a Keras model (it gives a dict)\n"
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_whose_models_fail_to_load_exits_3_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Models that passed their sha256 but could not load left serve up for ever, live 200 and ready 503, where
+    dicom-node and pacs-sync exit 3 (finding 5): nothing restarts a process that does not exit."""
+    model_dir = replace_model_file(tiny_model_dir, tmp_path / "models", "tumor_classifier.json", b"{}")
+    monkeypatch.setenv("MODEL_DIR", str(model_dir))
+    monkeypatch.setattr("signal.signal", lambda number, handler: None)  # keep Ctrl-C working in the test run
+    run_server = cli.run_server
+
+    def run_server_for_30_s_at_most(server: uvicorn.Server, listener: socket.socket) -> None:
+        watchdog = threading.Timer(30, lambda: setattr(server, "should_exit", True))  # a server that would not stop
+        watchdog.start()
+        try:
+            run_server(server, listener)
+        finally:
+            watchdog.cancel()
+
+    monkeypatch.setattr("app.cli.run_server", run_server_for_30_s_at_most)
+
+    code, out, err = run(capsys, "serve", "--port", str(free_port()))
+
+    assert code == cli.EXIT_MODELS
+    assert out == ""
+    assert err == (
+        f"brain-tumor serve: cannot load the models: cannot load tumor_classifier@0.0.0-test from {model_dir}: "
+        "tumor_classifier.json does not describe a Keras model (it gives a dict)\n"
+    )
+
+
+def test_serve_on_a_busy_port_exits_2_naming_the_address_before_loading_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second serve on a port in use exited 3, the code of models that cannot load, after loading them (finding
+    2)."""
+    monkeypatch.setattr("app.cli.hold_back_tensorflow_log", lambda *args: pytest.fail("TensorFlow must not load"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        code, out, err = run(capsys, "serve", "--host", "127.0.0.1", "--port", str(port))
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err == f"brain-tumor serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_serve_on_a_host_that_does_not_resolve_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """HOST=no-such-host.invalid exited 3 with uvicorn's "[Errno -2] Name or service not known" (finding 2)."""
+    monkeypatch.setenv("HOST", "no-such-host.invalid")
+    monkeypatch.setattr("app.cli.hold_back_tensorflow_log", lambda *args: pytest.fail("TensorFlow must not load"))
+    port = free_port()
+
+    code, out, err = run(capsys, "serve", "--port", str(port))
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err.startswith(f"brain-tumor serve: cannot listen on no-such-host.invalid:{port}: ")
+    assert err.count("\n") == 1
