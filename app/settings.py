@@ -27,6 +27,9 @@ from app.sequence_selection import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models"
 MIB = 1 << 20
+# The longest wait or timeout a setting may ask for: time.sleep and socket timeouts fail far beyond it (at 1e300 s,
+# "timestamp out of range for platform time_t", once the models had loaded), and a wait of over a day is a slip.
+DAY_SECONDS = 24 * 3600.0
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # Never echoed in an error message: their values are credentials.
@@ -86,8 +89,9 @@ class Settings(BaseSettings):
     inference_batch_wait_ms: float = Field(
         default=0.0,
         ge=0.0,
+        le=DAY_SECONDS * 1000,
         description="how long the micro-batcher waits for more requests before running a batch; 0 batches only what "
-        "queued up while the previous batch ran, so a lone request never waits",
+        "queued up while the previous batch ran, so a lone request never waits (at most a day)",
     )
     inference_queue_slices: int = Field(
         default=256, gt=0, description="most slices waiting for inference; more are refused with 503 and Retry-After"
@@ -113,7 +117,9 @@ class Settings(BaseSettings):
     )
     orthanc_username: str | None = Field(default=None, description="Orthanc HTTP basic-auth user")
     orthanc_password: SecretStr | None = Field(default=None, description="Orthanc HTTP basic-auth password")
-    pacs_poll_seconds: float = Field(default=30.0, gt=0, description="pacs-sync: pause between passes")
+    pacs_poll_seconds: float = Field(
+        default=30.0, gt=0, le=DAY_SECONDS, description="pacs-sync: pause between passes (at most a day)"
+    )
     pacs_state_file: Path | None = Field(
         default=Path("pacs-sync-state.json"),
         description="pacs-sync: where the last Orthanc change handled is kept, so a restart resumes there (empty: in "
@@ -130,10 +136,16 @@ class Settings(BaseSettings):
         default=5, ge=1, description="pacs-sync: tries of a study that fails, before it is only watched for changes"
     )
     pacs_retry_seconds: float = Field(
-        default=60.0, ge=0, description="pacs-sync: wait before the first retry of a failed study; doubles each time"
+        default=60.0,
+        ge=0,
+        le=DAY_SECONDS,
+        description="pacs-sync: wait before the first retry of a failed study; doubles each time (at most a day)",
     )
     request_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="longest a request waits for the models before a 503 inference_timeout"
+        default=60.0,
+        gt=0,
+        le=DAY_SECONDS,
+        description="longest a request waits for the models before a 503 inference_timeout (at most a day)",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -178,16 +190,22 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
+        le=DAY_SECONDS,
         description="longest a client may take to send a request's line and headers, from its first byte (or from "
-        "connecting); then the connection is closed (408)",
+        "connecting); then the connection is closed (408) (at most a day)",
     )
     body_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="longest a client may pause while sending a request body; then the request ends with 408",
+        le=DAY_SECONDS,
+        description="longest a client may pause while sending a request body; then the request ends with 408 (at most "
+        "a day)",
     )
     keep_alive_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="how long an idle keep-alive connection stays open between requests"
+        default=5.0,
+        gt=0,
+        le=DAY_SECONDS,
+        description="how long an idle keep-alive connection stays open between requests (at most a day)",
     )
     max_connections: int = Field(
         default=512,
@@ -195,13 +213,17 @@ class Settings(BaseSettings):
         description="most open connections; more are answered 503 and closed at once",
     )
     shutdown_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="on SIGTERM, longest wait for requests in flight before they are cancelled"
+        default=30.0,
+        gt=0,
+        le=DAY_SECONDS,
+        description="on SIGTERM, longest wait for requests in flight before they are cancelled (at most a day)",
     )
     shutdown_idle_upload_seconds: float = Field(
         default=2.0,
         gt=0,
+        le=DAY_SECONDS,
         description="on SIGTERM, an upload that sends nothing for this long is dropped (408) instead of holding the "
-        "shutdown",
+        "shutdown (at most a day)",
     )
 
     # Sequence selection (app.sequence_selection): which series of a study is FLAIR, which T1 pre/post contrast.
@@ -247,7 +269,10 @@ class Settings(BaseSettings):
         description="where received instances, results and the record of what was sent are kept (survives restarts)",
     )
     dicom_node_quiet_seconds: float = Field(
-        default=30.0, gt=0, description="a study is processed once no instance of it arrived for this long"
+        default=30.0,
+        gt=0,
+        le=DAY_SECONDS,
+        description="a study is processed once no instance of it arrived for this long (at most a day)",
     )
     dicom_node_allowed_calling_ae_titles: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -260,10 +285,16 @@ class Settings(BaseSettings):
     )
     dicom_node_send_retries: int = Field(default=4, ge=0, description="retries of a failed C-STORE of a result")
     dicom_node_send_backoff_seconds: float = Field(
-        default=2.0, ge=0, description="wait before the first retry of a result, doubled for each further one"
+        default=2.0,
+        ge=0,
+        le=DAY_SECONDS,
+        description="wait before the first retry of a result, doubled for each further one (at most a day)",
     )
     dicom_node_send_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="a destination silent this long (connecting, associating, storing) has failed"
+        default=30.0,
+        gt=0,
+        le=DAY_SECONDS,
+        description="a destination silent this long (connecting, associating, storing) has failed (at most a day)",
     )
     dicom_node_max_associations: int = Field(
         default=32, ge=1, description="associations the node serves at once; more are refused (Local Limit Exceeded)"
@@ -276,7 +307,9 @@ class Settings(BaseSettings):
     dicom_node_association_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="a connection silent this long (no association request, half a message, idle) is closed",
+        le=DAY_SECONDS,
+        description="a connection silent this long (no association request, half a message, idle) is closed (at most "
+        "a day)",
     )
     dicom_node_max_instance_bytes: int = Field(
         default=128 * MIB, gt=0, description="largest instance the node keeps; larger are refused (Out of Resources)"

@@ -10,7 +10,7 @@ from pathlib import Path
 from app.dicom.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.pacs.orthanc_http import origin
 from app.sequence_selection import SelectionRules
-from app.settings import HTTP_URL_RULE, MIB, Settings, is_http_url
+from app.settings import DAY_SECONDS, HTTP_URL_RULE, MIB, Settings, is_http_url
 
 DICOMWEB_ROOT = "dicom-web"
 DEFAULT_MAX_ANSWER_BYTES = 20 * MIB  # Orthanc's JSON answers; instance files have their own limit
@@ -98,8 +98,12 @@ class PacsSyncConfig:
             )
         if self.max_study_bytes < 1:
             raise ValueError(f"max_study_bytes must be >= 1; got {self.max_study_bytes}")
-        if not 0 < self.poll_seconds < math.inf:  # time.sleep refuses a negative, NaN or infinite pause
-            raise ValueError(f"poll_seconds must be a positive number of seconds; got {self.poll_seconds}")
+        # time.sleep refuses a negative, NaN or infinite pause, and overflows long before 1e300 (PACS_POLL_SECONDS).
+        if not 0 < self.poll_seconds <= DAY_SECONDS:
+            raise ValueError(
+                f"poll_seconds must be a positive number of seconds, at most a day ({DAY_SECONDS:g}); "
+                f"got {self.poll_seconds}"
+            )
         if self.max_attempts < 1 or self.retry_seconds < 0:
             raise ValueError(
                 f"max_attempts must be >= 1 and retry_seconds >= 0; got {self.max_attempts}, {self.retry_seconds}"

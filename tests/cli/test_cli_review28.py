@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from app import cli
+from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.settings import get_settings
 from tests.conftest import replace_model_file
 
@@ -145,3 +146,45 @@ def test_serve_on_a_host_that_does_not_resolve_exits_2_naming_it(
     assert out == ""
     assert err.startswith(f"brain-tumor serve: cannot listen on no-such-host.invalid:{port}: ")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PACS_POLL_SECONDS", "1e300"),
+        ("PACS_RETRY_SECONDS", "86401"),
+        ("DICOM_NODE_ASSOCIATION_TIMEOUT_SECONDS", "1e300"),
+        ("DICOM_NODE_SEND_TIMEOUT_SECONDS", "1e300"),
+        ("DICOM_NODE_SEND_BACKOFF_SECONDS", "1e300"),
+        ("DICOM_NODE_QUIET_SECONDS", "1e300"),
+        ("REQUEST_TIMEOUT_SECONDS", "1e300"),
+        ("KEEP_ALIVE_TIMEOUT_SECONDS", "1e300"),
+        ("INFERENCE_BATCH_WAIT_MS", "1e300"),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve"], ["pacs-sync", "--once"], ["dicom-node"]])
+def test_a_wait_longer_than_a_day_is_refused_in_one_line_naming_the_variable(
+    variable: str, value: str, command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PACS_POLL_SECONDS=1e300 crashed pacs-sync with a traceback after its first pass, and
+    DICOM_NODE_ASSOCIATION_TIMEOUT_SECONDS=1e300 stopped the node, models loaded, with "timestamp out of range for
+    platform time_t" (finding 7)."""
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+    monkeypatch.setattr("app.cli.run_server", lambda *args: pytest.fail("the server must not start"))
+
+    code, out, err = run(capsys, *command)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    limit = "86400000" if variable == "INFERENCE_BATCH_WAIT_MS" else "86400"
+    assert err == (
+        f"brain-tumor {command[0]}: invalid environment variable: {variable}: Input should be less than or equal to "
+        f"{limit} (got '{value}')\n"
+    )
+
+
+def test_pacs_sync_refuses_a_poll_option_longer_than_a_day(capsys: pytest.CaptureFixture[str]) -> None:
+    """--poll-seconds 1e300 would crash the loop as PACS_POLL_SECONDS did (finding 7)."""
+    with pytest.raises(ValueError, match=r"poll_seconds must be a positive number of seconds, at most a day \(86400\)"):
+        PacsSyncConfig("http://orthanc.invalid", poll_seconds=1e300)
