@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_spool import hold_spool
 from app.uploads import UploadLimits
 
 # The node's logger: "DICOM node stopped" comes under the name the node's other lines have.
@@ -66,18 +67,20 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
         print(json.dumps({"error": {"code": "invalid_configuration", "message": str(error)}}))
         return 2
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
-    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
-    predictor.warm_up()
-    node = DicomNode(
-        config, ModelStudyProcessor(predictor, rules, node_upload_limits(settings), result_origin="dicom-node")
-    )
-    stopped = threading.Event()
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda number, frame: stopped.set())
-    node.start()
-    try:
-        stopped.wait()
-    finally:
-        node.stop()
-        logger.info("DICOM node stopped")
+    # Before the models (a second node on a spool is told at once) and held until the process ends.
+    with hold_spool(config.spool_dir):
+        predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
+        predictor.warm_up()
+        node = DicomNode(
+            config, ModelStudyProcessor(predictor, rules, node_upload_limits(settings), result_origin="dicom-node")
+        )
+        stopped = threading.Event()
+        for handled in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(handled, lambda number, frame: stopped.set())
+        node.start()
+        try:
+            stopped.wait()
+        finally:
+            node.stop()
+            logger.info("DICOM node stopped")
     return 0

@@ -19,6 +19,7 @@ recognised and not processed again), and then the whole study, so the spool does
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydicom.dataset import Dataset
 
@@ -44,6 +45,7 @@ UNSENT_DIR = "unsent"
 RECEIVING_DIR = "receiving"
 RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
+LOCK_FILE = "node.lock"
 WAITING_STATUSES = ("pending", "failed")
 """A destination's state in a run that still has results to send; the others: "sent", "dropped" (the
 destination was taken out of the configuration before it got them) and "superseded" (a later run of the study came
@@ -55,6 +57,42 @@ MIB = 1024 * 1024
 
 class SpoolFullError(Exception):
     """The instance would break a `SpoolLimits` limit: not kept (the C-STORE is answered Out of Resources)."""
+
+
+class SpoolInUseError(ValueError):
+    """Another process holds the spool: two nodes on one spool analyse each study twice and send it again."""
+
+
+def hold_spool(root: Path) -> IO[str]:
+    """Take the spool for this process: an exclusive lock on `root/node.lock`, held while the returned file is open.
+
+    The kernel drops the lock when the process ends however it ends, so a node killed with SIGKILL does not keep
+    its restart out. Take it before a `Spool` is made: making one already tidies the folder.
+
+    Raises
+    ------
+    SpoolInUseError
+        Another process holds the lock.
+    OSError
+        The folder cannot be created or the lock file opened.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - open for the process's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SpoolInUseError(
+            f"the spool {root} (DICOM_NODE_SPOOL_DIR or --spool-dir) is in use by another dicom-node; give each node "
+            "its own spool"
+        ) from None
+    except OSError:
+        handle.close()
+        raise
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")  # for whoever looks: which process holds it
+    handle.flush()
+    return handle
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,7 @@ def test_dicom_node_with_a_spool_under_a_file_is_one_line_and_exit_2(
     code, _, err = run(capsys, "dicom-node", "--port", "11112", "--spool-dir", str(a_file / "spool"))
 
     assert code == cli.EXIT_USAGE
-    assert err == f"brain-tumor dicom-node: cannot start: {a_file / 'spool' / 'studies'}: Not a directory\n"
+    assert err == f"brain-tumor dicom-node: cannot start: {a_file / 'spool'}: Not a directory\n"  # before the models
     assert a_file.read_text() == "kept"
 
 

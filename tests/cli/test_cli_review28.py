@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from app import cli
+from app.node.dicom_spool import hold_spool
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.settings import get_settings
 from tests.conftest import replace_model_file
@@ -188,3 +189,25 @@ def test_pacs_sync_refuses_a_poll_option_longer_than_a_day(capsys: pytest.Captur
     """--poll-seconds 1e300 would crash the loop as PACS_POLL_SECONDS did (finding 7)."""
     with pytest.raises(ValueError, match=r"poll_seconds must be a positive number of seconds, at most a day \(86400\)"):
         PacsSyncConfig("http://orthanc.invalid", poll_seconds=1e300)
+
+
+def test_a_second_dicom_node_on_a_spool_in_use_refuses_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two nodes on one spool both started, analysed each study twice and sent its results three times (finding
+    4); the lock goes with the process holding it (closed here as a SIGKILL closes it), so a restart is not kept
+    out."""
+    spool = tmp_path / "spool"
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+    first_node = hold_spool(spool)
+
+    code, out, err = run(capsys, "dicom-node", "--port", "11112", "--spool-dir", str(spool))
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err == (
+        f"brain-tumor dicom-node: cannot start: the spool {spool} (DICOM_NODE_SPOOL_DIR or --spool-dir) is in use by "
+        "another dicom-node; give each node its own spool\n"
+    )
+    first_node.close()
+    hold_spool(spool).close()
