@@ -27,9 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -340,7 +341,8 @@ def main(args: argparse.Namespace, settings: SettingsLike | None = None) -> int:
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
     predictor.warm_up()
     try:
-        report = run_pacs_sync(config, predictor, once=args.once)
+        with signals_interrupt():
+            report = run_pacs_sync(config, predictor, once=args.once)
     except SyncStateError as error:
         print(json.dumps(error_body("invalid_configuration", str(error))))
         return 2
@@ -353,3 +355,21 @@ def main(args: argparse.Namespace, settings: SettingsLike | None = None) -> int:
         return 0
     print(json.dumps(report.as_dict()))
     return 0
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM (what `docker compose stop` and systemd send) and SIGINT stop the sync as Ctrl-C does: the step in
+    progress is abandoned (a study's results are stored once either way, and the state file is replaced whole), the
+    stop logged, exit 0. SIGTERM used to kill it by the signal, and SIGINT did nothing to one started with SIGINT
+    ignored (a script's background job). The handlers that were there before come back afterwards."""
+
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {handled: signal.signal(handled, interrupt) for handled in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)

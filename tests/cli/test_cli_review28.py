@@ -3,10 +3,15 @@ documented exit code, before or instead of running in a state that cannot work."
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import uvicorn
@@ -211,3 +216,34 @@ def test_a_second_dicom_node_on_a_spool_in_use_refuses_to_start(
     )
     first_node.close()
     hold_spool(spool).close()
+
+
+def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (docker compose stop, systemd) killed pacs-sync by the signal: exit -15, no "pacs-sync stopped"
+    (finding 8)."""
+
+    def left_to_the_default(number: int, frame: object) -> None:
+        raise AssertionError("pacs-sync left SIGTERM to its default action, death by the signal")
+
+    before = signal.signal(signal.SIGTERM, left_to_the_default)  # stands in for the default, which would end pytest
+    try:
+        stub = SimpleNamespace(warm_up=lambda *args: None)
+        monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
+
+        def a_pass_that_gets_sigterm(*args: object, **kwargs: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts it at once
+            pytest.fail("SIGTERM did not stop the pass")
+
+        monkeypatch.setattr("app.pacs.pacs_sync.run_pacs_sync", a_pass_that_gets_sigterm)
+
+        with caplog.at_level(logging.INFO, logger="app.pacs.pacs_sync"):
+            code, out, err = run(capsys, "pacs-sync", "--orthanc", "http://127.0.0.1:9")
+
+        assert (code, out, err) == (cli.EXIT_OK, "", "")
+        assert "pacs-sync stopped" in [record.getMessage() for record in caplog.records]
+        assert signal.getsignal(signal.SIGTERM) is left_to_the_default  # given back
+    finally:
+        signal.signal(signal.SIGTERM, before)
