@@ -84,7 +84,10 @@ class Settings(BaseSettings):
         "from BACKEND",
     )
     inference_batch_size: int = Field(
-        default=16, gt=0, description="most slices the micro-batcher runs through each model at once"
+        default=16,
+        gt=0,
+        description="most slices run through each model at once: the micro-batcher's batches, the DICOM node's and "
+        "pacs-sync's",
     )
     inference_batch_wait_ms: float = Field(
         default=0.0,

@@ -72,7 +72,14 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
         predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
         predictor.warm_up()
         node = DicomNode(
-            config, ModelStudyProcessor(predictor, rules, node_upload_limits(settings), result_origin="dicom-node")
+            config,
+            ModelStudyProcessor(
+                predictor,
+                rules,
+                node_upload_limits(settings),
+                batch_size=settings.inference_batch_size,
+                result_origin="dicom-node",
+            ),
         )
         stopped = threading.Event()
         for handled in (signal.SIGTERM, signal.SIGINT):

@@ -78,6 +78,7 @@ class SettingsLike(Protocol):
     decode_memory_bytes: int
     model_dir: Path
     inference_runtime: str
+    inference_batch_size: int
 
 
 @dataclass
@@ -320,6 +321,7 @@ def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSy
         # A study the service could not decode is not fetched; each file has its own limit, as in the DICOM node.
         max_instance_bytes=settings.pacs_max_instance_bytes,
         max_study_bytes=settings.decode_memory_bytes,
+        batch_size=settings.inference_batch_size,
         selection_rules=SelectionRules.from_settings(settings),
     )
 
