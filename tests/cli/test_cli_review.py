@@ -9,7 +9,6 @@ import json
 import logging
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,24 +23,13 @@ from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.predict_command import InputError, MaskWriter, read_file
 from app.settings import SettingsError, get_settings
 from app.uploads import UploadLimits
+from tests.cli.command_support import fresh_settings, run  # noqa: F401 - fresh_settings is a fixture
 from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_SLICE, mask_path_of
 
 NO_MODELS = "/nonexistent/models"  # the commands below stop before the models would load
 
 
-@pytest.fixture(autouse=True)
-def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Settings read from this test's environment; the commands' JSON logging left out of the test process."""
-    monkeypatch.setattr("app.logging_config.configure_logging", lambda level: None)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def run(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
-    code = cli.main(list(arguments))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("fresh_settings")
 
 
 @pytest.mark.parametrize(

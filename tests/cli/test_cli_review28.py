@@ -9,7 +9,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,23 +18,10 @@ import uvicorn
 from app import cli
 from app.node.dicom_spool import hold_spool
 from app.pacs.pacs_sync_config import PacsSyncConfig
-from app.settings import get_settings
+from tests.cli.command_support import fresh_settings, run  # noqa: F401 - fresh_settings is a fixture
 from tests.conftest import replace_model_file
 
-
-@pytest.fixture(autouse=True)
-def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Settings read from this test's environment; the commands' JSON logging left out of the test process."""
-    monkeypatch.setattr("app.logging_config.configure_logging", lambda level: None)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def run(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
-    code = cli.main(list(arguments))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("fresh_settings")
 
 
 @pytest.mark.parametrize(
