@@ -84,6 +84,7 @@ def cli_settings(model_dir: Path) -> SimpleNamespace:
         decode_memory_bytes=256 * 1024 * 1024,
         model_dir=model_dir,
         inference_runtime="keras",
+        inference_batch_size=16,
         sequence_flair_patterns=list(DEFAULT_FLAIR_PATTERNS),
         sequence_t1_patterns=list(DEFAULT_T1_PATTERNS),
         sequence_post_contrast_patterns=list(DEFAULT_POST_CONTRAST_PATTERNS),

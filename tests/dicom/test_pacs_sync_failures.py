@@ -195,6 +195,7 @@ def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> Non
     settings.pacs_state_file = tmp_path / "state.json"
     settings.sequence_flair_patterns = ["*DARK FLUID*"]
     settings.pacs_max_instance_bytes, settings.decode_memory_bytes = 5_000_000, 90_000_000
+    settings.inference_batch_size = 7
 
     from_settings = pacs_sync.config_from_args(parser.parse_args([]), settings)
     overridden = pacs_sync.config_from_args(
@@ -212,6 +213,7 @@ def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> Non
         max_image_pixels=4096 * 4096,
         max_instance_bytes=5_000_000,
         max_study_bytes=90_000_000,
+        batch_size=7,
         selection_rules=SelectionRules(flair_patterns=("*DARK FLUID*",)),
     )
     assert (overridden.orthanc_url, overridden.username, overridden.password) == ("https://other", "me", "env-secret")
