@@ -23,6 +23,7 @@ in the forms Japanese and Korean sites send), and then writes UTF-8.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 
@@ -115,6 +116,10 @@ def missing_plane_attributes(frames: Sequence[DicomFrame]) -> list[str]:
         if any(frame_value(frame.header, frame.frame_number - 1, sequence, keyword) is None for frame in placed)
     ]
 
+
+# How far a stated Spacing Between Slices may lie from the one the positions give (a fraction of it) and still be
+# copied: positions are written rounded, a wrong value is off by far more (half or twice the spacing).
+SPACING_TOLERANCE = 0.01
 
 # Lengths a SEG's Pixel Measures and an SR's image library copy from the sources, each with whether the standard
 # allows it to be 0 (none may be negative).
@@ -326,6 +331,22 @@ def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Datase
     completed = _shallow_copy(dataset, leave_out="SliceThickness")
     completed.SliceThickness = round(thickness_mm, 6)  # a DS holds at most 16 characters
     return completed
+
+
+def without_contradicted_spacing(dataset: Dataset, positions_spacing_mm: float | None) -> Dataset:
+    """`dataset` itself, or a shallow copy without Spacing Between Slices when that value contradicts
+    `positions_spacing_mm`, the distance the slices' Image Positions put between them.
+
+    Why: a SEG's Pixel Measures and an SR's image library copy it from the source, so a wrong source value (2.5 mm
+    for slices 5 mm apart; attack review 28) would be repeated in our objects beside frames that lie elsewhere. It is
+    optional in both, and the positions are what the tumor volume and the SEG's frames go by.
+    """
+    if positions_spacing_mm is None or "SharedFunctionalGroupsSequence" in dataset:
+        return dataset
+    stated = _lengths_in(dataset, "SpacingBetweenSlices")
+    if not stated or math.isclose(stated[0], positions_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01):
+        return dataset
+    return _shallow_copy(dataset, leave_out="SpacingBetweenSlices")
 
 
 def complete_segmentation(segmentation: Dataset, source_images: Sequence[Dataset]) -> Dataset:

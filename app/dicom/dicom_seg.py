@@ -34,6 +34,7 @@ from app.dicom.dicom_conformance import (
     refuse_invalid_values,
     with_slice_thickness,
     with_type2_attributes,
+    without_contradicted_spacing,
 )
 from app.dicom.dicom_frame import DicomFrame
 from app.dicom.dicom_series import ORIENTATION_TOLERANCE, SliceInput, anatomical_order
@@ -45,7 +46,7 @@ from app.dicom.result_uids import (
     segmenter_name_version,
     software_version,
 )
-from app.dicom.tumor_volume import slice_spacing_mm
+from app.dicom.tumor_volume import position_spacing_mm, slice_spacing_mm
 from app.errors import SegmentationInputError, builder_reason
 
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
@@ -162,6 +163,8 @@ def build_segmentation(
     if any(frame.slice_thickness is None for frame in references):
         spacing = slice_spacing_mm(references)
         source_images = [with_slice_thickness(image, spacing) for image in source_images]
+    positions_spacing = position_spacing_mm(references)
+    source_images = [without_contradicted_spacing(image, positions_spacing) for image in source_images]
     # highdicom reads Type 2 patient/study attributes without a default: de-identified sources often lack them.
     source_images = [with_type2_attributes(image) for image in source_images]
     further = [with_type2_attributes(image) for image in further]

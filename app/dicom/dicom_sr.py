@@ -44,9 +44,11 @@ from app.dicom.dicom_conformance import (
     invalid_values,
     refuse_invalid_values,
     with_type2_attributes,
+    without_contradicted_spacing,
 )
 from app.dicom.dicom_seg import SEGMENT_NUMBER
 from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version, software_version
+from app.dicom.tumor_volume import position_spacing_mm
 from app.errors import ReportInputError, builder_reason
 
 if TYPE_CHECKING:
@@ -136,6 +138,7 @@ def build_volume_report(
     model_tags: Mapping[str, str],
     segmentations: Sequence[Dataset] = (),
     result_origin: str = "",
+    positions_spacing_mm: float | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one analysed series.
 
@@ -153,6 +156,9 @@ def build_volume_report(
     result_origin
         Who the report is made for (`PredictionService.result_origin`): with the sources, findings, SEGs and models,
         it makes the report's UIDs (`app.dicom.result_uids`), the same each time they are the same.
+    positions_spacing_mm
+        The slices' spacing from their positions (`app.dicom.tumor_volume.position_spacing_mm`), if known: a
+        source's Spacing Between Slices that contradicts it is not copied into the image library.
 
     Returns
     -------
@@ -181,7 +187,8 @@ def build_volume_report(
         )
     check_sources(source_images, SR, ReportInputError, "source images")
     try:
-        report = _volume_report(source_images, findings, model_tags, segmentations, series.pop(), result_origin)
+        sources = [without_contradicted_spacing(image, positions_spacing_mm) for image in source_images]
+        report = _volume_report(sources, findings, model_tags, segmentations, series.pop(), result_origin)
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
     refuse_invalid_values(invalid_values(report), SR, ReportInputError)  # what highdicom copied from the source
@@ -325,7 +332,12 @@ def series_volume_report(
     for slice_input in result.inputs:
         headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
     return build_volume_report(
-        list(headers.values()), findings, model_tags, result.segmentations, result_origin=result.result_origin
+        list(headers.values()),
+        findings,
+        model_tags,
+        result.segmentations,
+        result_origin=result.result_origin,
+        positions_spacing_mm=position_spacing_mm([slice_input.reference for slice_input in result.inputs]),
     )
 
 

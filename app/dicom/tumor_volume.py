@@ -64,13 +64,9 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     unplaced slice's place for empty space (three slices 5 mm apart, the middle one unplaced: a 10 mm spacing for
     all three, and twice the volume).
     """
-    offsets = offsets_along_normal(slices)
-    if offsets is not None and len(offsets) >= 2:
-        gaps = np.diff(np.sort(offsets))
-        gaps = gaps[gaps > 1e-6]
-        if gaps.size:
-            gap = float(np.median(gaps))
-            return gap if gap <= MAX_LENGTH_MM else None  # positions a metre apart are no series of one head
+    gap = position_spacing_mm(slices)
+    if gap is not None:
+        return gap if gap <= MAX_LENGTH_MM else None  # positions a metre apart are no series of one head
     for frame in slices:
         if frame.spacing_between_slices:
             return float(frame.spacing_between_slices)
@@ -78,3 +74,14 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
         if frame.slice_thickness:
             return float(frame.slice_thickness)
     return None
+
+
+def position_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
+    """The median distance between neighbouring slices along the slice normal, from their Image Positions
+    (Patient) alone; None unless every slice has one and at least two differ."""
+    offsets = offsets_along_normal(slices)
+    if offsets is None or len(offsets) < 2:
+        return None
+    gaps = np.diff(np.sort(offsets))
+    gaps = gaps[gaps > 1e-6]
+    return float(np.median(gaps)) if gaps.size else None

@@ -7,6 +7,7 @@ import io
 import struct
 
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -18,7 +19,7 @@ from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError
 from app.imaging import MAX_IMAGE_SIDE
-from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, with_broken_rle
+from tests.dicom.builders import SLICE_GAP_MM, Study, mr_series, to_bytes, tumor_channels, with_broken_rle
 
 CANARY = "DOE^JOHN"
 ENDPOINTS = (("/v1/predict", "file"), ("/v1/overlay", "file"), ("/v1/predict/batch", "files"))
@@ -348,3 +349,45 @@ def test_a_flair_series_that_does_not_decode_gives_way_to_another_flair_series(c
         in (body["selection_notes"])
     )
     assert len(body["file_errors"]) == 3
+
+
+def spacings_between_slices(dataset: Dataset) -> list[float]:
+    """Every Spacing Between Slices a SEG (its Pixel Measures) or an SR (its image library) states."""
+    found: list[float] = []
+
+    def collect(_: Dataset, element: DataElement) -> None:
+        if element.keyword == "SpacingBetweenSlices" and element.value not in (None, ""):
+            found.append(float(element.value))
+        elif element.keyword == "ContentSequence":
+            for item in element.value:
+                name = item.get("ConceptNameCodeSequence")
+                if name and name[0].CodeMeaning == "Spacing between slices":
+                    found.append(float(item.MeasuredValueSequence[0].NumericValue))
+
+    dataset.walk(collect)
+    return found
+
+
+@pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr"])
+@pytest.mark.parametrize(("stated", "copied"), [(SLICE_GAP_MM / 2, False), (SLICE_GAP_MM, True)])
+def test_a_spacing_between_slices_the_positions_contradict_is_not_copied(
+    client: TestClient, output: str, stated: float, copied: bool
+) -> None:
+    """Attack finding: slices 5 mm apart whose Spacing Between Slices says 2.5 gave a SEG and an SR that repeated
+    2.5 mm beside frames 5 mm apart. The value is optional in both: left out of the sources they are made from when
+    the positions contradict it."""
+    datasets = series()
+    for dataset in datasets:
+        dataset.SpacingBetweenSlices = stated
+    files = [
+        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
+    ]
+
+    response = client.post(f"/v1/predict/batch?output={output}", files=files)
+
+    assert response.status_code == 200, response.text
+    result = pydicom.dcmread(io.BytesIO(response.content))
+    stated_in_result = spacings_between_slices(result)
+    assert set(stated_in_result) <= {SLICE_GAP_MM}  # highdicom writes the positions' spacing in a SEG without one
+    if copied:
+        assert stated_in_result, "a spacing that agrees with the positions is copied as before"
