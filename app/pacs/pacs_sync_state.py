@@ -75,7 +75,12 @@ class SyncState:
                 str(study): [str(print_), int(attempts)]
                 for study, (print_, attempts) in data.get("unrecorded_failures", {}).items()
             }
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except OSError as error:  # a folder, no permission: removing it would be the wrong advice
+            what = "is a folder; PACS_STATE_FILE names a file" if path.is_dir() else "cannot be opened"
+            raise SyncStateError(
+                f"pacs-sync state file {path} {what} ({error.strerror or type(error).__name__})"
+            ) from error
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise SyncStateError(
                 f"pacs-sync state file {path} cannot be read ({type(error).__name__}); remove it to read Orthanc's "
                 "changes from the start (the records in Orthanc keep work from being redone)"

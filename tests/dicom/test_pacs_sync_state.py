@@ -41,6 +41,16 @@ def test_sync_state_refuses_a_file_it_did_not_write(tmp_path: Path, text: str, r
         SyncState.load(path)
 
 
+def test_a_state_file_that_cannot_be_opened_is_named_without_advice_to_remove_it(tmp_path: Path) -> None:
+    """Operations finding: PACS_STATE_FILE=/tmp was told "remove it" as if it held a broken state."""
+    with pytest.raises(SyncStateError) as refused:
+        SyncState.load(tmp_path)
+
+    assert str(refused.value) == (
+        f"pacs-sync state file {tmp_path} is a folder; PACS_STATE_FILE names a file (Is a directory)"
+    )
+
+
 def test_sync_state_refuses_a_negative_change_number(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text('{"last_change": -1}')
