@@ -56,7 +56,10 @@ class Settings(BaseSettings):
         default=DEFAULT_MODEL_DIR,
         description="folder with manifest.json and the exported models (default: the repository's models/)",
     )
-    host: str = Field(default="127.0.0.1", description="address to listen on (0.0.0.0 in the container)")
+    host: str = Field(
+        default="127.0.0.1",
+        description="address to listen on: an IP address, or a name (its IPv4 address); 0.0.0.0 in the container",
+    )
     port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
     log_level: LogLevel = Field(default="INFO", description="level of the JSON debug log on standard error")
     max_upload_bytes: int = Field(default=20 * MIB, gt=0, description="largest accepted file, in bytes")
