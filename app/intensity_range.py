@@ -8,11 +8,13 @@ one pixel at 65535 (the rest under 1,200) turned three positive slices into "no 
 the minimum as the 99.9th percentile does (median 1.4-1.5, each channel), and the 0.1th percentile at most 0.254 of the
 0.1th-99.9th percentile range above the minimum (pre-contrast; FLAIR 0.005, median 0); `python -m bench.intensity_range`
 prints both. Past `OUTLIER_FACTOR` times above, or `LOW_OUTLIER_MARGIN` below, pixels are outliers: the stretch ends at
-the nearest value inside the bounds and the outliers saturate at 255 or 0. No development volume reaches a bound, so
-what the models learned from is stretched exactly as before. A pixel inside the bounds still sets the stretch (a hot
-pixel at 2.5 times a series' maximum changed its answer): the models learned volumes whose few brightest pixels lie that
-far out (the maximum up to 3.9 times the 99.99th percentile's distance above the minimum), so a tighter rule would
-stretch what they learned from differently.
+the nearest value inside the bounds and the outliers saturate at 255 or 0.
+
+Inside the high bound, a few pixels alone far above the rest are outliers too (a hot pixel at 2.5 times a series'
+maximum doubled its tumor volume; attack review 28): fewer than `FEW_PIXELS` in the upper half of the range, above
+the 99.9th percentile. On the development volumes the maximum lies at most 1.26 times as far above the minimum as the
+fifth-brightest pixel does (`ISOLATED_FACTOR` is 2), so no development volume meets either rule, and what the models
+learned from is stretched exactly as before.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ LOW_OUTLIER_MARGIN = 0.5
 """How far below the 0.1th percentile a pixel may lie, as a share of the 0.1th to 99.9th percentile range, before it
 is an outlier."""
 LOW_REFERENCE_PERCENTILE = 0.1
+FEW_PIXELS = 5
+ISOLATED_FACTOR = 2.0
+"""Fewer than `FEW_PIXELS` pixels above 1 / `ISOLATED_FACTOR` of the range (and above the 99.9th percentile) are
+outliers: a maximum more than `ISOLATED_FACTOR` times as far above the minimum as the fifth-brightest pixel."""
 SAMPLE_PIXELS = 1 << 20
 """The percentiles are read from about this many pixels, taken at a regular step (the bounds are far from them)."""
 
@@ -55,6 +61,9 @@ def stretch_range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
     ceiling = low + OUTLIER_FACTOR * (reference - low)
     if high > ceiling:
         high = max(float(np.max(array, where=array <= ceiling, initial=low)) for array in arrays)
+    alone_above = low + (high - low) / ISOLATED_FACTOR
+    if alone_above > reference and sum(int(np.count_nonzero(array > alone_above)) for array in arrays) < FEW_PIXELS:
+        high = max(float(np.max(array, where=array <= alone_above, initial=low)) for array in arrays)
     return low, high
 
 

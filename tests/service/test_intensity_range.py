@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from app.imaging import stretch_to_uint8
-from app.intensity_range import LOW_OUTLIER_MARGIN, LOW_REFERENCE_PERCENTILE, OUTLIER_FACTOR, stretch_range
+from app.intensity_range import (
+    FEW_PIXELS,
+    ISOLATED_FACTOR,
+    LOW_OUTLIER_MARGIN,
+    LOW_REFERENCE_PERCENTILE,
+    OUTLIER_FACTOR,
+    stretch_range,
+)
 from tests.conftest import TUMOR_SERIES, read_slice
 
 
@@ -36,12 +44,36 @@ def test_a_bright_spot_on_a_black_image_is_no_outlier() -> None:
     assert stretch_range([image]) == (0.0, 800.0)
 
 
-def test_a_value_just_inside_the_bound_keeps_the_range() -> None:
+def test_enough_pixels_just_inside_the_bound_keep_the_range() -> None:
     frames = volume()
     reference = float(np.percentile(np.concatenate([frame.ravel() for frame in frames]), 99.9))
-    frames[0][0, 0] = OUTLIER_FACTOR * reference * 0.9
+    frames[0][0, :FEW_PIXELS] = OUTLIER_FACTOR * reference * 0.9
 
     assert stretch_range(frames)[1] == frames[0][0, 0]
+
+
+@pytest.mark.parametrize("pixels", [1, FEW_PIXELS - 1])
+def test_a_few_pixels_alone_far_above_the_rest_are_left_out_of_the_range(pixels: int) -> None:
+    """A hot pixel at 2.5 times a series' maximum, inside the bound, doubled its tumor volume (attack review 28)."""
+    frames = volume()
+    clean_high = max(float(frame.max()) for frame in frames)
+    frames[2][9, :pixels] = 2.5 * clean_high
+
+    assert stretch_range(frames) == (0.0, clean_high)
+
+
+def test_a_bright_pixel_not_far_above_the_rest_keeps_the_range() -> None:
+    frames = volume()
+    frames[2][9, 9] = 0.9 * ISOLATED_FACTOR * max(float(frame.max()) for frame in frames)
+
+    assert stretch_range(frames)[1] == frames[2][9, 9]
+
+
+def test_a_tiny_image_keeps_its_brightest_pixels() -> None:
+    """Its few brightest pixels are its 99.9th percentile: nothing says they are alone."""
+    image = np.arange(16, dtype=np.float32).reshape(4, 4) ** 3
+
+    assert stretch_range([image]) == (0.0, 3375.0)
 
 
 def test_a_16_bit_slice_with_a_hot_pixel_stretches_like_the_slice_without_it() -> None:
