@@ -242,27 +242,8 @@ class StudySync:
             read = f"of the {len(mr_series)} series read: {analysis.reason}" if mr_series else "no other MR series"
             analysis = StudyAnalysis(AnalysisStatus.FAILED, reason=f"{left_out_note}; {read}", summary=analysis.summary)
         if analysis.status == AnalysisStatus.FAILED:
-            attempts += 1
-            state.retries[study_id] = self._next_attempt(attempts)
-            self.client.write_sync_record(
-                study_id,
-                self._record(FAILED, attempts=attempts, error=analysis.reason, summary=analysis.summary, **fields),
-            )
-            logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
-            return FAILED
-        if analysis.datasets:  # the report names the one it replaces, deleted below; new UIDs
-            supersede_earlier_reports(analysis.datasets, _recorded_report(record))
-        new_series = {str(dataset.SeriesInstanceUID) for dataset in analysis.datasets}
-        # Made again from the same instances, a result has the UIDs of one already stored: never withdraw that one.
-        stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
-        try:
-            for dataset in analysis.datasets:
-                dataset.StationName = SYNC_STATION_NAME  # in the object itself: a crash after the store leaves it ours
-                self.client.store(dataset)
-        except Exception:
-            self._withdraw(study_id, new_series - stored_before)
-            raise
-        superseded = self._supersede(study_id, new_series, _recorded_results(record))
+            return self._record_failure(study_id, analysis, attempts + 1, state, fields)
+        superseded = self._store_results(study_id, analysis.datasets, record)
         if analysis.status == AnalysisStatus.NOT_ANALYSED:
             status = NOT_ANALYSED
             fields["reason"] = analysis.reason
@@ -277,6 +258,37 @@ class StudySync:
             extra={"fields": {"orthanc_study": study_id, "status": status, "superseded": len(superseded)}},
         )
         return status
+
+    def _record_failure(
+        self, study_id: str, analysis: StudyAnalysis, attempts: int, state: SyncState, fields: dict[str, Any]
+    ) -> str:
+        """Record a failed analysis (its `attempts`-th) and when to try again."""
+        state.retries[study_id] = self._next_attempt(attempts)
+        self.client.write_sync_record(
+            study_id,
+            self._record(FAILED, attempts=attempts, error=analysis.reason, summary=analysis.summary, **fields),
+        )
+        logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
+        return FAILED
+
+    def _store_results(self, study_id: str, datasets: list[Dataset], record: dict[str, Any]) -> list[str]:
+        """Store a study's new SEG and SR, then delete the earlier ones; return the Series Instance UIDs deleted.
+
+        A store that fails withdraws what this pass stored (never a result stored before with the same UIDs, as one
+        made again from the same instances has) and raises: the earlier results stay.
+        """
+        if datasets:  # the report names the one it replaces, deleted below; new UIDs
+            supersede_earlier_reports(datasets, _recorded_report(record))
+        new_series = {str(dataset.SeriesInstanceUID) for dataset in datasets}
+        stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
+        try:
+            for dataset in datasets:
+                dataset.StationName = SYNC_STATION_NAME  # in the object itself: a crash after the store leaves it ours
+                self.client.store(dataset)
+        except Exception:
+            self._withdraw(study_id, new_series - stored_before)
+            raise
+        return self._supersede(study_id, new_series, _recorded_results(record))
 
     def _supersede(self, study_id: str, new_series: set[str], recorded: set[str]) -> list[str]:
         """Delete this study's earlier results once the new ones are in it; return the Series Instance UIDs deleted.
