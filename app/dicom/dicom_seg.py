@@ -160,31 +160,11 @@ def build_segmentation(
     further = _unique_headers(
         frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
     )
-    if any(frame.slice_thickness is None for frame in references):
-        spacing = slice_spacing_mm(references)
-        source_images = [with_slice_thickness(image, spacing) for image in source_images]
-    positions_spacing = position_spacing_mm(references)
-    source_images = [without_contradicted_spacing(image, positions_spacing) for image in source_images]
+    source_images = _completed_sources(source_images, references)
     # highdicom reads Type 2 patient/study attributes without a default: de-identified sources often lack them.
-    source_images = [with_type2_attributes(image) for image in source_images]
     further = [with_type2_attributes(image) for image in further]
     segmenter_name, segmenter_version = segmenter_name_version(model_tags)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=segmenter_name,
-        family=codes.cid7162.ArtificialIntelligence,
-        version=segmenter_version,
-        source=MANUFACTURER,
-        parameters={role: tag for role, tag in sorted(model_tags.items()) if role != "segmenter"} or None,
-    )
-    description = hd.seg.SegmentDescription(
-        segment_number=SEGMENT_NUMBER,
-        segment_label=SEGMENT_LABEL,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Neoplasm,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-        anatomic_regions=[codes.SCT.Brain],
-    )
+    description = _segment_description(model_tags)
     try:
         segmentation = hd.seg.Segmentation(
             source_images=source_images,
@@ -222,6 +202,39 @@ def build_segmentation(
     )  # copied from the source as it came
     _pixel_measures_per_frame(segmentation, references)
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
+
+
+def _completed_sources(source_images: list[Dataset], references: Sequence[DicomFrame]) -> list[Dataset]:
+    """The source headers as highdicom needs them (shallow copies where they change; the caller's stay as they are):
+    a Slice Thickness where theirs is empty (Type 1C in a SEG: the slices' spacing, the slab each mask stands for), no
+    Spacing Between Slices that their positions contradict, and every Type 2 attribute highdicom reads."""
+    if any(frame.slice_thickness is None for frame in references):
+        spacing = slice_spacing_mm(references)
+        source_images = [with_slice_thickness(image, spacing) for image in source_images]
+    positions_spacing = position_spacing_mm(references)
+    source_images = [without_contradicted_spacing(image, positions_spacing) for image in source_images]
+    return [with_type2_attributes(image) for image in source_images]
+
+
+def _segment_description(model_tags: Mapping[str, str]) -> hd.seg.SegmentDescription:
+    """The one segment, a neoplasm of the brain, found by the segmenter (the classifier named as its parameter)."""
+    segmenter_name, segmenter_version = segmenter_name_version(model_tags)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=segmenter_name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=segmenter_version,
+        source=MANUFACTURER,
+        parameters={role: tag for role, tag in sorted(model_tags.items()) if role != "segmenter"} or None,
+    )
+    return hd.seg.SegmentDescription(
+        segment_number=SEGMENT_NUMBER,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        anatomic_regions=[codes.SCT.Brain],
+    )
 
 
 def _pixel_measures_per_frame(segmentation: Dataset, references: Sequence[DicomFrame]) -> None:
