@@ -296,19 +296,11 @@ def load_initial_weights(args: argparse.Namespace, model: keras.Model) -> None:
         model.load_weights(weights)
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Run (or resume) one training job and return its summary (also written to `run.json`)."""
-    output_dir = Path(args.output_dir)
-    resuming = has_saved_state(output_dir)
-    keras.utils.set_random_seed(args.seed)
-    train_arrays, validation_arrays = prepare_split(
-        Path(args.data_root), Path(args.split), args.seed, args.limit_patients
-    )
-    # Only now: a run refused for its data (a missing data root) leaves no half-made run folder behind.
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        (output_dir / ARGUMENTS_NAME).write_text(json.dumps(vars(args), indent=2) + "\n")
-    train_batches = make_train_batches(args, train_arrays)
+def start_or_resume(
+    args: argparse.Namespace, output_dir: Path, resuming: bool, train_batches: SliceBatches
+) -> tuple[keras.Model, RunState]:
+    """The model and run state to train from: the saved ones of a run to resume (its hard negatives given back to
+    `train_batches`), else a freshly compiled model whose served architecture is written first."""
     if resuming:
         state = RunState.read(output_dir)
         model = load_saved_model(output_dir)
@@ -334,6 +326,19 @@ def train(args: argparse.Namespace) -> dict:
         write_served_architecture(args, model, output_dir)
         if args.initial_weights:
             load_initial_weights(args, model)
+    return model, state
+
+
+def run_callbacks(
+    args: argparse.Namespace,
+    output_dir: Path,
+    monitor: str,
+    validation_arrays: SliceArrays,
+    train_batches: SliceBatches,
+    state: RunState,
+) -> list[keras.callbacks.Callback]:
+    """Validation of the served pipeline each epoch, hard-negative mining, the checkpoint that keeps the best epoch
+    by `monitor` (and stops early), and the time budget."""
     callbacks = [
         ServedPipelineValidation(
             validation_arrays, args.model, reference_outputs(args, validation_arrays), args.target_sensitivity
@@ -341,7 +346,6 @@ def train(args: argparse.Namespace) -> dict:
     ]
     if args.model == "segmenter" and args.negatives_per_epoch:
         callbacks.append(HardNegativeMiner(train_batches, every=args.hard_negative_every))
-    monitor = args.monitor or DEFAULT_MONITOR[args.model]
     callbacks.append(
         RunCheckpoint(
             output_dir,
@@ -356,6 +360,25 @@ def train(args: argparse.Namespace) -> dict:
     )
     if args.max_minutes:
         callbacks.append(TimeBudget(args.max_minutes))
+    return callbacks
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run (or resume) one training job and return its summary (also written to `run.json`)."""
+    output_dir = Path(args.output_dir)
+    resuming = has_saved_state(output_dir)
+    keras.utils.set_random_seed(args.seed)
+    train_arrays, validation_arrays = prepare_split(
+        Path(args.data_root), Path(args.split), args.seed, args.limit_patients
+    )
+    # Only now: a run refused for its data (a missing data root) leaves no half-made run folder behind.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (output_dir / ARGUMENTS_NAME).write_text(json.dumps(vars(args), indent=2) + "\n")
+    train_batches = make_train_batches(args, train_arrays)
+    model, state = start_or_resume(args, output_dir, resuming, train_batches)
+    monitor = args.monitor or DEFAULT_MONITOR[args.model]
+    callbacks = run_callbacks(args, output_dir, monitor, validation_arrays, train_batches, state)
     if state.stopped_early or state.epochs_done >= args.epochs:
         logger.info("%s is finished (%d epochs done)", output_dir, state.epochs_done)
     else:
