@@ -41,6 +41,7 @@ functions: no I/O, no logging.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -219,8 +220,9 @@ class SeriesInfo:
         named = (("Series Description", self.description), ("Protocol Name", self.protocol_name))
         return tuple((attribute, value) for attribute, value in named if value)
 
-    def sort_key(self) -> tuple[int, str]:
-        return (self.series_number if self.series_number is not None else 1 << 30, self.series_instance_uid)
+    def sort_key(self) -> tuple[float, str]:
+        """Series Number order, unnumbered series last."""
+        return (self.series_number if self.series_number is not None else math.inf, self.series_instance_uid)
 
 
 @dataclass(frozen=True)

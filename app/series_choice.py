@@ -20,6 +20,7 @@ series that is not axial (sagittal, coronal, steeply oblique) is read with a not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -237,8 +238,9 @@ def _use(item: SeriesClassification, files: tuple[int, ...], role: SequenceRole)
     )
 
 
-def _by_number(item: SeriesUse) -> tuple[int, str]:
-    return (item.series_number if item.series_number is not None else 1 << 30, item.series_instance_uid)
+def _by_number(item: SeriesUse) -> tuple[float, str]:
+    """Series Number order, unnumbered series last."""
+    return (item.series_number if item.series_number is not None else math.inf, item.series_instance_uid)
 
 
 def _number(series_number: int | None) -> str:

@@ -26,6 +26,7 @@ The summary holds no patient data: series numbers, counts, the volume, error cod
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -281,12 +282,13 @@ def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHe
     return DicomHeader(b"", dataset, rows, columns, frames, bits)
 
 
-def _instance_order(header: Dataset) -> tuple[int, str]:
+def _instance_order(header: Dataset) -> tuple[float, str]:
+    """Instance Number order, instances without a readable one last."""
     number = header.get("InstanceNumber")
     try:
         return (int(number), str(header.get("SOPInstanceUID", "")))
     except (TypeError, ValueError):
-        return (1 << 30, str(header.get("SOPInstanceUID", "")))
+        return (math.inf, str(header.get("SOPInstanceUID", "")))
 
 
 def _series_summary(selection: StudySelection) -> list[dict[str, Any]]:
