@@ -265,3 +265,14 @@ def test_settings_split_comma_separated_patterns() -> None:
         **Settings(sequence_flair_patterns=" *FLAIR* , *DF* ,").model_dump(include={"sequence_flair_patterns"})
     )
     assert settings.sequence_flair_patterns == ["*FLAIR*", "*DF*"]
+
+
+def test_series_without_a_number_sort_after_every_numbered_one() -> None:
+    """Series Number is an IS (up to 2^31 - 1): a stand-in for "no number" must sort after all of them."""
+
+    def info(uid: str, number: int | None) -> SeriesInfo:
+        return SeriesInfo(uid, number, "MR", "", "", (), None, None, None, "")
+
+    ordered = sorted([info("1.3", None), info("1.2", 2**31 - 1), info("1.1", 1)], key=SeriesInfo.sort_key)
+
+    assert [item.series_instance_uid for item in ordered] == ["1.1", "1.2", "1.3"]
