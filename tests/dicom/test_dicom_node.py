@@ -18,7 +18,8 @@ from pydicom.uid import generate_uid
 
 from app.dicom.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
-from app.dicom.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
+from app.dicom.dicom_sr import SR_SERIES_NUMBER
+from app.dicom.dicom_sr_reader import predecessors, read_volume_report
 from app.node.dicom_node import NodeConfig
 from app.node.dicom_sender import Destination
 from app.settings import Settings

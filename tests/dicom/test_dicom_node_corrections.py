@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from app.dicom.dicom_sr import predecessors, read_volume_report
+from app.dicom.dicom_sr_reader import predecessors, read_volume_report
 from app.node.dicom_study_runs import already_analysed
 from tests.dicom.builders import mr_series, tumor_channels, write_files
 from tests.dicom.node_support import QUIET_SECONDS, Clock, ResultStore, process_and_send, record, storescu

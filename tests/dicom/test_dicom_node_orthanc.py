@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
 from app.dicom.dicom_seg_reader import read_segmentation_masks
-from app.dicom.dicom_sr import read_volume_report
+from app.dicom.dicom_sr_reader import read_volume_report
 from app.node.dicom_spool import study_key
 from app.settings import Settings
 from tests.api.service_client import decode_rle, running_client

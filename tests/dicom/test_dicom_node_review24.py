@@ -17,7 +17,7 @@ from pydicom.uid import ComprehensiveSRStorage, MRImageStorage, SegmentationStor
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from app.dicom.dicom_sr import read_volume_report
+from app.dicom.dicom_sr_reader import read_volume_report
 from app.node.dicom_node import OPEN_ASSOCIATION_WAIT, DicomNode
 from app.node.dicom_node_command import node_upload_limits
 from app.node.dicom_study_runs import ABORTED_NOTE

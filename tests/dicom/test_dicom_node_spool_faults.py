@@ -18,7 +18,7 @@ import pytest
 from pydicom.uid import MRImageStorage
 from pynetdicom import AE
 
-from app.dicom.dicom_sr import read_volume_report
+from app.dicom.dicom_sr_reader import read_volume_report
 from app.logging_config import traceback_without_messages
 from app.node import dicom_spool
 from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits

@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
-from app.dicom.dicom_sr import SR_SERIES_NUMBER, predecessors, read_volume_report
+from app.dicom.dicom_sr import SR_SERIES_NUMBER
+from app.dicom.dicom_sr_reader import predecessors, read_volume_report
 from app.inference import Predictor
 from app.pacs import pacs_sync
 from app.pacs.orthanc_client import OrthancClient

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.dicom.dicom_sr import predecessors
+from app.dicom.dicom_sr_reader import predecessors
 from app.inference import Predictor
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from tests.dicom.builders import mr_series, tumor_channels

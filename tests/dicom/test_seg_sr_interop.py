@@ -33,9 +33,9 @@ from app.dicom.dicom_sr import (
     VolumeFindings,
     VolumeReportInputError,
     build_volume_report,
-    read_volume_report,
     series_volume_report,
 )
+from app.dicom.dicom_sr_reader import read_volume_report
 from app.inference import Predictor
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from app.study_analysis import ModelStudyProcessor

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from app.dicom.dicom_frame import frame_value
 from app.dicom.dicom_header import read_dicom_header
-from app.dicom.dicom_sr import read_volume_report
+from app.dicom.dicom_sr_reader import read_volume_report
 from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn, slice_plane
 from app.errors import NoFlairSeriesError
 from app.sequence_selection import (
