@@ -192,13 +192,13 @@ class SeriesInfo:
             description=str(dataset.get("SeriesDescription", "") or ""),
             protocol_name=str(dataset.get("ProtocolName", "") or ""),
             scanning_sequence=_scanning_sequence(dataset),
-            inversion_time_ms=_number(
+            inversion_time_ms=_first_number_or_none(
                 _sequence_value(dataset, "MRTimingAndRelatedParametersSequence", "InversionTime")
             ),
-            repetition_time_ms=_number(
+            repetition_time_ms=_first_number_or_none(
                 _sequence_value(dataset, "MRTimingAndRelatedParametersSequence", "RepetitionTime")
             ),
-            echo_time_ms=_number(echo_time),
+            echo_time_ms=_first_number_or_none(echo_time),
             contrast_agent=" ".join(
                 str(dataset.get(keyword) or "").strip() for keyword in CONTRAST_ATTRIBUTES if dataset.get(keyword)
             ).strip(),
@@ -219,6 +219,11 @@ class SeriesInfo:
         """(attribute, value) of the names given, Series Description first."""
         named = (("Series Description", self.description), ("Protocol Name", self.protocol_name))
         return tuple((attribute, value) for attribute, value in named if value)
+
+    @property
+    def number_text(self) -> str:
+        """ "number 5", or "unnumbered": how notes and errors name the series (never by its description)."""
+        return "unnumbered" if self.series_number is None else f"number {self.series_number}"
 
     def sort_key(self) -> tuple[float, str]:
         """Series Number order, unnumbered series last."""
@@ -304,10 +309,9 @@ def orientation_note(flair: SeriesInfo, rules: SelectionRules | None = None) -> 
     if flair.tilt_degrees is None or flair.plane is None or flair.tilt_degrees <= rules.axial_max_tilt_degrees:
         return None
     plane = "oblique axial" if flair.plane == "axial" else flair.plane
-    number = "unnumbered" if flair.series_number is None else f"number {flair.series_number}"
     return (
-        f"the FLAIR series ({number}) has {plane} slices ({flair.tilt_degrees:.0f} degrees from axial by Image "
-        "Orientation (Patient)): the models learned axial slices, so accuracy may be lower"
+        f"the FLAIR series ({flair.number_text}) has {plane} slices ({flair.tilt_degrees:.0f} degrees from axial by "
+        "Image Orientation (Patient)): the models learned axial slices, so accuracy may be lower"
     )
 
 
@@ -383,10 +387,9 @@ def _classify(series: SeriesInfo, rules: SelectionRules) -> SeriesClassification
 
 def only_series_note(series: SeriesInfo) -> str:
     """The note for a series read as FLAIR because it is the only one and nothing says what it is."""
-    number = "unnumbered" if series.series_number is None else f"number {series.series_number}"
     return (
-        f"the only series ({number}, localizers aside) says neither FLAIR nor another contrast by its name or "
-        "sequence attributes: read as FLAIR, the contrast the models read; check that it is FLAIR"
+        f"the only series ({series.number_text}, localizers aside) says neither FLAIR nor another contrast by its name "
+        "or sequence attributes: read as FLAIR, the contrast the models read; check that it is FLAIR"
     )
 
 
@@ -621,7 +624,7 @@ def _values(value: object) -> list[object]:
         return [value]
 
 
-def _number(value: object) -> float | None:
+def _first_number_or_none(value: object) -> float | None:
     items = _values(value)
     try:
         return float(items[0]) if items else None  # type: ignore[arg-type]
@@ -630,5 +633,5 @@ def _number(value: object) -> float | None:
 
 
 def _integer(value: object) -> int | None:
-    number = _number(value)
+    number = _first_number_or_none(value)
     return int(number) if number is not None else None

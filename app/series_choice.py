@@ -105,7 +105,7 @@ class SeriesChoice:
         """ASCII, no descriptions: ``FLAIR=5; T1 pre-contrast=3; T1 post-contrast=7`` (for a response header)."""
         order = [SequenceRole.FLAIR.value, SequenceRole.T1_PRE.value, SequenceRole.T1_POST.value]
         used = sorted(self.used, key=lambda item: order.index(item.role))
-        return "; ".join(f"{item.role}={_number(item.series_number)}" for item in used)
+        return "; ".join(f"{item.role}={_number_or_unnumbered(item.series_number)}" for item in used)
 
 
 def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules | None = None) -> SeriesChoice:
@@ -203,12 +203,12 @@ def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRu
     orientation = orientation_note(info, rules)
     if classification.localizer:
         raise NoFlairSeriesError(
-            f"the request's one series (number {_number(classification.series.series_number)}) is not analysed "
+            f"the request's one series ({classification.series.number_text}) is not analysed "
             f"({classification.evidence}); the models read FLAIR"
         )
     if classification.role in T1_ROLES:
         raise NoFlairSeriesError(
-            f"the request's one series (number {_number(classification.series.series_number)}) is "
+            f"the request's one series ({classification.series.number_text}) is "
             f"{classification.role.value} ({classification.evidence}); the models read FLAIR, so it is not analysed"
         )
     if classification.role == SequenceRole.FLAIR:
@@ -216,7 +216,7 @@ def _only_series(header: DicomHeader, files: tuple[int, ...], rules: SelectionRu
         return SeriesChoice(used=(flair,), notes=(orientation,) if orientation else ())
     if not classification.undetermined:  # named as another contrast (DWI, SWI, ...), or its attributes say so
         raise NoFlairSeriesError(
-            f"the request's one series (number {_number(classification.series.series_number)}) is another "
+            f"the request's one series ({classification.series.number_text}) is another "
             f"contrast ({classification.evidence}); the models read FLAIR, so it is not analysed"
         )
     evidence = f"the request's only series, taken as FLAIR ({classification.evidence})"
@@ -243,5 +243,5 @@ def _by_number(item: SeriesUse) -> tuple[float, str]:
     return (item.series_number if item.series_number is not None else math.inf, item.series_instance_uid)
 
 
-def _number(series_number: int | None) -> str:
+def _number_or_unnumbered(series_number: int | None) -> str:
     return "unnumbered" if series_number is None else str(series_number)

@@ -144,7 +144,7 @@ def _floats(value: object, count: int, keyword: str) -> tuple[float, ...] | None
 
 # How far direction cosines may be from unit length and from orthogonal: rounding to 6 decimals (what scanners
 # write) is far within it; an orientation of length 2 (attack finding: a tumor volume 4 times too large) is not.
-ORIENTATION_TOLERANCE = 0.01
+DIRECTION_COSINE_TOLERANCE = 0.01
 
 
 def _orientation(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
@@ -154,9 +154,9 @@ def _orientation(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
         return None
     row, column = np.asarray(numbers[:3]), np.asarray(numbers[3:])
     if (
-        abs(np.linalg.norm(row) - 1.0) > ORIENTATION_TOLERANCE
-        or abs(np.linalg.norm(column) - 1.0) > ORIENTATION_TOLERANCE
-        or abs(float(row @ column)) > ORIENTATION_TOLERANCE
+        abs(np.linalg.norm(row) - 1.0) > DIRECTION_COSINE_TOLERANCE
+        or abs(np.linalg.norm(column) - 1.0) > DIRECTION_COSINE_TOLERANCE
+        or abs(float(row @ column)) > DIRECTION_COSINE_TOLERANCE
     ):
         raise InvalidDicomImageError(
             "ImageOrientationPatient must hold two unit-length, orthogonal direction cosines (row, then column)"

@@ -308,8 +308,10 @@ def _modality_values(dataset: Dataset, stored: np.ndarray, index: int) -> np.nda
 
 def _rescale(dataset: Dataset, index: int) -> tuple[float | None, float | None]:
     """Rescale Slope and Intercept of frame `index` (None where absent); a slope of 0 makes no image."""
-    slope = _number(frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleSlope"), "RescaleSlope")
-    intercept = _number(
+    slope = _finite_number(
+        frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleSlope"), "RescaleSlope"
+    )
+    intercept = _finite_number(
         frame_value(dataset, index, "PixelValueTransformationSequence", "RescaleIntercept"), "RescaleIntercept"
     )
     if slope == 0.0:
@@ -348,7 +350,7 @@ def _check_modality_lut(dataset: Dataset) -> None:
             raise InvalidDicomImageError(f"the ModalityLUTSequence (0028,3000) item has no {keyword}")
 
 
-def _number(value: object, keyword: str) -> float | None:
+def _finite_number(value: object, keyword: str) -> float | None:
     """`value` as a finite float, or a 400 naming the element (never its value: it is the file's content)."""
     if value is None:
         return None

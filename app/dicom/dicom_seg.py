@@ -37,7 +37,7 @@ from app.dicom.dicom_conformance import (
     without_contradicted_spacing,
 )
 from app.dicom.dicom_frame import DicomFrame
-from app.dicom.dicom_series import ORIENTATION_TOLERANCE, SliceInput, anatomical_order
+from app.dicom.dicom_series import SAME_PLANE_TOLERANCE, SliceInput, anatomical_order
 from app.dicom.result_uids import (
     MANUFACTURER,
     masks_digest,
@@ -364,7 +364,7 @@ def _source_images_and_pixels(
 def _in_plane(header: Dataset, orientation: object) -> Dataset:
     """`header`, or a copy with the series' first Image Orientation (Patient): highdicom wants the sources'
     orientations equal, while scanners write them with rounding noise (5 or 6 decimals, 1e-5 apart); the flow has
-    checked they are one plane (`app.dicom.dicom_series.ORIENTATION_TOLERANCE`). A SEG was refused for such a series
+    checked they are one plane (`app.dicom.dicom_series.SAME_PLANE_TOLERANCE`). A SEG was refused for such a series
     and the DICOM node sent nothing for the study (attack review 28, finding 4)."""
     if orientation is None or header.get("ImageOrientationPatient") == orientation:
         return header
@@ -380,7 +380,7 @@ def _with_shared_plane(header: Dataset, frames: Sequence[DicomFrame]) -> Dataset
     """`header`, or a copy of it whose Pixel Measures and Plane Orientation are in the Shared Functional Groups:
     the standard lets an enhanced image hold them per frame, highdicom takes them shared only (a SEG was refused for
     such an Enhanced MR, and the DICOM node sent nothing; attack review 28, finding 3). Frames whose pixel spacing
-    differs cannot share one and are refused; orientations within `ORIENTATION_TOLERANCE` share the first's (the
+    differs cannot share one and are refused; orientations within `SAME_PLANE_TOLERANCE` share the first's (the
     values compared are the `frames`' own, as the flow read them)."""
     shared = header.get("SharedFunctionalGroupsSequence")
     shared_group = shared[0] if shared else Dataset()
@@ -397,7 +397,7 @@ def _with_shared_plane(header: Dataset, frames: Sequence[DicomFrame]) -> Dataset
     orientations = [np.asarray(frame.image_orientation or (), dtype=float) for frame in frames]
     if "PlaneOrientationSequence" in missing and any(
         orientation.shape != orientations[0].shape
-        or np.max(np.abs(orientation - orientations[0]), initial=0.0) > ORIENTATION_TOLERANCE
+        or np.max(np.abs(orientation - orientations[0]), initial=0.0) > SAME_PLANE_TOLERANCE
         for orientation in orientations
     ):
         raise SegmentationInputError(

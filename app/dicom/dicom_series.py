@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # Positions closer than this (mm) are the same slice: scanners write positions with rounding noise.
 POSITION_TOLERANCE_MM = 0.01
 # Direction cosines closer than this are the same plane (rounding noise in Image Orientation (Patient)).
-ORIENTATION_TOLERANCE = 1e-3
+SAME_PLANE_TOLERANCE = 1e-3
 # Pixel spacings of the frames stacked into one slice may differ by this share (rounding in Pixel Spacing).
 PIXEL_SPACING_TOLERANCE = 0.01
 # Neighbouring slices of a series further apart than this many times its usual spacing have two or more slices
@@ -412,8 +412,7 @@ def _check_volume(slices: Sequence[SliceInput]) -> None:
     masks of slices that do not lie one above the other, and the volume would add up areas of different planes."""
     orientations = [item.reference.image_orientation for item in slices if item.reference.image_orientation]
     if any(
-        np.max(np.abs(np.subtract(orientation, orientations[0]))) > ORIENTATION_TOLERANCE
-        for orientation in orientations
+        np.max(np.abs(np.subtract(orientation, orientations[0]))) > SAME_PLANE_TOLERANCE for orientation in orientations
     ):
         planes = sorted({tuple(round(value, 3) for value in orientation) for orientation in orientations})
         raise InvalidDicomImageError(
@@ -511,7 +510,7 @@ def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]
 class SlicePlaces:
     """The slices frames make: frames in one Frame of Reference whose Image Positions (Patient) are within
     `POSITION_TOLERANCE_MM` of each other in every coordinate, and whose orientations are within
-    `ORIENTATION_TOLERANCE`, are one slice; a frame without a position is a slice of its own.
+    `SAME_PLANE_TOLERANCE`, are one slice; a frame without a position is a slice of its own.
 
     A frame joins the first slice it is that close to. Positions are kept in cells of the tolerance's size, so a
     frame is compared with the slices of its own and the neighbouring cells only (rounding each position to a grid
@@ -536,7 +535,7 @@ class SlicePlaces:
             near = tuple(index + step for index, step in zip(cell, offset, strict=True))
             for number, position, other in self._cells.get((frame_of_reference_uid, near), []):
                 if _close(position, image_position, POSITION_TOLERANCE_MM) and (
-                    len(other) == len(orientation) and _close(other, orientation, ORIENTATION_TOLERANCE)
+                    len(other) == len(orientation) and _close(other, orientation, SAME_PLANE_TOLERANCE)
                 ):
                     return number
         number = self._new_slice()
