@@ -31,6 +31,8 @@ MASK_SUFFIXES = (".tif", ".tiff", ".png")
 _SLICE_NAME = re.compile(r"^(?P<patient>TCGA_[A-Z0-9]+_[A-Z0-9]+)_\d+_(?P<number>\d+)$")
 # Keys the mixup draws of a batch apart from the per-slice augmentation draws (keyed by position, always smaller).
 MIXUP_KEY = 1 << 30
+SIGNAL_LEVEL = 10
+"""FLAIR grey levels (0-255) above this are the head, not the background around it."""
 
 
 class DatasetError(ValueError):
@@ -390,7 +392,7 @@ class SliceBatches(keras.utils.PyDataset):
             return image, mask
         donor = donors[rng.integers(len(donors))]
         tumor = self.arrays.masks[donor] > 0
-        brain = image[:, :, FLAIR_CHANNEL] > 10
+        brain = image[:, :, FLAIR_CHANNEL] > SIGNAL_LEVEL
         if np.count_nonzero(tumor & brain) < 0.9 * np.count_nonzero(tumor):
             return image, mask
         rim = cv2.dilate(tumor.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32)
@@ -408,8 +410,9 @@ class SliceBatches(keras.utils.PyDataset):
             centre = np.array(self.hard_negatives[index])
         else:
             # Anywhere with signal in FLAIR: a crop of empty background teaches nothing.
-            candidates = np.argwhere(image[:, :, FLAIR_CHANNEL] > 10)
-            centre = candidates[rng.integers(len(candidates))] if len(candidates) else np.array([128, 128])
+            candidates = np.argwhere(image[:, :, FLAIR_CHANNEL] > SIGNAL_LEVEL)
+            middle = np.array([MODEL_INPUT_SIZE // 2, MODEL_INPUT_SIZE // 2])
+            centre = candidates[rng.integers(len(candidates))] if len(candidates) else middle
         jitter = rng.integers(-self.crop_size // 4, self.crop_size // 4 + 1, size=2)
         top, left = np.clip(centre + jitter - self.crop_size // 2, 0, MODEL_INPUT_SIZE - self.crop_size)
         return slice(top, top + self.crop_size), slice(left, left + self.crop_size)

@@ -70,6 +70,10 @@ from training.validation import HardNegativeMiner, ServedPipelineValidation
 
 logger = logging.getLogger(__name__)
 ARGUMENTS_NAME = "arguments.json"
+HELD_OUT_SHARE = 9 / 88
+"""Patients held out for validation and again for test, each: 9 of the 88 of the development data."""
+FINAL_LEARNING_RATE_FRACTION = 0.02
+"""Where the cosine decay ends, as a fraction of the starting learning rate."""
 DEFAULT_MONITOR = {"classifier": "val_specificity", "segmenter": "val_volume_dice"}
 CLASSIFIER_BACKBONES = {
     "cnn": build_classifier,
@@ -147,7 +151,7 @@ def prepare_split(data_root: Path, split_path: Path, seed: int, limit_patients: 
     else:
         patients = [record.patient_id for record in records]
         count = len(set(patients))
-        held_out = max(1, round(count * 9 / 88))
+        held_out = max(1, round(count * HELD_OUT_SHARE))
         split = split_patients(patients, validation_count=held_out, test_count=held_out, seed=seed)
         split_path.parent.mkdir(parents=True, exist_ok=True)
         save_split(split, split_path, seed=seed, source=str(data_root.name))
@@ -180,7 +184,9 @@ def compile_model(
         # XLA makes the training step about 20 % faster on CPU, but with its depthwise convolutions EfficientNet
         # did not finish one epoch of 2,670 slices in 17 min on 2 cores; without XLA it trains at 13 slices/s.
         jit_compile = not (model_kind == "classifier" and classifier_backbone == "efficientnet-lite0")
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.02)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, decay_steps), alpha=FINAL_LEARNING_RATE_FRACTION
+    )
     if weight_decay > 0:
         optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
     else:

@@ -21,7 +21,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-MODEL_GRID_PIXELS = 256 * 256
+from app.core.preprocessing import MODEL_INPUT_SIZE
+
+MODEL_GRID_PIXELS = MODEL_INPUT_SIZE * MODEL_INPUT_SIZE
 _NEIGHBOURS_26 = np.ones((3, 3, 3), dtype=bool)
 
 
