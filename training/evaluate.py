@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from app.core.preprocessing import flair_only
-from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
+from training.data import DatasetError, SliceArrays, find_slices, load_slices, load_split, usage_errors
 from training.evaluation_metrics import evaluate_split
 from training.evaluation_plots import save_plots
 from training.models import load_classifier, load_segmenter
@@ -40,7 +41,57 @@ from training.slice_predictions import predict_slices
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PipelineChoices:
+    """What `evaluate` chooses on the validation patients and the service then serves (named as `evaluate_split`'s
+    parameters, so `asdict` passes them)."""
+
+    classifier_threshold: float
+    mask_threshold: float
+    min_component_voxels: int
+    single_slice_mask_min_probability: float
+    single_slice_min_component_pixels: int
+
+
+def choose_pipeline(
+    validation: SliceArrays,
+    probabilities: np.ndarray,
+    maps: np.ndarray,
+    threshold_labels: np.ndarray,
+    threshold_probabilities: np.ndarray,
+    target_sensitivity: float,
+) -> tuple[PipelineChoices, dict]:
+    """The served pipeline's settings, each chosen on validation after the one before it (classifier threshold on
+    the `threshold_*` slices), and the validation figures each was chosen by."""
+    classifier_threshold = choose_classifier_threshold(threshold_labels, threshold_probabilities, target_sensitivity)
+    mask_threshold, mask_dice = choose_mask_threshold(validation, probabilities, maps, classifier_threshold)
+    gated = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
+    min_component_voxels, cleanup_dice = choose_min_component_voxels(validation, gated)
+    single_slice_min_probability, probability_figures = choose_single_slice_mask_min_probability(
+        validation, probabilities, gated
+    )
+    single_slice_min_pixels, pixel_figures = choose_single_slice_min_component_pixels(
+        validation, probabilities, gated, single_slice_min_probability
+    )
+    choices = PipelineChoices(
+        classifier_threshold,
+        mask_threshold,
+        min_component_voxels,
+        single_slice_min_probability,
+        single_slice_min_pixels,
+    )
+    figures = {
+        "mask_threshold_volume_dice": mask_dice,
+        "min_component_voxels_volume_dice": cleanup_dice,
+        "single_slice_mask_min_probability_candidates": probability_figures,
+        "single_slice_min_component_pixels_candidates": pixel_figures,
+    }
+    return choices, figures
+
+
 def evaluate(args: argparse.Namespace) -> dict:
+    """Choose the pipeline's settings on validation, then (unless `--validation-only`) measure the test patients;
+    the result is written to the output folder and returned."""
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     split = load_split(Path(args.split))
@@ -64,52 +115,36 @@ def evaluate(args: argparse.Namespace) -> dict:
         threshold_labels = np.concatenate([threshold_labels, labels])
         threshold_probabilities = np.concatenate([threshold_probabilities, probabilities])
         threshold_patients = len(patients)
-    classifier_threshold = choose_classifier_threshold(
-        threshold_labels, threshold_probabilities, args.target_sensitivity
+    choices, choice_figures = choose_pipeline(
+        validation,
+        validation_probabilities,
+        validation_maps,
+        threshold_labels,
+        threshold_probabilities,
+        args.target_sensitivity,
     )
-    mask_threshold, validation_dice = choose_mask_threshold(
-        validation, validation_probabilities, validation_maps, classifier_threshold
-    )
-
-    validation_gated = gated_masks(validation_probabilities, validation_maps, classifier_threshold, mask_threshold)
-    min_component_voxels, validation_cleanup_dice = choose_min_component_voxels(validation, validation_gated)
-    single_slice_min_probability, validation_single_slice_figures = choose_single_slice_mask_min_probability(
-        validation, validation_probabilities, validation_gated
-    )
-    single_slice_min_pixels, validation_single_slice_pixel_figures = choose_single_slice_min_component_pixels(
-        validation, validation_probabilities, validation_gated, single_slice_min_probability
-    )
-    thresholds = (
-        classifier_threshold,
-        mask_threshold,
-        min_component_voxels,
-        single_slice_min_probability,
-        single_slice_min_pixels,
-    )
+    served = asdict(choices)
 
     result = {
-        "thresholds": {"classifier": classifier_threshold, "mask": mask_threshold},
+        "thresholds": {"classifier": choices.classifier_threshold, "mask": choices.mask_threshold},
         "classifier_flip_average": flip,
         "classifier_threshold_chosen_on": {
             "validation_patients": len(split["validation"]),
             "out_of_fold_patients": threshold_patients,
             "slices": len(threshold_labels),
         },
-        "series_min_component_voxels": min_component_voxels,
-        "single_slice_mask_min_probability": single_slice_min_probability,
-        "single_slice_min_component_pixels": single_slice_min_pixels,
+        "series_min_component_voxels": choices.min_component_voxels,
+        "single_slice_mask_min_probability": choices.single_slice_mask_min_probability,
+        "single_slice_min_component_pixels": choices.single_slice_min_component_pixels,
         "validation": {
-            "mask_threshold_volume_dice": validation_dice,
-            "min_component_voxels_volume_dice": validation_cleanup_dice,
-            "single_slice_mask_min_probability_candidates": validation_single_slice_figures,
-            "single_slice_min_component_pixels_candidates": validation_single_slice_pixel_figures,
-            **evaluate_split(validation, validation_probabilities, validation_maps, *thresholds),
+            **choice_figures,
+            **evaluate_split(validation, validation_probabilities, validation_maps, **served),
         },
     }
     if args.validation_only:
         # What a recipe's rule is judged on before anything is adopted, FLAIR alone too; never read by export.
         flair = predict_slices(classifier, segmenter, flair_only(validation.images), classifier_flip_average=flip)
-        result["validation"]["flair_only"] = evaluate_split(validation, *flair, *thresholds)
+        result["validation"]["flair_only"] = evaluate_split(validation, *flair, **served)
         (output_dir / "validation_evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
 
@@ -119,8 +154,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
     result["metrics"] = {
         "split": "test",
-        **evaluate_split(test, test_probabilities, test_maps, *thresholds),
-        "flair_only": evaluate_split(test, flair_probabilities, flair_maps, *thresholds),
+        **evaluate_split(test, test_probabilities, test_maps, **served),
+        "flair_only": evaluate_split(test, flair_probabilities, flair_maps, **served),
     }
     (output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_plots:
@@ -130,7 +165,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             output_dir,
             test,
             test_probabilities,
-            gated_masks(test_probabilities, test_maps, classifier_threshold, mask_threshold),
+            gated_masks(test_probabilities, test_maps, choices.classifier_threshold, choices.mask_threshold),
             histories,
         )
     return result
