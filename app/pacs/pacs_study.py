@@ -160,22 +160,26 @@ class StudySync:
             state.unrecorded_failures.pop(study_id, None)  # its record is written now
             return outcome
         except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
-            attempts += 1
-            state.retries[study_id] = self._next_attempt(attempts)
-            _log_not_processed(study_id, error, attempts)
-            failed = self._record(
-                FAILED, study_fingerprint, attempts=attempts, error=f"{type(error).__name__}: {error}"
+            return self._record_error(study_id, error, attempts + 1, study_fingerprint, state)
+
+    def _record_error(
+        self, study_id: str, error: Exception, attempts: int, study_fingerprint: str, state: SyncState
+    ) -> str:
+        """Record an analysis that raised (its `attempts`-th) and schedule the next; when Orthanc will not take the
+        record either, the state counts the failure in its place."""
+        state.retries[study_id] = self._next_attempt(attempts)
+        _log_not_processed(study_id, error, attempts)
+        failed = self._record(FAILED, study_fingerprint, attempts=attempts, error=f"{type(error).__name__}: {error}")
+        try:
+            self.client.write_sync_record(study_id, failed)
+            state.unrecorded_failures.pop(study_id, None)
+        except Exception as record_error:  # Orthanc still unreachable: the state's schedule retries it all the same
+            state.unrecorded_failures[study_id] = [study_fingerprint, attempts]
+            logger.warning(
+                "failure not recorded in Orthanc",
+                extra={"fields": {"orthanc_study": study_id, "error": _error_text(record_error)}},
             )
-            try:
-                self.client.write_sync_record(study_id, failed)
-                state.unrecorded_failures.pop(study_id, None)
-            except Exception as record_error:  # Orthanc still unreachable: the state's schedule retries it all the same
-                state.unrecorded_failures[study_id] = [study_fingerprint, attempts]
-                logger.warning(
-                    "failure not recorded in Orthanc",
-                    extra={"fields": {"orthanc_study": study_id, "error": _error_text(record_error)}},
-                )
-            return FAILED
+        return FAILED
 
     def _look_at(self, study_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The study's record (`readable_record`) and its MR series with instances; None once it is deleted."""
