@@ -100,6 +100,32 @@ def check_request_cost(cost: int, files: int, limits: UploadLimits) -> None:
         )
 
 
+def refuse_repeated_files(uploads: Sequence[bytes | ServiceError]) -> list[bytes | ServiceError]:
+    """`uploads` with an error in place of each file whose bytes an earlier file has: in a series a file sent twice
+    (a "copy" beside its original) would be one more slice of the volume, and its tumor counted twice (browser
+    review finding: +22 % volume, with no note)."""
+    first: dict[str, int] = {}
+    checked: list[bytes | ServiceError] = []
+    for index, data in enumerate(uploads):
+        digest = sha256_hex(data) if isinstance(data, bytes) else None
+        if digest is not None and digest in first:
+            checked.append(
+                InvalidSliceError(
+                    f"the file is the same as {request_file(first[digest])}; a slice of a series is read once"
+                )
+            )
+            continue
+        if digest is not None:
+            first[digest] = index
+        checked.append(data)
+    return checked
+
+
+def request_file(index: int) -> str:
+    """How an error names another file of the request: by its index in the answer's lists, and as a person counts."""
+    return f"the request's file at index {index} (file {index + 1} as sent)"
+
+
 def plan_raster_uploads(
     uploads: Sequence[bytes | ServiceError], limits: UploadLimits, extra_bytes_per_pixel: int = 0
 ) -> RasterPlan:

@@ -29,7 +29,7 @@ from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_in_place, stretch_range
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
-from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input
+from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input, request_file
 
 if TYPE_CHECKING:
     from app.inference import SlicePrediction
@@ -194,7 +194,7 @@ def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: C
         uid = str(header.dataset.get("SOPInstanceUID", "") or "")
         if uid and uid in first:
             headers[index] = InvalidDicomImageError(
-                f"the file has the SOP Instance UID of file {first[uid]} of the request; a UID names one instance, "
+                f"the file has the SOP Instance UID of {request_file(first[uid])}; a UID names one instance, "
                 "which is read once"
             )
         first.setdefault(uid, index)
