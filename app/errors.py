@@ -32,6 +32,7 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"  # the models are not loaded, or the queue is full (HTTP 503)
     UNAUTHORIZED = "unauthorized"  # no valid API key (HTTP 401)
     RATE_LIMITED = "rate_limited"  # over the per-client request rate (HTTP 429)
+    FORBIDDEN = "forbidden"  # another site's page, or a Host name the service is not to answer (HTTP 403)
 
 
 class ServiceError(Exception):
@@ -202,6 +203,22 @@ class InferenceTimeoutError(ServiceError):
 class AuthenticationError(ServiceError):
     code = "unauthorized"
     kind = ErrorKind.UNAUTHORIZED
+
+
+class CrossSiteRequestError(ServiceError):
+    """A browser sent the request for a page of another site (its `Sec-Fetch-Site: cross-site`): any website a user
+    visits could otherwise make their browser submit work to a service on their machine."""
+
+    code = "cross_site_request"
+    kind = ErrorKind.FORBIDDEN
+
+
+class HostNotAllowedError(ServiceError):
+    """The Host header names no host in `ALLOWED_HOSTS`: a page whose name was re-pointed at this machine (DNS
+    rebinding) would otherwise read the service as its own."""
+
+    code = "host_not_allowed"
+    kind = ErrorKind.FORBIDDEN
 
 
 class RateLimitedError(ServiceError):

@@ -19,6 +19,7 @@ from app.api import handlers
 from app.api.disconnect import ClientGone
 from app.api.middleware import (
     AccessControlMiddleware,
+    BrowserSiteMiddleware,
     ClientAddressMiddleware,
     HeadAsGetMiddleware,
     RequestContextMiddleware,
@@ -173,8 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, handlers.handle_http_exception)
     app.add_exception_handler(Exception, handlers.handle_unexpected_error)
 
-    # Added last = outermost: the client's address, then the request id and logs wrap everything, then keys and rate
-    # limits, then body size, then HEAD as GET.
+    # Added last = outermost: the client's address, then the request id and logs wrap everything, then other sites'
+    # pages and unknown Host names, then keys and rate limits, then body size, then HEAD as GET.
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         UploadLimitMiddleware,
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter=limiter,
         failed_keys=RateLimiter(settings.auth_failures_per_minute),
     )
+    app.add_middleware(BrowserSiteMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, audit=audit, max_header_count=settings.max_header_count
     )

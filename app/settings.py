@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         "believed; from any other peer the header is ignored (default: none)",
     )
 
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated host names the API answers to in the Host header (localhost, 127.0.0.1); other "
+        "names get 403, which stops DNS rebinding; health probes and the page are exempt (default: any name)",
+    )
+
     max_header_bytes: int = Field(
         default=32 * 1024,
         ge=1024,
@@ -359,6 +365,7 @@ class Settings(BaseSettings):
     @field_validator(
         "api_keys",
         "trusted_proxies",
+        "allowed_hosts",
         "sequence_flair_patterns",
         "sequence_t1_patterns",
         "sequence_post_contrast_patterns",

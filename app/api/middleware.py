@@ -1,6 +1,7 @@
 """Pure ASGI middleware: the client's address (X-Forwarded-For only from trusted proxies); request ids, the header
-count limit, access and audit logs, request metrics; API keys, failed-key throttling and rate limits; upload size
-limits before the body is read; HEAD answered as GET without its body."""
+count limit, access and audit logs, request metrics; requests of other sites' pages and unknown Host names refused;
+API keys, failed-key throttling and rate limits; upload size limits before the body is read; HEAD answered as GET
+without its body."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from app.api.handlers import REQUEST_ID_HEADER, service_error_response
 from app.audit import AuditLog
 from app.errors import (
     AuthenticationError,
+    CrossSiteRequestError,
     HeadersTooLargeError,
+    HostNotAllowedError,
     PayloadTooLargeError,
     RateLimitedError,
     ServiceError,
@@ -193,6 +196,53 @@ def logged_path(scope: Scope) -> str:
 def is_public(path: str) -> bool:
     """Paths reachable without an API key: health probes, and the web page with its static files (no data)."""
     return path.startswith("/health/") or path == "/" or path.startswith("/static/")
+
+
+class BrowserSiteMiddleware:
+    """Refuse what a browser does on behalf of another site, before keys and limits are looked at (403):
+
+    - a request that changes something (not GET, HEAD or OPTIONS) whose `Sec-Fetch-Site` is `cross-site`: every
+      current browser sends it, so another site's page cannot submit uploads to a service on the user's machine
+      (the service has no CORS, so it could not read the answer, but the work and the audit line would be done);
+    - with `allowed_hosts`, a Host header naming none of them: after DNS rebinding, a page of evil.example reaches
+      127.0.0.1 as evil.example, same-origin, and could read the answers too.
+
+    The public paths (health probes, the page and its files) are left alone: they hold no data, and the container's
+    health check calls 127.0.0.1.
+    """
+
+    SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = ()) -> None:
+        self.app = app
+        self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        error: ServiceError | None = None
+        if scope["method"] not in self.SAFE_METHODS and headers.get("sec-fetch-site", "").lower() == "cross-site":
+            error = CrossSiteRequestError(
+                "a request from another site's page (Sec-Fetch-Site: cross-site) is refused; call the API from a "
+                "program, or from this service's own page"
+            )
+        elif self.allowed_hosts and host_name(headers.get("host", "")) not in self.allowed_hosts:
+            error = HostNotAllowedError("the Host header names no host in ALLOWED_HOSTS")
+        if error is None:
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["error_code"] = error.code
+        await service_error_response(error)(scope, receive, send)
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port, in lower case (`[::1]:8000` -> `::1`)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class AccessControlMiddleware:

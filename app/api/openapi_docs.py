@@ -59,6 +59,12 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "a body the multipart parser cannot read (no boundary, text before the first boundary, huge part names)",
     ),
     ErrorCode("unauthorized", 401, "API keys are configured and X-API-Key is missing, wrong or sent twice"),
+    ErrorCode(
+        "cross_site_request",
+        403,
+        "a browser sent it for another site's page (Sec-Fetch-Site: cross-site) and it is not a GET, HEAD or OPTIONS",
+    ),
+    ErrorCode("host_not_allowed", 403, "ALLOWED_HOSTS is set and the Host header names none of its hosts"),
     ErrorCode("not_found", 404, "no such path"),
     ErrorCode("method_not_allowed", 405, "the path exists, but not with this method"),
     ErrorCode("payload_too_large", 413, "a file over MAX_UPLOAD_BYTES, or a request body over its limit"),
@@ -115,14 +121,15 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
 STATUS_SUMMARIES = {
     400: "the file cannot be used as a slice",
     401: "X-API-Key missing or wrong (only when API keys are configured)",
+    403: "sent by a browser for another site's page, or to a Host name not in ALLOWED_HOSTS",
     413: "file, image, batch or request too large",
     415: "not PNG, JPEG, TIFF or an MR DICOM image (judged by the magic bytes)",
     422: "missing or malformed field",
     429: "too many requests for this key; see Retry-After",
     503: "models not ready, the inference queue full, or too slow; see Retry-After",
 }
-PREDICTION_STATUSES = (400, 401, 413, 415, 422, 429, 503)
-READ_STATUSES = (401, 429)
+PREDICTION_STATUSES = (400, 401, 403, 413, 415, 422, 429, 503)
+READ_STATUSES = (401, 403, 429)
 
 
 @cache

@@ -69,6 +69,8 @@ def collect(client: TestClient, limited: TestClient, unready: TestClient) -> dic
         limited.post("/v1/predict", files={"file": ("big.jpg", b"\xff\xd8" + b"0" * 200_000, "image/jpeg")}),
         limited.post("/v1/predict", files={"file": jpeg(TUMOR_SLICE)}),
         limited.post("/v1/predict", headers={"X-API-Key": "wrong"}, files={"file": jpeg(TUMOR_SLICE)}),
+        client.post("/v1/predict", headers={"Sec-Fetch-Site": "cross-site"}, files={"file": jpeg(TUMOR_SLICE)}),
+        limited.post("/v1/predict", headers={"Host": "evil.example"}, files={"file": jpeg(TUMOR_SLICE)}),
         unready.post("/v1/predict", files={"file": jpeg(TUMOR_SLICE)}),
         unready.post("/v1/predict", files={"file": jpeg(TUMOR_SLICE)}),
     ):
@@ -87,6 +89,7 @@ def main() -> None:
         max_image_pixels=128 * 128,
         max_batch_files=8,
         api_keys=f"{KEY_ID}:{KEY}",
+        allowed_hosts="testserver",  # the test client's Host
     )
     with running_client(Settings(model_dir=COMMITTED_MODEL_DIR)) as client, running_client(limited_settings) as limited:
         limited.headers["X-API-Key"] = KEY

@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.api.openapi_docs import ERROR_CATALOGUE
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import REPO_ROOT, TUMOR_SLICE
@@ -32,19 +33,9 @@ MAX_UPLOAD_BYTES = 1 * MIB
 MAX_BATCH_FILES = 4
 MAX_IMAGE_PIXELS = 4096 * 4096
 READY_TIMEOUT_SECONDS = 120.0
-ERROR_CODES_BY_STATUS = {
-    400: {"empty_file", "undecodable_image", "invalid_image", "invalid_dicom_image", "bad_request"},
-    401: {"unauthorized"},
-    404: {"not_found"},
-    405: {"method_not_allowed"},
-    408: {"request_timeout"},
-    413: {"payload_too_large", "image_too_large", "too_many_files", "too_many_slices", "over_memory_budget"},
-    415: {"unsupported_media_type"},
-    422: {"validation_error"},
-    429: {"rate_limited"},
-    431: {"headers_too_large"},
-    503: {"model_unavailable", "overloaded", "inference_timeout", "too_many_connections"},
-}
+ERROR_CODES_BY_STATUS: dict[int, set[str]] = {}
+for _entry in ERROR_CATALOGUE:  # what /docs and the README document, status by status
+    ERROR_CODES_BY_STATUS.setdefault(_entry.status, set()).add(_entry.code)
 """Every documented (status, error code) pair: the table in `app.api.handlers`."""
 
 
