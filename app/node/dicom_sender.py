@@ -8,11 +8,16 @@ destination that fails in any way, even one no test foresaw, never holds up the 
 A destination that cannot be reached at all (down, not answering, rejecting the node's associations) is tried with
 one study per pass, and with no other until that study's backoff has passed: each try costs the retries' waits and
 timeouts, and every study behind it would only fail the same way.
+
+The node's stop (`ResultSender.stop`) ends a send at once: no new attempt starts, a backoff wait ends, and an
+association in progress is cut off. Such a send is not recorded as an attempt: its results stay "pending" in the
+spool (what the destination already stored excepted), and the node sends them after its restart.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -77,24 +82,42 @@ class SendOutcome:
     attempts: int
     failure: str = ""
     unreachable: bool = False
+    stopped: bool = False  # cut short by the node's stop: the destination did not fail, the rest waits for a restart
 
 
 class ResultSender:
-    """C-STORE SCU of results to one destination, each association retried with exponential backoff."""
+    """C-STORE SCU of results to one destination, each association retried with exponential backoff, until `stop`."""
 
     def __init__(
         self,
         ae_title: str,
         retries: int,
         backoff_seconds: float,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         timeout_seconds: float = 30.0,
+        stopping: threading.Event | None = None,
     ) -> None:
+        """`sleep` waits between retries (default: on `stopping`, so that a stop ends the wait); `stopping` is the
+        node's stop event (default: one of the sender's own)."""
         self.ae_title = ae_title
         self.timeout_seconds = timeout_seconds
         self.retries = retries
         self.backoff_seconds = backoff_seconds
-        self._sleep = sleep
+        self.stopping = stopping or threading.Event()
+        self._sleep = sleep or self.stopping.wait
+        # The associations being set up or used now (one per sender thread), cut off by `stop`.
+        self._in_flight: set[Association] = set()
+        self._in_flight_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """End every send at once: no new attempt, no backoff wait, and the associations in progress cut off (a
+        destination that accepts the connection and never answers held the node's stop for two more send
+        timeouts, 67 s)."""
+        self.stopping.set()
+        with self._in_flight_lock:
+            in_flight = list(self._in_flight)
+        for association in in_flight:
+            _cut_off(association)
 
     def send(self, destination: Destination, paths: Sequence[Path]) -> SendOutcome:
         """Send the files in one association, retrying those not stored; every failure ends up in the outcome."""
@@ -104,12 +127,16 @@ class ResultSender:
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(doubling_wait(self.backoff_seconds, attempt - 1))
+            if self.stopping.is_set():
+                return SendOutcome(tuple(stored), attempt, "the node stopped before all were sent", stopped=True)
             remaining = {path: dataset for path, dataset in datasets.items() if path not in stored}
             stored_now, failure, accepted_now = self._send_once(destination, remaining)
             stored.extend(stored_now)
             accepted = accepted or accepted_now
             if not failure:
                 return SendOutcome(tuple(stored), attempt + 1)
+            if self.stopping.is_set():  # the failure may be the stop's own doing: not the destination's
+                return SendOutcome(tuple(stored), attempt + 1, "the node stopped before all were sent", stopped=True)
             logger.warning(
                 "sending results failed", extra={"fields": {"destination": str(destination), "reason": failure}}
             )
@@ -117,9 +144,26 @@ class ResultSender:
 
     def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str, bool]:
         """One association: (files stored, what failed or "", whether the destination accepted it). A refused file
-        does not stop the others."""
+        does not stop the others. The association is one `stop` cuts off from its connection to its end."""
+        connection = _Connection(self._track)
+        try:
+            return self._associate_and_store(destination, datasets, connection)
+        finally:
+            if connection.association is not None:
+                with self._in_flight_lock:
+                    self._in_flight.discard(connection.association)
+
+    def _track(self, association: Association) -> None:
+        """EVT_CONN_OPEN: a stop from now on cuts the association off; at once if the stop came first."""
+        with self._in_flight_lock:
+            self._in_flight.add(association)
+        if self.stopping.is_set():
+            _cut_off(association)
+
+    def _associate_and_store(
+        self, destination: Destination, datasets: dict[Path, Dataset], connection: _Connection
+    ) -> tuple[list[Path], str, bool]:
         ae = self._application_entity(datasets.values())
-        connection = _Connection()
         started = time.monotonic()
         try:
             association = ae.associate(
@@ -138,6 +182,9 @@ class ResultSender:
         stored, failures = [], []
         try:
             for path, dataset in datasets.items():
+                if self.stopping.is_set():
+                    failures.append("the node stopped before all were sent")
+                    break
                 failure = _store(association, dataset, accepted)
                 if failure:
                     failures.append(failure)
@@ -151,7 +198,9 @@ class ResultSender:
                     )
                     break
         finally:
-            if association.is_established:
+            if self.stopping.is_set():  # a release would wait for an answer on a connection the stop cut
+                association.abort()
+            elif association.is_established:
                 association.release()
         return stored, "; ".join(dict.fromkeys(failures)), True
 
@@ -199,13 +248,26 @@ class ResultSender:
 
 class _Connection:
     """Whether an association's TCP connection opened (pynetdicom's EVT_CONN_OPEN): a failed connect and an
-    association aborted once connected otherwise look the same afterwards."""
+    association aborted once connected otherwise look the same afterwards. The association is handed to `on_open`
+    then, before `AE.associate` returns it (which takes up to the send timeout for a destination that never answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_open: Callable[[Association], None]) -> None:
         self.is_open = False
+        self.association: Association | None = None
+        self._on_open = on_open
 
     def opened(self, event: evt.Event) -> None:
         self.is_open = True
+        self.association = event.assoc
+        self._on_open(event.assoc)
+
+
+def _cut_off(association: Association) -> None:
+    """Close the association's connection: pynetdicom's wait for an answer (A-ASSOCIATE-AC, a C-STORE response) ends
+    at once, as when the peer closes it, where `Association.abort` would leave it waiting out its timeout."""
+    transport = association.dul.socket
+    if transport is not None:
+        transport.close()
 
 
 def _accepted(association: Association) -> bool:
@@ -321,6 +383,8 @@ class ResultDelivery:
         chosen = self.destinations if destinations is None else tuple(destinations)
         tried = 0
         for key in self.spool.unsent_studies():
+            if self.sender.stopping.is_set():  # the rest waits in the spool for the restart
+                break
             reachable = [destination for destination in chosen if not self._unreachable(destination)]
             if not reachable:
                 break
@@ -342,7 +406,7 @@ class ResultDelivery:
                 if held is not None:
                     _put_delivery(run, str(destination), held)
             due = [destination for destination in destinations if self._due(run, destination)]
-            if due:
+            if due and not self.sender.stopping.is_set():
                 self.send_run(key, run, due)
                 tried += 1
         self.spool.clear_unsent_if_all_sent(key)
@@ -389,7 +453,7 @@ class ResultDelivery:
         folder = self.spool.study_dir(key) / "results" / run["run_id"]
         for destination in self.destinations if destinations is None else destinations:
             state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
-            if state["status"] not in WAITING_STATUSES:
+            if state["status"] not in WAITING_STATUSES or self.sender.stopping.is_set():
                 continue
             missing = [item for item in run["results"] if item["file"] not in state.get("stored", [])]
             if not missing:  # every file was stored in an earlier pass that ended before it was recorded as sent
@@ -401,7 +465,14 @@ class ResultDelivery:
                 logger.exception("sending results failed", extra={"fields": {"destination": str(destination)}})
                 outcome = SendOutcome((), 1, f"not sent ({type(error).__name__})")
             else:
-                self._note_reachability(destination, outcome)
+                if outcome.stopped and not outcome.stored:  # no attempt to record: the results stay as they were
+                    logger.info(
+                        "sending results cut short by the stop; they are sent after the restart",
+                        extra={"fields": {"study_key": key, "destination": str(destination)}},
+                    )
+                    continue
+                if not outcome.stopped:  # a stop says nothing of whether the destination can be reached
+                    self._note_reachability(destination, outcome)
             self._record_attempt(key, run, destination, state, missing, outcome)
 
     def _note_reachability(self, destination: Destination, outcome: SendOutcome) -> None:

@@ -1,0 +1,180 @@
+"""Operations review 28, finding 9: the DICOM node stops within seconds, and what it had not finished is done after
+the restart.
+
+SIGTERM took 8 s idle, 28 s during an analysis, and 67 s while the only destination accepted TCP but never answered:
+the sender's retries and backoff waits did not look at the stop, and `stop` joined each thread for up to 60 s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_sender import Destination
+from app.node.dicom_spool import SENT_LOG
+from app.study_analysis import ModelStudyProcessor, StudyAnalysis, StudyProcessor
+from tests.dicom.builders import mr_series, tumor_channels, write_files
+from tests.dicom.node_support import (
+    CALLING_AE,
+    NODE_AE,
+    RESULTS_AE,
+    ResultStore,
+    SilentDestination,
+    ThresholdPredictor,
+    free_port,
+    storescu,
+    wait_for,
+)
+
+STOP_SECONDS = 3.0  # what the test allows a stop; the old node took a send timeout (20 s here) or more
+
+
+@pytest.fixture
+def silent_destination() -> Iterator[SilentDestination]:
+    destination = SilentDestination()
+    yield destination
+    destination.close()
+
+
+def started_node(
+    spool: Path, destination_port: int, processor: StudyProcessor | None = None, **settings: Any
+) -> DicomNode:
+    """A node with real threads and a real clock, its results going to `destination_port`."""
+    config = NodeConfig(
+        spool_dir=spool,
+        ae_title=NODE_AE,
+        port=free_port(),
+        quiet_seconds=0.3,
+        poll_seconds=0.1,
+        allowed_calling_ae_titles=(CALLING_AE,),
+        destinations=(Destination(RESULTS_AE, "127.0.0.1", destination_port),),
+        **settings,
+    )
+    node = DicomNode(config, processor or ModelStudyProcessor(ThresholdPredictor()))
+    node.start()
+    return node
+
+
+def stops_within(node: DicomNode, seconds: float) -> bool:
+    """Whether `node.stop()` returns within `seconds` (it goes on in the background otherwise)."""
+    stopping = threading.Thread(target=node.stop, daemon=True)
+    stopping.start()
+    stopping.join(seconds)
+    return not stopping.is_alive()
+
+
+def the_record(spool: Path) -> dict[str, Any]:
+    (record_file,) = (spool / "studies").glob("*/record.json")
+    return json.loads(record_file.read_text())
+
+
+def send_study(node: DicomNode, folder: Path) -> None:
+    assert storescu(node, write_files(mr_series(tumor_channels()), folder)).returncode == 0
+
+
+def test_stop_cuts_off_a_send_to_a_destination_that_never_answers_and_the_restart_sends_it_once(
+    silent_destination: SilentDestination, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    node = started_node(spool, silent_destination.port, send_retries=2, send_timeout_seconds=20.0)
+    send_study(node, tmp_path / "in")
+    assert wait_for(lambda: silent_destination.connections == 1, 30)  # the results are being sent, unanswered
+
+    assert stops_within(node, STOP_SECONDS)
+
+    (run,) = the_record(spool)["runs"]
+    assert run["sent"] == {f"{RESULTS_AE}@127.0.0.1:{silent_destination.port}": {"status": "pending", "attempts": 0}}
+    assert node.spool.unsent_studies() != []  # still to send: not an attempt that failed
+    assert not (spool / SENT_LOG).exists()
+    assert silent_destination.connections == 1  # no second attempt
+
+    silent_destination.close()  # the destination comes back, on the same address
+    results = ResultStore(silent_destination.port)
+    restarted = started_node(spool, silent_destination.port)
+    try:
+        assert wait_for(lambda: len(results.received) == 2, 30)
+        assert wait_for(lambda: restarted.spool.unsent_studies() == [], 10)
+    finally:
+        restarted.stop()
+        results.close()
+    assert sorted(dataset.Modality for dataset in results.received) == ["SEG", "SR"]  # once each
+    assert len(the_record(spool)["runs"]) == 1  # not analysed again
+
+
+def test_stop_ends_a_backoff_wait_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A destination with nothing listening fails at once; the node then waits out the backoff before retrying."""
+    spool, port = tmp_path / "spool", free_port()
+
+    def first_attempt_failed() -> bool:
+        return any(
+            line.getMessage() == "sending results failed" and str(port) in line.fields["destination"]
+            for line in caplog.records
+        )
+
+    with caplog.at_level(logging.WARNING, logger="app.node.dicom_sender"):
+        node = started_node(spool, port, send_retries=3, send_backoff_seconds=60.0)
+        send_study(node, tmp_path / "in")
+        assert wait_for(first_attempt_failed, 30)
+
+        assert stops_within(node, STOP_SECONDS)
+
+    (run,) = the_record(spool)["runs"]
+    (state,) = run["sent"].values()
+    assert state["status"] == "pending"  # the attempt cut short by the stop is not charged to the destination
+    assert node.spool.unsent_studies() != []
+
+
+class HeldAnalysis:
+    """A study processor that does not finish until the test lets it: an analysis in progress at the stop."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.finish = threading.Event()
+        self._processor = ModelStudyProcessor(ThresholdPredictor())
+
+    def __call__(self, files: Sequence[Path], notes: Sequence[str]) -> StudyAnalysis:
+        self.started.set()
+        self.finish.wait(60)
+        return self._processor(files, notes)
+
+
+def test_an_analysis_the_stop_does_not_wait_for_leaves_the_study_pending_and_is_done_once_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    results = ResultStore(free_port())
+    held = HeldAnalysis()
+    node = started_node(spool, results.port, held, stop_seconds=0.5)
+    try:
+        send_study(node, tmp_path / "in")
+        assert held.started.wait(30)
+
+        assert stops_within(node, STOP_SECONDS)
+        held.finish.set()  # the abandoned analysis ends after the stop: it must write nothing
+
+        def worker_ended() -> bool:
+            return not any(thread.name == "dicom-node-worker" for thread in threading.enumerate())
+
+        assert wait_for(worker_ended, 30)
+
+        assert list((spool / "studies").glob("*/record.json")) == []  # no run recorded, not even an error
+        assert list(node.spool.pending_studies()) != []
+        assert results.received == []
+
+        restarted = started_node(spool, results.port)
+        try:
+            assert wait_for(lambda: len(results.received) == 2, 30)
+        finally:
+            restarted.stop()
+        assert len(the_record(spool)["runs"]) == 1
+        assert sorted(dataset.Modality for dataset in results.received) == ["SEG", "SR"]
+    finally:
+        held.finish.set()
+        results.close()
