@@ -342,9 +342,8 @@ def dicom_node(args: argparse.Namespace) -> int:
                 f"brain-tumor dicom-node: error: {option} must not be empty ({why}); leave it out for the default",
                 EXIT_USAGE,
             )
-    hold_back_tensorflow_log(settings, args.verbose)
-    try:
-        return node.main(args, settings)
+    try:  # TensorFlow once the node listens: a port in use is said in seconds, not after its import and the models
+        return node.main(args, settings, before_models=lambda: hold_back_tensorflow_log(settings, args.verbose))
     except (OSError, OverflowError, ValueError) as error:  # the spool folder, the address, the AE title
         return fail(f"brain-tumor dicom-node: cannot start: {describe_start_error(error)}", EXIT_USAGE)
 

@@ -12,11 +12,12 @@ import argparse
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_node import DicomNode, NodeConfig, check_address
 from app.node.dicom_spool import hold_spool
 from app.uploads import UploadLimits
 
@@ -41,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
 
 
-def main(args: argparse.Namespace, settings: Any = None) -> int:
-    """Entry point of ``brain-tumor dicom-node``: load the models once, listen until interrupted.
+def main(args: argparse.Namespace, settings: Any = None, before_models: Callable[[], None] | None = None) -> int:
+    """Entry point of ``brain-tumor dicom-node``: load the models once (after `before_models`, which the command line
+    uses to import TensorFlow quietly), listen until interrupted.
+
+    What can be checked in a moment is checked first: the spool (in use by another node, or a folder that cannot be
+    made) and the address (`check_address`: a port in use, a host not of this machine).
 
     Returns 0 when stopped by SIGINT/SIGTERM, 2 for a bad configuration.
     """
@@ -69,6 +74,9 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
     # Before the models (a second node on a spool is told at once) and held until the process ends.
     with hold_spool(config.spool_dir):
+        check_address(config.host, config.port)
+        if before_models is not None:
+            before_models()
         predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
         predictor.warm_up()
         node = DicomNode(

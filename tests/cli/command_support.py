@@ -1,8 +1,12 @@
-"""What the command-line tests share: settings read afresh from each test's environment, and a command's run."""
+"""What the command-line tests share: settings read afresh from each test's environment, a command's run, and an
+Orthanc stand-in for pacs-sync."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -24,3 +28,29 @@ def run(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, 
     code = cli.main(list(arguments))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+class EmptyChangeLog(BaseHTTPRequestHandler):
+    """An Orthanc with nothing new: every GET (``/system``, ``/changes``) answers the last page of an empty change
+    log, which passes for both."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.dumps({"Changes": [], "Done": True, "Last": 0}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        pass
+
+
+@pytest.fixture
+def empty_orthanc() -> Iterator[str]:
+    """The URL of an `EmptyChangeLog` Orthanc: pacs-sync asks Orthanc before it loads the models."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EmptyChangeLog)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

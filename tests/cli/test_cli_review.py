@@ -25,6 +25,7 @@ from app.settings import SettingsError, get_settings
 from app.uploads import UploadLimits
 from tests.cli.command_support import fresh_settings, run  # noqa: F401 - fresh_settings is a fixture
 from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_SLICE, mask_path_of
+from tests.dicom.node_support import free_port
 
 NO_MODELS = "/nonexistent/models"  # the commands below stop before the models would load
 
@@ -316,8 +317,18 @@ def test_dicom_node_refuses_a_port_out_of_range(port: str, capsys: pytest.Captur
     assert err == f"brain-tumor dicom-node: error: --port must be 1 to 65535; got {port}\n"
 
 
-@pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node", "--port", "11112"]])
-def test_daemons_without_models_exit_3_with_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node"]])
+def test_daemons_without_models_exit_3_with_one_line(
+    command: list[str],
+    empty_orthanc: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("ORTHANC_URL", empty_orthanc)  # both check what they can before the models
+    monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
+    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+
     code, _, err = run(capsys, *command, "--model-dir", NO_MODELS)
 
     assert code == cli.EXIT_MODELS

@@ -50,15 +50,21 @@ def test_dicom_node_refuses_an_empty_host_or_spool_option(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "command", [["pacs-sync", "--once", "--orthanc", "http://127.0.0.1:9"], ["dicom-node", "--port", "11112"]]
-)
+@pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node"]])
 def test_daemons_with_an_architecture_that_is_no_model_exit_3_in_one_line(
-    command: list[str], tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: list[str],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    empty_orthanc: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`tumor_classifier.json` of `{}` (manifest re-hashed) gave a 25-line AttributeError traceback and exit 1
     (finding 6)."""
     model_dir = replace_model_file(tiny_model_dir, tmp_path / "models", "tumor_classifier.json", b"{}")
+    monkeypatch.setenv("ORTHANC_URL", empty_orthanc)  # both check what they can before the models
+    monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
+    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
 
     code, out, err = run(capsys, *command, "--model-dir", str(model_dir))
 
@@ -267,3 +273,30 @@ def test_the_dicom_node_and_pacs_sync_run_the_models_in_inference_batch_size_sli
 
     pacs_arguments = SimpleNamespace(orthanc=None, user=None, password=None, state_file=None, poll_seconds=None)
     assert pacs_sync.config_from_args(pacs_arguments, settings).batch_size == 3
+
+
+# -- finding 10: what can be checked in a moment is checked before TensorFlow and the models (10-50 s) ---------------
+
+
+def no_models_nor_tensorflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the command imports TensorFlow or loads the models."""
+    monkeypatch.setattr("app.cli.hold_back_tensorflow_log", lambda *args: pytest.fail("TensorFlow must not load"))
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+
+
+def test_dicom_node_on_a_busy_port_exits_2_before_loading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node loaded TensorFlow and the models before it found its port in use (56 s under load)."""
+    no_models_nor_tensorflow(monkeypatch)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        code, out, err = run(capsys, "dicom-node", "--port", str(port), "--spool-dir", str(tmp_path / "spool"))
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err == f"brain-tumor dicom-node: cannot start: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    hold_spool(tmp_path / "spool").close()  # and the spool was let go

@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -78,30 +76,6 @@ def assert_json_lines_only(stderr: str) -> None:
             json.loads(line)
         except ValueError:
             pytest.fail(f"not a JSON log line on stderr: {line!r}\n{stderr}")
-
-
-class EmptyChangeLog(BaseHTTPRequestHandler):
-    """An Orthanc with nothing new: every GET answers the last page of an empty change log."""
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        body = json.dumps({"Changes": [], "Done": True, "Last": 0}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
-        pass
-
-
-@pytest.fixture
-def empty_orthanc() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EmptyChangeLog)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_pacs_sync_stderr_is_json_lines_only(tiny_model_dir: Path, empty_orthanc: str) -> None:
