@@ -316,8 +316,8 @@ def pacs_sync(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     if args.orthanc and not is_http_url(args.orthanc):
         return fail(f"brain-tumor pacs-sync: error: --orthanc {HTTP_URL_RULE}; got {args.orthanc!r}", EXIT_USAGE)
-    hold_back_tensorflow_log(settings, args.verbose)
-    return sync.main(args, settings)
+    # TensorFlow once Orthanc has been asked: a wrong URL or password is said in seconds (it came after the models)
+    return sync.main(args, settings, before_models=lambda: hold_back_tensorflow_log(settings, args.verbose))
 
 
 def dicom_node(args: argparse.Namespace) -> int:

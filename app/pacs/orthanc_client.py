@@ -73,6 +73,11 @@ class OrthancClient:
         self._dicomweb = DICOMwebClient(url=config.dicomweb_url, session=self.session, timeout=config.timeout_seconds)
         self._dicomweb.set_http_retry_params(retry=False)  # retried here, once, with the same policy as REST calls
 
+    def system(self) -> dict[str, Any]:
+        """Orthanc's ``/system`` (its name and version): a cheap call that tells whether Orthanc answers at the URL
+        given and takes the credentials."""
+        return self._json("GET", "/system", json_object)
+
     def changes(self, since: int, limit: int = CHANGES_PAGE) -> dict[str, Any]:
         """Orthanc's change log after `since`: ``{"Changes": [{...}, ...], "Done": bool, "Last": int}``."""
         return self._json("GET", "/changes", changes_page, params={"since": since, "limit": limit})

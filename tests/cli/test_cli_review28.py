@@ -3,12 +3,15 @@ documented exit code, before or instead of running in a state that cannot work."
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -211,7 +214,10 @@ def test_a_second_dicom_node_on_a_spool_in_use_refuses_to_start(
 
 
 def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    empty_orthanc: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """SIGTERM (docker compose stop, systemd) killed pacs-sync by the signal: exit -15, no "pacs-sync stopped"
     (finding 8)."""
@@ -232,7 +238,7 @@ def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
         monkeypatch.setattr("app.pacs.pacs_sync.run_pacs_sync", a_pass_that_gets_sigterm)
 
         with caplog.at_level(logging.INFO, logger="app.pacs.pacs_sync"):
-            code, out, err = run(capsys, "pacs-sync", "--orthanc", "http://127.0.0.1:9")
+            code, out, err = run(capsys, "pacs-sync", "--orthanc", empty_orthanc)
 
         assert (code, out, err) == (cli.EXIT_OK, "", "")
         assert "pacs-sync stopped" in [record.getMessage() for record in caplog.records]
@@ -300,3 +306,64 @@ def test_dicom_node_on_a_busy_port_exits_2_before_loading_anything(
     assert out == ""
     assert err == f"brain-tumor dicom-node: cannot start: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     hold_spool(tmp_path / "spool").close()  # and the spool was let go
+
+
+class RefusesCredentials(BaseHTTPRequestHandler):
+    """An Orthanc that refuses the credentials given, as it answers a wrong password."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="Orthanc"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        pass
+
+
+@pytest.fixture
+def refusing_orthanc() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusesCredentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_pacs_sync_once_with_refused_credentials_exits_1_before_loading_anything(
+    refusing_orthanc: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong password was reported after the models had loaded (16 s; 59 s for an Orthanc that is down)."""
+    no_models_nor_tensorflow(monkeypatch)
+
+    code, out, err = run(capsys, "pacs-sync", "--once", "--orthanc", refusing_orthanc, "--password", "wrong")
+
+    assert (code, err) == (1, "")
+    error = json.loads(out)["error"]
+    assert error["code"] == "orthanc_credentials_refused"
+    assert error["message"] == "GET /system failed with HTTP 401"
+
+
+def test_pacs_sync_without_once_logs_an_orthanc_that_refuses_it_and_goes_on(
+    refusing_orthanc: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --once the passes try again, as for an Orthanc that goes away later: said first, not fatal."""
+
+    class ModelsLoaded(Exception):
+        """Raised by the stand-in model loader: the command went on to the models."""
+
+    def load(*args: object, **kwargs: object) -> None:
+        raise ModelsLoaded
+
+    monkeypatch.setattr("app.cli.hold_back_tensorflow_log", lambda *args: None)
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", load)
+
+    with caplog.at_level(logging.ERROR, logger="app.pacs.pacs_sync"), pytest.raises(ModelsLoaded):
+        run(capsys, "pacs-sync", "--orthanc", refusing_orthanc)
+
+    (line,) = [record for record in caplog.records if record.name == "app.pacs.pacs_sync"]
+    assert line.getMessage() == "orthanc does not answer as it should; tried again each pass"
+    assert line.fields == {"code": "orthanc_credentials_refused", "error": "GET /system failed with HTTP 401"}
