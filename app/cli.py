@@ -103,13 +103,13 @@ def serve(args: argparse.Namespace) -> int:
         reason = error.strerror or str(error)
         return fail(f"brain-tumor serve: cannot listen on {settings.host}:{settings.port}: {reason}", EXIT_USAGE)
     with listener:
-        hold_back_tensorflow_log(settings, args.verbose)
-        try:
+        try:  # before TensorFlow too: a keys file that cannot be read is said at once, not after its import (22 s)
             app = create_app(settings)
         except KeyConfigurationError as error:
             return fail(f"brain-tumor serve: error: {error}", EXIT_USAGE)
         except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE
             return fail(f"brain-tumor serve: error: cannot open {error.filename}: {error.strerror}", EXIT_USAGE)
+        hold_back_tensorflow_log(settings, args.verbose)
         # The lifespan checks the model files too (for `uvicorn app.main:app`), but a refusal there also gets
         # uvicorn's traceback: checked here first, a missing or tampered file is one line and exit 3.
         read_manifest(settings.model_dir)

@@ -367,3 +367,18 @@ def test_pacs_sync_without_once_logs_an_orthanc_that_refuses_it_and_goes_on(
     (line,) = [record for record in caplog.records if record.name == "app.pacs.pacs_sync"]
     assert line.getMessage() == "orthanc does not answer as it should; tried again each pass"
     assert line.fields == {"code": "orthanc_credentials_refused", "error": "GET /system failed with HTTP 401"}
+
+
+def test_serve_with_an_api_keys_file_it_cannot_open_exits_2_before_loading_tensorflow(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`API_KEYS_FILE=/nonexistent/keys` was reported after TensorFlow's import (22.8 s under load)."""
+    monkeypatch.setenv("API_KEYS_FILE", "/nonexistent/keys")
+    no_models_nor_tensorflow(monkeypatch)
+    monkeypatch.setattr("app.cli.run_server", lambda *args: pytest.fail("the server must not start"))
+
+    code, out, err = run(capsys, "serve", "--port", str(free_port()))
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert err == "brain-tumor serve: error: cannot open /nonexistent/keys: No such file or directory\n"
