@@ -10,8 +10,10 @@ one study per pass, and with no other until that study's backoff has passed: eac
 timeouts, and every study behind it would only fail the same way.
 
 The node's stop (`ResultSender.stop`) ends a send at once: no new attempt starts, a backoff wait ends, and an
-association in progress is cut off. Such a send is not recorded as an attempt: its results stay "pending" in the
-spool (what the destination already stored excepted), and the node sends them after its restart.
+association in progress is cut off. A send cut short before the destination stored anything is not recorded at all
+(its results stay as they were, "pending" or "failed"); one cut short after it stored some records those as sent
+and the rest as failed ("the node stopped before all were sent"). Either way the node sends the rest after its
+restart.
 """
 
 from __future__ import annotations
