@@ -53,6 +53,8 @@ from app.dicom.slice_orientation import slice_plane
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from app.settings import Settings  # which imports this module's defaults
+
 DEFAULT_FLAIR_PATTERNS = ("*FLAIR*", "*DARK*FLUID*", "*DARKFLUID*", "*T2*FLAIR*", "*T2*IR*FS*")
 DEFAULT_T1_PATTERNS = ("*T1*", "*MPRAGE*", "*MP-RAGE*", "*SPGR*", "*BRAVO*", "*TFE*T1*")
 DEFAULT_POST_CONTRAST_PATTERNS = ("*POST*", "*+C*", "*+ C*", "*GAD*", "*GD*", "*CONTRAST*", "* C+*", "*CE*T1*")
@@ -144,7 +146,7 @@ class SelectionRules:
             )
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SelectionRules:
+    def from_settings(cls, settings: Settings) -> SelectionRules:
         """The rules named in `app.settings.Settings` (``SEQUENCE_*``)."""
         return cls(
             flair_patterns=tuple(settings.sequence_flair_patterns),

@@ -111,7 +111,7 @@ from app.node.dicom_study_runs import (
     reports,
     supersede_undelivered,
 )
-from app.settings import AE_TITLE_RULE, is_ae_title
+from app.settings import AE_TITLE_RULE, Settings, is_ae_title
 from app.study_analysis import StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
@@ -155,28 +155,34 @@ UNWRITABLE_MOST_SECONDS = 1800.0  # longest wait before a study whose results th
 IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
 
 
+def _setting_default(name: str) -> Any:
+    """The default of the setting DICOM_NODE_`name`."""
+    return Settings.model_fields[f"dicom_node_{name}"].default
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """What the node listens on, where it keeps its data, and where it sends results (see the module docstring)."""
 
+    # The defaults are the DICOM_NODE_* settings' (`from_settings` builds it from them; tests build it directly).
     spool_dir: Path
-    ae_title: str = "BRAINTUMOR"
-    host: str = "127.0.0.1"
-    port: int = 11112
-    quiet_seconds: float = 30.0
+    ae_title: str = _setting_default("ae_title")
+    host: str = _setting_default("host")
+    port: int = _setting_default("port")
+    quiet_seconds: float = _setting_default("quiet_seconds")
     allowed_calling_ae_titles: tuple[str, ...] = ()
     destinations: tuple[Destination, ...] = ()
-    send_retries: int = 4
-    send_backoff_seconds: float = 2.0
-    send_timeout_seconds: float = 30.0
-    poll_seconds: float = 1.0
+    send_retries: int = _setting_default("send_retries")
+    send_backoff_seconds: float = _setting_default("send_backoff_seconds")
+    send_timeout_seconds: float = _setting_default("send_timeout_seconds")
+    poll_seconds: float = 1.0  # at most; `from_settings` polls four times a quiet period when that is shorter
     stop_seconds: float = 5.0
     max_attempts: int = 3
-    max_associations: int = 32
-    max_associations_per_peer: int = 8
-    association_timeout_seconds: float = 30.0
+    max_associations: int = _setting_default("max_associations")
+    max_associations_per_peer: int = _setting_default("max_associations_per_peer")
+    association_timeout_seconds: float = _setting_default("association_timeout_seconds")
     spool_limits: SpoolLimits = SpoolLimits()
-    receive_memory_bytes: int = 1024 * 1024 * 1024
+    receive_memory_bytes: int = _setting_default("receive_memory_bytes")
 
     def __post_init__(self) -> None:
         if not is_ae_title(self.ae_title):
@@ -206,7 +212,7 @@ class NodeConfig:
             )
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> NodeConfig:
+    def from_settings(cls, settings: Settings, **overrides: Any) -> NodeConfig:
         """The ``DICOM_NODE_*`` settings, with `overrides` (e.g. from the command line) where given."""
         values: dict[str, Any] = {
             "spool_dir": Path(settings.dicom_node_spool_dir),
@@ -234,7 +240,7 @@ class NodeConfig:
             "receive_memory_bytes": settings.dicom_node_receive_memory_bytes,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
-        values["poll_seconds"] = min(1.0, values["quiet_seconds"] / 4)
+        values["poll_seconds"] = min(cls.poll_seconds, values["quiet_seconds"] / 4)
         return cls(**values)
 
 

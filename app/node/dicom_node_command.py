@@ -15,17 +15,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from app.node.dicom_node import DicomNode, NodeConfig, check_address
 from app.node.dicom_spool import hold_spool
+from app.settings import Settings, get_settings
 from app.uploads import UploadLimits
 
 # The node's logger: "DICOM node stopped" comes under the name the node's other lines have.
 logger = logging.getLogger("app.node.dicom_node")
 
 
-def node_upload_limits(settings: Any) -> UploadLimits:
+def node_upload_limits(settings: Settings) -> UploadLimits:
     """The flow's limits for the node: an instance it kept (up to DICOM_NODE_MAX_INSTANCE_BYTES) is not refused
     again for its size, as MAX_UPLOAD_BYTES, the HTTP upload limit, would (a 22 MiB Enhanced MR 3D FLAIR);
     DECODE_MEMORY_BYTES still bounds the study."""
@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
 
 
-def main(args: argparse.Namespace, settings: Any = None, before_models: Callable[[], None] | None = None) -> int:
+def main(
+    args: argparse.Namespace, settings: Settings | None = None, before_models: Callable[[], None] | None = None
+) -> int:
     """Entry point of ``brain-tumor dicom-node``: load the models once (after `before_models`, which the command line
     uses to import TensorFlow quietly), listen until interrupted.
 
@@ -55,7 +57,6 @@ def main(args: argparse.Namespace, settings: Any = None, before_models: Callable
 
     from app.inference import Predictor
     from app.sequence_selection import SelectionRules
-    from app.settings import get_settings
     from app.study_analysis import ModelStudyProcessor
 
     settings = settings or get_settings()

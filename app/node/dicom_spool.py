@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset
 
 from app.core.durable_files import write_atomically
 from app.dicom.dicom_seg import part10_bytes
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,6 @@ WAITING_STATUSES = ("pending", "failed")
 """A destination's state in a run that still has results to send; the others: "sent", "dropped" (the
 destination was taken out of the configuration before it got them) and "superseded" (a later run of the study came
 before they were delivered: the destination gets that run's instead)."""
-
-
-MIB = 1024 * 1024
 
 
 class SpoolFullError(Exception):
@@ -104,13 +102,14 @@ class SpoolLimits:
     its instances and results (`retention_seconds`) and its record (`record_retention_seconds`, counted from the
     same moment: the record's last change)."""
 
-    max_instance_bytes: int = 128 * MIB
-    max_spool_bytes: int = 20 * 1024 * MIB
-    min_free_bytes: int = 1024 * MIB
-    retention_seconds: float = 7 * 24 * 3600.0
-    max_pending_studies: int = 1000
-    record_retention_seconds: float = 365 * 24 * 3600.0
-    max_study_instances: int = 10_000
+    # The DICOM_NODE_* settings' defaults (hours and days in seconds).
+    max_instance_bytes: int = Settings.model_fields["dicom_node_max_instance_bytes"].default
+    max_spool_bytes: int = Settings.model_fields["dicom_node_max_spool_bytes"].default
+    min_free_bytes: int = Settings.model_fields["dicom_node_min_free_bytes"].default
+    retention_seconds: float = Settings.model_fields["dicom_node_retention_hours"].default * 3600.0
+    max_pending_studies: int = Settings.model_fields["dicom_node_max_pending_studies"].default
+    record_retention_seconds: float = Settings.model_fields["dicom_node_record_retention_days"].default * 24 * 3600.0
+    max_study_instances: int = Settings.model_fields["dicom_node_max_study_instances"].default
 
 
 def study_key(study_instance_uid: str, patient_id: str = "") -> str:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from app.errors import error_body
 from app.inference import Predictor
@@ -43,6 +43,7 @@ from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
 from app.sequence_selection import SelectionRules
+from app.settings import Settings, get_settings
 from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits
 
@@ -55,30 +56,6 @@ TRIGGERS_UNSTABLE = frozenset({"StableSeries", "NewInstance"})
 MAX_CHANGE_PAGES_PER_PASS = 1000
 """Pages of the change log one pass reads (100 changes each): a busy Orthanc's backlog takes a few passes, and one
 whose log never says Done cannot keep the due retries from their turn."""
-
-
-class SettingsLike(Protocol):
-    """The fields of `app.settings.Settings` that pacs-sync reads."""
-
-    orthanc_url: str
-    orthanc_username: str | None
-    orthanc_password: Any  # str, pydantic SecretStr or None
-    pacs_poll_seconds: float
-    sequence_flair_patterns: Any
-    sequence_t1_patterns: Any
-    sequence_post_contrast_patterns: Any
-    sequence_flair_min_inversion_ms: float
-    sequence_localizer_patterns: Any
-    sequence_other_patterns: Any
-    pacs_state_file: Path | None
-    pacs_max_attempts: int
-    pacs_retry_seconds: float
-    max_dicom_pixels: int
-    pacs_max_instance_bytes: int
-    decode_memory_bytes: int
-    model_dir: Path
-    inference_runtime: str
-    inference_batch_size: int
 
 
 @dataclass
@@ -279,12 +256,12 @@ def upload_limits(config: PacsSyncConfig) -> UploadLimits:
     """The prediction flow's limits from the configured ones, as the API and the DICOM node take them from the settings
     (`UploadLimits.from_settings`): built-in defaults here would refuse a study that DECODE_MEMORY_BYTES was raised
     for, after fetching it. A study is one request: `max_study_bytes` (DECODE_MEMORY_BYTES) bounds its decoding as it
-    bounds its fetch, `max_instance_bytes` (PACS_MAX_INSTANCE_BYTES) each file, `max_image_pixels`
+    bounds its fetch, `max_instance_bytes` (PACS_MAX_INSTANCE_BYTES) each file, `max_dicom_pixels`
     (MAX_DICOM_PIXELS) each instance's pixels.
     """
     return UploadLimits(
         max_upload_bytes=config.max_instance_bytes,
-        max_dicom_pixels=config.max_image_pixels,
+        max_dicom_pixels=config.max_dicom_pixels,
         max_decode_bytes=config.max_study_bytes,
     )
 
@@ -304,11 +281,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="run one pass and exit")
 
 
-def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSyncConfig:
+def config_from_args(args: argparse.Namespace, settings: Settings) -> PacsSyncConfig:
     """Command-line values where given, else the settings'."""
-    password = args.password if args.password is not None else settings.orthanc_password
-    if password is not None and hasattr(password, "get_secret_value"):
-        password = password.get_secret_value()
+    secret = settings.orthanc_password
+    password = args.password if args.password is not None else secret.get_secret_value() if secret else None
     return PacsSyncConfig(
         orthanc_url=args.orthanc or settings.orthanc_url,
         username=args.user if args.user is not None else settings.orthanc_username,
@@ -317,7 +293,7 @@ def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSy
         poll_seconds=args.poll_seconds if args.poll_seconds is not None else settings.pacs_poll_seconds,
         max_attempts=settings.pacs_max_attempts,
         retry_seconds=settings.pacs_retry_seconds,
-        max_image_pixels=settings.max_dicom_pixels,
+        max_dicom_pixels=settings.max_dicom_pixels,
         # A study the service could not decode is not fetched; each file has its own limit, as in the DICOM node.
         max_instance_bytes=settings.pacs_max_instance_bytes,
         max_study_bytes=settings.decode_memory_bytes,
@@ -327,7 +303,7 @@ def config_from_args(args: argparse.Namespace, settings: SettingsLike) -> PacsSy
 
 
 def main(
-    args: argparse.Namespace, settings: SettingsLike | None = None, before_models: Callable[[], None] | None = None
+    args: argparse.Namespace, settings: Settings | None = None, before_models: Callable[[], None] | None = None
 ) -> int:
     """Entry point of ``brain-tumor pacs-sync``: ask Orthanc once, load the models once (after `before_models`, which
     the command line uses to import TensorFlow quietly), then sync; prints the counts as JSON.
@@ -339,8 +315,6 @@ def main(
     Returns 0 on success (also when interrupted), 1 when Orthanc cannot be reached with `--once`, 2 for a bad
     configuration.
     """
-    from app.settings import get_settings  # imported here so that tests can pass their own settings
-
     settings = settings or get_settings()
     try:
         config = config_from_args(args, settings)

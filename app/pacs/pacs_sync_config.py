@@ -38,8 +38,8 @@ class PacsSyncConfig:
         A study that fails is tried again up to `max_attempts` times in all, `retry_seconds` x 2^(attempt-1) after
         each failure; then it is only watched (its instances re-checked every `retry_seconds` x 2^(max_attempts-1))
         and processed again once they change.
-    max_image_pixels
-        Largest rows x columns x frames accepted per instance (as for uploads).
+    max_dicom_pixels
+        Largest rows x columns x frames accepted per instance (MAX_DICOM_PIXELS, as for DICOM uploads).
     retries, backoff_seconds
         Retries after the first try of each HTTP call, waiting backoff x 2^attempt seconds in between.
     timeout_seconds
@@ -68,10 +68,10 @@ class PacsSyncConfig:
     username: str | None = None
     password: str | None = None
     state_file: Path | None = None
-    poll_seconds: float = 30.0
-    max_attempts: int = 5
-    retry_seconds: float = 60.0
-    max_image_pixels: int = DEFAULT_MAX_DICOM_PIXELS
+    poll_seconds: float = Settings.model_fields["pacs_poll_seconds"].default
+    max_attempts: int = Settings.model_fields["pacs_max_attempts"].default
+    retry_seconds: float = Settings.model_fields["pacs_retry_seconds"].default
+    max_dicom_pixels: int = DEFAULT_MAX_DICOM_PIXELS
     retries: int = 4
     backoff_seconds: float = 0.5
     timeout_seconds: float = 30.0
@@ -79,7 +79,7 @@ class PacsSyncConfig:
     max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES
-    batch_size: int = 32
+    batch_size: int = Settings.model_fields["inference_batch_size"].default
     require_stable: bool = True
     selection_rules: SelectionRules = field(default_factory=SelectionRules)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,13 +19,7 @@ from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import OrthancError
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
-from app.sequence_selection import (
-    DEFAULT_FLAIR_PATTERNS,
-    DEFAULT_LOCALIZER_PATTERNS,
-    DEFAULT_OTHER_PATTERNS,
-    DEFAULT_POST_CONTRAST_PATTERNS,
-    DEFAULT_T1_PATTERNS,
-)
+from app.settings import Settings
 from tests.dicom.builders import to_bytes
 from tests.dicom.orthanc_server import PASSWORD, USER, Orthanc
 
@@ -70,27 +63,15 @@ def assert_masks_are_the_predictions(seg: Dataset, series: list[Dataset], predic
         np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], prediction.mask)
 
 
-def cli_settings(model_dir: Path) -> SimpleNamespace:
-    return SimpleNamespace(
+def cli_settings(model_dir: Path) -> Settings:
+    """The service's settings for pacs-sync's command-line tests: the test Orthanc's credentials, `model_dir`."""
+    return Settings(
         orthanc_url="http://unused.invalid",
         orthanc_username=USER,
         orthanc_password=PASSWORD,
-        pacs_poll_seconds=30.0,
-        pacs_state_file=None,
-        pacs_max_attempts=5,
-        pacs_retry_seconds=60.0,
-        max_dicom_pixels=4096 * 4096,
-        pacs_max_instance_bytes=128 * 1024 * 1024,
-        decode_memory_bytes=256 * 1024 * 1024,
         model_dir=model_dir,
-        inference_runtime="keras",
-        inference_batch_size=16,
-        sequence_flair_patterns=list(DEFAULT_FLAIR_PATTERNS),
-        sequence_t1_patterns=list(DEFAULT_T1_PATTERNS),
-        sequence_post_contrast_patterns=list(DEFAULT_POST_CONTRAST_PATTERNS),
-        sequence_flair_min_inversion_ms=1500.0,
-        sequence_localizer_patterns=list(DEFAULT_LOCALIZER_PATTERNS),
-        sequence_other_patterns=list(DEFAULT_OTHER_PATTERNS),
+        max_dicom_pixels=4096 * 4096,
+        decode_memory_bytes=256 * 1024 * 1024,
     )
 
 

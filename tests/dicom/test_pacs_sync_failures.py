@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
 from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import SelectionRules
+from app.settings import Settings
 from tests.dicom.builders import mr_series, tumor_channels
 from tests.dicom.orthanc_server import Orthanc
 from tests.dicom.pacs_sync_support import (
@@ -188,14 +188,18 @@ def test_orthanc_client_retries_network_errors_with_backoff(orthanc: Orthanc, tm
 def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     pacs_sync.add_arguments(parser)
-    settings = cli_settings(tmp_path)
-    settings.orthanc_url = "http://pacs:8042"
-    settings.orthanc_username = "env-user"
-    settings.orthanc_password = SimpleNamespace(get_secret_value=lambda: "env-secret")
-    settings.pacs_state_file = tmp_path / "state.json"
-    settings.sequence_flair_patterns = ["*DARK FLUID*"]
-    settings.pacs_max_instance_bytes, settings.decode_memory_bytes = 5_000_000, 90_000_000
-    settings.inference_batch_size = 7
+    settings = Settings(
+        model_dir=tmp_path,
+        orthanc_url="http://pacs:8042",
+        orthanc_username="env-user",
+        orthanc_password="env-secret",
+        pacs_state_file=tmp_path / "state.json",
+        sequence_flair_patterns="*DARK FLUID*",
+        max_dicom_pixels=4096 * 4096,
+        pacs_max_instance_bytes=5_000_000,
+        decode_memory_bytes=90_000_000,
+        inference_batch_size=7,
+    )
 
     from_settings = pacs_sync.config_from_args(parser.parse_args([]), settings)
     overridden = pacs_sync.config_from_args(
@@ -210,7 +214,7 @@ def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> Non
         poll_seconds=30.0,
         max_attempts=5,
         retry_seconds=60.0,
-        max_image_pixels=4096 * 4096,
+        max_dicom_pixels=4096 * 4096,
         max_instance_bytes=5_000_000,
         max_study_bytes=90_000_000,
         batch_size=7,

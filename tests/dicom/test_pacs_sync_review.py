@@ -65,7 +65,7 @@ def test_pacs_sync_decodes_within_the_configured_budget_not_the_default(
 
 def test_upload_limits_are_the_configured_ones(orthanc: Orthanc, tmp_path: Path) -> None:
     config = config_for(
-        orthanc, tmp_path / "state.json", max_study_bytes=2048 * MIB, max_instance_bytes=3 * MIB, max_image_pixels=99
+        orthanc, tmp_path / "state.json", max_study_bytes=2048 * MIB, max_instance_bytes=3 * MIB, max_dicom_pixels=99
     )
 
     limits = upload_limits(config)

@@ -31,7 +31,8 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
-from app.node.dicom_spool import MIB, SpoolLimits
+from app.node.dicom_spool import SpoolLimits
+from app.settings import MIB
 from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
 from tests.dicom.conftest import clock, make_node, results  # noqa: F401 (fixtures)
 from tests.dicom.node_support import CALLING_AE, NODE_AE, dcmtk, echo, storescu, wait_for
