@@ -32,6 +32,8 @@ const TEXT_ENTRY = "input:not([type=file], [type=range], [type=checkbox], [type=
   + "[contenteditable]";
 // The recomputed volume is announced once typing in a spacing field pauses this long, not once per keystroke.
 const VOLUME_ANNOUNCE_DELAY_MS = 500;
+// Past this many slices the probability strip's bars touch: 1 px gaps would take most of a phone's strip.
+const DENSE_STRIP_SLICES = 64;
 
 // Human wording per HTTP status; the server's own message goes beneath it, since that names the exact rule broken.
 const ERROR_TITLES = {
@@ -794,6 +796,7 @@ function describeSeriesChoice(answer) {
 function buildStrip(slices) {
   ui.strip.replaceChildren();
   ui.strip.setAttribute("aria-valuemax", String(slices.length));
+  ui.strip.classList.toggle("dense", slices.length > DENSE_STRIP_SLICES);
   const line = document.createElement("div");
   line.className = "strip-threshold";
   line.style.bottom = `${100 * slices[0].prediction.threshold}%`;
