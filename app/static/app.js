@@ -977,23 +977,114 @@ function announceVolume(before) {
 
 // ------------------------------------------------------------------------------------------- window / level
 
+// The server's guards against a few extreme pixels in its min/max stretch, mirrored by stretchRange: the constants
+// of the same names in app/intensity_range.py (change both together).
+const OUTLIER_FACTOR = 8;
+const REFERENCE_PERCENTILE = 99.9;
+const LOW_OUTLIER_MARGIN = 0.5;
+const LOW_REFERENCE_PERCENTILE = 0.1;
+const FEW_PIXELS = 5;
+const ISOLATED_FACTOR = 2;
+const SAMPLE_PIXELS = 2 ** 20;
+
+/** numpy's default (linear) percentile `p` of ascending `sorted`. */
+function percentile(sorted, p) {
+  const at = (p / 100) * (sorted.length - 1);
+  const below = Math.floor(at);
+  const above = Math.min(below + 1, sorted.length - 1);
+  return sorted[below] + (at - below) * (sorted[above] - sorted[below]);
+}
+
+/** The least value of `arrays` at or above `bound`, or the greatest at or below it (`fallback` when none). */
+function nearestInside(arrays, bound, above, fallback) {
+  let found = fallback;
+  for (const values of arrays) {
+    for (const value of values) {
+      if (above ? value >= bound && value < found : value <= bound && value > found) {
+        found = value;
+      }
+    }
+  }
+  return found;
+}
+
+/**
+ * [low, high] of the server's stretch of these grey values (one image, or all slices of a series), as
+ * `stretch_range` in app/intensity_range.py computes it: the minimum and maximum, each short of the outliers beyond
+ * it, which saturate. The default window is this range, so that a hot pixel (one at 65535 in a 16-bit slice under
+ * 8,000) no longer draws the slice almost black while the models saw it normally. Exported for its parity test.
+ */
+export function stretchRange(arrays) {
+  let low = Infinity;
+  let high = -Infinity;
+  let total = 0;
+  for (const values of arrays) {
+    total += values.length;
+    for (const value of values) {
+      if (value < low) low = value;
+      if (value > high) high = value;
+    }
+  }
+  if (!(high > low)) {
+    return [low, high];
+  }
+  // The percentiles from about SAMPLE_PIXELS values, every step-th of each array, as the server takes them.
+  const step = Math.max(1, Math.floor(total / SAMPLE_PIXELS));
+  const sample = new Float64Array(arrays.reduce((sum, values) => sum + Math.ceil(values.length / step), 0));
+  let taken = 0;
+  for (const values of arrays) {
+    for (let i = 0; i < values.length; i += step) {
+      sample[taken++] = values[i];
+    }
+  }
+  sample.sort();
+  const bottom = percentile(sample, LOW_REFERENCE_PERCENTILE);
+  const reference = percentile(sample, REFERENCE_PERCENTILE);
+  if (!(reference > bottom)) {
+    return [low, high]; // nearly every pixel at one value: nothing to judge by
+  }
+  const floor = bottom - LOW_OUTLIER_MARGIN * (reference - bottom);
+  if (low < floor) {
+    low = nearestInside(arrays, floor, true, Infinity);
+  }
+  const ceiling = low + OUTLIER_FACTOR * (reference - low);
+  if (high > ceiling) {
+    high = nearestInside(arrays, ceiling, false, low);
+  }
+  const aloneAbove = low + (high - low) / ISOLATED_FACTOR;
+  if (aloneAbove > reference) {
+    let count = 0;
+    for (const values of arrays) {
+      for (const value of values) {
+        count += value > aloneAbove ? 1 : 0;
+      }
+    }
+    if (count < FEW_PIXELS) {
+      high = nearestInside(arrays, aloneAbove, false, low);
+    }
+  }
+  return [low, high];
+}
+
 function setUpWindow(slices) {
+  const arrays = slices.flatMap((slice) => (slice.picture?.values?.length ? [slice.picture.values] : []));
+  ui.windowControls.hidden = arrays.length === 0;
+  if (arrays.length === 0) {
+    return;
+  }
+  // The sliders reach every value; the default window is what the models saw, unless the files carry their own.
   let min = Infinity;
   let max = -Infinity;
-  for (const slice of slices) {
-    for (const value of slice.picture?.values ?? []) {
+  for (const values of arrays) {
+    for (const value of values) {
       if (value < min) min = value;
       if (value > max) max = value;
     }
   }
-  const windowed = Number.isFinite(min);
-  ui.windowControls.hidden = !windowed;
-  if (!windowed) {
-    return;
-  }
   const span = Math.max(1, max - min);
+  const [low, high] = stretchRange(arrays);
   const preset = slices.find((slice) => slice.window)?.window;
-  series.defaultWindow = preset ?? { center: (min + max) / 2, width: span };
+  series.defaultWindow = preset ?? { center: (low + high) / 2, width: Math.max(1, high - low) };
   ui.windowLevel.min = String(min);
   ui.windowLevel.max = String(max);
   ui.windowWidth.min = "1";

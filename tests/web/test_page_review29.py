@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
+from app.intensity_range import stretch_range
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.web.test_page_series_answers import png_bytes, upload
 
 MAX_FILES = 256  # MAX_BATCH_FILES: the longest series one request takes
@@ -102,3 +104,117 @@ def test_the_strip_of_a_256_slice_series_stays_inside_its_box_on_a_laptop_and_a_
             assert abs(under - share * (MAX_FILES - 1)) <= 2, (viewport, share, under)
             page.mouse.click(*point)
             expect(page.locator("#slice-number")).to_have_text(f"{under + 1} / {MAX_FILES}")
+
+
+# ------------------------------------------------------------------------------- F2: the default window
+
+
+def default_window(page: Page) -> tuple[float, float]:
+    """The Level and Width the page chose, as the sliders hold them."""
+    level = float(page.locator("#window-level").input_value())
+    width = float(page.locator("#window-width").input_value())
+    return level, width
+
+
+def flair_16bit() -> np.ndarray:
+    """The FLAIR channel of the tumor slice, scaled into 16-bit values as scanners export them (under 10,200)."""
+    return tumor_channels()[2].astype(np.uint16) * 40
+
+
+def with_pixel(image: np.ndarray, value: float) -> np.ndarray:
+    changed = image.copy()
+    changed[5, 5] = value
+    return changed
+
+
+def with_hot_pixel(image: np.ndarray) -> np.ndarray:
+    return with_pixel(image, 65535)
+
+
+def with_bright_pixels(image: np.ndarray, count: int) -> np.ndarray:
+    """`count` pixels at 25,000, far above the rest (under 10,200) yet inside the server's 8x bound."""
+    bright = image.copy()
+    bright.flat[[1000 * k + 3 for k in range(count)]] = 25_000
+    return bright
+
+
+def test_a_hot_pixel_leaves_the_default_window_of_a_16_bit_png_as_it_was(page: Page, live_server: str) -> None:
+    """The page's default window spanned the raw minimum to maximum: one pixel at 65535 drew the slice almost black
+    (Level 32,768 / Width 65,535 against 3,860 / 7,720), while the server saturates that pixel."""
+    page.goto(live_server)
+    windows = []
+    for image in (flair_16bit(), with_hot_pixel(flair_16bit())):
+        upload(page, [{"name": "flair16.png", "mimeType": "image/png", "buffer": png_bytes(Image.fromarray(image))}])
+        expect(page.locator("#window-controls")).to_be_visible()
+        windows.append(default_window(page))
+    clean, hot = windows
+    assert hot == pytest.approx(clean, abs=1), windows
+    assert clean[1] < 20_000  # the slice's own range, not the type's
+
+
+def dicom_files(images: list[np.ndarray], window: tuple[float, float] | None = None) -> list[dict]:
+    datasets = mr_series(images)
+    if window is not None:
+        for dataset in datasets:
+            dataset.WindowCenter, dataset.WindowWidth = window
+    return [
+        {"name": f"IM{index:04d}", "mimeType": "application/dicom", "buffer": to_bytes(dataset)}
+        for index, dataset in enumerate(datasets)
+    ]
+
+
+def test_a_hot_pixel_leaves_the_default_window_of_a_dicom_series_as_it_was(page: Page, live_server: str) -> None:
+    """Without Window Center/Width the window is the server's stretch over the whole series; with them, theirs."""
+    clean = [channel.astype(np.uint16) * 40 for channel in tumor_channels()]
+    hot = [clean[0], with_hot_pixel(clean[1]), clean[2]]  # one hot pixel in one slice darkened them all
+    page.goto(live_server)
+    windows = []
+    for images in (clean, hot):
+        upload(page, dicom_files(images))
+        windows.append(default_window(page))
+    assert windows[1] == pytest.approx(windows[0], abs=1), windows
+    assert windows[0][1] < 20_000
+
+    upload(page, dicom_files(hot, window=(3000, 5000)))  # the file's own window keeps precedence
+    assert default_window(page) == (3000, 5000)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "clean",
+        "hot pixel",
+        "cold pixel",
+        "four isolated pixels",
+        "five isolated pixels",
+        "constant",
+        "two slices",
+        "34 slices",
+    ],
+)
+def test_the_page_default_window_range_is_the_server_stretch_range(page: Page, live_server: str, case: str) -> None:
+    """stretchRange in app.js mirrors stretch_range in app/intensity_range.py, value for value."""
+    base = tumor_channels()[2].astype(np.float64) * 40
+    arrays = {
+        "clean": [base],
+        "hot pixel": [with_hot_pixel(base)],
+        "cold pixel": [with_pixel(base, -5000)],
+        "four isolated pixels": [with_bright_pixels(base, 4)],
+        "five isolated pixels": [with_bright_pixels(base, 5)],
+        "constant": [np.full((8, 8), 7.0)],
+        "two slices": [base, with_hot_pixel(base * 0.5)],
+        # Over SAMPLE_PIXELS values: the percentiles come from every second one.
+        "34 slices": [base] * 33 + [with_hot_pixel(base)],
+    }[case]
+    page.goto(live_server)
+    ids = list(dict.fromkeys(id(array) for array in arrays))  # each array sent once
+    distinct = [next(array for array in arrays if id(array) == key) for key in ids]
+    low, high = page.evaluate(
+        """async ([distinct, order]) => {
+            const { stretchRange } = await import("/static/app.js");
+            const typed = distinct.map((values) => Float32Array.from(values));
+            return stretchRange(order.map((at) => typed[at]));
+        }""",
+        [[array.ravel().tolist() for array in distinct], [ids.index(id(array)) for array in arrays]],
+    )
+    assert (low, high) == pytest.approx(stretch_range(arrays), rel=1e-6)
