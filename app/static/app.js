@@ -1137,8 +1137,10 @@ function drawPicture(slice) {
 }
 
 /** Canvas pixels per OUTLINE_CSS_PIXELS at the size the viewer shows the mask canvas now (at least one). */
-function outlineWidth(canvasWidth) {
-  const shownWidth = ui.maskCanvas.getBoundingClientRect().width;
+function outlineWidth(canvasWidth, canvasHeight) {
+  // The canvas keeps its aspect ratio inside its box (object-fit), which is lower than wide in a short window.
+  const box = ui.maskCanvas.getBoundingClientRect();
+  const shownWidth = Math.min(box.width, (box.height * canvasWidth) / canvasHeight);
   return shownWidth > 0 ? Math.max(1, Math.ceil((OUTLINE_CSS_PIXELS * canvasWidth) / shownWidth)) : 1;
 }
 
@@ -1185,7 +1187,7 @@ function drawMask(slice) {
   const hex = ui.maskColour.value;
   const colour = [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16));
   const image = new ImageData(width, height);
-  const drawn = style === "outline" ? maskEdge(slice.mask, width, height, outlineWidth(width)) : slice.mask;
+  const drawn = style === "outline" ? maskEdge(slice.mask, width, height, outlineWidth(width, height)) : slice.mask;
   for (let i = 0; i < width * height; i += 1) {
     if (drawn[i]) {
       image.data.set([...colour, 255], i * 4);
@@ -1523,6 +1525,13 @@ function wireViewer() {
     "wheel",
     (event) => {
       if (!series || series.slices.length < 2) {
+        return;
+      }
+      // Past the first or the last slice the wheel scrolls the page: a viewer taller than the window (a laptop at
+      // 200 % zoom) would otherwise hold the page still under the pointer.
+      const direction = Math.sign(event.deltaY);
+      if ((direction > 0 && current === series.slices.length - 1) || (direction < 0 && current === 0)) {
+        wheelDelta = 0;
         return;
       }
       event.preventDefault();

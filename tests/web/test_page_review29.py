@@ -12,12 +12,14 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
 from app.intensity_range import stretch_range
+from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.web.test_page_series_answers import png_bytes, upload
 
 MAX_FILES = 256  # MAX_BATCH_FILES: the longest series one request takes
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 360, "height": 740}
+RASTER_SERIES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
 
 
 @pytest.fixture
@@ -218,3 +220,59 @@ def test_the_page_default_window_range_is_the_server_stretch_range(page: Page, l
         [[array.ravel().tolist() for array in distinct], [ids.index(id(array)) for array in arrays]],
     )
     assert (low, high) == pytest.approx(stretch_range(arrays), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- F3: the wheel at 200 % zoom
+
+
+@pytest.fixture
+def zoomed_page(browser: Browser) -> Iterator[Page]:
+    """A 1280x800 laptop at 200 % zoom: 640x400 CSS pixels at device scale 2."""
+    context = browser.new_context(viewport={"width": 640, "height": 400}, device_scale_factor=2)
+    yield context.new_page()
+    context.close()
+
+
+def scroll_y(page: Page) -> float:
+    return page.evaluate("window.scrollY")
+
+
+def test_the_wheel_over_the_viewer_scrolls_the_page_past_either_end_of_the_series_at_200_percent_zoom(
+    zoomed_page: Page, live_server: str
+) -> None:
+    """The viewer was taller than the window and took every wheel event, even at the last slice: the page never
+    scrolled while the pointer was over it."""
+    page = zoomed_page
+    page.goto(live_server)
+    upload(page, RASTER_SERIES)
+    number = page.locator("#slice-number")
+
+    # The viewer fits in the window, with room to spare beside it.
+    viewer_height = page.locator("#viewer").evaluate("viewer => viewer.getBoundingClientRect().height")
+    assert viewer_height <= page.viewport_size["height"], viewer_height
+
+    page.locator("#viewer").press("End")
+    expect(number).to_have_text("4 / 4")
+    page.locator("#viewer").scroll_into_view_if_needed()
+    page.locator("#mask-canvas").hover()
+    before = scroll_y(page)
+    page.mouse.wheel(0, 100)  # a notch down at the last slice: the page, not the slice
+    page.wait_for_function("before => window.scrollY > before", arg=before)
+    expect(number).to_have_text("4 / 4")
+
+    page.locator("#viewer").press("Home")
+    expect(number).to_have_text("1 / 4")
+    page.locator("#viewer").scroll_into_view_if_needed()
+    page.locator("#mask-canvas").hover()
+    before = scroll_y(page)
+    assert before > 0
+    page.mouse.wheel(0, -100)  # a notch up at the first slice: the page again
+    page.wait_for_function("before => window.scrollY < before", arg=before)
+    expect(number).to_have_text("1 / 4")
+
+    # In between, the wheel still moves through the slices and leaves the page where it is.
+    page.locator("#mask-canvas").hover()
+    before = scroll_y(page)
+    page.mouse.wheel(0, 100)
+    expect(number).to_have_text("2 / 4")
+    assert scroll_y(page) == before
