@@ -914,17 +914,20 @@ function showSpacingErrors() {
   }
 }
 
-/** DICOM: the API's volume. PNG/TIFF: pixels x pixel spacing² x slice spacing, once both spacings are entered. */
+/**
+ * DICOM: the API's volume. PNG/TIFF: pixels x pixel spacing² x slice spacing, once both spacings are entered. A single
+ * slice gets none, DICOM included: its area x thickness would read as a tumor's volume.
+ */
 function updateVolume() {
   let volume = null;
   let text;
-  if (series.kind === "dicom") {
+  if (series.slices.length === 1) {
+    text = "not computed for a single slice (send the slices of a series together)";
+  } else if (series.kind === "dicom") {
     volume = series.volumeMl;
     text = volume === null
       ? "unknown: the DICOM files give no pixel or slice spacing"
       : `${formatNumber(volume, 2)} mL (from the DICOM geometry)${volumeCaveats(series.answer)}`;
-  } else if (series.slices.length === 1) {
-    text = "not computed for a single slice (send the slices of a series together)";
   } else {
     const { pixel, slice, pixelError, sliceError } = enteredSpacing();
     if (pixelError || sliceError) {

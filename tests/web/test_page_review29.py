@@ -276,3 +276,21 @@ def test_the_wheel_over_the_viewer_scrolls_the_page_past_either_end_of_the_serie
     page.mouse.wheel(0, 100)
     expect(number).to_have_text("2 / 4")
     assert scroll_y(page) == before
+
+
+# ------------------------------------------------------------------------- F6, F7: what the volume line says
+
+
+def test_a_single_dicom_slice_gets_no_volume_as_a_single_raster_slice_gets_none(page: Page, live_server: str) -> None:
+    """One DICOM slice was given "Tumor volume 19.83 mL" (its area x slice thickness), one JPEG "not computed"."""
+    page.goto(live_server)
+    answer = upload(page, dicom_files(tumor_channels()[2:]))
+    assert answer["tumor_volume_ml"] is not None  # the API's figure, which the page leaves out
+
+    volume = page.locator("#volume")
+    expect(volume).to_have_text("not computed for a single slice (send the slices of a series together)")
+    assert volume.get_attribute("data-value") is None
+    expect(page.locator("#area")).to_contain_text("mm²")  # its area, from the DICOM pixel spacing, still shows
+
+    upload(page, [TUMOR_SERIES[2]])
+    expect(volume).to_have_text("not computed for a single slice (send the slices of a series together)")
