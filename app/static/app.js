@@ -927,7 +927,7 @@ function updateVolume() {
     volume = series.volumeMl;
     text = volume === null
       ? "unknown: the DICOM files give no pixel or slice spacing"
-      : `${formatNumber(volume, 2)} mL (from the DICOM geometry)${volumeCaveats(series.answer)}`;
+      : `${formatNumber(volume, 2)} mL (from the DICOM geometry)${volumeCaveats(series)}`;
   } else {
     const { pixel, slice, pixelError, sliceError } = enteredSpacing();
     if (pixelError || sliceError) {
@@ -938,7 +938,7 @@ function updateVolume() {
     } else if (pixel && slice) {
       const pixels = series.slices.reduce((sum, item) => sum + (item.prediction.mask?.area_pixels ?? 0), 0);
       volume = (pixels * pixel * pixel * slice) / 1000;
-      text = `${formatNumber(volume, 2)} mL (from the spacing entered)`;
+      text = `${formatNumber(volume, 2)} mL (from the spacing entered)${volumeCaveats(series)}`;
     } else {
       text = "enter the pixel and slice spacing below to get it";
     }
@@ -951,9 +951,16 @@ function updateVolume() {
   }
 }
 
-/** Why a DICOM series' volume may fall short, from the answer: slices missing inside it, tumor at its ends. */
-function volumeCaveats(answer) {
+/**
+ * Why a series' volume may fall short. DICOM, from the answer: slices missing inside it (the files that failed
+ * among them), tumor at its ends. PNG, JPEG or TIFF: the files that could not be analysed, whose slices add nothing.
+ */
+function volumeCaveats(shown) {
+  const { answer, failures } = shown;
   const caveats = [];
+  if (shown.kind === "raster" && failures.length > 0) {
+    caveats.push(`${plural(failures.length, "file")} of the series could not be analysed`);
+  }
   if (answer.slices_missing > 0) {
     caveats.push(`${plural(answer.slices_missing, "slice")} missing between those analysed`);
   }
