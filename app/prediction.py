@@ -58,7 +58,7 @@ from app.uploads import (
     prepare_upload,
     prepare_uploads,
     raster_series_breaks,
-    refuse_repeated_files,
+    refuse_repeated_slices,
     stack_inputs,
 )
 
@@ -269,11 +269,11 @@ class PredictionService:
             )
             return SeriesAnswer(series.result, slices, series.file_errors, series.tally, series.choice)
         refuse_segmentation_of_raster(segmentation)
-        if series:
-            uploads = refuse_repeated_files(uploads)
         plan = await self._cpu(plan_raster_uploads, uploads, self.limits)
         async with self._reserve(plan.cost_bytes):
             prepared = await self._cpu(prepare_uploads, plan.uploads, self.limits)
+            if series:
+                prepared = refuse_repeated_slices(prepared, uploads)
             decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
             if series:
                 check_one_size(decoded)

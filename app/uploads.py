@@ -100,24 +100,25 @@ def check_request_cost(cost: int, files: int, limits: UploadLimits) -> None:
         )
 
 
-def refuse_repeated_files(uploads: Sequence[bytes | ServiceError]) -> list[bytes | ServiceError]:
-    """`uploads` with an error in place of each file whose bytes an earlier file has: in a series a file sent twice
-    (a "copy" beside its original) would be one more slice of the volume, and its tumor counted twice (browser
-    review finding: +22 % volume, with no note)."""
+def refuse_repeated_slices(
+    prepared: Sequence[PreparedSlice | ServiceError], uploads: Sequence[bytes | ServiceError]
+) -> list[PreparedSlice | ServiceError]:
+    """`prepared` (the slices of one series) with an error in place of each slice whose file has the bytes of an
+    earlier one: a file sent twice (a "copy" beside its original) would be one more slice of the volume, and its
+    tumor counted twice (browser review finding: +22 % volume, with no note). A blank slice may repeat: the empty
+    slices at a volume's ends can be identical files, and they add nothing."""
     first: dict[str, int] = {}
-    checked: list[bytes | ServiceError] = []
-    for index, data in enumerate(uploads):
-        digest = sha256_hex(data) if isinstance(data, bytes) else None
-        if digest is not None and digest in first:
-            checked.append(
-                InvalidSliceError(
-                    f"the file is the same as {request_file(first[digest])}; a slice of a series is read once"
-                )
-            )
+    checked = list(prepared)
+    for index, (item, data) in enumerate(zip(prepared, uploads, strict=True)):
+        if not isinstance(item, PreparedSlice) or not isinstance(data, bytes):
             continue
-        if digest is not None:
+        digest = sha256_hex(data)
+        if digest not in first:
             first[digest] = index
-        checked.append(data)
+        elif np.ptp(item.model_input) > 0:
+            checked[index] = InvalidSliceError(
+                f"the file is the same as {request_file(first[digest])}; a slice of a series is read once"
+            )
     return checked
 
 

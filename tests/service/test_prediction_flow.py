@@ -44,6 +44,14 @@ def tiny_predictor(tiny_model_dir: Path) -> Predictor:
     return Predictor.from_model_dir(tiny_model_dir)
 
 
+def distinct_pngs(count: int) -> list[bytes]:
+    """`count` PNGs of the tumor slice, each one pixel apart: a series refuses a file repeated byte for byte."""
+    images = [read_slice(TUMOR_SLICE).copy() for _ in range(count)]
+    for index, image in enumerate(images):
+        image[0, 0] = index
+    return [png_bytes(image) for image in images]
+
+
 def test_sha256_hex_is_the_upload_hash() -> None:
     data = TUMOR_SLICE.read_bytes()
 
@@ -282,7 +290,7 @@ def blob_runner(blobs: dict[int, tuple[slice, slice]]):
 
 
 def test_series_batch_drops_an_isolated_small_blob_and_keeps_a_blob_across_slices() -> None:
-    files = [png_bytes(read_slice(TUMOR_SLICE))] * 4
+    files = distinct_pngs(4)
     # Slices 0-2 share a 12 x 12 blob (432 voxels); slice 3 has a 3 x 3 blob far away, alone (9 voxels).
     blobs = {0: (slice(100, 112), slice(100, 112)), 1: (slice(100, 112), slice(100, 112))}
     blobs |= {2: (slice(100, 112), slice(100, 112)), 3: (slice(10, 13), slice(10, 13))}
@@ -308,8 +316,8 @@ def test_series_batch_drops_an_isolated_small_blob_and_keeps_a_blob_across_slice
 def test_a_raster_series_joins_masks_across_one_failed_file_but_not_two(failed: int, kept: bool) -> None:
     """As a DICOM series does across missing slices (attack finding: the slices either side of failed files were
     joined as neighbours however many failed)."""
-    good = png_bytes(read_slice(TUMOR_SLICE))
-    files = [good, *[b"not an image"] * failed, good]
+    first, last = distinct_pngs(2)
+    files = [first, *[b"not an image"] * failed, last]
     # The same 8 x 8 blob (64 pixels) on both decoded slices: 128 voxels joined, over the minimum of 100.
     blobs = {0: (slice(100, 108), slice(100, 108)), 1: (slice(100, 108), slice(100, 108))}
     service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False)
@@ -361,7 +369,7 @@ def test_a_slice_answered_alone_gets_its_mask_only_above_the_single_slice_minimu
 
 
 def test_the_single_slice_minimum_applies_to_a_batch_of_slices_but_not_to_a_series() -> None:
-    files = [png_bytes(read_slice(TUMOR_SLICE))] * 3
+    files = distinct_pngs(3)
     service = PredictionService(UnsureMaskModels(), probability_runner([0.3, 0.7, 0.05]), LIMITS, offload=False)
 
     one_by_one = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE))
@@ -380,7 +388,7 @@ class SpeckModels(SeriesModels):
 
 
 def test_a_slice_answered_alone_loses_small_mask_pieces_but_a_series_keeps_what_spans_slices() -> None:
-    files = [png_bytes(read_slice(TUMOR_SLICE))] * 3  # 256 x 256: grid pixels are slice pixels
+    files = distinct_pngs(3)  # 256 x 256: grid pixels are slice pixels
     # A 12 x 12 blob on slice 0; a 6 x 6 blob (36 pixels) on slices 1 and 2, one component of 72 in a series.
     blobs = {0: (slice(100, 112), slice(100, 112))}
     blobs |= {1: (slice(10, 16), slice(10, 16)), 2: (slice(10, 16), slice(10, 16))}

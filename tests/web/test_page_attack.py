@@ -20,7 +20,7 @@ import httpx
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, Route, expect
 
-from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SLICE
+from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.web.conftest import find_chromium
 
@@ -418,7 +418,7 @@ def test_mask_zip_keeps_every_mask_and_its_csv_is_safe_in_spreadsheets(page: Pag
         [
             ("patient-1/slice.jpg", TUMOR_SLICE.read_bytes()),
             ("patient-2/slice.jpg", TUMOR_FREE_SLICE.read_bytes()),
-            (formula, TUMOR_SLICE.read_bytes()),
+            (formula, TUMOR_SERIES[1].read_bytes()),  # another slice: a series reads a file sent twice once
         ]
     )
     page.goto(live_server)

@@ -174,6 +174,16 @@ def test_a_file_sent_twice_in_a_raster_series_is_one_slice(client: TestClient) -
     assert [item["ok"] for item in alone.json()["results"]] == [True] * len(files)
 
 
+def test_blank_slices_may_repeat_in_a_raster_series(client: TestClient) -> None:
+    """The empty slices at a volume's ends can be byte-identical files: they add nothing, and are answered."""
+    blank = png_bytes(np.zeros((256, 256), np.uint8))
+
+    response = predict_batch(client, [blank, blank, TUMOR_SERIES[0].read_bytes(), blank], series="true")
+
+    assert response.status_code == 200, response.text
+    assert [item["ok"] for item in response.json()["results"]] == [True] * 4
+
+
 def test_predict_batch_names_a_text_field_sent_where_a_file_belongs(client: TestClient) -> None:
     response = client.post("/v1/predict/batch", files=[("files", (None, "slice.png"))])
 
