@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +21,7 @@ import uvicorn
 from app import cli
 from app.node.dicom_spool import hold_spool
 from app.pacs.pacs_sync_config import PacsSyncConfig
-from tests.cli.command_support import fresh_settings, run  # noqa: F401 - fresh_settings is a fixture
+from tests.cli.command_support import fresh_settings, run, serving  # noqa: F401 - fresh_settings is a fixture
 from tests.conftest import replace_model_file
 
 pytestmark = pytest.mark.usefixtures("fresh_settings")
@@ -323,11 +323,8 @@ class RefusesCredentials(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def refusing_orthanc() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusesCredentials)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(RefusesCredentials) as url:
+        yield url
 
 
 def test_pacs_sync_once_with_refused_credentials_exits_1_before_loading_anything(

@@ -29,6 +29,11 @@ def series() -> list[Dataset]:
     return mr_series(tumor_channels())
 
 
+def as_files(datasets: list[Dataset]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The series as the `files` parts of one /v1/predict/batch request."""
+    return [("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)]
+
+
 def with_element(keyword: str, vr: str, value: object) -> bytes:
     dataset = series()[0]
     tag = tag_for_keyword(keyword)
@@ -95,9 +100,7 @@ def test_one_malformed_file_in_a_series_gets_its_own_error_and_the_rest_is_analy
     datasets = series()
     broken = datasets[1]
     broken[tag_for_keyword("BitsStored")] = DataElement(tag_for_keyword("BitsStored"), "LO", CANARY)
-    files = [
-        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
-    ]
+    files = as_files(datasets)
 
     response = client.post("/v1/predict/batch", files=files)
 
@@ -135,9 +138,7 @@ def test_a_series_without_usable_uids_gets_a_400_for_dicom_outputs_and_its_json_
     datasets = series()
     for index, dataset in enumerate(datasets):
         spoil(dataset, index)
-    files = [
-        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
-    ]
+    files = as_files(datasets)
 
     refused = client.post(f"/v1/predict/batch?output={output}", files=files)
     answered = client.post("/v1/predict/batch?output=json", files=files)
@@ -153,9 +154,7 @@ def test_a_file_with_the_sop_instance_uid_of_an_earlier_one_gets_its_own_error(c
     of one instance. The first is read; the second gets an error in its place, as any file that cannot be used."""
     datasets = series()
     datasets[1].SOPInstanceUID = datasets[0].SOPInstanceUID
-    files = [
-        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
-    ]
+    files = as_files(datasets)
 
     answer = client.post("/v1/predict/batch", files=files)
     seg = client.post("/v1/predict/batch?output=dicom-seg", files=files)
@@ -192,9 +191,7 @@ def test_a_pixel_spacing_no_image_can_have_gives_no_volume(client: TestClient, s
     datasets = series()
     for dataset in datasets:
         dataset.PixelSpacing = spacing
-    files = [
-        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
-    ]
+    files = as_files(datasets)
 
     response = client.post(f"/v1/predict/batch?output={output}", files=files)
 
@@ -216,9 +213,7 @@ def test_a_negative_slice_length_is_not_copied_into_a_seg_or_sr(client: TestClie
     datasets = series()
     for dataset in datasets:
         setattr(dataset, keyword, -5.0)
-    files = [
-        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
-    ]
+    files = as_files(datasets)
 
     refused = client.post(f"/v1/predict/batch?output={output}", files=files)
     answered = client.post("/v1/predict/batch?output=json", files=files)
@@ -246,9 +241,7 @@ def test_a_malformed_geometry_value_is_refused_naming_the_element(client: TestCl
     volume four times too large) and failed the SEG with a library's message."""
     datasets = series()
     setattr(datasets[1], keyword, [9.25, 9.5, 9.75] if value == "text" else value)
-    files = [
-        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
-    ]
+    files = as_files(datasets)
     if value == "text":  # pydicom will not write it: patched in the bytes
         patched = files[1][1][1].replace(b"9.25\\9.5\\9.75", b"9.25\\9.5\\9.7x")
         assert patched != files[1][1][1]
@@ -380,9 +373,7 @@ def test_a_spacing_between_slices_the_positions_contradict_is_not_copied(
     datasets = series()
     for dataset in datasets:
         dataset.SpacingBetweenSlices = stated
-    files = [
-        ("files", (f"IM{index}", to_bytes(dataset), "application/dicom")) for index, dataset in enumerate(datasets)
-    ]
+    files = as_files(datasets)
 
     response = client.post(f"/v1/predict/batch?output={output}", files=files)
 
