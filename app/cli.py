@@ -342,7 +342,7 @@ def dicom_node(args: argparse.Namespace) -> int:
                 f"brain-tumor dicom-node: error: {option} must not be empty ({why}); leave it out for the default",
                 EXIT_USAGE,
             )
-    try:  # TensorFlow once the node listens: a port in use is said in seconds, not after its import and the models
+    try:  # TensorFlow after the address check: a port in use is said in seconds, not after the models load
         return node.main(args, settings, before_models=lambda: hold_back_tensorflow_log(settings, args.verbose))
     except (OSError, OverflowError, ValueError) as error:  # the spool folder, the address, the AE title
         return fail(f"brain-tumor dicom-node: cannot start: {describe_start_error(error)}", EXIT_USAGE)

@@ -17,8 +17,8 @@ import numpy as np
 
 from app.core.preprocessing import INPUT_SHAPE
 from app.errors import OverloadedError, OverMemoryBudgetError
+from app.settings import MIB
 
-MIB = 1 << 20
 MODEL_INPUT_BYTES = int(np.prod(INPUT_SHAPE)) * np.dtype(np.float32).itemsize
 """Every slice becomes one float32 256x256x3 model input (768 KiB), however small the slice."""
 BUDGET_SETTING = "DECODE_MEMORY_BYTES"

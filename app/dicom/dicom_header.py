@@ -36,8 +36,8 @@ from app.errors import (
     UnsupportedSopClassError,
     decoder_reason,
 )
-from app.memory_budget import MIB, MODEL_INPUT_BYTES, check_cost, describe_bytes
-from app.settings import Settings
+from app.memory_budget import MODEL_INPUT_BYTES, check_cost, describe_bytes
+from app.settings import MIB, Settings
 
 DICOM_PREAMBLE_LENGTH = 128
 DICOM_MAGIC = b"DICM"

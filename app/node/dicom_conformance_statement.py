@@ -31,7 +31,7 @@ from app.node.dicom_received_instance import (
     STORAGE_CLASSES,
     TRANSFER_SYNTAXES,
 )
-from app.settings import Settings
+from app.settings import MIB, Settings
 
 RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage)
 RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # as `app.node.dicom_sender` proposes them
@@ -79,7 +79,6 @@ def _table(header: str, rows: Sequence[str]) -> list[str]:
 def conformance_statement() -> str:
     """The statement as Markdown."""
     ae = AE()  # pynetdicom's defaults, which the node keeps
-    mib = 1 << 20
     lines = [
         "# DICOM conformance statement: `brain-tumor dicom-node`",
         "",
@@ -151,14 +150,14 @@ def conformance_statement() -> str:
             [
                 "| `0000` Success | kept for analysis, or one of the classes not kept | |",
                 f"| `{STATUS_OUT_OF_RESOURCES:04X}` Out of Resources | over `DICOM_NODE_MAX_INSTANCE_BYTES` "
-                f"({_default('dicom_node_max_instance_bytes') // mib} MiB, once inflated), or the spool "
-                f"(`DICOM_NODE_MAX_SPOOL_BYTES`, {_default('dicom_node_max_spool_bytes') // mib} MiB) or the disk "
-                f"(`DICOM_NODE_MIN_FREE_BYTES` left free, {_default('dicom_node_min_free_bytes') // mib} MiB) would "
+                f"({_default('dicom_node_max_instance_bytes') // MIB} MiB, once inflated), or the spool "
+                f"(`DICOM_NODE_MAX_SPOOL_BYTES`, {_default('dicom_node_max_spool_bytes') // MIB} MiB) or the disk "
+                f"(`DICOM_NODE_MIN_FREE_BYTES` left free, {_default('dicom_node_min_free_bytes') // MIB} MiB) would "
                 "be overfilled; a new study while `DICOM_NODE_MAX_PENDING_STUDIES` "
                 f"({_default('dicom_node_max_pending_studies')}) wait for analysis; a new instance of a study that "
                 f"holds `DICOM_NODE_MAX_STUDY_INSTANCES` ({_default('dicom_node_max_study_instances')}); the "
                 "instances being received at "
-                f"once past `DICOM_NODE_RECEIVE_MEMORY_BYTES` ({_default('dicom_node_receive_memory_bytes') // mib} "
+                f"once past `DICOM_NODE_RECEIVE_MEMORY_BYTES` ({_default('dicom_node_receive_memory_bytes') // MIB} "
                 "MiB) | the limit |",
                 f"| `{STATUS_DOES_NOT_MATCH_SOP_CLASS:04X}` Data Set Does Not Match SOP Class | the data set's SOP "
                 "Class or Instance UID is not the request's, the request's class is not its presentation context's, "

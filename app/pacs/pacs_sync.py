@@ -130,7 +130,28 @@ def run_pacs_sync(
 
 
 def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
-    """One pass: the new changes, page by page, then the studies due for a retry.
+    """One pass: the new changes, page by page, then the changes an earlier pass could not resolve, then the studies
+    due for a retry; each study once a pass."""
+    report = SyncReport()
+    looked_at: set[str] = set()
+    unresolved = list(state.unresolved)  # those of earlier passes: a change that failed now waits for the next
+    _read_changes(studies, state, report, looked_at)
+    for resource in unresolved:
+        resource_type, _, resource_id = resource.partition("/")
+        study_id = _study_of(studies.client, {"ResourceType": resource_type, "ID": resource_id}, state)
+        if study_id is not None and study_id not in looked_at:
+            report.count(studies.process(study_id, state))
+            looked_at.add(study_id)
+    for study_id in state.due(studies.clock()):
+        if study_id in looked_at:
+            continue  # a retry waits for the next pass, however short the backoff
+        report.count(studies.process(study_id, state, retry=True))
+    _save(state)
+    return report
+
+
+def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, looked_at: set[str]) -> None:
+    """Process the studies of Orthanc's new changes, page by page, moving the bookmark after each page.
 
     Orthanc's ``Last`` below the bookmark on an empty page means its change log started again (a new database, a
     restore): the log is then read from the start, once per pass, rather than waiting, blind, for the old number.
@@ -139,10 +160,7 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
     """
     client = studies.client
     triggers = TRIGGERS_STABLE if client.config.require_stable else TRIGGERS_UNSTABLE
-    report = SyncReport()
-    looked_at: set[str] = set()
     restarted = False
-    unresolved = list(state.unresolved)  # those of earlier passes: a change that failed now waits for the next
     pages = 0
     while True:
         since = state.last_change
@@ -169,32 +187,20 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
         with suppress(SyncStateWriteError):
             state.save()
         if page["Done"] or not page["Changes"]:
-            break
+            return
         pages += 1
         if pages >= MAX_CHANGE_PAGES_PER_PASS:  # a log that never says Done: the retries due must get their turn
             logger.warning(
                 "orthanc change log not done after the pages one pass reads; the rest is read at the next pass",
                 extra={"fields": {"pages": pages, "bookmark": state.last_change}},
             )
-            break
+            return
         if page["Last"] <= since:
             logger.error(
                 "orthanc change log does not advance; the rest is read at the next pass",
                 extra={"fields": {"since": since, "orthanc_last": page["Last"]}},
             )
-            break
-    for resource in unresolved:
-        resource_type, _, resource_id = resource.partition("/")
-        study_id = _study_of(client, {"ResourceType": resource_type, "ID": resource_id}, state)
-        if study_id is not None and study_id not in looked_at:
-            report.count(studies.process(study_id, state))
-            looked_at.add(study_id)
-    for study_id in state.due(studies.clock()):
-        if study_id in looked_at:
-            continue  # a retry waits for the next pass, however short the backoff
-        report.count(studies.process(study_id, state, retry=True))
-    _save(state)
-    return report
+            return
 
 
 def _save(state: SyncState) -> None:
