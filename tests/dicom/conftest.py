@@ -20,6 +20,7 @@ from tests.dicom.node_support import (
     RESULTS_AE,
     Clock,
     ResultStore,
+    SilentDestination,
     ThresholdPredictor,
     free_port,
 )
@@ -44,6 +45,14 @@ def results() -> Iterator[ResultStore]:
     store = ResultStore(free_port())
     yield store
     store.close()
+
+
+@pytest.fixture
+def silent_destination() -> Iterator[SilentDestination]:
+    """A destination that accepts the TCP connection and never answers."""
+    destination = SilentDestination()
+    yield destination
+    destination.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,13 +161,6 @@ def test_a_failure_while_sending_one_study_does_not_stop_the_others(
     assert len(results.by_modality("SEG")) == 1  # the second study went out
     failed = [run["sent"] for study in records(node) for run in study["runs"] if run["sent"]]
     assert sorted(state["status"] for sent in failed for state in sent.values()) == ["failed", "sent"]
-
-
-@pytest.fixture
-def silent_destination() -> Iterator[SilentDestination]:
-    destination = SilentDestination()
-    yield destination
-    destination.close()
 
 
 def test_a_destination_that_never_answers_holds_up_no_processing(

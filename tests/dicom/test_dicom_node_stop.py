@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,6 @@ from tests.dicom.node_support import (
 )
 
 STOP_SECONDS = 3.0  # what the test allows a stop; the old node took a send timeout (20 s here) or more
-
-
-@pytest.fixture
-def silent_destination() -> Iterator[SilentDestination]:
-    destination = SilentDestination()
-    yield destination
-    destination.close()
 
 
 def started_node(
