@@ -776,12 +776,19 @@ function revealResult() {
   ui.resultHeading.scrollIntoView({ block: "start" });
 }
 
-/** Which DICOM series the server read and which it left out, with its notes: plain text from the answer. */
+/**
+ * Which DICOM series the server read and which it left out, with its notes: plain text from the answer. A series'
+ * files that could not be read (a repeated instance, a broken file) are counted apart, as the answer lists them in
+ * `file_errors` too.
+ */
 function describeSeriesChoice(answer) {
+  const unread = new Set((answer.file_errors ?? []).map((item) => item.index));
   const named = (use) => {
     const number = use.series_number === null ? "no series number" : `series ${use.series_number}`;
     const description = use.series_description ? `, “${use.series_description}”` : "";
-    return `${use.role} (${number}${description}, ${plural(use.files.length, "file")})`;
+    const failed = use.files.filter((index) => unread.has(index)).length;
+    const files = plural(use.files.length - failed, "file") + (failed ? `, ${failed} more not read` : "");
+    return `${use.role} (${number}${description}, ${files})`;
   };
   const used = answer.series_used ?? [];
   const leftOut = answer.series_left_out ?? [];

@@ -304,6 +304,22 @@ def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: s
     expect(page.locator("#series-choice")).to_be_hidden()
 
 
+def test_a_repeated_dicom_instance_is_not_counted_as_read(page: Page, live_server: str, tmp_path: Path) -> None:
+    """Browser review 29, F5: "Series read: FLAIR (…, 4 files)" for three slices shown, one file being a repeat."""
+    paths = write_series(mr_series(tumor_channels(), series_number=2, series_description="AX FLAIR"), tmp_path)
+    repeat = tmp_path / "IM0000 copy"
+    repeat.write_bytes(paths[0].read_bytes())
+    page.goto(live_server)
+
+    answer = upload(page, [*paths, repeat])
+
+    (failure,) = answer["file_errors"]  # the second of the two copies the page sent
+    assert failure["error"]["code"] == "invalid_dicom_image"
+    expect(page.locator("#series-choice")).to_have_text(
+        "Series read: FLAIR (series 2, “AX FLAIR”, 3 files, 1 more not read)."
+    )
+
+
 def test_a_t1_only_dicom_series_gets_a_title_from_its_code(page: Page, live_server: str, tmp_path: Path) -> None:
     paths = write_series(mr_series(tumor_channels(), series_description="AX T1"), tmp_path)
     page.goto(live_server)
