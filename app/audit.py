@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 
 class AuditLog:
-    """Writes audit records to `path` (appending) or, without one, to standard output."""
+    """Writes audit records to `path` (appending) or, without one, to standard output.
+
+    The file is reopened when it has been moved or removed (`WatchedFileHandler`), so that logrotate's default
+    rename-and-create rotation works: a plain `FileHandler` went on writing into the renamed file.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self._logger = logging.getLogger(f"app.audit.{id(self)}")
         self._logger.propagate = False  # never mixed into the debug log
         self._logger.setLevel(logging.INFO)
         self._handler: logging.Handler = (
-            logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stdout)
+            logging.handlers.WatchedFileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stdout)
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._logger.addHandler(self._handler)
