@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -21,7 +21,22 @@ from app.settings import MIB
 
 MODEL_INPUT_BYTES = int(np.prod(INPUT_SHAPE)) * np.dtype(np.float32).itemsize
 """Every slice becomes one float32 256x256x3 model input (768 KiB), however small the slice."""
+
+MASK_BYTES_PER_PIXEL = 2
+"""A slice's mask, made at the slice's own size and held until the answer is written: the uint8 mask and its cleaned
+copy (the series clean-up, or a lone slice's small pieces dropped). Uncounted, a batch of 4096x4096 slices took
+20 MiB a slice outside the budget."""
+
+MASK_WORKING_BYTES_PER_PIXEL = 4 + 1 + 1
+"""Making one mask (`app.core.gate.probability_to_mask`): the probability map resized to the slice (float32), its
+comparison with the threshold and the uint8 mask; one slice at a time."""
 BUDGET_SETTING = "DECODE_MEMORY_BYTES"
+
+
+def mask_bytes(slice_pixels: Sequence[int]) -> int:
+    """What the masks of slices of these sizes (pixels each) add to a request's cost: every mask kept, and the
+    making of the largest on top."""
+    return MASK_BYTES_PER_PIXEL * sum(slice_pixels) + MASK_WORKING_BYTES_PER_PIXEL * max(slice_pixels, default=0)
 
 
 def describe_bytes(size: int) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from app.core.preprocessing import InvalidImageError, preprocess_slice
 from app.errors import InvalidSliceError, PayloadTooLargeError, ServiceError, TooManySlicesError
 from app.imaging import check_image_header, decode_image, read_image_header
-from app.memory_budget import MODEL_INPUT_BYTES, check_cost
+from app.memory_budget import MODEL_INPUT_BYTES, check_cost, mask_bytes
 from app.settings import Settings
 
 
@@ -95,7 +95,8 @@ def check_request_cost(cost: int, files: int, limits: UploadLimits) -> None:
         check_cost(
             f"this request's {files} files",
             cost,
-            "from their headers: what each keeps until the models answer, and the working copies of the largest",
+            "from their headers: what each keeps until the answer is written (its model input and mask), and the "
+            "working copies of the largest",
             limits.max_decode_bytes,
         )
 
@@ -133,8 +134,9 @@ def plan_raster_uploads(
     """Check every file's header (size, pixels, samples, cost) and the request's slices and cost; nothing is decoded.
 
     A file that fails yields its error in its place. The files decode one at a time and keep only their model
-    input, so the request costs one model input per file plus the largest file's decoding. `extra_bytes_per_pixel`
-    counts what the caller makes of a decoded file besides (the overlay's drawing and PNG).
+    input, so the request costs one model input and one mask at the file's size per file (`mask_bytes`) plus the
+    largest file's decoding. `extra_bytes_per_pixel` counts what the caller makes of a decoded file besides (the
+    overlay's drawing and PNG).
 
     Raises
     ------
@@ -143,6 +145,7 @@ def plan_raster_uploads(
     """
     checked: list[bytes | ServiceError] = []
     costs: list[int] = []
+    slice_pixels: list[int] = []
     for data in uploads:
         if isinstance(data, ServiceError):
             checked.append(data)
@@ -156,8 +159,10 @@ def plan_raster_uploads(
             continue
         checked.append(data)
         costs.append(header.cost_bytes + extra_bytes_per_pixel * header.pixels)
+        slice_pixels.append(header.pixels)
     check_request_slices(len(costs), limits)
-    cost = len(costs) * MODEL_INPUT_BYTES + max((item - MODEL_INPUT_BYTES for item in costs), default=0)
+    decoding = len(costs) * MODEL_INPUT_BYTES + max((item - MODEL_INPUT_BYTES for item in costs), default=0)
+    cost = decoding + mask_bytes(slice_pixels)
     check_request_cost(cost, len(costs), limits)
     return RasterPlan(checked, cost)
 

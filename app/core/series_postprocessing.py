@@ -67,10 +67,14 @@ def clean_series_masks(
 ) -> list[np.ndarray | None]:
     """`drop_small_components` for the masks a service returns: each at its slice's own size, None when empty.
 
-    `min_voxels` counts voxels of the model's 256 x 256 grid, so it is scaled to the slices' pixel grid. Slices of
-    different sizes cannot form one volume: their masks come back unchanged. A mask the clean-up empties becomes
-    None. `breaks` lists the places k where slices k and k + 1 are no neighbours (slices missing between them): an
-    empty slice goes between them, so no component spans the gap.
+    `min_voxels` counts voxels of the model's 256 x 256 grid. Slices of at most 256 pixels along a side are joined
+    at their own size, `min_voxels` scaled to it. Larger slices are joined on the model's grid itself
+    (`_model_grid_cells`): a grid cell is in a mask when one of its pixels is, and a pixel is kept when its cell's
+    component is. So the
+    clean-up's memory stays that of a 256 x 256 volume, whatever the slices' size: at their own size, 23 slices of
+    4096 x 4096 took 5 GiB. Slices of different sizes cannot form one volume: their masks come back unchanged. A
+    mask the clean-up empties becomes None. `breaks` lists the places k where slices k and k + 1 are no neighbours
+    (slices missing between them): an empty slice goes between them, so no component spans the gap.
     """
     present = [mask for mask in masks if mask is not None]
     if len(masks) < 2 or min_voxels == 0 or not present:
@@ -80,16 +84,64 @@ def clean_series_masks(
         return list(masks)
     # Row of each slice in the volume, one empty row further down after each break.
     rows = [index + sum(1 for place in breaks if place < index) for index in range(len(masks))]
-    volume = np.zeros((rows[-1] + 1, *shape), dtype=bool)
+    if min(shape) <= MODEL_INPUT_SIZE:  # at most the grid's size along a side: a cell's pixels touch each other's
+        volume = np.zeros((rows[-1] + 1, *shape), dtype=bool)
+        for row, mask in zip(rows, masks, strict=True):
+            if mask is not None:
+                volume[row] = mask > 0
+        scaled = max(1, round(min_voxels * shape[0] * shape[1] / MODEL_GRID_PIXELS))
+        cleaned = drop_small_components(volume, scaled)[rows]
+        return [
+            None if mask is None or not kept.any() else kept.astype(mask.dtype)
+            for mask, kept in zip(masks, cleaned, strict=True)
+        ]
+    row_cells, column_cells = (_model_grid_cells(length) for length in shape)
+    grid = np.zeros((rows[-1] + 1, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), dtype=bool)
     for row, mask in zip(rows, masks, strict=True):
         if mask is not None:
-            volume[row] = mask > 0
-    scaled = max(1, round(min_voxels * shape[0] * shape[1] / MODEL_GRID_PIXELS))
-    cleaned = drop_small_components(volume, scaled)[rows]
+            grid[row] = _occupied_cells(mask, row_cells, column_cells)
+    kept_cells = drop_small_components(grid, min_voxels)
     return [
-        None if mask is None or not kept.any() else kept.astype(mask.dtype)
-        for mask, kept in zip(masks, cleaned, strict=True)
+        _keep_cells(mask, kept_cells[row], grid[row], row_cells, column_cells)
+        for row, mask in zip(rows, masks, strict=True)
     ]
+
+
+def _model_grid_cells(length: int) -> np.ndarray:
+    """The model-grid row (or column) each of `length` pixel rows (or columns) falls in, as the resize to 256 maps
+    them."""
+    return (np.arange(length) * MODEL_INPUT_SIZE) // length
+
+
+def _occupied_cells(mask: np.ndarray, row_cells: np.ndarray, column_cells: np.ndarray) -> np.ndarray:
+    """The model-grid cells (256 x 256, bool) that hold a pixel of `mask`; no array of the mask's size but its
+    boolean copy."""
+    occupied = mask > 0
+    for axis, cells in enumerate((row_cells, column_cells)):
+        starts = np.flatnonzero(np.diff(cells, prepend=-1))  # first pixel of each cell: `cells` never decreases
+        reduced = np.logical_or.reduceat(occupied, starts, axis=axis)
+        shape = list(reduced.shape)
+        shape[axis] = MODEL_INPUT_SIZE
+        grown = np.zeros(shape, dtype=bool)
+        np.moveaxis(grown, axis, 0)[cells[starts]] = np.moveaxis(reduced, axis, 0)
+        occupied = grown
+    return occupied
+
+
+def _keep_cells(
+    mask: np.ndarray | None,
+    kept: np.ndarray,
+    occupied: np.ndarray,
+    row_cells: np.ndarray,
+    column_cells: np.ndarray,
+) -> np.ndarray | None:
+    """`mask` without its pixels whose cell the clean-up dropped: the mask itself when it dropped none, None when
+    it dropped all."""
+    if mask is None or not kept.any():
+        return None
+    if np.array_equal(kept, occupied):
+        return mask
+    return (mask * kept[np.ix_(row_cells, column_cells)]).astype(mask.dtype)
 
 
 def drop_small_pieces(mask: np.ndarray | None, min_pixels: int) -> np.ndarray | None:

@@ -27,6 +27,7 @@ from app.dicom.slice_orientation import in_plane_turn
 from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_in_place, stretch_range
+from app.memory_budget import mask_bytes
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input, request_file
@@ -147,7 +148,8 @@ def plan_headers(
     everything that follows), the slices of the chosen files against `max_slices` (default
     `limits.max_request_slices`), each file's cost, an error in place of a file with the SOP Instance UID of an
     earlier one, then the request's cost against `limits.max_decode_bytes` (its files are held together, as one
-    series, and decode one after another: what each keeps, and the largest one's working copies).
+    series, and decode one after another: what each keeps, and the largest one's working copies; then a mask per
+    slice, `mask_bytes`).
 
     Parameters
     ----------
@@ -177,8 +179,10 @@ def plan_headers(
                 headers[index] = error
     refuse_repeated_instances(headers, used)  # after each file's own checks: a file refused by itself keeps its reason
     readable = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
-    # The files decode one after another: each keeps its part, and the largest one's working copies come on top.
+    # The files decode one after another: each keeps its part, and the largest one's working copies come on top;
+    # then every slice gets a mask at the size of its frames.
     cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
+    cost += mask_bytes([max((item.rows * item.columns for item in readable), default=0)] * slices)
     check_request_cost(cost, len(readable), limits)
     return SeriesPlan(headers, slices, cost, choice)
 

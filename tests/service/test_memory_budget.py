@@ -20,7 +20,7 @@ from app.dicom.dicom_series import decode_series, model_inputs, plan_series
 from app.errors import OverloadedError, OverMemoryBudgetError
 from app.imaging import read_image_header
 from app.inference import SlicePrediction
-from app.memory_budget import MODEL_INPUT_BYTES, MemoryBudget
+from app.memory_budget import MASK_BYTES_PER_PIXEL, MODEL_INPUT_BYTES, MemoryBudget, mask_bytes
 from app.overlay import OVERLAY_BYTES_PER_PIXEL
 from app.prediction import PredictionService
 from app.uploads import UploadLimits, plan_raster_uploads, prepare_uploads
@@ -74,7 +74,7 @@ def test_a_dicom_series_costs_what_each_file_keeps_and_one_files_working_copies(
 
     plan = plan_series(files, UploadLimits())
 
-    assert plan.cost_bytes == 40 * header.kept_bytes + header.working_bytes
+    assert plan.cost_bytes == 40 * header.kept_bytes + header.working_bytes + mask_bytes([512 * 512] * 40)
     assert plan.cost_bytes < UploadLimits().max_decode_bytes
     with pytest.raises(OverMemoryBudgetError) as raised:
         plan_series(files, UploadLimits(max_decode_bytes=40 * header.kept_bytes))
@@ -107,13 +107,27 @@ def test_deflated_dicom_over_the_budget_is_refused_while_inflating() -> None:
     assert "inflates to more than 16777216 bytes" in raised.value.message
 
 
-def test_raster_plan_counts_one_decode_and_every_model_input() -> None:
+def test_raster_plan_counts_one_decode_and_every_model_input_and_mask() -> None:
     small = png_bytes(np.zeros((64, 64), np.uint8))
     one = read_image_header(small).cost_bytes
 
     plan = plan_raster_uploads([small, small, small], UploadLimits())
 
-    assert plan.cost_bytes == one + 2 * MODEL_INPUT_BYTES
+    assert plan.cost_bytes == one + 2 * MODEL_INPUT_BYTES + mask_bytes([64 * 64] * 3)
+
+
+def test_a_batch_whose_masks_would_pass_the_budget_is_refused() -> None:
+    """Attack review 30: each positive slice's mask is made at the slice's size and held until the answer is
+    written; uncounted, 64 tumor slices of 4096 x 4096 (38 MB of JPEG) took 1.2 GiB beside a 512 MiB budget."""
+    large = corpus.crafted_png(4096, 4096)  # the plan reads headers only
+    decoding = plan_raster_uploads([large], UploadLimits()).cost_bytes - mask_bytes([4096 * 4096])
+    files = 8
+    limits = UploadLimits(max_decode_bytes=decoding + files * MODEL_INPUT_BYTES + 4096 * 4096 * MASK_BYTES_PER_PIXEL)
+
+    with pytest.raises(OverMemoryBudgetError) as raised:
+        plan_raster_uploads([large] * files, limits)  # its decoding and model inputs alone would fit
+
+    assert "its model input and mask" in raised.value.message
 
 
 def test_raster_plan_refuses_request_over_the_budget_whole() -> None:
@@ -214,14 +228,14 @@ class SlowModels:
 
 
 def test_concurrent_requests_stay_within_the_budget() -> None:
-    # Each request costs a little over 2 MiB; a 3 MiB budget lets one in at a time, however many arrive together.
+    # Each request costs about 5 MiB (its mask too); a 6 MiB budget lets one in at a time, however many arrive.
     image = png_bytes(np.zeros((512, 512), np.uint8))
     cost = plan_raster_uploads([image], UploadLimits()).cost_bytes
-    budget = MemoryBudget(3 * MIB)
-    assert 1.5 * MIB < cost <= 3 * MIB
+    budget = MemoryBudget(6 * MIB)
+    assert 3 * MIB < cost <= 6 * MIB
     models = SlowModels()
     models.budget = budget
-    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=3 * MIB), budget=budget)
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=6 * MIB), budget=budget)
 
     async def scenario() -> None:
         answers = await asyncio.gather(*(service.predict_files([image], schemas.MaskFormat.RLE) for _ in range(6)))
@@ -238,10 +252,10 @@ def test_a_cancelled_request_keeps_its_reservation_until_its_decoding_thread_end
     """A request whose client has gone is cancelled (`app.api.routes.predict.unless_client_gone`); the thread
     decoding its files cannot be stopped, so the memory it holds stays counted until the thread ends."""
     image = png_bytes(np.zeros((512, 512), np.uint8))
-    budget = MemoryBudget(3 * MIB)
+    budget = MemoryBudget(6 * MIB)
     models = SlowModels()
     models.budget = budget
-    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=3 * MIB), budget=budget)
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=6 * MIB), budget=budget)
     decoding_started, release_decoding = threading.Event(), threading.Event()
     used_when_decoding_ended: list[int] = []
 
@@ -277,10 +291,10 @@ def test_a_request_whose_client_has_gone_stops_waiting_and_is_not_inferred() -> 
             return {"type": "http.disconnect"}
 
     image = png_bytes(np.zeros((512, 512), np.uint8))
-    budget = MemoryBudget(3 * MIB)
+    budget = MemoryBudget(6 * MIB)
     models = SlowModels()
     models.budget = budget
-    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=3 * MIB), budget=budget)
+    service = PredictionService(models, models.run, UploadLimits(max_decode_bytes=6 * MIB), budget=budget)
 
     async def scenario() -> None:
         async with budget.reserve(2 * MIB):  # another request holds the budget: this one waits for room
