@@ -245,6 +245,11 @@ class UnsupportedSopClassError(UnsupportedDicomError):
     against an object of a class it reads whose content it cannot use (a Secondary Capture of another modality)."""
 
 
+class OtherModalityCaptureError(UnsupportedDicomError):
+    """A Secondary Capture of another modality than MR (a scanned form, another scanner's screen save): a valid
+    object the models have no use for (the DICOM node answers it Success and does not keep it)."""
+
+
 class DicomWithoutPixelDataError(ServiceError):
     """An image SOP class whose dataset carries no pixel data (e.g. a header-only export)."""
 
@@ -257,6 +262,11 @@ class InvalidDicomImageError(ServiceError):
 
     code = "invalid_dicom_image"
     kind = ErrorKind.INVALID_INPUT
+
+
+class ColourDicomError(InvalidDicomImageError):
+    """A colour DICOM image (a screen save, a fused colour map): a valid object that is no slice the models read
+    (the DICOM node answers it Success and does not keep it)."""
 
 
 class MixedInputError(InvalidSliceError):

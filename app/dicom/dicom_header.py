@@ -26,13 +26,14 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
 from app.errors import (
+    ColourDicomError,
     DicomWithoutPixelDataError,
     ImageTooLargeError,
     InvalidDicomImageError,
+    OtherModalityCaptureError,
     OverMemoryBudgetError,
     ServiceError,
     UndecodableDicomError,
-    UnsupportedDicomError,
     UnsupportedSopClassError,
     decoder_reason,
 )
@@ -471,7 +472,7 @@ def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
         )
     modality = str(dataset.get("Modality", "") or "")
     if str(sop_class) in SECONDARY_CAPTURE_CLASSES and modality.upper() != "MR":
-        raise UnsupportedDicomError(
+        raise OtherModalityCaptureError(
             "a DICOM Secondary Capture is read only as a capture of an MR slice (Modality MR); "
             + _modality_found(modality)
         )
@@ -491,7 +492,7 @@ def _check_pixel_description(dataset: Dataset) -> None:
     if samples != 1 or interpretation not in MONOCHROME_INTERPRETATIONS:
         # Named only when it is one of the standard's terms: anything else is the file's content, not echoed.
         named = interpretation if interpretation in PHOTOMETRIC_INTERPRETATIONS else "missing or not a standard term"
-        raise InvalidDicomImageError(
+        raise ColourDicomError(
             "DICOM image must be greyscale (SamplesPerPixel 1, PhotometricInterpretation MONOCHROME1 or MONOCHROME2); "
             f"got SamplesPerPixel {samples}, PhotometricInterpretation {named}"
         )

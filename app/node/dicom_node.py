@@ -3,14 +3,15 @@
 How a study flows through it:
 
 1. **Receive.** The node answers C-ECHO and C-STORE for MR storage classes (and the greyscale Secondary Captures the
-   service reads) in the common transfer syntaxes, and takes (Success) without keeping the objects that travel with
-   MR images and are no image (SEG, SR, KOS, presentation states...: `IGNORED_CLASSES`; these tables are in
-   `app.node.dicom_received_instance`), so that a whole study forwarded by a router arrives. An MR object must say
-   Modality MR. Only calling AE titles in `allowed_calling_ae_titles` may associate (when the list is set); others
-   are rejected at association. Each instance is written to the spool (`app.node.dicom_spool.Spool`), flushed to disk
-   and renamed into place *before* the C-STORE is answered with success, and the study is marked pending: a node
-   killed mid-series has lost nothing it acknowledged, and a restarted node finds the pending studies on disk and
-   gives each a fresh quiet period (their senders resume once it answers).
+   service reads) in the common transfer syntaxes, and takes (Success) without keeping every other object of a study
+   (SEG, SR, presentation states, vendors' private objects, other modalities, colour screen saves...:
+   `NOT_KEPT_CLASSES`, `InstanceNotKeptError`; these tables are in `app.node.dicom_received_instance`), so that a
+   whole study forwarded by a router arrives. An MR object must say Modality MR. Only calling AE titles in
+   `allowed_calling_ae_titles` may associate (when the list is set); others are rejected at association. Each
+   instance is written to the spool (`app.node.dicom_spool.Spool`), flushed to disk and renamed into place *before*
+   the C-STORE is answered with success, and the study is marked pending: a node killed mid-series has lost nothing
+   it acknowledged, and a restarted node finds the pending studies on disk and gives each a fresh quiet period (their
+   senders resume once it answers).
 2. **Wait.** A study is complete once no instance of it arrived for `quiet_seconds` (scanners and routers send no
    end-of-study signal) and the associations that sent it have ended (up to `OPEN_ASSOCIATION_WAIT` quiet periods:
    an instance may still be on the wire); its quiet period starts again when the last of them ends. The pending
@@ -90,15 +91,18 @@ from app.dicom.dicom_sr import supersede_earlier_reports
 from app.logging_config import os_error_name
 from app.node.dicom_association import TimedAssociationServer
 from app.node.dicom_received_instance import (
-    IGNORED_CLASSES,
+    NOT_KEPT_CLASSES,
+    PRIVATE_IGNORED_CLASSES,
     STATUS_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
     STORAGE_CLASSES,
     TRANSFER_SYNTAXES,
     DiscardedDataSet,
+    InstanceNotKeptError,
     InstanceRefusedError,
     checked_instance,
     received_bytes,
+    register_private_classes,
     uid,
 )
 from app.node.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
@@ -314,7 +318,8 @@ class DicomNode:
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-        for sop_class in IGNORED_CLASSES:
+        register_private_classes()
+        for sop_class in sorted(NOT_KEPT_CLASSES):
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)  # never decoded
         if self.config.allowed_calling_ae_titles:
             ae.require_calling_aet = list(self.config.allowed_calling_ae_titles)
@@ -323,6 +328,7 @@ class DicomNode:
         ae.require_called_aet = True  # refuse associations addressed to another AE title
         handlers = [
             (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_ACCEPTED, _log_refused_contexts),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_PDU_RECV, self._discard_oversized),
             (evt.EVT_RELEASED, self._note_release),
@@ -393,10 +399,10 @@ class DicomNode:
         context_class = str(event.context.abstract_syntax)
         if uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
             return _refusal(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's")
-        if context_class in IGNORED_CLASSES:
+        if context_class in NOT_KEPT_CLASSES:
             logger.info(
                 "instance ignored: not an image the models read",
-                extra={"fields": {"sop_class": UID(context_class).name}},
+                extra={"fields": {"sop_class": PRIVATE_IGNORED_CLASSES.get(context_class, UID(context_class).name)}},
             )
             return STATUS_SUCCESS
         try:
@@ -411,6 +417,9 @@ class DicomNode:
             key = self.spool.store_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid, data)
         except SpoolFullError as error:
             return _refusal(STATUS_OUT_OF_RESOURCES, str(error))
+        except InstanceNotKeptError as error:
+            logger.info("instance ignored: not an image the models read", extra={"fields": {"reason": str(error)}})
+            return STATUS_SUCCESS
         except InstanceRefusedError as error:
             return _refusal(error.status, str(error))
         except OSError:
@@ -740,3 +749,19 @@ def _refusal(status: int, reason: str) -> Dataset:
 
 def _handle_echo(event: Any) -> int:
     return STATUS_SUCCESS
+
+
+def _log_refused_contexts(event: Any) -> None:
+    """Say which SOP classes (or transfer syntaxes) an accepted association was refused: a sender that offered a
+    class the node does not take fails its send of that class, and the node's log is where an administrator looks.
+    A SOP Class UID is the standard's or a vendor's, never patient data."""
+    for context in event.assoc.rejected_contexts:
+        logger.warning(
+            "presentation context refused",
+            extra={
+                "fields": {
+                    "sop_class": str(context.abstract_syntax),
+                    "reason": "transfer syntaxes" if context.result == 0x04 else "SOP class not supported",
+                }
+            },
+        )

@@ -2,7 +2,8 @@
 
 First the node's tables: the storage classes it reads (`STORAGE_CLASSES`; the MR ones, which must say Modality MR:
 `MR_CLASSES`), the classes that travel with MR studies and are answered Success without being kept
-(`IGNORED_CLASSES`), the transfer syntaxes it accepts (`TRANSFER_SYNTAXES`), and the C-STORE statuses of its
+(`NOT_KEPT_CLASSES`: `IGNORED_CLASSES`, the vendors' private ones, every other storage class of the standard), the
+transfer syntaxes it accepts (`TRANSFER_SYNTAXES`), and the C-STORE statuses of its
 refusals. `app.node.dicom_node` offers them at association and answers with them, and
 `app.node.dicom_conformance_statement` writes them into ``DICOM_CONFORMANCE.md``: one table for both, so the statement
 cannot drift from what the node does.
@@ -43,6 +44,8 @@ from pydicom.uid import (
     RLELossless,
     SecondaryCaptureImageStorage,
 )
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import (
     BasicTextSRStorage,
     ColorSoftcopyPresentationStateStorage,
@@ -55,13 +58,16 @@ from pynetdicom.sop_class import (
     MRSpectroscopyStorage,
     RawDataStorage,
     SegmentationStorage,
+    register_uid,
 )
 
 from app.dicom.dicom_conformance import is_uid
 from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_input import check_frame_attributes, check_native_pixel_data
 from app.errors import (
+    ColourDicomError,
     DicomWithoutPixelDataError,
+    OtherModalityCaptureError,
     OverMemoryBudgetError,
     ServiceError,
     UnsupportedSopClassError,
@@ -91,6 +97,31 @@ IGNORED_CLASSES = (
     MRSpectroscopyStorage,
     EncapsulatedPDFStorage,
 )
+# Vendors' private classes that MR studies carry (Siemens keeps its protocol in a CSA Non-Image object in nearly
+# every study): refused, they failed Orthanc's whole send of such a study to the node (interop review 30).
+PRIVATE_IGNORED_CLASSES = {
+    "1.3.12.2.1107.5.9.1": "Siemens CSA Non-Image Storage",
+    "1.3.46.670589.11.0.0.12.1": "Philips Private MR Spectrum Storage",
+    "1.3.46.670589.11.0.0.12.2": "Philips Private MR Series Data Storage",
+    "1.3.46.670589.11.0.0.12.4": "Philips Private MR Examcard Storage",
+}
+
+
+def register_private_classes() -> None:
+    """Make pynetdicom take `PRIVATE_IGNORED_CLASSES` as storage classes: it hands a C-STORE of a class it does not
+    know to no handler (the request fails, whatever the node answers). Idempotent."""
+    for uid_, name in PRIVATE_IGNORED_CLASSES.items():
+        register_uid(uid_, re.sub(r"\W", "", name), StorageServiceClass)
+
+
+# Every other storage class of the standard (CT, PET, colour images, documents... of a mixed study), for the same
+# reason: accepted, answered Success and not kept.
+OTHER_STORAGE_CLASSES = tuple(
+    str(context.abstract_syntax)
+    for context in AllStoragePresentationContexts
+    if str(context.abstract_syntax) not in {*STORAGE_CLASSES, *IGNORED_CLASSES}
+)
+NOT_KEPT_CLASSES = frozenset({*IGNORED_CLASSES, *PRIVATE_IGNORED_CLASSES, *OTHER_STORAGE_CLASSES})
 MR_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
 # Uncompressed first; compressed ones the service decodes. 12-bit JPEG Extended is left out on purpose: no decoder
 # here reads it, and without it in the list a sender falls back to an uncompressed syntax instead.
@@ -112,6 +143,12 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 _FOUND_VALUE = re.compile(r"[;,]\s*(?:got|found)\b")  # where a header check's message quotes what the file holds
+
+
+class InstanceNotKeptError(Exception):
+    """A received instance that is valid and of no use to the models (a colour screen save, a Secondary Capture of
+    another modality): answered Success, so that the sender's study goes through, and not kept. The message, for
+    the log, never quotes a DICOM value."""
 
 
 class InstanceRefusedError(Exception):
@@ -137,8 +174,10 @@ class ReceivedInstance:
 def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max_bytes: int) -> ReceivedInstance:
     """Where the instance `data` (Part 10 bytes as received by C-STORE) goes, if the node may keep it.
 
-    Refused with `InstanceRefusedError`: what `read_dicom_header` refuses (a truncated or garbled header, a class
-    other than the MR ones, no pixel data, colour...), a deflated data set that inflates past `max_bytes`, native
+    Not kept, and answered Success (`InstanceNotKeptError`): a colour image or a Secondary Capture of another
+    modality, valid objects of the study the models have no use for. Refused with `InstanceRefusedError`: what
+    `read_dicom_header` refuses besides (a truncated or garbled header, a class other than the MR ones, no pixel
+    data...), a deflated data set that inflates past `max_bytes`, native
     pixel data shorter than its image (`check_native_pixel_data`), a malformed geometry or rescale value
     (`check_frame_attributes`: a position of two numbers, a RescaleSlope of text or 0), a SOP Class or Instance UID
     other than the request's (stored under the request's UID, it would replace another instance), and a SOP
@@ -153,6 +192,8 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         check_frame_attributes(header)
     except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
         raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
+    except (ColourDicomError, OtherModalityCaptureError) as error:
+        raise InstanceNotKeptError(without_found_values(error.message)) from error
     except (UnsupportedSopClassError, DicomWithoutPixelDataError) as error:
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, without_found_values(error.message)) from error
     except ServiceError as error:

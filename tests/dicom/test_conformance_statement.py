@@ -11,6 +11,7 @@ from typing import Any
 
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
 
 from app.node.dicom_conformance_statement import conformance_statement
 from tests.dicom.node_support import CALLING_AE, NODE_AE
@@ -56,16 +57,17 @@ def test_the_node_accepts_each_listed_class_in_each_listed_transfer_syntax(make_
     section = "### Presentation contexts accepted"
     read_classes, transfer_syntaxes = table_uids(section, 0), table_uids(section, 1)
     ignored_classes = table_uids(section, 2)
-    assert len(read_classes) == 7 and len(transfer_syntaxes) == 12 and len(ignored_classes) == 11
+    assert len(read_classes) == 7 and len(transfer_syntaxes) == 12 and len(ignored_classes) == 15
     read_classes.remove("1.2.840.10008.1.1")  # Verification: the uncompressed syntaxes only, as the text says
 
     pairs = [(sop_class, syntax) for sop_class in read_classes for syntax in transfer_syntaxes]  # 72 of 128
     pairs += [(sop_class, ExplicitVRLittleEndian) for sop_class in ignored_classes]
-    pairs += [(CTImageStorage, ExplicitVRLittleEndian)]  # "any other class is refused"
+    pairs += [(CTImageStorage, ExplicitVRLittleEndian)]  # "every other storage class of the standard"
+    pairs += [(PatientRootQueryRetrieveInformationModelFind, ExplicitVRLittleEndian)]  # "a non-storage service"
     answers = accepted_contexts(node.config.port, pairs)
 
     assert {pair for pair, accepted in answers.items() if accepted} == set(pairs[:-1])
-    assert answers[(CTImageStorage, ExplicitVRLittleEndian)] is False
+    assert answers[(PatientRootQueryRetrieveInformationModelFind, ExplicitVRLittleEndian)] is False
 
 
 def test_the_listed_results_are_what_the_node_proposes(make_node: Any) -> None:
