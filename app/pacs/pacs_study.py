@@ -78,6 +78,11 @@ class MisplacedResultsError(RuntimeError):
     """The SEG or SR stored for a study landed in another Orthanc study (or nowhere)."""
 
 
+class SourcesGoneError(RuntimeError):
+    """Series the results describe were deleted from Orthanc while the study was analysed; the results were
+    withdrawn."""
+
+
 MAX_MR_SERIES = 500
 """MR series of one study pacs-sync chooses among (a real study has 5 to 50): each costs a file fetched and parsed
 before any budget applies (attack: 5,000 one-instance series took 38 s and +248 MiB a pass)."""
@@ -201,7 +206,7 @@ class StudySync:
         study_fingerprint: str,
         attempts: int,
         state: SyncState,
-    ) -> str:
+    ) -> str | None:
         if len(mr_series) > MAX_MR_SERIES:
             raise StudyTooLargeError(
                 f"the study holds {len(mr_series)} MR series; at most {MAX_MR_SERIES} are looked at (one file of each "
@@ -247,7 +252,16 @@ class StudySync:
             analysis = StudyAnalysis(AnalysisStatus.FAILED, reason=f"{left_out_note}; {read}", summary=analysis.summary)
         if analysis.status == AnalysisStatus.FAILED:
             return self._record_failure(study_id, analysis, attempts + 1, state, fields)
-        superseded = self._store_results(study_id, analysis.datasets, record)
+        try:
+            superseded = self._store_results(study_id, analysis.datasets, record, {str(s["ID"]) for s in used})
+        except SourcesGoneError:
+            if self.client.study(study_id) is not None:
+                raise  # a series went: recorded as a failure, and the study's new instances analysed afresh
+            logger.info(
+                "study deleted during its analysis: results withdrawn", extra={"fields": {"orthanc_study": study_id}}
+            )
+            state.retries.pop(study_id, None)
+            return None
         if analysis.status == AnalysisStatus.NOT_ANALYSED:
             status = NOT_ANALYSED
             fields["reason"] = analysis.reason
@@ -275,11 +289,16 @@ class StudySync:
         logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
         return FAILED
 
-    def _store_results(self, study_id: str, datasets: list[Dataset], record: dict[str, Any]) -> list[str]:
+    def _store_results(
+        self, study_id: str, datasets: list[Dataset], record: dict[str, Any], sources: set[str]
+    ) -> list[str]:
         """Store a study's new SEG and SR, then delete the earlier ones; return the Series Instance UIDs deleted.
 
         A store that fails withdraws what this pass stored (never a result stored before with the same UIDs, as one
-        made again from the same instances has) and raises: the earlier results stay.
+        made again from the same instances has) and raises: the earlier results stay. So do results whose `sources`
+        (the Orthanc IDs of the series analysed) are no longer in the study once they are stored (`SourcesGoneError`):
+        an operator deleted the study (or one of them) during the analysis, and STOW-RS had made the study again,
+        under the same Orthanc ID, holding only the results and the patient's name.
         """
         if datasets:  # the report names the one it replaces, deleted below; new UIDs
             supersede_earlier_reports(datasets, _recorded_report(record))
@@ -292,6 +311,9 @@ class StudySync:
         except Exception:
             self._withdraw(study_id, new_series - stored_before)
             raise
+        if not sources <= {str(series["ID"]) for series in self.client.study_series(study_id)}:
+            self._withdraw(study_id, new_series - stored_before)
+            raise SourcesGoneError("series analysed were deleted from the study during its analysis")
         return self._supersede(study_id, new_series, _recorded_results(record))
 
     def _supersede(self, study_id: str, new_series: set[str], recorded: set[str]) -> list[str]:

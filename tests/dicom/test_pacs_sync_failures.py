@@ -17,7 +17,7 @@ from app.pacs.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, Sync
 from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import SelectionRules
 from app.settings import Settings
-from tests.dicom.builders import mr_series, tumor_channels
+from tests.dicom.builders import Study, mr_series, tumor_channels
 from tests.dicom.orthanc_server import Orthanc
 from tests.dicom.pacs_sync_support import (
     FailingClient,
@@ -239,3 +239,66 @@ def test_the_cli_names_refused_credentials_apart_from_an_outage(
 
     error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
     assert error["code"] == "orthanc_credentials_refused" and "HTTP 401" in error["message"]
+
+
+class DeletingClient(OrthancClient):
+    """Deletes a study (or one series of it) from Orthanc just before pacs-sync stores its first result: what an
+    operator's delete during the analysis does."""
+
+    def __init__(self, *args: Any, delete_path: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delete_path = delete_path
+        self.deleted = False
+
+    def store(self, dataset: Any) -> None:
+        if not self.deleted:
+            self.deleted = True
+            self._request("DELETE", self.delete_path)
+        super().store(dataset)
+
+
+def test_a_study_deleted_during_its_analysis_stays_deleted(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 30, finding 2: STOW-RS made the deleted study again (same Orthanc ID), holding only the SEG, the
+    SR and the patient's name, recorded "positive"."""
+    series = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload(series))
+
+    report = run_pacs_sync(
+        config, predictor, once=True, client=DeletingClient(config, delete_path=f"/studies/{study_id}")
+    )
+
+    assert report == SyncReport()
+    assert orthanc.session.get(f"{orthanc.url}/studies/{study_id}", timeout=30).status_code == 404
+    found = orthanc.session.post(
+        f"{orthanc.url}/tools/find",
+        json={"Level": "Study", "Query": {"StudyInstanceUID": str(series[0].StudyInstanceUID)}},
+        timeout=30,
+    )
+    assert found.json() == []  # not made again as a study holding only the results
+
+
+def test_results_of_a_series_deleted_during_the_analysis_are_withdrawn(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    study = Study()
+    flair = mr_series(tumor_channels(), study=study, series_number=2, series_description="AX FLAIR")
+    t1 = mr_series(tumor_channels(), study=study, series_number=3, series_description="AX T1")
+    config = config_for(orthanc, tmp_path / "state.json")
+    flair_id = orthanc.upload(flair)
+    orthanc.upload(t1)
+    study_id = orthanc.study_of(flair_id)
+
+    report = run_pacs_sync(
+        config, predictor, once=True, client=DeletingClient(config, delete_path=f"/series/{flair_id}")
+    )
+
+    assert report == SyncReport(failed=1)
+    assert orthanc.record(study_id)["error"].startswith("SourcesGoneError")
+    modalities = {
+        orthanc.get(f"/series/{series}")["MainDicomTags"]["Modality"]
+        for series in orthanc.get(f"/studies/{study_id}")["Series"]
+    }
+    assert modalities == {"MR"}  # the T1 series alone: no SEG or SR of the deleted FLAIR
