@@ -19,6 +19,11 @@ inside highdicom or making an object that refers to nothing a PACS can find.
 A SEG or an SR copies the patient's and study's names and descriptions, so it needs a Specific Character Set that
 holds them: `derived_character_set` keeps the source's, unless highdicom would refuse it (ISO 2022 code extensions
 in the forms Japanese and Korean sites send), and then writes UTF-8.
+
+A SEG or an SR copies the study's dates and times, which are in the sources' time zone when they declare one
+(Timezone Offset From UTC), while highdicom writes its own in the clock of the process (UTC in a container):
+`stamp_creation_times` writes the result's own in the sources' zone and copies the offset, so that one object holds
+one time zone.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
 
 import highdicom as hd
 from pydicom import valuerep
@@ -69,6 +75,28 @@ SINGLE_CHARACTER_SETS = frozenset(
     value.value for value in hd.enum.SpecificCharacterSetValues if not value.value.startswith("ISO 2022")
 )
 UTF8 = "ISO_IR 192"
+
+
+_UTC_OFFSET = re.compile(r"([+-])(\d\d)(\d\d)")
+
+
+def stamp_creation_times(derived: Dataset, sources: Sequence[Dataset]) -> None:
+    """Write `derived`'s Instance Creation, Content and Series Date and Time as now: in the sources' time zone, with
+    their Timezone Offset From UTC, when the first source declares a well-formed one (``+HHMM``, ``-HHMM``), else in
+    the process's clock as highdicom does. The Series Date and Time are the Content's: where a later result
+    supersedes this one (same Series Number), a viewer orders the versions by them."""
+    offset = str(sources[0].get("TimezoneOffsetFromUTC", "") or "").strip() if sources else ""
+    matched = _UTC_OFFSET.fullmatch(offset)
+    if matched:
+        sign = -1 if matched.group(1) == "-" else 1
+        zone = timezone(sign * timedelta(hours=int(matched.group(2)), minutes=int(matched.group(3))))
+        now = datetime.now(zone)
+        derived.TimezoneOffsetFromUTC = offset
+    else:
+        now = datetime.now()
+    for prefix in ("InstanceCreation", "Content", "Series"):
+        setattr(derived, f"{prefix}Date", now.strftime("%Y%m%d"))
+        setattr(derived, f"{prefix}Time", now.strftime("%H%M%S.%f"))
 
 
 def derived_character_set(source: Dataset) -> str | None:

@@ -32,6 +32,7 @@ from app.dicom.dicom_conformance import (
     invalid_values,
     missing_plane_attributes,
     refuse_invalid_values,
+    stamp_creation_times,
     with_slice_thickness,
     with_type2_attributes,
     without_contradicted_spacing,
@@ -193,8 +194,7 @@ def build_segmentation(
             f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
-    # When it was made: where a later result supersedes it (same series number), a viewer orders them by this.
-    segmentation.SeriesDate, segmentation.SeriesTime = segmentation.ContentDate, segmentation.ContentTime
+    stamp_creation_times(segmentation, source_images)  # in the sources' time zone; Series Date/Time too
     if _frame_of_capture(references):
         _name_the_frame(segmentation, references[0])
     refuse_invalid_values(

@@ -42,6 +42,7 @@ from app.dicom.dicom_conformance import (
     image_library_sources,
     invalid_values,
     refuse_invalid_values,
+    stamp_creation_times,
     with_type2_attributes,
     without_contradicted_spacing,
 )
@@ -276,7 +277,7 @@ def _volume_report(
         coding_schemes=[PRIVATE_SCHEME_IDENTIFICATION],
     )
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime  # as the SEG's: versions in time order
+    stamp_creation_times(sr, sources)  # as the SEG's
     sr.SoftwareVersions = software_version()
     return sr
 

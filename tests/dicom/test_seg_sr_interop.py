@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -374,3 +375,37 @@ def test_a_destination_without_comprehensive_3d_sr_receives_the_report(
         assert ("SR", ComprehensiveSRStorage, "sent") in sent and all(status == "sent" for *_, status in sent)
     finally:
         older_pacs.close()
+
+
+# -- Interop review 30, finding 3: one time zone in each result --------------------------------------------------
+
+
+def test_seg_and_sr_write_their_own_times_in_the_sources_time_zone() -> None:
+    """The source's study times were in +0900 and the results' own in the process's clock (UTC in a container),
+    with no offset: a Tokyo site saw a result made "before" its images."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.TimezoneOffsetFromUTC = "+0900"
+    inputs = inputs_of(series)
+    seg = written(build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS))
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=4.5, slices_analysed=3, slices_with_tumor=3)
+    report = written(build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, [seg]))
+    tokyo_now = datetime.now(timezone(timedelta(hours=9)))
+
+    for result in (seg, report):
+        assert result.TimezoneOffsetFromUTC == "+0900"
+        for prefix in ("InstanceCreation", "Content", "Series"):
+            made = datetime.strptime(
+                f"{getattr(result, f'{prefix}Date')}{getattr(result, f'{prefix}Time')}", "%Y%m%d%H%M%S.%f"
+            ).replace(tzinfo=tokyo_now.tzinfo)
+            assert abs((tokyo_now - made).total_seconds()) < 120, prefix
+    assert dciodvfy_errors(seg, "Segmentation") == []
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
+
+
+def test_without_an_offset_in_the_sources_the_results_declare_none() -> None:
+    inputs = inputs_of(mr_series(tumor_channels()))
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+
+    assert "TimezoneOffsetFromUTC" not in seg
+    assert (seg.SeriesDate, seg.SeriesTime) == (seg.ContentDate, seg.ContentTime)
