@@ -50,8 +50,9 @@ PREDICT_EPILOG = f"""\
 A folder stands for the files directly inside it, in natural order (slice_2 before slice_10), without hidden files
 and *_mask.* files. PNG/JPEG/TIFF files get one result each (with --series, as the slices of one volume in order:
 their masks get the series clean-up); DICOM files are read as one series (one result per slice, and the series'
-tumor_detected and tumor_volume_ml). JSON is what POST /v1/predict/batch answers; table and
-csv give one line per file (or slice), csv without the series totals.
+tumor_detected and tumor_volume_ml). JSON: for images what POST /v1/predict/batch answers; for a DICOM series
+the slices under "results" (each with its file) and the series' fields under "series". Table and csv give one line
+per file (or slice), csv without the series totals.
 
 Masks (--masks-dir): MASKS_DIR/<stem>_predicted_mask.png per positive file (as the upload page names them, never the
 LGG ground truth's <stem>_mask.png), 8-bit, 0 background, 255 tumor; a multi-frame DICOM file gets

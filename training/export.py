@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         classifier_members=max(1, sum(isinstance(layer, keras.Model) for layer in classifier.layers)),
         threshold_chosen_on=evaluation.get("classifier_threshold_chosen_on"),
         has_history=(output_dir / HISTORY_NAME).exists(),
+        training_patients=json.loads(split_path.read_text())["train"],
     )
     (output_dir / "README.md").write_text(card)
 

@@ -83,7 +83,8 @@ def series_lines(segmenter: Mapping) -> list[str]:
     if not voxels:
         return ["- Series clean-up: off (a series' masks are those of its slices).", *single]
     return [
-        f"- Series clean-up (DICOM series, `/v1/predict/batch?series=true`, pacs-sync): 3-D connected components "
+        f"- Series clean-up (DICOM series, `/v1/predict/batch?series=true`, `brain-tumor predict --series`, pacs-sync, "
+        f"the DICOM node): 3-D connected components "
         f"under {voxels} voxels of the 256 x 256 grid are dropped (size chosen on the validation patients); single "
         "slices are never cleaned up.",
         *single,
@@ -235,6 +236,17 @@ def interval_lines(metrics: Mapping) -> list[str]:
     ]
 
 
+def training_data_line(patients: list[str] | None) -> str:
+    """Where the training patients come from: TCGA case ids `TCGA_<site>_<case>` name the institution."""
+    if not patients:
+        return "Trained on one public dataset (TCGA lower-grade glioma)"
+    sites = sorted({patient.split("_")[1] for patient in patients if patient.count("_") >= 2})
+    return (
+        f"Trained on {len(patients)} patients of one public dataset (TCGA lower-grade glioma), from {len(sites)} "
+        f"institutions (TCGA site codes {', '.join(sites)})"
+    )
+
+
 def render_model_card(
     manifest: Mapping,
     evaluation_command: str,
@@ -245,9 +257,10 @@ def render_model_card(
     classifier_members: int = 1,
     threshold_chosen_on: Mapping | None = None,
     has_history: bool = False,
+    training_patients: list[str] | None = None,
 ) -> str:
     """Markdown of the model card for the exported `manifest` (which carries the test metrics); with `has_history`,
-    a link to the model history beside it."""
+    a link to the model history beside it; with `training_patients` (the split's), where they come from."""
     metrics = manifest["metrics"]
     flair = metrics.get("flair_only")
     rows = _figures(metrics) + _single_slice_rows(metrics) + _tumor_edge_rows(metrics)
@@ -286,9 +299,10 @@ def render_model_card(
         "FLAIR only: every channel replaced by FLAIR, as when a PACS sends a FLAIR series alone.",
         "",
         *interval_lines(metrics),
-        "Plots and raw figures in `evaluation/`: `training_curves.png`, `roc_confusion.png`, `test_slices.png` (test "
-        "slices with the true outline in green and the predicted one in red), `evaluation.json` (also the per-patient "
-        "volume Dice and the validation figures behind the thresholds), and the training histories as CSV.",
+        "Raw figures in `evaluation/`: `evaluation.json` (also the per-patient volume Dice and the validation "
+        "figures behind the thresholds) and the training histories as CSV. Its plots, `training_curves.png`, "
+        "`roc_confusion.png` and `test_slices.png` (test slices with the true outline in green and the predicted one "
+        "in red), are those of the last evaluation run without `--no-plots`, which may be an earlier release's.",
         "",
         *training_lines(training_runs or []),
         *comparison_lines(comparison),
@@ -302,8 +316,8 @@ def render_model_card(
         "```",
         "",
         "## Limitations",
-        "- Trained on 70 patients of one public dataset (TCGA lower-grade glioma, 5 institutions): other tumor types, "
-        "other scanners and other protocols are out of distribution.",
+        f"- {training_data_line(training_patients)}: other tumor types, other scanners and other protocols are out of "
+        "distribution.",
         "- 2-D slices only; no use of neighbouring slices. Expects kaggle_3m-like composites (pre-contrast, FLAIR, "
         "post-contrast) or FLAIR alone.",
         "- A test split of 9 patients gives wide confidence intervals: treat the figures as estimates.",

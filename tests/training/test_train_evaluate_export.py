@@ -222,6 +222,10 @@ def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_p
     assert "python -m training.evaluate --example" in card
     assert "Research use only" in card
     assert "history.md" not in card  # no history beside this card: no link to one
+    training_patients = json.loads((trained_run / "split.json").read_text())["train"]
+    sites = sorted({patient.split("_")[1] for patient in training_patients})
+    assert f"Trained on {len(training_patients)} patients" in card
+    assert f"from {len(sites)} institutions (TCGA site codes {', '.join(sites)})" in card
 
 
 def test_export_keeps_the_model_history_and_links_to_it(trained_run, tmp_path):
