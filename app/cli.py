@@ -358,6 +358,7 @@ def describe_start_error(error: Exception) -> str:
 def hash_key(args: argparse.Namespace) -> int:
     """Print `id:sha256` for an API keys file; the key is read from standard input so it stays out of the shell
     history."""
+    from app.security import HEADER_SAFE_RULE, header_safe
     from app.security import hash_key as sha256_of_key
 
     # The line it prints is `id:sha256`, in a file where `#` starts a comment: such an id would make it unreadable.
@@ -366,9 +367,11 @@ def hash_key(args: argparse.Namespace) -> int:
             f"brain-tumor hash-key: error: key_id must be letters, digits, '.', '_', '@' or '-'; got {args.key_id!r}",
             EXIT_USAGE,
         )
-    key = sys.stdin.readline().strip()
+    key = sys.stdin.readline().rstrip("\r\n")
     if not key:
         return fail("brain-tumor hash-key: error: no key on standard input", EXIT_USAGE)
+    if not header_safe(key):  # API_KEYS refuses it too: hashed, it would be refused at every request
+        return fail(f"brain-tumor hash-key: error: {HEADER_SAFE_RULE}", EXIT_USAGE)
     print(f"{args.key_id}:{sha256_of_key(key)}")
     return 0
 

@@ -29,6 +29,18 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+HEADER_SAFE_RULE = (
+    "the key must be printable ASCII without spaces at its start or end (an HTTP header cannot carry them)"
+)
+
+
+def header_safe(key: str) -> bool:
+    """Whether an `X-API-Key` header can carry `key` as it is: a header value loses its outer spaces on the way (HTTP
+    trims them) and cannot carry control or non-ASCII characters, so such a key could never match, and its owner
+    would lock out their address with each try."""
+    return key == key.strip() and all(" " <= character <= "~" for character in key)
+
+
 @dataclass(frozen=True)
 class ApiKeyStore:
     """Key id -> sha256 of the key. Empty means authentication is off."""
@@ -61,13 +73,8 @@ class ApiKeyStore:
             key_id, separator, key = item.strip().partition(":")
             if not separator or not key:
                 raise KeyConfigurationError(f"API_KEYS item {position}: expected id:key")
-            if key != key.strip() or not all(" " <= character <= "~" for character in key):
-                # A header value loses its outer spaces on the way (HTTP trims them) and cannot carry control or
-                # non-ASCII characters: such a key could never match, and its owner would lock out their address.
-                raise KeyConfigurationError(
-                    f"API_KEYS item {position}: the key must be printable ASCII without spaces at its start or end "
-                    "(an HTTP header cannot carry them)"
-                )
+            if not header_safe(key):
+                raise KeyConfigurationError(f"API_KEYS item {position}: {HEADER_SAFE_RULE}")
             add(key_id.strip(), hash_key(key), f"API_KEYS item {position}")
         if keys_file is not None:
             for number, line in enumerate(Path(keys_file).read_text().splitlines(), start=1):

@@ -507,6 +507,23 @@ def test_hash_key_refuses_an_id_the_keys_file_cannot_hold(
     )
 
 
+@pytest.mark.parametrize("key", ["clé-secrète-2026", " padded", "tab\tinside"])
+def test_hash_key_refuses_a_key_no_header_carries(
+    key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack review 30: its hash was printed, and the key was then refused at every request (401), each try counted
+    as a failed key, so its owner locked out their own address."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{key}\n"))
+
+    code, out, err = run(capsys, "hash-key", "alice")
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        "brain-tumor hash-key: error: the key must be printable ASCII without spaces at its start or end (an HTTP "
+        "header cannot carry them)\n"
+    )
+
+
 def test_manifest_with_a_nan_threshold_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A NaN threshold passes no comparison: a slice at probability 0.999 was answered tumor_detected false, exit 0."""
     manifest = json.loads((COMMITTED_MODEL_DIR / "manifest.json").read_text())
