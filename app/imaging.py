@@ -332,11 +332,17 @@ def _pillow_header(data: bytes, image_format: ImageFormat) -> RasterHeader:
         with Image.open(io.BytesIO(data), formats=[image_format.value]) as image:
             samples = 3 if image.mode == "P" else len(image.getbands())
             bytes_per_sample = 2 if image.mode.startswith("I;16") else 4 if image.mode in ("I", "F") else 1
-            return RasterHeader(image_format, image.width, image.height, samples, bytes_per_sample)
+            header = RasterHeader(image_format, image.width, image.height, samples, bytes_per_sample)
+            pictures = getattr(image, "n_frames", 1)
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"image is too large to decode ({error})") from error
     except Exception as error:  # Pillow raises many types for a corrupt header; all mean the same to a client.
         raise UndecodableImageError(f"{image_format.value} file cannot be decoded: {error}") from error
+    if pictures > 1:  # a multi-picture JPEG (MPO, a stereo camera's): read on its first, as an animated PNG would be
+        raise InvalidSliceError(
+            f"{image_format.value} must hold one picture (one slice); this one holds {pictures} (multi-picture format)"
+        )
+    return header
 
 
 def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int) -> np.ndarray:

@@ -317,6 +317,19 @@ def test_an_animated_png_of_several_frames_is_refused_as_a_multi_page_tiff_is() 
     assert decode_image(single.getvalue()).shape == GREY.shape
 
 
+def test_a_jpeg_of_several_pictures_is_refused_as_an_animated_png_is() -> None:
+    """Attack review 30: an MPO (a JPEG followed by more pictures) was answered on its first picture, without a word."""
+    pictures = [Image.fromarray(GREY), Image.fromarray(255 - GREY)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, "MPO", save_all=True, append_images=pictures[1:])
+
+    with pytest.raises(InvalidSliceError, match="JPEG must hold one picture .one slice.; this one holds 2"):
+        decode_image(buffer.getvalue())
+    single = io.BytesIO()
+    pictures[0].save(single, "JPEG")
+    assert decode_image(single.getvalue()).shape == GREY.shape
+
+
 def test_a_png_out_of_chunk_order_is_refused_not_read_with_made_up_pixels() -> None:
     """Attack findings: a palette PNG without its PLTE got a prediction on the colours Pillow makes up; a PNG whose
     first chunk is not IHDR skipped the header read here (the 16-bit path and its cost)."""
