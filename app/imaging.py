@@ -460,8 +460,11 @@ def _decode_tiff(data: bytes) -> np.ndarray:
                 array = _as_shown(page.asarray(), page)
             except Exception as error:
                 array = _decode_with_opencv(data)
-                if array is None:
-                    raise UndecodableImageError(f"TIFF file cannot be decoded: {decoder_reason(error)}") from error
+                if array is None:  # tifffile's reason may be a package it lacks: the file's own fault is said
+                    raise UndecodableImageError(
+                        f"TIFF file cannot be decoded: its {_compression_name(page.compression)} image data is damaged "
+                        "or in a form no decoder here reads"
+                    ) from error
                 axes = "YXS" if array.ndim == 3 else "YX"
     except ServiceError:
         raise
@@ -470,6 +473,14 @@ def _decode_tiff(data: bytes) -> np.ndarray:
     if array.ndim == 3 and axes.startswith("S"):  # planar configuration: samples first
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+def _compression_name(code: int) -> str:
+    """A TIFF compression as the standard names it (JPEG, LZW...), for a message."""
+    try:
+        return f"{tifffile.COMPRESSION(code).name}-compressed"
+    except ValueError:
+        return "compressed"
 
 
 def _as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:

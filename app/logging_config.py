@@ -23,6 +23,9 @@ import traceback
 from datetime import UTC, datetime
 from types import TracebackType
 
+import cv2
+import cv2.utils.logging
+
 from app.errors import without_quoted_values
 
 # Loggers whose messages may quote what a file holds: their text is redacted before it is written.
@@ -110,3 +113,9 @@ def configure_logging(level: str = "INFO") -> None:
     # pydicom logs each decoder plugin's failure on a file, traceback and all, at ERROR: a client's broken file,
     # which the service refuses (400, the node C000) with the reason and logs in its own line.
     logging.getLogger(DECODER_PLUGIN_LOGGER).setLevel(logging.CRITICAL)
+    # OpenCV writes its decoders' complaints (libtiff's among them) to stderr itself, not as JSON, at ERROR: a
+    # client's broken TIFF made three such lines. The service answers those files 400 with the reason.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    # tifffile warns of each malformed tag of a client's TIFF (three lines for one broken strip): its reason is in
+    # the 400 the service answers.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)

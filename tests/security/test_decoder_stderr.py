@@ -1,0 +1,57 @@
+"""A client's broken image makes no line of the decoders' own on the server's stderr (attack review 30): the log is
+JSON lines only, and a client could otherwise fill it with ERROR lines at will."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import tifffile
+
+from tests.conftest import REPO_ROOT
+
+
+def tiff_with_a_broken_strip() -> bytes:
+    """A JPEG-compressed TIFF (tifffile needs imagecodecs for it, so OpenCV's libtiff reads it) whose strip byte
+    count is 0: libtiff and OpenCV complain on stderr, at ERROR."""
+    encoded = bytearray(
+        cv2.imencode(".tiff", np.full((64, 64, 3), 100, np.uint8), [cv2.IMWRITE_TIFF_COMPRESSION, 7])[1]
+    )
+    with tifffile.TiffFile(io.BytesIO(bytes(encoded))) as tiff:
+        tag = tiff.pages.first.tags["StripByteCounts"]
+        size = 2 if tag.dtype == 3 else 4
+        entry = tag.offset
+    encoded[entry + 8 : entry + 8 + size] = b"\0" * size  # the value field of a classic TIFF's tag entry
+    return bytes(encoded)
+
+
+def test_a_broken_tiff_leaves_only_json_lines_on_stderr(tmp_path) -> None:
+    path = tmp_path / "broken.tif"
+    path.write_bytes(tiff_with_a_broken_strip())
+    script = textwrap.dedent(
+        f"""
+        import logging
+        from app.errors import ServiceError
+        from app.imaging import decode_image
+        from app.logging_config import configure_logging
+        configure_logging()
+        try:
+            decode_image(open({str(path)!r}, "rb").read())
+        except ServiceError as error:
+            logging.getLogger("check").warning("refused", extra={{"fields": {{"code": error.code}}}})
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert lines, "the refusal itself was not logged"
+    for line in lines:
+        json.loads(line)  # every line is JSON
+    assert json.loads(lines[-1])["message"] == "refused"
