@@ -56,9 +56,10 @@ class InputError(ValueError):
 def collect_inputs(arguments: Sequence[str]) -> list[Path]:
     """The files to predict: each file argument, and the files directly inside each folder argument.
 
-    A folder gives its files in natural order (`slice_2` before `slice_10`), leaving out hidden files and files
-    named `*_mask.*` (ground-truth masks beside LGG slices, or the `*_predicted_mask.png` of an earlier run written
-    there).
+    A folder gives its files in natural order (`slice_2` before `slice_10`), leaving out subfolders, hidden files
+    and files named `*_mask.*` (ground-truth masks beside LGG slices, or the `*_predicted_mask.png` of an earlier run
+    written there). An entry that is no regular file (a link that leads nowhere, a pipe) is kept in its place, and
+    `read_file` gives it an error there: left out, it made a slice of a series vanish without a word.
 
     Raises
     ------
@@ -73,7 +74,7 @@ def collect_inputs(arguments: Sequence[str]) -> list[Path]:
                 (
                     child
                     for child in path.iterdir()
-                    if child.is_file() and not child.name.startswith(".") and not child.stem.endswith(SKIPPED_SUFFIX)
+                    if not child.is_dir() and not child.name.startswith(".") and not child.stem.endswith(SKIPPED_SUFFIX)
                 ),
                 key=natural_key,
             )
@@ -350,6 +351,8 @@ def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | Service
     read: a file over the limit (a 3 GB file, /dev/zero) is refused as the API refuses it, without filling memory."""
     from app.uploads import check_upload_size
 
+    if not path.is_file():  # never opened: a pipe would hang the read, a device has no end
+        return FileUnreadableError("not a regular file (a link that leads nowhere, a pipe, a device or a socket)")
     try:
         with path.open("rb") as stream:
             data = stream.read() if limits is None else stream.read(limits.max_upload_bytes + 1)

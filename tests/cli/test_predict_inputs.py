@@ -95,6 +95,29 @@ def test_predict_of_a_folder_predicts_its_slices(
     )
 
 
+def test_a_folder_entry_that_is_no_file_gets_an_error_in_its_place_in_a_series(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack review 30: a link that leads nowhere (or a pipe) in the folder was left out without a word, exit 0, and
+    with --series its neighbours were joined as if no slice were missing."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    slices = sorted(TUMOR_SERIES, key=lambda path: int(path.stem.rsplit("_", 1)[1]))
+    for index, path in enumerate(slices):
+        (folder / f"slice_{index + 1}.jpg").symlink_to(path)
+    (folder / "slice_2.jpg").unlink()
+    (folder / "slice_2.jpg").symlink_to(tmp_path / "gone.jpg")  # leads nowhere
+    os.mkfifo(folder / "slice_4.jpg")  # a pipe: never opened
+
+    code, out, _ = run(capsys, str(folder), "--series", "--model-dir", str(tiny_model_dir))
+
+    assert code == 1
+    results = json.loads(out)["results"]
+    assert [Path(result["file"]).name for result in results] == [f"slice_{number}.jpg" for number in (1, 2, 3, 4)]
+    assert [result["ok"] for result in results] == [True, False, True, False]
+    assert {results[1]["error"]["code"], results[3]["error"]["code"]} == {"file_unreadable"}
+
+
 def test_masks_are_named_after_the_stem() -> None:
     assert mask_targets(TUMOR_SERIES, Path("masks")) == [
         Path("masks") / f"{path.stem}_predicted_mask.png" for path in TUMOR_SERIES
