@@ -305,29 +305,24 @@ def test_a_file_with_dicm_at_128_but_no_file_meta_is_a_broken_dicom_not_an_unkno
         sniff_format(b"\0" * 128 + b"DICM" + b"garbage" * 10)
 
 
-def test_an_animated_png_of_several_frames_is_refused_as_a_multi_page_tiff_is() -> None:
-    frames = [Image.fromarray(GREY), Image.fromarray(255 - GREY)]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
-
-    with pytest.raises(InvalidSliceError, match="animated PNG holds 2 frames"):
-        decode_image(buffer.getvalue())
-    single = io.BytesIO()
-    frames[0].save(single, "PNG")
-    assert decode_image(single.getvalue()).shape == GREY.shape
-
-
-def test_a_jpeg_of_several_pictures_is_refused_as_an_animated_png_is() -> None:
-    """Attack review 30: an MPO (a JPEG followed by more pictures) was answered on its first picture, without a word."""
+@pytest.mark.parametrize(
+    ("several", "single", "message"),
+    [
+        ("PNG", "PNG", "animated PNG holds 2 frames"),
+        # Attack review 30: an MPO (a JPEG followed by more pictures) was answered on its first picture.
+        ("MPO", "JPEG", "JPEG must hold one picture .one slice.; this one holds 2"),
+    ],
+)
+def test_a_file_of_several_pictures_is_refused_as_a_multi_page_tiff_is(several: str, single: str, message: str) -> None:
     pictures = [Image.fromarray(GREY), Image.fromarray(255 - GREY)]
     buffer = io.BytesIO()
-    pictures[0].save(buffer, "MPO", save_all=True, append_images=pictures[1:])
+    pictures[0].save(buffer, several, save_all=True, append_images=pictures[1:])
 
-    with pytest.raises(InvalidSliceError, match="JPEG must hold one picture .one slice.; this one holds 2"):
+    with pytest.raises(InvalidSliceError, match=message):
         decode_image(buffer.getvalue())
-    single = io.BytesIO()
-    pictures[0].save(single, "JPEG")
-    assert decode_image(single.getvalue()).shape == GREY.shape
+    one = io.BytesIO()
+    pictures[0].save(one, single)
+    assert decode_image(one.getvalue()).shape == GREY.shape
 
 
 def test_a_png_out_of_chunk_order_is_refused_not_read_with_made_up_pixels() -> None:
