@@ -70,11 +70,11 @@ def clean_series_masks(
     `min_voxels` counts voxels of the model's 256 x 256 grid. Slices of at most 256 pixels along a side are joined
     at their own size, `min_voxels` scaled to it. Larger slices are joined on the model's grid itself
     (`_model_grid_cells`): a grid cell is in a mask when one of its pixels is, and a pixel is kept when its cell's
-    component is. So the
-    clean-up's memory stays that of a 256 x 256 volume, whatever the slices' size: at their own size, 23 slices of
-    4096 x 4096 took 5 GiB. Slices of different sizes cannot form one volume: their masks come back unchanged. A
-    mask the clean-up empties becomes None. `breaks` lists the places k where slices k and k + 1 are no neighbours
-    (slices missing between them): an empty slice goes between them, so no component spans the gap.
+    component is. So the clean-up's memory stays that of a 256 x 256 volume, whatever the slices' size: at their own
+    size, 23 slices of 4096 x 4096 took 5 GiB. Slices of different sizes cannot form one volume: their masks come
+    back unchanged. A mask the clean-up empties becomes None. `breaks` lists the places k where slices k and k + 1
+    are no neighbours (slices missing between them): an empty slice goes between them, so no component spans the
+    gap.
     """
     present = [mask for mask in masks if mask is not None]
     if len(masks) < 2 or min_voxels == 0 or not present:
