@@ -19,9 +19,13 @@ learned from is stretched exactly as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
+
+K = TypeVar("K")
 
 OUTLIER_FACTOR = 8.0
 """How many times the 99.9th percentile's distance above the minimum a pixel may lie before it is an outlier."""
@@ -42,29 +46,92 @@ def stretch_range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
     """(low, high) of the stretch over finite `arrays` (one image, or the frames of one series): their minimum and
     maximum, each short of the outliers beyond it (the module's rules), which then saturate at 0 or 255."""
     arrays = [array for array in arrays if array.size]
-    if not arrays:
-        return 0.0, 0.0
-    low = min(float(np.min(array)) for array in arrays)
-    high = max(float(np.max(array)) for array in arrays)
-    if not high > low:
-        return low, high
-    step = max(1, sum(array.size for array in arrays) // SAMPLE_PIXELS)
-    sample = np.concatenate([array.ravel()[::step] for array in arrays])
-    bottom, reference = (
-        float(value) for value in np.percentile(sample, [LOW_REFERENCE_PERCENTILE, REFERENCE_PERCENTILE])
-    )
-    if not reference > bottom:  # nearly every pixel at one value: nothing to judge by
-        return low, high
-    floor = bottom - LOW_OUTLIER_MARGIN * (reference - bottom)
-    if low < floor:
-        low = min(float(np.min(array, where=array >= floor, initial=np.inf)) for array in arrays)
-    ceiling = low + OUTLIER_FACTOR * (reference - low)
-    if high > ceiling:
-        high = max(float(np.max(array, where=array <= ceiling, initial=low)) for array in arrays)
-    alone_above = low + (high - low) / ISOLATED_FACTOR
-    if alone_above > reference and sum(int(np.count_nonzero(array > alone_above)) for array in arrays) < FEW_PIXELS:
-        high = max(float(np.max(array, where=array <= alone_above, initial=low)) for array in arrays)
-    return low, high
+    ranges = stretch_ranges(lambda: ((0, array) for array in arrays), sum(array.size for array in arrays))
+    return ranges.get(0, (0.0, 0.0))
+
+
+def stretch_ranges(frames: Callable[[], Iterable[tuple[K, np.ndarray]]], pixels: int) -> dict[K, tuple[float, float]]:
+    """`stretch_range` of each key's arrays, read from `frames` instead of held in memory: what the slices of a
+    raster series need, each decoded when its turn comes and dropped after (`app.uploads.prepare_series_uploads`).
+
+    `frames()` yields (key, finite float array) pairs, each key's arrays being the images of one `stretch_range`;
+    every call must yield the same arrays in the same order. It is called once for the minimum, maximum and
+    percentiles, then once more for each outlier rule some key meets (at most three more; none for a series without
+    outliers). Held between calls: a few numbers per key, and each key's percentile sample until it is read (8 bytes
+    a value, `sample_values` of them). `pixels`, the values of all the arrays together, sets the sample's step, so
+    with one key the range is exactly `stretch_range` over its arrays. Keys that yield no values are left out.
+    """
+    step = max(1, pixels // SAMPLE_PIXELS)
+    lows: dict[K, float] = {}
+    highs: dict[K, float] = {}
+    samples: dict[K, list[np.ndarray]] = {}
+    for key, array in frames():
+        if array.size:
+            lows[key] = min(lows.get(key, math.inf), float(np.min(array)))
+            highs[key] = max(highs.get(key, -math.inf), float(np.max(array)))
+            samples.setdefault(key, []).append(array.ravel()[::step].copy())  # a copy: the array is not kept
+    references: dict[K, tuple[float, float]] = {}  # (bottom, reference) of the keys the outlier rules judge
+    for key in list(samples):
+        pieces = samples.pop(key)
+        if highs[key] > lows[key]:
+            sample = np.concatenate(pieces)
+            del pieces
+            bottom, reference = (
+                float(value)
+                for value in np.percentile(
+                    sample, [LOW_REFERENCE_PERCENTILE, REFERENCE_PERCENTILE], overwrite_input=True
+                )
+            )
+            if reference > bottom:  # else nearly every pixel at one value: nothing to judge by
+                references[key] = bottom, reference
+    floors = {
+        key: bottom - LOW_OUTLIER_MARGIN * (reference - bottom) for key, (bottom, reference) in references.items()
+    }
+    floors = {key: floor for key, floor in floors.items() if lows[key] < floor}
+    lows.update(_reduce(frames, floors, lambda array, floor: np.min(array, where=array >= floor, initial=np.inf), min))
+    ceilings = {key: lows[key] + OUTLIER_FACTOR * (reference - lows[key]) for key, (_, reference) in references.items()}
+    ceilings = {key: ceiling for key, ceiling in ceilings.items() if highs[key] > ceiling}
+    for key, high in _reduce(
+        frames, ceilings, lambda array, ceiling: np.max(array, where=array <= ceiling, initial=-np.inf), max
+    ).items():
+        highs[key] = max(high, lows[key])
+    alone = {key: lows[key] + (highs[key] - lows[key]) / ISOLATED_FACTOR for key in references}
+    alone = {key: alone_above for key, alone_above in alone.items() if alone_above > references[key][1]}
+    counts = dict.fromkeys(alone, 0)
+    under = dict.fromkeys(alone, -math.inf)
+    if alone:
+        for key, array in frames():
+            if key in alone and array.size:
+                counts[key] += int(np.count_nonzero(array > alone[key]))
+                under[key] = max(under[key], float(np.max(array, where=array <= alone[key], initial=-np.inf)))
+    for key, count in counts.items():
+        if count < FEW_PIXELS:
+            highs[key] = max(under[key], lows[key])
+    return {key: (lows[key], highs[key]) for key in lows}
+
+
+def _reduce(
+    frames: Callable[[], Iterable[tuple[K, np.ndarray]]],
+    bounds: dict[K, float],
+    measure: Callable[[np.ndarray, float], Any],
+    combine: Callable[[float, float], float],
+) -> dict[K, float]:
+    """`combine` over each bounded key's arrays of `measure(array, bound)`: one more call of `frames`, none when no
+    key is bounded."""
+    found: dict[K, float] = {}
+    if bounds:
+        for key, array in frames():
+            if key in bounds and array.size:
+                value = float(measure(array, bounds[key]))
+                found[key] = combine(found[key], value) if key in found else value
+    return found
+
+
+def sample_values(pixels: int, counts: Iterable[int]) -> int:
+    """Values in the percentiles' sample `stretch_ranges` keeps of one key whose arrays hold `counts` values each,
+    among arrays of `pixels` values in all."""
+    step = max(1, pixels // SAMPLE_PIXELS)
+    return sum(-(-count // step) for count in counts)
 
 
 def stretch_in_place(values: np.ndarray, low: float, high: float) -> np.ndarray:
