@@ -14,6 +14,7 @@ import io
 import lzma
 import math
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -268,6 +269,19 @@ def decode_image(
     EmptyFileError, UnsupportedMediaTypeError, UndecodableImageError, ImageTooLargeError, InvalidSliceError (also
     for a float image without one finite sample), app.errors.OverMemoryBudgetError
     """
+    return stretch_to_uint8(decode_samples(data, max_pixels, max_bytes))
+
+
+def decode_samples(
+    data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
+) -> np.ndarray:
+    """`decode_image` before the stretch to 8 bits: the samples as the file holds them, HxW or HxWx3 (alpha
+    dropped), so that the slices of a series can be stretched together (`app.uploads.prepare_series_uploads`).
+
+    Raises
+    ------
+    As `decode_image`.
+    """
     header = read_image_header(data)
     check_image_header(header, max_pixels, max_bytes)
     if header.image_format is ImageFormat.TIFF:
@@ -281,38 +295,62 @@ def decode_image(
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).any():
         # Stretched, it would be a black slice, answered "no tumor" with confidence.
         raise InvalidSliceError("image holds no finite sample (every sample is NaN or infinite)")
-    return stretch_to_uint8(_drop_alpha(array))
+    return _drop_alpha(array)
 
 
-def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
+def is_stretched(array: np.ndarray) -> bool:
+    """Whether `stretch_to_uint8` stretches `array`'s samples (deeper than 8 bits, signed, float), or keeps them
+    (uint8 as it is, a bilevel image as 0 and 255)."""
+    return array.dtype not in (np.uint8, np.bool_)
+
+
+def stretch_to_uint8(array: np.ndarray, ranges: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
     """Map an image of any sample type to uint8; uint8 passes through unchanged.
 
-    Deeper images (16-bit, 32-bit integer, float) get a per-image, per-channel min/max stretch to 0..255:
-    `round((x - min) * 255 / (max - min))`. Why not a fixed divide-by-257: 16-bit MR exports rarely use the whole
-    0..65535 range (scanner values usually sit within 0..4095), so a fixed scale would turn most uploads into
-    near-black images unlike anything the models saw. The kaggle_3m slices the models learned from were each
-    rescaled to fill 0..255, one sequence (channel) at a time, so stretching each channel's own range is the
-    closest match. What it costs: absolute intensities are lost, and a constant channel becomes 0; a few pixels far
-    above the rest (`app.intensity_range`) saturate at 255 instead of compressing the rest.
+    Deeper images (16-bit, 32-bit integer, float) get a per-channel min/max stretch to 0..255:
+    `round((x - min) * 255 / (max - min))`, over the image's own range, or over `ranges` (one (low, high) per
+    channel: a series' range, `app.uploads.prepare_series_uploads`). Why not a fixed divide-by-257: 16-bit MR
+    exports rarely use the whole 0..65535 range (scanner values usually sit within 0..4095), so a fixed scale would
+    turn most uploads into near-black images unlike anything the models saw. The kaggle_3m volumes the models
+    learned from were each rescaled to fill 0..255, one sequence (channel) at a time over the whole volume, so a
+    series is stretched over all its slices; a slice sent alone can only be stretched over itself (brighter than
+    in training when it is not the volume's brightest). What it costs: absolute intensities are lost, and a
+    constant channel becomes 0; a few pixels far above the rest (`app.intensity_range`) saturate at 255 instead of
+    compressing the rest.
     """
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * np.uint8(255)
+    if not is_stretched(array):
+        return array if array.dtype == np.uint8 else array.astype(np.uint8) * np.uint8(255)
     if array.ndim != 3:
-        return _stretch_channel(array)
+        return _stretch_channel(_finite_float(array), None if ranges is None else ranges[0])
     # One channel at a time, in place: one float64 copy of a channel at most (the memory budget counts on it).
     stretched = np.empty(array.shape, dtype=np.uint8)
-    for channel in range(array.shape[2]):
-        stretched[:, :, channel] = _stretch_channel(array[:, :, channel])
+    for channel, values in float_channels(array):
+        stretched[:, :, channel] = _stretch_channel(values, None if ranges is None else ranges[channel])
+        del values  # before the next channel's copy is made
     return stretched
 
 
-def _stretch_channel(channel: np.ndarray) -> np.ndarray:
+def _stretch_channel(values: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """`values` (float64, overwritten) stretched over `value_range`, or over their own range: min..max, unless a few
+    pixels lie far from the rest (then they saturate)."""
+    low, high = stretch_range([values]) if value_range is None else value_range
+    return stretch_in_place(values, low, high)
+
+
+def float_channels(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, float64 copy) of each channel of an HxW or HxWxC image in turn, not-a-number and infinite samples
+    set to 0: what the stretch reads. One copy at a time, if the caller drops each before taking the next."""
+    if array.ndim != 3:
+        yield 0, _finite_float(array)
+        return
+    for channel in range(array.shape[2]):
+        yield channel, _finite_float(array[:, :, channel])
+
+
+def _finite_float(channel: np.ndarray) -> np.ndarray:
     values = channel.astype(np.float64)
     np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = stretch_range([values])  # min..max, unless a few pixels lie far from the rest (then they saturate)
-    return stretch_in_place(values, low, high)
+    return values
 
 
 def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
