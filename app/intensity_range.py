@@ -70,6 +70,7 @@ def stretch_ranges(frames: Callable[[], Iterable[tuple[K, np.ndarray]]], pixels:
             lows[key] = min(lows.get(key, math.inf), float(np.min(array)))
             highs[key] = max(highs.get(key, -math.inf), float(np.max(array)))
             samples.setdefault(key, []).append(array.ravel()[::step].copy())  # a copy: the array is not kept
+        del array  # before `frames` makes the next one
     references: dict[K, tuple[float, float]] = {}  # (bottom, reference) of the keys the outlier rules judge
     for key in list(samples):
         pieces = samples.pop(key)
@@ -104,6 +105,7 @@ def stretch_ranges(frames: Callable[[], Iterable[tuple[K, np.ndarray]]], pixels:
             if key in alone and array.size:
                 counts[key] += int(np.count_nonzero(array > alone[key]))
                 under[key] = max(under[key], float(np.max(array, where=array <= alone[key], initial=-np.inf)))
+            del array
     for key, count in counts.items():
         if count < FEW_PIXELS:
             highs[key] = max(under[key], lows[key])
@@ -124,6 +126,7 @@ def _reduce(
             if key in bounds and array.size:
                 value = float(measure(array, bounds[key]))
                 found[key] = combine(found[key], value) if key in found else value
+            del array
     return found
 
 

@@ -55,6 +55,7 @@ from app.uploads import (
     UploadLimits,
     check_one_size,
     plan_raster_uploads,
+    prepare_series_uploads,
     prepare_upload,
     prepare_uploads,
     raster_series_breaks,
@@ -242,9 +243,10 @@ class PredictionService:
     ) -> BatchAnswer | SeriesAnswer:
         """Several files: raster images one result each (a bad file gets its own error), or DICOM files as one series.
 
-        With `series`, the raster images are the slices of one volume in order, and their masks get the series
-        clean-up (`clean_series`); without it each is a slice on its own (`single_slice_answers`). DICOM files always
-        form a series.
+        With `series`, the raster images are the slices of one volume in order: the deeper than 8-bit ones are
+        stretched over the series (`prepare_series_uploads`), and their masks get the series clean-up
+        (`clean_series`); without it each is a slice on its own (`single_slice_answers`), a deep one stretched over
+        itself. DICOM files always form a series.
 
         Raises
         ------
@@ -269,9 +271,11 @@ class PredictionService:
             )
             return SeriesAnswer(series.result, slices, series.file_errors, series.tally, series.choice)
         refuse_segmentation_of_raster(segmentation)
-        plan = await self._cpu(plan_raster_uploads, uploads, self.limits)
+        plan = await self._cpu(partial(plan_raster_uploads, series=series), uploads, self.limits)
         async with self._reserve(plan.cost_bytes):
-            prepared = await self._cpu(prepare_uploads, plan.uploads, self.limits)
+            # A series' deeper than 8-bit slices are stretched over the series, as training's volumes were.
+            prepare = prepare_series_uploads if series else prepare_uploads
+            prepared = await self._cpu(prepare, plan.uploads, self.limits)
             if series:
                 prepared = refuse_repeated_slices(prepared, uploads)
             decoded = [item for item in prepared if isinstance(item, PreparedSlice)]

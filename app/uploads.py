@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from app.core.preprocessing import InvalidImageError, preprocess_slice
 from app.errors import InvalidSliceError, PayloadTooLargeError, ServiceError, TooManySlicesError
-from app.imaging import check_image_header, decode_image, read_image_header
+from app.imaging import (
+    RasterHeader,
+    check_image_header,
+    decode_samples,
+    float_channels,
+    is_stretched,
+    read_image_header,
+    stretch_to_uint8,
+)
+from app.intensity_range import sample_values, stretch_ranges
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost, mask_bytes
 from app.settings import Settings
 
@@ -129,14 +138,18 @@ def request_file(index: int) -> str:
 
 
 def plan_raster_uploads(
-    uploads: Sequence[bytes | ServiceError], limits: UploadLimits, extra_bytes_per_pixel: int = 0
+    uploads: Sequence[bytes | ServiceError],
+    limits: UploadLimits,
+    extra_bytes_per_pixel: int = 0,
+    series: bool = False,
 ) -> RasterPlan:
     """Check every file's header (size, pixels, samples, cost) and the request's slices and cost; nothing is decoded.
 
     A file that fails yields its error in its place. The files decode one at a time and keep only their model
     input, so the request costs one model input and one mask at the file's size per file (`mask_bytes`) plus the
     largest file's decoding. `extra_bytes_per_pixel` counts what the caller makes of a decoded file besides (the
-    overlay's drawing and PNG).
+    overlay's drawing and PNG). With `series` (`prepare_series_uploads`), the range of the deeper-than-8-bit slices
+    is measured first: what that holds is counted on top (`series_range_bytes`).
 
     Raises
     ------
@@ -146,6 +159,7 @@ def plan_raster_uploads(
     checked: list[bytes | ServiceError] = []
     costs: list[int] = []
     slice_pixels: list[int] = []
+    deep: list[RasterHeader] = []
     for data in uploads:
         if isinstance(data, ServiceError):
             checked.append(data)
@@ -160,23 +174,64 @@ def plan_raster_uploads(
         checked.append(data)
         costs.append(header.cost_bytes + extra_bytes_per_pixel * header.pixels)
         slice_pixels.append(header.pixels)
+        if is_deep(header):
+            deep.append(header)
     check_request_slices(len(costs), limits)
     decoding = len(costs) * MODEL_INPUT_BYTES + max((item - MODEL_INPUT_BYTES for item in costs), default=0)
-    cost = decoding + mask_bytes(slice_pixels)
+    cost = decoding + mask_bytes(slice_pixels) + (series_range_bytes(deep) if series else 0)
     check_request_cost(cost, len(costs), limits)
     return RasterPlan(checked, cost)
 
 
-def prepare_upload(data: bytes, limits: UploadLimits, keep_image: bool = False) -> PreparedSlice:
+def is_deep(header: RasterHeader) -> bool:
+    """Whether a file's samples are deeper than 8 bits (16-bit PNG or TIFF, 32-bit, float): the slices a series
+    stretches over its range (`prepare_series_uploads`)."""
+    return header.bytes_per_sample > 1
+
+
+SeriesRanges = Mapping[tuple[int, int], tuple[float, float]]
+"""(low, high) of the stretch of a series' deep slices, by (dimensions of the decoded slice: 2 grey, 3 colour;
+channel)."""
+
+
+def series_range_bytes(deep: Sequence[RasterHeader]) -> int:
+    """What measuring the range of a series whose deep slices have these headers holds besides the decoding of one
+    file (`app.intensity_range.stretch_ranges`): each channel's percentile sample (8 bytes a value), and one of them
+    again while it is joined into one array. A grey slice has one channel, a colour one three (a grey+alpha file can
+    decode as either)."""
+    if not deep:
+        return 0
+    pixels = [header.pixels for header in deep]
+    values = sample_values(sum(pixels), pixels)  # each channel's sample holds at most this many
+    channels = (3 if any(header.samples >= 2 for header in deep) else 0) + (
+        1 if any(header.samples <= 2 for header in deep) else 0
+    )
+    return 8 * values * (channels + 1)
+
+
+def prepare_upload(
+    data: bytes, limits: UploadLimits, keep_image: bool = False, ranges: SeriesRanges | None = None
+) -> PreparedSlice:
     """Check the size, decode, and preprocess one file (CPU work: call it off the event loop).
 
     The full-size decoded image is dropped unless `keep_image` (the overlay needs it), so a batch of large files
-    holds only 256x256 inputs while it waits for the models.
+    holds only 256x256 inputs while it waits for the models. A deeper than 8-bit image is stretched over its own
+    range, or over its series' `ranges` (`prepare_series_uploads`).
     """
     check_upload_size(len(data), limits)
-    image = decode_image(data, max_pixels=limits.max_image_pixels, max_bytes=limits.max_decode_bytes)
+    samples = decode_samples(data, max_pixels=limits.max_image_pixels, max_bytes=limits.max_decode_bytes)
+    image = stretch_to_uint8(samples, _channel_ranges(samples, ranges))
+    del samples
     size = (int(image.shape[0]), int(image.shape[1]))
     return PreparedSlice(model_input(image), size, image if keep_image else None)
+
+
+def _channel_ranges(samples: np.ndarray, ranges: SeriesRanges | None) -> list[tuple[float, float]] | None:
+    """The series' range of each channel of `samples`; None (the slice's own range) if the series has none."""
+    if ranges is None:
+        return None
+    keys = [(samples.ndim, channel) for channel in range(samples.shape[2] if samples.ndim == 3 else 1)]
+    return [ranges[key] for key in keys] if all(key in ranges for key in keys) else None
 
 
 def model_input(image: np.ndarray) -> np.ndarray:
@@ -200,6 +255,77 @@ def prepare_uploads(
             prepared.append(prepare_upload(data, limits))
         except ServiceError as error:
             prepared.append(error)
+    return prepared
+
+
+def prepare_series_uploads(
+    uploads: Sequence[bytes | ServiceError], limits: UploadLimits
+) -> list[PreparedSlice | ServiceError]:
+    """`prepare_uploads` for the slices of one volume (a series): the deeper than 8-bit ones are stretched over the
+    series, one range per channel, not each over itself.
+
+    Why: the kaggle_3m volumes the models learned from were stretched to 0..255 per volume, and a DICOM series is
+    stretched the same way (`app.dicom.dicom_series.normalise_volume`). Each slice over itself brightened a volume's
+    darker end slices 1.3-1.9 times, and two tumor-free slices of a 16-bit export were answered "tumor" that the
+    8-bit export of the same volume answered "no tumor" (attack review). The range is
+    `app.intensity_range.stretch_ranges`: the DICOM series' rules, with their outlier guards.
+
+    Which slices: those whose header says deeper than 8 bits (`is_deep`). 8-bit slices are read as they are (/255,
+    as training read its slices), also in a series that mixes them with deep ones: those deep slices are stretched
+    over the deep slices alone (the 8-bit ones hold no scanner values to share their range). Grey slices (FLAIR) and
+    colour ones (pre-contrast, FLAIR, post-contrast) get ranges of their own, channel by channel.
+
+    Memory, as `prepare_uploads`: one file decoded at a time, and only its model input kept. A first pass decodes
+    each deep slice and keeps its minimum, maximum and a sample for the percentiles; a pass more for each outlier
+    rule that applies (at most three; a series without outliers needs none) decodes them again and keeps a few
+    numbers; then every file is decoded once more and mapped with the series' range. The deep slices are decoded
+    two to five times: CPU, not memory. `plan_raster_uploads(series=True)` counts the samples
+    (`series_range_bytes`). A deep file that fails to decode yields its error and takes no part in the range.
+    """
+    deep: list[int] = []
+    pixels = 0
+    for index, data in enumerate(uploads):
+        if isinstance(data, bytes):
+            try:
+                check_upload_size(len(data), limits)
+                header = read_image_header(data)
+            except ServiceError:
+                continue  # reported by `prepare_upload` below
+            if is_deep(header):
+                deep.append(index)
+                pixels += header.pixels
+    failed: dict[int, ServiceError] = {}
+
+    def frames() -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        for index in deep:
+            if index in failed:
+                continue
+            try:
+                samples = decode_samples(
+                    uploads[index], max_pixels=limits.max_image_pixels, max_bytes=limits.max_decode_bytes
+                )
+            except ServiceError as error:
+                failed[index] = error
+                continue
+            if is_stretched(samples):
+                for channel, values in float_channels(samples):
+                    yield (samples.ndim, channel), values
+                    del values  # before the next channel's copy
+            del samples  # before the next file is decoded
+
+    ranges = stretch_ranges(frames, pixels) if deep else {}
+    deep_indexes = set(deep)
+    prepared: list[PreparedSlice | ServiceError] = []
+    for index, data in enumerate(uploads):
+        if isinstance(data, ServiceError):
+            prepared.append(data)
+        elif index in failed:
+            prepared.append(failed[index])
+        else:
+            try:
+                prepared.append(prepare_upload(data, limits, ranges=ranges if index in deep_indexes else None))
+            except ServiceError as error:
+                prepared.append(error)
     return prepared
 
 
