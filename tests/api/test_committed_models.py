@@ -19,7 +19,7 @@ from app.core.model_store import read_manifest
 from app.core.preprocessing import preprocess_slice
 from app.inference import Predictor
 from app.settings import Settings
-from tests.api.service_client import decode_png_mask, decode_rle, running_client, upload
+from tests.api.service_client import batch_upload, decode_png_mask, decode_rle, png_bytes, running_client, upload
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, dice, read_truth
 from training.data import read_image
 
@@ -163,3 +163,55 @@ def test_committed_onnx_files_match_the_keras_models(committed_model_dir: Path) 
 
     np.testing.assert_allclose(on_onnx.classify(batch), on_keras.classify(batch), atol=1e-5)
     np.testing.assert_allclose(on_onnx.segment(batch), on_keras.segment(batch), atol=1e-5)
+
+
+def flair_volume() -> list[np.ndarray]:
+    """The FLAIR channel of the committed slices, in volume order (8, 20, 21, 22)."""
+    return [read_image(path)[:, :, 1] for path in [TUMOR_FREE_SLICE, *TUMOR_SERIES]]
+
+
+def series_answers(client: TestClient, files: list[bytes]) -> list[dict]:
+    response = client.post(
+        "/v1/predict/batch", params={"series": "true", "mask_format": "rle"}, files=batch_upload(files)
+    )
+    assert response.status_code == 200, response.text
+    return [item["prediction"] for item in response.json()["results"]]
+
+
+def test_a_16_bit_series_answers_as_its_8_bit_export_does(committed_client: TestClient) -> None:
+    """Attack review: each 16-bit slice of a series was stretched over its own range, so the darker slices of a
+    volume came out brighter than the 8-bit export of the same values (tumor-free slices answered "tumor"). A series'
+    deep slices are now stretched over the series, as kaggle_3m stretched its volumes and DICOM series are.
+
+    The 8-bit export is the FLAIR values stretched over these four slices (their maximum is 223, the 0..255 the
+    dataset's volumes fill), and the 16-bit one the FLAIR values x16: the same volume at two depths."""
+    volume = flair_volume()
+    top = max(int(flair.max()) for flair in volume)
+    assert min(int(flair.min()) for flair in volume) == 0 and top < 255  # the four slices' own range is narrower
+    eight_bit = [np.rint(flair * (255 / top)).astype(np.uint8) for flair in volume]
+    sixteen_bit = [flair.astype(np.uint16) * 16 for flair in volume]
+
+    expected = series_answers(committed_client, [png_bytes(image) for image in eight_bit])
+    answers = series_answers(committed_client, [png_bytes(image) for image in sixteen_bit])
+
+    assert [answer["tumor_detected"] for answer in expected] == [False, True, True, True]
+    for answer, reference in zip(answers, expected, strict=True):
+        assert answer["tumor_probability"] == pytest.approx(reference["tumor_probability"], abs=1e-4)
+        assert answer["tumor_detected"] == reference["tumor_detected"]
+        if reference["mask"] is None:
+            assert answer["mask"] is None
+        else:
+            np.testing.assert_array_equal(decode_rle(answer["mask"]["rle"]), decode_rle(reference["mask"]["rle"]))
+
+
+def test_a_16_bit_slice_alone_is_still_stretched_over_itself(committed_client: TestClient) -> None:
+    """Without `series` each slice is its own volume: the 16-bit slice answers as its own 8-bit stretch does."""
+    flair = flair_volume()[0]
+    own = np.rint((flair - flair.min()) * (255 / np.ptp(flair))).astype(np.uint8)
+    files = [png_bytes(own), png_bytes(flair.astype(np.uint16) * 16)]
+
+    response = committed_client.post("/v1/predict/batch", files=batch_upload(files))
+
+    assert response.status_code == 200, response.text
+    reference, answer = (item["prediction"] for item in response.json()["results"])
+    assert answer["tumor_probability"] == pytest.approx(reference["tumor_probability"], abs=1e-4)
