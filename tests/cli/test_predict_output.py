@@ -7,13 +7,15 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app import cli
 from app.cli import main
 from app.predict_command import CSV_COLUMNS
 from app.settings import Settings
-from tests.conftest import EVERY_SLICE, TUMOR_SERIES, make_tiny_model_dir
+from tests.api.service_client import png_bytes
+from tests.conftest import EVERY_SLICE, TUMOR_SERIES, make_tiny_model_dir, read_slice
 from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
 
 
@@ -132,6 +134,30 @@ def test_series_gives_raster_slices_the_series_clean_up(
     ]
     assert not any((tmp_path / "series").iterdir())  # no mask, no file
     assert err.splitlines() == ["[2/3] slices", "[3/3] slices"]  # the models' chunks of the one volume
+
+
+def test_series_stretches_16_bit_slices_over_the_series_as_the_api_does(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--series` reads a 16-bit volume as its 8-bit export (stretched over the volume), not each slice over itself."""
+    flair = [read_slice(path)[:, :, 1] for path in TUMOR_SERIES]
+    top = max(int(item.max()) for item in flair)
+    answers = []
+    for depth, images in (
+        ("8", [np.rint(item * (255 / top)).astype(np.uint8) for item in flair]),
+        ("16", [item.astype(np.uint16) * 16 for item in flair]),
+    ):
+        paths = [tmp_path / f"slice{depth}_{index}.png" for index in range(len(images))]
+        for path, image in zip(paths, images, strict=True):
+            path.write_bytes(png_bytes(image))
+        code, out, _ = run(capsys, *map(str, paths), "--series", "--model-dir", str(tiny_model_dir))
+        assert code == 0
+        answers.append([result["prediction"] for result in json.loads(out)["results"]])
+
+    eight, sixteen = answers
+    for answer, reference in zip(sixteen, eight, strict=True):
+        assert answer["tumor_probability"] == pytest.approx(reference["tumor_probability"], abs=1e-6)
+        assert answer["mask"] == reference["mask"]
 
 
 def test_progress_lines_go_to_stderr_per_chunk(
