@@ -351,8 +351,8 @@ def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | Service
     read: a file over the limit (a 3 GB file, /dev/zero) is refused as the API refuses it, without filling memory."""
     from app.uploads import check_upload_size
 
-    if not path.is_file():  # never opened: a pipe would hang the read, a device has no end
-        return FileUnreadableError("not a regular file (a link that leads nowhere, a pipe, a device or a socket)")
+    if path.is_fifo():  # never opened: the read would wait for a writer (a folder's entry; an argument is refused)
+        return FileUnreadableError("cannot read the file: it is a pipe")
     try:
         with path.open("rb") as stream:
             data = stream.read() if limits is None else stream.read(limits.max_upload_bytes + 1)
