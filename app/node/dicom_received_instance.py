@@ -3,10 +3,9 @@
 First the node's tables: the storage classes it reads (`STORAGE_CLASSES`; the MR ones, which must say Modality MR:
 `MR_CLASSES`), the classes that travel with MR studies and are answered Success without being kept
 (`NOT_KEPT_CLASSES`: `IGNORED_CLASSES`, the vendors' private ones, every other storage class of the standard), the
-transfer syntaxes it accepts (`TRANSFER_SYNTAXES`), and the C-STORE statuses of its
-refusals. `app.node.dicom_node` offers them at association and answers with them, and
-`app.node.dicom_conformance_statement` writes them into ``DICOM_CONFORMANCE.md``: one table for both, so the statement
-cannot drift from what the node does.
+transfer syntaxes it accepts (`TRANSFER_SYNTAXES`), and the C-STORE statuses of its refusals. `app.node.dicom_node`
+offers them at association and answers with them, and `app.node.dicom_conformance_statement` writes them into
+``DICOM_CONFORMANCE.md``: one table for both, so the statement cannot drift from what the node does.
 
 Then the check of one instance once it has arrived whole (`checked_instance`): it is kept only if the service can
 read it (its header, its pixel data's length, the UIDs that name it, matching the C-STORE request), else refused with
@@ -177,14 +176,13 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     Not kept, and answered Success (`InstanceNotKeptError`): a colour image or a Secondary Capture of another
     modality, valid objects of the study the models have no use for. Refused with `InstanceRefusedError`: what
     `read_dicom_header` refuses besides (a truncated or garbled header, a class other than the MR ones, no pixel
-    data...), a deflated data set that inflates past `max_bytes`, native
-    pixel data shorter than its image (`check_native_pixel_data`), a malformed geometry or rescale value
-    (`check_frame_attributes`: a position of two numbers, a RescaleSlope of text or 0), a SOP Class or Instance UID
-    other than the request's (stored under the request's UID, it would replace another instance), and a SOP
-    Instance or Study Instance, Study Instance or Series Instance UID that is missing or not a UID. Each would fail
-    only once the study is processed, long after its sender was told it was kept (and a re-sent instance refused
-    leaves the copy stored before it as it was). No refusal quotes a value of the instance
-    (`without_found_values`).
+    data...), a deflated data set that inflates past `max_bytes`, native pixel data shorter than its image
+    (`check_native_pixel_data`), a malformed geometry or rescale value (`check_frame_attributes`: a position of two
+    numbers, a RescaleSlope of text or 0), a SOP Class or Instance UID other than the request's (stored under the
+    request's UID, it would replace another instance), and a SOP Instance or Study Instance, Study Instance or
+    Series Instance UID that is missing or not a UID. Each would fail only once the study is processed, long after
+    its sender was told it was kept (and a re-sent instance refused leaves the copy stored before it as it was). No
+    refusal quotes a value of the instance (`without_found_values`).
     """
     try:
         header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
