@@ -243,16 +243,19 @@ def model_input(image: np.ndarray) -> np.ndarray:
 
 
 def prepare_uploads(
-    uploads: Sequence[bytes | ServiceError], limits: UploadLimits
+    uploads: Sequence[bytes | ServiceError],
+    limits: UploadLimits,
+    ranges_by_file: Mapping[int, SeriesRanges] | None = None,
 ) -> list[PreparedSlice | ServiceError]:
-    """`prepare_upload` for each file; a file that fails (or could not even be read) yields its error in its place."""
+    """`prepare_upload` for each file; a file that fails (or could not even be read) yields its error in its place.
+    A file whose position is in `ranges_by_file` is stretched over those ranges (`prepare_series_uploads`)."""
     prepared: list[PreparedSlice | ServiceError] = []
-    for data in uploads:
+    for index, data in enumerate(uploads):
         if isinstance(data, ServiceError):
             prepared.append(data)
             continue
         try:
-            prepared.append(prepare_upload(data, limits))
+            prepared.append(prepare_upload(data, limits, ranges=(ranges_by_file or {}).get(index)))
         except ServiceError as error:
             prepared.append(error)
     return prepared
@@ -314,19 +317,8 @@ def prepare_series_uploads(
             del samples  # before the next file is decoded
 
     ranges = stretch_ranges(frames, pixels) if deep else {}
-    deep_indexes = set(deep)
-    prepared: list[PreparedSlice | ServiceError] = []
-    for index, data in enumerate(uploads):
-        if isinstance(data, ServiceError):
-            prepared.append(data)
-        elif index in failed:
-            prepared.append(failed[index])
-        else:
-            try:
-                prepared.append(prepare_upload(data, limits, ranges=ranges if index in deep_indexes else None))
-            except ServiceError as error:
-                prepared.append(error)
-    return prepared
+    with_failures = [failed.get(index, data) for index, data in enumerate(uploads)]
+    return prepare_uploads(with_failures, limits, dict.fromkeys(deep, ranges))
 
 
 def raster_series_breaks(prepared: Sequence[PreparedSlice | ServiceError]) -> set[int]:
