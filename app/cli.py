@@ -52,7 +52,9 @@ and *_mask.* files. PNG/JPEG/TIFF files get one result each (with --series, as t
 their masks get the series clean-up); DICOM files are read as one series (one result per slice, and the series'
 tumor_detected and tumor_volume_ml). JSON: for images what POST /v1/predict/batch answers; for a DICOM series
 the slices under "results" (each with its file) and the series' fields under "series". Table and csv give one line
-per file (or slice), csv without the series totals.
+per file (or slice), csv without the series totals. Images are read INFERENCE_BATCH_SIZE files at a time; a series
+(DICOM files, or images with --series) is read whole, and its files together may hold at most
+MAX_BATCH_UPLOAD_BYTES, as one POST /v1/predict/batch request.
 
 Masks (--masks-dir): MASKS_DIR/<stem>_predicted_mask.png per positive file (as the upload page names them, never the
 LGG ground truth's <stem>_mask.png), 8-bit, 0 background, 255 tumor; a multi-frame DICOM file gets
@@ -68,7 +70,7 @@ exit codes:
   {EXIT_FILES_FAILED}    a file could not be predicted (its error is in the output), or the files cannot go together
        (DICOM mixed with images)
   {EXIT_USAGE}    bad arguments: an unknown option, a missing file or folder, an empty folder, masks that would collide
-       or replace a file, a --masks-dir that cannot be written, an invalid environment variable, standard output
+       or replace a file, a --masks-dir that cannot be written, a series larger than MAX_BATCH_UPLOAD_BYTES, an invalid environment variable, standard output
        that cannot be written (a full disk)
   {EXIT_MODELS}    the models could not be loaded (MODEL_DIR or --model-dir missing, a sha256 mismatch, an invalid
        manifest, a model file that does not load)
@@ -200,11 +202,11 @@ def predict(args: argparse.Namespace) -> int:
         MaskWriter,
         PredictRun,
         Progress,
+        check_series_size,
         collect_inputs,
         holds_dicom,
         mask_targets,
         prepare_masks_dir,
-        read_file,
         render,
     )
     from app.uploads import UploadLimits
@@ -213,13 +215,15 @@ def predict(args: argparse.Namespace) -> int:
     limits = UploadLimits.from_settings(settings)
     try:
         files = collect_inputs(args.files)
-        uploads = [read_file(path, limits) for path in files]
+        dicom = holds_dicom(files)
+        if dicom or args.series:
+            check_series_size(files, settings.max_batch_upload_bytes)
         masks = None
         if args.masks_dir:
             masks = mask_targets(
                 files,
                 Path(args.masks_dir),
-                every_file_has_a_mask=not holds_dicom(uploads),
+                every_file_has_a_mask=not dicom,
                 overwrite=args.overwrite,
             )
             prepare_masks_dir(Path(args.masks_dir))
@@ -239,7 +243,7 @@ def predict(args: argparse.Namespace) -> int:
         rules=SelectionRules.from_settings(settings),
         batch_size=settings.inference_batch_size,
         files=files,
-        uploads=uploads,
+        dicom=dicom,
         mask_format=args.mask_format,
         masks=masks,
         progress=Progress(sys.stderr if show_progress else None),

@@ -1,9 +1,10 @@
 """`brain-tumor predict`: files and folders in, the API's answers out as JSON, a table or CSV; masks as PNGs.
 
-Inputs are checked and read before the models load (a missing path or an empty folder stops the command with one
-line), no mask file is ever written twice in a run (two same-named inputs are refused, not silently overwritten), and
-raster images are decoded and run `INFERENCE_BATCH_SIZE` files at a time, so the decoded slices take the same memory
-however many files there are, and progress can be shown between chunks.
+Inputs are checked before the models load (a missing path or an empty folder stops the command with one line), no
+mask file is ever written twice in a run (two same-named inputs are refused, not silently overwritten), and raster
+images are read, decoded and run `INFERENCE_BATCH_SIZE` files at a time, so they take the same memory however many
+files there are, and progress can be shown between chunks. A series (DICOM files, or images with `--series`) is read
+whole, as one `POST /v1/predict/batch` request: its files together may hold at most `MAX_BATCH_UPLOAD_BYTES`.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class PredictRun:
     limits: UploadLimits
     batch_size: int
     files: list[Path]
-    uploads: list[bytes | ServiceError]
+    dicom: bool
     mask_format: schemas.MaskFormat
     masks: list[Path] | None
     progress: Progress
@@ -250,29 +251,34 @@ class PredictRun:
         app.errors.ServiceError
             If the files cannot be predicted together (DICOM mixed with images, frames that form no series).
         """
-        if holds_dicom(self.uploads):
-            return await self._series(self.uploads)
-        return await self._images(self.uploads)
+        if self.dicom:
+            return await self._series(self._read(self.files))
+        return await self._images()
 
-    async def _images(self, uploads: list[bytes | ServiceError]) -> tuple[dict, bool]:
-        """Raster images, one result per file, as `POST /v1/predict/batch`: `batch_size` files at a time, or with
-        `series` all at once (the clean-up needs the whole volume)."""
+    def _read(self, files: Sequence[Path]) -> list[bytes | ServiceError]:
+        return [read_file(path, self.limits) for path in files]
+
+    async def _images(self) -> tuple[dict, bool]:
+        """Raster images, one result per file, as `POST /v1/predict/batch`: `batch_size` files read and run at a
+        time, or with `series` all at once (the clean-up needs the whole volume)."""
         from app.model_runners import predictor_runner
         from app.prediction import BatchAnswer
 
         if self.series:
+            uploads = self._read(self.files)
             answer = await self._service(self._series_runner()).predict_files(uploads, self.mask_format, series=True)
             assert isinstance(answer, BatchAnswer)  # no DICOM among them
             results = self._image_results(0, answer)
         else:
             service = self._service(predictor_runner(self.predictor, self.batch_size))
             results = []
-            for start in range(0, len(uploads), self.batch_size):
-                chunk = uploads[start : start + self.batch_size]
-                answer = await service.predict_files(chunk, self.mask_format)
+            total = len(self.files)
+            for start in range(0, total, self.batch_size):
+                chunk = self.files[start : start + self.batch_size]
+                answer = await service.predict_files(self._read(chunk), self.mask_format)
                 assert isinstance(answer, BatchAnswer)  # no DICOM among them
                 results.extend(self._image_results(start, answer))
-                self.progress.advance(len(chunk), len(uploads), self.files[start + len(chunk) - 1].name)
+                self.progress.advance(len(chunk), total, chunk[-1].name)
         report = {"results": results, "models": self.predictor.model_tags}
         return report, all(result["ok"] for result in results)
 
@@ -340,10 +346,43 @@ class PredictRun:
         return predictor_runner(self.predictor, self.batch_size, on_chunk=advance)
 
 
-def holds_dicom(uploads: Sequence[bytes | ServiceError]) -> bool:
-    from app.dicom.dicom_header import is_dicom
+def holds_dicom(files: Sequence[Path]) -> bool:
+    """True if any of `files` is DICOM, told from its first bytes (a file that cannot be read is not: its error shows
+    in its place later)."""
+    from app.dicom.dicom_header import DICOM_SIGNATURE_BYTES, is_dicom
 
-    return any(isinstance(item, bytes) and is_dicom(item) for item in uploads)
+    for path in files:
+        if path.is_fifo():
+            continue
+        try:
+            with path.open("rb") as stream:
+                if is_dicom(stream.read(DICOM_SIGNATURE_BYTES)):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def check_series_size(files: Sequence[Path], max_bytes: int) -> None:
+    """Refuse a series whose files together are larger than `max_bytes`: a series is read whole before it is
+    decoded, as one `POST /v1/predict/batch` request, which the service bounds the same way.
+
+    Raises
+    ------
+    InputError
+        If the files' sizes add up to more than `max_bytes`.
+    """
+    total = 0
+    for path in files:
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            continue  # `read_file` gives it its error in place
+    if total > max_bytes:
+        raise InputError(
+            f"a series is read whole, and its {len(files)} files hold {total} bytes; at most {max_bytes} "
+            "(MAX_BATCH_UPLOAD_BYTES, as one /v1/predict/batch request): predict fewer files at a time"
+        )
 
 
 def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | ServiceError:

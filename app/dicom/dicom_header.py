@@ -42,6 +42,8 @@ from app.settings import MIB, Settings
 
 DICOM_PREAMBLE_LENGTH = 128
 DICOM_MAGIC = b"DICM"
+# The bytes `is_dicom` looks at: a file's first DICOM_SIGNATURE_BYTES tell it as well as the whole file.
+DICOM_SIGNATURE_BYTES = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC) + 6
 
 # Image storage classes whose pixels are MR slices (or a screenshot of one). Anything else, a SEG, an SR, a CT, is
 # refused: the models learned brain MR and their output would mean nothing for other content.

@@ -233,3 +233,55 @@ def test_help_documents_mask_names_and_exit_codes(capsys: pytest.CaptureFixture[
         "3",
         "130",
     ]
+
+
+def test_images_are_read_one_chunk_at_a_time(
+    inputs: list[str], tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file used to be read before the first prediction: 80 files of 20 MB held 1.6 GB at once. Now a chunk is
+    read only when its turn comes, so the files never read are the chunks still ahead."""
+    import app.predict_command
+
+    monkeypatch.setattr(cli, "get_settings", lambda: Settings(inference_batch_size=2))
+    events: list[str] = []
+    read = app.predict_command.read_file
+    monkeypatch.setattr(
+        app.predict_command, "read_file", lambda path, limits: events.append(path.name) or read(path, limits)
+    )
+    monkeypatch.setattr(
+        app.predict_command.Progress, "advance", lambda self, count, total, what: events.append(f"done {what}")
+    )
+
+    code, out, _ = run(capsys, *inputs, "--model-dir", str(tiny_model_dir))
+
+    names = [Path(path).name for path in inputs]
+    assert code == 1  # notes.png is no image
+    assert events == [names[0], names[1], f"done {names[1]}", names[2], f"done {names[2]}"]
+    assert [result["ok"] for result in json.loads(out)["results"]] == [True, False, True]
+
+
+@pytest.mark.parametrize("kind", ["dicom", "series"])
+def test_a_series_over_the_request_size_stops_before_the_models(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A series is read whole, as one request: its files together are bounded as a request body is."""
+    if kind == "dicom":
+        paths = []
+        for index, dataset in enumerate(mr_series(tumor_channels(FLAIR))):
+            paths.append(tmp_path / f"slice_{index}.dcm")
+            paths[-1].write_bytes(to_bytes(dataset))
+        extra: list[str] = []
+    else:
+        paths, extra = list(TUMOR_SERIES), ["--series"]
+    total = sum(path.stat().st_size for path in paths)
+    monkeypatch.setattr(cli, "get_settings", lambda: Settings(max_batch_upload_bytes=total - 1))
+
+    code, out, err = run(capsys, *map(str, paths), *extra, "--model-dir", "/nonexistent/models")
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"brain-tumor predict: error: a series is read whole, and its {len(paths)} files hold {total} bytes; at most "
+        f"{total - 1} (MAX_BATCH_UPLOAD_BYTES, as one /v1/predict/batch request): predict fewer files at a time\n"
+    )
+    monkeypatch.setattr(cli, "get_settings", lambda: Settings(max_batch_upload_bytes=total))
+    assert run(capsys, *map(str, paths), *extra, "--model-dir", "/nonexistent/models")[0] == cli.EXIT_MODELS
