@@ -70,8 +70,8 @@ exit codes:
   {EXIT_FILES_FAILED}    a file could not be predicted (its error is in the output), or the files cannot go together
        (DICOM mixed with images)
   {EXIT_USAGE}    bad arguments: an unknown option, a missing file or folder, an empty folder, masks that would collide
-       or replace a file, a --masks-dir that cannot be written, a series larger than MAX_BATCH_UPLOAD_BYTES, an invalid environment variable, standard output
-       that cannot be written (a full disk)
+       or replace a file, a --masks-dir that cannot be written, a series larger than MAX_BATCH_UPLOAD_BYTES, an
+       invalid environment variable, standard output that cannot be written (a full disk)
   {EXIT_MODELS}    the models could not be loaded (MODEL_DIR or --model-dir missing, a sha256 mismatch, an invalid
        manifest, a model file that does not load)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
