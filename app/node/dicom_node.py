@@ -19,10 +19,11 @@ How a study flows through it:
    ended without a release (aborted, cut off) says so in its report's notes.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
    instances and their content is fingerprinted: a second send of the same instances finds its fingerprint already
-   analysed and produces nothing new (an instance sent again with other content under the same SOP Instance UID
-   is analysed again); an instance that arrives later changes the fingerprint, so the study is processed again
-   and the new results supersede the old ones (a new SEG and SR series, same series numbers 9901/9902; the new SR
-   names the one it replaces in its Predecessor Documents Sequence). A study that "failed" or was "not_analysed"
+   analysed and produces nothing new, in whatever transfer syntax they come (`app.dicom.instance_content`; an
+   instance sent again with other content under the same SOP Instance UID is analysed again); an instance that
+   arrives later changes the fingerprint, so the study is processed again and the new results supersede the old
+   ones (a new SEG and SR series, same series numbers 9901/9902; the new SR names the one it replaces in its
+   Predecessor Documents Sequence). A study that "failed" or was "not_analysed"
    is processed once more when any of its instances is sent again (after, say, a fix to the memory budget or the
    sequence rules); only a new C-STORE does that, so it never loops. A study whose ``record.json`` cannot be read
    is skipped (logged once), and the other studies go on.

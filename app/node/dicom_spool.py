@@ -261,12 +261,15 @@ class Spool:
         return sorted((self.study_dir(key) / "instances").glob("*.dcm"))
 
     def fingerprint(self, files: Sequence[Path]) -> str:
-        """The set of instances and their content: a re-send of the same instances matches; an instance sent again
-        under the same SOP Instance UID with other content (a corrected image) does not, so the study is analysed
-        again."""
+        """The set of instances and their content: a re-send of the same instances matches, in any transfer syntax
+        (a PACS that archived them JPEG-LS lossless or Implicit VR: `content_digest`); an instance sent again under
+        the same SOP Instance UID with other content (a corrected image or attribute) does not, so the study is
+        analysed again."""
+        from app.dicom.instance_content import content_digest
+
         digest = hashlib.sha256()
         for path in sorted(files, key=lambda item: item.name):
-            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+            digest.update(path.name.encode() + b"\0" + content_digest(path.read_bytes()))
         return digest.hexdigest()[:32]
 
     def read_record(self, key: str) -> dict[str, Any]:

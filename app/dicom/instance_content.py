@@ -1,0 +1,56 @@
+"""What a DICOM instance says, apart from how it was encoded: a digest that a change of transfer syntax leaves alone.
+
+A PACS may archive a study compressed (JPEG-LS or JPEG 2000 lossless) or in Implicit VR and forward it later: the
+same instances, other bytes. The DICOM node recognises a study it already analysed by its instances' content, so that
+such a re-send is not analysed, and its results sent, a second time. `content_digest` hashes the data set re-encoded
+one way (Explicit VR Little Endian, without the file meta group and the private elements, whose encoding depends on
+the transfer syntax) and the decoded stored pixel values. A lossy re-compression changes the pixels, and a corrected
+attribute (a patient's name, a slice position) changes the data set: both give another digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_input import PIXEL_DATA_KEYWORDS
+from app.dicom.dicom_pixels import stored_pixels
+
+
+def content_digest(data: bytes) -> bytes:
+    """SHA-256 of the instance's attributes and stored pixel values, the same for every transfer syntax.
+
+    A file whose header or pixels cannot be read (the analysis reports it) is hashed as its bytes: the digest is
+    then as strict as before, never looser. Pixels are decoded only after `read_dicom_header` checked their size,
+    and by `stored_pixels`, where a decoder that crashes cannot take the node with it.
+    """
+    digest = hashlib.sha256()
+    try:
+        header = read_dicom_header(data)
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        pixels = np.ascontiguousarray(stored_pixels(dataset, dataset.file_meta.get("TransferSyntaxUID")))
+        digest.update(attributes_bytes(dataset))
+    except Exception:  # noqa: BLE001 - any reason it cannot be read: fall back to the bytes as received
+        return hashlib.sha256(b"bytes\0" + data).digest()
+    digest.update(f"{pixels.dtype.str}{pixels.shape}{header.frames}".encode())
+    digest.update(pixels.tobytes())
+    return digest.digest()
+
+
+def attributes_bytes(dataset: Dataset) -> bytes:
+    """The data set without its pixel data, file meta group and private elements, written Explicit VR Little
+    Endian: one form whatever the encoding it arrived in."""
+    attributes = Dataset()
+    for element in dataset:
+        if element.tag.is_private or element.keyword in PIXEL_DATA_KEYWORDS:
+            continue
+        attributes.add(element)
+    attributes.remove_private_tags()  # in sequences too
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, attributes, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()

@@ -1,0 +1,117 @@
+"""The same instances in another transfer syntax are the same content (interop review 30, finding 4).
+
+The node fingerprinted the bytes as received: the instances a scanner sent, forwarded again by a PACS that archived
+them JPEG-LS lossless or Implicit VR, were analysed a second time and their results sent again under the same UIDs.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from app.dicom.instance_content import content_digest
+from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels, write_files
+from tests.dicom.node_support import (
+    QUIET_SECONDS,
+    Clock,
+    ResultStore,
+    associations_ended,
+    process_and_send,
+    record,
+    store_dataset,
+    storescu,
+)
+
+COMPRESSED = (RLELossless, JPEGLSLossless, JPEG2000Lossless)
+
+
+def encoded(dataset: Dataset, transfer_syntax: UID) -> bytes:
+    """`dataset` as a Part 10 file in `transfer_syntax`, its UIDs kept (as dcmtk's lossless converters keep them)."""
+    copy = pydicom.dcmread(io.BytesIO(to_bytes(dataset)))
+    if transfer_syntax in COMPRESSED:
+        copy.compress(transfer_syntax, generate_instance_uid=False)
+    else:
+        copy.file_meta.TransferSyntaxUID = transfer_syntax
+    buffer = io.BytesIO()
+    copy.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def instance() -> Dataset:
+    dataset = mr_series(tumor_channels(FLAIR))[1]
+    dataset.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")  # private: its VR is lost in Implicit VR
+    dataset.add_new((0x0029, 0x1010), "OB", b"\x01\x02\x03\x04")
+    return dataset
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, *COMPRESSED], ids=lambda uid: uid.name
+)
+def test_another_lossless_encoding_has_the_same_digest(instance: Dataset, transfer_syntax: UID) -> None:
+    original = to_bytes(instance)
+    other = encoded(instance, transfer_syntax)
+
+    assert other != original
+    assert content_digest(other) == content_digest(original)
+
+
+def test_another_pixel_value_or_attribute_has_another_digest(instance: Dataset) -> None:
+    reference = content_digest(to_bytes(instance))
+    pixels = instance.pixel_array.copy()
+    pixels[0, 0] += 1
+    changed_pixel = pydicom.dcmread(io.BytesIO(to_bytes(instance)))
+    changed_pixel.PixelData = pixels.tobytes()
+    renamed = pydicom.dcmread(io.BytesIO(to_bytes(instance)))
+    renamed.PatientName = "Corrected^Name"
+
+    assert content_digest(to_bytes(changed_pixel)) != reference
+    assert content_digest(to_bytes(renamed)) != reference
+
+
+def test_a_file_that_cannot_be_read_is_hashed_as_its_bytes(instance: Dataset) -> None:
+    data = to_bytes(instance)
+    cut = data[: len(data) // 2]
+
+    assert content_digest(cut) != content_digest(cut[:-1])
+    assert content_digest(cut) != content_digest(data)
+
+
+def test_the_node_does_not_analyse_a_study_again_when_it_comes_back_in_other_encodings(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node()
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "scanner")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+    forwarded = [
+        encoded(dataset, transfer_syntax)
+        for dataset, transfer_syntax in zip(series, [ImplicitVRLittleEndian, JPEGLSLossless, RLELossless], strict=True)
+    ]
+    for data in forwarded:  # each proposed in its own transfer syntax alone, as a PACS that archived it may send it
+        assert int(store_dataset(node.config.port, pydicom.dcmread(io.BytesIO(data))).Status) == 0
+    associations_ended(node)
+    stored = sorted(
+        str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        for path in (node.spool.root / "studies").glob("*/instances/*.dcm")
+    )
+    clock.advance(QUIET_SECONDS)
+
+    assert process_and_send(node) == []
+    assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
+    assert len(results.received) == 2  # the first run's SEG and SR, nothing more
+    assert stored == sorted([ImplicitVRLittleEndian, JPEGLSLossless, RLELossless])  # the forwarded copies kept
