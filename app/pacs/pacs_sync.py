@@ -6,7 +6,10 @@ One pass:
 1. read Orthanc's ``/changes`` after the last change handled (`app.pacs.pacs_sync_state.SyncState`, saved after each
    page, so a restart resumes there; a save that fails is logged, and the next one tries again); a ``StableSeries``
    change of an MR series (and, without `PacsSyncConfig.require_stable`, each ``NewInstance``) names a study to
-   look at;
+   look at. With `require_stable`, a study that Orthanc does not call stable yet (an instance of another of its
+   series arrived within Orthanc's StableAge: the T1 series of a study sent whole, after its FLAIR) is looked at
+   again at each pass until it is: analysed on its stable FLAIR alone, it got an interim FLAIR-only SEG and SR that
+   the three-series ones replaced minutes later;
 2. look at each such study (`app.pacs.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
    `app.sequence_selection`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
    ones, record the outcome in Orthanc (metadata `SYNC_METADATA` on the study); a study without FLAIR is recorded
@@ -140,14 +143,33 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
         resource_type, _, resource_id = resource.partition("/")
         study_id = _study_of(studies.client, {"ResourceType": resource_type, "ID": resource_id}, state)
         if study_id is not None and study_id not in looked_at:
-            report.count(studies.process(study_id, state))
+            _process_once_stable(studies, study_id, state, report)
             looked_at.add(study_id)
     for study_id in state.due(studies.clock()):
         if study_id in looked_at:
             continue  # a retry waits for the next pass, however short the backoff
-        report.count(studies.process(study_id, state, retry=True))
+        _process_once_stable(studies, study_id, state, report, retry=True)
     _save(state)
     return report
+
+
+def _process_once_stable(
+    studies: StudySync, study_id: str, state: SyncState, report: SyncReport, retry: bool = False
+) -> None:
+    """`StudySync.process`, unless `require_stable` and Orthanc says an instance of the study arrived within its
+    StableAge (``IsStable`` false): then the study is looked at again at the next pass, through the retry schedule,
+    which the state file keeps over a restart. An Orthanc that does not say, or a study deleted meanwhile, counts as
+    stable (`process` handles the latter)."""
+    client = studies.client
+    if client.config.require_stable:
+        try:
+            study = client.study(study_id)
+        except Exception:  # noqa: BLE001 - Orthanc down or answering nonsense: `process` meets it, logs and retries
+            study = None
+        if study is not None and study.get("IsStable") is False:
+            state.retries[study_id] = studies.clock() + client.config.poll_seconds
+            return
+    report.count(studies.process(study_id, state, retry=retry))
 
 
 def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, looked_at: set[str]) -> None:
@@ -179,7 +201,7 @@ def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, look
                 if study_id is not None:
                     study_ids.setdefault(study_id)
         for study_id in study_ids:
-            report.count(studies.process(study_id, state))
+            _process_once_stable(studies, study_id, state, report)
             looked_at.add(study_id)
         state.last_change = max(page["Last"], state.last_change)
         # Only now: a crash above replays this page, and the records keep work from being redone. A failure here is

@@ -59,7 +59,8 @@ class PacsSyncConfig:
         Slices per model call, to bound memory on long series.
     require_stable
         Process a study only on Orthanc's ``StableSeries`` changes (no new instance for its StableAge), so a SEG never
-        covers half a series; without it, also on each ``NewInstance``.
+        covers half a series, and only once Orthanc calls the whole study stable, so a study sent whole is not
+        analysed on its FLAIR before its T1 series arrive; without it, also on each ``NewInstance``.
     selection_rules
         Which series are FLAIR and T1 (`app.sequence_selection`).
     """

@@ -44,12 +44,17 @@ class Orthanc:
             response.raise_for_status()
             series_ids.add(response.json()["ParentSeries"])
         (series_id,) = series_ids
-        deadline = time.monotonic() + 30
-        while not self.get(f"/series/{series_id}")["IsStable"]:
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not call series {series_id} stable within 30 s")
-            time.sleep(0.2)
+        self.wait_until_stable(f"/series/{series_id}")
         return series_id
+
+    def wait_until_stable(self, resource: str) -> None:
+        """Return once Orthanc calls `resource` (``/series/<id>``, ``/studies/<id>``) stable: no new instance in it
+        for its StableAge. pacs-sync waits for a study's, and results it stored make it unstable for that long."""
+        deadline = time.monotonic() + 30
+        while not self.get(resource)["IsStable"]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not call {resource} stable within 30 s")
+            time.sleep(0.2)
 
     def get(self, path: str) -> Any:
         response = self.session.get(f"{self.url}{path}", timeout=30)

@@ -82,6 +82,7 @@ def crash_between_store_and_record(orthanc: Orthanc, predictor: Predictor, tmp_p
     config = config_for(orthanc, tmp_path / "state.json")
     study_id = orthanc.study_of(orthanc.upload(series))
     crashed = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_records=True))
+    orthanc.wait_until_stable(f"/studies/{study_id}")  # the results it stored are new instances in the study
     return series, config, study_id, crashed
 
 
@@ -109,6 +110,7 @@ def test_pacs_sync_never_withdraws_a_result_it_stored_before_when_a_store_fails(
 
     sr_refused = run_pacs_sync(config, predictor, once=True, client=FailingClient(config, fail_stores_of="SR"))
     (seg_after,) = orthanc.results(series[0].StudyInstanceUID, "SEG")
+    orthanc.wait_until_stable(f"/studies/{study_id}")
     retried = run_pacs_sync(config, predictor, once=True)
 
     assert (crashed, sr_refused, retried) == (SyncReport(failed=1), SyncReport(failed=1), SyncReport(positive=1))

@@ -136,3 +136,60 @@ def test_an_unreachable_orthanc_is_named_without_the_credentials_of_its_url() ->
         OrthancClient(config, sleep=lambda _: None).changes(0)
 
     assert "s3cret" not in str(raised.value) and raised.value.status is None
+
+
+def test_a_series_stable_in_a_study_still_receiving_waits_for_the_study() -> None:
+    """Interop review 30: a study sent whole was analysed when its FLAIR series became stable, while its T1 series
+    were still arriving: an interim FLAIR-only SEG and SR, replaced minutes later. Now the study is looked at again
+    at each pass until Orthanc calls it stable, and analysed once."""
+    flair = {"ID": "s1", "Instances": ["i"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+    page = {"Changes": [stable_series("s1", 1)], "Done": True, "Last": 1}
+    receiving, stable = json_answer({"ID": "st1", "IsStable": False}), json_answer({"ID": "st1", "IsStable": True})
+    answers = {
+        "GET /changes": [json_answer(page), json_answer({"Changes": [], "Done": True, "Last": 1})],
+        "GET /series/s1": [json_answer(flair)],
+        "GET /studies/st1": [receiving, receiving, stable],
+        # an MR series without instances: nothing to analyse, only the record is written
+        "GET /studies/st1/series": [json_answer([flair | {"Instances": []}])],
+        f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({})],
+    }
+    session = CannedSession(answers)
+    now = [1000.0]
+    studies = StudySync(
+        OrthancClient(CONFIG, session=session),
+        ModelStudyProcessor(NegativePredictor()),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
+    state = SyncState()
+    record_writes = f"PUT /studies/st1/metadata/{SYNC_METADATA}"
+
+    assert sync_once(studies, state) == SyncReport()  # the study is still receiving: not analysed
+    assert (state.last_change, state.retries) == (1, {"st1": 1000.0 + CONFIG.poll_seconds})
+    now[0] += CONFIG.poll_seconds
+    assert sync_once(studies, state) == SyncReport()  # still receiving at the next pass
+    now[0] += CONFIG.poll_seconds
+
+    assert sync_once(studies, state) == SyncReport(not_analysed=1)
+    assert record_writes not in session.calls[:-1] and session.calls.count(record_writes) == 1
+    assert state.retries == {}
+
+
+def test_a_study_orthanc_cannot_say_is_stable_is_processed_and_retried_as_before() -> None:
+    """The stability check must not fail the pass (and so hold up every later change) when Orthanc answers that one
+    study with an error: the study is processed, which logs the error and schedules a retry."""
+    page = {"Changes": [stable_series("s1", 1)], "Done": True, "Last": 1}
+    flair = {"ID": "s1", "Instances": ["i"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+    answers = {
+        "GET /changes": [json_answer(page)],
+        "GET /series/s1": [json_answer(flair)],
+        "GET /studies/st1": [HTML_PAGE],
+    }
+    studies = StudySync(
+        OrthancClient(CONFIG, session=CannedSession(answers), sleep=lambda _: None),
+        ModelStudyProcessor(NegativePredictor()),  # type: ignore[arg-type]
+        clock=lambda: 1000.0,
+    )
+    state = SyncState()
+
+    assert sync_once(studies, state) == SyncReport(failed=1)
+    assert (state.last_change, state.retries) == (1, {"st1": 1060.0})
