@@ -262,11 +262,24 @@ class ModelsResponse(BaseModel):
             segmenter=ModelInfo.from_entry(manifest.segmenter),
             input_shape=manifest.input_shape,
             preprocessing=manifest.preprocessing,
-            metrics=manifest.metrics,
+            metrics=without_patient_breakdowns(manifest.metrics),
             training_data=manifest.training_data,
             versions=manifest.versions,
             format_version=manifest.format_version,
         )
+
+
+PATIENT_BREAKDOWN_SUFFIX = "_by_patient"
+
+
+def without_patient_breakdowns(metrics: dict) -> dict:
+    """The manifest's metrics without the per-patient figures (`volume_dice_by_patient`), at any depth: their keys
+    are the test patients' case IDs, which a client has no use for; the model card and the manifest keep them."""
+    return {
+        key: without_patient_breakdowns(value) if isinstance(value, dict) else value
+        for key, value in metrics.items()
+        if not key.endswith(PATIENT_BREAKDOWN_SUFFIX)
+    }
 
 
 class HealthStatus(BaseModel):

@@ -115,6 +115,20 @@ def test_committed_models_report_manifest_tags(committed_client: TestClient, com
     }
 
 
+def test_models_endpoint_names_no_test_patient(committed_client: TestClient, committed_manifest: dict) -> None:
+    """The manifest's per-patient Dice figures are keyed by the test patients' case IDs: kept in the manifest and
+    the model card, left out of the API, which gives every other figure as the manifest has it."""
+    body = committed_client.get("/v1/models").json()
+
+    assert "TCGA_" in json.dumps(committed_manifest["metrics"])
+    assert "TCGA_" not in json.dumps(body) and "_by_patient" not in json.dumps(body)
+    segmentation = committed_manifest["metrics"]["segmentation"]
+    assert body["metrics"]["segmentation"] == {
+        key: value for key, value in segmentation.items() if key != "volume_dice_by_patient"
+    }
+    assert body["metrics"]["classifier"] == committed_manifest["metrics"]["classifier"]
+
+
 def test_committed_batch_matches_single_predictions(committed_client: TestClient) -> None:
     paths = [*TUMOR_SERIES, TUMOR_FREE_SLICE]
     singles = [
