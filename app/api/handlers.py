@@ -30,6 +30,8 @@ from app.errors import (
 from app.security import retry_after_header
 
 REQUEST_ID_HEADER = "X-Request-ID"
+MULTIPART_MAX_FILES = 1000
+"""The file parts Starlette's form parser reads before it gives up (`Request.form`'s default `max_files`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +124,16 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
     if status == HTTPStatus.BAD_REQUEST and message.startswith("Too many files"):
         # Starlette's form parser stops at 1,000 file parts, before the route counts them against MAX_BATCH_FILES:
         # the same refusal as 65 files, not a body "the parser cannot read".
+        # Its own words ("maximum number of files is 1000") name neither the endpoint's limit nor the count.
         status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TooManyFilesError.code
+        settings = getattr(request.app.state, "settings", None)
+        most = f" {settings.max_batch_files}" if settings is not None else ""
         limit = (
-            "a batch may hold at most MAX_BATCH_FILES files"
+            f"a batch may hold at most{most} files (MAX_BATCH_FILES)"
             if request.url.path.endswith("/batch")
             else "this endpoint takes one file, in the field `file`"
         )
-        message = f"{limit} ({message.lower().rstrip('.')})"
+        message = f"{limit}; got more than {MULTIPART_MAX_FILES} file parts"
     # Starlette's own words for an unknown path or method say nothing of what would do.
     if error.status_code == HTTPStatus.METHOD_NOT_ALLOWED and headers and "Allow" in headers:
         allowed = headers["Allow"].split(", ")
