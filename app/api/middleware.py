@@ -134,6 +134,8 @@ class RequestContextMiddleware:
                 headers.append(REQUEST_ID_HEADER, request_id)
                 if "x-content-type-options" not in headers:  # JSON that echoes input is never sniffed as HTML
                     headers.append("X-Content-Type-Options", "nosniff")
+                if "cache-control" not in headers:  # answers derived from a patient's images: no cache keeps them
+                    headers.append("Cache-Control", "no-store")
             await send(message)
 
         try:

@@ -598,3 +598,21 @@ def test_a_file_part_under_another_name_is_refused_not_dropped(
     assert response.status_code == 422
     assert response.json() == {"error": {"code": "validation_error", "message": message}}
     assert_still_serving(client)
+
+
+def test_answers_are_never_kept_by_a_cache(client: TestClient) -> None:
+    """attack30 (a note): a prediction, an overlay PNG or an error is derived from a patient's image; caches do not
+    keep a POST's answer by default, and `no-store` says so for every cache on the way. Files that set their own
+    Cache-Control (the page) keep it."""
+    image = TUMOR_SLICE.read_bytes()
+    answers = [
+        client.post("/v1/predict", files={"file": ("slice.jpg", image, "image/jpeg")}),
+        client.post("/v1/predict/batch", files=[("files", ("slice.jpg", image, "image/jpeg"))]),
+        client.post("/v1/overlay", files={"file": ("slice.jpg", image, "image/jpeg")}),
+        client.post("/v1/predict", files={"file": ("notes.png", b"not an image", "image/png")}),
+        client.get("/v1/models"),
+    ]
+
+    assert [response.status_code for response in answers] == [200, 200, 200, 415, 200]
+    assert [response.headers.get_list("cache-control") for response in answers] == [["no-store"]] * len(answers)
+    assert client.get("/").headers.get_list("cache-control") == ["no-cache"]
