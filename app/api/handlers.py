@@ -94,7 +94,12 @@ def describe_validation_errors(errors: list[dict], multipart: bool = False) -> s
 def _validation_message(error: dict, multipart: bool) -> str:
     message = str(error.get("msg", "invalid"))
     if "Expected UploadFile" in message:  # FastAPI's words for a form field sent as text where a file belongs
-        return "expected a file, got a text field (send the image as a multipart/form-data file part, with a filename)"
+        # A part whose Content-Disposition names its file only as RFC 2231's `filename*=UTF-8''...` is read as text
+        # too (the parser, as RFC 7578 advises senders, takes `filename` only): the message names the parameter.
+        return (
+            "expected a file, got a text field (send the image as a multipart/form-data file part with a "
+            'filename="..." parameter; filename* alone is not read)'
+        )
     if multipart and error.get("type") == "missing" and error.get("loc", ())[:1] == ("body",):
         # The parser keeps only parts that end in a boundary line: a body cut short loses its last part silently.
         return f"{message} (no complete part of this name in the multipart body; {MULTIPART_LAYOUT})"

@@ -351,10 +351,22 @@ def test_predict_rejects_file_field_sent_as_text(client: TestClient) -> None:
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
     assert response.json()["error"]["message"] == (
-        "body.file: expected a file, got a text field (send the image as a multipart/form-data file part, with a "
-        "filename) (got 'slice.png')"
+        "body.file: expected a file, got a text field (send the image as a multipart/form-data file part with a "
+        "filename=\"...\" parameter; filename* alone is not read) (got 'slice.png')"
     )
     assert_still_serving(client)
+
+
+def test_a_file_named_only_by_rfc_2231_filename_star_is_told_which_parameter_is_read(client: TestClient) -> None:
+    """attack30 (a note): such a part did carry a file name, and was told to send one."""
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''sl%C3%AFce.png\r\n"
+        b"Content-Type: image/png\r\n\r\n" + TUMOR_SLICE.read_bytes() + b"\r\n--b--\r\n"
+    )
+    response = client.post("/v1/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+
+    assert response.status_code == 422
+    assert 'with a filename="..." parameter; filename* alone is not read' in response.json()["error"]["message"]
 
 
 def test_predict_rejects_unknown_mask_format(client: TestClient) -> None:
