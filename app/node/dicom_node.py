@@ -47,7 +47,7 @@ arrives (`_discard_oversized`). An instance is kept only if the service can read
 matching the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line
 without patient data. A connection that does not associate within `association_timeout_seconds`, an association idle
 that long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
-node's `max_associations` slots for long; a PDU longer than an instance may be closes its connection at once. One
+node's `max_associations` slots for long; a PDU longer than `MAX_PDU_BYTES` closes its connection at once. One
 address holds at most `max_associations_per_peer` associations, so a peer that keeps them busy cannot take them all
 (these rules on connections are in `app.node.dicom_association`).
 
@@ -152,7 +152,13 @@ def check_address(host: str, port: int) -> None:
 
 ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is an LO
 MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundred bytes
-PDU_OVERHEAD_BYTES = 64 * 1024  # what a PDU may hold besides an instance's bytes: command set, item headers
+# The longest PDU a connection may send. The node announces pynetdicom's 16382 bytes as its maximum PDU length, so a
+# conforming sender's P-DATA-TF PDUs are no longer, and an association request is tens of KiB. pynetdicom reads a PDU
+# whole before `_discard_oversized` sees it: with PDUs as long as an instance (the limit before), a sender that ignored
+# the announced length sent each data set as one PDU, past the receive-memory bound (attack review 31: 6 instances of
+# 32 MiB held at once, +508 MiB, under a 40 MiB bound), and any connection, before its AE titles were checked, could
+# make the node read a 128 MiB association request. 64 times the announced length leaves room for lax senders.
+MAX_PDU_BYTES = 1024 * 1024
 PURGE_EVERY_SECONDS = 3600.0  # retention is set in hours; the walk reads every study folder
 RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
@@ -341,7 +347,7 @@ class DicomNode:
                 evt_handlers=handlers,
                 server_class=TimedAssociationServer,
                 receive_timeout=self.config.association_timeout_seconds,
-                max_pdu_bytes=self.config.spool_limits.max_instance_bytes + PDU_OVERHEAD_BYTES,
+                max_pdu_bytes=MAX_PDU_BYTES,
                 max_per_peer=self.config.max_associations_per_peer,
             )
         except OSError as error:  # an unknown host name, an address of another machine, a port in use

@@ -28,6 +28,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, _config
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
@@ -277,6 +278,59 @@ def test_a_pdu_longer_than_an_instance_may_be_closes_the_connection_at_once(make
         connection.close()
 
     assert sent < 64 * MIB
+    assert echo(node.config.port)
+
+
+def test_a_sender_that_ignores_the_nodes_maximum_pdu_length_cannot_pass_the_receive_memory(
+    make_node: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """attack review 31: PDUs could be as long as an instance, and pynetdicom reads a PDU whole before the node counts
+    it, so a data set sent as one PDU (the node announces 16382 bytes) was held outside the receive-memory bound: six
+    32 MiB instances at once under a 40 MiB bound were all taken (+508 MiB). A PDU past `MAX_PDU_BYTES` (1 MiB) now
+    closes its connection."""
+    node = make_node(
+        spool_limits=SpoolLimits(max_instance_bytes=8 * MIB, min_free_bytes=0), receive_memory_bytes=8 * MIB
+    )
+    instance = mr_dataset(np.ones((1024, 1024), np.uint16), Study(), generate_uid())  # 2 MiB, under every limit
+    announced = DIMSEServiceProvider.maximum_pdu_size
+    # This side sends each message in one PDU, whatever the node announced; the node's side is as it was.
+    monkeypatch.setattr(
+        DIMSEServiceProvider,
+        "maximum_pdu_size",
+        property(lambda dimse: 0 if dimse.assoc.is_requestor else announced.fget(dimse)),
+    )
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
+    assert association.is_established
+    try:
+        status = association.send_c_store(instance)
+    finally:
+        association.release()
+
+    assert "Status" not in status  # no answer: the node closed the connection at the PDU's header
+    assert stored_files(node) == []
+    assert echo(node.config.port)
+
+
+def test_an_association_request_longer_than_the_pdu_limit_is_not_read(make_node: Any) -> None:  # noqa: F811
+    """attack review 31: before its AE titles were checked, a connection could make the node read an association
+    request as long as an instance (128 MiB by default) into memory, and so could every connection past a peer's
+    limit (`refuse_association` reads the request first)."""
+    node = make_node()  # the default instance limit, 128 MiB
+    connection = socket.create_connection(("127.0.0.1", node.config.port))
+    sent, chunk = 0, bytes(64 * 1024)
+    try:
+        with pytest.raises(OSError):  # reset or broken pipe: the node closed it at the header
+            connection.sendall(b"\x01\x00" + struct.pack(">L", 32 * MIB))
+            while sent < 32 * MIB:
+                connection.sendall(chunk)
+                sent += len(chunk)
+    finally:
+        connection.close()
+
     assert echo(node.config.port)
 
 
