@@ -24,6 +24,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 logger = logging.getLogger(__name__)
 
+ASSOCIATIONS_END_SECONDS = 2.0  # how long a stop waits for the associations it cut off to finish their handlers
+
 
 class TimedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's server, whose connections are `GuardedConnection`s: timed, and with a limit on a PDU's length;
@@ -73,10 +75,27 @@ class TimedAssociationServer(ThreadedAssociationServer):
             if not self._connections_of[peer]:
                 del self._connections_of[peer]
 
-    def shutdown(self) -> None:
-        """Stop serving and close the socket; made by `AE.make_server`, the server is not in the AE's own list."""
+    def shutdown(self, wait_seconds: float = ASSOCIATIONS_END_SECONDS) -> None:
+        """Stop serving, close the socket, and cut off the associations still open; made by `AE.make_server`, the
+        server is not in the AE's own list.
+
+        pynetdicom's reader of each association is a non-daemon thread that runs until its peer releases, or idles
+        past the timeout: a router holding an association open kept the process from exiting for 30 s after SIGTERM,
+        and a peer sending a C-ECHO every few seconds for ever (attack review 31). Shutting each connection down ends
+        its reader at once (a blocked read returns), as a lost connection would: an instance not yet answered is sent
+        again by its sender. The associations are then given `wait_seconds` to finish an instance being written.
+        """
         socketserver.BaseServer.shutdown(self)
         self.server_close()
+        associations = self.active_associations
+        for association in associations:
+            connection = getattr(association.dul.socket, "socket", None)
+            if connection is not None:
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    connection.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + wait_seconds
+        for association in associations:
+            association.join(max(0.0, deadline - time.monotonic()))
 
 
 class GuardedConnection(socket.socket):

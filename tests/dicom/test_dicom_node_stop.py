@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from app.node.dicom_node import DicomNode, NodeConfig
 from app.node.dicom_sender import Destination
@@ -171,3 +173,25 @@ def test_an_analysis_the_stop_does_not_wait_for_leaves_the_study_pending_and_is_
     finally:
         held.finish.set()
         results.close()
+
+
+def test_stop_cuts_off_an_association_left_open_so_the_process_can_exit(tmp_path: Path, results: ResultStore) -> None:
+    """attack review 31: pynetdicom's reader of each association is a non-daemon thread, and the stop left open
+    associations running: with a router holding one open, the process went on for the idle timeout (30 s) after
+    SIGTERM, and with a peer sending a C-ECHO every few seconds it never exited."""
+    node = started_node(tmp_path / "spool", results.port)  # the default association timeout, 30 s
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
+    try:
+        assert association.is_established
+        assert int(association.send_c_echo().Status) == 0x0000  # busy, not idle
+        (accepted,) = node._server.active_associations
+
+        assert stops_within(node, STOP_SECONDS)
+        assert wait_for(lambda: not accepted.dul.is_alive() and not accepted.is_alive(), STOP_SECONDS)
+        assert wait_for(lambda: not association.is_established, STOP_SECONDS)  # the peer sees it end
+    finally:
+        if association.is_established:
+            association.release()
