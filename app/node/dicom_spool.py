@@ -136,8 +136,13 @@ class Spool:
     # process, then kept up to date under the size lock (a count per instance stored would list the folder each time).
     _instances: dict[str, int] = field(default_factory=dict, repr=False)
     _unreadable: set[str] = field(default_factory=set, repr=False)  # studies whose unreadable record was logged
+    # Instance files being written: a second store of the same SOP Instance UID waits for the first (`_stored`, on the
+    # size lock), so that it counts the file the first leaves as the one it replaces.
+    _storing: set[Path] = field(default_factory=set, repr=False)
+    _stored: threading.Condition = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._stored = threading.Condition(self._size_lock)
         studies = self.root / "studies"
         for directory in (studies, self.root / PENDING_DIR, self.root / UNSENT_DIR, self.root / RECEIVING_DIR):
             directory.mkdir(parents=True, exist_ok=True)
@@ -180,11 +185,37 @@ class Spool:
         instances = self.study_dir(key) / "instances"
         path = instances / (hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm")
         # Room is reserved and the study marked pending (so a purge leaves it alone) under the lock; the slow,
-        # flushed write happens outside it, so concurrent associations store side by side.
+        # flushed write happens outside it, so concurrent associations store side by side; but one instance is
+        # written by one association at a time. Before, the same SOP Instance UID sent on several associations at
+        # once was counted new by each: the counts grew by the copies, never shrank until a restart, and the node
+        # refused every instance as over the spool's limit while its disk held a fifth of it (attack review 31).
+        with self._stored:
+            while path in self._storing:
+                self._stored.wait()
+            self._storing.add(path)
+        try:
+            new, replaced = self._reserve(key, path, len(data))
+            try:
+                write_atomically(path, data)
+            except OSError:
+                with self._size_lock:
+                    self._size -= len(data) - replaced
+                    if new:
+                        self._instances[key] -= 1
+                raise
+        finally:
+            with self._stored:
+                self._storing.discard(path)
+                self._stored.notify_all()
+        return key
+
+    def _reserve(self, key: str, path: Path, size: int) -> tuple[bool, int]:
+        """Count an instance file of `size` bytes about to be written at `path` (new, or replacing one: the bytes it
+        replaces) and mark its study pending; `SpoolFullError` (nothing counted) when a limit would break."""
         with self._size_lock:
             new = not path.exists()
             replaced = 0 if new else path.stat().st_size
-            self.check_room(len(data) - replaced)
+            self.check_room(size - replaced)
             if self.pending_since(key) is None:  # a study not already waiting: one more to analyse
                 pending = len(self.pending_studies())
                 if pending >= self.limits.max_pending_studies:
@@ -198,19 +229,11 @@ class Spool:
                 )
             # The folder and the marker first: a spool that refuses them (read-only, out of inodes) counts nothing
             # (attack finding: each refused instance's size stayed counted, until the node refused every one).
-            instances.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             self.touch_pending(key)
-            self._size += len(data) - replaced
+            self._size += size - replaced
             self._instances[key] = held + 1 if new else held
-        try:
-            write_atomically(path, data)
-        except OSError:
-            with self._size_lock:
-                self._size -= len(data) - replaced
-                if new:
-                    self._instances[key] -= 1
-            raise
-        return key
+            return new, replaced
 
     def _instance_count(self, key: str) -> int:
         """Instances the study holds (under the size lock)."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app.node import dicom_spool
 from app.node.dicom_node import DicomNode
 from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits, study_key
 from tests.dicom.builders import Study, mr_series, tumor_channels, write_files
@@ -134,3 +136,31 @@ def test_a_study_holds_at_most_max_study_instances_and_the_count_survives_a_rest
         restarted.store_instance(study[2].StudyInstanceUID, study[2].PatientID, study[2].SOPInstanceUID, b"x")
     clock.advance(QUIET_SECONDS)
     assert len(process_ready(node)) == 2
+
+
+def test_one_instance_stored_on_several_associations_at_once_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """attack review 31: each concurrent store of one SOP Instance UID found no file yet and counted it new, so the
+    spool's size and the study's instance count grew by every copy and stayed so until a restart: 45 rounds of 8
+    copies at once left 13.7 MB on disk counted as 66.7 MB, and the node refused a fresh instance as over its 64 MiB
+    spool limit."""
+    spool = Spool(tmp_path / "spool", limits=SpoolLimits(min_free_bytes=0, max_study_instances=2))
+    slow_write = dicom_spool.write_atomically
+
+    def write_slowly(path: Path, data: bytes) -> None:  # every copy is on its way before the first is in place
+        time.sleep(0.2)
+        slow_write(path, data)
+
+    monkeypatch.setattr(dicom_spool, "write_atomically", write_slowly)
+    copies = [
+        threading.Thread(target=spool.store_instance, args=("1.2.3", "P", "1.2.3.4", bytes(1000))) for _ in range(4)
+    ]
+    for copy in copies:
+        copy.start()
+    for copy in copies:
+        copy.join(10)
+
+    assert spool.size_bytes == 1000
+    spool.store_instance("1.2.3", "P", "1.2.3.5", bytes(1000))  # the study's second instance: within its limit of 2
+    assert spool.size_bytes == 2000
