@@ -162,6 +162,38 @@ def test_a_deflated_instance_is_measured_inflated_and_a_bomb_is_refused(
     assert len(refusals()) == 1
 
 
+def _empty_private_elements(count: int) -> bytes:
+    """`count` empty private data elements (LO, explicit VR little endian): 8 bytes each on the wire."""
+    return b"".join(
+        struct.pack("<HH2sH", 0x0009 + 2 * (index >> 16), index & 0xFFFF, b"LO", 0) for index in range(count)
+    )
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+def test_a_header_of_very_many_data_elements_is_refused_before_it_is_read_whole(
+    make_node: Any,  # noqa: F811
+    transfer_syntax: str,
+) -> None:
+    """attack review 31: pydicom holds some 700 bytes per element and an element can be 8 bytes, so a small instance
+    of empty private elements cost the node seconds and hundreds of MiB before any check, and was kept (an 8 MB one
+    of a million elements: 11.7 s, +660 MiB; 16 million fit in the instance limit). A header of more than
+    `MAX_HEADER_READS` reads is now refused, Cannot Understand, before pydicom reads it whole."""
+    node = make_node()
+    dataset = one_instance()
+    body = _empty_private_elements(300_000) + encoded(dataset)  # 2.4 MB
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = deflater.compress(body) + deflater.flush()
+
+    response = forged_store(
+        node.config.port, body, sop_instance=dataset.SOPInstanceUID, transfer_syntax=transfer_syntax
+    )
+
+    assert response.Status == 0xC000
+    assert response.ErrorComment.startswith("DICOM header has too many data elements")
+    assert stored_files(node) == []
+
+
 def _truncated_in_pixel_data(dataset: Dataset) -> bytes:
     return encoded(dataset)[:-30000]
 
