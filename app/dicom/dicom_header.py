@@ -12,6 +12,7 @@ attributes. Nothing here logs.
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
@@ -70,6 +72,7 @@ DEFLATED_HEADER_BYTES = 4 * MIB
 """Most of an inflated (Deflated Explicit VR Little Endian) data set kept to read its header; the rest is only
 counted, so that a deflate bomb is measured without being held."""
 _INFLATE_CHUNK = 1 * MIB
+_ITEM_TAG_LITTLE, _ITEM_TAG_BIG = b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00"  # (FFFE,E000) as each byte order writes it
 MAX_HEADER_READS = 250_000
 """Most reads pydicom may make of a header (the data set before its pixel data, sequences of undefined length
 included): one to three per data element, so about 100,000 elements with values. pydicom holds some 700 bytes and
@@ -209,6 +212,7 @@ def read_dicom_header(
         else:
             buffer = _ShortReadWatch(data)
             dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
+            check_sequences_left_raw(dataset, buffer.reads)
             pixel_position, inflated = buffer.tell(), 0
             has_pixels = _pixel_data_tag_at(data, pixel_position)
             if not has_pixels and buffer.cut:
@@ -272,6 +276,11 @@ class _ShortReadWatch(io.BytesIO):
         return output
 
     @property
+    def reads(self) -> int:
+        """How many reads pydicom has made so far."""
+        return self._reads
+
+    @property
     def cut(self) -> bool:
         return self._partial or self._empty > 1
 
@@ -282,6 +291,69 @@ def raise_too_many_elements() -> NoReturn:
         f"DICOM header has too many data elements (over {MAX_HEADER_READS} reads before the pixel data); refused "
         "before it was read whole"
     )
+
+
+def check_sequences_left_raw(dataset: Dataset, reads: int) -> None:
+    """Refuse a header whose sequences of defined length, which pydicom keeps as bytes and parses on first access
+    (out of `_ShortReadWatch`'s sight), would take the elements read past `MAX_HEADER_READS`.
+
+    Counted before any is accessed (the header checks read the functional groups): 500,000 empty elements in one
+    item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read (attack
+    review 31). An element is at least 8 bytes: while the sequences' bytes cannot hold more elements than the reads
+    left, nothing is walked.
+    """
+    budget = MAX_HEADER_READS - reads
+    raw_sequences = list(_sequences_left_raw(dataset))
+    if sum(len(raw.value or b"") for raw in raw_sequences) // 8 <= budget:
+        return
+    for raw in raw_sequences:
+        budget -= _elements_within(raw.value or b"", raw.is_implicit_VR, raw.is_little_endian, budget)
+        if budget < 0:
+            raise_too_many_elements()
+
+
+def _sequences_left_raw(dataset: Dataset) -> Iterator[RawDataElement]:
+    """The elements of `dataset` (and of the items of its sequences already parsed) that pydicom would parse as a
+    sequence on first access, without parsing anything: VR SQ, or a value that starts with an item's tag (implicit
+    VR, UN)."""
+    for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset converts each element; its keys do not
+        element = dataset.get_item(tag)
+        if isinstance(element, RawDataElement):
+            value = element.value or b""
+            item_tag = _ITEM_TAG_LITTLE if element.is_little_endian else _ITEM_TAG_BIG
+            if element.VR == "SQ" or (element.VR in (None, "UN") and value[:4] == item_tag):
+                yield element
+        elif element is not None and element.VR == "SQ" and isinstance(element.value, Sequence):
+            for item in element.value:
+                yield from _sequences_left_raw(item)
+
+
+def _elements_within(value: bytes, implicit: bool, little: bool, most: int) -> int:
+    """Data elements, items and delimiters in a sequence's bytes at every depth (stepping into items and into
+    anything that may be a sequence), counting up to just past `most`; a walk of their headers only."""
+    endian = "<" if little else ">"
+    item_tag = _ITEM_TAG_LITTLE if little else _ITEM_TAG_BIG
+    position, count = 0, 0
+    while position + 8 <= len(value) and count <= most:
+        count += 1
+        group = struct.unpack_from(endian + "H", value, position)[0]
+        if group == 0xFFFE:  # an item or a delimiter: its elements follow
+            position += 8
+            continue
+        if implicit:
+            header, length = 8, struct.unpack_from(endian + "L", value, position + 4)[0]
+            nested = value[position + 8 : position + 12] == item_tag
+        else:
+            vr = value[position + 4 : position + 6]
+            if vr in _EXPLICIT_LONG_VRS:
+                if position + 12 > len(value):  # cut inside its last header: pydicom says what is wrong, if read
+                    break
+                header, length = 12, struct.unpack_from(endian + "L", value, position + 8)[0]
+            else:
+                header, length = 8, struct.unpack_from(endian + "H", value, position + 6)[0]
+            nested = vr == b"SQ" or value[position + header : position + header + 4] == item_tag
+        position += header if length == UNDEFINED_LENGTH or nested else header + length
+    return count
 
 
 def _check_part10(data: bytes) -> None:
@@ -355,7 +427,9 @@ def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple
 
     cut = inflated > len(kept)
     try:
-        dataset = read_dataset(DicomFileLike(_ShortReadWatch(bytes(kept))), False, True, stop_when=at_pixel_data)
+        stream = _ShortReadWatch(bytes(kept))
+        dataset = read_dataset(DicomFileLike(stream), False, True, stop_when=at_pixel_data)
+        check_sequences_left_raw(dataset, stream.reads)
     except ServiceError:
         raise
     except Exception:

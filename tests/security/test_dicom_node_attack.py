@@ -194,6 +194,22 @@ def test_a_header_of_very_many_data_elements_is_refused_before_it_is_read_whole(
     assert stored_files(node) == []
 
 
+def test_a_sequence_of_very_many_data_elements_is_refused_before_it_is_parsed(make_node: Any) -> None:  # noqa: F811
+    """attack review 31: pydicom keeps a sequence of defined length as bytes and parses it when it is first read,
+    out of the count of reads above; the header checks read the functional groups: 500,000 empty elements in one
+    item of the Shared Functional Groups Sequence cost 4.4 s and +113 MiB, and the instance was kept."""
+    node = make_node()
+    dataset = one_instance()
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 300_000 * 8) + _empty_private_elements(300_000)
+    shared_groups = struct.pack("<HH2sHL", 0x5200, 0x9229, b"SQ", 0, len(item)) + item  # 2.4 MB
+
+    response = forged_store(node.config.port, shared_groups + encoded(dataset), sop_instance=dataset.SOPInstanceUID)
+
+    assert response.Status == 0xC000
+    assert response.ErrorComment.startswith("DICOM header has too many data elements")
+    assert stored_files(node) == []
+
+
 def _truncated_in_pixel_data(dataset: Dataset) -> bytes:
     return encoded(dataset)[:-30000]
 
