@@ -641,9 +641,13 @@ async function dicomSeries(answer, files, headers) {
     throw new AnswerError(`the answer holds ${answer.slices.length} slices for the ${sent} in the files sent`);
   }
   const failures = fileFailures(answer.file_errors, files);
+  // Each slice's picture and name come from the file the server read for its UID: not from a file it refused (a
+  // second file with the same SOP Instance UID is refused in its place and the first is read), and never from a
+  // later file of that UID, whose pixels may differ (a re-export) and whose name the page lists as not analysed.
+  const refused = new Set((answer.file_errors ?? []).map((item) => item.index));
   const frames = new Map();
   headers.forEach((header, index) => {
-    if (header?.sopInstanceUid) {
+    if (header?.sopInstanceUid && !refused.has(index) && !frames.has(header.sopInstanceUid)) {
       frames.set(header.sopInstanceUid, { header, name: files[index].name });
     }
   });
