@@ -35,6 +35,18 @@ const VOLUME_ANNOUNCE_DELAY_MS = 500;
 // Past this many slices the probability strip's bars touch: 1 px gaps would take most of a phone's strip.
 const DENSE_STRIP_SLICES = 64;
 
+// The first bytes of PNG, JPEG and TIFF (also BigTIFF) files, as app/imaging.py's _SIGNATURES judges them.
+const RASTER_SIGNATURES = [
+  [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a],
+  [0xff, 0xd8, 0xff],
+  [0x49, 0x49, 0x2a, 0x00],
+  [0x4d, 0x4d, 0x00, 0x2a],
+  [0x49, 0x49, 0x2b, 0x00],
+  [0x4d, 0x4d, 0x00, 0x2b],
+];
+// File names listed in the "Selected" line's note of the files left out; more are counted.
+const MAX_NAMES_LISTED = 5;
+
 // Human wording per HTTP status; the server's own message goes beneath it, since that names the exact rule broken.
 const ERROR_TITLES = {
   400: "The file could not be read as an MRI slice.",
@@ -344,6 +356,38 @@ async function collectFiles(chosen) {
   return { files: kept, skippedMasks };
 }
 
+/** Does a file start as the PNG, JPEG and TIFF files the server reads do (`_SIGNATURES` of app/imaging.py)? */
+function isRaster(head) {
+  return RASTER_SIGNATURES.some((signature) => signature.every((byte, at) => head[at] === byte));
+}
+
+/**
+ * The files to send, their first bytes, and those left out. Among DICOM files, the files that are neither DICOM images
+ * nor PNG, JPEG or TIFF are left out: a patient CD's or a PACS export's folder holds a DICOMDIR (an index, no image)
+ * and files beside the images (Thumbs.db, README.TXT, a viewer program), which the server counts as "other files"
+ * and refuses the whole series for as mixed with images. PNG, JPEG and TIFF files stay: mixed with DICOM they are
+ * refused, as the server says. Without DICOM files nothing is left out: a failed file of a raster series is a missing
+ * slice to the server.
+ */
+function withoutDicomExtras(files, heads) {
+  if (!heads.some(isDicom)) {
+    return { files, heads, leftOut: [] };
+  }
+  const kept = files.map((file, at) => (isDicom(heads[at]) && file.name.toUpperCase() !== "DICOMDIR")
+    || isRaster(heads[at]));
+  const leftOut = files.filter((file, at) => !kept[at]);
+  if (!kept.includes(true)) {
+    throw new FormatError(`no DICOM image among the files chosen (${namesOf(leftOut)})`);
+  }
+  return { files: files.filter((file, at) => kept[at]), heads: heads.filter((head, at) => kept[at]), leftOut };
+}
+
+/** At most MAX_NAMES_LISTED file names, then how many more. */
+function namesOf(files) {
+  const names = files.slice(0, MAX_NAMES_LISTED).map((file) => file.name).join(", ");
+  return files.length > MAX_NAMES_LISTED ? `${names} and ${files.length - MAX_NAMES_LISTED} more` : names;
+}
+
 /** Pixels to draw: grey `values` (16-bit data, DICOM: window/level applies) or an 8-bit `rgba` ImageData. */
 async function decodeRaster(file) {
   const buffer = await file.arrayBuffer();
@@ -481,19 +525,26 @@ async function analyse(chosen) {
   ui.progressRow.hidden = false;
   try {
     requestHeaders(); // a key no header can carry is refused before any file is read
-    const { files, skippedMasks } = await collectFiles(chosen);
-    if (files.length === 0) {
+    const { files: collected, skippedMasks } = await collectFiles(chosen);
+    if (collected.length === 0) {
       throw new FormatError(skippedMasks ? "only ground-truth masks (*_mask.png) were chosen" : "no files were chosen");
     }
-    const heads = await Promise.all(files.map(async (file) => new Uint8Array(await file.slice(0, 132).arrayBuffer())));
+    const chosenHeads = await Promise.all(
+      collected.map(async (file) => new Uint8Array(await file.slice(0, 132).arrayBuffer())),
+    );
     if (stale()) {
       return;
     }
+    const { files, heads, leftOut } = withoutDicomExtras(collected, chosenHeads);
     const dicom = heads.some(isDicom);
-    ui.fileName.textContent = files.length === 1
+    const notes = [
+      ...(skippedMasks ? [`${plural(skippedMasks, "ground-truth mask file")} left out`] : []),
+      ...(leftOut.length ? [`left out, neither DICOM images nor PNG, JPEG or TIFF: ${namesOf(leftOut)}`] : []),
+    ];
+    ui.fileName.textContent = (files.length === 1
       ? `Selected: ${files[0].name}`
-      : `Selected: ${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`
-        + (skippedMasks ? ` (${skippedMasks} ground-truth mask files left out)` : "");
+      : `Selected: ${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`)
+      + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
     ui.status.textContent = `Analysing ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
     ui.progressLabel.textContent = `Uploading ${files.length} ${files.length === 1 ? "file" : "files"}`;

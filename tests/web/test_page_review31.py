@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pydicom
 from playwright.sync_api import Page, expect
+from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.web.test_page_series_answers import upload, write_series
@@ -47,3 +48,36 @@ def test_a_refused_repeat_of_a_dicom_instance_is_neither_drawn_nor_named_for_the
     page.locator("#slice-slider").fill("2")
     expect(page.locator("#caption")).to_contain_text("Slice 2 of 3 (IM0001)")
     assert brightest_drawn(page) > 100  # the slice read, not the black repeat
+
+
+# ---------------------------------------------------------------------- F2: a patient CD's folder of DICOM files
+
+
+def test_a_patient_cd_folder_is_analysed_as_its_dicom_series_and_says_what_it_left_out(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """A CD's folder holds a DICOMDIR and files that are no image beside the series: sent along, the server refused the
+    whole series as "DICOM files and PNG, JPEG or TIFF images cannot be analysed together", of a folder without any
+    PNG, JPEG or TIFF file."""
+    (tmp_path / "DICOM").mkdir()
+    images = write_series(mr_series(tumor_channels()), tmp_path / "DICOM")
+    file_set = FileSet()
+    for path in images:
+        file_set.add(pydicom.dcmread(path))
+    file_set.write(tmp_path / "file-set")
+    directory = (tmp_path / "file-set" / "DICOMDIR").read_bytes()  # DICOM by its preamble; an index, no image
+    extras = {"DICOMDIR": directory, "Thumbs.db": bytes(range(256)) * 4, "README.TXT": b"Open VIEWER.EXE to view."}
+    for name, data in extras.items():
+        (tmp_path / name).write_bytes(data)
+    page.goto(live_server)
+
+    answer = upload(page, [*images, *(tmp_path / name for name in extras)])
+
+    assert len(answer["slices"]) == 3
+    assert answer["file_errors"] == []
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#file-name")).to_have_text(
+        "Selected: 3 files, IM0000 … IM0002 (left out, neither DICOM images nor PNG, JPEG or TIFF: DICOMDIR, "
+        "README.TXT, Thumbs.db)"
+    )
+    expect(page.locator("#series-choice")).to_contain_text("3 files")
