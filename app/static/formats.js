@@ -447,12 +447,15 @@ export async function readTiff(buffer) {
   return { width, height, values, bits };
 }
 
-function invert(values) {
+/** MONOCHROME1 and MinIsWhite: brighter = higher, over the range of the pixels that are image (`padded`: not those). */
+function invert(values, padded = null) {
   let max = -Infinity;
   let min = Infinity;
-  for (const value of values) {
-    max = Math.max(max, value);
-    min = Math.min(min, value);
+  for (let i = 0; i < values.length; i += 1) {
+    if (!padded?.[i]) {
+      max = Math.max(max, values[i]);
+      min = Math.min(min, values[i]);
+    }
   }
   for (let i = 0; i < values.length; i += 1) {
     values[i] = max + min - values[i];
@@ -476,13 +479,19 @@ const WANTED = {
   "00280011": "columns",
   "00280030": "pixelSpacing",
   "00280100": "bitsAllocated",
+  "00280101": "bitsStored",
   "00280103": "pixelRepresentation",
+  "00280120": "pixelPaddingValue",
+  "00280121": "pixelPaddingRangeLimit",
   "00281050": "windowCenter",
   "00281051": "windowWidth",
   "00281052": "rescaleIntercept",
   "00281053": "rescaleSlope",
 };
-const UNSIGNED_SHORT = new Set(["samplesPerPixel", "rows", "columns", "bitsAllocated", "pixelRepresentation"]);
+const UNSIGNED_SHORT = new Set(["samplesPerPixel", "rows", "columns", "bitsAllocated", "bitsStored",
+  "pixelRepresentation"]);
+// US or SS by Pixel Representation (VR "xs"): read as 16 bits, their sign settled once Pixel Representation is known.
+const PIXEL_VALUED = new Set(["pixelPaddingValue", "pixelPaddingRangeLimit"]);
 const IMPLICIT_LITTLE = "1.2.840.10008.1.2";
 const EXPLICIT_LITTLE = "1.2.840.10008.1.2.1";
 
@@ -549,7 +558,9 @@ export function readDicom(buffer) {
       }
       const key = depth === 0 ? WANTED[tag] : undefined;
       if (key) {
-        found[key] = UNSIGNED_SHORT.has(key) && (vr === "US" || (!useExplicit && length === 2))
+        const short = (vr === "US" || (!useExplicit && length === 2))
+          || (PIXEL_VALUED.has(key) && vr === "SS" && length === 2);
+        found[key] = (UNSIGNED_SHORT.has(key) || PIXEL_VALUED.has(key)) && short
           ? view.getUint16(valueStart, true)
           : text(valueStart, length);
       }
@@ -597,23 +608,76 @@ export function readDicom(buffer) {
   const signed = Number(found.pixelRepresentation) === 1;
   const step = bitsAllocated / 8;
   const size = rows * columns;
+  // As the server reads them (app/dicom/dicom_input.py): the bits above Bits Stored are no pixel data (an overlay
+  // burnt into them drew a white band), a signed value's sign is its highest stored bit, and pixels at Pixel Padding
+  // Value (up to Pixel Padding Range Limit) are background (a padding of -32768 drew the head white).
+  const bitsStored = Number(found.bitsStored);
+  const kept = Number.isInteger(bitsStored) && bitsStored > 0 && bitsStored < bitsAllocated ? bitsStored : bitsAllocated;
+  const storedValue = (raw) => {
+    const value = raw & (2 ** kept - 1);
+    return signed && value >= 2 ** (kept - 1) ? value - 2 ** kept : value;
+  };
+  const padding = paddingRange(found, signed);
   for (let frame = 0; frame < frameCount; frame += 1) {
     const base = pixelData.start + frame * size * step;
     if (base + size * step > bytes.length) {
       break; // checked before allocating: the header may claim more frames than the file holds
     }
     const values = new Float32Array(size);
+    const padded = padding ? new Uint8Array(size) : null;
     for (let i = 0; i < size; i += 1) {
       const at = base + i * step;
-      const stored = step === 1
-        ? (signed ? view.getInt8(at) : view.getUint8(at))
-        : (signed ? view.getInt16(at, true) : view.getUint16(at, true));
+      const stored = storedValue(step === 1 ? view.getUint8(at) : view.getUint16(at, true));
+      if (padded && stored >= padding[0] && stored <= padding[1]) {
+        padded[i] = 1;
+      }
       values[i] = stored * slope + intercept;
     }
     if (found.photometric === "MONOCHROME1") {
-      invert(values);
+      invert(values, padded);
+    }
+    if (padded) {
+      fillPadding(values, padded);
     }
     header.frames.push({ width: columns, height: rows, values, bits: bitsAllocated });
   }
   return header;
+}
+
+/** [low, high] of the stored values that are padding (Pixel Padding Value and Range Limit); null when none is set. */
+function paddingRange(found, signed) {
+  const read = (value) => {
+    if (value === undefined || value === "") {
+      return null;
+    }
+    const number = Number(value);
+    if (!Number.isInteger(number)) {
+      return null;
+    }
+    return signed && number >= 0x8000 ? number - 0x10000 : number;
+  };
+  const value = read(found.pixelPaddingValue);
+  if (value === null) {
+    return null;
+  }
+  const limit = read(found.pixelPaddingRangeLimit) ?? value;
+  return [Math.min(value, limit), Math.max(value, limit)];
+}
+
+/** Padding pixels set to the darkest pixel of the image itself, as the server does; left be when all or none are. */
+function fillPadding(values, padded) {
+  let darkest = Infinity;
+  for (let i = 0; i < values.length; i += 1) {
+    if (!padded[i] && values[i] < darkest) {
+      darkest = values[i];
+    }
+  }
+  if (darkest === Infinity || !padded.includes(1)) {
+    return;
+  }
+  for (let i = 0; i < values.length; i += 1) {
+    if (padded[i]) {
+      values[i] = darkest;
+    }
+  }
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from playwright.sync_api import Page, expect
 from pydicom.fileset import FileSet
@@ -81,3 +82,61 @@ def test_a_patient_cd_folder_is_analysed_as_its_dicom_series_and_says_what_it_le
         "README.TXT, Thumbs.db)"
     )
     expect(page.locator("#series-choice")).to_contain_text("3 files")
+
+
+# -------------------------------------------------------- F3: DICOM Bits Stored and Pixel Padding Value on the page
+
+
+def drawn_slice(page: Page) -> tuple[str, str, list[int]]:
+    """The default window (Level, Width) and the grey values the page drew for the slice shown."""
+    grey = page.evaluate(
+        """() => {
+            const canvas = document.querySelector("#slice-canvas");
+            const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+            return Array.from({ length: data.length / 4 }, (_, i) => data[i * 4]);
+        }"""
+    )
+    return page.locator("#window-level").input_value(), page.locator("#window-width").input_value(), grey
+
+
+def test_dicom_bits_above_bits_stored_and_padding_pixels_are_drawn_as_the_models_read_them(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """The page's DICOM reader ignored Bits Stored and Pixel Padding Value, which the server honours: an overlay in the
+    bits above Bits Stored drew a white band across the slice (and darkened it), and a padding of -32768 around the
+    head set the default window's floor, so the head was drawn white."""
+    outside = np.hypot(*np.mgrid[-128:128, -128:128]) > 120
+    heads = [channel.astype(np.int16) * 4 for channel in tumor_channels()]
+    for head in heads:
+        head[outside] = head[~outside].min()  # what the server makes of padding: the image's darkest pixel
+    cases = {
+        "reference": (heads, {}),
+        "padded": ([np.where(outside, np.int16(-32768), head) for head in heads], {"PixelPaddingValue": -32768}),
+        "reference-12-bit": ([head.astype(np.uint16) for head in heads], {"BitsStored": 12, "HighBit": 11}),
+        # An overlay plane in bit 15 over rows 100-109, above the 12 bits stored.
+        "overlay": ([head.astype(np.uint16) | overlay_band() for head in heads], {"BitsStored": 12, "HighBit": 11}),
+    }
+    page.goto(live_server)
+    drawn = {}
+    for name, (images, attributes) in cases.items():
+        datasets = mr_series(images)
+        for dataset in datasets:
+            for keyword, value in attributes.items():
+                setattr(dataset, keyword, value)
+        (tmp_path / name).mkdir()
+        upload(page, write_series(datasets, tmp_path / name))
+        page.locator("#slice-slider").fill("2")
+        drawn[name] = drawn_slice(page)
+
+    for name, reference in (("padded", "reference"), ("overlay", "reference-12-bit")):
+        level, width, grey = drawn[name]
+        expected_level, expected_width, expected_grey = drawn[reference]
+        assert (level, width) == (expected_level, expected_width), name
+        differing = int(np.count_nonzero(np.array(grey) != np.array(expected_grey)))
+        assert differing == 0, f"{name}: {differing} of {len(grey)} pixels drawn otherwise than {reference}"
+
+
+def overlay_band() -> np.ndarray:
+    band = np.zeros((256, 256), np.uint16)
+    band[100:110] = 0x8000
+    return band
