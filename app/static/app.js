@@ -352,7 +352,9 @@ async function collectFiles(chosen) {
     }
     return true;
   });
-  kept.sort((a, b) => naturalOrder.compare(a.webkitRelativePath || a.name, b.webkitRelativePath || b.name));
+  // By path (a folder's files, a zip's entries), so that the slices of one folder stay together and in order.
+  const path = (file) => file.zipPath || file.webkitRelativePath || file.name;
+  kept.sort((a, b) => naturalOrder.compare(path(a), path(b)));
   return { files: kept, skippedMasks };
 }
 

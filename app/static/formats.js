@@ -45,7 +45,10 @@ const ascii = (bytes, start, length) => String.fromCharCode(...bytes.subarray(st
 
 // ---------------------------------------------------------------------------------------------------- zip in/out
 
-/** Files of a zip archive (stored or deflated entries; no zip64, no encryption), folders and dot files left out. */
+/**
+ * Files of a zip archive (stored or deflated entries; no zip64, no encryption), folders and dot files left out; each
+ * named by its base name, with its path in the archive as `zipPath`.
+ */
 export async function readZip(buffer) {
   const bytes = new Uint8Array(buffer);
   const view = new DataView(buffer);
@@ -92,7 +95,11 @@ export async function readZip(buffer) {
     } else {
       throw new FormatError(`${name}: zip compression method ${method} is not supported (only stored or deflated)`);
     }
-    files.push(new File([content], baseName));
+    const file = new File([content], baseName);
+    // The entry's path in the archive, for the order of the slices: by base name alone, the slices of two folders
+    // in one zip were interleaved into one series.
+    Object.defineProperty(file, "zipPath", { value: name });
+    files.push(file);
   }
   return files;
 }

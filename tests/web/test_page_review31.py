@@ -3,15 +3,17 @@ refused repeat of its instance."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from PIL import Image
 from playwright.sync_api import Page, expect
 from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
-from tests.web.test_page_series_answers import upload, write_series
+from tests.web.test_page_series_answers import png_bytes, upload, write_series
 
 
 def brightest_drawn(page: Page) -> int:
@@ -140,3 +142,24 @@ def overlay_band() -> np.ndarray:
     band = np.zeros((256, 256), np.uint16)
     band[100:110] = 0x8000
     return band
+
+
+# --------------------------------------------------------------------------- F6: the folders inside a zip
+
+
+def test_the_slices_of_a_zip_keep_the_order_of_their_paths_in_it(page: Page, live_server: str, tmp_path: Path) -> None:
+    """Zip entries were sorted by base name alone: two folders of slices in one zip were interleaved (a/slice_1,
+    b/slice_1, a/slice_2, ...), where a chosen folder's files are sorted by their path."""
+    rng = np.random.default_rng(31)
+    archive_path = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        for entry in ("b/slice_1.png", "a/slice_2.png", "b/slice_2.png", "a/slice_1.png"):
+            noise = Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8))
+            archive.writestr(entry, png_bytes(noise))
+    page.goto(live_server)
+
+    upload(page, [archive_path])
+
+    expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(
+        ["slice_1.png", "slice_2.png", "slice_1.png", "slice_2.png"]
+    )
