@@ -69,6 +69,11 @@ const ERROR_TITLES_BY_CODE = {
   invalid_dicom_image: "The DICOM images cannot be used as MRI slices.",
   unsupported_dicom: "This DICOM file is not supported (not an MR image, or an encoding the server cannot read).",
   invalid_segmentation_input: "No DICOM SEG can be made for these slices.",
+  // 413 by code: these two also refuse files that are each fine but too much together, which "the file or the
+  // image is too large" (the status's title) would deny; the server's message beneath gives the numbers.
+  payload_too_large: "Too large to upload: the file, or the files together, are over the server's size limit.",
+  over_memory_budget: "Too large to decode: the file, or the files together, would take more memory than the "
+    + "server allows. Choose fewer or smaller files.",
   too_many_files: "Too many files for one request.",
   too_many_slices: "Too many slices for one request.",
   inference_timeout: "The analysis took too long. Try fewer slices, or try again later.",

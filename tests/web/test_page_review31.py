@@ -3,6 +3,7 @@ refused repeat of its instance."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -163,3 +164,37 @@ def test_the_slices_of_a_zip_keep_the_order_of_their_paths_in_it(page: Page, liv
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(
         ["slice_1.png", "slice_2.png", "slice_1.png", "slice_2.png"]
     )
+
+
+# ------------------------------------------------------------------ F7: files too large together, not one file
+
+
+def answering(body: str):
+    """A route handler that answers 413 with `body`."""
+    return lambda route: route.fulfill(status=413, content_type="application/json", body=body)
+
+
+def test_files_too_large_together_are_not_called_one_file_too_large(page: Page, live_server: str) -> None:
+    """A request over MAX_BATCH_UPLOAD_BYTES or DECODE_MEMORY_BYTES with files each fine on its own (256 slices of a
+    large series) was titled "The file or the image is too large."."""
+    many = [{"name": f"slice_{index:03d}.png", "mimeType": "image/png", "buffer": b"\x89PNG"} for index in range(3)]
+    answers = {
+        "payload_too_large": "request body must be at most 134217728 bytes (MAX_BATCH_UPLOAD_BYTES); Content-Length is "
+        "141239270",
+        "over_memory_budget": "this request's 3 files would take 608786432 bytes (580.6 MiB) to decode",
+    }
+    titles = {
+        "payload_too_large": "Too large to upload: the file, or the files together, are over the server's size limit.",
+        "over_memory_budget": "Too large to decode: the file, or the files together, would take more memory than the "
+        "server allows. Choose fewer or smaller files.",
+    }
+    page.goto(live_server)
+    for code, message in answers.items():
+        body = json.dumps({"error": {"code": code, "message": message}})
+        page.route("**/v1/predict/batch*", answering(body))
+
+        page.set_input_files("#file-input", many)
+
+        expect(page.locator("#error-title")).to_have_text(titles[code])
+        expect(page.locator("#error-detail")).to_have_text(f"Server message: {message}")
+        page.unroute("**/v1/predict/batch*")
