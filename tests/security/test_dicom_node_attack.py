@@ -284,8 +284,8 @@ def test_connections_that_trickle_a_pdu_are_closed_so_they_cannot_lock_out_sende
     make_node: Any,  # noqa: F811
 ) -> None:
     """A byte now and then kept each read alive: two such peers held both slots far past the timeout."""
-    # 2 s: a loaded CI machine that wakes this test late must still find both slots held.
-    node = make_node(max_associations=2, association_timeout_seconds=2.0)
+    # 3 s: a loaded CI machine that wakes this test late must still find both slots held.
+    node = make_node(max_associations=2, association_timeout_seconds=3.0)
     header = b"\x01\x00" + struct.pack(">L", 4096)  # an association request of 4 KiB, sent a byte at a time
     trickling = [socket.create_connection(("127.0.0.1", node.config.port)) for _ in range(2)]
     stop = threading.Event()
@@ -301,9 +301,10 @@ def test_connections_that_trickle_a_pdu_are_closed_so_they_cannot_lock_out_sende
     sender = threading.Thread(target=trickle, daemon=True)
     sender.start()
     try:
-        time.sleep(0.2)
-        assert not echo(node.config.port)  # both slots held
-        assert wait_for(lambda: echo(node.config.port), 8)
+        # Both slots held, once the node has taken the two connections (a loaded machine takes a moment: a fixed
+        # 0.2 s wait failed in a full run, the echo taking a slot first)
+        assert wait_for(lambda: not echo(node.config.port), 2)
+        assert wait_for(lambda: echo(node.config.port), 10)
     finally:
         stop.set()
         sender.join()
