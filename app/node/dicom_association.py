@@ -25,6 +25,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 logger = logging.getLogger(__name__)
 
 ASSOCIATIONS_END_SECONDS = 2.0  # how long a stop waits for the associations it cut off to finish their handlers
+CONNECTIONS_PER_ASSOCIATION = 4
+"""Connections the node serves at once per association slot (`max_associations`): room for the ones being refused
+(another peer's share, a full node) and for peers still to send their request, but not one thread per connection
+without end."""
+REFUSAL_LOG_SECONDS = 10.0  # at most one log line this often about connections closed unserved (a flood's record)
 
 
 class TimedAssociationServer(ThreadedAssociationServer):
@@ -36,21 +41,67 @@ class TimedAssociationServer(ThreadedAssociationServer):
     slots for ever, and a few such peers would lock out every sender. A peer that keeps its associations busy
     (a C-ECHO every few seconds passes every timer) is held to its share of the slots instead; the others are
     answered A-ASSOCIATE-RJ "local limit exceeded", as pynetdicom answers past `max_associations`.
+
+    Each connection is served in a thread of its own, refused ones too (their request is read, to answer it); past
+    `max_connections` served at once, a new connection is closed unread, without a thread: a flood of connections
+    that send nothing held a thread and a socket each for up to the receive timeout (attack review 31).
     """
 
     def __init__(
-        self, *args: Any, receive_timeout: float, max_pdu_bytes: int, max_per_peer: int, **kwargs: Any
+        self,
+        *args: Any,
+        receive_timeout: float,
+        max_pdu_bytes: int,
+        max_per_peer: int,
+        max_connections: int,
+        **kwargs: Any,
     ) -> None:
         self.receive_timeout = receive_timeout
         self.max_pdu_bytes = max_pdu_bytes
         self.max_per_peer = max_per_peer
+        self.max_connections = max_connections
         self._connections_of: Counter[str] = Counter()
         self._connections_lock = threading.Lock()
+        self._served = 0  # connections open that were given a thread: served, or being refused
+        self._closed_unserved = 0  # since the last log line about them
+        self._refusals_logged_at = -REFUSAL_LOG_SECONDS
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
         return GuardedConnection.accepted(connection, self.max_pdu_bytes, self.receive_timeout), address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread, or close it unread when `max_connections` are open already. A connection
+        counts until it is closed (`GuardedConnection.on_close`): its association runs in a thread of pynetdicom's,
+        past the end of the one started here."""
+        with self._connections_lock:
+            served = self._served < self.max_connections
+            if served:
+                self._served += 1
+            else:
+                self._closed_unserved += 1
+        if not served:
+            self.shutdown_request(request)
+            self._log_closed_unserved()
+            return
+        request.on_close = self._served_ended
+        super().process_request(request, client_address)  # if it raises, socketserver closes the request
+
+    def _log_closed_unserved(self) -> None:
+        with self._connections_lock:
+            now = time.monotonic()
+            if now - self._refusals_logged_at < REFUSAL_LOG_SECONDS:
+                return
+            closed, self._closed_unserved, self._refusals_logged_at = self._closed_unserved, 0, now
+        logger.warning(
+            "DICOM connections closed unread",
+            extra={"fields": {"reason": f"{self.max_connections} connections are served already", "closed": closed}},
+        )
+
+    def _served_ended(self) -> None:
+        with self._connections_lock:
+            self._served -= 1
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Serve the connection (in its own thread) if its peer has a slot left, else refuse its association."""
@@ -74,6 +125,7 @@ class TimedAssociationServer(ThreadedAssociationServer):
             self._connections_of[peer] -= 1
             if not self._connections_of[peer]:
                 del self._connections_of[peer]
+        self._served_ended()
 
     def shutdown(self, wait_seconds: float = ASSOCIATIONS_END_SECONDS) -> None:
         """Stop serving, close the socket, and cut off the associations still open; made by `AE.make_server`, the

@@ -22,6 +22,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage, Ve
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
 from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
+from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION
 from app.node.dicom_node import MAX_PDU_BYTES
 from app.node.dicom_received_instance import (
     IGNORED_CLASSES,
@@ -122,7 +123,9 @@ def conformance_statement() -> str:
         "  get A-ASSOCIATE-RJ (permanent; called or calling AE title not recognized).",
         f"- At most `DICOM_NODE_MAX_ASSOCIATIONS` ({_default('dicom_node_max_associations')}) associations at once and",
         f"  `DICOM_NODE_MAX_ASSOCIATIONS_PER_PEER` ({_default('dicom_node_max_associations_per_peer')}) from one",
-        "  address; more are rejected (transient, local limit exceeded).",
+        "  address; more are rejected (transient, local limit exceeded). At most",
+        f"  {CONNECTIONS_PER_ASSOCIATION} x `DICOM_NODE_MAX_ASSOCIATIONS` connections are served at once (those being",
+        "  rejected and those yet to send their request included); past that a new connection is closed unread.",
         f"- Maximum PDU length received: {ae.maximum_pdu_size} bytes (announced). A PDU of any type longer than",
         f"  {MAX_PDU_BYTES // 1024} KiB is a protocol error and closes the connection. A connection silent for",
         f"  `DICOM_NODE_ASSOCIATION_TIMEOUT_SECONDS` ({_default('dicom_node_association_timeout_seconds')} s: no",

@@ -90,7 +90,7 @@ from pynetdicom.sop_class import Verification
 from app.backoff import doubling_wait
 from app.dicom.dicom_sr import supersede_earlier_reports
 from app.logging_config import os_error_name
-from app.node.dicom_association import TimedAssociationServer
+from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, TimedAssociationServer
 from app.node.dicom_received_instance import (
     NOT_KEPT_CLASSES,
     PRIVATE_IGNORED_CLASSES,
@@ -349,6 +349,7 @@ class DicomNode:
                 receive_timeout=self.config.association_timeout_seconds,
                 max_pdu_bytes=MAX_PDU_BYTES,
                 max_per_peer=self.config.max_associations_per_peer,
+                max_connections=CONNECTIONS_PER_ASSOCIATION * self.config.max_associations,
             )
         except OSError as error:  # an unknown host name, an address of another machine, a port in use
             raise NodeStartError.of(self.config.host, self.config.port, error) from error

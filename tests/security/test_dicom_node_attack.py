@@ -312,6 +312,34 @@ def test_connections_that_trickle_a_pdu_are_closed_so_they_cannot_lock_out_sende
             connection.close()
 
 
+def test_connections_past_the_cap_are_closed_unread_without_a_thread(
+    make_node: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """attack31 finding 6: every connection got a thread before anything was checked, so a flood of connections that
+    send nothing held a thread and a socket each for up to the association timeout (17 threads for 24 connections
+    here). Past 4 per association slot a new connection is closed at once, without a thread, and the node serves
+    again once the held ones time out."""
+    # One association per peer: the first connection is served, the next ones wait for their request to refuse it
+    # (a thread each, up to the timeout), and past the cap the rest are closed unread.
+    node = make_node(max_associations=1, max_associations_per_peer=1, association_timeout_seconds=3.0)
+    cap = 4  # CONNECTIONS_PER_ASSOCIATION x max_associations
+    threads_before = threading.active_count()
+    with caplog.at_level(logging.WARNING, logger="app.node.dicom_association"):
+        silent = [socket.create_connection(("127.0.0.1", node.config.port)) for _ in range(cap + 20)]
+        try:
+            time.sleep(0.5)  # the node has taken them
+            # the served ones only: two for the association (pynetdicom's reactor and DUL), one per refusal
+            assert threading.active_count() - threads_before <= cap + 1
+            assert wait_for(lambda: echo(node.config.port), 10)  # the held ones timed out: the node serves again
+        finally:
+            for connection in silent:
+                connection.close()
+    closed_unread = [record for record in caplog.records if record.getMessage() == "DICOM connections closed unread"]
+    assert len(closed_unread) == 1  # one line for the burst, not one per connection
+    assert closed_unread[0].fields["closed"] >= 1  # type: ignore[attr-defined]
+
+
 def test_a_pdu_longer_than_an_instance_may_be_closes_the_connection_at_once(make_node: Any) -> None:  # noqa: F811
     """A PDU's announced length was read into memory, whatever it was (4 GiB here), as long as bytes kept coming."""
     node = make_node(spool_limits=SMALL_LIMITS)
