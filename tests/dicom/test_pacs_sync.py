@@ -71,6 +71,7 @@ def test_pacs_sync_stores_a_seg_and_a_volume_report_once(
     (tmp_path / "state.json").unlink()
     replay = config_for(orthanc, tmp_path / "state.json")
     SyncState(replay.state_file, last_change=0).save()
+    orthanc.wait_until_stable(f"/studies/{study_id}")  # the SEG and SR stored made it unstable for StableAge
     assert run_pacs_sync(replay, predictor, once=True).already_done >= 1
     assert len(orthanc.results(study_uid, "SEG")) == 1 and len(orthanc.results(study_uid, "SR")) == 1
 
