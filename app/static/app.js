@@ -127,6 +127,7 @@ const ui = {
   sliceNumber: el("slice-number"),
   stripBlock: el("strip-block"),
   strip: el("strip"),
+  stripLegendGap: el("strip-legend-gap"),
   probability: el("probability"),
   comparison: el("comparison"),
   threshold: el("threshold"),
@@ -652,6 +653,7 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
   const failures = fileFailures(answer.results.filter((item) => !item.ok), files);
   const slices = [];
   const maskName = maskNamer();
+  let previous = null; // the index of the last file analysed
   for (const item of answer.results.filter((result) => result.ok)) {
     const file = files[item.index];
     slices.push({
@@ -661,7 +663,11 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
       picture: pictures[item.index],
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: null,
+      // Files that failed between this slice and the one before: slices missing from the volume, as the server's
+      // series clean-up takes them (app/uploads.py raster_series_breaks), so the two are no neighbours.
+      missingBefore: previous === null ? 0 : item.index - previous - 1,
     });
+    previous = item.index;
   }
   throwIfNothingWorked(slices, failures);
   return { kind: "raster", sentAsSeries, files, slices, failures, answer, volumeMl: null };
@@ -819,9 +825,11 @@ function showSeries(shown) {
  */
 function markBesideTumor(slices) {
   const positive = (index) => Boolean(slices[index]?.prediction.tumor_detected);
+  // A failed file between two slices is a missing slice (`missingBefore`): those two are not next to each other.
+  const touching = (index) => index > 0 && index < slices.length && !slices[index].missingBefore;
   slices.forEach((slice, index) => {
     slice.besideTumor = !slice.prediction.tumor_detected && isNearThreshold(slice.prediction)
-      && (positive(index - 1) || positive(index + 1));
+      && ((touching(index) && positive(index - 1)) || (touching(index + 1) && positive(index + 1)));
   });
 }
 
@@ -870,7 +878,15 @@ function buildStrip(slices) {
   line.className = "strip-threshold";
   line.style.bottom = `${100 * slices[0].prediction.threshold}%`;
   ui.strip.append(line);
+  const gaps = slices.some((slice) => slice.missingBefore);
+  ui.stripLegendGap.hidden = !gaps;
   slices.forEach((slice, index) => {
+    // Each failed file between two slices keeps its place in the strip, empty: a missing slice, not a neighbour.
+    for (let missing = 0; missing < (slice.missingBefore ?? 0); missing += 1) {
+      const gap = document.createElement("div");
+      gap.className = "strip-gap";
+      ui.strip.append(gap);
+    }
     const bar = document.createElement("div");
     const { prediction } = slice;
     bar.className = `strip-bar ${prediction.tumor_detected ? "positive" : "negative"}`;

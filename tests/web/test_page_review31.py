@@ -1,12 +1,14 @@
 """The page's fixes from browser review 31: a DICOM slice drawn and named from the file the server read, not from a
-refused repeat of its instance."""
+refused repeat of its instance; a failed file inside a raster series is a missing slice in the strip."""
 
 from __future__ import annotations
 
+import copy
 import json
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 from PIL import Image
@@ -14,7 +16,7 @@ from playwright.sync_api import Page, expect
 from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
-from tests.web.test_page_series_answers import png_bytes, upload, write_series
+from tests.web.test_page_series_answers import RASTER_SERIES, png_bytes, upload, write_series
 
 
 def brightest_drawn(page: Page) -> int:
@@ -198,3 +200,53 @@ def test_files_too_large_together_are_not_called_one_file_too_large(page: Page, 
         expect(page.locator("#error-title")).to_have_text(titles[code])
         expect(page.locator("#error-detail")).to_have_text(f"Server message: {message}")
         page.unroute("**/v1/predict/batch*")
+
+
+# ------------------------------------------------------------------- F8: a failed file inside a raster series
+
+
+def test_a_failed_file_inside_a_raster_series_is_a_missing_slice_not_a_gapless_neighbour(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """The server's series clean-up takes a failed file between two slices as a missing slice; the page's strip and
+    its "next to a slice with tumor" marks took the slices either side of it as neighbours."""
+    broken = tmp_path / "TCGA_DU_A5TW_19980228_20b.png"  # sorts between _20 and _21, as the page orders names
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a whole PNG")
+    sent = [RASTER_SERIES[0], RASTER_SERIES[1], broken, RASTER_SERIES[2], RASTER_SERIES[3]]
+    answer = httpx.post(
+        f"{live_server}/v1/predict/batch?mask_format=png&series=true",
+        files=[("files", (path.name, path.read_bytes(), "image/jpeg")) for path in RASTER_SERIES],
+        timeout=60,
+    ).json()
+    faked = copy.deepcopy(answer)
+    # Near and beside the tumor; tumor; (failed); near, beside the tumor only across the failed file; tumor-free.
+    for item, probability in zip(faked["results"], [0.100, 0.6, 0.105, 0.075], strict=True):
+        prediction = item["prediction"]
+        prediction.update(threshold=0.116, tumor_probability=probability, tumor_detected=probability >= 0.116)
+        if not prediction["tumor_detected"]:
+            prediction["mask"] = None
+    failed = {"index": 2, "ok": False, "error": {"code": "invalid_image", "message": "the PNG data breaks off"}}
+    faked["results"] = [*faked["results"][:2], failed, *faked["results"][2:]]
+    for index, item in enumerate(faked["results"]):
+        item["index"] = index
+    page.route(
+        "**/v1/predict/batch*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(faked)),
+    )
+    page.goto(live_server)
+
+    upload(page, sent)
+
+    # The strip keeps the failed file's place, empty, between the second and third slice.
+    assert page.locator("#strip > div:not(.strip-threshold)").evaluate_all(
+        "items => items.map((item) => item.className.includes('strip-gap') ? 'gap' : item.dataset.index)"
+    ) == ["0", "1", "gap", "2", "3"]
+    beside = page.locator("#strip .strip-bar").evaluate_all(
+        "bars => bars.map((bar) => bar.classList.contains('beside-tumor'))"
+    )
+    assert beside == [True, False, False, False]
+    expect(page.locator("#slice-summary")).to_have_text(
+        "4 slices, 1 with tumor, 2 close to the threshold (1 of them next to a slice with tumor)"
+    )
+    expect(page.locator("#strip-legend")).to_contain_text("Hatched space: a file that could not be analysed")
+    expect(page.locator("#file-errors")).to_contain_text("TCGA_DU_A5TW_19980228_20b.png (the PNG data breaks off)")
