@@ -1161,25 +1161,51 @@ export function stretchRange(arrays) {
   return [low, high];
 }
 
+/**
+ * Is this picture's Level/Width scale the series' own reversed? Only in a series that mixes MONOCHROME1 and
+ * MONOCHROME2 frames: its MONOCHROME2 frames when every other one is inverted, else its MONOCHROME1 frames.
+ */
+const reversedScale = (picture) => Boolean(picture.inverted) !== Boolean(series.inverted);
+
 function setUpWindow(slices) {
-  const arrays = slices.flatMap((slice) => (slice.picture?.values?.length ? [slice.picture.values] : []));
-  ui.windowControls.hidden = arrays.length === 0;
-  if (arrays.length === 0) {
+  const pictures = slices.flatMap((slice) => (slice.picture?.values?.length ? [slice.picture] : []));
+  ui.windowControls.hidden = pictures.length === 0;
+  if (pictures.length === 0) {
     return;
   }
+  // A MONOCHROME1 series keeps its values (the file's window applies to them) and is drawn inverted: one scale and
+  // one inversion for the whole series, as the server negates every frame alike (app/dicom/dicom_input.py).
+  series.inverted = pictures.every((picture) => picture.inverted);
   // The sliders reach every value; the default window is what the models saw, unless the files carry their own.
   let min = Infinity;
   let max = -Infinity;
-  for (const values of arrays) {
-    for (const value of values) {
-      if (value < min) min = value;
-      if (value > max) max = value;
+  for (const picture of pictures) {
+    const sign = reversedScale(picture) ? -1 : 1;
+    for (const value of picture.values) {
+      if (sign * value < min) min = sign * value;
+      if (sign * value > max) max = sign * value;
     }
   }
   const span = Math.max(1, max - min);
-  const [low, high] = stretchRange(arrays);
-  const preset = slices.find((slice) => slice.window)?.window;
-  series.defaultWindow = preset ?? { center: (low + high) / 2, width: Math.max(1, high - low) };
+  // The server's stretch is of its values, higher = brighter: MONOCHROME1 values negated (not a mirror image of the
+  // stretch of the stored values: its rules for the two ends differ). Negated in place and back (exact), not copied:
+  // a long series' values are hundreds of MB.
+  const negate = () => pictures.forEach((picture) => picture.inverted && picture.values.forEach(
+    (value, at, values) => { values[at] = -value; },
+  ));
+  negate();
+  let low;
+  let high;
+  try {
+    [low, high] = stretchRange(pictures.map((picture) => picture.values));
+  } finally {
+    negate();
+  }
+  const stretch = { center: ((series.inverted ? -1 : 1) * (low + high)) / 2, width: Math.max(1, high - low) };
+  const preset = slices.find((slice) => slice.window && slice.picture);
+  series.defaultWindow = preset
+    ? { ...preset.window, center: (reversedScale(preset.picture) ? -1 : 1) * preset.window.center }
+    : stretch;
   ui.windowLevel.min = String(min);
   ui.windowLevel.max = String(max);
   ui.windowWidth.min = "1";
@@ -1205,9 +1231,12 @@ function pictureImageData(picture) {
   const center = Number(ui.windowLevel.value);
   const width = Math.max(1, Number(ui.windowWidth.value));
   const low = center - width / 2;
+  const sign = reversedScale(picture) ? -1 : 1;
+  // A MONOCHROME1 series: windowed as its values are, then inverted (low values bright).
+  const [offset, scale] = series.inverted ? [255, -255] : [0, 255];
   const image = new ImageData(picture.width, picture.height);
   for (let i = 0; i < picture.values.length; i += 1) {
-    const grey = Math.min(255, Math.max(0, ((picture.values[i] - low) / width) * 255));
+    const grey = offset + scale * Math.min(1, Math.max(0, (sign * picture.values[i] - low) / width));
     image.data[i * 4] = grey;
     image.data[i * 4 + 1] = grey;
     image.data[i * 4 + 2] = grey;

@@ -640,13 +640,15 @@ export function readDicom(buffer) {
       }
       values[i] = stored * slope + intercept;
     }
-    if (found.photometric === "MONOCHROME1") {
-      invert(values, padded);
-    }
+    // MONOCHROME1 (low values bright) keeps its values: the file's Window Center and Width apply to them as they
+    // are, and the page inverts the grey when it draws (`inverted`), for every frame alike, where inverting each
+    // frame around its own range put a series' slices on different scales. The server negates them
+    // (app/dicom/dicom_input.py), the same for every frame; the page's default window is its stretch of those.
+    const inverted = found.photometric === "MONOCHROME1";
     if (padded) {
-      fillPadding(values, padded);
+      fillPadding(values, padded, inverted);
     }
-    header.frames.push({ width: columns, height: rows, values, bits: bitsAllocated });
+    header.frames.push({ width: columns, height: rows, values, bits: bitsAllocated, inverted });
   }
   return header;
 }
@@ -671,12 +673,16 @@ function paddingRange(found, signed) {
   return [Math.min(value, limit), Math.max(value, limit)];
 }
 
-/** Padding pixels set to the darkest pixel of the image itself, as the server does; left be when all or none are. */
-function fillPadding(values, padded) {
+/**
+ * Padding pixels set to the darkest pixel of the image itself, as the server does; left be when all or none are.
+ * Darkest as drawn: the highest value of an `inverted` (MONOCHROME1) frame.
+ */
+function fillPadding(values, padded, inverted = false) {
+  const sign = inverted ? -1 : 1;
   let darkest = Infinity;
   for (let i = 0; i < values.length; i += 1) {
-    if (!padded[i] && values[i] < darkest) {
-      darkest = values[i];
+    if (!padded[i] && sign * values[i] < darkest) {
+      darkest = sign * values[i];
     }
   }
   if (darkest === Infinity || !padded.includes(1)) {
@@ -684,7 +690,7 @@ function fillPadding(values, padded) {
   }
   for (let i = 0; i < values.length; i += 1) {
     if (padded[i]) {
-      values[i] = darkest;
+      values[i] = sign * darkest;
     }
   }
 }

@@ -1,5 +1,6 @@
 """The page's fixes from browser review 31: a DICOM slice drawn and named from the file the server read, not from a
-refused repeat of its instance; a failed file inside a raster series is a missing slice in the strip."""
+refused repeat of its instance; a MONOCHROME1 series on one scale, under its file's window; a failed file inside a
+raster series is a missing slice in the strip."""
 
 from __future__ import annotations
 
@@ -145,6 +146,55 @@ def overlay_band() -> np.ndarray:
     band = np.zeros((256, 256), np.uint16)
     band[100:110] = 0x8000
     return band
+
+
+# ------------------------------------------------------------------------------------- F5: MONOCHROME1 windows
+
+
+def test_a_monochrome1_series_is_drawn_on_one_scale_with_the_file_window_applied_as_it_is(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """The page inverted each MONOCHROME1 frame around its own range, so a series' slices were not on one scale (the
+    server negates every frame alike), and applied the file's Window Center to the inverted values, where it applies
+    to the stored ones. A MONOCHROME1 series storing 4095 - v is drawn as the MONOCHROME2 series storing v, every
+    slice, with and without a window in the files; the Level shown is in the file's own values."""
+    top = 4095
+    heads = [channel.astype(np.uint16) * 4 for channel in tumor_channels()]  # maxima differ: 828, 892, 772
+    center, width = 300, 500
+    cases = {
+        "monochrome2": (heads, "MONOCHROME2", {}),
+        "monochrome1": ([top - head for head in heads], "MONOCHROME1", {}),
+        "monochrome2-window": (heads, "MONOCHROME2", {"WindowCenter": center, "WindowWidth": width}),
+        "monochrome1-window": (
+            [top - head for head in heads],
+            "MONOCHROME1",
+            {"WindowCenter": top - center, "WindowWidth": width},
+        ),
+    }
+    page.goto(live_server)
+    drawn = {}
+    for name, (images, photometric, attributes) in cases.items():
+        datasets = mr_series(images)
+        for dataset in datasets:
+            dataset.PhotometricInterpretation = photometric
+            for keyword, value in attributes.items():
+                setattr(dataset, keyword, value)
+        (tmp_path / name).mkdir()
+        upload(page, write_series(datasets, tmp_path / name))
+        drawn[name] = []
+        for number in ("1", "2", "3"):
+            page.locator("#slice-slider").fill(number)
+            drawn[name].append(drawn_slice(page))
+
+    for inverted, reference in (("monochrome1", "monochrome2"), ("monochrome1-window", "monochrome2-window")):
+        for number, ((level, width_shown, grey), (expected_level, expected_width, expected_grey)) in enumerate(
+            zip(drawn[inverted], drawn[reference], strict=True), start=1
+        ):
+            assert float(level) == top - float(expected_level), f"{inverted} slice {number}"
+            assert float(width_shown) == float(expected_width), f"{inverted} slice {number}"
+            differing = int(np.count_nonzero(np.abs(np.array(grey) - np.array(expected_grey)) > 1))
+            assert differing == 0, f"{inverted} slice {number}: {differing} pixels drawn otherwise than {reference}"
+    assert float(drawn["monochrome1-window"][0][0]) == top - center  # the file's Window Center, as it is
 
 
 # --------------------------------------------------------------------------- F6: the folders inside a zip
