@@ -211,7 +211,11 @@ def read_dicom_header(
             pixel_position = -1  # deflated pixel data is native: no codestream to check
         else:
             buffer = _ShortReadWatch(data)
-            dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
+            try:
+                dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
+            except Exception:
+                buffer.raise_if_exceeded()  # pydicom turns a failed read of an item's tag into OSError "No tag..."
+                raise
             check_sequences_left_raw(dataset, buffer.reads)
             pixel_position, inflated = buffer.tell(), 0
             has_pixels = _pixel_data_tag_at(data, pixel_position)
@@ -262,10 +266,12 @@ class _ShortReadWatch(io.BytesIO):
         self._partial = False
         self._empty = 0
         self._reads = 0
+        self._exceeded = False
 
     def read(self, size: int | None = -1, /) -> bytes:
         self._reads += 1
         if self._reads > MAX_HEADER_READS:
+            self._exceeded = True
             raise_too_many_elements()
         output = super().read(size)
         if size is not None and size > 0 and len(output) < size:
@@ -279,6 +285,14 @@ class _ShortReadWatch(io.BytesIO):
     def reads(self) -> int:
         """How many reads pydicom has made so far."""
         return self._reads
+
+    def raise_if_exceeded(self) -> None:
+        """Raise `raise_too_many_elements`'s error if a read went past `MAX_HEADER_READS`, whatever pydicom made of
+        it: its read of an item's tag re-raises any exception as ``OSError("No tag to read at file position ...")``,
+        which read as a truncated or corrupt file (a valid 2,048-frame Enhanced MR with sequences of undefined
+        length, interop review 31)."""
+        if self._exceeded:
+            raise_too_many_elements()
 
     @property
     def cut(self) -> bool:
@@ -426,13 +440,14 @@ def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple
         return reached_pixels
 
     cut = inflated > len(kept)
+    stream = _ShortReadWatch(bytes(kept))
     try:
-        stream = _ShortReadWatch(bytes(kept))
         dataset = read_dataset(DicomFileLike(stream), False, True, stop_when=at_pixel_data)
         check_sequences_left_raw(dataset, stream.reads)
     except ServiceError:
         raise
     except Exception:
+        stream.raise_if_exceeded()
         if not cut or reached_pixels:
             raise
         dataset = None

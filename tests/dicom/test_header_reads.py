@@ -1,0 +1,53 @@
+"""A header past `MAX_HEADER_READS` is refused as such, whatever pydicom is reading when the limit falls (interop
+review 31): a valid 2,048-frame Enhanced MR whose functional groups are sequences of undefined length (as dcmtk and
+Orthanc store them) was recorded by pacs-sync as "DICOM file cannot be read (truncated or corrupt): No tag to read at
+file position ...", because pydicom re-raises any exception of its read of an item's tag as that OSError."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+from app.dicom import dicom_header
+from app.dicom.dicom_header import read_dicom_header
+from app.errors import UndecodableDicomError
+from tests.dicom.builders import Study, mr_dataset, tumor_channels
+
+
+def _with_items_of_undefined_length(transfer_syntax: str) -> bytes:
+    """One MR instance with a sequence of undefined length of 300 items of undefined length before its pixels."""
+    dataset = mr_dataset(tumor_channels()[0], Study(), "1.2.3.4")
+    items = []
+    for index in range(300):
+        item = Dataset()
+        item.ReferencedSOPClassUID = dataset.SOPClassUID
+        item.ReferencedSOPInstanceUID = f"1.2.3.{index + 1}"
+        item.is_undefined_length_sequence_item = True
+        items.append(item)
+    dataset.ReferencedImageSequence = Sequence(items)
+    dataset["ReferencedImageSequence"].is_undefined_length = True
+    dataset.file_meta.TransferSyntaxUID = transfer_syntax
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+def test_the_read_limit_is_named_wherever_it_falls_in_a_sequence(
+    transfer_syntax: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _with_items_of_undefined_length(transfer_syntax)
+    for limit in range(400, 412):  # inside the sequence: each read of it in turn, an item's tag among them
+        monkeypatch.setattr(dicom_header, "MAX_HEADER_READS", limit)
+        with pytest.raises(UndecodableDicomError, match="too many data elements"):
+            read_dicom_header(data)
+
+
+def test_the_same_instance_within_the_limit_is_read() -> None:
+    for transfer_syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+        header = read_dicom_header(_with_items_of_undefined_length(transfer_syntax))
+        assert len(header.dataset.ReferencedImageSequence) == 300
