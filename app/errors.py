@@ -233,6 +233,11 @@ class UndecodableDicomError(ServiceError):
     kind = ErrorKind.INVALID_INPUT
 
 
+class TooManyDicomElementsError(UndecodableDicomError):
+    """A DICOM header of more data elements than the service reads (`app.dicom.dicom_header.MAX_HEADER_READS`): a
+    valid object may be one (an Enhanced MR of thousands of frames), so the DICOM node takes it without keeping it."""
+
+
 class UnsupportedDicomError(ServiceError):
     """A DICOM object we do not read: a non-image or non-MR SOP class, or a transfer syntax without a decoder."""
 

@@ -36,6 +36,7 @@ from app.errors import (
     OtherModalityCaptureError,
     OverMemoryBudgetError,
     ServiceError,
+    TooManyDicomElementsError,
     UndecodableDicomError,
     UnsupportedSopClassError,
     decoder_reason,
@@ -301,7 +302,7 @@ class _ShortReadWatch(io.BytesIO):
 
 def raise_too_many_elements() -> NoReturn:
     """Stop pydicom reading a header of more than `MAX_HEADER_READS` reads (`_ShortReadWatch`)."""
-    raise UndecodableDicomError(
+    raise TooManyDicomElementsError(
         f"DICOM header has too many data elements (over {MAX_HEADER_READS} reads before the pixel data); refused "
         "before it was read whole"
     )

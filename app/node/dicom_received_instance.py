@@ -69,6 +69,7 @@ from app.errors import (
     OtherModalityCaptureError,
     OverMemoryBudgetError,
     ServiceError,
+    TooManyDicomElementsError,
     UnsupportedSopClassError,
 )
 
@@ -174,7 +175,8 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     """Where the instance `data` (Part 10 bytes as received by C-STORE) goes, if the node may keep it.
 
     Not kept, and answered Success (`InstanceNotKeptError`): a colour image or a Secondary Capture of another
-    modality, valid objects of the study the models have no use for. Refused with `InstanceRefusedError`: what
+    modality, valid objects of the study the models have no use for, and an object whose header holds more data
+    elements than the service reads (`TooManyDicomElementsError`). Refused with `InstanceRefusedError`: what
     `read_dicom_header` refuses besides (a truncated or garbled header, a class other than the MR ones, no pixel
     data...), a deflated data set that inflates past `max_bytes`, native pixel data shorter than its image
     (`check_native_pixel_data`), a malformed geometry or rescale value (`check_frame_attributes`: a position of two
@@ -190,7 +192,9 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         check_frame_attributes(header)
     except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
         raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error
-    except (ColourDicomError, OtherModalityCaptureError) as error:
+    except (ColourDicomError, OtherModalityCaptureError, TooManyDicomElementsError) as error:
+        # A header too large to read may be a valid object of the study (an Enhanced MR of thousands of frames, a
+        # diffusion or functional run): refused, it failed a router's whole send of the study, as Orthanc's is.
         raise InstanceNotKeptError(without_found_values(error.message)) from error
     except (UnsupportedSopClassError, DicomWithoutPixelDataError) as error:
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, without_found_values(error.message)) from error
