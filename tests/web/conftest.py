@@ -156,3 +156,20 @@ def screenshot_dir(tmp_path: Path) -> Path:
     directory = Path(configured)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def series_answer_with(live_server: str, slices: list[Path], probabilities: list[float], threshold: float) -> dict:
+    """The server's answer for `slices` sent as one series, its probabilities replaced by `probabilities` at
+    `threshold` (a slice below it loses its mask): for tests of what the page shows near a threshold, which the tiny
+    models cannot be made to give."""
+    answer = httpx.post(
+        f"{live_server}/v1/predict/batch?mask_format=png&series=true",
+        files=[("files", (path.name, path.read_bytes(), "image/jpeg")) for path in slices],
+        timeout=60,
+    ).json()
+    for item, probability in zip(answer["results"], probabilities, strict=True):
+        prediction = item["prediction"]
+        prediction.update(threshold=threshold, tumor_probability=probability, tumor_detected=probability >= threshold)
+        if not prediction["tumor_detected"]:
+            prediction["mask"] = None
+    return answer

@@ -5,17 +5,16 @@ the /docs link with keys, and the file line after Cancel."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.web.conftest import series_answer_with
 from tests.web.test_page_series_answers import upload
 
 RASTER_SERIES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
@@ -201,20 +200,8 @@ def test_close_to_the_threshold_scales_with_it_and_singles_out_slices_beside_tum
 ) -> None:
     """Around a threshold of 0.116, ±0.05 flagged a third of a series (the model's baseline on tumor-free slices) and
     gave the missed tumor edges the same dot."""
-    answer = httpx.post(
-        f"{live_server}/v1/predict/batch?mask_format=png&series=true",
-        files=[("files", (path.name, path.read_bytes(), "image/jpeg")) for path in RASTER_SERIES],
-        timeout=60,
-    ).json()
-    faked = copy.deepcopy(answer)
     # Near but beside no tumor; baseline (near under the old ±0.05); near and beside the tumor; tumor.
-    for item, probability in zip(faked["results"], [0.100, 0.075, 0.105, 0.6], strict=True):
-        prediction = item["prediction"]
-        prediction["threshold"] = 0.116
-        prediction["tumor_probability"] = probability
-        prediction["tumor_detected"] = probability >= 0.116
-        if not prediction["tumor_detected"]:
-            prediction["mask"] = None
+    faked = series_answer_with(live_server, RASTER_SERIES, [0.100, 0.075, 0.105, 0.6], threshold=0.116)
     page.route(
         "**/v1/predict/batch*",
         lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(faked)),

@@ -4,12 +4,10 @@ raster series is a missing slice in the strip."""
 
 from __future__ import annotations
 
-import copy
 import json
 import zipfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pydicom
 from PIL import Image
@@ -17,6 +15,7 @@ from playwright.sync_api import Page, expect
 from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.web.conftest import series_answer_with
 from tests.web.test_page_series_answers import RASTER_SERIES, png_bytes, upload, write_series
 
 
@@ -263,18 +262,8 @@ def test_a_failed_file_inside_a_raster_series_is_a_missing_slice_not_a_gapless_n
     broken = tmp_path / "TCGA_DU_A5TW_19980228_20b.png"  # sorts between _20 and _21, as the page orders names
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not a whole PNG")
     sent = [RASTER_SERIES[0], RASTER_SERIES[1], broken, RASTER_SERIES[2], RASTER_SERIES[3]]
-    answer = httpx.post(
-        f"{live_server}/v1/predict/batch?mask_format=png&series=true",
-        files=[("files", (path.name, path.read_bytes(), "image/jpeg")) for path in RASTER_SERIES],
-        timeout=60,
-    ).json()
-    faked = copy.deepcopy(answer)
     # Near and beside the tumor; tumor; (failed); near, beside the tumor only across the failed file; tumor-free.
-    for item, probability in zip(faked["results"], [0.100, 0.6, 0.105, 0.075], strict=True):
-        prediction = item["prediction"]
-        prediction.update(threshold=0.116, tumor_probability=probability, tumor_detected=probability >= 0.116)
-        if not prediction["tumor_detected"]:
-            prediction["mask"] = None
+    faked = series_answer_with(live_server, RASTER_SERIES, [0.100, 0.6, 0.105, 0.075], threshold=0.116)
     failed = {"index": 2, "ok": False, "error": {"code": "invalid_image", "message": "the PNG data breaks off"}}
     faked["results"] = [*faked["results"][:2], failed, *faked["results"][2:]]
     for index, item in enumerate(faked["results"]):
