@@ -449,23 +449,19 @@ export async function readTiff(buffer) {
     values[i] = sum / colour;
   }
   if (tags[262]?.[0] === 0) {
-    invert(values);
+    invertMinIsWhite(values, bits, signed);
   }
   return { width, height, values, bits };
 }
 
-/** MONOCHROME1 and MinIsWhite: brighter = higher, over the range of the pixels that are image (`padded`: not those). */
-function invert(values, padded = null) {
-  let max = -Infinity;
-  let min = Infinity;
+/**
+ * MinIsWhite: brighter = higher, by the bitwise complement of the sample type, as the server turns it (numpy's invert in
+ * app/imaging.py): every slice of a series the same map, where turning each around its own range shifted each by its own.
+ */
+function invertMinIsWhite(values, bits, signed) {
+  const top = signed ? -1 : 2 ** bits - 1;
   for (let i = 0; i < values.length; i += 1) {
-    if (!padded?.[i]) {
-      max = Math.max(max, values[i]);
-      min = Math.min(min, values[i]);
-    }
-  }
-  for (let i = 0; i < values.length; i += 1) {
-    values[i] = max + min - values[i];
+    values[i] = top - values[i];
   }
 }
 

@@ -1,6 +1,6 @@
 """The page's fixes from browser review 31: a DICOM slice drawn and named from the file the server read, not from a
-refused repeat of its instance; a MONOCHROME1 series on one scale, under its file's window; a failed file inside a
-raster series is a missing slice in the strip."""
+refused repeat of its instance; a MONOCHROME1 series on one scale, under its file's window, and a MinIsWhite TIFF
+series too; a failed file inside a raster series is a missing slice in the strip."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import tifffile
 from PIL import Image
 from playwright.sync_api import Page, expect
 from pydicom.fileset import FileSet
@@ -194,6 +195,32 @@ def test_a_monochrome1_series_is_drawn_on_one_scale_with_the_file_window_applied
             differing = int(np.count_nonzero(np.abs(np.array(grey) - np.array(expected_grey)) > 1))
             assert differing == 0, f"{inverted} slice {number}: {differing} pixels drawn otherwise than {reference}"
     assert float(drawn["monochrome1-window"][0][0]) == top - center  # the file's Window Center, as it is
+
+
+def test_a_miniswhite_tiff_series_is_drawn_as_the_minisblack_series_of_the_same_values(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """The page turned each MinIsWhite TIFF around its own range, so the slices of a series were shifted each by its
+    own amount under the series' one window (the server takes the complement of the sample type, the same for every
+    slice). A 16-bit MinIsWhite series storing 65535 - v is drawn as the MinIsBlack series storing v, every slice."""
+    heads = [channel.astype(np.uint16) * 4 for channel in tumor_channels()]  # maxima differ: 828, 892, 772
+    page.goto(live_server)
+    drawn = {}
+    for photometric, images in (("minisblack", heads), ("miniswhite", [np.invert(head) for head in heads])):
+        (tmp_path / photometric).mkdir()
+        paths = [tmp_path / photometric / f"slice_{index}.tif" for index in range(len(images))]
+        for path, image in zip(paths, images, strict=True):
+            tifffile.imwrite(path, image, photometric=photometric)
+        upload(page, paths)
+        drawn[photometric] = []
+        for number in ("1", "2", "3"):
+            page.locator("#slice-slider").fill(number)
+            drawn[photometric].append(drawn_slice(page))
+
+    for number, (inverted, reference) in enumerate(zip(drawn["miniswhite"], drawn["minisblack"], strict=True), 1):
+        assert inverted[:2] == reference[:2], f"slice {number}: the default window"
+        differing = int(np.count_nonzero(np.abs(np.array(inverted[2]) - np.array(reference[2])) > 1))
+        assert differing == 0, f"slice {number}: {differing} pixels drawn otherwise than the MinIsBlack slice"
 
 
 # --------------------------------------------------------------------------- F6: the folders inside a zip
