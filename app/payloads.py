@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from app import masks, schemas
-from app.dicom.dicom_series import SliceInput
+from app.dicom.dicom_frame import offsets_along_normal
+from app.dicom.dicom_series import SliceInput, slices_missing_before
 from app.errors import ServiceError
 from app.inference import SlicePrediction
 from app.series_choice import SeriesChoice, SeriesUse
@@ -66,15 +67,21 @@ def series_slices(
     threshold: float,
     mask_format: schemas.MaskFormat,
 ) -> list[schemas.SeriesSlice]:
-    """One entry per slice of a DICOM series, naming the instance (and frame) the FLAIR channel came from."""
+    """One entry per slice of a DICOM series, naming the instance (and frame) the FLAIR channel came from, with its
+    place in the volume: position along the slice normal, and the slices missing before it."""
+    frames = [slice_input.reference for slice_input in inputs]
+    offsets = offsets_along_normal(frames)
+    missing = slices_missing_before(frames)
     return [
         schemas.SeriesSlice(
             index=index,
-            sop_instance_uid=slice_input.reference.sop_instance_uid,
-            frame_number=slice_input.reference.frame_number,
+            sop_instance_uid=frame.sop_instance_uid,
+            frame_number=frame.frame_number,
+            position_along_normal_mm=None if offsets is None else float(offsets[index]),
+            slices_missing_before=missing[index],
             prediction=slice_payload(prediction, threshold, mask_format),
         )
-        for index, (slice_input, prediction) in enumerate(zip(inputs, predictions, strict=True))
+        for index, (frame, prediction) in enumerate(zip(frames, predictions, strict=True))
     ]
 
 

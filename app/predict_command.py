@@ -315,6 +315,8 @@ class PredictRun:
                 "file": None if position is None else str(self.files[position]),
                 "sop_instance_uid": item.sop_instance_uid,
                 "frame_number": item.frame_number,
+                "position_along_normal_mm": item.position_along_normal_mm,
+                "slices_missing_before": item.slices_missing_before,
             }
             results.append(self._result(entry, prediction, item.prediction, target))
         failures = [

@@ -136,6 +136,15 @@ class SeriesSlice(BaseModel):
     index: int = Field(ge=0, description="position of the slice in the series as sent")
     sop_instance_uid: str = Field(description="the FLAIR instance the slice was read from")
     frame_number: int = Field(ge=1, description="frame within that instance, from 1")
+    position_along_normal_mm: float | None = Field(
+        description="the slice's Image Position (Patient) along the series' slice normal, in mm: sorted ascending, "
+        "the anatomical order the series clean-up and the volume use; null unless every slice has a position"
+    )
+    slices_missing_before: int = Field(
+        ge=0,
+        description="slices missing between this slice and the one before it in that order (counted in the "
+        "series' spacing; they add up to slices_missing): where a viewer leaves room for them",
+    )
     prediction: Prediction
 
 

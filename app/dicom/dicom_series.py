@@ -486,8 +486,19 @@ def missing_slices(frames: Sequence[DicomFrame]) -> int:
     (`slice_spacing_mm`): files that could not be read, or a client that sent part of a series, so the tumor volume
     leaves them out. 0 without positions for every frame (nothing is known of gaps), and for two frames (their
     distance is the spacing)."""
-    steps = _steps_in_spacings(frames, anatomical_order(frames))
-    return 0 if steps is None else int(sum(max(0, round(float(step)) - 1) for step in steps))
+    return sum(slices_missing_before(frames))
+
+
+def slices_missing_before(frames: Sequence[DicomFrame]) -> list[int]:
+    """For each frame, as given, the slices missing between it and the frame before it in `anatomical_order` (see
+    `missing_slices`): where a viewer leaves room for them. All 0 when nothing is known of gaps."""
+    missing = [0] * len(frames)
+    order = anatomical_order(frames)
+    steps = _steps_in_spacings(frames, order)
+    if steps is not None:
+        for place, step in enumerate(steps):
+            missing[order[place + 1]] = max(0, round(float(step)) - 1)
+    return missing
 
 
 def _steps_in_spacings(frames: Sequence[DicomFrame], order: Sequence[int]) -> np.ndarray | None:

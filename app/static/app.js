@@ -34,6 +34,9 @@ const TEXT_ENTRY = "input:not([type=file], [type=range], [type=checkbox], [type=
 const VOLUME_ANNOUNCE_DELAY_MS = 500;
 // Past this many slices the probability strip's bars touch: 1 px gaps would take most of a phone's strip.
 const DENSE_STRIP_SLICES = 64;
+// Most missing slices drawn in one place of the strip: a DICOM series' positions may put any distance between two
+// slices (the count stays in the volume's caveat).
+const MAX_GAP_DRAWN = 16;
 
 // The first bytes of PNG, JPEG and TIFF (also BigTIFF) files, as app/imaging.py's _SIGNATURES judges them.
 const RASTER_SIGNATURES = [
@@ -674,19 +677,16 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
 }
 
 /**
- * The answer's slices from one end of the volume to the other, as the service orders them for its clean-up: by
- * position along the slice normal when every file gives one (single-frame files), else by Instance Number and frame,
- * else as sent. Files chosen from a folder come in name order, which for UID-named files is no order at all.
+ * The answer's slices from one end of the volume to the other, as the service orders them for its clean-up and counts
+ * the slices missing between them (`slices_missing_before`): by the position along the slice normal it gives each
+ * slice (multi-frame files too), else by Instance Number and frame, else as sent. Files chosen from a folder come in
+ * name order, which for UID-named files is no order at all.
  */
 function anatomicalOrder(items, frames) {
   const headers = items.map((item) => frames.get(item.sop_instance_uid)?.header);
   let keys = items.map((item) => item.index);
-  const single = headers.every((header) => header && header.frames.length <= 1);
-  const orientation = headers.find((header) => header?.imageOrientation)?.imageOrientation;
-  if (single && orientation && headers.every((header) => header.imagePosition)) {
-    const [rx, ry, rz, cx, cy, cz] = orientation;
-    const normal = [ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx];
-    keys = headers.map(({ imagePosition: [x, y, z] }) => x * normal[0] + y * normal[1] + z * normal[2]);
+  if (items.every((item) => Number.isFinite(item.position_along_normal_mm))) {
+    keys = items.map((item) => item.position_along_normal_mm);
   } else if (headers.every((header) => Number.isFinite(header?.instanceNumber))) {
     keys = items.map((item, at) => headers[at].instanceNumber * 1e6 + item.frame_number);
   }
@@ -729,6 +729,9 @@ async function dicomSeries(answer, files, headers) {
       window: source?.header.window ?? null,
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: source?.header.pixelSpacing ?? null,
+      // Slices missing between this one and the one before (positions further apart than the series' spacing):
+      // room for them in the strip, and the two are no neighbours.
+      missingBefore: position === 0 ? 0 : Math.min(item.slices_missing_before ?? 0, MAX_GAP_DRAWN),
     });
   }
   throwIfNothingWorked(slices, failures);

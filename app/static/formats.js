@@ -473,8 +473,6 @@ const WANTED = {
   "00180050": "sliceThickness",
   "00180088": "spacingBetweenSlices",
   "00200013": "instanceNumber",
-  "00200032": "imagePosition",
-  "00200037": "imageOrientation",
   "00280002": "samplesPerPixel",
   "00280004": "photometric",
   "00280008": "numberOfFrames",
@@ -582,14 +580,8 @@ export function readDicom(buffer) {
   const rows = Number(found.rows);
   const columns = Number(found.columns);
   const spacing = numbers(found.pixelSpacing);
-  const position = numbers(found.imagePosition);
-  const orientation = numbers(found.imageOrientation);
   const header = {
     sopInstanceUid: found.sopInstanceUid ?? "",
-    // Where the slice lies (top level only: an enhanced multi-frame file keeps its planes per frame), for the order
-    // of the series on the page.
-    imagePosition: position?.length === 3 && position.every(Number.isFinite) ? position : null,
-    imageOrientation: orientation?.length === 6 && orientation.every(Number.isFinite) ? orientation : null,
     instanceNumber: first(found.instanceNumber),
     rows,
     columns,

@@ -142,6 +142,11 @@ def test_a_gapped_dicom_series_says_its_volume_may_fall_short(page: Page, live_s
 
     assert answer["slices_missing"] == 2
     expect(page.locator("#volume")).to_contain_text("it may fall short: 2 slices missing between those analysed")
+    # ... and where: two hatched places between the second and third slices (5 and 20 mm), explained in the legend.
+    strip = page.locator("#strip > div:not(.strip-threshold)")
+    classes = [name.split()[0] for name in strip.evaluate_all("(parts) => parts.map((part) => part.className)")]
+    assert classes == ["strip-bar", "strip-bar", "strip-gap", "strip-gap", "strip-bar", "strip-bar"]
+    expect(page.locator("#strip-legend-gap")).to_be_visible()
     ends = "tumor on the first or last slice sent (it may go on beyond them)"
     if answer["tumor_reaches_series_end"]:
         expect(page.locator("#volume")).to_contain_text(ends)

@@ -104,6 +104,20 @@ def test_a_series_with_slices_missing_says_how_many(client: TestClient) -> None:
     assert response.json()["slices_missing"] == 2
 
 
+def test_each_slice_of_a_series_says_where_it_lies_and_what_is_missing_before_it(client: TestClient) -> None:
+    """The count alone did not say where the gap is: a viewer drew the slices either side of it as neighbours."""
+    datasets = mr_series(tumor_channels() + tumor_channels())  # 6 slices, 0 to 25 mm
+    sent = [datasets[index] for index in (5, 0, 4, 1)]  # out of order; 10 and 15 mm left out
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in sent]))
+
+    assert response.status_code == 200, response.text
+    slices = response.json()["slices"]
+    normal_positions = [item["position_along_normal_mm"] for item in slices]
+    assert normal_positions == pytest.approx([25.0, 0.0, 20.0, 5.0])
+    assert [item["slices_missing_before"] for item in slices] == [0, 0, 2, 0]  # the slice at 20 mm, after 5 mm
+
+
 def test_predict_batch_dicom_seg_matches_the_json_masks(
     client: TestClient, series_files: list[bytes], expected: list[SlicePrediction], tiny_manifest: dict
 ) -> None:
