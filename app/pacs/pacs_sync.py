@@ -145,6 +145,10 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
         if study_id is not None and study_id not in looked_at:
             _process_once_stable(studies, study_id, state, report)
             looked_at.add(study_id)
+    for study_id in state.received(studies.clock()):
+        if study_id not in looked_at:
+            _process_once_stable(studies, study_id, state, report)
+            looked_at.add(study_id)
     for study_id in state.due(studies.clock()):
         if study_id in looked_at:
             continue  # a retry waits for the next pass, however short the backoff
@@ -157,9 +161,9 @@ def _process_once_stable(
     studies: StudySync, study_id: str, state: SyncState, report: SyncReport, retry: bool = False
 ) -> None:
     """`StudySync.process`, unless `require_stable` and Orthanc says an instance of the study arrived within its
-    StableAge (``IsStable`` false): then the study is looked at again at the next pass, through the retry schedule,
-    which the state file keeps over a restart. An Orthanc that does not say, or a study deleted meanwhile, counts as
-    stable (`process` handles the latter)."""
+    StableAge (``IsStable`` false): then the study is looked at again at the next pass, as it came (a change, through
+    `SyncState.receiving`, or a retry), which the state file keeps over a restart. An Orthanc that does not say, or a
+    study deleted meanwhile, counts as stable (`process` handles the latter)."""
     client = studies.client
     if client.config.require_stable:
         try:
@@ -167,7 +171,8 @@ def _process_once_stable(
         except Exception:  # noqa: BLE001 - Orthanc down or answering nonsense: `process` meets it, logs and retries
             study = None
         if study is not None and study.get("IsStable") is False:
-            state.retries[study_id] = studies.clock() + client.config.poll_seconds
+            schedule = state.retries if retry else state.receiving
+            schedule[study_id] = studies.clock() + client.config.poll_seconds
             return
     report.count(studies.process(study_id, state, retry=retry))
 

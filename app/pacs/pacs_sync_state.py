@@ -47,6 +47,10 @@ class SyncState:
         Orthanc study ID -> [study fingerprint, failed attempts] for failures Orthanc would not let pacs-sync record
         (its metadata write refused): the attempts are counted here instead, so such a study is not analysed and
         stored again at every retry without end.
+    receiving
+        Orthanc study ID -> when to look at it again, for a study a change brought while Orthanc said it was still
+        receiving instances: looked at then as that change would have been, so a failed study keeps its retry time
+        (`retries`) when something else arrives in it.
     """
 
     path: Path | None = None
@@ -54,6 +58,7 @@ class SyncState:
     retries: dict[str, float] = field(default_factory=dict)
     unresolved: dict[str, int] = field(default_factory=dict)
     unrecorded_failures: dict[str, list[Any]] = field(default_factory=dict)
+    receiving: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None) -> SyncState:
@@ -75,6 +80,7 @@ class SyncState:
                 str(study): [str(print_), int(attempts)]
                 for study, (print_, attempts) in data.get("unrecorded_failures", {}).items()
             }
+            receiving = {str(study): float(due) for study, due in data.get("receiving", {}).items()}
         except OSError as error:  # a folder, no permission: removing it would be the wrong advice
             what = "is a folder; PACS_STATE_FILE names a file" if path.is_dir() else "cannot be opened"
             raise SyncStateError(
@@ -87,7 +93,7 @@ class SyncState:
             ) from error
         if last_change < 0:
             raise SyncStateError(f"pacs-sync state file {path}: last_change must be >= 0; got {last_change}")
-        return cls(path, last_change, retries, unresolved, unrecorded)
+        return cls(path, last_change, retries, unresolved, unrecorded, receiving)
 
     def save(self) -> None:
         """Write the state atomically and durably (nothing when `path` is None).
@@ -104,6 +110,7 @@ class SyncState:
             "retries": self.retries,
             "unresolved": self.unresolved,
             "unrecorded_failures": self.unrecorded_failures,
+            "receiving": self.receiving,
         }
         text = json.dumps(state, sort_keys=True)
         try:
@@ -115,4 +122,16 @@ class SyncState:
 
     def due(self, now: float) -> list[str]:
         """Studies whose retry time has come, earliest first."""
-        return [study for study, when in sorted(self.retries.items(), key=lambda item: item[1]) if when <= now]
+        return _due(self.retries, now)
+
+    def received(self, now: float) -> list[str]:
+        """Studies still receiving at an earlier pass whose time to look again has come (`receiving`), earliest
+        first; taken off the list."""
+        studies = _due(self.receiving, now)
+        for study in studies:
+            del self.receiving[study]
+        return studies
+
+
+def _due(schedule: dict[str, float], now: float) -> list[str]:
+    return [study for study, when in sorted(schedule.items(), key=lambda item: item[1]) if when <= now]

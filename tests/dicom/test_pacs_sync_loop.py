@@ -9,7 +9,7 @@ import pytest
 
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import OrthancError
-from app.pacs.pacs_study import StudySync
+from app.pacs.pacs_study import StudySync, fingerprint
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
@@ -164,14 +164,50 @@ def test_a_series_stable_in_a_study_still_receiving_waits_for_the_study() -> Non
     record_writes = f"PUT /studies/st1/metadata/{SYNC_METADATA}"
 
     assert sync_once(studies, state) == SyncReport()  # the study is still receiving: not analysed
-    assert (state.last_change, state.retries) == (1, {"st1": 1000.0 + CONFIG.poll_seconds})
+    assert (state.last_change, state.receiving, state.retries) == (1, {"st1": 1000.0 + CONFIG.poll_seconds}, {})
     now[0] += CONFIG.poll_seconds
     assert sync_once(studies, state) == SyncReport()  # still receiving at the next pass
     now[0] += CONFIG.poll_seconds
 
     assert sync_once(studies, state) == SyncReport(not_analysed=1)
     assert record_writes not in session.calls[:-1] and session.calls.count(record_writes) == 1
-    assert state.retries == {}
+    assert state.retries == state.receiving == {}
+
+
+def test_a_failed_study_that_receives_something_else_keeps_its_retry_time(tmp_path: Path) -> None:
+    """Interop review 31: a failed study brought by a change while Orthanc still called it receiving (another
+    modality's instance, a report) was put on the retry schedule for the next pass, and then analysed again as a
+    retry, hours before its backoff. Now it is looked at again as the change it came with: its MR instances are
+    those of the failure, so it waits for its retry time; the state file keeps the wait over a restart."""
+    flair = {"ID": "s1", "Instances": ["i"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+    failed = {"status": "failed", "attempts": 1, "study_fingerprint": fingerprint([flair])}
+    page = {"Changes": [stable_series("s1", 1)], "Done": True, "Last": 1}
+    receiving, stable = json_answer({"ID": "st1", "IsStable": False}), json_answer({"ID": "st1", "IsStable": True})
+    answers = {
+        "GET /changes": [json_answer(page), json_answer({"Changes": [], "Done": True, "Last": 1})],
+        "GET /series/s1": [json_answer(flair)],
+        "GET /studies/st1": [receiving, stable],
+        "GET /studies/st1/series": [json_answer([flair])],
+        f"GET /studies/st1/metadata/{SYNC_METADATA}": [json_answer(failed)],
+    }
+    session = CannedSession(answers)
+    now = [1000.0]
+    studies = StudySync(
+        OrthancClient(CONFIG, session=session),
+        ModelStudyProcessor(NegativePredictor()),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
+    backoff_until = 5000.0
+    state = SyncState(tmp_path / "state.json", retries={"st1": backoff_until})
+
+    assert sync_once(studies, state) == SyncReport()  # still receiving: not looked at
+    state = SyncState.load(tmp_path / "state.json")  # a restart in between
+    assert (state.receiving, state.retries) == ({"st1": 1000.0 + CONFIG.poll_seconds}, {"st1": backoff_until})
+    now[0] += CONFIG.poll_seconds
+
+    assert sync_once(studies, state) == SyncReport(already_done=1)  # the failure's instances: not analysed again
+    assert (state.receiving, state.retries) == ({}, {"st1": backoff_until})
+    assert not any(call.startswith(("GET /instances", "POST", "PUT")) for call in session.calls)
 
 
 def test_a_study_orthanc_cannot_say_is_stable_is_processed_and_retried_as_before() -> None:
