@@ -138,6 +138,15 @@ def test_an_unreachable_orthanc_is_named_without_the_credentials_of_its_url() ->
     assert "s3cret" not in str(raised.value) and raised.value.status is None
 
 
+def studies_on_a_clock(session: CannedSession, now: list[float]) -> StudySync:
+    """A `StudySync` on the canned Orthanc whose clock reads `now[0]`, which the test moves."""
+    return StudySync(
+        OrthancClient(CONFIG, session=session),
+        ModelStudyProcessor(NegativePredictor()),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
+
+
 def test_a_series_stable_in_a_study_still_receiving_waits_for_the_study() -> None:
     """Interop review 30: a study sent whole was analysed when its FLAIR series became stable, while its T1 series
     were still arriving: an interim FLAIR-only SEG and SR, replaced minutes later. Now the study is looked at again
@@ -155,11 +164,7 @@ def test_a_series_stable_in_a_study_still_receiving_waits_for_the_study() -> Non
     }
     session = CannedSession(answers)
     now = [1000.0]
-    studies = StudySync(
-        OrthancClient(CONFIG, session=session),
-        ModelStudyProcessor(NegativePredictor()),  # type: ignore[arg-type]
-        clock=lambda: now[0],
-    )
+    studies = studies_on_a_clock(session, now)
     state = SyncState()
     record_writes = f"PUT /studies/st1/metadata/{SYNC_METADATA}"
 
@@ -192,11 +197,7 @@ def test_a_failed_study_that_receives_something_else_keeps_its_retry_time(tmp_pa
     }
     session = CannedSession(answers)
     now = [1000.0]
-    studies = StudySync(
-        OrthancClient(CONFIG, session=session),
-        ModelStudyProcessor(NegativePredictor()),  # type: ignore[arg-type]
-        clock=lambda: now[0],
-    )
+    studies = studies_on_a_clock(session, now)
     backoff_until = 5000.0
     state = SyncState(tmp_path / "state.json", retries={"st1": backoff_until})
 
