@@ -1,13 +1,18 @@
 """Service configuration: the one place that reads environment variables.
 
-Every field is read from the environment variable of the same name in upper case (MODEL_DIR, HOST, PORT, ...);
-anything else in the environment is ignored. The README's configuration table lists them all. `get_settings` turns a
-value that breaks a rule into one `SettingsError` naming each variable, so the commands can report it in one line.
+Every field is read from the environment variable of the same name in upper case (MODEL_DIR, HOST, PORT, ...;
+INFERENCE_RUNTIME also from BACKEND); anything else in the environment is ignored, unless it nearly spells a
+setting's name (`misspelt_variables`): a typo is refused rather than left to the default. The README's configuration
+table lists them all. `get_settings` turns a value that breaks a rule into one `SettingsError` naming each variable,
+so the commands can report it in one line.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,6 +36,9 @@ MIB = 1 << 20
 # "timestamp out of range for platform time_t", once the models had loaded), and a wait of over a day is a slip.
 DAY_SECONDS = 24 * 3600.0
 
+# How alike (difflib's ratio) a variable's name must be to a setting's of the same first word to be taken for a
+# misspelling of it: one letter more, less or swapped in a name of 10 or more.
+MISSPELLING_CUTOFF = 0.9
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # Never echoed in an error message: their values are credentials.
 SECRET_SETTINGS = frozenset({"api_keys", "orthanc_password"})
@@ -481,9 +489,36 @@ def get_settings() -> Settings:
         Naming every variable whose value breaks its rule.
     """
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as error:
         raise SettingsError(describe_invalid_settings(error)) from None
+    misspelt = misspelt_variables(os.environ)
+    if misspelt:
+        raise SettingsError("invalid environment variable: " + "; ".join(misspelt))
+    return settings
+
+
+def setting_variables() -> frozenset[str]:
+    """Every environment variable a setting is read from."""
+    return frozenset({*(name.upper() for name in Settings.model_fields), "BACKEND"})
+
+
+def misspelt_variables(environment: Mapping[str, str]) -> list[str]:
+    """What to say of each variable in `environment` that is no setting but nearly spells one of the same first word
+    (DICOM_NODE_DESTINATION for DICOM_NODE_DESTINATIONS): ignored as any other variable, it would leave its setting at
+    the default without a word (a node restarted so had no destination, and dropped the results waiting to be sent).
+    """
+    known = setting_variables()
+    problems = []
+    for variable in sorted(environment):
+        name = variable.upper()
+        if name in known:
+            continue
+        kin = [setting for setting in known if setting.split("_")[0] == name.split("_")[0]]
+        close = difflib.get_close_matches(name, kin, n=1, cutoff=MISSPELLING_CUTOFF)
+        if close:
+            problems.append(f"{variable} is not a setting: did you mean {close[0]}? (unset or rename it)")
+    return problems
 
 
 def describe_invalid_settings(error: ValidationError) -> str:

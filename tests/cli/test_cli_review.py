@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -21,7 +22,7 @@ from app import cli
 from app.errors import PayloadTooLargeError
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.predict_command import InputError, MaskWriter, read_file
-from app.settings import SettingsError, get_settings
+from app.settings import REPO_ROOT, SettingsError, get_settings, misspelt_variables, setting_variables
 from app.uploads import UploadLimits
 from tests.cli.command_support import fresh_settings, run  # noqa: F401 - fresh_settings is a fixture
 from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_SLICE, mask_path_of
@@ -69,6 +70,32 @@ def test_every_command_reports_an_invalid_variable_in_one_line(
     assert code == cli.EXIT_USAGE
     assert err.startswith(f"brain-tumor {command[0]}: invalid environment variable: ")
     assert "Input should be greater than or equal to 1 (got '-1')" in err
+
+
+@pytest.mark.parametrize("command", [["serve"], ["pacs-sync", "--once"], ["dicom-node"]])
+def test_a_misspelt_setting_is_refused_at_start_not_left_to_its_default(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operations review restarted the DICOM node with DICOM_NODE_DESTINATION (no S): ignored as any unknown
+    variable, it left the node without a destination, which dropped the results waiting to be sent."""
+    monkeypatch.setenv("DICOM_NODE_DESTINATION", "PACS@127.0.0.1:11112")
+
+    code, out, err = run(capsys, *command)
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"brain-tumor {command[0]}: invalid environment variable: DICOM_NODE_DESTINATION is not a setting: did you "
+        "mean DICOM_NODE_DESTINATIONS? (unset or rename it)\n"
+    )
+
+
+def test_the_variables_docker_compose_reads_are_not_taken_for_misspelt_settings() -> None:
+    """Compose's own variables (host ports, build extras) reach the containers through .env: none may be refused."""
+    compose = (REPO_ROOT / "docker-compose.yml").read_text()
+    variables = set(re.findall(r"\$\{([A-Z0-9_]+)", compose))
+
+    assert {"API_PORT", "ORTHANC_HTTP_PORT"} <= variables - setting_variables()
+    assert misspelt_variables(dict.fromkeys(variables, "1")) == []
 
 
 @pytest.mark.parametrize("variable", ["HOST", "DICOM_NODE_HOST", "MODEL_DIR", "DICOM_NODE_SPOOL_DIR"])
