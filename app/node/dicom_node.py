@@ -33,8 +33,9 @@ How a study flows through it:
    Instance UID of the result, status). Each destination has its own thread so that a destination that hangs delays
    only its own deliveries, never the receiving, the processing, or the other destinations. Results still waiting
    for a destination taken out of ``DICOM_NODE_DESTINATIONS`` are dropped at start (logged, kept in the record as
-   "dropped"), so they no longer keep the study from being purged. The node's stop cuts a send in progress off and
-   ends a backoff wait; results not delivered stay unsent, and go out after the restart (`ResultSender.stop`).
+   "dropped"), so they no longer keep the study from being purged; configured again before the purge, it gets them.
+   The node's stop cuts a send in progress off and ends a backoff wait; results not delivered stay unsent, and go out
+   after the restart (`ResultSender.stop`).
 5. **Forget.** Instances and results of a study whose results were all delivered are removed after
    `SpoolLimits.retention_seconds`; its record stays until `SpoolLimits.record_retention_seconds`.
 
@@ -332,6 +333,10 @@ class DicomNode:
             ae.require_calling_aet = list(self.config.allowed_calling_ae_titles)
         else:
             logger.warning("the DICOM node accepts any calling AE title (DICOM_NODE_ALLOWED_CALLING_AE_TITLES unset)")
+        if not self.config.destinations:
+            logger.warning(
+                "the DICOM node has no destination (DICOM_NODE_DESTINATIONS unset): results stay in the spool"
+            )
         ae.require_called_aet = True  # refuse associations addressed to another AE title
         handlers = [
             (evt.EVT_C_ECHO, _handle_echo),

@@ -330,17 +330,20 @@ class ResultDelivery:
         self._unrecorded: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def restore_unsent_markers(self) -> int:
-        """At start: drop what waits for a destination no longer configured, and mark every study whose record
-        still has results to send (a node stopped between writing a record and marking it, or a marker lost):
-        without the marker `send_unsent` would never look at it. Returns how many were marked."""
+        """At start: drop what waits for a destination no longer configured, take up again what was dropped for a
+        destination configured again (a typo mended, a destination put back) while its results are still kept, and
+        mark every study whose record still has results to send (a node stopped between writing a record and
+        marking it, or a marker lost): without the marker `send_unsent` would never look at it. Returns how many
+        were marked."""
         restored = 0
         for record_file in (self.spool.root / "studies").glob(f"*/{RECORD_FILE}"):
             key = record_file.parent.name
             record = self.spool.readable_record(key)
             if record is None:  # logged by the spool; the other studies go on
                 continue
-            if self._removed_destinations(record):  # written only then: the record's time counts to its purge
-                record = self.spool.update_record(key, self._drop_removed_destinations(key))
+            # Written only then: the record's time counts to its purge.
+            if self._removed_destinations(record) or self._dropped_for_configured(key, record):
+                record = self.spool.update_record(key, self._match_destinations(key))
             marked = self.spool.is_unsent(key)
             if results_waiting(record) and not marked:
                 self.spool.mark_unsent(key)
@@ -359,25 +362,48 @@ class ResultDelivery:
             if name not in configured and state.get("status") in WAITING_STATUSES
         }
 
-    def _drop_removed_destinations(self, key: str) -> Callable[[dict[str, Any]], None]:
-        """A record change: results still waiting for a destination taken out of the configuration are marked
-        "dropped" (kept in the record, never sent), so that they no longer hold the study's unsent marker and its
-        retention purge."""
+    def _dropped_for_configured(self, key: str, record: dict[str, Any]) -> list[tuple[str, str]]:
+        """(run ID, destination) of the results dropped for a destination that is configured (again), whose files
+        the spool still keeps (not yet purged)."""
+        configured = {str(destination) for destination in self.destinations}
+        results = self.spool.study_dir(key) / "results"
+        return [
+            (run["run_id"], name)
+            for run in record["runs"]
+            for name, state in run.get("sent", {}).items()
+            if name in configured and state.get("status") == "dropped" and (results / run["run_id"]).is_dir()
+        ]
 
-        def drop(record: dict[str, Any]) -> None:
-            removed, dropped = self._removed_destinations(record), Counter[str]()
+    def _match_destinations(self, key: str) -> Callable[[dict[str, Any]], None]:
+        """A record change: results still waiting for a destination taken out of the configuration are marked
+        "dropped" (kept in the record, not sent), so that they no longer hold the study's unsent marker and its
+        retention purge; results dropped so for a destination configured again are to be sent to it after all."""
+
+        def match(record: dict[str, Any]) -> None:
+            removed, dropped, taken_up = self._removed_destinations(record), Counter[str](), Counter[str]()
+            again = set(self._dropped_for_configured(key, record))
             for run in record["runs"]:
                 for name, state in run.get("sent", {}).items():
                     if name in removed and state.get("status") in WAITING_STATUSES:
                         state.update(status="dropped", at=timestamp())
                         dropped[name] += 1
+                    elif (run["run_id"], name) in again:
+                        state.update(status="pending", at=timestamp())
+                        state.pop("next_attempt_at", None)
+                        taken_up[name] += 1
             for name, runs in dropped.items():
                 logger.warning(
-                    "results dropped: their destination is no longer configured",
+                    "results dropped: their destination is no longer configured (configured again before the "
+                    "study is purged, it gets them)",
+                    extra={"fields": {"study_key": key, "destination": name, "runs": runs}},
+                )
+            for name, runs in taken_up.items():
+                logger.info(
+                    "results dropped earlier to be sent: their destination is configured again",
                     extra={"fields": {"study_key": key, "destination": name, "runs": runs}},
                 )
 
-        return drop
+        return match
 
     def send_unsent(self, destinations: Sequence[Destination] | None = None) -> int:
         """Send to each of `destinations` (default: all, one after the other) what it still lacks, once its backoff

@@ -361,11 +361,45 @@ def test_results_for_a_removed_destination_are_dropped_so_the_study_is_purged(
     assert not restarted.spool.is_unsent(study.name)
     (state,) = record(restarted)["runs"][0]["sent"].values()
     assert state["status"] == "dropped"
-    (logged,) = lines(node_log, "results dropped: their destination is no longer configured")
+    (logged,) = lines(
+        node_log,
+        "results dropped: their destination is no longer configured (configured again before the study is purged, "
+        "it gets them)",
+    )
     assert logged.fields == {"study_key": study.name, "destination": f"{RESULTS_AE}@127.0.0.1:{gone}", "runs": 1}
     assert restarted.send_unsent() == 0
     clock.now = time.time() + 3600
     assert restarted.purge_expired() == [study.name]
+
+
+def test_results_dropped_for_a_destination_are_sent_when_it_is_configured_again(
+    make_node: Any, clock: Clock, tmp_path: Path, node_log: pytest.LogCaptureFixture
+) -> None:
+    """An operations review restarted the node once with its destination misspelt: the results waiting for the PACS
+    were dropped for good, and the PACS never got them once the setting was mended. Results the spool still keeps
+    now go to a destination configured again."""
+    destination_port = free_port()  # the PACS, down at first
+    node = make_node(destination_port=destination_port)
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    node.stop()
+    make_node().stop()  # a restart with another destination: the results for the PACS are dropped
+    (state,) = record(node)["runs"][0]["sent"].values()
+    assert state["status"] == "dropped"
+
+    pacs = ResultStore(destination_port)
+    try:
+        mended = make_node(destination_port=destination_port)  # the setting mended, the PACS back
+
+        assert mended.spool.unsent_studies() != []
+        assert mended.send_unsent() == 1
+        assert sorted(dataset.Modality for dataset in pacs.received) == ["SEG", "SR"]
+        (state,) = (entry for name, entry in record(mended)["runs"][0]["sent"].items() if str(destination_port) in name)
+        assert state["status"] == "sent"
+        assert lines(node_log, "results dropped earlier to be sent: their destination is configured again")
+    finally:
+        pacs.close()
 
 
 def test_a_blank_series_is_recorded_failed_and_no_absent_report_is_sent(
