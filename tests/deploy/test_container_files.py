@@ -380,3 +380,23 @@ def test_compose_runs_the_dicom_node_beside_the_api_sending_to_orthanc() -> None
     assert any(port.endswith(":4242") for port in map(_with_defaults, orthanc["ports"]))
     modalities = json.loads(_with_defaults(orthanc["environment"]["ORTHANC__DICOM_MODALITIES"]))
     assert [environment["DICOM_NODE_AE_TITLE"], "dicom-node", 11112] in modalities.values()
+
+
+def test_every_service_container_reads_the_env_file() -> None:
+    """The README says every setting of its configuration table can go in `.env`; Compose alone only substitutes
+    `${...}` from it, so a container got API_KEYS or AUDIT_LOG_FILE written there only through `env_file`."""
+    services = load_compose()["services"]
+    for name in ("api", "api-gpu", "pacs-sync", "dicom-node"):
+        env_files = services[name].get("env_file")
+        assert env_files == [{"path": ".env", "required": False}], f"{name}: env_file is {env_files!r}"
+        # `environment:` (which wins over env_file) keeps the container's own addresses and paths.
+        assert "MODEL_DIR" in services[name]["environment"]
+
+
+def test_compose_node_limits_associations_per_sender_below_its_total() -> None:
+    """With 8 associations and the default 8 per sender, one sender could take every slot of the Compose node."""
+    environment = load_compose()["services"]["dicom-node"]["environment"]
+    total = int(_with_defaults(environment["DICOM_NODE_MAX_ASSOCIATIONS"]))
+    per_peer = int(_with_defaults(environment["DICOM_NODE_MAX_ASSOCIATIONS_PER_PEER"]))
+
+    assert (total, per_peer) == (8, 4)
