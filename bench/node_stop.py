@@ -1,4 +1,4 @@
-"""How long `brain-tumor dicom-node` takes from SIGTERM to exit, in three states (operations review 28, finding 9).
+"""How long `brain-tumor dicom-node` takes from SIGTERM to exit, in three states.
 
     python -m bench.node_stop
 
@@ -6,11 +6,12 @@ Each case starts the node on the committed models with a destination that accept
 sender's worst case), then sends SIGTERM: idle once it is listening; 2.6 s after an 80-slice study arrived (quiet
 period 2 s, so inside the analysis); and after a 3-slice study was analysed, while its send waits on the silent
 destination (`DICOM_NODE_SEND_TIMEOUT_SECONDS=20`). Prints each case's exit code and seconds. The studies are
-synthetic (the committed test slices, tiled), sent with dcmtk's `storescu`.
+synthetic (the committed test slices, tiled), sent with dcmtk's `storescu`. Takes no options but `--help`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -101,7 +102,9 @@ def stop_seconds(node: subprocess.Popen) -> tuple[int | str, float]:
     return code, time.monotonic() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
     channels = tumor_channels()
     small = mr_series(channels)
     large = mr_series([channels[index % len(channels)] for index in range(80)])
