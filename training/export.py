@@ -1,7 +1,11 @@
 """Export trained models as architecture JSON + `.weights.h5` and write `manifest.json` with hashes and metrics.
 
     python -m training.export --classifier-weights runs/classifier/best.weights.h5 \
-        --segmenter-weights runs/segmenter/best.weights.h5 --evaluation runs/evaluation.json --output-dir models
+        --segmenter-weights runs/segmenter/best.weights.h5 --evaluation runs/evaluation/evaluation.json \
+        --output-dir runs/export --version 2.0.0
+
+Export into a folder of its own and copy it over `models/` only to replace the served models: `--output-dir models`
+overwrites them (model card included), and `--version` defaults to 1.0.0.
 """
 
 from __future__ import annotations
@@ -124,10 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier-weights", required=True)
     parser.add_argument("--segmenter-weights", required=True)
-    parser.add_argument("--evaluation", required=True, help="evaluation.json from training.evaluate")
+    parser.add_argument(
+        "--evaluation", required=True, help="evaluation.json from training.evaluate (in its --output-dir)"
+    )
     parser.add_argument("--split", default="models/split.json")
-    parser.add_argument("--output-dir", default="models")
-    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument(
+        "--output-dir", default="models", help="where to write; the default, models, replaces the served models"
+    )
+    parser.add_argument("--version", default="1.0.0", help="the models' version in the manifest and the card")
     parser.add_argument(
         "--evaluation-command", default="(not recorded)", help="the command that produced --evaluation (model card)"
     )

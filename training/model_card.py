@@ -131,7 +131,8 @@ def comparison_lines(comparison: Mapping | None) -> list[str]:
     if not comparison:
         return []
     lines = [
-        f"## Segmenter recipes compared ({comparison['patients']} validation patients, gated by the same classifier)",
+        f"## Segmenter recipes compared ({comparison['patients']} validation patients, gated by the classifier of the "
+        "release that chose the segmenter; the served pipeline's figures are those above)",
         "",
         "| candidate | volume Dice mean | median | Dice on tumor slices | tumor-free slices with a mask "
         "| mask threshold |",
@@ -318,8 +319,9 @@ def render_model_card(
         "## Limitations",
         f"- {training_data_line(training_patients)}: other tumor types, other scanners and other protocols are out of "
         "distribution.",
-        "- 2-D slices only; no use of neighbouring slices. Expects kaggle_3m-like composites (pre-contrast, FLAIR, "
-        "post-contrast) or FLAIR alone.",
+        "- The models see one 2-D slice at a time; only the series clean-up joins neighbouring slices' masks (3-D "
+        "pieces under its size dropped). Expects kaggle_3m-like composites (pre-contrast, FLAIR, post-contrast) or "
+        "FLAIR alone.",
         "- A test split of 9 patients gives wide confidence intervals: treat the figures as estimates.",
         "- Thresholds were chosen on the validation patients (the classifier's also on out-of-fold training "
         "predictions when the card says so above), never on the test patients.",
