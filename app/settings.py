@@ -111,13 +111,14 @@ class Settings(BaseSettings):
         default=256, gt=0, description="most slices waiting for inference; more are refused with 503 and Retry-After"
     )
 
-    # 512 MiB: a 176-slice 512x512 3D FLAIR (402 MiB, README) fits, and the 4 GiB of a Compose container hold it beside
-    # the models and the DICOM node's associations.
+    # 512 MiB: a 176-slice 512x512 3D FLAIR (491.25 MiB with its masks, README) fits, and the 4 GiB of a Compose
+    # container hold it beside the models and the DICOM node's associations.
     decode_memory_bytes: int = Field(
         default=512 * MIB,
         ge=16 * MIB,
         description="memory budget for decoding uploads, in bytes: the cost of each file is computed from its "
-        "header (decoded pixels and their working copies, a 256x256x3 float32 model input per slice); a file or a "
+        "header (decoded pixels and their working copies, a 256x256x3 float32 model input per slice, each slice's "
+        "mask); a file or a "
         "request costing more is refused with 413 before decoding, and requests decode (and wait for the models) "
         "only while the costs of all of them together fit in it, the others wait their turn",
     )
@@ -356,7 +357,8 @@ class Settings(BaseSettings):
         default=1024 * MIB,
         gt=0,
         description="memory all associations together may hold in instances being received; an instance that "
-        "would pass it is refused (Out of Resources); at least DICOM_NODE_MAX_INSTANCE_BYTES",
+        "would pass it is refused (Out of Resources); at least DICOM_NODE_MAX_INSTANCE_BYTES (checked when "
+        "dicom-node starts)",
     )
     dicom_node_retention_hours: float = Field(
         default=168.0,

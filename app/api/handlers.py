@@ -128,7 +128,7 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
     message, headers, status = str(error.detail), error.headers, error.status_code
     if status == HTTPStatus.BAD_REQUEST and message.startswith("Too many files"):
         # Starlette's form parser stops at 1,000 file parts, before the route counts them against MAX_BATCH_FILES:
-        # the same refusal as 65 files, not a body "the parser cannot read".
+        # the same refusal as one file past MAX_BATCH_FILES, not a body "the parser cannot read".
         # Its own words ("maximum number of files is 1000") name neither the endpoint's limit nor the count.
         status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TooManyFilesError.code
         settings = getattr(request.app.state, "settings", None)
