@@ -234,7 +234,7 @@ def conformance_statement() -> str:
         "rule for the PACS and the scanners). The calling AE title check is access control, not authentication, and",
         "any sender that reaches the node can take its association slots ("
         f"{-(-_default('dicom_node_max_associations') // _default('dicom_node_max_associations_per_peer'))} "
-        "addresses at the defaults) or fill its",
+        "addresses at the defaults, 2 in docker-compose.yml's node) or fill its",
         "queue of studies up to the limits above. Logs name studies by a hash, never by patient attributes.",
         "",
     ]
