@@ -132,7 +132,7 @@ def comparison_lines(comparison: Mapping | None) -> list[str]:
         return []
     lines = [
         f"## Segmenter recipes compared ({comparison['patients']} validation patients, gated by the classifier of the "
-        "release that chose the segmenter; the served pipeline's figures are those above)",
+        "release that chose the segmenter, which may not be the one served)",
         "",
         "| candidate | volume Dice mean | median | Dice on tumor slices | tumor-free slices with a mask "
         "| mask threshold |",
