@@ -19,6 +19,9 @@ from app.errors import InvalidDicomImageError
 
 # Longest pixel spacing, slice thickness or slice spacing taken at its word: a metre is far beyond any MR image.
 MAX_LENGTH_MM = 1000.0
+# Farthest Image Position (Patient) coordinate from the origin taken: a kilometre is beyond any scanner's frame, and
+# a finite 1e307 mm overflowed the arithmetic that groups frames into slices (an internal error, attack review).
+MAX_POSITION_MM = 1e6
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +145,16 @@ def _floats(value: object, count: int, keyword: str) -> tuple[float, ...] | None
     return numbers
 
 
+def _position(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Image Position (Patient) in mm, or a 400 beyond `MAX_POSITION_MM` of the origin in any coordinate."""
+    if numbers is not None and any(abs(number) > MAX_POSITION_MM for number in numbers):
+        raise InvalidDicomImageError(
+            f"ImagePositionPatient must be within {MAX_POSITION_MM:.0f} mm of the origin in each coordinate; "
+            f"got {max(numbers, key=abs):g}"
+        )
+    return numbers
+
+
 # How far direction cosines may be from unit length and from orthogonal: rounding to 6 decimals (what scanners
 # write) is far within it; an orientation of length 2 (attack finding: a tumor volume 4 times too large) is not.
 DIRECTION_COSINE_TOLERANCE = 0.01
@@ -167,8 +180,8 @@ def _orientation(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
 def frame_placement(dataset: Dataset, index: int) -> tuple[str, tuple[float, ...] | None, tuple[float, ...] | None]:
     """Frame of Reference UID, Image Position and Image Orientation (Patient) of frame `index` (0-based), read from
     the header alone: what groups frames into slices."""
-    position = _floats(
-        frame_value(dataset, index, "PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient"
+    position = _position(
+        _floats(frame_value(dataset, index, "PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient")
     )
     orientation = _orientation(
         _floats(
@@ -197,7 +210,7 @@ def frame_geometry(dataset: Dataset, index: int) -> dict[str, tuple[float, ...] 
     thickness = _lengths(floats("PixelMeasuresSequence", "SliceThickness", 1))
     between = _lengths(floats("PixelMeasuresSequence", "SpacingBetweenSlices", 1))
     return {
-        "image_position": floats("PlanePositionSequence", "ImagePositionPatient", 3),
+        "image_position": _position(floats("PlanePositionSequence", "ImagePositionPatient", 3)),
         "image_orientation": _orientation(floats("PlaneOrientationSequence", "ImageOrientationPatient", 6)),
         "pixel_spacing": _lengths(floats("PixelMeasuresSequence", "PixelSpacing", 2)),
         "slice_thickness": thickness[0] if thickness else None,
