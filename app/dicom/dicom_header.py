@@ -181,6 +181,10 @@ def garbled_values_refused() -> Iterator[None]:
         yield
     except ServiceError:
         raise
+    except RecursionError:  # pydicom reads a nested sequence by recursion: a file's own nesting, not a truncation
+        raise UndecodableDicomError(
+            "DICOM file nests sequences deeper than can be read (hundreds of levels; real headers nest a few)"
+        ) from None
     except Exception as error:
         raise UndecodableDicomError(
             f"DICOM file cannot be read (truncated or corrupt): {decoder_reason(error)}"
