@@ -81,6 +81,9 @@ spends 10-35 us on each element, and an element can be 8 bytes on the wire: an 8
 elements took 11.7 s and +660 MiB to read before any check, and was kept by the DICOM node (attack review 31); one
 of 128 MiB, the node's instance limit, is 16 million elements. The header of a 1,024-frame Enhanced MR has fewer
 than 100,000."""
+HEADER_BYTES_PER_READ = 800
+"""Memory a parsed header holds per read pydicom made of it (`DicomHeader.header_bytes`): 99,000 empty private
+elements, as many reads, held about 75 MiB until the answer (attack review 32)."""
 BYTES_PER_SAMPLE = {1: 1, 8: 1, 16: 2, 32: 4, 64: 8}
 """BitsAllocated -> bytes of one decoded sample (1-bit pixels are unpacked to one byte each)."""
 _EXPLICIT_LONG_VRS = frozenset(
@@ -120,6 +123,8 @@ class DicomHeader:
     inflated_bytes
         Size of the data set once inflated, for the Deflated transfer syntax (pydicom holds it whole while it reads);
         0 otherwise.
+    header_reads
+        Reads pydicom made of the header: what the parsed `dataset` holds grows with them (`header_bytes`).
     """
 
     data: bytes
@@ -129,6 +134,13 @@ class DicomHeader:
     frames: int
     bits_allocated: int
     inflated_bytes: int = 0
+    header_reads: int = 0
+
+    @property
+    def header_bytes(self) -> int:
+        """Memory the parsed header holds until the answer, which a header of many tiny elements makes large: a
+        request's headers together count in its cost (`app.dicom.dicom_series.plan_headers`)."""
+        return self.header_reads * HEADER_BYTES_PER_READ
 
     @property
     def pixels(self) -> int:
@@ -212,7 +224,7 @@ def read_dicom_header(
     with garbled_values_refused():
         meta_end, transfer_syntax = _file_meta(data)
         if _is_deflated(transfer_syntax):
-            dataset, has_pixels, inflated = _inflated_header(data, meta_end, max_bytes)
+            dataset, has_pixels, inflated, reads = _inflated_header(data, meta_end, max_bytes)
             pixel_position = -1  # deflated pixel data is native: no codestream to check
         else:
             buffer = _ShortReadWatch(data)
@@ -222,7 +234,7 @@ def read_dicom_header(
                 buffer.raise_if_exceeded()  # pydicom turns a failed read of an item's tag into OSError "No tag..."
                 raise
             check_sequences_left_raw(dataset, buffer.reads)
-            pixel_position, inflated = buffer.tell(), 0
+            pixel_position, inflated, reads = buffer.tell(), 0, buffer.reads
             has_pixels = _pixel_data_tag_at(data, pixel_position)
             if not has_pixels and buffer.cut:
                 # pydicom stops quietly at the end of the bytes, keeping a cut value (a SOP Class UID "1.2.840.1"
@@ -237,7 +249,7 @@ def read_dicom_header(
     if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
         check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
-    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated)
+    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated, reads)
 
 
 def checked_dimensions(dataset: Dataset, max_pixels: int) -> tuple[int, int, int, int]:
@@ -409,8 +421,9 @@ def _file_meta(data: bytes) -> tuple[int, str]:
     return position, transfer_syntax
 
 
-def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int]:
-    """The header of a deflated data set, whether pixel data follows it, and the inflated size.
+def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int, int]:
+    """The header of a deflated data set, whether pixel data follows it, the inflated size and the reads pydicom
+    made of the header.
 
     The stream is inflated a chunk at a time; the first `DEFLATED_HEADER_BYTES` are kept, the rest only counted.
     """
@@ -461,7 +474,7 @@ def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple
             f"DICOM file's header (the data set before its pixel data) is over {describe_bytes(DEFLATED_HEADER_BYTES)} "
             "once inflated"
         )
-    return dataset, reached_pixels, inflated
+    return dataset, reached_pixels, inflated, stream.reads
 
 
 def _pixel_data_tag_at(data: bytes, position: int) -> bool:

@@ -27,7 +27,7 @@ from app.dicom.slice_orientation import in_plane_turn
 from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_in_place, stretch_range
-from app.memory_budget import mask_bytes
+from app.memory_budget import check_cost, mask_bytes
 from app.sequence_selection import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input, request_file
@@ -102,17 +102,37 @@ def too_many_slices(slices: int, max_slices: int) -> ServiceError:
 
 
 def read_headers(uploads: Sequence[bytes | ServiceError], limits: UploadLimits) -> list[DicomHeader | ServiceError]:
-    """Each file's checked header (`read_dicom_header`), or the error that refuses it, in request order."""
+    """Each file's checked header (`read_dicom_header`), or the error that refuses it, in request order.
+
+    Raises
+    ------
+    app.errors.OverMemoryBudgetError
+        As soon as the headers read hold more than `limits.max_decode_bytes` (`DicomHeader.header_bytes`): files of
+        many tiny elements, each under `MAX_HEADER_READS`, added up to +1.78 GiB in one 22 MB request (attack review
+        32). The rest is not read.
+    """
     headers: list[DicomHeader | ServiceError] = []
+    held = 0
     for data in uploads:
         if isinstance(data, ServiceError):
             headers.append(data)
             continue
         try:
             check_upload_size(len(data), limits)
-            headers.append(read_dicom_header(data, limits.max_dicom_pixels, limits.max_decode_bytes))
+            header = read_dicom_header(data, limits.max_dicom_pixels, limits.max_decode_bytes)
         except ServiceError as error:
             headers.append(error)
+            continue
+        headers.append(header)
+        held += header.header_bytes
+        if limits.max_decode_bytes is not None:
+            check_cost(
+                f"the headers of this request's first {len(headers)} files",
+                held,
+                f"{sum(item.header_reads for item in headers if isinstance(item, DicomHeader))} reads of their data "
+                "elements, held until the answer",
+                limits.max_decode_bytes,
+            )
     return headers
 
 
@@ -183,6 +203,7 @@ def plan_headers(
     # then every slice gets a mask at the size of its frames.
     cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
     cost += mask_bytes([max((item.rows * item.columns for item in readable), default=0)] * slices)
+    cost += sum(item.header_bytes for item in headers if isinstance(item, DicomHeader))  # every header read is held
     check_request_cost(cost, len(readable), limits)
     return SeriesPlan(headers, slices, cost, choice)
 

@@ -5,11 +5,13 @@ semaphore
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import tracemalloc
 from unittest.mock import patch
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
@@ -74,11 +76,33 @@ def test_a_dicom_series_costs_what_each_file_keeps_and_one_files_working_copies(
 
     plan = plan_series(files, UploadLimits())
 
-    assert plan.cost_bytes == 40 * header.kept_bytes + header.working_bytes + mask_bytes([512 * 512] * 40)
+    assert plan.cost_bytes == (
+        40 * (header.kept_bytes + header.header_bytes) + header.working_bytes + mask_bytes([512 * 512] * 40)
+    )
     assert plan.cost_bytes < UploadLimits().max_decode_bytes
     with pytest.raises(OverMemoryBudgetError) as raised:
         plan_series(files, UploadLimits(max_decode_bytes=40 * header.kept_bytes))
     assert raised.value.message.startswith("this request's 40 files would take")
+
+
+def test_a_request_stops_reading_headers_once_they_hold_more_than_the_budget() -> None:
+    """Attack review 32: files of many tiny elements, each under the read limit, were parsed and held outside the
+    budget (24 of 99,000 empty private elements: +1.78 GiB in one 22 MB request). Parsed headers count in the
+    request's cost, and reading stops once they alone are over the budget."""
+    files = []
+    for index, data in enumerate(dicom_series_files(4, 64)):
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset.add_new((0x0009, 0x0010), "LO", "PADDING")
+        for element in range(5000):
+            dataset.add_new((0x0009, 0x1000 + element), "UN", b"")
+        files.append(to_bytes(dataset) if index else data)  # the first file plain
+    padded = read_dicom_header(files[1])
+    assert padded.header_reads > 5000
+
+    with pytest.raises(OverMemoryBudgetError, match="the headers of this request's first 3 files would take"):
+        plan_series(files, UploadLimits(max_decode_bytes=2 * padded.header_bytes))
+    plan = plan_series(files, UploadLimits())
+    assert plan.cost_bytes > 3 * padded.header_bytes
 
 
 def test_decoding_a_dicom_series_holds_no_more_than_its_plan_says() -> None:
