@@ -6,7 +6,9 @@ header stalled every other request for seconds), without a time limit (a client 
 connection forever), and waits on a silent upload for as long as the client likes, shutdown included. This protocol
 adds, per connection:
 
-- a cap on open connections: past `max_connections` a new connection is answered 503 and closed at once;
+- a cap on open connections: past `max_connections` a new connection is answered 503 and closed at once, and
+  likewise past `max_connections_per_client` from one address (a trusted proxy's excepted): one client holding
+  slow connections took all 512, health probes and clients with keys included (attack review 32);
 - a cap on the request line plus headers (`max_header_bytes`): past it, 431 before the parser sees more; the
   trailer fields after a chunked body have the same cap (past it, 431 or a close), and are dropped: nothing reads
   them, and uvicorn would add them to the request's headers;
@@ -28,6 +30,7 @@ The header count is checked in the app (`app.api.middleware`): the byte cap alre
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -55,11 +58,15 @@ class ConnectionLimits:
     header_timeout_seconds: float
     body_timeout_seconds: float
     shutdown_idle_upload_seconds: float
+    max_connections_per_client: int | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         return cls(
             max_connections=settings.max_connections,
+            max_connections_per_client=settings.max_connections_per_client,
+            trusted_proxies=tuple(ipaddress.ip_network(item, strict=False) for item in settings.trusted_proxies),
             max_header_bytes=settings.max_header_bytes,
             header_timeout_seconds=settings.header_timeout_seconds,
             body_timeout_seconds=settings.body_timeout_seconds,
@@ -131,7 +138,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 f"the server holds its maximum of {self.limits.max_connections} connections; retry later",
             )
             return
+        most = self.limits.max_connections_per_client
+        if most is not None and self._held_by_this_client() > most:
+            self._refuse(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                f"this client address holds the most connections one may ({most}); retry later",
+            )
+            return
         self._arm_header_timer()
+
+    def _held_by_this_client(self) -> int:
+        """Open connections from this connection's address, itself included; 0 for a trusted proxy (its clients are
+        many) or an address the transport does not give."""
+        address = self.client[0] if self.client else None
+        if address is None:
+            return 0
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return 0
+        if any(ip in network for network in self.limits.trusted_proxies):
+            return 0
+        return sum(1 for connection in self.connections if connection.client and connection.client[0] == address)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()

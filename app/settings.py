@@ -233,6 +233,12 @@ class Settings(BaseSettings):
         gt=0,
         description="most open connections; more are answered 503 and closed at once",
     )
+    max_connections_per_client: int = Field(
+        default=64,
+        gt=0,
+        description="most open connections from one client address (a peer in TRUSTED_PROXIES is not held to it); "
+        "more are answered 503 and closed at once, so that one client cannot take every connection",
+    )
     shutdown_timeout_seconds: float = Field(
         default=30.0,
         gt=0,

@@ -247,6 +247,40 @@ def test_connections_past_the_maximum_are_refused(server: ServerProcess):
         pytest.fail("the server did not accept connections again after the others closed")
 
 
+def test_one_client_address_cannot_take_every_connection(tiny_model_dir: Path, tmp_path: Path):
+    """Attack review 32: one client holding slow connections took all of them; health probes and clients with keys
+    got 503 too. A trusted proxy speaks for many clients, and is not held to the per-client cap."""
+    per_client = 8
+    process = start_server(
+        tiny_model_dir, tmp_path, MAX_CONNECTIONS_PER_CLIENT=str(per_client), TRUSTED_PROXIES="127.0.0.3"
+    )
+    held: list[socket.socket] = []
+    try:
+
+        def connect(source: str) -> socket.socket:
+            return socket.create_connection(address(process), source_address=(source, 0))
+
+        held += [connect("127.0.0.2") for _ in range(per_client)]
+        held += [connect("127.0.0.3") for _ in range(per_client + 2)]  # the proxy's
+        time.sleep(0.3)  # let the server accept them all
+        with connect("127.0.0.2") as extra:
+            answer = read_until_closed(extra, 2.0)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+        assert error == {
+            "code": "too_many_connections",
+            "message": f"this client address holds the most connections one may ({per_client}); retry later",
+        }
+        for source in ("127.0.0.1", "127.0.0.3"):  # another client, and the proxy past the per-client number
+            with connect(source) as other:
+                other.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                assert read_until_closed(other, 5.0).startswith(b"HTTP/1.1 200 "), source
+    finally:
+        for sock in held:
+            sock.close()
+        process.stop()
+
+
 def test_forwarded_for_from_loopback_is_not_believed_by_default(server: ServerProcess):
     response = httpx.get(f"{server.base_url}/v1/models", headers={"X-Forwarded-For": "198.51.100.77"}, timeout=5.0)
     assert response.status_code == 200
