@@ -185,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "": "MAX_UPLOAD_BYTES and 64 KiB for the form around the file",
             "/v1/predict/batch": "MAX_BATCH_UPLOAD_BYTES",
         },
+        max_held_bytes=settings.max_uploads_held_bytes,
     )
     app.add_middleware(
         AccessControlMiddleware,

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     max_batch_upload_bytes: int = Field(
         default=128 * MIB, gt=0, description="largest /v1/predict/batch request body, in bytes"
     )
+    max_uploads_held_bytes: int = Field(
+        default=1024 * MIB,
+        gt=0,
+        description="most request-body bytes all requests in flight hold together (each is held until its answer); "
+        "a request that would pass it is answered 503 overloaded with Retry-After, before or while its body arrives",
+    )
 
     inference_runtime: Literal["keras", "onnxruntime"] = Field(
         default="keras",

@@ -22,12 +22,17 @@ from app.errors import (
     CrossSiteRequestError,
     HeadersTooLargeError,
     HostNotAllowedError,
+    OverloadedError,
     PayloadTooLargeError,
     RateLimitedError,
     ServiceError,
 )
 from app.metrics import ServiceMetrics
 from app.security import ApiKeyStore, RateLimiter
+
+HELD_UPLOADS_RETRY_SECONDS = 5.0
+"""Retry-After of a request refused because the uploads in flight hold too much: a few seconds frees what a batch
+holds (most answer within them)."""
 
 access_logger = logging.getLogger("app.access")
 
@@ -321,12 +326,15 @@ class AccessControlMiddleware:
 
 
 class UploadLimitMiddleware:
-    """Refuse request bodies over a size limit with 413, before the multipart parser reads (and spools) them.
+    """Refuse request bodies over a size limit with 413, before the multipart parser reads (and spools) them, and
+    bodies that would take the bytes all requests in flight hold past `max_held_bytes` with 503.
 
     The `Content-Length` header is checked first; a body sent without one (chunked) is counted as it streams, and
-    cut off with 413 once it passes the limit. `limits` maps exact paths to their limit; others get
-    `default_limit`. `sources` says where a path's limit comes from (its settings), so that the refusal tells the
-    client which setting to look at ("" for the default limit).
+    cut off once it passes a limit. `limits` maps exact paths to their limit; others get `default_limit`. `sources`
+    says where a path's limit comes from (its settings), so that the refusal tells the client which setting to look
+    at ("" for the default limit). A request holds its body until its answer (the routes read each file whole), so
+    its bytes count until then: 12 batches of 114 MB at once, each file tiny to decode, held +1.76 GiB outside the
+    decoding budget before this (attack review 32).
     """
 
     def __init__(
@@ -335,11 +343,23 @@ class UploadLimitMiddleware:
         default_limit: int,
         limits: Mapping[str, int] | None = None,
         sources: Mapping[str, str] | None = None,
+        max_held_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.default_limit = default_limit
         self.limits = dict(limits or {})
         self.sources = dict(sources or {})
+        self.max_held_bytes = max_held_bytes
+        self.held_bytes = 0  # by the requests in flight (one event loop: no lock)
+
+    def _over_held(self, more: int) -> OverloadedError | None:
+        if self.max_held_bytes is None or self.held_bytes + more <= self.max_held_bytes:
+            return None
+        return OverloadedError(
+            f"the requests in flight hold {self.held_bytes} bytes of uploads, and this one would take them past "
+            f"{self.max_held_bytes} (MAX_UPLOADS_HELD_BYTES); retry later",
+            retry_after_seconds=HELD_UPLOADS_RETRY_SECONDS,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -353,21 +373,33 @@ class UploadLimitMiddleware:
             error = PayloadTooLargeError(f"{at_most}; Content-Length is {declared}")
             await self._reject(scope, receive, send, error)
             return
+        busy = self._over_held(int(declared)) if declared is not None and declared.isdigit() else None
+        if busy is not None:
+            await self._reject(scope, receive, send, busy)
+            return
 
-        received = 0
+        received = held = 0
         response_started = False
         rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal received, rejected
+            nonlocal received, held, rejected
             if rejected:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit and not response_started:
-                    rejected = True
+                size = len(message.get("body", b""))
+                error: ServiceError | None = None
+                if received + size > limit:
                     error = PayloadTooLargeError(f"{at_most}; got more")
+                else:
+                    error = self._over_held(size)
+                received += size
+                if error is None:
+                    self.held_bytes += size
+                    held += size
+                elif not response_started:
+                    rejected = True
                     await self._reject(scope, receive, send, error)
                     # The app sees the client go away; whatever it answers is dropped by `guarded_send`.
                     return {"type": "http.disconnect"}
@@ -381,10 +413,13 @@ class UploadLimitMiddleware:
                 response_started = True
             await send(message)
 
-        await self.app(scope, counting_receive, guarded_send)
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        finally:
+            self.held_bytes -= held
 
     @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, error: PayloadTooLargeError) -> None:
+    async def _reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
         scope.setdefault("state", {})["error_code"] = error.code
         await service_error_response(error)(scope, receive, send)
 

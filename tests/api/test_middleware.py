@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -125,3 +126,52 @@ def test_only_a_plain_token_is_kept_as_the_clients_request_id(offered: bytes, ke
     asyncio.run(RequestContextMiddleware(inner, metrics=ServiceMetrics())(scope, receive, send))
 
     assert ("client_request_id" in seen) is kept
+
+
+def test_a_body_that_would_take_the_uploads_held_past_their_limit_waits_its_turn() -> None:
+    """Attack review 32: 12 batches of 114 MB at once, each file tiny to decode, held +1.76 GiB; nothing refused.
+    The bytes requests in flight hold together are capped: past the cap a request gets 503 with Retry-After, whether
+    it declares its length or streams its body, and is taken once the others have answered."""
+    release = asyncio.Event()
+
+    async def held(request: Request) -> PlainTextResponse:
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # refused while streaming; this answer is dropped
+            return PlainTextResponse("cut off", status_code=499)
+        await release.wait()  # still holding its body, as a batch does until its answer
+        return PlainTextResponse(f"{len(body)} bytes")
+
+    app = Starlette(routes=[Route("/v1/predict", held, methods=["POST"])])
+    app.add_middleware(UploadLimitMiddleware, default_limit=1000, max_held_bytes=100)
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = asyncio.create_task(client.post("/v1/predict", content=b"x" * 60))
+            await asyncio.sleep(0.05)  # the first holds its 60 bytes
+            declared = await client.post("/v1/predict", content=b"x" * 50)
+
+            async def chunks():
+                yield b"x" * 30
+                yield b"x" * 30
+
+            streamed = await client.post("/v1/predict", content=chunks())
+            release.set()
+            answered = await first
+            after = await client.post("/v1/predict", content=b"x" * 50)
+            return [declared, streamed, answered, after]
+
+    declared, streamed, answered, after = asyncio.run(scenario())
+
+    for refused in (declared, streamed):
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "5"
+        error = refused.json()["error"]
+        assert error["code"] == "overloaded"
+        assert (
+            error["message"].startswith("the requests in flight hold ")
+            and "past 100 (MAX_UPLOADS_HELD_BYTES)" in error["message"]
+        )
+    assert (answered.status_code, answered.text) == (200, "60 bytes")
+    assert (after.status_code, after.text) == (200, "50 bytes")
