@@ -186,6 +186,13 @@ class ModelUnavailableError(ServiceError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class AuditUnavailableError(ServiceError):
+    """The audit log cannot be written (a full disk): readiness says so, so that a load balancer sends elsewhere."""
+
+    code = "audit_unavailable"
+    kind = ErrorKind.UNAVAILABLE
+
+
 class OverloadedError(ServiceError):
     """The inference queue is full; the client should retry after `retry_after_seconds`."""
 

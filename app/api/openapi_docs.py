@@ -111,12 +111,23 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "model_unavailable", 503, "the models are not loaded and warm yet; retry when GET /health/ready answers 200"
     ),
     ErrorCode(
+        "audit_unavailable",
+        503,
+        "GET /health/ready only: the audit log cannot be written (a full disk); a load balancer should send elsewhere",
+    ),
+    ErrorCode(
         "overloaded",
         503,
-        "the inference queue, or the decoding memory budget, is full; Retry-After says when to retry",
+        "the inference queue, the decoding memory budget or the uploads held (MAX_UPLOADS_HELD_BYTES) is full; "
+        "Retry-After says when to retry",
     ),
     ErrorCode("inference_timeout", 503, "no answer from the models within REQUEST_TIMEOUT_SECONDS"),
-    ErrorCode("too_many_connections", 503, "more than MAX_CONNECTIONS open connections; the connection is closed"),
+    ErrorCode(
+        "too_many_connections",
+        503,
+        "more than MAX_CONNECTIONS open connections, or MAX_CONNECTIONS_PER_CLIENT from one address; the connection "
+        "is closed",
+    ),
 )
 STATUS_SUMMARIES = {
     400: "the file cannot be used as a slice",

@@ -1,11 +1,18 @@
-"""The audit log file follows a rotation: logrotate renames the file, and the next record goes to a new one."""
+"""The audit log file follows a rotation (logrotate renames the file, and the next record goes to a new one), and a
+file the disk cannot take is reported, not printed."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
+
+from app import audit as audit_module
 from app.audit import AuditLog
+from app.settings import Settings
+from tests.api.service_client import running_client
 
 
 def record(audit: AuditLog, request_id: str) -> None:
@@ -37,3 +44,42 @@ def test_a_record_after_the_file_was_renamed_goes_to_a_new_file(tmp_path: Path) 
 
     assert request_ids(rotated) == ["before"]
     assert request_ids(path) == ["after"]
+
+
+def test_a_record_the_disk_cannot_take_is_counted_said_once_and_never_printed(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Operations review: on a full disk, logging's own error handler printed a traceback ending in the audit record
+    to standard error, once per request, and nothing said the audit log was failing. /dev/full answers every write
+    with ENOSPC, as a full disk does."""
+    audit = AuditLog(Path("/dev/full"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.audit"):
+            record(audit, "lost-1")
+            record(audit, "lost-2")
+    finally:
+        audit.close()
+
+    assert audit.write_failures == 2
+    captured = capsys.readouterr()
+    assert "lost-1" not in captured.err + captured.out and "Traceback" not in captured.err
+    (said,) = [entry for entry in caplog.records if entry.name == "app.audit"]
+    assert said.getMessage().startswith("audit record not written")
+    assert said.fields == {"error": "No space left on device"}  # type: ignore[attr-defined]
+    assert "lost" not in said.getMessage()
+
+
+def test_the_service_is_not_ready_while_its_audit_log_cannot_be_written(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "MIN_FREE_BYTES_TO_RETRY", 1 << 62)  # the folder stays full
+    with running_client(Settings(model_dir=tiny_model_dir, audit_log_file=Path("/dev/full"))) as client:
+        assert client.get("/health/ready").status_code == 200
+        assert client.post("/v1/predict", files={"file": ("a.jpg", b"not an image")}).status_code == 415
+
+        ready = client.get("/health/ready")
+
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "audit_unavailable"
+        monkeypatch.setattr(audit_module, "MIN_FREE_BYTES_TO_RETRY", 0)  # space again
+        assert client.get("/health/ready").status_code == 200

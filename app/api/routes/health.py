@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from app import schemas
 from app.api.deps import MetricsDep, get_predictor
 from app.api.request_fields import query_parameters
+from app.errors import AuditUnavailableError
 
 router = APIRouter(tags=["health"])
 
@@ -22,11 +23,17 @@ async def read_liveness() -> schemas.HealthStatus:
     "/health/ready",
     dependencies=[query_parameters()],
     response_model=schemas.HealthStatus,
-    responses={503: {"model": schemas.ErrorResponse, "description": "models not loaded and warm yet"}},
+    responses={
+        503: {"model": schemas.ErrorResponse, "description": "models not loaded and warm yet, or audit log unwritable"}
+    },
 )
 async def read_readiness(request: Request) -> schemas.HealthStatus:
-    """200 once both models are loaded and warmed up; 503 `model_unavailable` before (or if loading failed)."""
+    """200 once both models are loaded and warmed up; 503 `model_unavailable` before (or if loading failed), and
+    `audit_unavailable` while the audit log cannot be written (its records would be lost)."""
     await get_predictor(request)
+    audit = getattr(request.app.state, "audit", None)
+    if audit is not None and not audit.writable:
+        raise AuditUnavailableError("the audit log cannot be written (AUDIT_LOG_FILE: disk full or unwritable)")
     return schemas.HealthStatus(status="ready")
 
 
