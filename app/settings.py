@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +40,8 @@ DAY_SECONDS = 24 * 3600.0
 # How alike (difflib's ratio) a variable's name must be to a setting's of the same first word to be taken for a
 # misspelling of it: one letter more, less or swapped in a name of 10 or more.
 MISSPELLING_CUTOFF = 0.9
+# A host name (letters, digits, hyphens, dots) or an IPv4 / IPv6 address: what ALLOWED_HOSTS may list.
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # Never echoed in an error message: their values are credentials.
 SECRET_SETTINGS = frozenset({"api_keys", "orthanc_password"})
@@ -204,8 +207,9 @@ class Settings(BaseSettings):
 
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="comma-separated host names the API answers to in the Host header (localhost, 127.0.0.1); other "
-        "names get 403, which stops DNS rebinding; health probes and the page are exempt (default: any name)",
+        description="comma-separated host names the API answers to in the Host header (localhost, 127.0.0.1; no port, "
+        "scheme or wildcard); other names get 403, which stops DNS rebinding; health probes and the page are exempt "
+        "(default: any name)",
     )
 
     max_header_bytes: int = Field(
@@ -413,6 +417,19 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError as error:
                 raise ValueError(f"{item!r} is not an IP address or network") from error
+        return value
+
+    @field_validator("allowed_hosts", mode="after")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        """Host names or IP addresses as the Host header carries them, without port: "*" (any host, elsewhere),
+        "*.example.org", "https://host" or "host:8000" were taken literally, and every API call answered 403 while the
+        health checks stayed green (operations review)."""
+        for item in value:
+            if not HOST_NAME.fullmatch(item.strip("[]")):
+                raise ValueError(
+                    f"{item!r} is not a host name or IP address (no port, scheme or wildcard; unset it for any host)"
+                )
         return value
 
     @field_validator("pacs_state_file", "api_keys_file", "audit_log_file", mode="before")

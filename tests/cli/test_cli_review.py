@@ -43,6 +43,9 @@ pytestmark = pytest.mark.usefixtures("fresh_settings")
         ("BACKEND", "torch", "INFERENCE_RUNTIME (or BACKEND): Input should be 'keras' or 'onnxruntime'"),
         ("LOG_LEVEL", "chatty", "LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
         ("TRUSTED_PROXIES", "proxy.local", "TRUSTED_PROXIES: 'proxy.local' is not an IP address or network"),
+        # "*" was taken as a host name: every API call got 403 while health stayed green (operations review)
+        ("ALLOWED_HOSTS", "localhost,*", "ALLOWED_HOSTS: '*' is not a host name or IP address (no port, scheme"),
+        ("ALLOWED_HOSTS", "api.example.org:8000", "ALLOWED_HOSTS: 'api.example.org:8000' is not a host name"),
     ],
 )
 def test_predict_with_an_invalid_variable_is_one_line_and_exit_2(
