@@ -22,7 +22,10 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE
-from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from tests.dicom.builders import mr_series, tumor_channels
 from tests.dicom.node_support import (
@@ -99,12 +102,17 @@ def test_a_refused_presentation_context_is_logged_with_its_sop_class(
     ae = AE(ae_title=CALLING_AE)
     ae.add_requested_context(MRImageStorage)
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)  # the node is no query SCP
-    with caplog.at_level(logging.WARNING, logger="app.node.dicom_node"):
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    with caplog.at_level(logging.INFO, logger="app.node.dicom_node"):
         association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
         assert association.is_established
         association.release()
 
-    refused = [line for line in caplog.records if line.getMessage() == "presentation context refused"]
-    assert [line.fields for line in refused] == [
-        {"sop_class": str(PatientRootQueryRetrieveInformationModelFind), "reason": "SOP class not supported"}
-    ]
+    # One line for the association, not a warning per class (a PACS offers every class it stores).
+    (refused,) = [line for line in caplog.records if line.getMessage() == "presentation contexts refused"]
+    assert refused.levelno == logging.INFO
+    assert refused.fields == {
+        "SOP class not supported": sorted(
+            [str(PatientRootQueryRetrieveInformationModelFind), str(StudyRootQueryRetrieveInformationModelFind)]
+        )
+    }
