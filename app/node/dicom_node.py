@@ -333,6 +333,9 @@ class DicomNode:
             ae.require_calling_aet = list(self.config.allowed_calling_ae_titles)
         else:
             logger.warning("the DICOM node accepts any calling AE title (DICOM_NODE_ALLOWED_CALLING_AE_TITLES unset)")
+        room_problem = self.spool.room_problem()
+        if room_problem is not None:
+            logger.warning(room_problem)
         if not self.config.destinations:
             logger.warning(
                 "the DICOM node has no destination (DICOM_NODE_DESTINATIONS unset): results stay in the spool"

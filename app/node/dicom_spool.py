@@ -176,6 +176,25 @@ class Spool:
         if free - size < limits.min_free_bytes:
             raise SpoolFullError(f"{free} bytes free on the spool's disk; {limits.min_free_bytes} must stay free")
 
+    def room_problem(self) -> str | None:
+        """Why no instance can be kept as things are, or None: a disk smaller than `min_free_bytes` and one
+        instance, or with less than that free. Said at start: otherwise the node listened, and refused every instance
+        (operations review: a 4 MiB volume under the 1 GiB default)."""
+        limits = self.limits
+        usage = shutil.disk_usage(self.root)
+        needed = limits.min_free_bytes + 1
+        if usage.total < needed:
+            return (
+                f"the spool's disk holds {usage.total} bytes, less than the {limits.min_free_bytes} that must stay "
+                "free (DICOM_NODE_MIN_FREE_BYTES): every instance will be refused"
+            )
+        if usage.free < needed:
+            return (
+                f"the spool's disk has {usage.free} bytes free, {limits.min_free_bytes} must stay free "
+                "(DICOM_NODE_MIN_FREE_BYTES): instances are refused until there is room"
+            )
+        return None
+
     def store_instance(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str, data: bytes) -> str:
         """Keep one received instance (Part 10 bytes) and mark its study pending; return the study key.
 

@@ -9,7 +9,9 @@ settled study's record expires. `python -m bench.spool_scale` measures the passe
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -164,3 +166,21 @@ def test_one_instance_stored_on_several_associations_at_once_is_counted_once(
     assert spool.size_bytes == 1000
     spool.store_instance("1.2.3", "P", "1.2.3.5", bytes(1000))  # the study's second instance: within its limit of 2
     assert spool.size_bytes == 2000
+
+
+def test_a_node_whose_disk_can_never_keep_an_instance_says_so_at_start(
+    make_node: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Operations review: on a 4 MiB volume under the 1 GiB DICOM_NODE_MIN_FREE_BYTES the node listened without a
+    word, then refused every instance."""
+    total = shutil.disk_usage(tmp_path).total
+    with caplog.at_level(logging.WARNING, logger="app.node"):
+        make_node(spool_limits=SpoolLimits(min_free_bytes=total + 1))
+
+    (said,) = [line for line in caplog.records if "DICOM_NODE_MIN_FREE_BYTES" in line.getMessage()]
+    assert said.levelno == logging.WARNING
+    assert said.getMessage() == (
+        f"the spool's disk holds {total} bytes, less than the {total + 1} that must stay free "
+        "(DICOM_NODE_MIN_FREE_BYTES): every instance will be refused"
+    )
+    assert Spool(tmp_path / "other", limits=SpoolLimits(min_free_bytes=0)).room_problem() is None
