@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     audit = AuditLog(settings.audit_log_file)
+    metrics.watch_audit_failures(lambda: audit.write_failures)
     app = FastAPI(
         title="Brain tumor MRI service",
         description=DESCRIPTION,

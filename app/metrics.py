@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from app.core.model_store import Manifest
 
@@ -18,6 +28,9 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # The process' memory, CPU time, start time and open files (process_*): a restart or a memory climb shows.
+        ProcessCollector(registry=self.registry)
+        disable_created_metrics()  # no `_created` twin for every series: the start time says it once
         self.requests = Counter(
             "brain_tumor_http_requests",
             "HTTP requests served.",
@@ -96,6 +109,15 @@ class ServiceMetrics:
                 "mask_threshold": f"{manifest.segmenter.threshold:g}",
             }
         )
+
+    def watch_audit_failures(self, failures: Callable[[], float]) -> None:
+        """Export `failures()` (the audit log's `write_failures`) as the records it has lost since the start."""
+        lost = Gauge(
+            "brain_tumor_audit_records_lost",
+            "Audit records that could not be written (a full disk) since the start.",
+            registry=self.registry,
+        )
+        lost.set_function(failures)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -298,3 +298,14 @@ def test_read_metrics_labels_refused_body_as_unmatched(limited_client: TestClien
 
     labels = {"endpoint": "unmatched", "method": "POST", "status": "413"}
     assert counter_delta(limited_client, oversized, "brain_tumor_http_requests_total", **labels) == 1
+
+
+def test_metrics_show_the_process_and_the_audit_records_lost(client: TestClient) -> None:
+    """Operations review: no memory, CPU or start-time series (a restart or an out-of-memory kill did not show), a
+    `_created` twin for every series, and nothing counted audit records lost to a full disk."""
+    text = client.get("/metrics").text
+
+    assert sample_value(text, "process_resident_memory_bytes") > 0
+    assert sample_value(text, "process_start_time_seconds") > 0
+    assert sample_value(text, "brain_tumor_audit_records_lost") == 0
+    assert "_created" not in text
