@@ -241,7 +241,7 @@ class UndecodableDicomError(ServiceError):
 
 
 class TooManyDicomElementsError(UndecodableDicomError):
-    """A DICOM header of more data elements than the service reads (`app.dicom.dicom_header.MAX_HEADER_READS`): a
+    """A DICOM header of more data elements than the service reads (`app.dicom.part10.MAX_HEADER_READS`): a
     valid object may be one (an Enhanced MR of thousands of frames), so the DICOM node takes it without keeping it."""
 
 

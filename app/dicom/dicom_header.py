@@ -11,41 +11,41 @@ attributes. Nothing here logs.
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NoReturn
 
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomFileLike
-from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID
 
-from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
+from app.dicom.dicom_codestream import check_codestreams
+from app.dicom.part10 import (
+    DICOM_MAGIC,
+    DICOM_PREAMBLE_LENGTH,
+    _file_meta,
+    _inflated_header,
+    _is_deflated,
+    _is_encapsulated,
+    _pixel_data_tag_at,
+    _ShortReadWatch,
+    check_sequences_left_raw,
+)
 from app.errors import (
     ColourDicomError,
     DicomWithoutPixelDataError,
     ImageTooLargeError,
     InvalidDicomImageError,
     OtherModalityCaptureError,
-    OverMemoryBudgetError,
     ServiceError,
-    TooManyDicomElementsError,
     UndecodableDicomError,
     UnsupportedSopClassError,
     decoder_reason,
 )
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost, describe_bytes
-from app.settings import MIB, Settings
+from app.settings import Settings
 
-DICOM_PREAMBLE_LENGTH = 128
-DICOM_MAGIC = b"DICM"
 # The bytes `is_dicom` looks at: a file's first DICOM_SIGNATURE_BYTES tell it as well as the whole file.
 DICOM_SIGNATURE_BYTES = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC) + 6
 
@@ -68,19 +68,6 @@ PHOTOMETRIC_INTERPRETATIONS = (
     *("YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB"),
 )
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-DEFLATED_HEADER_BYTES = 4 * MIB
-"""Most of an inflated (Deflated Explicit VR Little Endian) data set kept to read its header; the rest is only
-counted, so that a deflate bomb is measured without being held."""
-_INFLATE_CHUNK = 1 * MIB
-_ITEM_TAG_LITTLE, _ITEM_TAG_BIG = b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00"  # (FFFE,E000) as each byte order writes it
-MAX_HEADER_READS = 250_000
-"""Most reads pydicom may make of a header (the data set before its pixel data, sequences of undefined length
-included): one to three per data element, so about 100,000 elements with values. pydicom holds some 700 bytes and
-spends 10-35 us on each element, and an element can be 8 bytes on the wire: an 8 MB file of a million empty private
-elements took 11.7 s and +660 MiB to read before any check, and was kept by the DICOM node (attack review 31); one
-of 128 MiB, the node's instance limit, is 16 million elements. The header of a 1,024-frame Enhanced MR has fewer
-than 100,000."""
 HEADER_BYTES_PER_READ = 400
 """Memory a header costs per read pydicom made of it (`DicomHeader.header_bytes`), parsed and held until the answer:
 24 files of 99,000 empty private elements (about 198,000 reads each) took 1.54 GiB more than the same files without
@@ -90,9 +77,6 @@ HEADER_READS_INCLUDED = 1_000
 within what each file's pixel figures leave over; past them every read counts."""
 BYTES_PER_SAMPLE = {1: 1, 8: 1, 16: 2, 32: 4, 64: 8}
 """BitsAllocated -> bytes of one decoded sample (1-bit pixels are unpacked to one byte each)."""
-_EXPLICIT_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
 _RASTER_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # TIFF may share a file with DICOM: not listed
 
 
@@ -274,232 +258,12 @@ def checked_dimensions(dataset: Dataset, max_pixels: int) -> tuple[int, int, int
     return rows, columns, frames, bits
 
 
-class _ShortReadWatch(io.BytesIO):
-    """The file's bytes, noting whether a read ever got fewer bytes than it asked for past the end.
-
-    A complete data set ends on an element boundary: pydicom's one empty read there (looking for the next tag) is
-    the clean end. A second empty read (a value after its tag and length) or a partial one means the bytes end
-    inside an element.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self._partial = False
-        self._empty = 0
-        self._reads = 0
-        self._exceeded = False
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        self._reads += 1
-        if self._reads > MAX_HEADER_READS:
-            self._exceeded = True
-            raise_too_many_elements()
-        output = super().read(size)
-        if size is not None and size > 0 and len(output) < size:
-            if output:
-                self._partial = True
-            else:
-                self._empty += 1
-        return output
-
-    @property
-    def reads(self) -> int:
-        """How many reads pydicom has made so far."""
-        return self._reads
-
-    def raise_if_exceeded(self) -> None:
-        """Raise `raise_too_many_elements`'s error if a read went past `MAX_HEADER_READS`, whatever pydicom made of
-        it: its read of an item's tag re-raises any exception as ``OSError("No tag to read at file position ...")``,
-        which read as a truncated or corrupt file (a valid 2,048-frame Enhanced MR with sequences of undefined
-        length, interop review 31)."""
-        if self._exceeded:
-            raise_too_many_elements()
-
-    @property
-    def cut(self) -> bool:
-        return self._partial or self._empty > 1
-
-
-def raise_too_many_elements() -> NoReturn:
-    """Stop pydicom reading a header of more than `MAX_HEADER_READS` reads (`_ShortReadWatch`)."""
-    raise TooManyDicomElementsError(
-        f"DICOM header has too many data elements (over {MAX_HEADER_READS} reads before the pixel data); refused "
-        "before it was read whole"
-    )
-
-
-def check_sequences_left_raw(dataset: Dataset, reads: int) -> None:
-    """Refuse a header whose sequences of defined length, which pydicom keeps as bytes and parses on first access
-    (out of `_ShortReadWatch`'s sight), would take the elements read past `MAX_HEADER_READS`.
-
-    Counted before any is accessed (the header checks read the functional groups): 500,000 empty elements in one
-    item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read (attack
-    review 31). An element is at least 8 bytes: while the sequences' bytes cannot hold more elements than the reads
-    left, nothing is walked.
-    """
-    budget = MAX_HEADER_READS - reads
-    raw_sequences = list(_sequences_left_raw(dataset))
-    if sum(len(raw.value or b"") for raw in raw_sequences) // 8 <= budget:
-        return
-    for raw in raw_sequences:
-        budget -= _elements_within(raw.value or b"", raw.is_implicit_VR, raw.is_little_endian, budget)
-        if budget < 0:
-            raise_too_many_elements()
-
-
-def _sequences_left_raw(dataset: Dataset) -> Iterator[RawDataElement]:
-    """The elements of `dataset` (and of the items of its sequences already parsed) that pydicom would parse as a
-    sequence on first access, without parsing anything: VR SQ, or a value that starts with an item's tag (implicit
-    VR, UN)."""
-    for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset converts each element; its keys do not
-        element = dataset.get_item(tag)
-        if isinstance(element, RawDataElement):
-            value = element.value or b""
-            item_tag = _ITEM_TAG_LITTLE if element.is_little_endian else _ITEM_TAG_BIG
-            if element.VR == "SQ" or (element.VR in (None, "UN") and value[:4] == item_tag):
-                yield element
-        elif element is not None and element.VR == "SQ" and isinstance(element.value, Sequence):
-            for item in element.value:
-                yield from _sequences_left_raw(item)
-
-
-def _elements_within(value: bytes, implicit: bool, little: bool, most: int) -> int:
-    """Data elements, items and delimiters in a sequence's bytes at every depth (stepping into items and into
-    anything that may be a sequence), counting up to just past `most`; a walk of their headers only."""
-    endian = "<" if little else ">"
-    item_tag = _ITEM_TAG_LITTLE if little else _ITEM_TAG_BIG
-    position, count = 0, 0
-    while position + 8 <= len(value) and count <= most:
-        count += 1
-        group = struct.unpack_from(endian + "H", value, position)[0]
-        if group == 0xFFFE:  # an item or a delimiter: its elements follow
-            position += 8
-            continue
-        if implicit:
-            header, length = 8, struct.unpack_from(endian + "L", value, position + 4)[0]
-            nested = value[position + 8 : position + 12] == item_tag
-        else:
-            vr = value[position + 4 : position + 6]
-            if vr in _EXPLICIT_LONG_VRS:
-                if position + 12 > len(value):  # cut inside its last header: pydicom says what is wrong, if read
-                    break
-                header, length = 12, struct.unpack_from(endian + "L", value, position + 8)[0]
-            else:
-                header, length = 8, struct.unpack_from(endian + "H", value, position + 6)[0]
-            nested = vr == b"SQ" or value[position + header : position + header + 4] == item_tag
-        position += header if length == UNDEFINED_LENGTH or nested else header + length
-    return count
-
-
 def _check_part10(data: bytes) -> None:
     if not is_dicom(data):
         raise UndecodableDicomError(
             f"a DICOM file must hold {DICOM_MAGIC.decode()} at byte {DICOM_PREAMBLE_LENGTH} (Part 10 format); "
             f"found {data[DICOM_PREAMBLE_LENGTH : DICOM_PREAMBLE_LENGTH + 4]!r}"
         )
-
-
-def _file_meta(data: bytes) -> tuple[int, str]:
-    """Where the file meta group ends, and its Transfer Syntax UID ('' if absent).
-
-    Read by hand (Part 10 fixes it: explicit VR little endian, group 0002, right after ``DICM``) because pydicom
-    inflates a whole deflated data set as soon as it has read the meta group.
-    """
-    position = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)
-    transfer_syntax = ""
-    while position + 8 <= len(data) and data[position : position + 2] == b"\x02\x00":
-        element = int.from_bytes(data[position + 2 : position + 4], "little")
-        if data[position + 4 : position + 6] in _EXPLICIT_LONG_VRS:
-            length, start = int.from_bytes(data[position + 8 : position + 12], "little"), position + 12
-        else:
-            length, start = int.from_bytes(data[position + 6 : position + 8], "little"), position + 8
-        if length == UNDEFINED_LENGTH or start + length > len(data):
-            raise UndecodableDicomError("DICOM file meta group (0002) is truncated or has an undefined length")
-        if element == 0x0010:
-            transfer_syntax = data[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        position = start + length
-    if position + 8 > len(data):
-        raise UndecodableDicomError(
-            f"DICOM file ends in or right after its file meta group (0002), at byte {len(data)} (truncated)"
-        )
-    return position, transfer_syntax
-
-
-def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int, int]:
-    """The header of a deflated data set, whether pixel data follows it, the inflated size and the reads pydicom
-    made of the header.
-
-    The stream is inflated a chunk at a time; the first `DEFLATED_HEADER_BYTES` are kept, the rest only counted.
-    """
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    kept, inflated = bytearray(), 0
-    try:
-        for start in range(meta_end, len(data), 64 * 1024):
-            output = inflater.decompress(data[start : start + 64 * 1024], _INFLATE_CHUNK)
-            while True:
-                inflated += len(output)
-                if len(kept) < DEFLATED_HEADER_BYTES:
-                    kept += output[: DEFLATED_HEADER_BYTES - len(kept)]
-                if max_bytes is not None and inflated > max_bytes:
-                    raise OverMemoryBudgetError(
-                        f"DICOM file's deflated data set inflates to more than {describe_bytes(max_bytes)}, the "
-                        "memory budget (DECODE_MEMORY_BYTES); refused before it was held"
-                    )
-                if not inflater.unconsumed_tail:
-                    break
-                output = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
-            if inflater.eof:
-                break
-    except zlib.error as error:
-        raise UndecodableDicomError(f"DICOM deflated data set cannot be inflated: {error}") from error
-    if not inflater.eof:
-        raise UndecodableDicomError("DICOM deflated data set is truncated (the deflate stream does not end)")
-    reached_pixels = False
-
-    def at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
-        nonlocal reached_pixels
-        reached_pixels = reached_pixels or tag in PIXEL_DATA_TAGS
-        return reached_pixels
-
-    cut = inflated > len(kept)
-    stream = _ShortReadWatch(bytes(kept))
-    try:
-        dataset = read_dataset(DicomFileLike(stream), False, True, stop_when=at_pixel_data)
-        check_sequences_left_raw(dataset, stream.reads)
-    except ServiceError:
-        raise
-    except Exception:
-        stream.raise_if_exceeded()
-        if not cut or reached_pixels:
-            raise
-        dataset = None
-    if dataset is None or (cut and not reached_pixels):
-        raise OverMemoryBudgetError(
-            f"DICOM file's header (the data set before its pixel data) is over {describe_bytes(DEFLATED_HEADER_BYTES)} "
-            "once inflated"
-        )
-    return dataset, reached_pixels, inflated, stream.reads
-
-
-def _pixel_data_tag_at(data: bytes, position: int) -> bool:
-    """Whether a pixel data element starts at `position` (little endian, or the retired big endian)."""
-    tag = data[position : position + 4]
-    if len(tag) < 4:
-        return False
-    little = int.from_bytes(tag[:2], "little") << 16 | int.from_bytes(tag[2:], "little")
-    big = int.from_bytes(tag[:2], "big") << 16 | int.from_bytes(tag[2:], "big")
-    return little in PIXEL_DATA_TAGS or big in PIXEL_DATA_TAGS
-
-
-def _is_deflated(transfer_syntax: str) -> bool:
-    return transfer_syntax == DeflatedExplicitVRLittleEndian
-
-
-def _is_encapsulated(transfer_syntax: str) -> bool:
-    try:
-        return UID(transfer_syntax).is_encapsulated
-    except ValueError:  # not a transfer syntax pydicom knows: it reads the data as native
-        return False
 
 
 def bits_allocated(dataset: Dataset) -> int:

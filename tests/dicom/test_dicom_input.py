@@ -21,9 +21,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from app.dicom.dicom_header import _file_meta, is_dicom, read_dicom_header
+from app.dicom.dicom_header import is_dicom, read_dicom_header
 from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_series import prepare_inputs
+from app.dicom.part10 import _file_meta
 from app.errors import (
     DicomWithoutPixelDataError,
     ErrorKind,

@@ -13,8 +13,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from app.dicom import dicom_header
-from app.dicom.dicom_header import DICOM_PREAMBLE_LENGTH, read_dicom_header
+from app.dicom import part10
+from app.dicom.dicom_header import read_dicom_header
+from app.dicom.part10 import DICOM_PREAMBLE_LENGTH
 from app.errors import UndecodableDicomError
 from tests.dicom.builders import Study, mr_dataset, to_bytes, tumor_channels
 
@@ -43,7 +44,7 @@ def test_the_read_limit_is_named_wherever_it_falls_in_a_sequence(
 ) -> None:
     data = _with_items_of_undefined_length(transfer_syntax)
     for limit in range(400, 412):  # inside the sequence: each read of it in turn, an item's tag among them
-        monkeypatch.setattr(dicom_header, "MAX_HEADER_READS", limit)
+        monkeypatch.setattr(part10, "MAX_HEADER_READS", limit)
         with pytest.raises(UndecodableDicomError, match="too many data elements"):
             read_dicom_header(data)
 
