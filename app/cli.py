@@ -235,7 +235,7 @@ def predict(args: argparse.Namespace) -> int:
     except ModelStoreError as error:
         return fail(f"brain-tumor predict: cannot load the models: {error}", EXIT_MODELS)
 
-    from app.sequence_selection import SelectionRules
+    from app.sequence_rules import SelectionRules
 
     command = PredictRun(
         predictor=predictor,

@@ -36,7 +36,7 @@ from app.metrics import ServiceMetrics
 from app.model_runners import batcher_runner
 from app.prediction import PredictionService
 from app.security import ApiKeyStore, RateLimiter
-from app.sequence_selection import SelectionRules
+from app.sequence_rules import SelectionRules
 from app.settings import Settings, get_settings
 from app.uploads import UploadLimits
 

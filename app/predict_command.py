@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from app.inference import Predictor
     from app.model_runners import ModelRunner
     from app.prediction import BatchAnswer, PredictionService
-    from app.sequence_selection import SelectionRules
+    from app.sequence_rules import SelectionRules
     from app.uploads import UploadLimits
 
 # `<stem>_predicted_mask.png`, as the upload page names its masks: never the LGG ground truth's `<stem>_mask.png`, so
@@ -237,7 +237,7 @@ class PredictRun:
 
     def _service(self, run_models: ModelRunner) -> PredictionService:
         from app.prediction import PredictionService
-        from app.sequence_selection import SelectionRules
+        from app.sequence_rules import SelectionRules
 
         return PredictionService(
             self.predictor, run_models, self.limits, offload=False, rules=self.rules or SelectionRules()

@@ -40,7 +40,7 @@ from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget
 from app.model_runners import ModelRunner, Models
 from app.overlay import OVERLAY_BYTES_PER_PIXEL, render_overlay_png
-from app.sequence_selection import SelectionRules
+from app.sequence_rules import SelectionRules
 from app.series_choice import SeriesChoice
 from app.series_result import (
     SeriesResult,

@@ -7,9 +7,9 @@ in no useful order, so the roles come from each series' own attributes, never fr
    ``Survey``) are never a channel: their short-TR, short-TE gradient echo looks T1-weighted, and one of them beside
    the study's T1 series turned the three-channel mode off.
 1. **Text**: Series Description, else Protocol Name, matched case-insensitively against wildcards
-   (`SelectionRules`). The Series Description decides when it matches a localizer, FLAIR, T1 or other-contrast
-   wildcard: Protocol Name is often the whole examination's protocol (``MR BRAIN W WO T1 T2 FLAIR``), naming every
-   sequence of it. A name that matches a T1 wildcard is T1 even when it also says FLAIR (``T1 FLAIR`` is
+   (`app.sequence_rules.SelectionRules`). The Series Description decides when it matches a localizer, FLAIR, T1 or
+   other-contrast wildcard: Protocol Name is often the whole examination's protocol (``MR BRAIN W WO T1 T2 FLAIR``),
+   naming every sequence of it. A name that matches a T1 wildcard is T1 even when it also says FLAIR (``T1 FLAIR`` is
    T1-weighted); one that names another contrast (``AX T2* GRE``, ``SWI_Images``, ``Ax DWI``) and neither T1 nor
    FLAIR is neither.
 2. **Sequence attributes**, which confirm or replace the text: an inversion-recovery sequence (Scanning Sequence
@@ -41,49 +41,16 @@ functions: no I/O, no logging.
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from app.dicom.dicom_frame import frame_value
-from app.dicom.slice_orientation import slice_plane
+from app.sequence_rules import SelectionRules
+from app.series_info import SeriesInfo, _planes
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
-    from app.settings import Settings  # which imports this module's defaults
-
-DEFAULT_FLAIR_PATTERNS = ("*FLAIR*", "*DARK*FLUID*", "*DARKFLUID*", "*T2*FLAIR*", "*T2*IR*FS*")
-DEFAULT_T1_PATTERNS = ("*T1*", "*MPRAGE*", "*MP-RAGE*", "*SPGR*", "*BRAVO*", "*TFE*T1*")
-DEFAULT_POST_CONTRAST_PATTERNS = ("*POST*", "*+C*", "*+ C*", "*GAD*", "*GD*", "*CONTRAST*", "* C+*", "*CE*T1*")
-DEFAULT_LOCALIZER_PATTERNS = ("*LOC*", "*SCOUT*", "*SURVEY*", "*PILOT*", "*CALIBRAT*")
-# Contrasts the models do not read that a name can say: T2* and susceptibility, diffusion, angiography, balanced
-# steady state. ``[*]`` is a literal asterisk (``AX T2* GRE``).
-DEFAULT_OTHER_PATTERNS = (
-    "*T2[*]*",
-    "*T2STAR*",
-    "*T2?STAR*",
-    "*SWI*",
-    "*SWAN*",
-    "*SUSCEPT*",
-    "*HEMO*",
-    "*MIP*",
-    "*DWI*",
-    "*DIFF*",
-    "*ADC*",
-    "*DTI*",
-    "*TOF*",
-    "*MRA*",
-    "*ANGIO*",
-    "*FIESTA*",
-    "*CISS*",
-    "*TRUFI*",
-    "*BFFE*",
-    "*B?FFE*",
-)
-CONTRAST_ATTRIBUTES = ("ContrastBolusAgent", "ContrastBolusIngredient", "ContrastBolusRoute", "ContrastBolusVolume")
 
 
 class SequenceRole(StrEnum):
@@ -91,145 +58,6 @@ class SequenceRole(StrEnum):
     T1_PRE = "T1 pre-contrast"
     T1_POST = "T1 post-contrast"
     OTHER = "other"
-
-
-@dataclass(frozen=True)
-class SelectionRules:
-    """The rules of `select_sequences` (from the settings: `from_settings`).
-
-    Attributes
-    ----------
-    flair_patterns, t1_patterns, post_contrast_patterns
-        Case-insensitive wildcards (``*``, ``?``, ``[*]`` for an asterisk) on Series Description and Protocol Name.
-    localizer_patterns
-        Names of localizers (planning scans): never a channel, not even alone. Checked first.
-    other_patterns
-        Names of contrasts the models do not read (T2*, SWI, diffusion, ...): neither FLAIR nor T1. Checked after
-        the T1 and FLAIR wildcards.
-    flair_min_inversion_ms
-        Inversion Time at or above which an IR sequence is FLAIR.
-    t1_inversion_ms
-        Inversion Time range (low, high) of a T1-weighted IR (MPRAGE, T1 FLAIR).
-    t1_max_repetition_ms, t1_max_echo_ms
-        Repetition and Echo Time at or below which an unnamed spin- or gradient-echo series is T1-weighted.
-    t1_gradient_echo_max_echo_ms
-        Echo Time at or above which a gradient echo is T2*-weighted, not T1 (T1 spoiled gradient echoes: 2-5 ms; T2*
-        GRE and SWI: 15-40 ms).
-    axial_max_tilt_degrees
-        Largest angle between the slice normal and the head-foot axis that still counts as axial with no note
-        (angulated axials along the AC-PC line are tilted 10-25 degrees; at 45 a plane is as coronal or sagittal as
-        axial).
-    """
-
-    flair_patterns: tuple[str, ...] = DEFAULT_FLAIR_PATTERNS
-    t1_patterns: tuple[str, ...] = DEFAULT_T1_PATTERNS
-    post_contrast_patterns: tuple[str, ...] = DEFAULT_POST_CONTRAST_PATTERNS
-    flair_min_inversion_ms: float = 1500.0
-    t1_inversion_ms: tuple[float, float] = (300.0, 1300.0)
-    t1_max_repetition_ms: float = 1000.0
-    t1_max_echo_ms: float = 30.0
-    localizer_patterns: tuple[str, ...] = DEFAULT_LOCALIZER_PATTERNS
-    other_patterns: tuple[str, ...] = DEFAULT_OTHER_PATTERNS
-    t1_gradient_echo_max_echo_ms: float = 10.0
-    axial_max_tilt_degrees: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not self.flair_patterns:
-            raise ValueError("flair_patterns must hold at least one wildcard; got none")
-        if not 0 <= self.axial_max_tilt_degrees < 90:
-            raise ValueError(f"axial_max_tilt_degrees must be in [0, 90); got {self.axial_max_tilt_degrees}")
-        low, high = self.t1_inversion_ms
-        if not 0 <= low < high <= self.flair_min_inversion_ms:
-            raise ValueError(
-                "t1_inversion_ms must be a range (low, high) with 0 <= low < high <= flair_min_inversion_ms; "
-                f"got {self.t1_inversion_ms} with flair_min_inversion_ms {self.flair_min_inversion_ms}"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SelectionRules:
-        """The rules named in `app.settings.Settings` (``SEQUENCE_*``)."""
-        return cls(
-            flair_patterns=tuple(settings.sequence_flair_patterns),
-            t1_patterns=tuple(settings.sequence_t1_patterns),
-            post_contrast_patterns=tuple(settings.sequence_post_contrast_patterns),
-            flair_min_inversion_ms=settings.sequence_flair_min_inversion_ms,
-            localizer_patterns=tuple(settings.sequence_localizer_patterns),
-            other_patterns=tuple(settings.sequence_other_patterns),
-        )
-
-
-@dataclass(frozen=True)
-class SeriesInfo:
-    """What the selection reads of a series: from any one of its instances (they share these attributes)."""
-
-    series_instance_uid: str
-    series_number: int | None
-    modality: str
-    description: str
-    protocol_name: str
-    scanning_sequence: tuple[str, ...]
-    inversion_time_ms: float | None
-    repetition_time_ms: float | None
-    echo_time_ms: float | None
-    contrast_agent: str
-    plane: str | None = None
-    """The plane the slice normal is nearest (axial, coronal, sagittal); None without a readable orientation."""
-    tilt_degrees: float | None = None
-    """Angle between the slice normal and the head-foot axis (0 for axial, 90 for sagittal and coronal)."""
-    image_type: tuple[str, ...] = ()
-    sequence_variant: tuple[str, ...] = ()
-    planes: frozenset[str] = frozenset()
-    """The planes of every slice seen (`select_sequences` joins the instances'): more than one in a 3-plane scout."""
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset) -> SeriesInfo:
-        orientation = _orientation(_sequence_value(dataset, "PlaneOrientationSequence", "ImageOrientationPatient"))
-        echo_time = dataset.get("EchoTime")
-        if echo_time is None:  # enhanced MR: per frame group
-            echo_time = _sequence_value(dataset, "MREchoSequence", "EffectiveEchoTime")
-        return cls(
-            series_instance_uid=str(dataset.get("SeriesInstanceUID", "")),
-            series_number=_integer(dataset.get("SeriesNumber")),
-            modality=str(dataset.get("Modality", "") or ""),
-            description=str(dataset.get("SeriesDescription", "") or ""),
-            protocol_name=str(dataset.get("ProtocolName", "") or ""),
-            scanning_sequence=_scanning_sequence(dataset),
-            inversion_time_ms=_first_number_or_none(
-                _sequence_value(dataset, "MRTimingAndRelatedParametersSequence", "InversionTime")
-            ),
-            repetition_time_ms=_first_number_or_none(
-                _sequence_value(dataset, "MRTimingAndRelatedParametersSequence", "RepetitionTime")
-            ),
-            echo_time_ms=_first_number_or_none(echo_time),
-            contrast_agent=" ".join(
-                str(dataset.get(keyword) or "").strip() for keyword in CONTRAST_ATTRIBUTES if dataset.get(keyword)
-            ).strip(),
-            plane=orientation[0] if orientation else None,
-            tilt_degrees=orientation[1] if orientation else None,
-            image_type=_upper_values(dataset.get("ImageType")),
-            sequence_variant=_sequence_variant(dataset),
-            planes=_planes(dataset),
-        )
-
-    @property
-    def axial(self) -> bool | None:
-        """Whether the slice normal is nearest the head-foot axis; None when the orientation is not given."""
-        return None if self.plane is None else self.plane == "axial"
-
-    @property
-    def names(self) -> tuple[tuple[str, str], ...]:
-        """(attribute, value) of the names given, Series Description first."""
-        named = (("Series Description", self.description), ("Protocol Name", self.protocol_name))
-        return tuple((attribute, value) for attribute, value in named if value)
-
-    @property
-    def number_text(self) -> str:
-        """ "number 5", or "unnumbered": how notes and errors name the series (never by its description)."""
-        return "unnumbered" if self.series_number is None else f"number {self.series_number}"
-
-    def sort_key(self) -> tuple[float, str]:
-        """Series Number order, unnumbered series last."""
-        return (self.series_number if self.series_number is not None else math.inf, self.series_instance_uid)
 
 
 @dataclass(frozen=True)
@@ -512,49 +340,6 @@ def _flair_choice_note(ranked: Sequence[SeriesClassification]) -> str:
     )
 
 
-def _orientation(orientation: object) -> tuple[str, float] | None:
-    """`slice_plane` of an Image Orientation (Patient) as a header holds it; None when it is absent or unreadable."""
-    try:
-        return slice_plane([float(value) for value in _values(orientation)])  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return None
-
-
-def _planes(dataset: Dataset) -> frozenset[str]:
-    """The planes of a dataset's slices: its Image Orientation (Patient), or each frame's in an enhanced object."""
-    orientations = [dataset.get("ImageOrientationPatient")]
-    groups = [*_items(dataset.get("SharedFunctionalGroupsSequence"))[:1]]
-    groups += _items(dataset.get("PerFrameFunctionalGroupsSequence"))
-    for group in groups:
-        item = _first_item(group.get("PlaneOrientationSequence"))
-        if item is not None:
-            orientations.append(item.get("ImageOrientationPatient"))
-    found = (_orientation(value) for value in orientations if value is not None)
-    return frozenset(plane for plane, _ in filter(None, found))
-
-
-def _scanning_sequence(dataset: Dataset) -> tuple[str, ...]:
-    """Scanning Sequence (``SE``, ``GR``, ``IR``, ``EP``), or its terms from an enhanced MR object's attributes."""
-    terms = _upper_values(dataset.get("ScanningSequence"))
-    if terms:
-        return terms
-    enhanced = {
-        "SE": str(dataset.get("EchoPulseSequence", "")).upper() in ("SPIN", "BOTH"),
-        "GR": str(dataset.get("EchoPulseSequence", "")).upper() in ("GRADIENT", "BOTH"),
-        "IR": str(dataset.get("InversionRecovery", "")).upper() == "YES",
-        "EP": str(dataset.get("EchoPlanarPulseSequence", "")).upper() == "YES",
-    }
-    return tuple(term for term, present in enhanced.items() if present)
-
-
-def _sequence_variant(dataset: Dataset) -> tuple[str, ...]:
-    """Sequence Variant (``SP``, ``SS``, ``TRSS``, ...), or ``TRSS`` from an enhanced object's steady state."""
-    terms = _upper_values(dataset.get("SequenceVariant"))
-    if not terms and str(dataset.get("SteadyStatePulseSequence", "")).upper() == "TIME_REVERSED":
-        return ("TRSS",)
-    return terms
-
-
 def _t1(series: SeriesInfo, evidence: str, contrast_evidence: str | None, named: bool = False) -> SeriesClassification:
     if contrast_evidence:
         return SeriesClassification(
@@ -587,53 +372,3 @@ def _name_match(names: Sequence[tuple[str, str]], patterns: Sequence[str]) -> st
             if fnmatch.fnmatchcase(value.upper(), pattern.upper()):
                 return f"{attribute} matches {pattern}"
     return None
-
-
-def _sequence_value(dataset: Dataset, sequence: str, keyword: str) -> object | None:
-    """An attribute as the first frame has it (`app.dicom.dicom_frame.frame_value`: its per-frame functional group,
-    then the shared one, then the top level): the same precedence the flow reads the frames' geometry with."""
-    return frame_value(dataset, 0, sequence, keyword)
-
-
-def _first_item(value: object) -> Any | None:
-    """The first item of a sequence element's value; None when it is empty or not a sequence of items at all (a
-    malformed file can carry text or bytes where the standard puts a sequence)."""
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
-        return None
-    item = value[0]
-    return item if hasattr(item, "get") and hasattr(item, "__contains__") else None
-
-
-def _items(value: object) -> list[Any]:
-    """The items of a sequence element's value that are datasets; [] for anything else (text, bytes, None)."""
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        return []
-    return [item for item in value if hasattr(item, "get") and hasattr(item, "__contains__")]
-
-
-def _upper_values(value: object) -> tuple[str, ...]:
-    return tuple(str(item).strip().upper() for item in _values(value) if str(item).strip())
-
-
-def _values(value: object) -> list[object]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str | bytes):
-        return [value]
-    try:
-        return list(value)  # type: ignore[call-overload]
-    except TypeError:
-        return [value]
-
-
-def _first_number_or_none(value: object) -> float | None:
-    items = _values(value)
-    try:
-        return float(items[0]) if items else None  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
-def _integer(value: object) -> int | None:
-    number = _first_number_or_none(value)
-    return int(number) if number is not None else None

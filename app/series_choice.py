@@ -26,16 +26,16 @@ from dataclasses import dataclass, replace
 
 from app.dicom.dicom_header import DicomHeader
 from app.errors import MixedInputError, NoFlairSeriesError, ServiceError
+from app.sequence_rules import SelectionRules
 from app.sequence_selection import (
-    SelectionRules,
     SequenceRole,
     SeriesClassification,
-    SeriesInfo,
     classify_series,
     only_series_note,
     orientation_note,
     select_sequences,
 )
+from app.series_info import SeriesInfo
 
 T1_ROLES = (SequenceRole.T1_PRE, SequenceRole.T1_POST)
 

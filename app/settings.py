@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.sequence_selection import (
+from app.sequence_rules import (
     DEFAULT_FLAIR_PATTERNS,
     DEFAULT_LOCALIZER_PATTERNS,
     DEFAULT_OTHER_PATTERNS,

@@ -42,7 +42,8 @@ from app.dicom.dicom_sr import series_volume_report
 from app.errors import ServiceError
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
-from app.sequence_selection import SelectionRules, StudySelection, select_sequences
+from app.sequence_rules import SelectionRules
+from app.sequence_selection import StudySelection, select_sequences
 from app.series_result import several_slices
 from app.uploads import UploadLimits, check_upload_size
 

@@ -28,7 +28,7 @@ from app.dicom.tumor_volume import slice_spacing_mm
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_in_place, stretch_range
 from app.memory_budget import check_cost, mask_bytes
-from app.sequence_selection import SelectionRules
+from app.sequence_rules import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input, request_file
 

@@ -56,7 +56,7 @@ def main(
     import signal
 
     from app.inference import Predictor
-    from app.sequence_selection import SelectionRules
+    from app.sequence_rules import SelectionRules
     from app.study_analysis import ModelStudyProcessor
 
     settings = settings or get_settings()

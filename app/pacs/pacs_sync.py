@@ -45,7 +45,7 @@ from app.pacs.orthanc_errors import OrthancError
 from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
-from app.sequence_selection import SelectionRules
+from app.sequence_rules import SelectionRules
 from app.settings import Settings, get_settings
 from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from app.dicom.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.pacs.orthanc_http import origin
-from app.sequence_selection import SelectionRules
+from app.sequence_rules import SelectionRules
 from app.settings import DAY_SECONDS, HTTP_URL_RULE, MIB, Settings, is_http_url
 
 DICOMWEB_ROOT = "dicom-web"
