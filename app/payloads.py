@@ -11,7 +11,8 @@ import numpy as np
 
 from app import masks, schemas
 from app.dicom.dicom_frame import offsets_along_normal
-from app.dicom.dicom_series import SliceInput, slices_missing_before
+from app.dicom.dicom_series import SliceInput
+from app.dicom.slice_order import slices_missing_before
 from app.errors import ServiceError
 from app.inference import SlicePrediction
 from app.series_choice import SeriesChoice, SeriesUse

@@ -23,18 +23,15 @@ import numpy as np
 from app import payloads, schemas
 from app.dicom.dicom_header import DicomHeader, is_dicom
 from app.dicom.dicom_series import (
-    UNKNOWN_ORDER_NOTE,
     SeriesPlan,
     SeriesUploads,
-    anatomical_order,
     decode_series,
     in_stored_orientation,
     model_inputs,
     plan_headers,
     plan_series,
-    series_breaks,
-    slice_order_known,
 )
+from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, anatomical_order, series_breaks, slice_order_known
 from app.errors import InvalidSliceError, MixedInputError, SegmentationInputError, ServiceError
 from app.inference import SlicePrediction
 from app.memory_budget import MemoryBudget

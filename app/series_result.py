@@ -15,7 +15,8 @@ from pydicom.dataset import Dataset
 from app.core.gate import mask_shown_alone
 from app.core.series_postprocessing import clean_series_masks
 from app.dicom.dicom_seg import build_segmentations
-from app.dicom.dicom_series import SliceInput, anatomical_order, missing_slices, slice_order_known, too_many_slices
+from app.dicom.dicom_series import SliceInput, too_many_slices
+from app.dicom.slice_order import anatomical_order, missing_slices, slice_order_known
 from app.dicom.tumor_volume import tumor_volume_ml
 from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
@@ -35,7 +36,7 @@ class SeriesResult:
     tumor_volume_ml
         See `app.dicom.tumor_volume.tumor_volume_ml`; 0.0 when nothing was found.
     slices_missing
-        Slices missing between those analysed (`app.dicom.dicom_series.missing_slices`): the volume leaves them out.
+        Slices missing between those analysed (`app.dicom.slice_order.missing_slices`): the volume leaves them out.
     tumor_reaches_series_end
         A slice at either end of those analysed (in anatomical order) is positive: the tumor may go on beyond what
         was sent, and the volume may be cut short. False when the order is unknown (`slice_order_known`).
@@ -98,9 +99,9 @@ def clean_series(
 ) -> list[SlicePrediction]:
     """The series clean-up (`app.core.series_postprocessing`) of the predictions of one volume's slices.
 
-    `order` lists the predictions' indices in anatomical order (`app.dicom.dicom_series.anatomical_order`); None: they
+    `order` lists the predictions' indices in anatomical order (`app.dicom.slice_order.anatomical_order`); None: they
     are in that order already. `breaks`: the places in `order` with slices missing after them
-    (`app.dicom.dicom_series.series_breaks`). The answer keeps the predictions' own order. A slice whose mask the
+    (`app.dicom.slice_order.series_breaks`). The answer keeps the predictions' own order. A slice whose mask the
     clean-up empties is reported as not detected (its probability stays as the classifier gave it): in a series, a
     slice is positive when its mask survives. A single slice is never changed.
     """

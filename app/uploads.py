@@ -323,7 +323,7 @@ def prepare_series_uploads(
 
 def raster_series_breaks(prepared: Sequence[PreparedSlice | ServiceError]) -> set[int]:
     """The places k between the k-th and (k+1)-th decoded slice of a raster series with two or more files that
-    failed between them: as in a DICOM series (`app.dicom.dicom_series.series_breaks`), the series clean-up joins masks
+    failed between them: as in a DICOM series (`app.dicom.slice_order.series_breaks`), the series clean-up joins masks
     across one missing slice, as a tumor goes on through it, but not across more."""
     decoded = [index for index, item in enumerate(prepared) if isinstance(item, PreparedSlice)]
     return {place for place, (before, after) in enumerate(itertools.pairwise(decoded)) if after - before > 2}

@@ -38,7 +38,7 @@ from app.dicom.dicom_conformance import (
     without_contradicted_spacing,
 )
 from app.dicom.dicom_frame import DicomFrame
-from app.dicom.dicom_series import SAME_PLANE_TOLERANCE, SliceInput, anatomical_order
+from app.dicom.dicom_series import SAME_PLANE_TOLERANCE, SliceInput
 from app.dicom.result_uids import (
     MANUFACTURER,
     masks_digest,
@@ -47,6 +47,7 @@ from app.dicom.result_uids import (
     segmenter_name_version,
     software_version,
 )
+from app.dicom.slice_order import anatomical_order
 from app.dicom.tumor_volume import position_spacing_mm, slice_spacing_mm
 from app.errors import SegmentationInputError, builder_reason
 

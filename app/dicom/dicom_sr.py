@@ -97,7 +97,7 @@ class VolumeFindings:
     slices_analysed, slices_with_tumor
         Slices the models read, and those they called positive.
     slices_missing
-        Slices missing between those analysed (`app.dicom.dicom_series.missing_slices`): the volume leaves them out.
+        Slices missing between those analysed (`app.dicom.slice_order.missing_slices`): the volume leaves them out.
     tumor_reaches_series_end
         The first or last slice analysed is positive: the tumor may go on beyond the series, and the volume with it.
     notes

@@ -8,16 +8,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.dicom.dicom_input import read_dicom
-from app.dicom.dicom_series import (
-    SlicePlaces,
-    anatomical_order,
-    missing_slices,
-    model_inputs,
-    normalise_volume,
-    prepare_inputs,
-    read_series,
-    series_breaks,
-)
+from app.dicom.dicom_series import SlicePlaces, model_inputs, normalise_volume, prepare_inputs, read_series
+from app.dicom.slice_order import anatomical_order, missing_slices, series_breaks
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
 from app.imaging import stretch_to_uint8
 from app.uploads import model_input

@@ -14,8 +14,9 @@ from PIL import Image
 
 from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom.dicom_seg_reader import read_segmentation_masks
-from app.dicom.dicom_series import UNKNOWN_ORDER_NOTE, model_inputs, read_series
+from app.dicom.dicom_series import model_inputs, read_series
 from app.dicom.dicom_sr_reader import read_volume_report
+from app.dicom.slice_order import UNKNOWN_ORDER_NOTE
 from app.inference import Predictor, SlicePrediction
 from app.series_result import single_slice_answers
 from tests.api.service_client import decode_rle
