@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_node import DicomNode
 from app.node.dicom_sender import Destination
 from app.node.dicom_spool import study_key
+from app.node.node_config import NodeConfig
 from app.study_analysis import StudyAnalysis
 from bench.measurements import format_table
 

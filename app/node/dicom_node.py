@@ -55,9 +55,10 @@ address holds at most `max_associations_per_peer` associations, so a peer that k
 Logs name studies by a hash of their Patient ID and Study Instance UID (`app.node.dicom_spool.study_key`), never by
 DICOM attributes.
 
-This module holds the node itself: `NodeConfig` (its settings, checked) and `DicomNode` (the association handlers that
-receive, the worker that processes, the sender threads). The rest lives beside it:
+This module holds the node itself: `DicomNode` (the association handlers that receive, the worker that processes,
+the sender threads). The rest lives beside it:
 
+- `app.node.node_config`: `NodeConfig`, the node's settings, checked;
 - `app.node.dicom_received_instance`: what the node accepts (SOP classes, transfer syntaxes, statuses) and the check
   that keeps or refuses each instance received;
 - `app.node.dicom_study_runs`: the runs in a study's record that decide whether it is processed again (step 3), and the
@@ -80,7 +81,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -108,7 +108,7 @@ from app.node.dicom_received_instance import (
     uid,
 )
 from app.node.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
-from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits, timestamp
+from app.node.dicom_spool import Spool, SpoolFullError, timestamp
 from app.node.dicom_study_runs import (
     ABORTED_NOTE,
     already_analysed,
@@ -117,7 +117,7 @@ from app.node.dicom_study_runs import (
     reports,
     supersede_undelivered,
 )
-from app.settings import AE_TITLE_RULE, Settings, is_ae_title
+from app.node.node_config import NodeConfig
 from app.study_analysis import StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
@@ -165,95 +165,6 @@ RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
 UNWRITABLE_MOST_SECONDS = 1800.0  # longest wait before a study whose results the spool could not take is tried again
 IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
-
-
-def _setting_default(name: str) -> Any:
-    """The default of the setting DICOM_NODE_`name`."""
-    return Settings.model_fields[f"dicom_node_{name}"].default
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """What the node listens on, where it keeps its data, and where it sends results (see the module docstring)."""
-
-    # The defaults are the DICOM_NODE_* settings' (`from_settings` builds it from them; tests build it directly).
-    spool_dir: Path
-    ae_title: str = _setting_default("ae_title")
-    host: str = _setting_default("host")
-    port: int = _setting_default("port")
-    quiet_seconds: float = _setting_default("quiet_seconds")
-    allowed_calling_ae_titles: tuple[str, ...] = ()
-    destinations: tuple[Destination, ...] = ()
-    send_retries: int = _setting_default("send_retries")
-    send_backoff_seconds: float = _setting_default("send_backoff_seconds")
-    send_timeout_seconds: float = _setting_default("send_timeout_seconds")
-    poll_seconds: float = 1.0  # at most; `from_settings` polls four times a quiet period when that is shorter
-    stop_seconds: float = 5.0
-    max_attempts: int = 3
-    max_associations: int = _setting_default("max_associations")
-    max_associations_per_peer: int = _setting_default("max_associations_per_peer")
-    association_timeout_seconds: float = _setting_default("association_timeout_seconds")
-    spool_limits: SpoolLimits = SpoolLimits()
-    receive_memory_bytes: int = _setting_default("receive_memory_bytes")
-
-    def __post_init__(self) -> None:
-        if not is_ae_title(self.ae_title):
-            raise ValueError(f"the node's AE title: {AE_TITLE_RULE}; got {self.ae_title!r}")
-        if self.quiet_seconds <= 0 or self.poll_seconds <= 0 or self.stop_seconds < 0:
-            raise ValueError(
-                "quiet_seconds and poll_seconds must be > 0 and stop_seconds >= 0; got "
-                f"{self.quiet_seconds}, {self.poll_seconds} and {self.stop_seconds}"
-            )
-        if self.max_associations < 1 or self.association_timeout_seconds <= 0 or self.send_timeout_seconds <= 0:
-            raise ValueError(
-                "max_associations must be >= 1, association_timeout_seconds and send_timeout_seconds > 0; got "
-                f"{self.max_associations}, {self.association_timeout_seconds} and {self.send_timeout_seconds}"
-            )
-        if self.max_associations_per_peer < 1:
-            raise ValueError(f"max_associations_per_peer must be >= 1; got {self.max_associations_per_peer}")
-        if self.receive_memory_bytes < self.spool_limits.max_instance_bytes:
-            raise ValueError(
-                "receive_memory_bytes (DICOM_NODE_RECEIVE_MEMORY_BYTES) must be at least max_instance_bytes "
-                f"(DICOM_NODE_MAX_INSTANCE_BYTES), or no instance that large could arrive; got "
-                f"{self.receive_memory_bytes} < {self.spool_limits.max_instance_bytes}"
-            )
-        if self.send_retries < 0 or self.send_backoff_seconds < 0 or self.max_attempts < 1:
-            raise ValueError(
-                "send_retries and send_backoff_seconds must be >= 0 and max_attempts >= 1; got "
-                f"{self.send_retries}, {self.send_backoff_seconds}, {self.max_attempts}"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> NodeConfig:
-        """The ``DICOM_NODE_*`` settings, with `overrides` (e.g. from the command line) where given."""
-        values: dict[str, Any] = {
-            "spool_dir": Path(settings.dicom_node_spool_dir),
-            "ae_title": settings.dicom_node_ae_title,
-            "host": settings.dicom_node_host,
-            "port": settings.dicom_node_port,
-            "quiet_seconds": settings.dicom_node_quiet_seconds,
-            "allowed_calling_ae_titles": tuple(settings.dicom_node_allowed_calling_ae_titles),
-            "destinations": tuple(Destination.parse(item) for item in settings.dicom_node_destinations),
-            "send_retries": settings.dicom_node_send_retries,
-            "send_backoff_seconds": settings.dicom_node_send_backoff_seconds,
-            "send_timeout_seconds": settings.dicom_node_send_timeout_seconds,
-            "max_associations": settings.dicom_node_max_associations,
-            "max_associations_per_peer": settings.dicom_node_max_associations_per_peer,
-            "association_timeout_seconds": settings.dicom_node_association_timeout_seconds,
-            "spool_limits": SpoolLimits(
-                max_instance_bytes=settings.dicom_node_max_instance_bytes,
-                max_spool_bytes=settings.dicom_node_max_spool_bytes,
-                min_free_bytes=settings.dicom_node_min_free_bytes,
-                retention_seconds=settings.dicom_node_retention_hours * 3600.0,
-                max_pending_studies=settings.dicom_node_max_pending_studies,
-                record_retention_seconds=settings.dicom_node_record_retention_days * 24 * 3600.0,
-                max_study_instances=settings.dicom_node_max_study_instances,
-            ),
-            "receive_memory_bytes": settings.dicom_node_receive_memory_bytes,
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        values["poll_seconds"] = min(cls.poll_seconds, values["quiet_seconds"] / 4)
-        return cls(**values)
 
 
 class DicomNode:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from app.node.dicom_node import DicomNode, NodeConfig, check_address
+from app.node.dicom_node import DicomNode, check_address
 from app.node.dicom_spool import hold_spool
+from app.node.node_config import NodeConfig
 from app.settings import Settings, get_settings
 from app.uploads import UploadLimits
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from app.inference import Predictor
-from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_node import DicomNode
 from app.node.dicom_sender import Destination
+from app.node.node_config import NodeConfig
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.node_support import (
     CALLING_AE,

@@ -20,8 +20,8 @@ from app.dicom.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_sr import SR_SERIES_NUMBER
 from app.dicom.dicom_sr_reader import predecessors, read_volume_report
-from app.node.dicom_node import NodeConfig
 from app.node.dicom_sender import Destination
+from app.node.node_config import NodeConfig
 from app.settings import Settings
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (

@@ -19,9 +19,10 @@ import pytest
 from pydicom.uid import SegmentationStorage
 
 from app.logging_config import REDACTED, JsonFormatter
-from app.node.dicom_node import RECEIVE_MEMORY_FULL, DicomNode, NodeConfig
+from app.node.dicom_node import RECEIVE_MEMORY_FULL, DicomNode
 from app.node.dicom_sender import Destination
 from app.node.dicom_spool import SpoolLimits
+from app.node.node_config import NodeConfig
 from app.settings import MIB
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import PATIENT_ID, Study, mr_series, tumor_channels, write_files

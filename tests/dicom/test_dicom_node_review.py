@@ -18,10 +18,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_node import DicomNode
 from app.node.dicom_received_instance import without_found_values
 from app.node.dicom_sender import Destination
 from app.node.dicom_spool import SpoolLimits
+from app.node.node_config import NodeConfig
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import PATIENT_ID, mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (

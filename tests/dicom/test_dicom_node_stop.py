@@ -18,9 +18,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from app.node.dicom_node import DicomNode, NodeConfig
+from app.node.dicom_node import DicomNode
 from app.node.dicom_sender import Destination
 from app.node.dicom_spool import SENT_LOG
+from app.node.node_config import NodeConfig
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis, StudyProcessor
 from tests.dicom.builders import mr_series, tumor_channels, write_files
 from tests.dicom.node_support import (
