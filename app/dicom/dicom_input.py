@@ -1,10 +1,11 @@
 """Decoding DICOM Part 10 uploads into frames: modality values plus what a DICOM SEG needs to refer back.
 
-`read_dicom` turns one file into `DicomFrame`s (one per frame): its header is read and checked first
-(`app.dicom.dicom_header.read_dicom_header`), then `decode_dicom` decodes the pixels into modality values (Rescale Slope
-/ Intercept or the Modality LUT applied first, BitsStored and signed pixels honoured by pydicom, MONOCHROME1 inverted so
-that a higher value always means more signal), with the frame's geometry and the instance's header without its pixel
-data (`app.dicom.dicom_frame`). Grouping frames into model inputs is `app.dicom.dicom_series`'s job.
+A file's header is read and checked first (`app.dicom.dicom_header.read_dicom_header`, which also says what
+decoding will cost, for the caller's budget); then `decode_dicom` turns the file into `DicomFrame`s (one per frame):
+the pixels as modality values (Rescale Slope / Intercept or the Modality LUT applied first, BitsStored and signed
+pixels honoured by pydicom, MONOCHROME1 inverted so that a higher value always means more signal), with the frame's
+geometry and the instance's header without its pixel data (`app.dicom.dicom_frame`). Grouping frames into model
+inputs is `app.dicom.dicom_series`'s job.
 
 Failures are `app.errors.ServiceError`s whose messages name the rule and the value found; they never quote patient
 attributes. Nothing here logs.
@@ -24,13 +25,11 @@ from pydicom.uid import UID, JPEGExtended12Bit
 from app.dicom.dicom_codestream import UNDEFINED_LENGTH
 from app.dicom.dicom_frame import DicomFrame, frame_at, frame_geometry, frame_value
 from app.dicom.dicom_header import (
-    DEFAULT_MAX_DICOM_PIXELS,
     PIXEL_DATA_KEYWORDS,
     DicomHeader,
     bits_allocated,
     garbled_values_refused,
     image_dimensions,
-    read_dicom_header,
 )
 from app.dicom.dicom_pixels import stored_pixels
 from app.errors import (
@@ -41,47 +40,6 @@ from app.errors import (
     decoder_reason,
     without_quoted_values,
 )
-
-
-def read_dicom(
-    data: bytes, max_pixels: int = DEFAULT_MAX_DICOM_PIXELS, max_bytes: int | None = None
-) -> list[DicomFrame]:
-    """Read one DICOM Part 10 file into its frames: `read_dicom_header`, the cost against `max_bytes` (None: no
-    budget), then `decode_dicom`.
-
-    Parameters
-    ----------
-    data
-        The file's bytes.
-    max_pixels
-        Largest accepted rows x columns x frames, checked from the header before pixel data is decoded.
-    max_bytes
-        Most memory reading the file may take (`DicomHeader.cost_bytes`), checked from the header.
-
-    Returns
-    -------
-    list of DicomFrame
-        One per frame, in frame order.
-
-    Raises
-    ------
-    UndecodableDicomError
-        If the bytes are not a readable DICOM Part 10 file or the pixel data does not decode.
-    UnsupportedDicomError
-        If the SOP class is not an MR (or secondary capture) image, or no decoder exists for the transfer syntax.
-    DicomWithoutPixelDataError
-        If an image SOP class comes without pixel data.
-    InvalidDicomImageError
-        If the pixels are not monochrome with one sample per pixel, or a codestream's size is not Rows x Columns.
-    app.errors.ImageTooLargeError
-        If rows x columns x frames is over `max_pixels`.
-    app.errors.OverMemoryBudgetError
-        If reading the file would take more than `max_bytes`.
-    """
-    header = read_dicom_header(data, max_pixels, max_bytes)
-    if max_bytes is not None:
-        header.check_cost(max_bytes)
-    return decode_dicom(header)
 
 
 def decode_dicom(header: DicomHeader) -> list[DicomFrame]:

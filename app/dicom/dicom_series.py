@@ -6,7 +6,8 @@ slices the chosen frames will make and the memory decoding them will take, all b
 three are `plan_headers`, which the DICOM node's studies also go through before their files are read); `decode_series`
 then decodes the chosen files, and `prepare_inputs` normalises the frames of each series to uint8 (`normalise_volume`)
 and groups frames that lie at the same position into one model input (`SliceInput`): alone it is FLAIR, three together
-are pre-contrast, FLAIR, post-contrast in the order the choice gives. `read_series` is all three. No HTTP here.
+are pre-contrast, FLAIR, post-contrast in the order the choice gives. The service's path is `plan_series` ->
+`decode_series` (`app.prediction.PredictionService.predict_dicom`), with the request's limits. No HTTP here.
 """
 
 from __future__ import annotations
@@ -301,17 +302,6 @@ def _blank_series(frames: Sequence[DicomFrame]) -> set[str]:
     }
 
 
-def read_series(
-    uploads: Sequence[bytes | ServiceError],
-    max_pixels: int,
-    max_bytes: int | None = None,
-    rules: SelectionRules | None = None,
-) -> SeriesUploads:
-    """`plan_series` then `decode_series`, with the pixel limit `max_pixels` and the budget `max_bytes` (None: none)."""
-    limits = UploadLimits(max_dicom_pixels=max_pixels, max_decode_bytes=max_bytes)
-    return decode_series(plan_series(uploads, limits, rules=rules))
-
-
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """The model batch (`app.uploads.model_input`, as for raster uploads) and the size of each slice, each axial slice
     turned in-plane to the orientation the models learned (`app.dicom.slice_orientation`); `in_stored_orientation` turns
@@ -380,7 +370,7 @@ def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] =
     Parameters
     ----------
     frames
-        Frames from `read_dicom`, in request order.
+        Frames from `app.dicom.dicom_input.decode_dicom`, in request order.
     channel_series
         Series Instance UIDs in channel order: (pre, FLAIR, post), or (FLAIR,), or () to keep the frames' order.
 

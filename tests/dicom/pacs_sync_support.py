@@ -11,7 +11,6 @@ import numpy as np
 import requests
 from pydicom.dataset import Dataset
 
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import prepare_inputs
 from app.inference import Predictor, SlicePrediction
@@ -22,6 +21,7 @@ from app.pacs.pacs_sync_state import SyncState
 from app.settings import Settings
 from tests.dicom.builders import to_bytes
 from tests.dicom.orthanc_server import PASSWORD, USER, Orthanc
+from tests.dicom.reading import read_dicom
 
 
 class NegativePredictor:

@@ -14,12 +14,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_seg import build_segmentation, part10_bytes
 from app.dicom.dicom_series import SliceInput, prepare_inputs
 from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
+from tests.dicom.reading import read_dicom
 from tests.dicom.validation import dciodvfy_errors
 
 MODEL_TAGS = {"classifier": "cnn@1.2.3", "segmenter": "resunet@3.4.5"}

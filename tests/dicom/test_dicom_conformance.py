@@ -18,7 +18,6 @@ from app.dicom.dicom_conformance import (
     with_slice_thickness,
     with_type2_attributes,
 )
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_seg import build_segmentation
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import prepare_inputs
@@ -26,6 +25,7 @@ from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError, SegmentationInputError, UnsupportedDicomError, builder_reason
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, secondary_capture, to_bytes, tumor_channels
+from tests.dicom.reading import read_dicom
 from tests.dicom.validation import dciodvfy_errors
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}

@@ -22,7 +22,6 @@ from pydicom.uid import (
 )
 
 from app.dicom.dicom_header import is_dicom, read_dicom_header
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_series import prepare_inputs
 from app.dicom.part10 import _file_meta
 from app.errors import (
@@ -45,6 +44,7 @@ from tests.dicom.builders import (
     to_bytes,
     tumor_channels,
 )
+from tests.dicom.reading import read_dicom
 
 
 @pytest.fixture(scope="module")

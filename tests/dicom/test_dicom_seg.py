@@ -12,7 +12,6 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from app.dicom.dicom_frame import DicomFrame
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_seg import MANUFACTURER, build_segmentation, build_segmentations, part10_bytes
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import SeriesUploads, SliceInput, prepare_inputs
@@ -35,6 +34,7 @@ from tests.dicom.builders import (
     to_bytes,
     tumor_channels,
 )
+from tests.dicom.reading import read_dicom
 from tests.dicom.validation import dciodvfy_errors
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}

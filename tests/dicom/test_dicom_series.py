@@ -7,14 +7,14 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from app.dicom.dicom_input import read_dicom
-from app.dicom.dicom_series import SlicePlaces, model_inputs, normalise_volume, prepare_inputs, read_series
+from app.dicom.dicom_series import SlicePlaces, model_inputs, normalise_volume, prepare_inputs
 from app.dicom.slice_order import anatomical_order, missing_slices, series_breaks
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
 from app.imaging import stretch_to_uint8
 from app.uploads import model_input
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, Study, mr_dataset, mr_series, to_bytes, tumor_channels
+from tests.dicom.reading import read_dicom, read_series
 
 
 @pytest.fixture(scope="module")

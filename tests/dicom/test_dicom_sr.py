@@ -8,7 +8,6 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_seg import MANUFACTURER, build_segmentation
 from app.dicom.dicom_series import SliceInput, prepare_inputs
 from app.dicom.dicom_sr import SR_SERIES_NUMBER, VolumeFindings, VolumeReportInputError, build_volume_report
@@ -16,6 +15,7 @@ from app.dicom.dicom_sr_reader import read_volume_report
 from app.dicom.tumor_volume import slice_spacing_mm
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
+from tests.dicom.reading import read_dicom
 from tests.dicom.validation import dciodvfy_errors
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}

@@ -24,7 +24,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, SegmentationStorage
 
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_seg import SEG_SERIES_NUMBER, build_segmentation, build_segmentations
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import SliceInput, prepare_inputs
@@ -56,6 +55,7 @@ from tests.dicom.node_support import (
 )
 from tests.dicom.orthanc_server import Orthanc
 from tests.dicom.pacs_sync_support import config_for
+from tests.dicom.reading import read_dicom
 from tests.dicom.test_dicom_seg import TruthPredictor, segment_series
 from tests.dicom.validation import dciodvfy_errors
 

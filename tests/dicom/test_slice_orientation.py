@@ -8,13 +8,14 @@ import itertools
 import numpy as np
 import pytest
 
-from app.dicom.dicom_series import in_stored_orientation, model_inputs, read_series
+from app.dicom.dicom_series import in_stored_orientation, model_inputs
 from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn
 from app.inference import Predictor, SlicePrediction
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
 from app.uploads import UploadLimits
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.reading import read_series
 
 LEARNED = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Stored orientations of an axial slice (row direction, column direction) and the image as stored, from the learned.

@@ -24,10 +24,10 @@ from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPE
 
 from app.dicom import dicom_pixels
 from app.dicom.dicom_codestream import check_codestreams
-from app.dicom.dicom_input import read_dicom
 from app.errors import InvalidDicomImageError, UndecodableDicomError
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes
+from tests.dicom.reading import read_dicom
 
 
 @pytest.fixture(scope="module")

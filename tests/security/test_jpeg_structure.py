@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, generate_fragments
 
-from app.dicom.dicom_input import read_dicom
 from app.errors import InvalidDicomImageError, InvalidSliceError
 from app.imaging import decode_image
 from app.jpeg_markers import (
@@ -26,6 +25,7 @@ from app.jpeg_markers import (
 )
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, to_bytes
+from tests.dicom.reading import read_dicom
 from tests.security.test_dicom_decoder_crash import jpeg_baseline_dicom
 
 

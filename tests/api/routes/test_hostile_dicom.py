@@ -15,11 +15,11 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError
 from app.imaging import MAX_IMAGE_SIDE
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_series, to_bytes, tumor_channels, with_broken_rle
+from tests.dicom.reading import read_dicom
 
 CANARY = "DOE^JOHN"
 ENDPOINTS = (("/v1/predict", "file"), ("/v1/overlay", "file"), ("/v1/predict/batch", "files"))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom.dicom_seg_reader import read_segmentation_masks
-from app.dicom.dicom_series import model_inputs, read_series
+from app.dicom.dicom_series import model_inputs
 from app.dicom.dicom_sr_reader import read_volume_report
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE
 from app.inference import Predictor, SlicePrediction
@@ -29,6 +29,7 @@ from tests.dicom.builders import (
     to_bytes,
     tumor_channels,
 )
+from tests.dicom.reading import read_series
 from tests.dicom.validation import dciodvfy_errors
 
 

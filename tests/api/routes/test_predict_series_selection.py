@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
-from app.dicom.dicom_input import read_dicom
 from app.dicom.dicom_series import model_inputs, prepare_inputs
 from app.inference import Predictor, SlicePrediction
 from tests.api.service_client import decode_rle
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
+from tests.dicom.reading import read_dicom
 
 
 def dicom_parts(datasets: list[Dataset]) -> list[tuple[str, tuple[str, bytes, str]]]:
