@@ -260,14 +260,35 @@ class PredictionService:
                     f"a batch must hold either DICOM files or PNG/JPEG/TIFF images; got {dicom_count} DICOM and "
                     f"{len(readable) - dicom_count} other files"
                 )
-            series = await self.predict_dicom(uploads, build_seg=segmentation, on_tally=on_tally)
-            if segmentation and series.result.segmentations:
-                return series
-            slices = await self._cpu(
-                payloads.series_slices, series.result.inputs, series.result.predictions, self.threshold, mask_format
-            )
-            return SeriesAnswer(series.result, slices, series.file_errors, series.tally, series.choice)
+            return await self._predict_dicom_files(uploads, mask_format, segmentation, on_tally)
         refuse_segmentation_of_raster(segmentation)
+        return await self._predict_raster_files(uploads, mask_format, on_tally, series)
+
+    async def _predict_dicom_files(
+        self,
+        uploads: Sequence[bytes | ServiceError],
+        mask_format: schemas.MaskFormat,
+        segmentation: bool,
+        on_tally: TallyObserver | None,
+    ) -> SeriesAnswer:
+        """`predict_files` for DICOM files: one series (`predict_dicom`), answered by its SEG when one was asked
+        for and made, else slice by slice."""
+        answer = await self.predict_dicom(uploads, build_seg=segmentation, on_tally=on_tally)
+        if segmentation and answer.result.segmentations:
+            return answer
+        slices = await self._cpu(
+            payloads.series_slices, answer.result.inputs, answer.result.predictions, self.threshold, mask_format
+        )
+        return SeriesAnswer(answer.result, slices, answer.file_errors, answer.tally, answer.choice)
+
+    async def _predict_raster_files(
+        self,
+        uploads: Sequence[bytes | ServiceError],
+        mask_format: schemas.MaskFormat,
+        on_tally: TallyObserver | None,
+        series: bool,
+    ) -> BatchAnswer:
+        """`predict_files` for raster images: one result each, as the slices of one volume with `series`."""
         plan = await self._cpu(partial(plan_raster_uploads, series=series), uploads, self.limits)
         async with self._reserve(plan.cost_bytes):
             # A series' deeper than 8-bit slices are stretched over the series, as training's volumes were.
