@@ -29,11 +29,6 @@ def encode_rle(mask: np.ndarray) -> dict:
     return {"size": [int(value) for value in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-    """Inverse of `encode_rle`: uint8 0/1 array of shape `rle["size"]`."""
-    return coco_mask.decode({"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")})
-
-
 def encode_png(mask: np.ndarray) -> str:
     """Base64 of an 8-bit single-channel PNG with 0 for background and 255 for tumor."""
     return base64.b64encode(png_bytes(mask)).decode("ascii")

@@ -15,7 +15,8 @@ from pycocotools import mask as coco_mask
 
 from app.errors import ServiceError
 from app.imaging import decode_image
-from app.masks import decode_rle, encode_rle
+from app.masks import encode_rle
+from tests.api.service_client import decode_rle
 from tests.security import corpus
 
 PROPERTY_SETTINGS = settings(

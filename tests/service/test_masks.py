@@ -11,6 +11,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from app import masks
+from tests.api.service_client import decode_rle
 
 
 def random_mask(height: int, width: int, seed: int, density: float = 0.3) -> np.ndarray:
@@ -71,7 +72,7 @@ def test_encode_rle_follows_coco_convention(name: str) -> None:
 def test_decode_rle_inverts_encode_rle(name: str) -> None:
     mask = CASES[name]
 
-    np.testing.assert_array_equal(masks.decode_rle(masks.encode_rle(mask)), mask)
+    np.testing.assert_array_equal(decode_rle(masks.encode_rle(mask)), mask)
 
 
 def test_encode_rle_of_all_ones_starts_with_empty_zero_run() -> None:

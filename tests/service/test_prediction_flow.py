@@ -21,10 +21,9 @@ from app.errors import (
 )
 from app.imaging import decode_image
 from app.inference import Predictor, SlicePrediction
-from app.masks import decode_rle
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService, Tally, in_request_order
-from tests.api.service_client import decode_png_mask, png_bytes, resized, tiff_bytes
+from tests.api.service_client import decode_png_mask, decode_rle, png_bytes, resized, tiff_bytes
 from tests.conftest import NO_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes
 
