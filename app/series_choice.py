@@ -20,7 +20,6 @@ series that is not axial (sagittal, coronal, steeply oblique) is read with a not
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -35,7 +34,7 @@ from app.sequence_selection import (
     orientation_note,
     select_sequences,
 )
-from app.series_info import SeriesInfo
+from app.series_info import SeriesInfo, series_number_order
 
 T1_ROLES = (SequenceRole.T1_PRE, SequenceRole.T1_POST)
 
@@ -94,10 +93,13 @@ class SeriesChoice:
         if flair is None or len(self.used) == 1:
             return self
         t1 = tuple(item for item in self.used if item is not flair)
+        left_out = sorted(
+            (*self.left_out, *t1), key=lambda item: series_number_order(item.series_number, item.series_instance_uid)
+        )
         return replace(
             self,
             used=(flair,),
-            left_out=tuple(sorted((*self.left_out, *t1), key=_by_number)),
+            left_out=tuple(left_out),
             notes=(*self.notes, f"T1 series left out: {why}; FLAIR analysed alone"),
         )
 
@@ -236,11 +238,6 @@ def _use(item: SeriesClassification, files: tuple[int, ...], role: SequenceRole)
     return SeriesUse(
         series.series_instance_uid, role.value, series.series_number, series.description, item.evidence, files
     )
-
-
-def _by_number(item: SeriesUse) -> tuple[float, str]:
-    """Series Number order, unnumbered series last."""
-    return (item.series_number if item.series_number is not None else math.inf, item.series_instance_uid)
 
 
 def _number_or_unnumbered(series_number: int | None) -> str:

@@ -88,8 +88,13 @@ class SeriesInfo:
         return "unnumbered" if self.series_number is None else f"number {self.series_number}"
 
     def sort_key(self) -> tuple[float, str]:
-        """Series Number order, unnumbered series last."""
-        return (self.series_number if self.series_number is not None else math.inf, self.series_instance_uid)
+        """Series Number order, unnumbered series last (`series_number_order`)."""
+        return series_number_order(self.series_number, self.series_instance_uid)
+
+
+def series_number_order(series_number: int | None, series_instance_uid: str) -> tuple[float, str]:
+    """The sort key of a series: Series Number order, unnumbered series last, ties by Series Instance UID."""
+    return (series_number if series_number is not None else math.inf, series_instance_uid)
 
 
 def _orientation(orientation: object) -> tuple[str, float] | None:
