@@ -46,7 +46,7 @@ def main() -> None:
         return
 
     from app.study_analysis import ModelStudyProcessor
-    from tests.dicom.node_support import ThresholdPredictor
+    from tests.node.node_support import ThresholdPredictor
 
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "bench.large_study", "--instances", str(args.instances)]

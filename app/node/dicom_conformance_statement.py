@@ -88,7 +88,7 @@ def conformance_statement() -> str:
         "",
         "Written by `python -m app.node.dicom_conformance_statement` from the node's tables",
         "(`app/node/dicom_received_instance.py`) and the settings' defaults;",
-        "`tests/dicom/test_conformance_statement.py` checks that this file is current and that a running node accepts",
+        "`tests/node/test_conformance_statement.py` checks that this file is current and that a running node accepts",
         "and refuses what it says. Research use only: the results are unverified machine output and no clinical",
         "device.",
         "",

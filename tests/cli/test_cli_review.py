@@ -26,7 +26,7 @@ from app.settings import REPO_ROOT, SettingsError, get_settings, misspelt_variab
 from app.uploads import UploadLimits
 from tests.cli.command_support import fresh_settings, run  # noqa: F401 - fresh_settings is a fixture
 from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_SLICE, mask_path_of
-from tests.dicom.node_support import free_port
+from tests.node.node_support import free_port
 
 NO_MODELS = "/nonexistent/models"  # the commands below stop before the models would load
 

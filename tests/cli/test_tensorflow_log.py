@@ -15,7 +15,7 @@ import pytest
 
 from app.tensorflow_log import native_stderr_held
 from tests.conftest import REPO_ROOT, TUMOR_SLICE
-from tests.dicom.node_support import free_port
+from tests.node.node_support import free_port
 
 
 def test_native_stderr_is_held_back_while_loading(capfd: pytest.CaptureFixture[str]) -> None:

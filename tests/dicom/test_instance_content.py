@@ -24,7 +24,7 @@ from pydicom.uid import (
 
 from app.dicom.instance_content import content_digest
 from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
     ResultStore,

@@ -21,7 +21,7 @@ from app.series_choice import choose_series
 from app.series_info import SeriesInfo
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, write_files
-from tests.dicom.node_support import ThresholdPredictor
+from tests.node.node_support import ThresholdPredictor
 
 
 def unstated_series(study: Study, series_number: int = 5, description: str = "MR BRAIN") -> list[Dataset]:

@@ -41,7 +41,10 @@ from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from app.study_analysis import ModelStudyProcessor
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, secondary_capture_series, to_bytes, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.dicom.reading import read_dicom
+from tests.dicom.test_dicom_seg import TruthPredictor, segment_series
+from tests.dicom.validation import dciodvfy_errors
+from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
     ResultStore,
@@ -53,11 +56,8 @@ from tests.dicom.node_support import (
     record,
     storescu,
 )
-from tests.dicom.orthanc_server import Orthanc
-from tests.dicom.pacs_sync_support import config_for
-from tests.dicom.reading import read_dicom
-from tests.dicom.test_dicom_seg import TruthPredictor, segment_series
-from tests.dicom.validation import dciodvfy_errors
+from tests.pacs.orthanc_server import Orthanc
+from tests.pacs.pacs_sync_support import config_for
 
 MODEL_TAGS = {"classifier": "resnet-classifier@1.2.0", "segmenter": "resunet@3.4.5"}
 

@@ -30,7 +30,7 @@ from app.series_info import SeriesInfo
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels, write_files
-from tests.dicom.node_support import ThresholdPredictor
+from tests.node.node_support import ThresholdPredictor
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)

@@ -20,7 +20,7 @@ from app.memory_budget import MODEL_INPUT_BYTES
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
 from app.uploads import UploadLimits
 from tests.dicom.builders import Study, mr_series, tumor_channels, write_files
-from tests.dicom.node_support import ThresholdPredictor
+from tests.node.node_support import ThresholdPredictor
 
 # A 32x32 one-slice file costs one model input and a little more (`DicomHeader.cost_bytes`): a budget of four model
 # inputs takes three such files and refuses twelve.

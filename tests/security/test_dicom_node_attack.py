@@ -2,8 +2,8 @@
 
 Each test sends over 127.0.0.1, with dcmtk's storescu or with pynetdicom's DIMSE layer directly (`forged_store`:
 a C-STORE request whose command and data set are whatever the test says, as a broken or hostile sender would
-send), to a node made by `tests.dicom.conftest.make_node` (models replaced by a threshold). What was checked and
-found right already is pinned only where it is cheap; `tests/dicom/test_dicom_node_failures.py` covers idle
+send), to a node made by `tests.node.conftest.make_node` (models replaced by a threshold). What was checked and
+found right already is pinned only where it is cheap; `tests/node/test_dicom_node_failures.py` covers idle
 connections, spool limits and Study UIDs shared by two patients.
 """
 
@@ -35,8 +35,8 @@ from pynetdicom.sop_class import Verification
 from app.node.dicom_spool import SpoolLimits
 from app.settings import MIB
 from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
-from tests.dicom.conftest import clock, make_node, results  # noqa: F401 (fixtures)
-from tests.dicom.node_support import CALLING_AE, NODE_AE, dcmtk, echo, storescu, wait_for
+from tests.node.conftest import clock, make_node, results  # noqa: F401 (fixtures)
+from tests.node.node_support import CALLING_AE, NODE_AE, dcmtk, echo, storescu, wait_for
 
 SMALL_LIMITS = SpoolLimits(max_instance_bytes=1 * MIB, min_free_bytes=0)
 

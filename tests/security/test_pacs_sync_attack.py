@@ -33,7 +33,7 @@ from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
-from tests.dicom.pacs_sync_support import Answer, CannedSession, NegativePredictor, json_answer
+from tests.pacs.pacs_sync_support import Answer, CannedSession, NegativePredictor, json_answer
 
 USER, PASSWORD = "sync", "s3cret-pw"
 APPLICATION_DICOM = {"Content-Type": "application/dicom"}

@@ -1,7 +1,7 @@
 """The DICOM node when senders, destinations and its own process misbehave (findings of an attack on the node).
 
 Each test sends real DICOM over 127.0.0.1 (dcmtk's storescu, pynetdicom) to a node whose models are a threshold
-(`tests.dicom.node_support.ThresholdPredictor`).
+(`tests.node.node_support.ThresholdPredictor`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from app.node.node_config import NodeConfig
 from app.settings import MIB
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import PATIENT_ID, Study, mr_series, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
     QUIET_SECONDS,

@@ -24,7 +24,7 @@ from app.node import dicom_spool
 from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits
 from app.node.dicom_study_runs import ABORTED_NOTE
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
     QUIET_SECONDS,

@@ -14,7 +14,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
 
 from app.node.dicom_conformance_statement import conformance_statement
-from tests.dicom.node_support import CALLING_AE, NODE_AE
+from tests.node.node_support import CALLING_AE, NODE_AE
 
 STATEMENT = Path(__file__).resolve().parents[2] / "DICOM_CONFORMANCE.md"
 UID_CELL = re.compile(r"^\| [^|]+ \| `([0-9.]+)` \|$")

@@ -14,8 +14,8 @@ from app.inference import Predictor
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from app.pacs.pacs_sync_state import SyncState
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
-from tests.dicom.orthanc_server import Orthanc
-from tests.dicom.pacs_sync_support import config_for
+from tests.pacs.orthanc_server import Orthanc
+from tests.pacs.pacs_sync_support import config_for
 
 FLAIR_FILE_BYTES = len(to_bytes(mr_series(tumor_channels())[0]))  # 256 x 256 x 1 byte and a header
 # The FLAIR's files are over it (their size varies by a few bytes with the length of their random UIDs: a limit of

@@ -23,7 +23,7 @@ from app.node import dicom_spool
 from app.node.dicom_node import DicomNode
 from app.node.dicom_spool import Spool, SpoolFullError, SpoolLimits, study_key
 from tests.dicom.builders import Study, mr_series, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
     ResultStore,

@@ -32,8 +32,8 @@ from app.settings import Settings
 from tests.api.service_client import decode_rle, running_client
 from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, read_slice
 from tests.dicom.builders import FLAIR, PATIENT_ID, mr_series, tumor_channels, write_files
-from tests.dicom.orthanc_server import ORTHANC_AE, Orthanc, free_port, running_orthanc
 from tests.dicom.validation import dciodvfy_errors
+from tests.pacs.orthanc_server import ORTHANC_AE, Orthanc, free_port, running_orthanc
 
 NODE_AE, CALLING_AE, UNKNOWN_AE = "BRAINTUMOR", "SCANNER", "STRANGER"
 QUIET_SECONDS = 3.0

@@ -13,8 +13,8 @@ from app.pacs.orthanc_client import SYNC_METADATA, SYNC_STATION_NAME
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync, upload_limits
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
-from tests.dicom.orthanc_server import Orthanc
-from tests.dicom.pacs_sync_support import config_for
+from tests.pacs.orthanc_server import Orthanc
+from tests.pacs.pacs_sync_support import config_for
 
 MIB = 1024 * 1024
 

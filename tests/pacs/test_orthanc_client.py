@@ -13,7 +13,7 @@ import requests
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import OrthancAnswerError, OrthancError
 from app.pacs.pacs_sync_config import PacsSyncConfig
-from tests.dicom.pacs_sync_support import (
+from tests.pacs.pacs_sync_support import (
     HTML_PAGE,
     HTML_SECRET,
     Answer,

@@ -16,8 +16,8 @@ from app.dicom.dicom_sr_reader import predecessors
 from app.inference import Predictor
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from tests.dicom.builders import mr_series, tumor_channels
-from tests.dicom.orthanc_server import Orthanc, running_orthanc
-from tests.dicom.pacs_sync_support import config_for
+from tests.pacs.orthanc_server import Orthanc, running_orthanc
+from tests.pacs.pacs_sync_support import config_for
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
 from app.settings import Settings
 from tests.dicom.builders import to_bytes
-from tests.dicom.orthanc_server import PASSWORD, USER, Orthanc
 from tests.dicom.reading import read_dicom
+from tests.pacs.orthanc_server import PASSWORD, USER, Orthanc
 
 
 class NegativePredictor:

@@ -24,7 +24,8 @@ from app.node.dicom_sender import Destination
 from app.node.node_config import NodeConfig
 from app.settings import Settings
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.dicom.validation import dciodvfy_errors
+from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
     QUIET_SECONDS,
@@ -39,7 +40,6 @@ from tests.dicom.node_support import (
     record,
     storescu,
 )
-from tests.dicom.validation import dciodvfy_errors
 
 
 def test_echo_answers_an_allowed_calling_ae(make_node: Any) -> None:

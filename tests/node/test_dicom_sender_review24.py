@@ -20,7 +20,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 
 from app.node.dicom_sender import Destination, ResultSender
-from tests.dicom.node_support import RESULTS_AE, SilentDestination, free_port
+from tests.node.node_support import RESULTS_AE, SilentDestination, free_port
 
 HOST = "127.0.0.1"
 RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage)

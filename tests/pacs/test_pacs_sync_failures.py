@@ -18,8 +18,8 @@ from app.pacs.pacs_sync_state import SyncState
 from app.sequence_rules import SelectionRules
 from app.settings import Settings
 from tests.dicom.builders import Study, mr_series, tumor_channels
-from tests.dicom.orthanc_server import Orthanc
-from tests.dicom.pacs_sync_support import (
+from tests.pacs.orthanc_server import Orthanc
+from tests.pacs.pacs_sync_support import (
     FailingClient,
     cli_settings,
     config_for,

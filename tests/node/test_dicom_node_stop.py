@@ -24,7 +24,7 @@ from app.node.dicom_spool import SENT_LOG
 from app.node.node_config import NodeConfig
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis, StudyProcessor
 from tests.dicom.builders import mr_series, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
     RESULTS_AE,

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
 )
 
 from tests.dicom.builders import mr_series, tumor_channels
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
     QUIET_SECONDS,

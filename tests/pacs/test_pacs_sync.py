@@ -23,14 +23,14 @@ from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import StudySelection
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
-from tests.dicom.orthanc_server import Orthanc
-from tests.dicom.pacs_sync_support import (
+from tests.dicom.validation import dciodvfy_errors
+from tests.pacs.orthanc_server import Orthanc
+from tests.pacs.pacs_sync_support import (
     NegativePredictor,
     assert_masks_are_the_predictions,
     cli_settings,
     config_for,
 )
-from tests.dicom.validation import dciodvfy_errors
 
 
 def test_pacs_sync_stores_a_seg_and_a_volume_report_once(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.dicom.builders import Study, mr_series, tumor_channels, write_files
-from tests.dicom.node_support import QUIET_SECONDS, Clock, ResultStore, free_port, process_ready, storescu
+from tests.node.node_support import QUIET_SECONDS, Clock, ResultStore, free_port, process_ready, storescu
 
 
 def studies_tried(spool: Path) -> set[str]:

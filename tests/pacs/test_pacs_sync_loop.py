@@ -14,7 +14,7 @@ from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
-from tests.dicom.pacs_sync_support import (
+from tests.pacs.pacs_sync_support import (
     HTML_PAGE,
     HTML_SECRET,
     CannedSession,

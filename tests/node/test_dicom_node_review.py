@@ -2,7 +2,7 @@
 that quote nothing of the instance, a hung destination, a destination taken out of the configuration.
 
 Each test sends real DICOM over 127.0.0.1 to a node whose models are a threshold
-(`tests.dicom.node_support.ThresholdPredictor`).
+(`tests.node.node_support.ThresholdPredictor`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.node.dicom_spool import SpoolLimits
 from app.node.node_config import NodeConfig
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import PATIENT_ID, mr_series, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
     QUIET_SECONDS,

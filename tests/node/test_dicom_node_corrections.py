@@ -16,7 +16,7 @@ import numpy as np
 from app.dicom.dicom_sr_reader import predecessors, read_volume_report
 from app.node.dicom_study_runs import already_analysed
 from tests.dicom.builders import mr_series, tumor_channels, write_files
-from tests.dicom.node_support import QUIET_SECONDS, Clock, ResultStore, process_and_send, record, storescu
+from tests.node.node_support import QUIET_SECONDS, Clock, ResultStore, process_and_send, record, storescu
 
 
 def test_an_instance_sent_again_as_it_was_before_its_correction_is_analysed_again(

@@ -24,7 +24,7 @@ from app.node.dicom_study_runs import ABORTED_NOTE
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor, unread_files_note
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files
-from tests.dicom.node_support import (
+from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
     QUIET_SECONDS,
