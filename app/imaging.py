@@ -11,9 +11,6 @@ The array returned here goes to `app.core.preprocessing.preprocess_slice`, the s
 from __future__ import annotations
 
 import io
-import lzma
-import math
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +34,13 @@ from app.intensity_range import stretch_in_place, stretch_range
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
+from app.tiff_decoding import (
+    _as_shown,
+    _check_tiff_inflation,
+    _check_tiff_photometric,
+    _compression_name,
+    _tiff_decoder_bytes,
+)
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 # Longest side of an image: DICOM's Rows and Columns stop here, and a PNG overlay cannot be written past 1,000,000.
@@ -63,15 +67,6 @@ _GREY_MODES = {"1", "L"}
 _GREY_ALPHA_MODES = {"LA", "La"}
 # PNG colour type -> samples per pixel as decoded (a palette becomes RGB).
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
-# TIFF colour models read here: grey (either polarity), RGB, and a palette (its colour map applied). YCbCr only when
-# JPEG-compressed, which both decoders return as RGB; CMYK, CIELab and the rest would be read as raw samples.
-_TIFF_PHOTOMETRICS = {
-    tifffile.PHOTOMETRIC.MINISBLACK,
-    tifffile.PHOTOMETRIC.MINISWHITE,
-    tifffile.PHOTOMETRIC.RGB,
-    tifffile.PHOTOMETRIC.PALETTE,
-}
-_TIFF_JPEG_COMPRESSIONS = {6, 7}  # old-style and new-style JPEG
 
 
 def sniff_format(data: bytes) -> ImageFormat:
@@ -456,35 +451,6 @@ def _tiff_header(data: bytes) -> RasterHeader:
     return header
 
 
-def _check_tiff_photometric(page: tifffile.TiffPage) -> None:
-    """Refuse a TIFF colour model this service would read as raw samples (CMYK, YCbCr uncompressed, CIELab ...):
-    its pixels are not the image a viewer shows."""
-    photometric = page.photometric
-    if photometric in _TIFF_PHOTOMETRICS or (
-        photometric == tifffile.PHOTOMETRIC.YCBCR and page.compression in _TIFF_JPEG_COMPRESSIONS
-    ):
-        return
-    name = photometric.name if isinstance(photometric, tifffile.PHOTOMETRIC) else str(photometric)
-    raise InvalidSliceError(
-        f"TIFF colour model (PhotometricInterpretation) {name} is not read by this service; "
-        "send grey (MinIsBlack or MinIsWhite), RGB or palette"
-    )
-
-
-# Without imagecodecs, tifffile decodes PackBits in pure Python into a list of ints (an 8-byte reference per decoded
-# byte) and then copies it to bytes: 9 bytes per decoded byte of the largest strip or tile (measured: a 4000x4000
-# 16-bit TIFF in one PackBits strip grew the process by 306 MiB for 30 MiB of pixels).
-_PACKBITS_FALLBACK_BYTES_PER_BYTE = 9
-
-
-def _tiff_decoder_bytes(page: tifffile.TiffPage) -> int:
-    """Memory the decoder of `page` holds besides its output: large only for tifffile's PackBits fallback."""
-    codec = tifffile.TIFF.DECOMPRESSORS.get(page.compression) if page.compression == 32773 else None
-    if codec is None or getattr(codec, "__module__", "") != "tifffile._imagecodecs":
-        return 0
-    return _PACKBITS_FALLBACK_BYTES_PER_BYTE * math.prod(page.chunks) * page.dtype.itemsize
-
-
 def _decode_tiff(data: bytes) -> np.ndarray:
     """TIFF via tifffile (any depth); OpenCV (libtiff) decodes the compressions tifffile needs imagecodecs for."""
     try:
@@ -511,106 +477,6 @@ def _decode_tiff(data: bytes) -> np.ndarray:
     if array.ndim == 3 and axes.startswith("S"):  # planar configuration: samples first
         array = np.moveaxis(array, 0, -1)
     return array
-
-
-def _compression_name(code: int) -> str:
-    """A TIFF compression as the standard names it (JPEG, LZW...), for a message."""
-    try:
-        return f"{tifffile.COMPRESSION(code).name}-compressed"
-    except ValueError:
-        return "compressed"
-
-
-def _as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
-    """tifffile's raw samples as a viewer shows them (OpenCV's libtiff does this itself): a palette's indices
-    looked up in its colour map (16-bit colours cut to 8 bits, or taken as 8-bit when every one is under 256, as
-    libtiff guesses), MinIsWhite turned so that brighter is higher again (any order-reversing map will do: deeper
-    images are stretched afterwards)."""
-    if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
-        colours = page.colormap if page.colormap.max() < 256 else page.colormap >> 8
-        return np.moveaxis(colours.astype(np.uint8)[:, array.astype(np.intp, copy=False)], 0, -1)
-    if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
-        return np.negative(array) if array.dtype.kind == "f" else np.invert(array)
-    return array
-
-
-# A compressed strip or tile may inflate to its declared size, and to no more than the page's pixels plus this.
-_TIFF_SEGMENT_SLACK = 1 << 20
-
-
-def _check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> bool:
-    """Refuse a TIFF whose compressed strip or tile inflates to more than the header declares.
-
-    Why: the memory budget (`RasterHeader.cost_bytes`) trusts the header, but without imagecodecs tifffile inflates
-    deflate, LZMA and PackBits with unbounded pure-Python fallbacks (`zlib.decompress` ...), so a 16x16 TIFF whose
-    1 MB strip inflates to 1 GiB took 2 GiB. Each segment is inflated here first with a bounded decoder that stops
-    one byte past its declared size, keeping nothing. A compression with another unbounded fallback (zstd on
-    Python >= 3.14) is left to OpenCV's libtiff, which decodes into a buffer of the declared size; imagecodecs'
-    decoders are bounded by the size tifffile passes them. Returns False when tifffile must not decode the page.
-
-    Raises
-    ------
-    UndecodableImageError
-    """
-    codec = tifffile.TIFF.DECOMPRESSORS.get(page.compression)
-    measure = _TIFF_INFLATED_SIZE.get(page.compression)
-    if measure is None:
-        return getattr(codec, "__module__", "") != "tifffile._imagecodecs"
-    declared = math.prod(page.chunks) * page.dtype.itemsize
-    limit = min(declared, page.nbytes + _TIFF_SEGMENT_SLACK)
-    view = memoryview(data)
-    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-        if measure(view[offset : offset + count], limit) > limit:
-            raise UndecodableImageError(
-                f"TIFF file cannot be decoded: a TIFF strip or tile inflates to more than its declared size "
-                f"({limit} bytes)"
-            )
-    return True
-
-
-def _inflated_zlib(segment: memoryview, limit: int) -> int:
-    try:
-        return len(zlib.decompressobj().decompress(segment, limit + 1))
-    except zlib.error:
-        return 0  # corrupt: tifffile reports it
-
-
-def _inflated_lzma(segment: memoryview, limit: int) -> int:
-    total = 0
-    try:
-        while segment and total <= limit:  # lzma.decompress, like tifffile, reads concatenated streams
-            decompressor = lzma.LZMADecompressor()
-            total += len(decompressor.decompress(segment, limit + 1 - total))
-            if not decompressor.eof:
-                break
-            segment = memoryview(decompressor.unused_data)
-    except lzma.LZMAError:
-        pass  # corrupt: tifffile reports it
-    return total
-
-
-def _inflated_packbits(segment: memoryview, limit: int) -> int:
-    total = index = 0
-    while index < len(segment) and total <= limit:
-        header = segment[index]
-        if header < 128:  # a literal run of header + 1 bytes
-            total += min(header + 1, len(segment) - index - 1)
-            index += header + 2
-        elif header > 128:  # one byte repeated 257 - header times
-            total += 257 - header
-            index += 2
-        else:  # 128: no operation
-            index += 1
-    return total
-
-
-_TIFF_INFLATED_SIZE = {
-    8: _inflated_zlib,  # deflate
-    32946: _inflated_zlib,  # deflate (old code)
-    50013: _inflated_zlib,  # PixTIFF deflate
-    34925: _inflated_lzma,
-    32773: _inflated_packbits,
-}
 
 
 def _drop_alpha(array: np.ndarray) -> np.ndarray:

@@ -456,7 +456,8 @@ export async function readTiff(buffer) {
 
 /**
  * MinIsWhite: brighter = higher, by the bitwise complement of the sample type, as the server turns it (numpy's invert in
- * app/imaging.py): every slice of a series the same map, where turning each around its own range shifted each by its own.
+ * app/tiff_decoding.py): every slice of a series the same map, where turning each around its own range shifted each by
+ * its own.
  */
 function invertMinIsWhite(values, bits, signed) {
   const top = signed ? -1 : 2 ** bits - 1;
