@@ -4,7 +4,7 @@ Each time `app.node.dicom_node.DicomNode` processes a study it appends a run to 
 its instances (and their content), its status, its results. These functions read that list: whether these very
 instances were analysed already (`already_analysed`; only "analysed" is final, `FINAL_STATUSES`), how many "error"
 runs they had since their last outcome (`errors_since_last_outcome`, held to
-`app.node.dicom_node.NodeConfig.max_attempts`),
+`app.node.node_config.NodeConfig.max_attempts`),
 and which reports a new run supersedes (`reports`). An association that sent part of a study and ended without a
 release is counted in the record (`count_abort`) and said in the notes of the study's next run (`ABORTED_NOTE`).
 """
