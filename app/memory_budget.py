@@ -9,6 +9,7 @@ so that several bombs at once cannot add up. No HTTP here.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +32,8 @@ MASK_WORKING_BYTES_PER_PIXEL = 4 + 1 + 1
 """Making one mask (`app.core.gate.probability_to_mask`): the probability map resized to the slice (float32), its
 comparison with the threshold and the uint8 mask; one slice at a time."""
 BUDGET_SETTING = "DECODE_MEMORY_BYTES"
+RETRY_AFTER_SECONDS = (1.0, 60.0)
+"""Bounds of the Retry-After a request refused after waiting for the budget is told (as the inference queue's)."""
 
 
 def mask_bytes(slice_pixels: Sequence[int]) -> int:
@@ -78,6 +81,7 @@ class MemoryBudget:
         self.capacity = capacity
         self.wait_seconds = wait_seconds
         self._used = 0
+        self._released = 0  # bytes released since the start: the rate the budget frees room at
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     @property
@@ -110,6 +114,7 @@ class MemoryBudget:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = (size, granted)
         self._waiting.append(waiter)
+        started, released_before = time.monotonic(), self._released
         try:
             await asyncio.wait_for(asyncio.shield(granted), self.wait_seconds)
         except BaseException as error:
@@ -120,15 +125,27 @@ class MemoryBudget:
                 self._waiting.remove(waiter)
                 self._grant()  # the head may have left: those behind it may fit now
             if isinstance(error, TimeoutError):
+                rate = (self._released - released_before) / max(time.monotonic() - started, 1e-3)
                 raise OverloadedError(
                     f"decoding is using {describe_bytes(self._used)} of its memory budget ({BUDGET_SETTING}: "
-                    f"{describe_bytes(self.capacity)}) and this request needs {describe_bytes(size)}; retry shortly",
-                    retry_after_seconds=1.0,
+                    f"{describe_bytes(self.capacity)}) and this request needs {describe_bytes(size)}; retry later",
+                    retry_after_seconds=self._retry_after(size, rate),
                 ) from None
             raise
 
+    def _retry_after(self, size: int, rate: float) -> float:
+        """Seconds until `size` bytes and those waiting would fit, at `rate` bytes freed a second (what the wait
+        just seen freed), within `RETRY_AFTER_SECONDS`: a fixed 1 s sent every client refused after a minute's wait
+        back at once, behind the same backlog (attack review 32)."""
+        low, high = RETRY_AFTER_SECONDS
+        needed = size + sum(waiting for waiting, _ in self._waiting) - (self.capacity - self._used)
+        if rate <= 0:
+            return high
+        return min(high, max(low, needed / rate))
+
     def _release(self, size: int) -> None:
         self._used -= size
+        self._released += size
         self._grant()
 
     def _grant(self) -> None:

@@ -203,12 +203,34 @@ def test_budget_wait_ends_in_overloaded_and_gives_the_place_back() -> None:
             with pytest.raises(OverloadedError) as raised:
                 async with budget.reserve(80):
                     pass
-            assert raised.value.retry_after_seconds == 1.0
+            # nothing was freed during the wait: the longest Retry-After (a fixed 1 s sent every client refused
+            # after its wait back at once, behind the same backlog: attack review 32)
+            assert raised.value.retry_after_seconds == 60.0
         async with budget.reserve(100):  # nothing left behind by the request that gave up
             assert budget.used == 100
         return budget
 
     assert asyncio.run(scenario()).used == 0
+
+
+def test_the_retry_after_of_a_request_that_waited_follows_how_fast_the_budget_frees_room() -> None:
+    async def scenario() -> float:
+        budget = MemoryBudget(100, wait_seconds=0.2)
+
+        async def short_job() -> None:
+            async with budget.reserve(30):
+                await asyncio.sleep(0.02)
+
+        async with budget.reserve(60):
+            job = asyncio.create_task(short_job())
+            await asyncio.sleep(0)
+            with pytest.raises(OverloadedError) as raised:
+                async with budget.reserve(80):  # 30 bytes freed in the wait, 40 short still
+                    pass
+            await job
+        return raised.value.retry_after_seconds
+
+    assert 1.0 <= asyncio.run(scenario()) < 60.0  # 40 bytes at ~150 bytes a second: the shortest, 1 s
 
 
 def test_budget_released_when_a_waiting_request_is_cancelled() -> None:
