@@ -76,10 +76,15 @@ def json_weight(ranges: list[MediaRange]) -> float:
 
 
 def negotiated_output(accept: str | None) -> schemas.OutputFormat:
-    """The answer the Accept header prefers: highest q; on a tie a DICOM answer the client named beats JSON.
+    """The answer the Accept header prefers (`acceptable_outputs`' first)."""
+    return acceptable_outputs(accept)[0]
 
-    JSON takes the weight of the most specific range covering it (RFC 9110), and is the answer when nothing is
-    acceptable: existing clients send odd Accept values, so no 406.
+
+def acceptable_outputs(accept: str | None) -> list[schemas.OutputFormat]:
+    """The answers the Accept header allows, preferred first: highest q; on a tie a DICOM answer the client named
+    beats JSON. JSON takes the weight of the most specific range covering it (RFC 9110), and ends the list even at
+    q=0: it is the answer when nothing else is acceptable or can be made (a DICOM answer of a PNG slice), since
+    existing clients send odd Accept values, so no 406.
     """
     ranges = parse_accept(accept or "")
     weights = {schemas.OutputFormat.JSON: json_weight(ranges)}
@@ -87,7 +92,9 @@ def negotiated_output(accept: str | None) -> schemas.OutputFormat:
         output = dicom_output(media_range)
         if output is not None:
             weights[output] = max(weights.get(output, 0.0), media_range.weight)
-    # max() keeps the first of equals: SEG and SR before SEG alone (as before), both before JSON.
+    # sorted() keeps the order of equals: SEG and SR before SEG alone (as before), both before JSON.
     preference = (schemas.OutputFormat.DICOM_SEG_SR, schemas.OutputFormat.DICOM_SEG, schemas.OutputFormat.JSON)
-    best = max(preference, key=lambda output: weights.get(output, 0.0))
-    return best if weights.get(best, 0.0) > 0 else schemas.OutputFormat.JSON
+    ranked = [output for output in sorted(preference, key=lambda item: -weights.get(item, 0.0)) if weights.get(output)]
+    if schemas.OutputFormat.JSON not in ranked:
+        return [*ranked, schemas.OutputFormat.JSON]
+    return ranked[: ranked.index(schemas.OutputFormat.JSON) + 1]  # JSON can always be made: nothing after it counts

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app import payloads, schemas, uploads
-from app.api.content_negotiation import DICOM_MEDIA_TYPE, MULTIPART_MEDIA_TYPE, negotiated_output
+from app.api.content_negotiation import DICOM_MEDIA_TYPE, MULTIPART_MEDIA_TYPE, acceptable_outputs
 from app.api.deps import PredictionServiceDep, PredictorDep, RequestIdDep, SettingsDep
 from app.api.disconnect import unless_client_gone
 from app.api.openapi_docs import (
@@ -33,6 +33,7 @@ from app.api.openapi_docs import (
     response_examples,
 )
 from app.api.request_fields import check_file_fields, query_parameters
+from app.dicom.dicom_header import DICOM_SIGNATURE_BYTES, is_dicom
 from app.dicom.dicom_seg import part10_bytes
 from app.dicom.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
@@ -109,11 +110,23 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     return data
 
 
-def requested_output(output: schemas.OutputFormat, accept: str | None) -> schemas.OutputFormat:
-    """The output asked for: the query wins; with output=json, Accept can ask for a SEG or for SEG and SR."""
+def requested_outputs(output: schemas.OutputFormat, accept: str | None) -> list[schemas.OutputFormat]:
+    """The outputs that would do, preferred first: the query's alone; with output=json, those Accept allows (a SEG,
+    SEG and SR, JSON last of all: `acceptable_outputs`)."""
     if output is not schemas.OutputFormat.JSON:
-        return output
-    return negotiated_output(accept)
+        return [output]
+    return acceptable_outputs(accept)
+
+
+def servable_output(choices: list[schemas.OutputFormat], dicom_input: bool, series: bool) -> schemas.OutputFormat:
+    """The first of `choices` this request can be answered with: a SEG or SR needs DICOM input, and SEG and SR a
+    series (`/v1/predict/batch`). An output the Accept header prefers but this input cannot have falls back to the
+    next (JSON at the latest): a PNG with `Accept: application/dicom, application/json;q=0.5` was refused 400 (attack
+    review 32). An explicit `output=` is the only choice, refused with its reason if it cannot be made."""
+    for choice in choices:
+        if choice is schemas.OutputFormat.JSON or (dicom_input and (series or not choice.whole_series_only)):
+            return choice
+    return choices[0]
 
 
 def wants_segmentation(output: schemas.OutputFormat) -> bool:
@@ -140,14 +153,15 @@ async def create_prediction(
     accept: AcceptHeader = None,
 ) -> schemas.PredictionResponse | Response:
     """Tumor probability of one slice, and its mask when a tumor is detected."""
-    output = requested_output(output, accept)
     if output.whole_series_only:
         raise RequestValidationFailed(
             f"query.output: {output.value} reports on a whole series; send it to /v1/predict/batch"
         )
+    choices = requested_outputs(output, accept)
     await check_file_fields(request, "file")
     data = await read_upload(file, settings)
     request.state.input_sha256 = uploads.sha256_hex(data)
+    output = servable_output(choices, is_dicom(data[:DICOM_SIGNATURE_BYTES]), series=False)
     answer = await unless_client_gone(
         request,
         service.predict_slice(data, segmentation=wants_segmentation(output), on_tally=partial(record_outcome, request)),
@@ -195,7 +209,9 @@ async def create_batch_prediction(
         except ServiceError as error:
             contents.append(error)
     request.state.input_sha256 = [uploads.sha256_hex(item) for item in contents if isinstance(item, bytes)]
-    output = requested_output(output, accept)
+    readable = [item for item in contents if isinstance(item, bytes)]
+    dicom_input = bool(readable) and all(is_dicom(item[:DICOM_SIGNATURE_BYTES]) for item in readable)
+    output = servable_output(requested_outputs(output, accept), dicom_input, series=True)
     work = service.predict_files(
         contents, mask_format, wants_segmentation(output), on_tally=partial(record_outcome, request), series=series
     )

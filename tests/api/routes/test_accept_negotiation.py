@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.content_negotiation import MediaRange, parse_accept
-from app.api.routes.predict import requested_output
+from app.api.routes.predict import requested_outputs
 from app.schemas import OutputFormat
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
@@ -67,12 +67,52 @@ def dicom_instance() -> bytes:
     ],
 )
 def test_accept_header_chooses_the_output(accept: str | None, expected: OutputFormat) -> None:
-    assert requested_output(JSON, accept) is expected
+    assert requested_outputs(JSON, accept)[0] is expected
+    assert requested_outputs(JSON, accept)[-1] is JSON  # what any input can have
 
 
 @pytest.mark.parametrize("output", [SEG, OutputFormat.DICOM_SR, SEG_SR])
 def test_output_query_wins_over_accept(output: OutputFormat) -> None:
-    assert requested_output(output, "application/json") is output
+    assert requested_outputs(output, "application/json") == [output]
+
+
+@pytest.mark.parametrize(
+    ("accept", "path"),
+    [
+        ("application/json;q=0.1, application/dicom;q=0.9", "/v1/predict"),
+        ("application/dicom, application/json;q=0.5", "/v1/predict/batch"),
+        ('multipart/related; type="application/dicom"', "/v1/predict/batch"),
+    ],
+)
+def test_an_accepted_dicom_answer_a_raster_slice_cannot_have_falls_back_to_json(
+    client: TestClient, accept: str, path: str
+) -> None:
+    """Attack review 32: a PNG or JPEG with a DICOM answer preferred but JSON acceptable got 400 "output=dicom-seg
+    and output=dicom-sr need DICOM input", naming a query parameter the client never sent."""
+    field = "file" if path == "/v1/predict" else "files"
+    response = client.post(
+        path, files=[(field, ("slice.jpg", TUMOR_SLICE.read_bytes(), "image/jpeg"))], headers={"Accept": accept}
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_a_single_dicom_slice_accepting_seg_and_sr_gets_what_a_slice_can_have(
+    client: TestClient, dicom_instance: bytes
+) -> None:
+    """SEG and SR report on a series: asked by Accept on /v1/predict, the SEG (next acceptable) comes, or JSON; it was
+    a 422 naming `query.output`, which the client never sent."""
+    files = {"file": ("IM0001", dicom_instance, "application/dicom")}
+    both = 'multipart/related; type="application/dicom", application/dicom;q=0.5'
+
+    seg = client.post("/v1/predict", files=files, headers={"Accept": both})
+    only_both = client.post(
+        "/v1/predict", files=files, headers={"Accept": 'multipart/related; type="application/dicom"'}
+    )
+
+    assert (seg.status_code, seg.headers["content-type"]) == (200, "application/dicom")
+    assert (only_both.status_code, only_both.headers["content-type"]) == (200, "application/json")
 
 
 def test_parse_accept_reads_quoted_parameters_and_weights() -> None:
