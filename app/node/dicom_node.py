@@ -526,9 +526,9 @@ class DicomNode:
         if record is None:  # logged by the spool; stays pending, so a repaired record is processed
             return False
         files = self.spool.instance_files(key)
-        fingerprint = self.spool.fingerprint(files)
+        fingerprint, bytes_fingerprint = self.spool.fingerprints(files)
         runs = record["runs"]
-        if already_analysed(runs, fingerprint):  # the same instances again: nothing new to say
+        if already_analysed(runs, fingerprint, bytes_fingerprint):  # the same instances again: nothing new to say
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
             if record.get("aborted_associations"):  # an abort that brought nothing new: no note for a later run
                 self.spool.update_record(key, lambda stored: stored.pop("aborted_associations", None))

@@ -302,17 +302,20 @@ class Spool:
     def instance_files(self, key: str) -> list[Path]:
         return sorted((self.study_dir(key) / "instances").glob("*.dcm"))
 
-    def fingerprint(self, files: Sequence[Path]) -> str:
+    def fingerprints(self, files: Sequence[Path]) -> tuple[str, str]:
         """The set of instances and their content: a re-send of the same instances matches, in any transfer syntax
         (a PACS that archived them JPEG-LS lossless or Implicit VR: `content_digest`); an instance sent again under
         the same SOP Instance UID with other content (a corrected image or attribute) does not, so the study is
-        analysed again."""
+        analysed again. Second, the fingerprint of the files' bytes, which runs recorded before the content one
+        hold: the same files re-sent after an upgrade are still recognised (operations review)."""
         from app.dicom.instance_content import content_digest
 
-        digest = hashlib.sha256()
+        by_content, by_bytes = hashlib.sha256(), hashlib.sha256()
         for path in sorted(files, key=lambda item: item.name):
-            digest.update(path.name.encode() + b"\0" + content_digest(path.read_bytes()))
-        return digest.hexdigest()[:32]
+            data = path.read_bytes()
+            by_content.update(path.name.encode() + b"\0" + content_digest(data))
+            by_bytes.update(path.name.encode() + b"\0" + hashlib.sha256(data).digest())
+        return by_content.hexdigest()[:32], by_bytes.hexdigest()[:32]
 
     def read_record(self, key: str) -> dict[str, Any]:
         path = self.study_dir(key) / RECORD_FILE

@@ -54,14 +54,16 @@ def reports(results: list[dict[str, Any]]) -> list[ReportReference]:
     ]
 
 
-def already_analysed(runs: list[dict[str, Any]], fingerprint: str) -> bool:
-    """Whether these very instances are what the study's latest outcome was made of (`FINAL_STATUSES`).
+def already_analysed(runs: list[dict[str, Any]], fingerprint: str, bytes_fingerprint: str | None = None) -> bool:
+    """Whether these very instances are what the study's latest outcome was made of (`FINAL_STATUSES`); a run
+    recorded before fingerprints compared content holds `bytes_fingerprint` (`Spool.fingerprints`).
 
     Only the latest outcome counts: an instance corrected and then sent again as it was goes back to an earlier
     run's instances, and the results now newest at the destination describe the correction (attack finding: the
     study was called "unchanged" and nothing was sent)."""
     latest = next((run for run in reversed(runs) if run.get("status") in OUTCOME_STATUSES), None)
-    return latest is not None and latest.get("fingerprint") == fingerprint and latest["status"] in FINAL_STATUSES
+    matches = {fingerprint, bytes_fingerprint} - {None}
+    return latest is not None and latest.get("fingerprint") in matches and latest["status"] in FINAL_STATUSES
 
 
 def errors_since_last_outcome(runs: list[dict[str, Any]], fingerprint: str) -> int:

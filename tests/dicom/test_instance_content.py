@@ -115,3 +115,28 @@ def test_the_node_does_not_analyse_a_study_again_when_it_comes_back_in_other_enc
     assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
     assert len(results.received) == 2  # the first run's SEG and SR, nothing more
     assert stored == sorted([ImplicitVRLittleEndian, JPEGLSLossless, RLELossless])  # the forwarded copies kept
+
+
+def test_a_study_recorded_before_content_fingerprints_is_recognised_when_the_same_files_come_again(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Operations review: runs recorded by a node that fingerprinted the files' bytes were not recognised after the
+    upgrade, and a study a PACS sent again unchanged got a second SEG and SR at the destination."""
+    node = make_node()
+    files = write_files(mr_series(tumor_channels()), tmp_path / "scanner")
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+    (study,) = (node.spool.root / "studies").iterdir()
+    _, bytes_fingerprint = node.spool.fingerprints(sorted((study / "instances").glob("*.dcm")))
+
+    def as_an_older_node_wrote_it(stored: dict[str, Any]) -> None:
+        stored["runs"][-1]["fingerprint"] = bytes_fingerprint
+
+    node.spool.update_record(study.name, as_an_older_node_wrote_it)
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert process_and_send(node) == []
+    assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
+    assert len(results.received) == 2  # the first run's SEG and SR, nothing more
