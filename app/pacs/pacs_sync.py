@@ -367,7 +367,7 @@ def main(
     if before_models is not None:
         before_models()
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
-    predictor.warm_up()
+    predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
     try:
         with signals_interrupt():
             report = run_pacs_sync(config, predictor, once=args.once, client=client)
