@@ -359,11 +359,10 @@ def describe_start_error(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def hash_key(args: argparse.Namespace) -> int:
+def hash_key_command(args: argparse.Namespace) -> int:
     """Print `id:sha256` for an API keys file; the key is read from standard input so it stays out of the shell
     history."""
-    from app.security import HEADER_SAFE_RULE, header_safe
-    from app.security import hash_key as sha256_of_key
+    from app.security import HEADER_SAFE_RULE, hash_key, header_safe
 
     # The line it prints is `id:sha256`, in a file where `#` starts a comment: such an id would make it unreadable.
     if not KEY_ID.fullmatch(args.key_id):
@@ -376,7 +375,7 @@ def hash_key(args: argparse.Namespace) -> int:
         return fail("brain-tumor hash-key: error: no key on standard input", EXIT_USAGE)
     if not header_safe(key):  # API_KEYS refuses it too: hashed, it would be refused at every request
         return fail(f"brain-tumor hash-key: error: {HEADER_SAFE_RULE}", EXIT_USAGE)
-    print(f"{args.key_id}:{sha256_of_key(key)}")
+    print(f"{args.key_id}:{hash_key(key)}")
     return 0
 
 
@@ -474,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     hash_parser = commands.add_parser("hash-key", help="print an API_KEYS_FILE line for the key on standard input")
     hash_parser.add_argument("key_id", help="the name the audit log will show for this key")
-    hash_parser.set_defaults(run=hash_key)
+    hash_parser.set_defaults(run=hash_key_command)
 
     for name, module in (("train", "training.train"), ("evaluate", "training.evaluate")):
         # Every argument after the command is the training module's, --help included: with a prefix character no

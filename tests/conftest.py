@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.export import write_manifest
+from training.export import export_models
 from training.models import build_classifier, build_resunet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def make_tiny_model_dir(
     keras.utils.set_random_seed(0)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "split.json").write_text(json.dumps({"seed": 0, "train": [], "validation": [], "test": []}))
-    write_manifest(
+    export_models(
         directory,
         build_classifier(filters=(4, 8)),
         build_resunet(filters=(4, 8, 16)),

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import keras
 
-from app.core.model_store import MANIFEST_FORMAT_VERSION, Manifest, ModelEntry, sha256_of
-from app.core.model_store import write_manifest as write_manifest_file
+from app.core.model_store import MANIFEST_FORMAT_VERSION, Manifest, ModelEntry, sha256_of, write_manifest
 from app.core.preprocessing import PREPROCESSING_ID
 from training.model_card import HISTORY_NAME, render_model_card
 from training.models import load_classifier, load_segmenter
@@ -49,7 +48,7 @@ def backend_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(
+def export_models(
     output_dir: Path,
     classifier: keras.Model,
     segmenter: keras.Model,
@@ -96,7 +95,7 @@ def write_manifest(
         versions=backend_versions(),
         files={name: sha256_of(output_dir / name) for name in hashed},
     )
-    write_manifest_file(output_dir, manifest)
+    write_manifest(output_dir, manifest)
     return manifest.model_dump()
 
 
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     split_path = Path(args.split)
     if split_path.resolve() != (output_dir / split_path.name).resolve():
         shutil.copyfile(split_path, output_dir / split_path.name)
-    manifest = write_manifest(
+    manifest = export_models(
         output_dir,
         classifier,
         segmenter,
