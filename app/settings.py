@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         default=128 * MIB, gt=0, description="largest /v1/predict/batch request body, in bytes"
     )
     max_uploads_held_bytes: int = Field(
-        default=1024 * MIB,
+        # 512 MiB: four batches of MAX_BATCH_UPLOAD_BYTES at once; the process holds about 1.3 times the bytes
+        default=512 * MIB,
         gt=0,
         description="most request-body bytes all requests in flight hold together (each is held until its answer); "
         "a request that would pass it is answered 503 overloaded with Retry-After, before or while its body arrives",
