@@ -728,7 +728,7 @@ async function dicomSeries(answer, files, headers) {
       picture: frame,
       window: source?.header.window ?? null,
       mask: await decodeMask(item.prediction.mask),
-      pixelSpacing: source?.header.pixelSpacing ?? null,
+      pixelSpacing: source?.header.frameSpacings?.[item.frame_number - 1] ?? source?.header.pixelSpacing ?? null,
       // Slices missing between this one and the one before (positions further apart than the series' spacing):
       // room for them in the strip, and the two are no neighbours.
       missingBefore: position === 0 ? 0 : Math.min(item.slices_missing_before ?? 0, MAX_GAP_DRAWN),

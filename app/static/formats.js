@@ -490,6 +490,10 @@ const WANTED = {
   "00281052": "rescaleIntercept",
   "00281053": "rescaleSlope",
 };
+const SHARED_GROUPS = "52009229";
+const PER_FRAME_GROUPS = "52009230";
+const PIXEL_MEASURES = "00289110";
+const FUNCTIONAL_GROUPS = new Set([SHARED_GROUPS, PER_FRAME_GROUPS, PIXEL_MEASURES]);
 const UNSIGNED_SHORT = new Set(["samplesPerPixel", "rows", "columns", "bitsAllocated", "bitsStored",
   "pixelRepresentation"]);
 // US or SS by Pixel Representation (VR "xs"): read as 16 bits, their sign settled once Pixel Representation is known.
@@ -516,8 +520,14 @@ export function readDicom(buffer) {
   let transferSyntax = EXPLICIT_LITTLE;
   let pixelData = null;
 
-  // Walks elements from `offset` to `end`, recording WANTED ones at the top level; returns where it stopped.
-  const walk = (offset, end, explicit, depth) => {
+  // Pixel Spacing inside the functional groups, by where it was found: "/52009229#0/00289110#0" (shared) or
+  // "/52009230#<frame index>/00289110#0" (per frame).
+  const nestedSpacing = {};
+  // Walks elements from `offset` to `end`, recording WANTED ones at the top level, and Pixel Spacing inside the
+  // functional groups' Pixel Measures (`context`: the path of sequences and items down to here, "" elsewhere);
+  // returns where it stopped.
+  const walk = (offset, end, explicit, depth, context = "") => {
+    let item = 0;
     while (offset + 8 <= end) {
       const group = view.getUint16(offset, true);
       const element = view.getUint16(offset + 2, true);
@@ -527,7 +537,16 @@ export function readDicom(buffer) {
         if (element === 0xe00d || element === 0xe0dd) {
           return offset + 8; // item or sequence delimiter
         }
-        offset = length === 0xffffffff ? walk(offset + 8, end, explicit, depth + 1) : offset + 8 + length;
+        const inner = context ? `${context}#${item}` : "";
+        item += 1;
+        if (length === 0xffffffff) {
+          offset = walk(offset + 8, end, explicit, depth + 1, inner);
+        } else {
+          if (inner) {
+            walk(offset + 8, Math.min(end, offset + 8 + length), explicit, depth + 1, inner);
+          }
+          offset = offset + 8 + length;
+        }
         continue;
       }
       const useExplicit = explicit || group === 0x0002;
@@ -551,9 +570,18 @@ export function readDicom(buffer) {
         pixelData = length === 0xffffffff ? null : { start: valueStart, length };
         return end;
       }
+      // An Enhanced MR image keeps Pixel Spacing in Shared or Per-frame Functional Groups > Pixel Measures.
+      const nested = FUNCTIONAL_GROUPS.has(tag) && (depth === 0 ? tag !== PIXEL_MEASURES : context !== "")
+        ? `${context}/${tag}`
+        : "";
       if (length === 0xffffffff) {
-        offset = walk(valueStart, end, explicit, depth + 1); // sequence (or encapsulated data) of undefined length
+        offset = walk(valueStart, end, explicit, depth + 1, nested); // sequence (or encapsulated data) of undefined length
         continue;
+      }
+      if (nested) {
+        walk(valueStart, Math.min(end, valueStart + length), explicit, depth + 1, nested);
+      } else if (context && tag === "00280030") {
+        nestedSpacing[context] = text(valueStart, length);
       }
       if (depth === 0 && tag === "00020010") {
         transferSyntax = text(valueStart, length);
@@ -580,13 +608,27 @@ export function readDicom(buffer) {
   const first = (value) => numbers(value)?.[0] ?? null;
   const rows = Number(found.rows);
   const columns = Number(found.columns);
-  const spacing = numbers(found.pixelSpacing);
+  const spacingOf = (value) => {
+    const spacing = numbers(value);
+    return spacing && spacing.length === 2 && spacing.every((v) => v > 0) ? spacing : null;
+  };
+  // As the server takes a frame's value (app/dicom/dicom_frame.py frame_value): per frame, then shared, then top level.
+  const sharedSpacing = spacingOf(nestedSpacing[`/${SHARED_GROUPS}#0/${PIXEL_MEASURES}#0`]);
+  const frameSpacings = [];
+  for (const [where, value] of Object.entries(nestedSpacing)) {
+    const match = where.match(new RegExp(`^/${PER_FRAME_GROUPS}#(\\d+)/${PIXEL_MEASURES}#0$`));
+    if (match) {
+      frameSpacings[Number(match[1])] = spacingOf(value);
+    }
+  }
   const header = {
     sopInstanceUid: found.sopInstanceUid ?? "",
     instanceNumber: first(found.instanceNumber),
     rows,
     columns,
-    pixelSpacing: spacing && spacing.length === 2 && spacing.every((v) => v > 0) ? spacing : null,
+    pixelSpacing: sharedSpacing ?? spacingOf(found.pixelSpacing),
+    // Each frame's own Pixel Spacing (index frame - 1) where the Per-frame Functional Groups give one.
+    frameSpacings,
     window: found.windowCenter && found.windowWidth
       ? { center: first(found.windowCenter), width: first(found.windowWidth) }
       : null,
