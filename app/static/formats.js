@@ -441,7 +441,7 @@ export async function readTiff(buffer) {
     for (let k = 0; k < colour; k += 1) {
       const at = (i * channels + k) * step;
       if (step === 1) {
-        sum += pixels.getUint8(at);
+        sum += signed ? pixels.getInt8(at) : pixels.getUint8(at); // SampleFormat 2: signed, as the server reads it
       } else {
         sum += signed ? pixels.getInt16(at, little) : pixels.getUint16(at, little);
       }

@@ -10,10 +10,13 @@ import io
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pydicom
+import tifffile
 from playwright.sync_api import Page, expect
 
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
+from tests.web.test_page_review31 import drawn_slice
 from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload
 
 
@@ -65,3 +68,26 @@ def test_enhanced_mr_slices_get_their_area_in_mm2_from_the_functional_groups(
     page.locator("#slice-slider").fill("1")
     if rows[0]["area_mm2"] != "0":
         expect(page.locator("#area")).to_contain_text(f"{float(rows[0]['area_mm2']):,.1f} mm²")
+
+
+# ---------------------------------------------------------------------------------- F5: signed 8-bit TIFF
+
+
+def test_a_signed_8_bit_tiff_is_drawn_as_the_same_values_stored_in_16_bits(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """readTiff read 8-bit samples unsigned whatever their SampleFormat: an int8 slice (-64 … 63) was drawn wrapped,
+    its background (-64, read as 192) light grey and its brightest tissue black; the server reads it signed."""
+    values = (tumor_channels()[0].astype(np.int16) // 2 - 64).clip(-128, 127)
+    assert values.min() < 0 < values.max()
+    page.goto(live_server)
+    drawn = {}
+    for dtype in (np.int16, np.int8):
+        path = tmp_path / f"slice_{np.dtype(dtype).name}.tif"
+        tifffile.imwrite(path, values.astype(dtype), photometric="minisblack")
+        upload(page, [path])
+        drawn[np.dtype(dtype).name] = drawn_slice(page)
+
+    assert drawn["int8"][:2] == drawn["int16"][:2], "the default window"
+    differing = int(np.count_nonzero(np.abs(np.array(drawn["int8"][2]) - np.array(drawn["int16"][2])) > 1))
+    assert differing == 0, f"{differing} pixels drawn otherwise than the int16 slice of the same values"
