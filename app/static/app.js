@@ -730,8 +730,8 @@ async function dicomSeries(answer, files, headers) {
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: source?.header.frameSpacings?.[item.frame_number - 1] ?? source?.header.pixelSpacing ?? null,
       // Slices missing between this one and the one before (positions further apart than the series' spacing):
-      // room for them in the strip, and the two are no neighbours.
-      missingBefore: position === 0 ? 0 : Math.min(item.slices_missing_before ?? 0, MAX_GAP_DRAWN),
+      // room for them in the strip (at most MAX_GAP_DRAWN, the count said), and the two are no neighbours.
+      missingBefore: position === 0 ? 0 : item.slices_missing_before ?? 0,
     });
   }
   throwIfNothingWorked(slices, failures);
@@ -884,10 +884,25 @@ function buildStrip(slices) {
   const gaps = slices.some((slice) => slice.missingBefore);
   ui.stripLegendGap.hidden = !gaps;
   slices.forEach((slice, index) => {
-    // Each failed file between two slices keeps its place in the strip, empty: a missing slice, not a neighbour.
-    for (let missing = 0; missing < (slice.missingBefore ?? 0); missing += 1) {
+    // The slices missing between two slices keep their place in the strip, empty: one hatched space as wide as that
+    // many bars, at most MAX_GAP_DRAWN (then marked shortened, with its count), and never too thin to see.
+    const missing = slice.missingBefore ?? 0;
+    if (missing > 0) {
       const gap = document.createElement("div");
       gap.className = "strip-gap";
+      gap.style.flexGrow = String(Math.min(missing, MAX_GAP_DRAWN));
+      gap.dataset.missing = String(missing);
+      gap.setAttribute("role", "img");
+      gap.setAttribute("aria-label", missingWords(missing));
+      gap.title = missing > MAX_GAP_DRAWN ? `${missingWords(missing)} (drawn shortened)` : missingWords(missing);
+      if (missing > MAX_GAP_DRAWN) {
+        gap.classList.add("shortened");
+        const count = document.createElement("span");
+        count.className = "strip-gap-count";
+        count.setAttribute("aria-hidden", "true");
+        count.textContent = `≈ ${missing.toLocaleString("en")}`;
+        gap.append(count);
+      }
       ui.strip.append(gap);
     }
     const bar = document.createElement("div");
@@ -901,6 +916,11 @@ function buildStrip(slices) {
     bar.append(fill);
     ui.strip.append(bar);
   });
+}
+
+/** "1 slice missing", "50 slices missing". */
+function missingWords(count) {
+  return `${plural(count, "slice")} missing`;
 }
 
 function areaMm2(slice) {
@@ -1338,7 +1358,9 @@ function showSlice(index) {
   drawPicture(slice);
   drawMask(slice);
 
-  const where = count === 1 ? slice.label : `Slice ${current + 1} of ${count} (${slice.label})`;
+  // The slice after a gap says how many slices are missing before it, in the caption and the sliders' value text.
+  const after = slice.missingBefore ? `, after ${plural(slice.missingBefore, "missing slice")}` : "";
+  const where = count === 1 ? slice.label : `Slice ${current + 1} of ${count} (${slice.label})${after}`;
   let drawn = describeDrawn(prediction);
   if (!slice.picture) {
     // Compressed DICOM or an encoding this browser cannot decode: the server read it, the page cannot draw it.
@@ -1361,7 +1383,7 @@ function showSlice(index) {
 
   ui.slider.value = String(current + 1);
   ui.sliceNumber.textContent = `${current + 1} / ${count}`;
-  const valueText = `Slice ${current + 1} of ${count}: ${resultWords(prediction).toLowerCase()}, `
+  const valueText = `Slice ${current + 1} of ${count}${after}: ${resultWords(prediction).toLowerCase()}, `
     + `probability ${formatPercent(prediction.tumor_probability)}`;
   ui.slider.setAttribute("aria-valuetext", valueText);
   ui.strip.setAttribute("aria-valuenow", String(current + 1));

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from playwright.sync_api import Page, expect
 
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
 from tests.web.test_page_review31 import drawn_slice
-from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload
+from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
+from tests.web.test_series_view import assert_no_axe_violations
 
 
 def slices_csv(page: Page) -> tuple[str, list[dict]]:
@@ -91,3 +93,68 @@ def test_a_signed_8_bit_tiff_is_drawn_as_the_same_values_stored_in_16_bits(
     assert drawn["int8"][:2] == drawn["int16"][:2], "the default window"
     differing = int(np.count_nonzero(np.abs(np.array(drawn["int8"][2]) - np.array(drawn["int16"][2])) > 1))
     assert differing == 0, f"{differing} pixels drawn otherwise than the int16 slice of the same values"
+
+
+# ------------------------------------------------------------------------- F3 and F4: the size of a gap
+
+
+def two_slabs(tmp_path: Path) -> list[Path]:
+    """Two slabs of 3 slices, 5 mm apart within each and 250 mm apart between them: 49 slices missing between."""
+    datasets = mr_series(tumor_channels() + tumor_channels())
+    for dataset in datasets[3:]:
+        dataset.ImagePositionPatient = [*dataset.ImagePositionPatient[:2], dataset.ImagePositionPatient[2] + 250]
+    return write_series(datasets, tmp_path)
+
+
+def test_a_gap_longer_than_drawn_shows_its_count_and_the_slice_after_it_says_so(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """A gap of 49 slices was drawn as 16 hatched slots with no count, under a legend saying each is "a missing
+    slice"; the gap elements had no label, and the caption and value text of the slice after it read as for any
+    slice."""
+    page.goto(live_server)
+
+    answer = upload(page, two_slabs(tmp_path))
+
+    missing = answer["slices"][3]["slices_missing_before"]
+    assert missing > 16
+    assert answer["slices_missing"] == missing
+    items = page.locator("#strip > div:not(.strip-threshold)")
+    kinds = items.evaluate_all("(items) => items.map((item) => item.className.split(' ')[0])")
+    assert kinds == ["strip-bar"] * 3 + ["strip-gap"] + ["strip-bar"] * 3
+    gap = page.locator("#strip .strip-gap")
+    expect(gap).to_have_attribute("aria-label", f"{missing} slices missing")
+    expect(gap).to_have_attribute("title", f"{missing} slices missing (drawn shortened)")
+    expect(gap).to_have_class(re.compile(r"\bshortened\b"))
+    expect(gap).to_have_text(f"≈ {missing}")
+    assert gap.evaluate("(gap) => gap.style.flexGrow") == "16"
+    expect(page.locator("#strip-legend")).to_contain_text("a gap of more than 16 is drawn shortened")
+
+    page.locator("#slice-slider").fill("4")
+    expect(page.locator("#caption")).to_contain_text(f"Slice 4 of 6 (IM0003), after {missing} missing slices: ")
+    after = re.compile(rf"^Slice 4 of 6, after {missing} missing slices: ")
+    expect(page.locator("#slice-slider")).to_have_attribute("aria-valuetext", after)
+    expect(page.locator("#strip")).to_have_attribute("aria-valuetext", after)
+    page.locator("#slice-slider").fill("3")
+    expect(page.locator("#caption")).not_to_contain_text("missing")
+    assert_no_axe_violations(page)
+
+
+def test_a_short_gap_is_one_labelled_space_as_wide_as_its_slices_and_never_a_thin_seam(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Each missing slice was its own unlabelled slot as wide as a bar: 2.3 px in a 176-slice strip, a white seam."""
+    datasets = mr_series(tumor_channels() + tumor_channels())
+    paths = write_series([datasets[index] for index in (0, 1, 4, 5)], tmp_path)
+    page.goto(live_server)
+
+    upload(page, paths)
+
+    gap = page.locator("#strip .strip-gap")
+    expect(gap).to_have_count(1)
+    expect(gap).to_have_attribute("aria-label", "2 slices missing")
+    expect(gap).not_to_have_class(re.compile(r"\bshortened\b"))
+    assert gap.evaluate("(gap) => gap.style.flexGrow") == "2"
+    assert gap.evaluate("(gap) => getComputedStyle(gap).minWidth") == "6px"
+    page.locator("#slice-slider").fill("3")
+    expect(page.locator("#caption")).to_contain_text("Slice 3 of 4 (IM0002), after 2 missing slices: ")

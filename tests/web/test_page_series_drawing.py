@@ -315,6 +315,6 @@ def test_a_failed_file_inside_a_raster_series_is_a_missing_slice_not_a_gapless_n
         "4 slices, 1 with tumor, 2 close to the threshold (1 of them next to a slice with tumor)"
     )
     expect(page.locator("#strip-legend")).to_contain_text(
-        "Hatched space: a missing slice (a file that could not be analysed"
+        "Hatched space: missing slices (files that could not be analysed"
     )
     expect(page.locator("#file-errors")).to_contain_text("TCGA_DU_A5TW_19980228_20b.png (the PNG data breaks off)")

@@ -145,7 +145,7 @@ def test_a_gapped_dicom_series_says_its_volume_may_fall_short(page: Page, live_s
     # ... and where: two hatched places between the second and third slices (5 and 20 mm), explained in the legend.
     strip = page.locator("#strip > div:not(.strip-threshold)")
     classes = [name.split()[0] for name in strip.evaluate_all("(parts) => parts.map((part) => part.className)")]
-    assert classes == ["strip-bar", "strip-bar", "strip-gap", "strip-gap", "strip-bar", "strip-bar"]
+    assert classes == ["strip-bar", "strip-bar", "strip-gap", "strip-bar", "strip-bar"]  # one space, two slices wide
     expect(page.locator("#strip-legend-gap")).to_be_visible()
     ends = "tumor on the first or last slice sent (it may go on beyond them)"
     if answer["tumor_reaches_series_end"]:
