@@ -666,6 +666,7 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
       picture: pictures[item.index],
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: null,
+      position: null,
       // Files that failed between this slice and the one before: slices missing from the volume, as the server's
       // series clean-up takes them (app/uploads.py raster_series_breaks), so the two are no neighbours.
       missingBefore: previous === null ? 0 : item.index - previous - 1,
@@ -729,6 +730,8 @@ async function dicomSeries(answer, files, headers) {
       window: source?.header.window ?? null,
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: source?.header.frameSpacings?.[item.frame_number - 1] ?? source?.header.pixelSpacing ?? null,
+      // The server's position along the slice normal (mm), for slices.csv: where the mask lies in the volume.
+      position: Number.isFinite(item.position_along_normal_mm) ? item.position_along_normal_mm : null,
       // Slices missing between this one and the one before (positions further apart than the series' spacing):
       // room for them in the strip (at most MAX_GAP_DRAWN, the count said), and the two are no neighbours.
       missingBefore: position === 0 ? 0 : item.slices_missing_before ?? 0,
@@ -1454,7 +1457,10 @@ function csvCell(value) {
 
 async function downloadMasks() {
   const entries = [];
-  const rows = [["slice", "file", "mask_file", "tumor_probability", "tumor_detected", "area_pixels", "area_mm2"]];
+  // The slice's position (DICOM) and the slices missing before it: where each mask lies, so that a stack of the
+  // masks keeps the gaps of the series.
+  const rows = [["slice", "file", "mask_file", "tumor_probability", "tumor_detected", "area_pixels", "area_mm2",
+    "position_along_normal_mm", "slices_missing_before"]];
   for (const [index, slice] of series.slices.entries()) {
     const { prediction } = slice;
     let bytes;
@@ -1467,7 +1473,7 @@ async function downloadMasks() {
     entries.push({ name: slice.maskName, bytes });
     const area = areaMm2(slice);
     rows.push([index + 1, slice.label, slice.maskName, prediction.tumor_probability, prediction.tumor_detected,
-      prediction.mask?.area_pixels ?? 0, area === null ? "" : area]);
+      prediction.mask?.area_pixels ?? 0, area === null ? "" : area, slice.position ?? "", slice.missingBefore ?? 0]);
   }
   entries.push({ name: "slices.csv", bytes: new TextEncoder().encode(`${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`) });
   saveBlob(writeZip(entries), "tumor-masks.zip");

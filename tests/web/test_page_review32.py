@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
 from tests.web.test_page_review31 import drawn_slice
-from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
+from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, upload, write_series
 from tests.web.test_series_view import assert_no_axe_violations
 
 
@@ -158,3 +158,44 @@ def test_a_short_gap_is_one_labelled_space_as_wide_as_its_slices_and_never_a_thi
     assert gap.evaluate("(gap) => getComputedStyle(gap).minWidth") == "6px"
     page.locator("#slice-slider").fill("3")
     expect(page.locator("#caption")).to_contain_text("Slice 3 of 4 (IM0002), after 2 missing slices: ")
+
+
+# ------------------------------------------------------------------ F2: slices.csv places each slice
+
+
+def test_slices_csv_gives_each_slice_its_position_and_the_slices_missing_before_it(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """slices.csv had no position and no word of missing slices: a stack of the masks closed the gaps."""
+    page.goto(live_server)
+    answer = upload(page, two_slabs(tmp_path))
+
+    _, rows = slices_csv(page)
+
+    assert list(rows[0])[:7] == [
+        "slice",
+        "file",
+        "mask_file",
+        "tumor_probability",
+        "tumor_detected",
+        "area_pixels",
+        "area_mm2",
+    ]
+    positions = [item["position_along_normal_mm"] for item in answer["slices"]]
+    assert [float(row["position_along_normal_mm"]) for row in rows] == sorted(positions)
+    assert [row["slices_missing_before"] for row in rows] == ["0", "0", "0", str(answer["slices_missing"]), "0", "0"]
+
+
+def test_slices_csv_of_raster_slices_leaves_the_position_empty_and_counts_failed_files(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    broken = tmp_path / "TCGA_DU_A5TW_19980228_20b.png"  # sorts between _20 and _21, as the page orders names
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a whole PNG")
+    sent = [RASTER_SERIES[0], RASTER_SERIES[1], broken, RASTER_SERIES[2]]
+    page.goto(live_server)
+    upload(page, sent)
+
+    _, rows = slices_csv(page)
+
+    assert [row["position_along_normal_mm"] for row in rows] == ["", "", ""]
+    assert [row["slices_missing_before"] for row in rows] == ["0", "0", "1"]

@@ -125,7 +125,10 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
             else:
                 assert not np.asarray(Image.open(io.BytesIO(content))).any()
         rows = archive.read("slices.csv").decode().splitlines()
-    assert rows[0] == "slice,file,mask_file,tumor_probability,tumor_detected,area_pixels,area_mm2"
+    assert rows[0] == (
+        "slice,file,mask_file,tumor_probability,tumor_detected,area_pixels,area_mm2,"
+        "position_along_normal_mm,slices_missing_before"
+    )
     assert len(rows) == 5
 
 
