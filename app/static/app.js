@@ -2,8 +2,8 @@
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
-  FormatError, MAX_DRAWN_PIXELS, isDicom, rasterSize, readDicom, readPng16, readTiff, readZip, splitMultipart,
-  withStoredOrientation, writeGreyPng, writeZip,
+  FormatError, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom, readPng16, readTiff, readZip,
+  splitMultipart, withStoredOrientation, writeGreyPng, writeZip,
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
@@ -296,7 +296,7 @@ function describeError(error) {
   } else if (error instanceof NetworkError) {
     title = "Could not reach the service. Check the connection and try again.";
   } else if (error instanceof FormatError) {
-    title = "The files could not be opened.";
+    title = error.title ?? "The files could not be opened.";
     detail = error.message;
   } else if (error instanceof AnswerError) {
     title = "The service's answer could not be read.";
@@ -338,13 +338,13 @@ async function collectFiles(chosen) {
   let skippedMasks = 0;
   for (const file of chosen) {
     const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
-    if (head[0] === 0x50 && head[1] === 0x4b && head[2] === 3 && head[3] === 4) {
+    if (isZip(head)) {
       try {
         files.push(...(await readZip(await file.arrayBuffer())));
       } catch (error) {
         // A damaged archive throws from DataView (RangeError) or the inflater (TypeError): say which file it was.
         const reason = error instanceof FormatError ? error.message : "the zip file is damaged";
-        throw new FormatError(`${file.name}: ${reason}`);
+        throw new FormatError(`${file.name}: ${reason}`, error instanceof FormatError ? error.title : null);
       }
     } else {
       files.push(file);

@@ -4,7 +4,20 @@
 // DecompressionStream / CompressionStream, so there is no third-party code.
 "use strict";
 
-export class FormatError extends Error {}
+/** A file the page cannot open; `title`, when set, is the error's heading in place of the general one. */
+export class FormatError extends Error {
+  constructor(message, title = null) {
+    super(message);
+    this.title = title;
+  }
+}
+
+export const EMPTY_ZIP_TITLE = "The zip holds no slices. Choose a zip of PNG, JPEG, TIFF or DICOM slices.";
+export const NESTED_ZIP_TITLE = "Zips inside the zip are not opened: unzip it first, or choose the inner zip.";
+
+/** Does a file start as a zip does: a local file header, or the end record of an empty archive? */
+export const isZip = (head) => head.length >= 4 && head[0] === 0x50 && head[1] === 0x4b
+  && ((head[2] === 3 && head[3] === 4) || (head[2] === 5 && head[3] === 6));
 
 // The most pixels the page decodes to draw one slice itself (twice the server's default limit). A file can claim any
 // size in a few bytes (a PNG of zeros compresses a thousandfold), and decoding it would freeze or crash the tab
@@ -95,11 +108,18 @@ export async function readZip(buffer) {
     } else {
       throw new FormatError(`${name}: zip compression method ${method} is not supported (only stored or deflated)`);
     }
+    if (isZip(content)) {
+      throw new FormatError(`${name} is a zip inside the zip`, NESTED_ZIP_TITLE);
+    }
     const file = new File([content], baseName);
     // The entry's path in the archive, for the order of the slices: by base name alone, the slices of two folders
     // in one zip were interleaved into one series.
     Object.defineProperty(file, "zipPath", { value: name });
     files.push(file);
+  }
+  if (files.length === 0) {
+    throw new FormatError(count === 0 ? "the zip is empty" : "the zip holds only folders or hidden files",
+      EMPTY_ZIP_TITLE);
   }
   return files;
 }

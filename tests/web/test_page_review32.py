@@ -199,3 +199,44 @@ def test_slices_csv_of_raster_slices_leaves_the_position_empty_and_counts_failed
 
     assert [row["position_along_normal_mm"] for row in rows] == ["", "", ""]
     assert [row["slices_missing_before"] for row in rows] == ["0", "0", "1"]
+
+
+# ---------------------------------------------------------------------- F6: an empty zip, a zip inside a zip
+
+
+def expect_error_on_choosing(page: Page, path: Path, title: str, detail: str) -> None:
+    """Choosing `path` shows this error (no request is sent)."""
+    page.set_input_files("#file-input", [path])
+    expect(page.locator("#error-detail")).to_have_text(detail, timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#error-title")).to_have_text(title)
+    expect(page.locator("#error")).to_be_visible()
+
+
+def test_an_empty_zip_and_a_zip_inside_a_zip_get_their_own_message(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """An empty zip starts with the end record (PK 5 6), not a file header, and a zip inside a zip was sent as it is:
+    both were titled "This file type is not supported", though the page offers zips."""
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w"):
+        pass
+    folders = tmp_path / "folders.zip"
+    with zipfile.ZipFile(folders, "w") as archive:
+        archive.writestr("export/", b"")
+        archive.writestr("export/.DS_Store", b"\0" * 16)
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as archive:
+        archive.write(RASTER_SERIES[0], "slices/first.jpg")
+        archive.write(empty, "slices/inner.zip")
+    page.goto(live_server)
+    requests = []
+    page.on("request", lambda request: requests.append(request) if "/v1/predict" in request.url else None)
+
+    no_slices = "The zip holds no slices. Choose a zip of PNG, JPEG, TIFF or DICOM slices."
+    expect_error_on_choosing(page, empty, no_slices, "empty.zip: the zip is empty")
+    expect_error_on_choosing(page, folders, no_slices, "folders.zip: the zip holds only folders or hidden files")
+    nested = "Zips inside the zip are not opened: unzip it first, or choose the inner zip."
+    expect_error_on_choosing(page, outer, nested, "outer.zip: slices/inner.zip is a zip inside the zip")
+    assert requests == []
+    upload(page, [RASTER_SERIES[0]])  # the next upload works
+    expect(page.locator("#error")).to_be_hidden()
