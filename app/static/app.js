@@ -1445,6 +1445,25 @@ function describeArea(slice) {
 
 // ------------------------------------------------------------------------------------------------- downloads
 
+/**
+ * What the downloads' names carry of the series shown, so that two series' downloads differ: for DICOM the series
+ * read (its number and description, e.g. "_series-1_AX-FLAIR"), else the first file's stem; never a patient's
+ * attributes. Letters, digits, dot, dash and underscore only, at most 60 characters; "" when nothing is left.
+ */
+function seriesTag(shown) {
+  let tag = "";
+  const use = shown.kind === "dicom" ? (shown.answer.series_used ?? [])[0] : null;
+  if (use) {
+    tag = [use.series_number === null ? "" : `series-${use.series_number}`, use.series_description ?? ""]
+      .filter(Boolean).join("_");
+  }
+  if (!tag) {
+    tag = stemOf(shown.files[0]?.name ?? "");
+  }
+  tag = tag.normalize("NFKC").replace(/[^\p{L}\p{N}._-]+/gu, "-").slice(0, 60).replace(/^[-._]+|[-._]+$/g, "");
+  return tag ? `_${tag}` : "";
+}
+
 function csvCell(value) {
   let text = String(value);
   // A file name such as `=HYPERLINK(...)` would run as a formula when the sheet is opened in a spreadsheet program:
@@ -1476,7 +1495,7 @@ async function downloadMasks() {
       prediction.mask?.area_pixels ?? 0, area === null ? "" : area, slice.position ?? "", slice.missingBefore ?? 0]);
   }
   entries.push({ name: "slices.csv", bytes: new TextEncoder().encode(`${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`) });
-  saveBlob(writeZip(entries), "tumor-masks.zip");
+  saveBlob(writeZip(entries), `tumor-masks${seriesTag(series)}.zip`);
 }
 
 /** Busy through aria-disabled, not `disabled`: a disabled button drops the keyboard focus to the page's body. */
@@ -1531,10 +1550,10 @@ async function downloadSegmentation() {
     }
     if (segs) {
       const entries = segs.map((bytes, index) => ({ name: `tumor-seg-${String(index + 1).padStart(4, "0")}.dcm`, bytes }));
-      saveBlob(writeZip(entries), "tumor-seg.zip");
+      saveBlob(writeZip(entries), `tumor-seg${seriesTag(series)}.zip`);
       showSegStatus(`${segs.length} DICOM SEG files downloaded (one per slice with a tumor), in a zip.`);
     } else {
-      saveBlob(new Blob([blob], { type: "application/dicom" }), "tumor-seg.dcm");
+      saveBlob(new Blob([blob], { type: "application/dicom" }), `tumor-seg${seriesTag(series)}.dcm`);
       showSegStatus("DICOM SEG downloaded.");
     }
   } catch (error) {

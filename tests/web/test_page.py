@@ -53,7 +53,7 @@ def test_page_shows_prediction_overlay_and_mask_download(page: Page, live_server
     page.screenshot(path=screenshot_dir / "web-page-result.png", full_page=True)
     with page.expect_download() as downloaded:
         download_button.click()
-    assert downloaded.value.suggested_filename == "tumor-masks.zip"
+    assert downloaded.value.suggested_filename == f"tumor-masks_{TUMOR_SLICE.stem}.zip"
     with zipfile.ZipFile(downloaded.value.path()) as archive:
         assert archive.read(f"{TUMOR_SLICE.stem}_predicted_mask.png") == base64.b64decode(prediction["mask"]["png"])
 

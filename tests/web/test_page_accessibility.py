@@ -188,7 +188,7 @@ def test_keyboard_reaches_and_operates_every_control_in_order(page: Page, live_s
     page.focus("#download-masks")
     with page.expect_download() as downloaded:
         page.keyboard.press("Enter")
-    assert downloaded.value.suggested_filename == "tumor-masks.zip"
+    assert downloaded.value.suggested_filename == f"tumor-masks_{RASTER_SERIES[0].stem}.zip"
 
 
 def test_every_control_has_an_accessible_name_and_the_page_its_language_title_and_headings(

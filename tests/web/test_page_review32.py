@@ -240,3 +240,38 @@ def test_an_empty_zip_and_a_zip_inside_a_zip_get_their_own_message(
     assert requests == []
     upload(page, [RASTER_SERIES[0]])  # the next upload works
     expect(page.locator("#error")).to_be_hidden()
+
+
+# ------------------------------------------------------------------------ F7: download names say the series
+
+
+def test_downloads_are_named_after_the_series_and_the_masks_inside_keep_their_names(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Every download was tumor-masks.zip or tumor-seg.dcm, whatever the series: two studies' downloads differed only
+    by the browser's " (1)"."""
+    page.goto(live_server)
+    for number, description, expected in (
+        (1, "AX FLAIR", "series-1_AX-FLAIR"),
+        (7, "Ax T2/FLAIR: post", "series-7_Ax-T2-FLAIR-post"),
+    ):
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        upload(
+            page,
+            write_series(mr_series(tumor_channels(), series_number=number, series_description=description), folder),
+        )
+        name, rows = slices_csv(page)
+        assert name == f"tumor-masks_{expected}.zip"
+        assert [row["mask_file"] for row in rows] == [f"slice_{index:04d}_mask.png" for index in (1, 2, 3)]
+        with page.expect_download(timeout=RESULT_TIMEOUT_MS) as downloaded:
+            page.click("#download-seg")
+        assert downloaded.value.suggested_filename == f"tumor-seg_{expected}.dcm"
+
+    # Raster slices: the first file's stem, made safe for a file name.
+    odd = tmp_path / "=HYPERLINK(x) slice 1.jpg"
+    odd.write_bytes(RASTER_SERIES[1].read_bytes())
+    upload(page, [odd])
+    name, rows = slices_csv(page)
+    assert name == "tumor-masks_HYPERLINK-x-slice-1.zip"
+    assert rows[0]["mask_file"] == "_HYPERLINK(x) slice 1_predicted_mask.png"

@@ -115,7 +115,7 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
 
     with page.expect_download() as downloaded:
         page.click("#download-masks")
-    assert downloaded.value.suggested_filename == "tumor-masks.zip"
+    assert downloaded.value.suggested_filename == "tumor-masks_TCGA_DU_A5TW_19980228_8.zip"  # the first slice
     with zipfile.ZipFile(downloaded.value.path()) as archive:
         assert archive.testzip() is None
         for path, prediction in zip(RASTER_SERIES, predictions, strict=True):
@@ -199,7 +199,7 @@ def test_series_view_of_dicom_series_shows_the_api_volume_and_downloads_its_seg(
 
     with page.expect_download(timeout=RESULT_TIMEOUT_MS) as downloaded:
         page.click("#download-seg")
-    assert downloaded.value.suggested_filename == "tumor-seg.dcm"
+    assert downloaded.value.suggested_filename == "tumor-seg_series-1_AX-FLAIR.dcm"
     files = [("files", (path.name, path.read_bytes(), "application/dicom")) for path in paths]
     from_api = httpx.post(f"{live_server}/v1/predict/batch?output=dicom-seg", files=files, timeout=60)
     assert from_api.status_code == 200
@@ -297,7 +297,7 @@ def test_a_secondary_capture_series_downloads_its_seg_per_slice_as_a_zip(
     with page.expect_download(timeout=RESULT_TIMEOUT_MS) as downloaded:
         page.click("#download-seg")
 
-    assert downloaded.value.suggested_filename == "tumor-seg.zip"
+    assert downloaded.value.suggested_filename == "tumor-seg_series-1_AX-FLAIR.zip"
     with zipfile.ZipFile(downloaded.value.path()) as archive:
         names = archive.namelist()
         segs = [archive.read(name) for name in names]
