@@ -821,7 +821,10 @@ function showSeries(shown) {
     : ` ${near} ${near === 1 ? "slice is" : "slices are"} close to the threshold${besideNote}.`;
   const failed = shown.failures.length;
   const failureNote = ` ${failed} ${failed === 1 ? "file" : "files"} could not be analysed (listed under Result).`;
-  ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "");
+  // DICOM slices missing between the positions (a raster series' missing slices are its failed files, said above).
+  const missing = shown.kind === "dicom" ? slices.reduce((sum, slice) => sum + (slice.missingBefore ?? 0), 0) : 0;
+  const missingNote = missing ? ` ${plural(missing, "slice")} missing between those analysed (hatched in the strip).` : "";
+  ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "") + missingNote;
 }
 
 /**

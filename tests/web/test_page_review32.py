@@ -129,6 +129,7 @@ def test_a_gap_longer_than_drawn_shows_its_count_and_the_slice_after_it_says_so(
     expect(gap).to_have_text(f"≈ {missing}")
     assert gap.evaluate("(gap) => gap.style.flexGrow") == "16"
     expect(page.locator("#strip-legend")).to_contain_text("a gap of more than 16 is drawn shortened")
+    expect(page.locator("#status")).to_contain_text(f"{missing} slices missing between those analysed")
 
     page.locator("#slice-slider").fill("4")
     expect(page.locator("#caption")).to_contain_text(f"Slice 4 of 6 (IM0003), after {missing} missing slices: ")
