@@ -1,4 +1,4 @@
-"""The page's fixes from browser review 32: Enhanced MR (multi-frame) slices get their areas in mm² from the
+"""What the page makes of a series' files: Enhanced MR (multi-frame) slices get their areas in mm² from the
 functional groups' Pixel Measures; a signed 8-bit TIFF is drawn with its signed values; a gap's size is said where
 it is drawn and on the slice after it; slices.csv places each slice (position, slices missing before it); an empty
 zip and a zip inside a zip get their own message; the downloads are named after the series."""
