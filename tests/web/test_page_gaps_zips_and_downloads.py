@@ -17,8 +17,8 @@ import tifffile
 from playwright.sync_api import Page, expect
 
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
-from tests.web.test_page_review31 import drawn_slice
 from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, upload, write_series
+from tests.web.test_page_series_drawing import drawn_slice
 from tests.web.test_series_view import assert_no_axe_violations
 
 
