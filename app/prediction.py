@@ -11,6 +11,7 @@ loop stays free while it happens (`offload`).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -330,7 +331,8 @@ class PredictionService:
             If no series can be read as FLAIR (`app.series_choice.choose_series`).
         """
         planning = {"max_slices": 1 if one_slice else None, "refuse_slices": several_slices, "rules": self.rules}
-        plan: SeriesPlan = await self._cpu(partial(plan_series, **planning), uploads, self.limits)
+        gone = threading.Event()  # the client left: the headers not read yet are not read (attack review 32)
+        plan: SeriesPlan = await self._cpu(partial(plan_series, stop=gone, **planning), uploads, self.limits, stop=gone)
         if strict and plan.file_errors:
             raise next(iter(plan.file_errors.values()))
         async with self._reserve(plan.cost_bytes):
@@ -453,12 +455,12 @@ class PredictionService:
         async with self.budget.reserve(cost_bytes):
             yield
 
-    async def _cpu(self, function: Callable[..., T], *arguments: object) -> T:
+    async def _cpu(self, function: Callable[..., T], *arguments: object, stop: threading.Event | None = None) -> T:
         """CPU work: in a worker thread when offloading, else right here.
 
-        A thread cannot be stopped: when the request is cancelled (its client has gone), this still waits for the
-        thread to end before passing the cancellation on, so that the memory reservation around the call is held as
-        long as the thread holds the memory.
+        A thread cannot be stopped: when the request is cancelled (its client has gone), this sets `stop` (for work
+        that looks at it between steps) and still waits for the thread to end before passing the cancellation on, so
+        that the memory reservation around the call is held as long as the thread holds the memory.
         """
         if not self.offload:
             return function(*arguments)
@@ -469,7 +471,14 @@ class PredictionService:
                 await asyncio.shield(work)
             except asyncio.CancelledError:
                 cancelled = True
+                if stop is not None:
+                    stop.set()
+            except Exception:
+                if not cancelled:
+                    raise  # else the work's error (HeadersNotRead, once stopped) gives way to the cancellation
         if cancelled:
+            if not work.cancelled():
+                work.exception()  # retrieved: a thread stopped by `stop` (HeadersNotRead) is no error to report
             raise asyncio.CancelledError
         return work.result()
 

@@ -389,3 +389,32 @@ def test_an_overlay_over_the_budget_is_refused_where_its_prediction_is_not() -> 
     assert asyncio.run(service.predict_files([image], schemas.MaskFormat.RLE)).tally.negative == 1
     with pytest.raises(OverMemoryBudgetError, match="DECODE_MEMORY_BYTES"):
         asyncio.run(service.overlay(image))
+
+
+def test_a_cancelled_dicom_request_reads_no_more_headers() -> None:
+    """Attack review 32: a request of heavy headers went on using a core for ~27 s after its client had gone; the
+    headers not read yet when the request is cancelled are now left unread."""
+    files = dicom_series_files(5, 64)
+    models = SlowModels()
+    service = PredictionService(models, models.run, UploadLimits(), budget=MemoryBudget(512 * MIB))
+    reading, go_on = threading.Event(), threading.Event()
+    read: list[int] = []
+
+    def slow_read(data: bytes, *arguments: object) -> object:
+        read.append(len(data))
+        reading.set()
+        go_on.wait(5)
+        return read_dicom_header(data, *arguments)
+
+    async def scenario() -> None:
+        with patch("app.dicom.dicom_series.read_dicom_header", slow_read):
+            request = asyncio.ensure_future(service.predict_files(files, schemas.MaskFormat.RLE))
+            await asyncio.to_thread(reading.wait, 5)
+            request.cancel()
+            await asyncio.sleep(0.05)
+            go_on.set()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+
+    asyncio.run(scenario())
+    assert len(read) == 1  # the header being read when the client left; none of the four after it
