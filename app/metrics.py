@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 
 from prometheus_client import (
@@ -14,6 +15,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
+    start_http_server,
 )
 
 from app.core.model_store import Manifest
@@ -122,3 +124,30 @@ class ServiceMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsServerError(OSError):
+    """The metrics port of dicom-node or pacs-sync cannot be listened on; the message names the address."""
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Callable[[], None]:
+    """Serve `registry` as Prometheus text at http://`host`:`port`/metrics (prometheus_client's server, in a daemon
+    thread) for the daemons that have no HTTP server of their own; return what stops it.
+
+    Raises
+    ------
+    MetricsServerError
+        The port is in use or not ours to take, or the host is not an address of this machine.
+    """
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise MetricsServerError(f"cannot serve metrics on {host}:{port}: {error.strerror or error}") from error
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        if isinstance(thread, threading.Thread):
+            thread.join(timeout=5)
+
+    return stop

@@ -166,6 +166,16 @@ class Settings(BaseSettings):
         le=DAY_SECONDS,
         description="pacs-sync: wait before the first retry of a failed study; doubles each time (at most a day)",
     )
+    pacs_sync_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="pacs-sync: port of its Prometheus metrics at http://METRICS_HOST:port/metrics (0 = off)",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address the Prometheus metrics of dicom-node and pacs-sync listen on (0.0.0.0 in a container)",
+    )
     request_timeout_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -388,6 +398,12 @@ class Settings(BaseSettings):
         description="the record of such a study (which recognises the same instances sent again) is removed this "
         "long after its last run or delivery, and never before its instances",
     )
+    dicom_node_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="port of the node's Prometheus metrics at http://METRICS_HOST:port/metrics (0 = off)",
+    )
 
     @field_validator(
         "api_keys",
@@ -438,7 +454,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("model_dir", "host", "dicom_node_host", "dicom_node_spool_dir", mode="before")
+    @field_validator("model_dir", "host", "dicom_node_host", "dicom_node_spool_dir", "metrics_host", mode="before")
     @classmethod
     def _not_empty(cls, value: object) -> object:
         # An empty HOST would listen on every interface, an empty MODEL_DIR or spool folder be the working directory.
