@@ -118,7 +118,8 @@ from app.node.dicom_study_runs import (
     supersede_undelivered,
 )
 from app.node.node_config import NodeConfig
-from app.study_analysis import StudyAnalysis, StudyProcessor
+from app.node.node_metrics import NodeMetrics
+from app.study_analysis import AnalysisStatus, StudyAnalysis, StudyProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +181,20 @@ class DicomNode:
         processor: StudyProcessor,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
-        """`sleep` waits between a send's retries; by default on the stop event, so that `stop` ends the wait."""
+        """`sleep` waits between a send's retries; by default on the stop event, so that `stop` ends the wait.
+        `metrics` (by default its own) counts what the node does; the command line serves them."""
         self.config = config
         self.processor = processor
         self.clock = clock
         self.spool = Spool(config.spool_dir, clock=clock, limits=config.spool_limits)
+        self.metrics = metrics or NodeMetrics(str(destination) for destination in config.destinations)
+        self.metrics.watch_spool(
+            pending=lambda: len(self.spool.pending_studies()),
+            unsent=lambda: len(self.spool.unsent_studies()),
+            spool_bytes=lambda: self.spool.size_bytes,
+        )
         self._stop = threading.Event()
         self.sender = ResultSender(
             config.ae_title,
@@ -195,7 +204,7 @@ class DicomNode:
             config.send_timeout_seconds,
             stopping=self._stop,
         )
-        self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock)
+        self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock, self.metrics)
         self._server: Any = None
         # Held while an analysis's outcome is written to the spool: `stop` waits for a write in progress, and an
         # analysis it stopped waiting for (`_abandoned`) writes nothing, so the study is simply still pending.
@@ -322,10 +331,12 @@ class DicomNode:
     def _store(self, event: Any) -> int | Dataset:
         request = event.request
         if isinstance(request.DataSet, DiscardedDataSet) and request.DataSet.reason is not None:
-            return _refusal(STATUS_OUT_OF_RESOURCES, request.DataSet.reason)
+            return self._refused("receive_memory", STATUS_OUT_OF_RESOURCES, request.DataSet.reason)
         context_class = str(event.context.abstract_syntax)
         if uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
-            return _refusal(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's")
+            return self._refused(
+                "sop_class_mismatch", STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's"
+            )
         if context_class in NOT_KEPT_CLASSES:
             logger.info(
                 "instance ignored: not an image the models read",
@@ -343,15 +354,15 @@ class DicomNode:
             )
             key = self.spool.store_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid, data)
         except SpoolFullError as error:
-            return _refusal(STATUS_OUT_OF_RESOURCES, str(error))
+            return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error))
         except InstanceNotKeptError as error:
             logger.info("instance ignored: not an image the models read", extra={"fields": {"reason": str(error)}})
             return STATUS_SUCCESS
         except InstanceRefusedError as error:
-            return _refusal(error.status, str(error))
+            return self._refused("invalid_instance", error.status, str(error))
         except OSError:
             logger.exception("instance not stored")
-            return _refusal(STATUS_OUT_OF_RESOURCES, "the node cannot write its spool")
+            return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, "the node cannot write its spool")
         with self._open_lock:
             closed = event.assoc in self._closed
             if not closed:
@@ -363,7 +374,13 @@ class DicomNode:
         if closed:  # the peer aborted while this instance was being written
             self._studies_sent({key}, aborted=True)
         logger.debug("instance stored", extra={"fields": {"study_key": key}})
+        self.metrics.instances_received.inc()
         return STATUS_SUCCESS
+
+    def _refused(self, kind: str, status: int, reason: str) -> Dataset:
+        """`_refusal`, counted under `kind` (one of `node_metrics.REFUSAL_REASONS`: the reason itself is free text)."""
+        self.metrics.instances_refused.labels(reason=kind).inc()
+        return _refusal(status, reason)
 
     def _note_release(self, event: Any) -> None:
         """EVT_RELEASED: the sender ended the association as the standard asks, so it sent all it meant to."""
@@ -510,6 +527,7 @@ class DicomNode:
             except Exception:  # a bug or a broken spool file: retried after another quiet period, not every pass
                 logger.exception("study not processed", extra={"fields": {"study_key": key}})
                 self.spool.touch_pending(key)
+        self.metrics.last_pass.set(self.clock())
         return processed
 
     def _quiet(self, key: str, last_arrival: float) -> bool:
@@ -569,6 +587,7 @@ class DicomNode:
     ) -> bool:
         """Write an analysis's outcome (or its error) to the spool; True if it has results."""
         if isinstance(analysis, Exception):
+            self.metrics.studies_analysed.labels(outcome="failed").inc()
             run.update(status="error", error=type(analysis).__name__, finished_at=timestamp())
             self.spool.update_record(key, lambda stored: stored["runs"].append(run))
             if attempts + 1 < self.config.max_attempts:
@@ -582,6 +601,7 @@ class DicomNode:
             self._results_not_written(key, run, error)
             return False
         self._unwritable.pop(key, None)
+        self.metrics.studies_analysed.labels(outcome=_outcome(analysis)).inc()
         self.spool.clear_pending(key, last_arrival)
         return True
 
@@ -663,6 +683,13 @@ class _Sending:
     studies: set[str] = field(default_factory=set)
     last_store: float = 0.0  # time.monotonic()
     released: bool = False
+
+
+def _outcome(analysis: StudyAnalysis) -> str:
+    """The `brain_tumor_node_studies_analysed` outcome: an analysed study is positive when a slice is."""
+    if analysis.status == AnalysisStatus.ANALYSED:
+        return "positive" if analysis.summary.get("positive_slices") else "negative"
+    return str(analysis.status)
 
 
 def _refusal(status: int, reason: str) -> Dataset:

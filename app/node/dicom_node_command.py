@@ -15,12 +15,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from app.metrics import serve_metrics
 from app.node.dicom_node import DicomNode, check_address
 from app.node.dicom_spool import hold_spool
 from app.node.node_config import NodeConfig
+from app.node.node_metrics import NodeMetrics
 from app.settings import Settings, get_settings
 from app.uploads import UploadLimits
+
+if TYPE_CHECKING:
+    from app.sequence_rules import SelectionRules
 
 # The node's logger: "DICOM node stopped" comes under the name the node's other lines have.
 logger = logging.getLogger("app.node.dicom_node")
@@ -50,15 +56,12 @@ def main(
     uses to import TensorFlow quietly), listen until interrupted.
 
     What can be checked in a moment is checked first: the spool (in use by another node, or a folder that cannot be
-    made) and the address (`check_address`: a port in use, a host not of this machine).
+    made), the address (`check_address`: a port in use, a host not of this machine) and the metrics port
+    (``DICOM_NODE_METRICS_PORT``, served from then on: `app.metrics.serve_metrics`).
 
     Returns 0 when stopped by SIGINT/SIGTERM, 2 for a bad configuration.
     """
-    import signal
-
-    from app.inference import Predictor
     from app.sequence_rules import SelectionRules
-    from app.study_analysis import ModelStudyProcessor
 
     settings = settings or get_settings()
     try:
@@ -77,27 +80,55 @@ def main(
     # Before the models (a second node on a spool is told at once) and held until the process ends.
     with hold_spool(config.spool_dir):
         check_address(config.host, config.port)
-        if before_models is not None:
-            before_models()
-        predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
-        predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
-        node = DicomNode(
-            config,
-            ModelStudyProcessor(
-                predictor,
-                rules,
-                node_upload_limits(settings),
-                batch_size=settings.inference_batch_size,
-                result_origin="dicom-node",
-            ),
+        metrics = NodeMetrics(str(destination) for destination in config.destinations)
+        stop_metrics = (
+            serve_metrics(metrics.registry, settings.metrics_host, settings.dicom_node_metrics_port)
+            if settings.dicom_node_metrics_port
+            else None
         )
-        stopped = threading.Event()
-        for handled in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(handled, lambda number, frame: stopped.set())
-        node.start()
         try:
-            stopped.wait()
+            return _run(args, settings, config, rules, metrics, before_models)
         finally:
-            node.stop()
-            logger.info("DICOM node stopped")
+            if stop_metrics is not None:
+                stop_metrics()
+
+
+def _run(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: NodeConfig,
+    rules: SelectionRules,
+    metrics: NodeMetrics,
+    before_models: Callable[[], None] | None,
+) -> int:
+    """Load the models, run the node until SIGINT/SIGTERM; 0."""
+    import signal
+
+    from app.inference import Predictor
+    from app.study_analysis import ModelStudyProcessor
+
+    if before_models is not None:
+        before_models()
+    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
+    predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
+    node = DicomNode(
+        config,
+        ModelStudyProcessor(
+            predictor,
+            rules,
+            node_upload_limits(settings),
+            batch_size=settings.inference_batch_size,
+            result_origin="dicom-node",
+        ),
+        metrics=metrics,
+    )
+    stopped = threading.Event()
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda number, frame: stopped.set())
+    node.start()
+    try:
+        stopped.wait()
+    finally:
+        node.stop()
+        logger.info("DICOM node stopped")
     return 0

@@ -36,6 +36,7 @@ from pynetdicom.association import Association
 from app.backoff import doubling_wait
 from app.logging_config import os_error_name
 from app.node.dicom_spool import RECORD_FILE, WAITING_STATUSES, Spool, results_waiting, timestamp
+from app.node.node_metrics import NodeMetrics
 from app.settings import AE_TITLE_RULE, is_ae_title
 
 logger = logging.getLogger(__name__)
@@ -316,9 +317,15 @@ class ResultDelivery:
     """
 
     def __init__(
-        self, spool: Spool, sender: ResultSender, destinations: Sequence[Destination], clock: Callable[[], float]
+        self,
+        spool: Spool,
+        sender: ResultSender,
+        destinations: Sequence[Destination],
+        clock: Callable[[], float],
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.spool = spool
+        self.metrics = metrics
         self.sender = sender
         self.destinations = tuple(destinations)
         self.clock = clock
@@ -392,6 +399,8 @@ class ResultDelivery:
                         state.pop("next_attempt_at", None)
                         taken_up[name] += 1
             for name, runs in dropped.items():
+                if self.metrics is not None:
+                    self.metrics.results_dropped.labels(destination=name).inc(runs)
                 logger.warning(
                     "results dropped: their destination is no longer configured (configured again before the "
                     "study is purged, it gets them)",
@@ -529,6 +538,9 @@ class ResultDelivery:
         state["stored"] = sorted({*state.get("stored", []), *stored_now})
         state["attempts"] += outcome.attempts
         state["status"] = "sent" if not outcome.failure else "failed"
+        if self.metrics is not None:
+            counter = self.metrics.send_failures if outcome.failure else self.metrics.results_sent
+            counter.labels(destination=str(destination)).inc()
         state["last_error"] = outcome.failure or None
         state["at"] = timestamp()
         # Later passes retry a failed destination, waiting longer each time.

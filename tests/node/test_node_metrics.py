@@ -1,0 +1,123 @@
+"""The DICOM node's Prometheus metrics, served as `brain-tumor dicom-node` serves them (DICOM_NODE_METRICS_PORT),
+scraped over HTTP while a study is received, analysed and sent (or not sent)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.metrics import serve_metrics
+from app.node.dicom_spool import SpoolLimits
+from tests.dicom.builders import mr_series, tumor_channels, write_files
+from tests.node.node_support import (
+    QUIET_SECONDS,
+    RESULTS_AE,
+    Clock,
+    ResultStore,
+    free_port,
+    process_and_send,
+    storescu,
+)
+
+
+@pytest.fixture
+def scrape() -> Iterator[Any]:
+    """Serve a node's metrics on a free port; the function it yields returns the exposition text."""
+    stops: list[Any] = []
+
+    def start(node: Any) -> Any:
+        port = free_port()
+        stops.append(serve_metrics(node.metrics.registry, "127.0.0.1", port))
+        return lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sample `name{labels}` of an exposition text."""
+    wanted = ",".join(f'{key}="{label}"' for key, label in labels.items())
+    pattern = re.escape(name + (f"{{{wanted}}}" if wanted else "")) + r" (\S+)"
+    match = re.search(rf"^{pattern}$", text, re.MULTILINE)
+    assert match is not None, f"{name} {labels} not in the metrics"
+    return float(match.group(1))
+
+
+def assert_no_study_values(text: str, series: list[Any]) -> None:
+    for dataset in series:
+        for uid in (dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID):
+            assert str(uid) not in text
+    assert str(series[0].PatientID) not in text
+    assert str(series[0].PatientName) not in text
+
+
+def test_metrics_follow_a_study_from_receiving_to_sending(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, scrape: Any
+) -> None:
+    node = make_node()
+    metrics = scrape(node)
+    destination = f"{RESULTS_AE}@127.0.0.1:{results.port}"
+    before = metrics()
+    assert value(before, "brain_tumor_node_instances_received_total") == 0
+    assert value(before, "brain_tumor_node_last_pass_timestamp_seconds") == 0
+    assert value(before, "brain_tumor_node_results_sent_total", destination=destination) == 0
+    assert "process_start_time_seconds" in before
+    assert "_created" not in before
+
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    received = metrics()
+    assert value(received, "brain_tumor_node_instances_received_total") == 3
+    assert value(received, "brain_tumor_node_studies_pending") == 1
+    assert value(received, "brain_tumor_node_spool_bytes") > 0
+
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+    done = metrics()
+    assert value(done, "brain_tumor_node_studies_analysed_total", outcome="positive") == 1
+    assert value(done, "brain_tumor_node_studies_analysed_total", outcome="failed") == 0
+    assert value(done, "brain_tumor_node_studies_pending") == 0
+    assert value(done, "brain_tumor_node_studies_unsent") == 0
+    assert value(done, "brain_tumor_node_results_sent_total", destination=destination) == 1
+    assert value(done, "brain_tumor_node_send_failures_total", destination=destination) == 0
+    assert value(done, "brain_tumor_node_last_pass_timestamp_seconds") == clock.now
+    assert value(done, "brain_tumor_node_instances_refused_total", reason="invalid_instance") == 0
+    assert_no_study_values(done, series)
+    assert_no_study_values(done, results.received)
+
+
+def test_metrics_show_results_that_cannot_be_sent(make_node: Any, clock: Clock, tmp_path: Path, scrape: Any) -> None:
+    port = free_port()
+    node = make_node(destination_port=port)  # nothing listens there
+    metrics = scrape(node)
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    text = metrics()
+    destination = f"{RESULTS_AE}@127.0.0.1:{port}"
+    assert value(text, "brain_tumor_node_send_failures_total", destination=destination) == 1
+    assert value(text, "brain_tumor_node_results_sent_total", destination=destination) == 0
+    assert value(text, "brain_tumor_node_studies_unsent") == 1
+    assert_no_study_values(text, series)
+
+
+def test_a_refused_instance_is_counted_by_a_fixed_reason(make_node: Any, tmp_path: Path, scrape: Any) -> None:
+    node = make_node(spool_limits=SpoolLimits(max_spool_bytes=150_000))  # room for 2 slices of about 66 kB
+    metrics = scrape(node)
+    series = mr_series(tumor_channels())
+    storescu(node, write_files(series, tmp_path / "in"))
+
+    text = metrics()
+    assert value(text, "brain_tumor_node_instances_received_total") == 2
+    assert value(text, "brain_tumor_node_instances_refused_total", reason="spool_full") == 1
+    refused = [line for line in text.splitlines() if line.startswith("brain_tumor_node_instances_refused_total{")]
+    assert len(refused) == 5  # the fixed vocabulary, never the Error Comment's free text
+    assert_no_study_values(text, series)
