@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -40,10 +41,12 @@ from typing import Any
 
 from app.errors import error_body
 from app.inference import Predictor
+from app.metrics import MetricsServerError, serve_metrics
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import OrthancError
 from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_metrics import PacsSyncMetrics
 from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
 from app.sequence_rules import SelectionRules
 from app.settings import Settings, get_settings
@@ -91,8 +94,10 @@ def run_pacs_sync(
     client: OrthancClient | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
+    metrics: PacsSyncMetrics | None = None,
 ) -> SyncReport:
-    """Run passes until interrupted (or a single one with `once`); return the counts of all passes.
+    """Run passes until interrupted (or a single one with `once`); return the counts of all passes. Each pass is
+    counted in `metrics`, whose gauges read the sync state.
 
     The models run in a `ModelStudyProcessor` with `config.selection_rules`, as in the DICOM node.
 
@@ -107,6 +112,12 @@ def run_pacs_sync(
     client = client or OrthancClient(config, sleep=sleep)
     studies = StudySync(client, _processor(config, predictor), clock=clock)
     state = SyncState.load(config.state_file)
+    if metrics is not None:
+        metrics.watch_state(
+            retries=lambda: len(state.retries),
+            receiving=lambda: len(state.receiving),
+            last_change=lambda: state.last_change,
+        )
     total = SyncReport()
     if not once:
         logger.info(
@@ -122,11 +133,17 @@ def run_pacs_sync(
         )
     while True:
         try:
-            total.add(sync_once(studies, state))
+            report = sync_once(studies, state)
         except OrthancError as error:
+            if metrics is not None:
+                metrics.count_pass(None, clock())
             if once:
                 raise
             logger.error("pacs-sync pass failed", extra={"fields": {"error": str(error)}})
+        else:
+            total.add(report)
+            if metrics is not None:
+                metrics.count_pass(report.as_dict(), clock())
         if once:
             return total
         sleep(config.poll_seconds)
@@ -345,6 +362,9 @@ def main(
     or refuses the credentials is said in seconds (it was after the models: 59 s); without it, that is logged and
     the passes try again, as for an Orthanc that goes away later.
 
+    With ``PACS_SYNC_METRICS_PORT``, the metrics are served (`app.metrics.serve_metrics`) from before Orthanc is
+    asked: a port in use is one line on stderr and exit 2.
+
     Returns 0 on success (also when interrupted), 1 when Orthanc cannot be reached with `--once`, 2 for a bad
     configuration.
     """
@@ -354,6 +374,29 @@ def main(
     except ValueError as error:
         print(json.dumps(error_body("invalid_configuration", str(error))))
         return 2
+    metrics = PacsSyncMetrics()
+    stop_metrics = None
+    if settings.pacs_sync_metrics_port:
+        try:
+            stop_metrics = serve_metrics(metrics.registry, settings.metrics_host, settings.pacs_sync_metrics_port)
+        except MetricsServerError as error:
+            print(f"brain-tumor pacs-sync: cannot start: {error}", file=sys.stderr)
+            return 2
+    try:
+        return _sync(args, settings, config, metrics, before_models)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+
+
+def _sync(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: PacsSyncConfig,
+    metrics: PacsSyncMetrics,
+    before_models: Callable[[], None] | None,
+) -> int:
+    """Ask Orthanc, load the models, sync (`main`)."""
     client = OrthancClient(config)
     try:
         client.system()
@@ -370,7 +413,7 @@ def main(
     predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
     try:
         with signals_interrupt():
-            report = run_pacs_sync(config, predictor, once=args.once, client=client)
+            report = run_pacs_sync(config, predictor, once=args.once, client=client, metrics=metrics)
     except SyncStateError as error:
         print(json.dumps(error_body("invalid_configuration", str(error))))
         return 2
