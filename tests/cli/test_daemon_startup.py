@@ -267,7 +267,7 @@ def test_the_dicom_node_and_pacs_sync_run_the_models_in_inference_batch_size_sli
     def processor(*args: object, **kwargs: object) -> dict[str, object]:
         return kwargs
 
-    def seen(config: object, processor: dict[str, object]) -> None:
+    def seen(config: object, processor: dict[str, object], **kwargs: object) -> None:
         raise BatchSizeSeen(processor["batch_size"])
 
     monkeypatch.setattr("app.study_analysis.ModelStudyProcessor", processor)
@@ -379,3 +379,39 @@ def test_serve_with_an_api_keys_file_it_cannot_open_exits_2_before_loading_tenso
     assert code == cli.EXIT_USAGE
     assert out == ""
     assert err == "brain-tumor serve: error: cannot open /nonexistent/keys: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        (["dicom-node", "--port", "{free}", "--spool-dir", "{spool}"], "DICOM_NODE_METRICS_PORT"),
+        (["pacs-sync", "--once", "--orthanc", "http://127.0.0.1:9"], "PACS_SYNC_METRICS_PORT"),
+    ],
+)
+def test_daemons_with_their_metrics_port_in_use_exit_2_in_one_line(
+    command: list[str],
+    variable: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DICOM_NODE_METRICS_PORT / PACS_SYNC_METRICS_PORT taken by another process: said at once, as the node's port."""
+    no_models_nor_tensorflow(monkeypatch)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv(variable, str(port))
+        arguments = [part.format(free=free_port, spool=tmp_path / "spool") for part in command]
+
+        code, out, err = run(capsys, *arguments)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    name = command[0]
+    assert (
+        err == f"brain-tumor {name}: cannot start: cannot serve metrics on 127.0.0.1:{port}: Address already in use\n"
+    )
