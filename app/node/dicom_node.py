@@ -108,7 +108,7 @@ from app.node.dicom_received_instance import (
     uid,
 )
 from app.node.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
-from app.node.dicom_spool import Spool, SpoolFullError, timestamp
+from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError, timestamp
 from app.node.dicom_study_runs import (
     ABORTED_NOTE,
     already_analysed,
@@ -353,6 +353,8 @@ class DicomNode:
                 self.config.spool_limits.max_instance_bytes,
             )
             key = self.spool.store_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid, data)
+        except InstanceTooLargeError as error:
+            return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error))
         except SpoolFullError as error:
             return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error))
         except InstanceNotKeptError as error:

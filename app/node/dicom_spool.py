@@ -57,6 +57,10 @@ class SpoolFullError(Exception):
     """The instance would break a `SpoolLimits` limit: not kept (the C-STORE is answered Out of Resources)."""
 
 
+class InstanceTooLargeError(SpoolFullError):
+    """The instance alone is over `SpoolLimits.max_instance_bytes`, however empty the spool."""
+
+
 class SpoolInUseError(ValueError):
     """Another process holds the spool: two nodes on one spool analyse each study twice and send it again."""
 
@@ -169,7 +173,7 @@ class Spool:
         """Raise `SpoolFullError` (with the reason) unless an instance of `size` bytes may be kept."""
         limits = self.limits
         if size > limits.max_instance_bytes:
-            raise SpoolFullError(f"instance of {size} bytes is over the limit of {limits.max_instance_bytes}")
+            raise InstanceTooLargeError(f"instance of {size} bytes is over the limit of {limits.max_instance_bytes}")
         if self._size + size > limits.max_spool_bytes:
             raise SpoolFullError(f"the spool holds {self._size} bytes; its limit is {limits.max_spool_bytes}")
         free = shutil.disk_usage(self.root).free

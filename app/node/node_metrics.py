@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, disable_created_metrics
 
 # Why an instance was refused (the `reason` label): a fixed vocabulary, the Error Comment being free text.
-REFUSAL_REASONS = ("receive_memory", "sop_class_mismatch", "spool_full", "invalid_instance", "spool_error")
+REFUSAL_REASONS = (
+    "too_large",
+    "spool_full",
+    "receive_memory",
+    "invalid_instance",
+    "sop_class_mismatch",
+    "spool_error",
+)
 OUTCOMES = ("positive", "negative", "not_analysed", "failed")
 
 

@@ -109,15 +109,24 @@ def test_metrics_show_results_that_cannot_be_sent(make_node: Any, clock: Clock, 
     assert_no_study_values(text, series)
 
 
-def test_a_refused_instance_is_counted_by_a_fixed_reason(make_node: Any, tmp_path: Path, scrape: Any) -> None:
-    node = make_node(spool_limits=SpoolLimits(max_spool_bytes=150_000))  # room for 2 slices of about 66 kB
+@pytest.mark.parametrize(
+    ("limits", "reason", "kept"),
+    [
+        (SpoolLimits(max_spool_bytes=150_000), "spool_full", 2),  # room for 2 slices of about 66 kB
+        (SpoolLimits(max_instance_bytes=10_000), "too_large", 0),
+    ],
+)
+def test_a_refused_instance_is_counted_by_a_fixed_reason(
+    limits: SpoolLimits, reason: str, kept: int, make_node: Any, tmp_path: Path, scrape: Any
+) -> None:
+    node = make_node(spool_limits=limits)
     metrics = scrape(node)
     series = mr_series(tumor_channels())
     storescu(node, write_files(series, tmp_path / "in"))
 
     text = metrics()
-    assert value(text, "brain_tumor_node_instances_received_total") == 2
-    assert value(text, "brain_tumor_node_instances_refused_total", reason="spool_full") == 1
+    assert value(text, "brain_tumor_node_instances_received_total") == kept
+    assert value(text, "brain_tumor_node_instances_refused_total", reason=reason) == 1  # storescu stops there
     refused = [line for line in text.splitlines() if line.startswith("brain_tumor_node_instances_refused_total{")]
-    assert len(refused) == 5  # the fixed vocabulary, never the Error Comment's free text
+    assert len(refused) == 6  # the fixed vocabulary, never the Error Comment's free text
     assert_no_study_values(text, series)
