@@ -130,3 +130,20 @@ def test_a_refused_instance_is_counted_by_a_fixed_reason(
     refused = [line for line in text.splitlines() if line.startswith("brain_tumor_node_instances_refused_total{")]
     assert len(refused) == 6  # the fixed vocabulary, never the Error Comment's free text
     assert_no_study_values(text, series)
+
+
+def test_results_dropped_at_a_restart_are_counted_for_their_destination(
+    make_node: Any, clock: Clock, tmp_path: Path, scrape: Any
+) -> None:
+    gone = free_port()  # nothing listens there
+    node = make_node(destination_port=gone)
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    node.stop()
+
+    restarted = make_node()  # DICOM_NODE_DESTINATIONS changed: the results waiting for `gone` are dropped
+    text = scrape(restarted)()
+
+    assert value(text, "brain_tumor_node_results_dropped_total", destination=f"{RESULTS_AE}@127.0.0.1:{gone}") == 1
+    assert value(text, "brain_tumor_node_studies_unsent") == 0
