@@ -65,6 +65,8 @@ the sender threads). The rest lives beside it:
   count of associations that ended without a release;
 - `app.node.dicom_spool`, `app.node.dicom_sender`, `app.node.dicom_association`: the spool on disk, the sending of
   results, the limits on connections and PDUs;
+- `app.node.node_metrics`: the node's Prometheus metrics (counted here and in the sender; served by the command
+  line on ``DICOM_NODE_METRICS_PORT``);
 - `app.node.dicom_node_command`: the command line (``brain-tumor dicom-node``), which loads the models and runs the
   node.
 """
