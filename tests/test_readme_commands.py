@@ -46,6 +46,8 @@ NOT_RUN_HERE = {
     '.venv/bin/python -c "import tensorflow': "the GPU check: prints [] on CI's CPU-only machine, proving nothing",
     "DICOM_NODE_ALLOWED_CALLING_AE_TITLES=": "the DICOM node with models: tests/node/test_dicom_node.py runs it",
     "echoscu ": "tests/node/test_dicom_node.py runs echoscu against the node",
+    "DICOM_NODE_METRICS_PORT=": "the node's metrics served and scraped: tests/node/test_node_metrics.py",
+    "PACS_SYNC_METRICS_PORT=": "pacs-sync's metrics served and scraped: tests/pacs/test_pacs_sync_metrics.py",
     "storescu ": "tests/node/test_dicom_node.py runs storescu against the node",
     "docker": "no Docker engine in CI: make image-test builds and runs the images with podman (see the README)",
     "EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime docker": "as docker; tests/deploy checks the EXTRAS build argument",
