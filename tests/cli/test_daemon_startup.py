@@ -261,7 +261,8 @@ def test_the_dicom_node_and_pacs_sync_run_the_models_in_inference_batch_size_sli
     from app.settings import Settings
 
     settings = Settings(inference_batch_size=3, dicom_node_spool_dir=tmp_path / "spool")
-    stub = SimpleNamespace(warm_up=lambda: None, model_tags={}, classifier_threshold=0.5)
+    warmed: list[int] = []
+    stub = SimpleNamespace(warm_up=lambda size=1: warmed.append(size), model_tags={}, classifier_threshold=0.5)
     monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
 
     def processor(*args: object, **kwargs: object) -> dict[str, object]:
@@ -276,6 +277,7 @@ def test_the_dicom_node_and_pacs_sync_run_the_models_in_inference_batch_size_sli
     with pytest.raises(BatchSizeSeen) as raised:
         dicom_node_command.main(arguments, settings)
     assert raised.value.args == (3,)
+    assert warmed == [3]  # warmed up at the batch size it runs (JAX compiles one per size; it warmed 1)
 
     pacs_arguments = SimpleNamespace(orthanc=None, user=None, password=None, state_file=None, poll_seconds=None)
     assert pacs_sync.config_from_args(pacs_arguments, settings).batch_size == 3
