@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.inference import Predictor
 from training.export import export_models
 from training.models import build_classifier, build_resunet
 
@@ -20,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(__file__).resolve().parent / "data" / "lgg"
 COMMITTED_MODEL_DIR = REPO_ROOT / "models"
 TUMOR_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_22.jpg"
+FLAIR_CHANNEL = 1  # of a kaggle_3m slice: pre-contrast, FLAIR, post-contrast
 TUMOR_SERIES = [TEST_DATA / "TCGA_DU_A5TW_19980228" / f"TCGA_DU_A5TW_19980228_{n}.jpg" for n in (20, 21, 22)]
 # Eight slices from the nearest tumor slice of the same held-out patient, with a full brain section in view.
 TUMOR_FREE_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_8.jpg"
@@ -101,6 +103,20 @@ def replace_model_file(model_dir: Path, copy_to: Path, name: str, content: bytes
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Tiny untrained models that call every slice positive."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_model_dir: Path) -> Predictor:
+    """The tiny models loaded and warmed up, once per test process (tests read them, never change them)."""
+    loaded = Predictor.from_model_dir(tiny_model_dir)
+    loaded.warm_up()
+    return loaded
+
+
+@pytest.fixture
+def flair() -> np.ndarray:
+    """The FLAIR channel of the tumor test slice (a fresh copy per test)."""
+    return read_slice(TUMOR_SLICE)[:, :, FLAIR_CHANNEL]
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,9 @@ in `tests/node/conftest.py`, imported here for the DICOM tests that send to a no
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from app.inference import Predictor
 from tests.node.conftest import clock, make_node, results  # noqa: F401 (fixtures)
 from tests.pacs.orthanc_server import Orthanc, running_orthanc
 
@@ -18,10 +16,3 @@ from tests.pacs.orthanc_server import Orthanc, running_orthanc
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_dir: Path) -> Predictor:
-    loaded = Predictor.from_model_dir(tiny_model_dir)
-    loaded.warm_up()
-    return loaded

@@ -32,9 +32,8 @@ from app.errors import (
     UndecodableDicomError,
     UnsupportedDicomError,
 )
-from tests.conftest import TUMOR_SLICE, read_slice
+from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import (
-    FLAIR,
     PIXEL_SPACING_MM,
     SLICE_GAP_MM,
     Study,
@@ -45,11 +44,6 @@ from tests.dicom.builders import (
     tumor_channels,
 )
 from tests.dicom.reading import read_dicom
-
-
-@pytest.fixture(scope="module")
-def flair() -> np.ndarray:
-    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
 
 
 def single_mr(pixels: np.ndarray, **kwargs: object) -> Dataset:

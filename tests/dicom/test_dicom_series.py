@@ -12,14 +12,8 @@ from app.dicom.slice_order import anatomical_order, missing_slices, series_break
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
 from app.imaging import stretch_to_uint8
 from app.uploads import model_input
-from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, Study, mr_dataset, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom, read_series
-
-
-@pytest.fixture(scope="module")
-def flair() -> np.ndarray:
-    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
 
 
 def single_mr(pixels: np.ndarray, **kwargs: object) -> Dataset:

@@ -30,11 +30,6 @@ from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes
 from tests.dicom.reading import read_dicom
 
 
-@pytest.fixture(scope="module")
-def flair() -> np.ndarray:
-    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
-
-
 def with_stray_byte(codestream: bytes) -> bytes:
     """The codestream with one byte between its start marker and the next (libjpeg warns and skips it)."""
     assert codestream[:2] == b"\xff\xd8"

@@ -23,17 +23,12 @@ from app.dicom.dicom_input import decode_dicom
 from app.errors import UndecodableDicomError
 from app.logging_config import DECODER_PLUGIN_LOGGER, JsonFormatter, configure_logging, redact_values
 from tests.conftest import TUMOR_SLICE, read_slice
-from tests.dicom.builders import FLAIR, Study, mr_dataset, mr_series, to_bytes, tumor_channels, with_broken_rle
+from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes, tumor_channels, with_broken_rle
 from tests.dicom.test_dicom_input import MALFORMED_DICOM_CASES, malformed_dicom, replaced
 from tests.security.conftest import assert_error, png_bytes, start_server
 
 SECRET_UID = "1.2.3.MRN98765.DoeJohn"  # a patient identifier smuggled into a UI element (invalid there)
 PLACEHOLDER_UID = "1.2.3.4444444444444444"  # same length, valid: written first, then overwritten
-
-
-@pytest.fixture(scope="module")
-def flair() -> np.ndarray:
-    return read_slice(TUMOR_SLICE)[:, :, FLAIR]
 
 
 def png_with_dicm_at_128() -> bytes:

@@ -38,11 +38,6 @@ def predict_uploads(
     return asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE)).predictions
 
 
-@pytest.fixture(scope="module")
-def tiny_predictor(tiny_model_dir: Path) -> Predictor:
-    return Predictor.from_model_dir(tiny_model_dir)
-
-
 def distinct_pngs(count: int) -> list[bytes]:
     """`count` PNGs of the tumor slice, each one pixel apart: a series refuses a file repeated byte for byte."""
     images = [read_slice(TUMOR_SLICE).copy() for _ in range(count)]
@@ -177,12 +172,12 @@ def test_encodes_quickly_up_to_a_256x256_mask(mask_shape: tuple[int, int] | None
     assert payloads.encodes_quickly(SlicePrediction(0.9, mask is not None, mask)) is quick
 
 
-def test_predict_uploads_matches_predictor_and_keeps_order(tiny_predictor: Predictor) -> None:
+def test_predict_uploads_matches_predictor_and_keeps_order(predictor: Predictor) -> None:
     series = [path.read_bytes() for path in TUMOR_SERIES]
     uploads = [series[0], b"not an image", series[1], series[2]]
 
-    outcomes = predict_uploads(tiny_predictor, uploads, LIMITS)
-    expected = tiny_predictor.predict([decode_image(data) for data in series])
+    outcomes = predict_uploads(predictor, uploads, LIMITS)
+    expected = predictor.predict([decode_image(data) for data in series])
 
     assert isinstance(outcomes[1], UnsupportedMediaTypeError)
     for outcome, reference in zip([outcomes[0], *outcomes[2:]], expected, strict=True):
@@ -190,10 +185,10 @@ def test_predict_uploads_matches_predictor_and_keeps_order(tiny_predictor: Predi
         np.testing.assert_array_equal(outcome.mask, reference.mask)
 
 
-def test_predict_uploads_returns_masks_at_input_size(tiny_predictor: Predictor) -> None:
+def test_predict_uploads_returns_masks_at_input_size(predictor: Predictor) -> None:
     data = png_bytes(resized(read_slice(TUMOR_SLICE), 120, 90))
 
-    (outcome,) = predict_uploads(tiny_predictor, [data], LIMITS)
+    (outcome,) = predict_uploads(predictor, [data], LIMITS)
 
     assert outcome.detected is True  # classifier threshold 0
     assert outcome.mask.shape == (120, 90)

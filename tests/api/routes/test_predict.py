@@ -47,11 +47,6 @@ def grey_flair() -> np.ndarray:
     return full_range(read_slice(TUMOR_SLICE)[:, :, 1])
 
 
-@pytest.fixture(scope="module")
-def tiny_predictor(tiny_model_dir) -> Predictor:
-    return Predictor.from_model_dir(tiny_model_dir)
-
-
 def test_predict_returns_every_contract_field(client: TestClient, tiny_manifest: dict) -> None:
     response = client.post(
         "/v1/predict",
@@ -87,11 +82,11 @@ def test_predict_returns_every_contract_field(client: TestClient, tiny_manifest:
     assert mask["bbox"] == bbox_of(from_rle)
 
 
-def test_predict_matches_predictor_on_same_bytes(client: TestClient, tiny_predictor: Predictor) -> None:
+def test_predict_matches_predictor_on_same_bytes(client: TestClient, predictor: Predictor) -> None:
     data = TUMOR_SLICE.read_bytes()
 
     body = predict(client, data, "slice.jpg").json()
-    (expected,) = tiny_predictor.predict([decode_image(data)])
+    (expected,) = predictor.predict([decode_image(data)])
 
     assert body["tumor_probability"] == pytest.approx(expected.probability, abs=1e-6)
     np.testing.assert_array_equal(decode_rle(body["mask"]["rle"]), expected.mask)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,11 +45,6 @@ def unnamed_study() -> dict[str, list[Dataset]]:
             if role == "post":
                 dataset.ContrastBolusAgent = "GADOTERATE"
     return series
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_dir: Path) -> Predictor:
-    return Predictor.from_model_dir(tiny_model_dir)
 
 
 def three_channel_reference(predictor: Predictor, series: dict[str, list[Dataset]]) -> list[SlicePrediction]:
