@@ -3,16 +3,18 @@
 The decoders (`app.imaging`, `app.dicom.dicom_header`) read a file's header, never its pixels, to say how many bytes its
 decoding takes; `app.uploads` refuses a file or a request over `DECODE_MEMORY_BYTES` (413, before anything is
 decoded) and `MemoryBudget` lets requests decode only while the costs of all of them together fit in the same budget,
-so that several bombs at once cannot add up. No HTTP here.
+so that several bombs at once cannot add up. `HeaderMemory` counts what the DICOM headers parsed before that hold.
+No HTTP here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 
@@ -155,3 +157,69 @@ class MemoryBudget:
                 continue
             self._used += size
             granted.set_result(None)
+
+
+HEADER_RETRY_AFTER_SECONDS = 5.0
+"""Retry-After of a request refused because the headers of the requests in flight hold their share (as the uploads
+held, `MAX_UPLOADS_HELD_BYTES`)."""
+
+
+class HeaderMemory:
+    """The bytes parsed DICOM headers hold past an ordinary header's (`DicomHeader.header_bytes`), counted across the
+    requests in flight; past `capacity`, a request is refused at once (503, retry later) instead of waiting.
+
+    A request's headers are parsed before it knows its decoding cost, so they cannot wait in `MemoryBudget` first:
+    before this, each of several concurrent requests could parse up to the whole budget of headers before reserving
+    any of it (attack review 32). Headers are memory already taken when counted, so a request never waits here while
+    holding them (a waiting holder could block the others for good): it is refused. Thread-safe: the headers are
+    parsed in worker threads.
+    """
+
+    def __init__(self, capacity: int | None) -> None:
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be at least 1 byte; got {capacity}")
+        self.capacity = capacity  # None: counted, never refused (no budget)
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """Bytes the headers of the requests in flight hold now."""
+        return self._used
+
+    @contextmanager
+    def claim(self) -> Iterator[HeaderClaim]:
+        """One request's share, given back when the block ends (when its answer no longer needs the headers)."""
+        claim = HeaderClaim(self)
+        try:
+            yield claim
+        finally:
+            with self._lock:
+                self._used -= claim.size
+
+    def take(self, size: int) -> None:
+        """Count `size` more bytes, or raise `OverloadedError` past the capacity (`HeaderClaim.add` calls it)."""
+        with self._lock:
+            if self.capacity is not None and self._used + size > self.capacity:
+                raise OverloadedError(
+                    f"the DICOM headers of the requests in flight hold {describe_bytes(self._used)} of their "
+                    f"{describe_bytes(self.capacity)} ({BUDGET_SETTING}) and this request's need "
+                    f"{describe_bytes(size)} more; retry later",
+                    retry_after_seconds=HEADER_RETRY_AFTER_SECONDS,
+                )
+            self._used += size
+
+
+class HeaderClaim:
+    """What one request's parsed headers hold of a `HeaderMemory` (`size`), grown header by header."""
+
+    def __init__(self, memory: HeaderMemory) -> None:
+        self._memory = memory
+        self.size = 0
+
+    def add(self, size: int) -> None:
+        """Count `size` more bytes of headers parsed, or raise `OverloadedError` when the requests in flight already
+        hold too many."""
+        if size > 0:
+            self._memory.take(size)
+            self.size += size

@@ -35,7 +35,7 @@ from app.dicom.dicom_series import (
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, anatomical_order, series_breaks, slice_order_known
 from app.errors import InvalidSliceError, MixedInputError, SegmentationInputError, ServiceError
 from app.inference import SlicePrediction
-from app.memory_budget import MemoryBudget
+from app.memory_budget import HeaderMemory, MemoryBudget
 from app.model_runners import ModelRunner, Models
 from app.overlay import OVERLAY_BYTES_PER_PIXEL, render_overlay_png
 from app.sequence_rules import SelectionRules
@@ -147,6 +147,10 @@ class PredictionService:
         The decoding memory budget requests reserve their cost in, from decoding until the models have answered
         (their model inputs live that long); by default one of `limits.max_decode_bytes` that waits as long as it
         takes (none without a budget).
+    header_memory
+        What the DICOM headers of the requests in flight may hold together while they are read, before a request
+        knows its cost (`HeaderMemory`); by default `limits.max_decode_bytes` (no limit without a budget). A request's
+        headers count there, and the rest of its cost in `budget`.
     rules
         The sequence-selection rules (`SelectionRules.from_settings`) that choose which DICOM series the models read,
         and in which channel (`app.series_choice`).
@@ -163,12 +167,20 @@ class PredictionService:
     on_predictions: TallyObserver | None = field(default=None)
     offload: bool = True
     budget: MemoryBudget | None = None
+    header_memory: HeaderMemory | None = None  # always one after __post_init__
     rules: SelectionRules = field(default_factory=SelectionRules)
     result_origin: str = ""
 
     def __post_init__(self) -> None:
         if self.budget is None and self.limits.max_decode_bytes is not None:
             self.budget = MemoryBudget(self.limits.max_decode_bytes)
+        if self.header_memory is None:
+            self.header_memory = HeaderMemory(self.limits.max_decode_bytes)
+
+    @property
+    def _header_memory(self) -> HeaderMemory:
+        assert self.header_memory is not None  # set by __post_init__
+        return self.header_memory
 
     @property
     def threshold(self) -> float:
@@ -216,19 +228,20 @@ class PredictionService:
 
     async def _dicom_overlay(self, data: bytes, on_tally: TallyObserver | None) -> OverlayAnswer:
         """`overlay` of one DICOM slice: planned as `predict_dicom` plans one slice, plus the drawing's cost."""
-        check = partial(plan_series, max_slices=1, refuse_slices=several_slices, rules=self.rules)
-        plan: SeriesPlan = await self._cpu(check, [data], self.limits)
-        if plan.file_errors:
-            raise next(iter(plan.file_errors.values()))
-        pixels = sum(header.pixels for header in plan.headers if isinstance(header, DicomHeader))
-        async with self._reserve(plan.cost_bytes + OVERLAY_BYTES_PER_PIXEL * pixels):
-            series = await self._answer_planned_series(plan, build_seg=False, strict=True, on_tally=on_tally)
-            if len(series.result.predictions) != 1:
-                raise InvalidSliceError(
-                    f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
-                )
-            prediction, image = series.result.predictions[0], series.result.inputs[0].image
-            png = await self._cpu(render_overlay_png, image, prediction.mask)
+        with self._header_memory.claim() as headers:
+            check = partial(plan_series, max_slices=1, refuse_slices=several_slices, rules=self.rules, claim=headers)
+            plan: SeriesPlan = await self._cpu(check, [data], self.limits)
+            if plan.file_errors:
+                raise next(iter(plan.file_errors.values()))
+            pixels = sum(header.pixels for header in plan.headers if isinstance(header, DicomHeader))
+            async with self._reserve(plan.cost_bytes - plan.header_bytes + OVERLAY_BYTES_PER_PIXEL * pixels):
+                series = await self._answer_planned_series(plan, build_seg=False, strict=True, on_tally=on_tally)
+                if len(series.result.predictions) != 1:
+                    raise InvalidSliceError(
+                        f"the DICOM file holds {len(series.result.predictions)} slices; an overlay shows one"
+                    )
+                prediction, image = series.result.predictions[0], series.result.inputs[0].image
+                png = await self._cpu(render_overlay_png, image, prediction.mask)
         return OverlayAnswer(png, prediction, series.tally)
 
     async def predict_files(
@@ -321,9 +334,10 @@ class PredictionService:
         """DICOM files as one series: the models on every slice, then the SEG and the volume.
 
         The headers are checked first (the series the models read, chosen by `self.rules`; slices against the
-        request's limit, or against one with `one_slice`; the memory cost), then the chosen files decode within the
-        memory budget. A file that cannot be read is left out and reported in `file_errors`; with `strict` it fails
-        the call. Files of series not chosen are left out and reported in `SeriesAnswer.choice`.
+        request's limit, or against one with `one_slice`; the memory cost), counted in `header_memory` as they are
+        read, then the chosen files decode within the memory budget (the cost less the headers). A file that
+        cannot be read is left out and reported in `file_errors`; with `strict` it fails the call. Files of series
+        not chosen are left out and reported in `SeriesAnswer.choice`.
 
         Raises
         ------
@@ -332,12 +346,14 @@ class PredictionService:
         """
         planning = {"max_slices": 1 if one_slice else None, "refuse_slices": several_slices, "rules": self.rules}
         gone = threading.Event()  # the client left: the headers not read yet are not read (attack review 32)
-        plan: SeriesPlan = await self._cpu(partial(plan_series, stop=gone, **planning), uploads, self.limits, stop=gone)
-        if strict and plan.file_errors:
-            raise next(iter(plan.file_errors.values()))
-        async with self._reserve(plan.cost_bytes):
-            replan = None if strict else partial(plan_headers, **planning)
-            return await self._answer_planned_series(plan, build_seg, strict, on_tally, replan)
+        with self._header_memory.claim() as headers:
+            plan_uploads = partial(plan_series, stop=gone, claim=headers, **planning)
+            plan: SeriesPlan = await self._cpu(plan_uploads, uploads, self.limits, stop=gone)
+            if strict and plan.file_errors:
+                raise next(iter(plan.file_errors.values()))
+            async with self._reserve(plan.cost_bytes - plan.header_bytes):
+                replan = None if strict else partial(plan_headers, **planning)
+                return await self._answer_planned_series(plan, build_seg, strict, on_tally, replan)
 
     async def _answer_planned_series(
         self,

@@ -28,7 +28,7 @@ from app.dicom.dicom_input import decode_dicom
 from app.dicom.slice_orientation import in_plane_turn
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_in_place, stretch_range
-from app.memory_budget import check_cost, mask_bytes
+from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.sequence_rules import SelectionRules
 from app.series_choice import SeriesChoice, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input, request_file
@@ -89,6 +89,12 @@ class SeriesPlan:
     def file_errors(self) -> dict[int, ServiceError]:
         return {index: item for index, item in enumerate(self.headers) if isinstance(item, ServiceError)}
 
+    @property
+    def header_bytes(self) -> int:
+        """The part of `cost_bytes` the parsed headers hold already (counted in `app.memory_budget.HeaderMemory`
+        while they were read); the rest is what decoding will take."""
+        return sum(item.header_bytes for item in self.headers if isinstance(item, DicomHeader))
+
 
 def too_many_slices(slices: int, max_slices: int) -> ServiceError:
     """The refusal of a series with more slices than the inference queue could ever hold (`slices` may be a lower
@@ -104,9 +110,14 @@ class HeadersNotRead(Exception):
 
 
 def read_headers(
-    uploads: Sequence[bytes | ServiceError], limits: UploadLimits, stop: threading.Event | None = None
+    uploads: Sequence[bytes | ServiceError],
+    limits: UploadLimits,
+    stop: threading.Event | None = None,
+    claim: HeaderClaim | None = None,
 ) -> list[DicomHeader | ServiceError]:
-    """Each file's checked header (`read_dicom_header`), or the error that refuses it, in request order.
+    """Each file's checked header (`read_dicom_header`), or the error that refuses it, in request order; each
+    header's bytes are added to `claim` (the requests in flight together, `app.memory_budget.HeaderMemory`) as it is
+    read.
 
     Raises
     ------
@@ -114,6 +125,8 @@ def read_headers(
         As soon as the headers read hold more than `limits.max_decode_bytes` (`DicomHeader.header_bytes`): files of
         many tiny elements, each under `MAX_HEADER_READS`, added up to +1.78 GiB in one 22 MB request (attack review
         32). The rest is not read.
+    app.errors.OverloadedError
+        When `claim` cannot hold a header's bytes beside those of the other requests in flight.
     HeadersNotRead
         Once `stop` is set (the request's client has gone): the rest is not read. Reading on took a core for another
         27 s after a client left a heavy request (attack review 32).
@@ -142,6 +155,8 @@ def read_headers(
                 "elements, held until the answer",
                 limits.max_decode_bytes,
             )
+        if claim is not None:
+            claim.add(header.header_bytes)
     return headers
 
 
@@ -152,16 +167,17 @@ def plan_series(
     refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
     rules: SelectionRules | None = None,
     stop: threading.Event | None = None,
+    claim: HeaderClaim | None = None,
 ) -> SeriesPlan:
-    """Read and check the headers of every DICOM file (`read_headers`, until `stop`), then choose the series, count
-    the slices and the decoding cost (`plan_headers`); nothing is decoded.
+    """Read and check the headers of every DICOM file (`read_headers`, until `stop`, counted in `claim`), then
+    choose the series, count the slices and the decoding cost (`plan_headers`); nothing is decoded.
 
     Raises
     ------
     ServiceError
         As `plan_headers`.
     """
-    return plan_headers(read_headers(uploads, limits, stop), limits, max_slices, refuse_slices, rules)
+    return plan_headers(read_headers(uploads, limits, stop, claim), limits, max_slices, refuse_slices, rules)
 
 
 def plan_headers(

@@ -22,7 +22,14 @@ from app.dicom.dicom_series import decode_series, model_inputs, plan_series
 from app.errors import OverloadedError, OverMemoryBudgetError
 from app.imaging import read_image_header
 from app.inference import SlicePrediction
-from app.memory_budget import MASK_BYTES_PER_PIXEL, MODEL_INPUT_BYTES, MemoryBudget, mask_bytes
+from app.memory_budget import (
+    HEADER_RETRY_AFTER_SECONDS,
+    MASK_BYTES_PER_PIXEL,
+    MODEL_INPUT_BYTES,
+    HeaderMemory,
+    MemoryBudget,
+    mask_bytes,
+)
 from app.overlay import OVERLAY_BYTES_PER_PIXEL
 from app.prediction import PredictionService
 from app.uploads import UploadLimits, plan_raster_uploads, prepare_uploads
@@ -85,17 +92,24 @@ def test_a_dicom_series_costs_what_each_file_keeps_and_one_files_working_copies(
     assert raised.value.message.startswith("this request's 40 files would take")
 
 
+def padded_header_files(files: list[bytes], elements: int = 5000) -> list[bytes]:
+    """`files` with `elements` empty private elements each: headers that hold far more than an ordinary one."""
+    padded = []
+    for data in files:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset.add_new((0x0009, 0x0010), "LO", "PADDING")
+        for element in range(elements):
+            dataset.add_new((0x0009, 0x1000 + element), "UN", b"")
+        padded.append(to_bytes(dataset))
+    return padded
+
+
 def test_a_request_stops_reading_headers_once_they_hold_more_than_the_budget() -> None:
     """Attack review 32: files of many tiny elements, each under the read limit, were parsed and held outside the
     budget (24 of 99,000 empty private elements: +1.78 GiB in one 22 MB request). Parsed headers count in the
     request's cost, and reading stops once they alone are over the budget."""
-    files = []
-    for index, data in enumerate(dicom_series_files(4, 64)):
-        dataset = pydicom.dcmread(io.BytesIO(data))
-        dataset.add_new((0x0009, 0x0010), "LO", "PADDING")
-        for element in range(5000):
-            dataset.add_new((0x0009, 0x1000 + element), "UN", b"")
-        files.append(to_bytes(dataset) if index else data)  # the first file plain
+    plain = dicom_series_files(4, 64)
+    files = [plain[0], *padded_header_files(plain[1:])]  # the first file plain
     padded = read_dicom_header(files[1])
     assert padded.header_reads > 5000
 
@@ -418,3 +432,50 @@ def test_a_cancelled_dicom_request_reads_no_more_headers() -> None:
 
     asyncio.run(scenario())
     assert len(read) == 1  # the header being read when the client left; none of the four after it
+
+
+def test_header_memory_refuses_at_once_what_would_pass_it_and_gives_each_claim_back() -> None:
+    memory = HeaderMemory(100)
+    with memory.claim() as first:
+        first.add(60)
+        with memory.claim() as second:
+            second.add(40)
+            with pytest.raises(OverloadedError, match="hold 100 bytes .* need 1 bytes") as refused:
+                second.add(1)
+            assert refused.value.retry_after_seconds == HEADER_RETRY_AFTER_SECONDS
+            assert (first.size, second.size, memory.used) == (60, 40, 100)
+        assert memory.used == 60
+    assert memory.used == 0
+    with HeaderMemory(None).claim() as unlimited:  # no budget: counted, never refused
+        unlimited.add(1 << 40)
+
+
+def test_concurrent_dicom_requests_hold_their_headers_within_one_budget() -> None:
+    """Attack review 32: each request's headers counted against the budget on their own, so several requests at once
+    could each parse up to the whole budget of headers before reserving any of it. The headers of the requests in
+    flight now count together (`HeaderMemory`): a request whose headers would pass it is refused at once (503),
+    while one that fits goes on, and every byte is given back at the end."""
+    files = padded_header_files(dicom_series_files(4, 64))
+    header = read_dicom_header(files[0])
+    first, second = files[:2], files[2:]
+    models = SlowModels()
+    budget = MemoryBudget(64 * MIB)
+    models.budget = budget
+    header_memory = HeaderMemory(3 * header.header_bytes)  # room for one request's two headers, not for two
+    service = PredictionService(models, models.run, UploadLimits(), budget=budget, header_memory=header_memory)
+
+    async def scenario() -> None:
+        async with budget.reserve(budget.capacity):  # the first request waits for its decoding with its headers read
+            waiting = asyncio.ensure_future(service.predict_files(first, schemas.MaskFormat.RLE))
+            while header_memory.used < 2 * header.header_bytes:
+                await asyncio.sleep(0.01)
+            with pytest.raises(OverloadedError, match="DICOM headers of the requests in flight"):
+                await service.predict_files(second, schemas.MaskFormat.RLE)
+            assert not waiting.done()
+        answer = await waiting
+        assert answer.tally.negative == 2
+        again = await service.predict_files(second, schemas.MaskFormat.RLE)  # alone it fits
+        assert again.tally.negative == 2
+
+    asyncio.run(scenario())
+    assert (header_memory.used, budget.used) == (0, 0)
