@@ -31,6 +31,7 @@ from app import schemas
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
 from app.predict_command import PrintFormat, printable
+from app.release import service_version
 from app.settings import AE_TITLE_RULE, HTTP_URL_RULE, Settings, SettingsError, get_settings, is_ae_title, is_http_url
 
 if TYPE_CHECKING:
@@ -394,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
     parser.add_argument(
         "--verbose",
         action="store_true",

@@ -35,6 +35,7 @@ from app.memory_budget import MemoryBudget
 from app.metrics import ServiceMetrics
 from app.model_runners import batcher_runner
 from app.prediction import PredictionService
+from app.release import service_version
 from app.security import ApiKeyStore, RateLimiter
 from app.sequence_rules import SelectionRules
 from app.settings import Settings, get_settings
@@ -142,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Brain tumor MRI service",
         description=DESCRIPTION,
-        version="1.0.0",
+        version=service_version(),
         lifespan=lifespan,
         docs_url=None,  # served offline by app.api.routes.docs instead of from a CDN
         redoc_url=None,

@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 
 from app.core.model_store import Manifest
+from app.release import service_version
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -78,6 +79,8 @@ class ServiceMetrics:
         )
         self.ready = Gauge("brain_tumor_ready", "1 once the models are loaded and warm.", registry=self.registry)
         self.model_info = Info("brain_tumor_model", "The models being served.", registry=self.registry)
+        build = Info("brain_tumor_build", "The release of the service (app.release).", registry=self.registry)
+        build.info({"version": service_version()})
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """One request answered. A method the service does not serve is labelled "other": the HTTP parser takes

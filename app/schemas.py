@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from app.core.model_store import Manifest, ModelEntry
+from app.release import service_version
 
 Size = Annotated[list[int], Field(min_length=2, max_length=2, description="[height, width] in pixels")]
 
@@ -262,11 +263,15 @@ class ModelsResponse(BaseModel):
     runtime: Literal["keras", "onnxruntime"] = Field(
         description="what runs the models in this service (INFERENCE_RUNTIME): Keras, or ONNX Runtime on the CPU"
     )
+    service_version: str = Field(
+        description="the release of this service (its package version, as in the SEGs' and SRs' Software Versions)"
+    )
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, runtime: str) -> ModelsResponse:
         return cls(
             runtime=runtime,
+            service_version=service_version(),
             classifier=ModelInfo.from_entry(manifest.classifier),
             segmenter=ModelInfo.from_entry(manifest.segmenter),
             input_shape=manifest.input_shape,

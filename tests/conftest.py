@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import shutil
+import tomllib
 from pathlib import Path
 
 import keras
@@ -25,6 +26,11 @@ FLAIR_CHANNEL = 1  # of a kaggle_3m slice: pre-contrast, FLAIR, post-contrast
 TUMOR_SERIES = [TEST_DATA / "TCGA_DU_A5TW_19980228" / f"TCGA_DU_A5TW_19980228_{n}.jpg" for n in (20, 21, 22)]
 # Eight slices from the nearest tumor slice of the same held-out patient, with a full brain section in view.
 TUMOR_FREE_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_8.jpg"
+
+
+def pyproject_version() -> str:
+    """The release pyproject.toml names: what the service must report (`app.release`)."""
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def mask_path_of(image_path: Path) -> Path:

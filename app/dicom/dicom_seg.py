@@ -45,11 +45,11 @@ from app.dicom.result_uids import (
     models_digest,
     result_uid,
     segmenter_name_version,
-    software_version,
 )
 from app.dicom.slice_order import anatomical_order
 from app.dicom.tumor_volume import position_spacing_mm, slice_spacing_mm
 from app.errors import SegmentationInputError, builder_reason
+from app.release import service_version
 
 SEG_SERIES_NUMBER = 9901  # a fixed, high number: viewers list the SEG after the scanner's own series
 SEG_SERIES_DESCRIPTION = "Tumor segmentation (research use only)"
@@ -179,7 +179,7 @@ def build_segmentation(
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=f"{segmenter_name} {segmenter_version}"[:64],
-            software_versions=software_version(),
+            software_versions=service_version(),
             # Identifies the model pair (not a machine): the same models give the same serial everywhere.
             device_serial_number=models_digest(model_tags)[:16],
             content_label=CONTENT_LABEL,

@@ -47,9 +47,10 @@ from app.dicom.dicom_conformance import (
     without_contradicted_spacing,
 )
 from app.dicom.dicom_seg import SEGMENT_NUMBER
-from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version, software_version
+from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version
 from app.dicom.tumor_volume import position_spacing_mm
 from app.errors import ReportInputError, builder_reason
+from app.release import service_version
 
 if TYPE_CHECKING:
     from app.series_result import SeriesResult
@@ -278,7 +279,7 @@ def _volume_report(
     )
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
     stamp_creation_times(sr, sources)  # as the SEG's
-    sr.SoftwareVersions = software_version()
+    sr.SoftwareVersions = service_version()
     return sr
 
 

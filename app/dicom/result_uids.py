@@ -12,30 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from functools import cache
-from importlib import metadata
 
 import numpy as np
 from pydicom.uid import generate_uid
 
 from app.dicom.dicom_frame import DicomFrame
+from app.release import PACKAGE, service_version
 
-MANUFACTURER = "brain-tumor-service"
-
-
-@cache  # read from the installed package's metadata once: every SEG and SR asks
-def software_version() -> str:
-    """The installed service's version (written into the SEG's and SR's Software Versions)."""
-    try:
-        return metadata.version(MANUFACTURER)
-    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
+MANUFACTURER = PACKAGE
 
 
 def result_uid(kind: str, model_tags: Mapping[str, str], *parts: str) -> str:
     """The UID of one made object (`kind`: what it is, e.g. "seg-series") from the models and what it was made of."""
     models = json.dumps(dict(model_tags), sort_keys=True)
-    return generate_uid(entropy_srcs=[MANUFACTURER, software_version(), models, kind, *parts])
+    return generate_uid(entropy_srcs=[MANUFACTURER, service_version(), models, kind, *parts])
 
 
 def models_digest(model_tags: Mapping[str, str]) -> str:

@@ -54,10 +54,10 @@ from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
 from app.dicom.dicom_sr import ReportReference, supersede_earlier_reports
-from app.dicom.result_uids import software_version
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
+from app.release import service_version
 from app.sequence_selection import StudySelection
 from app.study_analysis import AnalysisStatus, StudyAnalysis
 
@@ -376,7 +376,7 @@ class StudySync:
     def _record(self, status: str, study_fingerprint: str | None = None, **fields: Any) -> dict[str, Any]:
         record: dict[str, Any] = {
             "status": status,
-            "service_version": software_version(),
+            "service_version": service_version(),
             "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         if study_fingerprint is not None:

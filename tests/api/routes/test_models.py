@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.service_client import upload
-from tests.conftest import EVERY_SLICE, TUMOR_SLICE
+from app.cli import build_parser
+from tests.api.service_client import sample_value, upload
+from tests.conftest import EVERY_SLICE, REPO_ROOT, TUMOR_SLICE, pyproject_version
 
 
 def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_manifest: dict) -> None:
@@ -50,3 +54,21 @@ def test_read_models_tags_match_predictions(client: TestClient) -> None:
     tags = client.post("/v1/predict", files=upload(TUMOR_SLICE.read_bytes(), "slice.jpg")).json()["models"]
 
     assert tags == {"classifier": models["classifier"]["tag"], "segmenter": models["segmenter"]["tag"]}
+
+
+def test_every_place_that_names_the_release_names_pyproject_version(
+    client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operations review 32: every build said 0.1.0, so an operator could not tell releases apart. pyproject.toml's
+    version is the one source (installed: `pip install -e .` again after a bump); CHANGELOG.md describes it."""
+    version = pyproject_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version) and version != "0.1.0"
+
+    assert client.get("/v1/models").json()["service_version"] == version
+    assert sample_value(client.get("/metrics").text, "brain_tumor_build_info", version=version) == 1.0
+    assert client.get("/openapi.json").json()["info"]["version"] == version
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"brain-tumor {version}\n"
+    releases = re.findall(r"^## (\S+) \(", (REPO_ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert releases[0] == version, "describe the release at the top of CHANGELOG.md"

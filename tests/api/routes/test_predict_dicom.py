@@ -20,7 +20,7 @@ from app.dicom.slice_order import UNKNOWN_ORDER_NOTE
 from app.inference import Predictor, SlicePrediction
 from app.series_result import single_slice_answers
 from tests.api.service_client import decode_rle
-from tests.conftest import TUMOR_SLICE
+from tests.conftest import TUMOR_SLICE, pyproject_version
 from tests.dicom.builders import (
     legacy_multiframe,
     mr_series,
@@ -137,6 +137,7 @@ def test_predict_batch_dicom_seg_matches_the_json_masks(
     seg = pydicom.dcmread(io.BytesIO(response.content))
     source = pydicom.dcmread(io.BytesIO(series_files[0]))
     assert seg.Modality == "SEG" and seg.Manufacturer == MANUFACTURER
+    assert seg.SoftwareVersions == pyproject_version()  # which release made it
     assert seg.SeriesDescription == SEG_SERIES_DESCRIPTION
     assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.SeriesInstanceUID != source.SeriesInstanceUID
     assert [item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence] == [source.SeriesInstanceUID]
