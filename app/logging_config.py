@@ -8,7 +8,9 @@ Libraries that read uploads quote what they read: pydicom's validation warnings 
 for VR UI: '1.2.3.MRN...'`), highdicom logs the UIDs it copies, exception messages carry values into tracebacks. So
 Python warnings go through this logger too (no bare lines on stderr), the messages of pydicom, highdicom and warnings
 lose their quoted values and UIDs (`redact_values`), highdicom's INFO lines are dropped, and tracebacks keep their
-frames and exception types but no exception messages.
+frames and exception types but no exception messages. Those libraries write a line per odd value they read, so what
+a client sends decides how many: past `LIBRARY_LINES_PER_MINUTE` a minute they are counted, not written
+(`LibraryLineBudget`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -33,6 +38,11 @@ VALUE_QUOTING_LOGGERS = ("pydicom", "pynetdicom", "highdicom", "py.warnings", "P
 _UID_LIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")  # 1.2.840.113619.2... (also dates and versions: a fair price)
 REDACTED = "<redacted>"
 DECODER_PLUGIN_LOGGER = "pydicom.pixels.decoders.base"
+
+LIBRARY_LINES_PER_MINUTE = 100
+"""Lines a minute the value-quoting libraries may write together (CRITICAL ones always pass): one 480 KB DICOM
+association request of 48,000 malformed transfer-syntax UIDs made pynetdicom and pydicom write 62 MB of warnings before
+the node refused its caller, and one stored instance of 60,000 malformed values 37.7 MB (attack review 33)."""
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -94,10 +104,52 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class LibraryLineBudget(logging.Filter):
+    """Let at most `per_minute` lines a minute through from the libraries that read what clients send
+    (`VALUE_QUOTING_LOGGERS`); the rest of the minute they are counted and dropped.
+
+    The line that uses up the minute's budget is written as a notice that the rest is dropped; the first line of a
+    later minute carries `library_lines_dropped`, the count since. The service's own lines are never dropped.
+    """
+
+    def __init__(self, per_minute: int = LIBRARY_LINES_PER_MINUTE, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.per_minute = per_minute
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._minute_started = clock()
+        self._written = 0
+        self.dropped = 0  # since the last line written
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(VALUE_QUOTING_LOGGERS) or record.levelno >= logging.CRITICAL:
+            return True
+        with self._lock:
+            now = self._clock()
+            if now - self._minute_started >= 60.0:
+                self._minute_started, self._written = now, 0
+            if self._written > self.per_minute:
+                self.dropped += 1
+                return False
+            self._written += 1
+            if self.dropped:
+                fields = getattr(record, "fields", None)
+                record.fields = {**(fields if isinstance(fields, dict) else {}), "library_lines_dropped": self.dropped}
+                self.dropped = 0
+            if self._written > self.per_minute:
+                record.msg = (
+                    f"more than {self.per_minute} lines this minute from the libraries that read DICOM and images; "
+                    "the rest of the minute they are counted, not written (the next line says how many)"
+                )
+                record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every logger (uvicorn's included) through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(LibraryLineBudget())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -21,7 +21,14 @@ from pydicom.uid import generate_uid
 from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.errors import UndecodableDicomError
-from app.logging_config import DECODER_PLUGIN_LOGGER, JsonFormatter, configure_logging, redact_values
+from app.logging_config import (
+    DECODER_PLUGIN_LOGGER,
+    REDACTED,
+    JsonFormatter,
+    LibraryLineBudget,
+    configure_logging,
+    redact_values,
+)
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes, tumor_channels, with_broken_rle
 from tests.dicom.test_dicom_input import MALFORMED_DICOM_CASES, malformed_dicom, replaced
@@ -189,3 +196,35 @@ def test_a_clients_broken_file_leaves_no_error_line_from_pydicoms_decoders() -> 
         root.handlers[:], root.level = saved[0], saved[1]
         decoders.setLevel(saved[2])
     assert [record.name for record in records if record.levelno >= logging.ERROR] == []
+
+
+def test_library_lines_past_the_minutes_budget_are_counted_not_written() -> None:
+    """Attack review 33: pydicom and pynetdicom write a line per malformed value they read, so a client chose how much
+    was logged (62 MB for one 480 KB association request the node then refused). Past the budget, a notice, then
+    nothing until the next minute, whose first line says how many were dropped; the service's own lines all pass."""
+    now = [0.0]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(LibraryLineBudget(per_minute=3, clock=lambda: now[0]))
+
+    def log(name: str, message: str, level: int = logging.WARNING) -> None:
+        handler.handle(logging.LogRecord(name, level, __file__, 1, message, None, None))
+
+    for index in range(10):
+        log("pynetdicom.presentation", f"non-conformant UID '{SECRET_UID}' {index}")
+        log("app.node.dicom_node", f"own line {index}")
+    log("pydicom", "corrupt file", logging.CRITICAL)
+    now[0] = 61.0
+    log("py.warnings", "Invalid value for VR UI")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    library = [line for line in lines if not line["logger"].startswith("app.")]
+    assert [line["message"] for line in library[:3]] == [f"non-conformant UID {REDACTED} {index}" for index in range(3)]
+    assert "counted, not written" in library[3]["message"]
+    assert [line["logger"] for line in library[4:]] == ["pydicom", "py.warnings"]  # CRITICAL always passes
+    assert library[5]["library_lines_dropped"] == 6  # lines 4-9 of the first minute
+    assert [line["message"] for line in lines if line["logger"] == "app.node.dicom_node"] == [
+        f"own line {index}" for index in range(10)
+    ]
+    assert SECRET_UID not in stream.getvalue()
