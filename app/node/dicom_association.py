@@ -29,6 +29,11 @@ CONNECTIONS_PER_ASSOCIATION = 4
 """Connections the node serves at once per association slot (`max_associations`): room for the ones being refused
 (another peer's share, a full node) and for peers still to send their request, but not one thread per connection
 without end."""
+MAX_ASSOCIATE_REQUEST_BYTES = 256 * 1024
+"""Longest A-ASSOCIATE-RQ PDU read: 128 presentation contexts (the standard's most) of some 75 transfer syntaxes each.
+pynetdicom decodes every item of the request before the node checks the caller, one 480 KB request of 48,000
+transfer syntaxes took 12 s of a core (attack review 33)."""
+A_ASSOCIATE_RQ_TYPE = 0x01
 REFUSAL_LOG_SECONDS = 10.0  # at most one log line this often about connections closed unserved (a flood's record)
 
 
@@ -205,9 +210,14 @@ class GuardedConnection(socket.socket):
             view = view[step:]
             if len(self._header) == 6:
                 self._remaining = int.from_bytes(self._header[2:], "big")
+                kind = self._header[0]
                 self._header.clear()
                 if self._remaining > self.max_pdu_bytes:
                     self._close_for(f"a PDU of {self._remaining} bytes; the limit is {self.max_pdu_bytes}")
+                if kind == A_ASSOCIATE_RQ_TYPE and self._remaining > MAX_ASSOCIATE_REQUEST_BYTES:
+                    self._close_for(
+                        f"an association request of {self._remaining} bytes; the limit is {MAX_ASSOCIATE_REQUEST_BYTES}"
+                    )
                 if not self._remaining:
                     self._deadline = None
 

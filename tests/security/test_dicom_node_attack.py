@@ -32,6 +32,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
+from app.node.dicom_association import MAX_ASSOCIATE_REQUEST_BYTES
 from app.node.dicom_spool import SpoolLimits
 from app.settings import MIB
 from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
@@ -417,6 +418,29 @@ def test_an_association_request_longer_than_the_pdu_limit_is_not_read(make_node:
     finally:
         connection.close()
 
+    assert echo(node.config.port)
+
+
+def test_an_association_request_past_what_128_contexts_need_is_closed_at_its_header(
+    make_node: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Attack review 33: pynetdicom decodes every item of an association request before the node checks its caller,
+    and warns of each malformed one: a 480 KB request of 48,000 transfer syntaxes took 12 s of a core and 62 MB of
+    log. A request longer than `MAX_ASSOCIATE_REQUEST_BYTES` is closed at its header; a shorter one is read."""
+    node = make_node()
+    caplog.set_level(logging.WARNING, logger="app.node.dicom_association")
+    for length in (MAX_ASSOCIATE_REQUEST_BYTES + 1, MAX_ASSOCIATE_REQUEST_BYTES):
+        with socket.create_connection(("127.0.0.1", node.config.port)) as connection:
+            connection.settimeout(30)
+            with contextlib.suppress(OSError):  # reset or broken pipe once the node closes it
+                connection.sendall(b"\x01\x00" + struct.pack(">L", length) + bytes(length))
+                while connection.recv(65536):
+                    pass
+
+    reasons = [record.fields["reason"] for record in caplog.records if hasattr(record, "fields")]  # type: ignore[attr-defined]
+    assert f"an association request of {MAX_ASSOCIATE_REQUEST_BYTES + 1} bytes; the limit is " in " ".join(reasons)
+    assert not any(f"request of {MAX_ASSOCIATE_REQUEST_BYTES} bytes" in reason for reason in reasons)
     assert echo(node.config.port)
 
 
