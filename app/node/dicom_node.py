@@ -714,13 +714,19 @@ def _log_refused_contexts(event: Any) -> None:
     that then sends a class the node does not take fails that send, and the node's log is where an administrator
     looks. INFO, not a warning per class: a PACS offers every class it stores, and dcmtk's storescu 14 for a series of
     MR (operations review: 14 of a run's 20 lines). A SOP Class UID is the standard's or a vendor's, never patient
-    data."""
-    refused = {"SOP class not supported": set(), "transfer syntaxes": set()}
+    data, but a peer may send any text in its place ("Smith^John 1970", attack review 33): only well-formed UIDs are
+    named, the rest counted."""
+    refused: dict[str, set[str]] = {"SOP class not supported": set(), "transfer syntaxes": set()}
+    not_uids = 0
     for context in event.assoc.rejected_contexts:
         reason = "transfer syntaxes" if context.result == 0x04 else "SOP class not supported"
-        refused[reason].add(str(context.abstract_syntax))
-    if any(refused.values()):
-        logger.info(
-            "presentation contexts refused",
-            extra={"fields": {reason: sorted(classes) for reason, classes in refused.items() if classes}},
-        )
+        syntax = UID(str(context.abstract_syntax))
+        if syntax.is_valid:
+            refused[reason].add(str(syntax))
+        else:
+            not_uids += 1
+    if any(refused.values()) or not_uids:
+        fields: dict[str, object] = {reason: sorted(classes) for reason, classes in refused.items() if classes}
+        if not_uids:
+            fields["not a UID (not logged)"] = not_uids
+        logger.info("presentation contexts refused", extra={"fields": fields})

@@ -103,6 +103,7 @@ def test_a_refused_presentation_context_is_logged_with_its_sop_class(
     ae.add_requested_context(MRImageStorage)
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)  # the node is no query SCP
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context("Smith^John 1970")  # any text a peer puts in place of a UID (attack review 33)
     with caplog.at_level(logging.INFO, logger="app.node.dicom_node"):
         association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
         assert association.is_established
@@ -114,5 +115,6 @@ def test_a_refused_presentation_context_is_logged_with_its_sop_class(
     assert refused.fields == {
         "SOP class not supported": sorted(
             [str(PatientRootQueryRetrieveInformationModelFind), str(StudyRootQueryRetrieveInformationModelFind)]
-        )
+        ),
+        "not a UID (not logged)": 1,
     }
