@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -868,6 +869,12 @@ def check_image(
                 probe.returncode == 0,
                 (probe.stdout.strip() or probe.stderr.strip())[-300:],
             )
+            release = container.exec(["python", "-c", _RELEASE_PROBE], timeout=60)
+            report.check(
+                "names the checkout's release",
+                release.stdout.strip() == checkout_version(),
+                f"{(release.stdout.strip() or release.stderr.strip())[-300:]} (pyproject.toml: {checkout_version()})",
+            )
             for upload, path, content_type in UPLOADS:
                 check = f"/v1/predict answers {upload} as the checkout"
                 status, body = predict_in_namespace(container.pid, service.container_port, upload, path, content_type)
@@ -890,6 +897,15 @@ def check_image(
         finally:
             container.stop()
     return report
+
+
+# Run inside the container: the release the image's package says it is (SEGs, SRs, /v1/models carry it).
+_RELEASE_PROBE = "from app.release import service_version; print(service_version())"
+
+
+def checkout_version() -> str:
+    """pyproject.toml's version: what an image built from this checkout must name."""
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 # Run inside the container as its user: writing next to the models and the code must fail.
