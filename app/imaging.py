@@ -91,9 +91,37 @@ def sniff_format(data: bytes) -> ImageFormat:
         )
     raise UnsupportedMediaTypeError(
         "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
-        "or be DICOM (DICM at byte 128); "
-        f"its first bytes are {data[:8].hex(' ')}"
+        f"or be DICOM (DICM at byte 128); it looks like {other_kind(data)}"
     )
+
+
+_OTHER_SIGNATURES = (
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"RIFF", "a RIFF file (WebP, WAV, AVI)"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+    (b"PK\x03\x04", "a zip archive (send the files inside it)"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"%PDF", "a PDF document"),
+    (b"\x93NUMPY", "a NumPy array file"),
+    (b"\x89HDF", "an HDF5 file"),
+)
+
+
+def other_kind(data: bytes) -> str:
+    """What a file that is none of the formats read seems to be, from its signature: said instead of its first
+    bytes, which may be its content (the start of a text export is a name; attack review 33)."""
+    for signature, kind in _OTHER_SIGNATURES:
+        if data.startswith(signature):
+            return kind
+    if data[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "a NIfTI volume (send its slices as PNG or TIFF)"
+    try:
+        data[:512].decode("utf-8")
+    except UnicodeDecodeError:
+        return "a file of an unknown kind"
+    return "text"
 
 
 @dataclass(frozen=True)

@@ -186,15 +186,27 @@ def test_sniff_format_rejects_empty_file() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"GIF89a....", b"BM\x00\x00\x00\x00", b"%PDF-1.7", b"<svg xmlns=", b"\x89PNX\r\n\x1a\n", b"DICM"],
-    ids=["gif", "bmp", "pdf", "svg", "almost_png", "dicom_tag"],
+    ("data", "kind"),
+    [
+        (b"GIF89a....", "a GIF image"),
+        (b"BM\x00\x00\x00\x00", "a BMP image"),
+        (b"%PDF-1.7", "a PDF document"),
+        (b"PK\x03\x04zip", "a zip archive (send the files inside it)"),
+        (b"<svg xmlns=", "text"),
+        (b"Doe^John,1970-01-01,MRN12345", "text"),
+        (b"\x89PNX\r\n\x1a\n\xff\xfe", "a file of an unknown kind"),
+        (b"DICM", "text"),
+    ],
+    ids=["gif", "bmp", "pdf", "zip", "svg", "csv_export", "almost_png", "dicom_tag"],
 )
-def test_sniff_format_rejects_other_types_naming_first_bytes(data: bytes) -> None:
+def test_sniff_format_rejects_other_types_naming_what_they_look_like(data: bytes, kind: str) -> None:
+    """The message names the kind of file, never its first bytes: those may be its content (a text export starts
+    with a name; attack review 33)."""
     with pytest.raises(UnsupportedMediaTypeError) as raised:
         sniff_format(data)
 
-    assert raised.value.message.endswith(f"its first bytes are {data[:8].hex(' ')}")
+    assert raised.value.message.endswith(f"it looks like {kind}")
+    assert data[:8].hex(" ") not in raised.value.message and b"Doe" not in raised.value.message.encode()
 
 
 def test_decode_image_ignores_what_the_bytes_claim_to_be_elsewhere() -> None:

@@ -75,8 +75,7 @@ def test_predict_batch_reports_bad_file_in_place(client: TestClient) -> None:
         "error": {
             "code": "unsupported_media_type",
             "message": "unsupported file type: the file must start with the PNG, JPEG or TIFF magic bytes, "
-            "or be DICOM (DICM at byte 128); "
-            f"its first bytes are {NOT_AN_IMAGE[:8].hex(' ')}",
+            "or be DICOM (DICM at byte 128); it looks like a GIF image",
         },
     }
     assert results[0]["index"] == 0 and results[0]["ok"] is True
