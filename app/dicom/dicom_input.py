@@ -184,6 +184,12 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     signed = int(dataset.get("PixelRepresentation", 0)) == 1
     stored = _within_bits_stored(stored.reshape(frames, rows, columns), bits_stored, signed)
     padding = _padding(dataset, stored)
+    stored, padding = _non_finite_as_padding(stored, padding)
+    if padding is not None and padding.all():
+        raise InvalidDicomImageError(
+            "every pixel of the DICOM file is padding (PixelPaddingValue, PixelPaddingRangeLimit) or not a finite "
+            "number: no image is left to read"
+        )
     values = np.empty(stored.shape, dtype=np.float32)
     for index in range(frames):
         values[index] = _within_float32(_modality_values(dataset, stored[index], index))
@@ -279,13 +285,27 @@ def _rescale(dataset: Dataset, index: int) -> tuple[float | None, float | None]:
 
 def _within_float32(values: np.ndarray) -> np.ndarray:
     """Refuse modality values a float32 cannot hold: they would become infinite, then zero, and a tumor slice
-    would be answered as a black one (a RescaleSlope of 1e39 is a valid DS value)."""
+    would be answered as a black one (a RescaleSlope of 1e39 is a valid DS value, and Double Float Pixel Data may
+    hold 1e300 itself)."""
     if values.size and not np.abs(values).max() <= _FLOAT32_MAX:
         raise InvalidDicomImageError(
-            "RescaleSlope and RescaleIntercept (or the Modality LUT) give pixel values beyond the 32-bit float "
-            "range this service computes in"
+            "the pixel values (as stored, or as RescaleSlope and RescaleIntercept or the Modality LUT give them) "
+            "pass the 32-bit float range this service computes in"
         )
     return values
+
+
+def _non_finite_as_padding(stored: np.ndarray, padding: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float pixel data's NaN and infinite samples, set to 0 and counted as padding (the image's darkest pixel in
+    the end), as a float TIFF's are read: one NaN pixel refused a whole slice, in words that blamed a RescaleSlope the
+    file did not have (attack review 33)."""
+    if stored.dtype.kind != "f":
+        return stored, padding
+    non_finite = ~np.isfinite(stored)
+    if not non_finite.any():
+        return stored, padding
+    stored = np.where(non_finite, 0, stored)
+    return stored, non_finite if padding is None else padding | non_finite
 
 
 def _check_contrast_kept(stored: np.ndarray, values: np.ndarray) -> None:

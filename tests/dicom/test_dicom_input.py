@@ -162,6 +162,43 @@ def test_read_dicom_takes_pixel_padding_as_background(flair: np.ndarray) -> None
     np.testing.assert_array_equal(ranged.values, expected.values)
 
 
+def float_mr(values: np.ndarray) -> bytes:
+    """A slice of Float Pixel Data (32-bit floats) holding `values`."""
+    dataset = single_mr(np.zeros(values.shape, np.uint16), bits_stored=16)
+    del dataset.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(dataset, keyword)
+    dataset.BitsAllocated = 32
+    dataset.FloatPixelData = values.astype(np.float32).tobytes()
+    return to_bytes(dataset)
+
+
+def test_read_dicom_takes_non_finite_float_samples_as_padding(flair: np.ndarray) -> None:
+    """Attack review 33: one NaN sample of Float Pixel Data refused the whole slice, blaming a RescaleSlope the file
+    did not have (a float TIFF's NaN samples were read). They are padding now; a slice of nothing else is refused."""
+    values = flair.astype(np.float32) + 10.0
+    broken = values.copy()
+    broken[:3, :3] = [[np.nan, np.inf, -np.inf]] * 3
+
+    (frame,) = read_dicom(float_mr(broken))
+    (expected,) = read_dicom(float_mr(np.where(np.isfinite(broken), broken, values.min())))
+
+    np.testing.assert_array_equal(frame.values, expected.values)
+    assert np.isfinite(frame.values).all()
+    with pytest.raises(InvalidDicomImageError, match="every pixel .* not a finite number: no image is left"):
+        read_dicom(float_mr(np.full(flair.shape, np.nan)))
+
+
+def test_read_dicom_refuses_a_slice_whose_every_pixel_is_padding(flair: np.ndarray) -> None:
+    """Attack review 33: when Pixel Padding Value and Range Limit covered every stored value, the padding was read as
+    the image and answered."""
+    dataset = single_mr(flair.astype(np.uint16), bits_stored=16)
+    dataset.PixelPaddingValue, dataset.PixelPaddingRangeLimit = 0, 65535
+
+    with pytest.raises(InvalidDicomImageError, match="every pixel of the DICOM file is padding"):
+        read_dicom(to_bytes(dataset))
+
+
 def test_read_dicom_reads_every_frame_of_a_multiframe_image() -> None:
     channels = tumor_channels()
     legacy = mr_series([image.astype(np.uint16) * 4 for image in channels])
