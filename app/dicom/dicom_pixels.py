@@ -7,7 +7,7 @@ CharLS (JPEG-LS) spends seconds on some truncated codestreams while holding the 
 - JPEG baseline and extended are decoded with Pillow, JPEG 2000 with pylibjpeg-openjpeg: both fail with a Python
   exception, quickly;
 - JPEG lossless (GDCM is its only decoder here) and JPEG-LS (pyjpegls) are decoded in a separate worker process; if
-  the decoder takes that process down, or runs past `WORKER_TIMEOUT_SECONDS`, the request fails with
+  the decoder takes that process down, or runs past its time (`worker_seconds`), the request fails with
   `UndecodableDicomError` and the next one gets a fresh worker, while the service's own threads keep running.
 
 Everything else (uncompressed, deflated, RLE) is pydicom's own code. Nothing here logs.
@@ -15,6 +15,7 @@ Everything else (uncompressed, deflated, RLE) is pydicom's own code. Nothing her
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -58,8 +59,12 @@ ISOLATED_SYNTAXES: dict[str, str | None] = {
 """Transfer syntaxes decoded in the worker process, with the decoder it uses (None: pydicom's default)."""
 
 WORKER_TIMEOUT_SECONDS = 10.0
-"""How long one file's frames may take in the worker before it is killed (a decoder stuck on a crafted codestream;
-a valid 512 x 512 JPEG-LS or lossless JPEG frame takes milliseconds)."""
+"""How long one file may take in the worker before it is killed (a decoder stuck on a crafted codestream), plus
+`WORKER_SECONDS_PER_MEGAPIXEL` for its pixels."""
+WORKER_SECONDS_PER_MEGAPIXEL = 0.5
+"""Worker time per million samples of a file: a valid 256-frame 512 x 512 JPEG-LS MR of noisy content (67 million)
+took 9.2 s on an idle 2-core machine and failed the fixed 10 s with the other core busy (attack review 33); this gives
+it 43 s, some 3.5 times what it needs."""
 
 _LENGTH_BYTES = 8
 
@@ -91,10 +96,16 @@ class DecodingWorker:
     def decode(self, dataset: Dataset, plugin: str | None = None) -> np.ndarray:
         """`dataset.pixel_array` computed in the worker, with `plugin` as pydicom's decoder (None: its default)."""
         request = pickle.dumps((dataset, plugin), protocol=pickle.HIGHEST_PROTOCOL)
+        seconds = self.worker_seconds(dataset)
         with self._lock:
             try:
-                status, value = pickle.loads(self._exchange(request))
-            except Exception as error:  # died, hung, or answered garbage: a fresh worker for the next file
+                status, value = pickle.loads(self._exchange(request, seconds))
+            except TimeoutError as error:
+                self.stop()
+                raise UndecodableDicomError(
+                    f"DICOM pixel data cannot be decoded: the decoder did not finish within {seconds:.0f} s"
+                ) from error
+            except Exception as error:  # died, or answered garbage: a fresh worker for the next file
                 self.stop()
                 raise UndecodableDicomError(
                     "DICOM pixel data cannot be decoded: the decoder failed or gave up on this codestream"
@@ -103,7 +114,16 @@ class DecodingWorker:
             raise UndecodableDicomError(f"DICOM pixel data cannot be decoded: {without_quoted_values(value)}")
         return value
 
-    def _exchange(self, request: bytes) -> bytes:
+    def worker_seconds(self, dataset: Dataset) -> float:
+        """How long the worker may take on `dataset`: `timeout_seconds`, plus `WORKER_SECONDS_PER_MEGAPIXEL` for
+        every million samples its header declares (checked against the pixel limits before decoding)."""
+        samples = 1
+        for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
+            with contextlib.suppress(TypeError, ValueError):  # a malformed value: the decoder says why
+                samples *= max(1, int(dataset.get(keyword) or 1))
+        return self.timeout_seconds + WORKER_SECONDS_PER_MEGAPIXEL * samples / 1e6
+
+    def _exchange(self, request: bytes, seconds: float) -> bytes:
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "app.dicom.dicom_pixels"],
@@ -116,7 +136,7 @@ class DecodingWorker:
         pending = memoryview(len(request).to_bytes(_LENGTH_BYTES, "little") + request)
         while pending:
             pending = pending[os.write(self._process.stdin.fileno(), pending) :]
-        deadline = time.monotonic() + self.timeout_seconds
+        deadline = time.monotonic() + seconds
         answers = self._process.stdout.fileno()
         length = int.from_bytes(_read_exactly(answers, _LENGTH_BYTES, deadline), "little")
         return _read_exactly(answers, length, deadline)
