@@ -196,6 +196,7 @@ class DicomNode:
             pending=lambda: len(self.spool.pending_studies()),
             unsent=lambda: len(self.spool.unsent_studies()),
             spool_bytes=lambda: self.spool.size_bytes,
+            oldest_unsent_age=self._oldest_unsent_age,
         )
         self._stop = threading.Event()
         self.sender = ResultSender(
@@ -672,6 +673,11 @@ class DicomNode:
         )
 
     # -- sending ---------------------------------------------------------------------------------------------
+
+    def _oldest_unsent_age(self) -> float:
+        """Seconds since the results waiting longest for a destination were made; 0 when none wait."""
+        since = self.spool.oldest_unsent_since()
+        return 0.0 if since is None else max(0.0, self.clock() - since)
 
     def send_unsent(self, destinations: tuple[Destination, ...] | None = None) -> int:
         """Send each of `destinations` (default: all, one after the other) what it still lacks, once its backoff

@@ -3,13 +3,14 @@
 Layout under the spool directory: ``studies/<key>/instances/*.dcm`` (instances as received),
 ``studies/<key>/record.json`` (every run), ``studies/<key>/results/<run>/``, ``sent.jsonl``, and three folders of
 empty marker files: ``pending/<key>`` (its modification time is the study's last arrival), ``unsent/<key>`` (results a
-destination still lacks) and ``receiving/<key>`` (an association is storing instances of it: one left by a node that
-died is a study cut off). The markers have folders of their own so that the passes that look for them every second
-read a folder as long as the work waiting, not one entry per study the node ever received. Instances, records and
-results are written to a temporary file, flushed to disk and renamed into place, and ``sent.jsonl`` is flushed after
-each line, so a node killed at any point has lost nothing it acknowledged. Studies are named by a hash of their
-Patient ID and Study Instance UID (`study_key`): no DICOM attribute shows in paths or logs, and two patients whose
-studies share a Study Instance UID (a UID generator's fault, or a re-identified copy) never share a study.
+destination still lacks; its modification time is when they were made) and ``receiving/<key>`` (an association is
+storing instances of it: one left by a node that died is a study cut off). The markers have folders of their own so
+that the passes that look for them every second read a folder as long as the work waiting, not one entry per study the
+node ever received. Instances, records and results are written to a temporary file, flushed to disk and renamed
+into place, and ``sent.jsonl`` is flushed after each line, so a node killed at any point has lost nothing it
+acknowledged. Studies are named by a hash of their Patient ID and Study Instance UID (`study_key`): no DICOM attribute
+shows in paths or logs, and two patients whose studies share a Study Instance UID (a UID generator's fault, or a
+re-identified copy) never share a study.
 
 The spool is bounded: `SpoolLimits` caps one instance, the spool's total size and the disk space it leaves free, and
 `purge_expired` removes the instances and results of studies whose results were all delivered long enough ago
@@ -267,12 +268,16 @@ class Spool:
     def _marker(self, marker_dir: str, key: str) -> Path:
         return self.root / marker_dir / key
 
-    def touch_pending(self, key: str, at: float | None = None) -> None:
-        marker = self._marker(PENDING_DIR, key)
+    def _stamp(self, marker_dir: str, key: str, at: float | None = None) -> None:
+        """Create or touch a marker, its modification time set by the spool's clock (`at` by default now)."""
+        marker = self._marker(marker_dir, key)
         with self._lock:
             marker.touch()
             now = self.clock() if at is None else at
             os.utime(marker, (now, now))
+
+    def touch_pending(self, key: str, at: float | None = None) -> None:
+        self._stamp(PENDING_DIR, key, at)
 
     def pending_since(self, key: str) -> float | None:
         """Time of the last arrival of one study, or None when it is not pending."""
@@ -399,7 +404,11 @@ class Spool:
         return sorted(marker.name for marker in (self.root / RECEIVING_DIR).iterdir())
 
     def mark_unsent(self, key: str) -> None:
-        self._marker(UNSENT_DIR, key).touch()
+        """Mark a study's results waiting for a destination, as of now: it is marked when a run with results is made,
+        whose results supersede every earlier run's still waiting (`supersede_undelivered`), so the marker's time is
+        when the results now waiting were made (or, for results found waiting without a marker at start, that start).
+        """
+        self._stamp(UNSENT_DIR, key)
 
     def is_unsent(self, key: str) -> bool:
         return self._marker(UNSENT_DIR, key).exists()
@@ -407,6 +416,17 @@ class Spool:
     def unsent_studies(self) -> list[str]:
         """Keys of the studies with results a destination still lacks, in key order."""
         return sorted(marker.name for marker in (self.root / UNSENT_DIR).iterdir())
+
+    def oldest_unsent_since(self) -> float | None:
+        """When the results waiting longest for a destination were made (their study's unsent marker), or None when
+        every result was delivered. A stat per study waiting: cheap enough for every scrape."""
+        times = []
+        for marker in (self.root / UNSENT_DIR).iterdir():
+            try:
+                times.append(marker.stat().st_mtime)
+            except FileNotFoundError:  # delivered meanwhile
+                continue
+        return min(times, default=None)
 
     def clear_unsent_if_all_sent(self, key: str) -> None:
         """Remove the study's unsent marker once its record has nothing left to send.

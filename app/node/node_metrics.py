@@ -80,15 +80,26 @@ class NodeMetrics:
                 counter.labels(destination=destination)
 
     def watch_spool(
-        self, pending: Callable[[], float], unsent: Callable[[], float], spool_bytes: Callable[[], float]
+        self,
+        pending: Callable[[], float],
+        unsent: Callable[[], float],
+        spool_bytes: Callable[[], float],
+        oldest_unsent_age: Callable[[], float],
     ) -> None:
-        """Gauges read at each scrape: studies pending analysis, studies with results not yet delivered, spool bytes."""
+        """Gauges read at each scrape: studies pending analysis, studies with results not yet delivered, spool bytes,
+        and how long the results waiting longest have waited (a count of unsent studies that stays above 0 may be a
+        new study every minute, each delivered; an age that grows is results stuck)."""
         for name, documentation, read in (
             ("brain_tumor_node_studies_pending", "Studies received and waiting for analysis.", pending),
             (
                 "brain_tumor_node_studies_unsent",
                 "Studies with results not yet delivered to every destination.",
                 unsent,
+            ),
+            (
+                "brain_tumor_node_oldest_unsent_result_age_seconds",
+                "Seconds since the oldest results not yet delivered to every destination were made (0 when none).",
+                oldest_unsent_age,
             ),
             (
                 "brain_tumor_node_spool_bytes",

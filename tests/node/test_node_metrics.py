@@ -109,6 +109,35 @@ def test_metrics_show_results_that_cannot_be_sent(make_node: Any, clock: Clock, 
     assert_no_study_values(text, series)
 
 
+def test_the_age_of_results_not_delivered_grows_until_they_are(
+    make_node: Any, clock: Clock, tmp_path: Path, scrape: Any
+) -> None:
+    port = free_port()
+    node = make_node(destination_port=port)  # nothing listens there yet
+    metrics = scrape(node)
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert value(metrics(), "brain_tumor_node_oldest_unsent_result_age_seconds") == 0  # received, nothing made yet
+
+    process_and_send(node)  # analysed; the destination refuses the connection
+    clock.advance(600)
+    text = metrics()
+    assert value(text, "brain_tumor_node_oldest_unsent_result_age_seconds") == pytest.approx(600)
+    assert_no_study_values(text, series)
+
+    destination = ResultStore(port)  # the destination comes back
+    try:
+        clock.advance(3600)  # past the sender's backoff
+        node.send_unsent()
+        text = metrics()
+        assert len(destination.received) == 2  # the SEG and the SR
+    finally:
+        destination.close()
+    assert value(text, "brain_tumor_node_oldest_unsent_result_age_seconds") == 0
+    assert value(text, "brain_tumor_node_studies_unsent") == 0
+
+
 @pytest.mark.parametrize(
     ("limits", "reason", "kept"),
     [
