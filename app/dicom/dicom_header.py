@@ -113,6 +113,10 @@ class DicomHeader:
         0 otherwise.
     header_reads
         Reads pydicom made of the header: what the parsed `dataset` holds grows with them (`header_bytes`).
+    pixel_position
+        Where in `data` the pixel data element starts, so that what follows the header can be read without parsing
+        the header again (`app.dicom.instance_content`); -1 for a deflated data set (its pixel data lies inside the
+        deflate stream) and for a header not read from a file.
     """
 
     data: bytes
@@ -123,6 +127,7 @@ class DicomHeader:
     bits_allocated: int
     inflated_bytes: int = 0
     header_reads: int = 0
+    pixel_position: int = -1
 
     @property
     def header_bytes(self) -> int:
@@ -237,7 +242,7 @@ def read_dicom_header(
     if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
         check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
-    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated, reads)
+    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated, reads, pixel_position)
 
 
 def checked_dimensions(dataset: Dataset, max_pixels: int) -> tuple[int, int, int, int]:

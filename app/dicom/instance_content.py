@@ -16,8 +16,9 @@ import io
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 
-from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_header import DicomHeader, read_dicom_header
 from app.dicom.dicom_input import PIXEL_DATA_KEYWORDS
 from app.dicom.dicom_pixels import stored_pixels
 
@@ -32,7 +33,7 @@ def content_digest(data: bytes) -> bytes:
     digest = hashlib.sha256()
     try:
         header = read_dicom_header(data)
-        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset = _whole_dataset(header)
         pixels = np.ascontiguousarray(stored_pixels(dataset, dataset.file_meta.get("TransferSyntaxUID")))
         digest.update(attributes_bytes(dataset))
     except Exception:  # noqa: BLE001 - any reason it cannot be read: fall back to the bytes as received
@@ -40,6 +41,27 @@ def content_digest(data: bytes) -> bytes:
     digest.update(f"{pixels.dtype.str}{pixels.shape}{header.frames}".encode())
     digest.update(pixels.tobytes())
     return digest.digest()
+
+
+def _whole_dataset(header: DicomHeader) -> Dataset:
+    """The file's whole data set: the header `read_dicom_header` parsed, with the elements from the pixel data to the
+    end of the file read from where it stopped, so the header is parsed once (it was parsed twice: the header, then
+    the whole file again). The same data set as reading the whole file: the elements are added unconverted, and
+    converted as they are read, with the header's character set. A deflated data set is read whole again: its pixel
+    data lies inside the deflate stream, which `read_dicom_header` inflated only as far as the header.
+
+    `header.dataset` is completed in place.
+    """
+    if header.pixel_position < 0:
+        return pydicom.dcmread(io.BytesIO(header.data))
+    dataset = header.dataset
+    is_implicit_vr, is_little_endian = dataset.original_encoding
+    buffer = io.BytesIO(header.data)  # shares the bytes: nothing copied
+    buffer.seek(header.pixel_position)
+    rest = read_dataset(buffer, bool(is_implicit_vr), bool(is_little_endian))
+    for element in rest.elements():  # as read: converted on access, as the whole file's would be
+        dataset[element.tag] = element
+    return dataset
 
 
 def attributes_bytes(dataset: Dataset) -> bytes:

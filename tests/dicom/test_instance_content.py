@@ -6,23 +6,28 @@ them JPEG-LS lossless or Implicit VR, were analysed a second time and their resu
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
 )
 
-from app.dicom.instance_content import content_digest
+from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_pixels import stored_pixels
+from app.dicom.instance_content import attributes_bytes, content_digest
 from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels, write_files
 from tests.node.node_support import (
     QUIET_SECONDS,
@@ -80,6 +85,44 @@ def test_another_pixel_value_or_attribute_has_another_digest(instance: Dataset) 
 
     assert content_digest(to_bytes(changed_pixel)) != reference
     assert content_digest(to_bytes(renamed)) != reference
+
+
+def digest_reading_the_whole_file(data: bytes) -> bytes:
+    """`content_digest` as it was before the header was parsed once (the whole file read again after it): the digest
+    spools hold in their records, which the node must still recognise."""
+    header = read_dicom_header(data)
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    pixels = np.ascontiguousarray(stored_pixels(dataset, dataset.file_meta.get("TransferSyntaxUID")))
+    digest = hashlib.sha256(attributes_bytes(dataset))
+    digest.update(f"{pixels.dtype.str}{pixels.shape}{header.frames}".encode())
+    digest.update(pixels.tobytes())
+    return digest.digest()
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, *COMPRESSED],
+    ids=lambda uid: uid.name,
+)
+def test_the_digest_is_the_one_recorded_when_the_file_was_read_twice(instance: Dataset, transfer_syntax: UID) -> None:
+    instance.add_new((0xFFFC, 0xFFFC), "OB", b"\0" * 8)  # Data Set Trailing Padding: an element after the pixels
+    data = encoded(instance, transfer_syntax)
+
+    assert content_digest(data) == digest_reading_the_whole_file(data)
+
+
+def test_an_instance_is_parsed_once(instance: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[bool] = []
+    dcmread = pydicom.dcmread
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("stop_before_pixels", False))
+        return dcmread(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)
+    content_digest(to_bytes(instance))
+
+    assert reads == [True]  # the header's read; the pixel data is read from where it stopped
 
 
 def test_a_file_that_cannot_be_read_is_hashed_as_its_bytes(instance: Dataset) -> None:
