@@ -82,6 +82,11 @@ class OrthancClient:
         """Orthanc's change log after `since`: ``{"Changes": [{...}, ...], "Done": bool, "Last": int}``."""
         return self._json("GET", "/changes", changes_page, params={"since": since, "limit": limit})
 
+    def last_change(self) -> int:
+        """The number of the latest change in Orthanc's log (``/changes?last``): a page of `changes` that is not the
+        last says only where it ends."""
+        return int(self._json("GET", "/changes", changes_page, params={"last": ""})["Last"])
+
     def series(self, series_id: str) -> dict[str, Any] | None:
         """A series (ID, Instances, MainDicomTags, ParentStudy), or None once it is deleted."""
         return self._json_or_none(f"/series/{_path_id(series_id)}", series_in_study)

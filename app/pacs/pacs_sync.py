@@ -117,6 +117,7 @@ def run_pacs_sync(
             retries=lambda: len(state.retries),
             receiving=lambda: len(state.receiving),
             last_change=lambda: state.last_change,
+            changes_behind=state.changes_behind,
         )
     total = SyncReport()
     if not once:
@@ -201,10 +202,14 @@ def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, look
     restore): the log is then read from the start, once per pass, rather than waiting, blind, for the old number.
     A page that is not the last but does not move past the bookmark ends the reading, and so do
     `MAX_CHANGE_PAGES_PER_PASS` pages (a log that advances but never says Done), so the pass always ends.
+
+    `SyncState.orthanc_last` follows the log's end, for the lag (`SyncState.changes_behind`): a page that is the
+    last ends there; one that is not says only where it ends itself, so Orthanc is asked for its latest change, once a
+    pass, before the studies of such a page are looked at.
     """
     client = studies.client
     triggers = TRIGGERS_STABLE if client.config.require_stable else TRIGGERS_UNSTABLE
-    restarted = False
+    restarted = asked_last = False
     pages = 0
     while True:
         since = state.last_change
@@ -216,6 +221,12 @@ def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, look
             )
             state.last_change, restarted = 0, True
             continue
+        if page["Done"]:
+            state.orthanc_last = page["Last"]
+        elif not asked_last:
+            state.orthanc_last, asked_last = max(page["Last"], client.last_change()), True
+        else:
+            state.orthanc_last = max(page["Last"], state.orthanc_last)
         study_ids: dict[str, None] = {}  # in order, once each
         for change in page["Changes"]:
             if change.get("ChangeType") in triggers:

@@ -53,7 +53,11 @@ class PacsSyncMetrics:
         self.last_success.set(now)
 
     def watch_state(
-        self, retries: Callable[[], float], receiving: Callable[[], float], last_change: Callable[[], float]
+        self,
+        retries: Callable[[], float],
+        receiving: Callable[[], float],
+        last_change: Callable[[], float],
+        changes_behind: Callable[[], float],
     ) -> None:
         """Gauges read at each scrape from the sync state."""
         for name, documentation, read in (
@@ -65,8 +69,13 @@ class PacsSyncMetrics:
             ),
             (
                 "brain_tumor_pacs_sync_last_change",
-                "The last Orthanc change handled (compare with Orthanc's /changes?last for the lag).",
+                "The last Orthanc change handled.",
                 last_change,
+            ),
+            (
+                "brain_tumor_pacs_sync_changes_behind",
+                "Changes in Orthanc's log, as pacs-sync last read it (each pass), not handled yet.",
+                changes_behind,
             ),
         ):
             Gauge(name, documentation, registry=self.registry).set_function(read)

@@ -51,6 +51,8 @@ class SyncState:
         Orthanc study ID -> when to look at it again, for a study a change brought while Orthanc said it was still
         receiving instances: looked at then as that change would have been, so a failed study keeps its retry time
         (`retries`) when something else arrives in it.
+    orthanc_last
+        The latest change in Orthanc's log when pacs-sync last read it (0 before): not saved, read again each pass.
     """
 
     path: Path | None = None
@@ -59,6 +61,7 @@ class SyncState:
     unresolved: dict[str, int] = field(default_factory=dict)
     unrecorded_failures: dict[str, list[Any]] = field(default_factory=dict)
     receiving: dict[str, float] = field(default_factory=dict)
+    orthanc_last: int = 0
 
     @classmethod
     def load(cls, path: Path | None) -> SyncState:
@@ -119,6 +122,11 @@ class SyncState:
         except OSError as error:
             reason = f"{type(error).__name__}: {error.strerror}" if error.strerror else type(error).__name__
             raise SyncStateWriteError(f"pacs-sync state file {self.path} cannot be written ({reason})") from error
+
+    def changes_behind(self) -> int:
+        """How many changes of Orthanc's log, as last read, are not handled yet (0 after a log that started again
+        and before the first read)."""
+        return max(0, self.orthanc_last - self.last_change)
 
     def due(self, now: float) -> list[str]:
         """Studies whose retry time has come, earliest first."""

@@ -136,7 +136,8 @@ def undeclared_metadata(study_id: str) -> Answer:
 
 
 class CannedSession(requests.Session):
-    """Answers each ``"METHOD /path"`` with its canned answers in turn (the last one repeated), others with 404."""
+    """Answers each ``"METHOD /path"`` with its canned answers in turn (the last one repeated), others with 404;
+    Orthanc's latest change is ``"GET /changes?last"``."""
 
     def __init__(self, answers: dict[str, list[Answer]]) -> None:
         super().__init__()
@@ -144,7 +145,7 @@ class CannedSession(requests.Session):
         self.calls: list[str] = []
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        call = f"{method} {urlsplit(url).path}"
+        call = f"{method} {urlsplit(url).path}" + ("?last" if "last" in (kwargs.get("params") or {}) else "")
         self.calls.append(call)
         queue = self.answers.get(call) or [(404, "text/plain", b"Unknown resource")]
         status, content_type, body = queue.pop(0) if len(queue) > 1 else queue[0]

@@ -174,6 +174,17 @@ class FlakySession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
+def test_orthanc_client_reads_the_latest_change_a_page_does_not_say(orthanc: Orthanc, tmp_path: Path) -> None:
+    """A page of Orthanc's log that is not the last ends at its own last change: the lag needs ``/changes?last``."""
+    orthanc.upload(mr_series(tumor_channels()))
+    client = OrthancClient(config_for(orthanc, tmp_path / "state.json"))
+
+    first = client.changes(0, limit=1)
+
+    assert not first["Done"] and first["Last"] == 1
+    assert client.last_change() == orthanc.last_change() > 1
+
+
 def test_orthanc_client_retries_network_errors_with_backoff(orthanc: Orthanc, tmp_path: Path) -> None:
     delays: list[float] = []
     config = config_for(orthanc, tmp_path / "state.json", backoff_seconds=0.5, retries=3)

@@ -99,3 +99,48 @@ def test_metrics_count_passes_their_failures_and_studies_by_outcome() -> None:
     for study in STUDIES:
         assert study not in second
     assert "series-" not in second
+
+
+def test_metrics_show_how_many_changes_pacs_sync_is_behind() -> None:
+    """A backlog read page by page: the lag is Orthanc's latest change (asked for when a page is not the last) less
+    the last change handled; a pass cut off by Orthanc leaves it there, the pass that reads the rest brings it to 0."""
+
+    def page(first: int, last: int, done: bool) -> tuple[int, str, bytes]:
+        changes = [
+            {"ChangeType": "NewPatient", "ResourceType": "Patient", "Seq": seq} for seq in range(first, last + 1)
+        ]
+        return json_answer({"Changes": changes, "Done": done, "Last": last})
+
+    answers = {
+        # First pass: a page of the backlog, then Orthanc fails (twice: retried once). Second: the rest.
+        "GET /changes": [page(1, 100, False), HTML_PAGE, HTML_PAGE, page(101, 250, True)],
+        "GET /changes?last": [json_answer({"Changes": [], "Done": True, "Last": 250})],
+    }
+    metrics = PacsSyncMetrics()
+    port = free_port()
+    stop = serve_metrics(metrics.registry, "127.0.0.1", port)
+    scrapes: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        if seconds == CONFIG.poll_seconds:
+            scrapes.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+            if len(scrapes) == 2:
+                raise StopSync
+
+    session = CannedSession(answers)
+    try:
+        client = OrthancClient(CONFIG, session=session, sleep=sleep)
+        with pytest.raises(StopSync):
+            run_pacs_sync(
+                CONFIG, NegativePredictor(), client=client, sleep=sleep, clock=lambda: 1000.0, metrics=metrics
+            )  # type: ignore[arg-type]
+    finally:
+        stop()
+
+    cut_off, caught_up = scrapes
+    assert value(cut_off, "brain_tumor_pacs_sync_failed_passes_total") == 1
+    assert value(cut_off, "brain_tumor_pacs_sync_last_change") == 100
+    assert value(cut_off, "brain_tumor_pacs_sync_changes_behind") == 150
+    assert value(caught_up, "brain_tumor_pacs_sync_last_change") == 250
+    assert value(caught_up, "brain_tumor_pacs_sync_changes_behind") == 0
+    assert session.calls.count("GET /changes?last") == 1  # the second pass's page is the last: no need to ask
