@@ -119,15 +119,19 @@ class StudySync:
         self.analyser = analyser
         self.clock = clock
 
-    def process(self, study_id: str, state: SyncState, retry: bool = False) -> str | None:
+    def process(
+        self, study_id: str, state: SyncState, retry: bool = False, study: dict[str, Any] | None = None
+    ) -> str | None:
         """Process a study if its instances or its record call for it; return the outcome (None: study deleted).
 
         `retry` is True when the retry schedule (not a change) brings the study: a failed study is then tried
-        again while it has attempts left, and otherwise only checked for changed instances. Nothing about one study
-        (Orthanc errors, a record or an answer of the wrong shape, a bug) raises: it is logged, and retried.
+        again while it has attempts left, and otherwise only checked for changed instances. `study` is Orthanc's
+        answer for it, when the caller has just read it (pacs-sync's stability check): not asked for again. Nothing
+        about one study (Orthanc errors, a record or an answer of the wrong shape, a bug) raises: it is logged, and
+        retried.
         """
         try:
-            looked_at = self._look_at(study_id)
+            looked_at = self._look_at(study_id, study)
         except Exception as error:  # Orthanc down or answering nonsense: no record to trust, the schedule retries
             state.retries[study_id] = self._next_attempt(1)
             _log_not_processed(study_id, error, attempts=None)
@@ -186,9 +190,12 @@ class StudySync:
             )
         return FAILED
 
-    def _look_at(self, study_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """The study's record (`readable_record`) and its MR series with instances; None once it is deleted."""
-        if self.client.study(study_id) is None:
+    def _look_at(
+        self, study_id: str, study: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The study's record (`readable_record`) and its MR series with instances; None once it is deleted. Orthanc
+        is asked whether the study exists unless `study` is its answer already."""
+        if study is None and self.client.study(study_id) is None:
             return None
         record = readable_record(self.client.sync_record(study_id))
         mr_series = [

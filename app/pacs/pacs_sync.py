@@ -181,8 +181,10 @@ def _process_once_stable(
     """`StudySync.process`, unless `require_stable` and Orthanc says an instance of the study arrived within its
     StableAge (``IsStable`` false): then the study is looked at again at the next pass, as it came (a change, through
     `SyncState.receiving`, or a retry), which the state file keeps over a restart. An Orthanc that does not say, or a
-    study deleted meanwhile, counts as stable (`process` handles the latter)."""
+    study deleted meanwhile, counts as stable (`process` handles the latter). The study read here is handed to
+    `process`, which does not read it again."""
     client = studies.client
+    study = None
     if client.config.require_stable:
         try:
             study = client.study(study_id)
@@ -192,7 +194,7 @@ def _process_once_stable(
             schedule = state.retries if retry else state.receiving
             schedule[study_id] = studies.clock() + client.config.poll_seconds
             return
-    report.count(studies.process(study_id, state, retry=retry))
+    report.count(studies.process(study_id, state, retry=retry, study=study))
 
 
 def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, looked_at: set[str]) -> None:

@@ -179,6 +179,26 @@ def test_a_series_stable_in_a_study_still_receiving_waits_for_the_study() -> Non
     assert state.retries == state.receiving == {}
 
 
+def test_a_pass_reads_each_study_it_looks_at_once() -> None:
+    """Operations review: the stability check read ``/studies/{id}``, and then the study's processing read it again."""
+    answers = {
+        "GET /changes": [
+            json_answer({"Changes": [stable_series("s1", 1), stable_series("s2", 2)], "Done": True, "Last": 2})
+        ],
+    }
+    for index in (1, 2):
+        # an MR series without instances: nothing to analyse, only the record is written
+        series = {"ID": f"s{index}", "Instances": [], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": f"st{index}"}
+        answers[f"GET /series/s{index}"] = [json_answer(series)]
+        answers[f"GET /studies/st{index}"] = [json_answer({"ID": f"st{index}", "IsStable": True})]
+        answers[f"GET /studies/st{index}/series"] = [json_answer([series])]
+        answers[f"PUT /studies/st{index}/metadata/{SYNC_METADATA}"] = [json_answer({})]
+    session = CannedSession(answers)
+
+    assert sync_once(studies_on_a_clock(session, [1000.0]), SyncState()) == SyncReport(not_analysed=2)
+    assert session.calls.count("GET /studies/st1") == session.calls.count("GET /studies/st2") == 1
+
+
 def test_a_failed_study_that_receives_something_else_keeps_its_retry_time(tmp_path: Path) -> None:
     """Interop review 31: a failed study brought by a change while Orthanc still called it receiving (another
     modality's instance, a report) was put on the retry schedule for the next pass, and then analysed again as a
