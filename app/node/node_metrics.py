@@ -3,14 +3,17 @@
 Counters are counted where the events happen (`app.node.dicom_node`, `app.node.dicom_sender`); the gauges are read
 from the spool at each scrape (its marker folders and its byte count: cheap). Labels are a fixed vocabulary and the
 configured destinations (``AE@host:port``), never UIDs or patient data. Like `app.metrics.ServiceMetrics`: a registry
-of its own, the process' own metrics (``process_*``), no ``_created`` series.
+of its own, the process' own metrics (``process_*``), the release (``brain_tumor_build_info``), no ``_created``
+series.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, ProcessCollector, disable_created_metrics
+
+from app.release import service_version
 
 # Why an instance was refused (the `reason` label): a fixed vocabulary, the Error Comment being free text.
 REFUSAL_REASONS = (
@@ -71,6 +74,8 @@ class NodeMetrics:
             "When the worker last completed a pass over the pending studies (Unix time; 0 before the first).",
             registry=self.registry,
         )
+        build = Info("brain_tumor_build", "The release of the node (app.release).", registry=self.registry)
+        build.info({"version": service_version()})  # as the API's: which release runs, for each daemon
         for reason in REFUSAL_REASONS:  # every series from the start: a rate needs its 0
             self.instances_refused.labels(reason=reason)
         for outcome in OUTCOMES:

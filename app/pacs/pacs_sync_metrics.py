@@ -3,14 +3,16 @@
 Counters move at the end of each pass (`app.pacs.pacs_sync.run_pacs_sync`); the gauges read the sync state
 (`app.pacs.pacs_sync_state.SyncState`) at each scrape. Labels are a fixed vocabulary (the `SyncReport` fields), never
 Orthanc IDs or DICOM values. Like `app.metrics.ServiceMetrics`: a registry of its own, the process' own metrics
-(``process_*``), no ``_created`` series.
+(``process_*``), the release (``brain_tumor_build_info``), no ``_created`` series.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, ProcessCollector, disable_created_metrics
+
+from app.release import service_version
 
 OUTCOMES = ("positive", "negative", "not_analysed", "failed", "already_done", "gave_up")
 
@@ -39,6 +41,8 @@ class PacsSyncMetrics:
             "When the last pass that read Orthanc's change log to its end finished (Unix time; 0 before the first).",
             registry=self.registry,
         )
+        build = Info("brain_tumor_build", "The release of pacs-sync (app.release).", registry=self.registry)
+        build.info({"version": service_version()})  # as the API's: which release runs, for each daemon
         for outcome in OUTCOMES:  # every series from the start: a rate needs its 0
             self.studies.labels(outcome=outcome)
 

@@ -13,6 +13,7 @@ import pytest
 
 from app.metrics import serve_metrics
 from app.node.dicom_spool import SpoolLimits
+from app.release import service_version
 from tests.dicom.builders import mr_series, tumor_channels, write_files
 from tests.node.node_support import (
     QUIET_SECONDS,
@@ -68,6 +69,7 @@ def test_metrics_follow_a_study_from_receiving_to_sending(
     assert value(before, "brain_tumor_node_last_pass_timestamp_seconds") == 0
     assert value(before, "brain_tumor_node_results_sent_total", destination=destination) == 0
     assert "process_start_time_seconds" in before
+    assert value(before, "brain_tumor_build_info", version=service_version()) == 1  # which release runs
     assert "_created" not in before
 
     series = mr_series(tumor_channels())

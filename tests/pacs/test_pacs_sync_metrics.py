@@ -13,6 +13,7 @@ from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.pacs_sync import run_pacs_sync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_metrics import PacsSyncMetrics
+from app.release import service_version
 from tests.node.node_support import free_port
 from tests.pacs.pacs_sync_support import HTML_PAGE, CannedSession, NegativePredictor, json_answer
 
@@ -95,6 +96,7 @@ def test_metrics_count_passes_their_failures_and_studies_by_outcome() -> None:
     assert value(second, "brain_tumor_pacs_sync_last_change") == 2
     assert value(second, "brain_tumor_pacs_sync_last_success_timestamp_seconds") == 1000
     assert "process_start_time_seconds" in second
+    assert value(second, "brain_tumor_build_info", version=service_version()) == 1  # which release runs
     assert "_created" not in second
     for study in STUDIES:
         assert study not in second
