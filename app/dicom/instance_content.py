@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pydicom
+from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
@@ -32,15 +36,45 @@ def content_digest(data: bytes) -> bytes:
     """
     digest = hashlib.sha256()
     try:
-        header = read_dicom_header(data)
-        dataset = _whole_dataset(header)
-        pixels = np.ascontiguousarray(stored_pixels(dataset, dataset.file_meta.get("TransferSyntaxUID")))
-        digest.update(attributes_bytes(dataset))
+        with values_unvalidated():  # every element is read here, however many are malformed
+            header = read_dicom_header(data)
+            dataset = _whole_dataset(header)
+            pixels = np.ascontiguousarray(stored_pixels(dataset, dataset.file_meta.get("TransferSyntaxUID")))
+            digest.update(attributes_bytes(dataset))
     except Exception:  # noqa: BLE001 - any reason it cannot be read: fall back to the bytes as received
         return hashlib.sha256(b"bytes\0" + data).digest()
     digest.update(f"{pixels.dtype.str}{pixels.shape}{header.frames}".encode())
     digest.update(pixels.tobytes())
     return digest.digest()
+
+
+_validation_lock = threading.Lock()
+_unvalidated_depth = 0
+_validation_modes_before = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+
+
+@contextmanager
+def values_unvalidated() -> Iterator[None]:
+    """pydicom does not check the values it converts or writes while the block runs: the digest reads every element
+    and writes it again (`attributes_bytes`, only to hash it), and pydicom warned (twice: its logger and Python's
+    warnings) of each malformed one: an instance of 60,000 malformed values wrote 37.7 MB of log and held the node's
+    analysis for about 50 s (attack review 33). The values are the same either way. The settings are the process's:
+    nested and concurrent blocks count, and the last to leave puts them back (another thread reading meanwhile only
+    warns less)."""
+    global _unvalidated_depth, _validation_modes_before
+    settings = config.settings
+    with _validation_lock:
+        if _unvalidated_depth == 0:
+            _validation_modes_before = (settings.reading_validation_mode, settings.writing_validation_mode)
+            settings.reading_validation_mode = settings.writing_validation_mode = config.IGNORE
+        _unvalidated_depth += 1
+    try:
+        yield
+    finally:
+        with _validation_lock:
+            _unvalidated_depth -= 1
+            if _unvalidated_depth == 0:
+                settings.reading_validation_mode, settings.writing_validation_mode = _validation_modes_before
 
 
 def _whole_dataset(header: DicomHeader) -> Dataset:

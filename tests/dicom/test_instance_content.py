@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -123,6 +126,33 @@ def test_an_instance_is_parsed_once(instance: Dataset, monkeypatch: pytest.Monke
     content_digest(to_bytes(instance))
 
     assert reads == [True]  # the header's read; the pixel data is read from where it stopped
+
+
+def test_malformed_values_are_read_without_a_warning_each(
+    instance: Dataset, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
+    """Attack review 33: the digest reads every element, and pydicom warned of each malformed value twice (its
+    logger and Python's warnings): 60,000 of them in one instance wrote 37.7 MB of log. Read unvalidated, the values
+    are the same and nothing is said; pydicom's own setting is as it was afterwards."""
+    items = []
+    for index in range(200):
+        item = Dataset()  # raw, as read from a file: pydicom converts (and checks) them when they are read
+        item[0x00081155] = RawDataElement(Tag(0x00081155), "UI", 6, b"x%05d" % index, 0, False, True)  # not a UID
+        item[0x00180050] = RawDataElement(Tag(0x00180050), "DS", 4, b"ab%02d" % (index % 100), 0, False, True)
+        items.append(item)
+    instance.ReferencedImageSequence = pydicom.Sequence(items)
+    data = to_bytes(instance)
+    before = pydicom.config.settings.reading_validation_mode
+    caplog.clear()
+    recwarn.clear()  # writing the test file warned
+
+    with caplog.at_level(logging.WARNING):
+        digest = content_digest(data)
+
+    assert [record for record in caplog.records if record.name.startswith("pydicom")] == []
+    assert [warning for warning in recwarn if "Invalid value" in str(warning.message)] == []
+    assert pydicom.config.settings.reading_validation_mode == before
+    assert digest == digest_reading_the_whole_file(data) != hashlib.sha256(b"bytes\0" + data).digest()
 
 
 def test_a_file_that_cannot_be_read_is_hashed_as_its_bytes(instance: Dataset) -> None:
