@@ -288,7 +288,10 @@ def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceE
             f"{derived} refers to its source images by their UIDs; the {sources_named} lack {', '.join(missing)} or "
             "hold one that is no UID (digits and dots, at most 64 characters)"
         )
-    refuse_invalid_values(invalid_values(sources[0], TYPE2_PATIENT_STUDY_ATTRIBUTES), derived, error)
+    # As the SEG and SR will copy them: a legacy date or time form in the standard's (`with_type2_attributes`).
+    refuse_invalid_values(
+        invalid_values(with_type2_attributes(sources[0]), TYPE2_PATIENT_STUDY_ATTRIBUTES), derived, error
+    )
     impossible = impossible_lengths(sources)
     if impossible:
         raise error(impossible_lengths_reason(impossible, derived))
@@ -332,18 +335,45 @@ def unusable_reference_uids(sources: Sequence[Dataset]) -> list[str]:
 
 def with_type2_attributes(dataset: Dataset) -> Dataset:
     """`dataset` itself when it has every `TYPE2_PATIENT_STUDY_ATTRIBUTES` (and, single-frame, every
-    `TYPE2_IMAGE_PLANE_ATTRIBUTES`), else a shallow copy with the missing ones present and empty (the elements are
-    shared, the dataset is not modified)."""
+    `TYPE2_IMAGE_PLANE_ATTRIBUTES`) in the standard's form, else a shallow copy with the missing ones present and
+    empty, and dates and times in the ACR-NEMA form written in the standard's (`standard_date_time`); the dataset is
+    not modified."""
     expected = TYPE2_PATIENT_STUDY_ATTRIBUTES
     if "SharedFunctionalGroupsSequence" not in dataset:
         expected += TYPE2_IMAGE_PLANE_ATTRIBUTES
     missing = [keyword for keyword in expected if keyword not in dataset]
-    if not missing:
+    rewritten = {
+        keyword: standard
+        for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES
+        if keyword in dataset
+        and dataset[keyword].VR in ("DA", "TM")
+        and (standard := standard_date_time(dataset[keyword].VR, str(dataset[keyword].value or ""))) is not None
+    }
+    if not missing and not rewritten:
         return dataset
     completed = _shallow_copy(dataset)
     for keyword in missing:
         setattr(completed, keyword, None)  # an empty value: what Type 2 means by "unknown"
+    for keyword, value in rewritten.items():  # a new element: the source's, shared by the copy, is left as it was
+        completed.add_new(dataset[keyword].tag, dataset[keyword].VR, value)
     return completed
+
+
+_ACR_NEMA_DATE = re.compile(r"(\d{4})[./-](\d{2})[./-](\d{2})")
+_ACR_NEMA_TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?")
+
+
+def standard_date_time(vr: str, text: str) -> str | None:
+    """A DA or TM value written as ACR-NEMA and DICOM before 1998 allowed ("2024.01.01", "12:30:00"; archives write
+    "/" and "-" too) in the standard's form ("20240101", "123000"), or None when `text` is not in such a form.
+
+    Real archives hold them, and the node made no SEG or SR at all of a study whose Study Date was "2024/01/01"
+    (attack review 33). Only the form changes; a value that is still no date or time is refused as before."""
+    pattern = _ACR_NEMA_DATE if vr == "DA" else _ACR_NEMA_TIME if vr == "TM" else None
+    match = pattern.fullmatch(text.strip()) if pattern is not None else None
+    if match is None:
+        return None
+    return "".join(part for part in match.groups() if part)
 
 
 def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Dataset:

@@ -109,6 +109,25 @@ def test_seg_and_sr_refuse_source_values_that_break_their_type_naming_them_not_q
     assert keyword in raised.value.message and value[:8] not in raised.value.message
 
 
+def test_seg_and_sr_write_legacy_dates_and_times_in_the_standards_form() -> None:
+    """Attack review 33: a Study Date of "2024/01/01" (ACR-NEMA's form, with the separators archives use) refused the
+    SEG and the SR, and the node sent nothing for the study. The copies are written in the standard's form; the
+    sources are left as they came."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.StudyDate, dataset.PatientBirthDate, dataset.StudyTime = "2024/01/01", "1970-01-01", "12:30:00"
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+
+    for made in (seg, report):
+        assert (made.StudyDate, made.PatientBirthDate, made.StudyTime) == ("20240101", "19700101", "123000")
+    assert inputs[0].reference.header.StudyDate == "2024/01/01"
+    assert dciodvfy_errors(seg, "Segmentation") == []
+
+
 def test_values_that_fit_their_type_pass_the_check() -> None:
     dataset = mr_series(tumor_channels()[:1])[0]
     dataset.StudyDescription = "Hirn MRT, Übersicht"  # non-ASCII letters are text, not control characters
