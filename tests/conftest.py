@@ -1,4 +1,4 @@
-"""Shared fixtures: a few real LGG slices committed under tests/data, and tiny exported model folders."""
+"""Shared fixtures: a few real LGG slices committed under tests/data, tiny exported model folders, the app on one."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import json
 import math
 import shutil
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.inference import Predictor
+from app.settings import Settings
+from tests.api.service_client import running_client
 from training.export import export_models
 from training.models import build_classifier, build_resunet
 
@@ -109,6 +113,14 @@ def replace_model_file(model_dir: Path, copy_to: Path, name: str, content: bytes
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Tiny untrained models that call every slice positive."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def client(tiny_model_dir: Path) -> Iterator[TestClient]:
+    """The app on the tiny models (`EVERY_SLICE`: every slice positive, the segmenter always runs), started
+    once per test process; a test file or folder that needs another app defines its own `client`."""
+    with running_client(Settings(model_dir=tiny_model_dir)) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,6 @@ from tests.conftest import NO_SLICE, make_tiny_model_dir
 
 
 @pytest.fixture(scope="session")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    """The app on the tiny models (classifier threshold 0: every slice positive, the segmenter always runs)."""
-    with running_client(Settings(model_dir=tiny_model_dir)) as client:
-        yield client
-
-
-@pytest.fixture(scope="session")
 def tiny_manifest(tiny_model_dir: Path) -> dict:
     return json.loads((tiny_model_dir / "manifest.json").read_text())
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,11 @@ from PIL import Image
 from app.cli import main
 from app.errors import FileUnreadableError
 from app.predict_command import read_file
-from app.settings import Settings
-from tests.api.service_client import decode_png_mask, decode_rle, running_client, upload
+from tests.api.service_client import decode_png_mask, decode_rle, upload
 from tests.conftest import NO_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
 from tests.dicom.builders import FLAIR, legacy_multiframe, mr_series, to_bytes, tumor_channels
 
 PREDICTION_KEYS = {"tumor_probability", "tumor_detected", "threshold", "mask"}
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    with running_client(Settings(model_dir=tiny_model_dir)) as client:
-        yield client
 
 
 def run_predict(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, dict]:

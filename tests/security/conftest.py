@@ -106,6 +106,12 @@ def good_jpeg() -> bytes:
     return TUMOR_SLICE.read_bytes()
 
 
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    """Where an app's audit log is written (`audit_log_file`), fresh for each test."""
+    return tmp_path / "audit.jsonl"
+
+
 @pytest.fixture(scope="module")
 def client(tiny_model_dir: Path) -> Iterator[TestClient]:
     """The app on the tiny models, lifespan running, ready to predict."""

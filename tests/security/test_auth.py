@@ -55,11 +55,6 @@ def captured_logs() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
 def keyed_client(tiny_model_dir: Path, tmp_path: Path, audit_path: Path, captured_logs) -> Iterator[TestClient]:
     keys_file = tmp_path / "api_keys"
     keys_file.write_text(f"# ops team\nops:{hash_key(FILE_KEY)}\n")

@@ -23,11 +23,6 @@ def audit_entries(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def audit_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
 def keyed_app(tiny_model_dir: Path, audit_path: Path):
     settings = security_settings(
         tiny_model_dir,
