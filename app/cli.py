@@ -391,6 +391,48 @@ def port_number(text: str) -> int:
     return port
 
 
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments and options of ``brain-tumor predict``."""
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE_OR_FOLDER", help="PNG, JPEG or TIFF slices, or the DICOM files of one series"
+    )
+    parser.add_argument(
+        "--format",
+        choices=[item.value for item in PrintFormat],
+        default=PrintFormat.JSON.value,
+        help="what stdout gets (default: json)",
+    )
+    parser.add_argument(
+        "--masks-dir", default=None, help="write <stem>_predicted_mask.png here for each slice with a mask"
+    )
+    parser.add_argument(
+        "--mask-format",
+        type=schemas.MaskFormat,
+        default=schemas.MaskFormat.RLE,
+        metavar="{" + ",".join(item.value for item in schemas.MaskFormat) + "}",
+        help="how the JSON carries each mask (default: rle)",
+    )
+    parser.add_argument(
+        "--series",
+        action="store_true",
+        help="the PNG/JPEG/TIFF files are the slices of one volume, in order: masks get the series clean-up (3-D "
+        "blobs too small to be tumor are dropped; DICOM files are always a series)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace mask files already in --masks-dir (default: refuse)"
+    )
+    parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="[done/total] lines on stderr (default: only when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", dest="predict_verbose", help="show TensorFlow's and Keras's log"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -402,12 +444,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict, serve, pacs-sync, dicom-node, train, evaluate: show TensorFlow's and Keras's startup log",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(commands)
+    _add_predict_parser(commands)
+    _add_dicom_parsers(commands)
+    _add_hash_key_parser(commands)
+    _add_training_parsers(commands)
+    return parser
 
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve_parser = commands.add_parser("serve", help="run the HTTP service on the models in MODEL_DIR")
     serve_parser.add_argument("--host", default=None, help="default: HOST, else 127.0.0.1")
     serve_parser.add_argument("--port", type=port_number, default=None, help="default: PORT, else 8000")
     serve_parser.set_defaults(run=serve)
 
+
+def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict_parser = commands.add_parser(
         "predict",
         help="predict image files offline (JSON, a table or CSV on stdout)",
@@ -415,46 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict_parser.add_argument(
-        "files", nargs="+", metavar="FILE_OR_FOLDER", help="PNG, JPEG or TIFF slices, or the DICOM files of one series"
-    )
-    predict_parser.add_argument(
-        "--format",
-        choices=[item.value for item in PrintFormat],
-        default=PrintFormat.JSON.value,
-        help="what stdout gets (default: json)",
-    )
-    predict_parser.add_argument(
-        "--masks-dir", default=None, help="write <stem>_predicted_mask.png here for each slice with a mask"
-    )
-    predict_parser.add_argument(
-        "--mask-format",
-        type=schemas.MaskFormat,
-        default=schemas.MaskFormat.RLE,
-        metavar="{" + ",".join(item.value for item in schemas.MaskFormat) + "}",
-        help="how the JSON carries each mask (default: rle)",
-    )
-    predict_parser.add_argument(
-        "--series",
-        action="store_true",
-        help="the PNG/JPEG/TIFF files are the slices of one volume, in order: masks get the series clean-up (3-D "
-        "blobs too small to be tumor are dropped; DICOM files are always a series)",
-    )
-    predict_parser.add_argument(
-        "--overwrite", action="store_true", help="replace mask files already in --masks-dir (default: refuse)"
-    )
-    predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
-    predict_parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="[done/total] lines on stderr (default: only when stderr is a terminal)",
-    )
-    predict_parser.add_argument(
-        "--verbose", action="store_true", dest="predict_verbose", help="show TensorFlow's and Keras's log"
-    )
+    add_predict_arguments(predict_parser)
     predict_parser.set_defaults(run=predict)
 
+
+def _add_dicom_parsers(commands: argparse._SubParsersAction) -> None:
+    """pacs-sync and dicom-node, whose arguments their own modules add."""
     from app.pacs.pacs_sync import add_arguments as add_pacs_sync_arguments
 
     sync_parser = commands.add_parser(
@@ -473,10 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_dicom_node_arguments(node_parser)
     node_parser.set_defaults(run=dicom_node)
 
+
+def _add_hash_key_parser(commands: argparse._SubParsersAction) -> None:
     hash_parser = commands.add_parser("hash-key", help="print an API_KEYS_FILE line for the key on standard input")
     hash_parser.add_argument("key_id", help="the name the audit log will show for this key")
     hash_parser.set_defaults(run=hash_key_command)
 
+
+def _add_training_parsers(commands: argparse._SubParsersAction) -> None:
+    """train and evaluate: their arguments go to `training.train` and `training.evaluate` untouched (`forward`)."""
     for name, module in (("train", "training.train"), ("evaluate", "training.evaluate")):
         # Every argument after the command is the training module's, --help included: with a prefix character no
         # argument can start with, this parser takes them all as they are.
@@ -485,7 +508,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         passthrough.add_argument("arguments", nargs="*")
         passthrough.set_defaults(run=None, module=module)
-    return parser
 
 
 def forward(module_name: str, command: str, arguments: list[str], verbose: bool) -> int:
