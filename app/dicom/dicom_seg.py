@@ -140,31 +140,14 @@ def build_segmentation(
     ValueError
         If `masks` does not match `inputs` in number or in size.
     """
-    if not inputs:
-        raise SegmentationInputError("a DICOM SEG needs at least one source slice; got none")
-    if len(masks) != len(inputs):
-        raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
-    references = [slice_input.reference for slice_input in inputs]
-    _refuse_several_series(references)
-    check_sources([frame.header for frame in references], SEG, SegmentationInputError, "FLAIR slices")
-    missing = missing_plane_attributes(references)
-    if missing:
-        raise SegmentationInputError(
-            "a DICOM SEG places its frames in the patient's coordinates (the FLAIR slices have a Frame of Reference "
-            f"UID), which needs each slice's position, orientation and pixel spacing; the FLAIR slices lack "
-            f"{', '.join(missing)}"
-        )
+    references = _checked_references(inputs, masks)
     source_images, pixel_array = _source_images_and_pixels(references, masks)
     made_of = masks_digest(references, masks)
     series_instance_uid = series_instance_uid or result_uid(
         "seg-series", model_tags, result_origin, references[0].series_instance_uid, made_of
     )
-    further = _unique_headers(
-        frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
-    )
+    further = _further_source_images(inputs)
     source_images = _completed_sources(source_images, references)
-    # highdicom reads Type 2 patient/study attributes without a default: de-identified sources often lack them.
-    further = [with_type2_attributes(image) for image in further]
     segmenter_name, segmenter_version = segmenter_name_version(model_tags)
     description = _segment_description(model_tags)
     try:
@@ -194,6 +177,39 @@ def build_segmentation(
         raise SegmentationInputError(
             f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
+    return _finished(segmentation, source_images, references)
+
+
+def _checked_references(inputs: Sequence[SliceInput], masks: Sequence[np.ndarray | None]) -> list[DicomFrame]:
+    """The inputs' FLAIR frames, once they are found fit for one SEG (`build_segmentation`'s Raises)."""
+    if not inputs:
+        raise SegmentationInputError("a DICOM SEG needs at least one source slice; got none")
+    if len(masks) != len(inputs):
+        raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
+    references = [slice_input.reference for slice_input in inputs]
+    _refuse_several_series(references)
+    check_sources([frame.header for frame in references], SEG, SegmentationInputError, "FLAIR slices")
+    missing = missing_plane_attributes(references)
+    if missing:
+        raise SegmentationInputError(
+            "a DICOM SEG places its frames in the patient's coordinates (the FLAIR slices have a Frame of Reference "
+            f"UID), which needs each slice's position, orientation and pixel spacing; the FLAIR slices lack "
+            f"{', '.join(missing)}"
+        )
+    return references
+
+
+def _further_source_images(inputs: Sequence[SliceInput]) -> list[Dataset]:
+    """The pre- and post-contrast headers (each instance once), recorded as further sources of the SEG."""
+    further = _unique_headers(
+        frame for slice_input in inputs for frame in slice_input.channels if frame is not slice_input.reference
+    )
+    # highdicom reads Type 2 patient/study attributes without a default: de-identified sources often lack them.
+    return [with_type2_attributes(image) for image in further]
+
+
+def _finished(segmentation: Dataset, source_images: list[Dataset], references: Sequence[DicomFrame]) -> Dataset:
+    """highdicom's SEG with what it leaves out or gets wrong put right (in place), its values checked."""
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
     stamp_creation_times(segmentation, source_images)  # in the sources' time zone; Series Date/Time too
     if _frame_of_capture(references):
