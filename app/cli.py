@@ -391,48 +391,6 @@ def port_number(text: str) -> int:
     return port
 
 
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments and options of ``brain-tumor predict``."""
-    parser.add_argument(
-        "files", nargs="+", metavar="FILE_OR_FOLDER", help="PNG, JPEG or TIFF slices, or the DICOM files of one series"
-    )
-    parser.add_argument(
-        "--format",
-        choices=[item.value for item in PrintFormat],
-        default=PrintFormat.JSON.value,
-        help="what stdout gets (default: json)",
-    )
-    parser.add_argument(
-        "--masks-dir", default=None, help="write <stem>_predicted_mask.png here for each slice with a mask"
-    )
-    parser.add_argument(
-        "--mask-format",
-        type=schemas.MaskFormat,
-        default=schemas.MaskFormat.RLE,
-        metavar="{" + ",".join(item.value for item in schemas.MaskFormat) + "}",
-        help="how the JSON carries each mask (default: rle)",
-    )
-    parser.add_argument(
-        "--series",
-        action="store_true",
-        help="the PNG/JPEG/TIFF files are the slices of one volume, in order: masks get the series clean-up (3-D "
-        "blobs too small to be tumor are dropped; DICOM files are always a series)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace mask files already in --masks-dir (default: refuse)"
-    )
-    parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="[done/total] lines on stderr (default: only when stderr is a terminal)",
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", dest="predict_verbose", help="show TensorFlow's and Keras's log"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brain-tumor", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -467,7 +425,44 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_predict_arguments(predict_parser)
+    predict_parser.add_argument(
+        "files", nargs="+", metavar="FILE_OR_FOLDER", help="PNG, JPEG or TIFF slices, or the DICOM files of one series"
+    )
+    predict_parser.add_argument(
+        "--format",
+        choices=[item.value for item in PrintFormat],
+        default=PrintFormat.JSON.value,
+        help="what stdout gets (default: json)",
+    )
+    predict_parser.add_argument(
+        "--masks-dir", default=None, help="write <stem>_predicted_mask.png here for each slice with a mask"
+    )
+    predict_parser.add_argument(
+        "--mask-format",
+        type=schemas.MaskFormat,
+        default=schemas.MaskFormat.RLE,
+        metavar="{" + ",".join(item.value for item in schemas.MaskFormat) + "}",
+        help="how the JSON carries each mask (default: rle)",
+    )
+    predict_parser.add_argument(
+        "--series",
+        action="store_true",
+        help="the PNG/JPEG/TIFF files are the slices of one volume, in order: masks get the series clean-up (3-D "
+        "blobs too small to be tumor are dropped; DICOM files are always a series)",
+    )
+    predict_parser.add_argument(
+        "--overwrite", action="store_true", help="replace mask files already in --masks-dir (default: refuse)"
+    )
+    predict_parser.add_argument("--model-dir", default=None, help="default: MODEL_DIR, else the repository's models/")
+    predict_parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="[done/total] lines on stderr (default: only when stderr is a terminal)",
+    )
+    predict_parser.add_argument(
+        "--verbose", action="store_true", dest="predict_verbose", help="show TensorFlow's and Keras's log"
+    )
     predict_parser.set_defaults(run=predict)
 
 
