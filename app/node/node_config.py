@@ -45,30 +45,23 @@ class NodeConfig:
     receive_memory_bytes: int = _setting_default("receive_memory_bytes")
 
     def __post_init__(self) -> None:
+        # The DICOM_NODE_* values are checked by `Settings` (its field constraints) before `from_settings` passes
+        # them on, so they are not checked again here. Checked here: the AE title, with Settings' own rule, since
+        # `from_settings` takes it from an override (`dicom_node_command.main`'s arguments) and tests build a
+        # NodeConfig directly; the fields that have no setting; and how two settings relate, which only matters
+        # when the node starts.
         if not is_ae_title(self.ae_title):
             raise ValueError(f"the node's AE title: {AE_TITLE_RULE}; got {self.ae_title!r}")
-        if self.quiet_seconds <= 0 or self.poll_seconds <= 0 or self.stop_seconds < 0:
+        if self.poll_seconds <= 0 or self.stop_seconds < 0 or self.max_attempts < 1:
             raise ValueError(
-                "quiet_seconds and poll_seconds must be > 0 and stop_seconds >= 0; got "
-                f"{self.quiet_seconds}, {self.poll_seconds} and {self.stop_seconds}"
+                "poll_seconds must be > 0, stop_seconds >= 0 and max_attempts >= 1; got "
+                f"{self.poll_seconds}, {self.stop_seconds} and {self.max_attempts}"
             )
-        if self.max_associations < 1 or self.association_timeout_seconds <= 0 or self.send_timeout_seconds <= 0:
-            raise ValueError(
-                "max_associations must be >= 1, association_timeout_seconds and send_timeout_seconds > 0; got "
-                f"{self.max_associations}, {self.association_timeout_seconds} and {self.send_timeout_seconds}"
-            )
-        if self.max_associations_per_peer < 1:
-            raise ValueError(f"max_associations_per_peer must be >= 1; got {self.max_associations_per_peer}")
         if self.receive_memory_bytes < self.spool_limits.max_instance_bytes:
             raise ValueError(
                 "receive_memory_bytes (DICOM_NODE_RECEIVE_MEMORY_BYTES) must be at least max_instance_bytes "
                 f"(DICOM_NODE_MAX_INSTANCE_BYTES), or no instance that large could arrive; got "
                 f"{self.receive_memory_bytes} < {self.spool_limits.max_instance_bytes}"
-            )
-        if self.send_retries < 0 or self.send_backoff_seconds < 0 or self.max_attempts < 1:
-            raise ValueError(
-                "send_retries and send_backoff_seconds must be >= 0 and max_attempts >= 1; got "
-                f"{self.send_retries}, {self.send_backoff_seconds}, {self.max_attempts}"
             )
 
     @classmethod
