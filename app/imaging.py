@@ -35,11 +35,11 @@ from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
 from app.tiff_decoding import (
-    _as_shown,
-    _check_tiff_inflation,
-    _check_tiff_photometric,
-    _compression_name,
-    _tiff_decoder_bytes,
+    as_shown,
+    check_tiff_inflation,
+    check_tiff_photometric,
+    compression_name,
+    tiff_decoder_bytes,
 )
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
@@ -459,7 +459,7 @@ def _tiff_header(data: bytes) -> RasterHeader:
                     f"TIFF file cannot be decoded: {page.bitspersample} bits per sample of sample format "
                     f"{page.sampleformat} is not an image type"
                 )
-            _check_tiff_photometric(page)
+            check_tiff_photometric(page)
             palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE
             header = RasterHeader(
                 ImageFormat.TIFF,
@@ -468,7 +468,7 @@ def _tiff_header(data: bytes) -> RasterHeader:
                 3 if palette else int(page.samplesperpixel),  # a colour map gives R, G, B
                 1 if palette else int(page.dtype.itemsize),
                 max(1, int(page.imagedepth)),
-                _tiff_decoder_bytes(page),
+                tiff_decoder_bytes(page),
             )
     except ServiceError:
         raise
@@ -485,16 +485,16 @@ def _decode_tiff(data: bytes) -> np.ndarray:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
             axes = page.axes
-            bounded = _check_tiff_inflation(data, page)
+            bounded = check_tiff_inflation(data, page)
             try:
                 if not bounded:
                     raise ValueError(f"compression {page.compression} has no bounded decoder without imagecodecs")
-                array = _as_shown(page.asarray(), page)
+                array = as_shown(page.asarray(), page)
             except Exception as error:
                 array = _decode_with_opencv(data)
                 if array is None:  # tifffile's reason may be a package it lacks: the file's own fault is said
                     raise UndecodableImageError(
-                        f"TIFF file cannot be decoded: its {_compression_name(page.compression)} image data is damaged "
+                        f"TIFF file cannot be decoded: its {compression_name(page.compression)} image data is damaged "
                         "or in a form no decoder here reads"
                     ) from error
                 axes = "YXS" if array.ndim == 3 else "YX"

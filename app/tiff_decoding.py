@@ -1,7 +1,7 @@
-"""The TIFF specifics of `app.imaging`'s decoding: which colour models are read (`_check_tiff_photometric`), what
-tifffile's decoder holds besides its output (`_tiff_decoder_bytes`), raw samples turned as a viewer shows them
-(`_as_shown`), and the bounded inflation check that keeps a compressed strip from inflating past its declared size
-(`_check_tiff_inflation`). `app.imaging._tiff_header` and `_decode_tiff` use them. Failures are
+"""The TIFF specifics of `app.imaging`'s decoding: which colour models are read (`check_tiff_photometric`), what
+tifffile's decoder holds besides its output (`tiff_decoder_bytes`), raw samples turned as a viewer shows them
+(`as_shown`), and the bounded inflation check that keeps a compressed strip from inflating past its declared size
+(`check_tiff_inflation`). `app.imaging._tiff_header` and `_decode_tiff` use them. Failures are
 `app.errors.ServiceError`s; nothing here logs.
 """
 
@@ -27,7 +27,7 @@ _TIFF_PHOTOMETRICS = {
 _TIFF_JPEG_COMPRESSIONS = {6, 7}  # old-style and new-style JPEG
 
 
-def _check_tiff_photometric(page: tifffile.TiffPage) -> None:
+def check_tiff_photometric(page: tifffile.TiffPage) -> None:
     """Refuse a TIFF colour model this service would read as raw samples (CMYK, YCbCr uncompressed, CIELab ...):
     its pixels are not the image a viewer shows."""
     photometric = page.photometric
@@ -48,7 +48,7 @@ def _check_tiff_photometric(page: tifffile.TiffPage) -> None:
 _PACKBITS_FALLBACK_BYTES_PER_BYTE = 9
 
 
-def _tiff_decoder_bytes(page: tifffile.TiffPage) -> int:
+def tiff_decoder_bytes(page: tifffile.TiffPage) -> int:
     """Memory the decoder of `page` holds besides its output: large only for tifffile's PackBits fallback."""
     codec = tifffile.TIFF.DECOMPRESSORS.get(page.compression) if page.compression == 32773 else None
     if codec is None or getattr(codec, "__module__", "") != "tifffile._imagecodecs":
@@ -56,7 +56,7 @@ def _tiff_decoder_bytes(page: tifffile.TiffPage) -> int:
     return _PACKBITS_FALLBACK_BYTES_PER_BYTE * math.prod(page.chunks) * page.dtype.itemsize
 
 
-def _compression_name(code: int) -> str:
+def compression_name(code: int) -> str:
     """A TIFF compression as the standard names it (JPEG, LZW...), for a message."""
     try:
         return f"{tifffile.COMPRESSION(code).name}-compressed"
@@ -64,7 +64,7 @@ def _compression_name(code: int) -> str:
         return "compressed"
 
 
-def _as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
+def as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
     """tifffile's raw samples as a viewer shows them (OpenCV's libtiff does this itself): a palette's indices
     looked up in its colour map (16-bit colours cut to 8 bits, or taken as 8-bit when every one is under 256, as
     libtiff guesses), MinIsWhite turned so that brighter is higher again (any order-reversing map will do: deeper
@@ -81,7 +81,7 @@ def _as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
 _TIFF_SEGMENT_SLACK = 1 << 20
 
 
-def _check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> bool:
+def check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> bool:
     """Refuse a TIFF whose compressed strip or tile inflates to more than the header declares.
 
     Why: the memory budget (`RasterHeader.cost_bytes`) trusts the header, but without imagecodecs tifffile inflates
