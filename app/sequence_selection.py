@@ -47,7 +47,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from app.sequence_rules import SelectionRules
-from app.series_info import SeriesInfo, _planes
+from app.series_info import SeriesInfo, slice_planes
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -265,7 +265,7 @@ def select_sequences(datasets: Iterable[Dataset], rules: SelectionRules | None =
     for dataset in datasets:
         uid = str(dataset.get("SeriesInstanceUID", ""))
         first_of_series.setdefault(uid, dataset)
-        planes[uid] = planes.get(uid, frozenset()) | _planes(dataset)
+        planes[uid] = planes.get(uid, frozenset()) | slice_planes(dataset)
     infos = sorted(
         (replace(SeriesInfo.from_dataset(dataset), planes=planes[uid]) for uid, dataset in first_of_series.items()),
         key=SeriesInfo.sort_key,

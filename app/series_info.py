@@ -68,7 +68,7 @@ class SeriesInfo:
             tilt_degrees=orientation[1] if orientation else None,
             image_type=_upper_values(dataset.get("ImageType")),
             sequence_variant=_sequence_variant(dataset),
-            planes=_planes(dataset),
+            planes=slice_planes(dataset),
         )
 
     @property
@@ -105,7 +105,7 @@ def _orientation(orientation: object) -> tuple[str, float] | None:
         return None
 
 
-def _planes(dataset: Dataset) -> frozenset[str]:
+def slice_planes(dataset: Dataset) -> frozenset[str]:
     """The planes of a dataset's slices: its Image Orientation (Patient), or each frame's in an enhanced object."""
     orientations = [dataset.get("ImageOrientationPatient")]
     groups = [*_items(dataset.get("SharedFunctionalGroupsSequence"))[:1]]
