@@ -84,6 +84,22 @@ def conformance_statement() -> str:
     """The statement as Markdown."""
     ae = AE()  # pynetdicom's defaults, which the node keeps
     lines = [
+        *_title(),
+        *_implementation(ae),
+        *_network_services(),
+        *_association_acceptance(ae),
+        *_presentation_contexts_accepted(),
+        *_c_store_scp(),
+        *_association_initiation(),
+        *_objects_created(),
+        *_security(),
+    ]
+    return "\n".join(_reflowed(lines)) + "\n"
+
+
+def _title() -> list[str]:
+    """The title and what the statement is."""
+    return [
         "# DICOM conformance statement: `brain-tumor dicom-node`",
         "",
         "Written by `python -m app.node.dicom_conformance_statement` from the node's tables",
@@ -92,6 +108,12 @@ def conformance_statement() -> str:
         "and refuses what it says. Research use only: the results are unverified machine output and no clinical",
         "device.",
         "",
+    ]
+
+
+def _implementation(ae: AE) -> list[str]:
+    """Section 1: the toolkit and the one Application Entity."""
+    return [
         "## 1. Implementation",
         "",
         f"- Manufacturer (in the results): `{MANUFACTURER}`; DICOM toolkit: pynetdicom (Implementation Class UID",
@@ -101,6 +123,12 @@ def conformance_statement() -> str:
         f"  `{_default('dicom_node_host')}`). It stores MR studies sent to it, analyses each once it is complete, and",
         "  sends a segmentation (SEG) and a volume report (SR) to the configured destinations.",
         "",
+    ]
+
+
+def _network_services() -> list[str]:
+    """Section 2: the SOP classes and the role the node takes in each."""
+    return [
         "## 2. Network services",
         "",
         *_table(
@@ -116,6 +144,12 @@ def conformance_statement() -> str:
             ],
         ),
         "",
+    ]
+
+
+def _association_acceptance(ae: AE) -> list[str]:
+    """Section 3: which associations the node accepts, and its limits."""
+    return [
         "## 3. Association acceptance (SCP)",
         "",
         "- The called AE title must be the node's; when `DICOM_NODE_ALLOWED_CALLING_AE_TITLES` is set, the calling AE",
@@ -132,6 +166,12 @@ def conformance_statement() -> str:
         "  association request, an idle association, a PDU that does not arrive whole) is closed.",
         "- Asynchronous operations and extended negotiation: not supported. Role selection: SCP only.",
         "",
+    ]
+
+
+def _presentation_contexts_accepted() -> list[str]:
+    """Section 3: the classes and transfer syntaxes accepted, and what is accepted but not kept."""
+    return [
         "### Presentation contexts accepted",
         "",
         "Storage classes the node reads, in these transfer syntaxes (the first, uncompressed ones preferred):",
@@ -160,6 +200,12 @@ def conformance_statement() -> str:
         "node reads (over 250,000 reads of its header, about 100,000 elements: an Enhanced MR of thousands of",
         "frames), so that a whole study's send does not fail for it.",
         "",
+    ]
+
+
+def _c_store_scp() -> list[str]:
+    """Section 3: what the node does with an instance, and the statuses it answers."""
+    return [
         "### C-STORE SCP",
         "",
         "Each instance is written to the spool (`DICOM_NODE_SPOOL_DIR`) and flushed to disk before Success is",
@@ -196,6 +242,12 @@ def conformance_statement() -> str:
         "re-compression changes pixel values) is analysed again, its new results superseding the earlier ones",
         "(below).",
         "",
+    ]
+
+
+def _association_initiation() -> list[str]:
+    """Section 4: how the results are sent to the destinations."""
+    return [
         "## 4. Association initiation (SCU)",
         "",
         "The results go to each destination in `DICOM_NODE_DESTINATIONS` (`AE@host:port`), the calling AE title",
@@ -212,6 +264,12 @@ def conformance_statement() -> str:
         "Results a destination has not yet received when a later analysis of the study supersedes them are not",
         "sent to it: it gets the later results only.",
         "",
+    ]
+
+
+def _objects_created() -> list[str]:
+    """Section 5: the SEG and the SR the node makes."""
+    return [
         "## 5. Objects created",
         "",
         "Both are in the source study (its patient and study attributes copied, Specific Character Set derived from",
@@ -229,6 +287,12 @@ def conformance_statement() -> str:
         "  and it and its SEG have UIDs of their own (the same findings as an older run make new objects); both carry",
         "  Series Date and Time.",
         "",
+    ]
+
+
+def _security() -> list[str]:
+    """Section 6: what the node does not protect against."""
+    return [
         "## 6. Security",
         "",
         "No TLS and no user identity negotiation: make the node reachable only from the senders it serves (a firewall",
@@ -239,7 +303,6 @@ def conformance_statement() -> str:
         "queue of studies up to the limits above. Logs name studies by a hash, never by patient attributes.",
         "",
     ]
-    return "\n".join(_reflowed(lines)) + "\n"
 
 
 if __name__ == "__main__":
