@@ -34,6 +34,31 @@ def value(text: str, name: str, **labels: str) -> float:
     return float(match.group(1))
 
 
+def scrapes_between_two_passes(session: CannedSession) -> list[str]:
+    """Run pacs-sync on the canned Orthanc answers with its metrics served, and scrape them after each of the first
+    two passes (when it sleeps until the next)."""
+    metrics = PacsSyncMetrics()
+    port = free_port()
+    stop = serve_metrics(metrics.registry, "127.0.0.1", port)
+    scrapes: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        if seconds == CONFIG.poll_seconds:  # between passes: what a scrape sees then
+            scrapes.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+            if len(scrapes) == 2:
+                raise StopSync
+
+    try:
+        client = OrthancClient(CONFIG, session=session, sleep=sleep)
+        with pytest.raises(StopSync):
+            run_pacs_sync(
+                CONFIG, NegativePredictor(), client=client, sleep=sleep, clock=lambda: 1000.0, metrics=metrics
+            )  # type: ignore[arg-type]
+    finally:
+        stop()
+    return scrapes
+
+
 def test_metrics_count_passes_their_failures_and_studies_by_outcome() -> None:
     changes = [
         {"ChangeType": "StableSeries", "ResourceType": "Series", "ID": f"series-{index}", "Seq": index + 1}
@@ -60,25 +85,7 @@ def test_metrics_count_passes_their_failures_and_studies_by_outcome() -> None:
         answers[f"PUT /studies/{study}/metadata/{SYNC_METADATA}"] = [json_answer({})]
     answers[f"GET /studies/{STUDIES[0]}/series"] = [HTML_PAGE]  # fails, retried later
     answers[f"GET /studies/{STUDIES[1]}/series"] = [json_answer([])]  # no MR series: not analysed
-    metrics = PacsSyncMetrics()
-    port = free_port()
-    stop = serve_metrics(metrics.registry, "127.0.0.1", port)
-    scrapes: list[str] = []
-
-    def sleep(seconds: float) -> None:
-        if seconds == CONFIG.poll_seconds:  # between passes: what a scrape sees then
-            scrapes.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
-            if len(scrapes) == 2:
-                raise StopSync
-
-    try:
-        client = OrthancClient(CONFIG, session=CannedSession(answers), sleep=sleep)
-        with pytest.raises(StopSync):
-            run_pacs_sync(
-                CONFIG, NegativePredictor(), client=client, sleep=sleep, clock=lambda: 1000.0, metrics=metrics
-            )  # type: ignore[arg-type]
-    finally:
-        stop()
+    scrapes = scrapes_between_two_passes(CannedSession(answers))
 
     failed, second = scrapes
     assert value(failed, "brain_tumor_pacs_sync_passes_total") == 1
@@ -118,26 +125,8 @@ def test_metrics_show_how_many_changes_pacs_sync_is_behind() -> None:
         "GET /changes": [page(1, 100, False), HTML_PAGE, HTML_PAGE, page(101, 250, True)],
         "GET /changes?last": [json_answer({"Changes": [], "Done": True, "Last": 250})],
     }
-    metrics = PacsSyncMetrics()
-    port = free_port()
-    stop = serve_metrics(metrics.registry, "127.0.0.1", port)
-    scrapes: list[str] = []
-
-    def sleep(seconds: float) -> None:
-        if seconds == CONFIG.poll_seconds:
-            scrapes.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
-            if len(scrapes) == 2:
-                raise StopSync
-
     session = CannedSession(answers)
-    try:
-        client = OrthancClient(CONFIG, session=session, sleep=sleep)
-        with pytest.raises(StopSync):
-            run_pacs_sync(
-                CONFIG, NegativePredictor(), client=client, sleep=sleep, clock=lambda: 1000.0, metrics=metrics
-            )  # type: ignore[arg-type]
-    finally:
-        stop()
+    scrapes = scrapes_between_two_passes(session)
 
     cut_off, caught_up = scrapes
     assert value(cut_off, "brain_tumor_pacs_sync_failed_passes_total") == 1
