@@ -145,6 +145,14 @@ class Settings(BaseSettings):
     pacs_poll_seconds: float = Field(
         default=30.0, gt=0, le=DAY_SECONDS, description="pacs-sync: pause between passes (at most a day)"
     )
+    pacs_stable_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=DAY_SECONDS,
+        description="pacs-sync: a study is analysed only once its last instance is this old by Orthanc's clock, as "
+        "well as stable by Orthanc (0: Orthanc's word alone); set it to Orthanc's StableAge: Orthanc forgets at a "
+        "restart which studies were still receiving",
+    )
     pacs_state_file: Path | None = Field(
         default=Path("pacs-sync-state.json"),
         description="pacs-sync: where the last Orthanc change handled is kept, so a restart resumes there (empty: in "

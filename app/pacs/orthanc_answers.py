@@ -5,6 +5,7 @@ quoting the body (it may hold patient data)."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, TypeVar
 
 import requests
@@ -95,3 +96,8 @@ def _json_kind(value: Any) -> str:
     if kind is type(None):
         return "null"
     return names.get(kind, "a number" if kind is float else kind.__name__)
+
+
+def orthanc_time(text: str) -> datetime:
+    """A time as Orthanc writes it (``LastUpdate``, ``/tools/now``: ``20261204T135351``, UTC); ValueError if not."""
+    return datetime.strptime(text.strip(), "%Y%m%dT%H%M%S")

@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -31,6 +32,7 @@ from app.pacs.orthanc_answers import (
     json_body,
     json_object,
     orthanc_status,
+    orthanc_time,
     series_in_study,
     series_list,
     with_id,
@@ -86,6 +88,15 @@ class OrthancClient:
         """The number of the latest change in Orthanc's log (``/changes?last``): a page of `changes` that is not the
         last says only where it ends."""
         return int(self._json("GET", "/changes", changes_page, params={"last": ""})["Last"])
+
+    def now(self) -> datetime:
+        """Orthanc's clock (``/tools/now``, UTC, the form of its ``LastUpdate``), so that an age is measured on one
+        clock whatever this machine's says."""
+        text = self._request("GET", "/tools/now").text.strip()
+        try:
+            return orthanc_time(text)
+        except ValueError as error:
+            raise OrthancAnswerError("GET /tools/now answered no time in Orthanc's form (YYYYMMDDTHHMMSS)") from error
 
     def series(self, series_id: str) -> dict[str, Any] | None:
         """A series (ID, Instances, MainDicomTags, ParentStudy), or None once it is deleted."""

@@ -42,6 +42,7 @@ from typing import Any
 from app.errors import error_body
 from app.inference import Predictor
 from app.metrics import MetricsServerError, serve_metrics
+from app.pacs.orthanc_answers import orthanc_time
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import OrthancError
 from app.pacs.pacs_study import StudySync
@@ -182,7 +183,8 @@ def _process_once_stable(
     StableAge (``IsStable`` false): then the study is looked at again at the next pass, as it came (a change, through
     `SyncState.receiving`, or a retry), which the state file keeps over a restart. An Orthanc that does not say, or a
     study deleted meanwhile, counts as stable (`process` handles the latter). The study read here is handed to
-    `process`, which does not read it again."""
+    `process`, which does not read it again. With `PacsSyncConfig.stable_seconds`, a study whose last instance is
+    younger than that by Orthanc's clock waits the same way, whatever ``IsStable`` says (`_updated_lately`)."""
     client = studies.client
     study = None
     if client.config.require_stable:
@@ -190,11 +192,26 @@ def _process_once_stable(
             study = client.study(study_id)
         except Exception:  # noqa: BLE001 - Orthanc down or answering nonsense: `process` meets it, logs and retries
             study = None
-        if study is not None and study.get("IsStable") is False:
+        if study is not None and (study.get("IsStable") is False or _updated_lately(client, study)):
             schedule = state.retries if retry else state.receiving
             schedule[study_id] = studies.clock() + client.config.poll_seconds
             return
     report.count(studies.process(study_id, state, retry=retry, study=study))
+
+
+def _updated_lately(client: OrthancClient, study: dict[str, Any]) -> bool:
+    """Whether the study's last instance came within `PacsSyncConfig.stable_seconds` by Orthanc's clock. A study
+    without a ``LastUpdate`` in Orthanc's form, `stable_seconds` 0, or an Orthanc that does not tell its time: not
+    (``IsStable`` decides alone, as before)."""
+    seconds = client.config.stable_seconds
+    if not seconds:
+        return False
+    try:
+        updated = orthanc_time(str(study.get("LastUpdate", "")))
+        now = client.now()
+    except Exception:  # noqa: BLE001 - no time to compare: `process` meets an Orthanc that is down, and logs it
+        return False
+    return (now - updated).total_seconds() < seconds
 
 
 def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, looked_at: set[str]) -> None:
@@ -356,6 +373,7 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> PacsSyncCo
         poll_seconds=args.poll_seconds if args.poll_seconds is not None else settings.pacs_poll_seconds,
         max_attempts=settings.pacs_max_attempts,
         retry_seconds=settings.pacs_retry_seconds,
+        stable_seconds=settings.pacs_stable_seconds,
         max_dicom_pixels=settings.max_dicom_pixels,
         # A study the service could not decode is not fetched; each file has its own limit, as in the DICOM node.
         max_instance_bytes=settings.pacs_max_instance_bytes,

@@ -61,6 +61,10 @@ class PacsSyncConfig:
         Process a study only on Orthanc's ``StableSeries`` changes (no new instance for its StableAge), so a SEG never
         covers half a series, and only once Orthanc calls the whole study stable, so a study sent whole is not
         analysed on its FLAIR before its T1 series arrive; without it, also on each ``NewInstance``.
+    stable_seconds
+        With `require_stable`, how old by Orthanc's clock (``/tools/now``) a study's last instance (``LastUpdate``)
+        must be as well (PACS_STABLE_SECONDS; 0: ``IsStable`` alone). Orthanc keeps which studies are still receiving
+        in memory only: right after its restart it calls one that was stable, and pacs-sync analysed half a study.
     selection_rules
         Which series are FLAIR and T1 (`app.sequence_selection`).
     """
@@ -82,6 +86,7 @@ class PacsSyncConfig:
     max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES
     batch_size: int = Settings.model_fields["inference_batch_size"].default
     require_stable: bool = True
+    stable_seconds: float = Settings.model_fields["pacs_stable_seconds"].default
     selection_rules: SelectionRules = field(default_factory=SelectionRules)
 
     def __post_init__(self) -> None:
@@ -105,6 +110,8 @@ class PacsSyncConfig:
                 f"poll_seconds must be a positive number of seconds, at most a day ({DAY_SECONDS:g}); "
                 f"got {self.poll_seconds}"
             )
+        if not 0 <= self.stable_seconds <= DAY_SECONDS:
+            raise ValueError(f"stable_seconds must be 0 to a day ({DAY_SECONDS:g}); got {self.stable_seconds}")
         if self.max_attempts < 1 or self.retry_seconds < 0:
             raise ValueError(
                 f"max_attempts must be >= 1 and retry_seconds >= 0; got {self.max_attempts}, {self.retry_seconds}"

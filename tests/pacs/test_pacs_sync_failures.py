@@ -12,6 +12,7 @@ import requests
 
 from app.inference import Predictor
 from app.pacs import pacs_sync
+from app.pacs.orthanc_answers import orthanc_time
 from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
 from app.pacs.pacs_sync_state import SyncState
@@ -183,6 +184,18 @@ def test_orthanc_client_reads_the_latest_change_a_page_does_not_say(orthanc: Ort
 
     assert not first["Done"] and first["Last"] == 1
     assert client.last_change() == orthanc.last_change() > 1
+
+
+def test_orthanc_client_reads_orthancs_clock_in_the_form_of_last_update(orthanc: Orthanc, tmp_path: Path) -> None:
+    """PACS_STABLE_SECONDS compares a study's ``LastUpdate`` with Orthanc's own clock, so both must read alike."""
+    orthanc.upload(mr_series(tumor_channels()))
+    client = OrthancClient(config_for(orthanc, tmp_path / "state.json"))
+    studies = [orthanc.get(f"/studies/{study_id}") for study_id in orthanc.get("/studies")]
+
+    updated = max(orthanc_time(study["LastUpdate"]) for study in studies)  # the one just uploaded
+    age = (client.now() - updated).total_seconds()
+
+    assert 0 <= age < 60
 
 
 def test_orthanc_client_retries_network_errors_with_backoff(orthanc: Orthanc, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,10 +139,10 @@ def test_an_unreachable_orthanc_is_named_without_the_credentials_of_its_url() ->
     assert "s3cret" not in str(raised.value) and raised.value.status is None
 
 
-def studies_on_a_clock(session: CannedSession, now: list[float]) -> StudySync:
+def studies_on_a_clock(session: CannedSession, now: list[float], config: PacsSyncConfig = CONFIG) -> StudySync:
     """A `StudySync` on the canned Orthanc whose clock reads `now[0]`, which the test moves."""
     return StudySync(
-        OrthancClient(CONFIG, session=session),
+        OrthancClient(config, session=session),
         ModelStudyProcessor(NegativePredictor()),  # type: ignore[arg-type]
         clock=lambda: now[0],
     )
@@ -177,6 +178,34 @@ def test_a_series_stable_in_a_study_still_receiving_waits_for_the_study() -> Non
     assert sync_once(studies, state) == SyncReport(not_analysed=1)
     assert record_writes not in session.calls[:-1] and session.calls.count(record_writes) == 1
     assert state.retries == state.receiving == {}
+
+
+def test_a_study_orthanc_calls_stable_right_after_its_restart_waits_for_its_last_instance_to_age() -> None:
+    """Operations review 32: Orthanc keeps which studies are still receiving in memory only, and calls such a study
+    stable as soon as it restarts: pacs-sync analysed half a study. With PACS_STABLE_SECONDS, the study's last
+    instance must also be that old by Orthanc's clock (``LastUpdate`` against ``/tools/now``)."""
+    flair = {"ID": "s1", "Instances": ["i"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+    page = {"Changes": [stable_series("s1", 1)], "Done": True, "Last": 1}
+    study = json_answer({"ID": "st1", "IsStable": True, "LastUpdate": "20261204T120000"})  # as after the restart
+    answers = {
+        "GET /changes": [json_answer(page), json_answer({"Changes": [], "Done": True, "Last": 1})],
+        "GET /series/s1": [json_answer(flair)],
+        "GET /studies/st1": [study, study],
+        "GET /tools/now": [(200, "text/plain", b"20261204T120010"), (200, "text/plain", b"20261204T120100")],
+        # an MR series without instances: nothing to analyse, only the record is written
+        "GET /studies/st1/series": [json_answer([flair | {"Instances": []}])],
+        f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({})],
+    }
+    session = CannedSession(answers)
+    now = [1000.0]
+    studies = studies_on_a_clock(session, now, replace(CONFIG, stable_seconds=60.0))
+    state = SyncState()
+
+    assert sync_once(studies, state) == SyncReport()  # its last instance came 10 s ago: looked at again later
+    assert state.receiving == {"st1": 1000.0 + CONFIG.poll_seconds}
+    now[0] += CONFIG.poll_seconds
+    assert sync_once(studies, state) == SyncReport(not_analysed=1)  # 60 s old by Orthanc's clock
+    assert state.receiving == {}
 
 
 def test_a_pass_reads_each_study_it_looks_at_once() -> None:
