@@ -114,8 +114,19 @@ def bbox_of(mask: np.ndarray) -> list[int] | None:
 
 def sample_value(exposition: str, sample: str, **labels: str) -> float:
     """Value of the Prometheus sample named `sample` whose labels include `labels`; 0 when there is none."""
+    found = _sample_values(exposition, sample, labels)
+    return next(found, 0.0)
+
+
+def required_sample_value(exposition: str, sample: str, **labels: str) -> float:
+    """As `sample_value`, but the sample must be there: a metric that is missing fails the test, not reads 0."""
+    found = next(_sample_values(exposition, sample, labels), None)
+    assert found is not None, f"{sample} {labels} not in the metrics"
+    return found
+
+
+def _sample_values(exposition: str, sample: str, labels: dict[str, str]) -> Iterator[float]:
     for family in text_string_to_metric_families(exposition):
         for item in family.samples:
             if item.name == sample and all(item.labels.get(key) == value for key, value in labels.items()):
-                return item.value
-    return 0.0
+                yield item.value

@@ -3,7 +3,6 @@ scraped over HTTP while a study is received, analysed and sent (or not sent)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from app.metrics import serve_metrics
 from app.node.dicom_spool import SpoolLimits
 from app.release import service_version
+from tests.api.service_client import required_sample_value
 from tests.dicom.builders import mr_series, tumor_channels, write_files
 from tests.node.node_support import (
     QUIET_SECONDS,
@@ -41,15 +41,6 @@ def scrape() -> Iterator[Any]:
         stop()
 
 
-def value(text: str, name: str, **labels: str) -> float:
-    """The sample `name{labels}` of an exposition text."""
-    wanted = ",".join(f'{key}="{label}"' for key, label in labels.items())
-    pattern = re.escape(name + (f"{{{wanted}}}" if wanted else "")) + r" (\S+)"
-    match = re.search(rf"^{pattern}$", text, re.MULTILINE)
-    assert match is not None, f"{name} {labels} not in the metrics"
-    return float(match.group(1))
-
-
 def assert_no_study_values(text: str, series: list[Any]) -> None:
     for dataset in series:
         for uid in (dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID):
@@ -65,31 +56,31 @@ def test_metrics_follow_a_study_from_receiving_to_sending(
     metrics = scrape(node)
     destination = f"{RESULTS_AE}@127.0.0.1:{results.port}"
     before = metrics()
-    assert value(before, "brain_tumor_node_instances_received_total") == 0
-    assert value(before, "brain_tumor_node_last_pass_timestamp_seconds") == 0
-    assert value(before, "brain_tumor_node_results_sent_total", destination=destination) == 0
+    assert required_sample_value(before, "brain_tumor_node_instances_received_total") == 0
+    assert required_sample_value(before, "brain_tumor_node_last_pass_timestamp_seconds") == 0
+    assert required_sample_value(before, "brain_tumor_node_results_sent_total", destination=destination) == 0
     assert "process_start_time_seconds" in before
-    assert value(before, "brain_tumor_build_info", version=service_version()) == 1  # which release runs
+    assert required_sample_value(before, "brain_tumor_build_info", version=service_version()) == 1  # which release runs
     assert "_created" not in before
 
     series = mr_series(tumor_channels())
     assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
     received = metrics()
-    assert value(received, "brain_tumor_node_instances_received_total") == 3
-    assert value(received, "brain_tumor_node_studies_pending") == 1
-    assert value(received, "brain_tumor_node_spool_bytes") > 0
+    assert required_sample_value(received, "brain_tumor_node_instances_received_total") == 3
+    assert required_sample_value(received, "brain_tumor_node_studies_pending") == 1
+    assert required_sample_value(received, "brain_tumor_node_spool_bytes") > 0
 
     clock.advance(QUIET_SECONDS)
     assert len(process_and_send(node)) == 1
     done = metrics()
-    assert value(done, "brain_tumor_node_studies_analysed_total", outcome="positive") == 1
-    assert value(done, "brain_tumor_node_studies_analysed_total", outcome="failed") == 0
-    assert value(done, "brain_tumor_node_studies_pending") == 0
-    assert value(done, "brain_tumor_node_studies_unsent") == 0
-    assert value(done, "brain_tumor_node_results_sent_total", destination=destination) == 1
-    assert value(done, "brain_tumor_node_send_failures_total", destination=destination) == 0
-    assert value(done, "brain_tumor_node_last_pass_timestamp_seconds") == clock.now
-    assert value(done, "brain_tumor_node_instances_refused_total", reason="invalid_instance") == 0
+    assert required_sample_value(done, "brain_tumor_node_studies_analysed_total", outcome="positive") == 1
+    assert required_sample_value(done, "brain_tumor_node_studies_analysed_total", outcome="failed") == 0
+    assert required_sample_value(done, "brain_tumor_node_studies_pending") == 0
+    assert required_sample_value(done, "brain_tumor_node_studies_unsent") == 0
+    assert required_sample_value(done, "brain_tumor_node_results_sent_total", destination=destination) == 1
+    assert required_sample_value(done, "brain_tumor_node_send_failures_total", destination=destination) == 0
+    assert required_sample_value(done, "brain_tumor_node_last_pass_timestamp_seconds") == clock.now
+    assert required_sample_value(done, "brain_tumor_node_instances_refused_total", reason="invalid_instance") == 0
     assert_no_study_values(done, series)
     assert_no_study_values(done, results.received)
 
@@ -105,9 +96,9 @@ def test_metrics_show_results_that_cannot_be_sent(make_node: Any, clock: Clock, 
 
     text = metrics()
     destination = f"{RESULTS_AE}@127.0.0.1:{port}"
-    assert value(text, "brain_tumor_node_send_failures_total", destination=destination) == 1
-    assert value(text, "brain_tumor_node_results_sent_total", destination=destination) == 0
-    assert value(text, "brain_tumor_node_studies_unsent") == 1
+    assert required_sample_value(text, "brain_tumor_node_send_failures_total", destination=destination) == 1
+    assert required_sample_value(text, "brain_tumor_node_results_sent_total", destination=destination) == 0
+    assert required_sample_value(text, "brain_tumor_node_studies_unsent") == 1
     assert_no_study_values(text, series)
 
 
@@ -120,12 +111,14 @@ def test_the_age_of_results_not_delivered_grows_until_they_are(
     series = mr_series(tumor_channels())
     assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
-    assert value(metrics(), "brain_tumor_node_oldest_unsent_result_age_seconds") == 0  # received, nothing made yet
+    assert (
+        required_sample_value(metrics(), "brain_tumor_node_oldest_unsent_result_age_seconds") == 0
+    )  # received, nothing made yet
 
     process_and_send(node)  # analysed; the destination refuses the connection
     clock.advance(600)
     text = metrics()
-    assert value(text, "brain_tumor_node_oldest_unsent_result_age_seconds") == pytest.approx(600)
+    assert required_sample_value(text, "brain_tumor_node_oldest_unsent_result_age_seconds") == pytest.approx(600)
     assert_no_study_values(text, series)
 
     destination = ResultStore(port)  # the destination comes back
@@ -136,8 +129,8 @@ def test_the_age_of_results_not_delivered_grows_until_they_are(
         assert len(destination.received) == 2  # the SEG and the SR
     finally:
         destination.close()
-    assert value(text, "brain_tumor_node_oldest_unsent_result_age_seconds") == 0
-    assert value(text, "brain_tumor_node_studies_unsent") == 0
+    assert required_sample_value(text, "brain_tumor_node_oldest_unsent_result_age_seconds") == 0
+    assert required_sample_value(text, "brain_tumor_node_studies_unsent") == 0
 
 
 @pytest.mark.parametrize(
@@ -156,8 +149,10 @@ def test_a_refused_instance_is_counted_by_a_fixed_reason(
     storescu(node, write_files(series, tmp_path / "in"))
 
     text = metrics()
-    assert value(text, "brain_tumor_node_instances_received_total") == kept
-    assert value(text, "brain_tumor_node_instances_refused_total", reason=reason) == 1  # storescu stops there
+    assert required_sample_value(text, "brain_tumor_node_instances_received_total") == kept
+    assert (
+        required_sample_value(text, "brain_tumor_node_instances_refused_total", reason=reason) == 1
+    )  # storescu stops there
     refused = [line for line in text.splitlines() if line.startswith("brain_tumor_node_instances_refused_total{")]
     assert len(refused) == 6  # the fixed vocabulary, never the Error Comment's free text
     assert_no_study_values(text, series)
@@ -176,5 +171,10 @@ def test_results_dropped_at_a_restart_are_counted_for_their_destination(
     restarted = make_node()  # DICOM_NODE_DESTINATIONS changed: the results waiting for `gone` are dropped
     text = scrape(restarted)()
 
-    assert value(text, "brain_tumor_node_results_dropped_total", destination=f"{RESULTS_AE}@127.0.0.1:{gone}") == 1
-    assert value(text, "brain_tumor_node_studies_unsent") == 0
+    assert (
+        required_sample_value(
+            text, "brain_tumor_node_results_dropped_total", destination=f"{RESULTS_AE}@127.0.0.1:{gone}"
+        )
+        == 1
+    )
+    assert required_sample_value(text, "brain_tumor_node_studies_unsent") == 0

@@ -3,8 +3,6 @@ over HTTP between the passes of a sync on a stand-in Orthanc (canned answers).""
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
 
@@ -14,6 +12,7 @@ from app.pacs.pacs_sync import run_pacs_sync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_metrics import PacsSyncMetrics
 from app.release import service_version
+from tests.api.service_client import required_sample_value
 from tests.node.node_support import free_port
 from tests.pacs.pacs_sync_support import HTML_PAGE, CannedSession, NegativePredictor, json_answer
 
@@ -24,14 +23,6 @@ STUDIES = ("5c1a7d0e-94b1c2d3-7e8f9a0b-1c2d3e4f-5a6b7c8d", "6d2b8e1f-a5c2d3e4-8f
 
 class StopSync(Exception):
     """Raised by the test's sleep to end a sync that runs until interrupted."""
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{label}"' for key, label in labels.items())
-    pattern = re.escape(name + (f"{{{wanted}}}" if wanted else "")) + r" (\S+)"
-    match = re.search(rf"^{pattern}$", text, re.MULTILINE)
-    assert match is not None, f"{name} {labels} not in the metrics"
-    return float(match.group(1))
 
 
 def scrapes_between_two_passes(session: CannedSession) -> list[str]:
@@ -88,22 +79,22 @@ def test_metrics_count_passes_their_failures_and_studies_by_outcome() -> None:
     scrapes = scrapes_between_two_passes(CannedSession(answers))
 
     failed, second = scrapes
-    assert value(failed, "brain_tumor_pacs_sync_passes_total") == 1
-    assert value(failed, "brain_tumor_pacs_sync_failed_passes_total") == 1
-    assert value(failed, "brain_tumor_pacs_sync_last_success_timestamp_seconds") == 0
-    assert value(failed, "brain_tumor_pacs_sync_last_change") == 0
+    assert required_sample_value(failed, "brain_tumor_pacs_sync_passes_total") == 1
+    assert required_sample_value(failed, "brain_tumor_pacs_sync_failed_passes_total") == 1
+    assert required_sample_value(failed, "brain_tumor_pacs_sync_last_success_timestamp_seconds") == 0
+    assert required_sample_value(failed, "brain_tumor_pacs_sync_last_change") == 0
 
-    assert value(second, "brain_tumor_pacs_sync_passes_total") == 2
-    assert value(second, "brain_tumor_pacs_sync_failed_passes_total") == 1
-    assert value(second, "brain_tumor_pacs_sync_studies_total", outcome="failed") == 1
-    assert value(second, "brain_tumor_pacs_sync_studies_total", outcome="not_analysed") == 1
-    assert value(second, "brain_tumor_pacs_sync_studies_total", outcome="positive") == 0
-    assert value(second, "brain_tumor_pacs_sync_studies_retry_waiting") == 1
-    assert value(second, "brain_tumor_pacs_sync_studies_receiving") == 0
-    assert value(second, "brain_tumor_pacs_sync_last_change") == 2
-    assert value(second, "brain_tumor_pacs_sync_last_success_timestamp_seconds") == 1000
+    assert required_sample_value(second, "brain_tumor_pacs_sync_passes_total") == 2
+    assert required_sample_value(second, "brain_tumor_pacs_sync_failed_passes_total") == 1
+    assert required_sample_value(second, "brain_tumor_pacs_sync_studies_total", outcome="failed") == 1
+    assert required_sample_value(second, "brain_tumor_pacs_sync_studies_total", outcome="not_analysed") == 1
+    assert required_sample_value(second, "brain_tumor_pacs_sync_studies_total", outcome="positive") == 0
+    assert required_sample_value(second, "brain_tumor_pacs_sync_studies_retry_waiting") == 1
+    assert required_sample_value(second, "brain_tumor_pacs_sync_studies_receiving") == 0
+    assert required_sample_value(second, "brain_tumor_pacs_sync_last_change") == 2
+    assert required_sample_value(second, "brain_tumor_pacs_sync_last_success_timestamp_seconds") == 1000
     assert "process_start_time_seconds" in second
-    assert value(second, "brain_tumor_build_info", version=service_version()) == 1  # which release runs
+    assert required_sample_value(second, "brain_tumor_build_info", version=service_version()) == 1  # which release runs
     assert "_created" not in second
     for study in STUDIES:
         assert study not in second
@@ -129,9 +120,9 @@ def test_metrics_show_how_many_changes_pacs_sync_is_behind() -> None:
     scrapes = scrapes_between_two_passes(session)
 
     cut_off, caught_up = scrapes
-    assert value(cut_off, "brain_tumor_pacs_sync_failed_passes_total") == 1
-    assert value(cut_off, "brain_tumor_pacs_sync_last_change") == 100
-    assert value(cut_off, "brain_tumor_pacs_sync_changes_behind") == 150
-    assert value(caught_up, "brain_tumor_pacs_sync_last_change") == 250
-    assert value(caught_up, "brain_tumor_pacs_sync_changes_behind") == 0
+    assert required_sample_value(cut_off, "brain_tumor_pacs_sync_failed_passes_total") == 1
+    assert required_sample_value(cut_off, "brain_tumor_pacs_sync_last_change") == 100
+    assert required_sample_value(cut_off, "brain_tumor_pacs_sync_changes_behind") == 150
+    assert required_sample_value(caught_up, "brain_tumor_pacs_sync_last_change") == 250
+    assert required_sample_value(caught_up, "brain_tumor_pacs_sync_changes_behind") == 0
     assert session.calls.count("GET /changes?last") == 1  # the second pass's page is the last: no need to ask
