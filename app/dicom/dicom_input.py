@@ -198,7 +198,7 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
         # MONOCHROME1 shows low values bright; negating keeps "higher = brighter", and the stretch that follows
         # removes the sign, so the result matches the image a viewer displays.
         np.negative(values, out=values)
-    if padding is not None and padding.any() and not padding.all():
+    if padding is not None and padding.any():  # not all: refused above
         values[padding] = values[~padding].min()  # background: the darkest pixel of the image itself
     return values
 

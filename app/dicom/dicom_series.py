@@ -93,7 +93,12 @@ class SeriesPlan:
     def header_bytes(self) -> int:
         """The part of `cost_bytes` the parsed headers hold already (counted in `app.memory_budget.HeaderMemory`
         while they were read); the rest is what decoding will take."""
-        return sum(item.header_bytes for item in self.headers if isinstance(item, DicomHeader))
+        return held_header_bytes(self.headers)
+
+
+def held_header_bytes(headers: Sequence[DicomHeader | ServiceError]) -> int:
+    """What the parsed headers among `headers` hold until the answer (`DicomHeader.header_bytes`)."""
+    return sum(item.header_bytes for item in headers if isinstance(item, DicomHeader))
 
 
 def too_many_slices(slices: int, max_slices: int) -> ServiceError:
@@ -229,7 +234,7 @@ def plan_headers(
     # then every slice gets a mask at the size of its frames.
     cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
     cost += mask_bytes([max((item.rows * item.columns for item in readable), default=0)] * slices)
-    cost += sum(item.header_bytes for item in headers if isinstance(item, DicomHeader))  # every header read is held
+    cost += held_header_bytes(headers)  # every header read is held until the answer
     check_request_cost(cost, len(readable), limits)
     return SeriesPlan(headers, slices, cost, choice)
 
