@@ -5,7 +5,8 @@
 #
 # The GPU machine has JAX but no Keras and no TensorFlow, no network and no ../shared, and a device call carries at
 # most 64 MiB of the working tree (28 MiB of it tracked files). This fills two git-ignored folders:
-#   .whl/       keras, namex, optree wheels for CPython 3.12 (x86-64): Keras runs there on its JAX backend;
+#   .whl/       keras, namex, optree, pydantic (and its needs) wheels for CPython 3.12 (x86-64): Keras runs there
+#               on its JAX backend;
 #   .gpu-data/  the development pool as tar parts of at most PART_MB (default 28) MiB, whole patients each.
 # Then send each part in its own call, and train in the last one (training/gpu/run.sh says how).
 #
@@ -20,12 +21,17 @@ grep -qxF '/.gpu-data/' .git/info/exclude 2>/dev/null || echo '/.gpu-data/' >> .
 
 echo "== wheels -> .whl/"
 rm -rf .whl
-keras_version=$(.venv/bin/python -c 'import keras; print(keras.__version__)')
+# Keras and what training imports beyond the GPU machine's packages (app.core.model_store's pydantic), each at the
+# version this checkout's environment runs.
+pins=$(.venv/bin/python -c 'from importlib.metadata import version
+names = ["keras", "namex", "optree", "pydantic", "pydantic_core", "annotated-types", "typing-inspection",
+         "typing_extensions"]
+print(" ".join(f"{name}=={version(name)}" for name in names))')
 "$PIP_PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
     --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
-    -d .whl "keras==$keras_version" namex optree
+    -d .whl $pins
 
 echo "== $DATA_ROOT -> .gpu-data/part-*.tar (whole patients, at most $PART_MB MiB each)"
 rm -rf .gpu-data && mkdir -p .gpu-data

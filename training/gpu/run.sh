@@ -4,11 +4,12 @@
 #
 #     run(command="bash training/gpu/run.sh receive .gpu-data/part-1.tar", carry=[".whl", ".gpu-data/part-1.tar"])
 #     ... the same for each part ...
-#     run(command="bash training/gpu/run.sh train", carry=[".whl"], timeout_s=590)
+#     run(command="bash training/gpu/run.sh receive .gpu-data/part-4.tar && bash training/gpu/run.sh train",
+#         carry=[".whl", ".gpu-data/part-4.tar"], timeout_s=560)
 #
-# `train` fits the segmenter, then the classifier, for the full schedule on Keras's JAX backend with the arguments
-# below (the CPU recipe, more batch-preparing threads), and leaves in $OUT per model best.weights.h5, history.csv and
-# run.json, plus train.log. Export and evaluation run on the CPU machine afterwards:
+# `train` fits the segmenter, then a classifier per seed, on Keras's JAX backend with the arguments below (the CPU
+# recipes, more batch-preparing threads, a time budget each), and leaves in $OUT one tar per run (best.weights.h5,
+# history.csv, run.json) and train.log. Export and evaluation run on the CPU machine afterwards:
 #     python -m training.evaluate ... --classifier-weights <cla>/best.weights.h5 --segmenter-weights <seg>/...
 # Dry run on a CPU (tiny data, JAX on CPU):
 #     GPU_TRAIN_DATA=/tmp/tiny/data GPU_TRAIN_SPLIT=/tmp/tiny/split.json GPU_TRAIN_EPOCHS=1 OUT=/tmp/out \
@@ -33,20 +34,36 @@ receive)
     echo "$(find "$DATA" -mindepth 1 -maxdepth 1 -type d | wc -l) patients in $DATA"
     ;;
 train)
-    epochs="${GPU_TRAIN_EPOCHS:-}"
+    # One segmenter, then one classifier per seed, each within its own wall-clock budget (minutes; the script ends
+    # inside a device call's limit) and cosine schedule: the CPU recipes of the served models (segmenter 1.2.0's
+    # from scratch, classifier 1.3.0's long run from scratch).
     common=(--data-root "$DATA" --split "${GPU_TRAIN_SPLIT:-models/split.json}" --reference-model-dir models
-        --workers "${GPU_TRAIN_WORKERS:-12}")
+        --workers "${GPU_TRAIN_WORKERS:-14}")
+    runs=(seg)
     python3 -m training.train --model segmenter --output-dir "$OUT/seg" "${common[@]}" --alpha 0.5 \
-        --crop-size 128 --batch-size 32 --epochs "${epochs:-60}" --learning-rate 1e-3 --patience 15 \
-        2>&1 | tee "$OUT/train.log"
-    python3 -m training.train --model classifier --output-dir "$OUT/cla" "${common[@]}" \
-        --batch-size 32 --epochs "${epochs:-40}" --learning-rate 1e-3 --patience 12 2>&1 | tee -a "$OUT/train.log"
-    # Only what comes back fits the device's limits (8 files of at most 16 MiB): not last.keras.
-    for model in seg cla; do
-        for name in best.weights.h5 history.csv run.json; do
-            cp "$OUT/$model/$name" "$OUT/${model}_$name"
-        done
-        rm -rf "${OUT:?}/$model"
+        --crop-size 128 --batch-size 32 --epochs "${GPU_TRAIN_EPOCHS:-60}" --learning-rate 1e-3 --patience 15 \
+        --seed 2701 --max-minutes "${GPU_TRAIN_SEGMENTER_MINUTES:-3.5}" 2>&1 | tee "$OUT/train.log" ||
+        echo "segmenter: exit status $?"
+    for seed in ${GPU_TRAIN_CLASSIFIER_SEEDS:-2711 2712}; do
+        python3 -m training.train --model classifier --output-dir "$OUT/cla_$seed" "${common[@]}" \
+            --augmentation strong --monitor val_auc --batch-size 32 --epochs "${GPU_TRAIN_EPOCHS:-50}" \
+            --learning-rate 5e-4 --patience 15 --seed "$seed" --max-minutes "${GPU_TRAIN_CLASSIFIER_MINUTES:-1.9}" \
+            2>&1 | tee -a "$OUT/train.log" || echo "classifier $seed: exit status $?"
+        runs+=("cla_$seed")
+    done
+    # What comes back is at most 8 files of 16 MiB: one tar per run, not last.keras, and the best checkpoint without
+    # its optimizer state (a third of the segmenter's 25 MB; evaluation and export need only the weights).
+    for run in "${runs[@]}"; do
+        [ -f "$OUT/$run/best.weights.h5" ] || continue
+        python3 -c 'import sys, h5py
+with h5py.File(sys.argv[1]) as checkpoint, h5py.File(sys.argv[2], "w") as weights:
+    weights.attrs.update(checkpoint.attrs)
+    for name in checkpoint:
+        if name != "optimizer":
+            checkpoint.copy(name, weights)' "$OUT/$run/best.weights.h5" "$OUT/$run/weights.h5"
+        mv "$OUT/$run/weights.h5" "$OUT/$run/best.weights.h5"
+        tar -cf "$OUT/$run.tar" -C "$OUT/$run" best.weights.h5 history.csv run.json
+        rm -rf "${OUT:?}/$run"
     done
     ;;
 *)
