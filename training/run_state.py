@@ -120,6 +120,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.state = state
         self.keep_epoch_weights = keep_epoch_weights
         self.epoch_started = self.last_batch_ended = time.monotonic()
+        # This invocation's epochs alone time the estimate of what is left: a run begun on a GPU machine and
+        # resumed here goes on at this machine's pace.
+        self.epochs_here, self.seconds_here = 0, 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_started = self.last_batch_ended = time.monotonic()
@@ -150,6 +153,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             state.epochs_since_best += 1
         state.epochs_done = epoch + 1
         state.seconds += seconds
+        self.epochs_here, self.seconds_here = self.epochs_here + 1, self.seconds_here + seconds
         state.hard_negatives = {str(index): list(spot) for index, spot in self.batches.hard_negatives.items()}
         if state.epochs_since_best >= self.patience:
             state.stopped_early = True
@@ -160,7 +164,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             replace_atomically(epoch_weights_path(self.run_dir, epoch + 1), self.model.save_weights)
         replace_atomically(self.run_dir / MODEL_NAME, self.model.save)
         state.write(self.run_dir)
-        left = (self.total_epochs - state.epochs_done) * state.seconds / state.epochs_done
+        left = (self.total_epochs - state.epochs_done) * self.seconds_here / self.epochs_here
         logger.info(
             "epoch %d/%d %.0f s (%.1f slices/s), elapsed %.1f min, about %.0f min left; %s %.4f (best %.4f at %d)%s",
             epoch + 1,

@@ -122,13 +122,14 @@ def fine_stem_start(weights: str) -> keras.Model:
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop before the next epoch would run past `minutes`: CPU training here has a wall-clock budget."""
+    """Stop before the next epoch would run past `minutes` since `started` (the invocation's start, so loading the
+    data and the first validation count too): a CPU session or a device call has a wall-clock limit."""
 
-    def __init__(self, minutes: float) -> None:
+    def __init__(self, minutes: float, started: float) -> None:
         super().__init__()
         self.seconds = minutes * 60.0
-        self.started = time.monotonic()
-        self.epoch_started = self.started
+        self.started = started
+        self.epoch_started = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.epoch_started = time.monotonic()
@@ -241,7 +242,7 @@ def make_train_batches(args: argparse.Namespace, train: SliceArrays) -> SliceBat
         seed=args.seed,
         crop_size=args.crop_size if segmenter and args.crop_size else None,
         # Threads preparing batches: on a GPU, augmentation on one core cannot keep up with the model.
-        workers=args.workers,
+        workers=args.workers or 1,
     )
 
 
@@ -342,6 +343,7 @@ def run_callbacks(
     validation_arrays: SliceArrays,
     train_batches: SliceBatches,
     state: RunState,
+    started: float,
 ) -> list[keras.callbacks.Callback]:
     """Validation of the served pipeline each epoch, hard-negative mining, the checkpoint that keeps the best epoch
     by `monitor` (and stops early), and the time budget."""
@@ -365,12 +367,13 @@ def run_callbacks(
         )
     )
     if args.max_minutes:
-        callbacks.append(TimeBudget(args.max_minutes))
+        callbacks.append(TimeBudget(args.max_minutes, started))
     return callbacks
 
 
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training job and return its summary (also written to `run.json`)."""
+    started = time.monotonic()
     output_dir = Path(args.output_dir)
     resuming = has_saved_state(output_dir)
     keras.utils.set_random_seed(args.seed)
@@ -384,7 +387,7 @@ def train(args: argparse.Namespace) -> dict:
     train_batches = make_train_batches(args, train_arrays)
     model, state = start_or_resume(args, output_dir, resuming, train_batches)
     monitor = args.monitor or DEFAULT_MONITOR[args.model]
-    callbacks = run_callbacks(args, output_dir, monitor, validation_arrays, train_batches, state)
+    callbacks = run_callbacks(args, output_dir, monitor, validation_arrays, train_batches, state, started)
     if state.stopped_early or state.epochs_done >= args.epochs:
         logger.info("%s is finished (%d epochs done)", output_dir, state.epochs_done)
     else:
@@ -537,14 +540,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default="standard",
         help="how far training slices are varied (strong: wider contrast, gamma, blur and noise)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="threads preparing batches (more on a GPU machine)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="threads preparing batches (default 1; more on a GPU machine)"
+    )
     parser.add_argument("--seed", type=int, default=2019)
     parser.add_argument("--verbose", action="store_true")
     return parser
 
 
 def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
-    """The command line, or for `--resume` the arguments the run started with (`--max-minutes` may change)."""
+    """The command line, or for `--resume` the arguments the run started with. `--max-minutes`, and where the
+    data lies and how many threads prepare batches (`--data-root`, `--workers`: facts of the machine, not of the
+    recipe), may change, so a run begun on a GPU machine can go on here."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.resume:
@@ -555,6 +562,10 @@ def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> a
         resumed = argparse.Namespace(**{**vars(parser.parse_args([])), **json.loads(saved.read_text())})
         resumed.max_minutes, resumed.verbose, resumed.resume = args.max_minutes, args.verbose, args.resume
         resumed.output_dir = args.resume
+        if args.data_root is not None:
+            resumed.data_root = args.data_root
+        if args.workers is not None:
+            resumed.workers = args.workers
         return resumed
     missing = [name for name in ("model", "data_root", "output_dir") if getattr(args, name) is None]
     if missing:
