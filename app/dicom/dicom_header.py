@@ -24,13 +24,13 @@ from app.dicom.dicom_codestream import check_codestreams
 from app.dicom.part10 import (
     DICOM_MAGIC,
     DICOM_PREAMBLE_LENGTH,
-    _file_meta,
-    _inflated_header,
-    _is_deflated,
-    _is_encapsulated,
-    _pixel_data_tag_at,
-    _ShortReadWatch,
+    ShortReadWatch,
     check_sequences_left_raw,
+    inflated_header,
+    is_deflated,
+    is_encapsulated,
+    pixel_data_tag_at,
+    read_file_meta,
 )
 from app.errors import (
     ColourDicomError,
@@ -215,12 +215,12 @@ def read_dicom_header(
     """
     _check_part10(data)
     with garbled_values_refused():
-        meta_end, transfer_syntax = _file_meta(data)
-        if _is_deflated(transfer_syntax):
-            dataset, has_pixels, inflated, reads = _inflated_header(data, meta_end, max_bytes)
+        meta_end, transfer_syntax = read_file_meta(data)
+        if is_deflated(transfer_syntax):
+            dataset, has_pixels, inflated, reads = inflated_header(data, meta_end, max_bytes)
             pixel_position = -1  # deflated pixel data is native: no codestream to check
         else:
-            buffer = _ShortReadWatch(data)
+            buffer = ShortReadWatch(data)
             try:
                 dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
             except Exception:
@@ -228,7 +228,7 @@ def read_dicom_header(
                 raise
             check_sequences_left_raw(dataset, buffer.reads)
             pixel_position, inflated, reads = buffer.tell(), 0, buffer.reads
-            has_pixels = _pixel_data_tag_at(data, pixel_position)
+            has_pixels = pixel_data_tag_at(data, pixel_position)
             if not has_pixels and buffer.cut:
                 # pydicom stops quietly at the end of the bytes, keeping a cut value (a SOP Class UID "1.2.840.1"
                 # would read as an unsupported class): a file that ends inside an element is broken, not unsupported.
@@ -239,7 +239,7 @@ def read_dicom_header(
         _check_pixel_description(dataset)
         _check_functional_groups(dataset)
     rows, columns, frames, bits = checked_dimensions(dataset, max_pixels)
-    if pixel_position >= 0 and _is_encapsulated(transfer_syntax):
+    if pixel_position >= 0 and is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
         check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
     return DicomHeader(data, dataset, rows, columns, frames, bits, inflated, reads, pixel_position)

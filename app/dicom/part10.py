@@ -45,7 +45,7 @@ _EXPLICIT_LONG_VRS = frozenset(
 )
 
 
-class _ShortReadWatch(io.BytesIO):
+class ShortReadWatch(io.BytesIO):
     """The file's bytes, noting whether a read ever got fewer bytes than it asked for past the end.
 
     A complete data set ends on an element boundary: pydicom's one empty read there (looking for the next tag) is
@@ -92,7 +92,7 @@ class _ShortReadWatch(io.BytesIO):
 
 
 def raise_too_many_elements() -> NoReturn:
-    """Stop pydicom reading a header of more than `MAX_HEADER_READS` reads (`_ShortReadWatch`)."""
+    """Stop pydicom reading a header of more than `MAX_HEADER_READS` reads (`ShortReadWatch`)."""
     raise TooManyDicomElementsError(
         f"DICOM header has too many data elements (over {MAX_HEADER_READS} reads before the pixel data); refused "
         "before it was read whole"
@@ -101,7 +101,7 @@ def raise_too_many_elements() -> NoReturn:
 
 def check_sequences_left_raw(dataset: Dataset, reads: int) -> None:
     """Refuse a header whose sequences of defined length, which pydicom keeps as bytes and parses on first access
-    (out of `_ShortReadWatch`'s sight), would take the elements read past `MAX_HEADER_READS`.
+    (out of `ShortReadWatch`'s sight), would take the elements read past `MAX_HEADER_READS`.
 
     Counted before any is accessed (the header checks read the functional groups): 500,000 empty elements in one
     item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read (attack
@@ -162,7 +162,7 @@ def _elements_within(value: bytes, implicit: bool, little: bool, most: int) -> i
     return count
 
 
-def _file_meta(data: bytes) -> tuple[int, str]:
+def read_file_meta(data: bytes) -> tuple[int, str]:
     """Where the file meta group ends, and its Transfer Syntax UID ('' if absent).
 
     Read by hand (Part 10 fixes it: explicit VR little endian, group 0002, right after ``DICM``) because pydicom
@@ -188,7 +188,7 @@ def _file_meta(data: bytes) -> tuple[int, str]:
     return position, transfer_syntax
 
 
-def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int, int]:
+def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int, int]:
     """The header of a deflated data set, whether pixel data follows it, the inflated size and the reads pydicom
     made of the header.
 
@@ -225,7 +225,7 @@ def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple
         return reached_pixels
 
     cut = inflated > len(kept)
-    stream = _ShortReadWatch(bytes(kept))
+    stream = ShortReadWatch(bytes(kept))
     try:
         dataset = read_dataset(DicomFileLike(stream), False, True, stop_when=at_pixel_data)
         check_sequences_left_raw(dataset, stream.reads)
@@ -244,7 +244,7 @@ def _inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple
     return dataset, reached_pixels, inflated, stream.reads
 
 
-def _pixel_data_tag_at(data: bytes, position: int) -> bool:
+def pixel_data_tag_at(data: bytes, position: int) -> bool:
     """Whether a pixel data element starts at `position` (little endian, or the retired big endian)."""
     tag = data[position : position + 4]
     if len(tag) < 4:
@@ -254,11 +254,11 @@ def _pixel_data_tag_at(data: bytes, position: int) -> bool:
     return little in PIXEL_DATA_TAGS or big in PIXEL_DATA_TAGS
 
 
-def _is_deflated(transfer_syntax: str) -> bool:
+def is_deflated(transfer_syntax: str) -> bool:
     return transfer_syntax == DeflatedExplicitVRLittleEndian
 
 
-def _is_encapsulated(transfer_syntax: str) -> bool:
+def is_encapsulated(transfer_syntax: str) -> bool:
     try:
         return UID(transfer_syntax).is_encapsulated
     except ValueError:  # not a transfer syntax pydicom knows: it reads the data as native

@@ -23,7 +23,7 @@ from pydicom.uid import (
 
 from app.dicom.dicom_header import is_dicom, read_dicom_header
 from app.dicom.dicom_series import prepare_inputs
-from app.dicom.part10 import _file_meta
+from app.dicom.part10 import read_file_meta
 from app.errors import (
     DicomWithoutPixelDataError,
     ErrorKind,
@@ -376,7 +376,7 @@ def test_is_dicom_needs_a_file_meta_group_after_the_marker(flair: np.ndarray) ->
 
 def element_ends(data: bytes) -> tuple[int, set[int]]:
     """Where the pixel data element starts, and the offsets where each element of the data set ends."""
-    meta_end, _ = _file_meta(data)
+    meta_end, _ = read_file_meta(data)
     stream = io.BytesIO(data)
     stream.seek(meta_end)
     ends: set[int] = set()
