@@ -219,6 +219,46 @@ def _volume_report(
     tracking = hd.sr.TrackingIdentifier(
         uid=result_uid("tracking", model_tags, result_origin, series_uid), identifier="Tumor"
     )
+    groups = _measurement_groups(findings, algorithm, tracking, segmentations, series_uid)
+    observer = _device_observer(model_tags)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+        referenced_images=image_library_sources(sources),
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[*sources, *segmentations],
+        specific_character_set=derived_character_set(sources[0]),
+        content=report[0],
+        series_instance_uid=result_uid("sr-series", model_tags, *made_of),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=result_uid("sr", model_tags, *made_of),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,  # unverified machine output: a preliminary report, never final
+        coding_schemes=[PRIVATE_SCHEME_IDENTIFICATION],
+    )
+    sr.SeriesDescription = SR_SERIES_DESCRIPTION
+    stamp_creation_times(sr, sources)  # as the SEG's
+    sr.SoftwareVersions = service_version()
+    return sr
+
+
+def _measurement_groups(
+    findings: VolumeFindings,
+    algorithm: hd.sr.AlgorithmIdentification,
+    tracking: hd.sr.TrackingIdentifier,
+    segmentations: Sequence[Dataset],
+    series_uid: str,
+) -> list[
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+]:
+    """The report's measurement groups: one volumetric ROI group on a series' SEG, or a series group (measurements,
+    evaluations, notes) followed by a planar ROI group per one-slice SEG."""
     common = {
         "tracking_identifier": tracking,
         "finding_type": codes.SCT.Neoplasm,
@@ -249,7 +289,12 @@ def _volume_report(
         groups = [hd.sr.MeasurementsAndQualitativeEvaluations(**common)]
         groups.extend(_slice_group(segmentation, tracking, algorithm) for segmentation in segmentations)
     groups[0][0].ContentSequence.extend(_notes(findings))
-    observer = hd.sr.ObserverContext(
+    return groups
+
+
+def _device_observer(model_tags: Mapping[str, str]) -> hd.sr.ObserverContext:
+    """The service as the report's observer: a device named by the models it ran."""
+    return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=_device_uid(model_tags),
@@ -258,29 +303,6 @@ def _volume_report(
             model_name=model_tags.get("segmenter", "segmenter@unknown")[:64],
         ),
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=PROCEDURE_REPORTED,
-        imaging_measurements=groups,
-        referenced_images=image_library_sources(sources),
-    )
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[*sources, *segmentations],
-        specific_character_set=derived_character_set(sources[0]),
-        content=report[0],
-        series_instance_uid=result_uid("sr-series", model_tags, *made_of),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=result_uid("sr", model_tags, *made_of),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,  # unverified machine output: a preliminary report, never final
-        coding_schemes=[PRIVATE_SCHEME_IDENTIFICATION],
-    )
-    sr.SeriesDescription = SR_SERIES_DESCRIPTION
-    stamp_creation_times(sr, sources)  # as the SEG's
-    sr.SoftwareVersions = service_version()
-    return sr
 
 
 def _slice_group(
