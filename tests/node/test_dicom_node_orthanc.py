@@ -37,6 +37,7 @@ from tests.pacs.orthanc_server import ORTHANC_AE, Orthanc, free_port, running_or
 
 NODE_AE, CALLING_AE, UNKNOWN_AE = "BRAINTUMOR", "SCANNER", "STRANGER"
 QUIET_SECONDS = 3.0
+RESTART_QUIET_SECONDS = 12.0
 STARTUP_SECONDS = 300.0  # model loading on a busy CI machine
 RESULT_SECONDS = 180.0
 
@@ -300,7 +301,10 @@ def test_node_killed_mid_series_loses_no_instance(pacs_with_node: PacsWithNode, 
     assert len(list((study_dir / "instances").glob("*.dcm"))) == half  # acknowledged means on disk
     assert not (study_dir / "record.json").exists()  # and not processed
 
-    node.start()  # the rest must arrive within the quiet period the restart gives the pending study
+    # The rest must arrive within the quiet period the restart gives the pending study: a longer one than the
+    # module's, so that a busy machine's slow start of storescu does not let the node analyse half a series first.
+    node.environment["DICOM_NODE_QUIET_SECONDS"] = str(RESTART_QUIET_SECONDS)
+    node.start()
     rest = storescu(node.port, files[half:])
     assert rest.returncode == 0, rest.stderr
     seg, sr = results_in_pacs(pacs_with_node, series[0].StudyInstanceUID)
@@ -308,5 +312,5 @@ def test_node_killed_mid_series_loses_no_instance(pacs_with_node: PacsWithNode, 
     assert int(seg.NumberOfFrames) == len(series)
     assert set(read_segmentation_masks(seg)) == {dataset.SOPInstanceUID for dataset in series}
     assert read_volume_report(sr)["slices_analysed"] == len(series)
-    time.sleep(QUIET_SECONDS)  # nothing partial follows
+    time.sleep(RESTART_QUIET_SECONDS)  # nothing partial follows
     assert len(orthanc.results(series[0].StudyInstanceUID, "SEG")) == 1
