@@ -2,20 +2,24 @@
 # Run THERE, on the GPU machine, from the repository root (after training/gpu/prepare.sh here). One device call per
 # data part, on a warm machine (it keeps /tmp for 30 s after a call), the last one training:
 #
-#     run(command="bash training/gpu/run.sh receive .gpu-data/part-1.tar", carry=[".whl", ".gpu-data/part-1.tar"])
+#     run(command="bash training/gpu/run.sh receive .gpu-data/part-1.tar", carry=[".gpu-data/part-1.tar"])
 #     ... the same for each part ...
 #     run(command="bash training/gpu/run.sh receive .gpu-data/part-4.tar && bash training/gpu/run.sh train",
 #         carry=[".whl", ".gpu-data/part-4.tar"], timeout_s=560)
+#
+# (Measured on an H200, 2026-12-04: the first call ~35 s with the machine's start, each further part ~4 s.)
 #
 # `train` fits the segmenter, then a classifier per seed, on Keras's JAX backend with the arguments below (the CPU
 # recipes, more batch-preparing threads, a time budget each), and leaves in $OUT train.log and per run RUN.tar and
 # RUN.keras.part-* (see pack). A run cut short goes on here, on TensorFlow:
 #     mkdir -p runs/NAME && tar -xf RUN.tar -C runs/NAME && cat RUN.keras.part-* > runs/NAME/last.keras
-#     python -m training.train --resume runs/NAME --data-root ../shared/lgg/kaggle_3m_dev --workers 2 Export and evaluation run on the CPU machine afterwards:
+#     python -m training.train --resume runs/NAME --data-root ../shared/lgg/kaggle_3m_dev --workers 2
+# Evaluation and export run on the CPU machine:
 #     python -m training.evaluate ... --classifier-weights <cla>/best.weights.h5 --segmenter-weights <seg>/...
-# Dry run on a CPU (tiny data, JAX on CPU):
+# Dry run on a CPU (tiny data, JAX on CPU; GPU_TRAIN_SITE names a folder with a keras/ in it, so that the x86-64
+# CPython 3.12 wheels are not installed here):
 #     GPU_TRAIN_DATA=/tmp/tiny/data GPU_TRAIN_SPLIT=/tmp/tiny/split.json GPU_TRAIN_EPOCHS=1 OUT=/tmp/out \
-#         PATH=.venv/bin:$PATH bash training/gpu/run.sh train
+#         GPU_TRAIN_SITE=/tmp/fake PATH=.venv/bin:$PATH bash training/gpu/run.sh train
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -30,8 +34,8 @@ fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND="${KERAS_BACKEND:-jax}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 
-# pack RUN: what comes back from a device call is at most 8 files of 16 MiB each, and nothing once the call runs out
-# of time, so each run is packed as soon as it ends: RUN.tar (the best checkpoint without its optimizer state, which
+# pack RUN: what comes back from a device call is at most 8 files of 16 MiB each (a run's folder holds 7, and the
+# segmenter's checkpoints are 25 MB), so each run is packed as soon as it ends, in case the call runs out of time: RUN.tar (the best checkpoint without its optimizer state, which
 # is two thirds of it, and the small files) and the resumable last.keras in parts of 15 MiB (RUN.keras.part-aa, ...).
 pack() {
     local run=$1
