@@ -18,6 +18,8 @@ adds, per connection:
   connection is closed; the app sees the client go away. Time the app leaves the body unread does not count;
 - on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
   shutdown while requests that are being sent or answered finish;
+- a request with more than one Host header is 400 (RFC 9112 3.2): a proxy keeping the last and the app the first
+  would judge it by different names (`ALLOWED_HOSTS`; attack review 34);
 - an answer sent before its request body was all in (a refusal: 401 without a key, 413, 404) closes the connection
   `UNWANTED_BODY_SECONDS` later if the body is still coming: the rest is unwanted, and a client trickling it (a byte
   every few seconds keeps clear of the body idle timeout) must not hold the connection. Before, 515 keyless clients
@@ -127,6 +129,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._after_chunk_header = False  # a chunk header parsed and no data after it yet: the last chunk's, if so
         self._trailer_bytes = 0
         self._header_chunk = b""  # the bytes of the request line and headers handed to the parser last
+        self._host_headers = 0  # Host header fields of the request being read
+        self._invalid_reason: str | None = None  # why this protocol, not httptools, found the request invalid
 
     # Connection lifecycle
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -197,7 +201,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().data_received(chunk)
 
     # Parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._host_headers = 0
+
     def on_headers_complete(self) -> None:
+        if self._host_headers > 1:
+            # Raised inside a parser callback, it reaches uvicorn as an HttpParserError: `send_400_response`.
+            self._invalid_reason = "the request has more than one Host header (RFC 9112 3.2 makes that a 400)"
+            raise ValueError(self._invalid_reason)
         self._reading_headers = False
         if self._header_timer is not None:
             self._header_timer.cancel()
@@ -219,6 +231,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._reading_headers:  # else a trailer field: dropped
+            self._host_headers += name.lower() == b"host"
             super().on_header(name, value)
 
     def _count_trailers(self, size: int, events_before: int) -> None:
@@ -348,7 +361,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(
             HTTPStatus.BAD_REQUEST,
             "invalid_http_request",
-            "the request is not valid HTTP/1.1 (a malformed request line or header)",
+            self._invalid_reason or "the request is not valid HTTP/1.1 (a malformed request line or header)",
         )
 
     def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:

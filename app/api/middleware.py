@@ -212,7 +212,8 @@ class BrowserSiteMiddleware:
       current browser sends it, so another site's page cannot submit uploads to a service on the user's machine
       (the service has no CORS, so it could not read the answer, but the work and the audit line would be done);
     - with `allowed_hosts`, a Host header naming none of them: after DNS rebinding, a page of evil.example reaches
-      127.0.0.1 as evil.example, same-origin, and could read the answers too.
+      127.0.0.1 as evil.example, same-origin, and could read the answers too; and two Host headers, which a proxy
+      and this check could read differently.
 
     The public paths (health probes, the page and its files) are left alone: they hold no data, and the container's
     health check calls 127.0.0.1.
@@ -235,6 +236,9 @@ class BrowserSiteMiddleware:
                 "a request from another site's page (Sec-Fetch-Site: cross-site) is refused; call the API from a "
                 "program, or from this service's own page"
             )
+        elif self.allowed_hosts and len(headers.getlist("host")) > 1:
+            # `brain-tumor serve` refuses these at the protocol (400); a server without that protocol reaches here.
+            error = HostNotAllowedError("the request has more than one Host header; ALLOWED_HOSTS needs exactly one")
         elif self.allowed_hosts and host_name(headers.get("host", "")) not in self.allowed_hosts:
             error = HostNotAllowedError("the Host header names no host in ALLOWED_HOSTS")
         if error is None:

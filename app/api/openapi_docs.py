@@ -64,7 +64,9 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         403,
         "a browser sent it for another site's page (Sec-Fetch-Site: cross-site) and it is not a GET, HEAD or OPTIONS",
     ),
-    ErrorCode("host_not_allowed", 403, "ALLOWED_HOSTS is set and the Host header names none of its hosts"),
+    ErrorCode(
+        "host_not_allowed", 403, "ALLOWED_HOSTS is set and the Host header names none of its hosts, or there are two"
+    ),
     ErrorCode("not_found", 404, "no such path"),
     ErrorCode("method_not_allowed", 405, "the path exists, but not with this method"),
     ErrorCode("payload_too_large", 413, "a file over MAX_UPLOAD_BYTES, or a request body over its limit"),
@@ -87,7 +89,9 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "a DICOM that is not an MR image (SR, CT, SEG ...), or whose transfer syntax has no decoder",
     ),
     ErrorCode(
-        "invalid_http_request", 400, "a request line or header that is not valid HTTP/1.1; the connection is closed"
+        "invalid_http_request",
+        400,
+        "a request line or header that is not valid HTTP/1.1 (two Host headers too); the connection is closed",
     ),
     ErrorCode(
         "method_not_implemented",

@@ -70,6 +70,18 @@ def test_a_host_name_not_allowed_is_refused(named_client: TestClient, host: str)
     assert named_client.get("/v1/models", headers={"Host": host}).status_code == 403
 
 
+@pytest.mark.parametrize("hosts", [("localhost", "evil.example"), ("evil.example", "localhost")])
+def test_two_host_headers_are_refused_whichever_comes_first(named_client: TestClient, hosts: tuple[str, str]) -> None:
+    """Attack review 34, finding 4: the check read the first of two Host headers, a proxy may route by the last.
+    (`brain-tumor serve` refuses them earlier, at the protocol; a plain uvicorn reaches this check.)"""
+    headers = [("Host", host) for host in hosts]
+
+    response = named_client.post("/v1/predict", files=upload(), headers=headers)
+
+    assert_error(response, 403, "host_not_allowed")
+    assert "more than one Host header" in response.json()["error"]["message"]
+
+
 def test_health_probes_and_the_page_answer_any_host_name(named_client: TestClient) -> None:
     """The container's health check calls 127.0.0.1 whatever ALLOWED_HOSTS says; the page holds no data."""
     assert named_client.get("/health/live", headers={"Host": "evil.example"}).status_code == 200

@@ -180,6 +180,24 @@ def test_a_malformed_header_gets_the_json_error_and_a_log_line(server: ServerPro
     assert httpx.get(f"{server.base_url}/health/live", timeout=2.0).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/v1/models", "/health/live"])
+def test_two_host_headers_are_a_malformed_request(server: ServerProcess, path: str):
+    """Attack review 34, finding 4: `Host: localhost` then `Host: evil.example` passed ALLOWED_HOSTS, which read the
+    first, while a proxy keeping the last would route by the other. RFC 9112 3.2: such a request is a 400."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: evil.example\r\n\r\n".encode()
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(request)
+        answer = read_until_closed(sock, 5)
+
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["code"] == "invalid_http_request"
+    assert "more than one Host header" in error["message"]
+    with socket.create_connection(address(server)) as sock:  # one Host header is answered as ever
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        assert read_until_closed(sock, 5).startswith(b"HTTP/1.1 200 ")
+
+
 def test_an_unknown_method_is_not_implemented_rather_than_malformed(server: ServerProcess):
     """attack26 finding 11: `FOO`, a legal method token httptools does not know, got 400 "not valid HTTP/1.1"."""
     with socket.create_connection(address(server)) as sock:
