@@ -34,7 +34,7 @@ import cv2.utils.logging
 from app.errors import without_quoted_values
 
 # Loggers whose messages may quote what a file holds: their text is redacted before it is written.
-VALUE_QUOTING_LOGGERS = ("pydicom", "pynetdicom", "highdicom", "py.warnings", "PIL")
+VALUE_QUOTING_LOGGERS = ("pydicom", "pynetdicom", "highdicom", "py.warnings", "PIL", "python_multipart")
 _UID_LIKE = re.compile(r"\b\d+(?:\.\d+){2,}\b")  # 1.2.840.113619.2... (also dates and versions: a fair price)
 REDACTED = "<redacted>"
 DECODER_PLUGIN_LOGGER = "pydicom.pixels.decoders.base"
@@ -162,6 +162,9 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     # Pillow logs at DEBUG every tag of an image's metadata: one crafted JPEG wrote 16,000 lines at LOG_LEVEL=DEBUG.
     logging.getLogger("PIL").setLevel(logging.INFO)
+    # python-multipart logs at DEBUG each byte it skips of a url-encoded body (one line per "&": 152 MB of log and
+    # an 18-s stall for a 1 MB body at LOG_LEVEL=DEBUG; attack review 34), and quotes a byte of a malformed one.
+    logging.getLogger("python_multipart").setLevel(logging.INFO)
     # pydicom logs each decoder plugin's failure on a file, traceback and all, at ERROR: a client's broken file,
     # which the service refuses (400, the node C000) with the reason and logs in its own line.
     logging.getLogger(DECODER_PLUGIN_LOGGER).setLevel(logging.CRITICAL)

@@ -23,6 +23,7 @@ from app.api.middleware import (
     ClientAddressMiddleware,
     HeadAsGetMiddleware,
     RequestContextMiddleware,
+    UploadFormMiddleware,
     UploadLimitMiddleware,
 )
 from app.api.routes import docs, health, models, predict, web
@@ -177,8 +178,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, handlers.handle_unexpected_error)
 
     # Added last = outermost: the client's address, then the request id and logs wrap everything, then other sites'
-    # pages and unknown Host names, then keys and rate limits, then body size, then HEAD as GET.
+    # pages and unknown Host names, then keys and rate limits, then body size, then upload bodies that are no form,
+    # then HEAD as GET.
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(UploadFormMiddleware)
     app.add_middleware(
         UploadLimitMiddleware,
         default_limit=settings.max_upload_bytes + 64 * 1024,  # multipart framing around one file

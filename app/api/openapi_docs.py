@@ -81,7 +81,8 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode(
         "unsupported_media_type",
         415,
-        "the first bytes are not PNG, JPEG, TIFF or DICOM (file names and Content-Type are ignored)",
+        "the first bytes are not PNG, JPEG, TIFF or DICOM (file names and a part's Content-Type are ignored), or the "
+        "request body is not multipart/form-data",
     ),
     ErrorCode(
         "unsupported_dicom",

@@ -299,10 +299,37 @@ def test_predict_rejects_multi_page_tiff(client: TestClient) -> None:
 
 
 def test_predict_rejects_missing_file_field(client: TestClient) -> None:
-    response = client.post("/v1/predict")
+    response = client.post("/v1/predict", files={"other": ("slice.png", b"x", "image/png")})
 
     assert response.status_code == 422
-    assert response.json() == {"error": {"code": "validation_error", "message": "body.file: Field required"}}
+    assert response.json()["error"]["code"] == "validation_error"
+    assert response.json()["error"]["message"].startswith("body.file: Field required (no complete part of this name")
+    assert_still_serving(client)
+
+
+@pytest.mark.parametrize(
+    ("headers", "content", "named"),
+    [
+        ({}, b"", "none"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"&" * 10_000, "application/x-www-form-urlencoded"),
+        ({"Content-Type": "image/png"}, b"\x89PNG", "image/png"),
+        ({"Content-Type": "<script>/x y"}, b"x", "a malformed one"),
+    ],
+    ids=["no body", "url-encoded", "raw image", "malformed type"],
+)
+def test_predict_refuses_a_body_that_is_no_form_before_reading_it(
+    client: TestClient, headers: dict[str, str], content: bytes, named: str
+) -> None:
+    """Attack review 34: Starlette parsed a url-encoded body field by field before the route's 422 (at DEBUG,
+    python-multipart logged a line per "&")."""
+    response = client.post("/v1/predict", content=content, headers=headers)
+
+    assert response.status_code == 415
+    assert response.json()["error"] == {
+        "code": "unsupported_media_type",
+        "message": "the request body must be multipart/form-data, the file in the form field `file`; its "
+        f"Content-Type is {named}",
+    }
     assert_still_serving(client)
 
 
@@ -339,7 +366,7 @@ def test_predict_says_a_body_without_its_closing_boundary_has_no_complete_part(c
 
 
 def test_predict_rejects_file_field_sent_as_text(client: TestClient) -> None:
-    response = client.post("/v1/predict", data={"file": "slice.png"})
+    response = client.post("/v1/predict", files={"file": (None, "slice.png")})  # a form's text field
 
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"

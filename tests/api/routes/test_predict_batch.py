@@ -128,10 +128,21 @@ def test_predict_batch_honours_mask_format(client: TestClient) -> None:
 
 
 def test_predict_batch_rejects_missing_files_field(client: TestClient) -> None:
-    response = client.post("/v1/predict/batch")
+    response = client.post("/v1/predict/batch", files={"file": ("slice.png", b"x", "image/png")})
 
     assert response.status_code == 422
-    assert response.json() == {"error": {"code": "validation_error", "message": "body.files: Field required"}}
+    assert response.json()["error"]["code"] == "validation_error"
+    assert response.json()["error"]["message"].startswith("body.files: Field required (no complete part of this name")
+
+
+def test_predict_batch_refuses_a_body_that_is_no_form_naming_its_field(client: TestClient) -> None:
+    response = client.post("/v1/predict/batch", json={"files": []})
+
+    assert response.status_code == 415
+    assert response.json()["error"]["message"] == (
+        "the request body must be multipart/form-data, the files in the form field `files`; its Content-Type is "
+        "application/json"
+    )
 
 
 def test_a_raster_series_of_slices_of_two_sizes_is_refused_and_the_same_slices_alone_are_answered(
