@@ -34,6 +34,7 @@ from app.dicom.dicom_series import (
 )
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, anatomical_order, series_breaks, slice_order_known
 from app.errors import InvalidSliceError, MixedInputError, SegmentationInputError, ServiceError
+from app.imaging import sniff_format
 from app.inference import SlicePrediction
 from app.memory_budget import HeaderMemory, MemoryBudget
 from app.model_runners import ModelRunner, Models
@@ -262,17 +263,20 @@ class PredictionService:
         Raises
         ------
         MixedInputError
-            If DICOM and raster files are mixed.
+            If DICOM files and PNG/JPEG/TIFF images are mixed (files that are no image at all keep their own error).
         InvalidSliceError
             If the raster slices of a series differ in size.
         """
-        readable = [item for item in uploads if isinstance(item, bytes)]
-        dicom_count = sum(is_dicom(item) for item in readable)
+        dicom_count = sum(isinstance(item, bytes) and is_dicom(item) for item in uploads)
         if dicom_count:
-            if dicom_count != len(readable):
+            # Beside a DICOM series, a file that is no image at all (an empty lock file, a README.TXT of a patient
+            # CD's folder) keeps its own error like a broken DICOM file; only an image of another kind mixes.
+            uploads = [no_image_error(item) or item for item in uploads]
+            raster_count = sum(isinstance(item, bytes) and not is_dicom(item) for item in uploads)
+            if raster_count:
                 raise MixedInputError(
                     f"a batch must hold either DICOM files or PNG/JPEG/TIFF images; got {dicom_count} DICOM and "
-                    f"{len(readable) - dicom_count} other files"
+                    f"{raster_count} PNG/JPEG/TIFF files"
                 )
             return await self._predict_dicom_files(uploads, mask_format, segmentation, on_tally)
         refuse_segmentation_of_raster(segmentation)
@@ -505,6 +509,20 @@ class PredictionService:
             if observer is not None:
                 observer(tally)
         return tally
+
+
+def no_image_error(upload: bytes | ServiceError) -> ServiceError | None:
+    """The error of an upload that is no image at all (refused already, empty, text, a zip ...), or None for a DICOM
+    file or a PNG/JPEG/TIFF image (which may still fail to decode)."""
+    if isinstance(upload, ServiceError):
+        return upload
+    if is_dicom(upload):
+        return None
+    try:
+        sniff_format(upload)
+    except ServiceError as error:
+        return error
+    return None
 
 
 def in_request_order(

@@ -203,7 +203,7 @@ def test_mixed_dicom_and_images_is_one_error(
     assert out == ""
     assert err == (
         "brain-tumor predict: error: a batch must hold either DICOM files or PNG/JPEG/TIFF images; "
-        "got 1 DICOM and 1 other files\n"
+        "got 1 DICOM and 1 PNG/JPEG/TIFF files\n"
     )
 
 

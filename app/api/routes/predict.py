@@ -38,7 +38,7 @@ from app.dicom.dicom_seg import part10_bytes
 from app.dicom.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
 from app.multipart_related import multipart_related
-from app.prediction import SeriesAnswer, SliceAnswer, Tally
+from app.prediction import SeriesAnswer, SliceAnswer, Tally, no_image_error
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)])
@@ -209,9 +209,14 @@ async def create_batch_prediction(
         except ServiceError as error:
             contents.append(error)
     request.state.input_sha256 = [uploads.sha256_hex(item) for item in contents if isinstance(item, bytes)]
-    readable = [item for item in contents if isinstance(item, bytes)]
-    dicom_input = bool(readable) and all(is_dicom(item[:DICOM_SIGNATURE_BYTES]) for item in readable)
-    output = servable_output(requested_outputs(output, accept), dicom_input, series=True)
+    errors = [no_image_error(item) for item in contents]
+    images = [item for item, error in zip(contents, errors, strict=True) if error is None and isinstance(item, bytes)]
+    dicom_input = any(is_dicom(item[:DICOM_SIGNATURE_BYTES]) for item in images)
+    choices = requested_outputs(output, accept)
+    if not images and schemas.OutputFormat.JSON not in choices:
+        # No file to make a SEG or SR of: the first file's own reason (too large, empty ...), not "needs DICOM".
+        raise next(error for error in errors if error is not None)
+    output = servable_output(choices, dicom_input, series=True)
     work = service.predict_files(
         contents, mask_format, wants_segmentation(output), on_tally=partial(record_outcome, request), series=series
     )

@@ -19,7 +19,7 @@ from app.dicom.dicom_sr_reader import read_volume_report
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE
 from app.inference import Predictor, SlicePrediction
 from app.series_result import single_slice_answers
-from tests.api.service_client import decode_rle
+from tests.api.service_client import LIMITED_UPLOAD_BYTES, decode_rle
 from tests.conftest import TUMOR_SLICE, pyproject_version
 from tests.dicom.builders import (
     legacy_multiframe,
@@ -186,6 +186,49 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     }
 
 
+@pytest.mark.parametrize("output", ["json", "dicom-seg"])
+@pytest.mark.parametrize(
+    ("stray", "code"),
+    [(b"", "empty_file"), (b"see the viewer on this CD\n", "unsupported_media_type")],
+    ids=["empty file", "text file"],
+)
+def test_a_file_that_is_no_image_beside_a_series_keeps_its_own_error(
+    client: TestClient, series_files: list[bytes], output: str, stray: bytes, code: str
+) -> None:
+    """Attack review 34: a patient CD's folder holds empty lock files and README.TXT; such a file failed the whole
+    series as `mixed_input`, while a broken DICOM file beside it was skipped with its own error."""
+    files = dicom_parts([*series_files[:2], stray, series_files[2]])
+
+    response = client.post(f"/v1/predict/batch?output={output}", files=files)
+
+    assert response.status_code == 200, response.text
+    if output == "json":
+        assert len(response.json()["slices"]) == 3
+        assert [(error["index"], error["error"]["code"]) for error in response.json()["file_errors"]] == [(2, code)]
+    else:
+        assert (response.headers["X-Files-Skipped"], response.headers["X-Skipped-File-Indices"]) == ("1", "2")
+        assert len(read_segmentation_masks(response.content)) == 3
+
+
+@pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr", "dicom-seg-sr"])
+@pytest.mark.parametrize(
+    ("only", "status", "code"),
+    [
+        (b"\0" * 128 + b"DICM" + bytes(LIMITED_UPLOAD_BYTES), 413, "payload_too_large"),
+        (b"", 400, "empty_file"),
+    ],
+    ids=["over the size limit", "empty"],
+)
+def test_a_seg_or_sr_of_a_batch_whose_files_are_all_unreadable_gives_their_reason(
+    limited_client: TestClient, output: str, only: bytes, status: int, code: str
+) -> None:
+    """Attack review 34: a lone DICOM file over MAX_UPLOAD_BYTES was told its output "needs DICOM input"."""
+    response = limited_client.post(f"/v1/predict/batch?output={output}", files=dicom_parts([only]))
+
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
 @pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr"])
 def test_a_series_whose_slices_lie_in_two_planes_is_refused_for_every_output(client: TestClient, output: str) -> None:
     datasets = mr_series(tumor_channels())
@@ -262,7 +305,9 @@ def test_mixed_dicom_and_png_batch_is_refused(client: TestClient, series_files: 
     assert response.json() == {
         "error": {
             "code": "mixed_input",
-            "message": "a batch must hold either DICOM files or PNG/JPEG/TIFF images; got 1 DICOM and 1 other files",
+            "message": (
+                "a batch must hold either DICOM files or PNG/JPEG/TIFF images; got 1 DICOM and 1 PNG/JPEG/TIFF files"
+            ),
         }
     }
 
