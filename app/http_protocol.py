@@ -16,6 +16,10 @@ adds, per connection:
   connection): a request whose headers are not all in by then gets 408 and the connection is closed;
 - a body idle timeout (`body_timeout_seconds`): a client that pauses longer while sending a body gets 408 and the
   connection is closed; the app sees the client go away. Time the app leaves the body unread does not count;
+- an answer the client does not read: when the transport holds more of it than it could send (the kernel's buffers
+  full), the client must take some of it every `body_timeout_seconds`, or the connection is cut off. Before, an
+  answer written whole stayed in memory, outside every budget, and the request's task waited, for as long as the
+  client kept the connection open without reading (attack review 34, left open there);
 - on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
   shutdown while requests that are being sent or answered finish;
 - a request with more than one Host header is 400 (RFC 9112 3.2): a proxy keeping the last and the app the first
@@ -130,6 +134,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._trailer_bytes = 0
         self._header_chunk = b""  # the bytes of the request line and headers handed to the parser last
         self._host_headers = 0  # Host header fields of the request being read
+        self._answer_timer: asyncio.TimerHandle | None = None
+        self._answer_taken = False  # the transport's buffer fell below its low-water mark since the last check
         self._invalid_reason: str | None = None  # why this protocol, not httptools, found the request invalid
 
     # Connection lifecycle
@@ -335,10 +341,40 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._body_timer):
+        for timer in (self._header_timer, self._body_timer, self._answer_timer):
             if timer is not None:
                 timer.cancel()
-        self._header_timer = self._body_timer = None
+        self._header_timer = self._body_timer = self._answer_timer = None
+
+    # Bytes out
+    def pause_writing(self) -> None:
+        """The transport holds more of an answer than the kernel took: watch that the client reads it."""
+        super().pause_writing()
+        if self._answer_timer is None:
+            self._arm_answer_timer(self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._answer_taken = True
+
+    def _arm_answer_timer(self, buffered: int) -> None:
+        self._answer_taken = False
+        self._answer_timer = self.loop.call_later(self.limits.body_timeout_seconds, self._check_answer_taken, buffered)
+
+    def _check_answer_taken(self, buffered_before: int) -> None:
+        """Cut off a client that took none of its answer since the last check; watch on while some is buffered."""
+        self._answer_timer = None
+        buffered = self.transport.get_write_buffer_size()
+        if self.transport.is_closing() or buffered == 0:
+            return
+        if self._answer_taken or buffered < buffered_before:
+            self._arm_answer_timer(buffered)
+            return
+        path = self.cycle.scope.get("path") if self.cycle is not None else None
+        fields = {"peer": self._peer(), "path": str(path or "")[:256], "bytes_unsent": buffered}
+        message = f"connection cut off: the client read none of its answer for {self.limits.body_timeout_seconds:g} s"
+        logger.info(message, extra={"fields": fields})
+        self.transport.abort()  # drops the buffered answer; the app, if still sending, sees the client gone
 
     # Refusals
     def send_400_response(self, msg: str) -> None:

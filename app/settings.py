@@ -248,8 +248,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         le=DAY_SECONDS,
-        description="longest a client may pause while sending a request body; then the request ends with 408 (at most "
-        "a day)",
+        description="longest a client may pause while sending a request body (then the request ends with 408), or "
+        "take none of an answer the server holds for it (then the connection is cut off); at most a day",
     )
     keep_alive_timeout_seconds: float = Field(
         default=5.0,

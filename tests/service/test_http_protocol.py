@@ -1,0 +1,99 @@
+"""The connection's watch on answers a client does not read (`app.http_protocol`), on a transport that stands in for
+a client: past the kernel's buffers, an answer waits in the transport, in memory, for as long as the client lets it.
+
+A test through a real socket would need an answer larger than the loopback buffers (about 4 MB), so the transport
+here says how much it still holds, as asyncio's does, and the clock is the event loop's with a short limit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from app.http_protocol import ConnectionLimits, protocol_with_limits
+
+LIMIT_SECONDS = 0.5
+ANSWER_BYTES = 5_000_000
+
+
+class ClientTransport(asyncio.Transport):
+    """A connection as asyncio's transport shows it to the protocol: how much of the answer it still holds."""
+
+    def __init__(self, buffered: int) -> None:
+        super().__init__()
+        self.buffered = buffered
+        self.aborted = False
+        self.closing = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.aborted = self.closing = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.buffered += len(data)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def client_reading(reads: list[int], periods: float) -> ClientTransport:
+    """A connection whose transport held `ANSWER_BYTES` when it paused writing, whose client then takes `reads`
+    bytes, one amount per limit period; returns the transport after `periods` limits."""
+    limits = ConnectionLimits(
+        max_connections=8,
+        max_header_bytes=8192,
+        header_timeout_seconds=60.0,
+        body_timeout_seconds=LIMIT_SECONDS,
+        shutdown_idle_upload_seconds=1.0,
+    )
+    protocol_class = protocol_with_limits(limits)
+    protocol = protocol_class(
+        config=uvicorn.Config(app=lambda scope, receive, send: None),
+        server_state=ServerState(),
+        app_state={},
+        _loop=asyncio.get_running_loop(),
+    )
+    transport = ClientTransport(ANSWER_BYTES)
+    protocol.connection_made(transport)
+    protocol.pause_writing()
+    for taken in reads:
+        await asyncio.sleep(LIMIT_SECONDS * 0.6)
+        transport.buffered = max(0, transport.buffered - taken)
+        await asyncio.sleep(LIMIT_SECONDS * 0.4)
+    await asyncio.sleep(LIMIT_SECONDS * (periods - len(reads)))
+    protocol.connection_lost(None)  # cancels its timers, as the server does when a connection ends
+    return transport
+
+
+def test_a_client_that_reads_none_of_its_answer_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="app.http"):
+        transport = asyncio.run(client_reading([], periods=2.5))
+
+    assert transport.aborted
+    (record,) = [record for record in caplog.records if "read none of its answer" in record.getMessage()]
+    assert record.fields["bytes_unsent"] == ANSWER_BYTES  # type: ignore[attr-defined]
+
+
+def test_a_slow_reader_keeps_its_connection_and_a_finished_answer_stops_the_watch() -> None:
+    slow = asyncio.run(client_reading([100_000] * 4, periods=4.5))
+    done = asyncio.run(client_reading([ANSWER_BYTES], periods=3.5))
+
+    assert not slow.aborted and slow.buffered == ANSWER_BYTES - 400_000
+    assert not done.aborted and done.buffered == 0
