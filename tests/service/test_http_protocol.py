@@ -1,7 +1,7 @@
 """The connection's watch on answers a client does not read (`app.http_protocol`), on a transport that stands in for
 a client: past the kernel's buffers, an answer waits in the transport, in memory, for as long as the client lets it.
 
-A test through a real socket would need an answer larger than the loopback buffers (about 4 MB), so the transport
+A test through a real socket would need an answer larger than the kernel's socket buffers (megabytes), so the transport
 here says how much it still holds, as asyncio's does, and the clock is the event loop's with a short limit."""
 
 from __future__ import annotations
