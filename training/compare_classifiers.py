@@ -26,10 +26,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.compare_segmenters import average_and_save, parse_candidate
-from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
+from training.compare_segmenters import average_and_save, parse_candidate, save_probability_mean
+from training.data import find_slices, load_slices, load_split, usage_errors
 from training.evaluation_metrics import classification_metrics
-from training.models import ARCHITECTURE_NAME, average_of, load_classifier, renamed
+from training.models import load_classifier
 from training.pipeline_choices import choose_classifier_threshold
 from training.slice_predictions import classifier_probabilities, model_outputs, preprocessed_batches
 
@@ -63,22 +63,6 @@ def recalibrate_batch_norm(model: keras.Model, images: np.ndarray) -> None:
         layer.momentum = 0.99
 
 
-def save_probability_mean(models: list[keras.Model], output_dir: Path) -> keras.Model:
-    """The candidates as one model whose output is the mean of their probabilities, saved as a checkpoint
-    (`architecture.json` and `best.weights.h5` in `output_dir`) that `training.evaluate` and `training.export` take.
-
-    Exported, the service runs it like any classifier; its cost per slice is the sum of the members'.
-    """
-    if len(models) < 2:
-        raise DatasetError("--save-probability-mean needs two or more classifiers")
-    ensemble = average_of([renamed(model, f"member{index}") for index, model in enumerate(models)])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / ARCHITECTURE_NAME).write_text(ensemble.to_json())
-    ensemble.save_weights(output_dir / "best.weights.h5")
-    logger.info("wrote the mean of the classifiers' probabilities as one model to %s", output_dir)
-    return ensemble
-
-
 def compare(args: argparse.Namespace) -> dict:
     split = load_split(Path(args.split))
     wanted = set(split["validation"]) | (set(split["train"]) if args.recalibrate_batch_norm else set())
@@ -100,7 +84,9 @@ def compare(args: argparse.Namespace) -> dict:
         served_ensemble = np.mean(list(flip_probabilities.values()), axis=0)  # how the service would run them
         results["mean of all + flip average"] = figures(validation.labels, served_ensemble, args.target_sensitivity)
     if args.save_probability_mean:
-        save_probability_mean(list(models.values()), Path(args.save_probability_mean))
+        save_probability_mean(
+            list(models.values()), Path(args.save_probability_mean), "classifiers", "tumor_classifier"
+        )
     averaged = average_and_save(list(models.values()), args.save_weights_average, "classifiers")
     if averaged is not None:
         results["weights averaged"] = figures(

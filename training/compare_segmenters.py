@@ -23,7 +23,15 @@ import keras
 
 from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
 from training.evaluation_metrics import evaluate_split
-from training.models import architecture_json, load_classifier, load_segmenter, weights_average
+from training.models import (
+    ARCHITECTURE_NAME,
+    architecture_json,
+    average_of,
+    load_classifier,
+    load_segmenter,
+    renamed,
+    weights_average,
+)
 from training.pipeline_choices import choose_classifier_threshold, choose_mask_threshold
 from training.slice_predictions import model_outputs
 
@@ -50,6 +58,23 @@ def average_and_save(models: list[keras.Model], save_to: str | None, kind: str) 
         averaged.save_weights(save_to)
         logger.info("wrote the averaged weights to %s", save_to)
     return averaged
+
+
+def save_probability_mean(models: list[keras.Model], output_dir: Path, kind: str, name: str) -> keras.Model:
+    """The candidates as one model named `name` whose output is the mean of their probabilities, saved as a
+    checkpoint (`architecture.json` and `best.weights.h5` in `output_dir`) that `training.evaluate` and
+    `training.export` take.
+
+    Exported, the service runs it like any single model; its cost per slice is the sum of the members'.
+    """
+    if len(models) < 2:
+        raise DatasetError(f"--save-probability-mean needs two or more {kind}")
+    ensemble = average_of([renamed(model, f"member{index}") for index, model in enumerate(models)], name=name)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / ARCHITECTURE_NAME).write_text(ensemble.to_json())
+    ensemble.save_weights(output_dir / "best.weights.h5")
+    logger.info("wrote the mean of the %s' probabilities as one model to %s", kind, output_dir)
+    return ensemble
 
 
 def training_summary(weights: Path) -> dict | None:
@@ -87,9 +112,17 @@ def compare(args: argparse.Namespace) -> dict:
     averaged = average_and_save(list(segmenters.values()), args.save_weights_average, "segmenters")
     if averaged is not None:
         segmenters["weights averaged"] = averaged
+    if args.save_probability_mean:
+        mean_dir = Path(args.save_probability_mean)
+        segmenters["probability mean"] = save_probability_mean(
+            [segmenters[name] for name in given], mean_dir, "segmenters", "tumor_segmenter"
+        )
+    saved_as = {"weights averaged": args.save_weights_average}
+    if args.save_probability_mean:
+        saved_as["probability mean"] = str(Path(args.save_probability_mean) / "best.weights.h5")
     candidates = {}
     for name, segmenter in segmenters.items():
-        weights = given.get(name, args.save_weights_average)
+        weights = given.get(name, saved_as.get(name))
         maps = model_outputs(segmenter, validation.images)[..., 0]
         mask_threshold, _ = choose_mask_threshold(validation, probabilities, maps, classifier_threshold)
         metrics = evaluate_split(validation, probabilities, maps, classifier_threshold, mask_threshold)
@@ -144,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="WEIGHTS_H5",
         help="also write the candidates' weights averaged (one architecture) as a .weights.h5 to export",
+    )
+    parser.add_argument(
+        "--save-probability-mean",
+        default=None,
+        metavar="DIR",
+        help="also judge the mean of the candidates' probabilities (an ensemble) and write it to DIR as a "
+        "checkpoint (architecture.json, best.weights.h5) that training.evaluate and training.export take",
     )
     return parser
 

@@ -27,7 +27,14 @@ from training import (
     train,
 )
 from training.data import DatasetError, SliceArrays, find_slices, load_slices, usage_errors
-from training.models import ARCHITECTURE_NAME, build_classifier, build_resunet, load_classifier, weights_average
+from training.models import (
+    ARCHITECTURE_NAME,
+    build_classifier,
+    build_resunet,
+    load_classifier,
+    load_segmenter,
+    weights_average,
+)
 
 # The runs below train a ResUNet of three stages: the full one spends about 20 s tracing its training step. (Four or
 # eight filters in the first stage crashed TensorFlow 2.21's CPU kernels here: heap corruption at batch 8, crop 128.)
@@ -320,6 +327,34 @@ def test_segmenter_weights_average_of_two_copies_is_that_checkpoint_and_is_saved
         np.testing.assert_allclose(saved_variable, original_variable, rtol=1e-6)
 
 
+def test_segmenter_probability_mean_is_judged_and_saved_as_one_checkpoint_that_outputs_the_mean(
+    trained_run, dev_layout, tmp_path
+):
+    keras.utils.set_random_seed(5)
+    untrained = tmp_path / "untrained" / "best.weights.h5"
+    untrained.parent.mkdir()
+    untrained_model = tiny_resunet()
+    untrained_model.save_weights(untrained)
+    (untrained.parent / ARCHITECTURE_NAME).write_text(untrained_model.to_json())
+    trained = trained_run / "segmenter" / "best.weights.h5"
+    result = compare_segmenters.main(
+        ["--data-root", str(dev_layout), "--classifier-weights", str(trained_run / "classifier" / "best.weights.h5")]
+        + ["--segmenter", f"trained={trained}", "--segmenter", f"untrained={untrained}", "--split"]
+        + [str(trained_run / "split.json"), "--output", str(tmp_path / "c.json")]
+        + ["--save-probability-mean", str(tmp_path / "mean")]
+    )
+    saved = tmp_path / "mean" / "best.weights.h5"
+    assert result["candidates"]["probability mean"]["weights"] == str(saved)
+    assert 0.0 <= result["candidates"]["probability mean"]["segmentation"]["volume_dice_mean"] <= 1.0
+    ensemble = load_segmenter(saved)  # through the architecture.json beside it, as evaluate and export load it
+    assert ensemble.name == "tumor_segmenter"
+    members = [load_segmenter(weights) for weights in (trained, untrained)]
+    images = np.random.default_rng(4).random((2, 256, 256, 3), dtype=np.float32)
+    outputs = [keras.ops.convert_to_numpy(model(images)) for model in members]
+    assert not np.allclose(*outputs, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ensemble(images)), (outputs[0] + outputs[1]) / 2, atol=1e-6)
+
+
 def test_segmenter_candidates_must_be_named():
     with pytest.raises(SystemExit):
         compare_segmenters.build_parser().parse_args(
@@ -384,7 +419,7 @@ def test_classifier_comparison_measures_each_checkpoint_and_their_combinations(t
 def test_the_probability_mean_of_two_classifiers_is_one_checkpoint_that_outputs_their_mean(tmp_path):
     keras.utils.set_random_seed(7)
     first, second = build_classifier(), build_classifier()
-    compare_classifiers.save_probability_mean([first, second], tmp_path / "mean")
+    compare_segmenters.save_probability_mean([first, second], tmp_path / "mean", "classifiers", "tumor_classifier")
     loaded = load_classifier(tmp_path / "mean" / "best.weights.h5")
     images = np.random.default_rng(0).random((2, 256, 256, 3), dtype=np.float32)
     first_out, second_out = (keras.ops.convert_to_numpy(model(images)) for model in (first, second))
@@ -394,7 +429,7 @@ def test_the_probability_mean_of_two_classifiers_is_one_checkpoint_that_outputs_
 
 def test_a_probability_mean_of_one_classifier_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="two or more"):
-        compare_classifiers.save_probability_mean([build_classifier()], tmp_path / "mean")
+        compare_segmenters.save_probability_mean([build_classifier()], tmp_path / "mean", "classifiers", "c")
     assert not (tmp_path / "mean").exists()
 
 
