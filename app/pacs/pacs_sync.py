@@ -9,7 +9,8 @@ One pass:
    look at. With `require_stable`, a study that Orthanc does not call stable yet (an instance of another of its
    series arrived within Orthanc's StableAge: the T1 series of a study sent whole, after its FLAIR) is looked at
    again at each pass until it is: analysed on its stable FLAIR alone, it got an interim FLAIR-only SEG and SR that
-   the three-series ones replaced minutes later;
+   the three-series ones replaced minutes later. A ``NewSeries`` change schedules such a look too, since an Orthanc
+   restarted before the series was stable never logs its ``StableSeries`` (`TRIGGERS_RECEIVING`);
 2. look at each such study (`app.pacs.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
    `app.sequence_selection`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
    ones, record the outcome in Orthanc (metadata `SYNC_METADATA` on the study); a study without FLAIR is recorded
@@ -60,6 +61,10 @@ logger = logging.getLogger(__name__)
 
 TRIGGERS_STABLE = frozenset({"StableSeries"})
 TRIGGERS_UNSTABLE = frozenset({"StableSeries", "NewInstance"})
+TRIGGERS_RECEIVING = frozenset({"NewSeries"})
+"""With `require_stable`, changes whose study is looked at again after `poll_seconds` and then at each pass until
+Orthanc calls it stable: Orthanc keeps its stability timers in memory, so a series still receiving when it
+restarts is stable after it without a ``StableSeries`` change, and would wait for one that never comes."""
 MAX_CHANGE_PAGES_PER_PASS = 1000
 """Pages of the change log one pass reads (100 changes each): a busy Orthanc's backlog takes a few passes, and one
 whose log never says Done cannot keep the due retries from their turn."""
@@ -196,6 +201,7 @@ def _process_once_stable(
             schedule = state.retries if retry else state.receiving
             schedule[study_id] = studies.clock() + client.config.poll_seconds
             return
+    state.receiving.pop(study_id, None)  # looked at now: a look scheduled by its `TRIGGERS_RECEIVING` is not needed
     report.count(studies.process(study_id, state, retry=retry, study=study))
 
 
@@ -247,14 +253,23 @@ def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, look
         else:
             state.orthanc_last = max(page["Last"], state.orthanc_last)
         study_ids: dict[str, None] = {}  # in order, once each
+        receiving: dict[str, None] = {}
         for change in page["Changes"]:
-            if change.get("ChangeType") in triggers:
+            change_type = change.get("ChangeType")
+            if change_type in triggers:
                 study_id = _study_of(client, change, state)
                 if study_id is not None:
                     study_ids.setdefault(study_id)
+            elif client.config.require_stable and change_type in TRIGGERS_RECEIVING:
+                study_id = _study_of(client, change, state)
+                if study_id is not None:
+                    receiving.setdefault(study_id)
         for study_id in study_ids:
             _process_once_stable(studies, study_id, state, report)
             looked_at.add(study_id)
+        for study_id in receiving:
+            if study_id not in looked_at:
+                state.receiving.setdefault(study_id, studies.clock() + client.config.poll_seconds)
         state.last_change = max(page["Last"], state.last_change)
         # Only now: a crash above replays this page, and the records keep work from being redone. A failure here is
         # logged by the save that ends the pass, if that one fails too (one line per pass, not one per page).

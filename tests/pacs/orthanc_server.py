@@ -38,13 +38,18 @@ class Orthanc:
 
     def upload(self, datasets: list[Dataset]) -> str:
         """Store the instances; return the Orthanc ID of their series once Orthanc calls it stable."""
+        series_id = self.store(datasets)
+        self.wait_until_stable(f"/series/{series_id}")
+        return series_id
+
+    def store(self, datasets: list[Dataset]) -> str:
+        """Store the instances of one series; return its Orthanc ID at once (stable or not)."""
         series_ids = set()
         for dataset in datasets:
             response = self.session.post(f"{self.url}/instances", data=to_bytes(dataset), timeout=30)
             response.raise_for_status()
             series_ids.add(response.json()["ParentSeries"])
         (series_id,) = series_ids
-        self.wait_until_stable(f"/series/{series_id}")
         return series_id
 
     def wait_until_stable(self, resource: str) -> None:
@@ -124,7 +129,11 @@ def free_port() -> int:
 
 @contextmanager
 def running_orthanc(
-    directory: Path, dicom_modalities: dict[str, tuple[str, str, int]] | None = None, overwrite_instances: bool = False
+    directory: Path,
+    dicom_modalities: dict[str, tuple[str, str, int]] | None = None,
+    overwrite_instances: bool = False,
+    stable_age: int = 1,
+    port: int | None = None,
 ) -> Iterator[Orthanc]:
     """A fresh Orthanc on a free loopback port, storing under `directory`; skips the test where it is not installed.
     With `overwrite_instances`, an instance stored again under its SOP Instance UID replaces the stored one (Orthanc's
@@ -132,6 +141,9 @@ def running_orthanc(
 
     With `dicom_modalities` (name -> AE title, host, port), Orthanc also listens for DICOM (AE title ``ORTHANC``) on
     another free port, and accepts C-STORE only from those modalities, so whatever it holds from DIMSE came from one.
+
+    `stable_age` is Orthanc's StableAge (seconds without a new instance before a series is stable); `port` an HTTP
+    port to listen on (default: a free one), so that a test can start Orthanc again on the same storage and address.
     """
     binary = orthanc_binary()
     if binary is None:
@@ -139,7 +151,7 @@ def running_orthanc(
     plugin = dicomweb_plugin()
     if plugin is None:
         pytest.fail("Orthanc is installed but its DICOMweb plugin is not: install the Debian package orthanc-dicomweb")
-    port = free_port()
+    port = port or free_port()
     config = {
         "Name": "pacs-sync-test",
         "StorageDirectory": str(directory / "storage"),
@@ -152,7 +164,7 @@ def running_orthanc(
         "Plugins": [str(plugin)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "UserMetadata": {SYNC_METADATA: 4600},
-        "StableAge": 1,
+        "StableAge": stable_age,
         "SaveJobs": False,
         "OverwriteInstances": overwrite_instances,
     }

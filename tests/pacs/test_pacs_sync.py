@@ -24,7 +24,7 @@ from app.sequence_selection import StudySelection
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
-from tests.pacs.orthanc_server import Orthanc
+from tests.pacs.orthanc_server import Orthanc, free_port, running_orthanc
 from tests.pacs.pacs_sync_support import (
     NegativePredictor,
     assert_masks_are_the_predictions,
@@ -124,6 +124,36 @@ def test_pacs_sync_does_not_segment_a_t1_only_study_then_segments_its_late_flair
         "T1 pre-contrast",
         "T1 post-contrast",
     }
+
+
+@pytest.mark.parametrize("read_before_restart", [True, False], ids=["changes read before", "changes read after"])
+def test_pacs_sync_analyses_a_series_whose_stable_change_an_orthanc_restart_lost(
+    predictor: Predictor, tmp_path: Path, read_before_restart: bool
+) -> None:
+    # Orthanc keeps its StableAge timers in memory: restarted while a series is still receiving, it calls the series
+    # stable afterwards but never logs a StableSeries change for it.
+    series = mr_series(tumor_channels())
+    port, now = free_port(), [1000.0]
+    state_file = tmp_path / "state.json"
+    (tmp_path / "pacs").mkdir()
+    with running_orthanc(tmp_path / "pacs", stable_age=120, port=port) as orthanc:
+        config = config_for(orthanc, state_file)
+        study_id = orthanc.study_of(orthanc.store(series))
+        if read_before_restart:
+            assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()  # not stable
+    with running_orthanc(tmp_path / "pacs", stable_age=120, port=port) as orthanc:
+        assert orthanc.get(f"/studies/{study_id}")["IsStable"]
+        assert "StableSeries" not in {change["ChangeType"] for change in orthanc.get("/changes")["Changes"]}
+        if not read_before_restart:
+            assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()
+        now[0] += config.poll_seconds
+
+        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport(positive=1)
+
+        assert len(orthanc.results(series[0].StudyInstanceUID, "SEG")) == 1
+        assert orthanc.record(study_id)["status"] == "positive"
+        now[0] += config.poll_seconds
+        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()  # looked at once
 
 
 def test_pacs_sync_supersedes_its_result_when_a_late_instance_arrives(
