@@ -28,6 +28,7 @@ one time zone.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -297,6 +298,38 @@ def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceE
         raise error(impossible_lengths_reason(impossible, derived))
 
 
+# The modules whose root attributes highdicom copies from the first source into a SEG or an SR
+# (`copy_patient_and_study_information`).
+COPIED_MODULES = ("patient", "general-study", "patient-study", "clinical-trial-subject", "clinical-trial-study")
+
+
+@functools.cache
+def optional_copied_attributes() -> frozenset[str]:
+    """The Type 3 (optional) attributes of `COPIED_MODULES`, by the standard's tables that highdicom carries."""
+    from highdicom._standard_utils import get_module_attribute_map  # the tables highdicom copies by
+
+    tables = get_module_attribute_map()
+    return frozenset(
+        str(item["keyword"])
+        for module in COPIED_MODULES
+        for item in tables[module]
+        if not item["path"] and item["type"] == "3"
+    )
+
+
+def drop_invalid_optional_values(derived: Dataset) -> list[str]:
+    """Delete from `derived` the optional patient and study attributes copied from the source whose values break
+    their value type (a Patient's Age of "54", a 17-character Patient's Weight, a 3,000-character Study
+    Description); return their keywords.
+
+    Why: a SEG or an SR may leave a Type 3 attribute out, so refusing the whole result for one (as for the Type 2
+    attributes a PACS files the result by) cost the study its SEG and SR for nothing (interop review 35)."""
+    dropped = invalid_values(derived, optional_copied_attributes())
+    for keyword in dropped:
+        del derived[keyword]
+    return dropped
+
+
 def refuse_invalid_values(keywords: Sequence[str], derived: str, error: type[ServiceError]) -> None:
     """Raise `error` when a source (or what was made of it) holds `invalid_values`."""
     if keywords:
@@ -316,6 +349,10 @@ def _valid_value(vr: str, value: object) -> bool:
     allowed = ALLOWED_MULTILINE_CONTROLS if vr in MULTILINE_VRS else ALLOWED_CONTROLS
     if any(not character.isprintable() and character not in allowed for character in text):
         return False
+    if vr == "UI":
+        # pydicom refuses components with leading zeros (1.2.840.0123), which legacy scanners wrote for years: a
+        # SEG or SR must refer to the UIDs that exist, so `UID_FORM` tolerates them (interop review 35).
+        return is_uid(text.rstrip("\0 "))
     try:
         valuerep.validate_value(vr, text, RAISE)
     except (ValueError, TypeError):

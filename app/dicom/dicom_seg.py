@@ -29,6 +29,7 @@ from app.dicom.dicom_conformance import (
     check_sources,
     complete_segmentation,
     derived_character_set,
+    drop_invalid_optional_values,
     invalid_values,
     missing_plane_attributes,
     refuse_invalid_values,
@@ -214,6 +215,7 @@ def _finished(segmentation: Dataset, source_images: list[Dataset], references: S
     stamp_creation_times(segmentation, source_images)  # in the sources' time zone; Series Date/Time too
     if _frame_of_capture(references):
         _name_the_frame(segmentation, references[0])
+    drop_invalid_optional_values(segmentation)  # optional ones copied from the source: left out
     refuse_invalid_values(
         invalid_values(segmentation), SEG, SegmentationInputError
     )  # copied from the source as it came

@@ -39,6 +39,7 @@ from pydicom.uid import generate_uid
 from app.dicom.dicom_conformance import (
     check_sources,
     derived_character_set,
+    drop_invalid_optional_values,
     image_library_sources,
     invalid_values,
     refuse_invalid_values,
@@ -192,6 +193,7 @@ def build_volume_report(
         report = _volume_report(sources, findings, model_tags, segmentations, series.pop(), result_origin)
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
+    drop_invalid_optional_values(report)  # optional ones copied from the source: left out
     refuse_invalid_values(invalid_values(report), SR, ReportInputError)  # what highdicom copied from the source
     return report
 

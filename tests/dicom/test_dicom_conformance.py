@@ -86,7 +86,6 @@ def test_seg_of_one_slice_without_thickness_takes_its_spacing_and_without_either
 @pytest.mark.parametrize(
     ("keyword", "value"),
     [
-        ("StudyDescription", "Brain MRI " * 300),  # an LO holds 64 characters
         ("AccessionNumber", "A" * 200),  # an SH holds 16
         ("PatientName", "Doe^Jane\x00\r\nInjected"),  # control characters
         ("StudyTime", "25:99:99"),  # no time of day; highdicom failed on it naming nothing
@@ -107,6 +106,48 @@ def test_seg_and_sr_refuse_source_values_that_break_their_type_naming_them_not_q
     with pytest.raises(ReportInputError) as raised:
         build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
     assert keyword in raised.value.message and value[:8] not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("StudyDescription", "Brain MRI " * 300),  # an LO holds 64 characters
+        ("PatientAge", "54"),  # an AS is three digits and a unit: "054Y"
+        ("PatientWeight", "72.123456789012345"),  # a DS holds 16 characters
+    ],
+)
+def test_seg_and_sr_leave_out_optional_source_values_that_break_their_type(keyword: str, value: str) -> None:
+    """Interop review 35: a Type 3 patient or study attribute the SEG and SR copy (Patient's Age without its unit)
+    refused both, so the study got no result; it is left out of them instead. The sources are left as they came."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.PatientSex = "F"  # a valid neighbour is copied as before
+        setattr(dataset, keyword, value)
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+
+    for made in (seg, report):
+        assert keyword not in made and made.PatientSex == "F"
+    assert str(inputs[0].reference.header.get(keyword)) == value.strip()  # DICOM pads, pydicom strips
+
+
+def test_seg_and_sr_refer_to_a_study_uid_with_leading_zero_components() -> None:
+    """Interop review 35: legacy scanners wrote UIDs like 1.2.840.0123.4; the SEG and SR of such a study were
+    refused, though they must refer to the UID that exists (and the series' and instances' were accepted)."""
+    series = mr_series(tumor_channels())
+    study_uid = "1.2.840.0113654.2.70.1.123"
+    for dataset in series:
+        dataset.StudyInstanceUID = study_uid
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+
+    assert seg.StudyInstanceUID == report.StudyInstanceUID == study_uid
 
 
 def test_seg_and_sr_write_legacy_dates_and_times_in_the_standards_form() -> None:
