@@ -115,6 +115,7 @@ from app.node.dicom_study_runs import (
     ABORTED_NOTE,
     already_analysed,
     count_abort,
+    earlier_reports,
     errors_since_last_outcome,
     reports,
     supersede_undelivered,
@@ -632,8 +633,11 @@ class DicomNode:
         self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, aborted: int
     ) -> None:
         previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
+        built_report_uid = str(analysis.datasets[-1].SOPInstanceUID) if analysis.datasets else None
+        predecessors: list[dict[str, str]] = []
         if previous is not None and analysis.datasets:  # the report names the one it replaces; new UIDs for all
-            supersede_earlier_reports(analysis.datasets, reports(previous["results"]))
+            predecessors = earlier_reports(previous, built_report_uid)
+            supersede_earlier_reports(analysis.datasets, reports(predecessors))
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
             status=analysis.status,
@@ -650,6 +654,8 @@ class DicomNode:
                 for path, dataset in zip(results, analysis.datasets, strict=True)
             ],
             supersedes=previous["run_id"] if previous is not None and results else None,
+            built_report_uid=built_report_uid,
+            predecessors=predecessors,
             sent={str(destination): {"status": "pending", "attempts": 0} for destination in self.config.destinations}
             if results
             else {},
@@ -722,17 +728,26 @@ def _log_refused_contexts(event: Any) -> None:
     MR (operations review: 14 of a run's 20 lines). A SOP Class UID is the standard's or a vendor's, never patient
     data, but a peer may send any text in its place ("Smith^John 1970", attack review 33): only well-formed UIDs are
     named, the rest counted."""
-    refused: dict[str, set[str]] = {"SOP class not supported": set(), "transfer syntaxes": set()}
+    classes_refused: set[str] = set()
+    syntaxes_refused: dict[str, set[str]] = {}  # SOP class -> the transfer syntaxes proposed for it, none taken
     not_uids = 0
     for context in event.assoc.rejected_contexts:
-        reason = "transfer syntaxes" if context.result == 0x04 else "SOP class not supported"
-        syntax = UID(str(context.abstract_syntax))
-        if syntax.is_valid:
-            refused[reason].add(str(syntax))
-        else:
+        sop_class = UID(str(context.abstract_syntax))
+        if not sop_class.is_valid:
             not_uids += 1
-    if any(refused.values()) or not_uids:
-        fields: dict[str, object] = {reason: sorted(classes) for reason, classes in refused.items() if classes}
+        elif context.result == 0x04:  # transfer syntaxes not supported
+            proposed = {str(syntax) for syntax in context.transfer_syntax or [] if UID(str(syntax)).is_valid}
+            syntaxes_refused.setdefault(str(sop_class), set()).update(proposed)
+        else:
+            classes_refused.add(str(sop_class))
+    if classes_refused or syntaxes_refused or not_uids:
+        fields: dict[str, object] = {}
+        if classes_refused:
+            fields["SOP class not supported"] = sorted(classes_refused)
+        if syntaxes_refused:
+            fields["transfer syntaxes not supported"] = {
+                sop_class: sorted(syntaxes) for sop_class, syntaxes in sorted(syntaxes_refused.items())
+            }
         if not_uids:
             fields["not a UID (not logged)"] = not_uids
         logger.info("presentation contexts refused", extra={"fields": fields})

@@ -54,6 +54,19 @@ def reports(results: list[dict[str, Any]]) -> list[ReportReference]:
     ]
 
 
+def earlier_reports(previous: dict[str, Any], built_report_uid: str | None) -> list[dict[str, Any]]:
+    """The reports a new run's report supersedes, given the latest run with results (`previous`) and the SOP
+    Instance UID the new report was built with (`result_uids`: the same findings, the same UID).
+
+    Usually `previous`'s own reports. But when the new run found what `previous` found (the same built UID: a DWI or
+    T2 series arrived, which the models do not read), it supersedes what `previous` superseded, and so is made with
+    `previous`'s very UIDs, which a PACS keeps once (interop review 35: after one real supersede, every later
+    arrival in the study added another identical SEG and SR)."""
+    if built_report_uid is not None and previous.get("built_report_uid") == built_report_uid:
+        return list(previous.get("predecessors", []))
+    return [result for result in previous["results"] if result.get("modality") == "SR"]
+
+
 def already_analysed(runs: list[dict[str, Any]], fingerprint: str, bytes_fingerprint: str | None = None) -> bool:
     """Whether these very instances are what the study's latest outcome was made of (`FINAL_STATUSES`); a run
     recorded before fingerprints compared content holds `bytes_fingerprint` (`Spool.fingerprints`).

@@ -156,6 +156,38 @@ def test_second_send_does_not_duplicate_and_a_late_instance_supersedes(
     assert dciodvfy_errors(second_sr, "ComprehensiveSR") == []
 
 
+def test_a_series_the_models_do_not_read_after_a_supersede_makes_the_same_results_again(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 35: once a late slice had superseded the first results, every later series of the study (a
+    DWI, a T2, which the models do not read) made another SEG and SR with new UIDs, all describing the same masks."""
+    node = make_node()
+    study, series_uid = Study(), generate_uid()
+    images = tumor_channels()
+    flair = [
+        mr_dataset(image, study, series_uid, instance_number=index + 1, position_mm=index * SLICE_GAP_MM)
+        for index, image in enumerate(images)
+    ]
+    late = mr_dataset(images[0], study, series_uid, instance_number=4, position_mm=3 * SLICE_GAP_MM)
+    assert storescu(node, write_files(flair, tmp_path / "flair")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    assert storescu(node, write_files([late], tmp_path / "late")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    for number, description in ((5, "Ax DWI"), (6, "AX T2 FSE")):
+        other = mr_series(images, study=study, series_number=number, series_description=description)
+        assert storescu(node, write_files(other, tmp_path / description)).returncode == 0
+        clock.advance(QUIET_SECONDS)
+        process_and_send(node)
+
+    runs = record(node)["runs"]
+    assert len(runs) == 4
+    made = [{result["sop_instance_uid"] for result in run["results"]} for run in runs]
+    assert made[0] != made[1] == made[2] == made[3]  # the late slice changed the masks; the others did not
+    assert {dataset.SOPInstanceUID for dataset in results.received} == made[0] | made[1]
+
+
 def test_restart_mid_series_loses_no_instance(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
 ) -> None:
