@@ -542,6 +542,18 @@ def _attributes_that_tell_apart(members: Sequence[DicomFrame]) -> str:
     return " and ".join(differing)
 
 
+def _copies_of_one_another(members: Sequence[DicomFrame]) -> bool:
+    """Whether one of `members` names another as its source (Source Image Sequence): a lossy-compressed copy must
+    have a new SOP Instance UID (PS3.3 C.7.6.1.1.5) and names its original there."""
+    present = {member.sop_instance_uid for member in members}
+    for member in members:
+        sources = member.header.get("SourceImageSequence") or []
+        named = {str(item.get("ReferencedSOPInstanceUID", "")) for item in sources}
+        if named & (present - {member.sop_instance_uid}):
+            return True
+    return False
+
+
 def _check_group(members: tuple[DicomFrame, ...]) -> None:
     position = members[0].image_position
     series = {member.series_instance_uid for member in members}
@@ -562,6 +574,12 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
                 f"{len(members)} files of one series lie at each slice position (first at {position}), told apart by "
                 f"{told_apart}: the series holds several echoes or acquisitions, and the models read one image per "
                 "slice position; send the files of one echo and one acquisition (the FLAIR ones) only"
+            )
+        elif _copies_of_one_another(members):
+            raise InvalidDicomImageError(
+                f"{len(members)} frames lie at one slice position {position}: the same slice arrived more than once "
+                "under different SOP Instance UIDs (one names another in its Source Image Sequence: the series sent "
+                "again after lossy compression, say); send one copy of the series"
             )
         else:
             where = f"{len(files)} files of one series with the same ImagePositionPatient"

@@ -239,8 +239,10 @@ def _c_store_scp() -> list[str]:
         "no new result, in any transfer syntax (their attributes and decoded pixel values are compared, not their",
         "bytes: a study archived JPEG-LS lossless or Implicit VR and forwarded again is not analysed twice), and a",
         "study whose instances changed after its analysis (another pixel value, a corrected attribute; a lossy",
-        "re-compression changes pixel values) is analysed again, its new results superseding the earlier ones",
-        "(below).",
+        "re-compression that keeps the SOP Instance UIDs changes pixel values) is analysed again, its new results",
+        "superseding the earlier ones (below). A lossy copy under new SOP Instance UIDs, as the standard requires,",
+        "puts a second instance at each slice position of the series: the study is then recorded failed with that",
+        "reason and nothing is sent; which copy to analyse is not chosen yet.",
         "",
     ]
 

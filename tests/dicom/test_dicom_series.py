@@ -131,6 +131,22 @@ def test_prepare_inputs_rejects_three_frames_of_one_series(flair: np.ndarray) ->
         prepare_inputs(frames)
 
 
+def test_prepare_inputs_says_a_slice_came_again_as_a_lossy_copy(flair: np.ndarray) -> None:
+    # Interop review 35: a series sent again after lossy compression has new SOP Instance UIDs (as the standard
+    # requires), and its files name their originals; "send one file per slice" did not describe that.
+    study, series_uid = Study(), generate_uid()
+    original = mr_dataset(flair, study, series_uid, instance_number=1)
+    copy = mr_dataset(flair, study, series_uid, instance_number=1)
+    copy.LossyImageCompression = "01"
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
+    copy.SourceImageSequence = [source]
+    frames = [read_dicom(to_bytes(dataset))[0] for dataset in (original, copy)]
+
+    with pytest.raises(InvalidDicomImageError, match="the same slice arrived more than once .* lossy compression"):
+        prepare_inputs(frames)
+
+
 def test_prepare_inputs_names_the_echoes_of_a_multi_echo_series(flair: np.ndarray) -> None:
     # A dual-echo (PD/T2) series is one file per image, two at each position: the advice to send one file per slice
     # would not fit, so the message names what tells the files apart (names only, never their values).
