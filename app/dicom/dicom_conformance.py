@@ -36,8 +36,10 @@ from datetime import datetime, timedelta, timezone
 
 import highdicom as hd
 from pydicom import valuerep
+from pydicom.charset import convert_encodings
 from pydicom.config import RAISE
-from pydicom.datadict import dictionary_VM
+from pydicom.datadict import dictionary_VM, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
@@ -117,6 +119,46 @@ def derived_character_set(source: Dataset) -> str | None:
     if isinstance(value, str) and value in SINGLE_CHARACTER_SETS:
         return value
     return UTF8
+
+
+# Value types whose bytes are text in the Specific Character Set (the others are ASCII by definition).
+CHARACTER_SET_VRS = frozenset({"SH", "LO", "ST", "PN", "LT", "UC", "UT"})
+
+
+def read_undeclared_utf8(dataset: Dataset) -> None:
+    """Read the text of a file that declares no Specific Character Set as UTF-8 when every value beyond ASCII is
+    valid UTF-8; call it right after `dcmread`, before a text value is read.
+
+    Why: pydicom reads such bytes as Latin-1, so a name a modality wrote in UTF-8 without declaring it (common, and
+    what Orthanc's "DefaultEncoding": "Utf8" assumes) reached the SEG and SR as "MÃ¼ller" under the images' Patient
+    ID (interop review 35). Latin-1 names beyond ASCII almost never form valid UTF-8, so they are read as before.
+    """
+    if "SpecificCharacterSet" in dataset:
+        return
+    beyond_ascii = [
+        element.value
+        for element in dataset.elements()
+        if isinstance(element.value, bytes) and not element.value.isascii() and _vr_of(element) in CHARACTER_SET_VRS
+    ]
+    if not beyond_ascii:
+        return
+    try:
+        for value in beyond_ascii:
+            value.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    implicit_vr, little_endian = dataset.original_encoding
+    dataset.set_original_encoding(implicit_vr, little_endian, convert_encodings(UTF8))
+
+
+def _vr_of(element: DataElement | RawDataElement) -> str | None:
+    """An element's VR, from the data dictionary where the file does not say (implicit VR)."""
+    if element.VR:
+        return str(element.VR)
+    try:
+        return dictionary_VR(element.tag)
+    except KeyError:
+        return None
 
 
 def _has_text_beyond_ascii(dataset: Dataset) -> bool:

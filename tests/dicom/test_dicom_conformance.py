@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,36 @@ def test_several_values_where_the_dictionary_allows_one_are_refused() -> None:
     dataset.ImageType = ["ORIGINAL", "PRIMARY", "M"]  # 2-n: several are its form
 
     assert invalid_values(dataset) == ["PatientID"]
+
+
+def _with_undeclared_name(dataset: Dataset, name: bytes) -> bytes:
+    """`dataset` as a file that declares no character set and holds `name` (even length) as its Patient's Name."""
+    if "SpecificCharacterSet" in dataset:
+        del dataset.SpecificCharacterSet
+    dataset.PatientName = "Q" * len(name)
+    data = to_bytes(dataset)
+    assert data.count(b"Q" * len(name)) == 1
+    return data.replace(b"Q" * len(name), name)
+
+
+@pytest.mark.parametrize(
+    "name", [b"M\xc3\xbcller^J\xc3\xb6rg ", b"M\xfcller^J\xf6rgen"], ids=["UTF-8 bytes", "Latin-1 bytes"]
+)
+def test_an_undeclared_name_reaches_the_seg_and_sr_as_its_bytes_meant_it(name: bytes) -> None:
+    """Interop review 35: UTF-8 bytes in a file without a Specific Character Set (as many modalities write them) were
+    read as Latin-1 and copied as "MÃ¼ller"; Latin-1 bytes, which are no valid UTF-8, are read as Latin-1 still."""
+    expected = "Müller^Jörg" if name.startswith(b"M\xc3") else "Müller^Jörgen"
+    series = mr_series(tumor_channels())
+    frames = [frame for dataset in series for frame in read_dicom(_with_undeclared_name(dataset, name))]
+    inputs = prepare_inputs(frames)
+
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+
+    for made in (seg, report):
+        assert made.SpecificCharacterSet == "ISO_IR 192"
+        assert str(pydicom.dcmread(io.BytesIO(to_bytes(made))).PatientName) == expected
 
 
 def test_a_source_without_a_character_set_but_with_latin_1_text_gives_utf_8_objects() -> None:
