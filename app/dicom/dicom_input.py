@@ -151,27 +151,36 @@ def _check_complete(dataset: Dataset) -> None:
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def undecodable_transfer_syntax(transfer_syntax: str | None, bits_stored: int) -> str | None:
+    """Why pixel data in `transfer_syntax` with `bits_stored` bits cannot be decoded here, or None when it can (or
+    the file does not say). pacs-sync asks Orthanc for an uncompressed copy of such a file."""
+    if transfer_syntax is None:
+        return None
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax:
+        # An unknown (e.g. private) UID: no decoder reads it. Not echoed: it is the file's content.
+        return (
+            "DICOM transfer syntax is not a standard one this service knows; send the file uncompressed (Explicit VR "
+            "Little Endian) or in a standard compressed transfer syntax"
+        )
+    if syntax.is_compressed and not _decoder_available(syntax):
+        return f"DICOM transfer syntax {syntax.name} ({syntax}) cannot be decoded by this service"
+    if syntax == JPEGExtended12Bit and bits_stored > 8 and not _decodes_12_bit_jpeg():
+        return (
+            f"DICOM transfer syntax {syntax.name} ({syntax}) with {bits_stored} bits stored cannot be decoded by this "
+            "service (no 12-bit JPEG decoder installed); send it uncompressed or losslessly compressed"
+        )
+    return None
+
+
 def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     """Decoded pixels as float32 (frames, rows, columns) modality values, brighter = higher."""
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-    if transfer_syntax is not None and not UID(transfer_syntax).is_transfer_syntax:
-        # An unknown (e.g. private) UID: no decoder reads it. Not echoed: it is the file's content.
-        raise UnsupportedDicomError(
-            "DICOM transfer syntax is not a standard one this service knows; send the file uncompressed (Explicit VR "
-            "Little Endian) or in a standard compressed transfer syntax"
-        )
-    if transfer_syntax is not None and transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
-        raise UnsupportedDicomError(
-            f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) cannot be decoded by this service"
-        )
     bits_stored = int(dataset.get("BitsStored") or dataset.BitsAllocated)
-    if transfer_syntax == JPEGExtended12Bit and bits_stored > 8 and not _decodes_12_bit_jpeg():
-        raise UnsupportedDicomError(
-            f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) with {bits_stored} bits stored cannot "
-            "be decoded by this service (no 12-bit JPEG decoder installed); send it uncompressed or losslessly "
-            "compressed"
-        )
+    reason = undecodable_transfer_syntax(transfer_syntax, bits_stored)
+    if reason is not None:
+        raise UnsupportedDicomError(reason)
     try:
         stored = stored_pixels(dataset, transfer_syntax)
     except ServiceError:

@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from app.backoff import doubling_wait
 from app.dicom.result_uids import MANUFACTURER
@@ -117,6 +118,13 @@ class OrthancClient:
     def instance_file(self, instance_id: str) -> bytes:
         """The instance's DICOM file; `AnswerTooLargeError` past `PacsSyncConfig.max_instance_bytes`."""
         return self._request("GET", f"/instances/{_path_id(instance_id)}/file").content
+
+    def uncompressed_instance_file(self, instance_id: str) -> bytes:
+        """The instance's DICOM file transcoded by Orthanc to Explicit VR Little Endian, its UIDs kept, without storing
+        anything (``/modify`` of one instance answers the file): for a transfer syntax Orthanc decodes and this
+        service does not (12-bit JPEG Extended, JPEG progressive). Same size limit as `instance_file`."""
+        body = {"Transcode": ExplicitVRLittleEndian, "Keep": ["SOPInstanceUID"], "Force": True}
+        return self._request("POST", f"/instances/{_path_id(instance_id)}/modify", json=body).content
 
     def sync_record(self, study_id: str) -> dict[str, Any] | None:
         """Our record on a study, or None if the study was never processed."""

@@ -53,6 +53,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
+from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ReportReference, supersede_earlier_reports
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
@@ -404,6 +405,8 @@ class _Fetch:
 
     def __call__(self, instance_id: str) -> bytes:
         data = self.client.instance_file(instance_id)
+        if _needs_transcoding(data):  # Orthanc decodes more transfer syntaxes than this service
+            data = self.client.uncompressed_instance_file(instance_id)
         self.fetched += len(data)
         limit = self.client.config.max_study_bytes
         if self.fetched > limit:
@@ -414,6 +417,18 @@ class _Fetch:
             if identity != self.identity:
                 raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
         return data
+
+
+def _needs_transcoding(data: bytes) -> bool:
+    """Whether a file's pixel data is in a transfer syntax this service cannot decode (`undecodable_transfer_syntax`);
+    not for a file that is no readable DICOM (the flow reports that)."""
+    try:
+        header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["BitsStored", "BitsAllocated"])
+    except Exception:  # noqa: BLE001 - no DICOM to judge: decoding it names the problem
+        return False
+    transfer_syntax = getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID")
+    bits_stored = int(header.get("BitsStored") or header.get("BitsAllocated") or 0)
+    return transfer_syntax is not None and undecodable_transfer_syntax(transfer_syntax, bits_stored) is not None
 
 
 def _identity(data: bytes) -> tuple[str, str] | None:

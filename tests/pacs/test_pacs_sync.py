@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import JPEGExtended12Bit, generate_uid
 
+from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_sr import SR_SERIES_NUMBER
@@ -22,8 +27,9 @@ from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs.pacs_sync_state import SyncState
 from app.sequence_selection import StudySelection
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
-from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels, write_files
 from tests.dicom.validation import dciodvfy_errors
+from tests.node.node_support import dcmtk
 from tests.pacs.orthanc_server import Orthanc, free_port, running_orthanc
 from tests.pacs.pacs_sync_support import (
     NegativePredictor,
@@ -154,6 +160,49 @@ def test_pacs_sync_analyses_a_series_whose_stable_change_an_orthanc_restart_lost
         assert orthanc.record(study_id)["status"] == "positive"
         now[0] += config.poll_seconds
         assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()  # looked at once
+
+
+def test_pacs_sync_asks_orthanc_for_an_uncompressed_copy_of_what_it_cannot_decode(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    # Interop review 35: a study Orthanc stores as 12-bit JPEG Extended (no decoder here) was failed and given up,
+    # though Orthanc decodes it; the node's path worked (Orthanc transcodes when it sends).
+    if undecodable_transfer_syntax(JPEGExtended12Bit, 12) is None:
+        pytest.skip("this environment decodes 12-bit JPEG itself")
+    study, series_uid = Study(), generate_uid()
+    series = [
+        mr_dataset(image.astype(np.uint16) * 16, study, series_uid, index + 1, index * SLICE_GAP_MM, bits_stored=12)
+        for index, image in enumerate(tumor_channels())
+    ]
+    config = config_for(orthanc, tmp_path / "state.json")
+    stored_series, stored_uids = set(), set()
+    for path in write_files(series, tmp_path / "plain"):
+        compressed = tmp_path / "jpeg12" / path.name
+        compressed.parent.mkdir(exist_ok=True)
+        subprocess.run([dcmtk("dcmcjpeg"), "+ee", str(path), str(compressed)], check=True, capture_output=True)
+        header = pydicom.dcmread(compressed, stop_before_pixels=True)
+        assert header.file_meta.TransferSyntaxUID == JPEGExtended12Bit
+        stored_uids.add(header.SOPInstanceUID)  # lossy: dcmtk gives each a new one, as the standard requires
+        stored = orthanc.session.post(f"{orthanc.url}/instances", data=compressed.read_bytes(), timeout=30)
+        stored.raise_for_status()
+        stored_series.add(stored.json()["ParentSeries"])
+    (series_id,) = stored_series
+    study_id = orthanc.study_of(series_id)
+    orthanc.wait_until_stable(f"/studies/{study_id}")
+
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report.failed == 0 and report.positive + report.negative == 1
+    assert orthanc.record(study_id)["status"] in ("positive", "negative")
+    (sr,) = orthanc.results(study.study_uid, "SR")
+    assert read_volume_report(sr)["slices_analysed"] == 3
+    evidence = {  # the SR names its sources by the stored UIDs, not a transcoded copy's
+        item.SeriesInstanceUID: item
+        for item in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    }
+    assert {item.ReferencedSOPInstanceUID for item in evidence[series_uid].ReferencedSOPSequence} == stored_uids
+    # Orthanc transcoded without storing anything: the study holds the JPEG files and the results only.
+    assert len(orthanc.get(f"/series/{series_id}")["Instances"]) == 3
 
 
 def test_pacs_sync_supersedes_its_result_when_a_late_instance_arrives(
