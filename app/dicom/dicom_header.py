@@ -361,8 +361,17 @@ def _modality_found(modality: str) -> str:
     return f"got Modality {modality}" if modality.upper() in _MODALITY_TERMS else "got another Modality"
 
 
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
+
+
 def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
     sop_class = dataset.get("SOPClassUID")
+    file_meta = getattr(dataset, "file_meta", None)
+    if sop_class is None and file_meta is not None and file_meta.get("MediaStorageSOPClassUID") == MEDIA_DIRECTORY:
+        # A CD or USB export's index (interop review 35: it was called truncated or not DICOM).
+        raise UnsupportedSopClassError(
+            "a DICOMDIR (Media Storage Directory) lists a medium's files and holds no image; send the image files"
+        )
     if sop_class is None:
         raise UndecodableDicomError(
             "DICOM dataset has no SOP Class UID (0008,0016): the file is truncated or not a DICOM object"

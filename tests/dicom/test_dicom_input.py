@@ -31,6 +31,7 @@ from app.errors import (
     InvalidDicomImageError,
     UndecodableDicomError,
     UnsupportedDicomError,
+    UnsupportedSopClassError,
 )
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import (
@@ -471,3 +472,19 @@ def test_encapsulated_pixel_data_unlike_its_header_is_refused_with_a_reason(flai
         read_dicom(to_bytes(mislabelled))
     assert "breaks off or is malformed where the reader expected more" in caught.value.message
     assert "has no attribute" not in caught.value.message
+
+
+def test_a_dicomdir_is_named_as_one_not_as_a_broken_file() -> None:
+    # Interop review 35: a CD export's DICOMDIR uploaded with its images was called "truncated or not a DICOM object".
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+    directory.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    directory.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory.FileSetID = "EXPORT"
+    directory.DirectoryRecordSequence = []
+    buffer = io.BytesIO()
+    directory.save_as(buffer, enforce_file_format=True)
+
+    with pytest.raises(UnsupportedSopClassError, match="a DICOMDIR .* holds no image; send the image files"):
+        read_dicom_header(buffer.getvalue())
