@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,7 @@ from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_in_place, stretch_range
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.sequence_rules import SelectionRules
-from app.series_choice import SeriesChoice, choose_series
+from app.series_choice import T1_ROLES, SeriesChoice, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, model_input, request_file
 
 if TYPE_CHECKING:
@@ -311,6 +311,10 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     if blank:  # a blank T1 series: FLAIR alone, as the models accept
         choice = choice.flair_alone("a T1 series holds one value in every pixel of all its frames (blank)")
         frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
+    unreadable = _unreadable_t1_reason(choice, errors)
+    if unreadable is not None and flair is not None:
+        choice = choice.flair_alone(f"none of a T1 series' files could be read ({unreadable})")
+        frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
     try:
         return SeriesUploads(prepare_inputs(frames, choice.channel_series), errors, choice)
     except InvalidDicomImageError as error:
@@ -320,6 +324,16 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message})")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         return SeriesUploads(prepare_inputs(flair_frames, choice.channel_series), errors, choice)
+
+
+def _unreadable_t1_reason(choice: SeriesChoice, errors: Mapping[int, ServiceError]) -> str | None:
+    """The reason the first file of a T1 series in use failed, when every one of its files did; else None. Said in
+    the note, where a pairing failure would blame the slices' geometry (interop review 35: T1 series in 12-bit
+    JPEG Extended, which no decoder here reads)."""
+    for use in choice.used:
+        if use.role in T1_ROLES and use.files and all(position in errors for position in use.files):
+            return errors[use.files[0]].message
+    return None
 
 
 def _blank_series(frames: Sequence[DicomFrame]) -> set[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from app.inference import Predictor, SlicePrediction
 from tests.api.service_client import decode_rle
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
+from tests.node.node_support import dcmtk
 
 
 def dicom_parts(datasets: list[Dataset]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -269,6 +272,31 @@ def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predic
     assert note.startswith("T1 series left out: their slices do not pair with FLAIR's")
     frames = [frame for item in series["flair"] for frame in read_dicom(to_bytes(item))]
     assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
+
+
+def test_t1_series_that_cannot_be_decoded_leave_flair_alone_with_the_files_reason(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """Interop review 35: T1 series in 12-bit JPEG Extended (no decoder here) were left out with a note blaming
+    their slices' geometry."""
+    series = named_study()
+    t1_files = []
+    for dataset in (*series["pre"], *series["post"]):
+        dataset.PixelData = (dataset.pixel_array.astype(np.uint16) * 16).tobytes()
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+        plain, compressed = tmp_path / "plain.dcm", tmp_path / f"{dataset.SOPInstanceUID}.dcm"
+        plain.write_bytes(to_bytes(dataset))
+        subprocess.run([dcmtk("dcmcjpeg"), "+ee", str(plain), str(compressed)], check=True, capture_output=True)
+        t1_files.append(("files", (compressed.name, compressed.read_bytes(), "application/dicom")))
+
+    response = client.post("/v1/predict/batch", files=[*t1_files, *dicom_parts(series["flair"])])
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {4: "FLAIR"}
+    assert len(body["file_errors"]) == len(t1_files)
+    (note,) = body["selection_notes"]
+    assert note.startswith("T1 series left out: none of a T1 series' files could be read (DICOM transfer syntax JPEG")
 
 
 def test_a_blank_t1_series_leaves_flair_alone_and_a_blank_flair_series_is_refused(
