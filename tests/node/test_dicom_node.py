@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.dicom.dicom_seg import SEG_SERIES_NUMBER
@@ -110,16 +111,23 @@ def test_series_from_storescu_comes_back_as_seg_and_sr(
     assert {entry["sop_instance_uid"] for entry in log} == {seg.SOPInstanceUID, sr.SOPInstanceUID}
 
 
+def flair_and_a_late_slice() -> tuple[Study, list[Dataset], Dataset]:
+    """A new study's three FLAIR slices, and a fourth slice of the same series, to send after them."""
+    study, series_uid = Study(), generate_uid()
+    images = tumor_channels()
+    flair = [
+        mr_dataset(image, study, series_uid, instance_number=index + 1, position_mm=index * SLICE_GAP_MM)
+        for index, image in enumerate(images)
+    ]
+    late = mr_dataset(images[0], study, series_uid, instance_number=4, position_mm=3 * SLICE_GAP_MM)
+    return study, flair, late
+
+
 def test_second_send_does_not_duplicate_and_a_late_instance_supersedes(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
 ) -> None:
     node = make_node()
-    study, series_uid = Study(), generate_uid()
-    images = tumor_channels()
-    first_three = [
-        mr_dataset(image, study, series_uid, instance_number=index + 1, position_mm=index * SLICE_GAP_MM)
-        for index, image in enumerate(images)
-    ]
+    study, first_three, late = flair_and_a_late_slice()
     files = write_files(first_three, tmp_path / "in")
     assert storescu(node, files).returncode == 0
     clock.advance(QUIET_SECONDS)
@@ -132,7 +140,6 @@ def test_second_send_does_not_duplicate_and_a_late_instance_supersedes(
     assert len(results.received) == 2
     assert node.spool.pending_studies() == {}
 
-    late = mr_dataset(images[0], study, series_uid, instance_number=4, position_mm=3 * SLICE_GAP_MM)
     assert storescu(node, write_files([late], tmp_path / "late")).returncode == 0
     clock.advance(QUIET_SECONDS)
     assert len(process_and_send(node)) == 1
@@ -162,13 +169,7 @@ def test_a_series_the_models_do_not_read_after_a_supersede_makes_the_same_result
     """Interop review 35: once a late slice had superseded the first results, every later series of the study (a
     DWI, a T2, which the models do not read) made another SEG and SR with new UIDs, all describing the same masks."""
     node = make_node()
-    study, series_uid = Study(), generate_uid()
-    images = tumor_channels()
-    flair = [
-        mr_dataset(image, study, series_uid, instance_number=index + 1, position_mm=index * SLICE_GAP_MM)
-        for index, image in enumerate(images)
-    ]
-    late = mr_dataset(images[0], study, series_uid, instance_number=4, position_mm=3 * SLICE_GAP_MM)
+    study, flair, late = flair_and_a_late_slice()
     assert storescu(node, write_files(flair, tmp_path / "flair")).returncode == 0
     clock.advance(QUIET_SECONDS)
     process_and_send(node)
@@ -176,7 +177,7 @@ def test_a_series_the_models_do_not_read_after_a_supersede_makes_the_same_result
     clock.advance(QUIET_SECONDS)
     process_and_send(node)
     for number, description in ((5, "Ax DWI"), (6, "AX T2 FSE")):
-        other = mr_series(images, study=study, series_number=number, series_description=description)
+        other = mr_series(tumor_channels(), study=study, series_number=number, series_description=description)
         assert storescu(node, write_files(other, tmp_path / description)).returncode == 0
         clock.advance(QUIET_SECONDS)
         process_and_send(node)
