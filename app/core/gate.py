@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from app.core.preprocessing import model_grid_placement
 from app.core.series_postprocessing import drop_small_pieces
 
 
@@ -51,7 +52,11 @@ def probability_to_mask(probability: np.ndarray, size: tuple[int, int], threshol
         probability = probability[:, :, 0]
     height, width = size
     if probability.shape != (height, width):
-        probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+        # Where `preprocess_slice` put the slice on the model's (square) grid.
+        top, left, rows, columns = model_grid_placement(height, width, grid=probability.shape[0])
+        probability = probability[top : top + rows, left : left + columns]
+        if probability.shape != (height, width):
+            probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
     return (probability >= threshold).astype(np.uint8)
 
 

@@ -21,9 +21,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from app.core.preprocessing import MODEL_INPUT_SIZE
+from app.core.preprocessing import MODEL_INPUT_SIZE, model_grid_placement
 
-MODEL_GRID_PIXELS = MODEL_INPUT_SIZE * MODEL_INPUT_SIZE
 _NEIGHBOURS_26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -89,13 +88,15 @@ def clean_series_masks(
         for row, mask in zip(rows, masks, strict=True):
             if mask is not None:
                 volume[row] = mask > 0
-        scaled = max(1, round(min_voxels * shape[0] * shape[1] / MODEL_GRID_PIXELS))
+        scaled = max(1, round(min_voxels * model_cell_pixels(shape)))
         cleaned = drop_small_components(volume, scaled)[rows]
         return [
             None if mask is None or not kept.any() else kept.astype(mask.dtype)
             for mask, kept in zip(masks, cleaned, strict=True)
         ]
-    row_cells, column_cells = (_model_grid_cells(length) for length in shape)
+    top, left, rows_on_grid, columns_on_grid = model_grid_placement(*shape)
+    row_cells = _model_grid_cells(shape[0], rows_on_grid, top)
+    column_cells = _model_grid_cells(shape[1], columns_on_grid, left)
     grid = np.zeros((rows[-1] + 1, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), dtype=bool)
     for row, mask in zip(rows, masks, strict=True):
         if mask is not None:
@@ -107,10 +108,17 @@ def clean_series_masks(
     ]
 
 
-def _model_grid_cells(length: int) -> np.ndarray:
-    """The model-grid row (or column) each of `length` pixel rows (or columns) falls in, as the resize to 256 maps
-    them."""
-    return (np.arange(length) * MODEL_INPUT_SIZE) // length
+def model_cell_pixels(shape: tuple[int, ...]) -> float:
+    """The slice pixels one cell of the model's 256 x 256 grid covers, for a slice of `shape` (H, W), as
+    `model_grid_placement` scales it (its aspect kept: a cell is square on a slice of square pixels)."""
+    _, _, rows, columns = model_grid_placement(shape[0], shape[1])
+    return shape[0] / rows * shape[1] / columns
+
+
+def _model_grid_cells(length: int, cells: int, offset: int) -> np.ndarray:
+    """The model-grid row (or column) each of `length` pixel rows (or columns) falls in, as the resize to `cells`
+    grid rows (or columns), `offset` from the grid's edge, maps them (`model_grid_placement`)."""
+    return offset + (np.arange(length) * cells) // length
 
 
 def _occupied_cells(mask: np.ndarray, row_cells: np.ndarray, column_cells: np.ndarray) -> np.ndarray:
@@ -154,7 +162,7 @@ def drop_small_pieces(mask: np.ndarray | None, min_pixels: int) -> np.ndarray | 
         raise ValueError(f"min_pixels must be >= 0; got {min_pixels}")
     if mask is None or min_pixels == 0:
         return mask
-    scaled = max(1, round(min_pixels * mask.shape[0] * mask.shape[1] / MODEL_GRID_PIXELS))
+    scaled = max(1, round(min_pixels * model_cell_pixels(mask.shape)))
     if np.count_nonzero(mask) < scaled:  # every piece is smaller than that
         return None
     _, pieces, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)

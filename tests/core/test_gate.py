@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from app.core.gate import classifier_positive, gate, probability_to_mask
+from app.core.preprocessing import preprocess_slice
 
 
 def test_classifier_positive_is_inclusive_at_the_threshold() -> None:
@@ -85,3 +86,15 @@ def test_probability_to_mask_interpolates_before_thresholding() -> None:
     mask = probability_to_mask(probability, (32, 32), threshold=0.5)
 
     assert 0 < mask.sum() < 16
+
+
+def test_a_rectangular_slices_mask_comes_back_where_the_slice_lay_in_its_square() -> None:
+    # The model sees a rectangular slice centred on a square (`preprocess_slice`); its map is cut back the same way.
+    slice_ = np.zeros((200, 120), np.uint8)
+    slice_[50:90, 10:40] = 255  # a block near the left edge
+    model_view = preprocess_slice(slice_)[..., 0]  # what the model's grid holds, as a probability map would
+
+    mask = probability_to_mask(model_view, (200, 120), threshold=0.5)
+
+    assert mask.shape == (200, 120)
+    assert np.count_nonzero(mask != (slice_ > 0)) <= 0.02 * np.count_nonzero(slice_)  # resampling at the edges only

@@ -1,7 +1,9 @@
-"""`preprocess_slice` gives fixed, hand-computed numbers: a change to them must change PREPROCESSING_ID."""
+"""`preprocess_slice` gives fixed, hand-computed numbers: a change to them for square slices (the only ones the
+models are trained on) must change PREPROCESSING_ID."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from app.core.preprocessing import (
     PREPROCESSING_ID,
     InvalidImageError,
     flair_only,
+    model_grid_placement,
     preprocess_slice,
 )
 
@@ -100,3 +103,18 @@ def test_preprocess_slice_refuses_what_is_no_8_bit_slice(image: np.ndarray, mess
 
 def test_a_slice_eight_times_as_long_as_wide_is_still_a_slice() -> None:
     assert preprocess_slice(np.zeros((32, 256), np.uint8)).shape == (256, 256, 3)
+
+
+def test_a_rectangular_slice_is_centred_on_a_square_of_background_not_stretched() -> None:
+    # Interop review 35: a 256 x 208 matrix was stretched to 256 x 256, the anatomy wider than it is (-7.4 % volume).
+    rng = np.random.default_rng(0)
+    slice_ = rng.integers(1, 256, size=(256, 208, 3), dtype=np.uint8)
+    square = np.zeros((256, 256, 3), np.uint8)
+    square[:, 24:232] = slice_
+    np.testing.assert_array_equal(preprocess_slice(slice_), preprocess_slice(square))
+    tall = rng.integers(1, 256, size=(300, 100), dtype=np.uint8)
+    assert model_grid_placement(300, 100) == (0, 85, 256, 85)  # 300 -> 256 rows, 100 -> 85 columns, centred
+    model_input = preprocess_slice(tall)
+    assert not model_input[:, :85].any() and not model_input[:, 170:].any()
+    shrunk = cv2.resize(tall, (85, 256), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    np.testing.assert_allclose(model_input[:, 85:170, 1], shrunk, atol=1e-6)

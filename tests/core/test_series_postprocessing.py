@@ -95,9 +95,9 @@ def test_clean_series_masks_joins_no_blob_across_a_break():
 
 
 def test_slices_larger_than_the_model_grid_are_joined_on_it():
-    # 1024 x 768 slices: a cell of the 256 x 256 grid is 4 x 3 pixels. A tumor over three slices (3 x 100 cells) is
-    # kept; a blob of 4 cells alone on the last slice is dropped; a speck of one pixel beside the tumor shares a
-    # cell with it and is kept with it.
+    # 1024 x 768 slices, centred on a 1024 x 1024 square before the resize: a cell of the 256 x 256 grid is 4 x 4
+    # pixels. A tumor over three slices (3 x 80 cells) is kept; a blob of 4 cells alone on the last slice is
+    # dropped; a speck of one pixel beside the tumor touches its cells and is kept with it.
     tumor = np.zeros((1024, 768), np.uint8)
     tumor[400:440, 300:330] = 1  # 10 x 10 cells
     beside = tumor.copy()
@@ -153,3 +153,15 @@ def test_a_lone_slice_loses_its_small_pieces_counted_on_the_model_grid():
     assert drop_small_pieces(mask, min_pixels=0) is mask and drop_small_pieces(None, 100) is None
     with pytest.raises(ValueError, match=">= 0"):
         drop_small_pieces(mask, -1)
+
+
+def test_the_smallest_piece_counts_square_model_grid_cells_on_a_rectangular_slice() -> None:
+    # A 512 x 256 slice is centred on a 512 x 512 square before the resize: one model-grid cell covers 2 x 2 pixels,
+    # so 10 cells are 40 pixels (a stretch to 256 x 256 made them 2 x 1 pixels: 20).
+    mask = np.zeros((512, 256), np.uint8)
+    mask[10:16, 10:16] = 1  # 36 pixels
+    mask[100:108, 100:105] = 1  # 40 pixels
+
+    kept = drop_small_pieces(mask, 10)
+
+    assert kept is not None and np.count_nonzero(kept) == 40 and not kept[10:16, 10:16].any()

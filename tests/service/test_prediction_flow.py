@@ -465,3 +465,19 @@ def test_a_dicom_series_is_not_joined_across_two_or_more_missing_slices(last_pos
 
     assert [prediction.detected for prediction in answer.result.predictions] == [True, True, True, kept]
     assert answer.tally == Tally(positive=3 + kept, negative=1 - kept)
+
+
+def test_a_rectangular_slice_is_answered_as_the_same_slice_centred_on_a_square(predictor: Predictor) -> None:
+    # Interop review 35: a 256 x 208 matrix was stretched to a square (7.4 % less tumor volume than padded). Now its
+    # answer is the padded square's, cut back to the slice: the same probability and the same mask pixels.
+    tumor = read_slice(TUMOR_SLICE)
+    rectangular = np.ascontiguousarray(tumor[:, 24:232])
+    square = np.zeros_like(tumor)
+    square[:, 24:232] = rectangular
+
+    alone, padded = predictor.predict([rectangular, square])
+
+    assert alone.probability == pytest.approx(padded.probability, abs=1e-6)
+    assert padded.mask is not None and alone.mask is not None  # the tiny models find this tumor
+    assert alone.mask.shape == (256, 208)
+    np.testing.assert_array_equal(alone.mask, padded.mask[:, 24:232])
