@@ -115,6 +115,11 @@ def other_kind(data: bytes) -> str:
     for signature, kind in _OTHER_SIGNATURES:
         if data.startswith(signature):
             return kind
+    if _looks_like_bare_dicom(data):
+        return (
+            'a DICOM data set without the Part 10 header (no "DICM" at byte 128, as some exports write them); write '
+            "it as a Part 10 file, e.g. with dcmtk's dcmconv +F"
+        )
     if data[344:348] in (b"n+1\x00", b"ni1\x00"):
         return "a NIfTI volume (send its slices as PNG or TIFF)"
     try:
@@ -122,6 +127,16 @@ def other_kind(data: bytes) -> str:
     except UnicodeDecodeError:
         return "a file of an unknown kind"
     return "text"
+
+
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """Whether `data` starts like a DICOM data set written without the Part 10 preamble and meta: an element of group
+    0002 or 0008 (little endian), with a VR of two capital letters (explicit VR) or a length the file can hold
+    (implicit VR)."""
+    if len(data) < 8 or data[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    vr = data[4:6]
+    return (vr.isalpha() and vr.isupper()) or int.from_bytes(data[4:8], "little") <= len(data) - 8
 
 
 @dataclass(frozen=True)

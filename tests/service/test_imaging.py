@@ -196,8 +196,18 @@ def test_sniff_format_rejects_empty_file() -> None:
         (b"Doe^John,1970-01-01,MRN12345", "text"),
         (b"\x89PNX\r\n\x1a\n\xff\xfe", "a file of an unknown kind"),
         (b"DICM", "text"),
+        (
+            b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.4\x00",  # SOP Class UID, explicit VR, no header
+            'a DICOM data set without the Part 10 header (no "DICM" at byte 128, as some exports write them); write '
+            "it as a Part 10 file, e.g. with dcmtk's dcmconv +F",
+        ),
+        (
+            b"\x08\x00\x16\x00\x1a\x00\x00\x001.2.840.10008.5.1.4.1.1.4\x00",  # the same, implicit VR
+            'a DICOM data set without the Part 10 header (no "DICM" at byte 128, as some exports write them); write '
+            "it as a Part 10 file, e.g. with dcmtk's dcmconv +F",
+        ),
     ],
-    ids=["gif", "bmp", "pdf", "zip", "svg", "csv_export", "almost_png", "dicom_tag"],
+    ids=["gif", "bmp", "pdf", "zip", "svg", "csv_export", "almost_png", "dicom_tag", "bare_dicom", "bare_implicit"],
 )
 def test_sniff_format_rejects_other_types_naming_what_they_look_like(data: bytes, kind: str) -> None:
     """The message names the kind of file, never its first bytes: those may be its content (a text export starts
