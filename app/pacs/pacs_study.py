@@ -405,41 +405,39 @@ class _Fetch:
 
     def __call__(self, instance_id: str) -> bytes:
         data = self.client.instance_file(instance_id)
-        if _needs_transcoding(data):  # Orthanc decodes more transfer syntaxes than this service
-            data = self.client.uncompressed_instance_file(instance_id)
+        header = _header(data)
+        if header is not None and _needs_transcoding(header):  # Orthanc decodes more transfer syntaxes than we do
+            data = self.client.uncompressed_instance_file(instance_id)  # its UIDs and patient kept
         self.fetched += len(data)
         limit = self.client.config.max_study_bytes
         if self.fetched > limit:
             raise StudyTooLargeError(f"the study's files take more than {limit} bytes (max_study_bytes); not analysed")
-        identity = _identity(data)
-        if identity is not None:
+        if header is not None:
+            identity = str(header.get("PatientID", "")), str(header.get("StudyInstanceUID", ""))
             self.identity = self.identity or identity
             if identity != self.identity:
                 raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
         return data
 
 
-def _needs_transcoding(data: bytes) -> bool:
-    """Whether a file's pixel data is in a transfer syntax this service cannot decode (`undecodable_transfer_syntax`);
-    not for a file that is no readable DICOM (the flow reports that)."""
+def _header(data: bytes) -> Dataset | None:
+    """What `_Fetch` checks of a file (its patient, study, transfer syntax and bits), read once; None when it is not
+    readable DICOM (the flow counts it)."""
     try:
-        header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["BitsStored", "BitsAllocated"])
+        return pydicom.dcmread(
+            BytesIO(data),
+            stop_before_pixels=True,
+            specific_tags=["PatientID", "StudyInstanceUID", "BitsStored", "BitsAllocated"],
+        )
     except Exception:  # noqa: BLE001 - no DICOM to judge: decoding it names the problem
-        return False
+        return None
+
+
+def _needs_transcoding(header: Dataset) -> bool:
+    """Whether the file's pixel data is in a transfer syntax no decoder here reads (`undecodable_transfer_syntax`)."""
     transfer_syntax = getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID")
     bits_stored = int(header.get("BitsStored") or header.get("BitsAllocated") or 0)
     return transfer_syntax is not None and undecodable_transfer_syntax(transfer_syntax, bits_stored) is not None
-
-
-def _identity(data: bytes) -> tuple[str, str] | None:
-    """A file's Patient ID and Study Instance UID, or None when it is not readable DICOM (the flow counts it)."""
-    try:
-        header = pydicom.dcmread(
-            BytesIO(data), stop_before_pixels=True, specific_tags=["PatientID", "StudyInstanceUID"]
-        )
-    except Exception:
-        return None
-    return str(header.get("PatientID", "")), str(header.get("StudyInstanceUID", ""))
 
 
 def readable_record(record: dict[str, Any] | None) -> dict[str, Any]:
