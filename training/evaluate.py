@@ -8,8 +8,9 @@ Thresholds are chosen on the validation patients only, then frozen and applied t
 threshold is the highest one that keeps validation sensitivity at or above `--target-sensitivity`, the mask
 threshold the one that maximises mean per-patient volume Dice on validation, and so are the series clean-up size,
 the classifier probability from which a slice answered alone shows its mask and, after it, the smallest mask piece
-such a slice keeps. Writes `evaluation.json` (thresholds and test metrics, the input of `training.export`) and PNG
-plots.
+such a slice keeps (`--series-min-sensitivity` and the `--*-max-false-mask-rate` options bound what these may cost
+on validation, when a recipe's rule says so). Writes `evaluation.json` (thresholds and test metrics, the input of
+`training.export`) and PNG plots.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from training.evaluation_metrics import evaluate_split
 from training.evaluation_plots import save_plots
 from training.models import load_classifier, load_segmenter
 from training.pipeline_choices import (
+    NO_LIMITS,
+    ChoiceLimits,
     choose_classifier_threshold,
     choose_mask_threshold,
     choose_min_component_voxels,
@@ -60,18 +63,19 @@ def choose_pipeline(
     threshold_labels: np.ndarray,
     threshold_probabilities: np.ndarray,
     target_sensitivity: float,
+    limits: ChoiceLimits = NO_LIMITS,
 ) -> tuple[PipelineChoices, dict]:
     """The served pipeline's settings, each chosen on validation after the one before it (classifier threshold on
-    the `threshold_*` slices), and the validation figures each was chosen by."""
+    the `threshold_*` slices; the last three within `limits`), and the validation figures each was chosen by."""
     classifier_threshold = choose_classifier_threshold(threshold_labels, threshold_probabilities, target_sensitivity)
     mask_threshold, mask_dice = choose_mask_threshold(validation, probabilities, maps, classifier_threshold)
     gated = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
-    min_component_voxels, cleanup_dice = choose_min_component_voxels(validation, gated)
+    min_component_voxels, cleanup_figures = choose_min_component_voxels(validation, gated, limits)
     single_slice_min_probability, probability_figures = choose_single_slice_mask_min_probability(
-        validation, probabilities, gated
+        validation, probabilities, gated, limits
     )
     single_slice_min_pixels, pixel_figures = choose_single_slice_min_component_pixels(
-        validation, probabilities, gated, single_slice_min_probability
+        validation, probabilities, gated, single_slice_min_probability, limits
     )
     choices = PipelineChoices(
         classifier_threshold,
@@ -82,7 +86,10 @@ def choose_pipeline(
     )
     figures = {
         "mask_threshold_volume_dice": mask_dice,
-        "min_component_voxels_volume_dice": cleanup_dice,
+        "min_component_voxels_volume_dice": {
+            size: figure["volume_dice_mean"] for size, figure in cleanup_figures.items()
+        },
+        "min_component_voxels_candidates": cleanup_figures,
         "single_slice_mask_min_probability_candidates": probability_figures,
         "single_slice_min_component_pixels_candidates": pixel_figures,
     }
@@ -102,6 +109,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     validation, test = arrays.subset(split["validation"]), arrays.subset(split["test"])
     classifier = load_classifier(args.classifier_weights)
     segmenter = load_segmenter(args.segmenter_weights)
+    limits = ChoiceLimits(
+        args.series_min_sensitivity, args.series_max_false_mask_rate, args.single_slice_max_false_mask_rate
+    )
 
     flip = args.classifier_flip_average
     validation_probabilities, validation_maps = predict_slices(
@@ -122,6 +132,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         threshold_labels,
         threshold_probabilities,
         args.target_sensitivity,
+        limits,
     )
     served = asdict(choices)
 
@@ -133,6 +144,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "out_of_fold_patients": threshold_patients,
             "slices": len(threshold_labels),
         },
+        "choice_limits": asdict(limits),
         "series_min_component_voxels": choices.min_component_voxels,
         "single_slice_mask_min_probability": choices.single_slice_mask_min_probability,
         "single_slice_min_component_pixels": choices.single_slice_min_component_pixels,
@@ -193,6 +205,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="the classifier's probability is the mean over each slice and its left-right mirror, as the service "
         "computes it when the manifest says flip_average (training.export carries this choice into it)",
+    )
+    parser.add_argument(
+        "--series-min-sensitivity",
+        type=float,
+        default=0.0,
+        help="the series clean-up size is chosen only among sizes whose validation series sensitivity is at least this",
+    )
+    parser.add_argument(
+        "--series-max-false-mask-rate",
+        type=float,
+        default=1.0,
+        help="... and whose share of tumor-free validation slices keeping a mask in a series is at most this",
+    )
+    parser.add_argument(
+        "--single-slice-max-false-mask-rate",
+        type=float,
+        default=1.0,
+        help="a lone slice's mask settings are chosen only among those giving at most this share of tumor-free "
+        "validation slices a mask",
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(

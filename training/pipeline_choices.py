@@ -1,16 +1,19 @@
 """Choosing the served pipeline's thresholds and settings on validation slices only, before they are frozen and
 applied to the test patients: the classifier threshold, the mask threshold, the series clean-up size and the rules
-of a slice answered alone, each the candidate with the best validation figure.
+of a slice answered alone, each the candidate with the best validation figure. A recipe's rule may bound what the
+last three may cost (`ChoiceLimits`): then only candidates within the bounds compete.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from training.data import DatasetError, SliceArrays
-from training.evaluation_metrics import segmentation_metrics, volume_dice_by_patient
+from training.evaluation_metrics import decision_metrics, segmentation_metrics, volume_dice_by_patient
 from training.served_masks import clean_by_patient, gated_masks, masks_shown_alone
 
 MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -21,6 +24,29 @@ SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES = (0.0, 0.15, 0.2, 0.25, 0.3, 0.4, 
 # ... and then keeps only its mask pieces of at least this many pixels of the 256 x 256 grid (0: every piece).
 SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES = (0, 25, 50, 100, 150, 200, 300, 400)
 THRESHOLD_MARGIN = 1e-4  # relative: the classifier threshold lies this far below the score that decides it
+FALSE_MASK_RATE = "nonempty_mask_rate_on_tumor_free_slices"
+
+
+@dataclass(frozen=True)
+class ChoiceLimits:
+    """What the series clean-up and a lone slice's mask rules may cost on validation to be chosen. Choosing by Dice
+    alone can buy a hair of Dice with sensitivity (a large clean-up drops small true pieces) or with false masks; a
+    rule written before a run names these bounds. The defaults bound nothing."""
+
+    series_min_sensitivity: float = 0.0
+    series_max_false_mask_rate: float = 1.0
+    single_slice_max_false_mask_rate: float = 1.0
+
+
+NO_LIMITS = ChoiceLimits()
+
+
+def best_within(figures: dict[str, dict[str, float]], allowed: Callable[[dict[str, float]], bool], what: str) -> str:
+    """The candidate with the highest volume Dice among the `allowed` ones (ties: the smaller candidate)."""
+    kept = [key for key, figure in figures.items() if allowed(figure)]
+    if not kept:
+        raise DatasetError(f"no {what} candidate stays within the limits on these slices: {figures}")
+    return max(kept, key=lambda key: (figures[key]["volume_dice_mean"], -float(key)))
 
 
 def read_threshold_slices(path: str | Path, flip_average: bool = False) -> tuple[np.ndarray, np.ndarray, set[str]]:
@@ -67,15 +93,32 @@ def choose_mask_threshold(
     return float(max(volume_dice, key=volume_dice.get)), volume_dice
 
 
-def choose_min_component_voxels(arrays: SliceArrays, masks: np.ndarray) -> tuple[int, dict[str, float]]:
-    """The series clean-up size with the highest mean per-patient volume Dice on these slices (ties: the smaller)."""
-    volume_dice = {
-        str(candidate): float(
-            np.mean(list(volume_dice_by_patient(arrays, clean_by_patient(arrays, masks, candidate)).values()))
-        )
-        for candidate in MIN_COMPONENT_VOXEL_CANDIDATES
+def series_figures(arrays: SliceArrays, masks: np.ndarray, min_voxels: int) -> dict[str, float]:
+    """Volume Dice, sensitivity and the share of tumor-free slices given a mask, of series answers after a clean-up
+    of `min_voxels` (in a series a slice is positive when its mask survives)."""
+    cleaned = clean_by_patient(arrays, masks, min_voxels)
+    answers = decision_metrics(arrays.labels, cleaned.reshape(len(cleaned), -1).any(axis=1))
+    return {
+        "volume_dice_mean": float(np.mean(list(volume_dice_by_patient(arrays, cleaned).values()))),
+        "sensitivity": answers["sensitivity"],
+        FALSE_MASK_RATE: 1.0 - answers["specificity"],
     }
-    return int(max(volume_dice, key=lambda key: (volume_dice[key], -int(key)))), volume_dice
+
+
+def choose_min_component_voxels(
+    arrays: SliceArrays, masks: np.ndarray, limits: ChoiceLimits = NO_LIMITS
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """The series clean-up size with the highest mean per-patient volume Dice on these slices (ties: the smaller)
+    among those within `limits`, and every candidate's figures."""
+    figures = {str(size): series_figures(arrays, masks, size) for size in MIN_COMPONENT_VOXEL_CANDIDATES}
+
+    def allowed(figure: dict[str, float]) -> bool:
+        return (
+            figure["sensitivity"] >= limits.series_min_sensitivity
+            and figure[FALSE_MASK_RATE] <= limits.series_max_false_mask_rate
+        )
+
+    return int(best_within(figures, allowed, "series clean-up")), figures
 
 
 def single_slice_figures(
@@ -83,31 +126,44 @@ def single_slice_figures(
 ) -> dict[str, float]:
     """Volume Dice and the share of tumor-free slices given a mask, of slices answered one by one."""
     segmentation = segmentation_metrics(arrays, masks_shown_alone(probabilities, masks, min_probability, min_pixels))
-    return {key: segmentation[key] for key in ("volume_dice_mean", "nonempty_mask_rate_on_tumor_free_slices")}
+    return {key: segmentation[key] for key in ("volume_dice_mean", FALSE_MASK_RATE)}
 
 
 def choose_single_slice_mask_min_probability(
-    arrays: SliceArrays, probabilities: np.ndarray, masks: np.ndarray
+    arrays: SliceArrays, probabilities: np.ndarray, masks: np.ndarray, limits: ChoiceLimits = NO_LIMITS
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """The single-slice mask minimum with the highest mean per-patient volume Dice of slices answered one by one
-    (ties: the smaller), and for every candidate that Dice and the share of tumor-free slices given a mask."""
+    (ties: the smaller) among those within `limits`, and for every candidate that Dice and the share of tumor-free
+    slices given a mask."""
     figures = {
         str(candidate): single_slice_figures(arrays, probabilities, masks, candidate)
         for candidate in SINGLE_SLICE_MASK_MIN_PROBABILITY_CANDIDATES
     }
-    best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -float(key)))
+    best = best_within(
+        figures,
+        lambda figure: figure[FALSE_MASK_RATE] <= limits.single_slice_max_false_mask_rate,
+        "single-slice mask minimum",
+    )
     return float(best), figures
 
 
 def choose_single_slice_min_component_pixels(
-    arrays: SliceArrays, probabilities: np.ndarray, masks: np.ndarray, min_probability: float
+    arrays: SliceArrays,
+    probabilities: np.ndarray,
+    masks: np.ndarray,
+    min_probability: float,
+    limits: ChoiceLimits = NO_LIMITS,
 ) -> tuple[int, dict[str, dict[str, float]]]:
     """With the single-slice mask minimum chosen, the smallest mask piece a slice answered alone keeps: the candidate
-    with the highest mean per-patient volume Dice of slices answered one by one (ties: the smaller), and for every
-    candidate that Dice and the share of tumor-free slices given a mask."""
+    with the highest mean per-patient volume Dice of slices answered one by one (ties: the smaller) among those
+    within `limits`, and for every candidate that Dice and the share of tumor-free slices given a mask."""
     figures = {
         str(candidate): single_slice_figures(arrays, probabilities, masks, min_probability, candidate)
         for candidate in SINGLE_SLICE_MIN_COMPONENT_PIXEL_CANDIDATES
     }
-    best = max(figures, key=lambda key: (figures[key]["volume_dice_mean"], -int(key)))
+    best = best_within(
+        figures,
+        lambda figure: figure[FALSE_MASK_RATE] <= limits.single_slice_max_false_mask_rate,
+        "single-slice smallest piece",
+    )
     return int(best), figures

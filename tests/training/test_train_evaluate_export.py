@@ -522,6 +522,72 @@ def test_series_answers_count_a_slice_positive_only_when_its_mask_survives_the_c
     assert "| specificity at the deployed threshold | 0.0 % |" in card_rows
 
 
+def test_the_series_clean_up_size_is_chosen_within_the_rules_limits():
+    # One patient, four 256 x 256 slices: a tumor of 3200 voxels on slices 0-1 and a small one of 400 on slice 3,
+    # each drawn exactly, and a false 900-voxel blob on tumor-free slice 2. By Dice alone 1600 wins (it drops the
+    # blob), but it also drops the small tumor: series sensitivity 2/3.
+    truth = np.zeros((4, 256, 256), dtype=np.uint8)
+    truth[0:2, 10:50, 10:50] = 1
+    truth[3, 100:120, 200:220] = 1
+    arrays = SliceArrays(
+        images=np.zeros((4, 256, 256, 3), dtype=np.uint8),
+        masks=truth,
+        patient_ids=np.array(["P"] * 4),
+        slice_numbers=np.arange(1, 5),
+    )
+    masks = truth.astype(bool)
+    masks[2, 200:230, 200:230] = True
+
+    by_dice, figures = pipeline_choices.choose_min_component_voxels(arrays, masks)
+    keeping_sensitivity, _ = pipeline_choices.choose_min_component_voxels(
+        arrays, masks, pipeline_choices.ChoiceLimits(series_min_sensitivity=1.0)
+    )
+
+    assert by_dice == 1600 and figures["1600"]["volume_dice_mean"] == pytest.approx(6400 / 6800)
+    assert figures["1600"]["sensitivity"] == pytest.approx(2 / 3)
+    assert figures["1600"]["nonempty_mask_rate_on_tumor_free_slices"] == 0.0
+    assert figures["400"]["sensitivity"] == 1.0 and figures["400"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
+    assert figures["800"]["volume_dice_mean"] == pytest.approx(6400 / 7700)  # small tumor gone, blob kept
+    assert keeping_sensitivity == 0  # 0-400 tie on Dice (7200 / 8100): the smallest
+    both = pipeline_choices.ChoiceLimits(series_min_sensitivity=1.0, series_max_false_mask_rate=0.5)
+    with pytest.raises(DatasetError, match="no series clean-up candidate stays within the limits"):
+        pipeline_choices.choose_min_component_voxels(arrays, masks, both)
+
+
+def test_a_lone_slice_s_mask_settings_are_chosen_within_the_rules_false_mask_limit():
+    # As in the test below, with a one-pixel speck (256 pixels of the 256 x 256 grid) on tumor-free slice 2: drawing
+    # everything (0.0) has the best Dice and gives slice 2 a mask.
+    arrays = one_patient_with_tumor_on_slices_0_and_1(slices=3)
+    maps = arrays.masks.astype(np.float32)
+    maps[2, 0, 0] = 1.0
+    probabilities = np.array([0.3, 0.9, 0.35])
+    gated = served_masks.gated_masks(probabilities, maps, 0.2, 0.5)
+    no_false_masks = pipeline_choices.ChoiceLimits(single_slice_max_false_mask_rate=0.0)
+
+    by_dice, _ = pipeline_choices.choose_single_slice_mask_min_probability(arrays, probabilities, gated)
+    within, figures = pipeline_choices.choose_single_slice_mask_min_probability(
+        arrays, probabilities, gated, no_false_masks
+    )
+
+    assert by_dice == 0.0
+    assert within == 0.4 and figures["0.3"]["nonempty_mask_rate_on_tumor_free_slices"] == 1.0
+    pixels, _ = pipeline_choices.choose_single_slice_min_component_pixels(
+        arrays, probabilities, gated, 0.0, no_false_masks
+    )
+    assert pixels == 400  # the first candidate that drops the speck: 300 grid pixels round to 1 of 16 x 16, 400 to 2
+
+
+def test_an_evaluation_whose_limits_no_clean_up_size_meets_is_a_usage_error(trained_run, dev_layout, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main(
+            evaluation_arguments(
+                trained_run, dev_layout, tmp_path, "--validation-only", "--series-min-sensitivity", "1.1"
+            )
+        )
+    assert stopped.value.code == 2
+    assert "no series clean-up candidate stays within the limits" in capsys.readouterr().err
+
+
 def test_a_flip_averaged_evaluation_chooses_its_own_threshold_and_reaches_the_manifest(
     trained_run, dev_layout, tmp_path
 ):
