@@ -29,6 +29,7 @@ one time zone.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -46,6 +47,8 @@ from pydicom.tag import BaseTag
 from app.dicom.dicom_frame import DicomFrame, frame_value
 from app.errors import ServiceError
 
+logger = logging.getLogger(__name__)
+
 # Patient and General Study module attributes of Type 2 that highdicom copies from the first source.
 TYPE2_PATIENT_STUDY_ATTRIBUTES = (
     "PatientName",
@@ -58,6 +61,13 @@ TYPE2_PATIENT_STUDY_ATTRIBUTES = (
     "StudyID",
     "AccessionNumber",
 )
+# Of those, the identifiers a PACS or RIS matches a result to its study by: one that breaks its value type by its
+# length alone (a 20-character Accession Number) is copied as it came, since a shortened or empty one would match
+# nothing; any other broken Type 2 value is left empty in the SEG and SR, which Type 2 allows ("unknown").
+MATCHED_TYPE2_ATTRIBUTES = ("PatientID", "StudyID", "AccessionNumber")
+# ... and the one never left empty: a PACS files a result by it (Orthanc hashes it into the study's identifier), so
+# an empty one would file the SEG and SR as another patient's study. One that breaks its type otherwise is refused.
+PATIENT_KEY = "PatientID"
 # Image Plane module attributes of Type 2 that highdicom's SEG reads from a single-frame source (an enhanced
 # multi-frame image keeps them in its functional groups instead).
 TYPE2_IMAGE_PLANE_ATTRIBUTES = ("SliceThickness",)
@@ -293,18 +303,44 @@ def invalid_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> l
     caller refuses such a source with the keywords; the values are never quoted (they may identify the patient).
     """
     wanted = None if keywords is None else set(keywords)
-    invalid = []
-    for element in dataset:
-        if element.VR not in CHECKED_TEXT_VRS or (wanted is not None and element.keyword not in wanted):
-            continue
-        if element.VM == 0:
-            continue
-        values = element.value if element.VM > 1 else [element.value]
-        if (element.VM > 1 and _single_valued(element.tag)) or not all(
-            _valid_value(element.VR, value) for value in values
-        ):
-            invalid.append(element.keyword or str(element.tag))
-    return invalid
+    return [
+        element.keyword or str(element.tag)
+        for element in dataset
+        if (wanted is None or element.keyword in wanted) and breaks_value_type(element)
+    ]
+
+
+def breaks_value_type(element: DataElement) -> bool:
+    """Whether a text element's value breaks its value type (`invalid_values`); other value types: no."""
+    if element.VR not in CHECKED_TEXT_VRS or element.VM == 0:
+        return False
+    values = element.value if element.VM > 1 else [element.value]
+    return (element.VM > 1 and _single_valued(element.tag)) or not all(
+        _valid_value(element.VR, value) for value in values
+    )
+
+
+def only_too_long(element: DataElement) -> bool:
+    """Whether `element` breaks its value type by its length alone (one value, every character allowed)."""
+    limit = valuerep.MAX_VALUE_LEN.get(element.VR)
+    text = str(element.value or "")
+    return (
+        limit is not None
+        and element.VM == 1
+        and len(text) > limit
+        and all(_valid_value(element.VR, text[start : start + limit]) for start in range(0, len(text), limit))
+    )
+
+
+def copied_as_is(dataset: Dataset) -> list[str]:
+    """The `MATCHED_TYPE2_ATTRIBUTES` of `dataset` that are only too long: a SEG and an SR copy them as they came."""
+    return [keyword for keyword in MATCHED_TYPE2_ATTRIBUTES if keyword in dataset and only_too_long(dataset[keyword])]
+
+
+def invalid_values_not_copied_as_is(derived: Dataset) -> list[str]:
+    """`invalid_values` of a SEG or an SR, but for the identifiers it copies as they came (`copied_as_is`)."""
+    as_is = set(copied_as_is(derived))
+    return [keyword for keyword in invalid_values(derived) if keyword not in as_is]
 
 
 def _single_valued(tag: BaseTag) -> bool:
@@ -331,10 +367,23 @@ def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceE
             f"{derived} refers to its source images by their UIDs; the {sources_named} lack {', '.join(missing)} or "
             "hold one that is no UID (digits and dots, at most 64 characters)"
         )
-    # As the SEG and SR will copy them: a legacy date or time form in the standard's (`with_type2_attributes`).
+    # As the SEG and SR will copy them (`with_type2_attributes`): a legacy date or time form in the standard's,
+    # broken values left empty, but for the identifiers a PACS files them by.
+    copied = with_type2_attributes(sources[0])
+    as_is = copied_as_is(copied)
     refuse_invalid_values(
-        invalid_values(with_type2_attributes(sources[0]), TYPE2_PATIENT_STUDY_ATTRIBUTES), derived, error
+        [keyword for keyword in invalid_values(copied, TYPE2_PATIENT_STUDY_ATTRIBUTES) if keyword not in as_is],
+        derived,
+        error,
     )
+    emptied = emptied_type2_attributes(sources[0])
+    if emptied or as_is:
+        logger.info(
+            "%s: source values that break their value type, left empty: %s; copied as they came (only too long): %s",
+            derived,
+            ", ".join(emptied) or "none",
+            ", ".join(as_is) or "none",
+        )
     impossible = impossible_lengths(sources)
     if impossible:
         raise error(impossible_lengths_reason(impossible, derived))
@@ -421,21 +470,50 @@ def with_type2_attributes(dataset: Dataset) -> Dataset:
     if "SharedFunctionalGroupsSequence" not in dataset:
         expected += TYPE2_IMAGE_PLANE_ATTRIBUTES
     missing = [keyword for keyword in expected if keyword not in dataset]
-    rewritten = {
+    rewritten = _standard_dates_times(dataset)
+    emptied = emptied_type2_attributes(dataset)
+    if not missing and not rewritten and not emptied:
+        return dataset
+    completed = _shallow_copy(dataset)
+    for keyword in missing:
+        setattr(completed, keyword, None)  # an empty value: what Type 2 means by "unknown"
+    # New elements: the source's, shared by the copy, are left as they were.
+    for keyword, value in rewritten.items():
+        completed.add_new(dataset[keyword].tag, dataset[keyword].VR, value)
+    for keyword in emptied:
+        completed.add_new(dataset[keyword].tag, dataset[keyword].VR, None)
+    return completed
+
+
+def _standard_dates_times(dataset: Dataset) -> dict[str, str]:
+    """The Type 2 dates and times of `dataset` in an ACR-NEMA form, by keyword, written in the standard's."""
+    return {
         keyword: standard
         for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES
         if keyword in dataset
         and dataset[keyword].VR in ("DA", "TM")
         and (standard := standard_date_time(dataset[keyword].VR, str(dataset[keyword].value or ""))) is not None
     }
-    if not missing and not rewritten:
-        return dataset
-    completed = _shallow_copy(dataset)
-    for keyword in missing:
-        setattr(completed, keyword, None)  # an empty value: what Type 2 means by "unknown"
-    for keyword, value in rewritten.items():  # a new element: the source's, shared by the copy, is left as it was
-        completed.add_new(dataset[keyword].tag, dataset[keyword].VR, value)
-    return completed
+
+
+def emptied_type2_attributes(dataset: Dataset) -> list[str]:
+    """The Type 2 patient and study attributes of `dataset` that a SEG and an SR leave empty: those whose values
+    break their value type once legacy dates and times are in the standard's form (Patient's Sex "m", a Study Time
+    of 25:99:99, a line break in a name), but for `PATIENT_KEY` and identifiers that are only too long.
+
+    Why: refusing them cost the study its SEG and SR, and the node sent nothing (interop review 35); Type 2 lets a
+    value be empty when it is unknown, and a PACS files a result by its UIDs and `PATIENT_KEY`, which stay."""
+    rewritten = _standard_dates_times(dataset)
+    emptied = []
+    for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES:
+        if keyword == PATIENT_KEY or keyword not in dataset:
+            continue
+        element = dataset[keyword]
+        if keyword in rewritten:
+            element = DataElement(element.tag, element.VR, rewritten[keyword])
+        if breaks_value_type(element) and not (keyword in MATCHED_TYPE2_ATTRIBUTES and only_too_long(element)):
+            emptied.append(keyword)
+    return emptied
 
 
 _ACR_NEMA_DATE = re.compile(r"(\d{4})[./-](\d{2})[./-](\d{2})")

@@ -30,7 +30,7 @@ from app.dicom.dicom_conformance import (
     complete_segmentation,
     derived_character_set,
     drop_invalid_optional_values,
-    invalid_values,
+    invalid_values_not_copied_as_is,
     missing_plane_attributes,
     refuse_invalid_values,
     stamp_creation_times,
@@ -217,7 +217,7 @@ def _finished(segmentation: Dataset, source_images: list[Dataset], references: S
         _name_the_frame(segmentation, references[0])
     drop_invalid_optional_values(segmentation)  # optional ones copied from the source: left out
     refuse_invalid_values(
-        invalid_values(segmentation), SEG, SegmentationInputError
+        invalid_values_not_copied_as_is(segmentation), SEG, SegmentationInputError
     )  # copied from the source as it came
     _pixel_measures_per_frame(segmentation, references)
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry

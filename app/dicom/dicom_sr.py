@@ -41,7 +41,7 @@ from app.dicom.dicom_conformance import (
     derived_character_set,
     drop_invalid_optional_values,
     image_library_sources,
-    invalid_values,
+    invalid_values_not_copied_as_is,
     refuse_invalid_values,
     stamp_creation_times,
     with_type2_attributes,
@@ -194,7 +194,9 @@ def build_volume_report(
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
     drop_invalid_optional_values(report)  # optional ones copied from the source: left out
-    refuse_invalid_values(invalid_values(report), SR, ReportInputError)  # what highdicom copied from the source
+    refuse_invalid_values(
+        invalid_values_not_copied_as_is(report), SR, ReportInputError
+    )  # what highdicom copied from the source
     return report
 
 

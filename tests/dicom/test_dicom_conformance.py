@@ -84,29 +84,75 @@ def test_seg_of_one_slice_without_thickness_takes_its_spacing_and_without_either
     assert not seg_thickness()
 
 
-@pytest.mark.parametrize(
-    ("keyword", "value"),
-    [
-        ("AccessionNumber", "A" * 200),  # an SH holds 16
-        ("PatientName", "Doe^Jane\x00\r\nInjected"),  # control characters
-        ("StudyTime", "25:99:99"),  # no time of day; highdicom failed on it naming nothing
-    ],
-)
-def test_seg_and_sr_refuse_source_values_that_break_their_type_naming_them_not_quoting_them(
-    keyword: str, value: str
-) -> None:
+def seg_and_sr_of_a_series_with(keyword: str, value: str) -> tuple[Dataset, Dataset, Dataset]:
+    """A SEG and an SR of the tumor series whose every slice holds `value` in `keyword`, and the first slice's
+    header as the service read it."""
     series = mr_series(tumor_channels())
     for dataset in series:
         setattr(dataset, keyword, value)
     inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+    return seg, report, inputs[0].reference.header
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("PatientName", "Doe^Jane\x00\r\nInjected"),  # control characters
+        ("StudyTime", "25:99:99"),  # no time of day; highdicom failed on it naming nothing
+        ("PatientSex", "m"),  # the enumerated values are upper case
+        ("PatientBirthDate", "19700000"),  # no date
+        ("AccessionNumber", "ACC\r\n1"),  # an identifier broken otherwise than by its length
+    ],
+)
+def test_seg_and_sr_leave_empty_type2_source_values_that_break_their_type(keyword: str, value: str) -> None:
+    """Interop review 35: such a value refused the SEG and SR, so the study got no result and the node sent
+    nothing. Type 2 lets a value be empty when unknown: the SEG and SR carry it empty; the sources keep theirs."""
+    seg, report, source = seg_and_sr_of_a_series_with(keyword, value)
+
+    for made in (seg, report):
+        assert keyword in made and not made[keyword].value
+        assert made.PatientID == source.PatientID and made.StudyInstanceUID == source.StudyInstanceUID
+    assert source[keyword].value  # the source as it came
+    assert dciodvfy_errors(seg, "Segmentation") == []
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("AccessionNumber", "A" * 20),  # an SH holds 16; RIS numbers can be longer
+        ("StudyID", "S" * 17),
+        ("PatientID", "P" * 70),  # an LO holds 64
+    ],
+)
+def test_seg_and_sr_copy_an_identifier_that_is_only_too_long_as_it_came(keyword: str, value: str) -> None:
+    """A PACS or RIS matches a result to its study by these: shortened or emptied, they would match nothing."""
+    seg, report, _ = seg_and_sr_of_a_series_with(keyword, value)
+
+    for made in (seg, report):
+        assert made[keyword].value == value
+        written = pydicom.dcmread(io.BytesIO(to_bytes(made)))
+        assert written[keyword].value == value
+
+
+@pytest.mark.parametrize("value", ["P1\x00\r\nInjected", "P1\\P2"])
+def test_seg_and_sr_refuse_a_patient_id_that_breaks_its_type_naming_it_not_quoting_it(value: str) -> None:
+    """The one Type 2 value never left empty: a PACS files the result under the patient by it (Orthanc hashes it
+    into the study's identifier), so an empty one would file the SEG and SR as another patient's study."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.PatientID = value
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
 
     with pytest.raises(SegmentationInputError) as raised:
         build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
-    assert keyword in raised.value.message and value[:8] not in raised.value.message
+    assert "PatientID" in raised.value.message and "P1" not in raised.value.message
     findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
     with pytest.raises(ReportInputError) as raised:
         build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
-    assert keyword in raised.value.message and value[:8] not in raised.value.message
+    assert "PatientID" in raised.value.message and "P1" not in raised.value.message
 
 
 @pytest.mark.parametrize(

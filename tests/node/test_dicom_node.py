@@ -111,6 +111,27 @@ def test_series_from_storescu_comes_back_as_seg_and_sr(
     assert {entry["sop_instance_uid"] for entry in log} == {seg.SOPInstanceUID, sr.SOPInstanceUID}
 
 
+def test_a_study_with_type2_values_that_break_their_type_still_gets_its_results(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 35: a study whose Patient's Sex was "m" or whose Accession Number had 20 characters was recorded
+    failed and the node sent nothing. Now the first is left empty, the second copied as it came."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.PatientSex, dataset.AccessionNumber = "m", "A" * 20
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    (seg,) = results.by_modality("SEG")
+    (sr,) = results.by_modality("SR")
+    for made in (seg, sr):
+        assert made.PatientSex == "" and made.AccessionNumber == "A" * 20
+        assert made.PatientID == series[0].PatientID and made.StudyInstanceUID == series[0].StudyInstanceUID
+    assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
+
+
 def flair_and_a_late_slice() -> tuple[Study, list[Dataset], Dataset]:
     """A new study's three FLAIR slices, and a fourth slice of the same series, to send after them."""
     study, series_uid = Study(), generate_uid()

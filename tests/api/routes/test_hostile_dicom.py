@@ -273,7 +273,7 @@ def test_direction_cosines_rounded_as_scanners_write_them_are_read() -> None:
 
 
 @pytest.mark.parametrize("keyword", ["PatientSex", "PatientBirthDate", "StudyTime"])
-def test_highdicom_refusals_do_not_quote_the_files_values(client: TestClient, keyword) -> None:
+def test_type2_values_that_break_their_type_are_left_empty_not_copied(client: TestClient, keyword) -> None:
     dataset = series()[0]
     setattr(dataset, keyword, CANARY)
 
@@ -281,9 +281,23 @@ def test_highdicom_refusals_do_not_quote_the_files_values(client: TestClient, ke
         "/v1/predict?output=dicom-seg", files={"file": ("IM0001", to_bytes(dataset), "application/dicom")}
     )
 
+    assert response.status_code == 200, response.text
+    seg = pydicom.dcmread(io.BytesIO(response.content))
+    assert keyword in seg and not seg[keyword].value
+    assert CANARY.encode() not in response.content
+
+
+def test_a_broken_patient_id_is_refused_without_quoting_it(client: TestClient) -> None:
+    dataset = series()[0]
+    dataset.PatientID = CANARY + "\r\n"  # a line break: an LO allows none
+
+    response = client.post(
+        "/v1/predict?output=dicom-seg", files={"file": ("IM0001", to_bytes(dataset), "application/dicom")}
+    )
+
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_segmentation_input"
-    assert CANARY not in response.text and "DOE" not in response.text
+    assert "PatientID" in response.text and CANARY not in response.text and "DOE" not in response.text
 
 
 @pytest.mark.parametrize(("width", "height"), [(MAX_IMAGE_SIDE + 1, 1), (1, MAX_IMAGE_SIDE + 1)])
