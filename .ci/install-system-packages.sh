@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install the system packages the tests use: Orthanc with its DICOMweb plugin (the PACS of the integration test),
 # dicom3tools (dciodvfy validates the SEGs and SRs we write), dcmtk (storescu/echoscu send to the DICOM node),
+# openjph-tools (ojph_compress encodes the High-Throughput JPEG 2000 slices of the decoding tests),
 # Chromium with a font for the browser test of the web page, and podman with debootstrap for `make image-test` (builds
 # the image without a Docker engine; debootstrap makes its base image where no registry serves python:3.11-slim-bookworm).
 # Idempotent: does nothing when all are present.
 # The tests start their own Orthanc process on a free port, so the Debian service is kept from starting.
 set -euo pipefail
 
-PACKAGES=(orthanc orthanc-dicomweb dicom3tools dcmtk chromium fonts-liberation podman debootstrap)
+PACKAGES=(orthanc orthanc-dicomweb dicom3tools dcmtk openjph-tools chromium fonts-liberation podman debootstrap)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

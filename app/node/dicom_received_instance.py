@@ -24,11 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -123,8 +126,9 @@ OTHER_STORAGE_CLASSES = tuple(
 )
 NOT_KEPT_CLASSES = frozenset({*IGNORED_CLASSES, *PRIVATE_IGNORED_CLASSES, *OTHER_STORAGE_CLASSES})
 MR_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
-# Uncompressed first; compressed ones the service decodes. 12-bit JPEG Extended is left out on purpose: no decoder
-# here reads it, and without it in the list a sender falls back to an uncompressed syntax instead.
+# Uncompressed first; compressed ones the service decodes (High-Throughput JPEG 2000 too, through OpenJPEG). JPEG
+# Extended is left out on purpose: one UID covers 8 and 12 bits, no decoder here reads 12, and the bits are not known
+# at association; without it in the list a sender falls back to an uncompressed syntax instead.
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -137,6 +141,9 @@ TRANSFER_SYNTAXES = (
     JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
     RLELossless,
 )
 STATUS_OUT_OF_RESOURCES = 0xA700

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     MRImageStorage,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     RLELossless,
@@ -217,4 +222,27 @@ def with_broken_rle(dataset: Dataset) -> Dataset:
     dataset.file_meta.TransferSyntaxUID = RLELossless
     dataset.PixelData = encapsulate([bytes(segment_table) + b"\x7f\x01\x02\x03"])
     dataset["PixelData"].VR = "OB"
+    return dataset
+
+
+def htj2k_lossless(dataset: Dataset) -> Dataset:
+    """`dataset` (one grey frame of 8 bits or more) in High-Throughput JPEG 2000 Lossless, encoded by OpenJPH's
+    `ojph_compress` (pydicom has no HTJ2K encoder; skips the test when the tool is missing)."""
+    encoder = shutil.which("ojph_compress")
+    if encoder is None:
+        pytest.skip(
+            "ojph_compress not found: install the Debian package openjph-tools (.ci/install-system-packages.sh)"
+        )
+    pixels = dataset.pixel_array
+    maxval = (1 << int(dataset.BitsStored)) - 1
+    samples = pixels.astype(np.uint8 if maxval <= 255 else ">u2").tobytes()
+    with tempfile.TemporaryDirectory() as directory:
+        image, codestream = Path(directory) / "slice.pgm", Path(directory) / "slice.j2c"
+        image.write_bytes(f"P5 {pixels.shape[1]} {pixels.shape[0]} {maxval}\n".encode() + samples)
+        subprocess.run(
+            [encoder, "-i", str(image), "-o", str(codestream), "-reversible", "true"], check=True, capture_output=True
+        )
+        dataset.PixelData = encapsulate([codestream.read_bytes()])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
     return dataset

@@ -38,6 +38,7 @@ from tests.dicom.builders import (
     PIXEL_SPACING_MM,
     SLICE_GAP_MM,
     Study,
+    htj2k_lossless,
     legacy_multiframe,
     mr_dataset,
     mr_series,
@@ -230,6 +231,17 @@ def test_read_dicom_decodes_compressed_transfer_syntaxes(flair: np.ndarray, tran
     (frame,) = read_dicom(to_bytes(dataset))
 
     np.testing.assert_array_equal(frame.values, flair.astype(np.float32) * 8)
+
+
+@pytest.mark.parametrize("scale", [1, 8], ids=["8-bit", "16-bit"])
+def test_read_dicom_decodes_htj2k_lossless(flair: np.ndarray, scale: int) -> None:
+    """High-Throughput JPEG 2000 (DICOM 2023): the node accepts it, so it must decode to the same values."""
+    dataset = single_mr(flair.astype(np.uint16) * scale if scale > 1 else flair.astype(np.uint8))
+    htj2k_lossless(dataset)
+
+    (frame,) = read_dicom(to_bytes(dataset))
+
+    np.testing.assert_array_equal(frame.values, flair.astype(np.float32) * scale)
 
 
 def test_read_dicom_rejects_missing_pixel_data(flair: np.ndarray) -> None:

@@ -24,7 +24,15 @@ from app.dicom.dicom_sr_reader import predecessors, read_volume_report
 from app.node.dicom_sender import Destination
 from app.node.node_config import NodeConfig
 from app.settings import Settings
-from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, tumor_channels, write_files
+from tests.dicom.builders import (
+    SLICE_GAP_MM,
+    Study,
+    htj2k_lossless,
+    mr_dataset,
+    mr_series,
+    tumor_channels,
+    write_files,
+)
 from tests.dicom.validation import dciodvfy_errors
 from tests.node.node_support import (
     CALLING_AE,
@@ -39,6 +47,7 @@ from tests.node.node_support import (
     free_port,
     process_and_send,
     record,
+    store_dataset,
     storescu,
 )
 
@@ -130,6 +139,27 @@ def test_a_study_with_type2_values_that_break_their_type_still_gets_its_results(
         assert made.PatientSex == "" and made.AccessionNumber == "A" * 20
         assert made.PatientID == series[0].PatientID and made.StudyInstanceUID == series[0].StudyInstanceUID
     assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
+
+
+def test_a_series_in_htj2k_is_taken_and_gives_the_masks_of_its_uncompressed_copy(
+    make_node: Any, results: ResultStore, clock: Clock
+) -> None:
+    """Interop review 35: the node refused High-Throughput JPEG 2000 at association though the service decodes it
+    (dcmtk's storescu does not send it: pynetdicom proposes the files' own syntax)."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    expected = expected_result(series)
+    for dataset in series:
+        assert store_dataset(node.config.port, htj2k_lossless(dataset)).Status == 0x0000
+    associations_ended(node)
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+
+    (seg,) = results.by_modality("SEG")
+    decoded = read_segmentation_masks(seg)
+    for slice_input, prediction in zip(expected.inputs, expected.predictions, strict=True):
+        mask = prediction.mask if prediction.mask is not None else np.zeros((256, 256), np.uint8)
+        np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], mask)
 
 
 def flair_and_a_late_slice() -> tuple[Study, list[Dataset], Dataset]:
