@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 SR_SERIES_NUMBER = 9902  # after the SEG's 9901: viewers list our objects after the scanner's series
 SR_SERIES_DESCRIPTION = "Tumor volume report (research use only)"
+REVISED_SUFFIX = " - revised"  # the Series Description of results that supersede earlier ones
 SR = "a DICOM SR"  # what refusals say cannot be made
 PRIVATE_SCHEME = "99BRAINTUMOR"
 PRIVATE_SCHEME_IDENTIFICATION = hd.coding_schemes.CodingSchemeIdentificationItem(
@@ -386,7 +387,9 @@ def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[Repo
     again) is left out. Results whose report names predecessors get UIDs of their own, derived from the ones they
     were built with and the reports replaced, and the report refers to its SEGs by their new UIDs: the same findings
     as an earlier, already superseded run (an instance corrected, then sent again as it was) make new objects, which
-    a PACS that already holds the earlier copies does not ignore, so the newest SEG and report are the current ones."""
+    a PACS that already holds the earlier copies does not ignore, so the newest SEG and report are the current ones.
+    Their Series Descriptions end in `REVISED_SUFFIX`: a viewer lists the old and new series side by side under the
+    same Series Number, and told them apart only by their Series Time (interop review 35)."""
     report = results[-1]
     named = [reference for reference in earlier if reference.sop_instance_uid != str(report.SOPInstanceUID)]
     if not named:
@@ -395,6 +398,9 @@ def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[Repo
     replaced = [reference.sop_instance_uid for reference in named]
     renewed: dict[str, str] = {}
     for dataset in results:
+        description = str(dataset.get("SeriesDescription") or "")
+        if not description.endswith(REVISED_SUFFIX):
+            dataset.SeriesDescription = description + REVISED_SUFFIX
         for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
             old = str(dataset[keyword].value)
             renewed[old] = generate_uid(entropy_srcs=[old, "replaces", *replaced])

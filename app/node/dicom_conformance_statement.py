@@ -20,7 +20,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage, Verification
 
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
-from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
+from app.dicom.dicom_sr import REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION
 from app.node.dicom_node import MAX_PDU_BYTES
@@ -290,8 +290,8 @@ def _objects_created() -> list[str]:
         "  negative study too): the tumor's presence, its volume in mL, slices analysed / with tumor / missing,",
         "  whether the tumor reaches the series' end, notes on how the series were chosen, the source images and",
         "  SEGs as evidence. A report that supersedes an earlier one names it in its Predecessor Documents Sequence,",
-        "  and it and its SEG have UIDs of their own (the same findings as an older run make new objects); both carry",
-        "  Series Date and Time.",
+        "  and it and its SEG have UIDs of their own (the same findings as an older run make new objects) and Series",
+        f'  Descriptions ending in "{REVISED_SUFFIX}" (same Series Numbers); both carry Series Date and Time.',
         "",
     ]
 

@@ -17,9 +17,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from app.dicom.dicom_seg import SEG_SERIES_NUMBER
+from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
-from app.dicom.dicom_sr import SR_SERIES_NUMBER
+from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.dicom_sr_reader import predecessors, read_volume_report
 from app.node.dicom_sender import Destination
 from app.node.node_config import NodeConfig
@@ -200,11 +200,15 @@ def test_second_send_does_not_duplicate_and_a_late_instance_supersedes(
     assert second_seg.SeriesInstanceUID != first_seg.SeriesInstanceUID
     assert second_seg.SeriesNumber == first_seg.SeriesNumber == SEG_SERIES_NUMBER
     assert {sr.SeriesNumber for sr in results.by_modality("SR")} == {SR_SERIES_NUMBER}
+    # Same Series Number: the description tells the revised series from the one it replaces (interop review 35).
+    first_sr, second_sr = results.by_modality("SR")
+    assert (first_seg.SeriesDescription, first_sr.SeriesDescription) == (SEG_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION)
+    assert second_seg.SeriesDescription == SEG_SERIES_DESCRIPTION + " - revised"
+    assert second_sr.SeriesDescription == SR_SERIES_DESCRIPTION + " - revised"
     first_run, second_run = record(node)["runs"]
     assert second_run["supersedes"] == first_run["run_id"]
     assert (first_run["instances"], second_run["instances"]) == (3, 4)
     # The new report names the one it replaces, so a PACS showing both can tell which is current.
-    first_sr, second_sr = results.by_modality("SR")
     assert predecessors(first_sr) == []
     assert predecessors(second_sr) == [first_sr.SOPInstanceUID]
     (item,) = second_sr.PredecessorDocumentsSequence
