@@ -218,6 +218,8 @@ def plan_headers(
     max_slices = limits.max_request_slices if max_slices is None else max_slices
     choice = choose_series(headers, rules)
     used = choice.used_files
+    leave_out_copies_of_read_files(headers, used)
+    used = used - {index for index, item in enumerate(headers) if isinstance(item, ServiceError)}
     chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
     slices = count_slices(chosen, at_most=max_slices)
     if max_slices is not None and slices > max_slices:
@@ -237,6 +239,38 @@ def plan_headers(
     cost += held_header_bytes(headers)  # every header read is held until the answer
     check_request_cost(cost, len(readable), limits)
     return SeriesPlan(headers, slices, cost, choice)
+
+
+def leave_out_copies_of_read_files(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
+    """Put an error in place of each used file that names another used file of its series in its Source Image
+    Sequence, the original being read instead.
+
+    A slice sent again after lossy compression must have a new SOP Instance UID (PS3.3 C.7.6.1.1.5) and names its
+    original there: a PACS that archived a series lossy and forwards it beside the original gives two files at each
+    slice position, and the request was refused (interop review 35). The original is the better copy. Of files that
+    name one another (a loop), the first one that names a file still read is left out and the other is read."""
+    index_of = {
+        str(header.dataset.get("SOPInstanceUID", "") or ""): index
+        for index, header in enumerate(headers)
+        if isinstance(header, DicomHeader) and index in used
+    }
+    left_out: set[int] = set()
+    for index, header in enumerate(headers):
+        if not isinstance(header, DicomHeader) or index not in used:
+            continue
+        series = header.dataset.get("SeriesInstanceUID")
+        for item in header.dataset.get("SourceImageSequence") or []:
+            original = index_of.get(str(item.get("ReferencedSOPInstanceUID", "") or ""))
+            if original is None or original == index or original in left_out:
+                continue
+            other = headers[original]
+            if isinstance(other, DicomHeader) and other.dataset.get("SeriesInstanceUID") == series:
+                left_out.add(index)
+                headers[index] = InvalidDicomImageError(
+                    f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as "
+                    "a slice sent again after lossy compression does): the original is read, not the copy"
+                )
+                break
 
 
 def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:

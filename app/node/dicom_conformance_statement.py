@@ -241,8 +241,8 @@ def _c_store_scp() -> list[str]:
         "study whose instances changed after its analysis (another pixel value, a corrected attribute; a lossy",
         "re-compression that keeps the SOP Instance UIDs changes pixel values) is analysed again, its new results",
         "superseding the earlier ones (below). A lossy copy under new SOP Instance UIDs, as the standard requires,",
-        "puts a second instance at each slice position of the series: the study is then recorded failed with that",
-        "reason and nothing is sent; which copy to analyse is not chosen yet.",
+        "names its original in its Source Image Sequence: where the original is there too, the copy is left out and",
+        "the original analysed.",
         "",
     ]
 

@@ -162,6 +162,31 @@ def test_a_series_in_htj2k_is_taken_and_gives_the_masks_of_its_uncompressed_copy
         np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], mask)
 
 
+def test_a_lossy_copy_of_a_series_beside_its_original_leaves_the_original_analysed(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 35: a PACS that archived a series lossy forwards it under new SOP Instance UIDs, each copy
+    naming its original (Source Image Sequence); with the originals there, the study was recorded failed."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    copies = []
+    for original in series:
+        copy = pydicom.dcmread(write_files([original], tmp_path / "copy")[0])
+        source = Dataset()
+        source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
+        copy.SourceImageSequence = [source]
+        copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        copy.LossyImageCompression = "01"
+        copies.append(copy)
+    assert storescu(node, write_files([*series, *copies], tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
+    (seg,) = results.by_modality("SEG")
+    assert set(read_segmentation_masks(seg)) == {original.SOPInstanceUID for original in series}
+
+
 def flair_and_a_late_slice() -> tuple[Study, list[Dataset], Dataset]:
     """A new study's three FLAIR slices, and a fourth slice of the same series, to send after them."""
     study, series_uid = Study(), generate_uid()

@@ -11,6 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom.dicom_seg_reader import read_segmentation_masks
@@ -184,6 +186,35 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
         "code": "undecodable_dicom",
         "message": "DICOM file ends in or right after its file meta group (0002), at byte 134 (truncated)",
     }
+
+
+def test_lossy_copies_beside_their_originals_are_left_out_and_the_originals_read(
+    client: TestClient, series_files: list[bytes], expected: list[SlicePrediction]
+) -> None:
+    """Interop review 35: a series sent again after lossy compression has new SOP Instance UIDs and names its
+    originals in Source Image Sequence; beside the originals, every position held two files and the request failed."""
+    copies = []
+    for data in series_files:
+        copy = pydicom.dcmread(io.BytesIO(data))
+        source = Dataset()
+        source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = copy.SOPClassUID, copy.SOPInstanceUID
+        copy.SourceImageSequence = [source]
+        copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        copy.LossyImageCompression = "01"
+        copy.PixelData = (copy.pixel_array // 2 * 2).astype(copy.pixel_array.dtype).tobytes()  # not the same pixels
+        copies.append(to_bytes(copy))
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([copies[0], *series_files, *copies[1:]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [error["index"] for error in body["file_errors"]] == [0, 4, 5]
+    assert body["file_errors"][0]["error"]["message"] == (
+        "the file is a copy of the request's file at index 1 (file 2 as sent), which it names in its Source Image "
+        "Sequence (as a slice sent again after lossy compression does): the original is read, not the copy"
+    )
+    for item, reference in zip(body["slices"], expected, strict=True):
+        assert_matches(item["prediction"], reference)
 
 
 @pytest.mark.parametrize("output", ["json", "dicom-seg"])
