@@ -29,6 +29,7 @@ from app.dicom.dicom_series import (
     decode_series,
     in_stored_orientation,
     model_inputs,
+    non_square_pixels_note,
     plan_headers,
     plan_series,
 )
@@ -414,6 +415,8 @@ class PredictionService:
         order, choice, known = anatomical_order(frames), series.choice, slice_order_known(frames)
         if not known:  # e.g. Secondary Captures all numbered 1: which slices are neighbours is not known
             choice = replace(choice, notes=(*choice.notes, UNKNOWN_ORDER_NOTE))
+        if pixels_note := non_square_pixels_note(frames):
+            choice = replace(choice, notes=(*choice.notes, pixels_note))
         breaks = series_breaks(frames, order)
         predictions = await self._cpu(
             partial(self.final_answers, predictions, clean_as_volume=known, order=order, breaks=breaks)

@@ -384,6 +384,24 @@ def _blank_series(frames: Sequence[DicomFrame]) -> set[str]:
     }
 
 
+def non_square_pixels_note(frames: Sequence[DicomFrame]) -> str | None:
+    """A note for the answer when the slices' pixels are not square (Pixel Spacing rows != columns), else None.
+
+    The models read a slice pixel for pixel, as they learned square-pixel slices: pixels 1.33 times as tall as wide
+    show them the anatomy squeezed, which the answer should say (interop review 35). The volume is computed with
+    both spacings, so it is not affected by this; the masks may be. Says the ratio, not the file's values."""
+    ratios = [row / column for row, column, *_ in (frame.pixel_spacing or () for frame in frames) if row and column]
+    off = max(ratios, key=lambda ratio: abs(ratio - 1.0), default=1.0)
+    if abs(off - 1.0) <= PIXEL_SPACING_TOLERANCE:
+        return None
+    shape = f"{off:.2f} times as tall as wide" if off > 1 else f"{1 / off:.2f} times as wide as tall"
+    return (
+        f"the slices' pixels are not square (each {shape}): the models read "
+        "them pixel for pixel, as they learned square pixels, so the anatomy looks distorted to them and the masks "
+        "may be less accurate"
+    )
+
+
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """The model batch (`app.uploads.model_input`, as for raster uploads) and the size of each slice, each axial slice
     turned in-plane to the orientation the models learned (`app.dicom.slice_orientation`); `in_stored_orientation` turns

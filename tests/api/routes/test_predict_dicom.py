@@ -188,6 +188,24 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     }
 
 
+def test_a_series_of_non_square_pixels_says_so_in_its_notes(client: TestClient) -> None:
+    """Interop review 35: the models read pixels as square; a series whose pixels are not (0.9375 x 1.25 mm) was
+    answered without a word about it."""
+    datasets = mr_series(tumor_channels())
+    for dataset in datasets:
+        dataset.PixelSpacing = [1.25, 0.9375]  # rows 1.25 mm apart: each pixel taller than wide
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in datasets]))
+    square = client.post(
+        "/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in mr_series(tumor_channels())])
+    )
+
+    assert response.status_code == 200, response.text
+    (note,) = [note for note in response.json()["selection_notes"] if "pixels are not square" in note]
+    assert "each 1.33 times as tall as wide" in note and "1.25" not in note
+    assert not any("pixels are not square" in note for note in square.json()["selection_notes"])
+
+
 def test_lossy_copies_beside_their_originals_are_left_out_and_the_originals_read(
     client: TestClient, series_files: list[bytes], expected: list[SlicePrediction]
 ) -> None:
