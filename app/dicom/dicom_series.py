@@ -390,7 +390,8 @@ def non_square_pixels_note(frames: Sequence[DicomFrame]) -> str | None:
     The models read a slice pixel for pixel, as they learned square-pixel slices: pixels 1.33 times as tall as wide
     show them the anatomy squeezed, which the answer should say (interop review 35). The volume is computed with
     both spacings, so it is not affected by this; the masks may be. Says the ratio, not the file's values."""
-    ratios = [row / column for row, column, *_ in (frame.pixel_spacing or () for frame in frames) if row and column]
+    spacings = [frame.pixel_spacing for frame in frames if frame.pixel_spacing and len(frame.pixel_spacing) == 2]
+    ratios = [row / column for row, column in spacings if row > 0 and column > 0]
     off = max(ratios, key=lambda ratio: abs(ratio - 1.0), default=1.0)
     if abs(off - 1.0) <= PIXEL_SPACING_TOLERANCE:
         return None
