@@ -105,7 +105,7 @@ def test_a_refused_presentation_context_is_logged_with_its_sop_class(
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)  # the node is no query SCP
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context("Smith^John 1970")  # any text a peer puts in place of a UID (attack review 33)
-    ae.add_requested_context(EnhancedMRImageStorage, ["1.2.840.10008.1.2.4.201"])  # one syntax the node does not take
+    ae.add_requested_context(EnhancedMRImageStorage, ["1.2.840.10008.1.2.4.51"])  # JPEG Extended: not taken
     with caplog.at_level(logging.INFO, logger="app.node.dicom_node"):
         association = ae.associate("127.0.0.1", node.config.port, ae_title=NODE_AE)
         assert association.is_established
@@ -118,6 +118,6 @@ def test_a_refused_presentation_context_is_logged_with_its_sop_class(
         "SOP class not supported": sorted(
             [str(PatientRootQueryRetrieveInformationModelFind), str(StudyRootQueryRetrieveInformationModelFind)]
         ),
-        "transfer syntaxes not supported": {str(EnhancedMRImageStorage): ["1.2.840.10008.1.2.4.201"]},
+        "transfer syntaxes not supported": {str(EnhancedMRImageStorage): ["1.2.840.10008.1.2.4.51"]},
         "not a UID (not logged)": 1,
     }
