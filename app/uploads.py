@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.core.preprocessing import InvalidImageError, preprocess_slice
-from app.errors import InvalidSliceError, PayloadTooLargeError, ServiceError, TooManySlicesError
+from app.errors import (
+    InvalidSliceError,
+    PayloadTooLargeError,
+    ServiceError,
+    TooManySlicesError,
+    UnsupportedMediaTypeError,
+)
 from app.imaging import (
     RasterHeader,
     check_image_header,
@@ -324,8 +330,11 @@ def prepare_series_uploads(
 def raster_series_breaks(prepared: Sequence[PreparedSlice | ServiceError]) -> set[int]:
     """The places k between the k-th and (k+1)-th decoded slice of a raster series with two or more files that
     failed between them: as in a DICOM series (`app.dicom.slice_order.series_breaks`), the series clean-up joins masks
-    across one missing slice, as a tumor goes on through it, but not across more."""
-    decoded = [index for index, item in enumerate(prepared) if isinstance(item, PreparedSlice)]
+    across one missing slice, as a tumor goes on through it, but not across more. A file that is no image at all (a
+    note or a desktop.ini beside the slices, `UnsupportedMediaTypeError`) is no missing slice (review 36: two notes
+    between slices cost two tumor slices their masks)."""
+    slices = [item for item in prepared if not isinstance(item, UnsupportedMediaTypeError)]
+    decoded = [index for index, item in enumerate(slices) if isinstance(item, PreparedSlice)]
     return {place for place, (before, after) in enumerate(itertools.pairwise(decoded)) if after - before > 2}
 
 

@@ -377,14 +377,17 @@ function isRaster(head) {
  * nor PNG, JPEG or TIFF are left out: a patient CD's or a PACS export's folder holds a DICOMDIR (an index, no image)
  * and files beside the images (Thumbs.db, README.TXT, a viewer program), which the server counts as "other files"
  * and refuses the whole series for as mixed with images. PNG, JPEG and TIFF files stay: mixed with DICOM they are
- * refused, as the server says. Without DICOM files nothing is left out: a failed file of a raster series is a missing
- * slice to the server.
+ * refused, as the server says. Among several PNG, JPEG or TIFF files, the files that are none of them are left out
+ * too: a failed file of a raster series is a missing slice, which cuts the series clean-up there, and a note or a
+ * desktop.ini beside the slices is no slice (review 36: two notes cost two tumor slices their masks). A file that
+ * starts as an image and does not decode stays: that one is a missing slice.
  */
-function withoutDicomExtras(files, heads) {
-  if (!heads.some(isDicom)) {
-    return { files, heads, leftOut: [] };
+function withoutExtras(files, heads) {
+  const dicom = heads.some(isDicom);
+  if (!dicom && !(files.length > 1 && heads.some(isRaster))) {
+    return { files, heads, leftOut: [] }; // one file, or no image at all: the server says what each is
   }
-  const kept = files.map((file, at) => (isDicom(heads[at]) && file.name.toUpperCase() !== "DICOMDIR")
+  const kept = files.map((file, at) => (dicom && isDicom(heads[at]) && file.name.toUpperCase() !== "DICOMDIR")
     || isRaster(heads[at]));
   const leftOut = files.filter((file, at) => !kept[at]);
   if (!kept.includes(true)) {
@@ -546,7 +549,7 @@ async function analyse(chosen) {
     if (stale()) {
       return;
     }
-    const { files, heads, leftOut } = withoutDicomExtras(collected, chosenHeads);
+    const { files, heads, leftOut } = withoutExtras(collected, chosenHeads);
     const dicom = heads.some(isDicom);
     const notes = [
       ...(skippedMasks ? [`${plural(skippedMasks, "ground-truth mask file")} left out`] : []),

@@ -311,7 +311,7 @@ def test_a_raster_series_joins_masks_across_one_failed_file_but_not_two(failed: 
     """As a DICOM series does across missing slices (attack finding: the slices either side of failed files were
     joined as neighbours however many failed)."""
     first, last = distinct_pngs(2)
-    files = [first, *[b"not an image"] * failed, last]
+    files = [first, *[first[:100]] * failed, last]  # PNGs cut short: slices that failed
     # The same 8 x 8 blob (64 pixels) on both decoded slices: 128 voxels joined, over the minimum of 100.
     blobs = {0: (slice(100, 108), slice(100, 108)), 1: (slice(100, 108), slice(100, 108))}
     service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False)
@@ -320,7 +320,21 @@ def test_a_raster_series_joins_masks_across_one_failed_file_but_not_two(failed: 
 
     decoded = [answer.predictions[0], answer.predictions[-1]]
     assert [prediction.detected for prediction in decoded] == [kept, kept]
-    assert [error.code for error in answer.outcomes[1:-1]] == ["unsupported_media_type"] * failed
+    assert all(error.code != "unsupported_media_type" for error in answer.outcomes[1:-1])
+
+
+def test_files_that_are_no_image_between_raster_slices_are_no_missing_slices() -> None:
+    """Review 36: a note and a desktop.ini between two slices counted as two missing slices, so the clean-up no
+    longer joined the slices either side and their tumor masks were dropped."""
+    first, last = distinct_pngs(2)
+    files = [first, b"slice 12: motion artefact\n", b"[.ShellClassInfo]\r\n", last]
+    blobs = {0: (slice(100, 108), slice(100, 108)), 1: (slice(100, 108), slice(100, 108))}
+    service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False)
+
+    answer = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
+
+    assert [prediction.detected for prediction in (answer.predictions[0], answer.predictions[-1])] == [True, True]
+    assert [error.code for error in answer.outcomes[1:-1]] == ["unsupported_media_type"] * 2
 
 
 class UnsureMaskModels(SeriesModels):

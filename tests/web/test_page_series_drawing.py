@@ -90,6 +90,25 @@ def test_a_patient_cd_folder_is_analysed_as_its_dicom_series_and_says_what_it_le
     expect(page.locator("#series-choice")).to_contain_text("3 files")
 
 
+def test_files_that_are_no_image_beside_raster_slices_are_left_out_not_made_missing_slices(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Review 36: a folder of JPEG slices with two notes beside them sent the notes too; the server took each as a
+    missing slice, the strip drew a gap, and two tumor slices lost their masks to the series clean-up."""
+    extras = {"desktop.ini": b"[.ShellClassInfo]\r\n", "slice notes.txt": b"motion on slice 20\n"}
+    for name, data in extras.items():
+        (tmp_path / name).write_bytes(data)
+    page.goto(live_server)
+
+    answer = upload(page, [*RASTER_SERIES, *(tmp_path / name for name in extras)])
+
+    assert len(answer["results"]) == len(RASTER_SERIES) and all(item["ok"] for item in answer["results"])
+    expect(page.locator("#file-name")).to_contain_text(
+        "(left out, neither DICOM images nor PNG, JPEG or TIFF: desktop.ini, slice notes.txt)"
+    )
+    expect(page.locator("#strip .strip-gap")).to_have_count(0)
+
+
 # -------------------------------------------------------- F3: DICOM Bits Stored and Pixel Padding Value on the page
 
 
