@@ -19,6 +19,10 @@ from app.metrics import ServiceMetrics
 from app.prediction import PredictionService
 from app.settings import Settings
 
+# Loading and warming the models takes seconds: a client told when to retry need not poll (review 36: the page could
+# only say "not ready", and the message sent a browser user to an API endpoint).
+MODELS_LOADING_RETRY_SECONDS = 5
+
 
 async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
@@ -32,7 +36,10 @@ async def get_predictor(request: Request) -> Predictor:
         # /health/ready takes no API key.
         raise ModelUnavailableError("the models failed to load (the server's log says why): fix them and restart")
     if state.predictor is None or not state.ready:
-        raise ModelUnavailableError("the models are still loading; retry when GET /health/ready answers 200")
+        raise ModelUnavailableError(
+            "the models are still loading; retry in a few seconds (GET /health/ready answers 200 once they are ready)",
+            retry_after_seconds=MODELS_LOADING_RETRY_SECONDS,
+        )
     return state.predictor
 
 

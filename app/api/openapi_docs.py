@@ -113,7 +113,9 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("internal_error", 500, "a bug; logged with its traceback, never with the image"),
     ErrorCode(
-        "model_unavailable", 503, "the models are not loaded and warm yet; retry when GET /health/ready answers 200"
+        "model_unavailable",
+        503,
+        "the models are not loaded and warm yet; retry after the Retry-After header's seconds",
     ),
     ErrorCode(
         "audit_unavailable",

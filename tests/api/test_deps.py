@@ -22,7 +22,8 @@ def test_get_predictor_before_loading_says_the_models_are_loading() -> None:
 
     assert raised.value.to_dict() == {
         "code": "model_unavailable",
-        "message": "the models are still loading; retry when GET /health/ready answers 200",
+        "message": "the models are still loading; retry in a few seconds "
+        "(GET /health/ready answers 200 once they are ready)",
     }
 
 

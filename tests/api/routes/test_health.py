@@ -24,7 +24,8 @@ from tests.conftest import TUMOR_SLICE
 STILL_LOADING = {
     "error": {
         "code": "model_unavailable",
-        "message": "the models are still loading; retry when GET /health/ready answers 200",
+        "message": "the models are still loading; retry in a few seconds "
+        "(GET /health/ready answers 200 once they are ready)",
     }
 }
 
@@ -118,6 +119,7 @@ def test_read_readiness_is_503_until_models_load(tiny_model_dir: Path, monkeypat
             assert ready.json() == STILL_LOADING
             assert prediction.status_code == 503
             assert prediction.json() == STILL_LOADING
+            assert prediction.headers["Retry-After"] == "5"  # the page can say when to try again
             assert models.status_code == 200  # the manifest is read (and verified) before serving starts
             assert ready_gauge == 0.0
 
