@@ -206,6 +206,17 @@ let keysInUse = false; // a 401 came: this server wants API keys
 // ------------------------------------------------------------------------------------------------ small helpers
 
 const formatPercent = (value) => `${(value * 100).toFixed(1)} %`;
+/**
+ * A model's probability as a percentage to 0.1 %, and its ends as "> 99.9 %" and "< 0.1 %": rounded, an output of
+ * 0.9996 read "100.0 %", a certainty no model has (review 36). Thresholds stay `formatPercent`.
+ */
+function formatProbability(value) {
+  const percent = value * 100;
+  if (percent >= 99.95) {
+    return "> 99.9 %";
+  }
+  return percent < 0.05 ? "< 0.1 %" : formatPercent(value);
+}
 const formatNumber = (value, digits) => value.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const naturalOrder = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
 const logit = (p) => {
@@ -808,12 +819,12 @@ function showSeries(shown) {
   ui.volumeStatus.textContent = "";
 
   ui.result.hidden = false;
-  showSlice(Math.max(0, slices.findIndex((slice) => slice.prediction.tumor_detected)));
+  showSlice(firstSliceToShow(slices));
   revealResult(); // before the status line changes, so that the outcome is read after the heading, not cut off
   // The status line is the live region: screen readers hear the outcome without moving focus, including what the
   // page flags beside it (slices close to the threshold, files left out), which they would otherwise never hear of.
   const outcome = slices.length === 1
-    ? `${verdict}: tumor probability ${formatPercent(first.tumor_probability)}, threshold ${formatPercent(first.threshold)}.`
+    ? `${verdict}: tumor probability ${formatProbability(first.tumor_probability)}, threshold ${formatPercent(first.threshold)}.`
     : `${verdict} in ${positives} of ${slices.length} slices; threshold ${formatPercent(first.threshold)}.`;
   const besideNote = beside.length
     ? `, ${beside.length} of them next to a slice with tumor `
@@ -958,7 +969,7 @@ function buildTable(slices) {
       const cells = [
         String(index + 1),
         slice.label,
-        formatPercent(prediction.tumor_probability),
+        formatProbability(prediction.tumor_probability),
         result,
         (prediction.mask?.area_pixels ?? 0).toLocaleString("en"),
         area === null ? "–" : formatNumber(area, 1),
@@ -1379,7 +1390,7 @@ function showSlice(index) {
   ui.caption.textContent = `${where}: ${drawn}`;
   ui.sliceCanvas.setAttribute("aria-label", `MRI ${where}; ${drawn}`);
 
-  ui.probability.textContent = formatPercent(prediction.tumor_probability);
+  ui.probability.textContent = formatProbability(prediction.tumor_probability);
   ui.probability.dataset.value = String(prediction.tumor_probability);
   // The numbers themselves are compared; the series clean-up, when it is why the slice is negative, is said apart.
   ui.comparison.textContent = isAboveThreshold(prediction) ? "is at or above" : "is below";
@@ -1393,11 +1404,27 @@ function showSlice(index) {
   ui.slider.value = String(current + 1);
   ui.sliceNumber.textContent = `${current + 1} / ${count}`;
   const valueText = `Slice ${current + 1} of ${count}${after}: ${resultWords(prediction).toLowerCase()}, `
-    + `probability ${formatPercent(prediction.tumor_probability)}`;
+    + `probability ${formatProbability(prediction.tumor_probability)}`;
   ui.slider.setAttribute("aria-valuetext", valueText);
   ui.strip.setAttribute("aria-valuenow", String(current + 1));
   ui.strip.setAttribute("aria-valuetext", valueText);
   ui.strip.querySelectorAll(".strip-bar").forEach((bar, at) => bar.classList.toggle("current", at === current));
+}
+
+/**
+ * The slice a result opens on: the one with the largest predicted tumor area, so that the first view of a "tumor
+ * detected" series shows the tumor (review 36: the first positive slice in anatomical order could hold one pixel);
+ * else the first slice called tumor (its mask may be withheld), else the first slice.
+ */
+function firstSliceToShow(slices) {
+  let largest = -1;
+  slices.forEach((slice, at) => {
+    const area = slice.prediction.mask?.area_pixels ?? 0;
+    if (area > 0 && (largest < 0 || area > slices[largest].prediction.mask.area_pixels)) {
+      largest = at;
+    }
+  });
+  return largest >= 0 ? largest : Math.max(0, slices.findIndex((slice) => slice.prediction.tumor_detected));
 }
 
 /** The caption's words for what the mask layer shows of this slice's prediction. */

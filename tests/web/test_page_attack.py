@@ -100,18 +100,19 @@ def test_markup_in_file_names_dicom_tags_and_server_reasons_stays_text(page: Pag
     assert page.locator("#slice-table tbody td").nth(0).text_content() == f"{PAYLOAD}0.dcm"
     expect(page.locator("#series-choice")).to_contain_text(f"“{PAYLOAD[:64]}”")  # the Series Description, as text
 
-    # A per-file error of a raster batch: the server's reason and the file name, side by side.
+    # A per-file error of a raster batch (a JPEG cut short): the server's reason and the file name, side by side;
+    # and a file that is no image, left out by the page and named.
     good = TUMOR_SLICE.read_bytes()
     page.set_input_files(
         "#file-input",
         files=[
             {"name": f"{PAYLOAD}a.jpg", "mimeType": "image/jpeg", "buffer": good},
-            {"name": f"{PAYLOAD}b.txt", "mimeType": "text/plain", "buffer": PAYLOAD.encode()},
+            {"name": f"{PAYLOAD}b.jpg", "mimeType": "image/jpeg", "buffer": good[:400]},
+            {"name": f"{PAYLOAD}c.txt", "mimeType": "text/plain", "buffer": PAYLOAD.encode()},
         ],
     )
-    expect(page.locator("#file-errors")).to_contain_text(
-        f"{PAYLOAD}b.txt (unsupported file type", timeout=RESULT_TIMEOUT_MS
-    )
+    expect(page.locator("#file-errors")).to_contain_text(f"{PAYLOAD}b.jpg (", timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#file-name")).to_contain_text(f"neither DICOM images nor PNG, JPEG or TIFF: {PAYLOAD}c.txt")
 
     # A whole-request error whose reason echoes markup (a proxy or a future message could).
     page.route(

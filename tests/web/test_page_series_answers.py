@@ -23,6 +23,7 @@ from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import TEST_DATA, TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
+from tests.web.conftest import series_answer_with
 
 RESULT_TIMEOUT_MS = 60_000
 RASTER_SERIES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
@@ -404,3 +405,22 @@ def test_arrow_keys_go_the_same_way_on_the_image_and_on_the_probability_strip(pa
         page.focus(element)
         page.keyboard.press(key)
         expect(number).to_have_text(expected)
+
+
+def test_a_series_opens_on_its_largest_tumor_and_shows_no_probability_as_certain(page: Page, live_server: str) -> None:
+    """Review 36: a series opened on its first positive slice in anatomical order, whose mask could be one pixel
+    ("too small to see"), and probabilities from 0.9995 on read "100.0 %"."""
+    faked = series_answer_with(live_server, RASTER_SERIES, [0.5, 0.6, 0.9996, 0.0001], threshold=0.116)
+    for item, area in zip(faked["results"][:3], (1, 40, 900), strict=True):
+        item["prediction"]["mask"]["area_pixels"] = area
+    page.route(
+        "**/v1/predict/batch*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(faked)),
+    )
+    page.goto(live_server)
+
+    upload(page, RASTER_SERIES)
+
+    expect(page.locator("#caption")).to_contain_text(f"Slice 3 of 4 ({RASTER_SERIES[2].name})")
+    probabilities = page.locator("#slice-table tbody tr td:nth-child(3)").all_text_contents()
+    assert probabilities == ["50.0 %", "60.0 %", "> 99.9 %", "< 0.1 %"]
