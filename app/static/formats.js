@@ -13,6 +13,12 @@ export class FormatError extends Error {
 }
 
 export const EMPTY_ZIP_TITLE = "The zip holds no slices. Choose a zip of PNG, JPEG, TIFF or DICOM slices.";
+// The most a zip may unpack to, all its entries together: far past what one request may send (the server's default
+// is 128 MiB), and reached in seconds. A zip of a few MB can unpack to gigabytes of zeros, which the tab held while
+// it inflated them, for 20-45 s, before failing with a message about file permissions (review 36).
+export const MAX_UNZIPPED_BYTES = 512 * 2 ** 20;
+export const ZIP_TOO_LARGE_TITLE = "The zip unpacks to more than the page reads (512 MiB). Choose fewer slices, or "
+  + "the files themselves.";
 export const NESTED_ZIP_TITLE = "Zips inside the zip are not opened: unzip it first, or choose the inner zip.";
 
 /** Does a file start as a zip does: a local file header, or the end record of an empty archive? */
@@ -23,6 +29,12 @@ export const isZip = (head) => head.length >= 4 && head[0] === 0x50 && head[1] =
 // size in a few bytes (a PNG of zeros compresses a thousandfold), and decoding it would freeze or crash the tab
 // before the server's refusal is shown; such a slice is left undrawn, and the server says whether it takes it.
 export const MAX_DRAWN_PIXELS = 2 ** 25;
+// The most frames of one DICOM file the page decodes to draw, and the most pixels of all of them: a 20 MB file of 20
+// million 1 x 1 frames kept the tab frozen for 10 s, one array per frame, before the server's refusal (too many
+// slices) could be shown (review 36). Eight times the server's default slices per request; 2 ** 27 pixels hold 512
+// x 512 x 512 (512 MiB as floats).
+export const MAX_DRAWN_FRAMES = 2048;
+const MAX_DRAWN_FILE_PIXELS = 2 ** 27;
 const tooLargeToDraw = (width, height) => !(width > 0 && height > 0 && width * height <= MAX_DRAWN_PIXELS);
 
 async function streamThrough(bytes, transform) {
@@ -31,6 +43,33 @@ async function streamThrough(bytes, transform) {
 }
 
 const inflate = (bytes, format) => streamThrough(bytes, new DecompressionStream(format));
+
+/** Inflate `bytes`, stopping with a FormatError (about `name`) once the output passes `limit` bytes. */
+async function inflateAtMost(bytes, format, limit, name) {
+  const reader = new Blob([bytes]).stream().pipeThrough(new DecompressionStream(format)).getReader();
+  const chunks = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) {
+      break;
+    }
+    total += value.length;
+    if (total > limit) {
+      await reader.cancel();
+      throw new FormatError(`${name} unpacks to more than its zip entry declares or the page reads`,
+        ZIP_TOO_LARGE_TITLE);
+    }
+    chunks.push(value);
+  }
+  const content = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    content.set(chunk, at);
+    at += chunk.length;
+  }
+  return content;
+}
 const deflate = (bytes) => streamThrough(bytes, new CompressionStream("deflate"));
 
 const CRC_TABLE = (() => {
@@ -82,12 +121,14 @@ export async function readZip(buffer) {
   }
   const decoder = new TextDecoder();
   const files = [];
+  let unzipped = 0; // bytes the entries declare, all together
   for (let i = 0; i < count; i += 1) {
     if (view.getUint32(offset, true) !== 0x02014b50) {
       throw new FormatError("the zip file's central directory is damaged");
     }
     const method = view.getUint16(offset + 10, true);
     const compressedSize = view.getUint32(offset + 20, true);
+    const declaredSize = view.getUint32(offset + 24, true);
     const nameLength = view.getUint16(offset + 28, true);
     const extraLength = view.getUint16(offset + 30, true);
     const commentLength = view.getUint16(offset + 32, true);
@@ -98,13 +139,19 @@ export async function readZip(buffer) {
     if (name.endsWith("/") || baseName.startsWith(".") || name.startsWith("__MACOSX/")) {
       continue;
     }
+    unzipped += declaredSize;
+    if (unzipped > MAX_UNZIPPED_BYTES) {
+      throw new FormatError(`the zip's entries unpack to more than ${MAX_UNZIPPED_BYTES / 2 ** 20} MiB`,
+        ZIP_TOO_LARGE_TITLE);
+    }
     const dataStart = localOffset + 30 + view.getUint16(localOffset + 26, true) + view.getUint16(localOffset + 28, true);
     const data = bytes.subarray(dataStart, dataStart + compressedSize);
     let content;
     if (method === 0) {
       content = data;
     } else if (method === 8) {
-      content = await inflate(data, "deflate-raw");
+      // Never more than the entry declares: its size in the directory was checked against the limit, the data not.
+      content = await inflateAtMost(data, "deflate-raw", declaredSize, name);
     } else {
       throw new FormatError(`${name}: zip compression method ${method} is not supported (only stored or deflated)`);
     }
@@ -658,8 +705,9 @@ export function readDicom(buffer) {
   const bitsAllocated = Number(found.bitsAllocated);
   const uncompressed = [IMPLICIT_LITTLE, EXPLICIT_LITTLE].includes(transferSyntax);
   if (!pixelData || !uncompressed || Number(found.samplesPerPixel ?? 1) !== 1 || ![8, 16].includes(bitsAllocated)
-    || tooLargeToDraw(columns, rows)) {
-    return header;
+    || tooLargeToDraw(columns, rows) || !(frameCount <= MAX_DRAWN_FRAMES)
+    || !(frameCount * columns * rows <= MAX_DRAWN_FILE_PIXELS)) {
+    return header; // left undrawn; the server's answer says whether it takes the file
   }
   const slope = first(found.rescaleSlope) ?? 1;
   const intercept = first(found.rescaleIntercept) ?? 0;

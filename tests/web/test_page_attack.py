@@ -481,3 +481,29 @@ def test_image_that_claims_a_huge_size_is_not_decoded_by_the_page(page: Page, li
     expect(page.locator("#error-title")).to_have_text("The file or the image is too large.", timeout=RESULT_TIMEOUT_MS)
     assert page.evaluate("window.__decodes") == 0
     watch.assert_clean(page)
+
+
+def frames_the_page_decodes(page: Page, data: bytes) -> int:
+    """How many frames `readDicom` (the page's own DICOM reader) decodes of a file, to draw them."""
+    return page.evaluate(
+        """async (encoded) => {
+            const { readDicom } = await import("/static/formats.js");
+            const bytes = Uint8Array.from(atob(encoded), (character) => character.charCodeAt(0));
+            return readDicom(bytes.buffer).frames.length;
+        }""",
+        base64.b64encode(data).decode(),
+    )
+
+
+def test_a_file_of_very_many_tiny_frames_is_not_decoded_by_the_page(page: Page, live_server: str) -> None:
+    """Review 36: a 20 MB file of 20 million 1 x 1 frames froze the tab for 10 s, one array per frame, before the
+    server's refusal (too many slices) could be shown. Past 2048 frames the page leaves a file undrawn."""
+    dataset = mr_series(tumor_channels()[:1])[0]
+    dataset.Rows = dataset.Columns = 1
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    page.goto(live_server)
+
+    for frames, drawn in ((3, 3), (2048, 2048), (100_000, 0)):
+        dataset.NumberOfFrames = frames
+        dataset.PixelData = bytes(frames)
+        assert frames_the_page_decodes(page, to_bytes(dataset)) == drawn

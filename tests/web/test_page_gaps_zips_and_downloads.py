@@ -243,6 +243,40 @@ def test_an_empty_zip_and_a_zip_inside_a_zip_get_their_own_message(
     expect(page.locator("#error")).to_be_hidden()
 
 
+def with_declared_size(zip_path: Path, size: int) -> None:
+    """Write `size` as the uncompressed size of the zip's first entry in its central directory."""
+    data = bytearray(zip_path.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 24 : entry + 28] = size.to_bytes(4, "little")
+    zip_path.write_bytes(bytes(data))
+
+
+def test_a_zip_that_unpacks_to_too_much_is_refused_before_the_tab_holds_it(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Review 36: a 2 MB zip of zeros unpacking to 2 GiB kept the page on "Reading the files" for 21 s, then failed
+    with a message about file permissions. Refused by its declared sizes, or as soon as an entry unpacks to more
+    than it declares."""
+    declared = tmp_path / "declared.zip"
+    with zipfile.ZipFile(declared, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("slices/a.png", b"\0" * 1000)
+    with_declared_size(declared, 600 * 2**20)
+    lying = tmp_path / "lying.zip"
+    with zipfile.ZipFile(lying, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("slices/b.png", b"\0" * 64 * 2**20)
+    with_declared_size(lying, 1000)
+    page.goto(live_server)
+    requests = []
+    page.on("request", lambda request: requests.append(request) if "/v1/predict" in request.url else None)
+
+    title = "The zip unpacks to more than the page reads (512 MiB). Choose fewer slices, or the files themselves."
+    expect_error_on_choosing(page, declared, title, "declared.zip: the zip's entries unpack to more than 512 MiB")
+    expect_error_on_choosing(
+        page, lying, title, "lying.zip: slices/b.png unpacks to more than its zip entry declares or the page reads"
+    )
+    assert requests == []
+
+
 # ------------------------------------------------------------------------ F7: download names say the series
 
 
