@@ -464,8 +464,8 @@ def unusable_reference_uids(sources: Sequence[Dataset]) -> list[str]:
 def with_type2_attributes(dataset: Dataset) -> Dataset:
     """`dataset` itself when it has every `TYPE2_PATIENT_STUDY_ATTRIBUTES` (and, single-frame, every
     `TYPE2_IMAGE_PLANE_ATTRIBUTES`) in the standard's form, else a shallow copy with the missing ones present and
-    empty, and dates and times in the ACR-NEMA form written in the standard's (`standard_date_time`); the dataset is
-    not modified."""
+    empty, dates and times in the ACR-NEMA form written in the standard's (`standard_date_time`), and values that
+    break their value type empty (`emptied_type2_attributes`); the dataset is not modified."""
     expected = TYPE2_PATIENT_STUDY_ATTRIBUTES
     if "SharedFunctionalGroupsSequence" not in dataset:
         expected += TYPE2_IMAGE_PLANE_ATTRIBUTES
