@@ -291,7 +291,7 @@ function errorFromBody(status, body, statusText, retryAfter) {
 }
 
 /** The title and detail an error is shown with, in the page's error box or beside the SEG button. */
-function describeError(error) {
+export function describeError(error) {
   let title;
   let detail = "";
   if (error instanceof ApiKeyError) {
@@ -312,6 +312,12 @@ function describeError(error) {
   } else if (error instanceof AnswerError) {
     title = "The service's answer could not be read.";
     detail = error.message;
+  } else if (error?.name === "NotReadableError" || error?.name === "NotFoundError") {
+    // The browser's own words blame "permission problems": a chosen file was moved, changed or deleted since, or
+    // the browser could not hold it (review 36).
+    title = "A chosen file could not be read: it may have been moved, changed or deleted since it was chosen, or be "
+      + "too large for the browser. Choose the files again.";
+    detail = String(error.message ?? error);
   } else {
     title = "The result could not be shown.";
     detail = String(error.message ?? error);

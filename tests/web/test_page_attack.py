@@ -507,3 +507,19 @@ def test_a_file_of_very_many_tiny_frames_is_not_decoded_by_the_page(page: Page, 
         dataset.NumberOfFrames = frames
         dataset.PixelData = bytes(frames)
         assert frames_the_page_decodes(page, to_bytes(dataset)) == drawn
+
+
+def test_a_file_the_browser_cannot_read_says_so_not_permission_problems(page: Page, live_server: str) -> None:
+    """Review 36: a file the browser could not read (moved or changed since it was chosen, or too large to hold)
+    showed Chromium's own words, "typically due to permission problems", under "The result could not be shown"."""
+    page.goto(live_server)
+
+    shown = page.evaluate(
+        """async () => {
+            const { describeError } = await import("/static/app.js");
+            return describeError(new DOMException("The requested file could not be read", "NotReadableError"));
+        }"""
+    )
+
+    assert shown["title"].startswith("A chosen file could not be read: it may have been moved, changed or deleted")
+    assert shown["title"].endswith("Choose the files again.")
