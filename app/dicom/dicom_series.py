@@ -264,13 +264,31 @@ def leave_out_copies_of_read_files(headers: list[DicomHeader | ServiceError], us
             if original is None or original == index or original in left_out:
                 continue
             other = headers[original]
-            if isinstance(other, DicomHeader) and other.dataset.get("SeriesInstanceUID") == series:
+            if (
+                isinstance(other, DicomHeader)
+                and other.dataset.get("SeriesInstanceUID") == series
+                and _same_place(header, other)
+            ):
                 left_out.add(index)
                 headers[index] = InvalidDicomImageError(
                     f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as "
                     "a slice sent again after lossy compression does): the original is read, not the copy"
                 )
                 break
+
+
+def _same_place(first: DicomHeader, second: DicomHeader) -> bool:
+    """Whether two single-frame files lie at one slice position (or neither says where): a copy lies where its
+    original does, while a derived image elsewhere in the series that names a source is a slice of its own."""
+    if first.frames != 1 or second.frames != 1:
+        return False
+    try:
+        place, other = frame_placement(first.dataset, 0), frame_placement(second.dataset, 0)
+    except ServiceError:
+        return False
+    if place[1] is None or other[1] is None:
+        return place[1] is None and other[1] is None
+    return place[0] == other[0] and _close(place[1], other[1], POSITION_TOLERANCE_MM)
 
 
 def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:

@@ -188,6 +188,25 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     }
 
 
+def test_a_slice_that_names_another_slice_of_its_series_as_its_source_is_still_read(
+    client: TestClient, series_files: list[bytes]
+) -> None:
+    """Only a copy lying where its original lies is left out: a slice elsewhere that names a source (a derived
+    image of the series) is a slice of its own."""
+    derived = pydicom.dcmread(io.BytesIO(series_files[1]))
+    original = pydicom.dcmread(io.BytesIO(series_files[0]))
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
+    derived.SourceImageSequence = [source]
+
+    response = client.post(
+        "/v1/predict/batch", files=dicom_parts([series_files[0], to_bytes(derived), series_files[2]])
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["file_errors"] == [] and len(response.json()["slices"]) == 3
+
+
 def test_a_series_of_non_square_pixels_says_so_in_its_notes(client: TestClient) -> None:
     """Interop review 35: the models read pixels as square; a series whose pixels are not (0.9375 x 1.25 mm) was
     answered without a word about it."""
