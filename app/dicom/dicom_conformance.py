@@ -320,21 +320,49 @@ def breaks_value_type(element: DataElement) -> bool:
     )
 
 
+# How far past its value type's length an identifier is still copied as it came: a 20-character Accession Number is
+# a RIS's, a 3,000-character one is no identifier (review 36b).
+AS_IS_LENGTH_FACTOR = 4
+
+
 def only_too_long(element: DataElement) -> bool:
-    """Whether `element` breaks its value type by its length alone (one value, every character allowed)."""
+    """Whether `element` breaks its value type by its length alone (one value, every character allowed), and by at
+    most `AS_IS_LENGTH_FACTOR` times that length."""
     limit = valuerep.MAX_VALUE_LEN.get(element.VR)
     text = str(element.value or "")
     return (
         limit is not None
         and element.VM == 1
-        and len(text) > limit
+        and limit < len(text) <= AS_IS_LENGTH_FACTOR * limit
         and all(_valid_value(element.VR, text[start : start + limit]) for start in range(0, len(text), limit))
     )
 
 
+def in_standard_vr(element: DataElement) -> DataElement:
+    """`element` under its dictionary value type: a file may write Patient's Sex as LO or a Patient ID as UT, which
+    the checks would judge by the wrong rules and a SEG or SR would copy under the wrong VR (review 36b). Bytes
+    (an unknown VR's) are read as ASCII, their other bytes replaced; a non-text value is written as text."""
+    try:
+        dictionary_vr = dictionary_VR(element.tag)
+    except KeyError:
+        return element
+    if dictionary_vr == element.VR:
+        return element
+    value = element.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    elif value is not None and not isinstance(value, str):
+        value = str(value)
+    return DataElement(element.tag, dictionary_vr, value)
+
+
 def copied_as_is(dataset: Dataset) -> list[str]:
     """The `MATCHED_TYPE2_ATTRIBUTES` of `dataset` that are only too long: a SEG and an SR copy them as they came."""
-    return [keyword for keyword in MATCHED_TYPE2_ATTRIBUTES if keyword in dataset and only_too_long(dataset[keyword])]
+    return [
+        keyword
+        for keyword in MATCHED_TYPE2_ATTRIBUTES
+        if keyword in dataset and only_too_long(in_standard_vr(dataset[keyword]))
+    ]
 
 
 def invalid_values_not_copied_as_is(derived: Dataset) -> list[str]:
@@ -472,27 +500,37 @@ def with_type2_attributes(dataset: Dataset) -> Dataset:
     missing = [keyword for keyword in expected if keyword not in dataset]
     rewritten = _standard_dates_times(dataset)
     emptied = emptied_type2_attributes(dataset)
-    if not missing and not rewritten and not emptied:
+    revalued = [
+        keyword
+        for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES
+        if keyword in dataset
+        and keyword not in rewritten
+        and keyword not in emptied
+        and in_standard_vr(dataset[keyword]) is not dataset[keyword]
+    ]
+    if not missing and not rewritten and not emptied and not revalued:
         return dataset
     completed = _shallow_copy(dataset)
     for keyword in missing:
         setattr(completed, keyword, None)  # an empty value: what Type 2 means by "unknown"
     # New elements: the source's, shared by the copy, are left as they were.
     for keyword, value in rewritten.items():
-        completed.add_new(dataset[keyword].tag, dataset[keyword].VR, value)
+        completed.add(DataElement(dataset[keyword].tag, dictionary_VR(dataset[keyword].tag), value))
     for keyword in emptied:
-        completed.add_new(dataset[keyword].tag, dataset[keyword].VR, None)
+        completed.add(DataElement(dataset[keyword].tag, dictionary_VR(dataset[keyword].tag), None))
+    for keyword in revalued:  # under the standard's VR, as a SEG and an SR must write it
+        completed.add(in_standard_vr(dataset[keyword]))
     return completed
 
 
 def _standard_dates_times(dataset: Dataset) -> dict[str, str]:
     """The Type 2 dates and times of `dataset` in an ACR-NEMA form, by keyword, written in the standard's."""
+    elements = [in_standard_vr(dataset[keyword]) for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES if keyword in dataset]
     return {
-        keyword: standard
-        for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES
-        if keyword in dataset
-        and dataset[keyword].VR in ("DA", "TM")
-        and (standard := standard_date_time(dataset[keyword].VR, str(dataset[keyword].value or ""))) is not None
+        element.keyword: standard
+        for element in elements
+        if element.VR in ("DA", "TM")
+        and (standard := standard_date_time(element.VR, str(element.value or ""))) is not None
     }
 
 
@@ -508,7 +546,7 @@ def emptied_type2_attributes(dataset: Dataset) -> list[str]:
     for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES:
         if keyword == PATIENT_KEY or keyword not in dataset:
             continue
-        element = dataset[keyword]
+        element = in_standard_vr(dataset[keyword])
         if keyword in rewritten:
             element = DataElement(element.tag, element.VR, rewritten[keyword])
         if breaks_value_type(element) and not (keyword in MATCHED_TYPE2_ATTRIBUTES and only_too_long(element)):

@@ -242,39 +242,53 @@ def plan_headers(
 
 
 def leave_out_copies_of_read_files(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
-    """Put an error in place of each used file that names another used file of its series in its Source Image
-    Sequence, the original being read instead.
+    """Put an error in place of each used file that is a copy of another used file: it names that file in its
+    Source Image Sequence, directly or through other copies (A <- B <- C), and lies where it lies in its series.
+    The original is read instead.
 
     A slice sent again after lossy compression must have a new SOP Instance UID (PS3.3 C.7.6.1.1.5) and names its
     original there: a PACS that archived a series lossy and forwards it beside the original gives two files at each
-    slice position, and the request was refused (interop review 35). The original is the better copy. Of files that
-    name one another (a loop), the first one that names a file still read is left out and the other is read."""
+    slice position, and the request was refused (interop review 35). The original is the better copy. Files that name
+    one another in a loop are none's copy: both stay, and the slice is refused as sent twice (review 36b: which was
+    left out depended on the order the files came in)."""
     index_of = {
         str(header.dataset.get("SOPInstanceUID", "") or ""): index
         for index, header in enumerate(headers)
         if isinstance(header, DicomHeader) and index in used
     }
-    left_out: set[int] = set()
+    names: dict[int, set[int]] = {}  # file -> the used files of its series and place it names
     for index, header in enumerate(headers):
         if not isinstance(header, DicomHeader) or index not in used:
             continue
-        series = header.dataset.get("SeriesInstanceUID")
         for item in header.dataset.get("SourceImageSequence") or []:
             original = index_of.get(str(item.get("ReferencedSOPInstanceUID", "") or ""))
-            if original is None or original == index or original in left_out:
-                continue
-            other = headers[original]
+            other = headers[original] if original is not None and original != index else None
             if (
                 isinstance(other, DicomHeader)
-                and other.dataset.get("SeriesInstanceUID") == series
+                and other.dataset.get("SeriesInstanceUID") == header.dataset.get("SeriesInstanceUID")
                 and _same_place(header, other)
             ):
-                left_out.add(index)
-                headers[index] = InvalidDicomImageError(
-                    f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as "
-                    "a slice sent again after lossy compression does): the original is read, not the copy"
-                )
-                break
+                names.setdefault(index, set()).add(original)
+    for index, named in names.items():
+        originals = _reached(named, names) - {index}
+        if index in _reached(named, names):
+            continue  # in a loop: no file of it is the original
+        original = min(originals - set(names)) if originals - set(names) else min(originals)
+        headers[index] = InvalidDicomImageError(
+            f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as a "
+            "slice sent again after lossy compression does): the original is read, not the copy"
+        )
+
+
+def _reached(start: set[int], names: Mapping[int, set[int]]) -> set[int]:
+    """The files `start` leads to through `names` (start included)."""
+    reached, todo = set(start), list(start)
+    while todo:
+        for named in names.get(todo.pop(), ()):
+            if named not in reached:
+                reached.add(named)
+                todo.append(named)
+    return reached
 
 
 def _same_place(first: DicomHeader, second: DicomHeader) -> bool:

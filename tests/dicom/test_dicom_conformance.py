@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
@@ -135,6 +136,50 @@ def test_seg_and_sr_copy_an_identifier_that_is_only_too_long_as_it_came(keyword:
         assert made[keyword].value == value
         written = pydicom.dcmread(io.BytesIO(to_bytes(made)))
         assert written[keyword].value == value
+
+
+def seg_and_sr_of_a_series_with_element(keyword: str, vr: str, value: str) -> tuple[Dataset, Dataset]:
+    """As `seg_and_sr_of_a_series_with`, the element written under `vr` (Explicit VR files)."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.add_new(keyword, vr, value)
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+    return seg, report
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "value", "copied"),
+    [
+        ("PatientSex", "LO", "male", ""),  # no CS value: emptied
+        ("StudyTime", "LO", "noon", ""),
+        ("StudyDate", "LO", "2024/01/01", "20240101"),  # an ACR-NEMA date, written in the standard's form
+        ("AccessionNumber", "UT", "ACC\n123", ""),  # a line break, which UT allows and SH does not
+        ("PatientID", "UT", "P" * 70, "P" * 70),  # only too long for an LO: copied, under LO
+    ],
+)
+def test_a_type2_value_under_another_vr_is_judged_and_written_under_the_standard_one(
+    keyword: str, vr: str, value: str, copied: str
+) -> None:
+    """Review 36b: written under another VR than the dictionary's, such a value refused the SEG and SR (highdicom
+    read Patient's Sex "male" under LO), or was copied as it came under that VR (dciodvfy: UT where LO is required)."""
+    seg, report = seg_and_sr_of_a_series_with_element(keyword, vr, value)
+
+    for made in (seg, report):
+        assert dictionary_VR(made[keyword].tag) == made[keyword].VR
+        assert (made[keyword].value or "") == copied
+    if copied != value:  # an identifier copied as it came breaks its length in the SEG as in the source
+        assert dciodvfy_errors(seg, "Segmentation") == []
+
+
+def test_an_identifier_far_too_long_is_left_empty_not_copied() -> None:
+    """Review 36b: a 3,000-character Accession Number was copied; past four times its value type's length it is no
+    identifier a RIS matches by."""
+    seg, report, _ = seg_and_sr_of_a_series_with("AccessionNumber", "A" * 3000)
+
+    assert not seg.AccessionNumber and not report.AccessionNumber
 
 
 @pytest.mark.parametrize("value", ["P1\x00\r\nInjected", "P1\\P2"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,50 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
         "code": "undecodable_dicom",
         "message": "DICOM file ends in or right after its file meta group (0002), at byte 134 (truncated)",
     }
+
+
+def lossy_copy(data: bytes, original: bytes) -> bytes:
+    """`data` under a new SOP Instance UID, naming `original` in its Source Image Sequence."""
+    copy, named = pydicom.dcmread(io.BytesIO(data)), pydicom.dcmread(io.BytesIO(original))
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = named.SOPClassUID, named.SOPInstanceUID
+    copy.SourceImageSequence = [source]
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return to_bytes(copy)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))), ids=str)
+def test_a_chain_of_copies_is_left_out_whatever_order_it_comes_in(
+    client: TestClient, series_files: list[bytes], order: tuple[int, ...]
+) -> None:
+    """Review 36b: with B a copy of A and C a copy of B, C was read beside A (a 400) whenever B came before C."""
+    first = series_files[0]
+    second = lossy_copy(first, first)
+    third = lossy_copy(first, second)
+    chain = [first, second, third]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*(chain[at] for at in order), *series_files[1:]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert sorted(order[error["index"]] for error in body["file_errors"]) == [1, 2]
+    assert len(body["slices"]) == 3
+
+
+def test_files_that_name_one_another_are_refused_as_one_slice_sent_twice(
+    client: TestClient, series_files: list[bytes]
+) -> None:
+    """A loop has no original: neither file is left out for the other (which one was depended on their order)."""
+    first = pydicom.dcmread(io.BytesIO(series_files[0]))
+    other = pydicom.dcmread(io.BytesIO(lossy_copy(series_files[0], series_files[0])))
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = other.SOPClassUID, other.SOPInstanceUID
+    first.SourceImageSequence = [source]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(first), to_bytes(other)]))
+
+    assert response.status_code == 400, response.text
+    assert "the same slice arrived more than once" in response.json()["error"]["message"]
 
 
 def test_a_slice_that_names_another_slice_of_its_series_as_its_source_is_still_read(
