@@ -296,7 +296,9 @@ def _select(classifications: tuple[SeriesClassification, ...], rules: SelectionR
             classifications=classifications,
         )
     # More evidence first, then no contrast (the models learned pre-contrast FLAIR), then axial slices (what they
-    # learned from), tilted no more than the axial limit before steeper ones; ties by Series Number and UID.
+    # learned from), tilted no more than the axial limit before steeper ones, an original before a lossy-compressed
+    # copy (review 36b: a PACS's lossy copy under the same Series Number won by its lower UID); ties by Series Number
+    # and UID.
     ranked = sorted(
         flairs,
         key=lambda item: (
@@ -304,6 +306,7 @@ def _select(classifications: tuple[SeriesClassification, ...], rules: SelectionR
             item.contrast,
             item.series.axial is not True,
             orientation_note(item.series, rules) is not None,
+            item.series.lossy,
             item.series.sort_key(),
         ),
     )
@@ -336,7 +339,8 @@ def _flair_choice_note(ranked: Sequence[SeriesClassification]) -> str:
     tie = " (another FLAIR series has that number: the lowest Series Instance UID decided)" if shared_number else ""
     return (
         f"{len(ranked)} FLAIR series found; used the one with series number {chosen.series_number}, {orientation}"
-        f"{tie}; ranked by evidence for FLAIR, then no contrast, then axial slices, then Series Number"
+        f"{tie}; ranked by evidence for FLAIR, then no contrast, then axial slices, then not lossy-compressed, then "
+        "Series Number"
     )
 
 

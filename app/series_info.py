@@ -40,6 +40,8 @@ class SeriesInfo:
     sequence_variant: tuple[str, ...] = ()
     planes: frozenset[str] = frozenset()
     """The planes of every slice seen (`select_sequences` joins the instances'): more than one in a 3-plane scout."""
+    lossy: bool = False
+    """Lossy Image Compression 01: the series was compressed lossy (a PACS's archived copy, say)."""
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> SeriesInfo:
@@ -69,6 +71,7 @@ class SeriesInfo:
             image_type=_upper_values(dataset.get("ImageType")),
             sequence_variant=_sequence_variant(dataset),
             planes=slice_planes(dataset),
+            lossy=str(dataset.get("LossyImageCompression", "") or "").strip() == "01",
         )
 
     @property

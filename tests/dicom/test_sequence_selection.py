@@ -193,8 +193,21 @@ def test_pre_contrast_flair_with_confirming_attributes_wins_over_others() -> Non
         assert selection.flair.series_instance_uid == confirmed.SeriesInstanceUID
         assert selection.notes[0] == (
             "3 FLAIR series found; used the one with series number 6, axial; ranked by evidence for FLAIR, then no "
-            "contrast, then axial slices, then Series Number"
+            "contrast, then axial slices, then not lossy-compressed, then Series Number"
         )
+
+
+def test_an_original_flair_is_read_before_its_lossy_copy_under_the_same_number() -> None:
+    """Review 36b: a PACS's lossy copy of the FLAIR series (Lossy Image Compression 01, same Series Number) won when
+    its Series Instance UID was the lower one, and the answer came from its one slice."""
+    study = Study()
+    original = series_header("AX FLAIR", 4, study=study)
+    copy = series_header("AX FLAIR", 4, study=study)
+    copy.SeriesInstanceUID, copy.LossyImageCompression = "1.2.3.4", "01"  # sorts before any generated UID
+
+    for order in itertools.permutations([original, copy]):
+        selection = select_sequences(order)
+        assert selection.flair is not None and selection.flair.series_instance_uid == original.SeriesInstanceUID
 
 
 def test_an_axial_flair_is_read_before_a_sagittal_one_with_a_lower_number() -> None:
