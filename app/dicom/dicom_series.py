@@ -666,6 +666,12 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
                 "one multi-frame file that gives no position per frame (a cine, or a stack without its Plane Position "
                 "per frame)"
             )
+        elif _copies_of_one_another(members):  # before echoes: a copy may store them otherwise (review 36b)
+            raise InvalidDicomImageError(
+                f"{len(members)} frames lie at one slice position {position}: the same slice arrived more than once "
+                "under different SOP Instance UIDs (one names another in its Source Image Sequence: the series sent "
+                "again after lossy compression, say); send one copy of the series"
+            )
         elif told_apart := _attributes_that_tell_apart(members):
             # A multi-echo (PD/T2) or repeated acquisition: the files are one per image, but the models read one
             # image per position, and which one is FLAIR is not for the service to guess.
@@ -673,12 +679,6 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
                 f"{len(members)} files of one series lie at each slice position (first at {position}), told apart by "
                 f"{told_apart}: the series holds several echoes or acquisitions, and the models read one image per "
                 "slice position; send the files of one echo and one acquisition (the FLAIR ones) only"
-            )
-        elif _copies_of_one_another(members):
-            raise InvalidDicomImageError(
-                f"{len(members)} frames lie at one slice position {position}: the same slice arrived more than once "
-                "under different SOP Instance UIDs (one names another in its Source Image Sequence: the series sent "
-                "again after lossy compression, say); send one copy of the series"
             )
         else:
             where = f"{len(files)} files of one series with the same ImagePositionPatient"

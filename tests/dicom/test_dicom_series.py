@@ -12,7 +12,7 @@ from app.dicom.slice_order import anatomical_order, missing_slices, series_break
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
 from app.imaging import stretch_to_uint8
 from app.uploads import model_input
-from tests.dicom.builders import FLAIR, Study, mr_dataset, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import FLAIR, Study, legacy_multiframe, mr_dataset, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom, read_series
 
 
@@ -144,6 +144,30 @@ def test_prepare_inputs_says_a_slice_came_again_as_a_lossy_copy(flair: np.ndarra
     frames = [read_dicom(to_bytes(dataset))[0] for dataset in (original, copy)]
 
     with pytest.raises(InvalidDicomImageError, match="the same slice arrived more than once .* lossy compression"):
+        prepare_inputs(frames)
+
+
+def test_a_single_frame_copy_of_a_multi_frame_slice_is_named_as_a_copy_not_an_echo() -> None:
+    """Review 36b: a multi-frame original keeps its Echo Time per frame, its single-frame copy at the top level, so
+    the two seemed told apart by Echo Time and the message spoke of several echoes."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.EchoTime = 95.0
+    original = legacy_multiframe(series)
+    copy = mr_series(tumor_channels())[0]
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientName"):
+        setattr(copy, keyword, getattr(original, keyword))
+    copy.SeriesInstanceUID, copy.EchoTime, copy.ImagePositionPatient = (
+        original.SeriesInstanceUID,
+        95.0,
+        series[0].ImagePositionPatient,
+    )
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
+    copy.SourceImageSequence = [source]
+    frames = [*read_dicom(to_bytes(original)), *read_dicom(to_bytes(copy))]
+
+    with pytest.raises(InvalidDicomImageError, match="the same slice arrived more than once"):
         prepare_inputs(frames)
 
 
