@@ -84,6 +84,9 @@ class SeriesPlan:
     slices: int
     cost_bytes: int
     choice: SeriesChoice = field(default_factory=SeriesChoice)
+    copies: dict[int, tuple[int, DicomHeader]] = field(default_factory=dict)
+    """Files left out as copies of a file read (`leave_out_copies_of_read_files`): index -> (the original's index,
+    the copy's header), read instead when the original does not decode."""
 
     @property
     def file_errors(self) -> dict[int, ServiceError]:
@@ -93,7 +96,7 @@ class SeriesPlan:
     def header_bytes(self) -> int:
         """The part of `cost_bytes` the parsed headers hold already (counted in `app.memory_budget.HeaderMemory`
         while they were read); the rest is what decoding will take."""
-        return held_header_bytes(self.headers)
+        return held_header_bytes(self.headers) + sum(header.header_bytes for _, header in self.copies.values())
 
 
 def held_header_bytes(headers: Sequence[DicomHeader | ServiceError]) -> int:
@@ -218,7 +221,7 @@ def plan_headers(
     max_slices = limits.max_request_slices if max_slices is None else max_slices
     choice = choose_series(headers, rules)
     used = choice.used_files
-    leave_out_copies_of_read_files(headers, used)
+    copies = leave_out_copies_of_read_files(headers, used)
     used = used - {index for index, item in enumerate(headers) if isinstance(item, ServiceError)}
     chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
     slices = count_slices(chosen, at_most=max_slices)
@@ -237,11 +240,14 @@ def plan_headers(
     cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
     cost += mask_bytes([max((item.rows * item.columns for item in readable), default=0)] * slices)
     cost += held_header_bytes(headers)  # every header read is held until the answer
+    cost += sum(header.header_bytes for _, header in copies.values())  # the copies' too, in case they are read
     check_request_cost(cost, len(readable), limits)
-    return SeriesPlan(headers, slices, cost, choice)
+    return SeriesPlan(headers, slices, cost, choice, copies)
 
 
-def leave_out_copies_of_read_files(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
+def leave_out_copies_of_read_files(
+    headers: list[DicomHeader | ServiceError], used: Collection[int]
+) -> dict[int, tuple[int, DicomHeader]]:
     """Put an error in place of each used file that is a copy of another used file: it names that file in its
     Source Image Sequence, directly or through other copies (A <- B <- C), and lies where it lies in its series.
     The original is read instead.
@@ -250,7 +256,7 @@ def leave_out_copies_of_read_files(headers: list[DicomHeader | ServiceError], us
     original there: a PACS that archived a series lossy and forwards it beside the original gives two files at each
     slice position, and the request was refused (interop review 35). The original is the better copy. Files that name
     one another in a loop are none's copy: both stay, and the slice is refused as sent twice (review 36b: which was
-    left out depended on the order the files came in)."""
+    left out depended on the order the files came in). Returns each copy's index -> (its original's, its header)."""
     index_of = {
         str(header.dataset.get("SOPInstanceUID", "") or ""): index
         for index, header in enumerate(headers)
@@ -269,15 +275,18 @@ def leave_out_copies_of_read_files(headers: list[DicomHeader | ServiceError], us
                 and _same_place(header, other)
             ):
                 names.setdefault(index, set()).add(original)
+    copies: dict[int, tuple[int, DicomHeader]] = {}
     for index, named in names.items():
         originals = _reached(named, names) - {index}
         if index in _reached(named, names):
             continue  # in a loop: no file of it is the original
         original = min(originals - set(names)) if originals - set(names) else min(originals)
+        copies[index] = (original, headers[index])  # a DicomHeader: only those name files here
         headers[index] = InvalidDicomImageError(
             f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as a "
             "slice sent again after lossy compression does): the original is read, not the copy"
         )
+    return copies
 
 
 def _reached(start: set[int], names: Mapping[int, set[int]]) -> set[int]:
@@ -351,7 +360,7 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     answer would read as "no tumor"), as do other frames that cannot be grouped, since no slice order could be
     trusted then.
     """
-    frames = []
+    decoded: dict[int, list[DicomFrame]] = {}
     errors: dict[int, ServiceError] = {}
     used = plan.choice.used_files
     for position, header in enumerate(plan.headers):
@@ -361,9 +370,19 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         if position not in used:
             continue
         try:
-            frames.extend(decode_dicom(header))
+            decoded[position] = decode_dicom(header)
         except ServiceError as error:
             errors[position] = error
+    # An original that does not decode: its copy, left out for it, is read in its place (review 36b: the slice was
+    # lost, and the copy's reason said the original was read).
+    for position, (original, header) in sorted(plan.copies.items()):
+        if original in errors and original not in decoded and not isinstance(plan.headers[original], ServiceError):
+            try:
+                decoded[original] = decode_dicom(header)
+            except ServiceError:
+                continue
+            errors.pop(position, None)
+    frames = [frame for position in sorted(decoded) for frame in decoded[position]]
     choice = plan.choice
     if not frames:
         return SeriesUploads([], errors, choice)

@@ -31,6 +31,7 @@ from tests.dicom.builders import (
     secondary_capture_series,
     to_bytes,
     tumor_channels,
+    with_broken_rle,
 )
 from tests.dicom.reading import read_series
 from tests.dicom.validation import dciodvfy_errors
@@ -215,6 +216,21 @@ def test_a_chain_of_copies_is_left_out_whatever_order_it_comes_in(
     body = response.json()
     assert sorted(order[error["index"]] for error in body["file_errors"]) == [1, 2]
     assert len(body["slices"]) == 3
+
+
+def test_a_copy_is_read_when_its_original_does_not_decode(client: TestClient, series_files: list[bytes]) -> None:
+    """Review 36b: the copy was left out at planning, so an original that then failed to decode lost its slice, and
+    the copy's reason said the original was read."""
+    broken = to_bytes(with_broken_rle(pydicom.dcmread(io.BytesIO(series_files[1]))))  # its header passes every check
+    copy = lossy_copy(series_files[1], broken)
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([series_files[0], broken, series_files[2], copy]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [error["index"] for error in body["file_errors"]] == [1]
+    assert body["file_errors"][0]["error"]["code"] == "undecodable_dicom"
+    assert len(body["slices"]) == 3 and body["slices_missing"] == 0
 
 
 def test_files_that_name_one_another_are_refused_as_one_slice_sent_twice(
