@@ -32,7 +32,7 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 import highdicom as hd
@@ -365,10 +365,10 @@ def copied_as_is(dataset: Dataset) -> list[str]:
     ]
 
 
-def invalid_values_not_copied_as_is(derived: Dataset) -> list[str]:
-    """`invalid_values` of a SEG or an SR, but for the identifiers it copies as they came (`copied_as_is`)."""
-    as_is = set(copied_as_is(derived))
-    return [keyword for keyword in invalid_values(derived) if keyword not in as_is]
+def invalid_values_not_copied_as_is(dataset: Dataset, keywords: Iterable[str] | None = None) -> list[str]:
+    """`invalid_values` (of `keywords`), but for the identifiers a SEG and an SR copy as they came (`copied_as_is`)."""
+    as_is = set(copied_as_is(dataset))
+    return [keyword for keyword in invalid_values(dataset, keywords) if keyword not in as_is]
 
 
 def _single_valued(tag: BaseTag) -> bool:
@@ -398,12 +398,8 @@ def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceE
     # As the SEG and SR will copy them (`with_type2_attributes`): a legacy date or time form in the standard's,
     # broken values left empty, but for the identifiers a PACS files them by.
     copied = with_type2_attributes(sources[0])
+    refuse_invalid_values(invalid_values_not_copied_as_is(copied, TYPE2_PATIENT_STUDY_ATTRIBUTES), derived, error)
     as_is = copied_as_is(copied)
-    refuse_invalid_values(
-        [keyword for keyword in invalid_values(copied, TYPE2_PATIENT_STUDY_ATTRIBUTES) if keyword not in as_is],
-        derived,
-        error,
-    )
     emptied = emptied_type2_attributes(sources[0])
     if emptied or as_is:
         logger.info(
@@ -499,7 +495,7 @@ def with_type2_attributes(dataset: Dataset) -> Dataset:
         expected += TYPE2_IMAGE_PLANE_ATTRIBUTES
     missing = [keyword for keyword in expected if keyword not in dataset]
     rewritten = _standard_dates_times(dataset)
-    emptied = emptied_type2_attributes(dataset)
+    emptied = _emptied(dataset, rewritten)
     revalued = [
         keyword
         for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES
@@ -541,7 +537,11 @@ def emptied_type2_attributes(dataset: Dataset) -> list[str]:
 
     Why: refusing them cost the study its SEG and SR, and the node sent nothing (interop review 35); Type 2 lets a
     value be empty when it is unknown, and a PACS files a result by its UIDs and `PATIENT_KEY`, which stay."""
-    rewritten = _standard_dates_times(dataset)
+    return _emptied(dataset, _standard_dates_times(dataset))
+
+
+def _emptied(dataset: Dataset, rewritten: Mapping[str, str]) -> list[str]:
+    """`emptied_type2_attributes`, the dates and times in the standard's form given (`_standard_dates_times`)."""
     emptied = []
     for keyword in TYPE2_PATIENT_STUDY_ATTRIBUTES:
         if keyword == PATIENT_KEY or keyword not in dataset:

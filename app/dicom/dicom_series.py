@@ -277,10 +277,11 @@ def leave_out_copies_of_read_files(
                 names.setdefault(index, set()).add(original)
     copies: dict[int, tuple[int, DicomHeader]] = {}
     for index, named in names.items():
-        originals = _reached(named, names) - {index}
-        if index in _reached(named, names):
+        reached = _reached(named, names)
+        if index in reached:
             continue  # in a loop: no file of it is the original
-        original = min(originals - set(names)) if originals - set(names) else min(originals)
+        roots = reached - set(names)  # files that name no other: the originals
+        original = min(roots or reached)
         copies[index] = (original, headers[index])  # a DicomHeader: only those name files here
         headers[index] = InvalidDicomImageError(
             f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as a "
