@@ -25,7 +25,8 @@ from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL, INPUT_SHAPE
 from app.dicom.dicom_frame import DicomFrame, frame_placement
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
-from app.dicom.slice_orientation import in_plane_turn
+from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn
+from app.dicom.square_pixels import SquarePixels, pixel_aspect, square_pixels
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.intensity_range import stretch_in_place, stretch_range
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
@@ -439,30 +440,37 @@ def _blank_series(frames: Sequence[DicomFrame]) -> set[str]:
 def non_square_pixels_note(frames: Sequence[DicomFrame]) -> str | None:
     """A note for the answer when the slices' pixels are not square (Pixel Spacing rows != columns), else None.
 
-    The models read a slice pixel for pixel, as they learned square-pixel slices: pixels 1.33 times as tall as wide
-    show them the anatomy squeezed, which the answer should say (interop review 35). The volume is computed with
-    both spacings, so it is not affected by this; the masks may be. Says the ratio, not the file's values."""
-    spacings = [frame.pixel_spacing for frame in frames if frame.pixel_spacing and len(frame.pixel_spacing) == 2]
-    ratios = [row / column for row, column in spacings if row > 0 and column > 0]
-    off = max(ratios, key=lambda ratio: abs(ratio - 1.0), default=1.0)
-    if abs(off - 1.0) <= PIXEL_SPACING_TOLERANCE:
+    Such slices are resampled to square pixels for the models (`app.dicom.square_pixels`) and their masks mapped
+    back, which the answer says (a mask drawn on a resampled slice is interpolated along one axis); a slice too far
+    from square to resample is read pixel for pixel, and the note says the masks may be less accurate. Says the
+    ratio, not the file's values."""
+    aspects = [(frame, pixel_aspect(frame.pixel_spacing)) for frame in frames]
+    off = [(frame, aspect) for frame, aspect in aspects if aspect != 1.0]
+    if not off:
         return None
-    shape = f"{off:.2f} times as tall as wide" if off > 1 else f"{1 / off:.2f} times as wide as tall"
+    aspect = max((aspect for _, aspect in off), key=lambda aspect: abs(math.log(aspect)))
+    shape = f"{aspect:.2f} times as tall as wide" if aspect > 1 else f"{1 / aspect:.2f} times as wide as tall"
+    if all(not square_pixels(frame.values.shape, frame.pixel_spacing).is_identity for frame, _ in off):
+        return (
+            f"the slices' pixels are not square (each {shape}): the models, which learned square pixels, read them "
+            "resampled to square pixels, and the masks were mapped back to the stored pixels"
+        )
     return (
-        f"the slices' pixels are not square (each {shape}): the models read "
+        f"the slices' pixels are not square (each {shape}) and too far from square to resample: the models read "
         "them pixel for pixel, as they learned square pixels, so the anatomy looks distorted to them and the masks "
         "may be less accurate"
     )
 
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The model batch (`app.uploads.model_input`, as for raster uploads) and the size of each slice, each axial slice
-    turned in-plane to the orientation the models learned (`app.dicom.slice_orientation`); `in_stored_orientation` turns
-    the answers' masks back."""
+    """The model batch (`app.uploads.model_input`, as for raster uploads) and the size of each slice, each slice
+    resampled to square pixels (`app.dicom.square_pixels`) and each axial slice turned in-plane to the orientation the
+    models learned (`app.dicom.slice_orientation`); `in_stored_orientation` maps the answers' masks back."""
     batch = np.empty((len(inputs), *INPUT_SHAPE), dtype=np.float32)  # filled in place: no second copy of the batch
     sizes = []
     for index, item in enumerate(inputs):
-        image = in_plane_turn(item.reference.image_orientation).apply(item.image)
+        resampling, turn = _model_view(item)
+        image = turn.apply(resampling.apply(item.image))
         batch[index] = model_input(image)
         sizes.append((int(image.shape[0]), int(image.shape[1])))
     return batch, sizes
@@ -471,14 +479,22 @@ def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[i
 def in_stored_orientation(
     predictions: Sequence[SlicePrediction], inputs: Sequence[SliceInput]
 ) -> list[SlicePrediction]:
-    """The models' answers for `model_inputs(inputs)` with each mask turned back to its slice's stored pixel order."""
+    """The models' answers for `model_inputs(inputs)` with each mask turned back and resampled back to its slice's
+    stored pixels."""
     answers = []
     for prediction, item in zip(predictions, inputs, strict=True):
-        turn = in_plane_turn(item.reference.image_orientation)
-        if prediction.mask is not None and not turn.is_identity:
-            prediction = replace(prediction, mask=turn.undo(prediction.mask))
+        resampling, turn = _model_view(item)
+        if prediction.mask is not None and not (turn.is_identity and resampling.is_identity):
+            prediction = replace(prediction, mask=resampling.undo(turn.undo(prediction.mask)))
         answers.append(prediction)
     return answers
+
+
+def _model_view(item: SliceInput) -> tuple[SquarePixels, InPlaneTurn]:
+    """How `item` is shown to the models: resampled to square pixels first (in the stored pixel order, where Pixel
+    Spacing's rows and columns are), then turned."""
+    reference = item.reference
+    return square_pixels(item.image.shape, reference.pixel_spacing), in_plane_turn(reference.image_orientation)
 
 
 def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:

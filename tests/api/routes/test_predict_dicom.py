@@ -270,7 +270,8 @@ def test_a_slice_that_names_another_slice_of_its_series_as_its_source_is_still_r
 
 def test_a_series_of_non_square_pixels_says_so_in_its_notes(client: TestClient) -> None:
     """Interop review 35: the models read pixels as square; a series whose pixels are not (0.9375 x 1.25 mm) was
-    answered without a word about it."""
+    answered without a word about it. It is now resampled for the models (`tests/dicom/test_square_pixels.py`), its
+    masks answered on the stored grid, and the note says so."""
     datasets = mr_series(tumor_channels())
     for dataset in datasets:
         dataset.PixelSpacing = [1.25, 0.9375]  # rows 1.25 mm apart: each pixel taller than wide
@@ -282,7 +283,9 @@ def test_a_series_of_non_square_pixels_says_so_in_its_notes(client: TestClient) 
 
     assert response.status_code == 200, response.text
     (note,) = [note for note in response.json()["selection_notes"] if "pixels are not square" in note]
-    assert "each 1.33 times as tall as wide" in note and "1.25" not in note
+    assert "each 1.33 times as tall as wide" in note and "resampled to square pixels" in note and "1.25" not in note
+    masks = [item["prediction"]["mask"] for item in response.json()["slices"]]
+    assert masks and all(mask["size"] == [256, 256] for mask in masks)  # the tiny models call every slice positive
     assert not any("pixels are not square" in note for note in square.json()["selection_notes"])
 
 
