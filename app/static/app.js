@@ -27,6 +27,11 @@ const TINY_MASK_PIXELS = 9;
 // The outline's least width on screen. One canvas pixel is less than one CSS pixel once the image is larger than the
 // viewer (a 512 px slice shown at 416 px), too faint to see; the outline is drawn this many CSS pixels wide or more.
 const OUTLINE_CSS_PIXELS = 1.5;
+// Pixel spacings whose rows and columns differ by at most this share are drawn square; a slice whose true proportions
+// would fall outside the sides and aspect of any slice is drawn pixel for pixel (app/dicom/square_pixels.py).
+const PIXEL_ASPECT_TOLERANCE = 0.01;
+const MIN_SLICE_SIDE = 32;
+const MAX_SLICE_ASPECT = 8;
 // Fields where keystrokes go: a result that arrives while one has focus does not take the focus away.
 const TEXT_ENTRY = "input:not([type=file], [type=range], [type=checkbox], [type=radio], [type=button]), textarea, "
   + "[contenteditable]";
@@ -1296,25 +1301,62 @@ function pictureImageData(picture) {
 
 // --------------------------------------------------------------------------------------------- drawing a slice
 
-function drawPicture(slice) {
+/**
+ * [width, height] of the canvas a slice is drawn on: its stored size, or, when its pixels are not square (DICOM Pixel
+ * Spacing rows != columns), its true proportions with the long side kept, as the server resamples it for the models
+ * (app/dicom/square_pixels.py, whose limits these are). Drawn pixel for pixel, pixels 1.33 times as tall as wide
+ * showed the head squeezed to three quarters of its height.
+ */
+function shownSize(slice) {
   const [width, height] = sizeOf(slice);
-  ui.sliceCanvas.width = width;
-  ui.sliceCanvas.height = height;
-  const context = ui.sliceCanvas.getContext("2d");
-  if (slice.picture) {
-    context.putImageData(pictureImageData(slice.picture), 0, 0);
-  } else {
-    context.fillStyle = "#000";
-    context.fillRect(0, 0, width, height);
+  const aspect = Array.isArray(slice.pixelSpacing) ? slice.pixelSpacing[0] / slice.pixelSpacing[1] : 1;
+  if (!(Math.abs(aspect - 1) > PIXEL_ASPECT_TOLERANCE)) {
+    return [width, height];
   }
+  const scale = Math.max(width, height) / Math.max(height * aspect, width);
+  const shown = [Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * aspect * scale))];
+  const [short, long] = [Math.min(...shown), Math.max(...shown)];
+  return short >= MIN_SLICE_SIDE && long <= MAX_SLICE_ASPECT * short ? shown : [width, height];
 }
 
-/** Canvas pixels per OUTLINE_CSS_PIXELS at the size the viewer shows the mask canvas now (at least one). */
-function outlineWidth(canvasWidth, canvasHeight) {
+/** `image` (ImageData of the stored pixels) on `canvas`, which is sized `shown`: scaled there when not the same. */
+function paint(canvas, image, [width, height], smooth) {
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  if (image.width === width && image.height === height) {
+    context.putImageData(image, 0, 0);
+    return;
+  }
+  const stored = document.createElement("canvas");
+  stored.width = image.width;
+  stored.height = image.height;
+  stored.getContext("2d").putImageData(image, 0, 0);
+  context.imageSmoothingEnabled = smooth;
+  context.drawImage(stored, 0, 0, width, height);
+}
+
+function drawPicture(slice) {
+  const shown = shownSize(slice);
+  if (slice.picture) {
+    paint(ui.sliceCanvas, pictureImageData(slice.picture), shown, true);
+    return;
+  }
+  [ui.sliceCanvas.width, ui.sliceCanvas.height] = shown;
+  const context = ui.sliceCanvas.getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, ...shown);
+}
+
+/**
+ * Mask pixels (of a mask `maskWidth` wide) per OUTLINE_CSS_PIXELS at the size the viewer shows the mask canvas now,
+ * a canvas of `canvasWidth` x `canvasHeight` (at least one).
+ */
+function outlineWidth(maskWidth, canvasWidth, canvasHeight) {
   // The canvas keeps its aspect ratio inside its box (object-fit), which is lower than wide in a short window.
   const box = ui.maskCanvas.getBoundingClientRect();
   const shownWidth = Math.min(box.width, (box.height * canvasWidth) / canvasHeight);
-  return shownWidth > 0 ? Math.max(1, Math.ceil((OUTLINE_CSS_PIXELS * canvasWidth) / shownWidth)) : 1;
+  return shownWidth > 0 ? Math.max(1, Math.ceil((OUTLINE_CSS_PIXELS * maskWidth) / shownWidth)) : 1;
 }
 
 /**
@@ -1350,8 +1392,8 @@ function maskEdge(mask, width, height, band) {
 /** The mask on its own canvas over the slice: its alpha is exactly the API's mask (fill) or that mask's edge. */
 function drawMask(slice) {
   const [width, height] = sizeOf(slice);
-  ui.maskCanvas.width = width;
-  ui.maskCanvas.height = height;
+  const shown = shownSize(slice);
+  [ui.maskCanvas.width, ui.maskCanvas.height] = shown;
   const style = ui.maskStyle.value;
   ui.maskCanvas.style.opacity = style === "fill" ? String(Number(ui.maskOpacity.value) / 100) : "1";
   if (!slice.mask || style === "none") {
@@ -1360,13 +1402,14 @@ function drawMask(slice) {
   const hex = ui.maskColour.value;
   const colour = [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16));
   const image = new ImageData(width, height);
-  const drawn = style === "outline" ? maskEdge(slice.mask, width, height, outlineWidth(width, height)) : slice.mask;
+  const band = outlineWidth(width, ...shown);
+  const drawn = style === "outline" ? maskEdge(slice.mask, width, height, band) : slice.mask;
   for (let i = 0; i < width * height; i += 1) {
     if (drawn[i]) {
       image.data.set([...colour, 255], i * 4);
     }
   }
-  ui.maskCanvas.getContext("2d").putImageData(image, 0, 0);
+  paint(ui.maskCanvas, image, shown, false);
 }
 
 function colourName() {

@@ -8,6 +8,7 @@ import io
 import zipfile
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pydicom
@@ -250,6 +251,33 @@ def test_series_view_accepts_a_zip_of_slices(page: Page, live_server: str, tmp_p
     assert len(answer["results"]) == 4
     expect(page.locator("#slice-number")).to_contain_text("/ 4")
     expect(page.locator("#slice-table tbody tr").first).to_contain_text(RASTER_SERIES[0].name)
+
+
+def test_a_dicom_series_of_tall_pixels_is_drawn_at_its_true_proportions(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Pixels 1.25 mm tall and 0.9375 mm wide drawn pixel for pixel showed the head squeezed to three quarters of its
+    height; the server reads them resampled (app/dicom/square_pixels.py), and so does the viewer draw them."""
+    paths = []
+    for index, dataset in enumerate(mr_series(tumor_channels())):
+        dataset.PixelSpacing = [1.25, 0.9375]
+        paths.append(tmp_path / f"IM{index:04d}")
+        paths[-1].write_bytes(to_bytes(dataset))
+    page.goto(live_server)
+
+    answer = upload(page, paths)
+
+    sizes = page.evaluate(
+        "() => ['#slice-canvas', '#mask-canvas'].map((id) => [document.querySelector(id).width,"
+        " document.querySelector(id).height])"
+    )
+    assert sizes == [[192, 256], [192, 256]]  # 256 x 1.25 mm tall, 256 x 0.9375 mm wide
+    page.locator("#viewer").focus()
+    page.locator("#viewer").press("Home")  # the page shows the answer's slices in its order
+    expected = cv2.resize(mask_of(answer["slices"][0]["prediction"]), (192, 256), interpolation=cv2.INTER_NEAREST)
+    drawn = drawn_mask(page)
+    assert drawn.any() and np.mean(drawn == expected) > 0.99
+    assert "resampled to square pixels" in " ".join(answer["selection_notes"])
 
 
 def test_series_view_shows_dicom_slices_in_anatomical_order_whatever_order_they_are_chosen_in(
