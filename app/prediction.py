@@ -23,16 +23,7 @@ import numpy as np
 
 from app import payloads, schemas
 from app.dicom.dicom_header import DicomHeader, is_dicom
-from app.dicom.dicom_series import (
-    SeriesPlan,
-    SeriesUploads,
-    decode_series,
-    in_stored_orientation,
-    model_inputs,
-    non_square_pixels_note,
-    plan_headers,
-    plan_series,
-)
+from app.dicom.dicom_series import in_stored_orientation, model_inputs, non_square_pixels_note
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, anatomical_order, series_breaks, slice_order_known
 from app.errors import InvalidSliceError, MixedInputError, SegmentationInputError, ServiceError
 from app.imaging import sniff_format
@@ -42,6 +33,7 @@ from app.model_runners import ModelRunner, Models
 from app.overlay import OVERLAY_BYTES_PER_PIXEL, render_overlay_png
 from app.sequence_rules import SelectionRules
 from app.series_choice import SeriesChoice
+from app.series_reading import SeriesPlan, SeriesUploads, decode_series, plan_headers, plan_series
 from app.series_result import (
     SeriesResult,
     clean_series,

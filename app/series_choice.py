@@ -116,7 +116,7 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
     Parameters
     ----------
     headers
-        Each file's header, or its error, in request order (`app.dicom.dicom_series.read_headers`).
+        Each file's header, or its error, in request order (`app.series_reading.read_headers`).
     rules
         Default: `SelectionRules()`.
 

@@ -15,11 +15,12 @@ from pydicom.dataset import Dataset
 from app.core.gate import mask_shown_alone
 from app.core.series_postprocessing import clean_series_masks
 from app.dicom.dicom_seg import build_segmentations
-from app.dicom.dicom_series import SliceInput, too_many_slices
+from app.dicom.dicom_series import SliceInput
 from app.dicom.slice_order import anatomical_order, missing_slices, slice_order_known
 from app.dicom.tumor_volume import tumor_volume_ml
 from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
+from app.series_reading import too_many_slices
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,7 +11,7 @@ What it does with a study:
 1. read every file's header and choose the series (`app.sequence_selection`); a study without FLAIR is
    "not_analysed" with the reason, and nothing is sent;
 2. check the chosen series from their headers against the flow's limits (slices, decoding memory), as the flow
-   will (`app.dicom.dicom_series.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
+   will (`app.series_reading.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
    any file's bytes are read (attack finding 12: 10,000 one-slice instances were all read into memory first);
 3. read the chosen series' pixels through the flow, which applies the same rules to them
    (`app.series_choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
@@ -37,13 +37,13 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.dicom.dicom_header import DicomHeader, checked_dimensions
-from app.dicom.dicom_series import plan_headers
 from app.dicom.dicom_sr import series_volume_report
 from app.errors import ServiceError
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
 from app.sequence_rules import SelectionRules
 from app.sequence_selection import StudySelection, select_sequences
+from app.series_reading import plan_headers
 from app.series_result import several_slices
 from app.uploads import UploadLimits, check_upload_size
 
@@ -272,7 +272,7 @@ def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHe
     its bytes are not read (`data` is empty).
 
     None for a file the flow refuses on its own before sizing it (over the upload size or the pixel limit, or
-    dimensions that cannot be read): `app.dicom.dicom_series.read_headers` puts an error in its place, which leaves it
+    dimensions that cannot be read): `app.series_reading.read_headers` puts an error in its place, which leaves it
     out of the slices and the cost.
     """
     try:

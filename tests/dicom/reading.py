@@ -1,6 +1,6 @@
 """Reading DICOM test files in one call, the way the flow reads them in steps: the service never calls these (it
 reads headers with `app.dicom.dicom_header.read_dicom_header` and decodes with `app.dicom.dicom_input.decode_dicom`;
-a request's series goes `app.dicom.dicom_series.plan_series` -> `decode_series`, with the request's limits)."""
+a request's series goes `app.series_reading.plan_series` -> `decode_series`, with the request's limits)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from app.dicom.dicom_frame import DicomFrame
 from app.dicom.dicom_header import DEFAULT_MAX_DICOM_PIXELS, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
-from app.dicom.dicom_series import SeriesUploads, decode_series, plan_series
 from app.errors import ServiceError
 from app.sequence_rules import SelectionRules
+from app.series_reading import SeriesUploads, decode_series, plan_series
 from app.uploads import UploadLimits
 
 

@@ -14,12 +14,13 @@ from pydicom.sr.codedict import codes
 from app.dicom.dicom_frame import DicomFrame
 from app.dicom.dicom_seg import MANUFACTURER, build_segmentation, build_segmentations, part10_bytes
 from app.dicom.dicom_seg_reader import read_segmentation_masks
-from app.dicom.dicom_series import SeriesUploads, SliceInput, prepare_inputs
+from app.dicom.dicom_series import SliceInput, prepare_inputs
 from app.dicom.tumor_volume import slice_spacing_mm, tumor_volume_ml
 from app.errors import SegmentationInputError
 from app.inference import SlicePrediction
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
+from app.series_reading import SeriesUploads
 from app.series_result import SeriesResult, summarise_series
 from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth

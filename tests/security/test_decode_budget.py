@@ -21,10 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app.dicom import dicom_series
-from app.dicom.dicom_series import plan_series
+from app import series_reading
 from app.errors import OverMemoryBudgetError, TooManySlicesError
 from app.main import create_app
+from app.series_reading import plan_series
 from app.uploads import UploadLimits
 from tests.security import corpus
 from tests.security.conftest import MIB, ServerProcess, assert_error, security_settings, wait_until_ready
@@ -126,7 +126,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: object) -> None:
         raise AssertionError("pixel data was decoded")
 
-    monkeypatch.setattr(dicom_series, "decode_dicom", refuse)
+    monkeypatch.setattr(series_reading, "decode_dicom", refuse)
 
 
 def predict(client: TestClient, data: bytes, path: str = "/v1/predict") -> httpx.Response:

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from app import schemas
 from app.api.disconnect import ClientGone, unless_client_gone
 from app.dicom.dicom_header import read_dicom_header
-from app.dicom.dicom_series import decode_series, model_inputs, plan_series
+from app.dicom.dicom_series import model_inputs
 from app.errors import OverloadedError, OverMemoryBudgetError
 from app.imaging import read_image_header
 from app.inference import SlicePrediction
@@ -32,6 +32,7 @@ from app.memory_budget import (
 )
 from app.overlay import OVERLAY_BYTES_PER_PIXEL
 from app.prediction import PredictionService
+from app.series_reading import decode_series, plan_series
 from app.uploads import UploadLimits, plan_raster_uploads, prepare_uploads
 from tests.api.service_client import png_bytes
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, to_bytes
@@ -421,7 +422,7 @@ def test_a_cancelled_dicom_request_reads_no_more_headers() -> None:
         return read_dicom_header(data, *arguments)
 
     async def scenario() -> None:
-        with patch("app.dicom.dicom_series.read_dicom_header", slow_read):
+        with patch("app.series_reading.read_dicom_header", slow_read):
             request = asyncio.ensure_future(service.predict_files(files, schemas.MaskFormat.RLE))
             await asyncio.to_thread(reading.wait, 5)
             request.cancel()

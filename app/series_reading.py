@@ -1,0 +1,402 @@
+"""A request's DICOM files read into one series, within its limits: headers checked, the series chosen, files decoded.
+
+`plan_series` checks every file's header (`app.dicom.dicom_header.read_dicom_header`), chooses the series the models
+read (`app.series_choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
+slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded (the last
+three are `plan_headers`, which the DICOM node's studies also go through before their files are read); `decode_series`
+then decodes the chosen files and groups their frames into model inputs (`app.dicom.dicom_series.prepare_inputs`).
+The service's path is `plan_series` -> `decode_series` (`app.prediction.PredictionService.predict_dicom`), with the
+request's limits. Here the request's limits and the series choice meet the DICOM objects; `app.dicom` itself knows
+neither. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.dicom.dicom_frame import DicomFrame, frame_placement
+from app.dicom.dicom_header import DicomHeader, read_dicom_header
+from app.dicom.dicom_input import decode_dicom
+from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
+from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
+from app.memory_budget import HeaderClaim, check_cost, mask_bytes
+from app.sequence_rules import SelectionRules
+from app.series_choice import T1_ROLES, SeriesChoice, choose_series
+from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
+
+
+@dataclass
+class SeriesUploads:
+    """The slices of the DICOM files that could be read, the errors of those that could not (by position), and the
+    series they were read from (`choice`)."""
+
+    inputs: list[SliceInput]
+    file_errors: dict[int, ServiceError] = field(default_factory=dict)
+    choice: SeriesChoice = field(default_factory=SeriesChoice)
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesPlan:
+    """A request's DICOM files after their headers were checked: each file's header or its refusal, in place, the
+    series chosen for the models, the slices their frames will make, and what decoding them will cost."""
+
+    headers: list[DicomHeader | ServiceError]
+    slices: int
+    cost_bytes: int
+    choice: SeriesChoice = field(default_factory=SeriesChoice)
+    copies: dict[int, tuple[int, DicomHeader]] = field(default_factory=dict)
+    """Files left out as copies of a file read (`leave_out_copies_of_read_files`): index -> (the original's index,
+    the copy's header), read instead when the original does not decode."""
+
+    @property
+    def file_errors(self) -> dict[int, ServiceError]:
+        return {index: item for index, item in enumerate(self.headers) if isinstance(item, ServiceError)}
+
+    @property
+    def header_bytes(self) -> int:
+        """The part of `cost_bytes` the parsed headers hold already (counted in `app.memory_budget.HeaderMemory`
+        while they were read); the rest is what decoding will take."""
+        return held_header_bytes(self.headers) + sum(header.header_bytes for _, header in self.copies.values())
+
+
+def held_header_bytes(headers: Sequence[DicomHeader | ServiceError]) -> int:
+    """What the parsed headers among `headers` hold until the answer (`DicomHeader.header_bytes`)."""
+    return sum(item.header_bytes for item in headers if isinstance(item, DicomHeader))
+
+
+def too_many_slices(slices: int, max_slices: int) -> ServiceError:
+    """The refusal of a series with more slices than the inference queue could ever hold (`slices` may be a lower
+    bound: `count_slices` stops counting past the limit)."""
+    return TooManySlicesError(
+        f"a request may hold at most {max_slices} slices (INFERENCE_QUEUE_SLICES); got {slices} or more, counted "
+        "from the DICOM headers"
+    )
+
+
+class HeadersNotRead(Exception):
+    """`read_headers` stopped: its caller no longer wants the answer."""
+
+
+def read_headers(
+    uploads: Sequence[bytes | ServiceError],
+    limits: UploadLimits,
+    stop: threading.Event | None = None,
+    claim: HeaderClaim | None = None,
+) -> list[DicomHeader | ServiceError]:
+    """Each file's checked header (`read_dicom_header`), or the error that refuses it, in request order; each
+    header's bytes are added to `claim` (the requests in flight together, `app.memory_budget.HeaderMemory`) as it is
+    read.
+
+    Raises
+    ------
+    app.errors.OverMemoryBudgetError
+        As soon as the headers read hold more than `limits.max_decode_bytes` (`DicomHeader.header_bytes`): files of
+        many tiny elements, each under `MAX_HEADER_READS`, added up to +1.78 GiB in one 22 MB request (attack review
+        32). The rest is not read.
+    app.errors.OverloadedError
+        When `claim` cannot hold a header's bytes beside those of the other requests in flight.
+    HeadersNotRead
+        Once `stop` is set (the request's client has gone): the rest is not read. Reading on took a core for another
+        27 s after a client left a heavy request (attack review 32).
+    """
+    headers: list[DicomHeader | ServiceError] = []
+    held = 0
+    for data in uploads:
+        if stop is not None and stop.is_set():
+            raise HeadersNotRead(f"stopped after {len(headers)} of {len(uploads)} files")
+        if isinstance(data, ServiceError):
+            headers.append(data)
+            continue
+        try:
+            check_upload_size(len(data), limits)
+            header = read_dicom_header(data, limits.max_dicom_pixels, limits.max_decode_bytes)
+        except ServiceError as error:
+            headers.append(error)
+            continue
+        headers.append(header)
+        held += header.header_bytes
+        if limits.max_decode_bytes is not None:
+            check_cost(
+                f"the headers of this request's first {len(headers)} files",
+                held,
+                f"{sum(item.header_reads for item in headers if isinstance(item, DicomHeader))} reads of their data "
+                "elements, held until the answer",
+                limits.max_decode_bytes,
+            )
+        if claim is not None:
+            claim.add(header.header_bytes)
+    return headers
+
+
+def plan_series(
+    uploads: Sequence[bytes | ServiceError],
+    limits: UploadLimits,
+    max_slices: int | None = None,
+    refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
+    rules: SelectionRules | None = None,
+    stop: threading.Event | None = None,
+    claim: HeaderClaim | None = None,
+) -> SeriesPlan:
+    """Read and check the headers of every DICOM file (`read_headers`, until `stop`, counted in `claim`), then
+    choose the series, count the slices and the decoding cost (`plan_headers`); nothing is decoded.
+
+    Raises
+    ------
+    ServiceError
+        As `plan_headers`.
+    """
+    return plan_headers(read_headers(uploads, limits, stop, claim), limits, max_slices, refuse_slices, rules)
+
+
+def plan_headers(
+    headers: list[DicomHeader | ServiceError],
+    limits: UploadLimits,
+    max_slices: int | None = None,
+    refuse_slices: Callable[[int, int], ServiceError] = too_many_slices,
+    rules: SelectionRules | None = None,
+) -> SeriesPlan:
+    """Choose the series of checked headers, count the slices and the decoding cost; nothing is decoded, and only the
+    headers' data sets and sizes are read, never `DicomHeader.data`.
+
+    Order: the series the models read (`choose_series` with `rules`; files of other series are left out of
+    everything that follows), the slices of the chosen files against `max_slices` (default
+    `limits.max_request_slices`), each file's cost, an error in place of a file with the SOP Instance UID of an
+    earlier one, then the request's cost against `limits.max_decode_bytes` (its files are held together, as one
+    series, and decode one after another: what each keeps, and the largest one's working copies; then a mask per
+    slice, `mask_bytes`).
+
+    Parameters
+    ----------
+    headers
+        Each file's header, or its error, in request order (`read_headers`). A file refused here gets its error in
+        its place in this list.
+
+    Raises
+    ------
+    ServiceError
+        `app.errors.NoFlairSeriesError` when no series can be read as FLAIR; `refuse_slices(slices, max_slices)`
+        (default `TooManySlicesError`) for too many slices; `app.errors.OverMemoryBudgetError` for a request over
+        the budget.
+    """
+    max_slices = limits.max_request_slices if max_slices is None else max_slices
+    choice = choose_series(headers, rules)
+    used = choice.used_files
+    copies = leave_out_copies_of_read_files(headers, used)
+    used = used - {index for index, item in enumerate(headers) if isinstance(item, ServiceError)}
+    chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
+    slices = count_slices(chosen, at_most=max_slices)
+    if max_slices is not None and slices > max_slices:
+        raise refuse_slices(slices, max_slices)
+    for index, item in enumerate(headers):
+        if isinstance(item, DicomHeader) and index in used and limits.max_decode_bytes is not None:
+            try:
+                item.check_cost(limits.max_decode_bytes)
+            except ServiceError as error:
+                headers[index] = error
+    refuse_repeated_instances(headers, used)  # after each file's own checks: a file refused by itself keeps its reason
+    readable = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
+    # The files decode one after another: each keeps its part, and the largest one's working copies come on top;
+    # then every slice gets a mask at the size of its frames.
+    cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
+    cost += mask_bytes([max((item.rows * item.columns for item in readable), default=0)] * slices)
+    cost += held_header_bytes(headers)  # every header read is held until the answer
+    cost += sum(header.header_bytes for _, header in copies.values())  # the copies' too, in case they are read
+    check_request_cost(cost, len(readable), limits)
+    return SeriesPlan(headers, slices, cost, choice, copies)
+
+
+def leave_out_copies_of_read_files(
+    headers: list[DicomHeader | ServiceError], used: Collection[int]
+) -> dict[int, tuple[int, DicomHeader]]:
+    """Put an error in place of each used file that is a copy of another used file: it names that file in its
+    Source Image Sequence, directly or through other copies (A <- B <- C), and lies where it lies in its series.
+    The original is read instead.
+
+    A slice sent again after lossy compression must have a new SOP Instance UID (PS3.3 C.7.6.1.1.5) and names its
+    original there: a PACS that archived a series lossy and forwards it beside the original gives two files at each
+    slice position, and the request was refused (interop review 35). The original is the better copy. Files that name
+    one another in a loop are none's copy: both stay, and the slice is refused as sent twice (review 36b: which was
+    left out depended on the order the files came in). Returns each copy's index -> (its original's, its header)."""
+    index_of = {
+        str(header.dataset.get("SOPInstanceUID", "") or ""): index
+        for index, header in enumerate(headers)
+        if isinstance(header, DicomHeader) and index in used
+    }
+    names: dict[int, set[int]] = {}  # file -> the used files of its series and place it names
+    for index, header in enumerate(headers):
+        if not isinstance(header, DicomHeader) or index not in used:
+            continue
+        for item in header.dataset.get("SourceImageSequence") or []:
+            original = index_of.get(str(item.get("ReferencedSOPInstanceUID", "") or ""))
+            other = headers[original] if original is not None and original != index else None
+            if (
+                isinstance(other, DicomHeader)
+                and other.dataset.get("SeriesInstanceUID") == header.dataset.get("SeriesInstanceUID")
+                and _same_place(header, other)
+            ):
+                names.setdefault(index, set()).add(original)
+    copies: dict[int, tuple[int, DicomHeader]] = {}
+    for index, named in names.items():
+        reached = _reached(named, names)
+        if index in reached:
+            continue  # in a loop: no file of it is the original
+        roots = reached - set(names)  # files that name no other: the originals
+        original = min(roots or reached)
+        copies[index] = (original, headers[index])  # a DicomHeader: only those name files here
+        headers[index] = InvalidDicomImageError(
+            f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as a "
+            "slice sent again after lossy compression does): the original is read, not the copy"
+        )
+    return copies
+
+
+def _reached(start: set[int], names: Mapping[int, set[int]]) -> set[int]:
+    """The files `start` leads to through `names` (start included)."""
+    reached, todo = set(start), list(start)
+    while todo:
+        for named in names.get(todo.pop(), ()):
+            if named not in reached:
+                reached.add(named)
+                todo.append(named)
+    return reached
+
+
+def _same_place(first: DicomHeader, second: DicomHeader) -> bool:
+    """Whether two single-frame files lie at one slice position (or neither says where): a copy lies where its
+    original does, while a derived image elsewhere in the series that names a source is a slice of its own."""
+    if first.frames != 1 or second.frames != 1:
+        return False
+    try:
+        place, other = frame_placement(first.dataset, 0), frame_placement(second.dataset, 0)
+    except ServiceError:
+        return False
+    if place[1] is None or other[1] is None:
+        return place[1] is None and other[1] is None
+    return place[0] == other[0] and all(
+        abs(a - b) <= POSITION_TOLERANCE_MM for a, b in zip(place[1], other[1], strict=True)
+    )
+
+
+def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
+    """Put an error in place of each used file whose SOP Instance UID an earlier used file has: answers, a SEG and an
+    SR name slices by it, so two files under one would be two slices of one instance. The first is read; the UID is
+    not quoted (it is the file's content)."""
+    first: dict[str, int] = {}
+    for index, header in enumerate(headers):
+        if not isinstance(header, DicomHeader) or index not in used:
+            continue
+        uid = str(header.dataset.get("SOPInstanceUID", "") or "")
+        if uid and uid in first:
+            headers[index] = InvalidDicomImageError(
+                f"the file has the SOP Instance UID of {request_file(first[uid])}; a UID names one instance, "
+                "which is read once"
+            )
+        first.setdefault(uid, index)
+
+
+def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> int:
+    """The slices the frames of `headers` make under `prepare_inputs`'s grouping, from the headers alone.
+
+    Frames of one series never share a slice, so then every frame is one; otherwise frames at one place are one.
+    Once the count is past `at_most` it stops: the number returned is then only known to be larger than `at_most`.
+    """
+    frames = sum(header.frames for header in headers)
+    series = {str(header.dataset.get("SeriesInstanceUID", "")) for header in headers}
+    if len(series) <= 1 or (at_most is not None and -(-frames // 3) > at_most):
+        return frames if len(series) <= 1 else -(-frames // 3)
+    places = SlicePlaces()
+    for header in headers:
+        for index in range(header.frames):
+            places.place(*frame_placement(header.dataset, index))
+            if at_most is not None and places.count > at_most:
+                return places.count
+    return places.count
+
+
+def decode_series(plan: SeriesPlan) -> SeriesUploads:
+    """Decode the chosen files of a checked plan and group their frames into slices (CPU work: call it off the event
+    loop).
+
+    A file that fails is reported in `file_errors` and left out. When the T1 frames do not pair with FLAIR's (a
+    position without all three, see `prepare_inputs`), or when a T1 series is blank (one value in every pixel of
+    two or more frames), FLAIR is read alone and the choice says so; a blank FLAIR series fails the request (its
+    answer would read as "no tumor"), as do other frames that cannot be grouped, since no slice order could be
+    trusted then.
+    """
+    decoded: dict[int, list[DicomFrame]] = {}
+    errors: dict[int, ServiceError] = {}
+    used = plan.choice.used_files
+    for position, header in enumerate(plan.headers):
+        if isinstance(header, ServiceError):
+            errors[position] = header
+            continue
+        if position not in used:
+            continue
+        try:
+            decoded[position] = decode_dicom(header)
+        except ServiceError as error:
+            errors[position] = error
+    # An original that does not decode: its copy, left out for it, is read in its place (review 36b: the slice was
+    # lost, and the copy's reason said the original was read).
+    for position, (original, header) in sorted(plan.copies.items()):
+        if original in errors and original not in decoded and not isinstance(plan.headers[original], ServiceError):
+            try:
+                decoded[original] = decode_dicom(header)
+            except ServiceError:
+                continue
+            errors.pop(position, None)
+    frames = [frame for position in sorted(decoded) for frame in decoded[position]]
+    choice = plan.choice
+    if not frames:
+        return SeriesUploads([], errors, choice)
+    blank = _blank_series(frames)
+    flair = choice.flair
+    if blank and (flair is None or flair.series_instance_uid in blank):
+        raise InvalidDicomImageError(
+            "the FLAIR series holds one value in every pixel of all its frames: a blank series has no image to analyse "
+            "(an answer would read as no tumor)"
+        )
+    if blank:  # a blank T1 series: FLAIR alone, as the models accept
+        choice = choice.flair_alone("a T1 series holds one value in every pixel of all its frames (blank)")
+        frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
+    unreadable = _unreadable_t1_reason(choice, errors)
+    if unreadable is not None and flair is not None:
+        choice = choice.flair_alone(f"none of a T1 series' files could be read ({unreadable})")
+        frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
+    try:
+        return SeriesUploads(prepare_inputs(frames, choice.channel_series), errors, choice)
+    except InvalidDicomImageError as error:
+        flair = choice.flair
+        if len(choice.used) != 3 or flair is None:
+            raise
+        choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message})")
+        flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
+        return SeriesUploads(prepare_inputs(flair_frames, choice.channel_series), errors, choice)
+
+
+def _unreadable_t1_reason(choice: SeriesChoice, errors: Mapping[int, ServiceError]) -> str | None:
+    """The reason the first file of a T1 series in use failed, when every one of its files did; else None. Said in
+    the note, where a pairing failure would blame the slices' geometry (interop review 35: T1 series in 12-bit
+    JPEG Extended, which no decoder here reads)."""
+    for use in choice.used:
+        if use.role in T1_ROLES and use.files and all(position in errors for position in use.files):
+            return errors[use.files[0]].message
+    return None
+
+
+def _blank_series(frames: Sequence[DicomFrame]) -> set[str]:
+    """The series of two or more frames that hold one value in every pixel. One blank frame alone is answered (a
+    slice above the head is black); a whole blank series is no image."""
+    by_series: dict[str, list[DicomFrame]] = {}
+    for frame in frames:
+        by_series.setdefault(frame.series_instance_uid, []).append(frame)
+    return {
+        uid
+        for uid, items in by_series.items()
+        if len(items) > 1
+        and min(float(np.min(item.values)) for item in items) == max(float(np.max(item.values)) for item in items)
+    }
