@@ -46,11 +46,15 @@ class SlicePrediction:
     """What the models say about one slice.
 
     `mask` is uint8 0/1 at the input's height and width when `detected`, else None (the segmenter did not run).
+    `seen` is the (rows, columns) the models saw the slice at, in its stored pixel order, when not the mask's own size
+    (a DICOM slice of non-square pixels, resampled for them: `app.dicom.square_pixels`); the clean-ups count their
+    sizes on that grid. None: the mask's own size.
     """
 
     probability: float
     detected: bool
     mask: np.ndarray | None
+    seen: tuple[int, int] | None = None
 
 
 def enable_gpu_memory_growth() -> int:

@@ -7,7 +7,7 @@ own (`single_slice_answers`), and the refusals of a series that cannot be answer
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -109,12 +109,15 @@ def clean_series(
     order = list(range(len(predictions))) if order is None else list(order)
     if sorted(order) != list(range(len(predictions))):
         raise ValueError(f"order must list each of the {len(predictions)} predictions once; got {order}")
-    cleaned = clean_series_masks([predictions[index].mask for index in order], min_voxels, breaks)
+    seen = {predictions[index].seen for index in order}
+    cleaned = clean_series_masks(
+        [predictions[index].mask for index in order], min_voxels, breaks, seen.pop() if len(seen) == 1 else None
+    )
     masks: list[np.ndarray | None] = [None] * len(predictions)
     for index, mask in zip(order, cleaned, strict=True):
         masks[index] = mask
     return [
-        SlicePrediction(prediction.probability, prediction.detected and mask is not None, mask)
+        replace(prediction, detected=prediction.detected and mask is not None, mask=mask)
         for prediction, mask in zip(predictions, masks, strict=True)
     ]
 
@@ -131,10 +134,11 @@ def single_slice_answers(
     of 14, at the same volume Dice (model card).
     """
     return [
-        SlicePrediction(
-            prediction.probability,
-            prediction.detected,
-            mask_shown_alone(prediction.mask, prediction.probability, min_probability, min_pixels),
+        replace(
+            prediction,
+            mask=mask_shown_alone(
+                prediction.mask, prediction.probability, min_probability, min_pixels, prediction.seen
+            ),
         )
         for prediction in predictions
     ]

@@ -31,14 +31,19 @@ def flip_average(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> 
 
 
 def mask_shown_alone(
-    mask: np.ndarray | None, probability: float, min_probability: float, min_pixels: int = 0
+    mask: np.ndarray | None,
+    probability: float,
+    min_probability: float,
+    min_pixels: int = 0,
+    seen: tuple[int, int] | None = None,
 ) -> np.ndarray | None:
     """The mask a positive slice answered on its own (no series clean-up) shows: none below `min_probability` (the
     manifest's `single_slice_mask_min_probability`), else `mask` without its pieces under `min_pixels`
-    (`single_slice_min_component_pixels`, `drop_small_pieces`); both chosen on the validation patients."""
+    (`single_slice_min_component_pixels`, `drop_small_pieces`, counted on the grid the models saw the slice at,
+    `seen`); both chosen on the validation patients."""
     if mask is None or probability < min_probability:
         return None
-    return drop_small_pieces(mask, min_pixels)
+    return drop_small_pieces(mask, min_pixels, seen)
 
 
 def probability_to_mask(probability: np.ndarray, size: tuple[int, int], threshold: float) -> np.ndarray:

@@ -11,6 +11,10 @@ slices known not to be neighbours (a gap in the series) are not joined.
 A slice answered on its own has no neighbours to confirm it, so it gets the 2-D counterpart (`drop_small_pieces`):
 mask pieces (8-connectivity) under `min_pixels` pixels of the 256 x 256 grid are removed, the size chosen on the
 validation patients like the series' (the manifest's `single_slice_min_component_pixels`).
+
+A mask is counted on the grid the models saw its slice at: its own size, or `seen` (rows, columns) when the slice
+was resampled for them (a DICOM slice of non-square pixels, `app.dicom.square_pixels`): a stored pixel 1.33 times as
+tall as wide is 1.33 cells of the models' grid, not one.
 """
 
 from __future__ import annotations
@@ -62,7 +66,10 @@ def drop_small_components(masks: np.ndarray, min_voxels: int) -> np.ndarray:
 
 
 def clean_series_masks(
-    masks: Sequence[np.ndarray | None], min_voxels: int, breaks: Collection[int] = ()
+    masks: Sequence[np.ndarray | None],
+    min_voxels: int,
+    breaks: Collection[int] = (),
+    seen: tuple[int, int] | None = None,
 ) -> list[np.ndarray | None]:
     """`drop_small_components` for the masks a service returns: each at its slice's own size, None when empty.
 
@@ -73,7 +80,7 @@ def clean_series_masks(
     size, 23 slices of 4096 x 4096 took 5 GiB. Slices of different sizes cannot form one volume: their masks come
     back unchanged. A mask the clean-up empties becomes None. `breaks` lists the places k where slices k and k + 1
     are no neighbours (slices missing between them): an empty slice goes between them, so no component spans the
-    gap.
+    gap. `seen`: the slices' size as the models saw them, when not the masks' own (see the module's docstring).
     """
     present = [mask for mask in masks if mask is not None]
     if len(masks) < 2 or min_voxels == 0 or not present:
@@ -88,13 +95,13 @@ def clean_series_masks(
         for row, mask in zip(rows, masks, strict=True):
             if mask is not None:
                 volume[row] = mask > 0
-        scaled = max(1, round(min_voxels * model_cell_pixels(shape)))
+        scaled = max(1, round(min_voxels * model_cell_pixels(shape, seen)))
         cleaned = drop_small_components(volume, scaled)[rows]
         return [
             None if mask is None or not kept.any() else kept.astype(mask.dtype)
             for mask, kept in zip(masks, cleaned, strict=True)
         ]
-    top, left, rows_on_grid, columns_on_grid = model_grid_placement(*shape)
+    top, left, rows_on_grid, columns_on_grid = model_grid_placement(*(seen or shape))
     row_cells = _model_grid_cells(shape[0], rows_on_grid, top)
     column_cells = _model_grid_cells(shape[1], columns_on_grid, left)
     grid = np.zeros((rows[-1] + 1, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE), dtype=bool)
@@ -108,10 +115,11 @@ def clean_series_masks(
     ]
 
 
-def model_cell_pixels(shape: tuple[int, ...]) -> float:
-    """The slice pixels one cell of the model's 256 x 256 grid covers, for a slice of `shape` (H, W), as
-    `model_grid_placement` scales it (its aspect kept: a cell is square on a slice of square pixels)."""
-    _, _, rows, columns = model_grid_placement(shape[0], shape[1])
+def model_cell_pixels(shape: tuple[int, ...], seen: tuple[int, int] | None = None) -> float:
+    """The slice pixels one cell of the model's 256 x 256 grid covers, for a slice of `shape` (H, W) that the models
+    saw at `seen` (None: at `shape`), as `model_grid_placement` scales it (its aspect kept: a cell is square on a slice
+    of square pixels)."""
+    _, _, rows, columns = model_grid_placement(*(seen or shape[:2]))
     return shape[0] / rows * shape[1] / columns
 
 
@@ -152,17 +160,20 @@ def _keep_cells(
     return (mask * kept[np.ix_(row_cells, column_cells)]).astype(mask.dtype)
 
 
-def drop_small_pieces(mask: np.ndarray | None, min_pixels: int) -> np.ndarray | None:
+def drop_small_pieces(
+    mask: np.ndarray | None, min_pixels: int, seen: tuple[int, int] | None = None
+) -> np.ndarray | None:
     """Return `mask` (one slice, any size) without its 2-D pieces under `min_pixels`; None when nothing is left.
 
-    `min_pixels` counts pixels of the model's 256 x 256 grid and is scaled to the mask's own grid, as the series
-    clean-up scales its voxels; 0 (or a None mask) returns the mask unchanged.
+    `min_pixels` counts pixels of the model's 256 x 256 grid and is scaled to the mask's own grid (its slice seen by
+    the models at `seen`, None: at its own size), as the series clean-up scales its voxels; 0 (or a None mask)
+    returns the mask unchanged.
     """
     if min_pixels < 0:
         raise ValueError(f"min_pixels must be >= 0; got {min_pixels}")
     if mask is None or min_pixels == 0:
         return mask
-    scaled = max(1, round(min_pixels * model_cell_pixels(mask.shape)))
+    scaled = max(1, round(min_pixels * model_cell_pixels(mask.shape, seen)))
     if np.count_nonzero(mask) < scaled:  # every piece is smaller than that
         return None
     _, pieces, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)

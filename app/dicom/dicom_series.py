@@ -103,12 +103,14 @@ def in_stored_orientation(
     predictions: Sequence[SlicePrediction], inputs: Sequence[SliceInput]
 ) -> list[SlicePrediction]:
     """The models' answers for `model_inputs(inputs)` with each mask turned back and resampled back to its slice's
-    stored pixels."""
+    stored pixels (a resampled slice's answer says the size the models saw it at, `SlicePrediction.seen`)."""
     answers = []
     for prediction, item in zip(predictions, inputs, strict=True):
         resampling, turn = _model_view(item)
         if prediction.mask is not None and not (turn.is_identity and resampling.is_identity):
             prediction = replace(prediction, mask=resampling.undo(turn.undo(prediction.mask)))
+        if not resampling.is_identity:  # the clean-ups count sizes on the grid the models saw
+            prediction = replace(prediction, seen=resampling.resampled)
         answers.append(prediction)
     return answers
 

@@ -165,3 +165,28 @@ def test_the_smallest_piece_counts_square_model_grid_cells_on_a_rectangular_slic
     kept = drop_small_pieces(mask, 10)
 
     assert kept is not None and np.count_nonzero(kept) == 40 and not kept[10:16, 10:16].any()
+
+
+def test_sizes_are_counted_on_the_grid_the_models_saw_a_slice_of_tall_pixels_at() -> None:
+    # 192 rows of pixels 1.33 times as tall as wide, seen by the models at 256 x 256 (app.dicom.square_pixels): each
+    # stored pixel is 1.33 cells of their grid, so 200 cells are 150 stored pixels, not 200.
+    mask = np.zeros((192, 256), np.uint8)
+    mask[10:22, 10:24] = 1  # 168 stored pixels: 224 cells
+
+    assert drop_small_pieces(mask, 200) is None  # counted as if the models saw 192 x 256
+    np.testing.assert_array_equal(drop_small_pieces(mask, 200, seen=(256, 256)), mask)
+    # The series clean-up alike: a blob of 168 stored pixels on each of two slices is 448 cells.
+    assert clean_series_masks([mask, mask], min_voxels=400) == [None, None]
+    kept = clean_series_masks([mask, mask], min_voxels=400, seen=(256, 256))
+    assert all(np.array_equal(item, mask) for item in kept)
+
+
+def test_slices_larger_than_the_grid_are_mapped_on_it_as_the_models_saw_them() -> None:
+    # 512 x 512 stored pixels half as tall as wide, seen at 256 x 512: 128 x 256 cells of the grid, each 4 stored rows
+    # by 2 columns. A blob of 40 x 40 stored pixels is 10 x 20 = 200 cells (read as square, 20 x 20 = 400).
+    mask = np.zeros((512, 512), np.uint8)
+    mask[100:140, 100:140] = 1
+
+    assert all(np.array_equal(item, mask) for item in clean_series_masks([mask, mask], min_voxels=600))
+    assert clean_series_masks([mask, mask], min_voxels=600, seen=(256, 512)) == [None, None]  # 400 cells
+    assert all(np.array_equal(item, mask) for item in clean_series_masks([mask, mask], 400, seen=(256, 512)))

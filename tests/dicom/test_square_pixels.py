@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from app.dicom.dicom_series import in_stored_orientation, model_inputs, non_square_pixels_note
 from app.dicom.square_pixels import SquarePixels, square_pixels
 from app.inference import SlicePrediction
+from app.series_result import clean_series, single_slice_answers
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_series
 
@@ -96,6 +99,7 @@ def test_masks_come_back_on_the_stored_grid_of_a_transposed_slice_of_tall_pixels
     answers = in_stored_orientation([SlicePrediction(0.9, True, mask) for mask in masks], inputs)
 
     for answer in answers:
+        assert answer.seen == (256, 256)  # the clean-ups count sizes on the grid the models saw
         # Stored transposed: x runs down the rows (1 mm), y along the columns (4/3 mm): 100 rows by 30 columns.
         rows, columns = np.nonzero(answer.mask)
         assert answer.mask.shape == (256, 192)
@@ -112,3 +116,18 @@ def test_the_note_says_whether_the_pixels_were_resampled() -> None:
     assert "resampled to square pixels" in non_square_pixels_note([item.reference for item in tall])
     assert "1.33 times as tall as wide" in non_square_pixels_note([item.reference for item in tall])
     assert "too far from square to resample" in non_square_pixels_note([item.reference for item in line])
+
+
+def test_the_clean_ups_count_a_resampled_slice_on_the_grid_the_models_saw() -> None:
+    """A piece of 168 stored pixels 1.33 times as tall as wide is 224 cells of the models' grid: a lone slice keeps it
+    at the 200-cell minimum, and so does a series at 400 voxels for two such slices (counted as stored, it went)."""
+    inputs = series(squeezed(tumor_channels(), rows=192)[:2], [TALL, 1.0]).inputs
+    mask = np.zeros((192, 256), np.uint8)
+    mask[10:22, 10:24] = 1
+    predictions = in_stored_orientation([SlicePrediction(0.9, True, mask)] * 2, inputs)  # as stored already
+
+    alone = single_slice_answers(predictions, min_probability=0.5, min_pixels=200)
+    cleaned = clean_series(predictions, min_voxels=400)
+
+    assert all(np.array_equal(answer.mask, mask) and answer.seen == (256, 256) for answer in alone + cleaned)
+    assert single_slice_answers([replace(predictions[0], seen=None)], 0.5, 200)[0].mask is None
