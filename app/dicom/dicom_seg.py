@@ -46,6 +46,7 @@ from app.dicom.result_uids import (
     models_digest,
     result_uid,
     segmenter_name_version,
+    source_identity,
 )
 from app.dicom.slice_order import anatomical_order
 from app.dicom.tumor_volume import position_spacing_mm, slice_spacing_mm
@@ -86,7 +87,12 @@ def build_segmentations(
         raise ValueError(f"masks must be one per input; got {len(masks)} masks for {len(inputs)} inputs")
     _refuse_several_series(references)
     series_instance_uid = result_uid(
-        "seg-series", model_tags, result_origin, references[0].series_instance_uid, masks_digest(references, masks)
+        "seg-series",
+        model_tags,
+        result_origin,
+        source_identity(references[0].header),
+        references[0].series_instance_uid,
+        masks_digest(references, masks),
     )
     positive = [index for index in anatomical_order(references) if masks[index] is not None]
     return [
@@ -144,8 +150,9 @@ def build_segmentation(
     references = _checked_references(inputs, masks)
     source_images, pixel_array = _source_images_and_pixels(references, masks)
     made_of = masks_digest(references, masks)
+    identity = source_identity(references[0].header)
     series_instance_uid = series_instance_uid or result_uid(
-        "seg-series", model_tags, result_origin, references[0].series_instance_uid, made_of
+        "seg-series", model_tags, result_origin, identity, references[0].series_instance_uid, made_of
     )
     further = _further_source_images(inputs)
     source_images = _completed_sources(source_images, references)
@@ -159,7 +166,7 @@ def build_segmentation(
             segment_descriptions=[description],
             series_instance_uid=series_instance_uid,
             series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=result_uid("seg", model_tags, result_origin, series_instance_uid, made_of),
+            sop_instance_uid=result_uid("seg", model_tags, result_origin, identity, series_instance_uid, made_of),
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=f"{segmenter_name} {segmenter_version}"[:64],

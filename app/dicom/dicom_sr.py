@@ -48,7 +48,7 @@ from app.dicom.dicom_conformance import (
     without_contradicted_spacing,
 )
 from app.dicom.dicom_seg import SEGMENT_NUMBER
-from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version
+from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version, source_identity
 from app.dicom.tumor_volume import position_spacing_mm
 from app.errors import ReportInputError, builder_reason
 from app.release import service_version
@@ -214,15 +214,17 @@ def _volume_report(
     algorithm = _algorithm(model_tags)
     # The same sources, findings, SEGs and models give the same UIDs (app.dicom.result_uids): a report made again is the
     # same instance, and the tumor keeps its tracking UID for as long as the models and the series stay the same.
+    identity = source_identity(source_images[0])  # one series: one patient and study
     made_of = [
         result_origin,
+        identity,
         series_uid,
         *sorted(str(image.SOPInstanceUID) for image in source_images),
         repr(findings),
         *(str(segmentation.SOPInstanceUID) for segmentation in segmentations),
     ]
     tracking = hd.sr.TrackingIdentifier(
-        uid=result_uid("tracking", model_tags, result_origin, series_uid), identifier="Tumor"
+        uid=result_uid("tracking", model_tags, result_origin, identity, series_uid), identifier="Tumor"
     )
     groups = _measurement_groups(findings, algorithm, tracking, segmentations, series_uid)
     observer = _device_observer(model_tags)

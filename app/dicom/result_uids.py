@@ -3,8 +3,11 @@
 Why not a new random UID each time: `output=dicom-sr` alone refers to a SEG it does not return, and asking for
 `output=dicom-seg` afterwards must give that very SEG; a PACS that receives a result twice (a retried send, pacs-sync
 or the DICOM node run again on the same series) then keeps one copy instead of two series of the same objects.
-Whatever changes the answer (another mask, other findings, other models, another service version) changes the UIDs.
-The UID is pydicom's `generate_uid` with these as its entropy sources (a SHA-512 hash under pydicom's UID root).
+Whatever changes the answer (another mask, other findings, other models, another service version) changes the UIDs,
+and so does the patient and study the sources are filed under (`source_identity`): the same images sent again after a
+Patient ID correction, as a PACS keeps them beside the first copy, get results of their own, not the first patient's
+UIDs, which a PACS keying by SOP Instance UID dropped or filed over the other (attack review 37). The UID is pydicom's
+`generate_uid` with these as its entropy sources (a SHA-512 hash under pydicom's UID root).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.dicom.dicom_frame import DicomFrame
@@ -26,6 +30,17 @@ def result_uid(kind: str, model_tags: Mapping[str, str], *parts: str) -> str:
     """The UID of one made object (`kind`: what it is, e.g. "seg-series") from the models and what it was made of."""
     models = json.dumps(dict(model_tags), sort_keys=True)
     return generate_uid(entropy_srcs=[MANUFACTURER, service_version(), models, kind, *parts])
+
+
+IDENTITY_KEYWORDS = ("PatientID", "IssuerOfPatientID", "StudyInstanceUID")
+"""What files a source under a patient and a study in a PACS (Orthanc keys a study by Patient ID and Study Instance
+UID)."""
+
+
+def source_identity(header: Dataset) -> str:
+    """The patient and study a source is filed under, as one of `result_uid`'s parts (the values as the file holds
+    them; only their hash reaches the UID)."""
+    return json.dumps([str(header.get(keyword, "") or "") for keyword in IDENTITY_KEYWORDS])
 
 
 def models_digest(model_tags: Mapping[str, str]) -> str:

@@ -38,7 +38,7 @@ from app.pacs.orthanc_answers import (
     series_list,
     with_id,
 )
-from app.pacs.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError
+from app.pacs.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError, StoreRefusedError
 from app.pacs.orthanc_http import endpoint, origin, read_body, request_line
 from app.pacs.pacs_sync_config import PacsSyncConfig
 
@@ -186,8 +186,23 @@ class OrthancClient:
         self._request("DELETE", f"/series/{_path_id(series_id)}", allow=(404,))  # already gone is as good
 
     def store(self, dataset: Dataset) -> None:
-        """STOW-RS one instance to the DICOMweb root."""
-        self._retry(lambda: self._dicomweb.store_instances([dataset]), f"STOW-RS to {self.config.dicomweb_url}")
+        """STOW-RS one instance to the DICOMweb root.
+
+        Raises
+        ------
+        StoreRefusedError
+            When the answer, though 2xx, lists the instance as failed (PS3.18 10.5.3: Failed SOP Sequence): a Lua
+            filter of Orthanc's refused it, and counted as stored it was later taken for a result that landed elsewhere
+            (attack review 37).
+        """
+        what = f"STOW-RS to {self.config.dicomweb_url}"
+        answer = self._retry(lambda: self._dicomweb.store_instances([dataset]), what)
+        failed = answer.get("FailedSOPSequence") if answer is not None else None
+        if failed:
+            reasons = sorted({f"0x{int(item.FailureReason):04X}" for item in failed if item.get("FailureReason")})
+            raise StoreRefusedError(
+                f"{what} refused the instance (Failure Reason {', '.join(reasons) or 'not given'}); not stored"
+            )
 
     def _json(self, method: str, path: str, shape: Callable[[Any, str], T], **kwargs: Any) -> T:
         """The answer's JSON body as `shape` checks it; a body that is not is retried like a 5xx answer."""

@@ -27,6 +27,11 @@ class OrthancAnswerError(OrthancError):
     """
 
 
+class StoreRefusedError(OrthancError):
+    """A STOW-RS answer of 2xx that lists the instance in its Failed SOP Sequence (an Orthanc filter, a full disk):
+    not stored. The message names the Failure Reason codes, never the instance's values."""
+
+
 class AnswerTooLargeError(OrthancError):
     """An answer longer than its limit (`PacsSyncConfig.max_instance_bytes` or `max_answer_bytes`): cut off before
     it is held whole, and not retried (the same call would answer the same)."""

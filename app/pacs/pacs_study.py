@@ -322,21 +322,22 @@ class StudySync:
         if not sources <= {str(series["ID"]) for series in self.client.study_series(study_id)}:
             self._withdraw(study_id, new_series - stored_before)
             raise SourcesGoneError("series analysed were deleted from the study during its analysis")
-        return self._supersede(study_id, new_series, _recorded_results(record))
+        return self._supersede(study_id, new_series, stored_before, _recorded_results(record))
 
-    def _supersede(self, study_id: str, new_series: set[str], recorded: set[str]) -> list[str]:
+    def _supersede(self, study_id: str, new_series: set[str], stored_before: set[str], recorded: set[str]) -> list[str]:
         """Delete this study's earlier results once the new ones are in it; return the Series Instance UIDs deleted.
 
         Only the series of this Orthanc study that pacs-sync stored are looked at (`OrthancClient.our_result_series`,
-        with `recorded`, the result series its record names). New results that did not land in it (a Patient ID the
-        SEG or SR did not carry over as Orthanc reads it, a store a proxy swallowed) are deleted wherever they are,
-        and the earlier ones kept: they are another patient's otherwise.
+        with `recorded`, the result series its record names). When a new result did not land in it (a Patient ID the
+        SEG or SR did not carry over as Orthanc reads it, a store a proxy swallowed, an Orthanc Lua filter that refused
+        it while STOW-RS answered success), what this pass stored is withdrawn wherever it is (the SEG that landed
+        would stand without its SR), and the earlier results are kept: they are another patient's otherwise. The UIDs
+        are this patient's and study's (`app.dicom.result_uids`): none of another's is touched.
         """
         ours = self.client.our_result_series(study_id, recorded)
         misplaced = new_series - set(ours.values())
         if misplaced:
-            for series_uid in misplaced:
-                self.client.delete_our_series_by_uid(series_uid)
+            self._withdraw(study_id, misplaced | (new_series - stored_before))
             raise MisplacedResultsError(
                 f"{len(misplaced)} of the {len(new_series)} result series stored are not in the study; deleted, and "
                 "the earlier results kept"
@@ -365,9 +366,9 @@ class StudySync:
         return first_files
 
     def _withdraw(self, study_id: str, new_series: set[str]) -> None:
-        """Delete what a failed store left of the new results (a SEG stored, its SR refused): it would pass for a
-        result next to the earlier ones, and pile up at each retry. If Orthanc refuses this too, the next processing
-        of the study supersedes them."""
+        """Delete what a failed store left of the new results (a SEG stored, its SR refused), by Series Instance UID
+        wherever it landed: it would pass for a result next to the earlier ones, and pile up at each retry. If Orthanc
+        refuses this too, the next processing of the study supersedes them."""
         for series_uid in new_series:
             try:
                 self.client.delete_our_series_by_uid(series_uid)

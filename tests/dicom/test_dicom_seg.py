@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.dicom.builders import (
     legacy_multiframe,
     mr_series,
     multiframe_secondary_capture,
+    secondary_capture_series,
     to_bytes,
     tumor_channels,
 )
@@ -83,6 +85,29 @@ def test_the_same_slices_masks_and_models_give_the_same_seg_uids(
     assert uids[0] == uids[1]
     assert len({uid for pair in uids[1:] for uid in pair}) == 6  # every change gives a new series and instance
     assert first.SOPInstanceUID not in {dataset.SOPInstanceUID for dataset in flair_series}
+
+
+@pytest.mark.parametrize("keyword", ["PatientID", "IssuerOfPatientID", "StudyInstanceUID"])
+def test_the_same_slices_under_another_patient_or_study_get_seg_uids_of_their_own(
+    flair_series: list[Dataset], truth_masks: list[np.ndarray], keyword: str
+) -> None:
+    """Attack review 37: the same images sent again after a Patient ID correction (a PACS keeps both copies) got the
+    first patient's SEG UIDs, which a PACS keying by SOP Instance UID dropped or filed over the other's."""
+    refiled = [copy.deepcopy(dataset) for dataset in flair_series]
+    for dataset in refiled:
+        setattr(dataset, keyword, "1.2.3.4" if keyword == "StudyInstanceUID" else "CORRECTED")
+    masks: list[np.ndarray | None] = [truth_masks[0], truth_masks[1], None]
+
+    first = build_segmentation(series_inputs(flair_series), masks, MODEL_TAGS)
+    other = build_segmentation(series_inputs(refiled), masks, MODEL_TAGS)
+    captures = [secondary_capture_series(tumor_channels()), secondary_capture_series(tumor_channels())]
+    for dataset in captures[1]:
+        setattr(dataset, keyword, "1.2.3.4" if keyword == "StudyInstanceUID" else "CORRECTED")
+    per_slice = [build_segmentations(series_inputs(capture), masks, MODEL_TAGS) for capture in captures]
+
+    assert first.SeriesInstanceUID != other.SeriesInstanceUID and first.SOPInstanceUID != other.SOPInstanceUID
+    assert per_slice[0][0].SeriesInstanceUID != per_slice[1][0].SeriesInstanceUID
+    assert {seg.SOPInstanceUID for seg in per_slice[0]}.isdisjoint(seg.SOPInstanceUID for seg in per_slice[1])
 
 
 def test_build_segmentation_describes_a_binary_neoplasm_segment(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -122,6 +123,38 @@ def test_the_same_findings_give_the_same_report_uids_and_other_findings_new_ones
 
     assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (again.SeriesInstanceUID, again.SOPInstanceUID)
     assert first.SOPInstanceUID != other.SOPInstanceUID and first.SeriesInstanceUID != other.SeriesInstanceUID
+
+
+@pytest.mark.parametrize("keyword", ["PatientID", "IssuerOfPatientID", "StudyInstanceUID"])
+def test_the_same_findings_under_another_patient_or_study_get_report_uids_of_their_own(
+    flair_inputs: list[SliceInput], keyword: str
+) -> None:
+    """Attack review 37: a negative report names no SEG; the same images under a corrected Patient ID (or in another
+    study) got the first report's UIDs and tracking UID."""
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    refiled = [copy.deepcopy(header) for header in headers(flair_inputs)]
+    for header in refiled:
+        setattr(header, keyword, "1.2.3.4" if keyword == "StudyInstanceUID" else "CORRECTED")
+
+    first = build_volume_report(headers(flair_inputs), findings, MODEL_TAGS)
+    other = build_volume_report(refiled, findings, MODEL_TAGS)
+
+    assert first.SOPInstanceUID != other.SOPInstanceUID and first.SeriesInstanceUID != other.SeriesInstanceUID
+    assert tracking_uids(first).isdisjoint(tracking_uids(other))
+
+
+def tracking_uids(report: Dataset) -> set[str]:
+    """The values of the report's Tracking Unique Identifier items (DCM 112040)."""
+    found: set[str] = set()
+
+    def visit(item: Dataset, element) -> None:
+        names = item.get("ConceptNameCodeSequence") or []
+        if element.keyword == "UID" and names and names[0].CodeValue == "112040":
+            found.add(str(element.value))
+
+    report.walk(visit)
+    assert found, "the report names no tracking UID"
+    return found
 
 
 def test_report_of_pydicom_mr_test_file_without_type2_attributes() -> None:

@@ -134,6 +134,7 @@ def running_orthanc(
     overwrite_instances: bool = False,
     stable_age: int = 1,
     port: int | None = None,
+    lua_scripts: list[Path] | None = None,
 ) -> Iterator[Orthanc]:
     """A fresh Orthanc on a free loopback port, storing under `directory`; skips the test where it is not installed.
     With `overwrite_instances`, an instance stored again under its SOP Instance UID replaces the stored one (Orthanc's
@@ -144,6 +145,7 @@ def running_orthanc(
 
     `stable_age` is Orthanc's StableAge (seconds without a new instance before a series is stable); `port` an HTTP
     port to listen on (default: a free one), so that a test can start Orthanc again on the same storage and address.
+    `lua_scripts`: Orthanc's LuaScripts, e.g. a ``ReceivedInstanceFilter`` that refuses some instances.
     """
     binary = orthanc_binary()
     if binary is None:
@@ -167,6 +169,7 @@ def running_orthanc(
         "StableAge": stable_age,
         "SaveJobs": False,
         "OverwriteInstances": overwrite_instances,
+        "LuaScripts": [str(path) for path in lua_scripts or []],
     }
     dicom_port = None
     if dicom_modalities is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import traceback
 from collections.abc import Callable
@@ -11,8 +12,9 @@ import pytest
 import requests
 
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
-from app.pacs.orthanc_errors import OrthancAnswerError, OrthancError
+from app.pacs.orthanc_errors import OrthancAnswerError, OrthancError, StoreRefusedError
 from app.pacs.pacs_sync_config import PacsSyncConfig
+from tests.dicom.builders import mr_series, tumor_channels
 from tests.pacs.pacs_sync_support import (
     HTML_PAGE,
     HTML_SECRET,
@@ -208,3 +210,22 @@ def test_orthanc_client_gives_no_metadata_hint_when_orthanc_does_not_answer(erro
         f"{RECORD_PUT} at http://orthanc.invalid:8042 failed after 3 attempts: {type(error).__name__}"
     )
     assert raised.value.status is None and METADATA_HINT not in str(raised.value)
+
+
+def test_a_stow_answer_that_lists_the_instance_as_failed_is_a_refused_store() -> None:
+    """Attack review 37: a DICOMweb server may answer 200 and list the instance in its Failed SOP Sequence (PS3.18
+    10.5.3); counted as stored, it was later taken for a result that landed in another study."""
+    failed = {
+        "00081198": {
+            "vr": "SQ",
+            "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.3"]}, "00081197": {"vr": "US", "Value": [0xA700]}}],
+        }
+    }
+    stored = {"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.3"]}}]}}
+    answers = [(200, "application/dicom+json", json.dumps(answer).encode()) for answer in (failed, stored)]
+    client = client_for({"POST /dicom-web/studies": answers})
+    dataset = mr_series(tumor_channels()[:1])[0]
+
+    with pytest.raises(StoreRefusedError, match=r"refused the instance \(Failure Reason 0xA700\); not stored"):
+        client.store(dataset)
+    client.store(dataset)  # the next answer lists it as stored

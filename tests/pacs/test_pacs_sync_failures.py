@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from app.pacs.pacs_sync_state import SyncState
 from app.sequence_rules import SelectionRules
 from app.settings import Settings
 from tests.dicom.builders import Study, mr_series, tumor_channels
-from tests.pacs.orthanc_server import Orthanc
+from tests.pacs.orthanc_server import Orthanc, running_orthanc
 from tests.pacs.pacs_sync_support import (
     FailingClient,
     cli_settings,
@@ -328,3 +329,41 @@ def test_results_of_a_series_deleted_during_the_analysis_are_withdrawn(
         for series in orthanc.get(f"/studies/{study_id}")["Series"]
     }
     assert modalities == {"MR"}  # the T1 series alone: no SEG or SR of the deleted FLAIR
+
+
+REFUSE_THE_SECOND_PATIENTS_SR = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  return not (dicom.Modality == "SR" and dicom.PatientID == "CORRECTED-ID")
+end
+"""
+
+
+def test_a_store_refused_for_one_patient_leaves_anothers_results_of_the_same_images(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    """Attack review 37: the same study (same UIDs, same pixels) under a second Patient ID, as a PACS keeps it after a
+    Patient ID correction, got the first patient's SEG and SR UIDs; its SR refused by an Orthanc filter (STOW-RS
+    answers success all the same), pacs-sync took the SR for a result that landed elsewhere and deleted the result
+    series by UID everywhere, the first patient's among them, for good. Now the second patient's results have UIDs
+    of their own, and only what this pass stored is withdrawn: its SEG too, which would stand without its SR."""
+    script = tmp_path / "refuse.lua"
+    script.write_text(REFUSE_THE_SECOND_PATIENTS_SR)
+    (tmp_path / "orthanc").mkdir()
+    with running_orthanc(tmp_path / "orthanc", lua_scripts=[script]) as orthanc:
+        config = config_for(orthanc, tmp_path / "state.json")
+        first = mr_series(tumor_channels())
+        first_study = orthanc.study_of(orthanc.upload(first))
+        assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)
+        first_results = orthanc.result_series(first_study)
+        corrected = [copy.deepcopy(dataset) for dataset in first]
+        for dataset in corrected:
+            dataset.PatientID = "CORRECTED-ID"
+        second_study = orthanc.study_of(orthanc.upload(corrected))
+
+        report = run_pacs_sync(config, predictor, once=True)
+
+        assert report == SyncReport(failed=1)
+        assert [len(uids) for uids in first_results.values()] == [1, 1]
+        assert orthanc.result_series(first_study) == first_results  # the first patient's SEG and SR survive
+        assert orthanc.result_series(second_study) == {"SEG": [], "SR": []}  # its SEG stored, then withdrawn
+        assert orthanc.record(second_study)["error"].startswith("MisplacedResultsError")
