@@ -84,6 +84,9 @@ _LIBRARY_SLIP_TYPES = (AttributeError, TypeError, KeyError, IndexError)
 
 # The same slips, reported inside another error's text (pydicom's "exceptions were raised by all available plugins").
 _LIBRARY_SLIP_TEXT = re.compile(r"object has no attribute|index out of range|unpack requires a buffer")
+# pydicom's "Found unexpected tag (CDAB,12EF) instead of (FFFE,E000)": the "tag" is the file's bytes where an item
+# should start, pixel values when native pixels come under a compressed transfer syntax (attack review 37).
+_UNEXPECTED_TAG = re.compile(r"unexpected tag \([0-9A-Fa-f]{4},\s?[0-9A-Fa-f]{4}\)", re.IGNORECASE)
 # pydicom's preamble to the reports of its decoder plugins, one per line ("  pydicom: ...", "  pylibjpeg: ...").
 _PLUGIN_REPORTS = re.compile(r"^Unable to decode as exceptions were raised by all available plugins:\s*")
 
@@ -101,7 +104,7 @@ def decoder_reason(error: Exception) -> str:
         return f"the decoder stopped without a reason ({type(error).__name__})"
     if _PLUGIN_REPORTS.match(text):  # the plugins' reports on one line, without the dispatcher's preamble
         text = "; ".join(line.strip() for line in _PLUGIN_REPORTS.sub("", text).splitlines() if line.strip())
-    return without_quoted_values(text)
+    return without_quoted_values(_UNEXPECTED_TAG.sub("unexpected data", text))
 
 
 class EmptyFileError(ServiceError):

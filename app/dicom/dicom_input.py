@@ -77,7 +77,7 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
 def check_frame_attributes(header: DicomHeader) -> None:
     """Check what `decode_dicom` reads besides the pixels, from the header alone: each frame's geometry and its
     Rescale Slope and Intercept (or the Modality LUT's form). For callers that keep files to decode later (the DICOM
-    node), as `check_native_pixel_data`: a malformed value would only fail then.
+    node), as `check_pixel_data_element`: a malformed value would only fail then.
 
     Raises
     ------
@@ -94,34 +94,53 @@ def check_frame_attributes(header: DicomHeader) -> None:
                 _rescale(dataset, index)
 
 
-def check_native_pixel_data(header: DicomHeader) -> None:
-    """Refuse native (uncompressed, not deflated) pixel data shorter than Rows x Columns x frames x BitsAllocated
-    needs, or cut short by the end of the file, from the element's header alone: nothing is decoded.
+ITEM_TAG = b"\xfe\xff\x00\xe0"
+"""(FFFE,E000) in Explicit VR Little Endian, the encoding of every compressed transfer syntax: encapsulated pixel data
+starts with this item (its Basic Offset Table; PS3.5 A.4)."""
+
+
+def check_pixel_data_element(header: DicomHeader) -> None:
+    """Refuse pixel data laid out against its transfer syntax, and native (uncompressed, not deflated) pixel data
+    shorter than Rows x Columns x frames x BitsAllocated needs or cut short by the end of the file, from the element's
+    header alone: nothing is decoded.
 
     For callers that keep files to decode later (the DICOM node): such a file would only fail then, long after its
-    sender was told it was kept. Compressed pixel data is checked by `read_dicom_header` (codestream sizes).
+    sender was told it was kept (attack review 37: native pixels under JPEG Baseline were answered Success, and the
+    study failed with nothing sent). Compressed codestreams are checked by `read_dicom_header` (their sizes).
 
     Raises
     ------
     InvalidDicomImageError
-        If the pixel data declares fewer bytes than the image needs.
+        If native pixel data declares fewer bytes than the image needs.
     UndecodableDicomError
-        If the file ends before the bytes the pixel data declares.
+        If the file ends before the bytes the pixel data declares, or a compressed transfer syntax has native pixel
+        data (no item first), or a native one encapsulated pixel data (an undefined length).
     """
     if header.inflated_bytes:
         return
     buffer = io.BytesIO(header.data)
     dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
     transfer_syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", "")))
-    if transfer_syntax.is_transfer_syntax and transfer_syntax.is_encapsulated:
-        return
     position = buffer.tell()  # the pixel data element's tag: read_dicom_header found it there
     implicit, little = dataset.original_encoding
     order = "little" if little else "big"
     length_at = position + (4 if implicit else 8)  # pixel data VRs (OB, OW, OF...) have a 4-byte length
     declared = int.from_bytes(header.data[length_at : length_at + 4], order)
+    if transfer_syntax.is_transfer_syntax and transfer_syntax.is_encapsulated:
+        # An item first, whatever the length: the standard's is undefined, but pynetdicom sends a data set built in
+        # memory with a defined one, which the decoders read all the same.
+        if header.data[length_at + 4 : length_at + 8] != ITEM_TAG:
+            raise UndecodableDicomError(
+                f"DICOM pixel data is not encapsulated (fragments in items), as its compressed transfer syntax "
+                f"{transfer_syntax.name} needs: uncompressed pixels sent under a compressed transfer syntax cannot be "
+                "decoded"
+            )
+        return
     if declared == UNDEFINED_LENGTH:
-        return  # encapsulated pixel data under a native transfer syntax: the decoder refuses it
+        raise UndecodableDicomError(
+            f"DICOM pixel data is encapsulated (compressed fragments), but its transfer syntax {transfer_syntax.name} "
+            "is not a compressed one: it cannot be decoded"
+        )
     needed = -(-header.pixels * header.bits_allocated // 8)
     if declared < needed:
         raise InvalidDicomImageError(

@@ -230,7 +230,8 @@ def _c_store_scp() -> list[str]:
                 "Class or Instance UID is not the request's, the request's class is not its presentation context's, "
                 "a UID is missing or malformed | what is wrong |",
                 f"| `{STATUS_CANNOT_UNDERSTAND:04X}` Cannot Understand | a header or pixel data the service cannot "
-                f"read, or an object of an MR class ({', '.join(UID(uid).name for uid in MR_CLASSES)}) whose "
+                "read (pixel data not laid out as its transfer syntax says: native pixels on a compressed context), "
+                f"or an object of an MR class ({', '.join(UID(uid).name for uid in MR_CLASSES)}) whose "
                 "Modality is not MR | what is wrong, without the file's values |",
             ],
         ),

@@ -65,7 +65,7 @@ from pynetdicom.sop_class import (
 
 from app.dicom.dicom_conformance import is_uid
 from app.dicom.dicom_header import read_dicom_header
-from app.dicom.dicom_input import check_frame_attributes, check_native_pixel_data
+from app.dicom.dicom_input import check_frame_attributes, check_pixel_data_element
 from app.errors import (
     ColourDicomError,
     DicomWithoutPixelDataError,
@@ -185,9 +185,10 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     modality, valid objects of the study the models have no use for, and an object whose header holds more data
     elements than the service reads (`TooManyDicomElementsError`). Refused with `InstanceRefusedError`: what
     `read_dicom_header` refuses besides (a truncated or garbled header, a class other than the MR ones, no pixel
-    data...), a deflated data set that inflates past `max_bytes`, native pixel data shorter than its image
-    (`check_native_pixel_data`), a malformed geometry or rescale value (`check_frame_attributes`: a position of two
-    numbers, a RescaleSlope of text or 0), a SOP Class or Instance UID other than the request's (stored under the
+    data...), a deflated data set that inflates past `max_bytes`, pixel data laid out against its transfer syntax
+    (native pixels under JPEG Baseline) or native pixel data shorter than its image (`check_pixel_data_element`), a
+    malformed geometry or rescale value (`check_frame_attributes`: a position of two numbers, a RescaleSlope of text
+    or 0), a SOP Class or Instance UID other than the request's (stored under the
     request's UID, it would replace another instance), and a SOP Instance or Study Instance, Study Instance or
     Series Instance UID that is missing or not a UID. Each would fail only once the study is processed, long after
     its sender was told it was kept (and a re-sent instance refused leaves the copy stored before it as it was). No
@@ -195,7 +196,7 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     """
     try:
         header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
-        check_native_pixel_data(header)
+        check_pixel_data_element(header)
         check_frame_attributes(header)
     except OverMemoryBudgetError as error:  # only a deflated data set, inflated chunk by chunk, gets here
         raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, f"over {max_bytes} bytes once inflated") from error

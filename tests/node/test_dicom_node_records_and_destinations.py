@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, SecondaryCaptureImageStorage
 
 from app.node.dicom_node import DicomNode
 from app.node.dicom_received_instance import without_found_values
@@ -419,3 +419,19 @@ def test_a_blank_series_is_recorded_failed_and_no_absent_report_is_sent(
     assert run["status"] == "failed"
     assert "the FLAIR series holds one value in every pixel" in run["reason"]
     assert results.received == []
+
+
+def test_native_pixels_under_a_compressed_transfer_syntax_are_refused_when_they_arrive(make_node: Any) -> None:
+    """Attack review 37: native pixel data on a JPEG Baseline, JPEG 2000 or RLE context was answered Success; the
+    study then failed on it with nothing sent, and the sender had no reason to send again."""
+    node = make_node()
+    refused = []
+    for syntax in (JPEGBaseline8Bit, JPEG2000Lossless, RLELossless):
+        instance = mr_series(tumor_channels()[:1])[0]
+        instance.file_meta.TransferSyntaxUID = syntax  # the pixels stay native
+        refused.append(store_dataset(node.config.port, instance))
+
+    for answer in refused:
+        assert answer.Status == 0xC000
+        assert str(answer.ErrorComment).startswith("DICOM pixel data is not encapsulated")
+    assert list((node.spool.root / "studies").glob("*/instances/*.dcm")) == []
