@@ -288,8 +288,13 @@ def _shallow_copy(dataset: Dataset, leave_out: str = "") -> Dataset:
 # Value types whose text pydicom can check (length, characters, form), and those of them that may hold line breaks.
 CHECKED_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UI", "UT"})
 MULTILINE_VRS = frozenset({"LT", "ST", "UT"})
-ALLOWED_CONTROLS = {"\x1b"}  # ESC, which ISO 2022 code extensions use
+ALLOWED_CONTROLS: frozenset[str] = frozenset()
 ALLOWED_MULTILINE_CONTROLS = ALLOWED_CONTROLS | {"\r", "\n", "\t", "\x0c"}
+# What a value decoded from the source holds where its bytes did not decode in its declared character set (a Latin-1
+# "Müller" under ISO_IR 192: "M\ufffdller"), or where an ISO 2022 escape sequence was not one pydicom knows (the ESC
+# left in the text: values are compared decoded, so a valid escape never is). Either is a broken value, emptied or
+# refused as others (attack review 37: both were copied into the SEG and SR).
+UNDECODED_TEXT = frozenset({"\ufffd", "\x1b"})
 
 
 def invalid_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> list[str]:
@@ -462,7 +467,9 @@ def invalid_values_reason(keywords: Sequence[str], derived: str) -> str:
 def _valid_value(vr: str, value: object) -> bool:
     text = str(value)
     allowed = ALLOWED_MULTILINE_CONTROLS if vr in MULTILINE_VRS else ALLOWED_CONTROLS
-    if any(not character.isprintable() and character not in allowed for character in text):
+    if any(
+        (not character.isprintable() and character not in allowed) or character in UNDECODED_TEXT for character in text
+    ):
         return False
     if vr == "UI":
         # pydicom refuses components with leading zeros (1.2.840.0123), which legacy scanners wrote for years: a

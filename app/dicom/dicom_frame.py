@@ -19,6 +19,9 @@ from app.errors import InvalidDicomImageError
 
 # Longest pixel spacing, slice thickness or slice spacing taken at its word: a metre is far beyond any MR image.
 MAX_LENGTH_MM = 1000.0
+# Shortest one: a micrometre is far below any MR image's pixel (a Pixel Spacing of 1e-300 gave a tumor of 0.0 mL,
+# its area underflowing to 0, attack review 37).
+MIN_LENGTH_MM = 1e-3
 # Farthest Image Position (Patient) coordinate from the origin taken: a kilometre is beyond any scanner's frame, and
 # a finite 1e307 mm overflowed the arithmetic that groups frames into slices (an internal error, attack review).
 MAX_POSITION_MM = 1e6
@@ -120,9 +123,10 @@ def _sequence(dataset: Dataset, keyword: str) -> PydicomSequence | list:
 
 
 def _lengths(numbers: tuple[float, ...] | None) -> tuple[float, ...] | None:
-    """Spacings and thicknesses in mm, or None (unknown, so no volume) unless every one is above 0 and at most
-    `MAX_LENGTH_MM`: a zero, negative or astronomic spacing would give a volume of 0, below 0 or infinite."""
-    if numbers is None or not all(0.0 < number <= MAX_LENGTH_MM for number in numbers):
+    """Spacings and thicknesses in mm, or None (unknown, so no volume) unless every one is at least `MIN_LENGTH_MM`
+    and at most `MAX_LENGTH_MM`: a zero, negative, vanishing or astronomic spacing would give a volume of 0, below 0
+    or infinite."""
+    if numbers is None or not all(MIN_LENGTH_MM <= number <= MAX_LENGTH_MM for number in numbers):
         return None
     return numbers
 

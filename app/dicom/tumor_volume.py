@@ -31,7 +31,7 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
     -------
     float or None
         Millilitres; 0.0 when every mask is empty; None when a non-empty slice lacks Pixel Spacing, no slice
-        spacing can be found, or the product is not a finite number.
+        spacing can be found, or the product is not a finite number above 0.
 
     Raises
     ------
@@ -40,21 +40,24 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
     """
     if len(masks) != len(slices):
         raise ValueError(f"masks must be one per slice; got {len(masks)} masks for {len(slices)} slices")
-    area_mm2 = 0.0
+    area_mm2, tumor_pixels = 0.0, 0
     for mask, frame in zip(masks, slices, strict=True):
         pixels = 0 if mask is None else int(np.count_nonzero(mask))
         if pixels == 0:
             continue
         if frame.pixel_spacing is None:
             return None
+        tumor_pixels += pixels
         area_mm2 += pixels * frame.pixel_spacing[0] * frame.pixel_spacing[1]
-    if area_mm2 == 0.0:
+    if tumor_pixels == 0:
         return 0.0
     spacing = slice_spacing_mm(slices)
     if spacing is None:
         return None
     volume = area_mm2 * spacing / MM3_PER_ML
-    return volume if math.isfinite(volume) else None  # positions far apart can still multiply past float range
+    # Positions far apart can still multiply past float range, and lengths far below a pixel's to 0: a tumor found
+    # is never reported as 0.0 mL.
+    return volume if math.isfinite(volume) and volume > 0.0 else None
 
 
 def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:

@@ -12,11 +12,14 @@ import warnings
 
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from app.dicom.dicom_seg import build_segmentation, part10_bytes
 from app.dicom.dicom_series import SliceInput, prepare_inputs
 from app.dicom.dicom_sr import VolumeFindings, build_volume_report
+from app.errors import SegmentationInputError
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
@@ -72,3 +75,52 @@ def test_seg_and_sr_keep_names_in_any_character_set(case: str) -> None:
         assert str(found.PatientName) == name
         assert found.StudyDescription == description
         assert dciodvfy_errors(data, iod) == []
+
+
+def with_raw_value(keyword: str, vr: str, value: bytes, character_set: str) -> list[SliceInput]:
+    """The series with `value` written as bytes, whatever `character_set` (declared) says of them."""
+    datasets = mr_series(tumor_channels(), Study())
+    tag = Tag(keyword)
+    for dataset in datasets:
+        dataset.SpecificCharacterSet = character_set
+        padded = value + (b" " if len(value) % 2 else b"")
+        dataset[tag] = RawDataElement(tag, vr, len(padded), padded, 0, False, True)
+    return prepare_inputs([frame for dataset in datasets for frame in read_dicom(to_bytes(dataset))])
+
+
+UNDECODABLE = {
+    "latin-1 under utf-8": (b"M\xfcller^Hans", "ISO_IR 192"),
+    "an escape iso 2022 has not": (b"M\x1b$Zller^Hans", "ISO 2022 IR 100"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNDECODABLE))
+def test_a_name_that_does_not_decode_in_its_character_set_is_left_empty(case: str) -> None:
+    """Attack review 37: a Latin-1 "Müller" declared UTF-8 reached the SEG and SR as "M\\ufffdller", with no note;
+    an escape sequence ISO 2022 does not have was copied as raw ESC characters into a UTF-8 object."""
+    value, character_set = UNDECODABLE[case]
+    inputs = with_raw_value("PatientName", "PN", value, character_set)
+    masks = [read_truth(path) for path in TUMOR_SERIES]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom says it could not decode the name: that is the case here
+        seg = part10_bytes(build_segmentation(inputs, masks, MODEL_TAGS))
+        findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
+        report = to_bytes(
+            build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, [written(seg)])
+        )
+
+    for data, iod in ((seg, "Segmentation"), (report, "ComprehensiveSR")):
+        assert str(written(data).PatientName) == ""
+        assert dciodvfy_errors(data, iod) == []
+
+
+def test_a_patient_id_that_does_not_decode_in_its_character_set_refuses_the_seg() -> None:
+    """Left empty, the SEG would be filed as another patient's (the rule for a Patient ID broken otherwise)."""
+    inputs = with_raw_value("PatientID", "LO", b"M\xfcller-1", "ISO_IR 192")
+    masks = [read_truth(path) for path in TUMOR_SERIES]
+
+    with warnings.catch_warnings(), pytest.raises(SegmentationInputError, match="PatientID") as refused:
+        warnings.simplefilter("ignore")
+        build_segmentation(inputs, masks, MODEL_TAGS)
+    assert "ller" not in str(refused.value)

@@ -41,9 +41,10 @@ def with_element(keyword: str, vr: str, value: object) -> bytes:
     return to_bytes(dataset)
 
 
-def with_transfer_syntax(uid: str) -> bytes:
-    """Native pixel data under a Transfer Syntax UID pydicom does not know (patched in the file meta's bytes)."""
-    data = bytearray(to_bytes(series()[0]))
+def with_transfer_syntax(uid: str, dataset: Dataset | None = None) -> bytes:
+    """Native pixel data (of `dataset`, or a slice of `series`) under another Transfer Syntax UID, one pydicom does
+    not know or a compressed one (patched in the file meta's bytes: pydicom writes neither)."""
+    data = bytearray(to_bytes(dataset or series()[0]))
     start = data.index(b"\x02\x00\x10\x00UI")
     old_length = struct.unpack("<H", data[start + 6 : start + 8])[0]
     new = uid.encode() + (b"\0" if len(uid) % 2 else b"")
@@ -183,11 +184,12 @@ def test_a_report_of_sources_without_study_uid_is_refused_with_a_reason() -> Non
         build_volume_report([source], findings, {"classifier": "c@1", "segmenter": "s@1"})
 
 
-@pytest.mark.parametrize("spacing", [["1e300", "1e300"], [0.0, 0.0], [-1.0, -1.0]])
+@pytest.mark.parametrize("spacing", [["1e300", "1e300"], ["1e-300", "1e-300"], [0.0, 0.0], [-1.0, -1.0]])
 @pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr", "dicom-seg-sr"])
 def test_a_pixel_spacing_no_image_can_have_gives_no_volume(client: TestClient, spacing, output) -> None:
     """JSON answers without a volume; a SEG or SR, which would copy a spacing the standard forbids (0 or below:
-    attack finding, objects that fail dciodvfy), is refused naming it."""
+    attack finding, objects that fail dciodvfy), is refused naming it. A vanishing one (1e-300) gave a tumor of
+    0.0 mL (attack review 37)."""
     datasets = series()
     for dataset in datasets:
         dataset.PixelSpacing = spacing
@@ -399,3 +401,19 @@ def test_a_spacing_between_slices_the_positions_contradict_is_not_copied(
     assert set(stated_in_result) <= {SLICE_GAP_MM}  # highdicom writes the positions' spacing in a SEG without one
     if copied:
         assert stated_in_result, "a spacing that agrees with the positions is copied as before"
+
+
+def test_native_pixels_under_a_compressed_transfer_syntax_get_a_400_that_quotes_no_pixel(client: TestClient) -> None:
+    """Attack review 37: pydicom's "Found unexpected tag (CDAB,12EF) instead of (FFFE,E000)" reached the answer, the
+    "tag" being the first four bytes of the pixels."""
+    dataset = series()[0]
+    pixels = bytearray(dataset.PixelData)
+    pixels[:4] = bytes.fromhex("ABCDEF12")
+    dataset.PixelData = bytes(pixels)
+    data = with_transfer_syntax(pydicom.uid.JPEGBaseline8Bit, dataset)  # the pixels stay native
+
+    response = client.post("/v1/predict", files={"file": ("IM0", data, "application/dicom")})
+
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "CDAB" not in message.upper() and "12EF" not in message.upper() and "cannot be decoded" in message
