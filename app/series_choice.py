@@ -20,7 +20,7 @@ series that is not axial (sagittal, coronal, steeply oblique) is read with a not
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from app.dicom.dicom_header import DicomHeader
@@ -102,6 +102,28 @@ class SeriesChoice:
             left_out=tuple(left_out),
             notes=(*self.notes, f"T1 series left out: {why}; FLAIR analysed alone"),
         )
+
+    def without_copies(self, originals: Mapping[int, int]) -> SeriesChoice:
+        """The same choice with the files `originals` names (copy -> the file it copies,
+        `app.series_reading.copies_of_read_files`) moved out of the series in use, into `left_out` under the same
+        series and role: they are left out, not unreadable (interop review 37: counted as files not read, a study
+        whose lossy copies came after it was analysed again with a note that its slices were missing)."""
+        if not originals:
+            return self
+        used, moved = [], []
+        for item in self.used:
+            copies = tuple(index for index in item.files if index in originals)
+            if not copies:
+                used.append(item)
+                continue
+            used.append(replace(item, files=tuple(index for index in item.files if index not in originals)))
+            evidence = (
+                f"{len(copies)} {'copy' if len(copies) == 1 else 'copies'} of files read: each names its original in "
+                "its Source Image Sequence and lies where it lies (a slice sent again after lossy compression); the "
+                "originals are read"
+            )
+            moved.append(replace(item, evidence=evidence, files=copies))
+        return replace(self, used=tuple(used), left_out=(*self.left_out, *moved))
 
     def describe_used(self) -> str:
         """ASCII, no descriptions: ``FLAIR=5; T1 pre-contrast=3; T1 post-contrast=7`` (for a response header)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,8 +49,8 @@ class SeriesPlan:
     cost_bytes: int
     choice: SeriesChoice = field(default_factory=SeriesChoice)
     copies: dict[int, tuple[int, DicomHeader]] = field(default_factory=dict)
-    """Files left out as copies of a file read (`leave_out_copies_of_read_files`): index -> (the original's index,
-    the copy's header), read instead when the original does not decode."""
+    """Files left out as copies of a file read (`copies_of_read_files`): index -> (the original's index, the copy's
+    header), read instead when the original does not decode."""
 
     @property
     def file_errors(self) -> dict[int, ServiceError]:
@@ -60,7 +60,7 @@ class SeriesPlan:
     def header_bytes(self) -> int:
         """The part of `cost_bytes` the parsed headers hold already (counted in `app.memory_budget.HeaderMemory`
         while they were read); the rest is what decoding will take."""
-        return held_header_bytes(self.headers) + sum(header.header_bytes for _, header in self.copies.values())
+        return held_header_bytes(self.headers)
 
 
 def held_header_bytes(headers: Sequence[DicomHeader | ServiceError]) -> int:
@@ -184,9 +184,9 @@ def plan_headers(
     """
     max_slices = limits.max_request_slices if max_slices is None else max_slices
     choice = choose_series(headers, rules)
-    used = choice.used_files
-    copies = leave_out_copies_of_read_files(headers, used)
-    used = used - {index for index, item in enumerate(headers) if isinstance(item, ServiceError)}
+    copies = copies_of_read_files(headers, choice.used_files)
+    choice = choice.without_copies({index: original for index, (original, _) in copies.items()})
+    used = choice.used_files - {index for index, item in enumerate(headers) if isinstance(item, ServiceError)}
     chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
     slices = count_slices(chosen, at_most=max_slices)
     if max_slices is not None and slices > max_slices:
@@ -203,18 +203,17 @@ def plan_headers(
     # then every slice gets a mask at the size of its frames.
     cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
     cost += mask_bytes([max((item.rows * item.columns for item in readable), default=0)] * slices)
-    cost += held_header_bytes(headers)  # every header read is held until the answer
-    cost += sum(header.header_bytes for _, header in copies.values())  # the copies' too, in case they are read
+    cost += held_header_bytes(headers)  # every header read is held until the answer, the copies' too
     check_request_cost(cost, len(readable), limits)
     return SeriesPlan(headers, slices, cost, choice, copies)
 
 
-def leave_out_copies_of_read_files(
-    headers: list[DicomHeader | ServiceError], used: Collection[int]
+def copies_of_read_files(
+    headers: Sequence[DicomHeader | ServiceError], used: Collection[int]
 ) -> dict[int, tuple[int, DicomHeader]]:
-    """Put an error in place of each used file that is a copy of another used file: it names that file in its
-    Source Image Sequence, directly or through other copies (A <- B <- C), and lies where it lies in its series.
-    The original is read instead.
+    """The used files that are copies of another used file: each names that file in its Source Image Sequence,
+    directly or through other copies (A <- B <- C), and lies where it lies in its series (every frame). The flow
+    leaves them out (`SeriesChoice.without_copies`) and reads the originals.
 
     A slice sent again after lossy compression must have a new SOP Instance UID (PS3.3 C.7.6.1.1.5) and names its
     original there: a PACS that archived a series lossy and forwards it beside the original gives two files at each
@@ -246,11 +245,9 @@ def leave_out_copies_of_read_files(
             continue  # in a loop: no file of it is the original
         roots = reached - set(names)  # files that name no other: the originals
         original = min(roots or reached)
-        copies[index] = (original, headers[index])  # a DicomHeader: only those name files here
-        headers[index] = InvalidDicomImageError(
-            f"the file is a copy of {request_file(original)}, which it names in its Source Image Sequence (as a "
-            "slice sent again after lossy compression does): the original is read, not the copy"
-        )
+        header = headers[index]
+        if isinstance(header, DicomHeader):  # always: only headers name files here
+            copies[index] = (original, header)
     return copies
 
 
@@ -266,14 +263,22 @@ def _reached(start: set[int], names: Mapping[int, set[int]]) -> set[int]:
 
 
 def _same_place(first: DicomHeader, second: DicomHeader) -> bool:
-    """Whether two single-frame files lie at one slice position (or neither says where): a copy lies where its
-    original does, while a derived image elsewhere in the series that names a source is a slice of its own."""
-    if first.frames != 1 or second.frames != 1:
+    """Whether two files lie where each other lies, frame by frame (or neither says where): a copy lies where its
+    original does, while a derived image elsewhere in the series that names a source is a slice of its own. A
+    multi-frame object (a 3D FLAIR archived as one Enhanced MR) and its copy too (interop review 37: only single-frame
+    copies were left out, and the multi-frame pair was refused)."""
+    if first.frames != second.frames:
         return False
     try:
-        place, other = frame_placement(first.dataset, 0), frame_placement(second.dataset, 0)
+        places = [(frame_placement(first.dataset, i), frame_placement(second.dataset, i)) for i in range(first.frames)]
     except ServiceError:
         return False
+    return all(_same_position(place, other) for place, other in places)
+
+
+def _same_position(place: tuple, other: tuple) -> bool:
+    """Two `frame_placement`s: one Frame of Reference and positions within `POSITION_TOLERANCE_MM`, or no position
+    for either."""
     if place[1] is None or other[1] is None:
         return place[1] is None and other[1] is None
     return place[0] == other[0] and all(
@@ -367,8 +372,18 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     if unreadable is not None and flair is not None:
         choice = choice.flair_alone(f"none of a T1 series' files could be read ({unreadable})")
         frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
+    paired, orphans = frames, 0
+    if len(choice.used) == 3 and flair is not None:
+        paired, orphans = _without_t1_frames_where_flair_has_none(frames, flair.series_instance_uid)
     try:
-        return SeriesUploads(prepare_inputs(frames, choice.channel_series), errors, choice)
+        inputs = prepare_inputs(paired, choice.channel_series)
+        if orphans:
+            note = (
+                f"{orphans} T1 {'frame' if orphans == 1 else 'frames'} at positions where no FLAIR slice was read "
+                "left out (a FLAIR file missing or unreadable there: that slice is missing from the result)"
+            )
+            choice = replace(choice, notes=(*choice.notes, note))
+        return SeriesUploads(inputs, errors, choice)
     except InvalidDicomImageError as error:
         flair = choice.flair
         if len(choice.used) != 3 or flair is None:
@@ -376,6 +391,29 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message})")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         return SeriesUploads(prepare_inputs(flair_frames, choice.channel_series), errors, choice)
+
+
+def _without_t1_frames_where_flair_has_none(
+    frames: list[DicomFrame], flair_series: str
+) -> tuple[list[DicomFrame], int]:
+    """`frames` without the T1 frames lying where no FLAIR frame does, and how many those were.
+
+    Interop review 37: one FLAIR file missing (or unreadable) left its position's two T1 frames unpaired, and every
+    slice of the series was read FLAIR alone, with a note blaming the geometry. Leaving those frames out pairs every
+    other position. A frame without a position is kept (it cannot be placed: pairing fails as before)."""
+    places = SlicePlaces()
+    placed = [
+        places.place(frame.frame_of_reference_uid, frame.image_position, frame.image_orientation) for frame in frames
+    ]
+    flair_places = {
+        place for frame, place in zip(frames, placed, strict=True) if frame.series_instance_uid == flair_series
+    }
+    kept = [
+        frame
+        for frame, place in zip(frames, placed, strict=True)
+        if frame.series_instance_uid == flair_series or frame.image_position is None or place in flair_places
+    ]
+    return kept, len(frames) - len(kept)
 
 
 def _unreadable_t1_reason(choice: SeriesChoice, errors: Mapping[int, ServiceError]) -> str | None:

@@ -187,6 +187,37 @@ def test_a_lossy_copy_of_a_series_beside_its_original_leaves_the_original_analys
     assert set(read_segmentation_masks(seg)) == {original.SOPInstanceUID for original in series}
 
 
+def test_lossy_copies_after_their_analysed_originals_change_no_result(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 37: copies that came after their originals were analysed were counted as files not read; the
+    study was analysed again, and a revised SEG and SR said its slices were missing from the result."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    first = {dataset.SOPInstanceUID for dataset in results.received}
+    copies = []
+    for original in series:
+        copy = pydicom.dcmread(write_files([original], tmp_path / "copy")[0])
+        source = Dataset()
+        source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
+        copy.SourceImageSequence = [source]
+        copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        copy.LossyImageCompression = "01"
+        copies.append(copy)
+
+    assert storescu(node, write_files(copies, tmp_path / "copies")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    assert len(first) == 2 and {dataset.SOPInstanceUID for dataset in results.received} == first  # the same objects
+    assert not any(dataset.SeriesDescription.endswith(" - revised") for dataset in results.received)
+    last = record(node)["runs"][-1]
+    assert last["status"] == "analysed" and not any("not read" in note for note in last["summary"]["notes"])
+
+
 def flair_and_a_late_slice() -> tuple[Study, list[Dataset], Dataset]:
     """A new study's three FLAIR slices, and a fourth slice of the same series, to send after them."""
     study, series_uid = Study(), generate_uid()

@@ -214,7 +214,11 @@ def test_a_chain_of_copies_is_left_out_whatever_order_it_comes_in(
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert sorted(order[error["index"]] for error in body["file_errors"]) == [1, 2]
+    assert body["file_errors"] == []
+    (copies,) = body["series_left_out"]
+    assert (
+        sorted(order[index] for index in copies["files"]) == [1, 2] and "2 copies of files read" in copies["evidence"]
+    )
     assert len(body["slices"]) == 3
 
 
@@ -309,11 +313,13 @@ def test_lossy_copies_beside_their_originals_are_left_out_and_the_originals_read
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [error["index"] for error in body["file_errors"]] == [0, 4, 5]
-    assert body["file_errors"][0]["error"]["message"] == (
-        "the file is a copy of the request's file at index 1 (file 2 as sent), which it names in its Source Image "
-        "Sequence (as a slice sent again after lossy compression does): the original is read, not the copy"
-    )
+    # Left out, not unreadable (interop review 37: counted as files not read, they made a study's note say slices
+    # were missing from its result).
+    assert body["file_errors"] == []
+    (left_out,) = body["series_left_out"]
+    assert left_out["role"] == "FLAIR" and left_out["files"] == [0, 4, 5]
+    assert left_out["evidence"].startswith("3 copies of files read: each names its original in its Source Image")
+    assert [item["files"] for item in body["series_used"]] == [[1, 2, 3]]
     for item, reference in zip(body["slices"], expected, strict=True):
         assert_matches(item["prediction"], reference)
 
@@ -759,3 +765,31 @@ def test_a_japanese_series_gets_its_seg_and_sr_with_the_patient_name_intact(clie
     for _, data in multipart_parts(response):
         found = pydicom.dcmread(io.BytesIO(data))
         assert found.SpecificCharacterSet == "ISO_IR 192" and str(found.PatientName) == name
+
+
+def test_a_multi_frame_object_beside_its_lossy_copy_is_read_once(client: TestClient) -> None:
+    """Interop review 37: a 3D FLAIR archived as one Enhanced MR object and forwarded beside its lossy copy got a
+    400 ("2 frames lie at one slice position"): only single-frame copies were left out."""
+    original = to_bytes(legacy_multiframe(mr_series(tumor_channels())))
+    alone = client.post("/v1/predict/batch", files=dicom_parts([original]))
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([lossy_copy(original, original), original]))
+
+    assert alone.status_code == response.status_code == 200, response.text
+    body = response.json()
+    assert body["file_errors"] == [] and [item["files"] for item in body["series_left_out"]] == [[0]]
+    assert [item["prediction"] for item in body["slices"]] == [item["prediction"] for item in alone.json()["slices"]]
+
+
+def test_a_multi_frame_object_is_no_copy_of_one_whose_frames_lie_elsewhere(client: TestClient) -> None:
+    """A derived multi-frame object whose frames lie elsewhere (another slab) is no copy: both are read."""
+    original = legacy_multiframe(mr_series(tumor_channels()))
+    shifted = pydicom.dcmread(io.BytesIO(lossy_copy(to_bytes(original), to_bytes(original))))
+    for group in shifted.PerFrameFunctionalGroupsSequence:
+        position = group.PlanePositionSequence[0]
+        position.ImagePositionPatient = [*position.ImagePositionPatient[:2], position.ImagePositionPatient[2] + 100.0]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(original), to_bytes(shifted)]))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["series_left_out"] == [] and len(response.json()["slices"]) == 6

@@ -274,6 +274,29 @@ def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predic
     assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
 
 
+@pytest.mark.parametrize("missing", [0, 1, 2])
+def test_a_flair_slice_missing_leaves_out_only_the_t1_frames_beside_it(
+    client: TestClient, predictor: Predictor, missing: int
+) -> None:
+    """Interop review 37: one FLAIR file missing (or unreadable) left its two T1 frames unpaired, and every slice
+    was read FLAIR alone, with a note blaming the slices' geometry."""
+    series = named_study()
+    flair = [item for index, item in enumerate(series["flair"]) if index != missing]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *flair, *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
+    (note,) = body["selection_notes"]
+    assert note.startswith("2 T1 frames at positions where no FLAIR slice was read left out")
+    kept = {
+        "flair": flair,
+        **{role: [item for i, item in enumerate(series[role]) if i != missing] for role in ("pre", "post")},
+    }
+    assert_same_as(body, three_channel_reference(predictor, kept))
+
+
 def test_t1_series_that_cannot_be_decoded_leave_flair_alone_with_the_files_reason(
     client: TestClient, tmp_path: Path
 ) -> None:
