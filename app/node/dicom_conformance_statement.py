@@ -231,6 +231,9 @@ def _c_store_scp() -> list[str]:
                 "a UID is missing or malformed | what is wrong |",
                 f"| `{STATUS_CANNOT_UNDERSTAND:04X}` Cannot Understand | a header or pixel data the service cannot "
                 "read (pixel data not laid out as its transfer syntax says: native pixels on a compressed context), "
+                "a Patient ID that breaks its value type otherwise than by its length (the results could not carry "
+                "it), an instance sent again under the UID of one kept whose pixel data does not decode (the copy kept "
+                "stays; a first copy's pixels are decoded only at analysis), "
                 f"or an object of an MR class ({', '.join(UID(uid).name for uid in MR_CLASSES)}) whose "
                 "Modality is not MR | what is wrong, without the file's values |",
             ],
@@ -242,8 +245,9 @@ def _c_store_scp() -> list[str]:
         "study whose instances changed after its analysis (another pixel value, a corrected attribute; a lossy",
         "re-compression that keeps the SOP Instance UIDs changes pixel values) is analysed again, its new results",
         "superseding the earlier ones (below). A lossy copy under new SOP Instance UIDs, as the standard requires,",
-        "names its original in its Source Image Sequence: where the original is there too, the copy is left out and",
-        "the original analysed.",
+        "names its original in its Source Image Sequence: where the original is there too (single- or multi-frame,",
+        "lying where it lies), the copy is left out and the original analysed; copies that come after their",
+        "originals were analysed give the same results again (same UIDs), not a revision.",
         "",
     ]
 

@@ -104,6 +104,7 @@ from app.node.dicom_received_instance import (
     DiscardedDataSet,
     InstanceNotKeptError,
     InstanceRefusedError,
+    check_replacement_decodes,
     checked_instance,
     received_bytes,
     register_private_classes,
@@ -356,6 +357,8 @@ class DicomNode:
                 str(request.AffectedSOPInstanceUID or ""),
                 self.config.spool_limits.max_instance_bytes,
             )
+            if self.spool.holds_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid):
+                check_replacement_decodes(data, self.config.spool_limits.max_instance_bytes)
             key = self.spool.store_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid, data)
         except InstanceTooLargeError as error:
             return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error))

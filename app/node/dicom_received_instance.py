@@ -63,9 +63,9 @@ from pynetdicom.sop_class import (
     register_uid,
 )
 
-from app.dicom.dicom_conformance import is_uid
+from app.dicom.dicom_conformance import invalid_values_not_copied_as_is, is_uid
 from app.dicom.dicom_header import read_dicom_header
-from app.dicom.dicom_input import check_frame_attributes, check_pixel_data_element
+from app.dicom.dicom_input import check_frame_attributes, check_pixel_data_element, decode_dicom
 from app.errors import (
     ColourDicomError,
     DicomWithoutPixelDataError,
@@ -226,7 +226,34 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     for name, value in required:
         if not is_uid(value):
             raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing or not a UID")
+    if invalid_values_not_copied_as_is(dataset, ["PatientID"]):
+        # The SEG and SR file the results under it: one broken otherwise than by its length refuses both, so the
+        # study would fail once processed and nothing be sent (interop reviews 35 and 37).
+        raise InstanceRefusedError(
+            STATUS_CANNOT_UNDERSTAND, "Patient ID breaks its value type (two values, a control character...)"
+        )
     return ReceivedInstance(study_uid, str(dataset.get("PatientID", "") or ""), uid(sop_instance_uid))
+
+
+def check_replacement_decodes(data: bytes, max_bytes: int) -> None:
+    """Refuse an instance sent again under the SOP Instance UID of one kept already unless its pixels decode.
+
+    Interop review 37: a corrupt re-send (damaged HTJ2K code blocks behind intact markers) was answered Success and
+    replaced the readable copy; the study was analysed again without that slice, and worse results sent as revised.
+    Only a replacement is decoded here: it costs a decoding per re-sent file, not per file.
+
+    Raises
+    ------
+    InstanceRefusedError
+        C000, with the decoder's reason (no value of the instance), the copy kept before left as it was.
+    """
+    try:
+        decode_dicom(read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes))
+    except ServiceError as error:
+        raise InstanceRefusedError(
+            STATUS_CANNOT_UNDERSTAND,
+            without_found_values(f"{error.message}; the copy received before is kept"),
+        ) from error
 
 
 def without_found_values(message: str) -> str:

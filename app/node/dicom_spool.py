@@ -200,14 +200,21 @@ class Spool:
             )
         return None
 
+    def holds_instance(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str) -> bool:
+        """Whether a copy of the instance is kept already (one sent before under its SOP Instance UID)."""
+        return self._instance_path(study_key(study_instance_uid, patient_id), sop_instance_uid).is_file()
+
+    def _instance_path(self, key: str, sop_instance_uid: str) -> Path:
+        instances = self.study_dir(key) / "instances"
+        return instances / (hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm")
+
     def store_instance(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str, data: bytes) -> str:
         """Keep one received instance (Part 10 bytes) and mark its study pending; return the study key.
 
         Raises `SpoolFullError` (nothing written) when the instance would break a limit of `SpoolLimits`.
         """
         key = study_key(study_instance_uid, patient_id)
-        instances = self.study_dir(key) / "instances"
-        path = instances / (hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm")
+        path = self._instance_path(key, sop_instance_uid)
         # Room is reserved and the study marked pending (so a purge leaves it alone) under the lock; the slow,
         # flushed write happens outside it, so concurrent associations store side by side; but one instance is
         # written by one association at a time. Before, the same SOP Instance UID sent on several associations at

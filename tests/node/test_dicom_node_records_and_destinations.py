@@ -24,7 +24,7 @@ from app.node.dicom_sender import Destination
 from app.node.dicom_spool import SpoolLimits
 from app.node.node_config import NodeConfig
 from app.study_analysis import ModelStudyProcessor
-from tests.dicom.builders import PATIENT_ID, mr_series, tumor_channels, write_files
+from tests.dicom.builders import PATIENT_ID, mr_series, tumor_channels, with_broken_rle, write_files
 from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
@@ -259,8 +259,9 @@ def bad_rescale_text(instance: Any) -> None:
         (bad_rescale_text, "RescaleSlope must be a decimal number"),
         (lambda instance: setattr(instance, "RescaleSlope", 0.0), "RescaleSlope must not be 0"),
         (lambda instance: setattr(instance, "BitsStored", 17), "DICOM BitsStored (0028,0101) must be 1 to"),
+        (lambda instance: setattr(instance, "PatientID", "AB\\CD"), "Patient ID breaks its value type"),
     ],
-    ids=["position-of-two", "orientation-of-zeros", "slope-text", "slope-zero", "bits-stored-over-allocated"],
+    ids=["position-of-two", "orientation-of-zeros", "slope-text", "slope-zero", "bits-stored-over-allocated", "id"],
 )
 def test_a_resent_instance_that_processing_would_refuse_is_refused_and_the_stored_copy_kept(
     make_node: Any, spoil: Any, comment: str
@@ -435,3 +436,19 @@ def test_native_pixels_under_a_compressed_transfer_syntax_are_refused_when_they_
         assert answer.Status == 0xC000
         assert str(answer.ErrorComment).startswith("DICOM pixel data is not encapsulated")
     assert list((node.spool.root / "studies").glob("*/instances/*.dcm")) == []
+
+
+def test_a_resent_instance_whose_pixels_do_not_decode_is_refused_and_the_stored_copy_kept(make_node: Any) -> None:
+    """Interop review 37: a corrupt re-send (its header sound, its pixel data not) was answered Success and replaced
+    the readable copy; the study was analysed again without that slice."""
+    node = make_node()
+    instance = mr_series(tumor_channels()[:1])[0]
+    assert store_dataset(node.config.port, instance).Status == 0x0000
+    (stored,) = (node.spool.root / "studies").glob("*/instances/*.dcm")
+    good_copy = stored.read_bytes()
+
+    answer = store_dataset(node.config.port, with_broken_rle(instance))
+
+    assert answer.Status == 0xC000
+    assert str(answer.ErrorComment).startswith("DICOM pixel data cannot be decoded")
+    assert stored.read_bytes() == good_copy
