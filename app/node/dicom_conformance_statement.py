@@ -17,10 +17,16 @@ from typing import Any
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage, Verification
+from pynetdicom.sop_class import (
+    ComprehensiveSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    SegmentationStorage,
+    Verification,
+)
 
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
 from app.dicom.dicom_sr import REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
+from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, REJECTION_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION
 from app.node.dicom_node import MAX_PDU_BYTES
@@ -37,7 +43,7 @@ from app.node.dicom_received_instance import (
 )
 from app.settings import MIB, Settings
 
-RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage)
+RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
 RESULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # as `app.node.dicom_sender` proposes them
 
 
@@ -269,7 +275,8 @@ def _association_initiation() -> list[str]:
         f"destination is retried `DICOM_NODE_SEND_RETRIES` ({_default('dicom_node_send_retries')}) times with",
         "exponential backoff, then again on later passes. Every attempt is recorded in the spool's `sent.jsonl`.",
         "Results a destination has not yet received when a later analysis of the study supersedes them are not",
-        "sent to it: it gets the later results only.",
+        "sent to it: it gets the later results only. A destination that does not accept Key Object Selection gets",
+        "the SEG and SR without the rejection note (below); the results count as delivered.",
         "",
     ]
 
@@ -297,6 +304,11 @@ def _objects_created() -> list[str]:
         "  SEGs as evidence. A report that supersedes an earlier one names it in its Predecessor Documents Sequence,",
         "  and it and its SEG have UIDs of their own (the same findings as an older run make new objects) and Series",
         f'  Descriptions ending in "{REVISED_SUFFIX}" (same Series Numbers); both carry Series Date and Time.',
+        f"- **Key Object Selection** (rejection note, IHE IOCM), series number {REJECTION_SERIES_NUMBER}, Series",
+        f'  Description "{REJECTION_SERIES_DESCRIPTION}", Document Title (113001, DCM, "Rejected for Quality',
+        '  Reasons"): sent with results that supersede earlier ones, listing the earlier SEGs and SR that the new',
+        "  results do not send again (C-STORE cannot delete them: a revision that turned a study negative left the",
+        "  earlier SEG standing). An archive that implements IOCM withdraws them; others keep it as a key object note.",
         "",
     ]
 

@@ -85,13 +85,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
 from app.backoff import doubling_wait
 from app.dicom.dicom_sr import supersede_earlier_reports
+from app.dicom.rejection_note import build_rejection_note
+from app.errors import ServiceError
 from app.logging_config import os_error_name
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, TimedAssociationServer
 from app.node.dicom_received_instance import (
@@ -641,6 +645,9 @@ class DicomNode:
         if previous is not None and analysis.datasets:  # the report names the one it replaces; new UIDs for all
             predecessors = earlier_reports(previous, built_report_uid)
             supersede_earlier_reports(analysis.datasets, reports(predecessors))
+            note = self._rejection_note(key, previous, analysis.datasets, built_report_uid)
+            if note is not None:
+                analysis.datasets.append(note)
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
             status=analysis.status,
@@ -680,6 +687,40 @@ class DicomNode:
             "study processed",
             extra={"fields": {"study_key": key, "status": analysis.status, "results": len(results)}},
         )
+
+    def _rejection_note(
+        self, key: str, previous: dict[str, Any], datasets: list[Dataset], built_report_uid: str | None
+    ) -> Dataset | None:
+        """The note that rejects the SEGs and SRs of `previous` that the new results do not send again
+        (`app.dicom.rejection_note`): C-STORE cannot delete them at the destination (interop review 37: a revision
+        turned negative left the earlier SEG as the study's only one).
+
+        The same findings as `previous` (a series the models do not read arrived) make `previous`'s results again,
+        its note included. None when there is nothing to reject, when no destination had received `previous`'s
+        results yet (they are never sent now: `supersede_undelivered`), or when their files are gone (purged)."""
+        folder = self.spool.study_dir(key) / "results" / str(previous["run_id"])
+        results = previous.get("results", [])
+        same_findings = built_report_uid is not None and previous.get("built_report_uid") == built_report_uid
+        if not same_findings and not any(state.get("status") == "sent" for state in previous.get("sent", {}).values()):
+            return None
+        sent_again = {str(dataset.SOPInstanceUID) for dataset in datasets}
+        stale = [
+            result
+            for result in results
+            if result.get("modality") in ("SEG", "SR") and result.get("sop_instance_uid") not in sent_again
+        ]
+        try:
+            if same_findings:
+                notes = [result for result in results if result.get("modality") == "KO"]
+                return pydicom.dcmread(folder / notes[0]["file"]) if notes else None
+            rejected = [pydicom.dcmread(folder / result["file"], stop_before_pixels=True) for result in stale]
+            return build_rejection_note(rejected, {}, "dicom-node") if rejected else None
+        except (OSError, ServiceError, InvalidDicomError) as error:
+            logger.warning(
+                "earlier results not rejected: no rejection note made",
+                extra={"fields": {"study_key": key, "error": type(error).__name__}},
+            )
+            return None
 
     # -- sending ---------------------------------------------------------------------------------------------
 

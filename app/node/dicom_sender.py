@@ -29,7 +29,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, KeyObjectSelectionDocumentStorage
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
@@ -280,10 +280,18 @@ def _accepted(association: Association) -> bool:
     return answer is not None and answer.result == 0x00
 
 
+OPTIONAL_CLASSES = frozenset({KeyObjectSelectionDocumentStorage})
+"""What a destination may decline without the results counting undelivered: a rejection note
+(`app.dicom.rejection_note`) helps an archive that implements IHE IOCM, and the SEG and SR stand without it."""
+
+
 def _store(association: Any, dataset: Dataset, accepted: set[str]) -> str:
-    """C-STORE one dataset: "" if stored, otherwise why not."""
+    """C-STORE one dataset: "" if stored (or declined as `OPTIONAL_CLASSES` may be), otherwise why not."""
     modality = str(dataset.get("Modality", "result"))
     if str(dataset.SOPClassUID) not in accepted:
+        if str(dataset.SOPClassUID) in OPTIONAL_CLASSES:
+            logger.info("the destination accepts no rejection note (Key Object Selection): not sent")
+            return ""
         return f"destination accepts no {modality} (its SOP class was not accepted)"
     try:
         status = association.send_c_store(dataset)

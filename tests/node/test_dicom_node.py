@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
@@ -30,6 +31,7 @@ from tests.dicom.builders import (
     htj2k_lossless,
     mr_dataset,
     mr_series,
+    to_bytes,
     tumor_channels,
     write_files,
 )
@@ -295,8 +297,10 @@ def test_a_series_the_models_do_not_read_after_a_supersede_makes_the_same_result
     runs = record(node)["runs"]
     assert len(runs) == 4
     made = [{result["sop_instance_uid"] for result in run["results"]} for run in runs]
-    assert made[0] != made[1] == made[2] == made[3]  # the late slice changed the masks; the others did not
-    assert {dataset.SOPInstanceUID for dataset in results.received} == made[0] | made[1]
+    assert made[0] != made[1] == made[2] == made[3]  # the late slice changed the masks (and its note); the others not
+    notes = {result["sop_instance_uid"] for result in runs[1]["results"] if result["modality"] == "KO"}
+    assert len(notes) == 1  # the rejection note, which this destination does not accept
+    assert {dataset.SOPInstanceUID for dataset in results.received} == (made[0] | made[1]) - notes
 
 
 def test_restart_mid_series_loses_no_instance(
@@ -499,3 +503,56 @@ def test_a_series_compressed_by_dcmtk_is_kept_and_gives_the_masks_of_its_uncompr
     for slice_input, prediction in zip(expected.inputs, expected.predictions, strict=True):
         mask = prediction.mask if prediction.mask is not None else np.zeros((256, 256), np.uint8)
         np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], mask)
+
+
+def test_a_revision_that_turns_negative_sends_a_rejection_note_for_the_earlier_seg_and_sr(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 37: C-STORE cannot delete; after a corrected series turned a study negative, the earlier SEG
+    stayed the study's only SEG, nothing marking it withdrawn. The revision now comes with an IHE IOCM rejection
+    note (Key Object Selection, 113001 "Rejected for Quality Reasons") listing the earlier SEG and SR."""
+    store = ResultStore(free_port(), (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage))
+    try:
+        node = make_node(destination_port=store.port)
+        series = mr_series(tumor_channels())
+        assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+        clock.advance(QUIET_SECONDS)
+        process_and_send(node)
+        (first_seg,), (first_sr,) = store.by_modality("SEG"), store.by_modality("SR")
+        for dataset in series:  # corrected: one bright pixel, nothing the threshold models call tumor
+            corrected = np.zeros_like(dataset.pixel_array)
+            corrected[0, 0] = 255
+            dataset.PixelData = corrected.tobytes()
+
+        assert storescu(node, write_files(series, tmp_path / "corrected")).returncode == 0
+        clock.advance(QUIET_SECONDS)
+        process_and_send(node)
+
+        assert len(store.by_modality("SEG")) == 1 and len(store.by_modality("SR")) == 2  # negative: no new SEG
+        (note,) = store.by_modality("KO")
+        rejected = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in note.ContentSequence}
+        assert rejected == {first_seg.SOPInstanceUID, first_sr.SOPInstanceUID}
+        assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
+        assert (note.PatientID, note.StudyInstanceUID) == (first_seg.PatientID, first_seg.StudyInstanceUID)
+        assert dciodvfy_errors(to_bytes(note), "KeyObjectSelectionDocument") == []
+    finally:
+        store.close()
+
+
+def test_a_destination_without_key_object_selection_still_gets_the_revision(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """The rejection note is optional: a destination that accepts SEG and SR only has the revision delivered."""
+    node = make_node()
+    study, first_three, late = flair_and_a_late_slice()
+    assert storescu(node, write_files(first_three, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    assert storescu(node, write_files([late], tmp_path / "late")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    assert [len(results.by_modality(modality)) for modality in ("SEG", "SR", "KO")] == [2, 2, 0]
+    last = record(node)["runs"][-1]
+    assert [result["modality"] for result in last["results"]] == ["SEG", "SR", "KO"]
+    assert {state["status"] for state in last["sent"].values()} == {"sent"}

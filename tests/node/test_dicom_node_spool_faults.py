@@ -158,6 +158,7 @@ def test_a_destination_down_while_a_study_was_analysed_twice_gets_the_later_resu
     assert [state["status"] for state in first["sent"].values()] == ["superseded"]
     assert [state["status"] for state in second["sent"].values()] == ["sent"]
     assert int(seg.NumberOfFrames) == 3  # the whole series, not the first two slices
+    assert [result["modality"] for result in second["results"]] == ["SEG", "SR"]  # nothing received to reject
     assert report.SOPInstanceUID == second["results"][-1]["sop_instance_uid"]
     assert node.spool.unsent_studies() == []
 

@@ -1,0 +1,61 @@
+"""The rejection note (IHE IOCM Key Object Selection) that withdraws superseded results: what it names, its UIDs."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+
+from app.dicom.dicom_seg import build_segmentation, part10_bytes
+from app.dicom.dicom_series import prepare_inputs
+from app.dicom.dicom_sr import VolumeFindings, build_volume_report
+from app.dicom.rejection_note import REJECTION_SERIES_NUMBER, build_rejection_note
+from app.errors import ReportInputError
+from tests.conftest import TUMOR_SERIES, read_truth
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.dicom.reading import read_dicom
+from tests.dicom.validation import dciodvfy_errors
+
+MODEL_TAGS = {"classifier": "cnn@1.2.3", "segmenter": "resunet@3.4.5"}
+
+
+@pytest.fixture(scope="module")
+def results() -> list[pydicom.Dataset]:
+    """A SEG and its SR, read back as the node keeps them (headers only)."""
+    inputs = prepare_inputs(
+        [frame for dataset in mr_series(tumor_channels()) for frame in read_dicom(to_bytes(dataset))]
+    )
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, [seg])
+    return [
+        pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for data in (part10_bytes(seg), to_bytes(report))
+    ]
+
+
+def test_the_note_names_each_rejected_object_under_the_iocm_title(results: list[pydicom.Dataset]) -> None:
+    note = build_rejection_note(results, MODEL_TAGS, "dicom-node")
+
+    referenced = [item.ReferencedSOPSequence[0] for item in note.ContentSequence]
+    assert [(ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) for ref in referenced] == [
+        (result.SOPClassUID, result.SOPInstanceUID) for result in results
+    ]
+    title = note.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator) == ("113001", "DCM")
+    assert (note.Modality, note.SeriesNumber) == ("KO", REJECTION_SERIES_NUMBER)
+    assert (note.PatientID, note.StudyInstanceUID) == (results[0].PatientID, results[0].StudyInstanceUID)
+    assert dciodvfy_errors(to_bytes(note), "KeyObjectSelectionDocument") == []
+
+
+def test_the_same_objects_rejected_again_give_the_same_note(results: list[pydicom.Dataset]) -> None:
+    first, again = build_rejection_note(results, MODEL_TAGS), build_rejection_note(list(reversed(results)), MODEL_TAGS)
+    fewer = build_rejection_note(results[:1], MODEL_TAGS)
+
+    assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (again.SeriesInstanceUID, again.SOPInstanceUID)
+    assert first.SOPInstanceUID != fewer.SOPInstanceUID
+
+
+def test_a_note_needs_something_to_reject() -> None:
+    with pytest.raises(ReportInputError, match="at least one object"):
+        build_rejection_note([], MODEL_TAGS)
