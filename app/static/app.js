@@ -896,9 +896,18 @@ function describeSeriesChoice(answer) {
   };
   const used = answer.series_used ?? [];
   const leftOut = answer.series_left_out ?? [];
+  // Files left out of a series that is read (copies of files read) would look like the series itself left out:
+  // they are named apart, with the server's reason.
+  const partOfUsed = (use) => used.some((item) => item.role === use.role
+    && item.series_number === use.series_number && item.series_description === use.series_description);
+  const otherSeries = leftOut.filter((use) => !partOfUsed(use));
   const parts = [`Series read: ${used.length ? used.map(named).join(", ") : "none"}.`];
-  if (leftOut.length) {
-    parts.push(`Left out: ${leftOut.map(named).join(", ")}.`);
+  if (otherSeries.length) {
+    parts.push(`Left out: ${otherSeries.map(named).join(", ")}.`);
+  }
+  for (const use of leftOut.filter(partOfUsed)) {
+    const number = use.series_number === null ? "no series number" : `series ${use.series_number}`;
+    parts.push(`${plural(use.files.length, "file")} left out of ${use.role} (${number}): ${use.evidence}.`);
   }
   parts.push(...(answer.selection_notes ?? []).map((note) => `${note}.`));
   return parts.join(" ");

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -303,6 +304,30 @@ def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: s
 
     upload(page, RASTER_SERIES)  # PNG/JPEG/TIFF: no series to choose among
     expect(page.locator("#series-choice")).to_be_hidden()
+
+
+def test_copies_left_out_of_the_series_read_are_told_apart_from_a_series_left_out(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """A lossy copy of a file read is left out of its series, which is read: the page said "Left out: FLAIR (series 2,
+    …, 1 file)" beside "Series read: FLAIR (series 2, …)", as if the series read were also left out."""
+    flair = mr_series(tumor_channels(), series_number=2, series_description="AX FLAIR")
+    lossy = copy.deepcopy(flair[1])
+    source = pydicom.Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = flair[1].SOPClassUID, flair[1].SOPInstanceUID
+    lossy.SourceImageSequence = [source]
+    lossy.SOPInstanceUID = lossy.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    paths = write_series([*flair, lossy], tmp_path)
+    page.goto(live_server)
+
+    answer = upload(page, paths)
+
+    (left_out,) = answer["series_left_out"]
+    assert (left_out["role"], left_out["files"]) == ("FLAIR", [3])
+    expect(page.locator("#series-choice")).to_have_text(
+        "Series read: FLAIR (series 2, “AX FLAIR”, 3 files). "
+        f"1 file left out of FLAIR (series 2): {left_out['evidence']}."
+    )
 
 
 def test_a_repeated_dicom_instance_is_not_counted_as_read(page: Page, live_server: str, tmp_path: Path) -> None:
