@@ -372,15 +372,16 @@ def series_volume_report(
 
 
 @dataclass(frozen=True)
-class ReportReference:
-    """An earlier report of the same study, as a record keeps it: enough to name it as a predecessor."""
+class ResultReference:
+    """An earlier result (SR or SEG) of the same study, as a record keeps it: enough to name it as a predecessor
+    (`supersede_earlier_reports`) or to reject it (`app.dicom.rejection_note`)."""
 
     series_instance_uid: str
     sop_class_uid: str
     sop_instance_uid: str
 
 
-def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[ReportReference]) -> None:
+def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[ResultReference]) -> None:
     """Make a run's results (its SEGs, then its report, last) supersede the earlier reports of its study: the report
     names them (Predecessor Documents Sequence, SR Document General Module), so that a PACS or viewer showing both
     can tell which is current, and every result gets UIDs of its own.
@@ -417,7 +418,7 @@ def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[Repo
     report.walk(refer_to_renewed)  # its SEG references (content items, evidence) follow the SEGs' new UIDs
 
 
-def _predecessor_item(report: Dataset, reference: ReportReference) -> Dataset:
+def _predecessor_item(report: Dataset, reference: ResultReference) -> Dataset:
     """One Predecessor Documents Sequence item: the earlier report, in the report's own study."""
     instance = Dataset()
     instance.ReferencedSOPClassUID = reference.sop_class_uid

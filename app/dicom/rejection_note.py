@@ -7,6 +7,11 @@ the study, with nothing to say it was withdrawn (interop review 37). The note li
 the Document Title (113001, DCM, "Rejected for Quality Reasons"), which an archive that implements IHE IOCM hides or
 deletes, and a viewer shows as a key object selection otherwise. Its UIDs come from what it rejects
 (`app.dicom.result_uids`): the same objects rejected again give the same note.
+
+It is made from the UIDs a record keeps of the rejected objects (`ResultReference`), not from their files: a
+correction sent after the node purged its earlier results still rejects them (review 38). Its patient and study
+attributes are copied from the new results (`study`), as theirs were from the source images: the note is filed
+with them, under the same Patient ID and Issuer of Patient ID.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from app.dicom.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES
+from app.dicom.dicom_sr import ResultReference
 from app.dicom.result_uids import MANUFACTURER, result_uid, source_identity
 from app.errors import ReportInputError, builder_reason
 
@@ -26,9 +33,9 @@ REJECTION_SERIES_DESCRIPTION = "Superseded results rejected (research use only)"
 
 
 def build_rejection_note(
-    rejected: Sequence[Dataset], model_tags: Mapping[str, str], result_origin: str = ""
+    rejected: Sequence[ResultReference], study: Dataset, model_tags: Mapping[str, str], result_origin: str = ""
 ) -> hd.ko.KeyObjectSelectionDocument:
-    """The note that rejects `rejected` (the headers of earlier SEGs and SRs of one study, pixel data not needed).
+    """The note that rejects `rejected` (earlier SEGs and SRs of the study of `study`, a result made now).
 
     Raises
     ------
@@ -37,18 +44,33 @@ def build_rejection_note(
     """
     if not rejected:
         raise ReportInputError("a rejection note needs at least one object to reject; got none")
-    made_of = [source_identity(rejected[0]), *sorted(str(dataset.SOPInstanceUID) for dataset in rejected)]
+    objects = [_rejected_object(study, reference) for reference in rejected]
+    made_of = [source_identity(study), *sorted(reference.sop_instance_uid for reference in rejected)]
     try:
         note = hd.ko.KeyObjectSelectionDocument(
-            evidence=list(rejected),
-            content=hd.ko.KeyObjectSelection(document_title=REJECTION_TITLE, referenced_objects=list(rejected)),
+            evidence=objects,
+            content=hd.ko.KeyObjectSelection(document_title=REJECTION_TITLE, referenced_objects=objects),
             series_instance_uid=result_uid("rejection-series", model_tags, result_origin, *made_of),
             series_number=REJECTION_SERIES_NUMBER,
             sop_instance_uid=result_uid("rejection", model_tags, result_origin, *made_of),
             instance_number=1,
             manufacturer=MANUFACTURER,
         )
+        note.copy_patient_and_study_information(study)
     except (ValueError, TypeError, AttributeError) as error:
         raise ReportInputError(f"the rejection note cannot be made: {builder_reason(error)}") from error
     note.SeriesDescription = REJECTION_SERIES_DESCRIPTION
     return note
+
+
+def _rejected_object(study: Dataset, reference: ResultReference) -> Dataset:
+    """What highdicom needs of an object to reject: its UIDs, in the study of `study` (whose patient and study
+    attributes it copies to the note)."""
+    dataset = Dataset()
+    for keyword in ("SpecificCharacterSet", "StudyInstanceUID", *TYPE2_PATIENT_STUDY_ATTRIBUTES):
+        if keyword in study:
+            dataset[keyword] = study[keyword]
+    dataset.SeriesInstanceUID = reference.series_instance_uid
+    dataset.SOPClassUID = reference.sop_class_uid
+    dataset.SOPInstanceUID = reference.sop_instance_uid
+    return dataset

@@ -275,8 +275,9 @@ def _association_initiation() -> list[str]:
         f"destination is retried `DICOM_NODE_SEND_RETRIES` ({_default('dicom_node_send_retries')}) times with",
         "exponential backoff, then again on later passes. Every attempt is recorded in the spool's `sent.jsonl`.",
         "Results a destination has not yet received when a later analysis of the study supersedes them are not",
-        "sent to it: it gets the later results only. A destination that does not accept Key Object Selection gets",
-        "the SEG and SR without the rejection note (below); the results count as delivered.",
+        "sent to it: it gets the later results only. A destination that does not accept Key Object Selection, or",
+        "refuses the rejection note's C-STORE, gets the SEG and SR without the note (below); the results count as",
+        'delivered and the note is recorded "declined" (not retried).',
         "",
     ]
 
@@ -306,9 +307,11 @@ def _objects_created() -> list[str]:
         f'  Descriptions ending in "{REVISED_SUFFIX}" (same Series Numbers); both carry Series Date and Time.',
         f"- **Key Object Selection** (rejection note, IHE IOCM), series number {REJECTION_SERIES_NUMBER}, Series",
         f'  Description "{REJECTION_SERIES_DESCRIPTION}", Document Title (113001, DCM, "Rejected for Quality',
-        '  Reasons"): sent with results that supersede earlier ones, listing the earlier SEGs and SR that the new',
-        "  results do not send again (C-STORE cannot delete them: a revision that turned a study negative left the",
-        "  earlier SEG standing). An archive that implements IOCM withdraws them; others keep it as a key object note.",
+        '  Reasons"): sent with results that supersede earlier ones, listing the earlier SEGs and SRs that a',
+        "  destination stored, from any earlier run, and that the new results do not send again (C-STORE cannot",
+        "  delete them: a revision that turned a study negative left the earlier SEG standing). Made from the study's",
+        "  record, it names them after the retention purge too. Its patient and study attributes are the new results'.",
+        "  An archive that implements IOCM withdraws them; others keep it as a key object note.",
         "",
     ]
 

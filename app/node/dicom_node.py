@@ -85,9 +85,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
@@ -120,8 +118,10 @@ from app.node.dicom_study_runs import (
     ABORTED_NOTE,
     already_analysed,
     count_abort,
+    delivered_results,
     earlier_reports,
     errors_since_last_outcome,
+    references,
     reports,
     supersede_undelivered,
 )
@@ -643,9 +643,9 @@ class DicomNode:
         built_report_uid = str(analysis.datasets[-1].SOPInstanceUID) if analysis.datasets else None
         predecessors: list[dict[str, str]] = []
         if previous is not None and analysis.datasets:  # the report names the one it replaces; new UIDs for all
-            predecessors = earlier_reports(previous, built_report_uid)
+            predecessors = earlier_reports(record["runs"], previous, built_report_uid)
             supersede_earlier_reports(analysis.datasets, reports(predecessors))
-            note = self._rejection_note(key, previous, analysis.datasets, built_report_uid)
+            note = self._rejection_note(key, record["runs"], analysis.datasets)
             if note is not None:
                 analysis.datasets.append(note)
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
@@ -688,34 +688,21 @@ class DicomNode:
             extra={"fields": {"study_key": key, "status": analysis.status, "results": len(results)}},
         )
 
-    def _rejection_note(
-        self, key: str, previous: dict[str, Any], datasets: list[Dataset], built_report_uid: str | None
-    ) -> Dataset | None:
-        """The note that rejects the SEGs and SRs of `previous` that the new results do not send again
-        (`app.dicom.rejection_note`): C-STORE cannot delete them at the destination (interop review 37: a revision
-        turned negative left the earlier SEG as the study's only one).
+    def _rejection_note(self, key: str, runs: list[dict[str, Any]], datasets: list[Dataset]) -> Dataset | None:
+        """The note that rejects the SEGs and SRs a destination stored from earlier `runs` that the new results
+        (`datasets`) do not send again (`app.dicom.rejection_note`): C-STORE cannot delete them at the destination
+        (interop review 37: a revision turned negative left the earlier SEG as the study's only one).
 
-        The same findings as `previous` (a series the models do not read arrived) make `previous`'s results again,
-        its note included. None when there is nothing to reject, when no destination had received `previous`'s
-        results yet (they are never sent now: `supersede_undelivered`), or when their files are gone (purged)."""
-        folder = self.spool.study_dir(key) / "results" / str(previous["run_id"])
-        results = previous.get("results", [])
-        same_findings = built_report_uid is not None and previous.get("built_report_uid") == built_report_uid
-        if not same_findings and not any(state.get("status") == "sent" for state in previous.get("sent", {}).values()):
-            return None
+        Made from the record alone, so a correction after the purge rejects what was purged (review 38). The same
+        findings as the latest run (a series the models do not read arrived) send its results again, and the same
+        note. None when no destination stored anything that is not sent again."""
         sent_again = {str(dataset.SOPInstanceUID) for dataset in datasets}
-        stale = [
-            result
-            for result in results
-            if result.get("modality") in ("SEG", "SR") and result.get("sop_instance_uid") not in sent_again
-        ]
+        stale = [result for result in delivered_results(runs) if result["sop_instance_uid"] not in sent_again]
+        if not stale:
+            return None
         try:
-            if same_findings:
-                notes = [result for result in results if result.get("modality") == "KO"]
-                return pydicom.dcmread(folder / notes[0]["file"]) if notes else None
-            rejected = [pydicom.dcmread(folder / result["file"], stop_before_pixels=True) for result in stale]
-            return build_rejection_note(rejected, {}, "dicom-node") if rejected else None
-        except (OSError, ServiceError, InvalidDicomError) as error:
+            return build_rejection_note(references(stale), datasets[-1], {}, "dicom-node")
+        except ServiceError as error:
             logger.warning(
                 "earlier results not rejected: no rejection note made",
                 extra={"fields": {"study_key": key, "error": type(error).__name__}},

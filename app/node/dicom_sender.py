@@ -86,6 +86,7 @@ class SendOutcome:
     failure: str = ""
     unreachable: bool = False
     stopped: bool = False  # cut short by the node's stop: the destination did not fail, the rest waits for a restart
+    declined: tuple[Path, ...] = ()  # `OPTIONAL_CLASSES` the destination would not take: not sent, not retried
 
 
 class ResultSender:
@@ -126,28 +127,46 @@ class ResultSender:
         """Send the files in one association, retrying those not stored; every failure ends up in the outcome."""
         datasets = {path: pydicom.dcmread(path) for path in paths}
         stored: list[Path] = []
+        declined: list[Path] = []
         failure, accepted = "", False
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(doubling_wait(self.backoff_seconds, attempt - 1))
             if self.stopping.is_set():
-                return SendOutcome(tuple(stored), attempt, "the node stopped before all were sent", stopped=True)
-            remaining = {path: dataset for path, dataset in datasets.items() if path not in stored}
-            stored_now, failure, accepted_now = self._send_once(destination, remaining)
+                return SendOutcome(
+                    tuple(stored),
+                    attempt,
+                    "the node stopped before all were sent",
+                    stopped=True,
+                    declined=tuple(declined),
+                )
+            done = {*stored, *declined}
+            remaining = {path: dataset for path, dataset in datasets.items() if path not in done}
+            stored_now, declined_now, failure, accepted_now = self._send_once(destination, remaining)
             stored.extend(stored_now)
+            declined.extend(declined_now)
             accepted = accepted or accepted_now
             if not failure:
-                return SendOutcome(tuple(stored), attempt + 1)
+                return SendOutcome(tuple(stored), attempt + 1, declined=tuple(declined))
             if self.stopping.is_set():  # the failure may be the stop's own doing: not the destination's
-                return SendOutcome(tuple(stored), attempt + 1, "the node stopped before all were sent", stopped=True)
+                return SendOutcome(
+                    tuple(stored),
+                    attempt + 1,
+                    "the node stopped before all were sent",
+                    stopped=True,
+                    declined=tuple(declined),
+                )
             logger.warning(
                 "sending results failed", extra={"fields": {"destination": str(destination), "reason": failure}}
             )
-        return SendOutcome(tuple(stored), self.retries + 1, failure, unreachable=not accepted)
+        return SendOutcome(tuple(stored), self.retries + 1, failure, unreachable=not accepted, declined=tuple(declined))
 
-    def _send_once(self, destination: Destination, datasets: dict[Path, Dataset]) -> tuple[list[Path], str, bool]:
-        """One association: (files stored, what failed or "", whether the destination accepted it). A refused file
-        does not stop the others. The association is one `stop` cuts off from its connection to its end."""
+    def _send_once(
+        self, destination: Destination, datasets: dict[Path, Dataset]
+    ) -> tuple[list[Path], list[Path], str, bool]:
+        """One association: (files stored, files declined as `OPTIONAL_CLASSES` may be, what failed or "", whether
+        the destination accepted it). A refused file does not stop the others. The association is one `stop` cuts off
+        from its connection to its end."""
         connection = _Connection(self._track)
         try:
             return self._associate_and_store(destination, datasets, connection)
@@ -165,7 +184,7 @@ class ResultSender:
 
     def _associate_and_store(
         self, destination: Destination, datasets: dict[Path, Dataset], connection: _Connection
-    ) -> tuple[list[Path], str, bool]:
+    ) -> tuple[list[Path], list[Path], str, bool]:
         ae = self._application_entity(datasets.values())
         started = time.monotonic()
         try:
@@ -176,23 +195,25 @@ class ResultSender:
                 evt_handlers=[(evt.EVT_CONN_OPEN, connection.opened)],
             )
         except (OSError, RuntimeError, ValueError) as error:
-            return [], f"association failed ({type(error).__name__})", False
+            return [], [], f"association failed ({type(error).__name__})", False
         if not association.is_established:
             waited = time.monotonic() - started
             why = self._not_associated(association, connection.is_open, waited, destination, datasets.values())
-            return [], why, _accepted(association)
+            return [], [], why, _accepted(association)
         accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
-        stored, failures = [], []
+        stored, declined, failures = [], [], []
         try:
             for path, dataset in datasets.items():
                 if self.stopping.is_set():
                     failures.append("the node stopped before all were sent")
                     break
-                failure = _store(association, dataset, accepted)
-                if failure:
+                was_stored, failure = _store(association, dataset, accepted)
+                if was_stored:
+                    stored.append(path)
+                elif failure:
                     failures.append(failure)
                 else:
-                    stored.append(path)
+                    declined.append(path)
                 if not association.is_established:
                     failures.append(
                         "association aborted after it was established"
@@ -205,7 +226,7 @@ class ResultSender:
                 association.abort()
             elif association.is_established:
                 association.release()
-        return stored, "; ".join(dict.fromkeys(failures)), True
+        return stored, declined, "; ".join(dict.fromkeys(failures)), True
 
     def _not_associated(
         self,
@@ -281,28 +302,46 @@ def _accepted(association: Association) -> bool:
 
 
 OPTIONAL_CLASSES = frozenset({KeyObjectSelectionDocumentStorage})
-"""What a destination may decline without the results counting undelivered: a rejection note
-(`app.dicom.rejection_note`) helps an archive that implements IHE IOCM, and the SEG and SR stand without it."""
+"""What a destination may decline, at association or by its C-STORE status, without the results counting
+undelivered: a rejection note (`app.dicom.rejection_note`) helps an archive that implements IHE IOCM, and the SEG and
+SR stand without it. Declined, it is recorded so ("declined") and not retried (review 38: a destination that refused
+its C-STORE had the study retried for good, every alert firing)."""
 
 
-def _store(association: Any, dataset: Dataset, accepted: set[str]) -> str:
-    """C-STORE one dataset: "" if stored (or declined as `OPTIONAL_CLASSES` may be), otherwise why not."""
+def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool, str]:
+    """C-STORE one dataset: (whether it was stored, why not: "" when stored or declined as `OPTIONAL_CLASSES` may
+    be). A connection that fails is never a decline: it is retried."""
     modality = str(dataset.get("Modality", "result"))
+    optional = str(dataset.SOPClassUID) in OPTIONAL_CLASSES
     if str(dataset.SOPClassUID) not in accepted:
-        if str(dataset.SOPClassUID) in OPTIONAL_CLASSES:
+        if optional:
             logger.info("the destination accepts no rejection note (Key Object Selection): not sent")
-            return ""
-        return f"destination accepts no {modality} (its SOP class was not accepted)"
+            return False, ""
+        return False, f"destination accepts no {modality} (its SOP class was not accepted)"
     try:
         status = association.send_c_store(dataset)
     except (OSError, RuntimeError, ValueError) as error:
-        return f"{modality} not sent ({type(error).__name__})"
+        return False, f"{modality} not sent ({type(error).__name__})"
     code = int(status.Status) if status is not None and "Status" in status else None
     if code is None:
-        return f"no C-STORE response for the {modality}"
+        return False, f"no C-STORE response for the {modality}"
     if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
-        return f"C-STORE status 0x{code:04X} for the {modality}"
-    return ""
+        if optional:
+            logger.info(
+                "the destination refused the rejection note (Key Object Selection): not sent",
+                extra={"fields": {"status": f"0x{code:04X}"}},
+            )
+            return False, ""
+        return False, f"C-STORE status 0x{code:04X} for the {modality}"
+    return True, ""
+
+
+def _attempt_status(file: str, stored: set[str], declined: set[str]) -> str:
+    """A result's line in `sent.jsonl`: "sent", "declined" (an optional class the destination would not take, not
+    retried) or "failed"."""
+    if file in stored:
+        return "sent"
+    return "declined" if file in declined else "failed"
 
 
 def _put_delivery(run: dict[str, Any], destination: str, state: dict[str, Any]) -> None:
@@ -500,7 +539,8 @@ class ResultDelivery:
             state = run["sent"].setdefault(str(destination), {"status": "pending", "attempts": 0})
             if state["status"] not in WAITING_STATUSES or self.sender.stopping.is_set():
                 continue
-            missing = [item for item in run["results"] if item["file"] not in state.get("stored", [])]
+            done = {*state.get("stored", []), *state.get("declined", [])}
+            missing = [item for item in run["results"] if item["file"] not in done]
             if not missing:  # every file was stored in an earlier pass that ended before it was recorded as sent
                 self._record_attempt(key, run, destination, state, [], SendOutcome((), 0))
                 continue
@@ -543,7 +583,10 @@ class ResultDelivery:
         outcome: SendOutcome,
     ) -> None:
         stored_now = {path.name for path in outcome.stored}
+        declined_now = {path.name for path in outcome.declined}
         state["stored"] = sorted({*state.get("stored", []), *stored_now})
+        if declined_now:
+            state["declined"] = sorted({*state.get("declined", []), *declined_now})
         state["attempts"] += outcome.attempts
         state["status"] = "sent" if not outcome.failure else "failed"
         if self.metrics is not None:
@@ -581,9 +624,9 @@ class ResultDelivery:
                     "modality": item["modality"],
                     "sop_class_uid": item["sop_class_uid"],
                     "sop_instance_uid": item["sop_instance_uid"],
-                    "status": "sent" if item["file"] in stored_now else "failed",
+                    "status": _attempt_status(item["file"], stored_now, declined_now),
                     "attempts": outcome.attempts,
-                    "error": None if item["file"] in stored_now else outcome.failure,
+                    "error": None if item["file"] in stored_now | declined_now else outcome.failure,
                 }
             )
         logger.info(

@@ -4,16 +4,16 @@ Each time `app.node.dicom_node.DicomNode` processes a study it appends a run to 
 its instances (and their content), its status, its results. These functions read that list: whether these very
 instances were analysed already (`already_analysed`; only "analysed" is final, `FINAL_STATUSES`), how many "error"
 runs they had since their last outcome (`errors_since_last_outcome`, held to
-`app.node.node_config.NodeConfig.max_attempts`),
-and which reports a new run supersedes (`reports`). An association that sent part of a study and ended without a
-release is counted in the record (`count_abort`) and said in the notes of the study's next run (`ABORTED_NOTE`).
+`app.node.node_config.NodeConfig.max_attempts`), and which results a new run supersedes (`delivered_results`,
+`earlier_reports`, `reports`). An association that sent part of a study and ended without a release is counted in
+the record (`count_abort`) and said in the notes of the study's next run (`ABORTED_NOTE`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.dicom.dicom_sr import ReportReference
+from app.dicom.dicom_sr import ResultReference
 from app.node.dicom_spool import WAITING_STATUSES, timestamp
 from app.study_analysis import AnalysisStatus
 
@@ -45,26 +45,52 @@ def supersede_undelivered(runs: list[dict[str, Any]], destinations: dict[str, An
                 state.update(status="superseded", at=timestamp())
 
 
-def reports(results: list[dict[str, Any]]) -> list[ReportReference]:
-    """The reports among a run's recorded results (a record older than the series UID in it: none named)."""
+def reports(results: list[dict[str, Any]]) -> list[ResultReference]:
+    """The reports among recorded results (a record older than the series UID in it: none named)."""
+    return references([result for result in results if result.get("modality") == "SR"])
+
+
+def references(results: list[dict[str, Any]]) -> list[ResultReference]:
+    """Recorded results by their UIDs (a record older than the series UID in it: none named)."""
     return [
-        ReportReference(result["series_instance_uid"], result["sop_class_uid"], result["sop_instance_uid"])
+        ResultReference(result["series_instance_uid"], result["sop_class_uid"], result["sop_instance_uid"])
         for result in results
-        if result.get("modality") == "SR" and "series_instance_uid" in result
+        if "series_instance_uid" in result
     ]
 
 
-def earlier_reports(previous: dict[str, Any], built_report_uid: str | None) -> list[dict[str, Any]]:
-    """The reports a new run's report supersedes, given the latest run with results (`previous`) and the SOP
-    Instance UID the new report was built with (`result_uids`: the same findings, the same UID).
+def delivered_results(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The SEGs and SRs of `runs` that a destination stored, each once, oldest first: what a new run's results
+    supersede at the destinations.
 
-    Usually `previous`'s own reports. But when the new run found what `previous` found (the same built UID: a DWI or
-    T2 series arrived, which the models do not read), it supersedes what `previous` superseded, and so is made with
-    `previous`'s very UIDs, which a PACS keeps once (interop review 35: after one real supersede, every later
-    arrival in the study added another identical SEG and SR)."""
+    Every earlier run counts, not only the latest (review 38: a study revised twice while its destination was down
+    got the latest results and a note rejecting the middle run's, which it never had; the first run's SEG stayed
+    current there). A run superseded before any destination got it is left out: nobody holds it."""
+    delivered: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        states = run.get("sent", {}).values()
+        for result in run.get("results", []):
+            if result.get("modality") not in ("SEG", "SR") or result.get("sop_instance_uid") in delivered:
+                continue
+            if any(state.get("status") == "sent" or result["file"] in state.get("stored", []) for state in states):
+                delivered[result["sop_instance_uid"]] = result
+    return list(delivered.values())
+
+
+def earlier_reports(
+    runs: list[dict[str, Any]], previous: dict[str, Any], built_report_uid: str | None
+) -> list[dict[str, Any]]:
+    """The reports a new run's report supersedes, given the study's runs, the latest with results (`previous`) and
+    the SOP Instance UID the new report was built with (`result_uids`: the same findings, the same UID).
+
+    Usually every report a destination stored (`delivered_results`): a report that never left the node names none
+    (review 38: a PACS got a " - revised" report naming one it never had). But when the new run found what
+    `previous` found (the same built UID: a DWI or T2 series arrived, which the models do not read), it supersedes
+    what `previous` superseded, and so is made with `previous`'s very UIDs, which a PACS keeps once (interop review
+    35: after one real supersede, every later arrival in the study added another identical SEG and SR)."""
     if built_report_uid is not None and previous.get("built_report_uid") == built_report_uid:
         return list(previous.get("predecessors", []))
-    return [result for result in previous["results"] if result.get("modality") == "SR"]
+    return [result for result in delivered_results(runs) if result["modality"] == "SR"]
 
 
 def already_analysed(runs: list[dict[str, Any]], fingerprint: str, bytes_fingerprint: str | None = None) -> bool:

@@ -54,7 +54,7 @@ from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
 from app.dicom.dicom_input import undecodable_transfer_syntax
-from app.dicom.dicom_sr import ReportReference, supersede_earlier_reports
+from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
@@ -501,12 +501,12 @@ def _recorded_results(record: Mapping[str, Any]) -> set[str]:
     return {value for key in RESULT_SERIES_FIELDS if isinstance(value := record.get(key), str) and value}
 
 
-def _recorded_report(record: Mapping[str, Any]) -> list[ReportReference]:
+def _recorded_report(record: Mapping[str, Any]) -> list[ResultReference]:
     """The report a study's record names (none in a record written before it kept the SR's SOP Class UID)."""
     fields = [record.get(f"sr_{name}") for name in ("series_instance_uid", "sop_class_uid", "sop_instance_uid")]
     if not all(isinstance(value, str) and value for value in fields):
         return []
-    return [ReportReference(*fields)]
+    return [ResultReference(*fields)]
 
 
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:

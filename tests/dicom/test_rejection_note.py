@@ -9,7 +9,7 @@ import pytest
 
 from app.dicom.dicom_seg import build_segmentation, part10_bytes
 from app.dicom.dicom_series import prepare_inputs
-from app.dicom.dicom_sr import VolumeFindings, build_volume_report
+from app.dicom.dicom_sr import ResultReference, VolumeFindings, build_volume_report
 from app.dicom.rejection_note import REJECTION_SERIES_NUMBER, build_rejection_note
 from app.errors import ReportInputError
 from tests.conftest import TUMOR_SERIES, read_truth
@@ -34,8 +34,13 @@ def results() -> list[pydicom.Dataset]:
     ]
 
 
+def references(results: list[pydicom.Dataset]) -> list[ResultReference]:
+    """The results as a record keeps them."""
+    return [ResultReference(item.SeriesInstanceUID, item.SOPClassUID, item.SOPInstanceUID) for item in results]
+
+
 def test_the_note_names_each_rejected_object_under_the_iocm_title(results: list[pydicom.Dataset]) -> None:
-    note = build_rejection_note(results, MODEL_TAGS, "dicom-node")
+    note = build_rejection_note(references(results), results[-1], MODEL_TAGS, "dicom-node")
 
     referenced = [item.ReferencedSOPSequence[0] for item in note.ContentSequence]
     assert [(ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) for ref in referenced] == [
@@ -45,17 +50,32 @@ def test_the_note_names_each_rejected_object_under_the_iocm_title(results: list[
     assert (title.CodeValue, title.CodingSchemeDesignator) == ("113001", "DCM")
     assert (note.Modality, note.SeriesNumber) == ("KO", REJECTION_SERIES_NUMBER)
     assert (note.PatientID, note.StudyInstanceUID) == (results[0].PatientID, results[0].StudyInstanceUID)
+    evidence = note.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert {item.SeriesInstanceUID for item in evidence} == {result.SeriesInstanceUID for result in results}
     assert dciodvfy_errors(to_bytes(note), "KeyObjectSelectionDocument") == []
 
 
 def test_the_same_objects_rejected_again_give_the_same_note(results: list[pydicom.Dataset]) -> None:
-    first, again = build_rejection_note(results, MODEL_TAGS), build_rejection_note(list(reversed(results)), MODEL_TAGS)
-    fewer = build_rejection_note(results[:1], MODEL_TAGS)
+    study = results[-1]
+    first = build_rejection_note(references(results), study, MODEL_TAGS)
+    again = build_rejection_note(references(list(reversed(results))), study, MODEL_TAGS)
+    fewer = build_rejection_note(references(results[:1]), study, MODEL_TAGS)
 
     assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (again.SeriesInstanceUID, again.SOPInstanceUID)
     assert first.SOPInstanceUID != fewer.SOPInstanceUID
 
 
-def test_a_note_needs_something_to_reject() -> None:
+def test_the_note_copies_the_patient_and_study_of_the_results_it_comes_with(results: list[pydicom.Dataset]) -> None:
+    """Review 38 F4: highdicom copies only the Type 2 attributes; Issuer of Patient ID is part of the patient's
+    identity (an archive keying patients by ID and issuer filed the note under another patient)."""
+    study = results[-1].copy()
+    study.IssuerOfPatientID, study.StudyDescription = "SYNTH-SITE", "MRI BRAIN"
+
+    note = build_rejection_note(references(results), study, MODEL_TAGS)
+
+    assert (note.IssuerOfPatientID, note.StudyDescription) == ("SYNTH-SITE", "MRI BRAIN")
+
+
+def test_a_note_needs_something_to_reject(results: list[pydicom.Dataset]) -> None:
     with pytest.raises(ReportInputError, match="at least one object"):
-        build_rejection_note([], MODEL_TAGS)
+        build_rejection_note([], results[-1], MODEL_TAGS)

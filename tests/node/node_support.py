@@ -99,10 +99,17 @@ class Clock:
 
 
 class ResultStore:
-    """A pynetdicom C-STORE SCP for SEG and SR: where the node's results land."""
+    """A pynetdicom C-STORE SCP for SEG and SR: where the node's results land. Datasets of a `refused` modality are
+    answered 0x0122 (SOP class not supported) and not kept, as an archive that accepts the context and then refuses."""
 
-    def __init__(self, port: int, sop_classes: Sequence[str] = (SegmentationStorage, ComprehensiveSRStorage)) -> None:
+    def __init__(
+        self,
+        port: int,
+        sop_classes: Sequence[str] = (SegmentationStorage, ComprehensiveSRStorage),
+        refused: Sequence[str] = (),
+    ) -> None:
         self.port = port
+        self.refused = tuple(refused)
         self.received: list[Dataset] = []
         self._lock = threading.Lock()
         ae = AE(ae_title=RESULTS_AE)
@@ -113,6 +120,8 @@ class ResultStore:
     def _handle(self, event: Any) -> int:
         dataset = event.dataset
         dataset.file_meta = event.file_meta
+        if dataset.Modality in self.refused:
+            return 0x0122
         with self._lock:
             self.received.append(dataset)
         return 0x0000

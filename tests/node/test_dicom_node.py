@@ -555,4 +555,11 @@ def test_a_destination_without_key_object_selection_still_gets_the_revision(
     assert [len(results.by_modality(modality)) for modality in ("SEG", "SR", "KO")] == [2, 2, 0]
     last = record(node)["runs"][-1]
     assert [result["modality"] for result in last["results"]] == ["SEG", "SR", "KO"]
-    assert {state["status"] for state in last["sent"].values()} == {"sent"}
+    (state,) = last["sent"].values()
+    assert (state["status"], state["declined"]) == ("sent", [last["results"][-1]["file"]])  # review 38 F5: not "sent"
+    log = [entry for entry in node.spool.sent_log() if entry["run_id"] == last["run_id"]]
+    assert {(entry["modality"], entry["status"]) for entry in log} == {
+        ("SEG", "sent"),
+        ("SR", "sent"),
+        ("KO", "declined"),
+    }
