@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from app.dicom.dicom_frame import DicomFrame, frame_placement
+from app.dicom.dicom_frame import DicomFrame, frame_placement, source_instance_uids
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
@@ -164,8 +164,8 @@ def plan_headers(
 
     Order: the series the models read (`choose_series` with `rules`; files of other series are left out of
     everything that follows), the slices of the chosen files against `max_slices` (default
-    `limits.max_request_slices`), each file's cost, an error in place of a file with the SOP Instance UID of an
-    earlier one, then the request's cost against `limits.max_decode_bytes` (its files are held together, as one
+    `limits.max_request_slices`; copies of files read not counted), each file's cost, an error in place of a file
+    with the SOP Instance UID of an earlier one, the copies of the files still read left out, then the request's cost against `limits.max_decode_bytes` (its files are held together, as one
     series, and decode one after another: what each keeps, and the largest one's working copies; then a mask per
     slice, `mask_bytes`).
 
@@ -183,29 +183,47 @@ def plan_headers(
         the budget.
     """
     max_slices = limits.max_request_slices if max_slices is None else max_slices
-    choice = choose_series(headers, rules)
-    copies = copies_of_read_files(headers, choice.used_files)
-    choice = choice.without_copies({index: original for index, (original, _) in copies.items()})
-    used = choice.used_files - {index for index, item in enumerate(headers) if isinstance(item, ServiceError)}
-    chosen = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
-    slices = count_slices(chosen, at_most=max_slices)
+    series_choice = choose_series(headers, rules)
+    # The slices first, before any file's cost (a frame bomb is too many slices), without the copies of files read.
+    choice, _ = _without_copies(headers, series_choice)
+    slices = count_slices(_readable(headers, choice), at_most=max_slices)
     if max_slices is not None and slices > max_slices:
         raise refuse_slices(slices, max_slices)
     for index, item in enumerate(headers):
-        if isinstance(item, DicomHeader) and index in used and limits.max_decode_bytes is not None:
+        if isinstance(item, DicomHeader) and index in series_choice.used_files and limits.max_decode_bytes is not None:
             try:
                 item.check_cost(limits.max_decode_bytes)
             except ServiceError as error:
                 headers[index] = error
-    refuse_repeated_instances(headers, used)  # after each file's own checks: a file refused by itself keeps its reason
-    readable = [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in used]
+    # After each file's own checks: a file refused by itself keeps its reason.
+    refuse_repeated_instances(headers, series_choice.used_files)
+    # Then the copies again, of the files still read: a copy of a file refused is read in its place (attack review
+    # 38: it was left out for an original refused as a repeated instance, and the slice was lost).
+    choice, copies = _without_copies(headers, series_choice)
+    readable = _readable(headers, choice)
+    slices = count_slices(readable)
     # The files decode one after another: each keeps its part, and the largest one's working copies come on top;
-    # then every slice gets a mask at the size of its frames.
+    # then every slice gets a mask at the size the models saw it: a slice of non-square pixels is resampled to its
+    # long side squared at most (`app.dicom.square_pixels`; attack review 38: 4096 x 512 slices of 8:1 pixels took
+    # 15 MB a slice outside the budget), so every mask is counted at that bound.
     cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
-    cost += mask_bytes([max((item.rows * item.columns for item in readable), default=0)] * slices)
+    cost += mask_bytes([max((max(item.rows, item.columns) ** 2 for item in readable), default=0)] * slices)
     cost += held_header_bytes(headers)  # every header read is held until the answer, the copies' too
     check_request_cost(cost, len(readable), limits)
     return SeriesPlan(headers, slices, cost, choice, copies)
+
+
+def _without_copies(
+    headers: Sequence[DicomHeader | ServiceError], choice: SeriesChoice
+) -> tuple[SeriesChoice, dict[int, tuple[int, DicomHeader]]]:
+    """`choice` with the copies of files it reads left out, and those copies (`copies_of_read_files`)."""
+    copies = copies_of_read_files(headers, choice.used_files)
+    return choice.without_copies({index: original for index, (original, _) in copies.items()}), copies
+
+
+def _readable(headers: Sequence[DicomHeader | ServiceError], choice: SeriesChoice) -> list[DicomHeader]:
+    """The headers of the files `choice` reads that are not refused."""
+    return [item for index, item in enumerate(headers) if isinstance(item, DicomHeader) and index in choice.used_files]
 
 
 def copies_of_read_files(
@@ -221,16 +239,18 @@ def copies_of_read_files(
     one another in a loop are none's copy: both stay, and the slice is refused as sent twice (review 36b: which was
     left out depended on the order the files came in). Returns each copy's index -> (its original's, its header)."""
     index_of = {
-        str(header.dataset.get("SOPInstanceUID", "") or ""): index
+        uid: index
         for index, header in enumerate(headers)
-        if isinstance(header, DicomHeader) and index in used
+        if isinstance(header, DicomHeader)
+        and index in used
+        and (uid := str(header.dataset.get("SOPInstanceUID", "") or ""))
     }
     names: dict[int, set[int]] = {}  # file -> the used files of its series and place it names
     for index, header in enumerate(headers):
         if not isinstance(header, DicomHeader) or index not in used:
             continue
-        for item in header.dataset.get("SourceImageSequence") or []:
-            original = index_of.get(str(item.get("ReferencedSOPInstanceUID", "") or ""))
+        for uid in source_instance_uids(header.dataset):
+            original = index_of.get(uid)
             other = headers[original] if original is not None and original != index else None
             if (
                 isinstance(other, DicomHeader)
@@ -380,7 +400,7 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         if orphans:
             note = (
                 f"{orphans} T1 {'frame' if orphans == 1 else 'frames'} at positions where no FLAIR slice was read "
-                "left out (a FLAIR file missing or unreadable there: that slice is missing from the result)"
+                "left out (beyond the FLAIR series' ends, or where a FLAIR file is missing or unreadable)"
             )
             choice = replace(choice, notes=(*choice.notes, note))
         return SeriesUploads(inputs, errors, choice)

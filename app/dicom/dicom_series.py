@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL, INPUT_SHAPE, InvalidImageError, preprocess_slice
-from app.dicom.dicom_frame import DicomFrame
+from app.dicom.dicom_frame import DicomFrame, source_instance_uids
 from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn
 from app.dicom.square_pixels import SquarePixels, pixel_aspect, square_pixels
 from app.errors import InvalidDicomImageError, InvalidSliceError
@@ -306,12 +306,7 @@ def _copies_of_one_another(members: Sequence[DicomFrame]) -> bool:
     """Whether one of `members` names another as its source (Source Image Sequence): a lossy-compressed copy must
     have a new SOP Instance UID (PS3.3 C.7.6.1.1.5) and names its original there."""
     present = {member.sop_instance_uid for member in members}
-    for member in members:
-        sources = member.header.get("SourceImageSequence") or []
-        named = {str(item.get("ReferencedSOPInstanceUID", "")) for item in sources}
-        if named & (present - {member.sop_instance_uid}):
-            return True
-    return False
+    return any(source_instance_uids(member.header) & (present - {member.sop_instance_uid}) for member in members)
 
 
 def _check_group(members: tuple[DicomFrame, ...]) -> None:

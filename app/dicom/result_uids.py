@@ -57,9 +57,14 @@ def segmenter_name_version(model_tags: Mapping[str, str]) -> tuple[str, str]:
 
 
 def masks_digest(references: Sequence[DicomFrame], masks: Sequence[np.ndarray | None]) -> str:
-    """A digest of which source frame got which mask (None: nothing found), for `result_uid`'s parts."""
+    """A digest of which source frame got which mask (None: nothing found), for `result_uid`'s parts; in the frames'
+    UID order, not the request's (attack review 38: the same files in another order made another SEG, which the SR
+    made of the first order did not name)."""
     digest = hashlib.sha256()
-    for frame, mask in zip(references, masks, strict=True):
+    pairs = sorted(
+        zip(references, masks, strict=True), key=lambda pair: (pair[0].sop_instance_uid, pair[0].frame_number)
+    )
+    for frame, mask in pairs:
         digest.update(f"{frame.sop_instance_uid}/{frame.frame_number}:".encode())
         if mask is None:
             digest.update(b"none;")

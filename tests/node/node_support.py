@@ -33,7 +33,7 @@ from app.model_runners import predictor_runner
 from app.node.dicom_node import DicomNode
 from app.prediction import PredictionService
 from app.uploads import UploadLimits
-from tests.dicom.builders import to_bytes
+from tests.dicom.builders import to_bytes, write_files
 
 NODE_AE, CALLING_AE, RESULTS_AE = "BRAINTUMOR", "TESTSCU", "RESULTS"
 QUIET_SECONDS = 30.0
@@ -141,6 +141,13 @@ def storescu(
     sent = subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
     associations_ended(node)
     return sent
+
+
+def send_study(node: DicomNode, clock: Clock, series: list[Dataset], folder: Path) -> None:
+    """Send `series` with storescu (files written to `folder`), wait out the quiet period, process and send."""
+    assert storescu(node, write_files(series, folder)).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
 
 
 def expected_result(datasets: list[Dataset]) -> Any:

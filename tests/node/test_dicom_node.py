@@ -49,6 +49,7 @@ from tests.node.node_support import (
     free_port,
     process_and_send,
     record,
+    send_study,
     store_dataset,
     storescu,
 )
@@ -282,12 +283,8 @@ def test_a_series_the_models_do_not_read_after_a_supersede_makes_the_same_result
     DWI, a T2, which the models do not read) made another SEG and SR with new UIDs, all describing the same masks."""
     node = make_node()
     study, flair, late = flair_and_a_late_slice()
-    assert storescu(node, write_files(flair, tmp_path / "flair")).returncode == 0
-    clock.advance(QUIET_SECONDS)
-    process_and_send(node)
-    assert storescu(node, write_files([late], tmp_path / "late")).returncode == 0
-    clock.advance(QUIET_SECONDS)
-    process_and_send(node)
+    send_study(node, clock, flair, tmp_path / "flair")
+    send_study(node, clock, [late], tmp_path / "late")
     for number, description in ((5, "Ax DWI"), (6, "AX T2 FSE")):
         other = mr_series(tumor_channels(), study=study, series_number=number, series_description=description)
         assert storescu(node, write_files(other, tmp_path / description)).returncode == 0
@@ -545,12 +542,8 @@ def test_a_destination_without_key_object_selection_still_gets_the_revision(
     """The rejection note is optional: a destination that accepts SEG and SR only has the revision delivered."""
     node = make_node()
     study, first_three, late = flair_and_a_late_slice()
-    assert storescu(node, write_files(first_three, tmp_path / "in")).returncode == 0
-    clock.advance(QUIET_SECONDS)
-    process_and_send(node)
-    assert storescu(node, write_files([late], tmp_path / "late")).returncode == 0
-    clock.advance(QUIET_SECONDS)
-    process_and_send(node)
+    send_study(node, clock, first_three, tmp_path / "in")
+    send_study(node, clock, [late], tmp_path / "late")
 
     assert [len(results.by_modality(modality)) for modality in ("SEG", "SR", "KO")] == [2, 2, 0]
     last = record(node)["runs"][-1]

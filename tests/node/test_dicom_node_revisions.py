@@ -20,9 +20,9 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocum
 from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION
 from app.dicom.dicom_sr_reader import predecessors
 from app.node.dicom_spool import SpoolLimits
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
-from tests.node.node_support import QUIET_SECONDS, Clock, ResultStore, free_port, process_and_send, record, storescu
+from tests.node.node_support import Clock, ResultStore, free_port, record, send_study
 
 ALL_RESULTS = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
 HOUR_SECONDS = 3600.0
@@ -49,12 +49,6 @@ def moved(series: list[Dataset]) -> list[Dataset]:
 
 def rejected(note: Dataset) -> set[str]:
     return {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in note.ContentSequence}
-
-
-def send_study(node: Any, clock: Clock, series: list[Dataset], folder: Path) -> None:
-    assert storescu(node, write_files(series, folder)).returncode == 0
-    clock.advance(QUIET_SECONDS)
-    process_and_send(node)
 
 
 def test_revisions_made_while_the_destination_was_down_reject_what_it_holds(

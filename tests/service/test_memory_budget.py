@@ -93,6 +93,24 @@ def test_a_dicom_series_costs_what_each_file_keeps_and_one_files_working_copies(
     assert raised.value.message.startswith("this request's 40 files would take")
 
 
+def test_masks_of_slices_resampled_to_square_pixels_are_counted_at_the_size_the_models_saw() -> None:
+    """Attack review 38: 4096 x 512 slices of pixels 8 times as wide as tall are resampled to 4096 x 4096 for the
+    models, and their masks made there, 8 times what the plan counted (15 MB a slice outside the budget)."""
+    rng = np.random.default_rng(5)
+    study, series = Study(), generate_uid()
+    datasets = []
+    for index in range(4):
+        dataset = mr_dataset(rng.integers(0, 1000, (512, 64), dtype=np.uint16), study, series, index + 1, index * 5.0)
+        dataset.PixelSpacing = [0.125, 1.0]  # 64 mm by 64 mm: the models see it 512 x 512
+        datasets.append(dataset)
+    files = [to_bytes(dataset) for dataset in datasets]
+    header = read_dicom_header(files[0])
+
+    plan = plan_series(files, UploadLimits())
+
+    assert plan.cost_bytes >= 4 * header.kept_bytes + mask_bytes([512 * 512] * 4)
+
+
 def padded_header_files(files: list[bytes], elements: int = 5000) -> list[bytes]:
     """`files` with `elements` empty private elements each: headers that hold far more than an ordinary one."""
     padded = []

@@ -15,6 +15,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from app import series_reading
 from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import model_inputs
@@ -235,6 +236,94 @@ def test_a_copy_is_read_when_its_original_does_not_decode(client: TestClient, se
     assert [error["index"] for error in body["file_errors"]] == [1]
     assert body["file_errors"][0]["error"]["code"] == "undecodable_dicom"
     assert len(body["slices"]) == 3 and body["slices_missing"] == 0
+
+
+def test_a_copy_of_a_file_refused_as_a_repeated_instance_is_read_in_its_place(
+    client: TestClient, series_files: list[bytes]
+) -> None:
+    """Attack review 38: the middle slice carried the first's SOP Instance UID (refused: a UID is read once) and its
+    lossy copy was left out for it, as if it had been read: the slice was lost, the volume wrong."""
+    repeated = pydicom.dcmread(io.BytesIO(series_files[1]))
+    repeated.SOPInstanceUID = repeated.file_meta.MediaStorageSOPInstanceUID = pydicom.dcmread(
+        io.BytesIO(series_files[0])
+    ).SOPInstanceUID
+    copy = lossy_copy(series_files[1], to_bytes(repeated))
+
+    response = client.post(
+        "/v1/predict/batch", files=dicom_parts([series_files[0], to_bytes(repeated), series_files[2], copy])
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [error["index"] for error in body["file_errors"]] == [1]
+    assert "has the SOP Instance UID of" in body["file_errors"][0]["error"]["message"]
+    assert body["series_left_out"] == [] and body["series_used"][0]["files"] == [0, 1, 2, 3]  # 1 in file_errors
+    assert len(body["slices"]) == 3 and body["slices_missing"] == 0
+
+
+@pytest.mark.parametrize("vr", ["LO", "UI"])
+def test_a_source_image_sequence_stored_as_text_is_no_sequence(
+    client: TestClient, series_files: list[bytes], vr: str
+) -> None:
+    """Attack review 38: (0008,2112) written as text was walked character by character: a 500 on every DICOM path."""
+    odd = pydicom.dcmread(io.BytesIO(series_files[1]))
+    odd.add_new(0x00082112, vr, "1.2.3")
+
+    for route, files in (
+        ("/v1/predict/batch", dicom_parts([series_files[0], to_bytes(odd), series_files[2]])),
+        ("/v1/predict", {"file": ("IM0001", to_bytes(odd), "application/dicom")}),
+    ):
+        response = client.post(route, files=files)
+        assert response.status_code == 200, (route, response.text)
+    assert (
+        len(client.post("/v1/predict/batch", files=dicom_parts([series_files[0], to_bytes(odd)])).json()["slices"]) == 2
+    )
+
+
+def test_a_copy_that_names_its_original_many_times_is_compared_with_it_once_a_pass(
+    client: TestClient, series_files: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 38: each Source Image Sequence item cost a comparison of every frame, so a copy naming its
+    original 5,000 times kept a core busy a minute after its client left."""
+    copy = pydicom.dcmread(io.BytesIO(lossy_copy(series_files[0], series_files[0])))
+    copy.SourceImageSequence = [copy.SourceImageSequence[0]] * 5000
+    compared = []
+    original_same_place = series_reading._same_place
+    monkeypatch.setattr(series_reading, "_same_place", lambda *args: compared.append(1) or original_same_place(*args))
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series_files, to_bytes(copy)]))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["series_left_out"][0]["files"] == [3]
+    assert len(compared) <= 2  # once for the slice count, once for the files still read: not once per name
+
+
+def test_a_file_without_a_sop_instance_uid_in_a_series_is_answered(
+    client: TestClient, series_files: list[bytes]
+) -> None:
+    """Attack review 38: a batch whose middle file lacked (0008,0018) was a 500; /v1/predict answered it."""
+    nameless = pydicom.dcmread(io.BytesIO(series_files[1]))
+    del nameless.SOPInstanceUID
+
+    response = client.post(
+        "/v1/predict/batch", files=dicom_parts([series_files[0], to_bytes(nameless), series_files[2]])
+    )
+
+    assert response.status_code == 200, response.text
+    assert [item["sop_instance_uid"] for item in response.json()["slices"]][1] == ""
+
+
+def test_the_same_files_in_another_order_give_the_same_seg(client: TestClient, series_files: list[bytes]) -> None:
+    """Attack review 38: the SEG's UIDs followed the order of the files, so a client re-posting a retrieval (whose
+    order no PACS promises) got a second SEG, and an SR made of one order named a SEG the other did not return."""
+    made = []
+    for order in (series_files, series_files[::-1], [series_files[1], series_files[0], series_files[2]]):
+        response = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(order))
+        assert response.status_code == 200, response.text
+        seg = pydicom.dcmread(io.BytesIO(response.content))
+        made.append((seg.SOPInstanceUID, seg.SeriesInstanceUID))
+
+    assert len(set(made)) == 1
 
 
 def test_files_that_name_one_another_are_refused_as_one_slice_sent_twice(
