@@ -165,9 +165,9 @@ def plan_headers(
     Order: the series the models read (`choose_series` with `rules`; files of other series are left out of
     everything that follows), the slices of the chosen files against `max_slices` (default
     `limits.max_request_slices`; copies of files read not counted), each file's cost, an error in place of a file
-    with the SOP Instance UID of an earlier one, the copies of the files still read left out, then the request's cost against `limits.max_decode_bytes` (its files are held together, as one
-    series, and decode one after another: what each keeps, and the largest one's working copies; then a mask per
-    slice, `mask_bytes`).
+    with the SOP Instance UID of an earlier one, the copies of the files still read left out, then the request's
+    cost against `limits.max_decode_bytes` (its files are held together, as one series, and decode one after
+    another: what each keeps, and the largest one's working copies; then a mask per slice, `mask_bytes`).
 
     Parameters
     ----------
