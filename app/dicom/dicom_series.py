@@ -70,13 +70,18 @@ def non_square_pixels_note(frames: Sequence[DicomFrame]) -> str | None:
         return None
     aspect = max((aspect for _, aspect in off), key=lambda aspect: abs(math.log(aspect)))
     shape = f"{aspect:.2f} times as tall as wide" if aspect > 1 else f"{1 / aspect:.2f} times as wide as tall"
+    # Slices of one series whose pixels differ in shape (attack review 38: the note said "each" of all of them).
+    if len({round(aspect, 2) for _, aspect in aspects}) > 1:
+        shape = f"their shape differs from slice to slice, up to {shape}"
+    else:
+        shape = f"each {shape}"
     if all(not square_pixels(frame.values.shape, frame.pixel_spacing).is_identity for frame, _ in off):
         return (
-            f"the slices' pixels are not square (each {shape}): the models, which learned square pixels, read them "
+            f"the slices' pixels are not square ({shape}): the models, which learned square pixels, read them "
             "resampled to square pixels, and the masks were mapped back to the stored pixels"
         )
     return (
-        f"the slices' pixels are not square (each {shape}) and too far from square to resample: the models read "
+        f"the slices' pixels are not square ({shape}) and too far from square to resample: the models read "
         "them pixel for pixel, as they learned square pixels, so the anatomy looks distorted to them and the masks "
         "may be less accurate"
     )

@@ -382,6 +382,20 @@ def test_a_series_of_non_square_pixels_says_so_in_its_notes(client: TestClient) 
     assert not any("pixels are not square" in note for note in square.json()["selection_notes"])
 
 
+def test_slices_whose_pixels_differ_in_shape_are_not_each_called_the_same(client: TestClient) -> None:
+    """Attack review 38: slices of 1.25 x 0.9375, square and 0.9375 x 1.25 mm pixels were "each 1.33 times as wide
+    as tall"."""
+    datasets = mr_series(tumor_channels())
+    for dataset, spacing in zip(datasets, ([1.25, 0.9375], [0.9375, 0.9375], [0.9375, 1.25]), strict=True):
+        dataset.PixelSpacing = spacing
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in datasets]))
+
+    assert response.status_code == 200, response.text
+    (note,) = [note for note in response.json()["selection_notes"] if "pixels are not square" in note]
+    assert "their shape differs from slice to slice, up to 1.33 times" in note and "each" not in note
+
+
 def test_lossy_copies_beside_their_originals_are_left_out_and_the_originals_read(
     client: TestClient, series_files: list[bytes], expected: list[SlicePrediction]
 ) -> None:
