@@ -238,7 +238,7 @@ def held_slots(port: int, first_bytes: bytes, hold_seconds: float, tries: int = 
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
         for connection in idle:
             connection.sendall(first_bytes)
-        wait_for(lambda: len(serving_associations()) >= 2, 2)  # both taken up by the node
+        wait_for(lambda: len(serving_associations(port)) >= 2, 2)  # both taken up by the node
         answered = echo(port)
         if time.monotonic() - started < hold_seconds:
             assert not answered  # both slots held: refused (Local Limit Exceeded)
@@ -248,9 +248,21 @@ def held_slots(port: int, first_bytes: bytes, hold_seconds: float, tries: int = 
     pytest.fail(f"no C-ECHO came back within {hold_seconds} s in {tries} tries")
 
 
-def serving_associations() -> list[Association]:
-    """pynetdicom's threads of the associations the in-process node serves (as acceptor)."""
-    return [thread for thread in threading.enumerate() if isinstance(thread, Association) and thread.is_acceptor]
+def serving_associations(port: int) -> list[Association]:
+    """pynetdicom's threads of the associations the in-process node at `port` serves (as acceptor): not those of a
+    result store, or of another test's node still winding down (counted, they let the C-ECHO in too early)."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if isinstance(thread, Association) and thread.is_acceptor and thread.is_alive() and _local_port(thread) == port
+    ]
+
+
+def _local_port(association: Association) -> int | None:
+    try:
+        return association.dul.socket.socket.getsockname()[1]
+    except (AttributeError, OSError):
+        return None
 
 
 def test_pynetdicom_log_lines_do_not_show_uids() -> None:
