@@ -887,8 +887,9 @@ function revealResult() {
  */
 function describeSeriesChoice(answer) {
   const unread = new Set((answer.file_errors ?? []).map((item) => item.index));
+  const numbered = (use) => (use.series_number === null ? "no series number" : `series ${use.series_number}`);
   const named = (use) => {
-    const number = use.series_number === null ? "no series number" : `series ${use.series_number}`;
+    const number = numbered(use);
     const description = use.series_description ? `, “${use.series_description}”` : "";
     const failed = use.files.filter((index) => unread.has(index)).length;
     const files = plural(use.files.length - failed, "file") + (failed ? `, ${failed} more not read` : "");
@@ -906,8 +907,7 @@ function describeSeriesChoice(answer) {
     parts.push(`Left out: ${otherSeries.map(named).join(", ")}.`);
   }
   for (const use of leftOut.filter(partOfUsed)) {
-    const number = use.series_number === null ? "no series number" : `series ${use.series_number}`;
-    parts.push(`${plural(use.files.length, "file")} left out of ${use.role} (${number}): ${use.evidence}.`);
+    parts.push(`${plural(use.files.length, "file")} left out of ${use.role} (${numbered(use)}): ${use.evidence}.`);
   }
   parts.push(...(answer.selection_notes ?? []).map((note) => `${note}.`));
   return parts.join(" ");
