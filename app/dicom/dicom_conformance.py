@@ -161,6 +161,26 @@ def read_undeclared_utf8(dataset: Dataset) -> None:
     dataset.set_original_encoding(implicit_vr, little_endian, convert_encodings(UTF8))
 
 
+def keep_undeclared_escapes(dataset: Dataset) -> None:
+    """Keep the ESC of a text value whose Specific Character Set declares no code extensions (no "ISO 2022" term),
+    so that `invalid_values` finds it; call it right after `dcmread`, before a text value is read.
+
+    Why: an escape sequence is only allowed under code extensions, yet pydicom follows one wherever it is, so a
+    Patient ID of bytes ``AB ESC ( B CD`` without a Specific Character Set was read as "ABCD" and the SEG filed under
+    a Patient ID that is not the source's (attack review 38). Kept, the ESC makes the value broken, like a value
+    that does not decode: left empty where the SEG and SR may, refused for the identifiers a PACS files by.
+    """
+    declared = dataset.get("SpecificCharacterSet") or ""
+    terms = [declared] if isinstance(declared, str) else list(declared)
+    if any(str(term).strip().startswith("ISO 2022") for term in terms):
+        return
+    for element in list(dataset.elements()):
+        value, vr = element.value, _vr_of(element)
+        if isinstance(value, bytes) and b"\x1b" in value and vr in CHARACTER_SET_VRS:
+            # Latin-1 maps every byte to one character: the text is never copied, only found broken.
+            dataset[element.tag] = DataElement(element.tag, vr, value.decode("latin-1").rstrip(" \0"))
+
+
 def _vr_of(element: DataElement | RawDataElement) -> str | None:
     """An element's VR, from the data dictionary where the file does not say (implicit VR)."""
     if element.VR:

@@ -23,7 +23,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, JPEGExtended12Bit
 
 from app.dicom.dicom_codestream import UNDEFINED_LENGTH
-from app.dicom.dicom_conformance import read_undeclared_utf8
+from app.dicom.dicom_conformance import keep_undeclared_escapes, read_undeclared_utf8
 from app.dicom.dicom_frame import DicomFrame, frame_at, frame_geometry, frame_value
 from app.dicom.dicom_header import (
     PIXEL_DATA_KEYWORDS,
@@ -53,6 +53,7 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
     with garbled_values_refused():
         dataset = pydicom.dcmread(io.BytesIO(header.data))
         read_undeclared_utf8(dataset)  # before any name is read: the SEG and SR copy them
+        keep_undeclared_escapes(dataset)
         _check_complete(dataset)
         # The same bytes parse the same way; this only guards the allocation below against any disagreement.
         found = (*image_dimensions(dataset), bits_allocated(dataset))

@@ -77,20 +77,28 @@ def test_seg_and_sr_keep_names_in_any_character_set(case: str) -> None:
         assert dciodvfy_errors(data, iod) == []
 
 
-def with_raw_value(keyword: str, vr: str, value: bytes, character_set: str) -> list[SliceInput]:
-    """The series with `value` written as bytes, whatever `character_set` (declared) says of them."""
+def with_raw_value(keyword: str, vr: str, value: bytes, character_set: str | None) -> list[SliceInput]:
+    """The series with `value` written as bytes, whatever `character_set` (declared; None: not) says of them."""
     datasets = mr_series(tumor_channels(), Study())
     tag = Tag(keyword)
+    padded = value + (b" " if len(value) % 2 else b"")
+    placeholder = b"Q" * len(padded)  # pydicom re-encodes a value it can decode (ESC ( B as nothing): bytes put after
+    files = []
     for dataset in datasets:
-        dataset.SpecificCharacterSet = character_set
-        padded = value + (b" " if len(value) % 2 else b"")
-        dataset[tag] = RawDataElement(tag, vr, len(padded), padded, 0, False, True)
-    return prepare_inputs([frame for dataset in datasets for frame in read_dicom(to_bytes(dataset))])
+        if character_set is not None:
+            dataset.SpecificCharacterSet = character_set
+        dataset[tag] = RawDataElement(tag, vr, len(placeholder), placeholder, 0, False, True)
+        data = to_bytes(dataset)
+        assert data.count(placeholder) == 1
+        files.append(data.replace(placeholder, padded))
+    return prepare_inputs([frame for data in files for frame in read_dicom(data)])
 
 
 UNDECODABLE = {
     "latin-1 under utf-8": (b"M\xfcller^Hans", "ISO_IR 192"),
     "an escape iso 2022 has not": (b"M\x1b$Zller^Hans", "ISO 2022 IR 100"),
+    "an escape without code extensions": (b"M\x1b(Bller^Hans", None),
+    "an escape under latin-1 without code extensions": (b"M\x1b(Bller^Hans", "ISO_IR 100"),
 }
 
 
@@ -115,12 +123,30 @@ def test_a_name_that_does_not_decode_in_its_character_set_is_left_empty(case: st
         assert dciodvfy_errors(data, iod) == []
 
 
-def test_a_patient_id_that_does_not_decode_in_its_character_set_refuses_the_seg() -> None:
-    """Left empty, the SEG would be filed as another patient's (the rule for a Patient ID broken otherwise)."""
-    inputs = with_raw_value("PatientID", "LO", b"M\xfcller-1", "ISO_IR 192")
+@pytest.mark.parametrize(
+    ("value", "character_set"),
+    [(b"M\xfcller-1", "ISO_IR 192"), (b"AB\x1b(BCD", None), (b"AB\x1b(BCD", "ISO_IR 100")],
+    ids=["latin-1 under utf-8", "escape without character set", "escape under latin-1"],
+)
+def test_a_patient_id_that_does_not_decode_in_its_character_set_refuses_the_seg(
+    value: bytes, character_set: str | None
+) -> None:
+    """Left empty, the SEG would be filed as another patient's (the rule for a Patient ID broken otherwise). Attack
+    review 38: an escape sequence where none is allowed was followed, and the SEG filed under Patient ID "ABCD"."""
+    inputs = with_raw_value("PatientID", "LO", value, character_set)
     masks = [read_truth(path) for path in TUMOR_SERIES]
 
     with warnings.catch_warnings(), pytest.raises(SegmentationInputError, match="PatientID") as refused:
         warnings.simplefilter("ignore")
         build_segmentation(inputs, masks, MODEL_TAGS)
     assert "ller" not in str(refused.value)
+
+
+def test_an_escape_under_code_extensions_is_read_as_the_standard_says() -> None:
+    """ESC ( B designates ASCII, which ISO 2022 IR 6 allows: the Patient ID is "ABCD" and the SEG is made."""
+    inputs = with_raw_value("PatientID", "LO", b"AB\x1b(BCD", "ISO 2022 IR 6")
+    masks = [read_truth(path) for path in TUMOR_SERIES]
+
+    seg = written(part10_bytes(build_segmentation(inputs, masks, MODEL_TAGS)))
+
+    assert seg.PatientID == "ABCD"
