@@ -190,13 +190,24 @@ def _choose(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules
 
 def _refuse_several_studies(headers: Sequence[DicomHeader]) -> None:
     """Refuse files of several studies or patients (attack finding: a tumor series and another study's tumor-free
-    FLAIR series were answered from the second, "no tumor", the first only listed as left out)."""
-    for keyword, what in (("StudyInstanceUID", "studies"), ("PatientID", "patients")):
-        values = {str(header.dataset.get(keyword) or "") for header in headers} - {""}
+    FLAIR series were answered from the second, "no tumor", the first only listed as left out).
+
+    A patient is its Patient ID and the Issuer of that ID, and a file without them is not known to be the others'
+    patient (attack review 38: a file with an empty Patient ID, or another issuer, passed without a word, and the SEG
+    and SR were filed under whichever file came first, an empty Patient ID included)."""
+    for keyword, what in (("StudyInstanceUID", "studies"), ("PatientID", "patients"), ("IssuerOfPatientID", "")):
+        found = [str(header.dataset.get(keyword) or "").strip() for header in headers]
+        values = set(found) - {""}
         if len(values) > 1:
             raise MixedInputError(
-                f"the request's DICOM files come from {len(values)} {what} (by {keyword}); send one study per "
-                "request: the series the models read are chosen within it"
+                f"the request's DICOM files come from {len(values)} {what or 'patients'} (by {keyword}); send one "
+                "study per request: the series the models read are chosen within it"
+            )
+        if values and "" in found:
+            raise MixedInputError(
+                f"{found.count('')} of the request's {len(found)} DICOM files have no {keyword} and the others one: "
+                f"they are not known to be of one {'study' if keyword == 'StudyInstanceUID' else 'patient'}, and a "
+                "SEG or SR would be filed under one of them; send files whose identity agrees"
             )
 
 

@@ -32,8 +32,13 @@ if TYPE_CHECKING:
 POSITION_TOLERANCE_MM = 0.01
 # Direction cosines closer than this are the same plane (rounding noise in Image Orientation (Patient)).
 SAME_PLANE_TOLERANCE = 1e-3
-# Pixel spacings of the frames stacked into one slice may differ by this share (rounding in Pixel Spacing).
+# Pixel spacings of the frames stacked into one slice, or of the slices of one series, may differ by this share
+# (rounding in Pixel Spacing).
 PIXEL_SPACING_TOLERANCE = 0.01
+# The widest field of view (mm, either side of a slice) a head slice can have; body MR reaches 500 mm. A Pixel Spacing
+# that spreads the slice wider contradicts its image (attack review 38: 3.75 mm rows on a 256 x 256 head slice, a slip
+# in the header, were resampled into a sliver and answered "no tumor").
+MAX_FIELD_OF_VIEW_MM = 500.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,17 +69,11 @@ def non_square_pixels_note(frames: Sequence[DicomFrame]) -> str | None:
     back, which the answer says (a mask drawn on a resampled slice is interpolated along one axis); a slice too far
     from square to resample is read pixel for pixel, and the note says the masks may be less accurate. Says the
     ratio, not the file's values."""
-    aspects = [(frame, pixel_aspect(frame.pixel_spacing)) for frame in frames]
-    off = [(frame, aspect) for frame, aspect in aspects if aspect != 1.0]
+    off = [(frame, aspect) for frame in frames if (aspect := pixel_aspect(frame.pixel_spacing)) != 1.0]
     if not off:
         return None
-    aspect = max((aspect for _, aspect in off), key=lambda aspect: abs(math.log(aspect)))
-    shape = f"{aspect:.2f} times as tall as wide" if aspect > 1 else f"{1 / aspect:.2f} times as wide as tall"
-    # Slices of one series whose pixels differ in shape (attack review 38: the note said "each" of all of them).
-    if len({round(aspect, 2) for _, aspect in aspects}) > 1:
-        shape = f"their shape differs from slice to slice, up to {shape}"
-    else:
-        shape = f"each {shape}"
+    aspect = off[0][1]  # one Pixel Spacing per series (`prepare_inputs` refuses others)
+    shape = f"each {aspect:.2f} times as tall as wide" if aspect > 1 else f"each {1 / aspect:.2f} times as wide as tall"
     if all(not square_pixels(frame.values.shape, frame.pixel_spacing).is_identity for frame, _ in off):
         return (
             f"the slices' pixels are not square ({shape}): the models, which learned square pixels, read them "
@@ -184,7 +183,7 @@ def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] =
     InvalidDicomImageError
         If a position holds 2 or more than 3 frames, three frames there do not come from three series (with
         `channel_series`: not one from each), the frames of a slice differ in size, or the slices do not share one
-        plane and one rows x columns (`_check_volume`).
+        plane, one rows x columns and one Pixel Spacing within a head's field of view (`_check_volume`).
     """
     normalised: dict[int, np.ndarray] = {}
     by_series: dict[str, list[int]] = {}
@@ -235,6 +234,40 @@ def _check_volume(slices: Sequence[SliceInput]) -> None:
         raise InvalidDicomImageError(
             "the slices of one series must share rows x columns; got "
             f"{', '.join(f'{rows} x {columns}' for rows, columns in sizes)}"
+        )
+    _check_pixel_spacing(slices)
+
+
+def _check_pixel_spacing(slices: Sequence[SliceInput]) -> None:
+    """The slices of a series share one Pixel Spacing (or all lack it), and it gives them a head's field of view.
+
+    Why: masks of slices at different scales cannot be joined into one volume by the series clean-up (attack review
+    38: 1.25, 0.9375 and 0.5 mm pixels were answered as one volume), and a spacing that makes a slice wider than any
+    head (`MAX_FIELD_OF_VIEW_MM`) is a header that does not describe its pixels: resampled by it, a visible tumor
+    was answered "no tumor"."""
+    spacings = [item.reference.pixel_spacing for item in slices]
+    known = sorted({spacing for spacing in spacings if spacing is not None})
+    if known and len(known) < len(spacings) and None in spacings:
+        raise InvalidDicomImageError(
+            "the slices of one series must all have a Pixel Spacing or all lack it; "
+            f"{spacings.count(None)} of {len(spacings)} lack it"
+        )
+    if any(not np.allclose(spacing, known[0], rtol=PIXEL_SPACING_TOLERANCE, atol=0) for spacing in known[1:]):
+        raise InvalidDicomImageError(
+            "the slices of one series must share one Pixel Spacing (their masks are joined into one volume); got "
+            f"{', '.join(f'{rows:g} x {columns:g}' for rows, columns in known[:4])} mm: send each as a request of its "
+            "own"
+        )
+    if not known:
+        return
+    rows, columns = slices[0].image.shape[:2]
+    row_spacing, column_spacing = known[0]
+    height, width = rows * row_spacing, columns * column_spacing
+    if max(height, width) > MAX_FIELD_OF_VIEW_MM:
+        raise InvalidDicomImageError(
+            f"Pixel Spacing gives the slices a field of view of {height:.0f} x {width:.0f} mm, wider than any head "
+            f"slice (at most {MAX_FIELD_OF_VIEW_MM:.0f} mm): the header does not describe these pixels; correct "
+            "Pixel Spacing or leave it out"
         )
 
 

@@ -54,8 +54,8 @@ def slice_order_known(frames: Sequence[DicomFrame]) -> bool:
 
 def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int]:
     """The places k in `order` (from `anatomical_order`) where frames `order[k]` and `order[k + 1]` are no
-    neighbours: over `MAX_NEIGHBOUR_SPACINGS` times the series' spacing apart (`slice_spacing_mm`, the median
-    distance between neighbours, as the tumor volume takes it), so two or more slices are missing between them
+    neighbours: over `MAX_NEIGHBOUR_SPACINGS` times the series' spacing apart (`slice_spacing_mm`, as the tumor
+    volume takes it), so two or more slices are missing between them
     (files that could not be read, or a client that sent part of a series).
 
     The series clean-up joins masks across one missing slice, as a tumor goes on through it, but not across a wider
@@ -69,8 +69,8 @@ def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int
 def missing_slices(frames: Sequence[DicomFrame]) -> int:
     """How many slices are missing between the frames' positions, counted in the series' spacing
     (`slice_spacing_mm`): files that could not be read, or a client that sent part of a series, so the tumor volume
-    leaves them out. 0 without positions for every frame (nothing is known of gaps), and for two frames (their
-    distance is the spacing)."""
+    leaves them out. 0 without positions for every frame (nothing is known of gaps), and for two frames unless they
+    declare a Spacing Between Slices two or three times shorter than their distance."""
     return sum(slices_missing_before(frames))
 
 
@@ -88,9 +88,9 @@ def slices_missing_before(frames: Sequence[DicomFrame]) -> list[int]:
 
 def _steps_in_spacings(frames: Sequence[DicomFrame], order: Sequence[int]) -> np.ndarray | None:
     """The distances between neighbours in `order`, in units of the series' spacing; None without positions for
-    every frame, a spacing, or three frames (two frames' distance is the spacing)."""
+    every frame or a spacing (two frames' distance is the spacing, unless they declare a shorter one)."""
     offsets = offsets_along_normal(frames)
     spacing = slice_spacing_mm(frames)
-    if offsets is None or spacing is None or len(order) < 3:
+    if offsets is None or spacing is None:
         return None
     return np.abs(np.diff(offsets[list(order)])) / spacing

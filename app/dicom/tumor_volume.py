@@ -10,15 +10,21 @@ import numpy as np
 from app.dicom.dicom_frame import MAX_LENGTH_MM, DicomFrame, offsets_along_normal
 
 MM3_PER_ML = 1000.0
+# How far from a whole multiple of the shortest gap a gap between slices may be and still count as slices missing
+# there (rounding in the positions): a share of the shortest gap.
+WHOLE_MULTIPLE_TOLERANCE = 0.1
+# The most slice spacings a gap between two slices may span and still be read as slices missing there when the spacing
+# is chosen; a wider one (a slice 0.5 mm from another, then 4.5 mm gaps) leaves the spacing to the median.
+MAX_WHOLE_MULTIPLE = 3
 
 
 def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFrame]) -> float | None:
     """Tumor volume in millilitres: mask pixels x Pixel Spacing x slice spacing, summed over the slices.
 
-    Slice spacing is the median distance between neighbouring Image Positions (Patient) along the slice normal,
-    since that is how far apart the slices really are (Slice Thickness can differ from it when slices overlap or
-    have gaps); when a slice has no position, or there are fewer than two distinct positions, it falls back to
-    Spacing Between Slices, then Slice Thickness. Each 2-D mask stands for a slab one spacing thick.
+    Slice spacing is the distance between neighbouring Image Positions (Patient) along the slice normal
+    (`position_spacing_mm`), since that is how far apart the slices really are (Slice Thickness can differ from it
+    when slices overlap or have gaps); when a slice has no position, or there are fewer than two distinct positions,
+    it falls back to Spacing Between Slices, then Slice Thickness. Each 2-D mask stands for a slab one spacing thick.
 
     Parameters
     ----------
@@ -65,11 +71,14 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
 
     Positions count only when every slice has one: the gaps between the slices that have one would take an
     unplaced slice's place for empty space (three slices 5 mm apart, the middle one unplaced: a 10 mm spacing for
-    all three, and twice the volume).
+    all three, and twice the volume). Two positions alone cannot show a slice missing between them; their declared
+    spacing can (`_declared_spacing_between_two`).
     """
     gap = position_spacing_mm(slices)
     if gap is not None:
-        return gap if gap <= MAX_LENGTH_MM else None  # positions a metre apart are no series of one head
+        if gap > MAX_LENGTH_MM:
+            return None  # positions a metre apart are no series of one head
+        return _declared_spacing_between_two(slices, gap) or gap
     for frame in slices:
         if frame.spacing_between_slices:
             return float(frame.spacing_between_slices)
@@ -79,12 +88,48 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     return None
 
 
+def _declared_spacing_between_two(slices: Sequence[DicomFrame], gap: float) -> float | None:
+    """The Spacing Between Slices every slice declares, where the slices lie at two positions `gap` apart and that is
+    two or three times it (a slice or two missing between them); else None.
+
+    Attack review 38: FLAIR slices at 0 and 10 mm of a 5 mm series, the middle one missing, counted no slice
+    missing and made each slice a 10 mm slab, a volume above the whole series' (81 mL against 60). Only for two
+    positions (more show their spacing themselves), and only a declared spacing no shorter than the slices'
+    thickness: some writers put the gap between slabs there, which would turn every pair of neighbours into slices
+    missing."""
+    offsets = offsets_along_normal(slices)
+    declared = {frame.spacing_between_slices for frame in slices}
+    if offsets is None or len(np.unique(np.round(offsets, 3))) != 2 or len(declared) != 1:
+        return None
+    step = declared.pop()
+    thickness = max((frame.slice_thickness or 0.0 for frame in slices), default=0.0)
+    if not step or step < thickness:
+        return None
+    multiple = gap / step
+    if 2 <= round(multiple) <= MAX_WHOLE_MULTIPLE and abs(multiple - round(multiple)) <= WHOLE_MULTIPLE_TOLERANCE:
+        return step
+    return None
+
+
 def position_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
-    """The median distance between neighbouring slices along the slice normal, from their Image Positions
-    (Patient) alone; None unless every slice has one and at least two differ."""
+    """The distance between neighbouring slices along the slice normal, from their Image Positions (Patient) alone;
+    None unless every slice has one and at least two differ.
+
+    The median distance between neighbours, unless every distance is one to `MAX_WHOLE_MULTIPLE` times the shortest
+    one (within `WHOLE_MULTIPLE_TOLERANCE`): then the median of the shortest ones, the others being slices missing.
+    Why: in a short series the median takes in the gaps of missing slices (slices at 0, 5 and 15 mm gave 7.5 mm, no
+    slice missing and a volume half again too large), where a long one outvotes them; a stray slice close to another
+    (gaps of 0.5, 4.5 and 5 mm) is no spacing of the series.
+    """
     offsets = offsets_along_normal(slices)
     if offsets is None or len(offsets) < 2:
         return None
     gaps = np.diff(np.sort(offsets))
     gaps = gaps[gaps > 1e-6]
-    return float(np.median(gaps)) if gaps.size else None
+    if not gaps.size:
+        return None
+    multiples = gaps / gaps.min()
+    whole = np.round(multiples)
+    if np.all(np.abs(multiples - whole) <= WHOLE_MULTIPLE_TOLERANCE) and whole.max() <= MAX_WHOLE_MULTIPLE:
+        return float(np.median(gaps[whole == 1]))
+    return float(np.median(gaps))

@@ -210,9 +210,10 @@ def test_a_multi_frame_capture_gets_a_seg_per_positive_frame_that_names_its_fram
 
 def test_a_slice_of_another_pixel_spacing_keeps_its_own_in_the_seg(truth_masks: list[np.ndarray]) -> None:
     """highdicom gives every SEG frame the first source's Pixel Spacing: a viewer placing the frames by geometry drew
-    the mask of a 0.9 mm slice at 0.9375 mm (attack review 28, finding 6)."""
+    the mask of a 0.9 mm slice at 0.9375 mm (attack review 28, finding 6). A series' slices may differ by rounding
+    (1 %; more is refused, `tests/api/routes/test_predict_dicom.py`), and each frame keeps its own."""
     series = mr_series(tumor_channels())
-    series[1].PixelSpacing = [0.9, 0.9]
+    series[1].PixelSpacing = [0.94, 0.94]
     inputs = series_inputs(series)
 
     seg = build_segmentation(inputs, truth_masks[:3], MODEL_TAGS)
@@ -305,6 +306,27 @@ def test_tumor_volume_ml_uses_distance_between_positions() -> None:
     volume = tumor_volume_ml([mask_with(10), None, mask_with(6)], slices)
 
     assert volume == pytest.approx(16 * 0.5 * 0.5 * 4.0 / 1000.0)
+
+
+def test_tumor_volume_ml_of_a_short_series_with_a_slice_missing_takes_the_shortest_gap() -> None:
+    """Attack review 38: slices at 0, 5 and 15 mm took the median gap, 7.5 mm, as their spacing: a volume half again
+    too large. The 10 mm gap is a slice missing; each slice stands for 5 mm."""
+    slices = [frame_at(z) for z in (0.0, 5.0, 15.0)]
+
+    volume = tumor_volume_ml([mask_with(4), mask_with(4), mask_with(4)], slices)
+
+    assert volume == pytest.approx(12 * 0.5 * 0.5 * 5.0 / 1000.0)
+
+
+def test_tumor_volume_ml_of_two_slices_takes_their_declared_spacing_when_a_slice_lies_between() -> None:
+    """Attack review 38: the middle of three 5 mm slices missing, the two left took their 10 mm distance as the
+    slab each stands for. A declared spacing shorter than the slices' thickness is the gap between slabs, as some
+    writers put it there, and is no spacing: 3 mm apart, 2 mm thick, a 1 mm gap is no two slices missing."""
+    declared = [frame_at(z, spacing_between_slices=5.0, slice_thickness=5.0) for z in (0.0, 10.0)]
+    gap_between_slabs = [frame_at(z, spacing_between_slices=1.0, slice_thickness=2.0) for z in (0.0, 3.0)]
+
+    assert tumor_volume_ml([mask_with(4)] * 2, declared) == pytest.approx(8 * 0.25 * 5.0 / 1000.0)
+    assert tumor_volume_ml([mask_with(4)] * 2, gap_between_slabs) == pytest.approx(8 * 0.25 * 3.0 / 1000.0)
 
 
 def test_tumor_volume_ml_falls_back_to_spacing_between_slices_then_thickness() -> None:

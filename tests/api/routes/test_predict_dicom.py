@@ -382,18 +382,77 @@ def test_a_series_of_non_square_pixels_says_so_in_its_notes(client: TestClient) 
     assert not any("pixels are not square" in note for note in square.json()["selection_notes"])
 
 
-def test_slices_whose_pixels_differ_in_shape_are_not_each_called_the_same(client: TestClient) -> None:
-    """Attack review 38: slices of 1.25 x 0.9375, square and 0.9375 x 1.25 mm pixels were "each 1.33 times as wide
-    as tall"."""
+@pytest.mark.parametrize(
+    ("spacings", "reason"),
+    [
+        (
+            ([1.25, 0.9375], [0.9375, 0.9375], [0.9375, 1.25]),
+            "the slices of one series must share one Pixel Spacing (their masks are joined into one volume); got "
+            "0.9375 x 0.9375, 0.9375 x 1.25, 1.25 x 0.9375 mm: send each as a request of its own",
+        ),
+        (([0.5, 0.5], [0.9375, 0.9375], [0.9375, 0.9375]), "must share one Pixel Spacing"),
+        (([0.9375, 0.9375], None, [0.9375, 0.9375]), "must all have a Pixel Spacing or all lack it; 1 of 3 lack it"),
+    ],
+)
+def test_slices_of_one_series_at_different_scales_are_refused(
+    client: TestClient, spacings: tuple[list[float] | None, ...], reason: str
+) -> None:
+    """Attack review 38: slices of 1.25 x 0.9375, square and 0.9375 x 1.25 mm pixels (or square ones of 0.5 and
+    0.9375 mm) were answered as one volume, their masks joined by the series clean-up at different scales."""
     datasets = mr_series(tumor_channels())
-    for dataset, spacing in zip(datasets, ([1.25, 0.9375], [0.9375, 0.9375], [0.9375, 1.25]), strict=True):
-        dataset.PixelSpacing = spacing
+    for dataset, spacing in zip(datasets, spacings, strict=True):
+        if spacing is None:
+            del dataset.PixelSpacing
+        else:
+            dataset.PixelSpacing = spacing
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in datasets]))
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_dicom_image"
+    assert reason in response.json()["error"]["message"]
+
+
+def test_spacings_that_differ_by_rounding_are_one_scale(client: TestClient) -> None:
+    datasets = mr_series(tumor_channels())
+    datasets[1].PixelSpacing = [0.9375 * 1.005, 0.9375]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in datasets]))
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("row_spacing", [3.75, 7.5])
+def test_a_pixel_spacing_wider_than_any_head_is_refused(client: TestClient, row_spacing: float) -> None:
+    """Attack review 38: 256 x 256 tumor slices whose header says rows 4 to 8 times as far apart as columns (a field
+    of view of 960-1,900 mm, a slip in Pixel Spacing) were resampled into slivers and answered "no tumor, 0.0 mL";
+    past 8.4:1 the same pixels were read as stored and the tumor found."""
+    datasets = mr_series(tumor_channels())
+    for dataset in datasets:
+        dataset.PixelSpacing = [row_spacing, 0.9375]
+
+    for path in ("/v1/predict/batch", "/v1/predict/batch?output=dicom-seg"):
+        response = client.post(path, files=dicom_parts([to_bytes(dataset) for dataset in datasets]))
+
+        assert response.status_code == 400, response.text
+        message = response.json()["error"]["message"]
+        assert message.startswith(f"Pixel Spacing gives the slices a field of view of {256 * row_spacing:.0f} x 240 mm")
+    single = client.post("/v1/predict", files={"file": ("slice.dcm", to_bytes(datasets[0]), "application/dicom")})
+    assert single.status_code == 400 and "wider than any head slice" in single.json()["error"]["message"]
+
+
+def test_pixels_truly_four_times_as_tall_as_wide_are_read(client: TestClient) -> None:
+    """The limit is the field of view, not the pixels' shape: 64 rows of 3.75 mm (240 mm) are a head slice."""
+    channels = [np.ascontiguousarray(image[::4]) for image in tumor_channels()]
+    datasets = mr_series(channels)
+    for dataset in datasets:
+        dataset.PixelSpacing = [3.75, 0.9375]
 
     response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in datasets]))
 
     assert response.status_code == 200, response.text
     (note,) = [note for note in response.json()["selection_notes"] if "pixels are not square" in note]
-    assert "their shape differs from slice to slice, up to 1.33 times" in note and "each" not in note
+    assert "each 4.00 times as tall as wide" in note and "resampled to square pixels" in note
 
 
 def test_lossy_copies_beside_their_originals_are_left_out_and_the_originals_read(

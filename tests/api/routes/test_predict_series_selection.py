@@ -279,7 +279,8 @@ def test_a_flair_slice_missing_leaves_out_only_the_t1_frames_beside_it(
     client: TestClient, predictor: Predictor, missing: int
 ) -> None:
     """Interop review 37: one FLAIR file missing (or unreadable) left its two T1 frames unpaired, and every slice
-    was read FLAIR alone, with a note blaming the slices' geometry."""
+    was read FLAIR alone, with a note blaming the slices' geometry. Attack review 38: the middle one missing, the two
+    left (10 mm apart) counted no slice missing and took 10 mm as their spacing; their files declare 5 mm."""
     series = named_study()
     flair = [item for index, item in enumerate(series["flair"]) if index != missing]
 
@@ -290,6 +291,7 @@ def test_a_flair_slice_missing_leaves_out_only_the_t1_frames_beside_it(
     assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
     (note,) = body["selection_notes"]
     assert note.startswith("2 T1 frames at positions where no FLAIR slice was read left out")
+    assert body["slices_missing"] == (1 if missing == 1 else 0)
     kept = {
         "flair": flair,
         **{role: [item for i, item in enumerate(series[role]) if i != missing] for role in ("pre", "post")},
@@ -370,6 +372,49 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
     )
     assert patients.status_code == 400 and "come from 2 patients (by PatientID)" in patients.json()["error"]["message"]
     assert "OTHER-PATIENT" not in patients.text
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        (
+            "PatientID",
+            "",
+            "1 of the request's 3 DICOM files have no PatientID and the others one: they are not known to be of one "
+            "patient, and a SEG or SR would be filed under one of them; send files whose identity agrees",
+        ),
+        (
+            "IssuerOfPatientID",
+            "HOSP-B",
+            "the request's DICOM files come from 2 patients (by IssuerOfPatientID); send one study per request: the "
+            "series the models read are chosen within it",
+        ),
+        ("IssuerOfPatientID", "", "1 of the request's 3 DICOM files have no IssuerOfPatientID and the others one"),
+    ],
+)
+@pytest.mark.parametrize("output", ["json", "dicom-seg"])
+def test_files_whose_patient_identity_is_partly_missing_or_of_another_issuer_are_refused(
+    client: TestClient, output: str, keyword: str, value: str, message: str
+) -> None:
+    """Attack review 38: a file with an empty Patient ID, or another Issuer of Patient ID, among a series passed
+    without a word, and the SEG and SR were filed under whichever file came first (an empty Patient ID, or
+    HOSP-A or HOSP-B), with UIDs that depended on the order the files were sent in."""
+    series = mr_series(tumor_channels(1), Study(), series_description="AX FLAIR")
+    for dataset in series:
+        dataset.IssuerOfPatientID = "HOSP-A"
+    setattr(series[0], keyword, value)
+
+    for order in (series, series[::-1]):
+        response = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(order))
+
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "mixed_input"
+        assert response.json()["error"]["message"].startswith(message)
+        assert "HOSP" not in response.text
+    for dataset in series:
+        setattr(dataset, keyword, value)
+    agreeing = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(series))
+    assert agreeing.status_code == 200, agreeing.text
 
 
 def test_files_of_one_patient_id_that_disagree_on_name_or_birth_date_are_answered_with_a_note(
