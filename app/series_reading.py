@@ -18,14 +18,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from app.dicom.dicom_frame import DicomFrame, frame_placement, source_instance_uids
+from app.dicom.dicom_frame import DicomFrame, frame_placement, offsets_along_normal, source_instance_uids
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.sequence_rules import SelectionRules
-from app.series_choice import T1_ROLES, SeriesChoice, choose_series
+from app.series_choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
 
 
@@ -392,17 +392,13 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     if unreadable is not None and flair is not None:
         choice = choice.flair_alone(f"none of a T1 series' files could be read ({unreadable})")
         frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
-    paired, orphans = frames, 0
+    paired, orphans = frames, []
     if len(choice.used) == 3 and flair is not None:
         paired, orphans = _without_t1_frames_where_flair_has_none(frames, flair.series_instance_uid)
     try:
         inputs = prepare_inputs(paired, choice.channel_series)
         if orphans:
-            note = (
-                f"{orphans} T1 {'frame' if orphans == 1 else 'frames'} at positions where no FLAIR slice was read "
-                "left out (beyond the FLAIR series' ends, or where a FLAIR file is missing or unreadable)"
-            )
-            choice = replace(choice, notes=(*choice.notes, note))
+            choice = replace(choice, notes=(*choice.notes, _t1_frames_left_out_note(orphans, paired, flair)))
         return SeriesUploads(inputs, errors, choice)
     except InvalidDicomImageError as error:
         flair = choice.flair
@@ -415,8 +411,8 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
 
 def _without_t1_frames_where_flair_has_none(
     frames: list[DicomFrame], flair_series: str
-) -> tuple[list[DicomFrame], int]:
-    """`frames` without the T1 frames lying where no FLAIR frame does, and how many those were.
+) -> tuple[list[DicomFrame], list[DicomFrame]]:
+    """`frames` without the T1 frames lying where no FLAIR frame does, and those frames.
 
     Interop review 37: one FLAIR file missing (or unreadable) left its position's two T1 frames unpaired, and every
     slice of the series was read FLAIR alone, with a note blaming the geometry. Leaving those frames out pairs every
@@ -428,12 +424,43 @@ def _without_t1_frames_where_flair_has_none(
     flair_places = {
         place for frame, place in zip(frames, placed, strict=True) if frame.series_instance_uid == flair_series
     }
-    kept = [
-        frame
-        for frame, place in zip(frames, placed, strict=True)
-        if frame.series_instance_uid == flair_series or frame.image_position is None or place in flair_places
-    ]
-    return kept, len(frames) - len(kept)
+    kept, left_out = [], []
+    for frame, place in zip(frames, placed, strict=True):
+        if frame.series_instance_uid == flair_series or frame.image_position is None or place in flair_places:
+            kept.append(frame)
+        else:
+            left_out.append(frame)
+    return kept, left_out
+
+
+def _t1_frames_left_out_note(left_out: Sequence[DicomFrame], kept: Sequence[DicomFrame], flair: SeriesUse) -> str:
+    """The note on T1 frames left out where no FLAIR slice was read: beyond the FLAIR slices' ends (T1 series often
+    reach further: nothing is missing), or between them (a FLAIR file missing or unreadable there, or T1 sliced
+    more finely), as their positions along the slices' normal say (attack review 38: every such frame was said to
+    be where a FLAIR file might be missing)."""
+    flair_frames = [frame for frame in kept if frame.series_instance_uid == flair.series_instance_uid]
+    offsets = offsets_along_normal([*flair_frames, *left_out])
+
+    def frames(count: int) -> str:
+        return f"{count} T1 {'frame' if count == 1 else 'frames'}"
+
+    if offsets is None or not flair_frames:
+        return (
+            f"{frames(len(left_out))} at positions where no FLAIR slice was read left out (beyond the FLAIR series' "
+            "ends, or where a FLAIR file is missing or unreadable)"
+        )
+    flair_offsets, orphan_offsets = offsets[: len(flair_frames)], offsets[len(flair_frames) :]
+    low, high = flair_offsets.min() - POSITION_TOLERANCE_MM, flair_offsets.max() + POSITION_TOLERANCE_MM
+    between = int(np.count_nonzero((orphan_offsets > low) & (orphan_offsets < high)))
+    parts = []
+    if between:
+        parts.append(
+            f"{frames(between)} between FLAIR slices, where no FLAIR slice was read, left out (a FLAIR file missing "
+            "or unreadable there, or T1 sliced more finely)"
+        )
+    if beyond := len(left_out) - between:
+        parts.append(f"{frames(beyond)} beyond the FLAIR slices' ends left out (the T1 series reach further)")
+    return "; ".join(parts)
 
 
 def _unreadable_t1_reason(choice: SeriesChoice, errors: Mapping[int, ServiceError]) -> str | None:

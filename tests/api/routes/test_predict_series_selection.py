@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from app.dicom.dicom_series import model_inputs, prepare_inputs
 from app.inference import Predictor, SlicePrediction
 from tests.api.service_client import decode_rle
-from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
 from tests.node.node_support import dcmtk
 
@@ -290,13 +290,54 @@ def test_a_flair_slice_missing_leaves_out_only_the_t1_frames_beside_it(
     body = response.json()
     assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
     (note,) = body["selection_notes"]
-    assert note.startswith("2 T1 frames at positions where no FLAIR slice was read left out")
+    if missing == 1:
+        assert note.startswith("2 T1 frames between FLAIR slices, where no FLAIR slice was read, left out (a FLAIR")
+    else:  # the first or last FLAIR slice: nothing says it is missing rather than the T1 series reaching further
+        assert note == "2 T1 frames beyond the FLAIR slices' ends left out (the T1 series reach further)"
     assert body["slices_missing"] == (1 if missing == 1 else 0)
     kept = {
         "flair": flair,
         **{role: [item for i, item in enumerate(series[role]) if i != missing] for role in ("pre", "post")},
     }
     assert_same_as(body, three_channel_reference(predictor, kept))
+
+
+def test_t1_series_that_reach_further_or_are_sliced_finer_are_not_said_to_miss_a_flair_slice(
+    client: TestClient,
+) -> None:
+    """Attack review 38: T1 series reaching further than FLAIR (a slice at 15 mm) or sliced at 2.5 mm against FLAIR's
+    5 mm got a note saying a FLAIR file might be missing where none was."""
+    series = named_study()
+    study = Study(series["flair"][0].StudyInstanceUID, series["flair"][0].FrameOfReferenceUID)
+
+    def with_t1_slice_at(position_mm: float) -> list[Dataset]:
+        files = [*series["flair"]]
+        for role in ("pre", "post"):
+            first = series[role][0]
+            extra = mr_dataset(
+                tumor_channels(0)[0],
+                study,
+                first.SeriesInstanceUID,
+                4,
+                position_mm,
+                first.SeriesNumber,
+                first.SeriesDescription,
+            )
+            files += [*series[role], extra]
+        return files
+
+    reach = client.post("/v1/predict/batch", files=dicom_parts(with_t1_slice_at(15.0)))
+    fine = client.post("/v1/predict/batch", files=dicom_parts(with_t1_slice_at(2.5)))
+
+    assert reach.status_code == 200 and fine.status_code == 200, (reach.text, fine.text)
+    assert reach.json()["selection_notes"] == [
+        "2 T1 frames beyond the FLAIR slices' ends left out (the T1 series reach further)"
+    ]
+    assert fine.json()["selection_notes"] == [
+        "2 T1 frames between FLAIR slices, where no FLAIR slice was read, left out (a FLAIR file missing or "
+        "unreadable there, or T1 sliced more finely)"
+    ]
+    assert reach.json()["slices_missing"] == fine.json()["slices_missing"] == 0
 
 
 def test_t1_series_that_cannot_be_decoded_leave_flair_alone_with_the_files_reason(
