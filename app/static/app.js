@@ -3,7 +3,7 @@
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
   FormatError, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom, readPng16, readTiff, readZip,
-  splitMultipart, withStoredOrientation, writeGreyPng, writeZip,
+  splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip,
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
@@ -689,6 +689,7 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
       maskName: maskName(file.name),
       prediction: item.prediction,
       picture: pictures[item.index],
+      storedSize: pictures[item.index] ? null : await storedSizeOf(file),
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: null,
       position: null,
@@ -752,6 +753,7 @@ async function dicomSeries(answer, files, headers) {
       maskName: `slice_${String(position + 1).padStart(4, "0")}_mask.png`,
       prediction: { ...item.prediction, threshold: answer.threshold },
       picture: frame,
+      storedSize: source && source.header.columns > 0 ? [source.header.columns, source.header.rows] : null,
       window: source?.header.window ?? null,
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: source?.header.frameSpacings?.[item.frame_number - 1] ?? source?.header.pixelSpacing ?? null,
@@ -768,12 +770,28 @@ async function dicomSeries(answer, files, headers) {
 
 // ------------------------------------------------------------------------------------------------- the series
 
+/** [width, height] of a slice as stored: its picture's, else its mask's, else the file's header's (a slice the
+ * browser cannot draw: its blank mask and canvas at the slice's size, not 256 x 256). */
 function sizeOf(slice) {
   if (slice.picture) {
     return [slice.picture.width, slice.picture.height];
   }
   const size = slice.prediction.mask?.size;
-  return size ? [size[1], size[0]] : [256, 256];
+  if (size) {
+    return [size[1], size[0]];
+  }
+  return slice.storedSize ?? [256, 256];
+}
+
+/** [width, height] from a raster file's header (PNG, JPEG, TIFF), or null. */
+async function storedSizeOf(file) {
+  try {
+    const buffer = await file.arrayBuffer();
+    const size = rasterSize(buffer) ?? tiffSize(buffer);
+    return size ? [size.width, size.height] : null;
+  } catch {
+    return null;
+  }
 }
 
 function showSeries(shown) {
@@ -909,7 +927,8 @@ function describeSeriesChoice(answer) {
   for (const use of leftOut.filter(partOfUsed)) {
     parts.push(`${plural(use.files.length, "file")} left out of ${use.role} (${numbered(use)}): ${use.evidence}.`);
   }
-  parts.push(...(answer.selection_notes ?? []).map((note) => `${note}.`));
+  // Each note a sentence of its own: the server writes them to be joined into others (its SR, logs), in lower case.
+  parts.push(...(answer.selection_notes ?? []).map((note) => `${note.charAt(0).toUpperCase()}${note.slice(1)}.`));
   return parts.join(" ");
 }
 
@@ -1543,7 +1562,9 @@ function describeArea(slice) {
  */
 function seriesTag(shown) {
   let tag = "";
-  const use = shown.kind === "dicom" ? (shown.answer.series_used ?? [])[0] : null;
+  // Named after the FLAIR series, the one the masks and the volume are of (the answer lists T1 pre-contrast first).
+  const used = shown.kind === "dicom" ? shown.answer.series_used ?? [] : [];
+  const use = used.find((item) => item.role === "FLAIR") ?? used[0];
   if (use) {
     tag = [use.series_number === null ? "" : `series-${use.series_number}`, use.series_description ?? ""]
       .filter(Boolean).join("_");

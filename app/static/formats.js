@@ -459,7 +459,8 @@ export function withStoredOrientation(buffer) {
 // --------------------------------------------------------------------------------------------------------- TIFF
 
 /** Grey values of the first page of an uncompressed or deflated, strip-based TIFF (8 or 16 bit); null otherwise. */
-export async function readTiff(buffer) {
+/** The first IFD's tags of a TIFF (tag number -> numbers) and its byte order; null for other files. */
+function tiffTags(buffer) {
   const bytes = new Uint8Array(buffer);
   const view = new DataView(buffer);
   const marker = ascii(bytes, 0, 2);
@@ -479,26 +480,61 @@ export async function readTiff(buffer) {
     const at = count * size > 4 ? u32(entry + 8) : entry + 8;
     tags[u16(entry)] = Array.from({ length: count }, (_, k) => (size === 2 ? u16(at + 2 * k) : u32(at + 4 * k)));
   }
+  return { tags, little };
+}
+
+/** Width and height of a TIFF's first image, from its tags; null for other files. */
+export function tiffSize(buffer) {
+  const { tags } = tiffTags(buffer) ?? {};
+  const [width] = tags?.[256] ?? [];
+  const [height] = tags?.[257] ?? [];
+  return width > 0 && height > 0 ? { width, height } : null;
+}
+
+// TIFF compressions the viewer decodes: none, Deflate (8 and 32946), LZW (5) and PackBits (32773), these two common in
+// slices exported by image tools (browser review 39: they were analysed by the server but drawn black here); LZW and
+// PackBits stop at `limit` bytes (the image's), whatever a strip would unpack to.
+const TIFF_DECODERS = {
+  1: async (strip) => strip,
+  5: async (strip, limit) => lzwDecode(strip, limit),
+  8: (strip) => inflate(strip, "deflate"),
+  32773: async (strip, limit) => packBitsDecode(strip, limit),
+  32946: (strip) => inflate(strip, "deflate"),
+};
+
+export async function readTiff(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const parsed = tiffTags(buffer);
+  if (!parsed) {
+    return null;
+  }
+  const { tags, little } = parsed;
   const [width] = tags[256] ?? [];
   const [height] = tags[257] ?? [];
   const bits = (tags[258] ?? [1])[0];
   const compression = (tags[259] ?? [1])[0];
   const channels = (tags[277] ?? [1])[0];
   const predictor = (tags[317] ?? [1])[0];
-  if (tooLargeToDraw(width, height) || !tags[273] || ![8, 16].includes(bits)
-    || ![1, 8, 32946].includes(compression)) {
+  if (tooLargeToDraw(width, height) || !tags[273] || ![8, 16].includes(bits) || !TIFF_DECODERS[compression]) {
     return null;
   }
-  if (predictor !== 1 || (tags[284] ?? [1])[0] !== 1 || (tags[339] ?? [1])[0] > 2) {
+  if (![1, 2].includes(predictor) || (tags[284] ?? [1])[0] !== 1 || (tags[339] ?? [1])[0] > 2) {
     return null;
   }
+  const imageBytes = width * height * channels * (bits / 8);
   const strips = [];
   for (let i = 0; i < tags[273].length; i += 1) {
     const strip = bytes.subarray(tags[273][i], tags[273][i] + tags[279][i]);
-    strips.push(compression === 1 ? strip : await inflate(strip, "deflate"));
+    strips.push(await TIFF_DECODERS[compression](strip, imageBytes));
   }
   const data = await new Blob(strips).arrayBuffer();
   const pixels = new DataView(data);
+  if (data.byteLength < imageBytes) {
+    throw new FormatError("the TIFF's strips hold fewer pixels than its size");
+  }
+  if (predictor === 2) {
+    undoHorizontalDifferencing(pixels, width, height, channels, bits, little);
+  }
   const signed = (tags[339] ?? [1])[0] === 2;
   const values = new Float32Array(width * height);
   const colour = channels >= 3 ? 3 : 1;
@@ -519,6 +555,111 @@ export async function readTiff(buffer) {
     invertMinIsWhite(values, bits, signed);
   }
   return { width, height, values, bits };
+}
+
+/** TIFF Predictor 2: each sample was stored as its difference from the same channel's sample to its left. */
+function undoHorizontalDifferencing(pixels, width, height, channels, bits, little) {
+  const step = bits / 8;
+  const modulo = 2 ** bits;
+  const get = step === 1 ? (at) => pixels.getUint8(at) : (at) => pixels.getUint16(at, little);
+  const set = step === 1 ? (at, value) => pixels.setUint8(at, value) : (at, value) => pixels.setUint16(at, value, little);
+  const row = width * channels;
+  for (let y = 0; y < height; y += 1) {
+    for (let i = channels; i < row; i += 1) {
+      const at = (y * row + i) * step;
+      set(at, (get(at) + get(at - channels * step)) % modulo);
+    }
+  }
+}
+
+/** TIFF LZW (compression 5): 9- to 12-bit codes, most significant bit first, the code width growing one code early. */
+function lzwDecode(input, limit) {
+  const CLEAR = 256;
+  const END = 257;
+  let out = new Uint8Array(Math.min(Math.max(input.length * 3, 1024), limit + 4096));
+  let length = 0;
+  const append = (entry) => {
+    if (length + entry.length > out.length) {
+      const grown = new Uint8Array(Math.max(out.length * 2, length + entry.length));
+      grown.set(out.subarray(0, length));
+      out = grown;
+    }
+    out.set(entry, length);
+    length += entry.length;
+  };
+  let table = [];
+  let width = 9;
+  const reset = () => {
+    table = Array.from({ length: 258 }, (_, code) => Uint8Array.of(code));
+    width = 9;
+  };
+  reset();
+  let previous = null;
+  let bit = 0;
+  while (bit + width <= input.length * 8 && length < limit) {
+    let code = 0;
+    for (let k = 0; k < width; k += 1, bit += 1) {
+      code = (code << 1) | ((input[bit >> 3] >> (7 - (bit & 7))) & 1);
+    }
+    if (code === END) {
+      break;
+    }
+    if (code === CLEAR) {
+      reset();
+      previous = null;
+      continue;
+    }
+    let entry;
+    if (code < table.length && code !== CLEAR && code !== END) {
+      entry = table[code];
+      if (previous) {
+        table.push(concatBytes(previous, entry[0]));
+      }
+    } else if (code === table.length && previous) {
+      entry = concatBytes(previous, previous[0]);
+      table.push(entry);
+    } else {
+      throw new FormatError("the TIFF's LZW data is corrupt");
+    }
+    append(entry);
+    previous = entry;
+    if (table.length + 1 >= 1 << width && width < 12) {
+      width += 1;
+    }
+  }
+  return out.subarray(0, length);
+}
+
+function concatBytes(head, last) {
+  const joined = new Uint8Array(head.length + 1);
+  joined.set(head);
+  joined[head.length] = last;
+  return joined;
+}
+
+/** TIFF PackBits (compression 32773): a count byte n, then n + 1 bytes as they are (n >= 0) or one byte 1 - n times. */
+function packBitsDecode(input, limit) {
+  const out = [];
+  let total = 0;
+  for (let i = 0; i < input.length && total < limit;) {
+    const count = (input[i] << 24) >> 24; // signed
+    i += 1;
+    if (count >= 0) {
+      out.push(input.subarray(i, i + count + 1));
+      i += count + 1;
+    } else if (count !== -128) {
+      out.push(new Uint8Array(1 - count).fill(input[i]));
+      i += 1;
+    }
+    total += out.length ? out[out.length - 1].length : 0;
+  }
+  const joined = new Uint8Array(out.reduce((sum, part) => sum + part.length, 0));
+  let at = 0;
+  for (const part of out) {
+    joined.set(part, at);
+    at += part.length;
+  }
+  return joined;
 }
 
 /**

@@ -11,13 +11,15 @@ import re
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
 import tifffile
+from PIL import Image
 from playwright.sync_api import Page, expect
 
-from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import Study, legacy_multiframe, mr_series, to_bytes, tumor_channels
 from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, upload, write_series
 from tests.web.test_page_series_drawing import drawn_slice
 from tests.web.test_series_view import assert_no_axe_violations
@@ -312,3 +314,72 @@ def test_downloads_are_named_after_the_series_and_the_masks_inside_keep_their_na
     name, rows = slices_csv(page)
     assert name == "tumor-masks_HYPERLINK-x-slice-1.zip"
     assert rows[0]["mask_file"] == "_HYPERLINK(x) slice 1_predicted_mask.png"
+
+
+def test_a_three_series_study_s_downloads_are_named_after_its_flair_series(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 39, F3: FLAIR + T1 pre/post gave `tumor-seg_series-2_AX-T1-PRE.dcm`, after the T1 pre-contrast
+    series the answer lists first, while the masks and the volume are of FLAIR."""
+    study = Study()
+    datasets = [
+        *mr_series(tumor_channels(0), study, series_number=2, series_description="AX T1 PRE"),
+        *mr_series(tumor_channels(1), study, series_number=4, series_description="AX T2 FLAIR"),
+        *mr_series(tumor_channels(2), study, series_number=7, series_description="AX T1 POST GAD"),
+    ]
+    page.goto(live_server)
+
+    answer = upload(page, write_series(datasets, tmp_path))
+
+    assert [use["role"] for use in answer["series_used"]][0] == "T1 pre-contrast"
+    name, _ = slices_csv(page)
+    assert name == "tumor-masks_series-4_AX-T2-FLAIR.zip"
+
+
+# ------------------------------------------------------------------ slices the page cannot draw, and TIFF encodings
+
+
+def test_blank_masks_of_slices_the_page_cannot_draw_are_at_the_slice_s_size(
+    page: Page, negative_live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 39, F1: a series of 512 x 512 RLE-compressed DICOM slices (the page draws uncompressed ones only)
+    got 256 x 256 blank masks and a 256 x 256 viewer for its tumor-free slices."""
+    images = [cv2.resize(image, (512, 512), interpolation=cv2.INTER_NEAREST) for image in tumor_channels()]
+    datasets = mr_series(images)
+    for dataset in datasets:
+        dataset.compress(pydicom.uid.RLELossless)
+    page.goto(negative_live_server)
+
+    upload(page, write_series(datasets, tmp_path))
+
+    with page.expect_download(timeout=RESULT_TIMEOUT_MS) as downloaded:
+        page.click("#download-masks")
+    with zipfile.ZipFile(downloaded.value.path()) as masks:
+        pngs = [name for name in masks.namelist() if name.endswith(".png")]
+        sizes = {Image.open(io.BytesIO(masks.read(name))).size for name in pngs}
+    assert len(pngs) == 3 and sizes == {(512, 512)}
+    size = page.evaluate(
+        "() => [document.querySelector('#mask-canvas').width, document.querySelector('#mask-canvas').height]"
+    )
+    assert size == [512, 512]
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "packbits", "tiff_lzw with predictor"])
+def test_lzw_and_packbits_tiff_slices_are_drawn_like_uncompressed_ones(
+    page: Page, live_server: str, tmp_path: Path, compression: str
+) -> None:
+    """Browser review 39, F2: LZW and PackBits TIFFs (GIMP's, Fiji's and scanners' exports) were analysed by the
+    server but drawn black, without Level/Width."""
+    values = tumor_channels()[1].astype(np.uint16) * 37
+    plain, packed = tmp_path / "plain.tif", tmp_path / "packed.tif"
+    Image.fromarray(values).save(plain)
+    predictor = {317: 2} if compression.endswith("predictor") else {}
+    Image.fromarray(values).save(packed, compression=compression.split()[0], tiffinfo=predictor)
+    page.goto(live_server)
+
+    upload(page, [plain])
+    expected = drawn_slice(page)
+    upload(page, [packed])
+
+    expect(page.locator("#window-controls")).to_be_visible()
+    assert drawn_slice(page) == expected

@@ -299,7 +299,7 @@ def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: s
     expect(page.locator("#series-choice")).to_have_text(
         "Series read: FLAIR (series 2, “AX FLAIR”, 3 files). "
         "Left out: T1 pre-contrast (series 3, “AX T1”, 3 files). "
-        f"{note}."
+        f"{note[0].upper()}{note[1:]}."
     )
 
     upload(page, RASTER_SERIES)  # PNG/JPEG/TIFF: no series to choose among

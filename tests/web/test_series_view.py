@@ -278,6 +278,8 @@ def test_a_dicom_series_of_tall_pixels_is_drawn_at_its_true_proportions(
     drawn = drawn_mask(page)
     assert drawn.any() and np.mean(drawn == expected) > 0.99
     assert "resampled to square pixels" in " ".join(answer["selection_notes"])
+    # A sentence of its own (browser review 39: "… 3 files). the slices' pixels are not square …").
+    expect(page.locator("#series-choice")).to_contain_text("files). The slices' pixels are not square (each 1.33")
 
 
 def test_series_view_shows_dicom_slices_in_anatomical_order_whatever_order_they_are_chosen_in(
