@@ -318,6 +318,19 @@ def test_tumor_volume_ml_of_a_short_series_with_a_slice_missing_takes_the_shorte
     assert volume == pytest.approx(12 * 0.5 * 0.5 * 5.0 / 1000.0)
 
 
+@pytest.mark.parametrize("stray_mm", [12.5, 0.5])
+def test_a_stray_slice_between_two_others_adds_no_slab_of_its_own(stray_mm: float) -> None:
+    """Attack review 39: one slice half-way in a series 5 mm apart halved the spacing (and the volume), and one 0.5 mm
+    from another counted a whole 5 mm slab (+23 %). The slices' slabs share the space between neighbours."""
+    regular = [frame_at(z) for z in (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)]
+    with_stray = [*regular, frame_at(stray_mm)]
+
+    volume = tumor_volume_ml([mask_with(4)] * len(regular), regular)
+
+    assert volume == pytest.approx(7 * 4 * 0.25 * 5.0 / 1000.0)
+    assert tumor_volume_ml([mask_with(4)] * len(with_stray), with_stray) == pytest.approx(volume)
+
+
 def test_tumor_volume_ml_of_two_slices_takes_their_declared_spacing_when_a_slice_lies_between() -> None:
     """Attack review 38: the middle of three 5 mm slices missing, the two left took their 10 mm distance as the
     slab each stands for. A declared spacing shorter than the slices' thickness is the gap between slabs, as some

@@ -249,13 +249,16 @@ def test_anatomical_order_follows_positions_then_instance_numbers_then_the_files
         ([0, 5, 10, 25, 30], {2}, 2),  # two missing between 10 and 25 mm: no neighbours
         ([30, 0, 5, 10, 25], {2}, 2),  # the same, sent in another order
         # Short series (attack review 38): the median of 5 and 10 mm was 7.5 mm, so no slice was missing and the
-        # volume half again too large; gaps of one to three times the shortest are slices missing.
+        # volume half again too large; with half the gaps the shortest, gaps two or three times it are slices missing.
         ([0, 5, 15], set(), 1),
         ([0, 5, 20], {1}, 2),
-        ([0, 5, 15, 25], set(), 2),
+        ([0, 5, 10, 20], set(), 1),
         ([0, 4.99, 15.0], set(), 1),  # rounding in the positions
+        ([0, 5, 15, 25], set(), 0),  # only a third of the gaps at 5 mm: the median (10 mm), as before
         ([0, 0.5, 5, 10], set(), 0),  # a stray slice 0.5 mm from another: the spacing stays the median (4.5 mm)
         ([0, 5, 10, 15, 35], {3}, 3),  # four spacings apart: the median (5 mm) as before
+        # A stray slice half-way between two of a long series (attack review 39: 23 slices' spacing halved).
+        ([*range(0, 60, 5), 57.5, *range(60, 115, 5)], set(), 0),
         # Two slices: their distance is their spacing, unless their files declare a spacing (5 mm here) two or
         # three times shorter (attack review 38: the middle FLAIR slice of three missing).
         ([0, 5], set(), 0),
