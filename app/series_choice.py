@@ -152,6 +152,7 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
     dicom_headers = [header for header in headers if isinstance(header, DicomHeader)]
     _refuse_several_studies(dicom_headers)
     choice = _choose(headers, rules or SelectionRules())
+    _refuse_identity_left_empty([header for index, header in enumerate(headers) if index in choice.used_files])
     note = _disagreeing_patient_note(dicom_headers)
     return replace(choice, notes=(*choice.notes, note)) if note else choice
 
@@ -188,27 +189,43 @@ def _choose(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules
     return SeriesChoice(used, left_out, selection.notes)
 
 
+IDENTITY_KEYWORDS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
+"""What a PACS files a SEG or SR under: a request's files must agree on them."""
+
+
 def _refuse_several_studies(headers: Sequence[DicomHeader]) -> None:
     """Refuse files of several studies or patients (attack finding: a tumor series and another study's tumor-free
-    FLAIR series were answered from the second, "no tumor", the first only listed as left out).
-
-    A patient is its Patient ID and the Issuer of that ID, and a file without them is not known to be the others'
-    patient (attack review 38: a file with an empty Patient ID, or another issuer, passed without a word, and the SEG
-    and SR were filed under whichever file came first, an empty Patient ID included)."""
-    for keyword, what in (("StudyInstanceUID", "studies"), ("PatientID", "patients"), ("IssuerOfPatientID", "")):
-        found = [str(header.dataset.get(keyword) or "").strip() for header in headers]
-        values = set(found) - {""}
+    FLAIR series were answered from the second, "no tumor", the first only listed as left out). A patient is its
+    Patient ID and the Issuer of that ID: two issuers are two patients (attack review 38)."""
+    for keyword in IDENTITY_KEYWORDS:
+        values = {_identity_value(header, keyword) for header in headers} - {""}
         if len(values) > 1:
+            what = "studies" if keyword == "StudyInstanceUID" else "patients"
             raise MixedInputError(
-                f"the request's DICOM files come from {len(values)} {what or 'patients'} (by {keyword}); send one "
-                "study per request: the series the models read are chosen within it"
+                f"the request's DICOM files come from {len(values)} {what} (by {keyword}); send one study per "
+                "request: the series the models read are chosen within it"
             )
-        if values and "" in found:
+
+
+def _refuse_identity_left_empty(used: Sequence[DicomHeader | ServiceError]) -> None:
+    """Refuse files of the series read that leave an identity attribute empty while others of them have it.
+
+    Why: such a file is not known to be the others' patient, and the SEG and SR were filed under whichever file came
+    first, an empty Patient ID included (attack review 38). Only the files read: a series left out (a workstation's
+    screenshot without an Issuer of Patient ID, Type 3) puts nothing in the results (attack review 39)."""
+    for keyword in IDENTITY_KEYWORDS:
+        found = [_identity_value(header, keyword) for header in used if isinstance(header, DicomHeader)]
+        if "" in found and set(found) != {""}:
+            what = "study" if keyword == "StudyInstanceUID" else "patient"
             raise MixedInputError(
-                f"{found.count('')} of the request's {len(found)} DICOM files have no {keyword} and the others one: "
-                f"they are not known to be of one {'study' if keyword == 'StudyInstanceUID' else 'patient'}, and a "
-                "SEG or SR would be filed under one of them; send files whose identity agrees"
+                f"{found.count('')} of the {len(found)} DICOM files read have no {keyword} and the others one: they "
+                f"are not known to be of one {what}, and a SEG or SR would be filed under one of them; send files "
+                "whose identity agrees"
             )
+
+
+def _identity_value(header: DicomHeader, keyword: str) -> str:
+    return str(header.dataset.get(keyword) or "").strip()
 
 
 def _disagreeing_patient_note(headers: Sequence[DicomHeader]) -> str | None:

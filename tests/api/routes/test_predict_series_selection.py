@@ -421,7 +421,7 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
         (
             "PatientID",
             "",
-            "1 of the request's 3 DICOM files have no PatientID and the others one: they are not known to be of one "
+            "1 of the 3 DICOM files read have no PatientID and the others one: they are not known to be of one "
             "patient, and a SEG or SR would be filed under one of them; send files whose identity agrees",
         ),
         (
@@ -430,7 +430,7 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
             "the request's DICOM files come from 2 patients (by IssuerOfPatientID); send one study per request: the "
             "series the models read are chosen within it",
         ),
-        ("IssuerOfPatientID", "", "1 of the request's 3 DICOM files have no IssuerOfPatientID and the others one"),
+        ("IssuerOfPatientID", "", "1 of the 3 DICOM files read have no IssuerOfPatientID and the others one"),
     ],
 )
 @pytest.mark.parametrize("output", ["json", "dicom-seg"])
@@ -456,6 +456,22 @@ def test_files_whose_patient_identity_is_partly_missing_or_of_another_issuer_are
         setattr(dataset, keyword, value)
     agreeing = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(series))
     assert agreeing.status_code == 200, agreeing.text
+
+
+def test_a_series_left_out_without_an_issuer_of_patient_id_does_not_refuse_the_study(client: TestClient) -> None:
+    """Attack review 39: a FLAIR series with an Issuer of Patient ID was refused beside a T2 series of the same Patient
+    ID without one (Type 3: another device's series often leave it out), which would only have been left out."""
+    study = Study()
+    flair = mr_series(tumor_channels(1), study, series_number=4, series_description="AX FLAIR")
+    t2 = mr_series(tumor_channels(1), study, series_number=5, series_description="AX T2 TSE")
+    for dataset in flair:
+        dataset.IssuerOfPatientID = "HOSP-A"
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*flair, *t2]))
+
+    assert response.status_code == 200, response.text
+    assert [use["series_number"] for use in response.json()["series_used"]] == [4]
+    assert [use["series_number"] for use in response.json()["series_left_out"]] == [5]
 
 
 def test_files_of_one_patient_id_that_disagree_on_name_or_birth_date_are_answered_with_a_note(
