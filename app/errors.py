@@ -133,6 +133,11 @@ class InvalidSliceError(ServiceError):
     kind = ErrorKind.INVALID_INPUT
 
 
+class RepeatedSliceError(InvalidSliceError):
+    """A slice of a raster series whose pixels an earlier file of the request holds: left out, and no slice missing
+    from the volume either (`app.uploads.raster_series_breaks`)."""
+
+
 class UnsupportedMediaTypeError(ServiceError):
     """The first bytes match none of the formats we read (PNG, JPEG, TIFF)."""
 

@@ -31,6 +31,7 @@ from app.errors import (
     decoder_reason,
 )
 from app.intensity_range import stretch_in_place, stretch_range
+from app.jpeg_data import CorruptJpegError, check_jpeg_data
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
@@ -327,6 +328,8 @@ def decode_samples(
     elif header.image_format is ImageFormat.PNG and header.bytes_per_sample == 2:
         array = _decode_png16(data)
     else:
+        if header.image_format is ImageFormat.JPEG:
+            _check_jpeg_data(data)
         array = _decode_with_pillow(data, header.image_format, max_pixels)
     if array.dtype.kind not in "biuf":  # a complex or structured TIFF: no intensity to read
         raise InvalidSliceError(f"image samples must be real numbers; this image holds {array.dtype.name} samples")
@@ -421,6 +424,14 @@ def _pillow_header(data: bytes, image_format: ImageFormat) -> RasterHeader:
     return header
 
 
+def _check_jpeg_data(data: bytes) -> None:
+    """Damaged JPEG data is refused, not decoded into flat grey rows (`app.jpeg_data`)."""
+    try:
+        check_jpeg_data(data, "JPEG file")
+    except CorruptJpegError as error:
+        raise UndecodableImageError(str(error)) from None
+
+
 def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data), formats=[image_format.value])
@@ -438,10 +449,27 @@ def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int)
             elif image.mode in ("I", "F") or image.mode.startswith("I;16"):
                 pass  # deeper than 8 bits: stretched by the caller
             elif image.mode != "RGB":
+                if image.mode == "P":
+                    _check_palette_indices(image, image_format)
                 image = image.convert("RGB")  # palette, RGBA, CMYK, YCbCr ...: alpha and colour model dropped
             return np.asarray(image)
+        except ServiceError:
+            raise
         except Exception as error:
             raise UndecodableImageError(f"{image_format.value} file cannot be decoded: {error}") from error
+
+
+def _check_palette_indices(image: Image.Image, image_format: ImageFormat) -> None:
+    """Refuse a palette image whose pixels name colours its palette does not hold: Pillow reads them as black
+    (attack review 39: a PNG of 16 colours whose pixels went up to index 190, answered at probability 0.24 instead
+    of 0.98), where libpng calls it an error."""
+    colours = len(image.palette.palette) // len(image.palette.mode) if image.palette is not None else 0
+    highest = int(image.getextrema()[1])
+    if highest >= colours:
+        raise UndecodableImageError(
+            f"{image_format.value} file cannot be decoded: its palette holds {colours} colours but its pixels use "
+            f"colour {highest}"
+        )
 
 
 def _decode_png16(data: bytes) -> np.ndarray:

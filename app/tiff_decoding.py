@@ -29,8 +29,16 @@ _TIFF_JPEG_COMPRESSIONS = {6, 7}  # old-style and new-style JPEG
 
 def check_tiff_photometric(page: tifffile.TiffPage) -> None:
     """Refuse a TIFF colour model this service would read as raw samples (CMYK, YCbCr uncompressed, CIELab ...):
-    its pixels are not the image a viewer shows."""
+    its pixels are not the image a viewer shows; and a grey page of more samples than grey and alpha."""
     photometric = page.photometric
+    grey = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+    if grey and int(page.samplesperpixel) > 2:
+        # Attack review 39: a stack of slices written as one page of several samples (tifffile's volumetric
+        # layout) was read as a colour image, three different slices taken for pre-contrast, FLAIR and post-contrast.
+        raise InvalidSliceError(
+            f"a grey TIFF (MinIsBlack or MinIsWhite) holds one sample per pixel, and at most an alpha; this one holds "
+            f"{page.samplesperpixel}: several images in one page, not one slice. Send one slice per file"
+        )
     if photometric in _TIFF_PHOTOMETRICS or (
         photometric == tifffile.PHOTOMETRIC.YCBCR and page.compression in _TIFF_JPEG_COMPRESSIONS
     ):

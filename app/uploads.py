@@ -18,6 +18,7 @@ from app.core.preprocessing import InvalidImageError, preprocess_slice
 from app.errors import (
     InvalidSliceError,
     PayloadTooLargeError,
+    RepeatedSliceError,
     ServiceError,
     TooManySlicesError,
     UnsupportedMediaTypeError,
@@ -119,21 +120,23 @@ def check_request_cost(cost: int, files: int, limits: UploadLimits) -> None:
 def refuse_repeated_slices(
     prepared: Sequence[PreparedSlice | ServiceError], uploads: Sequence[bytes | ServiceError]
 ) -> list[PreparedSlice | ServiceError]:
-    """`prepared` (the slices of one series) with an error in place of each slice whose file has the bytes of an
-    earlier one: a file sent twice (a "copy" beside its original) would be one more slice of the volume, and its
-    tumor counted twice (browser review finding: +22 % volume, with no note). A blank slice may repeat: the empty
-    slices at a volume's ends can be identical files, and they add nothing."""
-    first: dict[str, int] = {}
+    """`prepared` (the slices of one series) with a `RepeatedSliceError` in place of each slice whose pixels are an
+    earlier one's: a file sent twice (a "copy" beside its original) would be one more slice of the volume, and its
+    tumor counted twice (browser review finding: +22 % volume, with no note). Compared on what the models read, not
+    on the file's bytes (attack review 39: the same pixels saved again at another PNG compression level were another
+    slice). A blank slice may repeat: the empty slices at a volume's ends can be identical files, and they add
+    nothing."""
+    first: dict[tuple[tuple[int, int], str], int] = {}
     checked = list(prepared)
     for index, (item, data) in enumerate(zip(prepared, uploads, strict=True)):
         if not isinstance(item, PreparedSlice) or not isinstance(data, bytes):
             continue
-        digest = sha256_hex(data)
-        if digest not in first:
-            first[digest] = index
+        key = (item.size, sha256_hex(np.ascontiguousarray(item.model_input).tobytes()))
+        if key not in first:
+            first[key] = index
         elif np.ptp(item.model_input) > 0:
-            checked[index] = InvalidSliceError(
-                f"the file is the same as {request_file(first[digest])}; a slice of a series is read once"
+            checked[index] = RepeatedSliceError(
+                f"the file holds the same pixels as {request_file(first[key])}; a slice of a series is read once"
             )
     return checked
 
@@ -332,8 +335,9 @@ def raster_series_breaks(prepared: Sequence[PreparedSlice | ServiceError]) -> se
     failed between them: as in a DICOM series (`app.dicom.slice_order.series_breaks`), the series clean-up joins masks
     across one missing slice, as a tumor goes on through it, but not across more. A file that is no image at all (a
     note or a desktop.ini beside the slices, `UnsupportedMediaTypeError`) is no missing slice (review 36: two notes
-    between slices cost two tumor slices their masks)."""
-    slices = [item for item in prepared if not isinstance(item, UnsupportedMediaTypeError)]
+    between slices cost two tumor slices their masks), and neither is a copy of a slice (`RepeatedSliceError`: attack
+    review 39, two copies of a slice cut the series there)."""
+    slices = [item for item in prepared if not isinstance(item, (UnsupportedMediaTypeError, RepeatedSliceError))]
     decoded = [index for index, item in enumerate(slices) if isinstance(item, PreparedSlice)]
     return {place for place, (before, after) in enumerate(itertools.pairwise(decoded)) if after - before > 2}
 

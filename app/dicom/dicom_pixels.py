@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     JPEG2000,
@@ -41,6 +42,7 @@ from pydicom.uid import (
 )
 
 from app.errors import UndecodableDicomError, decoder_reason, without_quoted_values
+from app.jpeg_data import CorruptJpegError, check_jpeg_data
 
 SAFE_PLUGINS: dict[str, str] = {
     JPEGBaseline8Bit: "pillow",
@@ -80,7 +82,20 @@ def stored_pixels(dataset: Dataset, transfer_syntax: UID | None) -> np.ndarray:
     plugin = SAFE_PLUGINS.get(str(transfer_syntax)) if transfer_syntax is not None else None
     if plugin is not None and plugin in get_decoder(transfer_syntax).available_plugins:
         dataset.pixel_array_options(decoding_plugin=plugin)
+    if transfer_syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
+        _check_jpeg_frames(dataset)
     return dataset.pixel_array
+
+
+def _check_jpeg_frames(dataset: Dataset) -> None:
+    """Every JPEG frame's data decodes without libjpeg's corrupt-data warnings, which Pillow ignores (`app.jpeg_data`:
+    damaged frames were read with flat grey rows, and a series' volume fell from 67.7 to 7.2 mL)."""
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    try:
+        for number, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=frames), start=1):
+            check_jpeg_data(frame, f"DICOM JPEG frame {number}")
+    except CorruptJpegError as error:
+        raise UndecodableDicomError(f"DICOM pixel data cannot be decoded: {error}") from None
 
 
 class DecodingWorker:

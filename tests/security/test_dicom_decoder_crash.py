@@ -29,6 +29,7 @@ from app.errors import InvalidDicomImageError, UndecodableDicomError
 from tests.conftest import TUMOR_SLICE, read_slice
 from tests.dicom.builders import FLAIR, Study, mr_dataset, to_bytes
 from tests.dicom.reading import read_dicom
+from tests.service.test_imaging import damaged_jpeg_scan
 
 
 def with_stray_byte(codestream: bytes) -> bytes:
@@ -86,6 +87,22 @@ def test_a_jpeg_baseline_codestream_with_a_stray_byte_is_refused_and_the_process
     with pytest.raises(UndecodableDicomError, match="DICOM pixel data cannot be decoded"):
         read_dicom(broken)
     (frame,) = read_dicom(good)  # reaching this line is the point: GDCM used to abort the process on `broken`
+    assert frame.values.shape == flair.shape
+
+
+def test_a_jpeg_baseline_frame_whose_image_data_is_damaged_is_refused(flair: np.ndarray) -> None:
+    """Attack review 39: Pillow read damaged JPEG frames with only libjpeg's warnings, and a JPEG Baseline series'
+    volume fell from 67.7 to 7.2 mL without a word."""
+    good = jpeg_baseline_dicom(flair)
+    damaged = jpeg_baseline_dicom(flair, codestream=damaged_jpeg_scan(only_codestream(good), count=100))
+
+    with pytest.raises(UndecodableDicomError) as raised:
+        read_dicom(damaged)
+
+    assert raised.value.message.startswith(
+        "DICOM pixel data cannot be decoded: DICOM JPEG frame 1 is corrupt: its image data decodes only with errors"
+    )
+    (frame,) = read_dicom(good)
     assert frame.values.shape == flair.shape
 
 

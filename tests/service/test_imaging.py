@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 import app.core.preprocessing
@@ -244,6 +245,53 @@ def test_decode_image_rejects_truncated_file(data, prefix: str) -> None:
     assert raised.value.message.startswith(prefix), raised.value.message
 
 
+def damaged_jpeg_scan(data: bytes, count: int = 400) -> bytes:
+    """`data` with `count` bytes of its entropy-coded data changed, its markers left as they are (no 0xFF written,
+    none changed, nor the byte after one): libjpeg decodes it with corrupt-data warnings only."""
+    damaged = bytearray(data)
+    start = data.index(b"\xff\xda") + 2 + int.from_bytes(data[data.index(b"\xff\xda") + 2 :][:2], "big")
+    changed = 0
+    for position in range(start + 100, len(damaged) - 2):
+        if changed == count:
+            break
+        if damaged[position] != 0xFF and damaged[position - 1] != 0xFF and damaged[position + 1] != 0xFF:
+            damaged[position] = damaged[position] ^ 0x55 if damaged[position] ^ 0x55 != 0xFF else 0x7E
+            changed += 1
+    return bytes(damaged)
+
+
+def cut_jpeg_scan(data: bytes, share: float) -> bytes:
+    """`data` cut after `share` of its entropy-coded data, then an end-of-image marker (libjpeg fills the rest grey)."""
+    start = data.index(b"\xff\xda")
+    cut = start + int((len(data) - start) * share)
+    while data[cut - 1] == 0xFF:
+        cut -= 1
+    return data[:cut] + b"\xff\xd9"
+
+
+@pytest.mark.parametrize(
+    "damage", [damaged_jpeg_scan, lambda data: cut_jpeg_scan(data, 0.2)], ids=["bytes changed", "cut with an end"]
+)
+def test_a_jpeg_whose_image_data_is_damaged_is_refused_not_read_with_grey_rows(damage) -> None:
+    """Attack review 39: Pillow decodes past damaged JPEG data (libjpeg only warns), and a tumor slice at probability
+    0.99 was answered "no tumor" at 0.007; cut at 20 % with an end marker, 191 of 256 rows came back flat grey."""
+    data = TUMOR_SLICE.read_bytes()
+    decode_image(data)  # whole, it decodes
+
+    with pytest.raises(UndecodableImageError) as raised:
+        decode_image(damage(data))
+
+    assert raised.value.message.startswith("JPEG file is corrupt: its image data decodes only with errors (Corrupt")
+
+
+def test_a_cmyk_jpeg_is_still_read() -> None:
+    """libjpeg converts CMYK to nothing but CMYK: the strict check decodes it as such, and Pillow reads it as RGB."""
+    buffer = io.BytesIO()
+    Image.fromarray(read_slice(TUMOR_SLICE)).convert("CMYK").save(buffer, format="JPEG", quality=95)
+
+    assert decode_image(buffer.getvalue()).shape == (256, 256, 3)
+
+
 def test_decode_image_rejects_multi_page_tiff() -> None:
     with pytest.raises(InvalidSliceError, match=r"^TIFF must hold one page \(one slice\); it holds 3 pages$"):
         decode_image(tiff_bytes(np.stack([GREY, GREY, GREY]), photometric="minisblack"))
@@ -313,6 +361,26 @@ def test_decode_image_refuses_tiff_colour_models_it_would_misread(mode: str) -> 
         decode_image(buffer.getvalue())
 
 
+@pytest.mark.parametrize("slices", [3, 4])
+def test_a_grey_tiff_page_of_several_slices_as_samples_is_refused(slices: int) -> None:
+    """Attack review 39: a stack of slices written as one grey page of several samples per pixel (tifffile's
+    volumetric layout) was read as a colour slice, three different slices taken for its three channels."""
+    stack = np.stack([read_slice(path)[:, :, 1] for path in [*TUMOR_SERIES, TUMOR_SLICE][:slices]])
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, stack, photometric="minisblack", planarconfig="separate")
+
+    with pytest.raises(
+        InvalidSliceError,
+        match=f"a grey TIFF .* holds one sample per pixel, and at most an alpha; this one holds {slices}",
+    ):
+        decode_image(buffer.getvalue())
+    grey_and_alpha = io.BytesIO()
+    tifffile.imwrite(
+        grey_and_alpha, stack[:2].transpose(1, 2, 0), photometric="minisblack", extrasamples=["unassalpha"]
+    )
+    np.testing.assert_array_equal(decode_image(grey_and_alpha.getvalue()), stack[0])
+
+
 def test_decode_image_reads_a_jpeg_compressed_ycbcr_tiff_as_rgb() -> None:
     buffer = io.BytesIO()
     Image.fromarray(read_slice(TUMOR_SLICE)).save(buffer, "TIFF", compression="jpeg")
@@ -369,3 +437,30 @@ def test_a_broken_tiff_structure_is_explained_not_reported_as_a_bare_index() -> 
     """Attack finding: a BigTIFF header followed by garbage answered "TIFF file cannot be decoded: 0"."""
     with pytest.raises(UndecodableImageError, match="malformed where the reader expected more \\(IndexError\\)"):
         decode_image(b"II+\x00\x08\x00\x00\x00" + b"\0" * 20)
+
+
+def png_of_palette(indices: np.ndarray, colours: int) -> bytes:
+    """An 8-bit palette PNG of `indices` whose PLTE holds `colours` greys."""
+    header = struct.pack(">IIBBBBB", indices.shape[1], indices.shape[0], 8, 3, 0, 0, 0)
+    palette = bytes(value for grey in np.linspace(0, 255, colours).astype(np.uint8) for value in (grey, grey, grey))
+    rows = b"".join(b"\0" + row.tobytes() for row in indices.astype(np.uint8))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"PLTE", palette)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def test_a_palette_png_whose_pixels_pass_its_palette_is_refused() -> None:
+    """Attack review 39: a PNG of 16 colours whose pixels went up to index 190 was answered (Pillow reads the missing
+    colours as black: probability 0.24 against 0.98 for the same slice in grey); libpng calls it an error."""
+    indices = read_slice(TUMOR_SLICE)[:, :, 1]
+    highest = int(indices.max())
+
+    assert decode_image(png_of_palette(indices, highest + 1)).shape == (256, 256, 3)
+    with pytest.raises(
+        UndecodableImageError, match=f"its palette holds 16 colours but its pixels use colour {highest}"
+    ):
+        decode_image(png_of_palette(indices, 16))

@@ -337,6 +337,20 @@ def test_files_that_are_no_image_between_raster_slices_are_no_missing_slices() -
     assert [error.code for error in answer.outcomes[1:-1]] == ["unsupported_media_type"] * 2
 
 
+def test_copies_of_a_raster_slice_are_no_missing_slices() -> None:
+    """Attack review 39: two copies of a slice, refused as such, counted as two missing slices, so the clean-up no
+    longer joined the slices either side of them and dropped their masks."""
+    first, last = distinct_pngs(2)
+    files = [first, first, first, last]
+    blobs = {0: (slice(100, 108), slice(100, 108)), 1: (slice(100, 108), slice(100, 108))}
+    service = PredictionService(SeriesModels(), blob_runner(blobs), LIMITS, offload=False)
+
+    answer = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
+
+    assert [prediction.detected for prediction in (answer.predictions[0], answer.predictions[-1])] == [True, True]
+    assert [error.code for error in answer.outcomes[1:-1]] == ["invalid_image"] * 2
+
+
 class UnsureMaskModels(SeriesModels):
     """A model pair whose manifest draws a single slice's mask only from probability 0.5 on (threshold 0.1)."""
 

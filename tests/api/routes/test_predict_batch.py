@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.api.service_client import (
     LIMITED_BATCH_FILES,
@@ -177,11 +180,32 @@ def test_a_file_sent_twice_in_a_raster_series_is_one_slice(client: TestClient) -
     assert [item["ok"] for item in results] == [True, True, False, *[True] * (len(slices) - 2)]
     assert results[2]["error"] == {
         "code": "invalid_image",
-        "message": "the file is the same as the request's file at index 1 (file 2 as sent); a slice of a series is "
-        "read once",
+        "message": "the file holds the same pixels as the request's file at index 1 (file 2 as sent); a slice of a "
+        "series is read once",
     }
     assert results[3]["prediction"] == predict_batch(client, slices, series="true").json()["results"][2]["prediction"]
     assert [item["ok"] for item in alone.json()["results"]] == [True] * len(files)
+
+
+def test_a_slice_saved_again_in_other_bytes_is_still_the_same_slice(client: TestClient) -> None:
+    """Attack review 39: the same pixels saved again at another PNG compression level were one more slice (+22 % of
+    the tumor's area): slices are compared on what the models read, not on the file's bytes."""
+    pixels = read_slice(TUMOR_SERIES[1])
+    again = io.BytesIO()
+    Image.fromarray(pixels).save(again, format="PNG", compress_level=1)
+    files = [
+        png_bytes(read_slice(TUMOR_SERIES[0])),
+        png_bytes(pixels),
+        again.getvalue(),
+        png_bytes(read_slice(TUMOR_SERIES[2])),
+    ]
+    assert files[1] != files[2]
+
+    response = predict_batch(client, files, series="true")
+
+    assert response.status_code == 200, response.text
+    assert [item["ok"] for item in response.json()["results"]] == [True, True, False, True]
+    assert "the same pixels" in response.json()["results"][2]["error"]["message"]
 
 
 def test_blank_slices_may_repeat_in_a_raster_series(client: TestClient) -> None:
