@@ -32,7 +32,7 @@ def check_tiff_photometric(page: tifffile.TiffPage) -> None:
     its pixels are not the image a viewer shows; and a grey page of more samples than grey and alpha."""
     photometric = page.photometric
     grey = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
-    if grey and int(page.samplesperpixel) > 2:
+    if grey and 2 < int(page.samplesperpixel) <= 4:  # more is refused as no image type (`_drop_alpha`)
         # Attack review 39: a stack of slices written as one page of several samples (tifffile's volumetric
         # layout) was read as a colour image, three different slices taken for pre-contrast, FLAIR and post-contrast.
         raise InvalidSliceError(

@@ -31,12 +31,14 @@ from tests.security.test_dicom_decoder_crash import jpeg_baseline_dicom
 
 def progressive_jpeg(extra_scans: int, side: int = 64) -> bytes:
     """A grey progressive JPEG with `extra_scans` more AC scans of one end-of-band run each (they refine nothing, but
-    a decoder walks every block for each), after their Huffman table."""
+    a decoder walks every block for each), after their Huffman table. The run: code "0" for EOBRUN class 6, then its
+    six extra bits 000000 (64 blocks, a 64 x 64 image's), then a pad bit: whole, so libjpeg decodes it without a
+    corrupt-data warning (`app.jpeg_data`)."""
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((side, side), np.uint8)).save(buffer, "JPEG", progressive=True, quality=50)
     data = buffer.getvalue()
-    huffman_table = b"\xff\xc4" + struct.pack(">H", 20) + bytes([0x11]) + bytes([1] + [0] * 15) + bytes([0xE0])
-    scan = b"\xff\xda" + struct.pack(">H", 8) + bytes([1, 1, 0x01, 1, 63, 0x00]) + b"\x00"
+    huffman_table = b"\xff\xc4" + struct.pack(">H", 20) + bytes([0x11]) + bytes([1] + [0] * 15) + bytes([0x60])
+    scan = b"\xff\xda" + struct.pack(">H", 8) + bytes([1, 1, 0x01, 1, 63, 0x00]) + b"\x01"
     return data[:-2] + huffman_table + scan * extra_scans + b"\xff\xd9"
 
 
