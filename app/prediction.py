@@ -309,7 +309,7 @@ class PredictionService:
                 prepared = refuse_repeated_slices(prepared, uploads)
             decoded = [item for item in prepared if isinstance(item, PreparedSlice)]
             if series:
-                check_one_size(decoded)
+                check_one_size(prepared)
             predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
         breaks = raster_series_breaks(prepared) if series else set()
         predictions = await self._cpu(

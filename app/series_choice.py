@@ -20,7 +20,7 @@ series that is not axial (sagittal, coronal, steeply oblique) is read with a not
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from app.dicom.dicom_header import DicomHeader
@@ -35,6 +35,7 @@ from app.sequence_selection import (
     select_sequences,
 )
 from app.series_info import SeriesInfo, series_number_order
+from app.uploads import request_files
 
 T1_ROLES = (SequenceRole.T1_PRE, SequenceRole.T1_POST)
 
@@ -150,9 +151,9 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
         If the files span several series and none is FLAIR, or their one series is T1-weighted.
     """
     dicom_headers = [header for header in headers if isinstance(header, DicomHeader)]
-    _refuse_several_studies(dicom_headers)
+    _refuse_several_studies(headers)
     choice = _choose(headers, rules or SelectionRules())
-    _refuse_identity_left_empty([header for index, header in enumerate(headers) if index in choice.used_files])
+    _refuse_identity_left_empty(headers, choice.used_files)
     note = _disagreeing_patient_note(dicom_headers)
     return replace(choice, notes=(*choice.notes, note)) if note else choice
 
@@ -193,34 +194,44 @@ IDENTITY_KEYWORDS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
 """What a PACS files a SEG or SR under: a request's files must agree on them."""
 
 
-def _refuse_several_studies(headers: Sequence[DicomHeader]) -> None:
+def _refuse_several_studies(headers: Sequence[DicomHeader | ServiceError]) -> None:
     """Refuse files of several studies or patients (attack finding: a tumor series and another study's tumor-free
-    FLAIR series were answered from the second, "no tumor", the first only listed as left out). A patient is its
-    Patient ID and the Issuer of that ID: two issuers are two patients (attack review 38)."""
+    FLAIR series were answered from the second, "no tumor", the first only listed as left out), naming the files
+    that differ from the most (browser review 39). A patient is its Patient ID and the Issuer of that ID: two issuers
+    are two patients (attack review 38)."""
     for keyword in IDENTITY_KEYWORDS:
-        values = {_identity_value(header, keyword) for header in headers} - {""}
-        if len(values) > 1:
+        files: dict[str, list[int]] = {}
+        for index, header in enumerate(headers):
+            if isinstance(header, DicomHeader) and (value := _identity_value(header, keyword)):
+                files.setdefault(value, []).append(index)
+        if len(files) > 1:
+            most, *others = sorted(files.values(), key=len, reverse=True)
+            odd = sorted(index for group in others for index in group)
             what = "studies" if keyword == "StudyInstanceUID" else "patients"
             raise MixedInputError(
-                f"the request's DICOM files come from {len(values)} {what} (by {keyword}); send one study per "
-                "request: the series the models read are chosen within it"
+                f"the request's DICOM files come from {len(files)} {what} (by {keyword}): {request_files(odd)} "
+                f"{'differs' if len(odd) == 1 else 'differ'} from the other {len(most)}; send one study per request: "
+                "the series the models read are chosen within it"
             )
 
 
-def _refuse_identity_left_empty(used: Sequence[DicomHeader | ServiceError]) -> None:
-    """Refuse files of the series read that leave an identity attribute empty while others of them have it.
+def _refuse_identity_left_empty(headers: Sequence[DicomHeader | ServiceError], used: Collection[int]) -> None:
+    """Refuse files of the series read (`used`) that leave an identity attribute empty while others of them have it.
 
     Why: such a file is not known to be the others' patient, and the SEG and SR were filed under whichever file came
     first, an empty Patient ID included (attack review 38). Only the files read: a series left out (a workstation's
     screenshot without an Issuer of Patient ID, Type 3) puts nothing in the results (attack review 39)."""
+    read = [
+        (index, header) for index, header in enumerate(headers) if index in used and isinstance(header, DicomHeader)
+    ]
     for keyword in IDENTITY_KEYWORDS:
-        found = [_identity_value(header, keyword) for header in used if isinstance(header, DicomHeader)]
-        if "" in found and set(found) != {""}:
+        empty = [index for index, header in read if not _identity_value(header, keyword)]
+        if empty and len(empty) < len(read):
             what = "study" if keyword == "StudyInstanceUID" else "patient"
             raise MixedInputError(
-                f"{found.count('')} of the {len(found)} DICOM files read have no {keyword} and the others one: they "
-                f"are not known to be of one {what}, and a SEG or SR would be filed under one of them; send files "
-                "whose identity agrees"
+                f"{len(empty)} of the {len(read)} DICOM files read have no {keyword} and the others one "
+                f"({request_files(empty)}): they are not known to be of one {what}, and a SEG or SR would be filed "
+                "under one of them; send files whose identity agrees"
             )
 
 

@@ -146,6 +146,23 @@ def request_file(index: int) -> str:
     return f"the request's file at index {index} (file {index + 1} as sent)"
 
 
+MOST_FILES_NAMED = 5
+"""How many files an error names (`request_files`) before it only counts the rest."""
+
+
+def request_files(indices: Sequence[int]) -> str:
+    """`request_file` for several files: the first `MOST_FILES_NAMED`, then how many more (browser review 39: a refusal
+    of a 150-file request for one other patient's file gave the user no way to find it)."""
+    if len(indices) == 1:
+        return request_file(indices[0])
+    named = indices[:MOST_FILES_NAMED]
+    more = f" and {len(indices) - len(named)} more" if len(indices) > len(named) else ""
+    return (
+        f"the request's files at index {', '.join(map(str, named))} (files {', '.join(str(i + 1) for i in named)} "
+        f"as sent){more}"
+    )
+
+
 def plan_raster_uploads(
     uploads: Sequence[bytes | ServiceError],
     limits: UploadLimits,
@@ -342,14 +359,21 @@ def raster_series_breaks(prepared: Sequence[PreparedSlice | ServiceError]) -> se
     return {place for place, (before, after) in enumerate(itertools.pairwise(decoded)) if after - before > 2}
 
 
-def check_one_size(slices: Sequence[PreparedSlice]) -> None:
+def check_one_size(prepared: Sequence[PreparedSlice | ServiceError]) -> None:
     """The raster slices of a series are one volume, so one size: the series clean-up joins their masks on the
-    models' 256 x 256 grid, which lines up only slices of the same size."""
-    sizes = sorted({item.size for item in slices})
-    if len(sizes) > 1:
+    models' 256 x 256 grid, which lines up only slices of the same size. The refusal names the files whose size
+    differs from the most (browser review 39: one odd slice among many could not be found)."""
+    files: dict[tuple[int, int], list[int]] = {}
+    for index, item in enumerate(prepared):
+        if isinstance(item, PreparedSlice):
+            files.setdefault(item.size, []).append(index)
+    if len(files) > 1:
+        most = max(files, key=lambda size: len(files[size]))
+        odd = sorted(index for size, indices in files.items() if size != most for index in indices)
         raise InvalidSliceError(
             "the slices of one series must share one size; got "
-            f"{', '.join(f'{height} x {width}' for height, width in sizes)} (height x width)"
+            f"{', '.join(f'{height} x {width}' for height, width in sorted(files))} (height x width): "
+            f"{request_files(odd)} {'differs' if len(odd) == 1 else 'differ'} from the other {len(files[most])}"
         )
 
 

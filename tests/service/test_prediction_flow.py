@@ -509,3 +509,10 @@ def test_a_rectangular_slice_is_answered_as_the_same_slice_centred_on_a_square(p
     assert padded.mask is not None and alone.mask is not None  # the tiny models find this tumor
     assert alone.mask.shape == (256, 208)
     np.testing.assert_array_equal(alone.mask, padded.mask[:, 24:232])
+
+
+def test_a_refusal_names_five_files_then_counts_the_rest() -> None:
+    assert uploads.request_files([3]) == "the request's file at index 3 (file 4 as sent)"
+    assert uploads.request_files(list(range(2, 9))) == (
+        "the request's files at index 2, 3, 4, 5, 6 (files 3, 4, 5, 6, 7 as sent) and 2 more"
+    )

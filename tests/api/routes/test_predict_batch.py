@@ -160,7 +160,8 @@ def test_a_raster_series_of_slices_of_two_sizes_is_refused_and_the_same_slices_a
     assert series.status_code == 400
     assert series.json()["error"] == {
         "code": "invalid_image",
-        "message": "the slices of one series must share one size; got 128 x 128, 256 x 256 (height x width)",
+        "message": "the slices of one series must share one size; got 128 x 128, 256 x 256 (height x width): the "
+        "request's file at index 1 (file 2 as sent) differs from the other 1",
     }
     assert alone.status_code == 200
     assert [item["ok"] for item in alone.json()["results"]] == [True, True, True]
