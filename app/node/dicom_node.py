@@ -639,13 +639,17 @@ class DicomNode:
     def _record_analysis(
         self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, aborted: int
     ) -> None:
-        previous = next((item for item in reversed(record["runs"]) if item.get("results")), None)
+        # The record as it is now, not as it was when the analysis began: results of an earlier run that reached a
+        # destination meanwhile are what this run's report and rejection note must name (they were missed: the
+        # destination kept them current).
+        runs = (self.spool.readable_record(key) or record)["runs"]
+        previous = next((item for item in reversed(runs) if item.get("results")), None)
         built_report_uid = str(analysis.datasets[-1].SOPInstanceUID) if analysis.datasets else None
         predecessors: list[dict[str, str]] = []
         if previous is not None and analysis.datasets:  # the report names the one it replaces; new UIDs for all
-            predecessors = earlier_reports(record["runs"], previous, built_report_uid)
+            predecessors = earlier_reports(runs, previous, built_report_uid)
             supersede_earlier_reports(analysis.datasets, reports(predecessors))
-            note = self._rejection_note(key, record["runs"], analysis.datasets)
+            note = self._rejection_note(key, runs, analysis.datasets)
             if note is not None:
                 analysis.datasets.append(note)
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)

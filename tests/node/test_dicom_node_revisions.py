@@ -82,6 +82,37 @@ def test_revisions_made_while_the_destination_was_down_reject_what_it_holds(
         store.close()
 
 
+def test_earlier_results_that_reach_the_destination_during_a_revision_are_rejected_by_it(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """The first results, waiting for their destination, reach it while the revision is being analysed: the revision
+    was made from the record read before the analysis, so its note and its report's predecessors missed them, and
+    the destination kept the first SEG current."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")  # the destination is down: the results wait
+    store = ResultStore(port, ALL_RESULTS)
+    analyse = node.processor
+
+    def deliver_first_then_analyse(*arguments: Any) -> Any:
+        clock.advance(HOUR_SECONDS)  # past the wait for the destination, which is now up
+        node.send_unsent()  # the sending thread, while the processing thread analyses
+        return analyse(*arguments)
+
+    node.processor = deliver_first_then_analyse
+    try:
+        send_study(node, clock, negative(series), tmp_path / "negative")
+
+        (first_seg,) = store.by_modality("SEG")
+        first_sr, last_sr = store.by_modality("SR")
+        (note,) = store.by_modality("KO")
+        assert rejected(note) == {first_seg.SOPInstanceUID, first_sr.SOPInstanceUID}
+        assert predecessors(last_sr) == [first_sr.SOPInstanceUID]
+    finally:
+        store.close()
+
+
 def test_a_destination_that_never_got_the_earlier_results_gets_no_revision_of_them(
     make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
