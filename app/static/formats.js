@@ -637,29 +637,29 @@ function concatBytes(head, last) {
   return joined;
 }
 
-/** TIFF PackBits (compression 32773): a count byte n, then n + 1 bytes as they are (n >= 0) or one byte 1 - n times. */
+/**
+ * PackBits (TIFF compression 32773, and each segment of DICOM RLE Lossless): a count byte n, then n + 1 bytes as they
+ * are (n >= 0) or the next byte 1 - n times (n < 0; -128 is no operation). At most `limit` bytes come out.
+ */
 function packBitsDecode(input, limit) {
-  const out = [];
-  let total = 0;
-  for (let i = 0; i < input.length && total < limit;) {
+  const out = new Uint8Array(Math.min(limit, input.length * 64)); // a run of 128 bytes takes 2: at most 64 times
+  let length = 0;
+  for (let i = 0; i < input.length && length < out.length;) {
     const count = (input[i] << 24) >> 24; // signed
     i += 1;
     if (count >= 0) {
-      out.push(input.subarray(i, i + count + 1));
+      const literal = input.subarray(i, Math.min(i + count + 1, i + out.length - length));
+      out.set(literal, length);
+      length += literal.length;
       i += count + 1;
     } else if (count !== -128) {
-      out.push(new Uint8Array(1 - count).fill(input[i]));
+      const run = Math.min(1 - count, out.length - length);
+      out.fill(input[i], length, length + run);
+      length += run;
       i += 1;
     }
-    total += out.length ? out[out.length - 1].length : 0;
   }
-  const joined = new Uint8Array(out.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of out) {
-    joined.set(part, at);
-    at += part.length;
-  }
-  return joined;
+  return out.subarray(0, length);
 }
 
 /**
@@ -708,6 +708,7 @@ const UNSIGNED_SHORT = new Set(["samplesPerPixel", "rows", "columns", "bitsAlloc
 const PIXEL_VALUED = new Set(["pixelPaddingValue", "pixelPaddingRangeLimit"]);
 const IMPLICIT_LITTLE = "1.2.840.10008.1.2";
 const EXPLICIT_LITTLE = "1.2.840.10008.1.2.1";
+const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
 
 const hex4 = (value) => value.toString(16).padStart(4, "0").toUpperCase();
 
@@ -775,7 +776,7 @@ export function readDicom(buffer) {
         valueStart = offset + 8;
       }
       if (tag === "7FE00010" && depth === 0) {
-        pixelData = length === 0xffffffff ? null : { start: valueStart, length };
+        pixelData = { start: valueStart, length, encapsulated: length === 0xffffffff };
         return end;
       }
       // An Enhanced MR image keeps Pixel Spacing in Shared or Per-frame Functional Groups > Pixel Measures.
@@ -844,9 +845,10 @@ export function readDicom(buffer) {
   };
   const frameCount = first(found.numberOfFrames) ?? 1;
   const bitsAllocated = Number(found.bitsAllocated);
-  const uncompressed = [IMPLICIT_LITTLE, EXPLICIT_LITTLE].includes(transferSyntax);
-  if (!pixelData || !uncompressed || Number(found.samplesPerPixel ?? 1) !== 1 || ![8, 16].includes(bitsAllocated)
-    || tooLargeToDraw(columns, rows) || !(frameCount <= MAX_DRAWN_FRAMES)
+  const uncompressed = [IMPLICIT_LITTLE, EXPLICIT_LITTLE].includes(transferSyntax) && !pixelData?.encapsulated;
+  const rle = transferSyntax === RLE_LOSSLESS && pixelData?.encapsulated;
+  if (!pixelData || !(uncompressed || rle) || Number(found.samplesPerPixel ?? 1) !== 1
+    || ![8, 16].includes(bitsAllocated) || tooLargeToDraw(columns, rows) || !(frameCount <= MAX_DRAWN_FRAMES)
     || !(frameCount * columns * rows <= MAX_DRAWN_FILE_PIXELS)) {
     return header; // left undrawn; the server's answer says whether it takes the file
   }
@@ -865,16 +867,23 @@ export function readDicom(buffer) {
     return signed && value >= 2 ** (kept - 1) ? value - 2 ** kept : value;
   };
   const padding = paddingRange(found, signed);
+  const fragments = rle ? encapsulatedFragments(view, pixelData.start) : null;
   for (let frame = 0; frame < frameCount; frame += 1) {
     const base = pixelData.start + frame * size * step;
-    if (base + size * step > bytes.length) {
+    let raw;
+    if (rle) {
+      raw = fragments[frame] ? rleFrame(fragments[frame], size, step) : null;
+      if (!raw) {
+        break; // a frame missing or not whole: the server says what is wrong with the file
+      }
+    } else if (base + size * step > bytes.length) {
       break; // checked before allocating: the header may claim more frames than the file holds
     }
     const values = new Float32Array(size);
     const padded = padding ? new Uint8Array(size) : null;
     for (let i = 0; i < size; i += 1) {
       const at = base + i * step;
-      const stored = storedValue(step === 1 ? view.getUint8(at) : view.getUint16(at, true));
+      const stored = storedValue(raw ? raw[i] : step === 1 ? view.getUint8(at) : view.getUint16(at, true));
       if (padded && stored >= padding[0] && stored <= padding[1]) {
         padded[i] = 1;
       }
@@ -891,6 +900,54 @@ export function readDicom(buffer) {
     header.frames.push({ width: columns, height: rows, values, bits: bitsAllocated, inverted });
   }
   return header;
+}
+
+/** The fragments of encapsulated pixel data from `start` (its items after the Basic Offset Table), as byte arrays. */
+function encapsulatedFragments(view, start) {
+  const fragments = [];
+  for (let offset = start, item = 0; offset + 8 <= view.byteLength; item += 1) {
+    const group = view.getUint16(offset, true);
+    const element = view.getUint16(offset + 2, true);
+    const length = view.getUint32(offset + 4, true);
+    if (group !== 0xfffe || element !== 0xe000 || offset + 8 + length > view.byteLength) {
+      break; // the sequence delimiter, or no item where one belongs
+    }
+    if (item > 0) {
+      fragments.push(new Uint8Array(view.buffer, view.byteOffset + offset + 8, length));
+    }
+    offset += 8 + length;
+  }
+  return fragments;
+}
+
+/**
+ * One RLE Lossless frame (DICOM PS3.5 Annex G) of `size` pixels of `step` bytes: a header of segment offsets, then
+ * one PackBits segment per byte of a pixel, most significant first. The stored values, or null when it is not whole
+ * (browser review 39: RLE series were analysed but never drawn).
+ */
+function rleFrame(fragment, size, step) {
+  if (fragment.length < 64) {
+    return null;
+  }
+  const header = new DataView(fragment.buffer, fragment.byteOffset, 64);
+  const segments = header.getUint32(0, true);
+  if (segments !== step) {
+    return null;
+  }
+  const raw = step === 1 ? new Uint8Array(size) : new Uint16Array(size);
+  for (let segment = 0; segment < segments; segment += 1) {
+    const begin = header.getUint32(4 + 4 * segment, true);
+    const end = segment + 1 < segments ? header.getUint32(8 + 4 * segment, true) : fragment.length;
+    const plane = packBitsDecode(fragment.subarray(begin, end), size);
+    if (plane.length < size) {
+      return null;
+    }
+    const shift = 8 * (segments - 1 - segment);
+    for (let i = 0; i < size; i += 1) {
+      raw[i] |= plane[i] << shift;
+    }
+  }
+  return raw;
 }
 
 /** [low, high] of the stored values that are padding (Pixel Padding Value and Range Limit); null when none is set. */

@@ -5,6 +5,7 @@ zip and a zip inside a zip get their own message; the downloads are named after 
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import re
@@ -342,12 +343,12 @@ def test_a_three_series_study_s_downloads_are_named_after_its_flair_series(
 def test_blank_masks_of_slices_the_page_cannot_draw_are_at_the_slice_s_size(
     page: Page, negative_live_server: str, tmp_path: Path
 ) -> None:
-    """Browser review 39, F1: a series of 512 x 512 RLE-compressed DICOM slices (the page draws uncompressed ones only)
-    got 256 x 256 blank masks and a 256 x 256 viewer for its tumor-free slices."""
+    """Browser review 39, F1: a series of 512 x 512 compressed DICOM slices the page does not draw (JPEG 2000 here; RLE
+    then) got 256 x 256 blank masks and a 256 x 256 viewer for its tumor-free slices."""
     images = [cv2.resize(image, (512, 512), interpolation=cv2.INTER_NEAREST) for image in tumor_channels()]
     datasets = mr_series(images)
     for dataset in datasets:
-        dataset.compress(pydicom.uid.RLELossless)
+        dataset.compress(pydicom.uid.JPEG2000Lossless)
     page.goto(negative_live_server)
 
     upload(page, write_series(datasets, tmp_path))
@@ -380,6 +381,29 @@ def test_lzw_and_packbits_tiff_slices_are_drawn_like_uncompressed_ones(
     upload(page, [plain])
     expected = drawn_slice(page)
     upload(page, [packed])
+
+    expect(page.locator("#window-controls")).to_be_visible()
+    assert drawn_slice(page) == expected
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_rle_dicom_slices_are_drawn_like_uncompressed_ones(
+    page: Page, live_server: str, tmp_path: Path, bits: int
+) -> None:
+    """Browser review 39, F2: RLE Lossless DICOM series (lossless, simple, common in archives) were analysed but drawn
+    black, without Level/Width."""
+    images = tumor_channels() if bits == 8 else [image.astype(np.uint16) * 150 for image in tumor_channels()]
+    plain = mr_series(images)
+    packed = copy.deepcopy(plain)
+    for dataset in packed:
+        dataset.compress(pydicom.uid.RLELossless)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed").mkdir()
+    page.goto(live_server)
+
+    upload(page, write_series(plain, tmp_path / "plain"))
+    expected = drawn_slice(page)
+    upload(page, write_series(packed, tmp_path / "packed"))
 
     expect(page.locator("#window-controls")).to_be_visible()
     assert drawn_slice(page) == expected
