@@ -20,7 +20,7 @@ series that is not axial (sagittal, coronal, steeply oblique) is read with a not
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from app.dicom.dicom_header import DicomHeader
@@ -153,7 +153,7 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
     dicom_headers = [header for header in headers if isinstance(header, DicomHeader)]
     _refuse_several_studies(headers)
     choice = _choose(headers, rules or SelectionRules())
-    _refuse_identity_left_empty(headers, choice.used_files)
+    _refuse_identity_that_differs_where_read(headers, choice)
     note = _disagreeing_patient_note(dicom_headers)
     return replace(choice, notes=(*choice.notes, note)) if note else choice
 
@@ -190,49 +190,72 @@ def _choose(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules
     return SeriesChoice(used, left_out, selection.notes)
 
 
-IDENTITY_KEYWORDS = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
-"""What a PACS files a SEG or SR under: a request's files must agree on them."""
+STUDY_KEYWORDS = ("StudyInstanceUID", "PatientID")
+"""The study and patient every DICOM file of a request must share, read or left out."""
 
 
 def _refuse_several_studies(headers: Sequence[DicomHeader | ServiceError]) -> None:
     """Refuse files of several studies or patients (attack finding: a tumor series and another study's tumor-free
     FLAIR series were answered from the second, "no tumor", the first only listed as left out), naming the files
-    that differ from the most (browser review 39). A patient is its Patient ID and the Issuer of that ID: two issuers
-    are two patients (attack review 38)."""
-    for keyword in IDENTITY_KEYWORDS:
+    that differ from the most (browser review 39)."""
+    for keyword in STUDY_KEYWORDS:
         files: dict[str, list[int]] = {}
         for index, header in enumerate(headers):
             if isinstance(header, DicomHeader) and (value := _identity_value(header, keyword)):
                 files.setdefault(value, []).append(index)
         if len(files) > 1:
-            most, *others = sorted(files.values(), key=len, reverse=True)
-            odd = sorted(index for group in others for index in group)
-            what = "studies" if keyword == "StudyInstanceUID" else "patients"
             raise MixedInputError(
-                f"the request's DICOM files come from {len(files)} {what} (by {keyword}): {request_files(odd)} "
-                f"{'differs' if len(odd) == 1 else 'differ'} from the other {len(most)}; send one study per request: "
-                "the series the models read are chosen within it"
+                f"the request's DICOM files come from {len(files)} "
+                f"{'studies' if keyword == 'StudyInstanceUID' else 'patients'} (by {keyword}): "
+                f"{_odd_files(files)}; send one study per request: the series the models read are chosen within it"
             )
 
 
-def _refuse_identity_left_empty(headers: Sequence[DicomHeader | ServiceError], used: Collection[int]) -> None:
-    """Refuse files of the series read (`used`) that leave an identity attribute empty while others of them have it.
+def _refuse_identity_that_differs_where_read(
+    headers: Sequence[DicomHeader | ServiceError], choice: SeriesChoice
+) -> None:
+    """Refuse files of the series read whose identity is not one: a Study Instance UID or Patient ID left empty on
+    some of them, or an Issuer of Patient ID left empty or another on some FLAIR files.
 
     Why: such a file is not known to be the others' patient, and the SEG and SR were filed under whichever file came
-    first, an empty Patient ID included (attack review 38). Only the files read: a series left out (a workstation's
-    screenshot without an Issuer of Patient ID, Type 3) puts nothing in the results (attack review 39)."""
+    first, an empty Patient ID included (attack review 38). Only the files read: a series left out puts nothing in
+    the results (attack review 39: a localizer from another device without the issuer, or with its own, refused the
+    study through the API while the node, which reads the chosen series only, analysed it). The issuer (optional,
+    and written by some devices and not others) only among FLAIR's files, whose identity the SEG and SR carry: T1
+    series that have it beside a FLAIR series that does not refused the study, even when FLAIR was then read alone.
+    """
     read = [
-        (index, header) for index, header in enumerate(headers) if index in used and isinstance(header, DicomHeader)
+        (index, header)
+        for index, header in enumerate(headers)
+        if index in choice.used_files and isinstance(header, DicomHeader)
     ]
-    for keyword in IDENTITY_KEYWORDS:
-        empty = [index for index, header in read if not _identity_value(header, keyword)]
-        if empty and len(empty) < len(read):
-            what = "study" if keyword == "StudyInstanceUID" else "patient"
+    flair = set(choice.flair.files) if choice.flair is not None else set()
+    flair_files = [(index, header) for index, header in read if index in flair]
+    for keyword, files in (("StudyInstanceUID", read), ("PatientID", read), ("IssuerOfPatientID", flair_files)):
+        values: dict[str, list[int]] = {}
+        for index, header in files:
+            values.setdefault(_identity_value(header, keyword), []).append(index)
+        empty = values.pop("", [])
+        if empty and values:
             raise MixedInputError(
-                f"{len(empty)} of the {len(read)} DICOM files read have no {keyword} and the others one "
-                f"({request_files(empty)}): they are not known to be of one {what}, and a SEG or SR would be filed "
-                "under one of them; send files whose identity agrees"
+                f"{len(empty)} of the {len(files)} {'FLAIR' if keyword == 'IssuerOfPatientID' else 'DICOM'} files "
+                f"read have no {keyword} and the others one "
+                f"({request_files(empty)}): they are not known to be of one "
+                f"{'study' if keyword == 'StudyInstanceUID' else 'patient'}, and a SEG or SR would be filed under one "
+                "of them; send files whose identity agrees"
             )
+        if len(values) > 1:  # only the issuer can differ here: two studies or Patient IDs are refused before
+            raise MixedInputError(
+                f"the FLAIR files read come from {len(values)} patients (by {keyword}): {_odd_files(values)}; send "
+                "files whose identity agrees"
+            )
+
+
+def _odd_files(files: Mapping[str, list[int]]) -> str:
+    """The files (request indices, by value) other than those of the most common value, and how many those are."""
+    most, *others = sorted(files.values(), key=len, reverse=True)
+    odd = sorted(index for group in others for index in group)
+    return f"{request_files(odd)} {'differs' if len(odd) == 1 else 'differ'} from the other {len(most)}"
 
 
 def _identity_value(header: DicomHeader, keyword: str) -> str:

@@ -430,9 +430,9 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
         (
             "IssuerOfPatientID",
             "HOSP-B",
-            "the request's DICOM files come from 2 patients (by IssuerOfPatientID): the request's file at index",
+            "the FLAIR files read come from 2 patients (by IssuerOfPatientID): the request's file at index",
         ),
-        ("IssuerOfPatientID", "", "1 of the 3 DICOM files read have no IssuerOfPatientID and the others one"),
+        ("IssuerOfPatientID", "", "1 of the 3 FLAIR files read have no IssuerOfPatientID and the others one"),
     ],
 )
 @pytest.mark.parametrize("output", ["json", "dicom-seg"])
@@ -474,6 +474,43 @@ def test_a_series_left_out_without_an_issuer_of_patient_id_does_not_refuse_the_s
     assert response.status_code == 200, response.text
     assert [use["series_number"] for use in response.json()["series_used"]] == [4]
     assert [use["series_number"] for use in response.json()["series_left_out"]] == [5]
+
+
+@pytest.mark.parametrize("localizer_issuer", ["SCANNER2", ""])
+def test_a_series_left_out_with_another_issuer_or_none_does_not_refuse_the_study(
+    client: TestClient, localizer_issuer: str
+) -> None:
+    """Interop review 39 F3: a one-slice localizer from another device, with its own Issuer of Patient ID, refused
+    the study through the API ("2 patients") while the node and pacs-sync, which read the chosen series only,
+    analysed it."""
+    study = Study()
+    flair = mr_series(tumor_channels(1), study, series_number=4, series_description="AX FLAIR")
+    localizer = mr_series(tumor_channels(1)[:1], study, series_number=1, series_description="LOCALIZER")
+    for dataset in flair:
+        dataset.IssuerOfPatientID = "HOSP"
+    localizer[0].IssuerOfPatientID = localizer_issuer
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*flair, *localizer]))
+
+    assert response.status_code == 200, response.text
+    assert [use["series_number"] for use in response.json()["series_used"]] == [4]
+
+
+def test_t1_series_with_an_issuer_beside_a_flair_series_without_one_are_read(
+    client: TestClient, predictor: Predictor
+) -> None:
+    """Interop review 39 F4: FLAIR without an Issuer of Patient ID beside T1 series with one refused the study; the SEG
+    and SR carry FLAIR's identity, which is one."""
+    series = named_study()
+    for role in ("pre", "post"):
+        for dataset in series[role]:
+            dataset.IssuerOfPatientID = "HOSP"
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    assert roles(response.json()) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
+    assert_same_as(response.json(), three_channel_reference(predictor, series))
 
 
 def test_files_of_one_patient_id_that_disagree_on_name_or_birth_date_are_answered_with_a_note(
