@@ -613,18 +613,19 @@ def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Datase
     return completed
 
 
-def without_contradicted_spacing(dataset: Dataset, positions_spacing_mm: float | None) -> Dataset:
+def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | None) -> Dataset:
     """`dataset` itself, or a shallow copy without Spacing Between Slices when that value contradicts
-    `positions_spacing_mm`, the distance the slices' Image Positions put between them.
+    `series_spacing_mm`, the slices' spacing as the tumor volume takes it from their Image Positions
+    (`app.dicom.tumor_volume.series_spacing_mm`).
 
     Why: a SEG's Pixel Measures and an SR's image library copy it from the source, so a wrong source value (2.5 mm
     for slices 5 mm apart; attack review 28) would be repeated in our objects beside frames that lie elsewhere. It is
     optional in both, and the positions are what the tumor volume and the SEG's frames go by.
     """
-    if positions_spacing_mm is None or "SharedFunctionalGroupsSequence" in dataset:
+    if series_spacing_mm is None or "SharedFunctionalGroupsSequence" in dataset:
         return dataset
     stated = _lengths_in(dataset, "SpacingBetweenSlices")
-    if not stated or math.isclose(stated[0], positions_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01):
+    if not stated or math.isclose(stated[0], series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01):
         return dataset
     return _shallow_copy(dataset, leave_out="SpacingBetweenSlices")
 

@@ -49,7 +49,7 @@ from app.dicom.result_uids import (
     source_identity,
 )
 from app.dicom.slice_order import anatomical_order
-from app.dicom.tumor_volume import position_spacing_mm, slice_spacing_mm
+from app.dicom.tumor_volume import series_spacing_mm, slice_spacing_mm
 from app.errors import SegmentationInputError, builder_reason
 from app.release import service_version
 
@@ -233,12 +233,13 @@ def _finished(segmentation: Dataset, source_images: list[Dataset], references: S
 def _completed_sources(source_images: list[Dataset], references: Sequence[DicomFrame]) -> list[Dataset]:
     """The source headers as highdicom needs them (shallow copies where they change; the caller's stay as they are):
     a Slice Thickness where theirs is empty (Type 1C in a SEG: the slices' spacing, the slab each mask stands for), no
-    Spacing Between Slices that their positions contradict, and every Type 2 attribute highdicom reads."""
+    Spacing Between Slices that contradicts the spacing the tumor volume takes from their positions (interop review
+    39: the SEG said 10 mm where the volume took 5 mm slabs with a slice missing), and every Type 2 attribute
+    highdicom reads."""
     if any(frame.slice_thickness is None for frame in references):
         spacing = slice_spacing_mm(references)
         source_images = [with_slice_thickness(image, spacing) for image in source_images]
-    positions_spacing = position_spacing_mm(references)
-    source_images = [without_contradicted_spacing(image, positions_spacing) for image in source_images]
+    source_images = [without_contradicted_spacing(image, series_spacing_mm(references)) for image in source_images]
     return [with_type2_attributes(image) for image in source_images]
 
 

@@ -49,7 +49,7 @@ from app.dicom.dicom_conformance import (
 )
 from app.dicom.dicom_seg import SEGMENT_NUMBER
 from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version, source_identity
-from app.dicom.tumor_volume import position_spacing_mm
+from app.dicom.tumor_volume import series_spacing_mm
 from app.errors import ReportInputError, builder_reason
 from app.release import service_version
 
@@ -141,7 +141,7 @@ def build_volume_report(
     model_tags: Mapping[str, str],
     segmentations: Sequence[Dataset] = (),
     result_origin: str = "",
-    positions_spacing_mm: float | None = None,
+    series_spacing_mm: float | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one analysed series.
 
@@ -159,9 +159,10 @@ def build_volume_report(
     result_origin
         Who the report is made for (`PredictionService.result_origin`): with the sources, findings, SEGs and models,
         it makes the report's UIDs (`app.dicom.result_uids`), the same each time they are the same.
-    positions_spacing_mm
-        The slices' spacing from their positions (`app.dicom.tumor_volume.position_spacing_mm`), if known: a
-        source's Spacing Between Slices that contradicts it is not copied into the image library.
+    series_spacing_mm
+        The slices' spacing as the tumor volume takes it (`app.dicom.tumor_volume.slice_spacing_mm`), when their
+        positions are known: a source's Spacing Between Slices that contradicts it is not copied into the image
+        library.
 
     Returns
     -------
@@ -190,7 +191,7 @@ def build_volume_report(
         )
     check_sources(source_images, SR, ReportInputError, "source images")
     try:
-        sources = [without_contradicted_spacing(image, positions_spacing_mm) for image in source_images]
+        sources = [without_contradicted_spacing(image, series_spacing_mm) for image in source_images]
         report = _volume_report(sources, findings, model_tags, segmentations, series.pop(), result_origin)
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
@@ -367,7 +368,7 @@ def series_volume_report(
         model_tags,
         result.segmentations,
         result_origin=result.result_origin,
-        positions_spacing_mm=position_spacing_mm([slice_input.reference for slice_input in result.inputs]),
+        series_spacing_mm=series_spacing_mm([slice_input.reference for slice_input in result.inputs]),
     )
 
 

@@ -67,6 +67,13 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
     return volume if math.isfinite(volume) and volume > 0.0 else None
 
 
+def series_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
+    """`slice_spacing_mm` where every slice's position is known, else None: the spacing a SEG's and an SR's Spacing
+    Between Slices must agree with, as the tumor volume takes it (interop review 39: the SEG said 10 mm where the
+    volume took 5 mm slabs with a slice missing)."""
+    return slice_spacing_mm(slices) if position_spacing_mm(slices) is not None else None
+
+
 def slab_thicknesses_mm(slices: Sequence[DicomFrame], spacing: float) -> list[float]:
     """The slab each slice's mask stands for, in mm: half the distance to each neighbour along the slice normal, at
     most half the series' `spacing` on either side (a missing slice's slab is left out, and an end slice gets half a
@@ -89,14 +96,15 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
 
     Positions count only when every slice has one: the gaps between the slices that have one would take an
     unplaced slice's place for empty space (three slices 5 mm apart, the middle one unplaced: a 10 mm spacing for
-    all three, and twice the volume). Two positions alone cannot show a slice missing between them; their declared
-    spacing can (`_declared_spacing_between_two`).
+    all three, and twice the volume). Positions that do not show a spacing of their own (two of them, or gaps that
+    differ) leave it to the files' declared spacing where their gaps are whole multiples of it
+    (`_declared_spacing_with_slices_missing`).
     """
     gap = position_spacing_mm(slices)
     if gap is not None:
         if gap > MAX_LENGTH_MM:
             return None  # positions a metre apart are no series of one head
-        return _declared_spacing_between_two(slices, gap) or gap
+        return _declared_spacing_with_slices_missing(slices, gap) or gap
     for frame in slices:
         if frame.spacing_between_slices:
             return float(frame.spacing_between_slices)
@@ -106,25 +114,36 @@ def slice_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     return None
 
 
-def _declared_spacing_between_two(slices: Sequence[DicomFrame], gap: float) -> float | None:
-    """The Spacing Between Slices every slice declares, where the slices lie at two positions `gap` apart and that is
-    two or three times it (a slice or two missing between them); else None.
+def _declared_spacing_with_slices_missing(slices: Sequence[DicomFrame], gap: float) -> float | None:
+    """The Spacing Between Slices every slice declares, where the positions do not show a spacing of their own (two
+    positions, or gaps that differ) and every gap between them is one to `MAX_WHOLE_MULTIPLE` times it, some more
+    than once (slices missing there); else None.
 
-    Attack review 38: FLAIR slices at 0 and 10 mm of a 5 mm series, the middle one missing, counted no slice
-    missing and made each slice a 10 mm slab, a volume above the whole series' (81 mL against 60). Only for two
-    positions (more show their spacing themselves), and only a declared spacing no shorter than the slices'
-    thickness: some writers put the gap between slabs there, which would turn every pair of neighbours into slices
-    missing."""
+    Attack review 38: FLAIR slices at 0 and 10 mm of a 5 mm series, the middle one missing, counted no slice missing
+    and made each slice a 10 mm slab, a volume above the whole series' (81 mL against 60); interop review 39: 5 of 11
+    slices 5 mm apart (gaps of 10 and 15 mm) took the 12.5 mm median, "no slice missing" and 99.5 mL against 44.2.
+    Positions that agree among themselves (every gap the same) keep their spacing, and a declared spacing shorter
+    than the slices' thickness is none: some writers put the gap between slabs there, which would turn every pair of
+    neighbours into slices missing."""
     offsets = offsets_along_normal(slices)
     declared = {frame.spacing_between_slices for frame in slices}
-    if offsets is None or len(np.unique(np.round(offsets, 3))) != 2 or len(declared) != 1:
+    if offsets is None or len(declared) != 1:
         return None
     step = declared.pop()
     thickness = max((frame.slice_thickness or 0.0 for frame in slices), default=0.0)
     if not step or step < thickness:
         return None
-    multiple = gap / step
-    if 2 <= round(multiple) <= MAX_WHOLE_MULTIPLE and abs(multiple - round(multiple)) <= WHOLE_MULTIPLE_TOLERANCE:
+    gaps = np.diff(np.unique(np.round(offsets, 3)))
+    if gaps.size > 1 and np.allclose(gaps, gap, rtol=WHOLE_MULTIPLE_TOLERANCE, atol=0):
+        return None  # regular positions show the spacing themselves
+    multiples = gaps / step
+    whole = np.round(multiples)
+    if (
+        np.all(np.abs(multiples - whole) <= WHOLE_MULTIPLE_TOLERANCE)
+        and whole.min() >= 1
+        and whole.max() <= MAX_WHOLE_MULTIPLE
+        and whole.max() >= 2
+    ):
         return step
     return None
 

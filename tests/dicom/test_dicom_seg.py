@@ -482,3 +482,18 @@ def test_a_seg_of_slices_placed_without_their_plane_names_what_they_lack(
 
     with pytest.raises(SegmentationInputError, match=f"the FLAIR slices lack {keyword}$"):
         build_segmentation(series_inputs(datasets), truth_masks, MODEL_TAGS)
+
+
+def test_a_seg_of_two_slices_with_one_missing_between_them_says_the_spacing_the_volume_takes(
+    truth_masks: list[np.ndarray],
+) -> None:
+    """Interop review 39: two slices 10 mm apart whose files declare 5 mm (one missing between) had a volume of 5 mm
+    slabs, while the SEG said 10 mm between its frames: twice the volume for a viewer that counts by the SEG."""
+    series = mr_series(tumor_channels())
+    inputs = series_inputs([series[0], series[2]])
+
+    seg = build_segmentation(inputs, [truth_masks[0], truth_masks[2]], MODEL_TAGS)
+
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == slice_spacing_mm([item.reference for item in inputs]) == 5.0
+    assert dciodvfy_errors(part10_bytes(seg), "Segmentation") == []

@@ -254,7 +254,10 @@ def test_anatomical_order_follows_positions_then_instance_numbers_then_the_files
         ([0, 5, 20], {1}, 2),
         ([0, 5, 10, 20], set(), 1),
         ([0, 4.99, 15.0], set(), 1),  # rounding in the positions
-        ([0, 5, 15, 25], set(), 0),  # only a third of the gaps at 5 mm: the median (10 mm), as before
+        # Only a third of the gaps at 5 mm, but the files declare 5 mm (interop review 39: 5 of 11 slices took the
+        # median of their 10 and 15 mm gaps, "no slice missing")
+        ([0, 5, 15, 25], set(), 2),
+        ([0, 10, 25, 35, 50], {1, 3}, 6),  # two missing in each 15 mm gap: no neighbours there
         ([0, 0.5, 5, 10], set(), 0),  # a stray slice 0.5 mm from another: the spacing stays the median (4.5 mm)
         ([0, 5, 10, 15, 35], {3}, 3),  # four spacings apart: the median (5 mm) as before
         # A stray slice half-way between two of a long series (attack review 39: 23 slices' spacing halved).
