@@ -20,6 +20,7 @@ recognised and not processed again), and then the whole study, so the spool does
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 PENDING_DIR = "pending"
 UNSENT_DIR = "unsent"
 RECEIVING_DIR = "receiving"
+# Which study keys share a Study Instance UID, for `studies_split_by_patient_id`: `study_uids/<hash of the UID>/
+# <key>.id` (or `.no-id`: a Patient ID left empty), and `study_uids/<key>.uid` naming that folder.
+STUDY_UIDS_DIR = "study_uids"
 RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
 LOCK_FILE = "node.lock"
@@ -149,7 +153,13 @@ class Spool:
     def __post_init__(self) -> None:
         self._stored = threading.Condition(self._size_lock)
         studies = self.root / "studies"
-        for directory in (studies, self.root / PENDING_DIR, self.root / UNSENT_DIR, self.root / RECEIVING_DIR):
+        for directory in (
+            studies,
+            self.root / PENDING_DIR,
+            self.root / UNSENT_DIR,
+            self.root / RECEIVING_DIR,
+            self.root / STUDY_UIDS_DIR,
+        ):
             directory.mkdir(parents=True, exist_ok=True)
         self._move_markers_out_of_study_folders()
         self._size = sum(path.stat().st_size for path in studies.glob("*/*/**/*.dcm") if path.is_file())
@@ -215,6 +225,7 @@ class Spool:
         """
         key = study_key(study_instance_uid, patient_id)
         path = self._instance_path(key, sop_instance_uid)
+        self._note_study_uid(study_instance_uid, key, has_patient_id=bool(patient_id))
         # Room is reserved and the study marked pending (so a purge leaves it alone) under the lock; the slow,
         # flushed write happens outside it, so concurrent associations store side by side; but one instance is
         # written by one association at a time. Before, the same SOP Instance UID sent on several associations at
@@ -239,6 +250,46 @@ class Spool:
                 self._storing.discard(path)
                 self._stored.notify_all()
         return key
+
+    def _note_study_uid(self, study_instance_uid: str, key: str, has_patient_id: bool) -> None:
+        pointer = self.root / STUDY_UIDS_DIR / f"{key}.uid"
+        if pointer.exists():
+            return
+        uid_dir = self.root / STUDY_UIDS_DIR / study_key(study_instance_uid)
+        uid_dir.mkdir(exist_ok=True)
+        (uid_dir / f"{key}.{'id' if has_patient_id else 'no-id'}").touch()
+        write_atomically(pointer, uid_dir.name.encode())
+
+    def _forget_study_uid(self, key: str) -> None:
+        """Drop study `key` from the index of Study Instance UIDs, once its folder is gone."""
+        pointer = self.root / STUDY_UIDS_DIR / f"{key}.uid"
+        with contextlib.suppress(OSError):
+            uid_dir = self.root / STUDY_UIDS_DIR / pointer.read_text()
+            for marker in uid_dir.glob(f"{key}.*"):
+                marker.unlink()
+            if not any(uid_dir.iterdir()):
+                uid_dir.rmdir()
+            pointer.unlink()
+
+    def studies_split_by_patient_id(self, key: str) -> list[str]:
+        """The other studies in the spool under the Study Instance UID of study `key` whose Patient ID is left empty
+        where `key`'s is not, or the other way round, and that hold instances.
+
+        Why: the node keys a study by Patient ID and Study Instance UID, so a series sent with an empty Patient ID on
+        some files was analysed as two studies (interop review 39: the patient's tumor-free half got an SR "absent",
+        the tumor half a SEG filed under an empty Patient ID), where the API refuses such files as one request. Two
+        Patient IDs that are both set stay two studies: a corrected Patient ID is sent again under the same UID."""
+        try:
+            uid_dir = self.root / STUDY_UIDS_DIR / (self.root / STUDY_UIDS_DIR / f"{key}.uid").read_text()
+            others = {marker.stem: marker.suffix == ".id" for marker in uid_dir.iterdir()}
+        except OSError:  # a study stored before the node kept this index
+            return []
+        has_id = others.pop(key, None)
+        if has_id is None:
+            return []
+        return [
+            other for other, other_has_id in others.items() if other_has_id != has_id and self.instance_files(other)
+        ]
 
     def _reserve(self, key: str, path: Path, size: int) -> tuple[bool, int]:
         """Count an instance file of `size` bytes about to be written at `path` (new, or replacing one: the bytes it
@@ -467,6 +518,8 @@ class Spool:
                     continue
                 for part in parts:
                     self._remove_tree(part)
+                if parts == [directory]:
+                    self._forget_study_uid(key)
                 self._instances.pop(key, None)
             purged.append(key)
         return purged

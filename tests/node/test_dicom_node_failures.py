@@ -71,6 +71,31 @@ def test_two_patients_whose_studies_share_a_study_uid_are_kept_apart(
     assert frames == {PATIENT_ID: 3, "TEST-0002": 2}
 
 
+def test_a_study_sent_with_an_empty_patient_id_on_some_files_is_refused_in_both_parts(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 39 F1: a series whose later files had an empty Patient ID was analysed as two studies (the node
+    keys one by Patient ID and Study Instance UID): the patient's tumor-free part got an SR "absent", the tumor part
+    a SEG under an empty Patient ID. The API refuses such files as one request; the node refuses both parts."""
+    node = make_node()
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    for dataset in series[3:]:
+        dataset.PatientID = ""
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 2
+
+    assert results.received == []
+    outcomes = [study["runs"][-1] for study in records(node)]
+    assert [run["status"] for run in outcomes] == ["failed", "failed"]
+    assert all(
+        run["reason"].startswith("mixed_input: files of this study (by Study Instance UID) came with an empty")
+        for run in outcomes
+    )
+    assert not node.spool.pending_studies()  # refused once, not again each pass
+
+
 def test_results_are_sent_after_a_stop_between_the_record_and_its_unsent_marker(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
 ) -> None:

@@ -99,6 +99,7 @@ def test_a_settled_studys_record_expires_and_the_same_instances_are_then_analyse
     clock.now = time.time() + 31 * DAY_SECONDS
     assert node.purge_expired() == [study.name]
     assert not study.exists() and node.spool.size_bytes == 0
+    assert list((node.spool.root / dicom_spool.STUDY_UIDS_DIR).iterdir()) == []  # nor its Study Instance UID's
 
     assert storescu(node, files).returncode == 0  # sent again a month later
     clock.advance(QUIET_SECONDS)
@@ -184,3 +185,17 @@ def test_a_node_whose_disk_can_never_keep_an_instance_says_so_at_start(
         "(DICOM_NODE_MIN_FREE_BYTES): every instance will be refused"
     )
     assert Spool(tmp_path / "other", limits=SpoolLimits(min_free_bytes=0)).room_problem() is None
+
+
+def test_studies_of_one_uid_are_split_by_patient_id_only_where_one_is_left_empty(tmp_path: Path) -> None:
+    """Interop review 39 F1: the node keys a study by Patient ID and Study Instance UID; files of one UID with an
+    empty Patient ID and with one are one study split in two (refused), with two Patient IDs two patients' studies."""
+    spool = Spool(tmp_path / "spool")
+    named = spool.store_instance("1.2.3", "P-1", "1.2.3.1", b"first")
+    unnamed = spool.store_instance("1.2.3", "", "1.2.3.2", b"second")
+    other = spool.store_instance("1.2.3", "P-2", "1.2.3.3", b"third")
+    elsewhere = spool.store_instance("1.2.4", "", "1.2.4.1", b"fourth")
+
+    assert sorted(spool.studies_split_by_patient_id(named)) == [unnamed]
+    assert sorted(spool.studies_split_by_patient_id(unnamed)) == sorted([named, other])
+    assert spool.studies_split_by_patient_id(elsewhere) == []
