@@ -263,6 +263,13 @@ def _study_summary(
     return {"files": files, "series": _series_summary(selection), "file_errors": file_errors, "notes": notes}
 
 
+def error_code(reason: str) -> str:
+    """The error code a failed analysis's reason starts with ("mixed_input: ..."), for a log line: the code names
+    no value of the files; "" when the reason has none."""
+    code, colon, _ = reason.partition(":")
+    return code if colon and code.replace("_", "").isalnum() and code.islower() else ""
+
+
 def _failed(error: ServiceError, summary: dict[str, Any]) -> StudyAnalysis:
     return StudyAnalysis(AnalysisStatus.FAILED, reason=f"{error.code}: {error.message}", summary=summary)
 

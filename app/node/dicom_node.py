@@ -127,7 +127,7 @@ from app.node.dicom_study_runs import (
 )
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
-from app.study_analysis import AnalysisStatus, StudyAnalysis, StudyProcessor
+from app.study_analysis import AnalysisStatus, StudyAnalysis, StudyProcessor, error_code
 
 logger = logging.getLogger(__name__)
 
@@ -689,10 +689,10 @@ class DicomNode:
                 stored["aborted_associations"] = left
 
         self.spool.update_record(key, append)
-        logger.info(
-            "study processed",
-            extra={"fields": {"study_key": key, "status": analysis.status, "results": len(results)}},
-        )
+        fields: dict[str, Any] = {"study_key": key, "status": analysis.status, "results": len(results)}
+        if analysis.status == AnalysisStatus.FAILED and analysis.reason:
+            fields["error"] = error_code(analysis.reason)  # a code, no value (interop review 39: none was logged)
+        logger.info("study processed", extra={"fields": fields})
 
     def _rejection_note(self, key: str, runs: list[dict[str, Any]], datasets: list[Dataset]) -> Dataset | None:
         """The note that rejects the SEGs and SRs a destination stored from earlier `runs` that the new results

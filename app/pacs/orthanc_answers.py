@@ -89,6 +89,14 @@ def series_list(body: Any, what: str) -> list[dict[str, Any]]:
     return [_series(item, f"{what} series") for item in _expect(body, list, what)]
 
 
+def study_list(body: Any, what: str) -> list[dict[str, Any]]:
+    """Expanded studies: each with ``ID`` and ``PatientMainDicomTags``."""
+    studies = [with_id(item, f"{what} study") for item in _expect(body, list, what)]
+    for study in studies:
+        _require(study, "PatientMainDicomTags", dict, what)
+    return studies
+
+
 def _json_kind(value: Any) -> str:
     """The JSON name of a value's type, or of a type: what an error may say about a body without quoting it."""
     kind = value if isinstance(value, type) else type(value)

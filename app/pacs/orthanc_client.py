@@ -36,6 +36,7 @@ from app.pacs.orthanc_answers import (
     orthanc_time,
     series_in_study,
     series_list,
+    study_list,
     with_id,
 )
 from app.pacs.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError, StoreRefusedError
@@ -167,6 +168,12 @@ class OrthancClient:
             if stored_by_sync(tags, recorded):
                 found[series["ID"]] = str(tags.get("SeriesInstanceUID", ""))
         return found
+
+    def studies_of_uid(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Every Orthanc study of a Study Instance UID (expanded): Orthanc keys a study by Patient ID and Study
+        Instance UID, so the files of one study with two Patient IDs (one left empty) are two of them."""
+        query = {"Level": "Study", "Query": {"StudyInstanceUID": study_instance_uid}, "Expand": True}
+        return self._json("POST", "/tools/find", study_list, json=query)
 
     def delete_our_series_by_uid(self, series_instance_uid: str) -> int:
         """Delete the series this service made with a Series Instance UID, in whichever study they landed.

@@ -60,7 +60,7 @@ from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
 from app.release import service_version
 from app.sequence_selection import StudySelection
-from app.study_analysis import AnalysisStatus, StudyAnalysis
+from app.study_analysis import AnalysisStatus, StudyAnalysis, error_code
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,9 @@ class StudySync:
         too_large = [str(series["ID"]) for series in mr_series if str(series["ID"]) not in first_files]
         mr_series = [series for series in mr_series if str(series["ID"]) in first_files]
         headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
+        if headers and (split := self._split_by_patient_id(study_id, headers[0])):
+            fields = {"study_fingerprint": study_fingerprint}
+            return self._record_failure(study_id, split, attempts + 1, state, fields)
         selection = self.analyser.select(headers)
         left_out_note = _left_out_note(len(too_large), self.client.config.max_instance_bytes) if too_large else ""
         if left_out_note and selection.analysed:  # the SR says so too: a PACS user sees the volume is of what was read
@@ -285,6 +288,33 @@ class StudySync:
         )
         return status
 
+    def _split_by_patient_id(self, study_id: str, header: Dataset) -> StudyAnalysis | None:
+        """A failed analysis when another Orthanc study has this one's Study Instance UID and a Patient ID left empty
+        where this one's is not, or the other way round; else None.
+
+        Why: Orthanc keys a study by Patient ID and Study Instance UID, so a series stored with an empty Patient ID on
+        some files is two Orthanc studies, and each was analysed alone (interop review 39: "absent" for the
+        patient's tumor-free part, the tumor filed under an empty Patient ID), where the API refuses such files as
+        one request. Two Patient IDs both set stay two studies (a corrected Patient ID stored again)."""
+        uid = str(header.get("StudyInstanceUID", ""))
+        if not uid:
+            return None
+        has_id = bool(str(header.get("PatientID", "") or "").strip())
+        others = [
+            study
+            for study in self.client.studies_of_uid(uid)
+            if study["ID"] != study_id
+            and bool(str(study["PatientMainDicomTags"].get("PatientID", "")).strip()) != has_id
+        ]
+        if not others:
+            return None
+        reason = (
+            "mixed_input: files of this study (by Study Instance UID) are stored with an empty Patient ID and with a "
+            f"Patient ID ({len(others) + 1} Orthanc studies): they are not known to be one patient's, and each part "
+            "answered alone would be a wrong result for the whole; store the study with one Patient ID"
+        )
+        return StudyAnalysis(AnalysisStatus.FAILED, reason=reason, summary={})
+
     def _record_failure(
         self, study_id: str, analysis: StudyAnalysis, attempts: int, state: SyncState, fields: dict[str, Any]
     ) -> str:
@@ -294,7 +324,8 @@ class StudySync:
             study_id,
             self._record(FAILED, attempts=attempts, error=analysis.reason, summary=analysis.summary, **fields),
         )
-        logger.warning("study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts}})
+        fields_logged = {"orthanc_study": study_id, "attempts": attempts, "error": error_code(analysis.reason or "")}
+        logger.warning("study failed", extra={"fields": fields_logged})
         return FAILED
 
     def _store_results(

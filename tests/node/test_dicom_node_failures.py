@@ -72,7 +72,7 @@ def test_two_patients_whose_studies_share_a_study_uid_are_kept_apart(
 
 
 def test_a_study_sent_with_an_empty_patient_id_on_some_files_is_refused_in_both_parts(
-    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Interop review 39 F1: a series whose later files had an empty Patient ID was analysed as two studies (the node
     keys one by Patient ID and Study Instance UID): the patient's tumor-free part got an SR "absent", the tumor part
@@ -84,7 +84,8 @@ def test_a_study_sent_with_an_empty_patient_id_on_some_files_is_refused_in_both_
     assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
 
-    assert len(process_and_send(node)) == 2
+    with caplog.at_level(logging.INFO, logger="app.node.dicom_node"):
+        assert len(process_and_send(node)) == 2
 
     assert results.received == []
     outcomes = [study["runs"][-1] for study in records(node)]
@@ -94,6 +95,8 @@ def test_a_study_sent_with_an_empty_patient_id_on_some_files_is_refused_in_both_
         for run in outcomes
     )
     assert not node.spool.pending_studies()  # refused once, not again each pass
+    logged = [getattr(record, "fields", {}) for record in caplog.records if record.getMessage() == "study processed"]
+    assert [fields.get("error") for fields in logged] == ["mixed_input", "mixed_input"]  # the code, in the log too
 
 
 def test_results_are_sent_after_a_stop_between_the_record_and_its_unsent_marker(

@@ -367,3 +367,24 @@ def test_a_store_refused_for_one_patient_leaves_anothers_results_of_the_same_ima
         assert orthanc.result_series(first_study) == first_results  # the first patient's SEG and SR survive
         assert orthanc.result_series(second_study) == {"SEG": [], "SR": []}  # its SEG stored, then withdrawn
         assert orthanc.record(second_study)["error"].startswith("MisplacedResultsError")
+
+
+def test_a_study_stored_with_an_empty_patient_id_on_some_files_is_refused_in_both_parts(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 39 F1: Orthanc keys a study by Patient ID and Study Instance UID, so a series stored with an
+    empty Patient ID on its later files is two Orthanc studies; each was analysed alone ("absent" for the patient's
+    tumor-free part, the tumor filed under an empty Patient ID). Both are refused, as the API refuses such files."""
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    for dataset in series[3:]:
+        dataset.PatientID = ""
+    config = config_for(orthanc, tmp_path / "state.json")
+    studies = [orthanc.study_of(orthanc.upload(series[:3])), orthanc.study_of(orthanc.upload(series[3:]))]
+    assert studies[0] != studies[1]
+
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report == SyncReport(failed=2)
+    for study in studies:
+        assert orthanc.record(study)["error"].startswith("mixed_input: files of this study (by Study Instance UID)")
+        assert orthanc.result_series(study) == {"SEG": [], "SR": []}
