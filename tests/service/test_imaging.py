@@ -284,6 +284,26 @@ def test_a_jpeg_whose_image_data_is_damaged_is_refused_not_read_with_grey_rows(d
     assert raised.value.message.startswith("JPEG file is corrupt: its image data decodes only with errors (Corrupt")
 
 
+def with_jfif_revision_2(data: bytearray) -> None:
+    data[data.index(b"JFIF\x00") + 5] = 2
+
+
+def with_sequential_scan_ending_at_62(data: bytearray) -> None:
+    scan = data.index(b"\xff\xda")
+    data[scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big") - 2] = 62
+
+
+@pytest.mark.parametrize("change", [with_jfif_revision_2, with_sequential_scan_ending_at_62])
+def test_a_jpeg_whose_libjpeg_warning_is_not_about_its_image_data_is_still_read(change) -> None:
+    """libjpeg warns of an unknown JFIF revision (a camera's 2.01), or of a sequential scan whose spectral end is not
+    63 ("Invalid SOS parameters for sequential JPEG", which the strict check refused at first): neither says the
+    image data is damaged."""
+    data = bytearray(TUMOR_SLICE.read_bytes())
+    change(data)
+
+    assert decode_image(bytes(data)).shape == (256, 256, 3)
+
+
 def test_a_cmyk_jpeg_is_still_read() -> None:
     """libjpeg converts CMYK to nothing but CMYK: the strict check decodes it as such, and Pillow reads it as RGB."""
     buffer = io.BytesIO()
