@@ -89,12 +89,15 @@ def series_list(body: Any, what: str) -> list[dict[str, Any]]:
     return [_series(item, f"{what} series") for item in _expect(body, list, what)]
 
 
-def study_list(body: Any, what: str) -> list[dict[str, Any]]:
-    """Expanded studies: each with ``ID`` and ``PatientMainDicomTags``."""
-    studies = [with_id(item, f"{what} study") for item in _expect(body, list, what)]
-    for study in studies:
-        _require(study, "PatientMainDicomTags", dict, what)
-    return studies
+def resource_list(body: Any, what: str) -> list[dict[str, Any]]:
+    """`POST /tools/lookup`'s answer: resources, each with ``ID`` (and ``Type``, ``Path``)."""
+    return [with_id(item, f"{what} resource") for item in _expect(body, list, what)]
+
+
+def study_answer(body: Any, what: str) -> dict[str, Any]:
+    """A study as `GET /studies/<id>` answers it: ``ID`` and ``PatientMainDicomTags``."""
+    _require(with_id(body, what), "PatientMainDicomTags", dict, what)
+    return body
 
 
 def _json_kind(value: Any) -> str:

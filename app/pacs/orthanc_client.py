@@ -34,9 +34,10 @@ from app.pacs.orthanc_answers import (
     json_object,
     orthanc_status,
     orthanc_time,
+    resource_list,
     series_in_study,
     series_list,
-    study_list,
+    study_answer,
     with_id,
 )
 from app.pacs.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError, StoreRefusedError
@@ -169,11 +170,13 @@ class OrthancClient:
                 found[series["ID"]] = str(tags.get("SeriesInstanceUID", ""))
         return found
 
-    def studies_of_uid(self, study_instance_uid: str) -> list[dict[str, Any]]:
-        """Every Orthanc study of a Study Instance UID (expanded): Orthanc keys a study by Patient ID and Study
-        Instance UID, so the files of one study with two Patient IDs (one left empty) are two of them."""
-        query = {"Level": "Study", "Query": {"StudyInstanceUID": study_instance_uid}, "Expand": True}
-        return self._json("POST", "/tools/find", study_list, json=query)
+    def other_studies_of_uid(self, study_id: str, study_instance_uid: str) -> list[dict[str, Any]]:
+        """The Orthanc studies other than `study_id` with its Study Instance UID (each as `GET /studies/<id>`
+        answers it): Orthanc keys a study by Patient ID and Study Instance UID, so the files of one study with two
+        Patient IDs (one left empty) are two of them. One lookup, and nothing more when there is no other."""
+        found = self._json("POST", "/tools/lookup", resource_list, data=study_instance_uid)
+        others = [item["ID"] for item in found if item.get("Type") == "Study" and item["ID"] != study_id]
+        return [study for other in others if (study := self._json_or_none(f"/studies/{_path_id(other)}", study_answer))]
 
     def delete_our_series_by_uid(self, series_instance_uid: str) -> int:
         """Delete the series this service made with a Series Instance UID, in whichever study they landed.

@@ -302,9 +302,8 @@ class StudySync:
         has_id = bool(str(header.get("PatientID", "") or "").strip())
         others = [
             study
-            for study in self.client.studies_of_uid(uid)
-            if study["ID"] != study_id
-            and bool(str(study["PatientMainDicomTags"].get("PatientID", "")).strip()) != has_id
+            for study in self.client.other_studies_of_uid(study_id, uid)
+            if bool(str(study["PatientMainDicomTags"].get("PatientID", "")).strip()) != has_id
         ]
         if not others:
             return None

@@ -179,6 +179,8 @@ def study_answers(files: list[bytes]) -> dict[str, list[Answer]]:
     answers: dict[str, list[Answer]] = {
         "GET /studies/st1": [json_answer({"ID": "st1"})],
         "GET /studies/st1/series": [json_answer([series])],
+        # Other studies of its Study Instance UID (a Patient ID left empty on some files): none.
+        "POST /tools/lookup": [json_answer([{"ID": "st1", "Path": "/studies/st1", "Type": "Study"}])],
         f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({})],
     }
     for index, data in enumerate(files):
@@ -476,6 +478,7 @@ def test_a_series_whose_first_file_is_over_the_cap_is_left_out_and_the_flair_bes
         "GET /instances/huge/file": lambda handler: send(handler, 200, b"\0" * (2 * MIB), APPLICATION_DICOM),
         f"PUT /studies/st1/metadata/{SYNC_METADATA}": lambda handler: send(handler, 200, b"{}"),
         "POST /dicom-web/studies": lambda handler: send(handler, 200, b"{}"),
+        "POST /tools/lookup": lambda handler: send(handler, 200, b'[{"ID": "st1", "Type": "Study"}]'),
     }
     for index, data in enumerate(flair):
         routes[f"GET /instances/i{index}/file"] = lambda handler, data=data: send(handler, 200, data, APPLICATION_DICOM)
