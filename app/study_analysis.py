@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_header import DicomHeader, checked_dimensions
 from app.dicom.dicom_sr import series_volume_report
-from app.errors import ServiceError
+from app.errors import MixedInputError, ServiceError
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
 from app.sequence_rules import SelectionRules
@@ -261,6 +261,19 @@ def _study_summary(
 ) -> dict[str, Any]:
     """The record of a study whose series were chosen, before the flow adds what it found."""
     return {"files": files, "series": _series_summary(selection), "file_errors": file_errors, "notes": notes}
+
+
+def split_by_patient_id(parts: int, summary: dict[str, Any]) -> StudyAnalysis:
+    """The outcome of a study whose Study Instance UID came both with an empty Patient ID and with one, held as
+    `parts` studies by a store that keys a study by both (the DICOM node, Orthanc): refused, as the API refuses such
+    files in one request, since each part answered alone would be a wrong result for the patient (interop review 39:
+    "absent" for the tumor-free part, the tumor filed under an empty Patient ID)."""
+    error = MixedInputError(
+        "files of this study (by Study Instance UID) came with an empty Patient ID and with a Patient ID "
+        f"({parts} studies by Patient ID here): they are not known to be one patient's, and each part answered alone "
+        "would be a wrong result for the whole; send the study with one Patient ID"
+    )
+    return _failed(error, summary)
 
 
 def error_code(reason: str) -> str:

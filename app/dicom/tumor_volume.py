@@ -125,15 +125,14 @@ def _declared_spacing_with_slices_missing(slices: Sequence[DicomFrame], gap: flo
     Positions that agree among themselves (every gap the same) keep their spacing, and a declared spacing shorter
     than the slices' thickness is none: some writers put the gap between slabs there, which would turn every pair of
     neighbours into slices missing."""
-    offsets = offsets_along_normal(slices)
+    gaps = _position_gaps(slices)
     declared = {frame.spacing_between_slices for frame in slices}
-    if offsets is None or len(declared) != 1:
+    if gaps is None or len(declared) != 1:
         return None
     step = declared.pop()
     thickness = max((frame.slice_thickness or 0.0 for frame in slices), default=0.0)
     if not step or step < thickness:
         return None
-    gaps = np.diff(np.unique(np.round(offsets, 3)))
     if gaps.size > 1 and np.allclose(gaps, gap, rtol=WHOLE_MULTIPLE_TOLERANCE, atol=0):
         return None  # regular positions show the spacing themselves
     multiples = gaps / step
@@ -159,12 +158,8 @@ def position_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     outvotes them; a stray slice between two others (gaps of 2.5, 2.5 and 5 mm, or 0.5, 4.5 and 5) is no spacing of
     the series (attack review 39: one slice half-way in a series of 23 halved its spacing and volume).
     """
-    offsets = offsets_along_normal(slices)
-    if offsets is None or len(offsets) < 2:
-        return None
-    gaps = np.diff(np.sort(offsets))
-    gaps = gaps[gaps > 1e-6]
-    if not gaps.size:
+    gaps = _position_gaps(slices)
+    if gaps is None:
         return None
     multiples = gaps / gaps.min()
     whole = np.round(multiples)
@@ -176,3 +171,14 @@ def position_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     ):
         return float(np.median(gaps[shortest]))
     return float(np.median(gaps))
+
+
+def _position_gaps(slices: Sequence[DicomFrame]) -> np.ndarray | None:
+    """The distances between neighbouring positions along the slice normal, in anatomical order (positions closer
+    than a nanometre are one); None unless every slice has a position and two differ."""
+    offsets = offsets_along_normal(slices)
+    if offsets is None:
+        return None
+    gaps = np.diff(np.sort(offsets))
+    gaps = gaps[gaps > 1e-6]
+    return gaps if gaps.size else None

@@ -93,7 +93,7 @@ from pynetdicom.sop_class import Verification
 from app.backoff import doubling_wait
 from app.dicom.dicom_sr import supersede_earlier_reports
 from app.dicom.rejection_note import build_rejection_note
-from app.errors import MixedInputError, ServiceError
+from app.errors import ServiceError
 from app.logging_config import os_error_name
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, TimedAssociationServer
 from app.node.dicom_received_instance import (
@@ -127,7 +127,7 @@ from app.node.dicom_study_runs import (
 )
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
-from app.study_analysis import AnalysisStatus, StudyAnalysis, StudyProcessor, error_code
+from app.study_analysis import AnalysisStatus, StudyAnalysis, StudyProcessor, error_code, split_by_patient_id
 
 logger = logging.getLogger(__name__)
 
@@ -575,7 +575,7 @@ class DicomNode:
         aborted = int(record.get("aborted_associations", 0))
         analysis: StudyAnalysis | Exception
         if split := self.spool.studies_split_by_patient_id(key):
-            analysis = _split_by_patient_id(len(files), len(split))
+            analysis = split_by_patient_id(len(split) + 1, {"files": len(files)})
         else:
             try:
                 analysis = self.processor(files, [ABORTED_NOTE.format(count=aborted)] if aborted else [])
@@ -736,18 +736,6 @@ class _Sending:
     studies: set[str] = field(default_factory=set)
     last_store: float = 0.0  # time.monotonic()
     released: bool = False
-
-
-def _split_by_patient_id(files: int, others: int) -> StudyAnalysis:
-    """The outcome of a study whose Study Instance UID also came with a Patient ID where this one's is empty, or
-    the other way round (`Spool.studies_split_by_patient_id`): refused, as the API refuses such files in one request,
-    since each part alone would be answered for the patient (interop review 39: "absent" for the tumor-free half)."""
-    error = MixedInputError(
-        "files of this study (by Study Instance UID) came with an empty Patient ID and with a Patient ID "
-        f"({others + 1} studies here by Patient ID): they are not known to be one patient's, and each part answered "
-        "alone would be a wrong result for the whole; send the study with one Patient ID"
-    )
-    return StudyAnalysis(AnalysisStatus.FAILED, reason=f"{error.code}: {error.message}", summary={"files": files})
 
 
 def _outcome(analysis: StudyAnalysis) -> str:

@@ -60,7 +60,7 @@ from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
 from app.release import service_version
 from app.sequence_selection import StudySelection
-from app.study_analysis import AnalysisStatus, StudyAnalysis, error_code
+from app.study_analysis import AnalysisStatus, StudyAnalysis, error_code, split_by_patient_id
 
 logger = logging.getLogger(__name__)
 
@@ -305,14 +305,7 @@ class StudySync:
             for study in self.client.other_studies_of_uid(study_id, uid)
             if bool(str(study["PatientMainDicomTags"].get("PatientID", "")).strip()) != has_id
         ]
-        if not others:
-            return None
-        reason = (
-            "mixed_input: files of this study (by Study Instance UID) are stored with an empty Patient ID and with a "
-            f"Patient ID ({len(others) + 1} Orthanc studies): they are not known to be one patient's, and each part "
-            "answered alone would be a wrong result for the whole; store the study with one Patient ID"
-        )
-        return StudyAnalysis(AnalysisStatus.FAILED, reason=reason, summary={})
+        return split_by_patient_id(len(others) + 1, {}) if others else None
 
     def _record_failure(
         self, study_id: str, analysis: StudyAnalysis, attempts: int, state: SyncState, fields: dict[str, Any]
