@@ -630,6 +630,14 @@ def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | No
     return _shallow_copy(dataset, leave_out="SpacingBetweenSlices")
 
 
+def without_spacing_between_slices(dataset: Dataset) -> Dataset:
+    """`dataset` itself, or a shallow copy without Spacing Between Slices: for sources of a SEG whose slices no single
+    spacing describes (`app.dicom.tumor_volume.slices_closer_than_spacing`), so that its Pixel Measures declare none."""
+    if "SpacingBetweenSlices" not in dataset or "SharedFunctionalGroupsSequence" in dataset:
+        return dataset
+    return _shallow_copy(dataset, leave_out="SpacingBetweenSlices")
+
+
 def complete_segmentation(segmentation: Dataset, source_images: Sequence[Dataset]) -> Dataset:
     """Add Patient Orientation to a SEG whose sources have no Image Orientation (Patient) (Type 2C), in place."""
     if "PatientOrientation" in segmentation or "FrameOfReferenceUID" in segmentation:

@@ -37,6 +37,7 @@ from app.dicom.dicom_conformance import (
     with_slice_thickness,
     with_type2_attributes,
     without_contradicted_spacing,
+    without_spacing_between_slices,
 )
 from app.dicom.dicom_frame import DicomFrame
 from app.dicom.dicom_series import SAME_PLANE_TOLERANCE, SliceInput
@@ -49,7 +50,7 @@ from app.dicom.result_uids import (
     source_identity,
 )
 from app.dicom.slice_order import anatomical_order
-from app.dicom.tumor_volume import series_spacing_mm, slice_spacing_mm
+from app.dicom.tumor_volume import series_spacing_mm, slice_spacing_mm, slices_closer_than_spacing
 from app.errors import SegmentationInputError, builder_reason
 from app.release import service_version
 
@@ -234,12 +235,16 @@ def _completed_sources(source_images: list[Dataset], references: Sequence[DicomF
     """The source headers as highdicom needs them (shallow copies where they change; the caller's stay as they are):
     a Slice Thickness where theirs is empty (Type 1C in a SEG: the slices' spacing, the slab each mask stands for), no
     Spacing Between Slices that contradicts the spacing the tumor volume takes from their positions (interop review
-    39: the SEG said 10 mm where the volume took 5 mm slabs with a slice missing), and every Type 2 attribute
-    highdicom reads."""
+    39: the SEG said 10 mm where the volume took 5 mm slabs with a slice missing) nor any where two slices lie
+    closer than that (a stray slice), and every Type 2 attribute highdicom reads."""
     if any(frame.slice_thickness is None for frame in references):
         spacing = slice_spacing_mm(references)
         source_images = [with_slice_thickness(image, spacing) for image in source_images]
-    source_images = [without_contradicted_spacing(image, series_spacing_mm(references)) for image in source_images]
+    if slices_closer_than_spacing(references):  # a stray slice: no regular stack to declare
+        source_images = [without_spacing_between_slices(image) for image in source_images]
+    else:
+        spacing = series_spacing_mm(references)
+        source_images = [without_contradicted_spacing(image, spacing) for image in source_images]
     return [with_type2_attributes(image) for image in source_images]
 
 

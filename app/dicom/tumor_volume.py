@@ -74,6 +74,19 @@ def series_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     return slice_spacing_mm(slices) if position_spacing_mm(slices) is not None else None
 
 
+def slices_closer_than_spacing(slices: Sequence[DicomFrame]) -> bool:
+    """Whether two slices lie closer together than the series' spacing (`series_spacing_mm`), beyond rounding: a
+    stray slice, which no single spacing between slices describes.
+
+    Why: a SEG over such slices declared a regular 5 mm stack beside frames 0.5 mm apart, and a viewer that counts
+    voxels x that spacing overstated the volume by 17 % (interop review 39, finding 6)."""
+    spacing = series_spacing_mm(slices)
+    gaps = _position_gaps(slices)
+    if spacing is None or gaps is None:
+        return False
+    return bool(np.any(gaps < spacing * (1 - WHOLE_MULTIPLE_TOLERANCE)))
+
+
 def slab_thicknesses_mm(slices: Sequence[DicomFrame], spacing: float) -> list[float]:
     """The slab each slice's mask stands for, in mm: half the distance to each neighbour along the slice normal, at
     most half the series' `spacing` on either side (a missing slice's slab is left out, and an end slice gets half a

@@ -497,3 +497,23 @@ def test_a_seg_of_two_slices_with_one_missing_between_them_says_the_spacing_the_
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert float(measures.SpacingBetweenSlices) == slice_spacing_mm([item.reference for item in inputs]) == 5.0
     assert dciodvfy_errors(part10_bytes(seg), "Segmentation") == []
+
+
+def test_a_seg_over_a_stray_slice_declares_no_spacing_between_slices(truth_masks: list[np.ndarray]) -> None:
+    """Interop review 39: a copy of a slice 0.5 mm from it in a series 5 mm apart; the SEG declared a regular 5 mm
+    stack beside frames 0.5 mm apart, and a viewer counting voxels x that spacing overstated the volume. No single
+    spacing describes these frames, so the SEG declares none (the regular series keeps its 5 mm)."""
+    series = mr_series(tumor_channels() * 3)  # long enough that the median gap is the series' 5 mm
+    masks = truth_masks * 3
+    stray = copy.deepcopy(series[4])
+    stray.SOPInstanceUID = stray.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    stray.InstanceNumber = len(series) + 1
+    stray.ImagePositionPatient = [*stray.ImagePositionPatient[:2], stray.ImagePositionPatient[2] + 0.5]
+
+    regular = build_segmentation(series_inputs(series), masks, MODEL_TAGS)
+    seg = build_segmentation(series_inputs([*series, stray]), [*masks, masks[4]], MODEL_TAGS)
+
+    assert float(regular.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == 5.0
+    assert "SpacingBetweenSlices" not in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert seg.NumberOfFrames == len(series) + 1
+    assert dciodvfy_errors(part10_bytes(seg), "Segmentation") == []
