@@ -34,8 +34,8 @@ from app.sequence_selection import (
     orientation_note,
     select_sequences,
 )
-from app.series_info import SeriesInfo, series_number_order
-from app.uploads import request_files
+from app.series_info import SeriesInfo, series_number_order, where_in_study
+from app.uploads import MOST_FILES_NAMED, request_files
 
 T1_ROLES = (SequenceRole.T1_PRE, SequenceRole.T1_POST)
 
@@ -207,7 +207,8 @@ def _refuse_several_studies(headers: Sequence[DicomHeader | ServiceError]) -> No
             raise MixedInputError(
                 f"the request's DICOM files come from {len(files)} "
                 f"{'studies' if keyword == 'StudyInstanceUID' else 'patients'} (by {keyword}): "
-                f"{_odd_files(files)}; send one study per request: the series the models read are chosen within it"
+                f"{_odd_files(files, headers)}; send one study per request: the series the models read are chosen "
+                "within it"
             )
 
 
@@ -240,22 +241,29 @@ def _refuse_identity_that_differs_where_read(
             raise MixedInputError(
                 f"{len(empty)} of the {len(files)} {'FLAIR' if keyword == 'IssuerOfPatientID' else 'DICOM'} files "
                 f"read have no {keyword} and the others one "
-                f"({request_files(empty)}): they are not known to be of one "
+                f"({_dicom_files(empty, headers)}): they are not known to be of one "
                 f"{'study' if keyword == 'StudyInstanceUID' else 'patient'}, and a SEG or SR would be filed under one "
                 "of them; send files whose identity agrees"
             )
         if len(values) > 1:  # only the issuer can differ here: two studies or Patient IDs are refused before
             raise MixedInputError(
-                f"the FLAIR files read come from {len(values)} patients (by {keyword}): {_odd_files(values)}; send "
-                "files whose identity agrees"
+                f"the FLAIR files read come from {len(values)} patients (by {keyword}): "
+                f"{_odd_files(values, headers)}; send files whose identity agrees"
             )
 
 
-def _odd_files(files: Mapping[str, list[int]]) -> str:
+def _odd_files(files: Mapping[str, list[int]], headers: Sequence[DicomHeader | ServiceError]) -> str:
     """The files (request indices, by value) other than those of the most common value, and how many those are."""
     most, *others = sorted(files.values(), key=len, reverse=True)
     odd = sorted(index for group in others for index in group)
-    return f"{request_files(odd)} {'differs' if len(odd) == 1 else 'differ'} from the other {len(most)}"
+    return f"{_dicom_files(odd, headers)} {'differs' if len(odd) == 1 else 'differ'} from the other {len(most)}"
+
+
+def _dicom_files(indices: Sequence[int], headers: Sequence[DicomHeader | ServiceError]) -> str:
+    """`request_files` with the series and instance numbers of the files named (`where_in_study`), by which the
+    DICOM node's and pacs-sync's users find them."""
+    named = [headers[index] for index in indices[:MOST_FILES_NAMED]]
+    return request_files(indices, where_in_study([h.dataset for h in named if isinstance(h, DicomHeader)]))
 
 
 def _identity_value(header: DicomHeader, keyword: str) -> str:

@@ -190,4 +190,23 @@ def _first_number_or_none(value: object) -> float | None:
 
 def _integer(value: object) -> int | None:
     number = _first_number_or_none(value)
-    return int(number) if number is not None else None
+    return int(number) if number is not None and math.isfinite(number) else None
+
+
+def where_in_study(datasets: Sequence[Dataset]) -> str:
+    """Where a PACS user finds these files: "series 3: instances 7, 8; series 5: instance 2", by Series Number and
+    Instance Number ("unnumbered" where a file has none), in the order given.
+
+    Why: on the PACS paths (the DICOM node, pacs-sync) a file's index in the request is the order the files arrived
+    or were fetched in, which nobody outside can see (interop review 39, finding 7); numbers name no patient."""
+    instances: dict[str, list[str]] = {}
+    for dataset in datasets:
+        series = _integer(dataset.get("SeriesNumber"))
+        instance = _integer(dataset.get("InstanceNumber"))
+        instances.setdefault("unnumbered" if series is None else str(series), []).append(
+            "unnumbered" if instance is None else str(instance)
+        )
+    return "; ".join(
+        f"series {series}: instance{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
+        for series, numbers in instances.items()
+    )

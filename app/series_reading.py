@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from app.dicom.dicom_frame import DicomFrame, frame_placement, offsets_along_normal, source_instance_uids
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
@@ -26,6 +27,7 @@ from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.sequence_rules import SelectionRules
 from app.series_choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
+from app.series_info import where_in_study
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
 
 
@@ -310,17 +312,17 @@ def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: C
     """Put an error in place of each used file whose SOP Instance UID an earlier used file has: answers, a SEG and an
     SR name slices by it, so two files under one would be two slices of one instance. The first is read; the UID is
     not quoted (it is the file's content)."""
-    first: dict[str, int] = {}
+    first: dict[str, tuple[int, Dataset]] = {}
     for index, header in enumerate(headers):
         if not isinstance(header, DicomHeader) or index not in used:
             continue
         uid = str(header.dataset.get("SOPInstanceUID", "") or "")
         if uid and uid in first:
+            original = request_file(first[uid][0], where_in_study([first[uid][1]]))
             headers[index] = InvalidDicomImageError(
-                f"the file has the SOP Instance UID of {request_file(first[uid])}; a UID names one instance, "
-                "which is read once"
+                f"the file has the SOP Instance UID of {original}; a UID names one instance, which is read once"
             )
-        first.setdefault(uid, index)
+        first.setdefault(uid, (index, header.dataset))
 
 
 def count_slices(headers: Sequence[DicomHeader], at_most: int | None = None) -> int:

@@ -141,25 +141,27 @@ def refuse_repeated_slices(
     return checked
 
 
-def request_file(index: int) -> str:
-    """How an error names another file of the request: by its index in the answer's lists, and as a person counts."""
-    return f"the request's file at index {index} (file {index + 1} as sent)"
+def request_file(index: int, where: str = "") -> str:
+    """How an error names another file of the request: by its index in the answer's lists, and as a person counts;
+    `where` adds what else finds it (a DICOM file's series and instance, `app.series_info.where_in_study`)."""
+    return f"the request's file at index {index} (file {index + 1} as sent{'; ' + where if where else ''})"
 
 
 MOST_FILES_NAMED = 5
 """How many files an error names (`request_files`) before it only counts the rest."""
 
 
-def request_files(indices: Sequence[int]) -> str:
+def request_files(indices: Sequence[int], where: str = "") -> str:
     """`request_file` for several files: the first `MOST_FILES_NAMED`, then how many more (browser review 39: a refusal
-    of a 150-file request for one other patient's file gave the user no way to find it)."""
+    of a 150-file request for one other patient's file gave the user no way to find it); `where` as there, for the
+    files named."""
     if len(indices) == 1:
-        return request_file(indices[0])
+        return request_file(indices[0], where)
     named = indices[:MOST_FILES_NAMED]
     more = f" and {len(indices) - len(named)} more" if len(indices) > len(named) else ""
     return (
         f"the request's files at index {', '.join(map(str, named))} (files {', '.join(str(i + 1) for i in named)} "
-        f"as sent){more}"
+        f"as sent{'; ' + where if where else ''}){more}"
     )
 
 

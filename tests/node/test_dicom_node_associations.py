@@ -304,6 +304,21 @@ def test_files_that_were_not_read_are_named_in_the_report(tmp_path: Path) -> Non
     assert report["notes"] == [note]
 
 
+def test_a_file_left_out_by_the_flow_is_named_by_series_and_instance_number(tmp_path: Path) -> None:
+    """Interop review 39: a corrupt instance was left out with "1 received file was not read (undecodable_dicom: 1)",
+    nothing saying which; its index in the flow is the order the files arrived in, which no PACS user sees."""
+    series = mr_series(tumor_channels() * 2)
+    series[4].PixelData = series[4].PixelData[:-100]  # a header that reads, pixels that do not
+
+    analysis = ModelStudyProcessor(ThresholdPredictor())(write_files(series[::-1], tmp_path / "in"))
+
+    assert analysis.status == "analysed", analysis.reason
+    assert analysis.summary["notes"] == [
+        "1 received file was not read (undecodable_dicom: 1; series 1: instance 5): the slices in them are not in "
+        "this result"
+    ]
+
+
 @pytest.mark.parametrize(("errors", "expected"), [({"a": 2, "b": 1}, "3 received files were not read (a: 2, b: 1)")])
 def test_the_unread_files_note_counts_by_code(errors: dict[str, int], expected: str) -> None:
     assert unread_files_note(errors).startswith(expected)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app import payloads, schemas, uploads
@@ -23,6 +24,7 @@ from app.imaging import decode_image
 from app.inference import Predictor, SlicePrediction
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService, Tally, in_request_order
+from app.series_info import where_in_study
 from tests.api.service_client import decode_png_mask, decode_rle, png_bytes, resized, tiff_bytes
 from tests.conftest import NO_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes
@@ -515,4 +517,21 @@ def test_a_refusal_names_five_files_then_counts_the_rest() -> None:
     assert uploads.request_files([3]) == "the request's file at index 3 (file 4 as sent)"
     assert uploads.request_files(list(range(2, 9))) == (
         "the request's files at index 2, 3, 4, 5, 6 (files 3, 4, 5, 6, 7 as sent) and 2 more"
+    )
+
+
+def test_dicom_files_are_placed_by_series_and_instance_number() -> None:
+    """Interop review 39: on the PACS paths the index is the order files arrived or were fetched in; the series and
+    instance numbers are what a PACS user can find (an unreadable or missing number says "unnumbered")."""
+    files = [Dataset(), Dataset(), Dataset(), Dataset()]
+    files[0].SeriesNumber, files[0].InstanceNumber = 3, 7
+    files[1].SeriesNumber, files[1].InstanceNumber = 3, 8
+    files[2].SeriesNumber = 5
+    files[3].InstanceNumber = 2
+
+    where = where_in_study(files)
+
+    assert where == "series 3: instances 7, 8; series 5: instance unnumbered; series unnumbered: instance 2"
+    assert uploads.request_files([0, 1], where_in_study(files[:2])) == (
+        "the request's files at index 0, 1 (files 1, 2 as sent; series 3: instances 7, 8)"
     )

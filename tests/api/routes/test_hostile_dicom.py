@@ -169,8 +169,8 @@ def test_a_file_with_the_sop_instance_uid_of_an_earlier_one_gets_its_own_error(c
     (failure,) = body["file_errors"]
     assert (failure["index"], failure["error"]["code"]) == (1, "invalid_dicom_image")
     assert failure["error"]["message"] == (
-        "the file has the SOP Instance UID of the request's file at index 0 (file 1 as sent); a UID names one "
-        "instance, which is read once"
+        "the file has the SOP Instance UID of the request's file at index 0 (file 1 as sent; series 1: instance 1); "
+        "a UID names one instance, which is read once"
     )
     assert seg.status_code == 200 and seg.headers["x-skipped-file-indices"] == "1"  # a SEG of the two distinct ones
 

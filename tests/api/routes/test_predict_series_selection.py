@@ -409,12 +409,15 @@ def test_files_of_two_studies_or_patients_are_refused_not_mixed(client: TestClie
     assert studies.status_code == 400 and studies.json()["error"]["code"] == "mixed_input"
     assert studies.json()["error"]["message"] == (
         "the request's DICOM files come from 2 studies (by StudyInstanceUID): the request's files at index 3, 4, 5 "
-        "(files 4, 5, 6 as sent) differ from the other 3; send one study per request: the series the models read are "
-        "chosen within it"
+        "(files 4, 5, 6 as sent; series 1: instances 1, 2, 3) differ from the other 3; send one study per request: "
+        "the series the models read are chosen within it"
     )
     # The files that differ from the most are named (browser review 39: one odd file of 150 could not be found).
     many = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts(first + first + other_patient[:1]))
-    assert "come from 2 patients (by PatientID): the request's file at index 6 (file 7 as sent) differs" in many.text
+    assert (
+        "come from 2 patients (by PatientID): the request's file at index 6 (file 7 as sent; series 2: instance 1) "
+        "differs" in many.text
+    )
     assert patients.status_code == 400 and "come from 2 patients (by PatientID)" in patients.json()["error"]["message"]
     assert "OTHER-PATIENT" not in patients.text
 
