@@ -603,6 +603,7 @@ class DicomNode:
         """Write an analysis's outcome (or its error) to the spool; True if it has results."""
         if isinstance(analysis, Exception):
             self.metrics.studies_analysed.labels(outcome="failed").inc()
+            self.metrics.studies_failed.labels(error="internal").inc()
             run.update(status="error", error=type(analysis).__name__, finished_at=timestamp())
             self.spool.update_record(key, lambda stored: stored["runs"].append(run))
             if attempts + 1 < self.config.max_attempts:
@@ -617,6 +618,8 @@ class DicomNode:
             return False
         self._unwritable.pop(key, None)
         self.metrics.studies_analysed.labels(outcome=_outcome(analysis)).inc()
+        if analysis.status == AnalysisStatus.FAILED:  # interop review 39: a refused study showed no reason here
+            self.metrics.studies_failed.labels(error=error_code(analysis.reason) or "unknown").inc()
         self.spool.clear_pending(key, last_arrival)
         return True
 

@@ -51,6 +51,13 @@ class NodeMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.studies_failed = Counter(
+            "brain_tumor_node_studies_failed",
+            "Studies whose analysis failed, by error code (the reason's code, e.g. mixed_input; internal: an "
+            "unexpected error). The reason itself is in the study's spool record.",
+            ["error"],
+            registry=self.registry,
+        )
         self.results_sent = Counter(
             "brain_tumor_node_results_sent",
             "Runs' results (SEG and SR) delivered, by destination.",

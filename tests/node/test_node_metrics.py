@@ -102,6 +102,26 @@ def test_metrics_show_results_that_cannot_be_sent(make_node: Any, clock: Clock, 
     assert_no_study_values(text, series)
 
 
+def test_metrics_count_a_refused_study_by_its_error_code(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, scrape: Any
+) -> None:
+    """Interop review 39: a refused study (C-STORE answered Success, nothing sent back) showed only outcome="failed";
+    the code says why without the record (slices at two pixel spacings are refused as invalid_dicom_image)."""
+    node = make_node()
+    metrics = scrape(node)
+    series = mr_series(tumor_channels())
+    series[1].PixelSpacing = [0.5, 0.5]
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    process_and_send(node)
+
+    text = metrics()
+    assert required_sample_value(text, "brain_tumor_node_studies_analysed_total", outcome="failed") == 1
+    assert required_sample_value(text, "brain_tumor_node_studies_failed_total", error="invalid_dicom_image") == 1
+    assert_no_study_values(text, series)
+
+
 def test_the_age_of_results_not_delivered_grows_until_they_are(
     make_node: Any, clock: Clock, tmp_path: Path, scrape: Any
 ) -> None:
