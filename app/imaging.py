@@ -36,10 +36,13 @@ from app.jpeg_markers import JpegStructureError, check_jpeg_structure
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
 from app.tiff_decoding import (
+    JPEG,
+    OLD_STYLE_JPEG,
     as_shown,
     check_tiff_inflation,
     check_tiff_photometric,
     compression_name,
+    jpeg_codestreams,
     tiff_decoder_bytes,
 )
 
@@ -424,12 +427,25 @@ def _pillow_header(data: bytes, image_format: ImageFormat) -> RasterHeader:
     return header
 
 
-def _check_jpeg_data(data: bytes) -> None:
+def _check_jpeg_data(data: bytes, what: str = "JPEG file") -> None:
     """Damaged JPEG data is refused, not decoded into flat grey rows (`app.jpeg_data`)."""
     try:
-        check_jpeg_data(data, "JPEG file")
+        check_jpeg_data(data, what)
     except CorruptJpegError as error:
         raise UndecodableImageError(str(error)) from None
+
+
+def _check_tiff_jpeg_data(data: bytes, page: tifffile.TiffPage) -> None:
+    """A JPEG-compressed TIFF's strips or tiles are checked as a JPEG file is (`jpeg_codestreams`); an old-style
+    JPEG one (compression 6, deprecated since 1995), whose data no check here can read, is refused."""
+    if page.compression == OLD_STYLE_JPEG:
+        raise UndecodableImageError(
+            "TIFF file is old-style JPEG-compressed (Compression 6, replaced by 7 in 1995), whose image data cannot be "
+            "checked for damage here; save it uncompressed, LZW-, Deflate- or JPEG-compressed (Compression 7)"
+        )
+    if page.compression == JPEG:
+        for number, codestream in enumerate(jpeg_codestreams(data, page), start=1):
+            _check_jpeg_data(codestream, f"TIFF file's JPEG strip or tile {number}")
 
 
 def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int) -> np.ndarray:
@@ -528,6 +544,7 @@ def _decode_tiff(data: bytes) -> np.ndarray:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
             axes = page.axes
+            _check_tiff_jpeg_data(data, page)
             bounded = check_tiff_inflation(data, page)
             try:
                 if not bounded:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import simplejpeg
 
+from app.jpeg_markers import image_data_only
+
 
 class CorruptJpegError(ValueError):
     """JPEG data that decodes only with libjpeg's corrupt-data warnings."""
@@ -27,13 +29,16 @@ NOT_DAMAGED_DATA = ("bad ICC marker",)
 
 def check_jpeg_data(data: bytes, what: str) -> None:
     """Refuse `data` (one JPEG codestream: a file, or a DICOM frame) whose image data libjpeg decodes only with
-    warnings that it is damaged (`DAMAGED_DATA_WARNINGS`). Costs one more decode of the image.
+    warnings that it is damaged (`DAMAGED_DATA_WARNINGS`). Costs one more decode of the image. The decode stops at
+    libjpeg's first warning, so it reads `image_data_only(data)`: the segments whose warnings say nothing of the
+    pixels are left out of it, and a warning it stops at is one of the image data's.
 
     Raises
     ------
     CorruptJpegError
         Naming `what` ("JPEG file") and libjpeg's message (marker names and byte counts, never pixel values).
     """
+    data = image_data_only(data)  # the warnings of segments that hold no image data would hide those after them
     try:
         colour_model = simplejpeg.decode_jpeg_header(data)[2]
     except ValueError:

@@ -293,7 +293,14 @@ def with_sequential_scan_ending_at_62(data: bytearray) -> None:
     data[scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big") - 2] = 62
 
 
-@pytest.mark.parametrize("change", [with_jfif_revision_2, with_sequential_scan_ending_at_62])
+def with_icc_segment_of_a_bad_sequence_number(data: bytearray) -> None:
+    bad_icc = b"ICC_PROFILE\x00\x00\x01"  # chunk 0 of 1: libjpeg warns "Corrupt JPEG data: bad ICC marker"
+    data[2:2] = b"\xff\xe2" + (2 + len(bad_icc)).to_bytes(2, "big") + bad_icc
+
+
+@pytest.mark.parametrize(
+    "change", [with_jfif_revision_2, with_sequential_scan_ending_at_62, with_icc_segment_of_a_bad_sequence_number]
+)
 def test_a_jpeg_whose_libjpeg_warning_is_not_about_its_image_data_is_still_read(change) -> None:
     """libjpeg warns of an unknown JFIF revision (a camera's 2.01), or of a sequential scan whose spectral end is not
     63 ("Invalid SOS parameters for sequential JPEG", which the strict check refused at first): neither says the
@@ -302,6 +309,22 @@ def test_a_jpeg_whose_libjpeg_warning_is_not_about_its_image_data_is_still_read(
     change(data)
 
     assert decode_image(bytes(data)).shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize(
+    "change", [with_jfif_revision_2, with_sequential_scan_ending_at_62, with_icc_segment_of_a_bad_sequence_number]
+)
+def test_damaged_image_data_behind_a_warning_that_is_not_about_it_is_refused(change) -> None:
+    """Attack review 40: the strict decode stops at libjpeg's first warning, and one about the header (an unknown
+    JFIF revision, odd sequential scan parameters) let the damaged scan behind it through: a tumor slice at
+    probability 0.99 was answered "no tumor" at 0.007."""
+    data = bytearray(damaged_jpeg_scan(TUMOR_SLICE.read_bytes()))
+    change(data)
+
+    with pytest.raises(UndecodableImageError) as raised:
+        decode_image(bytes(data))
+
+    assert raised.value.message.startswith("JPEG file is corrupt: its image data decodes only with errors (Corrupt")
 
 
 def test_a_cmyk_jpeg_is_still_read() -> None:
@@ -407,6 +430,36 @@ def test_decode_image_reads_a_jpeg_compressed_ycbcr_tiff_as_rgb() -> None:
 
     decoded = decode_image(buffer.getvalue())
     assert np.abs(decoded.astype(int) - read_slice(TUMOR_SLICE).astype(int)).mean() < 3.0  # lossy
+
+
+def test_a_jpeg_compressed_tiff_whose_image_data_is_damaged_is_refused() -> None:
+    """Attack review 40: OpenCV's libtiff read damaged JPEG strips with only libjpeg's warnings, and a tumor slice at
+    probability 0.99 was answered "no tumor" at 0.007; each strip is checked as a JPEG file is."""
+    buffer = io.BytesIO()
+    Image.fromarray(read_slice(TUMOR_SLICE)).save(buffer, "TIFF", compression="jpeg")
+    data = buffer.getvalue()
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        offset, count = tiff.pages.first.dataoffsets[1], tiff.pages.first.databytecounts[1]
+    damaged = data[:offset] + damaged_jpeg_scan(data[offset : offset + count], count=300) + data[offset + count :]
+
+    with pytest.raises(UndecodableImageError) as raised:
+        decode_image(damaged)
+
+    assert raised.value.message.startswith(
+        "TIFF file's JPEG strip or tile 2 is corrupt: its image data decodes only with errors (Corrupt JPEG data"
+    )
+
+
+def test_an_old_style_jpeg_tiff_is_refused_with_a_reason() -> None:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, GREY, photometric="minisblack")
+    data = bytearray(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tiff:
+        compression = tiff.pages.first.tags["Compression"].valueoffset
+    data[compression : compression + 2] = (6).to_bytes(2, "little")  # Compression 6: old-style JPEG
+
+    with pytest.raises(UndecodableImageError, match=r"^TIFF file is old-style JPEG-compressed \(Compression 6"):
+        decode_image(bytes(data))
 
 
 def test_a_file_with_dicm_at_128_but_no_file_meta_is_a_broken_dicom_not_an_unknown_type() -> None:
