@@ -285,13 +285,14 @@ def _study_summary(
 
 def split_by_patient_id(parts: int, summary: dict[str, Any]) -> StudyAnalysis:
     """The outcome of a study whose Study Instance UID came both with an empty Patient ID and with one, held as
-    `parts` studies by a store that keys a study by both (the DICOM node, Orthanc): refused, as the API refuses such
-    files in one request, since each part answered alone would be a wrong result for the patient (interop review 39:
-    "absent" for the tumor-free part, the tumor filed under an empty Patient ID)."""
+    `parts` studies by a store that keys a study by both (the DICOM node, Orthanc), or with Patient IDs that differ
+    only by spaces (Orthanc keeps " P1" and "P1" apart; attack review 40): refused, as the API refuses such files in
+    one request, since each part answered alone would be a wrong result for the patient (interop review 39: "absent"
+    for the tumor-free part, the tumor filed under an empty Patient ID)."""
     error = MixedInputError(
-        "files of this study (by Study Instance UID) came with an empty Patient ID and with a Patient ID "
-        f"({parts} studies by Patient ID here): they are not known to be one patient's, and each part answered alone "
-        "would be a wrong result for the whole; send the study with one Patient ID"
+        "files of this study (by Study Instance UID) came with an empty Patient ID and with a Patient ID, or with "
+        f"Patient IDs that differ only by leading or trailing spaces ({parts} studies by Patient ID here): each part "
+        "answered alone would be a wrong result for the whole; send the study with one Patient ID"
     )
     return _failed(error, summary)
 

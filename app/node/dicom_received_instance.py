@@ -232,7 +232,10 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         raise InstanceRefusedError(
             STATUS_CANNOT_UNDERSTAND, "Patient ID breaks its value type (two values, a control character...)"
         )
-    return ReceivedInstance(study_uid, str(dataset.get("PatientID", "") or ""), uid(sop_instance_uid))
+    # Leading and trailing spaces of an LO value are not significant (PS3.5 6.2): " P1" and "P1" are one patient's
+    # study, as the API reads them (attack review 40: the node analysed them as two, each half the tumor).
+    patient_id = str(dataset.get("PatientID", "") or "").strip(" ")
+    return ReceivedInstance(study_uid, patient_id, uid(sop_instance_uid))
 
 
 def check_replacement_decodes(data: bytes, max_bytes: int) -> None:

@@ -295,16 +295,18 @@ class StudySync:
         Why: Orthanc keys a study by Patient ID and Study Instance UID, so a series stored with an empty Patient ID on
         some files is two Orthanc studies, and each was analysed alone (interop review 39: "absent" for the
         patient's tumor-free part, the tumor filed under an empty Patient ID), where the API refuses such files as
-        one request. Two Patient IDs both set stay two studies (a corrected Patient ID stored again)."""
+        one request. So are two whose Patient IDs differ only by leading or trailing spaces, which are not significant
+        (attack review 40). Two Patient IDs both set otherwise stay two studies (a corrected Patient ID stored
+        again)."""
         uid = str(header.get("StudyInstanceUID", ""))
         if not uid:
             return None
-        has_id = bool(str(header.get("PatientID", "") or "").strip())
-        others = [
-            study
-            for study in self.client.other_studies_of_uid(study_id, uid)
-            if bool(str(study["PatientMainDicomTags"].get("PatientID", "")).strip()) != has_id
-        ]
+        patient_id = _patient_id(header)
+        others = []
+        for study in self.client.other_studies_of_uid(study_id, uid):
+            other_id = str(study["PatientMainDicomTags"].get("PatientID", "") or "").strip(" ")
+            if not (other_id and patient_id and other_id != patient_id):
+                others.append(study)
         return split_by_patient_id(len(others) + 1, {}) if others else None
 
     def _record_failure(
@@ -437,11 +439,17 @@ class _Fetch:
         if self.fetched > limit:
             raise StudyTooLargeError(f"the study's files take more than {limit} bytes (max_study_bytes); not analysed")
         if header is not None:
-            identity = str(header.get("PatientID", "")), str(header.get("StudyInstanceUID", ""))
+            identity = _patient_id(header), str(header.get("StudyInstanceUID", ""))
             self.identity = self.identity or identity
             if identity != self.identity:
                 raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
         return data
+
+
+def _patient_id(header: Dataset) -> str:
+    """The Patient ID without the leading and trailing spaces an LO value may carry and that are not significant
+    (PS3.5 6.2)."""
+    return str(header.get("PatientID", "") or "").strip(" ")
 
 
 def _header(data: bytes) -> Dataset | None:

@@ -99,6 +99,26 @@ def test_a_study_sent_with_an_empty_patient_id_on_some_files_is_refused_in_both_
     assert [fields.get("error") for fields in logged] == ["mixed_input", "mixed_input"]  # the code, in the log too
 
 
+def test_a_study_whose_patient_id_differs_only_by_spaces_is_analysed_as_one(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Attack review 40: leading and trailing spaces of a Patient ID are not significant (PS3.5 6.2) and the API
+    reads such files as one patient; the node keyed them apart and sent two SEG/SR pairs of half the tumor each."""
+    node = make_node()
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    for dataset in series[3:]:
+        dataset.PatientID = f" {dataset.PatientID}"
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 1
+
+    (study,) = records(node)
+    assert study["runs"][-1]["status"] == "analysed"
+    assert study["runs"][-1]["summary"]["slices"] == 6
+    assert [int(seg.NumberOfFrames) for seg in results.by_modality("SEG")] == [6]
+
+
 def test_results_are_sent_after_a_stop_between_the_record_and_its_unsent_marker(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
 ) -> None:

@@ -388,3 +388,26 @@ def test_a_study_stored_with_an_empty_patient_id_on_some_files_is_refused_in_bot
     for study in studies:
         assert orthanc.record(study)["error"].startswith("mixed_input: files of this study (by Study Instance UID)")
         assert orthanc.result_series(study) == {"SEG": [], "SR": []}
+
+
+def test_a_study_whose_patient_id_differs_only_by_spaces_is_not_answered_in_halves(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Attack review 40: leading spaces of a Patient ID are not significant (PS3.5 6.2), and the API reads such files
+    as one patient; a store that keys them apart must not give two half-volume answers for one study."""
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    for dataset in series[3:]:
+        dataset.PatientID = f" {dataset.PatientID}"
+    config = config_for(orthanc, tmp_path / "state.json")
+    studies = {orthanc.study_of(orthanc.upload(series[:3])), orthanc.study_of(orthanc.upload(series[3:]))}
+    assert len(studies) == 2  # Orthanc keys them apart
+
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report == SyncReport(failed=2)
+    for study in studies:
+        assert orthanc.record(study)["error"].startswith(
+            "mixed_input: files of this study (by Study Instance UID) came with an empty Patient ID and with a "
+            "Patient ID, or with Patient IDs that differ only by leading or trailing spaces (2 studies"
+        )
+        assert orthanc.result_series(study) == {"SEG": [], "SR": []}
