@@ -39,6 +39,9 @@ PIXEL_SPACING_TOLERANCE = 0.01
 # that spreads the slice wider contradicts its image (attack review 38: 3.75 mm rows on a 256 x 256 head slice, a slip
 # in the header, were resampled into a sliver and answered "no tumor").
 MAX_FIELD_OF_VIEW_MM = 500.0
+MAX_FIELD_OF_VIEW_ASPECT = 3.0
+"""The most times a head slice's field of view is longer one way than the other (axial, coronal and sagittal ones are
+at most about 2:1)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,7 +247,7 @@ def _check_pixel_spacing(slices: Sequence[SliceInput]) -> None:
     Why: masks of slices at different scales cannot be joined into one volume by the series clean-up (attack review
     38: 1.25, 0.9375 and 0.5 mm pixels were answered as one volume), and a spacing that makes a slice wider than any
     head (`MAX_FIELD_OF_VIEW_MM`) is a header that does not describe its pixels: resampled by it, a visible tumor
-    was answered "no tumor"."""
+    was answered "no tumor"; so is one whose proportions are no head's (`MAX_FIELD_OF_VIEW_ASPECT`)."""
     spacings = [item.reference.pixel_spacing for item in slices]
     known = sorted({spacing for spacing in spacings if spacing is not None})
     if known and len(known) < len(spacings) and None in spacings:
@@ -268,6 +271,15 @@ def _check_pixel_spacing(slices: Sequence[SliceInput]) -> None:
             f"Pixel Spacing gives the slices a field of view of {height:.0f} x {width:.0f} mm, wider than any head "
             f"slice (at most {MAX_FIELD_OF_VIEW_MM:.0f} mm): the header does not describe these pixels; correct "
             "Pixel Spacing or leave it out"
+        )
+    if max(height, width) > MAX_FIELD_OF_VIEW_ASPECT * min(height, width):
+        # Attack review 40: 1.95 x 0.4875 mm pixels (499 x 125 mm) passed the width limit, and the tumor slices,
+        # resampled into slivers by them, were answered "no tumor, 0.0 mL".
+        raise InvalidDicomImageError(
+            f"Pixel Spacing gives the slices a field of view of {height:.0f} x {width:.0f} mm, "
+            f"{max(height, width) / min(height, width):.1f} times as long one way as the other; no head slice is "
+            f"longer than {MAX_FIELD_OF_VIEW_ASPECT:g} times its width: the header does not describe these pixels; "
+            "correct Pixel Spacing or leave it out"
         )
 
 

@@ -441,6 +441,26 @@ def test_a_pixel_spacing_wider_than_any_head_is_refused(client: TestClient, row_
     assert single.status_code == 400 and "wider than any head slice" in single.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(("row_spacing", "column_spacing"), [(1.95, 0.4875), (1.95, 0.25), (0.4875, 1.95)])
+def test_a_pixel_spacing_that_gives_no_head_slice_proportions_is_refused(
+    client: TestClient, row_spacing: float, column_spacing: float
+) -> None:
+    """Attack review 40: 256 x 256 tumor slices at 1.95 x 0.4875 mm (a 499 x 125 mm field of view, under the 500 mm
+    limit) were resampled into slivers and answered "no tumor, 0.0 mL"."""
+    datasets = mr_series(tumor_channels())
+    for dataset in datasets:
+        dataset.PixelSpacing = [row_spacing, column_spacing]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in datasets]))
+
+    assert response.status_code == 400, response.text
+    height, width = 256 * row_spacing, 256 * column_spacing
+    assert response.json()["error"]["message"].startswith(
+        f"Pixel Spacing gives the slices a field of view of {height:.0f} x {width:.0f} mm, "
+        f"{max(height, width) / min(height, width):.1f} times as long one way as the other"
+    )
+
+
 def test_pixels_truly_four_times_as_tall_as_wide_are_read(client: TestClient) -> None:
     """The limit is the field of view, not the pixels' shape: 64 rows of 3.75 mm (240 mm) are a head slice."""
     channels = [np.ascontiguousarray(image[::4]) for image in tumor_channels()]
