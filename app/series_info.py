@@ -193,6 +193,12 @@ def _integer(value: object) -> int | None:
     return int(number) if number is not None and math.isfinite(number) else None
 
 
+def number_said(dataset: Dataset, keyword: str) -> str:
+    """A Series or Instance Number as a message says it: "unnumbered" when missing or unreadable."""
+    number = _integer(dataset.get(keyword))
+    return "unnumbered" if number is None else str(number)
+
+
 def where_in_study(datasets: Sequence[Dataset]) -> str:
     """Where a PACS user finds these files: "series 3: instances 7, 8; series 5: instance 2", by Series Number and
     Instance Number ("unnumbered" where a file has none), in the order given.
@@ -201,11 +207,7 @@ def where_in_study(datasets: Sequence[Dataset]) -> str:
     or were fetched in, which nobody outside can see (interop review 39, finding 7); numbers name no patient."""
     instances: dict[str, list[str]] = {}
     for dataset in datasets:
-        series = _integer(dataset.get("SeriesNumber"))
-        instance = _integer(dataset.get("InstanceNumber"))
-        instances.setdefault("unnumbered" if series is None else str(series), []).append(
-            "unnumbered" if instance is None else str(instance)
-        )
+        instances.setdefault(number_said(dataset, "SeriesNumber"), []).append(number_said(dataset, "InstanceNumber"))
     return "; ".join(
         f"series {series}: instance{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
         for series, numbers in instances.items()

@@ -28,11 +28,11 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -85,7 +85,11 @@ class StudyAnalysis:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-StudyProcessor = Callable[[Sequence[Path], Sequence[str]], StudyAnalysis]
+class StudyProcessor(Protocol):
+    """What the DICOM node calls: a study's files and notes of its own on how they came in; `complete` False when an
+    association that sent them ended without a release (some may be missing: the report says PARTIAL)."""
+
+    def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis: ...
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class ModelStudyProcessor:
             result_origin=result_origin,  # "dicom-node", "pacs-sync": see PredictionService.result_origin
         )
 
-    def __call__(self, files: Sequence[Path], notes: Sequence[str] = ()) -> StudyAnalysis:
+    def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis:
         """Analyse the study held in `files` (the DICOM node's spool); only the chosen series' files are read whole,
         and only once the flow's limits are known to take them (`choose_files`)."""
         chosen = self.choose_files(files)
@@ -145,7 +149,12 @@ class ModelStudyProcessor:
             return _failed(chosen.refusal, summary)
         files_by_series = {uid: [path.read_bytes() for path in paths] for uid, paths in chosen.paths_by_series.items()}
         return self.analyse(
-            chosen.selection, files_by_series, files=len(files), file_errors=chosen.file_errors, notes=notes
+            chosen.selection,
+            files_by_series,
+            files=len(files),
+            file_errors=chosen.file_errors,
+            notes=notes,
+            complete=complete,
         )
 
     def choose_files(self, files: Sequence[Path]) -> ChosenFiles:
@@ -204,6 +213,7 @@ class ModelStudyProcessor:
         files: int,
         file_errors: dict[str, int] | None = None,
         notes: Sequence[str] = (),
+        complete: bool = True,
     ) -> StudyAnalysis:
         """Run the chosen series (files as bytes, keyed by Series Instance UID) through the prediction flow.
 
@@ -234,7 +244,7 @@ class ModelStudyProcessor:
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
         try:
-            report = series_volume_report(result, self.predictor.model_tags, notes)
+            report = series_volume_report(result, self.predictor.model_tags, notes, complete=complete)
         except ServiceError as error:  # sources a report cannot refer to (no Study Instance UID, say)
             return _failed(error, summary)
         datasets = [*result.segmentations, report]

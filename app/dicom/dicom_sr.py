@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from app.core.preprocessing import CHANNEL_ORDER
 from app.dicom.dicom_conformance import (
     check_sources,
     derived_character_set,
@@ -52,8 +53,10 @@ from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segme
 from app.dicom.tumor_volume import series_spacing_mm
 from app.errors import ReportInputError, builder_reason
 from app.release import service_version
+from app.series_info import number_said
 
 if TYPE_CHECKING:
+    from app.dicom.dicom_frame import DicomFrame
     from app.series_result import SeriesResult
 
 SR_SERIES_NUMBER = 9902  # after the SEG's 9901: viewers list our objects after the scanner's series
@@ -106,6 +109,10 @@ class VolumeFindings:
     notes
         What sequence selection decided that the figures depend on (`SeriesChoice.notes`: FLAIR read alone and why,
         slice order unknown, ...), for the radiologist who sees only the PACS.
+    complete
+        False when the series may lack instances its sender meant to send (the DICOM node: an association that sent
+        it ended without a release): the report's Completion Flag is then PARTIAL (interop review 40: a "no tumor"
+        report of half a study went out COMPLETE).
     """
 
     tumor_detected: bool
@@ -115,6 +122,7 @@ class VolumeFindings:
     slices_missing: int = 0
     tumor_reaches_series_end: bool = False
     notes: tuple[str, ...] = ()
+    complete: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.slices_with_tumor <= self.slices_analysed:
@@ -142,6 +150,7 @@ def build_volume_report(
     segmentations: Sequence[Dataset] = (),
     result_origin: str = "",
     series_spacing_mm: float | None = None,
+    channel_images: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one analysed series.
 
@@ -163,6 +172,9 @@ def build_volume_report(
         The slices' spacing as the tumor volume takes it (`app.dicom.tumor_volume.slice_spacing_mm`), when their
         positions are known: a source's Spacing Between Slices that contradicts it is not copied into the image
         library.
+    channel_images
+        Headers of the T1 instances the models read beside FLAIR as channels, when they did: evidence of the report
+        (PS3.3 C.17.2.3) as they are sources of its SEG, not measured in it (the image library lists FLAIR's).
 
     Returns
     -------
@@ -192,7 +204,9 @@ def build_volume_report(
     check_sources(source_images, SR, ReportInputError, "source images")
     try:
         sources = [without_contradicted_spacing(image, series_spacing_mm) for image in source_images]
-        report = _volume_report(sources, findings, model_tags, segmentations, series.pop(), result_origin)
+        report = _volume_report(
+            sources, findings, model_tags, segmentations, series.pop(), result_origin, channel_images
+        )
     except (ValueError, TypeError, AttributeError) as error:  # highdicom's checks; its text quotes file values
         raise ReportInputError(f"the series cannot be reported in a DICOM SR: {builder_reason(error)}") from error
     drop_invalid_optional_values(report)  # optional ones copied from the source: left out
@@ -209,9 +223,11 @@ def _volume_report(
     segmentations: Sequence[Dataset],
     series_uid: str,
     result_origin: str,
+    channel_images: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """`build_volume_report`'s work once its inputs are checked: highdicom builds the report here."""
     sources = [with_type2_attributes(image) for image in source_images]
+    channels = [with_type2_attributes(image) for image in channel_images]
     algorithm = _algorithm(model_tags)
     # The same sources, findings, SEGs and models give the same UIDs (app.dicom.result_uids): a report made again is the
     # same instance, and the tumor keeps its tracking UID for as long as the models and the series stay the same.
@@ -221,6 +237,7 @@ def _volume_report(
         identity,
         series_uid,
         *sorted(str(image.SOPInstanceUID) for image in source_images),
+        *sorted(str(image.SOPInstanceUID) for image in channel_images),
         repr(findings),
         *(str(segmentation.SOPInstanceUID) for segmentation in segmentations),
     ]
@@ -236,7 +253,7 @@ def _volume_report(
         referenced_images=image_library_sources(sources),
     )
     sr = hd.sr.ComprehensiveSR(
-        evidence=[*sources, *segmentations],
+        evidence=[*sources, *channels, *segmentations],
         specific_character_set=derived_character_set(sources[0]),
         content=report[0],
         series_instance_uid=result_uid("sr-series", model_tags, *made_of),
@@ -244,7 +261,7 @@ def _volume_report(
         sop_instance_uid=result_uid("sr", model_tags, *made_of),
         instance_number=1,
         manufacturer=MANUFACTURER,
-        is_complete=True,
+        is_complete=findings.complete,
         is_final=False,  # unverified machine output: a preliminary report, never final
         coding_schemes=[PRIVATE_SCHEME_IDENTIFICATION],
     )
@@ -345,11 +362,20 @@ def _slice_group(
 
 
 def series_volume_report(
-    result: SeriesResult, model_tags: Mapping[str, str], notes: Sequence[str] = ()
+    result: SeriesResult, model_tags: Mapping[str, str], notes: Sequence[str] = (), complete: bool = True
 ) -> hd.sr.ComprehensiveSR:
     """The report of a series the prediction flow analysed: its findings and selection `notes`, referencing its SEGs
-    when there are any."""
+    when there are any; `complete` as `VolumeFindings.complete`."""
     positive = sum(prediction.detected for prediction in result.predictions)
+    headers: dict[str, Dataset] = {}
+    channel_headers: dict[str, Dataset] = {}
+    for slice_input in result.inputs:
+        headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
+        for frame in slice_input.channels:
+            if frame is not slice_input.reference:
+                channel_headers.setdefault(frame.sop_instance_uid, frame.header)
+    if channel_headers:
+        notes = (*notes, _channels_note(result.inputs[0].channels))
     findings = VolumeFindings(
         tumor_detected=positive > 0,
         tumor_volume_ml=result.tumor_volume_ml,
@@ -358,10 +384,8 @@ def series_volume_report(
         slices_missing=result.slices_missing,
         tumor_reaches_series_end=result.tumor_reaches_series_end,
         notes=tuple(notes),
+        complete=complete,
     )
-    headers: dict[str, Dataset] = {}
-    for slice_input in result.inputs:
-        headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
     return build_volume_report(
         list(headers.values()),
         findings,
@@ -369,6 +393,19 @@ def series_volume_report(
         result.segmentations,
         result_origin=result.result_origin,
         series_spacing_mm=series_spacing_mm([slice_input.reference for slice_input in result.inputs]),
+        channel_images=list(channel_headers.values()),
+    )
+
+
+def _channels_note(channels: Sequence[DicomFrame]) -> str:
+    """Which series the models read as channels beside FLAIR (interop review 40: nothing in the SR said T1 series
+    were read, though they change the result)."""
+    named = {
+        role: number_said(frame.header, "SeriesNumber") for role, frame in zip(CHANNEL_ORDER, channels, strict=True)
+    }
+    return (
+        f"The models read FLAIR (series {named['FLAIR']}) with T1 pre-contrast (series {named['pre-contrast']}) and "
+        f"T1 post-contrast (series {named['post-contrast']}) as channels; the evidence lists all three."
     )
 
 

@@ -578,7 +578,8 @@ class DicomNode:
             analysis = split_by_patient_id(len(split) + 1, {"files": len(files)})
         else:
             try:
-                analysis = self.processor(files, [ABORTED_NOTE.format(count=aborted)] if aborted else [])
+                notes = [ABORTED_NOTE.format(count=aborted)] if aborted else []
+                analysis = self.processor(files, notes, complete=not aborted)
             except Exception as error:  # a bug or a resource problem: retried after another quiet period
                 logger.exception("study processing failed", extra={"fields": {"study_key": key}})
                 analysis = error

@@ -143,11 +143,11 @@ def test_a_failed_study_sent_again_gets_a_fresh_count_of_attempts(
     assert storescu(node, files).returncode == 0
     real_processor, outcomes = node.processor, ["failed", "error", "error", "error"]
 
-    def processor(paths: list[Path], notes: Any = ()) -> Any:
+    def processor(paths: list[Path], notes: Any = (), complete: bool = True) -> Any:
         outcome = outcomes.pop(0) if outcomes else "real"
         if outcome == "error":
             raise MemoryError("the decode budget is too small")
-        analysis = real_processor(paths, notes)
+        analysis = real_processor(paths, notes, complete)
         return analysis if outcome == "real" else type(analysis)("failed", reason="over the memory budget")
 
     monkeypatch.setattr(node, "processor", processor)

@@ -95,10 +95,10 @@ def test_earlier_results_that_reach_the_destination_during_a_revision_are_reject
     store = ResultStore(port, ALL_RESULTS)
     analyse = node.processor
 
-    def deliver_first_then_analyse(*arguments: Any) -> Any:
+    def deliver_first_then_analyse(*arguments: Any, **keywords: Any) -> Any:
         clock.advance(HOUR_SECONDS)  # past the wait for the destination, which is now up
         node.send_unsent()  # the sending thread, while the processing thread analyses
-        return analyse(*arguments)
+        return analyse(*arguments, **keywords)
 
     node.processor = deliver_first_then_analyse
     try:

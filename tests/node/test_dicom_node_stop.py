@@ -135,10 +135,10 @@ class HeldAnalysis:
         self.finish = threading.Event()
         self._processor = ModelStudyProcessor(ThresholdPredictor())
 
-    def __call__(self, files: Sequence[Path], notes: Sequence[str]) -> StudyAnalysis:
+    def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis:
         self.started.set()
         self.finish.wait(60)
-        return self._processor(files, notes)
+        return self._processor(files, notes, complete)
 
 
 def test_an_analysis_the_stop_does_not_wait_for_leaves_the_study_pending_and_is_done_once_after_the_restart(

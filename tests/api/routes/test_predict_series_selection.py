@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
 from app.dicom.dicom_series import model_inputs, prepare_inputs
+from app.dicom.dicom_sr_reader import read_volume_report
 from app.inference import Predictor, SlicePrediction
 from tests.api.service_client import decode_rle
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
+from tests.dicom.validation import dciodvfy_errors
 from tests.node.node_support import dcmtk
 
 
@@ -98,6 +102,33 @@ def test_three_series_in_all_six_orders_give_the_same_answer(client: TestClient,
     flair_evidence = next(item for item in bodies[0]["series_used"] if item["role"] == "FLAIR")
     assert flair_evidence["series_description"] == "AX T2 FLAIR"
     assert flair_evidence["evidence"] == "Series Description matches *FLAIR*"
+
+
+def test_the_report_of_three_series_lists_the_t1_series_in_its_evidence_and_says_they_were_read(
+    client: TestClient,
+) -> None:
+    """Interop review 40: with the T1 series read as channels, the SEG named all three series, while the SR's evidence
+    named FLAIR alone and nothing in it said T1 was read, though the T1 channels change the result."""
+    series = named_study()
+
+    response = client.post(
+        "/v1/predict/batch?output=dicom-sr", files=dicom_parts([item for role in series.values() for item in role])
+    )
+
+    assert response.status_code == 200, response.text
+    report = pydicom.dcmread(io.BytesIO(response.content))
+    evidence = {
+        sop.ReferencedSOPInstanceUID
+        for study in report.CurrentRequestedProcedureEvidenceSequence
+        for referenced in study.ReferencedSeriesSequence
+        for sop in referenced.ReferencedSOPSequence
+    }
+    assert {item.SOPInstanceUID for role in series.values() for item in role} <= evidence
+    assert (
+        "The models read FLAIR (series 4) with T1 pre-contrast (series 2) and T1 post-contrast (series 7) as "
+        "channels; the evidence lists all three."
+    ) in read_volume_report(report)["notes"]
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
 def test_series_without_names_are_mapped_by_their_sequence_attributes(client: TestClient, predictor: Predictor) -> None:
