@@ -6,7 +6,8 @@ or the DICOM node run again on the same series) then keeps one copy instead of t
 Whatever changes the answer (another mask, other findings, other models, another service version) changes the UIDs,
 and so does the patient and study the sources are filed under (`source_identity`): the same images sent again after a
 Patient ID correction, as a PACS keeps them beside the first copy, get results of their own, not the first patient's
-UIDs, which a PACS keying by SOP Instance UID dropped or filed over the other (attack review 37). The UID is pydicom's
+UIDs, which a PACS keying by SOP Instance UID dropped or filed over the other (attack review 37); so do the other
+patient and study values a result copies (a corrected Patient's Name: interop review 40). The UID is pydicom's
 `generate_uid` with these as its entropy sources (a SHA-512 hash under pydicom's UID root).
 """
 
@@ -37,10 +38,33 @@ IDENTITY_KEYWORDS = ("PatientID", "IssuerOfPatientID", "StudyInstanceUID")
 UID)."""
 
 
+COPIED_KEYWORDS = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientWeight",
+    "PatientComments",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+"""The patient's and study's other values a SEG, SR or KO copies from its source (highdicom's Patient, General Study
+and Patient Study modules)."""
+
+
 def source_identity(header: Dataset) -> str:
-    """The patient and study a source is filed under, as one of `result_uid`'s parts (the values as the file holds
-    them; only their hash reaches the UID)."""
-    return json.dumps([str(header.get(keyword, "") or "") for keyword in IDENTITY_KEYWORDS])
+    """The patient and study a source is filed under, and the values of theirs a result copies, as one of
+    `result_uid`'s parts (the values as the file holds them; only their hash reaches the UID).
+
+    Why the copied values: a study sent again with a corrected Patient's Name or Accession Number made results of
+    other content under the UIDs already delivered, which a PACS that keeps the first copy of a UID ignored (interop
+    review 40); one UID stands for one content (PS3.5 9)."""
+    return json.dumps([str(header.get(keyword, "") or "") for keyword in (*IDENTITY_KEYWORDS, *COPIED_KEYWORDS)])
 
 
 def models_digest(model_tags: Mapping[str, str]) -> str:

@@ -73,3 +73,29 @@ def test_only_the_latest_outcome_makes_instances_already_analysed() -> None:
     assert already_analysed(runs, "b")
     assert not already_analysed([], "a")
     assert not already_analysed([{"fingerprint": "a", "status": "not_analysed"}], "a")
+
+
+def test_a_study_sent_again_with_a_corrected_patient_name_gets_results_of_their_own(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 40: the same instances sent again with a corrected Patient's Name and Accession Number made a SEG
+    and SR of other content under the UIDs already delivered, which a PACS keeping the first copy of a UID ignored.
+    One UID stands for one content: the correction's results are new objects, and its report replaces the first."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    assert storescu(node, write_files(series, tmp_path / "a")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    for dataset in series:
+        dataset.PatientName, dataset.AccessionNumber = "Corrected^Name", "ACCFIXED"
+    assert storescu(node, write_files(series, tmp_path / "b")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 1
+
+    first_sr, corrected_sr = results.by_modality("SR")
+    first_seg, corrected_seg = results.by_modality("SEG")
+    assert corrected_sr.SOPInstanceUID != first_sr.SOPInstanceUID
+    assert corrected_seg.SOPInstanceUID != first_seg.SOPInstanceUID
+    assert (str(corrected_sr.PatientName), corrected_sr.AccessionNumber) == ("Corrected^Name", "ACCFIXED")
+    assert predecessors(corrected_sr) == [first_sr.SOPInstanceUID]
