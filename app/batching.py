@@ -50,7 +50,7 @@ class GatedModels(Protocol):
         ...
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: each is one caller
 class _Job:
     """One `submit` call: its slices, and its predictions as the two stages fill them in."""
 
@@ -100,7 +100,8 @@ class MicroBatcher:
     models
         The classifier and segmenter (`Predictor`); called on the inference thread, one batch at a time.
     max_batch_size
-        Most slices joined into one batch, for each model (a single larger job still goes to the classifier whole).
+        Most slices run through each model at once: jobs are joined into batches of at most this many, and a larger
+        job runs in several.
     max_wait_seconds
         How long to hold a batch open for more jobs once the first has arrived.
     max_queued_slices
@@ -264,19 +265,33 @@ class MicroBatcher:
         return any(not job.abandoned for job in self._waiting)
 
     async def _classify(self, jobs: list[_Job]) -> None:
-        """Run the classifier on the jobs' slices; answer the negatives, line the positives up for the segmenter."""
-        inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
+        """Run the classifier on the jobs' slices, `max_batch_size` at a time; answer the negatives, line the
+        positives up for the segmenter.
+
+        A job larger than a batch goes through in several runs, so that one cancelled or timed out stops after the
+        run under way (browser review 40: a cancelled 232-slice analysis ran on, one run of all its slices, and
+        its slices kept the next request out of the queue until it ended)."""
+        slots = [(job, index) for job in jobs for index in range(len(job))]
+        for start in range(0, len(slots), self.max_batch_size):
+            await self._classify_slots(slots[start : start + self.max_batch_size])
+
+    async def _classify_slots(self, slots: list[tuple[_Job, int]]) -> None:
+        """`_classify` for one batch of (job, slice index); slices of jobs nobody waits for any more are dropped."""
+        live = [(job, index) for job, index in slots if not job.abandoned]
+        self._change_queued(len(live) - len(slots))
+        if not live:
+            return
+        inputs = np.stack([job.inputs[index] for job, index in live])
         try:
             probabilities = await self._timed(self._models.classify, inputs, slices=len(inputs))
             if len(probabilities) != len(inputs):
                 raise ValueError(f"the classifier gave {len(probabilities)} probabilities for {len(inputs)} slices")
         except Exception as error:  # a model failure fails these jobs, not the worker
-            self._fail(jobs, error, len(inputs))
+            self._fail(list(dict.fromkeys(job for job, _ in live)), error, len(inputs))
             return
         positive = classifier_positive(probabilities, self._models.classifier_threshold)
-        slots = ((job, index) for job in jobs for index in range(len(job)))
         answered = 0
-        for (job, index), probability, is_positive in zip(slots, probabilities.tolist(), positive, strict=True):
+        for (job, index), probability, is_positive in zip(live, probabilities.tolist(), positive, strict=True):
             if is_positive:
                 self._positives.append(_Positive(job, index, probability))
             else:

@@ -222,7 +222,7 @@ def test_submit_respects_max_batch_size() -> None:
     run(scenario)
 
 
-def test_submit_runs_job_larger_than_max_batch_size_whole() -> None:
+def test_submit_runs_a_job_larger_than_max_batch_size_in_batches() -> None:
     model = FakeModels()
 
     async def scenario() -> None:
@@ -231,8 +231,32 @@ def test_submit_runs_job_larger_than_max_batch_size_whole() -> None:
         result = await batcher.submit(*slices(1.0, 2.0, 3.0, 4.0, 5.0))
         await batcher.stop()
 
-        assert model.batch_sizes == [5]
+        assert model.batch_sizes == [2, 2, 1]
         assert probabilities(result) == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+    run(scenario)
+
+
+def test_a_large_job_cancelled_while_the_classifier_runs_stops_after_that_batch() -> None:
+    """Browser review 40: a cancelled 232-slice analysis went on through the classifier in one run, and its slices kept
+    the next request out of the queue ("232 of 256 slices waiting") until that run ended."""
+    model = FakeModels(hold_first=True)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model, max_batch_size=2, max_queued_slices=6)
+        batcher.start()
+        large = asyncio.create_task(batcher.submit(*slices(0.1, 0.2, 0.3, 0.4, 0.5, 0.6)))
+        await until(model.started.is_set)
+        large.cancel()  # the client left
+        model.release()
+        await until(lambda: batcher.queued_slices == 0)  # after the batch under way: the rest is dropped
+
+        assert probabilities(await batcher.submit(*slices(0.7))) == pytest.approx([0.7])
+        await batcher.stop()
+
+        # The rest of the cancelled job never reached the model.
+        assert model.classified == [pytest.approx([0.1, 0.2]), pytest.approx([0.7])]
+        assert batcher.queued_slices == 0
 
     run(scenario)
 
@@ -547,7 +571,7 @@ def test_positives_of_a_timed_out_job_are_dropped_before_the_segmenter() -> None
         assert probabilities(await batcher.submit(*slices(0.7))) == pytest.approx([0.7])
         await batcher.stop()
 
-        assert model.classified == [pytest.approx([0.9, 0.95]), pytest.approx([0.7])]
+        assert model.classified == [pytest.approx([0.9]), pytest.approx([0.95]), pytest.approx([0.7])]
         assert model.segmented == [pytest.approx([0.9]), pytest.approx([0.7])]
         assert batcher.queued_slices == 0
 
