@@ -724,9 +724,10 @@ async function dicomSeries(answer, files, headers) {
   if (!Array.isArray(answer.slices) || answer.slices.length === 0) {
     throw new AnswerError("the answer holds no slices"); // the service answers an error when none could be read
   }
-  // The frames sent bound the slices, where the page could read every file's header.
+  // The frames sent bound the slices, where the page could read every file's header: the frames each file holds,
+  // whether or not the page can draw them.
   const sent = headers.every((header) => header)
-    ? headers.reduce((sum, header) => sum + Math.max(header.frames.length, 1), 0)
+    ? headers.reduce((sum, header) => sum + header.frameCount, 0)
     : Infinity;
   if (answer.slices.length > sent) {
     throw new AnswerError(`the answer holds ${answer.slices.length} slices for the ${sent} in the files sent`);
@@ -747,7 +748,7 @@ async function dicomSeries(answer, files, headers) {
     const source = frames.get(item.sop_instance_uid);
     const frame = source?.header.frames[item.frame_number - 1] ?? null;
     slices.push({
-      label: source ? `${source.name}${source.header.frames.length > 1 ? `, frame ${item.frame_number}` : ""}` : `slice ${item.index + 1}`,
+      label: source ? `${source.name}${source.header.frameCount > 1 ? `, frame ${item.frame_number}` : ""}` : `slice ${item.index + 1}`,
       // Numbered as the page shows the slices (anatomical order), not as the files were sent: the names sort in
       // slice order, and slice_0001 is the page's slice 1.
       maskName: `slice_${String(position + 1).padStart(4, "0")}_mask.png`,

@@ -718,8 +718,9 @@ export function isDicom(bytes) {
 }
 
 /**
- * The header fields the page needs and, for uncompressed little-endian data, each frame's grey values after the
- * modality rescale. Compressed pixel data keeps `frames` empty: the header (spacing, UIDs) still counts.
+ * The header fields the page needs (with `frameCount`, the frames the file holds) and, for uncompressed little-endian
+ * data, each frame's grey values after the modality rescale. Compressed pixel data keeps `frames` empty: the header
+ * (spacing, UIDs, frame count) still counts.
  */
 export function readDicom(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -841,9 +842,12 @@ export function readDicom(buffer) {
     window: found.windowCenter && found.windowWidth
       ? { center: first(found.windowCenter), width: first(found.windowWidth) }
       : null,
+    // The frames the file holds, drawn or not: the slices the server may answer for it (browser review 40: a
+    // JPEG-LS multi-frame file counted as one, and the page refused the server's answer of 26 slices).
+    frameCount: Math.max(1, first(found.numberOfFrames) ?? 1),
     frames: [],
   };
-  const frameCount = first(found.numberOfFrames) ?? 1;
+  const { frameCount } = header;
   const bitsAllocated = Number(found.bitsAllocated);
   const uncompressed = [IMPLICIT_LITTLE, EXPLICIT_LITTLE].includes(transferSyntax) && !pixelData?.encapsulated;
   const rle = transferSyntax === RLE_LOSSLESS && pixelData?.encapsulated;
