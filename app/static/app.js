@@ -458,7 +458,7 @@ async function decodeRaster(file) {
 /** What `showSlice` draws for a file (DICOM: the header and its frames); null when the browser cannot read it. */
 async function readPicture(file, dicom) {
   try {
-    return dicom ? readDicom(await file.arrayBuffer()) : await decodeRaster(file);
+    return dicom ? await readDicom(await file.arrayBuffer()) : await decodeRaster(file);
   } catch {
     return null;
   }

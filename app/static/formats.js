@@ -708,6 +708,10 @@ const UNSIGNED_SHORT = new Set(["samplesPerPixel", "rows", "columns", "bitsAlloc
 const PIXEL_VALUED = new Set(["pixelPaddingValue", "pixelPaddingRangeLimit"]);
 const IMPLICIT_LITTLE = "1.2.840.10008.1.2";
 const EXPLICIT_LITTLE = "1.2.840.10008.1.2.1";
+const EXPLICIT_BIG = "1.2.840.10008.1.2.2";
+const DEFLATED = "1.2.840.10008.1.2.1.99";
+// Uncompressed pixel data, whatever the byte order of the data set or whether it was deflated as a whole.
+const NATIVE_SYNTAXES = new Set([IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG, DEFLATED]);
 const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
 
 const hex4 = (value) => value.toString(16).padStart(4, "0").toUpperCase();
@@ -718,13 +722,41 @@ export function isDicom(bytes) {
 }
 
 /**
- * The header fields the page needs (with `frameCount`, the frames the file holds) and, for uncompressed little-endian
- * data, each frame's grey values after the modality rescale. Compressed pixel data keeps `frames` empty: the header
- * (spacing, UIDs, frame count) still counts.
+ * The data set of a Deflated Explicit VR Little Endian file inflated, after its file meta group (`start` on) as it is:
+ * the bytes to walk as Explicit VR Little Endian. At most MAX_UNZIPPED_BYTES, as for a zip entry: a few kB of
+ * deflated zeros can claim gigabytes.
  */
-export function readDicom(buffer) {
-  const bytes = new Uint8Array(buffer);
-  const view = new DataView(buffer);
+async function inflatedDataSet(bytes, start) {
+  const deflated = bytes.subarray(start);
+  const inflate = (data) => inflateAtMost(data, "deflate-raw", MAX_UNZIPPED_BYTES, "the DICOM data set");
+  let inflated;
+  try {
+    inflated = await inflate(deflated);
+  } catch (error) {
+    // PS3.5 A.5: a deflated stream of odd length ends in one NULL byte of padding, which Chromium refuses as junk.
+    if (!(error instanceof TypeError) || deflated.length % 2 !== 0 || deflated[deflated.length - 1] !== 0) {
+      throw error;
+    }
+    inflated = await inflate(deflated.subarray(0, -1));
+  }
+  const whole = new Uint8Array(start + inflated.length);
+  whole.set(bytes.subarray(0, start));
+  whole.set(inflated, start);
+  return whole;
+}
+
+/**
+ * The header fields the page needs (with `frameCount`, the frames the file holds) and, for uncompressed data (either
+ * byte order, deflated or not) and RLE Lossless, each frame's grey values after the modality rescale. Other compressed
+ * pixel data keeps `frames` empty: the header (spacing, UIDs, frame count) still counts.
+ */
+export async function readDicom(buffer) {
+  let bytes = new Uint8Array(buffer);
+  let view = new DataView(buffer);
+  // The file meta group is always little endian; the data set after it in the byte order its transfer syntax names
+  // (browser review 40: Big Endian headers were read byte-swapped, and lost their UIDs, order and spacing).
+  let little = true;
+  let dataSetStart = null;
   const text = (start, length) => new TextDecoder().decode(bytes.subarray(start, start + length)).replace(/[\0 ]+$/, "").trim();
   const found = {};
   let transferSyntax = EXPLICIT_LITTLE;
@@ -739,11 +771,11 @@ export function readDicom(buffer) {
   const walk = (offset, end, explicit, depth, context = "") => {
     let item = 0;
     while (offset + 8 <= end) {
-      const group = view.getUint16(offset, true);
-      const element = view.getUint16(offset + 2, true);
+      const group = view.getUint16(offset, little);
+      const element = view.getUint16(offset + 2, little);
       const tag = hex4(group) + hex4(element);
       if (group === 0xfffe) {
-        const length = view.getUint32(offset + 4, true);
+        const length = view.getUint32(offset + 4, little);
         if (element === 0xe00d || element === 0xe0dd) {
           return offset + 8; // item or sequence delimiter
         }
@@ -766,18 +798,18 @@ export function readDicom(buffer) {
       if (useExplicit) {
         vr = ascii(bytes, offset + 4, 2);
         if (LONG_VRS.has(vr)) {
-          length = view.getUint32(offset + 8, true);
+          length = view.getUint32(offset + 8, little);
           valueStart = offset + 12;
         } else {
-          length = view.getUint16(offset + 6, true);
+          length = view.getUint16(offset + 6, little);
           valueStart = offset + 8;
         }
       } else {
-        length = view.getUint32(offset + 4, true);
+        length = view.getUint32(offset + 4, little);
         valueStart = offset + 8;
       }
       if (tag === "7FE00010" && depth === 0) {
-        pixelData = { start: valueStart, length, encapsulated: length === 0xffffffff };
+        pixelData = { start: valueStart, length, vr, encapsulated: length === 0xffffffff };
         return end;
       }
       // An Enhanced MR image keeps Pixel Spacing in Shared or Per-frame Functional Groups > Pixel Measures.
@@ -801,18 +833,27 @@ export function readDicom(buffer) {
         const short = (vr === "US" || (!useExplicit && length === 2))
           || (PIXEL_VALUED.has(key) && vr === "SS" && length === 2);
         found[key] = (UNSIGNED_SHORT.has(key) || PIXEL_VALUED.has(key)) && short
-          ? view.getUint16(valueStart, true)
+          ? view.getUint16(valueStart, little)
           : text(valueStart, length);
       }
       offset = valueStart + length;
-      if (depth === 0 && group === 0x0002 && offset + 2 <= end && view.getUint16(offset, true) !== 0x0002) {
-        // The file meta group ends here; the data set that follows uses the transfer syntax it names.
-        return walk(offset, end, transferSyntax !== IMPLICIT_LITTLE, 0);
+      if (dataSetStart === null && depth === 0 && group === 0x0002 && offset + 2 <= end
+        && view.getUint16(offset, true) !== 0x0002) {
+        dataSetStart = offset; // the file meta group ends here; the data set is walked in its transfer syntax
+        return offset;
       }
     }
     return offset;
   };
   walk(132, bytes.length, true, 0);
+  if (dataSetStart !== null) {
+    if (transferSyntax === DEFLATED) {
+      bytes = await inflatedDataSet(bytes, dataSetStart);
+      view = new DataView(bytes.buffer);
+    }
+    little = transferSyntax !== EXPLICIT_BIG;
+    walk(dataSetStart, bytes.length, transferSyntax !== IMPLICIT_LITTLE, 0);
+  }
 
   const numbers = (value) => (value === undefined ? null : String(value).split("\\").map(Number));
   const first = (value) => numbers(value)?.[0] ?? null;
@@ -849,7 +890,7 @@ export function readDicom(buffer) {
   };
   const { frameCount } = header;
   const bitsAllocated = Number(found.bitsAllocated);
-  const uncompressed = [IMPLICIT_LITTLE, EXPLICIT_LITTLE].includes(transferSyntax) && !pixelData?.encapsulated;
+  const uncompressed = NATIVE_SYNTAXES.has(transferSyntax) && !pixelData?.encapsulated;
   const rle = transferSyntax === RLE_LOSSLESS && pixelData?.encapsulated;
   if (!pixelData || !(uncompressed || rle) || Number(found.samplesPerPixel ?? 1) !== 1
     || ![8, 16].includes(bitsAllocated) || tooLargeToDraw(columns, rows) || !(frameCount <= MAX_DRAWN_FRAMES)
@@ -871,6 +912,8 @@ export function readDicom(buffer) {
     return signed && value >= 2 ** (kept - 1) ? value - 2 ** kept : value;
   };
   const padding = paddingRange(found, signed);
+  // 8-bit pixels as OW in Big Endian are stored in byte-swapped pairs (16-bit words), as dcmtk writes them.
+  const swappedBytes = !little && step === 1 && pixelData.vr === "OW";
   const fragments = rle ? encapsulatedFragments(view, pixelData.start) : null;
   for (let frame = 0; frame < frameCount; frame += 1) {
     const base = pixelData.start + frame * size * step;
@@ -887,7 +930,8 @@ export function readDicom(buffer) {
     const padded = padding ? new Uint8Array(size) : null;
     for (let i = 0; i < size; i += 1) {
       const at = base + i * step;
-      const stored = storedValue(raw ? raw[i] : step === 1 ? view.getUint8(at) : view.getUint16(at, true));
+      const stored = storedValue(raw ? raw[i] : step === 1 ? view.getUint8(swappedBytes ? at ^ 1 : at)
+        : view.getUint16(at, little));
       if (padded && stored >= padding[0] && stored <= padding[1]) {
         padded[i] = 1;
       }

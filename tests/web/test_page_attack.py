@@ -489,7 +489,7 @@ def frames_the_page_decodes(page: Page, data: bytes) -> int:
         """async (encoded) => {
             const { readDicom } = await import("/static/formats.js");
             const bytes = Uint8Array.from(atob(encoded), (character) => character.charCodeAt(0));
-            return readDicom(bytes.buffer).frames.length;
+            return (await readDicom(bytes.buffer)).frames.length;
         }""",
         base64.b64encode(data).decode(),
     )

@@ -4,12 +4,26 @@ palette and float TIFFs), compared with pydicom, tifffile and Pillow on the same
 
 from __future__ import annotations
 
+import base64
+import copy
+import io
 from pathlib import Path
 
+import numpy as np
 import pydicom
+import pytest
 from playwright.sync_api import Page, expect
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
-from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import (
+    legacy_multiframe,
+    mr_series,
+    secondary_capture_series,
+    to_bytes,
+    tumor_channels,
+)
 from tests.web.test_page_series_answers import upload
 
 # ------------------------------------------------------------- F1: a multi-frame file the page cannot decode
@@ -33,3 +47,73 @@ def test_a_multiframe_file_the_page_cannot_decode_is_shown_with_its_masks_on_bla
     labels = page.locator("#slice-table tbody tr td:nth-child(2)").all_text_contents()
     assert sorted(labels) == [f"enhanced.dcm, frame {number}" for number in (1, 2, 3)]
     expect(page.locator("#caption")).to_contain_text("the image itself cannot be drawn in this browser")
+
+
+# ------------------------------------------------------------------- F3: Big Endian and Deflated DICOM
+
+
+def encoded(dataset: Dataset, transfer_syntax: str) -> bytes:
+    """A copy of `dataset` saved in `transfer_syntax` (pydicom writes Big Endian and Deflated itself)."""
+    copied = copy.deepcopy(dataset)
+    copied.file_meta.TransferSyntaxUID = transfer_syntax
+    return to_bytes(copied)
+
+
+def decoded_by_page(page: Page, data: bytes) -> dict:
+    """The header fields and each frame's grey values that `readDicom` (the page's own DICOM reader) gives a file."""
+    return page.evaluate(
+        """async (encoded) => {
+            const { readDicom } = await import("/static/formats.js");
+            const bytes = Uint8Array.from(atob(encoded), (character) => character.charCodeAt(0));
+            const header = await readDicom(bytes.buffer);
+            return { ...header, frames: header.frames.map((frame) => Array.from(frame.values)) };
+        }""",
+        base64.b64encode(data).decode(),
+    )
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_big_endian_and_deflated_dicom_are_read_as_pydicom_reads_them(
+    page: Page, live_server: str, transfer_syntax: str, bits: int
+) -> None:
+    """Big Endian data sets were walked little endian and Deflated ones read as deflate bytes: no SOP Instance UID,
+    Instance Number or Pixel Spacing, and no pixels, where the server reads both like little endian."""
+    image = tumor_channels()[0]
+    stored = image if bits == 8 else image.astype(np.uint16) * 200 + 300
+    (dataset,) = mr_series([stored])
+    dataset.InstanceNumber = 7
+    data = encoded(dataset, transfer_syntax)
+    reference = pydicom.dcmread(io.BytesIO(data))
+    page.goto(live_server)
+
+    header = decoded_by_page(page, data)
+
+    assert reference.file_meta.TransferSyntaxUID == transfer_syntax
+    assert header["sopInstanceUid"] == reference.SOPInstanceUID
+    assert header["instanceNumber"] == 7
+    assert header["pixelSpacing"] == [float(value) for value in reference.PixelSpacing]
+    assert len(header["frames"]) == 1
+    expected = apply_modality_lut(reference.pixel_array, reference).astype(np.float32)
+    np.testing.assert_array_equal(np.array(header["frames"][0], np.float32).reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_a_big_endian_or_deflated_series_without_positions_is_shown_by_instance_number_and_named(
+    page: Page, live_server: str, tmp_path: Path, transfer_syntax: str
+) -> None:
+    """A Secondary Capture series has no positions: the server orders it by Instance Number, and so did the page for
+    little endian files; Big Endian and Deflated files were shown in file-name order, labelled "slice N", undrawn."""
+    images = [channel.astype(np.uint16) * 200 + 300 for channel in tumor_channels()]
+    names = ["1.2.826.9", "1.2.826.10", "1.2.826.8"]  # instances 1, 2, 3; in name order 3, 1, 2
+    paths = []
+    for name, dataset in zip(names, secondary_capture_series(images), strict=True):
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(encoded(dataset, transfer_syntax))
+    page.goto(live_server)
+
+    upload(page, paths)
+
+    expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(names)
+    expect(page.locator("#caption")).not_to_contain_text("cannot be drawn")
+    expect(page.locator("#window-controls")).to_be_visible()
