@@ -755,7 +755,7 @@ async function dicomSeries(answer, files, headers) {
       prediction: { ...item.prediction, threshold: answer.threshold },
       picture: frame,
       storedSize: source && source.header.columns > 0 ? [source.header.columns, source.header.rows] : null,
-      window: source?.header.window ?? null,
+      window: source?.header.frameWindows[item.frame_number - 1] ?? source?.header.window ?? null,
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: source?.header.frameSpacings?.[item.frame_number - 1] ?? source?.header.pixelSpacing ?? null,
       // The server's position along the slice normal (mm), for slices.csv: where the mask lies in the volume.

@@ -701,7 +701,18 @@ const WANTED = {
 const SHARED_GROUPS = "52009229";
 const PER_FRAME_GROUPS = "52009230";
 const PIXEL_MEASURES = "00289110";
-const FUNCTIONAL_GROUPS = new Set([SHARED_GROUPS, PER_FRAME_GROUPS, PIXEL_MEASURES]);
+const PIXEL_VALUE_TRANSFORMATION = "00289145";
+const FRAME_VOI_LUT = "00289132";
+// The functional group macros read, and the attributes read inside them (browser review 40: an Enhanced MR frame's
+// own Rescale Slope and the file's Frame VOI LUT window were ignored, so frames were drawn on different scales).
+const FRAME_MACROS = new Set([PIXEL_MEASURES, PIXEL_VALUE_TRANSFORMATION, FRAME_VOI_LUT]);
+const FRAME_ATTRIBUTES = {
+  "00280030": "pixelSpacing",
+  "00281050": "windowCenter",
+  "00281051": "windowWidth",
+  "00281052": "rescaleIntercept",
+  "00281053": "rescaleSlope",
+};
 const UNSIGNED_SHORT = new Set(["samplesPerPixel", "rows", "columns", "bitsAllocated", "bitsStored",
   "pixelRepresentation"]);
 // US or SS by Pixel Representation (VR "xs"): read as 16 bits, their sign settled once Pixel Representation is known.
@@ -762,11 +773,11 @@ export async function readDicom(buffer) {
   let transferSyntax = EXPLICIT_LITTLE;
   let pixelData = null;
 
-  // Pixel Spacing inside the functional groups, by where it was found: "/52009229#0/00289110#0" (shared) or
-  // "/52009230#<frame index>/00289110#0" (per frame).
-  const nestedSpacing = {};
-  // Walks elements from `offset` to `end`, recording WANTED ones at the top level, and Pixel Spacing inside the
-  // functional groups' Pixel Measures (`context`: the path of sequences and items down to here, "" elsewhere);
+  // FRAME_ATTRIBUTES inside the functional groups' FRAME_MACROS, by where they were found and their name:
+  // "/52009229#0/00289110#0 pixelSpacing" (shared) or "/52009230#<frame index>/00289110#0 pixelSpacing" (per frame).
+  const nested = {};
+  // Walks elements from `offset` to `end`, recording WANTED ones at the top level, and FRAME_ATTRIBUTES inside the
+  // functional groups' FRAME_MACROS (`context`: the path of sequences and items down to here, "" elsewhere);
   // returns where it stopped.
   const walk = (offset, end, explicit, depth, context = "") => {
     let item = 0;
@@ -812,18 +823,18 @@ export async function readDicom(buffer) {
         pixelData = { start: valueStart, length, vr, encapsulated: length === 0xffffffff };
         return end;
       }
-      // An Enhanced MR image keeps Pixel Spacing in Shared or Per-frame Functional Groups > Pixel Measures.
-      const nested = FUNCTIONAL_GROUPS.has(tag) && (depth === 0 ? tag !== PIXEL_MEASURES : context !== "")
+      // An Enhanced MR image keeps Pixel Spacing, rescale and window in Shared or Per-frame Functional Groups.
+      const inner = (depth === 0 ? [SHARED_GROUPS, PER_FRAME_GROUPS].includes(tag) : context && FRAME_MACROS.has(tag))
         ? `${context}/${tag}`
         : "";
       if (length === 0xffffffff) {
-        offset = walk(valueStart, end, explicit, depth + 1, nested); // sequence (or encapsulated data) of undefined length
+        offset = walk(valueStart, end, explicit, depth + 1, inner); // sequence (or encapsulated data) of undefined length
         continue;
       }
-      if (nested) {
-        walk(valueStart, Math.min(end, valueStart + length), explicit, depth + 1, nested);
-      } else if (context && tag === "00280030") {
-        nestedSpacing[context] = text(valueStart, length);
+      if (inner) {
+        walk(valueStart, Math.min(end, valueStart + length), explicit, depth + 1, inner);
+      } else if (context && FRAME_ATTRIBUTES[tag]) {
+        nested[`${context} ${FRAME_ATTRIBUTES[tag]}`] = text(valueStart, length);
       }
       if (depth === 0 && tag === "00020010") {
         transferSyntax = text(valueStart, length);
@@ -863,26 +874,35 @@ export async function readDicom(buffer) {
     const spacing = numbers(value);
     return spacing && spacing.length === 2 && spacing.every((v) => v > 0) ? spacing : null;
   };
+  const windowOf = (center, width) => (center && width ? { center: first(center), width: first(width) } : null);
   // As the server takes a frame's value (app/dicom/dicom_frame.py frame_value): per frame, then shared, then top level.
-  const sharedSpacing = spacingOf(nestedSpacing[`/${SHARED_GROUPS}#0/${PIXEL_MEASURES}#0`]);
-  const frameSpacings = [];
-  for (const [where, value] of Object.entries(nestedSpacing)) {
-    const match = where.match(new RegExp(`^/${PER_FRAME_GROUPS}#(\\d+)/${PIXEL_MEASURES}#0$`));
-    if (match) {
-      frameSpacings[Number(match[1])] = spacingOf(value);
+  const shared = (macro, name) => nested[`/${SHARED_GROUPS}#0/${macro}#0 ${name}`];
+  // The frames' own values (index frame - 1) of `name` in `macro`, where the Per-frame Functional Groups give one.
+  const perFrame = (macro, name) => {
+    const values = [];
+    const pattern = new RegExp(`^/${PER_FRAME_GROUPS}#(\\d+)/${macro}#0 ${name}$`);
+    for (const [where, value] of Object.entries(nested)) {
+      const match = where.match(pattern);
+      if (match) {
+        values[Number(match[1])] = value;
+      }
     }
-  }
+    return values;
+  };
+  const frameCenters = perFrame(FRAME_VOI_LUT, "windowCenter");
+  const frameWidths = perFrame(FRAME_VOI_LUT, "windowWidth");
   const header = {
     sopInstanceUid: found.sopInstanceUid ?? "",
     instanceNumber: first(found.instanceNumber),
     rows,
     columns,
-    pixelSpacing: sharedSpacing ?? spacingOf(found.pixelSpacing),
-    // Each frame's own Pixel Spacing (index frame - 1) where the Per-frame Functional Groups give one.
-    frameSpacings,
-    window: found.windowCenter && found.windowWidth
-      ? { center: first(found.windowCenter), width: first(found.windowWidth) }
-      : null,
+    pixelSpacing: spacingOf(shared(PIXEL_MEASURES, "pixelSpacing")) ?? spacingOf(found.pixelSpacing),
+    // Each frame's own Pixel Spacing and window (index frame - 1) where the Per-frame Functional Groups give one.
+    frameSpacings: perFrame(PIXEL_MEASURES, "pixelSpacing").map(spacingOf),
+    frameWindows: frameCenters.map((center, index) => windowOf(center, frameWidths[index])),
+    // An Enhanced MR file keeps its window in the Frame VOI LUT (shared), as a single-frame file keeps it at the top.
+    window: windowOf(shared(FRAME_VOI_LUT, "windowCenter"), shared(FRAME_VOI_LUT, "windowWidth"))
+      ?? windowOf(found.windowCenter, found.windowWidth),
     // The frames the file holds, drawn or not: the slices the server may answer for it (browser review 40: a
     // JPEG-LS multi-frame file counted as one, and the page refused the server's answer of 26 slices).
     frameCount: Math.max(1, first(found.numberOfFrames) ?? 1),
@@ -897,8 +917,10 @@ export async function readDicom(buffer) {
     || !(frameCount * columns * rows <= MAX_DRAWN_FILE_PIXELS)) {
     return header; // left undrawn; the server's answer says whether it takes the file
   }
-  const slope = first(found.rescaleSlope) ?? 1;
-  const intercept = first(found.rescaleIntercept) ?? 0;
+  const frameSlopes = perFrame(PIXEL_VALUE_TRANSFORMATION, "rescaleSlope");
+  const frameIntercepts = perFrame(PIXEL_VALUE_TRANSFORMATION, "rescaleIntercept");
+  const sharedSlope = shared(PIXEL_VALUE_TRANSFORMATION, "rescaleSlope") ?? found.rescaleSlope;
+  const sharedIntercept = shared(PIXEL_VALUE_TRANSFORMATION, "rescaleIntercept") ?? found.rescaleIntercept;
   const signed = Number(found.pixelRepresentation) === 1;
   const step = bitsAllocated / 8;
   const size = rows * columns;
@@ -926,6 +948,8 @@ export async function readDicom(buffer) {
     } else if (base + size * step > bytes.length) {
       break; // checked before allocating: the header may claim more frames than the file holds
     }
+    const slope = first(frameSlopes[frame] ?? sharedSlope) ?? 1;
+    const intercept = first(frameIntercepts[frame] ?? sharedIntercept) ?? 0;
     const values = new Float32Array(size);
     const padded = padding ? new Uint8Array(size) : null;
     for (let i = 0; i < size; i += 1) {

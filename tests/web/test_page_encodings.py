@@ -117,3 +117,64 @@ def test_a_big_endian_or_deflated_series_without_positions_is_shown_by_instance_
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(names)
     expect(page.locator("#caption")).not_to_contain_text("cannot be drawn")
     expect(page.locator("#window-controls")).to_be_visible()
+
+
+# ------------------------------------------------------------- F2: Enhanced MR per-frame rescale and window
+
+
+def enhanced_with_frame_slopes(slopes: list[int]) -> tuple[Dataset, np.ndarray]:
+    """A Legacy Converted Enhanced MR file whose frame i has Rescale Slope `slopes[i]` in its Per-frame Functional
+    Groups, its stored values divided by it (modality values unchanged), and the modality values of its frames."""
+    images = [channel.astype(np.uint16) * 100 + 400 for channel in tumor_channels()]  # multiples of 4
+    enhanced = legacy_multiframe(mr_series(images))
+    modality = enhanced.pixel_array.copy()
+    for group in (enhanced.SharedFunctionalGroupsSequence[0], *enhanced.PerFrameFunctionalGroupsSequence):
+        if "PixelValueTransformationSequence" in group:
+            del group.PixelValueTransformationSequence  # a macro is either shared or per frame
+    for group, slope in zip(enhanced.PerFrameFunctionalGroupsSequence, slopes, strict=True):
+        transformation = Dataset()
+        transformation.RescaleSlope, transformation.RescaleIntercept, transformation.RescaleType = slope, 0, "US"
+        group.PixelValueTransformationSequence = [transformation]
+    divisors = np.array(slopes, np.uint16)[:, None, None]
+    enhanced.PixelData = (modality // divisors).astype(np.uint16).tobytes()
+    return enhanced, modality
+
+
+def frame_window(center: float, width: float) -> Dataset:
+    window = Dataset()
+    window.WindowCenter, window.WindowWidth = center, width
+    return window
+
+
+def test_enhanced_mr_frames_take_their_own_rescale_slope_and_the_frame_voi_lut_window(
+    page: Page, live_server: str
+) -> None:
+    """Enhanced MR frames ignored the Rescale Slope of the Per-frame Functional Groups (frames of slope 4 were drawn
+    4 times too dark) and the window of the Frame VOI LUT: per frame, then shared, then top level, as the server."""
+    enhanced, modality = enhanced_with_frame_slopes([1, 4, 1])
+    enhanced.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence = [frame_window(10000, 20000)]
+    enhanced.PerFrameFunctionalGroupsSequence[1].FrameVOILUTSequence = [frame_window(5000, 8000)]
+    page.goto(live_server)
+
+    header = decoded_by_page(page, to_bytes(enhanced))
+
+    assert len(header["frames"]) == 3
+    for index, values in enumerate(header["frames"]):
+        np.testing.assert_array_equal(np.array(values).reshape(256, 256), modality[index], f"frame {index + 1}")
+    assert header["window"] == {"center": 10000, "width": 20000}
+    assert header["frameWindows"][1] == {"center": 5000, "width": 8000}
+
+
+def test_an_enhanced_mr_file_opens_at_its_frame_voi_lut_window(page: Page, live_server: str, tmp_path: Path) -> None:
+    """A single-frame file opens at its own window; an Enhanced MR file, which keeps it in the shared Frame VOI LUT,
+    opened at the page's stretch (25800 / 51000 in the review)."""
+    enhanced, _ = enhanced_with_frame_slopes([1, 4, 1])
+    enhanced.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence = [frame_window(10000, 20000)]
+    path = tmp_path / "enhanced.dcm"
+    path.write_bytes(to_bytes(enhanced))
+    page.goto(live_server)
+
+    upload(page, [path])
+
+    expect(page.locator("#window-level-value")).to_have_text("10,000")
+    expect(page.locator("#window-width-value")).to_have_text("20,000")
