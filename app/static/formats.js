@@ -458,7 +458,6 @@ export function withStoredOrientation(buffer) {
 
 // --------------------------------------------------------------------------------------------------------- TIFF
 
-/** Grey values of the first page of an uncompressed or deflated, strip-based TIFF (8 or 16 bit); null otherwise. */
 /** The first IFD's tags of a TIFF (tag number -> numbers) and its byte order; null for other files. */
 function tiffTags(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -502,6 +501,10 @@ const TIFF_DECODERS = {
   32946: (strip) => inflate(strip, "deflate"),
 };
 
+/**
+ * Grey values of the first page of a strip-based TIFF (uncompressed, Deflate, LZW or PackBits; 8 or 16-bit integers),
+ * or its RGB image for a colour palette; null otherwise.
+ */
 export async function readTiff(buffer) {
   const bytes = new Uint8Array(buffer);
   const parsed = tiffTags(buffer);
@@ -515,10 +518,12 @@ export async function readTiff(buffer) {
   const compression = (tags[259] ?? [1])[0];
   const channels = (tags[277] ?? [1])[0];
   const predictor = (tags[317] ?? [1])[0];
-  if (tooLargeToDraw(width, height) || !tags[273] || ![8, 16].includes(bits) || !TIFF_DECODERS[compression]) {
+  const sampleFormat = (tags[339] ?? [1])[0];
+  const samplesKnown = [8, 16].includes(bits) && sampleFormat <= 2 && [1, 2].includes(predictor);
+  if (tooLargeToDraw(width, height) || !tags[273] || !samplesKnown || !TIFF_DECODERS[compression]) {
     return null;
   }
-  if (![1, 2].includes(predictor) || (tags[284] ?? [1])[0] !== 1 || (tags[339] ?? [1])[0] > 2) {
+  if ((tags[284] ?? [1])[0] !== 1) {
     return null;
   }
   const imageBytes = width * height * channels * (bits / 8);
@@ -535,26 +540,58 @@ export async function readTiff(buffer) {
   if (predictor === 2) {
     undoHorizontalDifferencing(pixels, width, height, channels, bits, little);
   }
-  const signed = (tags[339] ?? [1])[0] === 2;
+  const signed = sampleFormat === 2; // signed, as the server reads it
+  const sample = sampleReader(pixels, bits, signed, little);
   const values = new Float32Array(width * height);
   const colour = channels >= 3 ? 3 : 1;
   const step = bits / 8;
   for (let i = 0; i < values.length; i += 1) {
     let sum = 0;
     for (let k = 0; k < colour; k += 1) {
-      const at = (i * channels + k) * step;
-      if (step === 1) {
-        sum += signed ? pixels.getInt8(at) : pixels.getUint8(at); // SampleFormat 2: signed, as the server reads it
-      } else {
-        sum += signed ? pixels.getInt16(at, little) : pixels.getUint16(at, little);
-      }
+      sum += sample((i * channels + k) * step);
     }
     values[i] = sum / colour;
   }
-  if (tags[262]?.[0] === 0) {
+  const photometric = tags[262]?.[0];
+  if (photometric === 3 && tags[320] && channels === 1) {
+    return { width, height, ...throughColourMap(values, tags[320], width, height) };
+  }
+  if (photometric === 0) {
     invertMinIsWhite(values, bits, signed);
   }
   return { width, height, values, bits };
+}
+
+/** Reads one sample of a TIFF's pixels at a byte offset: 8/16-bit integers, signed or not. */
+function sampleReader(pixels, bits, signed, little) {
+  if (bits === 8) {
+    return signed ? (at) => pixels.getInt8(at) : (at) => pixels.getUint8(at);
+  }
+  return signed ? (at) => pixels.getInt16(at, little) : (at) => pixels.getUint16(at, little);
+}
+
+/**
+ * A palette TIFF's indices looked up in its ColorMap (tag 320: every red, then every green, then every blue), as the
+ * server shows it (app/tiff_decoding.py as_shown): 16-bit colours cut to 8 bits, or taken as 8-bit when all are under
+ * 256, as libtiff guesses. Grey `values` when the map is grey (Level/Width applies), else an RGB `rgba` image
+ * (browser review 40: the raw indices were drawn, an inverting grey map as a negative).
+ */
+function throughColourMap(indices, map, width, height) {
+  const entries = map.length / 3;
+  const shift = map.some((value) => value > 255) ? 8 : 0;
+  const colour = (channel, index) => (map[channel * entries + index] ?? 0) >> shift;
+  let grey = true;
+  for (let index = 0; index < entries && grey; index += 1) {
+    grey = colour(0, index) === colour(1, index) && colour(1, index) === colour(2, index);
+  }
+  if (grey) {
+    return { values: indices.map((index) => colour(0, index)), bits: 8 };
+  }
+  const rgba = new ImageData(width, height);
+  indices.forEach((index, i) => {
+    rgba.data.set([colour(0, index), colour(1, index), colour(2, index), 255], i * 4);
+  });
+  return { rgba };
 }
 
 /** TIFF Predictor 2: each sample was stored as its difference from the same channel's sample to its left. */

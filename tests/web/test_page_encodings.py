@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
@@ -178,3 +179,55 @@ def test_an_enhanced_mr_file_opens_at_its_frame_voi_lut_window(page: Page, live_
 
     expect(page.locator("#window-level-value")).to_have_text("10,000")
     expect(page.locator("#window-width-value")).to_have_text("20,000")
+
+
+# ----------------------------------------------------------------------- F4, F6: palette and float TIFF
+
+
+def tiff_decoded_by_page(page: Page, data: bytes) -> dict | None:
+    """What `readTiff` (the page's own TIFF reader) gives a file: grey `values`, or `rgba` as [R, G, B, A, ...]."""
+    return page.evaluate(
+        """async (encoded) => {
+            const { readTiff } = await import("/static/formats.js");
+            const bytes = Uint8Array.from(atob(encoded), (character) => character.charCodeAt(0));
+            const picture = await readTiff(bytes.buffer);
+            return picture && {
+                values: picture.values ? Array.from(picture.values) : null,
+                rgba: picture.rgba ? Array.from(picture.rgba.data) : null,
+            };
+        }""",
+        base64.b64encode(data).decode(),
+    )
+
+
+def palette_tiff(indices: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
+    """An 8-bit palette TIFF (PhotometricInterpretation 3, a ColorMap of 16-bit colours) written by Pillow."""
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette([channel for colour in palette for channel in colour])
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def test_a_grey_palette_tiff_is_drawn_through_its_colour_map_as_grey(page: Page, live_server: str) -> None:
+    """Palette TIFFs were drawn as their raw indices: one whose map inverts a grey ramp showed the brain as a
+    negative, where the server analyses it through the map."""
+    data = palette_tiff(tumor_channels()[0], [(255 - index,) * 3 for index in range(256)])
+    page.goto(live_server)
+
+    picture = tiff_decoded_by_page(page, data)
+
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("L"), np.float32)
+    assert picture["rgba"] is None
+    np.testing.assert_array_equal(np.array(picture["values"], np.float32).reshape(expected.shape), expected)
+
+
+def test_a_colour_palette_tiff_is_drawn_through_its_colour_map_in_colour(page: Page, live_server: str) -> None:
+    data = palette_tiff(tumor_channels()[0], [(index, 255 - index, index // 2) for index in range(256)])
+    page.goto(live_server)
+
+    picture = tiff_decoded_by_page(page, data)
+
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert picture["values"] is None
+    np.testing.assert_array_equal(np.array(picture["rgba"], np.uint8).reshape(256, 256, 4)[..., :3], expected)
