@@ -502,8 +502,8 @@ const TIFF_DECODERS = {
 };
 
 /**
- * Grey values of the first page of a strip-based TIFF (uncompressed, Deflate, LZW or PackBits; 8 or 16-bit integers),
- * or its RGB image for a colour palette; null otherwise.
+ * Grey values of the first page of a strip-based TIFF (uncompressed, Deflate, LZW or PackBits; 8 or 16-bit integers or
+ * 32-bit floats), or its RGB image for a colour palette; null otherwise.
  */
 export async function readTiff(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -519,7 +519,10 @@ export async function readTiff(buffer) {
   const channels = (tags[277] ?? [1])[0];
   const predictor = (tags[317] ?? [1])[0];
   const sampleFormat = (tags[339] ?? [1])[0];
-  const samplesKnown = [8, 16].includes(bits) && sampleFormat <= 2 && [1, 2].includes(predictor);
+  // SampleFormat 3: 32-bit floats, as Fiji and processing pipelines save slices (browser review 40: never drawn).
+  const float = sampleFormat === 3;
+  const samplesKnown = float ? bits === 32 && predictor === 1 : [8, 16].includes(bits) && sampleFormat <= 2
+    && [1, 2].includes(predictor);
   if (tooLargeToDraw(width, height) || !tags[273] || !samplesKnown || !TIFF_DECODERS[compression]) {
     return null;
   }
@@ -541,7 +544,7 @@ export async function readTiff(buffer) {
     undoHorizontalDifferencing(pixels, width, height, channels, bits, little);
   }
   const signed = sampleFormat === 2; // signed, as the server reads it
-  const sample = sampleReader(pixels, bits, signed, little);
+  const sample = sampleReader(pixels, bits, signed, float, little);
   const values = new Float32Array(width * height);
   const colour = channels >= 3 ? 3 : 1;
   const step = bits / 8;
@@ -557,13 +560,16 @@ export async function readTiff(buffer) {
     return { width, height, ...throughColourMap(values, tags[320], width, height) };
   }
   if (photometric === 0) {
-    invertMinIsWhite(values, bits, signed);
+    invertMinIsWhite(values, bits, signed, float);
   }
   return { width, height, values, bits };
 }
 
-/** Reads one sample of a TIFF's pixels at a byte offset: 8/16-bit integers, signed or not. */
-function sampleReader(pixels, bits, signed, little) {
+/** Reads one sample of a TIFF's pixels at a byte offset: 8/16-bit integers (signed or not) or 32-bit floats. */
+function sampleReader(pixels, bits, signed, float, little) {
+  if (float) {
+    return (at) => pixels.getFloat32(at, little);
+  }
   if (bits === 8) {
     return signed ? (at) => pixels.getInt8(at) : (at) => pixels.getUint8(at);
   }
@@ -704,7 +710,11 @@ function packBitsDecode(input, limit) {
  * app/tiff_decoding.py): every slice of a series the same map, where turning each around its own range shifted each by
  * its own.
  */
-function invertMinIsWhite(values, bits, signed) {
+function invertMinIsWhite(values, bits, signed, float) {
+  if (float) {
+    values.forEach((value, i) => { values[i] = -value; }); // floats are negated (numpy's negative), having no complement
+    return;
+  }
   const top = signed ? -1 : 2 ** bits - 1;
   for (let i = 0; i < values.length; i += 1) {
     values[i] = top - values[i];

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import tifffile
 from PIL import Image
 from playwright.sync_api import Page, expect
 from pydicom.dataset import Dataset
@@ -231,3 +232,19 @@ def test_a_colour_palette_tiff_is_drawn_through_its_colour_map_in_colour(page: P
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert picture["values"] is None
     np.testing.assert_array_equal(np.array(picture["rgba"], np.uint8).reshape(256, 256, 4)[..., :3], expected)
+
+
+@pytest.mark.parametrize("photometric", ["minisblack", "miniswhite"])
+def test_a_float_tiff_is_drawn_from_its_float_values(page: Page, live_server: str, photometric: str) -> None:
+    """32-bit float TIFFs (SampleFormat 3), which the server reads, were never drawn. MinIsWhite floats are negated,
+    as the server turns them."""
+    values = tumor_channels()[0].astype(np.float32) * 136.5 + 300.25
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, values, photometric=photometric)
+    page.goto(live_server)
+
+    picture = tiff_decoded_by_page(page, buffer.getvalue())
+
+    expected = tifffile.imread(io.BytesIO(buffer.getvalue()))
+    expected = -expected if photometric == "miniswhite" else expected
+    np.testing.assert_array_equal(np.array(picture["values"], np.float32).reshape(expected.shape), expected)
