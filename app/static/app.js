@@ -899,6 +899,9 @@ function revealResult() {
   ui.resultHeading.scrollIntoView({ block: "start" });
 }
 
+/** A series' role as the page names it: the server's "other" (neither FLAIR nor T1) alone is no name. */
+const roleName = (role) => (role === "other" ? "Other sequence" : role);
+
 /**
  * Which DICOM series the server read and which it left out, with its notes: plain text from the answer. A series'
  * files that could not be read (a repeated instance, a broken file) are counted apart, as the answer lists them in
@@ -912,7 +915,7 @@ function describeSeriesChoice(answer) {
     const description = use.series_description ? `, “${use.series_description}”` : "";
     const failed = use.files.filter((index) => unread.has(index)).length;
     const files = plural(use.files.length - failed, "file") + (failed ? `, ${failed} more not read` : "");
-    return `${use.role} (${number}${description}, ${files})`;
+    return `${roleName(use.role)} (${number}${description}, ${files})`;
   };
   const used = answer.series_used ?? [];
   const leftOut = answer.series_left_out ?? [];
@@ -922,11 +925,12 @@ function describeSeriesChoice(answer) {
     && item.series_number === use.series_number && item.series_description === use.series_description);
   const otherSeries = leftOut.filter((use) => !partOfUsed(use));
   const parts = [`Series read: ${used.length ? used.map(named).join(", ") : "none"}.`];
-  if (otherSeries.length) {
-    parts.push(`Left out: ${otherSeries.map(named).join(", ")}.`);
+  // Each series left out with the server's reason, as copies left out of a series read are (browser review 40).
+  for (const use of otherSeries) {
+    parts.push(`Left out: ${named(use)}: ${use.evidence}.`);
   }
   for (const use of leftOut.filter(partOfUsed)) {
-    parts.push(`${plural(use.files.length, "file")} left out of ${use.role} (${numbered(use)}): ${use.evidence}.`);
+    parts.push(`${plural(use.files.length, "file")} left out of ${roleName(use.role)} (${numbered(use)}): ${use.evidence}.`);
   }
   // Each note a sentence of its own: the server writes them to be joined into others (its SR, logs), in lower case.
   parts.push(...(answer.selection_notes ?? []).map((note) => `${note.charAt(0).toUpperCase()}${note.slice(1)}.`));

@@ -294,11 +294,12 @@ def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: s
 
     answer = upload(page, paths)
 
-    assert [use["role"] for use in answer["series_left_out"]] == ["T1 pre-contrast"]
+    (left_out,) = answer["series_left_out"]
+    assert left_out["role"] == "T1 pre-contrast"
     (note,) = answer["selection_notes"]
     expect(page.locator("#series-choice")).to_have_text(
         "Series read: FLAIR (series 2, “AX FLAIR”, 3 files). "
-        "Left out: T1 pre-contrast (series 3, “AX T1”, 3 files). "
+        f"Left out: T1 pre-contrast (series 3, “AX T1”, 3 files): {left_out['evidence']}. "
         f"{note[0].upper()}{note[1:]}."
     )
 
