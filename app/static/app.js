@@ -930,7 +930,8 @@ function describeSeriesChoice(answer) {
     parts.push(`Left out: ${named(use)}: ${use.evidence}.`);
   }
   for (const use of leftOut.filter(partOfUsed)) {
-    parts.push(`${plural(use.files.length, "file")} left out of ${roleName(use.role)} (${numbered(use)}): ${use.evidence}.`);
+    const files = plural(use.files.length, "file");
+    parts.push(`${files} left out of ${roleName(use.role)} (${numbered(use)}): ${use.evidence}.`);
   }
   // Each note a sentence of its own: the server writes them to be joined into others (its SR, logs), in lower case.
   parts.push(...(answer.selection_notes ?? []).map((note) => `${note.charAt(0).toUpperCase()}${note.slice(1)}.`));

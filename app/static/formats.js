@@ -712,7 +712,8 @@ function packBitsDecode(input, limit) {
  */
 function invertMinIsWhite(values, bits, signed, float) {
   if (float) {
-    values.forEach((value, i) => { values[i] = -value; }); // floats are negated (numpy's negative), having no complement
+    // Floats have no complement: negated, as numpy's negative does on the server.
+    values.forEach((value, i) => { values[i] = -value; });
     return;
   }
   const top = signed ? -1 : 2 ** bits - 1;
