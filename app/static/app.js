@@ -52,6 +52,11 @@ const RASTER_SIGNATURES = [
   [0x49, 0x49, 0x2b, 0x00],
   [0x4d, 0x4d, 0x00, 0x2b],
 ];
+// An analysis refused as busy (503 overloaded) this soon after one was cancelled or replaced is most likely refused for
+// the cancelled one's slices, which the server finishes before it lets them go (browser review 40: "232 of 256 slices
+// waiting" were the user's own): the page waits as Retry-After says and tries again, at most this many times.
+const CANCELLED_WORK_MS = 60_000;
+const BUSY_RETRIES_AFTER_CANCEL = 4;
 // File names listed in the "Selected" line's note of the files left out; more are counted.
 const MAX_NAMES_LISTED = 5;
 
@@ -195,6 +200,7 @@ class AnswerError extends Error {}
 
 let inFlight = null; // XMLHttpRequest of the analysis running now: a newer upload cancels it
 let segInFlight = null; // XMLHttpRequest of a DICOM SEG download: a newer upload cancels it too
+let cancelledAt = -Infinity; // when an analysis's request was last cancelled or replaced (performance.now())
 // Counts analyses started (and cancels): an analysis whose number is no longer the latest shows nothing, whatever
 // stage it was in (reading a big zip, uploading, decoding), so the newest choice always wins.
 let generation = 0;
@@ -528,7 +534,10 @@ function postBatch(files, query) {
 /** Stops what runs now (its answer, if any comes, is dropped) and hides the progress row. */
 function stopAnalysis() {
   generation += 1;
-  inFlight?.abort();
+  if (inFlight) {
+    cancelledAt = performance.now();
+    inFlight.abort();
+  }
   inFlight = null;
   // A SEG still downloading is the previous result's: saving it while a new upload is shown would mix patients.
   segInFlight?.abort();
@@ -582,9 +591,7 @@ async function analyse(chosen) {
       : `Selected: ${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`)
       + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
-    ui.status.textContent = `Analysing ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
-    ui.progressLabel.textContent = `Uploading ${files.length} ${files.length === 1 ? "file" : "files"}`;
-    ui.progress.value = 0;
+    showUploading(files);
     ui.progressRow.hidden = false;
 
     // Several PNG/JPEG/TIFF files are the slices of one volume: series=true gets them the series clean-up, as
@@ -593,12 +600,12 @@ async function analyse(chosen) {
     onlyDicomSent = heads.every(isDicom);
     // Decode the pictures while the server works: the answer only adds the masks.
     const pictures = Promise.all(files.map((file) => readPicture(file, dicom)));
-    const posted = postBatch(files, rasterSeriesSent ? "mask_format=png&series=true" : "mask_format=png");
-    inFlight = posted.request;
-    const answer = JSON.parse(await posted.done);
+    const query = rasterSeriesSent ? "mask_format=png&series=true" : "mask_format=png";
+    const body = await postRetryingAfterCancel(files, query, stale);
     if (stale()) {
       return;
     }
+    const answer = JSON.parse(body);
     inFlight = null;
     const decoded = await pictures;
     const shown = answer.slices
@@ -617,6 +624,48 @@ async function analyse(chosen) {
       hideProgress();
     }
   }
+}
+
+/**
+ * postBatch's answer; refused as busy soon after a cancel, the request is sent again after Retry-After, saying why
+ * (the server still finishes the cancelled analysis). Cancel (or a new choice) ends the wait: `stale` turns true.
+ */
+async function postRetryingAfterCancel(files, query, stale) {
+  for (let retry = 0; ; retry += 1) {
+    const posted = postBatch(files, query);
+    inFlight = posted.request;
+    try {
+      return await posted.done;
+    } catch (error) {
+      if (stale() || retry === BUSY_RETRIES_AFTER_CANCEL || !busyWithCancelledWork(error)) {
+        throw error;
+      }
+      inFlight = null;
+      await waitForCancelledWork(error.retryAfter);
+      if (stale()) {
+        throw new DOMException("cancelled while waiting", "AbortError");
+      }
+      showUploading(files);
+    }
+  }
+}
+
+function showUploading(files) {
+  ui.status.textContent = `Analysing ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
+  ui.progressLabel.textContent = `Uploading ${files.length} ${files.length === 1 ? "file" : "files"}`;
+  ui.progress.value = 0;
+}
+
+const busyWithCancelledWork = (error) => error instanceof ApiError && error.status === 503
+  && error.code === "overloaded" && error.retryAfter > 0 && performance.now() - cancelledAt < CANCELLED_WORK_MS;
+
+/** Says why nothing happens yet, with Cancel still offered, for the `seconds` the server asked to wait. */
+function waitForCancelledWork(seconds) {
+  ui.status.textContent = "The server is still finishing the cancelled analysis; trying again in "
+    + `${plural(seconds, "second")}…`;
+  ui.progressLabel.textContent = "Waiting for the server to finish the cancelled analysis";
+  ui.progress.removeAttribute("value");
+  return new Promise((resolve) => { setTimeout(resolve, seconds * 1000); });
 }
 
 /**

@@ -4,12 +4,15 @@ retries by itself."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
+from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import Study, mr_series, tumor_channels
-from tests.web.test_page_series_answers import upload, write_series
+from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
 
 # ------------------------------------------------------------------------------- F7: series left out and why
 
@@ -33,3 +36,98 @@ def test_each_series_left_out_is_named_with_the_servers_reason_and_a_readable_ro
     expect(page.locator("#series-choice")).to_contain_text(
         f"Left out: Other sequence (series 1, “LOCALIZER”, 3 files): {left_out['evidence']}."
     )
+
+
+# ------------------------------------------------------------------ F5: refused as busy right after a cancel
+
+BUSY_BODY = {
+    "error": {"code": "overloaded", "message": "the inference queue is full (232 of 256 slices waiting); retry in 1 s"}
+}
+WAITING_TEXT = "The server is still finishing the cancelled analysis; trying again in 1 second…"
+
+
+def cancel_an_analysis(page: Page) -> None:
+    """Starts an analysis the server never answers, and cancels it."""
+    page.route("**/v1/predict/batch*", lambda route: None)  # held: the server is still working on it
+    page.set_input_files("#file-input", TUMOR_SLICE)
+    expect(page.locator("#status")).to_have_text("Analysing the slice…")
+    page.click("#cancel")
+    expect(page.locator("#status")).to_have_text("Analysis cancelled.")
+    page.unroute("**/v1/predict/batch*")
+
+
+def busy_once(sent: list[str], held: int = 0) -> Callable[[Route], None]:
+    """A route handler that holds the first `held` requests (never answered), answers the next one 503 overloaded
+    (Retry-After: 1) and lets the others through."""
+
+    def handle(route: Route) -> None:
+        sent.append(route.request.url)
+        if len(sent) == held + 1:
+            route.fulfill(
+                status=503, content_type="application/json", headers={"Retry-After": "1"}, body=json.dumps(BUSY_BODY)
+            )
+        elif len(sent) > held:
+            route.continue_()
+
+    return handle
+
+
+def test_an_analysis_refused_as_busy_right_after_a_cancel_says_why_and_retries(page: Page, live_server: str) -> None:
+    """After Cancel, the next analysis was refused "The service is busy" by the cancelled request's own slices, which
+    the server finishes first; the page now says so and sends the request again after Retry-After."""
+    page.goto(live_server)
+    cancel_an_analysis(page)
+    sent: list[str] = []
+    page.route("**/v1/predict/batch*", busy_once(sent))
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#status")).to_have_text(WAITING_TEXT)
+    expect(page.locator("#cancel")).to_be_visible()
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#error")).to_be_hidden()
+    assert len(sent) == 2
+
+
+def test_an_analysis_replacing_one_and_refused_as_busy_retries(page: Page, live_server: str) -> None:
+    """A new choice during an analysis cancels it, and was refused as busy for the same reason."""
+    page.goto(live_server)
+    sent: list[str] = []
+    page.route("**/v1/predict/batch*", busy_once(sent, held=1))
+    page.set_input_files("#file-input", TUMOR_SLICE)
+    expect(page.locator("#status")).to_have_text("Analysing the slice…")
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#status")).to_have_text(WAITING_TEXT)
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    assert len(sent) == 3
+
+
+def test_cancel_while_waiting_for_the_cancelled_analysis_sends_nothing_more(page: Page, live_server: str) -> None:
+    page.goto(live_server)
+    cancel_an_analysis(page)
+    sent: list[str] = []
+    page.route("**/v1/predict/batch*", busy_once(sent))
+    page.set_input_files("#file-input", TUMOR_SLICE)
+    expect(page.locator("#status")).to_have_text(WAITING_TEXT)
+
+    page.click("#cancel")
+
+    expect(page.locator("#status")).to_have_text("Analysis cancelled.")
+    page.wait_for_timeout(1500)  # past the Retry-After
+    assert len(sent) == 1
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("Analysis cancelled.")
+
+
+def test_a_busy_refusal_with_no_cancel_before_it_is_shown_not_retried(page: Page, live_server: str) -> None:
+    page.goto(live_server)
+    sent: list[str] = []
+    page.route("**/v1/predict/batch*", busy_once(sent))
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#error-title")).to_have_text("The service is busy. Try again in 1 second.")
+    page.wait_for_timeout(1500)
+    assert len(sent) == 1
