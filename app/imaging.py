@@ -11,6 +11,7 @@ The array returned here goes to `app.core.preprocessing.preprocess_slice`, the s
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,7 +33,7 @@ from app.errors import (
 )
 from app.intensity_range import stretch_in_place, stretch_range
 from app.jpeg_data import CorruptJpegError, check_jpeg_data
-from app.jpeg_markers import JpegStructureError, check_jpeg_structure
+from app.jpeg_markers import JpegStructureError, check_jpeg_structure, frame_header
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.settings import Settings
 from app.tiff_decoding import (
@@ -443,9 +444,27 @@ def _check_tiff_jpeg_data(data: bytes, page: tifffile.TiffPage) -> None:
             "TIFF file is old-style JPEG-compressed (Compression 6, replaced by 7 in 1995), whose image data cannot be "
             "checked for damage here; save it uncompressed, LZW-, Deflate- or JPEG-compressed (Compression 7)"
         )
-    if page.compression == JPEG:
-        for number, codestream in enumerate(jpeg_codestreams(data, page), start=1):
-            _check_jpeg_data(codestream, f"TIFF file's JPEG strip or tile {number}")
+    if page.compression != JPEG:
+        return
+    chunk_rows, chunk_columns = page.chunks[0], page.chunks[1]
+    # The strips or tiles may hold the page's pixels, padded to whole chunks, and no more: every codestream is decoded
+    # once more by the check, so strips that repeat one large codestream would multiply its cost.
+    pixels_left = math.ceil(page.imagelength / chunk_rows) * math.ceil(page.imagewidth / chunk_columns)
+    pixels_left *= chunk_rows * chunk_columns
+    for number, codestream in enumerate(jpeg_codestreams(data, page), start=1):
+        what = f"TIFF file's JPEG strip or tile {number}"
+        try:
+            check_jpeg_structure(codestream, what)
+        except JpegStructureError as error:
+            raise InvalidSliceError(str(error)) from None
+        frame = frame_header(codestream)
+        pixels_left -= frame.rows * frame.columns if frame is not None else 0
+        if frame is None or frame.rows > chunk_rows or frame.columns > chunk_columns or pixels_left < 0:
+            raise InvalidSliceError(
+                f"{what} is no JPEG image of its {chunk_columns}x{chunk_rows} (columns x rows) part of the page; "
+                "refused before decoding"
+            )
+        _check_jpeg_data(codestream, what)
 
 
 def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int) -> np.ndarray:

@@ -450,6 +450,27 @@ def test_a_jpeg_compressed_tiff_whose_image_data_is_damaged_is_refused() -> None
     )
 
 
+def test_a_jpeg_tiff_strip_larger_than_its_part_of_the_page_is_refused_before_decoding() -> None:
+    """Every strip is decoded once more by the check: strips that each hold a whole large JPEG would multiply its cost,
+    so a strip's JPEG may not be larger than its part of the page."""
+    buffer = io.BytesIO()
+    Image.fromarray(read_slice(TUMOR_SLICE)).save(buffer, "TIFF", compression="jpeg")
+    data = bytearray(buffer.getvalue())
+    whole_slice = TUMOR_SLICE.read_bytes()  # a 256 x 256 JPEG, taller than one strip
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tiff:
+        tags = tiff.pages.first.tags
+        offsets, counts = tags["StripOffsets"], tags["StripByteCounts"]
+        width = 4 if offsets.dtype == 4 else 2  # LONG or SHORT values
+        offsets_at = offsets.valueoffset
+        counts_at, counts_width = counts.valueoffset, 4 if counts.dtype == 4 else 2
+    data[offsets_at : offsets_at + width] = len(data).to_bytes(width, "little")
+    data[counts_at : counts_at + counts_width] = len(whole_slice).to_bytes(counts_width, "little")
+    data += whole_slice
+
+    with pytest.raises(InvalidSliceError, match=r"^TIFF file's JPEG strip or tile 1 is no JPEG image of its 256x"):
+        decode_image(bytes(data))
+
+
 def test_an_old_style_jpeg_tiff_is_refused_with_a_reason() -> None:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, GREY, photometric="minisblack")
