@@ -414,12 +414,7 @@ def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceE
         Of the caller's kind (`error`), its reason naming `derived` ("a DICOM SEG") and the sources (`sources_named`),
         never their values.
     """
-    missing = unusable_reference_uids(sources)
-    if missing:
-        raise error(
-            f"{derived} refers to its source images by their UIDs; the {sources_named} lack {', '.join(missing)} or "
-            "hold one that is no UID (digits and dots, at most 64 characters)"
-        )
+    check_reference_uids(sources, derived, error, sources_named)
     # As the SEG and SR will copy them (`with_type2_attributes`): a legacy date or time form in the standard's,
     # broken values left empty, but for the identifiers a PACS files them by.
     copied = with_type2_attributes(sources[0])
@@ -500,6 +495,19 @@ def _valid_value(vr: str, value: object) -> bool:
     except (ValueError, TypeError):
         return False
     return True
+
+
+def check_reference_uids(
+    sources: Sequence[Dataset], derived: str, error: type[ServiceError], sources_named: str
+) -> None:
+    """Refuse sources a SEG or SR cannot refer to by their UIDs (`unusable_reference_uids`): also the T1 series the
+    models read beside FLAIR, which both name (attack review 41: a T1 UID of 72 characters was copied into them)."""
+    missing = unusable_reference_uids(sources)
+    if missing:
+        raise error(
+            f"{derived} refers to its source images by their UIDs; the {sources_named} lack {', '.join(missing)} or "
+            "hold one that is no UID (digits and dots, at most 64 characters)"
+        )
 
 
 def unusable_reference_uids(sources: Sequence[Dataset]) -> list[str]:

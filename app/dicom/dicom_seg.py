@@ -26,6 +26,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from app.dicom.dicom_conformance import (
+    check_reference_uids,
     check_sources,
     complete_segmentation,
     derived_character_set,
@@ -156,6 +157,7 @@ def build_segmentation(
         "seg-series", model_tags, result_origin, identity, references[0].series_instance_uid, made_of
     )
     further = _further_source_images(inputs)
+    check_reference_uids(further, SEG, SegmentationInputError, "T1 slices")
     source_images = _completed_sources(source_images, references)
     segmenter_name, segmenter_version = segmenter_name_version(model_tags)
     description = _segment_description(model_tags)

@@ -38,6 +38,7 @@ from pydicom.uid import generate_uid
 
 from app.core.preprocessing import CHANNEL_ORDER
 from app.dicom.dicom_conformance import (
+    check_reference_uids,
     check_sources,
     derived_character_set,
     drop_invalid_optional_values,
@@ -202,6 +203,7 @@ def build_volume_report(
             f"one SEG covers slices placed in the patient's coordinates; got {len(segmentations)}"
         )
     check_sources(source_images, SR, ReportInputError, "source images")
+    check_reference_uids(channel_images, SR, ReportInputError, "T1 images")
     try:
         sources = [without_contradicted_spacing(image, series_spacing_mm) for image in source_images]
         report = _volume_report(

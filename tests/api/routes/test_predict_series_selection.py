@@ -131,6 +131,26 @@ def test_the_report_of_three_series_lists_the_t1_series_in_its_evidence_and_says
     assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
+@pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr"])
+def test_a_t1_instance_whose_uid_is_no_uid_is_refused_for_a_seg_or_sr(client: TestClient, output: str) -> None:
+    """Attack review 41: a T1 instance's SOP Instance UID of 72 characters was copied into the SEG's references and the
+    SR's evidence (the same UID on a FLAIR instance was refused)."""
+    series = named_study()
+    uid = "1.2." + "3" * 68
+    series["pre"][0].SOPInstanceUID = series["pre"][0].file_meta.MediaStorageSOPInstanceUID = uid
+
+    response = client.post(
+        f"/v1/predict/batch?output={output}", files=dicom_parts([item for role in series.values() for item in role])
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == (
+        "a DICOM SEG refers to its source images by their UIDs; the T1 slices lack SOPInstanceUID or hold one that is "
+        "no UID (digits and dots, at most 64 characters)"
+    )
+    assert uid not in response.text
+
+
 def test_series_without_names_are_mapped_by_their_sequence_attributes(client: TestClient, predictor: Predictor) -> None:
     series = unnamed_study()
     wrong_order = [*series["post"], *series["flair"], *series["pre"]]
