@@ -110,9 +110,9 @@ def test_masks_come_back_on_the_stored_grid_of_a_transposed_slice_of_tall_pixels
 def test_the_note_says_whether_the_pixels_were_resampled() -> None:
     square = series(tumor_channels(), [1.0, 1.0]).inputs
     tall = series(squeezed(tumor_channels(), rows=192), [TALL, 1.0]).inputs
-    # 64 x 64 pixels of 2.8 x 0.95 mm (179 x 61 mm, a head's field of view): 22 columns once square, too few to read
-    small = [cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA) for image in tumor_channels()]
-    line = series(small, [2.8, 0.95]).inputs
+    # 40 x 40 pixels of 1.9 x 0.95 mm (a 2:1 field of view): 20 columns once square, too few to read
+    small = [cv2.resize(image, (40, 40), interpolation=cv2.INTER_AREA) for image in tumor_channels()]
+    line = series(small, [1.9, 0.95]).inputs
 
     assert non_square_pixels_note([item.reference for item in square]) is None
     assert "resampled to square pixels" in non_square_pixels_note([item.reference for item in tall])

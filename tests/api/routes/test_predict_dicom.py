@@ -441,12 +441,14 @@ def test_a_pixel_spacing_wider_than_any_head_is_refused(client: TestClient, row_
     assert single.status_code == 400 and "wider than any head slice" in single.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("row_spacing", "column_spacing"), [(1.95, 0.4875), (1.95, 0.25), (0.4875, 1.95)])
+@pytest.mark.parametrize(
+    ("row_spacing", "column_spacing"), [(1.95, 0.4875), (1.95, 0.25), (0.4875, 1.95), (0.65, 1.625)]
+)
 def test_a_pixel_spacing_that_gives_no_head_slice_proportions_is_refused(
     client: TestClient, row_spacing: float, column_spacing: float
 ) -> None:
     """Attack review 40: 256 x 256 tumor slices at 1.95 x 0.4875 mm (a 499 x 125 mm field of view, under the 500 mm
-    limit) were resampled into slivers and answered "no tumor, 0.0 mL"."""
+    limit) were resampled into slivers and answered "no tumor, 0.0 mL"; attack review 41: so were 166 x 416 mm ones."""
     datasets = mr_series(tumor_channels())
     for dataset in datasets:
         dataset.PixelSpacing = [row_spacing, column_spacing]
