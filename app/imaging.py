@@ -428,10 +428,10 @@ def _pillow_header(data: bytes, image_format: ImageFormat) -> RasterHeader:
     return header
 
 
-def _check_jpeg_data(data: bytes, what: str = "JPEG file") -> None:
+def _check_jpeg_data(data: bytes, what: str = "JPEG file", unreadable_refused: bool = False) -> None:
     """Damaged JPEG data is refused, not decoded into flat grey rows (`app.jpeg_data`)."""
     try:
-        check_jpeg_data(data, what)
+        check_jpeg_data(data, what, unreadable_refused)
     except CorruptJpegError as error:
         raise UndecodableImageError(str(error)) from None
 
@@ -464,7 +464,7 @@ def _check_tiff_jpeg_data(data: bytes, page: tifffile.TiffPage) -> None:
                 f"{what} is no JPEG image of its {chunk_columns}x{chunk_rows} (columns x rows) part of the page; "
                 "refused before decoding"
             )
-        _check_jpeg_data(codestream, what)
+        _check_jpeg_data(codestream, what, unreadable_refused=True)
 
 
 def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int) -> np.ndarray:

@@ -27,11 +27,14 @@ the pixels (an unknown JFIF revision, an Adobe transform code, a bad ICC profile
 NOT_DAMAGED_DATA = ("bad ICC marker",)
 
 
-def check_jpeg_data(data: bytes, what: str) -> None:
+def check_jpeg_data(data: bytes, what: str, unreadable_refused: bool = False) -> None:
     """Refuse `data` (one JPEG codestream: a file, or a DICOM frame) whose image data libjpeg decodes only with
     warnings that it is damaged (`DAMAGED_DATA_WARNINGS`). Costs one more decode of the image. The decode stops at
     libjpeg's first warning, so it reads `image_data_only(data)`: the segments whose warnings say nothing of the
-    pixels are left out of it, and a warning it stops at is one of the image data's.
+    pixels are left out of it, and a warning it stops at is one of the image data's. With `unreadable_refused`, data
+    libjpeg-turbo cannot decode at all is refused too: for a decoder that reads it anyway and ignores its warnings
+    (a JPEG TIFF's strips, read by OpenCV's libtiff; attack review 41: strips the check could not read went
+    unchecked).
 
     Raises
     ------
@@ -41,7 +44,9 @@ def check_jpeg_data(data: bytes, what: str) -> None:
     data = image_data_only(data)  # the warnings of segments that hold no image data would hide those after them
     try:
         colour_model = simplejpeg.decode_jpeg_header(data)[2]
-    except ValueError:
+    except ValueError as error:
+        if unreadable_refused:
+            raise _unreadable(what, error) from None
         return  # no header libjpeg-turbo reads: the file's decoder says why
     # Grey output costs least; libjpeg converts CMYK to nothing else.
     output = "CMYK" if colour_model in ("CMYK", "YCCK") else "GRAY"
@@ -49,13 +54,24 @@ def check_jpeg_data(data: bytes, what: str) -> None:
         simplejpeg.decode_jpeg(data, colorspace=output, strict=True)
     except ValueError as strict_error:
         warning = str(strict_error)
-        if not warning.startswith(DAMAGED_DATA_WARNINGS) or any(part in warning for part in NOT_DAMAGED_DATA):
+        damaged = warning.startswith(DAMAGED_DATA_WARNINGS) and not any(part in warning for part in NOT_DAMAGED_DATA)
+        if not damaged and not unreadable_refused:
             return  # a warning about something else, or an error: the file's decoder reads it, or says why
         try:
             simplejpeg.decode_jpeg(data, colorspace=output, strict=False)
-        except ValueError:
+        except ValueError as error:
+            if unreadable_refused:
+                raise _unreadable(what, error) from None
             return  # not decodable by libjpeg-turbo at all: the file's decoder says why
+        if not damaged:
+            return  # a warning about something else: the file's decoder reads it too
         raise CorruptJpegError(
             f"{what} is corrupt: its image data decodes only with errors ({strict_error}); the image would be read "
             "with damaged rows"
         ) from None
+
+
+def _unreadable(what: str, error: ValueError) -> CorruptJpegError:
+    return CorruptJpegError(
+        f"{what} is no JPEG data libjpeg-turbo reads ({error}), so its image data cannot be checked for damage"
+    )

@@ -74,10 +74,11 @@ def jpeg_codestreams(data: bytes, page: tifffile.TiffPage) -> Iterator[bytes]:
     returns damaged rows (attack review 40: a tumor slice answered "no tumor" at 0.007); each codestream is checked
     as a JPEG file's is (`app.jpeg_data.check_jpeg_data`)."""
     tables = bytes(page.jpegtables or b"")
+    end_of_tables = tables.rfind(b"\xff\xd9")  # bytes after it (attack review 41: one 00) are none of the tables'
     for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
         strip = data[offset : offset + count]
-        if tables.startswith(b"\xff\xd8") and tables.endswith(b"\xff\xd9") and strip.startswith(b"\xff\xd8"):
-            yield tables[:-2] + strip[2:]
+        if tables.startswith(b"\xff\xd8") and end_of_tables > 0 and strip.startswith(b"\xff\xd8"):
+            yield tables[:end_of_tables] + strip[2:]
         else:
             yield strip
 

@@ -450,6 +450,44 @@ def test_a_jpeg_compressed_tiff_whose_image_data_is_damaged_is_refused() -> None
     )
 
 
+def jpeg_tiff_with_tables_followed_by(extra: bytes) -> bytes:
+    """A JPEG TIFF (Pillow's: shared JPEGTables, three strips) whose JPEGTables tag holds `extra` bytes after the
+    tables' end marker, the tag moved to the end of the file."""
+    buffer = io.BytesIO()
+    Image.fromarray(read_slice(TUMOR_SLICE)).save(buffer, "TIFF", compression="jpeg")
+    data = bytearray(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tiff:
+        tag = tiff.pages.first.tags["JPEGTables"]
+        tables, count_at, offset_at = bytes(tag.value), tag.offset + 4, tag.offset + 8
+    data[count_at : count_at + 4] = (len(tables) + len(extra)).to_bytes(4, "little")
+    data[offset_at : offset_at + 4] = len(data).to_bytes(4, "little")
+    return bytes(data + tables + extra)
+
+
+def test_a_jpeg_tiff_whose_tables_end_in_a_stray_byte_still_has_its_strips_checked() -> None:
+    """Attack review 41: JPEGTables followed by one 00 byte were not joined to the strips, which the check then could
+    not read, and let through: damaged strips were answered "no tumor" at 0.007."""
+    data = jpeg_tiff_with_tables_followed_by(b"\x00")
+    assert decode_image(data).shape == (256, 256, 3)  # whole, it decodes
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        offset, count = tiff.pages.first.dataoffsets[1], tiff.pages.first.databytecounts[1]
+    damaged = data[:offset] + damaged_jpeg_scan(data[offset : offset + count], count=300) + data[offset + count :]
+
+    with pytest.raises(UndecodableImageError, match=r"^TIFF file's JPEG strip or tile 2 is corrupt"):
+        decode_image(damaged)
+
+
+def test_a_jpeg_tiff_strip_the_check_cannot_read_is_refused() -> None:
+    """Strips decoded by OpenCV's libtiff, which ignores libjpeg's warnings, must be read by the check first."""
+    data = jpeg_tiff_with_tables_followed_by(b"")
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        tables_at = tiff.pages.first.tags["JPEGTables"].valueoffset
+    unreadable = data[:tables_at] + b"\x00\x00" + data[tables_at + 2 :]  # the tables lose their start marker
+
+    with pytest.raises(UndecodableImageError, match=r"^TIFF file's JPEG strip or tile 1 is no JPEG data"):
+        decode_image(unreadable)
+
+
 def test_a_jpeg_tiff_strip_larger_than_its_part_of_the_page_is_refused_before_decoding() -> None:
     """Every strip is decoded once more by the check: strips that each hold a whole large JPEG would multiply its cost,
     so a strip's JPEG may not be larger than its part of the page."""
