@@ -115,9 +115,11 @@ from app.node.dicom_received_instance import (
 from app.node.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
 from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError, timestamp
 from app.node.dicom_study_runs import (
-    ABORTED_NOTE,
+    COUNTED_NOTES,
     already_analysed,
     count_abort,
+    count_refused,
+    counted_notes,
     delivered_results,
     earlier_reports,
     errors_since_last_outcome,
@@ -365,17 +367,17 @@ class DicomNode:
                 check_replacement_decodes(data, self.config.spool_limits.max_instance_bytes)
             key = self.spool.store_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid, data)
         except InstanceTooLargeError as error:
-            return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error))
+            return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
         except SpoolFullError as error:
-            return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error))
+            return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
         except InstanceNotKeptError as error:
             logger.info("instance ignored: not an image the models read", extra={"fields": {"reason": str(error)}})
             return STATUS_SUCCESS
         except InstanceRefusedError as error:
-            return self._refused("invalid_instance", error.status, str(error))
+            return self._refused("invalid_instance", error.status, str(error), event.assoc)
         except OSError:
             logger.exception("instance not stored")
-            return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, "the node cannot write its spool")
+            return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, "the node cannot write its spool", event.assoc)
         with self._open_lock:
             closed = event.assoc in self._closed
             if not closed:
@@ -390,9 +392,14 @@ class DicomNode:
         self.metrics.instances_received.inc()
         return STATUS_SUCCESS
 
-    def _refused(self, kind: str, status: int, reason: str) -> Dataset:
-        """`_refusal`, counted under `kind` (one of `node_metrics.REFUSAL_REASONS`: the reason itself is free text)."""
+    def _refused(self, kind: str, status: int, reason: str, association: Any = None) -> Dataset:
+        """`_refusal`, counted under `kind` (one of `node_metrics.REFUSAL_REASONS`: the reason itself is free text),
+        and for the `association`: the studies it sends are then reported as possibly missing instances."""
         self.metrics.instances_refused.labels(reason=kind).inc()
+        if association is not None:
+            with self._open_lock:
+                if association not in self._closed:
+                    self._open.setdefault(association, _Sending()).refused += 1
         return _refusal(status, reason)
 
     def _note_release(self, event: Any) -> None:
@@ -430,7 +437,8 @@ class DicomNode:
             # Closed by the node after an idle timeout: a router that leaves its association open had sent it all.
             aborted = not sending.released and idle < IDLE_SHARE * self.config.association_timeout_seconds
         try:
-            self._studies_sent(sending.studies, aborted)  # while they still count as receiving: none is processed
+            # While they still count as receiving: none is processed.
+            self._studies_sent(sending.studies, aborted, sending.refused)
         finally:
             with self._open_lock:
                 self._open.pop(event.assoc, None)
@@ -451,12 +459,15 @@ class DicomNode:
                 "receiving marker not written", extra={"fields": {"study_key": key, "error": os_error_name(error)}}
             )
 
-    def _studies_sent(self, keys: set[str], aborted: bool) -> None:
-        """Start the quiet period of studies an association has finished sending, recording an abort."""
+    def _studies_sent(self, keys: set[str], aborted: bool, refused: int = 0) -> None:
+        """Start the quiet period of studies an association has finished sending, recording an abort and the
+        instances it had refused."""
         try:
             for key in keys:
                 if aborted:
                     self.spool.update_record(key, count_abort)
+                if refused:
+                    self.spool.update_record(key, count_refused(refused))
                 self.spool.touch_pending(key)
         except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
             logger.exception("association end not recorded")
@@ -561,8 +572,8 @@ class DicomNode:
         runs = record["runs"]
         if already_analysed(runs, fingerprint, bytes_fingerprint):  # the same instances again: nothing new to say
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
-            if record.get("aborted_associations"):  # an abort that brought nothing new: no note for a later run
-                self.spool.update_record(key, lambda stored: stored.pop("aborted_associations", None))
+            if any(record.get(name) for name in COUNTED_NOTES):  # brought nothing new: no note for a later run
+                self.spool.update_record(key, _without_counts)
             self.spool.clear_pending(key, last_arrival)
             return False
         attempts = errors_since_last_outcome(runs, fingerprint)
@@ -572,14 +583,13 @@ class DicomNode:
             "instances": len(files),
             "started_at": timestamp(),
         }
-        aborted = int(record.get("aborted_associations", 0))
+        counts = {name: int(record.get(name, 0)) for name in COUNTED_NOTES}
         analysis: StudyAnalysis | Exception
         if split := self.spool.studies_split_by_patient_id(key):
             analysis = split_by_patient_id(len(split) + 1, {"files": len(files)})
         else:
             try:
-                notes = [ABORTED_NOTE.format(count=aborted)] if aborted else []
-                analysis = self.processor(files, notes, complete=not aborted)
+                analysis = self.processor(files, counted_notes(counts), complete=not any(counts.values()))
             except Exception as error:  # a bug or a resource problem: retried after another quiet period
                 logger.exception("study processing failed", extra={"fields": {"study_key": key}})
                 analysis = error
@@ -589,7 +599,7 @@ class DicomNode:
                     "analysis abandoned by the stop; done after the restart", extra={"fields": {"study_key": key}}
                 )
                 return False
-            return self._keep_outcome(key, record, run, analysis, aborted, attempts, last_arrival)
+            return self._keep_outcome(key, record, run, analysis, counts, attempts, last_arrival)
 
     def _keep_outcome(
         self,
@@ -597,7 +607,7 @@ class DicomNode:
         record: dict[str, Any],
         run: dict[str, Any],
         analysis: StudyAnalysis | Exception,
-        aborted: int,
+        counts: dict[str, int],
         attempts: int,
         last_arrival: float,
     ) -> bool:
@@ -613,7 +623,7 @@ class DicomNode:
                 self.spool.clear_pending(key, last_arrival)
             return False
         try:
-            self._record_analysis(key, record, run, analysis, aborted)
+            self._record_analysis(key, record, run, analysis, counts)
         except OSError as error:
             self._results_not_written(key, run, error)
             return False
@@ -643,7 +653,7 @@ class DicomNode:
         self.spool.touch_pending(key)
 
     def _record_analysis(
-        self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, aborted: int
+        self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, counts: dict[str, int]
     ) -> None:
         # The record as it is now, not as it was when the analysis began: results of an earlier run that reached a
         # destination meanwhile are what this run's report and rejection note must name (they were missed: the
@@ -687,10 +697,11 @@ class DicomNode:
                 self.spool.mark_unsent(key)
                 supersede_undelivered(stored["runs"], run["sent"])
             stored["runs"].append(run)
-            # Said in this run's notes; an abort counted while it ran is left for the next run.
-            left = int(stored.pop("aborted_associations", 0)) - aborted
-            if left > 0:
-                stored["aborted_associations"] = left
+            # Said in this run's notes; what was counted while it ran is left for the next run.
+            for name, count in counts.items():
+                left = int(stored.pop(name, 0)) - count
+                if left > 0:
+                    stored[name] = left
 
         self.spool.update_record(key, append)
         fields: dict[str, Any] = {"study_key": key, "status": analysis.status, "results": len(results)}
@@ -740,6 +751,12 @@ class _Sending:
     studies: set[str] = field(default_factory=set)
     last_store: float = 0.0  # time.monotonic()
     released: bool = False
+    refused: int = 0  # instances it sent that the node refused
+
+
+def _without_counts(record: dict[str, Any]) -> None:
+    for name in COUNTED_NOTES:
+        record.pop(name, None)
 
 
 def _outcome(analysis: StudyAnalysis) -> str:

@@ -11,6 +11,7 @@ the record (`count_abort`) and said in the notes of the study's next run (`ABORT
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from app.dicom.dicom_sr import ResultReference
@@ -29,9 +30,37 @@ ABORTED_NOTE = (
 )
 
 
+REFUSED_NOTE = (
+    "{count} instance(s) sent over the association(s) that sent this study were refused by this node (C-STORE "
+    "failed): instances of this study may be missing; a later send of them gives a new result"
+)
+
+
+COUNTED_NOTES = {"aborted_associations": ABORTED_NOTE, "refused_instances": REFUSED_NOTE}
+"""What a study's record counts between runs, and the note the next run's report says it with (the report is then
+PARTIAL: instances may be missing)."""
+
+
+def counted_notes(counts: dict[str, int]) -> list[str]:
+    """The notes of the `COUNTED_NOTES` counts above 0."""
+    return [COUNTED_NOTES[name].format(count=count) for name, count in counts.items() if count]
+
+
 def count_abort(record: dict[str, Any]) -> None:
     """One more association ended without a release since the study's last run (`ABORTED_NOTE`)."""
     record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
+
+
+def count_refused(count: int) -> Callable[[dict[str, Any]], None]:
+    """`count` more instances refused by an association that sent the study, since its last run (`REFUSED_NOTE`).
+
+    Why: a study some of whose instances the node refused (attack review 41: a Patient ID it could not file) was
+    reported on the rest as complete, with no word of the others."""
+
+    def add(record: dict[str, Any]) -> None:
+        record["refused_instances"] = int(record.get("refused_instances", 0)) + count
+
+    return add
 
 
 def supersede_undelivered(runs: list[dict[str, Any]], destinations: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from pynetdicom.association import Association
 from app.dicom.dicom_sr_reader import read_volume_report
 from app.node.dicom_node import OPEN_ASSOCIATION_WAIT, DicomNode
 from app.node.dicom_node_command import node_upload_limits
-from app.node.dicom_study_runs import ABORTED_NOTE
+from app.node.dicom_study_runs import ABORTED_NOTE, REFUSED_NOTE
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor, unread_files_note
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files
@@ -112,6 +112,32 @@ def test_a_study_left_by_an_aborted_association_says_so_in_its_report(
     # Interop review 40: the report of a study that may lack instances went out COMPLETE; its coded part says it.
     assert report.CompletionFlag == "PARTIAL"
     assert "aborted_associations" not in record(node)  # said once, in the run it belongs to
+
+
+def test_a_study_some_of_whose_instances_the_node_refused_says_so_in_its_report(
+    make_node: Any, results: ResultStore, clock: Clock
+) -> None:
+    """Attack review 41: the node refused 10 of a study's 23 instances at C-STORE (a Patient ID it could not file),
+    then reported the other 13 as the whole study, COMPLETE, without a word of the others."""
+    node = make_node()
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    for dataset in series[4:]:
+        dataset.Modality = "CT"  # an MR storage object of another modality: refused
+    association = associate(node, MRImageStorage)
+    assert [store(association, dataset) for dataset in series] == [0, 0, 0, 0, 0xC000, 0xC000]
+    association.release()
+    associations_ended(node)
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 1
+
+    note = REFUSED_NOTE.format(count=2)
+    (run,) = record(node)["runs"]
+    assert run["summary"]["notes"] == [note] and run["summary"]["slices"] == 4
+    (report,) = results.by_modality("SR")
+    assert read_volume_report(report)["notes"] == [note]
+    assert report.CompletionFlag == "PARTIAL"
+    assert "refused_instances" not in record(node)  # said once, in the run it belongs to
 
 
 def record_if_written(node: DicomNode) -> dict[str, Any]:
