@@ -267,7 +267,10 @@ def _dicom_files(indices: Sequence[int], headers: Sequence[DicomHeader | Service
 
 
 def _identity_value(header: DicomHeader, keyword: str) -> str:
-    return str(header.dataset.get(keyword) or "").strip()
+    """The value without the padding the standard lets it carry (spaces; a NUL after a UID), as the DICOM node and
+    pacs-sync key a study by it: Python's `strip()` also took a no-break space off a Patient ID, and the API read as
+    one patient what the node took for two (attack review 41)."""
+    return str(header.dataset.get(keyword) or "").strip(" \0")
 
 
 def _disagreeing_patient_note(headers: Sequence[DicomHeader]) -> str | None:

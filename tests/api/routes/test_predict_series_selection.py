@@ -131,6 +131,26 @@ def test_the_report_of_three_series_lists_the_t1_series_in_its_evidence_and_says
     assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
+def test_a_patient_id_that_differs_by_a_no_break_space_is_another_patient(client: TestClient) -> None:
+    """Attack review 41: the API stripped a trailing no-break space (a character of ISO_IR 100, not padding) off a
+    Patient ID and read one patient, where the DICOM node took the files for another; only spaces are padding."""
+    series = mr_series([*tumor_channels(1), *tumor_channels(1)], Study(), series_description="AX FLAIR")
+    for dataset in series:
+        dataset.SpecificCharacterSet = "ISO_IR 100"
+    for dataset in series[3:]:
+        dataset.PatientID = f"{dataset.PatientID}\u00a0"
+    padded = copy.deepcopy(series[:3])
+    for dataset in padded:
+        dataset.PatientID = f" {dataset.PatientID} "
+
+    response = client.post("/v1/predict/batch", files=dicom_parts(series))
+    agreeing = client.post("/v1/predict/batch", files=dicom_parts([*padded, *series[:3]]))
+
+    assert response.status_code == 400 and response.json()["error"]["code"] == "mixed_input"
+    assert "come from 2 patients (by PatientID)" in response.json()["error"]["message"]
+    assert agreeing.status_code == 200, agreeing.text
+
+
 @pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr"])
 def test_a_t1_instance_whose_uid_is_no_uid_is_refused_for_a_seg_or_sr(client: TestClient, output: str) -> None:
     """Attack review 41: a T1 instance's SOP Instance UID of 72 characters was copied into the SEG's references and the
