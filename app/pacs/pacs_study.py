@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -119,6 +120,15 @@ class StudySync:
         self.client = client
         self.analyser = analyser
         self.clock = clock
+        self.failures: Counter[str] = Counter()
+        """Error codes of the studies that failed since `take_failures` (internal: looking at or analysing one
+        raised)."""
+
+    def take_failures(self) -> Counter[str]:
+        """The failures counted since the last call, for the metrics (interop review 39: a refused study showed
+        only outcome="failed")."""
+        failures, self.failures = self.failures, Counter()
+        return failures
 
     def process(
         self, study_id: str, state: SyncState, retry: bool = False, study: dict[str, Any] | None = None
@@ -135,6 +145,7 @@ class StudySync:
             looked_at = self._look_at(study_id, study)
         except Exception as error:  # Orthanc down or answering nonsense: no record to trust, the schedule retries
             state.retries[study_id] = self._next_attempt(1)
+            self.failures["internal"] += 1
             _log_not_processed(study_id, error, attempts=None)
             return FAILED
         if looked_at is None:
@@ -178,6 +189,7 @@ class StudySync:
         """Record an analysis that raised (its `attempts`-th) and schedule the next; when Orthanc will not take the
         record either, the state counts the failure in its place."""
         state.retries[study_id] = self._next_attempt(attempts)
+        self.failures["internal"] += 1
         _log_not_processed(study_id, error, attempts)
         failed = self._record(FAILED, study_fingerprint, attempts=attempts, error=f"{type(error).__name__}: {error}")
         try:
@@ -318,8 +330,11 @@ class StudySync:
             study_id,
             self._record(FAILED, attempts=attempts, error=analysis.reason, summary=analysis.summary, **fields),
         )
-        fields_logged = {"orthanc_study": study_id, "attempts": attempts, "error": error_code(analysis.reason or "")}
-        logger.warning("study failed", extra={"fields": fields_logged})
+        code = error_code(analysis.reason or "")
+        self.failures[code or "unknown"] += 1
+        logger.warning(
+            "study failed", extra={"fields": {"orthanc_study": study_id, "attempts": attempts, "error": code}}
+        )
         return FAILED
 
     def _store_results(

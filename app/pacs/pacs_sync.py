@@ -143,14 +143,14 @@ def run_pacs_sync(
             report = sync_once(studies, state)
         except OrthancError as error:
             if metrics is not None:
-                metrics.count_pass(None, clock())
+                metrics.count_pass(None, clock(), studies.take_failures())
             if once:
                 raise
             logger.error("pacs-sync pass failed", extra={"fields": {"error": str(error)}})
         else:
             total.add(report)
             if metrics is not None:
-                metrics.count_pass(report.as_dict(), clock())
+                metrics.count_pass(report.as_dict(), clock(), studies.take_failures())
         if once:
             return total
         sleep(config.poll_seconds)

@@ -36,6 +36,14 @@ class PacsSyncMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.studies_failed = Counter(
+            "brain_tumor_pacs_sync_studies_failed",
+            "Studies whose analysis failed, by error code (the reason's code, e.g. mixed_input; internal: it raised, "
+            "Orthanc unreachable or answering nonsense, or a bug). The reason itself is in the study's BrainTumorSync "
+            "metadata in Orthanc.",
+            ["error"],
+            registry=self.registry,
+        )
         self.last_success = Gauge(
             "brain_tumor_pacs_sync_last_success_timestamp_seconds",
             "When the last pass that read Orthanc's change log to its end finished (Unix time; 0 before the first).",
@@ -46,9 +54,14 @@ class PacsSyncMetrics:
         for outcome in OUTCOMES:  # every series from the start: a rate needs its 0
             self.studies.labels(outcome=outcome)
 
-    def count_pass(self, report: Mapping[str, int] | None, now: float) -> None:
-        """A pass ended: with its `SyncReport.as_dict()`, or None when it failed."""
+    def count_pass(
+        self, report: Mapping[str, int] | None, now: float, failures: Mapping[str, int] | None = None
+    ) -> None:
+        """A pass ended: with its `SyncReport.as_dict()`, or None when it failed; `failures` counts the studies that
+        failed in it by error code (`StudySync.take_failures`)."""
         self.passes.inc()
+        for code, count in (failures or {}).items():
+            self.studies_failed.labels(error=code).inc(count)
         if report is None:
             self.failed_passes.inc()
             return

@@ -16,6 +16,7 @@ from app.pacs import pacs_sync
 from app.pacs.orthanc_answers import orthanc_time
 from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
+from app.pacs.pacs_sync_metrics import PacsSyncMetrics
 from app.pacs.pacs_sync_state import SyncState
 from app.sequence_rules import SelectionRules
 from app.settings import Settings
@@ -401,10 +402,13 @@ def test_a_study_whose_patient_id_differs_only_by_spaces_is_not_answered_in_halv
     config = config_for(orthanc, tmp_path / "state.json")
     studies = {orthanc.study_of(orthanc.upload(series[:3])), orthanc.study_of(orthanc.upload(series[3:]))}
     assert len(studies) == 2  # Orthanc keys them apart
+    metrics = PacsSyncMetrics()
 
-    report = run_pacs_sync(config, predictor, once=True)
+    report = run_pacs_sync(config, predictor, once=True, metrics=metrics)
 
     assert report == SyncReport(failed=2)
+    failed = metrics.registry.get_sample_value("brain_tumor_pacs_sync_studies_failed_total", {"error": "mixed_input"})
+    assert failed == 2  # the refusal's code, as the node counts it (interop review 39)
     for study in studies:
         assert orthanc.record(study)["error"].startswith(
             "mixed_input: files of this study (by Study Instance UID) came with an empty Patient ID and with a "

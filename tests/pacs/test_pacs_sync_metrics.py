@@ -87,6 +87,8 @@ def test_metrics_count_passes_their_failures_and_studies_by_outcome() -> None:
     assert required_sample_value(second, "brain_tumor_pacs_sync_passes_total") == 2
     assert required_sample_value(second, "brain_tumor_pacs_sync_failed_passes_total") == 1
     assert required_sample_value(second, "brain_tumor_pacs_sync_studies_total", outcome="failed") == 1
+    # Why it failed, by code (Orthanc answered an HTML page: the analysis raised).
+    assert required_sample_value(second, "brain_tumor_pacs_sync_studies_failed_total", error="internal") == 1
     assert required_sample_value(second, "brain_tumor_pacs_sync_studies_total", outcome="not_analysed") == 1
     assert required_sample_value(second, "brain_tumor_pacs_sync_studies_total", outcome="positive") == 0
     assert required_sample_value(second, "brain_tumor_pacs_sync_studies_retry_waiting") == 1
