@@ -57,6 +57,7 @@ const RASTER_SIGNATURES = [
 // waiting" were the user's own): the page waits as Retry-After says and tries again, at most this many times.
 const CANCELLED_WORK_MS = 60_000;
 const BUSY_RETRIES_AFTER_CANCEL = 4;
+const MAX_BUSY_WAIT_SECONDS = 60;
 // File names listed in the "Selected" line's note of the files left out; more are counted.
 const MAX_NAMES_LISTED = 5;
 
@@ -661,11 +662,14 @@ const busyWithCancelledWork = (error) => error instanceof ApiError && error.stat
 
 /** Says why nothing happens yet, with Cancel still offered, for the `seconds` the server asked to wait. */
 function waitForCancelledWork(seconds) {
+  // The service asks for at most a minute; a larger value (a proxy's) would wait for days, or, past 24.8 days,
+  // overflow setTimeout and send every retry at once (browser review 41).
+  const wait = Math.min(Math.ceil(seconds), MAX_BUSY_WAIT_SECONDS);
   ui.status.textContent = "The server is still finishing the cancelled analysis; trying again in "
-    + `${plural(seconds, "second")}…`;
+    + `${plural(wait, "second")}…`;
   ui.progressLabel.textContent = "Waiting for the server to finish the cancelled analysis";
   ui.progress.removeAttribute("value");
-  return new Promise((resolve) => { setTimeout(resolve, seconds * 1000); });
+  return new Promise((resolve) => { setTimeout(resolve, wait * 1000); });
 }
 
 /**

@@ -551,7 +551,10 @@ export async function readTiff(buffer) {
   for (let i = 0; i < values.length; i += 1) {
     let sum = 0;
     for (let k = 0; k < colour; k += 1) {
-      sum += sample((i * channels + k) * step);
+      const value = sample((i * channels + k) * step);
+      // NaN and infinite floats count as 0, as the server reads them (browser review 41: one +Inf pixel made the
+      // default window 100 wide, and the slice was drawn almost white).
+      sum += Number.isFinite(value) ? value : 0;
     }
     values[i] = sum / colour;
   }
@@ -772,6 +775,9 @@ const DEFLATED = "1.2.840.10008.1.2.1.99";
 // Uncompressed pixel data, whatever the byte order of the data set or whether it was deflated as a whole.
 const NATIVE_SYNTAXES = new Set([IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG, DEFLATED]);
 const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
+// Data elements the page walks in one file before it gives up on drawing it, as the server refuses such a header (a
+// deflated data set of zeros inflates to millions of empty elements: browser review 41, the tab froze for 30 s).
+const MAX_DICOM_ELEMENTS = 100_000;
 
 const hex4 = (value) => value.toString(16).padStart(4, "0").toUpperCase();
 
@@ -827,9 +833,14 @@ export async function readDicom(buffer) {
   // Walks elements from `offset` to `end`, recording WANTED ones at the top level, and FRAME_ATTRIBUTES inside the
   // functional groups' FRAME_MACROS (`context`: the path of sequences and items down to here, "" elsewhere);
   // returns where it stopped.
+  let elements = 0;
   const walk = (offset, end, explicit, depth, context = "") => {
     let item = 0;
     while (offset + 8 <= end) {
+      elements += 1;
+      if (elements > MAX_DICOM_ELEMENTS) {
+        throw new Error(`the DICOM file holds more than ${MAX_DICOM_ELEMENTS} data elements`);
+      }
       const group = view.getUint16(offset, little);
       const element = view.getUint16(offset + 2, little);
       const tag = hex4(group) + hex4(element);

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ import pytest
 import tifffile
 from PIL import Image
 from playwright.sync_api import Page, expect
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, MRImageStorage, generate_uid
 
 from tests.dicom.builders import (
     legacy_multiframe,
@@ -248,3 +251,48 @@ def test_a_float_tiff_is_drawn_from_its_float_values(page: Page, live_server: st
     expected = tifffile.imread(io.BytesIO(buffer.getvalue()))
     expected = -expected if photometric == "miniswhite" else expected
     np.testing.assert_array_equal(np.array(picture["values"], np.float32).reshape(expected.shape), expected)
+
+
+def test_non_finite_floats_in_a_tiff_count_as_0_as_the_server_reads_them(page: Page, live_server: str) -> None:
+    """Browser review 41: one +Inf pixel made the page's default window 100 wide and drew the slice almost white; the
+    server reads NaN and infinities as 0."""
+    values = tumor_channels()[0].astype(np.float32) * 8.0
+    values[0, :3] = [np.inf, -np.inf, np.nan]
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, values, photometric="minisblack")
+    page.goto(live_server)
+
+    picture = tiff_decoded_by_page(page, buffer.getvalue())
+
+    expected = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    np.testing.assert_array_equal(np.array(picture["values"], np.float32).reshape(expected.shape), expected)
+
+
+def test_a_deflated_dicom_that_inflates_to_millions_of_elements_is_given_up(page: Page, live_server: str) -> None:
+    """Browser review 41: a deflated data set of zeros (millions of empty elements) kept the page walking them for
+    30 s, the tab frozen; the server refuses such a header. The page gives up drawing it after 100,000 elements."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    header = DicomBytesIO()
+    header.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(header, meta)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = header.getvalue() + deflate.compress(b"\0" * 2 * 2**20) + deflate.flush()  # 262,144 empty elements
+    page.goto(live_server)
+
+    message = page.evaluate(
+        """async (encoded) => {
+            const { readDicom } = await import("/static/formats.js");
+            const bytes = Uint8Array.from(atob(encoded), (character) => character.charCodeAt(0));
+            try {
+                await readDicom(bytes.buffer);
+                return "read";
+            } catch (error) {
+                return error.message;
+            }
+        }""",
+        base64.b64encode(bomb).decode(),
+    )
+
+    assert message == "the DICOM file holds more than 100000 data elements"

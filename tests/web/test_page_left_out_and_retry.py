@@ -131,3 +131,26 @@ def test_a_busy_refusal_with_no_cancel_before_it_is_shown_not_retried(page: Page
     expect(page.locator("#error-title")).to_have_text("The service is busy. Try again in 1 second.")
     page.wait_for_timeout(1500)
     assert len(sent) == 1
+
+
+def test_a_retry_after_beyond_a_minute_waits_a_minute(page: Page, live_server: str) -> None:
+    """Browser review 41: a Retry-After of days (a proxy's) was waited for as it came, and past 24.8 days it overflowed
+    setTimeout, which sent every retry at once. The service asks for at most a minute; the page waits no longer."""
+    page.goto(live_server)
+    cancel_an_analysis(page)
+    sent: list[str] = []
+
+    def busy_for_days(route: Route) -> None:
+        sent.append(route.request.url)
+        route.fulfill(
+            status=503, content_type="application/json", headers={"Retry-After": "3000000"}, body=json.dumps(BUSY_BODY)
+        )
+
+    page.route("**/v1/predict/batch*", busy_for_days)
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#status")).to_have_text(
+        "The server is still finishing the cancelled analysis; trying again in 60 seconds…"
+    )
+    page.wait_for_timeout(1000)
+    assert len(sent) == 1
