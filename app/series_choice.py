@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from app.dicom.dicom_header import DicomHeader
 from app.errors import MixedInputError, NoFlairSeriesError, ServiceError
@@ -34,8 +35,8 @@ from app.sequence_selection import (
     orientation_note,
     select_sequences,
 )
-from app.series_info import SeriesInfo, series_number_order, where_in_study
-from app.uploads import MOST_FILES_NAMED, request_files
+from app.series_info import SeriesInfo, identity_text, series_number_order, where_in_study
+from app.uploads import MOST_FILES_NAMED, files_that_differ, request_files
 
 T1_ROLES = (SequenceRole.T1_PRE, SequenceRole.T1_POST)
 
@@ -207,8 +208,8 @@ def _refuse_several_studies(headers: Sequence[DicomHeader | ServiceError]) -> No
             raise MixedInputError(
                 f"the request's DICOM files come from {len(files)} "
                 f"{'studies' if keyword == 'StudyInstanceUID' else 'patients'} (by {keyword}): "
-                f"{_odd_files(files, headers)}; send one study per request: the series the models read are chosen "
-                "within it"
+                f"{files_that_differ(files, partial(_where, headers=headers))}; send one study per request: the series "
+                "the models read are chosen within it"
             )
 
 
@@ -248,29 +249,23 @@ def _refuse_identity_that_differs_where_read(
         if len(values) > 1:  # only the issuer can differ here: two studies or Patient IDs are refused before
             raise MixedInputError(
                 f"the FLAIR files read come from {len(values)} patients (by {keyword}): "
-                f"{_odd_files(values, headers)}; send files whose identity agrees"
+                f"{files_that_differ(values, partial(_where, headers=headers))}; send files whose identity agrees"
             )
 
 
-def _odd_files(files: Mapping[str, list[int]], headers: Sequence[DicomHeader | ServiceError]) -> str:
-    """The files (request indices, by value) other than those of the most common value, and how many those are."""
-    most, *others = sorted(files.values(), key=len, reverse=True)
-    odd = sorted(index for group in others for index in group)
-    return f"{_dicom_files(odd, headers)} {'differs' if len(odd) == 1 else 'differ'} from the other {len(most)}"
-
-
 def _dicom_files(indices: Sequence[int], headers: Sequence[DicomHeader | ServiceError]) -> str:
-    """`request_files` with the series and instance numbers of the files named (`where_in_study`), by which the
-    DICOM node's and pacs-sync's users find them."""
-    named = [headers[index] for index in indices[:MOST_FILES_NAMED]]
-    return request_files(indices, where_in_study([h.dataset for h in named if isinstance(h, DicomHeader)]))
+    """`request_files` with where the files named lie (`_where`)."""
+    return request_files(indices, _where(indices[:MOST_FILES_NAMED], headers))
+
+
+def _where(indices: Sequence[int], headers: Sequence[DicomHeader | ServiceError]) -> str:
+    """The series and instance numbers of the files at `indices` (`where_in_study`), by which the DICOM node's and
+    pacs-sync's users find them."""
+    return where_in_study([header.dataset for index in indices if isinstance(header := headers[index], DicomHeader)])
 
 
 def _identity_value(header: DicomHeader, keyword: str) -> str:
-    """The value without the padding the standard lets it carry (spaces; a NUL after a UID), as the DICOM node and
-    pacs-sync key a study by it: Python's `strip()` also took a no-break space off a Patient ID, and the API read as
-    one patient what the node took for two (attack review 41)."""
-    return str(header.dataset.get(keyword) or "").strip(" \0")
+    return identity_text(header.dataset.get(keyword))
 
 
 def _disagreeing_patient_note(headers: Sequence[DicomHeader]) -> str | None:

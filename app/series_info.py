@@ -193,6 +193,15 @@ def _integer(value: object) -> int | None:
     return int(number) if number is not None and math.isfinite(number) else None
 
 
+def identity_text(value: object) -> str:
+    """An identity value (Patient ID, its issuer, a Study Instance UID) without the padding the standard lets it carry:
+    spaces (PS3.5 6.2) and a UID's NUL, nothing else. The API, the DICOM node and pacs-sync all read a study's
+    identity through it: Python's `strip()` also took a no-break space off a Patient ID, and the API read as one
+    patient what the node took for two (attack review 41); " P1" and "P1" were two studies at the node (attack
+    review 40)."""
+    return str(value or "").strip(" \0")
+
+
 def number_said(dataset: Dataset, keyword: str) -> str:
     """A Series or Instance Number as a message says it: "unnumbered" when missing or unreadable."""
     number = _integer(dataset.get(keyword))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +163,17 @@ def request_files(indices: Sequence[int], where: str = "") -> str:
         f"the request's files at index {', '.join(map(str, named))} (files {', '.join(str(i + 1) for i in named)} "
         f"as sent{'; ' + where if where else ''}){more}"
     )
+
+
+def files_that_differ(
+    groups: Mapping[object, Sequence[int]], where: Callable[[Sequence[int]], str] | None = None
+) -> str:
+    """The files (request indices) of every group but the largest, as `request_files` names them (`where` says where
+    the ones named lie), and how many the largest holds: "... differ from the other 12"."""
+    most, *others = sorted(groups.values(), key=len, reverse=True)
+    odd = sorted(index for group in others for index in group)
+    place = where(odd[:MOST_FILES_NAMED]) if where is not None else ""
+    return f"{request_files(odd, place)} {'differs' if len(odd) == 1 else 'differ'} from the other {len(most)}"
 
 
 def plan_raster_uploads(
@@ -370,12 +381,10 @@ def check_one_size(prepared: Sequence[PreparedSlice | ServiceError]) -> None:
         if isinstance(item, PreparedSlice):
             files.setdefault(item.size, []).append(index)
     if len(files) > 1:
-        most = max(files, key=lambda size: len(files[size]))
-        odd = sorted(index for size, indices in files.items() if size != most for index in indices)
         raise InvalidSliceError(
             "the slices of one series must share one size; got "
             f"{', '.join(f'{height} x {width}' for height, width in sorted(files))} (height x width): "
-            f"{request_files(odd)} {'differs' if len(odd) == 1 else 'differ'} from the other {len(files[most])}"
+            f"{files_that_differ(files)}"
         )
 
 

@@ -75,6 +75,7 @@ from app.errors import (
     TooManyDicomElementsError,
     UnsupportedSopClassError,
 )
+from app.series_info import identity_text
 
 STORAGE_CLASSES = (
     MRImageStorage,
@@ -232,10 +233,7 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         raise InstanceRefusedError(
             STATUS_CANNOT_UNDERSTAND, "Patient ID breaks its value type (two values, a control character...)"
         )
-    # Leading and trailing spaces of an LO value are not significant (PS3.5 6.2): " P1" and "P1" are one patient's
-    # study, as the API reads them (attack review 40: the node analysed them as two, each half the tumor).
-    patient_id = str(dataset.get("PatientID", "") or "").strip(" ")
-    return ReceivedInstance(study_uid, patient_id, uid(sop_instance_uid))
+    return ReceivedInstance(study_uid, identity_text(dataset.get("PatientID")), uid(sop_instance_uid))
 
 
 def check_replacement_decodes(data: bytes, max_bytes: int) -> None:

@@ -61,6 +61,7 @@ from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
 from app.release import service_version
 from app.sequence_selection import StudySelection
+from app.series_info import identity_text
 from app.study_analysis import AnalysisStatus, StudyAnalysis, error_code, split_by_patient_id
 
 logger = logging.getLogger(__name__)
@@ -313,10 +314,10 @@ class StudySync:
         uid = str(header.get("StudyInstanceUID", ""))
         if not uid:
             return None
-        patient_id = _patient_id(header)
+        patient_id = identity_text(header.get("PatientID"))
         others = []
         for study in self.client.other_studies_of_uid(study_id, uid):
-            other_id = str(study["PatientMainDicomTags"].get("PatientID", "") or "").strip(" ")
+            other_id = identity_text(study["PatientMainDicomTags"].get("PatientID"))
             if not (other_id and patient_id and other_id != patient_id):
                 others.append(study)
         return split_by_patient_id(len(others) + 1, {}) if others else None
@@ -454,17 +455,11 @@ class _Fetch:
         if self.fetched > limit:
             raise StudyTooLargeError(f"the study's files take more than {limit} bytes (max_study_bytes); not analysed")
         if header is not None:
-            identity = _patient_id(header), str(header.get("StudyInstanceUID", ""))
+            identity = identity_text(header.get("PatientID")), str(header.get("StudyInstanceUID", ""))
             self.identity = self.identity or identity
             if identity != self.identity:
                 raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
         return data
-
-
-def _patient_id(header: Dataset) -> str:
-    """The Patient ID without the leading and trailing spaces an LO value may carry and that are not significant
-    (PS3.5 6.2)."""
-    return str(header.get("PatientID", "") or "").strip(" ")
 
 
 def _header(data: bytes) -> Dataset | None:
