@@ -76,7 +76,7 @@ def stretch_ranges(frames: Callable[[], Iterable[tuple[K, np.ndarray]]], pixels:
     for key in list(samples):
         pieces = samples.pop(key)
         if highs[key] > lows[key]:
-            sample = np.concatenate(pieces)
+            sample = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)  # a slice alone: no second copy
             del pieces
             bottom, reference = (
                 float(value)

@@ -1,6 +1,6 @@
-"""The TIFF specifics of `app.imaging`'s decoding: which colour models are read (`check_tiff_photometric`), what
-tifffile's decoder holds besides its output (`tiff_decoder_bytes`), raw samples turned as a viewer shows them
-(`as_shown`), and the bounded inflation check that keeps a compressed strip from inflating past its declared size
+"""The TIFF specifics of `app.imaging`'s decoding: which colour models and compressions are read
+(`check_tiff_photometric`, `check_tiff_compression`), raw samples turned as a viewer shows them (`as_shown`), and the
+bounded inflation check that keeps a compressed strip from inflating past its declared size
 (`check_tiff_inflation`). `app.imaging._tiff_header` and `_decode_tiff` use them. Failures are
 `app.errors.ServiceError`s; nothing here logs.
 """
@@ -52,18 +52,36 @@ def check_tiff_photometric(page: tifffile.TiffPage) -> None:
     )
 
 
-# Without imagecodecs, tifffile decodes PackBits in pure Python into a list of ints (an 8-byte reference per decoded
-# byte) and then copies it to bytes: 9 bytes per decoded byte of the largest strip or tile (measured: a 4000x4000
-# 16-bit TIFF in one PackBits strip grew the process by 306 MiB for 30 MiB of pixels).
-_PACKBITS_FALLBACK_BYTES_PER_BYTE = 9
+# The compressions a scanner, an image viewer or a research tool writes a slice with; imagecodecs (through tifffile)
+# decodes each into a buffer of the strip's declared size, and raises on data that does not decode to it.
+_TIFF_COMPRESSIONS = {
+    1: "uncompressed",
+    5: "LZW",
+    JPEG: "JPEG",
+    8: "Deflate",
+    32946: "Deflate",
+    50013: "Deflate",
+    32773: "PackBits",
+    34925: "LZMA",
+}
 
 
-def tiff_decoder_bytes(page: tifffile.TiffPage) -> int:
-    """Memory the decoder of `page` holds besides its output: large only for tifffile's PackBits fallback."""
-    codec = tifffile.TIFF.DECOMPRESSORS.get(page.compression) if page.compression == 32773 else None
-    if codec is None or getattr(codec, "__module__", "") != "tifffile._imagecodecs":
-        return 0
-    return _PACKBITS_FALLBACK_BYTES_PER_BYTE * math.prod(page.chunks) * page.dtype.itemsize
+def check_tiff_compression(page: tifffile.TiffPage) -> None:
+    """Refuse a TIFF compression outside `_TIFF_COMPRESSIONS`.
+
+    Why: the others (JPEG 2000, WebP, JPEG XL, Zstandard ...) decode to sizes their own codestream declares, not the
+    page's, and are no format MRI slices come in. Old-style JPEG has its own reason: its data cannot be checked.
+    """
+    if page.compression == OLD_STYLE_JPEG:
+        raise UndecodableImageError(
+            "TIFF file is old-style JPEG-compressed (Compression 6, replaced by 7 in 1995), whose image data cannot be "
+            "checked for damage here; save it uncompressed, LZW-, Deflate- or JPEG-compressed (Compression 7)"
+        )
+    if page.compression not in _TIFF_COMPRESSIONS:
+        raise UndecodableImageError(
+            f"TIFF file is {compression_name(page.compression)} (Compression {int(page.compression)}), which this "
+            f"service does not read; save it uncompressed, LZW-, Deflate-, PackBits- or JPEG-compressed"
+        )
 
 
 def jpeg_codestreams(data: bytes, page: tifffile.TiffPage) -> Iterator[bytes]:
@@ -85,6 +103,8 @@ def jpeg_codestreams(data: bytes, page: tifffile.TiffPage) -> Iterator[bytes]:
 
 def compression_name(code: int) -> str:
     """A TIFF compression as the standard names it (JPEG, LZW...), for a message."""
+    if code == 1:
+        return "uncompressed"
     try:
         return f"{tifffile.COMPRESSION(code).name}-compressed"
     except ValueError:
@@ -92,7 +112,7 @@ def compression_name(code: int) -> str:
 
 
 def as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
-    """tifffile's raw samples as a viewer shows them (OpenCV's libtiff does this itself): a palette's indices
+    """tifffile's raw samples as a viewer shows them: a palette's indices
     looked up in its colour map (16-bit colours cut to 8 bits, or taken as 8-bit when every one is under 256, as
     libtiff guesses), MinIsWhite turned so that brighter is higher again (any order-reversing map will do: deeper
     images are stretched afterwards)."""
@@ -108,24 +128,21 @@ def as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
 _TIFF_SEGMENT_SLACK = 1 << 20
 
 
-def check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> bool:
+def check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> None:
     """Refuse a TIFF whose compressed strip or tile inflates to more than the header declares.
 
-    Why: the memory budget (`RasterHeader.cost_bytes`) trusts the header, but without imagecodecs tifffile inflates
-    deflate, LZMA and PackBits with unbounded pure-Python fallbacks (`zlib.decompress` ...), so a 16x16 TIFF whose
-    1 MB strip inflates to 1 GiB took 2 GiB. Each segment is inflated here first with a bounded decoder that stops
-    one byte past its declared size, keeping nothing. A compression with another unbounded fallback (zstd on
-    Python >= 3.14) is left to OpenCV's libtiff, which decodes into a buffer of the declared size; imagecodecs'
-    decoders are bounded by the size tifffile passes them. Returns False when tifffile must not decode the page.
+    Why: the memory budget (`RasterHeader.cost_bytes`) trusts the header, and a 16x16 TIFF whose 1 MB strip inflates
+    to 1 GiB took 2 GiB where tifffile inflated Deflate, LZMA and PackBits with its unbounded pure-Python fallbacks.
+    Each segment is inflated here first with a bounded decoder that stops one byte past its declared size, keeping
+    nothing, whichever decoder tifffile uses afterwards.
 
     Raises
     ------
     UndecodableImageError
     """
-    codec = tifffile.TIFF.DECOMPRESSORS.get(page.compression)
     measure = _TIFF_INFLATED_SIZE.get(page.compression)
     if measure is None:
-        return getattr(codec, "__module__", "") != "tifffile._imagecodecs"
+        return
     declared = math.prod(page.chunks) * page.dtype.itemsize
     limit = min(declared, page.nbytes + _TIFF_SEGMENT_SLACK)
     view = memoryview(data)
@@ -135,7 +152,6 @@ def check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> bool:
                 f"TIFF file cannot be decoded: a TIFF strip or tile inflates to more than its declared size "
                 f"({limit} bytes)"
             )
-    return True
 
 
 def _inflated_zlib(segment: memoryview, limit: int) -> int:

@@ -134,15 +134,14 @@ def test_predict_refuses_the_bomb_with_a_reason(client: TestClient):
     assert REFUSAL in response.json()["error"]["message"]
 
 
-def test_the_cost_of_a_large_packbits_strip_counts_the_pure_python_decoder():
-    """tifffile's PackBits fallback holds a list of ints (9 bytes per decoded byte) while it decodes a strip: the
-    header's cost must count it, or the memory budget admits what it cannot hold (measured 10x the pixels)."""
+def test_decoding_a_large_packbits_strip_stays_within_its_cost():
+    """The memory budget admits a file by `cost_bytes`: decoding must not take more (tifffile's pure-Python PackBits
+    fallback, used before imagecodecs was a dependency, took 10x the pixels)."""
     pixels = np.random.default_rng(7).integers(0, 4000, (1024, 1024), dtype=np.uint16)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "TIFF", compression="packbits", tiffinfo={278: 1024})  # one strip
     data = buffer.getvalue()
     header = read_image_header(data)
-    assert header.decoder_bytes >= 9 * pixels.nbytes
 
     tracemalloc.start()
     try:
@@ -151,11 +150,4 @@ def test_the_cost_of_a_large_packbits_strip_counts_the_pure_python_decoder():
     finally:
         tracemalloc.stop()
 
-    assert header.cost_bytes - header.decoder_bytes < peak < header.cost_bytes
-
-
-def test_packbits_in_small_strips_costs_no_more_than_other_compressions():
-    pixels = np.random.default_rng(7).integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "TIFF", compression="packbits")  # Pillow's strips of about 8 KiB
-    assert read_image_header(buffer.getvalue()).decoder_bytes < MIB
+    assert pixels.nbytes < peak < header.cost_bytes

@@ -46,8 +46,10 @@ def test_png_cost_counts_samples_and_depth_from_ihdr() -> None:
 
     assert (header.width, header.height, header.samples, header.bytes_per_sample) == (4096, 4096, 3, 2)
     assert header.decoded_bytes == 4096 * 4096 * 3 * 2
-    # two copies of the pixels, one float64 channel for the stretch, the uint8 image and its copy, the model input
-    assert header.cost_bytes == 2 * header.decoded_bytes + 4096 * 4096 * (8 + 6) + MODEL_INPUT_BYTES
+    # two copies of the pixels, one float64 channel for the stretch and its range's sample (2**20 values), the uint8
+    # image and its copy, the model input
+    sample = 8 * (1 << 20)
+    assert header.cost_bytes == 2 * header.decoded_bytes + 4096 * 4096 * (8 + 6) + sample + MODEL_INPUT_BYTES
 
 
 def test_tiff_cost_counts_float64_samples() -> None:
