@@ -419,6 +419,26 @@ def _check_pixel_description(dataset: Dataset) -> None:
             raise InvalidDicomImageError(
                 f"DICOM BitsStored (0028,0101) must be 1 to BitsAllocated ({allocated}); got {bits_stored}"
             )
+        _check_high_bit(dataset, bits_stored)
+
+
+def _check_high_bit(dataset: Dataset, bits_stored: int) -> None:
+    """High Bit must be Bits Stored - 1 (PS3.3 C.7.6.3.1.1 and the MR modules): the stored bits are the lowest.
+
+    Why: the pixels are read from their lowest Bits Stored bits, so a 12-bit series stored in bits 4-15 (High Bit 15)
+    was read from its low bits and answered "no tumor, 0.0 mL" (attack review 42)."""
+    value = dataset.get("HighBit")
+    if value is None or value == "":
+        return
+    try:
+        high_bit = int(value)
+    except (TypeError, ValueError):
+        raise InvalidDicomImageError("DICOM HighBit (0028,0102) must be an integer") from None
+    if high_bit != bits_stored - 1:
+        raise InvalidDicomImageError(
+            f"DICOM HighBit (0028,0102) must be one less than BitsStored ({bits_stored}); got {high_bit}: pixel values "
+            "stored in other bits than the lowest are not read here"
+        )
 
 
 def _check_functional_groups(dataset: Dataset) -> None:

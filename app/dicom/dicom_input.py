@@ -142,15 +142,31 @@ def check_pixel_data_element(header: DicomHeader) -> None:
             f"DICOM pixel data is encapsulated (compressed fragments), but its transfer syntax {transfer_syntax.name} "
             "is not a compressed one: it cannot be decoded"
         )
-    needed = -(-header.pixels * header.bits_allocated // 8)
-    if declared < needed:
-        raise InvalidDicomImageError(
-            f"DICOM pixel data holds {declared} bytes; Rows x Columns x frames x BitsAllocated needs {needed}"
-        )
+    check_native_pixel_bytes(declared, header.pixels, header.bits_allocated)
     held = len(header.data) - (length_at + 4)
     if held < declared:
         raise UndecodableDicomError(
             f"DICOM file is truncated: its pixel data declares {declared} bytes but the file holds {held}"
+        )
+
+
+def check_native_pixel_bytes(held: int, pixels: int, bits_allocated: int) -> None:
+    """Native pixel data holds the bytes Rows x Columns x frames x BitsAllocated needs, and at most one more (the
+    padding to an even length).
+
+    Why more is refused: pydicom drops the excess with a warning, so pixels of a wider image read with a wrong
+    Columns came out sheared (255 columns over 256) and a tumor series was answered "no tumor, 0.0 mL"; the DICOM
+    node filed it as Absent (attack review 42).
+
+    Raises
+    ------
+    InvalidDicomImageError
+    """
+    needed = -(-pixels * bits_allocated // 8)
+    if not needed <= held <= needed + needed % 2:
+        raise InvalidDicomImageError(
+            f"DICOM pixel data holds {held} bytes; Rows x Columns x frames x BitsAllocated needs {needed}: the "
+            "header does not describe the image the pixel data holds"
         )
 
 
@@ -201,13 +217,17 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     reason = undecodable_transfer_syntax(transfer_syntax, bits_stored)
     if reason is not None:
         raise UnsupportedDicomError(reason)
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    if transfer_syntax is None or not UID(transfer_syntax).is_encapsulated:  # native: its length is the image's
+        for keyword in PIXEL_DATA_KEYWORDS:
+            if keyword in dataset:
+                check_native_pixel_bytes(len(dataset[keyword].value), frames * rows * columns, bits_allocated(dataset))
     try:
         stored = stored_pixels(dataset, transfer_syntax)
     except ServiceError:
         raise
     except Exception as error:  # pydicom and its plugins raise many types for a broken pixel stream
         raise UndecodableDicomError(f"DICOM pixel data cannot be decoded: {decoder_reason(error)}") from error
-    rows, columns = int(dataset.Rows), int(dataset.Columns)
     if stored.size != frames * rows * columns:
         raise InvalidDicomImageError(
             f"DICOM pixel data holds {stored.size} pixels; Rows x Columns x frames says {frames * rows * columns}"

@@ -13,6 +13,7 @@ from pydicom.uid import (
     MPEG2MPML,
     BasicTextSRStorage,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLossless,
@@ -274,6 +275,40 @@ def test_read_dicom_rejects_images_other_than_mr(flair: np.ndarray) -> None:
     dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
 
     with pytest.raises(UnsupportedDicomError, match=r"got CT Image Storage \(1\.2\.840\.10008\.5\.1\.4\.1\.1\.2\)"):
+        read_dicom(to_bytes(dataset))
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("Columns", 255), ("Columns", 254), ("Rows", 200)])
+@pytest.mark.parametrize("deflated", [False, True], ids=["plain", "deflated"])
+def test_pixel_data_longer_than_the_image_is_refused(
+    flair: np.ndarray, keyword: str, value: int, deflated: bool
+) -> None:
+    """Attack review 42: pydicom drops the excess with a warning, so a wrong Columns sheared the image and a tumor
+    series was answered "no tumor, 0.0 mL". One padding byte to an even length is the standard's and is read."""
+    dataset = single_mr(flair)
+    setattr(dataset, keyword, value)
+    if deflated:
+        dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+
+    with pytest.raises(InvalidDicomImageError, match=r"pixel data holds 65536 bytes; Rows x Columns x frames"):
+        read_dicom(to_bytes(dataset))
+
+    odd = single_mr(np.zeros((255, 255), np.uint8) + flair[:255, :255])
+    assert len(odd.PixelData) == 255 * 255
+    odd.PixelData += b"\0"  # what pydicom writes anyway
+    (frame,) = read_dicom(to_bytes(odd))
+    np.testing.assert_array_equal(frame.values, flair[:255, :255])
+
+
+@pytest.mark.parametrize("high_bit", [15, 10])
+def test_a_high_bit_other_than_bits_stored_less_one_is_refused(flair: np.ndarray, high_bit: int) -> None:
+    """Attack review 42: a 12-bit series stored in bits 4-15 (High Bit 15) was read from its low bits, "no tumor"."""
+    dataset = single_mr((flair.astype(np.uint16) * 16) << 4, bits_stored=16)
+    dataset.BitsStored, dataset.HighBit = 12, high_bit
+
+    with pytest.raises(
+        InvalidDicomImageError, match=rf"HighBit \(0028,0102\) must be one less than BitsStored \(12\); got {high_bit}"
+    ):
         read_dicom(to_bytes(dataset))
 
 

@@ -343,7 +343,7 @@ def test_a_file_left_out_by_the_flow_is_named_by_series_and_instance_number(tmp_
 
     assert analysis.status == "analysed", analysis.reason
     assert analysis.summary["notes"] == [
-        "1 received file was not read (undecodable_dicom: 1; series 1: instance 5): the slices in them are not in "
+        "1 received file was not read (invalid_dicom_image: 1; series 1: instance 5): the slices in them are not in "
         "this result"
     ]
 

@@ -260,8 +260,20 @@ def bad_rescale_text(instance: Any) -> None:
         (lambda instance: setattr(instance, "RescaleSlope", 0.0), "RescaleSlope must not be 0"),
         (lambda instance: setattr(instance, "BitsStored", 17), "DICOM BitsStored (0028,0101) must be 1 to"),
         (lambda instance: setattr(instance, "PatientID", "AB\\CD"), "Patient ID breaks its value type"),
+        # Attack review 42: answered Success and filed as Absent, 0.0 mL
+        (lambda instance: setattr(instance, "Columns", 255), "DICOM pixel data holds 65536 bytes; Rows x Columns"),
+        (lambda instance: setattr(instance, "HighBit", 15), "DICOM HighBit (0028,0102) must be one less than"),
     ],
-    ids=["position-of-two", "orientation-of-zeros", "slope-text", "slope-zero", "bits-stored-over-allocated", "id"],
+    ids=[
+        "position-of-two",
+        "orientation-of-zeros",
+        "slope-text",
+        "slope-zero",
+        "bits-stored-over-allocated",
+        "id",
+        "columns-fewer-than-the-pixel-data",
+        "high-bit-not-the-highest-stored",
+    ],
 )
 def test_a_resent_instance_that_processing_would_refuse_is_refused_and_the_stored_copy_kept(
     make_node: Any, spoil: Any, comment: str
