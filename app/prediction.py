@@ -24,7 +24,14 @@ import numpy as np
 from app import payloads, schemas
 from app.dicom.dicom_header import DicomHeader, is_dicom
 from app.dicom.dicom_series import in_stored_orientation, model_inputs, non_square_pixels_note
-from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, anatomical_order, series_breaks, slice_order_known
+from app.dicom.slice_order import (
+    UNKNOWN_ORDER_NOTE,
+    VOLUME_UNKNOWN_NOTE,
+    anatomical_order,
+    series_breaks,
+    slice_order_known,
+    unplaced_gaps_note,
+)
 from app.errors import InvalidSliceError, MixedInputError, SegmentationInputError, ServiceError
 from app.imaging import sniff_format
 from app.inference import SlicePrediction
@@ -407,6 +414,8 @@ class PredictionService:
         order, choice, known = anatomical_order(frames), series.choice, slice_order_known(frames)
         if not known:  # e.g. Secondary Captures all numbered 1: which slices are neighbours is not known
             choice = replace(choice, notes=(*choice.notes, UNKNOWN_ORDER_NOTE))
+        elif gaps_note := unplaced_gaps_note(frames):
+            choice = replace(choice, notes=(*choice.notes, gaps_note))
         if pixels_note := non_square_pixels_note(frames):
             choice = replace(choice, notes=(*choice.notes, pixels_note))
         breaks = series_breaks(frames, order)
@@ -424,6 +433,8 @@ class PredictionService:
                 result_origin=self.result_origin,
             )
         )
+        if result.tumor_detected and result.tumor_volume_ml is None:  # interop review 42: a null said nothing of why
+            choice = replace(choice, notes=(*choice.notes, VOLUME_UNKNOWN_NOTE))
         return SeriesAnswer(result, None, series.file_errors, tally, choice)
 
     def final_answers(

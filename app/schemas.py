@@ -190,9 +190,10 @@ class SeriesPredictionResponse(BaseModel):
     tumor_volume_ml: float | None = Field(
         description="sum of mask areas x slice spacing, in millilitres; null when the geometry is missing"
     )
-    slices_missing: int = Field(
+    slices_missing: int | None = Field(
         description="slices missing between those analysed (positions further apart than the series' spacing): "
-        "files that could not be read, or part of a series sent; the volume leaves them out"
+        "files that could not be read, or part of a series sent; the volume leaves them out. null when the slices "
+        "have no positions (Secondary Captures): nothing is known of gaps"
     )
     tumor_reaches_series_end: bool = Field(
         description="a slice at either end of those analysed shows tumor: the tumor may go on beyond the slices sent, "

@@ -37,7 +37,8 @@ class SeriesResult:
     tumor_volume_ml
         See `app.dicom.tumor_volume.tumor_volume_ml`; 0.0 when nothing was found.
     slices_missing
-        Slices missing between those analysed (`app.dicom.slice_order.missing_slices`): the volume leaves them out.
+        Slices missing between those analysed (`app.dicom.slice_order.missing_slices`): the volume leaves them out;
+        None when the slices have no positions (nothing is known of gaps).
     tumor_reaches_series_end
         A slice at either end of those analysed (in anatomical order) is positive: the tumor may go on beyond what
         was sent, and the volume may be cut short. False when the order is unknown (`slice_order_known`).
@@ -49,7 +50,7 @@ class SeriesResult:
     predictions: list[SlicePrediction]
     segmentations: list[Dataset]
     tumor_volume_ml: float | None
-    slices_missing: int = 0
+    slices_missing: int | None = 0
     tumor_reaches_series_end: bool = False
     result_origin: str = ""
 

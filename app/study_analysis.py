@@ -307,6 +307,19 @@ def split_by_patient_id(parts: int, summary: dict[str, Any]) -> StudyAnalysis:
     return _failed(error, summary)
 
 
+def series_in_several_studies(studies: int, summary: dict[str, Any]) -> StudyAnalysis:
+    """The outcome of a study a series of which (by Series Instance UID) also came under other Study Instance UIDs,
+    `studies` in all: refused, as the API refuses such files in one request. A series belongs to one study (PS3.3
+    A.1.2.3); each part answered alone would be a wrong result for the whole (interop review 42: a COMPLETE
+    "absent" SR for the tumor-free part of a series whose other part held a 122 mL tumor)."""
+    error = MixedInputError(
+        f"a series of this study (by Series Instance UID) also came under other Study Instance UIDs ({studies} "
+        "studies hold it here): each part answered alone would be a wrong result for the whole; send the series "
+        "under one Study Instance UID"
+    )
+    return _failed(error, summary)
+
+
 def error_code(reason: str) -> str:
     """The error code a failed analysis's reason starts with ("mixed_input: ..."), for a log line: the code names
     no value of the files; "" when the reason has none."""

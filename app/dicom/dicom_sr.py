@@ -104,7 +104,8 @@ class VolumeFindings:
     slices_analysed, slices_with_tumor
         Slices the models read, and those they called positive.
     slices_missing
-        Slices missing between those analysed (`app.dicom.slice_order.missing_slices`): the volume leaves them out.
+        Slices missing between those analysed (`app.dicom.slice_order.missing_slices`): the volume leaves them out;
+        None (left out of the report) when the slices have no positions.
     tumor_reaches_series_end
         The first or last slice analysed is positive: the tumor may go on beyond the series, and the volume with it.
     notes
@@ -120,7 +121,7 @@ class VolumeFindings:
     tumor_volume_ml: float | None
     slices_analysed: int
     slices_with_tumor: int
-    slices_missing: int = 0
+    slices_missing: int | None = 0
     tumor_reaches_series_end: bool = False
     notes: tuple[str, ...] = ()
     complete: bool = True
@@ -138,7 +139,7 @@ class VolumeFindings:
             )
         if self.tumor_volume_ml is not None and self.tumor_volume_ml < 0:
             raise VolumeReportInputError(f"tumor_volume_ml must be >= 0; got {self.tumor_volume_ml}")
-        if self.slices_missing < 0:
+        if self.slices_missing is not None and self.slices_missing < 0:
             raise VolumeReportInputError(f"slices_missing must be >= 0; got {self.slices_missing}")
         if self.tumor_reaches_series_end and not self.tumor_detected:
             raise VolumeReportInputError("tumor_reaches_series_end needs a tumor; got it without one")
@@ -485,7 +486,8 @@ def _measurements(findings: VolumeFindings, algorithm: hd.sr.AlgorithmIdentifica
         measurements.append(hd.sr.Measurement(codes.SCT.Volume, round(volume, 3), MILLILITRE, algorithm_id=algorithm))
     measurements.append(hd.sr.Measurement(SLICES_ANALYSED, findings.slices_analysed, SLICES_UNIT))
     measurements.append(hd.sr.Measurement(SLICES_WITH_TUMOR, findings.slices_with_tumor, SLICES_UNIT))
-    measurements.append(hd.sr.Measurement(SLICES_MISSING, findings.slices_missing, SLICES_UNIT))
+    if findings.slices_missing is not None:  # unknown: left out, as the note says why (`unplaced_gaps_note`)
+        measurements.append(hd.sr.Measurement(SLICES_MISSING, findings.slices_missing, SLICES_UNIT))
     return measurements
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +40,11 @@ UNKNOWN_ORDER_NOTE = (
     "own, without the series clean-up, and the tumor's reaching the series' end not judged"
 )
 
+VOLUME_UNKNOWN_NOTE = (
+    "tumor volume not measured: the slices lack a Pixel Spacing, or the distance between them (Image Position, "
+    "Spacing Between Slices or Slice Thickness) is not known"
+)
+
 
 def slice_order_known(frames: Sequence[DicomFrame]) -> bool:
     """Whether `anatomical_order` knows the order of the frames (one frame always is): positions for every frame,
@@ -66,12 +72,29 @@ def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int
     return set() if steps is None else {int(place) for place in np.flatnonzero(steps > MAX_NEIGHBOUR_SPACINGS)}
 
 
-def missing_slices(frames: Sequence[DicomFrame]) -> int:
+def missing_slices(frames: Sequence[DicomFrame]) -> int | None:
     """How many slices are missing between the frames' positions, counted in the series' spacing
     (`slice_spacing_mm`): files that could not be read, or a client that sent part of a series, so the tumor volume
-    leaves them out. 0 without positions for every frame (nothing is known of gaps), and for two frames unless they
-    declare a Spacing Between Slices two or three times shorter than their distance."""
+    leaves them out. None for two frames or more without positions for every frame: nothing is known of gaps (interop
+    review 42: "0 missing" was reported for unplaced slices five of whose Instance Numbers were never sent); 0 for
+    two frames unless they declare a Spacing Between Slices two or three times shorter than their distance."""
+    if len(frames) > 1 and offsets_along_normal(frames) is None:
+        return None
     return sum(slices_missing_before(frames))
+
+
+def unplaced_gaps_note(frames: Sequence[DicomFrame]) -> str | None:
+    """A note for slices whose gaps are not known (`missing_slices` is None), with how many Instance Numbers their
+    numbers skip where those order them; None otherwise."""
+    if missing_slices(frames) is not None:
+        return None
+    note = "slice positions unknown (no Image Position): slices missing between those sent are not counted"
+    numbers = [frame.header.get("InstanceNumber") for frame in frames]
+    if slice_order_known(frames) and all(isinstance(number, int) for number in numbers):
+        distinct = sorted(set(numbers))
+        if skipped := sum(later - earlier - 1 for earlier, later in itertools.pairwise(distinct)):
+            note += f"; their Instance Numbers skip {skipped}, which may be slices not sent"
+    return note
 
 
 def slices_missing_before(frames: Sequence[DicomFrame]) -> list[int]:

@@ -129,7 +129,14 @@ from app.node.dicom_study_runs import (
 )
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
-from app.study_analysis import AnalysisStatus, StudyAnalysis, StudyProcessor, error_code, split_by_patient_id
+from app.study_analysis import (
+    AnalysisStatus,
+    StudyAnalysis,
+    StudyProcessor,
+    error_code,
+    series_in_several_studies,
+    split_by_patient_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +372,9 @@ class DicomNode:
             )
             if self.spool.holds_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid):
                 check_replacement_decodes(data, self.config.spool_limits.max_instance_bytes)
-            key = self.spool.store_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid, data)
+            key = self.spool.store_instance(
+                instance.study_uid, instance.patient_id, instance.sop_instance_uid, data, instance.series_uid
+            )
         except InstanceTooLargeError as error:
             return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
         except SpoolFullError as error:
@@ -587,6 +596,8 @@ class DicomNode:
         analysis: StudyAnalysis | Exception
         if split := self.spool.studies_split_by_patient_id(key):
             analysis = split_by_patient_id(len(split) + 1, {"files": len(files)})
+        elif sharing := self.spool.studies_sharing_a_series(key):
+            analysis = series_in_several_studies(len(sharing) + 1, {"files": len(files)})
         else:
             try:
                 analysis = self.processor(files, counted_notes(counts), complete=not any(counts.values()))

@@ -177,6 +177,7 @@ class ReceivedInstance:
     study_uid: str
     patient_id: str
     sop_instance_uid: str
+    series_uid: str
 
 
 def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max_bytes: int) -> ReceivedInstance:
@@ -217,12 +218,12 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not the request's")
     if uid(dataset.get("SOPInstanceUID")) != uid(sop_instance_uid):
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID is not the request's")
-    study_uid = uid(dataset.get("StudyInstanceUID"))
+    study_uid, series_uid = uid(dataset.get("StudyInstanceUID")), uid(dataset.get("SeriesInstanceUID"))
     # Type 1 UIDs that processing needs: the spool files an instance by its study, the series flow groups by series.
     required = (
         ("SOP Instance UID", uid(sop_instance_uid)),
         ("Study Instance UID", study_uid),
-        ("Series Instance UID", uid(dataset.get("SeriesInstanceUID"))),
+        ("Series Instance UID", series_uid),
     )
     for name, value in required:
         if not is_uid(value):
@@ -233,7 +234,7 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         raise InstanceRefusedError(
             STATUS_CANNOT_UNDERSTAND, "Patient ID breaks its value type (two values, a control character...)"
         )
-    return ReceivedInstance(study_uid, identity_text(dataset.get("PatientID")), uid(sop_instance_uid))
+    return ReceivedInstance(study_uid, identity_text(dataset.get("PatientID")), uid(sop_instance_uid), series_uid)
 
 
 def check_replacement_decodes(data: bytes, max_bytes: int) -> None:

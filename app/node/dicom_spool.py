@@ -49,6 +49,9 @@ RECEIVING_DIR = "receiving"
 # Which study keys share a Study Instance UID, for `studies_split_by_patient_id`: `study_uids/<hash of the UID>/
 # <key>.id` (or `.no-id`: a Patient ID left empty), and `study_uids/<key>.uid` naming that folder.
 STUDY_UIDS_DIR = "study_uids"
+# Which study keys hold a Series Instance UID, for `studies_sharing_a_series`: `series_uids/<hash of the UID>/<key>`,
+# and `series_uids/<key>.series` listing those folders, one per line.
+SERIES_UIDS_DIR = "series_uids"
 RECORD_FILE = "record.json"
 SENT_LOG = "sent.jsonl"
 LOCK_FILE = "node.lock"
@@ -159,6 +162,7 @@ class Spool:
             self.root / UNSENT_DIR,
             self.root / RECEIVING_DIR,
             self.root / STUDY_UIDS_DIR,
+            self.root / SERIES_UIDS_DIR,
         ):
             directory.mkdir(parents=True, exist_ok=True)
         self._move_markers_out_of_study_folders()
@@ -218,14 +222,24 @@ class Spool:
         instances = self.study_dir(key) / "instances"
         return instances / (hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm")
 
-    def store_instance(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str, data: bytes) -> str:
-        """Keep one received instance (Part 10 bytes) and mark its study pending; return the study key.
+    def store_instance(
+        self,
+        study_instance_uid: str,
+        patient_id: str,
+        sop_instance_uid: str,
+        data: bytes,
+        series_instance_uid: str = "",
+    ) -> str:
+        """Keep one received instance (Part 10 bytes) of series `series_instance_uid` (indexed for
+        `studies_sharing_a_series` unless empty) and mark its study pending; return the study key.
 
         Raises `SpoolFullError` (nothing written) when the instance would break a limit of `SpoolLimits`.
         """
         key = study_key(study_instance_uid, patient_id)
         path = self._instance_path(key, sop_instance_uid)
         self._note_study_uid(study_instance_uid, key, has_patient_id=bool(patient_id))
+        if series_instance_uid:
+            self._note_series_uid(series_instance_uid, key)
         # Room is reserved and the study marked pending (so a purge leaves it alone) under the lock; the slow,
         # flushed write happens outside it, so concurrent associations store side by side; but one instance is
         # written by one association at a time. Before, the same SOP Instance UID sent on several associations at
@@ -260,8 +274,56 @@ class Spool:
         (uid_dir / f"{key}.{'id' if has_patient_id else 'no-id'}").touch()
         write_atomically(pointer, uid_dir.name.encode())
 
+    def _note_series_uid(self, series_instance_uid: str, key: str) -> None:
+        folder = study_key(series_instance_uid)
+        series_dir = self.root / SERIES_UIDS_DIR / folder
+        if (series_dir / key).exists():
+            return
+        series_dir.mkdir(exist_ok=True)
+        (series_dir / key).touch()
+        listed = self.root / SERIES_UIDS_DIR / f"{key}.series"
+        with self._size_lock, listed.open("a") as listing:  # associations of one study may store side by side
+            listing.write(folder + "\n")
+
+    def studies_sharing_a_series(self, key: str) -> list[str]:
+        """The other studies in the spool, under another Study Instance UID, that hold instances of a series (by
+        Series Instance UID) study `key` holds.
+
+        Why: a series belongs to one study, yet one sent with two Study Instance UIDs (a study split or corrected in
+        the RIS while it was sent) was analysed as two studies, and the tumor-free part got a COMPLETE "absent" SR
+        (interop review 42), where the API refuses such files in one request. The same UID under the same Study
+        Instance UID and another Patient ID is `studies_split_by_patient_id`'s, or a corrected Patient ID."""
+        index = self.root / SERIES_UIDS_DIR
+        try:
+            folders = set((index / f"{key}.series").read_text().split())
+        except OSError:  # a study stored before the node kept this index
+            return []
+        study_of = self._study_uid_folder
+        sharing = {
+            other.name
+            for folder in folders
+            for other in (index / folder).iterdir()
+            if other.name != key and study_of(other.name) != study_of(key)
+        }
+        return sorted(other for other in sharing if self.instance_files(other))
+
+    def _study_uid_folder(self, key: str) -> str | None:
+        """The hash of study `key`'s Study Instance UID (`_note_study_uid`), or None for a study without it."""
+        try:
+            return (self.root / STUDY_UIDS_DIR / f"{key}.uid").read_text()
+        except OSError:
+            return None
+
     def _forget_study_uid(self, key: str) -> None:
-        """Drop study `key` from the index of Study Instance UIDs, once its folder is gone."""
+        """Drop study `key` from the indexes of Study and Series Instance UIDs, once its folder is gone."""
+        listed = self.root / SERIES_UIDS_DIR / f"{key}.series"
+        with contextlib.suppress(OSError):
+            for folder in set(listed.read_text().split()):
+                series_dir = self.root / SERIES_UIDS_DIR / folder
+                (series_dir / key).unlink(missing_ok=True)
+                if not any(series_dir.iterdir()):
+                    series_dir.rmdir()
+            listed.unlink()
         pointer = self.root / STUDY_UIDS_DIR / f"{key}.uid"
         with contextlib.suppress(OSError):
             uid_dir = self.root / STUDY_UIDS_DIR / pointer.read_text()

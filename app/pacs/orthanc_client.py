@@ -178,6 +178,12 @@ class OrthancClient:
         others = [item["ID"] for item in found if item.get("Type") == "Study" and item["ID"] != study_id]
         return [study for other in others if (study := self._json_or_none(f"/studies/{_path_id(other)}", study_answer))]
 
+    def studies_of_series_uid(self, series_instance_uid: str) -> set[str]:
+        """The Orthanc studies holding a series of this Series Instance UID (one, unless the series came with two
+        Patient IDs or two Study Instance UIDs)."""
+        query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_instance_uid}, "Expand": True}
+        return {str(series["ParentStudy"]) for series in self._json("POST", "/tools/find", series_list, json=query)}
+
     def delete_our_series_by_uid(self, series_instance_uid: str) -> int:
         """Delete the series this service made with a Series Instance UID, in whichever study they landed.
 

@@ -62,7 +62,13 @@ from app.pacs.pacs_sync_state import SyncState
 from app.release import service_version
 from app.sequence_selection import StudySelection
 from app.series_info import identity_text
-from app.study_analysis import AnalysisStatus, StudyAnalysis, error_code, split_by_patient_id
+from app.study_analysis import (
+    AnalysisStatus,
+    StudyAnalysis,
+    error_code,
+    series_in_several_studies,
+    split_by_patient_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +244,9 @@ class StudySync:
         too_large = [str(series["ID"]) for series in mr_series if str(series["ID"]) not in first_files]
         mr_series = [series for series in mr_series if str(series["ID"]) in first_files]
         headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
-        if headers and (split := self._split_by_patient_id(study_id, headers[0])):
+        if headers and (
+            split := self._split_by_patient_id(study_id, headers[0]) or self._shared_series(study_id, headers)
+        ):
             fields = {"study_fingerprint": study_fingerprint}
             return self._record_failure(study_id, split, attempts + 1, state, fields)
         selection = self.analyser.select(headers)
@@ -321,6 +329,27 @@ class StudySync:
             if not (other_id and patient_id and other_id != patient_id):
                 others.append(study)
         return split_by_patient_id(len(others) + 1, {}) if others else None
+
+    def _shared_series(self, study_id: str, headers: list[Dataset]) -> StudyAnalysis | None:
+        """A failed analysis when a series of this study (by Series Instance UID) is also in an Orthanc study of
+        another Study Instance UID; else None.
+
+        Why: a series belongs to one study, yet one stored with two Study Instance UIDs (a study split in the RIS
+        while it was sent) is two Orthanc studies, and the tumor-free part got a COMPLETE "absent" SR (interop
+        review 42), where the API refuses such files in one request. One lookup per MR series (at most
+        `MAX_MR_SERIES`), and one more per other study found."""
+        study_uid = str(headers[0].get("StudyInstanceUID", ""))
+        others: set[str] = set()
+        for header in headers:
+            if series_uid := str(header.get("SeriesInstanceUID", "")):
+                others |= self.client.studies_of_series_uid(series_uid) - {study_id}
+        elsewhere = {
+            other
+            for other in others
+            if (study := self.client.study(other)) is not None
+            and str(study.get("MainDicomTags", {}).get("StudyInstanceUID", "")) != study_uid
+        }
+        return series_in_several_studies(len(elsewhere) + 1, {}) if elsewhere else None
 
     def _record_failure(
         self, study_id: str, analysis: StudyAnalysis, attempts: int, state: SyncState, fields: dict[str, Any]

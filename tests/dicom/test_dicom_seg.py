@@ -248,7 +248,10 @@ def test_build_segmentation_references_pre_and_post_contrast_series(truth_masks:
 
 
 def test_build_segmentation_rejects_slices_of_two_series(truth_masks: list[np.ndarray]) -> None:
-    inputs = series_inputs(mr_series(tumor_channels()[:1]) + mr_series(tumor_channels()[1:2]))
+    study = Study()  # one Frame of Reference: the two series are refused by the SEG, not as two coordinate systems
+    first, second = mr_series(tumor_channels()[:1], study), mr_series(tumor_channels()[1:2], study)
+    second[0].ImagePositionPatient = [*first[0].ImagePositionPatient[:2], first[0].ImagePositionPatient[2] + 5.0]
+    inputs = series_inputs(first + second)
 
     with pytest.raises(SegmentationInputError, match="covers one series; the FLAIR slices come from 2 series"):
         build_segmentation(inputs, truth_masks[:2], MODEL_TAGS)

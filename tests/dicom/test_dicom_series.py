@@ -290,7 +290,7 @@ def test_series_without_positions_has_no_breaks(flair: np.ndarray) -> None:
     frames = [read_dicom(to_bytes(dataset))[0] for dataset in datasets]
 
     assert series_breaks(frames, anatomical_order(frames)) == set()
-    assert missing_slices(frames) == 0
+    assert missing_slices(frames) is None  # not known: interop review 42 (it said 0)
 
 
 def test_frames_closer_than_the_tolerance_are_one_slice_even_across_a_grid_line() -> None:

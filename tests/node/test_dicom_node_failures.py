@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import SegmentationStorage, generate_uid
 from pynetdicom.association import Association
 
 from app.logging_config import REDACTED, JsonFormatter
@@ -97,6 +97,36 @@ def test_a_study_sent_with_an_empty_patient_id_on_some_files_is_refused_in_both_
     assert not node.spool.pending_studies()  # refused once, not again each pass
     logged = [getattr(record, "fields", {}) for record in caplog.records if record.getMessage() == "study processed"]
     assert [fields.get("error") for fields in logged] == ["mixed_input", "mixed_input"]  # the code, in the log too
+
+
+def test_a_series_sent_under_two_study_uids_is_refused_in_both_parts(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 42 F1: one series whose later files carried a second Study Instance UID (a study split in the
+    RIS while it was sent) was analysed as two studies, and the tumor-free part got a COMPLETE "absent" SR."""
+    node = make_node()
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    second_study = generate_uid()
+    for dataset in series[3:]:
+        dataset.StudyInstanceUID = second_study
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 2
+
+    assert results.received == []
+    outcomes = [study["runs"][-1] for study in records(node)]
+    assert [run["status"] for run in outcomes] == ["failed", "failed"]
+    assert all(
+        run["reason"].startswith("mixed_input: a series of this study (by Series Instance UID) also came under other")
+        for run in outcomes
+    )
+
+    other = mr_series(tumor_channels(), Study())  # another study's series: analysed as before
+    assert storescu(node, write_files(other, tmp_path / "other")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+    assert len(results.by_modality("SEG")) == 1
 
 
 def test_a_study_whose_patient_id_differs_only_by_spaces_is_analysed_as_one(

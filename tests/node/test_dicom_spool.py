@@ -199,3 +199,18 @@ def test_studies_of_one_uid_are_split_by_patient_id_only_where_one_is_left_empty
     assert sorted(spool.studies_split_by_patient_id(named)) == [unnamed]
     assert sorted(spool.studies_split_by_patient_id(unnamed)) == sorted([named, other])
     assert spool.studies_split_by_patient_id(elsewhere) == []
+
+
+def test_studies_sharing_a_series_are_those_under_another_study_uid(tmp_path: Path) -> None:
+    """Interop review 42 F1: a series sent under two Study Instance UIDs is one study split in two (refused); the
+    same series under one Study Instance UID and another Patient ID is `studies_split_by_patient_id`'s."""
+    spool = Spool(tmp_path / "spool")
+    first = spool.store_instance("1.2.3", "P-1", "1.2.3.1.1", b"first", "1.2.3.1")
+    moved = spool.store_instance("1.2.4", "P-1", "1.2.3.1.2", b"second", "1.2.3.1")
+    corrected = spool.store_instance("1.2.3", "P-2", "1.2.3.1.3", b"third", "1.2.3.1")
+    unrelated = spool.store_instance("1.2.5", "P-1", "1.2.5.1.1", b"fourth", "1.2.5.1")
+
+    assert spool.studies_sharing_a_series(first) == [moved]
+    assert spool.studies_sharing_a_series(moved) == sorted([first, corrected])
+    assert spool.studies_sharing_a_series(corrected) == [moved]
+    assert spool.studies_sharing_a_series(unrelated) == []

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import requests
+from pydicom.uid import generate_uid
 
 from app.inference import Predictor
 from app.pacs import pacs_sync
@@ -388,6 +389,28 @@ def test_a_study_stored_with_an_empty_patient_id_on_some_files_is_refused_in_bot
     assert report == SyncReport(failed=2)
     for study in studies:
         assert orthanc.record(study)["error"].startswith("mixed_input: files of this study (by Study Instance UID)")
+        assert orthanc.result_series(study) == {"SEG": [], "SR": []}
+
+
+def test_a_series_stored_under_two_study_uids_is_refused_in_both_parts(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 42 F1: one series whose later files carried a second Study Instance UID is two Orthanc
+    studies; each was analysed alone, and the tumor-free part got a COMPLETE "absent" SR."""
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    second_study = generate_uid()
+    for dataset in series[3:]:
+        dataset.StudyInstanceUID = second_study
+    config = config_for(orthanc, tmp_path / "state.json")
+    studies = [orthanc.study_of(orthanc.upload(series[:3])), orthanc.study_of(orthanc.upload(series[3:]))]
+
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report == SyncReport(failed=2)
+    for study in studies:
+        assert orthanc.record(study)["error"].startswith(
+            "mixed_input: a series of this study (by Series Instance UID) also came under other Study Instance UIDs"
+        )
         assert orthanc.result_series(study) == {"SEG": [], "SR": []}
 
 

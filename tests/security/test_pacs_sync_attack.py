@@ -181,6 +181,8 @@ def study_answers(files: list[bytes]) -> dict[str, list[Answer]]:
         "GET /studies/st1/series": [json_answer([series])],
         # Other studies of its Study Instance UID (a Patient ID left empty on some files): none.
         "POST /tools/lookup": [json_answer([{"ID": "st1", "Path": "/studies/st1", "Type": "Study"}])],
+        # The studies holding its Series Instance UID (a series sent under two Study Instance UIDs): st1 alone.
+        "POST /tools/find": [json_answer([series])],
         f"PUT /studies/st1/metadata/{SYNC_METADATA}": [json_answer({})],
     }
     for index, data in enumerate(files):
@@ -479,6 +481,9 @@ def test_a_series_whose_first_file_is_over_the_cap_is_left_out_and_the_flair_bes
         f"PUT /studies/st1/metadata/{SYNC_METADATA}": lambda handler: send(handler, 200, b"{}"),
         "POST /dicom-web/studies": lambda handler: send(handler, 200, b"{}"),
         "POST /tools/lookup": lambda handler: send(handler, 200, b'[{"ID": "st1", "Type": "Study"}]'),
+        "POST /tools/find": lambda handler: send(
+            handler, 200, json.dumps([{**series[1], "ParentStudy": "st1"}]).encode()
+        ),
     }
     for index, data in enumerate(flair):
         routes[f"GET /instances/i{index}/file"] = lambda handler, data=data: send(handler, 200, data, APPLICATION_DICOM)
@@ -533,7 +538,7 @@ def test_a_500_while_storing_the_sr_withdraws_the_seg_and_the_study_is_retried()
     answers = study_answers([to_bytes(dataset) for dataset in series])
     answers["POST /dicom-web/studies"] = [json_answer({}), json_answer({"Message": "disk full"}, 500)]
     ours = {"ID": "new-seg", "Instances": ["x"], "MainDicomTags": {"Modality": "SEG", "Manufacturer": MANUFACTURER}}
-    answers["POST /tools/find"] = [json_answer([ours])]
+    answers["POST /tools/find"] = [*answers["POST /tools/find"], json_answer([ours])]  # then the SEG to withdraw
     answers["DELETE /series/new-seg"] = [json_answer({})]
     session = CannedSession(answers)
     state = SyncState()
@@ -552,7 +557,7 @@ def test_a_500_while_storing_the_seg_never_stores_the_sr() -> None:
     series = mr_series(tumor_channels())
     answers = study_answers([to_bytes(dataset) for dataset in series])
     answers["POST /dicom-web/studies"] = [json_answer({"Message": "busy"}, 500)]
-    answers["POST /tools/find"] = [json_answer([])]
+    answers["POST /tools/find"] = [*answers["POST /tools/find"], json_answer([])]
     session = CannedSession(answers)
 
     outcome = StudySync(

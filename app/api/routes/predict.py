@@ -307,7 +307,7 @@ def series_headers(answer: SeriesAnswer) -> dict[str, str]:
     (`series_used`; ASCII: roles and series numbers, never descriptions)."""
     headers = {
         "X-Tumor-Detected": str(answer.result.tumor_detected).lower(),
-        "X-Slices-Missing": str(answer.result.slices_missing),
+        "X-Slices-Missing": "unknown" if answer.result.slices_missing is None else str(answer.result.slices_missing),
         "X-Tumor-Reaches-Series-End": str(answer.result.tumor_reaches_series_end).lower(),
         "X-Files-Skipped": str(len(answer.file_errors)),
         "X-Series-Used": answer.choice.describe_used(),

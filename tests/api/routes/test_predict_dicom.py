@@ -20,7 +20,7 @@ from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LA
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import model_inputs
 from app.dicom.dicom_sr_reader import read_volume_report
-from app.dicom.slice_order import UNKNOWN_ORDER_NOTE
+from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, VOLUME_UNKNOWN_NOTE
 from app.inference import Predictor, SlicePrediction
 from app.series_result import single_slice_answers
 from tests.api.service_client import LIMITED_UPLOAD_BYTES, decode_rle
@@ -563,6 +563,38 @@ def test_a_series_whose_slices_lie_in_two_planes_is_refused_for_every_output(cli
     assert response.json()["error"]["message"].startswith("the slices of one series must lie in one plane; they have 2")
 
 
+@pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr"])
+@pytest.mark.parametrize(
+    ("second_half", "reason"),
+    [
+        (generate_uid(), "the slices of one series must share one Frame of Reference UID (their positions are "),
+        (
+            "",
+            "the slices of one series must all have a Frame of Reference UID (their positions are coordinates in it) "
+            "or all lack it; 2 of 4 lack it",
+        ),
+    ],
+    ids=["two", "half-without"],
+)
+def test_a_series_whose_slices_name_two_frames_of_reference_is_refused_for_every_output(
+    client: TestClient, output: str, second_half: str, reason: str
+) -> None:
+    """Interop review 42: positions of two coordinate systems were stacked as one series (a 122 mL tumor answered
+    59 mL with no note), and the DICOM outputs were refused with highdicom's words on series and sizes."""
+    datasets = mr_series(tumor_channels() + tumor_channels()[:1])
+    for dataset in datasets[2:]:
+        if second_half:
+            dataset.FrameOfReferenceUID = second_half
+        else:
+            del dataset.FrameOfReferenceUID
+
+    response = client.post(f"/v1/predict/batch?output={output}", files=dicom_parts([to_bytes(d) for d in datasets]))
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_dicom_image"
+    assert response.json()["error"]["message"].startswith(reason)
+
+
 def test_a_series_whose_slices_differ_in_size_is_refused(client: TestClient) -> None:
     channels = tumor_channels()
     datasets = mr_series([channels[0], channels[1][:128, :128].copy(), channels[2]])
@@ -823,6 +855,32 @@ def test_a_secondary_capture_series_gets_a_seg_per_positive_slice_and_a_report(c
     assert read_volume_report(pydicom.dcmread(io.BytesIO(report_answer.content)))["finding"] == "Present"
     assert dciodvfy_errors(sr_bytes, "ComprehensiveSR") == []
     assert all(dciodvfy_errors(data, "Segmentation") == [] for _, data in seg_parts)
+
+
+def test_unplaced_slices_say_their_gaps_and_volume_are_unknown(client: TestClient) -> None:
+    """Interop review 42 F3: Secondary Captures numbered 1, 2, 5 were reported "0 slices missing" (COMPLETE) though
+    the numbers skip two, and a positive series without Pixel Spacing got no volume with no word why."""
+    captures = secondary_capture_series(tumor_channels())
+    for dataset, number in zip(captures, [1, 2, 5], strict=True):
+        dataset.InstanceNumber = number
+    files = dicom_parts([to_bytes(dataset) for dataset in captures])
+
+    body = client.post("/v1/predict/batch", files=files).json()
+    report = read_volume_report(
+        pydicom.dcmread(io.BytesIO(client.post("/v1/predict/batch?output=dicom-sr", files=files).content))
+    )
+
+    assert body["tumor_detected"] and body["tumor_volume_ml"] is None  # the tiny models call every slice positive
+    assert body["slices_missing"] is None
+    assert body["selection_notes"] == [
+        "slice positions unknown (no Image Position): slices missing between those sent are not counted; their "
+        "Instance Numbers skip 2, which may be slices not sent",
+        VOLUME_UNKNOWN_NOTE,
+    ]
+    assert report["slices_missing"] is None and report["notes"] == body["selection_notes"]
+    assert client.post("/v1/predict/batch?output=dicom-seg", files=files).headers["X-Slices-Missing"] == "unknown"
+    placed = client.post("/v1/predict/batch", files=dicom_parts(map(to_bytes, mr_series(tumor_channels())))).json()
+    assert (placed["slices_missing"], placed["selection_notes"]) == (0, [])
 
 
 @pytest.mark.parametrize("numbers", [[1, 1, 1], [None, None, None]], ids=["all-one", "none"])
