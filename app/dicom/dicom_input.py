@@ -244,6 +244,9 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
     values = np.empty(stored.shape, dtype=np.float32)
     for index in range(frames):
         values[index] = _within_float32(_modality_values(dataset, stored[index], index))
+        if "ModalityLUTSequence" in dataset:  # first: its reason is the more precise
+            frame_padding = None if padding is None else padding[index]
+            _check_lut_covers(dataset.ModalityLUTSequence[0], stored[index], frame_padding)
         _check_contrast_kept(stored[index], values[index])
     if str(dataset.PhotometricInterpretation) == "MONOCHROME1":
         # MONOCHROME1 shows low values bright; negating keeps "higher = brighter", and the stretch that follows
@@ -367,6 +370,31 @@ def _check_contrast_kept(stored: np.ndarray, values: np.ndarray) -> None:
         raise InvalidDicomImageError(
             "RescaleSlope (or the Modality LUT) maps every stored pixel value of a frame to one value: no image is "
             "left to read (a slope too small for 32-bit floats)"
+        )
+
+
+MAX_SHARE_OUTSIDE_LUT = 0.25
+"""Of a frame's pixels (padding aside), the most whose stored values may lie outside the Modality LUT's inputs."""
+
+
+def _check_lut_covers(item: Dataset, stored: np.ndarray, padding: np.ndarray | None) -> None:
+    """Refuse a frame whose stored values lie outside the Modality LUT's inputs for more than
+    `MAX_SHARE_OUTSIDE_LUT` of its pixels.
+
+    Why: values outside the LUT read as its first or last entry (PS3.3 C.11.1.1), so a LUT of 16 entries over 8-bit
+    pixels flattened the whole brain to one value and a tumor series was answered "no tumor, 0.0 mL" (attack review
+    42). A few pixels past its ends (air, a marker) are what such a LUT is for."""
+    entries, first, _ = (int(value) for value in item.LUTDescriptor)
+    entries = entries or 1 << 16  # 0 means 65536 entries
+    if stored.dtype.kind == "i" and first >= 1 << 15:  # the first input value is signed where the pixels are
+        first -= 1 << 16
+    image = stored if padding is None else stored[~padding]
+    outside = np.count_nonzero(image < first) + np.count_nonzero(image > first + entries - 1)
+    if image.size and outside > MAX_SHARE_OUTSIDE_LUT * image.size:
+        raise InvalidDicomImageError(
+            f"the ModalityLUTSequence (0028,3000) maps stored values {first} to {first + entries - 1}, but "
+            f"{100 * outside / image.size:.0f} % of a frame's pixels lie outside them and would all read as its end "
+            "values: the LUT does not describe this image"
         )
 
 

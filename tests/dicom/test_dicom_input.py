@@ -373,6 +373,27 @@ def multiframe_with_slopes(slopes: Sequence[float | str]) -> bytes:
     return to_bytes(multiframe)
 
 
+def with_modality_lut(dataset: Dataset, first: int, entries: int) -> Dataset:
+    """`dataset` with a Modality LUT that maps stored values `first` .. `first + entries - 1` to themselves."""
+    item = Dataset()
+    item.LUTDescriptor = [entries, first, 8]
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "US", list(range(first, first + entries)))  # LUTData
+    dataset.ModalityLUTSequence = [item]
+    return dataset
+
+
+@pytest.mark.parametrize(("first", "entries"), [(0, 16), (200, 56)], ids=["short", "above-the-brain"])
+def test_a_modality_lut_that_misses_most_pixels_is_refused(flair: np.ndarray, first: int, entries: int) -> None:
+    """Attack review 42: values outside a LUT read as its end entries, so a LUT of 16 entries flattened the brain
+    and a tumor series was answered "no tumor, 0.0 mL"."""
+    with pytest.raises(InvalidDicomImageError, match=r"% of a frame's pixels lie outside them"):
+        read_dicom(to_bytes(with_modality_lut(single_mr(flair), first, entries)))
+
+    (frame,) = read_dicom(to_bytes(with_modality_lut(single_mr(flair), 0, 256)))  # every value: read as stored
+    np.testing.assert_array_equal(frame.values, flair)
+
+
 def malformed_dicom(flair: np.ndarray, case: str) -> bytes:
     """Files that made the service answer 500 (issue 16, item 4)."""
     if case == "slope-not-a-number":
