@@ -5,12 +5,14 @@ ranges, live regions read once, and an RGB TIFF drawn in colour."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS
+from tests.web.conftest import series_answer_with
+from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, upload
 
 # XMLHttpRequest.send recorded: the sizes of the files each analysis sends, in the order sent.
 RECORD_SENT = """() => {
@@ -77,3 +79,44 @@ def test_a_dropped_folder_without_files_says_so(page: Page, live_server: str, tm
     expect(page.locator("#error-title")).to_have_text("The files could not be opened.")
     expect(page.locator("#error")).to_contain_text("the folder holds no files")
     expect(page.locator("#progress-row")).to_be_hidden()
+
+
+# ------------------------------------------------------------------------- F1: the strip in forced colours
+
+STRIP_COLOURS = """() => {
+    const background = (element, pseudo = null) => getComputedStyle(element, pseudo).backgroundColor;
+    const bars = [...document.querySelectorAll("#strip .strip-bar")];
+    return {
+        strip: background(document.querySelector("#strip")),
+        positive: bars.filter((bar) => bar.classList.contains("positive")).map((bar) => background(bar.firstChild)),
+        negative: bars.filter((bar) => !bar.classList.contains("positive")).map((bar) => background(bar.firstChild)),
+        marks: bars.filter((bar) => bar.classList.contains("near")).map((bar) => background(bar, "::before")),
+        swatches: Object.fromEntries(["positive", "negative", "near", "beside"].map(
+            (name) => [name, background(document.querySelector(`.swatch-${name}`))])),
+    };
+}"""
+
+
+def test_the_strips_bars_marks_and_swatches_stay_visible_in_forced_colours(page: Page, live_server: str) -> None:
+    """Windows High Contrast (forced colours) drew every bar, dot, diamond and legend swatch in the strip's own
+    background colour: the strip was an empty box beside "Orange bar" and "Blue bar" over blank swatches."""
+    # Near the threshold beside no tumor, tumor-free, near and beside the tumor, tumor.
+    faked = series_answer_with(live_server, RASTER_SERIES, [0.100, 0.075, 0.105, 0.6], threshold=0.116)
+    page.route(
+        "**/v1/predict/batch*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(faked)),
+    )
+    page.emulate_media(forced_colors="active")
+    page.goto(live_server)
+
+    upload(page, RASTER_SERIES)
+
+    colours = page.evaluate(STRIP_COLOURS)
+    strip = colours["strip"]
+    assert len(colours["positive"]) == 1 and len(colours["negative"]) == 3 and len(colours["marks"]) == 2
+    assert strip not in colours["positive"] + colours["negative"] + colours["marks"], colours
+    assert strip not in colours["swatches"].values(), colours
+    assert set(colours["positive"]) == {colours["swatches"]["positive"]}
+    assert set(colours["negative"]) == {colours["swatches"]["negative"]}
+    assert colours["swatches"]["positive"] != colours["swatches"]["negative"]
+    assert set(colours["marks"]) == {colours["swatches"]["near"]} == {colours["swatches"]["beside"]}
