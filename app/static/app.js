@@ -1182,10 +1182,11 @@ function updateVolume() {
 
 /**
  * Why a series' volume may fall short. DICOM, from the answer: slices missing inside it (the files that failed
- * among them), tumor at its ends. PNG, JPEG or TIFF: the files that could not be analysed, whose slices add nothing.
+ * among them), tumor at its ends. PNG, JPEG or TIFF: the files that could not be analysed, whose slices add nothing,
+ * and tumor on the first or last slice analysed (the batch answer has no series fields: the slices say it).
  */
 function volumeCaveats(shown) {
-  const { answer, failures } = shown;
+  const { answer, failures, slices } = shown;
   const caveats = [];
   if (shown.kind === "raster" && failures.length > 0) {
     caveats.push(`${plural(failures.length, "file")} of the series could not be analysed`);
@@ -1193,7 +1194,10 @@ function volumeCaveats(shown) {
   if (answer.slices_missing > 0) {
     caveats.push(`${plural(answer.slices_missing, "slice")} missing between those analysed`);
   }
-  if (answer.tumor_reaches_series_end) {
+  const reachesEnd = shown.kind === "raster"
+    ? slices[0].prediction.tumor_detected || slices.at(-1).prediction.tumor_detected
+    : answer.tumor_reaches_series_end;
+  if (reachesEnd) {
     caveats.push("tumor on the first or last slice sent (it may go on beyond them)");
   }
   return caveats.length ? `; it may fall short: ${caveats.join(", and ")}` : "";

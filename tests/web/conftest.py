@@ -173,3 +173,12 @@ def series_answer_with(live_server: str, slices: list[Path], probabilities: list
         if not prediction["tumor_detected"]:
             prediction["mask"] = None
     return answer
+
+
+def raster_ends_caveat(answer: dict) -> str:
+    """What the page adds to a raster series' volume when tumor is on the first or last slice analysed (the batch
+    answer has no `tumor_reaches_series_end`: the page reads it from the slices)."""
+    analysed = [item["prediction"] for item in answer["results"] if item["ok"]]
+    if analysed[0]["tumor_detected"] or analysed[-1]["tumor_detected"]:
+        return "; it may fall short: tumor on the first or last slice sent (it may go on beyond them)"
+    return ""

@@ -14,7 +14,7 @@ from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
-from tests.web.conftest import series_answer_with
+from tests.web.conftest import raster_ends_caveat, series_answer_with
 from tests.web.test_page_series_answers import upload
 
 RASTER_SERIES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
@@ -140,7 +140,7 @@ def test_spacing_reads_a_decimal_comma_and_refuses_values_out_of_range(
     page.fill("#slice-spacing", "5")
     expected_ml = area_pixels * 0.9375 * 0.9375 * 5 / 1000
     assert float(volume.get_attribute("data-value")) == pytest.approx(expected_ml, rel=1e-12)
-    expect(volume).to_have_text(f"{expected_ml:,.2f} mL (from the spacing entered)")
+    expect(volume).to_have_text(f"{expected_ml:,.2f} mL (from the spacing entered){raster_ends_caveat(answer)}")
     expect(pixel_error).to_be_hidden()
 
     for typed, reason in [

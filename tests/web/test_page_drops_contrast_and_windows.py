@@ -27,6 +27,11 @@ RECORD_SENT = """() => {
 }"""
 
 
+def answering(answer: dict):
+    """A route handler that answers the batch request with `answer`."""
+    return lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
+
+
 def drop_folder(page: Page, folder: Path) -> None:
     """A real file-system drop of `folder` on the drop zone (DevTools Input.dispatchDragEvent), so that the page walks
     it as FileSystemEntry objects, as a folder dragged from a file manager."""
@@ -120,3 +125,27 @@ def test_the_strips_bars_marks_and_swatches_stay_visible_in_forced_colours(page:
     assert set(colours["negative"]) == {colours["swatches"]["negative"]}
     assert colours["swatches"]["positive"] != colours["swatches"]["negative"]
     assert set(colours["marks"]) == {colours["swatches"]["near"]} == {colours["swatches"]["beside"]}
+
+
+# ------------------------------------------------------------------------- F3: tumor at an end of a raster series
+
+
+def test_a_raster_series_volume_warns_when_tumor_reaches_its_first_or_last_slice(page: Page, live_server: str) -> None:
+    """A DICOM series' volume says "it may fall short" when tumor is on its first or last slice; the same series as
+    JPEGs said nothing, the batch answer for raster files having no series fields."""
+    ends = "tumor on the first or last slice sent (it may go on beyond them)"
+    for probabilities, warned in (([0.9, 0.05, 0.05, 0.05], True), ([0.05, 0.9, 0.9, 0.05], False)):
+        faked = series_answer_with(live_server, RASTER_SERIES, probabilities, threshold=0.5)
+        page.unroute("**/v1/predict/batch*")
+        page.route("**/v1/predict/batch*", answering(faked))
+        page.goto(live_server)
+        upload(page, RASTER_SERIES)
+        page.fill("#pixel-spacing", "0.94")
+        page.fill("#slice-spacing", "3")
+
+        volume = page.locator("#volume")
+        expect(volume).to_contain_text("mL (from the spacing entered)")
+        if warned:
+            expect(volume).to_contain_text(f"; it may fall short: {ends}")
+        else:
+            expect(volume).not_to_contain_text("fall short")
