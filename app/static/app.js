@@ -229,6 +229,17 @@ function formatProbability(value) {
   }
   return percent < 0.05 ? "< 0.1 %" : formatPercent(value);
 }
+/**
+ * A probability and its threshold as text, with more decimals (up to 4) when they differ but round to the same text:
+ * "11.6 % is below the decision threshold of 11.6 %" read as a contradiction (review 42).
+ */
+function probabilityAndThreshold(probability, threshold) {
+  let shown = [formatProbability(probability), formatPercent(threshold)];
+  for (let digits = 2; digits <= 4 && shown[0] === shown[1] && probability !== threshold; digits += 1) {
+    shown = [probability, threshold].map((value) => `${(value * 100).toFixed(digits)} %`);
+  }
+  return shown;
+}
 const formatNumber = (value, digits) => value.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const naturalOrder = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
 const logit = (p) => {
@@ -864,7 +875,6 @@ function showSeries(shown) {
   ui.decision.textContent = slices.length === 1 ? verdict : `${verdict} (${positives} of ${slices.length} slices)`;
   ui.decision.classList.toggle("positive", detected);
   ui.decision.classList.toggle("negative", !detected);
-  ui.threshold.textContent = formatPercent(first.threshold);
   ui.models.textContent = `${answer.models.classifier}, ${answer.models.segmenter}`;
   ui.requestId.textContent = answer.request_id;
   ui.sliceSummary.textContent = `${slices.length} ${slices.length === 1 ? "slice" : "slices"}, ${positives} with tumor`
@@ -909,8 +919,9 @@ function showSeries(shown) {
   revealResult(); // before the status line changes, so that the outcome is read after the heading, not cut off
   // The status line is the live region: screen readers hear the outcome without moving focus, including what the
   // page flags beside it (slices close to the threshold, files left out), which they would otherwise never hear of.
+  const firstAgainstThreshold = probabilityAndThreshold(first.tumor_probability, first.threshold);
   const outcome = slices.length === 1
-    ? `${verdict}: tumor probability ${formatProbability(first.tumor_probability)}, threshold ${formatPercent(first.threshold)}.`
+    ? `${verdict}: tumor probability ${firstAgainstThreshold[0]}, threshold ${firstAgainstThreshold[1]}.`
     : `${verdict} in ${positives} of ${slices.length} slices; threshold ${formatPercent(first.threshold)}.`;
   const besideNote = beside.length
     ? `, ${beside.length} of them next to a slice with tumor `
@@ -1070,7 +1081,7 @@ function buildTable(slices) {
       const cells = [
         String(index + 1),
         slice.label,
-        formatProbability(prediction.tumor_probability),
+        probabilityAndThreshold(prediction.tumor_probability, prediction.threshold)[0],
         result,
         (prediction.mask?.area_pixels ?? 0).toLocaleString("en"),
         area === null ? "–" : formatNumber(area, 1),
@@ -1533,7 +1544,9 @@ function showSlice(index) {
   ui.caption.textContent = `${where}: ${drawn}`;
   ui.sliceCanvas.setAttribute("aria-label", `MRI ${where}; ${drawn}`);
 
-  ui.probability.textContent = formatProbability(prediction.tumor_probability);
+  const [probabilityText, thresholdText] = probabilityAndThreshold(prediction.tumor_probability, prediction.threshold);
+  ui.probability.textContent = probabilityText;
+  ui.threshold.textContent = thresholdText;
   ui.probability.dataset.value = String(prediction.tumor_probability);
   // The numbers themselves are compared; the series clean-up, when it is why the slice is negative, is said apart.
   ui.comparison.textContent = isAboveThreshold(prediction) ? "is at or above" : "is below";
@@ -1547,7 +1560,7 @@ function showSlice(index) {
   ui.slider.value = String(current + 1);
   ui.sliceNumber.textContent = `${current + 1} / ${count}`;
   const valueText = `Slice ${current + 1} of ${count}${after}: ${resultWords(prediction).toLowerCase()}, `
-    + `probability ${formatProbability(prediction.tumor_probability)}`;
+    + `probability ${probabilityText}`;
   ui.slider.setAttribute("aria-valuetext", valueText);
   ui.strip.setAttribute("aria-valuenow", String(current + 1));
   ui.strip.setAttribute("aria-valuetext", valueText);

@@ -6,6 +6,7 @@ ranges, live regions read once, and an RGB TIFF drawn in colour."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -149,3 +150,36 @@ def test_a_raster_series_volume_warns_when_tumor_reaches_its_first_or_last_slice
             expect(volume).to_contain_text(f"; it may fall short: {ends}")
         else:
             expect(volume).not_to_contain_text("fall short")
+
+
+# ------------------------------------------------------------------------- F6: a probability beside its threshold
+
+# The review's slices: TCGA_CS_6667_20011105 slice 18 (just below) and TCGA_CS_5396 slice 21 (just above).
+THRESHOLD = 0.1158872278958559
+JUST_BELOW = 0.1158180832862854
+JUST_ABOVE = 0.115899
+
+
+def test_a_probability_rounding_to_the_thresholds_text_gets_more_decimals(page: Page, live_server: str) -> None:
+    """ "Slice tumor probability 11.6 % is below the decision threshold of 11.6 %": one decimal made a probability
+    just below the threshold read as equal to it, and the table showed "11.6 %" in rows marked Tumor and No tumor."""
+    faked = series_answer_with(live_server, RASTER_SERIES, [JUST_BELOW, JUST_ABOVE, 0.9, 0.05], threshold=THRESHOLD)
+    page.route("**/v1/predict/batch*", answering(faked))
+    page.goto(live_server)
+    upload(page, RASTER_SERIES)
+
+    page.locator("#slice-slider").fill("1")
+    expect(page.locator(".decision-reason")).to_contain_text(
+        "Slice tumor probability 11.58 % is below the decision threshold of 11.59 %."
+    )
+    page.locator("#slice-slider").fill("2")
+    expect(page.locator(".decision-reason")).to_contain_text(
+        "Slice tumor probability 11.590 % is at or above the decision threshold of 11.589 %."
+    )
+    expect(page.locator("#slice-slider")).to_have_attribute("aria-valuetext", re.compile(r"probability 11\.590 %$"))
+    page.locator("#slice-slider").fill("3")  # far from it: one decimal
+    expect(page.locator(".decision-reason")).to_contain_text(
+        "probability 90.0 % is at or above the decision threshold of 11.6 %."
+    )
+    probabilities = page.locator("#slice-table tbody tr td:nth-child(3)").all_text_contents()
+    assert probabilities == ["11.58 %", "11.590 %", "90.0 %", "5.0 %"]
