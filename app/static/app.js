@@ -1345,7 +1345,11 @@ function setUpWindow(slices) {
       if (sign * value > max) max = sign * value;
     }
   }
-  const span = Math.max(1, max - min);
+  // Float slices may span 0..1 (a pipeline's normalised output): the narrowest width and the read-outs' decimals
+  // follow the range, not whole numbers (review 42: Width was stuck at 1, and Level read "1" all along).
+  const span = max > min ? max - min : 1;
+  const narrowest = Math.min(1, span / 1000);
+  series.windowDigits = span >= 10 ? 0 : Math.min(6, Math.ceil(2 - Math.log10(span)));
   // The server's stretch is of its values, higher = brighter: MONOCHROME1 values negated (not a mirror image of the
   // stretch of the stored values: its rules for the two ends differ). Negated in place and back (exact), not copied:
   // a long series' values are hundreds of MB.
@@ -1360,15 +1364,18 @@ function setUpWindow(slices) {
   } finally {
     negate();
   }
-  const stretch = { center: ((series.inverted ? -1 : 1) * (low + high)) / 2, width: Math.max(1, high - low) };
+  const stretch = { center: ((series.inverted ? -1 : 1) * (low + high)) / 2, width: Math.max(narrowest, high - low) };
   const preset = slices.find((slice) => slice.window && slice.picture);
   series.defaultWindow = preset
     ? { ...preset.window, center: (reversedScale(preset.picture) ? -1 : 1) * preset.window.center }
     : stretch;
-  ui.windowLevel.min = String(min);
-  ui.windowLevel.max = String(max);
-  ui.windowWidth.min = "1";
-  ui.windowWidth.max = String(Math.max(span, series.defaultWindow.width));
+  // The ranges take in the file's own window, which may lie beyond the values (a full-range 12-bit window over values
+  // up to 1,020): a range input would otherwise move it silently, and Reset with it (review 42).
+  const { center, width } = series.defaultWindow;
+  ui.windowLevel.min = String(Math.min(min, center));
+  ui.windowLevel.max = String(Math.max(max, center));
+  ui.windowWidth.min = String(Math.min(narrowest, width));
+  ui.windowWidth.max = String(Math.max(span, width));
   resetWindow();
 }
 
@@ -1379,8 +1386,8 @@ function resetWindow() {
 }
 
 function showWindowValues() {
-  ui.windowLevelValue.textContent = formatNumber(Number(ui.windowLevel.value), 0);
-  ui.windowWidthValue.textContent = formatNumber(Number(ui.windowWidth.value), 0);
+  ui.windowLevelValue.textContent = formatNumber(Number(ui.windowLevel.value), series.windowDigits);
+  ui.windowWidthValue.textContent = formatNumber(Number(ui.windowWidth.value), series.windowDigits);
 }
 
 function pictureImageData(picture) {
@@ -1388,7 +1395,8 @@ function pictureImageData(picture) {
     return picture.rgba;
   }
   const center = Number(ui.windowLevel.value);
-  const width = Math.max(1, Number(ui.windowWidth.value));
+  // Never 0 (a file's Window Width of 0): a division by it would draw NaN.
+  const width = Math.max(1e-12, Number(ui.windowWidth.min), Number(ui.windowWidth.value));
   const low = center - width / 2;
   const sign = reversedScale(picture) ? -1 : 1;
   // A MONOCHROME1 series: windowed as its values are, then inverted (low values bright).

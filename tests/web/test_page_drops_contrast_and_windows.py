@@ -10,10 +10,14 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pytest
+import tifffile
 from playwright.sync_api import Page, expect
 
+from tests.dicom.builders import mr_series, tumor_channels
 from tests.web.conftest import series_answer_with
-from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, upload
+from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, upload, write_series
 
 # XMLHttpRequest.send recorded: the sizes of the files each analysis sends, in the order sent.
 RECORD_SENT = """() => {
@@ -69,7 +73,7 @@ def test_a_dropped_folder_sends_its_subfolders_slices_in_path_order(
     expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
     assert page.evaluate("window.sentSizes") == [sizes]
     page.set_input_files("#folder-input", str(study))
-    page.wait_for_function("window.sentSizes.length === 2", timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function("() => window.sentSizes.length === 2", timeout=RESULT_TIMEOUT_MS)
     assert page.evaluate("window.sentSizes[1]") == sizes
 
 
@@ -183,3 +187,65 @@ def test_a_probability_rounding_to_the_thresholds_text_gets_more_decimals(page: 
     )
     probabilities = page.locator("#slice-table tbody tr td:nth-child(3)").all_text_contents()
     assert probabilities == ["11.58 %", "11.590 %", "90.0 %", "5.0 %"]
+
+
+# ------------------------------------------------------------------------- F4 and F5: Level/Width ranges
+
+
+def window_state(page: Page) -> dict:
+    """Each slider's range and value, and its read-out."""
+    return page.evaluate(
+        """() => Object.fromEntries(["level", "width"].map((name) => {
+            const input = document.querySelector(`#window-${name}`);
+            const range = { min: Number(input.min), max: Number(input.max), value: Number(input.value) };
+            return [name, { ...range, text: document.querySelector(`#window-${name}-value`).textContent }];
+        }))"""
+    )
+
+
+def test_level_and_width_reach_a_float_tiffs_small_range_with_decimals(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Float TIFFs of values 0..0.4: Width's minimum of 1 held the window at 1 or wider (the slice drawn dimmer than
+    the server's stretch, and never narrowed), and both read-outs were rounded to whole numbers ("0", "1")."""
+    paths = []
+    for index, channel in enumerate(tumor_channels()):
+        paths.append(tmp_path / f"slice_{index}.tif")
+        tifffile.imwrite(paths[-1], (channel / 637.5).astype(np.float32), photometric="minisblack")
+    page.goto(live_server)
+    upload(page, paths)
+
+    before = window_state(page)
+    assert 0.2 < before["level"]["max"] <= 0.4
+    assert before["width"]["min"] < 0.01
+    assert 0.05 < before["width"]["value"] < 0.4  # the server's stretch, not 1
+    for name in ("level", "width"):
+        assert float(before[name]["text"]) == pytest.approx(before[name]["value"], abs=0.001), before
+    page.focus("#window-width")
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft")
+    after = window_state(page)
+    assert after["width"]["value"] < before["width"]["value"]
+    assert after["width"]["text"] != before["width"]["text"]
+
+
+def test_a_file_window_beyond_the_pixel_values_is_kept_and_reset_to(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """A 12-bit full-range window (centre 2048, width 4096) over values up to 1,020: the Level slider, ranged to the
+    values, moved the centre to 1,016 without a word, the slice was drawn brighter than the file's window, and Reset
+    went back to 1,016."""
+    datasets = mr_series([channel.astype(np.uint16) * 4 for channel in tumor_channels()])
+    for dataset in datasets:
+        dataset.WindowCenter, dataset.WindowWidth = 2048, 4096
+    page.goto(live_server)
+    upload(page, write_series(datasets, tmp_path))
+
+    state = window_state(page)
+    assert (state["level"]["value"], state["level"]["text"]) == (2048, "2,048")
+    assert (state["width"]["value"], state["width"]["text"]) == (4096, "4,096")
+    page.focus("#window-level")
+    page.keyboard.press("Home")
+    assert window_state(page)["level"]["value"] < 2048
+    page.click("#window-reset")
+    assert window_state(page)["level"]["value"] == 2048
