@@ -1386,8 +1386,11 @@ function resetWindow() {
 }
 
 function showWindowValues() {
-  ui.windowLevelValue.textContent = formatNumber(Number(ui.windowLevel.value), series.windowDigits);
-  ui.windowWidthValue.textContent = formatNumber(Number(ui.windowWidth.value), series.windowDigits);
+  // The sliders say their values themselves (the <output>s beside them are not live): as shown, not as stored.
+  for (const [input, output] of [[ui.windowLevel, ui.windowLevelValue], [ui.windowWidth, ui.windowWidthValue]]) {
+    output.textContent = formatNumber(Number(input.value), series.windowDigits);
+    input.setAttribute("aria-valuetext", output.textContent);
+  }
 }
 
 function pictureImageData(picture) {
@@ -1529,7 +1532,11 @@ function colourName() {
   return ui.maskColour.selectedOptions[0].textContent.toLowerCase();
 }
 
-function showSlice(index) {
+/**
+ * Shows slice `index`. `announce`: whether the caption (a live region) reads the change out; not for the Slice
+ * slider and the strip, which announce their own value text (review 42: each step there was read twice).
+ */
+function showSlice(index, { announce = true } = {}) {
   if (!series) {
     return;
   }
@@ -1549,6 +1556,7 @@ function showSlice(index) {
     drawn += "; the image itself cannot be drawn in this browser (compressed or unusual encoding), so the mask "
       + "is shown on black";
   }
+  ui.caption.setAttribute("aria-live", announce ? "polite" : "off");
   ui.caption.textContent = `${where}: ${drawn}`;
   ui.sliceCanvas.setAttribute("aria-label", `MRI ${where}; ${drawn}`);
 
@@ -1854,7 +1862,7 @@ function wireFileChoice() {
 }
 
 /** Home, End and the keys of `moves` (steps from the slice shown) scroll the series while `element` has focus. */
-function scrollByKeys(element, moves) {
+function scrollByKeys(element, moves, announce) {
   element.addEventListener("keydown", (event) => {
     if (!series) {
       return;
@@ -1869,7 +1877,7 @@ function scrollByKeys(element, moves) {
     }
     if (target !== null) {
       event.preventDefault();
-      showSlice(target);
+      showSlice(target, { announce });
     }
   });
 }
@@ -1902,7 +1910,7 @@ function wheelStep(event) {
 }
 
 function wireViewer() {
-  ui.slider.addEventListener("input", () => showSlice(Number(ui.slider.value) - 1));
+  ui.slider.addEventListener("input", () => showSlice(Number(ui.slider.value) - 1, { announce: false }));
   ui.viewer.addEventListener(
     "wheel",
     (event) => {
@@ -1926,16 +1934,17 @@ function wireViewer() {
   );
   // One key map for the viewer, the strip and the range input (which the browser drives): up and right go to the
   // next slice, as a slider does and as screen readers announce the two sliders.
-  scrollByKeys(ui.viewer, SLICE_KEYS);
-  scrollByKeys(ui.strip, SLICE_KEYS);
+  scrollByKeys(ui.viewer, SLICE_KEYS, true);
+  scrollByKeys(ui.strip, SLICE_KEYS, false);
   ui.strip.addEventListener("click", (event) => {
     const bar = event.target.closest(".strip-bar");
     if (bar) {
-      showSlice(Number(bar.dataset.index));
+      showSlice(Number(bar.dataset.index), { announce: false });
     }
   });
   const redrawMask = () => {
     ui.maskOpacityValue.textContent = `${ui.maskOpacity.value} %`;
+    ui.maskOpacity.setAttribute("aria-valuetext", ui.maskOpacityValue.textContent);
     ui.maskOpacity.disabled = ui.maskStyle.value !== "fill";
     if (series) {
       showSlice(current);

@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect
 
 from tests.dicom.builders import mr_series, tumor_channels
 from tests.web.conftest import series_answer_with
+from tests.web.test_page_accessibility import ax_node
 from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, upload, write_series
 
 # XMLHttpRequest.send recorded: the sizes of the files each analysis sends, in the order sent.
@@ -249,3 +250,34 @@ def test_a_file_window_beyond_the_pixel_values_is_kept_and_reset_to(
     assert window_state(page)["level"]["value"] < 2048
     page.click("#window-reset")
     assert window_state(page)["level"]["value"] == 2048
+
+
+# ------------------------------------------------------------------------- F8: live regions read once
+
+
+def test_slider_steps_are_announced_once(page: Page, live_server: str, tmp_path: Path) -> None:
+    """A step of the Slice slider changed its value text and the live caption, so a screen reader read the slice
+    twice; Level, Width and Opacity each had a live <output> beside the slider's own value."""
+    paths = []
+    for index, channel in enumerate(tumor_channels()):
+        paths.append(tmp_path / f"slice_{index}.tif")
+        tifffile.imwrite(paths[-1], channel.astype(np.uint16) * 64, photometric="minisblack")
+    page.goto(live_server)
+    upload(page, paths)
+
+    for output in ("#window-level-value", "#window-width-value", "#mask-opacity-value"):
+        assert ax_node(page, output).get("live") in (None, "off"), output
+    page.focus("#window-level")
+    page.keyboard.press("ArrowRight")
+    level = page.locator("#window-level")
+    expect(level).to_have_attribute("aria-valuetext", page.locator("#window-level-value").inner_text())
+    page.focus("#mask-opacity")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#mask-opacity")).to_have_attribute("aria-valuetext", "50 %")
+
+    for control, live in (("#slice-slider", "off"), ("#strip", "off"), ("#viewer", "polite")):
+        page.focus(control)
+        page.keyboard.press("Home")
+        page.keyboard.press("ArrowRight")
+        expect(page.locator("#caption")).to_contain_text("Slice 2 of 3")
+        assert ax_node(page, "#caption").get("live") in ((None, "off") if live == "off" else ("polite",)), control
