@@ -503,7 +503,7 @@ const TIFF_DECODERS = {
 
 /**
  * Grey values of the first page of a strip-based TIFF (uncompressed, Deflate, LZW or PackBits; 8 or 16-bit integers or
- * 32-bit floats), or its RGB image for a colour palette; null otherwise.
+ * 32-bit floats), or its RGB image for 8-bit RGB and a colour palette; null otherwise.
  */
 export async function readTiff(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -544,6 +544,10 @@ export async function readTiff(buffer) {
     undoHorizontalDifferencing(pixels, width, height, channels, bits, little);
   }
   const signed = sampleFormat === 2; // signed, as the server reads it
+  const photometric = tags[262]?.[0];
+  if (photometric === 2 && channels >= 3 && bits === 8 && !signed) {
+    return { width, height, rgba: rgbImage(pixels, width, height, channels) };
+  }
   const sample = sampleReader(pixels, bits, signed, float, little);
   const values = new Float32Array(width * height);
   const colour = channels >= 3 ? 3 : 1;
@@ -558,7 +562,6 @@ export async function readTiff(buffer) {
     }
     values[i] = sum / colour;
   }
-  const photometric = tags[262]?.[0];
   if (photometric === 3 && tags[320] && channels === 1) {
     return { width, height, ...throughColourMap(values, tags[320], width, height) };
   }
@@ -566,6 +569,21 @@ export async function readTiff(buffer) {
     invertMinIsWhite(values, bits, signed, float);
   }
   return { width, height, values, bits };
+}
+
+/**
+ * An 8-bit RGB TIFF (the LGG data set's own .tif layout) as it is stored, drawn in colour as its JPEG is (review 42:
+ * drawn as the grey mean of pre-contrast, FLAIR and post-contrast). Extra samples (alpha) are dropped, as the server
+ * drops them. Deeper RGB stays the channels' mean under Level/Width: the server stretches each channel on its own, which
+ * one grey window cannot stand for.
+ */
+function rgbImage(pixels, width, height, channels) {
+  const rgba = new ImageData(width, height);
+  for (let i = 0; i < width * height; i += 1) {
+    const at = i * channels;
+    rgba.data.set([pixels.getUint8(at), pixels.getUint8(at + 1), pixels.getUint8(at + 2), 255], i * 4);
+  }
+  return rgba;
 }
 
 /** Reads one sample of a TIFF's pixels at a byte offset: 8/16-bit integers (signed or not) or 32-bit floats. */

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 from playwright.sync_api import Page, expect
 
+from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import mr_series, tumor_channels
 from tests.web.conftest import series_answer_with
 from tests.web.test_page_accessibility import ax_node
@@ -281,3 +283,30 @@ def test_slider_steps_are_announced_once(page: Page, live_server: str, tmp_path:
         page.keyboard.press("ArrowRight")
         expect(page.locator("#caption")).to_contain_text("Slice 2 of 3")
         assert ax_node(page, "#caption").get("live") in ((None, "off") if live == "off" else ("polite",)), control
+
+
+# ------------------------------------------------------------------------- F7: an RGB TIFF in colour
+
+DRAWN_RGB = """() => {
+    const canvas = document.querySelector("#slice-canvas");
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    return Array.from(data.filter((_, i) => i % 4 !== 3));
+}"""
+
+
+@pytest.mark.parametrize("compression", [None, "lzw"])
+def test_an_8_bit_rgb_tiff_is_drawn_in_colour_as_stored(
+    page: Page, live_server: str, tmp_path: Path, compression: str | None
+) -> None:
+    """An RGB TIFF (the LGG data set's own .tif slices) was drawn as the grey mean of pre-contrast, FLAIR and
+    post-contrast under Level/Width, while the same slice as JPEG is drawn in colour."""
+    rgb = np.asarray(Image.open(TUMOR_SLICE).convert("RGB"))
+    path = tmp_path / "slice.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", compression=compression, predictor=compression is not None)
+    page.goto(live_server)
+
+    upload(page, [path])
+
+    assert page.evaluate("() => document.querySelector('#slice-canvas').width") == rgb.shape[1]
+    assert page.evaluate(DRAWN_RGB) == rgb.reshape(-1).tolist()
+    expect(page.locator("#window-controls")).to_be_hidden()  # no grey window over a colour slice, as for the JPEG
