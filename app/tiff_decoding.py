@@ -88,9 +88,9 @@ def jpeg_codestreams(data: bytes, page: tifffile.TiffPage) -> Iterator[bytes]:
     """Each strip or tile of a JPEG-compressed (new-style) TIFF page as a whole JPEG codestream: the page's
     JPEGTables (quantization and Huffman tables, between their own SOI and EOI) joined to the strip's scan data.
 
-    Why: OpenCV's libtiff, which decodes these pages here, reads damaged JPEG data with only libjpeg's warnings and
-    returns damaged rows (attack review 40: a tumor slice answered "no tumor" at 0.007); each codestream is checked
-    as a JPEG file's is (`app.jpeg_data.check_jpeg_data`)."""
+    Why: libjpeg reads damaged JPEG data with only warnings, and a TIFF decoder that does not stop at them returns
+    damaged rows (attack review 40, OpenCV's libtiff: a tumor slice answered "no tumor" at 0.007); each codestream is
+    checked as a JPEG file's is (`app.jpeg_data.check_jpeg_data`) before tifffile decodes the page."""
     tables = bytes(page.jpegtables or b"")
     end_of_tables = tables.rfind(b"\xff\xd9")  # bytes after it (attack review 41: one 00) are none of the tables'
     for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
