@@ -44,6 +44,7 @@ from app.tiff_decoding import (
     check_tiff_photometric,
     compression_name,
     jpeg_codestreams,
+    tiff_chunk_bytes,
 )
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
@@ -155,6 +156,8 @@ class RasterHeader:
         Bytes of one decoded sample (1 for 8 bits and less, 2 for 16, 8 for float64 ...).
     depth
         Planes of a volumetric TIFF (ImageDepth); 1 otherwise.
+    decoder_bytes
+        What the decoder holds besides its output while it decodes: one TIFF strip or tile (`tiff_chunk_bytes`).
     """
 
     image_format: ImageFormat
@@ -163,6 +166,7 @@ class RasterHeader:
     samples: int
     bytes_per_sample: int
     depth: int = 1
+    decoder_bytes: int = 0
 
     @property
     def pixels(self) -> int:
@@ -178,15 +182,18 @@ class RasterHeader:
         """Memory decoding and preprocessing take at most at once: two copies of the decoded pixels (the decoder's
         and the array handed on), one float64 channel and the sample of it that sets its range while deeper samples
         are stretched to 8 bits, the uint8 RGB image and the three-channel copy `preprocess_slice` makes before
-        resizing, and the float32 model input."""
+        resizing, and the float32 model input; plus what the decoder holds besides its output."""
         stretch = 8 * (self.pixels + sample_values(self.pixels, [self.pixels])) if self.bytes_per_sample > 1 else 0
-        return 2 * self.decoded_bytes + stretch + 2 * self.pixels * 3 + MODEL_INPUT_BYTES
+        return 2 * self.decoded_bytes + stretch + 2 * self.pixels * 3 + MODEL_INPUT_BYTES + self.decoder_bytes
 
     def describe(self) -> str:
         depth = f" x {self.depth} planes" if self.depth != 1 else ""
+        chunk = (
+            f", and a strip or tile of {self.decoder_bytes} bytes" if self.decoder_bytes > self.decoded_bytes else ""
+        )
         return (
             f"{self.width}x{self.height}{depth} pixels x {self.samples} samples x {8 * self.bytes_per_sample} bits "
-            f"= {self.decoded_bytes} bytes of pixels, with their working copies and the model input"
+            f"= {self.decoded_bytes} bytes of pixels, with their working copies and the model input{chunk}"
         )
 
 
@@ -539,6 +546,7 @@ def _tiff_header(data: bytes) -> RasterHeader:
                 3 if palette else int(page.samplesperpixel),  # a colour map gives R, G, B
                 1 if palette else int(page.dtype.itemsize),
                 max(1, int(page.imagedepth)),
+                tiff_chunk_bytes(page),
             )
     except ServiceError:
         raise
@@ -562,7 +570,7 @@ def _decode_tiff(data: bytes) -> np.ndarray:
             _check_tiff_jpeg_data(data, page)
             check_tiff_inflation(data, page)
             try:
-                array = as_shown(page.asarray(), page)
+                array = as_shown(page.asarray(maxworkers=1), page)  # one chunk at a time: what the budget counts
             except Exception as error:  # the codecs raise on data that does not decode to the strip's rows
                 raise UndecodableImageError(
                     f"TIFF file cannot be decoded: its {compression_name(page.compression)} image data is damaged or "

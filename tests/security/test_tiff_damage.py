@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from app.errors import UndecodableImageError
-from app.imaging import decode_image
+from app.errors import OverMemoryBudgetError, UndecodableImageError
+from app.imaging import decode_image, read_image_header
 from tests.security import corpus
 
 PILLOW_COMPRESSIONS = ["tiff_lzw", "packbits", "tiff_adobe_deflate"]
@@ -79,3 +79,48 @@ def test_compressions_outside_the_list_are_refused_before_decoding(compression: 
 
     with pytest.raises(UndecodableImageError, match=r"\(Compression \d+\), which this service does not read"):
         decode_image(data)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("photometric", ["minisblack", "miniswhite"])
+def test_2_and_4_bit_grey_samples_are_read_on_the_8_bit_scale(bits: int, photometric: str):
+    """Attack review 43: 4-bit samples were read as 0..15, a nearly black slice answered "no tumor" (p 0.002)."""
+    values = (corpus.tumor_slice()[:, :, 1] >> (8 - bits)).astype(np.uint8)
+    top = (1 << bits) - 1
+    stored = values if photometric == "minisblack" else (top - values).astype(np.uint8)
+
+    decoded = decode_image(corpus.tiff_of(stored, bitspersample=bits, photometric=photometric))
+
+    np.testing.assert_array_equal(decoded, (values.astype(np.uint16) * 255 // top).astype(np.uint8))
+
+
+def with_tile_size(data: bytes, columns: int, rows: int) -> bytes:
+    """`data` (a TIFF of one tile) with its TileWidth and TileLength set to `columns` and `rows`."""
+    patched = bytearray(data)
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        tags = tiff.pages.first.tags
+        for code, value in ((322, columns), (323, rows)):
+            struct.pack_into({3: "<H", 4: "<I"}[int(tags[code].dtype)], patched, tags[code].valueoffset, value)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize("compression", [None, "jpeg", "lzw", "zlib"])
+def test_a_tile_declared_far_larger_than_its_image_counts_in_the_budget(compression: str | None):
+    """Attack review 43: a 64 x 64 JPEG TIFF of one 65520 x 65520 tile took 4 GiB to decode, budgeted at 1 MiB."""
+    image = np.ascontiguousarray(corpus.tumor_slice()[96:160, 96:160, 1])
+    data = with_tile_size(corpus.tiff_of(image, tile=(64, 64), compression=compression), 65520, 16384)
+
+    assert read_image_header(data).cost_bytes > 65520 * 16384
+    with pytest.raises(OverMemoryBudgetError):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzma", "packbits"])
+@pytest.mark.parametrize("sample", ["rgb16", "float64"])
+def test_tiles_larger_than_the_image_are_read(compression: str, sample: str):
+    """Attack review 43: a 256 x 256 slice in 512 x 512 tiles was refused as inflating past its size."""
+    image = corpus.tumor_slice().astype(np.uint16) * 200 if sample == "rgb16" else corpus.tumor_slice()[:, :, 1] / 255.0
+
+    tiled = corpus.tiff_of(image, tile=(512, 512), compression=compression)
+
+    assert np.array_equal(decode_image(tiled), decode_image(corpus.tiff_of(image)))
