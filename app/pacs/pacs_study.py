@@ -338,7 +338,7 @@ class StudySync:
         while it was sent) is two Orthanc studies, and the tumor-free part got a COMPLETE "absent" SR (interop
         review 42), where the API refuses such files in one request. One lookup per MR series (at most
         `MAX_MR_SERIES`), and one more per other study found."""
-        study_uid = str(headers[0].get("StudyInstanceUID", ""))
+        study_uid, patient_id = str(headers[0].get("StudyInstanceUID", "")), identity_text(headers[0].get("PatientID"))
         others: set[str] = set()
         for header in headers:
             if series_uid := str(header.get("SeriesInstanceUID", "")):
@@ -348,6 +348,8 @@ class StudySync:
             for other in others
             if (study := self.client.study(other)) is not None
             and str(study.get("MainDicomTags", {}).get("StudyInstanceUID", "")) != study_uid
+            # another patient's study is no part of this series (attack review 43: any sender could fail this one)
+            and identity_text(study.get("PatientMainDicomTags", {}).get("PatientID")) == patient_id
         }
         return series_in_several_studies(len(elsewhere) + 1, {}) if elsewhere else None
 

@@ -414,6 +414,23 @@ def test_a_series_stored_under_two_study_uids_is_refused_in_both_parts(
         assert orthanc.result_series(study) == {"SEG": [], "SR": []}
 
 
+def test_another_patients_study_reusing_a_series_uid_does_not_fail_this_one(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Attack review 43: one instance of another patient and study carrying this series' UID failed both studies."""
+    series = mr_series(tumor_channels())
+    intruder = copy.deepcopy(series[0])
+    intruder.PatientID, intruder.StudyInstanceUID, intruder.SOPInstanceUID = "OTHER", generate_uid(), generate_uid()
+    config = config_for(orthanc, tmp_path / "state.json")
+    study = orthanc.study_of(orthanc.upload(series))
+    orthanc.upload([intruder])
+
+    run_pacs_sync(config, predictor, once=True)
+
+    assert "error" not in orthanc.record(study)
+    assert orthanc.result_series(study)["SR"]
+
+
 def test_a_study_whose_patient_id_differs_only_by_spaces_is_not_answered_in_halves(
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
