@@ -54,16 +54,18 @@ def check_tiff_photometric(page: tifffile.TiffPage) -> None:
 
 # The compressions a scanner, an image viewer or a research tool writes a slice with; imagecodecs (through tifffile)
 # decodes each into a buffer of the strip's declared size, and raises on data that does not decode to it.
-_TIFF_COMPRESSIONS = {
-    1: "uncompressed",
-    5: "LZW",
-    JPEG: "JPEG",
-    8: "Deflate",
-    32946: "Deflate",
-    50013: "Deflate",
-    32773: "PackBits",
-    34925: "LZMA",
-}
+_TIFF_COMPRESSIONS = frozenset(
+    {
+        1,  # uncompressed
+        5,  # LZW
+        JPEG,
+        8,  # Deflate
+        32946,  # Deflate (old code)
+        50013,  # PixTIFF Deflate
+        32773,  # PackBits
+        34925,  # LZMA
+    }
+)
 
 
 def check_tiff_compression(page: tifffile.TiffPage) -> None:

@@ -307,23 +307,22 @@ class Spool:
             folders = set((index / f"{key}.series").read_text().split())
         except OSError:  # a study stored before the node kept this index
             return []
-        study_of = self._study_uid_folder
-        sharing = {
-            other.name
-            for folder in folders
-            for other in (index / folder).iterdir()
-            if other.name != key
-            and study_of(other.name) != study_of(key)
-            and _read_or_none(other) == _read_or_none(index / folder / key)
-        }
+        own_study = self._study_uid_folder(key)
+        sharing = set()
+        for folder in folders:
+            own_patient = _read_or_none(index / folder / key)  # the marker holds the hashed Patient ID
+            for other in (index / folder).iterdir():
+                if (
+                    other.name != key
+                    and _read_or_none(other) == own_patient
+                    and self._study_uid_folder(other.name) != own_study
+                ):
+                    sharing.add(other.name)
         return sorted(other for other in sharing if self.instance_files(other))
 
     def _study_uid_folder(self, key: str) -> str | None:
         """The hash of study `key`'s Study Instance UID (`_note_study_uid`), or None for a study without it."""
-        try:
-            return (self.root / STUDY_UIDS_DIR / f"{key}.uid").read_text()
-        except OSError:
-            return None
+        return _read_or_none(self.root / STUDY_UIDS_DIR / f"{key}.uid")
 
     def _forget_study_uid(self, key: str) -> None:
         """Drop study `key` from the indexes of Study and Series Instance UIDs, once its folder is gone."""
