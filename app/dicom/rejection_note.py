@@ -22,10 +22,11 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from app.dicom.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES
+from app.dicom.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES, stamp_creation_times
 from app.dicom.dicom_sr import ResultReference
 from app.dicom.result_uids import MANUFACTURER, result_uid, source_identity
 from app.errors import ReportInputError, builder_reason
+from app.release import service_version
 
 REJECTION_SERIES_NUMBER = 9903
 REJECTION_TITLE = codes.DCM.RejectedForQualityReasons
@@ -60,6 +61,10 @@ def build_rejection_note(
     except (ValueError, TypeError, AttributeError) as error:
         raise ReportInputError(f"the rejection note cannot be made: {builder_reason(error)}") from error
     note.SeriesDescription = REJECTION_SERIES_DESCRIPTION
+    # As the SEG's and SR's: in the study's time zone, with the Series Date and Time and the software that made it
+    # (interop review 44: the note was dated in UTC without an offset, an hour before the results it came with).
+    stamp_creation_times(note, [study])
+    note.SoftwareVersions = service_version()
     return note
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime, timedelta, timezone
 
 import pydicom
 import pytest
@@ -12,6 +13,7 @@ from app.dicom.dicom_series import prepare_inputs
 from app.dicom.dicom_sr import ResultReference, VolumeFindings, build_volume_report
 from app.dicom.rejection_note import REJECTION_SERIES_NUMBER, build_rejection_note
 from app.errors import ReportInputError
+from app.release import service_version
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
@@ -74,6 +76,23 @@ def test_the_note_copies_the_patient_and_study_of_the_results_it_comes_with(resu
     note = build_rejection_note(references(results), study, MODEL_TAGS)
 
     assert (note.IssuerOfPatientID, note.StudyDescription) == ("SYNTH-SITE", "MRI BRAIN")
+
+
+def test_the_note_is_dated_in_the_study_time_zone_and_names_its_software(results: list[pydicom.Dataset]) -> None:
+    """Interop review 44 F1: the note was dated in UTC without an offset (an hour before the results it came with,
+    which are in the sources' zone), without Series Date and Time or Software Versions."""
+    study = results[-1].copy()
+    study.TimezoneOffsetFromUTC = "+1300"  # far from this machine's zone: a time in UTC would not match
+
+    note = build_rejection_note(references(results), study, MODEL_TAGS)
+
+    assert note.TimezoneOffsetFromUTC == "+1300"
+    made = datetime.strptime(note.ContentDate + note.ContentTime, "%Y%m%d%H%M%S.%f")
+    in_zone = datetime.now(timezone(timedelta(hours=13))).replace(tzinfo=None)
+    assert abs((in_zone - made).total_seconds()) < 60
+    assert (note.SeriesDate, note.SeriesTime) == (note.ContentDate, note.ContentTime)
+    assert note.SoftwareVersions == service_version()
+    assert dciodvfy_errors(to_bytes(note), "KeyObjectSelectionDocument") == []
 
 
 def test_a_note_needs_something_to_reject(results: list[pydicom.Dataset]) -> None:
