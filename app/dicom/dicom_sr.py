@@ -51,6 +51,7 @@ from app.dicom.dicom_conformance import (
 )
 from app.dicom.dicom_seg import SEGMENT_NUMBER
 from app.dicom.result_uids import MANUFACTURER, models_digest, result_uid, segmenter_name_version, source_identity
+from app.dicom.slice_order import anatomical_order
 from app.dicom.tumor_volume import series_spacing_mm
 from app.errors import ReportInputError, builder_reason
 from app.release import service_version
@@ -372,7 +373,10 @@ def series_volume_report(
     positive = sum(prediction.detected for prediction in result.predictions)
     headers: dict[str, Dataset] = {}
     channel_headers: dict[str, Dataset] = {}
-    for slice_input in result.inputs:
+    # In the SEG's order, not the files': the same series sent in another order, or by another path, gets the same
+    # report (interop review 44: one SR UID, two image libraries, by upload order).
+    in_order = anatomical_order([slice_input.reference for slice_input in result.inputs])
+    for slice_input in (result.inputs[index] for index in in_order):
         headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
         for frame in slice_input.channels:
             if frame is not slice_input.reference:

@@ -1035,3 +1035,28 @@ def test_a_multi_frame_object_is_no_copy_of_one_whose_frames_lie_elsewhere(clien
 
     assert response.status_code == 200, response.text
     assert response.json()["series_left_out"] == [] and len(response.json()["slices"]) == 6
+
+
+def test_the_report_of_a_series_is_the_same_in_any_file_order(client: TestClient) -> None:
+    """Interop review 44 F4: the SR's image library followed the request's file order (the node's and pacs-sync's
+    followed Instance Numbers): one SR UID, two contents."""
+    files = [to_bytes(dataset) for dataset in mr_series(tumor_channels())]
+
+    reports = [
+        pydicom.dcmread(io.BytesIO(client.post("/v1/predict/batch?output=dicom-sr", files=dicom_parts(order)).content))
+        for order in (files, files[::-1])
+    ]
+
+    libraries = [
+        [
+            item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for group in report.ContentSequence
+            if group.ConceptNameCodeSequence[0].CodeValue == "111028"  # Image Library
+            for entry in group.ContentSequence
+            for item in entry.ContentSequence
+        ]
+        for report in reports
+    ]
+    assert len(libraries[0]) == 3
+    assert libraries[0] == libraries[1]
+    assert reports[0].SOPInstanceUID == reports[1].SOPInstanceUID
