@@ -316,6 +316,10 @@ def _objects_created() -> list[str]:
         "  destination stored, from any earlier run, and that the new results do not send again (C-STORE cannot",
         "  delete them: a revision that turned a study negative left the earlier SEG standing). Made from the study's",
         "  record, it names them after the retention purge too. Its patient and study attributes are the new results'.",
+        "  It is also sent alone, without new results, when a study that was answered can no longer be analysed (a",
+        "  slice re-sent under a new UID at another's position, a series of it that came later under another Study",
+        "  Instance UID, the study with an empty Patient ID on some files): the study is refused then, results of it",
+        "  still waiting are not sent, and the note's patient and study attributes are those of its instances.",
         "  An archive that implements IOCM withdraws them; others keep it as a key object note.",
         "",
     ]

@@ -85,7 +85,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
@@ -117,6 +119,7 @@ from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError, t
 from app.node.dicom_study_runs import (
     COUNTED_NOTES,
     already_analysed,
+    answered,
     count_abort,
     count_refused,
     counted_notes,
@@ -579,7 +582,11 @@ class DicomNode:
         files = self.spool.instance_files(key)
         fingerprint, bytes_fingerprint = self.spool.fingerprints(files)
         runs = record["runs"]
-        if already_analysed(runs, fingerprint, bytes_fingerprint):  # the same instances again: nothing new to say
+        split = self.spool.studies_split_by_patient_id(key)
+        sharing = [] if split else self.spool.studies_sharing_a_series(key)
+        # The same instances again: nothing new to say, unless another part of the study came meanwhile and the
+        # result standing for these is now wrong for the whole (attack review 43 F5).
+        if already_analysed(runs, fingerprint, bytes_fingerprint) and not (split or sharing):
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
             if any(record.get(name) for name in COUNTED_NOTES):  # brought nothing new: no note for a later run
                 self.spool.update_record(key, _without_counts)
@@ -594,10 +601,10 @@ class DicomNode:
         }
         counts = {name: int(record.get(name, 0)) for name in COUNTED_NOTES}
         analysis: StudyAnalysis | Exception
-        if split := self.spool.studies_split_by_patient_id(key):
-            analysis = split_by_patient_id(len(split) + 1, {"files": len(files)})
-        elif sharing := self.spool.studies_sharing_a_series(key):
-            analysis = series_in_several_studies(len(sharing) + 1, {"files": len(files)})
+        if split or sharing:
+            refuse = split_by_patient_id if split else series_in_several_studies
+            analysis = refuse(len(split or sharing) + 1, {"files": len(files)})
+            self._reopen_answered(split or sharing)
         else:
             try:
                 analysis = self.processor(files, counted_notes(counts), complete=not any(counts.values()))
@@ -611,6 +618,16 @@ class DicomNode:
                 )
                 return False
             return self._keep_outcome(key, record, run, analysis, counts, attempts, last_arrival)
+
+    def _reopen_answered(self, keys: list[str]) -> None:
+        """Mark pending the studies of `keys` (other parts of a study found split) whose latest outcome is a result:
+        analysed again, they are refused too and their results withdrawn. Why: a part that came after the other was
+        answered left that answer standing, an "absent" SR for the tumor-free half (attack review 43 F5). A study
+        already refused is not marked again, so two parts do not reopen each other without end."""
+        for key in keys:
+            record = self.spool.readable_record(key)
+            if record is not None and answered(record["runs"]) and self.spool.pending_since(key) is None:
+                self.spool.touch_pending(key)
 
     def _keep_outcome(
         self,
@@ -679,6 +696,10 @@ class DicomNode:
             note = self._rejection_note(key, runs, analysis.datasets)
             if note is not None:
                 analysis.datasets.append(note)
+        elif previous is not None and analysis.status == AnalysisStatus.FAILED and (header := self._study_header(key)):
+            note = self._rejection_note(key, runs, [header])  # nothing is sent again: every result delivered
+            if note is not None:
+                analysis.datasets.append(note)
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
         run.update(
             status=analysis.status,
@@ -703,10 +724,17 @@ class DicomNode:
             finished_at=timestamp(),
         )
 
+        # A refused study has no result: what earlier runs made, for instances that are not the study's now, is
+        # withdrawn where delivered (the note above) and never sent where not (interop review 44 F2: a re-send that
+        # could not be analysed left the earlier SEG and SR standing as the study's current result).
+        withdrawn = (
+            dict.fromkeys(map(str, self.config.destinations)) if analysis.status == AnalysisStatus.FAILED else {}
+        )
+
         def append(stored: dict[str, Any]) -> None:
             if run["sent"]:  # marked before the record is written: a node stopped in between still sends them
                 self.spool.mark_unsent(key)
-                supersede_undelivered(stored["runs"], run["sent"])
+            supersede_undelivered(stored["runs"], run["sent"] or withdrawn)
             stored["runs"].append(run)
             # Said in this run's notes; what was counted while it ran is left for the next run.
             for name, count in counts.items():
@@ -715,10 +743,25 @@ class DicomNode:
                     stored[name] = left
 
         self.spool.update_record(key, append)
+        if withdrawn and not results:  # earlier results nobody got are not sent now: nothing waits
+            self.spool.clear_unsent_if_all_sent(key)
         fields: dict[str, Any] = {"study_key": key, "status": analysis.status, "results": len(results)}
         if analysis.status == AnalysisStatus.FAILED and analysis.reason:
             fields["error"] = error_code(analysis.reason)  # a code, no value (interop review 39: none was logged)
         logger.info("study processed", extra={"fields": fields})
+
+    def _study_header(self, key: str) -> Dataset | None:
+        """The header of one of the study's instances, for the patient and study attributes of a rejection note made
+        without a result of this run; None when none can be read (the note is not made, and that is logged)."""
+        for path in self.spool.instance_files(key)[:1]:
+            try:
+                return pydicom.dcmread(path, stop_before_pixels=True)
+            except (OSError, InvalidDicomError, ValueError):
+                break
+        logger.warning(
+            "earlier results not rejected: no instance header readable", extra={"fields": {"study_key": key}}
+        )
+        return None
 
     def _rejection_note(self, key: str, runs: list[dict[str, Any]], datasets: list[Dataset]) -> Dataset | None:
         """The note that rejects the SEGs and SRs a destination stored from earlier `runs` that the new results

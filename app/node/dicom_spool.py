@@ -246,7 +246,7 @@ class Spool:
         path = self._instance_path(key, sop_instance_uid)
         self._note_study_uid(study_instance_uid, key, has_patient_id=bool(patient_id))
         if series_instance_uid:
-            self._note_series_uid(series_instance_uid, key, patient_id)
+            self._note_series_uid(series_instance_uid, key)
         # Room is reserved and the study marked pending (so a purge leaves it alone) under the lock; the slow,
         # flushed write happens outside it, so concurrent associations store side by side; but one instance is
         # written by one association at a time. Before, the same SOP Instance UID sent on several associations at
@@ -281,43 +281,41 @@ class Spool:
         (uid_dir / f"{key}.{'id' if has_patient_id else 'no-id'}").touch()
         write_atomically(pointer, uid_dir.name.encode())
 
-    def _note_series_uid(self, series_instance_uid: str, key: str, patient_id: str) -> None:
+    def _note_series_uid(self, series_instance_uid: str, key: str) -> None:
         folder = study_key(series_instance_uid)
         series_dir = self.root / SERIES_UIDS_DIR / folder
         if (series_dir / key).exists():
             return
         series_dir.mkdir(exist_ok=True)
-        (series_dir / key).write_text(study_key("", patient_id))  # the patient, hashed: sharing is within one
+        (series_dir / key).touch()
         listed = self.root / SERIES_UIDS_DIR / f"{key}.series"
         with self._size_lock, listed.open("a") as listing:  # associations of one study may store side by side
             listing.write(folder + "\n")
 
     def studies_sharing_a_series(self, key: str) -> list[str]:
         """The other studies in the spool, under another Study Instance UID, that hold instances of a series (by
-        Series Instance UID) study `key` holds, and the same Patient ID.
+        Series Instance UID) study `key` holds, whatever their Patient ID.
 
         Why: a series belongs to one study, yet one sent with two Study Instance UIDs (a study split or corrected in
         the RIS while it was sent) was analysed as two studies, and the tumor-free part got a COMPLETE "absent" SR
         (interop review 42), where the API refuses such files in one request. The same UID under the same Study
-        Instance UID and another Patient ID is `studies_split_by_patient_id`'s, or a corrected Patient ID; under
-        another Patient ID and another Study Instance UID, it is no part of this patient's series, and counted it
-        would let any sender fail another patient's study with one instance (attack review 43)."""
+        Instance UID and another Patient ID is `studies_split_by_patient_id`'s, or a corrected Patient ID. Under
+        another Patient ID and another Study Instance UID it counts too: a patient merged in the RIS while the series
+        was sent gave the tumor-free part a COMPLETE "absent" SR under the temporary ID (attack review 44). The price
+        is that an allowed sender that reuses another patient's Series Instance UID fails that study (attack review
+        43 F4): a refusal with its reason, never a wrong answer."""
         index = self.root / SERIES_UIDS_DIR
         try:
             folders = set((index / f"{key}.series").read_text().split())
         except OSError:  # a study stored before the node kept this index
             return []
         own_study = self._study_uid_folder(key)
-        sharing = set()
-        for folder in folders:
-            own_patient = _read_or_none(index / folder / key)  # the marker holds the hashed Patient ID
-            for other in (index / folder).iterdir():
-                if (
-                    other.name != key
-                    and _read_or_none(other) == own_patient
-                    and self._study_uid_folder(other.name) != own_study
-                ):
-                    sharing.add(other.name)
+        sharing = {
+            other.name
+            for folder in folders
+            for other in (index / folder).iterdir()
+            if other.name != key and self._study_uid_folder(other.name) != own_study
+        }
         return sorted(other for other in sharing if self.instance_files(other))
 
     def _study_uid_folder(self, key: str) -> str | None:

@@ -129,9 +129,20 @@ def already_analysed(runs: list[dict[str, Any]], fingerprint: str, bytes_fingerp
     Only the latest outcome counts: an instance corrected and then sent again as it was goes back to an earlier
     run's instances, and the results now newest at the destination describe the correction (attack finding: the
     study was called "unchanged" and nothing was sent)."""
-    latest = next((run for run in reversed(runs) if run.get("status") in OUTCOME_STATUSES), None)
+    latest = _latest_outcome(runs)
     matches = {fingerprint, bytes_fingerprint} - {None}
     return latest is not None and latest.get("fingerprint") in matches and latest["status"] in FINAL_STATUSES
+
+
+def answered(runs: list[dict[str, Any]]) -> bool:
+    """Whether the study's latest outcome is an analysis (`FINAL_STATUSES`), whose results stand at the
+    destinations, rather than a refusal."""
+    latest = _latest_outcome(runs)
+    return latest is not None and latest["status"] in FINAL_STATUSES
+
+
+def _latest_outcome(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((run for run in reversed(runs) if run.get("status") in OUTCOME_STATUSES), None)
 
 
 def errors_since_last_outcome(runs: list[dict[str, Any]], fingerprint: str) -> int:

@@ -56,6 +56,7 @@ from pydicom.dataset import Dataset
 from app.backoff import doubling_wait
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
+from app.dicom.instance_content import content_digest
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
@@ -244,11 +245,11 @@ class StudySync:
         too_large = [str(series["ID"]) for series in mr_series if str(series["ID"]) not in first_files]
         mr_series = [series for series in mr_series if str(series["ID"]) in first_files]
         headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
-        if headers and (
-            split := self._split_by_patient_id(study_id, headers[0]) or self._shared_series(study_id, headers)
-        ):
+        if headers and (split := self._split_study(study_id, headers)):
+            refusal, others = split
+            self._refuse_answered_parts(others, refusal, state)
             fields = {"study_fingerprint": study_fingerprint}
-            return self._record_failure(study_id, split, attempts + 1, state, fields)
+            return self._record_failure(study_id, record, refusal, attempts + 1, state, fields)
         selection = self.analyser.select(headers)
         left_out_note = _left_out_note(len(too_large), self.client.config.max_instance_bytes) if too_large else ""
         if left_out_note and selection.analysed:  # the SR says so too: a PACS user sees the volume is of what was read
@@ -268,10 +269,22 @@ class StudySync:
             ]
             for uid, series in ((str(s["MainDicomTags"]["SeriesInstanceUID"]), s) for s in used)
         }
+        read = content_fingerprint(files_by_series, left_out=too_large)
+        if record.get("status") in DONE_STATUSES and record.get("content_fingerprint") == read:
+            # The same instances stored again (Orthanc's OverwriteInstances moves LastUpdate): the result stands, as
+            # at the DICOM node (interop review 44: analysed again, and the same UIDs stored with new times).
+            fields = {"study_fingerprint": study_fingerprint, "input_fingerprint": input_fingerprint}
+            self.client.write_sync_record(study_id, record | fields)
+            state.retries.pop(study_id, None)
+            return ALREADY_DONE
         analysis = self.analyser.analyse(
             selection, files_by_series, files=sum(len(series["Instances"]) for series in mr_series)
         )
-        fields: dict[str, Any] = {"study_fingerprint": study_fingerprint, "input_fingerprint": input_fingerprint}
+        fields = {
+            "study_fingerprint": study_fingerprint,
+            "input_fingerprint": input_fingerprint,
+            "content_fingerprint": read,
+        }
         if too_large:
             fields.update(
                 series_left_out_for_size=len(too_large),
@@ -283,7 +296,7 @@ class StudySync:
             read = f"of the {len(mr_series)} series read: {analysis.reason}" if mr_series else "no other MR series"
             analysis = StudyAnalysis(AnalysisStatus.FAILED, reason=f"{left_out_note}; {read}", summary=analysis.summary)
         if analysis.status == AnalysisStatus.FAILED:
-            return self._record_failure(study_id, analysis, attempts + 1, state, fields)
+            return self._record_failure(study_id, record, analysis, attempts + 1, state, fields)
         try:
             superseded = self._store_results(study_id, analysis.datasets, record, {str(s["ID"]) for s in used})
         except SourcesGoneError:
@@ -309,9 +322,31 @@ class StudySync:
         )
         return status
 
-    def _split_by_patient_id(self, study_id: str, header: Dataset) -> StudyAnalysis | None:
-        """A failed analysis when another Orthanc study has this one's Study Instance UID and a Patient ID left empty
-        where this one's is not, or the other way round; else None.
+    def _split_study(self, study_id: str, headers: list[Dataset]) -> tuple[StudyAnalysis, set[str]] | None:
+        """The refusal of a study held in several Orthanc studies (`_split_by_patient_id`, `_shared_series`) and the
+        Orthanc IDs of its other parts; None when it is whole."""
+        if others := self._split_by_patient_id(study_id, headers[0]):
+            return split_by_patient_id(len(others) + 1, {}), others
+        if others := self._shared_series(study_id, headers):
+            return series_in_several_studies(len(others) + 1, {}), others
+        return None
+
+    def _refuse_answered_parts(self, study_ids: set[str], refusal: StudyAnalysis, state: SyncState) -> None:
+        """Refuse the other parts of a split study that were answered before this part came, and delete their results.
+
+        Why: the part analysed first got a result, and a part that came later was refused while that result stood, an
+        "absent" SR for the tumor-free half of a series (attack review 43 F5). Parts not answered (refused already,
+        or not yet processed) find the split themselves."""
+        for other in sorted(study_ids):
+            looked_at = self._look_at(other)
+            if looked_at is None or looked_at[0].get("status") not in DONE_STATUSES:
+                continue
+            record, mr_series = looked_at
+            self._record_failure(other, record, refusal, 1, state, {"study_fingerprint": fingerprint(mr_series)})
+
+    def _split_by_patient_id(self, study_id: str, header: Dataset) -> set[str]:
+        """The Orthanc IDs of the other studies that have this one's Study Instance UID and a Patient ID left empty
+        where this one's is not, or the other way round (none: an empty set).
 
         Why: Orthanc keys a study by Patient ID and Study Instance UID, so a series stored with an empty Patient ID on
         some files is two Orthanc studies, and each was analysed alone (interop review 39: "absent" for the
@@ -321,24 +356,24 @@ class StudySync:
         again)."""
         uid = str(header.get("StudyInstanceUID", ""))
         if not uid:
-            return None
+            return set()
         patient_id = identity_text(header.get("PatientID"))
-        others = []
+        others = set()
         for study in self.client.other_studies_of_uid(study_id, uid):
             other_id = identity_text(study["PatientMainDicomTags"].get("PatientID"))
             if not (other_id and patient_id and other_id != patient_id):
-                others.append(study)
-        return split_by_patient_id(len(others) + 1, {}) if others else None
+                others.add(str(study["ID"]))
+        return others
 
-    def _shared_series(self, study_id: str, headers: list[Dataset]) -> StudyAnalysis | None:
-        """A failed analysis when a series of this study (by Series Instance UID) is also in an Orthanc study of
-        another Study Instance UID; else None.
+    def _shared_series(self, study_id: str, headers: list[Dataset]) -> set[str]:
+        """The Orthanc IDs of the other studies, of another Study Instance UID, that hold a series of this study (by
+        Series Instance UID) (none: an empty set).
 
         Why: a series belongs to one study, yet one stored with two Study Instance UIDs (a study split in the RIS
         while it was sent) is two Orthanc studies, and the tumor-free part got a COMPLETE "absent" SR (interop
         review 42), where the API refuses such files in one request. One lookup per MR series (at most
         `MAX_MR_SERIES`), and one more per other study found."""
-        study_uid, patient_id = str(headers[0].get("StudyInstanceUID", "")), identity_text(headers[0].get("PatientID"))
+        study_uid = str(headers[0].get("StudyInstanceUID", ""))
         others: set[str] = set()
         for header in headers:
             if series_uid := str(header.get("SeriesInstanceUID", "")):
@@ -347,16 +382,28 @@ class StudySync:
             other
             for other in others
             if (study := self.client.study(other)) is not None
+            # whatever its Patient ID: a patient merged in the RIS while the series was stored (attack review 44)
             and str(study.get("MainDicomTags", {}).get("StudyInstanceUID", "")) != study_uid
-            # another patient's study is no part of this series (attack review 43: any sender could fail this one)
-            and identity_text(study.get("PatientMainDicomTags", {}).get("PatientID")) == patient_id
         }
-        return series_in_several_studies(len(elsewhere) + 1, {}) if elsewhere else None
+        return elsewhere
 
     def _record_failure(
-        self, study_id: str, analysis: StudyAnalysis, attempts: int, state: SyncState, fields: dict[str, Any]
+        self,
+        study_id: str,
+        record: dict[str, Any],
+        analysis: StudyAnalysis,
+        attempts: int,
+        state: SyncState,
+        fields: dict[str, Any],
     ) -> str:
-        """Record a failed analysis (its `attempts`-th) and when to try again."""
+        """Delete the results stored for the study before (its `record`'s), record a failed analysis (its
+        `attempts`-th) and when to try again.
+
+        Why delete: a refused study has no result, and the earlier SEG and SR, made of instances that are not the
+        study's now, stood in Orthanc as its current result with nothing a viewer reads saying otherwise (interop
+        review 44 F2: a slice re-sent under a new UID at another's position)."""
+        for series_id in self.client.our_result_series(study_id, _recorded_results(record)):
+            self.client.delete_series(series_id)
         state.retries[study_id] = self._next_attempt(attempts)
         self.client.write_sync_record(
             study_id,
@@ -544,6 +591,19 @@ def fingerprint(series: Iterable[dict[str, Any]]) -> str:
             digest.update(b"/" + instance.encode())
         digest.update(b";")
     return digest.hexdigest()
+
+
+def content_fingerprint(files_by_series: Mapping[str, Sequence[bytes]], left_out: Iterable[str] = ()) -> str:
+    """A digest of what the series read hold (`content_digest`: attributes and pixel values, in any transfer syntax)
+    and of the series `left_out` for their size (the report names them): the same for the same instances stored
+    again, whatever Orthanc's IDs and times say."""
+    digest = hashlib.sha256(",".join(sorted(left_out)).encode() + b"\0")
+    for series_uid in sorted(files_by_series):
+        digest.update(series_uid.encode() + b"\0")
+        for item in sorted(content_digest(data) for data in files_by_series[series_uid]):
+            digest.update(item)
+        digest.update(b";")
+    return digest.hexdigest()[:32]
 
 
 def _left_out_note(count: int, limit: int) -> str:

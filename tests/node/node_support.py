@@ -183,6 +183,11 @@ def record(node: DicomNode) -> dict[str, Any]:
     return json.loads((study / "record.json").read_text())
 
 
+def records(node: DicomNode) -> list[dict[str, Any]]:
+    """Every study's record, in key order."""
+    return [json.loads(path.read_text()) for path in sorted((node.spool.root / "studies").glob("*/record.json"))]
+
+
 def echo(port: int) -> bool:
     """True if the node at `port` answers a C-ECHO from an allowed calling AE (False if it refuses to associate)."""
     ae = AE(ae_title=CALLING_AE)

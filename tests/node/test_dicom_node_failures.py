@@ -42,16 +42,13 @@ from tests.node.node_support import (
     process_and_send,
     process_ready,
     record,
+    records,
     store_dataset,
     storescu,
     wait_for,
 )
 
 WEEK_SECONDS = 7 * 24 * 3600.0
-
-
-def records(node: DicomNode) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted((node.spool.root / "studies").glob("*/record.json"))]
 
 
 def test_two_patients_whose_studies_share_a_study_uid_are_kept_apart(
@@ -99,16 +96,18 @@ def test_a_study_sent_with_an_empty_patient_id_on_some_files_is_refused_in_both_
     assert [fields.get("error") for fields in logged] == ["mixed_input", "mixed_input"]  # the code, in the log too
 
 
+@pytest.mark.parametrize("patient_id", [PATIENT_ID, "TMP-0001"], ids=["one patient", "patient merged"])
 def test_a_series_sent_under_two_study_uids_is_refused_in_both_parts(
-    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, patient_id: str
 ) -> None:
     """Interop review 42 F1: one series whose later files carried a second Study Instance UID (a study split in the
-    RIS while it was sent) was analysed as two studies, and the tumor-free part got a COMPLETE "absent" SR."""
+    RIS while it was sent) was analysed as two studies, and the tumor-free part got a COMPLETE "absent" SR. Attack
+    review 44 F1: so did the same with a temporary Patient ID on one part (a patient merged in the RIS meanwhile)."""
     node = make_node()
     series = mr_series([*tumor_channels(), *tumor_channels()])
     second_study = generate_uid()
     for dataset in series[3:]:
-        dataset.StudyInstanceUID = second_study
+        dataset.StudyInstanceUID, dataset.PatientID = second_study, patient_id
     assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
 

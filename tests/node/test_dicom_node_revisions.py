@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
 from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION
@@ -22,7 +23,16 @@ from app.dicom.dicom_sr_reader import predecessors
 from app.node.dicom_spool import SpoolLimits
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
-from tests.node.node_support import Clock, ResultStore, free_port, record, send_study
+from tests.node.node_support import (
+    QUIET_SECONDS,
+    Clock,
+    ResultStore,
+    free_port,
+    process_and_send,
+    record,
+    records,
+    send_study,
+)
 
 ALL_RESULTS = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
 HOUR_SECONDS = 3600.0
@@ -204,5 +214,93 @@ def test_a_destination_that_refuses_the_note_has_the_revision_delivered(
         }
         assert statuses == {("SR", "sent"), ("KO", "declined")}
         assert node.spool.unsent_studies() == []  # settled: no alert on results waiting, and purged in time
+    finally:
+        store.close()
+
+
+def test_a_series_part_under_another_study_uid_withdraws_the_result_sent_for_the_first_part(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Attack review 43 F5: the second part of a series split over two Study Instance UIDs came after the first part
+    was analysed and sent; the second was refused, but the first part's SEG and SR stood as the study's result. Now
+    the first part is refused too, and a rejection note withdraws what the destination holds of it."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    second_study = generate_uid()
+    for dataset in series[3:]:
+        dataset.StudyInstanceUID = second_study
+    store = ResultStore(port, ALL_RESULTS)
+    try:
+        send_study(node, clock, series[:3], tmp_path / "first")
+        (seg,), (sr,) = store.by_modality("SEG"), store.by_modality("SR")
+
+        send_study(node, clock, series[3:], tmp_path / "second")  # refused; the first part is reopened
+        clock.advance(QUIET_SECONDS)
+        process_and_send(node)
+
+        (note,) = store.by_modality("KO")
+        assert rejected(note) == {seg.SOPInstanceUID, sr.SOPInstanceUID}
+        assert note.StudyInstanceUID == seg.StudyInstanceUID
+        assert (len(store.by_modality("SEG")), len(store.by_modality("SR"))) == (1, 1)  # no new result claimed
+        outcomes = [study["runs"][-1] for study in records(node)]
+        assert [run["status"] for run in outcomes] == ["failed", "failed"]
+        assert all(run["reason"].startswith("mixed_input: a series of this study") for run in outcomes)
+
+        clock.advance(QUIET_SECONDS)  # two refused parts do not reopen each other
+        assert process_and_send(node) == []
+        assert len(store.received) == 3
+    finally:
+        store.close()
+
+
+def test_a_series_part_under_another_study_uid_cancels_the_first_parts_results_not_yet_sent(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """The same split found while the destination was down: the first part's results are never sent."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    second_study = generate_uid()
+    for dataset in series[3:]:
+        dataset.StudyInstanceUID = second_study
+    send_study(node, clock, series[:3], tmp_path / "first")  # nobody listens at the destination
+    send_study(node, clock, series[3:], tmp_path / "second")
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    assert [study["runs"][-1]["status"] for study in records(node)] == ["failed", "failed"]
+
+    store = ResultStore(port, ALL_RESULTS)
+    try:
+        clock.advance(HOUR_SECONDS)  # past the wait for a destination that could not be reached
+        node.send_unsent()
+        assert store.received == []
+        assert node.spool.unsent_studies() == []
+    finally:
+        store.close()
+
+
+def test_a_study_that_can_no_longer_be_analysed_withdraws_its_earlier_results(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 44 F2: a slice re-sent under a new SOP Instance UID at another's position makes the study
+    unreadable (two slices at one position); it was refused, and its earlier SEG and SR stood at the destination as
+    the study's current result. A rejection note withdraws them now."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    series = mr_series(tumor_channels())
+    again = copy.deepcopy(series[0])
+    again.SOPInstanceUID, again.InstanceNumber = generate_uid(), len(series) + 1
+    store = ResultStore(port, ALL_RESULTS)
+    try:
+        send_study(node, clock, series, tmp_path / "first")
+        (seg,), (sr,) = store.by_modality("SEG"), store.by_modality("SR")
+
+        send_study(node, clock, [again], tmp_path / "again")
+
+        assert record(node)["runs"][-1]["status"] == "failed"
+        (note,) = store.by_modality("KO")
+        assert rejected(note) == {seg.SOPInstanceUID, sr.SOPInstanceUID}
+        assert (len(store.by_modality("SEG")), len(store.by_modality("SR"))) == (1, 1)
     finally:
         store.close()

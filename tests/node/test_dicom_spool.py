@@ -209,11 +209,10 @@ def test_studies_sharing_a_series_are_those_under_another_study_uid(tmp_path: Pa
     moved = spool.store_instance("1.2.4", "P-1", "1.2.3.1.2", b"second", "1.2.3.1")
     corrected = spool.store_instance("1.2.3", "P-2", "1.2.3.1.3", b"third", "1.2.3.1")
     unrelated = spool.store_instance("1.2.5", "P-1", "1.2.5.1.1", b"fourth", "1.2.5.1")
-    # Attack review 43: another patient's study reusing the UID is no part of the series (it would fail this one).
-    foreign = spool.store_instance("1.2.6", "P-9", "1.2.3.1.9", b"fifth", "1.2.3.1")
+    # Attack review 44: under another Patient ID too (a patient merged in the RIS while the series was sent).
+    merged = spool.store_instance("1.2.6", "P-9", "1.2.3.1.9", b"fifth", "1.2.3.1")
 
-    assert spool.studies_sharing_a_series(first) == [moved]
-    assert spool.studies_sharing_a_series(moved) == [first]
-    assert spool.studies_sharing_a_series(corrected) == []  # another Patient ID: `studies_split_by_patient_id`'s
+    assert spool.studies_sharing_a_series(first) == sorted([moved, merged])
+    assert spool.studies_sharing_a_series(merged) == sorted([first, moved, corrected])
+    assert spool.studies_sharing_a_series(corrected) == sorted([moved, merged])  # not `first`: one Study UID
     assert spool.studies_sharing_a_series(unrelated) == []
-    assert spool.studies_sharing_a_series(foreign) == []

@@ -414,21 +414,72 @@ def test_a_series_stored_under_two_study_uids_is_refused_in_both_parts(
         assert orthanc.result_series(study) == {"SEG": [], "SR": []}
 
 
-def test_another_patients_study_reusing_a_series_uid_does_not_fail_this_one(
+def test_a_series_part_under_another_study_uid_withdraws_the_result_stored_for_the_first_part(
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
-    """Attack review 43: one instance of another patient and study carrying this series' UID failed both studies."""
+    """Attack review 43 F5: the second part of a split series came after the first part was analysed; it was
+    refused, but the first part's SEG and SR stood in Orthanc as the study's result. Now both parts are refused and
+    the first part's results deleted."""
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    second_study = generate_uid()
+    for dataset in series[3:]:
+        dataset.StudyInstanceUID = second_study
+    config = config_for(orthanc, tmp_path / "state.json")
+    first = orthanc.study_of(orthanc.upload(series[:3]))
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)
+    assert len(orthanc.result_series(first)["SEG"]) == 1
+
+    second = orthanc.study_of(orthanc.upload(series[3:]))
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert (report.positive, report.negative) == (0, 0) and report.failed >= 1  # retries may count it again
+    for study in (first, second):
+        assert orthanc.record(study)["error"].startswith("mixed_input: a series of this study")
+        assert orthanc.result_series(study) == {"SEG": [], "SR": []}
+    again = run_pacs_sync(config, predictor, once=True)  # refused parts do not reopen each other into answers
+    assert (again.positive, again.negative) == (0, 0)
+
+
+def test_a_study_that_can_no_longer_be_analysed_loses_its_earlier_results(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 44 F2: a slice re-sent under a new SOP Instance UID at another's position makes the study
+    unreadable (two slices at one position); it was refused, and its earlier SEG and SR stood in Orthanc as the
+    study's current result, the failure only in pacs-sync's metadata. They are deleted now."""
     series = mr_series(tumor_channels())
-    intruder = copy.deepcopy(series[0])
-    intruder.PatientID, intruder.StudyInstanceUID, intruder.SOPInstanceUID = "OTHER", generate_uid(), generate_uid()
+    again = copy.deepcopy(series[0])
+    again.SOPInstanceUID, again.InstanceNumber = generate_uid(), len(series) + 1
     config = config_for(orthanc, tmp_path / "state.json")
     study = orthanc.study_of(orthanc.upload(series))
-    orthanc.upload([intruder])
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)
+    assert len(orthanc.result_series(study)["SR"]) == 1
 
-    run_pacs_sync(config, predictor, once=True)
+    orthanc.upload([again])
+    report = run_pacs_sync(config, predictor, once=True)
 
-    assert "error" not in orthanc.record(study)
-    assert orthanc.result_series(study)["SR"]
+    assert (report.positive, report.negative) == (0, 0) and report.failed >= 1
+    assert orthanc.record(study)["error"].startswith("invalid_dicom_image")
+    assert orthanc.result_series(study) == {"SEG": [], "SR": []}
+
+
+def test_a_series_split_over_two_patient_ids_and_study_uids_is_refused_in_both_parts(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Attack review 44 F1: a patient merged in the RIS while the series was stored (a temporary Patient ID and study
+    on the first part) gave the tumor-free part a COMPLETE "absent" SR, since only studies of one Patient ID counted
+    (attack review 43 F4's fix, against one sender failing another's study, which is now the price)."""
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    for dataset in series[:3]:
+        dataset.PatientID, dataset.StudyInstanceUID = "TMP-0001", "1.2.826.0.1.3680043.8.498.44"
+    config = config_for(orthanc, tmp_path / "state.json")
+    studies = [orthanc.study_of(orthanc.upload(series[:3])), orthanc.study_of(orthanc.upload(series[3:]))]
+
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert (report.positive, report.negative) == (0, 0)
+    for study in studies:
+        assert orthanc.record(study)["error"].startswith("mixed_input: a series of this study")
+        assert orthanc.result_series(study) == {"SEG": [], "SR": []}
 
 
 def test_a_study_whose_patient_id_differs_only_by_spaces_is_not_answered_in_halves(

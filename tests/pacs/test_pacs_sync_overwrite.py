@@ -49,3 +49,26 @@ def test_an_instance_replaced_in_orthanc_is_analysed_again(
     assert record["input_fingerprint"] != first_record["input_fingerprint"]
     (sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")  # the earlier one deleted
     assert predecessors(sr) == [first_sr.SOPInstanceUID]
+
+
+def test_the_same_instances_stored_again_leave_the_result_as_it_is(
+    overwriting_orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 44 F3: Orthanc moves a series' LastUpdate when it overwrites an instance with the same bytes;
+    pacs-sync analysed the study again and stored the same SEG and SR UIDs with new times (the node calls such a
+    re-send unchanged)."""
+    orthanc = overwriting_orthanc
+    series = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload(series))
+    assert run_pacs_sync(config, predictor, once=True).positive == 1
+    (first_sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
+
+    time.sleep(1.1)  # Orthanc's LastUpdate counts seconds
+    orthanc.upload(series)
+    again = run_pacs_sync(config, predictor, once=True)
+
+    assert (again.positive, again.already_done) == (0, 1)
+    (sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
+    assert (sr.SOPInstanceUID, sr.ContentTime) == (first_sr.SOPInstanceUID, first_sr.ContentTime)
+    assert "error" not in orthanc.record(study_id)
