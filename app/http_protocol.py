@@ -17,9 +17,10 @@ adds, per connection:
 - a body idle timeout (`body_timeout_seconds`): a client that pauses longer while sending a body gets 408 and the
   connection is closed; the app sees the client go away. Time the app leaves the body unread does not count;
 - an answer the client does not read: when the transport holds more of it than it could send (the kernel's buffers
-  full), the client must take some of it every `body_timeout_seconds`, or the connection is cut off. Before, an
-  answer written whole stayed in memory, outside every budget, and the request's task waited, for as long as the
-  client kept the connection open without reading (attack review 34, left open there);
+  full), the client must take some of it every `body_timeout_seconds`, at `min_answer_bytes_per_second` at least,
+  or the connection is cut off. Before, an answer written whole stayed in memory, outside every budget, and the
+  request's task waited, for as long as the client kept the connection open without reading (attack review 34,
+  left open there), or read a few bytes now and then (attack review 44);
 - on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
   shutdown while requests that are being sent or answered finish;
 - a request with more than one Host header is 400 (RFC 9112 3.2): a proxy keeping the last and the app the first
@@ -66,6 +67,7 @@ class ConnectionLimits:
     shutdown_idle_upload_seconds: float
     max_connections_per_client: int | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    min_answer_bytes_per_second: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -77,6 +79,7 @@ class ConnectionLimits:
             header_timeout_seconds=settings.header_timeout_seconds,
             body_timeout_seconds=settings.body_timeout_seconds,
             shutdown_idle_upload_seconds=settings.shutdown_idle_upload_seconds,
+            min_answer_bytes_per_second=settings.min_answer_bytes_per_second,
         )
 
 
@@ -362,17 +365,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._answer_timer = self.loop.call_later(self.limits.body_timeout_seconds, self._check_answer_taken, buffered)
 
     def _check_answer_taken(self, buffered_before: int) -> None:
-        """Cut off a client that took none of its answer since the last check; watch on while some is buffered."""
+        """Cut off a client that took less of its answer since the last check than `min_answer_bytes_per_second`
+        asks (none, at least); watch on while some is buffered.
+
+        Why a rate: a client that took 4 KiB every 20 s kept a 50 MB answer in memory for days, eight connections
+        367 MiB, outside every budget (attack review 44)."""
         self._answer_timer = None
         buffered = self.transport.get_write_buffer_size()
         if self.transport.is_closing() or buffered == 0:
             return
-        if self._answer_taken or buffered < buffered_before:
+        window = self.limits.body_timeout_seconds
+        wanted = max(1, min(buffered_before, int(self.limits.min_answer_bytes_per_second * window)))
+        taken = buffered_before - buffered
+        if self._answer_taken or taken >= wanted:
             self._arm_answer_timer(buffered)
             return
         path = self.cycle.scope.get("path") if self.cycle is not None else None
         fields = {"peer": self._peer(), "path": str(path or "")[:256], "bytes_unsent": buffered}
-        message = f"connection cut off: the client read none of its answer for {self.limits.body_timeout_seconds:g} s"
+        message = (
+            f"connection cut off: the client read none of its answer for {window:g} s"
+            if taken <= 0
+            else f"connection cut off: the client read {taken} bytes of its answer in {window:g} s, slower than "
+            f"{self.limits.min_answer_bytes_per_second} bytes/s"
+        )
         logger.info(message, extra={"fields": fields})
         self.transport.abort()  # drops the buffered answer; the app, if still sending, sees the client gone
 

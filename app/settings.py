@@ -251,6 +251,13 @@ class Settings(BaseSettings):
         description="longest a client may pause while sending a request body (then the request ends with 408), or "
         "take none of an answer the server holds for it (then the connection is cut off); at most a day",
     )
+    min_answer_bytes_per_second: int = Field(
+        default=32 * 1024,
+        ge=0,
+        description="slowest a client may take an answer the server holds for it, measured over each "
+        "BODY_TIMEOUT_SECONDS (slower, the connection is cut off: an answer is held in memory until taken); 0 cuts "
+        "off only a client that takes none",
+    )
     keep_alive_timeout_seconds: float = Field(
         default=5.0,
         gt=0,

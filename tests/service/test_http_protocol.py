@@ -53,10 +53,12 @@ class ClientTransport(asyncio.Transport):
         pass
 
 
-async def client_reading(reads: list[int], periods: float) -> ClientTransport:
+async def client_reading(reads: list[int], periods: float, min_rate: int = 0) -> ClientTransport:
     """A connection whose transport held `ANSWER_BYTES` when it paused writing, whose client then takes `reads`
-    bytes, one amount per limit period; returns the transport after `periods` limits."""
+    bytes, one amount per limit period; returns the transport after `periods` limits. `min_rate`: the slowest
+    answer rate allowed (bytes/s)."""
     limits = ConnectionLimits(
+        min_answer_bytes_per_second=min_rate,
         max_connections=8,
         max_header_bytes=8192,
         header_timeout_seconds=60.0,
@@ -89,6 +91,19 @@ def test_a_client_that_reads_none_of_its_answer_is_cut_off(caplog: pytest.LogCap
     assert transport.aborted
     (record,) = [record for record in caplog.records if "read none of its answer" in record.getMessage()]
     assert record.fields["bytes_unsent"] == ANSWER_BYTES  # type: ignore[attr-defined]
+
+
+def test_a_client_that_reads_its_answer_a_few_bytes_at_a_time_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
+    """Attack review 44 F2: 4 KiB every 20 s kept a 50 MB answer in memory for days; some taken in each period was
+    enough."""
+    with caplog.at_level(logging.INFO, logger="app.http"):
+        trickle = asyncio.run(client_reading([4096] * 3, periods=3.5, min_rate=100_000))
+    fast_enough = asyncio.run(client_reading([60_000] * 3, periods=3.5, min_rate=100_000))  # 120 kB/s
+
+    assert trickle.aborted
+    (record,) = [record for record in caplog.records if "slower than 100000 bytes/s" in record.getMessage()]
+    assert "read 4096 bytes of its answer in 0.5 s" in record.getMessage()
+    assert not fast_enough.aborted and fast_enough.buffered == ANSWER_BYTES - 180_000
 
 
 def test_a_slow_reader_keeps_its_connection_and_a_finished_answer_stops_the_watch() -> None:
