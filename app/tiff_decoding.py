@@ -167,24 +167,49 @@ def check_tiff_inflation(data: bytes, page: tifffile.TiffPage) -> None:
             )
 
 
+LZMA_DECODER_MEMORY_BYTES = 80 << 20
+"""The most an LZMA decoder may allocate for the dictionary its stream declares (xz's strongest preset needs 65 MiB;
+the format allows 1.5 GiB, none of it counted in the memory budget)."""
+
+MEASURING_PIECE_BYTES = 1 << 20
+"""The most inflated bytes the measures below hold at once: each is counted and dropped. Why: inflated whole for its
+length, a 256 MiB tile took 512 MiB on top of the budget that counts it once (attack review 44)."""
+
+
 def _inflated_zlib(segment: memoryview, limit: int) -> int:
+    total = 0
+    decompressor = zlib.decompressobj()
+    pending: bytes | memoryview = segment
     try:
-        return len(zlib.decompressobj().decompress(segment, limit + 1))
+        while total <= limit:
+            piece = decompressor.decompress(pending, MEASURING_PIECE_BYTES)
+            total += len(piece)
+            pending = decompressor.unconsumed_tail
+            if decompressor.eof or not (piece or pending):
+                break
     except zlib.error:
         return 0  # corrupt: tifffile reports it
+    return total
 
 
 def _inflated_lzma(segment: memoryview, limit: int) -> int:
     total = 0
     try:
         while segment and total <= limit:  # lzma.decompress, like tifffile, reads concatenated streams
-            decompressor = lzma.LZMADecompressor()
-            total += len(decompressor.decompress(segment, limit + 1 - total))
+            decompressor = lzma.LZMADecompressor(memlimit=LZMA_DECODER_MEMORY_BYTES)
+            total += len(decompressor.decompress(segment, MEASURING_PIECE_BYTES))
+            while not decompressor.eof and not decompressor.needs_input and total <= limit:
+                total += len(decompressor.decompress(b"", MEASURING_PIECE_BYTES))
             if not decompressor.eof:
                 break
             segment = memoryview(decompressor.unused_data)
-    except lzma.LZMAError:
-        pass  # corrupt: tifffile reports it
+    except lzma.LZMAError as error:
+        if "memory usage limit" in str(error).lower():  # the decoder's own dictionary, which the stream sizes
+            raise UndecodableImageError(
+                "TIFF file cannot be decoded: an LZMA strip asks for more than "
+                f"{LZMA_DECODER_MEMORY_BYTES >> 20} MiB of decoder memory"
+            ) from None
+        # corrupt otherwise: tifffile reports it
     return total
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.errors import UndecodableImageError
 from app.imaging import decode_image, read_image_header
+from app.tiff_decoding import check_tiff_inflation, tiff_chunk_bytes
 from tests.conftest import REPO_ROOT
 from tests.security import corpus
 from tests.security.conftest import MIB, assert_error
@@ -151,3 +152,33 @@ def test_decoding_a_large_packbits_strip_stays_within_its_cost():
         tracemalloc.stop()
 
     assert pixels.nbytes < peak < header.cost_bytes
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzma"])
+def test_measuring_a_large_tile_holds_a_small_piece_of_it(compression: str):
+    """Attack review 44 F6: the inflation check inflated a strip or tile whole for its length, and held twice the
+    tile that the memory budget counts once (a 64 x 64 TIFF of one 16384 x 16384 Deflate tile: +512 MiB)."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((64, 64), np.uint8), compression=compression, tile=(8192, 8192))
+    data = buffer.getvalue()
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        page = tiff.pages.first
+        assert tiff_chunk_bytes(page) == 64 * MIB
+
+        tracemalloc.start()
+        try:
+            check_tiff_inflation(data, page)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+
+    assert peak < 12 * MIB  # a piece, and the LZMA decoder's dictionary (8 MiB at xz's default preset)
+
+
+def test_an_lzma_strip_that_asks_for_a_huge_decoder_dictionary_is_refused():
+    """The dictionary an LZMA stream declares is allocated by its decoder, outside the memory budget (1.5 GiB at
+    most); here 192 MiB for a 16 x 16 slice."""
+    filters = [{"id": lzma.FILTER_LZMA2, "dict_size": 192 * MIB}]
+    strip = lzma.compress(bytes(256), format=lzma.FORMAT_XZ, filters=filters)
+    with pytest.raises(UndecodableImageError, match="MiB of decoder memory"):
+        decode_image(tiff_16x16(strip, TIFF_LZMA))
