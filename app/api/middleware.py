@@ -29,7 +29,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
 )
 from app.metrics import ServiceMetrics
-from app.security import ApiKeyStore, RateLimiter
+from app.security import ApiKeyStore, RateLimiter, address_group
 
 HELD_UPLOADS_RETRY_SECONDS = 5.0
 """Retry-After of a request refused because the uploads in flight hold too much: a few seconds frees what a batch
@@ -46,6 +46,7 @@ UNMATCHED = "unmatched"
 # Refusals that never reach a route, or reach one and are refused for who or how much is asking: each is audited.
 AUDITED_REFUSALS = frozenset({401, 403, 408, 413, 415, 429, 431})
 _MAX_LOGGED_PATH = 256
+_ADDRESS_WITH_PORT = re.compile(r"\[([0-9A-Fa-f:.]+)\]:\d{1,5}|([0-9.]+):\d{1,5}")
 # What Starlette's router writes into the scope of a request it matched.
 ROUTING_KEYS = ("route", "endpoint", "path_params", "app_root_path")
 
@@ -94,13 +95,27 @@ class ClientAddressMiddleware:
         entries = [entry.strip() for value in values for entry in value.split(",")]
         address = None
         for entry in reversed(entries):
-            try:
-                address = str(ipaddress.ip_address(entry))
-            except ValueError:
+            address = forwarded_address(entry)
+            if address is None:
                 return None  # a malformed hop: stop believing the chain there, keep the peer
             if not self.is_trusted(address):
                 return address
         return address  # every hop is trusted (a client inside the proxies' network): the furthest one
+
+
+def forwarded_address(entry: str) -> str | None:
+    """The IP address of one `X-Forwarded-For` entry, None when it names none: an address, or an address with a port
+    as some load balancers write it (``203.0.113.7:4711``, ``[2001:db8::1]:443``), an IPv4-mapped IPv6 address read as
+    IPv4. Why: an entry with a port was malformed, so every client behind such a proxy was its address, one budget
+    of failed keys for all of them (attack review 44)."""
+    matched = _ADDRESS_WITH_PORT.fullmatch(entry)
+    text = (matched.group(1) or matched.group(2)) if matched else entry
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
 
 
 class RequestContextMiddleware:
@@ -285,7 +300,7 @@ class AccessControlMiddleware:
             return
         state = scope.setdefault("state", {})
         client = scope.get("client")
-        address = client[0] if client else "unknown"
+        address = address_group(client[0]) if client else "unknown"  # an IPv6 client's /64 counts as one
         key_id = None
         if self.keys.enabled:
             if self.failed_keys is not None:

@@ -105,6 +105,18 @@ def test_failed_keys_are_throttled_per_address(keyed_app, audit_path: Path):
     assert len(throttled) == 2 and all(entry["peer"] == PEER[0] for entry in throttled)
 
 
+def test_failed_keys_from_one_ipv6_subscriber_share_one_budget(keyed_app):
+    """Attack review 44 F7: each of 200 addresses guessed without a 429; an IPv6 subscriber holds a /64 of them."""
+    guesses = [
+        TestClient(keyed_app, client=(f"2001:db8:0:1::{index:x}", 40000)).get("/v1/models", headers={"X-API-Key": "x"})
+        for index in range(1, 5)
+    ]
+
+    assert [guess.status_code for guess in guesses] == [401, 401, 401, 429]
+    other_subscriber = TestClient(keyed_app, client=("2001:db8:0:2::1", 40000))
+    assert other_subscriber.get("/v1/models", headers={"X-API-Key": KEY}).status_code == 200
+
+
 def test_requests_without_a_key_do_not_lock_the_address_out(keyed_app):
     """A browser opening /docs, /openapi.json and /metrics sends no key: each is a 401, none of them a guess."""
     browser = TestClient(keyed_app, client=PEER)
@@ -138,8 +150,23 @@ def test_request_id_is_the_servers_and_the_clients_is_kept_apart(keyed_client: T
         (["10.0.0.5"], PROXY, "6.6.6.6, 198.51.100.1", "198.51.100.1"),  # what the client wrote itself is ignored
         (["10.0.0.5"], PROXY, "not-an-address", "10.0.0.5"),
         (["10.0.0.0/8"], PROXY, "10.1.2.3", "10.1.2.3"),  # a client inside the proxy's network (nginx.conf's case)
+        # Attack review 44: entries with a port, as some load balancers write them, and an IPv4-mapped address.
+        (["10.0.0.5"], PROXY, "203.0.113.7:4711", "203.0.113.7"),
+        (["10.0.0.5"], PROXY, "[2001:db8::7]:443", "2001:db8::7"),
+        (["10.0.0.5"], PROXY, "::ffff:203.0.113.7", "203.0.113.7"),
     ],
-    ids=["default", "untrusted-peer", "trusted-proxy", "proxy-chain", "forged-left-entry", "malformed", "all-trusted"],
+    ids=[
+        "default",
+        "untrusted-peer",
+        "trusted-proxy",
+        "proxy-chain",
+        "forged-left-entry",
+        "malformed",
+        "all-trusted",
+        "ipv4-with-port",
+        "ipv6-with-port",
+        "ipv4-mapped",
+    ],
 )
 def test_forwarded_for_is_believed_only_from_trusted_proxies(
     tiny_model_dir: Path, audit_path: Path, trusted: list[str], peer: tuple, forwarded: str, client: str
