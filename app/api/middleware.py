@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -373,9 +374,25 @@ class UploadLimitMiddleware:
         self.sources = dict(sources or {})
         self.max_held_bytes = max_held_bytes
         self.held_bytes = 0  # by the requests in flight (one event loop: no lock)
+        self.held_by_client: Counter[str] = Counter()  # the same, by client (`_client_of`)
 
-    def _over_held(self, more: int) -> OverloadedError | None:
-        if self.max_held_bytes is None or self.held_bytes + more <= self.max_held_bytes:
+    def _over_held(self, more: int, client: str, own: int) -> OverloadedError | None:
+        """The refusal of `more` bytes for a request of `client` that holds `own` already, or None.
+
+        Beside the pool, a client whose other requests in flight hold bytes may not take more than half of it: one
+        key's five slow uploads held all 512 MiB for as long as it liked, and every other client got 503 (attack
+        review 44). A client's only request is judged by the pool alone, so a lone large batch is never refused."""
+        if self.max_held_bytes is None:
+            return None
+        share = self.max_held_bytes // 2
+        others_of_client = self.held_by_client[client] - own
+        if others_of_client > 0 and self.held_by_client[client] + more > share:
+            return OverloadedError(
+                f"this client's requests in flight hold {self.held_by_client[client]} bytes of uploads, and this one "
+                f"would take them past {share}, half of MAX_UPLOADS_HELD_BYTES; retry once they are answered",
+                retry_after_seconds=HELD_UPLOADS_RETRY_SECONDS,
+            )
+        if self.held_bytes + more <= self.max_held_bytes:
             return None
         return OverloadedError(
             f"the requests in flight hold {self.held_bytes} bytes of uploads, and this one would take them past "
@@ -395,7 +412,8 @@ class UploadLimitMiddleware:
             error = PayloadTooLargeError(f"{at_most}; Content-Length is {declared}")
             await self._reject(scope, receive, send, error)
             return
-        busy = self._over_held(int(declared)) if declared is not None and declared.isdigit() else None
+        client = _client_of(scope)
+        busy = self._over_held(int(declared), client, 0) if declared is not None and declared.isdigit() else None
         if busy is not None:
             await self._reject(scope, receive, send, busy)
             return
@@ -415,10 +433,11 @@ class UploadLimitMiddleware:
                 if received + size > limit:
                     error = PayloadTooLargeError(f"{at_most}; got more")
                 else:
-                    error = self._over_held(size)
+                    error = self._over_held(size, client, held)
                 received += size
                 if error is None:
                     self.held_bytes += size
+                    self.held_by_client[client] += size
                     held += size
                 elif not response_started:
                     rejected = True
@@ -439,11 +458,23 @@ class UploadLimitMiddleware:
             await self.app(scope, counting_receive, guarded_send)
         finally:
             self.held_bytes -= held
+            self.held_by_client[client] -= held
+            if self.held_by_client[client] <= 0:
+                del self.held_by_client[client]
 
     @staticmethod
     async def _reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
         scope.setdefault("state", {})["error_code"] = error.code
         await service_error_response(error)(scope, receive, send)
+
+
+def _client_of(scope: Scope) -> str:
+    """Who a request counts against: its API key's id, else its address's group (`address_group`)."""
+    key_id = scope.get("state", {}).get("key_id")
+    if key_id:
+        return f"key:{key_id}"
+    client = scope.get("client")
+    return "address:" + (address_group(client[0]) if client else "unknown")
 
 
 class UploadFormMiddleware:

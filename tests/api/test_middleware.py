@@ -147,8 +147,12 @@ def test_a_body_that_would_take_the_uploads_held_past_their_limit_waits_its_turn
 
     async def scenario() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            first = asyncio.create_task(client.post("/v1/predict", content=b"x" * 60))
+        other = httpx.ASGITransport(app=app, client=("198.51.100.9", 123))  # another client: the pool, not a share
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+            httpx.AsyncClient(transport=other, base_url="http://test") as other_client,
+        ):
+            first = asyncio.create_task(other_client.post("/v1/predict", content=b"x" * 60))
             await asyncio.sleep(0.05)  # the first holds its 60 bytes
             declared = await client.post("/v1/predict", content=b"x" * 50)
 
@@ -175,3 +179,44 @@ def test_a_body_that_would_take_the_uploads_held_past_their_limit_waits_its_turn
         )
     assert (answered.status_code, answered.text) == (200, "60 bytes")
     assert (after.status_code, after.text) == (200, "50 bytes")
+
+
+def test_one_client_may_hold_at_most_half_of_the_uploads_held_while_others_come_in() -> None:
+    """Attack review 44 F4: one key's slow uploads held the whole pool for as long as it liked; every other client's
+    upload got 503. A client's only request is judged by the pool alone."""
+    release = asyncio.Event()
+
+    async def held(request: Request) -> PlainTextResponse:
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            return PlainTextResponse("cut off", status_code=499)
+        await release.wait()
+        return PlainTextResponse(f"{len(body)} bytes")
+
+    app = Starlette(routes=[Route("/v1/predict", held, methods=["POST"])])
+    app.add_middleware(UploadLimitMiddleware, default_limit=1000, max_held_bytes=100)
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response, list[httpx.Response]]:
+        hog = httpx.ASGITransport(app=app, client=("203.0.113.1", 1))
+        other = httpx.ASGITransport(app=app, client=("198.51.100.9", 2))
+        async with (
+            httpx.AsyncClient(transport=hog, base_url="http://test") as hog_client,
+            httpx.AsyncClient(transport=other, base_url="http://test") as other_client,
+        ):
+            first = asyncio.create_task(hog_client.post("/v1/predict", content=b"x" * 30))
+            await asyncio.sleep(0.05)
+            second = await asyncio.wait_for(hog_client.post("/v1/predict", content=b"x" * 30), 5)  # 60 > 50 (half)
+            served = asyncio.create_task(other_client.post("/v1/predict", content=b"x" * 30))
+            await asyncio.sleep(0.05)
+            release.set()
+            answered = [await first, await served]
+            lone = await hog_client.post("/v1/predict", content=b"x" * 80)  # alone: the pool's 100 allow it
+            return answered, second, [lone]
+
+    answered, refused, (lone,) = asyncio.run(scenario())
+
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert refused.json()["error"]["message"].startswith("this client's requests in flight hold 30 bytes")
+    assert [(response.status_code, response.text) for response in answered] == [(200, "30 bytes")] * 2
+    assert (lone.status_code, lone.text) == (200, "80 bytes")
