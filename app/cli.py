@@ -32,7 +32,15 @@ from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
 from app.predict_command import PrintFormat, printable
 from app.release import service_version
-from app.settings import AE_TITLE_RULE, HTTP_URL_RULE, Settings, SettingsError, get_settings, is_ae_title, is_http_url
+from app.settings import (
+    AE_TITLE_RULE,
+    Settings,
+    SettingsError,
+    get_settings,
+    http_url_problem,
+    is_ae_title,
+    without_credentials,
+)
 
 if TYPE_CHECKING:
     import uvicorn
@@ -320,8 +328,12 @@ def pacs_sync(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    if args.orthanc and not is_http_url(args.orthanc):
-        return fail(f"brain-tumor pacs-sync: error: --orthanc {HTTP_URL_RULE}; got {args.orthanc!r}", EXIT_USAGE)
+    url_problem = http_url_problem(args.orthanc) if args.orthanc else None
+    if url_problem:  # as ORTHANC_URL's (ops review 44 F2): one line, the password never shown
+        return fail(
+            f"brain-tumor pacs-sync: error: --orthanc {url_problem}; got {without_credentials(args.orthanc)!r}",
+            EXIT_USAGE,
+        )
     # TensorFlow once Orthanc has been asked: a wrong URL or password is said in seconds (it came after the models)
     return sync.main(args, settings, before_models=lambda: hold_back_tensorflow_log(settings, args.verbose))
 

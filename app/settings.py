@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,6 +49,8 @@ SECRET_SETTINGS = frozenset({"api_keys", "orthanc_password"})
 SHOWN_VALUE_CHARACTERS = 80
 AE_TITLE_RULE = "an AE title is 1 to 16 printable ASCII characters, not all spaces, without a backslash"
 HTTP_URL_RULE = "must start with http:// or https://"
+# Settings whose value is a URL that may carry user:password: shown without them (`without_credentials`).
+URL_SETTINGS = frozenset({"orthanc_url"})
 # FLAIR's inversion time must stay above the range that marks an inversion-recovery series as T1.
 T1_MAX_INVERSION_MS = SelectionRules.t1_inversion_ms[1]
 
@@ -505,8 +508,9 @@ class Settings(BaseSettings):
     @field_validator("orthanc_url", mode="after")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not is_http_url(value):
-            raise ValueError(HTTP_URL_RULE)
+        problem = http_url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("sequence_flair_patterns", mode="after")
@@ -538,8 +542,40 @@ def is_ae_title(value: str) -> bool:
     )
 
 
-def is_http_url(value: str) -> bool:
-    return value.startswith(("http://", "https://"))
+def http_url_problem(value: str) -> str | None:
+    """The rule `value` breaks as an http(s) URL of a server, or None when it is one.
+
+    A prefix check alone let `http://`, a port of 99999 or `https://[::1` through, and pacs-sync then stopped with a
+    traceback that printed the URL, password included (ops review 44 F2). The rule never quotes the value: the
+    caller shows it `without_credentials`.
+    """
+    if not value.startswith(("http://", "https://")):
+        return HTTP_URL_RULE
+    if any(character.isspace() or not character.isprintable() for character in value):
+        return "must not hold spaces or control characters"
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "is not a URL: a bracketed IPv6 address must be closed"
+    port_rule = "its port must be a number from 1 to 65535"
+    try:
+        port = parts.port
+    except ValueError:  # out of range, or no number; its text may quote a password (http://user:password)
+        return port_rule
+    if not parts.hostname:
+        return "must name a host after the scheme (and after user:password@, if any)"
+    if port == 0:
+        return port_rule
+    return None
+
+
+def without_credentials(url: str) -> str:
+    """`url` with what comes before the last @ after the scheme (user:password) shown as ***: fit for a message,
+    also where the URL is too malformed to parse."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
 @lru_cache(maxsize=1)
@@ -594,6 +630,8 @@ def describe_invalid_settings(error: ValidationError) -> str:
         value = item.get("input")
         # A list's item names the value it found itself ("...; got 'X@h:70000'"): the whole list is not repeated.
         already_shown = repr(value) in problem or "; got " in problem
+        if isinstance(value, str) and name in URL_SETTINGS:
+            value = without_credentials(value)
         if isinstance(value, str) and name not in SECRET_SETTINGS and not already_shown:
             shown = value if len(value) <= SHOWN_VALUE_CHARACTERS else value[:SHOWN_VALUE_CHARACTERS] + "..."
             problem += f" (got {shown!r})"

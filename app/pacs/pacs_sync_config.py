@@ -10,7 +10,7 @@ from pathlib import Path
 from app.dicom.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.pacs.orthanc_http import origin
 from app.sequence_rules import SelectionRules
-from app.settings import DAY_SECONDS, HTTP_URL_RULE, MIB, Settings, is_http_url
+from app.settings import DAY_SECONDS, MIB, Settings, http_url_problem, without_credentials
 
 DICOMWEB_ROOT = "dicom-web"
 DEFAULT_MAX_ANSWER_BYTES = 20 * MIB  # Orthanc's JSON answers; instance files have their own limit
@@ -90,8 +90,9 @@ class PacsSyncConfig:
     selection_rules: SelectionRules = field(default_factory=SelectionRules)
 
     def __post_init__(self) -> None:
-        if not is_http_url(self.orthanc_url):
-            raise ValueError(f"orthanc_url {HTTP_URL_RULE}; got {self.orthanc_url!r}")
+        url_problem = http_url_problem(self.orthanc_url)
+        if url_problem:
+            raise ValueError(f"orthanc_url {url_problem}; got {without_credentials(self.orthanc_url)!r}")
         if self.retries < 0 or self.backoff_seconds < 0 or self.timeout_seconds <= 0 or self.batch_size < 1:
             raise ValueError(
                 "retries and backoff_seconds must be >= 0, timeout_seconds > 0 and batch_size >= 1; got "

@@ -397,6 +397,63 @@ def test_dicom_node_that_cannot_listen_names_the_address(
     assert err.count("\n") == 1
 
 
+URL_HOST_RULE = "must name a host after the scheme (and after user:password@, if any)"
+URL_PORT_RULE = "its port must be a number from 1 to 65535"
+
+
+@pytest.mark.parametrize(
+    ("url", "rule", "shown"),
+    [
+        ("http://", URL_HOST_RULE, "http://"),
+        ("http://127.0.0.1:99999", URL_PORT_RULE, "http://127.0.0.1:99999"),
+        ("http://127.0.0.1:0", URL_PORT_RULE, "http://127.0.0.1:0"),
+        ("https://[::1", "is not a URL: a bracketed IPv6 address must be closed", "https://[::1"),
+        ("http://pacs:8042 /", "must not hold spaces or control characters", "http://pacs:8042 /"),
+        ("http://ops:s3cr3tPW@127.0.0.1:99999", URL_PORT_RULE, "http://***@127.0.0.1:99999"),
+        ("http://ops:s3cr3tPW@", URL_HOST_RULE, "http://***@"),
+        ("https://ops:s3cr3tPW@[::1", "is not a URL: a bracketed IPv6 address must be closed", "https://***@[::1"),
+    ],
+)
+@pytest.mark.parametrize("given_as", ["ORTHANC_URL", "--orthanc"])
+def test_pacs_sync_refuses_a_malformed_orthanc_url_in_one_line_without_its_password(
+    url: str,
+    rule: str,
+    shown: str,
+    given_as: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """They passed the http:// prefix check and pacs-sync crashed with a traceback (exit 1) that printed the URL,
+    password included (ops review 44 F2)."""
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+    if given_as == "ORTHANC_URL":
+        monkeypatch.setenv("ORTHANC_URL", url)
+        expected = f"brain-tumor pacs-sync: invalid environment variable: ORTHANC_URL: {rule} (got {shown!r})\n"
+        arguments = ["pacs-sync", "--once"]
+    else:
+        expected = f"brain-tumor pacs-sync: error: --orthanc {rule}; got {shown!r}\n"
+        arguments = ["pacs-sync", "--once", "--orthanc", url]
+
+    code, out, err = run(capsys, *arguments)
+
+    assert (code, out, err) == (cli.EXIT_USAGE, "", expected)
+    assert "s3cr3tPW" not in err
+
+
+def test_pacs_sync_config_refuses_a_url_without_host_and_hides_its_password() -> None:
+    with pytest.raises(ValueError, match=r"orthanc_url must name a host .*; got 'http://\*\*\*@'$") as raised:
+        PacsSyncConfig("http://ops:s3cr3tPW@")
+    assert "s3cr3tPW" not in str(raised.value)
+
+
+def test_a_url_with_credentials_ipv6_or_a_path_is_a_valid_orthanc_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("http://ops:ops-pass@127.0.0.1:28440", "https://[::1]:8042", "http://pacs/orthanc/", "http://pacs:1"):
+        monkeypatch.setenv("ORTHANC_URL", url)
+        get_settings.cache_clear()
+        assert get_settings().orthanc_url == url
+        assert PacsSyncConfig(url).orthanc_url == url
+
+
 @pytest.mark.parametrize("seconds", [-1.0, 0.0, float("nan"), float("inf")])
 def test_pacs_sync_refuses_a_pause_time_sleep_cannot_take(seconds: float) -> None:
     """--poll-seconds -1 used to crash the loop with a ValueError traceback after its first pass."""
