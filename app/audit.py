@@ -47,7 +47,8 @@ class AuditLog:
     The file is reopened when it has been moved or removed (`WatchedFileHandler`), so that logrotate's default
     rename-and-create rotation works: a plain `FileHandler` went on writing into the renamed file. A record that
     cannot be written (a full disk) is counted (`write_failures`), said once in the debug log without its content,
-    and makes `writable` false (the service is then not ready) until a record is written again.
+    and makes `writable` false (the service is then not ready and refuses inference requests, `app.api.deps`) until a
+    record is written again.
     """
 
     def __init__(self, path: Path | None = None) -> None:
@@ -100,8 +101,8 @@ class AuditLog:
             if not self._failing:
                 reason = getattr(failure, "strerror", None) or type(failure).__name__
                 logger.error(
-                    "audit record not written: the audit log cannot be written, and the service is not ready until it "
-                    "can",
+                    "audit record not written: the audit log cannot be written, and the service is not ready and "
+                    "refuses inference requests until it can",
                     extra={"fields": {"error": reason}},
                 )
             self._failing = True

@@ -86,7 +86,6 @@ async def load_models(app: FastAPI) -> None:
         rules=SelectionRules.from_settings(state.settings),
     )
     state.ready = True
-    state.metrics.ready.set(1)
     logger.info("models ready", extra={"fields": predictor.model_tags})
 
 
@@ -164,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.load_error = None
     # Called once loading has failed; None (another ASGI server) keeps serving, readiness 503 with the reason logged.
     app.state.on_load_failure = None
+    metrics.follow_readiness(lambda: app.state.ready and audit.writable)  # what /health/ready answers
 
     app.include_router(predict.router)
     app.include_router(models.router)

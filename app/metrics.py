@@ -77,7 +77,11 @@ class ServiceMetrics:
             "Slices waiting for or running in the models (the micro-batcher's queue).",
             registry=self.registry,
         )
-        self.ready = Gauge("brain_tumor_ready", "1 once the models are loaded and warm.", registry=self.registry)
+        self.ready = Gauge(
+            "brain_tumor_ready",
+            "1 while /health/ready answers 200: the models loaded and warm, the audit log writable.",
+            registry=self.registry,
+        )
         self.model_info = Info("brain_tumor_model", "The models being served.", registry=self.registry)
         build = Info("brain_tumor_build", "The release of the service (app.release).", registry=self.registry)
         build.info({"version": service_version()})
@@ -114,6 +118,12 @@ class ServiceMetrics:
                 "mask_threshold": f"{manifest.segmenter.threshold:g}",
             }
         )
+
+    def follow_readiness(self, is_ready: Callable[[], bool]) -> None:
+        """Export `is_ready()` as `brain_tumor_ready` at each scrape: set once after the models loaded, the gauge said
+        1 while /health/ready answered 503 for an unwritable audit log, so an alert on it never fired (ops review 44
+        F1)."""
+        self.ready.set_function(lambda: float(is_ready()))
 
     def watch_audit_failures(self, failures: Callable[[], float]) -> None:
         """Export `failures()` (the audit log's `write_failures`) as the records it has lost since the start."""

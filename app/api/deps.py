@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.core.model_store import Manifest
-from app.errors import ModelUnavailableError
+from app.errors import AuditUnavailableError, ModelUnavailableError
 from app.inference import Predictor
 from app.metrics import ServiceMetrics
 from app.prediction import PredictionService
@@ -22,6 +22,7 @@ from app.settings import Settings
 # Loading and warming the models takes seconds: a client told when to retry need not poll (review 36: the page could
 # only say "not ready", and the message sent a browser user to an API endpoint).
 MODELS_LOADING_RETRY_SECONDS = 5
+AUDIT_UNAVAILABLE = "the audit log cannot be written (AUDIT_LOG_FILE: disk full or unwritable)"
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -29,7 +30,9 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 async def get_predictor(request: Request) -> Predictor:
-    """The loaded, warm models; 503 `model_unavailable` before that."""
+    """The loaded, warm models; 503 `model_unavailable` before that, and 503 `audit_unavailable` while the audit log
+    cannot be written: an audited service answers no request it cannot record (ops review 44 F1: with the disk full,
+    uploads were analysed and answered 200 with their records lost, only readiness said so)."""
     state = request.app.state
     if state.load_error:
         # The reason (file paths, library messages) is in the server's log, not in answers anyone can read:
@@ -40,6 +43,9 @@ async def get_predictor(request: Request) -> Predictor:
             "the models are still loading; retry in a few seconds (GET /health/ready answers 200 once they are ready)",
             retry_after_seconds=MODELS_LOADING_RETRY_SECONDS,
         )
+    audit = getattr(state, "audit", None)
+    if audit is not None and not audit.writable:
+        raise AuditUnavailableError(AUDIT_UNAVAILABLE)
     return state.predictor
 
 

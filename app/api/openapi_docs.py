@@ -120,7 +120,8 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode(
         "audit_unavailable",
         503,
-        "GET /health/ready only: the audit log cannot be written (a full disk); a load balancer should send elsewhere",
+        "the audit log cannot be written (a full disk): GET /health/ready and the inference endpoints answer it, so "
+        "that no upload is analysed unaudited; a load balancer should send elsewhere",
     ),
     ErrorCode(
         "overloaded",

@@ -12,7 +12,8 @@ import pytest
 from app import audit as audit_module
 from app.audit import AuditLog
 from app.settings import Settings
-from tests.api.service_client import running_client
+from tests.api.service_client import running_client, sample_value, upload
+from tests.conftest import TUMOR_SLICE
 
 
 def record(audit: AuditLog, request_id: str) -> None:
@@ -83,3 +84,35 @@ def test_the_service_is_not_ready_while_its_audit_log_cannot_be_written(
         assert ready.json()["error"]["code"] == "audit_unavailable"
         monkeypatch.setattr(audit_module, "MIN_FREE_BYTES_TO_RETRY", 0)  # space again
         assert client.get("/health/ready").status_code == 200
+
+
+def test_inference_is_refused_and_the_ready_gauge_is_0_while_the_audit_log_cannot_be_written(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ops review 44 F1: with the disk full, uploads went on being analysed and answered 200, their records lost,
+    and `brain_tumor_ready` stayed 1 while /health/ready answered 503."""
+    monkeypatch.setattr(audit_module, "MIN_FREE_BYTES_TO_RETRY", 1 << 62)  # the folder stays full
+    slice_upload = upload(TUMOR_SLICE.read_bytes(), "slice.jpg")
+    with running_client(Settings(model_dir=tiny_model_dir, audit_log_file=Path("/dev/full"))) as client:
+        assert sample_value(client.get("/metrics").text, "brain_tumor_ready") == 1.0
+        # The first record lost is the one that tells: its request was answered before the record was written.
+        assert client.post("/v1/predict", files=slice_upload).status_code == 200
+
+        refused = [
+            client.post("/v1/predict", files=slice_upload),
+            client.post("/v1/overlay", files=slice_upload),
+            client.post("/v1/predict/batch", files=[("files", ("slice.jpg", TUMOR_SLICE.read_bytes()))]),
+        ]
+        metrics = client.get("/metrics").text
+
+        for response in refused:
+            assert response.status_code == 503
+            assert response.json()["error"] == {
+                "code": "audit_unavailable",
+                "message": "the audit log cannot be written (AUDIT_LOG_FILE: disk full or unwritable)",
+            }
+        assert sample_value(metrics, "brain_tumor_ready") == 0.0
+        assert sample_value(metrics, "brain_tumor_predictions_total", result="positive") == 1.0  # the first only
+        monkeypatch.setattr(audit_module, "MIN_FREE_BYTES_TO_RETRY", 0)  # space again
+        assert sample_value(client.get("/metrics").text, "brain_tumor_ready") == 1.0
+        assert client.post("/v1/predict", files=slice_upload).status_code == 200

@@ -8,7 +8,6 @@ from fastapi.responses import Response
 from app import schemas
 from app.api.deps import MetricsDep, get_predictor
 from app.api.request_fields import query_parameters
-from app.errors import AuditUnavailableError
 
 router = APIRouter(tags=["health"])
 
@@ -29,11 +28,9 @@ async def read_liveness() -> schemas.HealthStatus:
 )
 async def read_readiness(request: Request) -> schemas.HealthStatus:
     """200 once both models are loaded and warmed up; 503 `model_unavailable` before (or if loading failed), and
-    `audit_unavailable` while the audit log cannot be written (its records would be lost)."""
+    `audit_unavailable` while the audit log cannot be written (its records would be lost): the answer the inference
+    routes give then too (`get_predictor`)."""
     await get_predictor(request)
-    audit = getattr(request.app.state, "audit", None)
-    if audit is not None and not audit.writable:
-        raise AuditUnavailableError("the audit log cannot be written (AUDIT_LOG_FILE: disk full or unwritable)")
     return schemas.HealthStatus(status="ready")
 
 
