@@ -121,6 +121,13 @@ def serve(args: argparse.Namespace) -> int:
             return fail(f"brain-tumor serve: error: {error}", EXIT_USAGE)
         except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE
             return fail(f"brain-tumor serve: error: cannot open {error.filename}: {error.strerror}", EXIT_USAGE)
+        except UnicodeDecodeError as error:  # only API_KEYS_FILE is read here; its bytes are never shown
+            # (ops review 44 F3: a keys file saved as UTF-16 stopped serve with a traceback and exit 1)
+            return fail(
+                f"brain-tumor serve: error: API_KEYS_FILE {settings.api_keys_file}: not UTF-8 text (byte {error.start} "
+                "cannot be read); save it as UTF-8",
+                EXIT_USAGE,
+            )
         hold_back_tensorflow_log(settings, args.verbose)
         # The lifespan checks the model files too (for `uvicorn app.main:app`), but a refusal there also gets
         # uvicorn's traceback: checked here first, a missing or tampered file is one line and exit 3.

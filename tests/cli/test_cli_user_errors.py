@@ -281,6 +281,26 @@ def test_serve_with_unusable_keys_or_audit_file_is_one_line_and_exit_2(
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("content", ["alice:" + "ab" * 32 + "\n", "\xff\xfe"], ids=["saved-as-utf-16", "two-bytes"])
+def test_serve_with_a_keys_file_that_is_not_utf8_is_one_line_naming_it_and_exit_2(
+    content: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ops review 44 F3: a UnicodeDecodeError traceback and exit 1."""
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_bytes(content.encode("utf-16") if content.isascii() else content.encode("latin-1"))
+    monkeypatch.setenv("API_KEYS_FILE", str(keys_file))
+    monkeypatch.setattr("app.cli.listening_socket", lambda host, port: socket.socket())  # port 8000 may be taken
+    monkeypatch.setattr("app.cli.run_server", lambda *args: pytest.fail("the server must not start"))
+
+    code, out, err = run(capsys, "serve", "--port", "8000")
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"brain-tumor serve: error: API_KEYS_FILE {keys_file}: not UTF-8 text (byte 0 cannot be read); save it as "
+        "UTF-8\n"
+    )
+
+
 PUBLIC_ADDRESS_WARNING = (
     "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it"
 )
