@@ -23,6 +23,7 @@ from app.node.dicom_spool import hold_spool
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
 from app.settings import Settings, get_settings
+from app.stop_signals import signals_interrupt
 from app.uploads import UploadLimits
 
 if TYPE_CHECKING:
@@ -107,10 +108,22 @@ def _run(
     from app.inference import Predictor
     from app.study_analysis import ModelStudyProcessor
 
-    if before_models is not None:
-        before_models()
-    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
-    predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
+    stopped = threading.Event()
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda number, frame: stopped.set())
+    try:
+        # SIGTERM while the models load (10 s to a minute) stops the node there with exit 0, not by the signal (143)
+        # (ops review 44 F6); the handlers above, which let the node finish what it holds, come back afterwards.
+        with signals_interrupt():
+            if before_models is not None:
+                before_models()
+            predictor = Predictor.from_model_dir(
+                args.model_dir or settings.model_dir, runtime=settings.inference_runtime
+            )
+            predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
+    except KeyboardInterrupt:
+        logger.info("DICOM node stopped")
+        return 0
     node = DicomNode(
         config,
         ModelStudyProcessor(
@@ -122,9 +135,6 @@ def _run(
         ),
         metrics=metrics,
     )
-    stopped = threading.Event()
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda number, frame: stopped.set())
     node.start()
     try:
         stopped.wait()

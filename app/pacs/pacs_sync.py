@@ -31,11 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from app.pacs.pacs_sync_metrics import PacsSyncMetrics
 from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
 from app.sequence_rules import SelectionRules
 from app.settings import Settings, get_settings
+from app.stop_signals import signals_interrupt
 from app.study_analysis import ModelStudyProcessor
 from app.uploads import UploadLimits
 
@@ -429,7 +429,14 @@ def main(
             print(f"brain-tumor pacs-sync: cannot start: {error}", file=sys.stderr)
             return 2
     try:
-        return _sync(args, settings, config, metrics, before_models)
+        # SIGTERM and SIGINT abandon the step in progress (a study's results are stored once either way, and the
+        # state file is replaced whole), from the first call to Orthanc on: while the models load (10 s to a minute)
+        # too, where pacs-sync died by the signal, exit 143 (ops review 44 F6).
+        with signals_interrupt():
+            return _sync(args, settings, config, metrics, before_models)
+    except KeyboardInterrupt:
+        logger.info("pacs-sync stopped")
+        return 0
     finally:
         if stop_metrics is not None:
             stop_metrics()
@@ -458,16 +465,12 @@ def _sync(
     predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
     predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
     try:
-        with signals_interrupt():
-            report = run_pacs_sync(config, predictor, once=args.once, client=client, metrics=metrics)
+        report = run_pacs_sync(config, predictor, once=args.once, client=client, metrics=metrics)
     except SyncStateError as error:
         print(json.dumps(error_body("invalid_configuration", str(error))))
         return 2
     except OrthancError as error:
         return _orthanc_failed(error)
-    except KeyboardInterrupt:
-        logger.info("pacs-sync stopped")
-        return 0
     print(json.dumps(report.as_dict()))
     return 0
 
@@ -481,21 +484,3 @@ def _orthanc_failed(error: OrthancError) -> int:
     """Print an Orthanc failure as the JSON error `--once` answers; return its exit code, 1."""
     print(json.dumps(error_body(_error_code(error), str(error))))
     return 1
-
-
-@contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM (what `docker compose stop` and systemd send) and SIGINT stop the sync as Ctrl-C does: the step in
-    progress is abandoned (a study's results are stored once either way, and the state file is replaced whole), the
-    stop logged, exit 0. SIGTERM used to kill it by the signal, and SIGINT did nothing to one started with SIGINT
-    ignored (a script's background job). The handlers that were there before come back afterwards."""
-
-    def interrupt(number: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {handled: signal.signal(handled, interrupt) for handled in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for handled, handler in previous.items():
-            signal.signal(handled, handler)

@@ -247,6 +247,47 @@ def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
         signal.signal(signal.SIGTERM, before)
 
 
+@pytest.mark.parametrize(
+    ("command", "stopped"), [("pacs-sync", "pacs-sync stopped"), ("dicom-node", "DICOM node stopped")]
+)
+def test_daemons_stop_on_sigterm_while_their_models_load_with_exit_0(
+    command: str,
+    stopped: str,
+    tmp_path: Path,
+    empty_orthanc: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ops review 44 F6: their handlers came after the models (10 s to a minute), so SIGTERM then killed them by the
+    signal, exit 143, where the README promises a clean stop."""
+
+    def left_to_the_default(number: int, frame: object) -> None:
+        raise AssertionError(f"{command} left SIGTERM to its default action, death by the signal")
+
+    before = {handled: signal.signal(handled, left_to_the_default) for handled in (signal.SIGTERM, signal.SIGINT)}
+    try:
+
+        def models_that_get_sigterm(*args: object, **kwargs: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts it at once
+            pytest.fail("SIGTERM did not stop the model loading")
+
+        monkeypatch.setattr("app.inference.Predictor.from_model_dir", models_that_get_sigterm)
+        monkeypatch.setenv("ORTHANC_URL", empty_orthanc)
+        monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
+        monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+
+        with caplog.at_level(logging.INFO):
+            code, out, err = run(capsys, command)
+
+        assert (code, out, err) == (cli.EXIT_OK, "", "")
+        assert stopped in [record.getMessage() for record in caplog.records]
+    finally:
+        for handled, handler in before.items():
+            signal.signal(handled, handler)
+
+
 class BatchSizeSeen(Exception):
     """Raised by the stand-in DicomNode, carrying the processor the command built."""
 
