@@ -55,10 +55,15 @@ ROUTING_KEYS = ("route", "endpoint", "path_params", "app_root_path")
 def route_template(scope: Scope) -> str:
     """The path template of the route that served a request (`/v1/predict`), never the raw path, to bound labels.
 
-    The router records the matched route in the scope; requests refused before routing (413 from the upload limit,
-    unknown paths) are `unmatched`.
+    The router records the matched route in the scope. A request refused before routing (415 for a body that is no
+    form, 413 from the upload limit, 401 without a key) to an upload route is labelled with that route's path, which
+    is its template: it was `unmatched`, so the same refusal on one route landed in two series and a per-endpoint
+    alert missed it (ops review 44 F5). Other paths refused before routing, and unknown paths, are `unmatched`.
     """
-    return getattr(scope.get("route"), "path", UNMATCHED)
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    return scope["path"] if scope.get("path") in INFERENCE_ENDPOINTS else UNMATCHED
 
 
 class ClientAddressMiddleware:

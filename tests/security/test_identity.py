@@ -87,6 +87,27 @@ def test_every_refusal_is_audited_with_path_peer_and_reason(keyed_client: TestCl
         assert entry["outcome"] == {"error": code}
 
 
+def test_an_upload_refused_before_routing_is_audited_under_its_route(keyed_client: TestClient, audit_path: Path):
+    """Ops review 44 F5: the 415 for a body that is no form and the 413 were audited as endpoint "unmatched"."""
+    key = {"X-API-Key": KEY}
+    refused = [
+        keyed_client.post("/v1/predict", json={}, headers=key),
+        keyed_client.post(
+            "/v1/predict/batch",
+            content=b"x",
+            headers={**key, "Content-Length": str(MAX_UPLOAD_BYTES * 400), "Content-Type": "multipart/form-data"},
+        ),
+    ]
+    assert [response.status_code for response in refused] == [415, 413]
+
+    entries = {entry["request_id"]: entry for entry in audit_entries(audit_path)}
+    audited = [entries[response.headers["X-Request-ID"]] for response in refused]
+    assert [(entry["endpoint"], entry["path"]) for entry in audited] == [
+        ("/v1/predict", "/v1/predict"),
+        ("/v1/predict/batch", "/v1/predict/batch"),
+    ]
+
+
 def test_failed_keys_are_throttled_per_address(keyed_app, audit_path: Path):
     guesser = TestClient(keyed_app, client=PEER)
     neighbour = TestClient(keyed_app, client=("198.51.100.20", 40000))

@@ -293,13 +293,36 @@ def test_read_metrics_shows_model_info_and_queue(client: TestClient, tiny_manife
     assert sample_value(response.text, "brain_tumor_ready") == 1.0
 
 
-def test_read_metrics_labels_refused_body_as_unmatched(limited_client: TestClient) -> None:
-    def oversized() -> None:
-        response = limited_client.post("/v1/predict", files=upload(bytes(1 << 20)))
-        assert response.status_code == 413
+@pytest.mark.parametrize(
+    ("request_arguments", "status"),
+    [
+        ({"files": upload(bytes(1 << 20))}, 413),
+        ({"json": {}}, 415),  # refused before routing: no multipart/form-data
+        ({"files": upload(b"GIF89a", "a.gif", "image/gif")}, 415),  # refused by the route
+    ],
+    ids=["too-large", "no-form", "gif"],
+)
+def test_read_metrics_labels_an_upload_refused_before_routing_with_its_route(
+    request_arguments: dict, status: int, limited_client: TestClient
+) -> None:
+    """Ops review 44 F5: the 413 and the 415 for a body that is no form were counted as `unmatched`, the 415 for a
+    GIF under /v1/predict: one error of one route in two series."""
 
-    labels = {"endpoint": "unmatched", "method": "POST", "status": "413"}
-    assert counter_delta(limited_client, oversized, "brain_tumor_http_requests_total", **labels) == 1
+    def refused() -> None:
+        assert limited_client.post("/v1/predict", **request_arguments).status_code == status
+
+    labels = {"method": "POST", "status": str(status)}
+    requests = "brain_tumor_http_requests_total"
+    assert counter_delta(limited_client, refused, requests, endpoint="/v1/predict", **labels) == 1
+    assert counter_delta(limited_client, refused, requests, endpoint="unmatched", **labels) == 0
+
+
+def test_a_request_refused_before_routing_on_an_unknown_path_is_unmatched(client: TestClient) -> None:
+    def refused() -> None:
+        assert client.post("/v1/nowhere", json={}).status_code == 404
+
+    labels = {"endpoint": "unmatched", "method": "POST", "status": "404"}
+    assert counter_delta(client, refused, "brain_tumor_http_requests_total", **labels) == 1
 
 
 def test_metrics_show_the_process_and_the_audit_records_lost(client: TestClient) -> None:
