@@ -606,6 +606,10 @@ def misspelt_variables(environment: Mapping[str, str]) -> list[str]:
     """What to say of each variable in `environment` that is no setting but nearly spells one of the same first word
     (DICOM_NODE_DESTINATION for DICOM_NODE_DESTINATIONS): ignored as any other variable, it would leave its setting at
     the default without a word (a node restarted so had no destination, and dropped the results waiting to be sent).
+
+    A name of two words or more that begins one setting's name and no other's is such a slip too, however far
+    difflib puts it (`unique_completion`): DICOM_NODE_SPOOL (0.89) opened a fresh spool in the working directory, and
+    ORTHANC_PASS (0.86) left pacs-sync without a password (ops review 44 F4).
     """
     known = setting_variables()
     problems = []
@@ -614,10 +618,19 @@ def misspelt_variables(environment: Mapping[str, str]) -> list[str]:
         if name in known:
             continue
         kin = [setting for setting in known if setting.split("_")[0] == name.split("_")[0]]
-        close = difflib.get_close_matches(name, kin, n=1, cutoff=MISSPELLING_CUTOFF)
+        close = difflib.get_close_matches(name, kin, n=1, cutoff=MISSPELLING_CUTOFF) or unique_completion(name, kin)
         if close:
             problems.append(f"{variable} is not a setting: did you mean {close[0]}? (unset or rename it)")
     return problems
+
+
+def unique_completion(name: str, settings: list[str]) -> list[str]:
+    """The one setting whose name `name` begins, for a `name` of two words or more; none when it begins several
+    (DICOM_NODE, SEQUENCE_FLAIR: too general to take for one) or is a single word (MODEL, LOG: other programs')."""
+    if "_" not in name.strip("_"):
+        return []
+    completions = [setting for setting in settings if setting.startswith(name)]
+    return completions if len(completions) == 1 else []
 
 
 def describe_invalid_settings(error: ValidationError) -> str:

@@ -92,6 +92,41 @@ def test_a_misspelt_setting_is_refused_at_start_not_left_to_its_default(
     )
 
 
+@pytest.mark.parametrize(
+    ("command", "variable", "setting"),
+    [
+        (["dicom-node"], "DICOM_NODE_SPOOL", "DICOM_NODE_SPOOL_DIR"),
+        (["pacs-sync", "--once"], "ORTHANC_PASS", "ORTHANC_PASSWORD"),
+    ],
+)
+def test_a_setting_name_cut_short_is_refused_at_start(
+    command: list[str], variable: str, setting: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ops review 44 F4: too far from the name for difflib's cutoff, they were ignored: the node opened a fresh
+    spool in the working directory, pacs-sync went on without a password."""
+    monkeypatch.setenv(variable, "/srv/spool-or-s3cr3tZZ")
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+
+    code, out, err = run(capsys, *command)
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"brain-tumor {command[0]}: invalid environment variable: {variable} is not a setting: did you mean "
+        f"{setting}? (unset or rename it)\n"
+    )
+
+
+def test_only_a_name_of_two_words_that_begins_one_setting_is_taken_for_it() -> None:
+    """A single word (other programs' MODEL, LOG) and the start of several settings (DICOM_NODE) are left alone, as
+    are names no setting begins (Kubernetes' ORTHANC_PORT, DICOM_NODE_SERVICE_HOST for services of those names)."""
+    ignored = ["MODEL", "LOG", "DICOM_NODE", "SEQUENCE_FLAIR", "PACS_", "ORTHANC_PORT", "DICOM_NODE_SERVICE_HOST"]
+
+    assert misspelt_variables(dict.fromkeys(ignored, "1")) == []
+    assert misspelt_variables({"API_KEYS_F": "1"}) == [
+        "API_KEYS_F is not a setting: did you mean API_KEYS_FILE? (unset or rename it)"
+    ]
+
+
 def test_the_variables_docker_compose_reads_are_not_taken_for_misspelt_settings() -> None:
     """Compose's own variables (host ports, build extras) reach the containers through .env: none may be refused."""
     compose = (REPO_ROOT / "docker-compose.yml").read_text()
