@@ -446,3 +446,51 @@ def test_a_chunked_body_with_a_small_trailer_is_answered_and_the_connection_goes
         second = read_response(sock)
     assert first.startswith(b"HTTP/1.1 404 "), first[:200]
     assert second.startswith(b"HTTP/1.1 200 "), second[:200]
+
+
+def test_chunk_extensions_count_against_a_cap(server: ServerProcess):
+    """Attack review 44 F5: a chunked upload that sent `1;x=` and then only chunk-extension bytes made the server read
+    11 GB for one request limited to 20 MiB: extension bytes are no body bytes, so no upload limit saw them, and only
+    the body idle timeout ended it. Now the framing may take at most twice MAX_HEADER_BYTES more than the data."""
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n1;x="
+    )
+    extension = b"a" * (1 << 20)
+    sent = 0
+    started = time.monotonic()
+    with socket.create_connection(address(server)) as sock:
+        try:
+            sock.sendall(head)
+            while sent < 256 << 20:
+                sock.sendall(extension)
+                sent += len(extension)
+        except OSError:  # closed under us: what we want
+            pass
+        answer = read_until_closed(sock, 5.0)
+    elapsed = time.monotonic() - started
+
+    assert sent < 16 << 20, f"the server read {sent >> 20} MiB of chunk extensions"
+    assert elapsed < BODY_TIMEOUT_SECONDS, f"closing took {elapsed:.1f} s"
+    if answer:  # the 413 may be lost to a reset when the server closes with our bytes unread
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "payload_too_large"
+    assert any("chunk-size lines with their extensions" in line.get("message", "") for line in log_lines(server))
+
+
+def test_a_chunked_body_of_small_chunks_with_extensions_is_read(server: ServerProcess):
+    """The framing cap leaves real chunked bodies alone: here 3000 chunks of 2 bytes, each with an extension (the
+    framing takes over four times the data)."""
+    chunks = b"".join(b"2;n=v\r\nab\r\n" for _ in range(3000))
+    with socket.create_connection(address(server)) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST /v1/no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\n\r\n"
+        )
+        first = read_response(sock)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        second = read_response(sock)
+    assert first.startswith(b"HTTP/1.1 404 "), first[:200]
+    assert second.startswith(b"HTTP/1.1 200 "), second[:200]
