@@ -4,6 +4,7 @@ code paths are those of the defaults."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
@@ -494,3 +495,25 @@ def test_a_chunked_body_of_small_chunks_with_extensions_is_read(server: ServerPr
         second = read_response(sock)
     assert first.startswith(b"HTTP/1.1 404 "), first[:200]
     assert second.startswith(b"HTTP/1.1 200 "), second[:200]
+
+
+@pytest.mark.parametrize("header_bytes", [40_000, 100_000])
+def test_the_header_cap_holds_for_a_request_that_comes_with_the_end_of_a_body(server: ServerProcess, header_bytes: int):
+    """Attack review 44 F10: a GET with a 100 KB header, sent in one write right after a POST's 40 kB body, was parsed
+    whole and answered 200 (alone, it got 431): its bytes went to the parser with the body's, uncounted."""
+    request_id = f"f10-{header_bytes}"
+    second = (
+        f"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: {request_id}\r\n"
+        f"X-Big: {'a' * header_bytes}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    first = b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 40000\r\n\r\n" + b"x" * 40_000
+    refusals_before = sum(line.get("error_code") == "headers_too_large" for line in log_lines(server))
+    with socket.create_connection(address(server)) as sock:
+        with contextlib.suppress(OSError):  # closed under us: the refusal
+            sock.sendall(first + second)
+        read_until_closed(sock, 5.0)
+    time.sleep(0.5)  # an access line is written once its response is out
+
+    lines = log_lines(server)
+    assert not [line for line in lines if line.get("request_id") == request_id], "the oversized request was answered"
+    assert sum(line.get("error_code") == "headers_too_large" for line in lines) == refusals_before + 1
