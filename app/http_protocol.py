@@ -27,7 +27,8 @@ adds, per connection:
 - on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
   shutdown while requests that are being sent or answered finish;
 - a request with more than one Host header is 400 (RFC 9112 3.2): a proxy keeping the last and the app the first
-  would judge it by different names (`ALLOWED_HOSTS`; attack review 34);
+  would judge it by different names (`ALLOWED_HOSTS`; attack review 34); a request target in absolute form
+  (`http://host/path`) puts its host in the Host header's place, as RFC 9112 3.2.2 says (attack review 44);
 - an answer sent before its request body was all in (a refusal: 401 without a key, 413, 404) closes the connection
   `UNWANTED_BODY_SECONDS` later if the body is still coming: the rest is unwanted, and a client trickling it (a byte
   every few seconds keeps clear of the body idle timeout) must not hold the connection. Before, 515 keyless clients
@@ -256,6 +257,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # Raised inside a parser callback, it reaches uvicorn as an HttpParserError: `send_400_response`.
             self._invalid_reason = "the request has more than one Host header (RFC 9112 3.2 makes that a 400)"
             raise ValueError(self._invalid_reason)
+        self._take_host_from_target()
         self._reading_headers = False
         self._body_bytes_left = self._declared_body_bytes()
         if self._header_timer is not None:
@@ -264,6 +266,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self._body_activity = self.loop.time()
         self._arm_body_timer(self._body_timeout())
+
+    def _take_host_from_target(self) -> None:
+        """A request target in absolute form (`GET http://evil.example/v1/models`) names the request's host, and the
+        Host header is then to be ignored (RFC 9112 3.2.2): its authority takes the Host header's place, so that
+        ALLOWED_HOSTS judges the host the request names. Before, only the Host header was read (attack review 44
+        F11), and a proxy routing by the target could pass another host's request."""
+        if not self.url or self.url[:1] in (b"/", b"*"):  # origin form, or `OPTIONS *`
+            return
+        try:
+            target = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            return
+        if not target.host:
+            return
+        host = b"[" + target.host + b"]" if b":" in target.host else target.host
+        authority = host if target.port is None else host + b":%d" % target.port
+        self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"] + [(b"host", authority)]
 
     def _declared_body_bytes(self) -> int | None:
         """The request body's length from its headers (httptools has checked them), or None when it is chunked."""

@@ -517,3 +517,32 @@ def test_the_header_cap_holds_for_a_request_that_comes_with_the_end_of_a_body(se
     lines = log_lines(server)
     assert not [line for line in lines if line.get("request_id") == request_id], "the oversized request was answered"
     assert sum(line.get("error_code") == "headers_too_large" for line in lines) == refusals_before + 1
+
+
+def test_allowed_hosts_judges_the_host_of_an_absolute_form_target(tiny_model_dir: Path, tmp_path: Path):
+    """Attack review 44 F11: `GET http://evil.example/v1/models` with `Host: 127.0.0.1` was answered 200 under
+    ALLOWED_HOSTS=127.0.0.1: only the Host header was read. RFC 9112 3.2.2: the target's authority is the host."""
+    process = start_server(tiny_model_dir, tmp_path, ALLOWED_HOSTS="127.0.0.1")
+    try:
+        answers = {}
+        for target, host in [
+            ("http://evil.example/v1/models", "127.0.0.1"),
+            ("http://evil.example:8000/v1/models", "127.0.0.1:8000"),
+            ("http://127.0.0.1/v1/models", "evil.example"),  # the target wins, the Host header is ignored
+            ("/v1/models", "127.0.0.1"),
+        ]:
+            with socket.create_connection(address(process)) as sock:
+                sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                answers[target, host] = read_until_closed(sock, 5.0)
+    finally:
+        process.stop()
+
+    statuses = {request: answer[:12] for request, answer in answers.items()}
+    assert statuses == {
+        ("http://evil.example/v1/models", "127.0.0.1"): b"HTTP/1.1 403",
+        ("http://evil.example:8000/v1/models", "127.0.0.1:8000"): b"HTTP/1.1 403",
+        ("http://127.0.0.1/v1/models", "evil.example"): b"HTTP/1.1 200",
+        ("/v1/models", "127.0.0.1"): b"HTTP/1.1 200",
+    }
+    refusal = answers["http://evil.example/v1/models", "127.0.0.1"]
+    assert json.loads(refusal.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "host_not_allowed"
