@@ -6,9 +6,9 @@ header stalled every other request for seconds), without a time limit (a client 
 connection forever), and waits on a silent upload for as long as the client likes, shutdown included. This protocol
 adds, per connection:
 
-- a cap on open connections: past `max_connections` a new connection is answered 503 and closed at once, and
-  likewise past `max_connections_per_client` from one address (a trusted proxy's excepted): one client holding
-  slow connections took all 512, health probes and clients with keys included (attack review 32);
+- a cap on open connections: past `max_connections` a new connection is answered 503 (with Retry-After) and
+  closed at once, and likewise past `max_connections_per_client` from one address (a trusted proxy's excepted): one
+  client holding slow connections took all 512, health probes and clients with keys included (attack review 32);
 - a cap on the request line plus headers (`max_header_bytes`): past it, 431 before the parser sees more; the
   trailer fields after a chunked body have the same cap (past it, 431 or a close), and are dropped: nothing reads
   them, and uvicorn would add them to the request's headers;
@@ -102,13 +102,20 @@ def protocol_with_limits(limits: ConnectionLimits, audit: AuditLog | None = None
     return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits, "audit": audit})
 
 
-def raw_error_response(status: HTTPStatus, code: str, message: str) -> bytes:
+CONNECTIONS_RETRY_SECONDS = 5
+"""Retry-After of a connection refused because too many are open: idle keep-alive connections close within
+`KEEP_ALIVE_TIMEOUT_SECONDS` (5 s by default), and most requests are answered within a few seconds."""
+
+
+def raw_error_response(status: HTTPStatus, code: str, message: str, retry_after_seconds: int | None = None) -> bytes:
     """A complete HTTP/1.1 response with the service's error body, written before any app runs."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    retry_after = "" if retry_after_seconds is None else f"retry-after: {retry_after_seconds}\r\n"
     head = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
+        f"{retry_after}"
         "connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
@@ -158,6 +165,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "too_many_connections",
                 f"the server holds its maximum of {self.limits.max_connections} connections; retry later",
+                retry_after_seconds=CONNECTIONS_RETRY_SECONDS,
             )
             return
         most = self.limits.max_connections_per_client
@@ -166,6 +174,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "too_many_connections",
                 f"this client address holds the most connections one may ({most}); retry later",
+                retry_after_seconds=CONNECTIONS_RETRY_SECONDS,
             )
             return
         self._arm_header_timer()
@@ -518,9 +527,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             f"request line and headers must be at most {self.limits.max_header_bytes} bytes",
         )
 
-    def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:
+    def _refuse(self, status: HTTPStatus, code: str, message: str, retry_after_seconds: int | None = None) -> None:
         self._cancel_timers()
-        self.transport.write(raw_error_response(status, code, message))
+        self.transport.write(raw_error_response(status, code, message, retry_after_seconds))
         self.transport.close()
         self._log(message, status, code)
         if self.audit is not None and status in AUDITED_STATUSES:

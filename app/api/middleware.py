@@ -399,9 +399,10 @@ class UploadLimitMiddleware:
             )
         if self.held_bytes + more <= self.max_held_bytes:
             return None
+        # Not how many bytes the others hold: that would tell any client how much other users upload right now
+        # (attack review 44 F12).
         return OverloadedError(
-            f"the requests in flight hold {self.held_bytes} bytes of uploads, and this one would take them past "
-            f"{self.max_held_bytes} (MAX_UPLOADS_HELD_BYTES); retry later",
+            "the uploads in flight would hold more than MAX_UPLOADS_HELD_BYTES with this one; retry later",
             retry_after_seconds=HELD_UPLOADS_RETRY_SECONDS,
         )
 

@@ -173,9 +173,10 @@ def test_a_body_that_would_take_the_uploads_held_past_their_limit_waits_its_turn
         assert refused.headers["Retry-After"] == "5"
         error = refused.json()["error"]
         assert error["code"] == "overloaded"
-        assert (
-            error["message"].startswith("the requests in flight hold ")
-            and "past 100 (MAX_UPLOADS_HELD_BYTES)" in error["message"]
+        # Attack review 44 F12: the message gave the bytes the other requests held (here 60), which tells any client
+        # how much other users upload.
+        assert error["message"] == (
+            "the uploads in flight would hold more than MAX_UPLOADS_HELD_BYTES with this one; retry later"
         )
     assert (answered.status_code, answered.text) == (200, "60 bytes")
     assert (after.status_code, after.text) == (200, "50 bytes")

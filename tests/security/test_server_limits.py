@@ -250,7 +250,9 @@ def test_connections_past_the_maximum_are_refused(server: ServerProcess):
         with socket.create_connection(address(server)) as extra:
             answer = read_until_closed(extra, 2.0)
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
-        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "too_many_connections"
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert json.loads(body)["error"]["code"] == "too_many_connections"
+        assert b"\r\nretry-after: 5\r\n" in head  # attack review 44 F12: like every other 503 of the service
     finally:
         for sock in held:
             sock.close()
@@ -285,6 +287,7 @@ def test_one_client_address_cannot_take_every_connection(tiny_model_dir: Path, t
         with connect("127.0.0.2") as extra:
             answer = read_until_closed(extra, 2.0)
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert b"\r\nretry-after: 5\r\n" in answer.split(b"\r\n\r\n", 1)[0]
         error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
         assert error == {
             "code": "too_many_connections",
