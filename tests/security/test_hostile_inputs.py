@@ -12,6 +12,7 @@ Decisions recorded here (what counts as valid):
 
 from __future__ import annotations
 
+import base64
 import resource
 import select
 import socket
@@ -528,3 +529,30 @@ def _assert_live_server_serves(server: ServerProcess, good_jpeg: bytes) -> None:
         response = http.post("/v1/predict", files={"file": ("s.jpg", good_jpeg, "image/jpeg")})
     assert response.status_code == 200, response.text
     assert server.process.poll() is None
+
+
+def _file_part_with_transfer_encoding(encoding: str, content: bytes) -> dict:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.jpg"\r\nContent-Type: image/jpeg\r\n'
+        + f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode()
+        + content
+        + b"\r\n--b--\r\n"
+    )
+    return {"content": body, "headers": {"Content-Type": "multipart/form-data; boundary=b"}}
+
+
+@pytest.mark.parametrize("encoding", ["base64", "Quoted-Printable"])
+def test_a_file_part_with_a_content_transfer_encoding_is_refused_naming_it(
+    client: TestClient, good_jpeg: bytes, encoding: str
+):
+    """Attack review 44 F13: a base64 part was refused as "it looks like text", a quoted-printable one read as raw
+    bytes; neither answer named the header. RFC 7578 4.7: senders must not use it."""
+    response = client.post("/v1/predict", **_file_part_with_transfer_encoding(encoding, base64.b64encode(good_jpeg)))
+
+    assert_error(response, 415, "unsupported_media_type")
+    assert f"the file part has Content-Transfer-Encoding: {encoding}," in response.json()["error"]["message"]
+
+
+def test_a_file_part_marked_binary_is_read_as_it_is(client: TestClient, good_jpeg: bytes):
+    response = client.post("/v1/predict", **_file_part_with_transfer_encoding("binary", good_jpeg))
+    assert response.status_code == 200, response.text

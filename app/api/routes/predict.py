@@ -36,7 +36,7 @@ from app.api.request_fields import check_file_fields, query_parameters
 from app.dicom.dicom_header import DICOM_SIGNATURE_BYTES, is_dicom
 from app.dicom.dicom_seg import part10_bytes
 from app.dicom.dicom_sr import series_volume_report
-from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError
+from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError, UnsupportedMediaTypeError
 from app.multipart_related import multipart_related
 from app.prediction import SeriesAnswer, SliceAnswer, Tally, no_image_error
 from app.settings import Settings
@@ -102,8 +102,25 @@ SeriesQuery = Annotated[
 ]
 
 
+IDENTITY_TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+"""Content-Transfer-Encoding values that leave a part's bytes as they are (some older clients still send `binary`)."""
+
+
+def check_transfer_encoding(upload: UploadFile) -> None:
+    """Refuse a file part whose bytes are encoded (base64, quoted-printable): nothing here decodes them, so they were
+    read as the file and refused as "text" or worse, without naming the header (attack review 44 F13). RFC 7578 4.7:
+    senders must not use Content-Transfer-Encoding in multipart/form-data."""
+    encoding = upload.headers.get("content-transfer-encoding")
+    if encoding is not None and encoding.strip().lower() not in IDENTITY_TRANSFER_ENCODINGS:
+        raise UnsupportedMediaTypeError(
+            f"the file part has Content-Transfer-Encoding: {encoding.strip()[:64]}, which this service does not "
+            "decode (RFC 7578 4.7: multipart/form-data parts must not use it); send the file's bytes as they are"
+        )
+
+
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     """Read a file part, at most one byte past the per-file limit (so an oversized file is never read whole)."""
+    check_transfer_encoding(upload)
     data = await upload.read(settings.max_upload_bytes + 1)
     limits = uploads.UploadLimits.from_settings(settings)
     uploads.check_upload_size(len(data), limits, complete=len(data) <= settings.max_upload_bytes)
