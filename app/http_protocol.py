@@ -55,6 +55,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.audit import AuditLog
+from app.security import address_group
 from app.settings import Settings
 
 logger = logging.getLogger("app.http")
@@ -180,8 +181,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def _held_by_this_client(self) -> int:
-        """Open connections from this connection's address, itself included; 0 for a trusted proxy (its clients are
-        many) or an address the transport does not give."""
+        """Open connections from this connection's address, itself included, an IPv6 client's /64 network counted as
+        one address (`address_group`; attack review 44: one subscriber holds 2^64 addresses); 0 for a trusted proxy
+        (its clients are many) or an address the transport does not give."""
         address = self.client[0] if self.client else None
         if address is None:
             return 0
@@ -191,7 +193,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return 0
         if any(ip in network for network in self.limits.trusted_proxies):
             return 0
-        return sum(1 for connection in self.connections if connection.client and connection.client[0] == address)
+        group = address_group(address)
+        return sum(
+            1 for connection in self.connections if connection.client and address_group(connection.client[0]) == group
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()

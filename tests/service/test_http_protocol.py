@@ -40,8 +40,10 @@ class ClientTransport(asyncio.Transport):
     def close(self) -> None:
         self.closing = True
 
+    peer = "127.0.0.1"
+
     def get_extra_info(self, name: str, default: object = None) -> object:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+        return {"peername": (self.peer, 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
     def write(self, data: bytes) -> None:
         self.buffered += len(data)
@@ -112,3 +114,39 @@ def test_a_slow_reader_keeps_its_connection_and_a_finished_answer_stops_the_watc
 
     assert not slow.aborted and slow.buffered == ANSWER_BYTES - 400_000
     assert not done.aborted and done.buffered == 0
+
+
+async def connections_from(peers: list[str], per_client: int) -> list[ClientTransport]:
+    """A connection made from each of `peers`, in order, to one server that allows `per_client` an address."""
+    limits = ConnectionLimits(
+        max_connections=64,
+        max_connections_per_client=per_client,
+        max_header_bytes=8192,
+        header_timeout_seconds=60.0,
+        body_timeout_seconds=LIMIT_SECONDS,
+        shutdown_idle_upload_seconds=1.0,
+    )
+    protocol_class = protocol_with_limits(limits)
+    state = ServerState()
+    transports = []
+    for peer in peers:
+        protocol = protocol_class(
+            config=uvicorn.Config(app=lambda scope, receive, send: None),
+            server_state=state,
+            app_state={},
+            _loop=asyncio.get_running_loop(),
+        )
+        transport = ClientTransport(0)
+        transport.peer = peer
+        protocol.connection_made(transport)
+        transports.append(transport)
+    return transports
+
+
+def test_an_ipv6_subscriber_is_one_client_address_for_the_connection_cap() -> None:
+    """Attack review 44 F7: each address of one /64 (one subscriber's 2^64) had its own per-client cap."""
+    one_subscriber = [f"2001:db8:0:1::{index:x}" for index in range(1, 5)]
+    transports = asyncio.run(connections_from([*one_subscriber, "2001:db8:0:2::1"], per_client=3))
+
+    assert [transport.closing for transport in transports] == [False, False, False, True, False]
+    assert transports[3].buffered > 0  # the 503 written before the close
