@@ -218,6 +218,15 @@ def test_a_destination_that_refuses_the_note_has_the_revision_delivered(
         store.close()
 
 
+def series_split_over_two_studies() -> list[Dataset]:
+    """Six slices of one series, the last three under a second Study Instance UID (a study split in the RIS)."""
+    series = mr_series([*tumor_channels(), *tumor_channels()])
+    second_study = generate_uid()
+    for dataset in series[3:]:
+        dataset.StudyInstanceUID = second_study
+    return series
+
+
 def test_a_series_part_under_another_study_uid_withdraws_the_result_sent_for_the_first_part(
     make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
@@ -226,10 +235,7 @@ def test_a_series_part_under_another_study_uid_withdraws_the_result_sent_for_the
     the first part is refused too, and a rejection note withdraws what the destination holds of it."""
     port = free_port()
     node = make_node(destination_port=port)
-    series = mr_series([*tumor_channels(), *tumor_channels()])
-    second_study = generate_uid()
-    for dataset in series[3:]:
-        dataset.StudyInstanceUID = second_study
+    series = series_split_over_two_studies()
     store = ResultStore(port, ALL_RESULTS)
     try:
         send_study(node, clock, series[:3], tmp_path / "first")
@@ -260,10 +266,7 @@ def test_a_series_part_under_another_study_uid_cancels_the_first_parts_results_n
     """The same split found while the destination was down: the first part's results are never sent."""
     port = free_port()
     node = make_node(destination_port=port)
-    series = mr_series([*tumor_channels(), *tumor_channels()])
-    second_study = generate_uid()
-    for dataset in series[3:]:
-        dataset.StudyInstanceUID = second_study
+    series = series_split_over_two_studies()
     send_study(node, clock, series[:3], tmp_path / "first")  # nobody listens at the destination
     send_study(node, clock, series[3:], tmp_path / "second")
     clock.advance(QUIET_SECONDS)
