@@ -128,9 +128,10 @@ class MemoryBudget:
                 self._grant()  # the head may have left: those behind it may fit now
             if isinstance(error, TimeoutError):
                 rate = (self._released - released_before) / max(time.monotonic() - started, 1e-3)
+                # Other requests' use is not told: it is theirs (attack review 44 F12).
                 raise OverloadedError(
-                    f"decoding is using {describe_bytes(self._used)} of its memory budget ({BUDGET_SETTING}: "
-                    f"{describe_bytes(self.capacity)}) and this request needs {describe_bytes(size)}; retry later",
+                    f"decoding's memory budget ({BUDGET_SETTING}: {describe_bytes(self.capacity)}) had no room for "
+                    f"the {describe_bytes(size)} this request needs within {self.wait_seconds:g} s; retry later",
                     retry_after_seconds=self._retry_after(size, rate),
                 ) from None
             raise
@@ -201,10 +202,9 @@ class HeaderMemory:
         """Count `size` more bytes, or raise `OverloadedError` past the capacity (`HeaderClaim.add` calls it)."""
         with self._lock:
             if self.capacity is not None and self._used + size > self.capacity:
-                raise OverloadedError(
-                    f"the DICOM headers of the requests in flight hold {describe_bytes(self._used)} of their "
-                    f"{describe_bytes(self.capacity)} ({BUDGET_SETTING}) and this request's need "
-                    f"{describe_bytes(size)} more; retry later",
+                raise OverloadedError(  # other requests' use is not told: it is theirs (attack review 44 F12)
+                    f"the DICOM headers being read have no room for this request's {describe_bytes(size)} more "
+                    f"within {describe_bytes(self.capacity)} ({BUDGET_SETTING}) now; retry later",
                     retry_after_seconds=HEADER_RETRY_AFTER_SECONDS,
                 )
             self._used += size

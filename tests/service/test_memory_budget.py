@@ -238,6 +238,9 @@ def test_budget_wait_ends_in_overloaded_and_gives_the_place_back() -> None:
             with pytest.raises(OverloadedError) as raised:
                 async with budget.reserve(80):
                     pass
+            message = raised.value.message
+            assert message.startswith("decoding's memory budget (DECODE_MEMORY_BYTES: 100 bytes")
+            assert "the 80 bytes" in message and message.count("80 bytes") == 1  # not the other request's 80
             # nothing was freed during the wait: the longest Retry-After (a fixed 1 s sent every client refused
             # after its wait back at once, behind the same backlog: attack review 32)
             assert raised.value.retry_after_seconds == 60.0
@@ -461,8 +464,9 @@ def test_header_memory_refuses_at_once_what_would_pass_it_and_gives_each_claim_b
         first.add(60)
         with memory.claim() as second:
             second.add(40)
-            with pytest.raises(OverloadedError, match="hold 100 bytes .* need 1 bytes") as refused:
+            with pytest.raises(OverloadedError, match="no room for this request's 1 bytes") as refused:
                 second.add(1)
+            assert "100 bytes" in refused.value.message and "60" not in refused.value.message  # not the others' use
             assert refused.value.retry_after_seconds == HEADER_RETRY_AFTER_SECONDS
             assert (first.size, second.size, memory.used) == (60, 40, 100)
         assert memory.used == 60
@@ -490,7 +494,7 @@ def test_concurrent_dicom_requests_hold_their_headers_within_one_budget() -> Non
             waiting = asyncio.ensure_future(service.predict_files(first, schemas.MaskFormat.RLE))
             while header_memory.used < 2 * header.header_bytes:
                 await asyncio.sleep(0.01)
-            with pytest.raises(OverloadedError, match="DICOM headers of the requests in flight"):
+            with pytest.raises(OverloadedError, match="DICOM headers being read have no room"):
                 await service.predict_files(second, schemas.MaskFormat.RLE)
             assert not waiting.done()
         answer = await waiting
