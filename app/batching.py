@@ -1,7 +1,8 @@
 """Dynamic micro-batching: requests that arrive together go through the models as one batch.
 
-One worker task takes jobs (each one or more preprocessed slices) from a queue, joins those that are waiting into a
-batch of at most `max_batch_size` slices, and runs it on a single inference thread in two stages, as the models are
+One worker task takes jobs (each one or more preprocessed slices) from a queue, joins slices of those that are
+waiting into a batch of at most `max_batch_size` slices (the clients waiting take turns, a slice each: `_collect`),
+and runs it on a single inference thread in two stages, as the models are
 gated: the classifier on every slice, then the segmenter on the positives only. A slice the classifier calls
 negative is answered as soon as the classifier is done; it does not wait for its batch's segmenter run. The event
 loop never runs a model. With `max_wait_seconds=0` a batch is whatever queued up while the previous one ran: a lone
@@ -30,6 +31,7 @@ import numpy as np
 from app.core.gate import classifier_positive
 from app.errors import InferenceTimeoutError, OverloadedError, TooManySlicesError
 from app.inference import SlicePrediction
+from app.request_client import current_client
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class _Job:
     inputs: np.ndarray
     sizes: list[tuple[int, int]]
     future: asyncio.Future[list[SlicePrediction]] = field(repr=False)
+    client: str = ""  # `app.request_client.current_client` of its request
+    taken: int = 0  # slices handed to the classifier so far (the next one's index)
     predictions: list[SlicePrediction | None] = field(init=False, repr=False)
     unanswered: int = field(init=False)
 
@@ -203,7 +207,7 @@ class MicroBatcher:
                 f"retry in about {math.ceil(wait)} s",
                 retry_after_seconds=wait,
             )
-        job = _Job(inputs, list(sizes), asyncio.get_running_loop().create_future())
+        job = _Job(inputs, list(sizes), asyncio.get_running_loop().create_future(), client=current_client.get())
         self._change_queued(len(job))
         self._waiting.append(job)
         self._arrived.set()
@@ -221,62 +225,66 @@ class MicroBatcher:
 
     async def _serve(self) -> None:
         while True:
-            await self._classify(await self._collect())
+            await self._classify_slots(await self._collect())
             if self._positives and len(self._positives) < self.max_batch_size // 2 and self._jobs_waiting():
-                await self._classify(await self._collect())  # once: a positive never waits for more than this
+                await self._classify_slots(await self._collect())  # once: a positive never waits for more than this
             while self._positives:
                 await self._segment(self._next_positives())
 
-    async def _collect(self) -> list[_Job]:
-        """Wait for a job, then add the ones waiting (or arriving within the wait) up to the batch size.
+    async def _collect(self) -> list[tuple[_Job, int]]:
+        """Wait for a job, then take slices of the jobs waiting (or arriving within the wait) up to the batch size:
+        one slice of each client's first job in turn, so that every client waiting has slices in the batch.
 
-        A job that would overflow the batch stays first in line and leads the next one.
+        Why in turn: whole jobs first come, first served let one key's 256-slice batches make another client's
+        one-slice request wait 17 s (attack review 44 F8); now it waits one batch. A job larger than a batch goes
+        through in several, so that one cancelled or timed out stops after the run under way (browser review 40).
         """
-        jobs: list[_Job] = []
-        count = 0
+        slots: list[tuple[_Job, int]] = []
         deadline: float | None = None
         while True:
-            while self._waiting and count < self.max_batch_size:
-                job = self._waiting[0]
-                if job.abandoned:  # timed out or cancelled while queued
-                    self._waiting.popleft()
-                    self._change_queued(-len(job))
-                    continue
-                if jobs and count + len(job) > self.max_batch_size:
-                    return jobs
-                jobs.append(self._waiting.popleft())
-                count += len(job)
-            if count >= self.max_batch_size:
-                return jobs
+            self._drop_abandoned()
+            while self._waiting and len(slots) < self.max_batch_size:
+                for job in self._first_job_of_each_client():
+                    if len(slots) == self.max_batch_size:
+                        break
+                    slots.append((job, job.taken))
+                    job.taken += 1
+                    if job.taken == len(job):
+                        self._waiting.remove(job)
+            if len(slots) >= self.max_batch_size:
+                return slots
             timeout = None
-            if jobs:
+            if slots:
                 now = asyncio.get_running_loop().time()
                 deadline = now + self.max_wait_seconds if deadline is None else deadline
                 timeout = deadline - now
                 if timeout <= 0:
-                    return jobs
+                    return slots
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), timeout)
             except TimeoutError:
-                return jobs
+                return slots
+
+    def _drop_abandoned(self) -> None:
+        """Take the jobs nobody waits for any more (timed out or cancelled while queued) out of the queue."""
+        for job in [job for job in self._waiting if job.abandoned]:
+            self._waiting.remove(job)
+            self._change_queued(job.taken - len(job))
+
+    def _first_job_of_each_client(self) -> list[_Job]:
+        """The first waiting job of each client, in the order their first jobs came."""
+        firsts: dict[str, _Job] = {}
+        for job in self._waiting:
+            firsts.setdefault(job.client, job)
+        return list(firsts.values())
 
     def _jobs_waiting(self) -> bool:
         return any(not job.abandoned for job in self._waiting)
 
-    async def _classify(self, jobs: list[_Job]) -> None:
-        """Run the classifier on the jobs' slices, `max_batch_size` at a time; answer the negatives, line the
-        positives up for the segmenter.
-
-        A job larger than a batch goes through in several runs, so that one cancelled or timed out stops after the
-        run under way (browser review 40: a cancelled 232-slice analysis ran on, one run of all its slices, and
-        its slices kept the next request out of the queue until it ended)."""
-        slots = [(job, index) for job in jobs for index in range(len(job))]
-        for start in range(0, len(slots), self.max_batch_size):
-            await self._classify_slots(slots[start : start + self.max_batch_size])
-
     async def _classify_slots(self, slots: list[tuple[_Job, int]]) -> None:
-        """`_classify` for one batch of (job, slice index); slices of jobs nobody waits for any more are dropped."""
+        """Run the classifier on one batch of (job, slice index); answer the negatives, line the positives up for
+        the segmenter. Slices of jobs nobody waits for any more are dropped."""
         live = [(job, index) for job, index in slots if not job.abandoned]
         self._change_queued(len(live) - len(slots))
         if not live:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
 from app.core.preprocessing import INPUT_SHAPE
 from app.errors import OverloadedError, OverMemoryBudgetError
+from app.request_client import current_client
 from app.settings import MIB
 
 MODEL_INPUT_BYTES = int(np.prod(INPUT_SHAPE)) * np.dtype(np.float32).itemsize
@@ -62,8 +64,10 @@ def check_cost(subject: str, cost: int, details: str, max_bytes: int) -> None:
 
 
 class MemoryBudget:
-    """A semaphore counting bytes: requests reserve their decoding cost and wait, first come first served, until it
-    fits beside the reservations of the others.
+    """A semaphore counting bytes: requests reserve their decoding cost and wait until it fits beside the
+    reservations of the others; among those waiting, the request of the client that holds least goes first (first come,
+    first served among equals), so that one client's backlog does not hold up the others (attack review 44 F8: a
+    one-slice request waited behind another key's full batches). The client is `app.request_client.current_client`.
 
     A count of requests (or the thread pool's 40 workers) would let 40 bombs just under the per-request limit decode
     at once; counting bytes keeps the sum of all decoding within `capacity`.
@@ -84,7 +88,8 @@ class MemoryBudget:
         self.wait_seconds = wait_seconds
         self._used = 0
         self._released = 0  # bytes released since the start: the rate the budget frees room at
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiting: deque[_Waiter] = deque()
+        self._held_by_client: Counter[str] = Counter()
 
     @property
     def used(self) -> int:
@@ -103,25 +108,27 @@ class MemoryBudget:
             If no room came within `wait_seconds`.
         """
         check_cost("this request", size, "all its files together", self.capacity)
-        await self._acquire(max(size, 0))
+        client = current_client.get()
+        await self._acquire(max(size, 0), client)
         try:
             yield
         finally:
-            self._release(max(size, 0))
+            self._release(max(size, 0), client)
 
-    async def _acquire(self, size: int) -> None:
+    async def _acquire(self, size: int, client: str) -> None:
         if not self._waiting and self._used + size <= self.capacity:
-            self._used += size
+            self._take(size, client)
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = (size, granted)
+        waiter = _Waiter(size, client, granted)
         self._waiting.append(waiter)
+        self._grant()  # a client that holds less than those waiting goes first, at once if it fits
         started, released_before = time.monotonic(), self._released
         try:
             await asyncio.wait_for(asyncio.shield(granted), self.wait_seconds)
         except BaseException as error:
             if granted.done() and not granted.cancelled():
-                self._release(size)  # granted just as the wait ended: hand the bytes on
+                self._release(size, client)  # granted just as the wait ended: hand the bytes on
             else:
                 granted.cancel()
                 self._waiting.remove(waiter)
@@ -141,23 +148,46 @@ class MemoryBudget:
         just seen freed), within `RETRY_AFTER_SECONDS`: a fixed 1 s sent every client refused after a minute's wait
         back at once, behind the same backlog (attack review 32)."""
         low, high = RETRY_AFTER_SECONDS
-        needed = size + sum(waiting for waiting, _ in self._waiting) - (self.capacity - self._used)
+        needed = size + sum(waiter.size for waiter in self._waiting) - (self.capacity - self._used)
         if rate <= 0:
             return high
         return min(high, max(low, needed / rate))
 
-    def _release(self, size: int) -> None:
+    def _take(self, size: int, client: str) -> None:
+        self._used += size
+        self._held_by_client[client] += size
+
+    def _release(self, size: int, client: str) -> None:
         self._used -= size
+        self._held_by_client[client] -= size
+        if self._held_by_client[client] <= 0:
+            del self._held_by_client[client]
         self._released += size
         self._grant()
 
     def _grant(self) -> None:
-        while self._waiting and self._used + self._waiting[0][0] <= self.capacity:
-            size, granted = self._waiting.popleft()
-            if granted.done():  # given up (cancelled) and not yet removed
+        """Grant the waiters in turn while the next one fits: the next is that of the client holding least (the
+        earliest among equals); one that does not fit keeps the others waiting, so a large request is not passed
+        over for good by smaller ones of its own client or of busier ones."""
+        while self._waiting:
+            head = min(self._waiting, key=lambda waiter: self._held_by_client[waiter.client])  # min keeps the first
+            if head.granted.done():  # given up (cancelled) and not yet removed
+                self._waiting.remove(head)
                 continue
-            self._used += size
-            granted.set_result(None)
+            if self._used + head.size > self.capacity:
+                return
+            self._waiting.remove(head)
+            self._take(head.size, head.client)
+            head.granted.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Waiter:
+    """A reservation waiting for room in a `MemoryBudget`."""
+
+    size: int
+    client: str
+    granted: asyncio.Future[None]
 
 
 HEADER_RETRY_AFTER_SECONDS = 5.0

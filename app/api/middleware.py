@@ -30,6 +30,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
 )
 from app.metrics import ServiceMetrics
+from app.request_client import current_client
 from app.security import ApiKeyStore, RateLimiter, address_group
 
 HELD_UPLOADS_RETRY_SECONDS = 5.0
@@ -460,9 +461,11 @@ class UploadLimitMiddleware:
                 response_started = True
             await send(message)
 
+        known_as = current_client.set(client)  # the budget and the models share their time by it
         try:
             await self.app(scope, counting_receive, guarded_send)
         finally:
+            current_client.reset(known_as)
             self.held_bytes -= held
             self.held_by_client[client] -= held
             if self.held_by_client[client] <= 0:

@@ -20,6 +20,7 @@ from app.api.handlers import service_error_response
 from app.batching import MicroBatcher
 from app.errors import InferenceTimeoutError, OverloadedError, TooManySlicesError
 from app.inference import SlicePrediction
+from app.request_client import current_client
 
 WAIT_SECONDS = 5.0
 
@@ -214,10 +215,47 @@ def test_submit_respects_max_batch_size() -> None:
         results = await asyncio.gather(*tasks)
         await batcher.stop()
 
-        # A job that would overflow the batch leads the next one; order is kept.
+        # One client's jobs go in order, a batch at a time; a job may span two batches.
         assert model.batch_sizes == [1, 4, 3]
         assert model.classified[1:] == [pytest.approx([1.0, 1.1, 2.0, 2.1]), pytest.approx([3.0, 3.1, 4.0])]
         assert [probabilities(result) for result in results] == [pytest.approx(list(values)) for values in jobs]
+
+    run(scenario)
+
+
+def test_clients_waiting_take_turns_in_each_batch() -> None:
+    """Attack review 44 F8: whole jobs, first come, first served, let one key's full batches make another client's
+    one-slice request wait 17 s. Each batch now takes one slice of each client's first job in turn."""
+    model = FakeModels(hold_first=True)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(model, max_batch_size=4)
+        batcher.start()
+        first = await hold_worker(batcher, model)
+
+        def submitted_by(client: str, *values: float) -> asyncio.Task:
+            known_as = current_client.set(client)  # as the upload middleware sets it for a request's task
+            try:
+                return asyncio.create_task(batcher.submit(*slices(*values)))
+            finally:
+                current_client.reset(known_as)
+
+        hog = [submitted_by("key:hog", 1.0, 1.1, 1.2, 1.3, 1.4), submitted_by("key:hog", 2.0, 2.1, 2.2)]
+        await until(lambda: batcher.queued_slices == 9)
+        other = submitted_by("key:other", 9.0)
+        await until(lambda: batcher.queued_slices == 10)
+        model.release()
+        await first
+        hog_results, other_result = await asyncio.gather(*hog), await other
+        await batcher.stop()
+
+        assert model.classified[1] == pytest.approx([1.0, 9.0, 1.1, 1.2])  # the other client's slice in the first
+        assert model.classified[2:] == [pytest.approx([1.3, 1.4, 2.0, 2.1]), pytest.approx([2.2])]  # its own order
+        assert probabilities(other_result) == pytest.approx([9.0])
+        assert [probabilities(result) for result in hog_results] == [
+            pytest.approx([1.0, 1.1, 1.2, 1.3, 1.4]),
+            pytest.approx([2.0, 2.1, 2.2]),
+        ]
 
     run(scenario)
 
@@ -571,7 +609,9 @@ def test_positives_of_a_timed_out_job_are_dropped_before_the_segmenter() -> None
         assert probabilities(await batcher.submit(*slices(0.7))) == pytest.approx([0.7])
         await batcher.stop()
 
-        assert model.classified == [pytest.approx([0.9]), pytest.approx([0.95]), pytest.approx([0.7])]
+        # Its second slice waited for the next batch (slices are taken a batch at a time, in turns between clients):
+        # nobody waited for it any more, and it reached neither model.
+        assert model.classified == [pytest.approx([0.9]), pytest.approx([0.7])]
         assert model.segmented == [pytest.approx([0.9]), pytest.approx([0.7])]
         assert batcher.queued_slices == 0
 

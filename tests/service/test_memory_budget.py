@@ -32,6 +32,7 @@ from app.memory_budget import (
 )
 from app.overlay import OVERLAY_BYTES_PER_PIXEL
 from app.prediction import PredictionService
+from app.request_client import current_client
 from app.series_reading import decode_series, plan_series
 from app.uploads import UploadLimits, plan_raster_uploads, prepare_uploads
 from tests.api.service_client import png_bytes
@@ -220,6 +221,35 @@ def test_budget_makes_later_reservations_wait_their_turn() -> None:
 
     # c did not pass b although it fitted beside a; once a left, both fitted and came in, b first
     assert order[:4] == ["a in (60)", "a out", "b in (70)", "c in (70)"]
+
+
+def test_a_client_that_holds_nothing_passes_the_backlog_of_one_that_holds_much() -> None:
+    """Attack review 44 F8: first come, first served let one key's full batches make another client's one-slice
+    request wait 17 s. Among waiters, the client holding least goes first; one client's own requests keep their
+    order (a, then its second request a2, above)."""
+    order: list[str] = []
+
+    async def hold(budget: MemoryBudget, client: str, name: str, size: int, seconds: float) -> None:
+        current_client.set(client)  # as the upload middleware sets it for each request's task
+        async with budget.reserve(size):
+            order.append(f"{name} in ({budget.used})")
+            await asyncio.sleep(seconds)
+        order.append(f"{name} out")
+
+    async def scenario() -> None:
+        budget = MemoryBudget(100)
+        first = asyncio.create_task(hold(budget, "hog", "a", 60, 0.05))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(hold(budget, "hog", "a2", 60, 0.0))
+        await asyncio.sleep(0)
+        other = asyncio.create_task(hold(budget, "other", "b", 10, 0.0))  # fits beside a; the hog holds 60
+        await asyncio.gather(first, second, other)
+        assert budget.used == 0
+
+    asyncio.run(scenario())
+
+    assert order[:3] == ["a in (60)", "b in (70)", "b out"]
+    assert order.index("a2 in (60)") > order.index("a out")
 
 
 def test_budget_refuses_a_reservation_that_could_never_fit() -> None:
