@@ -202,9 +202,11 @@ class MicroBatcher:
             )
         if self._queued_slices + len(sizes) > self.max_queued_slices:
             wait = self._retry_after()
+            # "full" only when it is: 7 of 16 waiting has room, not for these 10 (browser review 44)
+            room = self.max_queued_slices - self._queued_slices
             raise OverloadedError(
-                f"the inference queue is full ({self._queued_slices} of {self.max_queued_slices} slices waiting); "
-                f"retry in about {math.ceil(wait)} s",
+                f"the inference queue has room for {room} of the {len(sizes)} slices of this request "
+                f"({self._queued_slices} of {self.max_queued_slices} waiting); retry in about {math.ceil(wait)} s",
                 retry_after_seconds=wait,
             )
         job = _Job(inputs, list(sizes), asyncio.get_running_loop().create_future(), client=current_client.get())

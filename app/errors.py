@@ -135,7 +135,10 @@ class InvalidSliceError(ServiceError):
 
 class RepeatedSliceError(InvalidSliceError):
     """A slice of a raster series whose pixels an earlier file of the request holds: left out, and no slice missing
-    from the volume either (`app.uploads.raster_series_breaks`)."""
+    from the volume either (`app.uploads.raster_series_breaks`). A code of its own, so that a client can tell it from
+    a slice that failed (browser review 44: the page drew a copy as a missing slice, and its CSV said so)."""
+
+    code = "repeated_slice"
 
 
 class UnsupportedMediaTypeError(ServiceError):

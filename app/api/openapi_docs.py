@@ -35,6 +35,11 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         400,
         "the image decodes but is no slice (e.g. two channels, a multi-page TIFF, under 32 pixels a side)",
     ),
+    ErrorCode(
+        "repeated_slice",
+        400,
+        "a PNG/JPEG/TIFF file of a series holds the same pixels as an earlier one: read once, and no slice is missing",
+    ),
     ErrorCode("undecodable_dicom", 400, "a DICOM file that is truncated or unreadable"),
     ErrorCode("dicom_without_pixel_data", 400, "a DICOM file with no image in it"),
     ErrorCode("invalid_dicom_image", 400, "a colour DICOM, or frames that do not group into slices"),

@@ -90,10 +90,21 @@ const ERROR_TITLES_BY_CODE = {
     + "server allows. Choose fewer or smaller files.",
   too_many_files: "Too many files for one request.",
   too_many_slices: "Too many slices for one request.",
-  inference_timeout: "The analysis took too long. Try fewer slices, or try again later.",
+  // "Try again in N seconds" follows from Retry-After (browser review 44: "... try again later. Try again in 30
+  // seconds").
+  inference_timeout: "The analysis took too long. Try fewer slices at a time.",
   // 503 covers both "not ready" (model_unavailable, the status's title) and "ready but busy" (these two).
   overloaded: "The service is busy.",
   too_many_connections: "The service is busy.",
+  // What to do about a refusal for who or where the page is (browser review 44: a bare "HTTP 403" and a word on
+  // Host headers).
+  host_not_allowed: "The service does not accept requests made to this address. Open the page at the address "
+    + "the service's operator gives, or ask them to add this one (ALLOWED_HOSTS).",
+  cross_site_request: "The request came from another site's page, which the service refuses. Open the service's "
+    + "own page.",
+  audit_unavailable: "The service cannot record requests right now (its audit log cannot be written), so it "
+    + "analyses none. Try again later, or tell whoever runs the service.",
+  repeated_slice: "The file holds the same slice as another file chosen.",
 };
 // mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.
 const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or patients. Choose the files of one study.";
@@ -101,6 +112,9 @@ const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or pati
 const SERIES_SIZE_TITLE = "The slices differ in size, so they cannot be analysed as one series. Choose slices of "
   + "one size, or analyse them one at a time.";
 // The status a per-file error of a batch would have had on its own (the batch itself answers 200).
+// Failed files of a raster series that are no slice missing from the volume (`rasterSeries`).
+const NO_MISSING_SLICE = new Set(["unsupported_media_type", "repeated_slice"]);
+
 const STATUS_BY_CODE = {
   unsupported_media_type: 415,
   unsupported_dicom: 415,
@@ -726,7 +740,7 @@ function throwIfNothingWorked(slices, failures) {
  * separators or characters that archive tools or file systems refuse.
  */
 function maskNamer() {
-  const used = new Set(["slices.csv"]);
+  const used = new Set(["slices.csv", "answer.json"]);
   return (fileName) => {
     // Also no leading dot (hidden file) or formula sign (the name is a cell of slices.csv too).
     const stem = stemOf(fileName).replace(/[\\/:*?"<>|\u0000-\u001f\u007f]/g, "_").replace(/^[.=+\-@]+/, "_")
@@ -746,6 +760,10 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
     throw new AnswerError(`the answer holds ${held} results for the ${files.length} files sent`);
   }
   const failures = fileFailures(answer.results.filter((item) => !item.ok), files);
+  // Files that failed and are slices missing from the volume, as the server's series clean-up counts them
+  // (app/uploads.py raster_series_breaks): not a file that is no image, nor a copy of a slice (browser review 44: a
+  // copy was drawn as a gap, and slices.csv put a blank slice inside the tumor).
+  const missing = answer.results.filter((item) => !item.ok && !NO_MISSING_SLICE.has(item.error?.code));
   const slices = [];
   const maskName = maskNamer();
   let previous = null; // the index of the last file analysed
@@ -760,14 +778,16 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: null,
       position: null,
-      // Files that failed between this slice and the one before: slices missing from the volume, as the server's
-      // series clean-up takes them (app/uploads.py raster_series_breaks), so the two are no neighbours.
-      missingBefore: previous === null ? 0 : item.index - previous - 1,
+      // Slices missing between this slice and the one before (`missing`): the two are no neighbours.
+      missingBefore: previous === null
+        ? 0
+        : missing.filter((failed) => failed.index > previous && failed.index < item.index).length,
     });
     previous = item.index;
   }
   throwIfNothingWorked(slices, failures);
-  return { kind: "raster", sentAsSeries, files, slices, failures, answer, volumeMl: null };
+  const missingFiles = missing.length;
+  return { kind: "raster", sentAsSeries, files, slices, failures, missingFiles, answer, volumeMl: null };
 }
 
 /**
@@ -1197,10 +1217,10 @@ function updateVolume() {
  * and tumor on the first or last slice analysed (the batch answer has no series fields: the slices say it).
  */
 function volumeCaveats(shown) {
-  const { answer, failures, slices } = shown;
+  const { answer, slices } = shown;
   const caveats = [];
-  if (shown.kind === "raster" && failures.length > 0) {
-    caveats.push(`${plural(failures.length, "file")} of the series could not be analysed`);
+  if (shown.kind === "raster" && shown.missingFiles > 0) {
+    caveats.push(`${plural(shown.missingFiles, "file")} of the series could not be analysed`);
   }
   if (answer.slices_missing > 0) {
     caveats.push(`${plural(answer.slices_missing, "slice")} missing between those analysed`);
@@ -1702,6 +1722,10 @@ async function downloadMasks() {
       prediction.mask?.area_pixels ?? 0, area === null ? "" : area, slice.position ?? "", slice.missingBefore ?? 0]);
   }
   entries.push({ name: "slices.csv", bytes: new TextEncoder().encode(`${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`) });
+  // The service's whole answer (models and their versions, threshold, volume, notes, series read and left out) beside
+  // the masks, without the masks' PNG data they hold as files (browser review 44: the zip alone could not be read).
+  const answer = JSON.stringify(series.answer, (key, value) => (key === "png" ? undefined : value), 2);
+  entries.push({ name: "answer.json", bytes: new TextEncoder().encode(`${answer}\n`) });
   saveBlob(writeZip(entries), `tumor-masks${seriesTag(series)}.zip`);
 }
 

@@ -333,7 +333,9 @@ def test_submit_raises_overloaded_when_queue_is_full() -> None:
 
         assert raised.value.code == "overloaded"
         # No batch has finished yet, so nothing says how long the queue takes: the shortest wait.
-        assert raised.value.message == "the inference queue is full (2 of 2 slices waiting); retry in about 1 s"
+        assert raised.value.message == (
+            "the inference queue has room for 0 of the 1 slices of this request (2 of 2 waiting); retry in about 1 s"
+        )
         assert raised.value.retry_after_seconds == 1
         model.release()
         assert probabilities(await second) == [2.0]

@@ -121,6 +121,34 @@ def test_a_busy_service_is_not_called_not_ready(page: Page, live_server: str, co
     expect(page.locator("#error-title")).to_have_text(title)
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "title"),
+    [
+        (403, "host_not_allowed", "The service does not accept requests made to this address."),
+        (403, "cross_site_request", "The request came from another site's page, which the service refuses."),
+        (503, "audit_unavailable", "The service cannot record requests right now (its audit log cannot be written)"),
+        (503, "inference_timeout", "The analysis took too long. Try fewer slices at a time. Try again in 7 seconds."),
+    ],
+)
+def test_a_refusal_for_where_or_how_the_service_runs_says_what_to_do(
+    page: Page, live_server: str, status: int, code: str, title: str
+) -> None:
+    """Browser review 44: a 403 from ALLOWED_HOSTS was "The server answered with an error (HTTP 403)" over a word on
+    Host headers; audit_unavailable said nothing to do; a timeout said "try again later. Try again in 7 seconds"."""
+    body = {"error": {"code": code, "message": "what the server said"}}
+    page.route(
+        "**/v1/**",
+        lambda route: route.fulfill(
+            status=status, content_type="application/json", headers={"Retry-After": "7"}, body=json.dumps(body)
+        ),
+    )
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#error-title")).to_contain_text(title)
+
+
 # ------------------------------------------------------------------------------------------------ 3: spacing
 
 

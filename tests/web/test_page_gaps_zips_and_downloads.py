@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -205,6 +206,40 @@ def test_slices_csv_of_raster_slices_leaves_the_position_empty_and_counts_failed
 
     assert [row["position_along_normal_mm"] for row in rows] == ["", "", ""]
     assert [row["slices_missing_before"] for row in rows] == ["0", "0", "1"]
+
+
+def test_a_copy_of_a_raster_slice_is_no_missing_slice(page: Page, live_server: str, tmp_path: Path) -> None:
+    """Browser review 44 F1: a copy of a slice ("(1).jpg") was drawn as a gap, said "after 1 missing slice", put a
+    caveat on the volume, and slices.csv gave the next slice 1 missing before it (a blank slice inside the tumor for
+    whoever stacks the masks); the server reads the copy once and counts no gap."""
+    copy = tmp_path / f"{RASTER_SERIES[1].stem} (1){RASTER_SERIES[1].suffix}"  # sorts beside its original
+    copy.write_bytes(RASTER_SERIES[1].read_bytes())
+    page.goto(live_server)
+    upload(page, [RASTER_SERIES[0], copy, RASTER_SERIES[1], RASTER_SERIES[2]])
+
+    _, rows = slices_csv(page)
+
+    assert [row["slices_missing_before"] for row in rows] == ["0", "0", "0"]
+    expect(page.locator("#strip .strip-bar")).to_have_count(3)
+    expect(page.locator("#strip .strip-gap")).to_have_count(0)
+
+
+def test_the_masks_zip_holds_the_service_answer_without_the_mask_images(page: Page, live_server: str) -> None:
+    """Browser review 44 F3: the zip had masks and slices.csv only: no threshold, model versions or volume notes, and
+    the page offered no JSON, so a slice at 36 % marked false could not be read."""
+    page.goto(live_server)
+    answer = upload(page, RASTER_SERIES)
+
+    with page.expect_download(timeout=RESULT_TIMEOUT_MS) as downloaded:
+        page.click("#download-masks")
+    with zipfile.ZipFile(downloaded.value.path()) as archive:
+        kept = json.loads(archive.read("answer.json"))
+
+    for item in answer["results"]:
+        if item["prediction"]["mask"] is not None:
+            del item["prediction"]["mask"]["png"]
+    assert kept == answer
+    assert any(item["prediction"]["mask"] for item in kept["results"])  # the masks' other fields are kept
 
 
 # ---------------------------------------------------------------------- F6: an empty zip, a zip inside a zip
