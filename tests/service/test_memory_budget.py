@@ -199,21 +199,25 @@ def test_raster_plan_refuses_request_over_the_budget_whole() -> None:
     assert raised.value.message.startswith("this request's 10 files would take")
 
 
+async def hold(budget: MemoryBudget, order: list[str], name: str, size: int, seconds: float, client: str = "") -> None:
+    """Reserve `size` for `seconds` as `client`'s request, noting in `order` when it came in (and the bytes used then)
+    and went out."""
+    current_client.set(client)  # as the upload middleware sets it for each request's task
+    async with budget.reserve(size):
+        order.append(f"{name} in ({budget.used})")
+        await asyncio.sleep(seconds)
+    order.append(f"{name} out")
+
+
 def test_budget_makes_later_reservations_wait_their_turn() -> None:
     order: list[str] = []
 
-    async def hold(budget: MemoryBudget, name: str, size: int, seconds: float) -> None:
-        async with budget.reserve(size):
-            order.append(f"{name} in ({budget.used})")
-            await asyncio.sleep(seconds)
-        order.append(f"{name} out")
-
     async def scenario() -> None:
         budget = MemoryBudget(100)
-        first = asyncio.create_task(hold(budget, "a", 60, 0.05))
+        first = asyncio.create_task(hold(budget, order, "a", 60, 0.05))
         await asyncio.sleep(0)
-        second = asyncio.create_task(hold(budget, "b", 60, 0.0))
-        third = asyncio.create_task(hold(budget, "c", 10, 0.0))  # fits now, but waits behind b: first come first
+        second = asyncio.create_task(hold(budget, order, "b", 60, 0.0))
+        third = asyncio.create_task(hold(budget, order, "c", 10, 0.0))  # fits now, but waits behind b
         await asyncio.gather(first, second, third)
         assert budget.used == 0
 
@@ -226,23 +230,16 @@ def test_budget_makes_later_reservations_wait_their_turn() -> None:
 def test_a_client_that_holds_nothing_passes_the_backlog_of_one_that_holds_much() -> None:
     """Attack review 44 F8: first come, first served let one key's full batches make another client's one-slice
     request wait 17 s. Among waiters, the client holding least goes first; one client's own requests keep their
-    order (a, then its second request a2, above)."""
+    order (a, then its second request a2)."""
     order: list[str] = []
-
-    async def hold(budget: MemoryBudget, client: str, name: str, size: int, seconds: float) -> None:
-        current_client.set(client)  # as the upload middleware sets it for each request's task
-        async with budget.reserve(size):
-            order.append(f"{name} in ({budget.used})")
-            await asyncio.sleep(seconds)
-        order.append(f"{name} out")
 
     async def scenario() -> None:
         budget = MemoryBudget(100)
-        first = asyncio.create_task(hold(budget, "hog", "a", 60, 0.05))
+        first = asyncio.create_task(hold(budget, order, "a", 60, 0.05, client="hog"))
         await asyncio.sleep(0)
-        second = asyncio.create_task(hold(budget, "hog", "a2", 60, 0.0))
+        second = asyncio.create_task(hold(budget, order, "a2", 60, 0.0, client="hog"))
         await asyncio.sleep(0)
-        other = asyncio.create_task(hold(budget, "other", "b", 10, 0.0))  # fits beside a; the hog holds 60
+        other = asyncio.create_task(hold(budget, order, "b", 10, 0.0, client="other"))  # fits beside a
         await asyncio.gather(first, second, other)
         assert budget.used == 0
 
