@@ -350,7 +350,7 @@ def test_copies_of_a_raster_slice_are_no_missing_slices() -> None:
     answer = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE, series=True))
 
     assert [prediction.detected for prediction in (answer.predictions[0], answer.predictions[-1])] == [True, True]
-    assert [error.code for error in answer.outcomes[1:-1]] == ["invalid_image"] * 2
+    assert [error.code for error in answer.outcomes[1:-1]] == ["repeated_slice"] * 2
 
 
 class UnsureMaskModels(SeriesModels):

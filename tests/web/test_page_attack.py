@@ -436,7 +436,7 @@ def test_mask_zip_keeps_every_mask_and_its_csv_is_safe_in_spreadsheets(page: Pag
     with zipfile.ZipFile(downloaded.value.path()) as archive:
         names = archive.namelist()
         rows = list(csv.DictReader(io.StringIO(archive.read("slices.csv").decode())))
-        assert len(names) == len(set(names)) == 4  # three masks and the table, none hiding another
+        assert len(names) == len(set(names)) == 5  # three masks, the table and the answer, none hiding another
         for row, mask in zip(rows, masks, strict=True):
             if mask:
                 assert archive.read(row["mask_file"]) == base64.b64decode(mask["png"])

@@ -241,6 +241,7 @@ def test_dicom_masks_are_numbered_in_the_page_slice_order(page: Page, live_serve
             if mask:
                 assert archive.read(row["mask_file"]) == base64.b64decode(mask["png"])
         assert sorted(archive.namelist()) == [
+            "answer.json",
             "slice_0001_mask.png",
             "slice_0002_mask.png",
             "slice_0003_mask.png",
@@ -257,7 +258,7 @@ def test_raster_mask_names_cannot_overwrite_the_ground_truth_masks(page: Page, l
         names = set(archive.namelist())
 
     assert names.isdisjoint(path.name for path in folder)
-    assert names == {f"{path.stem}_predicted_mask.png" for path in RASTER_SERIES} | {"slices.csv"}
+    assert names == {f"{path.stem}_predicted_mask.png" for path in RASTER_SERIES} | {"slices.csv", "answer.json"}
 
 
 def test_a_one_pixel_mask_is_called_too_small_to_see(page: Page, live_server: str) -> None:
