@@ -753,11 +753,11 @@ class DicomNode:
     def _study_header(self, key: str) -> Dataset | None:
         """The header of one of the study's instances, for the patient and study attributes of a rejection note made
         without a result of this run; None when none can be read (the note is not made, and that is logged)."""
-        for path in self.spool.instance_files(key)[:1]:
-            try:
-                return pydicom.dcmread(path, stop_before_pixels=True)
-            except (OSError, InvalidDicomError, ValueError):
-                break
+        files = self.spool.instance_files(key)
+        try:
+            return pydicom.dcmread(files[0], stop_before_pixels=True)
+        except (IndexError, OSError, InvalidDicomError, ValueError):
+            pass
         logger.warning(
             "earlier results not rejected: no instance header readable", extra={"fields": {"study_key": key}}
         )

@@ -269,8 +269,8 @@ class StudySync:
             ]
             for uid, series in ((str(s["MainDicomTags"]["SeriesInstanceUID"]), s) for s in used)
         }
-        read = content_fingerprint(files_by_series, left_out=too_large)
-        if record.get("status") in DONE_STATUSES and record.get("content_fingerprint") == read:
+        content = content_fingerprint(files_by_series, left_out=too_large)
+        if record.get("status") in DONE_STATUSES and record.get("content_fingerprint") == content:
             # The same instances stored again (Orthanc's OverwriteInstances moves LastUpdate): the result stands, as
             # at the DICOM node (interop review 44: analysed again, and the same UIDs stored with new times).
             fields = {"study_fingerprint": study_fingerprint, "input_fingerprint": input_fingerprint}
@@ -283,7 +283,7 @@ class StudySync:
         fields = {
             "study_fingerprint": study_fingerprint,
             "input_fingerprint": input_fingerprint,
-            "content_fingerprint": read,
+            "content_fingerprint": content,
         }
         if too_large:
             fields.update(
