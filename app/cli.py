@@ -382,7 +382,7 @@ def describe_start_error(error: Exception) -> str:
 def hash_key_command(args: argparse.Namespace) -> int:
     """Print `id:sha256` for an API keys file; the key is read from standard input so it stays out of the shell
     history."""
-    from app.security import HEADER_SAFE_RULE, hash_key, header_safe
+    from app.security import HEADER_SAFE_RULE, WEAK_KEY_RULE, hash_key, header_safe, strong_enough
 
     # The line it prints is `id:sha256`, in a file where `#` starts a comment: such an id would make it unreadable.
     if not KEY_ID.fullmatch(args.key_id):
@@ -395,6 +395,8 @@ def hash_key_command(args: argparse.Namespace) -> int:
         return fail("brain-tumor hash-key: error: no key on standard input", EXIT_USAGE)
     if not header_safe(key):  # API_KEYS refuses it too: hashed, it would be refused at every request
         return fail(f"brain-tumor hash-key: error: {HEADER_SAFE_RULE}", EXIT_USAGE)
+    if not strong_enough(key):
+        return fail(f"brain-tumor hash-key: error: {WEAK_KEY_RULE}", EXIT_USAGE)
     print(f"{args.key_id}:{hash_key(key)}")
     return 0
 

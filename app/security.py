@@ -35,6 +35,20 @@ HEADER_SAFE_RULE = (
 )
 
 
+MIN_KEY_CHARACTERS = 16
+WEAK_KEY_RULE = (
+    f"the key must have at least {MIN_KEY_CHARACTERS} characters: AUTH_FAILURES_PER_MINUTE counts wrong keys per "
+    "client address, which a client with many addresses gets round, so only a long key stops guessing (make one with "
+    "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+)
+
+
+def strong_enough(key: str) -> bool:
+    """Whether `key` is long enough to leave guessing hopeless (attack review 44 F7: 200 wrong keys from 200
+    addresses were all answered 401, none 429; an IPv6 client has a /64 of addresses)."""
+    return len(key) >= MIN_KEY_CHARACTERS
+
+
 def header_safe(key: str) -> bool:
     """Whether an `X-API-Key` header can carry `key` as it is: a header value loses its outer spaces on the way (HTTP
     trims them) and cannot carry control or non-ASCII characters, so such a key could never match, and its owner
@@ -59,7 +73,8 @@ class ApiKeyStore:
         Raises
         ------
         KeyConfigurationError
-            For an item without an id, a hash that is not 64 hex digits, or an id given twice.
+            For an item without an id, a key that no header can carry or that is too short to resist guessing, a
+            hash that is not 64 hex digits, or an id given twice.
         """
         hashes: dict[str, str] = {}
 
@@ -76,6 +91,8 @@ class ApiKeyStore:
                 raise KeyConfigurationError(f"API_KEYS item {position}: expected id:key")
             if not header_safe(key):
                 raise KeyConfigurationError(f"API_KEYS item {position}: {HEADER_SAFE_RULE}")
+            if not strong_enough(key):
+                raise KeyConfigurationError(f"API_KEYS item {position}: {WEAK_KEY_RULE}")
             add(key_id.strip(), hash_key(key), f"API_KEYS item {position}")
         if keys_file is not None:
             for number, line in enumerate(Path(keys_file).read_text().splitlines(), start=1):

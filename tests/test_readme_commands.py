@@ -129,7 +129,7 @@ def test_readme_command_succeeds(command: str, workdir: Path, server_url: str, t
     runnable = command.replace(README_URL, server_url)
     if runnable.startswith("curl "):
         runnable = "curl --fail-with-body " + runnable.removeprefix("curl ")
-    environment = {**os.environ, "KEY": "example-key", "MODEL_DIR": str(tiny_model_dir)}
+    environment = {**os.environ, "KEY": "example-key-0123456789", "MODEL_DIR": str(tiny_model_dir)}
     completed = subprocess.run(
         ["bash", "-o", "pipefail", "-c", runnable],
         cwd=workdir,

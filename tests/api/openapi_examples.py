@@ -21,7 +21,7 @@ from tests.conftest import COMMITTED_MODEL_DIR, TUMOR_FREE_SLICE, TUMOR_SERIES, 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 
 REQUEST_ID = "6f1c2b9e0d4a4e8f9a1b2c3d4e5f6a7b"  # the real ids are random uuid4 hex; one fixed id keeps diffs small
-KEY_ID, KEY = "example", "example-key-1"
+KEY_ID, KEY = "example", "example-key-0123456789"
 
 
 def without_request_id(body: dict) -> dict:

@@ -4,6 +4,7 @@ documented exit code, never a traceback, and nothing already on disk is replaced
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -290,8 +291,18 @@ def test_empty_key_and_audit_files_mean_none(monkeypatch: pytest.MonkeyPatch) ->
     [
         ("API_KEYS", "no-colon-here", "brain-tumor serve: error: API_KEYS item 1: expected id:key\n"),
         # attack23b: HTTP trims a header's outer spaces, so "alice: key" made a key its owner could never send.
-        ("API_KEYS", "bob:k1,alice: key", "brain-tumor serve: error: API_KEYS item 2: the key must be printable ASCII"),
+        (
+            "API_KEYS",
+            "bob:bob-key-0123456789abcdef,alice: key",
+            "brain-tumor serve: error: API_KEYS item 2: the key must be printable ASCII",
+        ),
         ("API_KEYS", "alice:k\x07ey", "brain-tumor serve: error: API_KEYS item 1: the key must be printable ASCII"),
+        # attack review 44 F7: the per-address count of wrong keys does not stop a client with many addresses.
+        (
+            "API_KEYS",
+            "bob:bob-key-0123456789abcdef,alice:fifteen-chars-k",
+            "brain-tumor serve: error: API_KEYS item 2: the key must have at least 16 characters",
+        ),
         ("API_KEYS_FILE", "{missing}/keys.txt", "brain-tumor serve: error: cannot open {missing}/keys.txt: No such"),
         ("AUDIT_LOG_FILE", "{missing}/audit.log", "brain-tumor serve: error: cannot open {missing}/audit.log: No such"),
     ],
@@ -664,6 +675,25 @@ def test_hash_key_refuses_a_key_no_header_carries(
         "brain-tumor hash-key: error: the key must be printable ASCII without spaces at its start or end (an HTTP "
         "header cannot carry them)\n"
     )
+
+
+@pytest.mark.parametrize(("key", "code"), [("fifteen-chars-k", cli.EXIT_USAGE), ("sixteen-chars-ok", 0)])
+def test_hash_key_refuses_a_key_short_enough_to_guess(
+    key: str, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack review 44 F7: 200 wrong keys from 200 addresses were all answered 401, none 429, so the length of the
+    key is what stops guessing."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{key}\n"))
+
+    exit_code, out, err = run(capsys, "hash-key", "alice")
+
+    assert exit_code == code
+    if code:
+        assert out == ""
+        assert err.startswith("brain-tumor hash-key: error: the key must have at least 16 characters")
+        assert "secrets.token_urlsafe(32)" in err
+    else:
+        assert out == f"alice:{hashlib.sha256(key.encode()).hexdigest()}\n"
 
 
 def test_manifest_with_a_nan_threshold_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
