@@ -47,7 +47,9 @@ def batch_body_in_two_halves(halfway: threading.Event, resume: threading.Event) 
 
 
 def test_sigterm_finishes_in_flight_batch_then_exits(server_factory, tiny_model_dir: Path):
-    server = server_factory(tiny_model_dir)
+    # The upload pauses until a new connection is seen refused, which on a loaded machine took over the 2 s after
+    # which SIGTERM drops an idle upload (SHUTDOWN_IDLE_UPLOAD_SECONDS, tested in test_server_limits.py).
+    server = server_factory(tiny_model_dir, SHUTDOWN_IDLE_UPLOAD_SECONDS="30")
     halfway, resume = threading.Event(), threading.Event()
     outcome: dict = {}
 
