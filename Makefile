@@ -32,7 +32,7 @@ serve: install
 
 test: install-dev
 	$(BIN)/ruff check app training tests bench deploy
-	$(BIN)/python -m pytest --numprocesses $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest --numprocesses $(TEST_WORKERS) --dist loadfile --durations 20
 
 lint: install-dev
 	$(BIN)/ruff check app training tests bench deploy
