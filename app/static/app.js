@@ -58,6 +58,10 @@ const RASTER_SIGNATURES = [
 const CANCELLED_WORK_MS = 60_000;
 const BUSY_RETRIES_AFTER_CANCEL = 4;
 const MAX_BUSY_WAIT_SECONDS = 60;
+// Refusals that the same files may pass later, so the error offers "Try again" (browser review 44 F4): a key to
+// type (401), a rate limit (429), a busy, loading or timed-out service (503), a proxy's timeouts (408, 502, 504). The
+// others (400, 413, 415, 422: about the files) would refuse the same files again.
+const RETRYABLE_STATUSES = new Set([401, 408, 429, 502, 503, 504]);
 // File names listed in the "Selected" line's note of the files left out; more are counted.
 const MAX_NAMES_LISTED = 5;
 
@@ -140,6 +144,7 @@ const ui = {
   error: el("error"),
   errorTitle: el("error-title"),
   errorDetail: el("error-detail"),
+  retry: el("retry"),
   result: el("result"),
   resultHeading: el("result-heading"),
   decision: el("decision"),
@@ -228,6 +233,9 @@ let volumeAnnouncement = 0; // timer of the pending announcement of a recomputed
 let volumeBeforeTyping = null;
 let spacingCheck = 0; // timer of the pending check of the spacing typed (not on every keystroke: "0." becomes 0.5)
 let keysInUse = false; // a 401 came: this server wants API keys
+let retryShown = null; // sends the files of the refused analysis again, while the error box offers "Try again"
+let retryTimer = 0; // enables "Try again" once the wait the server asked for (Retry-After) has passed
+let retryOnKeyEnter = false; // the refusal shown is about the key: Enter in the key field tries again
 
 // ------------------------------------------------------------------------------------------------ small helpers
 
@@ -362,13 +370,44 @@ export function describeError(error) {
   return { title, detail };
 }
 
-function showError(error) {
+/** Shows `error`; `retry`, when given, sends the same files again and is offered where that can help. */
+function showError(error, retry = null) {
   const { title, detail } = describeError(error);
   ui.errorTitle.textContent = title;
   ui.errorDetail.textContent = detail;
   ui.error.hidden = false;
   ui.status.textContent = "";
   noteKeyNeeded(error);
+  offerRetry(retry && isWorthRetrying(error) ? retry : null, error.retryAfter ?? 0);
+  retryOnKeyEnter = Boolean(retryShown) && (error instanceof ApiKeyError || error.status === 401);
+}
+
+/** Can the same files pass if sent again (after a wait, or once a key is typed)? (browser review 44 F4) */
+function isWorthRetrying(error) {
+  return error instanceof NetworkError || error instanceof ApiKeyError
+    || (error instanceof ApiError && RETRYABLE_STATUSES.has(error.status));
+}
+
+/**
+ * The "Try again" button for `retry` (null: hidden), disabled for the `seconds` the server asked to wait: the title
+ * says how long ("Try again in 29 seconds"). A wait of days (a proxy's Retry-After) is cut to a minute, as
+ * `waitForCancelledWork` cuts it.
+ */
+function offerRetry(retry, seconds) {
+  clearTimeout(retryTimer);
+  retryShown = retry;
+  ui.retry.hidden = !retry;
+  ui.retry.disabled = Boolean(retry) && seconds > 0;
+  if (ui.retry.disabled) {
+    retryTimer = setTimeout(() => { ui.retry.disabled = false; }, Math.min(seconds, MAX_BUSY_WAIT_SECONDS) * 1000);
+  }
+}
+
+/** "Try again" pressed (or Enter in the key field after a 401): the refused analysis's files, sent again. */
+function retryAnalysis() {
+  if (retryShown && !ui.retry.hidden && !ui.retry.disabled) {
+    retryShown();
+  }
 }
 
 /** A 401 says this server wants keys: the footer then says that /docs cannot be opened from the browser. */
@@ -585,7 +624,11 @@ async function analyse(chosen) {
   let rasterSeriesSent = false;
   let onlyDicomSent = false;
   const stale = () => mine !== generation;
+  if (document.activeElement === ui.retry) {
+    ui.fileInput.focus(); // the error box and its button disappear: keep keyboard focus on the page, at the file choice
+  }
   ui.error.hidden = true;
+  offerRetry(null, 0);
   ui.result.hidden = true;
   ui.fileErrors.hidden = true;
   ui.fileName.hidden = true; // the previous choice's names, until this one's are known
@@ -645,7 +688,7 @@ async function analyse(chosen) {
     }
   } catch (error) {
     if (!stale() && error.name !== "AbortError") {
-      showError(titledForRequest(error, rasterSeriesSent, onlyDicomSent));
+      showError(titledForRequest(error, rasterSeriesSent, onlyDicomSent), () => analyse(chosen));
     }
   } finally {
     if (!stale()) {
@@ -1804,7 +1847,12 @@ async function downloadSegmentation() {
 function restoreApiKey() {
   // The field sits in a form only so that Chromium does not warn about a password field outside one: Enter in it must
   // not submit (the page's policy, form-action 'none', would block that too, with an error in the console).
-  ui.keyForm.addEventListener("submit", (event) => event.preventDefault());
+  ui.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (retryOnKeyEnter) {
+      retryAnalysis(); // the key just typed, tried at once (browser review 44 F4: Enter did nothing)
+    }
+  });
   ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
   showDocsKeyNote();
   ui.apiKey.addEventListener("input", () => {
@@ -2012,6 +2060,7 @@ function wireViewer() {
   ui.downloadMasks.addEventListener("click", () => downloadMasks().catch(showError));
   ui.downloadSeg.addEventListener("click", downloadSegmentation);
   ui.cancel.addEventListener("click", cancelAnalysis);
+  ui.retry.addEventListener("click", retryAnalysis);
 }
 
 restoreApiKey();
