@@ -64,6 +64,9 @@ const MAX_BUSY_WAIT_SECONDS = 60;
 const RETRYABLE_STATUSES = new Set([401, 408, 429, 502, 503, 504]);
 // File names listed in the "Selected" line's note of the files left out; more are counted.
 const MAX_NAMES_LISTED = 5;
+// Failed files shown per reason under Result; the others are folded into a <details> (browser review 44 F5: 233
+// failures made one paragraph of 40,000 characters).
+const MAX_FAILURES_SHOWN = 3;
 
 // Human wording per HTTP status; the server's own message goes beneath it, since that names the exact rule broken.
 const ERROR_TITLES = {
@@ -947,11 +950,7 @@ function showSeries(shown) {
   ui.seriesChoice.textContent = shown.kind === "dicom" ? describeSeriesChoice(answer) : "";
   ui.seriesChoice.hidden = shown.kind !== "dicom";
 
-  ui.fileErrors.hidden = shown.failures.length === 0;
-  ui.fileErrors.textContent = shown.failures.length
-    ? `${shown.failures.length} ${shown.failures.length === 1 ? "file" : "files"} could not be analysed: `
-      + shown.failures.map((failure) => `${failure.name} (${failure.error.message})`).join("; ")
-    : "";
+  showFailures(shown.failures);
 
   ui.spacingControls.hidden = shown.kind === "dicom";
   ui.sliceSpacingRow.hidden = slices.length === 1; // one slice has no volume: its pixel spacing gives the area
@@ -999,6 +998,63 @@ function showSeries(shown) {
   const missing = shown.kind === "dicom" ? slices.reduce((sum, slice) => sum + (slice.missingBefore ?? 0), 0) : 0;
   const missingNote = missing ? ` ${plural(missing, "slice")} missing between those analysed (hatched in the strip).` : "";
   ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "") + missingNote;
+}
+
+/**
+ * The files that could not be analysed, one list item per reason (the answer's error code, which each failed file
+ * has): the reason in the page's words, the count, the first few files with the server's message, the rest in a
+ * <details> (browser review 44 F5). Text only: names and messages come from the files and the server.
+ */
+function showFailures(failures) {
+  ui.fileErrors.replaceChildren();
+  ui.fileErrors.hidden = failures.length === 0;
+  if (failures.length === 0) {
+    return;
+  }
+  const lead = document.createElement("p");
+  lead.textContent = `${plural(failures.length, "file")} could not be analysed:`;
+  const list = document.createElement("ul");
+  list.append(...[...failuresByCode(failures)].map(([code, group]) => failureGroupItem(code, group)));
+  ui.fileErrors.append(lead, list);
+}
+
+/** Failures grouped by their error code, in the order each code first appears. */
+function failuresByCode(failures) {
+  const groups = new Map();
+  for (const failure of failures) {
+    const code = failure.error.code ?? "";
+    groups.set(code, [...(groups.get(code) ?? []), failure]);
+  }
+  return groups;
+}
+
+/** One reason's list item: "8 files: <title>", then the first MAX_FAILURES_SHOWN files, then the rest folded. */
+function failureGroupItem(code, group) {
+  const reason = describeError(new ApiError(STATUS_BY_CODE[code] ?? 400, "", null, code)).title;
+  const item = document.createElement("li");
+  const heading = document.createElement("p");
+  heading.textContent = `${plural(group.length, "file")}: ${reason}`;
+  item.append(heading, failedFileList(group.slice(0, MAX_FAILURES_SHOWN)));
+  const folded = group.slice(MAX_FAILURES_SHOWN);
+  if (folded.length) {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = plural(folded.length, "more file");
+    details.append(summary, failedFileList(folded));
+    item.append(details);
+  }
+  return item;
+}
+
+/** A list of failed files, each as "name (server message)". */
+function failedFileList(failures) {
+  const list = document.createElement("ul");
+  list.append(...failures.map((failure) => {
+    const entry = document.createElement("li");
+    entry.textContent = `${failure.name} (${failure.error.message})`;
+    return entry;
+  }));
+  return list;
 }
 
 /**
