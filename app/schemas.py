@@ -264,14 +264,19 @@ class ModelsResponse(BaseModel):
     runtime: Literal["keras", "onnxruntime"] = Field(
         description="what runs the models in this service (INFERENCE_RUNTIME): Keras, or ONNX Runtime on the CPU"
     )
+    max_batch_files: int = Field(
+        description="most files in one /v1/predict/batch request (MAX_BATCH_FILES): a client checks a series against "
+        "it before uploading (browser review 44 F6: a series of 300 slices was uploaded, then refused)"
+    )
     service_version: str = Field(
         description="the release of this service (its package version, as in the SEGs' and SRs' Software Versions)"
     )
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, runtime: str) -> ModelsResponse:
+    def from_manifest(cls, manifest: Manifest, runtime: str, max_batch_files: int) -> ModelsResponse:
         return cls(
             runtime=runtime,
+            max_batch_files=max_batch_files,
             service_version=service_version(),
             classifier=ModelInfo.from_entry(manifest.classifier),
             segmenter=ModelInfo.from_entry(manifest.segmenter),

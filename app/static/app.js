@@ -8,6 +8,10 @@ import {
 
 const KEY_STORAGE = "brain-tumor-api-key";
 const BATCH_URL = "/v1/predict/batch";
+const MODELS_URL = "/v1/models";
+// GET /v1/models is asked for the limit on files before an upload: a service that does not answer by then is not
+// waited for (the upload goes, and the server refuses it if need be).
+const LIMIT_QUERY_TIMEOUT_MS = 10_000;
 // A slice is "close to the threshold" when its probability is this close to it in log-odds (ln(p / (1 - p))): a band
 // that scales with the threshold, where a fixed ±0.05 did not (around a threshold of 0.116 it took in a third of a
 // series, the model's baseline on tumor-free slices). 0.25 gives 0.44-0.56 around 0.5, 0.093-0.144 around 0.116.
@@ -68,6 +72,11 @@ const MAX_NAMES_LISTED = 5;
 // failures made one paragraph of 40,000 characters).
 const MAX_FAILURES_SHOWN = 3;
 
+// What to do with a series of more files than the service takes in one analysis (browser review 44 F6).
+const TOO_MANY_FILES_ADVICE = "Ask whoever runs the service for a higher MAX_BATCH_FILES, or analyse the series in "
+  + "parts: the tumor volumes of the parts must then be added by hand, and the series clean-up across the split is "
+  + "lost.";
+
 // Human wording per HTTP status; the server's own message goes beneath it, since that names the exact rule broken.
 const ERROR_TITLES = {
   400: "The file could not be read as an MRI slice.",
@@ -95,7 +104,8 @@ const ERROR_TITLES_BY_CODE = {
   payload_too_large: "Too large to upload: the file, or the files together, are over the server's size limit.",
   over_memory_budget: "Too large to decode: the file, or the files together, would take more memory than the "
     + "server allows. Choose fewer or smaller files.",
-  too_many_files: "Too many files for one request.",
+  // The page checks the count before uploading; this is for when it could not learn the limit (`batchFileLimit`).
+  too_many_files: `Too many files for one analysis. ${TOO_MANY_FILES_ADVICE}`,
   too_many_slices: "Too many slices for one request.",
   // "Try again in N seconds" follows from Retry-After (browser review 44: "... try again later. Try again in 30
   // seconds").
@@ -236,6 +246,7 @@ let volumeAnnouncement = 0; // timer of the pending announcement of a recomputed
 let volumeBeforeTyping = null;
 let spacingCheck = 0; // timer of the pending check of the spacing typed (not on every keystroke: "0." becomes 0.5)
 let keysInUse = false; // a 401 came: this server wants API keys
+let knownBatchFileLimit = null; // the server's MAX_BATCH_FILES, once GET /v1/models has said it
 let retryShown = null; // sends the files of the refused analysis again, while the error box offers "Try again"
 let retryTimer = 0; // enables "Try again" once the wait the server asked for (Retry-After) has passed
 let retryOnKeyEnter = false; // the refusal shown is about the key: Enter in the key field tries again
@@ -666,6 +677,10 @@ async function analyse(chosen) {
       : `Selected: ${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`)
       + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
+    await refuseTooManyFiles(files);
+    if (stale()) {
+      return;
+    }
     showUploading(files);
     ui.progressRow.hidden = false;
 
@@ -699,6 +714,37 @@ async function analyse(chosen) {
       hideProgress();
     }
   }
+}
+
+/**
+ * Refuses more files than one analysis takes before they are uploaded, saying what to do (browser review 44 F6: 300
+ * slices were uploaded and then refused, with no advice). One file never is: the limit is at least 1.
+ */
+async function refuseTooManyFiles(files) {
+  const limit = files.length > 1 ? await batchFileLimit() : null;
+  if (limit !== null && files.length > limit) {
+    throw new FormatError(TOO_MANY_FILES_ADVICE,
+      `This series has ${files.length} files; the service takes at most ${limit} in one analysis.`);
+  }
+}
+
+/**
+ * The server's MAX_BATCH_FILES from GET /v1/models, asked once per page (each request counts against a rate limit);
+ * null while unknown (an older service, a key not typed yet, the network): the server's 413 then says it.
+ */
+async function batchFileLimit() {
+  if (knownBatchFileLimit === null) {
+    try {
+      const response = await fetch(MODELS_URL, {
+        headers: requestHeaders(), cache: "no-store", signal: AbortSignal.timeout(LIMIT_QUERY_TIMEOUT_MS),
+      });
+      const limit = response.ok ? (await response.json()).max_batch_files : null;
+      knownBatchFileLimit = Number.isInteger(limit) && limit > 0 ? limit : null;
+    } catch {
+      // Unknown for now: the upload goes, and the server refuses it if need be.
+    }
+  }
+  return knownBatchFileLimit;
 }
 
 /**

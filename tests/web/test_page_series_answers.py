@@ -89,7 +89,10 @@ def test_several_raster_files_are_one_series_request_and_a_single_file_is_not(
 
     shown = upload(page, RASTER_SERIES)
 
-    assert posted == [f"{unsure_live_server}/v1/predict/batch?mask_format=png&series=true"]
+    assert posted == [
+        f"{unsure_live_server}/v1/models",  # the limit on files, checked before uploading (browser review 44 F6)
+        f"{unsure_live_server}/v1/predict/batch?mask_format=png&series=true",
+    ]
     expected = post_batch(unsure_live_server, RASTER_SERIES, "mask_format=png&series=true")
     assert [item["prediction"] for item in shown["results"]] == [item["prediction"] for item in expected["results"]]
     positives = sum(item["prediction"]["tumor_detected"] for item in expected["results"])

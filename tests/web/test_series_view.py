@@ -73,8 +73,9 @@ def test_series_view_scrolls_raster_series_and_draws_the_api_masks(
 
     answer = upload(page, folder)
 
-    # One request, no overlay request; several raster files are one series (its clean-up applies).
-    assert requests == [f"{live_server}/v1/predict/batch?mask_format=png&series=true"]
+    # One request, no overlay request; several raster files are one series (its clean-up applies). The limit on files
+    # is asked for once before (browser review 44 F6).
+    assert requests == [f"{live_server}/v1/models", f"{live_server}/v1/predict/batch?mask_format=png&series=true"]
     expect(page.locator("#file-name")).to_contain_text("4 files")
     expect(page.locator("#file-name")).to_contain_text("4 ground-truth mask files left out")
     predictions = [item["prediction"] for item in answer["results"]]

@@ -21,6 +21,6 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(documen
     | {200: {"content": response_examples(models="the committed models"), "description": "what is being served"}},
 )
 async def read_models(manifest: ManifestDep, settings: SettingsDep) -> schemas.ModelsResponse:
-    """The manifest's public part (names, versions, thresholds, input shape, preprocessing and test metrics), and
-    the runtime that runs them (also while they load)."""
-    return schemas.ModelsResponse.from_manifest(manifest, settings.inference_runtime)
+    """The manifest's public part (names, versions, thresholds, input shape, preprocessing and test metrics), the
+    runtime that runs them (also while they load), and the most files one batch may hold."""
+    return schemas.ModelsResponse.from_manifest(manifest, settings.inference_runtime, settings.max_batch_files)

@@ -218,7 +218,9 @@ async def create_batch_prediction(
     """
     await check_file_fields(request, "files", several=True)
     if len(files) > settings.max_batch_files:
-        raise TooManyFilesError(f"a batch may hold at most {settings.max_batch_files} files; got {len(files)}")
+        raise TooManyFilesError(
+            f"a batch may hold at most {settings.max_batch_files} files (MAX_BATCH_FILES); got {len(files)}"
+        )
     contents: list[bytes | ServiceError] = []
     for upload in files:
         try:

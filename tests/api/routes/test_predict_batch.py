@@ -253,7 +253,8 @@ def test_predict_batch_rejects_more_than_max_batch_files(limited_client: TestCli
     assert response.json() == {
         "error": {
             "code": "too_many_files",
-            "message": f"a batch may hold at most {LIMITED_BATCH_FILES} files; got {LIMITED_BATCH_FILES + 1}",
+            "message": f"a batch may hold at most {LIMITED_BATCH_FILES} files (MAX_BATCH_FILES); "
+            f"got {LIMITED_BATCH_FILES + 1}",
         }
     }
     follow_up = predict_batch(limited_client, [TUMOR_SLICE.read_bytes()] * LIMITED_QUEUE_SLICES)
