@@ -9,60 +9,41 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
-import os
 import sys
-from contextlib import suppress
+import threading
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-MIN_FREE_BYTES_TO_RETRY = 1 << 20
-"""Free space the audit file's folder needs before a failed audit log is taken as writable again (`writable`)."""
-
-
-class _KeepsFailure:
-    """A logging handler that keeps a failed write for `AuditLog.record` to report. `logging.Handler.handleError`
-    printed a traceback ending in the audit record itself to standard error: records lost to a full disk landed,
-    as Python reprs, in the debug log (operations review)."""
-
-    failure: BaseException | None = None
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        self.failure = sys.exc_info()[1]
-
-
-class _AuditFileHandler(_KeepsFailure, logging.handlers.WatchedFileHandler):
-    pass
-
-
-class _AuditStreamHandler(_KeepsFailure, logging.StreamHandler):
-    pass
+MAX_HELD_RECORDS = 10_000
+"""Records kept in memory while the audit log cannot be written (some 5 MB), to be written once it can; past this
+many the oldest are lost, and counted (`AuditLog.records_lost`)."""
 
 
 class AuditLog:
-    """Writes audit records to `path` (appending) or, without one, to standard output.
+    """Appends audit records to `path` or, without one, to standard output.
 
-    The file is reopened when it has been moved or removed (`WatchedFileHandler`), so that logrotate's default
-    rename-and-create rotation works: a plain `FileHandler` went on writing into the renamed file. A record that
-    cannot be written (a full disk) is counted (`write_failures`), said once in the debug log without its content,
-    and makes `writable` false (the service is then not ready and refuses inference requests, `app.api.deps`) until a
-    record is written again.
+    The file is opened for each write, so a rotation by rename (logrotate's default) needs nothing from the service:
+    the next record creates the file again. A record the file will not take (a full disk) is held in memory, with
+    every later one, and `writable` is false (the service is then not ready and refuses inference requests,
+    `app.api.deps`) until the held records are written, oldest first: `writable` tries, so a readiness probe finds
+    out when the disk has space again, and the request answered before its record failed keeps its record
+    (durability review 45; browser review 44 F8: a check of the folder's free space passed while `/dev/full` took
+    nothing). The failure is said once in the debug log, without any record's content.
     """
 
     def __init__(self, path: Path | None = None) -> None:
+        """Raises OSError when `path` cannot be opened for appending (a missing folder): said at the start, not at
+        the first request."""
+        if path is not None:
+            open(path, "ab").close()
         self.path = path
-        self._logger = logging.getLogger(f"app.audit.{id(self)}")
-        self._logger.propagate = False  # never mixed into the debug log
-        self._logger.setLevel(logging.INFO)
-        self._handler: _KeepsFailure | logging.Handler = (
-            _AuditFileHandler(path, encoding="utf-8") if path else _AuditStreamHandler(sys.stdout)
-        )
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
-        self._logger.addHandler(self._handler)
-        self.write_failures = 0
+        self.records_lost = 0
+        self._held: deque[str] = deque()
         self._failing = False
+        self._lock = threading.Lock()  # records come from the event loop; readiness checks from any thread
 
     def record(
         self,
@@ -93,38 +74,66 @@ class AuditLog:
             "models": models,
             "outcome": outcome,
         }
-        self._handler.failure = None
-        self._logger.info(json.dumps(entry))
-        failure = self._handler.failure
-        if failure is not None:
-            self.write_failures += 1
-            if not self._failing:
-                reason = getattr(failure, "strerror", None) or type(failure).__name__
-                logger.error(
-                    "audit record not written: the audit log cannot be written, and the service is not ready and "
-                    "refuses inference requests until it can",
-                    extra={"fields": {"error": reason}},
-                )
-            self._failing = True
-        elif self._failing:
-            self._failing = False
-            logger.warning("audit log written again", extra={"fields": {"records_lost": self.write_failures}})
+        with self._lock:
+            self._held.append(json.dumps(entry))
+            if len(self._held) > MAX_HELD_RECORDS:
+                self._held.popleft()
+                self.records_lost += 1
+            self._write_held()
+
+    @property
+    def records_held(self) -> int:
+        """Records waiting in memory for the audit log to take them."""
+        return len(self._held)
 
     @property
     def writable(self) -> bool:
-        """False while the last record could not be written, unless the file's folder has space again (a service
-        that is not ready gets no requests, and so would write no record to find out)."""
-        if not self._failing:
-            return True
-        if self.path is None:
-            return False
-        try:
-            stats = os.statvfs(self.path.parent)
-        except OSError:
-            return False
-        return stats.f_bavail * stats.f_frsize >= MIN_FREE_BYTES_TO_RETRY and os.access(self.path.parent, os.W_OK)
+        """Whether every record so far is written: while some are held, this tries to write them."""
+        with self._lock:
+            return self._write_held()
 
     def close(self) -> None:
-        with suppress(OSError):  # the last records, which the disk would not take (counted in `write_failures`)
-            self._handler.close()
-        self._logger.removeHandler(self._handler)
+        """Write what is held; what the disk still will not take is lost, and said so."""
+        with self._lock:
+            if not self._write_held():
+                self.records_lost += len(self._held)
+                logger.error("audit records lost at exit", extra={"fields": {"records_lost": self.records_lost}})
+                self._held.clear()
+
+    def _write_held(self) -> bool:
+        """Write the held records in one append; on failure they stay held (the caller holds the lock)."""
+        if not self._held:
+            return True
+        try:
+            self._append("".join(f"{line}\n" for line in self._held))
+        except OSError as error:
+            if not self._failing:
+                logger.error(
+                    "audit record not written: the audit log cannot be written, and the service is not ready and "
+                    "refuses inference requests until it can",
+                    extra={"fields": {"error": error.strerror or type(error).__name__}},
+                )
+            self._failing = True
+            return False
+        if self._failing:
+            self._failing = False
+            logger.warning(
+                "audit log written again",
+                extra={"fields": {"records_written_late": len(self._held), "records_lost": self.records_lost}},
+            )
+        self._held.clear()
+        return True
+
+    def _append(self, text: str) -> None:
+        if self.path is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        data = text.encode("utf-8")
+        with open(self.path, "a+b") as file:
+            end = file.seek(0, 2)
+            if end:
+                file.seek(end - 1)
+                if file.read(1) != b"\n":  # a line cut short (a disk that filled mid-write, a kill): not joined
+                    data = b"\n" + data
+            file.write(data)

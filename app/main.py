@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     audit = AuditLog(settings.audit_log_file)
-    metrics.watch_audit_failures(lambda: audit.write_failures)
+    metrics.watch_audit_log(lost=lambda: audit.records_lost, held=lambda: audit.records_held)
     app = FastAPI(
         title="Brain tumor MRI service",
         description=DESCRIPTION,

@@ -125,14 +125,18 @@ class ServiceMetrics:
         F1)."""
         self.ready.set_function(lambda: float(is_ready()))
 
-    def watch_audit_failures(self, failures: Callable[[], float]) -> None:
-        """Export `failures()` (the audit log's `write_failures`) as the records it has lost since the start."""
-        lost = Gauge(
+    def watch_audit_log(self, *, lost: Callable[[], float], held: Callable[[], float]) -> None:
+        """Export the audit log's records lost since the start and those held in memory, waiting for its disk."""
+        Gauge(
             "brain_tumor_audit_records_lost",
-            "Audit records that could not be written (a full disk) since the start.",
+            "Audit records lost since the start: more were held than the service keeps while its disk takes none.",
             registry=self.registry,
-        )
-        lost.set_function(failures)
+        ).set_function(lost)
+        Gauge(
+            "brain_tumor_audit_records_held",
+            "Audit records held in memory because the audit log cannot be written (a full disk).",
+            registry=self.registry,
+        ).set_function(held)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
