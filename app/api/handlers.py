@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from python_multipart.exceptions import FormParserError
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from app.api.disconnect import CLIENT_GONE
 from app.errors import (
@@ -69,6 +70,12 @@ def _remember_error(request: Request, code: str) -> None:
     # For the access log line; the first error wins (a body cut off by the upload limit also fails parsing).
     if getattr(request.state, "error_code", None) is None:
         request.state.error_code = code
+
+
+async def reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    """Answer `error` from a middleware, before any route: recorded for the access log as a handler's error is."""
+    scope.setdefault("state", {}).setdefault("error_code", error.code)
+    await service_error_response(error)(scope, receive, send)
 
 
 async def handle_service_error(request: Request, error: Exception) -> JSONResponse:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.handlers import REQUEST_ID_HEADER, service_error_response
+from app.api.handlers import REQUEST_ID_HEADER, reject, service_error_response
 from app.audit import AuditLog
 from app.errors import (
     AuthenticationError,
@@ -269,8 +269,7 @@ class BrowserSiteMiddleware:
         if error is None:
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["error_code"] = error.code
-        await service_error_response(error)(scope, receive, send)
+        await reject(scope, receive, send, error)
 
 
 def host_name(host_header: str) -> str:
@@ -316,7 +315,7 @@ class AccessControlMiddleware:
                     error = RateLimitedError(
                         "too many failed API keys from this address; retry later", retry_after_seconds=wait
                     )
-                    await self._reject(scope, receive, send, error)
+                    await reject(scope, receive, send, error)
                     return
             presented_keys = Headers(scope=scope).getlist(API_KEY_HEADER)
             # Two headers are refused, not read first-wins: a proxy and a client would disagree on which one counts.
@@ -330,28 +329,23 @@ class AccessControlMiddleware:
                 wait = self.limiter.acquire(address) if self.limiter is not None else 0.0
                 if wait > 0:
                     error = RateLimitedError("too many requests for this client; retry later", retry_after_seconds=wait)
-                    await self._reject(scope, receive, send, error)
+                    await reject(scope, receive, send, error)
                     return
                 reason = (
                     f"exactly one {API_KEY_HEADER} header is allowed; got {len(presented_keys)}"
                     if len(presented_keys) > 1
                     else f"a valid {API_KEY_HEADER} header is required"
                 )
-                await self._reject(scope, receive, send, AuthenticationError(reason))
+                await reject(scope, receive, send, AuthenticationError(reason))
                 return
             state["key_id"] = key_id
         if self.limiter is not None:
             wait = self.limiter.acquire(key_id or address)
             if wait > 0:
                 error = RateLimitedError("too many requests for this client; retry later", retry_after_seconds=wait)
-                await self._reject(scope, receive, send, error)
+                await reject(scope, receive, send, error)
                 return
         await self.app(scope, receive, send)
-
-    @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
-        scope.setdefault("state", {})["error_code"] = error.code
-        await service_error_response(error)(scope, receive, send)
 
 
 class UploadLimitMiddleware:
@@ -417,12 +411,12 @@ class UploadLimitMiddleware:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             error = PayloadTooLargeError(f"{at_most}; Content-Length is {declared}")
-            await self._reject(scope, receive, send, error)
+            await reject(scope, receive, send, error)
             return
         client = _client_of(scope)
         busy = self._over_held(int(declared), client, 0) if declared is not None and declared.isdigit() else None
         if busy is not None:
-            await self._reject(scope, receive, send, busy)
+            await reject(scope, receive, send, busy)
             return
 
         received = held = 0
@@ -448,7 +442,7 @@ class UploadLimitMiddleware:
                     held += size
                 elif not response_started:
                     rejected = True
-                    await self._reject(scope, receive, send, error)
+                    await reject(scope, receive, send, error)
                     # The app sees the client go away; whatever it answers is dropped by `guarded_send`.
                     return {"type": "http.disconnect"}
             return message
@@ -470,11 +464,6 @@ class UploadLimitMiddleware:
             self.held_by_client[client] -= held
             if self.held_by_client[client] <= 0:
                 del self.held_by_client[client]
-
-    @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
-        scope.setdefault("state", {})["error_code"] = error.code
-        await service_error_response(error)(scope, receive, send)
 
 
 def _client_of(scope: Scope) -> str:
@@ -513,8 +502,7 @@ class UploadFormMiddleware:
             f"the request body must be multipart/form-data, the file{'s' if field == 'files' else ''} in the form "
             f"field `{field}`; its Content-Type is {got}"
         )
-        scope.setdefault("state", {})["error_code"] = error.code
-        await service_error_response(error)(scope, receive, send)
+        await reject(scope, receive, send, error)
 
 
 class HeadAsGetMiddleware:
