@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 
 PREPROCESSING_ID = "rgb8-resize256-area-scale1/255-v1"
+# Names the numbers a square slice gets; the padding of a rectangular slice (`model_grid_placement`) came later and
+# left those unchanged, and so the ID too.
 MODEL_INPUT_SIZE = 256
 INPUT_SHAPE = (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3)
 
@@ -29,7 +31,8 @@ about 2:1): squeezed to 256 x 256 it would get an answer that means nothing, and
 
 
 class InvalidImageError(ValueError):
-    """An image array that cannot be a brain MRI slice (wrong rank, channels or dtype)."""
+    """An image array that cannot be a brain MRI slice: wrong rank, channels or dtype, too small, or too long and
+    thin."""
 
 
 def flair_only(images: np.ndarray) -> np.ndarray:
@@ -38,7 +41,8 @@ def flair_only(images: np.ndarray) -> np.ndarray:
 
 
 def as_three_channel_uint8(image: np.ndarray) -> np.ndarray:
-    """Return an HxWx3 uint8 view of `image` in the kaggle_3m channel order (pre-contrast, FLAIR, post-contrast).
+    """Return `image` as HxWx3 uint8 in the kaggle_3m channel order (pre-contrast, FLAIR, post-contrast), after
+    checking that it can be a slice (`MIN_IMAGE_SIDE`, `MAX_ASPECT_RATIO`); a view where it can be, else a copy.
 
     A single-channel image is taken as FLAIR and copied into all three channels, which is what the dataset itself
     does for patients whose pre- or post-contrast series is missing. An alpha channel is dropped.
