@@ -24,15 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from training.compare_classifiers import figures
-from training.data import DatasetError, find_slices, load_slices, load_split, save_split, usage_errors
+from training.data import (
+    DatasetError,
+    find_slices,
+    load_slices,
+    load_split,
+    save_split,
+    shuffled_by_institution,
+    usage_errors,
+)
 from training.models import ARCHITECTURE_NAME, average_of, build_classifier
 from training.slice_predictions import classifier_probabilities, model_outputs
 
@@ -46,15 +52,7 @@ def make_folds(patients: Sequence[str], folds: int, seed: int) -> list[list[str]
     so every fold gets a share of each scanner site. The same ids and seed always give the same folds."""
     if not 2 <= folds <= len(patients):
         raise DatasetError(f"cannot make {folds} folds of {len(patients)} patients")
-    by_institution = defaultdict(list)
-    for patient in sorted(patients):
-        by_institution[patient.split("_")[1]].append(patient)
-    rng = random.Random(seed)
-    order = []
-    for institution in sorted(by_institution):
-        members = by_institution[institution]
-        rng.shuffle(members)
-        order += members
+    order = [patient for members in shuffled_by_institution(patients, seed).values() for patient in members]
     return [sorted(order[fold::folds]) for fold in range(folds)]
 
 

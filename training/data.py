@@ -13,7 +13,7 @@ import random
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,23 @@ def usage_errors(prog: str) -> Iterator[None]:
         raise SystemExit(2) from None
 
 
+def institution_of(patient_id: str) -> str:
+    """TCIA institution code of a TCGA case id, the `CS` of `TCGA_CS_4941`."""
+    return patient_id.split("_")[1]
+
+
+def shuffled_by_institution(patients: Iterable[str], seed: int) -> dict[str, list[str]]:
+    """Institution code -> its patients, sorted and then shuffled with `seed`, institutions in code order: the split
+    and the folds deal from this, so that every set gets a share of each scanner site."""
+    by_institution: dict[str, list[str]] = defaultdict(list)
+    for patient in sorted(patients):
+        by_institution[institution_of(patient)].append(patient)
+    rng = random.Random(seed)
+    for institution in sorted(by_institution):
+        rng.shuffle(by_institution[institution])
+    return {institution: by_institution[institution] for institution in sorted(by_institution)}
+
+
 @dataclass(frozen=True)
 class SliceRecord:
     """One slice on disk: its patient, its number in the volume (1-based) and its two files."""
@@ -65,7 +82,7 @@ class SliceRecord:
     @property
     def institution(self) -> str:
         """TCIA institution code, the `CS` of `TCGA_CS_4941`."""
-        return self.patient_id.split("_")[1]
+        return institution_of(self.patient_id)
 
 
 def find_slices(root: str | Path) -> list[SliceRecord]:
@@ -194,13 +211,8 @@ def split_patients(
             f"validation_count + test_count must be below the patient count {len(unique)}; "
             f"got {validation_count} + {test_count}"
         )
-    by_institution: dict[str, list[str]] = defaultdict(list)
-    for patient in unique:
-        by_institution[patient.split("_")[1]].append(patient)
-    rng = random.Random(seed)
+    by_institution = shuffled_by_institution(unique, seed)
     dealt: list[str] = []
-    for institution in sorted(by_institution):
-        rng.shuffle(by_institution[institution])
     # Interleave institutions so the first k patients of `dealt` are spread over sites.
     longest = max(len(group) for group in by_institution.values())
     for position in range(longest):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from training.data import institution_of
+
 # The model history (releases, and recipes tried and not adopted) is written by hand beside the card; an export
 # rewrites the card, never the history, and links to it.
 HISTORY_NAME = "history.md"
@@ -241,7 +243,7 @@ def training_data_line(patients: list[str] | None) -> str:
     """Where the training patients come from: TCGA case ids `TCGA_<site>_<case>` name the institution."""
     if not patients:
         return "Trained on one public dataset (TCGA lower-grade glioma)"
-    sites = sorted({patient.split("_")[1] for patient in patients if patient.count("_") >= 2})
+    sites = sorted({institution_of(patient) for patient in patients if patient.count("_") >= 2})
     return (
         f"Trained on {len(patients)} patients of one public dataset (TCGA lower-grade glioma), from {len(sites)} "
         f"institutions (TCGA site codes {', '.join(sites)})"
