@@ -71,29 +71,6 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
 
 
-def service_error_codes() -> set[str]:
-    """The `code` of every `ServiceError` subclass the app defines (DICOM input brings its own)."""
-    import app.dicom.dicom_input  # noqa: F401  (defines the DICOM error classes)
-    from app.errors import ServiceError
-
-    codes, pending = set(), [ServiceError]
-    while pending:
-        cls = pending.pop()
-        codes.add(cls.code)
-        pending.extend(cls.__subclasses__())
-    return codes
-
-
-def assert_documented_client_error(response: httpx.Response) -> None:
-    """A 4xx with exactly the error body and a code the app defines, for inputs whose exact code is not settled yet
-    in the handlers' table (DICOM)."""
-    assert 400 <= response.status_code < 500, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] in service_error_codes(), body
-    assert body["error"]["message"], body
-
-
 def png_bytes(array: np.ndarray, **save_options: object) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", **save_options)
