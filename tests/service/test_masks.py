@@ -1,4 +1,4 @@
-"""`app.masks`: COCO RLE checked against pycocotools' own encoder and decoder, PNG, bbox, area, resizing."""
+"""`app.masks`: COCO RLE checked against pycocotools' own encoder and decoder, PNG, bbox, area."""
 
 from __future__ import annotations
 
