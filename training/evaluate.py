@@ -4,13 +4,14 @@
         --classifier-weights runs/classifier/best.weights.h5 \
         --segmenter-weights runs/segmenter/best.weights.h5 --output-dir runs/evaluation
 
-Thresholds are chosen on the validation patients only, then frozen and applied to the test patients: the classifier
-threshold is the highest one that keeps validation sensitivity at or above `--target-sensitivity`, the mask
-threshold the one that maximises mean per-patient volume Dice on validation, and so are the series clean-up size,
-the classifier probability from which a slice answered alone shows its mask and, after it, the smallest mask piece
-such a slice keeps (`--series-min-sensitivity` and the `--*-max-false-mask-rate` options bound what these may cost
-on validation, when a recipe's rule says so). Writes `evaluation.json` (thresholds and test metrics, the input of
-`training.export`) and PNG plots.
+Thresholds are chosen on the validation patients only (the classifier's, with `--threshold-slices`, also on
+out-of-fold training patients), then frozen and applied to the test patients: the classifier threshold is the highest
+one that keeps sensitivity on those slices at or above `--target-sensitivity`, the mask threshold the one that
+maximises mean per-patient volume Dice on validation, and so are the series clean-up size, the classifier probability
+from which a slice answered alone shows its mask and, after it, the smallest mask piece such a slice keeps
+(`--series-min-sensitivity` and the `--*-max-false-mask-rate` options bound what these may cost on validation, when a
+recipe's rule says so). Writes `evaluation.json` (thresholds and test metrics, the input of `training.export`) and PNG
+plots.
 """
 
 from __future__ import annotations

@@ -72,10 +72,18 @@ def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, t
     it: the same slice scores differently in the 8th digit under another runtime, thread count or machine (4.5e-8
     measured for 1.5.0's on a rerun; 1.5.1 fixed it), and on the score itself that slice, and the sensitivity, would
     flip.
+
+    Raises
+    ------
+    training.data.DatasetError
+        (a `ValueError`) If there is no tumor slice: no threshold has a sensitivity then, and the 0.5 once returned
+        would have been served without a word (newcomer review 45 F14).
     """
     positives = np.sort(probabilities[labels > 0])
     if len(positives) == 0:
-        return 0.5
+        raise DatasetError(
+            f"at least one tumor slice is required to choose the classifier threshold; got 0 of {len(labels)} slices"
+        )
     # Keeping the k highest-scoring positives at a threshold just below the k-th highest score.
     allowed_misses = int(np.floor((1.0 - target_sensitivity) * len(positives)))
     return float(positives[allowed_misses]) * (1.0 - THRESHOLD_MARGIN)

@@ -827,6 +827,12 @@ def test_classifier_threshold_keeps_its_sensitivity_when_the_scores_move_in_the_
     assert ((probabilities >= threshold) & (labels == 0)).sum() == 0
 
 
+def test_classifier_threshold_refuses_slices_without_a_tumor():
+    """Newcomer review 45 F14: it returned 0.5 without a word."""
+    with pytest.raises(DatasetError, match="at least one tumor slice is required .*; got 0 of 3 slices"):
+        pipeline_choices.choose_classifier_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3]), target_sensitivity=0.95)
+
+
 def test_a_tumor_map_classifier_run_learns_from_the_masks_and_saves_a_served_classifier(trained_run, dev_layout):
     """The run starts from a plain classifier's weights, trains its region map against the masks, and its
     checkpoint loads (`load_classifier`) as a classifier of one probability per slice: what evaluate and export take."""
