@@ -5,7 +5,7 @@ mask threshold). `ServedPipelineValidation` runs that pipeline on the validation
 its figures into the epoch's logs, where the checkpoint and early-stopping logic (and `history.csv`) see them:
 
 - `val_volume_dice`: mean per-patient volume Dice of the gated masks (the figure Buda et al. 2019 report);
-- `val_empty_slice_mask_rate`: share of tumor-free slices that get a mask;
+- `val_empty_slice_mask_rate`: share of tumor-free slices that get a mask (NaN when there is none);
 - `val_auc`, `val_specificity` (at the highest threshold with sensitivity >= `target_sensitivity`).
 
 One of the two models is the one in training; the other is a fixed reference (the committed model, for instance),
@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from training.data import SliceArrays, SliceBatches
-from training.evaluation_metrics import classification_metrics, volume_dice_by_patient
+from training.evaluation_metrics import classification_metrics, false_mask_rate, volume_dice_by_patient
 from training.pipeline_choices import choose_classifier_threshold
 from training.served_masks import gated_masks
 from training.slice_predictions import model_outputs
@@ -99,13 +99,11 @@ def served_pipeline_figures(
     threshold = choose_classifier_threshold(labels, probabilities, target_sensitivity)
     classification = classification_metrics(labels, probabilities, threshold)
     masks = gated_masks(probabilities, maps, threshold, mask_threshold)
-    tumor_free = labels == 0
-    empty_rate = (
-        float(masks[tumor_free].reshape(int(tumor_free.sum()), -1).any(axis=1).mean()) if tumor_free.any() else 0.0
-    )
+    empty_rate = false_mask_rate(labels, masks)
     return {
         "val_volume_dice": float(np.mean(list(volume_dice_by_patient(arrays, masks).values()))),
-        "val_empty_slice_mask_rate": empty_rate,
+        # NaN, not the 0.0 of a perfect rate, when there is no tumor-free slice: a run monitoring it stops there.
+        "val_empty_slice_mask_rate": float("nan") if empty_rate is None else empty_rate,
         "val_auc": float(classification["roc_auc"] or 0.0),
         "val_specificity": float(classification["specificity"]),
         "val_sensitivity": float(classification["sensitivity"]),

@@ -25,6 +25,7 @@ from training import (
     pipeline_choices,
     served_masks,
     train,
+    validation,
 )
 from training.data import DatasetError, SliceArrays, find_slices, load_slices, usage_errors
 from training.models import (
@@ -520,6 +521,39 @@ def test_series_answers_count_a_slice_positive_only_when_its_mask_survives_the_c
     card_rows = model_card._figures({**cleaned, "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": 0.5})
     assert "| specificity in a series (slice positive when its mask survives the clean-up) | 100.0 % |" in card_rows
     assert "| specificity at the deployed threshold | 0.0 % |" in card_rows
+
+
+def test_training_and_evaluation_share_one_false_mask_rate():
+    """Newcomer review 45 F12: the epoch logs computed it apart, and answered 0.0 (a perfect rate) for no slice."""
+    arrays = one_patient_with_tumor_on_slices_0_and_1(slices=4)
+    maps = arrays.masks.astype(np.float32)
+    maps[3, 0:2, 0:2] = 1.0  # a mask on one of the two tumor-free slices
+    probabilities = np.full(4, 0.9)
+
+    figures = validation.served_pipeline_figures(arrays, probabilities, maps, 1.0, 0.5)
+    segmentation = evaluation_metrics.segmentation_metrics(arrays, maps > 0.5)
+
+    assert figures["val_empty_slice_mask_rate"] == segmentation["nonempty_mask_rate_on_tumor_free_slices"] == 0.5
+    tumor_only = one_patient_with_tumor_on_slices_0_and_1(slices=2)
+    masks = tumor_only.masks.astype(np.float32)
+    assert evaluation_metrics.false_mask_rate(tumor_only.labels, masks) is None
+    assert np.isnan(
+        validation.served_pipeline_figures(tumor_only, np.full(2, 0.9), masks, 1.0, 0.5)["val_empty_slice_mask_rate"]
+    )
+
+
+def test_the_tversky_score_figure_and_the_model_card_name_the_same_alpha():
+    arrays = one_patient_with_tumor_on_slices_0_and_1(slices=3)
+    masks = np.zeros_like(arrays.masks, dtype=bool)
+    masks[0, 4:10, 4:10] = True  # slice 1's tumor missed: alpha weighs the missed pixels
+
+    segmentation = evaluation_metrics.segmentation_metrics(arrays, masks)
+    metrics = evaluation_metrics.evaluate_split(arrays, np.full(3, 0.9), masks.astype(np.float32), 0.5, 0.5)
+
+    alpha = evaluation_metrics.TVERSKY_SCORE_ALPHA
+    assert segmentation["tversky_score"] == pytest.approx(36 / (36 + alpha * 36))
+    card_rows = model_card._figures({**metrics, "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": 0.0})
+    assert f"| Tversky score (alpha {alpha}) | {metrics['segmentation']['tversky_score']:.3f} |" in card_rows
 
 
 def test_the_series_clean_up_size_is_chosen_within_the_rules_limits():
