@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import itertools
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,14 +27,10 @@ from pathlib import Path
 import aiohttp
 
 from bench.http_load import ready_service
-from bench.measurements import DEFAULT_MODEL_DIR, emit_summary, machine_description
+from bench.measurements import DEFAULT_MODEL_DIR, emit_summary, machine_description, median_ms, time_calls
 from bench.slice_mix import DEFAULT_DATA_ROOT, DEFAULT_MIX_SIZE, DEFAULT_SEED, DEFAULT_TUMOR_FRACTION, select_mix
 
 LIVE_PATH = "/health/live"
-
-
-def median_ms(samples: Sequence[float]) -> float:
-    return round(1000.0 * statistics.median(samples), 3)
 
 
 def decode_ms(paths: Sequence[Path], repeats: int) -> float:
@@ -43,12 +39,9 @@ def decode_ms(paths: Sequence[Path], repeats: int) -> float:
     from app.uploads import UploadLimits, prepare_upload
 
     limits = UploadLimits.from_settings(Settings())
-    durations = []
-    for data in [path.read_bytes() for path in paths] * max(1, repeats // len(paths)):
-        started = time.perf_counter()
-        prepare_upload(data, limits)
-        durations.append(time.perf_counter() - started)
-    return median_ms(durations)
+    slices = itertools.cycle([path.read_bytes() for path in paths])
+    calls = len(paths) * max(1, repeats // len(paths))
+    return median_ms(time_calls(lambda: prepare_upload(next(slices), limits), calls))
 
 
 def thread_round_trip_ms(repeats: int) -> float:

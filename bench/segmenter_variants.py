@@ -10,25 +10,12 @@ the plain one, which upsamples half-resolution logits, next to the classifier; e
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
-import keras
 import numpy as np
 
+from bench.measurements import median_ms, time_calls
 from training.models import build_classifier, build_resunet
-
-
-def time_calls(model: keras.Model, calls: int, warmup: int) -> list[float]:
-    """Seconds per call of `model.predict_on_batch` on one random slice, warm-up calls not counted."""
-    image = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
-    for _ in range(warmup):
-        model.predict_on_batch(image)
-    seconds = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        model.predict_on_batch(image)
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,9 +28,11 @@ def main(argv: list[str] | None = None) -> None:
         "segmenter, half-resolution logits (served)": build_resunet(),
         "segmenter, full-resolution output": build_resunet(full_resolution_output=True),
     }
+    image = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
     for name, model in models.items():
-        seconds = np.array(time_calls(model, args.calls, args.warmup)) * 1000
-        print(f"{name}: median {np.median(seconds):.1f} ms, p90 {np.percentile(seconds, 90):.1f} ms at batch 1")
+        seconds = time_calls(functools.partial(model.predict_on_batch, image), args.calls, args.warmup)
+        p90_ms = 1000 * np.percentile(seconds, 90)
+        print(f"{name}: median {median_ms(seconds):.1f} ms, p90 {p90_ms:.1f} ms at batch 1")
 
 
 if __name__ == "__main__":

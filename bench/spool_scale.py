@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from app.node.dicom_sender import Destination
 from app.node.dicom_spool import study_key
 from app.node.node_config import NodeConfig
 from app.study_analysis import StudyAnalysis
-from bench.measurements import format_table
+from bench.measurements import format_table, median_ms, time_calls
 
 DAY = 24 * 3600.0
 
@@ -70,14 +71,9 @@ def add_unsent(node: DicomNode, studies: int, now: float) -> None:
         node.spool.mark_unsent(key)
 
 
-def timed(step: Any, repeats: int) -> float:
+def timed(step: Callable[[], object], repeats: int) -> float:
     """Median wall time of `step()` over `repeats` calls, in milliseconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return sorted(times)[len(times) // 2]
+    return median_ms(time_calls(step, repeats))
 
 
 def main() -> None:
