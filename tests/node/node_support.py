@@ -35,6 +35,30 @@ from app.prediction import PredictionService
 from app.uploads import UploadLimits
 from tests.dicom.builders import to_bytes, write_files
 
+
+def _keep_responses_for_their_sender() -> None:
+    """Work round a race in pynetdicom's association reactor (3.0.4; pydicom/pynetdicom#875, still in its main
+    branch): `send_c_store` pauses the reactor by clearing an event and waiting for a flag that the reactor sets just
+    before it waits, so a reactor that has passed its wait but not yet polled the queue takes the C-STORE response
+    and drops it as "unexpected", and the sender waits out the DIMSE timeout. That failed a node test once in CI
+    (30 s, no status) on a loaded 2-core machine. In these tests a requestor's reactor gives a response back to the
+    queue, where the sender that waits for it finds it; the node's own sender (production) instead records the send
+    as failed and retries it after its backoff."""
+    from pynetdicom.association import Association
+
+    serve = Association._serve_request
+
+    def serve_or_give_back(association: Association, message: Any, context_id: int) -> None:
+        if association.is_requestor and not message.is_valid_request:
+            association.dimse.msg_queue.put((context_id, message))
+            return
+        serve(association, message, context_id)
+
+    Association._serve_request = serve_or_give_back  # type: ignore[method-assign]
+
+
+_keep_responses_for_their_sender()
+
 NODE_AE, CALLING_AE, RESULTS_AE = "BRAINTUMOR", "TESTSCU", "RESULTS"
 QUIET_SECONDS = 30.0
 
