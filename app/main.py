@@ -81,7 +81,7 @@ async def load_models(app: FastAPI) -> None:
         predictor,
         batcher_runner(state.batcher, state.settings.request_timeout_seconds),
         UploadLimits.from_settings(state.settings, max_request_slices=state.settings.inference_queue_slices),
-        on_predictions=lambda tally: state.metrics.record_predictions(tally.detected),
+        on_predictions=state.metrics.record_predictions,
         budget=MemoryBudget(state.settings.decode_memory_bytes, wait_seconds=state.settings.request_timeout_seconds),
         rules=SelectionRules.from_settings(state.settings),
     )

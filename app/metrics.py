@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +21,9 @@ from prometheus_client import (
 
 from app.core.model_store import Manifest
 from app.release import service_version
+
+if TYPE_CHECKING:
+    from app.prediction import Tally
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -102,11 +106,12 @@ class ServiceMetrics:
         self.inference_latency.labels(model=model).observe(seconds)
         self.inference_batch_size.labels(model=model).observe(batch_size)
 
-    def record_predictions(self, detected: Iterable[bool]) -> None:
-        for positive in detected:
-            self.predictions.labels(result="positive" if positive else "negative").inc()
-            if positive:
-                self.positives.inc()
+    def record_predictions(self, tally: Tally) -> None:
+        """A request's slices (an `app.prediction.TallyObserver`): the final answers by result, and the classifier's
+        positives before the series clean-up, which can turn some of them negative (newcomer review 45 F1)."""
+        self.predictions.labels(result="positive").inc(tally.positive)
+        self.predictions.labels(result="negative").inc(tally.negative)
+        self.positives.inc(tally.classifier_positive)
 
     def set_models(self, manifest: Manifest) -> None:
         self.model_info.info(

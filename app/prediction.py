@@ -67,20 +67,28 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Tally:
-    """How a request's slices came out: what the metrics count and the audit log records."""
+    """How a request's slices came out: what the metrics count and the audit log records.
+
+    `positive` and `negative` are the final answers; `classifier_positive` the slices the classifier called positive,
+    before the series clean-up turned some of them negative (newcomer review 45 F1: the metrics' positives counter
+    says it counts those, and counted the final answers).
+    """
 
     positive: int = 0
     negative: int = 0
     failed: int = 0
+    classifier_positive: int = 0
 
     @classmethod
-    def of(cls, predictions: Sequence[SlicePrediction], failed: int = 0) -> Tally:
-        positive = sum(prediction.detected for prediction in predictions)
-        return cls(positive=positive, negative=len(predictions) - positive, failed=failed)
-
-    @property
-    def detected(self) -> list[bool]:
-        return [True] * self.positive + [False] * self.negative
+    def of(cls, models_said: Sequence[SlicePrediction], answers: Sequence[SlicePrediction], failed: int = 0) -> Tally:
+        """The tally of the models' answers (`models_said`) and of the final `answers` made from them."""
+        positive = sum(prediction.detected for prediction in answers)
+        return cls(
+            positive=positive,
+            negative=len(answers) - positive,
+            failed=failed,
+            classifier_positive=sum(prediction.detected for prediction in models_said),
+        )
 
 
 TallyObserver = Callable[[Tally], None]
@@ -319,10 +327,11 @@ class PredictionService:
                 check_one_size(prepared)
             predictions = await self.run_models(*stack_inputs(decoded)) if decoded else []
         breaks = raster_series_breaks(prepared) if series else set()
+        models_said = predictions
         predictions = await self._cpu(
-            partial(self.final_answers, predictions, clean_as_volume=series, order=None, breaks=breaks)
+            partial(self.final_answers, models_said, clean_as_volume=series, order=None, breaks=breaks)
         )
-        tally = self._count(predictions, len(prepared) - len(predictions), on_tally)
+        tally = self._count(models_said, predictions, len(prepared) - len(predictions), on_tally)
         ordered = in_request_order(prepared, predictions)
         outcomes = await self._cpu(payloads.payloads, ordered, self.threshold, mask_format)
         return BatchAnswer(ordered, outcomes, tally)
@@ -419,10 +428,11 @@ class PredictionService:
         if pixels_note := non_square_pixels_note(frames):
             choice = replace(choice, notes=(*choice.notes, pixels_note))
         breaks = series_breaks(frames, order)
+        models_said = predictions
         predictions = await self._cpu(
-            partial(self.final_answers, predictions, clean_as_volume=known, order=order, breaks=breaks)
+            partial(self.final_answers, models_said, clean_as_volume=known, order=order, breaks=breaks)
         )
-        tally = self._count(predictions, len(series.file_errors), on_tally)
+        tally = self._count(models_said, predictions, len(series.file_errors), on_tally)
         result = await self._cpu(
             partial(
                 summarise_series,
@@ -468,9 +478,9 @@ class PredictionService:
     ) -> SliceAnswer:
         """Decode a planned raster file and answer it; the caller holds the plan's memory reservation."""
         prepared = await self._cpu(prepare_upload, data, self.limits, keep_image)
-        predictions = await self.run_models(prepared.model_input[None], [prepared.size])
-        (prediction,) = self.final_answers(predictions, clean_as_volume=False)
-        return SliceAnswer(prediction, prepared.image, self._count([prediction], 0, on_tally))
+        models_said = await self.run_models(prepared.model_input[None], [prepared.size])
+        (prediction,) = self.final_answers(models_said, clean_as_volume=False)
+        return SliceAnswer(prediction, prepared.image, self._count(models_said, [prediction], 0, on_tally))
 
     @asynccontextmanager
     async def _reserve(self, cost_bytes: int) -> AsyncIterator[None]:
@@ -508,9 +518,16 @@ class PredictionService:
             raise asyncio.CancelledError
         return work.result()
 
-    def _count(self, predictions: Sequence[SlicePrediction], failed: int, on_tally: TallyObserver | None) -> Tally:
-        """The tally of a request's final answers, told to the service's and the call's observers."""
-        tally = Tally.of(predictions, failed)
+    def _count(
+        self,
+        models_said: Sequence[SlicePrediction],
+        answers: Sequence[SlicePrediction],
+        failed: int,
+        on_tally: TallyObserver | None,
+    ) -> Tally:
+        """The tally of a request's models' answers and final answers, told to the service's and the call's
+        observers."""
+        tally = Tally.of(models_said, answers, failed)
         for observer in (self.on_predictions, on_tally):
             if observer is not None:
                 observer(tally)

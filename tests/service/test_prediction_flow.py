@@ -22,6 +22,7 @@ from app.errors import (
 )
 from app.imaging import decode_image
 from app.inference import Predictor, SlicePrediction
+from app.metrics import ServiceMetrics
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService, Tally, in_request_order
 from app.series_info import where_in_study
@@ -297,15 +298,33 @@ def test_series_batch_drops_an_isolated_small_blob_and_keeps_a_blob_across_slice
     one_by_one = asyncio.run(service.predict_files(files, schemas.MaskFormat.RLE))
 
     assert [prediction.detected for prediction in as_series.predictions] == [True, True, True, False]
-    # The metrics and the audit log count what the client is told, after the clean-up (they counted 4 positives).
-    assert as_series.tally == told[0] == Tally(positive=3, negative=1)
-    assert one_by_one.tally == told[1] == Tally(positive=4, negative=0)
+    # The metrics and the audit log count what the client is told, after the clean-up (they counted 4 positives);
+    # the classifier's 4 positives are kept apart.
+    assert as_series.tally == told[0] == Tally(positive=3, negative=1, classifier_positive=4)
+    assert one_by_one.tally == told[1] == Tally(positive=4, negative=0, classifier_positive=4)
     assert as_series.predictions[3].mask is None and as_series.predictions[3].probability == 0.9
     assert int(as_series.predictions[0].mask.sum()) == 144
     assert as_series.outcomes[3].mask is None and as_series.outcomes[3].tumor_detected is False
     # Without `series` every slice is answered on its own, as a single-slice request is.
     assert [prediction.detected for prediction in one_by_one.predictions] == [True, True, True, True]
     assert int(one_by_one.predictions[3].mask.sum()) == 9
+
+
+def test_metrics_count_the_classifiers_positives_before_the_series_clean_up() -> None:
+    """Newcomer review 45 F1: `brain_tumor_positive_predictions_total` says "Slices the classifier called positive"
+    and counted the final answers, so it moved with `brain_tumor_predictions_total{result="positive"}`."""
+    blobs = {index: (slice(100, 112), slice(100, 112)) for index in range(3)} | {3: (slice(10, 13), slice(10, 13))}
+    metrics = ServiceMetrics()
+    service = PredictionService(
+        SeriesModels(), blob_runner(blobs), LIMITS, offload=False, on_predictions=metrics.record_predictions
+    )
+
+    asyncio.run(service.predict_files(distinct_pngs(4), schemas.MaskFormat.RLE, series=True))
+
+    sample = metrics.registry.get_sample_value
+    assert sample("brain_tumor_positive_predictions_total") == 4  # the clean-up dropped slice 3's small blob
+    assert sample("brain_tumor_predictions_total", {"result": "positive"}) == 3
+    assert sample("brain_tumor_predictions_total", {"result": "negative"}) == 1
 
 
 @pytest.mark.parametrize(("failed", "kept"), [(1, True), (2, False)], ids=["one-missing", "two-missing"])
@@ -494,7 +513,7 @@ def test_a_dicom_series_is_not_joined_across_two_or_more_missing_slices(last_pos
     answer = asyncio.run(service.predict_files([to_bytes(dataset) for dataset in datasets], schemas.MaskFormat.RLE))
 
     assert [prediction.detected for prediction in answer.result.predictions] == [True, True, True, kept]
-    assert answer.tally == Tally(positive=3 + kept, negative=1 - kept)
+    assert answer.tally == Tally(positive=3 + kept, negative=1 - kept, classifier_positive=4)
 
 
 def test_a_rectangular_slice_is_answered_as_the_same_slice_centred_on_a_square(predictor: Predictor) -> None:
