@@ -247,7 +247,7 @@ def predict(args: argparse.Namespace) -> int:
         return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        predictor = load_predictor(args.model_dir or settings.model_dir, settings.inference_runtime, args.verbose)
+        predictor = load_predictor_quietly(settings, args.model_dir, args.verbose)
     except ModelStoreError as error:
         return fail(f"brain-tumor predict: cannot load the models: {error}", EXIT_MODELS)
 
@@ -291,14 +291,16 @@ def discard_standard_output() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def load_predictor(model_dir: Path, runtime: str, verbose: bool) -> Predictor:
-    """The models, with TensorFlow's startup log held back unless `verbose` (see `app.tensorflow_log`)."""
+def load_predictor_quietly(settings: Settings, model_dir: Path | None, verbose: bool) -> Predictor:
+    """`app.inference.load_predictor`, with TensorFlow's startup log held back unless `verbose` (see
+    `app.tensorflow_log`). No warm-up: one run of `predict` compiles what it runs anyway, and a warm-up at
+    INFERENCE_BATCH_SIZE would compile sizes it may never use."""
     from app.tensorflow_log import tensorflow_log_held
 
     with tensorflow_log_held(verbose):
-        from app.inference import Predictor
+        from app.inference import load_predictor
 
-        return Predictor.from_model_dir(model_dir, runtime=runtime)
+        return load_predictor(settings, model_dir, warm_up=False)
 
 
 def hold_back_tensorflow_log(settings: Settings, verbose: bool) -> None:

@@ -31,6 +31,8 @@ from app.core.preprocessing import INPUT_SHAPE, PREPROCESSING_ID, preprocess_sli
 if TYPE_CHECKING:
     import keras
 
+    from app.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 CLASSIFIER = "classifier"
@@ -79,6 +81,30 @@ def enable_gpu_memory_growth() -> int:
         except RuntimeError as error:  # the device was initialised already; growth cannot change any more
             logger.warning("cannot enable memory growth", extra={"fields": {"device": gpu.name, "error": str(error)}})
     return len(gpus)
+
+
+def load_predictor(
+    settings: Settings,
+    model_dir: str | Path | None = None,
+    warm_up: bool = True,
+    observer: InferenceObserver | None = None,
+    manifest: Manifest | None = None,
+) -> Predictor:
+    """The models as every command runs them: GPU memory growth first (Keras runtime; ONNX Runtime never starts
+    TensorFlow), then `Predictor.from_model_dir` (`settings.model_dir` unless `model_dir`), then, with `warm_up`,
+    compiled at `settings.inference_batch_size`, the sizes it runs at (JAX compiles one per size).
+
+    One loader for serve, predict, pacs-sync and the DICOM node (newcomer review 45 F2: four copies, and only serve
+    enabled memory growth, so the others took the whole GPU). `observer` and `manifest` as in `from_model_dir`.
+    """
+    if settings.inference_runtime == "keras":
+        enable_gpu_memory_growth()
+    predictor = Predictor.from_model_dir(
+        model_dir or settings.model_dir, observer=observer, runtime=settings.inference_runtime, manifest=manifest
+    )
+    if warm_up:
+        predictor.warm_up(settings.inference_batch_size)
+    return predictor
 
 
 JAX_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)

@@ -31,7 +31,7 @@ from app.audit import AuditLog
 from app.batching import MicroBatcher
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
-from app.inference import Predictor, enable_gpu_memory_growth
+from app.inference import load_predictor
 from app.memory_budget import MemoryBudget
 from app.metrics import ServiceMetrics
 from app.model_runners import batcher_runner
@@ -55,13 +55,11 @@ async def load_models(app: FastAPI) -> None:
     state = app.state
     try:
         predictor = await asyncio.to_thread(
-            Predictor.from_model_dir,
-            state.settings.model_dir,
-            state.metrics.observe_inference,
-            state.settings.inference_runtime,
-            state.manifest,  # verified by the lifespan before serving
+            load_predictor,
+            state.settings,
+            observer=state.metrics.observe_inference,
+            manifest=state.manifest,  # verified by the lifespan before serving
         )
-        await asyncio.to_thread(predictor.warm_up, state.settings.inference_batch_size)
     except Exception as error:  # whatever it is, readiness must say so rather than wait forever
         state.load_error = str(error) or type(error).__name__
         logger.critical("model loading failed", exc_info=error, extra={"fields": {"error": state.load_error}})
@@ -101,8 +99,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it",
             extra={"fields": {"host": state.settings.host}},
         )
-    if state.settings.inference_runtime == "keras":  # ONNX Runtime runs on the CPU and never starts TensorFlow
-        enable_gpu_memory_growth()
     try:
         state.manifest = read_manifest(state.settings.model_dir)
     except ModelStoreError as error:

@@ -105,7 +105,7 @@ def _run(
     """Load the models, run the node until SIGINT/SIGTERM; 0."""
     import signal
 
-    from app.inference import Predictor
+    from app.inference import load_predictor
     from app.study_analysis import ModelStudyProcessor
 
     stopped = threading.Event()
@@ -117,10 +117,7 @@ def _run(
         with signals_interrupt():
             if before_models is not None:
                 before_models()
-            predictor = Predictor.from_model_dir(
-                args.model_dir or settings.model_dir, runtime=settings.inference_runtime
-            )
-            predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
+            predictor = load_predictor(settings, args.model_dir)
     except KeyboardInterrupt:
         logger.info("DICOM node stopped")
         return 0

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import error_body
-from app.inference import Predictor
+from app.inference import Predictor, load_predictor
 from app.metrics import MetricsServerError, serve_metrics
 from app.pacs.orthanc_answers import orthanc_time
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
@@ -462,8 +462,7 @@ def _sync(
         )
     if before_models is not None:
         before_models()
-    predictor = Predictor.from_model_dir(args.model_dir or settings.model_dir, runtime=settings.inference_runtime)
-    predictor.warm_up(settings.inference_batch_size)  # the sizes it runs at (JAX compiles one per size)
+    predictor = load_predictor(settings, args.model_dir)
     try:
         report = run_pacs_sync(config, predictor, once=args.once, client=client, metrics=metrics)
     except SyncStateError as error:

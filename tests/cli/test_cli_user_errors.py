@@ -20,6 +20,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from app import cli
+from app.core.model_store import ModelStoreError
 from app.errors import PayloadTooLargeError
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.predict_command import InputError, MaskWriter, read_file
@@ -411,6 +412,34 @@ def test_dicom_node_refuses_a_port_out_of_range(port: str, capsys: pytest.Captur
 
     assert code == cli.EXIT_USAGE
     assert err == f"brain-tumor dicom-node: error: --port must be 1 to 65535; got {port}\n"
+
+
+@pytest.mark.parametrize("command", [["predict", str(TUMOR_SLICE)], ["pacs-sync", "--once"], ["dicom-node"]])
+def test_commands_that_load_the_models_ask_for_gpu_memory_growth_first(
+    command: list[str],
+    empty_orthanc: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Newcomer review 45 F2: only serve enabled TensorFlow's GPU memory growth; predict, pacs-sync and the node
+    loaded the models without it and took the whole card."""
+    steps: list[str] = []
+    monkeypatch.setattr("app.inference.enable_gpu_memory_growth", lambda: steps.append("memory growth") or 0)
+
+    def no_models(*args: object, **kwargs: object) -> None:
+        steps.append("models")
+        raise ModelStoreError("no models here")
+
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", no_models)
+    monkeypatch.setenv("ORTHANC_URL", empty_orthanc)
+    monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
+    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+
+    code, _, err = run(capsys, *command, "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_MODELS, err
+    assert steps == ["memory growth", "models"]
 
 
 @pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node"]])

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app import main
 from app.core import model_store
 from app.core.model_store import ModelStoreError
+from app.inference import Predictor
 from app.main import create_app
 from app.settings import Settings
 from tests.api.service_client import sample_value, upload, wait_until_ready
@@ -38,14 +38,14 @@ def copied_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
 def gate_model_loading(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Make the lifespan's model loading wait until the returned event is set."""
     gate = threading.Event()
-    load = main.Predictor.from_model_dir
+    load = Predictor.from_model_dir
 
     def gated_load(model_dir, observer=None, runtime="keras", manifest=None):
         if not gate.wait(timeout=60):
             raise ModelStoreError("test gate was never opened")
         return load(model_dir, observer, runtime, manifest)
 
-    monkeypatch.setattr(main.Predictor, "from_model_dir", gated_load)
+    monkeypatch.setattr(Predictor, "from_model_dir", gated_load)
     return gate
 
 
@@ -134,13 +134,34 @@ def test_read_readiness_is_503_until_models_load(tiny_model_dir: Path, monkeypat
         gate.set()
 
 
+def test_serve_asks_for_gpu_memory_growth_before_loading_the_models(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Newcomer review 45 F2: the service loads its models through `app.inference.load_predictor`, as the commands
+    do, so every one of them asks for memory growth."""
+    steps: list[str] = []
+    monkeypatch.setattr("app.inference.enable_gpu_memory_growth", lambda: steps.append("memory growth") or 0)
+
+    def no_models(model_dir, observer=None, runtime="keras", manifest=None):
+        steps.append("models")
+        raise ModelStoreError("no models here")
+
+    monkeypatch.setattr(Predictor, "from_model_dir", no_models)
+    with TestClient(create_app(Settings(model_dir=tiny_model_dir))):
+        deadline = time.monotonic() + 30
+        while len(steps) < 2 and time.monotonic() < deadline:  # the models load in the background
+            time.sleep(0.02)
+
+    assert steps == ["memory growth", "models"]
+
+
 def test_read_readiness_says_loading_failed_and_keeps_the_reason_for_the_log(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def failing_load(model_dir, observer=None, runtime="keras", manifest=None):
         raise ModelStoreError(f"cannot load {model_dir}/tumor_classifier.weights.h5: bad weights")
 
-    monkeypatch.setattr(main.Predictor, "from_model_dir", failing_load)
+    monkeypatch.setattr(Predictor, "from_model_dir", failing_load)
     # Readiness takes no API key: anyone who reaches it learns that loading failed, not the paths or the reason.
     expected = {
         "error": {
