@@ -409,15 +409,14 @@ def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | Service
 
 def instance_positions(uploads: Sequence[bytes | ServiceError]) -> dict[str, int]:
     """SOP Instance UID -> position of the file that holds it (to name a slice's mask after its file)."""
-    import pydicom
+    from app.dicom.dicom_header import read_header
 
     positions = {}
     for position, data in enumerate(uploads):
         if not isinstance(data, bytes):
             continue
-        try:
-            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        except Exception:  # noqa: BLE001 - a file the series reader could not read either; it is in file_errors
+        header = read_header(data, ["SOPInstanceUID"])
+        if header is None:  # a file the series reader could not read either; it is in file_errors
             continue
         uid = getattr(header, "SOPInstanceUID", None)
         if uid is not None:

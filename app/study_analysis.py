@@ -26,7 +26,6 @@ The summary holds no patient data: series numbers, counts, the volume, error cod
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +33,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pydicom
 from pydicom.dataset import Dataset
 
-from app.dicom.dicom_header import DicomHeader, checked_dimensions
+from app.dicom.dicom_header import UNREADABLE_HEADER, DicomHeader, checked_dimensions, read_header
 from app.dicom.dicom_sr import series_volume_report
 from app.errors import MixedInputError, ServiceError
 from app.model_runners import predictor_runner
@@ -166,10 +164,11 @@ class ModelStudyProcessor:
         headers: dict[Path, Dataset] = {}
         file_errors: dict[str, int] = {}
         for path in files:
-            try:
-                headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:  # unreadable header: counted, never fatal for the rest of the study
-                file_errors["unreadable_header"] = file_errors.get("unreadable_header", 0) + 1
+            header = read_header(path)
+            if header is None:  # counted, never fatal for the rest of the study (`read_header`'s policy)
+                file_errors[UNREADABLE_HEADER] = file_errors.get(UNREADABLE_HEADER, 0) + 1
+            else:
+                headers[path] = header
         selection = self.select(headers.values())
         by_series: dict[str, list[tuple[Path, Dataset]]] = {uid: [] for uid in selection.channel_series}
         for path, header in sorted(headers.items(), key=lambda item: _instance_order(item[1])):
@@ -276,14 +275,9 @@ def unread_files_note(file_errors: Mapping[str, int], where: str = "") -> str:
 def _where_in_study(files: Sequence[bytes]) -> str:
     """`where_in_study` for the first `MOST_FILES_NAMED` files whose header pydicom reads: interop review 39 found
     a corrupt JPEG instance left out of a study with nothing to say which one it was."""
-    datasets = []
-    for data in files[:MOST_FILES_NAMED]:
-        try:
-            tags = ["SeriesNumber", "InstanceNumber"]
-            datasets.append(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags))
-        except Exception:  # noqa: BLE001 - a file the flow refused may not parse at all: its place is left unsaid
-            continue
-    return where_in_study(datasets)
+    headers = (read_header(data, ["SeriesNumber", "InstanceNumber"]) for data in files[:MOST_FILES_NAMED])
+    # A file the flow refused may not parse at all: its place is left unsaid.
+    return where_in_study([header for header in headers if header is not None])
 
 
 def _study_summary(

@@ -85,14 +85,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
 from app.backoff import doubling_wait
+from app.dicom.dicom_header import read_header
 from app.dicom.dicom_sr import supersede_earlier_reports
 from app.dicom.rejection_note import build_rejection_note
 from app.errors import ServiceError
@@ -754,10 +753,8 @@ class DicomNode:
         """The header of one of the study's instances, for the patient and study attributes of a rejection note made
         without a result of this run; None when none can be read (the note is not made, and that is logged)."""
         files = self.spool.instance_files(key)
-        try:
-            return pydicom.dcmread(files[0], stop_before_pixels=True)
-        except (IndexError, OSError, InvalidDicomError, ValueError):
-            pass
+        if files and (header := read_header(files[0])) is not None:
+            return header
         logger.warning(
             "earlier results not rejected: no instance header readable", extra={"fields": {"study_key": key}}
         )

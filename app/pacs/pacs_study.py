@@ -45,15 +45,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from io import BytesIO
 from typing import Any, Protocol
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
+from app.dicom.dicom_header import UNREADABLE_HEADER, read_header
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
 from app.dicom.instance_content import content_digest
@@ -101,6 +100,12 @@ before any budget applies (attack: 5,000 one-instance series took 38 s and +248 
 class StudyTooLargeError(RuntimeError):
     """The files of a study's series add up to more than `PacsSyncConfig.max_study_bytes`, or it has more than
     `MAX_MR_SERIES` MR series."""
+
+
+class UnreadableStudyError(RuntimeError):
+    """No MR series of a study has a file whose DICOM header can be read: failed and retried ("nothing readable",
+    above), not "no FLAIR", for an Orthanc that answers an error page in place of the files may answer them later.
+    One unreadable file among readable ones is counted and skipped, as at the DICOM node."""
 
 
 class MixedStudyError(RuntimeError):
@@ -241,10 +246,13 @@ class StudySync:
                 "is read to choose among them)"
             )
         fetch = _Fetch(self.client)
-        first_files = self._first_files(study_id, mr_series, fetch)
-        too_large = [str(series["ID"]) for series in mr_series if str(series["ID"]) not in first_files]
-        mr_series = [series for series in mr_series if str(series["ID"]) in first_files]
-        headers = [pydicom.dcmread(BytesIO(data), stop_before_pixels=True) for data in first_files.values()]
+        first_files, too_large = self._first_files(study_id, mr_series, fetch)
+        if not first_files and fetch.unreadable:
+            raise UnreadableStudyError(
+                f"no MR series has a file whose DICOM header can be read ({fetch.unreadable} files tried)"
+            )
+        mr_series = [series for series in mr_series if str(series["ID"]) not in too_large]
+        headers = [first.header for first in first_files.values()]
         if headers and (split := self._split_study(study_id, headers)):
             refusal, others = split
             self._refuse_answered_parts(others, refusal, state)
@@ -263,11 +271,10 @@ class StudySync:
             state.retries.pop(study_id, None)
             return ALREADY_DONE
         files_by_series = {
-            uid: [
-                first_files[str(series["ID"])] if index == 0 else fetch(str(instance))
-                for index, instance in enumerate(series["Instances"])
-            ]
-            for uid, series in ((str(s["MainDicomTags"]["SeriesInstanceUID"]), s) for s in used)
+            str(series["MainDicomTags"]["SeriesInstanceUID"]): _series_files(
+                series, first_files[str(series["ID"])], fetch
+            )
+            for series in used
         }
         content = content_fingerprint(files_by_series, left_out=too_large)
         if record.get("status") in DONE_STATUSES and record.get("content_fingerprint") == content:
@@ -278,7 +285,10 @@ class StudySync:
             state.retries.pop(study_id, None)
             return ALREADY_DONE
         analysis = self.analyser.analyse(
-            selection, files_by_series, files=sum(len(series["Instances"]) for series in mr_series)
+            selection,
+            files_by_series,
+            files=sum(len(series["Instances"]) for series in mr_series),
+            file_errors={UNREADABLE_HEADER: fetch.unreadable} if fetch.unreadable else None,
         )
         fields = {
             "study_fingerprint": study_fingerprint,
@@ -468,21 +478,34 @@ class StudySync:
                 superseded.append(series_uid)
         return superseded
 
-    def _first_files(self, study_id: str, mr_series: list[dict[str, Any]], fetch: _Fetch) -> dict[str, bytes]:
-        """Orthanc series ID -> its first instance's file, for choosing the series. A series whose first file is over
-        `PacsSyncConfig.max_instance_bytes` (a large multi-frame object, e.g. diffusion) is left out of the choice, as
-        the upload API leaves out a file over its limit: the FLAIR series next to it is still analysed. `_analyse`
-        records what was left out, and fails the study when nothing else has a FLAIR."""
-        first_files = {}
+    def _first_files(
+        self, study_id: str, mr_series: list[dict[str, Any]], fetch: _Fetch
+    ) -> tuple[dict[str, _FirstFile], list[str]]:
+        """Orthanc series ID -> its first instance whose header can be read, for choosing the series; and the IDs of
+        the series left out for size.
+
+        Files before it whose header cannot be read are counted (`_Fetch.unreadable`) and skipped, as the DICOM node
+        skips them (newcomer review 45 F10: an unreadable first file failed the whole study); a series with none
+        readable is not in the choice. A series whose first file is over `PacsSyncConfig.max_instance_bytes` (a large
+        multi-frame object, e.g. diffusion) is left out of the choice, as the upload API leaves out a file over its
+        limit: the FLAIR series next to it is still analysed. `_analyse` records what was left out, and fails the
+        study when nothing else has a FLAIR."""
+        first_files: dict[str, _FirstFile] = {}
+        too_large: list[str] = []
         for series in mr_series:
             try:
-                first_files[str(series["ID"])] = fetch(str(series["Instances"][0]))
+                for position, instance in enumerate(series["Instances"]):
+                    data, header = fetch(str(instance))
+                    if header is not None:
+                        first_files[str(series["ID"])] = _FirstFile(position, data, header)
+                        break
             except AnswerTooLargeError:
+                too_large.append(str(series["ID"]))
                 logger.warning(
                     "series left out: its first file is over the instance limit",
                     extra={"fields": {"orthanc_study": study_id, "orthanc_series": str(series["ID"])}},
                 )
-        return first_files
+        return first_files, too_large
 
     def _withdraw(self, study_id: str, new_series: set[str]) -> None:
         """Delete what a failed store left of the new results (a SEG stored, its SR refused), by Series Instance UID
@@ -513,20 +536,46 @@ class StudySync:
         return record
 
 
+@dataclass(frozen=True)
+class _FirstFile:
+    """A series' first instance whose header can be read: its place in the series, its file and its header."""
+
+    position: int
+    data: bytes
+    header: Dataset
+
+
+def _series_files(series: dict[str, Any], first: _FirstFile, fetch: _Fetch) -> list[bytes]:
+    """The series' files from its first readable one on, less those whose header cannot be read (`fetch` counts
+    them), as the DICOM node reads a study (`StudyAnalyser.choose_files`)."""
+    files = [first.data]
+    for instance in series["Instances"][first.position + 1 :]:
+        data, header = fetch(str(instance))
+        if header is not None:
+            files.append(data)
+    return files
+
+
 class _Fetch:
-    """Fetches one study's instance files within `PacsSyncConfig.max_study_bytes`, and checks that they belong to one
+    """Fetches one study's instance files within `PacsSyncConfig.max_study_bytes`, reads each header once
+    (`read_header`), counts the files whose header cannot be read (`unreadable`), and checks that they belong to one
     patient and one study, as an Orthanc study's instances must (a PACS that mixes them would get a SEG and a volume
     made of two patients' slices)."""
 
     def __init__(self, client: OrthancClient) -> None:
         self.client = client
         self.fetched = 0
+        self.unreadable = 0
         self.identity: tuple[str, str] | None = None
 
-    def __call__(self, instance_id: str) -> bytes:
+    def __call__(self, instance_id: str) -> tuple[bytes, Dataset | None]:
+        """The instance's file (Orthanc's uncompressed copy when no decoder here reads it) and its header; None for
+        a file whose header cannot be read."""
         data = self.client.instance_file(instance_id)
-        header = _header(data)
-        if header is not None and _needs_transcoding(header):  # Orthanc decodes more transfer syntaxes than we do
+        header = read_header(data)
+        if header is None:
+            self.unreadable += 1
+        elif _needs_transcoding(header):  # Orthanc decodes more transfer syntaxes than we do
             data = self.client.uncompressed_instance_file(instance_id)  # its UIDs and patient kept
         self.fetched += len(data)
         limit = self.client.config.max_study_bytes
@@ -537,20 +586,7 @@ class _Fetch:
             self.identity = self.identity or identity
             if identity != self.identity:
                 raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
-        return data
-
-
-def _header(data: bytes) -> Dataset | None:
-    """What `_Fetch` checks of a file (its patient, study, transfer syntax and bits), read once; None when it is not
-    readable DICOM (the flow counts it)."""
-    try:
-        return pydicom.dcmread(
-            BytesIO(data),
-            stop_before_pixels=True,
-            specific_tags=["PatientID", "StudyInstanceUID", "BitsStored", "BitsAllocated"],
-        )
-    except Exception:  # noqa: BLE001 - no DICOM to judge: decoding it names the problem
-        return None
+        return data, header
 
 
 def _needs_transcoding(header: Dataset) -> bool:

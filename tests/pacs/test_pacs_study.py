@@ -1,15 +1,21 @@
-"""One study through pacs-sync on a stand-in client: records of the wrong shape are processed again, never fatal."""
+"""One study through pacs-sync on a stand-in client: records of the wrong shape are processed again, never fatal;
+unreadable files are counted and skipped as the DICOM node does."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 
 from app.pacs.orthanc_errors import OrthancError
-from app.pacs.pacs_study import FAILED, UNREADABLE, StudySync, fingerprint, readable_record
+from app.pacs.pacs_study import FAILED, POSITIVE, UNREADABLE, StudySync, fingerprint, readable_record
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
+from app.study_analysis import AnalysisStatus, ModelStudyProcessor
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files
+from tests.node.node_support import ThresholdPredictor
 
 SERIES = {"ID": "s1", "Instances": ["i1", "i2"], "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": "1.2"}}
 STUDY_FINGERPRINT = fingerprint([SERIES])
@@ -100,3 +106,67 @@ def test_readable_record_calls_a_record_of_the_wrong_types_unreadable(record: An
 def test_readable_record_keeps_a_record_this_service_writes(record: dict[str, Any]) -> None:
     assert readable_record(record) == record
     assert readable_record(None) == {}
+
+
+class StudyFilesClient:
+    """Holds one MR study of the given instance files (Orthanc ID -> file), and keeps the results stored."""
+
+    def __init__(self, series_uid: str, files: dict[str, bytes]) -> None:
+        self.config = PacsSyncConfig("http://orthanc.invalid", max_attempts=3, retry_seconds=10.0)
+        self.files = files
+        tags = {"Modality": "MR", "SeriesInstanceUID": series_uid}
+        self.series = {"ID": "s1", "Instances": list(files), "MainDicomTags": tags}
+        self.stored: list[Dataset] = []
+        self.written: list[dict[str, Any]] = []
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        return {"ID": study_id}
+
+    def sync_record(self, study_id: str) -> Any:
+        return None
+
+    def study_series(self, study_id: str) -> list[dict[str, Any]]:
+        return [self.series]
+
+    def other_studies_of_uid(self, study_id: str, study_instance_uid: str) -> list[dict[str, Any]]:
+        return []
+
+    def studies_of_series_uid(self, series_instance_uid: str) -> set[str]:
+        return {"st1"}
+
+    def instance_file(self, instance_id: str) -> bytes:
+        return self.files[instance_id]
+
+    def store(self, dataset: Dataset) -> None:
+        self.stored.append(dataset)
+
+    def our_result_series(self, study_id: str, recorded: set[str]) -> dict[str, str]:
+        return {str(dataset.SeriesInstanceUID): str(dataset.SeriesInstanceUID) for dataset in self.stored}
+
+    def write_sync_record(self, study_id: str, record: dict[str, Any]) -> None:
+        self.written.append(record)
+
+
+@pytest.mark.parametrize("broken_position", [0, 2], ids=["first-file", "a-later-file"])
+def test_pacs_sync_counts_and_skips_an_unreadable_file_as_the_dicom_node_does(
+    broken_position: int, tmp_path: Path
+) -> None:
+    """Newcomer review 45 F10: an unreadable first file failed the whole study in pacs-sync (its header was read
+    with a bare `dcmread`), while the node counted it as `unreadable_header` and analysed the rest; a later one was
+    counted under the flow's code instead."""
+    series = mr_series(tumor_channels())
+    files = [to_bytes(dataset) for dataset in series]
+    files.insert(broken_position, b"no DICOM file")
+    (tmp_path / "broken.dcm").write_bytes(b"no DICOM file")
+    node = ModelStudyProcessor(ThresholdPredictor())([*write_files(series, tmp_path / "in"), tmp_path / "broken.dcm"])
+    client = StudyFilesClient(str(series[0].SeriesInstanceUID), {f"i{index}": data for index, data in enumerate(files)})
+    studies = StudySync(client, ModelStudyProcessor(ThresholdPredictor(), result_origin="pacs-sync"))  # type: ignore[arg-type]
+
+    outcome = studies.process("st1", SyncState())
+
+    (record,) = client.written
+    assert outcome == record["status"] == POSITIVE
+    assert node.status == AnalysisStatus.ANALYSED and node.summary["positive_slices"] > 0
+    assert record["summary"]["file_errors"] == node.summary["file_errors"] == {"unreadable_header": 1}
+    assert record["summary"]["notes"] == node.summary["notes"]
+    assert record["summary"]["slices"] == node.summary["slices"] == len(series)
