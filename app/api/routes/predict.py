@@ -22,7 +22,13 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app import payloads, schemas, uploads
-from app.api.content_negotiation import DICOM_MEDIA_TYPE, MULTIPART_MEDIA_TYPE, acceptable_outputs
+from app.api.content_negotiation import (
+    DICOM_MEDIA_TYPE,
+    MULTIPART_MEDIA_TYPE,
+    requested_outputs,
+    servable_output,
+    wants_segmentation,
+)
 from app.api.deps import PredictionServiceDep, PredictorDep, RequestIdDep, SettingsDep
 from app.api.disconnect import unless_client_gone
 from app.api.openapi_docs import (
@@ -125,30 +131,6 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     limits = uploads.UploadLimits.from_settings(settings)
     uploads.check_upload_size(len(data), limits, complete=len(data) <= settings.max_upload_bytes)
     return data
-
-
-def requested_outputs(output: schemas.OutputFormat, accept: str | None) -> list[schemas.OutputFormat]:
-    """The outputs that would do, preferred first: the query's alone; with output=json, those Accept allows (a SEG,
-    SEG and SR, JSON last of all: `acceptable_outputs`)."""
-    if output is not schemas.OutputFormat.JSON:
-        return [output]
-    return acceptable_outputs(accept)
-
-
-def servable_output(choices: list[schemas.OutputFormat], dicom_input: bool, series: bool) -> schemas.OutputFormat:
-    """The first of `choices` this request can be answered with: a SEG or SR needs DICOM input, and SEG and SR a
-    series (`/v1/predict/batch`). An output the Accept header prefers but this input cannot have falls back to the
-    next (JSON at the latest): a PNG with `Accept: application/dicom, application/json;q=0.5` was refused 400 (attack
-    review 32). An explicit `output=` is the only choice, refused with its reason if it cannot be made."""
-    for choice in choices:
-        if choice is schemas.OutputFormat.JSON or (dicom_input and (series or not choice.whole_series_only)):
-            return choice
-    return choices[0]
-
-
-def wants_segmentation(output: schemas.OutputFormat) -> bool:
-    """A SEG is made when asked for, and for the report, which references it."""
-    return output is not schemas.OutputFormat.JSON
 
 
 @router.post(

@@ -8,8 +8,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.content_negotiation import MediaRange, parse_accept
-from app.api.routes.predict import requested_outputs
+from app.api.content_negotiation import MediaRange, parse_accept, requested_outputs, servable_output
 from app.schemas import OutputFormat
 from tests.conftest import TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
@@ -74,6 +73,22 @@ def test_accept_header_chooses_the_output(accept: str | None, expected: OutputFo
 @pytest.mark.parametrize("output", [SEG, OutputFormat.DICOM_SR, SEG_SR])
 def test_output_query_wins_over_accept(output: OutputFormat) -> None:
     assert requested_outputs(output, "application/json") == [output]
+
+
+@pytest.mark.parametrize(
+    ("choices", "dicom_input", "series", "expected"),
+    [
+        ([SEG_SR, SEG, JSON], True, True, SEG_SR),
+        ([SEG_SR, SEG, JSON], True, False, SEG),  # SEG and SR report on a series: /v1/predict/batch only
+        ([SEG, JSON], False, False, JSON),  # attack review 32: a PNG with Accept preferring a SEG was refused
+        ([SEG], False, False, SEG),  # an explicit output= stays, and is refused with its reason
+    ],
+)
+def test_servable_output_is_the_first_choice_the_input_can_have(
+    choices: list[OutputFormat], dicom_input: bool, series: bool, expected: OutputFormat
+) -> None:
+    """Newcomer review 45 F5: the whole output decision is in `app.api.content_negotiation`, not half in the route."""
+    assert servable_output(choices, dicom_input, series) is expected
 
 
 @pytest.mark.parametrize(
