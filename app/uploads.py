@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.preprocessing import InvalidImageError, preprocess_slice
 from app.errors import (
     InvalidSliceError,
     PayloadTooLargeError,
@@ -34,6 +33,7 @@ from app.imaging import (
 )
 from app.intensity_range import sample_values, stretch_ranges
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost, mask_bytes
+from app.model_input import model_input
 from app.settings import Settings
 
 
@@ -271,14 +271,6 @@ def _channel_ranges(samples: np.ndarray, ranges: SeriesRanges | None) -> list[tu
         return None
     keys = [(samples.ndim, channel) for channel in range(samples.shape[2] if samples.ndim == 3 else 1)]
     return [ranges[key] for key in keys] if all(key in ranges for key in keys) else None
-
-
-def model_input(image: np.ndarray) -> np.ndarray:
-    """`preprocess_slice`, with an image it refuses reported as the client's `InvalidSliceError`."""
-    try:
-        return preprocess_slice(image)
-    except InvalidImageError as error:
-        raise InvalidSliceError(str(error)) from error
 
 
 def prepare_uploads(

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL, INPUT_SHAPE, InvalidImageError, preprocess_slice
+from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL, INPUT_SHAPE
 from app.dicom.dicom_frame import DicomFrame, source_instance_uids
 from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn
 from app.dicom.square_pixels import SquarePixels, pixel_aspect, square_pixels
-from app.errors import InvalidDicomImageError, InvalidSliceError
+from app.errors import InvalidDicomImageError
 from app.intensity_range import stretch_in_place, stretch_range
+from app.model_input import model_input
 
 if TYPE_CHECKING:
     from app.inference import SlicePrediction
@@ -90,7 +91,7 @@ def non_square_pixels_note(frames: Sequence[DicomFrame]) -> str | None:
 
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The model batch (`preprocess_slice`, as for raster uploads) and the size of each slice, each slice
+    """The model batch (`app.model_input`, as for raster uploads) and the size of each slice, each slice
     resampled to square pixels (`app.dicom.square_pixels`) and each axial slice turned in-plane to the orientation the
     models learned (`app.dicom.slice_orientation`); `in_stored_orientation` maps the answers' masks back."""
     batch = np.empty((len(inputs), *INPUT_SHAPE), dtype=np.float32)  # filled in place: no second copy of the batch
@@ -98,10 +99,7 @@ def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[i
     for index, item in enumerate(inputs):
         resampling, turn = _model_view(item)
         image = turn.apply(resampling.apply(item.image))
-        try:
-            batch[index] = preprocess_slice(image)
-        except InvalidImageError as error:  # the client's slice, as `app.uploads.model_input` says for raster files
-            raise InvalidSliceError(str(error)) from error
+        batch[index] = model_input(image)
         sizes.append((int(image.shape[0]), int(image.shape[1])))
     return batch, sizes
 

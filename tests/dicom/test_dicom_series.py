@@ -11,7 +11,7 @@ from app.dicom.dicom_series import SlicePlaces, model_inputs, normalise_volume, 
 from app.dicom.slice_order import anatomical_order, missing_slices, series_breaks
 from app.errors import FileUnreadableError, InvalidDicomImageError, UndecodableDicomError
 from app.imaging import stretch_to_uint8
-from app.uploads import model_input
+from app.model_input import model_input
 from tests.dicom.builders import FLAIR, Study, legacy_multiframe, mr_dataset, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom, read_series
 
@@ -56,6 +56,14 @@ def test_model_inputs_preprocess_each_slice_and_keep_its_size(flair: np.ndarray)
     assert batch.shape == (2, 256, 256, 3) and batch.dtype == np.float32
     for row, slice_input in zip(batch, inputs, strict=True):
         np.testing.assert_array_equal(row, model_input(slice_input.image))
+
+
+def test_dicom_and_raster_slices_become_model_inputs_through_one_function() -> None:
+    """Newcomer review 45 F16: `model_inputs` re-implemented `app.uploads.model_input` (the client's slice error)."""
+    from app import uploads
+    from app.dicom import dicom_series
+
+    assert dicom_series.model_input is uploads.model_input is model_input
 
 
 def test_normalise_volume_stretches_over_the_whole_series() -> None:

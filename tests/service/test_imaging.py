@@ -12,7 +12,7 @@ import tifffile
 from PIL import Image
 
 import app.core.preprocessing
-import app.uploads
+import app.model_input
 from app.errors import (
     EmptyFileError,
     ImageTooLargeError,
@@ -365,7 +365,7 @@ def test_decode_image_accepts_image_at_pixel_limit() -> None:
 
 
 def test_service_preprocess_slice_is_the_training_function() -> None:
-    assert app.uploads.preprocess_slice is app.core.preprocessing.preprocess_slice
+    assert app.model_input.preprocess_slice is app.core.preprocessing.preprocess_slice
 
 
 @pytest.mark.parametrize("path", [*TUMOR_SERIES, TUMOR_FREE_SLICE], ids=lambda path: path.stem)
@@ -375,7 +375,7 @@ def test_service_and_training_read_real_slice_identically(path) -> None:
 
     np.testing.assert_array_equal(served, trained_on)
     np.testing.assert_array_equal(
-        app.uploads.preprocess_slice(served), app.core.preprocessing.preprocess_slice(trained_on)
+        app.model_input.preprocess_slice(served), app.core.preprocessing.preprocess_slice(trained_on)
     )
 
 
