@@ -440,7 +440,11 @@ COPIED_MODULES = ("patient", "general-study", "patient-study", "clinical-trial-s
 
 @functools.cache
 def optional_copied_attributes() -> frozenset[str]:
-    """The Type 3 (optional) attributes of `COPIED_MODULES`, by the standard's tables that highdicom carries."""
+    """The Type 3 (optional) attributes of `COPIED_MODULES`, by the standard's tables that highdicom carries.
+
+    The tables come from a private highdicom module, so pyproject.toml pins highdicom exactly (newcomer review 45
+    F23), and `test_optional_copied_attributes_are_read_from_highdicom` fails first if an upgrade moves them.
+    """
     from highdicom._standard_utils import get_module_attribute_map  # the tables highdicom copies by
 
     tables = get_module_attribute_map()

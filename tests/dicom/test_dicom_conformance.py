@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from app.dicom.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
     derived_character_set,
     invalid_values,
+    optional_copied_attributes,
     with_slice_thickness,
     with_type2_attributes,
 )
@@ -25,6 +27,7 @@ from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import prepare_inputs
 from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError, SegmentationInputError, UnsupportedDicomError, builder_reason
+from app.settings import REPO_ROOT
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import mr_series, secondary_capture, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
@@ -387,3 +390,19 @@ def test_a_source_without_a_character_set_but_with_latin_1_text_gives_utf_8_obje
 
     dataset.PatientName = "Müller^Jürgen"
     assert derived_character_set(dataset) == "ISO_IR 192"
+
+
+def test_optional_copied_attributes_are_read_from_highdicom() -> None:
+    """Newcomer review 45 F23: the tables come from highdicom's private `_standard_utils`; a release that moves them
+    fails here, not at the first SEG built from a source with an invalid optional value."""
+    attributes = optional_copied_attributes()
+
+    assert {"PatientAge", "PatientWeight", "StudyDescription"} <= attributes  # Type 3
+    assert "PatientID" not in attributes and "StudyDate" not in attributes  # Type 2
+
+
+def test_highdicom_is_pinned_exactly_for_its_private_tables() -> None:
+    """A range pin let any minor release move the private module `optional_copied_attributes` imports."""
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+    assert [item for item in dependencies if item.startswith("highdicom")] == ["highdicom==0.28.2"]
