@@ -87,11 +87,10 @@ class Manifest(BaseModel):
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The file's SHA-256 in hex, read in blocks by `hashlib.file_digest` (newcomer review 45 F22: it was a hand-written
+    1 MiB loop)."""
     with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def read_manifest(model_dir: str | Path) -> Manifest:
