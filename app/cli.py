@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from app import schemas
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
+from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MODELS, EXIT_OK, EXIT_USAGE
 from app.predict_command import PrintFormat, printable
 from app.release import service_version
 from app.settings import (
@@ -47,11 +48,7 @@ if TYPE_CHECKING:
 
     from app.inference import Predictor
 
-EXIT_OK = 0
-EXIT_FILES_FAILED = 1
-EXIT_USAGE = 2
-EXIT_MODELS = 3
-EXIT_INTERRUPTED = 130
+EXIT_FILES_FAILED = EXIT_FAILED
 MIN_PORT, MAX_PORT = 1, 65535
 KEY_ID = re.compile(r"[\w.@-]+")
 

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.errors import error_body
+from app.exit_codes import EXIT_OK, EXIT_USAGE
 from app.metrics import serve_metrics
 from app.node.dicom_node import DicomNode, check_address
 from app.node.dicom_spool import hold_spool
@@ -75,8 +77,8 @@ def main(
         )
         rules = SelectionRules.from_settings(settings)
     except ValueError as error:
-        print(json.dumps({"error": {"code": "invalid_configuration", "message": str(error)}}))
-        return 2
+        print(json.dumps(error_body("invalid_configuration", str(error))))
+        return EXIT_USAGE
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
     # Before the models (a second node on a spool is told at once) and held until the process ends.
     with hold_spool(config.spool_dir):
@@ -120,7 +122,7 @@ def _run(
             predictor = load_predictor(settings, args.model_dir)
     except KeyboardInterrupt:
         logger.info("DICOM node stopped")
-        return 0
+        return EXIT_OK
     node = DicomNode(
         config,
         ModelStudyProcessor(
@@ -138,4 +140,4 @@ def _run(
     finally:
         node.stop()
         logger.info("DICOM node stopped")
-    return 0
+    return EXIT_OK

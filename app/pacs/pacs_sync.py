@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import error_body
+from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from app.inference import Predictor, load_predictor
 from app.metrics import MetricsServerError, serve_metrics
 from app.pacs.orthanc_answers import orthanc_time
@@ -419,7 +420,7 @@ def main(
         config = config_from_args(args, settings)
     except ValueError as error:
         print(json.dumps(error_body("invalid_configuration", str(error))))
-        return 2
+        return EXIT_USAGE
     metrics = PacsSyncMetrics()
     stop_metrics = None
     if settings.pacs_sync_metrics_port:
@@ -427,7 +428,7 @@ def main(
             stop_metrics = serve_metrics(metrics.registry, settings.metrics_host, settings.pacs_sync_metrics_port)
         except MetricsServerError as error:
             print(f"brain-tumor pacs-sync: cannot start: {error}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     try:
         # SIGTERM and SIGINT abandon the step in progress (a study's results are stored once either way, and the
         # state file is replaced whole), from the first call to Orthanc on: while the models load (10 s to a minute)
@@ -436,7 +437,7 @@ def main(
             return _sync(args, settings, config, metrics, before_models)
     except KeyboardInterrupt:
         logger.info("pacs-sync stopped")
-        return 0
+        return EXIT_OK
     finally:
         if stop_metrics is not None:
             stop_metrics()
@@ -467,11 +468,11 @@ def _sync(
         report = run_pacs_sync(config, predictor, once=args.once, client=client, metrics=metrics)
     except SyncStateError as error:
         print(json.dumps(error_body("invalid_configuration", str(error))))
-        return 2
+        return EXIT_USAGE
     except OrthancError as error:
         return _orthanc_failed(error)
     print(json.dumps(report.as_dict()))
-    return 0
+    return EXIT_OK
 
 
 def _error_code(error: OrthancError) -> str:
@@ -480,6 +481,6 @@ def _error_code(error: OrthancError) -> str:
 
 
 def _orthanc_failed(error: OrthancError) -> int:
-    """Print an Orthanc failure as the JSON error `--once` answers; return its exit code, 1."""
+    """Print an Orthanc failure as the JSON error `--once` answers; return its exit code, `EXIT_FAILED`."""
     print(json.dumps(error_body(_error_code(error), str(error))))
-    return 1
+    return EXIT_FAILED
