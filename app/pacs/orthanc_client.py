@@ -38,7 +38,6 @@ from app.pacs.orthanc_answers import (
     series_in_study,
     series_list,
     study_answer,
-    with_id,
 )
 from app.pacs.orthanc_errors import ForeignRedirectError, OrthancAnswerError, OrthancError, StoreRefusedError
 from app.pacs.orthanc_http import endpoint, origin, read_body, request_line
@@ -108,10 +107,10 @@ class OrthancClient:
     def study(self, study_id: str) -> dict[str, Any] | None:
         return self._json_or_none(f"/studies/{_path_id(study_id)}", json_object)
 
-    def study_of_instance(self, instance_id: str) -> str | None:
-        """The Orthanc ID of an instance's study, or None once the instance is deleted."""
-        study = self._json_or_none(f"/instances/{_path_id(instance_id)}/study", with_id)
-        return None if study is None else study["ID"]
+    def series_of_instance(self, instance_id: str) -> dict[str, Any] | None:
+        """An instance's series (as `series` answers it), or None once the instance is deleted: its ``Modality`` tells
+        an MR instance from one of our own SEGs and SRs, its ``ParentStudy`` the study to look at."""
+        return self._json_or_none(f"/instances/{_path_id(instance_id)}/series", series_in_study)
 
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
         """Every series of a study, expanded (ID, Instances, MainDicomTags)."""

@@ -9,8 +9,9 @@ One pass:
    look at. With `require_stable`, a study that Orthanc does not call stable yet (an instance of another of its
    series arrived within Orthanc's StableAge: the T1 series of a study sent whole, after its FLAIR) is looked at
    again at each pass until it is: analysed on its stable FLAIR alone, it got an interim FLAIR-only SEG and SR that
-   the three-series ones replaced minutes later. A ``NewSeries`` change schedules such a look too, since an Orthanc
-   restarted before the series was stable never logs its ``StableSeries`` (`TRIGGERS_RECEIVING`);
+   the three-series ones replaced minutes later. A ``NewSeries`` or ``NewInstance`` change of an MR series schedules
+   such a look too, since an Orthanc restarted (or killed) before the series was stable never logs its
+   ``StableSeries`` (`TRIGGERS_RECEIVING`);
 2. look at each such study (`app.pacs.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
    `app.sequence_selection`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
    ones, record the outcome in Orthanc (metadata `SYNC_METADATA` on the study); a study without FLAIR is recorded
@@ -62,10 +63,13 @@ logger = logging.getLogger(__name__)
 
 TRIGGERS_STABLE = frozenset({"StableSeries"})
 TRIGGERS_UNSTABLE = frozenset({"StableSeries", "NewInstance"})
-TRIGGERS_RECEIVING = frozenset({"NewSeries"})
+TRIGGERS_RECEIVING = frozenset({"NewSeries", "NewInstance"})
 """With `require_stable`, changes whose study is looked at again after `poll_seconds` and then at each pass until
 Orthanc calls it stable: Orthanc keeps its stability timers in memory, so a series still receiving when it
-restarts is stable after it without a ``StableSeries`` change, and would wait for one that never comes."""
+restarts is stable after it without a ``StableSeries`` change, and would wait for one that never comes. That
+includes late instances of a series already analysed, whose only changes are ``NewInstance`` (durability review 45
+F1: Orthanc killed within StableAge left the result without them current). A study is scheduled once however many
+of its instances a page names (`SyncState.receiving`), so it costs one look a pass, not one per instance."""
 MAX_CHANGE_PAGES_PER_PASS = 1000
 """Pages of the change log one pass reads (100 changes each): a busy Orthanc's backlog takes a few passes, and one
 whose log never says Done cannot keep the due retries from their turn."""
@@ -268,8 +272,8 @@ def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, look
         for study_id in study_ids:
             _process_once_stable(studies, study_id, state, report)
             looked_at.add(study_id)
-        for study_id in receiving:
-            if study_id not in looked_at:
+        for study_id in receiving:  # a look at a study on an earlier page may have come before these instances
+            if study_id not in study_ids:
                 state.receiving.setdefault(study_id, studies.clock() + client.config.poll_seconds)
         state.last_change = max(page["Last"], state.last_change)
         # Only now: a crash above replays this page, and the records keep work from being redone. A failure here is
@@ -308,8 +312,9 @@ def _study_of_change(client: OrthancClient, change: dict[str, Any]) -> str | Non
     """The study an MR series' or instance's change belongs to; None for other modalities and deleted resources."""
     resource_id = str(change.get("ID", ""))
     if change.get("ResourceType") == "Instance":
-        return client.study_of_instance(resource_id)
-    series = client.series(resource_id)
+        series = client.series_of_instance(resource_id)
+    else:
+        series = client.series(resource_id)
     if series is None or series.get("MainDicomTags", {}).get("Modality") != "MR":
         return None  # our own SEG and SR among them
     return str(series["ParentStudy"])

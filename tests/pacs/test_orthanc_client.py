@@ -113,10 +113,10 @@ def test_orthanc_client_retries_an_html_page_and_reads_the_json_that_follows() -
             "GET /series/s1 answered an object without 'ParentStudy'",
         ),
         (
-            "GET /instances/i1/study",
-            {"ID": 5},
-            lambda c: c.study_of_instance("i1"),
-            "GET /instances/i1/study 'ID' answered an integer where a string was expected",
+            "GET /instances/i1/series",
+            {key: value for key, value in SERIES.items() if key != "ParentStudy"},
+            lambda c: c.series_of_instance("i1"),
+            "GET /instances/i1/series answered an object without 'ParentStudy'",
         ),
         (
             "POST /tools/find",
@@ -140,14 +140,14 @@ def test_orthanc_client_reads_answers_of_the_right_shape() -> None:
     client = client_for(
         {
             "GET /series/s1": [json_answer(SERIES)],
-            "GET /instances/i1/study": [json_answer({"ID": "st1"})],
+            "GET /instances/i1/series": [json_answer(SERIES)],
             "GET /studies/st1/series": [json_answer([SERIES, result])],
         }
     )
 
     assert client.series("s1") == SERIES
     assert client.series("gone") is None  # 404
-    assert client.study_of_instance("i1") == "st1"
+    assert client.series_of_instance("i1") == SERIES
     assert client.study_series("st1") == [SERIES, result]
 
 

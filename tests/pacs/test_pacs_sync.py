@@ -162,6 +162,39 @@ def test_pacs_sync_analyses_a_series_whose_stable_change_an_orthanc_restart_lost
         assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()  # looked at once
 
 
+def test_pacs_sync_revises_a_result_when_late_instances_lost_their_stable_change_to_an_orthanc_restart(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    # Durability review 45 F1: late instances of a series already analysed log only NewInstance; an Orthanc stopped
+    # within StableAge never logs their StableSeries, and the result without them stood as current.
+    series = mr_series(tumor_channels())
+    port, now = free_port(), [1000.0]
+    state_file = tmp_path / "state.json"
+    (tmp_path / "pacs").mkdir()
+    with running_orthanc(tmp_path / "pacs", port=port) as orthanc:
+        config = config_for(orthanc, state_file)
+        study_id = orthanc.study_of(orthanc.upload(series[:2]))
+        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport(positive=1)
+        orthanc.wait_until_stable(f"/studies/{study_id}")
+        analysed_up_to = orthanc.last_change()
+    with running_orthanc(tmp_path / "pacs", stable_age=120, port=port) as orthanc:
+        orthanc.store(series[2:])
+    with running_orthanc(tmp_path / "pacs", stable_age=120, port=port) as orthanc:
+        later = orthanc.get(f"/changes?since={analysed_up_to}")["Changes"]
+        assert {change["ChangeType"] for change in later} >= {"NewInstance"}
+        assert "StableSeries" not in {change["ChangeType"] for change in later}
+        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()
+        now[0] += config.poll_seconds
+
+        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport(positive=1)
+
+        assert orthanc.record(study_id)["summary"]["slices"] == 3
+        (seg,) = orthanc.results(series[0].StudyInstanceUID, "SEG")
+        assert len(read_segmentation_masks(to_bytes(seg))) == 3
+        now[0] += config.poll_seconds
+        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()  # looked at once
+
+
 def test_pacs_sync_asks_orthanc_for_an_uncompressed_copy_of_what_it_cannot_decode(
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
