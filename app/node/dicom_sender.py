@@ -36,6 +36,7 @@ from pynetdicom.association import Association
 from app.backoff import doubling_wait
 from app.logging_config import os_error_name
 from app.node.dicom_spool import RECORD_FILE, WAITING_STATUSES, Spool, results_waiting, timestamp
+from app.node.dicom_study_runs import latest_outcome
 from app.node.node_metrics import NodeMetrics
 from app.settings import AE_TITLE_RULE, is_ae_title
 
@@ -384,11 +385,11 @@ class ResultDelivery:
         self._unrecorded: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def restore_unsent_markers(self) -> int:
-        """At start: drop what waits for a destination no longer configured, take up again what was dropped for a
-        destination configured again (a typo mended, a destination put back) while its results are still kept, and
-        mark every study whose record still has results to send (a node stopped between writing a record and
-        marking it, or a marker lost): without the marker `send_unsent` would never look at it. Returns how many
-        were marked."""
+        """At start: drop what waits for a destination no longer configured, send a study's current results to the
+        configured destinations in its place (`_replacements`), take up again what was dropped for a destination
+        configured again (a typo mended, a destination put back) while its results are still kept, and mark every
+        study whose record still has results to send (a node stopped between writing a record and marking it, or a
+        marker lost): without the marker `send_unsent` would never look at it. Returns how many were marked."""
         restored = 0
         for record_file in (self.spool.root / "studies").glob(f"*/{RECORD_FILE}"):
             key = record_file.parent.name
@@ -396,7 +397,11 @@ class ResultDelivery:
             if record is None:  # logged by the spool; the other studies go on
                 continue
             # Written only then: the record's time counts to its purge.
-            if self._removed_destinations(record) or self._dropped_for_configured(key, record):
+            if (
+                self._removed_destinations(record)
+                or self._dropped_for_configured(key, record)
+                or self._replacements(key, record)
+            ):
                 record = self.spool.update_record(key, self._match_destinations(key))
             marked = self.spool.is_unsent(key)
             if results_waiting(record) and not marked:
@@ -428,6 +433,33 @@ class ResultDelivery:
             if name in configured and state.get("status") == "dropped" and (results / run["run_id"]).is_dir()
         ]
 
+    def _replacements(self, key: str, record: dict[str, Any]) -> list[tuple[str, str]]:
+        """(run ID, destination) of the configured destinations that the study's current results (`latest_outcome`'s,
+        while the spool keeps them) go to in place of a destination no longer configured that never got them: one of
+        the same AE title (the PACS at a new host or port), and every configured one when no destination got them at
+        all (a PACS replaced by another). Why: durability review 45 F2, such results were dropped for good, and a
+        re-send of the study did nothing ("unchanged"). Earlier runs' results are not sent: the current ones supersede
+        them."""
+        run = latest_outcome(record["runs"])
+        if run is None or not (self.spool.study_dir(key) / "results" / run["run_id"]).is_dir():
+            return []
+        sent = run.get("sent", {})
+        configured = {str(destination) for destination in self.destinations}
+        lost = [
+            name
+            for name, state in sent.items()
+            if name not in configured and state.get("status") in (*WAITING_STATUSES, "dropped")
+        ]
+        if not lost:
+            return []
+        delivered = any(state.get("status") == "sent" for state in sent.values())
+        lost_ae_titles = {name.partition("@")[0] for name in lost}
+        return [
+            (run["run_id"], str(destination))
+            for destination in self.destinations
+            if str(destination) not in sent and (not delivered or destination.ae_title in lost_ae_titles)
+        ]
+
     def _match_destinations(self, key: str) -> Callable[[dict[str, Any]], None]:
         """A record change: results still waiting for a destination taken out of the configuration are marked
         "dropped" (kept in the record, not sent), so that they no longer hold the study's unsent marker and its
@@ -436,6 +468,11 @@ class ResultDelivery:
         def match(record: dict[str, Any]) -> None:
             removed, dropped, taken_up = self._removed_destinations(record), Counter[str](), Counter[str]()
             again = set(self._dropped_for_configured(key, record))
+            replacements = self._replacements(key, record)
+            for run in record["runs"]:
+                for run_id, name in replacements:
+                    if run["run_id"] == run_id:
+                        run["sent"][name] = {"status": "pending", "attempts": 0}
             for run in record["runs"]:
                 for name, state in run.get("sent", {}).items():
                     if name in removed and state.get("status") in WAITING_STATUSES:
@@ -457,6 +494,11 @@ class ResultDelivery:
                 logger.info(
                     "results dropped earlier to be sent: their destination is configured again",
                     extra={"fields": {"study_key": key, "destination": name, "runs": runs}},
+                )
+            for _, name in replacements:
+                logger.warning(
+                    "results to be sent to a destination configured in place of one that never got them",
+                    extra={"fields": {"study_key": key, "destination": name}},
                 )
 
         return match

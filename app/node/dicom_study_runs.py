@@ -129,7 +129,7 @@ def already_analysed(runs: list[dict[str, Any]], fingerprint: str, bytes_fingerp
     Only the latest outcome counts: an instance corrected and then sent again as it was goes back to an earlier
     run's instances, and the results now newest at the destination describe the correction (attack finding: the
     study was called "unchanged" and nothing was sent)."""
-    latest = _latest_outcome(runs)
+    latest = latest_outcome(runs)
     matches = {fingerprint, bytes_fingerprint} - {None}
     return latest is not None and latest.get("fingerprint") in matches and latest["status"] in FINAL_STATUSES
 
@@ -137,11 +137,13 @@ def already_analysed(runs: list[dict[str, Any]], fingerprint: str, bytes_fingerp
 def answered(runs: list[dict[str, Any]]) -> bool:
     """Whether the study's latest outcome is an analysis (`FINAL_STATUSES`), whose results stand at the
     destinations, rather than a refusal."""
-    latest = _latest_outcome(runs)
+    latest = latest_outcome(runs)
     return latest is not None and latest["status"] in FINAL_STATUSES
 
 
-def _latest_outcome(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def latest_outcome(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The study's latest run with an outcome (not an "error" run): its results, if any, are the study's current
+    ones, which supersede every earlier run's."""
     return next((run for run in reversed(runs) if run.get("status") in OUTCOME_STATUSES), None)
 
 

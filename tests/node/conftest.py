@@ -52,8 +52,13 @@ def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[An
     port = free_port()
 
     def make(
-        destination_port: int | None = None, allowed: tuple[str, ...] = (CALLING_AE,), **settings: Any
+        destination_port: int | None = None,
+        allowed: tuple[str, ...] = (CALLING_AE,),
+        destinations: tuple[Destination, ...] | None = None,
+        **settings: Any,
     ) -> DicomNode:
+        """A started node on the test's spool; its one destination is `results` (at `destination_port` if given),
+        unless `destinations` names others (none: ``()``)."""
         defaults: dict[str, Any] = {
             "send_retries": 1,
             "send_backoff_seconds": 1.0,  # never slept: sleep is a no-op here, the clock is the test's
@@ -64,7 +69,9 @@ def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[An
             port=port,
             quiet_seconds=QUIET_SECONDS,
             allowed_calling_ae_titles=allowed,
-            destinations=(Destination(RESULTS_AE, "127.0.0.1", destination_port or results.port),),
+            destinations=(Destination(RESULTS_AE, "127.0.0.1", destination_port or results.port),)
+            if destinations is None
+            else destinations,
             **(defaults | settings),
         )
         node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()), clock=clock, sleep=lambda _: None)

@@ -369,7 +369,7 @@ def test_results_for_a_removed_destination_are_dropped_so_the_study_is_purged(
     process_and_send(node)
     node.stop()
 
-    restarted = make_node(spool_limits=SpoolLimits(retention_seconds=60))  # DICOM_NODE_DESTINATIONS changed
+    restarted = make_node(destinations=(), spool_limits=SpoolLimits(retention_seconds=60))  # none configured now
 
     (study,) = study_dirs(restarted)
     assert not restarted.spool.is_unsent(study.name)
@@ -398,9 +398,9 @@ def test_results_dropped_for_a_destination_are_sent_when_it_is_configured_again(
     clock.advance(QUIET_SECONDS)
     process_and_send(node)
     node.stop()
-    make_node().stop()  # a restart with another destination: the results for the PACS are dropped
-    (state,) = record(node)["runs"][0]["sent"].values()
-    assert state["status"] == "dropped"
+    make_node().stop()  # a restart with the destination misspelt (another port): the results for the PACS are dropped
+    pacs_name = f"{RESULTS_AE}@127.0.0.1:{destination_port}"
+    assert record(node)["runs"][0]["sent"][pacs_name]["status"] == "dropped"
 
     pacs = ResultStore(destination_port)
     try:
@@ -409,11 +409,64 @@ def test_results_dropped_for_a_destination_are_sent_when_it_is_configured_again(
         assert mended.spool.unsent_studies() != []
         assert mended.send_unsent() == 1
         assert sorted(dataset.Modality for dataset in pacs.received) == ["SEG", "SR"]
-        (state,) = (entry for name, entry in record(mended)["runs"][0]["sent"].items() if str(destination_port) in name)
-        assert state["status"] == "sent"
+        assert record(mended)["runs"][0]["sent"][pacs_name]["status"] == "sent"
         assert lines(node_log, "results dropped earlier to be sent: their destination is configured again")
     finally:
         pacs.close()
+
+
+def test_results_waiting_for_a_destination_that_moved_go_to_it_at_its_new_address(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, node_log: pytest.LogCaptureFixture
+) -> None:
+    """Durability review 45 F2: the PACS came back at a new port (same AE title), the node was restarted with its new
+    address, and the results that had waited for the old one were dropped for good; a re-send did nothing."""
+    old_port = free_port()  # the PACS's old address: nothing listens there now
+    node = make_node(destination_port=old_port)
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    node.stop()
+
+    moved = make_node()  # DICOM_NODE_DESTINATIONS: the same AE title at `results`' port
+
+    assert moved.send_unsent() == 1
+    assert sorted(dataset.Modality for dataset in results.received) == ["SEG", "SR"]
+    (run,) = record(moved)["runs"]
+    assert {name: state["status"] for name, state in run["sent"].items()} == {
+        f"{RESULTS_AE}@127.0.0.1:{old_port}": "dropped",
+        f"{RESULTS_AE}@127.0.0.1:{results.port}": "sent",
+    }
+    (logged,) = lines(node_log, "results to be sent to a destination configured in place of one that never got them")
+    assert logged.fields["destination"] == f"{RESULTS_AE}@127.0.0.1:{results.port}"
+    assert moved.spool.unsent_studies() == []
+
+
+@pytest.mark.parametrize("delivered_elsewhere", [False, True], ids=["delivered nowhere", "delivered elsewhere"])
+def test_results_delivered_nowhere_go_to_the_destination_that_replaced_theirs(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path, delivered_elsewhere: bool
+) -> None:
+    """Durability review 45 F2 (a PACS replaced by another of another AE title): results that reached no destination
+    go to the destinations configured now; results that reached one are not sent to a new destination."""
+    old = Destination("OLDPACS", "127.0.0.1", free_port())  # nothing listens there
+    archive = ResultStore(free_port())  # a destination configured throughout
+    kept = (Destination("ARCHIVE", "127.0.0.1", archive.port),) if delivered_elsewhere else ()
+    try:
+        node = make_node(destinations=(old, *kept))
+        assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+        clock.advance(QUIET_SECONDS)
+        process_and_send(node)
+        node.stop()
+
+        replaced = make_node(destinations=(*kept, Destination(RESULTS_AE, "127.0.0.1", results.port)))
+        replaced.send_unsent()
+
+        assert len(archive.received) == (2 if delivered_elsewhere else 0)
+        assert len(results.received) == (0 if delivered_elsewhere else 2)
+        (run,) = record(replaced)["runs"]
+        assert run["sent"][str(old)]["status"] == "dropped"
+        assert (f"{RESULTS_AE}@127.0.0.1:{results.port}" in run["sent"]) is not delivered_elsewhere
+    finally:
+        archive.close()
 
 
 def test_a_blank_series_is_recorded_failed_and_no_absent_report_is_sent(
