@@ -282,15 +282,26 @@ class Spool:
         write_atomically(pointer, uid_dir.name.encode())
 
     def _note_series_uid(self, series_instance_uid: str, key: str) -> None:
+        """Index study `key` under the series: the listing's line first, the marker last, since the marker says the
+        study is indexed (durability review 45 F4: marker first, an append that failed, or a node killed in between,
+        was never retried, and `studies_sharing_a_series` missed the other study for good). A failure here refuses
+        the instance, and its next instance (or the sender's retry) writes both again. Each line is written after a
+        newline, so a line an earlier failed append cut short stays on its own (`_listed_series_folders` skips it)."""
         folder = study_key(series_instance_uid)
         series_dir = self.root / SERIES_UIDS_DIR / folder
         if (series_dir / key).exists():
             return
         series_dir.mkdir(exist_ok=True)
-        (series_dir / key).touch()
         listed = self.root / SERIES_UIDS_DIR / f"{key}.series"
         with self._size_lock, listed.open("a") as listing:  # associations of one study may store side by side
-            listing.write(folder + "\n")
+            listing.write(f"\n{folder}\n")
+        (series_dir / key).touch()
+
+    def _listed_series_folders(self, key: str) -> set[str]:
+        """The index folders of the series study `key` holds (`_note_series_uid`), leaving out what is no folder (a
+        line cut short); raises OSError without a listing (a study stored before the node kept this index)."""
+        index = self.root / SERIES_UIDS_DIR
+        return {folder for folder in (index / f"{key}.series").read_text().split() if (index / folder).is_dir()}
 
     def studies_sharing_a_series(self, key: str) -> list[str]:
         """The other studies in the spool, under another Study Instance UID, that hold instances of a series (by
@@ -306,7 +317,7 @@ class Spool:
         43 F4): a refusal with its reason, never a wrong answer."""
         index = self.root / SERIES_UIDS_DIR
         try:
-            folders = set((index / f"{key}.series").read_text().split())
+            folders = self._listed_series_folders(key)
         except OSError:  # a study stored before the node kept this index
             return []
         own_study = self._study_uid_folder(key)
@@ -326,7 +337,7 @@ class Spool:
         """Drop study `key` from the indexes of Study and Series Instance UIDs, once its folder is gone."""
         listed = self.root / SERIES_UIDS_DIR / f"{key}.series"
         with contextlib.suppress(OSError):
-            for folder in set(listed.read_text().split()):
+            for folder in self._listed_series_folders(key):
                 series_dir = self.root / SERIES_UIDS_DIR / folder
                 (series_dir / key).unlink(missing_ok=True)
                 if not any(series_dir.iterdir()):

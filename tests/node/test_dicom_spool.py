@@ -8,6 +8,7 @@ settled study's record expires. `python -m bench.spool_scale` measures the passe
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -216,3 +217,31 @@ def test_studies_sharing_a_series_are_those_under_another_study_uid(tmp_path: Pa
     assert spool.studies_sharing_a_series(merged) == sorted([first, moved, corrected])
     assert spool.studies_sharing_a_series(corrected) == sorted([moved, merged])  # not `first`: one Study UID
     assert spool.studies_sharing_a_series(unrelated) == []
+
+
+@pytest.mark.parametrize("left", ["", "\n" + "0" * 10], ids=["listing left empty", "line cut short"])
+def test_a_series_index_append_that_failed_is_written_with_the_next_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: str
+) -> None:
+    """Durability review 45 F4: the study's marker was written before its listing line, so a failed append (a disk
+    filled by another writer; the listing created empty, or cut short) was never retried, and the study split over
+    two Study Instance UIDs went unnoticed from its first part."""
+    spool = Spool(tmp_path / "spool", limits=SpoolLimits(min_free_bytes=0))
+    original_open = Path.open
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def open_failing_once(path: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if path.suffix == ".series" and "a" in mode and failures:
+            with original_open(path, mode) as listing:
+                listing.write(left)
+            raise failures.pop()
+        return original_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_failing_once)
+    with pytest.raises(OSError, match="No space left"):  # the instance is refused (A700), the sender retries it
+        spool.store_instance("1.2.3", "P-1", "1.2.3.1.1", b"first", "1.2.3.1")
+    first = spool.store_instance("1.2.3", "P-1", "1.2.3.1.2", b"second", "1.2.3.1")
+    moved = spool.store_instance("1.2.4", "P-1", "1.2.3.1.3", b"third", "1.2.3.1")
+
+    assert spool.studies_sharing_a_series(first) == [moved]
+    assert spool.studies_sharing_a_series(moved) == [first]
