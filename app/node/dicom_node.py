@@ -242,6 +242,9 @@ class DicomNode:
         # after the close event, and must not leave its study waiting on an association that is gone.
         self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
         self._open_lock = threading.Lock()
+        # Study -> the SOP Instance UIDs released associations stored since one of its associations was cut off
+        # (`_forget_cut_off`); a new set at each cut-off.
+        self._resent_after_cut_off: dict[str, set[str]] = {}
         # Bytes of the instance each association is receiving (or has received and not yet stored): pynetdicom holds
         # each whole in memory, so all of them together are held to `receive_memory_bytes`.
         self._receiving: dict[Any, int] = {}
@@ -396,6 +399,7 @@ class DicomNode:
                 if key not in sending.studies:  # on disk too: a node that dies now leaves the study cut off
                     self._mark_receiving(key, True)
                 sending.studies.add(key)
+                sending.instances.setdefault(key, set()).add(instance.sop_instance_uid)
                 sending.last_store = time.monotonic()
         if closed:  # the peer aborted while this instance was being written
             self._studies_sent({key}, aborted=True)
@@ -424,6 +428,7 @@ class DicomNode:
         that ended without a release, so their report says instances may be missing (attack finding: a study cut
         off by a crash was reported as complete, the same cut-off by an abort was not)."""
         for key in self.spool.studies_left_receiving():
+            self._resent_after_cut_off[key] = set()
             try:
                 self.spool.update_record(key, count_abort)
             except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
@@ -449,6 +454,8 @@ class DicomNode:
             aborted = not sending.released and idle < IDLE_SHARE * self.config.association_timeout_seconds
         try:
             # While they still count as receiving: none is processed.
+            if not aborted:
+                self._forget_cut_off(sending)
             self._studies_sent(sending.studies, aborted, sending.refused)
         finally:
             with self._open_lock:
@@ -456,6 +463,40 @@ class DicomNode:
                 still_receiving = {key for other in self._open.values() for key in other.studies}
                 for key in sending.studies - still_receiving:
                     self._mark_receiving(key, False)
+
+    def _forget_cut_off(self, sending: _Sending) -> None:
+        """After a released association: a study cut off earlier (`count_abort`) whose every instance the spool holds
+        has come again since over released associations no longer counts the cut-off associations, so its report
+        is not PARTIAL (durability review 45 F5: a study re-sent whole after a node crash was reported "instances may
+        be missing" for good). Instances the cut-off association alone sent keep the count, and so does an abort
+        counted meanwhile (it starts a new set in `_resent_after_cut_off`)."""
+        for key, sop_instance_uids in sending.instances.items():
+            with self._open_lock:
+                tracked = self._resent_after_cut_off.get(key)
+                if tracked is None:
+                    continue
+                tracked |= sop_instance_uids
+                resent = set(tracked)
+
+            def forget(record: dict[str, Any], key: str = key, tracked: set[str] = tracked) -> None:
+                with self._open_lock:
+                    if self._resent_after_cut_off.get(key) is not tracked:
+                        return
+                    del self._resent_after_cut_off[key]
+                record.pop("aborted_associations", None)
+
+            try:
+                if self.spool.holds_only(key, resent):
+                    self.spool.update_record(key, forget)
+            except Exception:  # a spool file gone or unwritable: the count stays, and the report says PARTIAL
+                logger.exception("a study sent again whole not recorded", extra={"fields": {"study_key": key}})
+                continue
+            if key not in self._resent_after_cut_off:
+                logger.info(
+                    "a study cut off earlier came again whole over released associations; its report will not say "
+                    "instances may be missing",
+                    extra={"fields": {"study_key": key}},
+                )
 
     def _mark_receiving(self, key: str, receiving: bool) -> None:
         """The study's receiving marker set or cleared; a spool that cannot take it only loses the note a crash
@@ -476,6 +517,8 @@ class DicomNode:
         try:
             for key in keys:
                 if aborted:
+                    with self._open_lock:
+                        self._resent_after_cut_off[key] = set()
                     self.spool.update_record(key, count_abort)
                 if refused:
                     self.spool.update_record(key, count_refused(refused))
@@ -800,6 +843,7 @@ class _Sending:
     asked for a release."""
 
     studies: set[str] = field(default_factory=set)
+    instances: dict[str, set[str]] = field(default_factory=dict)  # study -> SOP Instance UIDs stored
     last_store: float = 0.0  # time.monotonic()
     released: bool = False
     refused: int = 0  # instances it sent that the node refused

@@ -29,7 +29,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,6 +224,12 @@ class Spool:
     def holds_instance(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str) -> bool:
         """Whether a copy of the instance is kept already (one sent before under its SOP Instance UID)."""
         return self._instance_path(study_key(study_instance_uid, patient_id), sop_instance_uid).is_file()
+
+    def holds_only(self, key: str, sop_instance_uids: Collection[str]) -> bool:
+        """Whether every instance study `key` holds is one of `sop_instance_uids` (and it holds one at least)."""
+        named = {self._instance_path(key, sop_instance_uid) for sop_instance_uid in sop_instance_uids}
+        held = self.instance_files(key)
+        return bool(held) and all(path in named for path in held)
 
     def _instance_path(self, key: str, sop_instance_uid: str) -> Path:
         instances = self.study_dir(key) / "instances"

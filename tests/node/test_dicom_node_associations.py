@@ -114,6 +114,46 @@ def test_a_study_left_by_an_aborted_association_says_so_in_its_report(
     assert "aborted_associations" not in record(node)  # said once, in the run it belongs to
 
 
+@pytest.mark.parametrize("cut_off_by", ["abort", "crash"])
+@pytest.mark.parametrize("resent", ["whole", "the rest"])
+def test_a_cut_off_study_sent_again_whole_over_released_associations_is_reported_complete(
+    make_node: Any, results: ResultStore, clock: Clock, cut_off_by: str, resent: str
+) -> None:
+    """Durability review 45 F5: a study cut off by a node crash and then sent again whole, as a sender does after a
+    failure, was reported PARTIAL ("instances may be missing") for good. Sent again in part, it still is: the
+    cut-off association may have meant to send more than it did."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    first = associate(node, MRImageStorage)
+    assert [store(first, dataset) for dataset in series[:2]] == [0, 0]
+    if cut_off_by == "abort":
+        first.abort()
+        associations_ended(node)
+    else:
+        first.release()
+        associations_ended(node)
+        (key,) = node.spool.pending_studies()
+        node.spool.mark_receiving(key)  # as a node killed while the association was open leaves it
+        node.stop()
+        node = make_node()
+    again = associate(node, MRImageStorage)
+    sent_again = series if resent == "whole" else series[2:]
+    assert [store(again, dataset) for dataset in sent_again] == [0] * len(sent_again)
+    again.release()
+    associations_ended(node)
+    clock.advance(QUIET_SECONDS)
+
+    assert len(process_and_send(node)) == 1
+
+    (run,) = record(node)["runs"]
+    (report,) = results.by_modality("SR")
+    if resent == "whole":
+        assert run["summary"]["notes"] == [] and report.CompletionFlag == "COMPLETE"
+    else:
+        assert run["summary"]["notes"] == [ABORTED_NOTE.format(count=1)] and report.CompletionFlag == "PARTIAL"
+    assert run["summary"]["slices"] == 3
+
+
 def test_a_study_some_of_whose_instances_the_node_refused_says_so_in_its_report(
     make_node: Any, results: ResultStore, clock: Clock
 ) -> None:
