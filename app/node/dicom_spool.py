@@ -192,15 +192,19 @@ class Spool:
         return self.root / "studies" / key
 
     def check_room(self, size: int) -> None:
-        """Raise `SpoolFullError` (with the reason) unless an instance of `size` bytes may be kept."""
+        """Raise `SpoolFullError` (with the reason) unless an instance of `size` bytes may be kept. The reason names
+        the instance's size first (durability review 45 F7: "61440 bytes free on the spool's disk; 0 must stay free"
+        read as a contradiction), as the Error Comment keeps 64 characters."""
         limits = self.limits
         if size > limits.max_instance_bytes:
             raise InstanceTooLargeError(f"instance of {size} bytes is over the limit of {limits.max_instance_bytes}")
         if self._size + size > limits.max_spool_bytes:
-            raise SpoolFullError(f"the spool holds {self._size} bytes; its limit is {limits.max_spool_bytes}")
+            raise SpoolFullError(
+                f"no room for {size} bytes: the spool holds {self._size}, its limit is {limits.max_spool_bytes}"
+            )
         free = shutil.disk_usage(self.root).free
         if free - size < limits.min_free_bytes:
-            raise SpoolFullError(f"{free} bytes free on the spool's disk; {limits.min_free_bytes} must stay free")
+            raise SpoolFullError(f"no room for {size} bytes: {free} free on disk, {limits.min_free_bytes} kept free")
 
     def room_problem(self) -> str | None:
         """Why no instance can be kept as things are, or None: a disk smaller than `min_free_bytes` and one

@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -186,6 +187,32 @@ def test_a_node_whose_disk_can_never_keep_an_instance_says_so_at_start(
         "(DICOM_NODE_MIN_FREE_BYTES): every instance will be refused"
     )
     assert Spool(tmp_path / "other", limits=SpoolLimits(min_free_bytes=0)).room_problem() is None
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        (SpoolLimits(min_free_bytes=0), "no room for 66000 bytes: 61440 free on disk, 0 kept free"),
+        (
+            SpoolLimits(max_spool_bytes=65536, min_free_bytes=0),
+            "no room for 66000 bytes: the spool holds 0, its limit is 65536",
+        ),
+    ],
+    ids=["disk", "spool limit"],
+)
+def test_an_instance_refused_for_room_is_refused_with_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: SpoolLimits, reason: str
+) -> None:
+    """Durability review 45 F7: "61440 bytes free on the spool's disk; 0 must stay free" refused a 66 kB instance
+    without saying it did not fit. The reason is the Error Comment, 64 characters at most."""
+    spool = Spool(tmp_path / "spool", limits=limits)
+    free_61440 = SimpleNamespace(total=10**9, used=10**9 - 61440, free=61440)
+    monkeypatch.setattr(dicom_spool.shutil, "disk_usage", lambda path: free_61440)
+
+    with pytest.raises(SpoolFullError) as refused:
+        spool.check_room(66000)
+
+    assert str(refused.value) == reason and len(reason) <= 64
 
 
 def test_studies_of_one_uid_are_split_by_patient_id_only_where_one_is_left_empty(tmp_path: Path) -> None:
