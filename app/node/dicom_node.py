@@ -257,6 +257,11 @@ class DicomNode:
         self._stop.clear()
         self._abandoned = False
         self._count_cut_off_associations()
+        for folder in self.spool.remove_unrecorded_results():
+            logger.info(
+                "results that no run recorded removed (the node stopped before it recorded them)",
+                extra={"fields": {"study_key": folder.parent.parent.name, "run_id": folder.name}},
+            )
         for key in self.spool.pending_studies():
             # Studies left pending by the last run: their senders were cut off by the stop and retry once the node
             # answers again, so each gets a fresh quiet period rather than being processed half-received.

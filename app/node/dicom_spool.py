@@ -615,6 +615,21 @@ class Spool:
             purged.append(key)
         return purged
 
+    def remove_unrecorded_results(self) -> list[Path]:
+        """Remove the result folders no run of their study's record names, and return them: a node killed between
+        writing a run's results and its record left them, counted in the spool's size until the study was purged
+        (durability review 45 F8); the study is analysed again, into a folder of its own. For the node's start,
+        before anything writes results; a study whose record cannot be read keeps its folders."""
+        removed = []
+        for folder in sorted((self.root / "studies").glob("*/results/*")):
+            record = self.readable_record(folder.parent.parent.name)
+            if not folder.is_dir() or record is None or folder.name in {run.get("run_id") for run in record["runs"]}:
+                continue
+            with contextlib.suppress(OSError):  # left for the study's purge, as before
+                self._remove_tree(folder)
+                removed.append(folder)
+        return removed
+
     def _settled_for(self, key: str, now: float) -> float:
         """Seconds since the record of a settled study last changed; 0 for a study pending, unsent or unrecorded.
 

@@ -109,6 +109,28 @@ def test_a_settled_studys_record_expires_and_the_same_instances_are_then_analyse
     assert sorted(dataset.Modality for dataset in results.received) == ["SEG", "SEG", "SR", "SR"]
 
 
+def test_results_no_run_recorded_are_removed_when_the_node_starts(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Durability review 45 F8: a node killed between writing a run's results and its record left their folder,
+    counted in the spool's size until the study's purge."""
+    node = make_node()
+    assert storescu(node, write_files(mr_series(tumor_channels()), tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    node.stop()
+    (recorded,) = (node.spool.root / "studies").glob("*/results/*")
+    stray = recorded.with_name("20261205T155630-d8de8eb9")  # as a kill after `save_results` leaves it
+    shutil.copytree(recorded, stray)
+    size = node.spool.size_bytes
+
+    restarted = make_node()
+
+    assert list((restarted.spool.root / "studies").glob("*/results/*")) == [recorded]
+    assert restarted.spool.size_bytes == size
+    assert restarted.spool.remove_unrecorded_results() == []
+
+
 def test_a_study_with_results_still_to_send_outlives_every_retention(
     make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
