@@ -63,6 +63,10 @@ if TYPE_CHECKING:
 
 SR_SERIES_NUMBER = 9902  # after the SEG's 9901: viewers list our objects after the scanner's series
 SR_SERIES_DESCRIPTION = "Tumor volume report (research use only)"
+# The page's disclaimer, in ASCII so that every character set the report may take (the source's) holds it.
+RESEARCH_USE_STATEMENT = (
+    "Research use only - not for clinical diagnosis. The results come from an automated model and may be wrong."
+)
 REVISED_SUFFIX = " - revised"  # the Series Description of results that supersede earlier ones
 SR = "a DICOM SR"  # what refusals say cannot be made
 PRIVATE_SCHEME = "99BRAINTUMOR"
@@ -82,6 +86,7 @@ TUMOR_AT_SERIES_END = hd.sr.CodedConcept(
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 SLICES_UNIT = hd.sr.CodedConcept("{slices}", "UCUM", "slices")
 PROCEDURE_REPORTED = codes.LN.BrainMRI
+COMMENT = codes.DCM.Comment
 ALGORITHM_NAME = codes.DCM.AlgorithmName
 ALGORITHM_VERSION = codes.DCM.AlgorithmVersion
 REFERENCED_SEGMENT = codes.DCM.ReferencedSegment
@@ -256,6 +261,7 @@ def _volume_report(
         imaging_measurements=groups,
         referenced_images=image_library_sources(sources),
     )
+    report[0].ContentSequence.append(_research_use_comment())
     sr = hd.sr.ComprehensiveSR(
         evidence=[*sources, *channels, *segmentations],
         specific_character_set=derived_character_set(sources[0]),
@@ -319,6 +325,14 @@ def _measurement_groups(
         groups.extend(_slice_group(segmentation, tracking, algorithm) for segmentation in segmentations)
     groups[0][0].ContentSequence.extend(_notes(findings))
     return groups
+
+
+def _research_use_comment() -> hd.sr.TextContentItem:
+    """The disclaimer as a Comment of the report's root: a viewer shows the content tree, seldom the Series
+    Description or the PRELIMINARY/UNVERIFIED flags, and the tree states the finding (docs review 45 F5)."""
+    return hd.sr.TextContentItem(
+        name=COMMENT, value=RESEARCH_USE_STATEMENT, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
 
 
 def _device_observer(model_tags: Mapping[str, str]) -> hd.sr.ObserverContext:

@@ -15,6 +15,7 @@ from pydicom.uid import Comprehensive3DSRStorage
 from app.dicom.dicom_sr import (
     ALGORITHM_NAME,
     ALGORITHM_VERSION,
+    COMMENT,
     QUALITATIVE_EVALUATIONS,
     REFERENCED_SEGMENT,
     SLICES_ANALYSED,
@@ -70,6 +71,11 @@ def read_volume_report(report: Dataset) -> dict[str, object]:
         "segmentation_sop_instance_uid": segmentation_uids[0] if segmentation_uids else None,
         "segmentation_sop_instance_uids": segmentation_uids,
     }
+
+
+def report_comments(report: Dataset) -> list[str]:
+    """The Comments at the root of the report's content tree: where `build_volume_report` states research use."""
+    return _text_values(report.ContentSequence, COMMENT)
 
 
 def _item(items: Sequence[Dataset], concept: Code) -> Dataset | None:

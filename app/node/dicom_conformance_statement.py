@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (
 )
 
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
-from app.dicom.dicom_sr import REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
+from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT, REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, REJECTION_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION
@@ -302,7 +302,9 @@ def _objects_created() -> list[str]:
         f'  "{SR_SERIES_DESCRIPTION}": TID 1500 Measurement Report, PRELIMINARY and UNVERIFIED, always sent (a',
         "  negative study too): the tumor's presence, its volume in mL, slices analysed / with tumor / missing,",
         "  whether the tumor reaches the series' end, notes on how the series were chosen, the source images (the",
-        "  T1 series too when the models read them as channels, with a note saying so) and SEGs as evidence.",
+        "  T1 series too when the models read them as channels, with a note saying so) and SEGs as evidence. Its",
+        "  content tree ends with a Comment (121106, DCM) that a viewer shows beside the finding:",
+        f'  "{RESEARCH_USE_STATEMENT}"',
         "  Completion Flag COMPLETE, or PARTIAL when an association that sent the study ended without a release or",
         "  had instances refused (instances may be missing: a note says how many; the rest sent later gives a new",
         "  result), unless every instance held came again over released associations before the analysis (the",

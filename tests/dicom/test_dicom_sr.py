@@ -11,8 +11,14 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_seg import MANUFACTURER, build_segmentation
 from app.dicom.dicom_series import SliceInput, prepare_inputs
-from app.dicom.dicom_sr import SR_SERIES_NUMBER, VolumeFindings, VolumeReportInputError, build_volume_report
-from app.dicom.dicom_sr_reader import read_volume_report
+from app.dicom.dicom_sr import (
+    RESEARCH_USE_STATEMENT,
+    SR_SERIES_NUMBER,
+    VolumeFindings,
+    VolumeReportInputError,
+    build_volume_report,
+)
+from app.dicom.dicom_sr_reader import read_volume_report, report_comments
 from app.dicom.tumor_volume import slice_spacing_mm
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import legacy_multiframe, mr_series, to_bytes, tumor_channels
@@ -108,6 +114,24 @@ def test_negative_report_says_analysed_and_absent(flair_inputs: list[SliceInput]
         "segmentation_sop_instance_uid": None,
         "segmentation_sop_instance_uids": [],
     }
+    assert dciodvfy_errors(report, "ComprehensiveSR") == []
+
+
+@pytest.mark.parametrize("detected", [True, False])
+def test_every_report_states_research_use_in_its_content_tree(flair_inputs: list[SliceInput], detected: bool) -> None:
+    """Docs review 45 F5: only the Series Description said so, which SR viewers seldom show beside the finding."""
+    segmentations = [build_segmentation(flair_inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)]
+    findings = VolumeFindings(
+        tumor_detected=detected,
+        tumor_volume_ml=4.321 if detected else 0.0,
+        slices_analysed=3,
+        slices_with_tumor=3 if detected else 0,
+    )
+
+    report = written(build_volume_report(headers(flair_inputs), findings, MODEL_TAGS, segmentations))
+
+    assert report_comments(report) == [RESEARCH_USE_STATEMENT]
+    assert RESEARCH_USE_STATEMENT.startswith("Research use only - not for clinical diagnosis.")
     assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 

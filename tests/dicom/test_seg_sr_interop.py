@@ -28,6 +28,7 @@ from app.dicom.dicom_seg import SEG_SERIES_NUMBER, build_segmentation, build_seg
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import SliceInput, prepare_inputs
 from app.dicom.dicom_sr import (
+    RESEARCH_USE_STATEMENT,
     SLICES_MISSING,
     TUMOR_AT_SERIES_END,
     VolumeFindings,
@@ -35,7 +36,7 @@ from app.dicom.dicom_sr import (
     build_volume_report,
     series_volume_report,
 )
-from app.dicom.dicom_sr_reader import read_volume_report
+from app.dicom.dicom_sr_reader import read_volume_report, report_comments
 from app.inference import Predictor
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from app.study_analysis import ModelStudyProcessor
@@ -160,6 +161,20 @@ def test_the_report_of_a_secondary_capture_series_references_each_seg_and_its_sl
     assert dcmtk_reads(report, tmp_path).count('IMAGE:(,,"Referenced Segmentation Frame")') == 3
 
 
+def test_dcmtk_shows_the_research_use_statement_of_a_negative_report(tmp_path: Path) -> None:
+    """Docs review 45 F5: an "Absent" report said nothing of research use in the content a viewer shows."""
+    inputs = inputs_of(mr_series(tumor_channels()))
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+
+    report = written(build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS))
+
+    assert '<contains TEXT:(,,"Comment")="Research use only - not for...">' in dcmtk_reads(report, tmp_path)
+    in_full = subprocess.run(
+        [dcmtk("dsrdump"), "+Pl", "+Pc", str(tmp_path / "report.dcm")], capture_output=True, text=True, check=True
+    ).stdout
+    assert f'<contains TEXT:(121106,DCM,"Comment")="{RESEARCH_USE_STATEMENT}">' in in_full
+
+
 def test_several_segs_are_refused_for_slices_one_seg_covers() -> None:
     inputs = inputs_of(mr_series(tumor_channels()))
     masks = [read_truth(path) for path in TUMOR_SERIES]
@@ -185,6 +200,7 @@ def test_a_positive_secondary_capture_study_is_analysed_with_its_segs_and_report
     assert figures["finding"] == "Present"
     assert figures["segmentation_sop_instance_uids"] == [seg.SOPInstanceUID for seg in segmentations]
     assert analysis.summary["segmentations"] == len(segmentations)
+    assert report_comments(report) == [RESEARCH_USE_STATEMENT]  # docs review 45 F5: the node's and pacs-sync's too
     assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 

@@ -19,7 +19,8 @@ from app import series_reading
 from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import model_inputs
-from app.dicom.dicom_sr_reader import read_volume_report
+from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT
+from app.dicom.dicom_sr_reader import read_volume_report, report_comments
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, VOLUME_UNKNOWN_NOTE
 from app.inference import Predictor, SlicePrediction
 from app.series_result import single_slice_answers
@@ -749,8 +750,10 @@ def test_predict_batch_dicom_sr_of_a_negative_series_says_analysed_without_tumor
 
     assert response.status_code == 200
     assert response.headers["X-Tumor-Detected"] == "false"
-    report = read_volume_report(pydicom.dcmread(io.BytesIO(response.content)))
+    dataset = pydicom.dcmread(io.BytesIO(response.content))
+    report = read_volume_report(dataset)
     assert report["finding"] == "Absent"
+    assert report_comments(dataset) == [RESEARCH_USE_STATEMENT]  # docs review 45 F5
     assert report["slices_with_tumor"] == 0
     assert report["segmentation_sop_instance_uid"] is None
 
