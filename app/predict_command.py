@@ -501,6 +501,14 @@ def csv_text(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
+def probability_text(probability: float) -> str:
+    """A probability to 3 decimals, its ends as ">0.999" and "<0.001": rounded, 0.9997 read "1.000", a certainty no
+    model output is (docs review 45 F10; the page's "> 99.9 %"). One word, so that a cell stays one column for awk."""
+    if probability >= 0.9995:
+        return ">0.999"
+    return "<0.001" if probability < 0.0005 else f"{probability:.3f}"
+
+
 def table_text(rows: Sequence[dict], series: dict | None) -> str:
     """Aligned columns for a person: one line per file (or DICOM slice), then the series' verdict."""
     header = ["#", "file", "result", "probability", "area px", "mask or error"]
@@ -514,7 +522,7 @@ def table_text(rows: Sequence[dict], series: dict | None) -> str:
         else:
             result = "tumor" if flat["tumor_detected"] == "true" else "no tumor"
             detail = str(flat["mask_file"])
-        probability = "" if flat["tumor_probability"] == "" else f"{flat['tumor_probability']:.3f}"
+        probability = "" if flat["tumor_probability"] == "" else probability_text(float(flat["tumor_probability"]))
         cells = [str(flat["index"]), str(flat["file"]), result, probability, str(flat["area_pixels"]), detail]
         if series is not None:
             cells.insert(2, str(flat["frame_number"]))

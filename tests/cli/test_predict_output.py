@@ -12,7 +12,7 @@ import pytest
 
 from app import cli
 from app.cli import main
-from app.predict_command import CSV_COLUMNS, PrintFormat, render
+from app.predict_command import CSV_COLUMNS, PrintFormat, probability_text, render
 from app.settings import Settings
 from tests.api.service_client import png_bytes
 from tests.conftest import EVERY_SLICE, TUMOR_SERIES, make_tiny_model_dir, read_slice
@@ -80,10 +80,36 @@ def test_table_has_a_header_and_one_line_per_file(
         if result["ok"]:
             prediction = result["prediction"]
             detected = ["tumor"] if prediction["tumor_detected"] else ["no", "tumor"]
-            probability = f"{prediction['tumor_probability']:.3f}"
+            probability = probability_text(prediction["tumor_probability"])
             assert cells[2 : 4 + len(detected) - 1] == [*detected, probability]
         else:
             assert cells[2] == "error" and cells[3] == f"{result['error']['code']}:"
+
+
+@pytest.mark.parametrize(
+    ("probability", "shown"),
+    [
+        (0.99972, ">0.999"),
+        (0.9995, ">0.999"),
+        (1.0, ">0.999"),
+        (0.99949, "0.999"),
+        (0.5, "0.500"),
+        (0.00051, "0.001"),
+        (0.00049, "<0.001"),
+        (0.0, "<0.001"),
+    ],
+)
+def test_table_never_shows_a_probability_as_a_certainty(probability: float, shown: str) -> None:
+    """Docs review 45 F10: 0.9997 printed "1.000"; the page shows "> 99.9 %". CSV and JSON keep the number."""
+    prediction = {"tumor_probability": probability, "tumor_detected": probability >= 0.5, "threshold": 0.5}
+    report = {"results": [{"index": 0, "file": "slice.png", "ok": True, "prediction": prediction}]}
+
+    (line,) = render(report, PrintFormat.TABLE).splitlines()[1:]
+    (row,) = csv.DictReader(io.StringIO(render(report, PrintFormat.CSV)))
+
+    assert line.split()[-2:] == [shown, "0"]  # probability, area
+    assert float(row["tumor_probability"]) == probability
+    assert json.loads(render(report, PrintFormat.JSON))["results"][0]["prediction"]["tumor_probability"] == probability
 
 
 def test_table_of_a_dicom_series_ends_with_the_series_verdict(
