@@ -219,21 +219,6 @@ class ModelInfo(BaseModel):
         default=False,
         description="the probability is the mean of the model's outputs for the slice and its left-right mirror",
     )
-    single_slice_mask_min_probability: float = Field(
-        default=0.0,
-        description="segmenter: a slice answered on its own (not in a series) gets a mask only when tumor_probability "
-        "is at least this; below it the slice is still reported as tumor, without a mask (0: every positive slice)",
-    )
-    single_slice_min_component_pixels: int = Field(
-        default=0,
-        description="segmenter: a slice answered on its own loses mask pieces smaller than this many pixels of the "
-        "256 x 256 grid; when none is left the slice is still reported as tumor, without a mask (0: every piece kept)",
-    )
-    series_min_component_voxels: int = Field(
-        default=0,
-        description="segmenter: in a series, 3-D mask pieces smaller than this many voxels of the 256 x 256 grid are "
-        "dropped (the series clean-up), and a slice left without a mask is not detected (0: no clean-up)",
-    )
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> ModelInfo:
@@ -244,6 +229,33 @@ class ModelInfo(BaseModel):
             parameters=entry.parameters,
             threshold=entry.threshold,
             flip_average=entry.flip_average,
+        )
+
+
+class SegmenterInfo(ModelInfo):
+    """The segmenter's entry: `ModelInfo` and the mask rules, which only the segmenter's manifest entry sets (docs
+    review 45 F11: on the classifier's entry they read 0, as if the rules were off)."""
+
+    single_slice_mask_min_probability: float = Field(
+        default=0.0,
+        description="a slice answered on its own (not in a series) gets a mask only when tumor_probability is at "
+        "least this; below it the slice is still reported as tumor, without a mask (0: every positive slice)",
+    )
+    single_slice_min_component_pixels: int = Field(
+        default=0,
+        description="a slice answered on its own loses mask pieces smaller than this many pixels of the 256 x 256 "
+        "grid; when none is left the slice is still reported as tumor, without a mask (0: every piece kept)",
+    )
+    series_min_component_voxels: int = Field(
+        default=0,
+        description="in a series, 3-D mask pieces smaller than this many voxels of the 256 x 256 grid are dropped "
+        "(the series clean-up), and a slice left without a mask is not detected (0: no clean-up)",
+    )
+
+    @classmethod
+    def from_entry(cls, entry: ModelEntry) -> SegmenterInfo:
+        return cls(
+            **ModelInfo.from_entry(entry).model_dump(),
             single_slice_mask_min_probability=entry.single_slice_mask_min_probability,
             single_slice_min_component_pixels=entry.single_slice_min_component_pixels,
             series_min_component_voxels=entry.series_min_component_voxels,
@@ -254,7 +266,7 @@ class ModelsResponse(BaseModel):
     """The public part of the model manifest (file names and hashes left out)."""
 
     classifier: ModelInfo
-    segmenter: ModelInfo
+    segmenter: SegmenterInfo
     input_shape: list[int]
     preprocessing: str
     metrics: dict
@@ -279,7 +291,7 @@ class ModelsResponse(BaseModel):
             max_batch_files=max_batch_files,
             service_version=service_version(),
             classifier=ModelInfo.from_entry(manifest.classifier),
-            segmenter=ModelInfo.from_entry(manifest.segmenter),
+            segmenter=SegmenterInfo.from_entry(manifest.segmenter),
             input_shape=manifest.input_shape,
             preprocessing=manifest.preprocessing,
             metrics=without_patient_breakdowns(manifest.metrics),

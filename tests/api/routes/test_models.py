@@ -17,19 +17,24 @@ def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_ma
 
     assert response.status_code == 200, response.text
     body = response.json()
-    for role in ("classifier", "segmenter"):
-        entry = tiny_manifest[role]
-        assert body[role] == {
-            "name": entry["name"],
-            "version": entry["version"],
-            "tag": f"{entry['name']}@{entry['version']}",
-            "parameters": entry["parameters"],
-            "threshold": entry["threshold"],
+    entries = {
+        role: {
+            "name": tiny_manifest[role]["name"],
+            "version": tiny_manifest[role]["version"],
+            "tag": f"{tiny_manifest[role]['name']}@{tiny_manifest[role]['version']}",
+            "parameters": tiny_manifest[role]["parameters"],
+            "threshold": tiny_manifest[role]["threshold"],
             "flip_average": False,
-            "single_slice_mask_min_probability": 0.0,
-            "single_slice_min_component_pixels": 0,
-            "series_min_component_voxels": entry.get("series_min_component_voxels", 0),
         }
+        for role in ("classifier", "segmenter")
+    }
+    assert body["classifier"] == entries["classifier"]
+    assert body["segmenter"] == {
+        **entries["segmenter"],
+        "single_slice_mask_min_probability": 0.0,
+        "single_slice_min_component_pixels": 0,
+        "series_min_component_voxels": tiny_manifest["segmenter"].get("series_min_component_voxels", 0),
+    }
     assert body["classifier"]["threshold"] == EVERY_SLICE
     assert body["segmenter"]["threshold"] == 0.5
     assert body["input_shape"] == [256, 256, 3]
