@@ -7,8 +7,10 @@ import {
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
-const BATCH_URL = "/v1/predict/batch";
-const MODELS_URL = "/v1/models";
+// Relative to the page, as are its style sheet and script (docs review 45 F2): under a proxy's path prefix (the page at
+// https://research.example/bt/) they reach /bt/v1/...; absolute, they went to the proxy's own /v1/.
+const BATCH_URL = "v1/predict/batch";
+const MODELS_URL = "v1/models";
 // GET /v1/models is asked for the limit on files before an upload: a service that does not answer by then is not
 // waited for (the upload goes, and the server refuses it if need be).
 const LIMIT_QUERY_TIMEOUT_MS = 10_000;
