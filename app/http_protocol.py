@@ -58,6 +58,9 @@ from app.audit import AuditLog
 from app.security import address_group
 from app.settings import Settings
 
+# The ASGI scope extension that says the request's Host header was taken from an absolute-form request target.
+HOST_FROM_TARGET = "brain_tumor.host_from_target"
+
 logger = logging.getLogger("app.http")
 
 
@@ -297,6 +300,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         host = b"[" + target.host + b"]" if b":" in target.host else target.host
         authority = host if target.port is None else host + b":%d" % target.port
         self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"] + [(b"host", authority)]
+        # So that a refusal names what was judged: the request target, not the Host header (docs review 45 F6).
+        self.scope.setdefault("extensions", {})[HOST_FROM_TARGET] = True
 
     def _declared_body_bytes(self) -> int | None:
         """The request body's length from its headers (httptools has checked them), or None when it is chunked."""

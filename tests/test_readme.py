@@ -25,3 +25,18 @@ def test_readme_layout_table_names_every_module():
     ]
     missing = [str(path.relative_to(REPO_ROOT)) for path in modules if f"`{path.name}`" not in layout]
     assert modules and not missing, f"modules the README's layout table does not name: {missing}"
+
+
+def errors_table_row(readme: str, code: str) -> str:
+    """The README Errors table's row of one error code."""
+    return next(line for line in readme.splitlines() if line.startswith("| ") and f"| `{code}` |" in line)
+
+
+def test_readme_errors_table_gives_two_host_headers_the_status_serve_answers():
+    """Docs review 45 F6: the 403 row said two Host headers get 403; `brain-tumor serve` answers them 400
+    (`tests/security/test_server_limits.py`), before the app."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    row = errors_table_row(readme, "host_not_allowed")
+
+    assert "Two Host headers are 400 `invalid_http_request` at `brain-tumor serve`" in row
+    assert "or there are two Host headers;" not in row

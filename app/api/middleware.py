@@ -29,6 +29,7 @@ from app.errors import (
     ServiceError,
     UnsupportedMediaTypeError,
 )
+from app.http_protocol import HOST_FROM_TARGET
 from app.metrics import ServiceMetrics
 from app.request_client import current_client
 from app.security import ApiKeyStore, RateLimiter, address_group
@@ -237,8 +238,9 @@ class BrowserSiteMiddleware:
       current browser sends it, so another site's page cannot submit uploads to a service on the user's machine
       (the service has no CORS, so it could not read the answer, but the work and the audit line would be done);
     - with `allowed_hosts`, a Host header naming none of them: after DNS rebinding, a page of evil.example reaches
-      127.0.0.1 as evil.example, same-origin, and could read the answers too; and two Host headers, which a proxy
-      and this check could read differently.
+      127.0.0.1 as evil.example, same-origin, and could read the answers too (behind `brain-tumor serve`, the host of
+      an absolute-form request target stands in the Host header's place, and the message says so); and two Host
+      headers, which a proxy and this check could read differently.
 
     The public paths (health probes, the page and its files) are left alone: they hold no data, and the container's
     health check calls 127.0.0.1.
@@ -265,7 +267,12 @@ class BrowserSiteMiddleware:
             # `brain-tumor serve` refuses these at the protocol (400); a server without that protocol reaches here.
             error = HostNotAllowedError("the request has more than one Host header; ALLOWED_HOSTS needs exactly one")
         elif self.allowed_hosts and host_name(headers.get("host", "")) not in self.allowed_hosts:
-            error = HostNotAllowedError("the Host header names no host in ALLOWED_HOSTS")
+            judged = (
+                "the request target (absolute form)"
+                if scope.get("extensions", {}).get(HOST_FROM_TARGET)
+                else "the Host header"
+            )
+            error = HostNotAllowedError(f"{judged} names no host in ALLOWED_HOSTS")
         if error is None:
             await self.app(scope, receive, send)
             return

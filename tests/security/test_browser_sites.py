@@ -67,6 +67,7 @@ def test_a_host_name_not_allowed_is_refused(named_client: TestClient, host: str)
     response = named_client.post("/v1/predict", files=upload(), headers={"Host": host})
 
     assert_error(response, 403, "host_not_allowed")
+    assert response.json()["error"]["message"] == "the Host header names no host in ALLOWED_HOSTS"
     assert named_client.get("/v1/models", headers={"Host": host}).status_code == 403
 
 

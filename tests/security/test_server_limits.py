@@ -547,5 +547,7 @@ def test_allowed_hosts_judges_the_host_of_an_absolute_form_target(tiny_model_dir
         ("http://127.0.0.1/v1/models", "evil.example"): b"HTTP/1.1 200",
         ("/v1/models", "127.0.0.1"): b"HTTP/1.1 200",
     }
-    refusal = answers["http://evil.example/v1/models", "127.0.0.1"]
-    assert json.loads(refusal.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "host_not_allowed"
+    refusal = json.loads(answers["http://evil.example/v1/models", "127.0.0.1"].split(b"\r\n\r\n", 1)[1])["error"]
+    assert refusal["code"] == "host_not_allowed"
+    # Docs review 45 F6: the message said "the Host header names no host", but the Host header was allowed.
+    assert refusal["message"] == "the request target (absolute form) names no host in ALLOWED_HOSTS"
