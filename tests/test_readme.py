@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import requests
+
+from app.pacs.orthanc_client import network_failure
 from app.settings import Settings
 from tests.conftest import REPO_ROOT
 
@@ -40,3 +43,13 @@ def test_readme_errors_table_gives_two_host_headers_the_status_serve_answers():
 
     assert "Two Host headers are 400 `invalid_http_request` at `brain-tumor serve`" in row
     assert "or there are two Host headers;" not in row
+
+
+def test_readme_says_how_to_trust_a_private_ca_for_an_https_orthanc():
+    """Docs review 45 F1: the README recommended TLS for Orthanc but not how pacs-sync trusts a hospital's CA; it
+    quotes the message pacs-sync gives for an untrusted certificate."""
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    untrusted = requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+
+    assert "`REQUESTS_CA_BUNDLE=/path/to/hospital-ca.pem`" in readme
+    assert f"failed after 5 attempts: {network_failure(untrusted)}" in readme

@@ -258,11 +258,11 @@ class OrthancClient:
                     raise OrthancError(f"{what} failed with HTTP {status}", status, code) from error
                 reason = f"HTTP {status}"
             except (requests.ConnectionError, requests.Timeout) as error:
+                reason = network_failure(error)
                 if attempt == attempts - 1:
                     raise OrthancError(
-                        f"{what} at {self.config.server} failed after {attempts} attempts: {type(error).__name__}"
+                        f"{what} at {self.config.server} failed after {attempts} attempts: {reason}"
                     ) from error
-                reason = type(error).__name__
             except OrthancAnswerError as error:
                 if attempt == attempts - 1:
                     raise OrthancAnswerError(f"{error} ({attempts} attempts)") from error
@@ -301,6 +301,15 @@ class OrthancClient:
         response._content = read_body(response, _answer_limit(response, self.config), seconds_left)
         response._content_consumed = True
         return response
+
+
+def network_failure(error: requests.RequestException) -> str:
+    """What failed, by the error's class; for a TLS certificate that is not trusted, also how to trust it: a hospital's
+    https:// Orthanc usually has a certificate of a private CA, and a bare "SSLError" said neither (docs review 45
+    F1). Only the class and this fixed text: the error's own text holds the URL."""
+    if isinstance(error, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(error):
+        return "SSLError (certificate verify failed; trust a private CA with REQUESTS_CA_BUNDLE=<its PEM file>)"
+    return type(error).__name__
 
 
 def _answer_limit(response: requests.Response, config: PacsSyncConfig) -> int:

@@ -212,6 +212,32 @@ def test_orthanc_client_gives_no_metadata_hint_when_orthanc_does_not_answer(erro
     assert raised.value.status is None and METADATA_HINT not in str(raised.value)
 
 
+def test_an_untrusted_certificate_says_how_to_trust_its_ca() -> None:
+    """Docs review 45 F1: an https:// Orthanc with a hospital CA's certificate failed with a bare "SSLError"."""
+    untrusted = requests.exceptions.SSLError(
+        "HTTPSConnectionPool(host='orthanc.invalid', port=8042): Max retries exceeded with url: /system (Caused by "
+        "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+        "self-signed certificate (_ssl.c:1006)')))"
+    )
+    client = OrthancClient(CONFIG, session=FailingSession(untrusted), sleep=lambda _: None)
+
+    with pytest.raises(OrthancError) as raised:
+        client.system()
+
+    assert str(raised.value) == (
+        "GET /system at http://orthanc.invalid:8042 failed after 3 attempts: SSLError (certificate verify failed; "
+        "trust a private CA with REQUESTS_CA_BUNDLE=<its PEM file>)"
+    )
+
+
+def test_another_tls_failure_is_named_by_its_class_only() -> None:
+    wrong_protocol = requests.exceptions.SSLError("[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    client = OrthancClient(CONFIG, session=FailingSession(wrong_protocol), sleep=lambda _: None)
+
+    with pytest.raises(OrthancError, match=r"failed after 3 attempts: SSLError$"):
+        client.system()
+
+
 def test_a_stow_answer_that_lists_the_instance_as_failed_is_a_refused_store() -> None:
     """Attack review 37: a DICOMweb server may answer 200 and list the instance in its Failed SOP Sequence (PS3.18
     10.5.3); counted as stored, it was later taken for a result that landed in another study."""
