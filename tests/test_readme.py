@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from app.pacs.orthanc_client import network_failure
+from app.security import ApiKeyStore, KeyConfigurationError, hash_key
 from app.settings import Settings
 from tests.conftest import REPO_ROOT
 
@@ -53,3 +55,20 @@ def test_readme_says_how_to_trust_a_private_ca_for_an_https_orthanc():
 
     assert "`REQUESTS_CA_BUNDLE=/path/to/hospital-ca.pem`" in readme
     assert f"failed after 5 attempts: {network_failure(untrusted)}" in readme
+
+
+def test_readme_key_rotation_recipe_holds(tmp_path):
+    """Docs review 45 F3: the README said nothing on rotating keys. Its recipe rests on two facts: one id cannot
+    hold two keys (the message it quotes), and a second id can hold the new key beside the old."""
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"alice:{hash_key('old-secret-0123456789')}\nalice:{hash_key('new-secret-0123456789')}\n")
+    with pytest.raises(KeyConfigurationError) as raised:
+        ApiKeyStore.from_settings([], keys)
+    keys.write_text(f"alice:{hash_key('old-secret-0123456789')}\nalice-2:{hash_key('new-secret-0123456789')}\n")
+    store = ApiKeyStore.from_settings([], keys)
+
+    assert "**Rotating a key**" in readme
+    assert f"(`{str(raised.value).split(': ', 1)[1]}`, exit 2)" in readme
+    assert store.authenticate("old-secret-0123456789") == "alice"
+    assert store.authenticate("new-secret-0123456789") == "alice-2"
