@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+import yaml
 
 from app.pacs.orthanc_client import network_failure
 from app.security import ApiKeyStore, KeyConfigurationError, hash_key
@@ -72,3 +73,23 @@ def test_readme_key_rotation_recipe_holds(tmp_path):
     assert f"(`{str(raised.value).split(': ', 1)[1]}`, exit 2)" in readme
     assert store.authenticate("old-secret-0123456789") == "alice"
     assert store.authenticate("new-secret-0123456789") == "alice-2"
+
+
+def readme_bullet(readme: str, title: str) -> str:
+    """One bullet of the README, from its bold title to the next bullet of its level."""
+    start = readme.index(f"- **{title}**")
+    end = readme.find("\n- **", start + 1)
+    return readme[start:end]
+
+
+def test_readme_back_up_says_how_and_names_the_compose_volumes():
+    """Docs review 45 F4: the README named what to back up, not whether the node must be stopped, how to copy the
+    Compose volumes, or that the spool holds patient data."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    backup = readme_bullet(readme, "Back up")
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+    for volume in ("dicom-node-spool", "pacs-sync-state"):
+        assert f"`{compose['name']}_{volume}`" in backup
+    assert "docker compose stop dicom-node" in backup
+    assert "patient data" in backup
