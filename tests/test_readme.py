@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import requests
 import yaml
@@ -93,3 +95,25 @@ def test_readme_back_up_says_how_and_names_the_compose_volumes():
         assert f"`{compose['name']}_{volume}`" in backup
     assert "docker compose stop dicom-node" in backup
     assert "patient data" in backup
+
+
+def test_readme_performance_ratios_follow_from_the_measured_figures():
+    """Docs review 45 F7: the text gave 0.77 and 0.70 of the "ceiling" while the table's batch-16 row gave 0.83 and
+    0.99. The text now says the ceiling is the pipeline at its best batch size (bench/README.md's table of the same
+    run) and works the single-run ratio out; each of its figures must be the measured one."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    performance = readme[readme.index("## Performance") : readme.index("## Integrating with a PACS")]
+    bench = (REPO_ROOT / "bench" / "README.md").read_text()
+    run = bench[bench.index("### Models 1.4.0, 2026-12-01") :]
+    table = run[run.index("| batch size |") : run.index("\n\n", run.index("| batch size |"))]
+    pipeline = [[float(figure) for figure in row.split("|")[4].split("/")] for row in table.splitlines()[2:]]
+    service_c16 = re.search(
+        r"\| service at concurrency 16: req/s, p50 \| ([\d.]+) req/s, [^|]*\| ([\d.]+) req/s", performance
+    )
+    ratios = re.findall(r"([\d.]+) / ([\d.]+) = ([\d.]+)", " ".join(performance.split()))
+
+    assert len(ratios) == 2
+    for runtime, (service, ceiling, ratio) in enumerate(ratios):
+        assert service == service_c16.group(runtime + 1)
+        assert float(ceiling) == max(row[runtime] for row in pipeline)
+        assert f"{float(service) / float(ceiling):.2f}" == ratio
