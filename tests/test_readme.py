@@ -135,3 +135,20 @@ def test_readme_marks_every_figure_whose_script_the_repository_lacks():
 
     assert not unmarked, f"scripts the README cites, neither in the repository nor marked not kept: {unmarked}"
     assert "`python -m bench.header_memory --requests 1 --files 24 --elements 99000`" in " ".join(header_figure.split())
+
+
+def test_readme_layout_table_names_the_test_deploy_and_ci_files():
+    """Docs review 45 F12: the layout left out `tests/bench/`, the README tests, `deploy/nginx.conf` (the only proxy
+    configuration), `deploy/image_test.py`, `models/evaluation/` and `.ci/`."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ", 1)]
+    entries = [
+        f"`{path.name}/`" if path.is_dir() else f"`{path.name}`"
+        for folder in ("tests", "deploy")
+        for path in sorted((REPO_ROOT / folder).iterdir())
+        if path.name not in {"__init__.py", "__pycache__", "conftest.py", "README.md"} and not path.name.startswith(".")
+    ]
+    missing = [entry for entry in [*entries, "`.ci/`", "`evaluation/`"] if entry not in layout]
+
+    assert not missing, f"entries the README's layout table does not name: {missing}"
