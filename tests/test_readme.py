@@ -152,3 +152,18 @@ def test_readme_layout_table_names_the_test_deploy_and_ci_files():
     missing = [entry for entry in [*entries, "`.ci/`", "`evaluation/`"] if entry not in layout]
 
     assert not missing, f"entries the README's layout table does not name: {missing}"
+
+
+def test_readme_pacs_sync_settings_list_names_every_setting_it_reads():
+    """Docs review 45 F13: the pacs-sync section's "Settings:" list left out `PACS_STABLE_SECONDS`, which the same
+    section says to set, and three more; the list is checked against what `app/pacs/pacs_sync.py` reads."""
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    section = readme[readme.index("### pacs-sync with Orthanc") : readme.index("### A DICOM node")]
+    listed = section[section.index("Settings: `ORTHANC_URL`") :]
+    listed = listed[: listed.index(". ")]
+    source = (REPO_ROOT / "app" / "pacs" / "pacs_sync.py").read_text()
+    read = sorted(set(re.findall(r"\bsettings\.([a-z_]+)", source)))
+    missing = [name.upper() for name in read if f"`{name.upper()}`" not in listed]
+
+    assert read and not missing, f"settings pacs-sync reads, missing from its Settings list: {missing}"
+    assert "the `SEQUENCE_*` rules" in listed  # SelectionRules.from_settings
