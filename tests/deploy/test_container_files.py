@@ -400,3 +400,28 @@ def test_compose_node_limits_associations_per_sender_below_its_total() -> None:
     per_peer = int(_with_defaults(environment["DICOM_NODE_MAX_ASSOCIATIONS_PER_PEER"]))
 
     assert (total, per_peer) == (8, 4)
+
+
+def test_example_image_tags_are_the_release() -> None:
+    """Docs review 45 F14: the Compose file, the Kubernetes manifests and deploy/README.md tagged the image 0.1.0
+    while the release was 1.1.0 (`brain-tumor --version`)."""
+    release = tomllib.loads(PYPROJECT.read_text())["project"]["version"]
+    files = [
+        REPO_ROOT / "docker-compose.yml",
+        REPO_ROOT / "deploy" / "README.md",
+        *sorted(KUBERNETES_DIR.glob("*.yaml")),
+    ]
+    tags = {
+        (path.name, tag) for path in files for tag in re.findall(r"brain-tumor-service:(\d[\w.-]*)", path.read_text())
+    }
+
+    assert tags, "no versioned image tag found"
+    assert {tag for _, tag in tags} <= {release, f"{release}-gpu"}, sorted(tags)
+
+
+def test_deploy_readme_says_what_a_replica_writes_per_request() -> None:
+    """Docs review 45 F14: "nothing is written per request", but each request gets an audit record."""
+    deploy_readme = " ".join((REPO_ROOT / "deploy" / "README.md").read_text().split())
+
+    assert "nothing is written per request" not in deploy_readme
+    assert "its audit record (standard output, or `AUDIT_LOG_FILE`)" in deploy_readme
