@@ -232,8 +232,8 @@ class CrossSiteRequestError(ServiceError):
 
 
 class HostNotAllowedError(ServiceError):
-    """The Host header names no host in `ALLOWED_HOSTS`: a page whose name was re-pointed at this machine (DNS
-    rebinding) would otherwise read the service as its own."""
+    """The Host header (or an absolute-form request target) names no host in `ALLOWED_HOSTS`: a page whose name was
+    re-pointed at this machine (DNS rebinding) would otherwise read the service as its own."""
 
     code = "host_not_allowed"
     kind = ErrorKind.FORBIDDEN

@@ -70,7 +70,10 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "a browser sent it for another site's page (Sec-Fetch-Site: cross-site) and it is not a GET, HEAD or OPTIONS",
     ),
     ErrorCode(
-        "host_not_allowed", 403, "ALLOWED_HOSTS is set and the Host header names none of its hosts, or there are two"
+        "host_not_allowed",
+        403,
+        "ALLOWED_HOSTS is set and the Host header, or the host of an absolute-form request target, names none of its "
+        "hosts (two Host headers are a 400 invalid_http_request at brain-tumor serve)",
     ),
     ErrorCode("not_found", 404, "no such path"),
     ErrorCode("method_not_allowed", 405, "the path exists, but not with this method"),

@@ -117,3 +117,12 @@ def test_recorded_examples_match_the_committed_models(committed_model_dir: Path)
             (recorded[name]["mask"] or {}).get("area_pixels"), abs=20
         ), hint
     assert fresh["series"]["tumor_volume_ml"] == pytest.approx(recorded["series"]["tumor_volume_ml"], rel=0.01), hint
+
+
+def test_host_not_allowed_is_documented_as_brain_tumor_serve_answers_it() -> None:
+    """Docs review 45 F6: /docs said two Host headers get 403 `host_not_allowed`; `brain-tumor serve` answers them
+    400 `invalid_http_request` (tests/security/test_server_limits.py), and an absolute-form target is judged too."""
+    (entry,) = [entry for entry in ERROR_CATALOGUE if entry.code == "host_not_allowed"]
+
+    assert "absolute-form request target" in entry.meaning
+    assert "two Host headers are a 400 invalid_http_request" in entry.meaning
