@@ -414,6 +414,13 @@ def test_dicom_node_refuses_a_port_out_of_range(port: str, capsys: pytest.Captur
     assert err == f"brain-tumor dicom-node: error: --port must be 1 to 65535; got {port}\n"
 
 
+def daemons_may_start(monkeypatch: pytest.MonkeyPatch, orthanc_url: str, tmp_path: Path) -> None:
+    """Settings with which pacs-sync and the DICOM node get as far as loading their models."""
+    monkeypatch.setenv("ORTHANC_URL", orthanc_url)
+    monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
+    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+
+
 @pytest.mark.parametrize("command", [["predict", str(TUMOR_SLICE)], ["pacs-sync", "--once"], ["dicom-node"]])
 def test_commands_that_load_the_models_ask_for_gpu_memory_growth_first(
     command: list[str],
@@ -432,9 +439,7 @@ def test_commands_that_load_the_models_ask_for_gpu_memory_growth_first(
         raise ModelStoreError("no models here")
 
     monkeypatch.setattr("app.inference.Predictor.from_model_dir", no_models)
-    monkeypatch.setenv("ORTHANC_URL", empty_orthanc)
-    monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
-    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+    daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
 
     code, _, err = run(capsys, *command, "--model-dir", NO_MODELS)
 
@@ -450,9 +455,7 @@ def test_daemons_without_models_exit_3_with_one_line(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("ORTHANC_URL", empty_orthanc)  # both check what they can before the models
-    monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
-    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+    daemons_may_start(monkeypatch, empty_orthanc, tmp_path)  # both check what they can before the models
 
     code, _, err = run(capsys, *command, "--model-dir", NO_MODELS)
 
