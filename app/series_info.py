@@ -45,7 +45,7 @@ class SeriesInfo:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> SeriesInfo:
-        orientation = _orientation(_sequence_value(dataset, "PlaneOrientationSequence", "ImageOrientationPatient"))
+        orientation = _plane_of(_sequence_value(dataset, "PlaneOrientationSequence", "ImageOrientationPatient"))
         echo_time = dataset.get("EchoTime")
         if echo_time is None:  # enhanced MR: per frame group
             echo_time = _sequence_value(dataset, "MREchoSequence", "EffectiveEchoTime")
@@ -100,7 +100,7 @@ def series_number_order(series_number: int | None, series_instance_uid: str) -> 
     return (series_number if series_number is not None else math.inf, series_instance_uid)
 
 
-def _orientation(orientation: object) -> tuple[str, float] | None:
+def _plane_of(orientation: object) -> tuple[str, float] | None:
     """`slice_plane` of an Image Orientation (Patient) as a header holds it; None when it is absent or unreadable."""
     try:
         return slice_plane([float(value) for value in _values(orientation)])  # type: ignore[union-attr]
@@ -117,7 +117,7 @@ def slice_planes(dataset: Dataset) -> frozenset[str]:
         item = _first_item(group.get("PlaneOrientationSequence"))
         if item is not None:
             orientations.append(item.get("ImageOrientationPatient"))
-    found = (_orientation(value) for value in orientations if value is not None)
+    found = (_plane_of(value) for value in orientations if value is not None)
     return frozenset(plane for plane, _ in filter(None, found))
 
 
