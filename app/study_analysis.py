@@ -87,6 +87,12 @@ class StudyProcessor(Protocol):
     """What the DICOM node calls: a study's files and notes of its own on how they came in; `complete` False when an
     association that sent them ended without a release (some may be missing: the report says PARTIAL)."""
 
+    @property
+    def model_tags(self) -> Mapping[str, str]:
+        """The versions of the models the results are made with (the predictor's): a study analysed by others is
+        analysed again when sent again (durability review 45 F6)."""
+        ...
+
     def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis: ...
 
 
@@ -135,6 +141,11 @@ class ModelStudyProcessor:
             rules=self.rules,
             result_origin=result_origin,  # "dicom-node", "pacs-sync": see PredictionService.result_origin
         )
+
+    @property
+    def model_tags(self) -> Mapping[str, str]:
+        """The predictor's model versions, which the DICOM node and pacs-sync record with each outcome."""
+        return dict(self.predictor.model_tags)
 
     def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis:
         """Analyse the study held in `files` (the DICOM node's spool); only the chosen series' files are read whole,

@@ -253,7 +253,10 @@ def _c_store_scp() -> list[str]:
         "superseding the earlier ones (below). A lossy copy under new SOP Instance UIDs, as the standard requires,",
         "names its original in its Source Image Sequence: where the original is there too (single- or multi-frame,",
         "lying where it lies), the copy is left out and the original analysed; copies that come after their",
-        "originals were analysed give the same results again (same UIDs), not a revision.",
+        "originals were analysed give the same results again (same UIDs), not a revision. The same instances sent",
+        "again after the node was restarted with other model versions are analysed again, the new results",
+        "superseding the earlier ones as for a changed study (a result recorded before the node kept model versions",
+        "counts as made by the current ones).",
         "",
     ]
 

@@ -19,7 +19,8 @@ How a study flows through it:
    ended without a release (aborted, cut off) says so in its report's notes.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
    instances and their content is fingerprinted: a second send of the same instances finds its fingerprint already
-   analysed and produces nothing new, in whatever transfer syntax they come (`app.dicom.instance_content`; an
+   analysed (by the same model versions: after a model upgrade it is analysed again, and the new results supersede
+   the old as below) and produces nothing new, in whatever transfer syntax they come (`app.dicom.instance_content`; an
    instance sent again with other content under the same SOP Instance UID is analysed again); an instance that
    arrives later changes the fingerprint, so the study is processed again and the new results supersede the old
    ones (a new SEG and SR series, same series numbers 9901/9902; the new SR names the one it replaces in its
@@ -206,6 +207,9 @@ class DicomNode:
         `metrics` (by default its own) counts what the node does; the command line serves them."""
         self.config = config
         self.processor = processor
+        # The model versions of every run's results, fixed at the start as the models are loaded once: a study
+        # whose latest outcome other versions made is analysed again when sent again (durability review 45 F6).
+        self.model_tags = dict(processor.model_tags)
         self.clock = clock
         self.spool = Spool(config.spool_dir, clock=clock, limits=config.spool_limits)
         self.metrics = metrics or NodeMetrics(str(destination) for destination in config.destinations)
@@ -632,8 +636,8 @@ class DicomNode:
         split = self.spool.studies_split_by_patient_id(key)
         sharing = [] if split else self.spool.studies_sharing_a_series(key)
         # The same instances again: nothing new to say, unless another part of the study came meanwhile and the
-        # result standing for these is now wrong for the whole (attack review 43 F5).
-        if already_analysed(runs, fingerprint, bytes_fingerprint) and not (split or sharing):
+        # result standing for these is now wrong for the whole (attack review 43 F5), or other models made it.
+        if already_analysed(runs, fingerprint, self.model_tags, bytes_fingerprint) and not (split or sharing):
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
             if any(record.get(name) for name in COUNTED_NOTES):  # brought nothing new: no note for a later run
                 self.spool.update_record(key, _without_counts)
@@ -644,6 +648,7 @@ class DicomNode:
             "run_id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
             "fingerprint": fingerprint,
             "instances": len(files),
+            "models": self.model_tags,
             "started_at": timestamp(),
         }
         counts = {name: int(record.get(name, 0)) for name in COUNTED_NOTES}

@@ -1,17 +1,18 @@
 """The runs in a study's record (``record.json``) that decide whether the DICOM node processes the study again.
 
 Each time `app.node.dicom_node.DicomNode` processes a study it appends a run to the study's record: the fingerprint of
-its instances (and their content), its status, its results. These functions read that list: whether these very
-instances were analysed already (`already_analysed`; only "analysed" is final, `FINAL_STATUSES`), how many "error"
-runs they had since their last outcome (`errors_since_last_outcome`, held to
-`app.node.node_config.NodeConfig.max_attempts`), and which results a new run supersedes (`delivered_results`,
-`earlier_reports`, `reports`). An association that sent part of a study and ended without a release is counted in
-the record (`count_abort`) and said in the notes of the study's next run (`ABORTED_NOTE`).
+its instances (and their content), the model versions it ran with, its status, its results. These functions read
+that list: whether these very instances were analysed already by the models that run now (`already_analysed`; only
+"analysed" is final, `FINAL_STATUSES`), how many "error" runs they had since their last outcome
+(`errors_since_last_outcome`, held to `app.node.node_config.NodeConfig.max_attempts`), and which results a new run
+supersedes (`delivered_results`, `earlier_reports`, `reports`). An association that sent part of a study and ended
+without a release is counted in the record (`count_abort`) and said in the notes of the study's next run
+(`ABORTED_NOTE`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.dicom.dicom_sr import ResultReference
@@ -122,16 +123,24 @@ def earlier_reports(
     return [result for result in delivered_results(runs) if result["modality"] == "SR"]
 
 
-def already_analysed(runs: list[dict[str, Any]], fingerprint: str, bytes_fingerprint: str | None = None) -> bool:
-    """Whether these very instances are what the study's latest outcome was made of (`FINAL_STATUSES`); a run
-    recorded before fingerprints compared content holds `bytes_fingerprint` (`Spool.fingerprints`).
+def already_analysed(
+    runs: list[dict[str, Any]], fingerprint: str, models: Mapping[str, str], bytes_fingerprint: str | None = None
+) -> bool:
+    """Whether these very instances are what the study's latest outcome was made of (`FINAL_STATUSES`), by the
+    `models` that run now (their versions, the predictor's ``model_tags``); a run recorded before fingerprints
+    compared content holds `bytes_fingerprint` (`Spool.fingerprints`).
 
     Only the latest outcome counts: an instance corrected and then sent again as it was goes back to an earlier
     run's instances, and the results now newest at the destination describe the correction (attack finding: the
-    study was called "unchanged" and nothing was sent)."""
+    study was called "unchanged" and nothing was sent). An outcome of other model versions does not count either:
+    sent again after a model upgrade, the study is analysed again and the new results revise the old (durability
+    review 45 F6: a re-send was the only way to new results, and it did nothing). A run recorded before runs kept
+    their models counts as made by the current ones, so an upgrade does not re-analyse every old study sent again."""
     latest = latest_outcome(runs)
     matches = {fingerprint, bytes_fingerprint} - {None}
-    return latest is not None and latest.get("fingerprint") in matches and latest["status"] in FINAL_STATUSES
+    if latest is None or latest.get("fingerprint") not in matches or latest["status"] not in FINAL_STATUSES:
+        return False
+    return dict(latest.get("models", models)) == dict(models)
 
 
 def answered(runs: list[dict[str, Any]]) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from app.node.dicom_node import DicomNode
 from app.node.dicom_sender import Destination
 from app.node.node_config import NodeConfig
-from app.study_analysis import ModelStudyProcessor
+from app.study_analysis import ModelStudyProcessor, StudyProcessor
 from tests.node.node_support import (
     CALLING_AE,
     NODE_AE,
@@ -55,10 +55,12 @@ def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[An
         destination_port: int | None = None,
         allowed: tuple[str, ...] = (CALLING_AE,),
         destinations: tuple[Destination, ...] | None = None,
+        processor: StudyProcessor | None = None,
         **settings: Any,
     ) -> DicomNode:
         """A started node on the test's spool; its one destination is `results` (at `destination_port` if given),
-        unless `destinations` names others (none: ``()``)."""
+        unless `destinations` names others (none: ``()``); its processor runs `ThresholdPredictor` unless
+        `processor` is given."""
         defaults: dict[str, Any] = {
             "send_retries": 1,
             "send_backoff_seconds": 1.0,  # never slept: sleep is a no-op here, the clock is the test's
@@ -74,7 +76,8 @@ def make_node(tmp_path: Path, results: ResultStore, clock: Clock) -> Iterator[An
             else destinations,
             **(defaults | settings),
         )
-        node = DicomNode(config, ModelStudyProcessor(ThresholdPredictor()), clock=clock, sleep=lambda _: None)
+        processor = processor or ModelStudyProcessor(ThresholdPredictor())
+        node = DicomNode(config, processor, clock=clock, sleep=lambda _: None)
         node.start(worker=False)  # the test drives process_ready / send_unsent with its clock
         nodes.append(node)
         return node

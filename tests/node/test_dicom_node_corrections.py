@@ -69,10 +69,10 @@ def test_only_the_latest_outcome_makes_instances_already_analysed() -> None:
         {"fingerprint": "a", "status": "error"},  # an error run is no outcome
     ]
 
-    assert not already_analysed(runs, "a")
-    assert already_analysed(runs, "b")
-    assert not already_analysed([], "a")
-    assert not already_analysed([{"fingerprint": "a", "status": "not_analysed"}], "a")
+    assert not already_analysed(runs, "a", {})
+    assert already_analysed(runs, "b", {})
+    assert not already_analysed([], "a", {})
+    assert not already_analysed([{"fingerprint": "a", "status": "not_analysed"}], "a", {})
 
 
 def test_a_study_sent_again_with_a_corrected_patient_name_gets_results_of_their_own(

@@ -9,6 +9,7 @@ that refuses the note.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,17 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
-from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION
+from app.dicom.dicom_sr import REVISED_SUFFIX, SR_SERIES_DESCRIPTION
 from app.dicom.dicom_sr_reader import predecessors
 from app.node.dicom_spool import SpoolLimits
+from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.validation import dciodvfy_errors
 from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
     ResultStore,
+    ThresholdPredictor,
     free_port,
     process_and_send,
     record,
@@ -37,6 +40,12 @@ from tests.node.node_support import (
 ALL_RESULTS = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
 HOUR_SECONDS = 3600.0
 WEEK_SECONDS = 7 * 24 * HOUR_SECONDS
+
+
+class UpgradedPredictor(ThresholdPredictor):
+    """The same masks from models of a newer version: what a site runs after upgrading its models."""
+
+    model_tags = {"classifier": "threshold-classifier@0.2", "segmenter": "threshold-segmenter@0.2"}
 
 
 def negative(series: list[Dataset]) -> list[Dataset]:
@@ -307,3 +316,54 @@ def test_a_study_that_can_no_longer_be_analysed_withdraws_its_earlier_results(
         assert (len(store.by_modality("SEG")), len(store.by_modality("SR"))) == (1, 1)
     finally:
         store.close()
+
+
+def test_a_study_sent_again_after_a_model_upgrade_is_analysed_again_and_revises_the_old_results(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Durability review 45 F6: the same instances sent again to a node restarted with new model versions were
+    called unchanged, and the destination kept the old models' results with no way to refresh them."""
+    port = free_port()
+    store = ResultStore(port, ALL_RESULTS)
+    series = mr_series(tumor_channels())
+    try:
+        node = make_node(destination_port=port)
+        send_study(node, clock, series, tmp_path / "first")
+        (first_seg,), (first_sr,) = store.by_modality("SEG"), store.by_modality("SR")
+        node.stop()
+
+        upgraded = make_node(destination_port=port, processor=ModelStudyProcessor(UpgradedPredictor()))
+        send_study(upgraded, clock, series, tmp_path / "again")
+        assert [len(store.by_modality(modality)) for modality in ("SEG", "SR", "KO")] == [2, 2, 1]
+        (note,), (_, new_sr) = store.by_modality("KO"), store.by_modality("SR")
+        assert rejected(note) == {first_seg.SOPInstanceUID, first_sr.SOPInstanceUID}
+        assert predecessors(new_sr) == [first_sr.SOPInstanceUID]
+        assert new_sr.SeriesDescription == SR_SERIES_DESCRIPTION + REVISED_SUFFIX
+        runs = record(upgraded)["runs"]
+        assert [run["models"] for run in runs] == [ThresholdPredictor.model_tags, UpgradedPredictor.model_tags]
+
+        send_study(upgraded, clock, series, tmp_path / "third")  # the new models' result stands
+        assert len(record(upgraded)["runs"]) == 2
+        assert len(store.received) == 5
+    finally:
+        store.close()
+
+
+def test_a_run_recorded_without_its_models_counts_as_made_by_the_current_ones(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """A record written before runs kept their models: an upgrade does not analyse every such study sent again."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    (study,) = (node.spool.root / "studies").iterdir()
+    stored = json.loads((study / "record.json").read_text())
+    for run in stored["runs"]:
+        del run["models"]
+    (study / "record.json").write_text(json.dumps(stored))
+    node.stop()
+
+    upgraded = make_node(processor=ModelStudyProcessor(UpgradedPredictor()))
+    send_study(upgraded, clock, series, tmp_path / "again")
+    assert len(record(upgraded)["runs"]) == 1
+    assert len(results.received) == 2

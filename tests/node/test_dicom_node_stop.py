@@ -134,6 +134,7 @@ class HeldAnalysis:
         self.started = threading.Event()
         self.finish = threading.Event()
         self._processor = ModelStudyProcessor(ThresholdPredictor())
+        self.model_tags = self._processor.model_tags
 
     def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis:
         self.started.set()
