@@ -7,8 +7,9 @@ not analysed, with the reason, and nothing is segmented.
 
 Each study's record (Orthanc metadata `SYNC_METADATA` on the study) holds two fingerprints: of every MR instance in
 the study, and of the instances of the series used. A study is processed again when the first changes and the
-selection then reads different instances (an instance added or deleted, a FLAIR series arriving late); otherwise
-it is already done.
+selection then reads different instances (an instance added or deleted, a FLAIR series arriving late), or when its
+result was made by other model versions than those running now (kept in the record as ``models``; a record without
+them counts as made by the current ones); otherwise it is already done.
 
 Results, and what supersedes what:
 
@@ -115,6 +116,11 @@ class MixedStudyError(RuntimeError):
 class StudyAnalyser(Protocol):
     """What pacs-sync needs of `app.study_analysis.ModelStudyProcessor`."""
 
+    @property
+    def model_tags(self) -> Mapping[str, str]:
+        """The versions of the models the results are made with, kept in the study's record."""
+        ...
+
     def select(self, headers: Iterable[Dataset]) -> StudySelection: ...
 
     def analyse(
@@ -178,7 +184,7 @@ class StudySync:
         recorded_limit = record.get("max_instance_bytes", record.get("max_answer_bytes", instance_limit))
         limit_changed = status == FAILED and recorded_limit != instance_limit
         if record.get("study_fingerprint") == study_fingerprint and not limit_changed:
-            if status in DONE_STATUSES:
+            if self._done(record):
                 state.retries.pop(study_id, None)
                 return ALREADY_DONE
             if status == FAILED and not retry:
@@ -195,6 +201,17 @@ class StudySync:
             return outcome
         except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
             return self._record_error(study_id, error, attempts + 1, study_fingerprint, state)
+
+    def _done(self, record: dict[str, Any]) -> bool:
+        """Whether the study's recorded outcome stands while its instances are the same: an outcome made by the
+        models that run now. One of other model versions does not: the study changed or stored again after a model
+        upgrade is analysed again, the new results superseding the old (durability review 45 F6: there was no way to
+        new results short of altering the instances). A record written before records kept their models counts as
+        made by the current ones, so an upgrade re-analyses nothing by itself."""
+        if record.get("status") not in DONE_STATUSES:
+            return False
+        models = dict(self.analyser.model_tags)
+        return record.get("models", models) == models
 
     def _record_error(
         self, study_id: str, error: Exception, attempts: int, study_fingerprint: str, state: SyncState
@@ -265,7 +282,7 @@ class StudySync:
         by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
         used = [by_uid[uid] for uid in selection.channel_series if uid in by_uid]
         input_fingerprint = fingerprint(used)
-        if record.get("status") in DONE_STATUSES and record.get("input_fingerprint") == input_fingerprint:
+        if self._done(record) and record.get("input_fingerprint") == input_fingerprint:
             # e.g. a series the selection does not use changed: the result stands
             self.client.write_sync_record(study_id, record | {"study_fingerprint": study_fingerprint})
             state.retries.pop(study_id, None)
@@ -277,7 +294,7 @@ class StudySync:
             for series in used
         }
         content = content_fingerprint(files_by_series, left_out=too_large)
-        if record.get("status") in DONE_STATUSES and record.get("content_fingerprint") == content:
+        if self._done(record) and record.get("content_fingerprint") == content:
             # The same instances stored again (Orthanc's OverwriteInstances moves LastUpdate): the result stands, as
             # at the DICOM node (interop review 44: analysed again, and the same UIDs stored with new times).
             fields = {"study_fingerprint": study_fingerprint, "input_fingerprint": input_fingerprint}
@@ -294,6 +311,7 @@ class StudySync:
             "study_fingerprint": study_fingerprint,
             "input_fingerprint": input_fingerprint,
             "content_fingerprint": content,
+            "models": dict(self.analyser.model_tags),
         }
         if too_large:
             fields.update(
@@ -607,6 +625,8 @@ def readable_record(record: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("status"), str):
         return dict(UNREADABLE)
     if any(not isinstance(record.get(key, ""), str) for key in ("study_fingerprint", "input_fingerprint")):
+        return dict(UNREADABLE)
+    if not isinstance(record.get("models", {}), dict):
         return dict(UNREADABLE)
     attempts = record.get("attempts")
     if record["status"] == FAILED and (not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0):

@@ -339,6 +339,7 @@ class OtherPatientAnalyser:
 
     def __init__(self, inner: ModelStudyProcessor) -> None:
         self.inner = inner
+        self.model_tags = inner.model_tags
         self.result_series: list[str] = []
 
     def select(self, headers: Iterable[Dataset]) -> StudySelection:
