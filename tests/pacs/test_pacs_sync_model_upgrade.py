@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 
 from app.dicom.dicom_sr import REVISED_SUFFIX, SR_SERIES_DESCRIPTION
 from app.dicom.dicom_sr_reader import predecessors
 from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
+from app.pacs.pacs_sync_config import PacsSyncConfig
 from tests.dicom.builders import mr_series, tumor_channels
 from tests.pacs.orthanc_server import Orthanc, running_orthanc
 from tests.pacs.pacs_sync_support import NegativePredictor, config_for
@@ -33,14 +35,20 @@ def overwriting_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Or
         yield server
 
 
-def test_the_same_instances_stored_again_after_a_model_upgrade_are_analysed_again(
-    overwriting_orthanc: Orthanc, tmp_path: Path
-) -> None:
-    orthanc = overwriting_orthanc
+def analysed_by_the_old_models(orthanc: Orthanc, tmp_path: Path) -> tuple[list[Dataset], PacsSyncConfig, str]:
+    """A study stored and analysed by `NegativePredictor`: its series, the sync's configuration, its Orthanc ID."""
     series = mr_series(tumor_channels())
     config = config_for(orthanc, tmp_path / "state.json")
     study_id = orthanc.study_of(orthanc.upload(series))
     assert run_pacs_sync(config, NegativePredictor(), once=True).negative == 1  # type: ignore[arg-type]
+    return series, config, study_id
+
+
+def test_the_same_instances_stored_again_after_a_model_upgrade_are_analysed_again(
+    overwriting_orthanc: Orthanc, tmp_path: Path
+) -> None:
+    orthanc = overwriting_orthanc
+    series, config, study_id = analysed_by_the_old_models(orthanc, tmp_path)
     (first_sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
     assert orthanc.record(study_id)["models"] == NegativePredictor.model_tags
 
@@ -66,10 +74,7 @@ def test_a_record_without_models_counts_as_made_by_the_current_ones(
 ) -> None:
     """A record written before records kept their models: an upgrade does not analyse every such study again."""
     orthanc = overwriting_orthanc
-    series = mr_series(tumor_channels())
-    config = config_for(orthanc, tmp_path / "state.json")
-    study_id = orthanc.study_of(orthanc.upload(series))
-    assert run_pacs_sync(config, NegativePredictor(), once=True).negative == 1  # type: ignore[arg-type]
+    series, config, study_id = analysed_by_the_old_models(orthanc, tmp_path)
     older = {key: value for key, value in orthanc.record(study_id).items() if key != "models"}
     metadata = f"{orthanc.url}/studies/{study_id}/metadata/{SYNC_METADATA}"
     orthanc.session.put(metadata, data=json.dumps(older), timeout=30).raise_for_status()
