@@ -283,10 +283,8 @@ class StudySync:
         used = [by_uid[uid] for uid in selection.channel_series if uid in by_uid]
         input_fingerprint = fingerprint(used)
         if self._done(record) and record.get("input_fingerprint") == input_fingerprint:
-            # e.g. a series the selection does not use changed: the result stands
-            self.client.write_sync_record(study_id, record | {"study_fingerprint": study_fingerprint})
-            state.retries.pop(study_id, None)
-            return ALREADY_DONE
+            # e.g. a series the selection does not use changed
+            return self._result_stands(study_id, record, {"study_fingerprint": study_fingerprint}, state)
         files_by_series = {
             str(series["MainDicomTags"]["SeriesInstanceUID"]): _series_files(
                 series, first_files[str(series["ID"])], fetch
@@ -298,9 +296,7 @@ class StudySync:
             # The same instances stored again (Orthanc's OverwriteInstances moves LastUpdate): the result stands, as
             # at the DICOM node (interop review 44: analysed again, and the same UIDs stored with new times).
             fields = {"study_fingerprint": study_fingerprint, "input_fingerprint": input_fingerprint}
-            self.client.write_sync_record(study_id, record | fields)
-            state.retries.pop(study_id, None)
-            return ALREADY_DONE
+            return self._result_stands(study_id, record, fields, state)
         analysis = self.analyser.analyse(
             selection,
             files_by_series,
@@ -349,6 +345,13 @@ class StudySync:
             extra={"fields": {"orthanc_study": study_id, "status": status, "superseded": len(superseded)}},
         )
         return status
+
+    def _result_stands(self, study_id: str, record: dict[str, Any], fields: dict[str, Any], state: SyncState) -> str:
+        """`ALREADY_DONE`: the study's result stands for what it now holds; its record keeps the new fingerprints (so
+        the next look is cheaper), and its retries end."""
+        self.client.write_sync_record(study_id, record | fields)
+        state.retries.pop(study_id, None)
+        return ALREADY_DONE
 
     def _split_study(self, study_id: str, headers: list[Dataset]) -> tuple[StudyAnalysis, set[str]] | None:
         """The refusal of a study held in several Orthanc studies (`_split_by_patient_id`, `_shared_series`) and the
