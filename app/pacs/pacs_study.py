@@ -171,7 +171,7 @@ class StudySync:
             state.retries.pop(study_id, None)
             return None
         record, mr_series = looked_at
-        study_fingerprint = fingerprint(mr_series)
+        study_fingerprint = orthanc_series_fingerprint(mr_series)
         unrecorded = state.unrecorded_failures.get(study_id)
         if unrecorded is not None and unrecorded[0] == study_fingerprint and "status" not in record:
             # Failures Orthanc did not let us record: counted in the state, as a record would count them.
@@ -281,7 +281,7 @@ class StudySync:
             selection = replace(selection, notes=(*selection.notes, left_out_note))
         by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
         used = [by_uid[uid] for uid in selection.channel_series if uid in by_uid]
-        input_fingerprint = fingerprint(used)
+        input_fingerprint = orthanc_series_fingerprint(used)
         if self._done(record) and record.get("input_fingerprint") == input_fingerprint:
             # e.g. a series the selection does not use changed
             return self._result_stands(study_id, record, {"study_fingerprint": study_fingerprint}, state)
@@ -373,7 +373,9 @@ class StudySync:
             if looked_at is None or looked_at[0].get("status") not in DONE_STATUSES:
                 continue
             record, mr_series = looked_at
-            self._record_failure(other, record, refusal, 1, state, {"study_fingerprint": fingerprint(mr_series)})
+            self._record_failure(
+                other, record, refusal, 1, state, {"study_fingerprint": orthanc_series_fingerprint(mr_series)}
+            )
 
     def _split_by_patient_id(self, study_id: str, header: Dataset) -> set[str]:
         """The Orthanc IDs of the other studies that have this one's Study Instance UID and a Patient ID left empty
@@ -637,7 +639,7 @@ def readable_record(record: dict[str, Any] | None) -> dict[str, Any]:
     return record
 
 
-def fingerprint(series: Iterable[dict[str, Any]]) -> str:
+def orthanc_series_fingerprint(series: Iterable[dict[str, Any]]) -> str:
     """A digest of which instances the series hold (Orthanc IDs) and when each series last changed (its
     ``LastUpdate``): changes when an instance is added or deleted, and when one is stored again under its SOP
     Instance UID with other content, which keeps its ID (attack finding: with ``OverwriteInstances`` a corrected

@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from app.pacs.orthanc_errors import OrthancError
-from app.pacs.pacs_study import FAILED, POSITIVE, UNREADABLE, StudySync, fingerprint, readable_record
+from app.pacs.pacs_study import FAILED, POSITIVE, UNREADABLE, StudySync, orthanc_series_fingerprint, readable_record
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import AnalysisStatus, ModelStudyProcessor
@@ -18,7 +18,7 @@ from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_file
 from tests.node.node_support import ThresholdPredictor
 
 SERIES = {"ID": "s1", "Instances": ["i1", "i2"], "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": "1.2"}}
-STUDY_FINGERPRINT = fingerprint([SERIES])
+STUDY_FINGERPRINT = orthanc_series_fingerprint([SERIES])
 
 
 class RecordClient:

@@ -10,7 +10,7 @@ import pytest
 
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import OrthancError
-from app.pacs.pacs_study import StudySync, fingerprint
+from app.pacs.pacs_study import StudySync, orthanc_series_fingerprint
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
@@ -234,7 +234,7 @@ def test_a_failed_study_that_receives_something_else_keeps_its_retry_time(tmp_pa
     retry, hours before its backoff. Now it is looked at again as the change it came with: its MR instances are
     those of the failure, so it waits for its retry time; the state file keeps the wait over a restart."""
     flair = {"ID": "s1", "Instances": ["i"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
-    failed = {"status": "failed", "attempts": 1, "study_fingerprint": fingerprint([flair])}
+    failed = {"status": "failed", "attempts": 1, "study_fingerprint": orthanc_series_fingerprint([flair])}
     page = {"Changes": [stable_series("s1", 1)], "Done": True, "Last": 1}
     receiving, stable = json_answer({"ID": "st1", "IsStable": False}), json_answer({"ID": "st1", "IsStable": True})
     answers = {
