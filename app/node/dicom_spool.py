@@ -621,13 +621,17 @@ class Spool:
         (durability review 45 F8); the study is analysed again, into a folder of its own. For the node's start,
         before anything writes results; a study whose record cannot be read keeps its folders."""
         removed = []
-        for folder in sorted((self.root / "studies").glob("*/results/*")):
-            record = self.readable_record(folder.parent.parent.name)
-            if not folder.is_dir() or record is None or folder.name in {run.get("run_id") for run in record["runs"]}:
+        for results in sorted((self.root / "studies").glob("*/results")):
+            record = self.readable_record(results.parent.name)
+            if record is None or not results.is_dir():
                 continue
-            with contextlib.suppress(OSError):  # left for the study's purge, as before
-                self._remove_tree(folder)
-                removed.append(folder)
+            recorded = {run.get("run_id") for run in record["runs"]}
+            for folder in sorted(results.iterdir()):
+                if not folder.is_dir() or folder.name in recorded:
+                    continue
+                with contextlib.suppress(OSError):  # left for the study's purge, as before
+                    self._remove_tree(folder)
+                    removed.append(folder)
         return removed
 
     def _settled_for(self, key: str, now: float) -> float:
