@@ -518,7 +518,7 @@ class StudySync:
         for series in mr_series:
             try:
                 for position, instance in enumerate(series["Instances"]):
-                    data, header = fetch(str(instance))
+                    data, header = fetch(str(instance), whole_header=True)
                     if header is not None:
                         first_files[str(series["ID"])] = _FirstFile(position, data, header)
                         break
@@ -579,6 +579,10 @@ def _series_files(series: dict[str, Any], first: _FirstFile, fetch: _Fetch) -> l
     return files
 
 
+CHECKED_TAGS = ("PatientID", "StudyInstanceUID", "BitsStored", "BitsAllocated")
+"""What `_Fetch` reads of a file it does not choose a series by: its patient and study, and its bits."""
+
+
 class _Fetch:
     """Fetches one study's instance files within `PacsSyncConfig.max_study_bytes`, reads each header once
     (`read_header`), counts the files whose header cannot be read (`unreadable`), and checks that they belong to one
@@ -591,11 +595,12 @@ class _Fetch:
         self.unreadable = 0
         self.identity: tuple[str, str] | None = None
 
-    def __call__(self, instance_id: str) -> tuple[bytes, Dataset | None]:
-        """The instance's file (Orthanc's uncompressed copy when no decoder here reads it) and its header; None for
-        a file whose header cannot be read."""
+    def __call__(self, instance_id: str, whole_header: bool = False) -> tuple[bytes, Dataset | None]:
+        """The instance's file (Orthanc's uncompressed copy when no decoder here reads it) and its header, whole for
+        choosing a series by it, else only what this checks (`CHECKED_TAGS`: the flow reads every file again); None
+        for a file whose header cannot be read."""
         data = self.client.instance_file(instance_id)
-        header = read_header(data)
+        header = read_header(data, None if whole_header else CHECKED_TAGS)
         if header is None:
             self.unreadable += 1
         elif _needs_transcoding(header):  # Orthanc decodes more transfer syntaxes than we do
