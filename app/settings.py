@@ -571,11 +571,23 @@ def http_url_problem(value: str) -> str | None:
 
 def without_credentials(url: str) -> str:
     """`url` with what comes before the last @ after the scheme (user:password) shown as ***: fit for a message,
-    also where the URL is too malformed to parse."""
+    also where the URL is too malformed to parse.
+
+    Without an @, a "port" that is not a number is shown as *** too: `http://user:password` (the @ and host
+    forgotten) parses as host `user`, port `password`.
+    """
     scheme, separator, rest = url.partition("://")
-    if not separator or "@" not in rest:
+    if not separator:
         return url
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    if "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    authority_end = min((rest.find(mark) for mark in "/?#" if mark in rest), default=len(rest))
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    host_and_port = authority.rpartition("]")[2]  # an IPv6 address's own colons are inside its brackets
+    port = host_and_port.rpartition(":")[2].strip()
+    if ":" not in host_and_port or port == "" or port.isdigit():
+        return url
+    return f"{scheme}://{authority.rpartition(':')[0]}:***{tail}"
 
 
 @lru_cache(maxsize=1)

@@ -510,6 +510,9 @@ URL_PORT_RULE = "its port must be a number from 1 to 65535"
         ("http://ops:s3cr3tPW@127.0.0.1:99999", URL_PORT_RULE, "http://***@127.0.0.1:99999"),
         ("http://ops:s3cr3tPW@", URL_HOST_RULE, "http://***@"),
         ("https://ops:s3cr3tPW@[::1", "is not a URL: a bracketed IPv6 address must be closed", "https://***@[::1"),
+        ("http://ops:s3cr3tPW", URL_PORT_RULE, "http://ops:***"),
+        ("http://ops:s3cr3tPW/orthanc", URL_PORT_RULE, "http://ops:***/orthanc"),
+        ("http://[::1]:s3cr3tPW", URL_PORT_RULE, "http://[::1]:***"),
     ],
 )
 @pytest.mark.parametrize("given_as", ["ORTHANC_URL", "--orthanc"])
