@@ -12,26 +12,19 @@ TensorFlow's startup log is hidden; `brain-tumor --verbose COMMAND` (or `predict
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
-import contextlib
 import ctypes
 import gc
-import io
-import json
-import os
 import re
 import signal
 import socket
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import schemas
 from app.core.model_store import ModelStoreError, read_manifest
-from app.errors import ServiceError
 from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MODELS, EXIT_OK, EXIT_USAGE
-from app.predict_command import PrintFormat, printable
+from app.predict_command import PrintFormat, fail
 from app.release import service_version
 from app.settings import (
     AE_TITLE_RULE,
@@ -45,8 +38,6 @@ from app.settings import (
 
 if TYPE_CHECKING:
     import uvicorn
-
-    from app.inference import Predictor
 
 EXIT_FILES_FAILED = EXIT_FAILED
 MIN_PORT, MAX_PORT = 1, 65535
@@ -208,96 +199,11 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """The API's flow and answers, offline: PNG/JPEG/TIFF files one result each (as `POST /v1/predict/batch`), DICOM
-    files as one series with one result per slice. Exit codes: see `PREDICT_EPILOG`."""
-    from app.predict_command import (
-        InputError,
-        MaskWriter,
-        PredictRun,
-        Progress,
-        check_series_size,
-        collect_inputs,
-        holds_dicom,
-        mask_targets,
-        prepare_masks_dir,
-        render,
-    )
-    from app.uploads import UploadLimits
+    """`brain-tumor predict`: the command lives in `app.predict_command.run` (newcomer review 45 F20); its heavy
+    imports (the flow, the models) happen there, only for this command. Exit codes: see `PREDICT_EPILOG`."""
+    from app.predict_command import run
 
-    settings = get_settings()
-    limits = UploadLimits.from_settings(settings)
-    try:
-        files = collect_inputs(args.files)
-        dicom = holds_dicom(files)
-        if dicom or args.series:
-            check_series_size(files, settings.max_batch_upload_bytes)
-        masks = None
-        if args.masks_dir:
-            masks = mask_targets(
-                files,
-                Path(args.masks_dir),
-                every_file_has_a_mask=not dicom,
-                overwrite=args.overwrite,
-            )
-            prepare_masks_dir(Path(args.masks_dir))
-    except InputError as error:
-        return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
-    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
-    try:
-        predictor = load_predictor_quietly(settings, args.model_dir, args.verbose)
-    except ModelStoreError as error:
-        return fail(f"brain-tumor predict: cannot load the models: {error}", EXIT_MODELS)
-
-    from app.sequence_rules import SelectionRules
-
-    command = PredictRun(
-        predictor=predictor,
-        limits=limits,
-        rules=SelectionRules.from_settings(settings),
-        batch_size=settings.inference_batch_size,
-        files=files,
-        dicom=dicom,
-        mask_format=args.mask_format,
-        masks=masks,
-        progress=Progress(sys.stderr if show_progress else None),
-        writer=MaskWriter(overwrite=args.overwrite),
-        series=args.series,
-    )
-    try:
-        report, every_file_ok = asyncio.run(command.run())
-    except ServiceError as error:  # the files as a whole: mixed DICOM and images, frames that form no series
-        if args.format == PrintFormat.JSON:
-            print(json.dumps(error.body(), indent=2))
-        return fail(f"brain-tumor predict: error: {error.message}", EXIT_FILES_FAILED)
-    except InputError as error:  # DICOM masks on one file, or on a file already there: known once the series is read
-        return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
-    try:
-        sys.stdout.write(render(report, PrintFormat(args.format)))
-        sys.stdout.flush()
-    except OSError as error:  # a full disk, a closed pipe: the results are lost, so say so
-        discard_standard_output()
-        return fail(f"brain-tumor predict: error: cannot write the output: {error.strerror or error}", EXIT_USAGE)
-    return EXIT_OK if every_file_ok else EXIT_FILES_FAILED
-
-
-def discard_standard_output() -> None:
-    """Point standard output at /dev/null, so that the interpreter's own flush at exit does not fail again with a
-    traceback-like "Exception ignored" (the way the Python docs handle a closed pipe)."""
-    # Not a real file (a test's capture): nothing is left to flush at exit.
-    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def load_predictor_quietly(settings: Settings, model_dir: Path | None, verbose: bool) -> Predictor:
-    """`app.inference.load_predictor`, with TensorFlow's startup log held back unless `verbose` (see
-    `app.tensorflow_log`). No warm-up: one run of `predict` compiles what it runs anyway, and a warm-up at
-    INFERENCE_BATCH_SIZE would compile sizes it may never use."""
-    from app.tensorflow_log import tensorflow_log_held
-
-    with tensorflow_log_held(verbose):
-        from app.inference import load_predictor
-
-        return load_predictor(settings, model_dir, warm_up=False)
+    return run(args, get_settings())
 
 
 def hold_back_tensorflow_log(settings: Settings, verbose: bool) -> None:
@@ -321,11 +227,6 @@ def import_tensorflow_quietly(verbose: bool) -> None:
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
     atexit.register(gc.freeze)
-
-
-def fail(message: str, code: int) -> int:
-    print(printable(message), file=sys.stderr)  # a file name may hold a newline or a terminal escape
-    return code
 
 
 def pacs_sync(args: argparse.Namespace) -> int:

@@ -9,11 +9,15 @@ whole, as one `POST /v1/predict/batch` request: its files together may hold at m
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import csv
 import io
 import json
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from app import schemas
+from app.core.model_store import ModelStoreError
 from app.errors import FileUnreadableError, ServiceError
+from app.exit_codes import EXIT_FAILED, EXIT_MODELS, EXIT_OK, EXIT_USAGE
+from app.settings import Settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,6 +59,94 @@ class PrintFormat(StrEnum):
 
 class InputError(ValueError):
     """The command's inputs cannot be used as given (a missing path, an empty folder, two masks on one file)."""
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The API's flow and answers, offline: PNG/JPEG/TIFF files one result each (as `POST /v1/predict/batch`), DICOM
+    files as one series with one result per slice. Exit codes: see `app.cli.PREDICT_EPILOG`.
+
+    The whole command lives here, `app.cli` only parses its arguments (newcomer review 45 F20): the inputs are
+    checked before the models load, so a missing file is one line in a moment.
+    """
+    from app.sequence_rules import SelectionRules
+    from app.uploads import UploadLimits
+
+    try:
+        files = collect_inputs(args.files)
+        dicom = holds_dicom(files)
+        if dicom or args.series:
+            check_series_size(files, settings.max_batch_upload_bytes)
+        masks = None
+        if args.masks_dir:
+            masks = mask_targets(
+                files,
+                Path(args.masks_dir),
+                every_file_has_a_mask=not dicom,
+                overwrite=args.overwrite,
+            )
+            prepare_masks_dir(Path(args.masks_dir))
+    except InputError as error:
+        return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        predictor = load_predictor_quietly(settings, args.model_dir, args.verbose)
+    except ModelStoreError as error:
+        return fail(f"brain-tumor predict: cannot load the models: {error}", EXIT_MODELS)
+    command = PredictRun(
+        predictor=predictor,
+        limits=UploadLimits.from_settings(settings),
+        rules=SelectionRules.from_settings(settings),
+        batch_size=settings.inference_batch_size,
+        files=files,
+        dicom=dicom,
+        mask_format=args.mask_format,
+        masks=masks,
+        progress=Progress(sys.stderr if show_progress else None),
+        writer=MaskWriter(overwrite=args.overwrite),
+        series=args.series,
+    )
+    try:
+        report, every_file_ok = asyncio.run(command.run())
+    except ServiceError as error:  # the files as a whole: mixed DICOM and images, frames that form no series
+        if args.format == PrintFormat.JSON:
+            print(json.dumps(error.body(), indent=2))
+        return fail(f"brain-tumor predict: error: {error.message}", EXIT_FAILED)
+    except InputError as error:  # DICOM masks on one file, or on a file already there: known once the series is read
+        return fail(f"brain-tumor predict: error: {error}", EXIT_USAGE)
+    try:
+        sys.stdout.write(render(report, PrintFormat(args.format)))
+        sys.stdout.flush()
+    except OSError as error:  # a full disk, a closed pipe: the results are lost, so say so
+        discard_standard_output()
+        return fail(f"brain-tumor predict: error: cannot write the output: {error.strerror or error}", EXIT_USAGE)
+    return EXIT_OK if every_file_ok else EXIT_FAILED
+
+
+def load_predictor_quietly(settings: Settings, model_dir: Path | None, verbose: bool) -> Predictor:
+    """`app.inference.load_predictor`, with TensorFlow's startup log held back unless `verbose` (see
+    `app.tensorflow_log`). No warm-up: one run of `predict` compiles what it runs anyway, and a warm-up at
+    INFERENCE_BATCH_SIZE would compile sizes it may never use."""
+    from app.tensorflow_log import tensorflow_log_held
+
+    with tensorflow_log_held(verbose):
+        from app.inference import load_predictor
+
+        return load_predictor(settings, model_dir, warm_up=False)
+
+
+def discard_standard_output() -> None:
+    """Point standard output at /dev/null, so that the interpreter's own flush at exit does not fail again with a
+    traceback-like "Exception ignored" (the way the Python docs handle a closed pipe)."""
+    # Not a real file (a test's capture): nothing is left to flush at exit.
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def fail(message: str, code: int) -> int:
+    """Say why the command stops, on standard error, and give its exit code (every `brain-tumor` command's, through
+    `app.cli`: it lives beside `printable`, which keeps a file name in the message from forging a line)."""
+    print(printable(message), file=sys.stderr)
+    return code
 
 
 def collect_inputs(arguments: Sequence[str]) -> list[Path]:
