@@ -6,7 +6,6 @@ uvicorn --factory app.main:create_app      # or: brain-tumor serve
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,19 +27,14 @@ from app.api.middleware import (
 )
 from app.api.routes import docs, health, models, predict, web
 from app.audit import AuditLog
-from app.batching import MicroBatcher
 from app.core.model_store import ModelStoreError, read_manifest
 from app.errors import ServiceError
 from app.inference import load_predictor
-from app.memory_budget import MemoryBudget
 from app.metrics import ServiceMetrics
-from app.model_runners import batcher_runner
-from app.prediction import PredictionService
 from app.release import service_version
-from app.security import ApiKeyStore, RateLimiter
-from app.sequence_rules import SelectionRules
+from app.security import ApiKeyStore, RateLimiter, warn_if_open
+from app.serving import server_flow
 from app.settings import Settings, get_settings
-from app.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -67,22 +61,8 @@ async def load_models(app: FastAPI) -> None:
             state.on_load_failure()
         return
     state.predictor = predictor
-    state.batcher = MicroBatcher(
-        predictor,
-        max_batch_size=state.settings.inference_batch_size,
-        max_wait_seconds=state.settings.inference_batch_wait_ms / 1000.0,
-        max_queued_slices=state.settings.inference_queue_slices,
-        on_queue_change=state.metrics.queue_depth.set,
-    )
+    state.batcher, state.prediction_service = server_flow(state.settings, predictor, state.metrics)
     state.batcher.start()
-    state.prediction_service = PredictionService(
-        predictor,
-        batcher_runner(state.batcher, state.settings.request_timeout_seconds),
-        UploadLimits.from_settings(state.settings, max_request_slices=state.settings.inference_queue_slices),
-        on_predictions=state.metrics.record_predictions,
-        budget=MemoryBudget(state.settings.decode_memory_bytes, wait_seconds=state.settings.request_timeout_seconds),
-        rules=SelectionRules.from_settings(state.settings),
-    )
     state.ready = True
     logger.info("models ready", extra={"fields": predictor.model_tags})
 
@@ -94,11 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     Liveness answers at once; readiness turns true after the warm-up, so orchestrators hold traffic until then.
     """
     state = app.state
-    if not state.api_keys.enabled and not is_loopback(state.settings.host):
-        logger.warning(
-            "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it",
-            extra={"fields": {"host": state.settings.host}},
-        )
+    warn_if_open(state.settings.host, state.api_keys)
     try:
         state.manifest = read_manifest(state.settings.model_dir)
     except ModelStoreError as error:
@@ -115,13 +91,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await state.batcher.stop()
         state.ready = False
         state.audit.close()
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

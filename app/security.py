@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import math
 import re
 import threading
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -116,6 +119,25 @@ class ApiKeyStore:
             if hmac.compare_digest(digest, stored.encode("ascii")):
                 found = key_id  # no break: every stored key costs the same comparison
         return found
+
+
+def warn_if_open(host: str, api_keys: ApiKeyStore) -> None:
+    """Warn, once at start, that a server without API keys on an address other machines reach serves anyone; on
+    loopback (a laptop, a proxy in front) no key is needed. Security policy, so here, not in `app.main`
+    (newcomer review 45 F21)."""
+    if not api_keys.enabled and not is_loopback(host):
+        logger.warning(
+            "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it",
+            extra={"fields": {"host": host}},
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or the name `localhost`) is reached from this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class RateLimiter:
