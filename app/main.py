@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UploadFormMiddleware)
     app.add_middleware(
         UploadLimitMiddleware,
-        default_limit=settings.max_upload_bytes + 64 * 1024,  # multipart framing around one file
+        default_limit=settings.upload_body_limit_bytes,
         limits={"/v1/predict/batch": settings.max_batch_upload_bytes},
         sources={
             "": "MAX_UPLOAD_BYTES and 64 KiB for the form around the file",

@@ -145,7 +145,8 @@ class PredictionService:
     run_models
         How the models run (`batcher_runner` or `predictor_runner`).
     limits
-        Per-file and per-request limits (`UploadLimits.from_settings`), checked from the headers before decoding.
+        Per-file and per-request limits (`UploadLimits.for_service`, `for_node`, `for_pacs`), checked from the
+        headers before decoding.
     on_predictions
         Told each request's tally, e.g. to count predictions in the metrics; each call can add its own `on_tally`.
     offload

@@ -27,14 +27,14 @@ def server_flow(
     batcher = MicroBatcher(
         predictor,
         max_batch_size=settings.inference_batch_size,
-        max_wait_seconds=settings.inference_batch_wait_ms / 1000.0,
+        max_wait_seconds=settings.batch_wait_seconds,
         max_queued_slices=settings.inference_queue_slices,
         on_queue_change=metrics.queue_depth.set,
     )
     service = PredictionService(
         predictor,
         batcher_runner(batcher, settings.request_timeout_seconds),
-        UploadLimits.from_settings(settings, max_request_slices=settings.inference_queue_slices),
+        UploadLimits.for_service(settings),
         on_predictions=metrics.record_predictions,
         budget=MemoryBudget(settings.decode_memory_bytes, wait_seconds=settings.request_timeout_seconds),
         rules=SelectionRules.from_settings(settings),

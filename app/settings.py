@@ -55,6 +55,10 @@ URL_SETTINGS = frozenset({"orthanc_url"})
 T1_MAX_INVERSION_MS = SelectionRules.t1_inversion_ms[1]
 
 
+UPLOAD_FORM_BYTES = 64 * 1024
+"""What a one-file upload's multipart form may add around the file: boundaries and part headers."""
+
+
 class SettingsError(ValueError):
     """The environment holds a setting that cannot be used; the message names each variable, the rule and the value
     (never the value of a secret)."""
@@ -533,6 +537,19 @@ class Settings(BaseSettings):
             return value.expanduser().resolve()
         except RuntimeError as error:  # ~user of no user, or a symlink loop
             raise ValueError(f"cannot resolve the path: {error}") from error
+
+    # Derived values: computed here once, not at each place that needs them (newcomer review 45 F7).
+
+    @property
+    def upload_body_limit_bytes(self) -> int:
+        """The largest request body a one-file route reads: MAX_UPLOAD_BYTES and 64 KiB for the multipart form
+        around the file (its boundaries and part headers)."""
+        return self.max_upload_bytes + UPLOAD_FORM_BYTES
+
+    @property
+    def batch_wait_seconds(self) -> float:
+        """INFERENCE_BATCH_WAIT_MS in the seconds the micro-batcher takes."""
+        return self.inference_batch_wait_ms / 1000.0
 
 
 def is_ae_title(value: str) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from app.memory_budget import MODEL_INPUT_BYTES, check_cost, mask_bytes
 from app.model_input import model_input
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from app.pacs.pacs_sync_config import PacsSyncConfig
+
 
 @dataclass(frozen=True)
 class UploadLimits:
@@ -53,14 +57,44 @@ class UploadLimits:
     max_decode_bytes: int | None = Settings.model_fields["decode_memory_bytes"].default
     max_request_slices: int | None = None
 
+    # Every command's limits are built here, side by side, so that a newcomer changing one finds them all (newcomer
+    # review 45 F7).
+
     @classmethod
     def from_settings(cls, settings: Settings, max_request_slices: int | None = None) -> UploadLimits:
+        """The settings' limits as they are: `brain-tumor predict`'s (no limit on the slices of a run)."""
         return cls(
             max_upload_bytes=settings.max_upload_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_dicom_pixels=settings.max_dicom_pixels,
             max_decode_bytes=settings.decode_memory_bytes,
             max_request_slices=max_request_slices,
+        )
+
+    @classmethod
+    def for_service(cls, settings: Settings) -> UploadLimits:
+        """The HTTP service's: a request holds at most INFERENCE_QUEUE_SLICES slices, which is all its inference
+        queue could ever take."""
+        return cls.from_settings(settings, max_request_slices=settings.inference_queue_slices)
+
+    @classmethod
+    def for_node(cls, settings: Settings) -> UploadLimits:
+        """The DICOM node's: an instance it kept (up to DICOM_NODE_MAX_INSTANCE_BYTES) is not refused again for its
+        size, as MAX_UPLOAD_BYTES, the HTTP upload limit, would (a 22 MiB Enhanced MR 3D FLAIR); DECODE_MEMORY_BYTES
+        still bounds the study."""
+        return replace(cls.from_settings(settings), max_upload_bytes=settings.dicom_node_max_instance_bytes)
+
+    @classmethod
+    def for_pacs(cls, config: PacsSyncConfig) -> UploadLimits:
+        """pacs-sync's, from its configuration (the settings, some of them given on its command line). A study is one
+        request: `max_study_bytes` (DECODE_MEMORY_BYTES) bounds its decoding as it bounds its fetch,
+        `max_instance_bytes` (PACS_MAX_INSTANCE_BYTES) each file, `max_dicom_pixels` (MAX_DICOM_PIXELS) each
+        instance's pixels. Built-in defaults instead would refuse a study that DECODE_MEMORY_BYTES was raised for,
+        after fetching it."""
+        return cls(
+            max_upload_bytes=config.max_instance_bytes,
+            max_dicom_pixels=config.max_dicom_pixels,
+            max_decode_bytes=config.max_study_bytes,
         )
 
 

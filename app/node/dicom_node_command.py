@@ -13,7 +13,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,13 +32,6 @@ if TYPE_CHECKING:
 
 # The node's logger: "DICOM node stopped" comes under the name the node's other lines have.
 logger = logging.getLogger("app.node.dicom_node")
-
-
-def node_upload_limits(settings: Settings) -> UploadLimits:
-    """The flow's limits for the node: an instance it kept (up to DICOM_NODE_MAX_INSTANCE_BYTES) is not refused
-    again for its size, as MAX_UPLOAD_BYTES, the HTTP upload limit, would (a 22 MiB Enhanced MR 3D FLAIR);
-    DECODE_MEMORY_BYTES still bounds the study."""
-    return replace(UploadLimits.from_settings(settings), max_upload_bytes=settings.dicom_node_max_instance_bytes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +120,7 @@ def _run(
         ModelStudyProcessor(
             predictor,
             rules,
-            node_upload_limits(settings),
+            UploadLimits.for_node(settings),
             batch_size=settings.inference_batch_size,
             result_origin="dicom-node",
         ),

@@ -347,23 +347,9 @@ def _processor(config: PacsSyncConfig, predictor: Predictor) -> ModelStudyProces
     return ModelStudyProcessor(
         predictor,
         config.selection_rules,
-        upload_limits(config),
+        UploadLimits.for_pacs(config),
         batch_size=config.batch_size,
         result_origin="pacs-sync",
-    )
-
-
-def upload_limits(config: PacsSyncConfig) -> UploadLimits:
-    """The prediction flow's limits from the configured ones, as the API and the DICOM node take them from the settings
-    (`UploadLimits.from_settings`): built-in defaults here would refuse a study that DECODE_MEMORY_BYTES was raised
-    for, after fetching it. A study is one request: `max_study_bytes` (DECODE_MEMORY_BYTES) bounds its decoding as it
-    bounds its fetch, `max_instance_bytes` (PACS_MAX_INSTANCE_BYTES) each file, `max_dicom_pixels`
-    (MAX_DICOM_PIXELS) each instance's pixels.
-    """
-    return UploadLimits(
-        max_upload_bytes=config.max_instance_bytes,
-        max_dicom_pixels=config.max_dicom_pixels,
-        max_decode_bytes=config.max_study_bytes,
     )
 
 

@@ -19,10 +19,10 @@ from pynetdicom.association import Association
 
 from app.dicom.dicom_sr_reader import read_volume_report
 from app.node.dicom_node import OPEN_ASSOCIATION_WAIT, DicomNode
-from app.node.dicom_node_command import node_upload_limits
 from app.node.dicom_study_runs import ABORTED_NOTE, REFUSED_NOTE
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor, unread_files_note
+from app.uploads import UploadLimits
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files
 from tests.node.node_support import (
     CALLING_AE,
@@ -349,7 +349,7 @@ def test_the_node_analyses_an_instance_over_the_http_upload_limit(tmp_path: Path
     settings = Settings(max_upload_bytes=size // 2, dicom_node_max_instance_bytes=8 * size)
     files = write_files(series, tmp_path / "in")
 
-    limits = node_upload_limits(settings)
+    limits = UploadLimits.for_node(settings)
     analysis = ModelStudyProcessor(ThresholdPredictor(), limits=limits)(files)
 
     assert limits.max_upload_bytes == settings.dicom_node_max_instance_bytes

@@ -10,8 +10,9 @@ from pydicom.dataset import Dataset
 
 from app.inference import Predictor
 from app.pacs.orthanc_client import SYNC_METADATA, SYNC_STATION_NAME
-from app.pacs.pacs_sync import SyncReport, run_pacs_sync, upload_limits
+from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from app.study_analysis import ModelStudyProcessor
+from app.uploads import UploadLimits
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.pacs.orthanc_server import Orthanc
 from tests.pacs.pacs_sync_support import config_for
@@ -68,7 +69,7 @@ def test_upload_limits_are_the_configured_ones(orthanc: Orthanc, tmp_path: Path)
         orthanc, tmp_path / "state.json", max_study_bytes=2048 * MIB, max_instance_bytes=3 * MIB, max_dicom_pixels=99
     )
 
-    limits = upload_limits(config)
+    limits = UploadLimits.for_pacs(config)
 
     assert (limits.max_decode_bytes, limits.max_upload_bytes, limits.max_dicom_pixels) == (2048 * MIB, 3 * MIB, 99)
 

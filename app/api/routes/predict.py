@@ -45,7 +45,6 @@ from app.dicom.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError, UnsupportedMediaTypeError
 from app.multipart_related import multipart_related
 from app.prediction import SeriesAnswer, SliceAnswer, Tally, no_image_error
-from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)])
 
@@ -124,12 +123,14 @@ def check_transfer_encoding(upload: UploadFile) -> None:
         )
 
 
-async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
-    """Read a file part, at most one byte past the per-file limit (so an oversized file is never read whole)."""
+async def read_upload(upload: UploadFile, limits: uploads.UploadLimits) -> bytes:
+    """Read a file part, at most one byte past the per-file limit (so an oversized file is never read whole).
+
+    `limits` are the service's (`PredictionService.limits`), not built again for every file part (newcomer review
+    45 F7)."""
     check_transfer_encoding(upload)
-    data = await upload.read(settings.max_upload_bytes + 1)
-    limits = uploads.UploadLimits.from_settings(settings)
-    uploads.check_upload_size(len(data), limits, complete=len(data) <= settings.max_upload_bytes)
+    data = await upload.read(limits.max_upload_bytes + 1)
+    uploads.check_upload_size(len(data), limits, complete=len(data) <= limits.max_upload_bytes)
     return data
 
 
@@ -145,7 +146,6 @@ async def create_prediction(
     file: SliceFile,
     service: PredictionServiceDep,
     predictor: PredictorDep,
-    settings: SettingsDep,
     request_id: RequestIdDep,
     mask_format: MaskFormatQuery = schemas.MaskFormat.RLE,
     output: OutputQuery = schemas.OutputFormat.JSON,
@@ -158,7 +158,7 @@ async def create_prediction(
         )
     choices = requested_outputs(output, accept)
     await check_file_fields(request, "file")
-    data = await read_upload(file, settings)
+    data = await read_upload(file, service.limits)
     request.state.input_sha256 = uploads.sha256_hex(data)
     output = servable_output(choices, is_dicom(data[:DICOM_SIGNATURE_BYTES]), series=False)
     answer = await unless_client_gone(
@@ -206,7 +206,7 @@ async def create_batch_prediction(
     contents: list[bytes | ServiceError] = []
     for upload in files:
         try:
-            contents.append(await read_upload(upload, settings))
+            contents.append(await read_upload(upload, service.limits))
         except ServiceError as error:
             contents.append(error)
     request.state.input_sha256 = [uploads.sha256_hex(item) for item in contents if isinstance(item, bytes)]
@@ -255,12 +255,10 @@ async def create_batch_prediction(
     responses={200: {"content": {"image/png": {}}, "description": "the slice with the tumor outline"}}
     | ERROR_RESPONSES,
 )
-async def create_overlay(
-    request: Request, file: SliceFile, service: PredictionServiceDep, settings: SettingsDep
-) -> Response:
+async def create_overlay(request: Request, file: SliceFile, service: PredictionServiceDep) -> Response:
     """PNG of the slice with the predicted tumor outline drawn in green, for people to look at."""
     await check_file_fields(request, "file")
-    data = await read_upload(file, settings)
+    data = await read_upload(file, service.limits)
     request.state.input_sha256 = uploads.sha256_hex(data)
     answer = await unless_client_gone(request, service.overlay(data, on_tally=partial(record_outcome, request)))
     headers = {
