@@ -13,19 +13,13 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import FileResponse, HTMLResponse, Response
-from starlette.exceptions import HTTPException
+from fastapi.responses import HTMLResponse, Response
 from starlette.requests import Request
+
+from app.api.static_assets import BASE_SECURITY_HEADERS, AllowListedFiles
 
 ASSET_DIR = Path(str(files("fastapi_offline") / "static"))
 ASSET_PREFIX = "/static/docs"
-# An allow-list: only these files of the package can be served, whatever the path says.
-ASSET_MEDIA_TYPES = {
-    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
-    "swagger-ui.css": "text/css; charset=utf-8",
-    "redoc.standalone.js": "text/javascript; charset=utf-8",
-    "favicon.png": "image/png",
-}
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 # ReDoc's sidebar always shows Redocly's logo from their CDN, which the policy below blocks (a console error, and a
 # request to another host on networks that have internet). The bundle is served with an empty picture instead.
@@ -39,11 +33,19 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, **BASE_SECURITY_HEADERS}
+# Only these files of the package can be served, whatever the path says.
+ASSETS = AllowListedFiles(
+    ASSET_DIR,
+    media_types={
+        "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+        "swagger-ui.css": "text/css; charset=utf-8",
+        "redoc.standalone.js": "text/javascript; charset=utf-8",
+        "favicon.png": "image/png",
+    },
+    headers={"Cache-Control": "no-cache", **SECURITY_HEADERS},
+    kind="documentation file",
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -51,13 +53,9 @@ router = APIRouter(include_in_schema=False)
 @router.get(ASSET_PREFIX + "/{name}")
 async def read_docs_asset(name: str) -> Response:
     """Swagger UI's and ReDoc's scripts, style sheet and icon."""
-    media_type = ASSET_MEDIA_TYPES.get(name)
-    if media_type is None:
-        raise HTTPException(status_code=404, detail=f"no documentation file {name!r}")
-    headers = {"Cache-Control": "no-cache", **SECURITY_HEADERS}
-    if name == "redoc.standalone.js":
-        return Response(_redoc_bundle(), media_type=media_type, headers=headers)
-    return FileResponse(ASSET_DIR / name, media_type=media_type, headers=headers)
+    if name == "redoc.standalone.js":  # served from memory, its CDN logo replaced
+        return Response(_redoc_bundle(), media_type=ASSETS.media_type(name), headers=dict(ASSETS.headers))
+    return ASSETS.file_response(name)
 
 
 @cache

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
-from starlette.exceptions import HTTPException
+
+from app.api.static_assets import BASE_SECURITY_HEADERS, AllowListedFiles
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
@@ -23,17 +24,20 @@ CONTENT_SECURITY_POLICY = (
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    **BASE_SECURITY_HEADERS,
     # Revalidate on every load, so a new release's page and script never mix with cached old ones.
     "Cache-Control": "no-cache",
 }
-# An allow-list instead of a mounted folder: only these files can ever be served, whatever the path says.
-ASSET_MEDIA_TYPES = {
-    "app.js": "text/javascript; charset=utf-8",
-    "formats.js": "text/javascript; charset=utf-8",
-    "style.css": "text/css; charset=utf-8",
-}
+ASSETS = AllowListedFiles(
+    STATIC_DIR,
+    media_types={
+        "app.js": "text/javascript; charset=utf-8",
+        "formats.js": "text/javascript; charset=utf-8",
+        "style.css": "text/css; charset=utf-8",
+    },
+    headers=SECURITY_HEADERS,
+    kind="static file",
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,7 +51,4 @@ async def read_index() -> FileResponse:
 @router.get("/static/{name}")
 async def read_asset(name: str) -> FileResponse:
     """The page's script modules and style sheet."""
-    media_type = ASSET_MEDIA_TYPES.get(name)
-    if media_type is None:
-        raise HTTPException(status_code=404, detail=f"no static file {name!r}")
-    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=SECURITY_HEADERS)
+    return ASSETS.file_response(name)
