@@ -29,7 +29,6 @@ from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT, REVISED_SUFFIX, SR_SERIES
 from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, REJECTION_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION
-from app.node.dicom_node import MAX_PDU_BYTES
 from app.node.dicom_received_instance import (
     IGNORED_CLASSES,
     MR_CLASSES,
@@ -41,6 +40,7 @@ from app.node.dicom_received_instance import (
     STORAGE_CLASSES,
     TRANSFER_SYNTAXES,
 )
+from app.node.dicom_receiver import MAX_PDU_BYTES
 from app.settings import MIB, Settings
 
 RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)

@@ -40,24 +40,15 @@ How a study flows through it:
 5. **Forget.** Instances and results of a study whose results were all delivered are removed after
    `SpoolLimits.retention_seconds`; its record stays until `SpoolLimits.record_retention_seconds`.
 
-Defences against a sender that misbehaves: instances over the size limit (for a deflated one, once inflated), or
-that would overfill the spool or the disk, or start one study too many waiting for analysis, are refused with Out of
-Resources (`app.node.dicom_spool.SpoolLimits`); an instance over the size limit, or past the memory all associations
-together may hold in instances being received (`NodeConfig.receive_memory_bytes`), is not even held while it
-arrives (`_discard_oversized`). An instance is kept only if the service can read it
-(`app.node.dicom_received_instance.checked_instance`: its header, its pixel data's length, the UIDs that name it,
-matching the C-STORE request); others are refused with a status and an Error Comment that says why, and a log line
-without patient data. A connection that does not associate within `association_timeout_seconds`, an association idle
-that long, or a PDU that takes longer than that to arrive, is closed, so idle or trickling connections cannot hold the
-node's `max_associations` slots for long; a PDU longer than `MAX_PDU_BYTES` closes its connection at once. One
-address holds at most `max_associations_per_peer` associations, so a peer that keeps them busy cannot take them all
-(these rules on connections are in `app.node.dicom_association`).
+Defences against a sender that misbehaves, in what it sends and in how it holds connections, are told in
+`app.node.dicom_receiver`, which receives.
 
 Logs name studies by a hash of their Patient ID and Study Instance UID (`app.node.dicom_spool.study_key`), never by
 DICOM attributes.
 
-This module holds the node itself: `DicomNode` (the association handlers that receive, the worker that processes,
-the sender threads). The rest lives beside it:
+This module holds the node itself: `DicomNode` (the worker that processes, the sender threads), which starts the
+receiving (`app.node.dicom_receiver.Receiver`: the association handlers and what each open association sent). The rest
+lives beside it:
 
 - `app.node.node_config`: `NodeConfig`, the node's settings, checked;
 - `app.node.dicom_received_instance`: what the node accepts (SOP classes, transfer syntaxes, statuses) and the check
@@ -66,8 +57,8 @@ the sender threads). The rest lives beside it:
   count of associations that ended without a release;
 - `app.node.dicom_spool`, `app.node.dicom_sender`, `app.node.dicom_association`: the spool on disk, the sending of
   results, the limits on connections and PDUs;
-- `app.node.node_metrics`: the node's Prometheus metrics (counted here and in the sender; served by the command
-  line on ``DICOM_NODE_METRICS_PORT``);
+- `app.node.node_metrics`: the node's Prometheus metrics (counted here, in the receiver and in the sender; served by
+  the command line on ``DICOM_NODE_METRICS_PORT``);
 - `app.node.dicom_node_command`: the command line (``brain-tumor dicom-node``), which loads the models and runs the
   node.
 """
@@ -80,16 +71,11 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import Verification
 
 from app.backoff import doubling_wait
 from app.dicom.dicom_header import read_header
@@ -98,30 +84,13 @@ from app.dicom.rejection_note import build_rejection_note
 from app.errors import ServiceError
 from app.logging_config import os_error_name
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, TimedAssociationServer
-from app.node.dicom_received_instance import (
-    NOT_KEPT_CLASSES,
-    PRIVATE_IGNORED_CLASSES,
-    STATUS_DOES_NOT_MATCH_SOP_CLASS,
-    STATUS_OUT_OF_RESOURCES,
-    STORAGE_CLASSES,
-    TRANSFER_SYNTAXES,
-    DiscardedDataSet,
-    InstanceNotKeptError,
-    InstanceRefusedError,
-    check_replacement_decodes,
-    checked_instance,
-    received_bytes,
-    register_private_classes,
-    uid,
-)
-from app.node.dicom_sender import STATUS_SUCCESS, Destination, ResultDelivery, ResultSender
-from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError, timestamp
+from app.node.dicom_receiver import MAX_PDU_BYTES, Receiver
+from app.node.dicom_sender import Destination, ResultDelivery, ResultSender
+from app.node.dicom_spool import Spool, timestamp
 from app.node.dicom_study_runs import (
     COUNTED_NOTES,
     already_analysed,
     answered,
-    count_abort,
-    count_refused,
     counted_notes,
     delivered_results,
     earlier_reports,
@@ -172,20 +141,9 @@ def check_address(host: str, port: int) -> None:
         raise NodeStartError.of(host, port, error) from error
 
 
-ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is an LO
-MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundred bytes
-# The longest PDU a connection may send. The node announces pynetdicom's 16382 bytes as its maximum PDU length, so a
-# conforming sender's P-DATA-TF PDUs are no longer, and an association request is tens of KiB. pynetdicom reads a PDU
-# whole before `_discard_oversized` sees it: with PDUs as long as an instance (the limit before), a sender that ignored
-# the announced length sent each data set as one PDU, past the receive-memory bound (attack review 31: 6 instances of
-# 32 MiB held at once, +508 MiB, under a 40 MiB bound), and any connection, before its AE titles were checked, could
-# make the node read a 128 MiB association request. 64 times the announced length leaves room for lax senders.
-MAX_PDU_BYTES = 1024 * 1024
 PURGE_EVERY_SECONDS = 3600.0  # retention is set in hours; the walk reads every study folder
-RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
 UNWRITABLE_MOST_SECONDS = 1800.0  # longest wait before a study whose results the spool could not take is tried again
-IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
 
 
 class DicomNode:
@@ -228,6 +186,7 @@ class DicomNode:
             config.send_timeout_seconds,
             stopping=self._stop,
         )
+        self.receiver = Receiver(config, self.spool, self.metrics)
         self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock, self.metrics)
         self._server: Any = None
         # Held while an analysis's outcome is written to the spool: `stop` waits for a write in progress, and an
@@ -239,28 +198,12 @@ class DicomNode:
         # Study -> analyses in a row whose results the spool could not take (a full disk), and when to try again:
         # kept in memory, since the record cannot be written either.
         self._unwritable: dict[str, tuple[int, float]] = {}
-        # What each open association has sent: a study is not processed while one is still open (a slow link, a
-        # large instance on the wire), and its quiet period starts when the last one ends.
-        self._open: dict[Any, _Sending] = {}
-        # Associations whose connection has closed: a C-STORE handler still writing when its peer aborts finishes
-        # after the close event, and must not leave its study waiting on an association that is gone.
-        self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._open_lock = threading.Lock()
-        # Study -> the SOP Instance UIDs released associations stored since one of its associations was cut off
-        # (`_forget_cut_off`); a new set at each cut-off.
-        self._resent_after_cut_off: dict[str, set[str]] = {}
-        # Bytes of the instance each association is receiving (or has received and not yet stored): pynetdicom holds
-        # each whole in memory, so all of them together are held to `receive_memory_bytes`.
-        self._receiving: dict[Any, int] = {}
-        self._receiving_lock = threading.Lock()
-
-    # -- receiving -------------------------------------------------------------------------------------------
 
     def start(self, worker: bool = True) -> None:
         """Listen (in pynetdicom's threads) and, with `worker`, process and send in background threads."""
         self._stop.clear()
         self._abandoned = False
-        self._count_cut_off_associations()
+        self.receiver.count_cut_off_associations()
         for folder in self.spool.remove_unrecorded_results():
             logger.info(
                 "results that no run recorded removed (the node stopped before it recorded them)",
@@ -271,20 +214,7 @@ class DicomNode:
             # answers again, so each gets a fresh quiet period rather than being processed half-received.
             self.spool.touch_pending(key)
         self.delivery.restore_unsent_markers()
-        ae = AE(ae_title=self.config.ae_title)
-        ae.maximum_associations = self.config.max_associations
-        # The ARTIM timer (a connection that sends no association request) and the idle timer of an association.
-        ae.acse_timeout = ae.network_timeout = self.config.association_timeout_seconds
-        ae.add_supported_context(Verification)
-        for sop_class in STORAGE_CLASSES:
-            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-        register_private_classes()
-        for sop_class in sorted(NOT_KEPT_CLASSES):
-            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)  # never decoded
-        if self.config.allowed_calling_ae_titles:
-            ae.require_calling_aet = list(self.config.allowed_calling_ae_titles)
-        else:
-            logger.warning("the DICOM node accepts any calling AE title (DICOM_NODE_ALLOWED_CALLING_AE_TITLES unset)")
+        ae = self.receiver.application_entity()
         room_problem = self.spool.room_problem()
         if room_problem is not None:
             logger.warning(room_problem)
@@ -293,18 +223,10 @@ class DicomNode:
                 "the DICOM node has no destination (DICOM_NODE_DESTINATIONS unset): results stay in the spool"
             )
         ae.require_called_aet = True  # refuse associations addressed to another AE title
-        handlers = [
-            (evt.EVT_C_ECHO, _handle_echo),
-            (evt.EVT_ACCEPTED, _log_refused_contexts),
-            (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_PDU_RECV, self._discard_oversized),
-            (evt.EVT_RELEASED, self._note_release),
-            (evt.EVT_CONN_CLOSE, self._end_association),
-        ]
         try:
             self._server = ae.make_server(
                 (self.config.host, self.config.port),
-                evt_handlers=handlers,
+                evt_handlers=self.receiver.handlers(),
                 server_class=TimedAssociationServer,
                 receive_timeout=self.config.association_timeout_seconds,
                 max_pdu_bytes=MAX_PDU_BYTES,
@@ -352,224 +274,9 @@ class DicomNode:
             self._server.shutdown()
             self._server = None
 
-    def _handle_store(self, event: Any) -> int | Dataset:
-        """Keep one instance (`checked_instance`) and answer Success, or refuse it with a status and a comment."""
-        try:
-            return self._store(event)
-        finally:  # stored or refused: its bytes are no longer the node's to hold
-            with self._receiving_lock:
-                self._receiving.pop(event.assoc, None)
-
-    def _store(self, event: Any) -> int | Dataset:
-        request = event.request
-        if isinstance(request.DataSet, DiscardedDataSet) and request.DataSet.reason is not None:
-            return self._refused("receive_memory", STATUS_OUT_OF_RESOURCES, request.DataSet.reason)
-        context_class = str(event.context.abstract_syntax)
-        if uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
-            return self._refused(
-                "sop_class_mismatch", STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's"
-            )
-        if context_class in NOT_KEPT_CLASSES:
-            logger.info(
-                "instance ignored: not an image the models read",
-                extra={"fields": {"sop_class": PRIVATE_IGNORED_CLASSES.get(context_class, UID(context_class).name)}},
-            )
-            return STATUS_SUCCESS
-        try:
-            self.spool.check_room(received_bytes(request.DataSet))  # before copying it once more
-            data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
-            instance = checked_instance(
-                data,
-                str(request.AffectedSOPClassUID or ""),
-                str(request.AffectedSOPInstanceUID or ""),
-                self.config.spool_limits.max_instance_bytes,
-            )
-            if self.spool.holds_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid):
-                check_replacement_decodes(data, self.config.spool_limits.max_instance_bytes)
-            key = self.spool.store_instance(
-                instance.study_uid, instance.patient_id, instance.sop_instance_uid, data, instance.series_uid
-            )
-        except InstanceTooLargeError as error:
-            return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
-        except SpoolFullError as error:
-            return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
-        except InstanceNotKeptError as error:
-            logger.info("instance ignored: not an image the models read", extra={"fields": {"reason": str(error)}})
-            return STATUS_SUCCESS
-        except InstanceRefusedError as error:
-            return self._refused("invalid_instance", error.status, str(error), event.assoc)
-        except OSError:
-            logger.exception("instance not stored")
-            return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, "the node cannot write its spool", event.assoc)
-        with self._open_lock:
-            closed = event.assoc in self._closed
-            if not closed:
-                sending = self._open.setdefault(event.assoc, _Sending())
-                if key not in sending.studies:  # on disk too: a node that dies now leaves the study cut off
-                    self._mark_receiving(key, True)
-                sending.studies.add(key)
-                sending.instances.setdefault(key, set()).add(instance.sop_instance_uid)
-                sending.last_store = time.monotonic()
-        if closed:  # the peer aborted while this instance was being written
-            self._studies_sent({key}, aborted=True)
-        logger.debug("instance stored", extra={"fields": {"study_key": key}})
-        self.metrics.instances_received.inc()
-        return STATUS_SUCCESS
-
-    def _refused(self, kind: str, status: int, reason: str, association: Any = None) -> Dataset:
-        """`_refusal`, counted under `kind` (one of `node_metrics.REFUSAL_REASONS`: the reason itself is free text),
-        and for the `association`: the studies it sends are then reported as possibly missing instances."""
-        self.metrics.instances_refused.labels(reason=kind).inc()
-        if association is not None:
-            with self._open_lock:
-                if association not in self._closed:
-                    self._open.setdefault(association, _Sending()).refused += 1
-        return _refusal(status, reason)
-
-    def _note_release(self, event: Any) -> None:
-        """EVT_RELEASED: the sender ended the association as the standard asks, so it sent all it meant to."""
-        with self._open_lock:
-            if event.assoc in self._open:
-                self._open[event.assoc].released = True
-
-    def _count_cut_off_associations(self) -> None:
-        """Studies an association was storing when the node died (no close event ran): counted as an association
-        that ended without a release, so their report says instances may be missing (attack finding: a study cut
-        off by a crash was reported as complete, the same cut-off by an abort was not)."""
-        for key in self.spool.studies_left_receiving():
-            self._resent_after_cut_off[key] = set()
-            try:
-                self.spool.update_record(key, count_abort)
-            except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
-                logger.exception("association cut off by a stop not recorded", extra={"fields": {"study_key": key}})
-            else:
-                logger.warning(
-                    "a study was being received when the node stopped; its report will say instances may be missing",
-                    extra={"fields": {"study_key": key}},
-                )
-            self.spool.clear_receiving(key)
-
-    def _end_association(self, event: Any) -> None:
-        """EVT_CONN_CLOSE: the studies this association stored instances of start their quiet period now. One that
-        ended without a release (aborted by the sender, by the node for idling, its connection lost) may have sent
-        part of what was meant: that is recorded, for the report's notes."""
-        with self._receiving_lock:
-            self._receiving.pop(event.assoc, None)
-        with self._open_lock:
-            self._closed.add(event.assoc)
-            sending = self._open.get(event.assoc, _Sending())
-            idle = time.monotonic() - sending.last_store
-            # Closed by the node after an idle timeout: a router that leaves its association open had sent it all.
-            aborted = not sending.released and idle < IDLE_SHARE * self.config.association_timeout_seconds
-        try:
-            # While they still count as receiving: none is processed.
-            if not aborted:
-                self._forget_cut_off(sending)
-            self._studies_sent(sending.studies, aborted, sending.refused)
-        finally:
-            with self._open_lock:
-                self._open.pop(event.assoc, None)
-                still_receiving = {key for other in self._open.values() for key in other.studies}
-                for key in sending.studies - still_receiving:
-                    self._mark_receiving(key, False)
-
-    def _forget_cut_off(self, sending: _Sending) -> None:
-        """After a released association: a study cut off earlier (`count_abort`) whose every instance the spool holds
-        has come again since over released associations no longer counts the cut-off associations, so its report
-        is not PARTIAL (durability review 45 F5: a study re-sent whole after a node crash was reported "instances may
-        be missing" for good). Instances the cut-off association alone sent keep the count, and so does an abort
-        counted meanwhile (it starts a new set in `_resent_after_cut_off`)."""
-        for key, sop_instance_uids in sending.instances.items():
-            with self._open_lock:
-                tracked = self._resent_after_cut_off.get(key)
-                if tracked is None:
-                    continue
-                tracked |= sop_instance_uids
-                resent = set(tracked)
-
-            def forget(record: dict[str, Any], key: str = key, tracked: set[str] = tracked) -> None:
-                with self._open_lock:
-                    if self._resent_after_cut_off.get(key) is not tracked:
-                        return
-                    del self._resent_after_cut_off[key]
-                record.pop("aborted_associations", None)
-
-            try:
-                if self.spool.holds_only(key, resent):
-                    self.spool.update_record(key, forget)
-            except Exception:  # a spool file gone or unwritable: the count stays, and the report says PARTIAL
-                logger.exception("a study sent again whole not recorded", extra={"fields": {"study_key": key}})
-                continue
-            if key not in self._resent_after_cut_off:
-                logger.info(
-                    "a study cut off earlier came again whole over released associations; its report will not say "
-                    "instances may be missing",
-                    extra={"fields": {"study_key": key}},
-                )
-
-    def _mark_receiving(self, key: str, receiving: bool) -> None:
-        """The study's receiving marker set or cleared; a spool that cannot take it only loses the note a crash
-        would add."""
-        try:
-            if receiving:
-                self.spool.mark_receiving(key)
-            else:
-                self.spool.clear_receiving(key)
-        except OSError as error:
-            logger.warning(
-                "receiving marker not written", extra={"fields": {"study_key": key, "error": os_error_name(error)}}
-            )
-
-    def _studies_sent(self, keys: set[str], aborted: bool, refused: int = 0) -> None:
-        """Start the quiet period of studies an association has finished sending, recording an abort and the
-        instances it had refused."""
-        try:
-            for key in keys:
-                if aborted:
-                    with self._open_lock:
-                        self._resent_after_cut_off[key] = set()
-                    self.spool.update_record(key, count_abort)
-                if refused:
-                    self.spool.update_record(key, count_refused(refused))
-                self.spool.touch_pending(key)
-        except Exception:  # a spool file gone or unwritable: the study is still processed, without the note
-            logger.exception("association end not recorded")
-
     def studies_receiving(self) -> set[str]:
         """The studies an open association has stored instances of: not processed yet (`_quiet`)."""
-        with self._open_lock:
-            return {key for sending in self._open.values() for key in sending.studies}
-
-    def _discard_oversized(self, event: Any) -> None:
-        """EVT_PDU_RECV: once the message being received is over the instance limit, or the instances all
-        associations are receiving are over `receive_memory_bytes`, drop its data set as it arrives.
-
-        pynetdicom holds a message whole in memory until its last fragment, and the limit could only be checked then:
-        a sender could make the node hold any amount, and many associations at once many times that. This runs in the
-        association's reader thread before the PDU's fragments join the message; the request is then refused
-        (`_handle_store`) once its last fragment is in.
-        """
-        message = event.assoc.dimse.message
-        if message is None:  # the PDU starts a message: bounded by the PDU limit (`GuardedConnection`)
-            return
-        if message.encoded_command_set.tell() > MAX_COMMAND_BYTES:
-            logger.warning("association aborted", extra={"fields": {"reason": "a command set over 64 KiB"}})
-            event.assoc.abort()
-            return
-        data_set = message.data_set
-        if isinstance(data_set, DiscardedDataSet):
-            return
-        size = data_set.tell()
-        with self._receiving_lock:
-            self._receiving[event.assoc] = size
-            held = sum(self._receiving.values())
-            if size > self.config.spool_limits.max_instance_bytes:
-                message.data_set = DiscardedDataSet(size)
-            elif held > self.config.receive_memory_bytes:
-                message.data_set = DiscardedDataSet(size, reason=RECEIVE_MEMORY_FULL)
-            else:
-                return
-            del self._receiving[event.assoc]  # dropped: it holds nothing more
+        return self.receiver.studies_receiving()
 
     # -- processing ------------------------------------------------------------------------------------------
 
@@ -847,18 +554,6 @@ class DicomNode:
         return self.delivery.send_unsent(destinations)
 
 
-@dataclass
-class _Sending:
-    """What one open association has sent: the studies it stored instances of, when it last did, and whether it
-    asked for a release."""
-
-    studies: set[str] = field(default_factory=set)
-    instances: dict[str, set[str]] = field(default_factory=dict)  # study -> SOP Instance UIDs stored
-    last_store: float = 0.0  # time.monotonic()
-    released: bool = False
-    refused: int = 0  # instances it sent that the node refused
-
-
 def _without_counts(record: dict[str, Any]) -> None:
     for name in COUNTED_NOTES:
         record.pop(name, None)
@@ -869,48 +564,3 @@ def _outcome(analysis: StudyAnalysis) -> str:
     if analysis.status == AnalysisStatus.ANALYSED:
         return "positive" if analysis.summary.get("positive_slices") else "negative"
     return str(analysis.status)
-
-
-def _refusal(status: int, reason: str) -> Dataset:
-    """The C-STORE answer that refuses an instance, with `reason` as its Error Comment; logged without DICOM values."""
-    logger.warning("instance refused", extra={"fields": {"status": f"0x{status:04X}", "reason": reason}})
-    answer = Dataset()
-    answer.Status = status
-    answer.ErrorComment = reason[:ERROR_COMMENT_LENGTH]
-    return answer
-
-
-def _handle_echo(event: Any) -> int:
-    return STATUS_SUCCESS
-
-
-def _log_refused_contexts(event: Any) -> None:
-    """Say in one line which SOP classes (or their transfer syntaxes) an accepted association was refused: a sender
-    that then sends a class the node does not take fails that send, and the node's log is where an administrator
-    looks. INFO, not a warning per class: a PACS offers every class it stores, and dcmtk's storescu 14 for a series of
-    MR (operations review: 14 of a run's 20 lines). A SOP Class UID is the standard's or a vendor's, never patient
-    data, but a peer may send any text in its place ("Smith^John 1970", attack review 33): only well-formed UIDs are
-    named, the rest counted."""
-    classes_refused: set[str] = set()
-    syntaxes_refused: dict[str, set[str]] = {}  # SOP class -> the transfer syntaxes proposed for it, none taken
-    not_uids = 0
-    for context in event.assoc.rejected_contexts:
-        sop_class = UID(str(context.abstract_syntax))
-        if not sop_class.is_valid:
-            not_uids += 1
-        elif context.result == 0x04:  # transfer syntaxes not supported
-            proposed = {str(syntax) for syntax in context.transfer_syntax or [] if UID(str(syntax)).is_valid}
-            syntaxes_refused.setdefault(str(sop_class), set()).update(proposed)
-        else:
-            classes_refused.add(str(sop_class))
-    if classes_refused or syntaxes_refused or not_uids:
-        fields: dict[str, object] = {}
-        if classes_refused:
-            fields["SOP class not supported"] = sorted(classes_refused)
-        if syntaxes_refused:
-            fields["transfer syntaxes not supported"] = {
-                sop_class: sorted(syntaxes) for sop_class, syntaxes in sorted(syntaxes_refused.items())
-            }
-        if not_uids:
-            fields["not a UID (not logged)"] = not_uids
-        logger.info("presentation contexts refused", extra={"fields": fields})

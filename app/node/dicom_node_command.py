@@ -3,7 +3,7 @@ runs the node (`app.node.dicom_node.DicomNode`) until interrupted.
 
 `app.cli` checks the port and AE title given, configures logging and calls `main`, as it calls `app.pacs.pacs_sync.main`
 for ``brain-tumor pacs-sync``; options not given come from the ``DICOM_NODE_*`` settings (`NodeConfig.from_settings`).
-How a study flows through the node, and its defences, are told in `app.node.dicom_node`.
+How a study flows through the node is told in `app.node.dicom_node`, its defences in `app.node.dicom_receiver`.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 First the node's tables: the storage classes it reads (`STORAGE_CLASSES`; the MR ones, which must say Modality MR:
 `MR_CLASSES`), the classes that travel with MR studies and are answered Success without being kept
 (`NOT_KEPT_CLASSES`: `IGNORED_CLASSES`, the vendors' private ones, every other storage class of the standard), the
-transfer syntaxes it accepts (`TRANSFER_SYNTAXES`), and the C-STORE statuses of its refusals. `app.node.dicom_node`
-offers them at association and answers with them, and `app.node.dicom_conformance_statement` writes them into
-``DICOM_CONFORMANCE.md``: one table for both, so the statement cannot drift from what the node does.
+transfer syntaxes it accepts (`TRANSFER_SYNTAXES`), and the C-STORE statuses of its refusals.
+`app.node.dicom_receiver` offers them at association and answers with them, and `app.node.dicom_conformance_statement`
+writes them into ``DICOM_CONFORMANCE.md``: one table for both, so the statement cannot drift from what the node does.
 
 Then the check of one instance once it has arrived whole (`checked_instance`): it is kept only if the service can
 read it (its header, its pixel data's length, the UIDs that name it, matching the C-STORE request), else refused with
@@ -87,7 +87,7 @@ STORAGE_CLASSES = (
 )
 # What travels with MR images in a study and is not an image the models read: our own results (SEG, SR) among them.
 # A router that forwards a whole study offers them too, and Orthanc fails the whole send when any class is refused,
-# so they are answered Success and not kept (`app.node.dicom_node.DicomNode._handle_store`).
+# so they are answered Success and not kept (`app.node.dicom_receiver.Receiver._handle_store`).
 IGNORED_CLASSES = (
     SegmentationStorage,
     BasicTextSRStorage,
@@ -275,7 +275,7 @@ def uid(value: object) -> str:
 
 class DiscardedDataSet(io.BytesIO):
     """Stands in for the data set of a C-STORE request past the instance limit or the receive memory: counts the bytes
-    that still arrive and keeps none (`app.node.dicom_node.DicomNode._discard_oversized`). `reason`, when set, is the
+    that still arrive and keeps none (`app.node.dicom_receiver.Receiver._discard_oversized`). `reason`, when set, is the
     Error Comment of the refusal (the instance limit's comes from `app.node.dicom_spool.Spool.check_room`)."""
 
     def __init__(self, received: int, reason: str | None = None) -> None:

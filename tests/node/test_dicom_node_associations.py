@@ -297,7 +297,7 @@ def test_an_instance_on_a_context_of_another_class_is_refused(make_node: Any) ->
         request=request, context=SimpleNamespace(abstract_syntax=ComprehensiveSRStorage), assoc=object()
     )
 
-    answer = node._handle_store(event)
+    answer = node.receiver._handle_store(event)
 
     assert answer.Status == 0xA900
     assert answer.ErrorComment == "SOP Class UID is not its presentation context's"

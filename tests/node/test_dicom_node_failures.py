@@ -20,7 +20,8 @@ from pydicom.uid import SegmentationStorage, generate_uid
 from pynetdicom.association import Association
 
 from app.logging_config import REDACTED, JsonFormatter
-from app.node.dicom_node import RECEIVE_MEMORY_FULL, DicomNode
+from app.node.dicom_node import DicomNode
+from app.node.dicom_receiver import RECEIVE_MEMORY_FULL
 from app.node.dicom_sender import Destination
 from app.node.dicom_spool import SpoolLimits
 from app.node.node_config import NodeConfig

@@ -187,8 +187,8 @@ def test_a_study_cut_off_by_a_node_that_died_says_so_in_its_report(
     (key,) = node.spool.pending_studies()
     assert (node.spool.root / "receiving" / key).exists()
     # The crash: what the close of the connection would record never happens.
-    monkeypatch.setattr(node, "_studies_sent", lambda keys, aborted: None)
-    monkeypatch.setattr(node, "_mark_receiving", lambda key, receiving: None, raising=False)
+    monkeypatch.setattr(node.receiver, "_studies_sent", lambda keys, aborted: None)
+    monkeypatch.setattr(node.receiver, "_mark_receiving", lambda key, receiving: None, raising=False)
     association.abort()
     node.stop()
 
