@@ -40,24 +40,29 @@ How a study flows through it:
 5. **Forget.** Instances and results of a study whose results were all delivered are removed after
    `SpoolLimits.retention_seconds`; its record stays until `SpoolLimits.record_retention_seconds`.
 
-Defences against a sender that misbehaves, in what it sends and in how it holds connections, are told in
-`app.node.dicom_receiver`, which receives.
+The node's three jobs live in three modules, one class each, which `DicomNode` composes (newcomer review 45 F18: they
+were one class of 900 lines):
+
+- `app.node.dicom_receiver`: `Receiver`, the association handlers that receive (step 1), and the node's defences
+  against a sender that misbehaves (size, memory and spool limits; instances it cannot read);
+- `app.node.dicom_study_worker`: `StudyWorker`, the worker that processes quiet studies and purges old ones (steps 2,
+  3 and 5);
+- `app.node.dicom_sender`: `ResultDelivery` and `ResultSender`, the sending of results (step 4), one thread per
+  destination.
 
 Logs name studies by a hash of their Patient ID and Study Instance UID (`app.node.dicom_spool.study_key`), never by
 DICOM attributes.
 
-This module holds the node itself: `DicomNode` (the worker that processes, the sender threads), which starts the
-receiving (`app.node.dicom_receiver.Receiver`: the association handlers and what each open association sent). The rest
-lives beside it:
+This module holds the node itself: `DicomNode` (its start and stop, its threads, the steps they run). The rest lives
+beside it:
 
 - `app.node.node_config`: `NodeConfig`, the node's settings, checked;
 - `app.node.dicom_received_instance`: what the node accepts (SOP classes, transfer syntaxes, statuses) and the check
   that keeps or refuses each instance received;
 - `app.node.dicom_study_runs`: the runs in a study's record that decide whether it is processed again (step 3), and the
   count of associations that ended without a release;
-- `app.node.dicom_spool`, `app.node.dicom_sender`, `app.node.dicom_association`: the spool on disk, the sending of
-  results, the limits on connections and PDUs;
-- `app.node.node_metrics`: the node's Prometheus metrics (counted here, in the receiver and in the sender; served by
+- `app.node.dicom_spool`, `app.node.dicom_association`: the spool on disk, the limits on connections and PDUs;
+- `app.node.node_metrics`: the node's Prometheus metrics (counted by the receiver, the worker and the sender; served by
   the command line on ``DICOM_NODE_METRICS_PORT``);
 - `app.node.dicom_node_command`: the command line (``brain-tumor dicom-node``), which loads the models and runs the
   node.
@@ -70,45 +75,17 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from pydicom.dataset import Dataset
-
-from app.backoff import doubling_wait
-from app.dicom.dicom_header import read_header
-from app.dicom.dicom_sr import supersede_earlier_reports
-from app.dicom.rejection_note import build_rejection_note
-from app.errors import ServiceError
-from app.logging_config import os_error_name
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, TimedAssociationServer
 from app.node.dicom_receiver import MAX_PDU_BYTES, Receiver
 from app.node.dicom_sender import Destination, ResultDelivery, ResultSender
-from app.node.dicom_spool import Spool, timestamp
-from app.node.dicom_study_runs import (
-    COUNTED_NOTES,
-    already_analysed,
-    answered,
-    counted_notes,
-    delivered_results,
-    earlier_reports,
-    errors_since_last_outcome,
-    references,
-    reports,
-    supersede_undelivered,
-)
+from app.node.dicom_spool import Spool
+from app.node.dicom_study_worker import StudyWorker
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
-from app.study_analysis import (
-    AnalysisStatus,
-    StudyAnalysis,
-    StudyProcessor,
-    error_code,
-    series_in_several_studies,
-    split_by_patient_id,
-)
+from app.study_analysis import StudyProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +118,9 @@ def check_address(host: str, port: int) -> None:
         raise NodeStartError.of(host, port, error) from error
 
 
-PURGE_EVERY_SECONDS = 3600.0  # retention is set in hours; the walk reads every study folder
-OPEN_ASSOCIATION_WAIT = 10  # quiet periods a study waits for an association that sent part of it to end
-UNWRITABLE_MOST_SECONDS = 1800.0  # longest wait before a study whose results the spool could not take is tried again
-
-
 class DicomNode:
-    """The node: a C-STORE SCP that spools, a worker that processes quiet studies, a sender that sends results.
+    """The node: a C-STORE SCP that spools (`Receiver`), a worker that processes quiet studies (`StudyWorker`), a
+    sender per destination that sends results (`ResultDelivery`); it starts and stops them together.
 
     `process_ready`, `send_unsent` and `purge_expired` are one step each of the background threads, public so that
     tests (and a caller that wants its own loop) can drive them with their own clock.
@@ -164,10 +137,6 @@ class DicomNode:
         """`sleep` waits between a send's retries; by default on the stop event, so that `stop` ends the wait.
         `metrics` (by default its own) counts what the node does; the command line serves them."""
         self.config = config
-        self.processor = processor
-        # The model versions of every run's results, fixed at the start as the models are loaded once: a study
-        # whose latest outcome other versions made is analysed again when sent again (durability review 45 F6).
-        self.model_tags = dict(processor.model_tags)
         self.clock = clock
         self.spool = Spool(config.spool_dir, clock=clock, limits=config.spool_limits)
         self.metrics = metrics or NodeMetrics(str(destination) for destination in config.destinations)
@@ -178,6 +147,16 @@ class DicomNode:
             oldest_unsent_age=self._oldest_unsent_age,
         )
         self._stop = threading.Event()
+        self.receiver = Receiver(config, self.spool, self.metrics)
+        self.worker = StudyWorker(
+            config,
+            self.spool,
+            processor,
+            clock,
+            self.metrics,
+            stopping=self._stop,
+            studies_receiving=self.receiver.studies_receiving,
+        )
         self.sender = ResultSender(
             config.ae_title,
             config.send_retries,
@@ -186,23 +165,23 @@ class DicomNode:
             config.send_timeout_seconds,
             stopping=self._stop,
         )
-        self.receiver = Receiver(config, self.spool, self.metrics)
         self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock, self.metrics)
         self._server: Any = None
-        # Held while an analysis's outcome is written to the spool: `stop` waits for a write in progress, and an
-        # analysis it stopped waiting for (`_abandoned`) writes nothing, so the study is simply still pending.
-        self._writing = threading.Lock()
-        self._abandoned = False
         self._threads: list[threading.Thread] = []
-        self._last_purge = 0.0
-        # Study -> analyses in a row whose results the spool could not take (a full disk), and when to try again:
-        # kept in memory, since the record cannot be written either.
-        self._unwritable: dict[str, tuple[int, float]] = {}
+
+    @property
+    def processor(self) -> StudyProcessor:
+        """The worker's processor; tests put their own in its place."""
+        return self.worker.processor
+
+    @processor.setter
+    def processor(self, processor: StudyProcessor) -> None:
+        self.worker.processor = processor
 
     def start(self, worker: bool = True) -> None:
         """Listen (in pynetdicom's threads) and, with `worker`, process and send in background threads."""
         self._stop.clear()
-        self._abandoned = False
+        self.worker.resume()
         self.receiver.count_cut_off_associations()
         for folder in self.spool.remove_unrecorded_results():
             logger.info(
@@ -255,7 +234,14 @@ class DicomNode:
             (f"sender-{index}", functools.partial(self.send_unsent, (destination,)))
             for index, destination in enumerate(self.config.destinations)
         ]
-        return [("worker", self._process_and_purge), *senders]
+        return [("worker", self.worker.process_and_purge), *senders]
+
+    def _loop(self, step: Callable[[], object]) -> None:
+        while not self._stop.wait(self.config.poll_seconds):
+            try:
+                step()
+            except Exception:  # a bug must not stop the node receiving; logged with its traceback
+                logger.exception("DICOM node pass failed")
 
     def stop(self) -> None:
         """Stop within `NodeConfig.stop_seconds`, losing nothing: no study or send starts, sends in progress are cut
@@ -267,281 +253,24 @@ class DicomNode:
         deadline = time.monotonic() + self.config.stop_seconds
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        with self._writing:  # an outcome being written is finished; none is written from now on
-            self._abandoned = True
+        self.worker.abandon_analysis()  # an outcome being written is finished; none is written from now on
         self._threads = []
         if self._server is not None:
             self._server.shutdown()
             self._server = None
 
     def studies_receiving(self) -> set[str]:
-        """The studies an open association has stored instances of: not processed yet (`_quiet`)."""
+        """The studies an open association has stored instances of: not processed yet."""
         return self.receiver.studies_receiving()
 
-    # -- processing ------------------------------------------------------------------------------------------
-
-    def _loop(self, step: Callable[[], object]) -> None:
-        while not self._stop.wait(self.config.poll_seconds):
-            try:
-                step()
-            except Exception:  # a bug must not stop the node receiving; logged with its traceback
-                logger.exception("DICOM node pass failed")
-
-    def _process_and_purge(self) -> None:
-        self.process_ready()
-        if self.clock() - self._last_purge >= PURGE_EVERY_SECONDS:
-            self._last_purge = self.clock()
-            self.purge_expired()
+    def process_ready(self) -> list[str]:
+        """Process every study quiet for `quiet_seconds`; return the keys of the studies processed anew
+        (`StudyWorker.process_ready`)."""
+        return self.worker.process_ready()
 
     def purge_expired(self) -> list[str]:
         """Remove instances and results of studies delivered `retention_seconds` ago; return their keys."""
-        purged = self.spool.purge_expired(self.clock())
-        if purged:
-            logger.info("expired studies removed from the spool", extra={"fields": {"studies": len(purged)}})
-        return purged
-
-    def process_ready(self) -> list[str]:
-        """Process every study quiet for `quiet_seconds`; return the keys of the studies processed anew.
-
-        One study's problem (an unreadable record, an instance file gone) skips that study only: the others are
-        processed in the same pass.
-        """
-        processed: list[str] = []
-        for key, _ in sorted(self.spool.pending_studies().items(), key=lambda item: item[1]):
-            if self._stop.is_set():  # the other studies wait for the restart
-                break
-            # Asked again for each study: processing the one before may have taken minutes, and new instances and
-            # associations came meanwhile.
-            last_arrival = self.spool.pending_since(key)
-            if last_arrival is None or not self._quiet(key, last_arrival) or self._waits_for_room(key):
-                continue
-            try:
-                if self._process_study(key, last_arrival):
-                    processed.append(key)
-            except Exception:  # a bug or a broken spool file: retried after another quiet period, not every pass
-                logger.exception("study not processed", extra={"fields": {"study_key": key}})
-                self.spool.touch_pending(key)
-        self.metrics.last_pass.set(self.clock())
-        return processed
-
-    def _quiet(self, key: str, last_arrival: float) -> bool:
-        """Whether a study is ready: no instance for `quiet_seconds`, and no association that sent part of it still
-        open (an instance of it may be on the wire), unless one has held it `OPEN_ASSOCIATION_WAIT` quiet periods
-        (a router that never releases)."""
-        quiet_for = self.clock() - last_arrival
-        if quiet_for < self.config.quiet_seconds:
-            return False
-        return key not in self.studies_receiving() or quiet_for >= OPEN_ASSOCIATION_WAIT * self.config.quiet_seconds
-
-    def _process_study(self, key: str, last_arrival: float) -> bool:
-        record = self.spool.readable_record(key)  # first: a study skipped for its record costs no hashing
-        if record is None:  # logged by the spool; stays pending, so a repaired record is processed
-            return False
-        files = self.spool.instance_files(key)
-        fingerprint, bytes_fingerprint = self.spool.fingerprints(files)
-        runs = record["runs"]
-        split = self.spool.studies_split_by_patient_id(key)
-        sharing = [] if split else self.spool.studies_sharing_a_series(key)
-        # The same instances again: nothing new to say, unless another part of the study came meanwhile and the
-        # result standing for these is now wrong for the whole (attack review 43 F5), or other models made it.
-        if already_analysed(runs, fingerprint, self.model_tags, bytes_fingerprint) and not (split or sharing):
-            logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
-            if any(record.get(name) for name in COUNTED_NOTES):  # brought nothing new: no note for a later run
-                self.spool.update_record(key, _without_counts)
-            self.spool.clear_pending(key, last_arrival)
-            return False
-        attempts = errors_since_last_outcome(runs, fingerprint)
-        run: dict[str, Any] = {
-            "run_id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8],
-            "fingerprint": fingerprint,
-            "instances": len(files),
-            "models": self.model_tags,
-            "started_at": timestamp(),
-        }
-        counts = {name: int(record.get(name, 0)) for name in COUNTED_NOTES}
-        analysis: StudyAnalysis | Exception
-        if split or sharing:
-            refuse = split_by_patient_id if split else series_in_several_studies
-            analysis = refuse(len(split or sharing) + 1, {"files": len(files)})
-            self._reopen_answered(split or sharing)
-        else:
-            try:
-                analysis = self.processor(files, counted_notes(counts), complete=not any(counts.values()))
-            except Exception as error:  # a bug or a resource problem: retried after another quiet period
-                logger.exception("study processing failed", extra={"fields": {"study_key": key}})
-                analysis = error
-        with self._writing:
-            if self._abandoned:  # the stop did not wait for this analysis: nothing of it is kept
-                logger.info(
-                    "analysis abandoned by the stop; done after the restart", extra={"fields": {"study_key": key}}
-                )
-                return False
-            return self._keep_outcome(key, record, run, analysis, counts, attempts, last_arrival)
-
-    def _reopen_answered(self, keys: list[str]) -> None:
-        """Mark pending the studies of `keys` (other parts of a study found split) whose latest outcome is a result:
-        analysed again, they are refused too and their results withdrawn. Why: a part that came after the other was
-        answered left that answer standing, an "absent" SR for the tumor-free half (attack review 43 F5). A study
-        already refused is not marked again, so two parts do not reopen each other without end."""
-        for key in keys:
-            record = self.spool.readable_record(key)
-            if record is not None and answered(record["runs"]) and self.spool.pending_since(key) is None:
-                self.spool.touch_pending(key)
-
-    def _keep_outcome(
-        self,
-        key: str,
-        record: dict[str, Any],
-        run: dict[str, Any],
-        analysis: StudyAnalysis | Exception,
-        counts: dict[str, int],
-        attempts: int,
-        last_arrival: float,
-    ) -> bool:
-        """Write an analysis's outcome (or its error) to the spool; True if it has results."""
-        if isinstance(analysis, Exception):
-            self.metrics.studies_analysed.labels(outcome="failed").inc()
-            self.metrics.studies_failed.labels(error="internal").inc()
-            run.update(status="error", error=type(analysis).__name__, finished_at=timestamp())
-            self.spool.update_record(key, lambda stored: stored["runs"].append(run))
-            if attempts + 1 < self.config.max_attempts:
-                self.spool.touch_pending(key)
-            else:
-                self.spool.clear_pending(key, last_arrival)
-            return False
-        try:
-            self._record_analysis(key, record, run, analysis, counts)
-        except OSError as error:
-            self._results_not_written(key, run, error)
-            return False
-        self._unwritable.pop(key, None)
-        self.metrics.studies_analysed.labels(outcome=_outcome(analysis)).inc()
-        if analysis.status == AnalysisStatus.FAILED:  # interop review 39: a refused study showed no reason here
-            self.metrics.studies_failed.labels(error=error_code(analysis.reason) or "unknown").inc()
-        self.spool.clear_pending(key, last_arrival)
-        return True
-
-    def _waits_for_room(self, key: str) -> bool:
-        _, until = self._unwritable.get(key, (0, 0.0))
-        return until > self.clock()
-
-    def _results_not_written(self, key: str, run: dict[str, Any], error: OSError) -> None:
-        """The spool could not take a run's results or its record (a full disk, a read-only remount): nothing of the
-        run is kept, and the study is analysed again after a wait that doubles (attack finding: it was analysed
-        again every quiet period, each time leaving an empty results folder)."""
-        self.spool.discard_results(key, run["run_id"])
-        failures = self._unwritable.get(key, (0, 0.0))[0] + 1
-        wait = doubling_wait(self.config.quiet_seconds, failures, most_seconds=UNWRITABLE_MOST_SECONDS)
-        self._unwritable[key] = (failures, self.clock() + wait)
-        logger.warning(
-            "the study's results could not be written to the spool; it is analysed again after a wait",
-            extra={"fields": {"study_key": key, "error": os_error_name(error), "retry_in_seconds": round(wait)}},
-        )
-        self.spool.touch_pending(key)
-
-    def _record_analysis(
-        self, key: str, record: dict[str, Any], run: dict[str, Any], analysis: StudyAnalysis, counts: dict[str, int]
-    ) -> None:
-        # The record as it is now, not as it was when the analysis began: results of an earlier run that reached a
-        # destination meanwhile are what this run's report and rejection note must name (they were missed: the
-        # destination kept them current).
-        runs = (self.spool.readable_record(key) or record)["runs"]
-        previous = next((item for item in reversed(runs) if item.get("results")), None)
-        built_report_uid = str(analysis.datasets[-1].SOPInstanceUID) if analysis.datasets else None
-        predecessors: list[dict[str, str]] = []
-        if previous is not None and analysis.datasets:  # the report names the one it replaces; new UIDs for all
-            predecessors = earlier_reports(runs, previous, built_report_uid)
-            supersede_earlier_reports(analysis.datasets, reports(predecessors))
-            note = self._rejection_note(key, runs, analysis.datasets)
-            if note is not None:
-                analysis.datasets.append(note)
-        elif previous is not None and analysis.status == AnalysisStatus.FAILED and (header := self._study_header(key)):
-            note = self._rejection_note(key, runs, [header])  # nothing is sent again: every result delivered
-            if note is not None:
-                analysis.datasets.append(note)
-        results = self.spool.save_results(key, run["run_id"], analysis.datasets)
-        run.update(
-            status=analysis.status,
-            reason=analysis.reason,
-            summary=analysis.summary,
-            results=[
-                {
-                    "file": path.name,
-                    "modality": str(dataset.Modality),
-                    "sop_class_uid": str(dataset.SOPClassUID),
-                    "series_instance_uid": str(dataset.SeriesInstanceUID),
-                    "sop_instance_uid": str(dataset.SOPInstanceUID),
-                }
-                for path, dataset in zip(results, analysis.datasets, strict=True)
-            ],
-            supersedes=previous["run_id"] if previous is not None and results else None,
-            built_report_uid=built_report_uid,
-            predecessors=predecessors,
-            sent={str(destination): {"status": "pending", "attempts": 0} for destination in self.config.destinations}
-            if results
-            else {},
-            finished_at=timestamp(),
-        )
-
-        # A refused study has no result: what earlier runs made, for instances that are not the study's now, is
-        # withdrawn where delivered (the note above) and never sent where not (interop review 44 F2: a re-send that
-        # could not be analysed left the earlier SEG and SR standing as the study's current result).
-        withdrawn = (
-            dict.fromkeys(map(str, self.config.destinations)) if analysis.status == AnalysisStatus.FAILED else {}
-        )
-
-        def append(stored: dict[str, Any]) -> None:
-            if run["sent"]:  # marked before the record is written: a node stopped in between still sends them
-                self.spool.mark_unsent(key)
-            supersede_undelivered(stored["runs"], run["sent"] or withdrawn)
-            stored["runs"].append(run)
-            # Said in this run's notes; what was counted while it ran is left for the next run.
-            for name, count in counts.items():
-                left = int(stored.pop(name, 0)) - count
-                if left > 0:
-                    stored[name] = left
-
-        self.spool.update_record(key, append)
-        if withdrawn and not results:  # earlier results nobody got are not sent now: nothing waits
-            self.spool.clear_unsent_if_all_sent(key)
-        fields: dict[str, Any] = {"study_key": key, "status": analysis.status, "results": len(results)}
-        if analysis.status == AnalysisStatus.FAILED and analysis.reason:
-            fields["error"] = error_code(analysis.reason)  # a code, no value (interop review 39: none was logged)
-        logger.info("study processed", extra={"fields": fields})
-
-    def _study_header(self, key: str) -> Dataset | None:
-        """The header of one of the study's instances, for the patient and study attributes of a rejection note made
-        without a result of this run; None when none can be read (the note is not made, and that is logged)."""
-        files = self.spool.instance_files(key)
-        if files and (header := read_header(files[0])) is not None:
-            return header
-        logger.warning(
-            "earlier results not rejected: no instance header readable", extra={"fields": {"study_key": key}}
-        )
-        return None
-
-    def _rejection_note(self, key: str, runs: list[dict[str, Any]], datasets: list[Dataset]) -> Dataset | None:
-        """The note that rejects the SEGs and SRs a destination stored from earlier `runs` that the new results
-        (`datasets`) do not send again (`app.dicom.rejection_note`): C-STORE cannot delete them at the destination
-        (interop review 37: a revision turned negative left the earlier SEG as the study's only one).
-
-        Made from the record alone, so a correction after the purge rejects what was purged (review 38). The same
-        findings as the latest run (a series the models do not read arrived) send its results again, and the same
-        note. None when no destination stored anything that is not sent again."""
-        sent_again = {str(dataset.SOPInstanceUID) for dataset in datasets}
-        stale = [result for result in delivered_results(runs) if result["sop_instance_uid"] not in sent_again]
-        if not stale:
-            return None
-        try:
-            return build_rejection_note(references(stale), datasets[-1], {}, "dicom-node")
-        except ServiceError as error:
-            logger.warning(
-                "earlier results not rejected: no rejection note made",
-                extra={"fields": {"study_key": key, "error": type(error).__name__}},
-            )
-            return None
-
-    # -- sending ---------------------------------------------------------------------------------------------
+        return self.worker.purge_expired()
 
     def _oldest_unsent_age(self) -> float:
         """Seconds since the results waiting longest for a destination were made; 0 when none wait."""
@@ -552,15 +281,3 @@ class DicomNode:
         """Send each of `destinations` (default: all, one after the other) what it still lacks, once its backoff
         has passed; return runs tried. The sender threads call it for one destination each."""
         return self.delivery.send_unsent(destinations)
-
-
-def _without_counts(record: dict[str, Any]) -> None:
-    for name in COUNTED_NOTES:
-        record.pop(name, None)
-
-
-def _outcome(analysis: StudyAnalysis) -> str:
-    """The `brain_tumor_node_studies_analysed` outcome: an analysed study is positive when a slice is."""
-    if analysis.status == AnalysisStatus.ANALYSED:
-        return "positive" if analysis.summary.get("positive_slices") else "negative"
-    return str(analysis.status)

@@ -1,5 +1,5 @@
 """The DICOM node's receiving: the pynetdicom handlers that answer C-ECHO and C-STORE, and what they keep of each open
-association, so that the worker (`app.node.dicom_node.DicomNode`) processes no study an association is still sending
+association, so that the worker (`app.node.dicom_study_worker`) processes no study an association is still sending
 (`Receiver.studies_receiving`). How a study flows through the whole node is told in `app.node.dicom_node`.
 
 Defences against a sender that misbehaves: instances over the size limit (for a deflated one, once inflated), or
@@ -310,7 +310,7 @@ class Receiver:
             logger.exception("association end not recorded")
 
     def studies_receiving(self) -> set[str]:
-        """The studies an open association has stored instances of: not processed yet (`DicomNode._quiet`)."""
+        """The studies an open association has stored instances of: not processed yet (`StudyWorker._quiet`)."""
         with self._open_lock:
             return {key for sending in self._open.values() for key in sending.studies}
 

@@ -1,11 +1,11 @@
 """The runs in a study's record (``record.json``) that decide whether the DICOM node processes the study again.
 
-Each time `app.node.dicom_node.DicomNode` processes a study it appends a run to the study's record: the fingerprint of
-its instances (and their content), the model versions it ran with, its status, its results. These functions read
-that list: whether these very instances were analysed already by the models that run now (`already_analysed`; only
-"analysed" is final, `FINAL_STATUSES`), how many "error" runs they had since their last outcome
-(`errors_since_last_outcome`, held to `app.node.node_config.NodeConfig.max_attempts`), and which results a new run
-supersedes (`delivered_results`, `earlier_reports`, `reports`). An association that sent part of a study and ended
+Each time `app.node.dicom_study_worker.StudyWorker` processes a study it appends a run to the study's record: the
+fingerprint of its instances (and their content), the model versions it ran with, its status, its results. These
+functions read that list: whether these very instances were analysed already by the models that run now
+(`already_analysed`; only "analysed" is final, `FINAL_STATUSES`), how many "error" runs they had since their last
+outcome (`errors_since_last_outcome`, held to `app.node.node_config.NodeConfig.max_attempts`), and which results a new
+run supersedes (`delivered_results`, `earlier_reports`, `reports`). An association that sent part of a study and ended
 without a release is counted in the record (`count_abort`) and said in the notes of the study's next run
 (`ABORTED_NOTE`).
 """

@@ -1,10 +1,10 @@
 """Prometheus metrics of the DICOM node (`brain-tumor dicom-node`), served on ``DICOM_NODE_METRICS_PORT``.
 
-Counters are counted where the events happen (`app.node.dicom_node`, `app.node.dicom_sender`); the gauges are read
-from the spool at each scrape (its marker folders and its byte count: cheap). Labels are a fixed vocabulary and the
-configured destinations (``AE@host:port``), never UIDs or patient data. Like `app.metrics.ServiceMetrics`: a registry
-of its own, the process' own metrics (``process_*``), the release (``brain_tumor_build_info``), no ``_created``
-series.
+Counters are counted where the events happen (`app.node.dicom_receiver`, `app.node.dicom_study_worker`,
+`app.node.dicom_sender`); the gauges are read from the spool at each scrape (its marker folders and its byte count:
+cheap). Labels are a fixed vocabulary and the configured destinations (``AE@host:port``), never UIDs or patient data.
+Like `app.metrics.ServiceMetrics`: a registry of its own, the process' own metrics (``process_*``), the release
+(``brain_tumor_build_info``), no ``_created`` series.
 """
 
 from __future__ import annotations

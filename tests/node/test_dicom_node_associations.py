@@ -18,8 +18,9 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from app.dicom.dicom_sr_reader import read_volume_report
-from app.node.dicom_node import OPEN_ASSOCIATION_WAIT, DicomNode
+from app.node.dicom_node import DicomNode
 from app.node.dicom_study_runs import ABORTED_NOTE, REFUSED_NOTE
+from app.node.dicom_study_worker import OPEN_ASSOCIATION_WAIT
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor, unread_files_note
 from app.uploads import UploadLimits
