@@ -76,7 +76,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, TimedAssociationServer
 from app.node.dicom_receiver import MAX_PDU_BYTES, Receiver
@@ -166,7 +165,7 @@ class DicomNode:
             stopping=self._stop,
         )
         self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock, self.metrics)
-        self._server: Any = None
+        self._server: TimedAssociationServer | None = None
         self._threads: list[threading.Thread] = []
 
     @property

@@ -28,7 +28,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.events import EventHandlerType
+from pynetdicom.association import Association
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification
 
 from app.logging_config import os_error_name
@@ -84,17 +85,17 @@ class Receiver:
         self.metrics = metrics
         # What each open association has sent: a study is not processed while one is still open (a slow link, a
         # large instance on the wire), and its quiet period starts when the last one ends.
-        self._open: dict[Any, _Sending] = {}
+        self._open: dict[Association, _Sending] = {}
         # Associations whose connection has closed: a C-STORE handler still writing when its peer aborts finishes
         # after the close event, and must not leave its study waiting on an association that is gone.
-        self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._closed: weakref.WeakSet[Association] = weakref.WeakSet()
         self._open_lock = threading.Lock()
         # Study -> the SOP Instance UIDs released associations stored since one of its associations was cut off
         # (`_forget_cut_off`); a new set at each cut-off.
         self._resent_after_cut_off: dict[str, set[str]] = {}
         # Bytes of the instance each association is receiving (or has received and not yet stored): pynetdicom holds
         # each whole in memory, so all of them together are held to `receive_memory_bytes`.
-        self._receiving: dict[Any, int] = {}
+        self._receiving: dict[Association, int] = {}
         self._receiving_lock = threading.Lock()
 
     def application_entity(self) -> AE:
@@ -126,7 +127,7 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, self._end_association),
         ]
 
-    def _handle_store(self, event: Any) -> int | Dataset:
+    def _handle_store(self, event: Event) -> int | Dataset:
         """Keep one instance (`checked_instance`) and answer Success, or refuse it with a status and a comment."""
         try:
             return self._store(event)
@@ -134,7 +135,7 @@ class Receiver:
             with self._receiving_lock:
                 self._receiving.pop(event.assoc, None)
 
-    def _store(self, event: Any) -> int | Dataset:
+    def _store(self, event: Event) -> int | Dataset:
         request = event.request
         if isinstance(request.DataSet, DiscardedDataSet) and request.DataSet.reason is not None:
             return self._refused("receive_memory", STATUS_OUT_OF_RESOURCES, request.DataSet.reason)
@@ -190,7 +191,7 @@ class Receiver:
         self.metrics.instances_received.inc()
         return STATUS_SUCCESS
 
-    def _refused(self, kind: str, status: int, reason: str, association: Any = None) -> Dataset:
+    def _refused(self, kind: str, status: int, reason: str, association: Association | None = None) -> Dataset:
         """`_refusal`, counted under `kind` (one of `node_metrics.REFUSAL_REASONS`: the reason itself is free text),
         and for the `association`: the studies it sends are then reported as possibly missing instances."""
         self.metrics.instances_refused.labels(reason=kind).inc()
@@ -200,7 +201,7 @@ class Receiver:
                     self._open.setdefault(association, _Sending()).refused += 1
         return _refusal(status, reason)
 
-    def _note_release(self, event: Any) -> None:
+    def _note_release(self, event: Event) -> None:
         """EVT_RELEASED: the sender ended the association as the standard asks, so it sent all it meant to."""
         with self._open_lock:
             if event.assoc in self._open:
@@ -223,7 +224,7 @@ class Receiver:
                 )
             self.spool.clear_receiving(key)
 
-    def _end_association(self, event: Any) -> None:
+    def _end_association(self, event: Event) -> None:
         """EVT_CONN_CLOSE: the studies this association stored instances of start their quiet period now. One that
         ended without a release (aborted by the sender, by the node for idling, its connection lost) may have sent
         part of what was meant: that is recorded, for the report's notes."""
@@ -314,7 +315,7 @@ class Receiver:
         with self._open_lock:
             return {key for sending in self._open.values() for key in sending.studies}
 
-    def _discard_oversized(self, event: Any) -> None:
+    def _discard_oversized(self, event: Event) -> None:
         """EVT_PDU_RECV: once the message being received is over the instance limit, or the instances all
         associations are receiving are over `receive_memory_bytes`, drop its data set as it arrives.
 
@@ -367,11 +368,11 @@ def _refusal(status: int, reason: str) -> Dataset:
     return answer
 
 
-def _handle_echo(event: Any) -> int:
+def _handle_echo(event: Event) -> int:
     return STATUS_SUCCESS
 
 
-def _log_refused_contexts(event: Any) -> None:
+def _log_refused_contexts(event: Event) -> None:
     """Say in one line which SOP classes (or their transfer syntaxes) an accepted association was refused: a sender
     that then sends a class the node does not take fails that send, and the node's log is where an administrator
     looks. INFO, not a warning per class: a PACS offers every class it stores, and dcmtk's storescu 14 for a series of
