@@ -15,8 +15,8 @@ from app.dicom.dicom_series import SliceInput
 from app.dicom.slice_order import slices_missing_before
 from app.errors import ServiceError
 from app.inference import SlicePrediction
-from app.series_choice import SeriesChoice, SeriesUse
-from app.series_result import SeriesResult
+from app.series.choice import SeriesChoice, SeriesUse
+from app.series.result import SeriesResult
 
 
 def mask_payload(mask: np.ndarray, mask_format: schemas.MaskFormat) -> schemas.Mask:

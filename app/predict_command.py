@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from app.inference import Predictor
     from app.model_runners import ModelRunner
     from app.prediction import BatchAnswer, PredictionService
-    from app.sequence_rules import SelectionRules
+    from app.series.sequence_rules import SelectionRules
     from app.uploads import UploadLimits
 
 # `<stem>_predicted_mask.png`, as the upload page names its masks: never the LGG ground truth's `<stem>_mask.png`, so
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     The whole command lives here, `app.cli` only parses its arguments (newcomer review 45 F20): the inputs are
     checked before the models load, so a missing file is one line in a moment.
     """
-    from app.sequence_rules import SelectionRules
+    from app.series.sequence_rules import SelectionRules
     from app.uploads import UploadLimits
 
     try:
@@ -332,7 +332,7 @@ class PredictRun:
 
     def _service(self, run_models: ModelRunner) -> PredictionService:
         from app.prediction import PredictionService
-        from app.sequence_rules import SelectionRules
+        from app.series.sequence_rules import SelectionRules
 
         return PredictionService(
             self.predictor, run_models, self.limits, offload=False, rules=self.rules or SelectionRules()

@@ -3,7 +3,7 @@
 Raster or DICOM, one slice or a series: check the headers (slices, memory cost), reserve the cost in the decoding
 memory budget (`app.memory_budget.MemoryBudget`), decode (`app.uploads`; DICOM through `app.dicom.dicom_series`) -> the
 models (an `app.model_runners.ModelRunner`: the micro-batcher in the service, the predictor itself in the CLI and
-pacs-sync) -> the DICOM SEG and the tumor volume for a series (`app.series_result`) -> payloads (`app.payloads`). No
+pacs-sync) -> the DICOM SEG and the tumor volume for a series (`app.series.result`) -> payloads (`app.payloads`). No
 HTTP here: failures are `app.errors.ServiceError`s. In the service the CPU work runs in worker threads, so the event
 loop stays free while it happens (`offload`).
 """
@@ -38,10 +38,9 @@ from app.inference import SlicePrediction
 from app.memory_budget import HeaderMemory, MemoryBudget
 from app.model_runners import ModelRunner, Models
 from app.overlay import OVERLAY_BYTES_PER_PIXEL, render_overlay_png
-from app.sequence_rules import SelectionRules
-from app.series_choice import SeriesChoice
-from app.series_reading import SeriesPlan, SeriesUploads, decode_series, plan_headers, plan_series
-from app.series_result import (
+from app.series.choice import SeriesChoice
+from app.series.reading import SeriesPlan, SeriesUploads, decode_series, plan_headers, plan_series
+from app.series.result import (
     SeriesResult,
     clean_series,
     nothing_readable,
@@ -49,6 +48,7 @@ from app.series_result import (
     single_slice_answers,
     summarise_series,
 )
+from app.series.sequence_rules import SelectionRules
 from app.uploads import (
     PreparedSlice,
     UploadLimits,
@@ -163,7 +163,7 @@ class PredictionService:
         headers count there, and the rest of its cost in `budget`.
     rules
         The sequence-selection rules (`SelectionRules.from_settings`) that choose which DICOM series the models read,
-        and in which channel (`app.series_choice`).
+        and in which channel (`app.series.choice`).
     result_origin
         Who the SEGs and SRs are made for, mixed into their UIDs (`app.dicom.result_uids`): "" for answers on request
         (HTTP, CLI), so that the same series gives the same objects, whichever output asks; the DICOM node and
@@ -356,7 +356,7 @@ class PredictionService:
         Raises
         ------
         app.errors.NoFlairSeriesError
-            If no series can be read as FLAIR (`app.series_choice.choose_series`).
+            If no series can be read as FLAIR (`app.series.choice.choose_series`).
         """
         planning = {"max_slices": 1 if one_slice else None, "refuse_slices": several_slices, "rules": self.rules}
         gone = threading.Event()  # the client left: the headers not read yet are not read (attack review 32)

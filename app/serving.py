@@ -14,7 +14,7 @@ from app.memory_budget import MemoryBudget
 from app.metrics import ServiceMetrics
 from app.model_runners import batcher_runner
 from app.prediction import PredictionService
-from app.sequence_rules import SelectionRules
+from app.series.sequence_rules import SelectionRules
 from app.settings import Settings
 from app.uploads import UploadLimits
 

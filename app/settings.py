@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.sequence_rules import (
+from app.series.sequence_rules import (
     DEFAULT_FLAIR_PATTERNS,
     DEFAULT_LOCALIZER_PATTERNS,
     DEFAULT_OTHER_PATTERNS,
@@ -296,7 +296,7 @@ class Settings(BaseSettings):
         "shutdown (at most a day)",
     )
 
-    # Sequence selection (app.sequence_selection): which series of a study is FLAIR, which T1 pre/post contrast.
+    # Sequence selection (app.series.sequence_roles): which series of a study is FLAIR, which T1 pre/post contrast.
     sequence_flair_patterns: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_FLAIR_PATTERNS),
         description="comma-separated wildcards on Series Description / Protocol Name that name a FLAIR series",

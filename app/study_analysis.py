@@ -8,13 +8,13 @@ volume), so the node has no pipeline of its own.
 
 What it does with a study:
 
-1. read every file's header and choose the series (`app.sequence_selection`); a study without FLAIR is
+1. read every file's header and choose the series (`app.series.sequence_roles`); a study without FLAIR is
    "not_analysed" with the reason, and nothing is sent;
 2. check the chosen series from their headers against the flow's limits (slices, decoding memory), as the flow
-   will (`app.series_reading.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
+   will (`app.series.reading.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
    any file's bytes are read (attack finding 12: 10,000 one-slice instances were all read into memory first);
 3. read the chosen series' pixels through the flow, which applies the same rules to them
-   (`app.series_choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
+   (`app.series.choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
    join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
 4. run the models; build the SEG when a slice is positive (one per positive slice for slices without a Frame of
    Reference, `app.dicom.dicom_seg.build_segmentations`) and always the volume report (SR), so that "analysed, no tumor"
@@ -40,11 +40,11 @@ from app.dicom.dicom_sr import series_volume_report
 from app.errors import MixedInputError, ServiceError
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
-from app.sequence_rules import SelectionRules
-from app.sequence_selection import StudySelection, select_sequences
-from app.series_info import where_in_study
-from app.series_reading import plan_headers
-from app.series_result import several_slices
+from app.series.info import where_in_study
+from app.series.reading import plan_headers
+from app.series.result import several_slices
+from app.series.sequence_roles import StudySelection, select_sequences
+from app.series.sequence_rules import SelectionRules
 from app.uploads import MOST_FILES_NAMED, UploadLimits, check_upload_size
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ class ModelStudyProcessor:
         plan_headers(readable, limits, refuse_slices=several_slices, rules=self.rules)
 
     def select(self, headers: Iterable[Dataset]) -> StudySelection:
-        """The series to read (`app.sequence_selection` with this processor's rules); headers alone suffice."""
+        """The series to read (`app.series.sequence_roles` with this processor's rules); headers alone suffice."""
         return select_sequences(headers, self.rules)
 
     def analyse(
@@ -273,7 +273,7 @@ class ModelStudyProcessor:
 
 def unread_files_note(file_errors: Mapping[str, int], where: str = "") -> str:
     """The note that received files were not read, by error code, and `where` the ones whose header could be read
-    lie (series and instance numbers, `app.series_info.where_in_study`; no file content)."""
+    lie (series and instance numbers, `app.series.info.where_in_study`; no file content)."""
     count = sum(file_errors.values())
     codes = ", ".join(f"{code}: {number}" for code, number in sorted(file_errors.items()))
     plural = "files were" if count != 1 else "file was"
@@ -341,7 +341,7 @@ def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHe
     its bytes are not read (`data` is empty).
 
     None for a file the flow refuses on its own before sizing it (over the upload size or the pixel limit, or
-    dimensions that cannot be read): `app.series_reading.read_headers` puts an error in its place, which leaves it
+    dimensions that cannot be read): `app.series.reading.read_headers` puts an error in its place, which leaves it
     out of the slices and the cost.
     """
     try:

@@ -177,7 +177,7 @@ def refuse_repeated_slices(
 
 def request_file(index: int, where: str = "") -> str:
     """How an error names another file of the request: by its index in the answer's lists, and as a person counts;
-    `where` adds what else finds it (a DICOM file's series and instance, `app.series_info.where_in_study`)."""
+    `where` adds what else finds it (a DICOM file's series and instance, `app.series.info.where_in_study`)."""
     return f"the request's file at index {index} (file {index + 1} as sent{'; ' + where if where else ''})"
 
 

@@ -173,7 +173,7 @@ def evaluate_split(
 
     A single slice's answer is the classifier's, with its mask only from `single_slice_mask_min_probability` on and
     without its pieces under `single_slice_min_component_pixels`; in a series a slice is positive when its mask
-    survives the clean-up (`app.series_result.clean_series`), so `series_answers` measures those answers.
+    survives the clean-up (`app.series.result.clean_series`), so `series_answers` measures those answers.
     """
     gated = gated_masks(probabilities, maps, classifier_threshold, mask_threshold)
     single_slice_masks = masks_shown_alone(

@@ -30,7 +30,7 @@ def gated_masks(
 def masks_shown_alone(
     probabilities: np.ndarray, masks: np.ndarray, min_probability: float, min_pixels: int = 0
 ) -> np.ndarray:
-    """The gated masks as slices sent one by one get them (`app.series_result.single_slice_answers`): emptied below
+    """The gated masks as slices sent one by one get them (`app.series.result.single_slice_answers`): emptied below
     `min_probability`, without their pieces under `min_pixels`."""
     shown = np.zeros_like(masks, dtype=bool)
     for index, probability in enumerate(np.asarray(probabilities).reshape(-1)):

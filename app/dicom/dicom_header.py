@@ -134,7 +134,7 @@ class DicomHeader:
     @property
     def header_bytes(self) -> int:
         """Memory the parsed header holds until the answer, which a header of many tiny elements makes large: a
-        request's headers together count in its cost (`app.series_reading.plan_headers`)."""
+        request's headers together count in its cost (`app.series.reading.plan_headers`)."""
         return max(0, self.header_reads - HEADER_READS_INCLUDED) * HEADER_BYTES_PER_READ
 
     @property

@@ -4,7 +4,7 @@
 same position into one model input (`SliceInput`): alone it is FLAIR, three together are pre-contrast, FLAIR,
 post-contrast in the order the series choice gives. `model_inputs` shows each slice to the models as they learned
 slices (square pixels, the learned in-plane orientation) and `in_stored_orientation` brings the masks back. Which
-files of a request are read, and within which limits, is `app.series_reading`; this module knows no request. No HTTP
+files of a request are read, and within which limits, is `app.series.reading`; this module knows no request. No HTTP
 here.
 """
 
@@ -162,7 +162,7 @@ def prepare_inputs(frames: Sequence[DicomFrame], channel_series: Sequence[str] =
     and Image Orientation (Patient) are one slice. A slice of one frame is FLAIR (the model gets it in all three
     channels, as the dataset does for missing sequences). A slice of three frames, from three different series, is
     pre-contrast, FLAIR, post-contrast: in the order of `channel_series` (the flow's choice,
-    `app.series_choice.choose_series`), or as the frames were given when it is empty. Any other count is refused,
+    `app.series.choice.choose_series`), or as the frames were given when it is empty. Any other count is refused,
     and with three `channel_series` so is a slice without all three. Frames without a position are always a slice of
     their own.
 

@@ -55,11 +55,11 @@ from app.dicom.slice_order import anatomical_order
 from app.dicom.tumor_volume import series_spacing_mm
 from app.errors import ReportInputError, builder_reason
 from app.release import service_version
-from app.series_info import number_said
+from app.series.info import number_said
 
 if TYPE_CHECKING:
     from app.dicom.dicom_frame import DicomFrame
-    from app.series_result import SeriesResult
+    from app.series.result import SeriesResult
 
 SR_SERIES_NUMBER = 9902  # after the SEG's 9901: viewers list our objects after the scanner's series
 SR_SERIES_DESCRIPTION = "Tumor volume report (research use only)"

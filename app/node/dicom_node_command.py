@@ -28,7 +28,7 @@ from app.stop_signals import signals_interrupt
 from app.uploads import UploadLimits
 
 if TYPE_CHECKING:
-    from app.sequence_rules import SelectionRules
+    from app.series.sequence_rules import SelectionRules
 
 # The node's logger: "DICOM node stopped" comes under the name the node's other lines have.
 logger = logging.getLogger("app.node.dicom_node")
@@ -56,7 +56,7 @@ def main(
 
     Returns 0 when stopped by SIGINT/SIGTERM, 2 for a bad configuration.
     """
-    from app.sequence_rules import SelectionRules
+    from app.series.sequence_rules import SelectionRules
 
     settings = settings or get_settings()
     try:

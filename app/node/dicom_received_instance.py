@@ -75,7 +75,7 @@ from app.errors import (
     TooManyDicomElementsError,
     UnsupportedSopClassError,
 )
-from app.series_info import identity_text
+from app.series.info import identity_text
 
 STORAGE_CLASSES = (
     MRImageStorage,

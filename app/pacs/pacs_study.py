@@ -1,7 +1,7 @@
 """One Orthanc study through pacs-sync: choose its series, run the study processor, store the results, record it.
 
 The unit is the study, as for the DICOM node: the FLAIR series (and the pre- and post-contrast T1 series when they
-pair) are chosen by `app.sequence_selection` from one header per MR series, and only those are fetched and run
+pair) are chosen by `app.series.sequence_roles` from one header per MR series, and only those are fetched and run
 through `app.study_analysis.ModelStudyProcessor` (the one prediction flow). A study without FLAIR is recorded as
 not analysed, with the reason, and nothing is segmented.
 
@@ -61,8 +61,8 @@ from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
 from app.release import service_version
-from app.sequence_selection import StudySelection
-from app.series_info import identity_text
+from app.series.info import identity_text
+from app.series.sequence_roles import StudySelection
 from app.study_analysis import (
     AnalysisStatus,
     StudyAnalysis,

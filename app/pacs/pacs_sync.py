@@ -13,7 +13,7 @@ One pass:
    such a look too, since an Orthanc restarted (or killed) before the series was stable never logs its
    ``StableSeries`` (`TRIGGERS_RECEIVING`);
 2. look at each such study (`app.pacs.pacs_study.StudySync`): choose FLAIR (and the T1 series when they pair) with
-   `app.sequence_selection`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
+   `app.series.sequence_roles`, run `app.study_analysis.ModelStudyProcessor`, store the results, supersede the earlier
    ones, record the outcome in Orthanc (metadata `SYNC_METADATA` on the study); a study without FLAIR is recorded
    as not analysed; whatever goes wrong with one study is logged and retried, and the others go on;
 3. look again at the studies whose retry time has come: failures, tried up to `max_attempts` times with backoff,
@@ -51,7 +51,7 @@ from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_metrics import PacsSyncMetrics
 from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
-from app.sequence_rules import SelectionRules
+from app.series.sequence_rules import SelectionRules
 from app.settings import Settings, get_settings
 from app.stop_signals import signals_interrupt
 from app.study_analysis import ModelStudyProcessor

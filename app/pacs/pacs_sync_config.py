@@ -9,7 +9,7 @@ from pathlib import Path
 
 from app.dicom.dicom_header import DEFAULT_MAX_DICOM_PIXELS
 from app.pacs.orthanc_http import origin
-from app.sequence_rules import SelectionRules
+from app.series.sequence_rules import SelectionRules
 from app.settings import DAY_SECONDS, MIB, Settings, http_url_problem, without_credentials
 
 DICOMWEB_ROOT = "dicom-web"
@@ -66,7 +66,7 @@ class PacsSyncConfig:
         must be as well (PACS_STABLE_SECONDS; 0: ``IsStable`` alone). Orthanc keeps which studies are still receiving
         in memory only: right after its restart it calls one that was stable, and pacs-sync analysed half a study.
     selection_rules
-        Which series are FLAIR and T1 (`app.sequence_selection`).
+        Which series are FLAIR and T1 (`app.series.sequence_roles`).
     """
 
     orthanc_url: str

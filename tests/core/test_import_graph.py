@@ -110,9 +110,9 @@ def test_only_the_web_edge_imports_fastapi_or_starlette(path: Path) -> None:
 # The request flow: what reads a request's files within its limits and chooses what the models read.
 REQUEST_FLOW = (
     "app.uploads",
-    "app.series_reading",
-    "app.series_choice",
-    "app.sequence_selection",
+    "app.series.reading",
+    "app.series.choice",
+    "app.series.sequence_roles",
     "app.prediction",
     "app.study_analysis",
     "app.payloads",
@@ -125,7 +125,7 @@ REQUEST_FLOW = (
 @pytest.mark.parametrize("module", sorted(name for name in GRAPH if name.startswith("app.dicom.")))
 def test_dicom_objects_know_no_request_flow(module: str) -> None:
     """`app.dicom` reads and writes DICOM objects; which files of a request are read, within which limits, is the
-    flow's (`app.series_reading`). Before, `dicom_series` imported the upload limits and the series choice."""
+    flow's (`app.series.reading`). Before, `dicom_series` imported the upload limits and the series choice."""
     flow = sorted(
         name for name in GRAPH[module] if any(name == part or name.startswith(f"{part}.") for part in REQUEST_FLOW)
     )

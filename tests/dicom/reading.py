@@ -1,6 +1,6 @@
 """Reading DICOM test files in one call, the way the flow reads them in steps: the service never calls these (it
 reads headers with `app.dicom.dicom_header.read_dicom_header` and decodes with `app.dicom.dicom_input.decode_dicom`;
-a request's series goes `app.series_reading.plan_series` -> `decode_series`, with the request's limits)."""
+a request's series goes `app.series.reading.plan_series` -> `decode_series`, with the request's limits)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from app.dicom.dicom_frame import DicomFrame
 from app.dicom.dicom_header import DEFAULT_MAX_DICOM_PIXELS, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.errors import ServiceError
-from app.sequence_rules import SelectionRules
-from app.series_reading import SeriesUploads, decode_series, plan_series
+from app.series.reading import SeriesUploads, decode_series, plan_series
+from app.series.sequence_rules import SelectionRules
 from app.uploads import UploadLimits
 
 

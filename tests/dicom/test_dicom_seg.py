@@ -21,8 +21,8 @@ from app.errors import SegmentationInputError
 from app.inference import SlicePrediction
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
-from app.series_reading import SeriesUploads
-from app.series_result import SeriesResult, summarise_series
+from app.series.reading import SeriesUploads
+from app.series.result import SeriesResult, summarise_series
 from app.uploads import UploadLimits
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import (

@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_header import read_dicom_header
 from app.errors import NoFlairSeriesError
-from app.sequence_selection import only_series_note, select_sequences
-from app.series_choice import choose_series
-from app.series_info import SeriesInfo
+from app.series.choice import choose_series
+from app.series.info import SeriesInfo
+from app.series.sequence_roles import only_series_note, select_sequences
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels, write_files
 from tests.node.node_support import ThresholdPredictor

@@ -23,10 +23,10 @@ from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_sr_reader import read_volume_report
 from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn, slice_plane
 from app.errors import NoFlairSeriesError
-from app.sequence_rules import SelectionRules
-from app.sequence_selection import SequenceRole, classify_series, orientation_note, select_sequences
-from app.series_choice import choose_series
-from app.series_info import SeriesInfo
+from app.series.choice import choose_series
+from app.series.info import SeriesInfo
+from app.series.sequence_roles import SequenceRole, classify_series, orientation_note, select_sequences
+from app.series.sequence_rules import SelectionRules
 from app.settings import Settings
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels, write_files

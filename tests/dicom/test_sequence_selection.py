@@ -10,9 +10,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from app.sequence_rules import SelectionRules
-from app.sequence_selection import SequenceRole, classify_series, select_sequences
-from app.series_info import SeriesInfo
+from app.series.info import SeriesInfo
+from app.series.sequence_roles import SequenceRole, classify_series, select_sequences
+from app.series.sequence_rules import SelectionRules
 from app.settings import Settings
 from tests.dicom.builders import Study, mr_dataset
 

@@ -11,7 +11,7 @@ import pytest
 from app.dicom.dicom_series import in_stored_orientation, model_inputs, non_square_pixels_note
 from app.dicom.square_pixels import SquarePixels, square_pixels
 from app.inference import SlicePrediction
-from app.series_result import clean_series, single_slice_answers
+from app.series.result import clean_series, single_slice_answers
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_series
 

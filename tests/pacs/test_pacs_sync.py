@@ -25,7 +25,7 @@ from app.pacs.orthanc_client import OrthancClient
 from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs.pacs_sync_state import SyncState
-from app.sequence_selection import StudySelection
+from app.series.sequence_roles import StudySelection
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels, write_files
 from tests.dicom.validation import dciodvfy_errors

@@ -19,7 +19,7 @@ from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import OrthancClient, OrthancError, PacsSyncConfig, SyncReport, run_pacs_sync
 from app.pacs.pacs_sync_metrics import PacsSyncMetrics
 from app.pacs.pacs_sync_state import SyncState
-from app.sequence_rules import SelectionRules
+from app.series.sequence_rules import SelectionRules
 from app.settings import Settings
 from tests.dicom.builders import Study, mr_series, tumor_channels
 from tests.pacs.orthanc_server import Orthanc, running_orthanc

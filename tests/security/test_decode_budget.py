@@ -21,10 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from app import series_reading
 from app.errors import OverMemoryBudgetError, TooManySlicesError
 from app.main import create_app
-from app.series_reading import plan_series
+from app.series import reading as series_reading
+from app.series.reading import plan_series
 from app.uploads import UploadLimits
 from tests.security import corpus
 from tests.security.conftest import MIB, ServerProcess, assert_error, security_settings, wait_until_ready

@@ -33,7 +33,7 @@ from app.memory_budget import (
 from app.overlay import OVERLAY_BYTES_PER_PIXEL
 from app.prediction import PredictionService
 from app.request_client import current_client
-from app.series_reading import decode_series, plan_series
+from app.series.reading import decode_series, plan_series
 from app.uploads import UploadLimits, plan_raster_uploads, prepare_uploads
 from tests.api.service_client import png_bytes
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, to_bytes
@@ -472,7 +472,7 @@ def test_a_cancelled_dicom_request_reads_no_more_headers() -> None:
         return read_dicom_header(data, *arguments)
 
     async def scenario() -> None:
-        with patch("app.series_reading.read_dicom_header", slow_read):
+        with patch("app.series.reading.read_dicom_header", slow_read):
             request = asyncio.ensure_future(service.predict_files(files, schemas.MaskFormat.RLE))
             await asyncio.to_thread(reading.wait, 5)
             request.cancel()

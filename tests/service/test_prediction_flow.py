@@ -25,7 +25,7 @@ from app.inference import Predictor, SlicePrediction
 from app.metrics import ServiceMetrics
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService, Tally, in_request_order
-from app.series_info import where_in_study
+from app.series.info import where_in_study
 from tests.api.service_client import decode_png_mask, decode_rle, png_bytes, resized, tiff_bytes
 from tests.conftest import NO_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir, read_slice
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes

@@ -14,7 +14,7 @@ import pytest
 
 from app.core.model_store import ModelStoreError, load_models, read_manifest
 from app.inference import SlicePrediction
-from app.series_result import single_slice_answers
+from app.series.result import single_slice_answers
 from training import (
     compare_classifiers,
     compare_segmenters,

@@ -15,7 +15,6 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from app import series_reading
 from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_series import model_inputs
@@ -23,7 +22,8 @@ from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT
 from app.dicom.dicom_sr_reader import read_volume_report, report_comments
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, VOLUME_UNKNOWN_NOTE
 from app.inference import Predictor, SlicePrediction
-from app.series_result import single_slice_answers
+from app.series import reading as series_reading
+from app.series.result import single_slice_answers
 from tests.api.service_client import LIMITED_UPLOAD_BYTES, decode_rle
 from tests.conftest import TUMOR_SLICE, pyproject_version
 from tests.dicom.builders import (

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.dicom.dicom_frame import frame_value
 from app.dicom.slice_orientation import slice_plane
-from app.sequence_rules import CONTRAST_ATTRIBUTES
+from app.series.sequence_rules import CONTRAST_ATTRIBUTES
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

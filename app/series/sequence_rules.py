@@ -1,4 +1,4 @@
-"""The rules `app.sequence_selection` chooses series by: the default name wildcards of each role, the
+"""The rules `app.series.sequence_roles` chooses series by: the default name wildcards of each role, the
 Contrast/Bolus attributes that say a series is post-contrast, and `SelectionRules` (from the ``SEQUENCE_*``
 settings). `app.settings` imports the defaults from here, which is why this module names `Settings` for type
 checking only.

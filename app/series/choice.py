@@ -4,7 +4,7 @@ Every caller of the flow (`/v1/predict`, `/v1/predict/batch`, `brain-tumor predi
 comes through `choose_series`, so channel order never comes from the order files were sent in:
 
 - files of **one series** keep the behaviour the models were built for: the series is read as FLAIR, unless the
-  rules (`app.sequence_selection`) positively classify it as T1, as a localizer, or as another contrast (DWI, SWI,
+  rules (`app.series.sequence_roles`) positively classify it as T1, as a localizer, or as another contrast (DWI, SWI,
   T2*, ...) by name or sequence attributes; then the request is refused (`NoFlairSeriesError`): such a series is
   never segmented as if it were FLAIR. A series that says nothing of its contrast is read as FLAIR with a note
   (`only_series_note`), as pacs-sync and the DICOM node read a study of that one series;
@@ -15,7 +15,7 @@ comes through `choose_series`, so channel order never comes from the order files
 
 When the T1 slices then do not pair with FLAIR's, the flow reads FLAIR alone (`SeriesChoice.flair_alone`). A FLAIR
 series that is not axial (sagittal, coronal, steeply oblique) is read with a note, on either path
-(`app.sequence_selection.orientation_note`). Pure functions over headers: nothing here decodes pixels or logs.
+(`app.series.sequence_roles.orientation_note`). Pure functions over headers: nothing here decodes pixels or logs.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from functools import partial
 
 from app.dicom.dicom_header import DicomHeader
 from app.errors import MixedInputError, NoFlairSeriesError, ServiceError
-from app.sequence_rules import SelectionRules
-from app.sequence_selection import (
+from app.series.info import SeriesInfo, identity_text, series_number_order, where_in_study
+from app.series.sequence_roles import (
     SequenceRole,
     SeriesClassification,
     classify_series,
@@ -35,7 +35,7 @@ from app.sequence_selection import (
     orientation_note,
     select_sequences,
 )
-from app.series_info import SeriesInfo, identity_text, series_number_order, where_in_study
+from app.series.sequence_rules import SelectionRules
 from app.uploads import MOST_FILES_NAMED, files_that_differ, request_files
 
 T1_ROLES = (SequenceRole.T1_PRE, SequenceRole.T1_POST)
@@ -107,7 +107,7 @@ class SeriesChoice:
 
     def without_copies(self, originals: Mapping[int, int]) -> SeriesChoice:
         """The same choice with the files `originals` names (copy -> the file it copies,
-        `app.series_reading.copies_of_read_files`) moved out of the series in use, into `left_out` under the same
+        `app.series.reading.copies_of_read_files`) moved out of the series in use, into `left_out` under the same
         series and role: they are left out, not unreadable (interop review 37: counted as files not read, a study
         whose lossy copies came after it was analysed again with a note that its slices were missing)."""
         if not originals:
@@ -140,7 +140,7 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
     Parameters
     ----------
     headers
-        Each file's header, or its error, in request order (`app.series_reading.read_headers`).
+        Each file's header, or its error, in request order (`app.series.reading.read_headers`).
     rules
         Default: `SelectionRules()`.
 

@@ -20,7 +20,7 @@ from app.dicom.slice_order import anatomical_order, missing_slices, slice_order_
 from app.dicom.tumor_volume import tumor_volume_ml
 from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
-from app.series_reading import too_many_slices
+from app.series.reading import too_many_slices
 
 
 @dataclass(frozen=True, eq=False)

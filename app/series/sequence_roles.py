@@ -7,11 +7,11 @@ in no useful order, so the roles come from each series' own attributes, never fr
    ``Survey``) are never a channel: their short-TR, short-TE gradient echo looks T1-weighted, and one of them beside
    the study's T1 series turned the three-channel mode off.
 1. **Text**: Series Description, else Protocol Name, matched case-insensitively against wildcards
-   (`app.sequence_rules.SelectionRules`). The Series Description decides when it matches a localizer, FLAIR, T1 or
-   other-contrast wildcard: Protocol Name is often the whole examination's protocol (``MR BRAIN W WO T1 T2 FLAIR``),
-   naming every sequence of it. A name that matches a T1 wildcard is T1 even when it also says FLAIR (``T1 FLAIR`` is
-   T1-weighted); one that names another contrast (``AX T2* GRE``, ``SWI_Images``, ``Ax DWI``) and neither T1 nor
-   FLAIR is neither.
+   (`app.series.sequence_rules.SelectionRules`). The Series Description decides when it matches a localizer, FLAIR,
+   T1 or other-contrast wildcard: Protocol Name is often the whole examination's protocol
+   (``MR BRAIN W WO T1 T2 FLAIR``), naming every sequence of it. A name that matches a T1 wildcard is T1 even when
+   it also says FLAIR (``T1 FLAIR`` is T1-weighted); one that names another contrast (``AX T2* GRE``,
+   ``SWI_Images``, ``Ax DWI``) and neither T1 nor FLAIR is neither.
 2. **Sequence attributes**, which confirm or replace the text: an inversion-recovery sequence (Scanning Sequence
    ``IR``) with Inversion Time at or above `flair_min_inversion_ms` is FLAIR (fluid suppression needs TI about
    1500-2800 ms; STIR and T1-weighted IR use far shorter TIs); a named FLAIR whose stated TI is below that is not
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from app.sequence_rules import SelectionRules
-from app.series_info import SeriesInfo, slice_planes
+from app.series.info import SeriesInfo, slice_planes
+from app.series.sequence_rules import SelectionRules
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

@@ -1,7 +1,7 @@
 """A request's DICOM files read into one series, within its limits: headers checked, the series chosen, files decoded.
 
 `plan_series` checks every file's header (`app.dicom.dicom_header.read_dicom_header`), chooses the series the models
-read (`app.series_choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
+read (`app.series.choice.choose_series`: FLAIR, and pre- and post-contrast T1 mapped by their attributes), counts the
 slices the chosen frames will make and the memory decoding them will take, all before any pixel is decoded (the last
 three are `plan_headers`, which the DICOM node's studies also go through before their files are read); `decode_series`
 then decodes the chosen files and groups their frames into model inputs (`app.dicom.dicom_series.prepare_inputs`).
@@ -25,9 +25,9 @@ from app.dicom.dicom_input import decode_dicom
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
-from app.sequence_rules import SelectionRules
-from app.series_choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
-from app.series_info import where_in_study
+from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
+from app.series.info import where_in_study
+from app.series.sequence_rules import SelectionRules
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
 
 
