@@ -16,11 +16,11 @@ from tests.api.service_client import running_client, sample_value, upload
 from tests.conftest import TUMOR_SLICE
 
 
-def record(audit: AuditLog, request_id: str) -> None:
+def record(audit: AuditLog, request_id: str, status: int = 200) -> None:
     audit.record(
         request_id=request_id,
         endpoint="/v1/predict",
-        status=200,
+        status=status,
         key_id=None,
         client="127.0.0.1",
         input_sha256=[],
@@ -113,6 +113,50 @@ def test_past_the_records_it_holds_the_oldest_are_lost_and_counted(
 
     assert request_ids(path) == ["second", "third"]
     assert audit.records_lost == 1
+
+
+def test_refusals_while_the_disk_is_full_never_push_out_the_records_of_answered_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 46 F5: a client without a key, answered 429 thousands of times, pushed the held records of real
+    inference requests out of memory within seconds; refusals now take at most half of what is held."""
+    monkeypatch.setattr(audit_module, "MAX_HELD_RECORDS", 4)
+    monkeypatch.setattr(audit_module, "MAX_HELD_REFUSALS", 2)
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    full_disk(path)
+    record(audit, "answered-1")
+    for number in range(10):
+        record(audit, f"refused-{number}", status=429)
+    record(audit, "answered-2")
+    space_again(path)
+    audit.close()
+
+    assert request_ids(path) == ["answered-1", "refused-0", "refused-1", "answered-2"]
+    assert audit.records_lost == 8
+
+
+def test_while_the_disk_is_full_a_record_tries_one_short_write_not_every_held_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 46 F5: each audited request joined and tried to write every held record (up to 10,000, some
+    5 MB) on the event loop: 1 ms a request became 12 ms, health probes included."""
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    full_disk(path)
+    for number in range(100):
+        record(audit, f"held-{number}")
+    tried: list[int] = []
+    original_append = audit._append
+    monkeypatch.setattr(audit, "_append", lambda text: tried.append(text.count("\n")) or original_append(text))
+
+    record(audit, "one-more")
+    assert not audit.writable
+
+    assert tried == [1, 1]  # the oldest held record alone, at each try
+    space_again(path)
+    audit.close()
+    assert request_ids(path) == [f"held-{number}" for number in range(100)] + ["one-more"]
 
 
 def test_a_line_cut_short_stays_apart_from_the_next_record(tmp_path: Path) -> None:
