@@ -27,7 +27,8 @@ adds, per connection:
 - on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
   shutdown while requests that are being sent or answered finish;
 - a request with more than one Host header is 400 (RFC 9112 3.2): a proxy keeping the last and the app the first
-  would judge it by different names (`ALLOWED_HOSTS`; attack review 34); a request target in absolute form
+  would judge it by different names (`ALLOWED_HOSTS`; attack review 34); so is one with two Content-Type headers
+  (RFC 9110 8.3; attack review 46 F8: the first was read); a request target in absolute form
   (`http://host/path`) puts its host in the Host header's place, as RFC 9112 3.2.2 says (attack review 44);
 - an answer sent before its request body was all in (a refusal: 401 without a key, 413, 404) closes the connection
   `UNWANTED_BODY_SECONDS` later if the body is still coming: the rest is unwanted, and a client trickling it (a byte
@@ -60,6 +61,10 @@ from app.settings import Settings
 
 # The ASGI scope extension that says the request's Host header was taken from an absolute-form request target.
 HOST_FROM_TARGET = "brain_tumor.host_from_target"
+
+# Header fields a request may hold once, with the rule that says so: a proxy keeping the last of two and the app the
+# first would judge the request by different values (the host: ALLOWED_HOSTS; the content type: how the body is read).
+SINGLE_FIELDS = {b"host": ("Host", "RFC 9112 3.2"), b"content-type": ("Content-Type", "RFC 9110 8.3")}
 
 logger = logging.getLogger("app.http")
 
@@ -156,7 +161,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes_left: int | None = None  # of its Content-Length; None for a chunked body
         self._framing_bytes = 0  # bytes of its body that were no data: chunk-size lines, extensions, trailers
         self._header_chunk = b""  # the bytes of the request line and headers handed to the parser last
-        self._host_headers = 0  # Host header fields of the request being read
+        self._single_fields: list[bytes] = []  # `SINGLE_FIELDS` names of the request being read, as they come
         self._answer_timer: asyncio.TimerHandle | None = None
         self._answer_taken = False  # the transport's buffer fell below its low-water mark since the last check
         self._invalid_reason: str | None = None  # why this protocol, not httptools, found the request invalid
@@ -266,13 +271,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._host_headers = 0
+        self._single_fields = []
         self._request_body_bytes = self._framing_bytes = 0
 
     def on_headers_complete(self) -> None:
-        if self._host_headers > 1:
+        repeated = [name for name in SINGLE_FIELDS if self._single_fields.count(name) > 1]
+        if repeated:
             # Raised inside a parser callback, it reaches uvicorn as an HttpParserError: `send_400_response`.
-            self._invalid_reason = "the request has more than one Host header (RFC 9112 3.2 makes that a 400)"
+            field, rule = SINGLE_FIELDS[repeated[0]]
+            self._invalid_reason = f"the request has more than one {field} header ({rule} makes that a 400)"
             raise ValueError(self._invalid_reason)
         self._take_host_from_target()
         self._reading_headers = False
@@ -330,7 +337,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._reading_headers:  # else a trailer field: dropped
-            self._host_headers += name.lower() == b"host"
+            if name.lower() in SINGLE_FIELDS:
+                self._single_fields.append(name.lower())
             super().on_header(name, value)
 
     def _count_trailers(self, size: int, events_before: int) -> None:

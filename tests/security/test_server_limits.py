@@ -199,6 +199,27 @@ def test_two_host_headers_are_a_malformed_request(server: ServerProcess, path: s
         assert read_until_closed(sock, 5).startswith(b"HTTP/1.1 200 ")
 
 
+def test_two_content_type_headers_are_a_malformed_request(server: ServerProcess):
+    """Attack review 46 F8: an upload with `Content-Type: multipart/form-data` and a second `Content-Type: image/jpeg`
+    was analysed by the first, while a proxy or filter keeping the last would have judged another body. RFC 9110 8.3:
+    a request has one Content-Type."""
+    body = b"--XyZ\r\nContent-Disposition: form-data; name=file; filename=a.jpg\r\n\r\nabc\r\n--XyZ--\r\n"
+    head = (
+        "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+        f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(head.encode() + body)
+        answer = read_until_closed(sock, 5)
+
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error == {
+        "code": "invalid_http_request",
+        "message": "the request has more than one Content-Type header (RFC 9110 8.3 makes that a 400)",
+    }
+
+
 def test_an_unknown_method_is_not_implemented_rather_than_malformed(server: ServerProcess):
     """attack26 finding 11: `FOO`, a legal method token httptools does not know, got 400 "not valid HTTP/1.1"."""
     with socket.create_connection(address(server)) as sock:
