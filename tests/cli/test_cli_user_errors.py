@@ -304,6 +304,11 @@ def test_empty_key_and_audit_files_mean_none(monkeypatch: pytest.MonkeyPatch) ->
             "bob:bob-key-0123456789abcdef,alice:fifteen-chars-k",
             "brain-tumor serve: error: API_KEYS item 2: the key must have at least 16 characters",
         ),
+        (
+            "API_KEYS",
+            "bob:bob-key-0123456789abcdef,alice:passwordpassword",
+            "brain-tumor serve: error: API_KEYS item 2: the key must have at least 16 characters, 8 of them different",
+        ),
         ("API_KEYS_FILE", "{missing}/keys.txt", "brain-tumor serve: error: cannot open {missing}/keys.txt: No such"),
         ("AUDIT_LOG_FILE", "{missing}/audit.log", "brain-tumor serve: error: cannot open {missing}/audit.log: No such"),
     ],
@@ -712,7 +717,17 @@ def test_hash_key_refuses_a_key_no_header_carries(
     )
 
 
-@pytest.mark.parametrize(("key", "code"), [("fifteen-chars-k", cli.EXIT_USAGE), ("sixteen-chars-ok", 0)])
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [
+        ("fifteen-chars-k", cli.EXIT_USAGE),
+        ("sixteen-chars-ok", 0),
+        # attack review 46 F6: long enough, and guessed first
+        ("aaaaaaaaaaaaaaaa", cli.EXIT_USAGE),
+        ("passwordpassword", cli.EXIT_USAGE),
+        ("0000000011111111", cli.EXIT_USAGE),
+    ],
+)
 def test_hash_key_refuses_a_key_short_enough_to_guess(
     key: str, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -725,7 +740,7 @@ def test_hash_key_refuses_a_key_short_enough_to_guess(
     assert exit_code == code
     if code:
         assert out == ""
-        assert err.startswith("brain-tumor hash-key: error: the key must have at least 16 characters")
+        assert err.startswith("brain-tumor hash-key: error: the key must have at least 16 characters, 8 of them")
         assert "secrets.token_urlsafe(32)" in err
     else:
         assert out == f"alice:{hashlib.sha256(key.encode()).hexdigest()}\n"
