@@ -85,6 +85,12 @@ def series_in_study(body: Any, what: str) -> dict[str, Any]:
     return body
 
 
+def instance_in_series(body: Any, what: str) -> dict[str, Any]:
+    """An instance as `GET /instances/<id>` answers it: ``ID`` and ``ParentSeries``."""
+    _require(with_id(body, what), "ParentSeries", str, what)
+    return body
+
+
 def series_list(body: Any, what: str) -> list[dict[str, Any]]:
     return [_series(item, f"{what} series") for item in _expect(body, list, what)]
 

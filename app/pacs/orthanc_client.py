@@ -30,6 +30,7 @@ from app.dicom.result_uids import MANUFACTURER
 from app.pacs.answer_deadline import AnswerDeadlineAdapter
 from app.pacs.orthanc_answers import (
     changes_page,
+    instance_in_series,
     json_body,
     json_object,
     orthanc_status,
@@ -107,10 +108,13 @@ class OrthancClient:
     def study(self, study_id: str) -> dict[str, Any] | None:
         return self._json_or_none(f"/studies/{_path_id(study_id)}", json_object)
 
-    def series_of_instance(self, instance_id: str) -> dict[str, Any] | None:
-        """An instance's series (as `series` answers it), or None once the instance is deleted: its ``Modality`` tells
-        an MR instance from one of our own SEGs and SRs, its ``ParentStudy`` the study to look at."""
-        return self._json_or_none(f"/instances/{_path_id(instance_id)}/series", series_in_study)
+    def series_id_of_instance(self, instance_id: str) -> str | None:
+        """The Orthanc ID of an instance's series (its ``ParentSeries``), or None once the instance is deleted.
+
+        Read from the instance's own small answer: ``/instances/<id>/series`` lists every instance of the series,
+        so asking it for each instance of a series of N cost N^2 bytes (attack review 46 F4)."""
+        instance = self._json_or_none(f"/instances/{_path_id(instance_id)}", instance_in_series)
+        return None if instance is None else str(instance["ParentSeries"])
 
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
         """Every series of a study, expanded (ID, Instances, MainDicomTags)."""

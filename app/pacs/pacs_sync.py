@@ -69,7 +69,8 @@ Orthanc calls it stable: Orthanc keeps its stability timers in memory, so a seri
 restarts is stable after it without a ``StableSeries`` change, and would wait for one that never comes. That
 includes late instances of a series already analysed, whose only changes are ``NewInstance`` (durability review 45
 F1: Orthanc killed within StableAge left the result without them current). A study is scheduled once however many
-of its instances a page names (`SyncState.receiving`), so it costs one look a pass, not one per instance."""
+of its instances a page names (`SyncState.receiving`), so it costs one look a pass, not one per instance; and its
+series is asked for once a pass (`SeriesStudies`), not once per instance."""
 MAX_CHANGE_PAGES_PER_PASS = 1000
 """Pages of the change log one pass reads (100 changes each): a busy Orthanc's backlog takes a few passes, and one
 whose log never says Done cannot keep the due retries from their turn."""
@@ -166,11 +167,12 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
     due for a retry; each study once a pass."""
     report = SyncReport()
     looked_at: set[str] = set()
+    series_studies = SeriesStudies(studies.client)
     unresolved = list(state.unresolved)  # those of earlier passes: a change that failed now waits for the next
-    _read_changes(studies, state, report, looked_at)
+    _read_changes(studies, state, report, looked_at, series_studies)
     for resource in unresolved:
         resource_type, _, resource_id = resource.partition("/")
-        study_id = _study_of(studies.client, {"ResourceType": resource_type, "ID": resource_id}, state)
+        study_id = _study_of(series_studies, {"ResourceType": resource_type, "ID": resource_id}, state)
         if study_id is not None and study_id not in looked_at:
             _process_once_stable(studies, study_id, state, report)
             looked_at.add(study_id)
@@ -225,7 +227,9 @@ def _updated_lately(client: OrthancClient, study: dict[str, Any]) -> bool:
     return (now - updated).total_seconds() < seconds
 
 
-def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, looked_at: set[str]) -> None:
+def _read_changes(
+    studies: StudySync, state: SyncState, report: SyncReport, looked_at: set[str], series_studies: SeriesStudies
+) -> None:
     """Process the studies of Orthanc's new changes, page by page, moving the bookmark after each page.
 
     Orthanc's ``Last`` below the bookmark on an empty page means its change log started again (a new database, a
@@ -262,11 +266,11 @@ def _read_changes(studies: StudySync, state: SyncState, report: SyncReport, look
         for change in page["Changes"]:
             change_type = change.get("ChangeType")
             if change_type in triggers:
-                study_id = _study_of(client, change, state)
+                study_id = _study_of(series_studies, change, state)
                 if study_id is not None:
                     study_ids.setdefault(study_id)
             elif client.config.require_stable and change_type in TRIGGERS_RECEIVING:
-                study_id = _study_of(client, change, state)
+                study_id = _study_of(series_studies, change, state)
                 if study_id is not None:
                     receiving.setdefault(study_id)
         for study_id in study_ids:
@@ -308,26 +312,59 @@ def _save(state: SyncState) -> None:
         logger.error("pacs-sync state not saved", extra={"fields": {"error": str(error)}})
 
 
-def _study_of_change(client: OrthancClient, change: dict[str, Any]) -> str | None:
-    """The study an MR series' or instance's change belongs to; None for other modalities and deleted resources."""
-    resource_id = str(change.get("ID", ""))
-    if change.get("ResourceType") == "Instance":
-        series = client.series_of_instance(resource_id)
-    else:
-        series = client.series(resource_id)
-    if series is None or series.get("MainDicomTags", {}).get("Modality") != "MR":
-        return None  # our own SEG and SR among them
-    return str(series["ParentStudy"])
+class SeriesStudies:
+    """The study of each series the changes of one pass name, asked of Orthanc once a pass per series (attack review
+    46 F4: each ``NewInstance`` was resolved by ``/instances/<id>/series``, whose answer lists every instance of the
+    series, so the N instances of a series arriving cost N requests and N^2 bytes at each read of the log).
 
-
-def _study_of(client: OrthancClient, change: dict[str, Any], state: SyncState) -> str | None:
-    """`_study_of_change`, kept in `state.unresolved` when Orthanc answers but not with the resource (a 500, a page
-    that is not JSON, an answer too large): the rest of the log goes on, and the change is tried again at the next
-    passes, up to `PacsSyncConfig.max_attempts`. When Orthanc itself does not answer, the pass fails (replayed).
+    An instance names its series by its own small answer (`OrthancClient.series_id_of_instance`); its series is then
+    asked once. Kept for one pass only, and only for series that exist: a series deleted and sent again keeps its ID.
+    A lookup that failed is kept for the pass too, so that the other changes of its series wait for the next pass
+    (`_study_of`) without asking again for an answer that may be too large.
     """
+
+    def __init__(self, client: OrthancClient) -> None:
+        self.client = client
+        self._studies: dict[str, str | None] = {}  # series ID -> its study's ID; None: not MR (our SEG and SR too)
+        self._failures: dict[str, OrthancError] = {}
+
+    def of_change(self, change: dict[str, Any]) -> str | None:
+        """The study a series' or an instance's change belongs to; None for other modalities and deleted
+        resources."""
+        resource_id = str(change.get("ID", ""))
+        if change.get("ResourceType") != "Instance":
+            return self.of_series(resource_id)
+        series_id = self.client.series_id_of_instance(resource_id)
+        return None if series_id is None else self.of_series(series_id)
+
+    def of_series(self, series_id: str) -> str | None:
+        """The study of an MR series; None for other modalities and a deleted series."""
+        if series_id in self._studies:
+            return self._studies[series_id]
+        if series_id in self._failures:
+            failure = self._failures[series_id]  # a new error: one raised again would grow its traceback each time
+            raise OrthancError(str(failure), failure.status, failure.orthanc_status)
+        try:
+            series = self.client.series(series_id)
+        except OrthancError as error:
+            self._failures[series_id] = error
+            raise
+        if series is None:
+            return None
+        modality = series.get("MainDicomTags", {}).get("Modality")
+        self._studies[series_id] = str(series["ParentStudy"]) if modality == "MR" else None
+        return self._studies[series_id]
+
+
+def _study_of(series_studies: SeriesStudies, change: dict[str, Any], state: SyncState) -> str | None:
+    """`SeriesStudies.of_change`, kept in `state.unresolved` when Orthanc answers but not with the resource (a 500, a
+    page that is not JSON, an answer too large): the rest of the log goes on, and the change is tried again at the
+    next passes, up to `PacsSyncConfig.max_attempts`. When Orthanc itself does not answer, the pass fails (replayed).
+    """
+    client = series_studies.client
     resource = f"{change.get('ResourceType')}/{change.get('ID')}"
     try:
-        study_id = _study_of_change(client, change)
+        study_id = series_studies.of_change(change)
     except OrthancError as error:
         client.changes(state.last_change, limit=1)  # raises if Orthanc is unreachable: the pass fails, replayed
         failures = state.unresolved.pop(resource, 0) + 1

@@ -27,6 +27,7 @@ from tests.pacs.pacs_sync_support import (
 
 CONFIG = PacsSyncConfig("http://orthanc.invalid:8042", retries=2, backoff_seconds=0.5)
 SERIES = {"ID": "s1", "Instances": ["i1"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+INSTANCE = {"ID": "i1", "IndexInSeries": 1, "MainDicomTags": {}, "ParentSeries": "s1", "Type": "Instance"}
 
 
 def client_for(answers: dict[str, list[Answer]], delays: list[float] | None = None) -> OrthancClient:
@@ -113,10 +114,16 @@ def test_orthanc_client_retries_an_html_page_and_reads_the_json_that_follows() -
             "GET /series/s1 answered an object without 'ParentStudy'",
         ),
         (
-            "GET /instances/i1/series",
-            {key: value for key, value in SERIES.items() if key != "ParentStudy"},
-            lambda c: c.series_of_instance("i1"),
-            "GET /instances/i1/series answered an object without 'ParentStudy'",
+            "GET /instances/i1",
+            {key: value for key, value in INSTANCE.items() if key != "ParentSeries"},
+            lambda c: c.series_id_of_instance("i1"),
+            "GET /instances/i1 answered an object without 'ParentSeries'",
+        ),
+        (
+            "GET /instances/i1",
+            INSTANCE | {"ParentSeries": 7},
+            lambda c: c.series_id_of_instance("i1"),
+            "GET /instances/i1 'ParentSeries' answered an integer where a string was expected",
         ),
         (
             "POST /tools/find",
@@ -140,14 +147,15 @@ def test_orthanc_client_reads_answers_of_the_right_shape() -> None:
     client = client_for(
         {
             "GET /series/s1": [json_answer(SERIES)],
-            "GET /instances/i1/series": [json_answer(SERIES)],
+            "GET /instances/i1": [json_answer(INSTANCE)],
             "GET /studies/st1/series": [json_answer([SERIES, result])],
         }
     )
 
     assert client.series("s1") == SERIES
     assert client.series("gone") is None  # 404
-    assert client.series_of_instance("i1") == SERIES
+    assert client.series_id_of_instance("i1") == "s1"
+    assert client.series_id_of_instance("gone") is None  # 404
     assert client.study_series("st1") == [SERIES, result]
 
 

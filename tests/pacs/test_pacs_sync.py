@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGExtended12Bit, generate_uid
 
@@ -193,6 +196,55 @@ def test_pacs_sync_revises_a_result_when_late_instances_lost_their_stable_change
         assert len(read_segmentation_masks(to_bytes(seg))) == 3
         now[0] += config.poll_seconds
         assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()  # looked at once
+
+
+ORTHANC_ID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}")
+
+
+class AnswerCounter:
+    """Counts a client's requests and the bytes of their answers by kind of request (``"GET /series/<id>"``)."""
+
+    def __init__(self, client: OrthancClient) -> None:
+        self.calls: Counter[str] = Counter()
+        self.answer_bytes = 0
+        client.session.hooks["response"].append(self._count)
+
+    def _count(self, response: requests.Response, *args: object, **kwargs: object) -> None:
+        path = ORTHANC_ID.sub("<id>", requests.utils.urlparse(response.url).path)
+        self.calls[f"{response.request.method} {path}"] += 1
+        self.answer_bytes += len(response.content)
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.answer_bytes = 0
+
+
+def test_pacs_sync_asks_for_a_receiving_series_once_a_pass_however_many_instances_arrive(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    # Attack review 46 F4: each NewInstance was resolved by /instances/<id>/series, whose answer lists every instance
+    # of the series: a series of N arriving cost N requests of N instance IDs each, at each read of the log.
+    (tmp_path / "pacs").mkdir()
+    with running_orthanc(tmp_path / "pacs", stable_age=120) as orthanc:
+        config = config_for(orthanc, tmp_path / "state.json")
+        client = OrthancClient(config)
+        counter = AnswerCounter(client)
+        answer_bytes = {}
+        for instances in (10, 60):
+            study, series_uid = Study(), generate_uid()
+            image = np.full((8, 8), 7, np.uint8)
+            orthanc.store([mr_dataset(image, study, series_uid, n + 1, n * SLICE_GAP_MM) for n in range(instances)])
+            counter.clear()
+
+            report = run_pacs_sync(config, predictor, once=True, client=client, clock=lambda: 1000.0)
+
+            assert report == SyncReport()  # still receiving: looked at at a later pass
+            assert counter.calls["GET /instances/<id>"] == instances
+            assert counter.calls["GET /series/<id>"] == 1
+            assert counter.calls["GET /instances/<id>/series"] == 0
+            answer_bytes[instances] = counter.answer_bytes
+        assert len(SyncState.load(config.state_file).receiving) == 2  # both studies, looked at later
+    assert answer_bytes[60] < 6 * answer_bytes[10] * 1.25  # linear in the instances
 
 
 def test_pacs_sync_asks_orthanc_for_an_uncompressed_copy_of_what_it_cannot_decode(

@@ -406,6 +406,35 @@ def test_a_change_whose_series_answers_500_does_not_hold_up_the_log(caplog: pyte
     assert any(line.startswith("change given up") and "Series/s1" in line for line in lines)
 
 
+def new_instance(instance_id: str, seq: int) -> dict[str, Any]:
+    return {"ChangeType": "NewInstance", "ResourceType": "Instance", "ID": instance_id, "Seq": seq}
+
+
+def test_the_instances_of_a_series_whose_lookup_fails_wait_for_the_next_pass_without_asking_again() -> None:
+    """Attack review 46 F4: a series is asked for once a pass, also when that fails (an answer too large was read
+    again for each instance); each of its changes is tried at the next pass. A deleted instance names no study."""
+    page = {"Changes": [*(new_instance(f"i{n}", n) for n in (1, 2, 3)), new_instance("gone", 4)], "Done": True}
+    series = {"ID": "s1", "Instances": ["i1", "i2", "i3"], "MainDicomTags": {"Modality": "MR"}, "ParentStudy": "st1"}
+    answers = {
+        "GET /changes": [json_answer(page | {"Last": 4}), json_answer({"Changes": [], "Done": True, "Last": 4})],
+        **{f"GET /instances/i{n}": [json_answer({"ID": f"i{n}", "ParentSeries": "s1"})] for n in (1, 2, 3)},
+        "GET /series/s1": [json_answer({"Message": "internal"}, 500), json_answer(series)],
+        "GET /studies/st1": [json_answer({"ID": "st1", "IsStable": False})],
+    }
+    session = CannedSession(answers)
+    studies = StudySync(OrthancClient(CANNED, session=session), analyser=None)  # type: ignore[arg-type]
+    state = SyncState()
+
+    assert sync_once(studies, state) == SyncReport()
+    assert session.calls.count("GET /series/s1") == 1
+    assert state.unresolved == {"Instance/i1": 1, "Instance/i2": 1, "Instance/i3": 1}
+    assert sync_once(studies, state) == SyncReport()
+
+    assert session.calls.count("GET /series/s1") == 2
+    assert state.unresolved == {} and list(state.receiving) == ["st1"]  # not stable yet: looked at later
+    assert session.calls.count("GET /instances/gone") == 1
+
+
 # --- redirects
 
 
