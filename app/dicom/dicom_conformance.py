@@ -93,11 +93,16 @@ UTF8 = "ISO_IR 192"
 _UTC_OFFSET = re.compile(r"([+-])(\d\d)(\d\d)")
 
 
+HIGHDICOM_MODEL_NAME = "highdicom"
+"""The Manufacturer's Model Name of the Contributing Equipment item highdicom adds for itself."""
+
+
 def stamp_creation_times(derived: Dataset, sources: Sequence[Dataset]) -> None:
-    """Write `derived`'s Instance Creation, Content and Series Date and Time as now: in the sources' time zone, with
-    their Timezone Offset From UTC, when the first source declares a well-formed one (``+HHMM``, ``-HHMM``), else in
-    the process's clock as highdicom does. The Series Date and Time are the Content's: where a later result
-    supersedes this one (same Series Number), a viewer orders the versions by them."""
+    """Write `derived`'s Instance Creation, Content and Series Date and Time, and the Contribution DateTime of
+    highdicom's Contributing Equipment item, as now: in the sources' time zone, with their Timezone Offset From UTC,
+    when the first source declares a well-formed one (``+HHMM``, ``-HHMM``), else in the process's clock as highdicom
+    does. The Series Date and Time are the Content's: where a later result supersedes this one (same Series Number),
+    a viewer orders the versions by them."""
     offset = str(sources[0].get("TimezoneOffsetFromUTC", "") or "").strip() if sources else ""
     matched = _UTC_OFFSET.fullmatch(offset)
     if matched:
@@ -110,6 +115,11 @@ def stamp_creation_times(derived: Dataset, sources: Sequence[Dataset]) -> None:
     for prefix in ("InstanceCreation", "Content", "Series"):
         setattr(derived, f"{prefix}Date", now.strftime("%Y%m%d"))
         setattr(derived, f"{prefix}Time", now.strftime("%H%M%S.%f"))
+    for equipment in derived.get("ContributingEquipmentSequence", []):
+        # highdicom dates its own contribution in the process's clock, without an offset: an hour before the object's
+        # own times in a +0100 zone (interop review 46 F3). The other items (the scanner's) keep their dates.
+        if equipment.get("ManufacturerModelName") == HIGHDICOM_MODEL_NAME and "ContributionDateTime" in equipment:
+            equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f") + (offset if matched else "")
 
 
 def derived_character_set(source: Dataset) -> str | None:

@@ -91,6 +91,8 @@ def test_the_note_is_dated_in_the_study_time_zone_and_names_its_software(results
     in_zone = datetime.now(timezone(timedelta(hours=13))).replace(tzinfo=None)
     assert abs((in_zone - made).total_seconds()) < 60
     assert (note.SeriesDate, note.SeriesTime) == (note.ContentDate, note.ContentTime)
+    contributions = [item.get("ContributionDateTime") for item in note.get("ContributingEquipmentSequence", [])]
+    assert f"{note.ContentDate}{note.ContentTime}+1300" in contributions  # interop review 46 F3
     assert note.SoftwareVersions == service_version()
     assert dciodvfy_errors(to_bytes(note), "KeyObjectSelectionDocument") == []
 

@@ -415,6 +415,9 @@ def test_seg_and_sr_write_their_own_times_in_the_sources_time_zone() -> None:
                 f"{getattr(result, f'{prefix}Date')}{getattr(result, f'{prefix}Time')}", "%Y%m%d%H%M%S.%f"
             ).replace(tzinfo=tokyo_now.tzinfo)
             assert abs((tokyo_now - made).total_seconds()) < 120, prefix
+        # Interop review 46 F3: highdicom's own contribution was dated in the process's clock, without an offset.
+        contribution = result.ContributingEquipmentSequence[-1].ContributionDateTime
+        assert contribution == f"{result.ContentDate}{result.ContentTime}+0900"
     assert dciodvfy_errors(seg, "Segmentation") == []
     assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
@@ -425,3 +428,4 @@ def test_without_an_offset_in_the_sources_the_results_declare_none() -> None:
 
     assert "TimezoneOffsetFromUTC" not in seg
     assert (seg.SeriesDate, seg.SeriesTime) == (seg.ContentDate, seg.ContentTime)
+    assert seg.ContributingEquipmentSequence[-1].ContributionDateTime == f"{seg.ContentDate}{seg.ContentTime}"
