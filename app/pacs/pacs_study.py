@@ -46,7 +46,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -82,6 +82,7 @@ GAVE_UP = "gave_up"
 DONE_STATUSES = frozenset({POSITIVE, NEGATIVE, NOT_ANALYSED})
 UNREADABLE = {"status": "unreadable"}  # a record this module did not write: the study is processed again
 RESULT_SERIES_FIELDS = ("seg_series_instance_uid", "sr_series_instance_uid")
+REPORT_REFERENCE_FIELDS = ("series_instance_uid", "sop_class_uid", "sop_instance_uid")
 
 
 class MisplacedResultsError(RuntimeError):
@@ -437,6 +438,9 @@ class StudySync:
         review 44 F2: a slice re-sent under a new UID at another's position)."""
         for series_id in self.client.our_result_series(study_id, _recorded_results(record)):
             self.client.delete_series(series_id)
+        withdrawn = _recorded_report(record)
+        if withdrawn:  # named by the next report (interop review 46 F4), which supersedes it as it would have
+            fields = {**fields, "withdrawn_reports": [asdict(reference) for reference in withdrawn]}
         state.retries[study_id] = self._next_attempt(attempts)
         self.client.write_sync_record(
             study_id,
@@ -700,11 +704,18 @@ def _recorded_results(record: Mapping[str, Any]) -> set[str]:
 
 
 def _recorded_report(record: Mapping[str, Any]) -> list[ResultReference]:
-    """The report a study's record names (none in a record written before it kept the SR's SOP Class UID)."""
-    fields = [record.get(f"sr_{name}") for name in ("series_instance_uid", "sop_class_uid", "sop_instance_uid")]
-    if not all(isinstance(value, str) and value for value in fields):
-        return []
-    return [ResultReference(*fields)]
+    """The reports a study's record names: its current one (none in a record written before it kept the SR's SOP
+    Class UID), or, in a failure's record, those the failure withdrew: the next report names them as it would have
+    named them without the failure (interop review 46 F4: it named none, and did not say it was a revision)."""
+    named = [{name: record.get(f"sr_{name}") for name in REPORT_REFERENCE_FIELDS}]
+    withdrawn = record.get("withdrawn_reports")
+    if isinstance(withdrawn, list):
+        named += [item for item in withdrawn if isinstance(item, dict)]
+    return [
+        ResultReference(**{name: item[name] for name in REPORT_REFERENCE_FIELDS})
+        for item in named
+        if all(isinstance(item.get(name), str) and item[name] for name in REPORT_REFERENCE_FIELDS)
+    ]
 
 
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+from app.dicom.dicom_sr import REVISED_SUFFIX
+from app.dicom.dicom_sr_reader import predecessors
 from app.inference import Predictor
 from app.pacs import pacs_sync
 from app.pacs.orthanc_answers import orthanc_time
@@ -460,6 +462,41 @@ def test_a_study_that_can_no_longer_be_analysed_loses_its_earlier_results(
     assert (report.positive, report.negative) == (0, 0) and report.failed >= 1
     assert orthanc.record(study)["error"].startswith("invalid_dicom_image")
     assert orthanc.result_series(study) == {"SEG": [], "SR": []}
+
+
+def test_a_study_answered_again_after_a_refusal_names_the_report_the_refusal_withdrew(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 46 F4: a revised report, withdrawn when a stray slice made the study unreadable, was not named
+    by the report made once the stray slice was deleted: an archive the revision was forwarded to held both, with
+    nothing saying which is current, and the new one did not say it was a revision."""
+    series = mr_series(tumor_channels())
+    study_uid = series[0].StudyInstanceUID
+    config = config_for(orthanc, tmp_path / "state.json")
+    study = orthanc.study_of(orthanc.upload(series[:2]))
+    run_pacs_sync(config, predictor, once=True)
+    orthanc.upload(series[2:])
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)
+    (revised,) = orthanc.results(study_uid, "SR")
+    stray = copy.deepcopy(series[0])
+    stray.SOPInstanceUID, stray.InstanceNumber = generate_uid(), len(series) + 1
+    series_id = orthanc.upload([stray])
+    assert run_pacs_sync(config, predictor, once=True).failed == 1
+    assert orthanc.result_series(study) == {"SEG": [], "SR": []}
+
+    stray_instance = next(
+        instance["ID"]
+        for instance in orthanc.get(f"/series/{series_id}/instances")
+        if instance["MainDicomTags"]["SOPInstanceUID"] == stray.SOPInstanceUID
+    )
+    orthanc.session.delete(f"{orthanc.url}/instances/{stray_instance}", timeout=30).raise_for_status()
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report == SyncReport(positive=1)
+    (sr,) = orthanc.results(study_uid, "SR")
+    assert predecessors(sr) == [revised.SOPInstanceUID]
+    assert sr.SOPInstanceUID != revised.SOPInstanceUID
+    assert sr.SeriesDescription.endswith(REVISED_SUFFIX)
 
 
 def test_a_series_split_over_two_patient_ids_and_study_uids_is_refused_in_both_parts(
