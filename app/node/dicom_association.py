@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from pynetdicom import evt
+from pynetdicom.events import Event
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -50,6 +52,9 @@ class TimedAssociationServer(ThreadedAssociationServer):
     Each connection is served in a thread of its own, refused ones too (their request is read, to answer it); past
     `max_connections` served at once, a new connection is closed unread, without a thread: a flood of connections
     that send nothing held a thread and a socket each for up to the receive timeout (attack review 31).
+
+    A connection that closes before its association request was taken ends its association at once
+    (`end_wait_for_request`).
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class TimedAssociationServer(ThreadedAssociationServer):
         self._closed_unserved = 0  # since the last log line about them
         self._refusals_logged_at = -REFUSAL_LOG_SECONDS
         super().__init__(*args, **kwargs)
+        self.bind(evt.EVT_CONN_CLOSE, end_wait_for_request)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
@@ -231,6 +237,20 @@ class GuardedConnection(socket.socket):
     def _close_for(self, reason: str) -> NoReturn:
         logger.warning("DICOM connection closed", extra={"fields": {"reason": reason}})
         raise ConnectionError(reason)
+
+
+def end_wait_for_request(event: Event) -> None:
+    """Wake the association of a connection that closed before its association request was taken: it ends at once.
+
+    pynetdicom's acceptor waits `acse_timeout` for a request, and counts against `maximum_associations` until then.
+    A connection closed in the request phase (nothing sent, an A-ABORT, or an undecodable request answered A-ABORT,
+    after which the state machine awaits the close in Sta13) moves the state machine back to Sta1 without telling
+    the waiting acceptor: 40 undecodable requests in 4 s, each closed at once, from one address kept every sender out
+    for 30 s (attack review 46 F1). The acceptor takes `None` for its wait's timeout: it stops, and frees its slot.
+    """
+    association = event.assoc
+    if association.is_acceptor and association.requestor.primitive is None:
+        association.dul.to_user_queue.put(None)
 
 
 def refuse_association(connection: socket.socket) -> None:
