@@ -37,6 +37,12 @@ pynetdicom decodes every item of the request before the node checks the caller, 
 transfer syntaxes took 12 s of a core (attack review 33)."""
 A_ASSOCIATE_RQ_TYPE = 0x01
 REFUSAL_LOG_SECONDS = 10.0  # at most one log line this often about connections closed unserved (a flood's record)
+REFUSING_PER_PEER = CONNECTIONS_PER_ASSOCIATION
+"""Connections one address may have waiting to be refused for its share (`max_per_peer`); past it, a connection of
+that address is closed unread (attack review 46 F2)."""
+REFUSAL_SECONDS = 2.0
+"""How long a connection refused for its peer's share may take to send its association request (a requestor sends it
+as soon as it connects), rather than the association timeout (attack review 46 F2)."""
 
 
 class TimedAssociationServer(ThreadedAssociationServer):
@@ -51,7 +57,11 @@ class TimedAssociationServer(ThreadedAssociationServer):
 
     Each connection is served in a thread of its own, refused ones too (their request is read, to answer it); past
     `max_connections` served at once, a new connection is closed unread, without a thread: a flood of connections
-    that send nothing held a thread and a socket each for up to the receive timeout (attack review 31).
+    that send nothing held a thread and a socket each for up to the receive timeout (attack review 31). A connection
+    past its peer's share is given `REFUSAL_SECONDS` to send its request, and at most `REFUSING_PER_PEER` of one
+    address wait so; the others are closed unread: each had waited the receive timeout, and taken one of the
+    `max_connections` meanwhile, so that 128 silent connections from one address kept every other sender out (attack
+    review 46 F2).
 
     A connection that closes before its association request was taken ends its association at once
     (`end_wait_for_request`).
@@ -70,10 +80,11 @@ class TimedAssociationServer(ThreadedAssociationServer):
         self.max_pdu_bytes = max_pdu_bytes
         self.max_per_peer = max_per_peer
         self.max_connections = max_connections
-        self._connections_of: Counter[str] = Counter()
+        self._connections_of: Counter[str] = Counter()  # connections served, by peer address
+        self._refusing_of: Counter[str] = Counter()  # connections being refused for their peer's share, by address
         self._connections_lock = threading.Lock()
         self._served = 0  # connections open that were given a thread: served, or being refused
-        self._closed_unserved = 0  # since the last log line about them
+        self._closed_unserved: Counter[str] = Counter()  # reason -> connections, since the last log line about them
         self._refusals_logged_at = -REFUSAL_LOG_SECONDS
         super().__init__(*args, **kwargs)
         self.bind(evt.EVT_CONN_CLOSE, end_wait_for_request)
@@ -83,60 +94,61 @@ class TimedAssociationServer(ThreadedAssociationServer):
         return GuardedConnection.accepted(connection, self.max_pdu_bytes, self.receive_timeout), address
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start the connection's thread, or close it unread when `max_connections` are open already. A connection
-        counts until it is closed (`GuardedConnection.on_close`): its association runs in a thread of pynetdicom's,
-        past the end of the one started here."""
+        """Start the connection's thread: pynetdicom's association if its peer has a share left, else a refusal
+        (`refuse_association`, under `REFUSAL_SECONDS`). Close it unread, without a thread, when `max_connections`
+        are open already, or when its peer has `REFUSING_PER_PEER` connections being refused. A connection counts
+        until it is closed (`GuardedConnection.on_close`): its association runs in a thread of pynetdicom's, past the
+        end of the one started here."""
+        peer = str(client_address[0])
         with self._connections_lock:
-            served = self._served < self.max_connections
-            if served:
+            closed_because = None
+            admitted = self._connections_of[peer] < self.max_per_peer
+            if self._served >= self.max_connections:
+                closed_because = f"{self.max_connections} connections are served already"
+            elif admitted:
+                self._connections_of[peer] += 1
+            elif self._refusing_of[peer] < REFUSING_PER_PEER:
+                self._refusing_of[peer] += 1
+            else:
+                closed_because = f"their peer has {REFUSING_PER_PEER} connections being refused already"
+            if closed_because is None:
                 self._served += 1
             else:
-                self._closed_unserved += 1
-        if not served:
+                self._closed_unserved[closed_because] += 1
+        if closed_because is not None:
             self.shutdown_request(request)
             self._log_closed_unserved()
             return
-        request.on_close = self._served_ended
-        super().process_request(request, client_address)  # if it raises, socketserver closes the request
+        if admitted:
+            request.on_close = functools.partial(self._release, peer, self._connections_of)
+            super().process_request(request, client_address)  # if it raises, socketserver closes the request
+            return
+        logger.warning(
+            "DICOM association refused",
+            extra={"fields": {"reason": f"peer already holds {self.max_per_peer} associations", "peer": peer}},
+        )
+        request.on_close = functools.partial(self._release, peer, self._refusing_of)
+        request.pdu_seconds = min(request.pdu_seconds, REFUSAL_SECONDS)
+        threading.Thread(target=refuse_association, args=(request,), name="dicom-node-refusal", daemon=True).start()
 
     def _log_closed_unserved(self) -> None:
         with self._connections_lock:
             now = time.monotonic()
             if now - self._refusals_logged_at < REFUSAL_LOG_SECONDS:
                 return
-            closed, self._closed_unserved, self._refusals_logged_at = self._closed_unserved, 0, now
+            closed, self._closed_unserved, self._refusals_logged_at = self._closed_unserved, Counter(), now
         logger.warning(
             "DICOM connections closed unread",
-            extra={"fields": {"reason": f"{self.max_connections} connections are served already", "closed": closed}},
+            extra={"fields": {"reason": "; or ".join(closed), "closed": closed.total()}},
         )
 
-    def _served_ended(self) -> None:
+    def _release(self, peer: str, connections_of: Counter[str]) -> None:
+        """Count out a closed connection of `peer` from `connections_of` (served or being refused) and the node's."""
         with self._connections_lock:
+            connections_of[peer] -= 1
+            if not connections_of[peer]:
+                del connections_of[peer]
             self._served -= 1
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Serve the connection (in its own thread) if its peer has a slot left, else refuse its association."""
-        peer = str(client_address[0])
-        with self._connections_lock:
-            admitted = self._connections_of[peer] < self.max_per_peer
-            if admitted:
-                self._connections_of[peer] += 1
-        if not admitted:
-            logger.warning(
-                "DICOM association refused",
-                extra={"fields": {"reason": f"peer already holds {self.max_per_peer} associations", "peer": peer}},
-            )
-            refuse_association(request)
-            return
-        request.on_close = functools.partial(self._release, peer)
-        super().process_request_thread(request, client_address)
-
-    def _release(self, peer: str) -> None:
-        with self._connections_lock:
-            self._connections_of[peer] -= 1
-            if not self._connections_of[peer]:
-                del self._connections_of[peer]
-        self._served_ended()
 
     def shutdown(self, wait_seconds: float = ASSOCIATIONS_END_SECONDS) -> None:
         """Stop serving, close the socket, and cut off the associations still open; made by `AE.make_server`, the

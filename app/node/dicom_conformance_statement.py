@@ -28,7 +28,7 @@ from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGME
 from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT, REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, REJECTION_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
-from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION
+from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, REFUSAL_SECONDS, REFUSING_PER_PEER
 from app.node.dicom_received_instance import (
     IGNORED_CLASSES,
     MR_CLASSES,
@@ -165,7 +165,9 @@ def _association_acceptance(ae: AE) -> list[str]:
         f"  `DICOM_NODE_MAX_ASSOCIATIONS_PER_PEER` ({_default('dicom_node_max_associations_per_peer')}) from one",
         "  address; more are rejected (transient, local limit exceeded). At most",
         f"  {CONNECTIONS_PER_ASSOCIATION} x `DICOM_NODE_MAX_ASSOCIATIONS` connections are served at once (those being",
-        "  rejected and those yet to send their request included); past that a new connection is closed unread.",
+        "  rejected and those yet to send their request included); past that a new connection is closed unread. A",
+        f"  connection past its address's share must send its request within {REFUSAL_SECONDS:g} s, and at most",
+        f"  {REFUSING_PER_PEER} of one address wait so; past that a new connection of that address is closed unread.",
         f"- Maximum PDU length received: {ae.maximum_pdu_size} bytes (announced). A PDU of any type longer than",
         f"  {MAX_PDU_BYTES // 1024} KiB is a protocol error and closes the connection. A connection silent for",
         f"  `DICOM_NODE_ASSOCIATION_TIMEOUT_SECONDS` ({_default('dicom_node_association_timeout_seconds')} s: no",

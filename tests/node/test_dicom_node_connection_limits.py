@@ -53,3 +53,18 @@ def test_connections_closed_before_their_association_request_hold_no_association
         send_and_close(port, sent)
 
     assert wait_for(lambda: echo_from(port, OTHER_ADDRESS), 2)
+
+
+def test_one_address_opening_many_silent_connections_keeps_no_other_address_out(make_node: Any) -> None:
+    """attack review 46 F2: connections past their peer's share of associations each waited the association timeout
+    for a request to refuse, and each took one of the node's connection places (4 per association slot) meanwhile:
+    128 silent connections from one address kept every other sender out. Now a peer has a few connections waiting
+    for refusal at most, each for a short while; the rest are closed unread."""
+    node = make_node(max_associations=2, max_associations_per_peer=1, association_timeout_seconds=20.0)
+    port = node.config.port
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # the node's 8 places and more
+    try:
+        assert wait_for(lambda: echo_from(port, OTHER_ADDRESS), 2)
+    finally:
+        for connection in silent:
+            connection.close()
