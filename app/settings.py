@@ -393,8 +393,8 @@ class Settings(BaseSettings):
     dicom_node_max_pending_studies: int = Field(
         default=1000,
         ge=1,
-        description="studies waiting for analysis at most; an instance of a further study is refused (Out of "
-        "Resources), one of a study already waiting is kept",
+        description="studies waiting for analysis at most, three quarters of them from one sender address; an "
+        "instance of a further study is refused (Out of Resources), one of a study already waiting is kept",
     )
     dicom_node_max_study_instances: int = Field(
         default=10_000,

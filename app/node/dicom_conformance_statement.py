@@ -229,8 +229,9 @@ def _c_store_scp() -> list[str]:
                 f"(`DICOM_NODE_MAX_SPOOL_BYTES`, {_default('dicom_node_max_spool_bytes') // MIB} MiB) or the disk "
                 f"(`DICOM_NODE_MIN_FREE_BYTES` left free, {_default('dicom_node_min_free_bytes') // MIB} MiB) would "
                 "be overfilled; a new study while `DICOM_NODE_MAX_PENDING_STUDIES` "
-                f"({_default('dicom_node_max_pending_studies')}) wait for analysis; a new instance of a study that "
-                f"holds `DICOM_NODE_MAX_STUDY_INSTANCES` ({_default('dicom_node_max_study_instances')}); the "
+                f"({_default('dicom_node_max_pending_studies')}) wait for analysis, or while three quarters of them "
+                "are from the sender's address (the rest is kept for the other senders); a new instance of a study "
+                f"that holds `DICOM_NODE_MAX_STUDY_INSTANCES` ({_default('dicom_node_max_study_instances')}); the "
                 "instances being received at "
                 f"once past `DICOM_NODE_RECEIVE_MEMORY_BYTES` ({_default('dicom_node_receive_memory_bytes') // MIB} "
                 "MiB) | the limit |",

@@ -162,7 +162,12 @@ class Receiver:
             if self.spool.holds_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid):
                 check_replacement_decodes(data, self.config.spool_limits.max_instance_bytes)
             key = self.spool.store_instance(
-                instance.study_uid, instance.patient_id, instance.sop_instance_uid, data, instance.series_uid
+                instance.study_uid,
+                instance.patient_id,
+                instance.sop_instance_uid,
+                data,
+                instance.series_uid,
+                sender=str(event.assoc.requestor.address),
             )
         except InstanceTooLargeError as error:
             return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)

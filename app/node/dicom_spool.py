@@ -130,6 +130,14 @@ class SpoolLimits:
     record_retention_seconds: float = Settings.model_fields["dicom_node_record_retention_days"].default * 24 * 3600.0
     max_study_instances: int = Settings.model_fields["dicom_node_max_study_instances"].default
 
+    @property
+    def max_pending_per_sender(self) -> int:
+        """Studies one sender address may have waiting for analysis: all but a quarter (rounded down) of
+        `max_pending_studies`, which is kept for the other senders (attack review 46 F3: one address filled the whole
+        queue, held it by keeping its associations open, and every other sender's new study was refused). A router
+        that is the node's only sender queues three quarters of it."""
+        return self.max_pending_studies - self.max_pending_studies // 4
+
 
 def study_key(study_instance_uid: str, patient_id: str = "") -> str:
     """The spool's (and the logs') name for a study: a hash of Patient ID and Study Instance UID.
@@ -155,6 +163,9 @@ class Spool:
     # process, then kept up to date under the size lock (a count per instance stored would list the folder each time).
     _instances: dict[str, int] = field(default_factory=dict, repr=False)
     _unreadable: set[str] = field(default_factory=set, repr=False)  # studies whose unreadable record was logged
+    # Study key -> the sender address that made it pending (in this process; a study pending at start has none), for
+    # `SpoolLimits.max_pending_per_sender`. Studies no longer pending are dropped at the next new study.
+    _started_by: dict[str, str] = field(default_factory=dict, repr=False)
     # Instance files being written: a second store of the same SOP Instance UID waits for the first (`_stored`, on the
     # size lock), so that it counts the file the first leaves as the one it replaces.
     _storing: set[Path] = field(default_factory=set, repr=False)
@@ -246,9 +257,11 @@ class Spool:
         sop_instance_uid: str,
         data: bytes,
         series_instance_uid: str = "",
+        sender: str = "",
     ) -> str:
         """Keep one received instance (Part 10 bytes) of series `series_instance_uid` (indexed for
-        `studies_sharing_a_series` unless empty) and mark its study pending; return the study key.
+        `studies_sharing_a_series` unless empty) and mark its study pending; return the study key. A new study of
+        `sender` (an address; none when empty) counts against its share of the studies waiting.
 
         Raises `SpoolFullError` (nothing written) when the instance would break a limit of `SpoolLimits`.
         """
@@ -267,7 +280,7 @@ class Spool:
                 self._stored.wait()
             self._storing.add(path)
         try:
-            new, replaced = self._reserve(key, path, len(data))
+            new, replaced = self._reserve(key, path, len(data), sender)
             try:
                 write_atomically(path, data)
             except OSError:
@@ -382,7 +395,7 @@ class Spool:
             other for other, other_has_id in others.items() if other_has_id != has_id and self.instance_files(other)
         ]
 
-    def _reserve(self, key: str, path: Path, size: int) -> tuple[bool, int]:
+    def _reserve(self, key: str, path: Path, size: int, sender: str) -> tuple[bool, int]:
         """Count an instance file of `size` bytes about to be written at `path` (new, or replacing one: the bytes it
         replaces) and mark its study pending; `SpoolFullError` (nothing counted) when a limit would break."""
         with self._size_lock:
@@ -390,11 +403,8 @@ class Spool:
             replaced = 0 if new else path.stat().st_size
             self.check_room(size - replaced)
             if self.pending_since(key) is None:  # a study not already waiting: one more to analyse
-                pending = len(self.pending_studies())
-                if pending >= self.limits.max_pending_studies:
-                    raise SpoolFullError(
-                        f"{pending} studies wait for analysis; the limit is {self.limits.max_pending_studies}"
-                    )
+                self._check_pending_room(sender)
+                self._started_by[key] = sender
             held = self._instance_count(key)
             if new and held >= self.limits.max_study_instances:
                 raise SpoolFullError(
@@ -407,6 +417,20 @@ class Spool:
             self._size += size - replaced
             self._instances[key] = held + 1 if new else held
             return new, replaced
+
+    def _check_pending_room(self, sender: str) -> None:
+        """Raise `SpoolFullError` unless one more study may wait for analysis: of all, and of `sender` (under the size
+        lock)."""
+        pending = self.pending_studies()
+        if len(pending) >= self.limits.max_pending_studies:
+            raise SpoolFullError(
+                f"{len(pending)} studies wait for analysis; the limit is {self.limits.max_pending_studies}"
+            )
+        self._started_by = {key: by for key, by in self._started_by.items() if key in pending}
+        held = sum(by == sender for by in self._started_by.values()) if sender else 0
+        share = self.limits.max_pending_per_sender
+        if held >= share:
+            raise SpoolFullError(f"{held} studies of this address wait; its share is {share}")
 
     def _instance_count(self, key: str) -> int:
         """Instances the study holds (under the size lock)."""

@@ -269,13 +269,13 @@ class SilentDestination:
         self._listener.close()
 
 
-def store_dataset(port: int, dataset: Dataset) -> Dataset:
-    """C-STORE `dataset` as it is (pynetdicom, no checks by a tool like storescu); return the response's status data
-    set (Status, ErrorComment)."""
+def store_dataset(port: int, dataset: Dataset, from_address: str = "127.0.0.1") -> Dataset:
+    """C-STORE `dataset` as it is (pynetdicom, no checks by a tool like storescu), from `from_address` (another
+    sender: any of 127.0.0.0/8); return the response's status data set (Status, ErrorComment)."""
     ae = AE(ae_title=CALLING_AE)
     ae.add_requested_context(str(dataset.SOPClassUID), [str(dataset.file_meta.TransferSyntaxUID)])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE, bind_address=(from_address, 0))
     assert association.is_established
     try:
         status = association.send_c_store(dataset)

@@ -196,9 +196,9 @@ def test_an_instance_still_being_written_when_its_sender_aborts_does_not_hold_it
     node = make_node()
     store_instance = node.spool.store_instance
 
-    def store_slowly(*arguments: Any) -> str:
+    def store_slowly(*arguments: Any, **keywords: Any) -> str:
         time.sleep(1.5)  # a busy disk: the sender's 0.5 s DIMSE timeout passes, and it aborts
-        return store_instance(*arguments)
+        return store_instance(*arguments, **keywords)
 
     monkeypatch.setattr(node.spool, "store_instance", store_slowly)
     ae = AE(ae_title=CALLING_AE)

@@ -459,6 +459,23 @@ def test_a_sender_cannot_queue_studies_without_end(make_node: Any, clock: Clock)
     assert int(store_dataset(node.config.port, third[0]).Status) == 0x0000  # room again once analysed
 
 
+def test_one_sender_cannot_take_the_whole_queue_of_studies_waiting_for_analysis(make_node: Any) -> None:
+    """attack review 46 F3: one address filled the studies waiting for analysis with one-slice studies (and kept
+    them waiting by keeping its associations open), and every other sender's new study was refused. One address may
+    now have three quarters of the queue waiting; the rest is kept for the others."""
+    node = make_node(spool_limits=SpoolLimits(max_pending_studies=4))
+    port = node.config.port
+    flood = [mr_series(tumor_channels()[:2], Study()) for _ in range(4)]
+
+    statuses = [store_dataset(port, series[0]) for series in flood]
+
+    assert [int(status.Status) for status in statuses] == [0x0000, 0x0000, 0x0000, 0xA700]
+    assert statuses[3].ErrorComment == "3 studies of this address wait; its share is 3"
+    assert int(store_dataset(port, flood[0][1]).Status) == 0x0000  # a study already waiting is still kept
+    scanner = mr_series(tumor_channels()[:2], Study())
+    assert [int(store_dataset(port, dataset, from_address="127.0.0.2").Status) for dataset in scanner] == [0, 0]
+
+
 def test_instances_received_at_once_are_held_to_the_receive_memory(make_node: Any) -> None:
     """attack25: each association holds the instance it receives whole in memory, and nothing bounded them all
     together (8 associations of 118 MB each: +1.6 GiB; at the defaults ~8 GiB). An instance that would take the
@@ -468,10 +485,10 @@ def test_instances_received_at_once_are_held_to_the_receive_memory(make_node: An
     storing, release = threading.Event(), threading.Event()
     store_instance = node.spool.store_instance
 
-    def held_store(*args: Any) -> str:  # the first instance stays in memory until the test lets it go
+    def held_store(*args: Any, **kwargs: Any) -> str:  # the first instance stays in memory until the test lets it go
         storing.set()
         assert release.wait(30)
-        return store_instance(*args)
+        return store_instance(*args, **kwargs)
 
     node.spool.store_instance = held_store
     answers: list[Any] = []
