@@ -385,7 +385,9 @@ class Settings(BaseSettings):
         default=128 * MIB, gt=0, description="largest instance the node keeps; larger are refused (Out of Resources)"
     )
     dicom_node_max_spool_bytes: int = Field(
-        default=20 * 1024 * MIB, gt=0, description="most the spool may hold; instances beyond are refused"
+        default=20 * 1024 * MIB,
+        gt=0,
+        description="most the spool may take on disk (whole blocks); instances beyond are refused",
     )
     dicom_node_min_free_bytes: int = Field(
         default=1024 * MIB, ge=0, description="disk space the spool leaves free; instances that would not are refused"

@@ -41,6 +41,7 @@ from app.node.dicom_received_instance import (
     TRANSFER_SYNTAXES,
 )
 from app.node.dicom_receiver import MAX_PDU_BYTES
+from app.node.dicom_spool import MIN_FREE_INODES
 from app.settings import MIB, Settings
 
 RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
@@ -228,7 +229,8 @@ def _c_store_scp() -> list[str]:
                 f"({_default('dicom_node_max_instance_bytes') // MIB} MiB, once inflated), or the spool "
                 f"(`DICOM_NODE_MAX_SPOOL_BYTES`, {_default('dicom_node_max_spool_bytes') // MIB} MiB) or the disk "
                 f"(`DICOM_NODE_MIN_FREE_BYTES` left free, {_default('dicom_node_min_free_bytes') // MIB} MiB) would "
-                "be overfilled; a new study while `DICOM_NODE_MAX_PENDING_STUDIES` "
+                f"be overfilled, or the disk has fewer than {MIN_FREE_INODES} inodes free; a new study while "
+                "`DICOM_NODE_MAX_PENDING_STUDIES` "
                 f"({_default('dicom_node_max_pending_studies')}) wait for analysis, or while three quarters of them "
                 "are from the sender's address (the rest is kept for the other senders); a new instance of a study "
                 f"that holds `DICOM_NODE_MAX_STUDY_INSTANCES` ({_default('dicom_node_max_study_instances')}); the "

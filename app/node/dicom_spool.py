@@ -12,7 +12,8 @@ acknowledged. Studies are named by a hash of their Patient ID and Study Instance
 shows in paths or logs, and two patients whose studies share a Study Instance UID (a UID generator's fault, or a
 re-identified copy) never share a study.
 
-The spool is bounded: `SpoolLimits` caps one instance, the spool's total size and the disk space it leaves free, and
+The spool is bounded: `SpoolLimits` caps one instance, the spool's total size (what its files take on disk: whole
+blocks, and a block for each series it indexes) and the disk space and inodes it leaves free, and
 `purge_expired` removes the instances and results of studies whose results were all delivered long enough ago
 (their ``record.json`` stays for `SpoolLimits.record_retention_seconds`: a re-send of the same instances is still
 recognised and not processed again), and then the whole study, so the spool does not grow with every study for ever.
@@ -59,6 +60,11 @@ WAITING_STATUSES = ("pending", "failed")
 """A destination's state in a run that still has results to send; the others: "sent", "dropped" (the
 destination was taken out of the configuration before it got them) and "superseded" (a later run of the study came
 before they were delivered: the destination gets that run's instead)."""
+MIN_FREE_INODES = 1000
+"""Inodes the spool leaves free on its disk: tiny instances use up a disk's inodes long before its bytes (attack
+review 46 F7), and the system needs some to go on (logs, temporary files). A disk that reports none (btrfs) has no
+such limit."""
+DEFAULT_BLOCK_BYTES = 4096  # a disk's allocation unit, where statvfs says none
 
 
 def _read_or_none(path: Path) -> str | None:
@@ -159,6 +165,7 @@ class Spool:
     _record_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _size_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # also: store against purge
     _size: int = field(default=0, repr=False)
+    _block: int = field(default=DEFAULT_BLOCK_BYTES, repr=False)  # the disk's allocation unit (statvfs f_frsize)
     # Study key -> instances it holds: counted from its folder the first time the study is stored to in this
     # process, then kept up to date under the size lock (a count per instance stored would list the folder each time).
     _instances: dict[str, int] = field(default_factory=dict, repr=False)
@@ -184,7 +191,10 @@ class Spool:
         ):
             directory.mkdir(parents=True, exist_ok=True)
         self._move_markers_out_of_study_folders()
-        self._size = sum(path.stat().st_size for path in studies.glob("*/*/**/*.dcm") if path.is_file())
+        self._block = os.statvfs(self.root).f_frsize or DEFAULT_BLOCK_BYTES
+        instances = sum(self.disk_bytes(path.stat().st_size) for path in studies.glob("*/*/**/*.dcm") if path.is_file())
+        series_indexed = sum(1 for _ in (self.root / SERIES_UIDS_DIR).glob("*/*"))
+        self._size = instances + series_indexed * self._block
 
     def _move_markers_out_of_study_folders(self) -> None:
         """A spool written before the marker folders kept ``studies/<key>/pending`` and ``studies/<key>/unsent``:
@@ -196,26 +206,36 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
-        """What the instances and results in the spool hold on disk (the small records are not counted)."""
+        """What the instances and results in the spool, and its index of series, take on disk (the small records are
+        not counted)."""
         return self._size
+
+    def disk_bytes(self, size: int) -> int:
+        """What a file of `size` bytes takes on the spool's disk: whole blocks. The spool counted bytes, and 2,000
+        instances of 1.3 KB, each in a series of its own, took 6.5 times as much on disk (attack review 46 F7)."""
+        return -(-size // self._block) * self._block
 
     def study_dir(self, key: str) -> Path:
         return self.root / "studies" / key
 
-    def check_room(self, size: int) -> None:
-        """Raise `SpoolFullError` (with the reason) unless an instance of `size` bytes may be kept. The reason names
-        the instance's size first (durability review 45 F7: "61440 bytes free on the spool's disk; 0 must stay free"
-        read as a contradiction), as the Error Comment keeps 64 characters."""
+    def check_room(self, size: int, replaced: int = 0) -> None:
+        """Raise `SpoolFullError` (with the reason) unless an instance of `size` bytes may be kept (in place of a file
+        of `replaced` bytes). The reason names the instance's size first (durability review 45 F7: "61440 bytes free
+        on the spool's disk; 0 must stay free" read as a contradiction), as the Error Comment keeps 64 characters."""
         limits = self.limits
         if size > limits.max_instance_bytes:
             raise InstanceTooLargeError(f"instance of {size} bytes is over the limit of {limits.max_instance_bytes}")
-        if self._size + size > limits.max_spool_bytes:
+        cost = self.disk_bytes(size) - self.disk_bytes(replaced)
+        if self._size + cost > limits.max_spool_bytes:
             raise SpoolFullError(
                 f"no room for {size} bytes: the spool holds {self._size}, its limit is {limits.max_spool_bytes}"
             )
         free = shutil.disk_usage(self.root).free
-        if free - size < limits.min_free_bytes:
+        if free - cost < limits.min_free_bytes:
             raise SpoolFullError(f"no room for {size} bytes: {free} free on disk, {limits.min_free_bytes} kept free")
+        disk = os.statvfs(self.root)
+        if disk.f_files and disk.f_favail < MIN_FREE_INODES:
+            raise SpoolFullError(f"no room for {size} bytes: {disk.f_favail} inodes free on disk")
 
     def room_problem(self) -> str | None:
         """Why no instance can be kept as things are, or None: a disk smaller than `min_free_bytes` and one
@@ -280,12 +300,12 @@ class Spool:
                 self._stored.wait()
             self._storing.add(path)
         try:
-            new, replaced = self._reserve(key, path, len(data), sender)
+            new, cost = self._reserve(key, path, len(data), sender)
             try:
                 write_atomically(path, data)
             except OSError:
                 with self._size_lock:
-                    self._size -= len(data) - replaced
+                    self._size -= cost
                     if new:
                         self._instances[key] -= 1
                 raise
@@ -314,11 +334,15 @@ class Spool:
         series_dir = self.root / SERIES_UIDS_DIR / folder
         if (series_dir / key).exists():
             return
-        series_dir.mkdir(exist_ok=True)
         listed = self.root / SERIES_UIDS_DIR / f"{key}.series"
-        with self._size_lock, listed.open("a") as listing:  # associations of one study may store side by side
-            listing.write(f"\n{folder}\n")
-        (series_dir / key).touch()
+        with self._size_lock:  # associations of one study may store side by side
+            if (series_dir / key).exists():
+                return
+            series_dir.mkdir(exist_ok=True)
+            with listed.open("a") as listing:
+                listing.write(f"\n{folder}\n")
+            (series_dir / key).touch()
+            self._size += self._block  # its folder, or its marker's inode (attack review 46 F7)
 
     def _listed_series_folders(self, key: str) -> set[str]:
         """The index folders of the series study `key` holds (`_note_series_uid`), leaving out what is no folder (a
@@ -362,7 +386,9 @@ class Spool:
         with contextlib.suppress(OSError):
             for folder in self._listed_series_folders(key):
                 series_dir = self.root / SERIES_UIDS_DIR / folder
-                (series_dir / key).unlink(missing_ok=True)
+                with self._size_lock, contextlib.suppress(FileNotFoundError):
+                    (series_dir / key).unlink()
+                    self._size -= self._block
                 if not any(series_dir.iterdir()):
                     series_dir.rmdir()
             listed.unlink()
@@ -396,12 +422,13 @@ class Spool:
         ]
 
     def _reserve(self, key: str, path: Path, size: int, sender: str) -> tuple[bool, int]:
-        """Count an instance file of `size` bytes about to be written at `path` (new, or replacing one: the bytes it
-        replaces) and mark its study pending; `SpoolFullError` (nothing counted) when a limit would break."""
+        """Count an instance file of `size` bytes about to be written at `path` (new, or replacing one: less what it
+        replaces) and mark its study pending; return whether it is new, and what it adds to `size_bytes`.
+        `SpoolFullError` (nothing counted) when a limit would break."""
         with self._size_lock:
             new = not path.exists()
             replaced = 0 if new else path.stat().st_size
-            self.check_room(size - replaced)
+            self.check_room(size, replaced)
             if self.pending_since(key) is None:  # a study not already waiting: one more to analyse
                 self._check_pending_room(sender)
                 self._started_by[key] = sender
@@ -414,9 +441,10 @@ class Spool:
             # (attack finding: each refused instance's size stayed counted, until the node refused every one).
             path.parent.mkdir(parents=True, exist_ok=True)
             self.touch_pending(key)
-            self._size += size - replaced
+            cost = self.disk_bytes(size) - self.disk_bytes(replaced)
+            self._size += cost
             self._instances[key] = held + 1 if new else held
-            return new, replaced
+            return new, cost
 
     def _check_pending_room(self, sender: str) -> None:
         """Raise `SpoolFullError` unless one more study may wait for analysis: of all, and of `sender` (under the size
@@ -553,7 +581,7 @@ class Spool:
                 path = directory / f"{index:02d}_{dataset.Modality}.dcm"
                 data = part10_bytes(dataset)
                 write_atomically(path, data)
-                written += len(data)
+                written += self.disk_bytes(len(data))
                 paths.append(path)
         except OSError:
             shutil.rmtree(directory, ignore_errors=True)
@@ -674,7 +702,7 @@ class Spool:
     def _remove_tree(self, directory: Path) -> None:
         if not directory.exists():
             return
-        freed = sum(path.stat().st_size for path in directory.rglob("*.dcm") if path.is_file())
+        freed = sum(self.disk_bytes(path.stat().st_size) for path in directory.rglob("*.dcm") if path.is_file())
         shutil.rmtree(directory)
         with self._size_lock:
             self._size -= freed

@@ -115,7 +115,8 @@ class NodeMetrics:
             ),
             (
                 "brain_tumor_node_spool_bytes",
-                "Bytes the instances and results in the spool hold (against DICOM_NODE_MAX_SPOOL_BYTES).",
+                "Bytes the spool's instances, results and series index take on disk, in whole blocks (against "
+                "DICOM_NODE_MAX_SPOOL_BYTES).",
                 spool_bytes,
             ),
         ):

@@ -76,7 +76,9 @@ def test_results_delivered_while_the_record_cannot_be_written_are_not_sent_again
 def test_an_instance_the_spool_cannot_take_is_not_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     study = Study()
     first, second = (to_bytes(dataset) for dataset in mr_series(tumor_channels()[:2], study))
-    spool = Spool(tmp_path / "spool", limits=SpoolLimits(max_spool_bytes=len(first) + len(second) + 1024))
+    probe = Spool(tmp_path / "probe")  # the disk's blocks
+    on_disk = probe.disk_bytes(len(first)) + probe.disk_bytes(len(second))
+    spool = Spool(tmp_path / "spool", limits=SpoolLimits(max_spool_bytes=on_disk + 1024))
     touch_pending = spool.touch_pending
 
     def read_only(key: str, at: float | None = None) -> None:
@@ -91,7 +93,7 @@ def test_an_instance_the_spool_cannot_take_is_not_counted(tmp_path: Path, monkey
     monkeypatch.setattr(spool, "touch_pending", touch_pending)  # writable again
     spool.store_instance(study.study_uid, "P1", "1.2.3.1", first)
     spool.store_instance(study.study_uid, "P1", "1.2.3.2", second)  # before: "the spool holds ... bytes"
-    assert spool.size_bytes == len(first) + len(second)
+    assert spool.size_bytes == on_disk
     with pytest.raises(SpoolFullError):
         spool.store_instance(study.study_uid, "P1", "1.2.3.3", first)
 

@@ -188,9 +188,9 @@ def test_one_instance_stored_on_several_associations_at_once_is_counted_once(
     for copy in copies:
         copy.join(10)
 
-    assert spool.size_bytes == 1000
+    assert spool.size_bytes == spool.disk_bytes(1000)
     spool.store_instance("1.2.3", "P", "1.2.3.5", bytes(1000))  # the study's second instance: within its limit of 2
-    assert spool.size_bytes == 2000
+    assert spool.size_bytes == 2 * spool.disk_bytes(1000)
 
 
 def test_a_node_whose_disk_can_never_keep_an_instance_says_so_at_start(
@@ -294,3 +294,53 @@ def test_a_series_index_append_that_failed_is_written_with_the_next_instance(
 
     assert spool.studies_sharing_a_series(first) == [moved]
     assert spool.studies_sharing_a_series(moved) == [first]
+
+
+def a_disk(block: int = 4096, inodes_free: int = 10**6) -> SimpleNamespace:
+    """What `os.statvfs` says of a roomy disk of `block`-byte blocks with `inodes_free` inodes free."""
+    return SimpleNamespace(
+        f_bsize=block,
+        f_frsize=block,
+        f_blocks=10**9,
+        f_bfree=10**9,
+        f_bavail=10**9,
+        f_files=10**7,
+        f_ffree=inodes_free,
+        f_favail=inodes_free,
+        f_flag=0,
+        f_namemax=255,
+    )
+
+
+def test_the_spool_counts_what_instances_and_their_series_take_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 46 F7: the spool counted the instances' bytes only, and 2,000 tiny instances, each in a series of
+    its own, took 6.5 times that on disk (a block each, and the series index's folders and markers). Each instance
+    now counts its blocks, and each series the spool indexes one block, also when the spool is read at start."""
+    monkeypatch.setattr(dicom_spool.os, "statvfs", lambda path: a_disk(block=4096))
+    spool = Spool(tmp_path / "spool", limits=SpoolLimits(min_free_bytes=0, max_spool_bytes=5 * 4096))
+
+    spool.store_instance("1.2.3", "P", "1.2.3.1", b"x" * 10, series_instance_uid="1.2.3.100")
+    spool.store_instance("1.2.3", "P", "1.2.3.2", b"x" * 4097, series_instance_uid="1.2.3.100")
+
+    assert spool.size_bytes == 4 * 4096  # 1 + 2 blocks of instances, 1 of the series
+    assert Spool(tmp_path / "spool").size_bytes == 4 * 4096
+    with pytest.raises(SpoolFullError, match="the spool holds 16384, its limit is 20480"):
+        spool.store_instance("1.2.3", "P", "1.2.3.3", b"x" * 4097, series_instance_uid="1.2.3.100")
+
+
+def test_an_instance_is_refused_when_the_disk_is_short_of_inodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 46 F7: `DICOM_NODE_MIN_FREE_BYTES` kept bytes free, but tiny instances could use up the disk's
+    inodes first."""
+    spool = Spool(tmp_path / "spool", limits=SpoolLimits(min_free_bytes=0))
+    monkeypatch.setattr(dicom_spool.os, "statvfs", lambda path: a_disk(inodes_free=dicom_spool.MIN_FREE_INODES - 1))
+
+    with pytest.raises(SpoolFullError) as refused:
+        spool.store_instance("1.2.3", "P", "1.2.3.1", b"x" * 10)
+
+    reason = f"no room for 10 bytes: {dicom_spool.MIN_FREE_INODES - 1} inodes free on disk"
+    assert str(refused.value) == reason and len(reason) <= 64
+    assert spool.size_bytes == 0 and not spool.pending_studies()
