@@ -16,7 +16,8 @@ How a study flows through it:
    end-of-study signal) and the associations that sent it have ended (up to `OPEN_ASSOCIATION_WAIT` quiet periods:
    an instance may still be on the wire); its quiet period starts again when the last of them ends. The pending
    marker's modification time is the last arrival, so this survives restarts. A study left by an association that
-   ended without a release (aborted, cut off) says so in its report's notes.
+   ended without a release (aborted, cut off) says so in its report's notes (PARTIAL), unless every instance came
+   again over released associations before the analysis; after it, such a whole re-send makes a COMPLETE revision.
 3. **Process once.** The study's files go to the injected `StudyProcessor` (`app.study_analysis`). The set of
    instances and their content is fingerprinted: a second send of the same instances finds its fingerprint already
    analysed (by the same model versions: after a model upgrade it is analysed again, and the new results supersede

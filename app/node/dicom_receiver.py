@@ -51,7 +51,7 @@ from app.node.dicom_received_instance import (
 )
 from app.node.dicom_sender import STATUS_SUCCESS
 from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError
-from app.node.dicom_study_runs import count_abort, count_refused
+from app.node.dicom_study_runs import awaits_whole_resend, count_abort, count_refused, sent_whole_again
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
 
@@ -258,12 +258,19 @@ class Receiver:
         has come again since over released associations no longer counts the cut-off associations, so its report
         is not PARTIAL (durability review 45 F5: a study re-sent whole after a node crash was reported "instances may
         be missing" for good). Instances the cut-off association alone sent keep the count, and so does an abort
-        counted meanwhile (it starts a new set in `_resent_after_cut_off`)."""
+        counted meanwhile (it starts a new set in `_resent_after_cut_off`). A study whose report already said so is
+        then analysed again (`cut_off_report_made_whole`); one the record says was cut off, tracked by no set (the
+        node restarted since), starts one here (interop review 46 F1)."""
         for key, sop_instance_uids in sending.instances.items():
             with self._open_lock:
                 tracked = self._resent_after_cut_off.get(key)
-                if tracked is None:
+            if tracked is None:
+                record = self.spool.readable_record(key)
+                if record is None or not awaits_whole_resend(record):
                     continue
+                with self._open_lock:
+                    tracked = self._resent_after_cut_off.setdefault(key, set())
+            with self._open_lock:
                 tracked |= sop_instance_uids
                 resent = set(tracked)
 
@@ -272,7 +279,7 @@ class Receiver:
                     if self._resent_after_cut_off.get(key) is not tracked:
                         return
                     del self._resent_after_cut_off[key]
-                record.pop("aborted_associations", None)
+                sent_whole_again(record)
 
             try:
                 if self.spool.holds_only(key, resent):

@@ -7,7 +7,8 @@ functions read that list: whether these very instances were analysed already by 
 outcome (`errors_since_last_outcome`, held to `app.node.node_config.NodeConfig.max_attempts`), and which results a new
 run supersedes (`delivered_results`, `earlier_reports`, `reports`). An association that sent part of a study and ended
 without a release is counted in the record (`count_abort`) and said in the notes of the study's next run
-(`ABORTED_NOTE`).
+(`ABORTED_NOTE`); once every instance of the study has come again over released associations the count goes
+(`sent_whole_again`), and a study whose report already said it is analysed once more (`cut_off_report_made_whole`).
 """
 
 from __future__ import annotations
@@ -47,9 +48,57 @@ def counted_notes(counts: dict[str, int]) -> list[str]:
     return [COUNTED_NOTES[name].format(count=count) for name, count in counts.items() if count]
 
 
+SENT_WHOLE_AFTER_CUT_OFF = "sent_whole_after_cut_off"
+"""A study record's mark: every instance of the study came again over released associations since its last
+association cut off (`sent_whole_again`); taken off by the next abort (`count_abort`) and by the next run."""
+
+
 def count_abort(record: dict[str, Any]) -> None:
     """One more association ended without a release since the study's last run (`ABORTED_NOTE`)."""
     record["aborted_associations"] = int(record.get("aborted_associations", 0)) + 1
+    record.pop(SENT_WHOLE_AFTER_CUT_OFF, None)
+
+
+def sent_whole_again(record: dict[str, Any]) -> None:
+    """Every instance the study holds came again over released associations since it was cut off: the next run's
+    report does not say instances may be missing (durability review 45 F5), and a report that said it is made again
+    (`cut_off_report_made_whole`)."""
+    record.pop("aborted_associations", None)
+    record[SENT_WHOLE_AFTER_CUT_OFF] = True
+
+
+def said_cut_off(run: dict[str, Any]) -> bool:
+    """Whether a run's report was PARTIAL for associations cut off alone (`ABORTED_NOTE`), not for instances the
+    node refused (`REFUSED_NOTE`: those never came, and a re-send of what it holds does not bring them)."""
+    notes = [str(note) for note in run.get("summary", {}).get("notes", [])]
+    return any(note.endswith(ABORTED_NOTE.removeprefix("{count}")) for note in notes) and not any(
+        note.endswith(REFUSED_NOTE.removeprefix("{count}")) for note in notes
+    )
+
+
+def awaits_whole_resend(record: dict[str, Any]) -> bool:
+    """Whether the study was cut off and not yet sent again whole: an abort counted for its next run, or a latest
+    report that says instances may be missing. Read by the receiving after a released association, so that a whole
+    re-send counts after a restart of the node too (interop review 46 F1)."""
+    if int(record.get("aborted_associations", 0)):
+        return True
+    latest = latest_outcome(record["runs"])
+    return latest is not None and said_cut_off(latest) and not record.get(SENT_WHOLE_AFTER_CUT_OFF)
+
+
+def cut_off_report_made_whole(record: dict[str, Any]) -> bool:
+    """Whether the study's current report says instances may be missing for an association cut off, and every
+    instance has come again since over released associations, none cut off: the same instances are analysed once
+    more, and the new report, COMPLETE, supersedes it (interop review 46 F1: the re-send the note asks for was
+    "unchanged", and the PARTIAL report stood for good)."""
+    latest = latest_outcome(record["runs"])
+    return (
+        bool(record.get(SENT_WHOLE_AFTER_CUT_OFF))
+        and not any(int(record.get(name, 0)) for name in COUNTED_NOTES)
+        and latest is not None
+        and latest["status"] in FINAL_STATUSES
+        and said_cut_off(latest)
+    )
 
 
 def count_refused(count: int) -> Callable[[dict[str, Any]], None]:

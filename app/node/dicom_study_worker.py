@@ -25,9 +25,11 @@ from app.logging_config import os_error_name
 from app.node.dicom_spool import Spool, timestamp
 from app.node.dicom_study_runs import (
     COUNTED_NOTES,
+    SENT_WHOLE_AFTER_CUT_OFF,
     already_analysed,
     answered,
     counted_notes,
+    cut_off_report_made_whole,
     delivered_results,
     earlier_reports,
     errors_since_last_outcome,
@@ -161,8 +163,13 @@ class StudyWorker:
         split = self.spool.studies_split_by_patient_id(key)
         sharing = [] if split else self.spool.studies_sharing_a_series(key)
         # The same instances again: nothing new to say, unless another part of the study came meanwhile and the
-        # result standing for these is now wrong for the whole (attack review 43 F5), or other models made it.
-        if already_analysed(runs, fingerprint, self.model_tags, bytes_fingerprint) and not (split or sharing):
+        # result standing for these is now wrong for the whole (attack review 43 F5), or other models made it, or
+        # its report said instances may be missing and they all came again since (interop review 46 F1).
+        if (
+            already_analysed(runs, fingerprint, self.model_tags, bytes_fingerprint)
+            and not (split or sharing)
+            and not cut_off_report_made_whole(record)
+        ):
             logger.info("study unchanged since last processed", extra={"fields": {"study_key": key}})
             if any(record.get(name) for name in COUNTED_NOTES):  # brought nothing new: no note for a later run
                 self.spool.update_record(key, _without_counts)
@@ -318,6 +325,10 @@ class StudyWorker:
                 left = int(stored.pop(name, 0)) - count
                 if left > 0:
                     stored[name] = left
+            # A whole re-send answered by this run: a report not cut off. One cut off ran with an abort counted,
+            # which took the mark off: a mark now is a whole re-send during the run, left for the next run.
+            if not counts["aborted_associations"]:
+                stored.pop(SENT_WHOLE_AFTER_CUT_OFF, None)
 
         self.spool.update_record(key, append)
         if withdrawn and not results:  # earlier results nobody got are not sent now: nothing waits

@@ -155,6 +155,52 @@ def test_a_cut_off_study_sent_again_whole_over_released_associations_is_reported
     assert run["summary"]["slices"] == 3
 
 
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_cut_off_study_analysed_and_then_sent_again_whole_gets_a_complete_report_revising_the_partial_one(
+    make_node: Any, results: ResultStore, clock: Clock, restarted: bool
+) -> None:
+    """Interop review 46 F1: a study analysed after its association was cut off got a PARTIAL report ("instances may
+    be missing; a later send of them gives a new result"); the sender then sent it again whole, released, and the
+    node called it "unchanged": the PARTIAL report stood for good, also when sent again after a restart. A re-send
+    in part, or of a study whose report is COMPLETE, still gives nothing new."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    first = associate(node, MRImageStorage)
+    assert [store(first, dataset) for dataset in series] == [0, 0, 0]
+    first.abort()
+    associations_ended(node)
+    clock.advance(QUIET_SECONDS)
+    assert len(process_and_send(node)) == 1
+    (partial,) = results.by_modality("SR")
+    assert partial.CompletionFlag == "PARTIAL"
+    if restarted:
+        node.stop()
+        node = make_node()
+
+    def send_again(datasets: list[Dataset]) -> list[str]:
+        again = associate(node, MRImageStorage)
+        assert [store(again, dataset) for dataset in datasets] == [0] * len(datasets)
+        again.release()
+        associations_ended(node)
+        clock.advance(QUIET_SECONDS)
+        return process_and_send(node)
+
+    assert send_again(series[:2]) == []  # in part: the cut-off association may have meant to send more
+    assert len(send_again(series)) == 1
+
+    first_run, second_run = record(node)["runs"]
+    assert second_run["summary"]["notes"] == [] and second_run["status"] == "analysed"
+    complete = results.by_modality("SR")[-1]
+    assert complete.CompletionFlag == "COMPLETE" and read_volume_report(complete)["notes"] == []
+    assert complete.SeriesDescription.endswith(" - revised")
+    (predecessor,) = complete.PredecessorDocumentsSequence[0].ReferencedSeriesSequence
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == partial.SOPInstanceUID
+    assert "sent_whole_after_cut_off" not in record(node)
+    sent = len(results.received)
+    assert send_again(series) == []  # the same study again, now reported complete: nothing new
+    assert len(results.received) == sent
+
+
 def test_a_study_some_of_whose_instances_the_node_refused_says_so_in_its_report(
     make_node: Any, results: ResultStore, clock: Clock
 ) -> None:
