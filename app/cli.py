@@ -3,6 +3,7 @@
 brain-tumor serve                         # HOST:PORT from the environment (default 127.0.0.1:8000)
 brain-tumor predict slices/ --format table --masks-dir masks/     # files or folders; or the DICOM files of a series
 brain-tumor dicom-node                    # DICOM_NODE_AE_TITLE on DICOM_NODE_HOST:DICOM_NODE_PORT (default 11112)
+brain-tumor dicom-node-forget STUDY_UID   # node stopped: drop a refused study's instances so a re-send starts afresh
 brain-tumor train --model segmenter --data-root ../shared/lgg/kaggle_3m_dev --output-dir runs/segmenter
 brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights ... --segmenter-weights ...
 
@@ -273,6 +274,18 @@ def dicom_node(args: argparse.Namespace) -> int:
         return fail(f"brain-tumor dicom-node: cannot start: {describe_start_error(error)}", EXIT_USAGE)
 
 
+def dicom_node_forget(args: argparse.Namespace) -> int:
+    from app.node import dicom_node_command as node
+
+    settings = get_settings()
+    if args.spool_dir is not None and not args.spool_dir.strip():  # as for dicom-node: not the working directory
+        return fail("brain-tumor dicom-node-forget: error: --spool-dir must not be empty", EXIT_USAGE)
+    try:
+        return node.forget_main(args, settings)
+    except OSError as error:  # a spool that cannot be read or written
+        return fail(f"brain-tumor dicom-node-forget: {describe_start_error(error)}", EXIT_USAGE)
+
+
 def describe_start_error(error: Exception) -> str:
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror}"
@@ -388,7 +401,7 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_dicom_parsers(commands: argparse._SubParsersAction) -> None:
-    """pacs-sync and dicom-node, whose arguments their own modules add."""
+    """pacs-sync, dicom-node and dicom-node-forget, whose arguments their own modules add."""
     from app.pacs.pacs_sync import add_arguments as add_pacs_sync_arguments
 
     sync_parser = commands.add_parser(
@@ -406,6 +419,20 @@ def _add_dicom_parsers(commands: argparse._SubParsersAction) -> None:
     )
     add_dicom_node_arguments(node_parser)
     node_parser.set_defaults(run=dicom_node)
+
+    from app.node.dicom_node_command import add_forget_arguments
+
+    forget_parser = commands.add_parser(
+        "dicom-node-forget",
+        help="with dicom-node stopped: remove a study's received instances from its spool, keeping its record, so "
+        "that the next send of the study is analysed afresh (a study refused for a stray instance)",
+        description="Remove one study's received instances from the DICOM node's spool, keeping its record: the next "
+        "send of the study is analysed afresh, and its results revise the earlier ones. Stop the node first: a spool "
+        "a running dicom-node holds is refused (exit 2). Exit 1 when the spool holds no such study. Prints the "
+        "study's key (as the node's logs name it), never the UID or Patient ID.",
+    )
+    add_forget_arguments(forget_parser)
+    forget_parser.set_defaults(run=dicom_node_forget)
 
 
 def _add_hash_key_parser(commands: argparse._SubParsersAction) -> None:

@@ -440,7 +440,9 @@ class ResultReference:
     sop_instance_uid: str
 
 
-def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[ResultReference]) -> None:
+def supersede_earlier_reports(
+    results: Sequence[Dataset], earlier: Sequence[ResultReference], withdrawn: bool = False
+) -> None:
     """Make a run's results (its SEGs, then its report, last) supersede the earlier reports of its study: the report
     names them (Predecessor Documents Sequence, SR Document General Module), so that a PACS or viewer showing both
     can tell which is current, and every result gets UIDs of its own.
@@ -451,12 +453,18 @@ def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[Resu
     as an earlier, already superseded run (an instance corrected, then sent again as it was) make new objects, which
     a PACS that already holds the earlier copies does not ignore, so the newest SEG and report are the current ones.
     Their Series Descriptions end in `REVISED_SUFFIX`: a viewer lists the old and new series side by side under the
-    same Series Number, and told them apart only by their Series Time (interop review 35)."""
+    same Series Number, and told them apart only by their Series Time (interop review 35).
+
+    `withdrawn`: the earlier reports were rejected since (a refused study's rejection note), so one with the report's
+    own SOP Instance UID is named too, and the results get UIDs of their own: sent under the UIDs the note rejected,
+    the answer to a study refused and then sent again corrected was one an IOCM archive withdraws (interop review 46
+    F2)."""
     report = results[-1]
-    named = [reference for reference in earlier if reference.sop_instance_uid != str(report.SOPInstanceUID)]
+    named = [
+        reference for reference in earlier if withdrawn or reference.sop_instance_uid != str(report.SOPInstanceUID)
+    ]
     if not named:
         return
-    report.PredecessorDocumentsSequence = [_predecessor_item(report, reference) for reference in named]
     replaced = [reference.sop_instance_uid for reference in named]
     renewed: dict[str, str] = {}
     for dataset in results:
@@ -475,6 +483,8 @@ def supersede_earlier_reports(results: Sequence[Dataset], earlier: Sequence[Resu
             element.value = renewed[str(element.value)]
 
     report.walk(refer_to_renewed)  # its SEG references (content items, evidence) follow the SEGs' new UIDs
+    # After the walk: a predecessor with the report's own old UIDs (`withdrawn`) keeps them.
+    report.PredecessorDocumentsSequence = [_predecessor_item(report, reference) for reference in named]
 
 
 def _predecessor_item(report: Dataset, reference: ResultReference) -> Dataset:

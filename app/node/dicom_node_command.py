@@ -4,6 +4,10 @@ runs the node (`app.node.dicom_node.DicomNode`) until interrupted.
 `app.cli` checks the port and AE title given, configures logging and calls `main`, as it calls `app.pacs.pacs_sync.main`
 for ``brain-tumor pacs-sync``; options not given come from the ``DICOM_NODE_*`` settings (`NodeConfig.from_settings`).
 How a study flows through the node is told in `app.node.dicom_node`, its defences in `app.node.dicom_receiver`.
+
+``brain-tumor dicom-node-forget`` (`forget_main`), run while the node is stopped, removes one study's received
+instances from the spool and keeps its record: the way out for a study the node refused for an instance that should
+not be part of it, which every re-send would otherwise bring back (interop review 46 F2).
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydicom.uid import UID
+
 from app.errors import error_body
-from app.exit_codes import EXIT_OK, EXIT_USAGE
+from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from app.metrics import serve_metrics
 from app.node.dicom_node import DicomNode, check_address
-from app.node.dicom_spool import hold_spool
+from app.node.dicom_spool import Spool, SpoolInUseError, hold_spool, study_key
+from app.node.dicom_study_runs import instances_forgotten
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
+from app.predict_command import fail
 from app.settings import Settings, get_settings
 from app.stop_signals import signals_interrupt
 from app.uploads import UploadLimits
@@ -132,4 +140,62 @@ def _run(
     finally:
         node.stop()
         logger.info("DICOM node stopped")
+    return EXIT_OK
+
+
+def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brain-tumor dicom-node-forget``."""
+    parser.add_argument("study_instance_uid", metavar="STUDY_INSTANCE_UID", help="the study to forget")
+    parser.add_argument(
+        "--patient-id",
+        help='its Patient ID ("" for none): needed only when the spool holds the Study Instance UID under several, '
+        "or for a study received before the node indexed Study Instance UIDs",
+    )
+    parser.add_argument("--spool-dir", help="the node's spool (default: DICOM_NODE_SPOOL_DIR)")
+
+
+def forget_main(args: argparse.Namespace, settings: Settings) -> int:
+    """Entry point of ``brain-tumor dicom-node-forget``: remove one study's received instances from a stopped node's
+    spool (`Spool.forget_instances`), keeping its record, so that the next send of the study is analysed afresh and
+    its report is a revision naming the earlier reports (interop review 46 F2: a study refused for a stray instance
+    was refused again at every re-send of the corrected study, as the spool kept the stray one).
+
+    Neither the Study Instance UID nor the Patient ID is printed (the node's logs name a study by its key only).
+    Returns 0 once removed; 1 when the spool holds no such study; 2 for a running node (it holds the spool's lock),
+    a spool that does not exist, a UID that is no UID, or a UID several patients' studies share without
+    ``--patient-id``.
+    """
+    command = "brain-tumor dicom-node-forget"
+    spool_dir = settings.dicom_node_spool_dir if args.spool_dir is None else Path(args.spool_dir)
+    if not UID(args.study_instance_uid).is_valid:
+        return fail(f"{command}: error: STUDY_INSTANCE_UID is not a UID (digits and dots, 64 at most)", EXIT_USAGE)
+    if not (spool_dir / "studies").is_dir():
+        return fail(f"{command}: error: {spool_dir} is not a dicom-node spool (no studies/ in it)", EXIT_USAGE)
+    try:
+        with hold_spool(spool_dir):
+            spool = Spool(spool_dir)
+            if args.patient_id is not None:
+                key = study_key(args.study_instance_uid, args.patient_id)
+                keys = [key] if spool.study_dir(key).is_dir() else []
+            else:
+                keys = spool.study_keys_of(args.study_instance_uid)
+            if not keys:
+                return fail(f"{command}: the spool holds no study under that Study Instance UID", EXIT_FAILED)
+            if len(keys) > 1:
+                return fail(
+                    f"{command}: error: {len(keys)} patients' studies in the spool have that Study Instance UID; "
+                    "name one with --patient-id",
+                    EXIT_USAGE,
+                )
+            (key,) = keys
+            removed = spool.forget_instances(key)
+            spool.update_record(key, instances_forgotten)
+    except SpoolInUseError:
+        return fail(
+            f"{command}: error: a dicom-node is running on {spool_dir} (it holds node.lock); stop it first", EXIT_USAGE
+        )
+    print(
+        f"study {key}: {removed} received instance(s) removed from the spool, its record kept; the next send of the "
+        "study is analysed afresh, and its report revises the earlier ones"
+    )
     return EXIT_OK

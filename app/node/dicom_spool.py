@@ -421,6 +421,32 @@ class Spool:
             other for other, other_has_id in others.items() if other_has_id != has_id and self.instance_files(other)
         ]
 
+    def study_keys_of(self, study_instance_uid: str) -> list[str]:
+        """The keys of the studies in the spool under a Study Instance UID, whatever their Patient ID (the index
+        `_note_study_uid` keeps; a study stored before the node kept it is not found: give its Patient ID)."""
+        try:
+            markers = list((self.root / STUDY_UIDS_DIR / study_key(study_instance_uid)).iterdir())
+        except OSError:
+            return []
+        return sorted(marker.stem for marker in markers if self.study_dir(marker.stem).is_dir())
+
+    def forget_instances(self, key: str) -> int:
+        """Remove the instances study `key` received, and its pending and receiving markers (nothing is left to
+        analyse); its record and results stay, so the next send of the study is analysed afresh and its results
+        revise the earlier ones. Returns how many instances were removed. For ``brain-tumor dicom-node-forget``,
+        with the node stopped.
+
+        Why: the spool keeps every instance, so a study refused for a stray instance (one re-sent under a new SOP
+        Instance UID at another's position) was refused again at every re-send of the corrected study (interop
+        review 46 F2)."""
+        with self._size_lock:
+            removed = len(self.instance_files(key))
+            self._remove_tree(self.study_dir(key) / "instances")
+            self._marker(PENDING_DIR, key).unlink(missing_ok=True)
+            self._marker(RECEIVING_DIR, key).unlink(missing_ok=True)
+            self._instances.pop(key, None)
+        return removed
+
     def _reserve(self, key: str, path: Path, size: int, sender: str) -> tuple[bool, int]:
         """Count an instance file of `size` bytes about to be written at `path` (new, or replacing one: less what it
         replaces) and mark its study pending; return whether it is new, and what it adds to `size_bytes`.

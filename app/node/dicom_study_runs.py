@@ -67,6 +67,14 @@ def sent_whole_again(record: dict[str, Any]) -> None:
     record[SENT_WHOLE_AFTER_CUT_OFF] = True
 
 
+def instances_forgotten(record: dict[str, Any]) -> None:
+    """The study's received instances were removed (`Spool.forget_instances`): what was counted of the associations
+    that sent them says nothing of the next send, and the record says when they went."""
+    for name in (*COUNTED_NOTES, SENT_WHOLE_AFTER_CUT_OFF):
+        record.pop(name, None)
+    record.setdefault("instances_forgotten", []).append(timestamp())
+
+
 def said_cut_off(run: dict[str, Any]) -> bool:
     """Whether a run's report was PARTIAL for associations cut off alone (`ABORTED_NOTE`), not for instances the
     node refused (`REFUSED_NOTE`: those never came, and a re-send of what it holds does not bring them)."""

@@ -276,7 +276,9 @@ class StudyWorker:
         predecessors: list[dict[str, str]] = []
         if previous is not None and analysis.datasets:  # the report names the one it replaces; new UIDs for all
             predecessors = earlier_reports(runs, previous, built_report_uid)
-            supersede_earlier_reports(analysis.datasets, reports(predecessors))
+            # After a refusal, whose rejection note withdrew every earlier result: none may come back under its UIDs.
+            after_refusal = previous.get("status") == AnalysisStatus.FAILED
+            supersede_earlier_reports(analysis.datasets, reports(predecessors), withdrawn=after_refusal)
             note = self._rejection_note(key, runs, analysis.datasets)
             if note is not None:
                 analysis.datasets.append(note)
