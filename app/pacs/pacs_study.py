@@ -465,7 +465,8 @@ class StudySync:
         under the same Orthanc ID, holding only the results and the patient's name.
         """
         if datasets:  # the report names the one it replaces, deleted below; new UIDs
-            supersede_earlier_reports(datasets, _recorded_report(record))
+            # After a refusal withdrew them, the same findings get new UIDs too, as at the node (interop review 46).
+            supersede_earlier_reports(datasets, _recorded_report(record), withdrawn="withdrawn_reports" in record)
         new_series = {str(dataset.SeriesInstanceUID) for dataset in datasets}
         stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
         try:
