@@ -46,6 +46,8 @@ NOT_RUN_HERE = {
     '.venv/bin/python -c "import tensorflow': "the GPU check: prints [] on CI's CPU-only machine, proving nothing",
     "DICOM_NODE_ALLOWED_CALLING_AE_TITLES=": "the DICOM node with models: tests/node/test_dicom_node.py runs it",
     "echoscu ": "tests/node/test_dicom_node.py runs echoscu against the node",
+    ".venv/bin/brain-tumor dicom-node-forget": "needs a node's spool holding a refused study: "
+    "tests/node/test_dicom_node_forget.py runs the command (app.cli.main) on one",
     "DICOM_NODE_METRICS_PORT=": "the node's metrics served and scraped: tests/node/test_node_metrics.py",
     "PACS_SYNC_METRICS_PORT=": "pacs-sync's metrics served and scraped: tests/pacs/test_pacs_sync_metrics.py",
     "storescu ": "tests/node/test_dicom_node.py runs storescu against the node",
