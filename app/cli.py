@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from app import schemas
 from app.core.model_store import ModelStoreError, read_manifest
-from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MODELS, EXIT_OK, EXIT_USAGE
-from app.predict_command import PrintFormat, fail
+from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MODELS, EXIT_OK, EXIT_USAGE, fail
+from app.predict_command import PrintFormat
 from app.release import service_version
 from app.settings import (
     AE_TITLE_RULE,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TextIO
 from app import schemas
 from app.core.model_store import ModelStoreError
 from app.errors import FileUnreadableError, ServiceError
-from app.exit_codes import EXIT_FAILED, EXIT_MODELS, EXIT_OK, EXIT_USAGE
+from app.exit_codes import EXIT_FAILED, EXIT_MODELS, EXIT_OK, EXIT_USAGE, fail, printable
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -140,13 +140,6 @@ def discard_standard_output() -> None:
     # Not a real file (a test's capture): nothing is left to flush at exit.
     with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def fail(message: str, code: int) -> int:
-    """Say why the command stops, on standard error, and give its exit code (every `brain-tumor` command's, through
-    `app.cli`: it lives beside `printable`, which keeps a file name in the message from forging a line)."""
-    print(printable(message), file=sys.stderr)
-    return code
 
 
 def collect_inputs(arguments: Sequence[str]) -> list[Path]:
@@ -574,12 +567,6 @@ def formula_safe(value: object) -> object:
     `=HYPERLINK(...)`, a file named `@SUM(...).png`) gets a leading apostrophe, which spreadsheets read as "this is
     text", as the upload page's slices.csv does; numbers stay as they are."""
     return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
-
-
-def printable(text: str) -> str:
-    """`text` with each character a terminal would act on (newline, escape, other controls) written as its Python
-    escape: a file name holding them must not forge a line or a colour in the output."""
-    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
 
 
 def csv_text(rows: Sequence[dict]) -> str:

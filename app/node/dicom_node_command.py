@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING
 from pydicom.uid import UID
 
 from app.errors import error_body
-from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
 from app.metrics import serve_metrics
 from app.node.dicom_node import DicomNode, check_address
 from app.node.dicom_spool import Spool, SpoolInUseError, hold_spool, study_key
 from app.node.dicom_study_runs import instances_forgotten
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
-from app.predict_command import fail
 from app.settings import Settings, get_settings
 from app.stop_signals import signals_interrupt
 from app.uploads import UploadLimits
