@@ -112,6 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served offline by app.api.routes.docs instead of from a CDN
         redoc_url=None,
+        # "." is the folder /openapi.json is served from: /docs' "Try it out" then calls the service where the page was
+        # loaded from, also under a proxy's path prefix (FastAPI's default, "/", is the host's root).
+        servers=[{"url": "."}],
         # Starlette answers `/health/live/` with a redirect to an absolute URL built from the client's Host header
         # (`Location: http://evil.example/health/live`): a trailing slash is a 404 here instead.
         redirect_slashes=False,

@@ -49,3 +49,47 @@ def test_the_page_works_under_a_path_prefix(page: Page, live_server: str) -> Non
     assert page.locator("#notice").evaluate("element => getComputedStyle(element).borderLeftStyle") == "solid"
     docs_link = page.locator("footer a", has_text="/docs")
     assert docs_link.evaluate("link => link.href") == f"{live_server}{PREFIX}/docs"
+
+
+def publish_under_prefix(page: Page, live_server: str) -> list[str]:
+    """Route the page's requests as the proxy does; returns the paths asked for, in order."""
+    asked: list[str] = []
+
+    def prefix_stripping_proxy(route: Route) -> None:
+        path = route.request.url.removeprefix(live_server)
+        asked.append(path)
+        if path.startswith(f"{PREFIX}/"):
+            route.continue_(url=live_server + path.removeprefix(PREFIX))
+        else:
+            route.fulfill(status=404, body="not published by this proxy")
+
+    page.route(f"{live_server}/**", prefix_stripping_proxy)
+    return asked
+
+
+def test_swagger_ui_and_its_try_it_out_work_under_a_path_prefix(page: Page, live_server: str) -> None:
+    """Review 45 left /docs at the host's root: its scripts, its schema and its "Try it out" calls went there."""
+    asked = publish_under_prefix(page, live_server)
+
+    page.goto(f"{live_server}{PREFIX}/docs")
+    models = page.locator(".opblock-summary-path[data-path='/v1/models']").first
+    expect(models).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    models.click()
+    page.get_by_role("button", name="Try it out").click()
+    with page.expect_response(lambda response: "/v1/models" in response.url, timeout=RESULT_TIMEOUT_MS) as got:
+        page.get_by_role("button", name="Execute").click()
+
+    assert got.value.status == 200
+    assert [path for path in asked if not path.startswith(f"{PREFIX}/")] == []
+    assert {f"{PREFIX}/openapi.json", f"{PREFIX}/static/docs/swagger-ui-bundle.js", f"{PREFIX}/v1/models"} <= set(asked)
+    expect(page.locator(".curl-command").first).to_contain_text(f"{live_server}{PREFIX}/v1/models")
+
+
+def test_redoc_works_under_a_path_prefix(page: Page, live_server: str) -> None:
+    asked = publish_under_prefix(page, live_server)
+
+    page.goto(f"{live_server}{PREFIX}/redoc")
+
+    expect(page.locator("body")).to_contain_text("/v1/predict/batch", timeout=RESULT_TIMEOUT_MS)
+    assert [path for path in asked if not path.startswith(f"{PREFIX}/")] == []
+    assert {f"{PREFIX}/openapi.json", f"{PREFIX}/static/docs/redoc.standalone.js"} <= set(asked)

@@ -3,6 +3,9 @@ documentation works on networks without internet (FastAPI's own pages load their
 
 The pages are added to the app itself (not through a router) so that they sit beside /openapi.json: the API-key
 check covers them like the schema. Their scripts and style sheets hold no data and are public, under /static/docs/.
+
+The pages ask for the schema and their files by relative URLs, and the schema names its server as "." (the folder
+it is served from), so /docs works, "Try it out" included, when a proxy publishes the service under a path prefix.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ from app.api.static_assets import BASE_SECURITY_HEADERS, AllowListedFiles
 
 ASSET_DIR = Path(str(files("fastapi_offline") / "static"))
 ASSET_PREFIX = "/static/docs"
+# Relative to /docs and /redoc, so that under a proxy's prefix (/bt/docs) they resolve to /bt/static/docs/...
+RELATIVE_ASSET_PREFIX = ASSET_PREFIX.removeprefix("/")
+RELATIVE_OPENAPI_URL = "openapi.json"
+# Swagger UI resolves the schema's server "." against the schema's URL as written in its settings, so that URL is
+# made absolute in the browser (the service does not know the prefix a proxy strips).
+SWAGGER_SCHEMA_SETTING = f"url: '{RELATIVE_OPENAPI_URL}',"
+ABSOLUTE_SWAGGER_SCHEMA_SETTING = f"url: new URL('{RELATIVE_OPENAPI_URL}', document.baseURI).href,"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 # ReDoc's sidebar always shows Redocly's logo from their CDN, which the policy below blocks (a console error, and a
 # request to another host on networks that have internet). The bundle is served with an empty picture instead.
@@ -65,19 +75,23 @@ def _redoc_bundle() -> bytes:
 
 def add_docs_pages(app: FastAPI) -> None:
     """Serve /docs, its OAuth2 redirect and /redoc on `app` (create it with docs_url=None, redoc_url=None)."""
+    if app.openapi_url != "/" + RELATIVE_OPENAPI_URL:
+        raise ValueError(f"the docs pages ask for {RELATIVE_OPENAPI_URL} beside them, not {app.openapi_url}")
     title = app.title
 
     async def read_swagger_ui(request: Request) -> HTMLResponse:
         return _secured(
-            get_swagger_ui_html(
-                openapi_url=app.openapi_url,
-                title=f"{title}: Swagger UI",
-                swagger_js_url=f"{ASSET_PREFIX}/swagger-ui-bundle.js",
-                swagger_css_url=f"{ASSET_PREFIX}/swagger-ui.css",
-                swagger_favicon_url=f"{ASSET_PREFIX}/favicon.png",
-                oauth2_redirect_url=OAUTH2_REDIRECT_URL,
-                # Keeps the key entered under "Authorize" across reloads of the page (in this browser only).
-                swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+            _with_absolute_schema_url(
+                get_swagger_ui_html(
+                    openapi_url=RELATIVE_OPENAPI_URL,
+                    title=f"{title}: Swagger UI",
+                    swagger_js_url=f"{RELATIVE_ASSET_PREFIX}/swagger-ui-bundle.js",
+                    swagger_css_url=f"{RELATIVE_ASSET_PREFIX}/swagger-ui.css",
+                    swagger_favicon_url=f"{RELATIVE_ASSET_PREFIX}/favicon.png",
+                    oauth2_redirect_url=OAUTH2_REDIRECT_URL,
+                    # Keeps the key entered under "Authorize" across reloads of the page (in this browser only).
+                    swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+                )
             )
         )
 
@@ -87,10 +101,10 @@ def add_docs_pages(app: FastAPI) -> None:
     async def read_redoc(request: Request) -> HTMLResponse:
         return _secured(
             get_redoc_html(
-                openapi_url=app.openapi_url,
+                openapi_url=RELATIVE_OPENAPI_URL,
                 title=f"{title}: ReDoc",
-                redoc_js_url=f"{ASSET_PREFIX}/redoc.standalone.js",
-                redoc_favicon_url=f"{ASSET_PREFIX}/favicon.png",
+                redoc_js_url=f"{RELATIVE_ASSET_PREFIX}/redoc.standalone.js",
+                redoc_favicon_url=f"{RELATIVE_ASSET_PREFIX}/favicon.png",
                 with_google_fonts=False,
             )
         )
@@ -99,6 +113,13 @@ def add_docs_pages(app: FastAPI) -> None:
     app.add_route(OAUTH2_REDIRECT_URL, read_swagger_ui_redirect, include_in_schema=False)
     app.add_route("/redoc", read_redoc, include_in_schema=False)
     app.include_router(router)
+
+
+def _with_absolute_schema_url(page: HTMLResponse) -> HTMLResponse:
+    html = page.body.decode()
+    if html.count(SWAGGER_SCHEMA_SETTING) != 1:
+        raise RuntimeError("FastAPI's Swagger UI page no longer sets the schema URL as this module expects")
+    return HTMLResponse(html.replace(SWAGGER_SCHEMA_SETTING, ABSOLUTE_SWAGGER_SCHEMA_SETTING))
 
 
 def _secured(page: HTMLResponse) -> HTMLResponse:
