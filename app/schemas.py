@@ -112,6 +112,11 @@ class BatchItemFailure(BaseModel):
 
 class BatchPredictionResponse(BaseModel):
     results: list[BatchItemSuccess | BatchItemFailure]
+    notes: list[str] = Field(
+        default_factory=list,
+        description="notes on the files as a whole: with series=true, when the numbers their names end with "
+        "disagree with the order sent (the series is read in the order sent)",
+    )
     models: ModelTags
     request_id: str
 

@@ -45,6 +45,7 @@ from app.dicom.dicom_sr import series_volume_report
 from app.errors import RequestValidationFailed, ServiceError, TooManyFilesError, UnsupportedMediaTypeError
 from app.multipart_related import multipart_related
 from app.prediction import SeriesAnswer, SliceAnswer, Tally, no_image_error
+from app.raster_series_order import file_name_order_note
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)])
 
@@ -244,7 +245,10 @@ async def create_batch_prediction(
         else schemas.BatchItemSuccess(index=index, prediction=outcome)
         for index, outcome in enumerate(answer.outcomes)
     ]
-    return schemas.BatchPredictionResponse(results=results, models=models, request_id=request_id)
+    order_note = file_name_order_note([upload.filename for upload in files]) if series else None
+    return schemas.BatchPredictionResponse(
+        results=results, notes=[order_note] if order_note else [], models=models, request_id=request_id
+    )
 
 
 @router.post(

@@ -56,7 +56,8 @@ def test_predict_batch_returns_results_in_request_order(client: TestClient, tiny
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"results", "models", "request_id"}
+    assert set(body) == {"results", "notes", "models", "request_id"}
+    assert body["notes"] == []  # slices answered alone: their order means nothing
     assert body["request_id"] == response.headers["X-Request-ID"] != "series-7"  # the server's id, not the client's
     assert body["models"] == singles[0]["models"]
     assert [item["index"] for item in body["results"]] == list(range(len(files)))
@@ -278,3 +279,24 @@ def test_predict_batch_over_queue_capacity_is_too_large(limited_client: TestClie
     follow_up = predict_batch(limited_client, [TUMOR_SLICE.read_bytes()] * LIMITED_QUEUE_SLICES)
     assert follow_up.status_code == 200, follow_up.text
     assert [item["ok"] for item in follow_up.json()["results"]] == [True] * LIMITED_QUEUE_SLICES
+
+
+def test_a_raster_series_whose_file_names_disagree_with_the_order_sent_says_so(client: TestClient) -> None:
+    """ML audit 48 F4: files listed as text sort `_1, _10, _2` and were read as a scrambled volume without a word.
+    The order sent stays the series' order; the answer notes that the names number the slices otherwise."""
+    slices = [path.read_bytes() for path in TUMOR_SERIES]
+
+    def send(names: list[str], **params: str) -> dict:
+        files = [("files", (name, data, "image/jpeg")) for name, data in zip(names, slices, strict=True)]
+        response = client.post("/v1/predict/batch", params=params, files=files)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    as_text = send(["slice_1.jpg", "slice_10.jpg", "slice_2.jpg"], series="true")
+    in_order = send(["slice_1.jpg", "slice_2.jpg", "slice_10.jpg"], series="true")
+    alone = send(["slice_1.jpg", "slice_10.jpg", "slice_2.jpg"])
+
+    assert len(as_text["notes"]) == 1
+    assert "file 2 is numbered 10 and file 3 2" in as_text["notes"][0]
+    assert as_text["results"] == in_order["results"]  # read in the order sent, as documented
+    assert in_order["notes"] == [] and alone["notes"] == []  # slices answered alone have no order
