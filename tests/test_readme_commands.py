@@ -35,6 +35,7 @@ NOT_RUN_HERE = {
     ".venv/bin/python -m training.evaluate": "tests/training/test_train_evaluate_export.py",
     ".venv/bin/python -m training.export_onnx": "tests/inference/test_onnx_runtime.py, through the same main()",
     ".venv/bin/python -m training.export": "tests/training/test_train_evaluate_export.py",
+    ".venv/bin/python -m training.model_card": "tests/training/test_model_card.py, through the same main()",
     ".venv/bin/python -m training.cross_validation": "tests/training/test_cross_validation.py, through the same main()",
     ".venv/bin/python -m training.compare_classifiers": "tests/training/test_train_evaluate_export.py, same main()",
     "for k in 0 1 2 3 4; do .venv/bin/python -m training.train": "tests/training/test_cross_validation.py (fold runs)",

@@ -1,15 +1,38 @@
 """Render `models/README.md`, the model card, from the manifest and the evaluation: every number in it is one that
-`training.evaluate` measured on the held-out test patients, so the card cannot drift from the models it describes."""
+`training.evaluate` measured on the held-out test patients, so the card cannot drift from the models it describes.
+
+    python -m training.model_card --model-dir models
+
+renders again, in the card already there, the parts drawn from the evaluation (the Data section, the test metrics and
+the Limitations' points on the test set) from the manifest and `evaluation/evaluation.json`, keeping every line written
+by hand around them and leaving the models and the manifest as they are.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
+from app.core.model_store import read_manifest
 from training.data import institution_of
 
 # The model history (releases, and recipes tried and not adopted) is written by hand beside the card; an export
 # rewrites the card, never the history, and links to it.
 HISTORY_NAME = "history.md"
+MODEL_CARD_NAME = "README.md"
+EVALUATION_PATH = Path("evaluation") / "evaluation.json"
+
+DATA_HEADING = "## Data"
+TEST_METRICS_HEADING = "## Test metrics"
+RAW_FIGURES_PREFIX = "Raw figures in `evaluation/`"
+# The Limitations' points on what the test figures are worth, rendered together (the first one starts the run).
+TEST_SET_LIMITATION_PREFIXES = ("- A test split of ", "- Thresholds were chosen on ")
+
+
+class ModelCardError(ValueError):
+    """The card cannot be rendered again: a part it renders is missing, or the evaluation is not the models'."""
 
 
 def _percent(value: float | None) -> str:
@@ -250,6 +273,46 @@ def training_data_line(patients: list[str] | None) -> str:
     )
 
 
+def data_lines(manifest: Mapping) -> list[str]:
+    """The card's Data section: where the patients come from and how they were split."""
+    return [
+        DATA_HEADING,
+        f"{manifest['training_data']}. Split file: `{manifest['split']}` (patients, never slices, in each set). "
+        "The 22 patients kept apart by the data owner were never seen here.",
+        "",
+    ]
+
+
+def test_metric_lines(metrics: Mapping) -> list[str]:
+    """The card's test metrics: the table of figures (FLAIR only beside them) and their 95 % intervals."""
+    flair = metrics.get("flair_only")
+    rows = _figures(metrics) + _single_slice_rows(metrics) + _tumor_edge_rows(metrics)
+    flair_rows = (_figures(flair) + _single_slice_rows(flair) + _tumor_edge_rows(flair)) if flair else []
+    table = ["| figure | all three sequences | FLAIR only |", "|---|---|---|"]
+    for index, row in enumerate(rows):
+        name, value = row.strip("|").split("|", 1)
+        flair_value = flair_rows[index].strip("|").split("|", 1)[1] if index < len(flair_rows) else " n/a "
+        table.append(f"| {name.strip()} | {value.strip()} | {flair_value.strip()} |")
+    return [
+        f"{TEST_METRICS_HEADING} ({metrics['patients']} held-out patients, {metrics['classifier']['slices']} slices)",
+        "",
+        *table,
+        "",
+        "FLAIR only: every channel replaced by FLAIR, as when a PACS sends a FLAIR series alone.",
+        "",
+        *interval_lines(metrics),
+    ]
+
+
+def test_set_limitation_lines() -> list[str]:
+    """The Limitations' points on what the test figures are worth."""
+    return [
+        "- A test split of 9 patients gives wide confidence intervals: treat the figures as estimates.",
+        "- Thresholds were chosen on the validation patients (the classifier's also on out-of-fold training "
+        "predictions when the card says so above), never on the test patients.",
+    ]
+
+
 def render_model_card(
     manifest: Mapping,
     evaluation_command: str,
@@ -265,14 +328,6 @@ def render_model_card(
     """Markdown of the model card for the exported `manifest` (which carries the test metrics); with `has_history`,
     a link to the model history beside it; with `training_patients` (the split's), where they come from."""
     metrics = manifest["metrics"]
-    flair = metrics.get("flair_only")
-    rows = _figures(metrics) + _single_slice_rows(metrics) + _tumor_edge_rows(metrics)
-    flair_rows = (_figures(flair) + _single_slice_rows(flair) + _tumor_edge_rows(flair)) if flair else []
-    table = ["| figure | all three sequences | FLAIR only |", "|---|---|---|"]
-    for index, row in enumerate(rows):
-        name, value = row.strip("|").split("|", 1)
-        flair_value = flair_rows[index].strip("|").split("|", 1)[1] if index < len(flair_rows) else " n/a "
-        table.append(f"| {name.strip()} | {value.strip()} | {flair_value.strip()} |")
     classifier, segmenter = manifest["classifier"], manifest["segmenter"]
     lines = [
         "# Model card: LGG tumor classifier and segmenter",
@@ -291,18 +346,9 @@ def render_model_card(
         "(`app/core/preprocessing.py`, the same function in training and serving).",
         *export_lines(manifest),
         "",
-        "## Data",
-        f"{manifest['training_data']}. Split file: `{manifest['split']}` (patients, never slices, in each set). "
-        "The 22 patients kept apart by the data owner were never seen here.",
-        "",
-        f"## Test metrics ({metrics['patients']} held-out patients, {metrics['classifier']['slices']} slices)",
-        "",
-        *table,
-        "",
-        "FLAIR only: every channel replaced by FLAIR, as when a PACS sends a FLAIR series alone.",
-        "",
-        *interval_lines(metrics),
-        "Raw figures in `evaluation/`: `evaluation.json` (also the per-patient volume Dice and the validation "
+        *data_lines(manifest),
+        *test_metric_lines(metrics),
+        f"{RAW_FIGURES_PREFIX}: `evaluation.json` (also the per-patient volume Dice and the validation "
         "figures behind the thresholds) and the training histories as CSV. Its plots, `training_curves.png`, "
         "`roc_confusion.png` and `test_slices.png` (test slices with the true outline in green and the predicted one "
         "in red), are those of the last evaluation run without `--no-plots`, which may be an earlier release's.",
@@ -324,9 +370,7 @@ def render_model_card(
         "- The models see one 2-D slice at a time; only the series clean-up joins neighbouring slices' masks (3-D "
         "pieces under its size dropped). Expects kaggle_3m-like composites (pre-contrast, FLAIR, post-contrast) or "
         "FLAIR alone.",
-        "- A test split of 9 patients gives wide confidence intervals: treat the figures as estimates.",
-        "- Thresholds were chosen on the validation patients (the classifier's also on out-of-fold training "
-        "predictions when the card says so above), never on the test patients.",
+        *test_set_limitation_lines(),
         *(f"- {note}" for note in notes or []),
         "",
         *(history_lines() if has_history else []),
@@ -341,3 +385,66 @@ def history_lines() -> list[str]:
         f"patients and its commands: [{HISTORY_NAME}]({HISTORY_NAME}).",
         "",
     ]
+
+
+def _replace_part(lines: list[str], first_prefix: str, ends: Callable[[str], bool], part: list[str]) -> list[str]:
+    """`lines` with the part starting at the first line that starts with `first_prefix`, up to the first later line
+    for which `ends` holds (or the end), replaced by `part`."""
+    start = next((index for index, line in enumerate(lines) if line.startswith(first_prefix)), None)
+    if start is None:
+        raise ModelCardError(f"the model card has no line starting with {first_prefix!r} to render again")
+    end = next((index for index in range(start + 1, len(lines)) if ends(lines[index])), len(lines))
+    return [*lines[:start], *part, *lines[end:]]
+
+
+def refresh_figures(card: str, manifest: Mapping) -> str:
+    """`card` with the parts drawn from the evaluation rendered again from `manifest`: the Data section, the test
+    metrics up to the raw-figures paragraph, and the Limitations' points on the test set. The lines written by hand
+    around them (1.6.0's card was edited by hand) stay as they are, so the card is corrected without an export."""
+    lines = card.split("\n")
+    lines = _replace_part(lines, DATA_HEADING, lambda line: line.startswith("## "), data_lines(manifest))
+    lines = _replace_part(
+        lines,
+        TEST_METRICS_HEADING,
+        lambda line: line.startswith(RAW_FIGURES_PREFIX),
+        test_metric_lines(manifest["metrics"]),
+    )
+    lines = _replace_part(
+        lines,
+        TEST_SET_LIMITATION_PREFIXES[0],
+        lambda line: not line.startswith(TEST_SET_LIMITATION_PREFIXES),
+        test_set_limitation_lines(),
+    )
+    return "\n".join(lines)
+
+
+def refresh_model_card(model_dir: Path, evaluation_path: Path | None = None) -> None:
+    """Render the figures of `model_dir`'s card again from its manifest and the evaluation behind it (by default
+    `evaluation/evaluation.json` in `model_dir`); refuse an evaluation whose test metrics are not the manifest's."""
+    manifest = read_manifest(model_dir).model_dump()
+    evaluation_path = evaluation_path or model_dir / EVALUATION_PATH
+    evaluation = json.loads(evaluation_path.read_text())
+    if evaluation.get("metrics") != manifest["metrics"]:
+        raise ModelCardError(
+            f"{evaluation_path}: its test metrics are not those in {model_dir / 'manifest.json'}; the card renders "
+            "the served models' evaluation only"
+        )
+    card_path = model_dir / MODEL_CARD_NAME
+    card_path.write_text(refresh_figures(card_path.read_text(), manifest))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("models"), help="the exported models and their card")
+    parser.add_argument(
+        "--evaluation", type=Path, default=None, help="the evaluation.json behind them (default: evaluation/ in it)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        refresh_model_card(args.model_dir, args.evaluation)
+    except (ModelCardError, FileNotFoundError) as error:
+        parser.error(str(error))
+
+
+if __name__ == "__main__":
+    main()

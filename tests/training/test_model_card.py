@@ -1,0 +1,100 @@
+"""The model card (`training.model_card`): what its figures say, and rendering them again in a card already written."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import COMMITTED_MODEL_DIR
+from training import model_card
+
+
+@pytest.fixture(scope="module")
+def committed_evaluation() -> dict:
+    """The evaluation behind the served models (its figures are realistic: every part of the card has its keys)."""
+    return json.loads((COMMITTED_MODEL_DIR / "evaluation" / "evaluation.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def committed_manifest() -> dict:
+    return json.loads((COMMITTED_MODEL_DIR / "manifest.json").read_text())
+
+
+def rendered_card(manifest: dict, notes: list[str] | None = None) -> str:
+    return model_card.render_model_card(manifest, "python -m training.evaluate --example", ["(not recorded)"], notes)
+
+
+def test_the_committed_card_is_what_the_code_renders_from_the_committed_evaluation(committed_manifest):
+    """The committed card was edited by hand after its export: the parts drawn from the evaluation must still be the
+    ones `python -m training.model_card --model-dir models` renders (run it after changing how they read)."""
+    card = (COMMITTED_MODEL_DIR / model_card.MODEL_CARD_NAME).read_text()
+
+    assert model_card.refresh_figures(card, committed_manifest) == card
+
+
+def test_refreshing_a_card_renders_its_figures_again_and_keeps_the_lines_written_by_hand(committed_manifest):
+    earlier = copy.deepcopy(committed_manifest)
+    earlier["metrics"]["segmentation"]["volume_dice_mean"] = 0.5
+    hand_written = "- A point added by hand after the export."
+    card = rendered_card(earlier, notes=["a note given to the export"]).replace(
+        "## Limitations\n", f"## Limitations\n{hand_written}\n"
+    )
+
+    refreshed = model_card.refresh_figures(card, committed_manifest)
+
+    assert refreshed == rendered_card(committed_manifest, notes=["a note given to the export"]).replace(
+        "## Limitations\n", f"## Limitations\n{hand_written}\n"
+    )
+    assert "| 50.0 % |" not in refreshed and "88.8 %" in refreshed
+    assert model_card.refresh_figures(refreshed, committed_manifest) == refreshed
+
+
+def test_refreshing_a_card_without_a_part_it_renders_is_refused(committed_manifest):
+    card = rendered_card(committed_manifest).replace(model_card.TEST_METRICS_HEADING, "## Figures")
+
+    with pytest.raises(model_card.ModelCardError, match="no line starting with '## Test metrics'"):
+        model_card.refresh_figures(card, committed_manifest)
+
+
+@pytest.fixture
+def model_dir_with_card(tiny_model_dir: Path, tmp_path: Path, committed_evaluation: dict) -> Path:
+    """The tiny models carrying the committed evaluation's metrics, with that evaluation and an outdated card."""
+    directory = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["metrics"] = committed_evaluation["metrics"]
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / "evaluation").mkdir()
+    (directory / "evaluation" / "evaluation.json").write_text(json.dumps(committed_evaluation))
+    outdated = copy.deepcopy(manifest)
+    outdated["metrics"]["segmentation"]["volume_dice_mean"] = 0.5
+    (directory / "README.md").write_text(rendered_card(outdated))
+    return directory
+
+
+def test_the_refresh_command_renders_the_card_from_the_models_evaluation(model_dir_with_card):
+    model_card.main(["--model-dir", str(model_dir_with_card)])  # the README's command
+
+    card = (model_dir_with_card / "README.md").read_text()
+    manifest = json.loads((model_dir_with_card / "manifest.json").read_text())
+    assert card == rendered_card(manifest)
+    assert "| per-patient volume Dice, mean | 88.8 % |" in card
+
+
+def test_the_refresh_command_refuses_an_evaluation_of_other_models(model_dir_with_card, capsys):
+    evaluation_path = model_dir_with_card / "evaluation" / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text())
+    evaluation["metrics"]["classifier"]["specificity"] = 0.99
+    evaluation_path.write_text(json.dumps(evaluation))
+    card_before = (model_dir_with_card / "README.md").read_text()
+
+    with pytest.raises(SystemExit) as exit_info:
+        model_card.main(["--model-dir", str(model_dir_with_card)])
+
+    assert exit_info.value.code == 2
+    assert "its test metrics are not those in" in capsys.readouterr().err
+    assert (model_dir_with_card / "README.md").read_text() == card_before
