@@ -17,6 +17,7 @@ from pathlib import Path
 
 from app.core.model_store import read_manifest
 from training.data import institution_of
+from training.evaluation_metrics import TVERSKY_SCORE_ALPHA
 
 # The model history (releases, and recipes tried and not adopted) is written by hand beside the card; an export
 # rewrites the card, never the history, and links to it.
@@ -40,24 +41,46 @@ def _percent(value: float | None) -> str:
 
 
 def _figures(metrics: Mapping) -> list[str]:
+    """The table's rows, each naming the answer path it measures (ML audit 48 F3: the series figures after the
+    clean-up were labelled "gated pipeline", whose own false-mask rate was missing): each slice alone (the
+    classifier's answer), a series after the 3-D clean-up, the gated pipeline before any clean-up, the segmenter
+    alone."""
     classifier, segmentation = metrics["classifier"], metrics["segmentation"]
     matrix = classifier["confusion_matrix"]
     auc = classifier["roc_auc"]
     return [
-        f"| slice ROC AUC | {'n/a' if auc is None else f'{auc:.3f}'} |",
-        f"| sensitivity at the deployed threshold | {_percent(classifier['sensitivity'])} |",
-        f"| specificity at the deployed threshold | {_percent(classifier['specificity'])} |",
+        f"| slice ROC AUC (the classifier, each slice alone) | {'n/a' if auc is None else f'{auc:.3f}'} |",
+        f"| sensitivity at the deployed threshold, each slice alone | {_percent(classifier['sensitivity'])} |",
+        f"| specificity at the deployed threshold, each slice alone | {_percent(classifier['specificity'])} |",
         *_series_answer_rows(metrics),
-        f"| accuracy | {_percent(classifier['accuracy'])} |",
-        f"| confusion matrix (tn / fp / fn / tp) | {matrix['tn']} / {matrix['fp']} / {matrix['fn']} / {matrix['tp']} |",
-        f"| per-patient volume Dice, mean | {_percent(segmentation['volume_dice_mean'])} |",
-        f"| per-patient volume Dice, median | {_percent(segmentation['volume_dice_median'])} |",
-        f"| Dice on tumor slices, mean | {_percent(segmentation['tumor_slice_dice_mean'])} |",
-        "| tumor-free slices given a non-empty mask (gated pipeline) | "
+        f"| accuracy, each slice alone | {_percent(classifier['accuracy'])} |",
+        "| confusion matrix (tn / fp / fn / tp), each slice alone | "
+        f"{matrix['tn']} / {matrix['fp']} / {matrix['fn']} / {matrix['tp']} |",
+        "| per-patient volume Dice, mean (series, after the clean-up) | "
+        f"{_percent(segmentation['volume_dice_mean'])} |",
+        "| per-patient volume Dice, median (series, after the clean-up) | "
+        f"{_percent(segmentation['volume_dice_median'])} |",
+        "| Dice on tumor slices, mean (series, after the clean-up) | "
+        f"{_percent(segmentation['tumor_slice_dice_mean'])} |",
+        "| tumor-free slices given a non-empty mask (series, after the clean-up) | "
         f"{_percent(segmentation['nonempty_mask_rate_on_tumor_free_slices'])} |",
-        "| tumor-free slices given a non-empty mask (segmenter alone) | "
+        *_gated_pipeline_rows(metrics),
+        "| tumor-free slices given a non-empty mask (segmenter alone, on every slice) | "
         f"{_percent(metrics['segmenter_alone_nonempty_mask_rate_on_tumor_free_slices'])} |",
-        f"| Tversky score (alpha 0.7) | {segmentation['tversky_score']:.3f} |",
+        f"| Tversky score (alpha {TVERSKY_SCORE_ALPHA}; series, after the clean-up; pooled over every pixel of the "
+        f"{metrics['patients']} patients) | {segmentation['tversky_score']:.3f} |",
+    ]
+
+
+def _gated_pipeline_rows(metrics: Mapping) -> list[str]:
+    """The gated pipeline's own false masks: every slice the classifier calls tumor keeps its mask, with neither the
+    series clean-up nor a lone slice's rules (older evaluations did not measure it)."""
+    gated = metrics.get("segmentation_single_slices_every_positive")
+    if gated is None:
+        return []
+    return [
+        "| tumor-free slices given a non-empty mask (gated pipeline, before the clean-up and a lone slice's rules) | "
+        f"{_percent(gated['nonempty_mask_rate_on_tumor_free_slices'])} |"
     ]
 
 
@@ -233,9 +256,9 @@ def _tumor_edge_rows(metrics: Mapping) -> list[str]:
     edge, away = by_distance["tumor_edge"], by_distance["away_from_tumor"]
     near = f"1-{by_distance['tumor_edge_slices']} slices from a tumor slice"
     return [
-        f"| specificity on tumor-free slices {near} ({edge['tumor_free_slices']} slices) | "
+        f"| specificity on tumor-free slices {near} ({edge['tumor_free_slices']} slices), each slice alone | "
         f"{_percent(edge['specificity'])} |",
-        f"| specificity on the other tumor-free slices ({away['tumor_free_slices']} slices) | "
+        f"| specificity on the other tumor-free slices ({away['tumor_free_slices']} slices), each slice alone | "
         f"{_percent(away['specificity'])} |",
         f"| tumor-free slices {near} given a mask, each slice alone | {_percent(edge['nonempty_mask_rate'])} |",
         f"| other tumor-free slices given a mask, each slice alone | {_percent(away['nonempty_mask_rate'])} |",

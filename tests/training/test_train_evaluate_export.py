@@ -226,7 +226,7 @@ def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_p
     card = (models_dir / "README.md").read_text()
     metrics = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())["metrics"]
     volume_dice = metrics["segmentation"]["volume_dice_mean"]
-    assert f"| per-patient volume Dice, mean | {100 * volume_dice:.1f} %" in card
+    assert f"| per-patient volume Dice, mean (series, after the clean-up) | {100 * volume_dice:.1f} %" in card
     assert "python -m training.evaluate --example" in card
     assert "Research use only" in card
     assert "history.md" not in card  # no history beside this card: no link to one
@@ -520,7 +520,7 @@ def test_series_answers_count_a_slice_positive_only_when_its_mask_survives_the_c
 
     card_rows = model_card._figures({**cleaned, "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": 0.5})
     assert "| specificity in a series (slice positive when its mask survives the clean-up) | 100.0 % |" in card_rows
-    assert "| specificity at the deployed threshold | 0.0 % |" in card_rows
+    assert "| specificity at the deployed threshold, each slice alone | 0.0 % |" in card_rows
 
 
 def test_training_and_evaluation_share_one_false_mask_rate():
@@ -553,7 +553,9 @@ def test_the_tversky_score_figure_and_the_model_card_name_the_same_alpha():
     alpha = evaluation_metrics.TVERSKY_SCORE_ALPHA
     assert segmentation["tversky_score"] == pytest.approx(36 / (36 + alpha * 36))
     card_rows = model_card._figures({**metrics, "segmenter_alone_nonempty_mask_rate_on_tumor_free_slices": 0.0})
-    assert f"| Tversky score (alpha {alpha}) | {metrics['segmentation']['tversky_score']:.3f} |" in card_rows
+    tversky_row = next(row for row in card_rows if row.startswith("| Tversky score"))
+    assert tversky_row.startswith(f"| Tversky score (alpha {alpha};")
+    assert tversky_row.endswith(f"| {metrics['segmentation']['tversky_score']:.3f} |")
 
 
 def test_the_series_clean_up_size_is_chosen_within_the_rules_limits():
@@ -754,7 +756,10 @@ def test_tumor_free_answers_are_split_between_the_tumors_edge_and_away_from_it()
         "nonempty_mask_rate": 0.5,
     }
     rows = model_card._tumor_edge_rows(figures)
-    assert "| specificity on tumor-free slices 1-4 slices from a tumor slice (4 slices) | 50.0 % |" in rows
+    assert (
+        "| specificity on tumor-free slices 1-4 slices from a tumor slice (4 slices), each slice alone | 50.0 % |"
+        in rows
+    )
     assert "| other tumor-free slices given a mask, each slice alone | 50.0 % |" in rows
     assert model_card._tumor_edge_rows({}) == []
 
