@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         threshold_chosen_on=evaluation.get("classifier_threshold_chosen_on"),
         has_history=(output_dir / HISTORY_NAME).exists(),
         training_patients=json.loads(split_path.read_text())["train"],
+        validation=evaluation.get("validation"),
     )
     (output_dir / "README.md").write_text(card)
 

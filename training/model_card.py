@@ -67,8 +67,8 @@ def _figures(metrics: Mapping) -> list[str]:
         *_gated_pipeline_rows(metrics),
         "| tumor-free slices given a non-empty mask (segmenter alone, on every slice) | "
         f"{_percent(metrics['segmenter_alone_nonempty_mask_rate_on_tumor_free_slices'])} |",
-        f"| Tversky score (alpha {TVERSKY_SCORE_ALPHA}; series, after the clean-up; pooled over every pixel of the "
-        f"{metrics['patients']} patients) | {segmentation['tversky_score']:.3f} |",
+        f"| Tversky score (alpha {TVERSKY_SCORE_ALPHA}; series, after the clean-up; pooled over every pixel of all the "
+        f"patients, not per patient) | {segmentation['tversky_score']:.3f} |",
     ]
 
 
@@ -249,40 +249,54 @@ def classifier_line(classifier: Mapping, members: int, threshold_chosen_on: Mapp
 
 
 def _tumor_edge_rows(metrics: Mapping) -> list[str]:
-    """Where the single-slice false alarms sit: at the tumor's edge or away from it (from 1.5.0's card on)."""
+    """Where the single-slice false alarms sit: at the tumor's edge or away from it (from 1.5.0's card on). The slice
+    counts go with the figures, so that the test and validation columns share one label."""
     by_distance = metrics.get("tumor_free_single_slices_by_distance_to_tumor")
     if by_distance is None:
         return []
     edge, away = by_distance["tumor_edge"], by_distance["away_from_tumor"]
     near = f"1-{by_distance['tumor_edge_slices']} slices from a tumor slice"
     return [
-        f"| specificity on tumor-free slices {near} ({edge['tumor_free_slices']} slices), each slice alone | "
-        f"{_percent(edge['specificity'])} |",
-        f"| specificity on the other tumor-free slices ({away['tumor_free_slices']} slices), each slice alone | "
-        f"{_percent(away['specificity'])} |",
+        f"| specificity on tumor-free slices {near}, each slice alone | "
+        f"{_percent(edge['specificity'])} ({edge['tumor_free_slices']} slices) |",
+        f"| specificity on the other tumor-free slices, each slice alone | "
+        f"{_percent(away['specificity'])} ({away['tumor_free_slices']} slices) |",
         f"| tumor-free slices {near} given a mask, each slice alone | {_percent(edge['nonempty_mask_rate'])} |",
         f"| other tumor-free slices given a mask, each slice alone | {_percent(away['nonempty_mask_rate'])} |",
     ]
 
 
-def interval_lines(metrics: Mapping) -> list[str]:
-    """The test figures' 95 % intervals with the patients drawn again (evaluations from 1.5.0's card on)."""
+def _span(intervals: Mapping, name: str) -> str:
+    low_high = intervals[name]
+    return "n/a" if low_high is None else f"{100 * low_high[0]:.1f}-{100 * low_high[1]:.1f} %"
+
+
+def interval_lines(metrics: Mapping, validation: Mapping | None = None) -> list[str]:
+    """The test figures' 95 % intervals with the patients drawn again (evaluations from 1.5.0's card on), and what
+    they are not: a range for new patients (ML audit 48 F1: the validation patients score 16 points of volume Dice
+    below the test patients' interval, which a bootstrap of the same 9 patients cannot show)."""
     intervals = metrics.get("intervals_95_patient_bootstrap")
     if intervals is None:
         return []
-
-    def span(name: str) -> str:
-        low_high = intervals[name]
-        return "n/a" if low_high is None else f"{100 * low_high[0]:.1f}-{100 * low_high[1]:.1f} %"
-
-    return [
-        f"95 % intervals, the {metrics['patients']} test patients drawn again with replacement "
+    patients = metrics["patients"]
+    line = (
+        f"95 % intervals, the {patients} test patients drawn again with replacement "
         f"({intervals['draws']:,} draws; `training.evaluation_metrics.patient_bootstrap_intervals`): "
-        f"sensitivity {span('sensitivity')}, specificity {span('specificity')}, per-patient volume Dice mean "
-        f"{span('volume_dice_mean')}, tumor-free slices given a mask each slice alone "
-        f"{span('nonempty_mask_rate_on_tumor_free_slices_alone')}.",
-        "",
-    ]
+        f"sensitivity {_span(intervals, 'sensitivity')}, specificity {_span(intervals, 'specificity')}, per-patient "
+        f"volume Dice mean {_span(intervals, 'volume_dice_mean')}, tumor-free slices given a mask each slice alone "
+        f"{_span(intervals, 'nonempty_mask_rate_on_tumor_free_slices_alone')}. They redraw these {patients} test "
+        "patients only: they say how much the figures move within this cohort, not where they fall for new patients."
+    )
+    if validation and "segmentation" in validation:
+        own_intervals = validation.get("intervals_95_patient_bootstrap")
+        own_interval = f" (their own interval {_span(own_intervals, 'volume_dice_mean')})" if own_intervals else ""
+        line += (
+            f" The {validation['patients']} validation patients, scored by the same pipeline, reach a series volume "
+            f"Dice of {_percent(validation['segmentation']['volume_dice_mean'])}{own_interval} against "
+            f"{_percent(metrics['segmentation']['volume_dice_mean'])} here: new patients may well score nearer the "
+            "validation figures than the test ones."
+        )
+    return [line, ""]
 
 
 def training_data_line(patients: list[str] | None) -> str:
@@ -306,25 +320,43 @@ def data_lines(manifest: Mapping) -> list[str]:
     ]
 
 
-def test_metric_lines(metrics: Mapping) -> list[str]:
-    """The card's test metrics: the table of figures (FLAIR only beside them) and their 95 % intervals."""
-    flair = metrics.get("flair_only")
+def _figures_by_name(metrics: Mapping | None) -> dict[str, str]:
+    """The table's figures of one cohort (test, FLAIR only, validation) by row name."""
+    if not metrics:
+        return {}
     rows = _figures(metrics) + _single_slice_rows(metrics) + _tumor_edge_rows(metrics)
-    flair_rows = (_figures(flair) + _single_slice_rows(flair) + _tumor_edge_rows(flair)) if flair else []
-    table = ["| figure | all three sequences | FLAIR only |", "|---|---|---|"]
-    for index, row in enumerate(rows):
-        name, value = row.strip("|").split("|", 1)
-        flair_value = flair_rows[index].strip("|").split("|", 1)[1] if index < len(flair_rows) else " n/a "
-        table.append(f"| {name.strip()} | {value.strip()} | {flair_value.strip()} |")
-    return [
+    cells = [row.strip("|").split("|", 1) for row in rows]
+    return {name.strip(): value.strip() for name, value in cells}
+
+
+def test_metric_lines(metrics: Mapping, validation: Mapping | None = None) -> list[str]:
+    """The card's test metrics: the table of figures, with FLAIR only and the validation patients' figures beside
+    them (ML audit 48 F1: the validation patients score well below the test ones, and the card set the two apart),
+    and their 95 % intervals."""
+    test, flair = _figures_by_name(metrics), _figures_by_name(metrics.get("flair_only"))
+    header = "| figure | test, all three sequences | test, FLAIR only |"
+    if validation:
+        header += f" validation ({validation['patients']} patients), all three sequences |"
+        validation_figures = _figures_by_name(validation)
+    table = [header, "|---|---|---|" + ("---|" if validation else "")]
+    for name, value in test.items():
+        row = f"| {name} | {value} | {flair.get(name, 'n/a')} |"
+        table.append(row + (f" {validation_figures.get(name, '-')} |" if validation else ""))
+    lines = [
         f"{TEST_METRICS_HEADING} ({metrics['patients']} held-out patients, {metrics['classifier']['slices']} slices)",
         "",
         *table,
         "",
         "FLAIR only: every channel replaced by FLAIR, as when a PACS sends a FLAIR series alone.",
-        "",
-        *interval_lines(metrics),
     ]
+    if validation:
+        lines += [
+            "",
+            f"Validation: the {validation['patients']} validation patients ({validation['classifier']['slices']} "
+            "slices), which chose every threshold and size, scored by the same evaluation; a dash where the "
+            "evaluation did not measure it there.",
+        ]
+    return [*lines, "", *interval_lines(metrics, validation)]
 
 
 def test_set_limitation_lines() -> list[str]:
@@ -347,9 +379,11 @@ def render_model_card(
     threshold_chosen_on: Mapping | None = None,
     has_history: bool = False,
     training_patients: list[str] | None = None,
+    validation: Mapping | None = None,
 ) -> str:
     """Markdown of the model card for the exported `manifest` (which carries the test metrics); with `has_history`,
-    a link to the model history beside it; with `training_patients` (the split's), where they come from."""
+    a link to the model history beside it; with `training_patients` (the split's), where they come from; with
+    `validation` (the evaluation's figures on the validation patients), those beside the test ones."""
     metrics = manifest["metrics"]
     classifier, segmenter = manifest["classifier"], manifest["segmenter"]
     lines = [
@@ -370,7 +404,7 @@ def render_model_card(
         *export_lines(manifest),
         "",
         *data_lines(manifest),
-        *test_metric_lines(metrics),
+        *test_metric_lines(metrics, validation),
         f"{RAW_FIGURES_PREFIX}: `evaluation.json` (also the per-patient volume Dice and the validation "
         "figures behind the thresholds) and the training histories as CSV. Its plots, `training_curves.png`, "
         "`roc_confusion.png` and `test_slices.png` (test slices with the true outline in green and the predicted one "
@@ -420,7 +454,7 @@ def _replace_part(lines: list[str], first_prefix: str, ends: Callable[[str], boo
     return [*lines[:start], *part, *lines[end:]]
 
 
-def refresh_figures(card: str, manifest: Mapping) -> str:
+def refresh_figures(card: str, manifest: Mapping, validation: Mapping | None = None) -> str:
     """`card` with the parts drawn from the evaluation rendered again from `manifest`: the Data section, the test
     metrics up to the raw-figures paragraph, and the Limitations' points on the test set. The lines written by hand
     around them (1.6.0's card was edited by hand) stay as they are, so the card is corrected without an export."""
@@ -430,7 +464,7 @@ def refresh_figures(card: str, manifest: Mapping) -> str:
         lines,
         TEST_METRICS_HEADING,
         lambda line: line.startswith(RAW_FIGURES_PREFIX),
-        test_metric_lines(manifest["metrics"]),
+        test_metric_lines(manifest["metrics"], validation),
     )
     lines = _replace_part(
         lines,
@@ -453,7 +487,7 @@ def refresh_model_card(model_dir: Path, evaluation_path: Path | None = None) -> 
             "the served models' evaluation only"
         )
     card_path = model_dir / MODEL_CARD_NAME
-    card_path.write_text(refresh_figures(card_path.read_text(), manifest))
+    card_path.write_text(refresh_figures(card_path.read_text(), manifest, evaluation.get("validation")))
 
 
 def main(argv: list[str] | None = None) -> None:

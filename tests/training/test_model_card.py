@@ -24,16 +24,20 @@ def committed_manifest() -> dict:
     return json.loads((COMMITTED_MODEL_DIR / "manifest.json").read_text())
 
 
-def rendered_card(manifest: dict, notes: list[str] | None = None) -> str:
-    return model_card.render_model_card(manifest, "python -m training.evaluate --example", ["(not recorded)"], notes)
+def rendered_card(manifest: dict, notes: list[str] | None = None, validation: dict | None = None) -> str:
+    return model_card.render_model_card(
+        manifest, "python -m training.evaluate --example", ["(not recorded)"], notes, validation=validation
+    )
 
 
-def test_the_committed_card_is_what_the_code_renders_from_the_committed_evaluation(committed_manifest):
+def test_the_committed_card_is_what_the_code_renders_from_the_committed_evaluation(
+    committed_manifest, committed_evaluation
+):
     """The committed card was edited by hand after its export: the parts drawn from the evaluation must still be the
     ones `python -m training.model_card --model-dir models` renders (run it after changing how they read)."""
     card = (COMMITTED_MODEL_DIR / model_card.MODEL_CARD_NAME).read_text()
 
-    assert model_card.refresh_figures(card, committed_manifest) == card
+    assert model_card.refresh_figures(card, committed_manifest, committed_evaluation["validation"]) == card
 
 
 def test_refreshing_a_card_renders_its_figures_again_and_keeps_the_lines_written_by_hand(committed_manifest):
@@ -81,7 +85,8 @@ def test_the_refresh_command_renders_the_card_from_the_models_evaluation(model_d
 
     card = (model_dir_with_card / "README.md").read_text()
     manifest = json.loads((model_dir_with_card / "manifest.json").read_text())
-    assert card == rendered_card(manifest)
+    validation = json.loads((model_dir_with_card / "evaluation" / "evaluation.json").read_text())["validation"]
+    assert card == rendered_card(manifest, validation=validation)
     assert "| 50.0 % |" not in card  # the outdated figure
 
 
@@ -125,5 +130,41 @@ def test_the_tversky_score_says_it_is_pooled_over_every_pixel_of_the_series_afte
 
     tversky = next(row for row in rows if row.startswith("| Tversky score"))
     assert tversky == (
-        "| Tversky score (alpha 0.7; series, after the clean-up; pooled over every pixel of the 9 patients) | 0.909 |"
+        "| Tversky score (alpha 0.7; series, after the clean-up; pooled over every pixel of all the patients, not per "
+        "patient) | 0.909 |"
     )
+
+
+def test_the_validation_patients_figures_stand_beside_the_test_ones(committed_evaluation):
+    """ML audit 48 F1: the validation patients' series volume Dice (73.0 %) stood only in a recipe table's heading,
+    never beside the test patients' 88.8 %."""
+    metrics, validation = committed_evaluation["metrics"], committed_evaluation["validation"]
+
+    lines = model_card.test_metric_lines(metrics, validation)
+
+    assert (
+        "| figure | test, all three sequences | test, FLAIR only | validation (9 patients), all three sequences |"
+        in lines
+    )
+    assert "| per-patient volume Dice, mean (series, after the clean-up) | 88.8 % | 88.0 % | 73.0 % |" in lines
+    assert "| slice ROC AUC (the classifier, each slice alone) | 0.986 | 0.984 | 0.964 |" in lines
+    assert (
+        "| specificity on tumor-free slices 1-4 slices from a tumor slice, each slice alone | 77.3 % (66 slices) "
+        "| 89.4 % (66 slices) | 74.6 % (67 slices) |"
+    ) in lines
+    without_series_answers = {key: value for key, value in validation.items() if key != "series_answers"}
+    sparse = model_card.test_metric_lines(metrics, without_series_answers)
+    series_rows = [row for row in sparse if row.startswith("| sensitivity in a series")]
+    assert series_rows == [
+        "| sensitivity in a series (slice positive when its mask survives the clean-up) | 97.8 % | 95.6 % | - |"
+    ]
+
+
+def test_the_intervals_say_they_redraw_the_test_patients_only_and_set_the_validation_dice_beside(committed_evaluation):
+    metrics, validation = committed_evaluation["metrics"], committed_evaluation["validation"]
+
+    line = model_card.interval_lines(metrics, validation)[0]
+
+    assert "per-patient volume Dice mean 87.4-90.3 %" in line
+    assert "They redraw these 9 test patients only" in line and "not where they fall for new patients" in line
+    assert "series volume Dice of 73.0 % (their own interval 56.9-83.8 %) against 88.8 % here" in line

@@ -228,6 +228,8 @@ def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_p
     volume_dice = metrics["segmentation"]["volume_dice_mean"]
     assert f"| per-patient volume Dice, mean (series, after the clean-up) | {100 * volume_dice:.1f} %" in card
     assert "python -m training.evaluate --example" in card
+    validation = json.loads((trained_run / "evaluation" / "evaluation.json").read_text())["validation"]
+    assert f"| test, FLAIR only | validation ({validation['patients']} patients), all three sequences |" in card
     assert "Research use only" in card
     assert "history.md" not in card  # no history beside this card: no link to one
     training_patients = json.loads((trained_run / "split.json").read_text())["train"]
@@ -757,7 +759,7 @@ def test_tumor_free_answers_are_split_between_the_tumors_edge_and_away_from_it()
     }
     rows = model_card._tumor_edge_rows(figures)
     assert (
-        "| specificity on tumor-free slices 1-4 slices from a tumor slice (4 slices), each slice alone | 50.0 % |"
+        "| specificity on tumor-free slices 1-4 slices from a tumor slice, each slice alone | 50.0 % (4 slices) |"
         in rows
     )
     assert "| other tumor-free slices given a mask, each slice alone | 50.0 % |" in rows
