@@ -37,7 +37,10 @@ def test_the_committed_card_is_what_the_code_renders_from_the_committed_evaluati
     ones `python -m training.model_card --model-dir models` renders (run it after changing how they read)."""
     card = (COMMITTED_MODEL_DIR / model_card.MODEL_CARD_NAME).read_text()
 
-    assert model_card.refresh_figures(card, committed_manifest, committed_evaluation["validation"]) == card
+    has_history = (COMMITTED_MODEL_DIR / model_card.HISTORY_NAME).is_file()
+    refreshed = model_card.refresh_figures(card, committed_manifest, committed_evaluation["validation"], has_history)
+
+    assert refreshed == card
 
 
 def test_refreshing_a_card_renders_its_figures_again_and_keeps_the_lines_written_by_hand(committed_manifest):
@@ -168,3 +171,21 @@ def test_the_intervals_say_they_redraw_the_test_patients_only_and_set_the_valida
     assert "per-patient volume Dice mean 87.4-90.3 %" in line
     assert "They redraw these 9 test patients only" in line and "not where they fall for new patients" in line
     assert "series volume Dice of 73.0 % (their own interval 56.9-83.8 %) against 88.8 % here" in line
+
+
+def test_the_limitations_say_the_test_patients_were_not_kept_blind(committed_evaluation, committed_manifest):
+    """ML audit 48 F2: the card said thresholds were chosen "never on the test patients", while two single-slice
+    stages were added because a test figure missed its target and a candidate was turned down with test figures on
+    screen."""
+    lines = model_card.test_set_limitation_lines(
+        committed_evaluation["metrics"], committed_manifest["segmenter"], has_history=True
+    )
+
+    assert not [line for line in lines if "never on the test patients" in line]
+    assert lines[1].startswith("- Thresholds were chosen on the validation patients")
+    assert "measured after every release" in lines[2]
+    assert "two single-slice stages, 1.5.0's mask minimum (0.20) and 1.6.0's smallest piece (200 pixels)" in lines[2]
+    assert "turned down with its test figures on the same screen ([history.md](history.md))" in lines[2]
+    assert "the 3.7 % of tumor-free slices given a mask each slice alone in particular, are not unbiased" in lines[2]
+    without_stages = model_card.test_set_limitation_lines(committed_evaluation["metrics"], {})
+    assert "single-slice stages" not in without_stages[2] and "(in the model history)" in without_stages[2]
