@@ -32,6 +32,14 @@ RAW_FIGURES_PREFIX = "Raw figures in `evaluation/`"
 TEST_SET_LIMITATION_PREFIXES = ("- A test split of ", "- Thresholds were chosen on ", "- The test patients were not ")
 
 
+DEVELOPMENT_POOL_FORM = (
+    "The development pool's slices are JPEG re-encodes (quality about 95, no chroma subsampling) of the dataset's "
+    "lossless TIFFs, and every figure and threshold here was measured on them: the original TIFFs may shift the "
+    "figures slightly (ML audit 48 simulated the JPEG error on 1.6.0's test slices: 3 of the 280 classifier decisions "
+    "changed, all on tumor-free slices)."
+)
+
+
 class ModelCardError(ValueError):
     """The card cannot be rendered again: a part it renders is missing, or the evaluation is not the models'."""
 
@@ -311,11 +319,14 @@ def training_data_line(patients: list[str] | None) -> str:
 
 
 def data_lines(manifest: Mapping) -> list[str]:
-    """The card's Data section: where the patients come from and how they were split."""
+    """The card's Data section: where the patients come from, how they were split, and in what form the figures were
+    measured (ML audit 48 F5: new patients arrive as lossless TIFFs, and the card did not say its pool is JPEG)."""
     return [
         DATA_HEADING,
         f"{manifest['training_data']}. Split file: `{manifest['split']}` (patients, never slices, in each set). "
         "The 22 patients kept apart by the data owner were never seen here.",
+        "",
+        DEVELOPMENT_POOL_FORM,
         "",
     ]
 

@@ -189,3 +189,13 @@ def test_the_limitations_say_the_test_patients_were_not_kept_blind(committed_eva
     assert "the 3.7 % of tumor-free slices given a mask each slice alone in particular, are not unbiased" in lines[2]
     without_stages = model_card.test_set_limitation_lines(committed_evaluation["metrics"], {})
     assert "single-slice stages" not in without_stages[2] and "(in the model history)" in without_stages[2]
+
+
+def test_the_data_section_says_the_figures_were_measured_on_jpeg_re_encodes(committed_manifest):
+    """ML audit 48 F5: every figure and threshold comes from the pool's JPEGs (quality 95, 4:4:4), while new
+    patients arrive as the dataset's lossless TIFFs."""
+    lines = model_card.data_lines(committed_manifest)
+
+    assert lines[0] == "## Data"
+    assert any("JPEG re-encodes (quality about 95, no chroma subsampling)" in line for line in lines)
+    assert any("lossless TIFFs" in line and "3 of the 280 classifier decisions" in line for line in lines)
