@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import re
 
+import numpy as np
 import pytest
 import requests
+import tifffile
 import yaml
 
+from app.imaging import decode_image, is_stretched
 from app.pacs.orthanc_client import network_failure
 from app.security import ApiKeyStore, KeyConfigurationError, hash_key
 from app.settings import Settings
@@ -167,3 +171,21 @@ def test_readme_pacs_sync_settings_list_names_every_setting_it_reads():
 
     assert read and not missing, f"settings pacs-sync reads, missing from its Settings list: {missing}"
     assert "the `SEQUENCE_*` rules" in listed  # SelectionRules.from_settings
+
+
+@pytest.mark.parametrize("sample_type", [np.float32, np.float64, np.int32, np.uint32])
+def test_readme_accepted_input_names_the_deep_tiffs_the_service_reads_and_their_stretch(sample_type):
+    """ML audit 48 F6: the API's "Accepted input" line said "8 or 16 bit", while float and 32-bit TIFFs are read and
+    stretched per slice (which changes their answers)."""
+    buffer = io.BytesIO()
+    samples = (np.random.default_rng(0).random((64, 64, 3)) * 100).astype(sample_type)
+    tifffile.imwrite(buffer, samples, photometric="rgb")
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    accepted = readme[readme.index("Accepted input:") :]
+    accepted = accepted[: accepted.index("- **Formats**")]
+
+    assert decode_image(buffer.getvalue()).dtype == np.uint8 and is_stretched(samples)
+    bits = 8 * np.dtype(sample_type).itemsize
+    kind = "float" if np.dtype(sample_type).kind == "f" else "integer"
+    assert f"{bits}" in accepted and kind in accepted
+    assert "stretched per channel to 0..255" in accepted and "**Intensity**" in accepted
