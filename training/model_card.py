@@ -1,5 +1,6 @@
 """Render `models/README.md`, the model card, from the manifest and the evaluation: every number in it is one that
-`training.evaluate` measured on the held-out test patients, so the card cannot drift from the models it describes.
+`training.evaluate` measured on the held-out test patients (or, beside them, on the validation patients), so the card
+cannot drift from the models it describes.
 
     python -m training.model_card --model-dir models
 
@@ -30,7 +31,6 @@ TEST_METRICS_HEADING = "## Test metrics"
 RAW_FIGURES_PREFIX = "Raw figures in `evaluation/`"
 # The Limitations' points on what the test figures are worth, rendered together (the first one starts the run).
 TEST_SET_LIMITATION_PREFIXES = ("- A test split of ", "- Thresholds were chosen on ", "- The test patients were not ")
-
 
 DEVELOPMENT_POOL_FORM = (
     "The development pool's slices are JPEG re-encodes (quality about 95, no chroma subsampling) of the dataset's "
@@ -340,15 +340,15 @@ def _figures_by_name(metrics: Mapping | None) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in cells}
 
 
-def test_metric_lines(metrics: Mapping, validation: Mapping | None = None) -> list[str]:
+def figure_section_lines(metrics: Mapping, validation: Mapping | None = None) -> list[str]:
     """The card's test metrics: the table of figures, with FLAIR only and the validation patients' figures beside
     them (ML audit 48 F1: the validation patients score well below the test ones, and the card set the two apart),
     and their 95 % intervals."""
     test, flair = _figures_by_name(metrics), _figures_by_name(metrics.get("flair_only"))
+    validation_figures = _figures_by_name(validation)
     header = "| figure | test, all three sequences | test, FLAIR only |"
     if validation:
         header += f" validation ({validation['patients']} patients), all three sequences |"
-        validation_figures = _figures_by_name(validation)
     table = [header, "|---|---|---|" + ("---|" if validation else "")]
     for name, value in test.items():
         row = f"| {name} | {value} | {flair.get(name, 'n/a')} |"
@@ -370,7 +370,7 @@ def test_metric_lines(metrics: Mapping, validation: Mapping | None = None) -> li
     return [*lines, "", *interval_lines(metrics, validation)]
 
 
-def test_set_limitation_lines(metrics: Mapping, segmenter: Mapping, has_history: bool = False) -> list[str]:
+def held_out_set_limitation_lines(metrics: Mapping, segmenter: Mapping, has_history: bool = False) -> list[str]:
     """The Limitations' points on what the test figures are worth. The values were chosen on the validation patients,
     but the test patients were measured after every release and some decisions were taken with their figures in view
     (ML audit 48 F2: the card said "never on the test patients", and the model history says otherwise)."""
@@ -441,7 +441,7 @@ def render_model_card(
         *export_lines(manifest),
         "",
         *data_lines(manifest),
-        *test_metric_lines(metrics, validation),
+        *figure_section_lines(metrics, validation),
         f"{RAW_FIGURES_PREFIX}: `evaluation.json` (also the per-patient volume Dice and the validation "
         "figures behind the thresholds) and the training histories as CSV. Its plots, `training_curves.png`, "
         "`roc_confusion.png` and `test_slices.png` (test slices with the true outline in green and the predicted one "
@@ -464,7 +464,7 @@ def render_model_card(
         "- The models see one 2-D slice at a time; only the series clean-up joins neighbouring slices' masks (3-D "
         "pieces under its size dropped). Expects kaggle_3m-like composites (pre-contrast, FLAIR, post-contrast) or "
         "FLAIR alone.",
-        *test_set_limitation_lines(metrics, segmenter, has_history),
+        *held_out_set_limitation_lines(metrics, segmenter, has_history),
         *(f"- {note}" for note in notes or []),
         "",
         *(history_lines() if has_history else []),
@@ -501,13 +501,13 @@ def refresh_figures(card: str, manifest: Mapping, validation: Mapping | None = N
         lines,
         TEST_METRICS_HEADING,
         lambda line: line.startswith(RAW_FIGURES_PREFIX),
-        test_metric_lines(manifest["metrics"], validation),
+        figure_section_lines(manifest["metrics"], validation),
     )
     lines = _replace_part(
         lines,
         TEST_SET_LIMITATION_PREFIXES[0],
         lambda line: not line.startswith(TEST_SET_LIMITATION_PREFIXES),
-        test_set_limitation_lines(manifest["metrics"], manifest["segmenter"], has_history),
+        held_out_set_limitation_lines(manifest["metrics"], manifest["segmenter"], has_history),
     )
     return "\n".join(lines)
 

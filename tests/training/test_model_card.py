@@ -143,7 +143,7 @@ def test_the_validation_patients_figures_stand_beside_the_test_ones(committed_ev
     never beside the test patients' 88.8 %."""
     metrics, validation = committed_evaluation["metrics"], committed_evaluation["validation"]
 
-    lines = model_card.test_metric_lines(metrics, validation)
+    lines = model_card.figure_section_lines(metrics, validation)
 
     assert (
         "| figure | test, all three sequences | test, FLAIR only | validation (9 patients), all three sequences |"
@@ -156,7 +156,7 @@ def test_the_validation_patients_figures_stand_beside_the_test_ones(committed_ev
         "| 89.4 % (66 slices) | 74.6 % (67 slices) |"
     ) in lines
     without_series_answers = {key: value for key, value in validation.items() if key != "series_answers"}
-    sparse = model_card.test_metric_lines(metrics, without_series_answers)
+    sparse = model_card.figure_section_lines(metrics, without_series_answers)
     series_rows = [row for row in sparse if row.startswith("| sensitivity in a series")]
     assert series_rows == [
         "| sensitivity in a series (slice positive when its mask survives the clean-up) | 97.8 % | 95.6 % | - |"
@@ -177,7 +177,7 @@ def test_the_limitations_say_the_test_patients_were_not_kept_blind(committed_eva
     """ML audit 48 F2: the card said thresholds were chosen "never on the test patients", while two single-slice
     stages were added because a test figure missed its target and a candidate was turned down with test figures on
     screen."""
-    lines = model_card.test_set_limitation_lines(
+    lines = model_card.held_out_set_limitation_lines(
         committed_evaluation["metrics"], committed_manifest["segmenter"], has_history=True
     )
 
@@ -187,7 +187,7 @@ def test_the_limitations_say_the_test_patients_were_not_kept_blind(committed_eva
     assert "two single-slice stages, 1.5.0's mask minimum (0.20) and 1.6.0's smallest piece (200 pixels)" in lines[2]
     assert "turned down with its test figures on the same screen ([history.md](history.md))" in lines[2]
     assert "the 3.7 % of tumor-free slices given a mask each slice alone in particular, are not unbiased" in lines[2]
-    without_stages = model_card.test_set_limitation_lines(committed_evaluation["metrics"], {})
+    without_stages = model_card.held_out_set_limitation_lines(committed_evaluation["metrics"], {})
     assert "single-slice stages" not in without_stages[2] and "(in the model history)" in without_stages[2]
 
 
