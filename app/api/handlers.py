@@ -31,6 +31,10 @@ from app.errors import (
 from app.security import retry_after_header
 
 REQUEST_ID_HEADER = "X-Request-ID"
+API_KEY_HEADER = "X-API-Key"
+API_KEY_CHALLENGE = f'ApiKey header="{API_KEY_HEADER}"'
+"""`WWW-Authenticate` of every 401 (API review 48 F6: RFC 9110 15.5.2 requires one, and HTTP clients and proxies
+key their authentication handling on it): the scheme, and the header that carries the key."""
 MULTIPART_MAX_FILES = 1000
 """The file parts Starlette's form parser reads before it gives up (`Request.form`'s default `max_files`)."""
 
@@ -61,6 +65,8 @@ def service_error_response(error: ServiceError, close: bool = False) -> JSONResp
     headers = {}
     if error.retry_after_seconds is not None:
         headers["Retry-After"] = retry_after_header(error.retry_after_seconds)
+    if error.kind is ErrorKind.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = API_KEY_CHALLENGE
     if close:
         headers["Connection"] = "close"
     return JSONResponse(error.body(), status_code=int(STATUS_BY_KIND[error.kind]), headers=headers)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.handlers import REQUEST_ID_HEADER, reject, service_error_response
+from app.api.handlers import API_KEY_HEADER, REQUEST_ID_HEADER, reject, service_error_response
 from app.audit import AuditLog
 from app.errors import (
     AuthenticationError,
@@ -40,7 +40,6 @@ holds (most answer within them)."""
 
 access_logger = logging.getLogger("app.access")
 
-API_KEY_HEADER = "X-API-Key"
 INFERENCE_ENDPOINTS = frozenset({"/v1/predict", "/v1/predict/batch", "/v1/overlay"})
 UPLOAD_FORM_FIELDS = {"/v1/predict/batch": "files"}  # the form field of each upload route's files; others `file`
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -111,6 +111,21 @@ def test_every_protected_endpoint_refuses_missing_or_wrong_key(keyed_client: Tes
         assert PLAIN_KEY not in response.text
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [("GET", "/v1/models", {}), ("GET", "/metrics", {}), ("POST", "/v1/predict", {"X-API-Key": "wrong"})],
+    ids=["route", "metrics", "wrong-key"],
+)
+def test_unauthorized_names_the_key_header_in_www_authenticate(
+    keyed_client: TestClient, method: str, path: str, headers: dict
+):
+    """API review 48 F6: RFC 9110 15.5.2 requires WWW-Authenticate on a 401; clients key their auth handling on it."""
+    response = keyed_client.request(method, path, headers=headers)
+
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == 'ApiKey header="X-API-Key"'
+
+
 @pytest.mark.parametrize("second", [PLAIN_KEY, "wrong"], ids=["same-key-twice", "valid-then-wrong"])
 def test_two_key_headers_are_refused_not_read_first_wins(keyed_client: TestClient, second: str):
     """A proxy that reads the last header and a service that reads the first would disagree on who is asking."""
