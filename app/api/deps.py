@@ -23,6 +23,9 @@ from app.settings import Settings
 # only say "not ready", and the message sent a browser user to an API endpoint).
 MODELS_LOADING_RETRY_SECONDS = 5
 AUDIT_UNAVAILABLE = "the audit log cannot be written (AUDIT_LOG_FILE: disk full or unwritable)"
+# A full disk waits for an operator or a log rotation, not for seconds: a retry every half minute does not keep a
+# client polling, and finds the service again soon after (API review 48 F9: the one 503 without Retry-After).
+AUDIT_UNAVAILABLE_RETRY_SECONDS = 30
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -45,7 +48,7 @@ async def get_predictor(request: Request) -> Predictor:
         )
     audit = getattr(state, "audit", None)
     if audit is not None and not audit.writable:
-        raise AuditUnavailableError(AUDIT_UNAVAILABLE)
+        raise AuditUnavailableError(AUDIT_UNAVAILABLE, retry_after_seconds=AUDIT_UNAVAILABLE_RETRY_SECONDS)
     return state.predictor
 
 

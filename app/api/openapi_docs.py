@@ -129,7 +129,7 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "audit_unavailable",
         503,
         "the audit log cannot be written (a full disk): GET /health/ready and the inference endpoints answer it, so "
-        "that no upload is analysed unaudited; a load balancer should send elsewhere",
+        "that no upload is analysed unaudited; a load balancer should send elsewhere; Retry-After: 30 seconds",
     ),
     ErrorCode(
         "overloaded",

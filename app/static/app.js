@@ -121,8 +121,9 @@ const ERROR_TITLES_BY_CODE = {
     + "the service's operator gives, or ask them to add this one (ALLOWED_HOSTS).",
   cross_site_request: "The request came from another site's page, which the service refuses. Open the service's "
     + "own page.",
+  // "Try again in 30 seconds" follows from its Retry-After (API review 48 F9).
   audit_unavailable: "The service cannot record requests right now (its audit log cannot be written), so it "
-    + "analyses none. Try again later, or tell whoever runs the service.",
+    + "analyses none. Tell whoever runs the service if this lasts.",
   repeated_slice: "The file holds the same slice as another file chosen.",
 };
 // mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.

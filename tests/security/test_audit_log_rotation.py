@@ -223,3 +223,19 @@ def test_inference_is_refused_and_the_ready_gauge_is_0_while_the_audit_log_canno
         assert client.post("/v1/predict", files=slice_upload).status_code == 200
     statuses = [json.loads(line)["status"] for line in path.read_text().splitlines()]
     assert statuses == [200, 503, 503, 503, 200]  # nothing lost: the held records first, then the next
+
+
+def test_audit_unavailable_says_when_to_retry_like_the_other_503s(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """API review 48 F9: every other 503 carries Retry-After; audit_unavailable had none."""
+    path = tmp_path / "audit.jsonl"
+    with running_client(Settings(model_dir=tiny_model_dir, audit_log_file=path)) as client:
+        full_disk(path)
+        assert client.post("/v1/predict", files={"file": ("a.jpg", b"not an image")}).status_code == 415  # held
+
+        refused = [client.get("/health/ready"), client.post("/v1/predict", files=upload(b"x", "a.jpg"))]
+
+        for response in refused:
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "audit_unavailable"
+            assert response.headers["Retry-After"] == "30"
+        space_again(path)
