@@ -10,16 +10,19 @@ nobody receives it, but the logs, audit and metrics record it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from python_multipart.exceptions import FormParserError
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.api.disconnect import CLIENT_GONE
+from app.api.request_fields import shown_name
 from app.errors import (
     ErrorKind,
     PayloadTooLargeError,
@@ -52,6 +55,7 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.HEADERS_TOO_LARGE: HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
 }
 _SHORT_INPUT = 80
+SHOWN_PARTS = 5  # names of misnamed parts a 422 lists: enough for any mistake, not a flood for 1,000 parts
 # What a multipart/form-data body must look like, for the parser's refusals; RFC 2046 allows text before the first
 # boundary line, but python-multipart (Starlette's parser) does not read such a body.
 MULTIPART_LAYOUT = (
@@ -90,13 +94,14 @@ async def handle_service_error(request: Request, error: Exception) -> JSONRespon
     return service_error_response(error)
 
 
-def describe_validation_errors(errors: list[dict], multipart: bool = False) -> str:
+def describe_validation_errors(errors: list[dict], multipart: bool = False, parts_sent: Sequence[str] = ()) -> str:
     """`body.file: Field required; query.mask_format: Input should be ... (got 'x')`; `multipart` when the body was
-    multipart/form-data, where a missing part usually means a body cut short."""
+    multipart/form-data, where a missing part is a part under another name (`parts_sent`: the names of the body's
+    complete parts) or, when the body has no complete part, a body cut short."""
     parts = []
     for error in errors:
         location = ".".join(str(part) for part in error.get("loc", ()))
-        text = f"{location}: {_validation_message(error, multipart)}"
+        text = f"{location}: {_validation_message(error, multipart, parts_sent)}"
         value = error.get("input")
         if isinstance(value, str | int | float) and len(str(value)) <= _SHORT_INPUT:
             text += f" (got {value!r})"
@@ -104,7 +109,7 @@ def describe_validation_errors(errors: list[dict], multipart: bool = False) -> s
     return "; ".join(parts)
 
 
-def _validation_message(error: dict, multipart: bool) -> str:
+def _validation_message(error: dict, multipart: bool, parts_sent: Sequence[str] = ()) -> str:
     message = str(error.get("msg", "invalid"))
     if "Expected UploadFile" in message:  # FastAPI's words for a form field sent as text where a file belongs
         # A part whose Content-Disposition names its file only as RFC 2231's `filename*=UTF-8''...` is read as text
@@ -113,7 +118,15 @@ def _validation_message(error: dict, multipart: bool) -> str:
             "expected a file, got a text field (send the image as a multipart/form-data file part with a "
             'filename="..." parameter; filename* alone is not read)'
         )
-    if multipart and error.get("type") == "missing" and error.get("loc", ())[:1] == ("body",):
+    location = error.get("loc", ())
+    if multipart and error.get("type") == "missing" and location[:1] == ("body",):
+        if parts_sent:
+            # API review 48 F7: the commonest mistake (`files` to /v1/predict) was answered with framing advice.
+            names = ", ".join(f"`{shown_name(name)}`" for name in parts_sent[:SHOWN_PARTS])
+            if len(parts_sent) > SHOWN_PARTS:
+                names += f" and {len(parts_sent) - SHOWN_PARTS} more"
+            sent = "a part" if len(parts_sent) == 1 else "parts"
+            return f"{message}: this endpoint's file part is named `{location[-1]}`; the body has {sent} named {names}"
         # The parser keeps only parts that end in a boundary line: a body cut short loses its last part silently.
         return f"{message} (no complete part of this name in the multipart body; {MULTIPART_LAYOUT})"
     return message
@@ -122,7 +135,9 @@ def _validation_message(error: dict, multipart: bool) -> str:
 async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
-    message = describe_validation_errors(error.errors(), multipart)
+    # FastAPI hands the parsed form with the error: the names of the parts that did arrive complete.
+    parts_sent = list(dict.fromkeys(error.body.keys())) if isinstance(error.body, FormData) else []
+    message = describe_validation_errors(error.errors(), multipart, parts_sent)
     return await handle_service_error(request, RequestValidationFailed(message))
 
 

@@ -14,7 +14,8 @@ from app.errors import RequestValidationFailed
 SHOWN_NAME_CHARACTERS = 40
 
 
-def _shown(name: str) -> str:
+def shown_name(name: str) -> str:
+    """A client's field name as an error message quotes it: cut to `SHOWN_NAME_CHARACTERS`."""
     return name if len(name) <= SHOWN_NAME_CHARACTERS else f"{name[:SHOWN_NAME_CHARACTERS]}..."
 
 
@@ -26,7 +27,7 @@ def query_parameters(*known: str) -> params.Depends:
             if name not in known:
                 taken = ", ".join(known) if known else "no query parameters"
                 raise RequestValidationFailed(
-                    f"query.{_shown(name)}: not a parameter of this endpoint (it takes {taken})"
+                    f"query.{shown_name(name)}: not a parameter of this endpoint (it takes {taken})"
                 )
             if (count := len(request.query_params.getlist(name))) > 1:
                 raise RequestValidationFailed(f"query.{name}: given {count} times; give it once")
@@ -40,7 +41,7 @@ async def check_file_fields(request: Request, field: str, several: bool = False)
     form = await request.form()
     for name in dict.fromkeys(form.keys()):
         if name != field:
-            raise RequestValidationFailed(f"body.{_shown(name)}: not a field of this endpoint (it takes `{field}`)")
+            raise RequestValidationFailed(f"body.{shown_name(name)}: not a field of this endpoint (it takes `{field}`)")
     count = len(form.getlist(field))
     if count > 1 and not several:
         raise RequestValidationFailed(

@@ -103,3 +103,15 @@ def test_overlay_rejects_empty_file(client: TestClient) -> None:
             "message": "the uploaded file is empty (0 bytes); expected a PNG, JPEG, TIFF or DICOM file",
         }
     }
+
+
+def test_overlay_names_the_part_sent_and_the_part_expected_when_file_is_missing(client: TestClient) -> None:
+    """API review 48 F7: a misnamed part was answered with advice on the multipart framing."""
+    response = client.post("/v1/overlay", files={"image": ("slice.png", b"x", "image/png")})
+
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "validation_error",
+        "message": "body.file: Field required: this endpoint's file part is named `file`; the body has a part named "
+        "`image`",
+    }

@@ -298,13 +298,26 @@ def test_predict_rejects_multi_page_tiff(client: TestClient) -> None:
     assert_still_serving(client)
 
 
-def test_predict_rejects_missing_file_field(client: TestClient) -> None:
-    response = client.post("/v1/predict", files={"other": ("slice.png", b"x", "image/png")})
+def test_predict_names_the_part_sent_and_the_part_expected_when_file_is_missing(client: TestClient) -> None:
+    """API review 48 F7: a part under the batch's name was answered with advice on the multipart framing."""
+    response = client.post("/v1/predict", files={"files": ("slice.png", b"x", "image/png")})
 
     assert response.status_code == 422
-    assert response.json()["error"]["code"] == "validation_error"
-    assert response.json()["error"]["message"].startswith("body.file: Field required (no complete part of this name")
+    assert response.json()["error"] == {
+        "code": "validation_error",
+        "message": "body.file: Field required: this endpoint's file part is named `file`; the body has a part named "
+        "`files`",
+    }
     assert_still_serving(client)
+
+
+def test_predict_names_every_part_sent_when_file_is_missing(client: TestClient) -> None:
+    files = [("image", ("a.png", b"x", "image/png")), ("note", (None, "x")), ("image", ("b.png", b"x", "image/png"))]
+
+    response = client.post("/v1/predict", files=files)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].endswith("the body has parts named `image`, `note`")
 
 
 @pytest.mark.parametrize(

@@ -131,12 +131,16 @@ def test_predict_batch_honours_mask_format(client: TestClient) -> None:
         assert decode_png_mask(mask["png"]).sum() == mask["area_pixels"]
 
 
-def test_predict_batch_rejects_missing_files_field(client: TestClient) -> None:
+def test_predict_batch_names_the_part_sent_and_the_part_expected_when_files_is_missing(client: TestClient) -> None:
+    """API review 48 F7: a part under /v1/predict's name was answered with advice on the multipart framing."""
     response = client.post("/v1/predict/batch", files={"file": ("slice.png", b"x", "image/png")})
 
     assert response.status_code == 422
-    assert response.json()["error"]["code"] == "validation_error"
-    assert response.json()["error"]["message"].startswith("body.files: Field required (no complete part of this name")
+    assert response.json()["error"] == {
+        "code": "validation_error",
+        "message": "body.files: Field required: this endpoint's file part is named `files`; the body has a part "
+        "named `file`",
+    }
 
 
 def test_predict_batch_refuses_a_body_that_is_no_form_naming_its_field(client: TestClient) -> None:
