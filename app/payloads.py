@@ -68,21 +68,23 @@ def series_slices(
     threshold: float,
     mask_format: schemas.MaskFormat,
 ) -> list[schemas.SeriesSlice]:
-    """One entry per slice of a DICOM series, naming the instance (and frame) the FLAIR channel came from, with its
-    place in the volume: position along the slice normal, and the slices missing before it."""
+    """One entry per slice of a DICOM series, in the order read (the files' order in the request, a multi-frame
+    file's frames in frame order; not sorted), naming the file, the instance (and frame) the FLAIR channel came from,
+    with its place in the volume: position along the slice normal, and the slices missing before it."""
     frames = [slice_input.reference for slice_input in inputs]
     offsets = offsets_along_normal(frames)
     missing = slices_missing_before(frames)
     return [
         schemas.SeriesSlice(
             index=index,
-            sop_instance_uid=frame.sop_instance_uid,
-            frame_number=frame.frame_number,
+            file_index=slice_input.file_index,
+            sop_instance_uid=slice_input.reference.sop_instance_uid,
+            frame_number=slice_input.reference.frame_number,
             position_along_normal_mm=None if offsets is None else float(offsets[index]),
             slices_missing_before=missing[index],
             prediction=slice_payload(prediction, threshold, mask_format),
         )
-        for index, (frame, prediction) in enumerate(zip(frames, predictions, strict=True))
+        for index, (slice_input, prediction) in enumerate(zip(inputs, predictions, strict=True))
     ]
 
 

@@ -139,12 +139,22 @@ class OutputFormat(StrEnum):
 class SeriesSlice(BaseModel):
     """One slice of a DICOM series: the instance (and frame) it came from, and its prediction."""
 
-    index: int = Field(ge=0, description="position of the slice in the series as sent")
+    index: int = Field(
+        ge=0,
+        description="position of this slice in `slices`, from 0 (the slices read, numbered among themselves); the "
+        "file it came from is file_index",
+    )
+    file_index: int = Field(
+        ge=0,
+        description="position in the request of the file the slice (its FLAIR frame) was read from: the numbering of "
+        "file_errors[].index, series_used[].files, series_left_out[].files and X-Skipped-File-Indices",
+    )
     sop_instance_uid: str = Field(description="the FLAIR instance the slice was read from")
     frame_number: int = Field(ge=1, description="frame within that instance, from 1")
     position_along_normal_mm: float | None = Field(
-        description="the slice's Image Position (Patient) along the series' slice normal, in mm: sorted ascending, "
-        "the anatomical order the series clean-up and the volume use; null unless every slice has a position"
+        description="the slice's Image Position (Patient) along the series' slice normal, in mm: the slices sorted "
+        "by it ascending are in the anatomical order the series clean-up and the volume use (`slices` itself is in "
+        "the order read); null unless every slice has a position"
     )
     slices_missing_before: int = Field(
         ge=0,
@@ -205,7 +215,10 @@ class SeriesPredictionResponse(BaseModel):
         "and the volume may be cut short"
     )
     threshold: float
-    slices: list[SeriesSlice]
+    slices: list[SeriesSlice] = Field(
+        description="one per slice read, in the order read: the files' order in the request (a multi-frame file's "
+        "frames in frame order), not sorted; position_along_normal_mm gives the anatomical order"
+    )
     file_errors: list[BatchItemFailure] = Field(description="files that could not be read, by their position")
     series_used: SeriesUsed
     series_left_out: SeriesLeftOut

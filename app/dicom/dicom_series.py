@@ -55,10 +55,14 @@ class SliceInput:
         uint8 HxW (one frame, taken as FLAIR) or HxWx3 (pre-contrast, FLAIR, post-contrast).
     channels
         The frames the image was made of: one, or three as `CHANNEL_ORDER`.
+    file_index
+        Position in the request of the file the FLAIR frame was read from, as the answers number files
+        (`app.series.reading.decode_series` sets it; None outside a request).
     """
 
     image: np.ndarray
     channels: tuple[DicomFrame, ...]
+    file_index: int | None = None
 
     @property
     def reference(self) -> DicomFrame:

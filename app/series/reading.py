@@ -355,6 +355,7 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     trusted then.
     """
     decoded: dict[int, list[DicomFrame]] = {}
+    read_from: dict[int, int] = {}  # a file decoded from its copy: its position -> the copy's
     errors: dict[int, ServiceError] = {}
     used = plan.choice.used_files
     for position, header in enumerate(plan.headers):
@@ -375,8 +376,10 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
                 decoded[original] = decode_dicom(header)
             except ServiceError:
                 continue
+            read_from[original] = position
             errors.pop(position, None)
     frames = [frame for position in sorted(decoded) for frame in decoded[position]]
+    file_of = {frame: read_from.get(position, position) for position in decoded for frame in decoded[position]}
     choice = plan.choice
     if not frames:
         return SeriesUploads([], errors, choice)
@@ -401,14 +404,21 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         inputs = prepare_inputs(paired, choice.channel_series)
         if orphans:
             choice = replace(choice, notes=(*choice.notes, _t1_frames_left_out_note(orphans, paired, flair)))
-        return SeriesUploads(inputs, errors, choice)
+        return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
     except InvalidDicomImageError as error:
         flair = choice.flair
         if len(choice.used) != 3 or flair is None:
             raise
         choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message})")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
-        return SeriesUploads(prepare_inputs(flair_frames, choice.channel_series), errors, choice)
+        inputs = prepare_inputs(flair_frames, choice.channel_series)
+        return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
+
+
+def _with_file_indices(inputs: list[SliceInput], file_of: Mapping[DicomFrame, int]) -> list[SliceInput]:
+    """Each slice with the request position of the file its FLAIR frame came from (API review 48 F2: an answer's
+    slices were numbered among themselves only, unlike its file_errors and series_used)."""
+    return [replace(item, file_index=file_of[item.reference]) for item in inputs]
 
 
 def _without_t1_frames_where_flair_has_none(

@@ -27,6 +27,7 @@ from app.series.result import single_slice_answers
 from tests.api.service_client import LIMITED_UPLOAD_BYTES, decode_rle
 from tests.conftest import TUMOR_SLICE, pyproject_version
 from tests.dicom.builders import (
+    Study,
     legacy_multiframe,
     mr_series,
     multiframe_secondary_capture,
@@ -87,6 +88,7 @@ def test_predict_batch_of_dicom_series_gives_one_result_per_slice_and_volume(
     assert response.status_code == 200, response.text
     body = response.json()
     assert [item["index"] for item in body["slices"]] == [0, 1, 2]
+    assert [item["file_index"] for item in body["slices"]] == [0, 1, 2]
     assert [item["frame_number"] for item in body["slices"]] == [1, 1, 1]
     assert len({item["sop_instance_uid"] for item in body["slices"]}) == 3
     assert body["tumor_detected"] is True
@@ -124,6 +126,30 @@ def test_each_slice_of_a_series_says_where_it_lies_and_what_is_missing_before_it
     normal_positions = [item["position_along_normal_mm"] for item in slices]
     assert normal_positions == pytest.approx([25.0, 0.0, 20.0, 5.0])
     assert [item["slices_missing_before"] for item in slices] == [0, 0, 2, 0]  # the slice at 20 mm, after 5 mm
+    # API review 48 F2: the slices come in the order sent, not sorted; position_along_normal_mm sorts them.
+    assert [item["file_index"] for item in slices] == [0, 1, 2, 3]
+
+
+def test_each_slice_names_its_files_position_in_the_request_as_the_rest_of_the_answer_does(
+    client: TestClient,
+) -> None:
+    """API review 48 F2: `index` 0 of `slices` was request file 3 when a series left out came first, while
+    file_errors and series_used number the request's files: a client joining by `index` got the wrong file."""
+    study = Study()
+    left_out = mr_series(tumor_channels(), study, series_number=5, series_description="AX DWI b1000")
+    flair = mr_series(tumor_channels(), study, series_number=1, series_description="AX FLAIR")
+    sent = [*left_out, *flair]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in sent]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [(item["series_description"], item["files"]) for item in body["series_used"]] == [("AX FLAIR", [3, 4, 5])]
+    assert [item["index"] for item in body["slices"]] == [0, 1, 2]
+    assert [item["file_index"] for item in body["slices"]] == [3, 4, 5]
+    assert [sent[item["file_index"]].SOPInstanceUID for item in body["slices"]] == [
+        item["sop_instance_uid"] for item in body["slices"]
+    ]
 
 
 def test_predict_batch_dicom_seg_matches_the_json_masks(
@@ -185,6 +211,7 @@ def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, s
     assert response.status_code == 200
     body = response.json()
     assert len(body["slices"]) == 2
+    assert [(item["index"], item["file_index"]) for item in body["slices"]] == [(0, 0), (1, 2)]
     assert [error["index"] for error in body["file_errors"]] == [1]
     assert body["file_errors"][0]["error"] == {
         "code": "undecodable_dicom",
@@ -237,6 +264,7 @@ def test_a_copy_is_read_when_its_original_does_not_decode(client: TestClient, se
     assert [error["index"] for error in body["file_errors"]] == [1]
     assert body["file_errors"][0]["error"]["code"] == "undecodable_dicom"
     assert len(body["slices"]) == 3 and body["slices_missing"] == 0
+    assert [item["file_index"] for item in body["slices"]] == [0, 3, 2]  # the copy's pixels, in its original's place
 
 
 def test_a_copy_of_a_file_refused_as_a_repeated_instance_is_read_in_its_place(
@@ -1024,6 +1052,7 @@ def test_a_multi_frame_object_beside_its_lossy_copy_is_read_once(client: TestCli
     body = response.json()
     assert body["file_errors"] == [] and [item["files"] for item in body["series_left_out"]] == [[0]]
     assert [item["prediction"] for item in body["slices"]] == [item["prediction"] for item in alone.json()["slices"]]
+    assert [(item["file_index"], item["frame_number"]) for item in body["slices"]] == [(1, 1), (1, 2), (1, 3)]
 
 
 def test_a_multi_frame_object_is_no_copy_of_one_whose_frames_lie_elsewhere(client: TestClient) -> None:
