@@ -72,7 +72,9 @@ class Prediction(BaseModel):
         ge=0.0,
         le=1.0,
         description="the classifier's probability that the slice shows tumor (with flip_average in GET /v1/models: "
-        "the mean over the slice and its left-right mirror)",
+        "the mean over the slice and its left-right mirror); reproducible to about 1e-8, not bit for bit: the "
+        "models run on the slice batched with others (of the request, or of other clients' requests at the same "
+        "moment), and the batch's size changes float32 rounding. Compare answers with a tolerance",
     )
     tumor_detected: bool = Field(
         description="tumor_probability >= threshold; in a series, also that the slice's mask survived the series "

@@ -16,6 +16,7 @@ from app.api.openapi_docs import ERROR_CATALOGUE, EXAMPLES_FILE, PREDICTION_STAT
 from app.errors import ServiceError
 from app.main import create_app
 from app.settings import Settings
+from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, TUMOR_SLICE
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,31 @@ def test_recorded_examples_match_the_committed_models(committed_model_dir: Path)
             (recorded[name]["mask"] or {}).get("area_pixels"), abs=20
         ), hint
     assert fresh["series"]["tumor_volume_ml"] == pytest.approx(recorded["series"]["tumor_volume_ml"], rel=0.01), hint
+
+
+def test_tumor_probability_is_documented_as_reproducible_to_about_1e_8_not_bit_for_bit(openapi: dict) -> None:
+    """API review 48 F11: the same slice alone and in a batch differed by 5e-9; a client comparing answers for
+    equality was not told."""
+    prediction = openapi["components"]["schemas"]["Prediction"]["properties"]["tumor_probability"]
+    readme = (REPO_ROOT / "README.md").read_text()
+
+    assert "reproducible to about 1e-8, not bit for bit" in prediction["description"]
+    assert "- `tumor_probability` is reproducible to about 1e-8, not bit for bit" in readme
+
+
+def test_a_slice_alone_and_in_a_batch_gets_its_probability_within_1e_8(committed_model_dir: Path) -> None:
+    """The tolerance the README and the schema give (API review 48 F11), with the committed models."""
+    from tests.api.openapi_examples import jpeg
+    from tests.api.service_client import running_client
+
+    with running_client(Settings(model_dir=committed_model_dir)) as client:
+        alone = client.post("/v1/predict", files={"file": jpeg(TUMOR_FREE_SLICE)}).json()
+        batch = client.post(
+            "/v1/predict/batch", files=[("files", jpeg(TUMOR_FREE_SLICE)), ("files", jpeg(TUMOR_SLICE))]
+        )
+
+    in_batch = batch.json()["results"][0]["prediction"]["tumor_probability"]
+    assert in_batch == pytest.approx(alone["tumor_probability"], abs=1e-8, rel=0)
 
 
 def test_host_not_allowed_is_documented_as_brain_tumor_serve_answers_it() -> None:
