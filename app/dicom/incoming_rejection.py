@@ -1,0 +1,86 @@
+"""An incoming rejection note (IHE IOCM): which instances of a study a Key Object Selection withdraws, and why.
+
+A modality or PACS withdraws images it no longer stands by (another patient's, unsafe, badly acquired, expired) by
+sending a Key Object Selection whose Document Title is one of CID 7011; an archive that implements IOCM then hides
+them. The DICOM node ignored such a note, so the SEG and SR made of the rejected images stood and every later
+analysis still read them (interop review 48 F1). `incoming_rejection` reads the note; what is done with it is the
+node's (`app.node.dicom_spool.Spool.reject_instances`).
+
+Only the instances the note's content names are rejected (its evidence lists every instance it was made from, often
+the whole series), and only those of the note's own study: a note of another study rejects nothing here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
+
+# CID 7011 "Rejected for Quality Reasons" and the other IOCM Document Titles, (value, DCM) -> meaning. Our own
+# outgoing note (`app.dicom.rejection_note`) uses the first.
+REJECTION_TITLES = {
+    "113001": "Rejected for Quality Reasons",
+    "113037": "Rejected for Patient Safety Reasons",
+    "113038": "Incorrect Modality Worklist Entry",
+    "113039": "Data Retention Policy Expired",
+}
+
+
+@dataclass(frozen=True)
+class IncomingRejection:
+    """What a rejection note withdraws: instances (SOP Instance UIDs) of one study, for a reason (a CID 7011 code)."""
+
+    study_instance_uid: str
+    sop_instance_uids: frozenset[str]
+    reason_code: str
+
+    @property
+    def reason(self) -> str:
+        """The reason as the standard words it (the code's meaning, no value of the note)."""
+        return f"{self.reason_code} {REJECTION_TITLES[self.reason_code]}"
+
+
+def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
+    """The instances `dataset` rejects, when it is an IOCM rejection note (a Key Object Selection whose Document
+    Title is one of CID 7011) that names instances of its own study; None for anything else (an ordinary key image
+    selection, a note of another study, a note naming nothing)."""
+    if _uid(dataset.get("SOPClassUID")) != KeyObjectSelectionDocumentStorage:
+        return None
+    reason_code = _rejection_title(dataset)
+    study_uid = _uid(dataset.get("StudyInstanceUID"))
+    if reason_code is None or not study_uid:
+        return None
+    of_this_study = _evidence_of_study(dataset, study_uid)
+    named = {
+        _uid(reference.get("ReferencedSOPInstanceUID"))
+        for item in dataset.get("ContentSequence", [])
+        for reference in item.get("ReferencedSOPSequence", [])
+    }
+    rejected = frozenset(named & of_this_study)
+    return IncomingRejection(study_uid, rejected, reason_code) if rejected else None
+
+
+def _rejection_title(dataset: Dataset) -> str | None:
+    """The CID 7011 code of the Document Title, or None when it is another title (or none)."""
+    titles = dataset.get("ConceptNameCodeSequence", [])
+    if len(titles) != 1:
+        return None
+    title = titles[0]
+    value, scheme = str(title.get("CodeValue", "")).strip(), str(title.get("CodingSchemeDesignator", "")).strip()
+    return value if scheme == "DCM" and value in REJECTION_TITLES else None
+
+
+def _evidence_of_study(dataset: Dataset, study_uid: str) -> set[str]:
+    """The SOP Instance UIDs the note's evidence (Current Requested Procedure Evidence) lists under `study_uid`."""
+    return {
+        _uid(instance.get("ReferencedSOPInstanceUID"))
+        for study in dataset.get("CurrentRequestedProcedureEvidenceSequence", [])
+        if _uid(study.get("StudyInstanceUID")) == study_uid
+        for series in study.get("ReferencedSeriesSequence", [])
+        for instance in series.get("ReferencedSOPSequence", [])
+    } - {""}
+
+
+def _uid(value: object) -> str:
+    return str(UID(str(value or "").rstrip("\0 ")))
