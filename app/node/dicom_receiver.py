@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification
 
+from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection
 from app.logging_config import os_error_name
 from app.node.dicom_received_instance import (
     NOT_KEPT_CLASSES,
@@ -50,10 +51,11 @@ from app.node.dicom_received_instance import (
     uid,
 )
 from app.node.dicom_sender import STATUS_SUCCESS
-from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError
+from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError, study_key
 from app.node.dicom_study_runs import awaits_whole_resend, count_abort, count_refused, sent_whole_again
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
+from app.series.info import identity_text
 
 # The node's logger: the receiving's lines keep the name the node's lines have always had, which logs are filtered by.
 logger = logging.getLogger("app.node.dicom_node")
@@ -144,6 +146,8 @@ class Receiver:
             return self._refused(
                 "sop_class_mismatch", STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's"
             )
+        if context_class == KeyObjectSelectionDocumentStorage and (rejection := self._rejection(event)) is not None:
+            return self._take_rejection(event, *rejection)
         if context_class in NOT_KEPT_CLASSES:
             logger.info(
                 "instance ignored: not an image the models read",
@@ -159,6 +163,13 @@ class Receiver:
                 str(request.AffectedSOPInstanceUID or ""),
                 self.config.spool_limits.max_instance_bytes,
             )
+            if self.spool.is_rejected(instance.study_uid, instance.patient_id, instance.sop_instance_uid):
+                # IOCM: rejected means rejected; Success, so that a router's send of the whole study goes through.
+                logger.info(
+                    "instance ignored: rejected by an incoming rejection note (IHE IOCM)",
+                    extra={"fields": {"study_key": study_key(instance.study_uid, instance.patient_id)}},
+                )
+                return STATUS_SUCCESS
             if self.spool.holds_instance(instance.study_uid, instance.patient_id, instance.sop_instance_uid):
                 check_replacement_decodes(data, self.config.spool_limits.max_instance_bytes)
             key = self.spool.store_instance(
@@ -194,6 +205,56 @@ class Receiver:
             self._studies_sent({key}, aborted=True)
         logger.debug("instance stored", extra={"fields": {"study_key": key}})
         self.metrics.instances_received.inc()
+        return STATUS_SUCCESS
+
+    def _rejection(self, event: Event) -> tuple[str, IncomingRejection] | None:
+        """The study key and what an incoming Key Object Selection rejects, when it is an IHE IOCM rejection note
+        (`incoming_rejection`) for a study the node holds; None otherwise (it is then ignored, as any other KOS)."""
+        try:
+            dataset = event.dataset
+            rejection = incoming_rejection(dataset)
+            key = study_key(rejection.study_instance_uid, identity_text(dataset.get("PatientID"))) if rejection else ""
+        except Exception:  # noqa: BLE001 - a note the node cannot read is ignored, as before it read any
+            logger.info("rejection note ignored: unreadable")
+            return None
+        if rejection is None:
+            return None
+        if not self.spool.study_dir(key).is_dir():
+            logger.info("rejection note ignored: a study the node does not hold", extra={"fields": {"study_key": key}})
+            return None
+        return key, rejection
+
+    def _take_rejection(self, event: Event, key: str, rejection: IncomingRejection) -> int | Dataset:
+        """Keep an incoming rejection note for study `key` (`Spool.reject_instances`): its instances are left out
+        of the study, which is analysed again, its new results revising and withdrawing the earlier ones (interop
+        review 48 F1). Refused Out of Resources when the spool cannot take it: the sender sends it again."""
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            self.spool.check_room(len(data))
+            removed = self.spool.reject_instances(
+                key,
+                rejection.sop_instance_uids,
+                rejection.reason_code,
+                data,
+                uid(event.request.AffectedSOPInstanceUID),
+            )
+        except SpoolFullError as error:
+            return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
+        except OSError:
+            logger.exception("rejection note not stored")
+            return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, "the node cannot write its spool", event.assoc)
+        logger.info(
+            "rejection note taken: its instances are left out of the study"
+            + (", which is analysed again" if removed else " (none held now)"),
+            extra={
+                "fields": {
+                    "study_key": key,
+                    "reason": rejection.reason,
+                    "instances_rejected": len(rejection.sop_instance_uids),
+                    "instances_removed": removed,
+                }
+            },
+        )
         return STATUS_SUCCESS
 
     def _refused(self, kind: str, status: int, reason: str, association: Association | None = None) -> Dataset:

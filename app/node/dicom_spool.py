@@ -54,6 +54,10 @@ STUDY_UIDS_DIR = "study_uids"
 # and `series_uids/<key>.series` listing those folders, one per line.
 SERIES_UIDS_DIR = "series_uids"
 RECORD_FILE = "record.json"
+# A study's incoming IHE IOCM rejection notes (interop review 48 F1): ``studies/<key>/rejected.json`` (SOP Instance UID
+# -> the CID 7011 code of the note that rejected it) and the notes as received, ``studies/<key>/rejection_notes/``.
+REJECTED_FILE = "rejected.json"
+REJECTION_NOTES_DIR = "rejection_notes"
 SENT_LOG = "sent.jsonl"
 LOCK_FILE = "node.lock"
 WAITING_STATUSES = ("pending", "failed")
@@ -446,6 +450,69 @@ class Spool:
             self._marker(RECEIVING_DIR, key).unlink(missing_ok=True)
             self._instances.pop(key, None)
         return removed
+
+    def reject_instances(
+        self, key: str, rejected: Collection[str], reason_code: str, note: bytes, note_uid: str
+    ) -> int:
+        """Take an incoming IHE IOCM rejection note (`note`, Part 10 bytes, SOP Instance UID `note_uid`) for study
+        `key`: its `rejected` SOP Instance UIDs are recorded for good, the instances the study holds among them
+        removed, and the study marked pending, to be analysed again without them. Returns how many were removed
+        (none: nothing to analyse again; the record still leaves them out of a later send).
+
+        Why: the node ignored such notes, and the SEG and SR made of images the PACS no longer stands by (another
+        patient's, unsafe ones) stood, and every later analysis read them (interop review 48 F1). In the order that
+        survives a kill: the pending mark, the record (written atomically), the note, then the files; an instance
+        recorded and not yet removed is left out of the analysis all the same (`instances_to_analyse`).
+
+        Raises OSError when the spool cannot be written: the note is then refused, and the sender sends it again.
+        """
+        held = [uid for uid in rejected if self._instance_path(key, uid).is_file()]
+        if held:
+            self.touch_pending(key)
+        with self._record_lock:
+            recorded = self.rejected_instances(key)
+            recorded.update(dict.fromkeys(rejected, reason_code))
+            write_atomically(self.study_dir(key) / REJECTED_FILE, json.dumps(recorded, indent=1).encode())
+        note_path = (
+            self.study_dir(key) / REJECTION_NOTES_DIR / f"{hashlib.sha256(note_uid.encode()).hexdigest()[:32]}.dcm"
+        )
+        replaced = note_path.stat().st_size if note_path.exists() else 0
+        note_path.parent.mkdir(exist_ok=True)
+        write_atomically(note_path, note)
+        with self._size_lock:
+            self._size += self.disk_bytes(len(note)) - (self.disk_bytes(replaced) if replaced else 0)
+        for sop_instance_uid in held:
+            path = self._instance_path(key, sop_instance_uid)
+            with self._stored:  # not while an association writes it: its write would bring it back
+                while path in self._storing:
+                    self._stored.wait()
+                with contextlib.suppress(FileNotFoundError):
+                    size = path.stat().st_size
+                    path.unlink()
+                    self._size -= self.disk_bytes(size)
+                    if key in self._instances:
+                        self._instances[key] -= 1
+        return len(held)
+
+    def rejected_instances(self, key: str) -> dict[str, str]:
+        """The SOP Instance UIDs study `key`'s incoming rejection notes rejected, each with its note's CID 7011 code."""
+        text = _read_or_none(self.study_dir(key) / REJECTED_FILE)
+        return dict(json.loads(text)) if text else {}
+
+    def is_rejected(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str) -> bool:
+        """Whether an incoming rejection note rejected the instance: sent again, it stays left out (IOCM: rejected
+        means rejected). A stat per instance received; the record is read only for a study that has one."""
+        return sop_instance_uid in self.rejected_instances(study_key(study_instance_uid, patient_id))
+
+    def instances_to_analyse(self, key: str) -> list[Path]:
+        """The instance files of study `key` that no incoming rejection note rejected (`reject_instances`)."""
+        rejected = {self._instance_path(key, uid) for uid in self.rejected_instances(key)}
+        return [path for path in self.instance_files(key) if path not in rejected]
+
+    def rejection_note_files(self, key: str) -> list[Path]:
+        """The incoming rejection notes study `key` received: their patient and study attributes are the study's,
+        for the node's own note when no instance is left (`app.node.dicom_study_worker`)."""
+        return sorted((self.study_dir(key) / REJECTION_NOTES_DIR).glob("*.dcm"))
 
     def _reserve(self, key: str, path: Path, size: int, sender: str) -> tuple[bool, int]:
         """Count an instance file of `size` bytes about to be written at `path` (new, or replacing one: less what it

@@ -157,7 +157,9 @@ class StudyWorker:
         record = self.spool.readable_record(key)  # first: a study skipped for its record costs no hashing
         if record is None:  # logged by the spool; stays pending, so a repaired record is processed
             return False
-        files = self.spool.instance_files(key)
+        # Without the instances an incoming rejection note rejected (interop review 48 F1): their removal changes
+        # the fingerprint, so the study is analysed again, and one not yet removed (a node killed) is left out too.
+        files = self.spool.instances_to_analyse(key)
         fingerprint, bytes_fingerprint = self.spool.fingerprints(files)
         runs = record["runs"]
         split = self.spool.studies_split_by_patient_id(key)
@@ -282,8 +284,13 @@ class StudyWorker:
             note = self._rejection_note(key, runs, analysis.datasets)
             if note is not None:
                 analysis.datasets.append(note)
-        elif previous is not None and analysis.status == AnalysisStatus.FAILED and (header := self._study_header(key)):
-            note = self._rejection_note(key, runs, [header])  # nothing is sent again: every result delivered
+        elif (
+            previous is not None and analysis.status != AnalysisStatus.ANALYSED and (header := self._study_header(key))
+        ):
+            # Nothing is sent again: every result delivered is withdrawn. Not analysed counts as refused (interop
+            # review 48 F1: every FLAIR instance rejected by an incoming rejection note left the results made of
+            # them standing).
+            note = self._rejection_note(key, runs, [header])
             if note is not None:
                 analysis.datasets.append(note)
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
@@ -310,11 +317,11 @@ class StudyWorker:
             finished_at=timestamp(),
         )
 
-        # A refused study has no result: what earlier runs made, for instances that are not the study's now, is
-        # withdrawn where delivered (the note above) and never sent where not (interop review 44 F2: a re-send that
-        # could not be analysed left the earlier SEG and SR standing as the study's current result).
+        # A study refused or not analysed has no result: what earlier runs made, for instances that are not the
+        # study's now, is withdrawn where delivered (the note above) and never sent where not (interop review 44 F2: a
+        # re-send that could not be analysed left the earlier SEG and SR standing as the study's current result).
         withdrawn = (
-            dict.fromkeys(map(str, self.config.destinations)) if analysis.status == AnalysisStatus.FAILED else {}
+            dict.fromkeys(map(str, self.config.destinations)) if analysis.status != AnalysisStatus.ANALYSED else {}
         )
 
         def append(stored: dict[str, Any]) -> None:
@@ -342,8 +349,9 @@ class StudyWorker:
 
     def _study_header(self, key: str) -> Dataset | None:
         """The header of one of the study's instances, for the patient and study attributes of a rejection note made
-        without a result of this run; None when none can be read (the note is not made, and that is logged)."""
-        files = self.spool.instance_files(key)
+        without a result of this run (or of an incoming rejection note, when it rejected every instance); None when
+        none can be read (the note is not made, and that is logged)."""
+        files = self.spool.instances_to_analyse(key) or self.spool.rejection_note_files(key)
         if files and (header := read_header(files[0])) is not None:
             return header
         logger.warning(

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.sr.codedict import codes
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     HTJ2KLossless,
@@ -194,6 +196,28 @@ def legacy_multiframe(datasets: Sequence[Dataset]) -> Dataset:
         sop_instance_uid=generate_uid(),
         instance_number=1,
     )
+
+
+def key_object_selection(
+    evidence: Sequence[Dataset], named: Sequence[Dataset], title: hd.sr.CodedConcept | None = None
+) -> Dataset:
+    """A Key Object Selection as a PACS sends it under IHE IOCM (highdicom; by default "Rejected for Quality
+    Reasons"), read back from its bytes: `named` in its content, every instance of `evidence` in its evidence, as a
+    note made from a whole series lists them."""
+    note = hd.ko.KeyObjectSelectionDocument(
+        evidence=evidence,
+        content=hd.ko.KeyObjectSelection(
+            document_title=title or codes.DCM.RejectedForQualityReasons, referenced_objects=named
+        ),
+        series_instance_uid=generate_uid(),
+        series_number=90,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="PACS",
+    )
+    buffer = io.BytesIO()
+    note.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
 
 
 def to_bytes(dataset: Dataset) -> bytes:

@@ -3,37 +3,13 @@ withdraws none."""
 
 from __future__ import annotations
 
-import io
-
-import highdicom as hd
-import pydicom
 import pytest
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from app.dicom.incoming_rejection import REJECTION_TITLES, incoming_rejection
-from tests.dicom.builders import Study, mr_series, tumor_channels
-
-
-def key_object_selection(
-    evidence: list[Dataset], named: list[Dataset], title: CodedConcept = codes.DCM.RejectedForQualityReasons
-) -> Dataset:
-    """A Key Object Selection as a PACS sends it (highdicom), read back from its bytes: `named` in its content, every
-    instance of `evidence` in its evidence, as a note made from a whole series lists them."""
-    note = hd.ko.KeyObjectSelectionDocument(
-        evidence=evidence,
-        content=hd.ko.KeyObjectSelection(document_title=title, referenced_objects=named),
-        series_instance_uid=generate_uid(),
-        series_number=90,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="PACS",
-    )
-    buffer = io.BytesIO()
-    note.save_as(buffer, enforce_file_format=True)
-    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+from tests.dicom.builders import Study, key_object_selection, mr_series, tumor_channels
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,163 @@
+"""An IHE IOCM rejection note coming to the DICOM node (interop review 48 F1): a Key Object Selection titled in CID
+7011 for a study the node answered. The node ignored it, so the SEG and SR made of the rejected images stood at the
+destination and every later analysis read them. Now the rejected instances are left out for good and the study is
+analysed again: its new results revise the earlier ones, which the node's own rejection note withdraws."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
+
+from app.dicom.dicom_sr_reader import predecessors
+from app.node.dicom_spool import Spool, study_key
+from tests.dicom.builders import key_object_selection, mr_series, tumor_channels
+from tests.node.node_support import (
+    QUIET_SECONDS,
+    Clock,
+    ResultStore,
+    free_port,
+    process_and_send,
+    record,
+    send_study,
+    store_dataset,
+)
+
+ALL_RESULTS = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
+
+
+def referenced(dataset: Dataset) -> set[str]:
+    """Every Referenced SOP Instance UID anywhere in `dataset` (its sequences walked)."""
+    found = set()
+    for element in dataset.iterall():
+        if element.keyword == "ReferencedSOPInstanceUID":
+            found.add(str(element.value))
+    return found
+
+
+def rejected_by(note: Dataset) -> set[str]:
+    return {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in note.ContentSequence}
+
+
+def send_note(node: Any, clock: Clock, note: Dataset) -> None:
+    """C-STORE the note (answered Success), wait out the quiet period, process and send."""
+    assert store_dataset(node.config.port, note).Status == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+
+def test_a_rejection_note_leaves_its_instances_out_and_the_study_is_analysed_again(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    port = free_port()
+    node = make_node(destination_port=port)
+    series = mr_series(tumor_channels())
+    store = ResultStore(port, ALL_RESULTS)
+    try:
+        send_study(node, clock, series, tmp_path / "first")
+        (seg,), (sr,) = store.by_modality("SEG"), store.by_modality("SR")
+        assert series[-1].SOPInstanceUID in referenced(seg)
+
+        send_note(node, clock, key_object_selection(series, series[-1:]))
+
+        runs = record(node)["runs"]
+        assert [run["instances"] for run in runs] == [3, 2]
+        (_, new_seg), (_, new_sr) = store.by_modality("SEG"), store.by_modality("SR")
+        assert series[-1].SOPInstanceUID not in referenced(new_seg) | referenced(new_sr)
+        assert list(predecessors(new_sr)) == [sr.SOPInstanceUID]
+        (withdrawal,) = store.by_modality("KO")
+        assert rejected_by(withdrawal) == {seg.SOPInstanceUID, sr.SOPInstanceUID}
+        spooled = json.loads(next((node.spool.root / "studies").glob("*/rejected.json")).read_text())
+        assert spooled == {series[-1].SOPInstanceUID: "113001"}
+    finally:
+        store.close()
+
+
+def test_a_rejected_instance_sent_again_stays_left_out(
+    make_node: Any, clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """IOCM: rejected means rejected. Answered Success (a router's whole send goes through), not kept, and logged
+    by study key alone."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    send_note(node, clock, key_object_selection(series, series[-1:]))
+
+    with caplog.at_level(logging.INFO, logger="app.node.dicom_node"):
+        send_study(node, clock, series, tmp_path / "again")
+
+    assert [run["instances"] for run in record(node)["runs"]] == [3, 2]
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    assert len(node.spool.instance_files(key)) == 2
+    (ignored,) = [line for line in caplog.records if "rejected by an incoming rejection note" in line.getMessage()]
+    assert getattr(ignored, "fields", None) == {"study_key": key}
+
+
+def test_every_instance_rejected_withdraws_the_earlier_results_and_makes_none(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    port = free_port()
+    node = make_node(destination_port=port)
+    series = mr_series(tumor_channels())
+    store = ResultStore(port, ALL_RESULTS)
+    try:
+        send_study(node, clock, series, tmp_path / "first")
+        (seg,), (sr,) = store.by_modality("SEG"), store.by_modality("SR")
+
+        send_note(node, clock, key_object_selection(series, series, codes.DCM.IncorrectModalityWorklistEntry))
+
+        last = record(node)["runs"][-1]
+        assert (last["status"], last["instances"]) == ("not_analysed", 0)
+        (withdrawal,) = store.by_modality("KO")
+        assert rejected_by(withdrawal) == {seg.SOPInstanceUID, sr.SOPInstanceUID}
+        assert withdrawal.PatientID == series[0].PatientID
+        assert (len(store.by_modality("SEG")), len(store.by_modality("SR"))) == (1, 1)
+        assert node.spool.unsent_studies() == []
+    finally:
+        store.close()
+
+
+def test_an_ordinary_key_object_selection_changes_nothing(make_node: Any, clock: Clock, tmp_path: Path) -> None:
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+
+    send_note(node, clock, key_object_selection(series, series[-1:], codes.DCM.OfInterest))
+
+    assert [run["instances"] for run in record(node)["runs"]] == [3]
+    assert node.spool.pending_studies() == {}
+
+
+class Killed(Exception):
+    """The node killed while it removes the rejected instances."""
+
+
+def test_a_note_recorded_by_a_node_killed_before_it_removed_the_instances_still_leaves_them_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    series = mr_series(tumor_channels())
+    spool = Spool(tmp_path / "spool")
+    for dataset in series:
+        spool.store_instance(dataset.StudyInstanceUID, dataset.PatientID, dataset.SOPInstanceUID, b"DICM")
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    spool.clear_pending(key, spool.pending_since(key) or 0.0)
+
+    def killed(path: Path, missing_ok: bool = False) -> None:
+        raise Killed
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(Killed):
+        spool.reject_instances(key, [series[0].SOPInstanceUID], "113001", b"KOS", "1.2.3")
+    monkeypatch.undo()
+
+    restarted = Spool(tmp_path / "spool")
+    assert len(restarted.instance_files(key)) == 3
+    assert len(restarted.instances_to_analyse(key)) == 2
+    assert key in restarted.pending_studies()
+    assert restarted.is_rejected(series[0].StudyInstanceUID, series[0].PatientID, series[0].SOPInstanceUID)
