@@ -35,6 +35,10 @@ Results, and what supersedes what:
   limit, and a changed limit starts its attempts afresh. An analysed study with series left out keeps its results;
   its record counts them (``series_left_out_for_size``) and its SR says so.
 
+Instances that an IHE IOCM rejection note in the study's KO series rejects (`app.dicom.incoming_rejection`) are
+left out of the analysis, and a new or changed KO series changes the study's fingerprint, so the study is analysed
+again without them (interop review 48 F1).
+
 A record that is not this module's (not JSON, or fields of other types: `readable_record`) is processed again and
 overwritten.
 """
@@ -56,6 +60,7 @@ from app.backoff import doubling_wait
 from app.dicom.dicom_header import UNREADABLE_HEADER, read_header
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
+from app.dicom.incoming_rejection import incoming_rejection
 from app.dicom.instance_content import content_digest
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
@@ -171,8 +176,9 @@ class StudySync:
         if looked_at is None:
             state.retries.pop(study_id, None)
             return None
-        record, mr_series = looked_at
-        study_fingerprint = orthanc_series_fingerprint(mr_series)
+        record, mr_series, ko_series = looked_at
+        # A new or changed KO series (an incoming rejection note) changes it too (interop review 48 F1).
+        study_fingerprint = orthanc_series_fingerprint([*mr_series, *ko_series])
         unrecorded = state.unrecorded_failures.get(study_id)
         if unrecorded is not None and unrecorded[0] == study_fingerprint and "status" not in record:
             # Failures Orthanc did not let us record: counted in the state, as a record would count them.
@@ -197,7 +203,7 @@ class StudySync:
         else:
             attempts = 0  # the instances or the instance limit changed: a fresh start
         try:
-            outcome = self._analyse(study_id, record, mr_series, study_fingerprint, attempts, state)
+            outcome = self._analyse(study_id, record, mr_series, ko_series, study_fingerprint, attempts, state)
             state.unrecorded_failures.pop(study_id, None)  # its record is written now
             return outcome
         except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
@@ -236,24 +242,26 @@ class StudySync:
 
     def _look_at(
         self, study_id: str, study: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """The study's record (`readable_record`) and its MR series with instances; None once it is deleted. Orthanc
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """The study's record (`readable_record`), its MR series and its KO series (key object selections: the
+        rejection notes among them, `_rejected_instances`), each with instances; None once it is deleted. Orthanc
         is asked whether the study exists unless `study` is its answer already."""
         if study is None and self.client.study(study_id) is None:
             return None
         record = readable_record(self.client.sync_record(study_id))
-        mr_series = [
-            series
-            for series in self.client.study_series(study_id)
-            if series["MainDicomTags"].get("Modality") == "MR" and series["Instances"]
-        ]
-        return record, mr_series
+        by_modality: dict[str, list[dict[str, Any]]] = {"MR": [], "KO": []}
+        for series in self.client.study_series(study_id):
+            modality = series["MainDicomTags"].get("Modality")
+            if modality in by_modality and series["Instances"]:
+                by_modality[modality].append(series)
+        return record, by_modality["MR"], by_modality["KO"]
 
     def _analyse(
         self,
         study_id: str,
         record: dict[str, Any],
         mr_series: list[dict[str, Any]],
+        ko_series: list[dict[str, Any]],
         study_fingerprint: str,
         attempts: int,
         state: SyncState,
@@ -264,6 +272,7 @@ class StudySync:
                 "is read to choose among them)"
             )
         fetch = _Fetch(self.client)
+        fetch.rejected = self._rejected_instances(ko_series, fetch)
         first_files, too_large = self._first_files(study_id, mr_series, fetch)
         if not first_files and fetch.unreadable:
             raise UnreadableStudyError(
@@ -282,7 +291,7 @@ class StudySync:
             selection = replace(selection, notes=(*selection.notes, left_out_note))
         by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
         used = [by_uid[uid] for uid in selection.channel_series if uid in by_uid]
-        input_fingerprint = orthanc_series_fingerprint(used)
+        input_fingerprint = orthanc_series_fingerprint(used) + _rejections_digest(fetch.rejected)
         if self._done(record) and record.get("input_fingerprint") == input_fingerprint:
             # e.g. a series the selection does not use changed
             return self._result_stands(study_id, record, {"study_fingerprint": study_fingerprint}, state)
@@ -310,6 +319,8 @@ class StudySync:
             "content_fingerprint": content,
             "models": dict(self.analyser.model_tags),
         }
+        if fetch.left_out_rejected:
+            fields["instances_rejected"] = fetch.left_out_rejected
         if too_large:
             fields.update(
                 series_left_out_for_size=len(too_large),
@@ -373,10 +384,9 @@ class StudySync:
             looked_at = self._look_at(other)
             if looked_at is None or looked_at[0].get("status") not in DONE_STATUSES:
                 continue
-            record, mr_series = looked_at
-            self._record_failure(
-                other, record, refusal, 1, state, {"study_fingerprint": orthanc_series_fingerprint(mr_series)}
-            )
+            record, mr_series, ko_series = looked_at
+            fingerprint = orthanc_series_fingerprint([*mr_series, *ko_series])
+            self._record_failure(other, record, refusal, 1, state, {"study_fingerprint": fingerprint})
 
     def _split_by_patient_id(self, study_id: str, header: Dataset) -> set[str]:
         """The Orthanc IDs of the other studies that have this one's Study Instance UID and a Patient ID left empty
@@ -506,6 +516,21 @@ class StudySync:
                 superseded.append(series_uid)
         return superseded
 
+    def _rejected_instances(self, ko_series: list[dict[str, Any]], fetch: _Fetch) -> frozenset[str]:
+        """The SOP Instance UIDs the study's IHE IOCM rejection notes reject (`incoming_rejection`: a KOS titled in
+        CID 7011, naming instances of its own study), to be left out of its analysis. Why: such a note was ignored,
+        and the SEG and SR made of images the PACS no longer stands by stood (interop review 48 F1)."""
+        rejected: set[str] = set()
+        unreadable = fetch.unreadable  # a key object selection pydicom cannot read is no image left out
+        for series in ko_series:
+            for instance in series["Instances"]:
+                _, header = fetch(str(instance), whole_header=True)
+                rejection = incoming_rejection(header) if header is not None else None
+                if rejection is not None:
+                    rejected |= rejection.sop_instance_uids
+        fetch.unreadable = unreadable
+        return frozenset(rejected)
+
     def _first_files(
         self, study_id: str, mr_series: list[dict[str, Any]], fetch: _Fetch
     ) -> tuple[dict[str, _FirstFile], list[str]]:
@@ -524,7 +549,7 @@ class StudySync:
             try:
                 for position, instance in enumerate(series["Instances"]):
                     data, header = fetch(str(instance), whole_header=True)
-                    if header is not None:
+                    if header is not None and not fetch.left_out(header):
                         first_files[str(series["ID"])] = _FirstFile(position, data, header)
                         break
             except AnswerTooLargeError:
@@ -579,13 +604,14 @@ def _series_files(series: dict[str, Any], first: _FirstFile, fetch: _Fetch) -> l
     files = [first.data]
     for instance in series["Instances"][first.position + 1 :]:
         data, header = fetch(str(instance))
-        if header is not None:
+        if header is not None and not fetch.left_out(header):
             files.append(data)
     return files
 
 
-CHECKED_TAGS = ("PatientID", "StudyInstanceUID", "BitsStored", "BitsAllocated")
-"""What `_Fetch` reads of a file it does not choose a series by: its patient and study, and its bits."""
+CHECKED_TAGS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID", "BitsStored", "BitsAllocated")
+"""What `_Fetch` reads of a file it does not choose a series by: its patient and study, its UID (rejected or not),
+and its bits."""
 
 
 class _Fetch:
@@ -599,6 +625,15 @@ class _Fetch:
         self.fetched = 0
         self.unreadable = 0
         self.identity: tuple[str, str] | None = None
+        self.rejected: frozenset[str] = frozenset()  # SOP Instance UIDs an incoming rejection note rejected
+        self.left_out_rejected = 0
+
+    def left_out(self, header: Dataset) -> bool:
+        """Whether the file is one an incoming rejection note rejected (counted): it is not analysed."""
+        if str(header.get("SOPInstanceUID", "")).rstrip("\0 ") not in self.rejected:
+            return False
+        self.left_out_rejected += 1
+        return True
 
     def __call__(self, instance_id: str, whole_header: bool = False) -> tuple[bytes, Dataset | None]:
         """The instance's file (Orthanc's uncompressed copy when no decoder here reads it) and its header, whole for
@@ -662,6 +697,14 @@ def orthanc_series_fingerprint(series: Iterable[dict[str, Any]]) -> str:
             digest.update(b"/" + instance.encode())
         digest.update(b";")
     return digest.hexdigest()
+
+
+def _rejections_digest(rejected: Iterable[str]) -> str:
+    """What the input fingerprint adds for the instances rejected (none: nothing, so records made before rejection
+    notes were read still match)."""
+    if not rejected:
+        return ""
+    return ":" + hashlib.sha256("\\".join(sorted(rejected)).encode()).hexdigest()[:16]
 
 
 def content_fingerprint(files_by_series: Mapping[str, Sequence[bytes]], left_out: Iterable[str] = ()) -> str:

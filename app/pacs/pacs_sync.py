@@ -325,12 +325,14 @@ class SeriesStudies:
 
     def __init__(self, client: OrthancClient) -> None:
         self.client = client
-        self._studies: dict[str, str | None] = {}  # series ID -> its study's ID; None: not MR (our SEG and SR too)
+        # Series ID -> its study's ID; None: neither MR nor KO (our SEG and SR among them).
+        self._studies: dict[str, str | None] = {}
         self._failures: dict[str, OrthancError] = {}
 
     def of_change(self, change: dict[str, Any]) -> str | None:
         """The study a series' or an instance's change belongs to; None for other modalities and deleted
-        resources."""
+        resources. A KO series counts: an incoming IHE IOCM rejection note has its study analysed again without the
+        instances it rejects (interop review 48 F1)."""
         resource_id = str(change.get("ID", ""))
         if change.get("ResourceType") != "Instance":
             return self.of_series(resource_id)
@@ -338,7 +340,7 @@ class SeriesStudies:
         return None if series_id is None else self.of_series(series_id)
 
     def of_series(self, series_id: str) -> str | None:
-        """The study of an MR series; None for other modalities and a deleted series."""
+        """The study of an MR or KO series; None for other modalities and a deleted series."""
         if series_id in self._studies:
             return self._studies[series_id]
         if series_id in self._failures:
@@ -352,7 +354,7 @@ class SeriesStudies:
         if series is None:
             return None
         modality = series.get("MainDicomTags", {}).get("Modality")
-        self._studies[series_id] = str(series["ParentStudy"]) if modality == "MR" else None
+        self._studies[series_id] = str(series["ParentStudy"]) if modality in ("MR", "KO") else None
         return self._studies[series_id]
 
 
