@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (
 
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
 from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT, REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
+from app.dicom.incoming_rejection import REJECTION_TITLES
 from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, REJECTION_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, REFUSAL_SECONDS, REFUSING_PER_PEER
@@ -143,7 +144,7 @@ def _network_services() -> list[str]:
             [
                 "| Verification | SCP |",
                 *(f"| {UID(uid).name} | SCP (analysed) |" for uid in STORAGE_CLASSES),
-                *(f"| {UID(uid).name} | SCP (accepted, not kept) |" for uid in IGNORED_CLASSES),
+                *(f"| {UID(uid).name} | {_ignored_class_role(uid)} |" for uid in IGNORED_CLASSES),
                 *(f"| {name} (private) | SCP (accepted, not kept) |" for name in PRIVATE_IGNORED_CLASSES.values()),
                 f"| every other storage class of the standard ({len(OTHER_STORAGE_CLASSES)}) | SCP (accepted, not "
                 "kept) |",
@@ -209,6 +210,9 @@ def _presentation_contexts_accepted() -> list[str]:
         "node reads (over 250,000 reads of its header, about 100,000 elements: an Enhanced MR of thousands of",
         "frames), so that a whole study's send does not fail for it.",
         "",
+        "Key Object Selection is the exception: an IHE IOCM rejection note for a study the node holds is kept and",
+        'honoured (below, "Incoming rejection notes"); any other key object selection is not kept.',
+        "",
     ]
 
 
@@ -262,6 +266,36 @@ def _c_store_scp() -> list[str]:
         "again after the node was restarted with other model versions are analysed again, the new results",
         "superseding the earlier ones as for a changed study (a result recorded before the node kept model versions",
         "counts as made by the current ones).",
+        "",
+        *_incoming_rejection_notes(),
+    ]
+
+
+def _ignored_class_role(sop_class: str) -> str:
+    if sop_class == KeyObjectSelectionDocumentStorage:
+        return "SCP (an IHE IOCM rejection note is honoured; others accepted, not kept)"
+    return "SCP (accepted, not kept)"
+
+
+def _incoming_rejection_notes() -> list[str]:
+    """Section 3: what the node does with an IHE IOCM rejection note it receives (interop review 48 F1)."""
+    titles = ", ".join(f'({code}, DCM, "{meaning}")' for code, meaning in REJECTION_TITLES.items())
+    return [
+        "### Incoming rejection notes (IHE IOCM)",
+        "",
+        "A Key Object Selection whose Document Title is one of CID 7011,",
+        f"{titles}, rejects the instances its content names that its",
+        "evidence lists under its own study (a note of another study, or an ordinary key image selection, rejects",
+        "nothing and is not kept). For a study the node holds (by Patient ID and Study Instance UID, as its",
+        "instances), it is answered Success once the rejected SOP Instance UIDs are recorded in the study's spool",
+        "(flushed to disk; Out of Resources when the spool cannot take it), and the rejected instances the node",
+        "holds are removed. The study is then analysed again without them: its new results revise the earlier ones",
+        "and the node's own rejection note withdraws those (section 5); when every FLAIR instance was rejected the",
+        "study is recorded not analysed, no new result is made, and the note withdraws the earlier results. A",
+        "rejected instance sent again later is answered Success and not kept (logged by study key, without patient",
+        "data). A note for a study the node does not hold (never received, or its record purged) is not kept; one",
+        "that rejects instances the node no longer holds (purged after `DICOM_NODE_RETENTION_HOURS`) is recorded",
+        "and analyses nothing again: send the study again to have it analysed without them.",
         "",
     ]
 
@@ -329,8 +363,10 @@ def _objects_created() -> list[str]:
         "  record, it names them after the retention purge too. Its patient and study attributes are the new results'.",
         "  It is also sent alone, without new results, when a study that was answered can no longer be analysed (a",
         "  slice re-sent under a new UID at another's position, a series of it that came later under another Study",
-        "  Instance UID, the study with an empty Patient ID on some files): the study is refused then, results of it",
-        "  still waiting are not sent, and the note's patient and study attributes are those of its instances.",
+        "  Instance UID, the study with an empty Patient ID on some files) or is left without FLAIR (every FLAIR",
+        "  instance rejected by an incoming rejection note, section 3): the study is refused or not analysed then,",
+        "  results of it still waiting are not sent, and the note's patient and study attributes are those of its",
+        "  instances (of the incoming note, when none is left).",
         "  An archive that implements IOCM withdraws them; others keep it as a key object note.",
         "",
     ]
