@@ -11,7 +11,9 @@ deletes, and a viewer shows as a key object selection otherwise. Its UIDs come f
 It is made from the UIDs a record keeps of the rejected objects (`ResultReference`), not from their files: a
 correction sent after the node purged its earlier results still rejects them (review 38). Its patient and study
 attributes are copied from the new results (`study`), as theirs were from the source images: the note is filed
-with them, under the same Patient ID and Issuer of Patient ID.
+with them, under the same Patient ID and Issuer of Patient ID. It is written in the character set the SEG and SR
+are (`derived_character_set`): a study refused after it was answered gives the note a source header, whose Japanese or
+Korean ISO 2022 code extensions highdicom refuses (interop review 48 F2: no note was made for those studies).
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from app.dicom.dicom_conformance import TYPE2_PATIENT_STUDY_ATTRIBUTES, stamp_creation_times
+from app.dicom.dicom_conformance import (
+    TYPE2_PATIENT_STUDY_ATTRIBUTES,
+    derived_character_set,
+    stamp_creation_times,
+)
 from app.dicom.dicom_sr import ResultReference
 from app.dicom.result_uids import MANUFACTURER, result_uid, source_identity
 from app.errors import ReportInputError, builder_reason
@@ -56,6 +62,7 @@ def build_rejection_note(
             sop_instance_uid=result_uid("rejection", model_tags, result_origin, *made_of),
             instance_number=1,
             manufacturer=MANUFACTURER,
+            specific_character_set=derived_character_set(study),
         )
         note.copy_patient_and_study_information(study)
     except (ValueError, TypeError, AttributeError) as error:
@@ -72,7 +79,7 @@ def _rejected_object(study: Dataset, reference: ResultReference) -> Dataset:
     """What highdicom needs of an object to reject: its UIDs, in the study of `study` (whose patient and study
     attributes it copies to the note)."""
     dataset = Dataset()
-    for keyword in ("SpecificCharacterSet", "StudyInstanceUID", *TYPE2_PATIENT_STUDY_ATTRIBUTES):
+    for keyword in ("StudyInstanceUID", *TYPE2_PATIENT_STUDY_ATTRIBUTES):
         if keyword in study:
             dataset[keyword] = study[keyword]
     dataset.SeriesInstanceUID = reference.series_instance_uid

@@ -2,7 +2,8 @@
 
 A review found that a series in Japanese (`\\ISO 2022 IR 87`, the standard's own example) or Korean
 (`ISO 2022 IR 6\\ISO 2022 IR 149`) got no SEG at all: highdicom refuses those Specific Character Set values. They
-are now written in UTF-8 (ISO_IR 192); a character set highdicom takes is kept as it is.
+are now written in UTF-8 (ISO_IR 192); a character set highdicom takes is kept as it is. The node's rejection note,
+made from a source header when a study is refused, is written the same way (interop review 48 F2).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.uid import ComprehensiveSRStorage, generate_uid
 
 from app.dicom.dicom_seg import build_segmentation, part10_bytes
 from app.dicom.dicom_series import SliceInput, prepare_inputs
-from app.dicom.dicom_sr import VolumeFindings, build_volume_report
+from app.dicom.dicom_sr import ResultReference, VolumeFindings, build_volume_report
+from app.dicom.rejection_note import build_rejection_note
 from app.errors import SegmentationInputError
 from tests.conftest import TUMOR_SERIES, read_truth
 from tests.dicom.builders import Study, mr_series, to_bytes, tumor_channels
@@ -150,3 +153,22 @@ def test_an_escape_under_code_extensions_is_read_as_the_standard_says() -> None:
     seg = written(part10_bytes(build_segmentation(inputs, masks, MODEL_TAGS)))
 
     assert seg.PatientID == "ABCD"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_rejection_note_made_from_a_source_keeps_its_names_in_any_character_set(case: str) -> None:
+    """Interop review 48 F2: a study refused after it was answered gets a note made from a source header; a Japanese
+    or Korean one (ISO 2022 code extensions, which highdicom refuses) got none, and its earlier results stood."""
+    character_set, name, description, written_in = CASES[case]
+    header = source_series(character_set, name, description)[0].reference.header
+    earlier_sr = ResultReference(generate_uid(), ComprehensiveSRStorage, generate_uid())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        note = to_bytes(build_rejection_note([earlier_sr], header, MODEL_TAGS, "dicom-node"))
+
+    found = written(note)
+    assert found.get("SpecificCharacterSet") == written_in
+    assert str(found.PatientName) == name
+    assert found.StudyDescription == description
+    assert dciodvfy_errors(note, "KeyObjectSelectionDocument") == []
