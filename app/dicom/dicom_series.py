@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.preprocessing import CHANNEL_ORDER, FLAIR_CHANNEL, INPUT_SHAPE
-from app.dicom.dicom_frame import DicomFrame, source_instance_uids
+from app.dicom.dicom_frame import DicomFrame, frame_value, source_instance_uids
 from app.dicom.slice_orientation import InPlaneTurn, in_plane_turn
 from app.dicom.square_pixels import SquarePixels, pixel_aspect, square_pixels
 from app.errors import InvalidDicomImageError
@@ -362,18 +362,37 @@ def _close(first: Sequence[float], second: Sequence[float], tolerance: float) ->
     return all(abs(a - b) <= tolerance for a, b in zip(first, second, strict=True))
 
 
-ECHO_AND_ACQUISITION_ATTRIBUTES = ("EchoNumbers", "EchoTime", "AcquisitionNumber", "TemporalPositionIdentifier")
+# Each echo or acquisition attribute with the functional group where a multi-frame file keeps it per frame: an
+# Enhanced MR in its MR Echo and Frame Content groups, a Legacy Converted Enhanced MR the classic ones in its
+# Unassigned Per-Frame Converted Attributes. A single-frame file keeps them at its top level, where `frame_value`
+# falls back.
+UNASSIGNED_PER_FRAME = "UnassignedPerFrameConvertedAttributesSequence"
+ECHO_AND_ACQUISITION_ATTRIBUTES = (
+    ("EchoNumbers", UNASSIGNED_PER_FRAME),
+    ("EchoTime", UNASSIGNED_PER_FRAME),
+    ("EffectiveEchoTime", "MREchoSequence"),
+    ("AcquisitionNumber", UNASSIGNED_PER_FRAME),
+    ("FrameAcquisitionNumber", "FrameContentSequence"),
+    ("TemporalPositionIdentifier", UNASSIGNED_PER_FRAME),
+    ("TemporalPositionIndex", "FrameContentSequence"),
+)
 
 
 def _attributes_that_tell_apart(members: Sequence[DicomFrame]) -> str:
-    """The names of the echo and acquisition attributes whose values differ between `members` ("" if none do).
+    """The names of the echo and acquisition attributes whose values differ between `members` ("" if none do),
+    each frame's own (interop review 48 F3: an Enhanced MR keeps its echoes per frame, and its frames seemed alike).
     Names only: the values are the files' content."""
     differing = [
-        name
-        for name in ECHO_AND_ACQUISITION_ATTRIBUTES
-        if len({str(member.header.get(name, "")) for member in members}) > 1
+        keyword
+        for keyword, group in ECHO_AND_ACQUISITION_ATTRIBUTES
+        if len({_frame_text(member, group, keyword) for member in members}) > 1
     ]
     return " and ".join(differing)
+
+
+def _frame_text(member: DicomFrame, group: str, keyword: str) -> str:
+    value = frame_value(member.header, member.frame_number - 1, group, keyword)
+    return "" if value is None else str(value)
 
 
 def _copies_of_one_another(members: Sequence[DicomFrame]) -> bool:
@@ -391,11 +410,6 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
         frames = {(member.sop_instance_uid, member.frame_number) for member in members}
         if len(frames) < len(members):
             where = "the same instance (SOP Instance UID) sent more than once"
-        elif len(files) == 1:
-            where = (
-                "one multi-frame file that gives no position per frame (a cine, or a stack without its Plane Position "
-                "per frame)"
-            )
         elif _copies_of_one_another(members):  # before echoes: a copy may store them otherwise (review 36b)
             raise InvalidDicomImageError(
                 f"{len(members)} frames lie at one slice position {position}: the same slice arrived more than once "
@@ -405,10 +419,18 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
         elif told_apart := _attributes_that_tell_apart(members):
             # A multi-echo (PD/T2) or repeated acquisition: the files are one per image, but the models read one
             # image per position, and which one is FLAIR is not for the service to guess.
+            # Checked before a multi-frame file's own fault (interop review 48 F3): an Enhanced MR of two echoes
+            # has a position per frame, and was told to give one.
+            images, held_in = ("frames", "one multi-frame file") if len(files) == 1 else ("files", "one series")
             raise InvalidDicomImageError(
-                f"{len(members)} files of one series lie at each slice position (first at {position}), told apart by "
-                f"{told_apart}: the series holds several echoes or acquisitions, and the models read one image per "
-                "slice position; send the files of one echo and one acquisition (the FLAIR ones) only"
+                f"{len(members)} {images} of {held_in} lie at each slice position (first at {position}), told apart "
+                f"by {told_apart}: the series holds several echoes or acquisitions, and the models read one image "
+                f"per slice position; send the {images} of one echo and one acquisition (the FLAIR ones) only"
+            )
+        elif len(files) == 1:
+            where = (
+                "one multi-frame file that gives no position per frame (a cine, or a stack without its Plane Position "
+                "per frame)"
             )
         else:
             where = f"{len(files)} files of one series with the same ImagePositionPatient"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import EnhancedMRImageStorage, generate_uid
 
 from app.dicom.dicom_series import SlicePlaces, model_inputs, normalise_volume, prepare_inputs
 from app.dicom.slice_order import anatomical_order, missing_slices, series_breaks
@@ -197,6 +197,32 @@ def test_prepare_inputs_names_the_echoes_of_a_multi_echo_series(flair: np.ndarra
     assert "told apart by EchoNumbers and EchoTime" in message
     assert "send the files of one echo and one acquisition (the FLAIR ones) only" in message
     assert "12.5" not in message and "send one file per slice" not in message
+
+
+def test_prepare_inputs_names_the_echoes_of_a_multi_echo_enhanced_mr_file() -> None:
+    """Interop review 48 F3: an Enhanced MR file of two echoes per position, each frame with its own position and
+    MR Echo Sequence, was told it "gives no position per frame" and to send "a position per frame", which it did."""
+    study, series_uid = Study(), generate_uid()
+    echoes = [
+        mr_dataset(image, study, series_uid, instance_number=2 * index + echo, position_mm=index * 5.0)
+        for index, image in enumerate(tumor_channels())
+        for echo in (1, 2)
+    ]
+    enhanced = legacy_multiframe(echoes)
+    enhanced.SOPClassUID = enhanced.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    for frame, group in enumerate(enhanced.PerFrameFunctionalGroupsSequence):
+        echo = Dataset()
+        echo.EffectiveEchoTime = (81.0, 120.0)[frame % 2]
+        group.MREchoSequence = [echo]
+
+    with pytest.raises(InvalidDicomImageError) as refused:
+        prepare_inputs(read_dicom(to_bytes(enhanced)))
+
+    message = refused.value.message
+    assert "2 frames of one multi-frame file lie at each slice position" in message
+    assert "told apart by EffectiveEchoTime" in message
+    assert "send the frames of one echo and one acquisition (the FLAIR ones) only" in message
+    assert "gives no position per frame" not in message and "81" not in message
 
 
 @pytest.mark.parametrize("frame_count", [2, 3])
