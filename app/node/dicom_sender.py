@@ -208,19 +208,23 @@ class ResultSender:
                 if self.stopping.is_set():
                     failures.append("the node stopped before all were sent")
                     break
+                store_started = time.monotonic()
                 was_stored, failure = _store(association, dataset, accepted)
+                waited = time.monotonic() - store_started
                 if was_stored:
                     stored.append(path)
                 elif failure:
                     failures.append(failure)
                 else:
                     declined.append(path)
+                if failure.startswith(NO_RESPONSE):
+                    # pynetdicom returns at once on an A-ABORT, before its reactor marks the association aborted
+                    # (and ends it): wait for that, rather than send the next result into an ended association.
+                    association.join(self.timeout_seconds)
                 if not association.is_established:
-                    failures.append(
-                        "association aborted after it was established"
-                        if association.is_aborted
-                        else "association ended by the destination"
-                    )
+                    # Within the timeout: the destination's doing, not pynetdicom's abort on its DIMSE timeout.
+                    refused_at_once = not stored and waited < self.timeout_seconds
+                    failures.append(self._ended_by_destination(association, destination, refused_at_once))
                     break
         finally:
             if self.stopping.is_set():  # a release would wait for an answer on a connection the stop cut
@@ -228,6 +232,21 @@ class ResultSender:
             elif association.is_established:
                 association.release()
         return stored, declined, "; ".join(dict.fromkeys(failures)), True
+
+    def _ended_by_destination(self, association: Association, destination: Destination, refused_at_once: bool) -> str:
+        """Why an association the destination accepted ended before all was sent (`refused_at_once`: it ended it
+        on a C-STORE, within the timeout, before storing anything). An abort then is how a PACS refuses stores from
+        a calling AE title it does not know (Orthanc, by default): the error names the titles, as a rejected
+        association's reason does (interop review 48 F4: it said only "aborted")."""
+        if not association.is_aborted:
+            return "association ended by the destination"
+        if not refused_at_once or self.stopping.is_set():
+            return "association aborted after it was established"
+        return (
+            "association aborted after it was established, before the destination stored anything: it may not "
+            f"accept stores from this node's AE title {self.ae_title} (DICOM_NODE_AE_TITLE): declare that title, "
+            f"with this node's host, as allowed to store at {destination.ae_title}"
+        )
 
     def _not_associated(
         self,
@@ -309,6 +328,9 @@ SR stand without it. Declined, it is recorded so ("declined") and not retried (r
 its C-STORE had the study retried for good, every alert firing)."""
 
 
+NO_RESPONSE = "no C-STORE response"
+
+
 def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool, str]:
     """C-STORE one dataset: (whether it was stored, why not: "" when stored or declined as `OPTIONAL_CLASSES` may
     be). A connection that fails is never a decline: it is retried."""
@@ -325,7 +347,7 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool
         return False, f"{modality} not sent ({type(error).__name__})"
     code = int(status.Status) if status is not None and "Status" in status else None
     if code is None:
-        return False, f"no C-STORE response for the {modality}"
+        return False, f"{NO_RESPONSE} for the {modality}"
     if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
         if optional:
             logger.info(

@@ -125,6 +125,41 @@ def test_an_association_aborted_after_it_was_established_is_told_apart(
     assert "does the destination accept" not in failure
 
 
+def test_an_abort_before_anything_was_stored_names_the_node_s_ae_title_as_the_likely_cause(
+    start_store: Callable[..., int], results_files: list[Path]
+) -> None:
+    """Interop review 48 F4: Orthanc accepts an association from a calling AE title it does not know, then aborts on
+    the first C-STORE; the error said only "aborted", with nothing to point the admin at the AE titles."""
+    port = start_store(RESULT_CLASSES, abort)
+
+    failure = send(port, results_files)
+
+    assert failure.endswith(
+        "association aborted after it was established, before the destination stored anything: it may not accept "
+        f"stores from this node's AE title BRAINTUMOR (DICOM_NODE_AE_TITLE): declare that title, with this node's "
+        f"host, as allowed to store at {RESULTS_AE}"
+    )
+
+
+def test_an_abort_after_a_result_was_stored_does_not_blame_the_ae_title(
+    start_store: Callable[..., int], results_files: list[Path]
+) -> None:
+    """The destination took the node's stores, so its AE title is not what it refuses."""
+    stores: list[str] = []
+
+    def store_then_abort(event: Any) -> int:
+        stores.append(event.request.AffectedSOPClassUID)
+        return 0x0000 if len(stores) == 1 else abort(event)
+
+    port = start_store(RESULT_CLASSES, store_then_abort)
+    sender = ResultSender("BRAINTUMOR", retries=0, backoff_seconds=0.0, timeout_seconds=5.0)
+
+    outcome = sender.send(Destination(RESULTS_AE, HOST, port), results_files)
+
+    assert outcome.stored == (results_files[0],)
+    assert outcome.failure.endswith("association aborted after it was established")
+
+
 def test_a_destination_that_accepts_the_connection_but_never_answers_is_not_unreachable(
     results_files: list[Path],
 ) -> None:
