@@ -76,9 +76,16 @@ MAX_CHANGE_PAGES_PER_PASS = 1000
 whose log never says Done cannot keep the due retries from their turn."""
 
 
+WAITING = "waiting_for_stable"
+"""The one `SyncReport` field that is not an outcome."""
+
+
 @dataclass
 class SyncReport:
-    """Counts of studies looked at in one or more passes, by outcome."""
+    """Counts of studies looked at in one or more passes, by outcome; and `waiting_for_stable`, not an outcome: the
+    studies found that wait, at the end of the latest pass, for Orthanc to call them stable (`SyncState.receiving`).
+    Without it, ``--once`` printed all zeros for a study stored within StableAge, which read as "nothing to do"
+    (interop review 48 F5)."""
 
     positive: int = 0
     negative: int = 0
@@ -86,10 +93,12 @@ class SyncReport:
     failed: int = 0
     already_done: int = 0
     gave_up: int = 0
+    waiting_for_stable: int = 0
 
     def add(self, other: SyncReport) -> None:
+        """Sum the outcomes; the waiting studies are the latest pass's (the same study waits in several)."""
         for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
+            setattr(self, name, value if name == WAITING else getattr(self, name) + value)
 
     def count(self, outcome: str | None) -> None:
         if outcome is not None:
@@ -97,6 +106,10 @@ class SyncReport:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def outcomes(self) -> dict[str, int]:
+        """The counts by outcome, for the metrics' counter (`as_dict` without `waiting_for_stable`)."""
+        return {name: value for name, value in asdict(self).items() if name != WAITING}
 
 
 def run_pacs_sync(
@@ -156,7 +169,7 @@ def run_pacs_sync(
         else:
             total.add(report)
             if metrics is not None:
-                metrics.count_pass(report.as_dict(), clock(), studies.take_failures())
+                metrics.count_pass(report.outcomes(), clock(), studies.take_failures())
         if once:
             return total
         sleep(config.poll_seconds)
@@ -184,6 +197,18 @@ def sync_once(studies: StudySync, state: SyncState) -> SyncReport:
         if study_id in looked_at:
             continue  # a retry waits for the next pass, however short the backoff
         _process_once_stable(studies, study_id, state, report, retry=True)
+    report.waiting_for_stable = len(state.receiving)
+    if state.receiving:
+        logger.info(
+            "studies waiting until Orthanc calls them stable (StableAge, PACS_STABLE_SECONDS)",
+            extra={
+                "fields": {
+                    WAITING: len(state.receiving),
+                    "orthanc_studies": sorted(state.receiving)[:10],
+                    "next_look_in_seconds": round(max(0.0, min(state.receiving.values()) - studies.clock()), 1),
+                }
+            },
+        )
     _save(state)
     return report
 

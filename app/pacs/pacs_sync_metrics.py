@@ -1,7 +1,7 @@
 """Prometheus metrics of pacs-sync (`brain-tumor pacs-sync`), served on ``PACS_SYNC_METRICS_PORT``.
 
 Counters move at the end of each pass (`app.pacs.pacs_sync.run_pacs_sync`); the gauges read the sync state
-(`app.pacs.pacs_sync_state.SyncState`) at each scrape. Labels are a fixed vocabulary (the `SyncReport` fields), never
+(`app.pacs.pacs_sync_state.SyncState`) at each scrape. Labels are a fixed vocabulary (the `SyncReport` outcomes), never
 Orthanc IDs or DICOM values. Like `app.metrics.ServiceMetrics`: a registry of its own, the process' own metrics
 (``process_*``), the release (``brain_tumor_build_info``), no ``_created`` series.
 """

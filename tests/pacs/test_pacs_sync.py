@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import subprocess
 from collections import Counter
@@ -135,6 +136,29 @@ def test_pacs_sync_does_not_segment_a_t1_only_study_then_segments_its_late_flair
     }
 
 
+def test_pacs_sync_once_counts_and_logs_a_study_still_waiting_for_stable_age(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Interop review 48 F5: a study stored within Orthanc's StableAge made ``--once`` print all zeros and log
+    nothing, which an operator reads as "nothing to do"; the study was in fact waiting to be analysed."""
+    (tmp_path / "pacs").mkdir()
+    with running_orthanc(tmp_path / "pacs", stable_age=120) as orthanc:
+        state_file = tmp_path / "state.json"
+        config_for(orthanc, state_file)
+        study_id = orthanc.study_of(orthanc.store(mr_series(tumor_channels())))
+        parser = argparse.ArgumentParser()
+        pacs_sync.add_arguments(parser)
+        args = parser.parse_args(["--orthanc", orthanc.url, "--state-file", str(state_file), "--once"])
+
+        with caplog.at_level(logging.INFO, logger=pacs_sync.__name__):
+            assert pacs_sync.main(args, settings=cli_settings(tiny_model_dir)) == 0
+
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == SyncReport(waiting_for_stable=1).as_dict()
+    (waiting,) = [record for record in caplog.records if record.getMessage().startswith("studies waiting")]
+    assert waiting.fields["orthanc_studies"] == [study_id]  # type: ignore[attr-defined]
+    assert waiting.fields["waiting_for_stable"] == 1  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("read_before_restart", [True, False], ids=["changes read before", "changes read after"])
 def test_pacs_sync_analyses_a_series_whose_stable_change_an_orthanc_restart_lost(
     predictor: Predictor, tmp_path: Path, read_before_restart: bool
@@ -149,12 +173,13 @@ def test_pacs_sync_analyses_a_series_whose_stable_change_an_orthanc_restart_lost
         config = config_for(orthanc, state_file)
         study_id = orthanc.study_of(orthanc.store(series))
         if read_before_restart:
-            assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()  # not stable
+            not_stable = run_pacs_sync(config, predictor, once=True, clock=lambda: now[0])
+            assert not_stable == SyncReport(waiting_for_stable=1)
     with running_orthanc(tmp_path / "pacs", stable_age=120, port=port) as orthanc:
         assert orthanc.get(f"/studies/{study_id}")["IsStable"]
         assert "StableSeries" not in {change["ChangeType"] for change in orthanc.get("/changes")["Changes"]}
         if not read_before_restart:
-            assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()
+            assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport(waiting_for_stable=1)
         now[0] += config.poll_seconds
 
         assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport(positive=1)
@@ -186,7 +211,7 @@ def test_pacs_sync_revises_a_result_when_late_instances_lost_their_stable_change
         later = orthanc.get(f"/changes?since={analysed_up_to}")["Changes"]
         assert {change["ChangeType"] for change in later} >= {"NewInstance"}
         assert "StableSeries" not in {change["ChangeType"] for change in later}
-        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport()
+        assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport(waiting_for_stable=1)
         now[0] += config.poll_seconds
 
         assert run_pacs_sync(config, predictor, once=True, clock=lambda: now[0]) == SyncReport(positive=1)
@@ -230,7 +255,7 @@ def test_pacs_sync_asks_for_a_receiving_series_once_a_pass_however_many_instance
         client = OrthancClient(config)
         counter = AnswerCounter(client)
         answer_bytes = {}
-        for instances in (10, 60):
+        for waiting, instances in enumerate((10, 60), start=1):
             study, series_uid = Study(), generate_uid()
             image = np.full((8, 8), 7, np.uint8)
             orthanc.store([mr_dataset(image, study, series_uid, n + 1, n * SLICE_GAP_MM) for n in range(instances)])
@@ -238,7 +263,7 @@ def test_pacs_sync_asks_for_a_receiving_series_once_a_pass_however_many_instance
 
             report = run_pacs_sync(config, predictor, once=True, client=client, clock=lambda: 1000.0)
 
-            assert report == SyncReport()  # still receiving: looked at at a later pass
+            assert report == SyncReport(waiting_for_stable=waiting)  # still receiving: looked at at a later pass
             assert counter.calls["GET /instances/<id>"] == instances
             assert counter.calls["GET /series/<id>"] == 1
             assert counter.calls["GET /instances/<id>/series"] == 0

@@ -169,10 +169,10 @@ def test_a_series_stable_in_a_study_still_receiving_waits_for_the_study() -> Non
     state = SyncState()
     record_writes = f"PUT /studies/st1/metadata/{SYNC_METADATA}"
 
-    assert sync_once(studies, state) == SyncReport()  # the study is still receiving: not analysed
+    assert sync_once(studies, state) == SyncReport(waiting_for_stable=1)  # still receiving: not analysed
     assert (state.last_change, state.receiving, state.retries) == (1, {"st1": 1000.0 + CONFIG.poll_seconds}, {})
     now[0] += CONFIG.poll_seconds
-    assert sync_once(studies, state) == SyncReport()  # still receiving at the next pass
+    assert sync_once(studies, state) == SyncReport(waiting_for_stable=1)  # still receiving at the next pass
     now[0] += CONFIG.poll_seconds
 
     assert sync_once(studies, state) == SyncReport(not_analysed=1)
@@ -201,7 +201,7 @@ def test_a_study_orthanc_calls_stable_right_after_its_restart_waits_for_its_last
     studies = studies_on_a_clock(session, now, replace(CONFIG, stable_seconds=60.0))
     state = SyncState()
 
-    assert sync_once(studies, state) == SyncReport()  # its last instance came 10 s ago: looked at again later
+    assert sync_once(studies, state) == SyncReport(waiting_for_stable=1)  # its last instance came 10 s ago
     assert state.receiving == {"st1": 1000.0 + CONFIG.poll_seconds}
     now[0] += CONFIG.poll_seconds
     assert sync_once(studies, state) == SyncReport(not_analysed=1)  # 60 s old by Orthanc's clock
@@ -250,7 +250,7 @@ def test_a_failed_study_that_receives_something_else_keeps_its_retry_time(tmp_pa
     backoff_until = 5000.0
     state = SyncState(tmp_path / "state.json", retries={"st1": backoff_until})
 
-    assert sync_once(studies, state) == SyncReport()  # still receiving: not looked at
+    assert sync_once(studies, state) == SyncReport(waiting_for_stable=1)  # still receiving: not looked at
     state = SyncState.load(tmp_path / "state.json")  # a restart in between
     assert (state.receiving, state.retries) == ({"st1": 1000.0 + CONFIG.poll_seconds}, {"st1": backoff_until})
     now[0] += CONFIG.poll_seconds
