@@ -156,6 +156,11 @@ STATUS_SUMMARIES = {
     503: "models not ready, the inference queue full, or too slow; see Retry-After",
 }
 PREDICTION_STATUSES = (400, 401, 403, 413, 415, 422, 429, 503)
+# Binary bodies as OpenAPI tools recognise them (API review 48 F1): FastAPI describes an upload part by
+# `contentMediaType` alone, which openapi-python-client types as a text field (it sent the file's repr), and a media
+# type without a schema makes a generated client json-decode the DICOM or PNG bytes.
+BINARY_UPLOAD = {"format": "binary"}
+BINARY_CONTENT = {"schema": {"type": "string", "format": "binary"}}
 READ_STATUSES = (401, 403, 429)
 
 

@@ -32,6 +32,8 @@ from app.api.content_negotiation import (
 from app.api.deps import PredictionServiceDep, PredictorDep, RequestIdDep, SettingsDep
 from app.api.disconnect import unless_client_gone
 from app.api.openapi_docs import (
+    BINARY_CONTENT,
+    BINARY_UPLOAD,
     OPTIONAL_API_KEY,
     PREDICTION_STATUSES,
     document_api_key,
@@ -53,7 +55,7 @@ ERROR_RESPONSES = error_responses(*PREDICTION_STATUSES)
 PREDICT_EXAMPLES: dict[int | str, dict] = {
     200: {
         "content": {
-            DICOM_MEDIA_TYPE: {},
+            DICOM_MEDIA_TYPE: BINARY_CONTENT,
             **response_examples(
                 predict_tumor="tests/data/lgg/.../TCGA_DU_A5TW_19980228_22.jpg: tumor, mask as COCO RLE",
                 predict_tumor_free="tests/data/lgg/.../TCGA_DU_A5TW_19980228_8.jpg: no tumor, no mask",
@@ -65,8 +67,8 @@ PREDICT_EXAMPLES: dict[int | str, dict] = {
 BATCH_EXAMPLES: dict[int | str, dict] = {
     200: {
         "content": {
-            DICOM_MEDIA_TYPE: {},
-            f'{MULTIPART_MEDIA_TYPE}; type="{DICOM_MEDIA_TYPE}"': {},
+            DICOM_MEDIA_TYPE: BINARY_CONTENT,
+            f'{MULTIPART_MEDIA_TYPE}; type="{DICOM_MEDIA_TYPE}"': BINARY_CONTENT,
             **response_examples(
                 batch="a JPEG slice and a text file: one result per file, the bad one with its own error",
                 series="three DICOM instances of one series: a result per slice and the tumor volume",
@@ -79,7 +81,21 @@ BATCH_EXAMPLES: dict[int | str, dict] = {
     }
 }
 SliceFile = Annotated[
-    UploadFile, File(description="one MRI slice: PNG, JPEG, TIFF (8 or 16 bit, grey or RGB) or DICOM")
+    UploadFile,
+    File(
+        description="one MRI slice: PNG, JPEG, TIFF (8 or 16 bit, grey or RGB) or DICOM",
+        json_schema_extra=BINARY_UPLOAD,
+    ),
+]
+SeriesFiles = Annotated[
+    list[UploadFile],
+    File(
+        description="slices of one series, in order",
+        # FastAPI writes the items' schema; this one replaces it whole, so it repeats FastAPI's media type.
+        json_schema_extra={
+            "items": {"type": "string", "contentMediaType": "application/octet-stream", **BINARY_UPLOAD}
+        },
+    ),
 ]
 MaskFormatQuery = Annotated[schemas.MaskFormat, Query(description="mask encodings to return")]
 OutputQuery = Annotated[
@@ -183,7 +199,7 @@ async def create_prediction(
 )
 async def create_batch_prediction(
     request: Request,
-    files: Annotated[list[UploadFile], File(description="slices of one series, in order")],
+    files: SeriesFiles,
     service: PredictionServiceDep,
     predictor: PredictorDep,
     settings: SettingsDep,
@@ -256,7 +272,7 @@ async def create_batch_prediction(
     dependencies=[query_parameters()],
     openapi_extra=OPTIONAL_API_KEY,
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "the slice with the tumor outline"}}
+    responses={200: {"content": {"image/png": BINARY_CONTENT}, "description": "the slice with the tumor outline"}}
     | ERROR_RESPONSES,
 )
 async def create_overlay(request: Request, file: SliceFile, service: PredictionServiceDep) -> Response:

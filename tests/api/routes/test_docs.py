@@ -152,3 +152,22 @@ def test_host_not_allowed_is_documented_as_brain_tumor_serve_answers_it() -> Non
 
     assert "absolute-form request target" in entry.meaning
     assert "two Host headers are a 400 invalid_http_request" in entry.meaning
+
+
+def test_openapi_describes_uploads_and_dicom_and_png_answers_as_binary(openapi: dict) -> None:
+    """API review 48 F1: without `format: binary` a generated client sent the file's repr as a text field, and
+    without a schema on the DICOM and PNG answers it json-decoded them."""
+    binary = {"type": "string", "format": "binary"}
+    paths = openapi["paths"]
+    for path, field in (("/v1/predict", "file"), ("/v1/overlay", "file"), ("/v1/predict/batch", "files")):
+        body = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        schema = openapi["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]["properties"][field]
+        part = schema["items"] if field == "files" else schema
+        assert part["format"] == "binary", path
+    predict_answer = paths["/v1/predict"]["post"]["responses"]["200"]["content"]
+    batch_answer = paths["/v1/predict/batch"]["post"]["responses"]["200"]["content"]
+    overlay_answer = paths["/v1/overlay"]["post"]["responses"]["200"]["content"]
+    assert predict_answer["application/dicom"]["schema"] == binary
+    assert batch_answer["application/dicom"]["schema"] == binary
+    assert batch_answer['multipart/related; type="application/dicom"']["schema"] == binary
+    assert overlay_answer["image/png"]["schema"] == binary
