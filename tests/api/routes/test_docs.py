@@ -171,3 +171,12 @@ def test_openapi_describes_uploads_and_dicom_and_png_answers_as_binary(openapi: 
     assert batch_answer["application/dicom"]["schema"] == binary
     assert batch_answer['multipart/related; type="application/dicom"']["schema"] == binary
     assert overlay_answer["image/png"]["schema"] == binary
+
+
+def test_accept_negotiation_is_described_in_prose_not_as_a_header_parameter(openapi: dict) -> None:
+    """API review 48 F10: OpenAPI 3.1 says tools SHALL ignore a header parameter named Accept."""
+    for path in ("/v1/predict", "/v1/predict/batch"):
+        parameters = openapi["paths"][path]["post"]["parameters"]
+        assert "accept" not in {parameter["name"].lower() for parameter in parameters}, path
+        (output,) = [parameter for parameter in parameters if parameter["name"] == "output"]
+        assert "the Accept header chooses" in output["description"]
