@@ -9,14 +9,15 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Security
+from fastapi import FastAPI, Security
 from fastapi.security import APIKeyHeader
 
 from app import schemas
 
 EXAMPLES_FILE = Path(__file__).with_name("openapi_examples.json")
+NULL_IN_EXAMPLE = "\u0000null"  # stands for null in the examples until FastAPI has built the document
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def recorded_examples() -> dict:
 def error_example(entry: ErrorCode) -> dict:
     recorded = recorded_examples()["errors"].get(entry.code)
     body = recorded["body"] if recorded else {"error": {"code": entry.code, "message": entry.meaning}}
-    return {"summary": f"{entry.code}: {entry.meaning}", "value": body}
+    return {"summary": f"{entry.code}: {entry.meaning}", "value": with_null_markers(body)}
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict]:
@@ -197,9 +198,49 @@ def response_examples(**named: str) -> dict[str, dict]:
     """`{"application/json": {"examples": ...}}` of recorded answers, by the name they were recorded under."""
     recorded = recorded_examples()["responses"]
     examples = {
-        name: {"summary": summary, "value": recorded[name]} for name, summary in named.items() if name in recorded
+        name: {"summary": summary, "value": with_null_markers(recorded[name])}
+        for name, summary in named.items()
+        if name in recorded
     }
     return {"application/json": {"examples": examples}} if examples else {}
+
+
+def keep_example_nulls(app: FastAPI) -> None:
+    """Make `app.openapi()` keep the nulls of the examples (API review 48 F8).
+
+    FastAPI encodes the whole document with `exclude_none`, so the tumor-free answer's `"mask": null` was lost and
+    the example failed its own schema (`mask` is required). The examples reach FastAPI with `NULL_IN_EXAMPLE` for
+    each null (`with_null_markers`), put back as null in the document FastAPI built (and caches).
+    """
+    build_document = app.openapi
+
+    def openapi() -> dict:
+        document = build_document()
+        document["paths"] = _with_nulls(document["paths"])
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def with_null_markers(value: Any) -> Any:
+    """`value` with every None as `NULL_IN_EXAMPLE`, which FastAPI's encoding keeps."""
+    if value is None:
+        return NULL_IN_EXAMPLE
+    if isinstance(value, dict):
+        return {key: with_null_markers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_null_markers(item) for item in value]
+    return value
+
+
+def _with_nulls(value: Any) -> Any:
+    if value == NULL_IN_EXAMPLE:
+        return None
+    if isinstance(value, dict):
+        return {key: _with_nulls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_nulls(item) for item in value]
+    return value
 
 
 api_key_header = APIKeyHeader(
