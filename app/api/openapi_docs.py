@@ -6,6 +6,7 @@ answers of the committed models to the committed test slices (app/api/openapi_ex
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -154,15 +155,28 @@ STATUS_SUMMARIES = {
     415: "not PNG, JPEG, TIFF or an MR DICOM image (judged by the magic bytes)",
     422: "missing or malformed field",
     429: "too many requests for this key; see Retry-After",
+    500: "a bug in the service",
     503: "models not ready, the inference queue full, or too slow; see Retry-After",
 }
-PREDICTION_STATUSES = (400, 401, 403, 413, 415, 422, 429, 503)
+# What each operation can answer, listed on it (API review 48 F3: 422 on the read routes, 401 on /metrics and 500
+# were answered but undocumented, and a generated client returns None for an undocumented status).
+PREDICTION_STATUSES = (400, 401, 403, 413, 415, 422, 429, 500, 503)
+READ_STATUSES = (401, 403, 429, 500)  # GET routes behind the API key: /v1/models and /metrics
+# Answered by the HTTP layer or the router before any operation runs, on every path: the `default` response.
+PROTOCOL_CODES = (
+    "invalid_http_request",
+    "not_found",
+    "method_not_allowed",
+    "request_timeout",
+    "headers_too_large",
+    "method_not_implemented",
+    "too_many_connections",
+)
 # Binary bodies as OpenAPI tools recognise them (API review 48 F1): FastAPI describes an upload part by
 # `contentMediaType` alone, which openapi-python-client types as a text field (it sent the file's repr), and a media
 # type without a schema makes a generated client json-decode the DICOM or PNG bytes.
 BINARY_UPLOAD = {"format": "binary"}
 BINARY_CONTENT = {"schema": {"type": "string", "format": "binary"}}
-READ_STATUSES = (401, 403, 429)
 
 
 @cache
@@ -180,11 +194,12 @@ def error_example(entry: ErrorCode) -> dict:
     return {"summary": f"{entry.code}: {entry.meaning}", "value": with_null_markers(body)}
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict]:
-    """OpenAPI `responses` for these statuses: each lists its codes with their meanings, and one example per code."""
+def error_responses(*statuses: int, only: Collection[str] = ()) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these statuses: each lists its codes with their meanings, and one example per code;
+    with `only`, just those codes (a read route's 422 is never `no_flair_series`)."""
     responses: dict[int | str, dict] = {}
     for status in statuses:
-        entries = [entry for entry in ERROR_CATALOGUE if entry.status == status]
+        entries = [entry for entry in ERROR_CATALOGUE if entry.status == status and (not only or entry.code in only)]
         codes = "; ".join(f"`{entry.code}`: {entry.meaning}" for entry in entries)
         responses[status] = {
             "model": schemas.ErrorResponse,
@@ -192,6 +207,19 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
             "content": {"application/json": {"examples": {entry.code: error_example(entry) for entry in entries}}},
         }
     return responses
+
+
+def protocol_error_response() -> dict[int | str, dict]:
+    """The `default` response: the refusals any path can get before an operation runs (`PROTOCOL_CODES`)."""
+    entries = [entry for entry in ERROR_CATALOGUE if entry.code in PROTOCOL_CODES]
+    codes = "; ".join(f"`{entry.code}` ({entry.status}): {entry.meaning}" for entry in entries)
+    return {
+        "default": {
+            "model": schemas.ErrorResponse,
+            "description": f"refused by the server before this operation runs, on any path. Codes: {codes}.",
+            "content": {"application/json": {"examples": {entry.code: error_example(entry) for entry in entries}}},
+        }
+    }
 
 
 def response_examples(**named: str) -> dict[str, dict]:
@@ -242,6 +270,10 @@ def _with_nulls(value: Any) -> Any:
         return [_with_nulls(item) for item in value]
     return value
 
+
+# Every operation's: a bug (500), and what the server refuses before any operation runs (`default`).
+SERVER_RESPONSES = error_responses(500) | protocol_error_response()
+UNKNOWN_QUERY_RESPONSE = error_responses(422, only={"validation_error"})  # routes that take no query parameters
 
 api_key_header = APIKeyHeader(
     name="X-API-Key",

@@ -1,18 +1,32 @@
-"""Liveness, readiness and Prometheus metrics: for orchestrators and monitoring, never behind an API key."""
+"""Liveness, readiness and Prometheus metrics: for orchestrators and monitoring. The probes are never behind an API
+key; /metrics is when the server has API keys (as the README says), and says so in the OpenAPI document."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
 
 from app import schemas
 from app.api.deps import MetricsDep, get_predictor
+from app.api.openapi_docs import (
+    OPTIONAL_API_KEY,
+    READ_STATUSES,
+    SERVER_RESPONSES,
+    UNKNOWN_QUERY_RESPONSE,
+    document_api_key,
+    error_responses,
+)
 from app.api.request_fields import query_parameters
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=SERVER_RESPONSES)
 
 
-@router.get("/health/live", dependencies=[query_parameters()], response_model=schemas.HealthStatus)
+@router.get(
+    "/health/live",
+    dependencies=[query_parameters()],
+    response_model=schemas.HealthStatus,
+    responses=UNKNOWN_QUERY_RESPONSE,
+)
 async def read_liveness() -> schemas.HealthStatus:
     """200 while the process serves requests, also during model loading."""
     return schemas.HealthStatus(status="alive")
@@ -22,9 +36,8 @@ async def read_liveness() -> schemas.HealthStatus:
     "/health/ready",
     dependencies=[query_parameters()],
     response_model=schemas.HealthStatus,
-    responses={
-        503: {"model": schemas.ErrorResponse, "description": "models not loaded and warm yet, or audit log unwritable"}
-    },
+    responses=UNKNOWN_QUERY_RESPONSE
+    | {503: {"model": schemas.ErrorResponse, "description": "models not loaded and warm yet, or audit log unwritable"}},
 )
 async def read_readiness(request: Request) -> schemas.HealthStatus:
     """200 once both models are loaded and warmed up; 503 `model_unavailable` before (or if loading failed), and
@@ -34,7 +47,13 @@ async def read_readiness(request: Request) -> schemas.HealthStatus:
     return schemas.HealthStatus(status="ready")
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    dependencies=[Security(document_api_key)],
+    openapi_extra=OPTIONAL_API_KEY,
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}} | error_responses(*READ_STATUSES),
+)
 async def read_metrics(metrics: MetricsDep) -> Response:
     """Prometheus exposition: requests and latency by endpoint and status, model run times, positives, queue."""
     body, content_type = metrics.render()

@@ -6,10 +6,18 @@ from fastapi import APIRouter, Security
 
 from app import schemas
 from app.api.deps import ManifestDep, SettingsDep
-from app.api.openapi_docs import OPTIONAL_API_KEY, READ_STATUSES, document_api_key, error_responses, response_examples
+from app.api.openapi_docs import (
+    OPTIONAL_API_KEY,
+    READ_STATUSES,
+    SERVER_RESPONSES,
+    UNKNOWN_QUERY_RESPONSE,
+    document_api_key,
+    error_responses,
+    response_examples,
+)
 from app.api.request_fields import query_parameters
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(document_api_key)])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(document_api_key)], responses=SERVER_RESPONSES)
 
 
 @router.get(
@@ -18,6 +26,7 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(documen
     openapi_extra=OPTIONAL_API_KEY,
     response_model=schemas.ModelsResponse,
     responses=error_responses(*READ_STATUSES)
+    | UNKNOWN_QUERY_RESPONSE
     | {200: {"content": response_examples(models="the committed models"), "description": "what is being served"}},
 )
 async def read_models(manifest: ManifestDep, settings: SettingsDep) -> schemas.ModelsResponse:

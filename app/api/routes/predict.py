@@ -36,6 +36,7 @@ from app.api.openapi_docs import (
     BINARY_UPLOAD,
     OPTIONAL_API_KEY,
     PREDICTION_STATUSES,
+    SERVER_RESPONSES,
     document_api_key,
     error_responses,
     response_examples,
@@ -49,7 +50,9 @@ from app.multipart_related import multipart_related
 from app.prediction import SeriesAnswer, SliceAnswer, Tally, no_image_error
 from app.raster_series_order import file_name_order_note
 
-router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)])
+router = APIRouter(
+    prefix="/v1", tags=["predict"], dependencies=[Security(document_api_key)], responses=SERVER_RESPONSES
+)
 
 ERROR_RESPONSES = error_responses(*PREDICTION_STATUSES)
 PREDICT_EXAMPLES: dict[int | str, dict] = {

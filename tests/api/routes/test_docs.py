@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 import app.dicom.dicom_input
 import app.dicom.dicom_seg
 import app.dicom.dicom_series  # noqa: F401  (their error classes join ServiceError's subclasses)
-from app.api.openapi_docs import ERROR_CATALOGUE, EXAMPLES_FILE, PREDICTION_STATUSES
+from app.api.openapi_docs import ERROR_CATALOGUE, EXAMPLES_FILE, PREDICTION_STATUSES, PROTOCOL_CODES
 from app.errors import ServiceError
 from app.main import create_app
 from app.settings import Settings
@@ -203,3 +203,51 @@ def test_every_example_validates_against_its_schema(openapi: dict) -> None:
     predict = openapi["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["examples"]
     assert predict["predict_tumor_free"]["value"]["mask"] is None
     assert len(examples) > 40  # every error code's and every recorded answer's
+
+
+# The statuses each operation answers itself; every one also lists 500 and `default` (PROTOCOL_CODES).
+OPERATION_STATUSES = {
+    ("post", "/v1/predict"): PREDICTION_STATUSES,
+    ("post", "/v1/predict/batch"): PREDICTION_STATUSES,
+    ("post", "/v1/overlay"): PREDICTION_STATUSES,
+    ("get", "/v1/models"): (401, 403, 422, 429),
+    ("get", "/metrics"): (401, 403, 429),
+    ("get", "/health/live"): (422,),
+    ("get", "/health/ready"): (422, 503),
+}
+
+
+def test_every_operation_documents_every_status_it_answers(openapi: dict) -> None:
+    """API review 48 F3: 422 on /v1/models and /health/*, 401 on /metrics, 500 and the protocol-level refusals were
+    answered but not in the document (a generated client returns None for an undocumented status)."""
+    operations = {(method, path): item for path, items in openapi["paths"].items() for method, item in items.items()}
+    assert set(operations) == set(OPERATION_STATUSES)  # a new operation gets its row here
+    for key, statuses in OPERATION_STATUSES.items():
+        responses = operations[key]["responses"]
+        assert {"200", "500", "default", *map(str, statuses)} <= set(responses), key
+        assert set(responses["default"]["content"]["application/json"]["examples"]) == set(PROTOCOL_CODES), key
+        assert set(responses["500"]["content"]["application/json"]["examples"]) == {"internal_error"}, key
+    assert operations[("get", "/metrics")]["security"] == [{"ApiKey": []}, {}]
+    for key in (("get", "/v1/models"), ("get", "/health/live"), ("get", "/health/ready")):
+        assert set(operations[key]["responses"]["422"]["content"]["application/json"]["examples"]) == {
+            "validation_error"
+        }
+
+
+def test_every_operation_answers_refusals_it_documents(
+    docs_client: TestClient, openapi: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Real requests: an unknown query parameter, and no key where the server has keys, each get a status the
+    operation lists."""
+    keyed = TestClient(
+        create_app(Settings(model_dir=tmp_path_factory.mktemp("keyed"), api_keys="lab:Kq7w9Zp2Xr4Ty6Um"))
+    )
+    for path, items in openapi["paths"].items():
+        for method in items:
+            documented = set(items[method]["responses"])
+            unknown_query = docs_client.request(method, f"{path}?unknown=1")
+            assert str(unknown_query.status_code) in documented, (method, path, unknown_query.text)
+            without_key = keyed.request(method, path)
+            assert str(without_key.status_code) in documented, (method, path, without_key.text)
+            if not path.startswith("/health/"):
+                assert without_key.status_code == 401
