@@ -64,7 +64,9 @@ PREDICT_EXAMPLES: dict[int | str, dict] = {
                 predict_tumor_free="tests/data/lgg/.../TCGA_DU_A5TW_19980228_8.jpg: no tumor, no mask",
             ),
         },
-        "description": "JSON, or a DICOM SEG with output=dicom-seg",
+        "description": "JSON, or for a DICOM slice a DICOM SEG with output=dicom-seg (or Accept: application/dicom). "
+        "No SEG is made of a slice without tumor: that answer is the JSON, with X-Tumor-Detected: false, so check "
+        "Content-Type before storing the body as a DICOM file",
     }
 }
 BATCH_EXAMPLES: dict[int | str, dict] = {
@@ -80,7 +82,8 @@ BATCH_EXAMPLES: dict[int | str, dict] = {
         "description": "JSON (per file for PNG/JPEG/TIFF, per slice for DICOM, with the series used), a DICOM SEG "
         "with output=dicom-seg (slices without a Frame of Reference, such as Secondary Captures: one SEG per positive "
         "slice, as multipart/related), the SR with output=dicom-sr, or both as multipart/related with "
-        "output=dicom-seg-sr",
+        "output=dicom-seg-sr. No SEG is made of a series without tumor: output=dicom-seg (or Accept: "
+        "application/dicom) is answered with the JSON then, with X-Tumor-Detected: false",
     }
 }
 SliceFile = Annotated[
@@ -106,7 +109,8 @@ MaskFormatQuery = Annotated[schemas.MaskFormat, Query(description="mask encoding
 OutputQuery = Annotated[
     schemas.OutputFormat,
     Query(
-        description="json; dicom-seg for a DICOM Segmentation; dicom-sr (batch only) for the series' DICOM SR volume "
+        description="json; dicom-seg for a DICOM Segmentation (when a tumor is found: else the answer is the JSON, "
+        "with X-Tumor-Detected: false); dicom-sr (batch only) for the series' DICOM SR volume "
         "report, also when no tumor is found; dicom-seg-sr (batch only) for both as multipart/related "
         "(type application/dicom: the SEG, then the SR; the SR alone when no tumor is found) (DICOM input only). "
         "Slices without a Frame of Reference (Secondary Captures) get one SEG per positive slice: several SEGs "
@@ -160,6 +164,7 @@ async def read_upload(upload: UploadFile, limits: uploads.UploadLimits) -> bytes
 )
 async def create_prediction(
     request: Request,
+    response: Response,
     file: SliceFile,
     service: PredictionServiceDep,
     predictor: PredictorDep,
@@ -184,6 +189,8 @@ async def create_prediction(
     if isinstance(answer, SeriesAnswer):
         return await run_in_threadpool(segmentation_response, answer)
     payload = await slice_payload(answer, predictor.classifier_threshold, mask_format)
+    if wants_segmentation(output):
+        mark_json_instead_of_dicom(response, payload.tumor_detected)
     return schemas.PredictionResponse(
         **dict(payload), models=schemas.ModelTags(**predictor.model_tags), request_id=request_id
     )
@@ -198,6 +205,7 @@ async def create_prediction(
 )
 async def create_batch_prediction(
     request: Request,
+    response: Response,
     files: SeriesFiles,
     service: PredictionServiceDep,
     predictor: PredictorDep,
@@ -245,6 +253,8 @@ async def create_batch_prediction(
     if isinstance(answer, SeriesAnswer) and answer.slices is None:
         return await run_in_threadpool(segmentation_response, answer)
     if isinstance(answer, SeriesAnswer):
+        if wants_segmentation(output):
+            mark_json_instead_of_dicom(response, answer.result.tumor_detected)
         return schemas.SeriesPredictionResponse(
             **payloads.series_summary(answer.result, answer.choice),
             threshold=predictor.classifier_threshold,
@@ -291,6 +301,13 @@ async def slice_payload(answer: SliceAnswer, threshold: float, mask_format: sche
     if payloads.encodes_quickly(answer.prediction):
         return payloads.slice_payload(answer.prediction, threshold, mask_format)
     return await run_in_threadpool(payloads.slice_payload, answer.prediction, threshold, mask_format)
+
+
+def mark_json_instead_of_dicom(response: Response, tumor_detected: bool) -> None:
+    """A DICOM answer was asked for and none made (no SEG of a slice or series without tumor): the JSON goes out
+    with `X-Tumor-Detected`, as a SEG would, so a client that files the body as DICOM has a header to check besides
+    Content-Type (API review 48 F5)."""
+    response.headers["X-Tumor-Detected"] = str(tumor_detected).lower()
 
 
 def segmentation_response(answer: SeriesAnswer) -> Response:

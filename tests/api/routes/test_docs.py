@@ -251,3 +251,13 @@ def test_every_operation_answers_refusals_it_documents(
             assert str(without_key.status_code) in documented, (method, path, without_key.text)
             if not path.startswith("/health/"):
                 assert without_key.status_code == 401
+
+
+def test_openapi_says_a_seg_request_without_tumor_is_answered_json(openapi: dict) -> None:
+    """API review 48 F5: output=dicom-seg of a tumor-free slice or series answers the JSON; the document said only
+    "a DICOM SEG with output=dicom-seg"."""
+    for path in ("/v1/predict", "/v1/predict/batch"):
+        operation = openapi["paths"][path]["post"]
+        (output,) = [parameter for parameter in operation["parameters"] if parameter["name"] == "output"]
+        assert "else the answer is the JSON, with X-Tumor-Detected: false" in output["description"], path
+        assert "with X-Tumor-Detected: false" in operation["responses"]["200"]["description"], path

@@ -204,6 +204,29 @@ def test_negative_series_gives_json_and_no_seg(negative_client: TestClient, seri
     assert all(item["prediction"]["mask"] is None for item in body["slices"])
 
 
+@pytest.mark.parametrize(
+    ("path", "query", "headers"),
+    [
+        ("/v1/predict", "?output=dicom-seg", {}),
+        ("/v1/predict", "", {"Accept": "application/dicom"}),
+        ("/v1/predict/batch", "?output=dicom-seg", {}),
+        ("/v1/predict/batch", "", {"Accept": "application/dicom"}),
+    ],
+)
+def test_a_seg_asked_of_a_tumor_free_slice_or_series_is_json_marked_tumor_free(
+    negative_client: TestClient, series_files: list[bytes], path: str, query: str, headers: dict[str, str]
+) -> None:
+    """API review 48 F5: the JSON that answers a SEG request without tumor carries X-Tumor-Detected: false, as a SEG
+    does, for a client that stores the body as DICOM."""
+    parts = dicom_parts(series_files) if path.endswith("batch") else {"file": ("IM0001", series_files[0])}
+    response = negative_client.post(path + query, files=parts, headers=headers)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["tumor_detected"] is False
+    assert response.headers["X-Tumor-Detected"] == "false"
+
+
 def test_unreadable_dicom_in_a_series_is_reported_in_place(client: TestClient, series_files: list[bytes]) -> None:
     broken = b"\0" * 128 + b"DICM" + b"\x02\x00"
     response = client.post("/v1/predict/batch", files=dicom_parts([series_files[0], broken, series_files[2]]))
