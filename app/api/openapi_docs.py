@@ -178,6 +178,27 @@ PROTOCOL_CODES = (
 BINARY_UPLOAD = {"format": "binary"}
 BINARY_CONTENT = {"schema": {"type": "string", "format": "binary"}}
 
+# Response headers, declared with their types (API review 48 F4: the document named none, so a client built from it
+# did not know that the DICOM and overlay answers carry their decision in headers, nor about X-Request-ID).
+BOOLEAN_HEADER = {"type": "boolean"}  # sent as `true` / `false`
+COUNT_HEADER = {"type": "integer", "minimum": 0}
+REQUEST_ID_HEADERS = {
+    "X-Request-ID": {
+        "description": "the server's id of this request (also `request_id` in a JSON answer, and in its logs); on "
+        "every answer but the refusals of the HTTP layer (400 `invalid_http_request`, 408, 431, 501, 503 "
+        "`too_many_connections`)",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    }
+}
+RETRY_AFTER_HEADERS = {
+    "Retry-After": {
+        "description": "whole seconds to wait before retrying (sent with the codes that say so)",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+ALLOW_HEADERS = {"Allow": {"description": "with 405: the methods the path takes", "schema": {"type": "string"}}}
+RETRY_STATUSES = (429, 503)
+
 
 @cache
 def recorded_examples() -> dict:
@@ -204,6 +225,7 @@ def error_responses(*statuses: int, only: Collection[str] = ()) -> dict[int | st
         responses[status] = {
             "model": schemas.ErrorResponse,
             "description": f"{STATUS_SUMMARIES[status]}. Codes: {codes}.",
+            "headers": REQUEST_ID_HEADERS | (RETRY_AFTER_HEADERS if status in RETRY_STATUSES else {}),
             "content": {"application/json": {"examples": {entry.code: error_example(entry) for entry in entries}}},
         }
     return responses
@@ -217,6 +239,7 @@ def protocol_error_response() -> dict[int | str, dict]:
         "default": {
             "model": schemas.ErrorResponse,
             "description": f"refused by the server before this operation runs, on any path. Codes: {codes}.",
+            "headers": REQUEST_ID_HEADERS | RETRY_AFTER_HEADERS | ALLOW_HEADERS,
             "content": {"application/json": {"examples": {entry.code: error_example(entry) for entry in entries}}},
         }
     }

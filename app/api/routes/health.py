@@ -11,6 +11,8 @@ from app.api.deps import MetricsDep, get_predictor
 from app.api.openapi_docs import (
     OPTIONAL_API_KEY,
     READ_STATUSES,
+    REQUEST_ID_HEADERS,
+    RETRY_AFTER_HEADERS,
     SERVER_RESPONSES,
     UNKNOWN_QUERY_RESPONSE,
     document_api_key,
@@ -25,7 +27,7 @@ router = APIRouter(tags=["health"], responses=SERVER_RESPONSES)
     "/health/live",
     dependencies=[query_parameters()],
     response_model=schemas.HealthStatus,
-    responses=UNKNOWN_QUERY_RESPONSE,
+    responses=UNKNOWN_QUERY_RESPONSE | {200: {"headers": REQUEST_ID_HEADERS}},
 )
 async def read_liveness() -> schemas.HealthStatus:
     """200 while the process serves requests, also during model loading."""
@@ -37,7 +39,14 @@ async def read_liveness() -> schemas.HealthStatus:
     dependencies=[query_parameters()],
     response_model=schemas.HealthStatus,
     responses=UNKNOWN_QUERY_RESPONSE
-    | {503: {"model": schemas.ErrorResponse, "description": "models not loaded and warm yet, or audit log unwritable"}},
+    | {
+        200: {"headers": REQUEST_ID_HEADERS},
+        503: {
+            "model": schemas.ErrorResponse,
+            "description": "models not loaded and warm yet, or audit log unwritable",
+            "headers": REQUEST_ID_HEADERS | RETRY_AFTER_HEADERS,
+        },
+    },
 )
 async def read_readiness(request: Request) -> schemas.HealthStatus:
     """200 once both models are loaded and warmed up; 503 `model_unavailable` before (or if loading failed), and
@@ -52,7 +61,7 @@ async def read_readiness(request: Request) -> schemas.HealthStatus:
     dependencies=[Security(document_api_key)],
     openapi_extra=OPTIONAL_API_KEY,
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}} | error_responses(*READ_STATUSES),
+    responses={200: {"content": {"text/plain": {}}, "headers": REQUEST_ID_HEADERS}} | error_responses(*READ_STATUSES),
 )
 async def read_metrics(metrics: MetricsDep) -> Response:
     """Prometheus exposition: requests and latency by endpoint and status, model run times, positives, queue."""

@@ -9,6 +9,7 @@ from app.api.deps import ManifestDep, SettingsDep
 from app.api.openapi_docs import (
     OPTIONAL_API_KEY,
     READ_STATUSES,
+    REQUEST_ID_HEADERS,
     SERVER_RESPONSES,
     UNKNOWN_QUERY_RESPONSE,
     document_api_key,
@@ -27,7 +28,13 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(documen
     response_model=schemas.ModelsResponse,
     responses=error_responses(*READ_STATUSES)
     | UNKNOWN_QUERY_RESPONSE
-    | {200: {"content": response_examples(models="the committed models"), "description": "what is being served"}},
+    | {
+        200: {
+            "content": response_examples(models="the committed models"),
+            "description": "what is being served",
+            "headers": REQUEST_ID_HEADERS,
+        }
+    },
 )
 async def read_models(manifest: ManifestDep, settings: SettingsDep) -> schemas.ModelsResponse:
     """The manifest's public part (names, versions, thresholds, input shape, preprocessing and test metrics), the

@@ -34,8 +34,11 @@ from app.api.disconnect import unless_client_gone
 from app.api.openapi_docs import (
     BINARY_CONTENT,
     BINARY_UPLOAD,
+    BOOLEAN_HEADER,
+    COUNT_HEADER,
     OPTIONAL_API_KEY,
     PREDICTION_STATUSES,
+    REQUEST_ID_HEADERS,
     SERVER_RESPONSES,
     document_api_key,
     error_responses,
@@ -55,6 +58,46 @@ router = APIRouter(
 )
 
 ERROR_RESPONSES = error_responses(*PREDICTION_STATUSES)
+# The headers of a 200 (`series_headers`, `mark_json_instead_of_dicom`): a DICOM answer has no JSON to carry them.
+DICOM_ANSWER_HEADERS = REQUEST_ID_HEADERS | {
+    "X-Tumor-Detected": {
+        "description": "the decision, on DICOM answers and on the JSON that answers a DICOM request without tumor",
+        "schema": BOOLEAN_HEADER,
+    },
+    "X-Tumor-Volume-mL": {
+        "description": "DICOM answers: the tumor volume (mL, 3 decimals), when the series gives one",
+        "schema": {"type": "number", "minimum": 0},
+    },
+    "X-Slices-Missing": {
+        "description": "DICOM answers: slices missing inside the series (the volume may fall short), or `unknown` "
+        "(no positions to tell)",
+        "schema": {"anyOf": [COUNT_HEADER, {"type": "string", "enum": ["unknown"]}]},
+    },
+    "X-Tumor-Reaches-Series-End": {
+        "description": "DICOM answers: the tumor touches the first or last slice (it may go on beyond the series)",
+        "schema": BOOLEAN_HEADER,
+    },
+    "X-Files-Skipped": {"description": "DICOM answers: files that could not be read", "schema": COUNT_HEADER},
+    "X-Skipped-File-Indices": {
+        "description": "DICOM answers with skipped files: their positions in the request, comma-separated",
+        "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+    },
+    "X-Series-Used": {
+        "description": "DICOM answers: the series the models read, as role=series number (`FLAIR=3`), comma-separated",
+        "schema": {"type": "string"},
+    },
+    "X-Files-Left-Out": {
+        "description": "DICOM answers: files of other series (or copies) that were not read",
+        "schema": COUNT_HEADER,
+    },
+}
+OVERLAY_HEADERS = REQUEST_ID_HEADERS | {
+    "X-Tumor-Probability": {
+        "description": "the classifier's tumor probability (6 decimals)",
+        "schema": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "X-Tumor-Detected": {"description": "the decision", "schema": BOOLEAN_HEADER},
+}
 PREDICT_EXAMPLES: dict[int | str, dict] = {
     200: {
         "content": {
@@ -67,6 +110,7 @@ PREDICT_EXAMPLES: dict[int | str, dict] = {
         "description": "JSON, or for a DICOM slice a DICOM SEG with output=dicom-seg (or Accept: application/dicom). "
         "No SEG is made of a slice without tumor: that answer is the JSON, with X-Tumor-Detected: false, so check "
         "Content-Type before storing the body as a DICOM file",
+        "headers": DICOM_ANSWER_HEADERS,
     }
 }
 BATCH_EXAMPLES: dict[int | str, dict] = {
@@ -84,6 +128,7 @@ BATCH_EXAMPLES: dict[int | str, dict] = {
         "slice, as multipart/related), the SR with output=dicom-sr, or both as multipart/related with "
         "output=dicom-seg-sr. No SEG is made of a series without tumor: output=dicom-seg (or Accept: "
         "application/dicom) is answered with the JSON then, with X-Tumor-Detected: false",
+        "headers": DICOM_ANSWER_HEADERS,
     }
 }
 SliceFile = Annotated[
@@ -280,7 +325,13 @@ async def create_batch_prediction(
     dependencies=[query_parameters()],
     openapi_extra=OPTIONAL_API_KEY,
     response_class=Response,
-    responses={200: {"content": {"image/png": BINARY_CONTENT}, "description": "the slice with the tumor outline"}}
+    responses={
+        200: {
+            "content": {"image/png": BINARY_CONTENT},
+            "description": "the slice with the tumor outline",
+            "headers": OVERLAY_HEADERS,
+        }
+    }
     | ERROR_RESPONSES,
 )
 async def create_overlay(request: Request, file: SliceFile, service: PredictionServiceDep) -> Response:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from jsonschema import Draft202012Validator
 
 import app.dicom.dicom_input
@@ -18,6 +19,7 @@ from app.errors import ServiceError
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, TUMOR_SLICE
+from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +263,88 @@ def test_openapi_says_a_seg_request_without_tumor_is_answered_json(openapi: dict
         (output,) = [parameter for parameter in operation["parameters"] if parameter["name"] == "output"]
         assert "else the answer is the JSON, with X-Tumor-Detected: false" in output["description"], path
         assert "with X-Tumor-Detected: false" in operation["responses"]["200"]["description"], path
+
+
+# Headers the HTTP stack or the security middleware sends the same way on every answer: not the API's own.
+GENERIC_HEADERS = {"x-content-type-options", "x-frame-options"}
+
+
+def own_headers(response: Response) -> set[str]:
+    """The answer's headers a client of the API reads: X-*, Retry-After and Allow, in lower case."""
+    names = {name.lower() for name in response.headers}
+    return {name for name in names if name.startswith("x-") or name in {"retry-after", "allow"}} - GENERIC_HEADERS
+
+
+def declared_headers(openapi: dict, method: str, path: str, status: int) -> set[str]:
+    responses = openapi["paths"][path][method]["responses"]
+    response = responses.get(str(status), responses["default"])
+    return {name.lower() for name in response.get("headers", {})}
+
+
+def test_openapi_declares_the_headers_of_dicom_overlay_and_retry_answers(openapi: dict) -> None:
+    """API review 48 F4: no response declared a header, though a DICOM answer's decision is in its headers."""
+    series_headers = {
+        "X-Tumor-Detected": "boolean",
+        "X-Tumor-Volume-mL": "number",
+        "X-Tumor-Reaches-Series-End": "boolean",
+        "X-Files-Skipped": "integer",
+        "X-Skipped-File-Indices": "string",
+        "X-Series-Used": "string",
+        "X-Files-Left-Out": "integer",
+        "X-Request-ID": "string",
+    }
+    for path in ("/v1/predict", "/v1/predict/batch"):
+        headers = openapi["paths"][path]["post"]["responses"]["200"]["headers"]
+        assert {name: headers[name]["schema"]["type"] for name in series_headers} == series_headers
+        assert {"type": "string", "enum": ["unknown"]} in headers["X-Slices-Missing"]["schema"]["anyOf"]
+    overlay = openapi["paths"]["/v1/overlay"]["post"]["responses"]["200"]["headers"]
+    assert overlay["X-Tumor-Probability"]["schema"]["type"] == "number"
+    assert overlay["X-Tumor-Detected"]["schema"]["type"] == "boolean"
+    for path, items in openapi["paths"].items():
+        for method, operation in items.items():
+            for status, response in operation["responses"].items():
+                assert "X-Request-ID" in response["headers"], (method, path, status)
+                if status in ("429", "503"):
+                    assert response["headers"]["Retry-After"]["schema"]["type"] == "integer", (method, path)
+
+
+def test_every_header_the_api_answers_with_is_declared(
+    client: TestClient, negative_client: TestClient, docs_client: TestClient, openapi: dict, tmp_path: Path
+) -> None:
+    """API review 48 F4: real answers of the tiny models, each of whose own headers its operation and status
+    declare."""
+    series = [to_bytes(dataset) for dataset in mr_series(tumor_channels())]
+    broken = b"\0" * 128 + b"DICM" + b"\x02\x00"
+    dicom_parts = [("files", (f"IM{index}", data)) for index, data in enumerate([series[0], broken, *series[1:]])]
+    slice_part = {"file": ("slice.jpg", TUMOR_SLICE.read_bytes())}
+    throttled = TestClient(create_app(Settings(model_dir=tmp_path, rate_limit_per_minute=1, rate_limit_burst=1)))
+    answers = [
+        ("post", "/v1/predict", client.post("/v1/predict", files=slice_part)),
+        ("post", "/v1/predict", client.post("/v1/predict?output=dicom-seg", files={"file": ("IM0", series[0])})),
+        (
+            "post",
+            "/v1/predict",
+            negative_client.post("/v1/predict?output=dicom-seg", files={"file": ("IM", series[0])}),
+        ),
+        ("post", "/v1/predict", client.post("/v1/predict", files={"file": ("a.txt", b"text")})),
+        ("post", "/v1/predict/batch", client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts)),
+        ("post", "/v1/predict/batch", client.post("/v1/predict/batch?output=dicom-sr", files=dicom_parts)),
+        ("post", "/v1/predict/batch", client.post("/v1/predict/batch?output=dicom-seg-sr", files=dicom_parts)),
+        ("post", "/v1/predict/batch", negative_client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts)),
+        ("post", "/v1/overlay", client.post("/v1/overlay", files=slice_part)),
+        ("post", "/v1/overlay", client.post("/v1/overlay?x=1", files=slice_part)),
+        ("get", "/v1/models", client.get("/v1/models")),
+        ("get", "/health/live", client.get("/health/live")),
+        ("get", "/health/ready", client.get("/health/ready")),
+        ("get", "/health/ready", docs_client.get("/health/ready")),  # no models: 503 with Retry-After
+        ("get", "/metrics", client.get("/metrics")),
+        ("get", "/v1/models", client.put("/v1/models")),  # 405 with Allow: the `default` response
+        ("post", "/v1/predict", throttled.post("/v1/predict")),
+        ("post", "/v1/predict", throttled.post("/v1/predict")),  # 429 with Retry-After
+    ]
+    statuses = {response.status_code for _, _, response in answers}
+    assert {200, 405, 415, 422, 429, 503} <= statuses
+    assert "x-skipped-file-indices" in own_headers(answers[4][2]) and "retry-after" in own_headers(answers[-1][2])
+    for method, path, response in answers:
+        undeclared = own_headers(response) - declared_headers(openapi, method, path, response.status_code)
+        assert undeclared == set(), (method, path, response.status_code)
