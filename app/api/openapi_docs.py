@@ -9,6 +9,7 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cache
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,21 +149,29 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ),
 )
 STATUS_SUMMARIES = {
-    400: "the file cannot be used as a slice",
+    400: "the request, or its file as a slice, cannot be used",
     401: "X-API-Key missing or wrong (only when API keys are configured)",
     403: "sent by a browser for another site's page, or to a Host name not in ALLOWED_HOSTS",
+    404: "no such path",
+    405: "the path does not take this method; Allow names those it takes",
+    408: "the request came too slowly",
     413: "file, image, batch or request too large",
     415: "not PNG, JPEG, TIFF or an MR DICOM image (judged by the magic bytes)",
     422: "missing or malformed field",
     429: "too many requests for this key; see Retry-After",
+    431: "request headers too large",
     500: "a bug in the service",
-    503: "models not ready, the inference queue full, or too slow; see Retry-After",
+    501: "unknown method",
+    503: "the service cannot take it now (models not ready, full, too slow, too many connections); see Retry-After",
 }
 # What each operation can answer, listed on it (API review 48 F3: 422 on the read routes, 401 on /metrics and 500
 # were answered but undocumented, and a generated client returns None for an undocumented status).
 PREDICTION_STATUSES = (400, 401, 403, 413, 415, 422, 429, 500, 503)
 READ_STATUSES = (401, 403, 429, 500)  # GET routes behind the API key: /v1/models and /metrics
-# Answered by the HTTP layer or the router before any operation runs, on every path: the `default` response.
+# Answered on any path, before an operation runs, by the HTTP layer (400 invalid_http_request, 408, 431, 501, 503
+# too_many_connections) or the router (404, 405): listed on every operation (`SERVER_RESPONSES`). Not as a `default`
+# response: openapi-python-client parses any status it has no schema for by `default`, so it json-decoded the
+# overlay's PNG.
 PROTOCOL_CODES = (
     "invalid_http_request",
     "not_found",
@@ -225,24 +234,12 @@ def error_responses(*statuses: int, only: Collection[str] = ()) -> dict[int | st
         responses[status] = {
             "model": schemas.ErrorResponse,
             "description": f"{STATUS_SUMMARIES[status]}. Codes: {codes}.",
-            "headers": REQUEST_ID_HEADERS | (RETRY_AFTER_HEADERS if status in RETRY_STATUSES else {}),
+            "headers": REQUEST_ID_HEADERS
+            | (RETRY_AFTER_HEADERS if status in RETRY_STATUSES else {})
+            | (ALLOW_HEADERS if status == HTTPStatus.METHOD_NOT_ALLOWED else {}),
             "content": {"application/json": {"examples": {entry.code: error_example(entry) for entry in entries}}},
         }
     return responses
-
-
-def protocol_error_response() -> dict[int | str, dict]:
-    """The `default` response: the refusals any path can get before an operation runs (`PROTOCOL_CODES`)."""
-    entries = [entry for entry in ERROR_CATALOGUE if entry.code in PROTOCOL_CODES]
-    codes = "; ".join(f"`{entry.code}` ({entry.status}): {entry.meaning}" for entry in entries)
-    return {
-        "default": {
-            "model": schemas.ErrorResponse,
-            "description": f"refused by the server before this operation runs, on any path. Codes: {codes}.",
-            "headers": REQUEST_ID_HEADERS | RETRY_AFTER_HEADERS | ALLOW_HEADERS,
-            "content": {"application/json": {"examples": {entry.code: error_example(entry) for entry in entries}}},
-        }
-    }
 
 
 def response_examples(**named: str) -> dict[str, dict]:
@@ -294,8 +291,9 @@ def _with_nulls(value: Any) -> Any:
     return value
 
 
-# Every operation's: a bug (500), and what the server refuses before any operation runs (`default`).
-SERVER_RESPONSES = error_responses(500) | protocol_error_response()
+# Every operation's: a bug (500), and what the server refuses before any operation runs (`PROTOCOL_CODES`); the
+# prediction routes' own 400 and 503 list these codes among theirs.
+SERVER_RESPONSES = error_responses(400, 404, 405, 408, 431, 500, 501, 503, only={*PROTOCOL_CODES, "internal_error"})
 UNKNOWN_QUERY_RESPONSE = error_responses(422, only={"validation_error"})  # routes that take no query parameters
 
 api_key_header = APIKeyHeader(

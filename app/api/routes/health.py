@@ -12,7 +12,6 @@ from app.api.openapi_docs import (
     OPTIONAL_API_KEY,
     READ_STATUSES,
     REQUEST_ID_HEADERS,
-    RETRY_AFTER_HEADERS,
     SERVER_RESPONSES,
     UNKNOWN_QUERY_RESPONSE,
     document_api_key,
@@ -39,14 +38,8 @@ async def read_liveness() -> schemas.HealthStatus:
     dependencies=[query_parameters()],
     response_model=schemas.HealthStatus,
     responses=UNKNOWN_QUERY_RESPONSE
-    | {
-        200: {"headers": REQUEST_ID_HEADERS},
-        503: {
-            "model": schemas.ErrorResponse,
-            "description": "models not loaded and warm yet, or audit log unwritable",
-            "headers": REQUEST_ID_HEADERS | RETRY_AFTER_HEADERS,
-        },
-    },
+    | {200: {"headers": REQUEST_ID_HEADERS}}
+    | error_responses(503, only={"model_unavailable", "audit_unavailable", "too_many_connections"}),
 )
 async def read_readiness(request: Request) -> schemas.HealthStatus:
     """200 once both models are loaded and warmed up; 503 `model_unavailable` before (or if loading failed), and
