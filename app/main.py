@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from app.api import handlers
+from app.api import handlers, openapi_docs
 from app.api.disconnect import ClientGone
 from app.api.middleware import (
     AccessControlMiddleware,
@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(web.router)
     docs.add_docs_pages(app)
+    openapi_docs.keep_example_nulls(app)
 
     app.add_exception_handler(ServiceError, handlers.handle_service_error)
     app.add_exception_handler(ClientGone, handlers.handle_client_gone)

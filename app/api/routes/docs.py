@@ -19,7 +19,6 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse, Response
 from starlette.requests import Request
 
-from app.api.openapi_docs import keep_example_nulls
 from app.api.static_assets import BASE_SECURITY_HEADERS, AllowListedFiles
 
 ASSET_DIR = Path(str(files("fastapi_offline") / "static"))
@@ -75,8 +74,7 @@ def _redoc_bundle() -> bytes:
 
 
 def add_docs_pages(app: FastAPI) -> None:
-    """Serve /docs, its OAuth2 redirect and /redoc on `app` (create it with docs_url=None, redoc_url=None), and
-    make the document they show keep its examples' nulls (`keep_example_nulls`)."""
+    """Serve /docs, its OAuth2 redirect and /redoc on `app` (create it with docs_url=None, redoc_url=None)."""
     if app.openapi_url != "/" + RELATIVE_OPENAPI_URL:
         raise ValueError(f"the docs pages ask for {RELATIVE_OPENAPI_URL} beside them, not {app.openapi_url}")
     title = app.title
@@ -115,7 +113,6 @@ def add_docs_pages(app: FastAPI) -> None:
     app.add_route(OAUTH2_REDIRECT_URL, read_swagger_ui_redirect, include_in_schema=False)
     app.add_route("/redoc", read_redoc, include_in_schema=False)
     app.include_router(router)
-    keep_example_nulls(app)
 
 
 def _with_absolute_schema_url(page: HTMLResponse) -> HTMLResponse:
