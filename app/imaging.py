@@ -1,4 +1,5 @@
-"""Decoding uploaded slices (PNG, JPEG, TIFF; 8 or 16 bit; grey, grey+alpha, RGB, RGBA) into uint8 arrays.
+"""Decoding uploaded slices (PNG, JPEG, TIFF; 8 or 16 bit, TIFF also 32-bit and float; grey, grey+alpha, RGB,
+RGBA) into uint8 arrays.
 
 The type is judged by the file's magic bytes, never by its name or the declared content type. Unknown magic bytes are
 `UnsupportedMediaTypeError` (HTTP 415); known magic bytes with a body that does not decode are

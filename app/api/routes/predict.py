@@ -134,7 +134,7 @@ BATCH_EXAMPLES: dict[int | str, dict] = {
 SliceFile = Annotated[
     UploadFile,
     File(
-        description="one MRI slice: PNG, JPEG, TIFF (8 or 16 bit, grey or RGB) or DICOM",
+        description="one MRI slice: PNG, JPEG, TIFF (8 or 16 bit; TIFF also 32-bit or float; grey or RGB) or DICOM",
         json_schema_extra=BINARY_UPLOAD,
     ),
 ]
