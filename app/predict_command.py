@@ -401,6 +401,7 @@ class PredictRun:
             entry = {
                 "index": index,
                 "file": None if position is None else str(self.files[position]),
+                "file_index": item.file_index,
                 "sop_instance_uid": item.sop_instance_uid,
                 "frame_number": item.frame_number,
                 "position_along_normal_mm": item.position_along_normal_mm,
