@@ -15,9 +15,9 @@ PREFIX = "/bt"
 RESULT_TIMEOUT_MS = 30_000
 
 
-def test_the_page_works_under_a_path_prefix(page: Page, live_server: str) -> None:
+def publish_under_prefix(page: Page, live_server: str) -> list[str]:
+    """Route the page's requests as the proxy does; returns the paths asked for, in order."""
     asked: list[str] = []
-    failed: list[str] = []
 
     def prefix_stripping_proxy(route: Route) -> None:
         path = route.request.url.removeprefix(live_server)
@@ -28,6 +28,12 @@ def test_the_page_works_under_a_path_prefix(page: Page, live_server: str) -> Non
             route.fulfill(status=404, body="not published by this proxy")
 
     page.route(f"{live_server}/**", prefix_stripping_proxy)
+    return asked
+
+
+def test_the_page_works_under_a_path_prefix(page: Page, live_server: str) -> None:
+    asked = publish_under_prefix(page, live_server)
+    failed: list[str] = []
     page.on("response", lambda response: failed.append(response.url) if response.status != 200 else None)
     page.goto(f"{live_server}{PREFIX}/")
     expect(page.locator("#notice")).to_contain_text("Research use only")
@@ -49,22 +55,6 @@ def test_the_page_works_under_a_path_prefix(page: Page, live_server: str) -> Non
     assert page.locator("#notice").evaluate("element => getComputedStyle(element).borderLeftStyle") == "solid"
     docs_link = page.locator("footer a", has_text="/docs")
     assert docs_link.evaluate("link => link.href") == f"{live_server}{PREFIX}/docs"
-
-
-def publish_under_prefix(page: Page, live_server: str) -> list[str]:
-    """Route the page's requests as the proxy does; returns the paths asked for, in order."""
-    asked: list[str] = []
-
-    def prefix_stripping_proxy(route: Route) -> None:
-        path = route.request.url.removeprefix(live_server)
-        asked.append(path)
-        if path.startswith(f"{PREFIX}/"):
-            route.continue_(url=live_server + path.removeprefix(PREFIX))
-        else:
-            route.fulfill(status=404, body="not published by this proxy")
-
-    page.route(f"{live_server}/**", prefix_stripping_proxy)
-    return asked
 
 
 def test_swagger_ui_and_its_try_it_out_work_under_a_path_prefix(page: Page, live_server: str) -> None:
