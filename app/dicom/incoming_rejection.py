@@ -8,14 +8,28 @@ node's (`app.node.dicom_spool.Spool.reject_instances`).
 
 Only the instances the note's content names are rejected (its evidence lists every instance it was made from, often
 the whole series), and only those of the note's own study: a note of another study rejects nothing here.
+
+A note is read by `read_rejection_note`, held to `MAX_NOTE_BYTES` as sent and once inflated (review 48r F1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
+
+from app.dicom.part10 import (
+    DEFLATED_HEADER_BYTES,
+    ShortReadWatch,
+    check_sequences_left_raw,
+    inflated_header,
+    is_deflated,
+    read_file_meta,
+)
+from app.errors import OverMemoryBudgetError
+from app.settings import MIB
 
 # CID 7011 "Rejected for Quality Reasons" and the other IOCM Document Titles, (value, DCM) -> meaning. Our own
 # outgoing note (`app.dicom.rejection_note`) uses the first.
@@ -25,6 +39,18 @@ REJECTION_TITLES = {
     "113038": "Incorrect Modality Worklist Entry",
     "113039": "Data Retention Policy Expired",
 }
+
+
+MAX_NOTE_BYTES = 4 * MIB
+"""Most bytes a Key Object Selection may take, as sent and once inflated, for the node to read it. A rejection note
+is a few KB; one naming 10,000 instances (`dicom_node_max_study_instances`' default) about 2.6 MB. Before, the node
+decoded any KOS whole, and a 1 MB deflated one inflating to 1 GiB took +2 GiB and 29 s (review 48r F1). No more than
+`part10.DEFLATED_HEADER_BYTES`, which `inflated_header` keeps whole."""
+assert MAX_NOTE_BYTES <= DEFLATED_HEADER_BYTES
+
+
+class RejectionNoteTooLargeError(OverMemoryBudgetError):
+    """A Key Object Selection over `MAX_NOTE_BYTES`, as sent or once inflated: refused before it is decoded."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +65,45 @@ class IncomingRejection:
     def reason(self) -> str:
         """The reason as the standard words it (the code's meaning, no value of the note)."""
         return f"{self.reason_code} {REJECTION_TITLES[self.reason_code]}"
+
+
+_TOO_LARGE = f"a key object selection over {MAX_NOTE_BYTES // MIB} MiB is not read"
+
+
+def check_note_size(size: int) -> None:
+    """Raise `RejectionNoteTooLargeError` for a Key Object Selection of `size` bytes as sent over `MAX_NOTE_BYTES`."""
+    if size > MAX_NOTE_BYTES:
+        raise RejectionNoteTooLargeError(_TOO_LARGE)
+
+
+def read_rejection_note(data: bytes) -> Dataset:
+    """The data set of a Key Object Selection received as `data` (Part 10 bytes), read within bounds: over
+    `MAX_NOTE_BYTES` as sent or once inflated (a deflate bomb), or of more elements than `part10.MAX_HEADER_READS`,
+    it is refused before it is held whole (review 48r F1: pydicom's own reading inflated 1 GiB).
+
+    Raises
+    ------
+    RejectionNoteTooLargeError
+        Over `MAX_NOTE_BYTES`.
+    app.errors.ServiceError
+        Unreadable (truncated, garbled, too many elements); pydicom may raise anything besides.
+    """
+    check_note_size(len(data))
+    meta_end, transfer_syntax = read_file_meta(data)
+    if is_deflated(transfer_syntax):
+        try:
+            dataset, _, _, _ = inflated_header(data, meta_end, MAX_NOTE_BYTES)
+        except OverMemoryBudgetError as error:
+            raise RejectionNoteTooLargeError(f"{_TOO_LARGE} (once inflated)") from error
+        return dataset
+    stream = ShortReadWatch(data)
+    try:
+        dataset = pydicom.dcmread(stream)
+    except Exception:
+        stream.raise_if_exceeded()
+        raise
+    check_sequences_left_raw(dataset, stream.reads)
+    return dataset
 
 
 def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:

@@ -32,7 +32,13 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification
 
-from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection
+from app.dicom.incoming_rejection import (
+    IncomingRejection,
+    RejectionNoteTooLargeError,
+    check_note_size,
+    incoming_rejection,
+    read_rejection_note,
+)
 from app.logging_config import os_error_name
 from app.node.dicom_received_instance import (
     NOT_KEPT_CLASSES,
@@ -146,8 +152,13 @@ class Receiver:
             return self._refused(
                 "sop_class_mismatch", STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's"
             )
-        if context_class == KeyObjectSelectionDocumentStorage and (rejection := self._rejection(event)) is not None:
-            return self._take_rejection(event, *rejection)
+        if context_class == KeyObjectSelectionDocumentStorage:
+            try:
+                rejection = self._rejection(event)
+            except RejectionNoteTooLargeError as error:
+                return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
+            if rejection is not None:
+                return self._take_rejection(event, *rejection)
         if context_class in NOT_KEPT_CLASSES:
             logger.info(
                 "instance ignored: not an image the models read",
@@ -209,11 +220,18 @@ class Receiver:
 
     def _rejection(self, event: Event) -> tuple[str, IncomingRejection] | None:
         """The study key and what an incoming Key Object Selection rejects, when it is an IHE IOCM rejection note
-        (`incoming_rejection`) for a study the node holds; None otherwise (it is then ignored, as any other KOS)."""
+        (`incoming_rejection`) for a study the node holds; None otherwise (it is then ignored, as any other KOS).
+
+        Raises `RejectionNoteTooLargeError` for a KOS over `incoming_rejection.MAX_NOTE_BYTES`, as sent or once
+        inflated, before it is decoded whole: pynetdicom's `event.dataset` inflated a deflated one without limit, 1 GiB
+        from 1 MB on the wire (review 48r F1)."""
+        check_note_size(received_bytes(event.request.DataSet))  # before the bytes are copied
         try:
-            dataset = event.dataset
+            dataset = read_rejection_note(event.encoded_dataset(include_meta=True))
             rejection = incoming_rejection(dataset)
             key = study_key(rejection.study_instance_uid, identity_text(dataset.get("PatientID"))) if rejection else ""
+        except RejectionNoteTooLargeError:
+            raise
         except Exception:  # noqa: BLE001 - a note the node cannot read is ignored, as before it read any
             logger.info("rejection note ignored: unreadable")
             return None

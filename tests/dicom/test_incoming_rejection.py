@@ -7,9 +7,16 @@ import pytest
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from app.dicom.incoming_rejection import REJECTION_TITLES, incoming_rejection
-from tests.dicom.builders import Study, key_object_selection, mr_series, tumor_channels
+from app.dicom.incoming_rejection import (
+    MAX_NOTE_BYTES,
+    REJECTION_TITLES,
+    RejectionNoteTooLargeError,
+    incoming_rejection,
+    read_rejection_note,
+)
+from tests.dicom.builders import Study, key_object_selection, mr_series, to_bytes, tumor_channels
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +51,32 @@ def test_a_note_of_another_study_rejects_nothing(series: list[Dataset]) -> None:
 
 def test_an_image_rejects_nothing(series: list[Dataset]) -> None:
     assert incoming_rejection(series[0]) is None
+
+
+def padded_note(series: list[Dataset], padding: int, transfer_syntax: str) -> bytes:
+    """A rejection note of the series' last instance carrying `padding` zero bytes in a private element."""
+    note = key_object_selection(series, series[-1:])
+    note.add_new(0x00290010, "LO", "PADDING")
+    note.add_new(0x00291010, "OB", bytes(padding))
+    note.file_meta.TransferSyntaxUID = transfer_syntax
+    return to_bytes(note)
+
+
+def test_a_note_is_read_back_whole_deflated_or_not(series: list[Dataset]) -> None:
+    for transfer_syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian):
+        rejection = incoming_rejection(read_rejection_note(padded_note(series, 1000, transfer_syntax)))
+        assert rejection is not None and rejection.sop_instance_uids == {series[-1].SOPInstanceUID}
+
+
+def test_a_deflated_note_inflating_past_the_limit_is_refused_before_it_is_held(series: list[Dataset]) -> None:
+    """Review 48r F1: a deflated KOS of 1 MB inflating to 1 GiB was read whole by pynetdicom (+2 GiB, 29 s)."""
+    data = padded_note(series, MAX_NOTE_BYTES + 1, DeflatedExplicitVRLittleEndian)
+    assert len(data) < MAX_NOTE_BYTES // 100
+
+    with pytest.raises(RejectionNoteTooLargeError, match="once inflated"):
+        read_rejection_note(data)
+
+
+def test_a_note_over_the_limit_as_sent_is_refused(series: list[Dataset]) -> None:
+    with pytest.raises(RejectionNoteTooLargeError):
+        read_rejection_note(padded_note(series, MAX_NOTE_BYTES, ExplicitVRLittleEndian))

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
 from app.dicom.dicom_sr_reader import predecessors
+from app.dicom.incoming_rejection import MAX_NOTE_BYTES
 from app.node.dicom_spool import Spool, study_key
 from tests.dicom.builders import key_object_selection, mr_series, tumor_channels
 from tests.node.node_support import (
@@ -161,3 +163,26 @@ def test_a_note_recorded_by_a_node_killed_before_it_removed_the_instances_still_
     assert len(restarted.instances_to_analyse(key)) == 2
     assert key in restarted.pending_studies()
     assert restarted.is_rejected(series[0].StudyInstanceUID, series[0].PatientID, series[0].SOPInstanceUID)
+
+
+def test_a_deflated_note_inflating_past_the_limit_is_refused_and_takes_no_effect(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Review 48r F1: a deflated KOS inflating to 1 GiB was decoded whole before anything was checked."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    note = key_object_selection(series, series[-1:])
+    note.add_new(0x00290010, "LO", "PADDING")
+    note.add_new(0x00291010, "OB", bytes(MAX_NOTE_BYTES + 1))
+    note.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+
+    answer = store_dataset(node.config.port, note)
+
+    assert (answer.Status, answer.ErrorComment) == (
+        0xA700,
+        "a key object selection over 4 MiB is not read (once inflated)",
+    )
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    assert node.spool.rejected_instances(key) == {}
+    assert len(node.spool.instance_files(key)) == 3
