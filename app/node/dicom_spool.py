@@ -461,18 +461,17 @@ class Spool:
 
         Why: the node ignored such notes, and the SEG and SR made of images the PACS no longer stands by (another
         patient's, unsafe ones) stood, and every later analysis read them (interop review 48 F1). In the order that
-        survives a kill: the pending mark, the record (written atomically), the note, then the files; an instance
-        recorded and not yet removed is left out of the analysis all the same (`instances_to_analyse`).
+        makes a note refused or cut by a kill take no effect: the note's file (which the node's own note is made from
+        when no instance is left), the pending mark, then the record (written atomically: the step that makes the
+        rejection), then the files; an instance recorded and not yet removed is left out of the analysis all the
+        same (`instances_to_analyse`). Before, the record came before the note's file: a note refused for want of
+        room still took effect, and with every instance rejected the earlier results were never withdrawn (review
+        48r F5).
 
-        Raises OSError when the spool cannot be written: the note is then refused, and the sender sends it again.
+        Raises OSError when the spool cannot be written: the note is then refused, and the sender sends it again;
+        a note's file written for a record that could not be is removed.
         """
         held = [uid for uid in rejected if self._instance_path(key, uid).is_file()]
-        if held:
-            self.touch_pending(key)
-        with self._record_lock:
-            recorded = self.rejected_instances(key)
-            recorded.update(dict.fromkeys(rejected, reason_code))
-            write_atomically(self.study_dir(key) / REJECTED_FILE, json.dumps(recorded, indent=1).encode())
         note_path = (
             self.study_dir(key) / REJECTION_NOTES_DIR / f"{hashlib.sha256(note_uid.encode()).hexdigest()[:32]}.dcm"
         )
@@ -481,6 +480,19 @@ class Spool:
         write_atomically(note_path, note)
         with self._size_lock:
             self._size += self.disk_bytes(len(note)) - (self.disk_bytes(replaced) if replaced else 0)
+        try:
+            if held:
+                self.touch_pending(key)
+            with self._record_lock:
+                recorded = self.rejected_instances(key)
+                recorded.update(dict.fromkeys(rejected, reason_code))
+                write_atomically(self.study_dir(key) / REJECTED_FILE, json.dumps(recorded, indent=1).encode())
+        except OSError:
+            if not replaced:  # a note sent again keeps the copy an earlier record stands on
+                with self._size_lock, contextlib.suppress(OSError):
+                    note_path.unlink()
+                    self._size -= self.disk_bytes(len(note))
+            raise
         for sop_instance_uid in held:
             path = self._instance_path(key, sop_instance_uid)
             with self._stored:  # not while an association writes it: its write would bring it back

@@ -5,6 +5,7 @@ analysed again: its new results revise the earlier ones, which the node's own re
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocum
 
 from app.dicom.dicom_sr_reader import predecessors
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES
+from app.node import dicom_spool
 from app.node.dicom_spool import Spool, study_key
 from tests.dicom.builders import key_object_selection, mr_series, tumor_channels
 from tests.node.node_support import (
@@ -186,3 +188,33 @@ def test_a_deflated_note_inflating_past_the_limit_is_refused_and_takes_no_effect
     key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
     assert node.spool.rejected_instances(key) == {}
     assert len(node.spool.instance_files(key)) == 3
+
+
+@pytest.mark.parametrize("failing", ["rejection_notes", "rejected.json"])
+def test_a_note_the_spool_cannot_write_takes_no_effect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Review 48r F5: the record was written before the note's file; a note refused (ENOSPC there, or a kill) still
+    rejected its instances, and with all of them rejected no withdrawal could be made (no note left to make it from)."""
+    series = mr_series(tumor_channels())
+    spool = Spool(tmp_path / "spool")
+    for dataset in series:
+        spool.store_instance(dataset.StudyInstanceUID, dataset.PatientID, dataset.SOPInstanceUID, b"DICM")
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    size = spool.size_bytes
+    real_write = dicom_spool.write_atomically
+
+    def write_or_fail(path: Path, data: bytes) -> None:
+        if failing in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(dicom_spool, "write_atomically", write_or_fail)
+    uids = [dataset.SOPInstanceUID for dataset in series]
+    with pytest.raises(OSError):
+        spool.reject_instances(key, uids, "113038", b"KOS", "1.2.3")
+
+    assert spool.rejected_instances(key) == {}
+    assert spool.rejection_note_files(key) == []
+    assert len(spool.instances_to_analyse(key)) == 3
+    assert spool.size_bytes == size
