@@ -57,7 +57,13 @@ from app.node.dicom_received_instance import (
     uid,
 )
 from app.node.dicom_sender import STATUS_SUCCESS
-from app.node.dicom_spool import InstanceTooLargeError, Spool, SpoolFullError, study_key
+from app.node.dicom_spool import (
+    InstanceTooLargeError,
+    Spool,
+    SpoolFullError,
+    UnreadableRejectionsError,
+    study_key,
+)
 from app.node.dicom_study_runs import awaits_whole_resend, count_abort, count_refused, sent_whole_again
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
@@ -76,6 +82,7 @@ MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundre
 # make the node read a 128 MiB association request. 64 times the announced length leaves room for lax senders.
 MAX_PDU_BYTES = 1024 * 1024
 RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
+REJECTIONS_UNREADABLE = "the study's record of rejected instances cannot be read"
 IDLE_SHARE = 0.9  # an association closed this share of the association timeout after its last instance was idle
 
 
@@ -200,6 +207,8 @@ class Receiver:
             return STATUS_SUCCESS
         except InstanceRefusedError as error:
             return self._refused("invalid_instance", error.status, str(error), event.assoc)
+        except UnreadableRejectionsError:  # logged by the spool (review 48r F4)
+            return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, REJECTIONS_UNREADABLE, event.assoc)
         except OSError:
             logger.exception("instance not stored")
             return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, "the node cannot write its spool", event.assoc)
@@ -258,6 +267,8 @@ class Receiver:
             )
         except SpoolFullError as error:
             return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
+        except UnreadableRejectionsError:  # logged by the spool (review 48r F4)
+            return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, REJECTIONS_UNREADABLE, event.assoc)
         except OSError:
             logger.exception("rejection note not stored")
             return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, "the node cannot write its spool", event.assoc)

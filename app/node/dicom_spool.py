@@ -86,6 +86,12 @@ class InstanceTooLargeError(SpoolFullError):
     """The instance alone is over `SpoolLimits.max_instance_bytes`, however empty the spool."""
 
 
+class UnreadableRejectionsError(ValueError):
+    """A study's record of rejected instances (``rejected.json``) cannot be read: truncated, not JSON, not a map of
+    UIDs to codes. What the study may analyse or keep is then unknown: it waits, logged, until the file is repaired
+    (review 48r F4), as a study whose ``record.json`` cannot be read does."""
+
+
 class SpoolInUseError(ValueError):
     """Another process holds the spool: two nodes on one spool analyse each study twice and send it again."""
 
@@ -174,6 +180,7 @@ class Spool:
     # process, then kept up to date under the size lock (a count per instance stored would list the folder each time).
     _instances: dict[str, int] = field(default_factory=dict, repr=False)
     _unreadable: set[str] = field(default_factory=set, repr=False)  # studies whose unreadable record was logged
+    _unreadable_rejections: set[str] = field(default_factory=set, repr=False)  # the same, for rejected.json
     # Study key -> the sender address that made it pending (in this process; a study pending at start has none), for
     # `SpoolLimits.max_pending_per_sender`. Studies no longer pending are dropped at the next new study.
     _started_by: dict[str, str] = field(default_factory=dict, repr=False)
@@ -468,8 +475,9 @@ class Spool:
         room still took effect, and with every instance rejected the earlier results were never withdrawn (review
         48r F5).
 
-        Raises OSError when the spool cannot be written: the note is then refused, and the sender sends it again;
-        a note's file written for a record that could not be is removed.
+        Raises OSError when the spool cannot be written, `UnreadableRejectionsError` when the record cannot be read:
+        the note is then refused, and the sender sends it again; a note's file written for a record that could not be
+        is removed.
         """
         held = [uid for uid in rejected if self._instance_path(key, uid).is_file()]
         note_path = (
@@ -487,7 +495,7 @@ class Spool:
                 recorded = self.rejected_instances(key)
                 recorded.update(dict.fromkeys(rejected, reason_code))
                 write_atomically(self.study_dir(key) / REJECTED_FILE, json.dumps(recorded, indent=1).encode())
-        except OSError:
+        except (OSError, UnreadableRejectionsError):
             if not replaced:  # a note sent again keeps the copy an earlier record stands on
                 with self._size_lock, contextlib.suppress(OSError):
                     note_path.unlink()
@@ -507,9 +515,31 @@ class Spool:
         return len(held)
 
     def rejected_instances(self, key: str) -> dict[str, str]:
-        """The SOP Instance UIDs study `key`'s incoming rejection notes rejected, each with its note's CID 7011 code."""
+        """The SOP Instance UIDs study `key`'s incoming rejection notes rejected, each with its note's CID 7011 code.
+
+        Raises `UnreadableRejectionsError` when the file cannot be read, logged once (by key and error type: the file
+        holds UIDs) until it can be again: before, its JSONDecodeError failed every later instance of the study with
+        pynetdicom's 0xC211 and no comment, and its every processing pass (review 48r F4)."""
         text = _read_or_none(self.study_dir(key) / REJECTED_FILE)
-        return dict(json.loads(text)) if text else {}
+        if not text:
+            return {}
+        try:
+            recorded = json.loads(text)
+            if not isinstance(recorded, dict) or not all(isinstance(code, str) for code in recorded.values()):
+                raise ValueError("not a record of rejected instances")
+        except ValueError as error:  # JSONDecodeError is one
+            with self._lock:
+                first = key not in self._unreadable_rejections
+                self._unreadable_rejections.add(key)
+            if first:
+                logger.error(
+                    "study's rejected instances unreadable: study left waiting until rejected.json is repaired",
+                    extra={"fields": {"study_key": key, "error": type(error).__name__}},
+                )
+            raise UnreadableRejectionsError(f"the rejected instances of study {key} cannot be read") from error
+        with self._lock:
+            self._unreadable_rejections.discard(key)
+        return recorded
 
     def is_rejected(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str) -> bool:
         """Whether an incoming rejection note rejected the instance: sent again, it stays left out (IOCM: rejected

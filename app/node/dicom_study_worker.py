@@ -22,7 +22,7 @@ from app.dicom.dicom_sr import supersede_earlier_reports
 from app.dicom.rejection_note import build_rejection_note
 from app.errors import ServiceError
 from app.logging_config import os_error_name
-from app.node.dicom_spool import Spool, timestamp
+from app.node.dicom_spool import Spool, UnreadableRejectionsError, timestamp
 from app.node.dicom_study_runs import (
     COUNTED_NOTES,
     SENT_WHOLE_AFTER_CUT_OFF,
@@ -159,7 +159,10 @@ class StudyWorker:
             return False
         # Without the instances an incoming rejection note rejected (interop review 48 F1): their removal changes
         # the fingerprint, so the study is analysed again, and one not yet removed (a node killed) is left out too.
-        files = self.spool.instances_to_analyse(key)
+        try:
+            files = self.spool.instances_to_analyse(key)
+        except UnreadableRejectionsError:  # logged by the spool; stays pending, as for its record (review 48r F4)
+            return False
         fingerprint, bytes_fingerprint = self.spool.fingerprints(files)
         runs = record["runs"]
         split = self.spool.studies_split_by_patient_id(key)

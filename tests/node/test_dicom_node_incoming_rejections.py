@@ -218,3 +218,41 @@ def test_a_note_the_spool_cannot_write_takes_no_effect(
     assert spool.rejection_note_files(key) == []
     assert len(spool.instances_to_analyse(key)) == 3
     assert spool.size_bytes == size
+
+
+def test_a_damaged_rejection_record_refuses_the_study_with_a_comment_and_holds_it_until_repaired(
+    make_node: Any, clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 48r F4: a truncated rejected.json failed every later instance and note of the study with pynetdicom's
+    0xC211 and no comment, and every processing pass with a traceback."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    send_note(node, clock, key_object_selection(series, series[-1:]))
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    rejected = node.spool.study_dir(key) / "rejected.json"
+    rejected.write_text('{"1.2": "113001"')  # truncated
+    node.spool.touch_pending(key)  # as an instance stored just before the damage would leave it
+
+    with caplog.at_level(logging.INFO, logger="app.node"):
+        answers = [
+            store_dataset(node.config.port, series[0]),
+            store_dataset(node.config.port, key_object_selection(series, series[:1])),
+        ]
+        clock.advance(QUIET_SECONDS)
+        process_and_send(node)
+        process_and_send(node)
+
+    comment = "the study's record of rejected instances cannot be read"
+    assert [(answer.Status, answer.ErrorComment) for answer in answers] == [(0xA700, comment)] * 2
+    assert [run["instances"] for run in record(node)["runs"]] == [3, 2]
+    assert key in node.spool.pending_studies()
+    (logged,) = [line for line in caplog.records if "rejected instances unreadable" in line.getMessage()]
+    assert getattr(logged, "fields", None) == {"study_key": key, "error": "JSONDecodeError"}
+    assert not [line for line in caplog.records if line.exc_info]
+    assert len(node.spool.rejection_note_files(key)) == 1  # the refused note left no file
+
+    rejected.write_text(json.dumps({series[-1].SOPInstanceUID: "113001"}))  # repaired
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    assert key not in node.spool.pending_studies()
