@@ -20,7 +20,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocum
 from app.dicom.dicom_sr_reader import predecessors
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES
 from app.node import dicom_spool
-from app.node.dicom_spool import Spool, study_key
+from app.node.dicom_spool import MAX_REJECTION_NOTES, Spool, SpoolFullError, SpoolLimits, study_key
 from tests.dicom.builders import key_object_selection, mr_series, tumor_channels
 from tests.node.node_support import (
     QUIET_SECONDS,
@@ -256,3 +256,68 @@ def test_a_damaged_rejection_record_refuses_the_study_with_a_comment_and_holds_i
     clock.advance(QUIET_SECONDS)
     process_and_send(node)
     assert key not in node.spool.pending_studies()
+
+
+def spool_holding(root: Path, series: list[Dataset], limits: SpoolLimits | None = None) -> tuple[Spool, str]:
+    """A spool holding `series` (as stand-in bytes), and the study's key."""
+    spool = Spool(root, limits=limits or SpoolLimits())
+    for dataset in series:
+        spool.store_instance(dataset.StudyInstanceUID, dataset.PatientID, dataset.SOPInstanceUID, b"DICM")
+    return spool, study_key(series[0].StudyInstanceUID, series[0].PatientID)
+
+
+def test_the_instances_a_study_may_have_rejected_are_held_to_its_instance_limit(tmp_path: Path) -> None:
+    """Review 48r F3: three notes of 50,000 made-up UIDs each made a 10.3 MB record; nothing capped it."""
+    series = mr_series(tumor_channels())
+    spool, key = spool_holding(tmp_path / "spool", series, SpoolLimits(max_study_instances=4))
+    named = [dataset.SOPInstanceUID for dataset in series]
+
+    with pytest.raises(SpoolFullError, match="would have 5 instances rejected; the limit is 4"):
+        spool.reject_instances(key, [*named, "1.2.3.4", "1.2.3.5"], "113001", b"KOS", "1.9.1")
+    assert (spool.rejected_instances(key), len(spool.instance_files(key))) == ({}, 3)
+
+    spool.reject_instances(key, [*named, "1.2.3.4"], "113001", b"KOS", "1.9.1")
+    with pytest.raises(SpoolFullError):
+        spool.reject_instances(key, ["1.2.3.5"], "113001", b"KOS", "1.9.2")
+    assert len(spool.rejected_instances(key)) == 4
+
+
+def test_a_study_keeps_a_bounded_number_of_notes_and_a_note_rejecting_nothing_new_is_not_kept_again(
+    tmp_path: Path,
+) -> None:
+    series = mr_series(tumor_channels())
+    spool, key = spool_holding(tmp_path / "spool", series)
+    for index in range(MAX_REJECTION_NOTES):
+        spool.reject_instances(key, [f"1.2.3.{index}"], "113001", b"KOS", f"1.9.{index}")
+    spool.reject_instances(key, ["1.2.3.0"], "113001", b"KOS", "1.9.99")  # nothing new: taken, not kept
+
+    with pytest.raises(SpoolFullError, match=f"keeps {MAX_REJECTION_NOTES} rejection notes"):
+        spool.reject_instances(key, ["1.2.3.99"], "113001", b"KOS", "1.9.100")
+    spool.reject_instances(key, ["1.2.3.99"], "113001", b"KOS 2", "1.9.0")  # one sent again replaces its copy
+
+    assert len(spool.rejection_note_files(key)) == MAX_REJECTION_NOTES
+    assert len(spool.rejected_instances(key)) == MAX_REJECTION_NOTES + 1
+
+
+def test_the_rejection_record_is_read_again_only_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 48r F3: every instance of the study received parsed the whole record (73 ms for 150,000 UIDs)."""
+    series = mr_series(tumor_channels())
+    spool, key = spool_holding(tmp_path / "spool", series)
+    spool.reject_instances(key, [series[0].SOPInstanceUID], "113001", b"KOS", "1.9.1")
+    reads: list[Path] = []
+    real_read = dicom_spool._read_or_none
+
+    def counted_read(path: Path) -> str | None:
+        reads.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(dicom_spool, "_read_or_none", counted_read)
+    first = series[0]
+    for _ in range(10):
+        assert spool.is_rejected(first.StudyInstanceUID, first.PatientID, first.SOPInstanceUID)
+    assert len(reads) <= 1
+
+    spool.reject_instances(key, [series[1].SOPInstanceUID], "113001", b"KOS", "1.9.2")
+    assert spool.is_rejected(first.StudyInstanceUID, first.PatientID, series[1].SOPInstanceUID)
