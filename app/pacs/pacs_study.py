@@ -310,7 +310,8 @@ class StudySync:
         analysis = self.analyser.analyse(
             selection,
             files_by_series,
-            files=sum(len(series["Instances"]) for series in mr_series),
+            # Only what was analysed: the rejected files beside, as `instances_rejected` (review 48r F6).
+            files=sum(len(series["Instances"]) for series in mr_series) - fetch.left_out_rejected,
             file_errors={UNREADABLE_HEADER: fetch.unreadable} if fetch.unreadable else None,
         )
         fields = {
@@ -626,13 +627,19 @@ class _Fetch:
         self.unreadable = 0
         self.identity: tuple[str, str] | None = None
         self.rejected: frozenset[str] = frozenset()  # SOP Instance UIDs an incoming rejection note rejected
-        self.left_out_rejected = 0
+        self._left_out: set[str] = set()  # those of `rejected` met among the files fetched
+
+    @property
+    def left_out_rejected(self) -> int:
+        """How many files fetched an incoming rejection note rejected, each counted once however often fetched."""
+        return len(self._left_out)
 
     def left_out(self, header: Dataset) -> bool:
         """Whether the file is one an incoming rejection note rejected (counted): it is not analysed."""
-        if str(header.get("SOPInstanceUID", "")).rstrip("\0 ") not in self.rejected:
+        sop_instance_uid = str(header.get("SOPInstanceUID", "")).rstrip("\0 ")
+        if sop_instance_uid not in self.rejected:
             return False
-        self.left_out_rejected += 1
+        self._left_out.add(sop_instance_uid)
         return True
 
     def __call__(self, instance_id: str, whole_header: bool = False) -> tuple[bytes, Dataset | None]:

@@ -43,7 +43,8 @@ def test_pacs_sync_analyses_a_study_again_without_the_instances_a_rejection_note
     assert series[-1].SOPInstanceUID not in referenced(seg) | referenced(sr)
     assert predecessors(sr) == [first_sr.SOPInstanceUID]
     record = orthanc.record(study_id)
-    assert (record["summary"]["slices"], record["instances_rejected"]) == (2, 1)
+    # Review 48r F6: the rejected file is not counted among those analysed.
+    assert (record["summary"]["files"], record["summary"]["slices"], record["instances_rejected"]) == (2, 2, 1)
 
     orthanc.wait_until_stable(f"/studies/{study_id}")
     assert run_pacs_sync(config, predictor, once=True).positive == 0  # no loop: the result stands
@@ -83,3 +84,4 @@ def test_pacs_sync_keeps_its_result_for_an_ordinary_key_image_selection(
 
     assert report.positive == 0
     assert [result.SOPInstanceUID for result in orthanc.results(study_uid, "SEG")] == [seg.SOPInstanceUID]
+
