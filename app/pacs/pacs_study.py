@@ -244,8 +244,10 @@ class StudySync:
         self, study_id: str, study: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
         """The study's record (`readable_record`), its MR series and its KO series (key object selections: the
-        rejection notes among them, `_rejected_instances`), each with instances; None once it is deleted. Orthanc
-        is asked whether the study exists unless `study` is its answer already."""
+        rejection notes among them, `_rejected_instances`), each with instances; None once it is deleted, and for a
+        study without MR series: nothing to analyse, whatever its KO series (the node's own withdrawal note, stored
+        alone, was recorded "not analysed: no FLAIR series", review 48r F7). Orthanc is asked whether the study exists
+        unless `study` is its answer already."""
         if study is None and self.client.study(study_id) is None:
             return None
         record = readable_record(self.client.sync_record(study_id))
@@ -254,6 +256,8 @@ class StudySync:
             modality = series["MainDicomTags"].get("Modality")
             if modality in by_modality and series["Instances"]:
                 by_modality[modality].append(series)
+        if not by_modality["MR"]:
+            return None
         return record, by_modality["MR"], by_modality["KO"]
 
     def _analyse(

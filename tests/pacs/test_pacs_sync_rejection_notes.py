@@ -12,6 +12,7 @@ from pydicom.sr.codedict import codes
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_sr_reader import predecessors
 from app.inference import Predictor
+from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from tests.dicom.builders import key_object_selection, mr_series, to_bytes, tumor_channels
 from tests.pacs.orthanc_server import Orthanc
@@ -85,3 +86,18 @@ def test_pacs_sync_keeps_its_result_for_an_ordinary_key_image_selection(
     assert report.positive == 0
     assert [result.SOPInstanceUID for result in orthanc.results(study_uid, "SEG")] == [seg.SOPInstanceUID]
 
+
+def test_pacs_sync_leaves_alone_a_study_holding_only_a_ko_series(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Review 48r F7: a study of a KO series alone (the DICOM node's withdrawal note at a destination Orthanc) was
+    recorded "not analysed: no FLAIR series"; a study without MR series was never looked at before."""
+    series = mr_series(tumor_channels())
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload([key_object_selection(series, series[-1:])]))
+    orthanc.wait_until_stable(f"/studies/{study_id}")
+
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport()
+    assert (
+        orthanc.session.get(f"{orthanc.url}/studies/{study_id}/metadata/{SYNC_METADATA}", timeout=30).status_code == 404
+    )
