@@ -229,7 +229,8 @@ class Receiver:
 
     def _rejection(self, event: Event) -> tuple[str, IncomingRejection] | None:
         """The study key and what an incoming Key Object Selection rejects, when it is an IHE IOCM rejection note
-        (`incoming_rejection`) for a study the node holds; None otherwise (it is then ignored, as any other KOS).
+        (`incoming_rejection`), for a study the node holds or not yet (review 48r F2: one sent before its study's
+        images was dropped); None otherwise (it is then ignored, as any other KOS).
 
         Raises `RejectionNoteTooLargeError` for a KOS over `incoming_rejection.MAX_NOTE_BYTES`, as sent or once
         inflated, before it is decoded whole: pynetdicom's `event.dataset` inflated a deflated one without limit, 1 GiB
@@ -244,12 +245,7 @@ class Receiver:
         except Exception:  # noqa: BLE001 - a note the node cannot read is ignored, as before it read any
             logger.info("rejection note ignored: unreadable")
             return None
-        if rejection is None:
-            return None
-        if not self.spool.study_dir(key).is_dir():
-            logger.info("rejection note ignored: a study the node does not hold", extra={"fields": {"study_key": key}})
-            return None
-        return key, rejection
+        return None if rejection is None else (key, rejection)
 
     def _take_rejection(self, event: Event, key: str, rejection: IncomingRejection) -> int | Dataset:
         """Keep an incoming rejection note for study `key` (`Spool.reject_instances`): its instances are left out
@@ -264,6 +260,7 @@ class Receiver:
                 rejection.reason_code,
                 data,
                 uid(event.request.AffectedSOPInstanceUID),
+                sender=str(event.assoc.requestor.address),
             )
         except SpoolFullError as error:
             return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)

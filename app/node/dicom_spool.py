@@ -469,12 +469,17 @@ class Spool:
         return removed
 
     def reject_instances(
-        self, key: str, rejected: Collection[str], reason_code: str, note: bytes, note_uid: str
+        self, key: str, rejected: Collection[str], reason_code: str, note: bytes, note_uid: str, sender: str = ""
     ) -> int:
         """Take an incoming IHE IOCM rejection note (`note`, Part 10 bytes, SOP Instance UID `note_uid`) for study
         `key`: its `rejected` SOP Instance UIDs are recorded for good, the instances the study holds among them
         removed, and the study marked pending, to be analysed again without them. Returns how many were removed
         (none: nothing to analyse again; the record still leaves them out of a later send).
+
+        A note for a study the spool does not hold yet starts it, as its first instance would, counted against the
+        studies waiting (of all, and of `sender`): the instances that follow (its KO series sent first, in the same
+        association or not) are left out, and the study's retention purges it with its record. Before, such a note
+        was answered Success and dropped, and the rejected image analysed (review 48r F2).
 
         Why: the node ignored such notes, and the SEG and SR made of images the PACS no longer stands by (another
         patient's, unsafe ones) stood, and every later analysis read them (interop review 48 F1). In the order that
@@ -490,6 +495,13 @@ class Spool:
         is removed.
         """
         held = [uid for uid in rejected if self._instance_path(key, uid).is_file()]
+        if not self.study_dir(key).is_dir():
+            with self._size_lock:
+                if self.pending_since(key) is None:
+                    self._check_pending_room(sender)
+                    self._started_by[key] = sender
+                self.study_dir(key).mkdir(parents=True, exist_ok=True)
+                self.touch_pending(key)  # no purge meanwhile; processed, it records that it holds nothing yet
         recorded_before = self._rejected(key)
         if not held and all(uid in recorded_before for uid in rejected):
             return 0  # rejects nothing new (the same note again, the node's own routed back): not kept again

@@ -163,8 +163,15 @@ class StudyWorker:
             files = self.spool.instances_to_analyse(key)
         except UnreadableRejectionsError:  # logged by the spool; stays pending, as for its record (review 48r F4)
             return False
-        fingerprint, bytes_fingerprint = self.spool.fingerprints(files)
         runs = record["runs"]
+        if not files and not runs:
+            # Rejection notes alone, for a study whose instances have not come (review 48r F2): nothing to analyse
+            # or withdraw. A record with no run lets the study's retention purge it if they never come.
+            logger.info("study holds no instance yet: rejection notes kept", extra={"fields": {"study_key": key}})
+            self.spool.update_record(key, lambda _: None)
+            self.spool.clear_pending(key, last_arrival)
+            return False
+        fingerprint, bytes_fingerprint = self.spool.fingerprints(files)
         split = self.spool.studies_split_by_patient_id(key)
         sharing = [] if split else self.spool.studies_sharing_a_series(key)
         # The same instances again: nothing new to say, unless another part of the study came meanwhile and the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from app.dicom.dicom_sr_reader import predecessors
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES
 from app.node import dicom_spool
 from app.node.dicom_spool import MAX_REJECTION_NOTES, Spool, SpoolFullError, SpoolLimits, study_key
-from tests.dicom.builders import key_object_selection, mr_series, tumor_channels
+from tests.dicom.builders import key_object_selection, mr_series, tumor_channels, write_files
 from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
@@ -31,6 +32,7 @@ from tests.node.node_support import (
     record,
     send_study,
     store_dataset,
+    storescu,
 )
 
 ALL_RESULTS = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
@@ -321,3 +323,45 @@ def test_the_rejection_record_is_read_again_only_when_it_changed(
 
     spool.reject_instances(key, [series[1].SOPInstanceUID], "113001", b"KOS", "1.9.2")
     assert spool.is_rejected(first.StudyInstanceUID, first.PatientID, series[1].SOPInstanceUID)
+
+
+def test_a_note_sent_before_its_study_leaves_the_instances_it_rejects_out(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Review 48r F2: a router forwarding a study with its KO series first got Success for the note, which was
+    dropped: the rejected slice was analysed, and nothing remembered the note."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    note = key_object_selection(series, series[-1:])
+
+    files = write_files([note], tmp_path / "ko") + write_files(series, tmp_path / "mr")
+    assert storescu(node, files).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    assert [(run["status"], run["instances"]) for run in record(node)["runs"]] == [("analysed", 2)]
+
+
+def test_a_note_alone_waits_for_its_study_as_a_study_would_and_is_purged_with_it(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    node = make_node(spool_limits=SpoolLimits(max_pending_studies=4))  # three for one sender address
+    series = mr_series(tumor_channels())
+    send_note(node, clock, key_object_selection(series, series[-1:]))  # processed: no run, nothing sent
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    assert record(node)["runs"] == [] and node.spool.pending_studies() == {}
+
+    send_study(node, clock, series, tmp_path / "later")
+    assert [(run["status"], run["instances"]) for run in record(node)["runs"]] == [("analysed", 2)]
+
+    others = [mr_series(tumor_channels()) for _ in range(4)]
+    answers = [store_dataset(node.config.port, key_object_selection(other, other[:1])) for other in others]
+    assert [answer.Status for answer in answers] == [0, 0, 0, 0xA700]
+    assert answers[-1].ErrorComment == "3 studies of this address wait; its share is 3"
+
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+    clock.now = time.time() + node.config.spool_limits.record_retention_seconds + 1  # records' times are the disk's
+    assert len(node.purge_expired()) == 4
+    assert not node.spool.study_dir(key).exists()
+    assert list((node.spool.root / "studies").iterdir()) == []
