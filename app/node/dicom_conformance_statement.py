@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (
 
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
 from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT, REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
-from app.dicom.incoming_rejection import REJECTION_TITLES
+from app.dicom.incoming_rejection import MAX_NOTE_BYTES, REJECTION_TITLES
 from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, REJECTION_SERIES_NUMBER
 from app.dicom.result_uids import MANUFACTURER
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, REFUSAL_SECONDS, REFUSING_PER_PEER
@@ -42,7 +42,7 @@ from app.node.dicom_received_instance import (
     TRANSFER_SYNTAXES,
 )
 from app.node.dicom_receiver import MAX_PDU_BYTES
-from app.node.dicom_spool import MIN_FREE_INODES
+from app.node.dicom_spool import MAX_REJECTION_NOTES, MIN_FREE_INODES
 from app.settings import MIB, Settings
 
 RESULT_CLASSES = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
@@ -286,16 +286,29 @@ def _incoming_rejection_notes() -> list[str]:
         "A Key Object Selection whose Document Title is one of CID 7011,",
         f"{titles}, rejects the instances its content names that its",
         "evidence lists under its own study (a note of another study, or an ordinary key image selection, rejects",
-        "nothing and is not kept). For a study the node holds (by Patient ID and Study Instance UID, as its",
-        "instances), it is answered Success once the rejected SOP Instance UIDs are recorded in the study's spool",
-        "(flushed to disk; Out of Resources when the spool cannot take it), and the rejected instances the node",
-        "holds are removed. The study is then analysed again without them: its new results revise the earlier ones",
-        "and the node's own rejection note withdraws those (section 5); when every FLAIR instance was rejected the",
-        "study is recorded not analysed, no new result is made, and the note withdraws the earlier results. A",
-        "rejected instance sent again later is answered Success and not kept (logged by study key, without patient",
-        "data). A note for a study the node does not hold (never received, or its record purged) is not kept; one",
-        "that rejects instances the node no longer holds (purged after `DICOM_NODE_RETENTION_HOURS`) is recorded",
-        "and analyses nothing again: send the study again to have it analysed without them.",
+        "nothing and is not kept). The study is the note's Patient ID and Study Instance UID, as for its",
+        "instances. The note is answered Success once it and the rejected SOP Instance UIDs are kept in the",
+        "study's spool (flushed to disk, the note first: a note refused takes no effect), and the rejected instances",
+        "the node holds are removed. The study is then analysed again without them: its new results revise the",
+        "earlier ones and the node's own rejection note withdraws those (section 5); when every FLAIR instance was",
+        "rejected the study is recorded not analysed, no new result is made, and the note withdraws the earlier",
+        "results. A rejected instance sent again later is answered Success and not kept (logged by study key,",
+        "without patient data). A note for a study the node does not hold yet (its KO series sent before its",
+        "images, in the same association or an earlier one) is kept the same way and counts as one of the studies",
+        "waiting for analysis (`DICOM_NODE_MAX_PENDING_STUDIES`, three quarters for one address); the images that",
+        "follow are left out as rejected, and if none come the note goes with the study's record (after",
+        "`DICOM_NODE_RECORD_RETENTION_DAYS`). A note that rejects instances the node no longer holds (purged after",
+        "`DICOM_NODE_RETENTION_HOURS`) is recorded and analyses nothing again: send the study again to have it",
+        "analysed without them. A note that rejects nothing new (the same note again) is answered Success and not",
+        "kept again.",
+        "",
+        "Refused with Out of Resources (`A700`) and an Error Comment, taking no effect: a Key Object Selection over",
+        f"{MAX_NOTE_BYTES // MIB} MiB as sent or once inflated (Deflated Explicit VR Little Endian; a note is a few",
+        "KB, one naming 10,000 instances about 2.6 MB), a note that would make more instances of the study rejected",
+        "than `DICOM_NODE_MAX_STUDY_INSTANCES`, the note beyond the",
+        f"{MAX_REJECTION_NOTES} a study keeps (one sent again replaces its copy), and any note or instance of a",
+        "study whose `rejected.json` cannot be read (logged once by study key; the study is not processed until the",
+        "file is repaired); and, as an instance is, when the spool or its disk is full or too many studies wait.",
         "",
     ]
 
