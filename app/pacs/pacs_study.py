@@ -245,9 +245,9 @@ class StudySync:
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
         """The study's record (`readable_record`), its MR series and its KO series (key object selections: the
         rejection notes among them, `_rejected_instances`), each with instances; None once it is deleted, and for a
-        study without MR series: nothing to analyse, whatever its KO series (the node's own withdrawal note, stored
-        alone, was recorded "not analysed: no FLAIR series", review 48r F7). Orthanc is asked whether the study exists
-        unless `study` is its answer already."""
+        study of KO series without MR series: a KO series matters only beside MR series (the node's own withdrawal
+        note, stored alone, was recorded "not analysed: no FLAIR series", review 48r F7). Orthanc is asked whether
+        the study exists unless `study` is its answer already."""
         if study is None and self.client.study(study_id) is None:
             return None
         record = readable_record(self.client.sync_record(study_id))
@@ -256,8 +256,8 @@ class StudySync:
             modality = series["MainDicomTags"].get("Modality")
             if modality in by_modality and series["Instances"]:
                 by_modality[modality].append(series)
-        if not by_modality["MR"]:
-            return None
+        if by_modality["KO"] and not by_modality["MR"]:
+            return None  # a study that holds no MR series at all is still recorded "not analysed", as before
         return record, by_modality["MR"], by_modality["KO"]
 
     def _analyse(
