@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from app.dicom.part10 import (
     DEFLATED_HEADER_BYTES,
@@ -148,4 +148,5 @@ def _evidence_of_study(dataset: Dataset, study_uid: str) -> set[str]:
 
 
 def _uid(value: object) -> str:
-    return str(UID(str(value or "").rstrip("\0 ")))
+    """A UID as the note holds it, without the padding (NUL or space) it may end with."""
+    return str(value or "").rstrip("\0 ")

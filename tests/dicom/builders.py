@@ -220,6 +220,11 @@ def key_object_selection(
     return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
 
 
+def referenced(dataset: Dataset) -> set[str]:
+    """Every Referenced SOP Instance UID anywhere in `dataset` (its sequences walked): what a SEG, SR or note names."""
+    return {str(element.value) for element in dataset.iterall() if element.keyword == "ReferencedSOPInstanceUID"}
+
+
 def to_bytes(dataset: Dataset) -> bytes:
     """The dataset as a DICOM Part 10 file."""
     buffer = io.BytesIO()

@@ -22,7 +22,7 @@ from app.dicom.dicom_sr_reader import predecessors
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES
 from app.node import dicom_spool
 from app.node.dicom_spool import MAX_REJECTION_NOTES, Spool, SpoolFullError, SpoolLimits, study_key
-from tests.dicom.builders import key_object_selection, mr_series, tumor_channels, write_files
+from tests.dicom.builders import key_object_selection, mr_series, referenced, tumor_channels, write_files
 from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
@@ -36,15 +36,6 @@ from tests.node.node_support import (
 )
 
 ALL_RESULTS = (SegmentationStorage, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage)
-
-
-def referenced(dataset: Dataset) -> set[str]:
-    """Every Referenced SOP Instance UID anywhere in `dataset` (its sequences walked)."""
-    found = set()
-    for element in dataset.iterall():
-        if element.keyword == "ReferencedSOPInstanceUID":
-            found.add(str(element.value))
-    return found
 
 
 def rejected_by(note: Dataset) -> set[str]:

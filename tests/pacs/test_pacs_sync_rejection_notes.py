@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from app.dicom.dicom_seg_reader import read_segmentation_masks
@@ -14,14 +13,9 @@ from app.dicom.dicom_sr_reader import predecessors
 from app.inference import Predictor
 from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
-from tests.dicom.builders import key_object_selection, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import key_object_selection, mr_series, referenced, to_bytes, tumor_channels
 from tests.pacs.orthanc_server import Orthanc
 from tests.pacs.pacs_sync_support import config_for
-
-
-def referenced(dataset: Dataset) -> set[str]:
-    """Every Referenced SOP Instance UID anywhere in `dataset`."""
-    return {str(element.value) for element in dataset.iterall() if element.keyword == "ReferencedSOPInstanceUID"}
 
 
 def test_pacs_sync_analyses_a_study_again_without_the_instances_a_rejection_note_rejects(
