@@ -1,11 +1,17 @@
-"""SIGTERM and SIGINT as Ctrl-C (`signals_interrupt`), for the daemons that stop mid-step: pacs-sync throughout, and
-dicom-node while its models load, before it listens."""
+"""SIGTERM and SIGINT for the daemons: as Ctrl-C (`signals_interrupt`) for those that stop mid-step (pacs-sync
+throughout, dicom-node while its models load), or noted (`StopSignals`) for dicom-node once it listens, which finishes
+what it holds before it stops."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType, TracebackType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextmanager
@@ -19,9 +25,42 @@ def signals_interrupt() -> Iterator[None]:
     def interrupt(number: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = {handled: signal.signal(handled, interrupt) for handled in (signal.SIGTERM, signal.SIGINT)}
+    previous = {handled: signal.signal(handled, interrupt) for handled in STOP_SIGNALS}
     try:
         yield
     finally:
         for handled, handler in previous.items():
             signal.signal(handled, handler)
+
+
+class StopSignals:
+    """SIGTERM and SIGINT noted while the context is open; `wait()` returns once either has come, before or during it.
+
+    The handler writes a byte to a pipe, which takes no lock. It used to set a `threading.Event`: a handler runs in the
+    main thread between two bytecodes, and one that ran while the main thread was inside `Event.wait()`, holding the
+    Event's lock, waited on that lock for ever (dicom-node, sent SIGTERM as it began to listen, never exited).
+    The handlers that were there before come back when the context closes.
+    """
+
+    def __enter__(self) -> StopSignals:
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._write_end, False)
+        self._previous = {handled: signal.signal(handled, self.note) for handled in STOP_SIGNALS}
+        return self
+
+    def note(self, number: int, frame: FrameType | None) -> None:
+        """The signal handler: safe at any instant of the main thread."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe already says "stop"
+            os.write(self._write_end, b"\0")
+
+    def wait(self) -> None:
+        """Block until a stop signal has come (at once if one came already)."""
+        os.read(self._read_end, 1)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        for handled, handler in self._previous.items():
+            signal.signal(handled, handler)
+        os.close(self._read_end)
+        os.close(self._write_end)

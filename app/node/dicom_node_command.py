@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +30,7 @@ from app.node.dicom_study_runs import instances_forgotten
 from app.node.node_config import NodeConfig
 from app.node.node_metrics import NodeMetrics
 from app.settings import Settings, get_settings
-from app.stop_signals import signals_interrupt
+from app.stop_signals import StopSignals, signals_interrupt
 from app.uploads import UploadLimits
 
 if TYPE_CHECKING:
@@ -104,41 +103,37 @@ def _run(
     before_models: Callable[[], None] | None,
 ) -> int:
     """Load the models, run the node until SIGINT/SIGTERM; 0."""
-    import signal
-
     from app.inference import load_predictor
     from app.study_analysis import ModelStudyProcessor
 
-    stopped = threading.Event()
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda number, frame: stopped.set())
-    try:
-        # SIGTERM while the models load (10 s to a minute) stops the node there with exit 0, not by the signal (143)
-        # (ops review 44 F6); the handlers above, which let the node finish what it holds, come back afterwards.
-        with signals_interrupt():
-            if before_models is not None:
-                before_models()
-            predictor = load_predictor(settings, args.model_dir)
-    except KeyboardInterrupt:
-        logger.info("DICOM node stopped")
-        return EXIT_OK
-    node = DicomNode(
-        config,
-        ModelStudyProcessor(
-            predictor,
-            rules,
-            UploadLimits.for_node(settings),
-            batch_size=settings.inference_batch_size,
-            result_origin="dicom-node",
-        ),
-        metrics=metrics,
-    )
-    node.start()
-    try:
-        stopped.wait()
-    finally:
-        node.stop()
-        logger.info("DICOM node stopped")
+    with StopSignals() as stop_signals:
+        try:
+            # SIGTERM while the models load (10 s to a minute) stops the node there with exit 0, not by the signal
+            # (143) (ops review 44 F6); the noting handlers, which let the node finish what it holds, come back after.
+            with signals_interrupt():
+                if before_models is not None:
+                    before_models()
+                predictor = load_predictor(settings, args.model_dir)
+        except KeyboardInterrupt:
+            logger.info("DICOM node stopped")
+            return EXIT_OK
+        node = DicomNode(
+            config,
+            ModelStudyProcessor(
+                predictor,
+                rules,
+                UploadLimits.for_node(settings),
+                batch_size=settings.inference_batch_size,
+                result_origin="dicom-node",
+            ),
+            metrics=metrics,
+        )
+        node.start()
+        try:
+            stop_signals.wait()
+        finally:
+            node.stop()
+            logger.info("DICOM node stopped")
     return EXIT_OK
 
 
