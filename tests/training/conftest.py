@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,3 +51,20 @@ def dev_layout(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def original_layout(tmp_path_factory) -> Path:
     return write_layout(tmp_path_factory.mktemp("kaggle_3m"), original=True)
+
+
+@contextmanager
+def keras_runs_eagerly() -> Iterator[None]:
+    """Keras fits and predicts step by step, untraced: tracing a tiny model's step took most of a one- or two-epoch
+    test run (10 s a run), and what such a test checks (files, state, figures) is the same either way. The tests of
+    `test_train_evaluate_export.py` train traced, as `training.train` does."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "run_eagerly", property(lambda model: True, lambda model, value: None))
+        yield
+
+
+@pytest.fixture
+def untraced_keras() -> Iterator[None]:
+    """`keras_runs_eagerly` for one test."""
+    with keras_runs_eagerly():
+        yield

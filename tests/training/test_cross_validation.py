@@ -11,6 +11,7 @@ import pytest
 
 from app.core.model_store import load_models
 from app.core.preprocessing import flair_only
+from tests.training.conftest import keras_runs_eagerly
 from training import (
     compare_test_time_views,
     cross_validation,
@@ -62,33 +63,34 @@ def fold_runs(dev_layout, tmp_path_factory):
     split = root / "split.json"
     split.write_text(json.dumps({"train": patients[:2], "validation": [patients[2]], "test": [patients[3]]}))
     cross_validation.main(["folds", "--split", str(split), "--folds", "2", "--output-dir", str(root)])
-    runs = []
-    for index in range(2):
-        run = root / f"fold{index}"
-        train.main(
-            [
-                "--model",
-                "classifier",
-                "--data-root",
-                str(dev_layout),
-                "--split",
-                str(root / f"split_fold{index}.json"),
-                "--output-dir",
-                str(run),
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
-                "--seed",
-                str(index),
-                "--no-jit-compile",  # XLA's compile would take most of this one-epoch run
-            ]
+    with keras_runs_eagerly():
+        runs = []
+        for index in range(2):
+            run = root / f"fold{index}"
+            train.main(
+                [
+                    "--model",
+                    "classifier",
+                    "--data-root",
+                    str(dev_layout),
+                    "--split",
+                    str(root / f"split_fold{index}.json"),
+                    "--output-dir",
+                    str(run),
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "8",
+                    "--seed",
+                    str(index),
+                    "--no-jit-compile",  # XLA's compile would take most of this one-epoch run
+                ]
+            )
+            runs.append(run)
+        arguments = [argument for run in runs for argument in ("--run", str(run))]
+        cross_validation.main(
+            ["combine", "--data-root", str(dev_layout), *arguments, "--output-dir", str(root / "ensemble")]
         )
-        runs.append(run)
-    arguments = [argument for run in runs for argument in ("--run", str(run))]
-    cross_validation.main(
-        ["combine", "--data-root", str(dev_layout), *arguments, "--output-dir", str(root / "ensemble")]
-    )
     return root, split, patients
 
 

@@ -7,7 +7,6 @@ import json
 import shutil
 import time
 
-import keras
 import numpy as np
 
 from training import train
@@ -39,14 +38,12 @@ def run_arguments(dev_layout, split, output_dir) -> list[str]:
     ]
 
 
-def test_resumed_run_matches_uninterrupted_run(dev_layout, tmp_path, monkeypatch):
-    # A ResUNet of three stages: the full one's training step takes about 20 s to trace, once per run. (Four or eight
-    # filters in the first stage crashed TensorFlow 2.21's CPU kernels at batch 8, crop 128: see the export tests.)
+def test_resumed_run_matches_uninterrupted_run(dev_layout, tmp_path, monkeypatch, untraced_keras):
+    # A ResUNet of three stages, untraced: tracing the full one's training step took about 20 s, once per run, and
+    # tracing even this one 10 s of each of the three runs, while what is resumed (weights, optimizer state, schedule,
+    # random state) is the same either way. (Four or eight filters in the first stage crashed TensorFlow 2.21's CPU
+    # kernels at batch 8, crop 128: see the export tests.)
     monkeypatch.setattr(train, "build_resunet", functools.partial(build_resunet, filters=(16, 32, 64)))
-    # Run eagerly: tracing even that step took 10 s of each of the three runs (38-46 s in all), and what is resumed
-    # (weights, optimizer state, schedule, random state) is the same either way; the traced step is trained by the
-    # other training tests.
-    monkeypatch.setattr(keras.Model, "run_eagerly", property(lambda model: True, lambda model, value: None))
     split = tmp_path / "split.json"
     train.main(run_arguments(dev_layout, split, tmp_path / "whole"))
     # A time budget of almost nothing stops the run after its first epoch, as an interruption would. It began on
