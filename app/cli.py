@@ -224,10 +224,10 @@ def import_tensorflow_quietly(verbose: bool) -> None:
     """
     from app.tensorflow_log import tensorflow_log_held
 
+    atexit.register(gc.freeze)  # first: an import stopped by SIGTERM leaves TensorFlow's objects too (review 49 F2)
     with tensorflow_log_held(verbose):
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
-    atexit.register(gc.freeze)
 
 
 def pacs_sync(args: argparse.Namespace) -> int:

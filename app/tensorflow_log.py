@@ -34,7 +34,9 @@ def quiet_tensorflow_logging() -> None:
 @contextmanager
 def native_stderr_held(quiet: bool) -> Iterator[None]:
     """While the block runs, what C++ code writes to descriptor 2 goes to a temporary file; it is written out after
-    all if the block raises (so a failing import still says why). Does nothing unless `quiet`."""
+    all if the block fails (so a failing import still says why), not when it is stopped (KeyboardInterrupt: the
+    daemons' SIGTERM while TensorFlow was imported put its startup lines in their JSON log, review 49 F2). Does
+    nothing unless `quiet`."""
     if not quiet:
         yield
         return
@@ -44,6 +46,9 @@ def native_stderr_held(quiet: bool) -> Iterator[None]:
         os.dup2(held.fileno(), 2)
         try:
             yield
+        except KeyboardInterrupt:
+            _restore(saved)
+            raise
         except BaseException:
             _restore(saved)
             held.seek(0)

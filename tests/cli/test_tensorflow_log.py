@@ -34,6 +34,16 @@ def test_native_stderr_is_shown_when_loading_fails(capfd: pytest.CaptureFixture[
     assert capfd.readouterr().err == "E0000 cuda_dnn.cc] could not load libcudnn\n"
 
 
+def test_native_stderr_stays_held_when_the_block_is_stopped(capfd: pytest.CaptureFixture[str]) -> None:
+    """A daemon stopped by SIGTERM while TensorFlow is imported (KeyboardInterrupt from `signals_interrupt`) logs its
+    stop as JSON; TensorFlow's startup lines had come out with it (review 49 F2)."""
+    with pytest.raises(KeyboardInterrupt), native_stderr_held(quiet=True):
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on\n")
+        raise KeyboardInterrupt
+
+    assert capfd.readouterr().err == ""
+
+
 def test_native_stderr_passes_through_when_verbose(capfd: pytest.CaptureFixture[str]) -> None:
     with native_stderr_held(quiet=False):
         os.write(2, b"native\n")
