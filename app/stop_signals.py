@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,17 +21,23 @@ def signals_interrupt() -> Iterator[None]:
     as Ctrl-C does, so that the step in progress is abandoned and the command can log its stop and exit 0. SIGTERM
     used to kill pacs-sync by the signal, and SIGINT did nothing to one started with SIGINT ignored (a script's
     background job); while the models loaded, both daemons died by SIGTERM with exit 143 (ops review 44 F6). The
-    handlers that were there before come back afterwards."""
+    handlers that were there before come back afterwards, unless the block was stopped: then both signals are
+    ignored for the rest of the exit, so that a second one (two Ctrl-C, a script's `kill; kill`) cannot kill the
+    command by the signal halfway through its stop (review 49 F6); SIGKILL still stops it."""
 
     def interrupt(number: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = {handled: signal.signal(handled, interrupt) for handled in STOP_SIGNALS}
+    stopped = False
     try:
         yield
+    except KeyboardInterrupt:
+        stopped = True
+        raise
     finally:
         for handled, handler in previous.items():
-            signal.signal(handled, handler)
+            signal.signal(handled, signal.SIG_IGN if stopped else handler)
 
 
 class StopSignals:
@@ -39,7 +46,8 @@ class StopSignals:
     The handler writes a byte to a pipe, which takes no lock. It used to set a `threading.Event`: a handler runs in the
     main thread between two bytecodes, and one that ran while the main thread was inside `Event.wait()`, holding the
     Event's lock, waited on that lock for ever (dicom-node, sent SIGTERM as it began to listen, never exited).
-    The handlers that were there before come back when the context closes.
+    When the context closes, the handlers that were there before come back; once a stop signal has come, both are
+    ignored instead, for the rest of the exit (as in `signals_interrupt`), and ignored ones are left so.
     """
 
     def __enter__(self) -> StopSignals:
@@ -53,14 +61,23 @@ class StopSignals:
         with contextlib.suppress(BlockingIOError):  # a full pipe already says "stop"
             os.write(self._write_end, b"\0")
 
+    def came(self) -> bool:
+        """Whether a stop signal has come (and not been waited for)."""
+        return bool(select.select([self._read_end], [], [], 0)[0])
+
     def wait(self) -> None:
         """Block until a stop signal has come (at once if one came already)."""
         os.read(self._read_end, 1)
+        os.write(self._write_end, b"\0")  # still true for `came`
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        stopping = self.came()
         for handled, handler in self._previous.items():
-            signal.signal(handled, handler)
+            if stopping:
+                signal.signal(handled, signal.SIG_IGN)
+            elif signal.getsignal(handled) == self.note:  # not ignored by a stop inside (`signals_interrupt`)
+                signal.signal(handled, handler)
         os.close(self._read_end)
         os.close(self._write_end)

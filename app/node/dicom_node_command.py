@@ -117,6 +117,11 @@ def _run(
         except KeyboardInterrupt:
             logger.info("DICOM node stopped")
             return EXIT_OK
+        # A signal in the moment before the load could be interrupted was only noted: stop now, not after
+        # listening (review 49 F5).
+        if stop_signals.came():
+            logger.info("DICOM node stopped")
+            return EXIT_OK
         node = DicomNode(
             config,
             ModelStudyProcessor(

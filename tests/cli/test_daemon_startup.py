@@ -226,6 +226,7 @@ def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
         raise AssertionError("pacs-sync left SIGTERM to its default action, death by the signal")
 
     before = signal.signal(signal.SIGTERM, left_to_the_default)  # stands in for the default, which would end pytest
+    before_sigint = signal.getsignal(signal.SIGINT)
     try:
         stub = SimpleNamespace(warm_up=lambda *args: None)
         monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
@@ -242,9 +243,11 @@ def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
 
         assert (code, out, err) == (cli.EXIT_OK, "", "")
         assert "pacs-sync stopped" in [record.getMessage() for record in caplog.records]
-        assert signal.getsignal(signal.SIGTERM) is left_to_the_default  # given back
+        # Stopping: a second signal is ignored for the rest of the exit, not death by the signal (review 49 F6).
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_sigint)
 
 
 @pytest.mark.parametrize(
@@ -283,9 +286,49 @@ def test_daemons_stop_on_sigterm_while_their_models_load_with_exit_0(
 
         assert (code, out, err) == (cli.EXIT_OK, "", "")
         assert stopped in [record.getMessage() for record in caplog.records]
+        # Stopping: a second signal is ignored for the rest of the exit, not death by the signal (review 49 F6).
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         for handled, handler in before.items():
             signal.signal(handled, handler)
+
+
+def test_dicom_node_stopped_just_before_its_models_load_does_not_listen_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 49 F5: SIGTERM in the moment after the node noted stop signals and before the model load could be
+    interrupted was only noted: the node loaded its models (10 s to a minute), listened, then stopped."""
+    from contextlib import contextmanager
+
+    from app.node import dicom_node_command
+    from app.settings import Settings
+
+    interrupting = dicom_node_command.signals_interrupt
+
+    @contextmanager
+    def sigterm_first() -> Iterator[None]:
+        os.kill(os.getpid(), signal.SIGTERM)  # noted by the node's handler, which is in place
+        with interrupting():
+            yield
+
+    def not_to_be_made(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the node was made, to listen, after SIGTERM")
+
+    stub = SimpleNamespace(warm_up=lambda size=1: None, model_tags={}, classifier_threshold=0.5)
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
+    monkeypatch.setattr(dicom_node_command, "signals_interrupt", sigterm_first)
+    monkeypatch.setattr(dicom_node_command, "DicomNode", not_to_be_made)
+    settings = Settings(dicom_node_spool_dir=tmp_path / "spool", dicom_node_port=free_port())
+    arguments = SimpleNamespace(ae_title=None, host=None, port=None, spool_dir=None, model_dir=None)
+    before = {handled: signal.getsignal(handled) for handled in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with caplog.at_level(logging.INFO):
+            assert dicom_node_command.main(arguments, settings) == cli.EXIT_OK
+    finally:
+        for handled, handler in before.items():
+            signal.signal(handled, handler)
+
+    assert "DICOM node stopped" in [record.getMessage() for record in caplog.records]
 
 
 class BatchSizeSeen(Exception):

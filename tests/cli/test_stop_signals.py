@@ -7,9 +7,21 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
-from app.stop_signals import StopSignals
+import pytest
+
+from app.stop_signals import STOP_SIGNALS, StopSignals, signals_interrupt
+
+
+@pytest.fixture(autouse=True)
+def handlers_restored() -> Iterator[None]:
+    """A stop leaves SIGTERM and SIGINT ignored for the rest of the exit; the test process goes on."""
+    before = {handled: signal.getsignal(handled) for handled in STOP_SIGNALS}
+    yield
+    for handled, handler in before.items():
+        signal.signal(handled, handler)
 
 
 def waiting_thread(stop_signals: StopSignals, interrupt_at: int | None = None) -> tuple[threading.Thread, list[int]]:
@@ -80,3 +92,30 @@ def test_the_handlers_before_come_back() -> None:
         assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == stop_signals.note
 
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_stop_signal_is_told_without_waiting_and_leaves_both_signals_ignored() -> None:
+    """dicom-node asks `came` after its models load, so that a signal noted before the load could be interrupted
+    does not have it listen first (review 49 F5); once stopping, a second signal cannot kill it halfway (F6)."""
+    with StopSignals() as stop_signals:
+        assert not stop_signals.came()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop_signals.came()
+        stop_signals.wait()
+        assert stop_signals.came()
+
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_a_stop_inside_signals_interrupt_leaves_both_signals_ignored() -> None:
+    with pytest.raises(KeyboardInterrupt), StopSignals(), signals_interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_signals_interrupt_gives_back_the_handlers_when_not_stopped() -> None:
+    with StopSignals() as stop_signals:
+        with signals_interrupt():
+            pass
+        assert signal.getsignal(signal.SIGTERM) == stop_signals.note
