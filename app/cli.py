@@ -16,6 +16,7 @@ import argparse
 import atexit
 import ctypes
 import gc
+import logging
 import re
 import signal
 import socket
@@ -90,6 +91,7 @@ def serve(args: argparse.Namespace) -> int:
     from app.logging_config import configure_logging
     from app.main import create_app
     from app.security import KeyConfigurationError
+    from app.stop_signals import signals_interrupt
 
     # --host and --port go into the settings the app is built with, so that what it says about its address (the
     # warning for a public one without API keys) is about the address uvicorn binds.
@@ -117,7 +119,14 @@ def serve(args: argparse.Namespace) -> int:
                 "cannot be read); save it as UTF-8",
                 EXIT_USAGE,
             )
-        hold_back_tensorflow_log(settings, args.verbose)
+        try:
+            # SIGTERM or SIGINT while TensorFlow is imported (up to 22 s, before uvicorn takes them) stop the server
+            # with exit 0, as once it serves: SIGTERM killed it by the signal (143) (review 49 F3).
+            with signals_interrupt():
+                hold_back_tensorflow_log(settings, args.verbose)
+        except KeyboardInterrupt:
+            logging.getLogger("uvicorn.error").info("stopped before serving")
+            return EXIT_OK
         # The lifespan checks the model files too (for `uvicorn app.main:app`), but a refusal there also gets
         # uvicorn's traceback: checked here first, a missing or tampered file is one line and exit 3.
         read_manifest(settings.model_dir)

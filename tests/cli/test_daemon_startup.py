@@ -293,6 +293,38 @@ def test_daemons_stop_on_sigterm_while_their_models_load_with_exit_0(
             signal.signal(handled, handler)
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_with_exit_0_on_a_signal_while_tensorflow_is_imported(
+    stop_signal: signal.Signals,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review 49 F3: before uvicorn took the signals, SIGTERM killed serve by the signal (143) and SIGINT printed
+    "interrupted" with exit 130, in the seconds of every start that TensorFlow is imported."""
+
+    def left_to_the_default(number: int, frame: object) -> None:
+        raise AssertionError("serve left the signal to its default action")
+
+    before = {handled: signal.signal(handled, left_to_the_default) for handled in (signal.SIGTERM, signal.SIGINT)}
+    try:
+
+        def import_that_gets_the_signal(*args: object) -> None:
+            os.kill(os.getpid(), stop_signal)
+            time.sleep(5)  # the handler interrupts it at once
+            pytest.fail("the signal did not stop the import")
+
+        monkeypatch.setattr(cli, "hold_back_tensorflow_log", import_that_gets_the_signal)
+        with caplog.at_level(logging.INFO):
+            code, out, err = run(capsys, "serve", "--port", str(free_port()))
+
+        assert (code, out, err) == (cli.EXIT_OK, "", "")
+        assert "stopped before serving" in [record.getMessage() for record in caplog.records]
+    finally:
+        for handled, handler in before.items():
+            signal.signal(handled, handler)
+
+
 def test_dicom_node_stopped_just_before_its_models_load_does_not_listen_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
