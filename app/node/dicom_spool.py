@@ -582,14 +582,12 @@ class Spool:
             if not isinstance(recorded, dict) or not all(isinstance(code, str) for code in recorded.values()):
                 raise ValueError("not a record of rejected instances")
         except ValueError as error:  # JSONDecodeError is one
-            with self._lock:
-                first = key not in self._unreadable_rejections
-                self._unreadable_rejections.add(key)
-            if first:
-                logger.error(
-                    "study's rejected instances unreadable: study left waiting until rejected.json is repaired",
-                    extra={"fields": {"study_key": key, "error": type(error).__name__}},
-                )
+            self._log_once(
+                self._unreadable_rejections,
+                key,
+                "study's rejected instances unreadable: study left waiting until rejected.json is repaired",
+                error,
+            )
             raise UnreadableRejectionsError(f"the rejected instances of study {key} cannot be read") from error
         with self._lock:
             self._unreadable_rejections.discard(key)
@@ -598,6 +596,15 @@ class Spool:
             while len(self._rejections) > _REJECTIONS_CACHED:
                 self._rejections.pop(next(iter(self._rejections)))
         return recorded
+
+    def _log_once(self, logged: set[str], key: str, message: str, error: Exception) -> None:
+        """Log `message` for study `key` unless `logged` (the keys it was logged for) holds it: an unreadable file is
+        met at every instance and pass, and said once, by key and error type only (the files hold UIDs)."""
+        with self._lock:
+            first = key not in logged
+            logged.add(key)
+        if first:
+            logger.error(message, extra={"fields": {"study_key": key, "error": type(error).__name__}})
 
     def is_rejected(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str) -> bool:
         """Whether an incoming rejection note rejected the instance: sent again, it stays left out (IOCM: rejected
@@ -738,14 +745,7 @@ class Spool:
             if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
                 raise ValueError("not a study record")
         except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            with self._lock:
-                first = key not in self._unreadable
-                self._unreadable.add(key)
-            if first:
-                logger.error(
-                    "study record unreadable: study skipped until it is repaired",
-                    extra={"fields": {"study_key": key, "error": type(error).__name__}},
-                )
+            self._log_once(self._unreadable, key, "study record unreadable: study skipped until it is repaired", error)
             return None
         with self._lock:
             self._unreadable.discard(key)
