@@ -175,7 +175,7 @@ def test_a_later_frame_wrapped_as_a_jp2_file_is_size_checked_too() -> None:
 
 
 SLOW_JPEG_LS = Path(__file__).parents[1] / "data" / "dicom" / "jpeg_ls_truncated_slow.dcm"
-"""A synthetic 3-frame 64x64 JPEG-LS file with frame 1 cut short (found by fuzzing): CharLS takes 5-15 s to give
+"""A synthetic 3-frame 64x64 JPEG-LS file with frame 1 cut short (found by fuzzing): CharLS takes 3-15 s to give
 up on it, holding the GIL all along when it runs in the service's process."""
 
 
@@ -202,7 +202,9 @@ def test_a_slow_jpeg_ls_codestream_stalls_no_thread_of_the_service(monkeypatch: 
         ticker.join()
         dicom_pixels._WORKER.stop()
     assert time.monotonic() - started < 6.0  # the worker was given up on after 2 s (and a fresh one started)
-    assert max(gaps) < 0.5, f"another thread waited {max(gaps):.1f} s"
+    # In the service's process the decoder holds the GIL throughout (3.3 s on an idle machine, 2026-12-06); under the
+    # suite's load on two cores a ticking thread has waited 0.8 s for the CPU alone (CI), so the bound sits between.
+    assert max(gaps) < 1.5, f"another thread waited {max(gaps):.1f} s"
 
 
 def test_the_worker_gives_a_file_time_for_its_pixels() -> None:
