@@ -17,6 +17,7 @@ import atexit
 import ctypes
 import gc
 import logging
+import os
 import re
 import signal
 import socket
@@ -160,9 +161,23 @@ def serve(args: argparse.Namespace) -> int:
         for handled in (signal.SIGTERM, signal.SIGINT):
             signal.signal(handled, lambda number, frame: None)
         run_server(server, listener)
+    if app.state.model_loader is not None and not app.state.model_loader.done():
+        # Stopped while the models load: that thread cannot be interrupted, and waiting for it (up to 50 s) outlasts
+        # Compose's 10 s before SIGKILL (review 49 F1). Nothing is left to save: the lifespan has closed the audit log.
+        logging.getLogger("uvicorn.error").info("stopped while the models loaded")
+        exit_at_once(EXIT_OK)
     if app.state.load_error is not None:
         return fail(f"brain-tumor serve: cannot load the models: {app.state.load_error}", EXIT_MODELS)
     return EXIT_OK
+
+
+def exit_at_once(code: int) -> None:
+    """End the process now, its log flushed: no interpreter shutdown, which would wait for the threads still
+    running (a model load) and could crash in TensorFlow's native code while it tears objects down."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -47,13 +48,19 @@ DESCRIPTION = (
 async def load_models(app: FastAPI) -> None:
     """Load and warm up both models off the event loop, then start the micro-batcher and turn readiness on."""
     state = app.state
+    # Its own thread, not asyncio's default executor: `asyncio.run` joins that one when the server stops, so SIGTERM
+    # during the load (10-50 s) waited for it (review 49 F1). `brain-tumor serve` exits without waiting instead
+    # (`model_loader` still running); under plain uvicorn the interpreter still waits for the thread at exit.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-models")
+    state.model_loader = loader.submit(
+        load_predictor,
+        state.settings,
+        observer=state.metrics.observe_inference,
+        manifest=state.manifest,  # verified by the lifespan before serving
+    )
+    loader.shutdown(wait=False)
     try:
-        predictor = await asyncio.to_thread(
-            load_predictor,
-            state.settings,
-            observer=state.metrics.observe_inference,
-            manifest=state.manifest,  # verified by the lifespan before serving
-        )
+        predictor = await asyncio.wrap_future(state.model_loader)
     except Exception as error:  # whatever it is, readiness must say so rather than wait forever
         state.load_error = str(error) or type(error).__name__
         logger.critical("model loading failed", exc_info=error, extra={"fields": {"error": state.load_error}})
@@ -129,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.prediction_service = None
     app.state.ready = False
     app.state.load_error = None
+    app.state.model_loader = None  # the load's Future, from the lifespan's start
     # Called once loading has failed; None (another ASGI server) keeps serving, readiness 503 with the reason logged.
     app.state.on_load_failure = None
     metrics.follow_readiness(lambda: app.state.ready and audit.writable)  # what /health/ready answers

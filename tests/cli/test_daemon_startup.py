@@ -325,6 +325,42 @@ def test_serve_stops_with_exit_0_on_a_signal_while_tensorflow_is_imported(
             signal.signal(handled, handler)
 
 
+def test_serve_stopped_while_its_models_load_exits_0_without_waiting_for_the_load(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 49 F1: the load ran in asyncio's default executor, which `asyncio.run` joins when the server stops, so
+    SIGTERM during a 10-50 s load waited for all of it, past Compose's 10 s before SIGKILL."""
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_models(*args: object, **kwargs: object) -> None:
+        loading.set()
+        release.wait(30)  # a load that goes on for 30 s unless the test ends it
+        pytest.fail("the load was waited for")
+
+    run_server = cli.run_server
+
+    def stop_once_loading(server: uvicorn.Server, listener: socket.socket) -> None:  # as SIGTERM would
+        threading.Thread(target=lambda: loading.wait(30) and setattr(server, "should_exit", True)).start()
+        run_server(server, listener)
+
+    exits: list[int] = []
+    monkeypatch.setattr("app.main.load_predictor", slow_models)
+    monkeypatch.setattr("signal.signal", lambda number, handler: None)  # keep Ctrl-C working in the test run
+    monkeypatch.setattr(cli, "run_server", stop_once_loading)
+    monkeypatch.setattr(cli, "exit_at_once", exits.append, raising=False)
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.INFO):
+            run(capsys, "serve", "--port", str(free_port()))
+        took = time.monotonic() - started
+    finally:
+        release.set()
+
+    assert exits == [cli.EXIT_OK]
+    assert took < 20, f"serve took {took:.0f} s to stop"
+    assert "stopped while the models loaded" in [record.getMessage() for record in caplog.records]
+
+
 def test_dicom_node_stopped_just_before_its_models_load_does_not_listen_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
