@@ -77,11 +77,18 @@ async def client_reading(reads: list[int], periods: float, min_rate: int = 0) ->
     transport = ClientTransport(ANSWER_BYTES)
     protocol.connection_made(transport)
     protocol.pause_writing()
-    for taken in reads:
-        await asyncio.sleep(LIMIT_SECONDS * 0.6)
-        transport.buffered = max(0, transport.buffered - taken)
-        await asyncio.sleep(LIMIT_SECONDS * 0.4)
-    await asyncio.sleep(LIMIT_SECONDS * (periods - len(reads)))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def take(amount: int) -> None:
+        transport.buffered = max(0, transport.buffered - amount)
+
+    # Timer callbacks at fixed times, like the server's own check: a loop held up (0.2 s under a loaded CI) runs
+    # every overdue one in time order, where a sleeping coroutine's step came a pass after the check, which then
+    # found nothing taken and cut off a client that was keeping up.
+    for index, taken in enumerate(reads):
+        loop.call_at(started + LIMIT_SECONDS * (index + 0.6), take, taken)
+    await asyncio.sleep(max(0.0, started + LIMIT_SECONDS * periods - loop.time()))
     protocol.connection_lost(None)  # cancels its timers, as the server does when a connection ends
     return transport
 
