@@ -298,7 +298,7 @@ def test_an_association_the_node_closes_for_idling_is_no_abort(
 ) -> None:
     """review24: a router that leaves its association open until the node's idle timeout had sent all it meant to;
     counted as an abort, every SR said "instances may be missing"."""
-    node = make_node(association_timeout_seconds=1.0)
+    node = make_node(association_timeout_seconds=3.0)  # not 1 s: a stall between two stores would close it early
     association = associate(node, MRImageStorage)
     assert [store(association, dataset) for dataset in mr_series(tumor_channels())] == [0, 0, 0]
     assert wait_for(lambda: not association.is_established, 10)  # closed by the node

@@ -157,7 +157,7 @@ def test_predict_refuses_bomb_from_its_header(budget_client: TestClient, good_jp
     assert predict(budget_client, good_jpeg).status_code == 200
 
 
-def test_frame_bomb_is_refused_in_under_a_second_without_a_large_allocation(no_decoding: None):
+def test_frame_bomb_is_refused_quickly_without_a_large_allocation(no_decoding: None):
     data = corpus.deflated_dicom(1, 1, frames=20000)
     assert len(data) < 1024, len(data)
 
@@ -175,21 +175,21 @@ def test_frame_bomb_is_refused_in_under_a_second_without_a_large_allocation(no_d
     assert "at most 256 slices" in raised.value.message and "got 20000" in raised.value.message
     assert isinstance(plan.headers[0], OverMemoryBudgetError)
     assert "1 rows x 1 columns x 20000 frames x 16 bits" in plan.headers[0].message
-    assert elapsed < 1.0, elapsed
+    assert elapsed < 3.0, elapsed  # 4-12 ms; what decoding would cost is held off by `no_decoding`
     assert peak < 8 * MIB, f"{peak} bytes allocated to refuse a 691-byte file"
 
 
-def test_frame_bomb_over_http_is_refused_in_under_a_second(budget_client: TestClient, no_decoding: None):
+def test_frame_bomb_over_http_is_refused_quickly(budget_client: TestClient, no_decoding: None):
     data = corpus.deflated_dicom(1, 1, frames=20000)
 
     for path in ("/v1/predict", "/v1/overlay"):
         started = time.perf_counter()
         response = predict(budget_client, data, path)
-        assert time.perf_counter() - started < 1.0
+        assert time.perf_counter() - started < 3.0  # 4-12 ms; a stall of the test process (0.8 s on CI) is not it
         assert_error(response, 400, "invalid_image")
     started = time.perf_counter()
     response = predict_batch(budget_client, [data])
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 3.0
     assert_error(response, 413, "too_many_slices")
 
 

@@ -133,9 +133,11 @@ def test_slow_headers_do_not_delay_health_and_are_closed(server: ServerProcess):
             for sock in sockets:
                 sock.close()
 
-    # A server held up by the trickle answers a second or more late (a byte a second per connection); 0.5 s apart
-    # tells that from a busy machine's jitter (0.1 s failed once on 2 cores shared with a training run: 103 ms).
-    assert max(during) - baseline < 0.5, f"/health/live took {max(during) * 1000:.0f} ms under slow headers"
+    # A server held up by the trickle answers every call a second or more late (a byte a second per connection); 0.5 s
+    # apart tells that from a busy machine's jitter (0.1 s failed once on 2 cores shared with a training run: 103 ms),
+    # and the third slowest of 20 calls, not the slowest, from a stall of either process (0.8 s seen on CI).
+    third_slowest = sorted(during)[-3]
+    assert third_slowest - baseline < 0.5, f"/health/live took {third_slowest * 1000:.0f} ms under slow headers"
     assert len(closed_after) == SLOW_CONNECTIONS, f"only {len(closed_after)} of {SLOW_CONNECTIONS} were closed"
     assert max(closed_after.values()) < HEADER_TIMEOUT_SECONDS + 3
     timeouts = [line for line in log_lines(server) if line.get("error_code") == "request_timeout"]

@@ -605,7 +605,8 @@ def test_positives_of_a_timed_out_job_are_dropped_before_the_segmenter() -> None
         batcher = MicroBatcher(model, max_batch_size=1)
         batcher.start()
         with pytest.raises(InferenceTimeoutError):
-            await batcher.submit(*slices(0.9, 0.95), timeout_seconds=0.2)
+            # 2 s: the held segmenter outlasts any timeout; a short one could fire before the job got to it
+            await batcher.submit(*slices(0.9, 0.95), timeout_seconds=2.0)
         assert model.segmenter_gate.reached.is_set()
         model.segmenter_gate.release()
         assert probabilities(await batcher.submit(*slices(0.7))) == pytest.approx([0.7])
