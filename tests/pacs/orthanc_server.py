@@ -155,8 +155,62 @@ def running_orthanc(
     plugin = dicomweb_plugin()
     if plugin is None:
         pytest.fail("Orthanc is installed but its DICOMweb plugin is not: install the Debian package orthanc-dicomweb")
-    port = port or free_port()
-    config = {
+    session = requests.Session()
+    session.auth = (USER, PASSWORD)
+    # Orthanc sometimes closes a connection without an answer (a kept-alive one it timed out as the call went out: CI,
+    # once; 4 of 300 calls for a missing study with "Connection: close"). pacs-sync retries such a failure, and so
+    # does this helper, for every method: Orthanc had not read the call it dropped.
+    session.mount(
+        "http://", HTTPAdapter(max_retries=Retry(total=3, connect=3, read=3, status=0, other=0, allowed_methods=None))
+    )
+    log_path = directory / "orthanc.log"
+    process = None
+    try:
+        # Started again on other ports if a free one was taken before Orthanc bound it (the other test worker's
+        # connections take ports too); not when the test named its port.
+        for attempt in range(3):
+            http_port = port or free_port()
+            dicom_port = None if dicom_modalities is None else free_port()
+            config = orthanc_config(directory, plugin, http_port, dicom_port, dicom_modalities)
+            config.update(
+                StableAge=stable_age,
+                OverwriteInstances=overwrite_instances,
+                LuaScripts=[str(path) for path in lua_scripts or []],
+            )
+            config_path = directory / "orthanc.json"
+            config_path.write_text(json.dumps(config))
+            with log_path.open("w") as log:
+                process = subprocess.Popen(
+                    [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=directory
+                )
+            url = f"http://127.0.0.1:{http_port}"
+            if answers(session, url, process, deadline=time.monotonic() + 60):
+                break
+            if process.poll() is None:
+                pytest.fail(f"Orthanc did not answer within 60 s: {log_path.read_text()[-2000:]}")
+            if port is not None or attempt == 2 or "already in use" not in log_path.read_text():
+                pytest.fail(f"Orthanc exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        yield Orthanc(url=url, session=session, dicom_port=dicom_port)
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def orthanc_config(
+    directory: Path,
+    plugin: Path,
+    port: int,
+    dicom_port: int | None,
+    dicom_modalities: dict[str, tuple[str, str, int]] | None,
+) -> dict[str, Any]:
+    """Orthanc's configuration: HTTP on `port` with the test's user, DICOMweb; DICOM on `dicom_port` with
+    `dicom_modalities`, if given."""
+    config: dict[str, Any] = {
         "Name": "pacs-sync-test",
         "StorageDirectory": str(directory / "storage"),
         "IndexDirectory": str(directory / "storage"),
@@ -168,14 +222,9 @@ def running_orthanc(
         "Plugins": [str(plugin)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "UserMetadata": {SYNC_METADATA: 4600},
-        "StableAge": stable_age,
         "SaveJobs": False,
-        "OverwriteInstances": overwrite_instances,
-        "LuaScripts": [str(path) for path in lua_scripts or []],
     }
-    dicom_port = None
     if dicom_modalities is not None:
-        dicom_port = free_port()
         config.update(
             DicomServerEnabled=True,
             DicomAet=ORTHANC_AE,
@@ -188,38 +237,16 @@ def running_orthanc(
                 for name, (ae_title, host, port) in dicom_modalities.items()
             },
         )
-    config_path = directory / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    log_path = directory / "orthanc.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=directory)
-    session = requests.Session()
-    session.auth = (USER, PASSWORD)
-    # Orthanc sometimes closes a connection without an answer (a kept-alive one it timed out as the call went out: CI,
-    # once; 4 of 300 calls for a missing study with "Connection: close"). pacs-sync retries such a failure, and so
-    # does this helper, for every method: Orthanc had not read the call it dropped.
-    session.mount(
-        "http://", HTTPAdapter(max_retries=Retry(total=3, connect=3, read=3, status=0, other=0, allowed_methods=None))
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"Orthanc exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if session.get(f"{url}/system", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not answer within 60 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield Orthanc(url=url, session=session, dicom_port=dicom_port)
-    finally:
-        process.terminate()
+    return config
+
+
+def answers(session: requests.Session, url: str, process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Whether Orthanc at `url` answers before `deadline`; False at once if its process exits first."""
+    while time.monotonic() < deadline and process.poll() is None:
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            if session.get(f"{url}/system", timeout=2).status_code == 200:
+                return True
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    return False

@@ -125,6 +125,22 @@ class ServerProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def ready(self) -> bool:
+        """Whether `/health/ready` answers 200 now."""
+        try:
+            return httpx.get(f"{self.base_url}/health/ready", timeout=5.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_until_ready(self) -> bool:
+        """Whether the server is ready within `READY_TIMEOUT_SECONDS`; False at once if it exits first."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if self.ready():
+                return True
+            time.sleep(0.2)
+        return False
+
     def stop(self, timeout_seconds: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -158,7 +174,22 @@ def server_environment(model_dir: Path, port: int, **extra: str) -> dict[str, st
 
 
 def start_server(model_dir: Path, log_dir: Path, **extra_env: str) -> ServerProcess:
-    """Start `python -m app.cli serve` and wait for readiness; the caller stops it."""
+    """Start `python -m app.cli serve` and wait for readiness; the caller stops it. Started again on another port
+    if the free one was taken before the server bound it (the other test worker's connections take ports too)."""
+    for attempt in range(3):
+        server = launch_server(model_dir, log_dir, **extra_env)
+        if server.wait_until_ready() or attempt == 2 or "Address already in use" not in server.stderr():
+            break
+    if server.process.poll() is not None:
+        pytest.fail(f"server exited with {server.process.returncode} before it was ready:\n{server.stderr()[-4000:]}")
+    if not server.ready():
+        server.stop()
+        pytest.fail(f"server not ready within {READY_TIMEOUT_SECONDS:g} s:\n{server.stderr()[-4000:]}")
+    return server
+
+
+def launch_server(model_dir: Path, log_dir: Path, **extra_env: str) -> ServerProcess:
+    """`python -m app.cli serve` on a free port, just started."""
     port = free_port()
     stderr_path = log_dir / f"server-{port}.stderr"
     with stderr_path.open("wb") as stderr:
@@ -169,20 +200,7 @@ def start_server(model_dir: Path, log_dir: Path, **extra_env: str) -> ServerProc
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", stderr_path)
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    with httpx.Client(base_url=server.base_url, timeout=5.0) as probe:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode} before it was ready:\n{server.stderr()[-4000:]}")
-            try:
-                if probe.get("/health/ready").status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-    server.stop()
-    pytest.fail(f"server not ready within {READY_TIMEOUT_SECONDS:g} s:\n{server.stderr()[-4000:]}")
+    return ServerProcess(process, f"http://127.0.0.1:{port}", stderr_path)
 
 
 @pytest.fixture
