@@ -36,6 +36,7 @@ from app.intensity_range import sample_values, stretch_in_place, stretch_range
 from app.jpeg_data import CorruptJpegError, check_jpeg_data
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure, frame_header
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
+from app.png_data import CorruptPngError, png_for_libpng
 from app.settings import Settings
 from app.tiff_decoding import (
     JPEG,
@@ -508,7 +509,12 @@ def _check_palette_indices(image: Image.Image, image_format: ImageFormat) -> Non
 
 
 def _decode_png16(data: bytes) -> np.ndarray:
-    """16-bit PNG: Pillow would cut colour ones to their high byte, so OpenCV decodes them (after the header checks)."""
+    """16-bit PNG: Pillow would cut colour ones to their high byte, so OpenCV decodes them (after the header checks),
+    once `png_for_libpng` has found nothing its libpng would complain about on stderr."""
+    try:
+        data = png_for_libpng(data)
+    except CorruptPngError as error:
+        raise UndecodableImageError(f"16-bit PNG file cannot be decoded: {error}") from None
     array = _decode_with_opencv(data)
     if array is None:
         raise UndecodableImageError("16-bit PNG file cannot be decoded: the data is truncated or corrupt")

@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 
 from tests.conftest import REPO_ROOT
+from tests.service.png16_files import broken_png16s, chunk, png16, samples
 
 
 def tiff_with_a_broken_strip() -> bytes:
@@ -55,3 +56,37 @@ def test_a_broken_tiff_leaves_only_json_lines_on_stderr(tmp_path) -> None:
     for line in lines:
         json.loads(line)  # every line is JSON
     assert json.loads(lines[-1])["message"] == "refused"
+
+
+def test_broken_16_bit_pngs_leave_only_json_lines_on_stderr(tmp_path) -> None:
+    """libpng, which OpenCV decodes 16-bit PNGs with, wrote `libpng error: IDAT: incorrect data check` and the like
+    for a broken file, and `libpng warning: iCCP: too short` for a malformed colour profile in a whole one."""
+    files = {name: data for name, (data, _) in broken_png16s().items()}
+    files["malformed colour profile"] = png16(samples((16, 16)), before_data=chunk(b"iCCP", b"x\x00\x00"))
+    paths = []
+    for index, data in enumerate(files.values()):
+        paths.append(tmp_path / f"{index}.png")
+        paths[-1].write_bytes(data)
+    script = textwrap.dedent(
+        f"""
+        import logging
+        from app.errors import ServiceError
+        from app.imaging import decode_samples
+        from app.logging_config import configure_logging
+        configure_logging()
+        for path in {[str(path) for path in paths]!r}:
+            try:
+                decode_samples(open(path, "rb").read())
+                logging.getLogger("check").warning("decoded")
+            except ServiceError as error:
+                logging.getLogger("check").warning("refused", extra={{"fields": {{"code": error.code}}}})
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    for line in lines:
+        json.loads(line)  # every line is JSON
+    assert [json.loads(line)["message"] for line in lines] == ["refused"] * (len(files) - 1) + ["decoded"]

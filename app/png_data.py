@@ -1,0 +1,119 @@
+"""A 16-bit PNG checked whole before OpenCV's libpng decodes it, and handed over with only the chunks it needs.
+
+libpng prints its warnings and errors on the process's standard error, past Python's logging (`libpng warning:
+iCCP: too short`, `libpng error: IDAT: incorrect data check`): a client's broken file put lines that are not JSON into
+the service's log, at will. What libpng would complain about is found here first and refused with a reason, and the
+ancillary chunks (colour profiles, text, times, a suggested palette, transparency: nothing the models read; an alpha
+channel is dropped anyway) are left out. Pillow decodes every other PNG, and says nothing on stderr.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+"""Samples per pixel of the colour types that may hold 16-bit samples: grey, RGB, grey + alpha, RGBA."""
+ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+"""An interlaced image's seven passes: first column, first row, column step, row step."""
+MAX_FILTER_TYPE = 4
+
+
+class CorruptPngError(ValueError):
+    """What is wrong with a PNG, in words for the client."""
+
+
+def png_for_libpng(data: bytes) -> bytes:
+    """The file's header, image data and end chunks, once all three are found whole: chunk checksums, a zlib stream
+    that holds exactly the image's rows and ends there, and a known filter type on every row.
+
+    Raises
+    ------
+    CorruptPngError
+        What libpng would have said on stderr (a truncated or damaged file, a header it refuses).
+    """
+    header, image_data, kept, previous = None, [], [], b""
+    for kind, start, end in _chunks(data):
+        if kind == b"IHDR":
+            if header is not None:
+                raise CorruptPngError("it holds a second header (IHDR)")
+            header = data[start + 8 : end - 4]
+        elif kind == b"IDAT":
+            if image_data and previous != b"IDAT":
+                raise CorruptPngError("its image data is split by other chunks (IDAT chunks must follow each other)")
+            image_data.append(data[start + 8 : end - 4])
+        elif kind[0] & 0x20 == 0 and kind not in (b"PLTE", b"IEND"):  # an upper-case first letter: critical
+            raise CorruptPngError(f"it holds a critical chunk PNG does not define ({kind.decode('ascii')})")
+        if kind in (b"IHDR", b"IDAT", b"IEND"):
+            kept.append(data[start:end])
+        previous = kind
+    if header is None or len(header) != 13:
+        raise CorruptPngError("its header (IHDR) must be 13 bytes")
+    if not image_data:
+        raise CorruptPngError("it holds no image data (IDAT)")
+    _check_rows(header, b"".join(image_data))
+    return SIGNATURE + b"".join(kept)
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Each chunk's type, start and end, up to IEND; the checksum checked on the chunks that are kept."""
+    chunks, position = [], len(SIGNATURE)
+    while True:
+        if position + 12 > len(data):
+            raise CorruptPngError("the file ends before its last chunk (IEND): it is truncated")
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        end = position + 12 + length
+        if not kind.isalpha():
+            raise CorruptPngError(f"a chunk at byte {position} has no valid type")
+        if end > len(data):
+            raise CorruptPngError(f"the file ends inside its {kind.decode('ascii')} chunk: it is truncated")
+        if kind in (b"IHDR", b"IDAT", b"IEND") and zlib.crc32(data[position + 4 : end - 4]) != int.from_bytes(
+            data[end - 4 : end], "big"
+        ):
+            raise CorruptPngError(f"its {kind.decode('ascii')} chunk is damaged (its checksum does not match)")
+        chunks.append((kind, position, end))
+        if kind == b"IEND":
+            return chunks
+        position = end
+
+
+def _check_rows(header: bytes, compressed: bytes) -> None:
+    """The zlib stream inflates to exactly the rows the header calls for, each starting with a known filter type."""
+    width, height = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
+    depth, colour, compression, filtering, interlace = header[8:13]
+    if width == 0 or height == 0:
+        raise CorruptPngError(f"its header says {width}x{height} pixels")
+    if depth != 16 or colour not in CHANNELS:
+        raise CorruptPngError(f"its header's bit depth {depth} with colour type {colour} is not a 16-bit PNG")
+    if compression != 0 or filtering != 0 or interlace not in (0, 1):
+        raise CorruptPngError("its header names a compression, filter or interlace method PNG does not define")
+    pixel_bytes = 2 * CHANNELS[colour]
+    passes = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
+    row_sizes = []  # (rows, bytes per row) of each pass that holds pixels
+    for first_column, first_row, column_step, row_step in passes:
+        columns = math.ceil((width - first_column) / column_step) if width > first_column else 0
+        rows = math.ceil((height - first_row) / row_step) if height > first_row else 0
+        if columns and rows:
+            row_sizes.append((rows, 1 + columns * pixel_bytes))
+    expected = sum(rows * size for rows, size in row_sizes)
+    inflater = zlib.decompressobj()
+    try:
+        rows_data = inflater.decompress(compressed, expected + 1)
+        left = inflater.decompress(inflater.unconsumed_tail, 1) if not inflater.eof else b""
+    except zlib.error as error:
+        raise CorruptPngError(f"its image data is damaged ({error})") from None
+    if len(rows_data) < expected:
+        raise CorruptPngError(f"its image data holds {len(rows_data)} of the {expected} bytes its size calls for")
+    if len(rows_data) > expected or left or not inflater.eof or inflater.unused_data:
+        raise CorruptPngError("its image data goes on past the rows its size calls for")
+    filter_types, offset = [], 0
+    for rows, size in row_sizes:
+        filter_types.append(np.frombuffer(rows_data, np.uint8, rows * size, offset)[::size])
+        offset += rows * size
+    highest = int(np.concatenate(filter_types).max())
+    if highest > MAX_FILTER_TYPE:
+        raise CorruptPngError(f"a row of its image data has filter type {highest} (PNG defines 0 to 4)")

@@ -1,0 +1,84 @@
+"""16-bit PNG files built chunk by chunk, whole or broken in the ways libpng complains about on stderr."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+
+from app.png_data import ADAM7_PASSES, SIGNATURE
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def samples(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 65536, shape, dtype=np.uint16)
+
+
+def header(image: np.ndarray, interlace: int = 0) -> bytes:
+    colour = 0 if image.ndim == 2 else {3: 2, 4: 6}[image.shape[2]]
+    return chunk(b"IHDR", struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 16, colour, 0, 0, interlace))
+
+
+def rows(image: np.ndarray, interlace: int = 0, filter_type: int = 0) -> bytes:
+    """The image's rows as PNG stores them before compression: filter type 0 (none) and big-endian samples; with
+    `interlace`, pass by pass (Adam7). `filter_type` is written as is, data unfiltered (to break a file)."""
+    big_endian = image.astype(">u2")
+    passes = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
+    return b"".join(
+        bytes([filter_type]) + big_endian[row, first_column::column_step].tobytes()
+        for first_column, first_row, column_step, row_step in passes
+        for row in range(first_row, image.shape[0], row_step)
+        if image.shape[1] > first_column
+    )
+
+
+def png16(image: np.ndarray, interlace: int = 0, before_data: bytes = b"", raw: bytes | None = None) -> bytes:
+    """A 16-bit PNG of `image` (HxW grey, HxWx3 RGB, HxWx4 RGBA); `before_data`: chunks between header and data;
+    `raw`: the rows to compress instead of the image's."""
+    compressed = zlib.compress(rows(image, interlace) if raw is None else raw)
+    return SIGNATURE + header(image, interlace) + before_data + chunk(b"IDAT", compressed) + chunk(b"IEND", b"")
+
+
+def opencv_samples(data: bytes) -> np.ndarray:
+    """What OpenCV reads from a whole file, in RGB(A) order."""
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return (
+        array
+        if array.ndim == 2
+        else cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    )
+
+
+def broken_png16s() -> dict[str, tuple[bytes, str]]:
+    """Broken 16-bit PNGs, each with what the refusal says; libpng said something on stderr of each but the first."""
+    image = samples((32, 24, 3))
+    whole = png16(image)
+    idat = whole.index(b"IDAT") - 4
+    compressed = zlib.compress(rows(image))
+    damaged = bytearray(compressed)
+    damaged[-3] ^= 0xFF  # in the Adler-32 checksum: "incorrect data check"
+    return {
+        "truncated": (whole[: len(whole) // 2], "truncated"),
+        "damaged image data": (
+            whole[:idat] + chunk(b"IDAT", bytes(damaged)) + chunk(b"IEND", b""),
+            "its image data is damaged",
+        ),
+        "checksum of a chunk": (whole[:-1] + bytes([whole[-1] ^ 0xFF]), "its IEND chunk is damaged"),
+        "too little image data": (png16(image, raw=rows(image)[:-10]), "bytes its size calls for"),
+        "too much image data": (png16(image, raw=rows(image) + b"\x00" * 10), "goes on past the rows"),
+        "unknown filter type": (png16(image, raw=rows(image, filter_type=9)), "filter type 9"),
+        "unknown critical chunk": (png16(image, before_data=chunk(b"ABCD", b"x")), "critical chunk PNG does not"),
+        "image data split": (
+            whole[:idat]
+            + chunk(b"IDAT", compressed[:10])
+            + chunk(b"tEXt", b"a\x00b")
+            + chunk(b"IDAT", compressed[10:])
+            + chunk(b"IEND", b""),
+            "split by other chunks",
+        ),
+    }

@@ -1,0 +1,46 @@
+"""16-bit PNGs are checked whole before OpenCV's libpng reads them (`app.png_data`): a broken one is refused with a
+reason, and what libpng reads of a whole one is unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.errors import UndecodableImageError
+from app.imaging import decode_samples
+from tests.service.png16_files import broken_png16s, chunk, opencv_samples, png16, samples
+
+SHAPES = [(40, 30), (40, 30, 3), (17, 23, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["grey", "rgb", "rgba"])
+@pytest.mark.parametrize("interlace", [0, 1], ids=["progressive", "interlaced"])
+def test_a_whole_16_bit_png_is_read_as_it_holds(shape: tuple[int, ...], interlace: int) -> None:
+    image = samples(shape)
+
+    decoded = decode_samples(png16(image, interlace))
+
+    assert decoded.dtype == np.uint16
+    np.testing.assert_array_equal(decoded, image[:, :, :3] if image.ndim == 3 else image)
+
+
+def test_the_chunks_left_out_change_no_sample() -> None:
+    """A colour profile, text and a suggested palette (what libpng warned about when they were malformed: `iCCP:
+    too short`) are not handed to libpng; the samples are those OpenCV reads from the whole file."""
+    image = samples((30, 20, 3), seed=1)
+    extras = chunk(b"iCCP", b"x\x00\x00") + chunk(b"tEXt", b"Comment\x00a slice") + chunk(b"sPLT", b"")
+
+    decoded = decode_samples(png16(image, before_data=extras))
+
+    np.testing.assert_array_equal(decoded, image)
+    np.testing.assert_array_equal(opencv_samples(png16(image)), image)
+
+
+@pytest.mark.parametrize("case", list(broken_png16s()))
+def test_a_broken_16_bit_png_is_refused_with_a_reason(case: str) -> None:
+    data, reason = broken_png16s()[case]
+
+    with pytest.raises(UndecodableImageError, match="16-bit PNG file cannot be decoded") as refused:
+        decode_samples(data)
+
+    assert reason in refused.value.message
