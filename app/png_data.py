@@ -108,8 +108,12 @@ def _check_rows(header: bytes, compressed: bytes) -> None:
         raise CorruptPngError(f"its image data is damaged ({error})") from None
     if len(rows_data) < expected:
         raise CorruptPngError(f"its image data holds {len(rows_data)} of the {expected} bytes its size calls for")
-    if len(rows_data) > expected or left or not inflater.eof or inflater.unused_data:
+    if len(rows_data) > expected or left:
         raise CorruptPngError("its image data goes on past the rows its size calls for")
+    if not inflater.eof:
+        raise CorruptPngError("its image data is cut short (the compressed stream does not end)")
+    if inflater.unused_data:
+        raise CorruptPngError("its image data has bytes after the end of the compressed stream")
     filter_types, offset = [], 0
     for rows, size in row_sizes:
         filter_types.append(np.frombuffer(rows_data, np.uint8, rows * size, offset)[::size])

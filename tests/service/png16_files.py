@@ -71,6 +71,14 @@ def broken_png16s() -> dict[str, tuple[bytes, str]]:
         "checksum of a chunk": (whole[:-1] + bytes([whole[-1] ^ 0xFF]), "its IEND chunk is damaged"),
         "too little image data": (png16(image, raw=rows(image)[:-10]), "bytes its size calls for"),
         "too much image data": (png16(image, raw=rows(image) + b"\x00" * 10), "goes on past the rows"),
+        "compressed stream without its end": (
+            whole[:idat] + chunk(b"IDAT", compressed[:-4]) + chunk(b"IEND", b""),
+            "the compressed stream does not end",
+        ),
+        "bytes after the compressed stream": (
+            whole[:idat] + chunk(b"IDAT", compressed + b"more") + chunk(b"IEND", b""),
+            "bytes after the end of the compressed stream",
+        ),
         "unknown filter type": (png16(image, raw=rows(image, filter_type=9)), "filter type 9"),
         "unknown critical chunk": (png16(image, before_data=chunk(b"ABCD", b"x")), "critical chunk PNG does not"),
         "image data split": (
