@@ -20,6 +20,8 @@ CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 """An interlaced image's seven passes: first column, first row, column step, row step."""
 MAX_FILTER_TYPE = 4
+KEPT_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
+"""The chunks libpng is handed (and whose checksums are checked): header, image data, end."""
 
 
 class CorruptPngError(ValueError):
@@ -47,7 +49,7 @@ def png_for_libpng(data: bytes) -> bytes:
             image_data.append(data[start + 8 : end - 4])
         elif kind[0] & 0x20 == 0 and kind not in (b"PLTE", b"IEND"):  # an upper-case first letter: critical
             raise CorruptPngError(f"it holds a critical chunk PNG does not define ({kind.decode('ascii')})")
-        if kind in (b"IHDR", b"IDAT", b"IEND"):
+        if kind in KEPT_CHUNKS:
             kept.append(data[start:end])
         previous = kind
     if header is None or len(header) != 13:
@@ -71,7 +73,7 @@ def _chunks(data: bytes) -> list[tuple[bytes, int, int]]:
             raise CorruptPngError(f"a chunk at byte {position} has no valid type")
         if end > len(data):
             raise CorruptPngError(f"the file ends inside its {kind.decode('ascii')} chunk: it is truncated")
-        if kind in (b"IHDR", b"IDAT", b"IEND") and zlib.crc32(data[position + 4 : end - 4]) != int.from_bytes(
+        if kind in KEPT_CHUNKS and zlib.crc32(data[position + 4 : end - 4]) != int.from_bytes(
             data[end - 4 : end], "big"
         ):
             raise CorruptPngError(f"its {kind.decode('ascii')} chunk is damaged (its checksum does not match)")

@@ -14,7 +14,8 @@ import numpy as np
 import tifffile
 
 from tests.conftest import REPO_ROOT
-from tests.service.png16_files import broken_png16s, chunk, png16, samples
+from tests.security.corpus import png_chunk
+from tests.service.png16_files import broken_png16s, png16, samples
 
 
 def tiff_with_a_broken_strip() -> bytes:
@@ -62,7 +63,7 @@ def test_broken_16_bit_pngs_leave_only_json_lines_on_stderr(tmp_path) -> None:
     """libpng, which OpenCV decodes 16-bit PNGs with, wrote `libpng error: IDAT: incorrect data check` and the like
     for a broken file, and `libpng warning: iCCP: too short` for a malformed colour profile in a whole one."""
     files = {name: data for name, (data, _) in broken_png16s().items()}
-    files["malformed colour profile"] = png16(samples((16, 16)), before_data=chunk(b"iCCP", b"x\x00\x00"))
+    files["malformed colour profile"] = png16(samples((16, 16)), before_data=png_chunk(b"iCCP", b"x\x00\x00"))
     paths = []
     for index, data in enumerate(files.values()):
         paths.append(tmp_path / f"{index}.png")

@@ -5,14 +5,10 @@ from __future__ import annotations
 import struct
 import zlib
 
-import cv2
 import numpy as np
 
 from app.png_data import ADAM7_PASSES, SIGNATURE
-
-
-def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+from tests.security.corpus import png_chunk
 
 
 def samples(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -21,7 +17,7 @@ def samples(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def header(image: np.ndarray, interlace: int = 0) -> bytes:
     colour = 0 if image.ndim == 2 else {3: 2, 4: 6}[image.shape[2]]
-    return chunk(b"IHDR", struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 16, colour, 0, 0, interlace))
+    return png_chunk(b"IHDR", struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 16, colour, 0, 0, interlace))
 
 
 def rows(image: np.ndarray, interlace: int = 0, filter_type: int = 0) -> bytes:
@@ -41,17 +37,7 @@ def png16(image: np.ndarray, interlace: int = 0, before_data: bytes = b"", raw: 
     """A 16-bit PNG of `image` (HxW grey, HxWx3 RGB, HxWx4 RGBA); `before_data`: chunks between header and data;
     `raw`: the rows to compress instead of the image's."""
     compressed = zlib.compress(rows(image, interlace) if raw is None else raw)
-    return SIGNATURE + header(image, interlace) + before_data + chunk(b"IDAT", compressed) + chunk(b"IEND", b"")
-
-
-def opencv_samples(data: bytes) -> np.ndarray:
-    """What OpenCV reads from a whole file, in RGB(A) order."""
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    return (
-        array
-        if array.ndim == 2
-        else cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
-    )
+    return SIGNATURE + header(image, interlace) + before_data + png_chunk(b"IDAT", compressed) + png_chunk(b"IEND", b"")
 
 
 def broken_png16s() -> dict[str, tuple[bytes, str]]:
@@ -65,28 +51,28 @@ def broken_png16s() -> dict[str, tuple[bytes, str]]:
     return {
         "truncated": (whole[: len(whole) // 2], "truncated"),
         "damaged image data": (
-            whole[:idat] + chunk(b"IDAT", bytes(damaged)) + chunk(b"IEND", b""),
+            whole[:idat] + png_chunk(b"IDAT", bytes(damaged)) + png_chunk(b"IEND", b""),
             "its image data is damaged",
         ),
         "checksum of a chunk": (whole[:-1] + bytes([whole[-1] ^ 0xFF]), "its IEND chunk is damaged"),
         "too little image data": (png16(image, raw=rows(image)[:-10]), "bytes its size calls for"),
         "too much image data": (png16(image, raw=rows(image) + b"\x00" * 10), "goes on past the rows"),
         "compressed stream without its end": (
-            whole[:idat] + chunk(b"IDAT", compressed[:-4]) + chunk(b"IEND", b""),
+            whole[:idat] + png_chunk(b"IDAT", compressed[:-4]) + png_chunk(b"IEND", b""),
             "the compressed stream does not end",
         ),
         "bytes after the compressed stream": (
-            whole[:idat] + chunk(b"IDAT", compressed + b"more") + chunk(b"IEND", b""),
+            whole[:idat] + png_chunk(b"IDAT", compressed + b"more") + png_chunk(b"IEND", b""),
             "bytes after the end of the compressed stream",
         ),
         "unknown filter type": (png16(image, raw=rows(image, filter_type=9)), "filter type 9"),
-        "unknown critical chunk": (png16(image, before_data=chunk(b"ABCD", b"x")), "critical chunk PNG does not"),
+        "unknown critical chunk": (png16(image, before_data=png_chunk(b"ABCD", b"x")), "critical chunk PNG does not"),
         "image data split": (
             whole[:idat]
-            + chunk(b"IDAT", compressed[:10])
-            + chunk(b"tEXt", b"a\x00b")
-            + chunk(b"IDAT", compressed[10:])
-            + chunk(b"IEND", b""),
+            + png_chunk(b"IDAT", compressed[:10])
+            + png_chunk(b"tEXt", b"a\x00b")
+            + png_chunk(b"IDAT", compressed[10:])
+            + png_chunk(b"IEND", b""),
             "split by other chunks",
         ),
     }

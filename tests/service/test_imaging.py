@@ -24,6 +24,7 @@ from app.errors import (
 from app.imaging import ImageFormat, decode_image, sniff_format, stretch_to_uint8
 from tests.api.service_client import pil_bytes, png_bytes, tiff_bytes
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE, read_slice
+from tests.security.corpus import png_chunk
 from training.data import read_image
 
 RNG = np.random.default_rng(7)
@@ -38,10 +39,6 @@ def expected_stretch(array: np.ndarray) -> np.ndarray:
     if values.ndim == 2:
         return np.rint((values - values.min()) * 255 / (values.max() - values.min())).astype(np.uint8)
     return np.dstack([expected_stretch(array[:, :, channel]) for channel in range(array.shape[2])])
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_header_only(width: int, height: int, bit_depth: int = 8) -> bytes:

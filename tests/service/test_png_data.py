@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from app.errors import UndecodableImageError
-from app.imaging import decode_samples
-from tests.service.png16_files import broken_png16s, chunk, opencv_samples, png16, samples
+from app.imaging import _decode_with_opencv, decode_samples
+from tests.security.corpus import png_chunk
+from tests.service.png16_files import broken_png16s, png16, samples
 
 SHAPES = [(40, 30), (40, 30, 3), (17, 23, 4)]
 
@@ -28,12 +29,12 @@ def test_the_chunks_left_out_change_no_sample() -> None:
     """A colour profile, text and a suggested palette (what libpng warned about when they were malformed: `iCCP:
     too short`) are not handed to libpng; the samples are those OpenCV reads from the whole file."""
     image = samples((30, 20, 3), seed=1)
-    extras = chunk(b"iCCP", b"x\x00\x00") + chunk(b"tEXt", b"Comment\x00a slice") + chunk(b"sPLT", b"")
+    extras = png_chunk(b"iCCP", b"x\x00\x00") + png_chunk(b"tEXt", b"Comment\x00a slice") + png_chunk(b"sPLT", b"")
 
     decoded = decode_samples(png16(image, before_data=extras))
 
     np.testing.assert_array_equal(decoded, image)
-    np.testing.assert_array_equal(opencv_samples(png16(image)), image)
+    np.testing.assert_array_equal(_decode_with_opencv(png16(image)), image)
 
 
 @pytest.mark.parametrize("case", list(broken_png16s()))

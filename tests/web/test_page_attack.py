@@ -22,6 +22,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.security.corpus import png_chunk
 from tests.web.conftest import find_chromium
 
 RESULT_TIMEOUT_MS = 60_000
@@ -64,10 +65,6 @@ def zip_of(entries: list[tuple[str, bytes]], method: int = zipfile.ZIP_STORED) -
         for name, data in entries:
             archive.writestr(name, data)
     return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_of_zeros(width: int, height: int) -> bytes:
