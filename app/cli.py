@@ -425,9 +425,9 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_dicom_parsers(commands: argparse._SubParsersAction) -> None:
-    """pacs-sync, dicom-node and dicom-node-forget, whose arguments their own modules add."""
-    from app.pacs.pacs_sync import add_arguments as add_pacs_sync_arguments
-
+    """pacs-sync, dicom-node and dicom-node-forget. Their options are written here, not in their modules, so that
+    building the parser imports none of them: those imports (pydicom, pynetdicom, the flow) took 1-2.5 s of every
+    command's start, `predict` and `--help` too, in which a daemon could not yet take SIGTERM."""
     sync_parser = commands.add_parser(
         "pacs-sync",
         help="analyse the MR studies in Orthanc with no result from us yet (or new instances since), store the SEG "
@@ -436,15 +436,11 @@ def _add_dicom_parsers(commands: argparse._SubParsersAction) -> None:
     add_pacs_sync_arguments(sync_parser)
     sync_parser.set_defaults(run=pacs_sync)
 
-    from app.node.dicom_node_command import add_arguments as add_dicom_node_arguments
-
     node_parser = commands.add_parser(
         "dicom-node", help="DICOM node: C-STORE MR studies in, SEG and volume report (SR) out by C-STORE"
     )
     add_dicom_node_arguments(node_parser)
     node_parser.set_defaults(run=dicom_node)
-
-    from app.node.dicom_node_command import add_forget_arguments
 
     forget_parser = commands.add_parser(
         "dicom-node-forget",
@@ -455,8 +451,44 @@ def _add_dicom_parsers(commands: argparse._SubParsersAction) -> None:
         "a running dicom-node holds is refused (exit 2). Exit 1 when the spool holds no such study. Prints the "
         "study's key (as the node's logs name it), never the UID or Patient ID.",
     )
-    add_forget_arguments(forget_parser)
+    add_dicom_node_forget_arguments(forget_parser)
     forget_parser.set_defaults(run=dicom_node_forget)
+
+
+def add_pacs_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``brain-tumor pacs-sync``; unset ones come from the settings (environment)."""
+    parser.add_argument("--orthanc", metavar="URL", help="Orthanc base URL (default: ORTHANC_URL)")
+    parser.add_argument("--user", help="HTTP basic-auth user (default: ORTHANC_USERNAME)")
+    parser.add_argument(
+        "--password", help="HTTP basic-auth password (default: ORTHANC_PASSWORD; prefer it: arguments show in ps)"
+    )
+    parser.add_argument(
+        "--state-file", help="where the last change handled is kept, to resume there (default: PACS_STATE_FILE)"
+    )
+    parser.add_argument("--poll-seconds", type=float, help="pause between passes (default: PACS_POLL_SECONDS)")
+    parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
+    parser.add_argument("--once", action="store_true", help="run one pass and exit")
+
+
+def add_dicom_node_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``brain-tumor dicom-node``; unset ones come from the settings (``DICOM_NODE_*``)."""
+    parser.add_argument("--ae-title", help="AE title to answer to (default: DICOM_NODE_AE_TITLE)")
+    parser.add_argument("--host", help="address to listen on (default: DICOM_NODE_HOST)")
+    parser.add_argument("--port", type=int, help="DICOM port (default: DICOM_NODE_PORT)")
+    # A string, not a Path: Path("") is ".", and an empty --spool-dir must be told from `--spool-dir .`.
+    parser.add_argument("--spool-dir", help="where instances and results are kept (DICOM_NODE_SPOOL_DIR)")
+    parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
+
+
+def add_dicom_node_forget_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``brain-tumor dicom-node-forget``."""
+    parser.add_argument("study_instance_uid", metavar="STUDY_INSTANCE_UID", help="the study to forget")
+    parser.add_argument(
+        "--patient-id",
+        help='its Patient ID ("" for none): needed only when the spool holds the Study Instance UID under several, '
+        "or for a study received before the node indexed Study Instance UIDs",
+    )
+    parser.add_argument("--spool-dir", help="the node's spool (default: DICOM_NODE_SPOOL_DIR)")
 
 
 def _add_hash_key_parser(commands: argparse._SubParsersAction) -> None:
@@ -497,6 +529,26 @@ def forward(module_name: str, command: str, arguments: list[str], verbose: bool)
     return EXIT_OK
 
 
+DAEMONS = ("serve", "dicom-node", "pacs-sync")
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    """Run a daemon command, stopped with exit 0 by SIGTERM or SIGINT from its first moment on.
+
+    Each daemon takes the stop signals itself once it has read its settings and before its long steps (the import
+    of TensorFlow, the models); a signal in the second or two before that (settings, the web framework's import)
+    killed it by the signal (143) or ended it as interrupted (130) (review 49 F4). Its own handlers replace these.
+    """
+    from app.stop_signals import signals_interrupt
+
+    try:
+        with signals_interrupt():
+            return args.run(args)
+    except KeyboardInterrupt:
+        logging.getLogger("app.cli").info(f"brain-tumor {args.command} stopped")
+        return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -504,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.run is None:  # train / evaluate: the remaining arguments are the training module's
             return forward(args.module, args.command, args.arguments, args.verbose)
+        if args.command in DAEMONS:
+            return run_daemon(args)
         return args.run(args)
     except SettingsError as error:
         return fail(f"brain-tumor {args.command}: {error}", EXIT_USAGE)

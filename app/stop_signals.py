@@ -23,7 +23,8 @@ def signals_interrupt() -> Iterator[None]:
     background job); while the models loaded, both daemons died by SIGTERM with exit 143 (ops review 44 F6). The
     handlers that were there before come back afterwards, unless the block was stopped: then both signals are
     ignored for the rest of the exit, so that a second one (two Ctrl-C, a script's `kill; kill`) cannot kill the
-    command by the signal halfway through its stop (review 49 F6); SIGKILL still stops it."""
+    command by the signal halfway through its stop (review 49 F6); SIGKILL still stops it. Handlers set inside the
+    block and still there at its end (an inner stop's ignoring, serve's own) are left as they are."""
 
     def interrupt(number: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -37,7 +38,10 @@ def signals_interrupt() -> Iterator[None]:
         raise
     finally:
         for handled, handler in previous.items():
-            signal.signal(handled, signal.SIG_IGN if stopped else handler)
+            if stopped:
+                signal.signal(handled, signal.SIG_IGN)
+            elif signal.getsignal(handled) is interrupt:  # not replaced inside (by a stop that ignores them)
+                signal.signal(handled, handler)
 
 
 class StopSignals:

@@ -40,16 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("app.node.dicom_node")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``brain-tumor dicom-node``; unset ones come from the settings (``DICOM_NODE_*``)."""
-    parser.add_argument("--ae-title", help="AE title to answer to (default: DICOM_NODE_AE_TITLE)")
-    parser.add_argument("--host", help="address to listen on (default: DICOM_NODE_HOST)")
-    parser.add_argument("--port", type=int, help="DICOM port (default: DICOM_NODE_PORT)")
-    # A string, not a Path: Path("") is ".", and an empty --spool-dir must be told from `--spool-dir .`.
-    parser.add_argument("--spool-dir", help="where instances and results are kept (DICOM_NODE_SPOOL_DIR)")
-    parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
-
-
 def main(
     args: argparse.Namespace, settings: Settings | None = None, before_models: Callable[[], None] | None = None
 ) -> int:
@@ -140,17 +130,6 @@ def _run(
             node.stop()
             logger.info("DICOM node stopped")
     return EXIT_OK
-
-
-def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``brain-tumor dicom-node-forget``."""
-    parser.add_argument("study_instance_uid", metavar="STUDY_INSTANCE_UID", help="the study to forget")
-    parser.add_argument(
-        "--patient-id",
-        help='its Patient ID ("" for none): needed only when the spool holds the Study Instance UID under several, '
-        "or for a study received before the node indexed Study Instance UIDs",
-    )
-    parser.add_argument("--spool-dir", help="the node's spool (default: DICOM_NODE_SPOOL_DIR)")
 
 
 def forget_main(args: argparse.Namespace, settings: Settings) -> int:

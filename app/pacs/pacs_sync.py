@@ -417,21 +417,6 @@ def _processor(config: PacsSyncConfig, predictor: Predictor) -> ModelStudyProces
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``brain-tumor pacs-sync``; unset ones come from the settings (environment)."""
-    parser.add_argument("--orthanc", metavar="URL", help="Orthanc base URL (default: ORTHANC_URL)")
-    parser.add_argument("--user", help="HTTP basic-auth user (default: ORTHANC_USERNAME)")
-    parser.add_argument(
-        "--password", help="HTTP basic-auth password (default: ORTHANC_PASSWORD; prefer it: arguments show in ps)"
-    )
-    parser.add_argument(
-        "--state-file", help="where the last change handled is kept, to resume there (default: PACS_STATE_FILE)"
-    )
-    parser.add_argument("--poll-seconds", type=float, help="pause between passes (default: PACS_POLL_SECONDS)")
-    parser.add_argument("--model-dir", help="folder with the exported models (default: MODEL_DIR)")
-    parser.add_argument("--once", action="store_true", help="run one pass and exit")
-
-
 def config_from_args(args: argparse.Namespace, settings: Settings) -> PacsSyncConfig:
     """Command-line values where given, else the settings'."""
     secret = settings.orthanc_password

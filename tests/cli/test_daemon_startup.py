@@ -325,6 +325,53 @@ def test_serve_stops_with_exit_0_on_a_signal_while_tensorflow_is_imported(
             signal.signal(handled, handler)
 
 
+@pytest.mark.parametrize(
+    ("command", "first_step"),
+    [
+        ("serve", "app.main.create_app"),
+        ("dicom-node", "app.node.dicom_node_command.check_address"),
+        ("pacs-sync", "app.pacs.pacs_sync.config_from_args"),
+    ],
+)
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_daemons_stopped_in_their_first_step_exit_0(
+    command: str,
+    first_step: str,
+    stop_signal: signal.Signals,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review 49 F4: a signal before a daemon's own handlers (its settings, the web framework's import: the first
+    second or two of every start) killed it by the signal (143) or ended it as interrupted (130)."""
+
+    def left_to_the_default(number: int, frame: object) -> None:
+        raise AssertionError(f"{command} left the signal to its default action")
+
+    before = {handled: signal.signal(handled, left_to_the_default) for handled in (signal.SIGTERM, signal.SIGINT)}
+    try:
+
+        def step_that_gets_the_signal(*args: object, **kwargs: object) -> None:
+            os.kill(os.getpid(), stop_signal)
+            time.sleep(5)  # the handler interrupts it at once
+            pytest.fail("the signal did not stop the first step")
+
+        monkeypatch.setattr(first_step, step_that_gets_the_signal)
+        monkeypatch.setenv("ORTHANC_URL", "http://127.0.0.1:9")
+        monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+        with caplog.at_level(logging.INFO):
+            code, out, err = run(capsys, command)
+
+        assert (code, out, err) == (cli.EXIT_OK, "", "")
+        assert f"brain-tumor {command} stopped" in [record.getMessage() for record in caplog.records]
+        # A second signal is ignored for the rest of the exit (review 49 F6).
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for handled, handler in before.items():
+            signal.signal(handled, handler)
+
+
 def test_serve_stopped_while_its_models_load_exits_0_without_waiting_for_the_load(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

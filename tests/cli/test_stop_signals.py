@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -119,3 +120,12 @@ def test_signals_interrupt_gives_back_the_handlers_when_not_stopped() -> None:
         with signals_interrupt():
             pass
         assert signal.getsignal(signal.SIGTERM) == stop_signals.note
+
+
+def test_a_stop_inside_leaves_both_signals_ignored_past_an_outer_signals_interrupt() -> None:
+    """`brain-tumor` holds the daemons' first moments in an outer `signals_interrupt` (review 49 F4): its end must
+    not give back handlers that a stop inside has set to ignored."""
+    with signals_interrupt(), contextlib.suppress(KeyboardInterrupt), StopSignals(), signals_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN

@@ -18,6 +18,7 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGExtended12Bit, generate_uid
 
+from app import cli
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_seg import SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
@@ -73,7 +74,7 @@ def test_pacs_sync_stores_a_seg_and_a_volume_report_once(
 
     # The CLI after a restart, with the same state file: the change was handled, nothing is looked at again.
     parser = argparse.ArgumentParser()
-    pacs_sync.add_arguments(parser)
+    cli.add_pacs_sync_arguments(parser)
     args = parser.parse_args(["--orthanc", orthanc.url, "--state-file", str(config.state_file), "--once"])
     assert pacs_sync.main(args, settings=cli_settings(tiny_model_dir)) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == SyncReport().as_dict()
@@ -147,7 +148,7 @@ def test_pacs_sync_once_counts_and_logs_a_study_still_waiting_for_stable_age(
         config_for(orthanc, state_file)
         study_id = orthanc.study_of(orthanc.store(mr_series(tumor_channels())))
         parser = argparse.ArgumentParser()
-        pacs_sync.add_arguments(parser)
+        cli.add_pacs_sync_arguments(parser)
         args = parser.parse_args(["--orthanc", orthanc.url, "--state-file", str(state_file), "--once"])
 
         with caplog.at_level(logging.INFO, logger=pacs_sync.__name__):

@@ -12,6 +12,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+from app import cli
 from app.dicom.dicom_sr import REVISED_SUFFIX
 from app.dicom.dicom_sr_reader import predecessors
 from app.inference import Predictor
@@ -218,7 +219,7 @@ def test_orthanc_client_retries_network_errors_with_backoff(orthanc: Orthanc, tm
 
 def test_config_from_args_prefers_arguments_over_settings(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    pacs_sync.add_arguments(parser)
+    cli.add_pacs_sync_arguments(parser)
     settings = Settings(
         model_dir=tmp_path,
         orthanc_url="http://pacs:8042",
@@ -261,7 +262,7 @@ def test_the_cli_names_refused_credentials_apart_from_an_outage(
     orthanc: Orthanc, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    pacs_sync.add_arguments(parser)
+    cli.add_pacs_sync_arguments(parser)
     args = parser.parse_args(
         ["--orthanc", orthanc.url, "--password", "wrong", "--state-file", str(tmp_path / "s.json"), "--once"]
     )
