@@ -31,6 +31,7 @@ from app.predict_command import PrintFormat
 from app.release import service_version
 from app.settings import (
     AE_TITLE_RULE,
+    DAY_SECONDS,
     Settings,
     SettingsError,
     get_settings,
@@ -264,6 +265,12 @@ def pacs_sync(args: argparse.Namespace) -> int:
     if url_problem:  # as ORTHANC_URL's (ops review 44 F2): one line, the password never shown
         return fail(
             f"brain-tumor pacs-sync: error: --orthanc {url_problem}; got {without_credentials(args.orthanc)!r}",
+            EXIT_USAGE,
+        )
+    if args.poll_seconds is not None and not 0 < args.poll_seconds <= DAY_SECONDS:  # as PACS_POLL_SECONDS's
+        return fail(
+            "brain-tumor pacs-sync: error: --poll-seconds must be a positive number of seconds, at most a day "
+            f"({DAY_SECONDS:g}); got {args.poll_seconds}",
             EXIT_USAGE,
         )
     # TensorFlow once Orthanc has been asked: a wrong URL or password is said in seconds (it came after the models)

@@ -13,7 +13,6 @@ not be part of it, which every re-send would otherwise bring back (interop revie
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from pydicom.uid import UID
 
-from app.errors import error_body
 from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
 from app.metrics import serve_metrics
 from app.node.dicom_node import DicomNode, check_address
@@ -64,9 +62,8 @@ def main(
             spool_dir=None if args.spool_dir is None else Path(args.spool_dir),
         )
         rules = SelectionRules.from_settings(settings)
-    except ValueError as error:
-        print(json.dumps(error_body("invalid_configuration", str(error))))
-        return EXIT_USAGE
+    except ValueError as error:  # as an invalid option or variable: one line on stderr, found before anything runs
+        return fail(f"brain-tumor dicom-node: error: {error}", EXIT_USAGE)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name AE titles and UIDs
     # Before the models (a second node on a spool is told at once) and held until the process ends.
     with hold_spool(config.spool_dir):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import error_body
-from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
 from app.inference import Predictor, load_predictor
 from app.metrics import MetricsServerError, serve_metrics
 from app.pacs.orthanc_answers import orthanc_time
@@ -458,17 +457,15 @@ def main(
     settings = settings or get_settings()
     try:
         config = config_from_args(args, settings)
-    except ValueError as error:
-        print(json.dumps(error_body("invalid_configuration", str(error))))
-        return EXIT_USAGE
+    except ValueError as error:  # as an invalid option or variable: one line on stderr, found before anything runs
+        return fail(f"brain-tumor pacs-sync: error: {error}", EXIT_USAGE)
     metrics = PacsSyncMetrics()
     stop_metrics = None
     if settings.pacs_sync_metrics_port:
         try:
             stop_metrics = serve_metrics(metrics.registry, settings.metrics_host, settings.pacs_sync_metrics_port)
         except MetricsServerError as error:
-            print(f"brain-tumor pacs-sync: cannot start: {error}", file=sys.stderr)
-            return EXIT_USAGE
+            return fail(f"brain-tumor pacs-sync: cannot start: {error}", EXIT_USAGE)
     try:
         # SIGTERM and SIGINT abandon the step in progress (a study's results are stored once either way, and the
         # state file is replaced whole), from the first call to Orthanc on: while the models load (10 s to a minute)

@@ -191,6 +191,39 @@ def test_pacs_sync_refuses_a_poll_option_longer_than_a_day(capsys: pytest.Captur
         PacsSyncConfig("http://orthanc.invalid", poll_seconds=1e300)
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "1e300", "nan"])
+def test_pacs_sync_says_a_bad_poll_option_in_one_line_on_stderr(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Style review 51 F1: `--poll-seconds 0` was JSON on standard output naming the field `poll_seconds`, where the
+    README promises an invalid option one line on standard error."""
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+
+    code, out, err = run(capsys, "pacs-sync", "--orthanc", "http://127.0.0.1:9", "--poll-seconds", value, "--once")
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        "brain-tumor pacs-sync: error: --poll-seconds must be a positive number of seconds, at most a day (86400); "
+        f"got {float(value)}\n"
+    )
+
+
+def test_dicom_node_says_settings_that_cannot_go_together_in_one_line_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Style review 51 F1: a receive memory below the largest instance was JSON on standard output."""
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("DICOM_NODE_MAX_INSTANCE_BYTES", str(2 * 1024 * 1024))
+    monkeypatch.setenv("DICOM_NODE_RECEIVE_MEMORY_BYTES", str(1024 * 1024))
+
+    code, out, err = run(capsys, "dicom-node", "--port", str(free_port()))
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.startswith("brain-tumor dicom-node: error: receive_memory_bytes (DICOM_NODE_RECEIVE_MEMORY_BYTES) must")
+    assert err.count("\n") == 1
+
+
 def test_a_second_dicom_node_on_a_spool_in_use_refuses_to_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
