@@ -129,8 +129,8 @@ def serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             logging.getLogger("uvicorn.error").info("stopped before serving")
             return EXIT_OK
-        # The lifespan checks the model files too (for `uvicorn app.main:app`), but a refusal there also gets
-        # uvicorn's traceback: checked here first, a missing or tampered file is one line and exit 3.
+        # The lifespan checks the model files too (for `uvicorn --factory app.main:create_app`), but a refusal there
+        # also gets uvicorn's traceback: checked here first, a missing or tampered file is one line and exit 3.
         read_manifest(settings.model_dir)
         server = uvicorn.Server(
             uvicorn.Config(

@@ -36,7 +36,8 @@ adds, per connection:
   doing so kept a client with a key out (503 `too_many_connections`).
 
 The header count is checked in the app (`app.api.middleware`): the byte cap already bounds the parser's work.
-`brain-tumor serve` runs uvicorn with this protocol; plain `uvicorn app.main:create_app` runs without these limits.
+`brain-tumor serve` runs uvicorn with this protocol; plain `uvicorn --factory app.main:create_app` runs without these
+limits.
 """
 
 from __future__ import annotations
