@@ -24,15 +24,17 @@ import keras
 from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
 from training.evaluation_metrics import evaluate_split
 from training.models import (
-    ARCHITECTURE_NAME,
+    BEST_WEIGHTS_NAME,
     architecture_json,
     average_of,
     load_classifier,
     load_segmenter,
     renamed,
+    save_checkpoint,
     weights_average,
 )
 from training.pipeline_choices import choose_classifier_threshold, choose_mask_threshold
+from training.run_state import RUN_NAME
 from training.slice_predictions import model_outputs
 
 logger = logging.getLogger(__name__)
@@ -70,16 +72,14 @@ def save_probability_mean(models: list[keras.Model], output_dir: Path, kind: str
     if len(models) < 2:
         raise DatasetError(f"--save-probability-mean needs two or more {kind}")
     ensemble = average_of([renamed(model, f"member{index}") for index, model in enumerate(models)], name=name)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / ARCHITECTURE_NAME).write_text(ensemble.to_json())
-    ensemble.save_weights(output_dir / "best.weights.h5")
+    save_checkpoint(ensemble, output_dir)
     logger.info("wrote the mean of the %s' probabilities as one model to %s", kind, output_dir)
     return ensemble
 
 
 def training_summary(weights: Path) -> dict | None:
     """The `run.json` that `training.train` wrote next to the checkpoint (recipe, epochs, time), if there is one."""
-    run_file = weights.parent / "run.json"
+    run_file = weights.parent / RUN_NAME
     if not run_file.is_file():
         return None
     run = json.loads(run_file.read_text())
@@ -119,7 +119,7 @@ def compare(args: argparse.Namespace) -> dict:
         )
     saved_as = {"weights averaged": args.save_weights_average}
     if args.save_probability_mean:
-        saved_as["probability mean"] = str(Path(args.save_probability_mean) / "best.weights.h5")
+        saved_as["probability mean"] = str(Path(args.save_probability_mean) / BEST_WEIGHTS_NAME)
     candidates = {}
     for name, segmenter in segmenters.items():
         weights = given.get(name, saved_as.get(name))

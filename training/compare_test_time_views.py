@@ -25,8 +25,9 @@ import numpy as np
 
 from app.core.preprocessing import flair_only
 from training.compare_classifiers import figures
+from training.cross_validation import load_fold_run
 from training.data import find_slices, load_slices, load_split, usage_errors
-from training.models import build_classifier, load_classifier
+from training.models import load_classifier
 from training.slice_predictions import model_outputs
 
 logger = logging.getLogger(__name__)
@@ -68,14 +69,13 @@ def set_figures(labels: np.ndarray, outputs: dict[str, np.ndarray]) -> dict[str,
 
 
 def compare(args: argparse.Namespace) -> dict:
-    fold_splits = [load_split(Path(json.loads((run / "arguments.json").read_text())["split"])) for run in args.fold_run]
+    fold_runs = [load_fold_run(run) for run in args.fold_run]
+    fold_splits = [split for split, _ in fold_runs]
     split = load_split(Path(args.split))
     wanted = set(split["validation"]).union(*(fold["validation"] for fold in fold_splits))
     arrays = load_slices([record for record in find_slices(args.data_root) if record.patient_id in wanted])
     labels, outputs = [], []
-    for run, fold in zip(args.fold_run, fold_splits, strict=True):
-        member = build_classifier()
-        member.load_weights(run / "best.weights.h5")
+    for fold, member in fold_runs:
         held_out = arrays.subset(sorted(fold["validation"]))
         labels.append(held_out.labels)
         outputs.append(view_outputs(member, held_out.images))

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from training.compare_classifiers import figures
@@ -39,7 +40,8 @@ from training.data import (
     shuffled_by_institution,
     usage_errors,
 )
-from training.models import ARCHITECTURE_NAME, average_of, build_classifier
+from training.models import BEST_WEIGHTS_NAME, average_of, load_classifier, renamed, save_checkpoint
+from training.run_state import ARGUMENTS_NAME
 from training.slice_predictions import classifier_probabilities, model_outputs
 
 logger = logging.getLogger(__name__)
@@ -71,18 +73,25 @@ def write_fold_splits(split_path: Path, folds: int, seed: int, output_dir: Path)
     return paths
 
 
+def load_fold_run(run: Path) -> tuple[dict[str, list[str]], keras.Model]:
+    """A fold run's split (the one it was trained with) and its best classifier, in the architecture the run saved
+    and checked to fit it (`load_classifier`)."""
+    arguments = json.loads((run / ARGUMENTS_NAME).read_text())
+    return load_split(Path(arguments["split"])), load_classifier(run / BEST_WEIGHTS_NAME)
+
+
 def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
     """Out-of-fold predictions of the fold runs, and their average as one model; return the summary written."""
-    splits = [load_split(Path(json.loads((run / "arguments.json").read_text())["split"])) for run in runs]
+    loaded = [load_fold_run(run) for run in runs]
+    splits = [split for split, _ in loaded]
     fold_patients = [set(split["validation"]) for split in splits]
     everyone = set().union(*fold_patients)
     if sum(len(patients) for patients in fold_patients) != len(everyone):
         raise DatasetError("the runs' validation patients overlap: they are not folds of one split")
     arrays = load_slices([record for record in find_slices(data_root) if record.patient_id in everyone])
     members, probabilities, flipped, labels, patient_ids, per_fold = [], [], [], [], [], []
-    for index, (run, patients) in enumerate(zip(runs, fold_patients, strict=True)):
-        member = build_classifier(name=f"fold{index}")
-        member.load_weights(run / "best.weights.h5")
+    for index, (run, patients, (_, classifier)) in enumerate(zip(runs, fold_patients, loaded, strict=True)):
+        member = renamed(classifier, f"fold{index}")  # members of one ensemble need distinct names
         members.append(member)
         held_out = arrays.subset(sorted(patients))
         fold_probabilities = model_outputs(member, held_out.images).reshape(-1)
@@ -113,9 +122,7 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
         labels=labels,
         patient_ids=patient_ids,
     )
-    ensemble = average_of(members)
-    (output_dir / ARCHITECTURE_NAME).write_text(ensemble.to_json())
-    ensemble.save_weights(output_dir / "best.weights.h5")
+    save_checkpoint(average_of(members), output_dir)
     pooled = {"patients": len(everyone), "slices": len(labels), **figures(labels, probabilities, TARGET_SENSITIVITY)}
     pooled["flip_average"] = figures(labels, flipped, TARGET_SENSITIVITY)
     summary = {"folds": per_fold, "out_of_fold": pooled}

@@ -20,8 +20,9 @@ import keras
 
 from app.core.model_store import MANIFEST_FORMAT_VERSION, Manifest, ModelEntry, sha256_of, write_manifest
 from app.core.preprocessing import PREPROCESSING_ID
-from training.model_card import HISTORY_NAME, render_model_card
+from training.model_card import MODEL_CARD_NAME, MODEL_HISTORY_NAME, render_model_card
 from training.models import load_classifier, load_segmenter
+from training.run_state import ARGUMENTS_NAME, HISTORY_NAME, RUN_NAME, STATE_NAME
 
 TRAINING_DATA = (
     "LGG MRI Segmentation (Buda et al. 2019; TCGA-LGG via TCIA), kaggle_3m layout: development pool of 88 "
@@ -104,11 +105,11 @@ def training_run_summary(run_dir: Path) -> dict:
     import csv
     import statistics
 
-    if (run_dir / "run.json").is_file():
-        run = json.loads((run_dir / "run.json").read_text())
+    if (run_dir / RUN_NAME).is_file():
+        run = json.loads((run_dir / RUN_NAME).read_text())
     else:  # a run still going (or stopped between sessions): its saved state says as much
-        state = json.loads((run_dir / "state.json").read_text())
-        arguments = json.loads((run_dir / "arguments.json").read_text())
+        state = json.loads((run_dir / STATE_NAME).read_text())
+        arguments = json.loads((run_dir / ARGUMENTS_NAME).read_text())
         run = {
             "model": arguments["model"],
             "epochs_run": state["epochs_done"],
@@ -118,7 +119,7 @@ def training_run_summary(run_dir: Path) -> dict:
             "seconds": state["seconds"],
             "arguments": arguments,
         }
-    with (run_dir / "history.csv").open() as handle:
+    with (run_dir / HISTORY_NAME).open() as handle:
         rates = [float(row["train_slices_per_second"]) for row in csv.DictReader(handle)]
     return {**run, "name": run_dir.name, "slices_per_second": statistics.median(rates)}
 
@@ -179,11 +180,11 @@ def main(argv: list[str] | None = None) -> None:
         comparison=json.loads(Path(args.comparison).read_text()) if args.comparison else None,
         classifier_members=max(1, sum(isinstance(layer, keras.Model) for layer in classifier.layers)),
         threshold_chosen_on=evaluation.get("classifier_threshold_chosen_on"),
-        has_history=(output_dir / HISTORY_NAME).exists(),
+        has_history=(output_dir / MODEL_HISTORY_NAME).exists(),
         training_patients=json.loads(split_path.read_text())["train"],
         validation=evaluation.get("validation"),
     )
-    (output_dir / "README.md").write_text(card)
+    (output_dir / MODEL_CARD_NAME).write_text(card)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ import numpy as np
 
 from app.core.model_store import ModelEntry, load_model, read_manifest, sha256_of, write_manifest
 from app.core.onnx_models import ONNX_OPSET, convert_to_onnx, onnxruntime_function
-from training.model_card import refresh_export_lines
+from training.model_card import MODEL_CARD_NAME, refresh_export_lines
 
-MODEL_CARD_NAME = "README.md"
 DEFAULT_TOLERANCE = 1e-5
 
 

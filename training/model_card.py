@@ -22,7 +22,7 @@ from training.evaluation_metrics import TVERSKY_SCORE_ALPHA
 
 # The model history (releases, and recipes tried and not adopted) is written by hand beside the card; an export
 # rewrites the card, never the history, and links to it.
-HISTORY_NAME = "history.md"
+MODEL_HISTORY_NAME = "history.md"
 MODEL_CARD_NAME = "README.md"
 EVALUATION_PATH = Path("evaluation") / "evaluation.json"
 
@@ -386,7 +386,7 @@ def held_out_set_limitation_lines(metrics: Mapping, segmenter: Mapping, has_hist
         if len(stages) == 2
         else ""
     )
-    history = f" ([{HISTORY_NAME}]({HISTORY_NAME}))" if has_history else " (in the model history)"
+    history = f" ([{MODEL_HISTORY_NAME}]({MODEL_HISTORY_NAME}))" if has_history else " (in the model history)"
     single = metrics.get("segmentation_single_slices")
     in_particular = (
         f", the {_percent(single['nonempty_mask_rate_on_tumor_free_slices'])} of tumor-free slices given a mask each "
@@ -476,7 +476,7 @@ def history_lines() -> list[str]:
     return [
         "## History",
         "What each release changed, and every recipe tried and not adopted, with its comparison on the validation "
-        f"patients and its commands: [{HISTORY_NAME}]({HISTORY_NAME}).",
+        f"patients and its commands: [{MODEL_HISTORY_NAME}]({MODEL_HISTORY_NAME}).",
         "",
     ]
 
@@ -524,7 +524,7 @@ def refresh_model_card(model_dir: Path, evaluation_path: Path | None = None) -> 
             "the served models' evaluation only"
         )
     card_path = model_dir / MODEL_CARD_NAME
-    has_history = (model_dir / HISTORY_NAME).is_file()
+    has_history = (model_dir / MODEL_HISTORY_NAME).is_file()
     card_path.write_text(refresh_figures(card_path.read_text(), manifest, evaluation.get("validation"), has_history))
 
 

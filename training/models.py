@@ -21,8 +21,10 @@ from app.core.preprocessing import INPUT_SHAPE
 
 CLASSIFIER_FILTERS = (16, 32, 64, 128, 256)
 SEGMENTER_FILTERS = (16, 32, 64, 128, 256)
-# A training run saves its segmenter's architecture under this name beside its checkpoints.
+# A checkpoint folder: the weights under BEST_WEIGHTS_NAME and, for any model but the plain builders', its
+# architecture under ARCHITECTURE_NAME (`save_checkpoint` writes both, `load_checkpoint` reads them).
 ARCHITECTURE_NAME = "architecture.json"
+BEST_WEIGHTS_NAME = "best.weights.h5"
 
 
 def convolution_block(x: keras.KerasTensor, filters: int, name: str, strides: int = 1) -> keras.KerasTensor:
@@ -201,6 +203,13 @@ def load_checkpoint(weights: str | Path, build_default: Callable[[], keras.Model
     check_weights_fit(model, weights)
     model.load_weights(weights)
     return model
+
+
+def save_checkpoint(model: keras.Model, folder: Path) -> None:
+    """`model` as a checkpoint folder that `load_checkpoint` reads back: its architecture and its weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ARCHITECTURE_NAME).write_text(architecture_json(model))
+    model.save_weights(folder / BEST_WEIGHTS_NAME)
 
 
 def check_weights_fit(model: keras.Model, weights: str | Path) -> None:

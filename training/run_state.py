@@ -28,13 +28,16 @@ import keras
 
 from app.core.durable_files import replace_atomically
 from training.data import SliceBatches
+from training.models import BEST_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
+# What a training run's folder holds (its best checkpoint: `training.models.BEST_WEIGHTS_NAME`).
 STATE_NAME = "state.json"
 MODEL_NAME = "last.keras"
-BEST_WEIGHTS_NAME = "best.weights.h5"
 HISTORY_NAME = "history.csv"
+ARGUMENTS_NAME = "arguments.json"
+RUN_NAME = "run.json"
 EPOCH_WEIGHTS_DIR = "epochs"
 
 

@@ -64,12 +64,18 @@ from training.models import (
     load_segmenter,
     transfer_weights,
 )
-from training.run_state import RunCheckpoint, RunState, has_saved_state, load_saved_model
+from training.run_state import (
+    ARGUMENTS_NAME,
+    RUN_NAME,
+    RunCheckpoint,
+    RunState,
+    has_saved_state,
+    load_saved_model,
+)
 from training.slice_predictions import model_outputs
 from training.validation import HardNegativeMiner, ServedPipelineValidation
 
 logger = logging.getLogger(__name__)
-ARGUMENTS_NAME = "arguments.json"
 HELD_OUT_SHARE = 9 / 88
 """Patients held out for validation and again for test, each: 9 of the 88 of the development data."""
 FINAL_LEARNING_RATE_FRACTION = 0.02
@@ -412,7 +418,7 @@ def train(args: argparse.Namespace) -> dict:
         "keras_backend": keras.backend.backend(),
         "arguments": dict(vars(args)),
     }
-    (output_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (output_dir / RUN_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -21,8 +21,9 @@ from training import (
     slice_predictions,
     train,
 )
+from training.classifier_variants import build_flair_classifier
 from training.data import DatasetError, find_slices, load_slices
-from training.models import build_classifier, build_resunet, load_classifier
+from training.models import build_classifier, build_resunet, load_classifier, save_checkpoint
 
 PATIENTS = [f"TCGA_{site}_{number:04d}_20000101" for site in ("CS", "DU", "HT") for number in range(7)]
 
@@ -267,3 +268,22 @@ def test_the_flair_views_are_the_slice_and_its_mirror_with_every_channel_flair()
     )
     assert not np.allclose(outputs["flair"], outputs["slice"])
     assert compare_test_time_views.VIEW_SETS["flip and FLAIR"] == ("slice", "mirror", "flair", "mirror flair")
+
+
+def test_combine_reads_a_fold_run_in_the_architecture_it_saved(fold_runs, dev_layout, tmp_path):
+    """Style review 51 F2: combine loaded each fold into a plain `build_classifier()` with Keras's `load_weights`,
+    which loads the layers that match and skips the rest without a word: a fold trained as another classifier (here
+    the one that reads FLAIR alone, whose run saves its architecture) was scored as a plain CNN it never was."""
+    root, _, _ = fold_runs
+    variant = tmp_path / "fold1_flair"
+    flair_classifier = build_flair_classifier()
+    save_checkpoint(flair_classifier, variant)
+    (variant / "arguments.json").write_text((root / "fold1" / "arguments.json").read_text())
+
+    cross_validation.combine(str(dev_layout), [root / "fold0", variant], tmp_path / "ensemble")
+
+    held_out = json.loads((root / "split_fold1.json").read_text())["validation"]
+    arrays = load_slices([record for record in find_slices(dev_layout) if record.patient_id in held_out])
+    saved = np.load(tmp_path / "ensemble" / cross_validation.OUT_OF_FOLD_NAME)
+    expected = slice_predictions.model_outputs(flair_classifier, arrays.images).reshape(-1)
+    np.testing.assert_allclose(saved["probabilities"][np.isin(saved["patient_ids"], held_out)], expected, atol=1e-5)

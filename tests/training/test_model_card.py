@@ -37,7 +37,7 @@ def test_the_committed_card_is_what_the_code_renders_from_the_committed_evaluati
     ones `python -m training.model_card --model-dir models` renders (run it after changing how they read)."""
     card = (COMMITTED_MODEL_DIR / model_card.MODEL_CARD_NAME).read_text()
 
-    has_history = (COMMITTED_MODEL_DIR / model_card.HISTORY_NAME).is_file()
+    has_history = (COMMITTED_MODEL_DIR / model_card.MODEL_HISTORY_NAME).is_file()
     refreshed = model_card.refresh_figures(card, committed_manifest, committed_evaluation["validation"], has_history)
 
     assert refreshed == card
