@@ -293,7 +293,9 @@ def check_image_header(header: RasterHeader, max_pixels: int, max_bytes: int | N
 def decode_image(
     data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
 ) -> np.ndarray:
-    """Decode one uploaded slice into a uint8 array, HxW (grey, taken as FLAIR) or HxWx3.
+    """Decode one uploaded slice into a uint8 array, HxW (grey, taken as FLAIR) or HxWx3: the service's decoding
+    (`app.uploads.prepare_upload`, which also stretches a raster series on one scale) in one call, for the tests and
+    benchmarks that need a slice as the service reads it.
 
     Alpha channels are dropped (an MR slice has no transparency). 8-bit samples are kept as they are, which is how
     training read its images; other depths are stretched to 8 bits by `stretch_to_uint8`.

@@ -2,7 +2,7 @@
 
 The models learned from volumes stretched from their minimum to their maximum (kaggle_3m), so the service stretches
 the same way (a DICOM series: `app.dicom.dicom_series.normalise_volume`; a raster series' deep slices:
-`app.uploads.prepare_series_uploads`; a slice alone: `app.imaging.decode_image`). One pixel far above the rest (a
+`app.uploads.prepare_series_uploads`; a slice alone: `app.uploads.prepare_upload`). One pixel far above the rest (a
 hot pixel, a burnt-in marker, a corrupt value) would then squeeze the image into a few grey levels: a 16-bit series with
 one pixel at 65535 (the rest under 1,200) turned three positive slices into "no tumor"; one far below (a cold pixel at
 -1000 under a 0..1020 head) did the same. On the 88 development volumes the maximum lies at most 4.83 times as far above

@@ -45,7 +45,7 @@ DESCRIPTION = (
 )
 
 
-async def load_models(app: FastAPI) -> None:
+async def load_models_in_background(app: FastAPI) -> None:
     """Load and warm up both models off the event loop, then start the micro-batcher and turn readiness on."""
     state = app.state
     # Its own thread, not asyncio's default executor: `asyncio.run` joins that one when the server stops, so SIGTERM
@@ -88,7 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.critical("refusing to start", extra={"fields": {"error": str(error)}})
         raise
     state.metrics.set_models(state.manifest)
-    loading = asyncio.create_task(load_models(app), name="load-models")
+    loading = asyncio.create_task(load_models_in_background(app), name="load-models")
     try:
         yield
     finally:

@@ -43,6 +43,7 @@ def encodes_quickly(prediction: SlicePrediction) -> bool:
 
 
 def slice_payload(prediction: SlicePrediction, threshold: float, mask_format: schemas.MaskFormat) -> schemas.Prediction:
+    """A slice's answer as the API returns it: its mask (only for a positive slice) in `mask_format`."""
     mask = prediction.mask
     return schemas.Prediction(
         tumor_probability=prediction.probability,

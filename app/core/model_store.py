@@ -206,6 +206,7 @@ def one_line_reason(error: Exception) -> str:
 
 
 def load_models(model_dir: str | Path) -> tuple[Manifest, keras.Model, keras.Model]:
-    """Verify the manifest's files, then load (manifest, classifier, segmenter)."""
+    """Verify the manifest's files, then load (manifest, classifier, segmenter) as Keras models: for the tests and
+    benchmarks (the service loads its own through `app.inference`)."""
     manifest = read_manifest(model_dir)
     return manifest, load_model(model_dir, manifest.classifier), load_model(model_dir, manifest.segmenter)

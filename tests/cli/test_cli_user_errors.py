@@ -380,7 +380,9 @@ def test_serve_warns_about_the_address_it_binds_not_the_host_variable(
         monkeypatch.setenv(variable, value)
     monkeypatch.delenv("API_KEYS", raising=False)
     monkeypatch.delenv("API_KEYS_FILE", raising=False)
-    monkeypatch.setattr("app.main.load_models", lambda app: asyncio.sleep(0))  # the address is all this is about
+    monkeypatch.setattr(
+        "app.main.load_models_in_background", lambda app: asyncio.sleep(0)
+    )  # the address is all this is about
     served: list[tuple[str, int]] = []
 
     def run_lifespan(server: uvicorn.Server, listener: socket.socket) -> None:

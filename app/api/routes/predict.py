@@ -233,7 +233,7 @@ async def create_prediction(
     )
     if isinstance(answer, SeriesAnswer):
         return await run_in_threadpool(segmentation_response, answer)
-    payload = await slice_payload(answer, predictor.classifier_threshold, mask_format)
+    payload = await encode_slice_payload(answer, predictor.classifier_threshold, mask_format)
     if wants_segmentation(output):
         mark_json_instead_of_dicom(response, payload.tumor_detected)
     return schemas.PredictionResponse(
@@ -347,8 +347,10 @@ async def create_overlay(request: Request, file: SliceFile, service: PredictionS
     return Response(answer.png, media_type="image/png", headers=headers)
 
 
-async def slice_payload(answer: SliceAnswer, threshold: float, mask_format: schemas.MaskFormat) -> schemas.Prediction:
-    """Encode a small mask here, a large one in a worker thread."""
+async def encode_slice_payload(
+    answer: SliceAnswer, threshold: float, mask_format: schemas.MaskFormat
+) -> schemas.Prediction:
+    """`payloads.slice_payload`, a small mask encoded here, a large one in a worker thread (off the event loop)."""
     if payloads.encodes_quickly(answer.prediction):
         return payloads.slice_payload(answer.prediction, threshold, mask_format)
     return await run_in_threadpool(payloads.slice_payload, answer.prediction, threshold, mask_format)
