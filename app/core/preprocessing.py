@@ -56,17 +56,28 @@ def as_three_channel_uint8(image: np.ndarray) -> np.ndarray:
     image = image[:, :, :3]
     if image.dtype != np.uint8:
         raise InvalidImageError(f"image must be uint8 after decoding; got dtype {image.dtype}")
-    height, width = image.shape[:2]
+    problem = slice_shape_problem(*image.shape[:2])
+    if problem is not None:
+        raise InvalidImageError(problem)
+    return image
+
+
+def slice_shape_problem(height: int, width: int) -> str | None:
+    """Why `height` x `width` pixels is no brain MRI slice the models can read, or None when it is one."""
     if min(height, width) < MIN_IMAGE_SIDE:
-        raise InvalidImageError(
-            f"image is {width}x{height} pixels; a brain MRI slice has at least {MIN_IMAGE_SIDE} pixels on each side"
-        )
+        return f"image is {width}x{height} pixels; a brain MRI slice has at least {MIN_IMAGE_SIDE} pixels on each side"
     if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
-        raise InvalidImageError(
+        return (
             f"image is {width}x{height} pixels; a brain MRI slice's long side is at most {MAX_ASPECT_RATIO} times "
             "its short side"
         )
-    return image
+    return None
+
+
+def resized(image: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """`image` at `rows` x `columns`: INTER_AREA when shrinking (it averages: no aliasing), linear when enlarging."""
+    shrinking = image.shape[0] > rows or image.shape[1] > columns
+    return cv2.resize(image, (columns, rows), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def model_grid_placement(height: int, width: int, grid: int = MODEL_INPUT_SIZE) -> tuple[int, int, int, int]:
@@ -107,10 +118,7 @@ def preprocess_slice(image: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     top, left, rows, columns = model_grid_placement(height, width)
     if (rows, columns) != (height, width):
-        # INTER_AREA averages when shrinking (no aliasing); linear when enlarging.
-        shrinking = height > rows or width > columns
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        image = cv2.resize(image, (columns, rows), interpolation=interpolation)
+        image = resized(image, rows, columns)
     if (rows, columns) != (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE):  # a rectangular slice: centred, never stretched
         square = np.zeros((MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3), dtype=np.uint8)
         square[top : top + rows, left : left + columns] = image

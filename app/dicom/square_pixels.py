@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from app.core.preprocessing import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
+from app.core.preprocessing import resized, slice_shape_problem
 
 PIXEL_ASPECT_TOLERANCE = 0.01
 """Pixel spacings whose rows and columns differ by at most this share are square (rounding in Pixel Spacing)."""
@@ -35,22 +34,15 @@ class SquarePixels:
         """`image` (H x W, or H x W x channels, uint8, of the stored size) at the resampled size."""
         if self.is_identity:
             return image
-        return _resized(image, self.resampled)
+        return resized(image, *self.resampled)
 
     def undo(self, mask: np.ndarray) -> np.ndarray:
         """A 0/1 mask of the resampled slice back on the stored grid (interpolated, then cut at one half: smoother
         than the nearest pixel, and a mask's area in mm^2 stays what it was)."""
         if self.is_identity:
             return mask
-        back = _resized(mask.astype(np.float32), self.stored)
+        back = resized(mask.astype(np.float32), *self.stored)
         return (back >= 0.5).astype(mask.dtype)
-
-
-def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    rows, columns = size
-    # INTER_AREA averages when shrinking (no aliasing); linear when enlarging, as `preprocess_slice` does.
-    shrinking = image.shape[0] > rows or image.shape[1] > columns
-    return cv2.resize(image, (columns, rows), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def pixel_aspect(pixel_spacing: tuple[float, ...] | None) -> float:
@@ -79,7 +71,7 @@ def square_pixels(shape: tuple[int, ...], pixel_spacing: tuple[float, ...] | Non
 
 
 def resamplable(size: tuple[int, int]) -> bool:
-    """Whether a slice of `size` is one the models can read (`app.core.preprocessing.as_three_channel_uint8`'s
-    limits): a Pixel Spacing of 100:1 would make a line of the slice, which is no MR slice; such a slice is read as
-    stored, as before this module, and its answer's note says its pixels are not square."""
-    return min(size) >= MIN_IMAGE_SIDE and max(size) <= MAX_ASPECT_RATIO * min(size)
+    """Whether a slice of `size` is one the models can read (`app.core.preprocessing.slice_shape_problem`): a Pixel
+    Spacing of 100:1 would make a line of the slice, which is no MR slice; such a slice is read as stored, as before
+    this module, and its answer's note says its pixels are not square."""
+    return slice_shape_problem(*size) is None
