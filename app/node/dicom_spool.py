@@ -40,10 +40,11 @@ from pydicom.dataset import Dataset
 
 from app.core.durable_files import write_atomically
 from app.dicom.dicom_seg import part10_bytes
-from app.settings import Settings
+from app.settings import DAY_SECONDS, Settings
 
 logger = logging.getLogger(__name__)
 
+HOUR_SECONDS = DAY_SECONDS / 24
 PENDING_DIR = "pending"
 UNSENT_DIR = "unsent"
 RECEIVING_DIR = "receiving"
@@ -144,14 +145,27 @@ class SpoolLimits:
     its instances and results (`retention_seconds`) and its record (`record_retention_seconds`, counted from the
     same moment: the record's last change)."""
 
-    # The DICOM_NODE_* settings' defaults (hours and days in seconds).
+    # The DICOM_NODE_* settings' defaults (`from_settings` takes the settings themselves).
     max_instance_bytes: int = Settings.model_fields["dicom_node_max_instance_bytes"].default
     max_spool_bytes: int = Settings.model_fields["dicom_node_max_spool_bytes"].default
     min_free_bytes: int = Settings.model_fields["dicom_node_min_free_bytes"].default
-    retention_seconds: float = Settings.model_fields["dicom_node_retention_hours"].default * 3600.0
+    retention_seconds: float = Settings.model_fields["dicom_node_retention_hours"].default * HOUR_SECONDS
     max_pending_studies: int = Settings.model_fields["dicom_node_max_pending_studies"].default
-    record_retention_seconds: float = Settings.model_fields["dicom_node_record_retention_days"].default * 24 * 3600.0
+    record_retention_seconds: float = Settings.model_fields["dicom_node_record_retention_days"].default * DAY_SECONDS
     max_study_instances: int = Settings.model_fields["dicom_node_max_study_instances"].default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SpoolLimits:
+        """The limits the DICOM_NODE_* settings give (retention in hours and days, here in seconds)."""
+        return cls(
+            max_instance_bytes=settings.dicom_node_max_instance_bytes,
+            max_spool_bytes=settings.dicom_node_max_spool_bytes,
+            min_free_bytes=settings.dicom_node_min_free_bytes,
+            retention_seconds=settings.dicom_node_retention_hours * HOUR_SECONDS,
+            max_pending_studies=settings.dicom_node_max_pending_studies,
+            record_retention_seconds=settings.dicom_node_record_retention_days * DAY_SECONDS,
+            max_study_instances=settings.dicom_node_max_study_instances,
+        )
 
     @property
     def max_pending_per_sender(self) -> int:

@@ -81,15 +81,7 @@ class NodeConfig:
             "max_associations": settings.dicom_node_max_associations,
             "max_associations_per_peer": settings.dicom_node_max_associations_per_peer,
             "association_timeout_seconds": settings.dicom_node_association_timeout_seconds,
-            "spool_limits": SpoolLimits(
-                max_instance_bytes=settings.dicom_node_max_instance_bytes,
-                max_spool_bytes=settings.dicom_node_max_spool_bytes,
-                min_free_bytes=settings.dicom_node_min_free_bytes,
-                retention_seconds=settings.dicom_node_retention_hours * 3600.0,
-                max_pending_studies=settings.dicom_node_max_pending_studies,
-                record_retention_seconds=settings.dicom_node_record_retention_days * 24 * 3600.0,
-                max_study_instances=settings.dicom_node_max_study_instances,
-            ),
+            "spool_limits": SpoolLimits.from_settings(settings),
             "receive_memory_bytes": settings.dicom_node_receive_memory_bytes,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
