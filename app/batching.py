@@ -159,7 +159,7 @@ class MicroBatcher:
 
     @property
     def queued_slices(self) -> int:
-        """Slices submitted and not yet answered (waiting, or in either model)."""
+        """Slices submitted and not yet answered (waiting, or in either model): what the tests watch the queue by."""
         return self._queued_slices
 
     def start(self) -> None:

@@ -314,7 +314,8 @@ class Predictor:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[SlicePrediction]:
         """Predict decoded uint8 slices (HxW or HxWx3, at least 32 pixels a side) as one batch; masks come back at
-        input size.
+        input size. The service's flow preprocesses first and calls `predict_preprocessed`; this is the one-call path
+        for the tests and benchmarks.
 
         Raises
         ------

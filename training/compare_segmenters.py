@@ -26,9 +26,9 @@ from training.evaluation_metrics import evaluate_split
 from training.models import (
     BEST_WEIGHTS_NAME,
     architecture_json,
-    average_of,
     load_classifier,
     load_segmenter,
+    probability_mean_of,
     renamed,
     save_checkpoint,
     weights_average,
@@ -71,7 +71,7 @@ def save_probability_mean(models: list[keras.Model], output_dir: Path, kind: str
     """
     if len(models) < 2:
         raise DatasetError(f"--save-probability-mean needs two or more {kind}")
-    ensemble = average_of([renamed(model, f"member{index}") for index, model in enumerate(models)], name=name)
+    ensemble = probability_mean_of([renamed(model, f"member{index}") for index, model in enumerate(models)], name=name)
     save_checkpoint(ensemble, output_dir)
     logger.info("wrote the mean of the %s' probabilities as one model to %s", kind, output_dir)
     return ensemble

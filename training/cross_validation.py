@@ -1,4 +1,5 @@
-"""Cross-validate the classifier over the training patients and average the fold models into one served classifier.
+"""Cross-validate the classifier over the training patients and make the fold models one served classifier (an
+ensemble: the mean of their probabilities).
 
     python -m training.cross_validation folds --split models/split.json --folds 5 --output-dir runs/cv
     python -m training.train --model classifier --data-root ../shared/lgg/kaggle_3m_dev \
@@ -11,8 +12,9 @@ Why: nine validation patients are too few to place the classifier threshold. The
 threshold moves with each of them. `folds` deals the training patients into k folds (each institution spread over
 all folds); a classifier is trained per fold with that fold's patients as its validation set. `combine` then
 predicts each fold's patients with the one model that never saw them (out-of-fold predictions: every training
-patient judged as an unseen one), and writes the fold models, averaged, as one Keras model (`architecture.json` +
-`best.weights.h5`, loaded by `training.models.load_classifier` like any checkpoint). `training.evaluate
+patient judged as an unseen one), and writes the fold models as one Keras model whose output is the mean of their
+probabilities (`architecture.json` + `best.weights.h5`, loaded by `training.models.load_classifier` like any
+checkpoint). `training.evaluate
 --threshold-slices runs/cv/ensemble/out_of_fold.npz` chooses the threshold on those slices together with the
 validation patients'. The validation and test patients of the split are in no fold, so both stay unseen.
 Each fold is also measured with the flip average the service can apply (`app.core.gate.flip_average`): a test of
@@ -40,7 +42,7 @@ from training.data import (
     shuffled_by_institution,
     usage_errors,
 )
-from training.models import BEST_WEIGHTS_NAME, average_of, load_classifier, renamed, save_checkpoint
+from training.models import BEST_WEIGHTS_NAME, load_classifier, probability_mean_of, renamed, save_checkpoint
 from training.run_state import ARGUMENTS_NAME
 from training.slice_predictions import classifier_probabilities, model_outputs
 
@@ -81,7 +83,8 @@ def load_fold_run(run: Path) -> tuple[dict[str, list[str]], keras.Model]:
 
 
 def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
-    """Out-of-fold predictions of the fold runs, and their average as one model; return the summary written."""
+    """Out-of-fold predictions of the fold runs, and the mean of their probabilities as one model; return the summary
+    written."""
     loaded = [load_fold_run(run) for run in runs]
     splits = [split for split, _ in loaded]
     fold_patients = [set(split["validation"]) for split in splits]
@@ -122,7 +125,7 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
         labels=labels,
         patient_ids=patient_ids,
     )
-    save_checkpoint(average_of(members), output_dir)
+    save_checkpoint(probability_mean_of(members), output_dir)
     pooled = {"patients": len(everyone), "slices": len(labels), **figures(labels, probabilities, TARGET_SENSITIVITY)}
     pooled["flip_average"] = figures(labels, flipped, TARGET_SENSITIVITY)
     summary = {"folds": per_fold, "out_of_fold": pooled}

@@ -186,8 +186,8 @@ def load_segmenter(weights: str | Path) -> keras.Model:
 
 
 def load_classifier(weights: str | Path) -> keras.Model:
-    """The classifier of a checkpoint: the architecture saved beside it (`architecture.json`, e.g. the average of
-    cross-validation fold models written by `training.cross_validation combine`), else `build_classifier()`."""
+    """The classifier of a checkpoint: the architecture saved beside it (`architecture.json`, e.g. the probability
+    mean of cross-validation fold models written by `training.cross_validation combine`), else `build_classifier()`."""
     return load_checkpoint(weights, build_classifier)
 
 
@@ -238,7 +238,7 @@ def _variable_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def average_of(members: list[keras.Model], name: str = "tumor_classifier") -> keras.Model:
+def probability_mean_of(members: list[keras.Model], name: str = "tumor_classifier") -> keras.Model:
     """One model whose output is the mean of the members' probabilities (the members keep their own weights)."""
     inputs = keras.Input(shape=members[0].input_shape[1:], name="image")
     outputs = keras.layers.Average(name="tumor_probability_mean")([member(inputs) for member in members])

@@ -921,6 +921,7 @@ class Spool:
             os.fsync(handle.fileno())
 
     def sent_log(self) -> list[dict[str, Any]]:
+        """What `sent.jsonl` says was sent, oldest first: for the tests and for an operator reading the spool."""
         path = self.root / SENT_LOG
         if not path.exists():
             return []
