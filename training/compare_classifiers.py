@@ -18,7 +18,6 @@ never looks at the test patients.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,21 +25,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.compare_segmenters import average_and_save, parse_candidate, save_probability_mean
-from training.data import find_slices, load_slices, load_split, usage_errors
-from training.evaluation_metrics import classification_metrics
+from training.checkpoint_comparison import (
+    add_combination_arguments,
+    average_and_save,
+    parse_candidate,
+    run_comparison,
+    save_probability_mean,
+)
+from training.data import find_slices, load_slices, load_split
 from training.models import load_classifier
-from training.pipeline_choices import choose_classifier_threshold
+from training.pipeline_choices import figures_at_target_sensitivity
 from training.slice_predictions import classifier_probabilities, model_outputs, preprocessed_batches
 
 logger = logging.getLogger(__name__)
-
-
-def figures(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> dict:
-    """ROC AUC, and specificity and sensitivity at the threshold chosen for `target_sensitivity` on these slices."""
-    threshold = choose_classifier_threshold(labels, probabilities, target_sensitivity)
-    metrics = classification_metrics(labels, probabilities, threshold)
-    return {key: metrics[key] for key in ("roc_auc", "sensitivity", "specificity")} | {"threshold": threshold}
 
 
 def batch_norm_layers(model: keras.Model) -> Iterator[keras.layers.BatchNormalization]:
@@ -73,23 +70,25 @@ def compare(args: argparse.Namespace) -> dict:
         model = load_classifier(weights)
         models[name] = model
         probabilities[name] = model_outputs(model, validation.images).reshape(-1)
-        results[name] = figures(validation.labels, probabilities[name], args.target_sensitivity)
+        results[name] = figures_at_target_sensitivity(validation.labels, probabilities[name], args.target_sensitivity)
         flip_probabilities[name] = classifier_probabilities(model, validation.images, flip_average=True)
-        results[f"{name} + flip average"] = figures(
+        results[f"{name} + flip average"] = figures_at_target_sensitivity(
             validation.labels, flip_probabilities[name], args.target_sensitivity
         )
     if len(models) > 1:
         ensemble = np.mean(list(probabilities.values()), axis=0)
-        results["mean of all"] = figures(validation.labels, ensemble, args.target_sensitivity)
+        results["mean of all"] = figures_at_target_sensitivity(validation.labels, ensemble, args.target_sensitivity)
         served_ensemble = np.mean(list(flip_probabilities.values()), axis=0)  # how the service would run them
-        results["mean of all + flip average"] = figures(validation.labels, served_ensemble, args.target_sensitivity)
+        results["mean of all + flip average"] = figures_at_target_sensitivity(
+            validation.labels, served_ensemble, args.target_sensitivity
+        )
     if args.save_probability_mean:
         save_probability_mean(
             list(models.values()), Path(args.save_probability_mean), "classifiers", "tumor_classifier"
         )
     averaged = average_and_save(list(models.values()), args.save_weights_average, "classifiers")
     if averaged is not None:
-        results["weights averaged"] = figures(
+        results["weights averaged"] = figures_at_target_sensitivity(
             validation.labels, model_outputs(averaged, validation.images).reshape(-1), args.target_sensitivity
         )
     if args.recalibrate_batch_norm:
@@ -97,7 +96,9 @@ def compare(args: argparse.Namespace) -> dict:
         for name, model in models.items():
             recalibrate_batch_norm(model, training_images)
             outputs = model_outputs(model, validation.images).reshape(-1)
-            results[f"{name}, batch norm re-estimated"] = figures(validation.labels, outputs, args.target_sensitivity)
+            results[f"{name}, batch norm re-estimated"] = figures_at_target_sensitivity(
+                validation.labels, outputs, args.target_sensitivity
+            )
     for name, result in results.items():
         logger.info("%s: AUC %.4f, specificity %.3f", name, result["roc_auc"], result["specificity"])
     return {
@@ -129,31 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--recalibrate-batch-norm", action="store_true")
     parser.add_argument("--output", required=True, help="JSON file to write")
-    parser.add_argument(
-        "--save-weights-average",
-        default=None,
-        metavar="WEIGHTS_H5",
-        help="also write the candidates' weights averaged (one architecture) as a .weights.h5 to export",
-    )
-    parser.add_argument(
-        "--save-probability-mean",
-        default=None,
-        metavar="DIR",
-        help="also write the mean of the candidates' probabilities as one model (a checkpoint folder) to export",
-    )
+    add_combination_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with usage_errors(parser.prog):
-        result = compare(args)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return run_comparison(build_parser(), compare, argv)
 
 
 if __name__ == "__main__":

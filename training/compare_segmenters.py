@@ -19,62 +19,25 @@ import json
 import logging
 from pathlib import Path
 
-import keras
-
-from training.data import DatasetError, find_slices, load_slices, load_split, usage_errors
+from training.checkpoint_comparison import (
+    add_combination_arguments,
+    average_and_save,
+    parse_candidate,
+    run_comparison,
+    save_probability_mean,
+)
+from training.data import find_slices, load_slices, load_split
 from training.evaluation_metrics import evaluate_split
 from training.models import (
     BEST_WEIGHTS_NAME,
-    architecture_json,
     load_classifier,
     load_segmenter,
-    probability_mean_of,
-    renamed,
-    save_checkpoint,
-    weights_average,
 )
 from training.pipeline_choices import choose_classifier_threshold, choose_mask_threshold
 from training.run_state import RUN_NAME
 from training.slice_predictions import model_outputs
 
 logger = logging.getLogger(__name__)
-
-
-def parse_candidate(text: str) -> tuple[str, Path]:
-    """`name=path/to/best.weights.h5` -> (name, path)."""
-    name, separator, path = text.partition("=")
-    if not separator or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHTS_PATH; got {text!r}")
-    return name, Path(path)
-
-
-def average_and_save(models: list[keras.Model], save_to: str | None, kind: str) -> keras.Model | None:
-    """The candidates' weight average when two or more share one architecture, else None; written to `save_to` if
-    given (asking to save what cannot be averaged is a usage error)."""
-    if len(models) < 2 or len({architecture_json(model) for model in models}) > 1:
-        if save_to:
-            raise DatasetError(f"--save-weights-average needs two or more {kind} of one architecture")
-        return None
-    averaged = weights_average(models)
-    if save_to:
-        averaged.save_weights(save_to)
-        logger.info("wrote the averaged weights to %s", save_to)
-    return averaged
-
-
-def save_probability_mean(models: list[keras.Model], output_dir: Path, kind: str, name: str) -> keras.Model:
-    """The candidates as one model named `name` whose output is the mean of their probabilities, saved as a
-    checkpoint (`architecture.json` and `best.weights.h5` in `output_dir`) that `training.evaluate` and
-    `training.export` take.
-
-    Exported, the service runs it like any single model; its cost per slice is the sum of the members'.
-    """
-    if len(models) < 2:
-        raise DatasetError(f"--save-probability-mean needs two or more {kind}")
-    ensemble = probability_mean_of([renamed(model, f"member{index}") for index, model in enumerate(models)], name=name)
-    save_checkpoint(ensemble, output_dir)
-    logger.info("wrote the mean of the %s' probabilities as one model to %s", kind, output_dir)
-    return ensemble
 
 
 def training_summary(weights: Path) -> dict | None:
@@ -158,7 +121,11 @@ def summary_line(candidate: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.compare_segmenters",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--classifier-weights", required=True)
     parser.add_argument(
@@ -172,32 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="models/split.json")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--output", required=True, help="JSON file to write")
-    parser.add_argument(
-        "--save-weights-average",
-        default=None,
-        metavar="WEIGHTS_H5",
-        help="also write the candidates' weights averaged (one architecture) as a .weights.h5 to export",
-    )
-    parser.add_argument(
-        "--save-probability-mean",
-        default=None,
-        metavar="DIR",
-        help="also judge the mean of the candidates' probabilities (an ensemble) and write it to DIR as a "
-        "checkpoint (architecture.json, best.weights.h5) that training.evaluate and training.export take",
-    )
+    add_combination_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with usage_errors(parser.prog):
-        result = compare(args)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return run_comparison(build_parser(), compare, argv)
 
 
 if __name__ == "__main__":

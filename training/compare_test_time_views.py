@@ -24,10 +24,10 @@ import keras
 import numpy as np
 
 from app.core.preprocessing import flair_only
-from training.compare_classifiers import figures
 from training.cross_validation import load_fold_run
 from training.data import find_slices, load_slices, load_split, usage_errors
 from training.models import load_classifier
+from training.pipeline_choices import figures_at_target_sensitivity
 from training.slice_predictions import model_outputs
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ def view_outputs(model: keras.Model, images: np.ndarray) -> dict[str, np.ndarray
 
 def set_figures(labels: np.ndarray, outputs: dict[str, np.ndarray]) -> dict[str, dict]:
     return {
-        name: figures(labels, np.mean([outputs[view] for view in views], axis=0), TARGET_SENSITIVITY)
+        name: figures_at_target_sensitivity(
+            labels, np.mean([outputs[view] for view in views], axis=0), TARGET_SENSITIVITY
+        )
         for name, views in VIEW_SETS.items()
     }
 

@@ -32,7 +32,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.compare_classifiers import figures
 from training.data import (
     DatasetError,
     find_slices,
@@ -43,6 +42,7 @@ from training.data import (
     usage_errors,
 )
 from training.models import BEST_WEIGHTS_NAME, load_classifier, probability_mean_of, renamed, save_checkpoint
+from training.pipeline_choices import figures_at_target_sensitivity
 from training.run_state import ARGUMENTS_NAME
 from training.slice_predictions import classifier_probabilities, model_outputs
 
@@ -103,8 +103,8 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
         flipped.append(fold_flipped)
         labels.append(held_out.labels)
         patient_ids.append(held_out.patient_ids)
-        fold_figures = figures(held_out.labels, fold_probabilities, TARGET_SENSITIVITY)
-        flip_figures = figures(held_out.labels, fold_flipped, TARGET_SENSITIVITY)
+        fold_figures = figures_at_target_sensitivity(held_out.labels, fold_probabilities, TARGET_SENSITIVITY)
+        flip_figures = figures_at_target_sensitivity(held_out.labels, fold_flipped, TARGET_SENSITIVITY)
         per_fold.append(
             {
                 "run": str(run),
@@ -126,8 +126,12 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
         patient_ids=patient_ids,
     )
     save_checkpoint(probability_mean_of(members), output_dir)
-    pooled = {"patients": len(everyone), "slices": len(labels), **figures(labels, probabilities, TARGET_SENSITIVITY)}
-    pooled["flip_average"] = figures(labels, flipped, TARGET_SENSITIVITY)
+    pooled = {
+        "patients": len(everyone),
+        "slices": len(labels),
+        **figures_at_target_sensitivity(labels, probabilities, TARGET_SENSITIVITY),
+    }
+    pooled["flip_average"] = figures_at_target_sensitivity(labels, flipped, TARGET_SENSITIVITY)
     summary = {"folds": per_fold, "out_of_fold": pooled}
     (output_dir / "out_of_fold.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

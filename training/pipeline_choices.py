@@ -13,7 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from training.data import DatasetError, SliceArrays
-from training.evaluation_metrics import decision_metrics, segmentation_metrics, volume_dice_by_patient
+from training.evaluation_metrics import (
+    classification_metrics,
+    decision_metrics,
+    segmentation_metrics,
+    volume_dice_by_patient,
+)
 from training.served_masks import clean_by_patient, gated_masks, masks_shown_alone
 
 MASK_THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -87,6 +92,13 @@ def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, t
     # Keeping the k highest-scoring positives at a threshold just below the k-th highest score.
     allowed_misses = int(np.floor((1.0 - target_sensitivity) * len(positives)))
     return float(positives[allowed_misses]) * (1.0 - THRESHOLD_MARGIN)
+
+
+def figures_at_target_sensitivity(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> dict:
+    """ROC AUC, and specificity and sensitivity at the threshold chosen for `target_sensitivity` on these slices."""
+    threshold = choose_classifier_threshold(labels, probabilities, target_sensitivity)
+    metrics = classification_metrics(labels, probabilities, threshold)
+    return {key: metrics[key] for key in ("roc_auc", "sensitivity", "specificity")} | {"threshold": threshold}
 
 
 def choose_mask_threshold(

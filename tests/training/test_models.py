@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from app.core.preprocessing import flair_only
+from training.checkpoint_comparison import average_and_save
 from training.classifier_variants import (
     build_encoder_classifier,
     build_mirror_classifier,
@@ -13,7 +14,6 @@ from training.classifier_variants import (
     served_from_tumor_map,
     tumor_map_classifier_from,
 )
-from training.compare_segmenters import average_and_save
 from training.data import DatasetError
 from training.losses import focal_tversky_loss
 from training.models import (

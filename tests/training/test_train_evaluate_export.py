@@ -16,6 +16,7 @@ from app.core.model_store import ModelStoreError, load_models, read_manifest
 from app.inference import SlicePrediction
 from app.series.result import single_slice_answers
 from training import (
+    checkpoint_comparison,
     compare_classifiers,
     compare_segmenters,
     evaluate,
@@ -422,7 +423,7 @@ def test_classifier_comparison_measures_each_checkpoint_and_their_combinations(t
 def test_the_probability_mean_of_two_classifiers_is_one_checkpoint_that_outputs_their_mean(tmp_path):
     keras.utils.set_random_seed(7)
     first, second = build_classifier(), build_classifier()
-    compare_segmenters.save_probability_mean([first, second], tmp_path / "mean", "classifiers", "tumor_classifier")
+    checkpoint_comparison.save_probability_mean([first, second], tmp_path / "mean", "classifiers", "tumor_classifier")
     loaded = load_classifier(tmp_path / "mean" / "best.weights.h5")
     images = np.random.default_rng(0).random((2, 256, 256, 3), dtype=np.float32)
     first_out, second_out = (keras.ops.convert_to_numpy(model(images)) for model in (first, second))
@@ -432,7 +433,7 @@ def test_the_probability_mean_of_two_classifiers_is_one_checkpoint_that_outputs_
 
 def test_a_probability_mean_of_one_classifier_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="two or more"):
-        compare_segmenters.save_probability_mean([build_classifier()], tmp_path / "mean", "classifiers", "c")
+        checkpoint_comparison.save_probability_mean([build_classifier()], tmp_path / "mean", "classifiers", "c")
     assert not (tmp_path / "mean").exists()
 
 
