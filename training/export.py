@@ -20,6 +20,7 @@ import keras
 
 from app.core.model_store import MANIFEST_FORMAT_VERSION, Manifest, ModelEntry, sha256_of, write_manifest
 from app.core.preprocessing import PREPROCESSING_ID
+from training.data import load_split, usage_errors
 from training.model_card import MODEL_CARD_NAME, MODEL_HISTORY_NAME, render_model_card
 from training.models import load_classifier, load_segmenter
 from training.run_state import ARGUMENTS_NAME, HISTORY_NAME, RUN_NAME, STATE_NAME
@@ -124,8 +125,10 @@ def training_run_summary(run_dir: Path) -> dict:
     return {**run, "name": run_dir.name, "slices_per_second": statistics.median(rates)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--classifier-weights", required=True)
     parser.add_argument("--segmenter-weights", required=True)
     parser.add_argument(
@@ -147,7 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         "--training-run", action="append", default=[], help="a run folder of training.train (model card's table)"
     )
     parser.add_argument("--comparison", default=None, help="JSON of training.compare_segmenters (model card)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def export_run(args: argparse.Namespace) -> None:
+    """Write the models, their manifest and model card, and the split into `--output-dir`."""
     evaluation = json.loads(Path(args.evaluation).read_text())
     classifier = load_classifier(args.classifier_weights)
     segmenter = load_segmenter(args.segmenter_weights)
@@ -181,10 +188,17 @@ def main(argv: list[str] | None = None) -> None:
         classifier_members=max(1, sum(isinstance(layer, keras.Model) for layer in classifier.layers)),
         threshold_chosen_on=evaluation.get("classifier_threshold_chosen_on"),
         has_history=(output_dir / MODEL_HISTORY_NAME).exists(),
-        training_patients=json.loads(split_path.read_text())["train"],
+        training_patients=load_split(split_path)["train"],
         validation=evaluation.get("validation"),
     )
     (output_dir / MODEL_CARD_NAME).write_text(card)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with usage_errors(parser.prog):  # a file that is not there: one line and exit 2, not a traceback
+        export_run(args)
 
 
 if __name__ == "__main__":

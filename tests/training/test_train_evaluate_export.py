@@ -983,3 +983,24 @@ def test_the_reference_models_are_read_through_the_model_store(tiny_model_dir: P
         weights.write(b"\0")
     with pytest.raises(ModelStoreError, match="sha256"):
         train.reference_outputs(argparse.Namespace(model="segmenter", reference_model_dir=str(altered)), validation)
+
+
+def test_export_names_a_file_that_is_not_there_in_one_line_with_exit_2(tmp_path, capsys):
+    """Style review 51 F13: a missing --evaluation or weights file was a traceback from `training.export`."""
+    missing = tmp_path / "evaluation.json"
+    with pytest.raises(SystemExit) as raised:
+        export.main(
+            [
+                "--classifier-weights",
+                str(tmp_path / "classifier.weights.h5"),
+                "--segmenter-weights",
+                str(tmp_path / "segmenter.weights.h5"),
+                "--evaluation",
+                str(missing),
+                "--output-dir",
+                str(tmp_path / "models"),
+            ]
+        )
+    assert raised.value.code == 2
+    assert capsys.readouterr().err == f"python -m training.export: error: No such file or directory: {missing}\n"
+    assert not (tmp_path / "models").exists()
