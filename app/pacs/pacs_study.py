@@ -270,6 +270,9 @@ class StudySync:
         attempts: int,
         state: SyncState,
     ) -> str | None:
+        """Choose the series from one file of each, analyse them unless the result stands for what the study holds,
+        then store and record the results (`_store_and_record`). Returns the study's status, or None when the study
+        was deleted meanwhile (its results withdrawn)."""
         if len(mr_series) > MAX_MR_SERIES:
             raise StudyTooLargeError(
                 f"the study holds {len(mr_series)} MR series; at most {MAX_MR_SERIES} are looked at (one file of each "
@@ -338,8 +341,22 @@ class StudySync:
             analysis = StudyAnalysis(AnalysisStatus.FAILED, reason=f"{left_out_note}; {read}", summary=analysis.summary)
         if analysis.status == AnalysisStatus.FAILED:
             return self._record_failure(study_id, record, analysis, attempts + 1, state, fields)
+        return self._store_and_record(study_id, record, analysis, {str(series["ID"]) for series in used}, fields, state)
+
+    def _store_and_record(
+        self,
+        study_id: str,
+        record: dict[str, Any],
+        analysis: StudyAnalysis,
+        sources: set[str],
+        fields: dict[str, Any],
+        state: SyncState,
+    ) -> str | None:
+        """Store an analysis's SEG and SR in Orthanc (superseding the earlier results) and the study's record; the
+        study's status, or None when it was deleted during the analysis. `sources`: the Orthanc IDs of the series
+        analysed."""
         try:
-            superseded = self._store_results(study_id, analysis.datasets, record, {str(s["ID"]) for s in used})
+            superseded = self._store_results(study_id, analysis.datasets, record, sources)
         except SourcesGoneError:
             if self.client.study(study_id) is not None:
                 raise  # a series went: recorded as a failure, and the study's new instances analysed afresh
