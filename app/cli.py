@@ -42,6 +42,7 @@ from app.settings import (
 
 if TYPE_CHECKING:
     import uvicorn
+    from fastapi import FastAPI
 
 EXIT_FILES_FAILED = EXIT_FAILED
 MIN_PORT, MAX_PORT = 1, 65535
@@ -87,9 +88,6 @@ def serve(args: argparse.Namespace) -> int:
     Compose, systemd or Kubernetes restart it instead of leaving it unready for ever).
     """
     limit_malloc_arenas()
-    import uvicorn
-
-    from app.http_protocol import ConnectionLimits, protocol_with_limits
     from app.logging_config import configure_logging
     from app.main import create_app
     from app.security import KeyConfigurationError
@@ -132,26 +130,7 @@ def serve(args: argparse.Namespace) -> int:
         # The lifespan checks the model files too (for `uvicorn --factory app.main:create_app`), but a refusal there
         # also gets uvicorn's traceback: checked here first, a missing or tampered file is one line and exit 3.
         read_manifest(settings.model_dir)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                log_config=None,  # keep our JSON logging
-                access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
-                # Header size and time, body idle time, connection count, idle uploads at shutdown: app.http_protocol.
-                http=protocol_with_limits(ConnectionLimits.from_settings(settings), audit=app.state.audit),
-                timeout_keep_alive=settings.keep_alive_timeout_seconds,
-                timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-                # X-Forwarded-For is read by the app, and only from TRUSTED_PROXIES (ClientAddressMiddleware);
-                # uvicorn's own handling would believe it from any loopback peer.
-                proxy_headers=False,
-                server_header=False,
-                # No route takes a WebSocket: an upgrade request is served as the plain HTTP request it also is (the
-                # key check, the JSON error, the audit line) instead of being handed to a WebSocket handshake.
-                ws="none",
-            )
-        )
+        server = uvicorn_server(app, settings)
         # Models that pass their sha256 and still cannot load (another model's weights, a broken architecture) stop
         # the server as SIGTERM would: requests in flight (none can predict) end, then exit 3 below.
         app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
@@ -170,6 +149,35 @@ def serve(args: argparse.Namespace) -> int:
     if app.state.load_error is not None:
         return fail(f"brain-tumor serve: cannot load the models: {app.state.load_error}", EXIT_MODELS)
     return EXIT_OK
+
+
+def uvicorn_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
+    """The uvicorn server `serve` runs `app` with: our JSON log and access lines, the connection limits of
+    `app.http_protocol`, and nothing of uvicorn's own that the app does in its own way."""
+    import uvicorn
+
+    from app.http_protocol import ConnectionLimits, protocol_with_limits
+
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # keep our JSON logging
+            access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
+            # Header size and time, body idle time, connection count, idle uploads at shutdown: app.http_protocol.
+            http=protocol_with_limits(ConnectionLimits.from_settings(settings), audit=app.state.audit),
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,
+            timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+            # X-Forwarded-For is read by the app, and only from TRUSTED_PROXIES (ClientAddressMiddleware);
+            # uvicorn's own handling would believe it from any loopback peer.
+            proxy_headers=False,
+            server_header=False,
+            # No route takes a WebSocket: an upgrade request is served as the plain HTTP request it also is (the
+            # key check, the JSON error, the audit line) instead of being handed to a WebSocket handshake.
+            ws="none",
+        )
+    )
 
 
 def exit_at_once(code: int) -> None:
