@@ -915,17 +915,29 @@ class Spool:
             self._size -= freed
 
     def log_sent(self, entry: dict[str, Any]) -> None:
-        with self._lock, open(self.root / SENT_LOG, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        """Append `entry` to `sent.jsonl`, on disk before this returns. A last line that a node killed mid-write left
+        without its newline is ended first: this entry was written onto it, and both were lost to a reader."""
+        line = json.dumps(entry).encode() + b"\n"
+        with self._lock, open(self.root / SENT_LOG, "a+b") as handle:
+            if handle.seek(0, os.SEEK_END) > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = b"\n" + line
+            handle.write(line)  # appended whatever the position: the file is open for appending
             handle.flush()
             os.fsync(handle.fileno())
 
     def sent_log(self) -> list[dict[str, Any]]:
-        """What `sent.jsonl` says was sent, oldest first: for the tests and for an operator reading the spool."""
+        """What `sent.jsonl` says was sent, oldest first, without a line a node killed mid-write left torn: for the
+        tests and for an operator reading the spool."""
         path = self.root / SENT_LOG
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                entries.append(json.loads(line))
+        return entries
 
 
 def results_waiting(record: dict[str, Any]) -> bool:

@@ -344,3 +344,17 @@ def test_an_instance_is_refused_when_the_disk_is_short_of_inodes(
     reason = f"no room for 10 bytes: {dicom_spool.MIN_FREE_INODES - 1} inodes free on disk"
     assert str(refused.value) == reason and len(reason) <= 64
     assert spool.size_bytes == 0 and not spool.pending_studies()
+
+
+def test_a_sent_log_line_torn_by_a_kill_loses_no_later_entry(tmp_path: Path) -> None:
+    """A node killed while appending to sent.jsonl left its last line without a newline; the next entry was written
+    onto it, so neither could be read back (`sent_log` failed on the whole file)."""
+    spool = Spool(tmp_path / "spool")
+    spool.log_sent({"status": "sent", "n": 1})
+    with (spool.root / "sent.jsonl").open("a") as log:
+        log.write('{"status": "se')  # the kill
+
+    spool.log_sent({"status": "sent", "n": 2})
+
+    assert spool.sent_log() == [{"status": "sent", "n": 1}, {"status": "sent", "n": 2}]
+    assert (spool.root / "sent.jsonl").read_text().splitlines()[-1] == '{"status": "sent", "n": 2}'
