@@ -553,6 +553,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     Each daemon takes the stop signals itself once it has read its settings and before its long steps (the import
     of TensorFlow, the models); a signal in the second or two before that (settings, the web framework's import)
     killed it by the signal (143) or ended it as interrupted (130) (review 49 F4). Its own handlers replace these.
+    The stop is logged once the daemon has set up its JSON log; a signal before that ends it silently, exit 0.
     """
     from app.stop_signals import signals_interrupt
 

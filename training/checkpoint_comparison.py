@@ -38,7 +38,7 @@ def add_combination_arguments(parser: argparse.ArgumentParser) -> None:
         "--save-probability-mean",
         default=None,
         metavar="DIR",
-        help="also judge the mean of the candidates' probabilities (an ensemble) and write it to DIR as a "
+        help="also write the mean of the candidates' probabilities (an ensemble, judged with them) to DIR as a "
         "checkpoint (architecture.json, best.weights.h5) that training.evaluate and training.export take",
     )
 

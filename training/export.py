@@ -154,13 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def export_run(args: argparse.Namespace) -> None:
-    """Write the models, their manifest and model card, and the split into `--output-dir`."""
+    """Write the models, their manifest and model card, and the split into `--output-dir`. Every input is read
+    first: a missing one stops the export before anything is written (a manifest without its model card was left
+    behind otherwise)."""
     evaluation = json.loads(Path(args.evaluation).read_text())
     classifier = load_classifier(args.classifier_weights)
     segmenter = load_segmenter(args.segmenter_weights)
+    split_path = Path(args.split)
+    training_patients = load_split(split_path)["train"]
+    training_runs = [training_run_summary(Path(run)) for run in args.training_run]
+    comparison = json.loads(Path(args.comparison).read_text()) if args.comparison else None
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    split_path = Path(args.split)
     if split_path.resolve() != (output_dir / split_path.name).resolve():
         shutil.copyfile(split_path, output_dir / split_path.name)
     manifest = export_models(
@@ -183,12 +188,12 @@ def export_run(args: argparse.Namespace) -> None:
         args.evaluation_command,
         args.training_command or ["(not recorded)"],
         args.note,
-        training_runs=[training_run_summary(Path(run)) for run in args.training_run],
-        comparison=json.loads(Path(args.comparison).read_text()) if args.comparison else None,
+        training_runs=training_runs,
+        comparison=comparison,
         classifier_members=max(1, sum(isinstance(layer, keras.Model) for layer in classifier.layers)),
         threshold_chosen_on=evaluation.get("classifier_threshold_chosen_on"),
         has_history=(output_dir / MODEL_HISTORY_NAME).exists(),
-        training_patients=load_split(split_path)["train"],
+        training_patients=training_patients,
         validation=evaluation.get("validation"),
     )
     (output_dir / MODEL_CARD_NAME).write_text(card)

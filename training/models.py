@@ -173,7 +173,7 @@ def carried_over(
 
 def architecture_json(model: keras.Model) -> str:
     """The model's architecture without its compile settings: a run's architecture file then loads an uncompiled
-    model, and checkpoints of one architecture compare equal (`training.compare_segmenters.average_and_save`)."""
+    model, and checkpoints of one architecture compare equal (`training.checkpoint_comparison.average_and_save`)."""
     config = json.loads(model.to_json())
     config.pop("compile_config", None)
     return json.dumps(config)

@@ -239,6 +239,18 @@ def test_export_writes_a_model_card_with_the_measured_figures(trained_run, tmp_p
     assert f"from {len(sites)} institutions (TCGA site codes {', '.join(sites)})" in card
 
 
+@pytest.mark.parametrize("option", ["--comparison", "--training-run"])
+def test_export_with_a_missing_card_input_writes_nothing(trained_run, tmp_path, capsys, option):
+    """Review 52 F1: a missing --comparison or --training-run stopped the export after the manifest and the models
+    were written, leaving a loadable model folder without its model card."""
+    missing = tmp_path / "not-there"
+    with pytest.raises(SystemExit) as raised:
+        export_run(trained_run, tmp_path / "models", option, str(missing))
+    assert raised.value.code == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
+
+
 def test_export_keeps_the_model_history_and_links_to_it(trained_run, tmp_path):
     models_dir = tmp_path / "models"
     models_dir.mkdir()
