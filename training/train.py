@@ -428,88 +428,79 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    _add_run_arguments(parser.add_argument_group("the run: what is trained, on which data, from where"))
+    _add_schedule_arguments(parser.add_argument_group("schedule and checkpoint selection"))
+    _add_segmenter_arguments(parser.add_argument_group("segmenter only"))
+    _add_classifier_arguments(parser.add_argument_group("classifier only"))
+    _add_machine_arguments(parser.add_argument_group("this machine"))
+    return parser
+
+
+def _add_run_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--resume", default=None, metavar="RUN_DIR", help="go on with the run in RUN_DIR, same arguments"
     )
-    parser.add_argument("--model", choices=["classifier", "segmenter"])
-    parser.add_argument("--data-root", help="kaggle_3m folder: one sub-folder per patient")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--split", default="models/split.json", help="patient split file (made if missing)")
-    parser.add_argument("--epochs", type=int, default=60, help="planned length; also the cosine decay's length")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="start of the cosine decay")
-    parser.add_argument("--patience", type=int, default=12, help="early-stopping patience in epochs")
-    parser.add_argument("--monitor", default=None, help="epoch figure that picks the best epoch (default by model)")
-    parser.add_argument("--target-sensitivity", type=float, default=0.95)
-    parser.add_argument("--reference-model-dir", default=None, help="models folder holding the other model")
-    parser.add_argument("--crop-size", type=int, default=128, help="segmenter only: crop side; 0 for whole slices")
-    parser.add_argument("--alpha", type=float, default=0.7, help="segmenter only: Focal Tversky alpha")
-    parser.add_argument(
-        "--negatives-per-epoch",
-        type=int,
-        default=300,
-        help="segmenter only: tumor-free slices sampled afresh each epoch besides every tumor slice",
+    group.add_argument("--model", choices=["classifier", "segmenter"])
+    group.add_argument("--data-root", help="kaggle_3m folder: one sub-folder per patient")
+    group.add_argument("--output-dir")
+    group.add_argument("--split", default="models/split.json", help="patient split file (made if missing)")
+    group.add_argument("--reference-model-dir", default=None, help="models folder holding the other model")
+    group.add_argument(
+        "--initial-weights",
+        default=None,
+        help="start from these .weights.h5 instead of random (a segmenter's for the segmenter-encoder backbone)",
     )
-    parser.add_argument("--hard-negative-every", type=int, default=3, help="segmenter only: epochs between mining")
-    parser.add_argument(
-        "--full-resolution-output",
-        action="store_true",
-        help="segmenter only: draw the mask at full resolution (see build_resunet)",
-    )
-    parser.add_argument(
-        "--near-tumor-negative-weight",
-        type=float,
-        default=1.0,
-        help="classifier only: loss weight of tumor-free slices near a tumor slice (where false positives gather)",
-    )
-    parser.add_argument(
-        "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"
-    )
-    parser.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=0.0,
-        help="classifier only: train towards labels eps/2 and 1-eps/2 (less confident at the tumor's first and last "
-        "slices, where the annotation is least sure)",
-    )
-    parser.add_argument(
-        "--mixup-alpha",
-        type=float,
-        default=0.0,
-        help="classifier only: blend training slices and their labels in pairs, shares from Beta(alpha, alpha)",
-    )
-    parser.add_argument(
-        "--tumor-paste-fraction",
-        type=float,
-        default=0.0,
-        help="classifier only: share of tumor-free training slices given the tumor of a random tumor slice of the same "
-        "patient, pasted at the same place (copy-paste augmentation: more small tumors)",
-    )
-    parser.add_argument(
-        "--small-tumor-weight",
-        type=float,
-        default=1.0,
-        help="classifier only: loss weight of tumor slices with fewer than --small-tumor-pixels tumor pixels (the "
-        "lowest-scoring tumor slices, which set the threshold for the target sensitivity)",
-    )
-    parser.add_argument(
-        "--small-tumor-pixels", type=int, default=300, help="classifier only: how small, in pixels, for that weight"
-    )
-    parser.add_argument(
-        "--focal-gamma",
-        type=float,
-        default=0.0,
-        help="classifier only: focal cross-entropy with this gamma (0: plain cross-entropy), so that the slices it "
-        "gets wrong, not the many it already gets right, drive training",
-    )
-    parser.add_argument(
+    group.add_argument("--seed", type=int, default=2019)
+    group.add_argument("--limit-patients", type=int, default=None, help="use only the first N patients (tests)")
+    group.add_argument("--verbose", action="store_true")
+
+
+def _add_schedule_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--epochs", type=int, default=60, help="planned length; also the cosine decay's length")
+    group.add_argument("--batch-size", type=int, default=32)
+    group.add_argument("--learning-rate", type=float, default=1e-3, help="start of the cosine decay")
+    group.add_argument("--patience", type=int, default=12, help="early-stopping patience in epochs")
+    group.add_argument("--monitor", default=None, help="epoch figure that picks the best epoch (default by model)")
+    group.add_argument("--target-sensitivity", type=float, default=0.95)
+    group.add_argument(
         "--weight-decay",
         type=float,
         default=0.0,
         help="AdamW's decoupled weight decay (0: plain Adam): each step shrinks every weight by learning rate x this "
         "of itself, a regularizer for a model that fits its training patients far better than new ones",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--augmentation",
+        choices=sorted(AUGMENTATIONS),
+        default="standard",
+        help="how far training slices are varied (strong: wider contrast, gamma, blur and noise)",
+    )
+    group.add_argument(
+        "--keep-epoch-weights",
+        action="store_true",
+        help="keep every epoch's weights under RUN_DIR/epochs/, to average the tail of the run afterwards",
+    )
+
+
+def _add_segmenter_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--crop-size", type=int, default=128, help="segmenter only: crop side; 0 for whole slices")
+    group.add_argument("--alpha", type=float, default=0.7, help="segmenter only: Focal Tversky alpha")
+    group.add_argument(
+        "--negatives-per-epoch",
+        type=int,
+        default=300,
+        help="segmenter only: tumor-free slices sampled afresh each epoch besides every tumor slice",
+    )
+    group.add_argument("--hard-negative-every", type=int, default=3, help="segmenter only: epochs between mining")
+    group.add_argument(
+        "--full-resolution-output",
+        action="store_true",
+        help="segmenter only: draw the mask at full resolution (see build_resunet)",
+    )
+
+
+def _add_classifier_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--classifier-backbone",
         choices=sorted(CLASSIFIER_BACKBONES),
         default="cnn",
@@ -521,37 +512,66 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--initial-weights start it), or the CNN behind a per-slice standardization of each channel "
         "(cnn-standardized; trained from scratch)",
     )
-    parser.add_argument(
-        "--initial-weights",
-        default=None,
-        help="start from these .weights.h5 instead of random (a segmenter's for the segmenter-encoder backbone)",
+    group.add_argument(
+        "--near-tumor-negative-weight",
+        type=float,
+        default=1.0,
+        help="classifier only: loss weight of tumor-free slices near a tumor slice (where false positives gather)",
     )
-    parser.add_argument(
-        "--keep-epoch-weights",
-        action="store_true",
-        help="keep every epoch's weights under RUN_DIR/epochs/, to average the tail of the run afterwards",
+    group.add_argument(
+        "--near-tumor-slices", type=int, default=3, help="classifier only: how near, in slices, for that weight"
     )
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this invocation")
-    parser.add_argument("--limit-patients", type=int, default=None, help="use only the first N patients (tests)")
-    parser.add_argument(
+    group.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        help="classifier only: train towards labels eps/2 and 1-eps/2 (less confident at the tumor's first and last "
+        "slices, where the annotation is least sure)",
+    )
+    group.add_argument(
+        "--mixup-alpha",
+        type=float,
+        default=0.0,
+        help="classifier only: blend training slices and their labels in pairs, shares from Beta(alpha, alpha)",
+    )
+    group.add_argument(
+        "--tumor-paste-fraction",
+        type=float,
+        default=0.0,
+        help="classifier only: share of tumor-free training slices given the tumor of a random tumor slice of the same "
+        "patient, pasted at the same place (copy-paste augmentation: more small tumors)",
+    )
+    group.add_argument(
+        "--small-tumor-weight",
+        type=float,
+        default=1.0,
+        help="classifier only: loss weight of tumor slices with fewer than --small-tumor-pixels tumor pixels (the "
+        "lowest-scoring tumor slices, which set the threshold for the target sensitivity)",
+    )
+    group.add_argument(
+        "--small-tumor-pixels", type=int, default=300, help="classifier only: how small, in pixels, for that weight"
+    )
+    group.add_argument(
+        "--focal-gamma",
+        type=float,
+        default=0.0,
+        help="classifier only: focal cross-entropy with this gamma (0: plain cross-entropy), so that the slices it "
+        "gets wrong, not the many it already gets right, drive training",
+    )
+
+
+def _add_machine_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this invocation")
+    group.add_argument(
         "--jit-compile",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="XLA-compile the training step (about 20 %% faster on CPU, after a compile of a minute or two); "
         "default on, except for the EfficientNet-Lite0 backbone",
     )
-    parser.add_argument(
-        "--augmentation",
-        choices=sorted(AUGMENTATIONS),
-        default="standard",
-        help="how far training slices are varied (strong: wider contrast, gamma, blur and noise)",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--workers", type=int, default=None, help="threads preparing batches (default 1; more on a GPU machine)"
     )
-    parser.add_argument("--seed", type=int, default=2019)
-    parser.add_argument("--verbose", action="store_true")
-    return parser
 
 
 def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
