@@ -105,11 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = ServiceMetrics()
     api_keys = ApiKeyStore.from_settings(settings.api_keys, settings.api_keys_file)
-    limiter = (
-        RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-        if settings.rate_limit_per_minute
-        else None
-    )
     audit = AuditLog(settings.audit_log_file)
     metrics.watch_audit_log(lost=lambda: audit.records_lost, held=lambda: audit.records_held)
     app = FastAPI(
@@ -154,6 +149,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, handlers.handle_http_exception)
     app.add_exception_handler(Exception, handlers.handle_unexpected_error)
 
+    add_middleware_stack(app, settings, metrics, audit, api_keys)
+    return app
+
+
+def add_middleware_stack(
+    app: FastAPI, settings: Settings, metrics: ServiceMetrics, audit: AuditLog, api_keys: ApiKeyStore
+) -> None:
+    """The middleware every request passes through, in the order that matters (the last added is the outermost)."""
+    limiter = (
+        RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        if settings.rate_limit_per_minute
+        else None
+    )
     # Added last = outermost: the client's address, then the request id and logs wrap everything, then other sites'
     # pages and unknown Host names, then keys and rate limits, then body size, then upload bodies that are no form,
     # then HEAD as GET.
@@ -180,4 +188,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware, metrics=metrics, audit=audit, max_header_count=settings.max_header_count
     )
     app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies)
-    return app
