@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage, SegmentationStorage
 from pynetdicom import AE, evt
@@ -29,6 +30,7 @@ from pynetdicom.sop_class import Verification
 
 from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
 from app.inference import SlicePrediction
+from app.metrics import MetricsServerError, serve_metrics
 from app.model_runners import predictor_runner
 from app.node.dicom_node import DicomNode
 from app.prediction import PredictionService
@@ -67,6 +69,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def metrics_served(registry: CollectorRegistry) -> tuple[int, Callable[[], None]]:
+    """`serve_metrics` on a free loopback port: its port and what stops it. Tried again on another port if the free
+    one was taken before the server bound it (the other test worker's connections take ports too)."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            return port, serve_metrics(registry, "127.0.0.1", port)
+        except MetricsServerError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 VENV_BIN = Path(sys.prefix) / "bin"

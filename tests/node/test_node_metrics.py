@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from app.metrics import serve_metrics
 from app.node.dicom_spool import SpoolLimits
 from app.release import service_version
 from tests.api.service_client import required_sample_value
@@ -21,6 +20,7 @@ from tests.node.node_support import (
     Clock,
     ResultStore,
     free_port,
+    metrics_served,
     process_and_send,
     storescu,
 )
@@ -32,8 +32,8 @@ def scrape() -> Iterator[Any]:
     stops: list[Any] = []
 
     def start(node: Any) -> Any:
-        port = free_port()
-        stops.append(serve_metrics(node.metrics.registry, "127.0.0.1", port))
+        port, stop = metrics_served(node.metrics.registry)
+        stops.append(stop)
         return lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
     yield start

@@ -6,14 +6,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.metrics import serve_metrics
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.pacs_sync import run_pacs_sync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_metrics import PacsSyncMetrics
 from app.release import service_version
 from tests.api.service_client import required_sample_value
-from tests.node.node_support import free_port
+from tests.node.node_support import metrics_served
 from tests.pacs.pacs_sync_support import HTML_PAGE, CannedSession, NegativePredictor, json_answer
 
 CONFIG = PacsSyncConfig("http://orthanc.invalid", poll_seconds=7.0, retries=1, backoff_seconds=0.0, retry_seconds=60)
@@ -29,8 +28,7 @@ def scrapes_between_two_passes(session: CannedSession) -> list[str]:
     """Run pacs-sync on the canned Orthanc answers with its metrics served, and scrape them after each of the first
     two passes (when it sleeps until the next)."""
     metrics = PacsSyncMetrics()
-    port = free_port()
-    stop = serve_metrics(metrics.registry, "127.0.0.1", port)
+    port, stop = metrics_served(metrics.registry)
     scrapes: list[str] = []
 
     def sleep(seconds: float) -> None:
