@@ -85,15 +85,14 @@ def load_fold_run(run: Path) -> tuple[dict[str, list[str]], keras.Model]:
 def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
     """Out-of-fold predictions of the fold runs, and the mean of their probabilities as one model; return the summary
     written."""
-    loaded = [load_fold_run(run) for run in runs]
-    splits = [split for split, _ in loaded]
+    splits, classifiers = zip(*(load_fold_run(run) for run in runs), strict=True)
     fold_patients = [set(split["validation"]) for split in splits]
     everyone = set().union(*fold_patients)
     if sum(len(patients) for patients in fold_patients) != len(everyone):
         raise DatasetError("the runs' validation patients overlap: they are not folds of one split")
     arrays = load_slices([record for record in find_slices(data_root) if record.patient_id in everyone])
     members, probabilities, flipped, labels, patient_ids, per_fold = [], [], [], [], [], []
-    for index, (run, patients, (_, classifier)) in enumerate(zip(runs, fold_patients, loaded, strict=True)):
+    for index, (run, patients, classifier) in enumerate(zip(runs, fold_patients, classifiers, strict=True)):
         member = renamed(classifier, f"fold{index}")  # members of one ensemble need distinct names
         members.append(member)
         held_out = arrays.subset(sorted(patients))

@@ -246,8 +246,23 @@ def test_a_second_dicom_node_on_a_spool_in_use_refuses_to_start(
     hold_spool(spool).close()
 
 
+@pytest.fixture
+def signals_left_to_the_default() -> Iterator[None]:
+    """SIGTERM and SIGINT raise AssertionError where a command leaves them to their default action (death by the
+    signal, which would end pytest too); the test's handlers come back afterwards."""
+
+    def left_to_the_default(number: int, frame: object) -> None:
+        raise AssertionError(f"the command left {signal.Signals(number).name} to its default action")
+
+    before = {handled: signal.signal(handled, left_to_the_default) for handled in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for handled, handler in before.items():
+        signal.signal(handled, handler)
+
+
 def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
     empty_orthanc: str,
+    signals_left_to_the_default: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
@@ -255,32 +270,23 @@ def test_pacs_sync_stops_on_sigterm_as_on_ctrl_c(
     """SIGTERM (docker compose stop, systemd) killed pacs-sync by the signal: exit -15, no "pacs-sync stopped"
     (finding 8)."""
 
-    def left_to_the_default(number: int, frame: object) -> None:
-        raise AssertionError("pacs-sync left SIGTERM to its default action, death by the signal")
+    stub = SimpleNamespace(warm_up=lambda *args: None)
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
 
-    before = signal.signal(signal.SIGTERM, left_to_the_default)  # stands in for the default, which would end pytest
-    before_sigint = signal.getsignal(signal.SIGINT)
-    try:
-        stub = SimpleNamespace(warm_up=lambda *args: None)
-        monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: stub)
+    def a_pass_that_gets_sigterm(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts it at once
+        pytest.fail("SIGTERM did not stop the pass")
 
-        def a_pass_that_gets_sigterm(*args: object, **kwargs: object) -> None:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler interrupts it at once
-            pytest.fail("SIGTERM did not stop the pass")
+    monkeypatch.setattr("app.pacs.pacs_sync.run_pacs_sync", a_pass_that_gets_sigterm)
 
-        monkeypatch.setattr("app.pacs.pacs_sync.run_pacs_sync", a_pass_that_gets_sigterm)
+    with caplog.at_level(logging.INFO, logger="app.pacs.pacs_sync"):
+        code, out, err = run(capsys, "pacs-sync", "--orthanc", empty_orthanc)
 
-        with caplog.at_level(logging.INFO, logger="app.pacs.pacs_sync"):
-            code, out, err = run(capsys, "pacs-sync", "--orthanc", empty_orthanc)
-
-        assert (code, out, err) == (cli.EXIT_OK, "", "")
-        assert "pacs-sync stopped" in [record.getMessage() for record in caplog.records]
-        # Stopping: a second signal is ignored for the rest of the exit, not death by the signal (review 49 F6).
-        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGTERM, before)
-        signal.signal(signal.SIGINT, before_sigint)
+    assert (code, out, err) == (cli.EXIT_OK, "", "")
+    assert "pacs-sync stopped" in [record.getMessage() for record in caplog.records]
+    # Stopping: a second signal is ignored for the rest of the exit, not death by the signal (review 49 F6).
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 @pytest.mark.parametrize(
@@ -291,6 +297,7 @@ def test_daemons_stop_on_sigterm_while_their_models_load_with_exit_0(
     stopped: str,
     tmp_path: Path,
     empty_orthanc: str,
+    signals_left_to_the_default: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
@@ -298,37 +305,29 @@ def test_daemons_stop_on_sigterm_while_their_models_load_with_exit_0(
     """Ops review 44 F6: their handlers came after the models (10 s to a minute), so SIGTERM then killed them by the
     signal, exit 143, where the README promises a clean stop."""
 
-    def left_to_the_default(number: int, frame: object) -> None:
-        raise AssertionError(f"{command} left SIGTERM to its default action, death by the signal")
+    def models_that_get_sigterm(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts it at once
+        pytest.fail("SIGTERM did not stop the model loading")
 
-    before = {handled: signal.signal(handled, left_to_the_default) for handled in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", models_that_get_sigterm)
+    monkeypatch.setenv("ORTHANC_URL", empty_orthanc)
+    monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
+    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
 
-        def models_that_get_sigterm(*args: object, **kwargs: object) -> None:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler interrupts it at once
-            pytest.fail("SIGTERM did not stop the model loading")
+    with caplog.at_level(logging.INFO):
+        code, out, err = run(capsys, command)
 
-        monkeypatch.setattr("app.inference.Predictor.from_model_dir", models_that_get_sigterm)
-        monkeypatch.setenv("ORTHANC_URL", empty_orthanc)
-        monkeypatch.setenv("DICOM_NODE_PORT", str(free_port()))
-        monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
-
-        with caplog.at_level(logging.INFO):
-            code, out, err = run(capsys, command)
-
-        assert (code, out, err) == (cli.EXIT_OK, "", "")
-        assert stopped in [record.getMessage() for record in caplog.records]
-        # Stopping: a second signal is ignored for the rest of the exit, not death by the signal (review 49 F6).
-        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    finally:
-        for handled, handler in before.items():
-            signal.signal(handled, handler)
+    assert (code, out, err) == (cli.EXIT_OK, "", "")
+    assert stopped in [record.getMessage() for record in caplog.records]
+    # Stopping: a second signal is ignored for the rest of the exit, not death by the signal (review 49 F6).
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_stops_with_exit_0_on_a_signal_while_tensorflow_is_imported(
     stop_signal: signal.Signals,
+    signals_left_to_the_default: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
@@ -336,26 +335,17 @@ def test_serve_stops_with_exit_0_on_a_signal_while_tensorflow_is_imported(
     """Review 49 F3: before uvicorn took the signals, SIGTERM killed serve by the signal (143) and SIGINT printed
     "interrupted" with exit 130, in the seconds of every start that TensorFlow is imported."""
 
-    def left_to_the_default(number: int, frame: object) -> None:
-        raise AssertionError("serve left the signal to its default action")
+    def import_that_gets_the_signal(*args: object) -> None:
+        os.kill(os.getpid(), stop_signal)
+        time.sleep(5)  # the handler interrupts it at once
+        pytest.fail("the signal did not stop the import")
 
-    before = {handled: signal.signal(handled, left_to_the_default) for handled in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    monkeypatch.setattr(cli, "hold_back_tensorflow_log", import_that_gets_the_signal)
+    with caplog.at_level(logging.INFO):
+        code, out, err = run(capsys, "serve", "--port", str(free_port()))
 
-        def import_that_gets_the_signal(*args: object) -> None:
-            os.kill(os.getpid(), stop_signal)
-            time.sleep(5)  # the handler interrupts it at once
-            pytest.fail("the signal did not stop the import")
-
-        monkeypatch.setattr(cli, "hold_back_tensorflow_log", import_that_gets_the_signal)
-        with caplog.at_level(logging.INFO):
-            code, out, err = run(capsys, "serve", "--port", str(free_port()))
-
-        assert (code, out, err) == (cli.EXIT_OK, "", "")
-        assert "stopped before serving" in [record.getMessage() for record in caplog.records]
-    finally:
-        for handled, handler in before.items():
-            signal.signal(handled, handler)
+    assert (code, out, err) == (cli.EXIT_OK, "", "")
+    assert "stopped before serving" in [record.getMessage() for record in caplog.records]
 
 
 @pytest.mark.parametrize(
@@ -371,6 +361,7 @@ def test_daemons_stopped_in_their_first_step_exit_0(
     command: str,
     first_step: str,
     stop_signal: signal.Signals,
+    signals_left_to_the_default: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -379,30 +370,21 @@ def test_daemons_stopped_in_their_first_step_exit_0(
     """Review 49 F4: a signal before a daemon's own handlers (its settings, the web framework's import: the first
     second or two of every start) killed it by the signal (143) or ended it as interrupted (130)."""
 
-    def left_to_the_default(number: int, frame: object) -> None:
-        raise AssertionError(f"{command} left the signal to its default action")
+    def step_that_gets_the_signal(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), stop_signal)
+        time.sleep(5)  # the handler interrupts it at once
+        pytest.fail("the signal did not stop the first step")
 
-    before = {handled: signal.signal(handled, left_to_the_default) for handled in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    monkeypatch.setattr(first_step, step_that_gets_the_signal)
+    monkeypatch.setenv("ORTHANC_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
+    with caplog.at_level(logging.INFO):
+        code, out, err = run(capsys, command)
 
-        def step_that_gets_the_signal(*args: object, **kwargs: object) -> None:
-            os.kill(os.getpid(), stop_signal)
-            time.sleep(5)  # the handler interrupts it at once
-            pytest.fail("the signal did not stop the first step")
-
-        monkeypatch.setattr(first_step, step_that_gets_the_signal)
-        monkeypatch.setenv("ORTHANC_URL", "http://127.0.0.1:9")
-        monkeypatch.setenv("DICOM_NODE_SPOOL_DIR", str(tmp_path / "spool"))
-        with caplog.at_level(logging.INFO):
-            code, out, err = run(capsys, command)
-
-        assert (code, out, err) == (cli.EXIT_OK, "", "")
-        assert f"brain-tumor {command} stopped" in [record.getMessage() for record in caplog.records]
-        # A second signal is ignored for the rest of the exit (review 49 F6).
-        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    finally:
-        for handled, handler in before.items():
-            signal.signal(handled, handler)
+    assert (code, out, err) == (cli.EXIT_OK, "", "")
+    assert f"brain-tumor {command} stopped" in [record.getMessage() for record in caplog.records]
+    # A second signal is ignored for the rest of the exit (review 49 F6).
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def test_serve_stopped_while_its_models_load_exits_0_without_waiting_for_the_load(
