@@ -39,6 +39,8 @@ NOT_RUN_HERE = {
     ".venv/bin/python -m training.cross_validation": "tests/training/test_cross_validation.py, through the same main()",
     ".venv/bin/python -m training.compare_classifiers": "tests/training/test_train_evaluate_export.py, same main()",
     "for k in 0 1 2 3 4; do .venv/bin/python -m training.train": "tests/training/test_cross_validation.py (fold runs)",
+    "for k in fold0 fold1 fold2 all; do .venv/bin/python -m training.train": "tests/training/test_cross_validation.py "
+    "(fold runs; refit-folds' splits in their own test)",
     "make install-dev": "what make test runs first",
     "make bench": "a benchmark (numbers, not a pass/fail test): run by hand, results in the README",
     ".venv/bin/python -m bench.": "benchmarks: their --quick modes are smoke-run by hand",

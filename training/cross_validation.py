@@ -19,6 +19,11 @@ checkpoint). `training.evaluate
 validation patients'. The validation and test patients of the split are in no fold, so both stay unseen.
 Each fold is also measured with the flip average the service can apply (`app.core.gate.flip_average`): a test of
 that choice on 70 unseen patients rather than 9, saved beside the plain probabilities.
+
+`refit-folds` serves a classifier refit with the validation patients among its training patients (more patients
+being the lever that was left): it deals the validation patients into folds, each trained on everything but its
+fold; `combine --weights` over those runs judges each validation patient by a model of the refit's recipe that never
+saw it, and `training.evaluate --validation-out-of-fold` makes every validation choice on those predictions.
 """
 
 from __future__ import annotations
@@ -75,23 +80,53 @@ def write_fold_splits(split_path: Path, folds: int, seed: int, output_dir: Path)
     return paths
 
 
-def load_fold_run(run: Path) -> tuple[dict[str, list[str]], keras.Model]:
-    """A fold run's split (the one it was trained with) and its best classifier, in the architecture the run saved
-    and checked to fit it (`load_classifier`)."""
+def write_refit_splits(split_path: Path, folds: int, seed: int, output_dir: Path) -> list[Path]:
+    """Splits for refitting the classifier with the validation patients among its training patients.
+
+    One split per fold of the validation patients (that fold held out as validation, the training patients and the
+    other folds trained on): `combine` over these runs gives every validation patient a prediction by a model that
+    never saw it, which then stands in for the refit model's own in every choice made on validation
+    (`training.evaluate --validation-out-of-fold`). Plus `split_refit_all.json`, which trains on every training and
+    validation patient; its validation patients are among them, so its per-epoch figures are of patients it learns
+    from (run it for a fixed number of epochs and take its last). The test patients stay in `test` throughout.
+    """
+    split = load_split(split_path)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, fold in enumerate(make_folds(split["validation"], folds, seed)):
+        trained = sorted(set(split["train"]) | (set(split["validation"]) - set(fold)))
+        fold_split = {"train": trained, "validation": fold, "test": split["test"]}
+        path = output_dir / f"split_refit_fold{index}.json"
+        save_split(fold_split, path, seed=seed, source=f"{split_path.name}, validation fold {index} of {folds}")
+        paths.append(path)
+    everyone = {"train": sorted(split["train"] + split["validation"]), "validation": split["validation"]}
+    path = output_dir / "split_refit_all.json"
+    save_split({**everyone, "test": split["test"]}, path, seed=seed, source=f"{split_path.name}, refit on all")
+    return [*paths, path]
+
+
+def load_fold_run(run: Path, weights: Path | None = None) -> tuple[dict[str, list[str]], keras.Model]:
+    """A fold run's split (the one it was trained with) and its best classifier, or the classifier in `weights`
+    (e.g. its last epoch averaged with where it started), in the architecture the run saved and checked to fit it
+    (`load_classifier`)."""
     arguments = json.loads((run / ARGUMENTS_NAME).read_text())
-    return load_split(Path(arguments["split"])), load_classifier(run / BEST_WEIGHTS_NAME)
+    return load_split(Path(arguments["split"])), load_classifier(weights or run / BEST_WEIGHTS_NAME)
 
 
-def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
-    """Out-of-fold predictions of the fold runs, and the mean of their probabilities as one model; return the summary
-    written."""
-    splits, classifiers = zip(*(load_fold_run(run) for run in runs), strict=True)
+def combine(data_root: str, runs: Sequence[Path], output_dir: Path, weights: Sequence[Path] | None = None) -> dict:
+    """Out-of-fold predictions of the fold runs (by their best epochs, or by `weights`, one per run), and the mean of
+    their probabilities as one model; return the summary written."""
+    if weights and len(weights) != len(runs):
+        raise DatasetError(f"--weights must be given once per --run: {len(weights)} for {len(runs)} runs")
+    chosen = weights or [None] * len(runs)
+    fold_runs = [load_fold_run(run, fold_weights) for run, fold_weights in zip(runs, chosen, strict=True)]
+    splits, classifiers = zip(*fold_runs, strict=True)
     fold_patients = [set(split["validation"]) for split in splits]
     everyone = set().union(*fold_patients)
     if sum(len(patients) for patients in fold_patients) != len(everyone):
         raise DatasetError("the runs' validation patients overlap: they are not folds of one split")
     arrays = load_slices([record for record in find_slices(data_root) if record.patient_id in everyone])
-    members, probabilities, flipped, labels, patient_ids, per_fold = [], [], [], [], [], []
+    members, probabilities, flipped, labels, patient_ids, slice_numbers, per_fold = [], [], [], [], [], [], []
     for index, (run, patients, classifier) in enumerate(zip(runs, fold_patients, classifiers, strict=True)):
         member = renamed(classifier, f"fold{index}")  # members of one ensemble need distinct names
         members.append(member)
@@ -102,6 +137,7 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
         flipped.append(fold_flipped)
         labels.append(held_out.labels)
         patient_ids.append(held_out.patient_ids)
+        slice_numbers.append(held_out.slice_numbers)
         fold_figures = figures_at_target_sensitivity(held_out.labels, fold_probabilities, TARGET_SENSITIVITY)
         flip_figures = figures_at_target_sensitivity(held_out.labels, fold_flipped, TARGET_SENSITIVITY)
         per_fold.append(
@@ -113,8 +149,8 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
                 "flip_average": flip_figures,
             }
         )
-    probabilities, flipped, labels, patient_ids = (
-        np.concatenate(part) for part in (probabilities, flipped, labels, patient_ids)
+    probabilities, flipped, labels, patient_ids, slice_numbers = (
+        np.concatenate(part) for part in (probabilities, flipped, labels, patient_ids, slice_numbers)
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -123,6 +159,7 @@ def combine(data_root: str, runs: Sequence[Path], output_dir: Path) -> dict:
         flip_average_probabilities=flipped,
         labels=labels,
         patient_ids=patient_ids,
+        slice_numbers=slice_numbers,
     )
     save_checkpoint(probability_mean_of(members), output_dir)
     pooled = {
@@ -145,17 +182,32 @@ def main(argv: list[str] | None = None) -> None:
     folds.add_argument("--folds", type=int, default=5)
     folds.add_argument("--seed", type=int, default=2026)
     folds.add_argument("--output-dir", required=True)
+    refit = commands.add_parser(
+        "refit-folds", help="split files to refit on the training and validation patients, with folds of the latter"
+    )
+    refit.add_argument("--split", default="models/split.json")
+    refit.add_argument("--folds", type=int, default=3)
+    refit.add_argument("--seed", type=int, default=2026)
+    refit.add_argument("--output-dir", required=True)
     collect = commands.add_parser("combine", help="out-of-fold predictions and the averaged model of the fold runs")
     collect.add_argument("--data-root", required=True)
     collect.add_argument("--run", action="append", required=True, help="a fold's training.train run folder")
+    collect.add_argument(
+        "--weights",
+        action="append",
+        type=Path,
+        help="judge the fold by these weights instead of its best epoch (once per --run, in the same order)",
+    )
     collect.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
     with usage_errors(parser.prog):
-        if args.command == "folds":
-            for path in write_fold_splits(Path(args.split), args.folds, args.seed, Path(args.output_dir)):
+        if args.command in ("folds", "refit-folds"):
+            write = write_fold_splits if args.command == "folds" else write_refit_splits
+            for path in write(Path(args.split), args.folds, args.seed, Path(args.output_dir)):
                 logger.info("wrote %s", path)
         else:
-            summary = combine(args.data_root, [Path(run) for run in args.run], Path(args.output_dir))
+            runs = [Path(run) for run in args.run]
+            summary = combine(args.data_root, runs, Path(args.output_dir), args.weights)
             logger.info("out of fold: %s", json.dumps(summary["out_of_fold"]))
 
 

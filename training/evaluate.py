@@ -5,13 +5,14 @@
         --segmenter-weights runs/segmenter/best.weights.h5 --output-dir runs/evaluation
 
 Thresholds are chosen on the validation patients only (the classifier's, with `--threshold-slices`, also on
-out-of-fold training patients), then frozen and applied to the test patients: the classifier threshold is the highest
-one that keeps sensitivity on those slices at or above `--target-sensitivity`, the mask threshold the one that
-maximises mean per-patient volume Dice on validation, and so are the series clean-up size, the classifier probability
-from which a slice answered alone shows its mask and, after it, the smallest mask piece such a slice keeps
-(`--series-min-sensitivity` and the `--*-max-false-mask-rate` options bound what these may cost on validation, when a
-recipe's rule says so). Writes `evaluation.json` (thresholds and test metrics, the input of `training.export`) and PNG
-plots.
+out-of-fold training patients; for a classifier refit on the validation patients too, `--validation-out-of-fold`
+gives their probabilities by models that never saw them), then frozen and applied to the test patients: the
+classifier threshold is the highest one that keeps sensitivity on those slices at or above `--target-sensitivity`,
+the mask threshold the one that maximises mean per-patient volume Dice on validation, and so are the series clean-up
+size, the classifier probability from which a slice answered alone shows its mask and, after it, the smallest mask
+piece such a slice keeps (`--series-min-sensitivity` and the `--*-max-false-mask-rate` options bound what these may
+cost on validation, when a recipe's rule says so). Writes `evaluation.json` (thresholds and test metrics, the input
+of `training.export`) and PNG plots.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from training.pipeline_choices import (
     choose_single_slice_mask_min_probability,
     choose_single_slice_min_component_pixels,
     read_threshold_slices,
+    read_validation_out_of_fold,
 )
 from training.served_masks import gated_masks
 from training.slice_predictions import predict_slices
@@ -118,6 +120,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     validation_probabilities, validation_maps = predict_slices(
         classifier, segmenter, validation.images, classifier_flip_average=flip
     )
+    if args.validation_out_of_fold:
+        # A classifier refit on the validation patients: models that never saw them judge them in its place.
+        validation_probabilities = read_validation_out_of_fold(args.validation_out_of_fold, validation, flip)
     threshold_labels, threshold_probabilities, threshold_patients = validation.labels, validation_probabilities, 0
     if args.threshold_slices:
         labels, probabilities, patients = read_threshold_slices(args.threshold_slices, flip)
@@ -144,6 +149,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "validation_patients": len(split["validation"]),
             "out_of_fold_patients": threshold_patients,
             "slices": len(threshold_labels),
+            "validation_out_of_fold": bool(args.validation_out_of_fold),
         },
         "choice_limits": asdict(limits),
         "series_min_component_voxels": choices.min_component_voxels,
@@ -155,9 +161,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         },
     }
     if args.validation_only:
-        # What a recipe's rule is judged on before anything is adopted, FLAIR alone too; never read by export.
-        flair = predict_slices(classifier, segmenter, flair_only(validation.images), classifier_flip_average=flip)
-        result["validation"]["flair_only"] = evaluate_split(validation, *flair, **served)
+        # What a recipe's rule is judged on before anything is adopted, FLAIR alone too (not for a refit
+        # classifier, which learnt these patients); never read by export.
+        if not args.validation_out_of_fold:
+            flair = predict_slices(classifier, segmenter, flair_only(validation.images), classifier_flip_average=flip)
+            result["validation"]["flair_only"] = evaluate_split(validation, *flair, **served)
         (output_dir / "validation_evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
 
@@ -194,12 +202,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="models/split.json")
     parser.add_argument("--output-dir", default="runs/evaluation")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
-    parser.add_argument(
+    out_of_fold = parser.add_mutually_exclusive_group()
+    out_of_fold.add_argument(
         "--threshold-slices",
         default=None,
         metavar="OUT_OF_FOLD_NPZ",
         help="out-of-fold predictions of training patients (training.cross_validation) that join the validation "
         "slices in choosing the classifier threshold",
+    )
+    out_of_fold.add_argument(
+        "--validation-out-of-fold",
+        default=None,
+        metavar="OUT_OF_FOLD_NPZ",
+        help="for a classifier refit with the validation patients among its training patients: their "
+        "probabilities come from this file of models that never saw them (training.cross_validation combine over "
+        "refit-folds runs), for every choice made on validation; the test patients are judged by the refit one",
     )
     parser.add_argument(
         "--classifier-flip-average",

@@ -246,6 +246,12 @@ def classifier_line(classifier: Mapping, members: int, threshold_chosen_on: Mapp
             f"patients and the {threshold_chosen_on['out_of_fold_patients']} training patients, each predicted by "
             "the fold model that never saw it"
         )
+    if threshold_chosen_on and threshold_chosen_on.get("validation_out_of_fold"):
+        basis = (
+            f"the {threshold_chosen_on['validation_patients']} validation patients, which the classifier was refit "
+            "on: each predicted by a model of the same recipe that never saw it (`training.cross_validation "
+            "refit-folds`)"
+        )
     served = ""
     if classifier.get("flip_average"):
         served = ", served as the mean of its probabilities for the slice and its left-right mirror"

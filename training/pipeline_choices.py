@@ -70,6 +70,34 @@ def read_threshold_slices(path: str | Path, flip_average: bool = False) -> tuple
         return saved["labels"], saved[key], set(saved["patient_ids"].tolist())
 
 
+def read_validation_out_of_fold(path: str | Path, validation: SliceArrays, flip_average: bool = False) -> np.ndarray:
+    """The validation slices' probabilities, in `validation`'s order, by models that never saw their patient: the
+    `out_of_fold.npz` of `training.cross_validation combine` over `refit-folds` runs. They stand in for the
+    probabilities of a classifier refit with the validation patients among its training patients, whose own would
+    be those of slices it learnt.
+
+    Raises
+    ------
+    training.data.DatasetError
+        If the file does not hold exactly the validation slices (with their labels), or lacks what is asked for.
+    """
+    key = "flip_average_probabilities" if flip_average else "probabilities"
+    with np.load(path) as saved:
+        for needed in (key, "slice_numbers"):
+            if needed not in saved:
+                raise DatasetError(f"{path} holds no {needed}: run training.cross_validation combine again")
+        keys = zip(saved["patient_ids"].tolist(), saved["slice_numbers"].tolist(), strict=True)
+        rows = zip(keys, saved["labels"], saved[key], strict=True)
+        found = {slice_key: (label, probability) for slice_key, label, probability in rows}
+    wanted = list(zip(validation.patient_ids.tolist(), validation.slice_numbers.tolist(), strict=True))
+    if set(found) != set(wanted) or len(found) != len(wanted):
+        raise DatasetError(f"{path} does not hold exactly the {len(wanted)} slices of the validation patients")
+    labels = np.array([found[slice_key][0] for slice_key in wanted], np.float32)
+    if not np.array_equal(labels, validation.labels):
+        raise DatasetError(f"{path} labels the validation slices otherwise than their masks do")
+    return np.array([found[slice_key][1] for slice_key in wanted], np.float32)
+
+
 def choose_classifier_threshold(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
     """Highest threshold whose sensitivity on these slices is at least `target_sensitivity`, less a margin.
 

@@ -16,7 +16,9 @@ from training import (
     compare_test_time_views,
     cross_validation,
     evaluate,
+    evaluation_metrics,
     export,
+    model_card,
     pipeline_choices,
     slice_predictions,
     train,
@@ -287,3 +289,96 @@ def test_combine_reads_a_fold_run_in_the_architecture_it_saved(fold_runs, dev_la
     saved = np.load(tmp_path / "ensemble" / cross_validation.OUT_OF_FOLD_NAME)
     expected = slice_predictions.model_outputs(flair_classifier, arrays.images).reshape(-1)
     np.testing.assert_allclose(saved["probabilities"][np.isin(saved["patient_ids"], held_out)], expected, atol=1e-5)
+
+
+def test_refit_splits_hold_each_validation_patient_out_once_and_never_train_on_test(tmp_path):
+    split_path = tmp_path / "split.json"
+    split = {"train": PATIENTS[:12], "validation": PATIENTS[12:18], "test": PATIENTS[18:]}
+    split_path.write_text(json.dumps(split))
+    arguments = ["refit-folds", "--split", str(split_path), "--folds", "3", "--output-dir", str(tmp_path / "refit")]
+    cross_validation.main(arguments)
+    folds = [json.loads((tmp_path / "refit" / f"split_refit_fold{index}.json").read_text()) for index in range(3)]
+    assert sorted(patient for fold in folds for patient in fold["validation"]) == sorted(split["validation"])
+    for fold in folds:
+        assert len(fold["validation"]) == 2
+        assert sorted(fold["train"] + fold["validation"]) == sorted(split["train"] + split["validation"])
+        assert fold["test"] == split["test"]
+    refit_all = json.loads((tmp_path / "refit" / "split_refit_all.json").read_text())
+    assert sorted(refit_all["train"]) == sorted(split["train"] + split["validation"])
+    assert refit_all["test"] == split["test"]
+
+
+def test_combine_judges_each_fold_by_the_weights_it_is_given(fold_runs, dev_layout, tmp_path):
+    root, _, _ = fold_runs
+    runs = [root / "fold0", root / "fold1"]
+    swapped = [run / "best.weights.h5" for run in reversed(runs)]
+
+    cross_validation.combine(str(dev_layout), runs, tmp_path / "ensemble", weights=swapped)
+
+    saved = np.load(tmp_path / "ensemble" / cross_validation.OUT_OF_FOLD_NAME)
+    for index, weights in enumerate(swapped):
+        held_out = json.loads((root / f"split_fold{index}.json").read_text())["validation"]
+        arrays = load_slices([record for record in find_slices(dev_layout) if record.patient_id in held_out])
+        rows = np.isin(saved["patient_ids"], held_out)
+        expected = slice_predictions.model_outputs(load_classifier(weights), arrays.images).reshape(-1)
+        np.testing.assert_allclose(saved["probabilities"][rows], expected, atol=1e-5)
+        np.testing.assert_array_equal(saved["slice_numbers"][rows], arrays.slice_numbers)
+    with pytest.raises(DatasetError, match="once per --run"):
+        cross_validation.combine(str(dev_layout), runs, tmp_path / "again", weights=swapped[:1])
+
+
+def validation_out_of_fold_file(dev_layout: Path, patient: str, path: Path, drop_last: bool = False) -> np.ndarray:
+    """An out-of-fold file for the validation patient's slices with known probabilities (returned, in load order)."""
+    arrays = load_slices([record for record in find_slices(dev_layout) if record.patient_id == patient])
+    probabilities = np.random.default_rng(11).random(len(arrays.labels)).astype(np.float32)
+    keep = slice(0, -1) if drop_last else slice(None)
+    np.savez(
+        path,
+        probabilities=probabilities[keep][::-1],  # another order than the evaluation loads them in
+        flip_average_probabilities=probabilities[keep][::-1],
+        labels=arrays.labels[keep][::-1],
+        patient_ids=arrays.patient_ids[keep][::-1],
+        slice_numbers=arrays.slice_numbers[keep][::-1],
+    )
+    return probabilities
+
+
+def test_a_refit_classifier_is_judged_on_validation_by_the_out_of_fold_models(fold_runs, dev_layout, tmp_path):
+    """A classifier refit on the validation patients has learnt them: the threshold and every other validation
+    choice must come from models that never saw them, matched to the validation slices one by one."""
+    root, split, patients = fold_runs
+    out_of_fold = tmp_path / "validation_out_of_fold.npz"
+    probabilities = validation_out_of_fold_file(dev_layout, patients[2], out_of_fold)
+    arguments = evaluation_arguments(fold_runs, dev_layout, tmp_path, tmp_path / "evaluation")
+    position = arguments.index("--threshold-slices")
+    arguments[position : position + 2] = ["--validation-out-of-fold", str(out_of_fold), "--classifier-flip-average"]
+
+    evaluate.main(arguments)
+
+    result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    validation = load_slices([record for record in find_slices(dev_layout) if record.patient_id == patients[2]])
+    expected = pipeline_choices.choose_classifier_threshold(validation.labels, probabilities, 0.95)
+    assert result["thresholds"]["classifier"] == pytest.approx(expected, abs=1e-6)
+    assert result["classifier_threshold_chosen_on"]["validation_out_of_fold"] is True
+    figures = evaluation_metrics.classification_metrics(validation.labels, probabilities, expected)
+    assert result["validation"]["classifier"]["confusion_matrix"] == figures["confusion_matrix"]
+    assert result["validation"]["classifier"]["roc_auc"] == pytest.approx(figures["roc_auc"])
+    card = model_card.classifier_line(
+        {"name": "tumor_classifier", "version": "9.9.9", "parameters": 1, "threshold": expected},
+        1,
+        result["classifier_threshold_chosen_on"],
+    )
+    assert "which the classifier was refit on" in card
+
+
+def test_an_out_of_fold_file_missing_a_validation_slice_is_refused(fold_runs, dev_layout, tmp_path):
+    _, _, patients = fold_runs
+    out_of_fold = tmp_path / "short.npz"
+    validation_out_of_fold_file(dev_layout, patients[2], out_of_fold, drop_last=True)
+    arguments = evaluation_arguments(fold_runs, dev_layout, tmp_path, tmp_path / "evaluation")
+    position = arguments.index("--threshold-slices")
+    arguments[position : position + 2] = ["--validation-out-of-fold", str(out_of_fold)]
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main(arguments)
+    assert stopped.value.code == 2
+    assert not (tmp_path / "evaluation" / "evaluation.json").exists()
