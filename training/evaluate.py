@@ -23,6 +23,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from app.core.preprocessing import flair_only
@@ -123,14 +124,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.validation_out_of_fold:
         # A classifier refit on the validation patients: models that never saw them judge them in its place.
         validation_probabilities = read_validation_out_of_fold(args.validation_out_of_fold, validation, flip)
-    threshold_labels, threshold_probabilities, threshold_patients = validation.labels, validation_probabilities, 0
-    if args.threshold_slices:
-        labels, probabilities, patients = read_threshold_slices(args.threshold_slices, flip)
-        if patients & (set(split["validation"]) | set(split["test"])):
-            raise DatasetError(f"{args.threshold_slices} holds validation or test patients: it must not choose")
-        threshold_labels = np.concatenate([threshold_labels, labels])
-        threshold_probabilities = np.concatenate([threshold_probabilities, probabilities])
-        threshold_patients = len(patients)
+    threshold_labels, threshold_probabilities, threshold_patients = classifier_threshold_slices(
+        args, split, validation.labels, validation_probabilities
+    )
     choices, choice_figures = choose_pipeline(
         validation,
         validation_probabilities,
@@ -169,27 +165,49 @@ def evaluate(args: argparse.Namespace) -> dict:
         (output_dir / "validation_evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
 
-    test_probabilities, test_maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
-    flair_probabilities, flair_maps = predict_slices(
-        classifier, segmenter, flair_only(test.images), classifier_flip_average=flip
-    )
-    result["metrics"] = {
-        "split": "test",
-        **evaluate_split(test, test_probabilities, test_maps, **served),
-        "flair_only": evaluate_split(test, flair_probabilities, flair_maps, **served),
-    }
+    result["metrics"] = measure_test(args, classifier, segmenter, test, choices, output_dir)
     (output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def classifier_threshold_slices(
+    args: argparse.Namespace, split: dict[str, list[str]], labels: np.ndarray, probabilities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The slices the classifier threshold is chosen on (labels, probabilities) and how many out-of-fold training
+    patients joined the validation patients' there (`--threshold-slices`)."""
+    if not args.threshold_slices:
+        return labels, probabilities, 0
+    fold_labels, fold_probabilities, patients = read_threshold_slices(
+        args.threshold_slices, args.classifier_flip_average
+    )
+    if patients & (set(split["validation"]) | set(split["test"])):
+        raise DatasetError(f"{args.threshold_slices} holds validation or test patients: it must not choose")
+    return np.concatenate([labels, fold_labels]), np.concatenate([probabilities, fold_probabilities]), len(patients)
+
+
+def measure_test(
+    args: argparse.Namespace,
+    classifier: keras.Model,
+    segmenter: keras.Model,
+    test: SliceArrays,
+    choices: PipelineChoices,
+    output_dir: Path,
+) -> dict:
+    """The test patients' figures (FLAIR alone too) with the settings chosen on validation, and the plots."""
+    flip = args.classifier_flip_average
+    served = asdict(choices)
+    probabilities, maps = predict_slices(classifier, segmenter, test.images, classifier_flip_average=flip)
+    flair = predict_slices(classifier, segmenter, flair_only(test.images), classifier_flip_average=flip)
     if not args.no_plots:
         runs = Path(args.classifier_weights).parent.parent
         histories = dict(args.history) or {path.parent.name: path for path in sorted(runs.glob("*/history.csv"))}
-        save_plots(
-            output_dir,
-            test,
-            test_probabilities,
-            gated_masks(test_probabilities, test_maps, choices.classifier_threshold, choices.mask_threshold),
-            histories,
-        )
-    return result
+        masks = gated_masks(probabilities, maps, choices.classifier_threshold, choices.mask_threshold)
+        save_plots(output_dir, test, probabilities, masks, histories)
+    return {
+        "split": "test",
+        **evaluate_split(test, probabilities, maps, **served),
+        "flair_only": evaluate_split(test, *flair, **served),
+    }
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
