@@ -265,10 +265,10 @@ class Spool:
             raise SpoolFullError(
                 f"no room for {size} bytes: the spool holds {self._size}, its limit is {limits.max_spool_bytes}"
             )
-        free = shutil.disk_usage(self.root).free
+        disk = os.statvfs(self.root)  # one call for bytes and inodes (shutil.disk_usage is a statvfs too)
+        free = disk.f_bavail * disk.f_frsize  # as shutil.disk_usage counts it: what an unprivileged user may use
         if free - cost < limits.min_free_bytes:
             raise SpoolFullError(f"no room for {size} bytes: {free} free on disk, {limits.min_free_bytes} kept free")
-        disk = os.statvfs(self.root)
         if disk.f_files and disk.f_favail < MIN_FREE_INODES:
             raise SpoolFullError(f"no room for {size} bytes: {disk.f_favail} inodes free on disk")
 

@@ -228,8 +228,7 @@ def test_an_instance_refused_for_room_is_refused_with_its_size(
     """Durability review 45 F7: "61440 bytes free on the spool's disk; 0 must stay free" refused a 66 kB instance
     without saying it did not fit. The reason is the Error Comment, 64 characters at most."""
     spool = Spool(tmp_path / "spool", limits=limits)
-    free_61440 = SimpleNamespace(total=10**9, used=10**9 - 61440, free=61440)
-    monkeypatch.setattr(dicom_spool.shutil, "disk_usage", lambda path: free_61440)
+    monkeypatch.setattr(dicom_spool.os, "statvfs", lambda path: a_disk(free_bytes=61440))
 
     with pytest.raises(SpoolFullError) as refused:
         spool.check_room(66000)
@@ -296,14 +295,14 @@ def test_a_series_index_append_that_failed_is_written_with_the_next_instance(
     assert spool.studies_sharing_a_series(moved) == [first]
 
 
-def a_disk(block: int = 4096, inodes_free: int = 10**6) -> SimpleNamespace:
-    """What `os.statvfs` says of a roomy disk of `block`-byte blocks with `inodes_free` inodes free."""
+def a_disk(block: int = 4096, inodes_free: int = 10**6, free_bytes: int = 4096 * 10**9) -> SimpleNamespace:
+    """What `os.statvfs` says of a disk of `block`-byte blocks with `free_bytes` and `inodes_free` inodes free."""
     return SimpleNamespace(
         f_bsize=block,
         f_frsize=block,
         f_blocks=10**9,
-        f_bfree=10**9,
-        f_bavail=10**9,
+        f_bfree=free_bytes // block,
+        f_bavail=free_bytes // block,
         f_files=10**7,
         f_ffree=inodes_free,
         f_favail=inodes_free,
