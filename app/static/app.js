@@ -163,6 +163,7 @@ const ui = {
   retry: el("retry"),
   result: el("result"),
   resultHeading: el("result-heading"),
+  previousNote: el("previous-note"),
   decision: el("decision"),
   seriesChoice: el("series-choice"),
   fileErrors: el("file-errors"),
@@ -646,10 +647,8 @@ async function analyse(chosen) {
   }
   ui.error.hidden = true;
   offerRetry(null, 0);
-  ui.result.hidden = true;
-  ui.fileErrors.hidden = true;
+  markResultPrevious("pending");
   ui.fileName.hidden = true; // the previous choice's names, until this one's are known
-  clearSpacing();
   ui.status.textContent = "Reading the files…";
   // Shown from the start, so that a slow read (a big zip, a network drive) can be cancelled too.
   ui.progressLabel.textContent = "Reading the files";
@@ -675,10 +674,10 @@ async function analyse(chosen) {
       ...(skippedMasks ? [`${plural(skippedMasks, "ground-truth mask file")} left out`] : []),
       ...(leftOut.length ? [`left out, neither DICOM images nor PNG, JPEG or TIFF: ${namesOf(leftOut)}`] : []),
     ];
-    ui.fileName.textContent = (files.length === 1
-      ? `Selected: ${files[0].name}`
-      : `Selected: ${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`)
-      + (notes.length ? ` (${notes.join("; ")})` : "");
+    const selection = files.length === 1
+      ? files[0].name
+      : `${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`;
+    ui.fileName.textContent = `Selected: ${selection}` + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
     await refuseTooManyFiles(files);
     if (stale()) {
@@ -705,10 +704,12 @@ async function analyse(chosen) {
       ? await dicomSeries(answer, files, decoded)
       : await rasterSeries(answer, files, decoded, rasterSeriesSent);
     if (!stale()) {
-      showSeries(shown);
+      clearSpacing(); // typed for the previous patient or scan: it does not carry over
+      showSeries({ ...shown, selection });
     }
   } catch (error) {
     if (!stale() && error.name !== "AbortError") {
+      markResultPrevious("kept");
       showError(titledForRequest(error, rasterSeriesSent, onlyDicomSent), () => analyse(chosen));
     }
   } finally {
@@ -811,6 +812,7 @@ function titledForRequest(error, rasterSeries, onlyDicom) {
 
 function cancelAnalysis() {
   stopAnalysis();
+  markResultPrevious("kept");
   ui.status.textContent = "Analysis cancelled.";
   if (!ui.fileName.hidden) {
     ui.fileName.textContent += " (cancelled, not analysed)"; // no result follows: the line no longer stands alone
@@ -977,7 +979,32 @@ async function storedSizeOf(file) {
   }
 }
 
+/**
+ * The result on screen while a new choice is read and analysed ("pending"), or after that one failed or was
+ * cancelled ("kept"): still shown, named as the previous result (browser review 53 F1: it was hidden at once, and a
+ * wrong file or a Cancel lost it). Its downloads wait while the new files are on their way: a SEG of the previous
+ * patient saved once the new result is shown would mix patients. `null`: the result shown is the current one.
+ */
+function markResultPrevious(state) {
+  const shown = series !== null && !ui.result.hidden;
+  ui.result.classList.toggle("previous", shown && state !== null);
+  ui.previousNote.hidden = !shown || state === null;
+  if (shown && state !== null) {
+    ui.previousNote.textContent = state === "pending"
+      ? `Previous result (${series.selection}), shown until the new choice is analysed.`
+      : `Previous result (${series.selection}); the new choice was not analysed.`;
+  }
+  for (const button of [ui.downloadMasks, ui.downloadSeg]) {
+    if (shown && state === "pending") {
+      button.setAttribute("aria-disabled", "true"); // not `disabled`, which drops the keyboard focus to the body
+    } else {
+      button.removeAttribute("aria-disabled");
+    }
+  }
+}
+
 function showSeries(shown) {
+  markResultPrevious(null);
   series = shown;
   const { slices, answer } = shown;
   const first = slices[0].prediction;
@@ -2162,7 +2189,11 @@ function wireViewer() {
       ui.area.textContent = describeArea(series.slices[current]);
     });
   });
-  ui.downloadMasks.addEventListener("click", () => downloadMasks().catch(showError));
+  ui.downloadMasks.addEventListener("click", () => {
+    if (ui.downloadMasks.getAttribute("aria-disabled") !== "true") {
+      downloadMasks().catch(showError);
+    }
+  });
   ui.downloadSeg.addEventListener("click", downloadSegmentation);
   ui.cancel.addEventListener("click", cancelAnalysis);
   ui.retry.addEventListener("click", retryAnalysis);
