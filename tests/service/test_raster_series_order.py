@@ -36,3 +36,12 @@ def test_names_sorted_as_text_get_a_note_naming_positions_and_numbers_only() -> 
 def test_slice_numbers_read_the_last_number_of_the_stem_of_windows_and_posix_paths() -> None:
     assert slice_numbers(["C:\\export\\s_07.png", "export/s_8.png"]) == [7, 8]
     assert slice_numbers(["s_7.png", "t_8.png"]) is None
+
+
+def test_names_ending_in_long_runs_of_digits_number_nothing() -> None:
+    """Attack review 53 F3: the regular expression that split the names backtracked over a long run of digits (64
+    names of 4,000 digits held the event loop for 7.5 s), and a run past Python's 4,300 digits made int() raise."""
+    assert slice_numbers(["1" * 5000 + ".png", "1" * 5001 + ".png", "1" * 5002 + ".png"]) is None
+    assert file_name_order_note(["s_" + "1" * 3990 + "a1.png", "s_" + "1" * 3990 + "a3.png", "x_2.png"]) is None
+    assert slice_numbers(["s_1234567890.png"]) is None  # a date or an ID, not a slice number
+    assert slice_numbers(["s_123456789.png"]) == [123456789]
