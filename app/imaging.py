@@ -218,7 +218,6 @@ def read_image_header(data: bytes) -> RasterHeader:
         except JpegStructureError as error:
             raise InvalidSliceError(str(error)) from None
     if image_format is ImageFormat.PNG:
-        _refuse_animated_png(data)
         _check_png_chunks(data)
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         bit_depth, colour_type = data[24], data[25]
@@ -236,8 +235,9 @@ minutes before this limit (the walk was quadratic then, too)."""
 def _check_png_chunks(data: bytes) -> None:
     """Refuse a PNG that breaks the chunk order its header is read by: IHDR first (else the header read here, and
     the 16-bit path, would not apply), a palette image's PLTE before its image data (else Pillow makes colours
-    up, and the models would read pixels that are not in the file), and at most `MAX_PNG_CHUNKS_BEFORE_IMAGE`
-    chunks between IHDR and the image data. Walks the chunks once, stopping at the first IDAT."""
+    up, and the models would read pixels that are not in the file), at most `MAX_PNG_CHUNKS_BEFORE_IMAGE`
+    chunks between IHDR and the image data, and an animation (acTL) of one frame at most. Walks the chunks once,
+    stopping at the first IDAT."""
     if len(data) < 29 or data[12:16] != b"IHDR":
         raise UndecodableImageError("PNG file cannot be decoded: its first chunk must be IHDR (the image header)")
     palette = False
@@ -249,6 +249,8 @@ def _check_png_chunks(data: bytes) -> None:
         if kind == b"IDAT":
             break
         palette = palette or kind == b"PLTE"
+        if kind == b"acTL":  # found as a chunk, not as bytes anywhere (text can hold "IDAT"; attack review 53 F7)
+            _refuse_animated_png(int.from_bytes(data[position + 8 : position + 12], "big"))
         position += 12 + int.from_bytes(data[position : position + 4], "big")
     else:
         raise UndecodableImageError(
@@ -261,15 +263,11 @@ def _check_png_chunks(data: bytes) -> None:
         )
 
 
-def _refuse_animated_png(data: bytes) -> None:
+def _refuse_animated_png(frames: int) -> None:
     """An animated PNG (an acTL chunk before the image data) of several frames is refused, as a TIFF of several
     pages is: which frame is the slice? (Decoders read its first frame and say nothing.)"""
-    image_data = data.find(b"IDAT")
-    animation = data.find(b"acTL", 8, image_data if image_data > 0 else len(data))
-    if animation > 0:
-        frames = int.from_bytes(data[animation + 4 : animation + 8], "big")
-        if frames > 1:
-            raise InvalidSliceError(f"PNG must hold one frame (one slice); this animated PNG holds {frames} frames")
+    if frames > 1:
+        raise InvalidSliceError(f"PNG must hold one frame (one slice); this animated PNG holds {frames} frames")
 
 
 def check_image_header(header: RasterHeader, max_pixels: int, max_bytes: int | None) -> None:

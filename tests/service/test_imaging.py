@@ -544,6 +544,25 @@ def test_a_file_of_several_pictures_is_refused_as_a_multi_page_tiff_is(several: 
     assert decode_image(one.getvalue()).shape == GREY.shape
 
 
+def test_an_animation_is_told_by_its_chunk_not_by_the_bytes_of_a_text() -> None:
+    """Attack review 53 F7: the animation check searched the file's bytes for "IDAT" and "acTL", so a text chunk
+    saying "IDAT" before the real acTL let a 2-frame PNG be answered from its first frame, and a one-frame PNG
+    whose text said "acTL" was refused as an animation."""
+    pictures = [Image.fromarray(GREY), Image.fromarray(255 - GREY)]
+    animated, single = io.BytesIO(), io.BytesIO()
+    pictures[0].save(animated, "PNG", save_all=True, append_images=pictures[1:])
+    pictures[0].save(single, "PNG")
+    after_header = 8 + 25  # the signature, then IHDR (13 bytes of data, 12 of length, type and checksum)
+    text = png_chunk(b"tEXt", b"Comment\0IDAT")
+    animated_with_text = animated.getvalue()[:after_header] + text + animated.getvalue()[after_header:]
+    claims = png_chunk(b"tEXt", b"Comment\0acTL\0\0\0\x07")
+    single_with_text = single.getvalue()[:after_header] + claims + single.getvalue()[after_header:]
+
+    with pytest.raises(InvalidSliceError, match="animated PNG holds 2 frames"):
+        decode_image(animated_with_text)
+    np.testing.assert_array_equal(decode_image(single_with_text), decode_image(single.getvalue()))
+
+
 def test_a_png_out_of_chunk_order_is_refused_not_read_with_made_up_pixels() -> None:
     """Attack findings: a palette PNG without its PLTE got a prediction on the colours Pillow makes up; a PNG whose
     first chunk is not IHDR skipped the header read here (the 16-bit path and its cost)."""
