@@ -33,11 +33,27 @@ def rows(image: np.ndarray, interlace: int = 0, filter_type: int = 0) -> bytes:
     )
 
 
-def png16(image: np.ndarray, interlace: int = 0, before_data: bytes = b"", raw: bytes | None = None) -> bytes:
+def png16(
+    image: np.ndarray,
+    interlace: int = 0,
+    before_data: bytes = b"",
+    raw: bytes | None = None,
+    compressed: bytes | None = None,
+) -> bytes:
     """A 16-bit PNG of `image` (HxW grey, HxWx3 RGB, HxWx4 RGBA); `before_data`: chunks between header and data;
-    `raw`: the rows to compress instead of the image's."""
-    compressed = zlib.compress(rows(image, interlace) if raw is None else raw)
+    `raw`: the rows to compress instead of the image's; `compressed`: the image data itself."""
+    if compressed is None:
+        compressed = zlib.compress(rows(image, interlace) if raw is None else raw)
     return SIGNATURE + header(image, interlace) + before_data + png_chunk(b"IDAT", compressed) + png_chunk(b"IEND", b"")
+
+
+def narrow_window_png() -> bytes:
+    """A flat 32x64 RGB 16-bit PNG whose zlib stream was compressed with a 32 KiB window but whose header declares a
+    256-byte one: each 385-byte row repeats the one before it, a back-reference past what the header allows (zlib
+    and libpng: "invalid distance too far back")."""
+    flat = np.full((32, 64, 3), 1000, np.uint16)
+    compressed = zlib.compress(rows(flat))
+    return png16(flat, compressed=b"\x08\x1d" + compressed[2:])  # CMF 0x08: a 256-byte window; FLG checks it
 
 
 def broken_png16s() -> dict[str, tuple[bytes, str]]:
@@ -67,6 +83,12 @@ def broken_png16s() -> dict[str, tuple[bytes, str]]:
         ),
         "unknown filter type": (png16(image, raw=rows(image, filter_type=9)), "filter type 9"),
         "unknown critical chunk": (png16(image, before_data=png_chunk(b"ABCD", b"x")), "critical chunk PNG does not"),
+        # Attack review 53 F6 and F8: what libpng still said on stderr, and a walk over a million empty chunks.
+        "data in the end chunk": (whole[:-12] + png_chunk(b"IEND", b"more"), "its end chunk (IEND) holds data"),
+        "too many chunks": (
+            whole[:idat] + png_chunk(b"IDAT", compressed) + png_chunk(b"IDAT", b"") * 5000 + png_chunk(b"IEND", b""),
+            "chunks,",
+        ),
         "image data split": (
             whole[:idat]
             + png_chunk(b"IDAT", compressed[:10])

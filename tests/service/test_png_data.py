@@ -9,7 +9,7 @@ import pytest
 from app.errors import UndecodableImageError
 from app.imaging import _decode_with_opencv, decode_samples
 from tests.security.corpus import png_chunk
-from tests.service.png16_files import broken_png16s, png16, samples
+from tests.service.png16_files import broken_png16s, narrow_window_png, png16, samples
 
 SHAPES = [(40, 30), (40, 30, 3), (17, 23, 4)]
 
@@ -45,3 +45,15 @@ def test_a_broken_16_bit_png_is_refused_with_a_reason(case: str) -> None:
         decode_samples(data)
 
     assert reason in refused.value.message
+
+
+def test_a_stream_whose_header_declares_a_narrower_window_than_it_uses_is_read_without_a_word_from_libpng(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Attack review 53 F6: Python's zlib, inflating in one piece, accepts back-references past the window a
+    stream's header declares; libpng, inflating row by row, printed "IDAT: invalid distance too far back" on the
+    service's stderr. libpng now gets the rows checked here, compressed again."""
+    decoded = decode_samples(narrow_window_png())
+
+    np.testing.assert_array_equal(decoded, np.full((32, 64, 3), 1000, np.uint16))
+    assert "libpng" not in capfd.readouterr().err
