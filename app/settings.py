@@ -414,7 +414,8 @@ class Settings(BaseSettings):
     dicom_node_retention_hours: float = Field(
         default=168.0,
         gt=0,
-        description="instances and results of a study whose results were all delivered are removed this long after",
+        description="instances, results and incoming rejection notes of a study whose results were all delivered are "
+        "removed this long after",
     )
     dicom_node_record_retention_days: float = Field(
         default=365.0,

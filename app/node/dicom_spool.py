@@ -848,9 +848,11 @@ class Spool:
     def purge_expired(self, now: float) -> list[str]:
         """Remove what settled studies (nothing pending, nothing left to send) no longer need; return their keys.
 
-        Counted from the record's last change (the last run or delivery): after `retention_seconds` the instances and
-        results go, after `record_retention_seconds` the study's folder with its record (the same instances sent
-        again are then analysed as a new study).
+        Counted from the record's last change (the last run or delivery): after `retention_seconds` the instances,
+        results and incoming rejection notes go (the notes carry the patient's name and IDs, and kept a year they let
+        one sender hold spool space for a year: attack review 53 F4; the UIDs they rejected stay in `rejected.json`),
+        after `record_retention_seconds` the study's folder with its record (the same instances sent again are then
+        analysed as a new study).
         """
         purged = []
         for directory in sorted((self.root / "studies").iterdir()):
@@ -858,7 +860,11 @@ class Spool:
             settled_for = self._settled_for(key, now)
             if settled_for < self.limits.retention_seconds:
                 continue
-            parts = [directory / part for part in ("instances", "results") if (directory / part).exists()]
+            parts = [
+                directory / part
+                for part in ("instances", "results", REJECTION_NOTES_DIR)
+                if (directory / part).exists()
+            ]
             if settled_for >= self.limits.record_retention_seconds:
                 parts = [directory]
             if not parts:

@@ -356,3 +356,26 @@ def test_a_note_alone_waits_for_its_study_as_a_study_would_and_is_purged_with_it
     assert len(node.purge_expired()) == 4
     assert not node.spool.study_dir(key).exists()
     assert list((node.spool.root / "studies").iterdir()) == []
+
+
+def test_notes_go_with_the_instances_after_the_retention_and_what_they_rejected_stays_rejected(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Attack review 53 F4: a study's notes, which carry the patient's name, ID and birth date, stayed a year with its
+    record after the retention had removed its instances, and one sender could hold spool space for a year with notes
+    for made-up studies."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_note(node, clock, key_object_selection(series, series[-1:]))  # a study not held: the note alone
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    study = node.spool.study_dir(key)
+    assert node.spool.rejection_note_files(key)
+
+    clock.now = time.time() + node.config.spool_limits.retention_seconds + 1  # records' times are the disk's
+    assert node.purge_expired() == [key]
+
+    assert node.spool.rejection_note_files(key) == []
+    held = b"".join(path.read_bytes() for path in study.rglob("*") if path.is_file())
+    assert str(series[0].PatientName).encode() not in held and series[0].PatientID.encode() not in held
+    first = series[-1]
+    assert node.spool.is_rejected(first.StudyInstanceUID, first.PatientID, first.SOPInstanceUID)
