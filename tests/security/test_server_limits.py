@@ -574,3 +574,43 @@ def test_allowed_hosts_judges_the_host_of_an_absolute_form_target(tiny_model_dir
     assert refusal["code"] == "host_not_allowed"
     # Docs review 45 F6: the message said "the Host header names no host", but the Host header was allowed.
     assert refusal["message"] == "the request target (absolute form) names no host in ALLOWED_HOSTS"
+
+
+def test_a_transfer_coding_besides_chunked_is_refused_with_its_name(server: ServerProcess):
+    """Attack review 53 F9: httptools reads `Transfer-Encoding: gzip, chunked` as chunked and handed the gzip bytes
+    on as the body; such a body is now refused before it is read."""
+    with socket.create_connection(address(server)) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        answer = read_until_closed(sock, 5.0)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"Transfer-Encoding must be chunked alone; it is gzip, chunked" in answer
+
+
+@pytest.mark.parametrize(
+    ("extra_header", "content_type", "reason"),
+    [
+        ("Content-Encoding: gzip\r\n", "multipart/form-data; boundary=B", "without a Content-Encoding; it says gzip"),
+        ("", "multipart/form-data; boundary=A; boundary=B", "names its boundary more than once"),
+    ],
+    ids=["content encoding", "two boundaries"],
+)
+def test_an_upload_whose_body_is_declared_otherwise_than_it_is_read_is_refused(
+    server: ServerProcess, extra_header: str, content_type: str, reason: str
+):
+    """Attack review 53 F9: a body declared gzip (and sent plain) was answered 200, and of two boundaries the last
+    one was used, where a proxy reading the first saw an empty form."""
+    body = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nxx\r\n--B--\r\n'
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n{extra_header}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(address(server)) as sock:
+        sock.settimeout(10)
+        sock.sendall(head + body)
+        answer = read_until_closed(sock, 5.0)
+    assert answer.startswith(b"HTTP/1.1 415 "), answer[:200]
+    assert reason.encode() in answer
