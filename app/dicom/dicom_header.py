@@ -18,7 +18,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
@@ -46,7 +46,7 @@ from app.errors import (
     decoder_reason,
 )
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost, describe_bytes
-from app.settings import Settings
+from app.settings import MIB, Settings
 
 # The bytes `is_dicom` looks at: a file's first DICOM_SIGNATURE_BYTES tell it as well as the whole file.
 DICOM_SIGNATURE_BYTES = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC) + 6
@@ -202,6 +202,16 @@ UNREADABLE_HEADER = "unreadable_header"
 """The `file_errors` code of a file that `read_header` could not read."""
 
 
+HEADER_DEFER_BYTES = 64 * 1024
+"""A value of a file read by `read_header` longer than this stays where it is until asked for (pydicom's
+`defer_size`): choosing a study's series holds every file's header at once, and a private value of 100 MiB before
+the pixel data was held in each (attack review 53 F1)."""
+HEADER_MAX_INFLATED_BYTES = 512 * MIB
+"""A deflated file read by `read_header` is inflated a chunk at a time and counted up to this (its header kept up
+to `DEFLATED_HEADER_BYTES`): pydicom inflates a whole deflated data set before reading any of it, and 135 KB sent
+held 100 MiB each (attack review 53 F1 and F2)."""
+
+
 def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Dataset | None:
     """A file's DICOM header without its pixels (only `tags`, when given), or None when pydicom cannot read it.
 
@@ -212,15 +222,38 @@ def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Data
     unreadable; a missing path too. One reader, one policy (newcomer review 45 F10: six bare `dcmread`s had six, and
     pacs-sync failed a whole study for an unreadable first file that the node counted and skipped). The flow's own
     reader, with its checks and errors, is `read_dicom_header`.
+
+    What it holds is bounded: long values are left unread (`HEADER_DEFER_BYTES`), and a deflated data set is
+    inflated in chunks, its header kept up to `DEFLATED_HEADER_BYTES` (a longer one, or one inflating past
+    `HEADER_MAX_INFLATED_BYTES`, is unreadable here).
     """
     try:
+        if is_deflated(_transfer_syntax(source)):
+            return _deflated_header(source.read_bytes() if isinstance(source, Path) else source)
         return pydicom.dcmread(
             BytesIO(source) if isinstance(source, bytes) else source,
             stop_before_pixels=True,
             specific_tags=None if tags is None else list(tags),
+            defer_size=HEADER_DEFER_BYTES,
         )
     except Exception:  # noqa: BLE001 - unreadable, whatever pydicom calls it: the caller counts it
         return None
+
+
+def _transfer_syntax(source: bytes | Path) -> str:
+    """The file's Transfer Syntax UID, read from its file meta group alone ('' without one)."""
+    if isinstance(source, Path):
+        return str(pydicom.filereader.read_file_meta_info(source).get("TransferSyntaxUID", ""))
+    return read_file_meta(source)[1] if source[DICOM_PREAMBLE_LENGTH : DICOM_PREAMBLE_LENGTH + 4] == b"DICM" else ""
+
+
+def _deflated_header(data: bytes) -> Dataset:
+    """The header of a deflated file, inflated in bounded chunks (`inflated_header`), with its transfer syntax."""
+    meta_end, transfer_syntax = read_file_meta(data)
+    dataset, _, _, _ = inflated_header(data, meta_end, HEADER_MAX_INFLATED_BYTES)
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = transfer_syntax
+    return dataset
 
 
 def read_dicom_header(

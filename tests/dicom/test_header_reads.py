@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -14,8 +17,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from app.dicom import part10
-from app.dicom.dicom_header import read_dicom_header
-from app.dicom.part10 import DICOM_PREAMBLE_LENGTH
+from app.dicom.dicom_header import HEADER_DEFER_BYTES, read_dicom_header, read_header
+from app.dicom.part10 import DEFLATED_HEADER_BYTES, DICOM_PREAMBLE_LENGTH
 from app.errors import UndecodableDicomError
 from tests.dicom.builders import Study, mr_dataset, to_bytes, tumor_channels
 
@@ -80,3 +83,59 @@ def test_sequences_nested_past_what_can_be_read_are_named_as_such() -> None:
         with pytest.raises(UndecodableDicomError, match="nests sequences deeper than can be read") as refused:
             read_dicom_header(nested)
         assert "recursion" not in str(refused.value) and "truncated" not in str(refused.value)
+
+
+def _with_private_value(transfer_syntax: str, value_bytes: int) -> bytes:
+    """One MR instance with a private OB value of `value_bytes` zeros before its pixel data."""
+    dataset = mr_dataset(tumor_channels()[0], Study(), "1.2.3.4")
+    block = dataset.private_block(0x7FD1, "PADDING", create=True)
+    block.add_new(0x10, "OB", bytes(value_bytes))
+    dataset.file_meta.TransferSyntaxUID = transfer_syntax
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _peak_bytes_of(read: Callable[[], object]) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        result = read()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("as_path", [False, True], ids=["bytes", "file"])
+def test_a_deflated_header_that_inflates_past_its_cap_is_unreadable_without_being_held(
+    as_path: bool, tmp_path: Path
+) -> None:
+    """Attack review 53 F1/F2: pydicom inflates a whole deflated data set before reading it, so the node and
+    pacs-sync, choosing a study's series from its files' headers, held each file's 100 MiB private value (135 KB
+    sent) at once: 10 files raised the node's memory by 3.2 GB."""
+    data = _with_private_value(DeflatedExplicitVRLittleEndian, 3 * DEFLATED_HEADER_BYTES)
+    assert len(data) < DEFLATED_HEADER_BYTES // 50  # what is sent: 12 MiB inflated
+    source = tmp_path / "bomb.dcm" if as_path else data
+    if as_path:
+        source.write_bytes(data)
+
+    header, peak = _peak_bytes_of(lambda: read_header(source))
+
+    assert header is None  # unreadable here: counted and left out, as any other
+    assert peak < 2 * DEFLATED_HEADER_BYTES
+
+
+def test_a_deflated_header_within_its_cap_is_read_with_its_transfer_syntax() -> None:
+    header = read_header(_with_private_value(DeflatedExplicitVRLittleEndian, 100_000))
+
+    assert header is not None and header.Rows == 256 and header.PatientID
+    assert header.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+
+
+def test_a_long_value_of_a_header_read_from_a_file_stays_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "padded.dcm"
+    path.write_bytes(_with_private_value(ExplicitVRLittleEndian, 4 * HEADER_DEFER_BYTES * 16))
+
+    header, peak = _peak_bytes_of(lambda: read_header(path))
+
+    assert header is not None and header.Rows == 256
+    assert peak < 8 * HEADER_DEFER_BYTES  # the 4 MiB value is not read
