@@ -235,6 +235,19 @@ class ApiKeyError extends Error {}
 /** A 200 whose body is not the answer to the files sent (a proxy that rewrites answers): said so, not drawn. */
 class AnswerError extends Error {}
 
+/** A 200 whose body is no whole JSON document (cut short by a proxy or the network): worth sending again. */
+class IncompleteAnswerError extends AnswerError {}
+
+/** The answer's JSON; a body cut short is said in words, not in the parser's (browser review 53 F4). */
+function parsedAnswer(body) {
+  try {
+    return JSON.parse(body);
+  } catch {
+    throw new IncompleteAnswerError(`the answer arrived incomplete or damaged (${body.length} characters, not a whole `
+      + "JSON document); try again");
+  }
+}
+
 let inFlight = null; // XMLHttpRequest of the analysis running now: a newer upload cancels it
 let segInFlight = null; // XMLHttpRequest of a DICOM SEG download: a newer upload cancels it too
 let cancelledAt = -Infinity; // when an analysis's request was last cancelled or replaced (performance.now())
@@ -402,7 +415,7 @@ function showError(error, retry = null) {
 
 /** Can the same files pass if sent again (after a wait, or once a key is typed)? (browser review 44 F4) */
 function isWorthRetrying(error) {
-  return error instanceof NetworkError || error instanceof ApiKeyError
+  return error instanceof NetworkError || error instanceof ApiKeyError || error instanceof IncompleteAnswerError
     || (error instanceof ApiError && RETRYABLE_STATUSES.has(error.status));
 }
 
@@ -597,6 +610,9 @@ function postBatch(files, query) {
     request.upload.addEventListener("load", () => {
       ui.progress.removeAttribute("value"); // indeterminate while the models run
       ui.progressLabel.textContent = `Analysing ${files.length} ${files.length === 1 ? "file" : "files"}`;
+      if (!query.includes("dicom-seg")) { // said once sent, not while uploading (browser review 53 F4)
+        ui.status.textContent = `Analysing ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
+      }
     });
     request.addEventListener("load", async () => {
       if (request.status >= 200 && request.status < 300) {
@@ -639,6 +655,7 @@ function hideProgress() {
 async function analyse(chosen) {
   stopAnalysis();
   const mine = generation;
+  let sent = [];
   let rasterSeriesSent = false;
   let onlyDicomSent = false;
   const stale = () => mine !== generation;
@@ -683,6 +700,7 @@ async function analyse(chosen) {
     if (stale()) {
       return;
     }
+    sent = files;
     showUploading(files);
     ui.progressRow.hidden = false;
 
@@ -697,7 +715,7 @@ async function analyse(chosen) {
     if (stale()) {
       return;
     }
-    const answer = JSON.parse(body);
+    const answer = parsedAnswer(body);
     inFlight = null;
     const decoded = await pictures;
     const shown = answer.slices
@@ -710,6 +728,9 @@ async function analyse(chosen) {
   } catch (error) {
     if (!stale() && error.name !== "AbortError") {
       markResultPrevious("kept");
+      if (error instanceof ApiError) {
+        error.message = namingFiles(error.message, sent);
+      }
       showError(titledForRequest(error, rasterSeriesSent, onlyDicomSent), () => analyse(chosen));
     }
   } finally {
@@ -776,7 +797,7 @@ async function postRetryingAfterCancel(files, query, stale) {
 }
 
 function showUploading(files) {
-  ui.status.textContent = `Analysing ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
+  ui.status.textContent = `Sending ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
   ui.progressLabel.textContent = `Uploading ${files.length} ${files.length === 1 ? "file" : "files"}`;
   ui.progress.value = 0;
 }
@@ -820,7 +841,25 @@ function cancelAnalysis() {
 }
 
 function fileFailures(failures, files) {
-  return failures.map((item) => ({ name: files[item.index]?.name ?? `file ${item.index + 1}`, error: item.error }));
+  return failures.map((item) => ({
+    name: files[item.index]?.name ?? `file ${item.index + 1}`,
+    error: { ...item.error, message: namingFiles(item.error.message, files) },
+  }));
+}
+
+/**
+ * A server message names another file by its place in the request ("the request's file at index 8 (file 9 as
+ * sent"), and the page sends the files in its own order under neutral part names: the file's own name is added, so
+ * that the odd one out of a folder or zip can be found (browser review 53 F2).
+ */
+function namingFiles(message, files) {
+  if (typeof message !== "string") {
+    return message;
+  }
+  return message.replace(/the request's file at index (\d+) \(file \d+ as sent/g, (whole, index) => {
+    const file = files[Number(index)];
+    return file ? `${whole}: ${file.name}` : whole;
+  });
 }
 
 function throwIfNothingWorked(slices, failures) {
@@ -1876,6 +1915,25 @@ function csvCell(value) {
   return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
+/**
+ * The spacing typed for a PNG, JPEG or TIFF series (its files carry none) and the volume shown from it, for the
+ * masks' zip: its mm² column and the volume the page showed could not be traced back to anything (browser review 53
+ * F3). Null when no valid spacing was typed, or for DICOM, whose files give theirs.
+ */
+function typedSpacing() {
+  const { pixel, slice, pixelError, sliceError } = enteredSpacing();
+  if (series.kind !== "raster" || !pixel || pixelError) {
+    return null;
+  }
+  return {
+    source: "typed in the page (PNG, JPEG and TIFF files carry no spacing); area_mm2 in slices.csv is from it",
+    pixel_spacing_mm: pixel,
+    ...(slice && !sliceError ? { slice_spacing_mm: slice } : {}),
+    ...(ui.volume.dataset.value ? { tumor_volume_ml: Number(ui.volume.dataset.value) } : {}),
+    tumor_volume_shown: ui.volume.textContent,
+  };
+}
+
 async function downloadMasks() {
   const entries = [];
   // The slice's position (DICOM) and the slices missing before it: where each mask lies, so that a stack of the
@@ -1901,6 +1959,10 @@ async function downloadMasks() {
   // the masks, without the masks' PNG data they hold as files (browser review 44: the zip alone could not be read).
   const answer = JSON.stringify(series.answer, (key, value) => (key === "png" ? undefined : value), 2);
   entries.push({ name: "answer.json", bytes: new TextEncoder().encode(`${answer}\n`) });
+  const spacing = typedSpacing();
+  if (spacing) {
+    entries.push({ name: "spacing.json", bytes: new TextEncoder().encode(`${JSON.stringify(spacing, null, 2)}\n`) });
+  }
   saveBlob(writeZip(entries), `tumor-masks${seriesTag(series)}.zip`);
 }
 

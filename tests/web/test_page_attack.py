@@ -235,7 +235,7 @@ def test_cancel_stops_a_running_analysis_from_the_keyboard(page: Page, live_serv
     page.set_input_files("#file-input", TUMOR_SLICE)
     cancel = page.locator("#cancel")
     expect(cancel).to_be_visible()
-    expect(page.locator("#status")).to_have_text("Analysing the slice…")
+    expect(page.locator("#status")).to_have_text("Sending the slice…")
     assert Axe().run(page).violations_count == 0
     cancel.focus()
     page.keyboard.press("Enter")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,14 @@ def test_spacing_reads_a_decimal_comma_and_refuses_values_out_of_range(
     assert float(volume.get_attribute("data-value")) == pytest.approx(expected_ml, rel=1e-12)
     expect(volume).to_have_text(f"{expected_ml:,.2f} mL (from the spacing entered){raster_ends_caveat(answer)}")
     expect(pixel_error).to_be_hidden()
+
+    with page.expect_download() as downloaded:  # the zip says what the mm² and the volume came from (review 53 F3)
+        page.click("#download-masks")
+    with zipfile.ZipFile(downloaded.value.path()) as archive:
+        spacing = json.loads(archive.read("spacing.json"))
+    assert (spacing["pixel_spacing_mm"], spacing["slice_spacing_mm"]) == (0.9375, 5)
+    assert spacing["tumor_volume_ml"] == pytest.approx(expected_ml, rel=1e-12)
+    assert spacing["tumor_volume_shown"] == volume.inner_text()
 
     for typed, reason in [
         ("1e3", "Invalid pixel spacing: “1e3” is not a number of mm. Type it like 0.94 or 0,94."),

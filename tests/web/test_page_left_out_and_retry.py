@@ -51,7 +51,7 @@ def cancel_an_analysis(page: Page) -> None:
     """Starts an analysis the server never answers, and cancels it."""
     page.route("**/v1/predict/batch*", lambda route: None)  # held: the server is still working on it
     page.set_input_files("#file-input", TUMOR_SLICE)
-    expect(page.locator("#status")).to_have_text("Analysing the slice…")
+    expect(page.locator("#status")).to_have_text("Sending the slice…")
     page.click("#cancel")
     expect(page.locator("#status")).to_have_text("Analysis cancelled.")
     page.unroute("**/v1/predict/batch*")
@@ -96,7 +96,7 @@ def test_an_analysis_replacing_one_and_refused_as_busy_retries(page: Page, live_
     sent: list[str] = []
     page.route("**/v1/predict/batch*", busy_once(sent, held=1))
     page.set_input_files("#file-input", TUMOR_SLICE)
-    expect(page.locator("#status")).to_have_text("Analysing the slice…")
+    expect(page.locator("#status")).to_have_text("Sending the slice…")
 
     page.set_input_files("#file-input", TUMOR_SLICE)
 

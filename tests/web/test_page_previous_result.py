@@ -1,7 +1,8 @@
 """Browser review 53: what the page keeps and says while a new choice is on its way, and after it fails.
 
 F1: the result on screen was hidden as soon as new files were chosen, so a wrong file or a Cancel lost it (its
-files had to be found and sent again)."""
+files had to be found and sent again). F4: an answer cut short was shown in the JSON parser's words, without "Try
+again"."""
 
 from __future__ import annotations
 
@@ -75,3 +76,27 @@ def test_while_a_new_choice_is_analysed_the_previous_result_stays_with_its_downl
 
     analyse_one_slice(page)  # a new result is the current one again
     expect(page.locator("#result")).to_have_class("card")
+
+
+def test_an_answer_cut_short_is_said_in_words_and_can_be_sent_again(page: Page, live_server: str) -> None:
+    cut: list[str] = []
+
+    def cut_once(route: Route) -> None:
+        if cut:
+            route.continue_()
+            return
+        cut.append(route.request.url)
+        route.fulfill(status=200, content_type="application/json", body='{"results": [{"tumor_probab')
+
+    page.route("**/v1/predict/batch*", cut_once)
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#error-title")).to_have_text("The service's answer could not be read.")
+    expect(page.locator("#error-detail")).to_have_text(
+        "the answer arrived incomplete or damaged (27 characters, not a whole JSON document); try again"
+    )
+    page.click("#retry")
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#error")).to_be_hidden()
