@@ -24,9 +24,10 @@ KEPT_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
 """The chunks whose checksums are checked, those libpng gets (header and image data, written again, and the end)."""
 
 
-BYTES_PER_CHUNK = 1024
-"""A file may hold one chunk per this many of its bytes (and a few): encoders write image data in chunks of 8 KiB or
-more, and a 20 MB file of 1.7 million empty ones cost 3.4 s to walk (attack review 53 F8)."""
+MOST_CHUNKS, BYTES_PER_CHUNK = 65_536, 1024
+"""A 16-bit PNG may hold `MOST_CHUNKS` chunks and one more per `BYTES_PER_CHUNK` of its bytes: encoders write image
+data in chunks of 8 KiB or more (a streaming one, a row at a time, still fits), and a 20 MB file of 1.7 million
+empty ones cost 3.4 s to walk (attack review 53 F8)."""
 
 
 class CorruptPngError(ValueError):
@@ -72,7 +73,7 @@ def _chunk(kind: bytes, content: bytes) -> bytes:
 def _chunks(data: bytes) -> list[tuple[bytes, int, int]]:
     """Each chunk's type, start and end, up to IEND; the checksum checked on the chunks that are kept."""
     chunks, position = [], len(SIGNATURE)
-    most = 16 + len(data) // BYTES_PER_CHUNK
+    most = MOST_CHUNKS + len(data) // BYTES_PER_CHUNK
     while True:
         if len(chunks) == most:
             raise CorruptPngError(f"it holds more than {most} chunks, {len(data)} bytes (encoders write far fewer)")

@@ -524,7 +524,8 @@ def _coding_or_boundary_problem(content_encoding: str, content_type: str) -> str
     if any(coding != "identity" for coding in codings):
         said = content_encoding.strip()[:64]
         return f"the request body must be sent as it is, without a Content-Encoding; it says {said}"
-    boundaries = [part for part in content_type.split(";")[1:] if part.strip().lower().startswith("boundary=")]
+    names = [part.split("=", 1)[0].strip().lower() for part in content_type.split(";")[1:]]
+    boundaries = [name for name in names if name in ("boundary", "boundary*")]  # `boundary =A` too (review 54 F7)
     if len(boundaries) > 1:
         return "the request's Content-Type names its boundary more than once"
     return None

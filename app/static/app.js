@@ -640,7 +640,11 @@ function stopAnalysis() {
   }
   inFlight = null;
   // A SEG still downloading is the previous result's: saving it while a new upload is shown would mix patients.
-  segInFlight?.abort();
+  if (segInFlight) {
+    segInFlight.abort();
+    setSegBusy(false);
+    ui.segStatus.textContent = "DICOM SEG download stopped: new files were chosen."; // review 54 F3
+  }
   segInFlight = null;
   hideProgress();
 }
@@ -1033,6 +1037,10 @@ function markResultPrevious(state) {
       ? `Previous result (${series.selection}), shown until the new choice is analysed.`
       : `Previous result (${series.selection}); the new choice was not analysed.`;
   }
+  // The spacing fields belong to the result shown: typed while new files are on their way, a value would change
+  // the previous patient's volume and zip, then be cleared by the new result (review 54 F2).
+  ui.pixelSpacing.readOnly = shown && state === "pending";
+  ui.sliceSpacing.readOnly = shown && state === "pending";
   for (const button of [ui.downloadMasks, ui.downloadSeg]) {
     if (shown && state === "pending") {
       button.setAttribute("aria-disabled", "true"); // not `disabled`, which drops the keyboard focus to the body

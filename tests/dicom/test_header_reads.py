@@ -112,8 +112,8 @@ def test_a_deflated_header_that_inflates_past_its_cap_is_unreadable_without_bein
     """Attack review 53 F1/F2: pydicom inflates a whole deflated data set before reading it, so the node and
     pacs-sync, choosing a study's series from its files' headers, held each file's 100 MiB private value (135 KB
     sent) at once: 10 files raised the node's memory by 3.2 GB."""
-    data = _with_private_value(DeflatedExplicitVRLittleEndian, 3 * DEFLATED_HEADER_BYTES)
-    assert len(data) < DEFLATED_HEADER_BYTES // 50  # what is sent: 12 MiB inflated
+    data = _with_private_value(DeflatedExplicitVRLittleEndian, 8 * DEFLATED_HEADER_BYTES)
+    assert len(data) < DEFLATED_HEADER_BYTES // 20  # what is sent: 32 MiB inflated
     source = tmp_path / "bomb.dcm" if as_path else data
     if as_path:
         source.write_bytes(data)
@@ -121,7 +121,7 @@ def test_a_deflated_header_that_inflates_past_its_cap_is_unreadable_without_bein
     header, peak = _peak_bytes_of(lambda: read_header(source))
 
     assert header is None  # unreadable here: counted and left out, as any other
-    assert peak < 2 * DEFLATED_HEADER_BYTES
+    assert peak < 4 * DEFLATED_HEADER_BYTES  # the header's 4 MiB read, a copy or two; not the 32 MiB value
 
 
 def test_a_deflated_header_within_its_cap_is_read_with_its_transfer_syntax() -> None:

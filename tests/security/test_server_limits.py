@@ -595,8 +595,9 @@ def test_a_transfer_coding_besides_chunked_is_refused_with_its_name(server: Serv
     [
         ("Content-Encoding: gzip\r\n", "multipart/form-data; boundary=B", "without a Content-Encoding; it says gzip"),
         ("", "multipart/form-data; boundary=A; boundary=B", "names its boundary more than once"),
+        ("", "multipart/form-data; boundary =A; boundary=B", "names its boundary more than once"),
     ],
-    ids=["content encoding", "two boundaries"],
+    ids=["content encoding", "two boundaries", "two boundaries, one spaced"],
 )
 def test_an_upload_whose_body_is_declared_otherwise_than_it_is_read_is_refused(
     server: ServerProcess, extra_header: str, content_type: str, reason: str

@@ -335,7 +335,7 @@ def validation_out_of_fold_file(dev_layout: Path, patient: str, path: Path, drop
     np.savez(
         path,
         probabilities=probabilities[keep][::-1],  # another order than the evaluation loads them in
-        flip_average_probabilities=probabilities[keep][::-1],
+        flip_average_probabilities=probabilities[keep][::-1] / 2,  # told apart from the plain ones (review 54 F8)
         labels=arrays.labels[keep][::-1],
         patient_ids=arrays.patient_ids[keep][::-1],
         slice_numbers=arrays.slice_numbers[keep][::-1],
@@ -348,7 +348,7 @@ def test_a_refit_classifier_is_judged_on_validation_by_the_out_of_fold_models(fo
     choice must come from models that never saw them, matched to the validation slices one by one."""
     root, split, patients = fold_runs
     out_of_fold = tmp_path / "validation_out_of_fold.npz"
-    probabilities = validation_out_of_fold_file(dev_layout, patients[2], out_of_fold)
+    probabilities = validation_out_of_fold_file(dev_layout, patients[2], out_of_fold) / 2  # the flip averages
     arguments = evaluation_arguments(fold_runs, dev_layout, tmp_path, tmp_path / "evaluation")
     position = arguments.index("--threshold-slices")
     arguments[position : position + 2] = ["--validation-out-of-fold", str(out_of_fold), "--classifier-flip-average"]

@@ -56,6 +56,7 @@ def test_while_a_new_choice_is_analysed_the_previous_result_stays_with_its_downl
     )
     expect(page.locator("#result")).to_have_class("card previous")
     expect(page.locator("#download-masks")).to_have_attribute("aria-disabled", "true")
+    expect(page.locator("#pixel-spacing")).to_have_attribute("readonly", "")  # the previous result's (review 54 F2)
     downloads: list[str] = []
     page.on("download", lambda download: downloads.append(download.suggested_filename))
     page.click("#download-masks", force=True)  # past Playwright's own check: what a click would do
@@ -69,6 +70,7 @@ def test_while_a_new_choice_is_analysed_the_previous_result_stays_with_its_downl
     expect(page.locator("#probability")).to_have_text(probability)
     expect(page.locator("#previous-note")).to_contain_text("the new choice was not analysed")
     expect(page.locator("#download-masks")).not_to_have_attribute("aria-disabled", "true")
+    expect(page.locator("#pixel-spacing")).not_to_have_attribute("readonly", "")
     page.unroute("**/v1/predict/batch*")
     page.click("#download-masks")
     page.wait_for_timeout(500)
