@@ -210,7 +210,10 @@ def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[
                     )
                 if not inflater.unconsumed_tail:
                     break
+                tail = len(inflater.unconsumed_tail)
                 output = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
+                if not output and len(inflater.unconsumed_tail) >= tail:  # no progress: never loop on it
+                    raise UndecodableDicomError("DICOM deflated data set cannot be inflated (it stops making progress)")
             if inflater.eof:
                 break
     except zlib.error as error:
