@@ -268,6 +268,27 @@ class UnsupportedSopClassError(UnsupportedDicomError):
     against an object of a class it reads whose content it cannot use (a Secondary Capture of another modality)."""
 
 
+class KeyObjectSelectionError(UnsupportedSopClassError):
+    """A Key Object Selection Document: no image. Sent with the images it names, it may be an IHE IOCM rejection
+    note that withdraws them (`app.series.rejection_notes`)."""
+
+
+class RejectedInstanceError(ServiceError):
+    """A DICOM image that an IHE IOCM rejection note sent in the same request withdraws: left out, as an archive that
+    implements IOCM hides it (attack review 53 F5: it was analysed, and the SEG referenced it)."""
+
+    code = "rejected_instance"
+    kind = ErrorKind.INVALID_REQUEST
+
+
+class RejectionNoteApplied(ServiceError):
+    """Not a failure: the file is an IHE IOCM rejection note, and the request's images it withdraws were left out.
+    It is reported with the files not read because it holds no image the models read."""
+
+    code = "rejection_note"
+    kind = ErrorKind.INVALID_REQUEST
+
+
 class OtherModalityCaptureError(UnsupportedDicomError):
     """A Secondary Capture of another modality than MR (a scanned form, another scanner's screen save): a valid
     object the models have no use for (the DICOM node answers it Success and does not keep it)."""

@@ -60,6 +60,18 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "the DICOM files hold no series read as FLAIR (one series classified T1, a localizer or another contrast, or "
         "several series and none FLAIR); the message gives each series' role and evidence",
     ),
+    ErrorCode(
+        "rejected_instance",
+        422,
+        "in a batch's file_errors: a DICOM image withdrawn by an IHE IOCM rejection note (a Key Object Selection "
+        "titled in CID 7011) sent in the same request; left out, as the DICOM node leaves it out",
+    ),
+    ErrorCode(
+        "rejection_note",
+        422,
+        "in a batch's file_errors: the IHE IOCM rejection note that withdrew images of the request, applied (it holds "
+        "no image); a batch of nothing but withdrawn images and their note is refused with one of these two codes",
+    ),
     ErrorCode("mixed_input", 400, "DICOM and PNG/JPEG/TIFF files in one batch"),
     ErrorCode(
         "bad_request",

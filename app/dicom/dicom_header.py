@@ -20,7 +20,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID
+from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
 
 from app.dicom.dicom_codestream import check_codestreams
 from app.dicom.part10 import (
@@ -39,6 +39,7 @@ from app.errors import (
     DicomWithoutPixelDataError,
     ImageTooLargeError,
     InvalidDicomImageError,
+    KeyObjectSelectionError,
     OtherModalityCaptureError,
     ServiceError,
     UndecodableDicomError,
@@ -440,9 +441,8 @@ def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
         uid = UID(str(sop_class))
         # A standard class is named; any other UID is the file's content, so never echoed.
         found = f"{uid.name} ({uid})" if uid.name != str(uid) else "a SOP Class UID that is not a standard one"
-        raise UnsupportedSopClassError(
-            f"DICOM SOP class must be one of {', '.join(SUPPORTED_SOP_CLASSES.values())}; got {found}"
-        )
+        refusal = KeyObjectSelectionError if uid == KeyObjectSelectionDocumentStorage else UnsupportedSopClassError
+        raise refusal(f"DICOM SOP class must be one of {', '.join(SUPPORTED_SOP_CLASSES.values())}; got {found}")
     modality = str(dataset.get("Modality", "") or "")
     if str(sop_class) in SECONDARY_CAPTURE_CLASSES and modality.upper() != "MR":
         raise OtherModalityCaptureError(

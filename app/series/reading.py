@@ -27,6 +27,7 @@ from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
 from app.series.info import where_in_study
+from app.series.rejection_notes import apply_rejection_notes
 from app.series.sequence_rules import SelectionRules
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
 
@@ -143,15 +144,17 @@ def plan_series(
     stop: threading.Event | None = None,
     claim: HeaderClaim | None = None,
 ) -> SeriesPlan:
-    """Read and check the headers of every DICOM file (`read_headers`, until `stop`, counted in `claim`), then
-    choose the series, count the slices and the decoding cost (`plan_headers`); nothing is decoded.
+    """Read and check the headers of every DICOM file (`read_headers`, until `stop`, counted in `claim`), leave out
+    the images the request's IHE IOCM rejection notes withdraw (`apply_rejection_notes`), then choose the series,
+    count the slices and the decoding cost (`plan_headers`); nothing is decoded.
 
     Raises
     ------
     ServiceError
         As `plan_headers`.
     """
-    return plan_headers(read_headers(uploads, limits, stop, claim), limits, max_slices, refuse_slices, rules)
+    headers = apply_rejection_notes(uploads, read_headers(uploads, limits, stop, claim))
+    return plan_headers(headers, limits, max_slices, refuse_slices, rules)
 
 
 def plan_headers(

@@ -100,6 +100,8 @@ const ERROR_TITLES_BY_CODE = {
   dicom_without_pixel_data: "The DICOM file holds no image (no pixel data).",
   invalid_dicom_image: "The DICOM images cannot be used as MRI slices.",
   unsupported_dicom: "This DICOM file is not supported (not an MR image, or an encoding the server cannot read).",
+  rejected_instance: "The image was withdrawn by a rejection note chosen with it, so it was left out.",
+  rejection_note: "A rejection note: the images it withdraws were left out.",
   invalid_segmentation_input: "No DICOM SEG can be made for these slices.",
   // 413 by code: these two also refuse files that are each fine but too much together, which "the file or the
   // image is too large" (the status's title) would deny; the server's message beneath gives the numbers.
@@ -138,6 +140,8 @@ const NO_MISSING_SLICE = new Set(["unsupported_media_type", "repeated_slice"]);
 const STATUS_BY_CODE = {
   unsupported_media_type: 415,
   unsupported_dicom: 415,
+  rejected_instance: 422,
+  rejection_note: 422,
   payload_too_large: 413,
   image_too_large: 413,
   too_many_files: 413,
