@@ -85,7 +85,8 @@ class StudyAnalysis:
 
 class StudyProcessor(Protocol):
     """What the DICOM node calls: a study's files and notes of its own on how they came in; `complete` False when an
-    association that sent them ended without a release (some may be missing: the report says PARTIAL)."""
+    association that sent them ended without a release (some may be missing: the report says PARTIAL). It raises
+    `StudyFilesChangedError` when files were removed or replaced while it read them."""
 
     @property
     def model_tags(self) -> Mapping[str, str]:
@@ -94,6 +95,26 @@ class StudyProcessor(Protocol):
         ...
 
     def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis: ...
+
+
+class StudyFilesChangedError(Exception):
+    """Files of a study were removed or replaced while it was read (an incoming rejection note removed instances, an
+    instance came again): its headers leave long values in the files (`read_header`), read when first used, so a
+    file gone meanwhile failed the analysis with pydicom's error (review 54 F4). Nothing of the run is kept; the
+    study is analysed again from the files then there."""
+
+
+def _file_states(files: Sequence[Path]) -> list[tuple[int, int, int] | None]:
+    """Each file's inode, size and modification time; None for a file that is gone."""
+    states: list[tuple[int, int, int] | None] = []
+    for path in files:
+        try:
+            status = path.stat()
+        except OSError:
+            states.append(None)
+        else:
+            states.append((status.st_ino, status.st_size, status.st_mtime_ns))
+    return states
 
 
 @dataclass(frozen=True)
@@ -149,14 +170,30 @@ class ModelStudyProcessor:
 
     def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis:
         """Analyse the study held in `files` (the DICOM node's spool); only the chosen series' files are read whole,
-        and only once the flow's limits are known to take them (`choose_files`)."""
-        chosen = self.choose_files(files)
-        if chosen.refusal is not None:
-            summary = _study_summary(
-                chosen.selection, len(files), chosen.file_errors, [*chosen.selection.notes, *notes]
-            )
-            return _failed(chosen.refusal, summary)
-        files_by_series = {uid: [path.read_bytes() for path in paths] for uid, paths in chosen.paths_by_series.items()}
+        and only once the flow's limits are known to take them (`choose_files`).
+
+        Raises
+        ------
+        StudyFilesChangedError
+            When reading fails and some of `files` were removed or replaced since the analysis began.
+        """
+        states = _file_states(files)
+        try:
+            chosen = self.choose_files(files)
+            if chosen.refusal is not None:
+                summary = _study_summary(
+                    chosen.selection, len(files), chosen.file_errors, [*chosen.selection.notes, *notes]
+                )
+                return _failed(chosen.refusal, summary)
+            files_by_series = {
+                uid: [path.read_bytes() for path in paths] for uid, paths in chosen.paths_by_series.items()
+            }
+        except Exception as error:
+            if _file_states(files) != states:
+                raise StudyFilesChangedError(
+                    "files of the study were removed or replaced while it was read; it is analysed again"
+                ) from error
+            raise
         return self.analyse(
             chosen.selection,
             files_by_series,

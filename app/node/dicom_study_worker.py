@@ -42,6 +42,7 @@ from app.node.node_metrics import NodeMetrics
 from app.study_analysis import (
     AnalysisStatus,
     StudyAnalysis,
+    StudyFilesChangedError,
     StudyProcessor,
     error_code,
     series_in_several_studies,
@@ -204,6 +205,10 @@ class StudyWorker:
         else:
             try:
                 analysis = self.processor(files, counted_notes(counts), complete=not any(counts.values()))
+            except StudyFilesChangedError:  # no failure: the files then there are analysed after the quiet period
+                logger.info("study changed while it was read; analysed again", extra={"fields": {"study_key": key}})
+                self.spool.touch_pending(key)
+                return False
             except Exception as error:  # a bug or a resource problem: retried after another quiet period
                 logger.exception("study processing failed", extra={"fields": {"study_key": key}})
                 analysis = error
