@@ -36,7 +36,7 @@ from app.intensity_range import sample_values, stretch_in_place, stretch_range
 from app.jpeg_data import CorruptJpegError, check_jpeg_data
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure, frame_header
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
-from app.png_data import CorruptPngError, png_for_libpng
+from app.png_data import CorruptPngError, check_chunk_count, png_for_libpng
 from app.settings import Settings
 from app.tiff_decoding import (
     JPEG,
@@ -339,6 +339,8 @@ def decode_samples(
     else:
         if header.image_format is ImageFormat.JPEG:
             _check_jpeg_data(data)
+        elif header.image_format is ImageFormat.PNG:
+            _check_png_chunk_count(data)
         array = _decode_with_pillow(data, header.image_format, max_pixels)
     if array.dtype.kind not in "biuf":  # a complex or structured TIFF: no intensity to read
         raise InvalidSliceError(f"image samples must be real numbers; this image holds {array.dtype.name} samples")
@@ -506,6 +508,14 @@ def _check_palette_indices(image: Image.Image, image_format: ImageFormat) -> Non
             f"{image_format.value} file cannot be decoded: its palette holds {colours} colours but its pixels use "
             f"colour {highest}"
         )
+
+
+def _check_png_chunk_count(data: bytes) -> None:
+    """An 8-bit PNG of more chunks than its size allows is refused before Pillow walks them (`check_chunk_count`)."""
+    try:
+        check_chunk_count(data)
+    except CorruptPngError as error:
+        raise UndecodableImageError(f"PNG file cannot be decoded: {error}") from None
 
 
 def _decode_png16(data: bytes) -> np.ndarray:

@@ -4,7 +4,8 @@ libpng prints its warnings and errors on the process's standard error, past Pyth
 iCCP: too short`, `libpng error: IDAT: incorrect data check`): a client's broken file put lines that are not JSON into
 the service's log, at will. What libpng would complain about is found here first and refused with a reason, and the
 ancillary chunks (colour profiles, text, times, a suggested palette, transparency: nothing the models read; an alpha
-channel is dropped anyway) are left out. Pillow decodes every other PNG, and says nothing on stderr.
+channel is dropped anyway) are left out. Pillow decodes every other PNG, and says nothing on stderr; it is handed
+one only once its chunks are counted (`check_chunk_count`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,39 @@ KEPT_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
 
 
 MOST_CHUNKS, BYTES_PER_CHUNK = 65_536, 1024
-"""A 16-bit PNG may hold `MOST_CHUNKS` chunks and one more per `BYTES_PER_CHUNK` of its bytes: encoders write image
-data in chunks of 8 KiB or more (a streaming one, a row at a time, still fits), and a 20 MB file of 1.7 million
-empty ones cost 3.4 s to walk (attack review 53 F8)."""
+"""A PNG may hold `MOST_CHUNKS` chunks and one more per `BYTES_PER_CHUNK` of its bytes: encoders write image data in
+chunks of 8 KiB or more (a streaming one, a row at a time, still fits), and a 20 MB file of 1.7 million empty ones
+cost 3.4 s to walk here (attack review 53 F8), and Pillow 3 s for an 8-bit one (review 54 F5)."""
 
 
 class CorruptPngError(ValueError):
     """What is wrong with a PNG, in words for the client."""
+
+
+def check_chunk_count(data: bytes) -> None:
+    """Refuse a PNG of more chunks than its size allows (`MOST_CHUNKS`), before a decoder walks them all; only the
+    chunks' lengths and types are read, up to IEND: whatever else is wrong is the decoder's to say.
+
+    Raises
+    ------
+    CorruptPngError
+        Too many chunks.
+    """
+    most, position = _most_chunks(data), len(SIGNATURE)
+    for _ in range(most):
+        if position + 12 > len(data) or data[position + 4 : position + 8] == b"IEND":
+            return
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    if position + 12 <= len(data):
+        raise _too_many_chunks(most, data)
+
+
+def _most_chunks(data: bytes) -> int:
+    return MOST_CHUNKS + len(data) // BYTES_PER_CHUNK
+
+
+def _too_many_chunks(most: int, data: bytes) -> CorruptPngError:
+    return CorruptPngError(f"it holds more than {most} chunks, {len(data)} bytes (encoders write far fewer)")
 
 
 def png_for_libpng(data: bytes) -> bytes:
@@ -73,10 +100,10 @@ def _chunk(kind: bytes, content: bytes) -> bytes:
 def _chunks(data: bytes) -> list[tuple[bytes, int, int]]:
     """Each chunk's type, start and end, up to IEND; the checksum checked on the chunks that are kept."""
     chunks, position = [], len(SIGNATURE)
-    most = MOST_CHUNKS + len(data) // BYTES_PER_CHUNK
+    most = _most_chunks(data)
     while True:
         if len(chunks) == most:
-            raise CorruptPngError(f"it holds more than {most} chunks, {len(data)} bytes (encoders write far fewer)")
+            raise _too_many_chunks(most, data)
         if position + 12 > len(data):
             raise CorruptPngError("the file ends before its last chunk (IEND): it is truncated")
         length = int.from_bytes(data[position : position + 4], "big")

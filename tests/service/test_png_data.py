@@ -1,5 +1,6 @@
 """16-bit PNGs are checked whole before OpenCV's libpng reads them (`app.png_data`): a broken one is refused with a
-reason, and what libpng reads of a whole one is unchanged."""
+reason, and what libpng reads of a whole one is unchanged. Every PNG's chunks are counted before a decoder walks
+them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from app.errors import UndecodableImageError
 from app.imaging import _decode_with_opencv, decode_samples
-from tests.security.corpus import png_chunk
+from app.png_data import MOST_CHUNKS
+from tests.security.corpus import png_chunk, png_of
 from tests.service.png16_files import broken_png16s, narrow_window_png, png16, samples
 
 SHAPES = [(40, 30), (40, 30, 3), (17, 23, 4)]
@@ -57,3 +59,25 @@ def test_a_stream_whose_header_declares_a_narrower_window_than_it_uses_is_read_w
 
     np.testing.assert_array_equal(decoded, np.full((32, 64, 3), 1000, np.uint16))
     assert "libpng" not in capfd.readouterr().err
+
+
+def eight_bit_png_with_empty_image_chunks(image: np.ndarray, chunks: int) -> bytes:
+    """`image` as an 8-bit PNG whose image data is followed by `chunks` empty IDAT chunks (valid, if odd)."""
+    whole = png_of(image)
+    return whole[:-12] + png_chunk(b"IDAT", b"") * chunks + whole[-12:]
+
+
+def test_an_8_bit_png_of_more_chunks_than_its_size_allows_is_refused_before_pillow_walks_them() -> None:
+    """Review 54 F5: the chunk cap covered 16-bit PNGs only; Pillow took 3 s over 20 MB of empty chunks."""
+    data = eight_bit_png_with_empty_image_chunks(samples((40, 30)).astype(np.uint8), 70_000)
+
+    with pytest.raises(UndecodableImageError, match="PNG file cannot be decoded") as refused:
+        decode_samples(data)
+
+    assert f"more than {MOST_CHUNKS + len(data) // 1024} chunks" in refused.value.message
+
+
+def test_an_8_bit_png_of_many_chunks_within_the_cap_is_read() -> None:
+    image = samples((40, 30)).astype(np.uint8)
+
+    np.testing.assert_array_equal(decode_samples(eight_bit_png_with_empty_image_chunks(image, 60_000)), image)
