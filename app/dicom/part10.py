@@ -208,7 +208,7 @@ def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[
                         f"DICOM file's deflated data set inflates to more than {describe_bytes(max_bytes)}, the "
                         "memory budget (DECODE_MEMORY_BYTES); refused before it was held"
                     )
-                if not inflater.unconsumed_tail:
+                if inflater.eof or not inflater.unconsumed_tail:  # what follows the end (a pad byte) is not read
                     break
                 tail = len(inflater.unconsumed_tail)
                 output = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)

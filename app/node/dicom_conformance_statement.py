@@ -310,6 +310,9 @@ def _incoming_rejection_notes() -> list[str]:
         f"{MAX_REJECTION_NOTES} a study keeps (one sent again replaces its copy), and any note or instance of a",
         "study whose `rejected.json` cannot be read (logged once by study key; the study is not processed until the",
         "file is repaired); and, as an instance is, when the spool or its disk is full or too many studies wait.",
+        f"Refused with Cannot Understand (`{STATUS_CANNOT_UNDERSTAND:04X}`): a Key Object Selection whose bytes cannot",
+        "be read as a data set (a deflate stream that is damaged or cut short, more data elements than the node",
+        "reads): it may be a rejection note, and answering it Success would tell its sender it was honoured.",
         "",
     ]
 

@@ -39,10 +39,12 @@ from app.dicom.incoming_rejection import (
     incoming_rejection,
     read_rejection_note,
 )
+from app.errors import UndecodableDicomError
 from app.logging_config import os_error_name
 from app.node.dicom_received_instance import (
     NOT_KEPT_CLASSES,
     PRIVATE_IGNORED_CLASSES,
+    STATUS_CANNOT_UNDERSTAND,
     STATUS_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
     STORAGE_CLASSES,
@@ -164,6 +166,8 @@ class Receiver:
                 rejection = self._rejection(event)
             except RejectionNoteTooLargeError as error:
                 return self._refused("too_large", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
+            except UndecodableDicomError as error:
+                return self._refused("invalid_instance", STATUS_CANNOT_UNDERSTAND, error.message, event.assoc)
             if rejection is not None:
                 return self._take_rejection(event, *rejection)
         if context_class in NOT_KEPT_CLASSES:
@@ -234,14 +238,15 @@ class Receiver:
 
         Raises `RejectionNoteTooLargeError` for a KOS over `incoming_rejection.MAX_NOTE_BYTES`, as sent or once
         inflated, before it is decoded whole: pynetdicom's `event.dataset` inflated a deflated one without limit, 1 GiB
-        from 1 MB on the wire (review 48r F1)."""
+        from 1 MB on the wire (review 48r F1); `UndecodableDicomError` for one whose data set cannot be read (a
+        damaged deflate stream, too many elements)."""
         check_note_size(received_bytes(event.request.DataSet))  # before the bytes are copied
         try:
             dataset = read_rejection_note(event.encoded_dataset(include_meta=True))
             rejection = incoming_rejection(dataset)
             key = study_key(rejection.study_instance_uid, identity_text(dataset.get("PatientID"))) if rejection else ""
-        except RejectionNoteTooLargeError:
-            raise
+        except (RejectionNoteTooLargeError, UndecodableDicomError):
+            raise  # refused: a note that may be one must not be answered Success (attack review 55 F1)
         except Exception:  # noqa: BLE001 - a note the node cannot read is ignored, as before it read any
             logger.info("rejection note ignored: unreadable")
             return None

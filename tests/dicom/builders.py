@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import shutil
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
     MRImageStorage,
@@ -27,6 +30,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from app.dicom.part10 import read_file_meta
 from tests.conftest import TUMOR_SERIES, read_slice
 
 FLAIR = 1  # channel of the kaggle_3m slices: pre-contrast, FLAIR, post-contrast
@@ -218,6 +222,27 @@ def key_object_selection(
     buffer = io.BytesIO()
     note.save_as(buffer, enforce_file_format=True)
     return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def deflated_and_padded(dataset: Dataset) -> bytes:
+    """`dataset` as a Part 10 file in Deflated Explicit VR Little Endian whose deflate stream has an odd length and is
+    padded with a zero byte to an even one (PS3.5 A.5), as DCMTK and pynetdicom send it. Its Image Comments grow
+    until the stream's length is odd."""
+    dataset = copy.deepcopy(dataset)
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for length in range(64):
+        dataset.ImageComments = "x" * length
+        plain = to_bytes(dataset)
+        meta_end, _ = read_file_meta(plain)
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        stream = compressor.compress(plain[meta_end:]) + compressor.flush()
+        if len(stream) % 2:
+            meta = copy.deepcopy(dataset.file_meta)
+            meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+            head = io.BytesIO()
+            pydicom.filewriter.write_file_meta_info(head, meta)
+            return bytes(128) + b"DICM" + head.getvalue() + stream + b"\0"
+    raise AssertionError("no odd-length stream in 64 tries")
 
 
 def referenced(dataset: Dataset) -> set[str]:

@@ -9,6 +9,7 @@ import io
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -18,7 +19,7 @@ from app.dicom import dicom_header, part10
 from app.dicom.dicom_header import HEADER_DEFER_BYTES, read_dicom_header, read_header
 from app.dicom.part10 import DEFLATED_HEADER_BYTES, DICOM_PREAMBLE_LENGTH
 from app.errors import UndecodableDicomError
-from tests.dicom.builders import Study, mr_dataset, to_bytes, tumor_channels
+from tests.dicom.builders import Study, deflated_and_padded, mr_dataset, to_bytes, tumor_channels
 
 
 def _with_items_of_undefined_length(transfer_syntax: str) -> bytes:
@@ -143,3 +144,17 @@ def test_a_long_value_of_a_header_read_from_a_file_stays_on_disk(tmp_path: Path)
 
     assert header is not None and header.Rows == 256
     assert header._dict[0x7FD11010].value is None  # the 4 MiB value is not read (deferred; get_item would read it)
+
+
+def test_a_deflated_stream_padded_to_even_length_is_read() -> None:
+    """Attack review 55 F1: zlib left the pad byte after the stream's end in the input still to read, the inflating
+    loop made no progress on it, and a valid deflated instance was "cannot be inflated" (before, it looped for ever):
+    refused by the node, 400 at the API, an IOCM rejection note ignored."""
+    # 2 MiB from a few KB: the stream's end comes in a later read of its last input chunk
+    data = deflated_and_padded(mr_dataset(np.zeros((1024, 1024), np.uint8), Study(), "1.2.3.4"))
+
+    header = read_dicom_header(data)
+
+    assert (header.rows, header.columns) == (1024, 1024)
+    assert header.inflated_bytes > part10._INFLATE_CHUNK
+    assert read_header(data) is not None

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage, SegmentationStorage
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 
 from app.core.preprocessing import FLAIR_CHANNEL as FLAIR
@@ -281,6 +282,25 @@ class SilentDestination:
         for connection in self._held:
             connection.close()
         self._listener.close()
+
+
+def store_file_as_it_is(port: int, path: Path, sop_class: str, transfer_syntax: str) -> Dataset:
+    """C-STORE the data set of the Part 10 file at `path` byte for byte (pynetdicom's chunked sending from a file, which
+    never decodes it: a damaged deflate stream goes as it is); return the response's status data set."""
+    ae = AE(ae_title=CALLING_AE)
+    ae.add_requested_context(sop_class, [transfer_syntax])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert association.is_established
+    chunked = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = association.send_c_store(path)
+    finally:
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = chunked
+        association.release()
+    assert "Status" in status, "no answer: the association ended"
+    return status
 
 
 def store_dataset(port: int, dataset: Dataset, from_address: str = "127.0.0.1") -> Dataset:

@@ -22,7 +22,15 @@ from app.dicom.dicom_sr_reader import predecessors
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES
 from app.node import dicom_spool
 from app.node.dicom_spool import MAX_REJECTION_NOTES, Spool, SpoolFullError, SpoolLimits, study_key
-from tests.dicom.builders import key_object_selection, mr_series, referenced, tumor_channels, write_files
+from app.settings import MIB
+from tests.dicom.builders import (
+    deflated_and_padded,
+    key_object_selection,
+    mr_series,
+    referenced,
+    tumor_channels,
+    write_files,
+)
 from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
@@ -32,6 +40,7 @@ from tests.node.node_support import (
     record,
     send_study,
     store_dataset,
+    store_file_as_it_is,
     storescu,
 )
 
@@ -178,6 +187,54 @@ def test_a_deflated_note_inflating_past_the_limit_is_refused_and_takes_no_effect
         0xA700,
         "a key object selection over 4 MiB is not read (once inflated)",
     )
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    assert node.spool.rejected_instances(key) == {}
+    assert len(node.spool.instance_files(key)) == 3
+
+
+def _padded_note(series: list[Dataset]) -> Dataset:
+    """A note rejecting the series' last instance, with 2 MiB of zeros in a private value: its deflate stream of a few
+    KB inflates past 1 MiB in the read that reaches its end (attack review 55 F1)."""
+    note = key_object_selection(series, series[-1:])
+    note.add_new(0x00290010, "LO", "PADDING")
+    note.add_new(0x00291010, "OB", bytes(2 * MIB))
+    return note
+
+
+def test_a_deflated_note_padded_to_even_length_is_taken(make_node: Any, clock: Clock, tmp_path: Path) -> None:
+    """Attack review 55 F1: a deflate stream padded to even length, as DCMTK and pynetdicom send it, was "cannot be
+    inflated" once its end came in a later read: the note was answered Success and ignored."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    path = tmp_path / "note.dcm"
+    path.write_bytes(deflated_and_padded(_padded_note(series)))
+
+    answer = store_file_as_it_is(
+        node.config.port, path, KeyObjectSelectionDocumentStorage, DeflatedExplicitVRLittleEndian
+    )
+
+    assert answer.Status == 0
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    assert set(node.spool.rejected_instances(key)) == {series[-1].SOPInstanceUID}
+
+
+def test_a_key_object_selection_whose_deflate_stream_is_damaged_is_refused(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """It may be a rejection note: answered Success (as an unreadable note was), its sender took it as honoured."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    path = tmp_path / "note.dcm"
+    path.write_bytes(deflated_and_padded(_padded_note(series))[:-16])  # the stream cut short
+
+    answer = store_file_as_it_is(
+        node.config.port, path, KeyObjectSelectionDocumentStorage, DeflatedExplicitVRLittleEndian
+    )
+
+    assert answer.Status == 0xC000
+    assert "deflate" in answer.ErrorComment
     key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
     assert node.spool.rejected_instances(key) == {}
     assert len(node.spool.instance_files(key)) == 3
