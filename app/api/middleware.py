@@ -5,6 +5,7 @@ refused before the body is read; HEAD answered as GET without its body."""
 
 from __future__ import annotations
 
+import email.message
 import ipaddress
 import logging
 import re
@@ -500,7 +501,8 @@ class UploadFormMiddleware:
         headers = Headers(scope=scope)
         declared = headers.get("content-type", "")
         media_type = declared.split(";", 1)[0].strip()
-        problem = _coding_or_boundary_problem(headers.get("content-encoding", ""), declared)
+        # Every Content-Encoding field: one of `identity` before one of gzip hid it (attack review 55 F4).
+        problem = _coding_or_boundary_problem(", ".join(headers.getlist("content-encoding")), declared)
         if problem:
             await reject(scope, receive, send, UnsupportedMediaTypeError(problem))
             return
@@ -524,8 +526,11 @@ def _coding_or_boundary_problem(content_encoding: str, content_type: str) -> str
     if any(coding != "identity" for coding in codings):
         said = content_encoding.strip()[:64]
         return f"the request body must be sent as it is, without a Content-Encoding; it says {said}"
-    names = [part.split("=", 1)[0].strip().lower() for part in content_type.split(";")[1:]]
-    boundaries = [name for name in names if name in ("boundary", "boundary*")]  # `boundary =A` too (review 54 F7)
+    # Parameters as the email package parses them: quoted values kept whole (attack review 55 F5: a `;boundary=`
+    # inside another parameter's quotes was counted), `boundary =A` and `boundary*=` read as boundaries (review 54 F7).
+    parsed = email.message.Message()
+    parsed["content-type"] = content_type
+    boundaries = [name for name, _ in parsed.get_params(failobj=[])[1:] if name.lower() == "boundary"]
     if len(boundaries) > 1:
         return "the request's Content-Type names its boundary more than once"
     return None

@@ -323,7 +323,10 @@ def _name_the_frame(segmentation: Dataset, source: DicomFrame) -> None:
     Derivation Image Sequence)."""
     sop_class_uid = str(source.header.SOPClassUID)
     for series in segmentation.get("ReferencedSeriesSequence", []):
-        for instance in series.get("ReferencedInstanceSequence", []):
+        # highdicom puts the same item here and in Source Image Sequence: a copy, so that the frame number set
+        # there is not here, where the Common Instance Reference Module has none (interop review 55 F2).
+        series.ReferencedInstanceSequence = [copy.deepcopy(item) for item in series.ReferencedInstanceSequence]
+        for instance in series.ReferencedInstanceSequence:
             if instance.ReferencedSOPInstanceUID == source.sop_instance_uid:
                 instance.ReferencedSOPClassUID = sop_class_uid
     references = list(segmentation.get("SourceImageSequence", []))

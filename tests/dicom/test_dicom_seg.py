@@ -203,6 +203,8 @@ def test_a_multi_frame_capture_gets_a_seg_per_positive_frame_that_names_its_fram
     for seg, frame_number, mask in zip(segmentations, (1, 3), (truth_masks[0], truth_masks[2]), strict=True):
         (source,) = seg.SourceImageSequence
         assert (source.ReferencedSOPClassUID, source.ReferencedFrameNumber) == (capture.SOPClassUID, frame_number)
+        (referenced,) = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence  # no frame number: interop 55 F2
+        assert referenced.ReferencedSOPClassUID == capture.SOPClassUID and "ReferencedFrameNumber" not in referenced
         data = part10_bytes(seg)
         np.testing.assert_array_equal(read_segmentation_masks(data)[capture.SOPInstanceUID], mask[None])
         assert dciodvfy_errors(data, "Segmentation") == []
