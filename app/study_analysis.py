@@ -282,6 +282,8 @@ class ModelStudyProcessor:
         except ServiceError as error:
             return _failed(error, summary)
         notes.extend(note for note in answer.choice.notes if note not in notes)
+        # The series the models read: the flow may have read FLAIR alone (interop review 55 F3).
+        summary["series"] = _series_summary(selection, read=answer.choice.channel_series)
         for error in answer.file_errors.values():
             file_errors[error.code] = file_errors.get(error.code, 0) + 1
         if file_errors:  # the SR would otherwise count only the gaps between slices read, not a file left at an end
@@ -398,8 +400,10 @@ def _instance_order(header: Dataset) -> tuple[float, str]:
         return (math.inf, str(header.get("SOPInstanceUID", "")))
 
 
-def _series_summary(selection: StudySelection) -> list[dict[str, Any]]:
-    used = set(selection.channel_series)
+def _series_summary(selection: StudySelection, read: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Each series of the study, its role and whether it is `used`: among the series the flow `read` (Series
+    Instance UIDs) once it has, else among those chosen for it."""
+    used = set(selection.channel_series if read is None else read)
     return [
         {
             "series_number": item.series.series_number,
