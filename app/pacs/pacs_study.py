@@ -355,6 +355,7 @@ class StudySync:
         """Store an analysis's SEG and SR in Orthanc (superseding the earlier results) and the study's record; the
         study's status, or None when it was deleted during the analysis. `sources`: the Orthanc IDs of the series
         analysed."""
+        built_report_uid = str(analysis.datasets[-1].SOPInstanceUID) if analysis.datasets else None
         try:
             superseded = self._store_results(study_id, analysis.datasets, record, sources)
         except SourcesGoneError:
@@ -371,6 +372,10 @@ class StudySync:
         else:
             status = POSITIVE if analysis.summary.get("positive_slices") else NEGATIVE
             fields.update(_result_uids(analysis.datasets))
+            fields.update(
+                built_report_uid=built_report_uid,
+                report_predecessors=_predecessor_references(analysis.datasets[-1]),
+            )
         result = self._record(status, summary=analysis.summary, superseded=superseded, **fields)
         self.client.write_sync_record(study_id, result)
         state.retries.pop(study_id, None)
@@ -498,7 +503,7 @@ class StudySync:
         """
         if datasets:  # the report names the one it replaces, deleted below; new UIDs
             # After a refusal withdrew them, the same findings get new UIDs too, as at the node (interop review 46).
-            supersede_earlier_reports(datasets, _recorded_report(record), withdrawn="withdrawn_reports" in record)
+            supersede_earlier_reports(datasets, *_reports_to_supersede(record, datasets[-1]))
         new_series = {str(dataset.SeriesInstanceUID) for dataset in datasets}
         stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
         try:
@@ -775,6 +780,42 @@ def _recorded_results(record: Mapping[str, Any]) -> set[str]:
     return {value for key in RESULT_SERIES_FIELDS if isinstance(value := record.get(key), str) and value}
 
 
+def _reports_to_supersede(record: Mapping[str, Any], report: Dataset) -> tuple[list[ResultReference], bool]:
+    """The reports a new `report` (as built, before `supersede_earlier_reports`) supersedes, and whether they were
+    withdrawn: the recorded one, unless the new report was built with the recorded report's own built UID (the same
+    findings from the same instances: copies of them arrived, which the analysis leaves out); then what that one
+    superseded, so the results come out under its very UIDs and stand, as at the DICOM node. Interop review 55 F1:
+    a revised study made one more identical revision, and deleted the current one, for lossy copies of its slices."""
+    withdrawn = "withdrawn_reports" in record
+    if not withdrawn and record.get("built_report_uid") == str(report.SOPInstanceUID):
+        return _references(record.get("report_predecessors")), False
+    return _recorded_report(record), withdrawn
+
+
+def _references(items: object) -> list[ResultReference]:
+    """`ResultReference`s of the dicts a record holds (those whole)."""
+    return [
+        ResultReference(**{name: item[name] for name in REPORT_REFERENCE_FIELDS})
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict)
+        and all(isinstance(item.get(name), str) and item[name] for name in REPORT_REFERENCE_FIELDS)
+    ]
+
+
+def _predecessor_references(report: Dataset) -> list[dict[str, str]]:
+    """The reports `report` names in its Predecessor Documents Sequence, as a record keeps them."""
+    return [
+        {
+            "series_instance_uid": str(series.SeriesInstanceUID),
+            "sop_class_uid": str(instance.ReferencedSOPClassUID),
+            "sop_instance_uid": str(instance.ReferencedSOPInstanceUID),
+        }
+        for study in report.get("PredecessorDocumentsSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for instance in series.get("ReferencedSOPSequence", [])
+    ]
+
+
 def _recorded_report(record: Mapping[str, Any]) -> list[ResultReference]:
     """The reports a study's record names: its current one (none in a record written before it kept the SR's SOP
     Class UID), or, in a failure's record, those the failure withdrew: the next report names them as it would have
@@ -782,12 +823,8 @@ def _recorded_report(record: Mapping[str, Any]) -> list[ResultReference]:
     named = [{name: record.get(f"sr_{name}") for name in REPORT_REFERENCE_FIELDS}]
     withdrawn = record.get("withdrawn_reports")
     if isinstance(withdrawn, list):
-        named += [item for item in withdrawn if isinstance(item, dict)]
-    return [
-        ResultReference(**{name: item[name] for name in REPORT_REFERENCE_FIELDS})
-        for item in named
-        if all(isinstance(item.get(name), str) and item[name] for name in REPORT_REFERENCE_FIELDS)
-    ]
+        named += withdrawn
+    return _references(named)
 
 
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:

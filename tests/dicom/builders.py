@@ -245,6 +245,21 @@ def deflated_and_padded(dataset: Dataset) -> bytes:
     raise AssertionError("no odd-length stream in 64 tries")
 
 
+def lossy_copies(series: list[Dataset]) -> list[Dataset]:
+    """Each instance as a PACS forwards it after lossy compression: a new SOP Instance UID, naming its original in
+    its Source Image Sequence (PS3.3 C.7.6.1.1.5)."""
+    copies = []
+    for original in series:
+        lossy = copy.deepcopy(original)
+        source = Dataset()
+        source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
+        lossy.SourceImageSequence = [source]
+        lossy.SOPInstanceUID = lossy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        lossy.LossyImageCompression = "01"
+        copies.append(lossy)
+    return copies
+
+
 def referenced(dataset: Dataset) -> set[str]:
     """Every Referenced SOP Instance UID anywhere in `dataset` (its sequences walked): what a SEG, SR or note names."""
     return {str(element.value) for element in dataset.iterall() if element.keyword == "ReferencedSOPInstanceUID"}

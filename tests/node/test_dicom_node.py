@@ -29,6 +29,7 @@ from tests.dicom.builders import (
     SLICE_GAP_MM,
     Study,
     htj2k_lossless,
+    lossy_copies,
     mr_dataset,
     mr_series,
     to_bytes,
@@ -165,21 +166,6 @@ def test_a_series_in_htj2k_is_taken_and_gives_the_masks_of_its_uncompressed_copy
         np.testing.assert_array_equal(decoded[slice_input.reference.sop_instance_uid][0], mask)
 
 
-def lossy_copies(series: list[Dataset], directory: Path) -> list[Dataset]:
-    """Each instance as a PACS forwards it after lossy compression: a new SOP Instance UID, naming its original in
-    its Source Image Sequence (PS3.3 C.7.6.1.1.5)."""
-    copies = []
-    for original in series:
-        copy = pydicom.dcmread(write_files([original], directory)[0])
-        source = Dataset()
-        source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = original.SOPClassUID, original.SOPInstanceUID
-        copy.SourceImageSequence = [source]
-        copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        copy.LossyImageCompression = "01"
-        copies.append(copy)
-    return copies
-
-
 def test_a_lossy_copy_of_a_series_beside_its_original_leaves_the_original_analysed(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
 ) -> None:
@@ -187,7 +173,7 @@ def test_a_lossy_copy_of_a_series_beside_its_original_leaves_the_original_analys
     naming its original (Source Image Sequence); with the originals there, the study was recorded failed."""
     node = make_node()
     series = mr_series(tumor_channels())
-    copies = lossy_copies(series, tmp_path / "copy")
+    copies = lossy_copies(series)
     assert storescu(node, write_files([*series, *copies], tmp_path / "in")).returncode == 0
     clock.advance(QUIET_SECONDS)
     process_and_send(node)
@@ -208,7 +194,7 @@ def test_lossy_copies_after_their_analysed_originals_change_no_result(
     clock.advance(QUIET_SECONDS)
     process_and_send(node)
     first = {dataset.SOPInstanceUID for dataset in results.received}
-    copies = lossy_copies(series, tmp_path / "copy")
+    copies = lossy_copies(series)
 
     assert storescu(node, write_files(copies, tmp_path / "copies")).returncode == 0
     clock.advance(QUIET_SECONDS)

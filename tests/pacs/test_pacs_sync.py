@@ -32,7 +32,16 @@ from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs.pacs_sync_state import SyncState
 from app.series.sequence_roles import StudySelection
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
-from tests.dicom.builders import SLICE_GAP_MM, Study, mr_dataset, mr_series, to_bytes, tumor_channels, write_files
+from tests.dicom.builders import (
+    SLICE_GAP_MM,
+    Study,
+    lossy_copies,
+    mr_dataset,
+    mr_series,
+    to_bytes,
+    tumor_channels,
+    write_files,
+)
 from tests.dicom.validation import dciodvfy_errors
 from tests.node.node_support import dcmtk
 from tests.pacs.orthanc_server import Orthanc, free_port, running_orthanc
@@ -348,6 +357,33 @@ def test_pacs_sync_supersedes_its_result_when_a_late_instance_arrives(
     assert series_item.SeriesInstanceUID == first_sr.SeriesInstanceUID
     assert series_item.ReferencedSOPSequence[0].ReferencedSOPClassUID == first_sr.SOPClassUID
     assert dciodvfy_errors(sr, "ComprehensiveSR") == []
+
+
+def test_pacs_sync_leaves_a_revised_result_standing_when_copies_of_its_slices_arrive(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 55 F1: lossy copies of the slices (new UIDs, each naming its original) change nothing the
+    analysis reads; after a revision, pacs-sync stored one more identical " - revised" SEG and SR and deleted the
+    current ones. The DICOM node gives the same results under the same UIDs, and so does pacs-sync now."""
+    series = mr_series(tumor_channels())
+    study_uid = series[0].StudyInstanceUID
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload(series[:2]))
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)
+    orthanc.upload(series[2:])
+    assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)  # a revision: a slice came
+    (revised_seg,) = orthanc.results(study_uid, "SEG")
+    (revised_sr,) = orthanc.results(study_uid, "SR")
+
+    orthanc.upload(lossy_copies(series))
+    run_pacs_sync(config, predictor, once=True)
+
+    (seg,) = orthanc.results(study_uid, "SEG")
+    (sr,) = orthanc.results(study_uid, "SR")
+    assert (seg.SOPInstanceUID, sr.SOPInstanceUID) == (revised_seg.SOPInstanceUID, revised_sr.SOPInstanceUID)
+    assert predecessors(sr) == predecessors(revised_sr) != []
+    record = orthanc.record(study_id)
+    assert record["superseded"] == [] and record["summary"]["slices"] == 3
 
 
 def test_pacs_sync_retries_a_failed_study_and_processes_it_once_its_bad_instance_is_deleted(
