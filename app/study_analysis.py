@@ -37,7 +37,9 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_header import UNREADABLE_HEADER, DicomHeader, checked_dimensions, read_header
 from app.dicom.dicom_sr import series_volume_report
-from app.errors import MixedInputError, ServiceError
+from app.dicom.part10 import held_value_bytes
+from app.errors import MixedInputError, OverMemoryBudgetError, ServiceError
+from app.memory_budget import describe_bytes
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
 from app.series.info import where_in_study
@@ -211,12 +213,20 @@ class ModelStudyProcessor:
         """
         headers: dict[Path, Dataset] = {}
         file_errors: dict[str, int] = {}
+        held, budget = 0, self.service.limits.max_decode_bytes
         for path in files:
             header = read_header(path)
             if header is None:  # counted, never fatal for the rest of the study (`read_header`'s policy)
                 file_errors[UNREADABLE_HEADER] = file_errors.get(UNREADABLE_HEADER, 0) + 1
-            else:
-                headers[path] = header
+                continue
+            headers[path] = header
+            held += held_value_bytes(header)
+            if budget is not None and held > budget:  # as a request's headers are (attack review 55 F2)
+                error = OverMemoryBudgetError(
+                    f"the headers of the study's first {len(headers)} files hold {describe_bytes(held)}, over the "
+                    f"memory budget (DECODE_MEMORY_BYTES) of {describe_bytes(budget)}; the rest were not read"
+                )
+                return ChosenFiles(self.select(headers.values()), {}, file_errors, refusal=error)
         selection = self.select(headers.values())
         by_series: dict[str, list[tuple[Path, Dataset]]] = {uid: [] for uid in selection.channel_series}
         for path, header in sorted(headers.items(), key=lambda item: _instance_order(item[1])):

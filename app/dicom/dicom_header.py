@@ -28,6 +28,7 @@ from app.dicom.part10 import (
     DICOM_PREAMBLE_LENGTH,
     ShortReadWatch,
     check_sequences_left_raw,
+    held_value_bytes,
     inflated_header,
     is_deflated,
     is_encapsulated,
@@ -120,6 +121,9 @@ class DicomHeader:
         Where in `data` the pixel data element starts, so that what follows the header can be read without parsing
         the header again (`app.dicom.instance_content`); -1 for a deflated data set (its pixel data lies inside the
         deflate stream) and for a header not read from a file.
+    inflated_header_bytes
+        The values an inflated header holds (`part10.held_value_bytes`), up to `DEFLATED_HEADER_BYTES` from a few KB
+        sent (attack review 55 F2); 0 for a header that is not inflated, whose values the file's bytes bound.
     """
 
     data: bytes
@@ -131,12 +135,13 @@ class DicomHeader:
     inflated_bytes: int = 0
     header_reads: int = 0
     pixel_position: int = -1
+    inflated_header_bytes: int = 0
 
     @property
     def header_bytes(self) -> int:
-        """Memory the parsed header holds until the answer, which a header of many tiny elements makes large: a
-        request's headers together count in its cost (`app.series.reading.plan_headers`)."""
-        return max(0, self.header_reads - HEADER_READS_INCLUDED) * HEADER_BYTES_PER_READ
+        """Memory the parsed header holds until the answer, which a header of many tiny elements, or an inflated
+        one, makes large: a request's headers together count in its cost (`app.series.reading.plan_headers`)."""
+        return max(0, self.header_reads - HEADER_READS_INCLUDED) * HEADER_BYTES_PER_READ + self.inflated_header_bytes
 
     @property
     def pixels(self) -> int:
@@ -280,6 +285,7 @@ def read_dicom_header(
         if is_deflated(transfer_syntax):
             dataset, has_pixels, inflated, reads = inflated_header(data, meta_end, max_bytes)
             pixel_position = -1  # deflated pixel data is native: no codestream to check
+            inflated_header_bytes = held_value_bytes(dataset)
         else:
             buffer = ShortReadWatch(data)
             try:
@@ -288,7 +294,7 @@ def read_dicom_header(
                 buffer.raise_if_exceeded()  # pydicom turns a failed read of an item's tag into OSError "No tag..."
                 raise
             check_sequences_left_raw(dataset, buffer.reads)
-            pixel_position, inflated, reads = buffer.tell(), 0, buffer.reads
+            pixel_position, inflated, reads, inflated_header_bytes = buffer.tell(), 0, buffer.reads, 0
             has_pixels = pixel_data_tag_at(data, pixel_position)
             if not has_pixels and buffer.cut:
                 # pydicom stops quietly at the end of the bytes, keeping a cut value (a SOP Class UID "1.2.840.1"
@@ -303,7 +309,9 @@ def read_dicom_header(
     if pixel_position >= 0 and is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
         check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
-    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated, reads, pixel_position)
+    return DicomHeader(
+        data, dataset, rows, columns, frames, bits, inflated, reads, pixel_position, inflated_header_bytes
+    )
 
 
 def checked_dimensions(dataset: Dataset, max_pixels: int) -> tuple[int, int, int, int]:

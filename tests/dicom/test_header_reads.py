@@ -84,11 +84,12 @@ def test_sequences_nested_past_what_can_be_read_are_named_as_such() -> None:
         assert "recursion" not in str(refused.value) and "truncated" not in str(refused.value)
 
 
-def _with_private_value(transfer_syntax: str, value_bytes: int) -> bytes:
-    """One MR instance with a private OB value of `value_bytes` zeros before its pixel data."""
+def _with_private_value(transfer_syntax: str, value_bytes: int, count: int = 1) -> bytes:
+    """One MR instance with `count` private OB values of `value_bytes` zeros each before its pixel data."""
     dataset = mr_dataset(tumor_channels()[0], Study(), "1.2.3.4")
     block = dataset.private_block(0x7FD1, "PADDING", create=True)
-    block.add_new(0x10, "OB", bytes(value_bytes))
+    for element in range(count):
+        block.add_new(0x10 + element, "OB", bytes(value_bytes))
     dataset.file_meta.TransferSyntaxUID = transfer_syntax
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
@@ -158,3 +159,29 @@ def test_a_deflated_stream_padded_to_even_length_is_read() -> None:
     assert (header.rows, header.columns) == (1024, 1024)
     assert header.inflated_bytes > part10._INFLATE_CHUNK
     assert read_header(data) is not None
+
+
+def test_a_long_value_of_a_deflated_header_is_dropped() -> None:
+    """Attack review 55 F2: a deflated header keeps its values (there is no file to leave them in), so 256 files of
+    a 3.9 MiB private value, 11 KB each as sent, held 3.1 GB while a request's series were chosen. Values over
+    `LONG_VALUE_BYTES` but sequences are dropped: nothing the service reads of a header is one."""
+    data = _with_private_value(DeflatedExplicitVRLittleEndian, 4 * part10.LONG_VALUE_BYTES)
+
+    header = read_dicom_header(data)
+    dataset = read_header(data)
+
+    assert dataset is not None and dataset.Rows == 256 and dataset.PatientID
+    for kept in (header.dataset, dataset):
+        assert [element.tag for element in kept if element.tag.group == 0x7FD1] == [0x7FD10010]  # the creator
+    assert header.header_bytes < part10.LONG_VALUE_BYTES
+
+
+def test_the_values_a_deflated_header_keeps_count_in_its_cost() -> None:
+    """Many values each under the bound still make an inflated header large from a few KB sent: counted."""
+    data = _with_private_value(DeflatedExplicitVRLittleEndian, part10.LONG_VALUE_BYTES, count=40)
+    assert len(data) < 100_000
+
+    header = read_dicom_header(data)
+
+    assert header.header_bytes >= 40 * part10.LONG_VALUE_BYTES
+    assert read_dicom_header(_with_private_value(ExplicitVRLittleEndian, part10.LONG_VALUE_BYTES, 40)).header_bytes == 0

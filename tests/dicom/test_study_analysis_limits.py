@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from app.dicom.part10 import LONG_VALUE_BYTES
 from app.memory_budget import MODEL_INPUT_BYTES
+from app.settings import MIB
 from app.study_analysis import ModelStudyProcessor, StudyAnalysis
 from app.uploads import UploadLimits
 from tests.dicom.builders import Study, mr_series, tumor_channels, write_files
@@ -76,6 +79,30 @@ def test_a_series_over_the_memory_budget_is_refused_before_any_file_is_read(
     assert analysis.datasets == []
     expected = flow_record(processor, files)  # the flow's own refusal, once it has every file's bytes
     assert (analysis.status, analysis.reason, analysis.summary) == (expected.status, expected.reason, expected.summary)
+
+
+def test_a_study_whose_inflated_headers_hold_more_than_the_budget_is_refused_as_they_are_read(
+    tmp_path: Path, files_read: list[Path]
+) -> None:
+    """Attack review 55 F2: the node held every file's inflated header while it chose a study's series, up to 4 MiB
+    each from a few KB sent; they now count against the budget, as a request's headers do."""
+    series = mr_series(small_slices(6))
+    for dataset in series:
+        block = dataset.private_block(0x7FD1, "PADDING", create=True)
+        for element in range(10):
+            block.add_new(0x10 + element, "OB", bytes(LONG_VALUE_BYTES))  # 640 KiB held, kept: none is long
+        dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    files = write_files(series, tmp_path / "in")
+    processor = ModelStudyProcessor(ThresholdPredictor(), limits=UploadLimits(max_decode_bytes=2 * MIB))
+
+    analysis = processor(files)
+
+    assert len(files_read) == 4  # each deflated file is read to inflate its header; the last two never
+    assert analysis.status == "failed"
+    assert analysis.reason is not None
+    assert analysis.reason.startswith(
+        "over_memory_budget: the headers of the study's first 4 files hold 2623464 bytes (2.5 MiB), over"
+    )
 
 
 def test_a_series_over_the_slice_limit_is_refused_before_any_file_is_read(
