@@ -852,7 +852,8 @@ class Spool:
         results and incoming rejection notes go (the notes carry the patient's name and IDs, and kept a year they let
         one sender hold spool space for a year: attack review 53 F4; the UIDs they rejected stay in `rejected.json`),
         after `record_retention_seconds` the study's folder with its record (the same instances sent again are then
-        analysed as a new study).
+        analysed as a new study). A study of rejection notes alone, never analysed, goes whole after
+        `retention_seconds`: the instances its notes rejected, if they come later, are then taken.
         """
         purged = []
         for directory in sorted((self.root / "studies").iterdir()):
@@ -869,6 +870,11 @@ class Spool:
                 parts = [directory]
             if not parts:
                 continue
+            if parts != [directory] and self._never_analysed(key):
+                # A study of rejection notes alone, whose instances never came, goes whole with its notes: its
+                # `rejected.json` (up to 790 KB for a note naming 10,000 made-up instances) was not counted in the
+                # spool's size and stayed a year (attack review 55 F3).
+                parts = [directory]
             with self._size_lock:  # no instance is stored meanwhile
                 if self._marker(PENDING_DIR, key).exists():
                     continue
@@ -879,6 +885,11 @@ class Spool:
                 self._instances.pop(key, None)
             purged.append(key)
         return purged
+
+    def _never_analysed(self, key: str) -> bool:
+        """Whether a study's record holds no run: nothing of it was ever analysed (rejection notes alone came)."""
+        record = self.readable_record(key)
+        return record is not None and not record["runs"] and not (self.study_dir(key) / "instances").exists()
 
     def remove_unrecorded_results(self) -> list[Path]:
         """Remove the result folders no run of their study's record names, and return them: a node killed between

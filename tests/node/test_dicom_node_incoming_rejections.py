@@ -423,7 +423,8 @@ def test_notes_go_with_the_instances_after_the_retention_and_what_they_rejected_
     for made-up studies."""
     node = make_node()
     series = mr_series(tumor_channels())
-    send_note(node, clock, key_object_selection(series, series[-1:]))  # a study not held: the note alone
+    send_study(node, clock, series, tmp_path / "first")
+    send_note(node, clock, key_object_selection(series, series[-1:]))  # the study analysed again without it
     key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
     study = node.spool.study_dir(key)
     assert node.spool.rejection_note_files(key)
@@ -434,5 +435,23 @@ def test_notes_go_with_the_instances_after_the_retention_and_what_they_rejected_
     assert node.spool.rejection_note_files(key) == []
     held = b"".join(path.read_bytes() for path in study.rglob("*") if path.is_file())
     assert str(series[0].PatientName).encode() not in held and series[0].PatientID.encode() not in held
-    first = series[-1]
-    assert node.spool.is_rejected(first.StudyInstanceUID, first.PatientID, first.SOPInstanceUID)
+    rejected = series[-1]
+    assert node.spool.is_rejected(rejected.StudyInstanceUID, rejected.PatientID, rejected.SOPInstanceUID)
+
+
+def test_a_study_of_notes_alone_goes_whole_after_the_retention(make_node: Any, clock: Clock) -> None:
+    """Attack review 55 F3: notes for made-up studies left their `rejected.json` (790 KB for 10,000 made-up
+    instances, not counted in the spool's size) for a year. Nothing arrived that they keep out: the study goes with
+    its notes, and instances it named that come later are taken."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_note(node, clock, key_object_selection(series, series[-1:]))  # a study not held: the note alone
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    assert node.spool.study_dir(key).exists()
+
+    clock.now = time.time() + node.config.spool_limits.retention_seconds + 1  # records' times are the disk's
+    assert node.purge_expired() == [key]
+
+    assert not node.spool.study_dir(key).exists()
+    rejected = series[-1]
+    assert not node.spool.is_rejected(rejected.StudyInstanceUID, rejected.PatientID, rejected.SOPInstanceUID)
