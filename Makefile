@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Test workers: two keep both cores of the CI machine busy while other tests wait on servers and subprocesses.
-# Each worker takes whole test files, so a file's servers and fixtures are started once.
+# Each worker takes whole test files, so a file's servers and fixtures are started once; in the order pytest collects
+# them (--no-loadscope-reorder): xdist's default order, most tests first, left the files of one or two long tests
+# (test_load, the node beside Orthanc, resume) to the end, where one worker ran them while the other had finished.
 TEST_WORKERS ?= 2
 
 .PHONY: install install-dev serve test lint examples image-test bench
@@ -32,7 +34,7 @@ serve: install
 
 test: install-dev
 	$(BIN)/ruff check app training tests bench deploy
-	$(BIN)/python -m pytest --numprocesses $(TEST_WORKERS) --dist loadfile --durations 20
+	$(BIN)/python -m pytest --numprocesses $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations 20
 
 lint: install-dev
 	$(BIN)/ruff check app training tests bench deploy

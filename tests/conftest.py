@@ -15,23 +15,26 @@ import keras
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 from pynetdicom.transport import AssociationServer
 
 from app.inference import Predictor
 from app.settings import Settings
 from tests.api.service_client import running_client
+from tests.lgg_data import (  # noqa: F401 (the committed slices: tests import them from here)
+    FLAIR_CHANNEL,
+    TEST_DATA,
+    TUMOR_FREE_SLICE,
+    TUMOR_SERIES,
+    TUMOR_SLICE,
+    mask_path_of,
+    read_slice,
+    read_truth,
+)
 from training.export import export_models
 from training.models import build_classifier, build_resunet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TEST_DATA = Path(__file__).resolve().parent / "data" / "lgg"
 COMMITTED_MODEL_DIR = REPO_ROOT / "models"
-TUMOR_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_22.jpg"
-FLAIR_CHANNEL = 1  # of a kaggle_3m slice: pre-contrast, FLAIR, post-contrast
-TUMOR_SERIES = [TEST_DATA / "TCGA_DU_A5TW_19980228" / f"TCGA_DU_A5TW_19980228_{n}.jpg" for n in (20, 21, 22)]
-# Eight slices from the nearest tumor slice of the same held-out patient, with a full brain section in view.
-TUMOR_FREE_SLICE = TEST_DATA / "TCGA_DU_A5TW_19980228" / "TCGA_DU_A5TW_19980228_8.jpg"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,20 +52,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pyproject_version() -> str:
     """The release pyproject.toml names: what the service must report (`app.release`)."""
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
-
-
-def mask_path_of(image_path: Path) -> Path:
-    return image_path.with_name(f"{image_path.stem}_mask.png")
-
-
-def read_slice(image_path: Path) -> np.ndarray:
-    """uint8 256x256x3 (pre-contrast, FLAIR, post-contrast)."""
-    return np.asarray(Image.open(image_path))
-
-
-def read_truth(image_path: Path) -> np.ndarray:
-    """uint8 0/1 ground-truth mask of a committed slice."""
-    return (np.asarray(Image.open(mask_path_of(image_path))) > 127).astype(np.uint8)
 
 
 def dice(truth: np.ndarray, predicted: np.ndarray) -> float:

@@ -17,8 +17,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from tests.conftest import TUMOR_SERIES, TUMOR_SLICE, read_slice
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.lgg_data import TUMOR_SERIES, TUMOR_SLICE, read_slice
 
 
 def write_example_files(folder: Path) -> list[Path]:

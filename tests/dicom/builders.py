@@ -31,7 +31,7 @@ from pydicom.uid import (
 )
 
 from app.dicom.part10 import read_file_meta
-from tests.conftest import TUMOR_SERIES, read_slice
+from tests.lgg_data import TUMOR_SERIES, read_slice
 
 FLAIR = 1  # channel of the kaggle_3m slices: pre-contrast, FLAIR, post-contrast
 SLICE_GAP_MM = 5.0

@@ -53,7 +53,7 @@ class NodePortTaken(Exception):
     """The node's port was taken between choosing it free and the node binding it."""
 
 
-def wait_for(condition: Callable[[], Any], seconds: float, what: str, poll: float = 0.5) -> Any:
+def wait_for(condition: Callable[[], Any], seconds: float, what: str, poll: float = 0.1) -> Any:
     """Poll `condition` until it returns something truthy; fail naming `what` after `seconds`."""
     deadline = time.monotonic() + seconds
     while True:

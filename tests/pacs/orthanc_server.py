@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -61,7 +62,7 @@ class Orthanc:
         while not self.get(resource)["IsStable"]:
             if time.monotonic() > deadline:
                 pytest.fail(f"Orthanc did not call {resource} stable within 30 s")
-            time.sleep(0.2)
+            time.sleep(0.05)  # Orthanc looks every 0.1 s: a 0.2 s poll added 0.1 s a wait
 
     def get(self, path: str) -> Any:
         response = self.session.get(f"{self.url}{path}", timeout=30)
@@ -107,6 +108,14 @@ class Orthanc:
         query = {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": modality}}
         ids = self.session.post(f"{self.url}/tools/find", json=query, timeout=30).json()
         return [self.get(f"/instances/{i}/metadata?expand") for i in ids]
+
+
+def past_the_next_second() -> None:
+    """Sleep until this machine's clock has passed its next whole second. Orthanc dates what it stores
+    (``LastUpdate``) in whole seconds of the same clock, so whatever is stored after this is dated later than all
+    stored before it: what a fixed ``time.sleep(1.1)`` ensured, on average 0.55 s sooner."""
+    now = time.time()
+    time.sleep(math.floor(now) + 1 - now + 0.02)
 
 
 def orthanc_binary() -> str | None:
@@ -253,5 +262,5 @@ def answers(session: requests.Session, url: str, process: subprocess.Popen[bytes
                 return True
         except requests.ConnectionError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     return False

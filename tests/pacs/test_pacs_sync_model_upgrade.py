@@ -6,7 +6,6 @@ upgraded its models had no way to new results for its studies short of altering 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from app.pacs.orthanc_client import SYNC_METADATA
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from tests.dicom.builders import mr_series, tumor_channels
-from tests.pacs.orthanc_server import Orthanc, running_orthanc
+from tests.pacs.orthanc_server import Orthanc, past_the_next_second, running_orthanc
 from tests.pacs.pacs_sync_support import NegativePredictor, config_for
 
 
@@ -52,7 +51,7 @@ def test_the_same_instances_stored_again_after_a_model_upgrade_are_analysed_agai
     (first_sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
     assert orthanc.record(study_id)["models"] == NegativePredictor.model_tags
 
-    time.sleep(1.1)  # Orthanc's LastUpdate counts seconds
+    past_the_next_second()  # Orthanc's LastUpdate counts seconds
     orthanc.upload(series)  # the operator's way to a new result: the study sent again
     again = run_pacs_sync(config, UpgradedPredictor(), once=True)  # type: ignore[arg-type]
 
@@ -64,7 +63,7 @@ def test_the_same_instances_stored_again_after_a_model_upgrade_are_analysed_agai
     assert record["models"] == UpgradedPredictor.model_tags
     assert record["superseded"] == [first_sr.SeriesInstanceUID]
 
-    time.sleep(1.1)
+    past_the_next_second()
     orthanc.upload(series)
     assert run_pacs_sync(config, UpgradedPredictor(), once=True) == SyncReport(already_done=1)  # type: ignore[arg-type]
 
@@ -79,7 +78,7 @@ def test_a_record_without_models_counts_as_made_by_the_current_ones(
     metadata = f"{orthanc.url}/studies/{study_id}/metadata/{SYNC_METADATA}"
     orthanc.session.put(metadata, data=json.dumps(older), timeout=30).raise_for_status()
 
-    time.sleep(1.1)
+    past_the_next_second()
     orthanc.upload(series)
     assert run_pacs_sync(config, UpgradedPredictor(), once=True) == SyncReport(already_done=1)  # type: ignore[arg-type]
 
@@ -101,7 +100,7 @@ def test_without_overwrite_the_series_deleted_and_sent_again_is_analysed_by_the_
     assert run_pacs_sync(config, UpgradedPredictor(), once=True) == SyncReport()  # type: ignore[arg-type]
 
     orthanc.session.delete(f"{orthanc.url}/series/{series_id}", timeout=30).raise_for_status()
-    time.sleep(1.1)  # Orthanc's LastUpdate counts seconds
+    past_the_next_second()  # Orthanc's LastUpdate counts seconds
     orthanc.upload(series)
     assert run_pacs_sync(config, UpgradedPredictor(), once=True).negative == 1  # type: ignore[arg-type]
 

@@ -5,7 +5,6 @@ node, whose fingerprint covers the bytes, analysed the same change again."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from app.dicom.dicom_sr_reader import predecessors
 from app.inference import Predictor
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync
 from tests.dicom.builders import mr_series, tumor_channels
-from tests.pacs.orthanc_server import Orthanc, running_orthanc
+from tests.pacs.orthanc_server import Orthanc, past_the_next_second, running_orthanc
 from tests.pacs.pacs_sync_support import config_for
 
 
@@ -39,7 +38,7 @@ def test_an_instance_replaced_in_orthanc_is_analysed_again(
     (first_sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
     assert run_pacs_sync(config, predictor, once=True) == SyncReport()  # nothing changed: nothing looked at
 
-    time.sleep(1.1)  # Orthanc's LastUpdate counts seconds; a correction comes later than the study's analysis
+    past_the_next_second()  # Orthanc's LastUpdate counts seconds; a correction comes later than the study's analysis
     series[1].PixelData = np.zeros((256, 256), np.uint8).tobytes()  # corrected, same SOP Instance UID
     orthanc.upload(series[1:2])
     again = run_pacs_sync(config, predictor, once=True)
@@ -64,7 +63,7 @@ def test_the_same_instances_stored_again_leave_the_result_as_it_is(
     assert run_pacs_sync(config, predictor, once=True).positive == 1
     (first_sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
 
-    time.sleep(1.1)  # Orthanc's LastUpdate counts seconds
+    past_the_next_second()  # Orthanc's LastUpdate counts seconds
     orthanc.upload(series)
     again = run_pacs_sync(config, predictor, once=True)
 

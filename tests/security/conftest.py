@@ -138,7 +138,7 @@ class ServerProcess:
         while time.monotonic() < deadline and self.process.poll() is None:
             if self.ready():
                 return True
-            time.sleep(0.2)
+            time.sleep(0.05)
         return False
 
     def stop(self, timeout_seconds: float = 30.0) -> int:

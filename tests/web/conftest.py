@@ -53,7 +53,7 @@ def wait_until_ready(base_url: str, server_thread: threading.Thread) -> None:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise TimeoutError(f"{base_url}/health/ready did not answer 200 within {READY_TIMEOUT_SECONDS:.0f} s")
 
 
