@@ -67,7 +67,8 @@ replaced unless --overwrite is given: it stops the command with exit code 2 the 
 Progress ([done/total] lines) goes to standard error when it is a terminal, or with --progress.
 
 exit codes:
-  {EXIT_OK}    every file was predicted
+  {EXIT_OK}    every file was predicted (DICOM images an IHE IOCM rejection note among the files withdraws are left
+       out as asked, listed under file_errors as rejected_instance and the note as rejection_note)
   {EXIT_FILES_FAILED}    a file could not be predicted (its error is in the output), or the files cannot go together
        (DICOM mixed with images)
   {EXIT_USAGE}    bad arguments: an unknown option, a missing file or folder, an empty folder, masks that would collide

@@ -383,6 +383,7 @@ class PredictRun:
         """DICOM files as one series: one result per slice, named after the file holding its FLAIR frame."""
         from app import payloads
         from app.prediction import SeriesAnswer
+        from app.series.rejection_notes import WITHDRAWAL_CODES
 
         answer = await self._service(self._series_runner()).predict_files(uploads, self.mask_format)
         assert isinstance(answer, SeriesAnswer)  # DICOM files, no SEG asked for
@@ -414,7 +415,8 @@ class PredictRun:
         ]
         series = payloads.series_summary(answer.result, answer.choice)
         report = {"series": series, "results": results, "file_errors": failures, "models": self.predictor.model_tags}
-        return report, not failures
+        # A rejection note applied and the images it withdrew are left out as asked: listed, no failure (review 56 F5).
+        return report, all(item["error"]["code"] in WITHDRAWAL_CODES for item in failures)
 
     def _result(self, item: dict, prediction: object, payload: object, target: Path | None) -> dict:
         if isinstance(payload, ServiceError):

@@ -866,15 +866,13 @@ class Spool:
                 for part in ("instances", "results", REJECTION_NOTES_DIR)
                 if (directory / part).exists()
             ]
-            if settled_for >= self.limits.record_retention_seconds:
+            if settled_for >= self.limits.record_retention_seconds or self._never_analysed(key):
+                # A study of rejection notes alone, whose instances never came, goes whole with its notes: its
+                # `rejected.json` (up to 790 KB for a note naming 10,000 made-up instances) was not counted in the
+                # spool's size and stayed a year (attack review 55 F3), also once its notes had gone (review 56 F3).
                 parts = [directory]
             if not parts:
                 continue
-            if parts != [directory] and self._never_analysed(key):
-                # A study of rejection notes alone, whose instances never came, goes whole with its notes: its
-                # `rejected.json` (up to 790 KB for a note naming 10,000 made-up instances) was not counted in the
-                # spool's size and stayed a year (attack review 55 F3).
-                parts = [directory]
             with self._size_lock:  # no instance is stored meanwhile
                 if self._marker(PENDING_DIR, key).exists():
                     continue
@@ -887,9 +885,16 @@ class Spool:
         return purged
 
     def _never_analysed(self, key: str) -> bool:
-        """Whether a study's record holds no run: nothing of it was ever analysed (rejection notes alone came)."""
+        """Whether a study holds rejected UIDs and nothing else: no instance, no result, no run in its record
+        (rejection notes alone came). The record is read only for a study that holds rejected UIDs and no instance or
+        result folder, so the hourly purge does not read every record."""
+        directory = self.study_dir(key)
+        if not (directory / REJECTED_FILE).exists() or any(
+            (directory / part).exists() for part in ("instances", "results")
+        ):
+            return False
         record = self.readable_record(key)
-        return record is not None and not record["runs"] and not (self.study_dir(key) / "instances").exists()
+        return record is not None and not record["runs"]
 
     def remove_unrecorded_results(self) -> list[Path]:
         """Remove the result folders no run of their study's record names, and return them: a node killed between

@@ -356,8 +356,9 @@ class StudySync:
         study's status, or None when it was deleted during the analysis. `sources`: the Orthanc IDs of the series
         analysed."""
         built_report_uid = str(analysis.datasets[-1].SOPInstanceUID) if analysis.datasets else None
+        earlier, withdrawn = _reports_to_supersede(record, analysis.datasets[-1]) if analysis.datasets else ([], False)
         try:
-            superseded = self._store_results(study_id, analysis.datasets, record, sources)
+            superseded = self._store_results(study_id, analysis.datasets, (earlier, withdrawn), record, sources)
         except SourcesGoneError:
             if self.client.study(study_id) is not None:
                 raise  # a series went: recorded as a failure, and the study's new instances analysed afresh
@@ -375,6 +376,7 @@ class StudySync:
             fields.update(
                 built_report_uid=built_report_uid,
                 report_predecessors=_predecessor_references(analysis.datasets[-1]),
+                report_predecessors_withdrawn=withdrawn,
             )
         result = self._record(status, summary=analysis.summary, superseded=superseded, **fields)
         self.client.write_sync_record(study_id, result)
@@ -491,7 +493,12 @@ class StudySync:
         return FAILED
 
     def _store_results(
-        self, study_id: str, datasets: list[Dataset], record: dict[str, Any], sources: set[str]
+        self,
+        study_id: str,
+        datasets: list[Dataset],
+        superseding: tuple[list[ResultReference], bool],
+        record: dict[str, Any],
+        sources: set[str],
     ) -> list[str]:
         """Store a study's new SEG and SR, then delete the earlier ones; return the Series Instance UIDs deleted.
 
@@ -501,9 +508,8 @@ class StudySync:
         an operator deleted the study (or one of them) during the analysis, and STOW-RS had made the study again,
         under the same Orthanc ID, holding only the results and the patient's name.
         """
-        if datasets:  # the report names the one it replaces, deleted below; new UIDs
-            # After a refusal withdrew them, the same findings get new UIDs too, as at the node (interop review 46).
-            supersede_earlier_reports(datasets, *_reports_to_supersede(record, datasets[-1]))
+        if datasets:  # the report names the one it replaces, deleted below; new UIDs (`_reports_to_supersede`)
+            supersede_earlier_reports(datasets, *superseding)
         new_series = {str(dataset.SeriesInstanceUID) for dataset in datasets}
         stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
         try:
@@ -784,12 +790,14 @@ def _reports_to_supersede(record: Mapping[str, Any], report: Dataset) -> tuple[l
     """The reports a new `report` (as built, before `supersede_earlier_reports`) supersedes, and whether they were
     withdrawn: the recorded one, unless the new report was built with the recorded report's own built UID (the same
     findings from the same instances: copies of them arrived, which the analysis leaves out); then what that one
-    superseded, so the results come out under its very UIDs and stand, as at the DICOM node. Interop review 55 F1:
+    superseded, as it did (withdrawn or not), so the results come out under its very UIDs and stand, as at the DICOM
+    node. Interop review 55 F1:
     a revised study made one more identical revision, and deleted the current one, for lossy copies of its slices."""
-    withdrawn = "withdrawn_reports" in record
-    if not withdrawn and record.get("built_report_uid") == str(report.SOPInstanceUID):
-        return _references(record.get("report_predecessors")), False
-    return _recorded_report(record), withdrawn
+    if "withdrawn_reports" not in record and record.get("built_report_uid") == str(report.SOPInstanceUID):
+        # As then: withdrawn ones named again, so the results do not go back under UIDs a note withdrew (review 56 F2).
+        return _references(record.get("report_predecessors")), record.get("report_predecessors_withdrawn") is True
+    # After a refusal withdrew them, the same findings get new UIDs too, as at the node (interop review 46).
+    return _recorded_report(record), "withdrawn_reports" in record
 
 
 def _references(items: object) -> list[ResultReference]:

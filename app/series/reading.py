@@ -153,7 +153,7 @@ def plan_series(
     ServiceError
         As `plan_headers`.
     """
-    headers = apply_rejection_notes(uploads, read_headers(uploads, limits, stop, claim))
+    headers = apply_rejection_notes(uploads, read_headers(uploads, limits, stop, claim), stop)
     return plan_headers(headers, limits, max_slices, refuse_slices, rules)
 
 

@@ -18,7 +18,14 @@ from app.errors import FileUnreadableError
 from app.predict_command import read_file
 from tests.api.service_client import decode_png_mask, decode_rle, upload
 from tests.conftest import NO_SLICE, TUMOR_SERIES, TUMOR_SLICE, make_tiny_model_dir
-from tests.dicom.builders import FLAIR, legacy_multiframe, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import (
+    FLAIR,
+    key_object_selection,
+    legacy_multiframe,
+    mr_series,
+    to_bytes,
+    tumor_channels,
+)
 
 PREDICTION_KEYS = {"tumor_probability", "tumor_detected", "threshold", "mask"}
 
@@ -170,6 +177,21 @@ def test_read_file_reports_unreadable_path_as_file_error(tmp_path: Path) -> None
 
     assert isinstance(error, FileUnreadableError)
     assert error.to_dict() == {"code": "file_unreadable", "message": "cannot read the file: Is a directory"}
+
+
+def test_images_a_rejection_note_withdraws_are_left_out_and_no_failure(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 56 F5: an exported folder holding an IHE IOCM note exited 1, as if a file had failed."""
+    series = mr_series(tumor_channels(FLAIR))
+    for index, dataset in enumerate([*series, key_object_selection(series, series[-1:])]):
+        (tmp_path / f"file_{index}.dcm").write_bytes(to_bytes(dataset))
+
+    code, output = run_predict(capsys, str(tmp_path), "--model-dir", str(tiny_model_dir))
+
+    assert code == 0
+    assert [item["sop_instance_uid"] for item in output["results"]] == [item.SOPInstanceUID for item in series[:-1]]
+    assert [item["error"]["code"] for item in output["file_errors"]] == ["rejected_instance", "rejection_note"]
 
 
 def test_predict_reads_a_dicom_series_as_the_batch_endpoint_does(

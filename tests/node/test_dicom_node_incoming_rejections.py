@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocum
 from app.dicom.dicom_sr_reader import predecessors
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES
 from app.node import dicom_spool
-from app.node.dicom_spool import MAX_REJECTION_NOTES, Spool, SpoolFullError, SpoolLimits, study_key
+from app.node.dicom_spool import (
+    MAX_REJECTION_NOTES,
+    REJECTION_NOTES_DIR,
+    Spool,
+    SpoolFullError,
+    SpoolLimits,
+    study_key,
+)
 from app.settings import MIB
 from tests.dicom.builders import (
     deflated_and_padded,
@@ -455,3 +463,19 @@ def test_a_study_of_notes_alone_goes_whole_after_the_retention(make_node: Any, c
     assert not node.spool.study_dir(key).exists()
     rejected = series[-1]
     assert not node.spool.is_rejected(rejected.StudyInstanceUID, rejected.PatientID, rejected.SOPInstanceUID)
+
+
+def test_a_study_of_notes_alone_whose_notes_went_before_goes_whole_too(make_node: Any, clock: Clock) -> None:
+    """Review 56 F3: the release before removed such a study's notes and kept its record and `rejected.json`; a spool
+    it left is cleaned up too."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_note(node, clock, key_object_selection(series, series[-1:]))
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    shutil.rmtree(node.spool.study_dir(key) / REJECTION_NOTES_DIR)  # what the release before left
+    assert sorted(path.name for path in node.spool.study_dir(key).iterdir()) == ["record.json", "rejected.json"]
+
+    clock.now = time.time() + node.config.spool_limits.retention_seconds + 1  # records' times are the disk's
+    assert node.purge_expired() == [key]
+
+    assert not node.spool.study_dir(key).exists()

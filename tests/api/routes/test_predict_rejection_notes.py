@@ -14,6 +14,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from app.dicom.dicom_seg_reader import read_segmentation_masks
+from app.series import rejection_notes
+from app.series.rejection_notes import MOST_NOTES_READ
 from tests.dicom.builders import key_object_selection, mr_series, referenced, to_bytes, tumor_channels
 
 
@@ -95,3 +97,31 @@ def test_a_note_of_another_study_withdraws_nothing(client: TestClient, series) -
     body = response.json()
     assert len(body["slices"]) == len(series)
     assert errors_by_index(body) == {len(series): "unsupported_dicom"}
+
+
+def test_only_the_first_key_object_selections_are_read_as_notes(client: TestClient, series) -> None:
+    """Review 56 F1: every KOS was read whole again, and its content walked, before it was known to withdraw
+    anything: 12 notes naming 12,000 made-up instances each held a worker 24 s. The first `MOST_NOTES_READ` are
+    read; a rejection note after them stays an unsupported file."""
+    others = [key_object_selection(series, series[:1], codes.DCM.OfInterest) for _ in range(MOST_NOTES_READ)]
+    note = key_object_selection(series, series[-1:])
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series, *others, note]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["slices"]) == len(series)
+    assert set(errors_by_index(body).values()) == {"unsupported_dicom"}
+
+
+def test_a_note_of_another_study_is_not_walked(client: TestClient, series, monkeypatch: pytest.MonkeyPatch) -> None:
+    walked: list[object] = []
+    monkeypatch.setattr(rejection_notes, "incoming_rejection", lambda note: walked.append(note))
+    other_study = mr_series(tumor_channels())
+
+    response = client.post(
+        "/v1/predict/batch", files=dicom_parts([*series, key_object_selection(other_study, other_study)])
+    )
+
+    assert response.status_code == 200, response.text
+    assert walked == []
