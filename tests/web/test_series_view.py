@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def upload(page: Page, files: list[Path]) -> dict:
         page.set_input_files("#file-input", files)
     assert answered.value.status == 200
     expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    # The new result, not the one shown until it came (kept visible meanwhile, marked previous): drawn slices read
+    # right after were the previous series' under load (a CI run).
+    expect(page.locator("#result")).not_to_have_class(re.compile(r"\bprevious\b"), timeout=RESULT_TIMEOUT_MS)
     return answered.value.json()
 
 
