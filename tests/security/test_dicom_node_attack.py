@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
@@ -37,7 +37,7 @@ from app.node.dicom_spool import SpoolLimits
 from app.settings import MIB
 from tests.dicom.builders import PATIENT_ID, Study, mr_dataset, mr_series, tumor_channels, write_files
 from tests.node.conftest import clock, make_node, results  # noqa: F401 (fixtures)
-from tests.node.node_support import CALLING_AE, NODE_AE, dcmtk, echo, storescu, wait_for
+from tests.node.node_support import CALLING_AE, NODE_AE, dcmtk, echo, store_file_as_it_is, storescu, wait_for
 
 SMALL_LIMITS = SpoolLimits(max_instance_bytes=1 * MIB, min_free_bytes=0)
 
@@ -64,19 +64,7 @@ def forged_store(
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "forged.dcm"
         path.write_bytes(bytes(128) + b"DICM" + part10.getvalue() + body)
-        ae = AE(ae_title=CALLING_AE)
-        ae.add_requested_context(sop_class, [transfer_syntax])
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        association = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
-        assert association.is_established
-        chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True  # the file as it is
-        try:
-            status = association.send_c_store(path)
-        finally:
-            _config.STORE_SEND_CHUNKED_DATASET = chunked
-            association.release()
-    assert "Status" in status, "no answer: the association ended"
-    return status
+        return store_file_as_it_is(port, path, sop_class, transfer_syntax)
 
 
 def encoded(dataset: Dataset) -> bytes:
