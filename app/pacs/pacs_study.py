@@ -791,8 +791,8 @@ def _reports_to_supersede(record: Mapping[str, Any], report: Dataset) -> tuple[l
     withdrawn: the recorded one, unless the new report was built with the recorded report's own built UID (the same
     findings from the same instances: copies of them arrived, which the analysis leaves out); then what that one
     superseded, as it did (withdrawn or not), so the results come out under its very UIDs and stand, as at the DICOM
-    node. Interop review 55 F1:
-    a revised study made one more identical revision, and deleted the current one, for lossy copies of its slices."""
+    node. Interop review 55 F1: a revised study made one more identical revision, and deleted the current one, for
+    lossy copies of its slices."""
     if "withdrawn_reports" not in record and record.get("built_report_uid") == str(report.SOPInstanceUID):
         # As then: withdrawn ones named again, so the results do not go back under UIDs a note withdrew (review 56 F2).
         return _references(record.get("report_predecessors")), record.get("report_predecessors_withdrawn") is True
