@@ -281,6 +281,14 @@ class RejectedInstanceError(ServiceError):
     kind = ErrorKind.INVALID_REQUEST
 
 
+class TooManyRejectionNotesError(ServiceError):
+    """A request of more IHE IOCM rejection notes of its study than the service reads (`app.series.rejection_notes`):
+    refused whole, since a note left unread would leave the images it withdraws analysed (attack review 57 F1)."""
+
+    code = "too_many_rejection_notes"
+    kind = ErrorKind.TOO_LARGE
+
+
 class RejectionNoteApplied(ServiceError):
     """Not a failure: the file is an IHE IOCM rejection note, and the request's images it withdraws were left out.
     It is reported with the files not read because it holds no image the models read."""

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -445,7 +446,7 @@ def holds_dicom(files: Sequence[Path]) -> bool:
     from app.dicom.dicom_header import DICOM_SIGNATURE_BYTES, is_dicom
 
     for path in files:
-        if path.is_fifo():
+        if not_regular(path):
             continue
         try:
             with path.open("rb") as stream:
@@ -478,13 +479,26 @@ def check_series_size(files: Sequence[Path], max_bytes: int) -> None:
         )
 
 
+def not_regular(path: Path) -> str | None:
+    """Why `path` is never opened, or None for a regular file (or one `stat` cannot reach: opening it says why). A
+    pipe's read waits for a writer; a device's may never end, or block (a folder's link to /dev/ptmx hung the command
+    before any output: attack review 57 F2)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "it is a pipe" if stat.S_ISFIFO(mode) else "it is not a regular file (a device or a socket)"
+
+
 def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | ServiceError:
     """The file's bytes, or the error that takes its place. With `limits`, at most `max_upload_bytes` + 1 bytes are
     read: a file over the limit (a 3 GB file, /dev/zero) is refused as the API refuses it, without filling memory."""
     from app.uploads import check_upload_size
 
-    if path.is_fifo():  # never opened: the read would wait for a writer (a folder's entry; an argument is refused)
-        return FileUnreadableError("cannot read the file: it is a pipe")
+    if reason := not_regular(path):  # a folder's entry; an argument is refused
+        return FileUnreadableError(f"cannot read the file: {reason}")
     try:
         with path.open("rb") as stream:
             data = stream.read() if limits is None else stream.read(limits.max_upload_bytes + 1)

@@ -102,6 +102,12 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("too_many_slices", 413, "one request with more slices than INFERENCE_QUEUE_SLICES could ever hold"),
     ErrorCode(
+        "too_many_rejection_notes",
+        413,
+        "a batch of more than 4 IHE IOCM rejection notes of its study (each note's content is read; one left unread "
+        "would leave the images it withdraws analysed)",
+    ),
+    ErrorCode(
         "unsupported_media_type",
         415,
         "the first bytes are not PNG, JPEG, TIFF or DICOM (file names and a part's Content-Type are ignored), or the "

@@ -126,6 +126,14 @@ def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
     return IncomingRejection(study_uid, rejected, reason_code) if rejected else None
 
 
+def is_rejection_note(dataset: Dataset) -> bool:
+    """Whether `dataset` is a Key Object Selection titled in CID 7011, told from its top level alone (cheap: its
+    content, which may name thousands of instances, is not read)."""
+    return (
+        _uid(dataset.get("SOPClassUID")) == KeyObjectSelectionDocumentStorage and _rejection_title(dataset) is not None
+    )
+
+
 def _rejection_title(dataset: Dataset) -> str | None:
     """The CID 7011 code of the Document Title, or None when it is another title (or none)."""
     titles = dataset.get("ConceptNameCodeSequence", [])

@@ -112,8 +112,10 @@ class OrthancClient:
         """The Orthanc ID of an instance's series (its ``ParentSeries``), or None once the instance is deleted.
 
         Read from the instance's own small answer: ``/instances/<id>/series`` lists every instance of the series,
-        so asking it for each instance of a series of N cost N^2 bytes (attack review 46 F4)."""
-        instance = self._json_or_none(f"/instances/{_path_id(instance_id)}", instance_in_series)
+        so asking it for each instance of a series of N cost N^2 bytes (attack review 46 F4). Tried once: a change
+        whose lookup fails waits for the next pass (`app.pacs.pacs_sync`), where the retries' backoff, 7.5 s each,
+        held a pass for 7.5 s per instance of a study while Orthanc failed such lookups (attack review 57 F3)."""
+        instance = self._json_or_none(f"/instances/{_path_id(instance_id)}", instance_in_series, retried=False)
         return None if instance is None else str(instance["ParentSeries"])
 
     def study_series(self, study_id: str) -> list[dict[str, Any]]:
@@ -228,15 +230,15 @@ class OrthancClient:
         what = f"{method} {path}"
         return self._retry(lambda: shape(json_body(self._send(method, path, (), **kwargs), what), what), what)
 
-    def _json_or_none(self, path: str, shape: Callable[[Any, str], T]) -> T | None:
-        """As `_json` for a GET, or None when the resource is gone (404)."""
+    def _json_or_none(self, path: str, shape: Callable[[Any, str], T], retried: bool = True) -> T | None:
+        """As `_json` for a GET, or None when the resource is gone (404); tried once unless `retried`."""
         what = f"GET {path}"
 
         def call() -> T | None:
             response = self._send("GET", path, (404,))
             return None if response.status_code == 404 else shape(json_body(response, what), what)
 
-        return self._retry(call, what)
+        return self._retry(call, what, attempts=None if retried else 1)
 
     def _request(self, method: str, path: str, allow: Sequence[int] = (), **kwargs: Any) -> requests.Response:
         return self._retry(lambda: self._send(method, path, allow, **kwargs), f"{method} {path}")
@@ -250,8 +252,9 @@ class OrthancClient:
             response.raise_for_status()
         return response
 
-    def _retry(self, call: Callable[[], T], what: str) -> T:
-        attempts = self.config.retries + 1
+    def _retry(self, call: Callable[[], T], what: str, attempts: int | None = None) -> T:
+        """`call` until it answers, tried `attempts` times (default: `PacsSyncConfig.retries` + 1) with backoff."""
+        attempts = attempts or self.config.retries + 1
         for attempt in range(attempts):
             try:
                 return call()

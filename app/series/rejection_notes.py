@@ -19,14 +19,26 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 
 from app.dicom.dicom_header import DicomHeader
-from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection, read_rejection_note
-from app.errors import KeyObjectSelectionError, RejectedInstanceError, RejectionNoteApplied, ServiceError
+from app.dicom.incoming_rejection import (
+    IncomingRejection,
+    incoming_rejection,
+    is_rejection_note,
+    read_rejection_note,
+)
+from app.errors import (
+    KeyObjectSelectionError,
+    RejectedInstanceError,
+    RejectionNoteApplied,
+    ServiceError,
+    TooManyRejectionNotesError,
+)
 from app.uploads import request_file, request_files
 
 MOST_NOTES_READ = 4
-"""Key Object Selections of a request read as rejection notes; the others stay unsupported files. A note naming
-12,000 instances takes 2 s to walk, and 256 of them in one request held a worker for 8 minutes (review 56 F1); an
-export that withdraws images carries one note, or a few."""
+"""Rejection notes of its study a request may carry: a note naming 12,000 instances takes 2 s to walk, and 256 of
+them in one request held a worker for 8 minutes (review 56 F1); an export that withdraws images carries one note, or
+a few. A request of more is refused (`TooManyRejectionNotesError`): a note left unread would leave the images it
+withdraws analysed (attack review 57 F1: four key image selections before a rejection note hid it)."""
 
 WITHDRAWAL_CODES = frozenset({RejectedInstanceError.code, RejectionNoteApplied.code})
 """The `file_errors` codes of a note applied and the images it withdrew: files left out as asked, no failure."""
@@ -44,24 +56,32 @@ def apply_rejection_notes(
     """`headers` (each file's header or its error, in request order) with the images that the request's rejection
     notes withdraw replaced by `RejectedInstanceError`, and each note that withdrew any by `RejectionNoteApplied`.
 
-    Only the first `MOST_NOTES_READ` Key Object Selections are read, and of those only the ones of a study the
-    request's images are of; reading stops once `stop` is set (`NotesNotRead`)."""
+    Every Key Object Selection is read, its title and study only (cheap); the content of the rejection notes of the
+    request's study is then walked. Reading stops once `stop` is set (`NotesNotRead`).
+
+    Raises
+    ------
+    TooManyRejectionNotesError
+        For more than `MOST_NOTES_READ` rejection notes of the request's study.
+    """
     headers = list(headers)
     studies = {_uid(header.dataset.get("StudyInstanceUID")) for header in headers if isinstance(header, DicomHeader)}
-    notes_read = 0
-    for note_index, item in enumerate(headers):
-        data = uploads[note_index]
-        if not isinstance(item, KeyObjectSelectionError) or isinstance(data, ServiceError):
-            continue
-        if notes_read == MOST_NOTES_READ:
-            break
-        if stop is not None and stop.is_set():
-            raise NotesNotRead(f"stopped after {notes_read} rejection notes")
-        notes_read += 1
-        rejection = _read_rejection(data, studies)
-        if rejection is None:
-            continue
-        withdrawn = [index for index, header in enumerate(headers) if _withdraws(rejection, header)]
+    notes: dict[int, Dataset] = {}
+    for index, item in enumerate(headers):
+        data = uploads[index]
+        if isinstance(item, KeyObjectSelectionError) and not isinstance(data, ServiceError):
+            _stop_if_asked(stop, index)
+            if (note := _rejection_note(data, studies)) is not None:
+                notes[index] = note
+    if len(notes) > MOST_NOTES_READ:
+        raise TooManyRejectionNotesError(
+            f"a request may carry at most {MOST_NOTES_READ} IHE IOCM rejection notes of its study; it holds "
+            f"{len(notes)} ({request_files(list(notes))}): send the images with fewer notes"
+        )
+    for note_index, note in notes.items():
+        _stop_if_asked(stop, note_index)
+        rejection = _walked(note)
+        withdrawn = [index for index, header in enumerate(headers) if rejection and _withdraws(rejection, header)]
         if not withdrawn:
             continue
         for index in withdrawn:
@@ -76,19 +96,28 @@ def apply_rejection_notes(
     return headers
 
 
-def _read_rejection(data: bytes, studies: set[str]) -> IncomingRejection | None:
-    """The rejection `data` holds when it is a note of one of `studies`; None when it is another Key Object
-    Selection, of another study, or cannot be read (it then stays the unsupported file it was). Its content, which
-    takes long to walk, is walked only for a note of one of `studies`."""
+def _stop_if_asked(stop: threading.Event | None, index: int) -> None:
+    if stop is not None and stop.is_set():
+        raise NotesNotRead(f"stopped at the request's file {index}")
+
+
+def _rejection_note(data: bytes, studies: set[str]) -> Dataset | None:
+    """The rejection note `data` holds when it is one of a study among `studies`, read without its content walked;
+    None for another Key Object Selection, a note of another study, or one that cannot be read (it then stays the
+    unsupported file it was)."""
     try:
         note = read_rejection_note(data)
-        return incoming_rejection(note) if _study_of(note) in studies else None
+        return note if is_rejection_note(note) and _uid(note.get("StudyInstanceUID")) in studies else None
     except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
         return None
 
 
-def _study_of(note: Dataset) -> str:
-    return _uid(note.get("StudyInstanceUID"))
+def _walked(note: Dataset) -> IncomingRejection | None:
+    """What the note withdraws (`incoming_rejection`: its content, the long part to read)."""
+    try:
+        return incoming_rejection(note)
+    except Exception:  # a content pydicom cannot parse withdraws nothing
+        return None
 
 
 def _withdraws(rejection: IncomingRejection, header: DicomHeader | ServiceError) -> bool:

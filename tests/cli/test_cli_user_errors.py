@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 
 from app import cli
 from app.core.model_store import ModelStoreError
-from app.errors import PayloadTooLargeError
+from app.errors import FileUnreadableError, PayloadTooLargeError
 from app.pacs.pacs_sync_config import PacsSyncConfig
-from app.predict_command import InputError, MaskWriter, read_file
+from app.predict_command import InputError, MaskWriter, holds_dicom, read_file
 from app.settings import REPO_ROOT, SettingsError, get_settings, misspelt_variables, setting_variables
 from app.uploads import UploadLimits
 from tests.cli.command_support import fresh_settings, run  # noqa: F401 - fresh_settings is a fixture
@@ -665,11 +665,23 @@ def test_read_file_stops_reading_past_the_upload_limit(tmp_path: Path) -> None:
     with sparse.open("wb") as stream:
         stream.truncate(1 << 40)  # 1 TiB, sparse: takes no disk
 
-    for path in (sparse, Path("/dev/zero")):
-        error = read_file(path, limits)
-        assert isinstance(error, PayloadTooLargeError)
-        assert error.message == "file must be at most 1024 bytes; got more than 1024 bytes"
+    error = read_file(sparse, limits)
+    assert isinstance(error, PayloadTooLargeError)
+    assert error.message == "file must be at most 1024 bytes; got more than 1024 bytes"
     assert read_file(TUMOR_SLICE, UploadLimits(max_upload_bytes=1 << 20)) == TUMOR_SLICE.read_bytes()
+
+
+def test_a_device_in_a_folder_is_never_opened(tmp_path: Path) -> None:
+    """Attack review 57 F2: a folder's link to /dev/ptmx hung `predict` before any output (its read blocks)."""
+    for device in ("/dev/zero", "/dev/ptmx"):
+        link = tmp_path / f"{Path(device).name}.jpg"
+        link.symlink_to(device)
+
+        error = read_file(link, UploadLimits(max_upload_bytes=1024))
+
+        assert isinstance(error, FileUnreadableError)
+        assert error.message == "cannot read the file: it is not a regular file (a device or a socket)"
+        assert not holds_dicom([link])
 
 
 def test_predict_of_a_symlink_loop_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
@@ -434,6 +435,28 @@ def test_the_instances_of_a_series_whose_lookup_fails_wait_for_the_next_pass_wit
     assert session.calls.count("GET /series/s1") == 2
     assert state.unresolved == {} and list(state.receiving) == ["st1"]  # not stable yet: looked at later
     assert session.calls.count("GET /instances/gone") == 1
+
+
+def test_an_instance_lookup_that_fails_is_tried_once_a_pass() -> None:
+    """Attack review 57 F3: each failed instance lookup went through the retries' backoff (7.5 s by default), so an
+    Orthanc failing them held a pass for 7.5 s per new instance, and again at the next passes."""
+    page = {"Changes": [new_instance("i1", 1), new_instance("i2", 2)], "Done": True, "Last": 2}
+    answers = {
+        "GET /changes": [json_answer(page), json_answer({"Changes": [], "Done": True, "Last": 2})],
+        "GET /instances/i1": [json_answer({"Message": "internal"}, 500)],
+        "GET /instances/i2": [json_answer({"Message": "internal"}, 500)],
+    }
+    session = CannedSession(answers)
+    slept: list[float] = []
+    client = OrthancClient(replace(CANNED, retries=4, backoff_seconds=0.5), session=session, sleep=slept.append)
+    studies = StudySync(client, analyser=None)  # type: ignore[arg-type]
+    state = SyncState()
+
+    assert sync_once(studies, state) == SyncReport()
+
+    assert session.calls.count("GET /instances/i1") == session.calls.count("GET /instances/i2") == 1
+    assert slept == []
+    assert state.unresolved == {"Instance/i1": 1, "Instance/i2": 1}  # tried again at the next passes
 
 
 # --- redirects

@@ -99,10 +99,9 @@ def test_a_note_of_another_study_withdraws_nothing(client: TestClient, series) -
     assert errors_by_index(body) == {len(series): "unsupported_dicom"}
 
 
-def test_only_the_first_key_object_selections_are_read_as_notes(client: TestClient, series) -> None:
-    """Review 56 F1: every KOS was read whole again, and its content walked, before it was known to withdraw
-    anything: 12 notes naming 12,000 made-up instances each held a worker 24 s. The first `MOST_NOTES_READ` are
-    read; a rejection note after them stays an unsupported file."""
+def test_key_image_selections_before_a_rejection_note_do_not_hide_it(client: TestClient, series) -> None:
+    """Attack review 57 F1: every KOS counted against the notes read, so four key image selections ("Of Interest")
+    sent first left the rejection note unread and the image it withdraws analysed."""
     others = [key_object_selection(series, series[:1], codes.DCM.OfInterest) for _ in range(MOST_NOTES_READ)]
     note = key_object_selection(series, series[-1:])
 
@@ -110,8 +109,24 @@ def test_only_the_first_key_object_selections_are_read_as_notes(client: TestClie
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert len(body["slices"]) == len(series)
-    assert set(errors_by_index(body).values()) == {"unsupported_dicom"}
+    assert [item["sop_instance_uid"] for item in body["slices"]] == [item.SOPInstanceUID for item in series[:-1]]
+    assert errors_by_index(body)[len(series) - 1] == "rejected_instance"
+
+
+def test_more_rejection_notes_of_the_study_than_are_read_refuse_the_request(client: TestClient, series) -> None:
+    """Review 56 F1: each note's content is walked (2 s for one naming 12,000 instances), so their number is bounded;
+    a note left unread would leave what it withdraws analysed, so the request is refused whole."""
+    notes = [key_object_selection(series, series[-1:]) for _ in range(MOST_NOTES_READ + 1)]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series, *notes]))
+
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "too_many_rejection_notes"
+    assert (
+        f"at most {MOST_NOTES_READ} IHE IOCM rejection notes of its study; it holds {MOST_NOTES_READ + 1}"
+        in (error["message"])
+    )
 
 
 def test_a_note_of_another_study_is_not_walked(client: TestClient, series, monkeypatch: pytest.MonkeyPatch) -> None:
