@@ -480,14 +480,14 @@ def check_series_size(files: Sequence[Path], max_bytes: int) -> None:
 
 
 def not_regular(path: Path) -> str | None:
-    """Why `path` is never opened, or None for a regular file (or one `stat` cannot reach: opening it says why). A
-    pipe's read waits for a writer; a device's may never end, or block (a folder's link to /dev/ptmx hung the command
-    before any output: attack review 57 F2)."""
+    """Why `path` is never opened, or None for a regular file (or a folder, or a path `stat` cannot reach: opening
+    it says why). A pipe's read waits for a writer; a device's may never end, or block (a folder's link to /dev/ptmx
+    hung the command before any output: attack review 57 F2)."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return None
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a folder fails to open at once, and says so
         return None
     return "it is a pipe" if stat.S_ISFIFO(mode) else "it is not a regular file (a device or a socket)"
 
