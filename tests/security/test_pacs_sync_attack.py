@@ -26,7 +26,7 @@ import requests
 from app.dicom.dicom_seg import MANUFACTURER
 from app.inference import SlicePrediction
 from app.pacs import pacs_sync
-from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
+from app.pacs.orthanc_client import CHANGES_ANSWER_BYTES, SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, ForeignRedirectError, OrthancAnswerError, OrthancError
 from app.pacs.pacs_study import MAX_MR_SERIES, StudySync
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
@@ -216,6 +216,16 @@ def test_a_changes_answer_that_never_ends_is_cut_at_the_size_cap() -> None:
             client.changes(0)
 
     assert pacs.calls == ["GET /changes"]  # not retried: the same call would answer the same
+
+
+def test_a_page_of_the_change_log_has_a_cap_of_its_own() -> None:
+    """Attack review 57 F4: a 20 MiB page of empty items, within the JSON answers' cap, took 550 MiB once parsed."""
+    page = json.dumps({"Changes": [{}] * (2 * CHANGES_ANSWER_BYTES // 4), "Done": True, "Last": 1}).encode()
+
+    with FakePacs({"GET /changes": lambda handler: send(handler, 200, page)}) as pacs:
+        client = OrthancClient(config(pacs, max_answer_bytes=20 * MIB))
+        with pytest.raises(AnswerTooLargeError, match=f"at most {CHANGES_ANSWER_BYTES} are read"):
+            client.changes(0)
 
 
 def test_an_instance_that_declares_more_than_the_cap_is_not_read() -> None:
