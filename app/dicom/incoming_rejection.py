@@ -110,15 +110,15 @@ def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
     """The instances `dataset` rejects, when it is an IOCM rejection note (a Key Object Selection whose Document
     Title is one of CID 7011) that names instances of its own study; None for anything else (an ordinary key image
     selection, a note of another study, a note naming nothing)."""
-    if _uid(dataset.get("SOPClassUID")) != KeyObjectSelectionDocumentStorage:
+    if unpadded_uid(dataset.get("SOPClassUID")) != KeyObjectSelectionDocumentStorage:
         return None
     reason_code = _rejection_title(dataset)
-    study_uid = _uid(dataset.get("StudyInstanceUID"))
+    study_uid = unpadded_uid(dataset.get("StudyInstanceUID"))
     if reason_code is None or not study_uid:
         return None
     of_this_study = _evidence_of_study(dataset, study_uid)
     named = {
-        _uid(reference.get("ReferencedSOPInstanceUID"))
+        unpadded_uid(reference.get("ReferencedSOPInstanceUID"))
         for item in dataset.get("ContentSequence", [])
         for reference in item.get("ReferencedSOPSequence", [])
     }
@@ -130,7 +130,8 @@ def is_rejection_note(dataset: Dataset) -> bool:
     """Whether `dataset` is a Key Object Selection titled in CID 7011, told from its top level alone (cheap: its
     content, which may name thousands of instances, is not read)."""
     return (
-        _uid(dataset.get("SOPClassUID")) == KeyObjectSelectionDocumentStorage and _rejection_title(dataset) is not None
+        unpadded_uid(dataset.get("SOPClassUID")) == KeyObjectSelectionDocumentStorage
+        and _rejection_title(dataset) is not None
     )
 
 
@@ -147,14 +148,14 @@ def _rejection_title(dataset: Dataset) -> str | None:
 def _evidence_of_study(dataset: Dataset, study_uid: str) -> set[str]:
     """The SOP Instance UIDs the note's evidence (Current Requested Procedure Evidence) lists under `study_uid`."""
     return {
-        _uid(instance.get("ReferencedSOPInstanceUID"))
+        unpadded_uid(instance.get("ReferencedSOPInstanceUID"))
         for study in dataset.get("CurrentRequestedProcedureEvidenceSequence", [])
-        if _uid(study.get("StudyInstanceUID")) == study_uid
+        if unpadded_uid(study.get("StudyInstanceUID")) == study_uid
         for series in study.get("ReferencedSeriesSequence", [])
         for instance in series.get("ReferencedSOPSequence", [])
     } - {""}
 
 
-def _uid(value: object) -> str:
-    """A UID as the note holds it, without the padding (NUL or space) it may end with."""
+def unpadded_uid(value: object) -> str:
+    """A UID as a data set holds it, without the padding (NUL or space) it may end with."""
     return str(value or "").rstrip("\0 ")

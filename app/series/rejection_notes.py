@@ -24,6 +24,7 @@ from app.dicom.incoming_rejection import (
     incoming_rejection,
     is_rejection_note,
     read_rejection_note,
+    unpadded_uid,
 )
 from app.errors import (
     KeyObjectSelectionError,
@@ -65,7 +66,9 @@ def apply_rejection_notes(
         For more than `MOST_NOTES_READ` rejection notes of the request's study.
     """
     headers = list(headers)
-    studies = {_uid(header.dataset.get("StudyInstanceUID")) for header in headers if isinstance(header, DicomHeader)}
+    studies = {
+        unpadded_uid(header.dataset.get("StudyInstanceUID")) for header in headers if isinstance(header, DicomHeader)
+    }
     notes: dict[int, Dataset] = {}
     for index, item in enumerate(headers):
         data = uploads[index]
@@ -107,7 +110,7 @@ def _rejection_note(data: bytes, studies: set[str]) -> Dataset | None:
     unsupported file it was)."""
     try:
         note = read_rejection_note(data)
-        return note if is_rejection_note(note) and _uid(note.get("StudyInstanceUID")) in studies else None
+        return note if is_rejection_note(note) and unpadded_uid(note.get("StudyInstanceUID")) in studies else None
     except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
         return None
 
@@ -126,11 +129,6 @@ def _withdraws(rejection: IncomingRejection, header: DicomHeader | ServiceError)
         return False
     dataset = header.dataset
     return (
-        _uid(dataset.get("StudyInstanceUID")) == rejection.study_instance_uid
-        and _uid(dataset.get("SOPInstanceUID")) in rejection.sop_instance_uids
+        unpadded_uid(dataset.get("StudyInstanceUID")) == rejection.study_instance_uid
+        and unpadded_uid(dataset.get("SOPInstanceUID")) in rejection.sop_instance_uids
     )
-
-
-def _uid(value: object) -> str:
-    """A UID as a header holds it, without the padding (NUL or space) it may end with."""
-    return str(value or "").rstrip("\0 ")
