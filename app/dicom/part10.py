@@ -193,6 +193,7 @@ def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[
     made of the header.
 
     The stream is inflated a chunk at a time; the first `DEFLATED_HEADER_BYTES` are kept, the rest only counted.
+    What follows the stream's end (PS3.5's pad byte, or more) is ignored, as pydicom and dcmtk's dcmdump ignore it.
     Values over `LONG_VALUE_BYTES` but sequences are dropped from the header (`without_long_values`).
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)

@@ -20,15 +20,34 @@ T = TypeVar("T")
 def orthanc_status(response: requests.Response | None) -> int | None:
     """The error code of Orthanc's JSON error body (``"OrthancStatus"``), or None for any other body; only that
     number is read, since the body's other fields may quote the request."""
+    if response is None or too_many_values(response.content):
+        return None
     try:
-        code = response.json().get("OrthancStatus") if response is not None else None
+        code = response.json().get("OrthancStatus")
     except (ValueError, RecursionError, AttributeError):  # not JSON, or JSON that is not an object
         return None
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
+MAX_JSON_SEPARATORS = 500_000
+"""Most commas and colons in a JSON answer, counted before it is parsed: the size cap alone let a 20 MiB answer of
+empty items (`[{},{},...]`) take 550 MiB once parsed (attack review 57 F4). Orthanc's densest answer, a list of
+instance IDs, has one separator per 47 bytes: 446,000 in 20 MiB."""
+
+
+def too_many_values(body: bytes) -> int:
+    """The count of commas and colons in `body` when over `MAX_JSON_SEPARATORS`, else 0."""
+    separators = body.count(b",") + body.count(b":")
+    return separators if separators > MAX_JSON_SEPARATORS else 0
+
+
 def json_body(response: requests.Response, what: str) -> Any:
     """The answer's JSON, or `OrthancAnswerError` naming its status and media type (never its content)."""
+    if separators := too_many_values(response.content):
+        raise OrthancAnswerError(
+            f"{what} answered JSON of {separators} values, over {MAX_JSON_SEPARATORS}; not parsed (it would take "
+            "too much memory)"
+        )
     try:
         return response.json()
     except (ValueError, RecursionError):  # not JSON, an integer past Python's digit limit, nesting too deep

@@ -228,6 +228,22 @@ def test_a_page_of_the_change_log_has_a_cap_of_its_own() -> None:
             client.changes(0)
 
 
+def test_a_json_answer_of_too_many_values_is_not_parsed() -> None:
+    """Attack review 57 F4, for the other JSON answers: 600,000 empty items fit in 2.4 MB, under the 20 MiB cap, and
+    would take some 40 MiB parsed (at 20 MiB, 550 MiB); they are refused before parsing, and a legit list is read."""
+    many = json.dumps([{}] * 600_000).encode()
+    few = json.dumps([{"ID": "s1", "Instances": ["i1"], "MainDicomTags": {"Modality": "MR"}}]).encode()
+    answers = iter([many, few])
+
+    with FakePacs({"GET /studies/st1/series": lambda handler: send(handler, 200, next(answers))}) as pacs:
+        client = OrthancClient(config(pacs, max_answer_bytes=20 * MIB))
+        with pytest.raises(
+            OrthancAnswerError, match=r"GET /studies/st1/series answered JSON of 599999 values, over 500000; not parsed"
+        ):
+            client.study_series("st1")
+        assert client.study_series("st1")[0]["ID"] == "s1"
+
+
 def test_an_instance_that_declares_more_than_the_cap_is_not_read() -> None:
     def huge(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
