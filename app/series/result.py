@@ -21,6 +21,7 @@ from app.dicom.tumor_volume import tumor_volume_ml
 from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
 from app.series.reading import too_many_slices
+from app.uploads import request_file
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,14 +149,15 @@ def single_slice_answers(
 def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
     """The error for a request none of whose files could be used: never an empty answer that reads as "no tumor".
 
-    It has the kind (hence the status) of the first file's error, and names every file's failure.
+    It has the kind (hence the status) of the first file's error, and names every file's failure, each file as the
+    other errors name one (`request_file`: by index and as a person counts, so the web page adds its name).
     """
     first = errors[min(errors)]
     if len(errors) == 1:
         return first
     if len({error.message for error in errors.values()}) == 1:
         return type(first)(f"none of the {len(errors)} files could be used, each for the same reason: {first.message}")
-    reasons = "; ".join(f"file {index}: {error.message}" for index, error in sorted(errors.items()))
+    reasons = "; ".join(f"{request_file(index)}: {error.message}" for index, error in sorted(errors.items()))
     return type(first)(f"none of the {len(errors)} files could be used ({reasons})")
 
 

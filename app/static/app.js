@@ -131,6 +131,11 @@ const ERROR_TITLES_BY_CODE = {
 };
 // mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.
 const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or patients. Choose the files of one study.";
+// A whole request refused as withdrawn: the rejection notes chosen withdraw every image chosen with them.
+const NOTHING_LEFT_TITLE = "Every chosen image was withdrawn by a rejection note chosen with it: nothing was left to "
+  + "analyse.";
+// Files left out on purpose, not failed: images a rejection note chosen with them withdraws, and the note itself.
+const WITHDRAWAL_CODES = new Set(["rejected_instance", "rejection_note"]);
 // The one request-level error of a PNG/JPEG/TIFF series (code invalid_image, HTTP 400): its slices differ in size.
 const SERIES_SIZE_TITLE = "The slices differ in size, so they cannot be analysed as one series. Choose slices of "
   + "one size, or analyse them one at a time.";
@@ -828,7 +833,8 @@ function waitForCancelledWork(seconds) {
 
 /**
  * Titles the request tells more precisely than the code: a raster series' one request-level invalid_image is its
- * slices' sizes (not "unreadable"), and mixed_input of DICOM files alone means several studies or patients.
+ * slices' sizes (not "unreadable"), mixed_input of DICOM files alone means several studies or patients, and a whole
+ * request refused as withdrawn had every image withdrawn by the notes chosen with them (browser review 58 F1).
  */
 function titledForRequest(error, rasterSeries, onlyDicom) {
   if (rasterSeries && error instanceof ApiError && error.code === "invalid_image") {
@@ -836,6 +842,9 @@ function titledForRequest(error, rasterSeries, onlyDicom) {
   }
   if (onlyDicom && error instanceof ApiError && error.code === "mixed_input") {
     error.title = SEVERAL_STUDIES_TITLE;
+  }
+  if (error instanceof ApiError && WITHDRAWAL_CODES.has(error.code)) {
+    error.title = NOTHING_LEFT_TITLE; // not the one file's title its code has in the failed-files list
   }
   return error;
 }
@@ -865,10 +874,14 @@ function namingFiles(message, files) {
   if (typeof message !== "string") {
     return message;
   }
-  return message.replace(/the request's file at index (\d+) \(file \d+ as sent/g, (whole, index) => {
-    const file = files[Number(index)];
-    return file ? `${whole}: ${file.name}` : whole;
-  });
+  const named = (whole, indices) => {
+    const names = indices.split(", ").map((index) => files[Number(index)]?.name).filter(Boolean);
+    return names.length ? `${whole}: ${names.join(", ")}` : whole;
+  };
+  // Lists too ("the request's files at index 20, 21 (files 21, 22 as sent"; browser review 58 F2).
+  return message
+    .replace(/the request's file at index (\d+) \(file \d+ as sent/g, named)
+    .replace(/the request's files at index ((?:\d+, )*\d+) \(files (?:\d+, )*\d+ as sent/g, named);
 }
 
 function throwIfNothingWorked(slices, failures) {
@@ -1069,7 +1082,7 @@ function showSeries(shown) {
   ui.decision.textContent = slices.length === 1 ? verdict : `${verdict} (${positives} of ${slices.length} slices)`;
   ui.decision.classList.toggle("positive", detected);
   ui.decision.classList.toggle("negative", !detected);
-  ui.models.textContent = `${answer.models.classifier}, ${answer.models.segmenter}`;
+  ui.models.replaceChildren(...modelTags([answer.models.classifier, answer.models.segmenter]));
   ui.requestId.textContent = answer.request_id;
   ui.sliceSummary.textContent = `${slices.length} ${slices.length === 1 ? "slice" : "slices"}, ${positives} with tumor`
     + (near ? `, ${near} close to the threshold` : "")
@@ -1112,7 +1125,8 @@ function showSeries(shown) {
   const firstAgainstThreshold = probabilityAndThreshold(first.tumor_probability, first.threshold);
   const outcome = slices.length === 1
     ? `${verdict}: tumor probability ${firstAgainstThreshold[0]}, threshold ${firstAgainstThreshold[1]}.`
-    : `${verdict} in ${positives} of ${slices.length} slices; threshold ${formatPercent(first.threshold)}.`;
+    : `${verdict} in ${positives ? positives : "any"} of ${positives ? "" : "the "}${slices.length} slices; `
+      + `threshold ${formatPercent(first.threshold)}.`; // not "No tumor detected in 0 of" (browser review 58 F5)
   const besideNote = beside.length
     ? `, ${beside.length} of them next to a slice with tumor `
       + `(review first: ${beside.length === 1 ? "slice" : "slices"} ${beside.join(", ")})`
@@ -1120,12 +1134,15 @@ function showSeries(shown) {
   const nearNote = slices.length === 1
     ? " Close to the threshold: review this slice with care."
     : ` ${near} ${near === 1 ? "slice is" : "slices are"} close to the threshold${besideNote}.`;
-  const failed = shown.failures.length;
-  const failureNote = ` ${failed} ${failed === 1 ? "file" : "files"} could not be analysed (listed under Result).`;
+  const withdrawn = shown.failures.filter(isWithdrawal).length;
+  const failed = shown.failures.length - withdrawn;
+  const failureNote = (failed ? ` ${plural(failed, "file")} could not be analysed (listed under Result).` : "")
+    + (withdrawn ? ` ${plural(withdrawn, "file")} left out as a rejection note chosen with them asks (listed under `
+      + "Result)." : "");
   // DICOM slices missing between the positions (a raster series' missing slices are its failed files, said above).
   const missing = shown.kind === "dicom" ? slices.reduce((sum, slice) => sum + (slice.missingBefore ?? 0), 0) : 0;
   const missingNote = missing ? ` ${plural(missing, "slice")} missing between those analysed (hatched in the strip).` : "";
-  ui.status.textContent = outcome + (near ? nearNote : "") + (failed ? failureNote : "") + missingNote;
+  ui.status.textContent = outcome + (near ? nearNote : "") + failureNote + missingNote;
 }
 
 /**
@@ -1140,10 +1157,37 @@ function showFailures(failures) {
     return;
   }
   const lead = document.createElement("p");
-  lead.textContent = `${plural(failures.length, "file")} could not be analysed:`;
+  const withdrawn = failures.filter(isWithdrawal).length;
+  const failed = failures.length - withdrawn;
+  // Files a rejection note withdraws (and the note) were left out as asked, not failed (browser review 58 F4).
+  lead.textContent = [
+    failed ? `${plural(failed, "file")} could not be analysed` : "",
+    withdrawn ? `${plural(withdrawn, "file")} left out as a rejection note asks` : "",
+  ].filter(Boolean).join("; ") + ":";
   const list = document.createElement("ul");
   list.append(...[...failuresByCode(failures)].map(([code, group]) => failureGroupItem(code, group)));
   ui.fileErrors.append(lead, list);
+}
+
+/**
+ * "tumor_classifier@1.6.0, tumor_segmenter@1.6.0" as nodes that a narrow column breaks before "@", never inside a
+ * version: "1.6." on one line and "0" on the next reads as another version (browser review 58 F3).
+ */
+function modelTags(tags) {
+  return tags.flatMap((tag, at) => {
+    const split = tag.lastIndexOf("@");
+    const version = document.createElement("span");
+    version.className = "model-version";
+    version.textContent = split >= 0 ? tag.slice(split) : "";
+    const name = document.createTextNode(split >= 0 ? tag.slice(0, split) : tag);
+    const parts = [name, document.createElement("wbr"), version];
+    return at ? [document.createTextNode(", "), ...parts] : parts;
+  });
+}
+
+/** A failed file that was left out on purpose: an image a rejection note withdraws, or the note. */
+function isWithdrawal(failure) {
+  return WITHDRAWAL_CODES.has(failure.error.code);
 }
 
 /** Failures grouped by their error code, in the order each code first appears. */
@@ -2215,6 +2259,8 @@ function wireViewer() {
   // next slice, as a slider does and as screen readers announce the two sliders.
   scrollByKeys(ui.viewer, SLICE_KEYS, true);
   scrollByKeys(ui.strip, SLICE_KEYS, false);
+  // Tabbed to, the strip is brought into view whole: Chromium left it half below the fold (browser review 58 F6).
+  ui.strip.addEventListener("focus", () => ui.strip.scrollIntoView({ block: "nearest" }));
   ui.strip.addEventListener("click", (event) => {
     const bar = event.target.closest(".strip-bar");
     if (bar) {

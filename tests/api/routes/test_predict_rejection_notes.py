@@ -70,6 +70,8 @@ def test_a_request_whose_images_are_all_withdrawn_is_refused(client: TestClient,
     error = response.json()["error"]
     assert error["code"] == "rejected_instance"
     assert "113038" in error["message"] and f"none of the {len(series) + 1} files" in error["message"]
+    # Each file as the other messages name one (browser review 58 F1: "file 0: ..." beside "file 4 as sent").
+    assert "(the request's file at index 0 (file 1 as sent): withdrawn by" in error["message"]
 
 
 def test_a_key_object_selection_that_rejects_nothing_withdraws_nothing(client: TestClient, series) -> None:
