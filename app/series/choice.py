@@ -20,7 +20,7 @@ series that is not axial (sagittal, coronal, steeply oblique) is read with a not
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -110,21 +110,41 @@ class SeriesChoice:
         `app.series.reading.copies_of_read_files`) moved out of the series in use, into `left_out` under the same
         series and role: they are left out, not unreadable (interop review 37: counted as files not read, a study
         whose lossy copies came after it was analysed again with a note that its slices were missing)."""
-        if not originals:
+        return self._moved_out(
+            originals,
+            lambda count: (
+                f"{count} {'copy' if count == 1 else 'copies'} of files read: each names its original in its Source "
+                "Image Sequence and lies where it lies (a slice sent again after lossy compression); the originals are "
+                "read"
+            ),
+        )
+
+    def without_repeats(self, kept: Mapping[int, int]) -> SeriesChoice:
+        """The same choice with the files `kept` names (repeat -> the file read in its place,
+        `app.series.reading.repeated_files`) moved into `left_out`, as `without_copies` does: a series sent again
+        under new SOP Instance UIDs (a re-import, a migration) gives two identical images at each slice position,
+        and the study was refused and its results withdrawn (interop review 58 F1)."""
+        return self._moved_out(
+            kept,
+            lambda count: (
+                f"{count} {'file repeats' if count == 1 else 'files repeat'} files read pixel for pixel at the same "
+                "place under other SOP Instance UIDs (a series sent twice); each slice is read once"
+            ),
+        )
+
+    def _moved_out(self, files: Collection[int], evidence: Callable[[int], str]) -> SeriesChoice:
+        """The same choice with `files` moved out of the series in use into `left_out`, under the same series and
+        role, with `evidence(count)` as the reason."""
+        if not files:
             return self
         used, moved = [], []
         for item in self.used:
-            copies = tuple(index for index in item.files if index in originals)
-            if not copies:
+            out = tuple(index for index in item.files if index in files)
+            if not out:
                 used.append(item)
                 continue
-            used.append(replace(item, files=tuple(index for index in item.files if index not in originals)))
-            evidence = (
-                f"{len(copies)} {'copy' if len(copies) == 1 else 'copies'} of files read: each names its original in "
-                "its Source Image Sequence and lies where it lies (a slice sent again after lossy compression); the "
-                "originals are read"
-            )
-            moved.append(replace(item, evidence=evidence, files=copies))
+            used.append(replace(item, files=tuple(index for index in item.files if index not in files)))
+            moved.append(replace(item, evidence=evidence(len(out)), files=out))
         return replace(self, used=tuple(used), left_out=(*self.left_out, *moved))
 
     def describe_used(self) -> str:

@@ -383,7 +383,9 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
             errors.pop(position, None)
     frames = [frame for position in sorted(decoded) for frame in decoded[position]]
     file_of = {frame: read_from.get(position, position) for position in decoded for frame in decoded[position]}
-    choice = plan.choice
+    repeats = repeated_files(frames, file_of)
+    frames = [frame for frame in frames if file_of[frame] not in repeats]
+    choice = plan.choice.without_repeats(repeats)
     if not frames:
         return SeriesUploads([], errors, choice)
     blank = _blank_series(frames)
@@ -416,6 +418,35 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         inputs = prepare_inputs(flair_frames, choice.channel_series)
         return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
+
+
+def repeated_files(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, int]) -> dict[int, int]:
+    """The files whose every frame repeats, pixel for pixel, a frame of another file of its series at the same place:
+    file -> the file read in its place. A PACS that sends a series again under new SOP Instance UIDs (a re-import, a
+    migration) gives two identical images at each position, and the study was refused as having two slices there
+    (interop review 58 F1). At each place the frame of the lowest SOP Instance UID is read, so which copy is read does
+    not depend on the order the files came in. Frames that differ at all, have no position or share a SOP Instance
+    UID (one instance sent twice) are never repeats: they are still refused (`dicom_series.prepare_inputs`)."""
+    places = SlicePlaces()
+    groups: dict[tuple[str, int], list[DicomFrame]] = {}
+    for frame in frames:
+        if frame.image_position is not None:
+            place = places.place(frame.frame_of_reference_uid, frame.image_position, frame.image_orientation)
+            groups.setdefault((frame.series_instance_uid, place), []).append(frame)
+    repeat_of: dict[DicomFrame, int] = {}
+    for members in groups.values():
+        read = min(members, key=lambda frame: (frame.sop_instance_uid, frame.frame_number))
+        for member in members:
+            if member.sop_instance_uid != read.sop_instance_uid and _same_image(member, read):
+                repeat_of[member] = file_of[read]
+    frames_of: dict[int, list[DicomFrame]] = {}
+    for frame in frames:
+        frames_of.setdefault(file_of[frame], []).append(frame)
+    return {file: repeat_of[held[0]] for file, held in frames_of.items() if all(frame in repeat_of for frame in held)}
+
+
+def _same_image(first: DicomFrame, second: DicomFrame) -> bool:
+    return first.pixel_spacing == second.pixel_spacing and np.array_equal(first.values, second.values)
 
 
 def _with_file_indices(inputs: list[SliceInput], file_of: Mapping[DicomFrame, int]) -> list[SliceInput]:

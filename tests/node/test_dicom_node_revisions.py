@@ -295,14 +295,15 @@ def test_a_series_part_under_another_study_uid_cancels_the_first_parts_results_n
 def test_a_study_that_can_no_longer_be_analysed_withdraws_its_earlier_results(
     make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
-    """Interop review 44 F2: a slice re-sent under a new SOP Instance UID at another's position makes the study
-    unreadable (two slices at one position); it was refused, and its earlier SEG and SR stood at the destination as
-    the study's current result. A rejection note withdraws them now."""
+    """Interop review 44 F2: a slice sent under a new SOP Instance UID at another's position makes the study
+    unreadable (two different slices at one position); it was refused, and its earlier SEG and SR stood at the
+    destination as the study's current result. A rejection note withdraws them now."""
     port = free_port()
     node = make_node(destination_port=port)
     series = mr_series(tumor_channels())
     again = copy.deepcopy(series[0])
     again.SOPInstanceUID, again.InstanceNumber = generate_uid(), len(series) + 1
+    again.PixelData = series[1].PixelData  # another image: an identical one is read once (next test)
     store = ResultStore(port, ALL_RESULTS)
     try:
         send_study(node, clock, series, tmp_path / "first")
@@ -314,6 +315,35 @@ def test_a_study_that_can_no_longer_be_analysed_withdraws_its_earlier_results(
         (note,) = store.by_modality("KO")
         assert rejected(note) == {seg.SOPInstanceUID, sr.SOPInstanceUID}
         assert (len(store.by_modality("SEG")), len(store.by_modality("SR"))) == (1, 1)
+    finally:
+        store.close()
+
+
+def test_a_series_sent_again_under_new_instance_uids_keeps_the_study_analysed(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 58 F1: a PACS that sends a series again under new SOP Instance UIDs (a re-import) gave two
+    identical slices at each position; the study was refused and its results withdrawn by a rejection note. Each
+    slice is read once now: the study stays analysed, with the same figures, and nothing is withdrawn unreplaced."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    series = mr_series(tumor_channels())
+    again = copy.deepcopy(series)
+    for dataset in again:
+        dataset.SOPInstanceUID = generate_uid()
+    store = ResultStore(port, ALL_RESULTS)
+    try:
+        send_study(node, clock, series, tmp_path / "first")
+
+        send_study(node, clock, again, tmp_path / "again")
+
+        first, second = record(node)["runs"]
+        assert second["status"] == "analysed", second
+        assert second["summary"]["tumor_volume_ml"] == first["summary"]["tumor_volume_ml"]
+        assert second["summary"]["slices"] == len(series)
+        current = {store.by_modality(modality)[-1].SOPInstanceUID for modality in ("SEG", "SR")}
+        for note in store.by_modality("KO"):
+            assert not rejected(note) & current  # a note withdraws only what a newer result replaces
     finally:
         store.close()
 

@@ -381,9 +381,13 @@ def test_the_same_files_in_another_order_give_the_same_seg(client: TestClient, s
 def test_files_that_name_one_another_are_refused_as_one_slice_sent_twice(
     client: TestClient, series_files: list[bytes]
 ) -> None:
-    """A loop has no original: neither file is left out for the other (which one was depended on their order)."""
+    """A loop has no original: neither file is left out for the other (which one was depended on their order). The
+    copy differs in a pixel, as a lossy one does (identical ones are read once: a series sent twice)."""
     first = pydicom.dcmread(io.BytesIO(series_files[0]))
     other = pydicom.dcmread(io.BytesIO(lossy_copy(series_files[0], series_files[0])))
+    pixels = other.pixel_array.copy()
+    pixels[0, 0] += 1
+    other.PixelData = pixels.tobytes()
     source = Dataset()
     source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = other.SOPClassUID, other.SOPInstanceUID
     first.SourceImageSequence = [source]
@@ -1076,6 +1080,64 @@ def test_a_multi_frame_object_beside_its_lossy_copy_is_read_once(client: TestCli
     assert body["file_errors"] == [] and [item["files"] for item in body["series_left_out"]] == [[0]]
     assert [item["prediction"] for item in body["slices"]] == [item["prediction"] for item in alone.json()["slices"]]
     assert [(item["file_index"], item["frame_number"]) for item in body["slices"]] == [(1, 1), (1, 2), (1, 3)]
+
+
+def resent_under_new_uids(datasets: list[Dataset]) -> list[Dataset]:
+    """`datasets` as a PACS sends them again after a re-import: the same content, new SOP Instance UIDs."""
+    copies = [pydicom.dcmread(io.BytesIO(to_bytes(dataset))) for dataset in datasets]
+    for copy in copies:
+        copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return copies
+
+
+def test_a_series_sent_again_under_new_instance_uids_is_read_once(client: TestClient) -> None:
+    """Interop review 58 F1: two identical images at each position were refused ("2 frames lie at one slice
+    position"), and the DICOM node and pacs-sync withdrew the study's results. Each slice is read once now, from the
+    file of the lower SOP Instance UID, whatever the order; the others are left out with the reason."""
+    series = mr_series(tumor_channels())
+    again = resent_under_new_uids(series)
+    alone = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in series]))
+
+    for order in ([*series, *again], [*again[::-1], *series]):
+        response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in order]))
+
+        assert response.status_code == 200, response.text
+        body = response.json()
+        read = {min(first.SOPInstanceUID, second.SOPInstanceUID) for first, second in zip(series, again, strict=True)}
+        assert {item["sop_instance_uid"] for item in body["slices"]} == read
+        by_place = {item["position_along_normal_mm"]: item["prediction"] for item in body["slices"]}
+        assert by_place == {item["position_along_normal_mm"]: item["prediction"] for item in alone.json()["slices"]}
+        (left_out,) = body["series_left_out"]
+        assert sorted(left_out["files"] + body["series_used"][0]["files"]) == list(range(len(order)))
+        assert len(left_out["files"]) == len(series) and body["file_errors"] == []
+        assert left_out["evidence"].startswith(f"{len(series)} files repeat files read pixel for pixel")
+
+
+def test_a_multi_frame_object_sent_again_under_a_new_uid_is_read_once(client: TestClient) -> None:
+    original = legacy_multiframe(mr_series(tumor_channels()))
+    (again,) = resent_under_new_uids([original])
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(original), to_bytes(again)]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    kept = 0 if original.SOPInstanceUID < again.SOPInstanceUID else 1
+    assert [item["file_index"] for item in body["slices"]] == [kept] * 3
+    assert [item["files"] for item in body["series_left_out"]] == [[1 - kept]]
+
+
+def test_a_copy_under_a_new_uid_that_differs_in_one_pixel_is_still_refused(client: TestClient) -> None:
+    """Two different images at one position: which one is the slice is not for the service to guess."""
+    series = mr_series(tumor_channels())
+    again = resent_under_new_uids(series[:1])
+    pixels = again[0].pixel_array.copy()
+    pixels[0, 0] += 1
+    again[0].PixelData = pixels.tobytes()
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in [*series, *again]]))
+
+    assert response.status_code == 400, response.text
+    assert "2 frames lie at one slice position" in response.json()["error"]["message"]
 
 
 def test_a_multi_frame_object_is_no_copy_of_one_whose_frames_lie_elsewhere(client: TestClient) -> None:
