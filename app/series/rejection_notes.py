@@ -20,10 +20,13 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_header import DicomHeader
 from app.dicom.incoming_rejection import (
+    MAX_NOTE_BYTES,
     IncomingRejection,
+    RejectionNoteTooLargeError,
     incoming_rejection,
     is_rejection_note,
-    read_rejection_note,
+    read_note_title,
+    read_rejection_note_within,
     unpadded_uid,
 )
 from app.errors import (
@@ -33,13 +36,17 @@ from app.errors import (
     ServiceError,
     TooManyRejectionNotesError,
 )
+from app.settings import MIB
 from app.uploads import request_file, request_files
 
-MOST_NOTES_READ = 4
-"""Rejection notes of its study a request may carry: a note naming 12,000 instances takes 2 s to walk, and 256 of
-them in one request held a worker for 8 minutes (review 56 F1); an export that withdraws images carries one note, or
-a few. A request of more is refused (`TooManyRejectionNotesError`): a note left unread would leave the images it
-withdraws analysed (attack review 57 F1: four key image selections before a rejection note hid it)."""
+NOTES_READ_BYTES = 4 * MAX_NOTE_BYTES
+"""Most bytes of rejection notes of its study a request's notes may take to read, together (inflated, for deflated
+ones): a note naming 12,000 instances (about 3 MB) takes 2 s to walk, and 256 of them in one request held a worker
+for 8 minutes (review 56 F1). An export that withdraws images carries one note or a few, of a few KB each: a
+request's many small notes are all read (review 58 F2: a count of 4 refused a study corrected five times). Past it
+the request is refused (`TooManyRejectionNotesError`): a note left unread would leave the images it withdraws
+analysed (attack review 57 F1). Notes are read one at a time, each let go once applied (review 58 F1: all of them
+were held before they were counted, 2 GB for 250)."""
 
 WITHDRAWAL_CODES = frozenset({RejectedInstanceError.code, RejectionNoteApplied.code})
 """The `file_errors` codes of a note applied and the images it withdrew: files left out as asked, no failure."""
@@ -57,33 +64,48 @@ def apply_rejection_notes(
     """`headers` (each file's header or its error, in request order) with the images that the request's rejection
     notes withdraw replaced by `RejectedInstanceError`, and each note that withdrew any by `RejectionNoteApplied`.
 
-    Every Key Object Selection is read, its title and study only (cheap); the content of the rejection notes of the
-    request's study is then walked. Reading stops once `stop` is set (`NotesNotRead`).
+    Every Key Object Selection's title and study are read from its first bytes (`read_note_title`: cheap, deflated
+    or not); the rejection notes of the request's study are then read whole and walked, one at a time, within
+    `NOTES_READ_BYTES` together. Reading stops once `stop` is set (`NotesNotRead`).
 
     Raises
     ------
     TooManyRejectionNotesError
-        For more than `MOST_NOTES_READ` rejection notes of the request's study.
+        When the rejection notes of the request's study take more than `NOTES_READ_BYTES` to read.
     """
     headers = list(headers)
     studies = {
         unpadded_uid(header.dataset.get("StudyInstanceUID")) for header in headers if isinstance(header, DicomHeader)
     }
-    notes: dict[int, Dataset] = {}
+    notes: list[int] = []
     for index, item in enumerate(headers):
         data = uploads[index]
         if isinstance(item, KeyObjectSelectionError) and not isinstance(data, ServiceError):
             _stop_if_asked(stop, index)
-            if (note := _rejection_note(data, studies)) is not None:
-                notes[index] = note
-    if len(notes) > MOST_NOTES_READ:
-        raise TooManyRejectionNotesError(
-            f"a request may carry at most {MOST_NOTES_READ} IHE IOCM rejection notes of its study; it holds "
-            f"{len(notes)} ({request_files(list(notes))}): send the images with fewer notes"
-        )
-    for note_index, note in notes.items():
+            if _may_be_note_of(data, studies):
+                notes.append(index)
+    left = NOTES_READ_BYTES
+    for at, note_index in enumerate(notes):
         _stop_if_asked(stop, note_index)
+        data = uploads[note_index]
+        assert isinstance(data, bytes)  # notes are only files whose bytes are there (above)
+        try:
+            note, size = read_rejection_note_within(data, left)
+        except RejectionNoteTooLargeError:
+            if left >= MAX_NOTE_BYTES:
+                continue  # over the size a note may have alone: it withdraws nothing, as a damaged one
+            raise TooManyRejectionNotesError(
+                f"the request's IHE IOCM rejection notes of its study take more than {NOTES_READ_BYTES // MIB} MiB to "
+                f"read, the most a request reads ({len(notes)} notes, {request_files(notes[at:])} not read): export "
+                "the study again once the PACS has applied its notes, or send it to the DICOM node"
+            ) from None
+        except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
+            continue
+        left -= size
+        if not (is_rejection_note(note) and unpadded_uid(note.get("StudyInstanceUID")) in studies):
+            continue  # its top level was too long to tell from its first bytes, and it is no note of the study
         rejection = _walked(note)
+        del note  # the next note is read only now: one held at a time
         withdrawn = [index for index, header in enumerate(headers) if rejection and _withdraws(rejection, header)]
         if not withdrawn:
             continue
@@ -104,15 +126,16 @@ def _stop_if_asked(stop: threading.Event | None, index: int) -> None:
         raise NotesNotRead(f"stopped at the request's file {index}")
 
 
-def _rejection_note(data: bytes, studies: set[str]) -> Dataset | None:
-    """The rejection note `data` holds when it is one of a study among `studies`, read without its content walked;
-    None for another Key Object Selection, a note of another study, or one that cannot be read (it then stays the
-    unsupported file it was)."""
+def _may_be_note_of(data: bytes, studies: set[str]) -> bool:
+    """Whether `data` is a rejection note of a study among `studies`, told from its top level (`read_note_title`),
+    or may be one: a top level too long to tell from its first bytes is told once the note is read whole, within
+    the request's budget. False for another Key Object Selection, a note of another study, or one whose top level
+    cannot be read (it then stays the unsupported file it was)."""
     try:
-        note = read_rejection_note(data)
-        return note if is_rejection_note(note) and unpadded_uid(note.get("StudyInstanceUID")) in studies else None
+        title = read_note_title(data)
     except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
-        return None
+        return False
+    return title is None or (is_rejection_note(title) and unpadded_uid(title.get("StudyInstanceUID")) in studies)
 
 
 def _walked(note: Dataset) -> IncomingRejection | None:

@@ -111,7 +111,8 @@ const ERROR_TITLES_BY_CODE = {
   // The page checks the count before uploading; this is for when it could not learn the limit (`batchFileLimit`).
   too_many_files: `Too many files for one analysis. ${TOO_MANY_FILES_ADVICE}`,
   too_many_slices: "Too many slices for one request.",
-  too_many_rejection_notes: "Too many rejection notes among the chosen files: choose the images with fewer notes.",
+  too_many_rejection_notes: "The rejection notes among the chosen files are more than one analysis reads. Export the "
+    + "study again once the PACS has applied its notes.",
   // "Try again in N seconds" follows from Retry-After (browser review 44: "... try again later. Try again in 30
   // seconds").
   inference_timeout: "The analysis took too long. Try fewer slices at a time.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
@@ -13,10 +14,19 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from app.dicom import incoming_rejection
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.series import rejection_notes
-from app.series.rejection_notes import MOST_NOTES_READ
-from tests.dicom.builders import key_object_selection, mr_series, referenced, to_bytes, tumor_channels
+from tests.dicom.builders import (
+    Study,
+    deflated_and_padded,
+    key_object_selection,
+    mr_dataset,
+    mr_series,
+    referenced,
+    to_bytes,
+    tumor_channels,
+)
 
 
 def dicom_parts(datasets: list[Dataset]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -104,7 +114,7 @@ def test_a_note_of_another_study_withdraws_nothing(client: TestClient, series) -
 def test_key_image_selections_before_a_rejection_note_do_not_hide_it(client: TestClient, series) -> None:
     """Attack review 57 F1: every KOS counted against the notes read, so four key image selections ("Of Interest")
     sent first left the rejection note unread and the image it withdraws analysed."""
-    others = [key_object_selection(series, series[:1], codes.DCM.OfInterest) for _ in range(MOST_NOTES_READ)]
+    others = [key_object_selection(series, series[:1], codes.DCM.OfInterest) for _ in range(4)]
     note = key_object_selection(series, series[-1:])
 
     response = client.post("/v1/predict/batch", files=dicom_parts([*series, *others, note]))
@@ -115,20 +125,90 @@ def test_key_image_selections_before_a_rejection_note_do_not_hide_it(client: Tes
     assert errors_by_index(body)[len(series) - 1] == "rejected_instance"
 
 
-def test_more_rejection_notes_of_the_study_than_are_read_refuse_the_request(client: TestClient, series) -> None:
-    """Review 56 F1: each note's content is walked (2 s for one naming 12,000 instances), so their number is bounded;
-    a note left unread would leave what it withdraws analysed, so the request is refused whole."""
-    notes = [key_object_selection(series, series[-1:]) for _ in range(MOST_NOTES_READ + 1)]
+def other_images(series: list[Dataset], count: int, first_mm: float) -> list[Dataset]:
+    """Other images of the series' study, tiny: ones a PACS removed after rejecting them, named by notes, never
+    sent."""
+    study = Study(series[0].StudyInstanceUID, series[0].FrameOfReferenceUID)
+    return [
+        mr_dataset(np.zeros((8, 8), np.uint8), study, series[0].SeriesInstanceUID, position_mm=first_mm + at)
+        for at in range(count)
+    ]
+
+
+def test_a_study_corrected_many_times_has_all_its_small_notes_read(client: TestClient, series) -> None:
+    """Review 58 F2: a count of 4 notes refused a study export with five notes for images the PACS had removed, and
+    advised leaving notes out, which would leave a withdrawn image analysed. Small notes are all read now."""
+    removed = other_images(series, 6, first_mm=100.0)
+    notes = [key_object_selection([*series, image], [image]) for image in removed]
+    notes.append(key_object_selection(series, series[-1:]))
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series, *notes]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["sop_instance_uid"] for item in body["slices"]] == [item.SOPInstanceUID for item in series[:-1]]
+    assert errors_by_index(body)[len(series) - 1] == "rejected_instance"
+    assert errors_by_index(body)[len(series) + len(notes) - 1] == "rejection_note"
+
+
+def test_notes_past_the_bytes_a_request_reads_refuse_it(
+    client: TestClient, series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A note left unread would leave what it withdraws analysed, so the request is refused whole, without advice to
+    leave notes out."""
+    notes = [key_object_selection(series, series[-1:]) for _ in range(3)]
+    sizes = [len(to_bytes(note)) for note in notes]
+    monkeypatch.setattr(rejection_notes, "NOTES_READ_BYTES", sum(sizes[:2]))  # two notes' worth
 
     response = client.post("/v1/predict/batch", files=dicom_parts([*series, *notes]))
 
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["code"] == "too_many_rejection_notes"
-    assert (
-        f"at most {MOST_NOTES_READ} IHE IOCM rejection notes of its study; it holds {MOST_NOTES_READ + 1}"
-        in (error["message"])
-    )
+    assert "(3 notes, the request's file at index 5 (file 6 as sent) not read)" in error["message"]
+    assert "fewer notes" not in error["message"]
+
+
+def test_key_object_selections_are_told_apart_from_their_first_bytes_only(
+    client: TestClient, series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 58 F1: every KOS was inflated and parsed whole to read its title (250 deflated ones naming 18,000
+    instances each: 22 s and 2 GB), and every note was held until they were counted. Now only the notes of the
+    request's study are read whole, one at a time."""
+    many = other_images(series, 3000, first_mm=200.0)
+    selection = key_object_selection(many, many, codes.DCM.OfInterest)
+    selections = []
+    for _ in range(8):
+        selection.SOPInstanceUID = selection.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        selections.append(deflated_and_padded(selection))
+    note = deflated_and_padded(key_object_selection(series, series[-1:]))
+    read_whole: list[int] = []
+    reader = rejection_notes.read_rejection_note_within
+
+    def counted(data: bytes, max_bytes: int):
+        read_whole.append(len(data))
+        return reader(data, max_bytes)
+
+    monkeypatch.setattr(rejection_notes, "read_rejection_note_within", counted)
+    files = [("files", (f"IM{at:04d}", data, "application/dicom")) for at, data in enumerate([*selections, note])]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts(series) + files)
+
+    assert response.status_code == 200, response.text
+    assert read_whole == [len(note)]
+    assert errors_by_index(response.json())[len(series) - 1] == "rejected_instance"
+
+
+def test_a_note_whose_title_is_past_the_first_bytes_is_still_applied(client: TestClient, series) -> None:
+    """A top level too long to tell the title from the first bytes is read whole (within the budget), not skipped:
+    skipped, the note would leave the image it withdraws analysed."""
+    note = key_object_selection(series, series[-1:])
+    note.StudyDescription = "x" * (2 * incoming_rejection.TITLE_BYTES)
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series, note]))
+
+    assert response.status_code == 200, response.text
+    assert errors_by_index(response.json()) == {len(series) - 1: "rejected_instance", len(series): "rejection_note"}
 
 
 def test_a_note_of_another_study_is_not_walked(client: TestClient, series, monkeypatch: pytest.MonkeyPatch) -> None:
