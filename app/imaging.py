@@ -43,6 +43,7 @@ from app.tiff_decoding import (
     as_shown,
     check_tiff_compression,
     check_tiff_inflation,
+    check_tiff_layout,
     check_tiff_photometric,
     compression_name,
     jpeg_codestreams,
@@ -555,6 +556,7 @@ def _tiff_header(data: bytes) -> RasterHeader:
                 )
             check_tiff_photometric(page)
             check_tiff_compression(page)
+            check_tiff_layout(data, page)
             palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE
             header = RasterHeader(
                 ImageFormat.TIFF,
@@ -584,6 +586,7 @@ def _decode_tiff(data: bytes) -> np.ndarray:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
             axes = page.axes
+            check_tiff_layout(data, page)
             _check_tiff_jpeg_data(data, page)
             check_tiff_inflation(data, page)
             try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from app.errors import OverMemoryBudgetError, UndecodableImageError
+from app.errors import InvalidSliceError, OverMemoryBudgetError, UndecodableImageError
 from app.imaging import decode_image, read_image_header
 from tests.security import corpus
 
@@ -124,3 +124,53 @@ def test_tiles_larger_than_the_image_are_read(compression: str, sample: str):
     tiled = corpus.tiff_of(image, tile=(512, 512), compression=compression)
 
     assert np.array_equal(decode_image(tiled), decode_image(corpus.tiff_of(image)))
+
+
+def ifd_entries(data: bytearray) -> dict[int, int]:
+    """Each tag of the first IFD (little-endian classic TIFF) -> its entry's offset in `data`."""
+    ifd = int.from_bytes(data[4:8], "little")
+    count = int.from_bytes(data[ifd : ifd + 2], "little")
+    return {int.from_bytes(data[ifd + 2 + 12 * i : ifd + 4 + 12 * i], "little"): ifd + 2 + 12 * i for i in range(count)}
+
+
+@pytest.mark.parametrize("kind", ["undefined", "two values"])
+def test_a_tile_size_that_is_not_one_number_is_refused_before_it_costs_anything(kind: str):
+    """Attack review 59 F1: a TileLength of type UNDEFINED (bytes) or of two values (a tuple) was multiplied as a
+    sequence: a 4.5 KB file took 1 GiB, then a 500 (`int + bytes`)."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((64, 64, 3), np.uint8), photometric="rgb", tile=(32, 32), compression="zlib")
+    data = bytearray(buffer.getvalue())
+    entry = ifd_entries(data)[323]  # TileLength
+    extra = len(data)
+    data += b"\x20" * 4096 if kind == "undefined" else struct.pack("<2I", 32, 32)
+    kind_code, count = (7, 4096) if kind == "undefined" else (4, 2)
+    struct.pack_into("<HII", data, entry + 2, kind_code, count, extra)
+
+    with pytest.raises(UndecodableImageError, match="size tags are not each one number"):
+        read_image_header(bytes(data))
+
+
+@pytest.mark.parametrize("compression", [None, "lzw", "zlib"])
+def test_a_strip_at_offset_zero_is_refused_not_read_as_black_rows(compression: str | None):
+    """Attack review 59 F3: tifffile reads a strip of offset 0 as missing ("sparse") and fills it with zeros; the
+    tumor slice with its middle strips so was answered "no tumor" at 0.012."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, corpus.tumor_slice(), photometric="rgb", compression=compression, rowsperstrip=16)
+    data = bytearray(buffer.getvalue())
+    assert np.array_equal(decode_image(bytes(data)), corpus.tumor_slice())
+    offsets = int.from_bytes(data[ifd_entries(data)[273] + 8 :][:4], "little")  # StripOffsets' array
+    struct.pack_into("<I", data, offsets + 4 * 5, 0)
+
+    for read in (read_image_header, decode_image):
+        with pytest.raises(UndecodableImageError, match="a strip or tile is missing"):
+            read(bytes(data))
+
+
+def test_a_volume_is_refused_not_read_as_a_colour_image():
+    """Attack review 59 F7: 48 planes of 64 x 3 pixels decoded to 48 x 64 x 3 and passed as a colour image."""
+    buffer = io.BytesIO()
+    volume = np.random.default_rng(7).integers(0, 255, (48, 64, 3), np.uint8)
+    tifffile.imwrite(buffer, volume, photometric="minisblack", volumetric=True, tile=(48, 16, 16))
+
+    with pytest.raises(InvalidSliceError, match="volume of 48 planes"):
+        read_image_header(buffer.getvalue())
