@@ -36,7 +36,7 @@ from app.intensity_range import sample_values, stretch_in_place, stretch_range
 from app.jpeg_data import CorruptJpegError, check_jpeg_data
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure, frame_header
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
-from app.png_data import CorruptPngError, check_chunk_count, png_for_libpng
+from app.png_data import CorruptPngError, check_png, png_for_libpng
 from app.settings import Settings
 from app.tiff_decoding import (
     JPEG,
@@ -237,11 +237,12 @@ def _check_png_chunks(data: bytes) -> None:
     """Refuse a PNG that breaks the chunk order its header is read by: IHDR first (else the header read here, and
     the 16-bit path, would not apply), a palette image's PLTE before its image data (else Pillow makes colours
     up, and the models would read pixels that are not in the file), at most `MAX_PNG_CHUNKS_BEFORE_IMAGE`
-    chunks between IHDR and the image data, and an animation (acTL) of one frame at most. Walks the chunks once,
+    chunks between IHDR and the image data, and an animation (acTL) of one frame at most, its image data that frame
+    (an fcTL before it). Walks the chunks once,
     stopping at the first IDAT."""
     if len(data) < 29 or data[12:16] != b"IHDR":
         raise UndecodableImageError("PNG file cannot be decoded: its first chunk must be IHDR (the image header)")
-    palette = False
+    palette, animated, first_frame = False, False, False
     position = 20 + int.from_bytes(data[8:12], "big")  # after the signature and IHDR
     for _ in range(MAX_PNG_CHUNKS_BEFORE_IMAGE + 1):  # the chunks allowed, then the image data
         if position + 8 > len(data):
@@ -252,11 +253,19 @@ def _check_png_chunks(data: bytes) -> None:
         palette = palette or kind == b"PLTE"
         if kind == b"acTL":  # found as a chunk, not as bytes anywhere (text can hold "IDAT"; attack review 53 F7)
             _refuse_animated_png(int.from_bytes(data[position + 8 : position + 12], "big"))
+            animated = True
+        first_frame = first_frame or kind == b"fcTL"
         position += 12 + int.from_bytes(data[position : position + 4], "big")
     else:
         raise UndecodableImageError(
             f"PNG file cannot be decoded: more than {MAX_PNG_CHUNKS_BEFORE_IMAGE} chunks between its header and its "
             "image data (encoders write a handful)"
+        )
+    if animated and not first_frame:
+        # Its image data is then no frame of the animation: browsers show the frame, decoders here the image data
+        # (attack review 59 F4: the page showed a tumor, the models read a tumor-free slice).
+        raise InvalidSliceError(
+            "PNG must hold one image (one slice); this animated PNG's default image is not its frame, so it holds two"
         )
     if data[25] == 3 and not palette:
         raise UndecodableImageError(
@@ -341,7 +350,7 @@ def decode_samples(
         if header.image_format is ImageFormat.JPEG:
             _check_jpeg_data(data)
         elif header.image_format is ImageFormat.PNG:
-            _check_png_chunk_count(data)
+            _check_png_whole(data)
         array = _decode_with_pillow(data, header.image_format, max_pixels)
     if array.dtype.kind not in "biuf":  # a complex or structured TIFF: no intensity to read
         raise InvalidSliceError(f"image samples must be real numbers; this image holds {array.dtype.name} samples")
@@ -511,10 +520,11 @@ def _check_palette_indices(image: Image.Image, image_format: ImageFormat) -> Non
         )
 
 
-def _check_png_chunk_count(data: bytes) -> None:
-    """An 8-bit PNG of more chunks than its size allows is refused before Pillow walks them (`check_chunk_count`)."""
+def _check_png_whole(data: bytes) -> None:
+    """An 8-bit (or fewer) PNG is checked whole before Pillow decodes it (`check_png`): Pillow fills the rows a stream
+    cut short does not hold with black and says nothing (attack review 59 F2), and walks any number of chunks."""
     try:
-        check_chunk_count(data)
+        check_png(data)
     except CorruptPngError as error:
         raise UndecodableImageError(f"PNG file cannot be decoded: {error}") from None
 

@@ -1,11 +1,12 @@
-"""A 16-bit PNG checked whole before OpenCV's libpng decodes it, and handed over with only the chunks it needs.
+"""A PNG checked whole before it is decoded; a 16-bit one handed to OpenCV's libpng with only the chunks it needs.
 
 libpng prints its warnings and errors on the process's standard error, past Python's logging (`libpng warning:
 iCCP: too short`, `libpng error: IDAT: incorrect data check`): a client's broken file put lines that are not JSON into
 the service's log, at will. What libpng would complain about is found here first and refused with a reason, and the
 ancillary chunks (colour profiles, text, times, a suggested palette, transparency: nothing the models read; an alpha
-channel is dropped anyway) are left out. Pillow decodes every other PNG, and says nothing on stderr; it is handed
-one only once its chunks are counted (`check_chunk_count`).
+channel is dropped anyway) are left out (`png_for_libpng`). Pillow decodes every other PNG, and says nothing on
+stderr, but fills the rows a stream cut short does not hold with black (attack review 59 F2: the tumor slice cut at
+its tumor was answered "no tumor"): it is handed one only once the same whole-file check passed (`check_png`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import zlib
 import numpy as np
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
-"""Samples per pixel of the colour types that may hold 16-bit samples: grey, RGB, grey + alpha, RGBA."""
+CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""Samples per pixel of each colour type: grey, RGB, palette, grey + alpha, RGBA."""
+BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+"""The bit depths PNG allows for each colour type."""
 ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 """An interlaced image's seven passes: first column, first row, column step, row step."""
 MAX_FILTER_TYPE = 4
@@ -35,24 +38,6 @@ class CorruptPngError(ValueError):
     """What is wrong with a PNG, in words for the client."""
 
 
-def check_chunk_count(data: bytes) -> None:
-    """Refuse a PNG of more chunks than its size allows (`MOST_CHUNKS`), before a decoder walks them all; only the
-    chunks' lengths and types are read, up to IEND: whatever else is wrong is the decoder's to say.
-
-    Raises
-    ------
-    CorruptPngError
-        Too many chunks.
-    """
-    most, position = _most_chunks(data), len(SIGNATURE)
-    for _ in range(most):
-        if position + 12 > len(data) or data[position + 4 : position + 8] == b"IEND":
-            return
-        position += 12 + int.from_bytes(data[position : position + 4], "big")
-    if position + 12 <= len(data):
-        raise _too_many_chunks(most, data)
-
-
 def _most_chunks(data: bytes) -> int:
     return MOST_CHUNKS + len(data) // BYTES_PER_CHUNK
 
@@ -62,16 +47,37 @@ def _too_many_chunks(most: int, data: bytes) -> CorruptPngError:
 
 
 def png_for_libpng(data: bytes) -> bytes:
-    """The file's header and image rows, once found whole (chunk checksums, a zlib stream that holds exactly the
-    image's rows and ends there, a known filter type on every row), written again as a PNG of three chunks: libpng
-    reads the image data in row-sized pieces and holds the stream to the window its header declares, where Python's
-    zlib, inflating in one piece, does not (attack review 53 F6), so libpng is handed a stream made here.
+    """The file's header and image rows, once found whole (`check_png`), written again as a PNG of three chunks:
+    libpng reads the image data in row-sized pieces and holds the stream to the window its header declares, where
+    Python's zlib, inflating in one piece, does not (attack review 53 F6), so libpng is handed a stream made here.
 
     Raises
     ------
     CorruptPngError
-        What libpng would have said on stderr (a truncated or damaged file, a header it refuses).
+        What libpng would have said on stderr (a truncated or damaged file, a header it refuses), or a PNG that is
+        not 16-bit.
     """
+    header, rows = _header_and_rows(data)
+    if header[8] != 16:
+        raise CorruptPngError(f"its header's bit depth {header[8]} is not a 16-bit PNG's")
+    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, 1)) + _chunk(b"IEND", b"")
+
+
+def check_png(data: bytes) -> None:
+    """Refuse a PNG that is not whole: a chunk checksum that does not match, no end chunk, a zlib stream that holds
+    fewer or more bytes than the image's rows or does not end there, an unknown filter type, a critical chunk PNG
+    does not define, the further frames of an animation (fdAT).
+
+    Raises
+    ------
+    CorruptPngError
+        What is wrong, in words for the client.
+    """
+    _header_and_rows(data)
+
+
+def _header_and_rows(data: bytes) -> tuple[bytes, bytes]:
+    """The header (IHDR's 13 bytes) and the inflated rows of a PNG found whole (`check_png`)."""
     header, image_data, previous = None, [], b""
     for kind, start, end in _chunks(data):
         if kind == b"IHDR":
@@ -82,6 +88,8 @@ def png_for_libpng(data: bytes) -> bytes:
             if image_data and previous != b"IDAT":
                 raise CorruptPngError("its image data is split by other chunks (IDAT chunks must follow each other)")
             image_data.append(data[start + 8 : end - 4])
+        elif kind == b"fdAT":  # the animation's further frames: which one is the slice? (attack review 59 F4)
+            raise CorruptPngError("it holds further animation frames (fdAT chunks): a PNG of one slice holds one image")
         elif kind[0] & 0x20 == 0 and kind not in (b"PLTE", b"IEND"):  # an upper-case first letter: critical
             raise CorruptPngError(f"it holds a critical chunk PNG does not define ({kind.decode('ascii')})")
         previous = kind
@@ -89,8 +97,7 @@ def png_for_libpng(data: bytes) -> bytes:
         raise CorruptPngError("its header (IHDR) must be 13 bytes")
     if not image_data:
         raise CorruptPngError("it holds no image data (IDAT)")
-    rows = _checked_rows(header, b"".join(image_data))
-    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, 1)) + _chunk(b"IEND", b"")
+    return header, _checked_rows(header, b"".join(image_data))
 
 
 def _chunk(kind: bytes, content: bytes) -> bytes:
@@ -132,18 +139,18 @@ def _checked_rows(header: bytes, compressed: bytes) -> bytes:
     depth, colour, compression, filtering, interlace = header[8:13]
     if width == 0 or height == 0:
         raise CorruptPngError(f"its header says {width}x{height} pixels")
-    if depth != 16 or colour not in CHANNELS:
-        raise CorruptPngError(f"its header's bit depth {depth} with colour type {colour} is not a 16-bit PNG")
+    if depth not in BIT_DEPTHS.get(colour, ()):
+        raise CorruptPngError(f"its header's bit depth {depth} with colour type {colour} is not one PNG defines")
     if compression != 0 or filtering != 0 or interlace not in (0, 1):
         raise CorruptPngError("its header names a compression, filter or interlace method PNG does not define")
-    pixel_bytes = 2 * CHANNELS[colour]
+    pixel_bits = depth * CHANNELS[colour]
     passes = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
     row_sizes = []  # (rows, bytes per row) of each pass that holds pixels
     for first_column, first_row, column_step, row_step in passes:
         columns = math.ceil((width - first_column) / column_step) if width > first_column else 0
         rows = math.ceil((height - first_row) / row_step) if height > first_row else 0
         if columns and rows:
-            row_sizes.append((rows, 1 + columns * pixel_bytes))
+            row_sizes.append((rows, 1 + math.ceil(columns * pixel_bits / 8)))
     expected = sum(rows * size for rows, size in row_sizes)
     inflater = zlib.decompressobj()
     try:

@@ -136,7 +136,7 @@ BAD_FILES: list[BadFile] = [
     # Odd but valid: decoded and resized like any slice.
     BadFile("32x32 PNG", lambda: corpus.png_of(np.full((32, 32), 128, np.uint8)), 200, None),
     BadFile("grey+alpha PNG", lambda: corpus.png_of(np.zeros((64, 64, 2), np.uint8)), 200, None),
-    BadFile("PNG without IEND", _cut(corpus.png_slice, -12), 200, None),
+    BadFile("PNG without IEND", _cut(corpus.png_slice, -12), 400, "undecodable_image"),  # a truncated file (review 59)
     BadFile("float32 TIFF", lambda: corpus.tiff_of(np.random.default_rng(0).random((64, 64), np.float32)), 200, None),
     BadFile(
         "float32 TIFF of NaN and inf",
