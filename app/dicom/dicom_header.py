@@ -21,6 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
+from pydicom.valuerep import VR
 
 from app.dicom.dicom_codestream import check_codestreams
 from app.dicom.part10 import (
@@ -229,21 +230,25 @@ def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Data
     pacs-sync failed a whole study for an unreadable first file that the node counted and skipped). The flow's own
     reader, with its checks and errors, is `read_dicom_header`.
 
-    What it holds is bounded: long values are left unread (`HEADER_DEFER_BYTES`), and a deflated data set is
+    An element of a value representation DICOM does not define makes the file unreadable here too (attack review 59
+    F5). What it holds is bounded: long values are left unread (`HEADER_DEFER_BYTES`), and a deflated data set is
     inflated in chunks, its header kept up to `DEFLATED_HEADER_BYTES` (a longer one, or one inflating past
     `HEADER_MAX_INFLATED_BYTES`, is unreadable here).
     """
     try:
         if is_deflated(_transfer_syntax(source)):
-            return _deflated_header(source.read_bytes() if isinstance(source, Path) else source)
-        return pydicom.dcmread(
-            BytesIO(source) if isinstance(source, bytes) else source,
-            stop_before_pixels=True,
-            specific_tags=None if tags is None else list(tags),
-            defer_size=HEADER_DEFER_BYTES,
-        )
+            dataset = _deflated_header(source.read_bytes() if isinstance(source, Path) else source)
+        else:
+            dataset = pydicom.dcmread(
+                BytesIO(source) if isinstance(source, bytes) else source,
+                stop_before_pixels=True,
+                specific_tags=None if tags is None else list(tags),
+                defer_size=HEADER_DEFER_BYTES,
+            )
+        check_value_representations(dataset)  # else the first read of that element raises, outside this policy
     except Exception:  # noqa: BLE001 - unreadable, whatever pydicom calls it: the caller counts it
         return None
+    return dataset
 
 
 def _transfer_syntax(source: bytes | Path) -> str:
@@ -303,6 +308,7 @@ def read_dicom_header(
                     f"DICOM file ends inside its header, at byte {len(data)}, before its pixel data (truncated)"
                 )
         _check_sop_class(dataset, has_pixels)
+        check_value_representations(dataset)
         _check_pixel_description(dataset)
         _check_functional_groups(dataset)
     rows, columns, frames, bits = checked_dimensions(dataset, max_pixels)
@@ -507,6 +513,32 @@ def _check_high_bit(dataset: Dataset, bits_stored: int) -> None:
             f"DICOM HighBit (0028,0102) must be one less than BitsStored ({bits_stored}); got {high_bit}: pixel values "
             "stored in other bits than the lowest are not read here"
         )
+
+
+KNOWN_VRS = frozenset(vr.value for vr in VR if len(vr.value) == 2)
+
+
+def check_value_representations(dataset: Dataset) -> None:
+    """Refuse a data set with an element whose value representation DICOM does not define, at any depth: pydicom
+    keeps it raw and raises `NotImplementedError` on first access, which came after the header's checks, in the
+    series choice or the notes, as a 500 for the whole request (attack review 59 F5: one VR byte garbled, "ES").
+    Values are not converted; only the sequences not left where they are (`HEADER_DEFER_BYTES`) are read.
+
+    Raises
+    ------
+    UndecodableDicomError
+    """
+    for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset converts each element, which is what fails
+        element = dataset.get_item(tag, keep_deferred=True)  # a long value stays in the file
+        if element is None or element.VR is None:  # implicit VR: the data dictionary's, on access
+            continue
+        if element.VR not in KNOWN_VRS:
+            raise UndecodableDicomError(
+                f"DICOM element {tag} has value representation {element.VR!r}, which DICOM does not define (corrupt)"
+            )
+        if element.VR == "SQ" and element.value is not None:  # None: a value left in the file, not read
+            for item in dataset[tag].value:
+                check_value_representations(item)
 
 
 def _check_functional_groups(dataset: Dataset) -> None:

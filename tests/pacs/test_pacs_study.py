@@ -3,11 +3,13 @@ unreadable files are counted and skipped as the DICOM node does."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from app.pacs.orthanc_errors import OrthancError
 from app.pacs.pacs_study import FAILED, POSITIVE, UNREADABLE, StudySync, orthanc_series_fingerprint, readable_record
@@ -147,17 +149,31 @@ class StudyFilesClient:
         self.written.append(record)
 
 
+def garbled_slice(series: list[Dataset]) -> bytes:
+    """One more slice of `series` whose Patient ID's value representation is garbled to one DICOM does not define."""
+    extra = copy.deepcopy(series[0])
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    extra.ImagePositionPatient = [*extra.ImagePositionPatient[:2], 100.0]
+    data = bytearray(to_bytes(extra))
+    at = data.index(b"\x10\x00\x20\x00LO")
+    data[at + 4 : at + 6] = b"ES"
+    return bytes(data)
+
+
 @pytest.mark.parametrize("broken_position", [0, 2], ids=["first-file", "a-later-file"])
+@pytest.mark.parametrize("garbled", [False, True], ids=["not-dicom", "garbled-vr"])
 def test_pacs_sync_counts_and_skips_an_unreadable_file_as_the_dicom_node_does(
-    broken_position: int, tmp_path: Path
+    broken_position: int, garbled: bool, tmp_path: Path
 ) -> None:
     """Newcomer review 45 F10: an unreadable first file failed the whole study in pacs-sync (its header was read
     with a bare `dcmread`), while the node counted it as `unreadable_header` and analysed the rest; a later one was
-    counted under the flow's code instead."""
+    counted under the flow's code instead. Attack review 59 F5: an element of a VR DICOM does not define raised
+    when the series were chosen."""
     series = mr_series(tumor_channels())
+    broken = garbled_slice(series) if garbled else b"no DICOM file"
     files = [to_bytes(dataset) for dataset in series]
-    files.insert(broken_position, b"no DICOM file")
-    (tmp_path / "broken.dcm").write_bytes(b"no DICOM file")
+    files.insert(broken_position, broken)
+    (tmp_path / "broken.dcm").write_bytes(broken)
     node = ModelStudyProcessor(ThresholdPredictor())([*write_files(series, tmp_path / "in"), tmp_path / "broken.dcm"])
     client = StudyFilesClient(str(series[0].SeriesInstanceUID), {f"i{index}": data for index, data in enumerate(files)})
     studies = StudySync(client, ModelStudyProcessor(ThresholdPredictor(), result_origin="pacs-sync"))  # type: ignore[arg-type]

@@ -417,3 +417,50 @@ def test_native_pixels_under_a_compressed_transfer_syntax_get_a_400_that_quotes_
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
     assert "CDAB" not in message.upper() and "12EF" not in message.upper() and "cannot be decoded" in message
+
+
+def with_garbled_vr(data: bytes, element: bytes, vr: bytes) -> bytes:
+    """`data` (explicit VR little endian) with the VR of the element whose tag bytes and VR are `element` made `ES`,
+    a VR DICOM does not define, as one garbled byte pair makes it."""
+    garbled = bytearray(data)
+    at = garbled.index(element + vr)
+    garbled[at + 4 : at + 6] = b"ES"
+    return bytes(garbled)
+
+
+PATIENT_ID_LO = (b"\x10\x00\x20\x00", b"LO")
+SERIES_NUMBER_IS = (b"\x20\x00\x11\x00", b"IS")
+
+
+@pytest.mark.parametrize(("endpoint", "field"), ENDPOINTS)
+@pytest.mark.parametrize("element", [PATIENT_ID_LO, SERIES_NUMBER_IS], ids=["PatientID", "SeriesNumber"])
+def test_an_element_of_a_value_representation_dicom_does_not_define_gets_a_400(
+    client: TestClient, endpoint: str, field: str, element: tuple[bytes, bytes]
+) -> None:
+    """Attack review 59 F5: pydicom kept the element raw and raised NotImplementedError when the series choice read
+    it, after the header's checks: a 500 for the request."""
+    data = with_garbled_vr(to_bytes(series()[0]), *element)
+
+    response = client.post(endpoint, files=[(field, ("IM0", data, "application/dicom"))])
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "undecodable_dicom"
+    assert "value representation 'ES', which DICOM does not define" in response.json()["error"]["message"]
+
+
+def test_a_garbled_value_representation_fails_its_file_only_at_any_depth(client: TestClient) -> None:
+    """One file of a batch, its VR garbled inside a sequence item: that file is refused, the rest analysed."""
+    datasets = series()
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113000", "DCM", "Of Interest"
+    datasets[1].AnatomicRegionSequence = [code]
+    files = as_files(datasets)
+    data = files[1][1][1]
+    files[1] = ("files", ("IM1", with_garbled_vr(data, b"\x08\x00\x04\x01", b"LO"), "application/dicom"))  # CodeMeaning
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["slices"]) == 2
+    assert [(error["index"], error["error"]["code"]) for error in body["file_errors"]] == [(1, "undecodable_dicom")]
