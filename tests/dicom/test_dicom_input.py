@@ -234,6 +234,19 @@ def test_read_dicom_decodes_compressed_transfer_syntaxes(flair: np.ndarray, tran
     np.testing.assert_array_equal(frame.values, flair.astype(np.float32) * 8)
 
 
+@pytest.mark.parametrize("shape", [(320, 320), (240, 320), (64, 64)])
+def test_rle_of_a_noisy_slice_whose_width_is_no_multiple_of_128_is_read(shape: tuple[int, int]) -> None:
+    """Attack review 59 F6: RLE encodes each row apart (PS3.5 G.3.1), so a row of noise ends in a short literal run,
+    and a bound counting whole 128-byte runs refused what pydicom (and DCMTK) write for a 320-wide 12-bit slice."""
+    noisy = np.random.default_rng(0).normal(600, 150, shape).clip(0, 4095).astype(np.uint16)
+    dataset = single_mr(noisy)
+    dataset.compress(RLELossless, generate_instance_uid=False)
+
+    (frame,) = read_dicom(to_bytes(dataset))
+
+    np.testing.assert_array_equal(frame.values, noisy.astype(np.float32))
+
+
 @pytest.mark.parametrize("scale", [1, 8], ids=["8-bit", "16-bit"])
 def test_read_dicom_decodes_htj2k_lossless(flair: np.ndarray, scale: int) -> None:
     """High-Throughput JPEG 2000 (DICOM 2023): the node accepts it, so it must decode to the same values."""
