@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -449,8 +450,8 @@ def holds_dicom(files: Sequence[Path]) -> bool:
         if not_regular(path):
             continue
         try:
-            with path.open("rb") as stream:
-                if is_dicom(stream.read(DICOM_SIGNATURE_BYTES)):
+            with open_regular(path) as stream:
+                if is_dicom(stream.read(DICOM_SIGNATURE_BYTES) or b""):
                     return True
         except OSError:
             continue
@@ -492,6 +493,30 @@ def not_regular(path: Path) -> str | None:
     return "it is a pipe" if stat.S_ISFIFO(mode) else "it is not a regular file (a device or a socket)"
 
 
+def open_regular(path: Path) -> io.BufferedReader:
+    """`path` opened for reading without waiting, once the open file is found regular: `not_regular` looks before
+    opening, but a regular file's read can still wait for ever (a link to /proc/kmsg, a stuck network mount: review
+    58 F3), and the file can be swapped between the look and the open. A read that would wait raises
+    `BlockingIOError`, or gives None.
+
+    Raises
+    ------
+    OSError
+        It cannot be opened, is a folder (`IsADirectoryError`), or is no regular file.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "it is not a regular file")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | ServiceError:
     """The file's bytes, or the error that takes its place. With `limits`, at most `max_upload_bytes` + 1 bytes are
     read: a file over the limit (a 3 GB file, /dev/zero) is refused as the API refuses it, without filling memory."""
@@ -500,10 +525,14 @@ def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | Service
     if reason := not_regular(path):  # a folder's entry; an argument is refused
         return FileUnreadableError(f"cannot read the file: {reason}")
     try:
-        with path.open("rb") as stream:
+        with open_regular(path) as stream:
             data = stream.read() if limits is None else stream.read(limits.max_upload_bytes + 1)
+    except BlockingIOError:
+        data = None
     except OSError as error:
         return FileUnreadableError(f"cannot read the file: {error.strerror or error}")
+    if data is None:
+        return FileUnreadableError("cannot read the file: its read would wait (a special file, or a stuck mount)")
     if limits is not None:
         try:
             check_upload_size(len(data), limits, complete=False)

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
+from app import predict_command
 from app.cli import main
+from app.errors import FileUnreadableError
 from app.predict_command import InputError, collect_inputs, mask_targets
 from tests.conftest import TEST_DATA, TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels
@@ -280,3 +283,24 @@ def test_overwrite_never_writes_through_a_symbolic_link_in_the_masks_folder(
 
     assert code != 0 and "cannot write the mask file" in err
     assert elsewhere.read_bytes() == b"keep me"
+
+
+def test_a_file_that_turns_into_a_pipe_after_the_look_is_not_waited_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 58 F3: the look before opening (`not_regular`) let through a regular file whose read waits (a link to
+    /proc/kmsg as root, a stuck mount), and a file swapped for a pipe after the look: the open waited for ever. The
+    file is now opened without waiting and checked on the open file."""
+    fifo = tmp_path / "slice.png"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(predict_command, "not_regular", lambda path: None)  # as if it were swapped after the look
+    answers: list[object] = []
+
+    reader = threading.Thread(target=lambda: answers.append(predict_command.read_file(fifo)), daemon=True)
+    reader.start()
+    reader.join(10)
+
+    assert not reader.is_alive(), "read_file waited on the pipe"
+    (answer,) = answers
+    assert isinstance(answer, FileUnreadableError) and "not a regular file" in answer.message
+    assert predict_command.holds_dicom([fifo]) is False
