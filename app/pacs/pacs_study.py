@@ -372,12 +372,7 @@ class StudySync:
             fields["reason"] = analysis.reason
         else:
             status = POSITIVE if analysis.summary.get("positive_slices") else NEGATIVE
-            fields.update(_result_uids(analysis.datasets))
-            fields.update(
-                built_report_uid=built_report_uid,
-                report_predecessors=_predecessor_references(analysis.datasets[-1]),
-                report_predecessors_withdrawn=withdrawn,
-            )
+            fields.update(result_record_fields(analysis.datasets, built_report_uid, withdrawn))
         result = self._record(status, summary=analysis.summary, superseded=superseded, **fields)
         self.client.write_sync_record(study_id, result)
         state.retries.pop(study_id, None)
@@ -833,6 +828,17 @@ def _recorded_report(record: Mapping[str, Any]) -> list[ResultReference]:
     if isinstance(withdrawn, list):
         named += withdrawn
     return _references(named)
+
+
+def result_record_fields(datasets: list[Dataset], built_report_uid: str | None, withdrawn: bool) -> dict[str, Any]:
+    """The fields a success's record holds of its results: their UIDs, the UID its report was built with and the
+    reports it superseded, and whether those had been withdrawn (what `_reports_to_supersede` reads when the same
+    findings come again)."""
+    return _result_uids(datasets) | {
+        "built_report_uid": built_report_uid,
+        "report_predecessors": _predecessor_references(datasets[-1]),
+        "report_predecessors_withdrawn": withdrawn,
+    }
 
 
 def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:
