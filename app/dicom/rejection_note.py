@@ -37,12 +37,20 @@ from app.release import service_version
 REJECTION_SERIES_NUMBER = 9903
 REJECTION_TITLE = codes.DCM.RejectedForQualityReasons
 REJECTION_SERIES_DESCRIPTION = "Superseded results rejected (research use only)"
+WITHDRAWAL_SERIES_DESCRIPTION = "Results withdrawn: study no longer analysed (research use only)"
+"""The description of a note sent alone, when a study once answered is refused or not analysed: nothing supersedes
+what it rejects, and "superseded" sent a PACS user looking for newer results (interop review 58 F4)."""
 
 
 def build_rejection_note(
-    rejected: Sequence[ResultReference], study: Dataset, model_tags: Mapping[str, str], result_origin: str = ""
+    rejected: Sequence[ResultReference],
+    study: Dataset,
+    model_tags: Mapping[str, str],
+    result_origin: str = "",
+    withdrawn: bool = False,
 ) -> hd.ko.KeyObjectSelectionDocument:
-    """The note that rejects `rejected` (earlier SEGs and SRs of the study of `study`, a result made now).
+    """The note that rejects `rejected` (earlier SEGs and SRs of the study of `study`, a result made now): superseded
+    by results sent with it, or `withdrawn` with none (`WITHDRAWAL_SERIES_DESCRIPTION`, and UIDs of its own).
 
     Raises
     ------
@@ -53,6 +61,7 @@ def build_rejection_note(
         raise ReportInputError("a rejection note needs at least one object to reject; got none")
     objects = [_rejected_object(study, reference) for reference in rejected]
     made_of = [source_identity(study), *sorted(reference.sop_instance_uid for reference in rejected)]
+    made_of += ["withdrawn"] if withdrawn else []
     try:
         note = hd.ko.KeyObjectSelectionDocument(
             evidence=objects,
@@ -67,7 +76,7 @@ def build_rejection_note(
         note.copy_patient_and_study_information(study)
     except (ValueError, TypeError, AttributeError) as error:
         raise ReportInputError(f"the rejection note cannot be made: {builder_reason(error)}") from error
-    note.SeriesDescription = REJECTION_SERIES_DESCRIPTION
+    note.SeriesDescription = WITHDRAWAL_SERIES_DESCRIPTION if withdrawn else REJECTION_SERIES_DESCRIPTION
     # As the SEG's and SR's: in the study's time zone, with the Series Date and Time and the software that made it
     # (interop review 44: the note was dated in UTC without an offset, an hour before the results it came with).
     stamp_creation_times(note, [study])

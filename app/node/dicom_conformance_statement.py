@@ -27,7 +27,11 @@ from pynetdicom.sop_class import (
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER, SEGMENT_LABEL
 from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT, REVISED_SUFFIX, SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES, REJECTION_TITLES
-from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, REJECTION_SERIES_NUMBER
+from app.dicom.rejection_note import (
+    REJECTION_SERIES_DESCRIPTION,
+    REJECTION_SERIES_NUMBER,
+    WITHDRAWAL_SERIES_DESCRIPTION,
+)
 from app.dicom.result_uids import MANUFACTURER
 from app.node.dicom_association import CONNECTIONS_PER_ASSOCIATION, REFUSAL_SECONDS, REFUSING_PER_PEER
 from app.node.dicom_received_instance import (
@@ -389,7 +393,8 @@ def _objects_created() -> list[str]:
         "  Instance UID, the study with an empty Patient ID on some files) or is left without FLAIR (every FLAIR",
         "  instance rejected by an incoming rejection note, section 3): the study is refused or not analysed then,",
         "  results of it still waiting are not sent, and the note's patient and study attributes are those of its",
-        "  instances (of the incoming note, when none is left).",
+        "  instances (of the incoming note, when none is left), and its Series Description",
+        f'  "{WITHDRAWAL_SERIES_DESCRIPTION}" (nothing supersedes what it rejects).',
         "  An archive that implements IOCM withdraws them; others keep it as a key object note.",
         "",
     ]

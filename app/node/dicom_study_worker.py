@@ -305,7 +305,7 @@ class StudyWorker:
             # Nothing is sent again: every result delivered is withdrawn. Not analysed counts as refused (interop
             # review 48 F1: every FLAIR instance rejected by an incoming rejection note left the results made of
             # them standing).
-            note = self._rejection_note(key, runs, [header])
+            note = self._rejection_note(key, runs, [header], withdrawn=True)
             if note is not None:
                 analysis.datasets.append(note)
         results = self.spool.save_results(key, run["run_id"], analysis.datasets)
@@ -374,20 +374,23 @@ class StudyWorker:
         )
         return None
 
-    def _rejection_note(self, key: str, runs: list[dict[str, Any]], datasets: list[Dataset]) -> Dataset | None:
+    def _rejection_note(
+        self, key: str, runs: list[dict[str, Any]], datasets: list[Dataset], withdrawn: bool = False
+    ) -> Dataset | None:
         """The note that rejects the SEGs and SRs a destination stored from earlier `runs` that the new results
         (`datasets`) do not send again (`app.dicom.rejection_note`): C-STORE cannot delete them at the destination
         (interop review 37: a revision turned negative left the earlier SEG as the study's only one).
 
         Made from the record alone, so a correction after the purge rejects what was purged (review 38). The same
         findings as the latest run (a series the models do not read arrived) send its results again, and the same
-        note. None when no destination stored anything that is not sent again."""
+        note. None when no destination stored anything that is not sent again. `withdrawn`: no results come with it
+        (the study was refused), and the note says so (`build_rejection_note`)."""
         sent_again = {str(dataset.SOPInstanceUID) for dataset in datasets}
         stale = [result for result in delivered_results(runs) if result["sop_instance_uid"] not in sent_again]
         if not stale:
             return None
         try:
-            return build_rejection_note(references(stale), datasets[-1], {}, "dicom-node")
+            return build_rejection_note(references(stale), datasets[-1], {}, "dicom-node", withdrawn=withdrawn)
         except ServiceError as error:
             logger.warning(
                 "earlier results not rejected: no rejection note made",

@@ -21,6 +21,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocum
 
 from app.dicom.dicom_sr import REVISED_SUFFIX, SR_SERIES_DESCRIPTION
 from app.dicom.dicom_sr_reader import predecessors
+from app.dicom.rejection_note import REJECTION_SERIES_DESCRIPTION, WITHDRAWAL_SERIES_DESCRIPTION
 from app.node.dicom_spool import SpoolLimits
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
@@ -314,6 +315,8 @@ def test_a_study_that_can_no_longer_be_analysed_withdraws_its_earlier_results(
         assert record(node)["runs"][-1]["status"] == "failed"
         (note,) = store.by_modality("KO")
         assert rejected(note) == {seg.SOPInstanceUID, sr.SOPInstanceUID}
+        # Nothing supersedes them: "Superseded results rejected" sent PACS users looking for newer ones (interop 58 F4)
+        assert note.SeriesDescription == WITHDRAWAL_SERIES_DESCRIPTION
         assert (len(store.by_modality("SEG")), len(store.by_modality("SR"))) == (1, 1)
     finally:
         store.close()
@@ -367,6 +370,7 @@ def test_a_study_sent_again_after_a_model_upgrade_is_analysed_again_and_revises_
         assert [len(store.by_modality(modality)) for modality in ("SEG", "SR", "KO")] == [2, 2, 1]
         (note,), (_, new_sr) = store.by_modality("KO"), store.by_modality("SR")
         assert rejected(note) == {first_seg.SOPInstanceUID, first_sr.SOPInstanceUID}
+        assert note.SeriesDescription == REJECTION_SERIES_DESCRIPTION
         assert predecessors(new_sr) == [first_sr.SOPInstanceUID]
         assert new_sr.SeriesDescription == SR_SERIES_DESCRIPTION + REVISED_SUFFIX
         runs = record(upgraded)["runs"]
