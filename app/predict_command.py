@@ -495,7 +495,7 @@ def not_regular(path: Path) -> str | None:
 
 def open_regular(path: Path) -> io.BufferedReader:
     """`path` opened for reading without waiting, once the open file is found regular: `not_regular` looks before
-    opening, but a regular file's read can still wait for ever (a link to /proc/kmsg, a stuck network mount: review
+    opening, but a special file that `stat` calls regular can still wait for ever (a link to /proc/kmsg: review
     58 F3), and the file can be swapped between the look and the open. A read that would wait raises
     `BlockingIOError`, or gives None.
 
@@ -532,7 +532,7 @@ def read_file(path: Path, limits: UploadLimits | None = None) -> bytes | Service
     except OSError as error:
         return FileUnreadableError(f"cannot read the file: {error.strerror or error}")
     if data is None:
-        return FileUnreadableError("cannot read the file: its read would wait (a special file, or a stuck mount)")
+        return FileUnreadableError("cannot read the file: its read would wait (a special file)")
     if limits is not None:
         try:
             check_upload_size(len(data), limits, complete=False)

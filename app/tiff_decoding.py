@@ -134,6 +134,9 @@ def as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
     return array
 
 
+UNCOMPRESSED = 1
+
+
 def check_tiff_layout(data: bytes, page: tifffile.TiffPage) -> None:
     """Refuse a page whose sizes are not each one number, a volume, or a strip or tile that is missing or lies past
     the end of the file.
@@ -162,12 +165,30 @@ def check_tiff_layout(data: bytes, page: tifffile.TiffPage) -> None:
         )
     if 0 in page.shape:
         return  # an empty image: refused for its size (`app.imaging`), with that reason
+    held = 0
     for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-        if offset <= 0 or count <= 0 or offset + count > len(data):
+        past_end = offset + count > len(data) and page.compression != UNCOMPRESSED
+        if offset <= 0 or count <= 0 or offset >= len(data) or past_end:
             raise UndecodableImageError(
                 "TIFF file cannot be decoded: a strip or tile is missing (offset or byte count 0) or lies past the end "
                 "of the file"
             )
+        held += min(count, len(data) - offset)
+    # Uncompressed, a writer may give the last strip a whole strip's count past the file's end (review 61 F5): what
+    # the file holds must still cover the image.
+    if page.compression == UNCOMPRESSED and held < _stored_bytes(page):
+        raise UndecodableImageError(
+            "TIFF file cannot be decoded: its strips or tiles hold fewer bytes than its image (cut short)"
+        )
+
+
+def _stored_bytes(page: tifffile.TiffPage) -> int:
+    """The bytes an uncompressed page's rows take, packed as stored (rows of 1, 2 or 4 bits end on a byte)."""
+    bits, samples = int(page.bitspersample), int(page.samplesperpixel)
+    width, length = int(page.imagewidth), int(page.imagelength)
+    if samples > 1 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+        return samples * length * math.ceil(width * bits / 8)
+    return length * math.ceil(width * samples * bits / 8)
 
 
 def tiff_chunk_bytes(page: tifffile.TiffPage) -> int:

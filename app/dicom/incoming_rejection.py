@@ -53,10 +53,30 @@ assert MAX_NOTE_BYTES <= DEFLATED_HEADER_BYTES
 
 
 TITLE_BYTES = 64 * 1024
-"""Most bytes of a Key Object Selection (inflated, for a deflated one) read to tell whether it is a rejection note and
-of which study (`read_note_title`): its SOP Class, Study Instance UID and Document Title (0040,A043) come before its
-evidence and content, which may name thousands of instances (review 58 F1: 250 deflated notes of 105 KB, each
-inflated and parsed whole to read its title, took 22 s and 2 GB)."""
+"""Most bytes of a deflated Key Object Selection inflated to tell whether it is a rejection note and of which study
+(`read_note_title`): its SOP Class, Study Instance UID and Document Title (0040,A043) come before its evidence and
+content, which may name thousands of instances (review 58 F1: 250 deflated notes of 105 KB, each inflated and parsed
+whole to read its title, took 22 s and 2 GB)."""
+TITLE_READS = 4_000
+"""Most reads made of a Key Object Selection's top level to find its title; values over `TITLE_DEFER_BYTES` are
+skipped, not read (review 61 F3: a 70 KB private value before the title was past the bytes read, and the selection
+was read whole)."""
+TITLE_DEFER_BYTES = 1024
+
+
+class _CappedReads(io.BytesIO):
+    """Bytes whose reads stop after `TITLE_READS` (`read_note_title`)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        if self.reads > TITLE_READS:
+            raise EOFError("past the reads a title may take")
+        return super().read(size)
+
 
 _DOCUMENT_TITLE_TAG = 0x0040A043
 
@@ -127,9 +147,10 @@ def read_rejection_note_within(data: bytes, max_bytes: int) -> tuple[Dataset, in
 
 
 def read_note_title(data: bytes) -> Dataset | None:
-    """The top level of a Key Object Selection up to its Document Title, read from its first `TITLE_BYTES` (inflated
-    at most that far, for a deflated one): enough for `is_rejection_note` and its study, at a bounded cost. None when
-    the title is not within those bytes (an unusually long top level: read the note whole, `read_rejection_note`).
+    """The top level of a Key Object Selection up to its Document Title, within `TITLE_READS` reads, long values
+    skipped (a deflated one inflated `TITLE_BYTES` at most): enough for `is_rejection_note` and its study, at a
+    bounded cost. None when the title is not found so (an unusual top level, a transfer syntax pydicom does not know:
+    read the note whole, `read_rejection_note`).
 
     Raises
     ------
@@ -140,10 +161,13 @@ def read_note_title(data: bytes) -> Dataset | None:
     if is_deflated(transfer_syntax):
         implicit, little = False, True
         head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[meta_end : meta_end + 2 * TITLE_BYTES], TITLE_BYTES)
+        whole = len(head) < TITLE_BYTES  # the data set ends within the bytes inflated
     else:
-        syntax = UID(transfer_syntax)
-        implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
-        head = data[meta_end : meta_end + TITLE_BYTES]
+        try:
+            implicit, little = UID(transfer_syntax).is_implicit_VR, UID(transfer_syntax).is_little_endian
+        except ValueError:  # a private transfer syntax: pydicom works it out reading the whole note (review 61 F2)
+            return None
+        head, whole = data[meta_end:], True
     past_title = False
 
     def after_title(tag: int, vr: str | None, length: int) -> bool:
@@ -151,13 +175,15 @@ def read_note_title(data: bytes) -> Dataset | None:
         past_title = past_title or tag > _DOCUMENT_TITLE_TAG
         return past_title
 
-    whole = len(head) < TITLE_BYTES  # the data set ends within the bytes read
+    stream = _CappedReads(head)
     try:
-        dataset = read_dataset(io.BytesIO(head), implicit, little, stop_when=after_title)
+        dataset = read_dataset(stream, implicit, little, stop_when=after_title, defer_size=TITLE_DEFER_BYTES)
     except Exception:
-        if whole:
+        if whole and stream.reads <= TITLE_READS:
             raise
-        return None  # cut inside an element before the title: not within TITLE_BYTES
+        return None  # cut inside an element before the title, or too many elements before it
+    if stream.reads > TITLE_READS:  # pydicom may take the cap for the data set's end
+        return None
     return dataset if past_title or whole else None
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
 from app.dicom.dicom_frame import DicomFrame, frame_placement, offsets_along_normal, source_instance_uids
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
@@ -189,8 +190,12 @@ def plan_headers(
     """
     max_slices = limits.max_request_slices if max_slices is None else max_slices
     series_choice = choose_series(headers, rules)
-    # The slices first, before any file's cost (a frame bomb is too many slices), without the copies of files read.
+    # The slices first, before any file's cost (a frame bomb is too many slices), without the copies of files read,
+    # and a series sent again under new UIDs counted once (review 61 F1: both copies counted, a 176-slice study sent
+    # twice was over the budget and its results withdrawn).
     choice, _ = _without_copies(headers, series_choice)
+    repeats = repeated_instances(headers, choice.used_files)
+    series_choice, choice = series_choice.without_repeats(repeats), choice.without_repeats(repeats)
     slices = count_slices(_readable(headers, choice), at_most=max_slices)
     if max_slices is not None and slices > max_slices:
         raise refuse_slices(slices, max_slices)
@@ -224,6 +229,66 @@ def _without_copies(
     """`choice` with the copies of files it reads left out, and those copies (`copies_of_read_files`)."""
     copies = copies_of_read_files(headers, choice.used_files)
     return choice.without_copies({index: original for index, (original, _) in copies.items()}), copies
+
+
+DECODING_KEYWORDS = (
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)
+"""What, besides the pixel data's bytes, decides what a file's frames decode to and where they lie."""
+
+
+def repeated_instances(headers: Sequence[DicomHeader | ServiceError], used: Collection[int]) -> dict[int, int]:
+    """The used files that repeat another used file, found before anything is counted or decoded: the same series,
+    place and decoding attributes (`DECODING_KEYWORDS`), the same transfer syntax and the very bytes of pixel data,
+    under another SOP Instance UID (a series sent again after a re-import). Repeat -> the file read, the one whose
+    SOP Instance UID sorts first. Only files that share all but the pixel data are hashed (for a header read from
+    disk, the file is read then). Copies in another transfer syntax are found once decoded (`repeated_files`)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index in sorted(used):
+        header = headers[index]
+        if isinstance(header, DicomHeader):
+            syntax = str(getattr(header.dataset, "file_meta", {}).get("TransferSyntaxUID", ""))
+            key = (syntax, *(_text(header.dataset.get(keyword)) for keyword in DECODING_KEYWORDS))
+            groups.setdefault(key, []).append(index)
+    repeats: dict[int, int] = {}
+    for members in (group for group in groups.values() if len(group) > 1):
+        by_digest: dict[bytes, list[int]] = {}
+        for index in members:
+            header = headers[index]
+            if isinstance(header, DicomHeader) and (digest := header.pixel_data_digest()) is not None:
+                by_digest.setdefault(digest, []).append(index)
+        for same in by_digest.values():
+            uids = {index: _sop_instance_uid(headers[index]) for index in same}
+            read = min(same, key=lambda index: uids[index])
+            repeats.update({index: read for index in same if uids[index] != uids[read]})
+    return repeats
+
+
+def _text(value: object) -> str:
+    """A value as text; a sequence with every item's values (its repr gives only its length)."""
+    return str(value) if isinstance(value, DicomSequence) else repr(value)
+
+
+def _sop_instance_uid(header: DicomHeader | ServiceError) -> str:
+    return str(header.dataset.get("SOPInstanceUID", "")) if isinstance(header, DicomHeader) else ""
 
 
 def _readable(headers: Sequence[DicomHeader | ServiceError], choice: SeriesChoice) -> list[DicomHeader]:
@@ -424,9 +489,11 @@ def repeated_files(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, in
     """The files whose every frame repeats, pixel for pixel, a frame of another file of its series at the same place:
     file -> the file read in its place. A PACS that sends a series again under new SOP Instance UIDs (a re-import, a
     migration) gives two identical images at each position, and the study was refused as having two slices there
-    (interop review 58 F1). At each place the frame of the lowest SOP Instance UID is read, so which copy is read does
-    not depend on the order the files came in. Frames that differ at all, have no position or share a SOP Instance
-    UID (one instance sent twice) are never repeats: they are still refused (`dicom_series.prepare_inputs`)."""
+    (interop review 58 F1). At each place the frame of the file of the most frames, then of the SOP Instance UID that
+    sorts first, is read, so which copy is read does not depend on the order the files came in. Most repeats are
+    found before decoding (`repeated_instances`); these are the rest (a copy in another transfer syntax). Frames that
+    differ at all, have no position or share a SOP Instance UID (one instance sent twice) are never repeats: they are
+    still refused (`dicom_series.prepare_inputs`)."""
     places = SlicePlaces()
     groups: dict[tuple[str, int], list[DicomFrame]] = {}
     for frame in frames:
@@ -435,7 +502,9 @@ def repeated_files(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, in
             groups.setdefault((frame.series_instance_uid, place), []).append(frame)
     repeat_of: dict[DicomFrame, int] = {}
     for members in groups.values():
-        read = min(members, key=lambda frame: (frame.sop_instance_uid, frame.frame_number))
+        # The file of the most frames first (review 61 F7: a single-frame copy of one frame of a multi-frame file was
+        # left out or not by the UIDs' order), then the SOP Instance UID that sorts first.
+        read = min(members, key=lambda frame: (-frame.number_of_frames, frame.sop_instance_uid, frame.frame_number))
         for member in members:
             if member.sop_instance_uid != read.sop_instance_uid and _same_image(member, read):
                 repeat_of[member] = file_of[read]

@@ -95,9 +95,10 @@ def apply_rejection_notes(
             if left >= MAX_NOTE_BYTES:
                 continue  # over the size a note may have alone: it withdraws nothing, as a damaged one
             raise TooManyRejectionNotesError(
-                f"the request's IHE IOCM rejection notes of its study take more than {NOTES_READ_BYTES // MIB} MiB to "
-                f"read, the most a request reads ({len(notes)} notes, {request_files(notes[at:])} not read): export "
-                "the study again once the PACS has applied its notes, or send it to the DICOM node"
+                f"the request's IHE IOCM rejection notes of its study (and Key Object Selections whose title only a "
+                f"whole read tells) take more than {NOTES_READ_BYTES // MIB} MiB to read, the most a request reads "
+                f"({len(notes)} files, {request_files(notes[at:])} not read): export the study again once the PACS "
+                "has applied its notes, or send it to the DICOM node"
             ) from None
         except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
             continue
@@ -116,7 +117,7 @@ def apply_rejection_notes(
             )
         headers[note_index] = RejectionNoteApplied(
             f"an IHE IOCM rejection note ({rejection.reason}), applied: {request_files(withdrawn)} it withdraws "
-            "were left out"
+            f"{'was' if len(withdrawn) == 1 else 'were'} left out"
         )
     return headers
 

@@ -18,7 +18,7 @@ from app.dicom.dicom_seg import build_segmentations
 from app.dicom.dicom_series import SliceInput
 from app.dicom.slice_order import anatomical_order, missing_slices, slice_order_known
 from app.dicom.tumor_volume import tumor_volume_ml
-from app.errors import InvalidSliceError, ServiceError
+from app.errors import InvalidSliceError, RejectedInstanceError, RejectionNoteApplied, ServiceError
 from app.inference import SlicePrediction
 from app.series.reading import too_many_slices
 from app.uploads import request_file
@@ -149,10 +149,15 @@ def single_slice_answers(
 def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
     """The error for a request none of whose files could be used: never an empty answer that reads as "no tumor".
 
-    It has the kind (hence the status) of the first file's error, and names every file's failure, each file as the
+    It has the kind (hence the status) of the first file's error that is no withdrawal by a rejection note (else of
+    the first file's), and names every file's failure, each file as the
     other errors name one (`request_file`: by index and as a person counts, so the web page adds its name).
     """
-    first = errors[min(errors)]
+    withdrawals = (RejectedInstanceError, RejectionNoteApplied)
+    failures = [error for _, error in sorted(errors.items()) if not isinstance(error, withdrawals)]
+    # A file that failed on its own tells the kind before one a note withdrew (review 61 F6: the page said every
+    # image was withdrawn when one was unreadable).
+    first = failures[0] if failures else errors[min(errors)]
     if len(errors) == 1:
         return first
     if len({error.message for error in errors.values()}) == 1:

@@ -289,7 +289,7 @@ def test_a_file_that_turns_into_a_pipe_after_the_look_is_not_waited_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review 58 F3: the look before opening (`not_regular`) let through a regular file whose read waits (a link to
-    /proc/kmsg as root, a stuck mount), and a file swapped for a pipe after the look: the open waited for ever. The
+    /proc/kmsg as root), and a file swapped for a pipe after the look: the open waited for ever. The
     file is now opened without waiting and checked on the open file."""
     fifo = tmp_path / "slice.png"
     os.mkfifo(fifo)

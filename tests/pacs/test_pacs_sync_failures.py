@@ -452,6 +452,7 @@ def test_a_study_that_can_no_longer_be_analysed_loses_its_earlier_results(
     series = mr_series(tumor_channels())
     again = copy.deepcopy(series[0])
     again.SOPInstanceUID, again.InstanceNumber = generate_uid(), len(series) + 1
+    again.PixelData = series[1].PixelData  # another image at that place: an identical one would be read once
     config = config_for(orthanc, tmp_path / "state.json")
     study = orthanc.study_of(orthanc.upload(series))
     assert run_pacs_sync(config, predictor, once=True) == SyncReport(positive=1)
@@ -480,6 +481,7 @@ def test_a_study_answered_again_after_a_refusal_names_the_report_the_refusal_wit
     (first,) = orthanc.results(study_uid, "SR")
     stray = copy.deepcopy(series[0])
     stray.SOPInstanceUID, stray.InstanceNumber = generate_uid(), len(series) + 1
+    stray.PixelData = series[1].PixelData  # another image at that place: an identical one would be read once
     series_id = orthanc.upload([stray])
     assert run_pacs_sync(config, predictor, once=True).failed == 1
     assert orthanc.result_series(study) == {"SEG": [], "SR": []}

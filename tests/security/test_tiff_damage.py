@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from app.errors import InvalidSliceError, OverMemoryBudgetError, UndecodableImageError
-from app.imaging import decode_image, read_image_header
+from app.imaging import decode_image, decode_samples, read_image_header
 from tests.security import corpus
 
 PILLOW_COMPRESSIONS = ["tiff_lzw", "packbits", "tiff_adobe_deflate"]
@@ -174,3 +174,39 @@ def test_a_volume_is_refused_not_read_as_a_colour_image():
 
     with pytest.raises(InvalidSliceError, match="volume of 48 planes"):
         read_image_header(buffer.getvalue())
+
+
+def with_last_strip_count(data: bytes, count: int) -> bytes:
+    """`data` with its last strip's StripByteCounts set to `count`."""
+    changed = bytearray(data)
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        tag = tiff.pages.first.tags["StripByteCounts"]
+        strips = len(tiff.pages.first.databytecounts)
+    layout = {3: "<H", 4: "<I"}[int(tag.dtype)]
+    struct.pack_into(layout, changed, tag.valueoffset + struct.calcsize(layout) * (strips - 1), count)
+    return bytes(changed)
+
+
+def test_an_uncompressed_last_strip_counted_as_a_whole_strip_is_read():
+    """Review 61 F5: some writers give the last, shorter strip a whole strip's byte count, past the file's end;
+    the file still holds every row, and is read as before."""
+    grey = (np.arange(100 * 90) % 60000).astype(np.uint16).reshape(100, 90)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, grey, rowsperstrip=16)
+
+    decoded = decode_samples(with_last_strip_count(buffer.getvalue(), 16 * 90 * 2))
+
+    assert np.array_equal(decoded, grey)
+
+
+def test_an_uncompressed_tiff_cut_inside_its_last_strip_is_refused():
+    grey = (np.arange(100 * 90) % 60000).astype(np.uint16).reshape(100, 90)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, grey, rowsperstrip=16)
+    data = buffer.getvalue()
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        end = tiff.pages.first.dataoffsets[-1] + tiff.pages.first.databytecounts[-1]
+    assert end == len(data)  # the image data comes last: cutting the file cuts the strip
+
+    with pytest.raises(UndecodableImageError, match="hold fewer bytes than its image"):
+        read_image_header(data[:-100])

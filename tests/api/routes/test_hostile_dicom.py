@@ -464,3 +464,16 @@ def test_a_garbled_value_representation_fails_its_file_only_at_any_depth(client:
     body = response.json()
     assert len(body["slices"]) == 2
     assert [(error["index"], error["error"]["code"]) for error in body["file_errors"]] == [(1, "undecodable_dicom")]
+
+
+def test_a_private_element_of_a_vr_pydicom_does_not_know_is_left_alone(client: TestClient) -> None:
+    """Review 61 F4: the check refused a vendor's private element of its own VR (or one newer than pydicom), which the
+    service never reads: a file analysed before became a 400."""
+    dataset = series()[0]
+    dataset.add_new(0x00090010, "LO", "ACME")
+    dataset.add_new(0x00091001, "LO", "VENDOR")
+    data = with_garbled_vr(to_bytes(dataset), b"\x09\x00\x01\x10", b"LO")
+
+    response = client.post("/v1/predict", files={"file": ("IM0", data, "application/dicom")})
+
+    assert response.status_code == 200, response.text

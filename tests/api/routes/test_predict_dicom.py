@@ -1126,6 +1126,28 @@ def test_a_multi_frame_object_sent_again_under_a_new_uid_is_read_once(client: Te
     assert [item["files"] for item in body["series_left_out"]] == [[1 - kept]]
 
 
+@pytest.mark.parametrize("copy_uid", ["1.2.3", "2.25.9"], ids=["sorts-first", "sorts-last"])
+def test_a_single_frame_copy_of_one_frame_of_a_multi_frame_file_is_left_out_whatever_its_uid(
+    client: TestClient, copy_uid: str
+) -> None:
+    """Review 61 F7: at each place the frame of the SOP Instance UID sorting first was read, so the copy was left out
+    or the study refused by the UIDs' order. The file of the most frames is read at a place now."""
+    original = legacy_multiframe(mr_series(tumor_channels()))
+    copy = pydicom.dcmread(io.BytesIO(to_bytes(mr_series(tumor_channels())[1])))
+    copy.SeriesInstanceUID, copy.FrameOfReferenceUID = original.SeriesInstanceUID, original.FrameOfReferenceUID
+    copy.StudyInstanceUID = original.StudyInstanceUID
+    position = original.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0].ImagePositionPatient
+    copy.ImagePositionPatient = list(position)
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = copy_uid
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(original), to_bytes(copy)]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["file_index"] for item in body["slices"]] == [0, 0, 0]
+    assert [item["files"] for item in body["series_left_out"]] == [[1]]
+
+
 def test_a_copy_under_a_new_uid_that_differs_in_one_pixel_is_still_refused(client: TestClient) -> None:
     """Two different images at one position: which one is the slice is not for the service to guess."""
     series = mr_series(tumor_channels())

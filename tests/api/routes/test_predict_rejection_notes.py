@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from app.dicom import incoming_rejection
 from app.dicom.dicom_seg_reader import read_segmentation_masks
@@ -165,7 +165,7 @@ def test_notes_past_the_bytes_a_request_reads_refuse_it(
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["code"] == "too_many_rejection_notes"
-    assert "(3 notes, the request's file at index 5 (file 6 as sent) not read)" in error["message"]
+    assert "(3 files, the request's file at index 5 (file 6 as sent) not read)" in error["message"]
     assert "fewer notes" not in error["message"]
 
 
@@ -222,3 +222,79 @@ def test_a_note_of_another_study_is_not_walked(client: TestClient, series, monke
 
     assert response.status_code == 200, response.text
     assert walked == []
+
+
+def test_a_note_under_a_private_transfer_syntax_is_applied(client: TestClient, series) -> None:
+    """Review 61 F2: the title read asked pydicom for the transfer syntax's encoding, which it does not know for a
+    private one, and the note was taken for no note: the image it withdraws was analysed."""
+    note = key_object_selection(series, series[-1:])
+    note.file_meta.TransferSyntaxUID = UID("1.3.6.1.4.1.99999.1")
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, note, implicit_vr=False, little_endian=True, force_encoding=True)
+    files = dicom_parts(series) + [("files", ("NOTE", buffer.getvalue(), "application/dicom"))]
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 200, response.text
+    assert errors_by_index(response.json()) == {len(series) - 1: "rejected_instance", len(series): "rejection_note"}
+
+
+def test_key_image_selections_with_a_long_value_before_their_title_cost_no_budget(
+    client: TestClient, series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 61 F3: a 70 KB private value before the title put it past the bytes read; each such selection was read
+    whole and charged, and five refused a request that held no rejection note. Long values are skipped now."""
+    selection = key_object_selection(series, series, codes.DCM.OfInterest)
+    selection.add_new(0x00290010, "LO", "ACME")
+    selection.add_new(0x00291001, "OB", bytes(70_000))  # a private block before the Document Title
+    read_whole: list[int] = []
+    reader = rejection_notes.read_rejection_note_within
+    monkeypatch.setattr(
+        rejection_notes, "read_rejection_note_within", lambda *args: read_whole.append(1) or reader(*args)
+    )
+    files = dicom_parts(series) + [("files", (f"KOS{at}", to_bytes(selection), "application/dicom")) for at in range(5)]
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 200, response.text
+    assert read_whole == []
+    assert set(errors_by_index(response.json()).values()) == {"unsupported_dicom"}
+
+
+def test_a_note_whose_title_comes_after_many_elements_is_read_whole_and_applied(client: TestClient, series) -> None:
+    """Past `TITLE_READS` the title read gives up and the note is read whole, within the budget: a note padded with
+    thousands of tiny elements before its title still withdraws its image."""
+    note = key_object_selection(series, series[-1:])
+    block = note.private_block(0x0029, "PADDING", create=True)
+    for element in range(0x10, 0x100):
+        block.add_new(element, "SH", "x")
+    more = note.private_block(0x0031, "PADDING", create=True)
+    for element in range(0x10, 0x100):
+        more.add_new(element, "SH", "x")
+    for group in range(0x0033, 0x0041, 2):  # some 4,000 elements before (0040,A043)
+        extra = note.private_block(group, "PADDING", create=True)
+        for element in range(0x10, 0x100):
+            extra.add_new(element, "SH", "x")
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series, note]))
+
+    assert response.status_code == 200, response.text
+    assert errors_by_index(response.json()) == {len(series) - 1: "rejected_instance", len(series): "rejection_note"}
+
+
+def test_a_request_of_a_withdrawn_image_and_a_broken_file_is_refused_for_the_broken_file(
+    client: TestClient, series
+) -> None:
+    """Review 61 F6: the whole request took the first file's code, a withdrawal, and the page told the user that
+    every image was withdrawn, though one file was unreadable."""
+    images = series[:2]
+    note = key_object_selection(images, images[:1])
+    files = dicom_parts([*images, note])
+    files[1] = ("files", ("IM0001", b"DICM-not-really" * 10, "application/dicom"))
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert "(the request's file at index 0 (file 1 as sent): withdrawn by" in error["message"]
