@@ -194,8 +194,21 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
     request's UID, it would replace another instance), and a SOP Instance or Study Instance, Study Instance or
     Series Instance UID that is missing or not a UID. Each would fail only once the study is processed, long after
     its sender was told it was kept (and a re-sent instance refused leaves the copy stored before it as it was). No
-    refusal quotes a value of the instance (`without_found_values`).
+    refusal quotes a value of the instance (`without_found_values`). Whatever else pydicom raises on a value the
+    checks read (a length no number of values fills) refuses it too, 0xC000 (attack review 60 F5: it escaped, and
+    pynetdicom answered 0xC211 with a traceback in the log).
     """
+    try:
+        return _checked_instance(data, sop_class_uid, sop_instance_uid, max_bytes)
+    except (InstanceRefusedError, InstanceNotKeptError):
+        raise
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged value; none is quoted
+        raise InstanceRefusedError(
+            STATUS_CANNOT_UNDERSTAND, f"a value cannot be read ({type(error).__name__}): the instance is corrupt"
+        ) from error
+
+
+def _checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max_bytes: int) -> ReceivedInstance:
     try:
         header = read_dicom_header(data, max_pixels=sys.maxsize, max_bytes=max_bytes)
         check_pixel_data_element(header)

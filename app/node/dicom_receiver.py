@@ -37,6 +37,8 @@ from app.dicom.incoming_rejection import (
     RejectionNoteTooLargeError,
     check_note_size,
     incoming_rejection,
+    is_rejection_note,
+    read_note_title,
     read_rejection_note,
 )
 from app.errors import UndecodableDicomError
@@ -241,14 +243,20 @@ class Receiver:
         from 1 MB on the wire (review 48r F1); `UndecodableDicomError` for one whose data set cannot be read (a
         damaged deflate stream, too many elements)."""
         check_note_size(received_bytes(event.request.DataSet))  # before the bytes are copied
+        data = event.encoded_dataset(include_meta=True)
         try:
-            dataset = read_rejection_note(event.encoded_dataset(include_meta=True))
+            dataset = read_rejection_note(data)
             rejection = incoming_rejection(dataset)
             key = study_key(rejection.study_instance_uid, identity_text(dataset.get("PatientID"))) if rejection else ""
         except (RejectionNoteTooLargeError, UndecodableDicomError):
             raise  # refused: a note that may be one must not be answered Success (attack review 55 F1)
-        except Exception:  # noqa: BLE001 - a note the node cannot read is ignored, as before it read any
-            logger.info("rejection note ignored: unreadable")
+        except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
+            if _may_be_rejection_note(data):  # attack review 60 F3: answered Success, the note was lost
+                raise UndecodableDicomError(
+                    f"a Key Object Selection titled as an IOCM rejection note whose content cannot be read "
+                    f"({type(error).__name__})"
+                ) from error
+            logger.info("key object selection ignored: unreadable, and not titled as a rejection note")
             return None
         return None if rejection is None else (key, rejection)
 
@@ -506,3 +514,13 @@ def _log_refused_contexts(event: Event) -> None:
         if not_uids:
             fields["not a UID (not logged)"] = not_uids
         logger.info("presentation contexts refused", extra={"fields": fields})
+
+
+def _may_be_rejection_note(data: bytes) -> bool:
+    """Whether a Key Object Selection whose content cannot be read is titled as an IOCM rejection note, or has a top
+    level too damaged to tell: such a one is refused, never ignored with Success."""
+    try:
+        title = read_note_title(data)
+        return title is None or is_rejection_note(title)
+    except Exception:  # noqa: BLE001 - a top level pydicom cannot read either: it may be a note
+        return True

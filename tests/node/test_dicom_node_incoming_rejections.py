@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
 from app.dicom.dicom_sr_reader import predecessors
@@ -36,6 +36,7 @@ from tests.dicom.builders import (
     key_object_selection,
     mr_series,
     referenced,
+    to_bytes,
     tumor_channels,
     write_files,
 )
@@ -246,6 +247,52 @@ def test_a_key_object_selection_whose_deflate_stream_is_damaged_is_refused(
     key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
     assert node.spool.rejected_instances(key) == {}
     assert len(node.spool.instance_files(key)) == 3
+
+
+def with_content_damaged(note: Dataset) -> bytes:
+    """`note` (explicit VR little endian) with its content's Referenced SOP Sequence written as OB: readable at its top
+    level, its content not walkable."""
+    data = bytearray(to_bytes(note))
+    at = data.rindex(b"\x08\x00\x99\x11SQ")  # the content's (0008,1199), after the evidence's
+    data[at + 4 : at + 6] = b"OB"
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("title", "status"), [(None, 0xC000), (codes.DCM.OfInterest, 0)], ids=["note", "of-interest"])
+def test_a_key_object_selection_titled_as_a_note_whose_content_is_damaged_is_refused(
+    make_node: Any, clock: Clock, tmp_path: Path, title: Any, status: int
+) -> None:
+    """Attack review 60 F3: a note whose content pydicom cannot walk (a sequence's VR garbled) was answered Success
+    and dropped; the image it withdraws stayed analysed. A key image selection of the same damage is still ignored."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    path = tmp_path / "note.dcm"
+    path.write_bytes(with_content_damaged(key_object_selection(series, series[-1:], title)))
+
+    answer = store_file_as_it_is(node.config.port, path, KeyObjectSelectionDocumentStorage, ExplicitVRLittleEndian)
+
+    assert answer.Status == status
+    key = study_key(series[0].StudyInstanceUID, series[0].PatientID)
+    assert node.spool.rejected_instances(key) == {}
+
+
+def test_an_instance_whose_value_pydicom_cannot_read_is_refused_0xc000(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Attack review 60 F5: a Patient ID written as UL (a length no number of 4-byte values fills) raised past the
+    checks; pynetdicom answered 0xC211 and logged a traceback."""
+    node = make_node()
+    data = bytearray(to_bytes(mr_series(tumor_channels())[0]))
+    at = data.index(b"\x10\x00\x20\x00LO")
+    data[at + 4 : at + 6] = b"UL"
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(bytes(data))
+
+    answer = store_file_as_it_is(node.config.port, path, MRImageStorage, ExplicitVRLittleEndian)
+
+    assert answer.Status == 0xC000
+    assert "cannot be read" in answer.ErrorComment or "corrupt" in answer.ErrorComment
 
 
 @pytest.mark.parametrize("failing", ["rejection_notes", "rejected.json"])
