@@ -477,3 +477,20 @@ def test_a_private_element_of_a_vr_pydicom_does_not_know_is_left_alone(client: T
     response = client.post("/v1/predict", files={"file": ("IM0", data, "application/dicom")})
 
     assert response.status_code == 200, response.text
+
+
+def test_a_file_whose_slice_thickness_is_written_as_a_time_fails_alone_and_the_report_is_made(
+    client: TestClient,
+) -> None:
+    """Attack review 60 F1: a defined VR other than the element's (SliceThickness as TM) read as text where the SR
+    needs a number; the whole series' SR failed for that one file. The file is refused alone now."""
+    files = as_files(series())
+    broken = bytearray(files[1][1][1])
+    at = broken.index(b"\x18\x00\x50\x00DS")
+    broken[at + 4 : at + 6] = b"TM"
+    files[1] = ("files", ("IM1", bytes(broken), "application/dicom"))
+
+    response = client.post("/v1/predict/batch?output=dicom-seg-sr", files=files)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Skipped-File-Indices"] == "1"
