@@ -534,7 +534,11 @@ def _check_high_bit(dataset: Dataset, bits_stored: int) -> None:
         )
 
 
+UNDEFINED_LENGTH = 0xFFFFFFFF
 KNOWN_VRS = frozenset(vr.value for vr in VR if len(vr.value) == 2)
+VALUE_SIZES = {"US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "OL": 4, "OF": 4}
+VALUE_SIZES |= {"FD": 8, "SV": 8, "UV": 8, "OD": 8, "OV": 8}
+"""Bytes per value of the binary VRs: a value whose length is no whole number of them raises on access."""
 READ_AS_THEIR_VR = frozenset(
     tag_for_keyword(keyword)
     for keyword in (
@@ -585,6 +589,12 @@ def check_value_representations(dataset: Dataset) -> None:
         if element.VR not in KNOWN_VRS:
             raise UndecodableDicomError(
                 f"DICOM element {tag} has value representation {element.VR!r}, which DICOM does not define (corrupt)"
+            )
+        size, length = VALUE_SIZES.get(element.VR), getattr(element, "length", None)  # None: a value already read
+        if size and length is not None and length != UNDEFINED_LENGTH and length % size:  # a Patient ID written as UL
+            raise UndecodableDicomError(
+                f"DICOM element {tag} has value representation {element.VR!r} and a length of {length} bytes, "
+                f"no whole number of {size}-byte values (corrupt)"
             )
         if tag in READ_AS_THEIR_VR and element.VR != "UN" and element.VR not in dictionary_VR(tag).split(" or "):
             raise UndecodableDicomError(

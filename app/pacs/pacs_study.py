@@ -57,11 +57,12 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
-from app.dicom.dicom_header import UNREADABLE_HEADER, read_header
+from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, read_header
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
-from app.dicom.incoming_rejection import incoming_rejection
+from app.dicom.incoming_rejection import incoming_rejection, is_rejection_note
 from app.dicom.instance_content import content_digest
+from app.errors import ServiceError, UndecodableDicomError
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
@@ -117,6 +118,16 @@ class UnreadableStudyError(RuntimeError):
 
 class MixedStudyError(RuntimeError):
     """A study's instances name different patients or studies (never the values: they are patient data)."""
+
+
+class UnreadableRejectionNoteError(RuntimeError):
+    """A Key Object Selection of the study titled as an IOCM rejection note whose content cannot be read: which
+    images it withdraws is unknown, so none is analysed until it is repaired or deleted (attack review 60 F2; the
+    DICOM node refuses such a note, 0xC000)."""
+
+
+OWN_ERRORS = (ServiceError, OrthancError, StudyTooLargeError, MixedStudyError, UnreadableRejectionNoteError)
+"""Errors whose messages are written here, never quoting a file's values: recorded whole; any other only by type."""
 
 
 class StudyAnalyser(Protocol):
@@ -228,7 +239,9 @@ class StudySync:
         state.retries[study_id] = self._next_attempt(attempts)
         self.failures["internal"] += 1
         _log_not_processed(study_id, error, attempts)
-        failed = self._record(FAILED, study_fingerprint, attempts=attempts, error=f"{type(error).__name__}: {error}")
+        # A library's message may quote a file's values (attack review 60 F2: a Patient ID in the record).
+        text = f"{type(error).__name__}: {error}" if isinstance(error, OWN_ERRORS) else type(error).__name__
+        failed = self._record(FAILED, study_fingerprint, attempts=attempts, error=text)
         try:
             self.client.write_sync_record(study_id, failed)
             state.unrecorded_failures.pop(study_id, None)
@@ -553,7 +566,15 @@ class StudySync:
         for series in ko_series:
             for instance in series["Instances"]:
                 _, header = fetch(str(instance), whole_header=True)
-                rejection = incoming_rejection(header) if header is not None else None
+                try:
+                    rejection = incoming_rejection(header) if header is not None else None
+                except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
+                    if header is not None and is_rejection_note(header):
+                        raise UnreadableRejectionNoteError(
+                            f"a rejection note of the study cannot be read ({type(error).__name__}): the images it "
+                            "withdraws are unknown; repair or delete it in Orthanc"
+                        ) from None
+                    rejection = None  # a damaged key image selection withdraws nothing
                 if rejection is not None:
                     rejected |= rejection.sop_instance_uids
         fetch.unreadable = unreadable
@@ -675,16 +696,23 @@ class _Fetch:
         for a file whose header cannot be read."""
         data = self.client.instance_file(instance_id)
         header = read_header(data, None if whole_header else CHECKED_TAGS)
+        identity, transcoded = ("", ""), False
+        if header is not None:
+            try:
+                with garbled_values_refused():  # a value pydicom cannot read: the file is counted, as the node does
+                    identity = identity_text(header.get("PatientID")), str(header.get("StudyInstanceUID", ""))
+                    transcoded = _needs_transcoding(header)
+            except UndecodableDicomError:
+                header = None
         if header is None:
             self.unreadable += 1
-        elif _needs_transcoding(header):  # Orthanc decodes more transfer syntaxes than we do
+        elif transcoded:  # Orthanc decodes more transfer syntaxes than we do
             data = self.client.uncompressed_instance_file(instance_id)  # its UIDs and patient kept
         self.fetched += len(data)
         limit = self.client.config.max_study_bytes
         if self.fetched > limit:
             raise StudyTooLargeError(f"the study's files take more than {limit} bytes (max_study_bytes); not analysed")
         if header is not None:
-            identity = identity_text(header.get("PatientID")), str(header.get("StudyInstanceUID", ""))
             self.identity = self.identity or identity
             if identity != self.identity:
                 raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")

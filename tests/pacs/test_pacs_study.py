@@ -16,7 +16,7 @@ from app.pacs.pacs_study import FAILED, POSITIVE, UNREADABLE, StudySync, orthanc
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import AnalysisStatus, ModelStudyProcessor
-from tests.dicom.builders import mr_series, to_bytes, tumor_channels, write_files
+from tests.dicom.builders import key_object_selection, mr_series, to_bytes, tumor_channels, write_files
 from tests.node.node_support import ThresholdPredictor
 
 SERIES = {"ID": "s1", "Instances": ["i1", "i2"], "MainDicomTags": {"Modality": "MR", "SeriesInstanceUID": "1.2"}}
@@ -162,7 +162,9 @@ def garbled_slice(series: list[Dataset], element: bytes = b"\x10\x00\x20\x00LO",
 
 
 @pytest.mark.parametrize("broken_position", [0, 2], ids=["first-file", "a-later-file"])
-@pytest.mark.parametrize("garbled", [None, b"ES", b"TM"], ids=["not-dicom", "garbled-vr", "slice-thickness-as-tm"])
+@pytest.mark.parametrize(
+    "garbled", [None, b"ES", b"TM", b"UL"], ids=["not-dicom", "garbled-vr", "slice-thickness-as-tm", "patient-id-as-ul"]
+)
 def test_pacs_sync_counts_and_skips_an_unreadable_file_as_the_dicom_node_does(
     broken_position: int, garbled: bytes | None, tmp_path: Path
 ) -> None:
@@ -173,6 +175,8 @@ def test_pacs_sync_counts_and_skips_an_unreadable_file_as_the_dicom_node_does(
     series = mr_series(tumor_channels())
     if garbled == b"TM":  # attack review 60 F1: a defined VR, not the element's: the study's SR failed over it
         broken = garbled_slice(series, b"\x18\x00\x50\x00DS", b"TM")
+    elif garbled == b"UL":  # attack review 60 F2: a value pydicom cannot read failed the study in pacs-sync
+        broken = garbled_slice(series, vr=b"UL")
     else:
         broken = garbled_slice(series) if garbled else b"no DICOM file"
     files = [to_bytes(dataset) for dataset in series]
@@ -187,9 +191,40 @@ def test_pacs_sync_counts_and_skips_an_unreadable_file_as_the_dicom_node_does(
     (record,) = client.written
     assert outcome == record["status"] == POSITIVE
     assert node.status == AnalysisStatus.ANALYSED and node.summary["positive_slices"] > 0
-    if garbled == b"TM":  # pacs-sync reads a few tags first, not this one: the flow refuses the file, counted too
+    if garbled in (b"TM", b"UL"):  # found by the flow in one, by the header read in the other: counted both
         assert sum(record["summary"]["file_errors"].values()) == sum(node.summary["file_errors"].values()) == 1
     else:
         assert record["summary"]["file_errors"] == node.summary["file_errors"] == {"unreadable_header": 1}
         assert record["summary"]["notes"] == node.summary["notes"]
     assert record["summary"]["slices"] == node.summary["slices"] == len(series)
+
+
+class StudyWithNoteClient(StudyFilesClient):
+    """The study of `StudyFilesClient` with a KO series of one note (Orthanc ID "k1")."""
+
+    def __init__(self, series_uid: str, files: dict[str, bytes], note: bytes) -> None:
+        super().__init__(series_uid, files)
+        self.files = {**files, "k1": note}
+        self.notes = {"ID": "s2", "Instances": ["k1"], "MainDicomTags": {"Modality": "KO", "SeriesInstanceUID": "9"}}
+
+    def study_series(self, study_id: str) -> list[dict[str, Any]]:
+        return [self.series, self.notes]
+
+
+def test_a_rejection_note_whose_content_cannot_be_read_fails_the_study_with_a_reason_of_its_own() -> None:
+    """Attack review 60 F2: it raised a library error, recorded whole (it quoted a file's values); which images it
+    withdraws is unknown, so none is analysed, and the record says why."""
+    series = mr_series(tumor_channels())
+    data = bytearray(to_bytes(key_object_selection(series, series[-1:])))
+    at = data.rindex(b"\x08\x00\x99\x11SQ")  # the content's Referenced SOP Sequence, written as OB
+    data[at + 4 : at + 6] = b"OB"
+    files = {f"i{index}": to_bytes(dataset) for index, dataset in enumerate(series)}
+    client = StudyWithNoteClient(str(series[0].SeriesInstanceUID), files, bytes(data))
+    studies = StudySync(client, ModelStudyProcessor(ThresholdPredictor(), result_origin="pacs-sync"))  # type: ignore[arg-type]
+
+    outcome = studies.process("st1", SyncState())
+
+    (record,) = client.written
+    assert outcome == record["status"] == FAILED
+    assert record["error"].startswith("UnreadableRejectionNoteError: a rejection note of the study cannot be read")
+    assert client.stored == []
