@@ -44,7 +44,7 @@ def content_digest(data: bytes) -> bytes:
     except Exception:  # noqa: BLE001 - any reason it cannot be read: fall back to the bytes as received
         return hashlib.sha256(b"bytes\0" + data).digest()
     digest.update(f"{pixels.dtype.str}{pixels.shape}{header.frames}".encode())
-    digest.update(pixels.tobytes())
+    digest.update(pixels.data)  # the array's own buffer: a copy of it took another pixel array (attack review 60 F4)
     return digest.digest()
 
 
