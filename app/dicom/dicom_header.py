@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
 from pydicom.valuerep import VR
 
@@ -326,6 +328,7 @@ def read_dicom_header(
                     f"DICOM file ends inside its header, at byte {len(data)}, before its pixel data (truncated)"
                 )
         _check_sop_class(dataset, has_pixels)
+        check_value_representations(dataset, as_read=False)  # an undefined VR, named before a check trips on it
         _check_pixel_description(dataset)
         _check_functional_groups(dataset)
     rows, columns, frames, bits = checked_dimensions(dataset, max_pixels)
@@ -536,9 +539,9 @@ def _check_high_bit(dataset: Dataset, bits_stored: int) -> None:
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 KNOWN_VRS = frozenset(vr.value for vr in VR if len(vr.value) == 2)
-VALUE_SIZES = {"US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "OL": 4, "OF": 4}
-VALUE_SIZES |= {"FD": 8, "SV": 8, "UV": 8, "OD": 8, "OV": 8}
-"""Bytes per value of the binary VRs: a value whose length is no whole number of them raises on access."""
+VALUE_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "SV": 8, "UV": 8}
+"""Bytes per value of the binary VRs pydicom reads as numbers: a value whose length is no whole number of them
+raises on access (the O* VRs are read as bytes whatever their length)."""
 READ_AS_THEIR_VR = frozenset(
     tag_for_keyword(keyword)
     for keyword in (
@@ -569,12 +572,16 @@ SliceThickness as TM, a UID as PN), they read as text where a number or a UID is
 failed for one file (attack review 60 F1). Refused at any other VR but UN."""
 
 
-def check_value_representations(dataset: Dataset) -> None:
-    """Refuse a data set with a public element whose value representation DICOM does not define, or one the service
-    reads written with a VR other than its own (`READ_AS_THEIR_VR`), at any depth: pydicom
+def check_value_representations(dataset: Dataset, as_read: bool = True) -> None:
+    """Refuse a data set with a public element whose value representation DICOM does not define, at any depth: pydicom
     keeps it raw and raises `NotImplementedError` on first access, which came after the header's checks, in the
     series choice or the notes, as a 500 for the whole request (attack review 59 F5: one VR byte garbled, "ES").
-    Values are not converted; only the sequences not left where they are (`HEADER_DEFER_BYTES`) are read.
+    With `as_read`, also one the service reads (`READ_AS_THEIR_VR`) written under another VR, and a value pydicom
+    cannot read (a binary VR whose length is no whole number of values) in such an element or in one written under
+    a VR other than its own (attack review 60 F1, F2: a Slice Thickness as TM, a Patient ID as UL). Elements the
+    service never reads under their own VR are left alone, as pydicom leaves them (review 62 F5: an Acquisition
+    Matrix of 7 bytes). Values are not converted; only the sequences not left where they are (`HEADER_DEFER_BYTES`)
+    are read.
 
     Raises
     ------
@@ -584,26 +591,38 @@ def check_value_representations(dataset: Dataset) -> None:
         if tag.is_private:  # never read here: a vendor's own VR (or a newer one) is no reason to refuse (review 61 F4)
             continue
         element = dataset.get_item(tag, keep_deferred=True)  # a long value stays in the file
-        if element is None or element.VR is None:  # implicit VR: the data dictionary's, on access
+        if element is None:
             continue
-        if element.VR not in KNOWN_VRS:
+        if element.VR is not None and element.VR not in KNOWN_VRS:
             raise UndecodableDicomError(
                 f"DICOM element {tag} has value representation {element.VR!r}, which DICOM does not define (corrupt)"
             )
-        size, length = VALUE_SIZES.get(element.VR), getattr(element, "length", None)  # None: a value already read
-        if size and length is not None and length != UNDEFINED_LENGTH and length % size:  # a Patient ID written as UL
-            raise UndecodableDicomError(
-                f"DICOM element {tag} has value representation {element.VR!r} and a length of {length} bytes, "
-                f"no whole number of {size}-byte values (corrupt)"
-            )
-        if tag in READ_AS_THEIR_VR and element.VR != "UN" and element.VR not in dictionary_VR(tag).split(" or "):
-            raise UndecodableDicomError(
-                f"DICOM element {tag} ({keyword_for_tag(tag)}) has value representation {element.VR!r}; DICOM "
-                f"defines it as {dictionary_VR(tag)} (corrupt)"
-            )
+        if as_read:
+            _check_as_read(tag, element)
         if element.VR == "SQ" and element.value is not None:  # None: a value left in the file, not read
             for item in dataset[tag].value:
-                check_value_representations(item)
+                check_value_representations(item, as_read)
+
+
+def _check_as_read(tag: BaseTag, element: DataElement | RawDataElement) -> None:
+    """`check_value_representations`' checks of an element as the service reads it (`as_read`)."""
+    try:
+        own = dictionary_VR(tag).split(" or ")
+    except KeyError:  # a tag newer than pydicom's dictionary: never read here
+        return
+    vr = element.VR or (own[0] if len(own) == 1 else None)  # implicit VR: the dictionary's, when it has one
+    if tag in READ_AS_THEIR_VR and vr not in (*own, "UN", None):
+        raise UndecodableDicomError(
+            f"DICOM element {tag} ({keyword_for_tag(tag)}) has value representation {vr!r}; DICOM defines it as "
+            f"{dictionary_VR(tag)} (corrupt)"
+        )
+    size, length = VALUE_SIZES.get(vr or ""), getattr(element, "length", None)  # None: a value already read
+    read = tag in READ_AS_THEIR_VR or vr not in own  # read by the service, or under a VR not its own
+    if read and size and length is not None and length != UNDEFINED_LENGTH and length % size:
+        raise UndecodableDicomError(
+            f"DICOM element {tag} has value representation {vr!r} and a length of {length} bytes, no whole number "
+            f"of {size}-byte values (corrupt)"
+        )
 
 
 def _check_functional_groups(dataset: Dataset) -> None:

@@ -240,3 +240,14 @@ def _evidence_of_study(dataset: Dataset, study_uid: str) -> set[str]:
 def unpadded_uid(value: object) -> str:
     """A UID as a data set holds it, without the padding (NUL or space) it may end with."""
     return str(value or "").rstrip("\0 ")
+
+
+def may_be_rejection_note(data: bytes) -> bool:
+    """Whether a Key Object Selection that cannot be read whole is titled as an IOCM rejection note, or has a top
+    level too damaged to tell: the DICOM node refuses such a one (never Success: attack review 60 F3), and pacs-sync
+    fails its study (review 62 F3), since which images it withdraws is unknown."""
+    try:
+        title = read_note_title(data)
+        return title is None or is_rejection_note(title)
+    except Exception:  # noqa: BLE001 - a top level pydicom cannot read either: it may be a note
+        return True

@@ -202,6 +202,8 @@ def checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, max
         return _checked_instance(data, sop_class_uid, sop_instance_uid, max_bytes)
     except (InstanceRefusedError, InstanceNotKeptError):
         raise
+    except MemoryError as error:  # the node's, not the instance's: the sender may send it again (review 62 F6)
+        raise InstanceRefusedError(STATUS_OUT_OF_RESOURCES, "out of memory while checking it") from error
     except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged value; none is quoted
         raise InstanceRefusedError(
             STATUS_CANNOT_UNDERSTAND, f"a value cannot be read ({type(error).__name__}): the instance is corrupt"

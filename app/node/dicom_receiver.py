@@ -37,8 +37,7 @@ from app.dicom.incoming_rejection import (
     RejectionNoteTooLargeError,
     check_note_size,
     incoming_rejection,
-    is_rejection_note,
-    read_note_title,
+    may_be_rejection_note,
     read_rejection_note,
 )
 from app.errors import UndecodableDicomError
@@ -251,7 +250,7 @@ class Receiver:
         except (RejectionNoteTooLargeError, UndecodableDicomError):
             raise  # refused: a note that may be one must not be answered Success (attack review 55 F1)
         except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
-            if _may_be_rejection_note(data):  # attack review 60 F3: answered Success, the note was lost
+            if may_be_rejection_note(data):  # attack review 60 F3: answered Success, the note was lost
                 raise UndecodableDicomError(
                     f"a Key Object Selection titled as an IOCM rejection note whose content cannot be read "
                     f"({type(error).__name__})"
@@ -514,13 +513,3 @@ def _log_refused_contexts(event: Event) -> None:
         if not_uids:
             fields["not a UID (not logged)"] = not_uids
         logger.info("presentation contexts refused", extra={"fields": fields})
-
-
-def _may_be_rejection_note(data: bytes) -> bool:
-    """Whether a Key Object Selection whose content cannot be read is titled as an IOCM rejection note, or has a top
-    level too damaged to tell: such a one is refused, never ignored with Success."""
-    try:
-        title = read_note_title(data)
-        return title is None or is_rejection_note(title)
-    except Exception:  # noqa: BLE001 - a top level pydicom cannot read either: it may be a note
-        return True

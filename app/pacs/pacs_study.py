@@ -60,9 +60,9 @@ from app.backoff import doubling_wait
 from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, read_header
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
-from app.dicom.incoming_rejection import incoming_rejection, is_rejection_note
+from app.dicom.incoming_rejection import incoming_rejection, may_be_rejection_note
 from app.dicom.instance_content import content_digest
-from app.errors import ServiceError, UndecodableDicomError
+from app.errors import UndecodableDicomError
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
@@ -124,10 +124,6 @@ class UnreadableRejectionNoteError(RuntimeError):
     """A Key Object Selection of the study titled as an IOCM rejection note whose content cannot be read: which
     images it withdraws is unknown, so none is analysed until it is repaired or deleted (attack review 60 F2; the
     DICOM node refuses such a note, 0xC000)."""
-
-
-OWN_ERRORS = (ServiceError, OrthancError, StudyTooLargeError, MixedStudyError, UnreadableRejectionNoteError)
-"""Errors whose messages are written here, never quoting a file's values: recorded whole; any other only by type."""
 
 
 class StudyAnalyser(Protocol):
@@ -240,7 +236,7 @@ class StudySync:
         self.failures["internal"] += 1
         _log_not_processed(study_id, error, attempts)
         # A library's message may quote a file's values (attack review 60 F2: a Patient ID in the record).
-        text = f"{type(error).__name__}: {error}" if isinstance(error, OWN_ERRORS) else type(error).__name__
+        text = f"{type(error).__name__}: {error}" if _own_error(error) else type(error).__name__
         failed = self._record(FAILED, study_fingerprint, attempts=attempts, error=text)
         try:
             self.client.write_sync_record(study_id, failed)
@@ -565,11 +561,13 @@ class StudySync:
         unreadable = fetch.unreadable  # a key object selection pydicom cannot read is no image left out
         for series in ko_series:
             for instance in series["Instances"]:
-                _, header = fetch(str(instance), whole_header=True)
+                data, header = fetch(str(instance), whole_header=True)
                 try:
-                    rejection = incoming_rejection(header) if header is not None else None
+                    if header is None:  # decided as the node decides (review 62 F3: a note read as no note)
+                        raise UndecodableDicomError("its header cannot be read")
+                    rejection = incoming_rejection(header)
                 except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
-                    if header is not None and is_rejection_note(header):
+                    if may_be_rejection_note(data):
                         raise UnreadableRejectionNoteError(
                             f"a rejection note of the study cannot be read ({type(error).__name__}): the images it "
                             "withdraws are unknown; repair or delete it in Orthanc"
@@ -795,6 +793,12 @@ def _log_not_processed(study_id: str, error: Exception, attempts: int | None) ->
         exc_info=not isinstance(error, OrthancError),
         extra={"fields": {"orthanc_study": study_id, "attempts": attempts, "error": _error_text(error)}},
     )
+
+
+def _own_error(error: Exception) -> bool:
+    """Whether `error` is one of the service's own, whose messages are written here and never quote a file's values
+    (a library's may: attack review 60 F2)."""
+    return type(error).__module__.startswith("app.")
 
 
 def _error_text(error: Exception) -> str:

@@ -12,6 +12,7 @@ neither. No HTTP here.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from app.dicom.dicom_frame import DicomFrame, frame_placement, offsets_along_normal, source_instance_uids
-from app.dicom.dicom_header import DicomHeader, read_dicom_header
+from app.dicom.dicom_header import DicomHeader, garbled_values_refused, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
@@ -248,6 +249,9 @@ DECODING_KEYWORDS = (
     "PixelRepresentation",
     "RescaleSlope",
     "RescaleIntercept",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "PlanarConfiguration",
     "ModalityLUTSequence",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
@@ -264,10 +268,15 @@ def repeated_instances(headers: Sequence[DicomHeader | ServiceError], used: Coll
     groups: dict[tuple[str, ...], list[int]] = {}
     for index in sorted(used):
         header = headers[index]
-        if isinstance(header, DicomHeader):
-            syntax = str(getattr(header.dataset, "file_meta", {}).get("TransferSyntaxUID", ""))
-            key = (syntax, *(_text(header.dataset.get(keyword)) for keyword in DECODING_KEYWORDS))
-            groups.setdefault(key, []).append(index)
+        if not isinstance(header, DicomHeader) or not _placed(header):
+            continue  # without a place (a Secondary Capture), two identical slices are two slices (review 62 F2)
+        try:
+            with garbled_values_refused():
+                syntax = str(getattr(header.dataset, "file_meta", {}).get("TransferSyntaxUID", ""))
+                key = (syntax, *(_text(header.dataset.get(keyword)) for keyword in DECODING_KEYWORDS))
+        except ServiceError:
+            continue  # a value that cannot be read: the file's decoding refuses it alone (review 62 F1)
+        groups.setdefault(key, []).append(index)
     repeats: dict[int, int] = {}
     for members in (group for group in groups.values() if len(group) > 1):
         by_digest: dict[bytes, list[int]] = {}
@@ -282,9 +291,24 @@ def repeated_instances(headers: Sequence[DicomHeader | ServiceError], used: Coll
     return repeats
 
 
+def _placed(header: DicomHeader) -> bool:
+    """Whether a file says where its frames lie: a position at its top level, or per frame."""
+    dataset = header.dataset
+    return bool(dataset.get("ImagePositionPatient")) or "PerFrameFunctionalGroupsSequence" in dataset
+
+
 def _text(value: object) -> str:
-    """A value as text; a sequence with every item's values (its repr gives only its length)."""
-    return str(value) if isinstance(value, DicomSequence) else repr(value)
+    """A value as text, whole: a sequence with every item's every value (pydicom's own text of a sequence cuts long
+    arrays to "Array of N elements": two Modality LUTs of other data read alike, review 62 F4), bytes by digest."""
+    if isinstance(value, DicomSequence):
+        return "[" + "; ".join(_dataset_text(item) for item in value) + "]"
+    if isinstance(value, bytes):
+        return hashlib.sha256(value).hexdigest()
+    return repr(value)
+
+
+def _dataset_text(dataset: Dataset) -> str:
+    return ", ".join(f"{element.tag}={_text(element.value)}" for element in dataset)
 
 
 def _sop_instance_uid(header: DicomHeader | ServiceError) -> str:

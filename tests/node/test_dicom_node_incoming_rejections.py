@@ -21,7 +21,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocum
 
 from app.dicom.dicom_sr_reader import predecessors
 from app.dicom.incoming_rejection import MAX_NOTE_BYTES
-from app.node import dicom_spool
+from app.node import dicom_received_instance, dicom_spool
 from app.node.dicom_spool import (
     MAX_REJECTION_NOTES,
     REJECTION_NOTES_DIR,
@@ -293,6 +293,26 @@ def test_an_instance_whose_value_pydicom_cannot_read_is_refused_0xc000(
 
     assert answer.Status == 0xC000
     assert answer.ErrorComment.startswith("DICOM element (0010,0020) has value representation 'UL'")
+
+
+def test_a_value_that_raises_past_the_header_checks_is_refused_0xc000(
+    make_node: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 60 F5, the catch-all: whatever pydicom raises on a value the checks read (here one the header
+    checks let through) refuses the instance 0xC000 without its message, not pynetdicom's 0xC211 and a traceback."""
+    node = make_node()
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(to_bytes(mr_series(tumor_channels())[0]))
+
+    def raises(header: object) -> None:
+        raise ValueError("value TEST-0001 cannot be read")
+
+    monkeypatch.setattr(dicom_received_instance, "check_frame_attributes", raises)
+    answer = store_file_as_it_is(node.config.port, path, MRImageStorage, ExplicitVRLittleEndian)
+
+    assert answer.Status == 0xC000
+    assert answer.ErrorComment.startswith("a value cannot be read (ValueError)")
+    assert "TEST-0001" not in answer.ErrorComment
 
 
 @pytest.mark.parametrize("failing", ["rejection_notes", "rejected.json"])

@@ -211,13 +211,21 @@ class StudyWithNoteClient(StudyFilesClient):
         return [self.series, self.notes]
 
 
-def test_a_rejection_note_whose_content_cannot_be_read_fails_the_study_with_a_reason_of_its_own() -> None:
+@pytest.mark.parametrize(
+    ("element", "vr"),
+    [(b"\x08\x00\x99\x11SQ", b"OB"), (b"\x10\x00\x20\x00LO", b"UL")],
+    ids=["content-as-ob", "patient-id-as-ul"],
+)
+def test_a_rejection_note_whose_content_cannot_be_read_fails_the_study_with_a_reason_of_its_own(
+    element: bytes, vr: bytes
+) -> None:
     """Attack review 60 F2: it raised a library error, recorded whole (it quoted a file's values); which images it
-    withdraws is unknown, so none is analysed, and the record says why."""
+    withdraws is unknown, so none is analysed, and the record says why. Review 62 F3: one whose header read gave up
+    (a Patient ID as UL) was taken for no note, and the image it withdraws analysed."""
     series = mr_series(tumor_channels())
     data = bytearray(to_bytes(key_object_selection(series, series[-1:])))
-    at = data.rindex(b"\x08\x00\x99\x11SQ")  # the content's Referenced SOP Sequence, written as OB
-    data[at + 4 : at + 6] = b"OB"
+    at = data.rindex(element)  # the content's Referenced SOP Sequence, after the evidence's
+    data[at + 4 : at + 6] = vr
     files = {f"i{index}": to_bytes(dataset) for index, dataset in enumerate(series)}
     client = StudyWithNoteClient(str(series[0].SeriesInstanceUID), files, bytes(data))
     studies = StudySync(client, ModelStudyProcessor(ThresholdPredictor(), result_origin="pacs-sync"))  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
 
 from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError
@@ -494,3 +495,33 @@ def test_a_file_whose_slice_thickness_is_written_as_a_time_fails_alone_and_the_r
 
     assert response.status_code == 200, response.text
     assert response.headers["X-Skipped-File-Indices"] == "1"
+
+
+def test_an_implicit_vr_file_whose_pixel_representation_breaks_its_length_fails_alone(client: TestClient) -> None:
+    """Review 62 F1: the repeats' key read Pixel Representation before any check: a 500 for the request (and a
+    crashed study at the node). Implicit VR elements the flow reads are checked by their dictionary VR now."""
+    dataset = series()[0]
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    data = bytearray(to_bytes(dataset))
+    at = data.index(b"\x28\x00\x03\x01\x02\x00\x00\x00")  # (0028,0103), length 2
+    data[at + 4 : at + 10] = (3).to_bytes(4, "little") + data[at + 8 : at + 10] + b"\x00"
+
+    response = client.post("/v1/predict/batch", files=[("files", ("IM0", bytes(data), "application/dicom"))])
+
+    assert response.status_code == 400, response.text
+    assert "(0028,0103) has value representation 'US' and a length of 3 bytes" in response.json()["error"]["message"]
+
+
+def test_an_element_the_flow_never_reads_keeps_its_odd_length(client: TestClient) -> None:
+    """Review 62 F5: an Acquisition Matrix of 7 bytes (old scanners write such) was refused with its file, though
+    nothing reads it."""
+    dataset = series()[0]
+    dataset.add_new(0x00181310, "US", [256, 0, 0, 256])
+    data = bytearray(to_bytes(dataset))
+    at = data.index(b"\x18\x00\x10\x13US\x08\x00")
+    data[at + 6 : at + 8] = (7).to_bytes(2, "little")
+    data[at + 15 : at + 16] = b""  # 7 bytes of value
+
+    response = client.post("/v1/predict", files={"file": ("IM0", bytes(data), "application/dicom")})
+
+    assert response.status_code == 200, response.text

@@ -1148,6 +1148,31 @@ def test_a_single_frame_copy_of_one_frame_of_a_multi_frame_file_is_left_out_what
     assert [item["files"] for item in body["series_left_out"]] == [[1]]
 
 
+def test_two_identical_slices_of_a_series_without_positions_are_both_read(client: TestClient) -> None:
+    """Review 62 F2: Secondary Captures say nowhere where they lie, and the repeats' check took two identical (blank)
+    slices of one such series for a series sent twice: one was left out."""
+    captures = secondary_capture_series(tumor_channels())
+    captures[2].PixelData = captures[0].PixelData
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in captures]))
+
+    assert response.status_code == 200, response.text
+    assert [item["file_index"] for item in response.json()["slices"]] == [0, 1, 2]
+    assert response.json()["series_left_out"] == []
+
+
+def test_a_copy_whose_pixel_padding_differs_is_no_repeat(client: TestClient) -> None:
+    """Review 62 F4: Pixel Padding Value shapes what a file decodes to, and was not in the repeats' key."""
+    series = mr_series(tumor_channels())
+    (again,) = resent_under_new_uids(series[:1])
+    again.add_new(0x00280120, "US", 0)  # Pixel Padding Value
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([to_bytes(dataset) for dataset in [*series, again]]))
+
+    assert response.status_code == 400, response.text
+    assert "2 frames lie at one slice position" in response.json()["error"]["message"]
+
+
 def test_a_copy_under_a_new_uid_that_differs_in_one_pixel_is_still_refused(client: TestClient) -> None:
     """Two different images at one position: which one is the slice is not for the service to guess."""
     series = mr_series(tumor_channels())
