@@ -596,7 +596,6 @@ def _decode_tiff(data: bytes) -> np.ndarray:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
             axes = page.axes
-            check_tiff_layout(data, page)
             _check_tiff_jpeg_data(data, page)
             check_tiff_inflation(data, page)
             try:

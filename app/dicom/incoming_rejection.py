@@ -163,8 +163,9 @@ def read_note_title(data: bytes) -> Dataset | None:
         head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[meta_end : meta_end + 2 * TITLE_BYTES], TITLE_BYTES)
         whole = len(head) < TITLE_BYTES  # the data set ends within the bytes inflated
     else:
+        syntax = UID(transfer_syntax)
         try:
-            implicit, little = UID(transfer_syntax).is_implicit_VR, UID(transfer_syntax).is_little_endian
+            implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
         except ValueError:  # a private transfer syntax: pydicom works it out reading the whole note (review 61 F2)
             return None
         head, whole = data[meta_end:], True

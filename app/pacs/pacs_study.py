@@ -60,7 +60,7 @@ from app.backoff import doubling_wait
 from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, read_header
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
-from app.dicom.incoming_rejection import incoming_rejection, may_be_rejection_note
+from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection, may_be_rejection_note
 from app.dicom.instance_content import content_digest
 from app.errors import UndecodableDicomError
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
@@ -561,18 +561,7 @@ class StudySync:
         unreadable = fetch.unreadable  # a key object selection pydicom cannot read is no image left out
         for series in ko_series:
             for instance in series["Instances"]:
-                data, header = fetch(str(instance), whole_header=True)
-                try:
-                    if header is None:  # decided as the node decides (review 62 F3: a note read as no note)
-                        raise UndecodableDicomError("its header cannot be read")
-                    rejection = incoming_rejection(header)
-                except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
-                    if may_be_rejection_note(data):
-                        raise UnreadableRejectionNoteError(
-                            f"a rejection note of the study cannot be read ({type(error).__name__}): the images it "
-                            "withdraws are unknown; repair or delete it in Orthanc"
-                        ) from None
-                    rejection = None  # a damaged key image selection withdraws nothing
+                rejection = _rejection(*fetch(str(instance), whole_header=True))
                 if rejection is not None:
                     rejected |= rejection.sop_instance_uids
         fetch.unreadable = unreadable
@@ -715,6 +704,24 @@ class _Fetch:
             if identity != self.identity:
                 raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
         return data, header
+
+
+def _rejection(data: bytes, header: Dataset | None) -> IncomingRejection | None:
+    """What a KOS of the study rejects; None for one that rejects nothing. One that cannot be read (its header, or
+    its content) is decided as the DICOM node decides (review 62 F3): a damaged key image selection withdraws nothing,
+    a note (or what may be one) fails the study."""
+    reason = "UndecodableDicomError"  # its header could not be read
+    if header is not None:
+        try:
+            return incoming_rejection(header)
+        except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
+            reason = type(error).__name__
+    if may_be_rejection_note(data):
+        raise UnreadableRejectionNoteError(
+            f"a rejection note of the study cannot be read ({reason}): the images it withdraws are unknown; repair or "
+            "delete it in Orthanc"
+        )
+    return None
 
 
 def _needs_transcoding(header: Dataset) -> bool:

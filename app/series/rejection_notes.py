@@ -103,7 +103,7 @@ def apply_rejection_notes(
         except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
             continue
         left -= size
-        if not (is_rejection_note(note) and unpadded_uid(note.get("StudyInstanceUID")) in studies):
+        if not _is_note_of(note, studies):
             continue  # its top level was too long to tell from its first bytes, and it is no note of the study
         rejection = _walked(note)
         del note  # the next note is read only now: one held at a time
@@ -136,7 +136,12 @@ def _may_be_note_of(data: bytes, studies: set[str]) -> bool:
         title = read_note_title(data)
     except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
         return False
-    return title is None or (is_rejection_note(title) and unpadded_uid(title.get("StudyInstanceUID")) in studies)
+    return title is None or _is_note_of(title, studies)
+
+
+def _is_note_of(dataset: Dataset, studies: set[str]) -> bool:
+    """Whether a Key Object Selection (its top level suffices) is a rejection note of a study among `studies`."""
+    return is_rejection_note(dataset) and unpadded_uid(dataset.get("StudyInstanceUID")) in studies
 
 
 def _walked(note: Dataset) -> IncomingRejection | None:

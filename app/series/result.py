@@ -18,9 +18,10 @@ from app.dicom.dicom_seg import build_segmentations
 from app.dicom.dicom_series import SliceInput
 from app.dicom.slice_order import anatomical_order, missing_slices, slice_order_known
 from app.dicom.tumor_volume import tumor_volume_ml
-from app.errors import InvalidSliceError, RejectedInstanceError, RejectionNoteApplied, ServiceError
+from app.errors import InvalidSliceError, ServiceError
 from app.inference import SlicePrediction
 from app.series.reading import too_many_slices
+from app.series.rejection_notes import WITHDRAWAL_CODES
 from app.uploads import request_file
 
 
@@ -153,8 +154,7 @@ def nothing_readable(errors: dict[int, ServiceError]) -> ServiceError:
     the first file's), and names every file's failure, each file as the
     other errors name one (`request_file`: by index and as a person counts, so the web page adds its name).
     """
-    withdrawals = (RejectedInstanceError, RejectionNoteApplied)
-    failures = [error for _, error in sorted(errors.items()) if not isinstance(error, withdrawals)]
+    failures = [error for _, error in sorted(errors.items()) if error.code not in WITHDRAWAL_CODES]
     # A file that failed on its own tells the kind before one a note withdrew (review 61 F6: the page said every
     # image was withdrawn when one was unreadable).
     first = failures[0] if failures else errors[min(errors)]
