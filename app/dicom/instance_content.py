@@ -25,27 +25,39 @@ from pydicom.filereader import read_dataset
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
 from app.dicom.dicom_input import PIXEL_DATA_KEYWORDS
 from app.dicom.dicom_pixels import stored_pixels
+from app.settings import Settings
+
+DEFAULT_MAX_COST_BYTES: int = Settings.model_fields["decode_memory_bytes"].default
 
 
-def content_digest(data: bytes) -> bytes:
+def content_digest(data: bytes, max_cost_bytes: int = DEFAULT_MAX_COST_BYTES) -> bytes:
     """SHA-256 of the instance's attributes and stored pixel values, the same for every transfer syntax.
 
     A file whose header or pixels cannot be read (the analysis reports it) is hashed as its bytes: the digest is
-    then as strict as before, never looser. Pixels are decoded only after `read_dicom_header` checked their size,
-    and by `stored_pixels`, where a decoder that crashes cannot take the node with it.
+    then as strict as before, never looser. So is a file whose reading would cost more than `max_cost_bytes` (the
+    decoding budget, DECODE_MEMORY_BYTES, which the analysis refuses it by): a small deflated file can hold a huge
+    image, and decoding it only to hash it took half a gigabyte. Pixels are decoded only after `read_dicom_header`
+    checked their size, and by `stored_pixels`, where a decoder that crashes cannot take the node with it.
     """
     digest = hashlib.sha256()
     try:
         with values_unvalidated():  # every element is read here, however many are malformed
             header = read_dicom_header(data)
+            if header.cost_bytes > max_cost_bytes:
+                return _bytes_digest(data)
             dataset = _whole_dataset(header)
             pixels = np.ascontiguousarray(stored_pixels(dataset, dataset.file_meta.get("TransferSyntaxUID")))
             digest.update(attributes_bytes(dataset))
     except Exception:  # noqa: BLE001 - any reason it cannot be read: fall back to the bytes as received
-        return hashlib.sha256(b"bytes\0" + data).digest()
+        return _bytes_digest(data)
     digest.update(f"{pixels.dtype.str}{pixels.shape}{header.frames}".encode())
-    digest.update(pixels.data)  # the array's own buffer: a copy of it took another pixel array (attack review 60 F4)
+    digest.update(pixels.data)  # the array's own buffer: a copy of it would take another pixel array
     return digest.digest()
+
+
+def _bytes_digest(data: bytes) -> bytes:
+    """The digest of a file hashed as received: another transfer syntax of it is another digest."""
+    return hashlib.sha256(b"bytes\0" + data).digest()
 
 
 _validation_lock = threading.Lock()

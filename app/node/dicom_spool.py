@@ -153,6 +153,8 @@ class SpoolLimits:
     max_pending_studies: int = Settings.model_fields["dicom_node_max_pending_studies"].default
     record_retention_seconds: float = Settings.model_fields["dicom_node_record_retention_days"].default * DAY_SECONDS
     max_study_instances: int = Settings.model_fields["dicom_node_max_study_instances"].default
+    # The analysis's decoding budget: an instance costing more is fingerprinted by its bytes, not decoded for it.
+    max_decode_bytes: int = Settings.model_fields["decode_memory_bytes"].default
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpoolLimits:
@@ -165,6 +167,7 @@ class SpoolLimits:
             max_pending_studies=settings.dicom_node_max_pending_studies,
             record_retention_seconds=settings.dicom_node_record_retention_days * DAY_SECONDS,
             max_study_instances=settings.dicom_node_max_study_instances,
+            max_decode_bytes=settings.decode_memory_bytes,
         )
 
     @property
@@ -737,7 +740,7 @@ class Spool:
         by_content, by_bytes = hashlib.sha256(), hashlib.sha256()
         for path in sorted(files, key=lambda item: item.name):
             data = path.read_bytes()
-            by_content.update(path.name.encode() + b"\0" + content_digest(data))
+            by_content.update(path.name.encode() + b"\0" + content_digest(data, self.limits.max_decode_bytes))
             by_bytes.update(path.name.encode() + b"\0" + hashlib.sha256(data).digest())
         return by_content.hexdigest()[:32], by_bytes.hexdigest()[:32]
 

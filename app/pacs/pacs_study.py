@@ -61,7 +61,7 @@ from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, re
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
 from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection, may_be_rejection_note
-from app.dicom.instance_content import content_digest
+from app.dicom.instance_content import DEFAULT_MAX_COST_BYTES, content_digest
 from app.errors import UndecodableDicomError
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
@@ -317,7 +317,7 @@ class StudySync:
             )
             for series in used
         }
-        content = content_fingerprint(files_by_series, left_out=too_large)
+        content = content_fingerprint(files_by_series, too_large, self.client.config.max_study_bytes)
         if self._done(record) and record.get("content_fingerprint") == content:
             # The same instances stored again (Orthanc's OverwriteInstances moves LastUpdate): the result stands, as
             # at the DICOM node (interop review 44: analysed again, and the same UIDs stored with new times).
@@ -774,14 +774,18 @@ def _rejections_digest(rejected: Iterable[str]) -> str:
     return ":" + hashlib.sha256("\\".join(sorted(rejected)).encode()).hexdigest()[:16]
 
 
-def content_fingerprint(files_by_series: Mapping[str, Sequence[bytes]], left_out: Iterable[str] = ()) -> str:
-    """A digest of what the series read hold (`content_digest`: attributes and pixel values, in any transfer syntax)
-    and of the series `left_out` for their size (the report names them): the same for the same instances stored
-    again, whatever Orthanc's IDs and times say."""
+def content_fingerprint(
+    files_by_series: Mapping[str, Sequence[bytes]],
+    left_out: Iterable[str] = (),
+    max_cost_bytes: int = DEFAULT_MAX_COST_BYTES,
+) -> str:
+    """A digest of what the series read hold (`content_digest`: attributes and pixel values, in any transfer syntax;
+    a file costing more than `max_cost_bytes` to read, as its bytes) and of the series `left_out` for their size (the
+    report names them): the same for the same instances stored again, whatever Orthanc's IDs and times say."""
     digest = hashlib.sha256(",".join(sorted(left_out)).encode() + b"\0")
     for series_uid in sorted(files_by_series):
         digest.update(series_uid.encode() + b"\0")
-        for item in sorted(content_digest(data) for data in files_by_series[series_uid]):
+        for item in sorted(content_digest(data, max_cost_bytes) for data in files_by_series[series_uid]):
             digest.update(item)
         digest.update(b";")
     return digest.hexdigest()[:32]

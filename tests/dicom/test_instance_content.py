@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,29 @@ def test_a_file_that_cannot_be_read_is_hashed_as_its_bytes(instance: Dataset) ->
 
     assert content_digest(cut) != content_digest(cut[:-1])
     assert content_digest(cut) != content_digest(data)
+
+
+def test_a_file_over_the_decoding_budget_is_hashed_as_its_bytes_without_decoding(instance: Dataset) -> None:
+    """Attack review 60 F4: a 122 KiB deflated instance of 8000x8000 pixels took half a gigabyte to fingerprint,
+    although the analysis refuses it for the decoding budget. Over the budget the digest is its bytes', as strict:
+    the same file in another encoding is another digest."""
+    instance.Rows, instance.Columns = 2048, 4096
+    instance.PixelData = bytes(2048 * 4096 * 2)  # 16 MiB of zeros: a few KiB deflated
+    deflated = encoded(instance, DeflatedExplicitVRLittleEndian)
+    explicit = encoded(instance, ExplicitVRLittleEndian)
+    cost = read_dicom_header(deflated).cost_bytes
+
+    tracemalloc.start()
+    try:
+        over_budget = content_digest(deflated, max_cost_bytes=cost - 1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(deflated) < 64 * 1024 and peak < 2048 * 4096 * 2  # neither inflated whole nor decoded
+    assert over_budget == hashlib.sha256(b"bytes\0" + deflated).digest()
+    assert content_digest(explicit, max_cost_bytes=cost - 1) != over_budget
+    assert content_digest(deflated, max_cost_bytes=cost) == content_digest(explicit, max_cost_bytes=cost)
 
 
 def test_the_node_does_not_analyse_a_study_again_when_it_comes_back_in_other_encodings(
