@@ -289,6 +289,15 @@ class TooManyRejectionNotesError(ServiceError):
     kind = ErrorKind.TOO_LARGE
 
 
+class UnreadableRejectionNoteError(ServiceError):
+    """A Key Object Selection of the study that is, or may be, an IHE IOCM rejection note, and cannot be read
+    (damaged, or over the size a note may have): which images it withdraws is unknown, so none is analysed. The
+    HTTP API refuses the request, the DICOM node refuses the note (0xC000), pacs-sync fails the study."""
+
+    code = "unreadable_rejection_note"
+    kind = ErrorKind.INVALID_INPUT
+
+
 class RejectionNoteApplied(ServiceError):
     """Not a failure: the file is an IHE IOCM rejection note, and the request's images it withdraws were left out.
     It is reported with the files not read because it holds no image the models read."""

@@ -104,8 +104,15 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
     ErrorCode(
         "too_many_rejection_notes",
         413,
-        "a batch of more than 4 IHE IOCM rejection notes of its study (each note's content is read; one left unread "
+        "a batch whose IHE IOCM rejection notes of its study take more than 16 MiB to read together (one left unread "
         "would leave the images it withdraws analysed)",
+    ),
+    ErrorCode(
+        "unreadable_rejection_note",
+        400,
+        "a Key Object Selection that is, or may be, an IHE IOCM rejection note of the batch's study (its title says "
+        "so, or cannot be read) and cannot be read (damaged, cut short, over 4 MiB): the images it withdraws are "
+        "unknown, so none is analysed, as the DICOM node refuses such a note",
     ),
     ErrorCode(
         "unsupported_media_type",

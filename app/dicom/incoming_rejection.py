@@ -31,7 +31,7 @@ from app.dicom.part10 import (
     is_deflated,
     read_file_meta,
 )
-from app.errors import OverMemoryBudgetError
+from app.errors import OverMemoryBudgetError, UndecodableDicomError
 from app.settings import MIB
 
 # CID 7011 "Rejected for Quality Reasons" and the other IOCM Document Titles, (value, DCM) -> meaning. Our own
@@ -191,9 +191,14 @@ def read_note_title(data: bytes) -> Dataset | None:
 def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
     """The instances `dataset` rejects, when it is an IOCM rejection note (a Key Object Selection whose Document
     Title is one of CID 7011) that names instances of its own study; None for anything else (an ordinary key image
-    selection, a note of another study, a note naming nothing)."""
+    selection, a note of another study, a note naming nothing).
+
+    Raises `app.errors.UndecodableDicomError` for a Key Object Selection without its Document Title (a file cut
+    short): it may be a note, and which images it withdraws is unknown."""
     if unpadded_uid(dataset.get("SOPClassUID")) != KeyObjectSelectionDocumentStorage:
         return None
+    if title_unknown(dataset):
+        raise UndecodableDicomError("a Key Object Selection without its Document Title (0040,A043): cut short?")
     reason_code = _rejection_title(dataset)
     study_uid = unpadded_uid(dataset.get("StudyInstanceUID"))
     if reason_code is None or not study_uid:
@@ -249,6 +254,12 @@ def may_be_rejection_note(data: bytes) -> bool:
     fails its study (review 62 F3), since which images it withdraws is unknown."""
     try:
         title = read_note_title(data)
-        return title is None or is_rejection_note(title)
+        return title_unknown(title) or is_rejection_note(title)
     except Exception:  # noqa: BLE001 - a top level pydicom cannot read either: it may be a note
         return True
+
+
+def title_unknown(top_level: Dataset | None) -> bool:
+    """Whether `read_note_title` left the Document Title untold: it gave up (None), or the data set ended before
+    the title (a file cut short: every Key Object Selection has one)."""
+    return top_level is None or "ConceptNameCodeSequence" not in top_level

@@ -168,8 +168,23 @@ def read_file_meta(data: bytes) -> tuple[int, str]:
     Read by hand (Part 10 fixes it: explicit VR little endian, group 0002, right after ``DICM``) because pydicom
     inflates a whole deflated data set as soon as it has read the meta group.
     """
+    position, values = _file_meta_values(data)
+    return position, values.get(0x0010, "")
+
+
+def media_storage_sop_class(data: bytes) -> str:
+    """The file meta group's Media Storage SOP Class UID ('' if absent, or the group cannot be read): what a file
+    whose data set cannot be read says it is."""
+    try:
+        return _file_meta_values(data)[1].get(0x0002, "")
+    except UndecodableDicomError:
+        return ""
+
+
+def _file_meta_values(data: bytes) -> tuple[int, dict[int, str]]:
+    """Where the file meta group ends, and its UID values by element number (group 0002)."""
     position = DICOM_PREAMBLE_LENGTH + len(DICOM_MAGIC)
-    transfer_syntax = ""
+    values: dict[int, str] = {}
     while position + 8 <= len(data) and data[position : position + 2] == b"\x02\x00":
         element = int.from_bytes(data[position + 2 : position + 4], "little")
         if data[position + 4 : position + 6] in _EXPLICIT_LONG_VRS:
@@ -178,14 +193,14 @@ def read_file_meta(data: bytes) -> tuple[int, str]:
             length, start = int.from_bytes(data[position + 6 : position + 8], "little"), position + 8
         if length == UNDEFINED_LENGTH or start + length > len(data):
             raise UndecodableDicomError("DICOM file meta group (0002) is truncated or has an undefined length")
-        if element == 0x0010:
-            transfer_syntax = data[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        if element in (0x0002, 0x0010):  # Media Storage SOP Class UID, Transfer Syntax UID
+            values[element] = data[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
         position = start + length
     if position + 8 > len(data):
         raise UndecodableDicomError(
             f"DICOM file ends in or right after its file meta group (0002), at byte {len(data)} (truncated)"
         )
-    return position, transfer_syntax
+    return position, values
 
 
 def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int, int]:

@@ -62,7 +62,7 @@ from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
 from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection, may_be_rejection_note
 from app.dicom.instance_content import DEFAULT_MAX_COST_BYTES, content_digest
-from app.errors import UndecodableDicomError
+from app.errors import UndecodableDicomError, UnreadableRejectionNoteError
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
 from app.pacs.pacs_sync_state import SyncState
@@ -118,12 +118,6 @@ class UnreadableStudyError(RuntimeError):
 
 class MixedStudyError(RuntimeError):
     """A study's instances name different patients or studies (never the values: they are patient data)."""
-
-
-class UnreadableRejectionNoteError(RuntimeError):
-    """A Key Object Selection of the study titled as an IOCM rejection note whose content cannot be read: which
-    images it withdraws is unknown, so none is analysed until it is repaired or deleted (attack review 60 F2; the
-    DICOM node refuses such a note, 0xC000)."""
 
 
 class StudyAnalyser(Protocol):
@@ -710,16 +704,16 @@ def _rejection(data: bytes, header: Dataset | None) -> IncomingRejection | None:
     """What a KOS of the study rejects; None for one that rejects nothing. One that cannot be read (its header, or
     its content) is decided as the DICOM node decides (review 62 F3): a damaged key image selection withdraws nothing,
     a note (or what may be one) fails the study."""
-    reason = "UndecodableDicomError"  # its header could not be read
+    unreadable = "its header"
     if header is not None:
         try:
             return incoming_rejection(header)
         except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
-            reason = type(error).__name__
+            unreadable = f"its content: {type(error).__name__}"
     if may_be_rejection_note(data):
         raise UnreadableRejectionNoteError(
-            f"a rejection note of the study cannot be read ({reason}): the images it withdraws are unknown; repair or "
-            "delete it in Orthanc"
+            f"a rejection note of the study cannot be read ({unreadable}): the images it withdraws are unknown; "
+            "repair or delete it in Orthanc"
         )
     return None
 

@@ -8,7 +8,8 @@ replaced by its refusal (`RejectedInstanceError`), so the choice, the slices and
 node would have made them. The note itself is reported as applied (`RejectionNoteApplied`).
 
 Only images of the note's own study are withdrawn; a note that withdraws none of the request's images stays what it
-was, an unsupported file. Pure functions over headers and bytes: no HTTP, no logs.
+was, an unsupported file. A note (or what may be one) that cannot be read refuses the request, as the DICOM node
+refuses it: which images it withdraws is unknown. Pure functions over headers and bytes: no HTTP, no logs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from app.dicom.dicom_header import DicomHeader
 from app.dicom.incoming_rejection import (
@@ -27,14 +29,18 @@ from app.dicom.incoming_rejection import (
     is_rejection_note,
     read_note_title,
     read_rejection_note_within,
+    title_unknown,
     unpadded_uid,
 )
+from app.dicom.part10 import media_storage_sop_class
 from app.errors import (
     KeyObjectSelectionError,
     RejectedInstanceError,
     RejectionNoteApplied,
     ServiceError,
     TooManyRejectionNotesError,
+    UndecodableDicomError,
+    UnreadableRejectionNoteError,
 )
 from app.settings import MIB
 from app.uploads import request_file, request_files
@@ -72,6 +78,8 @@ def apply_rejection_notes(
     ------
     TooManyRejectionNotesError
         When the rejection notes of the request's study take more than `NOTES_READ_BYTES` to read.
+    UnreadableRejectionNoteError
+        When a Key Object Selection that is, or may be, a rejection note of the study cannot be read.
     """
     headers = list(headers)
     studies = {
@@ -80,7 +88,7 @@ def apply_rejection_notes(
     notes: list[int] = []
     for index, item in enumerate(headers):
         data = uploads[index]
-        if isinstance(item, KeyObjectSelectionError) and not isinstance(data, ServiceError):
+        if _is_key_object_selection(item, data):
             _stop_if_asked(stop, index)
             if _may_be_note_of(data, studies):
                 notes.append(index)
@@ -93,19 +101,22 @@ def apply_rejection_notes(
             note, size = read_rejection_note_within(data, left)
         except RejectionNoteTooLargeError:
             if left >= MAX_NOTE_BYTES:
-                continue  # over the size a note may have alone: it withdraws nothing, as a damaged one
+                raise _unreadable(note_index, f"over the {MAX_NOTE_BYTES // MIB} MiB a note may take") from None
             raise TooManyRejectionNotesError(
                 f"the request's IHE IOCM rejection notes of its study (and Key Object Selections whose title only a "
                 f"whole read tells) take more than {NOTES_READ_BYTES // MIB} MiB to read, the most a request reads "
                 f"({len(notes)} files, {request_files(notes[at:])} not read): export the study again once the PACS "
                 "has applied its notes, or send it to the DICOM node"
             ) from None
-        except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
-            continue
+        except Exception as error:  # noqa: BLE001 - pydicom may raise anything on a damaged note
+            raise _unreadable(note_index, "damaged") from error
         left -= size
-        if not _is_note_of(note, studies):
+        if not title_unknown(note) and not _is_note_of(note, studies):
             continue  # its top level was too long to tell from its first bytes, and it is no note of the study
-        rejection = _walked(note)
+        try:
+            rejection = incoming_rejection(note)
+        except Exception as error:  # noqa: BLE001 - a content pydicom cannot parse
+            raise _unreadable(note_index, "its content is damaged") from error
         del note  # the next note is read only now: one held at a time
         withdrawn = [index for index, header in enumerate(headers) if rejection and _withdraws(rejection, header)]
         if not withdrawn:
@@ -127,29 +138,41 @@ def _stop_if_asked(stop: threading.Event | None, index: int) -> None:
         raise NotesNotRead(f"stopped at the request's file {index}")
 
 
+def _is_key_object_selection(item: DicomHeader | ServiceError, data: bytes | ServiceError) -> bool:
+    """Whether the file is a Key Object Selection by its header, or by its file meta group when its header cannot
+    be read (a note cut short is still a note)."""
+    if isinstance(data, ServiceError):
+        return False
+    if isinstance(item, KeyObjectSelectionError):
+        return True
+    return (
+        isinstance(item, UndecodableDicomError) and media_storage_sop_class(data) == KeyObjectSelectionDocumentStorage
+    )
+
+
 def _may_be_note_of(data: bytes, studies: set[str]) -> bool:
     """Whether `data` is a rejection note of a study among `studies`, told from its top level (`read_note_title`),
-    or may be one: a top level too long to tell from its first bytes is told once the note is read whole, within
-    the request's budget. False for another Key Object Selection, a note of another study, or one whose top level
-    cannot be read (it then stays the unsupported file it was)."""
+    or may be one: a top level too long to tell from its first bytes, or too damaged, is told once the note is read
+    whole (a damaged one then refuses the request, as the DICOM node refuses it: `may_be_rejection_note`). False
+    for another Key Object Selection or a note of another study: it stays the unsupported file it was."""
     try:
         title = read_note_title(data)
-    except Exception:  # pydicom may raise anything on a damaged note: it then withdraws nothing
-        return False
-    return title is None or _is_note_of(title, studies)
+    except Exception:  # noqa: BLE001 - pydicom may raise anything on a damaged top level
+        return True
+    return title_unknown(title) or _is_note_of(title, studies)
+
+
+def _unreadable(index: int, why: str) -> UnreadableRejectionNoteError:
+    return UnreadableRejectionNoteError(
+        f"{request_file(index)} is, or may be, an IHE IOCM rejection note and cannot be read ({why}): the images it "
+        "withdraws are unknown, so none is analysed; leave it out, or export the study again once the PACS has "
+        "applied it"
+    )
 
 
 def _is_note_of(dataset: Dataset, studies: set[str]) -> bool:
     """Whether a Key Object Selection (its top level suffices) is a rejection note of a study among `studies`."""
     return is_rejection_note(dataset) and unpadded_uid(dataset.get("StudyInstanceUID")) in studies
-
-
-def _walked(note: Dataset) -> IncomingRejection | None:
-    """What the note withdraws (`incoming_rejection`: its content, the long part to read)."""
-    try:
-        return incoming_rejection(note)
-    except Exception:  # a content pydicom cannot parse withdraws nothing
-        return None
 
 
 def _withdraws(rejection: IncomingRejection, header: DicomHeader | ServiceError) -> bool:

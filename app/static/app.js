@@ -113,6 +113,8 @@ const ERROR_TITLES_BY_CODE = {
   too_many_slices: "Too many slices for one request.",
   too_many_rejection_notes: "The rejection notes among the chosen files are more than one analysis reads. Export the "
     + "study again once the PACS has applied its notes.",
+  unreadable_rejection_note: "A rejection note among the chosen files is damaged: which images it withdraws is "
+    + "unknown, so none was analysed. Leave it out, or export the study again.",
   // "Try again in N seconds" follows from Retry-After (browser review 44: "... try again later. Try again in 30
   // seconds").
   inference_timeout: "The analysis took too long. Try fewer slices at a time.",

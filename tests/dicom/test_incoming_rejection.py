@@ -14,8 +14,10 @@ from app.dicom.incoming_rejection import (
     REJECTION_TITLES,
     RejectionNoteTooLargeError,
     incoming_rejection,
+    may_be_rejection_note,
     read_rejection_note,
 )
+from app.errors import UndecodableDicomError
 from tests.dicom.builders import Study, key_object_selection, mr_series, to_bytes, tumor_channels
 
 
@@ -80,3 +82,15 @@ def test_a_deflated_note_inflating_past_the_limit_is_refused_before_it_is_held(s
 def test_a_note_over_the_limit_as_sent_is_refused(series: list[Dataset]) -> None:
     with pytest.raises(RejectionNoteTooLargeError):
         read_rejection_note(padded_note(series, MAX_NOTE_BYTES, ExplicitVRLittleEndian))
+
+
+def test_a_key_object_selection_cut_before_its_title_may_be_a_note(series: list[Dataset]) -> None:
+    """Style review 63 F1: read whole, pydicom keeps what comes before the cut, and the note read as an untitled KOS
+    that withdraws nothing; the DICOM node answered Success, the API analysed the images it withdraws."""
+    data = to_bytes(key_object_selection(series, series[-1:]))
+    cut = data[: data.rindex(b"\x10\x00\x20\x00LO") + 9]  # inside the Patient ID, before the Document Title
+    read_whole = read_rejection_note(cut)
+
+    assert may_be_rejection_note(cut)
+    with pytest.raises(UndecodableDicomError, match="without its Document Title"):
+        incoming_rejection(read_whole)

@@ -298,3 +298,42 @@ def test_a_request_of_a_withdrawn_image_and_a_broken_file_is_refused_for_the_bro
     error = response.json()["error"]
     assert error["code"] == "unsupported_media_type"
     assert "(the request's file at index 0 (file 1 as sent): withdrawn by" in error["message"]
+
+
+DAMAGES = ("content-as-ob", "cut-before-its-title")
+
+
+def damaged(note: Dataset, damage: str) -> bytes:
+    data = bytearray(to_bytes(note))
+    if damage == "cut-before-its-title":  # cut inside the Patient ID, after the SOP class: a KOS, title unknown
+        return bytes(data[: data.rindex(b"\x10\x00\x20\x00LO") + 9])
+    at = data.rindex(b"\x08\x00\x99\x11SQ")  # the content's Referenced SOP Sequence, after the evidence's
+    data[at + 4 : at + 6] = b"OB"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_rejection_note_that_cannot_be_read_refuses_the_request(client: TestClient, series, damage: str) -> None:
+    """Style review 63 F1: the DICOM node refuses such a note and pacs-sync fails its study, as which images it
+    withdraws is unknown; the API analysed every image, the one it withdraws with them, and answered 200."""
+    files = dicom_parts(series)
+    files.append(("files", ("NOTE", damaged(key_object_selection(series, series[-1:]), damage), "application/dicom")))
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unreadable_rejection_note"
+    assert f"file {len(series) + 1} as sent" in error["message"]
+
+
+def test_a_damaged_key_image_selection_withdraws_nothing(client: TestClient, series) -> None:
+    """Its title says it is no rejection note: its damaged content is never read, as at the DICOM node."""
+    files = dicom_parts(series)
+    note = key_object_selection(series, series[-1:], codes.DCM.OfInterest)
+    files.append(("files", ("KOS", damaged(note, "content-as-ob"), "application/dicom")))
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 200, response.text
+    assert errors_by_index(response.json()) == {len(series): "unsupported_dicom"}
