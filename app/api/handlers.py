@@ -194,9 +194,11 @@ async def handle_unexpected_error(request: Request, error: Exception) -> JSONRes
     request_id = _request_id(request)
     logger.error("unhandled error", exc_info=error, extra={"fields": {"request_id": request_id}})
     _remember_error(request, "internal_error")
-    # This answer is sent from outside the request-id middleware, so it names the request itself: the id is what an
-    # operator looks up in the log.
-    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    # This answer is sent from outside the request-id middleware, so it adds that middleware's headers itself: the
+    # id is what an operator looks up in the log, and no cache may keep the answer, as none keeps any other.
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
     return JSONResponse(error_body("internal_error", "internal server error"), status_code=500, headers=headers)
 
 

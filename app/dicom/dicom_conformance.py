@@ -104,11 +104,9 @@ def stamp_creation_times(derived: Dataset, sources: Sequence[Dataset]) -> None:
     does. The Series Date and Time are the Content's: where a later result supersedes this one (same Series Number),
     a viewer orders the versions by them."""
     offset = str(sources[0].get("TimezoneOffsetFromUTC", "") or "").strip() if sources else ""
-    matched = _UTC_OFFSET.fullmatch(offset)
-    if matched:
-        sign = -1 if matched.group(1) == "-" else 1
-        zone = timezone(sign * timedelta(hours=int(matched.group(2)), minutes=int(matched.group(3))))
-        now = datetime.now(zone)
+    difference = utc_offset(offset)
+    if difference is not None:
+        now = datetime.now(timezone(difference))
         derived.TimezoneOffsetFromUTC = offset
     else:
         now = datetime.now()
@@ -119,7 +117,22 @@ def stamp_creation_times(derived: Dataset, sources: Sequence[Dataset]) -> None:
         # highdicom dates its own contribution in the process's clock, without an offset: an hour before the object's
         # own times in a +0100 zone (interop review 46 F3). The other items (the scanner's) keep their dates.
         if equipment.get("ManufacturerModelName") == HIGHDICOM_MODEL_NAME and "ContributionDateTime" in equipment:
-            equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f") + (offset if matched else "")
+            equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f") + (
+                offset if difference is not None else ""
+            )
+
+
+def utc_offset(value: str) -> timedelta | None:
+    """A Timezone Offset From UTC (``+HHMM``, ``-HHMM``) as a time difference, or None unless it is a real one:
+    minutes 00-59, from -12:00 to +14:00 (PS3.3 C.12.1.1.8). ``+9900`` matched the form and made every SEG and SR
+    of its study fail (Python's time zones stop short of 24 hours); ``+0099`` dated them 1 h 39 min from UTC."""
+    matched = _UTC_OFFSET.fullmatch(value)
+    if not matched or int(matched.group(3)) > 59:
+        return None
+    difference = (-1 if matched.group(1) == "-" else 1) * timedelta(
+        hours=int(matched.group(2)), minutes=int(matched.group(3))
+    )
+    return difference if timedelta(hours=-12) <= difference <= timedelta(hours=14) else None
 
 
 def derived_character_set(source: Dataset) -> str | None:

@@ -453,9 +453,13 @@ _MODALITY_TERMS = frozenset(
 
 
 def _modality_found(modality: str) -> str:
-    if not modality:
-        return "got no Modality"
-    return f"got Modality {modality}" if modality.upper() in _MODALITY_TERMS else "got another Modality"
+    return f"got {modality_named(modality)}" if modality else "got no Modality"
+
+
+def modality_named(modality: str) -> str:
+    """ "Modality CT" for a defined term, else "another Modality": a value that is none is never echoed (it may be of
+    any length, hold control characters or a name)."""
+    return f"Modality {modality}" if modality.upper() in _MODALITY_TERMS else "another Modality"
 
 
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR

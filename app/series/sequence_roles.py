@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from app.dicom.dicom_header import modality_named
 from app.series.info import SeriesInfo, slice_planes
 from app.series.sequence_rules import SelectionRules
 
@@ -147,7 +148,7 @@ def orientation_note(flair: SeriesInfo, rules: SelectionRules | None = None) -> 
 
 def _classify(series: SeriesInfo, rules: SelectionRules) -> SeriesClassification:
     if series.modality and series.modality.upper() != "MR":
-        return SeriesClassification(series, SequenceRole.OTHER, f"Modality is {series.modality}, not MR")
+        return SeriesClassification(series, SequenceRole.OTHER, f"{modality_named(series.modality)}, not MR")
     if "LOCALIZER" in series.image_type:
         return _localizer(series, "Image Type says LOCALIZER")
     role_name = _role_name(series, rules)
@@ -206,13 +207,26 @@ def _classify(series: SeriesInfo, rules: SelectionRules) -> SeriesClassification
         return _t1(series, timing, contrast_evidence)
     if series.scanning_sequence and not is_ir:
         # FLAIR is an inversion recovery: a stated sequence without one (a T2-weighted spin echo, say) is not FLAIR.
-        stated = "\\".join(series.scanning_sequence)
+        stated = _scanning_sequence_named(series.scanning_sequence)
         return SeriesClassification(
             series, SequenceRole.OTHER, f"Scanning Sequence {stated}, no inversion recovery: neither FLAIR nor T1"
         )
     return SeriesClassification(
         series, SequenceRole.OTHER, "neither name nor sequence attributes say FLAIR or T1", undetermined=True
     )
+
+
+SCANNING_SEQUENCE_TERMS = ("SE", "IR", "GR", "EP", "RM")
+"""Scanning Sequence's defined terms (PS3.3 C.8.3.1): the only values a message names."""
+
+
+def _scanning_sequence_named(terms: tuple[str, ...]) -> str:
+    """The defined terms among `terms`, joined as DICOM writes them, the others counted, never echoed."""
+    named = [term for term in terms if term in SCANNING_SEQUENCE_TERMS]
+    others = len(terms) - len(named)
+    if others:
+        named.append(f"{others} other value" + ("s" if others != 1 else ""))
+    return "\\".join(named)
 
 
 def only_series_note(series: SeriesInfo) -> str:

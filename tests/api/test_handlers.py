@@ -107,6 +107,9 @@ def test_handle_unexpected_error_hides_the_exception() -> None:
 
     assert response.status_code == 500
     assert body_of(response) == {"error": {"code": "internal_error", "message": "internal server error"}}
+    # Attack review 61 F3: sent from outside the middleware that adds them to every other answer.
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_handle_unexpected_error_names_the_request_it_failed() -> None:

@@ -422,10 +422,19 @@ def test_seg_and_sr_write_their_own_times_in_the_sources_time_zone() -> None:
     assert dciodvfy_errors(report, "ComprehensiveSR") == []
 
 
-def test_without_an_offset_in_the_sources_the_results_declare_none() -> None:
-    inputs = inputs_of(mr_series(tumor_channels()))
+@pytest.mark.parametrize("offset", [None, "+9900", "-2400", "+0099", "-1300", "+1401"])
+def test_without_a_real_offset_in_the_sources_the_results_declare_none(offset: str | None) -> None:
+    """Attack review 61 F2: "+9900" has the offset's form and made every SEG and SR of its study a 500; "+0099"
+    dated them 1 h 39 min from UTC. Past -12:00 to +14:00, or past 59 minutes, it is no offset."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        if offset is not None:
+            dataset.TimezoneOffsetFromUTC = offset
+    inputs = inputs_of(series)
     seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=4.5, slices_analysed=3, slices_with_tumor=3)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, [seg])
 
-    assert "TimezoneOffsetFromUTC" not in seg
+    assert "TimezoneOffsetFromUTC" not in seg and "TimezoneOffsetFromUTC" not in report
     assert (seg.SeriesDate, seg.SeriesTime) == (seg.ContentDate, seg.ContentTime)
     assert seg.ContributingEquipmentSequence[-1].ContributionDateTime == f"{seg.ContentDate}{seg.ContentTime}"

@@ -164,7 +164,21 @@ def test_non_mr_series_is_other() -> None:
     dataset = series_header("AX FLAIR")
     dataset.Modality = "CT"
 
-    assert classify_series(SeriesInfo.from_dataset(dataset)).evidence == "Modality is CT, not MR"
+    assert classify_series(SeriesInfo.from_dataset(dataset)).evidence == "Modality CT, not MR"
+
+
+def test_values_that_are_no_defined_term_are_never_echoed() -> None:
+    """Attack review 61 F4: a Modality or Scanning Sequence came back whole in the evidence, the 422's message and
+    the DICOM node's and pacs-sync's records: control characters, a name, 66 KB of values."""
+    other = series_header("AX FLAIR")
+    other.Modality = "XX\x1b[31m\nSMITH^JOHN"
+    spin_echo = series_header("AX T2", scanning_sequence="SE")
+    spin_echo.ScanningSequence = ["SE", "SMITH\x1b", *["GR"] * 2, *["Q"] * 3000]
+
+    assert classify_series(SeriesInfo.from_dataset(other)).evidence == "another Modality, not MR"
+    assert classify_series(SeriesInfo.from_dataset(spin_echo)).evidence == (
+        "Scanning Sequence SE\\GR\\GR\\3001 other values, no inversion recovery: neither FLAIR nor T1"
+    )
 
 
 def test_flair_goes_alone_when_the_t1_series_are_ambiguous() -> None:
