@@ -265,6 +265,14 @@ class Settings(BaseSettings):
         "BODY_TIMEOUT_SECONDS (slower, the connection is cut off: an answer is held in memory until taken); 0 cuts "
         "off only a client that takes none",
     )
+    min_upload_bytes_per_second: int = Field(
+        default=32 * 1024,
+        ge=0,
+        description="slowest a client may send a request body, measured over each BODY_TIMEOUT_SECONDS (all that is "
+        "left of the body, if less; time the server leaves the body unread does not count): slower, the request ends "
+        "with 408 and the connection is closed, as a body held open would hold its share of MAX_UPLOADS_HELD_BYTES; 0 "
+        "ends only a body that pauses past BODY_TIMEOUT_SECONDS",
+    )
     keep_alive_timeout_seconds: float = Field(
         default=5.0,
         gt=0,

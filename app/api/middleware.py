@@ -61,10 +61,17 @@ def route_template(scope: Scope) -> str:
     form, 413 from the upload limit, 401 without a key) to an upload route is labelled with that route's path, which
     is its template: it was `unmatched`, so the same refusal on one route landed in two series and a per-endpoint
     alert missed it (ops review 44 F5). Other paths refused before routing, and unknown paths, are `unmatched`.
+    Starlette's own routes (FastAPI's /docs, /redoc, /openapi.json) record only their endpoint, whose route names the
+    template: they were `unmatched`, as if unknown (attack review 61 F6).
     """
     route = scope.get("route")
     if route is not None:
         return route.path
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        for candidate in getattr(scope.get("app"), "routes", ()):
+            if getattr(candidate, "endpoint", None) is endpoint:
+                return str(candidate.path)
     return scope["path"] if scope.get("path") in INFERENCE_ENDPOINTS else UNMATCHED
 
 

@@ -136,7 +136,12 @@ ERROR_CATALOGUE: tuple[ErrorCode, ...] = (
         "a method the server does not know at all (`FOO`; a known one a path does not take is 405); the connection is "
         "closed",
     ),
-    ErrorCode("request_timeout", 408, "headers or body not sent within HEADER_TIMEOUT_SECONDS / BODY_TIMEOUT_SECONDS"),
+    ErrorCode(
+        "request_timeout",
+        408,
+        "headers or body not sent within HEADER_TIMEOUT_SECONDS / BODY_TIMEOUT_SECONDS, or a body sent slower than "
+        "MIN_UPLOAD_BYTES_PER_SECOND",
+    ),
     ErrorCode("headers_too_large", 431, "request headers over MAX_HEADER_BYTES or more than MAX_HEADER_COUNT of them"),
     ErrorCode(
         "validation_error",

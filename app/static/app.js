@@ -481,7 +481,7 @@ async function collectFiles(chosen) {
       } catch (error) {
         // A damaged archive throws from DataView (RangeError) or the inflater (TypeError): say which file it was.
         const reason = error instanceof FormatError ? error.message : "the zip file is damaged";
-        throw new FormatError(`${file.name}: ${reason}`, error instanceof FormatError ? error.title : null);
+        throw new FormatError(`${shownText(file.name)}: ${reason}`, error instanceof FormatError ? error.title : null);
       }
     } else {
       files.push(file);
@@ -535,8 +535,20 @@ function withoutExtras(files, heads) {
 }
 
 /** At most MAX_NAMES_LISTED file names, then how many more. */
+// Controls and bidirectional overrides and isolates, which a file name or a DICOM value may hold: shown as they are,
+// an unclosed right-to-left override turned the rest of a line around (attack review 61 F5).
+const UNSHOWN_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const MOST_SHOWN_CHARACTERS = 128;
+
+/** A string from a file (its name, a value of its header) as the page shows it: controls replaced by U+FFFD, and cut
+ * to `most` characters. */
+function shownText(text, most = MOST_SHOWN_CHARACTERS) {
+  const shown = String(text).replace(UNSHOWN_CHARACTERS, "\ufffd");
+  return shown.length > most ? `${shown.slice(0, most - 1)}…` : shown;
+}
+
 function namesOf(files) {
-  const names = files.slice(0, MAX_NAMES_LISTED).map((file) => file.name).join(", ");
+  const names = files.slice(0, MAX_NAMES_LISTED).map((file) => shownText(file.name)).join(", ");
   return files.length > MAX_NAMES_LISTED ? `${names} and ${files.length - MAX_NAMES_LISTED} more` : names;
 }
 
@@ -709,8 +721,8 @@ async function analyse(chosen) {
       ...(leftOut.length ? [`left out, neither DICOM images nor PNG, JPEG or TIFF: ${namesOf(leftOut)}`] : []),
     ];
     const selection = files.length === 1
-      ? files[0].name
-      : `${files.length} files, ${files[0].name} … ${files[files.length - 1].name}`;
+      ? shownText(files[0].name)
+      : `${files.length} files, ${shownText(files[0].name)} … ${shownText(files[files.length - 1].name)}`;
     ui.fileName.textContent = `Selected: ${selection}` + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
     await refuseTooManyFiles(files);
@@ -863,7 +875,7 @@ function cancelAnalysis() {
 
 function fileFailures(failures, files) {
   return failures.map((item) => ({
-    name: files[item.index]?.name ?? `file ${item.index + 1}`,
+    name: files[item.index] ? shownText(files[item.index].name) : `file ${item.index + 1}`,
     error: { ...item.error, message: namingFiles(item.error.message, files) },
   }));
 }
@@ -878,7 +890,7 @@ function namingFiles(message, files) {
     return message;
   }
   const named = (whole, indices) => {
-    const names = indices.split(", ").map((index) => files[Number(index)]?.name).filter(Boolean);
+    const names = indices.split(", ").map((index) => files[Number(index)]?.name).filter(Boolean).map((name) => shownText(name));
     return names.length ? `${whole}: ${names.join(", ")}` : whole;
   };
   // Lists too ("the request's files at index 20, 21 (files 21, 22 as sent"; browser review 58 F2).
@@ -988,7 +1000,7 @@ async function dicomSeries(answer, files, headers) {
   const frames = new Map();
   headers.forEach((header, index) => {
     if (header?.sopInstanceUid && !refused.has(index) && !frames.has(header.sopInstanceUid)) {
-      frames.set(header.sopInstanceUid, { header, name: files[index].name });
+      frames.set(header.sopInstanceUid, { header, name: shownText(files[index].name) });
     }
   });
   const slices = [];
@@ -1226,7 +1238,7 @@ function failedFileList(failures) {
   const list = document.createElement("ul");
   list.append(...failures.map((failure) => {
     const entry = document.createElement("li");
-    entry.textContent = `${failure.name} (${failure.error.message})`;
+    entry.textContent = `${failure.name} (${shownText(failure.error.message, Infinity)})`;
     return entry;
   }));
   return list;
@@ -1273,7 +1285,7 @@ function describeSeriesChoice(answer) {
   const numbered = (use) => (use.series_number === null ? "no series number" : `series ${use.series_number}`);
   const named = (use) => {
     const number = numbered(use);
-    const description = use.series_description ? `, “${use.series_description}”` : "";
+    const description = use.series_description ? `, “${shownText(use.series_description, 64)}”` : "";
     const failed = use.files.filter((index) => unread.has(index)).length;
     const files = plural(use.files.length - failed, "file") + (failed ? `, ${failed} more not read` : "");
     return `${roleName(use.role)} (${number}${description}, ${files})`;

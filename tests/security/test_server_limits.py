@@ -266,6 +266,51 @@ def test_silent_upload_gets_408(server: ServerProcess):
     assert BODY_TIMEOUT_SECONDS - 0.5 < time.monotonic() - started < BODY_TIMEOUT_SECONDS + 3
 
 
+FILE_PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+
+
+def send_body(server: ServerProcess, pieces: list[bytes], pause: float) -> tuple[bytes, float]:
+    """What the server answers to an upload of `pieces`, one every `pause` seconds, and when it answered."""
+    body = b"".join(pieces)
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: %d\r\n\r\n" % (len(body) + 1)  # one byte never sent: the answer is the server's limit
+    )
+    started = time.monotonic()
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(head)
+        sock.settimeout(pause)
+        for piece in pieces:
+            try:
+                sock.sendall(piece)
+                answer = sock.recv(65536)
+                if answer:
+                    return answer + read_until_closed(sock, 5), time.monotonic() - started
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        return read_until_closed(sock, BODY_TIMEOUT_SECONDS + 5), time.monotonic() - started
+
+
+def test_an_upload_trickling_in_gets_408(server: ServerProcess):
+    """Attack review 61 F1: a body sent up to its last bytes, then a byte now and then, kept clear of the pause
+    limit and held its share of MAX_UPLOADS_HELD_BYTES for as long as its client liked."""
+    answer, after = send_body(server, [FILE_PART + b"x" * 60_000, *[b"x"] * 20], pause=0.4)
+
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    message = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+    assert "slower than 32768 bytes/s (MIN_UPLOAD_BYTES_PER_SECOND)" in message
+    assert after < 3 * BODY_TIMEOUT_SECONDS
+
+
+def test_an_upload_sent_steadily_with_pauses_is_read_to_its_end(server: ServerProcess):
+    answer, _ = send_body(server, [FILE_PART, *[b"x" * 40_000] * 6], pause=0.5)  # 80 kB/s, pausing 0.5 s
+
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]  # the byte never sent: the pause limit's 408
+    assert b"paused for more than" in answer
+
+
 def test_connections_past_the_maximum_are_refused(server: ServerProcess):
     held = [socket.create_connection(address(server)) for _ in range(MAX_CONNECTIONS)]
     try:

@@ -346,6 +346,18 @@ def test_a_request_refused_before_routing_on_an_unknown_path_is_unmatched(client
     assert counter_delta(client, refused, "brain_tumor_http_requests_total", **labels) == 1
 
 
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+def test_the_documentation_is_counted_under_its_own_path(client: TestClient, path: str) -> None:
+    """Attack review 61 F6: counted as `unmatched`, as if unknown paths were asked."""
+
+    def read() -> None:
+        assert client.get(path).status_code == 200
+
+    labels = {"method": "GET", "status": "200"}
+    assert counter_delta(client, read, "brain_tumor_http_requests_total", endpoint=path, **labels) == 1
+    assert counter_delta(client, read, "brain_tumor_http_requests_total", endpoint="unmatched", **labels) == 0
+
+
 def test_metrics_show_the_process_and_the_audit_records_lost(client: TestClient) -> None:
     """Operations review: no memory, CPU or start-time series (a restart or an out-of-memory kill did not show), a
     `_created` twin for every series, and nothing counted audit records lost to a full disk."""
