@@ -45,6 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from app.dicom.dicom_frame import DicomFrame, frame_value
+from app.dicom.dicom_header import unpadded_uid
 from app.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -516,7 +517,7 @@ def _valid_value(vr: str, value: object) -> bool:
     if vr == "UI":
         # pydicom refuses components with leading zeros (1.2.840.0123), which legacy scanners wrote for years: a
         # SEG or SR must refer to the UIDs that exist, so `UID_FORM` tolerates them (interop review 35).
-        return is_uid(text.rstrip("\0 "))
+        return is_uid(unpadded_uid(text))
     try:
         valuerep.validate_value(vr, text, RAISE)
     except (ValueError, TypeError):
@@ -543,7 +544,7 @@ def unusable_reference_uids(sources: Sequence[Dataset]) -> list[str]:
     return [
         keyword
         for keyword in REFERENCE_UIDS
-        if any(not is_uid(str(source.get(keyword) or "").rstrip("\0 ")) for source in sources)
+        if any(not is_uid(unpadded_uid(source.get(keyword))) for source in sources)
     ]
 
 

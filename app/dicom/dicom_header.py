@@ -456,6 +456,11 @@ def _modality_found(modality: str) -> str:
     return f"got {modality_named(modality)}" if modality else "got no Modality"
 
 
+def unpadded_uid(value: object) -> str:
+    """A UID as a data set or a C-STORE request holds it, without the padding (NUL or space) it may end with."""
+    return str(value or "").rstrip("\0 ")
+
+
 def modality_named(modality: str) -> str:
     """ "Modality CT" for a defined term, else "another Modality": a value that is none is never echoed (it may be of
     any length, hold control characters or a name)."""

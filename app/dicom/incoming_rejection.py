@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
 
+from app.dicom.dicom_header import unpadded_uid
 from app.dicom.part10 import (
     DEFLATED_HEADER_BYTES,
     ShortReadWatch,
@@ -241,11 +242,6 @@ def _evidence_of_study(dataset: Dataset, study_uid: str) -> set[str]:
         for series in study.get("ReferencedSeriesSequence", [])
         for instance in series.get("ReferencedSOPSequence", [])
     } - {""}
-
-
-def unpadded_uid(value: object) -> str:
-    """A UID as a data set holds it, without the padding (NUL or space) it may end with."""
-    return str(value or "").rstrip("\0 ")
 
 
 def may_be_rejection_note(data: bytes) -> bool:

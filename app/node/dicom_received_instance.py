@@ -64,7 +64,7 @@ from pynetdicom.sop_class import (
 )
 
 from app.dicom.dicom_conformance import invalid_values_not_copied_as_is, is_uid
-from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_header import read_dicom_header, unpadded_uid
 from app.dicom.dicom_input import check_frame_attributes, check_pixel_data_element, decode_dicom
 from app.errors import (
     ColourDicomError,
@@ -226,17 +226,20 @@ def _checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, ma
     except ServiceError as error:
         raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, without_found_values(error.message)) from error
     dataset = header.dataset
-    if uid(dataset.get("SOPClassUID")) in MR_CLASSES and str(dataset.get("Modality", "")).upper() != "MR":
+    if unpadded_uid(dataset.get("SOPClassUID")) in MR_CLASSES and str(dataset.get("Modality", "")).upper() != "MR":
         # As a Secondary Capture of another modality is refused: kept, it would only be recorded "not analysed".
         raise InstanceRefusedError(STATUS_CANNOT_UNDERSTAND, "an MR storage object must have Modality MR")
-    if uid(dataset.get("SOPClassUID")) != uid(sop_class_uid):
+    if unpadded_uid(dataset.get("SOPClassUID")) != unpadded_uid(sop_class_uid):
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not the request's")
-    if uid(dataset.get("SOPInstanceUID")) != uid(sop_instance_uid):
+    if unpadded_uid(dataset.get("SOPInstanceUID")) != unpadded_uid(sop_instance_uid):
         raise InstanceRefusedError(STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID is not the request's")
-    study_uid, series_uid = uid(dataset.get("StudyInstanceUID")), uid(dataset.get("SeriesInstanceUID"))
+    study_uid, series_uid = (
+        unpadded_uid(dataset.get("StudyInstanceUID")),
+        unpadded_uid(dataset.get("SeriesInstanceUID")),
+    )
     # Type 1 UIDs that processing needs: the spool files an instance by its study, the series flow groups by series.
     required = (
-        ("SOP Instance UID", uid(sop_instance_uid)),
+        ("SOP Instance UID", unpadded_uid(sop_instance_uid)),
         ("Study Instance UID", study_uid),
         ("Series Instance UID", series_uid),
     )
@@ -249,7 +252,9 @@ def _checked_instance(data: bytes, sop_class_uid: str, sop_instance_uid: str, ma
         raise InstanceRefusedError(
             STATUS_CANNOT_UNDERSTAND, "Patient ID breaks its value type (two values, a control character...)"
         )
-    return ReceivedInstance(study_uid, identity_text(dataset.get("PatientID")), uid(sop_instance_uid), series_uid)
+    return ReceivedInstance(
+        study_uid, identity_text(dataset.get("PatientID")), unpadded_uid(sop_instance_uid), series_uid
+    )
 
 
 def check_replacement_decodes(data: bytes, max_bytes: int) -> None:
@@ -281,11 +286,6 @@ def without_found_values(message: str) -> str:
     rule before it is the service's own text.
     """
     return _FOUND_VALUE.split(message, maxsplit=1)[0]
-
-
-def uid(value: object) -> str:
-    """A UID as a data set or a C-STORE request holds it, without the padding (NUL or space) it may end with."""
-    return str(value or "").rstrip("\0 ")
 
 
 class DiscardedDataSet(io.BytesIO):

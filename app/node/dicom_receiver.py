@@ -32,6 +32,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification
 
+from app.dicom.dicom_header import unpadded_uid
 from app.dicom.incoming_rejection import (
     IncomingRejection,
     RejectionNoteTooLargeError,
@@ -57,7 +58,6 @@ from app.node.dicom_received_instance import (
     checked_instance,
     received_bytes,
     register_private_classes,
-    uid,
 )
 from app.node.dicom_sender import STATUS_SUCCESS
 from app.node.dicom_spool import (
@@ -158,7 +158,7 @@ class Receiver:
         if isinstance(request.DataSet, DiscardedDataSet) and request.DataSet.reason is not None:
             return self._refused("receive_memory", STATUS_OUT_OF_RESOURCES, request.DataSet.reason)
         context_class = str(event.context.abstract_syntax)
-        if uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
+        if unpadded_uid(request.AffectedSOPClassUID) != context_class:  # pynetdicom does not check it
             return self._refused(
                 "sop_class_mismatch", STATUS_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID is not its presentation context's"
             )
@@ -271,7 +271,7 @@ class Receiver:
                 rejection.sop_instance_uids,
                 rejection.reason_code,
                 data,
-                uid(event.request.AffectedSOPInstanceUID),
+                unpadded_uid(event.request.AffectedSOPInstanceUID),
                 sender=str(event.assoc.requestor.address),
             )
         except SpoolFullError as error:

@@ -57,7 +57,7 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
-from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, read_header
+from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, read_header, unpadded_uid
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
 from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection, may_be_rejection_note
@@ -665,7 +665,7 @@ class _Fetch:
 
     def left_out(self, header: Dataset) -> bool:
         """Whether the file is one an incoming rejection note rejected (counted): it is not analysed."""
-        sop_instance_uid = str(header.get("SOPInstanceUID", "")).rstrip("\0 ")
+        sop_instance_uid = unpadded_uid(header.get("SOPInstanceUID"))
         if sop_instance_uid not in self.rejected:
             return False
         self._left_out.add(sop_instance_uid)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 
-from app.dicom.dicom_header import DicomHeader
+from app.dicom.dicom_header import DicomHeader, unpadded_uid
 from app.dicom.incoming_rejection import (
     MAX_NOTE_BYTES,
     IncomingRejection,
@@ -30,7 +30,6 @@ from app.dicom.incoming_rejection import (
     read_note_title,
     read_rejection_note_within,
     title_unknown,
-    unpadded_uid,
 )
 from app.dicom.part10 import media_storage_sop_class
 from app.errors import (
