@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import tifffile
 from PIL import Image
+from tifffile import COMPRESSION
 
 from app.errors import (
     EmptyFileError,
@@ -39,7 +40,6 @@ from app.memory_budget import MODEL_INPUT_BYTES, check_cost
 from app.png_data import CorruptPngError, check_png, png_for_libpng
 from app.settings import Settings
 from app.tiff_decoding import (
-    JPEG,
     as_shown,
     check_tiff_compression,
     check_tiff_inflation,
@@ -457,7 +457,7 @@ def _check_jpeg_data(data: bytes, what: str = "JPEG file", unreadable_refused: b
 def _check_tiff_jpeg_data(data: bytes, page: tifffile.TiffPage) -> None:
     """A JPEG-compressed TIFF's strips or tiles are checked as a JPEG file is (`jpeg_codestreams`); an old-style
     JPEG one was refused with the header (`check_tiff_compression`)."""
-    if page.compression != JPEG:
+    if page.compression != COMPRESSION.JPEG:
         return
     chunk_rows, chunk_columns = page.chunks[0], page.chunks[1]
     # The strips or tiles may hold the page's pixels, padded to whole chunks, and no more: every codestream is decoded

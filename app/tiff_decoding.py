@@ -1,8 +1,9 @@
 """The TIFF specifics of `app.imaging`'s decoding: which colour models and compressions are read
-(`check_tiff_photometric`, `check_tiff_compression`), raw samples turned as a viewer shows them (`as_shown`), and the
-bounded inflation check that keeps a compressed strip from inflating past its declared size
-(`check_tiff_inflation`). `app.imaging._tiff_header` and `_decode_tiff` use them. Failures are
-`app.errors.ServiceError`s; nothing here logs.
+(`check_tiff_photometric`, `check_tiff_compression`), where the strips or tiles lie and what their sizes say
+(`check_tiff_layout`, `tiff_chunk_bytes`), a JPEG-compressed file's codestreams (`jpeg_codestreams`), raw samples
+turned as a viewer shows them (`as_shown`), and the bounded inflation check that keeps a compressed strip from
+inflating past its declared size (`check_tiff_inflation`). `app.imaging._tiff_header` and `_decode_tiff` use them.
+Failures are `app.errors.ServiceError`s; nothing here logs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import tifffile
+from tifffile import COMPRESSION
 
 from app.errors import InvalidSliceError, UndecodableImageError
 
@@ -25,8 +27,6 @@ _TIFF_PHOTOMETRICS = {
     tifffile.PHOTOMETRIC.RGB,
     tifffile.PHOTOMETRIC.PALETTE,
 }
-OLD_STYLE_JPEG = 6
-JPEG = 7
 
 
 def check_tiff_photometric(page: tifffile.TiffPage) -> None:
@@ -42,7 +42,7 @@ def check_tiff_photometric(page: tifffile.TiffPage) -> None:
             f"{page.samplesperpixel}: several images in one page, not one slice. Send one slice per file"
         )
     if photometric in _TIFF_PHOTOMETRICS or (
-        photometric == tifffile.PHOTOMETRIC.YCBCR and page.compression in (OLD_STYLE_JPEG, JPEG)
+        photometric == tifffile.PHOTOMETRIC.YCBCR and page.compression in (COMPRESSION.OJPEG, COMPRESSION.JPEG)
     ):
         return
     name = photometric.name if isinstance(photometric, tifffile.PHOTOMETRIC) else str(photometric)
@@ -56,14 +56,14 @@ def check_tiff_photometric(page: tifffile.TiffPage) -> None:
 # decodes each into a buffer of the strip's declared size, and raises on data that does not decode to it.
 _TIFF_COMPRESSIONS = frozenset(
     {
-        1,  # uncompressed
-        5,  # LZW
-        JPEG,
-        8,  # Deflate
-        32946,  # Deflate (old code)
-        50013,  # PixTIFF Deflate
-        32773,  # PackBits
-        34925,  # LZMA
+        COMPRESSION.NONE,
+        COMPRESSION.LZW,
+        COMPRESSION.JPEG,
+        COMPRESSION.ADOBE_DEFLATE,  # Deflate (8)
+        COMPRESSION.DEFLATE,  # Deflate's old code (32946)
+        COMPRESSION.PIXTIFF,  # PixTIFF's Deflate
+        COMPRESSION.PACKBITS,
+        COMPRESSION.LZMA,
     }
 )
 
@@ -74,7 +74,7 @@ def check_tiff_compression(page: tifffile.TiffPage) -> None:
     Why: the others (JPEG 2000, WebP, JPEG XL, Zstandard ...) decode to sizes their own codestream declares, not the
     page's, and are no format MRI slices come in. Old-style JPEG has its own reason: its data cannot be checked.
     """
-    if page.compression == OLD_STYLE_JPEG:
+    if page.compression == COMPRESSION.OJPEG:
         raise UndecodableImageError(
             "TIFF file is old-style JPEG-compressed (Compression 6, replaced by 7 in 1995), whose image data cannot be "
             "checked for damage here; save it uncompressed, LZW-, Deflate- or JPEG-compressed (Compression 7)"
@@ -105,10 +105,10 @@ def jpeg_codestreams(data: bytes, page: tifffile.TiffPage) -> Iterator[bytes]:
 
 def compression_name(code: int) -> str:
     """A TIFF compression as the standard names it (JPEG, LZW...), for a message."""
-    if code == 1:
+    if code == COMPRESSION.NONE:
         return "uncompressed"
     try:
-        return f"{tifffile.COMPRESSION(code).name}-compressed"
+        return f"{COMPRESSION(code).name}-compressed"
     except ValueError:
         return "compressed"
 
@@ -132,9 +132,6 @@ def as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
     if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
         return np.negative(array) if array.dtype.kind == "f" else np.invert(array)
     return array
-
-
-UNCOMPRESSED = 1
 
 
 def check_tiff_layout(data: bytes, page: tifffile.TiffPage) -> None:
@@ -167,7 +164,7 @@ def check_tiff_layout(data: bytes, page: tifffile.TiffPage) -> None:
         return  # an empty image: refused for its size (`app.imaging`), with that reason
     held = 0
     for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-        past_end = offset + count > len(data) and page.compression != UNCOMPRESSED
+        past_end = offset + count > len(data) and page.compression != COMPRESSION.NONE
         if offset <= 0 or count <= 0 or offset >= len(data) or past_end:
             raise UndecodableImageError(
                 "TIFF file cannot be decoded: a strip or tile is missing (offset or byte count 0) or lies past the end "
@@ -176,7 +173,7 @@ def check_tiff_layout(data: bytes, page: tifffile.TiffPage) -> None:
         held += min(count, len(data) - offset)
     # Uncompressed, a writer may give the last strip a whole strip's count past the file's end (review 61 F5): what
     # the file holds must still cover the image.
-    if page.compression == UNCOMPRESSED and held < _stored_bytes(page):
+    if page.compression == COMPRESSION.NONE and held < _stored_bytes(page):
         raise UndecodableImageError(
             "TIFF file cannot be decoded: its strips or tiles hold fewer bytes than its image (cut short)"
         )

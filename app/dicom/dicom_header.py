@@ -31,6 +31,7 @@ from app.dicom.dicom_codestream import check_codestreams
 from app.dicom.part10 import (
     DICOM_MAGIC,
     DICOM_PREAMBLE_LENGTH,
+    LONG_VALUE_BYTES,
     ShortReadWatch,
     check_sequences_left_raw,
     held_value_bytes,
@@ -229,10 +230,11 @@ UNREADABLE_HEADER = "unreadable_header"
 """The `file_errors` code of a file that `read_header` could not read."""
 
 
-HEADER_DEFER_BYTES = 64 * 1024
+HEADER_DEFER_BYTES = LONG_VALUE_BYTES
 """A value of a file read by `read_header` longer than this stays where it is until asked for (pydicom's
 `defer_size`): choosing a study's series holds every file's header at once, and a private value of 100 MiB before
-the pixel data was held in each (attack review 53 F1)."""
+the pixel data was held in each (attack review 53 F1). The same length as a deflated header drops (there is no
+place to leave a value in an inflated stream), so that both readers keep the same values."""
 HEADER_MAX_INFLATED_BYTES = 512 * MIB
 """A deflated file read by `read_header` is inflated a chunk at a time and counted up to this (its header kept up
 to `DEFLATED_HEADER_BYTES`): pydicom inflates a whole deflated data set before reading any of it, and 135 KB sent

@@ -105,7 +105,7 @@ class VolumeFindings:
     tumor_detected
         True if any slice is positive.
     tumor_volume_ml
-        See `app.dicom.dicom_seg.tumor_volume_ml`; None when the geometry does not give one (then left out of the
+        See `app.dicom.tumor_volume.tumor_volume_ml`; None when the geometry does not give one (then left out of the
         report).
     slices_analysed, slices_with_tumor
         Slices the models read, and those they called positive.

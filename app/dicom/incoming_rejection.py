@@ -2,14 +2,17 @@
 
 A modality or PACS withdraws images it no longer stands by (another patient's, unsafe, badly acquired, expired) by
 sending a Key Object Selection whose Document Title is one of CID 7011; an archive that implements IOCM then hides
-them. The DICOM node ignored such a note, so the SEG and SR made of the rejected images stood and every later
-analysis still read them (interop review 48 F1). `incoming_rejection` reads the note; what is done with it is the
-node's (`app.node.dicom_spool.Spool.reject_instances`).
+them. This module reads notes; three users apply them: the DICOM node (`app.node.dicom_spool.Spool.reject_instances`),
+pacs-sync (`app.pacs.pacs_study`) and the HTTP API (`app.series.rejection_notes`).
 
 Only the instances the note's content names are rejected (its evidence lists every instance it was made from, often
 the whole series), and only those of the note's own study: a note of another study rejects nothing here.
 
-A note is read by `read_rejection_note`, held to `MAX_NOTE_BYTES` as sent and once inflated (review 48r F1).
+Entry points: `read_note_title` (a Key Object Selection's top level up to its Document Title, cheaply: is it a
+note, of which study?), `read_rejection_note` and `read_rejection_note_within` (a note whole, held to
+`MAX_NOTE_BYTES`, or less, as sent and once inflated), `incoming_rejection` (what a note read whole withdraws), and
+`may_be_rejection_note` (how a KOS that cannot be read whole is decided: as what may be a note, unless its title
+says otherwise).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ Results, and what supersedes what:
 
 Instances that an IHE IOCM rejection note in the study's KO series rejects (`app.dicom.incoming_rejection`) are
 left out of the analysis, and a new or changed KO series changes the study's fingerprint, so the study is analysed
-again without them (interop review 48 F1).
+again without them. A KOS that is, or may be, a rejection note and cannot be read fails the study
+(`app.errors.UnreadableRejectionNoteError`): which images it withdraws is unknown.
 
 A record that is not this module's (not JSON, or fields of other types: `readable_record`) is processed again and
 overwritten.
@@ -630,7 +631,7 @@ class _FirstFile:
 
 def _series_files(series: dict[str, Any], first: _FirstFile, fetch: _Fetch) -> list[bytes]:
     """The series' files from its first readable one on, less those whose header cannot be read (`fetch` counts
-    them), as the DICOM node reads a study (`StudyAnalyser.choose_files`)."""
+    them), as the DICOM node reads a study (`app.study_analysis.ModelStudyProcessor.choose_files`)."""
     files = [first.data]
     for instance in series["Instances"][first.position + 1 :]:
         data, header = fetch(str(instance))
