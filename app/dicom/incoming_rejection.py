@@ -89,6 +89,11 @@ class RejectionNoteTooLargeError(OverMemoryBudgetError):
     """A Key Object Selection over `MAX_NOTE_BYTES`, as sent or once inflated: refused before it is decoded."""
 
 
+class NotesBudgetSpentError(RejectionNoteTooLargeError):
+    """A Key Object Selection over the bytes a caller had left for notes (`read_rejection_note_within`), though
+    within `MAX_NOTE_BYTES`: the caller's budget is spent, not the note too large."""
+
+
 @dataclass(frozen=True)
 class IncomingRejection:
     """What a rejection note withdraws: instances (SOP Instance UIDs) of one study, for a reason (a CID 7011 code)."""
@@ -129,16 +134,25 @@ def read_rejection_note(data: bytes) -> Dataset:
 
 def read_rejection_note_within(data: bytes, max_bytes: int) -> tuple[Dataset, int]:
     """`read_rejection_note` held to `max_bytes` (at most `MAX_NOTE_BYTES`) as sent and once inflated, and the
-    bytes its data set took (inflated, for a deflated one): what a request's notes spend of their budget."""
+    bytes its data set took (inflated, for a deflated one): what a request's notes spend of their budget.
+
+    Raises `NotesBudgetSpentError` for a note within `MAX_NOTE_BYTES` but over `max_bytes`, else as
+    `read_rejection_note`."""
+
+    def too_large(how: str) -> RejectionNoteTooLargeError:
+        if max_bytes < MAX_NOTE_BYTES:
+            return NotesBudgetSpentError(f"over the {max_bytes} bytes left to read{how}")
+        return RejectionNoteTooLargeError(_TOO_LARGE + how)
+
     max_bytes = min(max_bytes, MAX_NOTE_BYTES)
     if len(data) > max_bytes:
-        raise RejectionNoteTooLargeError(_TOO_LARGE if max_bytes == MAX_NOTE_BYTES else "over the bytes left to read")
+        raise too_large("")
     meta_end, transfer_syntax = read_file_meta(data)
     if is_deflated(transfer_syntax):
         try:
             dataset, _, inflated, _ = inflated_header(data, meta_end, max_bytes)
         except OverMemoryBudgetError as error:
-            raise RejectionNoteTooLargeError(f"{_TOO_LARGE} (once inflated)") from error
+            raise too_large(" (once inflated)") from error
         return dataset, inflated
     stream = ShortReadWatch(data)
     try:

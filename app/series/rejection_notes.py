@@ -24,6 +24,7 @@ from app.dicom.dicom_header import DicomHeader, unpadded_uid
 from app.dicom.incoming_rejection import (
     MAX_NOTE_BYTES,
     IncomingRejection,
+    NotesBudgetSpentError,
     RejectionNoteTooLargeError,
     incoming_rejection,
     is_rejection_note,
@@ -98,15 +99,15 @@ def apply_rejection_notes(
         assert isinstance(data, bytes)  # notes are only files whose bytes are there (above)
         try:
             note, size = read_rejection_note_within(data, left)
-        except RejectionNoteTooLargeError:
-            if left >= MAX_NOTE_BYTES:
-                raise _unreadable(note_index, f"over the {MAX_NOTE_BYTES // MIB} MiB a note may take") from None
+        except NotesBudgetSpentError:
             raise TooManyRejectionNotesError(
                 f"the request's IHE IOCM rejection notes of its study (and Key Object Selections whose title only a "
                 f"whole read tells) take more than {NOTES_READ_BYTES // MIB} MiB to read, the most a request reads "
                 f"({len(notes)} files, {request_files(notes[at:])} not read): export the study again once the PACS "
                 "has applied its notes, or send it to the DICOM node"
             ) from None
+        except RejectionNoteTooLargeError:
+            raise _unreadable(note_index, f"over the {MAX_NOTE_BYTES // MIB} MiB a note may take") from None
         except Exception as error:  # noqa: BLE001 - pydicom may raise anything on a damaged note
             raise _unreadable(note_index, "damaged") from error
         left -= size

@@ -337,3 +337,18 @@ def test_a_damaged_key_image_selection_withdraws_nothing(client: TestClient, ser
 
     assert response.status_code == 200, response.text
     assert errors_by_index(response.json()) == {len(series): "unsupported_dicom"}
+
+
+def test_a_rejection_note_over_the_size_a_note_may_take_refuses_the_request(
+    client: TestClient, series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It withdrew nothing, and the image it withdraws was analysed; the DICOM node refuses such a note."""
+    note = to_bytes(key_object_selection(series, series[-1:]))
+    monkeypatch.setattr(incoming_rejection, "MAX_NOTE_BYTES", len(note) - 1)
+    files = [*dicom_parts(series), ("files", ("NOTE", note, "application/dicom"))]
+
+    response = client.post("/v1/predict/batch", files=files)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "unreadable_rejection_note"
+    assert "over the" in response.json()["error"]["message"]
