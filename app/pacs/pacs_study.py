@@ -553,13 +553,11 @@ class StudySync:
         CID 7011, naming instances of its own study), to be left out of its analysis. Why: such a note was ignored,
         and the SEG and SR made of images the PACS no longer stands by stood (interop review 48 F1)."""
         rejected: set[str] = set()
-        unreadable = fetch.unreadable  # a key object selection pydicom cannot read is no image left out
         for series in ko_series:
             for instance in series["Instances"]:
-                rejection = _rejection(*fetch(str(instance), whole_header=True))
+                rejection = _rejection(*fetch(str(instance), whole_header=True, note=True))
                 if rejection is not None:
                     rejected |= rejection.sop_instance_uids
-        fetch.unreadable = unreadable
         return frozenset(rejected)
 
     def _first_files(
@@ -672,10 +670,13 @@ class _Fetch:
         self._left_out.add(sop_instance_uid)
         return True
 
-    def __call__(self, instance_id: str, whole_header: bool = False) -> tuple[bytes, Dataset | None]:
+    def __call__(
+        self, instance_id: str, whole_header: bool = False, note: bool = False
+    ) -> tuple[bytes, Dataset | None]:
         """The instance's file (Orthanc's uncompressed copy when no decoder here reads it) and its header, whole for
         choosing a series by it, else only what this checks (`CHECKED_TAGS`: the flow reads every file again); None
-        for a file whose header cannot be read."""
+        for a file whose header cannot be read, counted in `unreadable` unless it is a `note` (a Key Object
+        Selection: no image left out, `_rejection` decides what it means)."""
         data = self.client.instance_file(instance_id)
         header = read_header(data, None if whole_header else CHECKED_TAGS)
         identity, transcoded = ("", ""), False
@@ -687,7 +688,7 @@ class _Fetch:
             except UndecodableDicomError:
                 header = None
         if header is None:
-            self.unreadable += 1
+            self.unreadable += 0 if note else 1
         elif transcoded:  # Orthanc decodes more transfer syntaxes than we do
             data = self.client.uncompressed_instance_file(instance_id)  # its UIDs and patient kept
         self.fetched += len(data)
