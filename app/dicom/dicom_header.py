@@ -12,7 +12,7 @@ attributes. Nothing here logs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
@@ -267,7 +267,7 @@ def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Data
                 specific_tags=None if tags is None else list(tags),
                 defer_size=HEADER_DEFER_BYTES,
             )
-        check_value_representations(dataset)  # else the first read of that element raises, outside this policy
+        refuse_unreadable_values(dataset)  # else the first read of that element raises, outside this policy
     except Exception:  # noqa: BLE001 - unreadable, whatever pydicom calls it: the caller counts it
         return None
     return dataset
@@ -330,12 +330,12 @@ def read_dicom_header(
                     f"DICOM file ends inside its header, at byte {len(data)}, before its pixel data (truncated)"
                 )
         _check_sop_class(dataset, has_pixels)
-        check_value_representations(dataset, as_read=False)  # an undefined VR, named before a check trips on it
+        refuse_undefined_vrs(dataset)  # named before a check trips on it
         _check_pixel_description(dataset)
         _check_functional_groups(dataset)
     rows, columns, frames, bits = checked_dimensions(dataset, max_pixels)
     with garbled_values_refused():  # after the checks that name a value's problem more precisely
-        check_value_representations(dataset)
+        refuse_unreadable_values(dataset)
     if pixel_position >= 0 and is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
         check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
@@ -583,40 +583,55 @@ SliceThickness as TM, a UID as PN), they read as text where a number or a UID is
 failed for one file (attack review 60 F1). Refused at any other VR but UN."""
 
 
-def check_value_representations(dataset: Dataset, as_read: bool = True) -> None:
+def refuse_undefined_vrs(dataset: Dataset) -> None:
     """Refuse a data set with a public element whose value representation DICOM does not define, at any depth: pydicom
-    keeps it raw and raises `NotImplementedError` on first access, which came after the header's checks, in the
-    series choice or the notes, as a 500 for the whole request (attack review 59 F5: one VR byte garbled, "ES").
-    With `as_read`, also one the service reads (`READ_AS_THEIR_VR`) written under another VR, and a value pydicom
-    cannot read (a binary VR whose length is no whole number of values) in such an element or in one written under
-    a VR other than its own (attack review 60 F1, F2: a Slice Thickness as TM, a Patient ID as UL). Elements the
-    service never reads under their own VR are left alone, as pydicom leaves them (review 62 F5: an Acquisition
-    Matrix of 7 bytes). Values are not converted; only the sequences not left where they are (`HEADER_DEFER_BYTES`)
-    are read.
+    keeps it raw and raises `NotImplementedError` on first access, which came after the header's checks as a 500 for
+    the whole request (one VR byte garbled, "ES"). Private elements are left alone: a vendor's own VR is no reason.
 
     Raises
     ------
     UndecodableDicomError
     """
+    _check_public_elements(dataset, _check_defined)
+
+
+def refuse_unreadable_values(dataset: Dataset) -> None:
+    """`refuse_undefined_vrs`, and refuse an element the service reads (`READ_AS_THEIR_VR`) written under another VR
+    (a Slice Thickness as TM), and a value pydicom cannot read (a binary VR whose length is no whole number of values)
+    in such an element or in one written under a VR other than its own (a Patient ID as UL). Elements the service
+    never reads under their own VR are left alone, as pydicom leaves them (an Acquisition Matrix of 7 bytes).
+
+    Raises
+    ------
+    UndecodableDicomError
+    """
+    _check_public_elements(dataset, lambda tag, element: (_check_defined(tag, element), _check_as_read(tag, element)))
+
+
+def _check_public_elements(dataset: Dataset, check: Callable[[BaseTag, DataElement | RawDataElement], object]) -> None:
+    """`check` each public element, at any depth. Values are not converted; only the sequences not left where they
+    are (`HEADER_DEFER_BYTES`) are read."""
     for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset converts each element, which is what fails
-        if tag.is_private:  # never read here: a vendor's own VR (or a newer one) is no reason to refuse (review 61 F4)
+        if tag.is_private:
             continue
         element = dataset.get_item(tag, keep_deferred=True)  # a long value stays in the file
         if element is None:
             continue
-        if element.VR is not None and element.VR not in KNOWN_VRS:
-            raise UndecodableDicomError(
-                f"DICOM element {tag} has value representation {element.VR!r}, which DICOM does not define (corrupt)"
-            )
-        if as_read:
-            _check_as_read(tag, element)
+        check(tag, element)
         if element.VR == "SQ" and element.value is not None:  # None: a value left in the file, not read
             for item in dataset[tag].value:
-                check_value_representations(item, as_read)
+                _check_public_elements(item, check)
+
+
+def _check_defined(tag: BaseTag, element: DataElement | RawDataElement) -> None:
+    if element.VR is not None and element.VR not in KNOWN_VRS:
+        raise UndecodableDicomError(
+            f"DICOM element {tag} has value representation {element.VR!r}, which DICOM does not define (corrupt)"
+        )
 
 
 def _check_as_read(tag: BaseTag, element: DataElement | RawDataElement) -> None:
-    """`check_value_representations`' checks of an element as the service reads it (`as_read`)."""
+    """`refuse_unreadable_values`' checks of an element as the service reads it."""
     try:
         own = dictionary_VR(tag).split(" or ")
     except KeyError:  # a tag newer than pydicom's dictionary: never read here
