@@ -387,7 +387,7 @@ def _failed(error: ServiceError, summary: dict[str, Any]) -> StudyAnalysis:
 
 def _sized_header(path: Path, dataset: Dataset, limits: UploadLimits) -> DicomHeader | None:
     """A file's header read from disk as a `DicomHeader` for `plan_headers`, which sizes it but never decodes it:
-    its bytes are not read (`data` is empty), but for a file that may repeat another (`repeated_instances`).
+    its bytes are not read (`data` is empty), but for a file that may repeat another (`resent_files_by_header`).
 
     None for a file the flow refuses on its own before sizing it (over the upload size or the pixel limit, or
     dimensions that cannot be read): `app.series.reading.read_headers` puts an error in its place, which leaves it

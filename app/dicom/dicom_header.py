@@ -149,7 +149,7 @@ class DicomHeader:
     def pixel_data_digest(self) -> bytes | None:
         """SHA-256 of the pixel data element as the file stores it; None where it cannot be had cheaply (a deflated
         file: its pixels lie inside the stream) or the file cannot be read. Two files of equal digests and equal
-        decoding attributes decode to the same values (`app.series.reading.repeated_instances`)."""
+        decoding attributes decode to the same values (`app.series.reading.resent_files_by_header`)."""
         data, position = self.data, self.pixel_position
         if not data and self.path is not None:
             try:

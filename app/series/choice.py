@@ -120,8 +120,9 @@ class SeriesChoice:
         )
 
     def without_repeats(self, kept: Mapping[int, int]) -> SeriesChoice:
-        """The same choice with the files `kept` names (repeat -> the file read in its place,
-        `app.series.reading.repeated_files`) moved into `left_out`, as `without_copies` does: a series sent again
+        """The same choice with the files `kept` names (repeat -> the file read in its place: found from the headers,
+        `app.series.reading.resent_files_by_header`, or from the decoded pixels, `resent_files_by_pixels`) moved into
+        `left_out`, as `without_copies` does: a series sent again
         under new SOP Instance UIDs (a re-import, a migration) gives two identical images at each slice position,
         and the study was refused and its results withdrawn (interop review 58 F1)."""
         return self._moved_out(

@@ -195,7 +195,7 @@ def plan_headers(
     # and a series sent again under new UIDs counted once (review 61 F1: both copies counted, a 176-slice study sent
     # twice was over the budget and its results withdrawn).
     choice, _ = _without_copies(headers, series_choice)
-    repeats = repeated_instances(headers, choice.used_files)
+    repeats = resent_files_by_header(headers, choice.used_files)
     series_choice, choice = series_choice.without_repeats(repeats), choice.without_repeats(repeats)
     slices = count_slices(_readable(headers, choice), at_most=max_slices)
     if max_slices is not None and slices > max_slices:
@@ -207,7 +207,7 @@ def plan_headers(
             except ServiceError as error:
                 headers[index] = error
     # After each file's own checks: a file refused by itself keeps its reason.
-    refuse_repeated_instances(headers, series_choice.used_files)
+    refuse_duplicate_sop_instance_uids(headers, series_choice.used_files)
     # Then the copies again, of the files still read: a copy of a file refused is read in its place (attack review
     # 38: it was left out for an original refused as a repeated instance, and the slice was lost).
     choice, copies = _without_copies(headers, series_choice)
@@ -259,12 +259,13 @@ DECODING_KEYWORDS = (
 """What, besides the pixel data's bytes, decides what a file's frames decode to and where they lie."""
 
 
-def repeated_instances(headers: Sequence[DicomHeader | ServiceError], used: Collection[int]) -> dict[int, int]:
+def resent_files_by_header(headers: Sequence[DicomHeader | ServiceError], used: Collection[int]) -> dict[int, int]:
     """The used files that repeat another used file, found before anything is counted or decoded: the same series,
     place and decoding attributes (`DECODING_KEYWORDS`), the same transfer syntax and the very bytes of pixel data,
     under another SOP Instance UID (a series sent again after a re-import). Repeat -> the file read, the one whose
     SOP Instance UID sorts first. Only files that share all but the pixel data are hashed (for a header read from
-    disk, the file is read then). Copies in another transfer syntax are found once decoded (`repeated_files`)."""
+    disk, the file is read then). Copies in another transfer syntax are found once decoded
+    (`resent_files_by_pixels`)."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for index in sorted(used):
         header = headers[index]
@@ -400,7 +401,7 @@ def _same_position(place: tuple, other: tuple) -> bool:
     )
 
 
-def refuse_repeated_instances(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
+def refuse_duplicate_sop_instance_uids(headers: list[DicomHeader | ServiceError], used: Collection[int]) -> None:
     """Put an error in place of each used file whose SOP Instance UID an earlier used file has: answers, a SEG and an
     SR name slices by it, so two files under one would be two slices of one instance. The first is read; the UID is
     not quoted (it is the file's content)."""
@@ -472,7 +473,7 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
             errors.pop(position, None)
     frames = [frame for position in sorted(decoded) for frame in decoded[position]]
     file_of = {frame: read_from.get(position, position) for position in decoded for frame in decoded[position]}
-    repeats = repeated_files(frames, file_of)
+    repeats = resent_files_by_pixels(frames, file_of)
     frames = [frame for frame in frames if file_of[frame] not in repeats]
     choice = plan.choice.without_repeats(repeats)
     if not frames:
@@ -509,15 +510,15 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
 
 
-def repeated_files(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, int]) -> dict[int, int]:
+def resent_files_by_pixels(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, int]) -> dict[int, int]:
     """The files whose every frame repeats, pixel for pixel, a frame of another file of its series at the same place:
     file -> the file read in its place. A PACS that sends a series again under new SOP Instance UIDs (a re-import, a
     migration) gives two identical images at each position, and the study was refused as having two slices there
     (interop review 58 F1). At each place the frame of the file of the most frames, then of the SOP Instance UID that
     sorts first, is read, so which copy is read does not depend on the order the files came in. Most repeats are
-    found before decoding (`repeated_instances`); these are the rest (a copy in another transfer syntax). Frames that
-    differ at all, have no position or share a SOP Instance UID (one instance sent twice) are never repeats: they are
-    still refused (`dicom_series.prepare_inputs`)."""
+    found before decoding (`resent_files_by_header`); these are the rest (a copy in another transfer syntax).
+    Frames that differ at all, have no position or share a SOP Instance UID (one instance sent twice) are never
+    repeats: they are still refused (`dicom_series.prepare_inputs`)."""
     places = SlicePlaces()
     groups: dict[tuple[str, int], list[DicomFrame]] = {}
     for frame in frames:
