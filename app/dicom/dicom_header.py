@@ -32,8 +32,7 @@ from app.dicom.part10 import (
     DICOM_MAGIC,
     DICOM_PREAMBLE_LENGTH,
     LONG_VALUE_BYTES,
-    ShortReadWatch,
-    check_sequences_left_raw,
+    dcmread_bounded,
     held_value_bytes,
     inflated_header,
     is_deflated,
@@ -314,13 +313,7 @@ def read_dicom_header(
             pixel_position = -1  # deflated pixel data is native: no codestream to check
             inflated_header_bytes = held_value_bytes(dataset)
         else:
-            buffer = ShortReadWatch(data)
-            try:
-                dataset = pydicom.dcmread(buffer, stop_before_pixels=True)
-            except Exception:
-                buffer.raise_if_exceeded()  # pydicom turns a failed read of an item's tag into OSError "No tag..."
-                raise
-            check_sequences_left_raw(dataset, buffer.reads)
+            dataset, buffer = dcmread_bounded(data, stop_before_pixels=True)
             pixel_position, inflated, reads, inflated_header_bytes = buffer.tell(), 0, buffer.reads, 0
             has_pixels = pixel_data_tag_at(data, pixel_position)
             if not has_pixels and buffer.cut:

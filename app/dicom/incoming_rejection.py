@@ -17,11 +17,9 @@ says otherwise).
 
 from __future__ import annotations
 
-import io
 import zlib
 from dataclasses import dataclass
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
@@ -29,8 +27,8 @@ from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
 from app.dicom.dicom_header import unpadded_uid
 from app.dicom.part10 import (
     DEFLATED_HEADER_BYTES,
-    ShortReadWatch,
-    check_sequences_left_raw,
+    BoundedReads,
+    dcmread_bounded,
     inflated_header,
     is_deflated,
     read_file_meta,
@@ -66,20 +64,6 @@ TITLE_READS = 4_000
 skipped, not read (review 61 F3: a 70 KB private value before the title was past the bytes read, and the selection
 was read whole)."""
 TITLE_DEFER_BYTES = 1024
-
-
-class _CappedReads(io.BytesIO):
-    """Bytes whose reads stop after `TITLE_READS` (`read_note_title`)."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.reads = 0
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        self.reads += 1
-        if self.reads > TITLE_READS:
-            raise EOFError("past the reads a title may take")
-        return super().read(size)
 
 
 _DOCUMENT_TITLE_TAG = 0x0040A043
@@ -154,14 +138,7 @@ def read_rejection_note_within(data: bytes, max_bytes: int) -> tuple[Dataset, in
         except OverMemoryBudgetError as error:
             raise too_large(" (once inflated)") from error
         return dataset, inflated
-    stream = ShortReadWatch(data)
-    try:
-        dataset = pydicom.dcmread(stream)
-    except Exception:
-        stream.raise_if_exceeded()
-        raise
-    check_sequences_left_raw(dataset, stream.reads)
-    return dataset, len(data) - meta_end
+    return dcmread_bounded(data)[0], len(data) - meta_end
 
 
 def read_note_title(data: bytes) -> Dataset | None:
@@ -194,7 +171,7 @@ def read_note_title(data: bytes) -> Dataset | None:
         past_title = past_title or tag > _DOCUMENT_TITLE_TAG
         return past_title
 
-    stream = _CappedReads(head)
+    stream = BoundedReads(head, max_reads=TITLE_READS)
     try:
         dataset = read_dataset(stream, implicit, little, stop_when=after_title, defer_size=TITLE_DEFER_BYTES)
     except Exception:

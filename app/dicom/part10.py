@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from typing import NoReturn
 
+import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
@@ -45,16 +46,18 @@ _EXPLICIT_LONG_VRS = frozenset(
 )
 
 
-class ShortReadWatch(io.BytesIO):
-    """The file's bytes, noting whether a read ever got fewer bytes than it asked for past the end.
+class BoundedReads(io.BytesIO):
+    """The file's bytes, whose reads are counted and stopped past `max_reads` (`MAX_HEADER_READS` unless given:
+    `raise_too_many_elements`), noting whether a read ever got fewer bytes than it asked for past the end.
 
     A complete data set ends on an element boundary: pydicom's one empty read there (looking for the next tag) is
     the clean end. A second empty read (a value after its tag and length) or a partial one means the bytes end
     inside an element.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, max_reads: int | None = None) -> None:
         super().__init__(data)
+        self.max_reads = MAX_HEADER_READS if max_reads is None else max_reads
         self._partial = False
         self._empty = 0
         self._reads = 0
@@ -62,7 +65,7 @@ class ShortReadWatch(io.BytesIO):
 
     def read(self, size: int | None = -1, /) -> bytes:
         self._reads += 1
-        if self._reads > MAX_HEADER_READS:
+        if self._reads > self.max_reads:
             self._exceeded = True
             raise_too_many_elements()
         output = super().read(size)
@@ -79,7 +82,7 @@ class ShortReadWatch(io.BytesIO):
         return self._reads
 
     def raise_if_exceeded(self) -> None:
-        """Raise `raise_too_many_elements`'s error if a read went past `MAX_HEADER_READS`, whatever pydicom made of
+        """Raise `raise_too_many_elements`'s error if a read went past `max_reads`, whatever pydicom made of
         it: its read of an item's tag re-raises any exception as ``OSError("No tag to read at file position ...")``,
         which read as a truncated or corrupt file (a valid 2,048-frame Enhanced MR with sequences of undefined
         length, interop review 31)."""
@@ -92,16 +95,36 @@ class ShortReadWatch(io.BytesIO):
 
 
 def raise_too_many_elements() -> NoReturn:
-    """Stop pydicom reading a header of more than `MAX_HEADER_READS` reads (`ShortReadWatch`)."""
+    """Stop pydicom reading a header of more than `MAX_HEADER_READS` reads (`BoundedReads`)."""
     raise TooManyDicomElementsError(
         f"DICOM header has too many data elements (over {MAX_HEADER_READS} reads before the pixel data); refused "
         "before it was read whole"
     )
 
 
+def dcmread_bounded(data: bytes, stop_before_pixels: bool = False) -> tuple[Dataset, BoundedReads]:
+    """pydicom's read of the Part 10 file `data` within `MAX_HEADER_READS`, its sequences left raw counted in
+    (`check_sequences_left_raw`): the data set, and the stream it was read from (where the read stopped, whether the
+    bytes ended inside an element).
+
+    Raises
+    ------
+    app.errors.TooManyDicomElementsError
+        Past `MAX_HEADER_READS`; pydicom may raise anything else on a damaged file.
+    """
+    stream = BoundedReads(data)
+    try:
+        dataset = pydicom.dcmread(stream, stop_before_pixels=stop_before_pixels)
+    except Exception:
+        stream.raise_if_exceeded()  # pydicom turns a failed read of an item's tag into OSError "No tag..."
+        raise
+    check_sequences_left_raw(dataset, stream.reads)
+    return dataset, stream
+
+
 def check_sequences_left_raw(dataset: Dataset, reads: int) -> None:
     """Refuse a header whose sequences of defined length, which pydicom keeps as bytes and parses on first access
-    (out of `ShortReadWatch`'s sight), would take the elements read past `MAX_HEADER_READS`.
+    (out of `BoundedReads`' sight), would take the elements read past `MAX_HEADER_READS`.
 
     Counted before any is accessed (the header checks read the functional groups): 500,000 empty elements in one
     item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read (attack
@@ -245,7 +268,7 @@ def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[
         return reached_pixels
 
     cut = inflated > len(kept)
-    stream = ShortReadWatch(bytes(kept))
+    stream = BoundedReads(bytes(kept))
     try:
         dataset = read_dataset(DicomFileLike(stream), False, True, stop_when=at_pixel_data)
         check_sequences_left_raw(dataset, stream.reads)
