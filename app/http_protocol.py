@@ -8,32 +8,32 @@ adds, per connection:
 
 - a cap on open connections: past `max_connections` a new connection is answered 503 (with Retry-After) and
   closed at once, and likewise past `max_connections_per_client` from one address (a trusted proxy's excepted): one
-  client holding slow connections took all 512, health probes and clients with keys included (attack review 32);
+  one client holding slow connections could take all 512, health probes and clients with keys included;
 - a cap on the request line plus headers (`max_header_bytes`): past it, 431 before the parser sees more; the
   trailer fields after a chunked body have the same cap (past it, 431 or a close), and are dropped: nothing reads
   them, and uvicorn would add them to the request's headers;
 - a cap on a chunked body's framing (its chunk-size lines, chunk extensions included, and trailer fields): at most
   as many bytes as its data plus twice `max_header_bytes`; past it, 413 or a close. Extension bytes are no body
-  bytes, so no upload limit saw them: one request limited to 20 MiB made the server read 11 GB (attack review 44 F5);
+  bytes, so no upload limit sees them: one request limited to 20 MiB could make the server read 11 GB;
 - a header deadline (`header_timeout_seconds`), counted from the first byte of a request (from accepting, for a new
   connection): a request whose headers are not all in by then gets 408 and the connection is closed;
 - a body idle timeout (`body_timeout_seconds`): a client that pauses longer while sending a body gets 408 and the
   connection is closed; the app sees the client go away. Time the app leaves the body unread does not count;
 - an answer the client does not read: when the transport holds more of it than it could send (the kernel's buffers
   full), the client must take some of it every `body_timeout_seconds`, at `min_answer_bytes_per_second` at least,
-  or the connection is cut off. Before, an answer written whole stayed in memory, outside every budget, and the
-  request's task waited, for as long as the client kept the connection open without reading (attack review 34,
-  left open there), or read a few bytes now and then (attack review 44);
+  or the connection is cut off: otherwise an answer written whole stays in memory, outside every budget, and the
+  request's task waits, for as long as the client keeps the connection open without reading, or reads a few bytes
+  now and then;
 - on shutdown, the body idle timeout drops to `shutdown_idle_upload_seconds`, so idle uploads do not hold the
   shutdown while requests that are being sent or answered finish;
 - a request with more than one Host header is 400 (RFC 9112 3.2): a proxy keeping the last and the app the first
-  would judge it by different names (`ALLOWED_HOSTS`; attack review 34); so is one with two Content-Type headers
-  (RFC 9110 8.3; attack review 46 F8: the first was read); a request target in absolute form
-  (`http://host/path`) puts its host in the Host header's place, as RFC 9112 3.2.2 says (attack review 44);
+  would judge it by different names (`ALLOWED_HOSTS`); so is one with two Content-Type headers (RFC 9110 8.3:
+  the app would read the first); a request target in absolute form (`http://host/path`) puts its host in the Host
+  header's place, as RFC 9112 3.2.2 says;
 - an answer sent before its request body was all in (a refusal: 401 without a key, 413, 404) closes the connection
   `UNWANTED_BODY_SECONDS` later if the body is still coming: the rest is unwanted, and a client trickling it (a byte
-  every few seconds keeps clear of the body idle timeout) must not hold the connection. Before, 515 keyless clients
-  doing so kept a client with a key out (503 `too_many_connections`).
+  every few seconds keeps clear of the body idle timeout) must not hold the connection: 515 keyless clients doing
+  so would keep a client with a key out (503 `too_many_connections`).
 
 The header count is checked in the app (`app.api.middleware`): the byte cap already bounds the parser's work.
 `brain-tumor serve` runs uvicorn with this protocol; plain `uvicorn --factory app.main:create_app` runs without these
@@ -213,7 +213,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _held_by_this_client(self) -> int:
         """Open connections from this connection's address, itself included, an IPv6 client's /64 network counted as
-        one address (`address_group`; attack review 44: one subscriber holds 2^64 addresses); 0 for a trusted proxy
+        one address (`address_group`: one subscriber holds 2^64 addresses); 0 for a trusted proxy
         (its clients are many) or an address the transport does not give."""
         address = self.client[0] if self.client else None
         if address is None:
@@ -266,8 +266,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """How much of `data` to hand the parser as request line and headers: `room`, or less if the blank line that
         ends them comes first, so that what follows (a body, the next request) goes through the counting of its own.
 
-        Why: a pipelined request whose headers came in one read with the end of the previous request went to the
-        parser uncounted; a 100 KB header passed the 32 KiB cap (attack review 44 F10)."""
+        Why: a pipelined request whose headers come in one read with the end of the previous request would go to the
+        parser uncounted, and a 100 KB header pass the 32 KiB cap."""
         seen = self._header_chunk[-3:] if self._header_bytes else b""  # the blank line may straddle two reads
         end = (seen + data[:room]).find(b"\r\n\r\n")
         return room if end < 0 else end + 4 - len(seen)
@@ -311,7 +311,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             for coding in value.decode("latin-1").split(",")
         ]
         if codings and codings != ["chunked"]:
-            # httptools reads "gzip, chunked" as chunked and hands on the gzip bytes (attack review 53 F9).
+            # httptools reads "gzip, chunked" as chunked and hands on the gzip bytes.
             said = ", ".join(codings)[:64]
             self._invalid_reason = f"the request's Transfer-Encoding must be chunked alone; it is {said}"
             raise ValueError(self._invalid_reason)
@@ -329,8 +329,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _take_host_from_target(self) -> None:
         """A request target in absolute form (`GET http://evil.example/v1/models`) names the request's host, and the
         Host header is then to be ignored (RFC 9112 3.2.2): its authority takes the Host header's place, so that
-        ALLOWED_HOSTS judges the host the request names. Before, only the Host header was read (attack review 44
-        F11), and a proxy routing by the target could pass another host's request."""
+        ALLOWED_HOSTS judges the host the request names: with only the Host header read, a proxy routing by the
+        target could pass another host's request."""
         if not self.url or self.url[:1] in (b"/", b"*"):  # origin form, or `OPTIONS *`
             return
         try:
@@ -342,7 +342,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         host = b"[" + target.host + b"]" if b":" in target.host else target.host
         authority = host if target.port is None else host + b":%d" % target.port
         self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"] + [(b"host", authority)]
-        # So that a refusal names what was judged: the request target, not the Host header (docs review 45 F6).
+        # So that a refusal names what was judged: the request target, not the Host header.
         self.scope.setdefault("extensions", {})[HOST_FROM_TARGET] = True
 
     def _declared_body_bytes(self) -> int | None:
@@ -397,7 +397,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         request and the connection.
 
         Why: chunk extensions (`1;x=...` with no end) are no body bytes, so neither the upload limits nor the body
-        idle timeout saw them: the server read 11 GB for one request limited to 20 MiB (attack review 44 F5). A real
+        idle timeout sees them: the server could read 11 GB for one request limited to 20 MiB. A real
         client's chunk-size lines are a few bytes for each chunk of data."""
         if size <= 0 or self.transport.is_closing():
             return
@@ -495,9 +495,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Why the body came slower than `min_upload_bytes_per_second` over the window now ended (all that was left
         of it, if less), or None (and a new window begins) when it came fast enough or the window is not over.
 
-        Why a rate beside the pause limit: two clients that sent two batches each up to their last bytes, then a
-        byte every 20 s, held every byte MAX_UPLOADS_HELD_BYTES allows for as long as they liked, and every other
-        client got 503 (attack review 61 F1). Time the app leaves the body unread restarts the window."""
+        Why a rate beside the pause limit: two clients that send two batches each up to their last bytes, then a
+        byte every 20 s, would hold every byte MAX_UPLOADS_HELD_BYTES allows for as long as they liked, and every
+        other client get 503. Time the app leaves the body unread restarts the window."""
         window = self.limits.body_timeout_seconds
         elapsed = now - self._rate_window_start
         if self.limits.min_upload_bytes_per_second <= 0 or elapsed < window:
@@ -559,8 +559,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Cut off a client that took less of its answer since the last check than `min_answer_bytes_per_second`
         asks (none, at least); watch on while some is buffered.
 
-        Why a rate: a client that took 4 KiB every 20 s kept a 50 MB answer in memory for days, eight connections
-        367 MiB, outside every budget (attack review 44)."""
+        Why a rate: a client that takes 4 KiB every 20 s would keep a 50 MB answer in memory for days, eight
+        connections 367 MiB, outside every budget."""
         self._answer_timer = None
         buffered = self.transport.get_write_buffer_size()
         if self.transport.is_closing() or buffered == 0:

@@ -116,7 +116,7 @@ def stamp_creation_times(derived: Dataset, sources: Sequence[Dataset]) -> None:
         setattr(derived, f"{prefix}Time", now.strftime("%H%M%S.%f"))
     for equipment in derived.get("ContributingEquipmentSequence", []):
         # highdicom dates its own contribution in the process's clock, without an offset: an hour before the object's
-        # own times in a +0100 zone (interop review 46 F3). The other items (the scanner's) keep their dates.
+        # own times in a +0100 zone. The other items (the scanner's) keep their dates.
         if equipment.get("ManufacturerModelName") == HIGHDICOM_MODEL_NAME and "ContributionDateTime" in equipment:
             equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f") + (
                 offset if difference is not None else ""
@@ -164,8 +164,8 @@ def read_undeclared_utf8(dataset: Dataset) -> None:
     valid UTF-8; call it right after `dcmread`, before a text value is read.
 
     Why: pydicom reads such bytes as Latin-1, so a name a modality wrote in UTF-8 without declaring it (common, and
-    what Orthanc's "DefaultEncoding": "Utf8" assumes) reached the SEG and SR as "MÃ¼ller" under the images' Patient
-    ID (interop review 35). Latin-1 names beyond ASCII almost never form valid UTF-8, so they are read as before.
+    what Orthanc's "DefaultEncoding": "Utf8" assumes) would reach the SEG and SR as "MÃ¼ller" under the images'
+    Patient ID. Latin-1 names beyond ASCII almost never form valid UTF-8, so they are still read as Latin-1.
     """
     if "SpecificCharacterSet" in dataset:
         return
@@ -190,8 +190,8 @@ def keep_undeclared_escapes(dataset: Dataset) -> None:
     so that `invalid_values` finds it; call it right after `dcmread`, before a text value is read.
 
     Why: an escape sequence is only allowed under code extensions, yet pydicom follows one wherever it is, so a
-    Patient ID of bytes ``AB ESC ( B CD`` without a Specific Character Set was read as "ABCD" and the SEG filed under
-    a Patient ID that is not the source's (attack review 38). Kept, the ESC makes the value broken, like a value
+    Patient ID of bytes ``AB ESC ( B CD`` without a Specific Character Set is read as "ABCD" and the SEG would be
+    filed under a Patient ID that is not the source's. Kept, the ESC makes the value broken, like a value
     that does not decode: left empty where the SEG and SR may, refused for the identifiers a PACS files by.
     """
     declared = dataset.get("SpecificCharacterSet") or ""
@@ -337,7 +337,7 @@ ALLOWED_MULTILINE_CONTROLS = ALLOWED_CONTROLS | {"\r", "\n", "\t", "\x0c"}
 # What a value decoded from the source holds where its bytes did not decode in its declared character set (a Latin-1
 # "Müller" under ISO_IR 192: "M\ufffdller"), or where an ISO 2022 escape sequence was not one pydicom knows (the ESC
 # left in the text: values are compared decoded, so a valid escape never is). Either is a broken value, emptied or
-# refused as others (attack review 37: both were copied into the SEG and SR).
+# refused as others, not copied into the SEG and SR.
 UNDECODED_TEXT = frozenset({"\ufffd", "\x1b"})
 
 
@@ -370,7 +370,7 @@ def breaks_value_type(element: DataElement) -> bool:
 
 
 # How far past its value type's length an identifier is still copied as it came: a 20-character Accession Number is
-# a RIS's, a 3,000-character one is no identifier (review 36b).
+# a RIS's, a 3,000-character one is no identifier.
 AS_IS_LENGTH_FACTOR = 4
 
 
@@ -389,7 +389,7 @@ def only_too_long(element: DataElement) -> bool:
 
 def in_standard_vr(element: DataElement) -> DataElement:
     """`element` under its dictionary value type: a file may write Patient's Sex as LO or a Patient ID as UT, which
-    the checks would judge by the wrong rules and a SEG or SR would copy under the wrong VR (review 36b). Bytes
+    the checks would judge by the wrong rules and a SEG or SR would copy under the wrong VR. Bytes
     (an unknown VR's) are read as ASCII, their other bytes replaced; a non-text value is written as text."""
     try:
         dictionary_vr = dictionary_VR(element.tag)
@@ -466,8 +466,8 @@ COPIED_MODULES = ("patient", "general-study", "patient-study", "clinical-trial-s
 def optional_copied_attributes() -> frozenset[str]:
     """The Type 3 (optional) attributes of `COPIED_MODULES`, by the standard's tables that highdicom carries.
 
-    The tables come from a private highdicom module, so pyproject.toml pins highdicom exactly (newcomer review 45
-    F23), and `test_optional_copied_attributes_are_read_from_highdicom` fails first if an upgrade moves them.
+    The tables come from a private highdicom module, so pyproject.toml pins highdicom exactly, and
+    `test_optional_copied_attributes_are_read_from_highdicom` fails first if an upgrade moves them.
     """
     from highdicom._standard_utils import get_module_attribute_map  # the tables highdicom copies by
 
@@ -486,7 +486,7 @@ def drop_invalid_optional_values(derived: Dataset) -> list[str]:
     Description); return their keywords.
 
     Why: a SEG or an SR may leave a Type 3 attribute out, so refusing the whole result for one (as for the Type 2
-    attributes a PACS files the result by) cost the study its SEG and SR for nothing (interop review 35)."""
+    attributes a PACS files the result by) would cost the study its SEG and SR for nothing."""
     dropped = invalid_values(derived, optional_copied_attributes())
     for keyword in dropped:
         del derived[keyword]
@@ -516,7 +516,7 @@ def _valid_value(vr: str, value: object) -> bool:
         return False
     if vr == "UI":
         # pydicom refuses components with leading zeros (1.2.840.0123), which legacy scanners wrote for years: a
-        # SEG or SR must refer to the UIDs that exist, so `UID_FORM` tolerates them (interop review 35).
+        # SEG or SR must refer to the UIDs that exist, so `UID_FORM` tolerates them.
         return is_uid(unpadded_uid(text))
     try:
         valuerep.validate_value(vr, text, RAISE)
@@ -529,7 +529,7 @@ def check_reference_uids(
     sources: Sequence[Dataset], derived: str, error: type[ServiceError], sources_named: str
 ) -> None:
     """Refuse sources a SEG or SR cannot refer to by their UIDs (`unusable_reference_uids`): also the T1 series the
-    models read beside FLAIR, which both name (attack review 41: a T1 UID of 72 characters was copied into them)."""
+    models read beside FLAIR, which both name (a T1 UID of 72 characters would be copied into them)."""
     missing = unusable_reference_uids(sources)
     if missing:
         raise error(
@@ -598,7 +598,7 @@ def emptied_type2_attributes(dataset: Dataset) -> list[str]:
     break their value type once legacy dates and times are in the standard's form (Patient's Sex "m", a Study Time
     of 25:99:99, a line break in a name), but for `PATIENT_KEY` and identifiers that are only too long.
 
-    Why: refusing them cost the study its SEG and SR, and the node sent nothing (interop review 35); Type 2 lets a
+    Why: refusing them would cost the study its SEG and SR, and the node send nothing; Type 2 lets a
     value be empty when it is unknown, and a PACS files a result by its UIDs and `PATIENT_KEY`, which stay."""
     return _emptied(dataset, _standard_dates_times(dataset))
 
@@ -625,8 +625,8 @@ def standard_date_time(vr: str, text: str) -> str | None:
     """A DA or TM value written as ACR-NEMA and DICOM before 1998 allowed ("2024.01.01", "12:30:00"; archives write
     "/" and "-" too) in the standard's form ("20240101", "123000"), or None when `text` is not in such a form.
 
-    Real archives hold them, and the node made no SEG or SR at all of a study whose Study Date was "2024/01/01"
-    (attack review 33). Only the form changes; a value that is still no date or time is refused as before."""
+    Real archives hold them, and refusing them leaves a study dated "2024/01/01" without any SEG or SR. Only the
+    form changes; a value that is still no date or time is still refused."""
     pattern = _ACR_NEMA_DATE if vr == "DA" else _ACR_NEMA_TIME if vr == "TM" else None
     match = pattern.fullmatch(text.strip()) if pattern is not None else None
     if match is None:
@@ -655,7 +655,7 @@ def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | No
     (`app.dicom.tumor_volume.series_spacing_mm`).
 
     Why: a SEG's Pixel Measures and an SR's image library copy it from the source, so a wrong source value (2.5 mm
-    for slices 5 mm apart; attack review 28) would be repeated in our objects beside frames that lie elsewhere. It is
+    for slices 5 mm apart) would be repeated in our objects beside frames that lie elsewhere. It is
     optional in both, and the positions are what the tumor volume and the SEG's frames go by.
     """
     if series_spacing_mm is None or "SharedFunctionalGroupsSequence" in dataset:

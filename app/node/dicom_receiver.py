@@ -79,10 +79,10 @@ ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is an LO
 MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE request's command set is a few hundred bytes
 # The longest PDU a connection may send. The node announces pynetdicom's 16382 bytes as its maximum PDU length, so a
 # conforming sender's P-DATA-TF PDUs are no longer, and an association request is tens of KiB. pynetdicom reads a PDU
-# whole before `_discard_oversized` sees it: with PDUs as long as an instance (the limit before), a sender that ignored
-# the announced length sent each data set as one PDU, past the receive-memory bound (attack review 31: 6 instances of
-# 32 MiB held at once, +508 MiB, under a 40 MiB bound), and any connection, before its AE titles were checked, could
-# make the node read a 128 MiB association request. 64 times the announced length leaves room for lax senders.
+# whole before `_discard_oversized` sees it: with PDUs as long as an instance, a sender that ignores the announced
+# length could send each data set as one PDU, past the receive-memory bound (6 instances of 32 MiB held at once,
+# +508 MiB, under a 40 MiB bound), and any connection, before its AE titles are checked, could make the node read a
+# 128 MiB association request. 64 times the announced length leaves room for lax senders.
 MAX_PDU_BYTES = 1024 * 1024
 RECEIVE_MEMORY_FULL = "the node is receiving too much at once; retry later"
 REJECTIONS_UNREADABLE = "the study's record of rejected instances cannot be read"
@@ -93,7 +93,7 @@ class Receiver:
     """The node's C-STORE SCP side: keeps or refuses each instance, and tracks what each open association sent.
 
     It alone holds the state of the associations (`_open`, `_closed`, `_receiving`, `_resent_after_cut_off`) and the
-    locks on it (newcomer review 45 F18: they were three of the node's many fields); the worker asks it only
+    locks on it, apart from the node's other fields; the worker asks it only
     `studies_receiving`.
     """
 
@@ -212,7 +212,7 @@ class Receiver:
             return STATUS_SUCCESS
         except InstanceRefusedError as error:
             return self._refused("invalid_instance", error.status, str(error), event.assoc)
-        except UnreadableRejectionsError:  # logged by the spool (review 48r F4)
+        except UnreadableRejectionsError:  # logged by the spool
             return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, REJECTIONS_UNREADABLE, event.assoc)
         except OSError:
             logger.exception("instance not stored")
@@ -234,12 +234,12 @@ class Receiver:
 
     def _rejection(self, event: Event) -> tuple[str, IncomingRejection] | None:
         """The study key and what an incoming Key Object Selection rejects, when it is an IHE IOCM rejection note
-        (`incoming_rejection`), for a study the node holds or not yet (review 48r F2: one sent before its study's
-        images was dropped); None otherwise (it is then ignored, as any other KOS).
+        (`incoming_rejection`), for a study the node holds or not yet (one sent before its study's images is kept,
+        not dropped); None otherwise (it is then ignored, as any other KOS).
 
         Raises `RejectionNoteTooLargeError` for a KOS over `incoming_rejection.MAX_NOTE_BYTES`, as sent or once
-        inflated, before it is decoded whole: pynetdicom's `event.dataset` inflated a deflated one without limit, 1 GiB
-        from 1 MB on the wire (review 48r F1); `UndecodableDicomError` for one whose data set cannot be read (a
+        inflated, before it is decoded whole: pynetdicom's `event.dataset` inflates a deflated one without limit, 1 GiB
+        from 1 MB on the wire; `UndecodableDicomError` for one whose data set cannot be read (a
         damaged deflate stream, too many elements)."""
         check_note_size(received_bytes(event.request.DataSet))  # before the bytes are copied
         data = event.encoded_dataset(include_meta=True)
@@ -248,9 +248,9 @@ class Receiver:
             rejection = incoming_rejection(dataset)
             key = study_key(rejection.study_instance_uid, identity_text(dataset.get("PatientID"))) if rejection else ""
         except (RejectionNoteTooLargeError, UndecodableDicomError):
-            raise  # refused: a note that may be one must not be answered Success (attack review 55 F1)
+            raise  # refused: a note that may be one must not be answered Success
         except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
-            if may_be_rejection_note(data):  # attack review 60 F3: answered Success, the note was lost
+            if may_be_rejection_note(data):  # never answered Success: the note would be lost
                 raise UndecodableDicomError(
                     f"a Key Object Selection titled as an IOCM rejection note whose content cannot be read "
                     f"({type(error).__name__})"
@@ -261,8 +261,8 @@ class Receiver:
 
     def _take_rejection(self, event: Event, key: str, rejection: IncomingRejection) -> int | Dataset:
         """Keep an incoming rejection note for study `key` (`Spool.reject_instances`): its instances are left out
-        of the study, which is analysed again, its new results revising and withdrawing the earlier ones (interop
-        review 48 F1). Refused Out of Resources when the spool cannot take it: the sender sends it again."""
+        of the study, which is analysed again, its new results revising and withdrawing the earlier ones. Refused
+        Out of Resources when the spool cannot take it: the sender sends it again."""
         try:
             data = event.encoded_dataset(include_meta=True)
             self.spool.check_room(len(data))
@@ -276,7 +276,7 @@ class Receiver:
             )
         except SpoolFullError as error:
             return self._refused("spool_full", STATUS_OUT_OF_RESOURCES, str(error), event.assoc)
-        except UnreadableRejectionsError:  # logged by the spool (review 48r F4)
+        except UnreadableRejectionsError:  # logged by the spool
             return self._refused("spool_error", STATUS_OUT_OF_RESOURCES, REJECTIONS_UNREADABLE, event.assoc)
         except OSError:
             logger.exception("rejection note not stored")
@@ -355,11 +355,11 @@ class Receiver:
     def _forget_cut_off(self, sending: _Sending) -> None:
         """After a released association: a study cut off earlier (`count_abort`) whose every instance the spool holds
         has come again since over released associations no longer counts the cut-off associations, so its report
-        is not PARTIAL (durability review 45 F5: a study re-sent whole after a node crash was reported "instances may
-        be missing" for good). Instances the cut-off association alone sent keep the count, and so does an abort
+        is not PARTIAL (otherwise a study re-sent whole after a node crash is reported "instances may be missing"
+        for good). Instances the cut-off association alone sent keep the count, and so does an abort
         counted meanwhile (it starts a new set in `_resent_after_cut_off`). A study whose report already said so is
         then analysed again (`cut_off_report_made_whole`); one the record says was cut off, tracked by no set (the
-        node restarted since), starts one here (interop review 46 F1)."""
+        node restarted since), starts one here."""
         for key, sop_instance_uids in sending.instances.items():
             with self._open_lock:
                 tracked = self._resent_after_cut_off.get(key)
@@ -487,8 +487,8 @@ def _log_refused_contexts(event: Event) -> None:
     """Say in one line which SOP classes (or their transfer syntaxes) an accepted association was refused: a sender
     that then sends a class the node does not take fails that send, and the node's log is where an administrator
     looks. INFO, not a warning per class: a PACS offers every class it stores, and dcmtk's storescu 14 for a series of
-    MR (operations review: 14 of a run's 20 lines). A SOP Class UID is the standard's or a vendor's, never patient
-    data, but a peer may send any text in its place ("Smith^John 1970", attack review 33): only well-formed UIDs are
+    MR (14 of a run's 20 log lines). A SOP Class UID is the standard's or a vendor's, never patient
+    data, but a peer may send any text in its place ("Smith^John 1970"): only well-formed UIDs are
     named, the rest counted."""
     classes_refused: set[str] = set()
     syntaxes_refused: dict[str, set[str]] = {}  # SOP class -> the transfer syntaxes proposed for it, none taken

@@ -55,15 +55,15 @@ STUDY_UIDS_DIR = "study_uids"
 # and `series_uids/<key>.series` listing those folders, one per line.
 SERIES_UIDS_DIR = "series_uids"
 RECORD_FILE = "record.json"
-# A study's incoming IHE IOCM rejection notes (interop review 48 F1): ``studies/<key>/rejected.json`` (SOP Instance UID
+# A study's incoming IHE IOCM rejection notes: ``studies/<key>/rejected.json`` (SOP Instance UID
 # -> the CID 7011 code of the note that rejected it) and the notes as received, ``studies/<key>/rejection_notes/``.
 REJECTED_FILE = "rejected.json"
 REJECTION_NOTES_DIR = "rejection_notes"
 MAX_REJECTION_NOTES = 20
 """Rejection notes one study keeps (`Spool.reject_instances`), each up to `incoming_rejection.MAX_NOTE_BYTES`; its
-rejected instances are held to `SpoolLimits.max_study_instances`. Before, a sender could make a study keep any
-number of notes and a record of any length, re-read for every instance of it received (review 48r F3: three notes
-of 50,000 UIDs, 38.7 MB of notes, a 10.3 MB record parsed in 73 ms per instance). A PACS sends a study one note, or
+rejected instances are held to `SpoolLimits.max_study_instances`: otherwise a sender could make a study keep any
+number of notes and a record of any length, re-read for every instance of it received (three notes of 50,000 UIDs
+are 38.7 MB of notes and a 10.3 MB record, parsed in 73 ms per instance). A PACS sends a study one note, or
 a few over its life."""
 _REJECTIONS_CACHED = 64  # studies whose record of rejected instances `Spool` keeps parsed in memory
 SENT_LOG = "sent.jsonl"
@@ -73,8 +73,8 @@ WAITING_STATUSES = ("pending", "failed")
 destination was taken out of the configuration before it got them) and "superseded" (a later run of the study came
 before they were delivered: the destination gets that run's instead)."""
 MIN_FREE_INODES = 1000
-"""Inodes the spool leaves free on its disk: tiny instances use up a disk's inodes long before its bytes (attack
-review 46 F7), and the system needs some to go on (logs, temporary files). A disk that reports none (btrfs) has no
+"""Inodes the spool leaves free on its disk: tiny instances use up a disk's inodes long before its bytes, and the
+system needs some to go on (logs, temporary files). A disk that reports none (btrfs) has no
 such limit."""
 DEFAULT_BLOCK_BYTES = 4096  # a disk's allocation unit, where statvfs says none
 
@@ -97,7 +97,7 @@ class InstanceTooLargeError(SpoolFullError):
 class UnreadableRejectionsError(ValueError):
     """A study's record of rejected instances (``rejected.json``) cannot be read: truncated, not JSON, not a map of
     UIDs to codes. What the study may analyse or keep is then unknown: it waits, logged, until the file is repaired
-    (review 48r F4), as a study whose ``record.json`` cannot be read does."""
+    as a study whose ``record.json`` cannot be read does."""
 
 
 class SpoolInUseError(ValueError):
@@ -173,8 +173,8 @@ class SpoolLimits:
     @property
     def max_pending_per_sender(self) -> int:
         """Studies one sender address may have waiting for analysis: all but a quarter (rounded down) of
-        `max_pending_studies`, which is kept for the other senders (attack review 46 F3: one address filled the whole
-        queue, held it by keeping its associations open, and every other sender's new study was refused). A router
+        `max_pending_studies`, which is kept for the other senders: otherwise one address could fill the whole queue,
+        hold it by keeping its associations open, and have every other sender's new study refused. A router
         that is the node's only sender queues three quarters of it."""
         return self.max_pending_studies - self.max_pending_studies // 4
 
@@ -206,7 +206,7 @@ class Spool:
     _unreadable: set[str] = field(default_factory=set, repr=False)  # studies whose unreadable record was logged
     _unreadable_rejections: set[str] = field(default_factory=set, repr=False)  # the same, for rejected.json
     # Study key -> its rejected.json as parsed, under the file's (inode, size, mtime): the record is read again only
-    # when it changed, not for every instance of the study received (review 48r F3).
+    # when it changed, not for every instance of the study received.
     _rejections: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = field(default_factory=dict, repr=False)
     # Study key -> the sender address that made it pending (in this process; a study pending at start has none), for
     # `SpoolLimits.max_pending_per_sender`. Studies no longer pending are dropped at the next new study.
@@ -249,8 +249,8 @@ class Spool:
         return self._size
 
     def disk_bytes(self, size: int) -> int:
-        """What a file of `size` bytes takes on the spool's disk: whole blocks. The spool counted bytes, and 2,000
-        instances of 1.3 KB, each in a series of its own, took 6.5 times as much on disk (attack review 46 F7)."""
+        """What a file of `size` bytes takes on the spool's disk: whole blocks. Bytes alone undercount: 2,000
+        instances of 1.3 KB, each in a series of its own, take 6.5 times as much on disk."""
         return -(-size // self._block) * self._block
 
     def study_dir(self, key: str) -> Path:
@@ -258,8 +258,8 @@ class Spool:
 
     def check_room(self, size: int, replaced: int = 0) -> None:
         """Raise `SpoolFullError` (with the reason) unless an instance of `size` bytes may be kept (in place of a file
-        of `replaced` bytes). The reason names the instance's size first (durability review 45 F7: "61440 bytes free
-        on the spool's disk; 0 must stay free" read as a contradiction), as the Error Comment keeps 64 characters."""
+        of `replaced` bytes). The reason names the instance's size first, as the Error Comment keeps 64 characters
+        ("61440 bytes free on the spool's disk; 0 must stay free" alone reads as a contradiction)."""
         limits = self.limits
         if size > limits.max_instance_bytes:
             raise InstanceTooLargeError(f"instance of {size} bytes is over the limit of {limits.max_instance_bytes}")
@@ -277,8 +277,8 @@ class Spool:
 
     def room_problem(self) -> str | None:
         """Why no instance can be kept as things are, or None: a disk smaller than `min_free_bytes` and one
-        instance, or with less than that free. Said at start: otherwise the node listened, and refused every instance
-        (operations review: a 4 MiB volume under the 1 GiB default)."""
+        instance, or with less than that free. Said at start: otherwise the node listens, and refuses every instance
+        (e.g. a 4 MiB volume under the 1 GiB default)."""
         limits = self.limits
         usage = shutil.disk_usage(self.root)
         needed = limits.min_free_bytes + 1
@@ -330,9 +330,9 @@ class Spool:
             self._note_series_uid(series_instance_uid, key)
         # Room is reserved and the study marked pending (so a purge leaves it alone) under the lock; the slow,
         # flushed write happens outside it, so concurrent associations store side by side; but one instance is
-        # written by one association at a time. Before, the same SOP Instance UID sent on several associations at
-        # once was counted new by each: the counts grew by the copies, never shrank until a restart, and the node
-        # refused every instance as over the spool's limit while its disk held a fifth of it (attack review 31).
+        # written by one association at a time: otherwise the same SOP Instance UID sent on several associations at
+        # once is counted new by each, the counts grow by the copies and never shrink until a restart, and the node
+        # refuses every instance as over the spool's limit while its disk holds a fifth of it.
         with self._stored:
             while path in self._storing:
                 self._stored.wait()
@@ -364,8 +364,8 @@ class Spool:
 
     def _note_series_uid(self, series_instance_uid: str, key: str) -> None:
         """Index study `key` under the series: the listing's line first, the marker last, since the marker says the
-        study is indexed (durability review 45 F4: marker first, an append that failed, or a node killed in between,
-        was never retried, and `studies_sharing_a_series` missed the other study for good). A failure here refuses
+        study is indexed (with the marker first, an append that failed, or a node killed in between, is never
+        retried, and `studies_sharing_a_series` misses the other study for good). A failure here refuses
         the instance, and its next instance (or the sender's retry) writes both again. Each line is written after a
         newline, so a line an earlier failed append cut short stays on its own (`_listed_series_folders` skips it)."""
         folder = study_key(series_instance_uid)
@@ -380,7 +380,7 @@ class Spool:
             with listed.open("a") as listing:
                 listing.write(f"\n{folder}\n")
             (series_dir / key).touch()
-            self._size += self._block  # its folder, or its marker's inode (attack review 46 F7)
+            self._size += self._block  # its folder, or its marker's inode
 
     def _listed_series_folders(self, key: str) -> set[str]:
         """The index folders of the series study `key` holds (`_note_series_uid`), leaving out what is no folder (a
@@ -393,13 +393,13 @@ class Spool:
         Series Instance UID) study `key` holds, whatever their Patient ID.
 
         Why: a series belongs to one study, yet one sent with two Study Instance UIDs (a study split or corrected in
-        the RIS while it was sent) was analysed as two studies, and the tumor-free part got a COMPLETE "absent" SR
-        (interop review 42), where the API refuses such files in one request. The same UID under the same Study
-        Instance UID and another Patient ID is `studies_split_by_patient_id`'s, or a corrected Patient ID. Under
-        another Patient ID and another Study Instance UID it counts too: a patient merged in the RIS while the series
-        was sent gave the tumor-free part a COMPLETE "absent" SR under the temporary ID (attack review 44). The price
-        is that an allowed sender that reuses another patient's Series Instance UID fails that study (attack review
-        43 F4): a refusal with its reason, never a wrong answer."""
+        the RIS while it was sent) would be analysed as two studies, and the tumor-free part get a COMPLETE "absent"
+        SR, where the API refuses such files in one request. The same UID under the same Study Instance UID and
+        another Patient ID is `studies_split_by_patient_id`'s, or a corrected Patient ID. Under another Patient ID and
+        another Study Instance UID it counts too: a patient merged in the RIS while the series was sent would give
+        the tumor-free part a COMPLETE "absent" SR under the temporary ID. The price is that an allowed sender that
+        reuses another patient's Series Instance UID fails that study: a refusal with its reason, never a wrong
+        answer."""
         index = self.root / SERIES_UIDS_DIR
         try:
             folders = self._listed_series_folders(key)
@@ -444,8 +444,8 @@ class Spool:
         where `key`'s is not, or the other way round, and that hold instances.
 
         Why: the node keys a study by Patient ID and Study Instance UID, so a series sent with an empty Patient ID on
-        some files was analysed as two studies (interop review 39: the patient's tumor-free half got an SR "absent",
-        the tumor half a SEG filed under an empty Patient ID), where the API refuses such files as one request. Two
+        some files would be analysed as two studies (the patient's tumor-free half an SR "absent", the tumor half a
+        SEG filed under an empty Patient ID), where the API refuses such files as one request. Two
         Patient IDs that are both set stay two studies: a corrected Patient ID is sent again under the same UID."""
         try:
             uid_dir = self.root / STUDY_UIDS_DIR / (self.root / STUDY_UIDS_DIR / f"{key}.uid").read_text()
@@ -475,8 +475,7 @@ class Spool:
         with the node stopped.
 
         Why: the spool keeps every instance, so a study refused for a stray instance (one re-sent under a new SOP
-        Instance UID at another's position) was refused again at every re-send of the corrected study (interop
-        review 46 F2)."""
+        Instance UID at another's position) is refused again at every re-send of the corrected study without it."""
         with self._size_lock:
             removed = len(self.instance_files(key))
             self._remove_tree(self.study_dir(key) / "instances")
@@ -495,17 +494,16 @@ class Spool:
 
         A note for a study the spool does not hold yet starts it, as its first instance would, counted against the
         studies waiting (of all, and of `sender`): the instances that follow (its KO series sent first, in the same
-        association or not) are left out, and the study's retention purges it with its record. Before, such a note
-        was answered Success and dropped, and the rejected image analysed (review 48r F2).
+        association or not) are left out, and the study's retention purges it with its record (dropped, the note
+        would leave the rejected image to be analysed).
 
-        Why: the node ignored such notes, and the SEG and SR made of images the PACS no longer stands by (another
-        patient's, unsafe ones) stood, and every later analysis read them (interop review 48 F1). In the order that
+        Why: otherwise the SEG and SR made of images the PACS no longer stands by (another patient's, unsafe ones)
+        stand, and every later analysis reads them. In the order that
         makes a note refused or cut by a kill take no effect: the note's file (which the node's own note is made from
         when no instance is left), the pending mark, then the record (written atomically: the step that makes the
         rejection), then the files; an instance recorded and not yet removed is left out of the analysis all the
-        same (`instances_to_analyse`). Before, the record came before the note's file: a note refused for want of
-        room still took effect, and with every instance rejected the earlier results were never withdrawn (review
-        48r F5).
+        same (`instances_to_analyse`). The record comes after the note's file: otherwise a note refused for want of room
+        still takes effect, and with every instance rejected the earlier results are never withdrawn.
 
         Raises OSError when the spool cannot be written, `UnreadableRejectionsError` when the record cannot be read:
         the note is then refused, and the sender sends it again; a note's file written for a record that could not be
@@ -562,7 +560,7 @@ class Spool:
     ) -> None:
         """Raise `SpoolFullError` unless study `key` may keep one more rejection note (`MAX_REJECTION_NOTES`; one sent
         again replaces its copy) and its record the `rejected` UIDs besides those `recorded`
-        (`SpoolLimits.max_study_instances`, as many as the study may hold) (review 48r F3)."""
+        (`SpoolLimits.max_study_instances`, as many as the study may hold)."""
         limit = self.limits.max_study_instances
         total = len(set(recorded).union(rejected))
         if total > limit:
@@ -575,8 +573,8 @@ class Spool:
         """The SOP Instance UIDs study `key`'s incoming rejection notes rejected, each with its note's CID 7011 code.
 
         Raises `UnreadableRejectionsError` when the file cannot be read, logged once (by key and error type: the file
-        holds UIDs) until it can be again: before, its JSONDecodeError failed every later instance of the study with
-        pynetdicom's 0xC211 and no comment, and its every processing pass (review 48r F4)."""
+        holds UIDs) until it can be again: a bare JSONDecodeError would fail every later instance of the study with
+        pynetdicom's 0xC211 and no comment, and its every processing pass."""
         return dict(self._rejected(key))
 
     def _rejected(self, key: str) -> dict[str, str]:
@@ -734,7 +732,7 @@ class Spool:
         (a PACS that archived them JPEG-LS lossless or Implicit VR: `content_digest`); an instance sent again under
         the same SOP Instance UID with other content (a corrected image or attribute) does not, so the study is
         analysed again. Second, the fingerprint of the files' bytes, which runs recorded before the content one
-        hold: the same files re-sent after an upgrade are still recognised (operations review)."""
+        hold: the same files re-sent after an upgrade are still recognised."""
         from app.dicom.instance_content import content_digest
 
         by_content, by_bytes = hashlib.sha256(), hashlib.sha256()
@@ -853,7 +851,7 @@ class Spool:
 
         Counted from the record's last change (the last run or delivery): after `retention_seconds` the instances,
         results and incoming rejection notes go (the notes carry the patient's name and IDs, and kept a year they let
-        one sender hold spool space for a year: attack review 53 F4; the UIDs they rejected stay in `rejected.json`),
+        one sender hold spool space for a year; the UIDs they rejected stay in `rejected.json`),
         after `record_retention_seconds` the study's folder with its record (the same instances sent again are then
         analysed as a new study). A study of rejection notes alone, never analysed, goes whole after
         `retention_seconds`: the instances its notes rejected, if they come later, are then taken.
@@ -871,8 +869,8 @@ class Spool:
             ]
             if settled_for >= self.limits.record_retention_seconds or self._never_analysed(key):
                 # A study of rejection notes alone, whose instances never came, goes whole with its notes: its
-                # `rejected.json` (up to 790 KB for a note naming 10,000 made-up instances) was not counted in the
-                # spool's size and stayed a year (attack review 55 F3), also once its notes had gone (review 56 F3).
+                # `rejected.json` (up to 790 KB for a note naming 10,000 made-up instances) is not counted in the
+                # spool's size and would otherwise stay a year, also once its notes have gone.
                 parts = [directory]
             if not parts:
                 continue
@@ -901,8 +899,8 @@ class Spool:
 
     def remove_unrecorded_results(self) -> list[Path]:
         """Remove the result folders no run of their study's record names, and return them: a node killed between
-        writing a run's results and its record left them, counted in the spool's size until the study was purged
-        (durability review 45 F8); the study is analysed again, into a folder of its own. For the node's start,
+        writing a run's results and its record leaves them, counted in the spool's size until the study is purged;
+        the study is analysed again, into a folder of its own. For the node's start,
         before anything writes results; a study whose record cannot be read keeps its folders."""
         removed = []
         for results in sorted((self.root / "studies").glob("*/results")):

@@ -61,8 +61,8 @@ class StudyWorker:
     """Processes the spool's quiet studies, one pass at a time (`process_ready`), and purges expired ones
     (`purge_expired`); the node's worker thread runs `process_and_purge`.
 
-    It alone holds the state of the processing (the lock on writing an outcome, the studies waiting for room) that
-    was part of the node's many fields (newcomer review 45 F18).
+    It alone holds the state of the processing (the lock on writing an outcome, the studies waiting for room), apart
+    from the node's other fields.
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class StudyWorker:
         self.spool = spool
         self.processor = processor
         # The model versions of every run's results, fixed at the start as the models are loaded once: a study
-        # whose latest outcome other versions made is analysed again when sent again (durability review 45 F6).
+        # whose latest outcome other versions made is analysed again when sent again.
         self.model_tags = dict(processor.model_tags)
         self.clock = clock
         self.metrics = metrics
@@ -158,15 +158,15 @@ class StudyWorker:
         record = self.spool.readable_record(key)  # first: a study skipped for its record costs no hashing
         if record is None:  # logged by the spool; stays pending, so a repaired record is processed
             return False
-        # Without the instances an incoming rejection note rejected (interop review 48 F1): their removal changes
+        # Without the instances an incoming rejection note rejected: their removal changes
         # the fingerprint, so the study is analysed again, and one not yet removed (a node killed) is left out too.
         try:
             files = self.spool.instances_to_analyse(key)
-        except UnreadableRejectionsError:  # logged by the spool; stays pending, as for its record (review 48r F4)
+        except UnreadableRejectionsError:  # logged by the spool; stays pending, as for its record
             return False
         runs = record["runs"]
         if not files and not runs:
-            # Rejection notes alone, for a study whose instances have not come (review 48r F2): nothing to analyse
+            # Rejection notes alone, for a study whose instances have not come: nothing to analyse
             # or withdraw. A record with no run lets the study's retention purge it if they never come.
             logger.info("study holds no instance yet: rejection notes kept", extra={"fields": {"study_key": key}})
             self.spool.update_record(key, lambda _: None)
@@ -176,8 +176,8 @@ class StudyWorker:
         split = self.spool.studies_split_by_patient_id(key)
         sharing = [] if split else self.spool.studies_sharing_a_series(key)
         # The same instances again: nothing new to say, unless another part of the study came meanwhile and the
-        # result standing for these is now wrong for the whole (attack review 43 F5), or other models made it, or
-        # its report said instances may be missing and they all came again since (interop review 46 F1).
+        # result standing for these is now wrong for the whole, or other models made it, or its report said
+        # instances may be missing and they all came again since.
         if (
             already_analysed(runs, fingerprint, self.model_tags, bytes_fingerprint)
             and not (split or sharing)
@@ -222,8 +222,8 @@ class StudyWorker:
 
     def _reopen_answered(self, keys: list[str]) -> None:
         """Mark pending the studies of `keys` (other parts of a study found split) whose latest outcome is a result:
-        analysed again, they are refused too and their results withdrawn. Why: a part that came after the other was
-        answered left that answer standing, an "absent" SR for the tumor-free half (attack review 43 F5). A study
+        analysed again, they are refused too and their results withdrawn. Why: a part that comes after the other was
+        answered would leave that answer standing, an "absent" SR for the tumor-free half. A study
         already refused is not marked again, so two parts do not reopen each other without end."""
         for key in keys:
             record = self.spool.readable_record(key)
@@ -258,7 +258,7 @@ class StudyWorker:
             return False
         self._unwritable.pop(key, None)
         self.metrics.studies_analysed.labels(outcome=_outcome(analysis)).inc()
-        if analysis.status == AnalysisStatus.FAILED:  # interop review 39: a refused study showed no reason here
+        if analysis.status == AnalysisStatus.FAILED:  # by error code, so a refused study shows its reason here
             self.metrics.studies_failed.labels(error=error_code(analysis.reason) or "unknown").inc()
         self.spool.clear_pending(key, last_arrival)
         return True
@@ -302,9 +302,8 @@ class StudyWorker:
         elif (
             previous is not None and analysis.status != AnalysisStatus.ANALYSED and (header := self._study_header(key))
         ):
-            # Nothing is sent again: every result delivered is withdrawn. Not analysed counts as refused (interop
-            # review 48 F1: every FLAIR instance rejected by an incoming rejection note left the results made of
-            # them standing).
+            # Nothing is sent again: every result delivered is withdrawn. Not analysed counts as refused (otherwise,
+            # every FLAIR instance rejected by an incoming rejection note, the results made of them would stand).
             note = self._rejection_note(key, runs, [header], withdrawn=True)
             if note is not None:
                 analysis.datasets.append(note)
@@ -333,8 +332,8 @@ class StudyWorker:
         )
 
         # A study refused or not analysed has no result: what earlier runs made, for instances that are not the
-        # study's now, is withdrawn where delivered (the note above) and never sent where not (interop review 44 F2: a
-        # re-send that could not be analysed left the earlier SEG and SR standing as the study's current result).
+        # study's now, is withdrawn where delivered (the note above) and never sent where not (otherwise a re-send
+        # that cannot be analysed leaves the earlier SEG and SR standing as the study's current result).
         withdrawn = (
             dict.fromkeys(map(str, self.config.destinations)) if analysis.status != AnalysisStatus.ANALYSED else {}
         )
@@ -359,7 +358,7 @@ class StudyWorker:
             self.spool.clear_unsent_if_all_sent(key)
         fields: dict[str, Any] = {"study_key": key, "status": analysis.status, "results": len(results)}
         if analysis.status == AnalysisStatus.FAILED and analysis.reason:
-            fields["error"] = error_code(analysis.reason)  # a code, no value (interop review 39: none was logged)
+            fields["error"] = error_code(analysis.reason)  # a code, no value
         logger.info("study processed", extra={"fields": fields})
 
     def _study_header(self, key: str) -> Dataset | None:
@@ -379,9 +378,9 @@ class StudyWorker:
     ) -> Dataset | None:
         """The note that rejects the SEGs and SRs a destination stored from earlier `runs` that the new results
         (`datasets`) do not send again (`app.dicom.rejection_note`): C-STORE cannot delete them at the destination
-        (interop review 37: a revision turned negative left the earlier SEG as the study's only one).
+        (a revision turned negative would leave the earlier SEG as the study's only one).
 
-        Made from the record alone, so a correction after the purge rejects what was purged (review 38). The same
+        Made from the record alone, so a correction after the purge rejects what was purged. The same
         findings as the latest run (a series the models do not read arrived) send its results again, and the same
         note. None when no destination stored anything that is not sent again. `withdrawn`: no results come with it
         (the study was refused), and the note says so (`build_rejection_note`)."""

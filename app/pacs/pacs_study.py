@@ -152,8 +152,7 @@ class StudySync:
         raised)."""
 
     def take_failures(self) -> Counter[str]:
-        """The failures counted since the last call, for the metrics (interop review 39: a refused study showed
-        only outcome="failed")."""
+        """The failures counted since the last call, by error code for the metrics (not only outcome="failed")."""
         failures, self.failures = self.failures, Counter()
         return failures
 
@@ -179,7 +178,7 @@ class StudySync:
             state.retries.pop(study_id, None)
             return None
         record, mr_series, ko_series = looked_at
-        # A new or changed KO series (an incoming rejection note) changes it too (interop review 48 F1).
+        # A new or changed KO series (an incoming rejection note) changes it too.
         study_fingerprint = orthanc_series_fingerprint([*mr_series, *ko_series])
         unrecorded = state.unrecorded_failures.get(study_id)
         if unrecorded is not None and unrecorded[0] == study_fingerprint and "status" not in record:
@@ -214,8 +213,8 @@ class StudySync:
     def _done(self, record: dict[str, Any]) -> bool:
         """Whether the study's recorded outcome stands while its instances are the same: an outcome made by the
         models that run now. One of other model versions does not: the study changed or stored again after a model
-        upgrade is analysed again, the new results superseding the old (durability review 45 F6: there was no way to
-        new results short of altering the instances). A record written before records kept their models counts as
+        upgrade is analysed again, the new results superseding the old (otherwise only altering the instances would
+        bring new results). A record written before records kept their models counts as
         made by the current ones, so an upgrade re-analyses nothing by itself."""
         if record.get("status") not in DONE_STATUSES:
             return False
@@ -230,7 +229,7 @@ class StudySync:
         state.retries[study_id] = self._next_attempt(attempts)
         self.failures["internal"] += 1
         _log_not_processed(study_id, error, attempts)
-        # A library's message may quote a file's values (attack review 60 F2: a Patient ID in the record).
+        # A library's message may quote a file's values (a Patient ID in the record): only its type is kept.
         text = f"{type(error).__name__}: {error}" if _own_error(error) else type(error).__name__
         failed = self._record(FAILED, study_fingerprint, attempts=attempts, error=text)
         try:
@@ -250,7 +249,7 @@ class StudySync:
         """The study's record (`readable_record`), its MR series and its KO series (key object selections: the
         rejection notes among them, `_rejected_instances`), each with instances; None once it is deleted, and for a
         study of KO series without MR series: a KO series matters only beside MR series (the node's own withdrawal
-        note, stored alone, was recorded "not analysed: no FLAIR series", review 48r F7). Orthanc is asked whether
+        note, stored alone, would be recorded "not analysed: no FLAIR series"). Orthanc is asked whether
         the study exists unless `study` is its answer already."""
         if study is None and self.client.study(study_id) is None:
             return None
@@ -315,13 +314,13 @@ class StudySync:
         content = content_fingerprint(files_by_series, too_large, self.client.config.max_study_bytes)
         if self._done(record) and record.get("content_fingerprint") == content:
             # The same instances stored again (Orthanc's OverwriteInstances moves LastUpdate): the result stands, as
-            # at the DICOM node (interop review 44: analysed again, and the same UIDs stored with new times).
+            # at the DICOM node (not analysed again, which would store the same UIDs with new times).
             fields = {"study_fingerprint": study_fingerprint, "input_fingerprint": input_fingerprint}
             return self._result_stands(study_id, record, fields, state)
         analysis = self.analyser.analyse(
             selection,
             files_by_series,
-            # Only what was analysed: the rejected files beside, as `instances_rejected` (review 48r F6).
+            # Only what was analysed: the rejected files beside, as `instances_rejected`.
             files=sum(len(series["Instances"]) for series in mr_series) - fetch.left_out_rejected,
             file_errors={UNREADABLE_HEADER: fetch.unreadable} if fetch.unreadable else None,
         )
@@ -405,8 +404,8 @@ class StudySync:
     def _refuse_answered_parts(self, study_ids: set[str], refusal: StudyAnalysis, state: SyncState) -> None:
         """Refuse the other parts of a split study that were answered before this part came, and delete their results.
 
-        Why: the part analysed first got a result, and a part that came later was refused while that result stood, an
-        "absent" SR for the tumor-free half of a series (attack review 43 F5). Parts not answered (refused already,
+        Why: the part analysed first got a result, and a part that comes later is refused while that result would
+        stand, an "absent" SR for the tumor-free half of a series. Parts not answered (refused already,
         or not yet processed) find the split themselves."""
         for other in sorted(study_ids):
             looked_at = self._look_at(other)
@@ -421,11 +420,10 @@ class StudySync:
         where this one's is not, or the other way round (none: an empty set).
 
         Why: Orthanc keys a study by Patient ID and Study Instance UID, so a series stored with an empty Patient ID on
-        some files is two Orthanc studies, and each was analysed alone (interop review 39: "absent" for the
-        patient's tumor-free part, the tumor filed under an empty Patient ID), where the API refuses such files as
-        one request. So are two whose Patient IDs differ only by leading or trailing spaces, which are not significant
-        (attack review 40). Two Patient IDs both set otherwise stay two studies (a corrected Patient ID stored
-        again)."""
+        some files is two Orthanc studies, and each analysed alone would give "absent" for the patient's tumor-free
+        part and file the tumor under an empty Patient ID, where the API refuses such files as one request. So are two
+        whose Patient IDs differ only by leading or trailing spaces, which are not significant. Two Patient IDs both
+        set otherwise stay two studies (a corrected Patient ID stored again)."""
         uid = str(header.get("StudyInstanceUID", ""))
         if not uid:
             return set()
@@ -442,8 +440,8 @@ class StudySync:
         Series Instance UID) (none: an empty set).
 
         Why: a series belongs to one study, yet one stored with two Study Instance UIDs (a study split in the RIS
-        while it was sent) is two Orthanc studies, and the tumor-free part got a COMPLETE "absent" SR (interop
-        review 42), where the API refuses such files in one request. One lookup per MR series (at most
+        while it was sent) is two Orthanc studies, and the tumor-free part would get a COMPLETE "absent" SR, where
+        the API refuses such files in one request. One lookup per MR series (at most
         `MAX_MR_SERIES`), and one more per other study found."""
         study_uid = str(headers[0].get("StudyInstanceUID", ""))
         others: set[str] = set()
@@ -454,7 +452,7 @@ class StudySync:
             other
             for other in others
             if (study := self.client.study(other)) is not None
-            # whatever its Patient ID: a patient merged in the RIS while the series was stored (attack review 44)
+            # whatever its Patient ID: a patient merged in the RIS while the series was stored
             and str(study.get("MainDicomTags", {}).get("StudyInstanceUID", "")) != study_uid
         }
         return elsewhere
@@ -472,12 +470,12 @@ class StudySync:
         `attempts`-th) and when to try again.
 
         Why delete: a refused study has no result, and the earlier SEG and SR, made of instances that are not the
-        study's now, stood in Orthanc as its current result with nothing a viewer reads saying otherwise (interop
-        review 44 F2: a slice re-sent under a new UID at another's position)."""
+        study's now, would stand in Orthanc as its current result with nothing a viewer reads saying otherwise (e.g.
+        a slice re-sent under a new UID at another's position)."""
         for series_id in self.client.our_result_series(study_id, _recorded_results(record)):
             self.client.delete_series(series_id)
         withdrawn = _recorded_report(record)
-        if withdrawn:  # named by the next report (interop review 46 F4), which supersedes it as it would have
+        if withdrawn:  # named by the next report, which supersedes it as it would have
             fields = {**fields, "withdrawn_reports": [asdict(reference) for reference in withdrawn]}
         state.retries[study_id] = self._next_attempt(attempts)
         self.client.write_sync_record(
@@ -550,8 +548,8 @@ class StudySync:
 
     def _rejected_instances(self, ko_series: list[dict[str, Any]], fetch: _Fetch) -> frozenset[str]:
         """The SOP Instance UIDs the study's IHE IOCM rejection notes reject (`incoming_rejection`: a KOS titled in
-        CID 7011, naming instances of its own study), to be left out of its analysis. Why: such a note was ignored,
-        and the SEG and SR made of images the PACS no longer stands by stood (interop review 48 F1)."""
+        CID 7011, naming instances of its own study), to be left out of its analysis. Why: otherwise a SEG and SR
+        made of images the PACS no longer stands by would stand."""
         rejected: set[str] = set()
         for series in ko_series:
             for instance in series["Instances"]:
@@ -567,7 +565,7 @@ class StudySync:
         the series left out for size.
 
         Files before it whose header cannot be read are counted (`_Fetch.unreadable`) and skipped, as the DICOM node
-        skips them (newcomer review 45 F10: an unreadable first file failed the whole study); a series with none
+        skips them (an unreadable first file must not fail the whole study); a series with none
         readable is not in the choice. A series whose first file is over `PacsSyncConfig.max_instance_bytes` (a large
         multi-frame object, e.g. diffusion) is left out of the choice, as the upload API leaves out a file over its
         limit: the FLAIR series next to it is still analysed. `_analyse` records what was left out, and fails the
@@ -704,7 +702,7 @@ class _Fetch:
 
 def _rejection(data: bytes, header: Dataset | None) -> IncomingRejection | None:
     """What a KOS of the study rejects; None for one that rejects nothing. One that cannot be read (its header, or
-    its content) is decided as the DICOM node decides (review 62 F3): a damaged key image selection withdraws nothing,
+    its content) is decided as the DICOM node decides: a damaged key image selection withdraws nothing,
     a note (or what may be one) fails the study."""
     unreadable = "its header"
     if header is not None:
@@ -804,7 +802,7 @@ def _log_not_processed(study_id: str, error: Exception, attempts: int | None) ->
 
 def _own_error(error: Exception) -> bool:
     """Whether `error` is one of the service's own, whose messages are written here and never quote a file's values
-    (a library's may: attack review 60 F2)."""
+    (a library's may)."""
     return type(error).__module__.startswith("app.")
 
 
@@ -825,12 +823,12 @@ def _reports_to_supersede(record: Mapping[str, Any], report: Dataset) -> tuple[l
     withdrawn: the recorded one, unless the new report was built with the recorded report's own built UID (the same
     findings from the same instances: copies of them arrived, which the analysis leaves out); then what that one
     superseded, as it did (withdrawn or not), so the results come out under its very UIDs and stand, as at the DICOM
-    node. Interop review 55 F1: a revised study made one more identical revision, and deleted the current one, for
-    lossy copies of its slices."""
+    node. Otherwise lossy copies of a revised study's slices would make one more identical revision and delete the
+    current one."""
     if "withdrawn_reports" not in record and record.get("built_report_uid") == str(report.SOPInstanceUID):
-        # As then: withdrawn ones named again, so the results do not go back under UIDs a note withdrew (review 56 F2).
+        # As then: withdrawn ones named again, so the results do not go back under UIDs a note withdrew.
         return _references(record.get("report_predecessors")), record.get("report_predecessors_withdrawn") is True
-    # After a refusal withdrew them, the same findings get new UIDs too, as at the node (interop review 46).
+    # After a refusal withdrew them, the same findings get new UIDs too, as at the node.
     return _recorded_report(record), "withdrawn_reports" in record
 
 
@@ -861,7 +859,7 @@ def _predecessor_references(report: Dataset) -> list[dict[str, str]]:
 def _recorded_report(record: Mapping[str, Any]) -> list[ResultReference]:
     """The reports a study's record names: its current one (none in a record written before it kept the SR's SOP
     Class UID), or, in a failure's record, those the failure withdrew: the next report names them as it would have
-    named them without the failure (interop review 46 F4: it named none, and did not say it was a revision)."""
+    named them without the failure (otherwise it would name none, and not say it is a revision)."""
     named = [{name: record.get(f"sr_{name}") for name in REPORT_REFERENCE_FIELDS}]
     withdrawn = record.get("withdrawn_reports")
     if isinstance(withdrawn, list):

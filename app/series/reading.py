@@ -100,13 +100,13 @@ def read_headers(
     ------
     app.errors.OverMemoryBudgetError
         As soon as the headers read hold more than `limits.max_decode_bytes` (`DicomHeader.header_bytes`): files of
-        many tiny elements, each under `MAX_HEADER_READS`, added up to +1.78 GiB in one 22 MB request (attack review
-        32). The rest is not read.
+        many tiny elements, each under `MAX_HEADER_READS`, can add up to +1.78 GiB in one 22 MB request. The rest is
+        not read.
     app.errors.OverloadedError
         When `claim` cannot hold a header's bytes beside those of the other requests in flight.
     HeadersNotRead
-        Once `stop` is set (the request's client has gone): the rest is not read. Reading on took a core for another
-        27 s after a client left a heavy request (attack review 32).
+        Once `stop` is set (the request's client has gone): the rest is not read. Reading on would take a core for
+        another 27 s after a client left a heavy request.
     """
     headers: list[DicomHeader | ServiceError] = []
     held = 0
@@ -192,8 +192,8 @@ def plan_headers(
     max_slices = limits.max_request_slices if max_slices is None else max_slices
     series_choice = choose_series(headers, rules)
     # The slices first, before any file's cost (a frame bomb is too many slices), without the copies of files read,
-    # and a series sent again under new UIDs counted once (review 61 F1: both copies counted, a 176-slice study sent
-    # twice was over the budget and its results withdrawn).
+    # and a series sent again under new UIDs counted once (counting both copies, a 176-slice study sent twice is
+    # over the budget and its results withdrawn).
     choice, _ = _without_copies(headers, series_choice)
     repeats = resent_files_by_header(headers, choice.used_files)
     series_choice, choice = series_choice.without_repeats(repeats), choice.without_repeats(repeats)
@@ -208,15 +208,15 @@ def plan_headers(
                 headers[index] = error
     # After each file's own checks: a file refused by itself keeps its reason.
     refuse_duplicate_sop_instance_uids(headers, series_choice.used_files)
-    # Then the copies again, of the files still read: a copy of a file refused is read in its place (attack review
-    # 38: it was left out for an original refused as a repeated instance, and the slice was lost).
+    # Then the copies again, of the files still read: a copy of a file refused is read in its place (otherwise,
+    # left out for an original refused as a repeated instance, the slice is lost).
     choice, copies = _without_copies(headers, series_choice)
     readable = _readable(headers, choice)
     slices = count_slices(readable)
     # The files decode one after another: each keeps its part, and the largest one's working copies come on top;
     # then every slice gets a mask at the size the models saw it: a slice of non-square pixels is resampled to its
-    # long side squared at most (`app.dicom.square_pixels`; attack review 38: 4096 x 512 slices of 8:1 pixels took
-    # 15 MB a slice outside the budget), so every mask is counted at that bound.
+    # long side squared at most (`app.dicom.square_pixels`: 4096 x 512 slices of 8:1 pixels take 15 MB a slice),
+    # so every mask is counted at that bound.
     cost = sum(item.kept_bytes for item in readable) + max((item.working_bytes for item in readable), default=0)
     cost += mask_bytes([max((max(item.rows, item.columns) ** 2 for item in readable), default=0)] * slices)
     cost += held_header_bytes(headers)  # every header read is held until the answer, the copies' too
@@ -270,13 +270,13 @@ def resent_files_by_header(headers: Sequence[DicomHeader | ServiceError], used: 
     for index in sorted(used):
         header = headers[index]
         if not isinstance(header, DicomHeader) or not _placed(header):
-            continue  # without a place (a Secondary Capture), two identical slices are two slices (review 62 F2)
+            continue  # without a place (a Secondary Capture), two identical slices are two slices
         try:
             with garbled_values_refused():
                 syntax = str(getattr(header.dataset, "file_meta", {}).get("TransferSyntaxUID", ""))
                 key = (syntax, *(_text(header.dataset.get(keyword)) for keyword in DECODING_KEYWORDS))
         except ServiceError:
-            continue  # a value that cannot be read: the file's decoding refuses it alone (review 62 F1)
+            continue  # a value that cannot be read: the file's decoding refuses it alone
         groups.setdefault(key, []).append(index)
     repeats: dict[int, int] = {}
     for members in (group for group in groups.values() if len(group) > 1):
@@ -300,7 +300,7 @@ def _placed(header: DicomHeader) -> bool:
 
 def _text(value: object) -> str:
     """A value as text, whole: a sequence with every item's every value (pydicom's own text of a sequence cuts long
-    arrays to "Array of N elements": two Modality LUTs of other data read alike, review 62 F4), bytes by digest."""
+    arrays to "Array of N elements", so two Modality LUTs of other data would read alike), bytes by digest."""
     if isinstance(value, DicomSequence):
         return "[" + "; ".join(_dataset_text(item) for item in value) + "]"
     if isinstance(value, bytes):
@@ -330,9 +330,9 @@ def copies_of_read_files(
 
     A slice sent again after lossy compression must have a new SOP Instance UID (PS3.3 C.7.6.1.1.5) and names its
     original there: a PACS that archived a series lossy and forwards it beside the original gives two files at each
-    slice position, and the request was refused (interop review 35). The original is the better copy. Files that name
-    one another in a loop are none's copy: both stay, and the slice is refused as sent twice (review 36b: which was
-    left out depended on the order the files came in). Returns each copy's index -> (its original's, its header)."""
+    slice position, which would refuse the request. The original is the better copy. Files that name one another in
+    a loop are none's copy: both stay, and the slice is refused as sent twice (rather than one left out by the order
+    the files came in). Returns each copy's index -> (its original's, its header)."""
     index_of = {
         uid: index
         for index, header in enumerate(headers)
@@ -380,8 +380,7 @@ def _reached(start: set[int], names: Mapping[int, set[int]]) -> set[int]:
 def _same_place(first: DicomHeader, second: DicomHeader) -> bool:
     """Whether two files lie where each other lies, frame by frame (or neither says where): a copy lies where its
     original does, while a derived image elsewhere in the series that names a source is a slice of its own. A
-    multi-frame object (a 3D FLAIR archived as one Enhanced MR) and its copy too (interop review 37: only single-frame
-    copies were left out, and the multi-frame pair was refused)."""
+    multi-frame object (a 3D FLAIR archived as one Enhanced MR) and its copy too, so the pair is not refused."""
     if first.frames != second.frames:
         return False
     try:
@@ -461,8 +460,8 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
             decoded[position] = decode_dicom(header)
         except ServiceError as error:
             errors[position] = error
-    # An original that does not decode: its copy, left out for it, is read in its place (review 36b: the slice was
-    # lost, and the copy's reason said the original was read).
+    # An original that does not decode: its copy, left out for it, is read in its place (otherwise the slice is
+    # lost, and the copy's reason says the original was read).
     for position, (original, header) in sorted(plan.copies.items()):
         if original in errors and original not in decoded and not isinstance(plan.headers[original], ServiceError):
             try:
@@ -513,8 +512,8 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
 def resent_files_by_pixels(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, int]) -> dict[int, int]:
     """The files whose every frame repeats, pixel for pixel, a frame of another file of its series at the same place:
     file -> the file read in its place. A PACS that sends a series again under new SOP Instance UIDs (a re-import, a
-    migration) gives two identical images at each position, and the study was refused as having two slices there
-    (interop review 58 F1). At each place the frame of the file of the most frames, then of the SOP Instance UID that
+    migration) gives two identical images at each position, which would refuse the study as having two slices there.
+    At each place the frame of the file of the most frames, then of the SOP Instance UID that
     sorts first, is read, so which copy is read does not depend on the order the files came in. Most repeats are
     found before decoding (`resent_files_by_header`); these are the rest (a copy in another transfer syntax).
     Frames that differ at all, have no position or share a SOP Instance UID (one instance sent twice) are never
@@ -527,8 +526,8 @@ def resent_files_by_pixels(frames: Sequence[DicomFrame], file_of: Mapping[DicomF
             groups.setdefault((frame.series_instance_uid, place), []).append(frame)
     repeat_of: dict[DicomFrame, int] = {}
     for members in groups.values():
-        # The file of the most frames first (review 61 F7: a single-frame copy of one frame of a multi-frame file was
-        # left out or not by the UIDs' order), then the SOP Instance UID that sorts first.
+        # The file of the most frames first (so a single-frame copy of one frame of a multi-frame file is left out
+        # whatever the UIDs' order), then the SOP Instance UID that sorts first.
         read = min(members, key=lambda frame: (-frame.number_of_frames, frame.sop_instance_uid, frame.frame_number))
         for member in members:
             if member.sop_instance_uid != read.sop_instance_uid and _same_image(member, read):
@@ -544,8 +543,8 @@ def _same_image(first: DicomFrame, second: DicomFrame) -> bool:
 
 
 def _with_file_indices(inputs: list[SliceInput], file_of: Mapping[DicomFrame, int]) -> list[SliceInput]:
-    """Each slice with the request position of the file its FLAIR frame came from (API review 48 F2: an answer's
-    slices were numbered among themselves only, unlike its file_errors and series_used)."""
+    """Each slice with the request position of the file its FLAIR frame came from, as the answer's file_errors and
+    series_used number files (not the slices among themselves)."""
     return [replace(item, file_index=file_of[item.reference]) for item in inputs]
 
 
@@ -554,8 +553,8 @@ def _without_t1_frames_where_flair_has_none(
 ) -> tuple[list[DicomFrame], list[DicomFrame]]:
     """`frames` without the T1 frames lying where no FLAIR frame does, and those frames.
 
-    Interop review 37: one FLAIR file missing (or unreadable) left its position's two T1 frames unpaired, and every
-    slice of the series was read FLAIR alone, with a note blaming the geometry. Leaving those frames out pairs every
+    Why: one FLAIR file missing (or unreadable) leaves its position's two T1 frames unpaired, and every slice of the
+    series would be read FLAIR alone, with a note blaming the geometry. Leaving those frames out pairs every
     other position. A frame without a position is kept (it cannot be placed: pairing fails as before)."""
     places = SlicePlaces()
     placed = [
@@ -576,8 +575,8 @@ def _without_t1_frames_where_flair_has_none(
 def _t1_frames_left_out_note(left_out: Sequence[DicomFrame], kept: Sequence[DicomFrame], flair: SeriesUse) -> str:
     """The note on T1 frames left out where no FLAIR slice was read: beyond the FLAIR slices' ends (T1 series often
     reach further: nothing is missing), or between them (a FLAIR file missing or unreadable there, or T1 sliced
-    more finely), as their positions along the slices' normal say (attack review 38: every such frame was said to
-    be where a FLAIR file might be missing)."""
+    more finely), as their positions along the slices' normal say, rather than saying every such frame is where a
+    FLAIR file might be missing."""
     flair_frames = [frame for frame in kept if frame.series_instance_uid == flair.series_instance_uid]
     offsets = offsets_along_normal([*flair_frames, *left_out])
 
@@ -605,8 +604,8 @@ def _t1_frames_left_out_note(left_out: Sequence[DicomFrame], kept: Sequence[Dico
 
 def _unreadable_t1_reason(choice: SeriesChoice, errors: Mapping[int, ServiceError]) -> str | None:
     """The reason the first file of a T1 series in use failed, when every one of its files did; else None. Said in
-    the note, where a pairing failure would blame the slices' geometry (interop review 35: T1 series in 12-bit
-    JPEG Extended, which no decoder here reads)."""
+    the note, where a pairing failure would blame the slices' geometry (e.g. T1 series in 12-bit JPEG Extended,
+    which no decoder here reads)."""
     for use in choice.used:
         if use.role in T1_ROLES and use.files and all(position in errors for position in use.files):
             return errors[use.files[0]].message
