@@ -37,7 +37,7 @@ from app.intensity_range import sample_values, stretch_in_place, stretch_range
 from app.jpeg_data import CorruptJpegError, check_jpeg_data
 from app.jpeg_markers import JpegStructureError, check_jpeg_structure, frame_header
 from app.memory_budget import MODEL_INPUT_BYTES, check_cost
-from app.png_data import CorruptPngError, check_png, png_for_libpng
+from app.png_data import CorruptPngError, check_png, check_png_chunk_order, png_for_libpng
 from app.settings import Settings
 from app.tiff_decoding import (
     as_shown,
@@ -73,8 +73,9 @@ _SIGNATURES: tuple[tuple[bytes, ImageFormat], ...] = (
 # Pillow modes that hold 8-bit samples, and what to convert them to so that channels mean grey or R, G, B.
 _GREY_MODES = {"1", "L"}
 _GREY_ALPHA_MODES = {"LA", "La"}
-# PNG colour type -> samples per pixel as decoded (a palette becomes RGB).
-_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+# PNG colour type -> samples per pixel as decoded: a palette's one index becomes RGB (stored:
+# `app.png_data.STORED_SAMPLES`).
+_PNG_DECODED_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
 def sniff_format(data: bytes) -> ImageFormat:
@@ -219,65 +220,12 @@ def read_image_header(data: bytes) -> RasterHeader:
         except JpegStructureError as error:
             raise InvalidSliceError(str(error)) from None
     if image_format is ImageFormat.PNG:
-        _check_png_chunks(data)
+        check_png_chunk_order(data)
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         bit_depth, colour_type = data[24], data[25]
-        samples = _PNG_SAMPLES.get(colour_type, 4)
+        samples = _PNG_DECODED_SAMPLES.get(colour_type, 4)
         return RasterHeader(image_format, width, height, samples, 2 if bit_depth > 8 else 1)
     return _pillow_header(data, image_format)
-
-
-MAX_PNG_CHUNKS_BEFORE_IMAGE = 1000
-"""Chunks a PNG may hold before its image data. Encoders write a handful (header, palette, colour and text
-chunks); each chunk costs a step here and in Pillow, and a 1.4 MB file of 120,000 empty chunks held a core for two
-minutes before this limit (the walk was quadratic then, too)."""
-
-
-def _check_png_chunks(data: bytes) -> None:
-    """Refuse a PNG that breaks the chunk order its header is read by: IHDR first (else the header read here, and
-    the 16-bit path, would not apply), a palette image's PLTE before its image data (else Pillow makes colours
-    up, and the models would read pixels that are not in the file), at most `MAX_PNG_CHUNKS_BEFORE_IMAGE`
-    chunks between IHDR and the image data, and an animation (acTL) of one frame at most, its image data that frame
-    (an fcTL before it). Walks the chunks once,
-    stopping at the first IDAT."""
-    if len(data) < 29 or data[12:16] != b"IHDR":
-        raise UndecodableImageError("PNG file cannot be decoded: its first chunk must be IHDR (the image header)")
-    palette, animated, first_frame = False, False, False
-    position = 20 + int.from_bytes(data[8:12], "big")  # after the signature and IHDR
-    for _ in range(MAX_PNG_CHUNKS_BEFORE_IMAGE + 1):  # the chunks allowed, then the image data
-        if position + 8 > len(data):
-            break  # no image data: the decoder says so
-        kind = data[position + 4 : position + 8]
-        if kind == b"IDAT":
-            break
-        palette = palette or kind == b"PLTE"
-        if kind == b"acTL":  # found as a chunk, not as bytes anywhere (text can hold "IDAT"; attack review 53 F7)
-            _refuse_animated_png(int.from_bytes(data[position + 8 : position + 12], "big"))
-            animated = True
-        first_frame = first_frame or kind == b"fcTL"
-        position += 12 + int.from_bytes(data[position : position + 4], "big")
-    else:
-        raise UndecodableImageError(
-            f"PNG file cannot be decoded: more than {MAX_PNG_CHUNKS_BEFORE_IMAGE} chunks between its header and its "
-            "image data (encoders write a handful)"
-        )
-    if animated and not first_frame:
-        # Its image data is then no frame of the animation: browsers show the frame, decoders here the image data
-        # (attack review 59 F4: the page showed a tumor, the models read a tumor-free slice).
-        raise InvalidSliceError(
-            "PNG must hold one image (one slice); this animated PNG's default image is not its frame, so it holds two"
-        )
-    if data[25] == 3 and not palette:
-        raise UndecodableImageError(
-            "PNG file cannot be decoded: a palette image (colour type 3) must hold a PLTE chunk before its image data"
-        )
-
-
-def _refuse_animated_png(frames: int) -> None:
-    """An animated PNG (an acTL chunk before the image data) of several frames is refused, as a TIFF of several
-    pages is: which frame is the slice? (Decoders read its first frame and say nothing.)"""
-    if frames > 1:
-        raise InvalidSliceError(f"PNG must hold one frame (one slice); this animated PNG holds {frames} frames")
 
 
 def check_image_header(header: RasterHeader, max_pixels: int, max_bytes: int | None) -> None:

@@ -7,6 +7,8 @@ ancillary chunks (colour profiles, text, times, a suggested palette, transparenc
 channel is dropped anyway) are left out (`png_for_libpng`). Pillow decodes every other PNG, and says nothing on
 stderr, but fills the rows a stream cut short does not hold with black (attack review 59 F2: the tumor slice cut at
 its tumor was answered "no tumor"): it is handed one only once the same whole-file check passed (`check_png`).
+Before either, the header is read by the chunk order `check_png_chunk_order` checks (IHDR first, a palette before
+the image data, one frame at most).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import zlib
 
 import numpy as np
 
+from app.errors import InvalidSliceError, UndecodableImageError
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-"""Samples per pixel of each colour type: grey, RGB, palette, grey + alpha, RGBA."""
+STORED_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""Samples per pixel of each colour type as stored: grey, RGB, palette (one index), grey + alpha, RGBA."""
 BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 """The bit depths PNG allows for each colour type."""
 ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
@@ -143,7 +147,7 @@ def _checked_rows(header: bytes, compressed: bytes) -> bytes:
         raise CorruptPngError(f"its header's bit depth {depth} with colour type {colour} is not one PNG defines")
     if compression != 0 or filtering != 0 or interlace not in (0, 1):
         raise CorruptPngError("its header names a compression, filter or interlace method PNG does not define")
-    pixel_bits = depth * CHANNELS[colour]
+    pixel_bits = depth * STORED_SAMPLES[colour]
     passes = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
     row_sizes = []  # (rows, bytes per row) of each pass that holds pixels
     for first_column, first_row, column_step, row_step in passes:
@@ -174,3 +178,56 @@ def _checked_rows(header: bytes, compressed: bytes) -> bytes:
     if highest > MAX_FILTER_TYPE:
         raise CorruptPngError(f"a row of its image data has filter type {highest} (PNG defines 0 to 4)")
     return rows_data
+
+
+MAX_PNG_CHUNKS_BEFORE_IMAGE = 1000
+"""Chunks a PNG may hold before its image data. Encoders write a handful (header, palette, colour and text
+chunks); each chunk costs a step here and in Pillow, and a 1.4 MB file of 120,000 empty chunks held a core for two
+minutes before this limit (the walk was quadratic then, too)."""
+
+
+def check_png_chunk_order(data: bytes) -> None:
+    """Refuse a PNG that breaks the chunk order its header is read by: IHDR first (else the header read here, and
+    the 16-bit path, would not apply), a palette image's PLTE before its image data (else Pillow makes colours
+    up, and the models would read pixels that are not in the file), at most `MAX_PNG_CHUNKS_BEFORE_IMAGE`
+    chunks between IHDR and the image data, and an animation (acTL) of one frame at most, its image data that frame
+    (an fcTL before it). Walks the chunks once,
+    stopping at the first IDAT."""
+    if len(data) < 29 or data[12:16] != b"IHDR":
+        raise UndecodableImageError("PNG file cannot be decoded: its first chunk must be IHDR (the image header)")
+    palette, animated, first_frame = False, False, False
+    position = 20 + int.from_bytes(data[8:12], "big")  # after the signature and IHDR
+    for _ in range(MAX_PNG_CHUNKS_BEFORE_IMAGE + 1):  # the chunks allowed, then the image data
+        if position + 8 > len(data):
+            break  # no image data: the decoder says so
+        kind = data[position + 4 : position + 8]
+        if kind == b"IDAT":
+            break
+        palette = palette or kind == b"PLTE"
+        if kind == b"acTL":  # found as a chunk, not as bytes anywhere (text can hold "IDAT"; attack review 53 F7)
+            _refuse_animated_png(int.from_bytes(data[position + 8 : position + 12], "big"))
+            animated = True
+        first_frame = first_frame or kind == b"fcTL"
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    else:
+        raise UndecodableImageError(
+            f"PNG file cannot be decoded: more than {MAX_PNG_CHUNKS_BEFORE_IMAGE} chunks between its header and its "
+            "image data (encoders write a handful)"
+        )
+    if animated and not first_frame:
+        # Its image data is then no frame of the animation: browsers show the frame, decoders here the image data
+        # (attack review 59 F4: the page showed a tumor, the models read a tumor-free slice).
+        raise InvalidSliceError(
+            "PNG must hold one image (one slice); this animated PNG's default image is not its frame, so it holds two"
+        )
+    if data[25] == 3 and not palette:
+        raise UndecodableImageError(
+            "PNG file cannot be decoded: a palette image (colour type 3) must hold a PLTE chunk before its image data"
+        )
+
+
+def _refuse_animated_png(frames: int) -> None:
+    """An animated PNG (an acTL chunk before the image data) of several frames is refused, as a TIFF of several
+    pages is: which frame is the slice? (Decoders read its first frame and say nothing.)"""
+    if frames > 1:
+        raise InvalidSliceError(f"PNG must hold one frame (one slice); this animated PNG holds {frames} frames")
