@@ -503,10 +503,43 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         flair = choice.flair
         if len(choice.used) != 3 or flair is None:
             raise
-        choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message})")
+        turned = _t1_in_flair_planes_stored_otherwise(frames, flair.series_instance_uid)
+        choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message}){turned}")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         inputs = prepare_inputs(flair_frames, choice.channel_series)
         return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
+
+
+def _t1_in_flair_planes_stored_otherwise(frames: Sequence[DicomFrame], flair_uid: str) -> str:
+    """The note's explanation when every T1 frame lies in a plane of a FLAIR frame (the same normal, either way, at
+    the same place along it) and yet none pairs: the T1 series are stored turned, flipped or over another field of
+    view, which a PACS can tell its users; else ""."""
+
+    def plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
+        if frame.image_position is None or frame.image_orientation is None:
+            return None
+        normal = np.cross(frame.image_orientation[:3], frame.image_orientation[3:])
+        length = float(np.linalg.norm(normal))
+        if length == 0:
+            return None
+        normal = normal / length
+        normal = -normal if normal[np.argmax(np.abs(normal))] < 0 else normal  # one sign for both directions
+        return normal, float(np.dot(normal, frame.image_position))
+
+    flair_planes = [plane(frame) for frame in frames if frame.series_instance_uid == flair_uid]
+    t1_planes = [plane(frame) for frame in frames if frame.series_instance_uid != flair_uid]
+    if not t1_planes or None in t1_planes or None in flair_planes:
+        return ""
+    for normal, along in t1_planes:  # type: ignore[misc]
+        if not any(
+            abs(float(np.dot(normal, other))) > 0.9999 and abs(along - other_along) <= POSITION_TOLERANCE_MM
+            for other, other_along in flair_planes  # type: ignore[misc]
+        ):
+            return ""
+    return (
+        "; the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view: each "
+        "slice must have one Image Orientation (Patient) and one first-pixel Image Position (Patient) in all three"
+    )
 
 
 def resent_files_by_pixels(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, int]) -> dict[int, int]:

@@ -329,6 +329,24 @@ def test_t1_slices_of_another_pixel_spacing_leave_flair_alone(client: TestClient
     assert "must have the same Pixel Spacing" in note
 
 
+def test_t1_series_stored_flipped_in_flairs_planes_are_said_to_be(client: TestClient) -> None:
+    """Interop review 59 F1: T1 series in FLAIR's very planes, stored with their rows flipped, were left out with a
+    note of a frame count at a corner, which no PACS user could act on."""
+    series = named_study()
+    for dataset in (*series["pre"], *series["post"]):
+        rows = int(dataset.Rows)
+        dataset.PixelData = dataset.pixel_array[::-1].tobytes()
+        dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+        x, y, z = (float(value) for value in dataset.ImagePositionPatient)
+        dataset.ImagePositionPatient = [x, y + (rows - 1) * float(dataset.PixelSpacing[0]), z]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    (note,) = response.json()["selection_notes"]
+    assert "the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view" in note
+
+
 def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predictor: Predictor) -> None:
     series = named_study()
     series["post"] = series["post"][:2]  # the post-contrast series misses a slice position
