@@ -10,7 +10,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, expect
 
-from tests.dicom.builders import key_object_selection, mr_series, tumor_channels
+from tests.dicom.builders import key_object_selection, mr_series, to_bytes, tumor_channels
 from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
 
 NOTHING_LEFT_TITLE = "Every chosen image was withdrawn by a rejection note chosen with it: nothing was left to analyse."
@@ -53,6 +53,31 @@ def test_a_request_whose_images_are_all_withdrawn_says_so_and_names_each_file(
     detail = page.locator("#error-detail")
     expect(detail).to_contain_text(f"the request's file at index 0 (file 1 as sent: {paths[0].name})")
     expect(detail).not_to_contain_text("file 0:")
+
+
+def test_a_damaged_rejection_note_refuses_the_analysis_with_its_own_title_and_file(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Style review 63 F1: the server refuses a request whose rejection note cannot be read (400
+    `unreadable_rejection_note`); the page says what to do and names the note's file."""
+    series = mr_series(tumor_channels())
+    paths = write_series(series, tmp_path)
+    note = bytearray(to_bytes(key_object_selection(series, series[-1:])))
+    at = note.rindex(b"\x08\x00\x99\x11SQ")  # the content's Referenced SOP Sequence: its content unreadable
+    note[at + 4 : at + 6] = b"OB"
+    (tmp_path / "NOTE.dcm").write_bytes(bytes(note))
+    page.goto(live_server)
+
+    with page.expect_response(re.compile(r"/v1/predict/batch"), timeout=RESULT_TIMEOUT_MS) as answered:
+        page.set_input_files("#file-input", [*paths, tmp_path / "NOTE.dcm"])
+
+    assert answered.value.status == 400
+    expect(page.locator("#error-title")).to_have_text(
+        "A rejection note among the chosen files is damaged: which images it withdraws is unknown, so none was "
+        "analysed. Leave it out, or export the study again.",
+        timeout=RESULT_TIMEOUT_MS,
+    )
+    expect(page.locator("#error-detail")).to_contain_text("NOTE.dcm")
 
 
 def test_a_negative_series_says_no_tumor_in_any_of_its_slices(
