@@ -101,13 +101,20 @@ class ConnectionLimits:
         )
 
 
-class _ResumeWatchingFlowControl(FlowControl):
-    """uvicorn's flow control, telling the protocol when it reads again: the upload rate's window starts then, as
-    the client could not send while the app left the body unread."""
+class _PauseWatchingFlowControl(FlowControl):
+    """uvicorn's flow control, telling the protocol when it stops and starts reading again: the upload rate does not
+    count that time, as the client could not send while the app left the body unread."""
 
-    def __init__(self, transport: asyncio.Transport, on_resume: Callable[[], None]) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, on_pause: Callable[[], None], on_resume: Callable[[], None]
+    ) -> None:
         super().__init__(transport)
-        self._on_resume = on_resume
+        self._on_pause, self._on_resume = on_pause, on_resume
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self._on_pause()
+        super().pause_reading()
 
     def resume_reading(self) -> None:
         if self.read_paused:
@@ -165,9 +172,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_activity = 0.0
-        # Where the upload rate's window began (`_upload_too_slow`): its time, and the body bytes read by then.
+        # Where the upload rate's window began (`_upload_too_slow`): its time (moved on by the time reading was
+        # paused), the body bytes read by then, and since when reading is paused (None: it is not).
         self._rate_window_start = 0.0
         self._rate_window_bytes = 0
+        self._paused_since: float | None = None
         self._draining = False
         # The request whose body the parser has read to its end. uvicorn never marks the body of a request answered
         # before it was in as complete (its `more_body` stays true), so this is what says the body stopped coming.
@@ -191,7 +200,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Connection lifecycle
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow = _ResumeWatchingFlowControl(transport, on_resume=self._restart_rate_window)
+        self.flow = _PauseWatchingFlowControl(transport, self._reading_paused, self._reading_resumed)
         if len(self.connections) > self.limits.max_connections:
             self._refuse(
                 HTTPStatus.SERVICE_UNAVAILABLE,
@@ -474,7 +483,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         now = self.loop.time()
         if self.flow.read_paused:  # the app has not read what came: the wait is ours, not the client's
             self._body_activity = now
-            self._restart_rate_window()
         idle = now - self._body_activity
         timeout = self._body_timeout()
         if idle >= timeout:
@@ -484,12 +492,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if slow is not None:
             self._end_request(HTTPStatus.REQUEST_TIMEOUT, "request_timeout", slow)
             return
-        window_left = self.limits.body_timeout_seconds - (now - self._rate_window_start)
-        self._arm_body_timer(min(timeout - idle, window_left))
+        if self.limits.min_upload_bytes_per_second <= 0 or self._paused_since is not None:
+            self._arm_body_timer(timeout - idle)
+        else:  # the window's end, unless the pause limit comes first
+            window_left = self.limits.body_timeout_seconds - self._rate_window_elapsed(now)
+            self._arm_body_timer(min(timeout - idle, window_left))
 
     def _restart_rate_window(self) -> None:
-        self._rate_window_start = self.loop.time()
+        now = self.loop.time()
+        self._rate_window_start = now
         self._rate_window_bytes = self._request_body_bytes
+        if self._paused_since is not None:
+            self._paused_since = now
+
+    def _reading_paused(self) -> None:
+        self._paused_since = self.loop.time()
+
+    def _reading_resumed(self) -> None:
+        if self._paused_since is not None:
+            self._rate_window_start += self.loop.time() - self._paused_since
+            self._paused_since = None
+
+    def _rate_window_elapsed(self, now: float) -> float:
+        """The rate window's time so far, without the time reading is paused now."""
+        return now - self._rate_window_start - (now - self._paused_since if self._paused_since is not None else 0.0)
 
     def _upload_too_slow(self, now: float) -> str | None:
         """Why the body came slower than `min_upload_bytes_per_second` over the window now ended (all that was left
@@ -497,10 +523,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
         Why a rate beside the pause limit: two clients that send two batches each up to their last bytes, then a
         byte every 20 s, would hold every byte MAX_UPLOADS_HELD_BYTES allows for as long as they liked, and every
-        other client get 503. Time the app leaves the body unread restarts the window."""
+        other client get 503. The time the app leaves the body unread (reading paused) is not counted, and the
+        window is not judged while it lasts."""
         window = self.limits.body_timeout_seconds
-        elapsed = now - self._rate_window_start
-        if self.limits.min_upload_bytes_per_second <= 0 or elapsed < window:
+        elapsed = self._rate_window_elapsed(now)
+        if self.limits.min_upload_bytes_per_second <= 0 or self._paused_since is not None or elapsed < window:
             return None
         came = self._request_body_bytes - self._rate_window_bytes
         wanted = int(self.limits.min_upload_bytes_per_second * elapsed)

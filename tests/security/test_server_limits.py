@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import signal
 import socket
@@ -309,6 +310,44 @@ def test_an_upload_sent_steadily_with_pauses_is_read_to_its_end(server: ServerPr
 
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]  # the byte never sent: the pause limit's 408
     assert b"paused for more than" in answer
+
+
+def test_bursts_the_server_pauses_reading_for_still_count_against_the_upload_rate(tiny_model_dir: Path, tmp_path: Path):
+    """Review 64 F1: a burst over uvicorn's 64 KiB buffer pauses reading, and each resume restarted the rate's window
+    and forgot the bytes counted: bursts of 70 KB now and then held a connection without end at a twelfth of the
+    rate. The time reading is paused is left out of the window; the bytes stay counted."""
+    process = start_server(
+        tiny_model_dir, tmp_path, BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS), MIN_UPLOAD_BYTES_PER_SECOND="100000"
+    )
+    try:  # 70 KB every 1.5 s: 47 kB/s, under the 100 kB/s asked, each burst over the buffer
+        answer, after = send_body(process, [FILE_PART, *[b"x" * 70_000] * 12], pause=1.5)
+    finally:
+        process.stop()
+
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"slower than 100000 bytes/s" in answer
+    assert after < 5 * BODY_TIMEOUT_SECONDS
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_without_an_upload_rate_a_long_upload_costs_no_cpu_while_it_comes(tiny_model_dir: Path, tmp_path: Path):
+    """Review 64 F2: with MIN_UPLOAD_BYTES_PER_SECOND=0 (no rate), the body's timer was re-armed at 0 s once a window
+    had passed: 7.8 s of the server's CPU over a 10 s upload, against 0.04 s."""
+    process = start_server(
+        tiny_model_dir, tmp_path, BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS), MIN_UPLOAD_BYTES_PER_SECOND="0"
+    )
+    try:
+        before = cpu_seconds(process.process.pid)
+        send_body(process, [FILE_PART, *[b"x" * 4000] * 24], pause=0.25)  # 16 kB/s for 6 s, then the pause limit
+        used = cpu_seconds(process.process.pid) - before
+    finally:
+        process.stop()
+
+    assert used < 1.5, f"{used:.2f} s of CPU"
 
 
 def test_connections_past_the_maximum_are_refused(server: ServerProcess):
