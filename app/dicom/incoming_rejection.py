@@ -138,7 +138,10 @@ def read_rejection_note_within(data: bytes, max_bytes: int) -> tuple[Dataset, in
         except OverMemoryBudgetError as error:
             raise too_large(" (once inflated)") from error
         return dataset, inflated
-    return dcmread_bounded(data)[0], len(data) - meta_end
+    dataset, stream = dcmread_bounded(data)
+    if stream.cut and may_be_rejection_note(data):  # pydicom keeps what came before the cut, as if whole
+        raise UndecodableDicomError("a Key Object Selection cut short (its bytes end inside an element)")
+    return dataset, len(data) - meta_end
 
 
 def read_note_title(data: bytes) -> Dataset | None:
@@ -178,7 +181,7 @@ def read_note_title(data: bytes) -> Dataset | None:
         if whole and stream.reads <= TITLE_READS:
             raise
         return None  # cut inside an element before the title, or too many elements before it
-    if stream.reads > TITLE_READS:  # pydicom may take the cap for the data set's end
+    if stream.reads > TITLE_READS or stream.cut:  # pydicom may take the cap, or a cut, for the data set's end
         return None
     return dataset if past_title or whole else None
 
@@ -186,13 +189,15 @@ def read_note_title(data: bytes) -> Dataset | None:
 def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
     """The instances `dataset` rejects, when it is an IOCM rejection note (a Key Object Selection whose Document
     Title is one of CID 7011) that names instances of its own study; None for anything else (an ordinary key image
-    selection, a note of another study, a note naming nothing).
+    selection, a note of another study).
 
-    Raises `app.errors.UndecodableDicomError` for a Key Object Selection without its Document Title (a file cut
-    short): it may be a note, and which images it withdraws is unknown."""
-    if unpadded_uid(dataset.get("SOPClassUID")) != KeyObjectSelectionDocumentStorage:
+    Raises `app.errors.UndecodableDicomError` for a Key Object Selection without a whole Document Title, and for a
+    rejection note whose content names no instance or whose evidence lists none: a file cut short (pydicom keeps
+    what came before the cut), as a note always names what it withdraws, which is then unknown."""
+    sop_class = unpadded_uid(dataset.get("SOPClassUID"))
+    if sop_class and sop_class != KeyObjectSelectionDocumentStorage:
         return None
-    if title_unknown(dataset):
+    if not sop_class or title_unknown(dataset):
         raise UndecodableDicomError("a Key Object Selection without its Document Title (0040,A043): cut short?")
     reason_code = _rejection_title(dataset)
     study_uid = unpadded_uid(dataset.get("StudyInstanceUID"))
@@ -203,7 +208,9 @@ def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
         unpadded_uid(reference.get("ReferencedSOPInstanceUID"))
         for item in dataset.get("ContentSequence", [])
         for reference in item.get("ReferencedSOPSequence", [])
-    }
+    } - {""}
+    if not named or not _evidence_of_any_study(dataset):
+        raise UndecodableDicomError("an IOCM rejection note that names no instance: cut short?")
     rejected = frozenset(named & of_this_study)
     return IncomingRejection(study_uid, rejected, reason_code) if rejected else None
 
@@ -227,6 +234,15 @@ def _rejection_title(dataset: Dataset) -> str | None:
     return value if scheme == "DCM" and value in REJECTION_TITLES else None
 
 
+def _evidence_of_any_study(dataset: Dataset) -> bool:
+    return any(
+        instance.get("ReferencedSOPInstanceUID")
+        for study in dataset.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for instance in series.get("ReferencedSOPSequence", [])
+    )
+
+
 def _evidence_of_study(dataset: Dataset, study_uid: str) -> set[str]:
     """The SOP Instance UIDs the note's evidence (Current Requested Procedure Evidence) lists under `study_uid`."""
     return {
@@ -244,12 +260,26 @@ def may_be_rejection_note(data: bytes) -> bool:
     fails its study (review 62 F3), since which images it withdraws is unknown."""
     try:
         title = read_note_title(data)
-        return title_unknown(title) or is_rejection_note(title)
     except Exception:  # noqa: BLE001 - a top level pydicom cannot read either: it may be a note
         return True
+    return title is None or may_be_titled_note(title)
 
 
 def title_unknown(top_level: Dataset | None) -> bool:
-    """Whether `read_note_title` left the Document Title untold: it gave up (None), or the data set ended before
-    the title (a file cut short: every Key Object Selection has one)."""
-    return top_level is None or "ConceptNameCodeSequence" not in top_level
+    """Whether the Document Title is untold: `read_note_title` gave up (None), or the data set holds no whole title
+    (a file cut before or inside it: every Key Object Selection has one, a code value in a coding scheme)."""
+    if top_level is None:
+        return True
+    try:
+        titles = top_level.get("ConceptNameCodeSequence")
+        return not titles or not titles[0].get("CodeValue") or not titles[0].get("CodingSchemeDesignator")
+    except Exception:  # noqa: BLE001 - a title pydicom cannot parse is no title told
+        return True
+
+
+def may_be_titled_note(dataset: Dataset) -> bool:
+    """Whether a Key Object Selection's top level is titled as a rejection note, or does not tell its title."""
+    try:
+        return title_unknown(dataset) or is_rejection_note(dataset)
+    except Exception:  # noqa: BLE001 - pydicom may raise anything on a damaged top level
+        return True

@@ -61,7 +61,12 @@ from app.backoff import doubling_wait
 from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, read_header, unpadded_uid
 from app.dicom.dicom_input import undecodable_transfer_syntax
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
-from app.dicom.incoming_rejection import IncomingRejection, incoming_rejection, may_be_rejection_note
+from app.dicom.incoming_rejection import (
+    IncomingRejection,
+    incoming_rejection,
+    may_be_rejection_note,
+    read_rejection_note,
+)
 from app.dicom.instance_content import DEFAULT_MAX_COST_BYTES, content_digest
 from app.errors import UndecodableDicomError, UnreadableRejectionNoteError
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
@@ -553,7 +558,7 @@ class StudySync:
         rejected: set[str] = set()
         for series in ko_series:
             for instance in series["Instances"]:
-                rejection = _rejection(*fetch(str(instance), whole_header=True, note=True))
+                rejection = _rejection(fetch(str(instance), note=True)[0])
                 if rejection is not None:
                     rejected |= rejection.sop_instance_uids
         return frozenset(rejected)
@@ -700,22 +705,20 @@ class _Fetch:
         return data, header
 
 
-def _rejection(data: bytes, header: Dataset | None) -> IncomingRejection | None:
-    """What a KOS of the study rejects; None for one that rejects nothing. One that cannot be read (its header, or
-    its content) is decided as the DICOM node decides: a damaged key image selection withdraws nothing,
-    a note (or what may be one) fails the study."""
-    unreadable = "its header"
-    if header is not None:
-        try:
-            return incoming_rejection(header)
-        except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged content
-            unreadable = f"its content: {type(error).__name__}"
-    if may_be_rejection_note(data):
-        raise UnreadableRejectionNoteError(
-            f"a rejection note of the study cannot be read ({unreadable}): the images it withdraws are unknown; "
-            "repair or delete it in Orthanc"
-        )
-    return None
+def _rejection(data: bytes) -> IncomingRejection | None:
+    """What a KOS of the study rejects; None for one that rejects nothing. It is read whole, within
+    `incoming_rejection.MAX_NOTE_BYTES` (`read_rejection_note`), and one that cannot be read (damaged, cut short,
+    too large) is decided as the DICOM node decides: a damaged key image selection withdraws nothing, a note (or
+    what may be one) fails the study."""
+    try:
+        return incoming_rejection(read_rejection_note(data))
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged note
+        if may_be_rejection_note(data):
+            raise UnreadableRejectionNoteError(
+                f"a rejection note of the study cannot be read ({type(error).__name__}): the images it withdraws are "
+                "unknown; repair or delete it in Orthanc"
+            ) from None
+        return None
 
 
 def _needs_transcoding(header: Dataset) -> bool:

@@ -157,9 +157,9 @@ def _may_be_note_of(data: bytes, studies: set[str]) -> bool:
     for another Key Object Selection or a note of another study: it stays the unsupported file it was."""
     try:
         title = read_note_title(data)
-    except Exception:  # noqa: BLE001 - pydicom may raise anything on a damaged top level
+        return title_unknown(title) or _is_note_of(title, studies)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - pydicom may raise anything on a damaged top level, its title's parse too
         return True
-    return title_unknown(title) or _is_note_of(title, studies)
 
 
 def _unreadable(index: int, why: str) -> UnreadableRejectionNoteError:

@@ -1000,7 +1000,7 @@ async function dicomSeries(answer, files, headers) {
   const frames = new Map();
   headers.forEach((header, index) => {
     if (header?.sopInstanceUid && !refused.has(index) && !frames.has(header.sopInstanceUid)) {
-      frames.set(header.sopInstanceUid, { header, name: shownText(files[index].name) });
+      frames.set(header.sopInstanceUid, { header, name: files[index].name });
     }
   });
   const slices = [];
@@ -1386,7 +1386,7 @@ function buildTable(slices) {
       }
       const cells = [
         String(index + 1),
-        slice.label,
+        shownText(slice.label),
         probabilityAndThreshold(prediction.tumor_probability, prediction.threshold)[0],
         result,
         (prediction.mask?.area_pixels ?? 0).toLocaleString("en"),
@@ -1855,7 +1855,9 @@ function showSlice(index, { announce = true } = {}) {
 
   // The slice after a gap says how many slices are missing before it, in the caption and the sliders' value text.
   const after = slice.missingBefore ? `, after ${plural(slice.missingBefore, "missing slice")}` : "";
-  const where = count === 1 ? slice.label : `Slice ${current + 1} of ${count} (${slice.label})${after}`;
+  // The label is the file's name as sent (the CSV keeps it so); shown, its controls and overrides are not.
+  const label = shownText(slice.label);
+  const where = count === 1 ? label : `Slice ${current + 1} of ${count} (${label})${after}`;
   let drawn = describeDrawn(prediction);
   if (!slice.picture) {
     // Compressed DICOM or an encoding this browser cannot decode: the server read it, the page cannot draw it.

@@ -89,8 +89,31 @@ def test_a_key_object_selection_cut_before_its_title_may_be_a_note(series: list[
     that withdraws nothing; the DICOM node answered Success, the API analysed the images it withdraws."""
     data = to_bytes(key_object_selection(series, series[-1:]))
     cut = data[: data.rindex(b"\x10\x00\x20\x00LO") + 9]  # inside the Patient ID, before the Document Title
-    read_whole = read_rejection_note(cut)
 
     assert may_be_rejection_note(cut)
+    with pytest.raises(UndecodableDicomError, match="cut short"):
+        read_rejection_note(cut)
+    at_a_boundary = read_rejection_note(data[: data.rindex(b"\x10\x00\x20\x00LO")])  # no element cut: read whole
     with pytest.raises(UndecodableDicomError, match="without its Document Title"):
-        incoming_rejection(read_whole)
+        incoming_rejection(at_a_boundary)
+
+
+@pytest.mark.parametrize("into_title", [12, 16, 24, 43, 100, 300, 700, -1])
+def test_a_note_cut_inside_or_after_its_title_is_never_read_as_whole(series: list[Dataset], into_title: int) -> None:
+    """Review 64 F3, F4: pydicom keeps what comes before a cut, as if the file were whole: a note cut inside its title
+    read as an untitled selection, one cut in its content as a note naming nothing, and the images it withdraws were
+    analysed (the API's 200, the node's Success). A cut note is refused wherever it is cut."""
+    data = to_bytes(key_object_selection(series, series[-1:]))
+    cut = data[: data.index(b"\x40\x00\x43\xa0") + into_title] if into_title >= 0 else data[:-1]
+
+    assert may_be_rejection_note(cut)
+    with pytest.raises(UndecodableDicomError):
+        incoming_rejection(read_rejection_note(cut))
+
+
+def test_a_key_image_selection_cut_after_its_title_withdraws_nothing(series: list[Dataset]) -> None:
+    data = to_bytes(key_object_selection(series, series[-1:], codes.DCM.OfInterest))
+    cut = data[: data.index(b"\x40\x00\x43\xa0") + 300]
+
+    assert not may_be_rejection_note(cut)
+    assert incoming_rejection(read_rejection_note(cut)) is None

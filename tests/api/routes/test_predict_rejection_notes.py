@@ -300,13 +300,21 @@ def test_a_request_of_a_withdrawn_image_and_a_broken_file_is_refused_for_the_bro
     assert "(the request's file at index 0 (file 1 as sent): withdrawn by" in error["message"]
 
 
-DAMAGES = ("content-as-ob", "cut-before-its-title")
+DAMAGES = (
+    "content-as-ob",
+    "cut-before-its-title",
+    "cut-16-into-its-title",
+    "cut-24-into-its-title",
+    "cut-300-into-its-title",
+)
 
 
 def damaged(note: Dataset, damage: str) -> bytes:
     data = bytearray(to_bytes(note))
     if damage == "cut-before-its-title":  # cut inside the Patient ID, after the SOP class: a KOS, title unknown
         return bytes(data[: data.rindex(b"\x10\x00\x20\x00LO") + 9])
+    if damage.startswith("cut-"):  # review 64 F3, F4: a 500 at 16 bytes into the title, a 200 at 24 and 300
+        return bytes(data[: data.index(b"\x40\x00\x43\xa0") + int(damage.split("-")[1])])
     at = data.rindex(b"\x08\x00\x99\x11SQ")  # the content's Referenced SOP Sequence, after the evidence's
     data[at + 4 : at + 6] = b"OB"
     return bytes(data)
