@@ -282,7 +282,7 @@ def _transfer_syntax(source: bytes | Path) -> str:
 def _deflated_header(data: bytes) -> Dataset:
     """The header of a deflated file, inflated in bounded chunks (`inflated_header`), with its transfer syntax."""
     meta_end, transfer_syntax = read_file_meta(data)
-    dataset, _, _, _ = inflated_header(data, meta_end, HEADER_MAX_INFLATED_BYTES)
+    dataset, _, _, _, _ = inflated_header(data, meta_end, HEADER_MAX_INFLATED_BYTES)
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.TransferSyntaxUID = transfer_syntax
     return dataset
@@ -309,7 +309,7 @@ def read_dicom_header(
     with garbled_values_refused():
         meta_end, transfer_syntax = read_file_meta(data)
         if is_deflated(transfer_syntax):
-            dataset, has_pixels, inflated, reads = inflated_header(data, meta_end, max_bytes)
+            dataset, has_pixels, inflated, reads, _ = inflated_header(data, meta_end, max_bytes)
             pixel_position = -1  # deflated pixel data is native: no codestream to check
             inflated_header_bytes = held_value_bytes(dataset)
         else:

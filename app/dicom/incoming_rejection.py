@@ -134,14 +134,16 @@ def read_rejection_note_within(data: bytes, max_bytes: int) -> tuple[Dataset, in
     meta_end, transfer_syntax = read_file_meta(data)
     if is_deflated(transfer_syntax):
         try:
-            dataset, _, inflated, _ = inflated_header(data, meta_end, max_bytes)
+            dataset, _, inflated, _, cut = inflated_header(data, meta_end, max_bytes)
         except OverMemoryBudgetError as error:
             raise too_large(" (once inflated)") from error
-        return dataset, inflated
-    dataset, stream = dcmread_bounded(data)
-    if stream.cut and may_be_rejection_note(data):  # pydicom keeps what came before the cut, as if whole
+        size = inflated
+    else:
+        dataset, stream = dcmread_bounded(data)
+        cut, size = stream.cut, len(data) - meta_end
+    if cut and may_be_rejection_note(data):  # pydicom keeps what came before the cut, as if whole
         raise UndecodableDicomError("a Key Object Selection cut short (its bytes end inside an element)")
-    return dataset, len(data) - meta_end
+    return dataset, size
 
 
 def read_note_title(data: bytes) -> Dataset | None:
@@ -267,12 +269,17 @@ def may_be_rejection_note(data: bytes) -> bool:
 
 def title_unknown(top_level: Dataset | None) -> bool:
     """Whether the Document Title is untold: `read_note_title` gave up (None), or the data set holds no whole title
-    (a file cut before or inside it: every Key Object Selection has one, a code value in a coding scheme)."""
+    (a file cut before or inside it: every Key Object Selection has one, a code value in a coding scheme, a long code
+    value in one, or a URN code value)."""
     if top_level is None:
         return True
     try:
         titles = top_level.get("ConceptNameCodeSequence")
-        return not titles or not titles[0].get("CodeValue") or not titles[0].get("CodingSchemeDesignator")
+        if not titles:
+            return True
+        title = titles[0]
+        in_a_scheme = (title.get("CodeValue") or title.get("LongCodeValue")) and title.get("CodingSchemeDesignator")
+        return not (in_a_scheme or title.get("URNCodeValue"))
     except Exception:  # noqa: BLE001 - a title pydicom cannot parse is no title told
         return True
 

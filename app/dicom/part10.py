@@ -226,9 +226,9 @@ def _file_meta_values(data: bytes) -> tuple[int, dict[int, str]]:
     return position, values
 
 
-def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int, int]:
-    """The header of a deflated data set, whether pixel data follows it, the inflated size and the reads pydicom
-    made of the header.
+def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[Dataset, bool, int, int, bool]:
+    """The header of a deflated data set, whether pixel data follows it, the inflated size, the reads pydicom
+    made of the header, and whether the inflated bytes end inside an element (pydicom keeps what came before).
 
     The stream is inflated a chunk at a time; the first `DEFLATED_HEADER_BYTES` are kept, the rest only counted.
     What follows the stream's end (PS3.5's pad byte, or more) is ignored, as pydicom and dcmtk's dcmdump ignore it.
@@ -284,7 +284,7 @@ def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[
             f"DICOM file's header (the data set before its pixel data) is over {describe_bytes(DEFLATED_HEADER_BYTES)} "
             "once inflated"
         )
-    return without_long_values(dataset), reached_pixels, inflated, stream.reads
+    return without_long_values(dataset), reached_pixels, inflated, stream.reads, stream.cut
 
 
 LONG_VALUE_BYTES = 64 * 1024

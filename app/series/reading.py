@@ -512,8 +512,9 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
 
 def _t1_in_flair_planes_stored_otherwise(frames: Sequence[DicomFrame], flair_uid: str) -> str:
     """The note's explanation when every T1 frame lies in a plane of a FLAIR frame (the same normal, either way, at
-    the same place along it) and yet none pairs: the T1 series are stored turned, flipped or over another field of
-    view, which a PACS can tell its users; else ""."""
+    the same place along it) and some T1 frame is stored otherwise than the FLAIR frame of its plane (another
+    orientation, or another first-pixel position): the T1 series are stored turned, flipped or over another field of
+    view, which a PACS can tell its users; else "" (a slice missing, another pixel spacing: the error says so)."""
 
     def plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
         if frame.image_position is None or frame.image_orientation is None:
@@ -526,16 +527,26 @@ def _t1_in_flair_planes_stored_otherwise(frames: Sequence[DicomFrame], flair_uid
         normal = -normal if normal[np.argmax(np.abs(normal))] < 0 else normal  # one sign for both directions
         return normal, float(np.dot(normal, frame.image_position))
 
-    flair_planes = [plane(frame) for frame in frames if frame.series_instance_uid == flair_uid]
-    t1_planes = [plane(frame) for frame in frames if frame.series_instance_uid != flair_uid]
-    if not t1_planes or None in t1_planes or None in flair_planes:
+    flair = [(frame, plane(frame)) for frame in frames if frame.series_instance_uid == flair_uid]
+    t1 = [(frame, plane(frame)) for frame in frames if frame.series_instance_uid != flair_uid]
+    if not t1 or any(place is None for _, place in (*flair, *t1)):
         return ""
-    for normal, along in t1_planes:  # type: ignore[misc]
-        if not any(
-            abs(float(np.dot(normal, other))) > 0.9999 and abs(along - other_along) <= POSITION_TOLERANCE_MM
-            for other, other_along in flair_planes  # type: ignore[misc]
-        ):
+    stored_otherwise = False
+    for frame, (normal, along) in t1:  # type: ignore[misc]
+        same_plane = [
+            other
+            for other, (other_normal, other_along) in flair  # type: ignore[misc]
+            if abs(float(np.dot(normal, other_normal))) > 0.9999 and abs(along - other_along) <= POSITION_TOLERANCE_MM
+        ]
+        if not same_plane:
             return ""
+        stored_otherwise = stored_otherwise or not any(
+            np.allclose(frame.image_orientation, other.image_orientation, atol=1e-4)  # type: ignore[arg-type]
+            and np.allclose(frame.image_position, other.image_position, atol=POSITION_TOLERANCE_MM)  # type: ignore[arg-type]
+            for other in same_plane
+        )
+    if not stored_otherwise:
+        return ""
     return (
         "; the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view: each "
         "slice must have one Image Orientation (Patient) and one first-pixel Image Position (Patient) in all three"

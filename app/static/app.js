@@ -547,6 +547,11 @@ function shownText(text, most = MOST_SHOWN_CHARACTERS) {
   return shown.length > most ? `${shown.slice(0, most - 1)}…` : shown;
 }
 
+/** A slice's file name as shown, and its frame of a multi-frame file (never cut off with a long name). */
+function shownLabel(slice) {
+  return `${shownText(slice.label)}${slice.frameText ?? ""}`;
+}
+
 function namesOf(files) {
   const names = files.slice(0, MAX_NAMES_LISTED).map((file) => shownText(file.name)).join(", ");
   return files.length > MAX_NAMES_LISTED ? `${names} and ${files.length - MAX_NAMES_LISTED} more` : names;
@@ -1008,7 +1013,8 @@ async function dicomSeries(answer, files, headers) {
     const source = frames.get(item.sop_instance_uid);
     const frame = source?.header.frames[item.frame_number - 1] ?? null;
     slices.push({
-      label: source ? `${source.name}${source.header.frameCount > 1 ? `, frame ${item.frame_number}` : ""}` : `slice ${item.index + 1}`,
+      label: source ? source.name : `slice ${item.index + 1}`,
+      frameText: source && source.header.frameCount > 1 ? `, frame ${item.frame_number}` : "",
       // Numbered as the page shows the slices (anatomical order), not as the files were sent: the names sort in
       // slice order, and slice_0001 is the page's slice 1.
       maskName: `slice_${String(position + 1).padStart(4, "0")}_mask.png`,
@@ -1386,7 +1392,7 @@ function buildTable(slices) {
       }
       const cells = [
         String(index + 1),
-        shownText(slice.label),
+        shownLabel(slice),
         probabilityAndThreshold(prediction.tumor_probability, prediction.threshold)[0],
         result,
         (prediction.mask?.area_pixels ?? 0).toLocaleString("en"),
@@ -1856,7 +1862,7 @@ function showSlice(index, { announce = true } = {}) {
   // The slice after a gap says how many slices are missing before it, in the caption and the sliders' value text.
   const after = slice.missingBefore ? `, after ${plural(slice.missingBefore, "missing slice")}` : "";
   // The label is the file's name as sent (the CSV keeps it so); shown, its controls and overrides are not.
-  const label = shownText(slice.label);
+  const label = shownLabel(slice);
   const where = count === 1 ? label : `Slice ${current + 1} of ${count} (${label})${after}`;
   let drawn = describeDrawn(prediction);
   if (!slice.picture) {
@@ -2025,7 +2031,7 @@ async function downloadMasks() {
     }
     entries.push({ name: slice.maskName, bytes });
     const area = areaMm2(slice);
-    rows.push([index + 1, slice.label, slice.maskName, prediction.tumor_probability, prediction.tumor_detected,
+    rows.push([index + 1, `${slice.label}${slice.frameText ?? ""}`, slice.maskName, prediction.tumor_probability, prediction.tumor_detected,
       prediction.mask?.area_pixels ?? 0, area === null ? "" : area, slice.position ?? "", slice.missingBefore ?? 0]);
   }
   entries.push({ name: "slices.csv", bytes: new TextEncoder().encode(`${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`) });

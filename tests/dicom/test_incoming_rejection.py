@@ -3,6 +3,8 @@ withdraws none."""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
@@ -16,9 +18,11 @@ from app.dicom.incoming_rejection import (
     incoming_rejection,
     may_be_rejection_note,
     read_rejection_note,
+    title_unknown,
 )
+from app.dicom.part10 import read_file_meta
 from app.errors import UndecodableDicomError
-from tests.dicom.builders import Study, key_object_selection, mr_series, to_bytes, tumor_channels
+from tests.dicom.builders import Study, deflated_and_padded, key_object_selection, mr_series, to_bytes, tumor_channels
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,35 @@ def test_a_key_image_selection_cut_after_its_title_withdraws_nothing(series: lis
 
     assert not may_be_rejection_note(cut)
     assert incoming_rejection(read_rejection_note(cut)) is None
+
+
+@pytest.mark.parametrize(
+    "code", [{"LongCodeValue": "L" * 70, "CodingSchemeDesignator": "99LOCAL"}, {"URNCodeValue": "urn:oid:1.2.3"}]
+)
+def test_a_title_of_a_long_or_urn_code_value_is_told(series: list[Dataset], code: dict[str, str]) -> None:
+    """Review 65 F1: only a Code Value was taken for a title; a key object selection titled by a Long Code Value or
+    a URN Code Value, which DICOM allows, was refused everywhere as one whose title is untold."""
+    selection = key_object_selection(series, series[-1:], codes.DCM.OfInterest)
+    title = selection.ConceptNameCodeSequence[0]
+    del title.CodeValue, title.CodingSchemeDesignator
+    for keyword, value in code.items():
+        setattr(title, keyword, value)
+
+    assert not title_unknown(selection)
+    assert not may_be_rejection_note(to_bytes(selection))
+    assert incoming_rejection(read_rejection_note(to_bytes(selection))) is None
+
+
+def test_a_deflated_note_whose_inflated_data_is_cut_is_never_read_as_whole(series: list[Dataset]) -> None:
+    """Review 65 F4: the deflate stream whole, the data set in it cut inside an element: read as a note withdrawing
+    part of what it names (the API's 200), where the same cut not deflated was refused."""
+    data = deflated_and_padded(key_object_selection(series, series[-1:]))
+    meta_end, _ = read_file_meta(data)
+    inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[meta_end:])
+    cut = inflated[: inflated.rindex(b"\x08\x00\x99\x11SQ") + 20]  # inside the content's references
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    cut_note = data[:meta_end] + packer.compress(cut) + packer.flush()
+
+    assert may_be_rejection_note(cut_note)
+    with pytest.raises(UndecodableDicomError, match="cut short"):
+        read_rejection_note(cut_note)

@@ -12,7 +12,7 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 from tests.conftest import TUMOR_SLICE
-from tests.dicom.builders import mr_series, tumor_channels
+from tests.dicom.builders import legacy_multiframe, mr_series, tumor_channels
 from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
 
 OVERRIDE = "\u202e"
@@ -62,3 +62,16 @@ def test_a_raster_name_is_shown_without_its_override_and_a_dicom_name_kept_whole
     with zipfile.ZipFile(downloaded.value.path()) as archive:
         rows = list(csv.reader(io.StringIO(archive.read("slices.csv").decode())))
     assert [row[1] for row in rows[1:]] == names
+
+
+def test_a_long_name_of_a_multi_frame_file_keeps_its_frame_numbers(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Review 65 F5: the cut of a long name took ", frame N" with it: every frame had the same label."""
+    name = f"{'y' * 140}.dcm"
+    page.goto(live_server)
+
+    upload(page, write_series([legacy_multiframe(mr_series(tumor_channels()))], tmp_path, [name]))
+
+    expect(page.locator("#caption")).to_contain_text("…, frame 1")
+    expect(page.locator("#result")).to_contain_text("…, frame 3")

@@ -327,6 +327,7 @@ def test_t1_slices_of_another_pixel_spacing_leave_flair_alone(client: TestClient
     (note,) = body["selection_notes"]
     assert note.startswith("T1 series left out: their slices do not pair with FLAIR's (frames at one slice position ")
     assert "must have the same Pixel Spacing" in note
+    assert "stored turned" not in note  # review 65 F2: they are not
 
 
 def test_t1_series_stored_flipped_in_flairs_planes_are_said_to_be(client: TestClient) -> None:
@@ -359,6 +360,7 @@ def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predic
     assert {item["series_number"] for item in body["series_left_out"]} == {2, 7}
     (note,) = body["selection_notes"]
     assert note.startswith("T1 series left out: their slices do not pair with FLAIR's")
+    assert "stored turned" not in note  # review 65 F2: a slice is missing, none is stored otherwise
     frames = [frame for item in series["flair"] for frame in read_dicom(to_bytes(item))]
     assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
 
