@@ -193,9 +193,10 @@ def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
     Title is one of CID 7011) that names instances of its own study; None for anything else (an ordinary key image
     selection, a note of another study).
 
-    Raises `app.errors.UndecodableDicomError` for a Key Object Selection without a whole Document Title, and for a
-    rejection note whose content names no instance or whose evidence lists none: a file cut short (pydicom keeps
-    what came before the cut), as a note always names what it withdraws, which is then unknown."""
+    Raises `app.errors.UndecodableDicomError` for a Key Object Selection without a Document Title, and for a
+    rejection note whose Patient ID cannot be read (the DICOM node files a note under it), whose content names no
+    instance, has an image item without its reference, or whose evidence lists none: a file cut short or damaged
+    (pydicom keeps what came before a cut), as a note always names what it withdraws, which is then unknown."""
     sop_class = unpadded_uid(dataset.get("SOPClassUID"))
     if sop_class and sop_class != KeyObjectSelectionDocumentStorage:
         return None
@@ -205,14 +206,19 @@ def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
     study_uid = unpadded_uid(dataset.get("StudyInstanceUID"))
     if reason_code is None or not study_uid:
         return None
+    try:
+        str(dataset.get("PatientID", ""))  # a value pydicom cannot convert raises here, as at the node
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged value
+        raise UndecodableDicomError("an IOCM rejection note whose Patient ID cannot be read") from error
     of_this_study = _evidence_of_study(dataset, study_uid)
-    named = {
-        unpadded_uid(reference.get("ReferencedSOPInstanceUID"))
+    references = [
+        [unpadded_uid(reference.get("ReferencedSOPInstanceUID")) for reference in item.get("ReferencedSOPSequence", [])]
         for item in dataset.get("ContentSequence", [])
-        for reference in item.get("ReferencedSOPSequence", [])
-    } - {""}
-    if not named or not _evidence_of_any_study(dataset):
-        raise UndecodableDicomError("an IOCM rejection note that names no instance: cut short?")
+        if str(item.get("ValueType", "")).strip() in ("IMAGE", "COMPOSITE")
+    ]
+    named = {uid for uids in references for uid in uids} - {""}
+    if not named or not all(any(uids) for uids in references) or not _evidence_of_any_study(dataset):
+        raise UndecodableDicomError("an IOCM rejection note that names no instance, or an image without its reference")
     rejected = frozenset(named & of_this_study)
     return IncomingRejection(study_uid, rejected, reason_code) if rejected else None
 
@@ -220,10 +226,9 @@ def incoming_rejection(dataset: Dataset) -> IncomingRejection | None:
 def is_rejection_note(dataset: Dataset) -> bool:
     """Whether `dataset` is a Key Object Selection titled in CID 7011, told from its top level alone (cheap: its
     content, which may name thousands of instances, is not read)."""
-    return (
-        unpadded_uid(dataset.get("SOPClassUID")) == KeyObjectSelectionDocumentStorage
-        and _rejection_title(dataset) is not None
-    )
+    return unpadded_uid(dataset.get("SOPClassUID")) in (KeyObjectSelectionDocumentStorage, "") and (
+        _rejection_title(dataset) is not None
+    )  # a SOP Class UID missing (a damaged file the caller took for a KOS) lets the title decide
 
 
 def _rejection_title(dataset: Dataset) -> str | None:
@@ -269,8 +274,8 @@ def may_be_rejection_note(data: bytes) -> bool:
 
 def title_unknown(top_level: Dataset | None) -> bool:
     """Whether the Document Title is untold: `read_note_title` gave up (None), or the data set holds no whole title
-    (a file cut before or inside it: every Key Object Selection has one, a code value in a coding scheme, a long code
-    value in one, or a URN code value)."""
+    (a file cut before or inside it: every Key Object Selection has one, a Code Value, Long Code Value or URN Code
+    Value; a cut inside it is found by the read, `BoundedReads.cut`)."""
     if top_level is None:
         return True
     try:
@@ -278,8 +283,7 @@ def title_unknown(top_level: Dataset | None) -> bool:
         if not titles:
             return True
         title = titles[0]
-        in_a_scheme = (title.get("CodeValue") or title.get("LongCodeValue")) and title.get("CodingSchemeDesignator")
-        return not (in_a_scheme or title.get("URNCodeValue"))
+        return not (title.get("CodeValue") or title.get("LongCodeValue") or title.get("URNCodeValue"))
     except Exception:  # noqa: BLE001 - a title pydicom cannot parse is no title told
         return True
 

@@ -322,7 +322,12 @@ def _incoming_rejection_notes() -> list[str]:
         "file is repaired); and, as an instance is, when the spool or its disk is full or too many studies wait.",
         f"Refused with Cannot Understand (`{STATUS_CANNOT_UNDERSTAND:04X}`): a Key Object Selection whose bytes cannot",
         "be read as a data set (a deflate stream that is damaged or cut short, more data elements than the node",
-        "reads): it may be a rejection note, and answering it Success would tell its sender it was honoured.",
+        "reads), one cut short anywhere before its Document Title, one without a Document Title or SOP Class UID, and",
+        "a rejection note cut short anywhere (a byte or a few after its last element too: they cannot be told from a",
+        "cut), whose content cannot be walked, names no instance or has an image item without its reference, whose",
+        "evidence lists none, or whose Patient ID cannot be read: it may be a rejection note, or is a damaged one, and",
+        "answering it Success would tell its sender it was honoured. A key image selection (another title) cut or",
+        "damaged after its title is accepted and not kept, as any other.",
         "",
     ]
 

@@ -24,7 +24,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from app.dicom.dicom_frame import DicomFrame, frame_placement, offsets_along_normal, source_instance_uids
 from app.dicom.dicom_header import DicomHeader, garbled_values_refused, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
-from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
+from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SAME_PLANE_TOLERANCE, SliceInput, SlicePlaces, prepare_inputs
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
@@ -541,7 +541,7 @@ def _t1_in_flair_planes_stored_otherwise(frames: Sequence[DicomFrame], flair_uid
         if not same_plane:
             return ""
         stored_otherwise = stored_otherwise or not any(
-            np.allclose(frame.image_orientation, other.image_orientation, atol=1e-4)  # type: ignore[arg-type]
+            np.allclose(frame.image_orientation, other.image_orientation, atol=SAME_PLANE_TOLERANCE)  # type: ignore[arg-type]
             and np.allclose(frame.image_position, other.image_position, atol=POSITION_TOLERANCE_MM)  # type: ignore[arg-type]
             for other in same_plane
         )

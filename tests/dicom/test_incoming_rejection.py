@@ -153,3 +153,23 @@ def test_a_deflated_note_whose_inflated_data_is_cut_is_never_read_as_whole(serie
     assert may_be_rejection_note(cut_note)
     with pytest.raises(UndecodableDicomError, match="cut short"):
         read_rejection_note(cut_note)
+
+
+def test_the_three_readers_decide_damaged_selections_alike(series: list[Dataset]) -> None:
+    """Review 66 F2, F4, F6: a note without SOP Class UID was refused by the node only; a key image selection whose
+    title lacks its scheme was refused everywhere; a note whose image item lost its reference withdrew the rest."""
+    note = key_object_selection(series, series)
+    del note.SOPClassUID
+    assert may_be_rejection_note(to_bytes(note))
+    with pytest.raises(UndecodableDicomError):
+        incoming_rejection(read_rejection_note(to_bytes(note)))
+
+    selection = key_object_selection(series, series[-1:], codes.DCM.OfInterest)
+    del selection.ConceptNameCodeSequence[0].CodingSchemeDesignator
+    assert not may_be_rejection_note(to_bytes(selection))
+    assert incoming_rejection(read_rejection_note(to_bytes(selection))) is None
+
+    note = key_object_selection(series, series)
+    del note.ContentSequence[1].ReferencedSOPSequence
+    with pytest.raises(UndecodableDicomError, match="without its reference"):
+        incoming_rejection(read_rejection_note(to_bytes(note)))

@@ -330,6 +330,20 @@ def test_t1_slices_of_another_pixel_spacing_leave_flair_alone(client: TestClient
     assert "stored turned" not in note  # review 65 F2: they are not
 
 
+def test_orientations_the_pairing_takes_for_one_are_not_said_to_be_stored_turned(client: TestClient) -> None:
+    """Review 66 F3: 0.0005 of rounding in a T1 series' orientation, which slice pairing takes for the same plane,
+    was said to be a series stored turned."""
+    series = named_study()
+    for dataset in (*series["pre"], *series["post"]):
+        dataset.PixelSpacing = [0.75, 0.75]
+        dataset.ImageOrientationPatient = [1.0, 0.0005, 0.0, 0.0, 1.0, 0.0]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    (note,) = response.json()["selection_notes"]
+    assert "must have the same Pixel Spacing" in note and "stored turned" not in note
+
+
 def test_t1_series_stored_flipped_in_flairs_planes_are_said_to_be(client: TestClient) -> None:
     """Interop review 59 F1: T1 series in FLAIR's very planes, stored with their rows flipped, were left out with a
     note of a frame count at a corner, which no PACS user could act on."""
