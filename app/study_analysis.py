@@ -12,7 +12,7 @@ What it does with a study:
    "not_analysed" with the reason, and nothing is sent;
 2. check the chosen series from their headers against the flow's limits (slices, decoding memory), as the flow
    will (`app.series.reading.plan_headers`): a study the flow would refuse "failed" with the flow's reason before
-   any file's bytes are read (attack finding 12: 10,000 one-slice instances were all read into memory first);
+   any file's bytes are read (otherwise 10,000 one-slice instances are all read into memory first);
 3. read the chosen series' pixels through the flow, which applies the same rules to them
    (`app.series.choice`); a file that fails is left out and counted (`file_errors`, with its code); the T1 series
    join FLAIR only when every slice position pairs up, else FLAIR goes alone (noted);
@@ -93,7 +93,7 @@ class StudyProcessor(Protocol):
     @property
     def model_tags(self) -> Mapping[str, str]:
         """The versions of the models the results are made with (the predictor's): a study analysed by others is
-        analysed again when sent again (durability review 45 F6)."""
+        analysed again when sent again."""
         ...
 
     def __call__(self, files: Sequence[Path], notes: Sequence[str] = (), complete: bool = True) -> StudyAnalysis: ...
@@ -102,7 +102,7 @@ class StudyProcessor(Protocol):
 class StudyFilesChangedError(Exception):
     """Files of a study were removed or replaced while it was read (an incoming rejection note removed instances, an
     instance came again): its headers leave long values in the files (`read_header`), read when first used, so a
-    file gone meanwhile failed the analysis with pydicom's error (review 54 F4). Nothing of the run is kept; the
+    file gone meanwhile would fail the analysis with pydicom's error. Nothing of the run is kept; the
     study is analysed again from the files then there."""
 
 
@@ -221,7 +221,7 @@ class ModelStudyProcessor:
                 continue
             headers[path] = header
             held += held_value_bytes(header)
-            if budget is not None and held > budget:  # as a request's headers are (attack review 55 F2)
+            if budget is not None and held > budget:  # as a request's headers are
                 error = OverMemoryBudgetError(
                     f"the headers of the study's first {len(headers)} files hold {describe_bytes(held)}, over the "
                     f"memory budget (DECODE_MEMORY_BYTES) of {describe_bytes(budget)}; the rest were not read"
@@ -292,7 +292,7 @@ class ModelStudyProcessor:
         except ServiceError as error:
             return _failed(error, summary)
         notes.extend(note for note in answer.choice.notes if note not in notes)
-        # The series the models read: the flow may have read FLAIR alone (interop review 55 F3).
+        # The series the models read: the flow may have read FLAIR alone.
         summary["series"] = _series_summary(selection, read=answer.choice.channel_series)
         for error in answer.file_errors.values():
             file_errors[error.code] = file_errors.get(error.code, 0) + 1
@@ -333,8 +333,8 @@ def unread_files_note(file_errors: Mapping[str, int], where: str = "") -> str:
 
 
 def _where_in_study(files: Sequence[bytes]) -> str:
-    """`where_in_study` for the first `MOST_FILES_NAMED` files whose header pydicom reads: interop review 39 found
-    a corrupt JPEG instance left out of a study with nothing to say which one it was."""
+    """`where_in_study` for the first `MOST_FILES_NAMED` files whose header pydicom reads, so that an instance left
+    out of a study (a corrupt JPEG, say) is named."""
     headers = (read_header(data, ["SeriesNumber", "InstanceNumber"]) for data in files[:MOST_FILES_NAMED])
     # A file the flow refused may not parse at all: its place is left unsaid.
     return where_in_study([header for header in headers if header is not None])
@@ -350,9 +350,9 @@ def _study_summary(
 def split_by_patient_id(parts: int, summary: dict[str, Any]) -> StudyAnalysis:
     """The outcome of a study whose Study Instance UID came both with an empty Patient ID and with one, held as
     `parts` studies by a store that keys a study by both (the DICOM node, Orthanc), or with Patient IDs that differ
-    only by spaces (Orthanc keeps " P1" and "P1" apart; attack review 40): refused, as the API refuses such files in
-    one request, since each part answered alone would be a wrong result for the patient (interop review 39: "absent"
-    for the tumor-free part, the tumor filed under an empty Patient ID)."""
+    only by spaces (Orthanc keeps " P1" and "P1" apart): refused, as the API refuses such files in one request, since
+    each part answered alone would be a wrong result for the patient ("absent" for the tumor-free part, the tumor
+    filed under an empty Patient ID)."""
     error = MixedInputError(
         "files of this study (by Study Instance UID) came with an empty Patient ID and with a Patient ID, or with "
         f"Patient IDs that differ only by leading or trailing spaces ({parts} studies by Patient ID here): each part "
@@ -364,8 +364,8 @@ def split_by_patient_id(parts: int, summary: dict[str, Any]) -> StudyAnalysis:
 def series_in_several_studies(studies: int, summary: dict[str, Any]) -> StudyAnalysis:
     """The outcome of a study a series of which (by Series Instance UID) also came under other Study Instance UIDs,
     `studies` in all: refused, as the API refuses such files in one request. A series belongs to one study (PS3.3
-    A.1.2.3); each part answered alone would be a wrong result for the whole (interop review 42: a COMPLETE
-    "absent" SR for the tumor-free part of a series whose other part held a 122 mL tumor)."""
+    A.1.2.3); each part answered alone would be a wrong result for the whole (a COMPLETE "absent" SR for the
+    tumor-free part of a series whose other part holds a 122 mL tumor)."""
     error = MixedInputError(
         f"a series of this study (by Series Instance UID) also came under other Study Instance UIDs ({studies} "
         "studies hold it here): each part answered alone would be a wrong result for the whole; send the series "

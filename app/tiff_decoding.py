@@ -35,8 +35,8 @@ def check_tiff_photometric(page: tifffile.TiffPage) -> None:
     photometric = page.photometric
     grey = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
     if grey and 2 < int(page.samplesperpixel) <= 4:  # more is refused as no image type (`_drop_alpha`)
-        # Attack review 39: a stack of slices written as one page of several samples (tifffile's volumetric
-        # layout) was read as a colour image, three different slices taken for pre-contrast, FLAIR and post-contrast.
+        # A stack of slices written as one page of several samples (tifffile's volumetric layout) is no colour
+        # image: read as one, three different slices would be taken for pre-contrast, FLAIR and post-contrast.
         raise InvalidSliceError(
             f"a grey TIFF (MinIsBlack or MinIsWhite) holds one sample per pixel, and at most an alpha; this one holds "
             f"{page.samplesperpixel}: several images in one page, not one slice. Send one slice per file"
@@ -91,10 +91,10 @@ def jpeg_codestreams(data: bytes, page: tifffile.TiffPage) -> Iterator[bytes]:
     JPEGTables (quantization and Huffman tables, between their own SOI and EOI) joined to the strip's scan data.
 
     Why: libjpeg reads damaged JPEG data with only warnings, and a TIFF decoder that does not stop at them returns
-    damaged rows (attack review 40, OpenCV's libtiff: a tumor slice answered "no tumor" at 0.007); each codestream is
+    damaged rows (OpenCV's libtiff: a tumor slice answered "no tumor" at 0.007); each codestream is
     checked as a JPEG file's is (`app.jpeg_data.check_jpeg_data`) before tifffile decodes the page."""
     tables = bytes(page.jpegtables or b"")
-    end_of_tables = tables.rfind(b"\xff\xd9")  # bytes after it (attack review 41: one 00) are none of the tables'
+    end_of_tables = tables.rfind(b"\xff\xd9")  # bytes after it (a stray 00, say) are none of the tables'
     for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
         strip = data[offset : offset + count]
         if tables.startswith(b"\xff\xd8") and end_of_tables > 0 and strip.startswith(b"\xff\xd8"):
@@ -123,8 +123,8 @@ def as_shown(array: np.ndarray, page: tifffile.TiffPage) -> np.ndarray:
         return np.moveaxis(colours.astype(np.uint8)[:, array.astype(np.intp, copy=False)], 0, -1)
     bits = int(page.bitspersample)
     if array.dtype == np.uint8 and 1 < bits < 8:
-        # 2- and 4-bit grey samples on the 8-bit scale, as a viewer shows them (attack review 43: read as 0..15, a
-        # tumor slice came out nearly black and was answered "no tumor"); MinIsWhite within their own range.
+        # 2- and 4-bit grey samples on the 8-bit scale, as a viewer shows them (read as 0..15, a tumor slice comes
+        # out nearly black and is answered "no tumor"); MinIsWhite within their own range.
         top = (1 << bits) - 1
         if page.photometric == tifffile.PHOTOMETRIC.MINISWHITE:
             array = top - array
@@ -139,10 +139,10 @@ def check_tiff_layout(data: bytes, page: tifffile.TiffPage) -> None:
     the end of the file.
 
     Why: tifffile keeps a tag as it was stored, so a TileLength of type UNDEFINED or of several values is bytes or a
-    tuple, which `tiff_chunk_bytes` multiplied into gigabytes before any budget (attack review 59 F1: a 4.5 KB file
-    took 1 GiB, then a 500). tifffile reads a strip of offset or byte count 0 as "sparse" and fills it with zeros: the
-    tumor slice with half its strips so was answered "no tumor" (F3). A volume (ImageDepth over 1) decoded as depth x
-    rows x columns, which a 3-column one passed as a colour image (F7).
+    tuple, which `tiff_chunk_bytes` would multiply into gigabytes before any budget (a 4.5 KB file would take 1 GiB).
+    tifffile reads a strip of offset or byte count 0 as "sparse" and fills it with zeros: a tumor slice with half its
+    strips so would be answered "no tumor". A volume (ImageDepth over 1) decodes as depth x rows x columns, which a
+    3-column one would pass as a colour image.
 
     Raises
     ------
@@ -171,7 +171,7 @@ def check_tiff_layout(data: bytes, page: tifffile.TiffPage) -> None:
                 "of the file"
             )
         held += min(count, len(data) - offset)
-    # Uncompressed, a writer may give the last strip a whole strip's count past the file's end (review 61 F5): what
+    # Uncompressed, a writer may give the last strip a whole strip's count past the file's end: what
     # the file holds must still cover the image.
     if page.compression == COMPRESSION.NONE and held < _stored_bytes(page):
         raise UndecodableImageError(
@@ -191,8 +191,8 @@ def _stored_bytes(page: tifffile.TiffPage) -> int:
 def tiff_chunk_bytes(page: tifffile.TiffPage) -> int:
     """One strip or tile of `page` as decoded: what the decoder holds besides the page while it decodes one.
 
-    Why counted: a tile may be declared far larger than its image (attack review 43: a 64 x 64 JPEG TIFF of one
-    65520 x 65520 tile took 4 GiB to decode while the budget counted 1 MiB)."""
+    Why counted: a tile may be declared far larger than its image (a 64 x 64 JPEG TIFF of one 65520 x 65520 tile
+    takes 4 GiB to decode)."""
     return math.prod(page.chunks) * page.dtype.itemsize
 
 
@@ -227,7 +227,7 @@ the format allows 1.5 GiB, none of it counted in the memory budget)."""
 
 MEASURING_PIECE_BYTES = 1 << 20
 """The most inflated bytes the measures below hold at once: each is counted and dropped. Why: inflated whole for its
-length, a 256 MiB tile took 512 MiB on top of the budget that counts it once (attack review 44)."""
+length, a 256 MiB tile would take 512 MiB on top of the budget that counts it once."""
 
 
 def _inflated_zlib(segment: memoryview, limit: int) -> int:

@@ -57,8 +57,7 @@ class UploadLimits:
     max_decode_bytes: int | None = Settings.model_fields["decode_memory_bytes"].default
     max_request_slices: int | None = None
 
-    # Every command's limits are built here, side by side, so that a newcomer changing one finds them all (newcomer
-    # review 45 F7).
+    # Every command's limits are built here, side by side, so that a newcomer changing one finds them all.
 
     @classmethod
     def from_settings(cls, settings: Settings, max_request_slices: int | None = None) -> UploadLimits:
@@ -156,10 +155,9 @@ def refuse_repeated_slices(
 ) -> list[PreparedSlice | ServiceError]:
     """`prepared` (the slices of one series) with a `RepeatedSliceError` in place of each slice whose pixels are an
     earlier one's: a file sent twice (a "copy" beside its original) would be one more slice of the volume, and its
-    tumor counted twice (browser review finding: +22 % volume, with no note). Compared on what the models read, not
-    on the file's bytes (attack review 39: the same pixels saved again at another PNG compression level were another
-    slice). A blank slice may repeat: the empty slices at a volume's ends can be identical files, and they add
-    nothing."""
+    tumor counted twice (+22 % volume, with no note). Compared on what the models read, not on the file's bytes (the
+    same pixels saved again at another PNG compression level would be another slice). A blank slice may repeat: the
+    empty slices at a volume's ends can be identical files, and they add nothing."""
     first: dict[tuple[tuple[int, int], str], int] = {}
     checked = list(prepared)
     for index, (item, data) in enumerate(zip(prepared, uploads, strict=True)):
@@ -186,9 +184,8 @@ MOST_FILES_NAMED = 5
 
 
 def request_files(indices: Sequence[int], where: str = "") -> str:
-    """`request_file` for several files: the first `MOST_FILES_NAMED`, then how many more (browser review 39: a refusal
-    of a 150-file request for one other patient's file gave the user no way to find it); `where` as there, for the
-    files named."""
+    """`request_file` for several files: the first `MOST_FILES_NAMED`, then how many more (so that a refusal of a
+    150-file request for one other patient's file lets the user find it); `where` as there, for the files named."""
     if len(indices) == 1:
         return request_file(indices[0], where)
     named = indices[:MOST_FILES_NAMED]
@@ -333,9 +330,9 @@ def prepare_series_uploads(
     series, one range per channel, not each over itself.
 
     Why: the kaggle_3m volumes the models learned from were stretched to 0..255 per volume, and a DICOM series is
-    stretched the same way (`app.dicom.dicom_series.normalise_volume`). Each slice over itself brightened a volume's
-    darker end slices 1.3-1.9 times, and two tumor-free slices of a 16-bit export were answered "tumor" that the
-    8-bit export of the same volume answered "no tumor" (attack review). The range is
+    stretched the same way (`app.dicom.dicom_series.normalise_volume`). Each slice over itself would brighten a volume's
+    darker end slices 1.3-1.9 times, and two tumor-free slices of a 16-bit export would be answered "tumor" that the
+    8-bit export of the same volume answers "no tumor". The range is
     `app.intensity_range.stretch_ranges`: the DICOM series' rules, with their outlier guards.
 
     Which slices: those whose header says deeper than 8 bits (`is_deep`). 8-bit slices are read as they are (/255,
@@ -390,9 +387,9 @@ def raster_series_breaks(prepared: Sequence[PreparedSlice | ServiceError]) -> se
     """The places k between the k-th and (k+1)-th decoded slice of a raster series with two or more files that
     failed between them: as in a DICOM series (`app.dicom.slice_order.series_breaks`), the series clean-up joins masks
     across one missing slice, as a tumor goes on through it, but not across more. A file that is no image at all (a
-    note or a desktop.ini beside the slices, `UnsupportedMediaTypeError`) is no missing slice (review 36: two notes
-    between slices cost two tumor slices their masks), and neither is a copy of a slice (`RepeatedSliceError`: attack
-    review 39, two copies of a slice cut the series there)."""
+    note or a desktop.ini beside the slices, `UnsupportedMediaTypeError`) is no missing slice (two notes between
+    slices would cost two tumor slices their masks), and neither is a copy of a slice (`RepeatedSliceError`: two
+    copies of a slice would cut the series there)."""
     slices = [item for item in prepared if not isinstance(item, (UnsupportedMediaTypeError, RepeatedSliceError))]
     decoded = [index for index, item in enumerate(slices) if isinstance(item, PreparedSlice)]
     return {place for place, (before, after) in enumerate(itertools.pairwise(decoded)) if after - before > 2}
@@ -401,7 +398,7 @@ def raster_series_breaks(prepared: Sequence[PreparedSlice | ServiceError]) -> se
 def check_one_size(prepared: Sequence[PreparedSlice | ServiceError]) -> None:
     """The raster slices of a series are one volume, so one size: the series clean-up joins their masks on the
     models' 256 x 256 grid, which lines up only slices of the same size. The refusal names the files whose size
-    differs from the most (browser review 39: one odd slice among many could not be found)."""
+    differs from the most, so that one odd slice among many can be found."""
     files: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(prepared):
         if isinstance(item, PreparedSlice):

@@ -59,10 +59,10 @@ def route_template(scope: Scope) -> str:
 
     The router records the matched route in the scope. A request refused before routing (415 for a body that is no
     form, 413 from the upload limit, 401 without a key) to an upload route is labelled with that route's path, which
-    is its template: it was `unmatched`, so the same refusal on one route landed in two series and a per-endpoint
-    alert missed it (ops review 44 F5). Other paths refused before routing, and unknown paths, are `unmatched`.
-    Starlette's own routes (FastAPI's /docs, /redoc, /openapi.json) record only their endpoint, whose route names the
-    template: they were `unmatched`, as if unknown (attack review 61 F6).
+    is its template: as `unmatched`, the same refusal on one route would land in two series and a per-endpoint alert
+    would miss it. Other paths refused before routing, and unknown paths, are `unmatched`. Starlette's own routes
+    (FastAPI's /docs, /redoc, /openapi.json) record only their endpoint, whose route names the template, so they are
+    not counted as unknown.
     """
     route = scope.get("route")
     if route is not None:
@@ -121,8 +121,8 @@ class ClientAddressMiddleware:
 def forwarded_address(entry: str) -> str | None:
     """The IP address of one `X-Forwarded-For` entry, None when it names none: an address, or an address with a port
     as some load balancers write it (``203.0.113.7:4711``, ``[2001:db8::1]:443``), an IPv4-mapped IPv6 address read as
-    IPv4. Why: an entry with a port was malformed, so every client behind such a proxy was its address, one budget
-    of failed keys for all of them (attack review 44)."""
+    IPv4. Why: read as malformed, an entry with a port would make every client behind such a proxy its address, one
+    budget of failed keys for all of them."""
     matched = _ADDRESS_WITH_PORT.fullmatch(entry)
     text = (matched.group(1) or matched.group(2)) if matched else entry
     try:
@@ -370,8 +370,8 @@ class UploadLimitMiddleware:
     cut off once it passes a limit. `limits` maps exact paths to their limit; others get `default_limit`. `sources`
     says where a path's limit comes from (its settings), so that the refusal tells the client which setting to look
     at ("" for the default limit). A request holds its body until its answer (the routes read each file whole), so
-    its bytes count until then: 12 batches of 114 MB at once, each file tiny to decode, held +1.76 GiB outside the
-    decoding budget before this (attack review 32).
+    its bytes count until then: otherwise 12 batches of 114 MB at once, each file tiny to decode, hold +1.76 GiB
+    outside the decoding budget.
     """
 
     def __init__(
@@ -394,8 +394,8 @@ class UploadLimitMiddleware:
         """The refusal of `more` bytes for a request of `client` that holds `own` already, or None.
 
         Beside the pool, a client whose other requests in flight hold bytes may not take more than half of it: one
-        key's five slow uploads held all 512 MiB for as long as it liked, and every other client got 503 (attack
-        review 44). A client's only request is judged by the pool alone, so a lone large batch is never refused."""
+        key's five slow uploads could hold all 512 MiB for as long as it liked, and every other client would get 503.
+        A client's only request is judged by the pool alone, so a lone large batch is never refused."""
         if self.max_held_bytes is None:
             return None
         share = self.max_held_bytes // 2
@@ -408,8 +408,7 @@ class UploadLimitMiddleware:
             )
         if self.held_bytes + more <= self.max_held_bytes:
             return None
-        # Not how many bytes the others hold: that would tell any client how much other users upload right now
-        # (attack review 44 F12).
+        # Not how many bytes the others hold: that would tell any client how much other users upload right now.
         return OverloadedError(
             "the uploads in flight would hold more than MAX_UPLOADS_HELD_BYTES with this one; retry later",
             retry_after_seconds=HELD_UPLOADS_RETRY_SECONDS,
@@ -494,8 +493,8 @@ class UploadFormMiddleware:
     before any parser reads it.
 
     Those routes take files from a form and answer any other body 422 in the end, but Starlette parses a url-encoded
-    body field by field first: at LOG_LEVEL=DEBUG python-multipart wrote a line per "&", 152 MB of log and an 18-s
-    stall of the event loop for a 1 MB body (attack review 34).
+    body field by field first: at LOG_LEVEL=DEBUG python-multipart writes a line per "&", 152 MB of log and an 18-s
+    stall of the event loop for a 1 MB body.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -508,7 +507,7 @@ class UploadFormMiddleware:
         headers = Headers(scope=scope)
         declared = headers.get("content-type", "")
         media_type = declared.split(";", 1)[0].strip()
-        # Every Content-Encoding field: one of `identity` before one of gzip hid it (attack review 55 F4).
+        # Every Content-Encoding field: otherwise one of `identity` before one of gzip would hide it.
         problem = _coding_or_boundary_problem(", ".join(headers.getlist("content-encoding")), declared)
         if problem:
             await reject(scope, receive, send, UnsupportedMediaTypeError(problem))
@@ -528,13 +527,13 @@ class UploadFormMiddleware:
 def _coding_or_boundary_problem(content_encoding: str, content_type: str) -> str | None:
     """Why an upload's body cannot be read as it is declared, or None: a Content-Encoding (gzip, br ...) is not
     decoded here, and a Content-Type naming its boundary twice is read by one part of the chain with the first and
-    by another with the last (attack review 53 F9: both were answered as if plain, or by the last boundary)."""
+    by another with the last."""
     codings = [coding.strip().lower() for coding in content_encoding.split(",") if coding.strip()]
     if any(coding != "identity" for coding in codings):
         said = content_encoding.strip()[:64]
         return f"the request body must be sent as it is, without a Content-Encoding; it says {said}"
-    # Parameters as the email package parses them: quoted values kept whole (attack review 55 F5: a `;boundary=`
-    # inside another parameter's quotes was counted), `boundary =A` and `boundary*=` read as boundaries (review 54 F7).
+    # Parameters as the email package parses them: quoted values kept whole (a `;boundary=` inside another
+    # parameter's quotes is not a boundary), `boundary =A` and `boundary*=` read as boundaries.
     parsed = email.message.Message()
     parsed["content-type"] = content_type
     boundaries = [name for name, _ in parsed.get_params(failobj=[])[1:] if name.lower() == "boundary"]

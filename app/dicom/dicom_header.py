@@ -79,8 +79,8 @@ PHOTOMETRIC_INTERPRETATIONS = (
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 HEADER_BYTES_PER_READ = 400
 """Memory a header costs per read pydicom made of it (`DicomHeader.header_bytes`), parsed and held until the answer:
-24 files of 99,000 empty private elements (about 198,000 reads each) took 1.54 GiB more than the same files without
-them (attack review 32), 340 bytes a read."""
+24 files of 99,000 empty private elements (about 198,000 reads each) take 1.54 GiB more than the same files without
+them, 340 bytes a read."""
 HEADER_READS_INCLUDED = 1_000
 """Reads of a header not counted apart: an ordinary header takes a few hundred (111 for the test series' files),
 within what each file's pixel figures leave over; past them every read counts."""
@@ -128,7 +128,7 @@ class DicomHeader:
         deflate stream) and for a header not read from a file.
     inflated_header_bytes
         The values an inflated header holds (`part10.held_value_bytes`), up to `DEFLATED_HEADER_BYTES` from a few KB
-        sent (attack review 55 F2); 0 for a header that is not inflated, whose values the file's bytes bound.
+        sent; 0 for a header that is not inflated, whose values the file's bytes bound.
     path
         The file a header read from disk came from, its bytes not read (`data` empty): `pixel_data_digest` reads it.
     """
@@ -232,12 +232,12 @@ UNREADABLE_HEADER = "unreadable_header"
 HEADER_DEFER_BYTES = LONG_VALUE_BYTES
 """A value of a file read by `read_header` longer than this stays where it is until asked for (pydicom's
 `defer_size`): choosing a study's series holds every file's header at once, and a private value of 100 MiB before
-the pixel data was held in each (attack review 53 F1). The same length as a deflated header drops (there is no
+the pixel data would be held in each. The same length as a deflated header drops (there is no
 place to leave a value in an inflated stream), so that both readers keep the same values."""
 HEADER_MAX_INFLATED_BYTES = 512 * MIB
 """A deflated file read by `read_header` is inflated a chunk at a time and counted up to this (its header kept up
-to `DEFLATED_HEADER_BYTES`): pydicom inflates a whole deflated data set before reading any of it, and 135 KB sent
-held 100 MiB each (attack review 53 F1 and F2)."""
+to `DEFLATED_HEADER_BYTES`): pydicom inflates a whole deflated data set before reading any of it, so 135 KB sent
+would hold 100 MiB each."""
 
 
 def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Dataset | None:
@@ -247,14 +247,14 @@ def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Data
     the notes naming unread files, the CLI naming masks, the rejection note's patient): a file whose header cannot be
     read is one to leave out and count, never an error for the files beside it. pydicom answers a damaged file with
     many exception types (InvalidDicomError, OSError, ValueError, KeyError, struct.error ...), so any exception means
-    unreadable; a missing path too. One reader, one policy (newcomer review 45 F10: six bare `dcmread`s had six, and
-    pacs-sync failed a whole study for an unreadable first file that the node counted and skipped). The flow's own
-    reader, with its checks and errors, is `read_dicom_header`.
+    unreadable; a missing path too. One reader, one policy: otherwise one tool fails a whole study for an unreadable
+    first file that another counts and skips. The flow's own reader, with its checks and errors, is
+    `read_dicom_header`.
 
-    An element of a value representation DICOM does not define makes the file unreadable here too (attack review 59
-    F5). What it holds is bounded: long values are left unread (`HEADER_DEFER_BYTES`), and a deflated data set is
-    inflated in chunks, its header kept up to `DEFLATED_HEADER_BYTES` (a longer one, or one inflating past
-    `HEADER_MAX_INFLATED_BYTES`, is unreadable here).
+    An element of a value representation DICOM does not define makes the file unreadable here too. What it holds is
+    bounded: long values are left unread (`HEADER_DEFER_BYTES`), and a deflated data set is inflated in chunks, its
+    header kept up to `DEFLATED_HEADER_BYTES` (a longer one, or one inflating past `HEADER_MAX_INFLATED_BYTES`, is
+    unreadable here).
     """
     try:
         if is_deflated(_transfer_syntax(source)):
@@ -469,7 +469,7 @@ def _check_sop_class(dataset: Dataset, has_pixels: bool) -> None:
     sop_class = dataset.get("SOPClassUID")
     file_meta = getattr(dataset, "file_meta", None)
     if sop_class is None and file_meta is not None and file_meta.get("MediaStorageSOPClassUID") == MEDIA_DIRECTORY:
-        # A CD or USB export's index (interop review 35: it was called truncated or not DICOM).
+        # A CD or USB export's index, which is neither truncated nor non-DICOM: say what it is.
         raise UnsupportedSopClassError(
             "a DICOMDIR (Media Storage Directory) lists a medium's files and holds no image; send the image files"
         )
@@ -526,7 +526,7 @@ def _check_high_bit(dataset: Dataset, bits_stored: int) -> None:
     """High Bit must be Bits Stored - 1 (PS3.3 C.7.6.3.1.1 and the MR modules): the stored bits are the lowest.
 
     Why: the pixels are read from their lowest Bits Stored bits, so a 12-bit series stored in bits 4-15 (High Bit 15)
-    was read from its low bits and answered "no tumor, 0.0 mL" (attack review 42)."""
+    would be read from its low bits and answered "no tumor, 0.0 mL"."""
     value = dataset.get("HighBit")
     if value is None or value == "":
         return
@@ -573,7 +573,7 @@ READ_AS_THEIR_VR = frozenset(
 )
 """Elements the flow, the SEG and the SR read as values of their own VR: written with another one (a
 SliceThickness as TM, a UID as PN), they read as text where a number or a UID is needed, and the study's SEG or SR
-failed for one file (attack review 60 F1). Refused at any other VR but UN."""
+would fail for one file. Refused at any other VR but UN."""
 
 
 def refuse_undefined_vrs(dataset: Dataset) -> None:

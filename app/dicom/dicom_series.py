@@ -37,12 +37,12 @@ SAME_PLANE_TOLERANCE = 1e-3
 # (rounding in Pixel Spacing).
 PIXEL_SPACING_TOLERANCE = 0.01
 # The widest field of view (mm, either side of a slice) a head slice can have; body MR reaches 500 mm. A Pixel Spacing
-# that spreads the slice wider contradicts its image (attack review 38: 3.75 mm rows on a 256 x 256 head slice, a slip
-# in the header, were resampled into a sliver and answered "no tumor").
+# that spreads the slice wider contradicts its image (3.75 mm rows on a 256 x 256 head slice, a slip in the header,
+# would be resampled into a sliver and answered "no tumor").
 MAX_FIELD_OF_VIEW_MM = 500.0
 MAX_FIELD_OF_VIEW_ASPECT = 2.0
 """The most times a head slice's field of view is longer one way than the other (axial, coronal and sagittal ones are
-at most about 2:1; attack review 41: 166 x 416 mm tumor slices, under 3:1, were answered "no tumor, 0.0 mL")."""
+at most about 2:1; 166 x 416 mm tumor slices, under 3:1, would be answered "no tumor, 0.0 mL")."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,8 +249,8 @@ def _check_frame_of_reference(slices: Sequence[SliceInput]) -> None:
     """The slices of a series name one Frame of Reference UID, or none does.
 
     Why: Image Position (Patient) is a position in the Frame of Reference's coordinate system (PS3.3 C.7.6.2.1.1);
-    positions of two systems stacked as one series interleaved two slabs at half their spacing, and a 122 mL tumor
-    was answered 59 mL without a note (interop review 42)."""
+    positions of two systems stacked as one series interleave two slabs at half their spacing, and a 122 mL tumor
+    would be answered 59 mL without a note."""
     uids = [item.reference.frame_of_reference_uid for item in slices]
     named = set(filter(None, uids))
     if len(named) > 1:
@@ -268,10 +268,10 @@ def _check_frame_of_reference(slices: Sequence[SliceInput]) -> None:
 def _check_pixel_spacing(slices: Sequence[SliceInput]) -> None:
     """The slices of a series share one Pixel Spacing (or all lack it), and it gives them a head's field of view.
 
-    Why: masks of slices at different scales cannot be joined into one volume by the series clean-up (attack review
-    38: 1.25, 0.9375 and 0.5 mm pixels were answered as one volume), and a spacing that makes a slice wider than any
+    Why: masks of slices at different scales cannot be joined into one volume by the series clean-up (1.25, 0.9375
+    and 0.5 mm pixels would be answered as one volume), and a spacing that makes a slice wider than any
     head (`MAX_FIELD_OF_VIEW_MM`) is a header that does not describe its pixels: resampled by it, a visible tumor
-    was answered "no tumor"; so is one whose proportions are no head's (`MAX_FIELD_OF_VIEW_ASPECT`)."""
+    would be answered "no tumor"; so is one whose proportions are no head's (`MAX_FIELD_OF_VIEW_ASPECT`)."""
     spacings = [item.reference.pixel_spacing for item in slices]
     known = sorted({spacing for spacing in spacings if spacing is not None})
     if known and len(known) < len(spacings) and None in spacings:
@@ -297,8 +297,8 @@ def _check_pixel_spacing(slices: Sequence[SliceInput]) -> None:
             "Pixel Spacing or leave it out"
         )
     if max(height, width) > MAX_FIELD_OF_VIEW_ASPECT * min(height, width):
-        # Attack review 40: 1.95 x 0.4875 mm pixels (499 x 125 mm) passed the width limit, and the tumor slices,
-        # resampled into slivers by them, were answered "no tumor, 0.0 mL".
+        # 1.95 x 0.4875 mm pixels (499 x 125 mm) pass the width limit, and the tumor slices, resampled into slivers
+        # by them, would be answered "no tumor, 0.0 mL".
         raise InvalidDicomImageError(
             f"Pixel Spacing gives the slices a field of view of {height:.0f} x {width:.0f} mm, "
             f"{max(height, width) / min(height, width):.1f} times as long one way as the other; no head slice is "
@@ -380,7 +380,7 @@ ECHO_AND_ACQUISITION_ATTRIBUTES = (
 
 def _attributes_that_tell_apart(members: Sequence[DicomFrame]) -> str:
     """The names of the echo and acquisition attributes whose values differ between `members` ("" if none do),
-    each frame's own (interop review 48 F3: an Enhanced MR keeps its echoes per frame, and its frames seemed alike).
+    each frame's own (an Enhanced MR keeps its echoes per frame: its frames would seem alike).
     Names only: the values are the files' content."""
     differing = [
         keyword
@@ -410,7 +410,7 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
         frames = {(member.sop_instance_uid, member.frame_number) for member in members}
         if len(frames) < len(members):
             where = "the same instance (SOP Instance UID) sent more than once"
-        elif _copies_of_one_another(members):  # before echoes: a copy may store them otherwise (review 36b)
+        elif _copies_of_one_another(members):  # before echoes: a copy may store them otherwise
             raise InvalidDicomImageError(
                 f"{len(members)} frames lie at one slice position {position}: the same slice arrived more than once "
                 "under different SOP Instance UIDs (one names another in its Source Image Sequence: the series sent "
@@ -419,8 +419,8 @@ def _check_group(members: tuple[DicomFrame, ...]) -> None:
         elif told_apart := _attributes_that_tell_apart(members):
             # A multi-echo (PD/T2) or repeated acquisition: the files are one per image, but the models read one
             # image per position, and which one is FLAIR is not for the service to guess.
-            # Checked before a multi-frame file's own fault (interop review 48 F3): an Enhanced MR of two echoes
-            # has a position per frame, and was told to give one.
+            # Checked before a multi-frame file's own fault: an Enhanced MR of two echoes has a position per frame,
+            # and would be told to give one.
             images, held_in = ("frames", "one multi-frame file") if len(files) == 1 else ("files", "one series")
             raise InvalidDicomImageError(
                 f"{len(members)} {images} of {held_in} lie at each slice position (first at {position}), told apart "

@@ -48,8 +48,8 @@ REJECTION_TITLES = {
 
 MAX_NOTE_BYTES = 4 * MIB
 """Most bytes a Key Object Selection may take, as sent and once inflated, for the node to read it. A rejection note
-is a few KB; one naming 10,000 instances (`dicom_node_max_study_instances`' default) about 2.6 MB. Before, the node
-decoded any KOS whole, and a 1 MB deflated one inflating to 1 GiB took +2 GiB and 29 s (review 48r F1). No more than
+is a few KB; one naming 10,000 instances (`dicom_node_max_study_instances`' default) about 2.6 MB. Decoded whole
+without a bound, a 1 MB deflated one inflating to 1 GiB takes +2 GiB and 29 s. No more than
 `part10.DEFLATED_HEADER_BYTES`, which `inflated_header` keeps whole."""
 assert MAX_NOTE_BYTES <= DEFLATED_HEADER_BYTES
 
@@ -57,12 +57,12 @@ assert MAX_NOTE_BYTES <= DEFLATED_HEADER_BYTES
 TITLE_BYTES = 64 * 1024
 """Most bytes of a deflated Key Object Selection inflated to tell whether it is a rejection note and of which study
 (`read_note_title`): its SOP Class, Study Instance UID and Document Title (0040,A043) come before its evidence and
-content, which may name thousands of instances (review 58 F1: 250 deflated notes of 105 KB, each inflated and parsed
-whole to read its title, took 22 s and 2 GB)."""
+content, which may name thousands of instances (250 deflated notes of 105 KB, each inflated and parsed whole to read
+its title, take 22 s and 2 GB)."""
 TITLE_READS = 4_000
 """Most reads made of a Key Object Selection's top level to find its title; values over `TITLE_DEFER_BYTES` are
-skipped, not read (review 61 F3: a 70 KB private value before the title was past the bytes read, and the selection
-was read whole)."""
+skipped, not read: otherwise a 70 KB private value before the title takes it past the bytes read, and the selection
+is read whole."""
 TITLE_DEFER_BYTES = 1024
 
 
@@ -104,7 +104,7 @@ def check_note_size(size: int) -> None:
 def read_rejection_note(data: bytes) -> Dataset:
     """The data set of a Key Object Selection received as `data` (Part 10 bytes), read within bounds: over
     `MAX_NOTE_BYTES` as sent or once inflated (a deflate bomb), or of more elements than `part10.MAX_HEADER_READS`,
-    it is refused before it is held whole (review 48r F1: pydicom's own reading inflated 1 GiB).
+    it is refused before it is held whole (pydicom's own reading would inflate 1 GiB).
 
     Raises
     ------
@@ -166,7 +166,7 @@ def read_note_title(data: bytes) -> Dataset | None:
         syntax = UID(transfer_syntax)
         try:
             implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
-        except ValueError:  # a private transfer syntax: pydicom works it out reading the whole note (review 61 F2)
+        except ValueError:  # a private transfer syntax: pydicom works it out reading the whole note
             return None
         head, whole = data[meta_end:], True
     past_title = False
@@ -263,8 +263,8 @@ def _evidence_of_study(dataset: Dataset, study_uid: str) -> set[str]:
 
 def may_be_rejection_note(data: bytes) -> bool:
     """Whether a Key Object Selection that cannot be read whole is titled as an IOCM rejection note, or has a top
-    level too damaged to tell: the DICOM node refuses such a one (never Success: attack review 60 F3), and pacs-sync
-    fails its study (review 62 F3), since which images it withdraws is unknown."""
+    level too damaged to tell: the DICOM node refuses such a one (never Success: the note would
+    be lost), and pacs-sync fails its study, since which images it withdraws is unknown."""
     try:
         title = read_note_title(data)
     except Exception:  # noqa: BLE001 - a top level pydicom cannot read either: it may be a note

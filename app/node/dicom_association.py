@@ -34,15 +34,15 @@ without end."""
 MAX_ASSOCIATE_REQUEST_BYTES = 256 * 1024
 """Longest A-ASSOCIATE-RQ PDU read: 128 presentation contexts (the standard's most) of some 75 transfer syntaxes each.
 pynetdicom decodes every item of the request before the node checks the caller, one 480 KB request of 48,000
-transfer syntaxes took 12 s of a core (attack review 33)."""
+transfer syntaxes takes 12 s of a core."""
 A_ASSOCIATE_RQ_TYPE = 0x01
 REFUSAL_LOG_SECONDS = 10.0  # at most one log line this often about connections closed unserved (a flood's record)
 REFUSING_PER_PEER = CONNECTIONS_PER_ASSOCIATION
 """Connections one address may have waiting to be refused for its share (`max_per_peer`); past it, a connection of
-that address is closed unread (attack review 46 F2)."""
+that address is closed unread."""
 REFUSAL_SECONDS = 2.0
 """How long a connection refused for its peer's share may take to send its association request (a requestor sends it
-as soon as it connects), rather than the association timeout (attack review 46 F2)."""
+as soon as it connects), rather than the association timeout."""
 
 
 class TimedAssociationServer(ThreadedAssociationServer):
@@ -56,12 +56,11 @@ class TimedAssociationServer(ThreadedAssociationServer):
     answered A-ASSOCIATE-RJ "local limit exceeded", as pynetdicom answers past `max_associations`.
 
     Each connection is served in a thread of its own, refused ones too (their request is read, to answer it); past
-    `max_connections` served at once, a new connection is closed unread, without a thread: a flood of connections
-    that send nothing held a thread and a socket each for up to the receive timeout (attack review 31). A connection
-    past its peer's share is given `REFUSAL_SECONDS` to send its request, and at most `REFUSING_PER_PEER` of one
-    address wait so; the others are closed unread: each had waited the receive timeout, and taken one of the
-    `max_connections` meanwhile, so that 128 silent connections from one address kept every other sender out (attack
-    review 46 F2).
+    `max_connections` served at once, a new connection is closed unread, without a thread: otherwise a flood of
+    connections that send nothing holds a thread and a socket each for up to the receive timeout. A connection past
+    its peer's share is given `REFUSAL_SECONDS` to send its request, and at most `REFUSING_PER_PEER` of one address
+    wait so; the others are closed unread: waiting the receive timeout, each would take one of the `max_connections`
+    meanwhile, so that 128 silent connections from one address could keep every other sender out.
 
     A connection that closes before its association request was taken ends its association at once
     (`end_wait_for_request`).
@@ -155,8 +154,8 @@ class TimedAssociationServer(ThreadedAssociationServer):
         server is not in the AE's own list.
 
         pynetdicom's reader of each association is a non-daemon thread that runs until its peer releases, or idles
-        past the timeout: a router holding an association open kept the process from exiting for 30 s after SIGTERM,
-        and a peer sending a C-ECHO every few seconds for ever (attack review 31). Shutting each connection down ends
+        past the timeout: a router holding an association open would keep the process from exiting for 30 s after
+        SIGTERM, and a peer sending a C-ECHO every few seconds for ever. Shutting each connection down ends
         its reader at once (a blocked read returns), as a lost connection would: an instance not yet answered is sent
         again by its sender. The associations are then given `wait_seconds` to finish an instance being written.
         """
@@ -258,7 +257,7 @@ def end_wait_for_request(event: Event) -> None:
     A connection closed in the request phase (nothing sent, an A-ABORT, or an undecodable request answered A-ABORT,
     after which the state machine awaits the close in Sta13) moves the state machine back to Sta1 without telling
     the waiting acceptor: 40 undecodable requests in 4 s, each closed at once, from one address kept every sender out
-    for 30 s (attack review 46 F1). The acceptor takes `None` for its wait's timeout: it stops, and frees its slot.
+    for 30 s. The acceptor takes `None` for its wait's timeout: it stops, and frees its slot.
     """
     association = event.assoc
     if association.is_acceptor and association.requestor.primitive is None:

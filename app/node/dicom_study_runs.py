@@ -61,7 +61,7 @@ def count_abort(record: dict[str, Any]) -> None:
 
 def sent_whole_again(record: dict[str, Any]) -> None:
     """Every instance the study holds came again over released associations since it was cut off: the next run's
-    report does not say instances may be missing (durability review 45 F5), and a report that said it is made again
+    report does not say instances may be missing, and a report that said it is made again
     (`cut_off_report_made_whole`)."""
     record.pop("aborted_associations", None)
     record[SENT_WHOLE_AFTER_CUT_OFF] = True
@@ -87,7 +87,7 @@ def said_cut_off(run: dict[str, Any]) -> bool:
 def awaits_whole_resend(record: dict[str, Any]) -> bool:
     """Whether the study was cut off and not yet sent again whole: an abort counted for its next run, or a latest
     report that says instances may be missing. Read by the receiving after a released association, so that a whole
-    re-send counts after a restart of the node too (interop review 46 F1)."""
+    re-send counts after a restart of the node too."""
     if int(record.get("aborted_associations", 0)):
         return True
     latest = latest_outcome(record["runs"])
@@ -97,8 +97,8 @@ def awaits_whole_resend(record: dict[str, Any]) -> bool:
 def cut_off_report_made_whole(record: dict[str, Any]) -> bool:
     """Whether the study's current report says instances may be missing for an association cut off, and every
     instance has come again since over released associations, none cut off: the same instances are analysed once
-    more, and the new report, COMPLETE, supersedes it (interop review 46 F1: the re-send the note asks for was
-    "unchanged", and the PARTIAL report stood for good)."""
+    more, and the new report, COMPLETE, supersedes it: otherwise the re-send the note asks for would be "unchanged",
+    and the PARTIAL report would stand for good."""
     latest = latest_outcome(record["runs"])
     return (
         bool(record.get(SENT_WHOLE_AFTER_CUT_OFF))
@@ -112,7 +112,7 @@ def cut_off_report_made_whole(record: dict[str, Any]) -> bool:
 def count_refused(count: int) -> Callable[[dict[str, Any]], None]:
     """`count` more instances refused by an association that sent the study, since its last run (`REFUSED_NOTE`).
 
-    Why: a study some of whose instances the node refused (attack review 41: a Patient ID it could not file) was
+    Why: a study some of whose instances the node refused (a Patient ID it could not file, say) would otherwise be
     reported on the rest as complete, with no word of the others."""
 
     def add(record: dict[str, Any]) -> None:
@@ -123,8 +123,8 @@ def count_refused(count: int) -> Callable[[dict[str, Any]], None]:
 
 def supersede_undelivered(runs: list[dict[str, Any]], destinations: dict[str, Any]) -> None:
     """Mark "superseded" the earlier runs' results still waiting for one of `destinations` (a new run's): a
-    destination that never got them gets the new run's only (attack finding: a destination down while a study was
-    analysed twice received the stale, incomplete run and then the new one). Results already delivered stay as
+    destination that never got them gets the new run's only, not the stale, incomplete run and then the
+    new one. Results already delivered stay as
     they are: C-STORE cannot take them back, and the new report names the old one."""
     for run in runs:
         for name, state in run.get("sent", {}).items():
@@ -150,9 +150,9 @@ def delivered_results(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The SEGs and SRs of `runs` that a destination stored, each once, oldest first: what a new run's results
     supersede at the destinations.
 
-    Every earlier run counts, not only the latest (review 38: a study revised twice while its destination was down
-    got the latest results and a note rejecting the middle run's, which it never had; the first run's SEG stayed
-    current there). A run superseded before any destination got it is left out: nobody holds it."""
+    Every earlier run counts, not only the latest: a study revised twice while its destination was down would get
+    the latest results and a note rejecting the middle run's, which it never had, and the first run's SEG would stay
+    current there. A run superseded before any destination got it is left out: nobody holds it."""
     delivered: dict[str, dict[str, Any]] = {}
     for run in runs:
         states = run.get("sent", {}).values()
@@ -171,10 +171,10 @@ def earlier_reports(
     the SOP Instance UID the new report was built with (`result_uids`: the same findings, the same UID).
 
     Usually every report a destination stored (`delivered_results`): a report that never left the node names none
-    (review 38: a PACS got a " - revised" report naming one it never had). But when the new run found what
+    (a PACS would get a " - revised" report naming one it never had). But when the new run found what
     `previous` found (the same built UID: a DWI or T2 series arrived, which the models do not read), it supersedes
-    what `previous` superseded, and so is made with `previous`'s very UIDs, which a PACS keeps once (interop review
-    35: after one real supersede, every later arrival in the study added another identical SEG and SR)."""
+    what `previous` superseded, and so is made with `previous`'s very UIDs, which a PACS keeps once (otherwise,
+    after one real supersede, every later arrival in the study would add another identical SEG and SR)."""
     if built_report_uid is not None and previous.get("built_report_uid") == built_report_uid:
         return list(previous.get("predecessors", []))
     return [result for result in delivered_results(runs) if result["modality"] == "SR"]
@@ -188,10 +188,10 @@ def already_analysed(
     compared content holds `bytes_fingerprint` (`Spool.fingerprints`).
 
     Only the latest outcome counts: an instance corrected and then sent again as it was goes back to an earlier
-    run's instances, and the results now newest at the destination describe the correction (attack finding: the
-    study was called "unchanged" and nothing was sent). An outcome of other model versions does not count either:
-    sent again after a model upgrade, the study is analysed again and the new results revise the old (durability
-    review 45 F6: a re-send was the only way to new results, and it did nothing). A run recorded before runs kept
+    run's instances, and the results now newest at the destination describe the correction (rather than the study
+    called "unchanged" and nothing sent). An outcome of other model versions does not count either:
+    sent again after a model upgrade, the study is analysed again and the new results revise the old (a re-send is
+    the only way to new results). A run recorded before runs kept
     their models counts as made by the current ones, so an upgrade does not re-analyse every old study sent again."""
     latest = latest_outcome(runs)
     matches = {fingerprint, bytes_fingerprint} - {None}
