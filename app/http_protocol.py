@@ -495,7 +495,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.limits.min_upload_bytes_per_second <= 0 or self._paused_since is not None:
             self._arm_body_timer(timeout - idle)
         else:  # the window's end, unless the pause limit comes first
-            window_left = self.limits.body_timeout_seconds - self._rate_window_elapsed(now)
+            window_left = self.limits.body_timeout_seconds - (now - self._rate_window_start)
             self._arm_body_timer(min(timeout - idle, window_left))
 
     def _restart_rate_window(self) -> None:
@@ -513,10 +513,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._rate_window_start += self.loop.time() - self._paused_since
             self._paused_since = None
 
-    def _rate_window_elapsed(self, now: float) -> float:
-        """The rate window's time so far, without the time reading is paused now."""
-        return now - self._rate_window_start - (now - self._paused_since if self._paused_since is not None else 0.0)
-
     def _upload_too_slow(self, now: float) -> str | None:
         """Why the body came slower than `min_upload_bytes_per_second` over the window now ended (all that was left
         of it, if less), or None (and a new window begins) when it came fast enough or the window is not over.
@@ -525,9 +521,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         byte every 20 s, would hold every byte MAX_UPLOADS_HELD_BYTES allows for as long as they liked, and every
         other client get 503. The time the app leaves the body unread (reading paused) is not counted, and the
         window is not judged while it lasts."""
-        window = self.limits.body_timeout_seconds
-        elapsed = self._rate_window_elapsed(now)
-        if self.limits.min_upload_bytes_per_second <= 0 or self._paused_since is not None or elapsed < window:
+        if self.limits.min_upload_bytes_per_second <= 0 or self._paused_since is not None:
+            return None
+        elapsed = now - self._rate_window_start  # its start moved on by each pause that ended (`_reading_resumed`)
+        if elapsed < self.limits.body_timeout_seconds:
             return None
         came = self._request_body_bytes - self._rate_window_bytes
         wanted = int(self.limits.min_upload_bytes_per_second * elapsed)

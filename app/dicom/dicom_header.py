@@ -27,7 +27,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
 from pydicom.valuerep import VR
 
-from app.dicom.dicom_codestream import check_codestreams
+from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
 from app.dicom.part10 import (
     DICOM_MAGIC,
     DICOM_PREAMBLE_LENGTH,
@@ -541,7 +541,6 @@ def _check_high_bit(dataset: Dataset, bits_stored: int) -> None:
         )
 
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
 KNOWN_VRS = frozenset(vr.value for vr in VR if len(vr.value) == 2)
 VALUE_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "SV": 8, "UV": 8}
 """Bytes per value of the binary VRs pydicom reads as numbers: a value whose length is no whole number of them

@@ -267,9 +267,9 @@ def may_be_rejection_note(data: bytes) -> bool:
     be lost), and pacs-sync fails its study, since which images it withdraws is unknown."""
     try:
         title = read_note_title(data)
-    except Exception:  # noqa: BLE001 - a top level pydicom cannot read either: it may be a note
+        return title_unknown(title) or is_rejection_note(title)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - a top level pydicom cannot read, or parse, either: it may be a note
         return True
-    return title is None or may_be_titled_note(title)
 
 
 def title_unknown(top_level: Dataset | None) -> bool:
@@ -285,12 +285,4 @@ def title_unknown(top_level: Dataset | None) -> bool:
         title = titles[0]
         return not (title.get("CodeValue") or title.get("LongCodeValue") or title.get("URNCodeValue"))
     except Exception:  # noqa: BLE001 - a title pydicom cannot parse is no title told
-        return True
-
-
-def may_be_titled_note(dataset: Dataset) -> bool:
-    """Whether a Key Object Selection's top level is titled as a rejection note, or does not tell its title."""
-    try:
-        return title_unknown(dataset) or is_rejection_note(dataset)
-    except Exception:  # noqa: BLE001 - pydicom may raise anything on a damaged top level
         return True

@@ -21,7 +21,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from app.dicom.dicom_frame import DicomFrame, frame_placement, offsets_along_normal, source_instance_uids
+from app.dicom.dicom_frame import (
+    DicomFrame,
+    frame_placement,
+    offsets_along_normal,
+    slice_normal,
+    source_instance_uids,
+)
 from app.dicom.dicom_header import DicomHeader, garbled_values_refused, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SAME_PLANE_TOLERANCE, SliceInput, SlicePlaces, prepare_inputs
@@ -517,9 +523,9 @@ def _t1_in_flair_planes_stored_otherwise(frames: Sequence[DicomFrame], flair_uid
     view, which a PACS can tell its users; else "" (a slice missing, another pixel spacing: the error says so)."""
 
     def plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
-        if frame.image_position is None or frame.image_orientation is None:
+        normal = slice_normal([frame])
+        if frame.image_position is None or normal is None:
             return None
-        normal = np.cross(frame.image_orientation[:3], frame.image_orientation[3:])
         length = float(np.linalg.norm(normal))
         if length == 0:
             return None
