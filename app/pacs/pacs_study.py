@@ -5,6 +5,9 @@ pair) are chosen by `app.series.sequence_roles` from one header per MR series, a
 through `app.study_analysis.ModelStudyProcessor` (the one prediction flow). A study without FLAIR is recorded as
 not analysed, with the reason, and nothing is segmented.
 
+The files are fetched by `app.pacs.study_files`; what a record holds, and how it is read back, is
+`app.pacs.pacs_sync_records`.
+
 Each study's record (Orthanc metadata `SYNC_METADATA` on the study) holds two fingerprints: of every MR instance in
 the study, and of the instances of the series used. A study is processed again when the first changes and the
 selection then reads different instances (an instance added or deleted, a FLAIR series arriving late), or when its
@@ -46,32 +49,38 @@ overwritten.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
 from app.backoff import doubling_wait
-from app.dicom.dicom_header import UNREADABLE_HEADER, garbled_values_refused, read_header, unpadded_uid
-from app.dicom.dicom_input import undecodable_transfer_syntax
+from app.dicom.dicom_header import UNREADABLE_HEADER
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
-from app.dicom.incoming_rejection import (
-    IncomingRejection,
-    incoming_rejection,
-    may_be_rejection_note,
-    read_rejection_note,
-)
-from app.dicom.instance_content import DEFAULT_MAX_COST_BYTES, content_digest
-from app.errors import UndecodableDicomError, UnreadableRejectionNoteError
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
-from app.pacs.orthanc_errors import AnswerTooLargeError, OrthancError
+from app.pacs.orthanc_errors import OrthancError
+from app.pacs.pacs_sync_records import (
+    DONE_STATUSES,
+    FAILED,
+    NEGATIVE,
+    NOT_ANALYSED,
+    POSITIVE,
+    content_fingerprint,
+    orthanc_series_fingerprint,
+    readable_record,
+    recorded_report,
+    recorded_results,
+    rejections_digest,
+    reports_to_supersede,
+    result_record_fields,
+)
 from app.pacs.pacs_sync_state import SyncState
+from app.pacs.study_files import StudyFileFetcher, StudyTooLargeError, first_files, rejected_instances, series_files
 from app.release import service_version
 from app.series.info import identity_text
 from app.series.sequence_roles import StudySelection
@@ -85,16 +94,8 @@ from app.study_analysis import (
 
 logger = logging.getLogger(__name__)
 
-POSITIVE = "positive"
-NEGATIVE = "negative"
-NOT_ANALYSED = "not_analysed"
-FAILED = "failed"
 ALREADY_DONE = "already_done"
 GAVE_UP = "gave_up"
-DONE_STATUSES = frozenset({POSITIVE, NEGATIVE, NOT_ANALYSED})
-UNREADABLE = {"status": "unreadable"}  # a record this module did not write: the study is processed again
-RESULT_SERIES_FIELDS = ("seg_series_instance_uid", "sr_series_instance_uid")
-REPORT_REFERENCE_FIELDS = ("series_instance_uid", "sop_class_uid", "sop_instance_uid")
 
 
 class MisplacedResultsError(RuntimeError):
@@ -111,19 +112,10 @@ MAX_MR_SERIES = 500
 before any budget applies (attack: 5,000 one-instance series took 38 s and +248 MiB a pass)."""
 
 
-class StudyTooLargeError(RuntimeError):
-    """The files of a study's series add up to more than `PacsSyncConfig.max_study_bytes`, or it has more than
-    `MAX_MR_SERIES` MR series."""
-
-
 class UnreadableStudyError(RuntimeError):
     """No MR series of a study has a file whose DICOM header can be read: failed and retried ("nothing readable",
     above), not "no FLAIR", for an Orthanc that answers an error page in place of the files may answer them later.
     One unreadable file among readable ones is counted and skipped, as at the DICOM node."""
-
-
-class MixedStudyError(RuntimeError):
-    """A study's instances name different patients or studies (never the values: they are patient data)."""
 
 
 class StudyAnalyser(Protocol):
@@ -252,7 +244,7 @@ class StudySync:
         self, study_id: str, study: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None:
         """The study's record (`readable_record`), its MR series and its KO series (key object selections: the
-        rejection notes among them, `_rejected_instances`), each with instances; None once it is deleted, and for a
+        rejection notes among them, `rejected_instances`), each with instances; None once it is deleted, and for a
         study of KO series without MR series: a KO series matters only beside MR series (the node's own withdrawal
         note, stored alone, would be recorded "not analysed: no FLAIR series"). Orthanc is asked whether
         the study exists unless `study` is its answer already."""
@@ -286,15 +278,15 @@ class StudySync:
                 f"the study holds {len(mr_series)} MR series; at most {MAX_MR_SERIES} are looked at (one file of each "
                 "is read to choose among them)"
             )
-        fetch = _Fetch(self.client)
-        fetch.rejected = self._rejected_instances(ko_series, fetch)
-        first_files, too_large = self._first_files(study_id, mr_series, fetch)
-        if not first_files and fetch.unreadable:
+        fetch = StudyFileFetcher(self.client)
+        fetch.rejected = rejected_instances(ko_series, fetch)
+        first, too_large = first_files(study_id, mr_series, fetch)
+        if not first and fetch.unreadable:
             raise UnreadableStudyError(
                 f"no MR series has a file whose DICOM header can be read ({fetch.unreadable} files tried)"
             )
         mr_series = [series for series in mr_series if str(series["ID"]) not in too_large]
-        headers = [first.header for first in first_files.values()]
+        headers = [file.header for file in first.values()]
         if headers and (split := self._split_study(study_id, headers)):
             refusal, others = split
             self._refuse_answered_parts(others, refusal, state)
@@ -306,14 +298,12 @@ class StudySync:
             selection = replace(selection, notes=(*selection.notes, left_out_note))
         by_uid = {str(series["MainDicomTags"].get("SeriesInstanceUID", "")): series for series in mr_series}
         used = [by_uid[uid] for uid in selection.channel_series if uid in by_uid]
-        input_fingerprint = orthanc_series_fingerprint(used) + _rejections_digest(fetch.rejected)
+        input_fingerprint = orthanc_series_fingerprint(used) + rejections_digest(fetch.rejected)
         if self._done(record) and record.get("input_fingerprint") == input_fingerprint:
             # e.g. a series the selection does not use changed
             return self._result_stands(study_id, record, {"study_fingerprint": study_fingerprint}, state)
         files_by_series = {
-            str(series["MainDicomTags"]["SeriesInstanceUID"]): _series_files(
-                series, first_files[str(series["ID"])], fetch
-            )
+            str(series["MainDicomTags"]["SeriesInstanceUID"]): series_files(series, first[str(series["ID"])], fetch)
             for series in used
         }
         content = content_fingerprint(files_by_series, too_large, self.client.config.max_study_bytes)
@@ -364,7 +354,7 @@ class StudySync:
         study's status, or None when it was deleted during the analysis. `sources`: the Orthanc IDs of the series
         analysed."""
         built_report_uid = str(analysis.datasets[-1].SOPInstanceUID) if analysis.datasets else None
-        earlier, withdrawn = _reports_to_supersede(record, analysis.datasets[-1]) if analysis.datasets else ([], False)
+        earlier, withdrawn = reports_to_supersede(record, analysis.datasets[-1]) if analysis.datasets else ([], False)
         try:
             superseded = self._store_results(study_id, analysis.datasets, (earlier, withdrawn), record, sources)
         except SourcesGoneError:
@@ -477,9 +467,9 @@ class StudySync:
         Why delete: a refused study has no result, and the earlier SEG and SR, made of instances that are not the
         study's now, would stand in Orthanc as its current result with nothing a viewer reads saying otherwise (e.g.
         a slice re-sent under a new UID at another's position)."""
-        for series_id in self.client.our_result_series(study_id, _recorded_results(record)):
+        for series_id in self.client.our_result_series(study_id, recorded_results(record)):
             self.client.delete_series(series_id)
-        withdrawn = _recorded_report(record)
+        withdrawn = recorded_report(record)
         if withdrawn:  # named by the next report, which supersedes it as it would have
             fields = {**fields, "withdrawn_reports": [asdict(reference) for reference in withdrawn]}
         state.retries[study_id] = self._next_attempt(attempts)
@@ -510,10 +500,10 @@ class StudySync:
         an operator deleted the study (or one of them) during the analysis, and STOW-RS had made the study again,
         under the same Orthanc ID, holding only the results and the patient's name.
         """
-        if datasets:  # the report names the one it replaces, deleted below; new UIDs (`_reports_to_supersede`)
+        if datasets:  # the report names the one it replaces, deleted below; new UIDs (`reports_to_supersede`)
             supersede_earlier_reports(datasets, *superseding)
         new_series = {str(dataset.SeriesInstanceUID) for dataset in datasets}
-        stored_before = set(self.client.our_result_series(study_id, _recorded_results(record)).values())
+        stored_before = set(self.client.our_result_series(study_id, recorded_results(record)).values())
         try:
             for dataset in datasets:
                 dataset.StationName = SYNC_STATION_NAME  # in the object itself: a crash after the store leaves it ours
@@ -524,7 +514,7 @@ class StudySync:
         if not sources <= {str(series["ID"]) for series in self.client.study_series(study_id)}:
             self._withdraw(study_id, new_series - stored_before)
             raise SourcesGoneError("series analysed were deleted from the study during its analysis")
-        return self._supersede(study_id, new_series, stored_before, _recorded_results(record))
+        return self._supersede(study_id, new_series, stored_before, recorded_results(record))
 
     def _supersede(self, study_id: str, new_series: set[str], stored_before: set[str], recorded: set[str]) -> list[str]:
         """Delete this study's earlier results once the new ones are in it; return the Series Instance UIDs deleted.
@@ -550,47 +540,6 @@ class StudySync:
                 self.client.delete_series(series_id)
                 superseded.append(series_uid)
         return superseded
-
-    def _rejected_instances(self, ko_series: list[dict[str, Any]], fetch: _Fetch) -> frozenset[str]:
-        """The SOP Instance UIDs the study's IHE IOCM rejection notes reject (`incoming_rejection`: a KOS titled in
-        CID 7011, naming instances of its own study), to be left out of its analysis. Why: otherwise a SEG and SR
-        made of images the PACS no longer stands by would stand."""
-        rejected: set[str] = set()
-        for series in ko_series:
-            for instance in series["Instances"]:
-                rejection = _rejection(fetch(str(instance), note=True)[0])
-                if rejection is not None:
-                    rejected |= rejection.sop_instance_uids
-        return frozenset(rejected)
-
-    def _first_files(
-        self, study_id: str, mr_series: list[dict[str, Any]], fetch: _Fetch
-    ) -> tuple[dict[str, _FirstFile], list[str]]:
-        """Orthanc series ID -> its first instance whose header can be read, for choosing the series; and the IDs of
-        the series left out for size.
-
-        Files before it whose header cannot be read are counted (`_Fetch.unreadable`) and skipped, as the DICOM node
-        skips them (an unreadable first file must not fail the whole study); a series with none
-        readable is not in the choice. A series whose first file is over `PacsSyncConfig.max_instance_bytes` (a large
-        multi-frame object, e.g. diffusion) is left out of the choice, as the upload API leaves out a file over its
-        limit: the FLAIR series next to it is still analysed. `_analyse` records what was left out, and fails the
-        study when nothing else has a FLAIR."""
-        first_files: dict[str, _FirstFile] = {}
-        too_large: list[str] = []
-        for series in mr_series:
-            try:
-                for position, instance in enumerate(series["Instances"]):
-                    data, header = fetch(str(instance), whole_header=True)
-                    if header is not None and not fetch.left_out(header):
-                        first_files[str(series["ID"])] = _FirstFile(position, data, header)
-                        break
-            except AnswerTooLargeError:
-                too_large.append(str(series["ID"]))
-                logger.warning(
-                    "series left out: its first file is over the instance limit",
-                    extra={"fields": {"orthanc_study": study_id, "orthanc_series": str(series["ID"])}},
-                )
-        return first_files, too_large
 
     def _withdraw(self, study_id: str, new_series: set[str]) -> None:
         """Delete what a failed store left of the new results (a SEG stored, its SR refused), by Series Instance UID
@@ -621,173 +570,6 @@ class StudySync:
         return record
 
 
-@dataclass(frozen=True)
-class _FirstFile:
-    """A series' first instance whose header can be read: its place in the series, its file and its header."""
-
-    position: int
-    data: bytes
-    header: Dataset
-
-
-def _series_files(series: dict[str, Any], first: _FirstFile, fetch: _Fetch) -> list[bytes]:
-    """The series' files from its first readable one on, less those whose header cannot be read (`fetch` counts
-    them), as the DICOM node reads a study (`app.study_analysis.ModelStudyProcessor.choose_files`)."""
-    files = [first.data]
-    for instance in series["Instances"][first.position + 1 :]:
-        data, header = fetch(str(instance))
-        if header is not None and not fetch.left_out(header):
-            files.append(data)
-    return files
-
-
-CHECKED_TAGS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID", "BitsStored", "BitsAllocated")
-"""What `_Fetch` reads of a file it does not choose a series by: its patient and study, its UID (rejected or not),
-and its bits."""
-
-
-class _Fetch:
-    """Fetches one study's instance files within `PacsSyncConfig.max_study_bytes`, reads each header once
-    (`read_header`), counts the files whose header cannot be read (`unreadable`), and checks that they belong to one
-    patient and one study, as an Orthanc study's instances must (a PACS that mixes them would get a SEG and a volume
-    made of two patients' slices)."""
-
-    def __init__(self, client: OrthancClient) -> None:
-        self.client = client
-        self.fetched = 0
-        self.unreadable = 0
-        self.identity: tuple[str, str] | None = None
-        self.rejected: frozenset[str] = frozenset()  # SOP Instance UIDs an incoming rejection note rejected
-        self._left_out: set[str] = set()  # those of `rejected` met among the files fetched
-
-    @property
-    def left_out_rejected(self) -> int:
-        """How many files fetched an incoming rejection note rejected, each counted once however often fetched."""
-        return len(self._left_out)
-
-    def left_out(self, header: Dataset) -> bool:
-        """Whether the file is one an incoming rejection note rejected (counted): it is not analysed."""
-        sop_instance_uid = unpadded_uid(header.get("SOPInstanceUID"))
-        if sop_instance_uid not in self.rejected:
-            return False
-        self._left_out.add(sop_instance_uid)
-        return True
-
-    def __call__(
-        self, instance_id: str, whole_header: bool = False, note: bool = False
-    ) -> tuple[bytes, Dataset | None]:
-        """The instance's file (Orthanc's uncompressed copy when no decoder here reads it) and its header, whole for
-        choosing a series by it, else only what this checks (`CHECKED_TAGS`: the flow reads every file again); None
-        for a file whose header cannot be read, counted in `unreadable` unless it is a `note` (a Key Object
-        Selection: no image left out, `_rejection` decides what it means)."""
-        data = self.client.instance_file(instance_id)
-        header = read_header(data, None if whole_header else CHECKED_TAGS)
-        identity, transcoded = ("", ""), False
-        if header is not None:
-            try:
-                with garbled_values_refused():  # a value pydicom cannot read: the file is counted, as the node does
-                    identity = identity_text(header.get("PatientID")), str(header.get("StudyInstanceUID", ""))
-                    transcoded = _needs_transcoding(header)
-            except UndecodableDicomError:
-                header = None
-        if header is None:
-            self.unreadable += 0 if note else 1
-        elif transcoded:  # Orthanc decodes more transfer syntaxes than we do
-            data = self.client.uncompressed_instance_file(instance_id)  # its UIDs and patient kept
-        self.fetched += len(data)
-        limit = self.client.config.max_study_bytes
-        if self.fetched > limit:
-            raise StudyTooLargeError(f"the study's files take more than {limit} bytes (max_study_bytes); not analysed")
-        if header is not None:
-            self.identity = self.identity or identity
-            if identity != self.identity:
-                raise MixedStudyError("the study's instances disagree on Patient ID or Study Instance UID")
-        return data, header
-
-
-def _rejection(data: bytes) -> IncomingRejection | None:
-    """What a KOS of the study rejects; None for one that rejects nothing. It is read whole, within
-    `incoming_rejection.MAX_NOTE_BYTES` (`read_rejection_note`), and one that cannot be read (damaged, cut short,
-    too large) is decided as the DICOM node decides: a damaged key image selection withdraws nothing, a note (or
-    what may be one) fails the study."""
-    try:
-        return incoming_rejection(read_rejection_note(data))
-    except Exception as error:  # noqa: BLE001 - pydicom raises many types on a damaged note
-        if may_be_rejection_note(data):
-            raise UnreadableRejectionNoteError(
-                f"a rejection note of the study cannot be read ({type(error).__name__}): the images it withdraws are "
-                "unknown; repair or delete it in Orthanc"
-            ) from None
-        return None
-
-
-def _needs_transcoding(header: Dataset) -> bool:
-    """Whether the file's pixel data is in a transfer syntax no decoder here reads (`undecodable_transfer_syntax`)."""
-    transfer_syntax = getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID")
-    bits_stored = int(header.get("BitsStored") or header.get("BitsAllocated") or 0)
-    return transfer_syntax is not None and undecodable_transfer_syntax(transfer_syntax, bits_stored) is not None
-
-
-def readable_record(record: dict[str, Any] | None) -> dict[str, Any]:
-    """The study's record if the fields this module reads have the types it writes them with, else an unreadable one.
-
-    The metadata is writable by anyone with access to Orthanc; a record of the wrong shape (``"attempts": "n/a"``)
-    is processed again and overwritten, like one that is not JSON, instead of stopping the sync at every pass.
-    """
-    if record is None:
-        return {}
-    if not isinstance(record, dict) or not isinstance(record.get("status"), str):
-        return dict(UNREADABLE)
-    if any(not isinstance(record.get(key, ""), str) for key in ("study_fingerprint", "input_fingerprint")):
-        return dict(UNREADABLE)
-    if not isinstance(record.get("models", {}), dict):
-        return dict(UNREADABLE)
-    attempts = record.get("attempts")
-    if record["status"] == FAILED and (not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0):
-        return dict(UNREADABLE)
-    return record
-
-
-def orthanc_series_fingerprint(series: Iterable[dict[str, Any]]) -> str:
-    """A digest of which instances the series hold (Orthanc IDs) and when each series last changed (its
-    ``LastUpdate``): changes when an instance is added or deleted, and when one is stored again under its SOP
-    Instance UID with other content, which keeps its ID (attack finding: with ``OverwriteInstances`` a corrected
-    slice was never read again). Becoming stable, other series and the study's metadata leave ``LastUpdate`` as is."""
-    digest = hashlib.sha256()
-    for item in sorted(series, key=lambda entry: str(entry["ID"])):
-        digest.update(str(item["ID"]).encode())
-        digest.update(b"@" + str(item.get("LastUpdate", "")).encode())
-        for instance in sorted(str(instance) for instance in item.get("Instances", [])):
-            digest.update(b"/" + instance.encode())
-        digest.update(b";")
-    return digest.hexdigest()
-
-
-def _rejections_digest(rejected: Iterable[str]) -> str:
-    """What the input fingerprint adds for the instances rejected (none: nothing, so records made before rejection
-    notes were read still match)."""
-    if not rejected:
-        return ""
-    return ":" + hashlib.sha256("\\".join(sorted(rejected)).encode()).hexdigest()[:16]
-
-
-def content_fingerprint(
-    files_by_series: Mapping[str, Sequence[bytes]],
-    left_out: Iterable[str] = (),
-    max_cost_bytes: int = DEFAULT_MAX_COST_BYTES,
-) -> str:
-    """A digest of what the series read hold (`content_digest`: attributes and pixel values, in any transfer syntax;
-    a file costing more than `max_cost_bytes` to read, as its bytes) and of the series `left_out` for their size (the
-    report names them): the same for the same instances stored again, whatever Orthanc's IDs and times say."""
-    digest = hashlib.sha256(",".join(sorted(left_out)).encode() + b"\0")
-    for series_uid in sorted(files_by_series):
-        digest.update(series_uid.encode() + b"\0")
-        for item in sorted(content_digest(data, max_cost_bytes) for data in files_by_series[series_uid]):
-            digest.update(item)
-        digest.update(b";")
-    return digest.hexdigest()[:32]
-
-
 def _left_out_note(count: int, limit: int) -> str:
     """Why `count` MR series were not read, with the limit and the setting to raise (counts only: no patient data)."""
     files = "its first file is" if count == 1 else "the first file of each is"
@@ -813,85 +595,3 @@ def _error_text(error: Exception) -> str:
     """An Orthanc error's own message (the call, the HTTP status, what to configure: written here, never file
     content); for anything else only its type, since a library's message may quote a file's values."""
     return f"OrthancError: {error}" if isinstance(error, OrthancError) else type(error).__name__
-
-
-def _recorded_results(record: Mapping[str, Any]) -> set[str]:
-    """The Series Instance UIDs of the results a study's record names: how results pacs-sync stored before it marked
-    them with `SYNC_STATION_NAME` are still known as its own, and superseded."""
-    return {value for key in RESULT_SERIES_FIELDS if isinstance(value := record.get(key), str) and value}
-
-
-def _reports_to_supersede(record: Mapping[str, Any], report: Dataset) -> tuple[list[ResultReference], bool]:
-    """The reports a new `report` (as built, before `supersede_earlier_reports`) supersedes, and whether they were
-    withdrawn: the recorded one, unless the new report was built with the recorded report's own built UID (the same
-    findings from the same instances: copies of them arrived, which the analysis leaves out); then what that one
-    superseded, as it did (withdrawn or not), so the results come out under its very UIDs and stand, as at the DICOM
-    node. Otherwise lossy copies of a revised study's slices would make one more identical revision and delete the
-    current one."""
-    if "withdrawn_reports" not in record and record.get("built_report_uid") == str(report.SOPInstanceUID):
-        # As then: withdrawn ones named again, so the results do not go back under UIDs a note withdrew.
-        return _references(record.get("report_predecessors")), record.get("report_predecessors_withdrawn") is True
-    # After a refusal withdrew them, the same findings get new UIDs too, as at the node.
-    return _recorded_report(record), "withdrawn_reports" in record
-
-
-def _references(items: object) -> list[ResultReference]:
-    """`ResultReference`s of the dicts a record holds (those whole)."""
-    return [
-        ResultReference(**{name: item[name] for name in REPORT_REFERENCE_FIELDS})
-        for item in (items if isinstance(items, list) else [])
-        if isinstance(item, dict)
-        and all(isinstance(item.get(name), str) and item[name] for name in REPORT_REFERENCE_FIELDS)
-    ]
-
-
-def _predecessor_references(report: Dataset) -> list[dict[str, str]]:
-    """The reports `report` names in its Predecessor Documents Sequence, as a record keeps them."""
-    return [
-        {
-            "series_instance_uid": str(series.SeriesInstanceUID),
-            "sop_class_uid": str(instance.ReferencedSOPClassUID),
-            "sop_instance_uid": str(instance.ReferencedSOPInstanceUID),
-        }
-        for study in report.get("PredecessorDocumentsSequence", [])
-        for series in study.get("ReferencedSeriesSequence", [])
-        for instance in series.get("ReferencedSOPSequence", [])
-    ]
-
-
-def _recorded_report(record: Mapping[str, Any]) -> list[ResultReference]:
-    """The reports a study's record names: its current one (none in a record written before it kept the SR's SOP
-    Class UID), or, in a failure's record, those the failure withdrew: the next report names them as it would have
-    named them without the failure (otherwise it would name none, and not say it is a revision)."""
-    named = [{name: record.get(f"sr_{name}") for name in REPORT_REFERENCE_FIELDS}]
-    withdrawn = record.get("withdrawn_reports")
-    if isinstance(withdrawn, list):
-        named += withdrawn
-    return _references(named)
-
-
-def result_record_fields(datasets: list[Dataset], built_report_uid: str | None, withdrawn: bool) -> dict[str, Any]:
-    """The fields a success's record holds of its results: their UIDs, the UID its report was built with and the
-    reports it superseded, and whether those had been withdrawn (what `_reports_to_supersede` reads when the same
-    findings come again)."""
-    return _result_uids(datasets) | {
-        "built_report_uid": built_report_uid,
-        "report_predecessors": _predecessor_references(datasets[-1]),
-        "report_predecessors_withdrawn": withdrawn,
-    }
-
-
-def _result_uids(datasets: Sequence[Dataset]) -> dict[str, Any]:
-    """The results' UIDs for the record: the SEG's and the SR's, and every SEG's when a series without a Frame of
-    Reference got one per positive slice (all in one series)."""
-    uids: dict[str, Any] = {}
-    for dataset in datasets:
-        prefix = "seg" if dataset.Modality == "SEG" else "sr"
-        uids.setdefault(f"{prefix}_sop_instance_uid", str(dataset.SOPInstanceUID))
-        uids[f"{prefix}_series_instance_uid"] = str(dataset.SeriesInstanceUID)
-        if prefix == "sr":
-            uids["sr_sop_class_uid"] = str(dataset.SOPClassUID)  # to name it as the next report's predecessor
-    segmentations = [str(dataset.SOPInstanceUID) for dataset in datasets if dataset.Modality == "SEG"]
-    if len(segmentations) > 1:
-        uids["seg_sop_instance_uids"] = segmentations
-    return uids

@@ -1,4 +1,4 @@
-"""Which UIDs pacs-sync's results get when the same findings come again (`_reports_to_supersede`, then
+"""Which UIDs pacs-sync's results get when the same findings come again (`reports_to_supersede`, then
 `supersede_earlier_reports`, as `PacsStudy._store_and_record` uses them): they stand under the current results'
 UIDs, after a revision (interop review 55 F1) and after a revision that followed a withdrawal (review 56 F2: they went
 back under the UIDs the failure had withdrawn, and the current revision was deleted)."""
@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_sr import supersede_earlier_reports
 from app.dicom.dicom_sr_reader import predecessors
-from app.pacs.pacs_study import _recorded_report, _reports_to_supersede, result_record_fields
+from app.pacs.pacs_sync_records import recorded_report, reports_to_supersede, result_record_fields
 from app.study_analysis import ModelStudyProcessor
 from tests.dicom.builders import mr_series, tumor_channels, write_files
 from tests.node.node_support import ThresholdPredictor
@@ -24,7 +24,7 @@ def stored(files: list[Path], record: dict[str, Any]) -> tuple[dict[str, Any], D
     `result_record_fields`: review 58 F4, a copy of them here let a field the fix needs go unnoticed)."""
     datasets = ModelStudyProcessor(ThresholdPredictor())(files).datasets
     built_report_uid = str(datasets[-1].SOPInstanceUID)
-    earlier, withdrawn = _reports_to_supersede(record, datasets[-1])
+    earlier, withdrawn = reports_to_supersede(record, datasets[-1])
     supersede_earlier_reports(datasets, earlier, withdrawn)
     return result_record_fields(datasets, built_report_uid, withdrawn), datasets[-1]
 
@@ -32,7 +32,7 @@ def stored(files: list[Path], record: dict[str, Any]) -> tuple[dict[str, Any], D
 def test_the_same_findings_after_a_withdrawal_stand_under_the_revision_they_made(tmp_path: Path) -> None:
     files = write_files(mr_series(tumor_channels()), tmp_path)
     first, first_report = stored(files, {})
-    failure = {"withdrawn_reports": [asdict(reference) for reference in _recorded_report(first)]}  # results deleted
+    failure = {"withdrawn_reports": [asdict(reference) for reference in recorded_report(first)]}  # results deleted
     revision, revised_report = stored(files, failure)
     assert revised_report.SOPInstanceUID != first_report.SOPInstanceUID  # never again under a withdrawn UID
     assert predecessors(revised_report) == [first_report.SOPInstanceUID]

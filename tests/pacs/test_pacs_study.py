@@ -12,8 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from app.pacs.orthanc_errors import OrthancError
-from app.pacs.pacs_study import FAILED, POSITIVE, UNREADABLE, StudySync, orthanc_series_fingerprint, readable_record
+from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_records import FAILED, POSITIVE, UNREADABLE, orthanc_series_fingerprint, readable_record
 from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import AnalysisStatus, ModelStudyProcessor
 from tests.dicom.builders import key_object_selection, mr_series, to_bytes, tumor_channels, write_files

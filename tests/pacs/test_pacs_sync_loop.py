@@ -10,9 +10,10 @@ import pytest
 
 from app.pacs.orthanc_client import SYNC_METADATA, OrthancClient
 from app.pacs.orthanc_errors import OrthancError
-from app.pacs.pacs_study import StudySync, orthanc_series_fingerprint
+from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync import SyncReport, run_pacs_sync, sync_once
 from app.pacs.pacs_sync_config import PacsSyncConfig
+from app.pacs.pacs_sync_records import orthanc_series_fingerprint
 from app.pacs.pacs_sync_state import SyncState
 from app.study_analysis import ModelStudyProcessor
 from tests.pacs.pacs_sync_support import (
