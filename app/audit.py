@@ -23,7 +23,7 @@ many the oldest are lost, and counted (`AuditLog.records_lost`)."""
 
 MAX_HELD_REFUSALS = MAX_HELD_RECORDS // 2
 """Of those, records of refused requests (status 400 and up): past this many a new one is lost, not held, so that a
-client sending requests without a key cannot push the records of answered requests out (attack review 46 F5)."""
+client sending requests without a key cannot push the records of answered requests out."""
 
 
 class AuditLog:
@@ -34,9 +34,9 @@ class AuditLog:
     every later one, and `writable` is false (the service is then not ready and refuses inference requests,
     `app.api.deps`) until the held records are written, oldest first: `writable` tries, so a readiness probe finds
     out when the disk has space again, and the request answered before its record failed keeps its record
-    (durability review 45; browser review 44 F8: a check of the folder's free space passed while `/dev/full` took
-    nothing). The failure is said once in the debug log, without any record's content. Records of refused requests
-    take at most half of what is held (`MAX_HELD_REFUSALS`).
+    (a write is the test: a check of the folder's free space passes while `/dev/full` takes nothing). The failure
+    is said once in the debug log, without any record's content. Records of refused requests take at most half of
+    what is held (`MAX_HELD_REFUSALS`).
     """
 
     def __init__(self, path: Path | None = None) -> None:
@@ -116,8 +116,8 @@ class AuditLog:
         """Write the held records, oldest first; on failure they stay held (the caller holds the lock).
 
         While the log fails, each try writes the oldest record alone, and the rest only once that one is taken: a try
-        costs one short write, not the join of up to `MAX_HELD_RECORDS` lines that every audited request made
-        (attack review 46 F5: 1 ms a request became 12 ms, health probes waiting behind it).
+        costs one short write, not the join of up to `MAX_HELD_RECORDS` lines for every audited request
+        (12 ms a request instead of 1 ms, health probes waiting behind it).
         """
         if not self._held:
             return True

@@ -202,7 +202,7 @@ class MicroBatcher:
             )
         if self._queued_slices + len(sizes) > self.max_queued_slices:
             wait = self._retry_after()
-            # "full" only when it is: 7 of 16 waiting has room, not for these 10 (browser review 44)
+            # "full" only when it is: 7 of 16 waiting has room, not for these 10
             room = self.max_queued_slices - self._queued_slices
             raise OverloadedError(
                 f"the inference queue has room for {room} of the {len(sizes)} slices of this request "
@@ -237,9 +237,9 @@ class MicroBatcher:
         """Wait for a job, then take slices of the jobs waiting (or arriving within the wait) up to the batch size:
         one slice of each client's first job in turn, so that every client waiting has slices in the batch.
 
-        Why in turn: whole jobs first come, first served let one key's 256-slice batches make another client's
-        one-slice request wait 17 s (attack review 44 F8); now it waits one batch. A job larger than a batch goes
-        through in several, so that one cancelled or timed out stops after the run under way (browser review 40).
+        Why in turn: whole jobs first come, first served would let one key's 256-slice batches make another
+        client's one-slice request wait 17 s; in turn it waits one batch. A job larger than a batch goes through in
+        several, so that one cancelled or timed out stops after the run under way.
         """
         slots: list[tuple[_Job, int]] = []
         deadline: float | None = None

@@ -85,7 +85,7 @@ _LIBRARY_SLIP_TYPES = (AttributeError, TypeError, KeyError, IndexError)
 # The same slips, reported inside another error's text (pydicom's "exceptions were raised by all available plugins").
 _LIBRARY_SLIP_TEXT = re.compile(r"object has no attribute|index out of range|unpack requires a buffer")
 # pydicom's "Found unexpected tag (CDAB,12EF) instead of (FFFE,E000)": the "tag" is the file's bytes where an item
-# should start, pixel values when native pixels come under a compressed transfer syntax (attack review 37).
+# should start, pixel values when native pixels come under a compressed transfer syntax.
 _UNEXPECTED_TAG = re.compile(r"unexpected tag \([0-9A-Fa-f]{4},\s?[0-9A-Fa-f]{4}\)", re.IGNORECASE)
 # pydicom's preamble to the reports of its decoder plugins, one per line ("  pydicom: ...", "  pylibjpeg: ...").
 _PLUGIN_REPORTS = re.compile(r"^Unable to decode as exceptions were raised by all available plugins:\s*")
@@ -136,7 +136,7 @@ class InvalidSliceError(ServiceError):
 class RepeatedSliceError(InvalidSliceError):
     """A slice of a raster series whose pixels an earlier file of the request holds: left out, and no slice missing
     from the volume either (`app.uploads.raster_series_breaks`). A code of its own, so that a client can tell it from
-    a slice that failed (browser review 44: the page drew a copy as a missing slice, and its CSV said so)."""
+    a slice that failed (else the page draws a copy as a missing slice, and its CSV says so)."""
 
     code = "repeated_slice"
 
@@ -275,7 +275,7 @@ class KeyObjectSelectionError(UnsupportedSopClassError):
 
 class RejectedInstanceError(ServiceError):
     """A DICOM image that an IHE IOCM rejection note sent in the same request withdraws: left out, as an archive that
-    implements IOCM hides it (attack review 53 F5: it was analysed, and the SEG referenced it)."""
+    implements IOCM hides it (not analysed, so no SEG references it)."""
 
     code = "rejected_instance"
     kind = ErrorKind.INVALID_REQUEST
@@ -283,7 +283,7 @@ class RejectedInstanceError(ServiceError):
 
 class TooManyRejectionNotesError(ServiceError):
     """A request of more IHE IOCM rejection notes of its study than the service reads (`app.series.rejection_notes`):
-    refused whole, since a note left unread would leave the images it withdraws analysed (attack review 57 F1)."""
+    refused whole, since a note left unread would leave the images it withdraws analysed."""
 
     code = "too_many_rejection_notes"
     kind = ErrorKind.TOO_LARGE

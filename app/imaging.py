@@ -120,7 +120,7 @@ _OTHER_SIGNATURES = (
 
 def other_kind(data: bytes) -> str:
     """What a file that is none of the formats read seems to be, from its signature: said instead of its first
-    bytes, which may be its content (the start of a text export is a name; attack review 33)."""
+    bytes, which may be its content (the start of a text export is a name)."""
     for signature, kind in _OTHER_SIGNATURES:
         if data.startswith(signature):
             return kind
@@ -457,8 +457,8 @@ def _decode_with_pillow(data: bytes, image_format: ImageFormat, max_pixels: int)
 
 def _check_palette_indices(image: Image.Image, image_format: ImageFormat) -> None:
     """Refuse a palette image whose pixels name colours its palette does not hold: Pillow reads them as black
-    (attack review 39: a PNG of 16 colours whose pixels went up to index 190, answered at probability 0.24 instead
-    of 0.98), where libpng calls it an error."""
+    (a PNG of 16 colours whose pixels go up to index 190 was answered at probability 0.24 instead of 0.98),
+    where libpng calls it an error."""
     colours = len(image.palette.palette) // len(image.palette.mode) if image.palette is not None else 0
     highest = int(image.getextrema()[1])
     if highest >= colours:
@@ -470,7 +470,7 @@ def _check_palette_indices(image: Image.Image, image_format: ImageFormat) -> Non
 
 def _check_png_whole(data: bytes) -> None:
     """An 8-bit (or fewer) PNG is checked whole before Pillow decodes it (`check_png`): Pillow fills the rows a stream
-    cut short does not hold with black and says nothing (attack review 59 F2), and walks any number of chunks."""
+    cut short does not hold with black and says nothing, and walks any number of chunks."""
     try:
         check_png(data)
     except CorruptPngError as error:
@@ -537,9 +537,9 @@ def _tiff_header(data: bytes) -> RasterHeader:
 def _decode_tiff(data: bytes) -> np.ndarray:
     """TIFF via tifffile and imagecodecs (any depth, every compression `check_tiff_compression` takes).
 
-    Why one decoder: OpenCV's libtiff, which decoded LZW and damaged strips before, returned the rows it could not
-    decode as black and turned the page by its Orientation tag, so a damaged or cut-short strip was answered "no
-    tumor" and one set of stored pixels was read two ways (attack review 42)."""
+    Why one decoder: OpenCV's libtiff returns the rows it cannot decode as black and turns the page by its
+    Orientation tag, so a damaged or cut-short strip would be answered "no tumor" and one set of stored pixels read
+    two ways."""
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first

@@ -94,8 +94,8 @@ def load_predictor(
     TensorFlow), then `Predictor.from_model_dir` (`settings.model_dir` unless `model_dir`), then, with `warm_up`,
     compiled at `settings.inference_batch_size`, the sizes it runs at (JAX compiles one per size).
 
-    One loader for serve, predict, pacs-sync and the DICOM node (newcomer review 45 F2: four copies, and only serve
-    enabled memory growth, so the others took the whole GPU). `observer` and `manifest` as in `from_model_dir`.
+    One loader for serve, predict, pacs-sync and the DICOM node (so every command enables memory growth, and none
+    takes the whole GPU). `observer` and `manifest` as in `from_model_dir`.
     """
     if settings.inference_runtime == "keras":
         enable_gpu_memory_growth()

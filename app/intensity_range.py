@@ -12,7 +12,7 @@ prints both. Past `OUTLIER_FACTOR` times above, or `LOW_OUTLIER_MARGIN` below, p
 the nearest value inside the bounds and the outliers saturate at 255 or 0.
 
 Inside the high bound, a few pixels alone far above the rest are outliers too (a hot pixel at 2.5 times a series'
-maximum doubled its tumor volume; attack review 28): fewer than `FEW_PIXELS` in the upper half of the range, above
+maximum doubled its tumor volume): fewer than `FEW_PIXELS` in the upper half of the range, above
 the 99.9th percentile. On the development volumes the maximum lies at most 1.26 times as far above the minimum as the
 fifth-brightest pixel does (`ISOLATED_FACTOR` is 2), so no development volume meets either rule, and what the models
 learned from is stretched exactly as before.

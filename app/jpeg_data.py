@@ -3,8 +3,8 @@
 libjpeg decodes past damaged entropy-coded data with only a warning ("Corrupt JPEG data: premature end of data
 segment", "400 extraneous bytes before marker 0xd9"), and Pillow, which decodes the service's JPEG files and DICOM
 JPEG frames, ignores warnings: the damaged rows come back flat grey or scrambled, and the models answer them with
-confidence (attack review 39: a tumor slice at probability 0.99 answered "no tumor" at 0.007, a DICOM series' volume
-67.7 -> 7.2 mL, without a word). simplejpeg (libjpeg-turbo) decodes strictly, warnings as errors, so the data is
+confidence (a tumor slice at probability 0.99 answered "no tumor" at 0.007, a DICOM series' volume 67.7 -> 7.2 mL,
+without a word). simplejpeg (libjpeg-turbo) decodes strictly, warnings as errors, so the data is
 checked with it first. Only data libjpeg-turbo reads without them but for such warnings is refused: what it cannot
 read at all (a JPEG process it lacks) is left to the decoder that reads the file, which says why. No HTTP here.
 """
@@ -33,8 +33,7 @@ def check_jpeg_data(data: bytes, what: str, unreadable_refused: bool = False) ->
     libjpeg's first warning, so it reads `image_data_only(data)`: the segments whose warnings say nothing of the
     pixels are left out of it, and a warning it stops at is one of the image data's. With `unreadable_refused`, data
     libjpeg-turbo cannot decode at all is refused too: for a decoder that reads it anyway and ignores its warnings
-    (a JPEG TIFF's strips, read by OpenCV's libtiff; attack review 41: strips the check could not read went
-    unchecked).
+    (a JPEG TIFF's strips, read by OpenCV's libtiff: strips the check cannot read would go unchecked).
 
     Raises
     ------

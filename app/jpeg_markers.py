@@ -99,7 +99,7 @@ def image_data_only(data: bytes) -> bytes:
 
     Why: libjpeg warns of an unknown JFIF revision, an Adobe transform code, a bad ICC profile segment or odd scan
     parameters of a sequential frame, none of which says anything of the pixels; a decoder that stops at the first
-    warning (the strict check in `app.jpeg_data`) then never reached damaged data behind it (attack review 40: a
+    warning (the strict check in `app.jpeg_data`) would then never reach damaged data behind it (a
     JFIF 2.01 header let a damaged scan through, a tumor slice answered "no tumor" at 0.007).
     """
     kept = bytearray()

@@ -42,7 +42,7 @@ DECODER_PLUGIN_LOGGER = "pydicom.pixels.decoders.base"
 LIBRARY_LINES_PER_MINUTE = 100
 """Lines a minute the value-quoting libraries may write together (CRITICAL ones always pass): one 480 KB DICOM
 association request of 48,000 malformed transfer-syntax UIDs made pynetdicom and pydicom write 62 MB of warnings before
-the node refused its caller, and one stored instance of 60,000 malformed values 37.7 MB (attack review 33)."""
+the node refused its caller, and one stored instance of 60,000 malformed values 37.7 MB."""
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -163,7 +163,7 @@ def configure_logging(level: str = "INFO") -> None:
     # Pillow logs at DEBUG every tag of an image's metadata: one crafted JPEG wrote 16,000 lines at LOG_LEVEL=DEBUG.
     logging.getLogger("PIL").setLevel(logging.INFO)
     # python-multipart logs at DEBUG each byte it skips of a url-encoded body (one line per "&": 152 MB of log and
-    # an 18-s stall for a 1 MB body at LOG_LEVEL=DEBUG; attack review 34), and quotes a byte of a malformed one.
+    # an 18-s stall for a 1 MB body at LOG_LEVEL=DEBUG), and quotes a byte of a malformed one.
     logging.getLogger("python_multipart").setLevel(logging.INFO)
     # pydicom logs each decoder plugin's failure on a file, traceback and all, at ERROR: a client's broken file,
     # which the service refuses (400, the node C000) with the reason and logs in its own line.

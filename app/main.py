@@ -49,7 +49,7 @@ async def load_models_in_background(app: FastAPI) -> None:
     """Load and warm up both models off the event loop, then start the micro-batcher and turn readiness on."""
     state = app.state
     # Its own thread, not asyncio's default executor: `asyncio.run` joins that one when the server stops, so SIGTERM
-    # during the load (10-50 s) waited for it (review 49 F1). `brain-tumor serve` exits without waiting instead
+    # during the load (10-50 s) would wait for it. `brain-tumor serve` exits without waiting instead
     # (`model_loader` still running); under plain uvicorn the interpreter still waits for the thread at exit.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-models")
     state.model_loader = loader.submit(

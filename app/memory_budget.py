@@ -66,8 +66,8 @@ def check_cost(subject: str, cost: int, details: str, max_bytes: int) -> None:
 class MemoryBudget:
     """A semaphore counting bytes: requests reserve their decoding cost and wait until it fits beside the
     reservations of the others; among those waiting, the request of the client that holds least goes first (first come,
-    first served among equals), so that one client's backlog does not hold up the others (attack review 44 F8: a
-    one-slice request waited behind another key's full batches). The client is `app.request_client.current_client`.
+    first served among equals), so that one client's backlog does not hold up the others (a
+    one-slice request would wait behind another key's full batches). The client is `app.request_client.current_client`.
 
     A count of requests (or the thread pool's 40 workers) would let 40 bombs just under the per-request limit decode
     at once; counting bytes keeps the sum of all decoding within `capacity`.
@@ -135,7 +135,7 @@ class MemoryBudget:
                 self._grant()  # the head may have left: those behind it may fit now
             if isinstance(error, TimeoutError):
                 rate = (self._released - released_before) / max(time.monotonic() - started, 1e-3)
-                # Other requests' use is not told: it is theirs (attack review 44 F12).
+                # Other requests' use is not told: it is theirs.
                 raise OverloadedError(
                     f"decoding's memory budget ({BUDGET_SETTING}: {describe_bytes(self.capacity)}) had no room for "
                     f"the {describe_bytes(size)} this request needs within {self.wait_seconds:g} s; retry later",
@@ -145,8 +145,8 @@ class MemoryBudget:
 
     def _retry_after(self, size: int, rate: float) -> float:
         """Seconds until `size` bytes and those waiting would fit, at `rate` bytes freed a second (what the wait
-        just seen freed), within `RETRY_AFTER_SECONDS`: a fixed 1 s sent every client refused after a minute's wait
-        back at once, behind the same backlog (attack review 32)."""
+        just seen freed), within `RETRY_AFTER_SECONDS`: a fixed 1 s would send every client refused after a minute's
+        wait back at once, behind the same backlog."""
         low, high = RETRY_AFTER_SECONDS
         needed = size + sum(waiter.size for waiter in self._waiting) - (self.capacity - self._used)
         if rate <= 0:
@@ -200,8 +200,8 @@ class HeaderMemory:
     requests in flight; past `capacity`, a request is refused at once (503, retry later) instead of waiting.
 
     A request's headers are parsed before it knows its decoding cost, so they cannot wait in `MemoryBudget` first:
-    before this, each of several concurrent requests could parse up to the whole budget of headers before reserving
-    any of it (attack review 32). Headers are memory already taken when counted, so a request never waits here while
+    otherwise each of several concurrent requests could parse up to the whole budget of headers before reserving
+    any of it. Headers are memory already taken when counted, so a request never waits here while
     holding them (a waiting holder could block the others for good): it is refused. Thread-safe: the headers are
     parsed in worker threads.
     """
@@ -232,7 +232,7 @@ class HeaderMemory:
         """Count `size` more bytes, or raise `OverloadedError` past the capacity (`HeaderClaim.add` calls it)."""
         with self._lock:
             if self.capacity is not None and self._used + size > self.capacity:
-                raise OverloadedError(  # other requests' use is not told: it is theirs (attack review 44 F12)
+                raise OverloadedError(  # other requests' use is not told: it is theirs
                     f"the DICOM headers being read have no room for this request's {describe_bytes(size)} more "
                     f"within {describe_bytes(self.capacity)} ({BUDGET_SETTING}) now; retry later",
                     retry_after_seconds=HEADER_RETRY_AFTER_SECONDS,

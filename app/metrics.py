@@ -108,7 +108,7 @@ class ServiceMetrics:
 
     def record_predictions(self, tally: Tally) -> None:
         """A request's slices (an `app.prediction.TallyObserver`): the final answers by result, and the classifier's
-        positives before the series clean-up, which can turn some of them negative (newcomer review 45 F1)."""
+        positives before the series clean-up, which can turn some of them negative."""
         self.predictions.labels(result="positive").inc(tally.positive)
         self.predictions.labels(result="negative").inc(tally.negative)
         self.positives.inc(tally.classifier_positive)
@@ -125,9 +125,8 @@ class ServiceMetrics:
         )
 
     def follow_readiness(self, is_ready: Callable[[], bool]) -> None:
-        """Export `is_ready()` as `brain_tumor_ready` at each scrape: set once after the models loaded, the gauge said
-        1 while /health/ready answered 503 for an unwritable audit log, so an alert on it never fired (ops review 44
-        F1)."""
+        """Export `is_ready()` as `brain_tumor_ready` at each scrape: set once after the models loaded, the gauge would
+        say 1 while /health/ready answers 503 for an unwritable audit log, and an alert on it never fire)."""
         self.ready.set_function(lambda: float(is_ready()))
 
     def watch_audit_log(self, *, lost: Callable[[], float], held: Callable[[], float]) -> None:

@@ -1,8 +1,7 @@
 """The model input of one client slice, whatever file it came in (raster upload or DICOM frame).
 
-One definition of "the client's slice" (newcomer review 45 F16: `app.dicom.dicom_series` re-implemented
-`app.uploads.model_input`, and said so in a comment). Its own module because `app.dicom` may not import the request
-flow (`app.uploads`).
+One definition of "the client's slice" (`app.dicom.dicom_series` and `app.uploads` both use it). Its own module because
+`app.dicom` may not import the request flow (`app.uploads`).
 """
 
 from __future__ import annotations

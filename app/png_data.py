@@ -5,8 +5,8 @@ iCCP: too short`, `libpng error: IDAT: incorrect data check`): a client's broken
 the service's log, at will. What libpng would complain about is found here first and refused with a reason, and the
 ancillary chunks (colour profiles, text, times, a suggested palette, transparency: nothing the models read; an alpha
 channel is dropped anyway) are left out (`png_for_libpng`). Pillow decodes every other PNG, and says nothing on
-stderr, but fills the rows a stream cut short does not hold with black (attack review 59 F2: the tumor slice cut at
-its tumor was answered "no tumor"): it is handed one only once the same whole-file check passed (`check_png`).
+stderr, but fills the rows a stream cut short does not hold with black (a tumor slice cut at its
+tumor would be answered "no tumor"): it is handed one only once the same whole-file check passed (`check_png`).
 Before either, the header is read by the chunk order `check_png_chunk_order` checks (IHDR first, a palette before
 the image data, one frame at most).
 """
@@ -35,7 +35,7 @@ KEPT_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
 MOST_CHUNKS, BYTES_PER_CHUNK = 65_536, 1024
 """A PNG may hold `MOST_CHUNKS` chunks and one more per `BYTES_PER_CHUNK` of its bytes: encoders write image data in
 chunks of 8 KiB or more (a streaming one, a row at a time, still fits), and a 20 MB file of 1.7 million empty ones
-cost 3.4 s to walk here (attack review 53 F8), and Pillow 3 s for an 8-bit one (review 54 F5)."""
+cost 3.4 s to walk here, and Pillow 3 s for an 8-bit one."""
 
 
 class CorruptPngError(ValueError):
@@ -53,7 +53,7 @@ def _too_many_chunks(most: int, data: bytes) -> CorruptPngError:
 def png_for_libpng(data: bytes) -> bytes:
     """The file's header and image rows, once found whole (`check_png`), written again as a PNG of three chunks:
     libpng reads the image data in row-sized pieces and holds the stream to the window its header declares, where
-    Python's zlib, inflating in one piece, does not (attack review 53 F6), so libpng is handed a stream made here.
+    Python's zlib, inflating in one piece, does not, so libpng is handed a stream made here.
 
     Raises
     ------
@@ -92,7 +92,7 @@ def _header_and_rows(data: bytes) -> tuple[bytes, bytes]:
             if image_data and previous != b"IDAT":
                 raise CorruptPngError("its image data is split by other chunks (IDAT chunks must follow each other)")
             image_data.append(data[start + 8 : end - 4])
-        elif kind == b"fdAT":  # the animation's further frames: which one is the slice? (attack review 59 F4)
+        elif kind == b"fdAT":  # the animation's further frames: which one is the slice?
             raise CorruptPngError("it holds further animation frames (fdAT chunks): a PNG of one slice holds one image")
         elif kind[0] & 0x20 == 0 and kind not in (b"PLTE", b"IEND"):  # an upper-case first letter: critical
             raise CorruptPngError(f"it holds a critical chunk PNG does not define ({kind.decode('ascii')})")
@@ -204,7 +204,7 @@ def check_png_chunk_order(data: bytes) -> None:
         if kind == b"IDAT":
             break
         palette = palette or kind == b"PLTE"
-        if kind == b"acTL":  # found as a chunk, not as bytes anywhere (text can hold "IDAT"; attack review 53 F7)
+        if kind == b"acTL":  # found as a chunk, not as bytes anywhere (text can hold "IDAT")
             _refuse_animated_png(int.from_bytes(data[position + 8 : position + 12], "big"))
             animated = True
         first_frame = first_frame or kind == b"fcTL"
@@ -216,7 +216,7 @@ def check_png_chunk_order(data: bytes) -> None:
         )
     if animated and not first_frame:
         # Its image data is then no frame of the animation: browsers show the frame, decoders here the image data
-        # (attack review 59 F4: the page showed a tumor, the models read a tumor-free slice).
+        # (the page would show a tumor where the models read a tumor-free slice).
         raise InvalidSliceError(
             "PNG must hold one image (one slice); this animated PNG's default image is not its frame, so it holds two"
         )

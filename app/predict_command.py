@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """The API's flow and answers, offline: PNG/JPEG/TIFF files one result each (as `POST /v1/predict/batch`), DICOM
     files as one series with one result per slice. Exit codes: see `app.cli.PREDICT_EPILOG`.
 
-    The whole command lives here, `app.cli` only parses its arguments (newcomer review 45 F20): the inputs are
+    The whole command lives here, `app.cli` only parses its arguments: the inputs are
     checked before the models load, so a missing file is one line in a moment.
     """
     from app.series.sequence_rules import SelectionRules
@@ -417,7 +417,7 @@ class PredictRun:
         ]
         series = payloads.series_summary(answer.result, answer.choice)
         report = {"series": series, "results": results, "file_errors": failures, "models": self.predictor.model_tags}
-        # A rejection note applied and the images it withdrew are left out as asked: listed, no failure (review 56 F5).
+        # A rejection note applied and the images it withdrew are left out as asked: listed, no failure.
         return report, all(item["error"]["code"] in WITHDRAWAL_CODES for item in failures)
 
     def _result(self, item: dict, prediction: object, payload: object, target: Path | None) -> dict:
@@ -483,7 +483,7 @@ def check_series_size(files: Sequence[Path], max_bytes: int) -> None:
 def not_regular(path: Path) -> str | None:
     """Why `path` is never opened, or None for a regular file (or a folder, or a path `stat` cannot reach: opening
     it says why). A pipe's read waits for a writer; a device's may never end, or block (a folder's link to /dev/ptmx
-    hung the command before any output: attack review 57 F2)."""
+    would hang the command before any output)."""
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -495,9 +495,8 @@ def not_regular(path: Path) -> str | None:
 
 def open_regular(path: Path) -> io.BufferedReader:
     """`path` opened for reading without waiting, once the open file is found regular: `not_regular` looks before
-    opening, but a special file that `stat` calls regular can still wait for ever (a link to /proc/kmsg: review
-    58 F3), and the file can be swapped between the look and the open. A read that would wait raises
-    `BlockingIOError`, or gives None.
+    opening, but a special file that `stat` calls regular can still wait for ever (a link to /proc/kmsg), and the file
+    can be swapped between the look and the open. A read that would wait raises `BlockingIOError`, or gives None.
 
     Raises
     ------
@@ -631,7 +630,7 @@ def csv_text(rows: Sequence[dict]) -> str:
 
 def probability_text(probability: float) -> str:
     """A probability to 3 decimals, its ends as ">0.999" and "<0.001": rounded, 0.9997 read "1.000", a certainty no
-    model output is (docs review 45 F10; the page's "> 99.9 %"). One word, so that a cell stays one column for awk."""
+    model output is (the page says "> 99.9 %"). One word, so that a cell stays one column for awk."""
     if probability >= 0.9995:
         return ">0.999"
     return "<0.001" if probability < 0.0005 else f"{probability:.3f}"

@@ -70,8 +70,7 @@ class Tally:
     """How a request's slices came out: what the metrics count and the audit log records.
 
     `positive` and `negative` are the final answers; `classifier_positive` the slices the classifier called positive,
-    before the series clean-up turned some of them negative (newcomer review 45 F1: the metrics' positives counter
-    says it counts those, and counted the final answers).
+    before the series clean-up turned some of them negative (the metrics' positives counter counts those).
     """
 
     positive: int = 0
@@ -359,7 +358,7 @@ class PredictionService:
             If no series can be read as FLAIR (`app.series.choice.choose_series`).
         """
         planning = {"max_slices": 1 if one_slice else None, "refuse_slices": several_slices, "rules": self.rules}
-        gone = threading.Event()  # the client left: the headers not read yet are not read (attack review 32)
+        gone = threading.Event()  # the client left: the headers not read yet are not read
         with self._header_memory.claim() as headers:
             plan_uploads = partial(plan_series, stop=gone, claim=headers, **planning)
             plan: SeriesPlan = await self._cpu(plan_uploads, uploads, self.limits, stop=gone)
@@ -444,7 +443,7 @@ class PredictionService:
                 result_origin=self.result_origin,
             )
         )
-        if result.tumor_detected and result.tumor_volume_ml is None:  # interop review 42: a null said nothing of why
+        if result.tumor_detected and result.tumor_volume_ml is None:  # a null alone says nothing of why
             choice = replace(choice, notes=(*choice.notes, VOLUME_UNKNOWN_NOTE))
         return SeriesAnswer(result, None, series.file_errors, tally, choice)
 

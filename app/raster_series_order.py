@@ -2,7 +2,7 @@
 
 A series of PNG/JPEG/TIFF slices is read in the order sent (nothing else in the files says where a slice lies). A
 client that lists its files sorted as text sends `slice_1, slice_10, slice_11, ..., slice_2`: a scrambled volume
-whose answer looked like any other (ML audit 48 F4: two tumor slices lost on one patient). The order stays the
+whose answer looks like any other (two tumor slices were lost on one patient). The order stays the
 client's, as names may number something else, but the answer says when the names disagree with it.
 """
 
@@ -19,9 +19,9 @@ FEWEST_FILES = 3  # two files are in order either way
 
 def numbered_stem(name: str) -> tuple[str, int] | None:
     """A name's stem (no folder, no extension) as a common part and the slice number it ends with
-    (`TCGA_HT_8107_19850707_12` -> ("TCGA_HT_8107_19850707_", 12)), or None. Split by hand: the regular expression
-    it replaced backtracked over a long run of digits, and 64 names of 4,000 digits held the event loop, and every
-    other client, for 7.5 s (attack review 53 F3)."""
+    (`TCGA_HT_8107_19850707_12` -> ("TCGA_HT_8107_19850707_", 12)), or None. Split by hand: a regular expression
+    backtracks over a long run of digits, and 64 names of 4,000 digits held the event loop, and every other client,
+    for 7.5 s."""
     stem = PurePosixPath(name.replace("\\", "/")).stem
     common = stem.rstrip(ASCII_DIGITS)
     digits = stem[len(common) :]

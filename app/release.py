@@ -3,7 +3,7 @@ described in CHANGELOG.md.
 
 It is written into every SEG and SR (Software Versions) and mixed into their UIDs (`app.dicom.result_uids`), and shown
 by `GET /v1/models`, `/metrics` (`brain_tumor_build_info`), the OpenAPI document and `brain-tumor --version`, so that
-an operator can tell which release answered. Until 1.1.0 every build said 0.1.0 (operations review 32).
+an operator can tell which release answered.
 """
 
 from __future__ import annotations

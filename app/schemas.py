@@ -253,8 +253,8 @@ class ModelInfo(BaseModel):
 
 
 class SegmenterInfo(ModelInfo):
-    """The segmenter's entry: `ModelInfo` and the mask rules, which only the segmenter's manifest entry sets (docs
-    review 45 F11: on the classifier's entry they read 0, as if the rules were off)."""
+    """The segmenter's entry: `ModelInfo` and the mask rules, which only the segmenter's manifest entry sets (on
+    the classifier's entry they would read 0, as if the rules were off)."""
 
     single_slice_mask_min_probability: float = Field(
         default=0.0,

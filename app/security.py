@@ -49,10 +49,10 @@ WEAK_KEY_RULE = (
 
 
 def strong_enough(key: str) -> bool:
-    """Whether `key` is long and varied enough to leave guessing hopeless (attack review 44 F7: 200 wrong keys from
-    200 addresses were all answered 401, none 429; an IPv6 client has a /64 of addresses). Length alone let
-    ``aaaaaaaaaaaaaaaa`` and ``passwordpassword`` through (attack review 46 F6); 8 different characters refuse such
-    typed keys and about 1 in 100 random 16-digit hex keys (a longer random key is what the rule asks for)."""
+    """Whether `key` is long and varied enough to leave guessing hopeless (throttling by address alone does not:
+    200 wrong keys from 200 addresses are each answered 401, none 429, and an IPv6 client has a /64 of addresses).
+    Length alone lets ``aaaaaaaaaaaaaaaa`` and ``passwordpassword`` through; 8 different characters refuse such typed
+    keys and about 1 in 100 random 16-digit hex keys (a longer random key is what the rule asks for)."""
     return len(key) >= MIN_KEY_CHARACTERS and len(set(key)) >= MIN_KEY_DISTINCT_CHARACTERS
 
 
@@ -127,8 +127,7 @@ class ApiKeyStore:
 
 def warn_if_open(host: str, api_keys: ApiKeyStore) -> None:
     """Warn, once at start, that a server without API keys on an address other machines reach serves anyone; on
-    loopback (a laptop, a proxy in front) no key is needed. Security policy, so here, not in `app.main`
-    (newcomer review 45 F21)."""
+    loopback (a laptop, a proxy in front) no key is needed. Security policy, so here, not in `app.main`."""
     if not api_keys.enabled and not is_loopback(host):
         logger.warning(
             "no API keys configured while bound to a non-loopback address: anyone who reaches it can use it",
@@ -189,8 +188,8 @@ class RateLimiter:
 
         Why: many distinct clients (rotating addresses) must not grow the table without bound, and a refilled bucket
         says nothing a fresh one would not. Oldest first, stopping at one not yet full, so each bucket is looked at
-        about once: a scan of the whole table on every request cost 4 ms a request at 10,000 clients (attack review
-        44). A bucket is full `capacity / rate` seconds after it was last seen at the latest."""
+        about once: a scan of the whole table on every request costs 4 ms a request at 10,000 clients. A bucket is full
+        `capacity / rate` seconds after it was last seen at the latest."""
         while len(self._buckets) > self.max_clients:
             oldest = next(iter(self._buckets))
             if self._tokens(oldest, now) < self.capacity:
@@ -202,8 +201,8 @@ def address_group(address: str) -> str:
     """What a per-address limit counts for a client address: an IPv4 address (an IPv4-mapped IPv6 one read as IPv4),
     or the /64 network of an IPv6 address; anything else as it is.
 
-    Why: one IPv6 subscriber holds a /64, 2^64 addresses, and guessed keys from each of 200 addresses were never
-    throttled; ``::ffff:203.0.113.7`` and ``203.0.113.7`` were two budgets (attack review 44)."""
+    Why: one IPv6 subscriber holds a /64, 2^64 addresses, and guessed keys from each of 200 addresses would never be
+    throttled; ``::ffff:203.0.113.7`` and ``203.0.113.7`` would be two budgets."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -3,7 +3,7 @@
 Concurrent requests share one `MicroBatcher`, which groups their slices into model calls of up to
 INFERENCE_BATCH_SIZE; the `PredictionService` in front of it holds the server's limits (MAX_UPLOAD_BYTES and the
 others, a request at most INFERENCE_QUEUE_SLICES slices) and the decoding memory budget. It lives here, not in
-`app.main`, which only assembles the application (newcomer review 45 F21).
+`app.main`, which only assembles the application.
 """
 
 from __future__ import annotations

@@ -549,7 +549,7 @@ class Settings(BaseSettings):
         except RuntimeError as error:  # ~user of no user, or a symlink loop
             raise ValueError(f"cannot resolve the path: {error}") from error
 
-    # Derived values: computed here once, not at each place that needs them (newcomer review 45 F7).
+    # Derived values: computed here once, not at each place that needs them.
 
     @property
     def upload_body_limit_bytes(self) -> int:
@@ -573,8 +573,8 @@ def is_ae_title(value: str) -> bool:
 def http_url_problem(value: str) -> str | None:
     """The rule `value` breaks as an http(s) URL of a server, or None when it is one.
 
-    A prefix check alone let `http://`, a port of 99999 or `https://[::1` through, and pacs-sync then stopped with a
-    traceback that printed the URL, password included (ops review 44 F2). The rule never quotes the value: the
+    A prefix check alone lets `http://`, a port of 99999 or `https://[::1` through, and pacs-sync then stops with a
+    traceback that prints the URL, password included. The rule never quotes the value: the
     caller shows it `without_credentials`.
     """
     if not value.startswith(("http://", "https://")):
@@ -648,8 +648,8 @@ def misspelt_variables(environment: Mapping[str, str]) -> list[str]:
     the default without a word (a node restarted so had no destination, and dropped the results waiting to be sent).
 
     A name of two words or more that begins one setting's name and no other's is such a slip too, however far
-    difflib puts it (`unique_completion`): DICOM_NODE_SPOOL (0.89) opened a fresh spool in the working directory, and
-    ORTHANC_PASS (0.86) left pacs-sync without a password (ops review 44 F4).
+    difflib puts it (`unique_completion`): DICOM_NODE_SPOOL (0.89) would open a fresh spool in the working directory,
+    and ORTHANC_PASS (0.86) leave pacs-sync without a password.
     """
     known = setting_variables()
     problems = []

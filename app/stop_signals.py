@@ -18,12 +18,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
     """SIGTERM (what `docker compose stop` and systemd send) and SIGINT raise KeyboardInterrupt in the main thread,
-    as Ctrl-C does, so that the step in progress is abandoned and the command can log its stop and exit 0. SIGTERM
-    used to kill pacs-sync by the signal, and SIGINT did nothing to one started with SIGINT ignored (a script's
-    background job); while the models loaded, both daemons died by SIGTERM with exit 143 (ops review 44 F6). The
+    as Ctrl-C does, so that the step in progress is abandoned and the command can log its stop and exit 0. Otherwise
+    SIGTERM kills pacs-sync by the signal, SIGINT does nothing to one started with SIGINT ignored (a script's
+    background job), and both daemons die by SIGTERM with exit 143 while the models load. The
     handlers that were there before come back afterwards, unless the block was stopped: then both signals are
     ignored for the rest of the exit, so that a second one (two Ctrl-C, a script's `kill; kill`) cannot kill the
-    command by the signal halfway through its stop (review 49 F6); SIGKILL still stops it. Handlers set inside the
+    command by the signal halfway through its stop; SIGKILL still stops it. Handlers set inside the
     block and still there at its end (an inner stop's ignoring, serve's own) are left as they are."""
 
     def interrupt(number: int, frame: object) -> None:
@@ -47,9 +47,9 @@ def signals_interrupt() -> Iterator[None]:
 class StopSignals:
     """SIGTERM and SIGINT noted while the context is open; `wait()` returns once either has come, before or during it.
 
-    The handler writes a byte to a pipe, which takes no lock. It used to set a `threading.Event`: a handler runs in the
-    main thread between two bytecodes, and one that ran while the main thread was inside `Event.wait()`, holding the
-    Event's lock, waited on that lock for ever (dicom-node, sent SIGTERM as it began to listen, never exited).
+    The handler writes a byte to a pipe, which takes no lock, not to a `threading.Event`: a handler runs in the main
+    thread between two bytecodes, and one that ran while the main thread was inside `Event.wait()`, holding the
+    Event's lock, would wait on that lock for ever (a dicom-node sent SIGTERM as it began to listen never exits).
     When the context closes, the handlers that were there before come back; once a stop signal has come, both are
     ignored instead, for the rest of the exit (as in `signals_interrupt`), and ignored ones are left so.
     """

@@ -34,8 +34,8 @@ def quiet_tensorflow_logging() -> None:
 @contextmanager
 def native_stderr_held(quiet: bool) -> Iterator[None]:
     """While the block runs, what C++ code writes to descriptor 2 goes to a temporary file; it is written out after
-    all if the block fails (so a failing import still says why), not when it is stopped (KeyboardInterrupt: the
-    daemons' SIGTERM while TensorFlow was imported put its startup lines in their JSON log, review 49 F2). Does
+    all if the block fails (so a failing import still says why), not when it is stopped (KeyboardInterrupt: a
+    daemon's SIGTERM while TensorFlow is imported would put its startup lines in its JSON log). Does
     nothing unless `quiet`."""
     if not quiet:
         yield

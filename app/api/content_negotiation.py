@@ -1,6 +1,6 @@
 """Which answer a predict request gets: JSON, a DICOM SEG, an SR, or SEG and SR as multipart/related.
 
-The whole decision lives here (newcomer review 45 F5: half of it was in the route): `requested_outputs` (the
+The whole decision lives here, none of it in the route: `requested_outputs` (the
 `output=` query, else what the Accept header allows), then `servable_output` (the first of those this input can have),
 and `wants_segmentation` (whether the flow makes a SEG for it).
 
@@ -111,8 +111,8 @@ def requested_outputs(output: schemas.OutputFormat, accept: str | None) -> list[
 def servable_output(choices: list[schemas.OutputFormat], dicom_input: bool, series: bool) -> schemas.OutputFormat:
     """The first of `choices` this request can be answered with: a SEG or SR needs DICOM input, and SEG and SR a
     series (`/v1/predict/batch`). An output the Accept header prefers but this input cannot have falls back to the
-    next (JSON at the latest): a PNG with `Accept: application/dicom, application/json;q=0.5` was refused 400 (attack
-    review 32). An explicit `output=` is the only choice, refused with its reason if it cannot be made."""
+    next (JSON at the latest): a PNG with `Accept: application/dicom, application/json;q=0.5` gets JSON, not a
+    400. An explicit `output=` is the only choice, refused with its reason if it cannot be made."""
     for choice in choices:
         if choice is schemas.OutputFormat.JSON or (dicom_input and (series or not choice.whole_series_only)):
             return choice

@@ -19,12 +19,12 @@ from app.metrics import ServiceMetrics
 from app.prediction import PredictionService
 from app.settings import Settings
 
-# Loading and warming the models takes seconds: a client told when to retry need not poll (review 36: the page could
-# only say "not ready", and the message sent a browser user to an API endpoint).
+# Loading and warming the models takes seconds: a client told when to retry need not poll, and the page can say more
+# than "not ready".
 MODELS_LOADING_RETRY_SECONDS = 5
 AUDIT_UNAVAILABLE = "the audit log cannot be written (AUDIT_LOG_FILE: disk full or unwritable)"
 # A full disk waits for an operator or a log rotation, not for seconds: a retry every half minute does not keep a
-# client polling, and finds the service again soon after (API review 48 F9: the one 503 without Retry-After).
+# client polling, and finds the service again soon after.
 AUDIT_UNAVAILABLE_RETRY_SECONDS = 30
 
 
@@ -34,8 +34,8 @@ async def get_app_settings(request: Request) -> Settings:
 
 async def get_predictor(request: Request) -> Predictor:
     """The loaded, warm models; 503 `model_unavailable` before that, and 503 `audit_unavailable` while the audit log
-    cannot be written: an audited service answers no request it cannot record (ops review 44 F1: with the disk full,
-    uploads were analysed and answered 200 with their records lost, only readiness said so)."""
+    cannot be written: an audited service answers no request it cannot record (else, with the disk full,
+    uploads would be analysed and answered 200 with their records lost, only readiness saying so)."""
     state = request.app.state
     if state.load_error:
         # The reason (file paths, library messages) is in the server's log, not in answers anyone can read:

@@ -36,7 +36,7 @@ from app.security import retry_after_header
 REQUEST_ID_HEADER = "X-Request-ID"
 API_KEY_HEADER = "X-API-Key"
 API_KEY_CHALLENGE = f'ApiKey header="{API_KEY_HEADER}"'
-"""`WWW-Authenticate` of every 401 (API review 48 F6: RFC 9110 15.5.2 requires one, and HTTP clients and proxies
+"""`WWW-Authenticate` of every 401 (RFC 9110 15.5.2 requires one, and HTTP clients and proxies
 key their authentication handling on it): the scheme, and the header that carries the key."""
 MULTIPART_MAX_FILES = 1000
 """The file parts Starlette's form parser reads before it gives up (`Request.form`'s default `max_files`)."""
@@ -121,7 +121,7 @@ def _validation_message(error: dict, multipart: bool, parts_sent: Sequence[str] 
     location = error.get("loc", ())
     if multipart and error.get("type") == "missing" and location[:1] == ("body",):
         if parts_sent:
-            # API review 48 F7: the commonest mistake (`files` to /v1/predict) was answered with framing advice.
+            # The commonest mistake (`files` to /v1/predict): the part's name and the parts sent, not framing advice.
             names = ", ".join(f"`{shown_name(name)}`" for name in parts_sent[:SHOWN_PARTS])
             if len(parts_sent) > SHOWN_PARTS:
                 names += f" and {len(parts_sent) - SHOWN_PARTS} more"

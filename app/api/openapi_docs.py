@@ -194,8 +194,8 @@ STATUS_SUMMARIES = {
     501: "unknown method",
     503: "the service cannot take it now (models not ready, full, too slow, too many connections); see Retry-After",
 }
-# What each operation can answer, listed on it (API review 48 F3: 422 on the read routes, 401 on /metrics and 500
-# were answered but undocumented, and a generated client returns None for an undocumented status).
+# What each operation can answer, listed on it: a generated client returns None for an undocumented status (422 on
+# the read routes, 401 on /metrics, 500).
 PREDICTION_STATUSES = (400, 401, 403, 413, 415, 422, 429, 500, 503)
 READ_STATUSES = (401, 403, 429, 500)  # GET routes behind the API key: /v1/models and /metrics
 # Answered on any path, before an operation runs, by the HTTP layer (400 invalid_http_request, 408, 431, 501, 503
@@ -211,14 +211,14 @@ PROTOCOL_CODES = (
     "method_not_implemented",
     "too_many_connections",
 )
-# Binary bodies as OpenAPI tools recognise them (API review 48 F1): FastAPI describes an upload part by
-# `contentMediaType` alone, which openapi-python-client types as a text field (it sent the file's repr), and a media
+# Binary bodies as OpenAPI tools recognise them: FastAPI describes an upload part by
+# `contentMediaType` alone, which openapi-python-client types as a text field (it sends the file's repr), and a media
 # type without a schema makes a generated client json-decode the DICOM or PNG bytes.
 BINARY_UPLOAD = {"format": "binary"}
 BINARY_CONTENT = {"schema": {"type": "string", "format": "binary"}}
 
-# Response headers, declared with their types (API review 48 F4: the document named none, so a client built from it
-# did not know that the DICOM and overlay answers carry their decision in headers, nor about X-Request-ID).
+# Response headers, declared with their types: a client built from the document learns that the DICOM and overlay
+# answers carry their decision in headers, and about X-Request-ID.
 BOOLEAN_HEADER = {"type": "boolean"}  # sent as `true` / `false`
 COUNT_HEADER = {"type": "integer", "minimum": 0}
 REQUEST_ID_HEADERS = {
@@ -284,10 +284,10 @@ def response_examples(**named: str) -> dict[str, dict]:
 
 
 def keep_example_nulls(app: FastAPI) -> None:
-    """Make `app.openapi()` keep the nulls of the examples (API review 48 F8).
+    """Make `app.openapi()` keep the nulls of the examples.
 
-    FastAPI encodes the whole document with `exclude_none`, so the tumor-free answer's `"mask": null` was lost and
-    the example failed its own schema (`mask` is required). The examples reach FastAPI with `NULL_IN_EXAMPLE` for
+    FastAPI encodes the whole document with `exclude_none`, so the tumor-free answer's `"mask": null` would be lost
+    and the example fail its own schema (`mask` is required). The examples reach FastAPI with `NULL_IN_EXAMPLE` for
     each null (`with_null_markers`), put back as null in the document FastAPI built (and caches).
     """
     build_document = app.openapi

@@ -1,5 +1,5 @@
-"""Files served from a fixed allow-list (the upload page's, the API documentation's): one rule for both routes
-(newcomer review 45 F17), each of which keeps its own Content-Security-Policy and its own list.
+"""Files served from a fixed allow-list (the upload page's, the API documentation's): one rule for both routes,
+each of which keeps its own Content-Security-Policy and its own list.
 
 An allow-list instead of a mounted folder: only the listed files can ever be served, whatever the path says (no
 `..`, no other file of the folder), each with the media type the list gives it, never one guessed from its content.

@@ -87,8 +87,7 @@ class Manifest(BaseModel):
 
 
 def sha256_of(path: Path) -> str:
-    """The file's SHA-256 in hex, read in blocks by `hashlib.file_digest` (newcomer review 45 F22: it was a hand-written
-    1 MiB loop)."""
+    """The file's SHA-256 in hex, read in blocks by `hashlib.file_digest`."""
     with path.open("rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
 

@@ -84,11 +84,10 @@ def model_grid_placement(height: int, width: int, grid: int = MODEL_INPUT_SIZE) 
     """(top, left, rows, columns): where a slice of `height` x `width` pixels lies on the model's 256 x 256 grid
     (or a square map of `grid` cells): scaled until its long side fills it, its aspect kept, centred on background.
 
-    Why: a rectangular matrix (256 x 208, from a rectangular field of view) stretched to a square showed the models
-    the anatomy wider than it is: 7.4 % less tumor volume on one study than the same slices padded (interop review
-    35). The models learned square slices only, which this leaves as they were, so the preprocessing's ID is
-    unchanged. The mask comes back from the same place (`app.core.gate.probability_to_mask`).
-    """
+    Why: a rectangular matrix (256 x 208, from a rectangular field of view) stretched to a square shows the models
+    the anatomy wider than it is: 7.4 % less tumor volume on one study than the same slices padded. The models learned
+    square slices only, which this leaves as they were, so the preprocessing's ID is unchanged. The mask comes back from
+    the same place (`app.core.gate.probability_to_mask`)."""
     scale = grid / max(height, width)
     rows = max(1, min(grid, round(height * scale)))
     columns = max(1, min(grid, round(width * scale)))

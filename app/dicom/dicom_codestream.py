@@ -202,8 +202,8 @@ def check_rle_frame(data: bytes, begin: int, end: int, pixels: int, number: int 
         raise InvalidDicomImageError(f"DICOM RLE fragment {number} declares {count} segments; 1 to 15 are allowed")
     starts = [begin + offset for offset in offsets[:count]]
     # The longest legal encoding: literal runs of one byte, 2 bytes each (PS3.5 G.3.1 encodes each row apart, so a
-    # row's last run may be short: 320 columns of noise are 3 runs a row, and a bound of whole 128-byte runs refused
-    # what pydicom and DCMTK write; attack review 59 F6); the scan below stops past `most` decoded bytes anyway.
+    # row's last run may be short: 320 columns of noise are 3 runs a row, and a bound of whole 128-byte runs would
+    # refuse what pydicom and DCMTK write); the scan below stops past `most` decoded bytes anyway.
     longest = 2 * pixels + 64
     most = pixels + RLE_SLACK_BYTES
     for index, (start, stop) in enumerate(zip(starts, [*starts[1:], end], strict=True), start=1):

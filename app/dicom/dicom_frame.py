@@ -19,8 +19,8 @@ from app.errors import InvalidDicomImageError
 
 # Longest pixel spacing, slice thickness or slice spacing taken at its word: a metre is far beyond any MR image.
 MAX_LENGTH_MM = 1000.0
-# Shortest one: a micrometre is far below any MR image's pixel (a Pixel Spacing of 1e-300 gave a tumor of 0.0 mL,
-# its area underflowing to 0, attack review 37).
+# Shortest one: a micrometre is far below any MR image's pixel (a Pixel Spacing of 1e-300 gives a tumor of 0.0 mL,
+# its area underflowing to 0).
 MIN_LENGTH_MM = 1e-3
 # Farthest Image Position (Patient) coordinate from the origin taken: a kilometre is beyond any scanner's frame, and
 # a finite 1e307 mm overflowed the arithmetic that groups frames into slices (an internal error, attack review).
@@ -58,7 +58,7 @@ class DicomFrame:
 
     @property
     def sop_instance_uid(self) -> str:
-        """ "" when the file has none (attack review 38: a batch answer failed with a 500); a SEG or SR refuses it."""
+        """ "" when the file has none (so that a batch answer does not fail with a 500); a SEG or SR refuses it."""
         return str(self.header.get("SOPInstanceUID", "") or "")
 
     @property
@@ -118,8 +118,8 @@ def frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> ob
 
 def source_instance_uids(dataset: Dataset) -> frozenset[str]:
     """The SOP Instance UIDs a file names in its Source Image Sequence, each once, empty ones left out; none when the
-    element is anything but a sequence (attack review 38: stored as LO, the characters of its text were walked as
-    items, a 500; and a copy naming its original 40,000 times was compared with it as often)."""
+    element is anything but a sequence (stored as LO, the characters of its text would be walked as
+    items, a 500; and a copy naming its original 40,000 times is compared with it once)."""
     return frozenset(
         uid
         for item in _sequence(dataset, "SourceImageSequence")

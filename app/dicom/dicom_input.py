@@ -106,8 +106,8 @@ def check_pixel_data_element(header: DicomHeader) -> None:
     header alone: nothing is decoded.
 
     For callers that keep files to decode later (the DICOM node): such a file would only fail then, long after its
-    sender was told it was kept (attack review 37: native pixels under JPEG Baseline were answered Success, and the
-    study failed with nothing sent). Compressed codestreams are checked by `read_dicom_header` (their sizes).
+    sender was told it was kept (native pixels under JPEG Baseline would be answered Success, and the study fail
+    with nothing sent). Compressed codestreams are checked by `read_dicom_header` (their sizes).
 
     Raises
     ------
@@ -155,8 +155,8 @@ def check_native_pixel_bytes(held: int, pixels: int, bits_allocated: int) -> Non
     padding to an even length).
 
     Why more is refused: pydicom drops the excess with a warning, so pixels of a wider image read with a wrong
-    Columns came out sheared (255 columns over 256) and a tumor series was answered "no tumor, 0.0 mL"; the DICOM
-    node filed it as Absent (attack review 42).
+    Columns come out sheared (255 columns over 256) and a tumor series can be answered "no tumor, 0.0 mL", which the
+    DICOM node files as Absent.
 
     Raises
     ------
@@ -262,7 +262,7 @@ def _within_bits_stored(stored: np.ndarray, bits_stored: int, signed: bool) -> n
     value's sign is its highest stored bit.
 
     pydicom drops those bits from native pixel data only. A codestream may carry them (dcmtk's JPEG-LS encoder keeps
-    all 16 bits), and read as image they turned a 12-bit series into "no tumor" (attack review 28, finding 2)."""
+    all 16 bits), and read as image they turn a 12-bit series into "no tumor"."""
     if stored.dtype.kind not in "iu" or not 0 < bits_stored < stored.dtype.itemsize * 8:
         return stored
     if not stored.flags.writeable:
@@ -279,8 +279,8 @@ def _within_bits_stored(stored: np.ndarray, bits_stored: int, signed: bool) -> n
 
 def _padding(dataset: Dataset, stored: np.ndarray) -> np.ndarray | None:
     """Where the stored values are Pixel Padding Value (or between it and Pixel Padding Range Limit): pixels that
-    are not image (PS3.3 C.7.5.1.1.2). Left as they are, a padding of -32768 below a 0..1020 head set the stretch's
-    floor and answered a tumor series "no tumor" (attack review 28, finding 1). None when the file declares none."""
+    are not image (PS3.3 C.7.5.1.1.2). Left as they are, a padding of -32768 below a 0..1020 head sets the stretch's
+    floor and a tumor series is answered "no tumor". None when the file declares none."""
     if dataset.get("PixelPaddingValue") is None:
         return None
     value = int(dataset.PixelPaddingValue)
@@ -351,8 +351,8 @@ def _within_float32(values: np.ndarray) -> np.ndarray:
 
 def _non_finite_as_padding(stored: np.ndarray, padding: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Float pixel data's NaN and infinite samples, set to 0 and counted as padding (the image's darkest pixel in
-    the end), as a float TIFF's are read: one NaN pixel refused a whole slice, in words that blamed a RescaleSlope the
-    file did not have (attack review 33)."""
+    the end), as a float TIFF's are read: otherwise one NaN pixel refuses a whole slice, in words that
+    blame a RescaleSlope the file does not have."""
     if stored.dtype.kind != "f":
         return stored, padding
     non_finite = ~np.isfinite(stored)
@@ -382,8 +382,8 @@ def _check_lut_covers(item: Dataset, stored: np.ndarray, padding: np.ndarray | N
     `MAX_SHARE_OUTSIDE_LUT` of its pixels.
 
     Why: values outside the LUT read as its first or last entry (PS3.3 C.11.1.1), so a LUT of 16 entries over 8-bit
-    pixels flattened the whole brain to one value and a tumor series was answered "no tumor, 0.0 mL" (attack review
-    42). A few pixels past its ends (air, a marker) are what such a LUT is for."""
+    pixels flatten the whole brain to one value and a tumor series is answered "no tumor, 0.0 mL". A few pixels past its
+    ends (air, a marker) are what such a LUT is for."""
     entries, first, _ = (int(value) for value in item.LUTDescriptor)
     entries = entries or 1 << 16  # 0 means 65536 entries
     if stored.dtype.kind == "i" and first >= 1 << 15:  # the first input value is signed where the pixels are

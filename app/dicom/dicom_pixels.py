@@ -65,7 +65,7 @@ WORKER_TIMEOUT_SECONDS = 10.0
 `WORKER_SECONDS_PER_MEGAPIXEL` for its pixels."""
 WORKER_SECONDS_PER_MEGAPIXEL = 0.5
 """Worker time per million samples of a file: a valid 256-frame 512 x 512 JPEG-LS MR of noisy content (67 million)
-took 9.2 s on an idle 2-core machine and failed the fixed 10 s with the other core busy (attack review 33); this gives
+takes 9.2 s on an idle 2-core machine and fails a fixed 10 s with the other core busy; this gives
 it 43 s, some 3.5 times what it needs."""
 
 _LENGTH_BYTES = 8

@@ -236,8 +236,8 @@ def _finished(segmentation: Dataset, source_images: list[Dataset], references: S
 def _completed_sources(source_images: list[Dataset], references: Sequence[DicomFrame]) -> list[Dataset]:
     """The source headers as highdicom needs them (shallow copies where they change; the caller's stay as they are):
     a Slice Thickness where theirs is empty (Type 1C in a SEG: the slices' spacing, the slab each mask stands for), no
-    Spacing Between Slices that contradicts the spacing the tumor volume takes from their positions (interop review
-    39: the SEG said 10 mm where the volume took 5 mm slabs with a slice missing) nor any where two slices lie
+    Spacing Between Slices that contradicts the spacing the tumor volume takes from their positions (a SEG saying
+    10 mm where the volume takes 5 mm slabs with a slice missing) nor any where two slices lie
     closer than that (a stray slice), and every Type 2 attribute highdicom reads."""
     if any(frame.slice_thickness is None for frame in references):
         spacing = slice_spacing_mm(references)
@@ -273,8 +273,8 @@ def _segment_description(model_tags: Mapping[str, str]) -> hd.seg.SegmentDescrip
 
 def _pixel_measures_per_frame(segmentation: Dataset, references: Sequence[DicomFrame]) -> None:
     """Give each SEG frame its source slice's Pixel Spacing when the slices' differ (in place): highdicom shares the
-    first one's, and a viewer placing the frames by geometry drew a mask of a 0.9 mm slice at 0.9375 mm, up to
-    10 mm off at the image's edge (attack review 28, finding 6)."""
+    first one's, and a viewer placing the frames by geometry would draw a mask of a 0.9 mm slice at 0.9375 mm,
+    up to 10 mm off at the image's edge."""
     spacings = {frame.sop_instance_uid: frame.pixel_spacing for frame in references if not frame.is_multiframe}
     shared = segmentation.get("SharedFunctionalGroupsSequence")
     if len(set(spacings.values())) < 2 or not shared or "PixelMeasuresSequence" not in shared[0]:
@@ -324,7 +324,7 @@ def _name_the_frame(segmentation: Dataset, source: DicomFrame) -> None:
     sop_class_uid = str(source.header.SOPClassUID)
     for series in segmentation.get("ReferencedSeriesSequence", []):
         # highdicom puts the same item here and in Source Image Sequence: a copy, so that the frame number set
-        # there is not here, where the Common Instance Reference Module has none (interop review 55 F2).
+        # there is not here, where the Common Instance Reference Module has none.
         series.ReferencedInstanceSequence = [copy.deepcopy(item) for item in series.ReferencedInstanceSequence]
         for instance in series.ReferencedInstanceSequence:
             if instance.ReferencedSOPInstanceUID == source.sop_instance_uid:
@@ -401,8 +401,8 @@ def _source_images_and_pixels(
 def _in_plane(header: Dataset, orientation: object) -> Dataset:
     """`header`, or a copy with the series' first Image Orientation (Patient): highdicom wants the sources'
     orientations equal, while scanners write them with rounding noise (5 or 6 decimals, 1e-5 apart); the flow has
-    checked they are one plane (`app.dicom.dicom_series.SAME_PLANE_TOLERANCE`). A SEG was refused for such a series
-    and the DICOM node sent nothing for the study (attack review 28, finding 4)."""
+    checked they are one plane (`app.dicom.dicom_series.SAME_PLANE_TOLERANCE`). Otherwise a SEG is refused for such a
+    series and the DICOM node sends nothing for the study."""
     if orientation is None or header.get("ImageOrientationPatient") == orientation:
         return header
     same_plane = copy.deepcopy(header)
@@ -415,8 +415,8 @@ PLANE_GROUPS = ("PixelMeasuresSequence", "PlaneOrientationSequence")
 
 def _with_shared_plane(header: Dataset, frames: Sequence[DicomFrame]) -> Dataset:
     """`header`, or a copy of it whose Pixel Measures and Plane Orientation are in the Shared Functional Groups:
-    the standard lets an enhanced image hold them per frame, highdicom takes them shared only (a SEG was refused for
-    such an Enhanced MR, and the DICOM node sent nothing; attack review 28, finding 3). Frames whose pixel spacing
+    the standard lets an enhanced image hold them per frame, highdicom takes them shared only (else a SEG is refused
+    for such an Enhanced MR, and the DICOM node sends nothing). Frames whose pixel spacing
     differs cannot share one and are refused; orientations within `SAME_PLANE_TOLERANCE` share the first's (the
     values compared are the `frames`' own, as the flow read them)."""
     shared = header.get("SharedFunctionalGroupsSequence")

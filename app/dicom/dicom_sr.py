@@ -119,8 +119,8 @@ class VolumeFindings:
         slice order unknown, ...), for the radiologist who sees only the PACS.
     complete
         False when the series may lack instances its sender meant to send (the DICOM node: an association that sent
-        it ended without a release): the report's Completion Flag is then PARTIAL (interop review 40: a "no tumor"
-        report of half a study went out COMPLETE).
+        it ended without a release): the report's Completion Flag is then PARTIAL (else a "no tumor"
+        report of half a study would go out COMPLETE).
     """
 
     tumor_detected: bool
@@ -329,7 +329,7 @@ def _measurement_groups(
 
 def _research_use_comment() -> hd.sr.TextContentItem:
     """The disclaimer as a Comment of the report's root: a viewer shows the content tree, seldom the Series
-    Description or the PRELIMINARY/UNVERIFIED flags, and the tree states the finding (docs review 45 F5)."""
+    Description or the PRELIMINARY/UNVERIFIED flags, and the tree states the finding."""
     return hd.sr.TextContentItem(
         name=COMMENT, value=RESEARCH_USE_STATEMENT, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -388,7 +388,7 @@ def series_volume_report(
     headers: dict[str, Dataset] = {}
     channel_headers: dict[str, Dataset] = {}
     # In the SEG's order, not the files': the same series sent in another order, or by another path, gets the same
-    # report (interop review 44: one SR UID, two image libraries, by upload order).
+    # report (else one SR UID could name two image lists, by upload order).
     in_order = anatomical_order([slice_input.reference for slice_input in result.inputs])
     for slice_input in (result.inputs[index] for index in in_order):
         headers.setdefault(slice_input.reference.sop_instance_uid, slice_input.reference.header)
@@ -419,8 +419,8 @@ def series_volume_report(
 
 
 def _channels_note(channels: Sequence[DicomFrame]) -> str:
-    """Which series the models read as channels beside FLAIR (interop review 40: nothing in the SR said T1 series
-    were read, though they change the result)."""
+    """Which series the models read as channels beside FLAIR: they change the result, so the SR says
+    which were read."""
     named = {
         role: number_said(frame.header, "SeriesNumber") for role, frame in zip(CHANNEL_ORDER, channels, strict=True)
     }
@@ -453,12 +453,11 @@ def supersede_earlier_reports(
     as an earlier, already superseded run (an instance corrected, then sent again as it was) make new objects, which
     a PACS that already holds the earlier copies does not ignore, so the newest SEG and report are the current ones.
     Their Series Descriptions end in `REVISED_SUFFIX`: a viewer lists the old and new series side by side under the
-    same Series Number, and told them apart only by their Series Time (interop review 35).
+    same Series Number, and would tell them apart only by their Series Time.
 
     `withdrawn`: the earlier reports were rejected since (a refused study's rejection note), so one with the report's
     own SOP Instance UID is named too, and the results get UIDs of their own: sent under the UIDs the note rejected,
-    the answer to a study refused and then sent again corrected was one an IOCM archive withdraws (interop review 46
-    F2)."""
+    the answer to a study refused and then sent again corrected would be one an IOCM archive withdraws."""
     report = results[-1]
     named = [
         reference for reference in earlier if withdrawn or reference.sop_instance_uid != str(report.SOPInstanceUID)

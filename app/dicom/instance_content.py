@@ -68,9 +68,9 @@ _validation_modes_before = (config.settings.reading_validation_mode, config.sett
 @contextmanager
 def values_unvalidated() -> Iterator[None]:
     """pydicom does not check the values it converts or writes while the block runs: the digest reads every element
-    and writes it again (`attributes_bytes`, only to hash it), and pydicom warned (twice: its logger and Python's
-    warnings) of each malformed one: an instance of 60,000 malformed values wrote 37.7 MB of log and held the node's
-    analysis for about 50 s (attack review 33). The values are the same either way. The settings are the process's:
+    and writes it again (`attributes_bytes`, only to hash it), and pydicom warns (twice: its logger and Python's
+    warnings) of each malformed one: an instance of 60,000 malformed values writes 37.7 MB of log and holds the
+    node's analysis for about 50 s. The values are the same either way. The settings are the process's:
     nested and concurrent blocks count, and the last to leave puts them back (another thread reading meanwhile only
     warns less)."""
     global _unvalidated_depth, _validation_modes_before

@@ -38,7 +38,7 @@ MAX_HEADER_READS = 250_000
 """Most reads pydicom may make of a header (the data set before its pixel data, sequences of undefined length
 included): one to three per data element, so about 100,000 elements with values. pydicom holds some 700 bytes and
 spends 10-35 us on each element, and an element can be 8 bytes on the wire: an 8 MB file of a million empty private
-elements took 11.7 s and +660 MiB to read before any check, and was kept by the DICOM node (attack review 31); one
+elements takes 11.7 s and +660 MiB to read before any check, and would be kept by the DICOM node; one
 of 128 MiB, the node's instance limit, is 16 million elements. The header of a 1,024-frame Enhanced MR has fewer
 than 100,000."""
 _EXPLICIT_LONG_VRS = frozenset(
@@ -85,7 +85,7 @@ class BoundedReads(io.BytesIO):
         """Raise `raise_too_many_elements`'s error if a read went past `max_reads`, whatever pydicom made of
         it: its read of an item's tag re-raises any exception as ``OSError("No tag to read at file position ...")``,
         which read as a truncated or corrupt file (a valid 2,048-frame Enhanced MR with sequences of undefined
-        length, interop review 31)."""
+        length)."""
         if self._exceeded:
             raise_too_many_elements()
 
@@ -127,8 +127,8 @@ def check_sequences_left_raw(dataset: Dataset, reads: int) -> None:
     (out of `BoundedReads`' sight), would take the elements read past `MAX_HEADER_READS`.
 
     Counted before any is accessed (the header checks read the functional groups): 500,000 empty elements in one
-    item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read (attack
-    review 31). An element is at least 8 bytes: while the sequences' bytes cannot hold more elements than the reads
+    item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read. An
+    element is at least 8 bytes: while the sequences' bytes cannot hold more elements than the reads
     left, nothing is walked.
     """
     budget = MAX_HEADER_READS - reads
@@ -290,8 +290,8 @@ def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[
 LONG_VALUE_BYTES = 64 * 1024
 """A value longer than this, but a sequence's, is dropped from a deflated header (`inflated_header`): the header of
 a file read from bytes or a path keeps such values where they are (`app.dicom.dicom_header.HEADER_DEFER_BYTES`),
-but a deflated one has no such place, and 256 files of a 3.9 MiB private value, 11 KB each as sent, held 3.1 GB
-while a request's headers were chosen (attack review 55 F2). What the service reads of a header is short, or in
+but a deflated one has no such place, and 256 files of a 3.9 MiB private value, 11 KB each as sent, hold 3.1 GB
+while a request's headers are chosen. What the service reads of a header is short, or in
 sequences (the functional groups), which stay."""
 
 

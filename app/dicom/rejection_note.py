@@ -2,18 +2,18 @@
 
 The DICOM node sends results by C-STORE, which cannot delete what a destination holds. When a study is analysed again
 and its new SEG and SR supersede earlier ones, the new SR names the SR it replaces (Predecessor Documents Sequence),
-but nothing named the earlier SEG: after a correction turned a study negative, the earlier SEG stayed the only SEG in
-the study, with nothing to say it was withdrawn (interop review 37). The note lists every superseded SEG and SR under
+but nothing names the earlier SEG: after a correction turns a study negative, the earlier SEG would stay the only SEG
+in the study, with nothing to say it was withdrawn. The note lists every superseded SEG and SR under
 the Document Title (113001, DCM, "Rejected for Quality Reasons"), which an archive that implements IHE IOCM hides or
 deletes, and a viewer shows as a key object selection otherwise. Its UIDs come from what it rejects
 (`app.dicom.result_uids`): the same objects rejected again give the same note.
 
 It is made from the UIDs a record keeps of the rejected objects (`ResultReference`), not from their files: a
-correction sent after the node purged its earlier results still rejects them (review 38). Its patient and study
+correction sent after the node purged its earlier results still rejects them. Its patient and study
 attributes are copied from the new results (`study`), as theirs were from the source images: the note is filed
 with them, under the same Patient ID and Issuer of Patient ID. It is written in the character set the SEG and SR
 are (`derived_character_set`): a study refused after it was answered gives the note a source header, whose Japanese or
-Korean ISO 2022 code extensions highdicom refuses (interop review 48 F2: no note was made for those studies).
+Korean ISO 2022 code extensions highdicom refuses (no note could be made for those studies).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ REJECTION_TITLE = codes.DCM.RejectedForQualityReasons
 REJECTION_SERIES_DESCRIPTION = "Superseded results rejected (research use only)"
 WITHDRAWAL_SERIES_DESCRIPTION = "Results withdrawn: study no longer analysed (research use only)"
 """The description of a note sent alone, when a study once answered is refused or not analysed: nothing supersedes
-what it rejects, and "superseded" sent a PACS user looking for newer results (interop review 58 F4)."""
+what it rejects, and "superseded" would send a PACS user looking for newer results."""
 
 
 def build_rejection_note(
@@ -78,7 +78,7 @@ def build_rejection_note(
         raise ReportInputError(f"the rejection note cannot be made: {builder_reason(error)}") from error
     note.SeriesDescription = WITHDRAWAL_SERIES_DESCRIPTION if withdrawn else REJECTION_SERIES_DESCRIPTION
     # As the SEG's and SR's: in the study's time zone, with the Series Date and Time and the software that made it
-    # (interop review 44: the note was dated in UTC without an offset, an hour before the results it came with).
+    # (not in UTC without an offset, which dates it an hour before the results it comes with).
     stamp_creation_times(note, [study])
     note.SoftwareVersions = service_version()
     return note

@@ -6,8 +6,8 @@ or the DICOM node run again on the same series) then keeps one copy instead of t
 Whatever changes the answer (another mask, other findings, other models, another service version) changes the UIDs,
 and so does the patient and study the sources are filed under (`source_identity`): the same images sent again after a
 Patient ID correction, as a PACS keeps them beside the first copy, get results of their own, not the first patient's
-UIDs, which a PACS keying by SOP Instance UID dropped or filed over the other (attack review 37); so do the other
-patient and study values a result copies (a corrected Patient's Name: interop review 40). The UID is pydicom's
+UIDs, which a PACS keying by SOP Instance UID drops or files over the other; so do the other
+patient and study values a result copies (a corrected Patient's Name). The UID is pydicom's
 `generate_uid` with these as its entropy sources (a SHA-512 hash under pydicom's UID root).
 """
 
@@ -61,9 +61,9 @@ def source_identity(header: Dataset) -> str:
     """The patient and study a source is filed under, and the values of theirs a result copies, as one of
     `result_uid`'s parts (the values as the file holds them; only their hash reaches the UID).
 
-    Why the copied values: a study sent again with a corrected Patient's Name or Accession Number made results of
-    other content under the UIDs already delivered, which a PACS that keeps the first copy of a UID ignored (interop
-    review 40); one UID stands for one content (PS3.5 9)."""
+    Why the copied values: a study sent again with a corrected Patient's Name or Accession Number would make results
+    of other content under the UIDs already delivered, which a PACS that keeps the first copy of a UID ignores; one UID
+    stands for one content (PS3.5 9)."""
     return json.dumps([str(header.get(keyword, "") or "") for keyword in (*IDENTITY_KEYWORDS, *COPIED_KEYWORDS)])
 
 
@@ -82,8 +82,8 @@ def segmenter_name_version(model_tags: Mapping[str, str]) -> tuple[str, str]:
 
 def masks_digest(references: Sequence[DicomFrame], masks: Sequence[np.ndarray | None]) -> str:
     """A digest of which source frame got which mask (None: nothing found), for `result_uid`'s parts; in the frames'
-    UID order, not the request's (attack review 38: the same files in another order made another SEG, which the SR
-    made of the first order did not name)."""
+    UID order, not the request's (else the same files in another order make another SEG, which the SR
+    made of the first order does not name)."""
     digest = hashlib.sha256()
     pairs = sorted(
         zip(references, masks, strict=True), key=lambda pair: (pair[0].sop_instance_uid, pair[0].frame_number)

@@ -75,9 +75,9 @@ def series_breaks(frames: Sequence[DicomFrame], order: Sequence[int]) -> set[int
 def missing_slices(frames: Sequence[DicomFrame]) -> int | None:
     """How many slices are missing between the frames' positions, counted in the series' spacing
     (`slice_spacing_mm`): files that could not be read, or a client that sent part of a series, so the tumor volume
-    leaves them out. None for two frames or more without positions for every frame: nothing is known of gaps (interop
-    review 42: "0 missing" was reported for unplaced slices five of whose Instance Numbers were never sent); 0 for
-    two frames unless they declare a Spacing Between Slices two or three times shorter than their distance."""
+    leaves them out. None for two frames or more without positions for every frame: nothing is known of gaps (not "0
+    missing" for unplaced slices five of whose Instance Numbers were never sent); 0 for two frames unless they
+    declare a Spacing Between Slices two or three times shorter than their distance."""
     if len(frames) > 1 and offsets_along_normal(frames) is None:
         return None
     return sum(slices_missing_before(frames))

@@ -69,8 +69,8 @@ def tumor_volume_ml(masks: Sequence[np.ndarray | None], slices: Sequence[DicomFr
 
 def series_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     """`slice_spacing_mm` where every slice's position is known, else None: the spacing a SEG's and an SR's Spacing
-    Between Slices must agree with, as the tumor volume takes it (interop review 39: the SEG said 10 mm where the
-    volume took 5 mm slabs with a slice missing)."""
+    Between Slices must agree with, as the tumor volume takes it (else a SEG could say 10 mm where the
+    volume takes 5 mm slabs with a slice missing)."""
     return slice_spacing_mm(slices) if position_spacing_mm(slices) is not None else None
 
 
@@ -78,8 +78,8 @@ def slices_closer_than_spacing(slices: Sequence[DicomFrame]) -> bool:
     """Whether two slices lie closer together than the series' spacing (`series_spacing_mm`), beyond rounding: a
     stray slice, which no single spacing between slices describes.
 
-    Why: a SEG over such slices declared a regular 5 mm stack beside frames 0.5 mm apart, and a viewer that counts
-    voxels x that spacing overstated the volume by 17 % (interop review 39, finding 6)."""
+    Why: a SEG over such slices would declare a regular 5 mm stack beside frames 0.5 mm apart, and a viewer that
+    counts voxels x that spacing overstate the volume (by 17 % in one such series)."""
     spacing = series_spacing_mm(slices)
     gaps = _position_gaps(slices)
     if spacing is None or gaps is None:
@@ -92,8 +92,8 @@ def slab_thicknesses_mm(slices: Sequence[DicomFrame], spacing: float) -> list[fl
     most half the series' `spacing` on either side (a missing slice's slab is left out, and an end slice gets half a
     spacing beyond it); one spacing each without positions for every slice.
 
-    Why: a stray slice 0.5 mm from another in a series 5 mm apart counted a whole 5 mm slab, the same tumor twice
-    (attack review 39: +23 % of the volume); in a regular series every slab is one spacing, as before."""
+    Why: a stray slice 0.5 mm from another in a series 5 mm apart would count a whole 5 mm slab, the same tumor
+    twice (+23 % of the volume in one series); in a regular series every slab is one spacing."""
     offsets = offsets_along_normal(slices)
     if offsets is None or len(slices) < 2:
         return [spacing] * len(slices)
@@ -132,9 +132,9 @@ def _declared_spacing_with_slices_missing(slices: Sequence[DicomFrame], gap: flo
     positions, or gaps that differ) and every gap between them is one to `MAX_WHOLE_MULTIPLE` times it, some more
     than once (slices missing there); else None.
 
-    Attack review 38: FLAIR slices at 0 and 10 mm of a 5 mm series, the middle one missing, counted no slice missing
-    and made each slice a 10 mm slab, a volume above the whole series' (81 mL against 60); interop review 39: 5 of 11
-    slices 5 mm apart (gaps of 10 and 15 mm) took the 12.5 mm median, "no slice missing" and 99.5 mL against 44.2.
+    Why: by the positions alone, FLAIR slices at 0 and 10 mm of a 5 mm series, the middle one missing, count no slice
+    missing and make each slice a 10 mm slab, a volume above the whole series' (81 mL against 60); 5 of 11 slices
+    5 mm apart (gaps of 10 and 15 mm) take the 12.5 mm median, "no slice missing" and 99.5 mL against 44.2.
     Positions that agree among themselves (every gap the same) keep their spacing, and a declared spacing shorter
     than the slices' thickness is none: some writers put the gap between slabs there, which would turn every pair of
     neighbours into slices missing."""
@@ -169,7 +169,7 @@ def position_spacing_mm(slices: Sequence[DicomFrame]) -> float | None:
     ones, the others being slices missing. Why: in a short series the median takes in the gaps of missing slices
     (slices at 0, 5 and 15 mm gave 7.5 mm, no slice missing and a volume half again too large), where a long one
     outvotes them; a stray slice between two others (gaps of 2.5, 2.5 and 5 mm, or 0.5, 4.5 and 5) is no spacing of
-    the series (attack review 39: one slice half-way in a series of 23 halved its spacing and volume).
+    the series (one slice half-way in a series of 23 would halve its spacing and volume).
     """
     gaps = _position_gaps(slices)
     if gaps is None:

@@ -7,8 +7,8 @@ import {
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
-// Relative to the page, as are its style sheet and script (docs review 45 F2): under a proxy's path prefix (the page at
-// https://research.example/bt/) they reach /bt/v1/...; absolute, they went to the proxy's own /v1/.
+// Relative to the page, as are its style sheet and script: under a proxy's path prefix (the page at
+// https://research.example/bt/) they reach /bt/v1/...; absolute, they would go to the proxy's own /v1/.
 const BATCH_URL = "v1/predict/batch";
 const MODELS_URL = "v1/models";
 // GET /v1/models is asked for the limit on files before an upload: a service that does not answer by then is not
@@ -59,22 +59,22 @@ const RASTER_SIGNATURES = [
   [0x4d, 0x4d, 0x00, 0x2b],
 ];
 // An analysis refused as busy (503 overloaded) this soon after one was cancelled or replaced is most likely refused for
-// the cancelled one's slices, which the server finishes before it lets them go (browser review 40: "232 of 256 slices
-// waiting" were the user's own): the page waits as Retry-After says and tries again, at most this many times.
+// the cancelled one's slices, which the server finishes before it lets them go ("232 of 256 slices
+// waiting" may be the user's own): the page waits as Retry-After says and tries again, at most this many times.
 const CANCELLED_WORK_MS = 60_000;
 const BUSY_RETRIES_AFTER_CANCEL = 4;
 const MAX_BUSY_WAIT_SECONDS = 60;
-// Refusals that the same files may pass later, so the error offers "Try again" (browser review 44 F4): a key to
+// Refusals that the same files may pass later, so the error offers "Try again": a key to
 // type (401), a rate limit (429), a busy, loading or timed-out service (503), a proxy's timeouts (408, 502, 504). The
 // others (400, 413, 415, 422: about the files) would refuse the same files again.
 const RETRYABLE_STATUSES = new Set([401, 408, 429, 502, 503, 504]);
 // File names listed in the "Selected" line's note of the files left out; more are counted.
 const MAX_NAMES_LISTED = 5;
-// Failed files shown per reason under Result; the others are folded into a <details> (browser review 44 F5: 233
-// failures made one paragraph of 40,000 characters).
+// Failed files shown per reason under Result; the others are folded into a <details> (233
+// failures would make one paragraph of 40,000 characters).
 const MAX_FAILURES_SHOWN = 3;
 
-// What to do with a series of more files than the service takes in one analysis (browser review 44 F6).
+// What to do with a series of more files than the service takes in one analysis.
 const TOO_MANY_FILES_ADVICE = "Ask whoever runs the service for a higher MAX_BATCH_FILES, or analyse the series in "
   + "parts: the tumor volumes of the parts must then be added by hand, and the series clean-up across the split is "
   + "lost.";
@@ -115,19 +115,18 @@ const ERROR_TITLES_BY_CODE = {
     + "study again once the PACS has applied its notes.",
   unreadable_rejection_note: "A rejection note among the chosen files is damaged: which images it withdraws is "
     + "unknown, so none was analysed. Leave it out, or export the study again.",
-  // "Try again in N seconds" follows from Retry-After (browser review 44: "... try again later. Try again in 30
-  // seconds").
+  // "Try again in N seconds" follows from Retry-After, so the message does not say "try again later" too.
   inference_timeout: "The analysis took too long. Try fewer slices at a time.",
   // 503 covers both "not ready" (model_unavailable, the status's title) and "ready but busy" (these two).
   overloaded: "The service is busy.",
   too_many_connections: "The service is busy.",
-  // What to do about a refusal for who or where the page is (browser review 44: a bare "HTTP 403" and a word on
+  // What to do about a refusal for who or where the page is (not a bare "HTTP 403" or a word on
   // Host headers).
   host_not_allowed: "The service does not accept requests made to this address. Open the page at the address "
     + "the service's operator gives, or ask them to add this one (ALLOWED_HOSTS).",
   cross_site_request: "The request came from another site's page, which the service refuses. Open the service's "
     + "own page.",
-  // "Try again in 30 seconds" follows from its Retry-After (API review 48 F9).
+  // "Try again in 30 seconds" follows from its Retry-After.
   audit_unavailable: "The service cannot record requests right now (its audit log cannot be written), so it "
     + "analyses none. Tell whoever runs the service if this lasts.",
   repeated_slice: "The file holds the same slice as another file chosen.",
@@ -251,7 +250,7 @@ class AnswerError extends Error {}
 /** A 200 whose body is no whole JSON document (cut short by a proxy or the network): worth sending again. */
 class IncompleteAnswerError extends AnswerError {}
 
-/** The answer's JSON; a body cut short is said in words, not in the parser's (browser review 53 F4). */
+/** The answer's JSON; a body cut short is said in words, not in the parser's. */
 function parsedAnswer(body) {
   try {
     return JSON.parse(body);
@@ -286,7 +285,7 @@ let retryOnKeyEnter = false; // the refusal shown is about the key: Enter in the
 const formatPercent = (value) => `${(value * 100).toFixed(1)} %`;
 /**
  * A model's probability as a percentage to 0.1 %, and its ends as "> 99.9 %" and "< 0.1 %": rounded, an output of
- * 0.9996 read "100.0 %", a certainty no model has (review 36). Thresholds stay `formatPercent`.
+ * 0.9996 would read "100.0 %", a certainty no model has. Thresholds stay `formatPercent`.
  */
 function formatProbability(value) {
   const percent = value * 100;
@@ -297,7 +296,7 @@ function formatProbability(value) {
 }
 /**
  * A probability and its threshold as text, with more decimals (up to 4) when they differ but round to the same text:
- * "11.6 % is below the decision threshold of 11.6 %" read as a contradiction (review 42).
+ * "11.6 % is below the decision threshold of 11.6 %" reads as a contradiction.
  */
 function probabilityAndThreshold(probability, threshold) {
   let shown = [formatProbability(probability), formatPercent(threshold)];
@@ -403,7 +402,7 @@ export function describeError(error) {
     detail = error.message;
   } else if (error?.name === "NotReadableError" || error?.name === "NotFoundError") {
     // The browser's own words blame "permission problems": a chosen file was moved, changed or deleted since, or
-    // the browser could not hold it (review 36).
+    // the browser could not hold it.
     title = "A chosen file could not be read: it may have been moved, changed or deleted since it was chosen, or be "
       + "too large for the browser. Choose the files again.";
     detail = String(error.message ?? error);
@@ -426,7 +425,7 @@ function showError(error, retry = null) {
   retryOnKeyEnter = Boolean(retryShown) && (error instanceof ApiKeyError || error.status === 401);
 }
 
-/** Can the same files pass if sent again (after a wait, or once a key is typed)? (browser review 44 F4) */
+/** Can the same files pass if sent again (after a wait, or once a key is typed)? */
 function isWorthRetrying(error) {
   return error instanceof NetworkError || error instanceof ApiKeyError || error instanceof IncompleteAnswerError
     || (error instanceof ApiError && RETRYABLE_STATUSES.has(error.status));
@@ -517,7 +516,7 @@ function isRaster(head) {
  * and refuses the whole series for as mixed with images. PNG, JPEG and TIFF files stay: mixed with DICOM they are
  * refused, as the server says. Among several PNG, JPEG or TIFF files, the files that are none of them are left out
  * too: a failed file of a raster series is a missing slice, which cuts the series clean-up there, and a note or a
- * desktop.ini beside the slices is no slice (review 36: two notes cost two tumor slices their masks). A file that
+ * desktop.ini beside the slices is no slice (sent, two notes cost two tumor slices their masks). A file that
  * starts as an image and does not decode stays: that one is a missing slice.
  */
 function withoutExtras(files, heads) {
@@ -536,7 +535,7 @@ function withoutExtras(files, heads) {
 
 /** At most MAX_NAMES_LISTED file names, then how many more. */
 // Controls and bidirectional overrides and isolates, which a file name or a DICOM value may hold: shown as they are,
-// an unclosed right-to-left override turned the rest of a line around (attack review 61 F5).
+// an unclosed right-to-left override turns the rest of a line around.
 const UNSHOWN_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 const MOST_SHOWN_CHARACTERS = 128;
 
@@ -640,7 +639,7 @@ function postBatch(files, query) {
     request.upload.addEventListener("load", () => {
       ui.progress.removeAttribute("value"); // indeterminate while the models run
       ui.progressLabel.textContent = `Analysing ${files.length} ${files.length === 1 ? "file" : "files"}`;
-      if (!query.includes("dicom-seg")) { // said once sent, not while uploading (browser review 53 F4)
+      if (!query.includes("dicom-seg")) { // said once sent, not while uploading
         ui.status.textContent = `Analysing ${files.length === 1 ? "the slice" : `${files.length} files`}…`;
       }
     });
@@ -673,7 +672,7 @@ function stopAnalysis() {
   if (segInFlight) {
     segInFlight.abort();
     setSegBusy(false);
-    ui.segStatus.textContent = "DICOM SEG download stopped: new files were chosen."; // review 54 F3
+    ui.segStatus.textContent = "DICOM SEG download stopped: new files were chosen.";
   }
   segInFlight = null;
   hideProgress();
@@ -776,8 +775,8 @@ async function analyse(chosen) {
 }
 
 /**
- * Refuses more files than one analysis takes before they are uploaded, saying what to do (browser review 44 F6: 300
- * slices were uploaded and then refused, with no advice). One file never is: the limit is at least 1.
+ * Refuses more files than one analysis takes before they are uploaded, saying what to do, rather
+ * than upload 300 slices to have them refused with no advice. One file never is: the limit is at least 1.
  */
 async function refuseTooManyFiles(files) {
   const limit = files.length > 1 ? await batchFileLimit() : null;
@@ -842,7 +841,7 @@ const busyWithCancelledWork = (error) => error instanceof ApiError && error.stat
 /** Says why nothing happens yet, with Cancel still offered, for the `seconds` the server asked to wait. */
 function waitForCancelledWork(seconds) {
   // The service asks for at most a minute; a larger value (a proxy's) would wait for days, or, past 24.8 days,
-  // overflow setTimeout and send every retry at once (browser review 41).
+  // overflow setTimeout and send every retry at once.
   const wait = Math.min(Math.ceil(seconds), MAX_BUSY_WAIT_SECONDS);
   ui.status.textContent = "The server is still finishing the cancelled analysis; trying again in "
     + `${plural(wait, "second")}…`;
@@ -854,7 +853,7 @@ function waitForCancelledWork(seconds) {
 /**
  * Titles the request tells more precisely than the code: a raster series' one request-level invalid_image is its
  * slices' sizes (not "unreadable"), mixed_input of DICOM files alone means several studies or patients, and a whole
- * request refused as withdrawn had every image withdrawn by the notes chosen with them (browser review 58 F1).
+ * request refused as withdrawn had every image withdrawn by the notes chosen with them.
  */
 function titledForRequest(error, rasterSeries, onlyDicom) {
   if (rasterSeries && error instanceof ApiError && error.code === "invalid_image") {
@@ -888,7 +887,7 @@ function fileFailures(failures, files) {
 /**
  * A server message names another file by its place in the request ("the request's file at index 8 (file 9 as
  * sent"), and the page sends the files in its own order under neutral part names: the file's own name is added, so
- * that the odd one out of a folder or zip can be found (browser review 53 F2).
+ * that the odd one out of a folder or zip can be found.
  */
 function namingFiles(message, files) {
   if (typeof message !== "string") {
@@ -898,7 +897,7 @@ function namingFiles(message, files) {
     const names = indices.split(", ").map((index) => files[Number(index)]?.name).filter(Boolean).map((name) => shownText(name));
     return names.length ? `${whole}: ${names.join(", ")}` : whole;
   };
-  // Lists too ("the request's files at index 20, 21 (files 21, 22 as sent"; browser review 58 F2).
+  // Lists too ("the request's files at index 20, 21 (files 21, 22 as sent").
   return message
     .replace(/the request's file at index (\d+) \(file \d+ as sent/g, named)
     .replace(/the request's files at index ((?:\d+, )*\d+) \(files (?:\d+, )*\d+ as sent/g, named);
@@ -939,8 +938,8 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
   }
   const failures = fileFailures(answer.results.filter((item) => !item.ok), files);
   // Files that failed and are slices missing from the volume, as the server's series clean-up counts them
-  // (app/uploads.py raster_series_breaks): not a file that is no image, nor a copy of a slice (browser review 44: a
-  // copy was drawn as a gap, and slices.csv put a blank slice inside the tumor).
+  // (app/uploads.py raster_series_breaks): not a file that is no image, nor a copy of a slice (else a
+  // copy is drawn as a gap, and slices.csv puts a blank slice inside the tumor).
   const missing = answer.results.filter((item) => !item.ok && !NO_MISSING_SLICE.has(item.error?.code));
   const slices = [];
   const maskName = maskNamer();
@@ -1063,9 +1062,9 @@ async function storedSizeOf(file) {
 
 /**
  * The result on screen while a new choice is read and analysed ("pending"), or after that one failed or was
- * cancelled ("kept"): still shown, named as the previous result (browser review 53 F1: it was hidden at once, and a
- * wrong file or a Cancel lost it). Its downloads wait while the new files are on their way: a SEG of the previous
- * patient saved once the new result is shown would mix patients. `null`: the result shown is the current one.
+ * cancelled ("kept"): still shown, named as the previous result, so that a
+ * wrong file or a Cancel does not lose it. Its downloads wait while the new files are on their way: a SEG of the
+ * previous patient saved once the new result is shown would mix patients. `null`: the result shown is the current one.
  */
 function markResultPrevious(state) {
   const shown = series !== null && !ui.result.hidden;
@@ -1077,7 +1076,7 @@ function markResultPrevious(state) {
       : `Previous result (${series.selection}); the new choice was not analysed.`;
   }
   // The spacing fields belong to the result shown: typed while new files are on their way, a value would change
-  // the previous patient's volume and zip, then be cleared by the new result (review 54 F2).
+  // the previous patient's volume and zip, then be cleared by the new result.
   ui.pixelSpacing.readOnly = shown && state === "pending";
   ui.sliceSpacing.readOnly = shown && state === "pending";
   for (const button of [ui.downloadMasks, ui.downloadSeg]) {
@@ -1147,7 +1146,7 @@ function showSeries(shown) {
   const outcome = slices.length === 1
     ? `${verdict}: tumor probability ${firstAgainstThreshold[0]}, threshold ${firstAgainstThreshold[1]}.`
     : `${verdict} in ${positives ? positives : "any"} of ${positives ? "" : "the "}${slices.length} slices; `
-      + `threshold ${formatPercent(first.threshold)}.`; // not "No tumor detected in 0 of" (browser review 58 F5)
+      + `threshold ${formatPercent(first.threshold)}.`; // not "No tumor detected in 0 of"
   const besideNote = beside.length
     ? `, ${beside.length} of them next to a slice with tumor `
       + `(review first: ${beside.length === 1 ? "slice" : "slices"} ${beside.join(", ")})`
@@ -1169,7 +1168,7 @@ function showSeries(shown) {
 /**
  * The files that could not be analysed, one list item per reason (the answer's error code, which each failed file
  * has): the reason in the page's words, the count, the first few files with the server's message, the rest in a
- * <details> (browser review 44 F5). Text only: names and messages come from the files and the server.
+ * <details>. Text only: names and messages come from the files and the server.
  */
 function showFailures(failures) {
   ui.fileErrors.replaceChildren();
@@ -1180,7 +1179,7 @@ function showFailures(failures) {
   const lead = document.createElement("p");
   const withdrawn = failures.filter(isWithdrawal).length;
   const failed = failures.length - withdrawn;
-  // Files a rejection note withdraws (and the note) were left out as asked, not failed (browser review 58 F4).
+  // Files a rejection note withdraws (and the note) were left out as asked, not failed.
   lead.textContent = [
     failed ? `${plural(failed, "file")} could not be analysed` : "",
     withdrawn ? `${plural(withdrawn, "file")} left out as a rejection note asks` : "",
@@ -1192,7 +1191,7 @@ function showFailures(failures) {
 
 /**
  * "tumor_classifier@1.6.0, tumor_segmenter@1.6.0" as nodes that a narrow column breaks before "@", never inside a
- * version: "1.6." on one line and "0" on the next reads as another version (browser review 58 F3).
+ * version: "1.6." on one line and "0" on the next reads as another version.
  */
 function modelTags(tags) {
   return tags.flatMap((tag, at) => {
@@ -1304,7 +1303,7 @@ function describeSeriesChoice(answer) {
     && item.series_number === use.series_number && item.series_description === use.series_description);
   const otherSeries = leftOut.filter((use) => !partOfUsed(use));
   const parts = [`Series read: ${used.length ? used.map(named).join(", ") : "none"}.`];
-  // Each series left out with the server's reason, as copies left out of a series read are (browser review 40).
+  // Each series left out with the server's reason, as copies left out of a series read are.
   for (const use of otherSeries) {
     parts.push(`Left out: ${named(use)}: ${use.evidence}.`);
   }
@@ -1658,7 +1657,7 @@ function setUpWindow(slices) {
     }
   }
   // Float slices may span 0..1 (a pipeline's normalised output): the narrowest width and the read-outs' decimals
-  // follow the range, not whole numbers (review 42: Width was stuck at 1, and Level read "1" all along).
+  // follow the range, not whole numbers (else Width sticks at 1, and Level reads "1" all along).
   const span = max > min ? max - min : 1;
   const narrowest = Math.min(1, span / 1000);
   series.windowDigits = span >= 10 ? 0 : Math.min(6, Math.ceil(2 - Math.log10(span)));
@@ -1682,7 +1681,7 @@ function setUpWindow(slices) {
     ? { ...preset.window, center: (reversedScale(preset.picture) ? -1 : 1) * preset.window.center }
     : stretch;
   // The ranges take in the file's own window, which may lie beyond the values (a full-range 12-bit window over values
-  // up to 1,020): a range input would otherwise move it silently, and Reset with it (review 42).
+  // up to 1,020): a range input would otherwise move it silently, and Reset with it.
   const { center, width } = series.defaultWindow;
   ui.windowLevel.min = String(Math.min(min, center));
   ui.windowLevel.max = String(Math.max(max, center));
@@ -1846,7 +1845,7 @@ function colourName() {
 
 /**
  * Shows slice `index`. `announce`: whether the caption (a live region) reads the change out; not for the Slice
- * slider and the strip, which announce their own value text (review 42: each step there was read twice).
+ * slider and the strip, which announce their own value text (each step there would be read twice).
  */
 function showSlice(index, { announce = true } = {}) {
   if (!series) {
@@ -1899,7 +1898,7 @@ function showSlice(index, { announce = true } = {}) {
 
 /**
  * The slice a result opens on: the one with the largest predicted tumor area, so that the first view of a "tumor
- * detected" series shows the tumor (review 36: the first positive slice in anatomical order could hold one pixel);
+ * detected" series shows the tumor (the first positive slice in anatomical order can hold one pixel);
  * else the first slice called tumor (its mask may be withheld), else the first slice.
  */
 function firstSliceToShow(slices) {
@@ -1997,8 +1996,8 @@ function csvCell(value) {
 
 /**
  * The spacing typed for a PNG, JPEG or TIFF series (its files carry none) and the volume shown from it, for the
- * masks' zip: its mm² column and the volume the page showed could not be traced back to anything (browser review 53
- * F3). Null when no valid spacing was typed, or for DICOM, whose files give theirs.
+ * masks' zip: its mm² column and the volume the page showed could not be traced back to anything without
+ * it. Null when no valid spacing was typed, or for DICOM, whose files give theirs.
  */
 function typedSpacing() {
   const { pixel, slice, pixelError, sliceError } = enteredSpacing();
@@ -2036,7 +2035,7 @@ async function downloadMasks() {
   }
   entries.push({ name: "slices.csv", bytes: new TextEncoder().encode(`${rows.map((row) => row.map(csvCell).join(",")).join("\n")}\n`) });
   // The service's whole answer (models and their versions, threshold, volume, notes, series read and left out) beside
-  // the masks, without the masks' PNG data they hold as files (browser review 44: the zip alone could not be read).
+  // the masks, without the masks' PNG data they hold as files (without them the zip alone cannot be read).
   const answer = JSON.stringify(series.answer, (key, value) => (key === "png" ? undefined : value), 2);
   entries.push({ name: "answer.json", bytes: new TextEncoder().encode(`${answer}\n`) });
   const spacing = typedSpacing();
@@ -2124,7 +2123,7 @@ function restoreApiKey() {
   ui.keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
     if (retryOnKeyEnter) {
-      retryAnalysis(); // the key just typed, tried at once (browser review 44 F4: Enter did nothing)
+      retryAnalysis(); // the key just typed, tried at once when Enter is pressed
     }
   });
   ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
@@ -2154,7 +2153,7 @@ async function droppedFiles(dataTransfer) {
     if (entry.isFile) {
       const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
       // A file from an entry has no webkitRelativePath: its path in the drop orders it, as a chosen folder's are
-      // (review 42: by name alone, the slices of two subfolders were interleaved into one series).
+      // (by name alone, the slices of two subfolders would be interleaved into one series).
       Object.defineProperty(file, "dropPath", { value: entry.fullPath });
       files.push(file);
     } else if (entry.isDirectory) {
@@ -2180,7 +2179,7 @@ function wireFileChoice() {
   for (const input of [ui.fileInput, ui.folderInput]) {
     input.addEventListener("change", () => {
       const files = [...input.files];
-      // An empty folder chosen gets analyse's "no files" error, not silence (review 42).
+      // An empty folder chosen gets analyse's "no files" error, not silence.
       if (files.length || input === ui.folderInput) {
         analyse(files);
       }
@@ -2197,7 +2196,7 @@ function wireFileChoice() {
     event.preventDefault();
     ui.dropZone.classList.remove("dragging");
     const { files, folders } = await droppedFiles(event.dataTransfer);
-    // A dropped folder without files gets analyse's "no files" error: silence read as a missed drop (review 42).
+    // A dropped folder without files gets analyse's "no files" error: silence reads as a missed drop.
     if (files.length || folders) {
       analyse(files);
     }
@@ -2282,7 +2281,7 @@ function wireViewer() {
   // next slice, as a slider does and as screen readers announce the two sliders.
   scrollByKeys(ui.viewer, SLICE_KEYS, true);
   scrollByKeys(ui.strip, SLICE_KEYS, false);
-  // Tabbed to, the strip is brought into view whole: Chromium left it half below the fold (browser review 58 F6).
+  // Tabbed to, the strip is brought into view whole: Chromium leaves it half below the fold.
   ui.strip.addEventListener("focus", () => ui.strip.scrollIntoView({ block: "nearest" }));
   ui.strip.addEventListener("click", (event) => {
     const bar = event.target.closest(".strip-bar");

@@ -14,8 +14,8 @@ export class FormatError extends Error {
 
 export const EMPTY_ZIP_TITLE = "The zip holds no slices. Choose a zip of PNG, JPEG, TIFF or DICOM slices.";
 // The most a zip may unpack to, all its entries together: far past what one request may send (the server's default
-// is 128 MiB), and reached in seconds. A zip of a few MB can unpack to gigabytes of zeros, which the tab held while
-// it inflated them, for 20-45 s, before failing with a message about file permissions (review 36).
+// is 128 MiB), and reached in seconds. A zip of a few MB can unpack to gigabytes of zeros, which the tab would hold
+// while it inflated them, for 20-45 s, before failing with a message about file permissions.
 export const MAX_UNZIPPED_BYTES = 512 * 2 ** 20;
 export const ZIP_TOO_LARGE_TITLE = "The zip unpacks to more than the page reads (512 MiB). Choose fewer slices, or "
   + "the files themselves.";
@@ -30,8 +30,8 @@ export const isZip = (head) => head.length >= 4 && head[0] === 0x50 && head[1] =
 // before the server's refusal is shown; such a slice is left undrawn, and the server says whether it takes it.
 export const MAX_DRAWN_PIXELS = 2 ** 25;
 // The most frames of one DICOM file the page decodes to draw, and the most pixels of all of them: a 20 MB file of 20
-// million 1 x 1 frames kept the tab frozen for 10 s, one array per frame, before the server's refusal (too many
-// slices) could be shown (review 36). Eight times the server's default slices per request; 2 ** 27 pixels hold 512
+// million 1 x 1 frames would keep the tab frozen for 10 s, one array per frame, before the server's refusal (too many
+// slices) could be shown. Eight times the server's default slices per request; 2 ** 27 pixels hold 512
 // x 512 x 512 (512 MiB as floats).
 export const MAX_DRAWN_FRAMES = 2048;
 const MAX_DRAWN_FILE_PIXELS = 2 ** 27;
@@ -491,7 +491,7 @@ export function tiffSize(buffer) {
 }
 
 // TIFF compressions the viewer decodes: none, Deflate (8 and 32946), LZW (5) and PackBits (32773), these two common in
-// slices exported by image tools (browser review 39: they were analysed by the server but drawn black here); LZW and
+// slices exported by image tools (the server analyses them, so the page draws them too); LZW and
 // PackBits stop at `limit` bytes (the image's), whatever a strip would unpack to.
 const TIFF_DECODERS = {
   1: async (strip) => strip,
@@ -519,7 +519,7 @@ export async function readTiff(buffer) {
   const channels = (tags[277] ?? [1])[0];
   const predictor = (tags[317] ?? [1])[0];
   const sampleFormat = (tags[339] ?? [1])[0];
-  // SampleFormat 3: 32-bit floats, as Fiji and processing pipelines save slices (browser review 40: never drawn).
+  // SampleFormat 3: 32-bit floats, as Fiji and processing pipelines save slices.
   const float = sampleFormat === 3;
   const samplesKnown = float ? bits === 32 && predictor === 1 : [8, 16].includes(bits) && sampleFormat <= 2
     && [1, 2].includes(predictor);
@@ -556,8 +556,8 @@ export async function readTiff(buffer) {
     let sum = 0;
     for (let k = 0; k < colour; k += 1) {
       const value = sample((i * channels + k) * step);
-      // NaN and infinite floats count as 0, as the server reads them (browser review 41: one +Inf pixel made the
-      // default window 100 wide, and the slice was drawn almost white).
+      // NaN and infinite floats count as 0, as the server reads them (else one +Inf pixel makes the
+      // default window 100 wide, and the slice is drawn almost white).
       sum += Number.isFinite(value) ? value : 0;
     }
     values[i] = sum / colour;
@@ -572,8 +572,8 @@ export async function readTiff(buffer) {
 }
 
 /**
- * An 8-bit RGB TIFF (the LGG data set's own .tif layout) as it is stored, drawn in colour as its JPEG is (review 42:
- * drawn as the grey mean of pre-contrast, FLAIR and post-contrast). Extra samples (alpha) are dropped, as the server
+ * An 8-bit RGB TIFF (the LGG data set's own .tif layout) as it is stored, drawn in colour as its JPEG is, not as the
+ * grey mean of pre-contrast, FLAIR and post-contrast. Extra samples (alpha) are dropped, as the server
  * drops them. Deeper RGB stays the channels' mean under Level/Width: the server stretches each channel on its own, which
  * one grey window cannot stand for.
  */
@@ -601,7 +601,7 @@ function sampleReader(pixels, bits, signed, float, little) {
  * A palette TIFF's indices looked up in its ColorMap (tag 320: every red, then every green, then every blue), as the
  * server shows it (app/tiff_decoding.py as_shown): 16-bit colours cut to 8 bits, or taken as 8-bit when all are under
  * 256, as libtiff guesses. Grey `values` when the map is grey (Level/Width applies), else an RGB `rgba` image
- * (browser review 40: the raw indices were drawn, an inverting grey map as a negative).
+ * (not the raw indices, and an inverting grey map not as a negative).
  */
 function throughColourMap(indices, map, width, height) {
   const entries = map.length / 3;
@@ -772,8 +772,8 @@ const PER_FRAME_GROUPS = "52009230";
 const PIXEL_MEASURES = "00289110";
 const PIXEL_VALUE_TRANSFORMATION = "00289145";
 const FRAME_VOI_LUT = "00289132";
-// The functional group macros read, and the attributes read inside them (browser review 40: an Enhanced MR frame's
-// own Rescale Slope and the file's Frame VOI LUT window were ignored, so frames were drawn on different scales).
+// The functional group macros read, and the attributes read inside them (an Enhanced MR frame's own
+// Rescale Slope and the file's Frame VOI LUT window, without which frames are drawn on different scales).
 const FRAME_MACROS = new Set([PIXEL_MEASURES, PIXEL_VALUE_TRANSFORMATION, FRAME_VOI_LUT]);
 const FRAME_ATTRIBUTES = {
   "00280030": "pixelSpacing",
@@ -794,7 +794,7 @@ const DEFLATED = "1.2.840.10008.1.2.1.99";
 const NATIVE_SYNTAXES = new Set([IMPLICIT_LITTLE, EXPLICIT_LITTLE, EXPLICIT_BIG, DEFLATED]);
 const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
 // Data elements the page walks in one file before it gives up on drawing it, as the server refuses such a header (a
-// deflated data set of zeros inflates to millions of empty elements: browser review 41, the tab froze for 30 s).
+// deflated data set of zeros inflates to millions of empty elements, which would freeze the tab for 30 s).
 const MAX_DICOM_ELEMENTS = 100_000;
 
 const hex4 = (value) => value.toString(16).padStart(4, "0").toUpperCase();
@@ -837,7 +837,7 @@ export async function readDicom(buffer) {
   let bytes = new Uint8Array(buffer);
   let view = new DataView(buffer);
   // The file meta group is always little endian; the data set after it in the byte order its transfer syntax names
-  // (browser review 40: Big Endian headers were read byte-swapped, and lost their UIDs, order and spacing).
+  // (Big Endian headers read as little endian lose their UIDs, order and spacing).
   let little = true;
   let dataSetStart = null;
   const text = (start, length) => new TextDecoder().decode(bytes.subarray(start, start + length)).replace(/[\0 ]+$/, "").trim();
@@ -980,8 +980,8 @@ export async function readDicom(buffer) {
     // An Enhanced MR file keeps its window in the Frame VOI LUT (shared), as a single-frame file keeps it at the top.
     window: windowOf(shared(FRAME_VOI_LUT, "windowCenter"), shared(FRAME_VOI_LUT, "windowWidth"))
       ?? windowOf(found.windowCenter, found.windowWidth),
-    // The frames the file holds, drawn or not: the slices the server may answer for it (browser review 40: a
-    // JPEG-LS multi-frame file counted as one, and the page refused the server's answer of 26 slices).
+    // The frames the file holds, drawn or not: the slices the server may answer for it (counted as
+    // one, a JPEG-LS multi-frame file's answer of 26 slices would be refused by the page).
     frameCount: Math.max(1, first(found.numberOfFrames) ?? 1),
     frames: [],
   };
@@ -1071,8 +1071,7 @@ function encapsulatedFragments(view, start) {
 
 /**
  * One RLE Lossless frame (DICOM PS3.5 Annex G) of `size` pixels of `step` bytes: a header of segment offsets, then
- * one PackBits segment per byte of a pixel, most significant first. The stored values, or null when it is not whole
- * (browser review 39: RLE series were analysed but never drawn).
+ * one PackBits segment per byte of a pixel, most significant first. The stored values, or null when it is not whole.
  */
 function rleFrame(fragment, size, step) {
   if (fragment.length < 64) {

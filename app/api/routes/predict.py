@@ -149,8 +149,8 @@ SeriesFiles = Annotated[
     ),
 ]
 MaskFormatQuery = Annotated[schemas.MaskFormat, Query(description="mask encodings to return")]
-# The handlers read Accept from the request: declared as a header parameter it was ignored by OpenAPI tools, which
-# must skip one named Accept (OpenAPI 3.1, API review 48 F10). This description and the 200's media types tell it.
+# The handlers read Accept from the request: declared as a header parameter it would be ignored by OpenAPI tools,
+# which must skip one named Accept (OpenAPI 3.1). This description and the 200's media types tell it.
 OutputQuery = Annotated[
     schemas.OutputFormat,
     Query(
@@ -178,8 +178,8 @@ IDENTITY_TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 
 
 def check_transfer_encoding(upload: UploadFile) -> None:
-    """Refuse a file part whose bytes are encoded (base64, quoted-printable): nothing here decodes them, so they were
-    read as the file and refused as "text" or worse, without naming the header (attack review 44 F13). RFC 7578 4.7:
+    """Refuse a file part whose bytes are encoded (base64, quoted-printable): nothing here decodes them, so they would
+    be read as the file and refused as "text" or worse, without naming the header. RFC 7578 4.7:
     senders must not use Content-Transfer-Encoding in multipart/form-data."""
     encoding = upload.headers.get("content-transfer-encoding")
     if encoding is not None and encoding.strip().lower() not in IDENTITY_TRANSFER_ENCODINGS:
@@ -192,8 +192,7 @@ def check_transfer_encoding(upload: UploadFile) -> None:
 async def read_upload(upload: UploadFile, limits: uploads.UploadLimits) -> bytes:
     """Read a file part, at most one byte past the per-file limit (so an oversized file is never read whole).
 
-    `limits` are the service's (`PredictionService.limits`), not built again for every file part (newcomer review
-    45 F7)."""
+    `limits` are the service's (`PredictionService.limits`), not built again for every file part."""
     check_transfer_encoding(upload)
     data = await upload.read(limits.max_upload_bytes + 1)
     uploads.check_upload_size(len(data), limits, complete=len(data) <= limits.max_upload_bytes)
@@ -359,7 +358,7 @@ async def encode_slice_payload(
 def mark_json_instead_of_dicom(response: Response, tumor_detected: bool) -> None:
     """A DICOM answer was asked for and none made (no SEG of a slice or series without tumor): the JSON goes out
     with `X-Tumor-Detected`, as a SEG would, so a client that files the body as DICOM has a header to check besides
-    Content-Type (API review 48 F5)."""
+    Content-Type."""
     response.headers["X-Tumor-Detected"] = str(tumor_detected).lower()
 
 
