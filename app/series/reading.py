@@ -25,18 +25,18 @@ from app.dicom.dicom_frame import (
     DicomFrame,
     frame_placement,
     offsets_along_normal,
-    slice_normal,
     source_instance_uids,
 )
 from app.dicom.dicom_header import DicomHeader, garbled_values_refused, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
-from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SAME_PLANE_TOLERANCE, SliceInput, SlicePlaces, prepare_inputs
+from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
 from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
 from app.series.info import where_in_study
 from app.series.rejection_notes import apply_rejection_notes
 from app.series.sequence_rules import SelectionRules
+from app.series.t1_on_flair_grid import TURNED_NOTE, stored_otherwise_note, t1_frames_on_flair_grid
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
 
 
@@ -497,11 +497,16 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     if unreadable is not None and flair is not None:
         choice = choice.flair_alone(f"none of a T1 series' files could be read ({unreadable})")
         frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
-    paired, orphans = frames, []
+    paired, orphans, turned = frames, [], 0
     if len(choice.used) == 3 and flair is not None:
+        on_grid, turned = t1_frames_on_flair_grid(frames, flair.series_instance_uid)
+        file_of.update({new: file_of[old] for old, new in zip(frames, on_grid, strict=True) if new is not old})
+        frames = on_grid
         paired, orphans = _without_t1_frames_where_flair_has_none(frames, flair.series_instance_uid)
     try:
         inputs = prepare_inputs(paired, choice.channel_series)
+        if turned:
+            choice = replace(choice, notes=(*choice.notes, TURNED_NOTE))
         if orphans:
             choice = replace(choice, notes=(*choice.notes, _t1_frames_left_out_note(orphans, paired, flair)))
         return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
@@ -509,54 +514,11 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         flair = choice.flair
         if len(choice.used) != 3 or flair is None:
             raise
-        turned = _t1_in_flair_planes_stored_otherwise(frames, flair.series_instance_uid)
-        choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message}){turned}")
+        stored_otherwise = stored_otherwise_note(frames, flair.series_instance_uid)
+        choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message}){stored_otherwise}")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         inputs = prepare_inputs(flair_frames, choice.channel_series)
         return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
-
-
-def _t1_in_flair_planes_stored_otherwise(frames: Sequence[DicomFrame], flair_uid: str) -> str:
-    """The note's explanation when every T1 frame lies in a plane of a FLAIR frame (the same normal, either way, at
-    the same place along it) and some T1 frame is stored otherwise than the FLAIR frame of its plane (another
-    orientation, or another first-pixel position): the T1 series are stored turned, flipped or over another field of
-    view, which a PACS can tell its users; else "" (a slice missing, another pixel spacing: the error says so)."""
-
-    def plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
-        normal = slice_normal([frame])
-        if frame.image_position is None or normal is None:
-            return None
-        length = float(np.linalg.norm(normal))
-        if length == 0:
-            return None
-        normal = normal / length
-        normal = -normal if normal[np.argmax(np.abs(normal))] < 0 else normal  # one sign for both directions
-        return normal, float(np.dot(normal, frame.image_position))
-
-    flair = [(frame, plane(frame)) for frame in frames if frame.series_instance_uid == flair_uid]
-    t1 = [(frame, plane(frame)) for frame in frames if frame.series_instance_uid != flair_uid]
-    if not t1 or any(place is None for _, place in (*flair, *t1)):
-        return ""
-    stored_otherwise = False
-    for frame, (normal, along) in t1:  # type: ignore[misc]
-        same_plane = [
-            other
-            for other, (other_normal, other_along) in flair  # type: ignore[misc]
-            if abs(float(np.dot(normal, other_normal))) > 0.9999 and abs(along - other_along) <= POSITION_TOLERANCE_MM
-        ]
-        if not same_plane:
-            return ""
-        stored_otherwise = stored_otherwise or not any(
-            np.allclose(frame.image_orientation, other.image_orientation, atol=SAME_PLANE_TOLERANCE)  # type: ignore[arg-type]
-            and np.allclose(frame.image_position, other.image_position, atol=POSITION_TOLERANCE_MM)  # type: ignore[arg-type]
-            for other in same_plane
-        )
-    if not stored_otherwise:
-        return ""
-    return (
-        "; the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view: each "
-        "slice must have one Image Orientation (Patient) and one first-pixel Image Position (Patient) in all three"
-    )
 
 
 def resent_files_by_pixels(frames: Sequence[DicomFrame], file_of: Mapping[DicomFrame, int]) -> dict[int, int]:

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from app.dicom.dicom_series import model_inputs, prepare_inputs
 from app.dicom.dicom_sr_reader import read_volume_report
 from app.inference import Predictor, SlicePrediction
+from app.series.t1_on_flair_grid import TURNED_NOTE
 from tests.api.service_client import decode_rle
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
@@ -344,21 +345,80 @@ def test_orientations_the_pairing_takes_for_one_are_not_said_to_be_stored_turned
     assert "must have the same Pixel Spacing" in note and "stored turned" not in note
 
 
-def test_t1_series_stored_flipped_in_flairs_planes_are_said_to_be(client: TestClient) -> None:
-    """Interop review 59 F1: T1 series in FLAIR's very planes, stored with their rows flipped, were left out with a
-    note of a frame count at a corner, which no PACS user could act on."""
+def store_otherwise(dataset: Dataset, layout: str, margin: int = 0) -> None:
+    """Store an axial slice in another `layout` of the same points (turned, flipped, transposed), over a field of view
+    `margin` pixels larger on every side (filled with 0), its orientation and first-pixel position told to match."""
+    pixels = dataset.pixel_array
+    spacing = float(dataset.PixelSpacing[0])  # square pixels in these series
+    x0, y0, z = (float(value) for value in dataset.ImagePositionPatient)
+    if margin:
+        pixels = np.pad(pixels, margin)
+        x0, y0 = x0 - margin * spacing, y0 - margin * spacing
+    rows, columns = pixels.shape
+    x_end, y_end = x0 + (columns - 1) * spacing, y0 + (rows - 1) * spacing
+    stored, orientation, first = {
+        "as stored": (pixels, [1, 0, 0, 0, 1, 0], (x0, y0)),
+        "rows flipped": (pixels[::-1], [1, 0, 0, 0, -1, 0], (x0, y_end)),
+        "columns flipped": (pixels[:, ::-1], [-1, 0, 0, 0, 1, 0], (x_end, y0)),
+        "turned 180": (pixels[::-1, ::-1], [-1, 0, 0, 0, -1, 0], (x_end, y_end)),
+        "transposed": (pixels.T, [0, 1, 0, 1, 0, 0], (x0, y0)),
+        "turned 90": (np.rot90(pixels), [0, 1, 0, -1, 0, 0], (x_end, y0)),
+    }[layout]
+    dataset.PixelData = np.ascontiguousarray(stored).tobytes()
+    dataset.Rows, dataset.Columns = stored.shape
+    dataset.ImageOrientationPatient = [float(value) for value in orientation]
+    dataset.ImagePositionPatient = [first[0], first[1], z]
+
+
+@pytest.mark.parametrize(
+    ("layout", "margin"),
+    [
+        ("rows flipped", 0),
+        ("columns flipped", 0),
+        ("turned 180", 0),
+        ("transposed", 0),
+        ("turned 90", 0),
+        ("as stored", 3),
+        ("turned 90", 2),
+    ],
+)
+def test_t1_series_stored_otherwise_in_flairs_planes_are_read_in_flairs_layout(
+    client: TestClient, predictor: Predictor, layout: str, margin: int
+) -> None:
+    """Interop review 59 F1: T1 series in FLAIR's very planes, stored flipped, turned or over a larger field of view,
+    were left out (FLAIR read alone). Their pixels are the same points: read in FLAIR's layout, the answer is the
+    one for T1 series stored as FLAIR is, and the selection says so."""
     series = named_study()
+    reference = three_channel_reference(predictor, series)
     for dataset in (*series["pre"], *series["post"]):
-        rows = int(dataset.Rows)
-        dataset.PixelData = dataset.pixel_array[::-1].tobytes()
-        dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
-        x, y, z = (float(value) for value in dataset.ImagePositionPatient)
-        dataset.ImagePositionPatient = [x, y + (rows - 1) * float(dataset.PixelSpacing[0]), z]
+        store_otherwise(dataset, layout, margin)
 
     response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
 
     assert response.status_code == 200, response.text
-    (note,) = response.json()["selection_notes"]
+    body = response.json()
+    assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
+    assert body["selection_notes"] == [TURNED_NOTE]
+    assert_same_as(body, reference)
+    assert [item["sop_instance_uid"] for item in body["slices"]] == [item.SOPInstanceUID for item in series["flair"]]
+
+
+def test_t1_series_stored_turned_at_another_pixel_spacing_are_said_to_be(client: TestClient) -> None:
+    """T1 series in FLAIR's planes, stored flipped and at another pixel spacing, cannot be read in FLAIR's layout
+    without resampling: FLAIR is read alone, and the note says why in terms a PACS user can act on."""
+    series = named_study()
+    for dataset in (*series["pre"], *series["post"]):
+        store_otherwise(dataset, "rows flipped")
+        dataset.PixelSpacing = [0.75, 0.75]
+        x, _, z = (float(value) for value in dataset.ImagePositionPatient)
+        dataset.ImagePositionPatient = [x, -120.0 + (int(dataset.Rows) - 1) * 0.75, z]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {4: "FLAIR"}
+    (note,) = body["selection_notes"]
     assert "the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view" in note
 
 

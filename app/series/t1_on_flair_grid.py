@@ -1,0 +1,154 @@
+"""T1 frames that lie in FLAIR's planes but are stored turned, flipped or over a larger field of view, read in
+FLAIR's pixel layout so the three channels of a slice pair.
+
+A slice's three channels are stacked pixel for pixel, so they must share one pixel grid. Scanners and PACS
+sometimes store a T1 series turned or mirrored against the FLAIR series (another Image Orientation (Patient) and
+first-pixel Image Position), or over a larger field of view at the same pixel spacing. When every FLAIR pixel is a
+T1 pixel (the same points in the patient, within a twentieth of a pixel), the T1 pixels are read in FLAIR's layout
+(a flip, a turn by a multiple of 90 degrees, a transpose, a crop: no interpolation) and the frame takes FLAIR's
+geometry. Anything else (another pixel spacing, an oblique turn, a field of view that does not cover FLAIR's) is
+left as it came: the slices then do not pair, FLAIR is read alone, and `stored_otherwise_note` says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from app.dicom.dicom_frame import DicomFrame, slice_normal
+from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SAME_PLANE_TOLERANCE
+
+TURNED_NOTE = (
+    "the T1 series are stored turned, flipped or over a larger field of view than FLAIR in FLAIR's planes: their "
+    "pixels were read in FLAIR's layout (the same points, no interpolation)"
+)
+SUBPIXEL_TOLERANCE = 0.05
+"""How far (in pixels) a FLAIR pixel's centre may lie from the T1 pixel read for it: rounding in the stored
+positions, never another sampling."""
+
+
+def t1_frames_on_flair_grid(frames: Sequence[DicomFrame], flair_uid: str) -> tuple[list[DicomFrame], int]:
+    """`frames` with each T1 frame that lies in a FLAIR frame's plane, stored otherwise, read in that FLAIR frame's
+    layout (`_on_grid_of`); and how many were."""
+    flair = [frame for frame in frames if frame.series_instance_uid == flair_uid]
+    result: list[DicomFrame] = []
+    turned = 0
+    for frame in frames:
+        on_grid = None
+        if frame.series_instance_uid != flair_uid:
+            on_grid = next((found for other in flair if (found := _on_grid_of(frame, other)) is not None), None)
+        result.append(on_grid or frame)
+        turned += on_grid is not None
+    return result, turned
+
+
+def _on_grid_of(t1: DicomFrame, flair: DicomFrame) -> DicomFrame | None:
+    """`t1` read in `flair`'s pixel layout, with `flair`'s geometry, when `t1` lies in `flair`'s plane, is stored
+    otherwise, and holds every `flair` pixel's point; else None (also when it is stored the same way: nothing to do).
+
+    FLAIR pixel (r, c) lies at O + c dc X + r dr Y (Image Position O, row and column directions X and Y, Pixel
+    Spacing dr, dc); its indices in the T1 frame are an affine map of (r, c), which must be a signed permutation
+    (a flip, a turn, a transpose) plus a whole-pixel shift.
+    """
+    geometry = _geometry(t1), _geometry(flair)
+    if geometry[0] is None or geometry[1] is None or t1.frame_of_reference_uid != flair.frame_of_reference_uid:
+        return None
+    (origin_t, x_t, y_t, rows_t, columns_t), (origin_f, x_f, y_f, rows_f, columns_f) = geometry
+    normal_t = np.cross(x_t / np.linalg.norm(x_t), y_t / np.linalg.norm(y_t))
+    if abs(float(np.dot(origin_f - origin_t, normal_t))) > POSITION_TOLERANCE_MM:
+        return None  # another plane
+    # T1 (row, column) of FLAIR (row, column): matrix @ (r, c) + shift, in T1 pixels.
+    matrix = np.array(
+        [
+            [np.dot(y_f, y_t) / np.dot(y_t, y_t), np.dot(x_f, y_t) / np.dot(y_t, y_t)],
+            [np.dot(y_f, x_t) / np.dot(x_t, x_t), np.dot(x_f, x_t) / np.dot(x_t, x_t)],
+        ]
+    )
+    shift = np.array(
+        [np.dot(origin_f - origin_t, y_t) / np.dot(y_t, y_t), np.dot(origin_f - origin_t, x_t) / np.dot(x_t, x_t)]
+    )
+    whole_matrix, whole_shift = np.rint(matrix), np.rint(shift)
+    if (
+        np.abs(matrix - whole_matrix).max() > SAME_PLANE_TOLERANCE
+        or np.abs(shift - whole_shift).max() > SUBPIXEL_TOLERANCE
+        or sorted(np.abs(whole_matrix).sum(axis=0)) != [1, 1]
+        or sorted(np.abs(whole_matrix).sum(axis=1)) != [1, 1]
+    ):
+        return None  # another spacing, an oblique turn, or between pixels
+    if np.array_equal(whole_matrix, np.eye(2)) and not whole_shift.any() and (rows_t, columns_t) == (rows_f, columns_f):
+        return None  # stored as FLAIR is: the pairing takes it as it is
+    grid = np.indices((rows_f, columns_f)).reshape(2, -1)
+    indices = (whole_matrix.astype(int) @ grid + whole_shift.astype(int)[:, None]).reshape(2, rows_f, columns_f)
+    if indices[0].min() < 0 or indices[1].min() < 0 or indices[0].max() >= rows_t or indices[1].max() >= columns_t:
+        return None  # FLAIR's field of view reaches past the T1 frame's
+    return replace(
+        t1,
+        values=np.ascontiguousarray(t1.values[indices[0], indices[1]]),
+        image_position=flair.image_position,
+        image_orientation=flair.image_orientation,
+        pixel_spacing=flair.pixel_spacing,
+    )
+
+
+def _geometry(frame: DicomFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None:
+    """The frame's first-pixel position, its row direction and column direction scaled by the pixel spacing (one
+    pixel's step along a row, and down a column), and its rows and columns; None without all of them."""
+    if frame.image_position is None or frame.image_orientation is None or frame.pixel_spacing is None:
+        return None
+    row_spacing, column_spacing = (float(value) for value in frame.pixel_spacing)
+    if row_spacing <= 0 or column_spacing <= 0 or frame.values.ndim != 2:
+        return None
+    orientation = np.asarray(frame.image_orientation, dtype=np.float64)
+    if np.linalg.norm(orientation[:3]) == 0 or np.linalg.norm(orientation[3:]) == 0:
+        return None
+    along_row = orientation[:3] / np.linalg.norm(orientation[:3]) * column_spacing
+    down_column = orientation[3:] / np.linalg.norm(orientation[3:]) * row_spacing
+    rows, columns = frame.values.shape
+    return np.asarray(frame.image_position, dtype=np.float64), along_row, down_column, rows, columns
+
+
+def stored_otherwise_note(frames: Sequence[DicomFrame], flair_uid: str) -> str:
+    """The note's explanation when every T1 frame lies in a plane of a FLAIR frame (the same normal, either way, at
+    the same place along it) and some T1 frame is stored otherwise than the FLAIR frame of its plane (another
+    orientation, or another first-pixel position) and could not be read in its layout: another pixel spacing or a
+    field of view that does not cover FLAIR's, which a PACS can tell its users; else "" (a slice missing, another
+    pixel spacing in a layout like FLAIR's: the error says so)."""
+
+    def plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
+        normal = slice_normal([frame])
+        if frame.image_position is None or normal is None:
+            return None
+        length = float(np.linalg.norm(normal))
+        if length == 0:
+            return None
+        normal = normal / length
+        normal = -normal if normal[np.argmax(np.abs(normal))] < 0 else normal  # one sign for both directions
+        return normal, float(np.dot(normal, frame.image_position))
+
+    flair = [(frame, plane(frame)) for frame in frames if frame.series_instance_uid == flair_uid]
+    t1 = [(frame, plane(frame)) for frame in frames if frame.series_instance_uid != flair_uid]
+    if not t1 or any(place is None for _, place in (*flair, *t1)):
+        return ""
+    stored_otherwise = False
+    for frame, (normal, along) in t1:  # type: ignore[misc]
+        same_plane = [
+            other
+            for other, (other_normal, other_along) in flair  # type: ignore[misc]
+            if abs(float(np.dot(normal, other_normal))) > 0.9999 and abs(along - other_along) <= POSITION_TOLERANCE_MM
+        ]
+        if not same_plane:
+            return ""
+        stored_otherwise = stored_otherwise or not any(
+            np.allclose(frame.image_orientation, other.image_orientation, atol=SAME_PLANE_TOLERANCE)  # type: ignore[arg-type]
+            and np.allclose(frame.image_position, other.image_position, atol=POSITION_TOLERANCE_MM)  # type: ignore[arg-type]
+            for other in same_plane
+        )
+    if not stored_otherwise:
+        return ""
+    return (
+        "; the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view, at "
+        "another pixel spacing or not covering FLAIR's: each slice must have one pixel grid in all three (the same "
+        "Pixel Spacing, and FLAIR's field of view within the T1 slices')"
+    )
