@@ -1,0 +1,65 @@
+"""A T1 frame is read in FLAIR's layout only when every FLAIR pixel is one of its pixels: no resampling, ever."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from app.dicom.dicom_frame import DicomFrame
+from app.series.t1_on_flair_grid import t1_frames_on_flair_grid
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def frame(
+    values: np.ndarray,
+    series: str,
+    position: tuple[float, float, float] = (-10.0, -10.0, 5.0),
+    orientation: tuple[float, ...] = AXIAL,
+    spacing: float = 1.0,
+) -> DicomFrame:
+    header = Dataset()
+    header.SeriesInstanceUID, header.FrameOfReferenceUID, header.SOPInstanceUID = series, "1.2.3", f"{series}.1"
+    return DicomFrame(values, header, 1, 1, position, orientation, (spacing, spacing), 5.0, None)  # type: ignore[arg-type]
+
+
+FLAIR_PIXELS = np.arange(20, dtype=np.float32).reshape(4, 5)
+
+
+def test_a_t1_frame_stored_flipped_is_read_in_flairs_layout_and_takes_its_geometry() -> None:
+    flair = frame(FLAIR_PIXELS, "flair")
+    t1 = frame(FLAIR_PIXELS[::-1] + 100, "t1", position=(-10.0, -7.0, 5.0), orientation=(1, 0, 0, 0, -1, 0))
+
+    (_, on_grid), turned = t1_frames_on_flair_grid([flair, t1], "flair")
+
+    assert turned == 1
+    np.testing.assert_array_equal(on_grid.values, FLAIR_PIXELS + 100)
+    assert (on_grid.image_position, on_grid.image_orientation) == (flair.image_position, flair.image_orientation)
+    assert on_grid.header is t1.header  # still the T1 instance: the SEG and SR name it
+
+
+def test_a_larger_t1_field_of_view_is_cropped_to_flairs() -> None:
+    larger = np.pad(FLAIR_PIXELS + 100, 2, constant_values=-1)
+    t1 = frame(larger, "t1", position=(-12.0, -12.0, 5.0))
+
+    (_, on_grid), turned = t1_frames_on_flair_grid([frame(FLAIR_PIXELS, "flair"), t1], "flair")
+
+    assert turned == 1
+    np.testing.assert_array_equal(on_grid.values, FLAIR_PIXELS + 100)
+
+
+def test_frames_that_would_need_resampling_or_do_not_cover_flair_are_left_as_they_came() -> None:
+    flair = frame(FLAIR_PIXELS, "flair")
+    others = [
+        frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, -8.5, 5.0), orientation=(1, 0, 0, 0, -1, 0), spacing=0.5),
+        frame(FLAIR_PIXELS[:3], "t1", position=(-10.0, -8.0, 5.0), orientation=(1, 0, 0, 0, -1, 0)),  # a row short
+        frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, -6.5, 5.0), orientation=(1, 0, 0, 0, -1, 0)),  # half a pixel
+        frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, -7.0, 6.0), orientation=(1, 0, 0, 0, -1, 0)),  # another plane
+        frame(FLAIR_PIXELS, "t1", orientation=(0.9, 0.1, 0.0, -0.1, 0.9, 0.0)),  # turned obliquely
+        frame(FLAIR_PIXELS, "t1"),  # stored as FLAIR is: nothing to do
+    ]
+
+    result, turned = t1_frames_on_flair_grid([flair, *others], "flair")
+
+    assert turned == 0
+    assert all(after is before for after, before in zip(result, [flair, *others], strict=True))
