@@ -96,13 +96,13 @@ def non_square_pixels_note(frames: Sequence[DicomFrame]) -> str | None:
 
 def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """The model batch (`app.model_input`, as for raster uploads) and the size of each slice, each slice
-    resampled to square pixels (`app.dicom.square_pixels`) and each axial slice turned in-plane to the orientation the
-    models learned (`app.dicom.slice_orientation`); `in_stored_orientation` maps the answers' masks back."""
+    turned in-plane to the orientation the models learned when axial (`app.dicom.slice_orientation`) and resampled
+    to square pixels (`app.dicom.square_pixels`); `in_stored_orientation` maps the answers' masks back."""
     batch = np.empty((len(inputs), *INPUT_SHAPE), dtype=np.float32)  # filled in place: no second copy of the batch
     sizes = []
     for index, item in enumerate(inputs):
-        resampling, turn = _model_view(item)
-        image = turn.apply(resampling.apply(item.image))
+        turn, resampling = _model_view(item)
+        image = resampling.apply(turn.apply(item.image))
         batch[index] = model_input(image)
         sizes.append((int(image.shape[0]), int(image.shape[1])))
     return batch, sizes
@@ -111,24 +111,31 @@ def model_inputs(inputs: Sequence[SliceInput]) -> tuple[np.ndarray, list[tuple[i
 def in_stored_orientation(
     predictions: Sequence[SlicePrediction], inputs: Sequence[SliceInput]
 ) -> list[SlicePrediction]:
-    """The models' answers for `model_inputs(inputs)` with each mask turned back and resampled back to its slice's
-    stored pixels (a resampled slice's answer says the size the models saw it at, `SlicePrediction.seen`)."""
+    """The models' answers for `model_inputs(inputs)` with each mask resampled back and turned back to its slice's
+    stored pixels (a resampled slice's answer says the size the models saw it at, in its stored pixel order,
+    `SlicePrediction.seen`)."""
     answers = []
     for prediction, item in zip(predictions, inputs, strict=True):
-        resampling, turn = _model_view(item)
+        turn, resampling = _model_view(item)
         if prediction.mask is not None and not (turn.is_identity and resampling.is_identity):
-            prediction = replace(prediction, mask=resampling.undo(turn.undo(prediction.mask)))
+            prediction = replace(prediction, mask=turn.undo(resampling.undo(prediction.mask)))
         if not resampling.is_identity:  # the clean-ups count sizes on the grid the models saw
-            prediction = replace(prediction, seen=resampling.resampled)
+            rows, columns = resampling.resampled
+            prediction = replace(prediction, seen=(columns, rows) if turn.transpose else (rows, columns))
         answers.append(prediction)
     return answers
 
 
-def _model_view(item: SliceInput) -> tuple[SquarePixels, InPlaneTurn]:
-    """How `item` is shown to the models: resampled to square pixels first (in the stored pixel order, where Pixel
-    Spacing's rows and columns are), then turned."""
+def _model_view(item: SliceInput) -> tuple[InPlaneTurn, SquarePixels]:
+    """How `item` is shown to the models: turned first, then resampled to square pixels along the turned rows and
+    columns, so the same slice stored transposed or flipped reaches the models as the same pixels (resampling is not
+    quite the same along rows and along columns)."""
     reference = item.reference
-    return square_pixels(item.image.shape, reference.pixel_spacing), in_plane_turn(reference.image_orientation)
+    turn = in_plane_turn(reference.image_orientation)
+    shape, spacing = item.image.shape[:2], reference.pixel_spacing
+    if turn.transpose:
+        shape, spacing = shape[::-1], None if spacing is None else (spacing[1], spacing[0])
+    return turn, square_pixels(shape, spacing)
 
 
 def normalise_volume(volume: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -76,9 +76,9 @@ def test_the_models_see_a_slice_of_tall_pixels_as_they_learned_square_ones() -> 
     assert np.abs(as_stored_batch - square_batch).mean() > 0.05
 
 
-def test_tall_pixels_stored_transposed_are_resampled_before_they_are_turned() -> None:
-    """Pixel Spacing gives rows, then columns, of the stored pixels: resampled after the turn, a transposed slice
-    would be stretched along the wrong axis."""
+def test_tall_pixels_stored_transposed_are_resampled_along_the_right_axis() -> None:
+    """Pixel Spacing gives rows, then columns, of the stored pixels: once the slice is turned, they are its columns,
+    then its rows (otherwise a transposed slice would be stretched along the wrong axis)."""
     square_batch, _ = model_inputs(series(tumor_channels(), [1.0, 1.0]).inputs)
     stored = [np.ascontiguousarray(image.T) for image in squeezed(tumor_channels(), rows=192)]  # 256 rows x 192
 
@@ -86,6 +86,27 @@ def test_tall_pixels_stored_transposed_are_resampled_before_they_are_turned() ->
 
     assert sizes == [(256, 256)] * 3
     assert np.abs(batch - square_batch).mean() < 0.01
+
+
+def test_the_same_slices_stored_transposed_reach_the_models_as_the_same_pixels() -> None:
+    """Interop review 59 F2: resampled before the turn, the same non-square slices stored as they are and stored
+    transposed reached the models a little differently (resampling rows is not quite resampling columns), and their
+    masks differed by a few pixels."""
+    stored = squeezed(tumor_channels(), rows=192)
+    transposed = [np.ascontiguousarray(image.T) for image in stored]
+    as_stored = series(stored, [TALL, 1.0]).inputs
+    turned = series(transposed, [1.0, TALL], orientation=[0.0, 1.0, 0.0, 1.0, 0.0, 0.0]).inputs
+
+    (batch, sizes), (turned_batch, turned_sizes) = model_inputs(as_stored), model_inputs(turned)
+
+    assert sizes == turned_sizes == [(256, 256)] * 3
+    np.testing.assert_array_equal(batch, turned_batch)
+    mask = np.zeros((256, 256), np.uint8)
+    cv2.circle(mask, (120, 90), 37, 1, thickness=-1)
+    (back,) = in_stored_orientation([SlicePrediction(0.9, True, mask)], as_stored[:1])
+    (turned_back,) = in_stored_orientation([SlicePrediction(0.9, True, mask)], turned[:1])
+    np.testing.assert_array_equal(turned_back.mask, back.mask.T)
+    assert back.seen == (256, 256) and turned_back.seen == (256, 256)
 
 
 def test_masks_come_back_on_the_stored_grid_of_a_transposed_slice_of_tall_pixels() -> None:
