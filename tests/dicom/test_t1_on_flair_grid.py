@@ -6,9 +6,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from app.dicom.dicom_frame import DicomFrame
+from app.series import t1_on_flair_grid
 from app.series.t1_on_flair_grid import t1_frames_on_flair_grid
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+COS, SIN = float(np.cos(np.radians(2.5))), float(np.sin(np.radians(2.5)))
 
 
 def frame(
@@ -56,6 +58,14 @@ def test_frames_that_would_need_resampling_or_do_not_cover_flair_are_left_as_the
         frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, -6.5, 5.0), orientation=(1, 0, 0, 0, -1, 0)),  # half a pixel
         frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, -7.0, 6.0), orientation=(1, 0, 0, 0, -1, 0)),  # another plane
         frame(FLAIR_PIXELS, "t1", orientation=(0.9, 0.1, 0.0, -0.1, 0.9, 0.0)),  # turned obliquely
+        # Flipped and tilted 2.5 degrees about FLAIR's first row: through FLAIR's first pixel, but its far rows lie
+        # in other slices (interop review 60 F1).
+        frame(
+            FLAIR_PIXELS[::-1],
+            "t1",
+            position=(-10.0, -10.0 + 3 * COS, 5.0 - 3 * SIN),
+            orientation=(1, 0, 0, 0, -COS, SIN),
+        ),
         frame(FLAIR_PIXELS, "t1"),  # stored as FLAIR is: nothing to do
     ]
 
@@ -63,3 +73,28 @@ def test_frames_that_would_need_resampling_or_do_not_cover_flair_are_left_as_the
 
     assert turned == 0
     assert all(after is before for after, before in zip(result, [flair, *others], strict=True))
+
+
+def test_each_t1_frame_is_compared_with_the_flair_frames_of_its_plane_only() -> None:
+    """Interop review 60 F2: every T1 frame was tried against every FLAIR frame (400 slices a series: 15 s)."""
+    flair = [frame(FLAIR_PIXELS, "flair", position=(-10.0, -10.0, float(z))) for z in range(400)]
+    t1 = [
+        frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, -7.0, float(z)), orientation=(1, 0, 0, 0, -1, 0))
+        for z in range(400)
+    ]
+    tried = []
+    original = t1_on_flair_grid._on_grid_of
+
+    def counted(t1_frame: DicomFrame, flair_frame: DicomFrame) -> DicomFrame | None:
+        tried.append((t1_frame.image_position[2], flair_frame.image_position[2]))
+        return original(t1_frame, flair_frame)
+
+    t1_on_flair_grid._on_grid_of = counted
+    try:
+        result, turned = t1_frames_on_flair_grid([*flair, *t1], "flair")
+    finally:
+        t1_on_flair_grid._on_grid_of = original
+
+    assert turned == 400 and len(tried) == 400
+    assert all(t1_z == flair_z for t1_z, flair_z in tried)
+    assert [item.image_position for item in result[400:]] == [item.image_position for item in flair]

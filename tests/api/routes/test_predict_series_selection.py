@@ -422,6 +422,25 @@ def test_t1_series_stored_turned_at_another_pixel_spacing_are_said_to_be(client:
     assert "the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view" in note
 
 
+@pytest.mark.parametrize("layout", ["as stored", "turned 90"])
+def test_t1_series_in_another_frame_of_reference_are_said_to_be(client: TestClient, layout: str) -> None:
+    """Interop review 60 F3: T1 series in another Frame of Reference, stored turned, were said to be at another pixel
+    spacing or not to cover FLAIR's field of view; stored like FLAIR, the note named no cause."""
+    series = named_study()
+    for dataset in (*series["pre"], *series["post"]):
+        store_otherwise(dataset, layout)
+        dataset.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.60"
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert roles(body) == {4: "FLAIR"}
+    (note,) = body["selection_notes"]
+    assert "the T1 series are in another Frame of Reference than FLAIR" in note
+    assert "pixel spacing" not in note
+
+
 def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predictor: Predictor) -> None:
     series = named_study()
     series["post"] = series["post"][:2]  # the post-contrast series misses a slice position
