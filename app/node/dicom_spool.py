@@ -30,7 +30,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -517,7 +517,7 @@ class Spool:
                     self._started_by[key] = sender
                 self.study_dir(key).mkdir(parents=True, exist_ok=True)
                 self.touch_pending(key)  # no purge meanwhile; processed, it records that it holds nothing yet
-        recorded_before = self._rejected(key)
+        recorded_before = self.rejected_instances(key)
         if not held and all(uid in recorded_before for uid in rejected):
             return 0  # rejects nothing new (the same note again, the node's own routed back): not kept again
         note_path = (
@@ -533,7 +533,7 @@ class Spool:
             if held:
                 self.touch_pending(key)
             with self._record_lock:
-                recorded = dict(self._rejected(key))
+                recorded = dict(self.rejected_instances(key))
                 recorded.update(dict.fromkeys(rejected, reason_code))
                 write_atomically(self.study_dir(key) / REJECTED_FILE, json.dumps(recorded, indent=1).encode())
         except (OSError, UnreadableRejectionsError):
@@ -569,16 +569,13 @@ class Spool:
         if notes >= MAX_REJECTION_NOTES and not note_path.exists():
             raise SpoolFullError(f"the study keeps {notes} rejection notes; the limit is {MAX_REJECTION_NOTES}")
 
-    def rejected_instances(self, key: str) -> dict[str, str]:
-        """The SOP Instance UIDs study `key`'s incoming rejection notes rejected, each with its note's CID 7011 code.
+    def rejected_instances(self, key: str) -> Mapping[str, str]:
+        """The SOP Instance UIDs study `key`'s incoming rejection notes rejected, each with its note's CID 7011 code, as
+        cached (not to be changed): a stat per call, a read only when the file changed.
 
         Raises `UnreadableRejectionsError` when the file cannot be read, logged once (by key and error type: the file
         holds UIDs) until it can be again: a bare JSONDecodeError would fail every later instance of the study with
         pynetdicom's 0xC211 and no comment, and its every processing pass."""
-        return dict(self._rejected(key))
-
-    def _rejected(self, key: str) -> dict[str, str]:
-        """`rejected_instances`, as cached (not to be changed): a stat per call, a read only when the file changed."""
         path = self.study_dir(key) / REJECTED_FILE
         try:
             stat = path.stat()
@@ -624,11 +621,11 @@ class Spool:
     def is_rejected(self, study_instance_uid: str, patient_id: str, sop_instance_uid: str) -> bool:
         """Whether an incoming rejection note rejected the instance: sent again, it stays left out (IOCM: rejected
         means rejected). A stat per instance received; the record is read only when it changed."""
-        return sop_instance_uid in self._rejected(study_key(study_instance_uid, patient_id))
+        return sop_instance_uid in self.rejected_instances(study_key(study_instance_uid, patient_id))
 
     def instances_to_analyse(self, key: str) -> list[Path]:
         """The instance files of study `key` that no incoming rejection note rejected (`reject_instances`)."""
-        rejected = {self._instance_path(key, uid) for uid in self._rejected(key)}
+        rejected = {self._instance_path(key, uid) for uid in self.rejected_instances(key)}
         return [path for path in self.instance_files(key) if path not in rejected]
 
     def rejection_note_files(self, key: str) -> list[Path]:
@@ -951,8 +948,8 @@ class Spool:
             os.fsync(handle.fileno())
 
     def sent_log(self) -> list[dict[str, Any]]:
-        """What `sent.jsonl` says was sent, oldest first, without a line a node killed mid-write left torn: for the
-        tests and for an operator reading the spool."""
+        """What `sent.jsonl` says was sent, oldest first, without a line a node killed mid-write left torn. Read by
+        the tests only: no command of the node reads it."""
         path = self.root / SENT_LOG
         if not path.exists():
             return []
