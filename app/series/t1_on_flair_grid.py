@@ -73,9 +73,13 @@ class FlairPlanes:
         if place is None or frame.frame_of_reference_uid not in self.by_reference:
             return []
         offsets, frames = self.by_reference[frame.frame_of_reference_uid]
-        start = bisect.bisect_left(offsets, place[1] - POSITION_TOLERANCE_MM)
-        end = bisect.bisect_right(offsets, place[1] + POSITION_TOLERANCE_MM)
-        return frames[start:end]
+        found: dict[int, DicomFrame] = {}
+        # Both signs: at 45 degrees a last-digit difference may give one of two parallel normals the other sign.
+        for along in (place[1], -place[1]):
+            start = bisect.bisect_left(offsets, along - POSITION_TOLERANCE_MM)
+            end = bisect.bisect_right(offsets, along + POSITION_TOLERANCE_MM)
+            found.update((id(other), other) for other in frames[start:end])
+        return list(found.values())
 
 
 def _plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
@@ -121,13 +125,14 @@ def _on_grid_of(t1: DicomFrame, flair: DicomFrame) -> DicomFrame | None:
         [np.dot(origin_f - origin_t, y_t) / np.dot(y_t, y_t), np.dot(origin_f - origin_t, x_t) / np.dot(x_t, x_t)]
     )
     whole_matrix, whole_shift = np.rint(matrix), np.rint(shift)
+    corners = np.array([[0, 0, rows_f - 1, rows_f - 1], [0, columns_f - 1, 0, columns_f - 1]])
+    drift = (matrix - whole_matrix) @ corners + (shift - whole_shift)[:, None]  # each corner's miss, in T1 pixels
     if (
-        np.abs(matrix - whole_matrix).max() > SAME_PLANE_TOLERANCE
-        or np.abs(shift - whole_shift).max() > SUBPIXEL_TOLERANCE
+        np.abs(drift).max() > SUBPIXEL_TOLERANCE
         or sorted(np.abs(whole_matrix).sum(axis=0)) != [1, 1]
         or sorted(np.abs(whole_matrix).sum(axis=1)) != [1, 1]
     ):
-        return None  # another spacing, an oblique turn, or between pixels
+        return None  # another spacing, an oblique turn, or between pixels (at a corner, so anywhere)
     if np.array_equal(whole_matrix, np.eye(2)) and not whole_shift.any() and (rows_t, columns_t) == (rows_f, columns_f):
         return None  # stored as FLAIR is: the pairing takes it as it is
     grid = np.indices((rows_f, columns_f)).reshape(2, -1)

@@ -109,6 +109,28 @@ def test_the_same_slices_stored_transposed_reach_the_models_as_the_same_pixels()
     assert back.seen == (256, 256) and turned_back.seen == (256, 256)
 
 
+def test_a_slice_seen_at_a_non_square_size_says_it_in_its_stored_pixel_order() -> None:
+    """Review 67 F4: the clean-ups map the stored mask's rows onto the rows the models saw (`seen`): stored
+    transposed, 256 rows of 1 mm by 128 columns of 1.5 mm, the models saw 192 rows by 256 columns once turned, which
+    is 256 x 192 in the stored order."""
+    stored = [cv2.resize(image, (256, 128), interpolation=cv2.INTER_AREA) for image in tumor_channels()]
+    as_stored = series(stored, [1.5, 1.0]).inputs
+    turned = series(
+        [np.ascontiguousarray(image.T) for image in stored], [1.0, 1.5], orientation=[0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    ).inputs
+    (_, sizes), (_, turned_sizes) = model_inputs(as_stored), model_inputs(turned)
+    mask = np.zeros((192, 256), np.uint8)
+    mask[50:90, 60:140] = 1
+
+    (back,) = in_stored_orientation([SlicePrediction(0.9, True, mask)], as_stored[:1])
+    (turned_back,) = in_stored_orientation([SlicePrediction(0.9, True, mask)], turned[:1])
+
+    assert sizes == turned_sizes == [(192, 256)] * 3
+    assert (back.seen, back.mask.shape) == ((192, 256), (128, 256))
+    assert (turned_back.seen, turned_back.mask.shape) == ((256, 192), (256, 128))
+    np.testing.assert_array_equal(turned_back.mask, back.mask.T)
+
+
 def test_masks_come_back_on_the_stored_grid_of_a_transposed_slice_of_tall_pixels() -> None:
     stored = [np.ascontiguousarray(image.T) for image in squeezed(tumor_channels(), rows=192)]
     inputs = series(stored, [1.0, TALL], orientation=[0.0, 1.0, 0.0, 1.0, 0.0, 0.0]).inputs

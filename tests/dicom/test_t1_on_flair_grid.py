@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset
 
 from app.dicom.dicom_frame import DicomFrame
@@ -98,3 +99,53 @@ def test_each_t1_frame_is_compared_with_the_flair_frames_of_its_plane_only() -> 
     assert turned == 400 and len(tried) == 400
     assert all(t1_z == flair_z for t1_z, flair_z in tried)
     assert [item.image_position for item in result[400:]] == [item.image_position for item in flair]
+
+
+def test_a_t1_plane_through_flairs_first_pixel_but_tilted_is_left_as_it_came() -> None:
+    """Review 67 F1: FLAIR's first pixel on the x axis, so the tilted T1 plane through it is at FLAIR's place along
+    both normals and reaches the pixel check, where only the tilt check refuses it (its far rows lie in other
+    slices: 10 mm out of FLAIR's plane at 256 rows of 0.9 mm)."""
+    flair = frame(FLAIR_PIXELS, "flair", position=(-10.0, 0.0, 0.0))
+    tilted = frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, 3 * COS, -3 * SIN), orientation=(1, 0, 0, 0, -COS, SIN))
+    flipped = frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, 3.0, 0.0), orientation=(1, 0, 0, 0, -1, 0))
+
+    (_, left), not_turned = t1_frames_on_flair_grid([flair, tilted], "flair")
+    (_, on_grid), turned = t1_frames_on_flair_grid([flair, flipped], "flair")
+
+    assert (not_turned, left) == (0, tilted)
+    assert turned == 1 and np.array_equal(on_grid.values, FLAIR_PIXELS)
+
+
+@pytest.mark.parametrize(("ratio", "paired"), [(1.00005, True), (1.0009, False)])
+def test_a_t1_of_a_slightly_other_pixel_spacing_is_paired_only_while_every_pixel_is_within_a_twentieth(
+    ratio: float, paired: bool
+) -> None:
+    """Review 67 F2: only FLAIR's first pixel was held to a twentieth of a pixel; 0.09 % more spacing put the far
+    corner of a 512 x 512 slice 0.46 pixels from the T1 pixel read for it."""
+    pixels = np.arange(512 * 512, dtype=np.float32).reshape(512, 512)
+    flair = frame(pixels, "flair", spacing=0.46875)
+    spacing = 0.46875 * ratio
+    t1 = frame(
+        pixels[::-1],
+        "t1",
+        position=(-10.0, -10.0 + 511 * spacing, 5.0),
+        orientation=(1, 0, 0, 0, -1, 0),
+        spacing=spacing,
+    )
+
+    _, turned = t1_frames_on_flair_grid([flair, t1], "flair")
+
+    assert turned == int(paired)
+
+
+def test_a_plane_at_45_degrees_pairs_whatever_the_last_digit_of_its_orientation() -> None:
+    """Review 67 F3: the normal's sign follows its largest component, which a last-digit difference picks at 45
+    degrees: the T1's place along its normal came out with the other sign, and no FLAIR frame was found."""
+    half = 0.70710678
+    flair = frame(FLAIR_PIXELS, "flair", position=(0.0, 0.0, 10.0), orientation=(1, 0, 0, 0, half, half))
+    bottom = np.array([0.0, 0.0, 10.0]) + 3 * np.array([0.0, half, half])
+    t1 = frame(FLAIR_PIXELS[::-1], "t1", position=tuple(bottom), orientation=(1, 0, 0, 0, -0.70710679, -half))
+
+    _, turned = t1_frames_on_flair_grid([flair, t1], "flair")
+
+    assert turned == 1
