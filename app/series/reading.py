@@ -36,7 +36,7 @@ from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
 from app.series.info import where_in_study
 from app.series.rejection_notes import apply_rejection_notes
 from app.series.sequence_rules import SelectionRules
-from app.series.t1_on_flair_grid import TURNED_NOTE, stored_otherwise_note, t1_frames_on_flair_grid
+from app.series.t1_on_flair_grid import TURNED_NOTE, stored_otherwise_note, t1_frames_in_flair_layout
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
 
 
@@ -478,6 +478,7 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
             errors.pop(position, None)
     frames = [frame for position in sorted(decoded) for frame in decoded[position]]
     file_of = {frame: read_from.get(position, position) for position in decoded for frame in decoded[position]}
+    del decoded  # `frames` and `file_of` hold the frames now: one replaced below is let go
     repeats = resent_files_by_pixels(frames, file_of)
     frames = [frame for frame in frames if file_of[frame] not in repeats]
     choice = plan.choice.without_repeats(repeats)
@@ -499,9 +500,10 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
     paired, orphans, turned = frames, [], 0
     if len(choice.used) == 3 and flair is not None:
-        on_grid, turned = t1_frames_on_flair_grid(frames, flair.series_instance_uid)
-        file_of.update({new: file_of[old] for old, new in zip(frames, on_grid, strict=True) if new is not old})
-        frames = on_grid
+        for index, in_flair_layout in t1_frames_in_flair_layout(frames, flair.series_instance_uid):
+            file_of[in_flair_layout] = file_of.pop(frames[index])
+            frames[index] = in_flair_layout
+            turned += 1
         paired, orphans = _without_t1_frames_where_flair_has_none(frames, flair.series_instance_uid)
     try:
         inputs = prepare_inputs(paired, choice.channel_series)

@@ -13,7 +13,7 @@ left as it came: the slices then do not pair, FLAIR is read alone, and `stored_o
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -30,20 +30,19 @@ SUBPIXEL_TOLERANCE = 0.05
 positions, never another sampling."""
 
 
-def t1_frames_on_flair_grid(frames: Sequence[DicomFrame], flair_uid: str) -> tuple[list[DicomFrame], int]:
-    """`frames` with each T1 frame that lies in a FLAIR frame's plane, stored otherwise, read in that FLAIR frame's
-    layout (`_on_grid_of`); and how many were."""
+def t1_frames_in_flair_layout(frames: Sequence[DicomFrame], flair_uid: str) -> Iterator[tuple[int, DicomFrame]]:
+    """Each T1 frame of `frames` that lies in a FLAIR frame's plane, stored otherwise, read in that FLAIR frame's
+    layout (`_on_grid_of`), as (its index in `frames`, the frame read), one at a time: a caller that puts it in the
+    stored frame's place lets the stored one go before the next is made (both at once would hold every T1 frame
+    twice, outside the decoding budget)."""
     flair = FlairPlanes([frame for frame in frames if frame.series_instance_uid == flair_uid])
-    result: list[DicomFrame] = []
-    turned = 0
-    for frame in frames:
-        on_grid = None
-        if frame.series_instance_uid != flair_uid:
-            candidates = flair.in_plane_of(frame)
-            on_grid = next((found for other in candidates if (found := _on_grid_of(frame, other)) is not None), None)
-        result.append(on_grid or frame)
-        turned += on_grid is not None
-    return result, turned
+    for index, frame in enumerate(frames):
+        if frame.series_instance_uid == flair_uid:
+            continue
+        candidates = flair.in_plane_of(frame)
+        on_grid = next((found for other in candidates if (found := _on_grid_of(frame, other)) is not None), None)
+        if on_grid is not None:
+            yield index, on_grid
 
 
 class FlairPlanes:

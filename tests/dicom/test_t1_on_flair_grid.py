@@ -8,7 +8,7 @@ from pydicom.dataset import Dataset
 
 from app.dicom.dicom_frame import DicomFrame
 from app.series import t1_on_flair_grid
-from app.series.t1_on_flair_grid import t1_frames_on_flair_grid
+from app.series.t1_on_flair_grid import t1_frames_in_flair_layout
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 COS, SIN = float(np.cos(np.radians(2.5))), float(np.sin(np.radians(2.5)))
@@ -27,6 +27,16 @@ def frame(
 
 
 FLAIR_PIXELS = np.arange(20, dtype=np.float32).reshape(4, 5)
+
+
+def t1_frames_on_flair_grid(frames: list[DicomFrame], flair_uid: str) -> tuple[list[DicomFrame], int]:
+    """`frames` with each T1 frame read in FLAIR's layout in its place, as `decode_series` puts them, and how many."""
+    result = list(frames)
+    turned = 0
+    for index, in_flair_layout in t1_frames_in_flair_layout(result, flair_uid):
+        result[index] = in_flair_layout
+        turned += 1
+    return result, turned
 
 
 def test_a_t1_frame_stored_flipped_is_read_in_flairs_layout_and_takes_its_geometry() -> None:

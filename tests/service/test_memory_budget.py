@@ -158,6 +158,46 @@ def test_decoding_a_dicom_series_holds_no_more_than_its_plan_says() -> None:
     assert plan.cost_bytes / 3 < peak < plan.cost_bytes
 
 
+def three_series_study_files(slices: int, size: int, t1_flipped: bool) -> list[bytes]:
+    """FLAIR, pre- and post-contrast T1 of one study (told apart by their names), the T1 series stored with their
+    rows flipped against FLAIR when `t1_flipped` (the same points: read in FLAIR's layout)."""
+    rng = np.random.default_rng(7)
+    study = Study()
+    files = []
+    for number, name in ((4, "AX T2 FLAIR"), (2, "AX T1 PRE"), (7, "AX T1 POST GAD")):
+        series = generate_uid()
+        for index in range(slices):
+            pixels = rng.integers(0, 1000, (size, size), dtype=np.uint16)
+            dataset = mr_dataset(pixels, study, series, index + 1, index * SLICE_GAP_MM, number, name)
+            if t1_flipped and number != 4:
+                dataset.PixelData = np.ascontiguousarray(pixels[::-1]).tobytes()
+                dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+                x, y, z = (float(value) for value in dataset.ImagePositionPatient)
+                dataset.ImagePositionPatient = [x, y + (size - 1) * float(dataset.PixelSpacing[0]), z]
+            files.append(to_bytes(dataset))
+    return files
+
+
+def test_t1_series_read_in_flairs_layout_hold_no_more_than_the_plan_says() -> None:
+    """T1 frames stored flipped against FLAIR are read in FLAIR's layout (`app.series.t1_on_flair_grid`): each copy
+    replaces its stored frame, which is let go before the next is made, so decoding stays within the plan's cost
+    (both at once held every T1 frame twice)."""
+    peaks = {}
+    for t1_flipped in (False, True):
+        plan = plan_series(three_series_study_files(8, 512, t1_flipped), UploadLimits())
+        tracemalloc.start()
+        try:
+            series = decode_series(plan)
+            _, peaks[t1_flipped] = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(series.inputs) == 8 and len(series.inputs[0].channels) == 3
+        del series
+
+    frame_bytes = 512 * 512 * 4
+    assert peaks[True] - peaks[False] < 3 * frame_bytes, (peaks, plan.cost_bytes)
+
+
 def test_deflated_dicom_over_the_budget_is_refused_while_inflating() -> None:
     data = corpus.deflated_dicom(4096, 4096, bits=16)  # inflates to 32 MiB
 
