@@ -319,9 +319,16 @@ def _check_channels(members: Sequence[DicomFrame], channel_series: Sequence[str]
     found = sorted(member.series_instance_uid for member in members)
     if found != sorted(channel_series):
         position = members[0].image_position
+        missing = [name for name, uid in zip(CHANNEL_ORDER, channel_series, strict=True) if uid not in found]
+        if len(set(found)) < len(found) or not missing:
+            raise InvalidDicomImageError(
+                f"a slice of three series needs one frame of each ({', '.join(CHANNEL_ORDER)}); got {len(members)} "
+                f"frame(s) from {len(set(found))} of them at position {position}"
+            )
+        has = "has" if len(missing) == 1 else "have"
         raise InvalidDicomImageError(
-            f"a slice of three series needs one frame of each ({', '.join(CHANNEL_ORDER)}); got {len(members)} "
-            f"frame(s) from {len(set(found))} of them at position {position}"
+            f"a slice of three series needs one frame of each ({', '.join(CHANNEL_ORDER)}); the "
+            f"{' and '.join(missing)} series {has} none at position {position}"
         )
 
 

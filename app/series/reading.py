@@ -36,7 +36,7 @@ from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
 from app.series.info import where_in_study
 from app.series.rejection_notes import apply_rejection_notes
 from app.series.sequence_rules import SelectionRules
-from app.series.t1_on_flair_grid import TURNED_NOTE, stored_otherwise_note, t1_frames_in_flair_layout
+from app.series.t1_on_flair_grid import stored_otherwise_note, t1_frames_in_flair_layout, turned_note
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
 
 
@@ -498,17 +498,18 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
     if unreadable is not None and flair is not None:
         choice = choice.flair_alone(f"none of a T1 series' files could be read ({unreadable})")
         frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
-    paired, orphans, turned = frames, [], 0
+    paired, orphans, turned = frames, [], set()
     if len(choice.used) == 3 and flair is not None:
         for index, in_flair_layout in t1_frames_in_flair_layout(frames, flair.series_instance_uid):
             file_of[in_flair_layout] = file_of.pop(frames[index])
             frames[index] = in_flair_layout
-            turned += 1
+            turned.add(in_flair_layout.series_instance_uid)
         paired, orphans = _without_t1_frames_where_flair_has_none(frames, flair.series_instance_uid)
     try:
         inputs = prepare_inputs(paired, choice.channel_series)
         if turned:
-            choice = replace(choice, notes=(*choice.notes, TURNED_NOTE))
+            names = [_t1_name(use) for use in choice.used if use.series_instance_uid in turned]
+            choice = replace(choice, notes=(*choice.notes, turned_note(names)))
         if orphans:
             choice = replace(choice, notes=(*choice.notes, _t1_frames_left_out_note(orphans, paired, flair)))
         return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
@@ -516,8 +517,9 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         flair = choice.flair
         if len(choice.used) != 3 or flair is None:
             raise
-        stored_otherwise = stored_otherwise_note(frames, flair.series_instance_uid)
-        choice = choice.flair_alone(f"their slices do not pair with FLAIR's ({error.message}){stored_otherwise}")
+        # The cause when it is known (another Frame of Reference, turned at another spacing), else what failed.
+        cause = stored_otherwise_note(frames, flair.series_instance_uid)
+        choice = choice.flair_alone(cause or f"their slices do not pair with FLAIR's ({error.message})")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         inputs = prepare_inputs(flair_frames, choice.channel_series)
         return SeriesUploads(_with_file_indices(inputs, file_of), errors, choice)
@@ -560,6 +562,12 @@ def _with_file_indices(inputs: list[SliceInput], file_of: Mapping[DicomFrame, in
     """Each slice with the request position of the file its FLAIR frame came from, as the answer's file_errors and
     series_used number files (not the slices among themselves)."""
     return [replace(item, file_index=file_of[item.reference]) for item in inputs]
+
+
+def _t1_name(use: SeriesUse) -> str:
+    """A T1 series as a note names it: "pre-contrast (series 2)" (no patient data)."""
+    number = "no series number" if use.series_number is None else f"series {use.series_number}"
+    return f"{use.role.removeprefix('T1 ')} ({number})"
 
 
 def _without_t1_frames_where_flair_has_none(

@@ -21,13 +21,19 @@ import numpy as np
 from app.dicom.dicom_frame import DicomFrame, slice_normal
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SAME_PLANE_TOLERANCE
 
-TURNED_NOTE = (
-    "the T1 series are stored turned, flipped or over a larger field of view than FLAIR in FLAIR's planes: their "
-    "pixels were read in FLAIR's layout (the same points, no interpolation)"
-)
 SUBPIXEL_TOLERANCE = 0.05
 """How far (in pixels) a FLAIR pixel's centre may lie from the T1 pixel read for it: rounding in the stored
 positions, never another sampling."""
+
+
+def turned_note(series: Sequence[str]) -> str:
+    """The note for T1 `series` (their names: "pre-contrast (series 2)") read in FLAIR's layout."""
+    one = len(series) == 1
+    return (
+        f"T1 {' and '.join(series)} {'is' if one else 'are'} stored turned, flipped or over a larger field of view "
+        f"than FLAIR in FLAIR's planes: {'its' if one else 'their'} pixels were read in FLAIR's layout (the same "
+        "points, no interpolation)"
+    )
 
 
 def t1_frames_in_flair_layout(frames: Sequence[DicomFrame], flair_uid: str) -> Iterator[tuple[int, DicomFrame]]:
@@ -177,7 +183,7 @@ def stored_otherwise_note(frames: Sequence[DicomFrame], flair_uid: str) -> str:
     flair_references = {frame.frame_of_reference_uid for frame in flair_frames}
     if any(frame.frame_of_reference_uid not in flair_references for frame in t1):
         return (
-            "; the T1 series are in another Frame of Reference than FLAIR (Frame of Reference UID): their positions "
+            "the T1 series are in another Frame of Reference than FLAIR (Frame of Reference UID): their positions "
             "cannot be compared with FLAIR's"
         )
     flair = FlairPlanes(flair_frames)
@@ -203,7 +209,7 @@ def stored_otherwise_note(frames: Sequence[DicomFrame], flair_uid: str) -> str:
     if not stored_otherwise:
         return ""
     return (
-        "; the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view, at "
+        "the T1 series lie in FLAIR's planes but are stored turned, flipped or over another field of view, at "
         "another pixel spacing or not covering FLAIR's: each slice must have one pixel grid in all three (the same "
         "Pixel Spacing, and FLAIR's field of view within the T1 slices')"
     )

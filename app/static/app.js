@@ -1279,6 +1279,7 @@ function revealResult() {
 
 /** A series' role as the page names it: the server's "other" (neither FLAIR nor T1) alone is no name. */
 const roleName = (role) => (role === "other" ? "Other sequence" : role);
+const T1_ROLES = new Set(["T1 pre-contrast", "T1 post-contrast"]);
 
 /**
  * Which DICOM series the server read and which it left out, with its notes: plain text from the answer. A series'
@@ -1303,16 +1304,22 @@ function describeSeriesChoice(answer) {
     && item.series_number === use.series_number && item.series_description === use.series_description);
   const otherSeries = leftOut.filter((use) => !partOfUsed(use));
   const parts = [`Series read: ${used.length ? used.map(named).join(", ") : "none"}.`];
-  // Each series left out with the server's reason, as copies left out of a series read are.
+  // Each series left out with the server's reason, as copies left out of a series read are. A T1 series' evidence
+  // says why it is a T1, not why it was left out (it does not pair, or has no partner): the notes say that.
+  const notes = answer.selection_notes ?? [];
   for (const use of otherSeries) {
-    parts.push(`Left out: ${named(use)}: ${use.evidence}.`);
+    if (T1_ROLES.has(use.role) && notes.length) {
+      parts.push(`Left out: ${named(use)}, for the reason the notes below give (its role: ${use.evidence}).`);
+    } else {
+      parts.push(`Left out: ${named(use)}: ${use.evidence}.`);
+    }
   }
   for (const use of leftOut.filter(partOfUsed)) {
     const files = plural(use.files.length, "file");
     parts.push(`${files} left out of ${roleName(use.role)} (${numbered(use)}): ${use.evidence}.`);
   }
   // Each note a sentence of its own: the server writes them to be joined into others (its SR, logs), in lower case.
-  parts.push(...(answer.selection_notes ?? []).map((note) => `${note.charAt(0).toUpperCase()}${note.slice(1)}.`));
+  parts.push(...notes.map((note) => `${note.charAt(0).toUpperCase()}${note.slice(1)}.`));
   return parts.join(" ");
 }
 
@@ -1958,7 +1965,9 @@ function describeArea(slice) {
   const share = (100 * mask.area_pixels) / (height * width);
   const mm2 = areaMm2(slice);
   const physical = mm2 === null ? "" : `, ${formatNumber(mm2, 1)} mm²`;
-  return `${plural(mask.area_pixels, "pixel")} (${share.toFixed(1)} % of the ${width} × ${height} slice)${physical}`;
+  // Rows by columns, as DICOM and the API's errors say a slice's size (a 192-row DICOM slice is not "256 × 192").
+  const size = height === width ? `${width} × ${height}` : `${height}-row × ${width}-column`;
+  return `${plural(mask.area_pixels, "pixel")} (${share.toFixed(1)} % of the ${size} slice)${physical}`;
 }
 
 // ------------------------------------------------------------------------------------------------- downloads

@@ -292,6 +292,20 @@ def test_a_one_pixel_mask_is_called_too_small_to_see(page: Page, live_server: st
     expect(page.locator("#area")).to_have_text("1 pixel (0.0 % of the 256 × 256 slice)")
 
 
+def test_a_rectangular_slice_is_sized_in_rows_by_columns(page: Page, live_server: str, tmp_path: Path) -> None:
+    """Browser review 59 F6: a slice of 192 rows and 256 columns was "the 256 × 192 slice" (width first), where DICOM
+    and the API's errors give rows first."""
+    wide = tmp_path / "wide.png"
+    Image.open(TUMOR_SLICE).crop((0, 32, 256, 224)).save(wide)
+    page.goto(live_server)
+
+    answer = upload(page, [wide])
+
+    mask = answer["results"][0]["prediction"]["mask"]
+    assert mask["size"] == [192, 256]
+    expect(page.locator("#area")).to_contain_text("% of the 192-row × 256-column slice)")
+
+
 # ---------------------------------------------------------------------------------- DICOM series and errors
 
 
@@ -309,7 +323,8 @@ def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: s
     (note,) = answer["selection_notes"]
     expect(page.locator("#series-choice")).to_have_text(
         "Series read: FLAIR (series 2, “AX FLAIR”, 3 files). "
-        f"Left out: T1 pre-contrast (series 3, “AX T1”, 3 files): {left_out['evidence']}. "
+        "Left out: T1 pre-contrast (series 3, “AX T1”, 3 files), for the reason the notes below give (its role: "
+        f"{left_out['evidence']}). "
         f"{note[0].upper()}{note[1:]}."
     )
 

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from app.dicom.dicom_series import model_inputs, prepare_inputs
 from app.dicom.dicom_sr_reader import read_volume_report
 from app.inference import Predictor, SlicePrediction
-from app.series.t1_on_flair_grid import TURNED_NOTE
+from app.series.t1_on_flair_grid import turned_note
 from tests.api.service_client import decode_rle
 from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes, tumor_channels
 from tests.dicom.reading import read_dicom
@@ -398,9 +398,24 @@ def test_t1_series_stored_otherwise_in_flairs_planes_are_read_in_flairs_layout(
     assert response.status_code == 200, response.text
     body = response.json()
     assert roles(body) == {2: "T1 pre-contrast", 4: "FLAIR", 7: "T1 post-contrast"}
-    assert body["selection_notes"] == [TURNED_NOTE]
+    assert body["selection_notes"] == [turned_note(["pre-contrast (series 2)", "post-contrast (series 7)"])]
     assert_same_as(body, reference)
     assert [item["sop_instance_uid"] for item in body["slices"]] == [item.SOPInstanceUID for item in series["flair"]]
+
+
+def test_the_note_names_the_t1_series_read_in_flairs_layout(client: TestClient, predictor: Predictor) -> None:
+    """Browser review 59 F2: with only the pre-contrast series stored flipped, the note said "the T1 series"."""
+    series = named_study()
+    reference = three_channel_reference(predictor, series)
+    for dataset in series["pre"]:
+        store_otherwise(dataset, "columns flipped")
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    body = response.json()
+    assert body["selection_notes"] == [turned_note(["pre-contrast (series 2)"])]
+    assert body["selection_notes"][0].startswith("T1 pre-contrast (series 2) is stored turned, flipped or over")
+    assert_same_as(body, reference)
 
 
 def test_t1_series_stored_turned_at_another_pixel_spacing_are_said_to_be(client: TestClient) -> None:
@@ -437,8 +452,10 @@ def test_t1_series_in_another_frame_of_reference_are_said_to_be(client: TestClie
     body = response.json()
     assert roles(body) == {4: "FLAIR"}
     (note,) = body["selection_notes"]
-    assert "the T1 series are in another Frame of Reference than FLAIR" in note
-    assert "pixel spacing" not in note
+    assert note == (
+        "T1 series left out: the T1 series are in another Frame of Reference than FLAIR (Frame of Reference UID): "
+        "their positions cannot be compared with FLAIR's; FLAIR analysed alone"
+    )  # browser review 59 F2: not after a frame count at a corner that was not true either
 
 
 def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predictor: Predictor) -> None:
@@ -454,6 +471,7 @@ def test_t1_slices_that_do_not_pair_leave_flair_alone(client: TestClient, predic
     (note,) = body["selection_notes"]
     assert note.startswith("T1 series left out: their slices do not pair with FLAIR's")
     assert "stored turned" not in note  # review 65 F2: a slice is missing, none is stored otherwise
+    assert "the post-contrast series has none at position" in note  # browser review 59 F2: which series
     frames = [frame for item in series["flair"] for frame in read_dicom(to_bytes(item))]
     assert_same_as(body, predictor.predict_preprocessed(*model_inputs(prepare_inputs(frames))))
 
