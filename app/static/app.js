@@ -76,8 +76,13 @@ const MAX_FAILURES_SHOWN = 3;
 
 // What to do with a series of more files than the service takes in one analysis.
 const TOO_MANY_FILES_ADVICE = "Ask whoever runs the service for a higher MAX_BATCH_FILES, or analyse the series in "
-  + "parts: the tumor volumes of the parts must then be added by hand, and the series clean-up across the split is "
-  + "lost.";
+  + "parts of neighbouring slices: for a DICOM study read with its T1 series, each part must hold the files of every "
+  + "series for the same slices, or that part is read from FLAIR alone. The tumor volumes of the parts must then be "
+  + "added by hand, and the series clean-up across the split is lost.";
+
+const SMALL_UPLOAD_BYTES = 2 ** 20;
+const TOO_LARGE_FILE_ADVICE = "Ask whoever runs the service for a higher MAX_UPLOAD_BYTES, or choose a smaller "
+  + "file (a DICOM file compressed by the PACS, a single slice rather than a whole multi-frame volume).";
 
 // Human wording per HTTP status; the server's own message goes beneath it, since that names the exact rule broken.
 const ERROR_TITLES = {
@@ -275,7 +280,7 @@ let volumeAnnouncement = 0; // timer of the pending announcement of a recomputed
 let volumeBeforeTyping = null;
 let spacingCheck = 0; // timer of the pending check of the spacing typed (not on every keystroke: "0." becomes 0.5)
 let keysInUse = false; // a 401 came: this server wants API keys
-let knownBatchFileLimit = null; // the server's MAX_BATCH_FILES, once GET /v1/models has said it
+let knownLimits = null; // the server's MAX_BATCH_FILES and MAX_UPLOAD_BYTES, once GET /v1/models has said them
 let retryShown = null; // sends the files of the refused analysis again, while the error box offers "Try again"
 let retryTimer = 0; // enables "Try again" once the wait the server asked for (Retry-After) has passed
 let retryOnKeyEnter = false; // the refusal shown is about the key: Enter in the key field tries again
@@ -718,21 +723,26 @@ async function analyse(chosen) {
     if (stale()) {
       return;
     }
-    const { files, heads, leftOut } = withoutExtras(collected, chosenHeads);
+    const readable = withoutExtras(collected, chosenHeads);
+    const limits = await limitsFor(readable.files);
+    if (stale()) {
+      return;
+    }
+    const { files, heads, tooLarge } = withoutTooLarge(readable, limits.bytes);
+    const { leftOut } = readable;
     const dicom = heads.some(isDicom);
     const notes = [
       ...(skippedMasks ? [`${plural(skippedMasks, "ground-truth mask file")} left out`] : []),
       ...(leftOut.length ? [`left out, neither DICOM images nor PNG, JPEG or TIFF: ${namesOf(leftOut)}`] : []),
+      ...(tooLarge.length && files.length
+        ? [`left out, larger than the service takes (${mebibytes(limits.bytes)}): ${namesOf(tooLarge)}`] : []),
     ];
+    refuseOverLimits(files, tooLarge, limits);
     const selection = files.length === 1
       ? shownText(files[0].name)
       : `${files.length} files, ${shownText(files[0].name)} … ${shownText(files[files.length - 1].name)}`;
     ui.fileName.textContent = `Selected: ${selection}` + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
-    await refuseTooManyFiles(files);
-    if (stale()) {
-      return;
-    }
     sent = files;
     showUploading(files);
     ui.progressRow.hidden = false;
@@ -775,34 +785,70 @@ async function analyse(chosen) {
 }
 
 /**
- * Refuses more files than one analysis takes before they are uploaded, saying what to do, rather
- * than upload 300 slices to have them refused with no advice. One file never is: the limit is at least 1.
+ * The service's limits for `files`: asked of it (`serviceLimits`) unless they are one small file, which is sent as it
+ * is (GET /v1/models counts against the rate limit; refused, little is lost).
  */
-async function refuseTooManyFiles(files) {
-  const limit = files.length > 1 ? await batchFileLimit() : null;
-  if (limit !== null && files.length > limit) {
-    throw new FormatError(TOO_MANY_FILES_ADVICE,
-      `This series has ${files.length} files; the service takes at most ${limit} in one analysis.`);
+async function limitsFor(files) {
+  if (files.length === 1 && files[0].size <= SMALL_UPLOAD_BYTES) {
+    return { files: null, bytes: null };
   }
+  return serviceLimits();
 }
 
 /**
- * The server's MAX_BATCH_FILES from GET /v1/models, asked once per page (each request counts against a rate limit);
- * null while unknown (an older service, a key not typed yet, the network): the server's 413 then says it.
+ * The chosen files (and their heads) without those larger than the service takes, which are left out before
+ * uploading (a hospital link takes minutes over 120 MB that would be refused), as the service leaves them out of a
+ * batch; and those files.
  */
-async function batchFileLimit() {
-  if (knownBatchFileLimit === null) {
+function withoutTooLarge({ files, heads }, maxBytes) {
+  const fits = files.map((file) => maxBytes === null || file.size <= maxBytes);
+  return {
+    files: files.filter((_, index) => fits[index]),
+    heads: heads.filter((_, index) => fits[index]),
+    tooLarge: files.filter((_, index) => !fits[index]),
+  };
+}
+
+/**
+ * Refuses more files than one analysis takes, or a choice of files all larger than the service takes, before
+ * anything is uploaded, saying what to do, rather than upload 300 slices to have them refused with no advice.
+ */
+function refuseOverLimits(files, tooLarge, limits) {
+  if (files.length === 0) {
+    const largest = Math.max(...tooLarge.map((file) => file.size));
+    throw new FormatError(TOO_LARGE_FILE_ADVICE,
+      `Too large to upload: ${namesOf(tooLarge)} (${mebibytes(largest)}${tooLarge.length > 1 ? " the largest" : ""}); `
+      + `the service takes files of at most ${mebibytes(limits.bytes)}.`);
+  }
+  if (limits.files !== null && files.length > limits.files) {
+    throw new FormatError(TOO_MANY_FILES_ADVICE,
+      `${files.length} files chosen; the service takes at most ${limits.files} in one analysis.`);
+  }
+}
+
+const mebibytes = (bytes) => `${formatNumber(bytes / 2 ** 20, 1)} MiB`;
+
+/**
+ * The server's MAX_BATCH_FILES and MAX_UPLOAD_BYTES from GET /v1/models, asked once per page (each request counts
+ * against a rate limit); each null while unknown (an older service, a key not typed yet, the network): the server's
+ * 413 then says it.
+ */
+async function serviceLimits() {
+  if (knownLimits === null) {
     try {
       const response = await fetch(MODELS_URL, {
         headers: requestHeaders(), cache: "no-store", signal: AbortSignal.timeout(LIMIT_QUERY_TIMEOUT_MS),
       });
-      const limit = response.ok ? (await response.json()).max_batch_files : null;
-      knownBatchFileLimit = Number.isInteger(limit) && limit > 0 ? limit : null;
+      if (response.ok) {
+        const body = await response.json();
+        const positive = (value) => (Number.isInteger(value) && value > 0 ? value : null);
+        knownLimits = { files: positive(body.max_batch_files), bytes: positive(body.max_upload_bytes) };
+      }
     } catch {
       // Unknown for now: the upload goes, and the server refuses it if need be.
     }
   }
-  return knownBatchFileLimit;
+  return knownLimits ?? { files: null, bytes: null };
 }
 
 /**

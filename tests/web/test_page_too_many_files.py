@@ -4,10 +4,13 @@ refused with "Too many files for one request", without saying what to do. The pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, Request, expect
 
 from app.settings import Settings
@@ -16,16 +19,20 @@ from tests.web.conftest import serving
 from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS
 
 MAX_BATCH_FILES = 3
+MAX_UPLOAD_BYTES = 100_000
 FOUR_SLICES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
 ADVICE = (
-    "Ask whoever runs the service for a higher MAX_BATCH_FILES, or analyse the series in parts: the tumor volumes of "
-    "the parts must then be added by hand, and the series clean-up across the split is lost."
-)
+    "Ask whoever runs the service for a higher MAX_BATCH_FILES, or analyse the series in parts of neighbouring slices: "
+    "for a DICOM study read with its T1 series, each part must hold the files of every series for the same slices, or "
+    "that part is read from FLAIR alone. The tumor volumes of the parts must then be added by hand, and the series "
+    "clean-up across the split is lost."
+)  # browser review 59 F3: for a three-series study, a split by file name read each part from FLAIR alone
 
 
 @pytest.fixture(scope="module")
 def limited_server(tiny_model_dir: Path) -> Iterator[str]:
-    with serving(Settings(model_dir=tiny_model_dir, max_batch_files=MAX_BATCH_FILES)) as base_url:
+    settings = Settings(model_dir=tiny_model_dir, max_batch_files=MAX_BATCH_FILES, max_upload_bytes=MAX_UPLOAD_BYTES)
+    with serving(settings) as base_url:
         yield base_url
 
 
@@ -48,7 +55,7 @@ def test_more_files_than_the_service_takes_are_refused_before_uploading(page: Pa
     page.set_input_files("#file-input", FOUR_SLICES)
 
     expect(page.locator("#error-title")).to_have_text(
-        f"This series has 4 files; the service takes at most {MAX_BATCH_FILES} in one analysis."
+        f"4 files chosen; the service takes at most {MAX_BATCH_FILES} in one analysis."
     )
     expect(page.locator("#error-detail")).to_have_text(ADVICE)
     expect(page.locator("#retry")).to_be_hidden()  # the same files would be refused again
@@ -75,3 +82,47 @@ def test_without_the_limit_the_servers_refusal_says_what_to_do(page: Page, limit
     expect(page.locator("#error-detail")).to_have_text(
         f"Server message: a batch may hold at most {MAX_BATCH_FILES} files (MAX_BATCH_FILES); got 4"
     )
+
+
+def noise_png(path: Path, seed: int) -> Path:
+    """A PNG of noise, about 197 kB: over MAX_UPLOAD_BYTES."""
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
+    assert path.stat().st_size > MAX_UPLOAD_BYTES
+    return path
+
+
+def test_files_larger_than_the_service_takes_are_left_out_before_uploading(
+    page: Page, limited_server: str, tmp_path: Path
+) -> None:
+    """Browser review 59 F4: a 120 MB file was uploaded whole (33.7 s at 4 MB/s) before the service said it takes
+    20 MiB at most. `GET /v1/models` says MAX_UPLOAD_BYTES now: the page leaves such a file out before sending, as
+    the service leaves it out of a batch, and says so; the others are analysed."""
+    large = noise_png(tmp_path / "large.png", 59)
+    page.goto(limited_server)
+
+    with page.expect_response(lambda response: "/v1/predict/batch" in response.url) as answered:
+        page.set_input_files("#file-input", [TUMOR_FREE_SLICE, large])
+
+    expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#file-name")).to_contain_text("left out, larger than the service takes (0.1 MiB): large.png")
+    assert len(answered.value.json()["results"]) == 1  # the large file never went
+
+
+def test_a_choice_of_files_all_larger_than_the_service_takes_is_refused_before_uploading(
+    page: Page, limited_server: str, tmp_path: Path
+) -> None:
+    files = [noise_png(tmp_path / "first.png", 1), noise_png(tmp_path / "second.png", 2)]
+    page.goto(limited_server)
+    sent = batch_requests(page)
+
+    page.set_input_files("#file-input", files)
+
+    expect(page.locator("#error-title")).to_have_text(
+        re.compile(
+            r"Too large to upload: first\.png, second\.png \(0\.2 MiB the largest\); the service takes files of at "
+            r"most 0\.1 MiB\."
+        )
+    )
+    expect(page.locator("#error-detail")).to_contain_text("MAX_UPLOAD_BYTES")
+    expect(page.locator("#progress-row")).to_be_hidden()
+    assert sent == []

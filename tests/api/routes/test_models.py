@@ -43,6 +43,7 @@ def test_read_models_shows_names_versions_thresholds(client: TestClient, tiny_ma
     assert body["versions"] == tiny_manifest["versions"]
     assert body["runtime"] == "keras"
     assert body["max_batch_files"] == 256  # MAX_BATCH_FILES, for clients to check a series before uploading
+    assert body["max_upload_bytes"] == 20 * 2**20  # MAX_UPLOAD_BYTES, for clients to check a file before uploading
 
 
 def test_read_models_hides_files_and_hashes(client: TestClient, tiny_manifest: dict) -> None:
