@@ -43,7 +43,10 @@ class AuditLog:
         """Raises OSError when `path` cannot be opened for appending (a missing folder): said at the start, not at
         the first request."""
         if path is not None:
-            open(path, "ab").close()
+            try:
+                open(path, "ab").close()
+            except OSError as error:  # named: some (EINVAL for /proc/version) come without the file's name
+                raise OSError(error.errno, error.strerror, str(path)) from error
         self.path = path
         self.records_lost = 0
         self._held: deque[tuple[bool, str]] = deque()  # (a refusal, the line), oldest first

@@ -97,6 +97,13 @@ def serve(args: argparse.Namespace) -> int:
     # warning for a public one without API keys) is about the address uvicorn binds.
     settings = with_address(get_settings(), host=args.host, port=args.port)
     configure_logging(settings.log_level)
+    largest_body = max(settings.upload_body_limit_bytes, settings.max_batch_upload_bytes)
+    if settings.max_uploads_held_bytes < largest_body:  # such a body would get 503 "retry later" for ever
+        return fail(
+            f"brain-tumor serve: error: MAX_UPLOADS_HELD_BYTES ({settings.max_uploads_held_bytes}) must be at least "
+            f"the largest request body, MAX_BATCH_UPLOAD_BYTES or MAX_UPLOAD_BYTES and 64 KiB of form ({largest_body})",
+            EXIT_USAGE,
+        )
     # Bound here, before TensorFlow and the models, and handed to uvicorn: a busy port or a host that does not resolve
     # is one line and exit 2 at once (uvicorn exits 3 for it, the code of models that cannot load), with no window
     # for another process to take the port in between.
@@ -110,8 +117,11 @@ def serve(args: argparse.Namespace) -> int:
             app = create_app(settings)
         except KeyConfigurationError as error:
             return fail(f"brain-tumor serve: error: {error}", EXIT_USAGE)
-        except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE
-            return fail(f"brain-tumor serve: error: cannot open {error.filename}: {error.strerror}", EXIT_USAGE)
+        except OSError as error:  # API_KEYS_FILE or AUDIT_LOG_FILE (`AuditLog` names its file)
+            setting = "API_KEYS_FILE" if str(error.filename) == str(settings.api_keys_file) else "AUDIT_LOG_FILE"
+            return fail(
+                f"brain-tumor serve: error: {setting}: cannot open {error.filename}: {error.strerror}", EXIT_USAGE
+            )
         except UnicodeDecodeError as error:  # only API_KEYS_FILE is read here; its bytes are never shown
             # (ops review 44 F3: a keys file saved as UTF-16 stopped serve with a traceback and exit 1)
             return fail(

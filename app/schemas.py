@@ -154,9 +154,10 @@ class SeriesSlice(BaseModel):
     sop_instance_uid: str = Field(description="the FLAIR instance the slice was read from")
     frame_number: int = Field(ge=1, description="frame within that instance, from 1")
     position_along_normal_mm: float | None = Field(
-        description="the slice's Image Position (Patient) along the series' slice normal, in mm: the slices sorted "
-        "by it ascending are in the anatomical order the series clean-up and the volume use (`slices` itself is in "
-        "the order read); null unless every slice has a position"
+        description="the slice's Image Position (Patient) along the series' slice normal, turned to point along its "
+        "patient axis's positive way (an axial series: from the feet to the head), in mm: the slices sorted by it "
+        "ascending are in the anatomical order the series clean-up and the volume use, however the series is stored "
+        "(`slices` itself is in the order read); null unless every slice has a position"
     )
     slices_missing_before: int = Field(
         ge=0,

@@ -98,7 +98,9 @@ class Settings(BaseSettings):
         default=512 * MIB,
         gt=0,
         description="most request-body bytes all requests in flight hold together (each is held until its answer); "
-        "a request that would pass it is answered 503 overloaded with Retry-After, before or while its body arrives",
+        "a request that would pass it is answered 503 overloaded with Retry-After, before or while its body arrives; "
+        "at least the largest request body, MAX_BATCH_UPLOAD_BYTES or MAX_UPLOAD_BYTES and 64 KiB (checked when serve "
+        "starts)",
     )
 
     inference_runtime: Literal["keras", "onnxruntime"] = Field(

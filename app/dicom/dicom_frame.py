@@ -87,7 +87,11 @@ def slice_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
 
 def offsets_along_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
     """Each frame's Image Position projected on the slice normal, in mm (on the line the positions span when no
-    frame has an orientation); None unless every frame has a position."""
+    frame has an orientation); None unless every frame has a position.
+
+    The normal points along its patient axis's positive way (an axial series' from the feet to the head): row x
+    column points the other way for a series stored mirrored, and the line the positions span depends on the order
+    the frames came in, so the slices sorted by these offsets come in one order however the series is stored."""
     positions = [frame.image_position for frame in frames]
     if not positions or any(position is None for position in positions):
         return None
@@ -97,6 +101,8 @@ def offsets_along_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
         direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
         length = np.linalg.norm(direction)
         direction = direction / length if length > 0 else direction
+    if direction[np.argmax(np.abs(direction))] < 0:
+        direction = -direction
     return points @ direction
 
 

@@ -62,6 +62,7 @@ from pydicom.dataset import Dataset
 from app.backoff import doubling_wait
 from app.dicom.dicom_header import UNREADABLE_HEADER
 from app.dicom.dicom_sr import ResultReference, supersede_earlier_reports
+from app.errors import ErrorKind
 from app.pacs.orthanc_client import SYNC_STATION_NAME, OrthancClient
 from app.pacs.orthanc_errors import OrthancError
 from app.pacs.pacs_sync_records import (
@@ -336,7 +337,8 @@ class StudySync:
         if analysis.status == AnalysisStatus.NOT_ANALYSED and too_large:
             # Not "no FLAIR": the FLAIR may be a series left out, which a raised limit (or a retry) would read.
             read = f"of the {len(mr_series)} series read: {analysis.reason}" if mr_series else "no other MR series"
-            analysis = StudyAnalysis(AnalysisStatus.FAILED, reason=f"{left_out_note}; {read}", summary=analysis.summary)
+            reason = f"{ErrorKind.TOO_LARGE.value}: {left_out_note}; {read}"  # a code, for the log and the metric
+            analysis = StudyAnalysis(AnalysisStatus.FAILED, reason=reason, summary=analysis.summary)
         if analysis.status == AnalysisStatus.FAILED:
             return self._record_failure(study_id, record, analysis, attempts + 1, state, fields)
         return self._store_and_record(study_id, record, analysis, {str(series["ID"]) for series in used}, fields, state)

@@ -287,6 +287,24 @@ def test_empty_key_and_audit_files_mean_none(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.audit_log_file is None
 
 
+@pytest.mark.parametrize("held", ["1000", str(100 * 2**20)])
+def test_serve_with_less_upload_room_than_one_request_body_is_one_line_and_exit_2(
+    held: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operations review 68 F6: MAX_UPLOADS_HELD_BYTES=1000 started, said ready, and answered every upload 503
+    "retry later" for ever (and 100 MiB every batch body between it and MAX_BATCH_UPLOAD_BYTES, 128 MiB)."""
+    monkeypatch.setenv("MAX_UPLOADS_HELD_BYTES", held)
+    monkeypatch.setattr("app.cli.listening_socket", lambda host, port: pytest.fail("nothing must be bound"))
+
+    code, _, err = run(capsys, "serve", "--port", "8000")
+
+    assert code == cli.EXIT_USAGE
+    assert err == (
+        f"brain-tumor serve: error: MAX_UPLOADS_HELD_BYTES ({held}) must be at least the largest request body, "
+        f"MAX_BATCH_UPLOAD_BYTES or MAX_UPLOAD_BYTES and 64 KiB of form ({128 * 2**20})\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -309,8 +327,18 @@ def test_empty_key_and_audit_files_mean_none(monkeypatch: pytest.MonkeyPatch) ->
             "bob:bob-key-0123456789abcdef,alice:passwordpassword",
             "brain-tumor serve: error: API_KEYS item 2: the key must have at least 16 characters, 8 of them different",
         ),
-        ("API_KEYS_FILE", "{missing}/keys.txt", "brain-tumor serve: error: cannot open {missing}/keys.txt: No such"),
-        ("AUDIT_LOG_FILE", "{missing}/audit.log", "brain-tumor serve: error: cannot open {missing}/audit.log: No such"),
+        (
+            "API_KEYS_FILE",
+            "{missing}/keys.txt",
+            "brain-tumor serve: error: API_KEYS_FILE: cannot open {missing}/keys.txt: No such",
+        ),
+        (
+            "AUDIT_LOG_FILE",
+            "{missing}/audit.log",
+            "brain-tumor serve: error: AUDIT_LOG_FILE: cannot open {missing}/audit.log: No such",
+        ),
+        # operations review 68 F10: "cannot open None: Invalid argument", no file, no setting
+        ("AUDIT_LOG_FILE", "/proc/version", "brain-tumor serve: error: AUDIT_LOG_FILE: cannot open /proc/version: "),
     ],
 )
 def test_serve_with_unusable_keys_or_audit_file_is_one_line_and_exit_2(

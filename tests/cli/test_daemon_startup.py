@@ -594,7 +594,7 @@ def test_serve_with_an_api_keys_file_it_cannot_open_exits_2_before_loading_tenso
 
     assert code == cli.EXIT_USAGE
     assert out == ""
-    assert err == "brain-tumor serve: error: cannot open /nonexistent/keys: No such file or directory\n"
+    assert err == "brain-tumor serve: error: API_KEYS_FILE: cannot open /nonexistent/keys: No such file or directory\n"
 
 
 @pytest.mark.parametrize(

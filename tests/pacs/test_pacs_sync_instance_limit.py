@@ -51,7 +51,8 @@ def test_a_study_whose_only_flair_is_over_the_instance_limit_fails_naming_the_li
     assert report == SyncReport(failed=1)
     record = orthanc.record(study_id)
     assert (record["status"], record["attempts"]) == ("failed", 1)
-    assert record["error"] == f"{left_out_note(LIMIT)}; no other MR series"
+    # operations review 68 F11: with its code, for the log line and the failure metric's label
+    assert record["error"] == f"too_large: {left_out_note(LIMIT)}; no other MR series"
     assert record["series_left_out_for_size"] == 1
     assert record["orthanc_series_left_out_for_size"] == [series_id]
     assert record["max_instance_bytes"] == LIMIT
