@@ -198,7 +198,7 @@ class StudySync:
                 return ALREADY_DONE
             if status == FAILED and attempts >= self.client.config.max_attempts:
                 state.retries[study_id] = self._next_attempt(attempts)  # watched for changed instances
-                return GAVE_UP
+                return self._given_up(study_id, record)
         else:
             attempts = 0  # the instances or the instance limit changed: a fresh start
         try:
@@ -207,6 +207,21 @@ class StudySync:
             return outcome
         except Exception as error:  # Orthanc errors and bugs alike: recorded, retried, and the next study goes on
             return self._record_error(study_id, error, attempts + 1, study_fingerprint, state)
+
+    def _given_up(self, study_id: str, record: dict[str, Any]) -> str:
+        """`GAVE_UP` the first time a study that failed `PacsSyncConfig.max_attempts` times is looked at again (its
+        record marked ``given_up``), `ALREADY_DONE` after: it is watched for changed instances at every backoff, and
+        each look counted as giving up again would keep an alert on the rise of `gave_up` firing for months."""
+        if record.get("given_up") is True:
+            return ALREADY_DONE
+        try:
+            self.client.write_sync_record(study_id, record | {"given_up": True})
+        except Exception as error:  # Orthanc refusing the record: counted again at the next look, as a failure is
+            logger.warning(
+                "study given up, not recorded in Orthanc",
+                extra={"fields": {"orthanc_study": study_id, "error": _error_text(error)}},
+            )
+        return GAVE_UP
 
     def _done(self, record: dict[str, Any]) -> bool:
         """Whether the study's recorded outcome stands while its instances are the same: an outcome made by the

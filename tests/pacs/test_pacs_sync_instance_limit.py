@@ -71,9 +71,12 @@ def test_a_study_failed_for_the_instance_limit_is_analysed_once_the_limit_is_rai
     assert run_pacs_sync(small, predictor, once=True) == SyncReport(failed=1)
 
     same_limit = run_pacs_sync(small, predictor, once=True)
+    again = run_pacs_sync(small, predictor, once=True)
     raised = run_pacs_sync(config_for(orthanc, state_file, max_attempts=1), predictor, once=True)
 
     assert same_limit == SyncReport(gave_up=1)
+    # operations review 68 F2: watched at every backoff, but given up once (an alert on the rise of gave_up cleared)
+    assert again == SyncReport(already_done=1)
     assert raised == SyncReport(positive=1)
     record = orthanc.record(study_id)
     assert record["status"] == "positive" and "series_left_out_for_size" not in record
