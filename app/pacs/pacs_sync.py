@@ -49,7 +49,7 @@ from app.pacs.orthanc_errors import OrthancError
 from app.pacs.pacs_study import StudySync
 from app.pacs.pacs_sync_config import PacsSyncConfig
 from app.pacs.pacs_sync_metrics import PacsSyncMetrics
-from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError
+from app.pacs.pacs_sync_state import SyncState, SyncStateError, SyncStateWriteError, check_state_file_writable
 from app.series.sequence_rules import SelectionRules
 from app.settings import Settings, get_settings
 from app.stop_signals import signals_interrupt
@@ -487,7 +487,12 @@ def _sync(
     metrics: PacsSyncMetrics,
     before_models: Callable[[], None] | None,
 ) -> int:
-    """Ask Orthanc, load the models, sync (`main`)."""
+    """Check the state file's folder, ask Orthanc, load the models, sync (`main`)."""
+    try:
+        check_state_file_writable(config.state_file)
+    except SyncStateWriteError as error:
+        print(json.dumps(error_body("invalid_configuration", str(error))))
+        return EXIT_USAGE
     client = OrthancClient(config)
     try:
         client.system()

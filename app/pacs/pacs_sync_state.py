@@ -11,6 +11,7 @@ power cut leaves the old state or the new one, never half; a save that fails rai
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,23 @@ class SyncState:
 
 def _due(schedule: dict[str, float], now: float) -> list[str]:
     return [study for study, when in sorted(schedule.items(), key=lambda item: item[1]) if when <= now]
+
+
+def check_state_file_writable(path: Path | None) -> None:
+    """Raise `SyncStateWriteError` when no file can be written beside `path` (a read-only volume, a folder that
+    cannot be made): said at start, before the models load, where pacs-sync ran on and logged an error at every pass,
+    and read Orthanc's change log from the start again after each restart. A probe file is written and removed; the
+    state file itself is not touched."""
+    if path is None:
+        return
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = f"{type(error).__name__}: {error.strerror}" if error.strerror else type(error).__name__
+        raise SyncStateWriteError(
+            f"pacs-sync state file {path} cannot be written ({reason}); PACS_STATE_FILE must name a file in a "
+            "writable folder"
+        ) from error

@@ -482,6 +482,27 @@ def test_commands_that_load_the_models_ask_for_gpu_memory_growth_first(
     assert steps == ["memory growth", "models"]
 
 
+def test_pacs_sync_with_a_state_file_it_cannot_write_exits_2_before_the_models(
+    empty_orthanc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operations review 68 F5: an unwritable PACS_STATE_FILE was found after the first pass, logged at every pass
+    (exit 0 with --once), and after a restart Orthanc's change log was read from the start again."""
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("PACS_STATE_FILE", str(not_a_folder / "state.json"))
+    daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+
+    code, out, _ = run(capsys, "pacs-sync", "--once", "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_USAGE
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_configuration"
+    assert error["message"].startswith(f"pacs-sync state file {not_a_folder / 'state.json'} cannot be written (")
+    assert "PACS_STATE_FILE must name a file in a writable folder" in error["message"]
+    assert list(tmp_path.iterdir()) == [not_a_folder]  # no probe left behind
+
+
 @pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node"]])
 def test_daemons_without_models_exit_3_with_one_line(
     command: list[str],
