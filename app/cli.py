@@ -177,7 +177,11 @@ def uvicorn_server(app: Any, settings: Settings) -> uvicorn.Server:
             log_config=None,  # keep our JSON logging
             access_log=False,  # RequestContextMiddleware writes the access line (with the request id and latency)
             # Header size and time, body idle time, connection count, idle uploads at shutdown: app.http_protocol.
-            http=protocol_with_limits(ConnectionLimits.from_settings(settings), audit=app.state.audit),
+            http=protocol_with_limits(
+                ConnectionLimits.from_settings(settings),
+                audit=app.state.audit,
+                refusals=app.state.metrics.connection_refusals,
+            ),
             timeout_keep_alive=settings.keep_alive_timeout_seconds,
             timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
             # X-Forwarded-For is read by the app, and only from TRUSTED_PROXIES (ClientAddressMiddleware);

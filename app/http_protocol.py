@@ -55,6 +55,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import httptools
+from prometheus_client import Counter
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -130,11 +131,15 @@ read the answer before the close (closing with data still arriving may reset the
 AUDITED_STATUSES = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE})
 
 
-def protocol_with_limits(limits: ConnectionLimits, audit: AuditLog | None = None) -> type[LimitedHttpToolsProtocol]:
+def protocol_with_limits(
+    limits: ConnectionLimits, audit: AuditLog | None = None, refusals: Counter | None = None
+) -> type[LimitedHttpToolsProtocol]:
     """A protocol class bound to `limits`, for `uvicorn.run(http=...)` (uvicorn builds one instance per
     connection and passes no arguments of ours). With `audit`, the 408 and 431 refusals made here, before any app
-    runs, get their audit line as the app's refusals do."""
-    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits, "audit": audit})
+    runs, get their audit line as the app's refusals do; with `refusals` (a counter labelled by status and code),
+    every refusal made here is counted, as the app counts its requests (an alert on 5xx sees a full server)."""
+    attributes = {"limits": limits, "audit": audit, "refusals": refusals}
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), attributes)
 
 
 CONNECTIONS_RETRY_SECONDS = 5
@@ -164,6 +169,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     audit: ClassVar[AuditLog | None] = None
+    refusals: ClassVar[Counter | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -657,6 +663,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def _log(self, message: str, status: HTTPStatus, code: str, path: str | None = None) -> None:
+        if self.refusals is not None:
+            self.refusals.labels(status=str(status.value), code=code).inc()
         fields: dict[str, object] = {"status": status.value, "error_code": code, "peer": self._peer()}
         if path is not None:
             fields["path"] = path[:256]

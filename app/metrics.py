@@ -71,6 +71,14 @@ class ServiceMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.connection_refusals = Counter(
+            "brain_tumor_http_connection_refusals",
+            "Requests and connections refused by the HTTP server before any route ran (too many connections, headers "
+            "too large or too slow, bodies too slow, not HTTP/1.1), by status and error code: not in "
+            "brain_tumor_http_requests.",
+            ["status", "code"],
+            registry=self.registry,
+        )
         self.positives = Counter(
             "brain_tumor_positive_predictions",
             "Slices the classifier called positive.",

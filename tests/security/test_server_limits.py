@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -350,7 +351,15 @@ def test_without_an_upload_rate_a_long_upload_costs_no_cpu_while_it_comes(tiny_m
     assert used < 1.5, f"{used:.2f} s of CPU"
 
 
+def connection_refusals(server: ServerProcess, code: str) -> float:
+    """The server's count of refusals with `code` made before any route ran, from its /metrics."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=5.0).text
+    found = re.search(rf'^brain_tumor_http_connection_refusals_total{{code="{code}",status="\d+"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_connections_past_the_maximum_are_refused(server: ServerProcess):
+    refused_before = connection_refusals(server, "too_many_connections")
     held = [socket.create_connection(address(server)) for _ in range(MAX_CONNECTIONS)]
     try:
         time.sleep(0.3)  # let the server accept them all
@@ -373,6 +382,8 @@ def test_connections_past_the_maximum_are_refused(server: ServerProcess):
         time.sleep(0.1)
     else:
         pytest.fail("the server did not accept connections again after the others closed")
+    # Operations review 68 F7: refused before any route ran, it was in no metric (an alert on 5xx never saw it).
+    assert connection_refusals(server, "too_many_connections") == refused_before + 1
 
 
 def test_one_client_address_cannot_take_every_connection(tiny_model_dir: Path, tmp_path: Path):
