@@ -102,7 +102,11 @@ class ApiKeyStore:
                 raise KeyConfigurationError(f"API_KEYS item {position}: {WEAK_KEY_RULE}")
             add(key_id.strip(), hash_key(key), f"API_KEYS item {position}")
         if keys_file is not None:
-            for number, line in enumerate(Path(keys_file).read_text().splitlines(), start=1):
+            try:
+                text = Path(keys_file).read_text()
+            except OSError as error:  # named: a read that fails (EIO on a network mount) comes without the file's name
+                raise OSError(error.errno, error.strerror, str(keys_file)) from error
+            for number, line in enumerate(text.splitlines(), start=1):
                 line = line.split("#", 1)[0].strip()
                 if not line:
                     continue

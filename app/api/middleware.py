@@ -250,7 +250,8 @@ class BrowserSiteMiddleware:
       headers, which a proxy and this check could read differently.
 
     The public paths (health probes, the page and its files) are left alone: they hold no data, and the container's
-    health check calls 127.0.0.1.
+    health check calls 127.0.0.1. So is `GET /metrics` (counts, no data; still behind the API keys when they are set):
+    Prometheus scrapes each replica by its own address, which no ALLOWED_HOSTS entry names.
     """
 
     SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -260,7 +261,8 @@ class BrowserSiteMiddleware:
         self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope["path"]):
+        scraped = scope.get("method") in self.SAFE_METHODS and scope.get("path") == "/metrics"
+        if scope["type"] != "http" or is_public(scope["path"]) or scraped:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

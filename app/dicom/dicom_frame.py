@@ -101,9 +101,17 @@ def offsets_along_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
         direction = points[np.argmax(np.linalg.norm(points - points[0], axis=1))] - points[0]
         length = np.linalg.norm(direction)
         direction = direction / length if length > 0 else direction
-    if direction[np.argmax(np.abs(direction))] < 0:
-        direction = -direction
-    return points @ direction
+    return points @ patient_axis_positive(direction)
+
+
+def patient_axis_positive(direction: np.ndarray) -> np.ndarray:
+    """`direction` or its opposite, whichever points along the positive way of its patient axis: the first of z, y, x
+    whose component is within 1e-3 (rounding) of the largest. A fixed preference, not the largest alone: at 45
+    degrees, orientations rounded differently file by file would pick different axes, and the slices' order would
+    follow the order the files came in."""
+    magnitudes = np.abs(direction)
+    axis = next(index for index in (2, 1, 0) if magnitudes[index] >= magnitudes.max() - 1e-3)
+    return -direction if direction[axis] < 0 else direction
 
 
 def frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> object | None:

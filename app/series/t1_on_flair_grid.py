@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from app.dicom.dicom_frame import DicomFrame, slice_normal
+from app.dicom.dicom_frame import DicomFrame, patient_axis_positive, slice_normal
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SAME_PLANE_TOLERANCE
 
 SUBPIXEL_TOLERANCE = 0.05
@@ -96,8 +96,7 @@ def _plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
     length = float(np.linalg.norm(normal))
     if length == 0:
         return None
-    normal = normal / length
-    normal = -normal if normal[np.argmax(np.abs(normal))] < 0 else normal
+    normal = patient_axis_positive(normal / length)
     return normal, float(np.dot(normal, frame.image_position))
 
 

@@ -735,14 +735,18 @@ async function analyse(chosen) {
       ...(skippedMasks ? [`${plural(skippedMasks, "ground-truth mask file")} left out`] : []),
       ...(leftOut.length ? [`left out, neither DICOM images nor PNG, JPEG or TIFF: ${namesOf(leftOut)}`] : []),
       ...(tooLarge.length && files.length
-        ? [`left out, larger than the service takes (${mebibytes(limits.bytes)}): ${namesOf(tooLarge)}`] : []),
+        ? [`left out, larger than the service takes (${sizesTold(Math.min(...tooLarge.map((file) => file.size)),
+          limits.bytes)[1]}): ${namesOf(tooLarge)}`] : []),
     ];
-    refuseOverLimits(files, tooLarge, limits);
+    if (files.length === 0) {
+      throw tooLargeError(tooLarge, limits.bytes);
+    }
     const selection = files.length === 1
       ? shownText(files[0].name)
       : `${files.length} files, ${shownText(files[0].name)} … ${shownText(files[files.length - 1].name)}`;
     ui.fileName.textContent = `Selected: ${selection}` + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
+    refuseTooManyFiles(files, limits.files);
     sent = files;
     showUploading(files);
     ui.progressRow.hidden = false;
@@ -809,21 +813,30 @@ function withoutTooLarge({ files, heads }, maxBytes) {
   };
 }
 
-/**
- * Refuses more files than one analysis takes, or a choice of files all larger than the service takes, before
- * anything is uploaded, saying what to do, rather than upload 300 slices to have them refused with no advice.
- */
-function refuseOverLimits(files, tooLarge, limits) {
-  if (files.length === 0) {
-    const largest = Math.max(...tooLarge.map((file) => file.size));
-    throw new FormatError(TOO_LARGE_FILE_ADVICE,
-      `Too large to upload: ${namesOf(tooLarge)} (${mebibytes(largest)}${tooLarge.length > 1 ? " the largest" : ""}); `
-      + `the service takes files of at most ${mebibytes(limits.bytes)}.`);
-  }
-  if (limits.files !== null && files.length > limits.files) {
+/** The refusal of a choice whose every file is larger than the service takes, said before anything is uploaded. */
+function tooLargeError(tooLarge, maxBytes) {
+  const largest = Math.max(...tooLarge.map((file) => file.size));
+  const [size, limit] = sizesTold(largest, maxBytes);
+  return new FormatError(TOO_LARGE_FILE_ADVICE,
+    `Too large to upload: ${namesOf(tooLarge)} (${size}${tooLarge.length > 1 ? " the largest" : ""}); `
+    + `the service takes files of at most ${limit}.`);
+}
+
+/** Refuses more files than one analysis takes before they are uploaded, saying what to do. */
+function refuseTooManyFiles(files, maxFiles) {
+  if (maxFiles !== null && files.length > maxFiles) {
     throw new FormatError(TOO_MANY_FILES_ADVICE,
-      `${files.length} files chosen; the service takes at most ${limits.files} in one analysis.`);
+      `${files.length} files chosen; the service takes at most ${maxFiles} in one analysis.`);
   }
+}
+
+/** A file's size and a limit it is over, in MiB, or in bytes where MiB would show them equal ("20.0 MiB ... 20.0"). */
+function sizesTold(size, limit) {
+  const [shownSize, shownLimit] = [mebibytes(size), mebibytes(limit)];
+  if (shownSize !== shownLimit) {
+    return [shownSize, shownLimit];
+  }
+  return [`${size.toLocaleString("en")} bytes`, `${limit.toLocaleString("en")} bytes`];
 }
 
 const mebibytes = (bytes) => `${formatNumber(bytes / 2 ** 20, 1)} MiB`;

@@ -337,6 +337,8 @@ def test_serve_with_less_upload_room_than_one_request_body_is_one_line_and_exit_
             "{missing}/audit.log",
             "brain-tumor serve: error: AUDIT_LOG_FILE: cannot open {missing}/audit.log: No such",
         ),
+        # review 69 F4: a keys file whose read fails (EIO) was blamed on AUDIT_LOG_FILE, "cannot open None"
+        ("API_KEYS_FILE", "/proc/self/mem", "brain-tumor serve: error: API_KEYS_FILE: cannot open /proc/self/mem: "),
         # operations review 68 F10: "cannot open None: Invalid argument", no file, no setting
         ("AUDIT_LOG_FILE", "/proc/version", "brain-tumor serve: error: AUDIT_LOG_FILE: cannot open /proc/version: "),
     ],

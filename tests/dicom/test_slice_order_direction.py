@@ -34,3 +34,22 @@ def test_axial_slices_are_ordered_from_the_feet_to_the_head_however_stored(orien
     np.testing.assert_allclose(offsets, heights)
     assert anatomical_order(stored) == [1, 2, 0]
     assert anatomical_order(stored[::-1]) == [1, 0, 2]  # the same slices sent in the other order
+
+
+def test_an_oblique_series_at_45_degrees_keeps_its_order_whatever_order_its_files_came_in() -> None:
+    """Review 69 F1: the sign followed the largest component, which rounding in the 6th digit (file by file) decides
+    at 45 degrees, and the first file's orientation was used: the same files sent in reverse came back reversed."""
+    header = Dataset()
+    header.SeriesInstanceUID, header.FrameOfReferenceUID = "1.2", "1.2.3"
+    values = np.zeros((4, 4), np.float32)
+    orientations = [(1, 0, 0, 0, -0.707107, -0.707106), (1, 0, 0, 0, -0.707106, -0.707107)]
+    normal = np.array([0.0, 0.70710678, -0.70710678])
+    stored = [
+        DicomFrame(values, header, 1, 1, tuple(5.0 * step * normal), orientations[step % 2], (1.0, 1.0), 5.0, None)  # type: ignore[arg-type]
+        for step in range(4)
+    ]
+
+    forward = [stored[index] for index in anatomical_order(stored)]
+    backward = [stored[::-1][index] for index in anatomical_order(stored[::-1])]
+
+    assert forward == backward

@@ -89,6 +89,15 @@ def test_health_probes_and_the_page_answer_any_host_name(named_client: TestClien
     assert named_client.get("/", headers={"Host": "evil.example"}).status_code == 200
 
 
+def test_metrics_answer_a_scrape_by_any_host_name_but_nothing_else_does(named_client: TestClient) -> None:
+    """Review 69 F2: Prometheus scrapes each replica by its own address (Host: 10.244.1.17:8000), which no
+    ALLOWED_HOSTS entry names: GET /metrics got 403 in the Kubernetes manifests. It holds counts, no data (and needs
+    a key when keys are set); other routes, and anything but a read of it, are still held to the names."""
+    assert named_client.get("/metrics", headers={"Host": "10.244.1.17:8000"}).status_code == 200
+    assert named_client.post("/metrics", headers={"Host": "10.244.1.17:8000"}).status_code == 403
+    assert named_client.get("/v1/models", headers={"Host": "10.244.1.17:8000"}).status_code == 403
+
+
 def test_allowed_hosts_is_read_from_a_comma_separated_variable(tiny_model_dir: Path) -> None:
     settings = security_settings(tiny_model_dir, allowed_hosts="localhost, , 127.0.0.1,")
 

@@ -58,6 +58,7 @@ def test_more_files_than_the_service_takes_are_refused_before_uploading(page: Pa
         f"4 files chosen; the service takes at most {MAX_BATCH_FILES} in one analysis."
     )
     expect(page.locator("#error-detail")).to_have_text(ADVICE)
+    expect(page.locator("#file-name")).to_contain_text("Selected: 4 files")  # review 69 F6: what was refused
     expect(page.locator("#retry")).to_be_hidden()  # the same files would be refused again
     expect(page.locator("#progress-row")).to_be_hidden()
     assert sent == []
@@ -126,3 +127,20 @@ def test_a_choice_of_files_all_larger_than_the_service_takes_is_refused_before_u
     expect(page.locator("#error-detail")).to_contain_text("MAX_UPLOAD_BYTES")
     expect(page.locator("#progress-row")).to_be_hidden()
     assert sent == []
+
+
+def test_sizes_just_over_the_limit_are_told_in_bytes(page: Page, limited_server: str, tmp_path: Path) -> None:
+    """Review 69 F5: a file one byte over a limit read "(0.1 MiB); ... at most 0.1 MiB"."""
+    files = []
+    for name in ("first.png", "second.png"):
+        path = tmp_path / name
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD_BYTES + 1 - 8))
+        files.append(path)
+    page.goto(limited_server)
+
+    page.set_input_files("#file-input", files)
+
+    expect(page.locator("#error-title")).to_have_text(
+        "Too large to upload: first.png, second.png (100,001 bytes the largest); the service takes files of at most "
+        "100,000 bytes."
+    )
