@@ -49,6 +49,19 @@ def gate_model_loading(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return gate
 
 
+def test_a_passed_probe_is_logged_at_debug_a_failed_one_at_info(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Operations review 68 F12: every probe was an INFO access line, about 4 MB a pod a day before any request."""
+    with caplog.at_level("DEBUG", logger="app.access"):
+        client.get("/health/live")
+        client.get("/health/nothing-here")  # 404: not a probe that passed
+        client.get("/v1/models")
+
+    levels = {record.fields["path"]: record.levelname for record in caplog.records if record.name == "app.access"}
+    assert levels == {"/health/live": "DEBUG", "/health/nothing-here": "INFO", "/v1/models": "INFO"}
+
+
 def test_read_liveness(client: TestClient) -> None:
     response = client.get("/health/live")
 
