@@ -148,6 +148,7 @@ class StudySync:
         self.failures: Counter[str] = Counter()
         """Error codes of the studies that failed since `take_failures` (internal: looking at or analysing one
         raised)."""
+        self._given_up_unrecorded: set[str] = set()  # given up, but Orthanc refused the record that says so
 
     def take_failures(self) -> Counter[str]:
         """The failures counted since the last call, by error code for the metrics (not only outcome="failed")."""
@@ -201,6 +202,7 @@ class StudySync:
                 return self._given_up(study_id, record)
         else:
             attempts = 0  # the instances or the instance limit changed: a fresh start
+            self._given_up_unrecorded.discard(study_id)
         try:
             outcome = self._analyse(study_id, record, mr_series, ko_series, study_fingerprint, attempts, state)
             state.unrecorded_failures.pop(study_id, None)  # its record is written now
@@ -212,11 +214,12 @@ class StudySync:
         """`GAVE_UP` the first time a study that failed `PacsSyncConfig.max_attempts` times is looked at again (its
         record marked ``given_up``), `ALREADY_DONE` after: it is watched for changed instances at every backoff, and
         each look counted as giving up again would keep an alert on the rise of `gave_up` firing for months."""
-        if record.get("given_up") is True:
+        if record.get("given_up") is True or study_id in self._given_up_unrecorded:
             return ALREADY_DONE
         try:
             self.client.write_sync_record(study_id, record | {"given_up": True})
-        except Exception as error:  # Orthanc refusing the record: counted again at the next look, as a failure is
+        except Exception as error:  # Orthanc refusing the record: remembered here instead, until a restart
+            self._given_up_unrecorded.add(study_id)
             logger.warning(
                 "study given up, not recorded in Orthanc",
                 extra={"fields": {"orthanc_study": study_id, "error": _error_text(error)}},
