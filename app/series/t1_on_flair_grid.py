@@ -57,19 +57,16 @@ class FlairPlanes:
 
     def __init__(self, flair: Sequence[DicomFrame]) -> None:
         self.by_reference: dict[str, tuple[list[float], list[DicomFrame]]] = {}
+        places = [(_plane(frame), index, frame) for index, frame in enumerate(flair)]
+        self.unplaced = any(place is None for place, _, _ in places)
         placed = sorted(
-            (
-                (frame.frame_of_reference_uid, place[1], index, frame)
-                for index, frame in enumerate(flair)
-                if (place := _plane(frame)) is not None
-            ),
+            ((frame.frame_of_reference_uid, place[1], index, frame) for place, index, frame in places if place),
             key=lambda item: item[:3],
         )
         for reference, along, _, frame in placed:
             offsets, frames = self.by_reference.setdefault(reference, ([], []))
             offsets.append(along)
             frames.append(frame)
-        self.unplaced = any(_plane(frame) is None for frame in flair)
 
     def in_plane_of(self, frame: DicomFrame) -> list[DicomFrame]:
         """The FLAIR frames of `frame`'s Frame of Reference at its place along the normal (within
@@ -78,18 +75,14 @@ class FlairPlanes:
         if place is None or frame.frame_of_reference_uid not in self.by_reference:
             return []
         offsets, frames = self.by_reference[frame.frame_of_reference_uid]
-        found: dict[int, DicomFrame] = {}
-        # Both signs: at 45 degrees a last-digit difference may give one of two parallel normals the other sign.
-        for along in (place[1], -place[1]):
-            start = bisect.bisect_left(offsets, along - POSITION_TOLERANCE_MM)
-            end = bisect.bisect_right(offsets, along + POSITION_TOLERANCE_MM)
-            found.update((id(other), other) for other in frames[start:end])
-        return list(found.values())
+        start = bisect.bisect_left(offsets, place[1] - POSITION_TOLERANCE_MM)
+        end = bisect.bisect_right(offsets, place[1] + POSITION_TOLERANCE_MM)
+        return frames[start:end]
 
 
 def _plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
-    """The frame's unit normal, its sign chosen so both directions of one plane get the same one, and the frame's
-    place along it in mm; None without a position or an orientation."""
+    """The frame's unit normal, its sign chosen so both directions of one plane get the same one (at 45 degrees too,
+    `patient_axis_positive`), and the frame's place along it in mm; None without a position or an orientation."""
     normal = slice_normal([frame])
     if frame.image_position is None or normal is None:
         return None
