@@ -52,7 +52,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
-    MODEL_DIR=/app/models
+    MODEL_DIR=/app/models \
+    HEARTBEAT_FILE=/tmp/brain-tumor-heartbeat.json
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app /app
@@ -63,9 +64,10 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
 
-# Ready, not merely alive: 503 until both models are loaded and warm. urllib raises on any non-2xx, so no curl needed.
+# Whichever daemon the image runs: serve is ready once /health/ready answers 200 (both models loaded and warm);
+# dicom-node and pacs-sync once their heartbeat (HEARTBEAT_FILE) says ready, and while it is renewed.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/health/ready', timeout=4)"]
+    CMD ["brain-tumor", "health"]
 
 # The command `make serve` runs. Exec form, so uvicorn is PID 1 and gets SIGTERM for a graceful shutdown; CMD apart
 # from ENTRYPOINT so the same image runs other subcommands (`docker run IMAGE pacs-sync --orthanc URL`).

@@ -4,6 +4,7 @@ brain-tumor serve                         # HOST:PORT from the environment (defa
 brain-tumor predict slices/ --format table --masks-dir masks/     # files or folders; or the DICOM files of a series
 brain-tumor dicom-node                    # DICOM_NODE_AE_TITLE on DICOM_NODE_HOST:DICOM_NODE_PORT (default 11112)
 brain-tumor dicom-node-forget STUDY_UID   # node stopped: drop a refused study's instances so a re-send starts afresh
+brain-tumor health                        # exit 0 when this container's daemon is well (the image's HEALTHCHECK)
 brain-tumor train --model segmenter --data-root ../shared/lgg/kaggle_3m_dev --output-dir runs/segmenter
 brain-tumor evaluate --data-root ../shared/lgg/kaggle_3m_dev --classifier-weights ... --segmenter-weights ...
 
@@ -368,6 +369,19 @@ def hash_key_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def health(args: argparse.Namespace) -> int:
+    """Exit 0 when the daemon of this container is well, 1 otherwise, with one line saying why (`app.heartbeat`):
+    the image's HEALTHCHECK, so it works whichever daemon the image runs."""
+    from app.heartbeat import UnhealthyError, check_health
+
+    settings = get_settings()
+    try:
+        print(check_health(settings.heartbeat_file, settings.host, settings.port))
+    except UnhealthyError as error:
+        return fail(f"brain-tumor health: unhealthy: {error}", EXIT_FAILED)
+    return EXIT_OK
+
+
 def port_number(text: str) -> int:
     """A TCP port, 1 to 65535: a larger number would wrap around to another port, and 0 pick one at random."""
     try:
@@ -394,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(commands)
     _add_dicom_parsers(commands)
     _add_hash_key_parser(commands)
+    _add_health_parser(commands)
     _add_training_parsers(commands)
     return parser
 
@@ -525,6 +540,17 @@ def _add_hash_key_parser(commands: argparse._SubParsersAction) -> None:
     hash_parser = commands.add_parser("hash-key", help="print an API_KEYS_FILE line for the key on standard input")
     hash_parser.add_argument("key_id", help="the name the audit log will show for this key")
     hash_parser.set_defaults(run=hash_key_command)
+
+
+def _add_health_parser(commands: argparse._SubParsersAction) -> None:
+    health_parser = commands.add_parser(
+        "health",
+        help="exit 0 when this container's daemon is well, 1 with the reason otherwise (the image's HEALTHCHECK)",
+        description="dicom-node and pacs-sync: read their heartbeat (HEARTBEAT_FILE), ready and written within the "
+        "last minute. serve: GET /health/ready on HOST:PORT (127.0.0.1 for 0.0.0.0). Exit 0 when well, 1 otherwise, "
+        "with one line saying why.",
+    )
+    health_parser.set_defaults(run=health)
 
 
 def _add_training_parsers(commands: argparse._SubParsersAction) -> None:

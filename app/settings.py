@@ -193,6 +193,12 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="address the Prometheus metrics of dicom-node and pacs-sync listen on (0.0.0.0 in a container)",
     )
+    heartbeat_file: Path | None = Field(
+        default=None,
+        description="dicom-node and pacs-sync: a JSON file they rewrite every 10 s while they run with their models "
+        "loaded, which `brain-tumor health` (the image's HEALTHCHECK) reads (empty: none; the image sets "
+        "/tmp/brain-tumor-heartbeat.json)",
+    )
     request_timeout_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -484,7 +490,7 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("pacs_state_file", "api_keys_file", "audit_log_file", mode="before")
+    @field_validator("pacs_state_file", "api_keys_file", "audit_log_file", "heartbeat_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -516,7 +522,9 @@ class Settings(BaseSettings):
     @field_validator("dicom_node_destinations", mode="after")
     @classmethod
     def _destinations(cls, value: list[str]) -> list[str]:
-        from app.node.dicom_sender import Destination  # pynetdicom: only imported when destinations are set
+        if not value:  # the settings validate their defaults too: none given, nothing to import
+            return value
+        from app.node.dicom_sender import Destination  # pydicom and pynetdicom: 1.5 s, only when destinations are set
 
         for item in value:
             Destination.parse(item)

@@ -8,7 +8,8 @@ For each build: the build arguments, command, environment and health check come 
 service, interpolated as Compose would with the variables the README's command sets (none for the default image,
 EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime for the ONNX one). The image must become ready within its HEALTHCHECK start
 period, answer `/v1/predict` on a test slice as the service run from the checkout does, serve as uid 10001 with code
-and models it cannot write, and hold no tests/, runs/, .git or training/. Then a copy of the Dockerfile without
+and models it cannot write, and hold no tests/, runs/, .git or training/; the default build is also run as Compose's
+`dicom-node` service, which the image's HEALTHCHECK must call healthy once its models are loaded. Then a copy of the Dockerfile without
 `COPY models` is built and run the same way, and must fail: the control that shows these checks can fail.
 
 Base image: python:3.11-slim-bookworm when a registry serves it, else a stand-in with Debian's Python 3.11 at the same
@@ -36,7 +37,7 @@ import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -795,7 +796,13 @@ def last_log_lines(log_text: str, count: int = 3) -> list[str]:
     return lines
 
 
-def wait_until_healthy(report: Report, container: Started, service: ComposeService, deadline_s: float) -> None:
+def wait_until_healthy(
+    report: Report,
+    container: Started,
+    service: ComposeService,
+    deadline_s: float,
+    check: str = "ready within the start period",
+) -> None:
     started = time.monotonic()
     last = ""
     while time.monotonic() - started < deadline_s:
@@ -808,9 +815,10 @@ def wait_until_healthy(report: Report, container: Started, service: ComposeServi
         probe = container.exec(service.healthcheck, timeout=service.healthcheck_timeout_s + 5)
         if probe.returncode == 0:
             report.check(
-                "ready within the start period",
+                check,
                 True,
-                f"health check passed after {time.monotonic() - started:.1f} s (limit {deadline_s:g} s)",
+                f"health check passed after {time.monotonic() - started:.1f} s (limit {deadline_s:g} s): "
+                + probe.stdout.strip()[-200:],
             )
             return
         last = (probe.stderr.strip().splitlines() or [""])[-1][:200]
@@ -896,7 +904,41 @@ def check_image(
             report.check("starts and serves", False, str(failure))
         finally:
             container.stop()
+        if name == "keras" and expected is not None:
+            check_dicom_node_health(report, image, root, uid, gid, config, start_period, container_runtime)
     return report
+
+
+def check_dicom_node_health(
+    report: Report,
+    image: str,
+    root: Path,
+    uid: int,
+    gid: int,
+    config: ImageConfig,
+    start_period: float,
+    container_runtime: bool,
+) -> None:
+    """The DICOM node from the same image, as Compose's `dicom-node` service runs it (its spool volume a tmpfs here):
+    the image's HEALTHCHECK, which asked every container for the API's /health/ready, must call it healthy once its
+    models are loaded (its heartbeat file). pacs-sync writes the same heartbeat, but needs an Orthanc to start."""
+    node = read_compose_service(VARIANTS["keras"], name="dicom-node")
+    node = replace(node, tmpfs=[*node.tmpfs, "/home/app"])
+    argv = (node.entrypoint if node.entrypoint is not None else config.entrypoint) + (node.command or config.cmd)
+    environment = {"HOME": home_of(root, uid), **config.env, **node.environment}
+    container: PodmanContainer | ChrootContainer
+    if container_runtime:
+        container = PodmanContainer(image, node, node.command)
+    else:
+        container = ChrootContainer(root, uid, gid, config.workdir, environment, argv, node.tmpfs)
+    log(f"keras: starting {shlex.join(argv)} ({container.mode}) for its health check")
+    try:
+        container.start()
+        wait_until_healthy(report, container, node, start_period, check="dicom-node healthy by the image's probe")
+    except CheckFailed as failure:
+        report.check("dicom-node healthy by the image's probe", False, str(failure))
+    finally:
+        container.stop()
 
 
 # Run inside the container: the release the image's package says it is (SEGs, SRs, /v1/models carry it).

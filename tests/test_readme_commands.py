@@ -77,7 +77,9 @@ def readme_commands() -> list[str]:
 
 
 def is_run_here(command: str) -> bool:
-    return command.startswith(("curl ", ".venv/bin/brain-tumor predict", ".venv/bin/brain-tumor hash-key"))
+    return command.startswith(
+        ("curl ", ".venv/bin/brain-tumor predict", ".venv/bin/brain-tumor hash-key", ".venv/bin/brain-tumor health")
+    )
 
 
 def test_every_readme_command_is_run_or_accounted_for():
@@ -135,6 +137,7 @@ def test_readme_command_succeeds(command: str, workdir: Path, server_url: str, t
     if runnable.startswith("curl "):
         runnable = "curl --fail-with-body " + runnable.removeprefix("curl ")
     environment = {**os.environ, "KEY": "example-key-0123456789", "MODEL_DIR": str(tiny_model_dir)}
+    environment["PORT"] = server_url.rsplit(":", 1)[1]  # `brain-tumor health` asks HOST:PORT
     completed = subprocess.run(
         ["bash", "-o", "pipefail", "-c", runnable],
         cwd=workdir,

@@ -167,6 +167,7 @@ class DicomNode:
         )
         self.delivery = ResultDelivery(self.spool, self.sender, config.destinations, clock, self.metrics)
         self._server: TimedAssociationServer | None = None
+        self._server_thread: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
 
     @property
@@ -214,7 +215,8 @@ class DicomNode:
             )
         except OSError as error:  # an unknown host name, an address of another machine, a port in use
             raise NodeStartError.of(self.config.host, self.config.port, error) from error
-        threading.Thread(target=self._server.serve_forever, name="dicom-node-server", daemon=True).start()
+        self._server_thread = threading.Thread(target=self._server.serve_forever, name="dicom-node-server", daemon=True)
+        self._server_thread.start()
         logger.info(
             "DICOM node listening",
             extra={"fields": {"host": self.config.host, "port": self.config.port, "ae_title": self.config.ae_title}},
@@ -226,6 +228,14 @@ class DicomNode:
             ]
             for thread in self._threads:
                 thread.start()
+
+    def health_problem(self) -> str | None:
+        """What keeps the node from working, for its heartbeat: a thread that has stopped, or the node not
+        listening; None when it listens and its worker and senders run."""
+        if self._server_thread is None or not self._server_thread.is_alive():
+            return "not listening for associations"
+        stopped = [thread.name for thread in self._threads if not thread.is_alive()]
+        return f"thread stopped: {', '.join(stopped)}" if stopped else None
 
     def _background_steps(self) -> list[tuple[str, Callable[[], object]]]:
         """The worker (process, purge), and one sender per destination: a destination that hangs until the send
@@ -258,6 +268,7 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self._server_thread = None
 
     def studies_receiving(self) -> set[str]:
         """The studies an open association has stored instances of: not processed yet."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from pydicom.uid import UID
 
 from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+from app.heartbeat import STARTING, HeartbeatFile
 from app.metrics import serve_metrics
 from app.node.dicom_node import DicomNode, check_address
 from app.node.dicom_spool import Spool, SpoolInUseError, hold_spool, study_key
@@ -93,6 +94,8 @@ def _run(
     from app.inference import load_predictor
     from app.study_analysis import ModelStudyProcessor
 
+    heartbeat = HeartbeatFile(settings.heartbeat_file, "dicom-node")
+    heartbeat.write(STARTING)
     with StopSignals() as stop_signals:
         try:
             # SIGTERM while the models load (10 s to a minute) stops the node there with exit 0, not by the signal
@@ -122,7 +125,8 @@ def _run(
         )
         node.start()
         try:
-            stop_signals.wait()
+            with heartbeat.beating(node.health_problem):
+                stop_signals.wait()
         finally:
             node.stop()
             logger.info("DICOM node stopped")

@@ -41,6 +41,7 @@ from typing import Any
 
 from app.errors import error_body
 from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+from app.heartbeat import STARTING, HeartbeatFile
 from app.inference import Predictor, load_predictor
 from app.metrics import MetricsServerError, serve_metrics
 from app.pacs.orthanc_answers import orthanc_time
@@ -488,6 +489,8 @@ def _sync(
     before_models: Callable[[], None] | None,
 ) -> int:
     """Check the state file's folder, ask Orthanc, load the models, sync (`main`)."""
+    heartbeat = HeartbeatFile(None if args.once else settings.heartbeat_file, "pacs-sync")
+    heartbeat.write(STARTING)
     try:
         check_state_file_writable(config.state_file)
     except SyncStateWriteError as error:
@@ -507,7 +510,8 @@ def _sync(
         before_models()
     predictor = load_predictor(settings, args.model_dir)
     try:
-        report = run_pacs_sync(config, predictor, once=args.once, client=client, metrics=metrics)
+        with heartbeat.beating(lambda: None):  # its passes run in this thread: a beat says the process runs
+            report = run_pacs_sync(config, predictor, once=args.once, client=client, metrics=metrics)
     except SyncStateError as error:
         print(json.dumps(error_body("invalid_configuration", str(error))))
         return EXIT_USAGE

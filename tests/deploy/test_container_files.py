@@ -132,14 +132,6 @@ def pip_installs(commands: list[list[str]]) -> set[tuple[str, ...]]:
     return installs
 
 
-def python_probe_url(command: list[str]) -> str:
-    """The URL path a `python -c` health probe requests."""
-    code = command[command.index("-c") + 1]
-    match = re.search(r"'(/health/[a-z]+)'", code)
-    assert match, f"no /health/ path in the probe {code!r}"
-    return match.group(1)
-
-
 class ComposeLoader(yaml.SafeLoader):
     """YAML loader that knows Compose's merge tags (`!reset`, `!override`): they only change how files merge."""
 
@@ -310,8 +302,12 @@ def test_probes_use_app_health_routes() -> None:
     image_probe = dockerfile_exec_form("HEALTHCHECK")
 
     assert {"/health/ready", "/health/live"} <= routes
-    assert python_probe_url(image_probe) == "/health/ready"
-    assert compose["api"]["healthcheck"]["test"] == ["CMD", *image_probe]
+    # `brain-tumor health` asks /health/ready of the API (tests/cli/test_health_command.py) and reads the heartbeat
+    # of the other daemons: every service of the image keeps the image's probe.
+    assert image_probe == ["brain-tumor", "health"]
+    for name in ("api", "api-gpu", "pacs-sync", "dicom-node"):
+        assert compose[name]["healthcheck"]["test"] == ["CMD", *image_probe], name
+        assert not compose[name]["healthcheck"].get("disable"), name
     for manifest in ("deployment.yaml", "deployment-gpu.yaml"):
         (container,) = deployment_containers(manifest)
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
