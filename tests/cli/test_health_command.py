@@ -251,3 +251,19 @@ def test_pacs_sync_once_writes_no_heartbeat(
 
     assert (code, err) == (cli.EXIT_OK, "")
     assert not (tmp_path / "heartbeat.json").exists()  # a one-shot command is no daemon to watch
+
+
+def test_reading_the_settings_without_destinations_imports_no_dicom_network_library(tmp_path: Path) -> None:
+    """The destinations' check imported pydicom and pynetdicom whatever the settings said: 1.5 s more for every
+    command, `brain-tumor health` (a probe with a 5 s timeout) included."""
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DICOM_NODE_")}
+    code = "import sys; from app.settings import get_settings; get_settings(); print('pynetdicom' in sys.modules)"
+
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert found.stdout == "False\n"
