@@ -79,10 +79,17 @@ class DicomFrame:
 
 
 def slice_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
-    """The normal of the slices' plane (row direction x column direction) from the first frame with an orientation;
-    None when none has one. Positions projected on it give the slices' order and spacing."""
-    orientation = next((frame.image_orientation for frame in frames if frame.image_orientation), None)
-    return None if orientation is None else np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+    """The normal of the slices' plane (row direction x column direction); None when no frame has an orientation.
+    Positions projected on it give the slices' order and spacing.
+
+    Of the orientations the frames give (one, but rounded file by file), the least: one choice whatever the
+    files' order, as the first frame's was not (at 45 degrees, rounding decides which way `patient_axis_positive`
+    turns the normal, and with it the slices' order)."""
+    orientations = [tuple(frame.image_orientation) for frame in frames if frame.image_orientation]
+    if not orientations:
+        return None
+    orientation = np.asarray(min(orientations), dtype=np.float64)
+    return np.cross(orientation[:3], orientation[3:])
 
 
 def offsets_along_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:

@@ -42,6 +42,8 @@ def t1_frames_in_flair_layout(frames: Sequence[DicomFrame], flair_uid: str) -> I
     stored frame's place lets the stored one go before the next is made (both at once would hold every T1 frame
     twice, outside the decoding budget)."""
     flair = FlairPlanes([frame for frame in frames if frame.series_instance_uid == flair_uid])
+    if flair.crowded:
+        return  # refused later (several FLAIR frames at one slice position); each T1 frame would meet them all
     for index, frame in enumerate(frames):
         if frame.series_instance_uid == flair_uid:
             continue
@@ -52,45 +54,50 @@ def t1_frames_in_flair_layout(frames: Sequence[DicomFrame], flair_uid: str) -> I
 
 
 class FlairPlanes:
-    """FLAIR's frames by Frame of Reference and place along their normal, so each T1 frame is compared with the
-    FLAIR frames of its own plane only (not with every FLAIR frame: 400 slices a series took 15 s that way)."""
+    """FLAIR's frames by Frame of Reference and place along the series' normal, so each T1 frame is compared with the
+    FLAIR frames of its own plane only (not with every FLAIR frame: 400 slices a series took 15 s that way).
+
+    One normal for the whole series (`slice_normal`, whatever the files' order), not one a frame: at 45 degrees,
+    frames whose orientations were rounded differently took opposite signs, and a T1 frame missed its FLAIR plane.
+    `crowded`: several FLAIR frames at one place, which the series reading refuses; pairing is not tried then (each
+    T1 frame would be compared with all of them)."""
 
     def __init__(self, flair: Sequence[DicomFrame]) -> None:
         self.by_reference: dict[str, tuple[list[float], list[DicomFrame]]] = {}
-        places = [(_plane(frame), index, frame) for index, frame in enumerate(flair)]
-        self.unplaced = any(place is None for place, _, _ in places)
+        self.normal = _unit_normal(flair)
+        self.unplaced = self.normal is None or any(frame.image_position is None for frame in flair)
+        self.crowded = False
+        if self.unplaced:
+            return
         placed = sorted(
-            ((frame.frame_of_reference_uid, place[1], index, frame) for place, index, frame in places if place),
-            key=lambda item: item[:3],
+            (frame.frame_of_reference_uid, self._along(frame), index, frame) for index, frame in enumerate(flair)
         )
         for reference, along, _, frame in placed:
             offsets, frames = self.by_reference.setdefault(reference, ([], []))
+            self.crowded = self.crowded or bool(offsets and along - offsets[-1] <= POSITION_TOLERANCE_MM)
             offsets.append(along)
             frames.append(frame)
 
+    def _along(self, frame: DicomFrame) -> float:
+        return float(np.dot(self.normal, frame.image_position))  # type: ignore[arg-type]
+
     def in_plane_of(self, frame: DicomFrame) -> list[DicomFrame]:
-        """The FLAIR frames of `frame`'s Frame of Reference at its place along the normal (within
+        """The FLAIR frames of `frame`'s Frame of Reference at its place along FLAIR's normal (within
         `POSITION_TOLERANCE_MM`); whether their planes are parallel is for the caller to check."""
-        place = _plane(frame)
-        if place is None or frame.frame_of_reference_uid not in self.by_reference:
+        if frame.image_position is None or frame.frame_of_reference_uid not in self.by_reference:
             return []
         offsets, frames = self.by_reference[frame.frame_of_reference_uid]
-        start = bisect.bisect_left(offsets, place[1] - POSITION_TOLERANCE_MM)
-        end = bisect.bisect_right(offsets, place[1] + POSITION_TOLERANCE_MM)
+        along = self._along(frame)
+        start = bisect.bisect_left(offsets, along - POSITION_TOLERANCE_MM)
+        end = bisect.bisect_right(offsets, along + POSITION_TOLERANCE_MM)
         return frames[start:end]
 
 
-def _plane(frame: DicomFrame) -> tuple[np.ndarray, float] | None:
-    """The frame's unit normal, its sign chosen so both directions of one plane get the same one (at 45 degrees too,
-    `patient_axis_positive`), and the frame's place along it in mm; None without a position or an orientation."""
-    normal = slice_normal([frame])
-    if frame.image_position is None or normal is None:
-        return None
-    length = float(np.linalg.norm(normal))
-    if length == 0:
-        return None
-    normal = patient_axis_positive(normal / length)
-    return normal, float(np.dot(normal, frame.image_position))
+def _unit_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:
+    """The frames' unit normal (`slice_normal`), pointing along its patient axis's positive way; None without one."""
+    normal = slice_normal(frames)
+    length = 0.0 if normal is None else float(np.linalg.norm(normal))
+    return None if normal is None or length == 0 else patient_axis_positive(normal / length)
 
 
 def _on_grid_of(t1: DicomFrame, flair: DicomFrame) -> DicomFrame | None:
@@ -132,17 +139,30 @@ def _on_grid_of(t1: DicomFrame, flair: DicomFrame) -> DicomFrame | None:
         return None  # another spacing, an oblique turn, or between pixels (at a corner, so anywhere)
     if np.array_equal(whole_matrix, np.eye(2)) and not whole_shift.any() and (rows_t, columns_t) == (rows_f, columns_f):
         return None  # stored as FLAIR is: the pairing takes it as it is
-    grid = np.indices((rows_f, columns_f)).reshape(2, -1)
-    indices = (whole_matrix.astype(int) @ grid + whole_shift.astype(int)[:, None]).reshape(2, rows_f, columns_f)
-    if indices[0].min() < 0 or indices[1].min() < 0 or indices[0].max() >= rows_t or indices[1].max() >= columns_t:
+    whole, offset = whole_matrix.astype(int), whole_shift.astype(int)
+    reached = whole @ corners + offset[:, None]  # the T1 pixels of FLAIR's corners: the map is affine
+    if reached.min() < 0 or reached[0].max() >= rows_t or reached[1].max() >= columns_t:
         return None  # FLAIR's field of view reaches past the T1 frame's
     return replace(
         t1,
-        values=np.ascontiguousarray(t1.values[indices[0], indices[1]]),
+        values=_read_in_layout(t1.values, whole, offset, rows_f, columns_f),
         image_position=flair.image_position,
         image_orientation=flair.image_orientation,
         pixel_spacing=flair.pixel_spacing,
     )
+
+
+def _read_in_layout(values: np.ndarray, whole: np.ndarray, offset: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """The T1 `values` at (row, column) = `whole` @ (r, c) + `offset` for each FLAIR pixel (r, c) of a `rows` x
+    `columns` frame, `whole` a signed permutation: a T1 row follows FLAIR's row alone (a flip) or its column alone (a
+    transpose). Read through two index vectors, one copy the size of the result: full index grids took 48 bytes a
+    FLAIR pixel, outside the decoding budget."""
+    if whole[0, 0]:
+        picked = values[np.ix_(offset[0] + whole[0, 0] * np.arange(rows), offset[1] + whole[1, 1] * np.arange(columns))]
+        return np.ascontiguousarray(picked)
+    # transposed: T1 row = whole[0, 1] * c + offset[0], T1 column = whole[1, 0] * r + offset[1]
+    picked = values[np.ix_(offset[0] + whole[0, 1] * np.arange(columns), offset[1] + whole[1, 0] * np.arange(rows))]
+    return np.ascontiguousarray(picked.T)
 
 
 def _geometry(frame: DicomFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None:
@@ -179,17 +199,17 @@ def stored_otherwise_note(frames: Sequence[DicomFrame], flair_uid: str) -> str:
             "cannot be compared with FLAIR's"
         )
     flair = FlairPlanes(flair_frames)
-    if flair.unplaced:
+    if flair.unplaced or flair.crowded:
         return ""
     stored_otherwise = False
     for frame in t1:
-        place = _plane(frame)
-        if place is None:
+        normal = _unit_normal([frame])
+        if normal is None or frame.image_position is None:
             return ""
         same_plane = [
             other
             for other in flair.in_plane_of(frame)
-            if abs(float(np.dot(place[0], _plane(other)[0]))) > 0.9999  # type: ignore[index]
+            if abs(float(np.dot(normal, _unit_normal([other])))) > 0.9999  # type: ignore[arg-type]
         ]
         if not same_plane:
             return ""

@@ -53,3 +53,23 @@ def test_an_oblique_series_at_45_degrees_keeps_its_order_whatever_order_its_file
     backward = [stored[::-1][index] for index in anatomical_order(stored[::-1])]
 
     assert forward == backward
+
+
+def test_orientations_rounded_either_side_of_45_degrees_give_one_order_whatever_file_comes_first() -> None:
+    """Attack review 62 F3: the first file's orientation gave the normal, and two orientations 1e-5 apart sat either
+    side of `patient_axis_positive`'s tie: swapping the first two files reversed the order and the offsets' sign."""
+    header = Dataset()
+    header.SeriesInstanceUID, header.FrameOfReferenceUID = "1.2", "1.2.3"
+    values = np.zeros((4, 4), np.float32)
+    orientations = [(0.706612, 0, 0.707602, 0, 1, 0), (0.706602, 0, 0.707612, 0, 1, 0)]
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    stored = [
+        DicomFrame(values, header, 1, 1, tuple(5.0 * step * normal), orientations[min(step, 1)], (1.0, 1.0), 5.0, None)  # type: ignore[arg-type]
+        for step in range(5)
+    ]
+    swapped = [stored[1], stored[0], *stored[2:]]
+
+    assert np.array_equal(offsets_along_normal(swapped), offsets_along_normal(stored)[[1, 0, 2, 3, 4]])
+    assert [stored[index] for index in anatomical_order(stored)] == [
+        swapped[index] for index in anatomical_order(swapped)
+    ]

@@ -159,3 +159,112 @@ def test_a_plane_at_45_degrees_pairs_whatever_the_last_digit_of_its_orientation(
     _, turned = t1_frames_on_flair_grid([flair, t1], "flair")
 
     assert turned == 1
+
+
+SIGNED_PERMUTATIONS = [
+    np.array(matrix)
+    for matrix in (
+        [[1, 0], [0, 1]],
+        [[-1, 0], [0, 1]],
+        [[1, 0], [0, -1]],
+        [[-1, 0], [0, -1]],
+        [[0, 1], [1, 0]],
+        [[0, -1], [1, 0]],
+        [[0, 1], [-1, 0]],
+        [[0, -1], [-1, 0]],
+    )
+]
+
+
+@pytest.mark.parametrize("whole", SIGNED_PERMUTATIONS, ids=lambda matrix: str(matrix.tolist()))
+def test_reading_in_flairs_layout_gives_each_flair_pixel_the_t1_pixel_of_its_point(whole: np.ndarray) -> None:
+    """Attack review 62 F4: the T1 pixels are read through two index vectors, not full index grids (48 bytes a
+    FLAIR pixel, outside the decoding budget); each FLAIR pixel (r, c) must get T1 pixel whole @ (r, c) + offset."""
+    rng = np.random.default_rng(7)
+    t1 = rng.integers(0, 1000, (9, 11)).astype(np.float32)
+    rows, columns = 4, 5
+    # an offset that keeps every FLAIR pixel within the T1 frame: each corner's image inside it
+    corners = np.array([[0, 0, rows - 1, rows - 1], [0, columns - 1, 0, columns - 1]])
+    offset = -(whole @ corners).min(axis=1) + np.array([1, 2])
+
+    read = t1_on_flair_grid._read_in_layout(t1, whole, offset, rows, columns)
+
+    expected = np.array(
+        [[t1[tuple(whole @ (r, c) + offset)] for c in range(columns)] for r in range(rows)], dtype=np.float32
+    )
+    np.testing.assert_array_equal(read, expected)
+    assert read.flags.c_contiguous
+
+
+def test_reading_a_large_t1_frame_in_flairs_layout_holds_about_one_more_copy_of_it() -> None:
+    """Attack review 62 F4: a flipped 2048 x 2048 T1 frame took 192 MiB (48 bytes a pixel) to read."""
+    import tracemalloc
+
+    size = 1024
+    flair = frame(np.zeros((size, size), np.float32), "flair", position=(0.0, 0.0, 5.0))
+    t1 = frame(
+        np.zeros((size, size), np.float32), "t1", position=(0.0, float(size - 1), 5.0), orientation=(1, 0, 0, 0, -1, 0)
+    )
+
+    tracemalloc.start()
+    try:
+        on_grid = t1_on_flair_grid._on_grid_of(t1, flair)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert on_grid is not None
+    assert peak < 2.2 * t1.values.nbytes  # the result (4 bytes a pixel), and a transposed copy at most
+
+
+def test_a_flair_series_with_several_frames_at_one_place_is_not_paired_frame_by_frame() -> None:
+    """Attack review 62 F1: 36 FLAIR frames at one position (which the series reading refuses) made each of 220 T1
+    frames meet all 36, each meeting building FLAIR-sized grids: 94 s for one request, others 503 meanwhile."""
+    flair = [frame(FLAIR_PIXELS + index, "flair", position=(-10.0, -10.0, 5.0)) for index in range(36)]
+    flair[0].header.SOPInstanceUID = "flair.0"
+    t1 = [
+        frame(FLAIR_PIXELS[:2, :2], "t1", position=(-10.0, -7.0, 5.0), orientation=(1, 0, 0, 0, -1, 0))
+        for _ in range(220)
+    ]
+    tried = []
+    original = t1_on_flair_grid._on_grid_of
+
+    def counted(t1_frame: DicomFrame, flair_frame: DicomFrame) -> DicomFrame | None:
+        tried.append(1)
+        return original(t1_frame, flair_frame)
+
+    t1_on_flair_grid._on_grid_of = counted
+    try:
+        result, turned = t1_frames_on_flair_grid([*flair, *t1], "flair")
+    finally:
+        t1_on_flair_grid._on_grid_of = original
+
+    assert (turned, len(tried)) == (0, 0)
+    assert t1_on_flair_grid.stored_otherwise_note([*flair, *t1], "flair") == ""
+
+
+def test_flair_frames_rounded_either_side_of_45_degrees_lie_on_one_normal_whatever_their_order() -> None:
+    """Attack review 62 F3: each FLAIR frame's place was taken along its own normal, whose sign rounding in the 5th
+    digit flips at 45 degrees: frames of one series landed on opposite sides, and a T1 frame missed its plane."""
+    orientations = [(0.706612, 0.0, 0.707602, 0.0, 1.0, 0.0), (0.706602, 0.0, 0.707612, 0.0, 1.0, 0.0)]
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    normal /= np.linalg.norm(normal)
+    start = np.array([30.0, -20.0, 40.0])  # off the origin: the place of a frame there has no sign
+    flair = [
+        frame(
+            FLAIR_PIXELS, "flair", position=tuple(start + 5.0 * step * normal), orientation=orientations[min(step, 1)]
+        )
+        for step in range(4)
+    ]
+    flipped = (0.706602, 0.0, 0.707612, 0.0, -1.0, 0.0)
+    t1 = [
+        frame(FLAIR_PIXELS[::-1], "t1", position=tuple(start + 5.0 * step * normal + (0, 3, 0)), orientation=flipped)
+        for step in range(4)
+    ]
+
+    for flair_order in (flair, flair[::-1], [flair[1], flair[0], *flair[2:]]):
+        planes = t1_on_flair_grid.FlairPlanes(flair_order)
+        offsets = planes.by_reference["1.2.3"][0]
+        assert np.allclose(np.abs(np.diff(offsets)), 5.0, atol=1e-3)  # one side: 5 mm apart, not mirrored
+        _, turned = t1_frames_on_flair_grid([*flair_order, *t1], "flair")
+        assert turned == 4
