@@ -153,6 +153,10 @@ def check_state_file_writable(path: Path | None) -> None:
     state file itself is not touched."""
     if path is None:
         return
+    if not path.name or path.is_dir():  # "/", ".", a folder: the state would be written over a folder
+        raise SyncStateWriteError(
+            f"pacs-sync state file {path} is a folder; PACS_STATE_FILE must name a file in a writable folder"
+        )
     probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

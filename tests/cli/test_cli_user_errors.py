@@ -505,6 +505,31 @@ def test_pacs_sync_with_a_state_file_it_cannot_write_exits_2_before_the_models(
     assert list(tmp_path.iterdir()) == [not_a_folder]  # no probe left behind
 
 
+@pytest.mark.parametrize("state_file", ["/", ".", "{tmp}", "{tmp}/"])
+def test_pacs_sync_with_a_folder_for_its_state_file_exits_2_before_the_models(
+    state_file: str,
+    empty_orthanc: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Attack review 62 F2: "/" and "." stopped it with a traceback and exit 1 (a path with no name); a folder with a
+    name passed the start check and was refused only after Orthanc was asked."""
+    monkeypatch.setenv("PACS_STATE_FILE", state_file.format(tmp=tmp_path))
+    daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+
+    code, out, _ = run(capsys, "pacs-sync", "--once", "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_USAGE
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_configuration"
+    assert error["message"].endswith("is a folder; PACS_STATE_FILE must name a file in a writable folder")
+    assert sorted(tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node"]])
 def test_daemons_without_models_exit_3_with_one_line(
     command: list[str],
