@@ -183,7 +183,7 @@ def add_middleware_stack(
         limiter=limiter,
         failed_keys=RateLimiter(settings.auth_failures_per_minute),
     )
-    app.add_middleware(BrowserSiteMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(BrowserSiteMiddleware, allowed_hosts=settings.allowed_hosts, metrics_keyed=api_keys.enabled)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, audit=audit, max_header_count=settings.max_header_count
     )

@@ -242,8 +242,8 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated host names the API answers to in the Host header (localhost, 127.0.0.1; no port, "
-        "scheme or wildcard); other names get 403, which stops DNS rebinding; health probes, GET /metrics and the page "
-        "are exempt (default: any name)",
+        "scheme or wildcard); other names get 403, which stops DNS rebinding; health probes and the page are exempt, "
+        "and GET /metrics when API keys are set (it needs one then) (default: any name)",
     )
 
     max_header_bytes: int = Field(

@@ -252,18 +252,21 @@ class BrowserSiteMiddleware:
       headers, which a proxy and this check could read differently.
 
     The public paths (health probes, the page and its files) are left alone: they hold no data, and the container's
-    health check calls 127.0.0.1. So is `GET /metrics` (counts, no data; still behind the API keys when they are set):
-    Prometheus scrapes each replica by its own address, which no ALLOWED_HOSTS entry names.
+    health check calls 127.0.0.1. So is `GET /metrics` when `metrics_keyed` (API keys are set, and it needs one):
+    Prometheus scrapes each replica by its own address, which no ALLOWED_HOSTS entry names. Without keys it keeps the
+    Host check: its counts (positive slices, requests by endpoint) would tell a rebound page when the user ran an
+    analysis and what it found.
     """
 
     SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = (), metrics_keyed: bool = False) -> None:
         self.app = app
         self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+        self.metrics_keyed = metrics_keyed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scraped = scope.get("method") in self.SAFE_METHODS and scope.get("path") == "/metrics"
+        scraped = self.metrics_keyed and scope.get("method") in self.SAFE_METHODS and scope.get("path") == "/metrics"
         if scope["type"] != "http" or is_public(scope["path"]) or scraped:
             await self.app(scope, receive, send)
             return

@@ -89,13 +89,29 @@ def test_health_probes_and_the_page_answer_any_host_name(named_client: TestClien
     assert named_client.get("/", headers={"Host": "evil.example"}).status_code == 200
 
 
-def test_metrics_answer_a_scrape_by_any_host_name_but_nothing_else_does(named_client: TestClient) -> None:
+SCRAPER_KEY = "scraper-key-0123456789abcdef"
+
+
+def test_metrics_answer_a_keyed_scrape_by_any_host_name_but_nothing_else_does(tiny_model_dir: Path) -> None:
     """Review 69 F2: Prometheus scrapes each replica by its own address (Host: 10.244.1.17:8000), which no
-    ALLOWED_HOSTS entry names: GET /metrics got 403 in the Kubernetes manifests. It holds counts, no data (and needs
-    a key when keys are set); other routes, and anything but a read of it, are still held to the names."""
-    assert named_client.get("/metrics", headers={"Host": "10.244.1.17:8000"}).status_code == 200
-    assert named_client.post("/metrics", headers={"Host": "10.244.1.17:8000"}).status_code == 403
-    assert named_client.get("/v1/models", headers={"Host": "10.244.1.17:8000"}).status_code == 403
+    ALLOWED_HOSTS entry names: GET /metrics got 403 in the Kubernetes manifests. With keys set it needs one, so it
+    is read by any name; other routes, and anything but a read of it, are still held to the names."""
+    settings = security_settings(tiny_model_dir, allowed_hosts="localhost", api_keys=f"prometheus:{SCRAPER_KEY}")
+    keyed = {"Host": "10.244.1.17:8000", "X-API-Key": SCRAPER_KEY}
+    with TestClient(create_app(settings), base_url="http://localhost:8000") as client:
+        assert client.get("/metrics", headers=keyed).status_code == 200
+        assert client.get("/metrics", headers={"Host": "10.244.1.17:8000"}).status_code == 401
+        assert client.post("/metrics", headers=keyed).status_code == 403
+        assert client.get("/v1/models", headers=keyed).status_code == 403
+
+
+def test_without_keys_metrics_keep_the_host_check(named_client: TestClient) -> None:
+    """Attack review 62 F5: with ALLOWED_HOSTS and no keys (Compose's default), a DNS-rebound page was refused the
+    API but read /metrics, and learnt from its counts when the user analysed a slice and whether it was positive."""
+    refused = named_client.get("/metrics", headers={"Host": "evil.example", "Sec-Fetch-Site": "same-origin"})
+
+    assert_error(refused, 403, "host_not_allowed")
+    assert named_client.get("/metrics", headers={"Host": "localhost:8000"}).status_code == 200
 
 
 def test_allowed_hosts_is_read_from_a_comma_separated_variable(tiny_model_dir: Path) -> None:
