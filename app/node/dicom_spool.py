@@ -586,14 +586,14 @@ class Spool:
         cached = self._rejections.get(key)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        text = _read_or_none(path)
-        if not text:
-            return {}
         try:
-            recorded = json.loads(text)
+            recorded = json.loads(path.read_bytes())
             if not isinstance(recorded, dict) or not all(isinstance(code, str) for code in recorded.values()):
                 raise ValueError("not a record of rejected instances")
-        except ValueError as error:  # JSONDecodeError is one
+        except FileNotFoundError:  # removed since the stat (the study purged or forgotten): nothing rejected
+            self._rejections.pop(key, None)
+            return {}
+        except (OSError, ValueError) as error:  # unreadable (EIO, EACCES), not UTF-8 or not JSON: not "none"
             self._log_once(
                 self._unreadable_rejections,
                 key,

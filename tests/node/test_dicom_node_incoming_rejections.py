@@ -28,6 +28,7 @@ from app.node.dicom_spool import (
     Spool,
     SpoolFullError,
     SpoolLimits,
+    UnreadableRejectionsError,
     study_key,
 )
 from app.settings import MIB
@@ -389,6 +390,25 @@ def spool_holding(root: Path, series: list[Dataset], limits: SpoolLimits | None 
     for dataset in series:
         spool.store_instance(dataset.StudyInstanceUID, dataset.PatientID, dataset.SOPInstanceUID, b"DICM")
     return spool, study_key(series[0].StudyInstanceUID, series[0].PatientID)
+
+
+@pytest.mark.parametrize("damage", ["not UTF-8", "cannot be read"])
+def test_a_rejection_record_that_cannot_be_read_is_unreadable_not_empty(damage: str, tmp_path: Path) -> None:
+    """Attack review 62 F6: a record whose read failed (EIO, EACCES) was taken as "nothing rejected", so the
+    instances a PACS had rejected were analysed and taken again; bytes that are not UTF-8 escaped as a bare
+    UnicodeDecodeError, which the node's handlers do not expect."""
+    series = mr_series(tumor_channels())
+    spool, key = spool_holding(tmp_path / "spool", series)
+    spool.reject_instances(key, [series[0].SOPInstanceUID], "113038", b"KOS", "1.9.1")
+    rejected = spool.study_dir(key) / "rejected.json"
+    if damage == "not UTF-8":
+        rejected.write_bytes(b'{"\xff": "113038"}')
+    else:
+        rejected.unlink()
+        rejected.mkdir()  # reading it fails with an OSError, as EIO or EACCES would (root reads any file)
+
+    with pytest.raises(UnreadableRejectionsError):
+        spool.rejected_instances(key)
 
 
 def test_the_instances_a_study_may_have_rejected_are_held_to_its_instance_limit(tmp_path: Path) -> None:
