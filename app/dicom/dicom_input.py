@@ -234,7 +234,7 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
         )
     signed = int(dataset.get("PixelRepresentation", 0)) == 1
     stored = _within_bits_stored(stored.reshape(frames, rows, columns), bits_stored, signed)
-    padding = _padding(dataset, stored)
+    padding = _padding(dataset, stored, signed)
     stored, padding = _non_finite_as_padding(stored, padding)
     if padding is not None and padding.all():
         raise InvalidDicomImageError(
@@ -277,15 +277,25 @@ def _within_bits_stored(stored: np.ndarray, bits_stored: int, signed: bool) -> n
     return unsigned
 
 
-def _padding(dataset: Dataset, stored: np.ndarray) -> np.ndarray | None:
+def _as_stored_value(value: int, signed: bool) -> int:
+    """A value of VR "US or SS" that stands for a stored pixel value (Pixel Padding Value and Range Limit, a LUT
+    Descriptor's first input value) as Pixel Representation reads it: its 16 bits, signed or not as the pixels are,
+    whatever VR the file gave it (PS3.3 C.7.5.1.1.2, C.11.1.1). Writers put US 32768 beside signed pixels for -32768;
+    pydicom settles the VR by Pixel Representation only where the file has none of its own (Implicit VR), so the
+    same instance read as 32768 in one transfer syntax and -32768 in another."""
+    pattern = value & 0xFFFF
+    return pattern - (1 << 16) if signed and pattern >= 1 << 15 else pattern
+
+
+def _padding(dataset: Dataset, stored: np.ndarray, signed: bool) -> np.ndarray | None:
     """Where the stored values are Pixel Padding Value (or between it and Pixel Padding Range Limit): pixels that
     are not image (PS3.3 C.7.5.1.1.2). Left as they are, a padding of -32768 below a 0..1020 head sets the stretch's
     floor and a tumor series is answered "no tumor". None when the file declares none."""
     if dataset.get("PixelPaddingValue") is None:
         return None
-    value = int(dataset.PixelPaddingValue)
+    value = _as_stored_value(int(dataset.PixelPaddingValue), signed)
     limit = dataset.get("PixelPaddingRangeLimit")
-    low, high = (value, value) if limit is None else sorted((value, int(limit)))
+    low, high = (value, value) if limit is None else sorted((value, _as_stored_value(int(limit), signed)))
     return (stored >= low) & (stored <= high)
 
 
@@ -310,7 +320,11 @@ def _modality_values(dataset: Dataset, stored: np.ndarray, index: int) -> np.nda
     if "ModalityLUTSequence" in dataset:
         _check_modality_lut(dataset)
         try:
-            return np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
+            # pydicom maps stored value v to entry v - first as the descriptor is written: where it wrote a signed
+            # first value unsigned (64536 for -1000), the values are shifted by as much, in 64 bits.
+            written = int(dataset.ModalityLUTSequence[0].LUTDescriptor[1])
+            shift = written - _as_stored_value(written, stored.dtype.kind == "i")
+            return np.asarray(apply_modality_lut(stored.astype(np.int64) + shift, dataset), dtype=np.float64)
         except Exception as error:  # a descriptor pydicom cannot use: the element is wrong, whatever the type
             raise InvalidDicomImageError(
                 f"ModalityLUTSequence (0028,3000) cannot be applied ({type(error).__name__})"
@@ -384,10 +398,9 @@ def _check_lut_covers(item: Dataset, stored: np.ndarray, padding: np.ndarray | N
     Why: values outside the LUT read as its first or last entry (PS3.3 C.11.1.1), so a LUT of 16 entries over 8-bit
     pixels flatten the whole brain to one value and a tumor series is answered "no tumor, 0.0 mL". A few pixels past its
     ends (air, a marker) are what such a LUT is for."""
-    entries, first, _ = (int(value) for value in item.LUTDescriptor)
+    entries, written, _ = (int(value) for value in item.LUTDescriptor)
     entries = entries or 1 << 16  # 0 means 65536 entries
-    if stored.dtype.kind == "i" and first >= 1 << 15:  # the first input value is signed where the pixels are
-        first -= 1 << 16
+    first = _as_stored_value(written, stored.dtype.kind == "i")
     image = stored if padding is None else stored[~padding]
     outside = np.count_nonzero(image < first) + np.count_nonzero(image > first + entries - 1)
     if image.size and outside > MAX_SHARE_OUTSIDE_LUT * image.size:

@@ -165,6 +165,56 @@ def test_read_dicom_takes_pixel_padding_as_background(flair: np.ndarray) -> None
     np.testing.assert_array_equal(ranged.values, expected.values)
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_pixel_padding_written_with_the_other_vr_is_read_as_pixel_representation_says(
+    flair: np.ndarray, signed: bool
+) -> None:
+    """Interop review 61 F1: Pixel Padding Value is "US or SS". Written US 32768 beside signed pixels (as some
+    vendors write -32768) it matched no pixel, the padding set the stretch's floor, and a tumor series was answered
+    "Absent, 0.0 mL" in Explicit VR and "Present, 56.8 mL" in Implicit VR, where pydicom reads it by Pixel
+    Representation. SS -1 beside unsigned pixels stands for 65535 alike."""
+    values = flair.astype(np.int16 if signed else np.uint16) * 4 + 10
+    background = -32768 if signed else 65535
+    padded = np.where(flair < 3, background, values).astype(values.dtype)
+
+    def slice_padded(vr: str, padding: int) -> np.ndarray:
+        dataset = single_mr(padded, bits_stored=16)
+        dataset.PixelRepresentation = int(signed)
+        dataset.add_new(0x00280120, vr, padding)  # Pixel Padding Value, with the VR the file gives it
+        (frame,) = read_dicom(to_bytes(dataset))
+        return frame.values
+
+    as_written = slice_padded("US", 32768) if signed else slice_padded("SS", -1)
+    as_dictionary = slice_padded("SS", -32768) if signed else slice_padded("US", 65535)
+
+    np.testing.assert_array_equal(as_written, as_dictionary)
+    assert as_written.min() == values[flair >= 3].min()  # the padding is background, not the stretch's floor
+
+
+def test_a_modality_lut_whose_first_value_is_written_unsigned_beside_signed_pixels_is_applied(
+    flair: np.ndarray,
+) -> None:
+    """Interop review 61 F2: a LUT Descriptor's first input value is "US or SS"; 64536 beside signed pixels is -1000.
+    The coverage check read it so, but the LUT was applied with 64536: 400 "cannot be applied (OverflowError)"."""
+    stored = flair.astype(np.int16) * 4 - 1000
+
+    def read_with_first(vr: str, first: int) -> np.ndarray:
+        dataset = single_mr(stored, bits_stored=16)
+        dataset.PixelRepresentation = 1
+        item = Dataset()
+        item.add_new(0x00283002, vr, [2048, first, 16])  # LUT Descriptor
+        item.ModalityLUTType = "US"
+        item.add_new(0x00283006, "US", list(range(2048)))  # LUT Data: stored -1000 .. 1047 to 0 .. 2047
+        dataset.ModalityLUTSequence = [item]
+        (frame,) = read_dicom(to_bytes(dataset))
+        return frame.values
+
+    unsigned_form = read_with_first("US", 64536)
+
+    np.testing.assert_array_equal(unsigned_form, read_with_first("SS", -1000))
+    np.testing.assert_array_equal(unsigned_form, stored + 1000)
+
+
 def float_mr(values: np.ndarray) -> bytes:
     """A slice of Float Pixel Data (32-bit floats) holding `values`."""
     dataset = single_mr(np.zeros(values.shape, np.uint16), bits_stored=16)
