@@ -483,11 +483,18 @@ def optional_copied_attributes() -> frozenset[str]:
 def drop_invalid_optional_values(derived: Dataset) -> list[str]:
     """Delete from `derived` the optional patient and study attributes copied from the source whose values break
     their value type (a Patient's Age of "54", a 17-character Patient's Weight, a 3,000-character Study
-    Description); return their keywords.
+    Description), and their sequences of no item (a Type 3 sequence, when present, holds one or more: PS3.5 7.5.3;
+    some RIS exports write an empty Other Patient IDs Sequence); return their keywords.
 
     Why: a SEG or an SR may leave a Type 3 attribute out, so refusing the whole result for one (as for the Type 2
     attributes a PACS files the result by) would cost the study its SEG and SR for nothing."""
-    dropped = invalid_values(derived, optional_copied_attributes())
+    optional = optional_copied_attributes()
+    empty_sequences = [
+        element.keyword
+        for element in derived
+        if element.VR == "SQ" and not element.value and element.keyword in optional
+    ]
+    dropped = invalid_values(derived, optional) + empty_sequences
     for keyword in dropped:
         del derived[keyword]
     return dropped

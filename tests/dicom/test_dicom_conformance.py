@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import tomllib
 from pathlib import Path
@@ -227,6 +228,28 @@ def test_seg_and_sr_leave_out_optional_source_values_that_break_their_type(keywo
     for made in (seg, report):
         assert keyword not in made and made.PatientSex == "F"
     assert str(inputs[0].reference.header.get(keyword)) == value.strip()  # DICOM pads, pydicom strips
+
+
+def test_seg_and_sr_leave_out_an_optional_sequence_of_no_item() -> None:
+    """Interop review 61 F6: an empty Other Patient IDs Sequence (some RIS exports write one) was copied into the SEG
+    and SR, which dciodvfy reports (a Type 3 sequence, when present, holds one or more items); a sequence with items
+    is copied as it came."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.OtherPatientIDsSequence = []
+    inputs = prepare_inputs([frame for dataset in series for frame in read_dicom(to_bytes(dataset))])
+    item = Dataset()
+    item.PatientID, item.TypeOfPatientID = "OTHER-1", "TEXT"
+    with_item = copy.deepcopy(inputs[0].reference.header)
+    with_item.OtherPatientIDsSequence = [item]
+
+    seg = build_segmentation(inputs, [read_truth(path) for path in TUMOR_SERIES], MODEL_TAGS)
+    findings = VolumeFindings(tumor_detected=False, tumor_volume_ml=0.0, slices_analysed=3, slices_with_tumor=0)
+    report = build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS)
+    report_of_items = build_volume_report([with_item], findings, MODEL_TAGS)
+
+    assert "OtherPatientIDsSequence" not in seg and "OtherPatientIDsSequence" not in report
+    assert report_of_items.OtherPatientIDsSequence[0].PatientID == "OTHER-1"
 
 
 def test_seg_and_sr_refer_to_a_study_uid_with_leading_zero_components() -> None:
