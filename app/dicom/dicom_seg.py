@@ -2,8 +2,11 @@
 
 The SEG has one segment (SNOMED CT "Morphologically abnormal structure" / "Neoplasm" in the brain), names the models
 that made it (Algorithm Identification: segmenter name and version, the classifier tag as a parameter), refers to
-every source frame, and keeps empty frames (one SEG frame per source frame) so that viewers which pair frames by
-index do not shift it. Reading a SEG back is `app.dicom.dicom_seg_reader`; the tumor volume is `app.dicom.tumor_volume`.
+every source frame, and keeps empty frames (one SEG frame per source frame). Its frames go by position along the
+slices' normal (highdicom's order; axial: head end first), whatever the source's Instance Numbers: each names its
+source frame and position, which is how a viewer lays it over its slice (one that pairs SEG frame k with the k-th
+image it shows is right only for a series numbered in that order). Reading a SEG back is
+`app.dicom.dicom_seg_reader`; the tumor volume is `app.dicom.tumor_volume`.
 
 Slices without a patient coordinate system (no Frame of Reference: Secondary Captures) do not share one SEG here: a
 SEG's frames are told apart and placed by their positions in the patient, and highdicom builds a SEG of such sources
