@@ -19,6 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 import pydicom
 from pydicom import config
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
@@ -53,6 +55,14 @@ def content_digest(data: bytes, max_cost_bytes: int = DEFAULT_MAX_COST_BYTES) ->
     digest.update(f"{pixels.dtype.str}{pixels.shape}{header.frames}".encode())
     digest.update(pixels.data)  # the array's own buffer: a copy of it would take another pixel array
     return digest.digest()
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    """The dictionary's value type of `tag`; None for a tag it does not know."""
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def _bytes_digest(data: bytes) -> bytes:
@@ -110,13 +120,24 @@ def _whole_dataset(header: DicomHeader) -> Dataset:
     return dataset
 
 
+# Value types whose values are text: an element a file wrote under another of them than the dictionary's (Patient's
+# Sex as LO) is the same value, which Implicit VR reads under the dictionary's.
+TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+
+
 def attributes_bytes(dataset: Dataset) -> bytes:
     """The data set without its pixel data, file meta group and private elements, written Explicit VR Little
-    Endian: one form whatever the encoding it arrived in."""
+    Endian: one form whatever the encoding it arrived in. A text element under another text VR than the
+    dictionary's is written under the dictionary's, as Implicit VR reads it."""
     attributes = Dataset()
     for element in dataset:
         if element.tag.is_private or element.keyword in PIXEL_DATA_KEYWORDS:
             continue
+        standard = _dictionary_vr(element.tag)
+        if standard in TEXT_VRS and element.VR in TEXT_VRS and standard != element.VR:
+            element = DataElement(element.tag, standard, element.value)
         attributes.add(element)
     attributes.remove_private_tags()  # in sequences too
     buffer = io.BytesIO()

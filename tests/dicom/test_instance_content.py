@@ -78,6 +78,18 @@ def test_another_lossless_encoding_has_the_same_digest(instance: Dataset, transf
     assert content_digest(other) == content_digest(original)
 
 
+def test_text_written_under_another_text_vr_has_the_same_digest_in_implicit_vr(instance: Dataset) -> None:
+    """Interop review 61 F3: Patient's Sex written LO (as files do) entered the digest under LO, and under CS once
+    forwarded in Implicit VR, which reads the dictionary's VR: the same instances were analysed, and their results
+    sent, a second time."""
+    instance.add_new(0x00100040, "LO", "M")  # Patient's Sex: CS in the dictionary
+    instance.add_new(0x00081030, "UT", "MRI BRAIN")  # Study Description: LO
+
+    original = to_bytes(instance)
+
+    assert content_digest(encoded(instance, ImplicitVRLittleEndian)) == content_digest(original)
+
+
 def test_another_pixel_value_or_attribute_has_another_digest(instance: Dataset) -> None:
     reference = content_digest(to_bytes(instance))
     pixels = instance.pixel_array.copy()
