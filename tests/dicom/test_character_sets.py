@@ -145,6 +145,26 @@ def test_a_patient_id_that_does_not_decode_in_its_character_set_refuses_the_seg(
     assert "ller" not in str(refused.value)
 
 
+def test_a_chinese_name_under_iso_2022_ir_58_reaches_the_seg_and_sr() -> None:
+    """Interop review 61 F4: GB2312 by code extension (ESC $ ) A before each run, PS3.5 6.1.2.5) kept its escape
+    sequences when pydicom decoded it, so the name and description were left out of the SEG and SR as broken."""
+    gb = b"\x1b$)A"  # ESC $ ) A: GB2312 into G1
+    name = b"Zhang^SanFeng=" + gb + "张".encode("gb2312") + b"^" + gb + "三丰".encode("gb2312")
+    inputs = with_raw_value("PatientName", "PN", name, ["", "ISO 2022 IR 58"])
+    masks = [read_truth(path) for path in TUMOR_SERIES]
+
+    seg = part10_bytes(build_segmentation(inputs, masks, MODEL_TAGS))
+    findings = VolumeFindings(tumor_detected=True, tumor_volume_ml=1.5, slices_analysed=3, slices_with_tumor=3)
+    report = to_bytes(
+        build_volume_report([item.reference.header for item in inputs], findings, MODEL_TAGS, [written(seg)])
+    )
+
+    for data, iod in ((seg, "Segmentation"), (report, "ComprehensiveSR")):
+        found = written(data)
+        assert (found.SpecificCharacterSet, str(found.PatientName)) == ("ISO_IR 192", "Zhang^SanFeng=张^三丰")
+        assert dciodvfy_errors(data, iod) == []
+
+
 def test_an_escape_under_code_extensions_is_read_as_the_standard_says() -> None:
     """ESC ( B designates ASCII, which ISO 2022 IR 6 allows: the Patient ID is "ABCD" and the SEG is made."""
     inputs = with_raw_value("PatientID", "LO", b"AB\x1b(BCD", "ISO 2022 IR 6")
