@@ -234,7 +234,7 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
         )
     signed = int(dataset.get("PixelRepresentation", 0)) == 1
     stored = _within_bits_stored(stored.reshape(frames, rows, columns), bits_stored, signed)
-    padding = _padding(dataset, stored, signed)
+    padding = _padding(dataset, stored, bits_stored, signed)
     stored, padding = _non_finite_as_padding(stored, padding)
     if padding is not None and padding.all():
         raise InvalidDicomImageError(
@@ -243,10 +243,10 @@ def _decode_values(dataset: Dataset, frames: int) -> np.ndarray:
         )
     values = np.empty(stored.shape, dtype=np.float32)
     for index in range(frames):
-        values[index] = _within_float32(_modality_values(dataset, stored[index], index))
+        values[index] = _within_float32(_modality_values(dataset, stored[index], index, bits_stored, signed))
         if "ModalityLUTSequence" in dataset:  # first: its reason is the more precise
             frame_padding = None if padding is None else padding[index]
-            _check_lut_covers(dataset.ModalityLUTSequence[0], stored[index], frame_padding)
+            _check_lut_covers(dataset.ModalityLUTSequence[0], stored[index], frame_padding, bits_stored, signed)
         _check_contrast_kept(stored[index], values[index])
     if str(dataset.PhotometricInterpretation) == "MONOCHROME1":
         # MONOCHROME1 shows low values bright; negating keeps "higher = brighter", and the stretch that follows
@@ -277,25 +277,27 @@ def _within_bits_stored(stored: np.ndarray, bits_stored: int, signed: bool) -> n
     return unsigned
 
 
-def _as_stored_value(value: int, signed: bool) -> int:
+def _as_stored_value(value: int, bits_stored: int, signed: bool) -> int:
     """A value of VR "US or SS" that stands for a stored pixel value (Pixel Padding Value and Range Limit, a LUT
-    Descriptor's first input value) as Pixel Representation reads it: its 16 bits, signed or not as the pixels are,
-    whatever VR the file gave it (PS3.3 C.7.5.1.1.2, C.11.1.1). Writers put US 32768 beside signed pixels for -32768;
+    Descriptor's first input value) read as the pixels are (`_within_bits_stored`): its bits within Bits Stored (of
+    the 16 the VR holds), signed or not as Pixel Representation says, whatever VR the file gave it (PS3.3
+    C.7.5.1.1.2, C.11.1.1). Writers put US 32768 beside signed pixels for -32768 (US 2048 for a 12-bit -2048);
     pydicom settles the VR by Pixel Representation only where the file has none of its own (Implicit VR), so the
     same instance read as 32768 in one transfer syntax and -32768 in another."""
-    pattern = value & 0xFFFF
-    return pattern - (1 << 16) if signed and pattern >= 1 << 15 else pattern
+    bits = min(bits_stored, 16)
+    pattern = value & ((1 << bits) - 1)
+    return pattern - (1 << bits) if signed and pattern >= 1 << (bits - 1) else pattern
 
 
-def _padding(dataset: Dataset, stored: np.ndarray, signed: bool) -> np.ndarray | None:
+def _padding(dataset: Dataset, stored: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray | None:
     """Where the stored values are Pixel Padding Value (or between it and Pixel Padding Range Limit): pixels that
     are not image (PS3.3 C.7.5.1.1.2). Left as they are, a padding of -32768 below a 0..1020 head sets the stretch's
     floor and a tumor series is answered "no tumor". None when the file declares none."""
     if dataset.get("PixelPaddingValue") is None:
         return None
-    value = _as_stored_value(int(dataset.PixelPaddingValue), signed)
+    value = _as_stored_value(int(dataset.PixelPaddingValue), bits_stored, signed)
     limit = dataset.get("PixelPaddingRangeLimit")
-    low, high = (value, value) if limit is None else sorted((value, _as_stored_value(int(limit), signed)))
+    low, high = (value, value) if limit is None else sorted((value, _as_stored_value(int(limit), bits_stored, signed)))
     return (stored >= low) & (stored <= high)
 
 
@@ -315,7 +317,7 @@ def _decodes_12_bit_jpeg() -> bool:
         return False
 
 
-def _modality_values(dataset: Dataset, stored: np.ndarray, index: int) -> np.ndarray:
+def _modality_values(dataset: Dataset, stored: np.ndarray, index: int, bits_stored: int, signed: bool) -> np.ndarray:
     """Apply the modality LUT first, as the standard orders: a Modality LUT Sequence, else slope and intercept."""
     if "ModalityLUTSequence" in dataset:
         _check_modality_lut(dataset)
@@ -323,7 +325,7 @@ def _modality_values(dataset: Dataset, stored: np.ndarray, index: int) -> np.nda
             # pydicom maps stored value v to entry v - first as the descriptor is written: where it wrote a signed
             # first value unsigned (64536 for -1000), the values are shifted by as much, in 64 bits.
             written = int(dataset.ModalityLUTSequence[0].LUTDescriptor[1])
-            shift = written - _as_stored_value(written, stored.dtype.kind == "i")
+            shift = written - _as_stored_value(written, bits_stored, signed)
             return np.asarray(apply_modality_lut(stored.astype(np.int64) + shift, dataset), dtype=np.float64)
         except Exception as error:  # a descriptor pydicom cannot use: the element is wrong, whatever the type
             raise InvalidDicomImageError(
@@ -391,7 +393,9 @@ MAX_SHARE_OUTSIDE_LUT = 0.25
 """Of a frame's pixels (padding aside), the most whose stored values may lie outside the Modality LUT's inputs."""
 
 
-def _check_lut_covers(item: Dataset, stored: np.ndarray, padding: np.ndarray | None) -> None:
+def _check_lut_covers(
+    item: Dataset, stored: np.ndarray, padding: np.ndarray | None, bits_stored: int, signed: bool
+) -> None:
     """Refuse a frame whose stored values lie outside the Modality LUT's inputs for more than
     `MAX_SHARE_OUTSIDE_LUT` of its pixels.
 
@@ -400,7 +404,7 @@ def _check_lut_covers(item: Dataset, stored: np.ndarray, padding: np.ndarray | N
     ends (air, a marker) are what such a LUT is for."""
     entries, written, _ = (int(value) for value in item.LUTDescriptor)
     entries = entries or 1 << 16  # 0 means 65536 entries
-    first = _as_stored_value(written, stored.dtype.kind == "i")
+    first = _as_stored_value(written, bits_stored, signed)
     image = stored if padding is None else stored[~padding]
     outside = np.count_nonzero(image < first) + np.count_nonzero(image > first + entries - 1)
     if image.size and outside > MAX_SHARE_OUTSIDE_LUT * image.size:

@@ -165,29 +165,37 @@ def test_read_dicom_takes_pixel_padding_as_background(flair: np.ndarray) -> None
     np.testing.assert_array_equal(ranged.values, expected.values)
 
 
-@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_pixel_padding_written_with_the_other_vr_is_read_as_pixel_representation_says(
-    flair: np.ndarray, signed: bool
+@pytest.mark.parametrize(
+    ("bits_stored", "signed", "written", "meant"),
+    [
+        (16, True, ("US", 32768), ("SS", -32768)),
+        (16, False, ("SS", -1), ("US", 65535)),
+        (12, True, ("US", 2048), ("SS", -2048)),  # the 12-bit pattern of -2048
+        (12, True, ("US", 63488), ("SS", -2048)),  # the same, sign-extended to 16 bits and written unsigned
+    ],
+    ids=["signed US", "unsigned SS", "12-bit signed", "12-bit signed, 16 bits"],
+)
+def test_pixel_padding_written_with_the_other_vr_is_read_as_the_pixels_are(
+    flair: np.ndarray, bits_stored: int, signed: bool, written: tuple[str, int], meant: tuple[str, int]
 ) -> None:
-    """Interop review 61 F1: Pixel Padding Value is "US or SS". Written US 32768 beside signed pixels (as some
-    vendors write -32768) it matched no pixel, the padding set the stretch's floor, and a tumor series was answered
-    "Absent, 0.0 mL" in Explicit VR and "Present, 56.8 mL" in Implicit VR, where pydicom reads it by Pixel
-    Representation. SS -1 beside unsigned pixels stands for 65535 alike."""
-    values = flair.astype(np.int16 if signed else np.uint16) * 4 + 10
-    background = -32768 if signed else 65535
-    padded = np.where(flair < 3, background, values).astype(values.dtype)
+    """Interop review 61 F1: Pixel Padding Value is "US or SS", a stored pixel value. Written US 32768 beside signed
+    pixels (as some vendors write -32768) it matched no pixel, the padding set the stretch's floor, and a tumor
+    series was answered "Absent, 0.0 mL" in Explicit VR and "Present, 56.8 mL" in Implicit VR, where pydicom reads it
+    by Pixel Representation. It is read as the pixels are: within Bits Stored, signed as they are."""
+    dtype = np.int16 if signed else np.uint16
+    values = (flair.astype(dtype) * 4 + 10) if bits_stored == 16 else (flair.astype(dtype) * 2 - 200)
+    padded = np.where(flair < 3, meant[1], values).astype(dtype)
 
     def slice_padded(vr: str, padding: int) -> np.ndarray:
-        dataset = single_mr(padded, bits_stored=16)
+        dataset = single_mr(padded, bits_stored=bits_stored)
         dataset.PixelRepresentation = int(signed)
         dataset.add_new(0x00280120, vr, padding)  # Pixel Padding Value, with the VR the file gives it
         (frame,) = read_dicom(to_bytes(dataset))
         return frame.values
 
-    as_written = slice_padded("US", 32768) if signed else slice_padded("SS", -1)
-    as_dictionary = slice_padded("SS", -32768) if signed else slice_padded("US", 65535)
+    as_written, as_meant = slice_padded(*written), slice_padded(*meant)
 
-    np.testing.assert_array_equal(as_written, as_dictionary)
+    np.testing.assert_array_equal(as_written, as_meant)
     assert as_written.min() == values[flair >= 3].min()  # the padding is background, not the stretch's floor
 
 
