@@ -261,13 +261,16 @@ COPIED_LENGTHS = (("PixelSpacing", False), ("SliceThickness", True), ("SpacingBe
 def impossible_lengths(sources: Sequence[Dataset]) -> list[str]:
     """The `COPIED_LENGTHS` that any of `sources` (top level or shared functional groups) gives a value the standard
     does not allow. A JSON answer leaves the volume out for them; a SEG or SR would copy them (attack finding:
-    a SEG with Pixel Spacing 0, an SR image library with 0 in it, a negative Spacing Between Slices)."""
+    a SEG with Pixel Spacing 0, an SR image library with 0 in it, a negative Spacing Between Slices). A negative
+    Spacing Between Slices of a source that is no enhanced image is not one: the copies leave it out
+    (`without_contradicted_spacing`), as the volume and the SEG go by the positions."""
     return [
         keyword
         for keyword, zero_allowed in COPIED_LENGTHS
         if any(
             length < 0 or (length == 0 and not zero_allowed)
             for source in sources
+            if keyword != "SpacingBetweenSlices" or "SharedFunctionalGroupsSequence" in source
             for length in _lengths_in(source, keyword)
         )
     ]
@@ -664,20 +667,23 @@ def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Datase
 
 
 def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | None) -> Dataset:
-    """`dataset` itself, or a shallow copy without Spacing Between Slices when that value contradicts
+    """`dataset` itself, or a shallow copy without Spacing Between Slices when that value is negative or contradicts
     `series_spacing_mm`, the slices' spacing as the tumor volume takes it from their Image Positions
     (`app.dicom.tumor_volume.series_spacing_mm`).
 
     Why: a SEG's Pixel Measures and an SR's image library copy it from the source, so a wrong source value (2.5 mm
-    for slices 5 mm apart) would be repeated in our objects beside frames that lie elsewhere. It is
-    optional in both, and the positions are what the tumor volume and the SEG's frames go by.
+    for slices 5 mm apart, or -5 mm, which some software writes) would be repeated in our objects beside frames that
+    lie elsewhere. It is optional in both, and the positions are what the tumor volume and the SEG's frames go by.
     """
-    if series_spacing_mm is None or "SharedFunctionalGroupsSequence" in dataset:
+    if "SharedFunctionalGroupsSequence" in dataset:
         return dataset
     stated = _lengths_in(dataset, "SpacingBetweenSlices")
-    if not stated or math.isclose(stated[0], series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01):
+    if not stated:
         return dataset
-    return _shallow_copy(dataset, leave_out="SpacingBetweenSlices")
+    contradicted = series_spacing_mm is not None and not math.isclose(
+        stated[0], series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01
+    )
+    return _shallow_copy(dataset, leave_out="SpacingBetweenSlices") if stated[0] < 0 or contradicted else dataset
 
 
 def without_spacing_between_slices(dataset: Dataset) -> Dataset:
