@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -301,6 +302,28 @@ class DiscardedDataSet(io.BytesIO):
     def write(self, data: Any, /) -> int:
         self.received += len(data)
         return len(data)
+
+
+def without_file_meta_elements(data: bytes, data_set_bytes: int, transfer_syntax: str) -> tuple[bytes, bool]:
+    """`data` (a Part 10 file: the presentation context's file meta, then the `data_set_bytes` received) without the
+    File Meta Information elements (group 0002) its data set starts with, and whether there were any.
+
+    Why: group 0002 is a file's, never a C-STORE data set's (PS3.10 7.1), but some older senders pass a file's
+    content on as it is. Read after the context's file meta, they were taken as part of it: their Transfer Syntax UID
+    replaced the context's, and the instance was refused for pixel data it does not hold. A deflated data set is
+    left as it is (its elements cannot be seen without inflating it)."""
+    start = len(data) - data_set_bytes
+    if not 0 <= start < len(data) or transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return data, False
+    little_endian = transfer_syntax != ExplicitVRBigEndian
+    if int.from_bytes(data[start : start + 2], "little" if little_endian else "big") != 0x0002:
+        return data, False
+    stream = io.BytesIO(data)
+    stream.seek(start)
+    read_dataset(
+        stream, transfer_syntax == ImplicitVRLittleEndian, little_endian, stop_when=lambda tag, *_: tag.group != 2
+    )
+    return data[:start] + data[stream.tell() :], True
 
 
 def received_bytes(data_set: io.BytesIO) -> int:

@@ -58,6 +58,7 @@ from app.node.dicom_received_instance import (
     checked_instance,
     received_bytes,
     register_private_classes,
+    without_file_meta_elements,
 )
 from app.node.dicom_sender import STATUS_SUCCESS
 from app.node.dicom_spool import (
@@ -180,6 +181,11 @@ class Receiver:
         try:
             self.spool.check_room(received_bytes(request.DataSet))  # before copying it once more
             data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
+            data, had_file_meta = without_file_meta_elements(
+                data, received_bytes(request.DataSet), str(event.context.transfer_syntax)
+            )
+            if had_file_meta:
+                logger.info("file meta elements (group 0002) inside the data set left out, as a data set has none")
             instance = checked_instance(
                 data,
                 str(request.AffectedSOPClassUID or ""),

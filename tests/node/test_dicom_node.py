@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
 from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
 from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER
@@ -23,6 +24,7 @@ from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.dicom_sr_reader import predecessors, read_volume_report
 from app.node.dicom_sender import Destination
+from app.node.dicom_spool import study_key
 from app.node.node_config import NodeConfig
 from app.settings import Settings
 from tests.dicom.builders import (
@@ -143,6 +145,31 @@ def test_a_study_with_type2_values_that_break_their_type_still_gets_its_results(
         assert made.PatientSex == "" and made.AccessionNumber == "A" * 20
         assert made.PatientID == series[0].PatientID and made.StudyInstanceUID == series[0].StudyInstanceUID
     assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
+
+
+@pytest.mark.parametrize("inside", [ImplicitVRLittleEndian, JPEGLSLossless], ids=lambda uid: uid.name)
+def test_file_meta_elements_inside_a_data_set_are_left_out_not_read_as_its_transfer_syntax(
+    inside: str, make_node: Any, results: ResultStore, clock: Clock
+) -> None:
+    """Interop review 61 F8: some older senders pass a file's content on with its group 0002 elements; their
+    Transfer Syntax UID was read in place of the presentation context's, and each instance was refused C000 for
+    pixel data it does not hold."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        dataset.add(DataElement(0x00020002, "UI", str(dataset.SOPClassUID)))
+        dataset.add(DataElement(0x00020003, "UI", str(dataset.SOPInstanceUID)))
+        dataset.add(DataElement(0x00020010, "UI", inside))
+
+    answers = [store_dataset(node.config.port, dataset) for dataset in series]
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    assert [answer.Status for answer in answers] == [0x0000] * 3
+    assert len(results.by_modality("SEG")) == 1 and len(results.by_modality("SR")) == 1
+    kept = pydicom.dcmread(node.spool.instance_files(study_key(series[0].StudyInstanceUID, series[0].PatientID))[0])
+    assert kept.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert not [element for element in kept if element.tag.group == 2]
 
 
 def test_a_series_in_htj2k_is_taken_and_gives_the_masks_of_its_uncompressed_copy(
