@@ -312,7 +312,9 @@ def image_library_sources(sources: Sequence[Dataset]) -> list[Dataset] | None:
     image (its geometry is per frame), a missing position. An empty Spacing Between Slices, which highdicom also
     reads when present, is left out of a shallow copy.
     """
-    if any(not _has_value(source, keyword) for source in sources for keyword in IMAGE_LIBRARY_ATTRIBUTES):
+    if any(not _has_value(source, keyword) for source in sources for keyword in IMAGE_LIBRARY_ATTRIBUTES) or not all(
+        _lengths_in(source, "SliceThickness") for source in sources
+    ):  # a Slice Thickness that reads as no number ("5,0") is as good as none
         return None
     return [_without_empty(source, "SpacingBetweenSlices") for source in sources]
 
@@ -652,15 +654,18 @@ def standard_date_time(vr: str, text: str) -> str | None:
 
 
 def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Dataset:
-    """`dataset` itself when its Slice Thickness has a value (or `thickness_mm` is None), else a shallow copy with
-    Slice Thickness `thickness_mm`, for highdicom to copy into a SEG.
+    """`dataset` itself when its Slice Thickness reads as a number, else a shallow copy with Slice Thickness
+    `thickness_mm` (without one when that is None and the source's reads as no number), for highdicom to copy into a
+    SEG.
 
     Why: a SEG's Pixel Measures need a Slice Thickness (Type 1C: its frames are a volume), while a single-frame
     source may leave it empty (Type 2). The caller passes the slices' spacing: each mask frame stands for a slab one
     spacing thick, the slab the tumor volume counts (`app.dicom.tumor_volume.slice_spacing_mm`).
     """
-    if thickness_mm is None or "SharedFunctionalGroupsSequence" in dataset or _has_value(dataset, "SliceThickness"):
-        return dataset
+    if "SharedFunctionalGroupsSequence" in dataset or _lengths_in(dataset, "SliceThickness"):
+        return dataset  # a value that reads as a number (a negative one is refused by `check_sources`)
+    if thickness_mm is None:  # none to give: an empty value kept (Type 2), one that reads as no number ("5mm") not
+        return _shallow_copy(dataset, leave_out="SliceThickness") if _has_value(dataset, "SliceThickness") else dataset
     completed = _shallow_copy(dataset, leave_out="SliceThickness")
     completed.SliceThickness = round(thickness_mm, 6)  # a DS holds at most 16 characters
     return completed
@@ -678,8 +683,12 @@ def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | No
     if "SharedFunctionalGroupsSequence" in dataset:
         return dataset
     stated = _lengths_in(dataset, "SpacingBetweenSlices")
-    if not stated:
-        return dataset
+    if not stated:  # absent, empty, or reading as no number ("5mm"): the last is not copied either
+        return (
+            _shallow_copy(dataset, leave_out="SpacingBetweenSlices")
+            if _has_value(dataset, "SpacingBetweenSlices")
+            else dataset
+        )
     contradicted = series_spacing_mm is not None and not math.isclose(
         stated[0], series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01
     )

@@ -244,8 +244,16 @@ def frame_geometry(dataset: Dataset, index: int) -> dict[str, tuple[float, ...] 
     def floats(sequence: str, keyword: str, count: int) -> tuple[float, ...] | None:
         return _floats(frame_value(dataset, index, sequence, keyword), count, keyword)
 
-    thickness = _lengths(floats("PixelMeasuresSequence", "SliceThickness", 1))
-    between = _lengths(floats("PixelMeasuresSequence", "SpacingBetweenSlices", 1))
+    def readable(keyword: str) -> tuple[float, ...] | None:
+        # Slice Thickness and Spacing Between Slices as some software writes them ("5,0", "5mm"): unknown, not a
+        # 400; the slices' positions give their spacing, and without them there is no volume.
+        try:
+            return floats("PixelMeasuresSequence", keyword, 1)
+        except InvalidDicomImageError:
+            return None
+
+    thickness = _lengths(readable("SliceThickness"))
+    between = _lengths(readable("SpacingBetweenSlices"))
     return {
         "image_position": _position(floats("PlanePositionSequence", "ImagePositionPatient", 3)),
         "image_orientation": _orientation(floats("PlaneOrientationSequence", "ImageOrientationPatient", 6)),

@@ -21,6 +21,7 @@ from app.errors import ReportInputError
 from app.imaging import MAX_IMAGE_SIDE
 from tests.dicom.builders import SLICE_GAP_MM, Study, mr_series, to_bytes, tumor_channels, with_broken_rle
 from tests.dicom.reading import read_dicom
+from tests.dicom.validation import dciodvfy_errors
 
 CANARY = "DOE^JOHN"
 ENDPOINTS = (("/v1/predict", "file"), ("/v1/overlay", "file"), ("/v1/predict/batch", "files"))
@@ -282,6 +283,39 @@ def test_a_malformed_geometry_value_is_refused_naming_the_element(client: TestCl
         assert len(in_series.json()["slices"]) == len(datasets) - 1
     else:
         assert in_series.headers["X-Files-Skipped"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "written"), [("SliceThickness", b"5,000 "), ("SpacingBetweenSlices", b"5.0mm ")], ids=["comma", "unit"]
+)
+@pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr"])
+def test_a_slice_length_that_reads_as_no_number_is_taken_as_absent(
+    client: TestClient, keyword: str, written: bytes, output: str
+) -> None:
+    """Interop review 61 F10: a Slice Thickness written "5,0" (a decimal comma) or a Spacing Between Slices "5mm"
+    refused the whole series on every path, though the slices' positions give their spacing; and neither may be
+    copied into a SEG or SR as it came."""
+    datasets = series()
+    for dataset in datasets:
+        setattr(dataset, keyword, 9.125)
+    files = as_files(datasets)
+    for index, (field, (name, data, content_type)) in enumerate(files):
+        patched = data.replace(b"9.125 ", written)  # pydicom will not write it: patched in the bytes, as long
+        assert patched != data
+        files[index] = (field, (name, patched, content_type))
+
+    answered = client.post(f"/v1/predict/batch?output={output}", files=files)
+    plain = client.post(f"/v1/predict/batch?output={output}", files=as_files(series()))
+
+    assert answered.status_code == 200, answered.text
+    if output == "json":
+        assert answered.json()["tumor_volume_ml"] == plain.json()["tumor_volume_ml"] is not None
+        return
+    assert answered.headers["x-tumor-volume-ml"] == plain.headers["x-tumor-volume-ml"]
+    made = pydicom.dcmread(io.BytesIO(answered.content))
+    assert written.strip() not in answered.content
+    assert dciodvfy_errors(answered.content, "Segmentation" if output == "dicom-seg" else "ComprehensiveSR") == []
+    assert made.Modality == ("SEG" if output == "dicom-seg" else "SR")
 
 
 def test_direction_cosines_rounded_as_scanners_write_them_are_read() -> None:
