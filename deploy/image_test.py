@@ -8,9 +8,10 @@ For each build: the build arguments, command, environment and health check come 
 service, interpolated as Compose would with the variables the README's command sets (none for the default image,
 EXTRAS=onnx INFERENCE_RUNTIME=onnxruntime for the ONNX one). The image must become ready within its HEALTHCHECK start
 period, answer `/v1/predict` on a test slice as the service run from the checkout does, serve as uid 10001 with code
-and models it cannot write, and hold no tests/, runs/, .git or training/; the default build is also run as Compose's
-`dicom-node` service, which the image's HEALTHCHECK must call healthy once its models are loaded. Then a copy of the Dockerfile without
-`COPY models` is built and run the same way, and must fail: the control that shows these checks can fail.
+and models it cannot write, and hold no tests/, runs/, .git or training/; the default build is also run as
+Compose's `dicom-node` service, which the image's HEALTHCHECK must call healthy once its models are loaded. Then a
+copy of the Dockerfile without `COPY models` is built and run the same way, and must fail: the control that shows
+these checks can fail.
 
 Base image: python:3.11-slim-bookworm when a registry serves it, else a stand-in with Debian's Python 3.11 at the same
 path, made with debootstrap and kept in podman's storage for the next run. Container: `podman run` where the OCI

@@ -59,13 +59,18 @@ class FlairPlanes:
 
     One normal for the whole series (`slice_normal`, whatever the files' order), not one a frame: at 45 degrees,
     frames whose orientations were rounded differently took opposite signs, and a T1 frame missed its FLAIR plane.
-    `crowded`: several FLAIR frames at one place, which the series reading refuses; pairing is not tried then (each
-    T1 frame would be compared with all of them)."""
+    `crowded`: several FLAIR frames at one position, which the series reading refuses; pairing is not tried then
+    (each T1 frame would be compared with all of them). Frames at one place but elsewhere in the plane (two fields of
+    view) are two slices: `in_plane_of` gives a T1 frame at most `MAX_CANDIDATES` of them to try."""
+
+    MAX_CANDIDATES = 4
 
     def __init__(self, flair: Sequence[DicomFrame]) -> None:
         self.by_reference: dict[str, tuple[list[float], list[DicomFrame]]] = {}
         self.normal = _unit_normal(flair)
-        self.unplaced = self.normal is None or any(frame.image_position is None for frame in flair)
+        self.unplaced = self.normal is None or any(
+            frame.image_position is None or frame.image_orientation is None for frame in flair
+        )
         self.crowded = False
         if self.unplaced:
             return
@@ -74,7 +79,10 @@ class FlairPlanes:
         )
         for reference, along, _, frame in placed:
             offsets, frames = self.by_reference.setdefault(reference, ([], []))
-            self.crowded = self.crowded or bool(offsets and along - offsets[-1] <= POSITION_TOLERANCE_MM)
+            self.crowded = self.crowded or any(
+                along - offsets[before] <= POSITION_TOLERANCE_MM and _same_position(frame, frames[before])
+                for before in range(len(offsets) - 1, max(-1, len(offsets) - 1 - self.MAX_CANDIDATES), -1)
+            )
             offsets.append(along)
             frames.append(frame)
 
@@ -90,7 +98,11 @@ class FlairPlanes:
         along = self._along(frame)
         start = bisect.bisect_left(offsets, along - POSITION_TOLERANCE_MM)
         end = bisect.bisect_right(offsets, along + POSITION_TOLERANCE_MM)
-        return frames[start:end]
+        return frames[start : min(end, start + self.MAX_CANDIDATES)]
+
+
+def _same_position(frame: DicomFrame, other: DicomFrame) -> bool:
+    return bool(np.allclose(frame.image_position, other.image_position, atol=POSITION_TOLERANCE_MM))  # type: ignore[arg-type]
 
 
 def _unit_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:

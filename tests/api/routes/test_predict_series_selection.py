@@ -785,3 +785,45 @@ def test_a_sagittal_flair_series_alone_is_answered_with_a_note(client: TestClien
         "the FLAIR series (number 5) has sagittal slices (90 degrees from axial by Image Orientation (Patient)): the "
         "models learned axial slices, so accuracy may be lower"
     ]
+
+
+def test_a_flair_file_without_orientation_beside_t1_that_does_not_pair_is_answered_not_a_500(
+    client: TestClient,
+) -> None:
+    """Review 70 F3: a FLAIR frame without Image Orientation (Patient) was placed along the series' normal, and the
+    note on why the T1 series do not pair then met its missing normal: 500."""
+    series = named_study()
+    for dataset in (*series["pre"], *series["post"]):
+        dataset.PixelSpacing = [0.75, 0.75]  # the pairing fails: the note is asked why
+    del series["flair"][1].ImageOrientationPatient
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    assert response.status_code < 500, response.text
+
+
+def test_t1_stored_flipped_pairs_beside_a_flair_with_two_fields_of_view_in_one_plane(client: TestClient) -> None:
+    """Review 70 F8: two FLAIR frames in one plane at different in-plane positions are two slices, not a refused
+    series, yet the pairing of T1 stored flipped was skipped for them (FLAIR analysed alone)."""
+    rng = np.random.default_rng(7)
+    study, size, files = Study(), 64, []
+    for number, name in ((4, "AX T2 FLAIR"), (2, "AX T1 PRE"), (7, "AX T1 POST GAD")):
+        series_uid = pydicom.uid.generate_uid()
+        # three slices 5 mm apart, and a fourth in the first one's plane, 20 mm to the right (another field of view)
+        for index, (z, shift) in enumerate(((0.0, 0.0), (5.0, 0.0), (10.0, 0.0), (0.0, 20.0))):
+            pixels = rng.integers(0, 1000, (size, size), dtype=np.uint16)
+            dataset = mr_dataset(pixels, study, series_uid, index + 1, z, number, name)
+            x, y, z_mm = (float(value) for value in dataset.ImagePositionPatient)
+            dataset.ImagePositionPatient = [x + shift, y, z_mm]
+            if number != 4:  # T1 stored flipped against FLAIR: the same points, read in FLAIR's layout
+                dataset.PixelData = np.ascontiguousarray(pixels[::-1]).tobytes()
+                dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+                dataset.ImagePositionPatient = [x + shift, y + (size - 1) * float(dataset.PixelSpacing[0]), z_mm]
+            files.append(dataset)
+
+    response = client.post("/v1/predict/batch", files=dicom_parts(files))
+
+    assert response.status_code == 200, response.text
+    notes = response.json()["selection_notes"]
+    assert not any("FLAIR analysed alone" in note for note in notes), notes
+    assert any("read in FLAIR's layout" in note for note in notes), notes
