@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 import highdicom as hd
-from pydicom import charset, valuerep
+from pydicom import valuerep
 from pydicom.charset import convert_encodings
 from pydicom.config import RAISE
 from pydicom.datadict import dictionary_VM, dictionary_VR
@@ -157,13 +157,6 @@ def derived_character_set(source: Dataset) -> str | None:
 
 # Value types whose bytes are text in the Specific Character Set (the others are ASCII by definition).
 CHARACTER_SET_VRS = frozenset({"SH", "LO", "ST", "PN", "LT", "UC", "UT"})
-
-# pydicom 3.0 counts Python's "iso_ir_58" among the codecs that follow ISO 2022 escape sequences themselves, but it is
-# plain GB2312 (EUC-CN), which keeps them: a "\ISO 2022 IR 58" name (ESC $ ) A before each GB2312 run, PS3.5 6.1.2.5)
-# came out with the ESC in it and was left out of the SEG and SR as broken. Left off that list, the escape sequence
-# is stripped by pydicom and the run decoded, as for Korean (ISO 2022 IR 149). The service writes UTF-8 only, so
-# pydicom's encoding of GB2312, which follows the same list, is never used.
-charset.handled_encodings = tuple(name for name in charset.handled_encodings if name != "iso_ir_58")
 
 
 def read_undeclared_utf8(dataset: Dataset) -> None:

@@ -326,7 +326,8 @@ def _modality_values(dataset: Dataset, stored: np.ndarray, index: int, bits_stor
             # first value unsigned (64536 for -1000), the values are shifted by as much, in 64 bits.
             written = int(dataset.ModalityLUTSequence[0].LUTDescriptor[1])
             shift = written - _as_stored_value(written, bits_stored, signed)
-            return np.asarray(apply_modality_lut(stored.astype(np.int64) + shift, dataset), dtype=np.float64)
+            shifted = stored if shift == 0 else stored.astype(np.int64) + shift
+            return np.asarray(apply_modality_lut(shifted, dataset), dtype=np.float64)
         except Exception as error:  # a descriptor pydicom cannot use: the element is wrong, whatever the type
             raise InvalidDicomImageError(
                 f"ModalityLUTSequence (0028,3000) cannot be applied ({type(error).__name__})"

@@ -14,7 +14,7 @@ import hashlib
 import io
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import pydicom
@@ -137,7 +137,8 @@ def attributes_bytes(dataset: Dataset) -> bytes:
             continue
         standard = _dictionary_vr(element.tag)
         if standard in TEXT_VRS and element.VR in TEXT_VRS and standard != element.VR:
-            element = DataElement(element.tag, standard, element.value)
+            with suppress(ValueError, TypeError, OverflowError):  # a value the dictionary's VR cannot hold: as it is
+                element = DataElement(element.tag, standard, element.value)
         attributes.add(element)
     attributes.remove_private_tags()  # in sequences too
     buffer = io.BytesIO()

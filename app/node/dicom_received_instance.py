@@ -320,9 +320,12 @@ def without_file_meta_elements(data: bytes, data_set_bytes: int, transfer_syntax
         return data, False
     stream = io.BytesIO(data)
     stream.seek(start)
-    read_dataset(
-        stream, transfer_syntax == ImplicitVRLittleEndian, little_endian, stop_when=lambda tag, *_: tag.group != 2
-    )
+    try:
+        read_dataset(
+            stream, transfer_syntax == ImplicitVRLittleEndian, little_endian, stop_when=lambda tag, *_: tag.group != 2
+        )
+    except Exception:  # noqa: BLE001 - pydicom raises many types on damaged elements: `checked_instance` refuses it
+        return data, False
     return data[:start] + data[stream.tell() :], True
 
 

@@ -579,18 +579,14 @@ class Spool:
         path = self.study_dir(key) / REJECTED_FILE
         try:
             stat = path.stat()
-        except OSError:
-            self._rejections.pop(key, None)
-            return {}
-        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        cached = self._rejections.get(key)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        try:
+            signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            cached = self._rejections.get(key)
+            if cached is not None and cached[0] == signature:
+                return cached[1]
             recorded = json.loads(path.read_bytes())
             if not isinstance(recorded, dict) or not all(isinstance(code, str) for code in recorded.values()):
                 raise ValueError("not a record of rejected instances")
-        except FileNotFoundError:  # removed since the stat (the study purged or forgotten): nothing rejected
+        except FileNotFoundError:  # none, or removed (the study purged or forgotten): nothing rejected
             self._rejections.pop(key, None)
             return {}
         except (OSError, ValueError) as error:  # unreadable (EIO, EACCES), not UTF-8 or not JSON: not "none"

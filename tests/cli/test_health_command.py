@@ -67,6 +67,22 @@ def test_without_a_heartbeat_it_asks_the_api_for_its_readiness(
         )
 
 
+def test_the_api_is_asked_directly_whatever_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 70 F7: with http_proxy in the container's environment (Compose's .env reaches every container) and no
+    no_proxy, the probe of 127.0.0.1 went to the proxy, and a ready API was called unhealthy."""
+    with serving(readiness(200)) as url:
+        monkeypatch.setenv("PORT", url.rsplit(":", 1)[1])
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+
+        code, out, err = run(capsys, "health")
+
+    assert (code, err) == (cli.EXIT_OK, "")
+
+
 def test_an_api_that_does_not_answer_is_unhealthy(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

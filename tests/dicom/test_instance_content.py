@@ -90,6 +90,14 @@ def test_text_written_under_another_text_vr_has_the_same_digest_in_implicit_vr(i
     assert content_digest(encoded(instance, ImplicitVRLittleEndian)) == content_digest(original)
 
 
+def test_a_value_the_dictionary_vr_cannot_hold_keeps_the_content_digest(instance: Dataset) -> None:
+    """Review 70 F1: an Acquisition Number written LO "first" (IS in the dictionary) failed the conversion, and the
+    whole instance fell back to its bytes digest: a JPEG-LS lossless copy of it no longer matched."""
+    instance.add_new(0x00200012, "LO", "first")
+
+    assert content_digest(encoded(instance, JPEGLSLossless)) == content_digest(to_bytes(instance))
+
+
 def test_another_pixel_value_or_attribute_has_another_digest(instance: Dataset) -> None:
     reference = content_digest(to_bytes(instance))
     pixels = instance.pixel_array.copy()

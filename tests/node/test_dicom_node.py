@@ -172,6 +172,18 @@ def test_file_meta_elements_inside_a_data_set_are_left_out_not_read_as_its_trans
     assert not [element for element in kept if element.tag.group == 2]
 
 
+def test_a_damaged_file_meta_element_at_the_head_of_a_data_set_is_refused_as_unreadable(tmp_path: Path) -> None:
+    """Review 70 F5: a group 0002 element pydicom cannot read (UN of undefined length, never ended) let its error out
+    of the stripping, and the instance was answered Out of Resources, "the node cannot write its spool", which a sender
+    retries: it is left in place, and the instance refused as unreadable (C000), as before."""
+    from app.node.dicom_received_instance import without_file_meta_elements
+
+    body = b"\x02\x00\x10\x00UN\x00\x00\xff\xff\xff\xff" + b"\x00" * 8
+    data = b"meta" + body
+
+    assert without_file_meta_elements(data, len(body), ExplicitVRLittleEndian) == (data, False)
+
+
 def test_a_series_in_htj2k_is_taken_and_gives_the_masks_of_its_uncompressed_copy(
     make_node: Any, results: ResultStore, clock: Clock
 ) -> None:

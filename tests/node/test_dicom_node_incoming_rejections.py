@@ -392,20 +392,24 @@ def spool_holding(root: Path, series: list[Dataset], limits: SpoolLimits | None 
     return spool, study_key(series[0].StudyInstanceUID, series[0].PatientID)
 
 
-@pytest.mark.parametrize("damage", ["not UTF-8", "cannot be read"])
+@pytest.mark.parametrize("damage", ["not UTF-8", "cannot be read", "cannot be looked at"])
 def test_a_rejection_record_that_cannot_be_read_is_unreadable_not_empty(damage: str, tmp_path: Path) -> None:
     """Attack review 62 F6: a record whose read failed (EIO, EACCES) was taken as "nothing rejected", so the
     instances a PACS had rejected were analysed and taken again; bytes that are not UTF-8 escaped as a bare
-    UnicodeDecodeError, which the node's handlers do not expect."""
+    UnicodeDecodeError, which the node's handlers do not expect. Review 70 F2: so was one whose stat failed."""
     series = mr_series(tumor_channels())
     spool, key = spool_holding(tmp_path / "spool", series)
     spool.reject_instances(key, [series[0].SOPInstanceUID], "113038", b"KOS", "1.9.1")
     rejected = spool.study_dir(key) / "rejected.json"
+    assert series[0].SOPInstanceUID in spool.rejected_instances(key)
     if damage == "not UTF-8":
         rejected.write_bytes(b'{"\xff": "113038"}')
-    else:
+    elif damage == "cannot be read":
         rejected.unlink()
         rejected.mkdir()  # reading it fails with an OSError, as EIO or EACCES would (root reads any file)
+    else:
+        rejected.unlink()
+        rejected.symlink_to(rejected.name)  # a link to itself: its stat fails (ELOOP), as EIO would
 
     with pytest.raises(UnreadableRejectionsError):
         spool.rejected_instances(key)
