@@ -827,6 +827,23 @@ def wait_until_healthy(
     raise CheckFailed(f"health check still failing after {deadline_s:g} s: {last}")
 
 
+def new_container(
+    image: str,
+    service: ComposeService,
+    root: Path,
+    user: tuple[int, int],
+    config: ImageConfig,
+    argv: list[str],
+    container_runtime: bool,
+) -> PodmanContainer | ChrootContainer:
+    """A container (not started) running `argv` of `image` as Compose's `service` would: `podman run` where the OCI
+    runtime works, else the image's root file system (`root`) under chroot as the image's user."""
+    if container_runtime:
+        return PodmanContainer(image, service, service.command)
+    environment = {"HOME": home_of(root, user[0]), **config.env, **service.environment}
+    return ChrootContainer(root, user[0], user[1], config.workdir, environment, argv, service.tmpfs)
+
+
 def check_image(
     name: str,
     image: str,
@@ -850,12 +867,7 @@ def check_image(
     )
     with mounted_image(image) as root:
         uid, gid = check_file_system(report, root, config, service)
-        environment = {"HOME": home_of(root, uid), **config.env, **service.environment}
-        container: PodmanContainer | ChrootContainer
-        if container_runtime:
-            container = PodmanContainer(image, service, service.command)
-        else:
-            container = ChrootContainer(root, uid, gid, config.workdir, environment, argv, service.tmpfs)
+        container = new_container(image, service, root, (uid, gid), config, argv, container_runtime)
         log(
             f"{name}: starting {shlex.join(argv)} ({container.mode}), environment from compose: "
             + " ".join(f"{key}={value}" for key, value in service.environment.items() if "PASSWORD" not in key)
@@ -926,12 +938,7 @@ def check_dicom_node_health(
     node = read_compose_service(VARIANTS["keras"], name="dicom-node")
     node = replace(node, tmpfs=[*node.tmpfs, "/home/app"])
     argv = (node.entrypoint if node.entrypoint is not None else config.entrypoint) + (node.command or config.cmd)
-    environment = {"HOME": home_of(root, uid), **config.env, **node.environment}
-    container: PodmanContainer | ChrootContainer
-    if container_runtime:
-        container = PodmanContainer(image, node, node.command)
-    else:
-        container = ChrootContainer(root, uid, gid, config.workdir, environment, argv, node.tmpfs)
+    container = new_container(image, node, root, (uid, gid), config, argv, container_runtime)
     log(f"keras: starting {shlex.join(argv)} ({container.mode}) for its health check")
     try:
         container.start()

@@ -165,6 +165,18 @@ def heartbeats(path: Path, stop_when: Callable[[dict[str, object]], bool], seen:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def models_noting_the_heartbeat(monkeypatch: pytest.MonkeyPatch, heartbeat: Path) -> list[str]:
+    """Stand-in models whose loading notes the heartbeat's state then (into the list returned)."""
+    states_at_load: list[str] = []
+
+    def load_models(*args: object, **kwargs: object) -> SimpleNamespace:
+        states_at_load.append(json.loads(heartbeat.read_text())["state"])
+        return SimpleNamespace(warm_up=lambda size=1: None, model_tags={}, classifier_threshold=0.5)
+
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", load_models)
+    return states_at_load
+
+
 @pytest.fixture
 def signal_handlers_restored() -> Iterator[None]:
     before = {handled: signal.getsignal(handled) for handled in (signal.SIGTERM, signal.SIGINT)}
@@ -181,13 +193,7 @@ def test_dicom_node_beats_starting_then_ready_then_failing_once_it_stops_listeni
     from app.settings import Settings
 
     heartbeat = tmp_path / "heartbeat.json"
-    states_at_load: list[str] = []
-
-    def load_models(*args: object, **kwargs: object) -> SimpleNamespace:
-        states_at_load.append(json.loads(heartbeat.read_text())["state"])
-        return SimpleNamespace(warm_up=lambda size=1: None, model_tags={}, classifier_threshold=0.5)
-
-    monkeypatch.setattr("app.inference.Predictor.from_model_dir", load_models)
+    states_at_load = models_noting_the_heartbeat(monkeypatch, heartbeat)
     monkeypatch.setattr("app.heartbeat.BEAT_SECONDS", 0.05)
     nodes: list[object] = []
     real_node = dicom_node_command.DicomNode
@@ -232,13 +238,7 @@ def test_pacs_sync_beats_ready_while_it_runs_and_stopped_after(
     signal_handlers_restored: None,
 ) -> None:
     heartbeat = tmp_path / "heartbeat.json"
-    states_at_load: list[str] = []
-
-    def load_models(*args: object, **kwargs: object) -> SimpleNamespace:
-        states_at_load.append(json.loads(heartbeat.read_text())["state"])
-        return SimpleNamespace(warm_up=lambda size=1: None, model_tags={}, classifier_threshold=0.5)
-
-    monkeypatch.setattr("app.inference.Predictor.from_model_dir", load_models)
+    states_at_load = models_noting_the_heartbeat(monkeypatch, heartbeat)
     monkeypatch.setenv("HEARTBEAT_FILE", str(heartbeat))
     monkeypatch.setenv("PACS_STATE_FILE", str(tmp_path / "state.json"))
     seen: list[dict[str, object]] = []

@@ -39,6 +39,25 @@ def t1_frames_on_flair_grid(frames: list[DicomFrame], flair_uid: str) -> tuple[l
     return result, turned
 
 
+def t1_frames_on_flair_grid_counted(
+    frames: list[DicomFrame], flair_uid: str
+) -> tuple[list[DicomFrame], int, list[tuple[DicomFrame, DicomFrame]]]:
+    """`t1_frames_on_flair_grid`, and the (T1, FLAIR) frames it compared, in order."""
+    tried: list[tuple[DicomFrame, DicomFrame]] = []
+    original = t1_on_flair_grid._on_grid_of
+
+    def counted(t1_frame: DicomFrame, flair_frame: DicomFrame) -> DicomFrame | None:
+        tried.append((t1_frame, flair_frame))
+        return original(t1_frame, flair_frame)
+
+    t1_on_flair_grid._on_grid_of = counted
+    try:
+        result, turned = t1_frames_on_flair_grid(frames, flair_uid)
+    finally:
+        t1_on_flair_grid._on_grid_of = original
+    return result, turned, tried
+
+
 def test_a_t1_frame_stored_flipped_is_read_in_flairs_layout_and_takes_its_geometry() -> None:
     flair = frame(FLAIR_PIXELS, "flair")
     t1 = frame(FLAIR_PIXELS[::-1] + 100, "t1", position=(-10.0, -7.0, 5.0), orientation=(1, 0, 0, 0, -1, 0))
@@ -93,21 +112,10 @@ def test_each_t1_frame_is_compared_with_the_flair_frames_of_its_plane_only() -> 
         frame(FLAIR_PIXELS[::-1], "t1", position=(-10.0, -7.0, float(z)), orientation=(1, 0, 0, 0, -1, 0))
         for z in range(400)
     ]
-    tried = []
-    original = t1_on_flair_grid._on_grid_of
-
-    def counted(t1_frame: DicomFrame, flair_frame: DicomFrame) -> DicomFrame | None:
-        tried.append((t1_frame.image_position[2], flair_frame.image_position[2]))
-        return original(t1_frame, flair_frame)
-
-    t1_on_flair_grid._on_grid_of = counted
-    try:
-        result, turned = t1_frames_on_flair_grid([*flair, *t1], "flair")
-    finally:
-        t1_on_flair_grid._on_grid_of = original
+    result, turned, tried = t1_frames_on_flair_grid_counted([*flair, *t1], "flair")
 
     assert turned == 400 and len(tried) == 400
-    assert all(t1_z == flair_z for t1_z, flair_z in tried)
+    assert all(t1_frame.image_position[2] == flair_frame.image_position[2] for t1_frame, flair_frame in tried)
     assert [item.image_position for item in result[400:]] == [item.image_position for item in flair]
 
 
@@ -226,18 +234,7 @@ def test_a_flair_series_with_several_frames_at_one_place_is_not_paired_frame_by_
         frame(FLAIR_PIXELS[:2, :2], "t1", position=(-10.0, -7.0, 5.0), orientation=(1, 0, 0, 0, -1, 0))
         for _ in range(220)
     ]
-    tried = []
-    original = t1_on_flair_grid._on_grid_of
-
-    def counted(t1_frame: DicomFrame, flair_frame: DicomFrame) -> DicomFrame | None:
-        tried.append(1)
-        return original(t1_frame, flair_frame)
-
-    t1_on_flair_grid._on_grid_of = counted
-    try:
-        result, turned = t1_frames_on_flair_grid([*flair, *t1], "flair")
-    finally:
-        t1_on_flair_grid._on_grid_of = original
+    result, turned, tried = t1_frames_on_flair_grid_counted([*flair, *t1], "flair")
 
     assert (turned, len(tried)) == (0, 0)
     assert t1_on_flair_grid.stored_otherwise_note([*flair, *t1], "flair") == ""
