@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import urllib.error
@@ -25,6 +24,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from app.core.durable_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +61,7 @@ class HeartbeatFile:
         if problem is not None:
             record["problem"] = problem
         try:
-            descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-            try:
-                with os.fdopen(descriptor, "w") as file:
-                    json.dump(record, file)
-                os.replace(temporary, self.path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            write_atomically(self.path, json.dumps(record).encode())
         except OSError as error:
             if not self._failed:
                 self._failed = True
@@ -79,7 +73,10 @@ class HeartbeatFile:
     @contextmanager
     def beating(self, problem: Callable[[], str | None]) -> Iterator[None]:
         """Write `ready` now and every `BEAT_SECONDS` while the block runs (`failing` while `problem()` names one),
-        from a thread of its own; `stopped` once the block ends."""
+        from a thread of its own; `stopped` once the block ends. Without a file, nothing: no thread."""
+        if self.path is None:
+            yield
+            return
         stop = threading.Event()
         seconds = BEAT_SECONDS
 

@@ -316,6 +316,11 @@ def _has_value(dataset: Dataset, keyword: str) -> bool:
     return keyword in dataset and dataset[keyword].value not in (None, "", [])
 
 
+def _without_value(dataset: Dataset, keyword: str) -> Dataset:
+    """`dataset` itself, or a shallow copy without `keyword` when it holds a value."""
+    return _shallow_copy(dataset, leave_out=keyword) if _has_value(dataset, keyword) else dataset
+
+
 def _without_empty(dataset: Dataset, keyword: str) -> Dataset:
     """`dataset` itself, or a shallow copy without `keyword` when it is present and empty."""
     if keyword not in dataset or _has_value(dataset, keyword):
@@ -658,7 +663,7 @@ def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Datase
     if "SharedFunctionalGroupsSequence" in dataset or _lengths_in(dataset, "SliceThickness"):
         return dataset  # a value that reads as a number (a negative one is refused by `check_sources`)
     if thickness_mm is None:  # none to give: an empty value kept (Type 2), one that reads as no number ("5mm") not
-        return _shallow_copy(dataset, leave_out="SliceThickness") if _has_value(dataset, "SliceThickness") else dataset
+        return _without_value(dataset, "SliceThickness")
     completed = _shallow_copy(dataset, leave_out="SliceThickness")
     completed.SliceThickness = round(thickness_mm, 6)  # a DS holds at most 16 characters
     return completed
@@ -677,11 +682,7 @@ def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | No
         return dataset
     stated = _lengths_in(dataset, "SpacingBetweenSlices")
     if not stated:  # absent, empty, or reading as no number ("5mm"): the last is not copied either
-        return (
-            _shallow_copy(dataset, leave_out="SpacingBetweenSlices")
-            if _has_value(dataset, "SpacingBetweenSlices")
-            else dataset
-        )
+        return _without_value(dataset, "SpacingBetweenSlices")
     contradicted = series_spacing_mm is not None and not math.isclose(
         stated[0], series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01
     )

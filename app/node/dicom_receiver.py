@@ -179,11 +179,10 @@ class Receiver:
             )
             return STATUS_SUCCESS
         try:
-            self.spool.check_room(received_bytes(request.DataSet))  # before copying it once more
+            data_set_bytes = received_bytes(request.DataSet)
+            self.spool.check_room(data_set_bytes)  # before copying it once more
             data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
-            data, had_file_meta = without_file_meta_elements(
-                data, received_bytes(request.DataSet), str(event.context.transfer_syntax)
-            )
+            data, had_file_meta = without_file_meta_elements(data, data_set_bytes, str(event.context.transfer_syntax))
             if had_file_meta:
                 logger.info("file meta elements (group 0002) inside the data set left out, as a data set has none")
             instance = checked_instance(

@@ -79,9 +79,9 @@ class FlairPlanes:
         )
         for reference, along, _, frame in placed:
             offsets, frames = self.by_reference.setdefault(reference, ([], []))
+            recent = zip(offsets[-self.MAX_CANDIDATES :], frames[-self.MAX_CANDIDATES :], strict=True)
             self.crowded = self.crowded or any(
-                along - offsets[before] <= POSITION_TOLERANCE_MM and _same_position(frame, frames[before])
-                for before in range(len(offsets) - 1, max(-1, len(offsets) - 1 - self.MAX_CANDIDATES), -1)
+                along - before <= POSITION_TOLERANCE_MM and _same_position(frame, other) for before, other in recent
             )
             offsets.append(along)
             frames.append(frame)
