@@ -146,6 +146,12 @@ def _due(schedule: dict[str, float], now: float) -> list[str]:
     return [study for study, when in sorted(schedule.items(), key=lambda item: item[1]) if when <= now]
 
 
+def _a_folder(path: Path) -> SyncStateWriteError:
+    return SyncStateWriteError(
+        f"pacs-sync state file {path} is a folder; PACS_STATE_FILE must name a file in a writable folder"
+    )
+
+
 def check_state_file_writable(path: Path | None) -> None:
     """Raise `SyncStateWriteError` when no file can be written beside `path` (a read-only volume, a folder that
     cannot be made): said at start, before the models load, where pacs-sync ran on and logged an error at every pass,
@@ -153,12 +159,12 @@ def check_state_file_writable(path: Path | None) -> None:
     state file itself is not touched."""
     if path is None:
         return
-    if not path.name or path.is_dir():  # "/", ".", a folder: the state would be written over a folder
-        raise SyncStateWriteError(
-            f"pacs-sync state file {path} is a folder; PACS_STATE_FILE must name a file in a writable folder"
-        )
-    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    if path.name in ("", ".."):  # "/", ".", "state/..": the state would be written over a folder
+        raise _a_folder(path)
     try:
+        if path.is_dir():
+            raise _a_folder(path)
+        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
         path.parent.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()

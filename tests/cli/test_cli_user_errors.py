@@ -505,7 +505,7 @@ def test_pacs_sync_with_a_state_file_it_cannot_write_exits_2_before_the_models(
     assert list(tmp_path.iterdir()) == [not_a_folder]  # no probe left behind
 
 
-@pytest.mark.parametrize("state_file", ["/", ".", "{tmp}", "{tmp}/"])
+@pytest.mark.parametrize("state_file", ["/", ".", "{tmp}", "{tmp}/", "{tmp}/missing/.."])
 def test_pacs_sync_with_a_folder_for_its_state_file_exits_2_before_the_models(
     state_file: str,
     empty_orthanc: str,
@@ -514,7 +514,8 @@ def test_pacs_sync_with_a_folder_for_its_state_file_exits_2_before_the_models(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Attack review 62 F2: "/" and "." stopped it with a traceback and exit 1 (a path with no name); a folder with a
-    name passed the start check and was refused only after Orthanc was asked."""
+    name passed the start check and was refused only after Orthanc was asked. Attack review 63 F1: "missing/.."
+    passed it, and its probe made the folder "missing" the state file then named."""
     monkeypatch.setenv("PACS_STATE_FILE", state_file.format(tmp=tmp_path))
     daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
     monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
@@ -528,6 +529,23 @@ def test_pacs_sync_with_a_folder_for_its_state_file_exits_2_before_the_models(
     assert error["code"] == "invalid_configuration"
     assert error["message"].endswith("is a folder; PACS_STATE_FILE must name a file in a writable folder")
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_pacs_sync_with_a_state_file_name_too_long_for_the_file_system_exits_2_before_the_models(
+    empty_orthanc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack review 63 F1: a name over 255 bytes stopped it with a traceback and exit 1 (asking whether it was a
+    folder raised before the check that turns an OSError into the settings error)."""
+    monkeypatch.setenv("PACS_STATE_FILE", str(tmp_path / ("a" * 300)))
+    daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
+    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+
+    code, out, _ = run(capsys, "pacs-sync", "--once", "--model-dir", NO_MODELS)
+
+    assert code == cli.EXIT_USAGE
+    error = json.loads(out)["error"]
+    assert error["code"] == "invalid_configuration"
+    assert "cannot be written (OSError: File name too long)" in error["message"]
 
 
 @pytest.mark.parametrize("command", [["pacs-sync", "--once"], ["dicom-node"]])
