@@ -14,6 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
+from pydicom.uid import (
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
 
 from app.errors import InvalidDicomImageError
 
@@ -25,6 +31,16 @@ MIN_LENGTH_MM = 1e-3
 # Farthest Image Position (Patient) coordinate from the origin taken: a kilometre is beyond any scanner's frame, and
 # a finite 1e307 mm overflowed the arithmetic that groups frames into slices (an internal error, attack review).
 MAX_POSITION_MM = 1e6
+# The image classes the service reads whose IOD is multi-frame (references to them name the frame), whatever their
+# number of frames.
+MULTI_FRAME_CLASSES = frozenset(
+    {
+        EnhancedMRImageStorage,
+        LegacyConvertedEnhancedMRImageStorage,
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    }
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +91,15 @@ class DicomFrame:
 
     @property
     def is_multiframe(self) -> bool:
-        return "NumberOfFrames" in self.header
+        """Whether the instance is multi-frame: more than one frame, or a multi-frame IOD (Enhanced MR, a multi-frame
+        Secondary Capture) of one. A Number of Frames of 1 in a single-frame class (MR Image, Secondary Capture),
+        which some converters write, does not make it one: read so, an MR series of such files got no SEG and no SR,
+        and a capture's SEG named frame 1 of an image that has no frames (interop review 62 F7)."""
+        return (
+            self.number_of_frames > 1
+            or str(self.header.get("SOPClassUID", "")) in MULTI_FRAME_CLASSES
+            or "SharedFunctionalGroupsSequence" in self.header
+        )
 
 
 def slice_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:

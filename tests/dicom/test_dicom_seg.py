@@ -210,6 +210,30 @@ def test_a_multi_frame_capture_gets_a_seg_per_positive_frame_that_names_its_fram
         assert dciodvfy_errors(data, "Segmentation") == []
 
 
+def test_single_frame_images_that_say_number_of_frames_1_get_the_seg_of_single_frame_images(
+    truth_masks: list[np.ndarray],
+) -> None:
+    """Interop review 62 F7: some converters write Number of Frames 1 into single-frame MR images and captures. An MR
+    series of them was refused its SEG ("a DICOM SEG of a multi-frame source covers one instance"), so the DICOM node
+    sent nothing for the study; a capture's SEG named frame 1 of an image with no frames (an error to dciodvfy)."""
+    series = mr_series(tumor_channels())
+    captures = secondary_capture_series(tumor_channels())
+    for dataset in [*series, *captures]:
+        dataset.NumberOfFrames = 1
+
+    segmentation = part10_bytes(build_segmentation(series_inputs(series), truth_masks[:3], MODEL_TAGS))
+    capture_segmentations = build_segmentations(series_inputs(captures), truth_masks[:3], MODEL_TAGS)
+
+    decoded = read_segmentation_masks(segmentation)
+    for dataset, mask in zip(series, truth_masks, strict=False):
+        np.testing.assert_array_equal(decoded[dataset.SOPInstanceUID], mask[None])
+    assert dciodvfy_errors(segmentation, "Segmentation") == []
+    assert len(capture_segmentations) == 3
+    for made in capture_segmentations:
+        assert "ReferencedFrameNumber" not in made.SourceImageSequence[0]
+        assert dciodvfy_errors(part10_bytes(made), "Segmentation") == []
+
+
 def test_a_slice_of_another_pixel_spacing_keeps_its_own_in_the_seg(truth_masks: list[np.ndarray]) -> None:
     """highdicom gives every SEG frame the first source's Pixel Spacing: a viewer placing the frames by geometry drew
     the mask of a 0.9 mm slice at 0.9375 mm (attack review 28, finding 6). A series' slices may differ by rounding
