@@ -255,18 +255,27 @@ def impossible_lengths(sources: Sequence[Dataset]) -> list[str]:
     """The `COPIED_LENGTHS` that any of `sources` (top level or shared functional groups) gives a value the standard
     does not allow. A JSON answer leaves the volume out for them; a SEG or SR would copy them (attack finding:
     a SEG with Pixel Spacing 0, an SR image library with 0 in it, a negative Spacing Between Slices). A negative
-    Spacing Between Slices of a source that is no enhanced image is not one: the copies leave it out
-    (`without_contradicted_spacing`), as the volume and the SEG go by the positions."""
+    Spacing Between Slices or Slice Thickness of a source that is no enhanced image is not one: the copies leave the
+    spacing out (`without_contradicted_spacing`) and give the SEG the slices' spacing for the thickness
+    (`with_slice_thickness`), as the volume and the SEG go by the positions (interop reviews 61 F9, 62 F1)."""
     return [
         keyword
         for keyword, zero_allowed in COPIED_LENGTHS
         if any(
             length < 0 or (length == 0 and not zero_allowed)
             for source in sources
-            if keyword != "SpacingBetweenSlices" or "SharedFunctionalGroupsSequence" in source
+            if keyword == "PixelSpacing" or "SharedFunctionalGroupsSequence" in source
             for length in _lengths_in(source, keyword)
         )
     ]
+
+
+def _stated_thickness(source: Dataset) -> bool:
+    """Whether the source's Slice Thickness is a thickness: numbers, each above 0. Software that does not know one
+    writes 0 (or, rarely, a negative value) in the Type 2 attribute; a SEG's frames and an SR's image library may not
+    repeat it (dciodvfy: "Value is zero")."""
+    lengths = _lengths_in(source, "SliceThickness")
+    return bool(lengths) and all(length > 0 for length in lengths)
 
 
 def _lengths_in(source: Dataset, keyword: str) -> list[float]:
@@ -284,7 +293,7 @@ def impossible_lengths_reason(keywords: Sequence[str], derived: str) -> str:
     """Why sources with `impossible_lengths` cannot give `derived` (e.g. "a DICOM SEG"), naming the keywords only."""
     return (
         f"the source's {', '.join(keywords)} must be above 0 (PixelSpacing) or not negative, and {derived} copies "
-        "them; a JSON answer is given without a tumor volume"
+        "them; a JSON answer is not refused for them"
     )
 
 
@@ -306,8 +315,8 @@ def image_library_sources(sources: Sequence[Dataset]) -> list[Dataset] | None:
     reads when present, is left out of a shallow copy.
     """
     if any(not _has_value(source, keyword) for source in sources for keyword in IMAGE_LIBRARY_ATTRIBUTES) or not all(
-        _lengths_in(source, "SliceThickness") for source in sources
-    ):  # a Slice Thickness that reads as no number ("5,0") is as good as none
+        _stated_thickness(source) for source in sources
+    ):  # a Slice Thickness that reads as no number ("5,0") or as 0 is as good as none
         return None
     return [_without_empty(source, "SpacingBetweenSlices") for source in sources]
 
@@ -652,17 +661,17 @@ def standard_date_time(vr: str, text: str) -> str | None:
 
 
 def with_slice_thickness(dataset: Dataset, thickness_mm: float | None) -> Dataset:
-    """`dataset` itself when its Slice Thickness reads as a number, else a shallow copy with Slice Thickness
-    `thickness_mm` (without one when that is None and the source's reads as no number), for highdicom to copy into a
-    SEG.
+    """`dataset` itself when its Slice Thickness is a thickness (`_stated_thickness`), else a shallow copy with Slice
+    Thickness `thickness_mm` (without one when that is None and the source's is not empty), for highdicom to copy
+    into a SEG.
 
     Why: a SEG's Pixel Measures need a Slice Thickness (Type 1C: its frames are a volume), while a single-frame
     source may leave it empty (Type 2). The caller passes the slices' spacing: each mask frame stands for a slab one
     spacing thick, the slab the tumor volume counts (`app.dicom.tumor_volume.slice_spacing_mm`).
     """
-    if "SharedFunctionalGroupsSequence" in dataset or _lengths_in(dataset, "SliceThickness"):
-        return dataset  # a value that reads as a number (a negative one is refused by `check_sources`)
-    if thickness_mm is None:  # none to give: an empty value kept (Type 2), one that reads as no number ("5mm") not
+    if "SharedFunctionalGroupsSequence" in dataset or _stated_thickness(dataset):
+        return dataset  # an enhanced image's impossible lengths are refused by `check_sources`
+    if thickness_mm is None:  # none to give: an empty value kept (Type 2), one that is no thickness ("5mm", 0) not
         return _without_value(dataset, "SliceThickness")
     completed = _shallow_copy(dataset, leave_out="SliceThickness")
     completed.SliceThickness = round(thickness_mm, 6)  # a DS holds at most 16 characters

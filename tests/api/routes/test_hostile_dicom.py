@@ -211,19 +211,28 @@ def test_a_pixel_spacing_no_image_can_have_gives_no_volume(client: TestClient, s
         assert "x-tumor-volume-ml" not in response.headers
 
 
-@pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr"])
-def test_a_negative_slice_thickness_is_not_copied_into_a_seg_or_sr(client: TestClient, output) -> None:
+@pytest.mark.parametrize("thickness", [-5.0, 0.0])
+@pytest.mark.parametrize(("output", "iod"), [("dicom-seg", "Segmentation"), ("dicom-sr", "ComprehensiveSR")])
+def test_a_slice_thickness_of_zero_or_below_is_not_copied_into_the_seg_or_sr(
+    client: TestClient, thickness: float, output: str, iod: str
+) -> None:
+    """Interop review 62: a negative Slice Thickness (Type 2, a legal DS) refused the SEG and the SR, so the DICOM node
+    and pacs-sync sent nothing for the study (F1); a 0, which software that knows none writes, was copied into the
+    SEG's Pixel Measures, an error to dciodvfy (F2). The SEG's frames take the slices' spacing, as for an empty one,
+    and the SR's image library, which would repeat it, is left out."""
     datasets = series()
     for dataset in datasets:
-        dataset.SliceThickness = -5.0
-    files = as_files(datasets)
+        dataset.SliceThickness = thickness
 
-    refused = client.post(f"/v1/predict/batch?output={output}", files=files)
-    answered = client.post("/v1/predict/batch?output=json", files=files)
+    made = client.post(f"/v1/predict/batch?output={output}", files=as_files(datasets))
+    plain = client.post(f"/v1/predict/batch?output={output}", files=as_files(series()))
 
-    assert refused.status_code == 400, refused.text
-    assert "SliceThickness" in refused.json()["error"]["message"]
-    assert answered.status_code == 200 and answered.json()["tumor_detected"] is True
+    assert made.status_code == 200, made.text
+    assert made.headers["x-tumor-volume-ml"] == plain.headers["x-tumor-volume-ml"]
+    found = pydicom.dcmread(io.BytesIO(made.content))
+    thicknesses = [float(element.value) for element in found.iterall() if element.keyword == "SliceThickness"]
+    assert thicknesses == ([SLICE_GAP_MM] if output == "dicom-seg" else [])
+    assert dciodvfy_errors(made.content, iod) == []
 
 
 @pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr"])
