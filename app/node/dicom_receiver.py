@@ -179,12 +179,8 @@ class Receiver:
             )
             return STATUS_SUCCESS
         try:
-            data_set_bytes = received_bytes(request.DataSet)
-            self.spool.check_room(data_set_bytes)  # before copying it once more
-            data = event.encoded_dataset(include_meta=True)  # as sent: preamble, file meta, the undecoded dataset
-            data, had_file_meta = without_file_meta_elements(data, data_set_bytes, str(event.context.transfer_syntax))
-            if had_file_meta:
-                logger.info("file meta elements (group 0002) inside the data set left out, as a data set has none")
+            self.spool.check_room(received_bytes(request.DataSet))  # before copying it once more
+            data = self._received_file(event)
             instance = checked_instance(
                 data,
                 str(request.AffectedSOPClassUID or ""),
@@ -237,6 +233,17 @@ class Receiver:
         self.metrics.instances_received.inc()
         return STATUS_SUCCESS
 
+    @staticmethod
+    def _received_file(event: Event) -> bytes:
+        """The instance as sent, as a Part 10 file: preamble, the presentation context's file meta, the undecoded data
+        set, without the file meta elements a sender left at its head (`without_file_meta_elements`)."""
+        data = event.encoded_dataset(include_meta=True)
+        transfer_syntax = str(event.context.transfer_syntax)
+        data, had_file_meta = without_file_meta_elements(data, received_bytes(event.request.DataSet), transfer_syntax)
+        if had_file_meta:
+            logger.info("file meta elements (group 0002) inside the data set left out, as a data set has none")
+        return data
+
     def _rejection(self, event: Event) -> tuple[str, IncomingRejection] | None:
         """The study key and what an incoming Key Object Selection rejects, when it is an IHE IOCM rejection note
         (`incoming_rejection`), for a study the node holds or not yet (one sent before its study's images is kept,
@@ -247,7 +254,10 @@ class Receiver:
         from 1 MB on the wire; `UndecodableDicomError` for one whose data set cannot be read (a
         damaged deflate stream, too many elements)."""
         check_note_size(received_bytes(event.request.DataSet))  # before the bytes are copied
-        data = event.encoded_dataset(include_meta=True)
+        try:  # read in the context's transfer syntax, as an image is (interop review 62 F5)
+            data = self._received_file(event)
+        except InstanceRefusedError as error:
+            raise UndecodableDicomError(str(error)) from error
         try:
             dataset = read_rejection_note(data)
             rejection = incoming_rejection(dataset)
@@ -269,7 +279,7 @@ class Receiver:
         of the study, which is analysed again, its new results revising and withdrawing the earlier ones. Refused
         Out of Resources when the spool cannot take it: the sender sends it again."""
         try:
-            data = event.encoded_dataset(include_meta=True)
+            data = self._received_file(event)
             self.spool.check_room(len(data))
             removed = self.spool.reject_instances(
                 key,

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom.sop_class import ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
 from app.dicom.dicom_sr_reader import predecessors
@@ -148,6 +149,26 @@ def test_an_ordinary_key_object_selection_changes_nothing(make_node: Any, clock:
 
     assert [run["instances"] for run in record(node)["runs"]] == [3]
     assert node.spool.pending_studies() == {}
+
+
+@pytest.mark.parametrize("named", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian], ids=lambda uid: uid.name)
+def test_a_note_whose_data_set_starts_with_file_meta_elements_is_read_in_its_contexts_transfer_syntax(
+    named: str, make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 62 F5: an old sender passing a file's content on leaves its group 0002 at the head of the data
+    set. Images were read without them since 1.3.0, a rejection note in the transfer syntax they named: refused 0xC000
+    ("cut short", "cannot be inflated"), and the study analysed with the slice the PACS had rejected."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    send_study(node, clock, series, tmp_path / "first")
+    note = key_object_selection(series, series[-1:])
+    note.add(DataElement(0x00020002, "UI", str(note.SOPClassUID)))
+    note.add(DataElement(0x00020003, "UI", str(note.SOPInstanceUID)))
+    note.add(DataElement(0x00020010, "UI", named))
+
+    send_note(node, clock, note)
+
+    assert [run["instances"] for run in record(node)["runs"]] == [3, 2]
 
 
 class Killed(Exception):
