@@ -367,7 +367,7 @@ class Settings(BaseSettings):
     dicom_node_destinations: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated AE@host:port the results (SEG, SR) are sent to by C-STORE "
-        "(e.g. PACS@10.0.0.5:104)",
+        "(e.g. PACS@10.0.0.5:104, PACS@[2001:db8::5]:104)",
     )
     dicom_node_send_retries: int = Field(default=4, ge=0, description="retries of a failed C-STORE of a result")
     dicom_node_send_backoff_seconds: float = Field(

@@ -347,7 +347,8 @@ def _association_initiation() -> list[str]:
     return [
         "## 4. Association initiation (SCU)",
         "",
-        "The results go to each destination in `DICOM_NODE_DESTINATIONS` (`AE@host:port`), the calling AE title",
+        "The results go to each destination in `DICOM_NODE_DESTINATIONS` (`AE@host:port`; an IPv6 address in",
+        "brackets, `AE@[2001:db8::5]:104`), the calling AE title",
         "being the node's, one association per study and destination, proposing the classes of the results it sends",
         "(a study without a tumor has no SEG, a first analysis no rejection note) among:",
         "",

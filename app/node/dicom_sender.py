@@ -18,6 +18,7 @@ restart.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -55,18 +56,25 @@ class Destination:
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """Read ``AE@host:port``.
+        """Read ``AE@host:port``; an IPv6 address is written in brackets (``PACS@[2001:db8::5]:104``, RFC 3986) or
+        bare (``PACS@2001:db8::5:104``: the port follows the last colon).
 
         Raises
         ------
         ValueError
-            If the text is not of that form, the AE title breaks DICOM's rule (`AE_TITLE_RULE`), or the port is
-            not 1-65535.
+            If the text is not of that form, the AE title breaks DICOM's rule (`AE_TITLE_RULE`), the brackets hold
+            no IPv6 address, or the port is not 1-65535.
         """
         ae_title, at, address = text.strip().partition("@")
         host, colon, port = address.rpartition(":")
         if not at or not colon or not host or not port.isdigit():
             raise ValueError(f"a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got {text!r}")
+        if host.startswith("[") or host.endswith("]"):  # the brackets are the URL's, not the address's (review 62 F6)
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"a destination's brackets must hold an IPv6 address; got {text!r}") from None
         if not is_ae_title(ae_title):
             raise ValueError(f"a destination's AE title: {AE_TITLE_RULE}; got {ae_title!r}")
         if not 1 <= int(port) <= 65535:

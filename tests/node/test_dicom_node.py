@@ -463,6 +463,16 @@ def test_destinations_are_parsed_and_validated() -> None:
         assert str(refusal.value).endswith(f"got {ae_title!r}")
 
 
+def test_an_ipv6_destination_is_read_with_or_without_its_brackets() -> None:
+    """Interop review 62 F6: `PACS@[2001:db8::5]:104`, the usual form, kept its brackets in the host, passed the
+    start and failed every send (the name "[2001:db8::5]" cannot be resolved)."""
+    assert Destination.parse("V6@[2001:db8::5]:104") == Destination("V6", "2001:db8::5", 104)
+    assert Destination.parse("V6@2001:db8::5:104") == Destination("V6", "2001:db8::5", 104)
+    for text in ("V6@[pacs.example.org]:104", "V6@[::1:104", "V6@::1]:104"):
+        with pytest.raises(ValueError, match="brackets must hold an IPv6 address"):
+            Destination.parse(text)
+
+
 def test_the_node_refuses_an_ae_title_no_peer_could_call(tmp_path: Path) -> None:
     for ae_title in ("A_VERY_LONG_AE_TITLE", "PA\\CS", "    "):  # too long, a backslash, all spaces
         with pytest.raises(ValueError, match="the node's AE title: an AE title is 1 to 16 printable ASCII"):
