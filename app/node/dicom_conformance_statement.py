@@ -363,7 +363,11 @@ def _association_initiation() -> list[str]:
         "Results a destination has not yet received when a later analysis of the study supersedes them are not",
         "sent to it: it gets the later results only. A destination that does not accept Key Object Selection, or",
         "refuses the rejection note's C-STORE, gets the SEG and SR without the note (below); the results count as",
-        'delivered and the note is recorded "declined" (not retried).',
+        'delivered and the note is recorded "declined" (not retried). A destination that accepts the association',
+        "but no presentation context for Segmentation Storage (a report archive that takes SR only) gets the SR",
+        'alone: the SEG is recorded "declined", a warning is logged, and the study counts as delivered (it was',
+        "retried on every pass and never purged). A SEG whose C-STORE a destination answers with a failure status",
+        "is retried as any failure.",
         "",
     ]
 

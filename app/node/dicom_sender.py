@@ -30,7 +30,12 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, KeyObjectSelectionDocumentStorage
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    KeyObjectSelectionDocumentStorage,
+    SegmentationStorage,
+)
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
@@ -95,7 +100,7 @@ class SendOutcome:
     failure: str = ""
     unreachable: bool = False
     stopped: bool = False  # cut short by the node's stop: the destination did not fail, the rest waits for a restart
-    declined: tuple[Path, ...] = ()  # `OPTIONAL_CLASSES` the destination would not take: not sent, not retried
+    declined: tuple[Path, ...] = ()  # `DECLINED_UNLESS_NEGOTIATED` the destination would not take: not retried
 
 
 class ResultSender:
@@ -173,7 +178,7 @@ class ResultSender:
     def _send_once(
         self, destination: Destination, datasets: dict[Path, Dataset]
     ) -> tuple[list[Path], list[Path], str, bool]:
-        """One association: (files stored, files declined as `OPTIONAL_CLASSES` may be, what failed or "", whether
+        """One association: (files stored, files declined as `_store` may, what failed or "", whether
         the destination accepted it). A refused file does not stop the others. The association is one `stop` cuts off
         from its connection to its end."""
         connection = _Connection(self._track)
@@ -206,6 +211,8 @@ class ResultSender:
         except (OSError, RuntimeError, ValueError) as error:
             return [], [], f"association failed ({type(error).__name__})", False
         if not association.is_established:
+            if _accepted(association) and all(_declined_unless_negotiated(dataset) for dataset in datasets.values()):
+                return [], list(datasets), "", True  # accepted, with none of these classes: its lasting answer
             waited = time.monotonic() - started
             why = self._not_associated(association, connection.is_open, waited, destination, datasets.values())
             return [], [], why, _accepted(association)
@@ -336,17 +343,36 @@ SR stand without it. Declined, it is recorded so ("declined") and not retried (r
 its C-STORE had the study retried for good, every alert firing)."""
 
 
+DECLINED_UNLESS_NEGOTIATED = OPTIONAL_CLASSES | {SegmentationStorage}
+"""What a destination that accepts the association may decline by accepting no presentation context for its class
+(PS3.8 9.3.3.2: its lasting answer, not a failure to retry): a rejection note, and the SEG, which many report and
+RIS archives do not take while they take the SR (interop review 62 F3: the SEG was retried for ever, the study never
+counted delivered nor purged, and the spool filled). A SEG a destination negotiated and then refused by its C-STORE
+status is still a failure, retried."""
+
+
+def _declined_unless_negotiated(dataset: Dataset) -> bool:
+    """Whether `dataset` is declined, logged, when the destination accepts no context for its class."""
+    sop_class = str(dataset.SOPClassUID)
+    if sop_class not in DECLINED_UNLESS_NEGOTIATED:
+        return False
+    if sop_class in OPTIONAL_CLASSES:
+        logger.info("the destination accepts no rejection note (Key Object Selection): not sent")
+    else:
+        logger.warning("the destination accepts no SEG (Segmentation Storage): its SR goes without it")
+    return True
+
+
 NO_RESPONSE = "no C-STORE response"
 
 
 def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool, str]:
-    """C-STORE one dataset: (whether it was stored, why not: "" when stored or declined as `OPTIONAL_CLASSES` may
-    be). A connection that fails is never a decline: it is retried."""
+    """C-STORE one dataset: (whether it was stored, why not: "" when stored or declined as `OPTIONAL_CLASSES` and
+    `DECLINED_UNLESS_NEGOTIATED` may be). A connection that fails is never a decline: it is retried."""
     modality = str(dataset.get("Modality", "result"))
     optional = str(dataset.SOPClassUID) in OPTIONAL_CLASSES
     if str(dataset.SOPClassUID) not in accepted:
-        if optional:
-            logger.info("the destination accepts no rejection note (Key Object Selection): not sent")
+        if _declined_unless_negotiated(dataset):
             return False, ""
         return False, f"destination accepts no {modality} (its SOP class was not accepted)"
     try:
@@ -368,7 +394,7 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool
 
 
 def _attempt_status(file: str, stored: set[str], declined: set[str]) -> str:
-    """A result's line in `sent.jsonl`: "sent", "declined" (an optional class the destination would not take, not
+    """A result's line in `sent.jsonl`: "sent", "declined" (a class the destination would not take, not
     retried) or "failed"."""
     if file in stored:
         return "sent"

@@ -594,6 +594,31 @@ def test_a_revision_that_turns_negative_sends_a_rejection_note_for_the_earlier_s
         store.close()
 
 
+def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delivered(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 62 F3: a report archive that accepts SR and not Segmentation Storage had the SEG retried for
+    ever (every pass a new association proposing it alone), the study never delivered, never purged. Accepting no
+    context for a class is its lasting answer: the SEG is recorded "declined", as a rejection note is."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    reports_only = ResultStore(port, sop_classes=(ComprehensiveSRStorage,))
+    try:
+        send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
+        clock.advance(3600)
+
+        assert node.send_unsent() == 0
+        assert [dataset.Modality for dataset in reports_only.received] == ["SR"]
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "sent" and len(state["declined"]) == 1
+        assert {(entry["modality"], entry["status"]) for entry in node.spool.sent_log()} == {
+            ("SEG", "declined"),
+            ("SR", "sent"),
+        }
+    finally:
+        reports_only.close()
+
+
 def test_a_destination_without_key_object_selection_still_gets_the_revision(
     make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
 ) -> None:

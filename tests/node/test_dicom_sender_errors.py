@@ -114,6 +114,19 @@ def test_an_association_without_a_context_for_seg_or_sr_asks_about_the_sop_class
     )
 
 
+def test_a_seg_sent_alone_to_a_destination_without_its_context_is_declined_not_failed(
+    start_store: Callable[..., int], results_files: list[Path]
+) -> None:
+    """Interop review 62 F3: a SEG left to send after its SR was stored went alone in each new association, which
+    the destination accepted with no context: a failure, retried for ever. It is that destination's lasting answer."""
+    port = start_store((ComprehensiveSRStorage,), store)
+    sender = ResultSender("BRAINTUMOR", retries=0, backoff_seconds=0.0, timeout_seconds=5.0)
+
+    outcome = sender.send(Destination(RESULTS_AE, HOST, port), results_files[:1])
+
+    assert (outcome.stored, outcome.declined, outcome.failure) == ((), (results_files[0],), "")
+
+
 def test_an_association_aborted_after_it_was_established_is_told_apart(
     start_store: Callable[..., int], results_files: list[Path]
 ) -> None:
