@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 from app.dicom.dicom_header import UNREADABLE_HEADER, DicomHeader, checked_dimensions, read_header
 from app.dicom.dicom_sr import series_volume_report
 from app.dicom.part10 import held_value_bytes
-from app.errors import MixedInputError, OverMemoryBudgetError, ServiceError
+from app.errors import MixedInputError, OverMemoryBudgetError, SegmentationInputError, ServiceError
 from app.memory_budget import describe_bytes
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
@@ -285,10 +285,20 @@ class ModelStudyProcessor:
         notes = [*selection.notes, *notes]
         summary = _study_summary(selection, files, file_errors, notes)
         files_chosen = [data for uid in selection.channel_series for data in files_by_series.get(uid, ())]
+        seg_refused = ""
         try:
             # The flow chooses again among the chosen series, with the same rules: the same roles, and the one place
             # that maps channels and falls back to FLAIR alone when the T1 slices do not pair.
             answer = asyncio.run(self.service.predict_dicom(files_chosen, build_seg=True))
+        except SegmentationInputError as refused:
+            # Sources a SEG cannot be made of (no Frame of Reference, an enhanced image's negative Slice Thickness,
+            # a series split into several multi-frame instances): the SR all the same, which says why (interop
+            # review 62 F1: the study was recorded failed, and the archive got nothing, not even the report).
+            try:
+                answer = asyncio.run(self.service.predict_dicom(files_chosen, build_seg=False))
+            except ServiceError as error:
+                return _failed(error, summary)
+            seg_refused = refused.message
         except ServiceError as error:
             return _failed(error, summary)
         notes.extend(note for note in answer.choice.notes if note not in notes)
@@ -302,8 +312,12 @@ class ModelStudyProcessor:
         result = answer.result
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
+        if seg_refused and positive:
+            notes.append(f"No DICOM SEG was made of this series: {seg_refused}.")
         try:
-            report = series_volume_report(result, self.predictor.model_tags, notes, complete=complete)
+            report = series_volume_report(
+                result, self.predictor.model_tags, notes, complete=complete, without_seg=bool(seg_refused)
+            )
         except ServiceError as error:  # sources a report cannot refer to (no Study Instance UID, say)
             return _failed(error, summary)
         datasets = [*result.segmentations, report]
@@ -312,6 +326,7 @@ class ModelStudyProcessor:
             slices=len(inputs),
             positive_slices=positive,
             segmentations=len(result.segmentations),
+            **({"segmentation_refused": seg_refused} if seg_refused else {}),
             tumor_volume_ml=result.tumor_volume_ml,
             slices_missing=result.slices_missing,
             tumor_reaches_series_end=result.tumor_reaches_series_end,

@@ -314,9 +314,11 @@ def image_library_sources(sources: Sequence[Dataset]) -> list[Dataset] | None:
     image (its geometry is per frame), a missing position. An empty Spacing Between Slices, which highdicom also
     reads when present, is left out of a shallow copy.
     """
-    if any(not _has_value(source, keyword) for source in sources for keyword in IMAGE_LIBRARY_ATTRIBUTES) or not all(
-        _stated_thickness(source) for source in sources
-    ):  # a Slice Thickness that reads as no number ("5,0") or as 0 is as good as none
+    if (
+        any(not _has_value(source, keyword) for source in sources for keyword in IMAGE_LIBRARY_ATTRIBUTES)
+        or not all(_stated_thickness(source) for source in sources)  # "5,0" or 0 is as good as none
+        or impossible_lengths(sources)  # a Pixel Spacing of 0, which the library would repeat
+    ):
         return None
     return [_without_empty(source, "SpacingBetweenSlices") for source in sources]
 
@@ -447,9 +449,12 @@ def _single_valued(tag: BaseTag) -> bool:
         return False
 
 
-def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceError], sources_named: str) -> None:
+def check_sources(
+    sources: Sequence[Dataset], derived: str, error: type[ServiceError], sources_named: str, lengths: bool = True
+) -> None:
     """What a SEG and an SR both need of the source headers they refer to and copy from: UIDs to name them by, Type 2
-    patient and study attributes in a form the standard allows, lengths their value type can hold.
+    patient and study attributes in a form the standard allows, and, with `lengths`, lengths their value type can
+    hold (an SR copies them only into its image library, which `image_library_sources` leaves out for them).
 
     Raises
     ------
@@ -471,7 +476,7 @@ def check_sources(sources: Sequence[Dataset], derived: str, error: type[ServiceE
             ", ".join(emptied) or "none",
             ", ".join(as_is) or "none",
         )
-    impossible = impossible_lengths(sources)
+    impossible = impossible_lengths(sources) if lengths else []
     if impossible:
         raise error(impossible_lengths_reason(impossible, derived))
 

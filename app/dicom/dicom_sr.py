@@ -159,6 +159,7 @@ def build_volume_report(
     result_origin: str = "",
     series_spacing_mm: float | None = None,
     channel_images: Sequence[Dataset] = (),
+    without_seg: bool = False,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 report of one analysed series.
 
@@ -183,6 +184,9 @@ def build_volume_report(
     channel_images
         Headers of the T1 instances the models read beside FLAIR as channels, when they did: evidence of the report
         (PS3.3 C.17.2.3) as they are sources of its SEG, not measured in it (the image library lists FLAIR's).
+    without_seg
+        A positive finding reported without its SEG, which the sources could not give (the caller says why in a
+        note): its measurements and evaluations in a series group, as a negative finding's are.
 
     Returns
     -------
@@ -192,7 +196,8 @@ def build_volume_report(
     Raises
     ------
     VolumeReportInputError
-        If there are no sources, they come from several series, a positive finding comes without a SEG, or several
+        If there are no sources, they come from several series, a positive finding comes without a SEG (unless
+        `without_seg`), or several
         SEGs come for sources in a patient coordinate system (one SEG covers them).
     app.errors.ReportInputError
         If the sources lack a UID the report refers to them by, or highdicom refuses one of their attributes.
@@ -202,14 +207,14 @@ def build_volume_report(
     series = {str(image.get("SeriesInstanceUID", "")) for image in source_images}
     if len(series) != 1:
         raise VolumeReportInputError(f"a volume report covers one series; the source images come from {len(series)}")
-    segmentations = list(segmentations) if findings.tumor_detected else []
-    if findings.tumor_detected and not segmentations:
+    segmentations = list(segmentations) if findings.tumor_detected and not without_seg else []
+    if findings.tumor_detected and not segmentations and not without_seg:
         raise VolumeReportInputError("a positive finding must come with its SEG; got none")
     if len(segmentations) > 1 and any("FrameOfReferenceUID" in segmentation for segmentation in segmentations):
         raise VolumeReportInputError(
             f"one SEG covers slices placed in the patient's coordinates; got {len(segmentations)}"
         )
-    check_sources(source_images, SR, ReportInputError, "source images")
+    check_sources(source_images, SR, ReportInputError, "source images", lengths=False)  # see image_library_sources
     check_reference_uids(channel_images, SR, ReportInputError, "T1 images")
     try:
         sources = [without_contradicted_spacing(image, series_spacing_mm) for image in source_images]
@@ -320,7 +325,7 @@ def _measurement_groups(
                 **common,
             )
         ]
-    else:  # no SEG (negative), or SEGs of one slice each (no Frame of Reference): each gets a planar ROI group
+    else:  # no SEG (negative, or left out), or SEGs of one slice each (no Frame of Reference): a planar ROI group each
         groups = [hd.sr.MeasurementsAndQualitativeEvaluations(**common)]
         groups.extend(_slice_group(segmentation, tracking, algorithm) for segmentation in segmentations)
     groups[0][0].ContentSequence.extend(_notes(findings))
@@ -380,10 +385,14 @@ def _slice_group(
 
 
 def series_volume_report(
-    result: SeriesResult, model_tags: Mapping[str, str], notes: Sequence[str] = (), complete: bool = True
+    result: SeriesResult,
+    model_tags: Mapping[str, str],
+    notes: Sequence[str] = (),
+    complete: bool = True,
+    without_seg: bool = False,
 ) -> hd.sr.ComprehensiveSR:
     """The report of a series the prediction flow analysed: its findings and selection `notes`, referencing its SEGs
-    when there are any; `complete` as `VolumeFindings.complete`."""
+    when there are any; `complete` as `VolumeFindings.complete`, `without_seg` as `build_volume_report`'s."""
     positive = sum(prediction.detected for prediction in result.predictions)
     headers: dict[str, Dataset] = {}
     channel_headers: dict[str, Dataset] = {}
@@ -415,6 +424,7 @@ def series_volume_report(
         result_origin=result.result_origin,
         series_spacing_mm=series_spacing_mm([slice_input.reference for slice_input in result.inputs]),
         channel_images=list(channel_headers.values()),
+        without_seg=without_seg,
     )
 
 

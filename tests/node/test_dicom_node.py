@@ -147,6 +147,32 @@ def test_a_study_with_type2_values_that_break_their_type_still_gets_its_results(
     assert [run["status"] for run in record(node)["runs"]] == ["analysed"]
 
 
+def test_a_study_whose_seg_cannot_be_made_still_gets_its_report_saying_why(
+    make_node: Any, results: ResultStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 62 F1: any refusal of the SEG's input (here slices without a Frame of Reference UID, as some
+    converters strip it) recorded the study failed, and the archive got nothing, not even the report that tells an
+    analysed study from one never seen."""
+    node = make_node()
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        del dataset.FrameOfReferenceUID
+
+    assert storescu(node, write_files(series, tmp_path / "in")).returncode == 0
+    clock.advance(QUIET_SECONDS)
+    process_and_send(node)
+
+    assert results.by_modality("SEG") == []
+    (sr,) = results.by_modality("SR")
+    report = read_volume_report(sr)
+    assert report["tumor_volume_ml"] > 0 and report["segmentation_sop_instance_uids"] == []
+    assert any(note.startswith("No DICOM SEG was made of this series: ") for note in report["notes"])
+    (run,) = record(node)["runs"]
+    assert run["status"] == "analysed", run
+    assert "Frame Of Reference" in run["summary"]["segmentation_refused"]
+    assert dciodvfy_errors(sr, "ComprehensiveSR") == []
+
+
 @pytest.mark.parametrize("inside", [ImplicitVRLittleEndian, JPEGLSLossless], ids=lambda uid: uid.name)
 def test_file_meta_elements_inside_a_data_set_are_left_out_not_read_as_its_transfer_syntax(
     inside: str, make_node: Any, results: ResultStore, clock: Clock
