@@ -1,4 +1,8 @@
-"""The real service on a free loopback port, and headless Chromium (the system's binary) driven by Playwright."""
+"""The real service on a free loopback port, and headless Chromium (the system's binary) driven by Playwright.
+
+The servers and the browser are started once per test worker and shared by every page test file it runs (about 3 s
+of a worker's time for each file saved): each test has its own tab and context, and the servers keep no state a
+test reads."""
 
 from __future__ import annotations
 
@@ -78,14 +82,14 @@ def serving(settings: Settings) -> Iterator[str]:
         listener.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_server(tiny_model_dir: Path) -> Iterator[str]:
     """The service on the tiny models (every slice positive)."""
     with serving(Settings(model_dir=tiny_model_dir)) as base_url:
         yield base_url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def negative_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service on tiny models whose threshold (1.01) no probability reaches: every slice tumor-free."""
     model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("negative_models"), classifier_threshold=NO_SLICE)
@@ -93,7 +97,7 @@ def negative_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         yield base_url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def unsure_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service on tiny models that call every slice positive but outline a slice sent alone only at probability
     1.0 (`single_slice_mask_min_probability`), which an untrained sigmoid never reaches."""
@@ -102,7 +106,7 @@ def unsure_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         yield base_url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cleared_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service on tiny models that call every slice positive (threshold 0.0) but whose series clean-up drops
     every mask piece (`series_min_component_voxels` above any volume's voxel count): in a series, every slice is at or
@@ -112,7 +116,7 @@ def cleared_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield base_url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Headless Chromium from the system; Playwright's own browser download is never used."""
     executable = find_chromium()
