@@ -49,6 +49,7 @@ from app.settings import AE_TITLE_RULE, is_ae_title
 logger = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # "Refused: SOP Class not supported" (PS3.7 C.4.2.1.4)
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,7 @@ DECLINED_UNLESS_NEGOTIATED = OPTIONAL_CLASSES | {SegmentationStorage}
 (PS3.8 9.3.3.2: its lasting answer, not a failure to retry): a rejection note, and the SEG, which many report and
 RIS archives do not take while they take the SR (interop review 62 F3: the SEG was retried for ever, the study never
 counted delivered nor purged, and the spool filled). A SEG a destination negotiated and then refused by its C-STORE
-status is still a failure, retried."""
+status is still a failure, retried, unless the status is 0x0122, SOP Class not supported: the same answer."""
 
 
 def _declined_unless_negotiated(dataset: Dataset) -> bool:
@@ -383,6 +384,8 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool
     if code is None:
         return False, f"{NO_RESPONSE} for the {modality}"
     if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
+        if code == STATUS_SOP_CLASS_NOT_SUPPORTED and _declined_unless_negotiated(dataset):
+            return False, ""  # the answer a context not accepted gives, given by the C-STORE
         if optional:
             logger.info(
                 "the destination refused the rejection note (Key Object Selection): not sent",

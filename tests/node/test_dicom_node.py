@@ -620,15 +620,20 @@ def test_a_revision_that_turns_negative_sends_a_rejection_note_for_the_earlier_s
         store.close()
 
 
+@pytest.mark.parametrize("refusing", ["its context", "its C-STORE, SOP Class not supported"])
 def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delivered(
-    make_node: Any, clock: Clock, tmp_path: Path
+    refusing: str, make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
     """Interop review 62 F3: a report archive that accepts SR and not Segmentation Storage had the SEG retried for
     ever (every pass a new association proposing it alone), the study never delivered, never purged. Accepting no
-    context for a class is its lasting answer: the SEG is recorded "declined", as a rejection note is."""
+    context for a class, or answering its C-STORE 0x0122, is its lasting answer: the SEG is recorded "declined", as a
+    rejection note is."""
     port = free_port()
     node = make_node(destination_port=port)
-    reports_only = ResultStore(port, sop_classes=(ComprehensiveSRStorage,))
+    if refusing == "its context":
+        reports_only = ResultStore(port, sop_classes=(ComprehensiveSRStorage,))
+    else:
+        reports_only = ResultStore(port, refused=("SEG",))
     try:
         send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
         clock.advance(3600)
