@@ -197,8 +197,7 @@ def build_volume_report(
     ------
     VolumeReportInputError
         If there are no sources, they come from several series, a positive finding comes without a SEG (unless
-        `without_seg`), or several
-        SEGs come for sources in a patient coordinate system (one SEG covers them).
+        `without_seg`), or several SEGs come for sources in a patient coordinate system (one SEG covers them).
     app.errors.ReportInputError
         If the sources lack a UID the report refers to them by, or highdicom refuses one of their attributes.
     """
