@@ -111,6 +111,28 @@ def test_pacs_sync_stores_a_volume_report_for_a_negative_study(orthanc: Orthanc,
     assert orthanc.record(study_id)["status"] == "negative"
 
 
+def test_pacs_sync_stores_the_report_alone_for_a_positive_study_no_seg_can_be_made_of(
+    orthanc: Orthanc, predictor: Predictor, tmp_path: Path
+) -> None:
+    """Interop review 62 F1: slices without a Frame of Reference UID cannot be covered by a SEG; the study was failed,
+    tried again `PACS_MAX_ATTEMPTS` times (each a full analysis) and given up, and Orthanc got no report."""
+    series = mr_series(tumor_channels())
+    for dataset in series:
+        del dataset.FrameOfReferenceUID
+    config = config_for(orthanc, tmp_path / "state.json")
+    study_id = orthanc.study_of(orthanc.upload(series))
+
+    report = run_pacs_sync(config, predictor, once=True)
+
+    assert report == SyncReport(positive=1)
+    assert orthanc.results(series[0].StudyInstanceUID, "SEG") == []
+    (sr,) = orthanc.results(series[0].StudyInstanceUID, "SR")
+    figures = read_volume_report(sr)
+    assert (figures["finding"], figures["slices_with_tumor"]) == ("Present", 3)
+    assert any(note.startswith("No DICOM SEG was made of this series: ") for note in figures["notes"])
+    assert orthanc.record(study_id)["summary"]["segmentation_refused"]
+
+
 def test_pacs_sync_does_not_segment_a_t1_only_study_then_segments_its_late_flair(
     orthanc: Orthanc, predictor: Predictor, tmp_path: Path
 ) -> None:
