@@ -212,7 +212,9 @@ class ResultSender:
         except (OSError, RuntimeError, ValueError) as error:
             return [], [], f"association failed ({type(error).__name__})", False
         if not association.is_established:
-            if _accepted(association) and all(_declined_unless_negotiated(dataset) for dataset in datasets.values()):
+            if _accepted(association) and all(_may_be_declined(dataset) for dataset in datasets.values()):
+                for dataset in datasets.values():
+                    _declined_unless_negotiated(dataset)
                 return [], list(datasets), "", True  # accepted, with none of these classes: its lasting answer
             waited = time.monotonic() - started
             why = self._not_associated(association, connection.is_open, waited, destination, datasets.values())
@@ -352,12 +354,15 @@ counted delivered nor purged, and the spool filled). A SEG a destination negotia
 status is still a failure, retried, unless the status is 0x0122, SOP Class not supported: the same answer."""
 
 
+def _may_be_declined(dataset: Dataset) -> bool:
+    return str(dataset.SOPClassUID) in DECLINED_UNLESS_NEGOTIATED
+
+
 def _declined_unless_negotiated(dataset: Dataset) -> bool:
     """Whether `dataset` is declined, logged, when the destination accepts no context for its class."""
-    sop_class = str(dataset.SOPClassUID)
-    if sop_class not in DECLINED_UNLESS_NEGOTIATED:
+    if not _may_be_declined(dataset):
         return False
-    if sop_class in OPTIONAL_CLASSES:
+    if str(dataset.SOPClassUID) in OPTIONAL_CLASSES:
         logger.info("the destination accepts no rejection note (Key Object Selection): not sent")
     else:
         logger.warning("the destination accepts no SEG (Segmentation Storage): its SR goes without it")

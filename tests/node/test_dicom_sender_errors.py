@@ -102,7 +102,7 @@ def test_a_rejected_association_says_so_with_the_reason(
 
 
 def test_an_association_without_a_context_for_seg_or_sr_asks_about_the_sop_classes(
-    start_store: Callable[..., int], results_files: list[Path]
+    start_store: Callable[..., int], results_files: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     port = start_store((MRImageStorage,), store)
 
@@ -112,6 +112,7 @@ def test_an_association_without_a_context_for_seg_or_sr_asks_about_the_sop_class
         "association accepted with no presentation context for the results' SOP classes: does the destination "
         "accept SEG, SR?"
     )
+    assert "accepts no SEG" not in caplog.text  # nothing goes: no SR goes without the SEG either
 
 
 def test_a_seg_sent_alone_to_a_destination_without_its_context_is_declined_not_failed(
