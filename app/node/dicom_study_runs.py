@@ -159,9 +159,17 @@ def delivered_results(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for result in run.get("results", []):
             if result.get("modality") not in ("SEG", "SR") or result.get("sop_instance_uid") in delivered:
                 continue
-            if any(state.get("status") == "sent" or result["file"] in state.get("stored", []) for state in states):
+            if any(_stored(result["file"], state) for state in states):
                 delivered[result["sop_instance_uid"]] = result
     return list(delivered.values())
+
+
+def _stored(file: str, state: dict[str, Any]) -> bool:
+    """Whether a destination's send `state` stored `file`: a run "sent" stored all its results but those the
+    destination declined (a SEG it takes no context for: review 71 F1, a rejection note then named it)."""
+    if file in state.get("stored", []):
+        return True
+    return state.get("status") == "sent" and file not in state.get("declined", [])
 
 
 def earlier_reports(

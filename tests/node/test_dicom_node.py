@@ -166,7 +166,10 @@ def test_a_study_whose_seg_cannot_be_made_still_gets_its_report_saying_why(
     (sr,) = results.by_modality("SR")
     report = read_volume_report(sr)
     assert report["tumor_volume_ml"] > 0 and report["segmentation_sop_instance_uids"] == []
-    assert any(note.startswith("No DICOM SEG was made of this series: ") for note in report["notes"])
+    assert (
+        "No DICOM SEG was made of this series: the slices cannot be covered by one DICOM SEG: Source images have no "
+        "Frame Of Reference UID, but it is required by the IOD." in report["notes"]
+    )
     (run,) = record(node)["runs"]
     assert run["status"] == "analysed", run
     assert "Frame Of Reference" in run["summary"]["segmentation_refused"]
@@ -497,6 +500,9 @@ def test_an_ipv6_destination_is_read_with_or_without_its_brackets() -> None:
     for text in ("V6@[pacs.example.org]:104", "V6@[::1:104", "V6@::1]:104"):
         with pytest.raises(ValueError, match="brackets must hold an IPv6 address"):
             Destination.parse(text)
+    for text in ("V6@2001:db8::5", "V6@::1", "V6@fe80::1"):  # the port forgotten: review 71 F8
+        with pytest.raises(ValueError, match=r"IPv6 address goes in brackets: AE@\[address\]:port"):
+            Destination.parse(text)
 
 
 def test_the_node_refuses_an_ae_title_no_peer_could_call(tmp_path: Path) -> None:
@@ -646,6 +652,28 @@ def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delive
             ("SEG", "declined"),
             ("SR", "sent"),
         }
+    finally:
+        reports_only.close()
+
+
+def test_a_revision_withdraws_only_what_a_destination_that_declined_the_seg_holds(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Review 71 F1: a run whose SEG a destination declined counted "sent", so a revision's rejection note named that
+    SEG to the destination, which never had it."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    reports_only = ResultStore(port, sop_classes=(ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage))
+    try:
+        study, first_three, late = flair_and_a_late_slice()
+        send_study(node, clock, first_three, tmp_path / "in")
+        (first_sr,) = reports_only.by_modality("SR")
+        send_study(node, clock, [late], tmp_path / "late")
+
+        (note,) = reports_only.by_modality("KO")
+        rejected = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in note.ContentSequence}
+        assert rejected == {first_sr.SOPInstanceUID}
+        assert reports_only.by_modality("SEG") == []
     finally:
         reports_only.close()
 
