@@ -95,11 +95,7 @@ class DicomFrame:
         Secondary Capture) of one. A Number of Frames of 1 in a single-frame class (MR Image, Secondary Capture),
         which some converters write, does not make it one: read so, an MR series of such files got no SEG and no SR,
         and a capture's SEG named frame 1 of an image that has no frames (interop review 62 F7)."""
-        return (
-            self.number_of_frames > 1
-            or str(self.header.get("SOPClassUID", "")) in MULTI_FRAME_CLASSES
-            or "SharedFunctionalGroupsSequence" in self.header
-        )
+        return self.number_of_frames > 1 or str(self.header.get("SOPClassUID", "")) in MULTI_FRAME_CLASSES
 
 
 def slice_normal(frames: Sequence[DicomFrame]) -> np.ndarray | None:

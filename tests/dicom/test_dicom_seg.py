@@ -220,8 +220,16 @@ def test_single_frame_images_that_say_number_of_frames_1_get_the_seg_of_single_f
     captures = secondary_capture_series(tumor_channels())
     for dataset in [*series, *captures]:
         dataset.NumberOfFrames = 1
+    grouped = mr_series(tumor_channels())  # review 71 F9: nor does a Shared Functional Groups Sequence
+    for dataset in grouped:
+        measures = Dataset()
+        measures.PixelSpacing, measures.SliceThickness = dataset.PixelSpacing, dataset.SliceThickness
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        dataset.SharedFunctionalGroupsSequence = [shared]
 
     segmentation = part10_bytes(build_segmentation(series_inputs(series), truth_masks[:3], MODEL_TAGS))
+    assert build_segmentation(series_inputs(grouped), truth_masks[:3], MODEL_TAGS).NumberOfFrames == 3
     capture_segmentations = build_segmentations(series_inputs(captures), truth_masks[:3], MODEL_TAGS)
 
     decoded = read_segmentation_masks(segmentation)
