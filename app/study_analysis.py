@@ -313,7 +313,7 @@ class ModelStudyProcessor:
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
         if seg_refused and positive:
-            notes.append(f"No DICOM SEG was made of this series: {seg_refused}.")
+            notes.append(f"No DICOM SEG was made of this series: {seg_refused.rstrip('.')}.")
         try:
             report = series_volume_report(
                 result, self.predictor.model_tags, notes, complete=complete, without_seg=bool(seg_refused)

@@ -248,12 +248,12 @@ SPACING_TOLERANCE = 0.01
 
 # Lengths a SEG's Pixel Measures and an SR's image library copy from the sources, each with whether the standard
 # allows it to be 0 (none may be negative).
-COPIED_LENGTHS = (("PixelSpacing", False), ("SliceThickness", True), ("SpacingBetweenSlices", True))
+COPIED_LENGTHS = (("PixelSpacing", False), ("SliceThickness", False), ("SpacingBetweenSlices", True))
 
 
 def impossible_lengths(sources: Sequence[Dataset]) -> list[str]:
     """The `COPIED_LENGTHS` that any of `sources` (top level or shared functional groups) gives a value the standard
-    does not allow. A JSON answer leaves the volume out for them; a SEG or SR would copy them (attack finding:
+    does not allow. A SEG would copy them (attack finding:
     a SEG with Pixel Spacing 0, an SR image library with 0 in it, a negative Spacing Between Slices). A negative
     Spacing Between Slices or Slice Thickness of a source that is no enhanced image is not one: the copies leave the
     spacing out (`without_contradicted_spacing`) and give the SEG the slices' spacing for the thickness
@@ -292,8 +292,8 @@ def _lengths_in(source: Dataset, keyword: str) -> list[float]:
 def impossible_lengths_reason(keywords: Sequence[str], derived: str) -> str:
     """Why sources with `impossible_lengths` cannot give `derived` (e.g. "a DICOM SEG"), naming the keywords only."""
     return (
-        f"the source's {', '.join(keywords)} must be above 0 (PixelSpacing) or not negative, and {derived} copies "
-        "them; a JSON answer is not refused for them"
+        f"the source's {', '.join(keywords)} must be above 0 (SpacingBetweenSlices: not negative), and {derived} "
+        "copies them"
     )
 
 

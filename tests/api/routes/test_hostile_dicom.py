@@ -19,7 +19,15 @@ from pydicom.uid import ImplicitVRLittleEndian
 from app.dicom.dicom_sr import VolumeFindings, build_volume_report
 from app.errors import ReportInputError
 from app.imaging import MAX_IMAGE_SIDE
-from tests.dicom.builders import SLICE_GAP_MM, Study, mr_series, to_bytes, tumor_channels, with_broken_rle
+from tests.dicom.builders import (
+    SLICE_GAP_MM,
+    Study,
+    legacy_multiframe,
+    mr_series,
+    to_bytes,
+    tumor_channels,
+    with_broken_rle,
+)
 from tests.dicom.reading import read_dicom
 from tests.dicom.validation import dciodvfy_errors
 
@@ -233,6 +241,23 @@ def test_a_slice_thickness_of_zero_or_below_is_not_copied_into_the_seg_or_sr(
     thicknesses = [float(element.value) for element in found.iterall() if element.keyword == "SliceThickness"]
     assert thicknesses == ([SLICE_GAP_MM] if output == "dicom-seg" else [])
     assert dciodvfy_errors(made.content, iod) == []
+
+
+@pytest.mark.parametrize("thickness", [-5.0, 0.0])
+def test_an_enhanced_images_slice_thickness_of_zero_or_below_refuses_its_seg_naming_it(
+    client: TestClient, thickness: float
+) -> None:
+    """Review 71 F7: an enhanced image's 0 went into its SEG's Pixel Measures, an error to dciodvfy (a classic image's
+    is left out; the SEG copies an enhanced image's functional groups). The DICOM node then sends the SR alone."""
+    multiframe = legacy_multiframe(series())
+    multiframe.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness = thickness
+
+    refused = client.post("/v1/predict/batch?output=dicom-seg", files=as_files([multiframe]))
+    answered = client.post("/v1/predict/batch?output=json", files=as_files([multiframe]))
+
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["message"].startswith("the source's SliceThickness must be above 0")
+    assert answered.status_code == 200 and answered.json()["tumor_volume_ml"] is not None
 
 
 @pytest.mark.parametrize("output", ["dicom-seg", "dicom-sr"])
