@@ -77,10 +77,10 @@ class Destination:
             raise ValueError(f"a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got {text!r}")
         if host.startswith("[") or host.endswith("]"):  # the brackets are the URL's, not the address's (review 62 F6)
             host = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise ValueError(f"a destination's brackets must hold an IPv6 address; got {text!r}") from None
+            if not _is_ipv6(host):
+                raise ValueError(f"a destination's brackets must hold an IPv6 address; got {text!r}")
+        elif ":" in host and not _is_ipv6(host):  # "PACS@2001:db8::5", its port forgotten (review 71 F8)
+            raise ValueError(f"a destination's IPv6 address goes in brackets: AE@[address]:port; got {text!r}")
         if not is_ae_title(ae_title):
             raise ValueError(f"a destination's AE title: {AE_TITLE_RULE}; got {ae_title!r}")
         if not 1 <= int(port) <= 65535:
@@ -89,6 +89,14 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ power cut leaves the old state or the new one, never half; a save that fails rai
 from __future__ import annotations
 
 import json
-import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,7 @@ def _due(schedule: dict[str, float], now: float) -> list[str]:
 
 
 def _a_folder(path: Path) -> SyncStateWriteError:
+    """The error for a state file path that names a folder."""
     return SyncStateWriteError(
         f"pacs-sync state file {path} is a folder; PACS_STATE_FILE must name a file in a writable folder"
     )
@@ -164,7 +165,9 @@ def check_state_file_writable(path: Path | None) -> None:
     try:
         if path.is_dir():
             raise _a_folder(path)
-        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+        # As long as the temporary name every save writes (`write_atomically`): a name that fits and whose
+        # temporary one does not passed, then every save failed (review 71 F5).
+        probe = path.with_name(f".{path.name}.{uuid.uuid4().hex}.probe")
         path.parent.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()

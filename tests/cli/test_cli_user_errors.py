@@ -531,12 +531,18 @@ def test_pacs_sync_with_a_folder_for_its_state_file_exits_2_before_the_models(
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("name_bytes", [300, 230])
 def test_pacs_sync_with_a_state_file_name_too_long_for_the_file_system_exits_2_before_the_models(
-    empty_orthanc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    name_bytes: int,
+    empty_orthanc: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Attack review 63 F1: a name over 255 bytes stopped it with a traceback and exit 1 (asking whether it was a
-    folder raised before the check that turns an OSError into the settings error)."""
-    monkeypatch.setenv("PACS_STATE_FILE", str(tmp_path / ("a" * 300)))
+    folder raised before the check that turns an OSError into the settings error). Review 71 F5: one of 230 bytes
+    passed, and every save of the state failed (its temporary name is 38 bytes longer)."""
+    monkeypatch.setenv("PACS_STATE_FILE", str(tmp_path / ("a" * name_bytes)))
     daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
     monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
 
