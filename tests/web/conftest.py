@@ -1,8 +1,7 @@
 """The real service on a free loopback port, and headless Chromium (the system's binary) driven by Playwright.
 
-The servers and the browser are started once per test worker and shared by every page test file it runs (about 3 s
-of a worker's time for each file saved): each test has its own tab and context, and the servers keep no state a
-test reads."""
+The servers are started once per test worker and shared by every page test file it runs (about 2 s of a worker's
+time for each file saved): each test has its own tab and context, and the servers keep no state a test reads."""
 
 from __future__ import annotations
 
@@ -116,9 +115,11 @@ def cleared_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield base_url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium from the system; Playwright's own browser download is never used."""
+    """Headless Chromium from the system; Playwright's own browser download is never used. Started per file, not
+    once per worker: Playwright's sync API keeps its event loop current in the thread while it runs, and a test
+    after it that calls `asyncio.run()` (the DICOM node's analysis) would fail (review 71 F4)."""
     executable = find_chromium()
     if executable is None:
         pytest.skip(
