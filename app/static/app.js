@@ -138,6 +138,7 @@ const ERROR_TITLES_BY_CODE = {
 };
 // mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.
 const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or patients. Choose the files of one study.";
+const SEVERAL_FOLDERS_TITLE = "The slices come from several folders. Choose one folder (one patient's series) at a time.";
 // A whole request refused as withdrawn: the rejection notes chosen withdraw every image chosen with them.
 const NOTHING_LEFT_TITLE = "Every chosen image was withdrawn by a rejection note chosen with it: nothing was left to "
   + "analyse.";
@@ -504,9 +505,31 @@ async function collectFiles(chosen) {
   });
   // By path (a folder's files, a zip's entries, a dropped folder's files), so that the slices of one folder stay
   // together and in order.
-  const path = (file) => file.zipPath || file.dropPath || file.webkitRelativePath || file.name;
-  kept.sort((a, b) => naturalOrder.compare(path(a), path(b)));
+  kept.sort((a, b) => naturalOrder.compare(pathOf(a), pathOf(b)));
   return { files: kept, skippedMasks };
+}
+
+/** A file's path as chosen: in its zip, in a dropped or chosen folder, else its name alone. */
+function pathOf(file) {
+  return file.zipPath || file.dropPath || file.webkitRelativePath || file.name;
+}
+
+/**
+ * Refuse PNG, JPEG or TIFF files from more than one folder: they carry no patient or series, and several of them are
+ * sent as the slices of one volume. A folder chosen one level too high (the LGG data set keeps a folder per patient)
+ * gave one verdict, one strip and one tumor volume over two patients (browser review 60 F12). DICOM files say their
+ * series and study themselves.
+ */
+function refuseSeveralFolders(files) {
+  const folders = [...new Set(files.map((file) => pathOf(file).split("/").slice(0, -1).join("/")))];
+  if (folders.length > 1) {
+    const named = folders.slice(0, 3).map((folder) => shownText(folder || "(top level)")).join(", ");
+    throw new FormatError(
+      `the PNG, JPEG or TIFF files come from ${folders.length} folders (${named}${folders.length > 3 ? ", …" : ""}), `
+        + "and several such files are analysed as the slices of one series",
+      SEVERAL_FOLDERS_TITLE,
+    );
+  }
 }
 
 /** Does a file start as the PNG, JPEG and TIFF files the server reads do (`_SIGNATURES` of app/imaging.py)? */
@@ -746,6 +769,9 @@ async function analyse(chosen) {
       : `${files.length} files, ${shownText(files[0].name)} … ${shownText(files[files.length - 1].name)}`;
     ui.fileName.textContent = `Selected: ${selection}` + (notes.length ? ` (${notes.join("; ")})` : "");
     ui.fileName.hidden = false;
+    if (!dicom && files.length > 1) {
+      refuseSeveralFolders(files);
+    }
     refuseTooManyFiles(files, limits.files);
     sent = files;
     showUploading(files);

@@ -17,7 +17,7 @@ from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.web.conftest import series_answer_with
-from tests.web.test_page_series_answers import RASTER_SERIES, png_bytes, upload, write_series
+from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, png_bytes, upload, write_series
 
 
 def brightest_drawn(page: Page) -> int:
@@ -246,21 +246,30 @@ def test_a_miniswhite_tiff_series_is_drawn_as_the_minisblack_series_of_the_same_
 
 
 def test_the_slices_of_a_zip_keep_the_order_of_their_paths_in_it(page: Page, live_server: str, tmp_path: Path) -> None:
-    """Zip entries were sorted by base name alone: two folders of slices in one zip were interleaved (a/slice_1,
-    b/slice_1, a/slice_2, ...), where a chosen folder's files are sorted by their path."""
+    """Zip entries were sorted by base name alone (slice_10 before slice_2 aside, a/slice_1 before b/...); they keep
+    the natural order of their paths. Slices of two folders in one zip are refused (browser review 60 F12: one volume
+    over two patients)."""
     rng = np.random.default_rng(31)
     archive_path = tmp_path / "study.zip"
-    with zipfile.ZipFile(archive_path, "w") as archive:
-        for entry in ("b/slice_1.png", "a/slice_2.png", "b/slice_2.png", "a/slice_1.png"):
-            noise = Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8))
-            archive.writestr(entry, png_bytes(noise))
+    two_folders = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive, zipfile.ZipFile(two_folders, "w") as two:
+        for entry in ("a/slice_10.png", "a/slice_2.png", "a/slice_1.png"):
+            noise = png_bytes(Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+            archive.writestr(entry, noise)
+            two.writestr(entry.replace("a/slice_1.", "b/slice_1."), noise)
     page.goto(live_server)
 
     upload(page, [archive_path])
 
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(
-        ["slice_1.png", "slice_2.png", "slice_1.png", "slice_2.png"]
+        ["slice_1.png", "slice_2.png", "slice_10.png"]
     )
+    page.set_input_files("#file-input", [two_folders])
+    expect(page.locator("#error-title")).to_have_text(
+        "The slices come from several folders. Choose one folder (one patient's series) at a time.",
+        timeout=RESULT_TIMEOUT_MS,
+    )
+    expect(page.locator("#error-detail")).to_contain_text("come from 2 folders (a, b)")
 
 
 # ------------------------------------------------------------------ F7: files too large together, not one file
