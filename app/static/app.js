@@ -108,6 +108,9 @@ const ERROR_TITLES_BY_CODE = {
   rejected_instance: "The image was withdrawn by a rejection note chosen with it, so it was left out.",
   rejection_note: "A rejection note: the images it withdraws were left out.",
   invalid_segmentation_input: "No DICOM SEG can be made for these slices.",
+  // 408: the body came slower than MIN_UPLOAD_BYTES_PER_SECOND; the same link fails again (browser review 60 F9).
+  request_timeout: "The upload came slower than the service accepts. Choose fewer files at a time or use a faster "
+    + "connection; whoever runs the service can lower MIN_UPLOAD_BYTES_PER_SECOND.",
   // 413 by code: these two also refuse files that are each fine but too much together, which "the file or the
   // image is too large" (the status's title) would deny; the server's message beneath gives the numbers.
   payload_too_large: "Too large to upload: the file, or the files together, are over the server's size limit.",
@@ -138,6 +141,8 @@ const ERROR_TITLES_BY_CODE = {
 };
 // mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.
 const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or patients. Choose the files of one study.";
+// The most of a server message the error box shows (a few files' reasons).
+const MOST_DETAIL_CHARACTERS = 800;
 const SEVERAL_FOLDERS_TITLE = "The slices come from several folders. Choose one folder (one patient's series) at a time.";
 // A whole request refused as withdrawn: the rejection notes chosen withdraw every image chosen with them.
 const NOTHING_LEFT_TITLE = "Every chosen image was withdrawn by a rejection note chosen with it: nothing was left to "
@@ -397,7 +402,7 @@ export function describeError(error) {
     if (error.retryAfter) {
       title += ` Try again in ${error.retryAfter} ${error.retryAfter === 1 ? "second" : "seconds"}.`;
     }
-    detail = error.message ? `Server message: ${error.message}` : "";
+    detail = error.message ? `Server message: ${shortened(error.message)}` : "";
   } else if (error instanceof NetworkError) {
     title = "Could not reach the service. Check the connection and try again.";
   } else if (error instanceof FormatError) {
@@ -417,6 +422,20 @@ export function describeError(error) {
     detail = String(error.message ?? error);
   }
   return { title, detail };
+}
+
+/**
+ * A server message cut to `MOST_DETAIL_CHARACTERS`, at the end of a file's entry where it lists them: the error box is
+ * an alert, read out whole, and a rejection note withdrawing a 120-slice series was answered with 33,000 characters,
+ * one entry per file (browser review 60 F3).
+ */
+function shortened(message) {
+  if (message.length <= MOST_DETAIL_CHARACTERS) {
+    return message;
+  }
+  const cut = message.lastIndexOf("; ", MOST_DETAIL_CHARACTERS);
+  const kept = message.slice(0, cut > 0 ? cut : MOST_DETAIL_CHARACTERS);
+  return `${kept} … (${message.length - kept.length} more characters left out)`;
 }
 
 /** Shows `error`; `retry`, when given, sends the same files again and is offered where that can help. */

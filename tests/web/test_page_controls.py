@@ -129,6 +129,8 @@ def test_a_busy_service_is_not_called_not_ready(page: Page, live_server: str, co
         (403, "cross_site_request", "The request came from another site's page, which the service refuses."),
         (503, "audit_unavailable", "The service cannot record requests right now (its audit log cannot be written)"),
         (503, "inference_timeout", "The analysis took too long. Try fewer slices at a time. Try again in 7 seconds."),
+        # browser review 60 F9: "The server answered with an error (HTTP 408)."
+        (408, "request_timeout", "The upload came slower than the service accepts. Choose fewer files at a time"),
     ],
 )
 def test_a_refusal_for_where_or_how_the_service_runs_says_what_to_do(
@@ -148,6 +150,26 @@ def test_a_refusal_for_where_or_how_the_service_runs_says_what_to_do(
     page.set_input_files("#file-input", TUMOR_SLICE)
 
     expect(page.locator("#error-title")).to_contain_text(title)
+
+
+def test_a_server_message_listing_every_file_is_cut_to_a_few_in_the_error_box(page: Page, live_server: str) -> None:
+    """Browser review 60 F3: a rejection note withdrawing a 120-slice series was answered with one entry per file,
+    33,000 characters in the error box, an alert a screen reader reads out whole."""
+    entries = [f"the request's file at index {index}: withdrawn by the rejection note" for index in range(120)]
+    message = f"none of the 121 files could be used ({'; '.join(entries)})"
+    body = {"error": {"code": "rejected_instance", "message": message}}
+    page.route(
+        "**/v1/**",
+        lambda route: route.fulfill(status=422, content_type="application/json", body=json.dumps(body)),
+    )
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    detail = page.locator("#error-detail")
+    expect(detail).to_contain_text("the request's file at index 0: withdrawn")
+    expect(detail).to_contain_text(" more characters left out)")
+    assert len(detail.text_content()) < 1000
 
 
 # ------------------------------------------------------------------------------------------------ 3: spacing
