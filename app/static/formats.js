@@ -12,6 +12,8 @@ export class FormatError extends Error {
   }
 }
 
+export const ZIP_PASSWORD_TITLE = "The zip is password-protected. Unzip it with its password, then choose the files or "
+  + "the folder.";
 export const EMPTY_ZIP_TITLE = "The zip holds no slices. Choose a zip of PNG, JPEG, TIFF or DICOM slices.";
 // The most a zip may unpack to, all its entries together: far past what one request may send (the server's default
 // is 128 MiB), and reached in seconds. A zip of a few MB can unpack to gigabytes of zeros, which the tab would hold
@@ -126,6 +128,7 @@ export async function readZip(buffer) {
     if (view.getUint32(offset, true) !== 0x02014b50) {
       throw new FormatError("the zip file's central directory is damaged");
     }
+    const encrypted = (view.getUint16(offset + 8, true) & 1) === 1; // general purpose flag bit 0
     const method = view.getUint16(offset + 10, true);
     const compressedSize = view.getUint32(offset + 20, true);
     const declaredSize = view.getUint32(offset + 24, true);
@@ -138,6 +141,9 @@ export async function readZip(buffer) {
     const baseName = name.split("/").pop();
     if (name.endsWith("/") || baseName.startsWith(".") || name.startsWith("__MACOSX/")) {
       continue;
+    }
+    if (encrypted || method === 99) { // 99: AES (WinZip); read, the entries were "damaged" or an unknown type
+      throw new FormatError("the zip is password-protected", ZIP_PASSWORD_TITLE);
     }
     unzipped += declaredSize;
     if (unzipped > MAX_UNZIPPED_BYTES) {
@@ -1010,7 +1016,7 @@ export async function readDicom(buffer) {
     const value = raw & (2 ** kept - 1);
     return signed && value >= 2 ** (kept - 1) ? value - 2 ** kept : value;
   };
-  const padding = paddingRange(found, signed);
+  const padding = paddingRange(found, storedValue);
   // 8-bit pixels as OW in Big Endian are stored in byte-swapped pairs (16-bit words), as dcmtk writes them.
   const swappedBytes = !little && step === 1 && pixelData.vr === "OW";
   const fragments = rle ? encapsulatedFragments(view, pixelData.start) : null;
@@ -1099,7 +1105,7 @@ function rleFrame(fragment, size, step) {
 }
 
 /** [low, high] of the stored values that are padding (Pixel Padding Value and Range Limit); null when none is set. */
-function paddingRange(found, signed) {
+function paddingRange(found, storedValue) {
   const read = (value) => {
     if (value === undefined || value === "") {
       return null;
@@ -1108,7 +1114,9 @@ function paddingRange(found, signed) {
     if (!Number.isInteger(number)) {
       return null;
     }
-    return signed && number >= 0x8000 ? number - 0x10000 : number;
+    // As the pixels are read, as the server does since 1.3.0: US 2048 beside 12-bit signed pixels is -2048 (browser
+    // review 60 F2: the page read 2048, missed the padding, and drew the head washed out).
+    return storedValue(number);
   };
   const value = read(found.pixelPaddingValue);
   if (value === null) {

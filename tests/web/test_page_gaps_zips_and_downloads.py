@@ -283,6 +283,32 @@ def test_an_empty_zip_and_a_zip_inside_a_zip_get_their_own_message(
     expect(page.locator("#error")).to_be_hidden()
 
 
+def test_a_password_protected_zip_is_called_so_and_nothing_is_sent(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 60 F6: a deflated encrypted zip was "damaged" (the user downloads it again), a stored one's
+    entries were uploaded and refused as an unknown file type. Encrypted entries say so in their flags (bit 0)."""
+    protected = tmp_path / "enc.zip"
+    with zipfile.ZipFile(protected, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(RASTER_SERIES[0], "slices/first.jpg")
+    data = bytearray(protected.read_bytes())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local header, central directory
+        entry = data.index(signature)
+        data[entry + flags_at] |= 1
+    protected.write_bytes(bytes(data))
+    page.goto(live_server)
+    requests = []
+    page.on("request", lambda request: requests.append(request) if "/v1/predict" in request.url else None)
+
+    expect_error_on_choosing(
+        page,
+        protected,
+        "The zip is password-protected. Unzip it with its password, then choose the files or the folder.",
+        "enc.zip: the zip is password-protected",
+    )
+    assert requests == []
+
+
 def with_declared_size(zip_path: Path, size: int) -> None:
     """Write `size` as the uncompressed size of the zip's first entry in its central directory."""
     data = bytearray(zip_path.read_bytes())

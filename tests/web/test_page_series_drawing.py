@@ -140,6 +140,12 @@ def test_dicom_bits_above_bits_stored_and_padding_pixels_are_drawn_as_the_models
         "reference-12-bit": ([head.astype(np.uint16) for head in heads], {"BitsStored": 12, "HighBit": 11}),
         # An overlay plane in bit 15 over rows 100-109, above the 12 bits stored.
         "overlay": ([head.astype(np.uint16) | overlay_band() for head in heads], {"BitsStored": 12, "HighBit": 11}),
+        # Browser review 60 F2: 12-bit signed pixels padded -2048, the padding written 2048 (a vendor's US 2048).
+        "reference-12-bit-signed": (heads, {"BitsStored": 12, "HighBit": 11}),
+        "padded-2048": (
+            [np.where(outside, np.int16(-2048), head) for head in heads],
+            {"BitsStored": 12, "HighBit": 11, "PixelPaddingValue": 2048},
+        ),
     }
     page.goto(live_server)
     drawn = {}
@@ -153,7 +159,11 @@ def test_dicom_bits_above_bits_stored_and_padding_pixels_are_drawn_as_the_models
         page.locator("#slice-slider").fill("2")
         drawn[name] = drawn_slice(page)
 
-    for name, reference in (("padded", "reference"), ("overlay", "reference-12-bit")):
+    for name, reference in (
+        ("padded", "reference"),
+        ("overlay", "reference-12-bit"),
+        ("padded-2048", "reference-12-bit-signed"),
+    ):
         level, width, grey = drawn[name]
         expected_level, expected_width, expected_grey = drawn[reference]
         assert (level, width) == (expected_level, expected_width), name
