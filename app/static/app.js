@@ -141,6 +141,9 @@ const ERROR_TITLES_BY_CODE = {
 };
 // mixed_input for DICOM files alone: they come from several studies or patients, and one request reads one study.
 const SEVERAL_STUDIES_TITLE = "The DICOM files come from several studies or patients. Choose the files of one study.";
+// A 401 when a key was typed: the words for no key sent the user to type the same key again (browser review 60 F10).
+const WRONG_KEY_TITLE = "The API key entered was not accepted. Check it (keys are case-sensitive) or ask whoever runs "
+  + "the service for a valid one.";
 // The most of a server message the error box shows (a few files' reasons).
 const MOST_DETAIL_CHARACTERS = 800;
 const SEVERAL_FOLDERS_TITLE = "The slices come from several folders. Choose one folder (one patient's series) at a time.";
@@ -397,7 +400,8 @@ export function describeError(error) {
     title = "The API key contains characters that cannot be sent. Check the key in the API key field.";
     detail = error.message;
   } else if (error instanceof ApiError) {
-    title = error.title ?? ERROR_TITLES_BY_CODE[error.code] ?? ERROR_TITLES[error.status]
+    title = error.title ?? ERROR_TITLES_BY_CODE[error.code]
+      ?? (error.status === 401 && ui.apiKey.value.trim() ? WRONG_KEY_TITLE : ERROR_TITLES[error.status])
       ?? `The server answered with an error (HTTP ${error.status}).`;
     if (error.retryAfter) {
       title += ` Try again in ${error.retryAfter} ${error.retryAfter === 1 ? "second" : "seconds"}.`;

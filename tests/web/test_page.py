@@ -101,6 +101,25 @@ def test_page_sends_no_api_key_header_when_the_field_is_empty(page: Page, live_s
     assert "x-api-key" not in sent.value.headers
 
 
+def test_a_key_typed_and_refused_is_called_not_accepted_not_missing(page: Page, live_server: str) -> None:
+    """Browser review 60 F10: a wrong key typed got the words for no key ("Enter it in the API key field"), and the
+    user typed the same key again."""
+    body = {"error": {"code": "unauthorized", "message": "a valid X-API-Key header is required"}}
+    page.route(
+        "**/v1/**",
+        lambda route: route.fulfill(status=401, content_type="application/json", body=json.dumps(body)),
+    )
+    page.goto(live_server)
+    page.fill("#api-key", "research-key-l")
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#error-title")).to_have_text(
+        "The API key entered was not accepted. Check it (keys are case-sensitive) or ask whoever runs the service for "
+        "a valid one."
+    )
+
+
 def test_page_file_input_is_first_keyboard_stop(page: Page, live_server: str) -> None:
     page.goto(live_server)
 
