@@ -484,14 +484,16 @@ def test_commands_that_load_the_models_ask_for_gpu_memory_growth_first(
     assert steps == ["memory growth", "models"]
 
 
-def test_pacs_sync_with_a_state_file_it_cannot_write_exits_2_before_the_models(
-    empty_orthanc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Operations review 68 F5: an unwritable PACS_STATE_FILE was found after the first pass, logged at every pass
-    (exit 0 with --once), and after a restart Orthanc's change log was read from the start again."""
-    not_a_folder = tmp_path / "file"
-    not_a_folder.write_text("")
-    monkeypatch.setenv("PACS_STATE_FILE", str(not_a_folder / "state.json"))
+def pacs_sync_settings_error(
+    state_file: str,
+    empty_orthanc: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> dict:
+    """The JSON error of `pacs-sync --once` with PACS_STATE_FILE=`state_file`, once checked to stop it with exit 2 as
+    a settings error before the models load."""
+    monkeypatch.setenv("PACS_STATE_FILE", state_file)
     daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
     monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
 
@@ -500,6 +502,19 @@ def test_pacs_sync_with_a_state_file_it_cannot_write_exits_2_before_the_models(
     assert code == cli.EXIT_USAGE
     error = json.loads(out)["error"]
     assert error["code"] == "invalid_configuration"
+    return error
+
+
+def test_pacs_sync_with_a_state_file_it_cannot_write_exits_2_before_the_models(
+    empty_orthanc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operations review 68 F5: an unwritable PACS_STATE_FILE was found after the first pass, logged at every pass
+    (exit 0 with --once), and after a restart Orthanc's change log was read from the start again."""
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+
+    error = pacs_sync_settings_error(str(not_a_folder / "state.json"), empty_orthanc, tmp_path, monkeypatch, capsys)
+
     assert error["message"].startswith(f"pacs-sync state file {not_a_folder / 'state.json'} cannot be written (")
     assert "PACS_STATE_FILE must name a file in a writable folder" in error["message"]
     assert list(tmp_path.iterdir()) == [not_a_folder]  # no probe left behind
@@ -542,15 +557,8 @@ def test_pacs_sync_with_a_state_file_name_too_long_for_the_file_system_exits_2_b
     """Attack review 63 F1: a name over 255 bytes stopped it with a traceback and exit 1 (asking whether it was a
     folder raised before the check that turns an OSError into the settings error). Review 71 F5: one of 230 bytes
     passed, and every save of the state failed (its temporary name is 38 bytes longer)."""
-    monkeypatch.setenv("PACS_STATE_FILE", str(tmp_path / ("a" * name_bytes)))
-    daemons_may_start(monkeypatch, empty_orthanc, tmp_path)
-    monkeypatch.setattr("app.inference.Predictor.from_model_dir", lambda *args, **kwargs: pytest.fail("no models"))
+    error = pacs_sync_settings_error(str(tmp_path / ("a" * name_bytes)), empty_orthanc, tmp_path, monkeypatch, capsys)
 
-    code, out, _ = run(capsys, "pacs-sync", "--once", "--model-dir", NO_MODELS)
-
-    assert code == cli.EXIT_USAGE
-    error = json.loads(out)["error"]
-    assert error["code"] == "invalid_configuration"
     assert "cannot be written (OSError: File name too long)" in error["message"]
 
 
