@@ -1262,11 +1262,10 @@ function showSeries(shown) {
   const nearNote = slices.length === 1
     ? " Close to the threshold: review this slice with care."
     : ` ${near} ${near === 1 ? "slice is" : "slices are"} close to the threshold${besideNote}.`;
-  const withdrawn = shown.failures.filter(isWithdrawal).length;
-  const failed = shown.failures.length - withdrawn;
+  const failed = shown.failures.filter((failure) => !isWithdrawal(failure)).length;
+  const withdrawn = withdrawalSaid(shown.failures);
   const failureNote = (failed ? ` ${plural(failed, "file")} could not be analysed (listed under Result).` : "")
-    + (withdrawn ? ` ${plural(withdrawn, "file")} left out as a rejection note chosen with them asks (listed under `
-      + "Result)." : "");
+    + (withdrawn ? ` ${withdrawn} (listed under Result).` : "");
   // DICOM slices missing between the positions (a raster series' missing slices are its failed files, said above).
   const missing = shown.kind === "dicom" ? slices.reduce((sum, slice) => sum + (slice.missingBefore ?? 0), 0) : 0;
   const missingNote = missing ? ` ${plural(missing, "slice")} missing between those analysed (hatched in the strip).` : "";
@@ -1285,12 +1284,11 @@ function showFailures(failures) {
     return;
   }
   const lead = document.createElement("p");
-  const withdrawn = failures.filter(isWithdrawal).length;
-  const failed = failures.length - withdrawn;
+  const failed = failures.filter((failure) => !isWithdrawal(failure)).length;
   // Files a rejection note withdraws (and the note) were left out as asked, not failed.
   lead.textContent = [
     failed ? `${plural(failed, "file")} could not be analysed` : "",
-    withdrawn ? `${plural(withdrawn, "file")} left out as a rejection note asks` : "",
+    withdrawalSaid(failures),
   ].filter(Boolean).join("; ") + ":";
   const list = document.createElement("ul");
   list.append(...[...failuresByCode(failures)].map(([code, group]) => failureGroupItem(code, group)));
@@ -1311,6 +1309,20 @@ function modelTags(tags) {
     const parts = [name, document.createElement("wbr"), version];
     return at ? [document.createTextNode(", "), ...parts] : parts;
   });
+}
+
+/**
+ * "2 images left out, withdrawn by the rejection note chosen with them": the images counted, not the note, which
+ * withdraws them and is no image left out (browser review 60 F4: "3 files left out as a rejection note asks").
+ */
+function withdrawalSaid(failures) {
+  const images = failures.filter((failure) => failure.error.code === "rejected_instance").length;
+  const notes = failures.filter((failure) => failure.error.code === "rejection_note").length;
+  if (!images) {
+    return notes ? `${plural(notes, "rejection note")} read` : "";
+  }
+  const by = notes > 1 ? `${notes} rejection notes` : "the rejection note";
+  return `${plural(images, "image")} left out, withdrawn by ${by} chosen with them`;
 }
 
 /** A failed file that was left out on purpose: an image a rejection note withdraws, or the note. */
