@@ -1400,6 +1400,8 @@ function revealResult() {
 /** A series' role as the page names it: the server's "other" (neither FLAIR nor T1) alone is no name. */
 const roleName = (role) => (role === "other" ? "Other sequence" : role);
 const T1_ROLES = new Set(["T1 pre-contrast", "T1 post-contrast"]);
+// The roles the models read: a series of one left out has its role's evidence, not the reason it was left out.
+const READ_ROLES = new Set(["FLAIR", ...T1_ROLES]);
 
 /**
  * Which DICOM series the server read and which it left out, with its notes: plain text from the answer. A series'
@@ -1424,11 +1426,12 @@ function describeSeriesChoice(answer) {
     && item.series_number === use.series_number && item.series_description === use.series_description);
   const otherSeries = leftOut.filter((use) => !partOfUsed(use));
   const parts = [`Series read: ${used.length ? used.map(named).join(", ") : "none"}.`];
-  // Each series left out with the server's reason, as copies left out of a series read are. A T1 series' evidence
-  // says why it is a T1, not why it was left out (it does not pair, or has no partner): the notes say that.
+  // Each series left out with the server's reason, as copies left out of a series read are. A FLAIR or T1 series'
+  // evidence says why it is one, not why it was left out (another FLAIR ranks first, a T1 does not pair): the notes
+  // say that (browser review 60 F13: a second FLAIR's was shown as its reason).
   const notes = answer.selection_notes ?? [];
   for (const use of otherSeries) {
-    if (T1_ROLES.has(use.role) && notes.length) {
+    if (READ_ROLES.has(use.role) && notes.length) {
       parts.push(`Left out: ${named(use)}, for the reason the notes below give (its role: ${use.evidence}).`);
     } else {
       parts.push(`Left out: ${named(use)}: ${use.evidence}.`);

@@ -332,6 +332,27 @@ def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: s
     expect(page.locator("#series-choice")).to_be_hidden()
 
 
+def test_a_second_flair_series_left_out_is_not_given_its_flair_evidence_as_the_reason(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 60 F13: "Left out: FLAIR (series 3, …): Series Description matches *FLAIR*.", why it is a
+    FLAIR, not why it was left out (another FLAIR ranks first, as the notes say)."""
+    study = Study()
+    first = mr_series(tumor_channels(), study=study, series_number=2, series_description="AX FLAIR")
+    second = mr_series(tumor_channels(), study=study, series_number=3, series_description="AX FLAIR 2")
+    paths = write_series([*first, *second], tmp_path)
+    page.goto(live_server)
+
+    answer = upload(page, paths)
+
+    (left_out,) = answer["series_left_out"]
+    assert left_out["role"] == "FLAIR" and answer["selection_notes"]
+    expect(page.locator("#series-choice")).to_contain_text(
+        "Left out: FLAIR (series 3, “AX FLAIR 2”, 3 files), for the reason the notes below give (its role: "
+        f"{left_out['evidence']})."
+    )
+
+
 def test_copies_left_out_of_the_series_read_are_told_apart_from_a_series_left_out(
     page: Page, live_server: str, tmp_path: Path
 ) -> None:
