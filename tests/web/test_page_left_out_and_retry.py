@@ -11,8 +11,7 @@ from pathlib import Path
 from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import TUMOR_SLICE
-from tests.dicom.builders import Study, mr_series, tumor_channels
-from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
+from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload_study
 
 # ------------------------------------------------------------------------------- F7: series left out and why
 
@@ -22,13 +21,7 @@ def test_each_series_left_out_is_named_with_the_servers_reason_and_a_readable_ro
 ) -> None:
     """Series left out were named without `series_left_out[].evidence`, and a series neither FLAIR nor T1 as a bare
     lower-case "other"."""
-    study = Study()
-    flair = mr_series(tumor_channels(), study=study, series_number=3, series_description="AX FLAIR")
-    localizer = mr_series(tumor_channels(), study=study, series_number=1, series_description="LOCALIZER")
-    paths = write_series([*flair, *localizer], tmp_path)
-    page.goto(live_server)
-
-    answer = upload(page, paths)
+    answer = upload_study(page, live_server, tmp_path, (3, "AX FLAIR"), (1, "LOCALIZER"))
 
     (left_out,) = answer["series_left_out"]
     assert left_out["role"] == "other"

@@ -309,14 +309,20 @@ def test_a_rectangular_slice_is_sized_in_rows_by_columns(page: Page, live_server
 # ---------------------------------------------------------------------------------- DICOM series and errors
 
 
-def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: str, tmp_path: Path) -> None:
+def upload_study(page: Page, live_server: str, tmp_path: Path, *series: tuple[int, str]) -> dict:
+    """Upload one study of tumor series, each (series number, description), on the page; the API's answer."""
     study = Study()
-    flair = mr_series(tumor_channels(), study=study, series_number=2, series_description="AX FLAIR")
-    t1 = mr_series(tumor_channels(), study=study, series_number=3, series_description="AX T1")
-    paths = write_series([*flair, *t1], tmp_path)
+    datasets = [
+        dataset
+        for number, description in series
+        for dataset in mr_series(tumor_channels(), study=study, series_number=number, series_description=description)
+    ]
     page.goto(live_server)
+    return upload(page, write_series(datasets, tmp_path))
 
-    answer = upload(page, paths)
+
+def test_the_dicom_series_read_and_left_out_are_named(page: Page, live_server: str, tmp_path: Path) -> None:
+    answer = upload_study(page, live_server, tmp_path, (2, "AX FLAIR"), (3, "AX T1"))
 
     (left_out,) = answer["series_left_out"]
     assert left_out["role"] == "T1 pre-contrast"
@@ -337,13 +343,7 @@ def test_a_second_flair_series_left_out_is_not_given_its_flair_evidence_as_the_r
 ) -> None:
     """Browser review 60 F13: "Left out: FLAIR (series 3, …): Series Description matches *FLAIR*.", why it is a
     FLAIR, not why it was left out (another FLAIR ranks first, as the notes say)."""
-    study = Study()
-    first = mr_series(tumor_channels(), study=study, series_number=2, series_description="AX FLAIR")
-    second = mr_series(tumor_channels(), study=study, series_number=3, series_description="AX FLAIR 2")
-    paths = write_series([*first, *second], tmp_path)
-    page.goto(live_server)
-
-    answer = upload(page, paths)
+    answer = upload_study(page, live_server, tmp_path, (2, "AX FLAIR"), (3, "AX FLAIR 2"))
 
     (left_out,) = answer["series_left_out"]
     assert left_out["role"] == "FLAIR" and answer["selection_notes"]
