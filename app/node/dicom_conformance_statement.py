@@ -366,9 +366,10 @@ def _association_initiation() -> list[str]:
         'delivered and the note is recorded "declined" (not retried). A destination that accepts the association',
         "but no presentation context for Segmentation Storage (a report archive that takes SR only) gets the SR",
         'alone: the SEG is recorded "declined", a warning is logged, and the study counts as delivered (it was',
-        "retried on every pass and never purged); so does one that answers the SEG's C-STORE 0x0122 (SOP Class not",
-        "supported). A SEG whose C-STORE a destination answers with another failure status is retried as any",
-        "failure.",
+        "retried on every pass and never purged); so does one that answers the SEG's C-STORE with a lasting",
+        "refusal: 0x0122 (SOP Class not supported), 0xA9xx (Data Set does not match SOP Class) or 0xCxxx (Cannot",
+        "understand). A SEG whose C-STORE a destination answers with another failure status (0xA7xx Out of",
+        "Resources) is retried as any failure.",
         "",
     ]
 

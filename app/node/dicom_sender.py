@@ -359,21 +359,31 @@ DECLINED_UNLESS_NEGOTIATED = OPTIONAL_CLASSES | {SegmentationStorage}
 (PS3.8 9.3.3.2: its lasting answer, not a failure to retry): a rejection note, and the SEG, which many report and
 RIS archives do not take while they take the SR (interop review 62 F3: the SEG was retried for ever, the study never
 counted delivered nor purged, and the spool filled). A SEG a destination negotiated and then refused by its C-STORE
-status is still a failure, retried, unless the status is 0x0122, SOP Class not supported: the same answer."""
+status is declined too when that status is a lasting answer about the data set (`_lasting_refusal`); "out of
+resources" (0xA7xx) and anything else are failures, retried."""
+
+
+def _lasting_refusal(code: int) -> bool:
+    """Whether a C-STORE failure status says the destination will refuse this data set every time (PS3.4 Table
+    B.2-1): 0x0122 SOP Class not supported (what a context not accepted says), 0xA9xx the data set does not match
+    its SOP class, 0xCxxx cannot understand (interop review 62 F3: a SEG answered 0xC000 was retried for ever)."""
+    return code == STATUS_SOP_CLASS_NOT_SUPPORTED or 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF
 
 
 def _may_be_declined(dataset: Dataset) -> bool:
     return str(dataset.SOPClassUID) in DECLINED_UNLESS_NEGOTIATED
 
 
-def _declined_unless_negotiated(dataset: Dataset) -> bool:
-    """Whether `dataset` is declined, logged, when the destination accepts no context for its class."""
+def _declined_unless_negotiated(dataset: Dataset, status: int | None = None) -> bool:
+    """Whether `dataset` is declined, logged, when the destination accepts no context for its class or refuses it
+    for good by its C-STORE `status`."""
     if not _may_be_declined(dataset):
         return False
+    fields = {} if status is None else {"fields": {"status": f"0x{status:04X}"}}
     if str(dataset.SOPClassUID) in OPTIONAL_CLASSES:
-        logger.info("the destination accepts no rejection note (Key Object Selection): not sent")
+        logger.info("the destination accepts no rejection note (Key Object Selection): not sent", extra=fields)
     else:
-        logger.warning("the destination accepts no SEG (Segmentation Storage): its SR goes without it")
+        logger.warning("the destination accepts no SEG (Segmentation Storage): its SR goes without it", extra=fields)
     return True
 
 
@@ -397,8 +407,8 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool
     if code is None:
         return False, f"{NO_RESPONSE} for the {modality}"
     if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
-        if code == STATUS_SOP_CLASS_NOT_SUPPORTED and _declined_unless_negotiated(dataset):
-            return False, ""  # the answer a context not accepted gives, given by the C-STORE
+        if _lasting_refusal(code) and _declined_unless_negotiated(dataset, code):
+            return False, ""  # the destination's lasting answer, as when it accepts no context for the class
         if optional:
             logger.info(
                 "the destination refused the rejection note (Key Object Selection): not sent",

@@ -139,16 +139,19 @@ class Clock:
 
 class ResultStore:
     """A pynetdicom C-STORE SCP for SEG and SR: where the node's results land. Datasets of a `refused` modality are
-    answered 0x0122 (SOP class not supported) and not kept, as an archive that accepts the context and then refuses."""
+    answered `refusal_status` (default 0x0122, SOP class not supported) and not kept, as an archive that accepts the
+    context and then refuses."""
 
     def __init__(
         self,
         port: int,
         sop_classes: Sequence[str] = (SegmentationStorage, ComprehensiveSRStorage),
         refused: Sequence[str] = (),
+        refusal_status: int = 0x0122,
     ) -> None:
         self.port = port
         self.refused = tuple(refused)
+        self.refusal_status = refusal_status
         self.received: list[Dataset] = []
         self._lock = threading.Lock()
         ae = AE(ae_title=RESULTS_AE)
@@ -160,7 +163,7 @@ class ResultStore:
         dataset = event.dataset
         dataset.file_meta = event.file_meta
         if dataset.Modality in self.refused:
-            return 0x0122
+            return self.refusal_status
         with self._lock:
             self.received.append(dataset)
         return 0x0000

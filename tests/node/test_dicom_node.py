@@ -626,20 +626,21 @@ def test_a_revision_that_turns_negative_sends_a_rejection_note_for_the_earlier_s
         store.close()
 
 
-@pytest.mark.parametrize("refusing", ["its context", "its C-STORE, SOP Class not supported"])
+@pytest.mark.parametrize("refusing", ["its context", 0x0122, 0xA900, 0xC000], ids=["context", "0122", "A900", "C000"])
 def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delivered(
-    refusing: str, make_node: Any, clock: Clock, tmp_path: Path
+    refusing: str | int, make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
     """Interop review 62 F3: a report archive that accepts SR and not Segmentation Storage had the SEG retried for
     ever (every pass a new association proposing it alone), the study never delivered, never purged. Accepting no
-    context for a class, or answering its C-STORE 0x0122, is its lasting answer: the SEG is recorded "declined", as a
-    rejection note is."""
+    context for a class, or answering its C-STORE with a lasting refusal (0x0122 SOP Class not supported, 0xA9xx
+    the data set does not match it, 0xCxxx cannot understand), is its answer for good: the SEG is recorded
+    "declined", as a rejection note is."""
     port = free_port()
     node = make_node(destination_port=port)
     if refusing == "its context":
         reports_only = ResultStore(port, sop_classes=(ComprehensiveSRStorage,))
     else:
-        reports_only = ResultStore(port, refused=("SEG",))
+        reports_only = ResultStore(port, refused=("SEG",), refusal_status=int(refusing))
     try:
         send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
         clock.advance(3600)
@@ -654,6 +655,28 @@ def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delive
         }
     finally:
         reports_only.close()
+
+
+def test_a_seg_refused_for_want_of_resources_is_retried_later(make_node: Any, clock: Clock, tmp_path: Path) -> None:
+    """0xA7xx (out of resources) is a passing refusal, unlike those above: the SEG is "failed", sent again on a later
+    pass, and the study counts delivered once it is stored (review 71 F10)."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    busy = ResultStore(port, refused=("SEG",), refusal_status=0xA700)
+    try:
+        send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "failed" and "0xA700" in state["last_error"] and not state.get("declined")
+        assert [dataset.Modality for dataset in busy.received] == ["SR"]
+
+        busy.refused = ()
+        clock.advance(3600)
+        assert node.send_unsent() == 1
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "sent" and not state.get("declined")
+        assert sorted(dataset.Modality for dataset in busy.received) == ["SEG", "SR"]
+    finally:
+        busy.close()
 
 
 def test_a_revision_withdraws_only_what_a_destination_that_declined_the_seg_holds(
