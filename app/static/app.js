@@ -249,6 +249,8 @@ class ApiError extends Error {
     this.retryAfter = retryAfter;
     this.code = code;
     this.title = null; // set where the request itself tells more than the code (a raster series' size error)
+    // Whether the refused request carried a key: one typed while it was on its way was never judged (review 61 F2).
+    this.keySent = null;
   }
 }
 
@@ -377,7 +379,7 @@ function retrySeconds(header) {
   return seconds > 0 ? seconds : null; // NaN for an unreadable date; a date passed already means "now"
 }
 
-function errorFromBody(status, body, statusText, retryAfter) {
+function errorFromBody(status, body, statusText, retryAfter, keySent) {
   let message = statusText;
   let code;
   try {
@@ -389,7 +391,9 @@ function errorFromBody(status, body, statusText, retryAfter) {
   } catch {
     // Not our JSON error body (e.g. a proxy's HTML page): the status text is all there is.
   }
-  return new ApiError(status, message, retrySeconds(retryAfter), code);
+  const error = new ApiError(status, message, retrySeconds(retryAfter), code);
+  error.keySent = keySent;
+  return error;
 }
 
 /** The title and detail an error is shown with, in the page's error box or beside the SEG button. */
@@ -401,7 +405,8 @@ export function describeError(error) {
     detail = error.message;
   } else if (error instanceof ApiError) {
     title = error.title ?? ERROR_TITLES_BY_CODE[error.code]
-      ?? (error.status === 401 && ui.apiKey.value.trim() ? WRONG_KEY_TITLE : ERROR_TITLES[error.status])
+      ?? (error.status === 401 && (error.keySent ?? Boolean(ui.apiKey.value.trim())) ? WRONG_KEY_TITLE
+        : ERROR_TITLES[error.status])
       ?? `The server answered with an error (HTTP ${error.status}).`;
     if (error.retryAfter) {
       title += ` Try again in ${error.retryAfter} ${error.retryAfter === 1 ? "second" : "seconds"}.`;
@@ -505,7 +510,12 @@ async function collectFiles(chosen) {
     const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
     if (isZip(head)) {
       try {
-        files.push(...(await readZip(await file.arrayBuffer())));
+        for (const entry of await readZip(await file.arrayBuffer())) {
+          // The zip's own path leads its entries': two zips chosen together, or a zip and a loose file, are files
+          // from two places (browser review 61 F1: two patients' zips of same-named slices were one interleaved series).
+          Object.defineProperty(entry, "archivePath", { value: `${pathOf(file)}/${entry.zipPath}` });
+          files.push(entry);
+        }
       } catch (error) {
         // A damaged archive throws from DataView (RangeError) or the inflater (TypeError): say which file it was.
         const reason = error instanceof FormatError ? error.message : "the zip file is damaged";
@@ -516,7 +526,7 @@ async function collectFiles(chosen) {
     }
   }
   const kept = files.filter((file) => {
-    if (file.name.startsWith(".")) {
+    if (file.name.startsWith(".") || inSystemFolder(file)) {
       return false;
     }
     // Kaggle's LGG folders keep each ground-truth mask beside its slice: those are answers, not slices.
@@ -532,9 +542,20 @@ async function collectFiles(chosen) {
   return { files: kept, skippedMasks };
 }
 
-/** A file's path as chosen: in its zip, in a dropped or chosen folder, else its name alone. */
+/** A file's path as chosen: its zip's path and its own in it, in a dropped or chosen folder, else its name alone. */
 function pathOf(file) {
-  return file.zipPath || file.dropPath || file.webkitRelativePath || file.name;
+  return file.archivePath || file.dropPath || file.webkitRelativePath || file.name;
+}
+
+/**
+ * Whether a file lies in a hidden or system folder inside the one chosen (`.thumbnails/`, a NAS's `@eaDir/`
+ * thumbnails, `__MACOSX/`): left out as hidden files are. One patient's folder on a Synology share was refused as
+ * "several folders", its thumbnails counted as slices (browser review 61 F7). The chosen folder's own name is not
+ * judged.
+ */
+function inSystemFolder(file) {
+  const folders = pathOf(file).split("/").slice(1, -1);
+  return folders.some((folder) => folder.startsWith(".") || folder === "@eaDir" || folder === "__MACOSX");
 }
 
 /**
@@ -680,7 +701,8 @@ function postBatch(files, query) {
   const request = new XMLHttpRequest();
   const done = new Promise((resolve, reject) => {
     request.open("POST", `${BATCH_URL}?${query}`);
-    Object.entries(requestHeaders()).forEach(([name, value]) => request.setRequestHeader(name, value));
+    const headers = requestHeaders();
+    Object.entries(headers).forEach(([name, value]) => request.setRequestHeader(name, value));
     request.responseType = query.includes("dicom-seg") ? "blob" : "text";
     request.upload.addEventListener("progress", (event) => {
       if (event.lengthComputable) {
@@ -700,7 +722,8 @@ function postBatch(files, query) {
         return;
       }
       const body = request.responseType === "blob" ? await request.response.text() : request.response;
-      reject(errorFromBody(request.status, body, request.statusText, request.getResponseHeader("Retry-After")));
+      reject(errorFromBody(request.status, body, request.statusText, request.getResponseHeader("Retry-After"),
+        "X-API-Key" in headers));
     });
     request.addEventListener("error", () => reject(new NetworkError("network error")));
     request.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));

@@ -120,6 +120,30 @@ def test_a_key_typed_and_refused_is_called_not_accepted_not_missing(page: Page, 
     )
 
 
+def test_a_key_typed_while_the_request_went_without_one_is_not_called_refused(page: Page, live_server: str) -> None:
+    """Browser review 61 F2: the title looked at the key field when the 401 came, not at the request: a key typed
+    while a request without one was on its way was called "not accepted", and the user was sent for another."""
+    held = []
+    page.route("**/v1/predict/batch**", lambda route: held.append(route))
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Sending')")
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    (request,) = held
+    assert "x-api-key" not in request.request.headers
+    page.fill("#api-key", "research-key-1")
+    body = {"error": {"code": "unauthorized", "message": "a valid X-API-Key header is required"}}
+    request.fulfill(status=401, content_type="application/json", body=json.dumps(body))
+
+    expect(page.locator("#error-title")).to_have_text(
+        "The server needs a valid API key. Enter it in the API key field and try again."
+    )
+
+
 def test_page_file_input_is_first_keyboard_stop(page: Page, live_server: str) -> None:
     page.goto(live_server)
 

@@ -17,6 +17,7 @@ from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.web.conftest import series_answer_with
+from tests.web.test_page_drops_contrast_and_windows import RECORD_SENT
 from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, png_bytes, upload, write_series
 
 
@@ -279,7 +280,58 @@ def test_the_slices_of_a_zip_keep_the_order_of_their_paths_in_it(page: Page, liv
         "The slices come from several folders. Choose one folder (one patient's series) at a time.",
         timeout=RESULT_TIMEOUT_MS,
     )
-    expect(page.locator("#error-detail")).to_contain_text("come from 2 folders (a, b)")
+    expect(page.locator("#error-detail")).to_contain_text("come from 2 folders (two.zip/a, two.zip/b)")
+
+
+def test_two_zips_or_a_zip_and_a_loose_slice_are_slices_from_two_places(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 61 F1: a zip's entries were placed by their path in the zip alone, so two patients' zips of
+    slices at their top level (same-named slices: interleaved), or a zip and a loose slice, were one series."""
+    rng = np.random.default_rng(37)
+    zips = [tmp_path / "patient_a.zip", tmp_path / "patient_b.zip"]
+    for archive_path in zips:
+        with zipfile.ZipFile(archive_path, "w") as archive:
+            for name in ("slice_1.png", "slice_2.png"):
+                archive.writestr(name, png_bytes(Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8))))
+    loose = tmp_path / "slice_3.png"
+    loose.write_bytes(png_bytes(Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8))))
+    page.goto(live_server)
+    page.evaluate(RECORD_SENT)
+    title = "The slices come from several folders. Choose one folder (one patient's series) at a time."
+
+    page.set_input_files("#file-input", zips)
+    expect(page.locator("#error-title")).to_have_text(title, timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#error-detail")).to_contain_text("come from 2 folders (patient_a.zip, patient_b.zip)")
+    page.set_input_files("#file-input", [zips[0], loose])
+    expect(page.locator("#error-detail")).to_contain_text("come from 2 folders (patient_a.zip, (top level))")
+    assert page.evaluate("window.sentSizes") == []
+
+    upload(page, [zips[0]])  # one zip alone is one place
+    expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(["slice_1.png", "slice_2.png"])
+
+
+def test_thumbnails_in_system_folders_of_the_chosen_folder_are_left_out(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 61 F7: one patient's folder on a Synology share (thumbnails in `@eaDir/<image>/`) was refused as
+    several folders, the thumbnails counted as slices; hidden folders are left out as hidden files are."""
+    folder = tmp_path / "patient"
+    rng = np.random.default_rng(41)
+    for name in ("slice_1.png", "slice_2.png"):
+        image = png_bytes(Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+        (folder / "@eaDir" / name).mkdir(parents=True)
+        (folder / name).write_bytes(image)
+        (folder / "@eaDir" / name / "SYNOFILE_THUMB_M.jpg").write_bytes(image)
+        (folder / ".thumbnails").mkdir(exist_ok=True)
+        (folder / ".thumbnails" / name).write_bytes(image)
+    page.goto(live_server)
+
+    page.set_input_files("#folder-input", str(folder))
+
+    expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(
+        ["slice_1.png", "slice_2.png"], timeout=RESULT_TIMEOUT_MS
+    )
 
 
 # ------------------------------------------------------------------ F7: files too large together, not one file
