@@ -280,6 +280,10 @@ class RejectedInstanceError(ServiceError):
     code = "rejected_instance"
     kind = ErrorKind.INVALID_REQUEST
 
+    def __init__(self, message: str, series: str = "") -> None:
+        super().__init__(message)
+        self.series = series  # the image's series as errors name it ("number 5"): a refusal of what is left says it
+
 
 class TooManyRejectionNotesError(ServiceError):
     """A request of more IHE IOCM rejection notes of its study than the service reads (`app.series.rejection_notes`):

@@ -79,23 +79,32 @@ class HeartbeatFile:
             return
         stop = threading.Event()
         seconds = BEAT_SECONDS
+        # A beat under way when the block ends must not land after `stopped` (a loaded machine: the file said
+        # `ready` after the daemon had stopped, the join below having waited out its time).
+        writing = threading.Lock()
 
         def beat() -> None:
             reason = problem()
-            self.write(READY if reason is None else FAILING, reason)
+            with writing:
+                if not stop.is_set():
+                    self.write(READY if reason is None else FAILING, reason)
 
         def keep_beating() -> None:
             while not stop.wait(seconds):
                 beat()
 
-        beat()
         thread = threading.Thread(target=keep_beating, name=f"{self.command}-heartbeat", daemon=True)
-        thread.start()
         try:
+            # Within the `try`: a SIGTERM (KeyboardInterrupt) that comes as the first `ready` is written still
+            # leaves `stopped` (it left `ready`, the stopped daemon healthy until the beat went stale).
+            beat()
+            thread.start()
             yield
         finally:
-            stop.set()
-            thread.join(timeout=seconds)
+            with writing:
+                stop.set()
+            if thread.ident is not None:
+                thread.join(timeout=seconds)
             self.write(STOPPED)
 
 

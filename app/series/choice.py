@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from app.dicom.dicom_header import DicomHeader
-from app.errors import MixedInputError, NoFlairSeriesError, ServiceError
+from app.errors import MixedInputError, NoFlairSeriesError, RejectedInstanceError, ServiceError
 from app.series.info import SeriesInfo, identity_text, series_number_order, where_in_study
 from app.series.sequence_roles import (
     SequenceRole,
@@ -174,10 +174,29 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
     """
     dicom_headers = [header for header in headers if isinstance(header, DicomHeader)]
     _refuse_several_studies(headers)
-    choice = _choose(headers, rules or SelectionRules())
+    try:
+        choice = _choose(headers, rules or SelectionRules())
+    except NoFlairSeriesError as error:
+        withdrawn = _withdrawn_series(headers)
+        if not withdrawn:
+            raise
+        raise NoFlairSeriesError(f"{error.message}; {withdrawn}") from None
     _refuse_identity_that_differs_where_read(headers, choice)
     note = _disagreeing_patient_note(dicom_headers)
     return replace(choice, notes=(*choice.notes, note)) if note else choice
+
+
+def _withdrawn_series(headers: Sequence[DicomHeader | ServiceError]) -> str:
+    """What the request's rejection notes withdrew, by series: a FLAIR series withdrawn whole, its T1 series left, was
+    refused as "the study has no FLAIR series", the withdrawal unsaid (browser review 61 F5). "" when nothing was."""
+    counts: dict[str, int] = {}
+    for header in headers:
+        if isinstance(header, RejectedInstanceError):
+            counts[header.series] = counts.get(header.series, 0) + 1
+    if not counts:
+        return ""
+    withdrawn = ", ".join(f"{count} of series {series}" for series, count in counts.items())
+    return f"the request's rejection notes withdrew {sum(counts.values())} of its images ({withdrawn}), not read"
 
 
 def _choose(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules) -> SeriesChoice:

@@ -42,6 +42,7 @@ from app.errors import (
     UndecodableDicomError,
     UnreadableRejectionNoteError,
 )
+from app.series.info import SeriesInfo
 from app.settings import MIB
 from app.uploads import request_file, request_files
 
@@ -68,7 +69,8 @@ def apply_rejection_notes(
     stop: threading.Event | None = None,
 ) -> list[DicomHeader | ServiceError]:
     """`headers` (each file's header or its error, in request order) with the images that the request's rejection
-    notes withdraw replaced by `RejectedInstanceError`, and each note that withdrew any by `RejectionNoteApplied`.
+    notes withdraw replaced by `RejectedInstanceError`, and each rejection note of the study by `RejectionNoteApplied`
+    (one that withdraws none of them too: it was read and applied).
 
     Every Key Object Selection's title and study are read from its first bytes (`read_note_title`: cheap, deflated
     or not); the rejection notes of the request's study are then read whole and walked, one at a time, within
@@ -119,12 +121,21 @@ def apply_rejection_notes(
             raise _unreadable(note_index, "its content is damaged") from error
         del note  # the next note is read only now: one held at a time
         withdrawn = [index for index, header in enumerate(headers) if rejection and _withdraws(rejection, header)]
+        if rejection and not withdrawn:  # read, and applies to none: no unsupported file (browser review 61 F3)
+            headers[note_index] = RejectionNoteApplied(
+                f"an IHE IOCM rejection note of the request's study ({rejection.reason}), applied: it withdraws none "
+                "of the request's images"
+            )
+            continue
         if not withdrawn:
             continue
         for index in withdrawn:
+            header = headers[index]
+            assert isinstance(header, DicomHeader)  # `_withdraws` names images read only
             headers[index] = RejectedInstanceError(
                 f"withdrawn by the IHE IOCM rejection note sent as {request_file(note_index)} ({rejection.reason}): "
-                "left out, as an archive that implements IOCM hides it"
+                "left out, as an archive that implements IOCM hides it",
+                series=SeriesInfo.from_dataset(header.dataset).number_text,
             )
         headers[note_index] = RejectionNoteApplied(
             f"an IHE IOCM rejection note ({rejection.reason}), applied: {request_files(withdrawn)} it withdraws "

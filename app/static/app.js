@@ -106,7 +106,7 @@ const ERROR_TITLES_BY_CODE = {
   invalid_dicom_image: "The DICOM images cannot be used as MRI slices.",
   unsupported_dicom: "This DICOM file is not supported (not an MR image, or an encoding the server cannot read).",
   rejected_instance: "The image was withdrawn by a rejection note chosen with it, so it was left out.",
-  rejection_note: "A rejection note: the images it withdraws were left out.",
+  rejection_note: "A rejection note, applied: the chosen images it withdraws, if any, were left out.",
   invalid_segmentation_input: "No DICOM SEG can be made for these slices.",
   // 408: the body came slower than MIN_UPLOAD_BYTES_PER_SECOND; the same link fails again (browser review 60 F9).
   request_timeout: "The upload came slower than the service accepts. Choose fewer files at a time or use a faster "

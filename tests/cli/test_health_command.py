@@ -230,6 +230,33 @@ def test_dicom_node_beats_starting_then_ready_then_failing_once_it_stops_listeni
         check_heartbeat(heartbeat, time.time())
 
 
+def test_a_beat_under_way_when_the_daemon_stops_does_not_land_after_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beat slower than the stop's wait for it (a loaded machine) wrote `ready` after `stopped`: the stopped daemon
+    then read as healthy until the heartbeat went stale."""
+    monkeypatch.setattr("app.heartbeat.BEAT_SECONDS", 0.01)
+    in_beat, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def problem() -> str | None:
+        calls.append(1)
+        if len(calls) > 1:  # the beating thread's beat, held until the block has ended
+            in_beat.set()
+            release.wait(5)
+        return None
+
+    heartbeat = HeartbeatFile(tmp_path / "heartbeat.json", "pacs-sync")
+    with heartbeat.beating(problem):
+        assert in_beat.wait(5)
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "pacs-sync-heartbeat":
+            thread.join(5)
+
+    assert json.loads((tmp_path / "heartbeat.json").read_text())["state"] == "stopped"
+
+
 def test_pacs_sync_beats_ready_while_it_runs_and_stopped_after(
     tmp_path: Path,
     empty_orthanc: str,

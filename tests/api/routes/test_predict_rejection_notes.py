@@ -360,3 +360,42 @@ def test_a_rejection_note_over_the_size_a_note_may_take_refuses_the_request(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "unreadable_rejection_note"
     assert "over the" in response.json()["error"]["message"]
+
+
+def test_a_flair_series_withdrawn_whole_is_named_when_its_t1_series_are_refused(client: TestClient) -> None:
+    """Browser review 61 F5: a FLAIR series a note withdrew whole, its T1 series left, was refused as "the study has
+    no FLAIR series", the withdrawal unsaid: the user looked for a fault in the FLAIR's description."""
+    study = Study()
+    flair = mr_series(tumor_channels(1), study, series_number=4, series_description="AX T2 FLAIR")
+    pre = mr_series(tumor_channels(0), study, series_number=2, series_description="AX T1 PRE")
+    post = mr_series(tumor_channels(2), study, series_number=7, series_description="AX T1 POST GAD")
+    note = key_object_selection(flair, flair)
+
+    for t1 in ([*pre, *post], pre):
+        response = client.post("/v1/predict/batch", files=dicom_parts([*flair, *t1, note]))
+
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "no_flair_series"
+        assert error["message"].endswith(
+            f"; the request's rejection notes withdrew {len(flair)} of its images ({len(flair)} of series number 4), "
+            "not read"
+        )
+
+
+def test_a_rejection_note_of_the_study_that_withdraws_none_of_the_images_is_applied_not_unsupported(
+    client: TestClient, series
+) -> None:
+    """Browser review 61 F3: a note of the study naming images of another series, not sent, stayed an unsupported file,
+    and the page said a file of the series could not be analysed."""
+    study = Study(series[0].StudyInstanceUID, series[0].FrameOfReferenceUID)
+    elsewhere = mr_series(tumor_channels(0)[:2], study, series_number=9)
+    note = key_object_selection(elsewhere, elsewhere)
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series, note]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["slices"]) == len(series)
+    assert errors_by_index(body) == {len(series): "rejection_note"}
+    assert body["file_errors"][0]["error"]["message"].endswith("it withdraws none of the request's images")
