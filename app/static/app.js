@@ -186,6 +186,8 @@ const ui = {
   error: el("error"),
   errorTitle: el("error-title"),
   errorDetail: el("error-detail"),
+  errorFull: el("error-full"),
+  errorFullText: el("error-full-text"),
   retry: el("retry"),
   result: el("result"),
   resultHeading: el("result-heading"),
@@ -400,6 +402,7 @@ function errorFromBody(status, body, statusText, retryAfter, keySent) {
 export function describeError(error) {
   let title;
   let detail = "";
+  let whole = ""; // the server's message when `detail` cuts it
   if (error instanceof ApiKeyError) {
     title = "The API key contains characters that cannot be sent. Check the key in the API key field.";
     detail = error.message;
@@ -412,6 +415,7 @@ export function describeError(error) {
       title += ` Try again in ${error.retryAfter} ${error.retryAfter === 1 ? "second" : "seconds"}.`;
     }
     detail = error.message ? `Server message: ${shortened(error.message)}` : "";
+    whole = detail.length - "Server message: ".length < error.message.length ? error.message : "";
   } else if (error instanceof NetworkError) {
     title = "Could not reach the service. Check the connection and try again.";
   } else if (error instanceof FormatError) {
@@ -430,7 +434,7 @@ export function describeError(error) {
     title = "The result could not be shown.";
     detail = String(error.message ?? error);
   }
-  return { title, detail };
+  return { title, detail, whole };
 }
 
 /**
@@ -443,15 +447,23 @@ function shortened(message) {
     return message;
   }
   const cut = message.lastIndexOf("; ", MOST_DETAIL_CHARACTERS);
-  const kept = message.slice(0, cut > 0 ? cut : MOST_DETAIL_CHARACTERS);
-  return `${kept} … (${message.length - kept.length} more characters left out)`;
+  if (cut > 0) { // entries left out counted as entries (browser review 61 F4: "3329 more characters")
+    const more = message.slice(cut + 2).split("; ").length;
+    return `${message.slice(0, cut)} … and ${more.toLocaleString("en")} more (the whole message is below)`;
+  }
+  const kept = message.slice(0, MOST_DETAIL_CHARACTERS);
+  return `${kept} … (${(message.length - kept.length).toLocaleString("en")} more characters: the whole message is `
+    + "below)";
 }
 
 /** Shows `error`; `retry`, when given, sends the same files again and is offered where that can help. */
 function showError(error, retry = null) {
-  const { title, detail } = describeError(error);
+  const { title, detail, whole } = describeError(error);
   ui.errorTitle.textContent = title;
   ui.errorDetail.textContent = detail;
+  ui.errorFullText.textContent = whole; // to read or copy whole (browser review 61 F4: it was nowhere)
+  ui.errorFull.hidden = !whole;
+  ui.errorFull.open = false;
   ui.error.hidden = false;
   ui.status.textContent = "";
   noteKeyNeeded(error);

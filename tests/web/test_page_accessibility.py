@@ -187,7 +187,7 @@ def test_keyboard_reaches_and_operates_every_control_in_order(page: Page, live_s
     page.keyboard.press("Shift+Tab")
     assert focused(page) == "viewer"
 
-    page.focus("summary")
+    page.focus(".slice-table-block summary")
     page.keyboard.press("Enter")
     expect(page.locator("#slice-table")).to_be_visible()
     page.focus("#download-masks")
