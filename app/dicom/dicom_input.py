@@ -33,6 +33,7 @@ from app.dicom.dicom_header import (
     image_dimensions,
 )
 from app.dicom.dicom_pixels import stored_pixels
+from app.dicom.part10 import dcmread_through_pixel_data
 from app.errors import (
     InvalidDicomImageError,
     ServiceError,
@@ -51,7 +52,7 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
     UndecodableDicomError, UnsupportedDicomError, InvalidDicomImageError
     """
     with garbled_values_refused():
-        dataset = pydicom.dcmread(io.BytesIO(header.data))
+        dataset = dcmread_through_pixel_data(header.data)
         read_undeclared_utf8(dataset)  # before any name is read: the SEG and SR copy them
         keep_undeclared_escapes(dataset)
         _check_complete(dataset)

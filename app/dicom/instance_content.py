@@ -27,6 +27,7 @@ from pydicom.filereader import read_dataset
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
 from app.dicom.dicom_input import PIXEL_DATA_KEYWORDS
 from app.dicom.dicom_pixels import stored_pixels
+from app.dicom.part10 import BoundedReads, dcmread_through_pixel_data
 from app.settings import Settings
 
 DEFAULT_MAX_COST_BYTES: int = Settings.model_fields["decode_memory_bytes"].default
@@ -99,6 +100,13 @@ def values_unvalidated() -> Iterator[None]:
                 settings.reading_validation_mode, settings.writing_validation_mode = _validation_modes_before
 
 
+MAX_TRAILING_READS = 10_000
+"""Most reads pydicom may make of what follows the pixel data (Data Set Trailing Padding, Digital Signatures: a few
+elements) for the digest; past them the file is hashed as its bytes. Unbounded, a trailing sequence of a million
+empty items cost 75 s and +660 MiB (attack review 64 F3)."""
+PIXEL_READ_BYTES = 8192  # pydicom's read size for a value of undefined length (`read_undefined_length_value`)
+
+
 def _whole_dataset(header: DicomHeader) -> Dataset:
     """The file's whole data set: the header `read_dicom_header` parsed, with the elements from the pixel data to the
     end of the file read from where it stopped, so the header is parsed once (it was parsed twice: the header, then
@@ -108,13 +116,18 @@ def _whole_dataset(header: DicomHeader) -> Dataset:
 
     `header.dataset` is completed in place.
     """
-    if header.pixel_position < 0:
-        return pydicom.dcmread(io.BytesIO(header.data))
+    if header.pixel_position < 0:  # deflated: up to the end of its pixel data, what follows left out
+        return dcmread_through_pixel_data(header.data)
     dataset = header.dataset
     is_implicit_vr, is_little_endian = dataset.original_encoding
-    buffer = io.BytesIO(header.data)  # shares the bytes: nothing copied
+    # pydicom reads encapsulated pixel data of undefined length 8 KiB at a time: those reads come on top.
+    pixel_reads = (len(header.data) - header.pixel_position) // PIXEL_READ_BYTES
+    buffer = BoundedReads(header.data, max_reads=pixel_reads + MAX_TRAILING_READS)  # shares the bytes, no copy
     buffer.seek(header.pixel_position)
-    rest = read_dataset(buffer, bool(is_implicit_vr), bool(is_little_endian))
+    try:
+        rest = read_dataset(buffer, bool(is_implicit_vr), bool(is_little_endian))
+    finally:
+        buffer.raise_if_exceeded()  # whatever pydicom made of the refusal: the file is then hashed as its bytes
     for element in rest.elements():  # as read: converted on access, as the whole file's would be
         dataset[element.tag] = element
     return dataset

@@ -38,6 +38,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.status import code_to_category
 
 from app.backoff import doubling_wait
 from app.logging_config import os_error_name
@@ -406,7 +407,9 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool
     code = int(status.Status) if status is not None and "Status" in status else None
     if code is None:
         return False, f"{NO_RESPONSE} for the {modality}"
-    if code != STATUS_SUCCESS and not 0xB000 <= code <= 0xBFFF:  # B0xx: warning, stored
+    # A warning is stored too: Bxxx, and 0001, 0107 and 0116 (PS3.7 C.1.2, Annex C.4.2), which were retried as
+    # failures every pass for ever, the destination storing them again each time (interop review 63 F1).
+    if code_to_category(code) not in ("Success", "Warning"):
         if _lasting_refusal(code) and _declined_unless_negotiated(dataset, code):
             return False, ""  # the destination's lasting answer, as when it accepts no context for the class
         if optional:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import shutil
+import struct
 import subprocess
 import tempfile
 import zlib
@@ -263,6 +264,14 @@ def lossy_copies(series: list[Dataset]) -> list[Dataset]:
 def referenced(dataset: Dataset) -> set[str]:
     """Every Referenced SOP Instance UID anywhere in `dataset` (its sequences walked): what a SEG, SR or note names."""
     return {str(element.value) for element in dataset.iterall() if element.keyword == "ReferencedSOPInstanceUID"}
+
+
+def with_trailing_sequence(data: bytes, items: int, tail: bytes = b"") -> bytes:
+    """A little-endian explicit-VR Part 10 file `data` followed by a Digital Signatures Sequence (FFFA,FFFA) of
+    undefined length holding `items` empty items, then `tail` and no delimiter: a sequence cut short after the pixel
+    data (or, with many items, one that costs pydicom a Dataset per 8 bytes if it reads it)."""
+    header = struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF)
+    return data + header + struct.pack("<HHI", 0xFFFE, 0xE000, 0) * items + tail
 
 
 def to_bytes(dataset: Dataset) -> bytes:

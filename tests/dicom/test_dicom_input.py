@@ -45,6 +45,7 @@ from tests.dicom.builders import (
     mr_series,
     to_bytes,
     tumor_channels,
+    with_trailing_sequence,
 )
 from tests.dicom.reading import read_dicom
 
@@ -627,3 +628,17 @@ def test_a_dicomdir_is_named_as_one_not_as_a_broken_file() -> None:
 
     with pytest.raises(UnsupportedSopClassError, match="a DICOMDIR .* holds no image; send the image files"):
         read_dicom_header(buffer.getvalue())
+
+
+def test_what_follows_the_pixel_data_is_not_read(flair: np.ndarray) -> None:
+    """Attack review 64 F3: the elements after the pixel data were parsed whole, outside every bound of the header
+    (a trailing sequence of 2.5 million empty items: 98 s and +2.4 GiB for one 19 MiB upload). They are left unread:
+    a trailing sequence cut short, which the whole read refused, no longer matters either."""
+    data = to_bytes(single_mr(flair))
+    expected = read_dicom(data)[0].values
+
+    for trailing in (with_trailing_sequence(data, 3), with_trailing_sequence(data, 200_000, b"\x01\x02")):
+        (frame,) = read_dicom(trailing)
+
+        np.testing.assert_array_equal(frame.values, expected)
+        assert 0xFFFAFFFA not in frame.header

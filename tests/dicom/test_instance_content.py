@@ -29,10 +29,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from app.dicom import instance_content
 from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_pixels import stored_pixels
 from app.dicom.instance_content import attributes_bytes, content_digest
-from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels, write_files
+from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels, with_trailing_sequence, write_files
 from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
@@ -65,6 +66,32 @@ def instance() -> Dataset:
     dataset.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")  # private: its VR is lost in Implicit VR
     dataset.add_new((0x0029, 0x1010), "OB", b"\x01\x02\x03\x04")
     return dataset
+
+
+def test_what_follows_the_pixel_data_is_read_within_a_bound_for_the_digest(
+    instance: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 64 F3: the node's study fingerprint read what follows the pixel data whole, unbounded (a trailing
+    sequence of a million empty items: 75 s and +660 MiB). Past `MAX_TRAILING_READS` the file is hashed as its bytes,
+    as a file that cannot be read is; a few trailing elements are still part of the digest, as before."""
+    reads: list[int] = []
+    read_dataset = instance_content.read_dataset
+
+    def counted(stream: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read_dataset(stream, *args, **kwargs)
+        finally:
+            reads.append(stream.reads)
+
+    monkeypatch.setattr(instance_content, "read_dataset", counted)
+    original = to_bytes(instance)
+    many = with_trailing_sequence(original, 100_000, b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+
+    assert content_digest(many) == hashlib.sha256(b"bytes\0" + many).digest()
+    assert reads[-1] < 2 * instance_content.MAX_TRAILING_READS  # unbounded: 200,000
+    assert content_digest(with_trailing_sequence(original, 3, b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")) != (
+        content_digest(original)
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,15 +151,24 @@ def digest_reading_the_whole_file(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "transfer_syntax",
-    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, *COMPRESSED],
-    ids=lambda uid: uid.name,
+    "transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, *COMPRESSED], ids=lambda uid: uid.name
 )
 def test_the_digest_is_the_one_recorded_when_the_file_was_read_twice(instance: Dataset, transfer_syntax: UID) -> None:
     instance.add_new((0xFFFC, 0xFFFC), "OB", b"\0" * 8)  # Data Set Trailing Padding: an element after the pixels
     data = encoded(instance, transfer_syntax)
 
     assert content_digest(data) == digest_reading_the_whole_file(data)
+
+
+def test_a_deflated_instance_is_digested_up_to_the_end_of_its_pixel_data(instance: Dataset) -> None:
+    """Its trailing elements lie inside the deflate stream, which pydicom inflates and reads whole, unbounded (attack
+    review 64 F3): they are left out of its digest since 1.3.2, its pixel data and every element before it kept."""
+    data = encoded(instance, DeflatedExplicitVRLittleEndian)
+    instance.add_new((0xFFFC, 0xFFFC), "OB", b"\0" * 8)
+    padded = encoded(instance, DeflatedExplicitVRLittleEndian)
+
+    assert padded != data
+    assert content_digest(padded) == content_digest(data) == digest_reading_the_whole_file(data)
 
 
 def test_an_instance_is_parsed_once(instance: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:

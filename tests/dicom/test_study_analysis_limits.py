@@ -193,3 +193,23 @@ def test_a_series_sent_again_under_new_uids_counts_once_against_the_limits(tmp_p
     assert analysis.summary["slices"] == 3
     plan = plan_series([path.read_bytes() for path in files], UploadLimits(max_request_slices=3))
     assert plan.slices == 3 and len(plan.choice.left_out_files) == 3
+
+
+def test_a_study_whose_headers_hold_parsed_sequence_items_over_the_budget_is_refused_as_they_are_read(
+    tmp_path: Path,
+) -> None:
+    """Attack review 64 F4: a sequence of undefined length is parsed as it is read, an item held at about 1.3 KB for 8
+    bytes sent, and the headers' count took it for nothing: 20 instances of 80,000 empty items took +860 MiB of the
+    node's memory before the study was refused."""
+    series = mr_series(small_slices(6))
+    for dataset in series:
+        dataset.RequestAttributesSequence = pydicom.Sequence([pydicom.Dataset() for _ in range(500)])
+        dataset["RequestAttributesSequence"].is_undefined_length = True
+    files = write_files(series, tmp_path / "in")
+    processor = ModelStudyProcessor(ThresholdPredictor(), limits=UploadLimits(max_decode_bytes=1 * MIB))
+
+    analysis = processor(files)
+
+    assert analysis.status == "failed"
+    assert analysis.reason is not None
+    assert analysis.reason.startswith("over_memory_budget: the headers of the study's first 2 files hold")

@@ -148,10 +148,12 @@ class ResultStore:
         sop_classes: Sequence[str] = (SegmentationStorage, ComprehensiveSRStorage),
         refused: Sequence[str] = (),
         refusal_status: int = 0x0122,
+        stored_status: int = 0x0000,
     ) -> None:
         self.port = port
         self.refused = tuple(refused)
         self.refusal_status = refusal_status
+        self.stored_status = stored_status  # what a kept dataset is answered: a warning stores it too
         self.received: list[Dataset] = []
         self._lock = threading.Lock()
         ae = AE(ae_title=RESULTS_AE)
@@ -166,7 +168,7 @@ class ResultStore:
             return self.refusal_status
         with self._lock:
             self.received.append(dataset)
-        return 0x0000
+        return self.stored_status
 
     def by_modality(self, modality: str) -> list[Dataset]:
         return [dataset for dataset in self.received if dataset.Modality == modality]

@@ -202,15 +202,31 @@ def test_file_meta_elements_inside_a_data_set_are_left_out_not_read_as_its_trans
 
 
 def test_a_damaged_file_meta_element_at_the_head_of_a_data_set_is_refused_as_unreadable(tmp_path: Path) -> None:
-    """Review 70 F5: a group 0002 element pydicom cannot read (UN of undefined length, never ended) let its error out
-    of the stripping, and the instance was answered Out of Resources, "the node cannot write its spool", which a sender
-    retries: it is left in place, and the instance refused as unreadable (C000), as before."""
-    from app.node.dicom_received_instance import without_file_meta_elements
+    """Review 70 F5: a group 0002 element pydicom cannot read let its error out of the stripping, and the instance was
+    answered Out of Resources, "the node cannot write its spool", which a sender retries: the instance is refused
+    (C000), an element of undefined length being no file meta's (attack review 64 F1)."""
+    from app.node.dicom_received_instance import InstanceRefusedError, without_file_meta_elements
 
-    body = b"\x02\x00\x10\x00UN\x00\x00\xff\xff\xff\xff" + b"\x00" * 8
-    data = b"meta" + body
+    body = b"\x02\x00\x10\x00UN\x00\x00\xff\xff\xff\xff" + b"\x00" * 8  # UN of undefined length, never ended
 
-    assert without_file_meta_elements(data, len(body), ExplicitVRLittleEndian) == (data, False)
+    with pytest.raises(InstanceRefusedError) as refused:
+        without_file_meta_elements(b"meta" + body, len(body), ExplicitVRLittleEndian)
+    assert refused.value.status == 0xC000
+
+
+def test_a_file_meta_element_of_undefined_length_at_the_head_of_a_data_set_is_refused_unread() -> None:
+    """Attack review 64 F1: the element cap counts top-level elements; ONE group 0002 sequence of undefined length
+    holding 1.5 million empty items (11 MiB) was read whole, 38 s and +1 GiB, and the instance stored. No file meta
+    element has an undefined length: refused (C000) before pydicom reads it."""
+    from app.node.dicom_received_instance import InstanceRefusedError, without_file_meta_elements
+
+    for vr in (b"UN", b"SQ"):
+        items = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * 1000 + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+        body = b"\x02\x00\x99\x00" + vr + b"\x00\x00\xff\xff\xff\xff" + items + b"\x08\x00\x16\x00UI\x00\x00"
+
+        with pytest.raises(InstanceRefusedError, match="undefined length") as refused:
+            without_file_meta_elements(b"meta" + body, len(body), ExplicitVRLittleEndian)
+        assert refused.value.status == 0xC000
 
 
 def test_a_data_set_that_starts_with_more_file_meta_elements_than_a_file_holds_is_refused_unread(
@@ -655,6 +671,27 @@ def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delive
         }
     finally:
         reports_only.close()
+
+
+@pytest.mark.parametrize("warning", [0x0001, 0x0107, 0x0116, 0xB000], ids=["0001", "0107", "0116", "B000"])
+def test_results_stored_with_a_warning_status_are_delivered_once(
+    warning: int, make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 63 F1: only Bxxx counted as a warning; a destination answering 0001, 0107 or 0116 (warnings,
+    PS3.7 C.1.2 and Annex C.4.2: stored) had the SEG and SR sent again every pass, for ever."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    warning_archive = ResultStore(port, stored_status=warning)
+    try:
+        send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
+        clock.advance(3600)
+
+        assert node.send_unsent() == 0
+        assert sorted(dataset.Modality for dataset in warning_archive.received) == ["SEG", "SR"]
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "sent"
+    finally:
+        warning_archive.close()
 
 
 def test_a_seg_refused_for_want_of_resources_is_retried_later(make_node: Any, clock: Clock, tmp_path: Path) -> None:
