@@ -44,7 +44,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from app.dicom.dicom_frame import DicomFrame, frame_value
+from app.dicom.dicom_frame import MULTI_FRAME_CLASSES, DicomFrame, frame_value
 from app.dicom.dicom_header import unpadded_uid
 from app.errors import ServiceError
 
@@ -264,10 +264,23 @@ def impossible_lengths(sources: Sequence[Dataset]) -> list[str]:
         if any(
             length < 0 or (length == 0 and not zero_allowed)
             for source in sources
-            if keyword == "PixelSpacing" or "SharedFunctionalGroupsSequence" in source
+            if keyword == "PixelSpacing" or _copies_functional_groups(source)
             for length in _lengths_in(source, keyword)
         )
     ]
+
+
+def _copies_functional_groups(source: Dataset) -> bool:
+    """Whether a SEG of `source` copies its functional groups: an enhanced (multi-frame) image's. A classic image's
+    stray Shared Functional Groups (a converter's) are not copied, its top level is: their Slice Thickness of 0
+    refused its SEG for a value the SEG would never hold (attack review 64 F6)."""
+    if "SharedFunctionalGroupsSequence" not in source:
+        return False
+    try:
+        frames = int(source.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):  # refused where the frames are read
+        frames = 1
+    return str(source.get("SOPClassUID", "")) in MULTI_FRAME_CLASSES or frames > 1
 
 
 def _stated_thickness(source: Dataset) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -72,9 +73,10 @@ class Destination:
             If the text is not of that form, the AE title breaks DICOM's rule (`AE_TITLE_RULE`), the brackets hold
             no IPv6 address, or the port is not 1-65535.
         """
-        ae_title, at, address = text.strip().partition("@")
+        # Split at the last "@": an AE title may hold one, a host name never (attack review 64 F7).
+        ae_title, at, address = text.strip().rpartition("@")
         host, colon, port = address.rpartition(":")
-        if not at or not colon or not host or not port.isdigit():
+        if not at or not colon or not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got {text!r}")
         if host.startswith("[") or host.endswith("]"):  # the brackets are the URL's, not the address's (review 62 F6)
             host = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
@@ -82,6 +84,11 @@ class Destination:
                 raise ValueError(f"a destination's brackets must hold an IPv6 address; got {text!r}")
         elif ":" in host and not _is_ipv6(host):  # "PACS@2001:db8::5", its port forgotten (review 71 F8)
             raise ValueError(f"a destination's IPv6 address goes in brackets: AE@[address]:port; got {text!r}")
+        elif ":" not in host and not HOST_NAME.fullmatch(host):  # a space, a comma list: never reachable
+            raise ValueError(
+                f"a destination's host must be an IP address or a host name (letters, digits, '-', '_', '.'); "
+                f"got {text!r}"
+            )
         if not is_ae_title(ae_title):
             raise ValueError(f"a destination's AE title: {AE_TITLE_RULE}; got {ae_title!r}")
         if not 1 <= int(port) <= 65535:
@@ -90,6 +97,10 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+"""A host name or an IPv4 address, as DNS labels are (an underscore too: Compose service names may hold one)."""
 
 
 def _is_ipv6(host: str) -> bool:

@@ -136,7 +136,9 @@ export async function readZip(buffer) {
     const extraLength = view.getUint16(offset + 30, true);
     const commentLength = view.getUint16(offset + 32, true);
     const localOffset = view.getUint32(offset + 42, true);
-    const name = decoder.decode(bytes.subarray(offset + 46, offset + 46 + nameLength));
+    // Folders as "/" whichever separator the zipper wrote: Windows PowerShell 5.1's Compress-Archive writes "\\",
+    // and two patients' folders so written were one folder to the page (attack review 64 F2).
+    const name = decoder.decode(bytes.subarray(offset + 46, offset + 46 + nameLength)).replaceAll("\\", "/");
     offset += 46 + nameLength + extraLength + commentLength;
     const baseName = name.split("/").pop();
     if (name.endsWith("/") || baseName.startsWith(".") || name.startsWith("__MACOSX/")) {

@@ -13,11 +13,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.uid import MRImageStorage
+from pydicom.uid import EnhancedMRImageStorage, MRImageStorage
 
 from app.dicom.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
     derived_character_set,
+    impossible_lengths,
     invalid_values,
     optional_copied_attributes,
     with_slice_thickness,
@@ -70,6 +71,21 @@ def test_with_slice_thickness_fills_only_an_empty_thickness_and_leaves_the_sourc
     assert float(filled.SliceThickness) == pytest.approx(1 / 3, abs=1e-6) and len(str(filled.SliceThickness)) <= 16
     assert dataset.SliceThickness is None and filled.SOPInstanceUID == dataset.SOPInstanceUID
     assert with_slice_thickness(dataset, None) is dataset  # no spacing known: left for Type 2 completion
+
+
+def test_a_classic_images_stray_functional_groups_do_not_refuse_its_seg() -> None:
+    """Attack review 64 F6: a classic MR image's Shared Functional Groups (a converter's, never copied into its SEG)
+    with a Slice Thickness of 0 refused its SEG; an enhanced image's are copied, and still refuse it."""
+    dataset = mr_series(tumor_channels()[:1])[0]
+    measures = Dataset()
+    measures.SliceThickness, measures.PixelSpacing = "0", [0.9375, 0.9375]
+    group = Dataset()
+    group.PixelMeasuresSequence = [measures]
+    dataset.SharedFunctionalGroupsSequence = [group]
+
+    assert impossible_lengths([dataset]) == []
+    dataset.SOPClassUID = EnhancedMRImageStorage
+    assert impossible_lengths([dataset]) == ["SliceThickness"]
 
 
 def test_seg_of_one_slice_without_thickness_takes_its_spacing_and_without_either_is_still_built() -> None:

@@ -508,6 +508,18 @@ def test_destinations_are_parsed_and_validated() -> None:
         assert str(refusal.value).endswith(f"got {ae_title!r}")
 
 
+def test_a_destination_host_that_no_name_lookup_could_answer_is_refused_at_start() -> None:
+    """Attack review 64 F7: any text before the port was taken as the host, the AE title cut at the first "@": the
+    node started and every send failed for ever (gaierror)."""
+    assert Destination.parse("PACS@1@10.0.0.5:104") == Destination("PACS@1", "10.0.0.5", 104)
+    assert Destination.parse("PACS@orthanc_pacs.local:4242") == Destination("PACS", "orthanc_pacs.local", 4242)
+    for text in ("PACS@host name:104", "PACS@ 10.0.0.5:104", "PACS@10.0.0.5;10.0.0.6:104", "PACS@-pacs:104"):
+        with pytest.raises(ValueError, match="host must be an IP address or a host name"):
+            Destination.parse(text)
+    with pytest.raises(ValueError, match="must be AE@host:port"):
+        Destination.parse("PACS@pacs:\uff11\uff10\uff14")  # full-width digits
+
+
 def test_an_ipv6_destination_is_read_with_or_without_its_brackets() -> None:
     """Interop review 62 F6: `PACS@[2001:db8::5]:104`, the usual form, kept its brackets in the host, passed the
     start and failed every send (the name "[2001:db8::5]" cannot be resolved)."""

@@ -294,6 +294,21 @@ def test_damaged_zip_is_reported_as_a_file_problem_not_a_network_one(page: Page,
     watch.assert_clean(page)
 
 
+def test_a_zip_entry_name_in_an_error_is_shown_as_file_names_are(page: Page, live_server: str) -> None:
+    """Attack review 64 F5: a zip's entry name went into the alert as it was: 3,000 characters, a right-to-left
+    override turning the line around, a control character."""
+    name = "x" * 3000 + "\u202eMRI.png\a"
+    archive = zip_of([(name, b"\x89PNG" + bytes(64))], zipfile.ZIP_BZIP2)
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", files=[{"name": "scan.zip", "mimeType": "application/zip", "buffer": archive}])
+
+    detail = page.locator("#error-detail")
+    expect(detail).to_contain_text("scan.zip: ")
+    shown = detail.text_content() or ""
+    assert len(shown) < 400 and "\u202e" not in shown and "\a" not in shown
+
+
 def test_odd_server_answers_get_honest_messages(page: Page, live_server: str) -> None:
     watch = PageWatch(page)
     answers: dict[str, tuple[int, str, dict[str, str]]] = {}

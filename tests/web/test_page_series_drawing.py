@@ -307,6 +307,16 @@ def test_two_zips_or_a_zip_and_a_loose_slice_are_slices_from_two_places(
     expect(page.locator("#error-detail")).to_contain_text("come from 2 folders (patient_a.zip, (top level))")
     assert page.evaluate("window.sentSizes") == []
 
+    backslashes = tmp_path / "windows.zip"  # PowerShell 5.1's Compress-Archive writes folders so (attack review 64 F2)
+    with zipfile.ZipFile(zips[0]) as source, zipfile.ZipFile(backslashes, "w") as archive:
+        for folder in ("patient_a", "patient_b"):
+            for info in source.infolist():
+                archive.writestr(f"{folder}\\{info.filename}", source.read(info))
+    page.set_input_files("#file-input", [backslashes])
+    expect(page.locator("#error-detail")).to_contain_text(
+        "come from 2 folders (windows.zip/patient_a, windows.zip/patient_b)"
+    )
+
     upload(page, [zips[0]])  # one zip alone is one place
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(["slice_1.png", "slice_2.png"])
 
