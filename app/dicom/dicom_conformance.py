@@ -288,18 +288,20 @@ def _stated_thickness(source: Dataset) -> bool:
     writes 0 (or, rarely, a negative value) in the Type 2 attribute; a SEG's frames and an SR's image library may not
     repeat it (dciodvfy: "Value is zero")."""
     lengths = _lengths_in(source, "SliceThickness")
-    return bool(lengths) and all(length > 0 for length in lengths)
+    return len(lengths) == 1 and lengths[0] > 0  # one value: "5\\5" failed highdicom's copy (interop review 63 F3)
 
 
 def _lengths_in(source: Dataset, keyword: str) -> list[float]:
-    """The numbers of a length attribute; none when it is absent, empty or unreadable (an unreadable one is refused
-    where the frame is read, `app.dicom.dicom_frame`)."""
+    """The numbers of a length attribute; none when it is absent, empty, unreadable or not finite ("inf", "1e400":
+    a SEG cannot write them, interop review 63 F3; an unreadable one is refused where the frame is read,
+    `app.dicom.dicom_frame`)."""
     value = frame_value(source, 0, "PixelMeasuresSequence", keyword)
     items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
     try:
-        return [float(item) for item in items if item is not None and str(item) != ""]
+        lengths = [float(item) for item in items if item is not None and str(item) != ""]
     except (TypeError, ValueError):
         return []
+    return lengths if all(math.isfinite(length) for length in lengths) else []
 
 
 def impossible_lengths_reason(keywords: Sequence[str], derived: str) -> str:
@@ -708,7 +710,7 @@ def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | No
     if "SharedFunctionalGroupsSequence" in dataset:
         return dataset
     stated = _lengths_in(dataset, "SpacingBetweenSlices")
-    if not stated:  # absent, empty, or reading as no number ("5mm"): the last is not copied either
+    if len(stated) != 1:  # absent, empty, reading as no number ("5mm", "inf"), or two ("5\\5"): not copied either
         return _without_value(dataset, "SpacingBetweenSlices")
     contradicted = series_spacing_mm is not None and not math.isclose(
         stated[0], series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01

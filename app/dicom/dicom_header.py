@@ -24,7 +24,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, KeyObjectSelectionDocumentStorage
+from pydicom.uid import UID, KeyObjectSelectionDocumentStorage, MRImageStorage, SecondaryCaptureImageStorage
 from pydicom.valuerep import VR
 
 from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
@@ -650,6 +650,10 @@ def _check_functional_groups(dataset: Dataset) -> None:
             raise InvalidDicomImageError(f"DICOM {keyword} must be a sequence (VR SQ)")
 
 
+SINGLE_FRAME_CLASSES = frozenset({MRImageStorage, SecondaryCaptureImageStorage})
+"""Image classes without a Multi-frame module: a Number of Frames in them does not describe the image."""
+
+
 def image_dimensions(dataset: Dataset) -> tuple[int, int, int]:
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     try:
@@ -657,6 +661,8 @@ def image_dimensions(dataset: Dataset) -> tuple[int, int, int]:
         frames = 1 if value is None or value == "" else int(value)  # absent or empty: one frame; 0 is no count
     except (TypeError, ValueError) as error:
         raise UndecodableDicomError("DICOM Number of Frames (0028,0008) must be a positive integer") from error
+    if frames == 0 and str(dataset.get("SOPClassUID", "")) in SINGLE_FRAME_CLASSES:
+        frames = 1  # a stray 0 in a class with one frame, as pydicom reads it (interop review 63 F8: refused C000)
     if rows < 1 or columns < 1 or frames < 1:
         raise InvalidDicomImageError(
             f"DICOM image must have at least one row, column and frame; got {rows}x{columns} x {frames} frames"

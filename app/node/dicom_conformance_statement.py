@@ -361,6 +361,8 @@ def _association_initiation() -> list[str]:
         "unreachable",
         f"destination is retried `DICOM_NODE_SEND_RETRIES` ({_default('dicom_node_send_retries')}) times with",
         "exponential backoff, then again on later passes. Every attempt is recorded in the spool's `sent.jsonl`.",
+        "Each association sends the SR first, then the SEG, then a rejection note: a destination that drops the",
+        "association on a SEG it cannot take still has the report.",
         "Results a destination has not yet received when a later analysis of the study supersedes them are not",
         "sent to it: it gets the later results only. A destination that does not accept Key Object Selection, or",
         "refuses the rejection note's C-STORE, gets the SEG and SR without the note (below); the results count as",

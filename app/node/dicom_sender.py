@@ -158,9 +158,10 @@ class ResultSender:
         for association in in_flight:
             _cut_off(association)
 
-    def send(self, destination: Destination, paths: Sequence[Path]) -> SendOutcome:
-        """Send the files in one association, retrying those not stored; every failure ends up in the outcome."""
-        datasets = {path: pydicom.dcmread(path) for path in paths}
+    def send(self, destination: Destination, paths: Sequence[Path], stored_earlier: bool = False) -> SendOutcome:
+        """Send the files in one association, retrying those not stored; every failure ends up in the outcome.
+        `stored_earlier`: the destination stored some of the run's results in an earlier pass."""
+        datasets = dict(sorted(((path, pydicom.dcmread(path)) for path in paths), key=_send_order))
         stored: list[Path] = []
         declined: list[Path] = []
         failure, accepted = "", False
@@ -177,7 +178,9 @@ class ResultSender:
                 )
             done = {*stored, *declined}
             remaining = {path: dataset for path, dataset in datasets.items() if path not in done}
-            stored_now, declined_now, failure, accepted_now = self._send_once(destination, remaining)
+            stored_now, declined_now, failure, accepted_now = self._send_once(
+                destination, remaining, stored_earlier or bool(stored)
+            )
             stored.extend(stored_now)
             declined.extend(declined_now)
             accepted = accepted or accepted_now
@@ -197,14 +200,15 @@ class ResultSender:
         return SendOutcome(tuple(stored), self.retries + 1, failure, unreachable=not accepted, declined=tuple(declined))
 
     def _send_once(
-        self, destination: Destination, datasets: dict[Path, Dataset]
+        self, destination: Destination, datasets: dict[Path, Dataset], stored_earlier: bool = False
     ) -> tuple[list[Path], list[Path], str, bool]:
         """One association: (files stored, files declined as `_store` may, what failed or "", whether
         the destination accepted it). A refused file does not stop the others. The association is one `stop` cuts off
-        from its connection to its end."""
+        from its connection to its end. `stored_earlier`: an earlier attempt stored some of these results (an abort
+        then says nothing of the node's AE title)."""
         connection = _Connection(self._track)
         try:
-            return self._associate_and_store(destination, datasets, connection)
+            return self._associate_and_store(destination, datasets, connection, stored_earlier)
         finally:
             if connection.association is not None:
                 with self._in_flight_lock:
@@ -218,7 +222,7 @@ class ResultSender:
             _cut_off(association)
 
     def _associate_and_store(
-        self, destination: Destination, datasets: dict[Path, Dataset], connection: _Connection
+        self, destination: Destination, datasets: dict[Path, Dataset], connection: _Connection, stored_earlier: bool
     ) -> tuple[list[Path], list[Path], str, bool]:
         ae = self._application_entity(datasets.values())
         started = time.monotonic()
@@ -261,7 +265,7 @@ class ResultSender:
                     association.join(self.timeout_seconds)
                 if not association.is_established:
                     # Within the timeout: the destination's doing, not pynetdicom's abort on its DIMSE timeout.
-                    refused_at_once = not stored and waited < self.timeout_seconds
+                    refused_at_once = not stored and not stored_earlier and waited < self.timeout_seconds
                     failures.append(self._ended_by_destination(association, destination, refused_at_once))
                     break
         finally:
@@ -342,6 +346,16 @@ class _Connection:
         self.is_open = True
         self.association = event.assoc
         self._on_open(event.assoc)
+
+
+SEND_ORDER = ("SR", "SEG", "KO")
+"""The report first: a destination that drops the association on a SEG it cannot take still has the SR, the result
+every destination gets (interop review 63 F5: sent after the SEG, it never arrived); the rejection note last."""
+
+
+def _send_order(item: tuple[Path, Dataset]) -> int:
+    modality = str(item[1].get("Modality", ""))
+    return SEND_ORDER.index(modality) if modality in SEND_ORDER else len(SEND_ORDER)
 
 
 def _cut_off(association: Association) -> None:
@@ -683,7 +697,9 @@ class ResultDelivery:
                 self._record_attempt(key, run, destination, state, [], SendOutcome((), 0))
                 continue
             try:
-                outcome = self.sender.send(destination, [folder / item["file"] for item in missing])
+                outcome = self.sender.send(
+                    destination, [folder / item["file"] for item in missing], stored_earlier=bool(state.get("stored"))
+                )
             except Exception as error:  # unreadable result files, a library bug: retried later like a refusal
                 logger.exception("sending results failed", extra={"fields": {"destination": str(destination)}})
                 outcome = SendOutcome((), 1, f"not sent ({type(error).__name__})")

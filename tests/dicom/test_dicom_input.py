@@ -14,6 +14,7 @@ from pydicom.uid import (
     BasicTextSRStorage,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLossless,
@@ -569,9 +570,14 @@ def test_read_dicom_refuses_a_slope_that_leaves_no_image_instead_of_a_black_slic
 
 def test_the_header_refuses_no_frames_and_more_bits_stored_than_allocated(flair: np.ndarray) -> None:
     """Attack findings: NumberOfFrames 0 was read as one frame (absent); BitsStored over BitsAllocated failed only
-    when the pixels were decoded (at the DICOM node, long after the instance was acknowledged)."""
+    when the pixels were decoded (at the DICOM node, long after the instance was acknowledged). In a class without
+    frames (MR Image), a stray 0 is one frame, as pydicom reads it (interop review 63 F8: the study was refused)."""
     no_frames = single_mr(flair)
     no_frames.NumberOfFrames = 0
+    assert read_dicom_header(to_bytes(no_frames)).frames == 1
+    (frame,) = read_dicom(to_bytes(no_frames))
+    np.testing.assert_array_equal(frame.values, read_dicom(to_bytes(single_mr(flair)))[0].values)
+    no_frames.SOPClassUID = EnhancedMRImageStorage
     with pytest.raises(InvalidDicomImageError, match="at least one row, column and frame; got 256x256 x 0 frames"):
         read_dicom_header(to_bytes(no_frames))
     too_deep = single_mr(flair.astype(np.uint8))  # 8 bits allocated

@@ -149,11 +149,13 @@ class ResultStore:
         refused: Sequence[str] = (),
         refusal_status: int = 0x0122,
         stored_status: int = 0x0000,
+        aborted_on: Sequence[str] = (),
     ) -> None:
         self.port = port
         self.refused = tuple(refused)
         self.refusal_status = refusal_status
         self.stored_status = stored_status  # what a kept dataset is answered: a warning stores it too
+        self.aborted_on = tuple(aborted_on)  # modalities whose C-STORE the archive answers by aborting
         self.received: list[Dataset] = []
         self._lock = threading.Lock()
         ae = AE(ae_title=RESULTS_AE)
@@ -164,6 +166,9 @@ class ResultStore:
     def _handle(self, event: Any) -> int:
         dataset = event.dataset
         dataset.file_meta = event.file_meta
+        if dataset.Modality in self.aborted_on:
+            event.assoc.abort()
+            return 0xC000
         if dataset.Modality in self.refused:
             return self.refusal_status
         with self._lock:

@@ -706,6 +706,29 @@ def test_results_stored_with_a_warning_status_are_delivered_once(
         warning_archive.close()
 
 
+def test_the_sr_goes_first_so_a_destination_that_aborts_on_the_seg_still_has_it(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 63 F5: the SEG went first; an archive that drops the association on a SEG it cannot take never
+    got the SR, and the log blamed the node's AE title."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    archive = ResultStore(port, aborted_on=("SEG",))
+    try:
+        send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
+
+        assert [dataset.Modality for dataset in archive.received] == ["SR"]
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "failed" and len(state["stored"]) == 1
+        assert "AE title" not in state["last_error"]
+        clock.advance(3600)
+        assert node.send_unsent() == 1  # the SEG alone, on a later pass
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "failed" and "AE title" not in state["last_error"]
+    finally:
+        archive.close()
+
+
 def test_a_seg_refused_for_want_of_resources_is_retried_later(make_node: Any, clock: Clock, tmp_path: Path) -> None:
     """0xA7xx (out of resources) is a passing refusal, unlike those above: the SEG is "failed", sent again on a later
     pass, and the study counts delivered once it is stored (review 71 F10)."""

@@ -229,11 +229,11 @@ def test_a_failure_while_sending_one_study_does_not_stop_the_others(
     process_ready(node)
     real_send, calls = node.sender.send, []
 
-    def send_failing_first(destination: Destination, paths: list[Path]) -> Any:
+    def send_failing_first(destination: Destination, paths: list[Path], **options: Any) -> Any:
         calls.append(paths)
         if len(calls) == 1:
             raise RuntimeError("a bug in the sender")
-        return real_send(destination, paths)
+        return real_send(destination, paths, **options)
 
     monkeypatch.setattr(node.sender, "send", send_failing_first)
 

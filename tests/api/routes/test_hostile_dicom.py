@@ -320,7 +320,16 @@ def test_a_malformed_geometry_value_is_refused_naming_the_element(client: TestCl
 
 
 @pytest.mark.parametrize(
-    ("keyword", "written"), [("SliceThickness", b"5,000 "), ("SpacingBetweenSlices", b"5.0mm ")], ids=["comma", "unit"]
+    ("keyword", "written"),
+    [
+        ("SliceThickness", b"5,000 "),
+        ("SpacingBetweenSlices", b"5.0mm "),
+        ("SliceThickness", b"inf   "),  # interop review 63 F3: not finite, or two values, failed SEG and SR
+        ("SliceThickness", b"1e400 "),
+        ("SliceThickness", b"5\\5   "),
+        ("SpacingBetweenSlices", b"5\\5   "),
+    ],
+    ids=["comma", "unit", "inf", "overflow", "two-thicknesses", "two-spacings"],
 )
 @pytest.mark.parametrize("output", ["json", "dicom-seg", "dicom-sr"])
 def test_a_slice_length_that_reads_as_no_number_is_taken_as_absent(
@@ -347,7 +356,7 @@ def test_a_slice_length_that_reads_as_no_number_is_taken_as_absent(
         return
     assert answered.headers["x-tumor-volume-ml"] == plain.headers["x-tumor-volume-ml"]
     made = pydicom.dcmread(io.BytesIO(answered.content))
-    assert written.strip() not in answered.content
+    assert written.strip() not in answered.content or written.strip() == b"inf"  # words hold "inf": dciodvfy judges
     assert dciodvfy_errors(answered.content, "Segmentation" if output == "dicom-seg" else "ComprehensiveSR") == []
     assert made.Modality == ("SEG" if output == "dicom-seg" else "SR")
 
