@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import highdicom as hd
@@ -225,9 +226,17 @@ def _further_source_images(inputs: Sequence[SliceInput]) -> list[Dataset]:
 def _finished(segmentation: Dataset, source_images: list[Dataset], references: Sequence[DicomFrame]) -> Dataset:
     """highdicom's SEG with what it leaves out or gets wrong put right (in place), its values checked."""
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
+    # An enhanced source's functional group items come with a vendor's private elements beside the standard ones
+    # (interop review 63 F6: a private name was copied into every frame's Plane Position): the SEG keeps none.
+    for group in (
+        *segmentation.get("SharedFunctionalGroupsSequence", []),
+        *segmentation.PerFrameFunctionalGroupsSequence,
+    ):
+        group.remove_private_tags()
     stamp_creation_times(segmentation, source_images)  # in the sources' time zone; Series Date/Time too
     if _frame_of_capture(references):
         _name_the_frame(segmentation, references[0])
+    _usable_pixel_measures(segmentation, references)
     drop_invalid_optional_values(segmentation)  # optional ones copied from the source: left out
     refuse_invalid_values(
         invalid_values_not_copied_as_is(segmentation), SEG, SegmentationInputError
@@ -272,6 +281,35 @@ def _segment_description(model_tags: Mapping[str, str]) -> hd.seg.SegmentDescrip
         algorithm_identification=algorithm,
         anatomic_regions=[codes.SCT.Brain],
     )
+
+
+def _usable_pixel_measures(segmentation: Dataset, references: Sequence[DicomFrame]) -> None:
+    """A Slice Thickness that is no single finite number above 0 replaced by the slices' spacing (left out when none
+    is known), and a Spacing Between Slices that is no single finite number left out, in the SEG's Pixel Measures (in
+    place). highdicom copies an enhanced source's functional groups as they are: "5,0", "nan" or "inf" made a SEG
+    dciodvfy refuses and highdicom cannot read back, as did a thickness absent (interop review 63 F4)."""
+    groups = [*segmentation.get("SharedFunctionalGroupsSequence", []), *segmentation.PerFrameFunctionalGroupsSequence]
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence") or []:
+            if _one_length(measures.get("SliceThickness"), above=0.0) is None:
+                spacing = slice_spacing_mm(references)
+                if spacing is None:
+                    measures.pop("SliceThickness", None)
+                else:
+                    measures.SliceThickness = round(spacing, 6)  # a DS holds at most 16 characters
+            if "SpacingBetweenSlices" in measures and _one_length(measures.SpacingBetweenSlices, above=-1.0) is None:
+                del measures.SpacingBetweenSlices
+
+
+def _one_length(value: object, above: float) -> float | None:
+    """`value` as one finite number above `above`; None when it is absent, several, not a number or out of range."""
+    if value is None or isinstance(value, list | tuple) or str(value).strip() == "":
+        return None
+    try:
+        length = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return length if math.isfinite(length) and length > above else None
 
 
 def _pixel_measures_per_frame(segmentation: Dataset, references: Sequence[DicomFrame]) -> None:

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import shutil
 import subprocess
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -152,6 +154,63 @@ def test_build_segmentation_of_a_multiframe_source(truth_masks: list[np.ndarray]
     assert stack.shape == (3, 256, 256)
     for slice_input, mask in zip(inputs, masks, strict=True):
         np.testing.assert_array_equal(stack[slice_input.reference.frame_number - 1], mask)
+
+
+def test_a_vendors_private_elements_in_a_sources_functional_groups_are_not_copied(
+    truth_masks: list[np.ndarray],
+) -> None:
+    """Interop review 63 F6: private elements beside the standard ones in an enhanced source's Pixel Measures, Plane
+    Orientation and Plane Position items (a private name among them) were copied into the SEG's."""
+    multiframe = legacy_multiframe(mr_series(tumor_channels()))
+    groups = [multiframe.SharedFunctionalGroupsSequence[0], *multiframe.PerFrameFunctionalGroupsSequence]
+    for group in groups:
+        for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence", "PlanePositionSequence"):
+            if keyword in group:
+                block = group[keyword].value[0].private_block(0x2005, "Philips MR Imaging DD 005", create=True)
+                block.add_new(0x10, "LO", "PRIVATE CANARY")
+    inputs = series_inputs([multiframe])
+
+    segmentation = build_segmentation(inputs, [truth_masks[index] for index in range(3)], MODEL_TAGS)
+
+    assert b"PRIVATE CANARY" not in part10_bytes(segmentation)
+    assert "PixelSpacing" in segmentation.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "written"),
+    [
+        ("SliceThickness", None),
+        ("SliceThickness", b"nan   "),
+        ("SliceThickness", b"inf   "),
+        ("SliceThickness", b"5,000 "),
+        ("SpacingBetweenSlices", b"5,000 "),
+    ],
+    ids=["thickness-absent", "thickness-nan", "thickness-inf", "thickness-comma", "spacing-comma"],
+)
+def test_an_enhanced_sources_unusable_pixel_measures_are_not_copied_into_its_seg(
+    truth_masks: list[np.ndarray], keyword: str, written: bytes | None
+) -> None:
+    """Interop review 63 F4: an enhanced image's Pixel Measures were copied as they came: "5,0", "nan" or "inf" (a
+    SEG dciodvfy refuses, that highdicom cannot read back), and no Slice Thickness at all (Type 1C in a SEG). The
+    thickness is the slices' spacing, as for a classic image's; a spacing that is no number is left out."""
+    multiframe = legacy_multiframe(mr_series(tumor_channels()))
+    measures = multiframe.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if written is None:
+        del measures[keyword]
+        data = to_bytes(multiframe)
+    else:
+        measures[keyword].value = "9.125"
+        data = to_bytes(multiframe).replace(b"9.125 ", written)
+    inputs = series_inputs([pydicom.dcmread(io.BytesIO(data))])
+
+    segmentation = build_segmentation(inputs, [truth_masks[index] for index in range(3)], MODEL_TAGS)
+
+    made = part10_bytes(segmentation)
+    assert dciodvfy_errors(made, "Segmentation") == []
+    built = segmentation.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(built.SliceThickness) == pytest.approx(slice_spacing_mm([item.reference for item in inputs]))
+    assert keyword == "SliceThickness" or "SpacingBetweenSlices" not in built
+    hd.seg.segread(io.BytesIO(made))  # highdicom reads it back
 
 
 @pytest.mark.parametrize("keyword", ["PixelMeasuresSequence", "PlaneOrientationSequence"])
