@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydicom.dataset import Dataset
 
 from app.dicom.dicom_header import UNREADABLE_HEADER, DicomHeader, checked_dimensions, read_header
-from app.dicom.dicom_sr import series_volume_report
+from app.dicom.dicom_sr import seg_refused_note, series_volume_report
 from app.dicom.part10 import held_value_bytes
 from app.errors import MixedInputError, OverMemoryBudgetError, SegmentationInputError, ServiceError
 from app.memory_budget import describe_bytes
@@ -313,7 +313,7 @@ class ModelStudyProcessor:
         inputs = result.inputs
         positive = sum(prediction.detected for prediction in result.predictions)
         if seg_refused and positive:
-            notes.append(f"No DICOM SEG was made of this series: {seg_refused.rstrip('.')}.")
+            notes.append(seg_refused_note(seg_refused))
         try:
             report = series_volume_report(
                 result, self.predictor.model_tags, notes, complete=complete, without_seg=bool(seg_refused)

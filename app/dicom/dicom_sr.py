@@ -383,6 +383,11 @@ def _slice_group(
     )
 
 
+def seg_refused_note(reason: str) -> str:
+    """The report's note when no SEG could be made of a series with tumor (`without_seg`), saying why."""
+    return f"No DICOM SEG was made of this series: {reason.rstrip('.')}."
+
+
 def series_volume_report(
     result: SeriesResult,
     model_tags: Mapping[str, str],

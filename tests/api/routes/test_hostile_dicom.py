@@ -155,7 +155,9 @@ def test_a_series_without_usable_uids_gets_a_400_for_dicom_outputs_and_its_json_
     answered = client.post("/v1/predict/batch?output=json", files=files)
 
     assert refused.status_code == 400, refused.text
-    assert refused.json()["error"]["code"] == "invalid_segmentation_input"  # the SEG comes first, SR or not
+    # The SEG comes first; the SR alone (output=dicom-sr) is then tried, and refused for the same reason.
+    expected = "invalid_report_input" if output == "dicom-sr" else "invalid_segmentation_input"
+    assert refused.json()["error"]["code"] == expected
     assert f"lack {keyword} or hold one that is no UID" in refused.json()["error"]["message"]
     assert answered.status_code == 200 and answered.json()["tumor_detected"] is True
 
@@ -207,6 +209,12 @@ def test_a_pixel_spacing_no_image_can_have_gives_no_volume(client: TestClient, s
 
     response = client.post(f"/v1/predict/batch?output={output}", files=files)
 
+    if output == "dicom-sr" and float(spacing[0]) <= 0:  # the SR alone, no volume, saying why no SEG was made
+        assert response.status_code == 200, response.text
+        assert "x-tumor-volume-ml" not in response.headers
+        assert b"No DICOM SEG was made of this series: " in response.content
+        assert b"PixelSpacing must be above 0" in response.content
+        return
     if output != "json" and float(spacing[0]) <= 0:
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] in ("invalid_segmentation_input", "invalid_report_input")

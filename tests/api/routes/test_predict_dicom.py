@@ -1224,3 +1224,23 @@ def test_the_report_of_a_series_is_the_same_in_any_file_order(client: TestClient
     assert len(libraries[0]) == 3
     assert libraries[0] == libraries[1]
     assert reports[0].SOPInstanceUID == reports[1].SOPInstanceUID
+
+
+def test_the_report_alone_of_a_series_no_seg_can_cover_is_made_saying_why(client: TestClient) -> None:
+    """Interop review 63 F7: `output=dicom-sr` was refused where no SEG can be made (here slices without a Frame of
+    Reference UID), while the DICOM node and pacs-sync send the SR alone: a site calling the API got no report."""
+    datasets = mr_series(tumor_channels())
+    for dataset in datasets:
+        del dataset.FrameOfReferenceUID
+    files = dicom_parts([to_bytes(d) for d in datasets])
+
+    refused = client.post("/v1/predict/batch?output=dicom-seg", files=files)
+    report = client.post("/v1/predict/batch?output=dicom-sr", files=files)
+
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_segmentation_input"
+    assert report.status_code == 200, report.text
+    assert report.headers["X-Tumor-Detected"] == "true"
+    sr = pydicom.dcmread(io.BytesIO(report.content))
+    assert sr.Modality == "SR"
+    assert "No DICOM SEG was made of this series: " in report.content.decode("latin-1")
+    assert dciodvfy_errors(report.content, "ComprehensiveSR") == []

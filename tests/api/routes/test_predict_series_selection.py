@@ -166,8 +166,9 @@ def test_a_t1_instance_whose_uid_is_no_uid_is_refused_for_a_seg_or_sr(client: Te
 
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"] == (
-        "a DICOM SEG refers to its source images by their UIDs; the T1 slices lack SOPInstanceUID or hold one that is "
-        "no UID (digits and dots, at most 64 characters)"
+        f"a DICOM {output[6:].upper()} refers to its source images by their UIDs; the T1 "
+        f"{'slices' if output == 'dicom-seg' else 'images'} lack SOPInstanceUID or hold one that is no UID (digits "
+        "and dots, at most 64 characters)"
     )
     assert uid not in response.text
 
