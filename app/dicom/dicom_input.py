@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import UID, JPEGExtended12Bit
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 
 from app.dicom.dicom_codestream import UNDEFINED_LENGTH
 from app.dicom.dicom_conformance import keep_undeclared_escapes, read_undeclared_utf8
@@ -66,6 +66,7 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
         for keyword in PIXEL_DATA_KEYWORDS:
             if keyword in dataset:
                 delattr(dataset, keyword)  # the header is kept per frame: no need to hold the encoded pixels twice
+        _mark_lossy_transfer_syntax(dataset)
         return [frame_at(dataset, values[index], index, frames) for index in range(frames)]
     except ServiceError:
         raise
@@ -169,6 +170,27 @@ def check_native_pixel_bytes(held: int, pixels: int, bits_allocated: int) -> Non
             f"DICOM pixel data holds {held} bytes; Rows x Columns x frames x BitsAllocated needs {needed}: the "
             "header does not describe the image the pixel data holds"
         )
+
+
+LOSSY_TRANSFER_SYNTAXES = {
+    JPEGBaseline8Bit: "ISO_10918_1",
+    JPEGExtended12Bit: "ISO_10918_1",
+    JPEGLSNearLossless: "ISO_14495_1",
+}
+"""Transfer syntaxes whose pixels were lossy compressed, and the Lossy Image Compression Method each means (JPEG 2000
+and HTJ2K may be lossless: their streams do not say it here)."""
+
+
+def _mark_lossy_transfer_syntax(dataset: Dataset) -> None:
+    """Say Lossy Image Compression "01" on a header whose pixels came in a lossy transfer syntax without saying so (a
+    sender that compressed and kept "00" or nothing): a SEG drawn on them would otherwise say its sources were never
+    lossy compressed (PS3.3 C.7.6.1.1.5: once "01", never reset; interop review 63 F9)."""
+    method = LOSSY_TRANSFER_SYNTAXES.get(str(dataset.file_meta.get("TransferSyntaxUID", "")))
+    if method is None or str(dataset.get("LossyImageCompression", "")).strip() == "01":
+        return
+    dataset.LossyImageCompression = "01"
+    if not dataset.get("LossyImageCompressionMethod"):
+        dataset.LossyImageCompressionMethod = method
 
 
 def _check_complete(dataset: Dataset) -> None:

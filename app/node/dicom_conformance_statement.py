@@ -372,7 +372,8 @@ def _association_initiation() -> list[str]:
         "retried on every pass and never purged); so does one that answers the SEG's C-STORE with a lasting",
         "refusal: 0x0122 (SOP Class not supported), 0xA9xx (Data Set does not match SOP Class) or 0xCxxx (Cannot",
         "understand). A SEG whose C-STORE a destination answers with another failure status (0xA7xx Out of",
-        "Resources) is retried as any failure.",
+        "Resources) is retried as any failure. The SR is the same for every destination: one that declined the",
+        "SEG holds an SR that names it (its Referenced Segment and evidence), as sent to the others.",
         "",
     ]
 

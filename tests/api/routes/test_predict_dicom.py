@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,11 @@ from tests.dicom.builders import (
     to_bytes,
     tumor_channels,
     with_broken_rle,
+    write_files,
 )
 from tests.dicom.reading import read_series
 from tests.dicom.validation import dciodvfy_errors
+from tests.node.node_support import dcmtk
 
 
 @pytest.fixture(scope="module")
@@ -1244,3 +1247,30 @@ def test_the_report_alone_of_a_series_no_seg_can_cover_is_made_saying_why(client
     assert sr.Modality == "SR"
     assert "No DICOM SEG was made of this series: " in report.content.decode("latin-1")
     assert dciodvfy_errors(report.content, "ComprehensiveSR") == []
+
+
+def test_a_seg_of_slices_that_came_lossy_compressed_without_saying_so_says_they_were(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """Interop review 63 F9: slices sent in JPEG Baseline by a sender that did not set Lossy Image Compression gave a
+    SEG saying "00", never lossy compressed, of masks drawn on lossy pixels (PS3.3 C.7.6.1.1.5: once "01", never
+    reset)."""
+    compressed = []
+    for path in write_files(mr_series(tumor_channels()), tmp_path / "in"):
+        target = tmp_path / f"{path.name}.jpg.dcm"
+        subprocess.run([dcmtk("dcmcjpeg"), "+eb", str(path), str(target)], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [dcmtk("dcmodify"), "-nb", "-ea", "(0028,2110)", "-ea", "(0028,2112)", "-ea", "(0028,2114)", str(target)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        compressed.append(target.read_bytes())
+    assert b"ISO_10918_1" not in compressed[0]
+
+    response = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(compressed))
+
+    assert response.status_code == 200, response.text
+    seg = pydicom.dcmread(io.BytesIO(response.content))
+    assert seg.LossyImageCompression == "01"
+    assert "ISO_10918_1" in seg.LossyImageCompressionMethod
