@@ -280,9 +280,10 @@ class RejectedInstanceError(ServiceError):
     code = "rejected_instance"
     kind = ErrorKind.INVALID_REQUEST
 
-    def __init__(self, message: str, series: str = "") -> None:
+    def __init__(self, message: str, series: str = "", series_uid: str = "") -> None:
         super().__init__(message)
         self.series = series  # the image's series as errors name it ("number 5"): a refusal of what is left says it
+        self.series_uid = series_uid  # to tell which series chosen lost images (never shown)
 
 
 class TooManyRejectionNotesError(ServiceError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -30,7 +31,7 @@ from app.dicom.dicom_frame import (
 from app.dicom.dicom_header import DicomHeader, garbled_values_refused, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
-from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
+from app.errors import InvalidDicomImageError, RejectedInstanceError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
 from app.series.info import where_in_study
@@ -518,7 +519,7 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         if len(choice.used) != 3 or flair is None:
             raise
         # The cause when it is known (another Frame of Reference, turned at another spacing), else what failed.
-        cause = stored_otherwise_note(frames, flair.series_instance_uid)
+        cause = stored_otherwise_note(frames, flair.series_instance_uid) or _withdrawn_t1_note(choice, errors)
         choice = choice.flair_alone(cause or f"their slices do not pair with FLAIR's ({error.message})")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         inputs = prepare_inputs(flair_frames, choice.channel_series)
@@ -562,6 +563,26 @@ def _with_file_indices(inputs: list[SliceInput], file_of: Mapping[DicomFrame, in
     """Each slice with the request position of the file its FLAIR frame came from, as the answer's file_errors and
     series_used number files (not the slices among themselves)."""
     return [replace(item, file_index=file_of[item.reference]) for item in inputs]
+
+
+def _withdrawn_t1_note(choice: SeriesChoice, errors: Mapping[int, ServiceError]) -> str:
+    """Why T1 series no longer pair with FLAIR when the request's rejection notes withdrew some of their images (a
+    coordinate of the first FLAIR slice left without T1 said nothing of the withdrawal: browser review 61 F6); "" when
+    they withdrew none."""
+    withdrawn = Counter(
+        error.series_uid for error in errors.values() if isinstance(error, RejectedInstanceError) and error.series_uid
+    )
+    named = [
+        f"{withdrawn[use.series_instance_uid]} of the {_t1_name(use)}"
+        for use in choice.used
+        if use.role in T1_ROLES and withdrawn[use.series_instance_uid]
+    ]
+    if not named:
+        return ""
+    return (
+        f"the request's rejection notes withdrew T1 images ({', '.join(named)}), so the T1 series no longer hold a "
+        "slice for every FLAIR slice"
+    )
 
 
 def _t1_name(use: SeriesUse) -> str:

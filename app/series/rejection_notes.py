@@ -136,6 +136,7 @@ def apply_rejection_notes(
                 f"withdrawn by the IHE IOCM rejection note sent as {request_file(note_index)} ({rejection.reason}): "
                 "left out, as an archive that implements IOCM hides it",
                 series=SeriesInfo.from_dataset(header.dataset).number_text,
+                series_uid=unpadded_uid(header.dataset.get("SeriesInstanceUID")),
             )
         headers[note_index] = RejectionNoteApplied(
             f"an IHE IOCM rejection note ({rejection.reason}), applied: {request_files(withdrawn)} it withdraws "

@@ -399,3 +399,23 @@ def test_a_rejection_note_of_the_study_that_withdraws_none_of_the_images_is_appl
     assert len(body["slices"]) == len(series)
     assert errors_by_index(body) == {len(series): "rejection_note"}
     assert body["file_errors"][0]["error"]["message"].endswith("it withdraws none of the request's images")
+
+
+def test_t1_images_withdrawn_are_named_as_why_flair_is_read_alone(client: TestClient) -> None:
+    """Browser review 61 F6: a note withdrawing T1 images dropped both T1 series with a pairing error's coordinate
+    triple ("has none at position (...)"), the withdrawal unsaid."""
+    study = Study()
+    flair = mr_series(tumor_channels(1), study, series_number=4, series_description="AX T2 FLAIR")
+    pre = mr_series(tumor_channels(0), study, series_number=2, series_description="AX T1 PRE")
+    post = mr_series(tumor_channels(2), study, series_number=7, series_description="AX T1 POST GAD")
+    note = key_object_selection(post, post[1:2])
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*flair, *pre, *post, note]))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["role"] for item in body["series_used"]] == ["FLAIR"]
+    assert (
+        "T1 series left out: the request's rejection notes withdrew T1 images (1 of the post-contrast (series 7)), so "
+        "the T1 series no longer hold a slice for every FLAIR slice; FLAIR analysed alone"
+    ) in body["selection_notes"]
