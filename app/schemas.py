@@ -305,18 +305,29 @@ class ModelsResponse(BaseModel):
         description="largest file one upload may hold, in bytes (MAX_UPLOAD_BYTES): a client checks each file against "
         "it before uploading, rather than send a large file whole to have it refused"
     )
+    max_batch_upload_bytes: int = Field(
+        description="most bytes one /v1/predict/batch request may carry, its files together (MAX_BATCH_UPLOAD_BYTES): "
+        "a client checks a series against it before uploading (browser review 60 F1: 300 MB were uploaded, then "
+        "refused)"
+    )
     service_version: str = Field(
         description="the release of this service (its package version, as in the SEGs' and SRs' Software Versions)"
     )
 
     @classmethod
     def from_manifest(
-        cls, manifest: Manifest, runtime: str, max_batch_files: int, max_upload_bytes: int
+        cls,
+        manifest: Manifest,
+        runtime: str,
+        max_batch_files: int,
+        max_upload_bytes: int,
+        max_batch_upload_bytes: int,
     ) -> ModelsResponse:
         return cls(
             runtime=runtime,
             max_batch_files=max_batch_files,
             max_upload_bytes=max_upload_bytes,
+            max_batch_upload_bytes=max_batch_upload_bytes,
             service_version=service_version(),
             classifier=ModelInfo.from_entry(manifest.classifier),
             segmenter=SegmenterInfo.from_entry(manifest.segmenter),

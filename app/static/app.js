@@ -75,6 +75,9 @@ const MAX_NAMES_LISTED = 5;
 const MAX_FAILURES_SHOWN = 3;
 
 // What to do with a series of more files than the service takes in one analysis.
+const TOO_LARGE_TOGETHER_ADVICE = "Ask whoever runs the service for a higher MAX_BATCH_UPLOAD_BYTES, or analyse the "
+  + "series in parts of neighbouring slices (the tumor volumes of the parts must then be added by hand).";
+const MULTIPART_BYTES_PER_FILE = 200; // a part's boundary and headers
 const TOO_MANY_FILES_ADVICE = "Ask whoever runs the service for a higher MAX_BATCH_FILES, or analyse the series in "
   + "parts of neighbouring slices: for a DICOM study read with its T1 series, each part must hold the files of every "
   + "series for the same slices, or that part is read from FLAIR alone. The tumor volumes of the parts must then be "
@@ -293,7 +296,7 @@ let volumeAnnouncement = 0; // timer of the pending announcement of a recomputed
 let volumeBeforeTyping = null;
 let spacingCheck = 0; // timer of the pending check of the spacing typed (not on every keystroke: "0." becomes 0.5)
 let keysInUse = false; // a 401 came: this server wants API keys
-let knownLimits = null; // the server's MAX_BATCH_FILES and MAX_UPLOAD_BYTES, once GET /v1/models has said them
+let knownLimits = null; // MAX_BATCH_FILES, MAX_UPLOAD_BYTES, MAX_BATCH_UPLOAD_BYTES, once GET /v1/models said them
 let retryShown = null; // sends the files of the refused analysis again, while the error box offers "Try again"
 let retryTimer = 0; // enables "Try again" once the wait the server asked for (Retry-After) has passed
 let retryOnKeyEnter = false; // the refusal shown is about the key: Enter in the key field tries again
@@ -835,6 +838,7 @@ async function analyse(chosen) {
       refuseSeveralFolders(files);
     }
     refuseTooManyFiles(files, limits.files);
+    refuseTooLargeTogether(files, limits.together);
     sent = files;
     showUploading(files);
     ui.progressRow.hidden = false;
@@ -882,7 +886,7 @@ async function analyse(chosen) {
  */
 async function limitsFor(files) {
   if (files.length === 1 && files[0].size <= SMALL_UPLOAD_BYTES) {
-    return { files: null, bytes: null };
+    return { files: null, bytes: null, together: null };
   }
   return serviceLimits();
 }
@@ -918,6 +922,20 @@ function refuseTooManyFiles(files, maxFiles) {
   }
 }
 
+/**
+ * Refuse files whose request would be over MAX_BATCH_UPLOAD_BYTES before uploading them: each under the per-file
+ * limit, 300 MB together were uploaded for minutes, then refused (browser review 60 F1). The multipart framing adds a
+ * few hundred bytes a file.
+ */
+function refuseTooLargeTogether(files, maxBytes) {
+  const total = files.reduce((sum, file) => sum + file.size + MULTIPART_BYTES_PER_FILE, 0);
+  if (maxBytes !== null && files.length > 1 && total > maxBytes) {
+    const [shownTotal, shownLimit] = sizesTold(total, maxBytes);
+    throw new FormatError(TOO_LARGE_TOGETHER_ADVICE,
+      `${files.length} files, ${shownTotal} together; the service takes at most ${shownLimit} in one analysis.`);
+  }
+}
+
 /** A file's size and a limit it is over, in MiB, or in bytes where MiB would show them equal ("20.0 MiB ... 20.0"). */
 function sizesTold(size, limit) {
   const [shownSize, shownLimit] = [mebibytes(size), mebibytes(limit)];
@@ -930,8 +948,8 @@ function sizesTold(size, limit) {
 const mebibytes = (bytes) => `${formatNumber(bytes / 2 ** 20, 1)} MiB`;
 
 /**
- * The server's MAX_BATCH_FILES and MAX_UPLOAD_BYTES from GET /v1/models, asked once per page (each request counts
- * against a rate limit); each null while unknown (an older service, a key not typed yet, the network): the server's
+ * The server's MAX_BATCH_FILES, MAX_UPLOAD_BYTES and MAX_BATCH_UPLOAD_BYTES from GET /v1/models, asked once per page
+ * (each request counts against a rate limit); each null while unknown (an older service, a key not typed yet, the network): the server's
  * 413 then says it.
  */
 async function serviceLimits() {
@@ -943,13 +961,17 @@ async function serviceLimits() {
       if (response.ok) {
         const body = await response.json();
         const positive = (value) => (Number.isInteger(value) && value > 0 ? value : null);
-        knownLimits = { files: positive(body.max_batch_files), bytes: positive(body.max_upload_bytes) };
+        knownLimits = {
+          files: positive(body.max_batch_files),
+          bytes: positive(body.max_upload_bytes),
+          together: positive(body.max_batch_upload_bytes),
+        };
       }
     } catch {
       // Unknown for now: the upload goes, and the server refuses it if need be.
     }
   }
-  return knownLimits ?? { files: null, bytes: null };
+  return knownLimits ?? { files: null, bytes: null, together: null };
 }
 
 /**

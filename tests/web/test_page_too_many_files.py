@@ -20,6 +20,7 @@ from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS
 
 MAX_BATCH_FILES = 3
 MAX_UPLOAD_BYTES = 100_000
+MAX_BATCH_UPLOAD_BYTES = 96_000  # the four slices (94 kB and their framing) pass, for the server's own refusal
 FOUR_SLICES = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
 ADVICE = (
     "Ask whoever runs the service for a higher MAX_BATCH_FILES, or analyse the series in parts of neighbouring slices: "
@@ -31,7 +32,12 @@ ADVICE = (
 
 @pytest.fixture(scope="module")
 def limited_server(tiny_model_dir: Path) -> Iterator[str]:
-    settings = Settings(model_dir=tiny_model_dir, max_batch_files=MAX_BATCH_FILES, max_upload_bytes=MAX_UPLOAD_BYTES)
+    settings = Settings(
+        model_dir=tiny_model_dir,
+        max_batch_files=MAX_BATCH_FILES,
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_batch_upload_bytes=MAX_BATCH_UPLOAD_BYTES,
+    )
     with serving(settings) as base_url:
         yield base_url
 
@@ -83,6 +89,29 @@ def test_without_the_limit_the_servers_refusal_says_what_to_do(page: Page, limit
     expect(page.locator("#error-detail")).to_have_text(
         f"Server message: a batch may hold at most {MAX_BATCH_FILES} files (MAX_BATCH_FILES); got 4"
     )
+
+
+def test_files_larger_together_than_a_request_takes_are_refused_before_uploading(
+    page: Page, limited_server: str, tmp_path: Path
+) -> None:
+    """Browser review 60 F1: files each under MAX_UPLOAD_BYTES and over MAX_BATCH_UPLOAD_BYTES together were uploaded
+    whole, then refused; `GET /v1/models` says that limit too now."""
+    files = []
+    for name in ("first.png", "second.png"):
+        path = tmp_path / name
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(60_000 - 8))
+        files.append(path)
+    page.goto(limited_server)
+    sent = batch_requests(page)
+
+    page.set_input_files("#file-input", files)
+
+    expect(page.locator("#error-title")).to_have_text(
+        "2 files, 120,400 bytes together; the service takes at most 96,000 bytes in one analysis."
+    )
+    expect(page.locator("#error-detail")).to_contain_text("MAX_BATCH_UPLOAD_BYTES")
+    expect(page.locator("#progress-row")).to_be_hidden()
+    assert sent == []
 
 
 def noise_png(path: Path, seed: int) -> Path:

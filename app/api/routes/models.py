@@ -38,7 +38,11 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Security(documen
 )
 async def read_models(manifest: ManifestDep, settings: SettingsDep) -> schemas.ModelsResponse:
     """The manifest's public part (names, versions, thresholds, input shape, preprocessing and test metrics), the
-    runtime that runs them (also while they load), the most files one batch may hold and the largest file."""
+    runtime that runs them (also while they load), the most files and bytes one batch may hold and the largest file."""
     return schemas.ModelsResponse.from_manifest(
-        manifest, settings.inference_runtime, settings.max_batch_files, settings.max_upload_bytes
+        manifest,
+        settings.inference_runtime,
+        settings.max_batch_files,
+        settings.max_upload_bytes,
+        settings.max_batch_upload_bytes,
     )
