@@ -33,7 +33,7 @@ from app.dicom.dicom_header import (
     image_dimensions,
 )
 from app.dicom.dicom_pixels import stored_pixels
-from app.dicom.part10 import dcmread_through_pixel_data
+from app.dicom.part10 import dcmread_through_pixel_data, is_pixel_data_sequence
 from app.errors import (
     InvalidDicomImageError,
     ServiceError,
@@ -129,6 +129,11 @@ def check_pixel_data_element(header: DicomHeader) -> None:
     order = "little" if little else "big"
     length_at = position + (4 if implicit else 8)  # pixel data VRs (OB, OW, OF...) have a 4-byte length
     declared = int.from_bytes(header.data[length_at : length_at + 4], order)
+    tag = int.from_bytes(header.data[position : position + 2], order) << 16
+    tag |= int.from_bytes(header.data[position + 2 : position + 4], order)
+    vr = None if implicit else header.data[position + 4 : position + 6].decode("ascii", "replace")
+    if is_pixel_data_sequence(tag, vr, declared):  # items pydicom would parse by the million (attack review 65 F2)
+        raise UndecodableDicomError("DICOM pixel data must be a value (OB, OW ...), not a sequence of items")
     if transfer_syntax.is_transfer_syntax and transfer_syntax.is_encapsulated:
         # An item first, whatever the length: the standard's is undefined, but pynetdicom sends a data set built in
         # memory with a defined one, which the decoders read all the same.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import pydicom
@@ -102,18 +102,42 @@ def raise_too_many_elements() -> NoReturn:
     )
 
 
-def past_pixel_data(tag: int, vr: str | None, length: int) -> bool:
-    """pydicom's `stop_when` for a read through the pixel data: the first top-level element after it ends the read."""
-    return tag > max(PIXEL_DATA_TAGS)
+def is_pixel_data_sequence(tag: int, vr: str | None, length: int) -> bool:
+    """Whether a pixel data element is written as a sequence (SQ, or UN of undefined length, which pydicom reads as
+    one): pydicom would parse its items as it reads, millions of them from a few MB (attack review 65 F2)."""
+    return tag in PIXEL_DATA_TAGS and (vr == "SQ" or (vr == "UN" and length == UNDEFINED_LENGTH))
+
+
+def through_pixel_data() -> Callable[[int, str | None, int], bool]:
+    """pydicom's `stop_when` for a read through the pixel data: the first top-level element after it ends the read,
+    whatever its tag (an element out of order, below 7FE0, after the pixel data was read: attack review 65 F4); pixel
+    data written as a sequence is refused before it is read."""
+    pixel_data_read = False
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal pixel_data_read
+        if pixel_data_read or tag > max(PIXEL_DATA_TAGS):
+            return True
+        if is_pixel_data_sequence(tag, vr, length):
+            raise UndecodableDicomError("DICOM pixel data must be a value (OB, OW ...), not a sequence of items")
+        pixel_data_read = tag in PIXEL_DATA_TAGS
+        return False
+
+    return stop
 
 
 def dcmread_through_pixel_data(data: bytes) -> Dataset:
     """pydicom's read of the Part 10 file `data` up to the end of its pixel data, whose header `read_dicom_header`
-    bounded: what follows (Digital Signatures, Data Set Trailing Padding, private groups above 7FE0) is left unread.
-    Read whole, a sequence of 2.5 million empty items after the pixel data of a 19 MiB upload cost 98 s and +2.4 GiB
-    (attack review 64 F3), past every check of the header's reads and the pixels' memory; the service uses none of it.
+    bounded: what follows (Digital Signatures, Data Set Trailing Padding, private groups) is left unread. Read whole,
+    a sequence of 2.5 million empty items after the pixel data of a 19 MiB upload cost 98 s and +2.4 GiB (attack
+    review 64 F3), past every check of the header's reads and the pixels' memory; the service uses none of it.
+
+    Raises
+    ------
+    app.errors.UndecodableDicomError
+        For pixel data written as a sequence (`is_pixel_data_sequence`); pydicom may raise anything on a damaged file.
     """
-    return pydicom.filereader.read_partial(io.BytesIO(data), stop_when=past_pixel_data)
+    return pydicom.filereader.read_partial(io.BytesIO(data), stop_when=through_pixel_data())
 
 
 def dcmread_bounded(data: bytes, stop_before_pixels: bool = False) -> tuple[Dataset, BoundedReads]:

@@ -84,7 +84,7 @@ class Destination:
                 raise ValueError(f"a destination's brackets must hold an IPv6 address; got {text!r}")
         elif ":" in host and not _is_ipv6(host):  # "PACS@2001:db8::5", its port forgotten (review 71 F8)
             raise ValueError(f"a destination's IPv6 address goes in brackets: AE@[address]:port; got {text!r}")
-        elif ":" not in host and not HOST_NAME.fullmatch(host):  # a space, a comma list: never reachable
+        elif ":" not in host and not _is_host(host):  # a space, a comma list, 999.1.1.1: never reachable
             raise ValueError(
                 f"a destination's host must be an IP address or a host name (letters, digits, '-', '_', '.'); "
                 f"got {text!r}"
@@ -101,6 +101,20 @@ class Destination:
 
 HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
 """A host name or an IPv4 address, as DNS labels are (an underscore too: Compose service names may hold one)."""
+
+
+def _is_host(host: str) -> bool:
+    """Whether `host` is an IPv4 address or a host name DNS could answer: labels of at most 63 characters, 253 in all
+    (attack review 65 F3), and digits and dots only when they make an IPv4 address (not 999.1.1.1 or 1.2.3.4.5)."""
+    name = host.removesuffix(".")
+    if not HOST_NAME.fullmatch(host) or len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
+        return False
+    if all(label.isdigit() for label in name.split(".")):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return False
+    return True
 
 
 def _is_ipv6(host: str) -> bool:

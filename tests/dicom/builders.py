@@ -266,11 +266,11 @@ def referenced(dataset: Dataset) -> set[str]:
     return {str(element.value) for element in dataset.iterall() if element.keyword == "ReferencedSOPInstanceUID"}
 
 
-def with_trailing_sequence(data: bytes, items: int, tail: bytes = b"") -> bytes:
-    """A little-endian explicit-VR Part 10 file `data` followed by a Digital Signatures Sequence (FFFA,FFFA) of
-    undefined length holding `items` empty items, then `tail` and no delimiter: a sequence cut short after the pixel
-    data (or, with many items, one that costs pydicom a Dataset per 8 bytes if it reads it)."""
-    header = struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF)
+def with_trailing_sequence(data: bytes, items: int, tail: bytes = b"", tag: int = 0xFFFAFFFA) -> bytes:
+    """A little-endian explicit-VR Part 10 file `data` followed by a sequence `tag` (default the Digital Signatures
+    Sequence, FFFA,FFFA) of undefined length holding `items` empty items, then `tail` and no delimiter: a sequence cut
+    short after the pixel data (or, with many items, one that costs pydicom a Dataset per 8 bytes if it reads it)."""
+    header = struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, 0xFFFFFFFF)
     return data + header + struct.pack("<HHI", 0xFFFE, 0xE000, 0) * items + tail
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from pydicom.uid import (
 )
 
 from app.dicom.dicom_header import is_dicom, read_dicom_header
+from app.dicom.dicom_input import check_pixel_data_element, decode_dicom
 from app.dicom.dicom_series import prepare_inputs
 from app.dicom.part10 import read_file_meta
 from app.errors import (
@@ -643,8 +645,26 @@ def test_what_follows_the_pixel_data_is_not_read(flair: np.ndarray) -> None:
     data = to_bytes(single_mr(flair))
     expected = read_dicom(data)[0].values
 
-    for trailing in (with_trailing_sequence(data, 3), with_trailing_sequence(data, 200_000, b"\x01\x02")):
+    for trailing in (
+        with_trailing_sequence(data, 3),
+        with_trailing_sequence(data, 200_000, b"\x01\x02"),
+        with_trailing_sequence(data, 3, b"\x01\x02", tag=0x00091000),  # out of order (attack review 65 F4)
+    ):
         (frame,) = read_dicom(trailing)
 
         np.testing.assert_array_equal(frame.values, expected)
-        assert 0xFFFAFFFA not in frame.header
+        assert 0xFFFAFFFA not in frame.header and 0x00091000 not in frame.header
+
+
+def test_pixel_data_written_as_a_sequence_is_refused_unread(flair: np.ndarray) -> None:
+    """Attack review 65 F2: Pixel Data of VR SQ, millions of empty items, was parsed item by item (41 s and +1.2 GiB
+    for a 16 MB upload; the DICOM node answered Success first)."""
+    data = to_bytes(single_mr(flair))
+    at = data.rfind(b"\xe0\x7f\x10\x00OB")
+    pixel_data_as_items = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"SQ", 0, 0xFFFFFFFF)
+    data = data[:at] + pixel_data_as_items + struct.pack("<HHI", 0xFFFE, 0xE000, 0) * 1000
+    header = read_dicom_header(data)
+
+    for check in (check_pixel_data_element, decode_dicom):
+        with pytest.raises(UndecodableDicomError, match="pixel data must be a value"):
+            check(header)
