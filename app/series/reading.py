@@ -519,7 +519,11 @@ def decode_series(plan: SeriesPlan) -> SeriesUploads:
         if len(choice.used) != 3 or flair is None:
             raise
         # The cause when it is known (another Frame of Reference, turned at another spacing), else what failed.
-        cause = stored_otherwise_note(frames, flair.series_instance_uid) or _withdrawn_t1_note(choice, errors)
+        cause = (
+            stored_otherwise_note(frames, flair.series_instance_uid)
+            or _withdrawn_t1_note(choice, errors)
+            or _other_pixel_spacing_note(choice, frames, flair.series_instance_uid)
+        )
         choice = choice.flair_alone(cause or f"their slices do not pair with FLAIR's ({error.message})")
         flair_frames = [frame for frame in frames if frame.series_instance_uid == flair.series_instance_uid]
         inputs = prepare_inputs(flair_frames, choice.channel_series)
@@ -583,6 +587,34 @@ def _withdrawn_t1_note(choice: SeriesChoice, errors: Mapping[int, ServiceError])
         f"the request's rejection notes withdrew T1 images ({', '.join(named)}), so the T1 series no longer hold a "
         "slice for every FLAIR slice"
     )
+
+
+def _other_pixel_spacing_note(choice: SeriesChoice, frames: Sequence[DicomFrame], flair_uid: str) -> str:
+    """Which T1 series lie on another pixel grid than FLAIR's, in FLAIR's layout (a T1 acquired at its own
+    resolution, the most common cause): the note gave the check's tuples and a coordinate, named no series, and
+    blamed the T1 series that matched (browser review 60 F8); "" when none does."""
+    spacings: dict[str, set[tuple[float, ...]]] = {}
+    for frame in frames:
+        if frame.pixel_spacing is not None:
+            spacings.setdefault(frame.series_instance_uid, set()).add(tuple(frame.pixel_spacing))
+    flair = spacings.get(flair_uid, set())
+    if len(flair) != 1:
+        return ""
+    (flair_spacing,) = flair
+    other = [
+        f"the {_t1_name(use)} has a pixel spacing of {_spacing_text(spacings[use.series_instance_uid])}"
+        for use in choice.used
+        if use.role in T1_ROLES and spacings.get(use.series_instance_uid, flair) != flair
+    ]
+    if not other:
+        return ""
+    return f"{'; '.join(other)}, FLAIR {_spacing_text(flair)}: the T1 slices must share FLAIR's pixel grid"
+
+
+def _spacing_text(spacings: Collection[tuple[float, ...]]) -> str:
+    """ "0.9 mm", "0.9 x 0.8 mm", or "0.9 mm and 1 mm" for a series of several."""
+    shown = [f"{rows:g} mm" if rows == columns else f"{rows:g} x {columns:g} mm" for rows, columns in sorted(spacings)]
+    return " and ".join(shown)
 
 
 def _t1_name(use: SeriesUse) -> str:

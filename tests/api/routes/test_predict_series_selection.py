@@ -327,9 +327,26 @@ def test_t1_slices_of_another_pixel_spacing_leave_flair_alone(client: TestClient
     body = response.json()
     assert roles(body) == {4: "FLAIR"}
     (note,) = body["selection_notes"]
-    assert note.startswith("T1 series left out: their slices do not pair with FLAIR's (frames at one slice position ")
-    assert "must have the same Pixel Spacing" in note
-    assert "stored turned" not in note  # review 65 F2: they are not
+    assert note == (
+        "T1 series left out: the pre-contrast (series 2) has a pixel spacing of 0.75 mm; the post-contrast (series 7) "
+        "has a pixel spacing of 0.75 mm, FLAIR 0.9375 mm: the T1 slices must share FLAIR's pixel grid; FLAIR analysed "
+        "alone"
+    )  # browser review 60 F8: the check's tuples and a coordinate named no series; review 65 F2: not "stored turned"
+
+
+def test_the_one_t1_series_at_another_pixel_spacing_is_the_one_named(client: TestClient) -> None:
+    """Browser review 60 F8: T1 post-contrast at its own resolution (common) had both T1 series blamed alike."""
+    series = named_study()
+    for dataset in series["post"]:
+        dataset.PixelSpacing = [0.9, 0.9]
+
+    response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
+
+    (note,) = response.json()["selection_notes"]
+    assert note == (
+        "T1 series left out: the post-contrast (series 7) has a pixel spacing of 0.9 mm, FLAIR 0.9375 mm: the T1 "
+        "slices must share FLAIR's pixel grid; FLAIR analysed alone"
+    )
 
 
 def test_orientations_the_pairing_takes_for_one_are_not_said_to_be_stored_turned(client: TestClient) -> None:
@@ -343,7 +360,7 @@ def test_orientations_the_pairing_takes_for_one_are_not_said_to_be_stored_turned
     response = client.post("/v1/predict/batch", files=dicom_parts([*series["pre"], *series["flair"], *series["post"]]))
 
     (note,) = response.json()["selection_notes"]
-    assert "must have the same Pixel Spacing" in note and "stored turned" not in note
+    assert "must share FLAIR's pixel grid" in note and "stored turned" not in note
 
 
 def store_otherwise(dataset: Dataset, layout: str, margin: int = 0) -> None:
