@@ -124,6 +124,8 @@ class SeriesAnswer:
     file_errors: dict[int, ServiceError]
     tally: Tally
     choice: SeriesChoice = field(default_factory=SeriesChoice)
+    segmentation_refused: str = ""
+    """Why no SEG could be made, when the caller let the series be answered without one (`seg_optional`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -260,6 +262,7 @@ class PredictionService:
         segmentation: bool = False,
         on_tally: TallyObserver | None = None,
         series: bool = False,
+        seg_optional: bool = False,
     ) -> BatchAnswer | SeriesAnswer:
         """Several files: raster images one result each (a bad file gets its own error), or DICOM files as one series.
 
@@ -286,7 +289,7 @@ class PredictionService:
                     f"a batch must hold either DICOM files or PNG/JPEG/TIFF images; got {dicom_count} DICOM and "
                     f"{raster_count} PNG/JPEG/TIFF files"
                 )
-            return await self._predict_dicom_files(uploads, mask_format, segmentation, on_tally)
+            return await self._predict_dicom_files(uploads, mask_format, segmentation, on_tally, seg_optional)
         refuse_segmentation_of_raster(segmentation)
         return await self._predict_raster_files(uploads, mask_format, on_tally, series)
 
@@ -296,16 +299,17 @@ class PredictionService:
         mask_format: schemas.MaskFormat,
         segmentation: bool,
         on_tally: TallyObserver | None,
+        seg_optional: bool = False,
     ) -> SeriesAnswer:
         """`predict_files` for DICOM files: one series (`predict_dicom`), answered by its SEG when one was asked
         for and made, else slice by slice."""
-        answer = await self.predict_dicom(uploads, build_seg=segmentation, on_tally=on_tally)
+        answer = await self.predict_dicom(uploads, build_seg=segmentation, on_tally=on_tally, seg_optional=seg_optional)
         if segmentation and answer.result.segmentations:
             return answer
         slices = await self._cpu(
             payloads.series_slices, answer.result.inputs, answer.result.predictions, self.threshold, mask_format
         )
-        return SeriesAnswer(answer.result, slices, answer.file_errors, answer.tally, answer.choice)
+        return replace(answer, slices=slices)
 
     async def _predict_raster_files(
         self,
@@ -343,8 +347,10 @@ class PredictionService:
         strict: bool = False,
         on_tally: TallyObserver | None = None,
         one_slice: bool = False,
+        seg_optional: bool = False,
     ) -> SeriesAnswer:
-        """DICOM files as one series: the models on every slice, then the SEG and the volume.
+        """DICOM files as one series: the models on every slice, then the SEG and the volume; with `seg_optional`,
+        a SEG the sources cannot give is no failure: the answer says why (`SeriesAnswer.segmentation_refused`).
 
         The headers are checked first (the series the models read, chosen by `self.rules`; slices against the
         request's limit, or against one with `one_slice`; the memory cost), counted in `header_memory` as they are
@@ -366,7 +372,7 @@ class PredictionService:
                 raise next(iter(plan.file_errors.values()))
             async with self._reserve(plan.cost_bytes - plan.header_bytes):
                 replan = None if strict else partial(plan_headers, **planning)
-                return await self._answer_planned_series(plan, build_seg, strict, on_tally, replan)
+                return await self._answer_planned_series(plan, build_seg, strict, on_tally, replan, seg_optional)
 
     async def _answer_planned_series(
         self,
@@ -375,6 +381,7 @@ class PredictionService:
         strict: bool,
         on_tally: TallyObserver | None,
         replan: Callable[[list[DicomHeader | ServiceError], UploadLimits], SeriesPlan] | None = None,
+        seg_optional: bool = False,
     ) -> SeriesAnswer:
         """Decode a planned series and answer it; the caller holds the plan's memory reservation. With `replan`, a
         chosen series none of whose files decode gives way to the next one the rules choose (`_read_next_series`)."""
@@ -386,7 +393,7 @@ class PredictionService:
         if not series.inputs and series.file_errors:
             # An empty series would read as "no tumor"; raster batches keep an error per file instead.
             raise nothing_readable(series.file_errors)
-        return await self.predict_series(series, build_seg, on_tally)
+        return await self.predict_series(series, build_seg, on_tally, seg_optional)
 
     async def _read_next_series(
         self,
@@ -412,9 +419,15 @@ class PredictionService:
         return replace(series, choice=replace(series.choice, notes=(*series.choice.notes, note)))
 
     async def predict_series(
-        self, series: SeriesUploads, build_seg: bool, on_tally: TallyObserver | None = None
+        self,
+        series: SeriesUploads,
+        build_seg: bool,
+        on_tally: TallyObserver | None = None,
+        seg_optional: bool = False,
     ) -> SeriesAnswer:
-        """The models on every slice of an assembled series, then the SEG and the volume off the event loop."""
+        """The models on every slice of an assembled series, then the SEG and the volume off the event loop. With
+        `seg_optional`, sources a SEG cannot be made of give the answer without one, saying why: the models are not
+        run again for it (review 71 F2, review 72 F3: the node and `output=dicom-sr` ran them twice)."""
         predictions: list[SlicePrediction] = []
         if series.inputs:
             batch, sizes = await self._cpu(model_inputs, series.inputs)
@@ -433,19 +446,20 @@ class PredictionService:
             partial(self.final_answers, models_said, clean_as_volume=known, order=order, breaks=breaks)
         )
         tally = self._count(models_said, predictions, len(series.file_errors), on_tally)
-        result = await self._cpu(
-            partial(
-                summarise_series,
-                series.inputs,
-                predictions,
-                self.models.model_tags,
-                build_seg=build_seg,
-                result_origin=self.result_origin,
-            )
+        summarise = partial(
+            summarise_series, series.inputs, predictions, self.models.model_tags, result_origin=self.result_origin
         )
+        segmentation_refused = ""
+        try:
+            result = await self._cpu(partial(summarise, build_seg=build_seg))
+        except SegmentationInputError as refused:
+            if not seg_optional:
+                raise
+            segmentation_refused = refused.message
+            result = await self._cpu(partial(summarise, build_seg=False))
         if result.tumor_detected and result.tumor_volume_ml is None:  # a null alone says nothing of why
             choice = replace(choice, notes=(*choice.notes, VOLUME_UNKNOWN_NOTE))
-        return SeriesAnswer(result, None, series.file_errors, tally, choice)
+        return SeriesAnswer(result, None, series.file_errors, tally, choice, segmentation_refused)
 
     def final_answers(
         self,

@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 from app.dicom.dicom_header import UNREADABLE_HEADER, DicomHeader, checked_dimensions, read_header
 from app.dicom.dicom_sr import seg_refused_note, series_volume_report
 from app.dicom.part10 import held_value_bytes
-from app.errors import MixedInputError, OverMemoryBudgetError, SegmentationInputError, ServiceError
+from app.errors import MixedInputError, OverMemoryBudgetError, ServiceError
 from app.memory_budget import describe_bytes
 from app.model_runners import predictor_runner
 from app.prediction import PredictionService
@@ -285,22 +285,16 @@ class ModelStudyProcessor:
         notes = [*selection.notes, *notes]
         summary = _study_summary(selection, files, file_errors, notes)
         files_chosen = [data for uid in selection.channel_series for data in files_by_series.get(uid, ())]
-        seg_refused = ""
         try:
             # The flow chooses again among the chosen series, with the same rules: the same roles, and the one place
-            # that maps channels and falls back to FLAIR alone when the T1 slices do not pair.
-            answer = asyncio.run(self.service.predict_dicom(files_chosen, build_seg=True))
-        except SegmentationInputError as refused:
-            # Sources a SEG cannot be made of (no Frame of Reference, an enhanced image's negative Slice Thickness,
-            # a series split into several multi-frame instances): the SR all the same, which says why (interop
-            # review 62 F1: the study was recorded failed, and the archive got nothing, not even the report).
-            try:
-                answer = asyncio.run(self.service.predict_dicom(files_chosen, build_seg=False))
-            except ServiceError as error:
-                return _failed(error, summary)
-            seg_refused = refused.message
+            # that maps channels and falls back to FLAIR alone when the T1 slices do not pair. Sources a SEG cannot
+            # be made of (no Frame of Reference, an enhanced image's negative Slice Thickness, a series split into
+            # several multi-frame instances) get the SR all the same, which says why (interop review 62 F1: the
+            # study was recorded failed, and the archive got nothing, not even the report).
+            answer = asyncio.run(self.service.predict_dicom(files_chosen, build_seg=True, seg_optional=True))
         except ServiceError as error:
             return _failed(error, summary)
+        seg_refused = answer.segmentation_refused
         notes.extend(note for note in answer.choice.notes if note not in notes)
         # The series the models read: the flow may have read FLAIR alone.
         summary["series"] = _series_summary(selection, read=answer.choice.channel_series)

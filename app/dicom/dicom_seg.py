@@ -297,7 +297,9 @@ def _usable_pixel_measures(segmentation: Dataset, references: Sequence[DicomFram
                     measures.pop("SliceThickness", None)
                 else:
                     measures.SliceThickness = round(spacing, 6)  # a DS holds at most 16 characters
-            if "SpacingBetweenSlices" in measures and _one_length(measures.SpacingBetweenSlices, above=-1.0) is None:
+            # Any finite spacing: a negative one of an enhanced source was refused before (`impossible_lengths`).
+            spacing_between = measures.get("SpacingBetweenSlices")
+            if spacing_between is not None and _one_length(spacing_between, above=-math.inf) is None:
                 del measures.SpacingBetweenSlices
 
 

@@ -73,8 +73,12 @@ class Destination:
             If the text is not of that form, the AE title breaks DICOM's rule (`AE_TITLE_RULE`), the brackets hold
             no IPv6 address, or the port is not 1-65535.
         """
-        # Split at the last "@": an AE title may hold one, a host name never (attack review 64 F7).
-        ae_title, at, address = text.strip().rpartition("@")
+        ae_title, at, address = text.strip().partition("@")
+        if "@" in address:  # "A@pacs1:104;B@pacs2:104" (review 72 F6): one AE title at another's host, for ever
+            raise ValueError(
+                f"a destination must be AE@host:port, several separated by commas (an AE title holding '@' cannot be "
+                f"written here); got {text!r}"
+            )
         host, colon, port = address.rpartition(":")
         if not at or not colon or not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"a destination must be AE@host:port (e.g. PACS@10.0.0.5:104); got {text!r}")
@@ -422,8 +426,14 @@ def _declined_unless_negotiated(dataset: Dataset, status: int | None = None) -> 
     fields = {} if status is None else {"fields": {"status": f"0x{status:04X}"}}
     if str(dataset.SOPClassUID) in OPTIONAL_CLASSES:
         logger.info("the destination accepts no rejection note (Key Object Selection): not sent", extra=fields)
-    else:
+    elif status is None or status == STATUS_SOP_CLASS_NOT_SUPPORTED:
         logger.warning("the destination accepts no SEG (Segmentation Storage): its SR goes without it", extra=fields)
+    else:  # it takes SEGs and refused this one's content: a SEG the node made wrong, or the archive's limit
+        logger.warning(
+            f"the destination refused the SEG for good (C-STORE status 0x{status:04X}): not retried; its SR goes "
+            "without it",
+            extra=fields,
+        )
     return True
 
 

@@ -180,7 +180,8 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
         withdrawn = _withdrawn_series(headers)
         if not withdrawn:
             raise
-        raise NoFlairSeriesError(f"{error.message}; {withdrawn}") from None
+        # First: the page cuts a long message (a study of many series) at its end (review 72 F8).
+        raise NoFlairSeriesError(f"{withdrawn}; {error.message}") from None
     _refuse_identity_that_differs_where_read(headers, choice)
     note = _disagreeing_patient_note(dicom_headers)
     return replace(choice, notes=(*choice.notes, note)) if note else choice

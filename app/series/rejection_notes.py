@@ -7,9 +7,11 @@ referencing them (attack review 53 F5). Now, before the series are chosen, each 
 replaced by its refusal (`RejectedInstanceError`), so the choice, the slices and the SEG are made without it, as the
 node would have made them. The note itself is reported as applied (`RejectionNoteApplied`).
 
-Only images of the note's own study are withdrawn; a note that withdraws none of the request's images stays what it
-was, an unsupported file. A note (or what may be one) that cannot be read refuses the request, as the DICOM node
-refuses it: which images it withdraws is unknown. Pure functions over headers and bytes: no HTTP, no logs.
+Only images of the note's own study are withdrawn; a rejection note of the request's study that withdraws none of
+its images is reported as applied too, and a Key Object Selection that is no rejection note (or one of another
+study) stays what it was, an unsupported file. A note (or what may be one) that cannot be read refuses the request,
+as the DICOM node refuses it: which images it withdraws is unknown. Pure functions over headers and bytes: no HTTP, no
+logs.
 """
 
 from __future__ import annotations

@@ -149,6 +149,7 @@ const WRONG_KEY_TITLE = "The API key entered was not accepted. Check it (keys ar
   + "the service for a valid one.";
 // The most of a server message the error box shows (a few files' reasons).
 const MOST_DETAIL_CHARACTERS = 800;
+const CUT_NOTE_CHARACTERS = 60; // what saying a message was cut takes: a shorter cut is not worth it
 const SEVERAL_FOLDERS_TITLE = "The slices come from several folders. Choose one folder (one patient's series) at a time.";
 // A whole request refused as withdrawn: the rejection notes chosen withdraw every image chosen with them.
 const NOTHING_LEFT_TITLE = "Every chosen image was withdrawn by a rejection note chosen with it: nothing was left to "
@@ -418,7 +419,7 @@ export function describeError(error) {
       title += ` Try again in ${error.retryAfter} ${error.retryAfter === 1 ? "second" : "seconds"}.`;
     }
     detail = error.message ? `Server message: ${shortened(error.message)}` : "";
-    whole = detail.length - "Server message: ".length < error.message.length ? error.message : "";
+    whole = shortened(error.message) !== error.message ? error.message : "";
   } else if (error instanceof NetworkError) {
     title = "Could not reach the service. Check the connection and try again.";
   } else if (error instanceof FormatError) {
@@ -450,9 +451,14 @@ function shortened(message) {
     return message;
   }
   const cut = message.lastIndexOf("; ", MOST_DETAIL_CHARACTERS);
-  if (cut > 0) { // entries left out counted as entries (browser review 61 F4: "3329 more characters")
+  // Entries left out counted as entries (browser review 61 F4: "3329 more characters"); a cut that would leave the
+  // text no shorter is none (review 72 F1: it said "below" of a message shown nowhere).
+  if (cut > 0 && message.length - cut > CUT_NOTE_CHARACTERS) {
     const more = message.slice(cut + 2).split("; ").length;
     return `${message.slice(0, cut)} … and ${more.toLocaleString("en")} more (the whole message is below)`;
+  }
+  if (cut > 0 || message.length - MOST_DETAIL_CHARACTERS <= CUT_NOTE_CHARACTERS) {
+    return message;
   }
   const kept = message.slice(0, MOST_DETAIL_CHARACTERS);
   return `${kept} … (${(message.length - kept.length).toLocaleString("en")} more characters: the whole message is `
@@ -572,7 +578,8 @@ function pathOf(file) {
  * judged.
  */
 function inSystemFolder(file) {
-  const folders = pathOf(file).split("/").slice(1, -1);
+  // A drop's path is its entry's fullPath, "/folder/...": the leading "/" is no folder (review 72 F2).
+  const folders = pathOf(file).replace(/^\//, "").split("/").slice(1, -1);
   return folders.some((folder) => folder.startsWith(".") || folder === "@eaDir" || folder === "__MACOSX");
 }
 

@@ -137,8 +137,12 @@ export async function readZip(buffer) {
     const commentLength = view.getUint16(offset + 32, true);
     const localOffset = view.getUint32(offset + 42, true);
     // Folders as "/" whichever separator the zipper wrote: Windows PowerShell 5.1's Compress-Archive writes "\\",
-    // and two patients' folders so written were one folder to the page (attack review 64 F2).
-    const name = decoder.decode(bytes.subarray(offset + 46, offset + 46 + nameLength)).replaceAll("\\", "/");
+    // and two patients' folders so written were one folder to the page (attack review 64 F2). Only in a name that is
+    // ASCII or flagged UTF-8: in a Shift-JIS one (Japanese Windows), that byte is half of a kanji (review 72 F11).
+    const nameBytes = bytes.subarray(offset + 46, offset + 46 + nameLength);
+    const unicodeName = (view.getUint16(offset + 8, true) & 0x800) !== 0 || nameBytes.every((byte) => byte < 0x80);
+    const decodedName = decoder.decode(nameBytes);
+    const name = unicodeName ? decodedName.replaceAll("\\", "/") : decodedName;
     offset += 46 + nameLength + extraLength + commentLength;
     const baseName = name.split("/").pop();
     if (name.endsWith("/") || baseName.startsWith(".") || name.startsWith("__MACOSX/")) {

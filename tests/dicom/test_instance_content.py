@@ -33,7 +33,15 @@ from app.dicom import instance_content
 from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_pixels import stored_pixels
 from app.dicom.instance_content import attributes_bytes, content_digest
-from tests.dicom.builders import FLAIR, mr_series, to_bytes, tumor_channels, with_trailing_sequence, write_files
+from tests.dicom.builders import (
+    FLAIR,
+    mr_series,
+    multiframe_secondary_capture,
+    to_bytes,
+    tumor_channels,
+    with_trailing_sequence,
+    write_files,
+)
 from tests.node.node_support import (
     QUIET_SECONDS,
     Clock,
@@ -81,14 +89,14 @@ def test_what_follows_the_pixel_data_is_read_within_a_bound_for_the_digest(
         try:
             return read_dataset(stream, *args, **kwargs)
         finally:
-            reads.append(stream.reads)
+            reads.append(getattr(stream, "reads", 0))  # the bounded read of what follows the pixel data
 
     monkeypatch.setattr(instance_content, "read_dataset", counted)
     original = to_bytes(instance)
     many = with_trailing_sequence(original, 100_000, b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
 
     assert content_digest(many) == hashlib.sha256(b"bytes\0" + many).digest()
-    assert reads[-1] < 2 * instance_content.MAX_TRAILING_READS  # unbounded: 200,000
+    assert max(reads) < 2 * instance_content.MAX_TRAILING_READS  # unbounded: 200,000
     assert content_digest(with_trailing_sequence(original, 3, b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")) != (
         content_digest(original)
     )
@@ -158,6 +166,17 @@ def test_the_digest_is_the_one_recorded_when_the_file_was_read_twice(instance: D
     data = encoded(instance, transfer_syntax)
 
     assert content_digest(data) == digest_reading_the_whole_file(data)
+
+
+def test_an_instance_of_many_fragments_is_digested_by_its_pixels_not_its_bytes() -> None:
+    """Review 72 F5: the bound on what follows the pixel data counted the pixel data's fragments too (two reads each):
+    an RLE multi-frame instance of 6,000 frames was hashed as its bytes, its recorded digest lost."""
+    images = [np.full((8, 8), index % 7, np.uint8) for index in range(6_000)]
+    compressed = pydicom.dcmread(io.BytesIO(to_bytes(multiframe_secondary_capture(images))))
+    compressed.compress(RLELossless)
+    data = to_bytes(compressed)
+
+    assert content_digest(data, max_cost_bytes=1 << 40) != hashlib.sha256(b"bytes\0" + data).digest()
 
 
 def test_a_deflated_instance_is_digested_up_to_the_end_of_its_pixel_data(instance: Dataset) -> None:

@@ -511,7 +511,9 @@ def test_destinations_are_parsed_and_validated() -> None:
 def test_a_destination_host_that_no_name_lookup_could_answer_is_refused_at_start() -> None:
     """Attack review 64 F7: any text before the port was taken as the host, the AE title cut at the first "@": the
     node started and every send failed for ever (gaierror)."""
-    assert Destination.parse("PACS@1@10.0.0.5:104") == Destination("PACS@1", "10.0.0.5", 104)
+    for text in ("PACS@1@10.0.0.5:104", "A@pacs1:104;B@pacs2:104"):  # review 72 F6: a list joined by ";"
+        with pytest.raises(ValueError, match="several separated by commas"):
+            Destination.parse(text)
     assert Destination.parse("PACS@orthanc_pacs.local:4242") == Destination("PACS", "orthanc_pacs.local", 4242)
     for host in ("host name", " 10.0.0.5", "10.0.0.5;10.0.0.6", "-pacs", "999.1.1.1", "1.2.3.4.5", "a" * 64 + ".org"):
         text = f"PACS@{host}:104"

@@ -177,6 +177,23 @@ def test_a_server_message_listing_every_file_is_cut_to_a_few_in_the_error_box(pa
     expect(page.locator("#error-full-text")).to_have_text(message)
 
 
+def test_a_server_message_just_over_the_cut_is_shown_whole(page: Page, live_server: str) -> None:
+    """Review 72 F1: a message a few characters over 800 was "cut" to a longer text that said the whole message was
+    below, where none was shown, its last entry nowhere on the page."""
+    message = "a" * 795 + "; LAST-ENTRY"
+    body = {"error": {"code": "rejected_instance", "message": message}}
+    page.route(
+        "**/v1/**",
+        lambda route: route.fulfill(status=422, content_type="application/json", body=json.dumps(body)),
+    )
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", TUMOR_SLICE)
+
+    expect(page.locator("#error-detail")).to_have_text(f"Server message: {message}")
+    expect(page.locator("#error-full")).to_be_hidden()
+
+
 # ------------------------------------------------------------------------------------------------ 3: spacing
 
 

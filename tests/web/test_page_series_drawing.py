@@ -17,7 +17,7 @@ from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
 from tests.web.conftest import series_answer_with
-from tests.web.test_page_drops_contrast_and_windows import RECORD_SENT
+from tests.web.test_page_drops_contrast_and_windows import RECORD_SENT, drop_folder
 from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, png_bytes, upload, write_series
 
 
@@ -317,6 +317,16 @@ def test_two_zips_or_a_zip_and_a_loose_slice_are_slices_from_two_places(
         "come from 2 folders (windows.zip/patient_a, windows.zip/patient_b)"
     )
 
+    shift_jis = tmp_path / "japanese.zip"  # "表" is 0x95 0x5C in Shift-JIS: half of it reads "\\" (review 72 F11)
+    with zipfile.ZipFile(zips[0]) as source, zipfile.ZipFile(shift_jis, "w") as archive:
+        for info in source.infolist():
+            archive.writestr(
+                f"XY{info.filename}" if info.filename == "slice_1.png" else info.filename, source.read(info)
+            )
+    shift_jis.write_bytes(shift_jis.read_bytes().replace(b"XYslice_1", b"\x95\x5cslice_1"))
+    upload(page, [shift_jis])
+    expect(page.locator("#slice-table tbody tr")).to_have_count(2)
+
     upload(page, [zips[0]])  # one zip alone is one place
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(["slice_1.png", "slice_2.png"])
 
@@ -339,6 +349,14 @@ def test_thumbnails_in_system_folders_of_the_chosen_folder_are_left_out(
 
     page.set_input_files("#folder-input", str(folder))
 
+    expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(
+        ["slice_1.png", "slice_2.png"], timeout=RESULT_TIMEOUT_MS
+    )
+    hidden = folder.rename(
+        tmp_path / ".patient"
+    )  # the chosen folder's own name is not judged, dropped too (review 72 F2)
+    page.goto(live_server)
+    drop_folder(page, hidden)
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(
         ["slice_1.png", "slice_2.png"], timeout=RESULT_TIMEOUT_MS
     )

@@ -50,7 +50,6 @@ from app.dicom.dicom_seg import part10_bytes
 from app.dicom.dicom_sr import seg_refused_note, series_volume_report
 from app.errors import (
     RequestValidationFailed,
-    SegmentationInputError,
     ServiceError,
     TooManyFilesError,
     UnsupportedMediaTypeError,
@@ -291,25 +290,20 @@ async def create_batch_prediction(
         # No file to make a SEG or SR of: the first file's own reason (too large, empty ...), not "needs DICOM".
         raise next(error for error in errors if error is not None)
     output = servable_output(choices, dicom_input, series=True)
-    seg_refused = ""
-    try:
-        work = service.predict_files(
-            contents, mask_format, wants_segmentation(output), on_tally=partial(record_outcome, request), series=series
-        )
-        answer = await unless_client_gone(request, work)
-    except SegmentationInputError as refused:
-        if output is not schemas.OutputFormat.DICOM_SR or not dicom_input:
-            raise
-        # The report alone was asked for: it is made without the SEG, saying why, as the DICOM node and pacs-sync
-        # make it (interop review 63 F7: a series no SEG can cover got no report at all over HTTP).
-        seg_refused = refused.message
-        work = service.predict_files(
-            contents, mask_format, False, on_tally=partial(record_outcome, request), series=series
-        )
-        answer = await unless_client_gone(request, work)
+    work = service.predict_files(
+        contents,
+        mask_format,
+        wants_segmentation(output),
+        on_tally=partial(record_outcome, request),
+        series=series,
+        # The report alone is made without a SEG the sources cannot give, saying why, as the DICOM node and
+        # pacs-sync make it (interop review 63 F7: a series no SEG can cover got no report at all over HTTP).
+        seg_optional=output is schemas.OutputFormat.DICOM_SR,
+    )
+    answer = await unless_client_gone(request, work)
     models = schemas.ModelTags(**predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and output is schemas.OutputFormat.DICOM_SR:
-        return await run_in_threadpool(report_response, answer, predictor.model_tags, seg_refused)
+        return await run_in_threadpool(report_response, answer, predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and output is schemas.OutputFormat.DICOM_SEG_SR:
         return await run_in_threadpool(segmentation_and_report_response, answer, predictor.model_tags)
     if isinstance(answer, SeriesAnswer) and answer.slices is None:
@@ -390,13 +384,13 @@ def segmentation_response(answer: SeriesAnswer) -> Response:
     return Response(body, headers={"Content-Type": media_type, **series_headers(answer)})
 
 
-def report_response(answer: SeriesAnswer, model_tags: dict[str, str], seg_refused: str = "") -> Response:
-    """The series' DICOM SR volume report (TID 1500), referencing its SEGs when a tumor was found; `seg_refused`:
-    why none could be made (the report then says so and references none)."""
-    notes = list(answer.choice.notes)
-    if seg_refused and answer.result.tumor_detected:
-        notes.append(seg_refused_note(seg_refused))
-    report = series_volume_report(answer.result, model_tags, notes, without_seg=bool(seg_refused))
+def report_response(answer: SeriesAnswer, model_tags: dict[str, str]) -> Response:
+    """The series' DICOM SR volume report (TID 1500), referencing its SEGs when a tumor was found, or saying why none
+    could be made (`SeriesAnswer.segmentation_refused`)."""
+    notes, refused = list(answer.choice.notes), answer.segmentation_refused
+    if refused and answer.result.tumor_detected:
+        notes.append(seg_refused_note(refused))
+    report = series_volume_report(answer.result, model_tags, notes, without_seg=bool(refused))
     body = part10_bytes(report)
     return Response(body, media_type=DICOM_MEDIA_TYPE, headers=series_headers(answer))
 

@@ -23,6 +23,7 @@ from app.dicom.dicom_sr import RESEARCH_USE_STATEMENT
 from app.dicom.dicom_sr_reader import read_volume_report, report_comments
 from app.dicom.slice_order import UNKNOWN_ORDER_NOTE, VOLUME_UNKNOWN_NOTE
 from app.inference import Predictor, SlicePrediction
+from app.prediction import PredictionService
 from app.series import reading as series_reading
 from app.series.result import single_slice_answers
 from tests.api.service_client import LIMITED_UPLOAD_BYTES, decode_rle
@@ -1229,15 +1230,24 @@ def test_the_report_of_a_series_is_the_same_in_any_file_order(client: TestClient
     assert reports[0].SOPInstanceUID == reports[1].SOPInstanceUID
 
 
-def test_the_report_alone_of_a_series_no_seg_can_cover_is_made_saying_why(client: TestClient) -> None:
+def test_the_report_alone_of_a_series_no_seg_can_cover_is_made_saying_why(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Interop review 63 F7: `output=dicom-sr` was refused where no SEG can be made (here slices without a Frame of
-    Reference UID), while the DICOM node and pacs-sync send the SR alone: a site calling the API got no report."""
+    Reference UID), while the DICOM node and pacs-sync send the SR alone: a site calling the API got no report. The
+    models run once for it (review 72 F3: the first answer was dropped and the series analysed again)."""
     datasets = mr_series(tumor_channels())
     for dataset in datasets:
         del dataset.FrameOfReferenceUID
     files = dicom_parts([to_bytes(d) for d in datasets])
+    counted: list[int] = []
+    count = PredictionService._count
+    monkeypatch.setattr(
+        PredictionService, "_count", lambda self, said, *args: counted.append(len(said)) or count(self, said, *args)
+    )
 
     refused = client.post("/v1/predict/batch?output=dicom-seg", files=files)
+    counted.clear()
     report = client.post("/v1/predict/batch?output=dicom-sr", files=files)
 
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_segmentation_input"
@@ -1247,6 +1257,7 @@ def test_the_report_alone_of_a_series_no_seg_can_cover_is_made_saying_why(client
     assert sr.Modality == "SR"
     assert "No DICOM SEG was made of this series: " in report.content.decode("latin-1")
     assert dciodvfy_errors(report.content, "ComprehensiveSR") == []
+    assert counted == [len(datasets)]  # one analysis
 
 
 def test_a_seg_of_slices_that_came_lossy_compressed_without_saying_so_says_they_were(

@@ -377,9 +377,9 @@ def test_a_flair_series_withdrawn_whole_is_named_when_its_t1_series_are_refused(
         assert response.status_code == 422, response.text
         error = response.json()["error"]
         assert error["code"] == "no_flair_series"
-        assert error["message"].endswith(
-            f"; the request's rejection notes withdrew {len(flair)} of its images ({len(flair)} of series number 4), "
-            "not read"
+        assert error["message"].startswith(
+            f"the request's rejection notes withdrew {len(flair)} of its images ({len(flair)} of series number 4), "
+            "not read; the request's"
         )
 
 
