@@ -152,19 +152,23 @@ def test_a_refusal_for_where_or_how_the_service_runs_says_what_to_do(
     expect(page.locator("#error-title")).to_contain_text(title)
 
 
-def test_a_server_message_listing_every_file_is_cut_to_a_few_in_the_error_box(page: Page, live_server: str) -> None:
-    """Browser review 60 F3: a rejection note withdrawing a 120-slice series was answered with one entry per file,
-    33,000 characters in the error box, an alert a screen reader reads out whole."""
-    entries = [f"the request's file at index {index}: withdrawn by the rejection note" for index in range(120)]
-    message = f"none of the 121 files could be used ({'; '.join(entries)})"
+def refuse_upload_with(page: Page, live_server: str, message: str) -> None:
+    """Upload a slice to a page whose every request is answered 422 with `message`."""
     body = {"error": {"code": "rejected_instance", "message": message}}
     page.route(
         "**/v1/**",
         lambda route: route.fulfill(status=422, content_type="application/json", body=json.dumps(body)),
     )
     page.goto(live_server)
-
     page.set_input_files("#file-input", TUMOR_SLICE)
+
+
+def test_a_server_message_listing_every_file_is_cut_to_a_few_in_the_error_box(page: Page, live_server: str) -> None:
+    """Browser review 60 F3: a rejection note withdrawing a 120-slice series was answered with one entry per file,
+    33,000 characters in the error box, an alert a screen reader reads out whole."""
+    entries = [f"the request's file at index {index}: withdrawn by the rejection note" for index in range(120)]
+    message = f"none of the 121 files could be used ({'; '.join(entries)})"
+    refuse_upload_with(page, live_server, message)
 
     detail = page.locator("#error-detail")
     expect(detail).to_contain_text("the request's file at index 0: withdrawn")
@@ -181,14 +185,7 @@ def test_a_server_message_just_over_the_cut_is_shown_whole(page: Page, live_serv
     """Review 72 F1: a message a few characters over 800 was "cut" to a longer text that said the whole message was
     below, where none was shown, its last entry nowhere on the page."""
     message = "a" * 795 + "; LAST-ENTRY"
-    body = {"error": {"code": "rejected_instance", "message": message}}
-    page.route(
-        "**/v1/**",
-        lambda route: route.fulfill(status=422, content_type="application/json", body=json.dumps(body)),
-    )
-    page.goto(live_server)
-
-    page.set_input_files("#file-input", TUMOR_SLICE)
+    refuse_upload_with(page, live_server, message)
 
     expect(page.locator("#error-detail")).to_have_text(f"Server message: {message}")
     expect(page.locator("#error-full")).to_be_hidden()
