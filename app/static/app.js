@@ -75,6 +75,9 @@ const MAX_NAMES_LISTED = 5;
 const MAX_FAILURES_SHOWN = 3;
 
 // What to do with a series of more files than the service takes in one analysis.
+const TOO_LARGE_SLICE_ADVICE = "The slices are analysed as one series, in order: left out, this one would leave a gap "
+  + "the series clean-up and the tumor volume cannot see. Save it smaller (e.g. as JPEG, or without an alpha "
+  + "channel), or ask whoever runs the service for a higher MAX_UPLOAD_BYTES.";
 const TOO_LARGE_TOGETHER_ADVICE = "Ask whoever runs the service for a higher MAX_BATCH_UPLOAD_BYTES, or analyse the "
   + "series in parts of neighbouring slices (the tumor volumes of the parts must then be added by hand).";
 const MULTIPART_BYTES_PER_FILE = 200; // a part's boundary and headers
@@ -836,6 +839,11 @@ async function analyse(chosen) {
     if (files.length === 0) {
       throw tooLargeError(tooLarge, limits.bytes);
     }
+    if (tooLarge.length && !dicom && files.length > 1) {
+      // Left out, a PNG, JPEG or TIFF slice would join its neighbours across the gap, unsaid: the series clean-up
+      // and the volume go by the order sent (browser review 60 F5). A DICOM series' positions show the gap.
+      throw tooLargeError(tooLarge, limits.bytes, TOO_LARGE_SLICE_ADVICE);
+    }
     const selection = files.length === 1
       ? shownText(files[0].name)
       : `${files.length} files, ${shownText(files[0].name)} … ${shownText(files[files.length - 1].name)}`;
@@ -913,10 +921,10 @@ function withoutTooLarge({ files, heads }, maxBytes) {
 }
 
 /** The refusal of a choice whose every file is larger than the service takes, said before anything is uploaded. */
-function tooLargeError(tooLarge, maxBytes) {
+function tooLargeError(tooLarge, maxBytes, advice = TOO_LARGE_FILE_ADVICE) {
   const largest = Math.max(...tooLarge.map((file) => file.size));
   const [size, limit] = sizesTold(largest, maxBytes);
-  return new FormatError(TOO_LARGE_FILE_ADVICE,
+  return new FormatError(advice,
     `Too large to upload: ${namesOf(tooLarge)} (${size}${tooLarge.length > 1 ? " the largest" : ""}); `
     + `the service takes files of at most ${limit}.`);
 }

@@ -138,6 +138,22 @@ def test_files_larger_than_the_service_takes_are_left_out_before_uploading(
     assert len(answered.value.json()["results"]) == 1  # the large file never went
 
 
+def test_a_slice_of_a_series_larger_than_the_service_takes_refuses_the_series_before_uploading(
+    page: Page, limited_server: str, tmp_path: Path
+) -> None:
+    """Browser review 60 F5: left out, a slice of a PNG/JPEG/TIFF series vanished without a gap: its neighbours were
+    joined, the volume short with no caveat. A DICOM series' positions would show the gap; a raster one's cannot."""
+    large = noise_png(tmp_path / "slice_2.png", 60)
+    page.goto(limited_server)
+    sent = batch_requests(page)
+
+    page.set_input_files("#file-input", [TUMOR_SERIES[0], large, TUMOR_SERIES[1]])
+
+    expect(page.locator("#error-title")).to_contain_text("Too large to upload: slice_2.png")
+    expect(page.locator("#error-detail")).to_contain_text("left out, this one would leave a gap")
+    assert sent == []
+
+
 def test_a_choice_of_files_all_larger_than_the_service_takes_is_refused_before_uploading(
     page: Page, limited_server: str, tmp_path: Path
 ) -> None:
