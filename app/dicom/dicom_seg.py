@@ -22,6 +22,7 @@ import copy
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cache, partial
 
 import highdicom as hd
 import numpy as np
@@ -289,10 +290,11 @@ def _usable_pixel_measures(segmentation: Dataset, references: Sequence[DicomFram
     place). highdicom copies an enhanced source's functional groups as they are: "5,0", "nan" or "inf" made a SEG
     dciodvfy refuses and highdicom cannot read back, as did a thickness absent (interop review 63 F4)."""
     groups = [*segmentation.get("SharedFunctionalGroupsSequence", []), *segmentation.PerFrameFunctionalGroupsSequence]
+    slices_spacing = cache(partial(slice_spacing_mm, references))  # measured once, not once a frame
     for group in groups:
         for measures in group.get("PixelMeasuresSequence") or []:
             if _one_length(measures.get("SliceThickness"), above=0.0) is None:
-                spacing = slice_spacing_mm(references)
+                spacing = slices_spacing()
                 if spacing is None:
                     measures.pop("SliceThickness", None)
                 else:
