@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from app.dicom.dicom_header import DicomHeader
-from app.errors import MixedInputError, NoFlairSeriesError, RejectedInstanceError, ServiceError
+from app.errors import MixedInputError, NoFlairSeriesError, ServiceError
 from app.series.info import SeriesInfo, identity_text, series_number_order, where_in_study
+from app.series.rejection_notes import withdrawn_by_series
 from app.series.sequence_roles import (
     SequenceRole,
     SeriesClassification,
@@ -190,14 +191,11 @@ def choose_series(headers: Sequence[DicomHeader | ServiceError], rules: Selectio
 def _withdrawn_series(headers: Sequence[DicomHeader | ServiceError]) -> str:
     """What the request's rejection notes withdrew, by series: a FLAIR series withdrawn whole, its T1 series left, was
     refused as "the study has no FLAIR series", the withdrawal unsaid (browser review 61 F5). "" when nothing was."""
-    counts: dict[str, int] = {}
-    for header in headers:
-        if isinstance(header, RejectedInstanceError):
-            counts[header.series] = counts.get(header.series, 0) + 1
+    counts = withdrawn_by_series(headers)
     if not counts:
         return ""
-    withdrawn = ", ".join(f"{count} of series {series}" for series, count in counts.items())
-    return f"the request's rejection notes withdrew {sum(counts.values())} of its images ({withdrawn}), not read"
+    withdrawn = ", ".join(f"{count} of series {series}" for (_, series), count in counts.items())
+    return f"the request's rejection notes withdrew {counts.total()} of its images ({withdrawn}), not read"
 
 
 def _choose(headers: Sequence[DicomHeader | ServiceError], rules: SelectionRules) -> SeriesChoice:

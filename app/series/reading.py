@@ -31,11 +31,11 @@ from app.dicom.dicom_frame import (
 from app.dicom.dicom_header import DicomHeader, garbled_values_refused, read_dicom_header
 from app.dicom.dicom_input import decode_dicom
 from app.dicom.dicom_series import POSITION_TOLERANCE_MM, SliceInput, SlicePlaces, prepare_inputs
-from app.errors import InvalidDicomImageError, RejectedInstanceError, ServiceError, TooManySlicesError
+from app.errors import InvalidDicomImageError, ServiceError, TooManySlicesError
 from app.memory_budget import HeaderClaim, check_cost, mask_bytes
 from app.series.choice import T1_ROLES, SeriesChoice, SeriesUse, choose_series
 from app.series.info import where_in_study
-from app.series.rejection_notes import apply_rejection_notes
+from app.series.rejection_notes import apply_rejection_notes, withdrawn_by_series
 from app.series.sequence_rules import SelectionRules
 from app.series.t1_on_flair_grid import stored_otherwise_note, t1_frames_in_flair_layout, turned_note
 from app.uploads import UploadLimits, check_request_cost, check_upload_size, request_file
@@ -573,9 +573,10 @@ def _withdrawn_t1_note(choice: SeriesChoice, errors: Mapping[int, ServiceError])
     """Why T1 series no longer pair with FLAIR when the request's rejection notes withdrew some of their images (a
     coordinate of the first FLAIR slice left without T1 said nothing of the withdrawal: browser review 61 F6); "" when
     they withdrew none."""
-    withdrawn = Counter(
-        error.series_uid for error in errors.values() if isinstance(error, RejectedInstanceError) and error.series_uid
-    )
+    withdrawn = Counter[str]()
+    for (series_uid, _), count in withdrawn_by_series(errors.values()).items():
+        if series_uid:
+            withdrawn[series_uid] += count
     named = [
         f"{withdrawn[use.series_instance_uid]} of the {_t1_name(use)}"
         for use in choice.used

@@ -17,7 +17,8 @@ logs.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 from pydicom.dataset import Dataset
 from pydicom.uid import KeyObjectSelectionDocumentStorage
@@ -59,6 +60,12 @@ were held before they were counted, 2 GB for 250)."""
 
 WITHDRAWAL_CODES = frozenset({RejectedInstanceError.code, RejectionNoteApplied.code})
 """The `file_errors` codes of a note applied and the images it withdrew: files left out as asked, no failure."""
+
+
+def withdrawn_by_series(items: Iterable[object]) -> Counter[tuple[str, str]]:
+    """How many images the request's rejection notes withdrew, by series: (Series Instance UID, the series as errors
+    name it) -> count. A refusal says which series lost images; the series reading asks whether a chosen one did."""
+    return Counter((item.series_uid, item.series) for item in items if isinstance(item, RejectedInstanceError))
 
 
 class NotesNotRead(Exception):
