@@ -295,10 +295,15 @@ def _lengths_in(source: Dataset, keyword: str) -> list[float]:
     """The numbers of a length attribute; none when it is absent, empty, unreadable or not finite ("inf", "1e400":
     a SEG cannot write them, interop review 63 F3; an unreadable one is refused where the frame is read,
     `app.dicom.dicom_frame`)."""
-    value = frame_value(source, 0, "PixelMeasuresSequence", keyword)
+    return finite_lengths(frame_value(source, 0, "PixelMeasuresSequence", keyword))
+
+
+def finite_lengths(value: object) -> list[float]:
+    """The numbers of a length attribute's value (one or several); none when it is absent, empty, unreadable or not
+    finite."""
     items = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
     try:
-        lengths = [float(item) for item in items if item is not None and str(item) != ""]
+        lengths = [float(item) for item in items if item is not None and str(item).strip() != ""]
     except (TypeError, ValueError):
         return []
     return lengths if all(math.isfinite(length) for length in lengths) else []

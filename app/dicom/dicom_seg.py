@@ -36,6 +36,7 @@ from app.dicom.dicom_conformance import (
     complete_segmentation,
     derived_character_set,
     drop_invalid_optional_values,
+    finite_lengths,
     invalid_values_not_copied_as_is,
     missing_plane_attributes,
     refuse_invalid_values,
@@ -307,13 +308,8 @@ def _usable_pixel_measures(segmentation: Dataset, references: Sequence[DicomFram
 
 def _one_length(value: object, above: float) -> float | None:
     """`value` as one finite number above `above`; None when it is absent, several, not a number or out of range."""
-    if value is None or isinstance(value, list | tuple) or str(value).strip() == "":
-        return None
-    try:
-        length = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return length if math.isfinite(length) and length > above else None
+    lengths = finite_lengths(value)
+    return lengths[0] if len(lengths) == 1 and lengths[0] > above else None
 
 
 def _pixel_measures_per_frame(segmentation: Dataset, references: Sequence[DicomFrame]) -> None:
