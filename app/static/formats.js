@@ -97,6 +97,28 @@ function crc32(bytes, crc = 0xffffffff) {
 const finishCrc = (c) => (c ^ 0xffffffff) >>> 0;
 const ascii = (bytes, start, length) => String.fromCharCode(...bytes.subarray(start, start + length));
 
+// Code page 437's characters for the bytes 0x80-0xFF: the zip format's encoding of a name not flagged UTF-8, which
+// TextDecoder does not know. Windows Explorer's "Send to > Compressed folder" writes such names.
+const CP437_HIGH = "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u00a0";
+const utf8Strict = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * A zip entry's name: UTF-8 when flagged so or when its bytes are (macOS and Linux zippers write UTF-8 unflagged),
+ * else code page 437, as the zip format says. Decoded as UTF-8 with replacement, "Müller" and "Mäller" in CP437 were
+ * both "M\ufffdller": two patients' folders were one (browser review 60 F7). A name in another code page (Shift-JIS)
+ * reads garbled, but each name stays its own.
+ */
+function zipEntryName(nameBytes, flaggedUtf8) {
+  try {
+    return utf8Strict.decode(nameBytes);
+  } catch (error) {
+    if (flaggedUtf8) {
+      return new TextDecoder().decode(nameBytes);
+    }
+    return Array.from(nameBytes, (byte) => (byte < 0x80 ? String.fromCharCode(byte) : CP437_HIGH[byte - 0x80])).join("");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------- zip in/out
 
 /**
@@ -121,7 +143,6 @@ export async function readZip(buffer) {
   if (count === 0xffff || offset === 0xffffffff) {
     throw new FormatError("zip64 archives are not supported; zip fewer files, or choose them directly");
   }
-  const decoder = new TextDecoder();
   const files = [];
   let unzipped = 0; // bytes the entries declare, all together
   for (let i = 0; i < count; i += 1) {
@@ -140,8 +161,9 @@ export async function readZip(buffer) {
     // and two patients' folders so written were one folder to the page (attack review 64 F2). Only in a name that is
     // ASCII or flagged UTF-8: in a Shift-JIS one (Japanese Windows), that byte is half of a kanji (review 72 F11).
     const nameBytes = bytes.subarray(offset + 46, offset + 46 + nameLength);
-    const unicodeName = (view.getUint16(offset + 8, true) & 0x800) !== 0 || nameBytes.every((byte) => byte < 0x80);
-    const decodedName = decoder.decode(nameBytes);
+    const flaggedUtf8 = (view.getUint16(offset + 8, true) & 0x800) !== 0;
+    const unicodeName = flaggedUtf8 || nameBytes.every((byte) => byte < 0x80);
+    const decodedName = zipEntryName(nameBytes, flaggedUtf8);
     const name = unicodeName ? decodedName.replaceAll("\\", "/") : decodedName;
     offset += 46 + nameLength + extraLength + commentLength;
     const baseName = name.split("/").pop();

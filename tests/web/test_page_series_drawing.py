@@ -327,6 +327,20 @@ def test_two_zips_or_a_zip_and_a_loose_slice_are_slices_from_two_places(
     upload(page, [shift_jis])
     expect(page.locator("#slice-table tbody tr")).to_have_count(2)
 
+    # Names not flagged UTF-8 (browser review 60 F7): code page 437 (Windows Explorer) and UTF-8 (macOS) each read as
+    # written; both were decoded to "M\ufffdller", two patients' folders one.
+    unflagged = tmp_path / "explorer.zip"
+    with zipfile.ZipFile(zips[0]) as source, zipfile.ZipFile(unflagged, "w") as archive:
+        for folder in ("MQller", "MWller", "MZZller"):
+            for info in source.infolist():
+                archive.writestr(f"{folder}/{info.filename}", source.read(info))
+    written = unflagged.read_bytes().replace(b"MQller", b"M\x81ller").replace(b"MWller", b"M\x84ller")
+    unflagged.write_bytes(written.replace(b"MZZller", "Möller".encode()))
+    page.set_input_files("#file-input", [unflagged])
+    expect(page.locator("#error-detail")).to_contain_text(
+        "come from 3 folders (explorer.zip/Mäller, explorer.zip/Möller, explorer.zip/Müller)"
+    )
+
     upload(page, [zips[0]])  # one zip alone is one place
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(["slice_1.png", "slice_2.png"])
 
