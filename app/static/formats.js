@@ -536,8 +536,8 @@ const TIFF_DECODERS = {
 };
 
 /**
- * Grey values of the first page of a strip-based TIFF (uncompressed, Deflate, LZW or PackBits; 8 or 16-bit integers or
- * 32-bit floats), or its RGB image for 8-bit RGB and a colour palette; null otherwise.
+ * Grey values of the first page of a TIFF in strips or tiles (uncompressed, Deflate, LZW or PackBits; 8 or 16-bit
+ * integers or 32-bit floats), or its RGB image for 8-bit RGB and a colour palette; null otherwise.
  */
 export async function readTiff(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -557,25 +557,12 @@ export async function readTiff(buffer) {
   const float = sampleFormat === 3;
   const samplesKnown = float ? bits === 32 && predictor === 1 : [8, 16].includes(bits) && sampleFormat <= 2
     && [1, 2].includes(predictor);
-  if (tooLargeToDraw(width, height) || !tags[273] || !samplesKnown || !TIFF_DECODERS[compression]) {
+  if (tooLargeToDraw(width, height) || !samplesKnown || !TIFF_DECODERS[compression]) {
     return null;
   }
-  if ((tags[284] ?? [1])[0] !== 1) {
+  const pixels = await tiffPixels(bytes, tags, { width, height, channels, bits, compression, predictor, little });
+  if (!pixels) {
     return null;
-  }
-  const imageBytes = width * height * channels * (bits / 8);
-  const strips = [];
-  for (let i = 0; i < tags[273].length; i += 1) {
-    const strip = bytes.subarray(tags[273][i], tags[273][i] + tags[279][i]);
-    strips.push(await TIFF_DECODERS[compression](strip, imageBytes));
-  }
-  const data = await new Blob(strips).arrayBuffer();
-  const pixels = new DataView(data);
-  if (data.byteLength < imageBytes) {
-    throw new FormatError("the TIFF's strips hold fewer pixels than its size");
-  }
-  if (predictor === 2) {
-    undoHorizontalDifferencing(pixels, width, height, channels, bits, little);
   }
   const signed = sampleFormat === 2; // signed, as the server reads it
   const photometric = tags[262]?.[0];
@@ -603,6 +590,60 @@ export async function readTiff(buffer) {
     invertMinIsWhite(values, bits, signed, float);
   }
   return { width, height, values, bits };
+}
+
+/**
+ * A TIFF page's samples, interleaved pixel by pixel and row by row, from its strips or tiles, stored pixel by pixel or
+ * one plane per sample (PlanarConfiguration 2): the server reads all four layouts (tifffile), and the page drew the
+ * tiled and planar ones black (browser review 60 F11). Null when the tags place no blocks.
+ */
+async function tiffPixels(bytes, tags, { width, height, channels, bits, compression, predictor, little }) {
+  const tiled = Boolean(tags[322] && tags[323] && tags[324]);
+  const offsets = tiled ? tags[324] : tags[273];
+  const counts = tiled ? tags[325] : tags[279];
+  const blockWidth = tiled ? tags[322][0] : width;
+  const blockHeight = tiled ? tags[323][0] : Math.min((tags[278] ?? [height])[0], height);
+  const planes = (tags[284] ?? [1])[0] === 2 ? channels : 1;
+  const samples = channels / planes; // in each block
+  const across = Math.ceil(width / blockWidth);
+  const down = Math.ceil(height / blockHeight);
+  if (!offsets || !counts || !(blockWidth > 0 && blockHeight > 0) || offsets.length < across * down * planes) {
+    return null;
+  }
+  const step = bits / 8;
+  const out = new Uint8Array(width * height * channels * step);
+  for (let plane = 0; plane < planes; plane += 1) {
+    for (let row = 0; row < down; row += 1) {
+      for (let column = 0; column < across; column += 1) {
+        const index = (plane * down + row) * across + column;
+        // A strip at the image's foot holds only the rows left; a tile is always whole.
+        const rows = tiled ? blockHeight : Math.min(blockHeight, height - row * blockHeight);
+        const blockBytes = blockWidth * rows * samples * step;
+        const stored = bytes.subarray(offsets[index], offsets[index] + counts[index]);
+        const block = new Uint8Array(await new Blob([await TIFF_DECODERS[compression](stored, blockBytes)])
+          .arrayBuffer());
+        if (block.length < blockBytes) {
+          throw new FormatError("the TIFF's strips or tiles hold fewer pixels than its size");
+        }
+        if (predictor === 2) {
+          undoHorizontalDifferencing(new DataView(block.buffer), blockWidth, rows, samples, bits, little);
+        }
+        const x0 = column * blockWidth;
+        const y0 = row * blockHeight;
+        const kept = Math.min(blockWidth, width - x0);
+        for (let y = 0; y < Math.min(rows, height - y0); y += 1) {
+          for (let x = 0; x < kept; x += 1) {
+            for (let sample = 0; sample < samples; sample += 1) {
+              const from = ((y * blockWidth + x) * samples + sample) * step;
+              const to = (((y0 + y) * width + x0 + x) * channels + plane + sample) * step;
+              out.set(block.subarray(from, from + step), to);
+            }
+          }
+        }
+      }
+    }
+  }
+  return new DataView(out.buffer);
 }
 
 /**

@@ -253,6 +253,40 @@ def test_a_miniswhite_tiff_series_is_drawn_as_the_minisblack_series_of_the_same_
         assert differing == 0, f"slice {number}: {differing} pixels drawn otherwise than the MinIsBlack slice"
 
 
+def test_tiled_and_planar_tiffs_are_drawn_as_the_same_slices_in_strips(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 60 F11: the server reads TIFF slices stored in tiles or one plane per sample (tifffile), and the
+    page drew them black. Each layout, compressed and differenced or not, is drawn as the same slices in strips."""
+    heads = np.stack([channel.astype(np.uint16) * 4 for channel in tumor_channels()], axis=-1)
+    layouts = {
+        "strips": {},
+        "tiles": {"tile": (64, 64), "compression": "zlib", "predictor": True},
+        "planar": {"planarconfig": "separate", "rowsperstrip": 100},
+        "planar_tiles": {"planarconfig": "separate", "tile": (80, 80), "compression": "lzw"},
+    }
+    page.goto(live_server)
+    drawn = {}
+    for layout, options in layouts.items():
+        (tmp_path / layout).mkdir()
+        paths = [tmp_path / layout / f"slice_{index}.tif" for index in range(2)]
+        for path, image in zip(paths, (heads, heads[::-1]), strict=True):
+            planes = options.get("planarconfig") == "separate"  # tifffile takes the planes first
+            tifffile.imwrite(path, image.transpose(2, 0, 1) if planes else image, photometric="rgb", **options)
+        upload(page, paths)
+        drawn[layout] = []
+        for number in ("1", "2"):
+            page.locator("#slice-slider").fill(number)
+            drawn[layout].append(drawn_slice(page))
+
+    assert max(drawn["strips"][0][2]) > 100, "the reference slice is drawn"
+    for layout in ("tiles", "planar", "planar_tiles"):
+        for number, (shown, reference) in enumerate(zip(drawn[layout], drawn["strips"], strict=True), 1):
+            assert shown[:2] == reference[:2], f"{layout} slice {number}: the default window"
+            differing = int(np.count_nonzero(np.abs(np.array(shown[2]) - np.array(reference[2])) > 1))
+            assert differing == 0, f"{layout} slice {number}: {differing} pixels drawn otherwise than in strips"
+
+
 # --------------------------------------------------------------------------- F6: the folders inside a zip
 
 
