@@ -42,7 +42,7 @@ from pydicom.config import RAISE
 from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 
 from app.dicom.dicom_frame import MULTI_FRAME_CLASSES, DicomFrame, frame_value
 from app.dicom.dicom_header import unpadded_uid
@@ -216,9 +216,19 @@ def _vr_of(element: DataElement | RawDataElement) -> str | None:
 
 
 def _has_text_beyond_ascii(dataset: Dataset) -> bool:
-    return any(
-        element.VR in CHECKED_TEXT_VRS and element.VM > 0 and not str(element.value).isascii() for element in dataset
-    )
+    """Whether a top-level text value holds a character beyond ASCII; an element still unread is judged by its
+    bytes (read, 300 long DS values took 4 GB and a minute: attack review 66 F3)."""
+    for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset reads each element; its keys do not
+        if not _may_be_checked_text(dataset, tag):
+            continue
+        raw = dataset.get_item(tag)
+        if isinstance(raw, RawDataElement):
+            beyond = raw.value is not None and not bytes(raw.value).isascii()
+        else:
+            beyond = raw.VR in CHECKED_TEXT_VRS and raw.VM > 0 and not str(raw.value).isascii()
+        if beyond:
+            return True
+    return False
 
 
 # The plane of a frame in a patient coordinate system: (functional group sequence, attribute) as `frame_value` reads
@@ -392,12 +402,22 @@ def invalid_values(dataset: Dataset, keywords: Iterable[str] | None = None) -> l
     object that a PACS may refuse or show garbled, or highdicom fails on it with a message that names nothing. The
     caller refuses such a source with the keywords; the values are never quoted (they may identify the patient).
     """
-    wanted = None if keywords is None else set(keywords)
+    # By tag, each element read only when it may be checked: read, the 300 long DS values of a 20 MB header took
+    # 4 GB to check a Patient ID (attack review 66 F3).
+    wanted = None if keywords is None else {Tag(keyword) for keyword in keywords}
     return [
-        element.keyword or str(element.tag)
-        for element in dataset
-        if (wanted is None or element.keyword in wanted) and breaks_value_type(element)
+        dataset[tag].keyword or str(tag)
+        for tag in dataset.keys()  # noqa: SIM118 - iterating a Dataset reads each element; its keys do not
+        if (wanted is None or tag in wanted) and _may_be_checked_text(dataset, tag) and breaks_value_type(dataset[tag])
     ]
+
+
+def _may_be_checked_text(dataset: Dataset, tag: BaseTag) -> bool:
+    """Whether `dataset`'s element `tag` may be of a `CHECKED_TEXT_VRS` value type, told without reading its value."""
+    element = dataset.get_item(tag)
+    if isinstance(element, RawDataElement) and element.VR == "UN":  # read as the dictionary's, as pydicom does
+        element = element._replace(VR=None)
+    return _vr_of(element) in CHECKED_TEXT_VRS
 
 
 def breaks_value_type(element: DataElement) -> bool:

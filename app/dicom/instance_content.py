@@ -20,14 +20,20 @@ import numpy as np
 import pydicom
 from pydicom import config
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 
 from app.dicom.dicom_header import DicomHeader, read_dicom_header
-from app.dicom.dicom_input import PIXEL_DATA_KEYWORDS
 from app.dicom.dicom_pixels import stored_pixels
-from app.dicom.part10 import BoundedReads, dcmread_through_pixel_data, through_pixel_data
+from app.dicom.part10 import (
+    PIXEL_DATA_TAGS,
+    BoundedReads,
+    check_sequences_left_raw,
+    dcmread_through_pixel_data,
+    through_pixel_data,
+)
 from app.settings import Settings
 
 DEFAULT_MAX_COST_BYTES: int = Settings.model_fields["decode_memory_bytes"].default
@@ -45,7 +51,8 @@ def content_digest(data: bytes, max_cost_bytes: int = DEFAULT_MAX_COST_BYTES) ->
     digest = hashlib.sha256()
     try:
         with values_unvalidated():  # every element is read here, however many are malformed
-            header = read_dicom_header(data)
+            # Inflating past the budget is not counted to its end (a 4 GB deflate bomb: 19 s, attack review 66).
+            header = read_dicom_header(data, max_bytes=max_cost_bytes)
             if header.cost_bytes > max_cost_bytes:
                 return _bytes_digest(data)
             dataset = _whole_dataset(header)
@@ -131,8 +138,16 @@ def _whole_dataset(header: DicomHeader) -> Dataset:
         after = read_dataset(trailing, *encoding)
     finally:
         trailing.raise_if_exceeded()  # whatever pydicom made of the refusal: the file is then hashed as its bytes
-    for element in (*rest.elements(), *after.elements()):  # as read: converted on access, as the whole file's would be
+    # A sequence of defined length is one read, parsed when hashed: a million empty items in one cost 86 s and
+    # +665 MiB at the node, answered Success (attack review 66 F1).
+    check_sequences_left_raw(after, trailing.reads, most_reads=MAX_TRAILING_READS)
+    for element in rest.elements():  # as read: converted on access, as the whole file's would be
         dataset[element.tag] = element
+    for element in after.elements():
+        # Never in place of an element read before: the analysis reads the first Pixel Data and header, and a decoy
+        # after them made two versions of an instance one digest, the corrected re-send unanalysed (review 66 F2).
+        if element.tag not in dataset:
+            dataset[element.tag] = element
     return dataset
 
 
@@ -146,17 +161,54 @@ TEXT_VRS = frozenset(
 def attributes_bytes(dataset: Dataset) -> bytes:
     """The data set without its pixel data, file meta group and private elements, written Explicit VR Little
     Endian: one form whatever the encoding it arrived in. A text element under another text VR than the
-    dictionary's is written under the dictionary's, as Implicit VR reads it."""
+    dictionary's is written under the dictionary's, as Implicit VR reads it; a long value of many numbers is
+    written as its bytes (`_unconverted`)."""
     attributes = Dataset()
-    for element in dataset:
-        if element.tag.is_private or element.keyword in PIXEL_DATA_KEYWORDS:
+    for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset converts each element; its keys do not
+        if tag.is_private or tag in PIXEL_DATA_TAGS:
             continue
+        element = _unconverted(dataset, tag) or dataset[tag]
         standard = _dictionary_vr(element.tag)
         if standard in TEXT_VRS and element.VR in TEXT_VRS and standard != element.VR:
             with suppress(ValueError, TypeError, OverflowError):  # a value the dictionary's VR cannot hold: as it is
                 element = DataElement(element.tag, standard, element.value)
+        elif element.VR == "SQ":
+            element = DataElement(element.tag, "SQ", [_item_for_digest(item) for item in element.value])
         attributes.add(element)
-    attributes.remove_private_tags()  # in sequences too
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, attributes, implicit_vr=False, little_endian=True)
     return buffer.getvalue()
+
+
+LONG_VALUE_BYTES = 1024
+"""A value longer than this, of a value type pydicom reads as one Python object per value (text, numbers as text or
+binary: DS, IS, US, FL...), is hashed as its bytes: converted, a million DS values (2 MB) took 3.6 s and +385 MiB,
+and the 300 of a 20 MB upload took gigabytes (attack review 66 F3). Its bytes are the same in every little-endian
+transfer syntax, so the digest still is."""
+
+BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"})
+
+
+def _item_for_digest(item: Dataset) -> Dataset:
+    """A sequence item's elements as `attributes_bytes` writes them: private ones left out, long values of numbers
+    as their bytes, at every depth."""
+    copy = Dataset()
+    for tag in item.keys():  # noqa: SIM118 - as in `attributes_bytes`
+        if tag.is_private:
+            continue
+        element = _unconverted(item, tag) or item[tag]
+        if element.VR == "SQ":
+            element = DataElement(tag, "SQ", [_item_for_digest(nested) for nested in element.value])
+        copy.add(element)
+    return copy
+
+
+def _unconverted(dataset: Dataset, tag: BaseTag) -> DataElement | None:
+    """`dataset`'s element `tag` as its bytes (VR OB) when it is still unread, long (`LONG_VALUE_BYTES`) and of a
+    value type read value by value; None otherwise (read it)."""
+    raw = dataset.get_item(tag)
+    if not isinstance(raw, RawDataElement) or raw.value is None or len(raw.value) <= LONG_VALUE_BYTES:
+        return None
+    if (raw.VR or _dictionary_vr(tag)) in BYTES_VRS:
+        return None
+    return DataElement(tag, "OB", bytes(raw.value))  # UN would be read again under the dictionary's VR

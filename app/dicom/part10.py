@@ -160,16 +160,16 @@ def dcmread_bounded(data: bytes, stop_before_pixels: bool = False) -> tuple[Data
     return dataset, stream
 
 
-def check_sequences_left_raw(dataset: Dataset, reads: int) -> None:
+def check_sequences_left_raw(dataset: Dataset, reads: int, most_reads: int = MAX_HEADER_READS) -> None:
     """Refuse a header whose sequences of defined length, which pydicom keeps as bytes and parses on first access
-    (out of `BoundedReads`' sight), would take the elements read past `MAX_HEADER_READS`.
+    (out of `BoundedReads`' sight), would take the elements read past `most_reads` (`MAX_HEADER_READS`).
 
     Counted before any is accessed (the header checks read the functional groups): 500,000 empty elements in one
     item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read. An
     element is at least 8 bytes: while the sequences' bytes cannot hold more elements than the reads
     left, nothing is walked.
     """
-    budget = MAX_HEADER_READS - reads
+    budget = most_reads - reads
     raw_sequences = list(_sequences_left_raw(dataset))
     if sum(len(raw.value or b"") for raw in raw_sequences) // 8 <= budget:
         return

@@ -12,8 +12,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import EnhancedMRImageStorage, MRImageStorage
+from pydicom.uid import EnhancedMRImageStorage, ImplicitVRLittleEndian, MRImageStorage
 
 from app.dicom.dicom_conformance import (
     TYPE2_PATIENT_STUDY_ATTRIBUTES,
@@ -429,6 +430,30 @@ def test_a_source_without_a_character_set_but_with_latin_1_text_gives_utf_8_obje
 
     dataset.PatientName = "Müller^Jürgen"
     assert derived_character_set(dataset) == "ISO_IR 192"
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_the_checks_of_a_header_read_no_value_they_do_not_check(implicit: bool) -> None:
+    """Attack review 66 F3: checking a Patient ID, or whether the text is ASCII, read every element of the header: a
+    DS element of 32,767 values is 32,767 Python objects, and 300 of them in a 20 MB upload took 4 GB. Only the
+    elements checked are read; a Latin-1 name in an element still unread still asks for UTF-8."""
+    dataset = mr_series(tumor_channels()[:1])[0]
+    many = 0x00331000
+    dataset.add_new(many, "DS", "\\".join(["1.5"] * 5000))  # private: never copied, never checked
+    dataset.add_new(0x00181164, "DS", "\\".join(["0.5"] * 5000))  # Imager Pixel Spacing: not copied either
+    dataset.PatientID = "ID\\TWO"
+    if implicit:
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+
+    read = pydicom.dcmread(io.BytesIO(to_bytes(dataset)))
+    assert invalid_values(read, ["PatientID", "PatientName"]) == ["PatientID"]
+    assert derived_character_set(read) is None
+    assert all(isinstance(read.get_item(tag), RawDataElement) for tag in (many, 0x00181164))
+
+    dataset.PatientName = "Müller^Jürgen"
+    latin_1 = pydicom.dcmread(io.BytesIO(to_bytes(dataset)))
+    assert isinstance(latin_1.get_item(0x00100010), RawDataElement)
+    assert derived_character_set(latin_1) == "ISO_IR 192"
 
 
 def test_optional_copied_attributes_are_read_from_highdicom() -> None:

@@ -6,9 +6,11 @@ them JPEG-LS lossless or Implicit VR, were analysed a second time and their resu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
+import struct
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ def instance() -> Dataset:
     dataset = mr_series(tumor_channels(FLAIR))[1]
     dataset.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")  # private: its VR is lost in Implicit VR
     dataset.add_new((0x0029, 0x1010), "OB", b"\x01\x02\x03\x04")
+    dataset.add_new(0x00181164, "DS", "\\".join(["0.5"] * 2000))  # hashed as its bytes (attack review 66 F3)
     return dataset
 
 
@@ -100,6 +103,65 @@ def test_what_follows_the_pixel_data_is_read_within_a_bound_for_the_digest(
     assert content_digest(with_trailing_sequence(original, 3, b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")) != (
         content_digest(original)
     )
+
+
+def test_a_trailing_sequence_of_defined_length_is_counted_before_it_is_parsed(instance: Dataset) -> None:
+    """Attack review 66 F1: a sequence of defined length is one read, parsed whole when hashed (a million empty items
+    after the pixel data: 86 s and +665 MiB at the node). Its elements count against `MAX_TRAILING_READS`."""
+    original = to_bytes(instance)
+    body = struct.pack("<HHI", 0xFFFE, 0xE000, 0) * 20_000
+    many = original + struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, len(body)) + body
+    few = original + struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 24) + body[:24]
+
+    tracemalloc.start()
+    try:
+        digest = content_digest(many)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert digest == hashlib.sha256(b"bytes\0" + many).digest()
+    assert peak < 20 * 2**20  # parsed: 20,000 items are about 26 MiB of Python objects
+    assert content_digest(few) not in (content_digest(original), hashlib.sha256(b"bytes\0" + few).digest())
+
+
+def test_long_values_of_numbers_are_hashed_as_their_bytes(instance: Dataset) -> None:
+    """Attack review 66 F3: each DS value read is a Python object of hundreds of bytes, and every element was read
+    (private ones too, before they were left out): 300 elements of 32,767 values in a 20 MB instance took gigabytes,
+    and the node takes instances of 128 MiB. A long value is hashed as its bytes, still the same in every encoding
+    (the fixture's Imager Pixel Spacing: `test_another_lossless_encoding_has_the_same_digest`)."""
+    instance.add_new(0x00330010, "LO", "VENDOR")
+    for element in range(12):  # in Explicit VR, a DS holds at most 65,534 bytes: 16,000 values of 3 characters
+        instance.add_new(0x00331000 + element, "DS", "\\".join(["0.5"] * 16_000))
+    instance.add_new(0x00189089, "FD", [0.25] * 8_000)  # Diffusion Gradient Orientation: binary numbers too
+    data = to_bytes(instance)
+    changed = data.replace(struct.pack("<d", 0.25), struct.pack("<d", 0.5), 1)
+
+    tracemalloc.start()
+    try:
+        digest = content_digest(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert digest != hashlib.sha256(b"bytes\0" + data).digest()
+    assert peak < 20 * 2**20  # read value by value: 192,000 DS objects
+    assert content_digest(changed) != digest
+
+
+def test_elements_after_the_pixel_data_never_stand_for_those_read_before_it(instance: Dataset) -> None:
+    """Attack review 66 F2: a second Pixel Data (or Patient ID) after the first took the first's place in the digest,
+    so two versions of an instance with other pixels, each followed by the same decoy, were one digest, and the
+    corrected one was never analysed. The analysis reads the first; so does the digest."""
+    size = len(instance.PixelData)
+    decoy = struct.pack("<HH2sH", 0x0010, 0x0020, b"LO", 6) + b"DECOY "  # explicit VR little endian, as the instance
+    decoy += struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, size) + b"\0" * size
+    corrected = copy.deepcopy(instance)
+    corrected.PixelData = bytes(255 - byte for byte in instance.PixelData)
+
+    digests = {content_digest(to_bytes(version) + decoy) for version in (instance, corrected)}
+
+    assert len(digests) == 2
 
 
 @pytest.mark.parametrize(
