@@ -195,6 +195,8 @@ const ui = {
   errorDetail: el("error-detail"),
   errorFull: el("error-full"),
   errorFullText: el("error-full-text"),
+  segErrorFull: el("seg-error-full"),
+  segErrorFullText: el("seg-error-full-text"),
   retry: el("retry"),
   result: el("result"),
   resultHeading: el("result-heading"),
@@ -552,8 +554,10 @@ async function collectFiles(chosen) {
       files.push(file);
     }
   }
+  let hidden = 0;
   const kept = files.filter((file) => {
     if (file.name.startsWith(".") || inSystemFolder(file)) {
+      hidden += 1;
       return false;
     }
     // Kaggle's LGG folders keep each ground-truth mask beside its slice: those are answers, not slices.
@@ -566,7 +570,7 @@ async function collectFiles(chosen) {
   // By path (a folder's files, a zip's entries, a dropped folder's files), so that the slices of one folder stay
   // together and in order.
   kept.sort((a, b) => naturalOrder.compare(pathOf(a), pathOf(b)));
-  return { files: kept, skippedMasks };
+  return { files: kept, skippedMasks, hidden };
 }
 
 /** A file's path as chosen: its zip's path and its own in it, in a dropped or chosen folder, else its name alone. */
@@ -617,15 +621,19 @@ function isRaster(head) {
  * refused, as the server says. Among several PNG, JPEG or TIFF files, the files that are none of them are left out
  * too: a failed file of a raster series is a missing slice, which cuts the series clean-up there, and a note or a
  * desktop.ini beside the slices is no slice (sent, two notes cost two tumor slices their masks). A file that
- * starts as an image and does not decode stays: that one is a missing slice.
+ * starts as an image and does not decode stays, as does one named as an image: that one is a missing slice.
  */
+// A file named as a PNG, JPEG or TIFF slice is one among raster slices whatever it holds: an empty file or a saved
+// "502 Bad Gateway" page in its place was left out, its neighbours joined without a gap (browser review 62 F3).
+const RASTER_FILE_NAME = /\.(png|jpe?g|tiff?)$/i;
+
 function withoutExtras(files, heads) {
   const dicom = heads.some(isDicom);
   if (!dicom && !(files.length > 1 && heads.some(isRaster))) {
     return { files, heads, leftOut: [] }; // one file, or no image at all: the server says what each is
   }
   const kept = files.map((file, at) => (dicom && isDicom(heads[at]) && file.name.toUpperCase() !== "DICOMDIR")
-    || isRaster(heads[at]));
+    || isRaster(heads[at]) || (!dicom && RASTER_FILE_NAME.test(file.name)));
   const leftOut = files.filter((file, at) => !kept[at]);
   if (!kept.includes(true)) {
     throw new FormatError(`no DICOM image among the files chosen (${namesOf(leftOut)})`);
@@ -809,10 +817,13 @@ async function analyse(chosen) {
   ui.progressRow.hidden = false;
   try {
     requestHeaders(); // a key no header can carry is refused before any file is read
-    const { files: collected, skippedMasks } = await collectFiles(chosen);
+    const { files: collected, skippedMasks, hidden } = await collectFiles(chosen);
     if (collected.length === 0) {
+      // What was left out, when something was: "no files were chosen" of a chosen file said nothing of why it was
+      // dropped (browser review 62 F2).
       const none = chosen.length === 0 ? "the folder holds no files (its subfolders, if any, are empty too)"
-        : "no files were chosen";
+        : hidden ? `only hidden or system files were chosen (${plural(hidden, "file")} whose name or folder starts `
+          + 'with ".", or in @eaDir or __MACOSX), which are left out' : "no files were chosen";
       throw new FormatError(skippedMasks ? "only ground-truth masks (*_mask.png) were chosen" : none);
     }
     const chosenHeads = await Promise.all(
@@ -839,9 +850,10 @@ async function analyse(chosen) {
     if (files.length === 0) {
       throw tooLargeError(tooLarge, limits.bytes);
     }
-    if (tooLarge.length && !dicom && files.length > 1) {
+    if (tooLarge.length && !dicom && readable.files.length > 1) {
       // Left out, a PNG, JPEG or TIFF slice would join its neighbours across the gap, unsaid: the series clean-up
-      // and the volume go by the order sent (browser review 60 F5). A DICOM series' positions show the gap.
+      // and the volume go by the order sent (browser review 60 F5). A DICOM series' positions show the gap. Counted
+      // as chosen: of two slices, the one left was analysed alone as a single slice (browser review 62 F4).
       throw tooLargeError(tooLarge, limits.bytes, TOO_LARGE_SLICE_ADVICE);
     }
     const selection = files.length === 1
@@ -2271,9 +2283,13 @@ function showSegStatus(text) {
 
 /** The SEG's error beside its button, where the person who asked for it looks (the page's error box is far above). */
 function showSegError(error) {
-  const { title, detail } = describeError(error);
+  const { title, detail, whole } = describeError(error);
   ui.segErrorTitle.textContent = title;
   ui.segErrorDetail.textContent = detail;
+  // A cut message says "the whole message is below": it is (browser review 62 F6).
+  ui.segErrorFullText.textContent = whole;
+  ui.segErrorFull.hidden = !whole;
+  ui.segErrorFull.open = false;
   ui.segStatus.textContent = "";
   ui.segError.hidden = false;
   ui.segError.scrollIntoView({ block: "nearest" });

@@ -19,6 +19,12 @@ export const EMPTY_ZIP_TITLE = "The zip holds no slices. Choose a zip of PNG, JP
 // is 128 MiB), and reached in seconds. A zip of a few MB can unpack to gigabytes of zeros, which the tab would hold
 // while it inflated them, for 20-45 s, before failing with a message about file permissions.
 export const MAX_UNZIPPED_BYTES = 512 * 2 ** 20;
+// Most entries (files and folders) of a zip the page reads: each is unpacked before the files are counted against
+// what one analysis takes, and 30,000 tiny ones crashed the tab (browser review 62 F5): sixteen times the files a
+// batch takes by default (256).
+export const MAX_ZIP_ENTRIES = 4096;
+export const ZIP_TOO_MANY_TITLE = "The zip holds more files than the page reads. Choose one patient's series, or the "
+  + "files themselves.";
 export const ZIP_TOO_LARGE_TITLE = "The zip unpacks to more than the page reads (512 MiB). Choose fewer slices, or "
   + "the files themselves.";
 export const NESTED_ZIP_TITLE = "Zips inside the zip are not opened: unzip it first, or choose the inner zip.";
@@ -143,6 +149,10 @@ export async function readZip(buffer) {
   if (count === 0xffff || offset === 0xffffffff) {
     throw new FormatError("zip64 archives are not supported; zip fewer files, or choose them directly");
   }
+  if (count > MAX_ZIP_ENTRIES) {
+    throw new FormatError(`the zip holds ${count.toLocaleString("en")} entries, more than the page reads (at most `
+      + `${MAX_ZIP_ENTRIES.toLocaleString("en")})`, ZIP_TOO_MANY_TITLE);
+  }
   const files = [];
   let unzipped = 0; // bytes the entries declare, all together
   for (let i = 0; i < count; i += 1) {
@@ -164,7 +174,11 @@ export async function readZip(buffer) {
     const flaggedUtf8 = (view.getUint16(offset + 8, true) & 0x800) !== 0;
     const unicodeName = flaggedUtf8 || nameBytes.every((byte) => byte < 0x80);
     const decodedName = zipEntryName(nameBytes, flaggedUtf8);
-    const name = unicodeName ? decodedName.replaceAll("\\", "/") : decodedName;
+    const written = unicodeName ? decodedName.replaceAll("\\", "/") : decodedName;
+    // "./" and "/" segments name no folder: `tar -a -cf x.zip .` (Windows, macOS) writes "./slice.png", which was
+    // read as the hidden folder "." and left out, the whole zip "no files" (browser review 62 F1).
+    const name = written.endsWith("/") ? written
+      : written.split("/").filter((part) => part !== "." && part !== "").join("/");
     offset += 46 + nameLength + extraLength + commentLength;
     const baseName = name.split("/").pop();
     if (name.endsWith("/") || baseName.startsWith(".") || name.startsWith("__MACOSX/")) {

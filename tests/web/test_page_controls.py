@@ -191,6 +191,30 @@ def test_a_server_message_just_over_the_cut_is_shown_whole(page: Page, live_serv
     expect(page.locator("#error-full")).to_be_hidden()
 
 
+def test_a_long_seg_refusal_is_shown_whole_beside_the_seg_button(page: Page, live_server: str, tmp_path: Path) -> None:
+    """Browser review 62 F6: a cut SEG refusal said "(the whole message is below)" with nothing below it."""
+    message = "; ".join(f"the request's file at index {index}: no SEG can hold it" for index in range(80))
+    page.route(
+        SEG_URL,
+        lambda route: route.fulfill(
+            status=422, content_type="application/json", body=json.dumps({"error": {"code": "x", "message": message}})
+        ),
+    )
+    page.goto(live_server)
+    upload(page, dicom_series(tmp_path))
+
+    page.locator("#download-seg").click()
+
+    expect(page.locator("#seg-error-detail")).to_contain_text("(the whole message is below)")
+    page.locator("#seg-error-full summary").click()
+    expect(page.locator("#seg-error-full-text")).to_have_text(message)
+    upload(page, dicom_series(tmp_path))  # a SEG refusal that is not cut shows no whole message
+    page.route(SEG_URL, answer_busy)
+    page.locator("#download-seg").click()
+    expect(page.locator("#seg-error-detail")).to_have_text(f"Server message: {BUSY_BODY['error']['message']}")
+    expect(page.locator("#seg-error-full")).to_be_hidden()
+
+
 # ------------------------------------------------------------------------------------------------ 3: spacing
 
 

@@ -379,6 +379,39 @@ def test_two_zips_or_a_zip_and_a_loose_slice_are_slices_from_two_places(
     expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(["slice_1.png", "slice_2.png"])
 
 
+def test_zips_made_by_tar_and_choices_of_hidden_files_or_too_many_entries_say_what_they_hold(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 62 F1, F2, F5: `tar -a -cf x.zip .` names its entries "./slice.png", read as a hidden folder
+    "." and refused as "no files were chosen"; a choice of hidden files only was "no files were chosen" too; and a
+    zip of 30,000 entries was unpacked whole before they were counted, and crashed the tab."""
+    rng = np.random.default_rng(62)
+    tar_made = tmp_path / "tar_made.zip"
+    with zipfile.ZipFile(tar_made, "w") as archive:
+        archive.writestr("./", b"")
+        for name in ("slice_1.png", "slice_2.png"):
+            archive.writestr(f"./{name}", png_bytes(Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8))))
+    page.goto(live_server)
+
+    upload(page, [tar_made])
+    expect(page.locator("#slice-table tbody tr td:nth-child(2)")).to_have_text(["slice_1.png", "slice_2.png"])
+
+    hidden = tmp_path / ".slice_12.png"
+    hidden.write_bytes(png_bytes(Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8))))
+    page.set_input_files("#file-input", [hidden])
+    expect(page.locator("#error-detail")).to_contain_text("only hidden or system files were chosen (1 file whose")
+
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as archive:
+        for index in range(5000):
+            archive.writestr(f"slice_{index}.png", b"")
+    page.set_input_files("#file-input", [many])
+    expect(page.locator("#error-title")).to_have_text(
+        "The zip holds more files than the page reads. Choose one patient's series, or the files themselves."
+    )
+    expect(page.locator("#error-detail")).to_contain_text("holds 5,000 entries, more than the page reads")
+
+
 def test_thumbnails_in_system_folders_of_the_chosen_folder_are_left_out(
     page: Page, live_server: str, tmp_path: Path
 ) -> None:
@@ -445,6 +478,22 @@ def test_files_too_large_together_are_not_called_one_file_too_large(page: Page, 
 
 
 # ------------------------------------------------------------------- F8: a failed file inside a raster series
+
+
+def test_an_empty_file_named_as_a_slice_of_a_raster_series_is_a_missing_slice(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 62 F3: an empty file (or a saved error page) in a slice's place was left out as "neither DICOM
+    nor PNG, JPEG or TIFF": its neighbours joined without a gap, the volume short with no caveat. Sent, the server
+    refuses it, and it is the missing slice it is."""
+    empty = tmp_path / "TCGA_DU_A5TW_19980228_20b.png"  # sorts between _20 and _21, as the page orders names
+    empty.write_bytes(b"")
+    page.goto(live_server)
+
+    upload(page, [RASTER_SERIES[0], RASTER_SERIES[1], empty, RASTER_SERIES[2]])
+
+    expect(page.locator("#strip .strip-gap")).to_have_count(1)
+    expect(page.locator("#file-name")).not_to_contain_text("neither DICOM")
 
 
 def test_a_failed_file_inside_a_raster_series_is_a_missing_slice_not_a_gapless_neighbour(
