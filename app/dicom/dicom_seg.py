@@ -27,6 +27,7 @@ from functools import cache, partial
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import SecondaryCaptureImageStorage
 
@@ -194,7 +195,7 @@ def build_segmentation(
         raise SegmentationInputError(
             f"the slices cannot be covered by one DICOM SEG: {builder_reason(error)}"
         ) from error
-    return _finished(segmentation, source_images, references)
+    return _finished(segmentation, [*source_images, *further], references)
 
 
 def _checked_references(inputs: Sequence[SliceInput], masks: Sequence[np.ndarray | None]) -> list[DicomFrame]:
@@ -226,8 +227,10 @@ def _further_source_images(inputs: Sequence[SliceInput]) -> list[Dataset]:
 
 
 def _finished(segmentation: Dataset, source_images: list[Dataset], references: Sequence[DicomFrame]) -> Dataset:
-    """highdicom's SEG with what it leaves out or gets wrong put right (in place), its values checked."""
+    """highdicom's SEG with what it leaves out or gets wrong put right (in place), its values checked.
+    `source_images`: FLAIR's, then the T1 series' (further sources)."""
     segmentation.SeriesDescription = SEG_SERIES_DESCRIPTION
+    _lossy_as_any_source(segmentation, source_images)
     # An enhanced source's functional group items come with a vendor's private elements beside the standard ones
     # (interop review 63 F6: a private name was copied into every frame's Plane Position): the SEG keeps none.
     for group in (
@@ -245,6 +248,43 @@ def _finished(segmentation: Dataset, source_images: list[Dataset], references: S
     )  # copied from the source as it came
     _pixel_measures_per_frame(segmentation, references)
     return complete_segmentation(segmentation, source_images)  # Patient Orientation for sources without geometry
+
+
+def _lossy_as_any_source(segmentation: Dataset, sources: Sequence[Dataset]) -> None:
+    """Lossy Image Compression "01" when any source was lossy compressed, with the methods (and ratios, where each
+    method's is known) of those that were (in place): highdicom copies the first source's, so a SEG whose first
+    slice, or whose FLAIR, was not lossy said "00" of JPEG slices among them or lossy T1 channels (interop review
+    64 F3; PS3.3 C.7.6.1.1.5)."""
+    ratios: dict[str, str | None] = {}
+    for source in sources:
+        if str(source.get("LossyImageCompression", "")).strip() != "01":
+            continue
+        methods = _values(source.get("LossyImageCompressionMethod"))
+        given = _values(source.get("LossyImageCompressionRatio"))
+        for index, method in enumerate(methods):
+            ratio = given[index] if len(given) == len(methods) else None
+            ratios[method] = ratios.get(method) or ratio
+        if not methods:
+            ratios.setdefault("", None)  # lossy, method not said
+    if not ratios:
+        return
+    segmentation.LossyImageCompression = "01"
+    methods = [method for method in ratios if method]
+    for keyword in ("LossyImageCompressionMethod", "LossyImageCompressionRatio"):
+        if keyword in segmentation:
+            del segmentation[keyword]
+    if methods:
+        segmentation.LossyImageCompressionMethod = methods
+        if all(ratios[method] for method in methods) and "" not in ratios:
+            segmentation.LossyImageCompressionRatio = [ratios[method] for method in methods]
+
+
+def _values(value: object) -> list[str]:
+    """An attribute's values as text, none when absent or empty."""
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, list | tuple | MultiValue) else [value]
+    return [str(item).strip() for item in items if str(item).strip()]
 
 
 def _completed_sources(source_images: list[Dataset], references: Sequence[DicomFrame]) -> list[Dataset]:

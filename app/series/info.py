@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.dicom.dicom_frame import frame_value
+from app.dicom.dicom_input import LOSSY_TRANSFER_SYNTAXES
 from app.dicom.slice_orientation import slice_plane
 from app.series.sequence_rules import CONTRAST_ATTRIBUTES
 
@@ -41,7 +42,8 @@ class SeriesInfo:
     planes: frozenset[str] = frozenset()
     """The planes of every slice seen (`select_sequences` joins the instances'): more than one in a 3-plane scout."""
     lossy: bool = False
-    """Lossy Image Compression 01: the series was compressed lossy (a PACS's archived copy, say)."""
+    """Lossy Image Compression 01, or pixels in a lossy transfer syntax: the series was compressed lossy (a PACS's
+    archived copy, say; a JPEG Baseline copy that did not say so was read before its original: interop review 64 F5)."""
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> SeriesInfo:
@@ -71,7 +73,7 @@ class SeriesInfo:
             image_type=_upper_values(dataset.get("ImageType")),
             sequence_variant=_sequence_variant(dataset),
             planes=slice_planes(dataset),
-            lossy=str(dataset.get("LossyImageCompression", "") or "").strip() == "01",
+            lossy=str(dataset.get("LossyImageCompression", "") or "").strip() == "01" or _in_lossy_syntax(dataset),
         )
 
     @property
@@ -221,3 +223,8 @@ def where_in_study(datasets: Sequence[Dataset]) -> str:
         f"series {series}: instance{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
         for series, numbers in instances.items()
     )
+
+
+def _in_lossy_syntax(dataset: Dataset) -> bool:
+    meta = getattr(dataset, "file_meta", None)
+    return meta is not None and str(meta.get("TransferSyntaxUID", "")) in LOSSY_TRANSFER_SYNTAXES

@@ -7,8 +7,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from app.series.info import SeriesInfo
 from app.series.sequence_roles import SequenceRole, classify_series, select_sequences
@@ -219,6 +219,14 @@ def test_an_original_flair_is_read_before_its_lossy_copy_under_the_same_number()
     copy = series_header("AX FLAIR", 4, study=study)
     copy.SeriesInstanceUID, copy.LossyImageCompression = "1.2.3.4", "01"  # sorts before any generated UID
 
+    for order in itertools.permutations([original, copy]):
+        selection = select_sequences(order)
+        assert selection.flair is not None and selection.flair.series_instance_uid == original.SeriesInstanceUID
+
+    # Interop review 64 F5: a JPEG Baseline copy whose header does not say it was lossy compressed is one too.
+    del copy.LossyImageCompression
+    copy.file_meta = FileMetaDataset()
+    copy.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     for order in itertools.permutations([original, copy]):
         selection = select_sequences(order)
         assert selection.flair is not None and selection.flair.series_instance_uid == original.SeriesInstanceUID

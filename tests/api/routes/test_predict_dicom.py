@@ -1267,7 +1267,8 @@ def test_a_seg_of_slices_that_came_lossy_compressed_without_saying_so_says_they_
     SEG saying "00", never lossy compressed, of masks drawn on lossy pixels (PS3.3 C.7.6.1.1.5: once "01", never
     reset)."""
     compressed = []
-    for path in write_files(mr_series(tumor_channels()), tmp_path / "in"):
+    paths = write_files(mr_series(tumor_channels()), tmp_path / "in")
+    for path in paths:
         target = tmp_path / f"{path.name}.jpg.dcm"
         subprocess.run([dcmtk("dcmcjpeg"), "+eb", str(path), str(target)], check=True, capture_output=True, timeout=60)
         subprocess.run(
@@ -1285,3 +1286,12 @@ def test_a_seg_of_slices_that_came_lossy_compressed_without_saying_so_says_they_
     seg = pydicom.dcmread(io.BytesIO(response.content))
     assert seg.LossyImageCompression == "01"
     assert "ISO_10918_1" in seg.LossyImageCompressionMethod
+
+    # Interop review 64 F3: highdicom copies the first source's flag; one lossy slice among them is enough.
+    originals = [path.read_bytes() for path in paths]
+    for lossy_at in (len(originals) - 1, 0):
+        mixed = [compressed[index] if index == lossy_at else data for index, data in enumerate(originals)]
+        response = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(mixed))
+        assert response.status_code == 200, response.text
+        seg = pydicom.dcmread(io.BytesIO(response.content))
+        assert (seg.LossyImageCompression, seg.get("LossyImageCompressionMethod")) == ("01", "ISO_10918_1"), lossy_at
