@@ -152,6 +152,37 @@ def _jpeg2000_siz(data: bytes, begin: int, end: int) -> bytes | None:
     return head if head[:4] == _JPEG2000_SOC_SIZ and len(head) == _SIZ_HEAD_BYTES else None
 
 
+def jpeg2000_irreversible(pixel_data: bytes) -> bool:
+    """Whether the first frame of encapsulated JPEG 2000 (or HTJ2K) pixel data was coded with the 9-7 irreversible
+    wavelet, the transformation its COD marker names (0): lossy whatever the header says. The 5-3 reversible one (1)
+    may be lossless; nothing in the stream tells whether it was truncated."""
+    for begin, end in _fragments(pixel_data, 0):
+        start = _jp2_codestream(pixel_data, begin, end) if pixel_data.startswith(_JP2_SIGNATURE, begin, end) else begin
+        if start is None or pixel_data[start : start + 2] != _JPEG2000_SOC_SIZ[:2]:
+            return False
+        return _cod_transformation(pixel_data, start + 2, end) == 0
+    return False
+
+
+_JPEG2000_COD, _JPEG2000_SOT = b"\xff\x52", b"\xff\x90"
+_MOST_MAIN_HEADER_MARKERS = 256
+
+
+def _cod_transformation(data: bytes, position: int, end: int) -> int | None:
+    """The wavelet transformation (SPcod's last byte) of the COD marker in the main header that starts at
+    `position` (after SOC); None when there is none before the first tile-part."""
+    for _ in range(_MOST_MAIN_HEADER_MARKERS):
+        marker = data[position : position + 2]
+        if len(marker) < 2 or position + 4 > end or marker == _JPEG2000_SOT:
+            return None
+        if marker == _JPEG2000_COD:
+            # Lcod (2), Scod, progression order, layers (2), multiple component transformation, decomposition levels,
+            # code-block width, height and style, then the transformation.
+            return data[position + 13] if position + 14 <= end else None
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
 def _jp2_codestream(data: bytes, begin: int, end: int) -> int | None:
     """Where the codestream of a JP2 file starts: the content of its `jp2c` box, found by walking the boxes (a SIZ
     inside another box, an XML one say, is no codestream OpenJPEG decodes)."""

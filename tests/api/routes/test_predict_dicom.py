@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEG2000, JPEG2000Lossless, generate_uid
 
 from app.dicom.dicom_seg import MANUFACTURER, SEG_SERIES_DESCRIPTION, SEGMENT_LABEL
 from app.dicom.dicom_seg_reader import read_segmentation_masks
@@ -1286,6 +1286,24 @@ def test_a_seg_of_slices_that_came_lossy_compressed_without_saying_so_says_they_
     seg = pydicom.dcmread(io.BytesIO(response.content))
     assert seg.LossyImageCompression == "01"
     assert "ISO_10918_1" in seg.LossyImageCompressionMethod
+
+    # Interop review 64 F1: JPEG 2000 coded with the irreversible wavelet is lossy too; coded reversibly, it may not be.
+    for ratio, expected in (([20], ("01", "ISO_15444_1")), (None, ("00", None))):
+        j2k = []
+        for dataset in mr_series(tumor_channels()):
+            dataset = pydicom.dcmread(io.BytesIO(to_bytes(dataset)))
+            if ratio:
+                dataset.compress(JPEG2000, j2k_cr=ratio)
+            else:  # a reversible codestream under the syntax that may be lossy
+                dataset.compress(JPEG2000Lossless)
+                dataset.file_meta.TransferSyntaxUID = JPEG2000
+            for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+                dataset.pop(keyword, None)
+            j2k.append(to_bytes(dataset))
+        response = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts(j2k))
+        assert response.status_code == 200, response.text
+        seg = pydicom.dcmread(io.BytesIO(response.content))
+        assert (seg.LossyImageCompression, seg.get("LossyImageCompressionMethod")) == expected, ratio
 
     # Interop review 64 F3: highdicom copies the first source's flag; one lossy slice among them is enough.
     originals = [path.read_bytes() for path in paths]
