@@ -32,6 +32,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from app.dicom.dicom_conformance import (
+    SPACING_TOLERANCE,
     check_reference_uids,
     check_sources,
     complete_segmentation,
@@ -327,11 +328,13 @@ def _segment_description(model_tags: Mapping[str, str]) -> hd.seg.SegmentDescrip
 
 def _usable_pixel_measures(segmentation: Dataset, references: Sequence[DicomFrame]) -> None:
     """A Slice Thickness that is no single finite number above 0 replaced by the slices' spacing (left out when none
-    is known), and a Spacing Between Slices that is no single finite number left out, in the SEG's Pixel Measures (in
-    place). highdicom copies an enhanced source's functional groups as they are: "5,0", "nan" or "inf" made a SEG
-    dciodvfy refuses and highdicom cannot read back, as did a thickness absent (interop review 63 F4)."""
+    is known), and a Spacing Between Slices that is no single finite number, or misdescribes the slices
+    (`_spacing_misdescribes`), left out, in the SEG's Pixel Measures (in place). highdicom copies an enhanced
+    source's functional groups as they are: "5,0", "nan" or "inf" made a SEG dciodvfy refuses and highdicom cannot
+    read back, as did a thickness absent (interop review 63 F4)."""
     groups = [*segmentation.get("SharedFunctionalGroupsSequence", []), *segmentation.PerFrameFunctionalGroupsSequence]
     slices_spacing = cache(partial(slice_spacing_mm, references))  # measured once, not once a frame
+    misdescribes = cache(partial(_spacing_misdescribes, references))
     for group in groups:
         for measures in group.get("PixelMeasuresSequence") or []:
             if _one_length(measures.get("SliceThickness"), above=0.0) is None:
@@ -342,8 +345,22 @@ def _usable_pixel_measures(segmentation: Dataset, references: Sequence[DicomFram
                     measures.SliceThickness = round(spacing, 6)  # a DS holds at most 16 characters
             # Any finite spacing: a negative one of an enhanced source was refused before (`impossible_lengths`).
             spacing_between = measures.get("SpacingBetweenSlices")
-            if spacing_between is not None and _one_length(spacing_between, above=-math.inf) is None:
+            if spacing_between is None:
+                continue
+            stated = _one_length(spacing_between, above=-math.inf)
+            if stated is None or misdescribes(stated):
                 del measures.SpacingBetweenSlices
+
+
+def _spacing_misdescribes(references: Sequence[DicomFrame], stated: float) -> bool:
+    """Whether a Spacing Between Slices of `stated` mm misdescribes the slices, by the rules single-frame sources'
+    values are left out by (`_completed_sources`): two slices lie closer than their spacing, or it is not the spacing
+    their positions give. An enhanced source's value was copied as it came: 2.5 mm beside frames 5 mm apart, and
+    highdicom read the SEG back as a volume of half the tumor (interop review 64 F2)."""
+    if slices_closer_than_spacing(references):
+        return True
+    spacing = series_spacing_mm(references)
+    return spacing is not None and not math.isclose(stated, spacing, rel_tol=SPACING_TOLERANCE, abs_tol=0.01)
 
 
 def _one_length(value: object, above: float) -> float | None:

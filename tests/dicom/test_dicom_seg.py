@@ -184,8 +184,9 @@ def test_a_vendors_private_elements_in_a_sources_functional_groups_are_not_copie
         ("SliceThickness", b"inf   "),
         ("SliceThickness", b"5,000 "),
         ("SpacingBetweenSlices", b"5,000 "),
+        ("SpacingBetweenSlices", b"2.5   "),  # slices 5 mm apart: half the volume read back (interop review 64 F2)
     ],
-    ids=["thickness-absent", "thickness-nan", "thickness-inf", "thickness-comma", "spacing-comma"],
+    ids=["thickness-absent", "thickness-nan", "thickness-inf", "thickness-comma", "spacing-comma", "spacing-2.5"],
 )
 def test_an_enhanced_sources_unusable_pixel_measures_are_not_copied_into_its_seg(
     truth_masks: list[np.ndarray], keyword: str, written: bytes | None
@@ -211,6 +212,19 @@ def test_an_enhanced_sources_unusable_pixel_measures_are_not_copied_into_its_seg
     assert float(built.SliceThickness) == pytest.approx(slice_spacing_mm([item.reference for item in inputs]))
     assert keyword == "SliceThickness" or "SpacingBetweenSlices" not in built
     hd.seg.segread(io.BytesIO(made))  # highdicom reads it back
+
+
+def test_an_enhanced_sources_spacing_between_slices_is_kept_where_it_is_the_slices(
+    truth_masks: list[np.ndarray],
+) -> None:
+    multiframe = legacy_multiframe(mr_series(tumor_channels()))
+    multiframe.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices = SLICE_GAP_MM
+    inputs = series_inputs([multiframe])
+
+    segmentation = build_segmentation(inputs, [truth_masks[index] for index in range(3)], MODEL_TAGS)
+
+    built = segmentation.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(built.SpacingBetweenSlices) == SLICE_GAP_MM
 
 
 @pytest.mark.parametrize("keyword", ["PixelMeasuresSequence", "PlaneOrientationSequence"])
