@@ -247,6 +247,30 @@ def test_a_multiframe_source_with_its_plane_per_frame_gets_a_seg(truth_masks: li
     assert keyword in multiframe.PerFrameFunctionalGroupsSequence[0]  # the source header is left as it came
 
 
+def test_an_enhanced_sources_slice_thickness_per_frame_stays_per_frame(truth_masks: list[np.ndarray]) -> None:
+    """Interop review 64 F4: Pixel Measures per frame of thicknesses 5, 5 and 2 mm became one shared 5 mm."""
+    multiframe = legacy_multiframe(mr_series(tumor_channels()))
+    item = multiframe.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    del multiframe.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    for group, thickness in zip(multiframe.PerFrameFunctionalGroupsSequence, (5.0, 5.0, 2.0), strict=True):
+        measures = copy.deepcopy(item)
+        measures.SliceThickness = thickness
+        group.PixelMeasuresSequence = [measures]
+    inputs = series_inputs([pydicom.dcmread(io.BytesIO(to_bytes(multiframe)))])
+
+    segmentation = build_segmentation(inputs, [truth_masks[index] for index in range(3)], MODEL_TAGS)
+
+    thickness_of = {
+        int(group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber): float(
+            group.PixelMeasuresSequence[0].SliceThickness
+        )
+        for group in segmentation.PerFrameFunctionalGroupsSequence
+    }
+    assert thickness_of == {1: 5.0, 2: 5.0, 3: 2.0}
+    assert "PixelMeasuresSequence" not in segmentation.SharedFunctionalGroupsSequence[0]
+    hd.seg.segread(io.BytesIO(part10_bytes(segmentation)))  # highdicom reads it back
+
+
 def test_slices_whose_orientations_differ_by_rounding_get_a_seg(truth_masks: list[np.ndarray]) -> None:
     """One slice written with 5 decimals, the next with 6 (1e-5 apart): one plane to the flow, but highdicom wants
     the orientations equal, and the SEG was refused (the DICOM node then sent nothing; attack review 28, finding 4)."""
