@@ -14,7 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pydicom.dataset import Dataset
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    JPEG2000MC,
     UID,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -152,15 +156,49 @@ def _jpeg2000_siz(data: bytes, begin: int, end: int) -> bytes | None:
     return head if head[:4] == _JPEG2000_SOC_SIZ and len(head) == _SIZ_HEAD_BYTES else None
 
 
-def jpeg2000_irreversible(pixel_data: bytes) -> bool:
-    """Whether the first frame of encapsulated JPEG 2000 (or HTJ2K) pixel data was coded with the 9-7 irreversible
-    wavelet, the transformation its COD marker names (0): lossy whatever the header says. The 5-3 reversible one (1)
-    may be lossless; nothing in the stream tells whether it was truncated."""
-    for begin, end in _fragments(pixel_data, 0):
-        start = _jp2_codestream(pixel_data, begin, end) if pixel_data.startswith(_JP2_SIGNATURE, begin, end) else begin
-        if start is None or pixel_data[start : start + 2] != _JPEG2000_SOC_SIZ[:2]:
+LOSSY_TRANSFER_SYNTAXES = {
+    JPEGBaseline8Bit: "ISO_10918_1",
+    JPEGExtended12Bit: "ISO_10918_1",
+    JPEGLSNearLossless: "ISO_14495_1",
+}
+"""Transfer syntaxes whose pixels were lossy compressed, and the Lossy Image Compression Method each means."""
+
+MAY_BE_LOSSY_TRANSFER_SYNTAXES = {JPEG2000: "ISO_15444_1", JPEG2000MC: "ISO_15444_1", HTJ2K: "ISO_15444_15"}
+"""JPEG 2000 and HTJ2K syntaxes that may be lossy, and the method each means when the first frame's codestream was
+coded irreversibly (`jpeg2000_irreversible`; interop review 64 F1: such slices gave a SEG saying "00")."""
+
+
+def lossy_method(transfer_syntax: str, data: bytes, items_start: int) -> str | None:
+    """The Lossy Image Compression Method that pixel data in `transfer_syntax` shows (its items from `items_start` in
+    `data`, for JPEG 2000); None when it shows no lossy compression."""
+    if transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
+        return LOSSY_TRANSFER_SYNTAXES[transfer_syntax]
+    if transfer_syntax in MAY_BE_LOSSY_TRANSFER_SYNTAXES and jpeg2000_irreversible(data, items_start):
+        return MAY_BE_LOSSY_TRANSFER_SYNTAXES[transfer_syntax]
+    return None
+
+
+def mark_lossy(dataset: Dataset, method: str | None) -> None:
+    """Say Lossy Image Compression "01" on a header whose pixels came lossy compressed (`method`, from
+    `lossy_method`) without saying so (a sender that compressed and kept "00" or nothing): a SEG drawn on them would
+    otherwise say its sources were never lossy compressed, and the series choice took such a copy for an original
+    (PS3.3 C.7.6.1.1.5: once "01", never reset; interop reviews 63 F9, 64 F1, F5)."""
+    if method is None or str(dataset.get("LossyImageCompression", "")).strip() == "01":
+        return
+    dataset.LossyImageCompression = "01"
+    if not dataset.get("LossyImageCompressionMethod"):
+        dataset.LossyImageCompressionMethod = method
+
+
+def jpeg2000_irreversible(data: bytes, items_start: int = 0) -> bool:
+    """Whether the first frame of encapsulated JPEG 2000 (or HTJ2K) pixel data (its items from `items_start`) was
+    coded with the 9-7 irreversible wavelet, the transformation its COD marker names (0): lossy whatever the header
+    says. The 5-3 reversible one (1) may be lossless; nothing in the stream tells whether it was truncated."""
+    for begin, end in _fragments(data, items_start):
+        start = _jp2_codestream(data, begin, end) if data.startswith(_JP2_SIGNATURE, begin, end) else begin
+        if start is None or data[start : start + 2] != _JPEG2000_SOC_SIZ[:2]:
             return False
-        return _cod_transformation(pixel_data, start + 2, end) == 0
+        return _cod_transformation(data, start + 2, end) == 0
     return False
 
 

@@ -27,7 +27,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage, MRImageStorage, SecondaryCaptureImageStorage
 from pydicom.valuerep import VR
 
-from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams
+from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams, lossy_method, mark_lossy
 from app.dicom.part10 import (
     DICOM_MAGIC,
     DICOM_PREAMBLE_LENGTH,
@@ -332,6 +332,9 @@ def read_dicom_header(
     if pixel_position >= 0 and is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
         check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
+        # Before the series are chosen: a lossy copy that does not say so is not taken for an original (interop
+        # review 64 F5; JPEG 2000 told by its codestream: review 73 F3).
+        mark_lossy(dataset, lossy_method(transfer_syntax, data, pixel_position + 12))
     return DicomHeader(
         data, dataset, rows, columns, frames, bits, inflated, reads, pixel_position, inflated_header_bytes
     )

@@ -20,9 +20,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import HTJ2K, JPEG2000, JPEG2000MC, UID, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
+from pydicom.uid import UID, JPEGExtended12Bit
 
-from app.dicom.dicom_codestream import UNDEFINED_LENGTH, jpeg2000_irreversible
+from app.dicom.dicom_codestream import UNDEFINED_LENGTH, lossy_method, mark_lossy
 from app.dicom.dicom_conformance import keep_undeclared_escapes, read_undeclared_utf8
 from app.dicom.dicom_frame import DicomFrame, frame_at, frame_geometry, frame_value
 from app.dicom.dicom_header import (
@@ -63,11 +63,13 @@ def decode_dicom(header: DicomHeader) -> list[DicomFrame]:
         raise UndecodableDicomError("DICOM file reads differently from its header (rows, columns, frames or bits)")
     try:
         values = _decode_values(dataset, frames)
-        lossy_method = _lossy_method(dataset)
+        pixel_data = dataset.get("PixelData")
+        syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+        lossy = lossy_method(syntax, pixel_data if isinstance(pixel_data, bytes) else b"", 0)
         for keyword in PIXEL_DATA_KEYWORDS:
             if keyword in dataset:
                 delattr(dataset, keyword)  # the header is kept per frame: no need to hold the encoded pixels twice
-        _mark_lossy(dataset, lossy_method)
+        mark_lossy(dataset, lossy)
         return [frame_at(dataset, values[index], index, frames) for index in range(frames)]
     except ServiceError:
         raise
@@ -176,42 +178,6 @@ def check_native_pixel_bytes(held: int, pixels: int, bits_allocated: int) -> Non
             f"DICOM pixel data holds {held} bytes; Rows x Columns x frames x BitsAllocated needs {needed}: the "
             "header does not describe the image the pixel data holds"
         )
-
-
-LOSSY_TRANSFER_SYNTAXES = {
-    JPEGBaseline8Bit: "ISO_10918_1",
-    JPEGExtended12Bit: "ISO_10918_1",
-    JPEGLSNearLossless: "ISO_14495_1",
-}
-"""Transfer syntaxes whose pixels were lossy compressed, and the Lossy Image Compression Method each means."""
-
-MAY_BE_LOSSY_TRANSFER_SYNTAXES = {JPEG2000: "ISO_15444_1", JPEG2000MC: "ISO_15444_1", HTJ2K: "ISO_15444_15"}
-"""JPEG 2000 and HTJ2K syntaxes that may be lossy, and the method each means when the first frame's codestream was
-coded irreversibly (`jpeg2000_irreversible`; interop review 64 F1: such slices gave a SEG saying "00")."""
-
-
-def _lossy_method(dataset: Dataset) -> str | None:
-    """The Lossy Image Compression Method the pixel data's transfer syntax (and, for JPEG 2000, its first
-    codestream) shows; None when it shows no lossy compression."""
-    syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
-    if syntax in LOSSY_TRANSFER_SYNTAXES:
-        return LOSSY_TRANSFER_SYNTAXES[syntax]
-    pixel_data = dataset.get("PixelData")
-    if syntax in MAY_BE_LOSSY_TRANSFER_SYNTAXES and isinstance(pixel_data, bytes) and jpeg2000_irreversible(pixel_data):
-        return MAY_BE_LOSSY_TRANSFER_SYNTAXES[syntax]
-    return None
-
-
-def _mark_lossy(dataset: Dataset, method: str | None) -> None:
-    """Say Lossy Image Compression "01" on a header whose pixels came lossy compressed (`method`, from
-    `_lossy_method`) without saying so (a sender that compressed and kept "00" or nothing): a SEG drawn on them would
-    otherwise say its sources were never lossy compressed (PS3.3 C.7.6.1.1.5: once "01", never reset; interop
-    review 63 F9)."""
-    if method is None or str(dataset.get("LossyImageCompression", "")).strip() == "01":
-        return
-    dataset.LossyImageCompression = "01"
-    if not dataset.get("LossyImageCompressionMethod"):
-        dataset.LossyImageCompressionMethod = method
 
 
 def _check_complete(dataset: Dataset) -> None:

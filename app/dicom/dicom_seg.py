@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache, partial
 
@@ -260,8 +261,9 @@ def _lossy_as_any_source(segmentation: Dataset, sources: Sequence[Dataset]) -> N
     for source in sources:
         if str(source.get("LossyImageCompression", "")).strip() != "01":
             continue
-        methods = _values(source.get("LossyImageCompressionMethod"))
-        given = _values(source.get("LossyImageCompressionRatio"))
+        # Only values fit to copy: one slice's "jpeg lossy" or 17-digit ratio refused the whole SEG (review 73 F4).
+        methods = [method for method in _values(source.get("LossyImageCompressionMethod")) if _METHOD.fullmatch(method)]
+        given = [_ratio_text(ratio) for ratio in _values(source.get("LossyImageCompressionRatio"))]
         for index, method in enumerate(methods):
             ratio = given[index] if len(given) == len(methods) else None
             ratios[method] = ratios.get(method) or ratio
@@ -278,6 +280,15 @@ def _lossy_as_any_source(segmentation: Dataset, sources: Sequence[Dataset]) -> N
         segmentation.LossyImageCompressionMethod = methods
         if all(ratios[method] for method in methods) and "" not in ratios:
             segmentation.LossyImageCompressionRatio = [ratios[method] for method in methods]
+
+
+_METHOD = re.compile(r"[A-Z0-9_ ]{1,16}")  # a Code String, as the defined terms (ISO_10918_1) are
+
+
+def _ratio_text(value: str) -> str | None:
+    """A compression ratio as a Decimal String of at most 16 characters; None when it is no finite number above 0."""
+    numbers = finite_lengths(value)
+    return f"{numbers[0]:.6g}" if len(numbers) == 1 and numbers[0] > 0 else None
 
 
 def _values(value: object) -> list[str]:

@@ -160,24 +160,35 @@ TEXT_VRS = frozenset(
 
 def attributes_bytes(dataset: Dataset) -> bytes:
     """The data set without its pixel data, file meta group and private elements, written Explicit VR Little
-    Endian: one form whatever the encoding it arrived in. A text element under another text VR than the
-    dictionary's is written under the dictionary's, as Implicit VR reads it; a long value of many numbers is
-    written as its bytes (`_unconverted`)."""
-    attributes = Dataset()
+    Endian: one form whatever the encoding it arrived in (`_as_hashed`)."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, _as_hashed(dataset, top_level=True), implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def _as_hashed(dataset: Dataset, top_level: bool = False) -> Dataset:
+    """`dataset`'s elements as the digest writes them, at every depth: private ones (and the top level's pixel
+    data) left out, a long value of a type read value by value as its bytes (`_unconverted`), and a text element
+    under another text VR than the dictionary's under the dictionary's, as Implicit VR reads it."""
+    hashed = Dataset()
     for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset converts each element; its keys do not
-        if tag.is_private or tag in PIXEL_DATA_TAGS:
+        if tag.is_private or (top_level and tag in PIXEL_DATA_TAGS):
             continue
         element = _unconverted(dataset, tag) or dataset[tag]
-        standard = _dictionary_vr(element.tag)
-        if standard in TEXT_VRS and element.VR in TEXT_VRS and standard != element.VR:
-            with suppress(ValueError, TypeError, OverflowError):  # a value the dictionary's VR cannot hold: as it is
-                element = DataElement(element.tag, standard, element.value)
-        elif element.VR == "SQ":
-            element = DataElement(element.tag, "SQ", [_item_for_digest(item) for item in element.value])
-        attributes.add(element)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, attributes, implicit_vr=False, little_endian=True)
-    return buffer.getvalue()
+        if element.VR == "SQ":
+            element = DataElement(tag, "SQ", [_as_hashed(item) for item in element.value])
+        else:
+            element = _in_dictionary_text_vr(element)
+        hashed.add(element)
+    return hashed
+
+
+def _in_dictionary_text_vr(element: DataElement) -> DataElement:
+    standard = _dictionary_vr(element.tag)
+    if standard in TEXT_VRS and element.VR in TEXT_VRS and standard != element.VR:
+        with suppress(ValueError, TypeError, OverflowError):  # a value the dictionary's VR cannot hold: as it is
+            return DataElement(element.tag, standard, element.value)
+    return element
 
 
 LONG_VALUE_BYTES = 1024
@@ -189,26 +200,15 @@ transfer syntax, so the digest still is."""
 BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"})
 
 
-def _item_for_digest(item: Dataset) -> Dataset:
-    """A sequence item's elements as `attributes_bytes` writes them: private ones left out, long values of numbers
-    as their bytes, at every depth."""
-    copy = Dataset()
-    for tag in item.keys():  # noqa: SIM118 - as in `attributes_bytes`
-        if tag.is_private:
-            continue
-        element = _unconverted(item, tag) or item[tag]
-        if element.VR == "SQ":
-            element = DataElement(tag, "SQ", [_item_for_digest(nested) for nested in element.value])
-        copy.add(element)
-    return copy
-
-
 def _unconverted(dataset: Dataset, tag: BaseTag) -> DataElement | None:
     """`dataset`'s element `tag` as its bytes (VR OB) when it is still unread, long (`LONG_VALUE_BYTES`) and of a
     value type read value by value; None otherwise (read it)."""
     raw = dataset.get_item(tag)
     if not isinstance(raw, RawDataElement) or raw.value is None or len(raw.value) <= LONG_VALUE_BYTES:
         return None
-    if (raw.VR or _dictionary_vr(tag)) in BYTES_VRS:
+    # By the dictionary's value type, which every encoding shares (Implicit VR says none; "OB or OW" is bytes either
+    # way, and a DS written as UN is read as DS: review 73 F1, F2).
+    value_type = _dictionary_vr(tag) or raw.VR
+    if value_type is None or any(part in BYTES_VRS for part in value_type.split(" or ")):
         return None
     return DataElement(tag, "OB", bytes(raw.value))  # UN would be read again under the dictionary's VR

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from app.dicom.dicom_codestream import LOSSY_TRANSFER_SYNTAXES
 from app.dicom.dicom_frame import frame_value
-from app.dicom.dicom_input import LOSSY_TRANSFER_SYNTAXES
 from app.dicom.slice_orientation import slice_plane
 from app.series.sequence_rules import CONTRAST_ATTRIBUTES
 

@@ -76,6 +76,10 @@ def instance() -> Dataset:
     dataset.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")  # private: its VR is lost in Implicit VR
     dataset.add_new((0x0029, 0x1010), "OB", b"\x01\x02\x03\x04")
     dataset.add_new(0x00181164, "DS", "\\".join(["0.5"] * 2000))  # hashed as its bytes (attack review 66 F3)
+    dataset.add_new(0x60003000, "OW", bytes(range(256)) * 32)  # Overlay Data: "OB or OW" in Implicit VR (review 73 F1)
+    item = Dataset()
+    item.add_new(0x00080104, "SH", "Brain")  # Code Meaning (LO) written as SH, inside an item (review 73 F9)
+    dataset.add_new(0x00082218, "SQ", [item])  # Anatomic Region Sequence
     return dataset
 
 
@@ -126,16 +130,25 @@ def test_a_trailing_sequence_of_defined_length_is_counted_before_it_is_parsed(in
 
 
 def test_long_values_of_numbers_are_hashed_as_their_bytes(instance: Dataset) -> None:
-    """Attack review 66 F3: each DS value read is a Python object of hundreds of bytes, and every element was read
-    (private ones too, before they were left out): 300 elements of 32,767 values in a 20 MB instance took gigabytes,
-    and the node takes instances of 128 MiB. A long value is hashed as its bytes, still the same in every encoding
-    (the fixture's Imager Pixel Spacing: `test_another_lossless_encoding_has_the_same_digest`)."""
-    instance.add_new(0x00330010, "LO", "VENDOR")
-    for element in range(12):  # in Explicit VR, a DS holds at most 65,534 bytes: 16,000 values of 3 characters
-        instance.add_new(0x00331000 + element, "DS", "\\".join(["0.5"] * 16_000))
-    instance.add_new(0x00189089, "FD", [0.25] * 8_000)  # Diffusion Gradient Orientation: binary numbers too
+    """Attack review 66 F3: each DS value read is a Python object of hundreds of bytes, and every element was read:
+    300 elements of 32,767 values in a 20 MB instance took gigabytes, and the node takes instances of 128 MiB. A long
+    value is hashed as its bytes, by the dictionary's value type: written as UN, it was read as DS (review 73 F2),
+    and its digest is that of the DS (as in every encoding: `test_another_lossless_encoding_has_the_same_digest`)."""
+    times = "\\".join(["0.5"] * 16_000)  # in Explicit VR, a DS holds at most 65,534 bytes
+    items = []
+    for _ in range(12):
+        item = Dataset()
+        item.add_new(0x00181065, "DS", times)  # Frame Time Vector, in a sequence item
+        items.append(item)
+    instance.RequestAttributesSequence = items
     data = to_bytes(instance)
-    changed = data.replace(struct.pack("<d", 0.25), struct.pack("<d", 0.5), 1)
+    length = len(times) + 1  # padded to an even length
+    ds_header = struct.pack("<HH2sH", 0x0018, 0x1065, b"DS", length)
+    written_un = bytearray(data.replace(ds_header, struct.pack("<HH2sHI", 0x0018, 0x1065, b"UN", 0, length), 1))
+    sequence = written_un.index(struct.pack("<HH2sH", 0x0040, 0x0275, b"SQ", 0))
+    for at in (sequence + 8, sequence + 16):  # the sequence's and its first item's lengths: 4 bytes more
+        written_un[at : at + 4] = struct.pack("<I", struct.unpack("<I", written_un[at : at + 4])[0] + 4)
+    written_un = bytes(written_un)
 
     tracemalloc.start()
     try:
@@ -145,8 +158,9 @@ def test_long_values_of_numbers_are_hashed_as_their_bytes(instance: Dataset) -> 
         tracemalloc.stop()
 
     assert digest != hashlib.sha256(b"bytes\0" + data).digest()
-    assert peak < 20 * 2**20  # read value by value: 192,000 DS objects
-    assert content_digest(changed) != digest
+    assert peak < 20 * 2**20  # read value by value: 192,000 DS objects, about 90 MiB
+    assert written_un != data and content_digest(written_un) == digest
+    assert content_digest(data.replace(b"0.5\\0.5", b"0.6\\0.5", 1)) != digest
 
 
 def test_elements_after_the_pixel_data_never_stand_for_those_read_before_it(instance: Dataset) -> None:

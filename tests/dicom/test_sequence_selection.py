@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import itertools
 from types import SimpleNamespace
 
@@ -8,13 +9,14 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, generate_uid
 
+from app.dicom.dicom_header import read_dicom_header
 from app.series.info import SeriesInfo
 from app.series.sequence_roles import SequenceRole, classify_series, select_sequences
 from app.series.sequence_rules import SelectionRules
 from app.settings import Settings
-from tests.dicom.builders import Study, mr_dataset
+from tests.dicom.builders import Study, mr_dataset, mr_series, to_bytes, tumor_channels
 
 
 def series_header(
@@ -230,6 +232,24 @@ def test_an_original_flair_is_read_before_its_lossy_copy_under_the_same_number()
     for order in itertools.permutations([original, copy]):
         selection = select_sequences(order)
         assert selection.flair is not None and selection.flair.series_instance_uid == original.SeriesInstanceUID
+
+
+@pytest.mark.parametrize("irreversible", [True, False], ids=["9-7 wavelet", "5-3 wavelet"])
+def test_a_jpeg_2000_copy_coded_irreversibly_reads_as_lossy_before_the_series_are_chosen(irreversible: bool) -> None:
+    """Review 73 F3: a JPEG 2000 copy that kept no Lossy Image Compression ranked as an original (its SEG said "01"
+    since interop review 64 F1); its codestream tells. One coded reversibly is taken at its header's word."""
+    dataset = pydicom.dcmread(io.BytesIO(to_bytes(mr_series(tumor_channels()[:1])[0])))
+    if irreversible:
+        dataset.compress(JPEG2000, j2k_cr=[20])
+    else:
+        dataset.compress(JPEG2000Lossless)
+        dataset.file_meta.TransferSyntaxUID = JPEG2000
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        dataset.pop(keyword, None)
+
+    header = read_dicom_header(to_bytes(dataset))
+
+    assert SeriesInfo.from_dataset(header.dataset).lossy is irreversible
 
 
 def test_an_axial_flair_is_read_before_a_sagittal_one_with_a_lower_number() -> None:

@@ -1305,6 +1305,16 @@ def test_a_seg_of_slices_that_came_lossy_compressed_without_saying_so_says_they_
         seg = pydicom.dcmread(io.BytesIO(response.content))
         assert (seg.LossyImageCompression, seg.get("LossyImageCompressionMethod")) == expected, ratio
 
+    # Review 73 F4: a method or ratio unfit to copy is left out, not the SEG refused.
+    odd = mr_series(tumor_channels())
+    odd[-1].LossyImageCompression, odd[-1].LossyImageCompressionMethod = "01", "jpeg lossy"
+    odd[-1].add_new(0x00282112, "DS", "12.34567890123456")  # Lossy Image Compression Ratio: 17 characters
+    response = client.post("/v1/predict/batch?output=dicom-seg", files=dicom_parts([to_bytes(item) for item in odd]))
+    assert response.status_code == 200, response.text
+    seg = pydicom.dcmread(io.BytesIO(response.content))
+    assert seg.LossyImageCompression == "01"
+    assert "LossyImageCompressionMethod" not in seg and "LossyImageCompressionRatio" not in seg
+
     # Interop review 64 F3: highdicom copies the first source's flag; one lossy slice among them is enough.
     originals = [path.read_bytes() for path in paths]
     for lossy_at in (len(originals) - 1, 0):
