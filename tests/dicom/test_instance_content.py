@@ -109,6 +109,15 @@ def test_what_follows_the_pixel_data_is_read_within_a_bound_for_the_digest(
     )
 
 
+def digest_and_peak_memory(data: bytes) -> tuple[bytes, int]:
+    """`content_digest(data)` and the most memory (bytes, traced) it held at once."""
+    tracemalloc.start()
+    try:
+        return content_digest(data), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_trailing_sequence_of_defined_length_is_counted_before_it_is_parsed(instance: Dataset) -> None:
     """Attack review 66 F1: a sequence of defined length is one read, parsed whole when hashed (a million empty items
     after the pixel data: 86 s and +665 MiB at the node). Its elements count against `MAX_TRAILING_READS`."""
@@ -117,12 +126,7 @@ def test_a_trailing_sequence_of_defined_length_is_counted_before_it_is_parsed(in
     many = original + struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, len(body)) + body
     few = original + struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 24) + body[:24]
 
-    tracemalloc.start()
-    try:
-        digest = content_digest(many)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    digest, peak = digest_and_peak_memory(many)
 
     assert digest == hashlib.sha256(b"bytes\0" + many).digest()
     assert peak < 20 * 2**20  # parsed: 20,000 items are about 26 MiB of Python objects
@@ -150,12 +154,7 @@ def test_long_values_of_numbers_are_hashed_as_their_bytes(instance: Dataset) -> 
         written_un[at : at + 4] = struct.pack("<I", struct.unpack("<I", written_un[at : at + 4])[0] + 4)
     written_un = bytes(written_un)
 
-    tracemalloc.start()
-    try:
-        digest = content_digest(data)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    digest, peak = digest_and_peak_memory(data)
 
     assert digest != hashlib.sha256(b"bytes\0" + data).digest()
     assert peak < 20 * 2**20  # read value by value: 192,000 DS objects, about 90 MiB
