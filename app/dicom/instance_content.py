@@ -57,6 +57,8 @@ def content_digest(data: bytes, max_cost_bytes: int = DEFAULT_MAX_COST_BYTES) ->
                 return _bytes_digest(data)
             dataset = _whole_dataset(header)
             pixels = np.ascontiguousarray(stored_pixels(dataset, dataset.file_meta.get("TransferSyntaxUID")))
+            if pixels.dtype.byteorder == ">":  # Big Endian: the values hashed as every other syntax holds them
+                pixels = pixels.astype(pixels.dtype.newbyteorder("<"))
             digest.update(attributes_bytes(dataset))
     except Exception:  # noqa: BLE001 - any reason it cannot be read: fall back to the bytes as received
         return _bytes_digest(data)
@@ -211,4 +213,13 @@ def _unconverted(dataset: Dataset, tag: BaseTag) -> DataElement | None:
     value_type = _dictionary_vr(tag) or raw.VR
     if value_type is None or any(part in BYTES_VRS for part in value_type.split(" or ")):
         return None
-    return DataElement(tag, "OB", bytes(raw.value))  # UN would be read again under the dictionary's VR
+    value = bytes(raw.value)
+    sizes = {NUMBER_SIZES.get(part) for part in value_type.split(" or ")}  # "US or SS": 2 either way
+    size = sizes.pop() if len(sizes) == 1 else None
+    if not raw.is_little_endian and size and len(value) % size == 0:  # Big Endian numbers: as little endian holds them
+        value = np.frombuffer(value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+    return DataElement(tag, "OB", value)  # UN would be read again under the dictionary's VR
+
+
+NUMBER_SIZES = {"AT": 2, "FD": 8, "FL": 4, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8}
+"""Bytes of each value of the binary number types: what a Big Endian value is swapped by."""

@@ -24,6 +24,7 @@ from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -186,6 +187,24 @@ def test_another_lossless_encoding_has_the_same_digest(instance: Dataset, transf
 
     assert other != original
     assert content_digest(other) == content_digest(original)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_big_endian_instance_has_the_digest_of_its_little_endian_twin(bits: int) -> None:
+    """Review 73 F7: the node takes Explicit VR Big Endian, whose pixels were hashed as big-endian numbers (and, since
+    1.3.3, its long binary values as big-endian bytes): a PACS re-sending a study so had it analysed again."""
+    image = tumor_channels(FLAIR)[0]
+    stored = image if bits == 8 else image.astype(np.uint16) * 200 + 300
+    (dataset,) = mr_series([stored])
+    dataset.add_new(0x00189089, "FD", [0.25, 0.5] * 150)  # Diffusion Gradient Orientation: 2,400 bytes
+    big = copy.deepcopy(dataset)
+    big.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    if bits == 16:  # pydicom writes Pixel Data's bytes as they are
+        big.PixelData = stored.astype(">u2").tobytes()
+    written = to_bytes(big)
+    assert np.array_equal(pydicom.dcmread(io.BytesIO(written)).pixel_array, stored)
+
+    assert content_digest(written) == content_digest(to_bytes(dataset))
 
 
 def test_text_written_under_another_text_vr_has_the_same_digest_in_implicit_vr(instance: Dataset) -> None:
