@@ -613,6 +613,10 @@ function isRaster(head) {
   return RASTER_SIGNATURES.some((signature) => signature.every((byte, at) => head[at] === byte));
 }
 
+// A file named as a PNG, JPEG or TIFF slice is one among raster slices whatever it holds: an empty file or a saved
+// "502 Bad Gateway" page in its place was left out, its neighbours joined without a gap (browser review 62 F3).
+const RASTER_FILE_NAME = /\.(png|jpe?g|tiff?)$/i;
+
 /**
  * The files to send, their first bytes, and those left out. Among DICOM files, the files that are neither DICOM images
  * nor PNG, JPEG or TIFF are left out: a patient CD's or a PACS export's folder holds a DICOMDIR (an index, no image)
@@ -623,10 +627,6 @@ function isRaster(head) {
  * desktop.ini beside the slices is no slice (sent, two notes cost two tumor slices their masks). A file that
  * starts as an image and does not decode stays, as does one named as an image: that one is a missing slice.
  */
-// A file named as a PNG, JPEG or TIFF slice is one among raster slices whatever it holds: an empty file or a saved
-// "502 Bad Gateway" page in its place was left out, its neighbours joined without a gap (browser review 62 F3).
-const RASTER_FILE_NAME = /\.(png|jpe?g|tiff?)$/i;
-
 function withoutExtras(files, heads) {
   const dicom = heads.some(isDicom);
   if (!dicom && !(files.length > 1 && heads.some(isRaster))) {
