@@ -737,10 +737,16 @@ def without_contradicted_spacing(dataset: Dataset, series_spacing_mm: float | No
     stated = _lengths_in(dataset, "SpacingBetweenSlices")
     if len(stated) != 1:  # absent, empty, reading as no number ("5mm", "inf"), or two ("5\\5"): not copied either
         return _without_value(dataset, "SpacingBetweenSlices")
-    contradicted = series_spacing_mm is not None and not math.isclose(
-        stated[0], series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01
-    )
+    contradicted = contradicts_spacing(stated[0], series_spacing_mm)
     return _shallow_copy(dataset, leave_out="SpacingBetweenSlices") if stated[0] < 0 or contradicted else dataset
+
+
+def contradicts_spacing(stated: float, series_spacing_mm: float | None) -> bool:
+    """Whether a Spacing Between Slices of `stated` mm is not the slices' spacing as their positions give it (beyond
+    `SPACING_TOLERANCE`); never when that spacing is unknown."""
+    return series_spacing_mm is not None and not math.isclose(
+        stated, series_spacing_mm, rel_tol=SPACING_TOLERANCE, abs_tol=0.01
+    )
 
 
 def without_spacing_between_slices(dataset: Dataset) -> Dataset:

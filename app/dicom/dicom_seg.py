@@ -33,10 +33,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from app.dicom.dicom_conformance import (
-    SPACING_TOLERANCE,
     check_reference_uids,
     check_sources,
     complete_segmentation,
+    contradicts_spacing,
     derived_character_set,
     drop_invalid_optional_values,
     finite_lengths,
@@ -370,8 +370,7 @@ def _spacing_misdescribes(references: Sequence[DicomFrame], stated: float) -> bo
     highdicom read the SEG back as a volume of half the tumor (interop review 64 F2)."""
     if slices_closer_than_spacing(references):
         return True
-    spacing = series_spacing_mm(references)
-    return spacing is not None and not math.isclose(stated, spacing, rel_tol=SPACING_TOLERANCE, abs_tol=0.01)
+    return contradicts_spacing(stated, series_spacing_mm(references))
 
 
 def _one_length(value: object, above: float) -> float | None:
