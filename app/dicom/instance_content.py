@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -21,7 +22,7 @@ import pydicom
 from pydicom import config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 
@@ -31,7 +32,7 @@ from app.dicom.part10 import (
     PIXEL_DATA_TAGS,
     BoundedReads,
     check_sequences_left_raw,
-    dcmread_through_pixel_data,
+    read_file_meta,
     through_pixel_data,
 )
 from app.settings import Settings
@@ -119,22 +120,36 @@ def _whole_dataset(header: DicomHeader) -> Dataset:
     """The file's whole data set: the header `read_dicom_header` parsed, with the elements from the pixel data to the
     end of the file read from where it stopped, so the header is parsed once (it was parsed twice: the header, then
     the whole file again). The same data set as reading the whole file: the elements are added unconverted, and
-    converted as they are read, with the header's character set. A deflated data set is read whole again: its pixel
-    data lies inside the deflate stream, which `read_dicom_header` inflated only as far as the header.
+    converted as they are read, with the header's character set. A deflated data set is read whole again, from its
+    inflated bytes: its pixel data lies inside the deflate stream, which `read_dicom_header` inflated only as far as
+    the header (and dropped the header's long values from).
 
-    `header.dataset` is completed in place.
+    `header.dataset` is completed in place, but a deflated one's.
     """
-    if header.pixel_position < 0:  # deflated: up to the end of its pixel data, what follows left out
-        return dcmread_through_pixel_data(header.data)
+    if header.pixel_position < 0:  # deflated: always Explicit VR Little Endian
+        meta_end, transfer_syntax = read_file_meta(header.data)
+        dataset = Dataset()
+        dataset.set_original_encoding(False, True, None)
+        dataset.file_meta = FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = transfer_syntax
+        # Inflated whole, within the budget: `read_dicom_header` counted its whole size (`DicomHeader.cost_bytes`).
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(header.data[meta_end:])
+        _add_elements_from(dataset, inflated, 0, (False, True))
+        return dataset
     dataset = header.dataset
     is_implicit_vr, is_little_endian = dataset.original_encoding
-    encoding = (bool(is_implicit_vr), bool(is_little_endian))
-    pixels = io.BytesIO(header.data)  # shares the bytes: nothing copied
-    pixels.seek(header.pixel_position)
+    _add_elements_from(dataset, header.data, header.pixel_position, (bool(is_implicit_vr), bool(is_little_endian)))
+    return dataset
+
+
+def _add_elements_from(dataset: Dataset, data: bytes, position: int, encoding: tuple[bool, bool]) -> None:
+    """Add to `dataset` the elements of `data` from `position` through the pixel data, then those that follow it."""
+    pixels = io.BytesIO(data)  # shares the bytes: nothing copied
+    pixels.seek(position)
     # The pixel data, whose size and codestreams `read_dicom_header` checked (fragments read one by one); then what
     # follows it within its own bound (a count over both hashed 6,000-fragment RLE files as bytes: review 72 F5).
     rest = read_dataset(pixels, *encoding, stop_when=through_pixel_data())
-    trailing = BoundedReads(header.data, max_reads=MAX_TRAILING_READS)
+    trailing = BoundedReads(data, max_reads=MAX_TRAILING_READS)
     trailing.seek(pixels.tell())  # where pydicom stopped: the first element after the pixel data
     try:
         after = read_dataset(trailing, *encoding)
@@ -150,7 +165,6 @@ def _whole_dataset(header: DicomHeader) -> Dataset:
         # after them made two versions of an instance one digest, the corrected re-send unanalysed (review 66 F2).
         if element.tag not in dataset:
             dataset[element.tag] = element
-    return dataset
 
 
 # Value types whose values are text: an element a file wrote under another of them than the dictionary's (Patient's

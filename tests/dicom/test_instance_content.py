@@ -12,6 +12,7 @@ import io
 import logging
 import struct
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from app.dicom import instance_content
 from app.dicom.dicom_header import read_dicom_header
 from app.dicom.dicom_pixels import stored_pixels
 from app.dicom.instance_content import attributes_bytes, content_digest
+from app.dicom.part10 import read_file_meta
 from tests.dicom.builders import (
     FLAIR,
     mr_series,
@@ -273,15 +275,43 @@ def test_an_instance_of_many_fragments_is_digested_by_its_pixels_not_its_bytes()
     assert content_digest(data, max_cost_bytes=1 << 40) != hashlib.sha256(b"bytes\0" + data).digest()
 
 
-def test_a_deflated_instance_is_digested_up_to_the_end_of_its_pixel_data(instance: Dataset) -> None:
-    """Its trailing elements lie inside the deflate stream, which pydicom inflates and reads whole, unbounded (attack
-    review 64 F3): they are left out of its digest since 1.3.2, its pixel data and every element before it kept."""
-    data = encoded(instance, DeflatedExplicitVRLittleEndian)
-    instance.add_new((0xFFFC, 0xFFFC), "OB", b"\0" * 8)
-    padded = encoded(instance, DeflatedExplicitVRLittleEndian)
+def test_a_deflated_instance_has_the_digest_of_its_explicit_twin_trailing_elements_included(
+    instance: Dataset,
+) -> None:
+    """Review 73 F8: a deflated instance's elements after its pixel data (inside the deflate stream) were left out of
+    its digest, an Explicit VR one's were not: a study forwarded deflated once and not the next time was analysed,
+    and its results sent, twice. They are read as an explicit one's, within `MAX_TRAILING_READS`."""
+    instance.add_new((0xFFFC, 0xFFFC), "OB", b"\0" * 8)  # Data Set Trailing Padding
+    explicit = to_bytes(instance)
+    deflated = encoded(instance, DeflatedExplicitVRLittleEndian)
+    instance[0xFFFCFFFC].value = b"\1" * 8
+    other_padding = encoded(instance, DeflatedExplicitVRLittleEndian)
 
-    assert padded != data
-    assert content_digest(padded) == content_digest(data) == digest_reading_the_whole_file(data)
+    assert content_digest(deflated) == content_digest(explicit) == digest_reading_the_whole_file(deflated)
+    assert content_digest(other_padding) != content_digest(deflated)
+
+
+def with_deflated_trailing_bytes(deflated: bytes, trailing: bytes) -> bytes:
+    """The deflated Part 10 file `deflated` with `trailing` appended to its data set, inside the deflate stream."""
+    meta_end, _ = read_file_meta(deflated)
+    data_set = zlib.decompressobj(-zlib.MAX_WBITS).decompress(deflated[meta_end:]) + trailing
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return deflated[:meta_end] + compressor.compress(data_set) + compressor.flush()
+
+
+def test_a_deflated_instance_s_trailing_elements_are_read_within_the_bound(instance: Dataset) -> None:
+    """The deflate stream hides no more than an explicit file does: past `MAX_TRAILING_READS` elements after the
+    pixel data (100,000 empty items of a Digital Signatures Sequence), the file is hashed as its bytes."""
+    deflated = encoded(instance, DeflatedExplicitVRLittleEndian)
+    items = struct.pack("<HHI", 0xFFFE, 0xE000, 0) * 100_000
+    many = with_deflated_trailing_bytes(deflated, struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, len(items)) + items)
+    few = with_deflated_trailing_bytes(deflated, struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 24) + items[:24])
+
+    digest, peak = digest_and_peak_memory(many)
+
+    assert digest == hashlib.sha256(b"bytes\0" + many).digest()
+    assert peak < 40 * 2**20  # parsed: 100,000 items are over 100 MiB of Python objects
+    assert content_digest(few) not in (content_digest(deflated), hashlib.sha256(b"bytes\0" + few).digest())
 
 
 def test_an_instance_is_parsed_once(instance: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
