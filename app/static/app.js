@@ -2,8 +2,8 @@
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
-  FormatError, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom, readPng16, readTiff, readZip,
-  splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip,
+  FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom, readPng16, readTiff,
+  splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip, zipEntries,
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
@@ -530,25 +530,16 @@ function showDocsKeyNote() {
 
 /** Zips opened, masks of the LGG data set and hidden files left out, in natural file-name order. */
 async function collectFiles(chosen) {
-  const files = [];
+  const files = []; // Files, and zip entries not unpacked yet (zipEntries)
   let skippedMasks = 0;
   for (const file of chosen) {
     const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
     if (isZip(head)) {
-      try {
-        for (const entry of await readZip(await file.arrayBuffer())) {
-          // The zip's own path leads its entries': two zips chosen together, or a zip and a loose file, are files
-          // from two places (browser review 61 F1: two patients' zips of same-named slices were one interleaved series).
-          Object.defineProperty(entry, "archivePath", { value: `${pathOf(file)}/${entry.zipPath}` });
-          files.push(entry);
-        }
-      } catch (error) {
-        // A damaged archive throws from DataView (RangeError) or the inflater (TypeError): say which file it was.
-        // An entry's name in the reason is shown as file names are (attack review 64 F5: controls and 3,000
-        // characters went into the alert as they were).
-        const reason = error instanceof FormatError ? shownText(error.message, MOST_REASON_CHARACTERS)
-          : "the zip file is damaged";
-        throw new FormatError(`${shownText(file.name)}: ${reason}`, error instanceof FormatError ? error.title : null);
+      const entries = await fromZip(file, async () => zipEntries(await file.arrayBuffer()));
+      for (const entry of entries) {
+        // The zip's own path leads its entries': two zips chosen together, or a zip and a loose file, are files
+        // from two places (browser review 61 F1: two patients' zips of same-named slices were one interleaved series).
+        files.push({ ...entry, archivePath: `${pathOf(file)}/${entry.zipPath}`, zip: file });
       }
     } else {
       files.push(file);
@@ -570,7 +561,33 @@ async function collectFiles(chosen) {
   // By path (a folder's files, a zip's entries, a dropped folder's files), so that the slices of one folder stay
   // together and in order.
   kept.sort((a, b) => naturalOrder.compare(pathOf(a), pathOf(b)));
+  const zipped = kept.filter((file) => file.zip);
+  if (zipped.length > 1) {
+    // Counted before the zip is unpacked (4,096 tiny entries took 19 s, then were refused: browser review 63 F7),
+    // leaving out the entries named as no slice can be: `withoutExtras` tells the rest by their first bytes.
+    const slices = kept.filter((file) => !NEVER_A_SLICE_NAME.test(file.name));
+    refuseTooManyFiles(slices, (await serviceLimits()).files, "chosen, counting those in the zip");
+  }
+  for (const entry of zipped) {
+    const file = await fromZip(entry.zip, entry.unzip);
+    Object.defineProperty(file, "archivePath", { value: entry.archivePath });
+    kept[kept.indexOf(entry)] = file;
+  }
   return { files: kept, skippedMasks, hidden };
+}
+
+/** What `read` makes of the zip `file`; its failures said with the zip's name. */
+async function fromZip(file, read) {
+  try {
+    return await read();
+  } catch (error) {
+    // A damaged archive throws from DataView (RangeError) or the inflater (TypeError): say which file it was.
+    // An entry's name in the reason is shown as file names are (attack review 64 F5: controls and 3,000
+    // characters went into the alert as they were).
+    const reason = error instanceof FormatError ? shownText(error.message, MOST_REASON_CHARACTERS)
+      : "the zip file is damaged";
+    throw new FormatError(`${shownText(file.name)}: ${reason}`, error instanceof FormatError ? error.title : null);
+  }
 }
 
 /** A file's path as chosen: its zip's path and its own in it, in a dropped or chosen folder, else its name alone. */
@@ -616,29 +633,33 @@ function isRaster(head) {
 // A file named as a PNG, JPEG or TIFF slice is one among raster slices whatever it holds: an empty file or a saved
 // "502 Bad Gateway" page in its place was left out, its neighbours joined without a gap (browser review 62 F3).
 const RASTER_FILE_NAME = /\.(png|jpe?g|tiff?)$/i;
+// Files beside the slices of a patient CD, a PACS export or a folder of slices, which `withoutExtras` leaves out.
+const NEVER_A_SLICE_NAME = /(^DICOMDIR$|\.(txt|ini|db|xml|html?|pdf|exe|dll|inf|json|csv|md|css|js|ico|url|lnk))$/i;
 
 /**
- * The files to send, their first bytes, and those left out. Among DICOM files, the files that are neither DICOM images
- * nor PNG, JPEG or TIFF are left out: a patient CD's or a PACS export's folder holds a DICOMDIR (an index, no image)
- * and files beside the images (Thumbs.db, README.TXT, a viewer program), which the server counts as "other files"
- * and refuses the whole series for as mixed with images. PNG, JPEG and TIFF files stay: mixed with DICOM they are
- * refused, as the server says. Among several PNG, JPEG or TIFF files, the files that are none of them are left out
- * too: a failed file of a raster series is a missing slice, which cuts the series clean-up there, and a note or a
- * desktop.ini beside the slices is no slice (sent, two notes cost two tumor slices their masks). A file that
- * starts as an image and does not decode stays, as does one named as an image: that one is a missing slice.
+ * The files to send, their first bytes, those left out, and the PNG, JPEG or TIFF images left out beside DICOM
+ * images (`images`). Among DICOM files, only the DICOM images are sent: a patient CD's or a PACS export's folder
+ * holds a DICOMDIR (an index, no image), files beside the images (Thumbs.db, README.TXT, a viewer program) and the
+ * viewer's PNG or JPEG icons, for which the server refused the whole series as mixed with images (browser review 63
+ * F4: after uploading it all, the icons not named). Among several PNG, JPEG or TIFF files, the files that are none of
+ * them are left out too: a failed file of a raster series is a missing slice, which cuts the series clean-up there,
+ * and a note or a desktop.ini beside the slices is no slice (sent, two notes cost two tumor slices their masks). A
+ * file that starts as an image and does not decode stays, as does one named as an image: that one is a missing slice.
  */
 function withoutExtras(files, heads) {
-  const dicom = heads.some(isDicom);
-  if (!dicom && !(files.length > 1 && heads.some(isRaster))) {
-    return { files, heads, leftOut: [] }; // one file, or no image at all: the server says what each is
+  const dicomImage = files.map((file, at) => isDicom(heads[at]) && file.name.toUpperCase() !== "DICOMDIR");
+  const raster = heads.map(isRaster);
+  if (!heads.some(isDicom) && !(files.length > 1 && raster.includes(true))) {
+    return { files, heads, leftOut: [], images: [] }; // one file, or no image at all: the server says what each is
   }
-  const kept = files.map((file, at) => (dicom && isDicom(heads[at]) && file.name.toUpperCase() !== "DICOMDIR")
-    || isRaster(heads[at]) || (!dicom && RASTER_FILE_NAME.test(file.name)));
-  const leftOut = files.filter((file, at) => !kept[at]);
+  const dicom = dicomImage.includes(true);
+  const kept = files.map((file, at) => (dicom ? dicomImage[at] : raster[at] || RASTER_FILE_NAME.test(file.name)));
+  const images = dicom ? files.filter((file, at) => raster[at]) : [];
+  const leftOut = files.filter((file, at) => !kept[at] && !(dicom && raster[at]));
   if (!kept.includes(true)) {
     throw new FormatError(`no DICOM image among the files chosen (${namesOf(leftOut)})`);
   }
-  return { files: files.filter((file, at) => kept[at]), heads: heads.filter((head, at) => kept[at]), leftOut };
+  return { files: files.filter((file, at) => kept[at]), heads: heads.filter((head, at) => kept[at]), leftOut, images };
 }
 
 /** At most MAX_NAMES_LISTED file names, then how many more. */
@@ -686,7 +707,12 @@ async function decodeRaster(file) {
     // A damaged or exotic file: the server's answer says what is wrong with it.
   }
   try {
-    const bitmap = await createImageBitmap(new Blob([withStoredOrientation(buffer)]));
+    // The stored values, as the server reads them: a gAMA chunk or colour profile applied drew a PNG brighter
+    // (mean grey 96 for 42) than what was analysed (browser review 63 F5).
+    const bitmap = await createImageBitmap(new Blob([withStoredOrientation(buffer)]), {
+      colorSpaceConversion: "none",
+      premultiplyAlpha: "none",
+    });
     const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
     const context = canvas.getContext("2d");
     context.drawImage(bitmap, 0, 0);
@@ -694,6 +720,29 @@ async function decodeRaster(file) {
   } catch {
     return null;
   }
+}
+
+// The most pixels the page decodes to draw one choice, all files together (the server's default for one DICOM file:
+// 256 slices of 512 x 512); the files past it are left undrawn.
+const MAX_DRAWN_CHOICE_PIXELS = MAX_DRAWN_FILE_PIXELS;
+
+/**
+ * What `showSlice` draws for each of `files` (null where undrawn), decoded one after the other while the server
+ * works, until MAX_DRAWN_CHOICE_PIXELS are decoded or `stopped()` (the answer was an error, or another choice came):
+ * decoded all at once, two 212 KB deflated DICOM files took the tab +1.4 GiB, decoding on for seconds after the
+ * server had refused them (browser review 63 F3).
+ */
+async function readPictures(files, dicom, stopped) {
+  const pictures = [];
+  let pixels = 0;
+  for (const file of files) {
+    const picture = stopped() || pixels > MAX_DRAWN_CHOICE_PIXELS ? null : await readPicture(file, dicom);
+    for (const frame of picture?.frames ?? (picture ? [picture] : [])) {
+      pixels += frame.width * frame.height;
+    }
+    pictures.push(picture);
+  }
+  return pictures;
 }
 
 /** What `showSlice` draws for a file (DICOM: the header and its frames); null when the browser cannot read it. */
@@ -796,7 +845,12 @@ function hideProgress() {
   ui.progressRow.hidden = true;
 }
 
-async function analyse(chosen) {
+/**
+ * Analyse `choice`: the chosen files, or a promise of them (a dropped folder, whose listing can take seconds). The
+ * choice counts as the newest from the moment it is made: a slow folder dropped first no longer replaced a file
+ * dropped after it (browser review 63 F1), and a listing that fails is shown as an error (review 63 F2).
+ */
+async function analyse(choice) {
   stopAnalysis();
   const mine = generation;
   let sent = [];
@@ -817,6 +871,10 @@ async function analyse(chosen) {
   ui.progressRow.hidden = false;
   try {
     requestHeaders(); // a key no header can carry is refused before any file is read
+    const chosen = await choice;
+    if (stale()) {
+      return;
+    }
     const { files: collected, skippedMasks, hidden } = await collectFiles(chosen);
     if (collected.length === 0) {
       // What was left out, when something was: "no files were chosen" of a chosen file said nothing of why it was
@@ -838,11 +896,12 @@ async function analyse(chosen) {
       return;
     }
     const { files, heads, tooLarge } = withoutTooLarge(readable, limits.bytes);
-    const { leftOut } = readable;
+    const { leftOut, images } = readable;
     const dicom = heads.some(isDicom);
     const notes = [
       ...(skippedMasks ? [`${plural(skippedMasks, "ground-truth mask file")} left out`] : []),
       ...(leftOut.length ? [`left out, neither DICOM images nor PNG, JPEG or TIFF: ${namesOf(leftOut)}`] : []),
+      ...(images.length ? [`left out, PNG, JPEG or TIFF images beside the DICOM images: ${namesOf(images)}`] : []),
       ...(tooLarge.length && files.length
         ? [`left out, larger than the service takes (${sizesTold(Math.min(...tooLarge.map((file) => file.size)),
           limits.bytes)[1]}): ${namesOf(tooLarge)}`] : []),
@@ -875,9 +934,13 @@ async function analyse(chosen) {
     rasterSeriesSent = !dicom && files.length > 1;
     onlyDicomSent = heads.every(isDicom);
     // Decode the pictures while the server works: the answer only adds the masks.
-    const pictures = Promise.all(files.map((file) => readPicture(file, dicom)));
+    let refused = false; // the request failed: no more pictures are decoded
+    const pictures = readPictures(files, dicom, () => refused || stale());
     const query = rasterSeriesSent ? "mask_format=png&series=true" : "mask_format=png";
-    const body = await postRetryingAfterCancel(files, query, stale);
+    const body = await postRetryingAfterCancel(files, query, stale).catch((error) => {
+      refused = true;
+      throw error;
+    });
     if (stale()) {
       return;
     }
@@ -897,7 +960,7 @@ async function analyse(chosen) {
       if (error instanceof ApiError) {
         error.message = namingFiles(error.message, sent);
       }
-      showError(titledForRequest(error, rasterSeriesSent, onlyDicomSent), () => analyse(chosen));
+      showError(titledForRequest(error, rasterSeriesSent, onlyDicomSent), () => analyse(choice));
     }
   } finally {
     if (!stale()) {
@@ -942,10 +1005,10 @@ function tooLargeError(tooLarge, maxBytes, advice = TOO_LARGE_FILE_ADVICE) {
 }
 
 /** Refuses more files than one analysis takes before they are uploaded, saying what to do. */
-function refuseTooManyFiles(files, maxFiles) {
+function refuseTooManyFiles(files, maxFiles, chosen = "chosen") {
   if (maxFiles !== null && files.length > maxFiles) {
     throw new FormatError(TOO_MANY_FILES_ADVICE,
-      `${files.length} files chosen; the service takes at most ${maxFiles} in one analysis.`);
+      `${files.length.toLocaleString("en")} files ${chosen}; the service takes at most ${maxFiles} in one analysis.`);
   }
 }
 
@@ -2364,18 +2427,21 @@ function restoreApiKey() {
 }
 
 /**
- * Files of a drop, folders walked (DataTransferItem entries), since `dataTransfer.files` lists folders as empty files;
- * `folders`: whether a folder was dropped (an empty one gives no files, but is no missed drop).
+ * Files of a drop, folders walked (DataTransferItem entries), since `dataTransfer.files` lists folders as empty files.
+ * The entries are taken at once (they are only readable during the drop event); the files come as they are listed.
+ * A file that cannot be read (moved, or a network drive gone) refuses the drop, named: left out, a series would have
+ * a gap no one was told of.
  */
-async function droppedFiles(dataTransfer) {
-  const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
-  if (entries.length === 0) {
-    return { files: [...dataTransfer.files], folders: false };
-  }
+async function droppedFiles(entries) {
+  const unreadable = (entry) => (error) => {
+    throw new FormatError(`${shownText(entry.fullPath)} cannot be read: ${error.message || error.name}`,
+      "A dropped file or folder cannot be read. Copy the folder to this computer's disk, or choose it with the "
+      + "folder button.");
+  };
   const files = [];
   const visit = async (entry) => {
     if (entry.isFile) {
-      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+      const file = await new Promise((resolve, reject) => entry.file(resolve, reject)).catch(unreadable(entry));
       // A file from an entry has no webkitRelativePath: its path in the drop orders it, as a chosen folder's are
       // (by name alone, the slices of two subfolders would be interleaved into one series).
       Object.defineProperty(file, "dropPath", { value: entry.fullPath });
@@ -2383,7 +2449,8 @@ async function droppedFiles(dataTransfer) {
     } else if (entry.isDirectory) {
       const reader = entry.createReader();
       for (;;) {
-        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject))
+          .catch(unreadable(entry));
         if (batch.length === 0) {
           break;
         }
@@ -2396,7 +2463,7 @@ async function droppedFiles(dataTransfer) {
   for (const entry of entries) {
     await visit(entry);
   }
-  return { files, folders: entries.some((entry) => entry.isDirectory) };
+  return files;
 }
 
 function wireFileChoice() {
@@ -2419,10 +2486,13 @@ function wireFileChoice() {
   ui.dropZone.addEventListener("drop", async (event) => {
     event.preventDefault();
     ui.dropZone.classList.remove("dragging");
-    const { files, folders } = await droppedFiles(event.dataTransfer);
-    // A dropped folder without files gets analyse's "no files" error: silence reads as a missed drop.
-    if (files.length || folders) {
-      analyse(files);
+    const entries = [...event.dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
+    // A dropped folder without files gets analyse's "no files" error: silence reads as a missed drop. A drop of no
+    // file (a link, some text) is none.
+    if (entries.length) {
+      analyse(droppedFiles(entries));
+    } else if (event.dataTransfer.files.length) {
+      analyse([...event.dataTransfer.files]);
     }
   });
   // A file dropped beside the drop zone would otherwise make the browser navigate away to show it.

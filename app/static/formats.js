@@ -39,10 +39,14 @@ export const isZip = (head) => head.length >= 4 && head[0] === 0x50 && head[1] =
 export const MAX_DRAWN_PIXELS = 2 ** 25;
 // The most frames of one DICOM file the page decodes to draw, and the most pixels of all of them: a 20 MB file of 20
 // million 1 x 1 frames would keep the tab frozen for 10 s, one array per frame, before the server's refusal (too many
-// slices) could be shown. Eight times the server's default slices per request; 2 ** 27 pixels hold 512
-// x 512 x 512 (512 MiB as floats).
+// slices) could be shown. Eight times the server's default slices per request; the server's default pixels of one
+// DICOM file (MAX_DICOM_PIXELS, 256 slices of 512 x 512: 256 MiB as floats): at twice that, a 212 KB deflated file
+// the server refuses took the tab +700 MiB and seconds frozen (browser review 63 F3).
 export const MAX_DRAWN_FRAMES = 2048;
-const MAX_DRAWN_FILE_PIXELS = 2 ** 27;
+export const MAX_DRAWN_FILE_PIXELS = 2 ** 26;
+const PIXELS_BETWEEN_YIELDS = 2 ** 21; // about 20 ms of decoding
+// A deflated DICOM file is inflated up to its pixels' bytes (16 bits) and this much header; past that it is undrawn.
+const MAX_DRAWN_HEADER_BYTES = 2 ** 24;
 const tooLargeToDraw = (width, height) => !(width > 0 && height > 0 && width * height <= MAX_DRAWN_PIXELS);
 
 async function streamThrough(bytes, transform) {
@@ -52,8 +56,11 @@ async function streamThrough(bytes, transform) {
 
 const inflate = (bytes, format) => streamThrough(bytes, new DecompressionStream(format));
 
-/** Inflate `bytes`, stopping with a FormatError (about `name`) once the output passes `limit` bytes. */
-async function inflateAtMost(bytes, format, limit, name) {
+/**
+ * Inflate `bytes`, stopping with a FormatError (about `name`) once the output passes `limit` bytes; the output
+ * follows `prefix` in the array returned (one copy of it held, not two).
+ */
+async function inflateAtMost(bytes, format, limit, name, prefix = new Uint8Array()) {
   const reader = new Blob([bytes]).stream().pipeThrough(new DecompressionStream(format)).getReader();
   const chunks = [];
   let total = 0;
@@ -70,8 +77,9 @@ async function inflateAtMost(bytes, format, limit, name) {
     }
     chunks.push(value);
   }
-  const content = new Uint8Array(total);
-  let at = 0;
+  const content = new Uint8Array(prefix.length + total);
+  content.set(prefix);
+  let at = prefix.length;
   for (const chunk of chunks) {
     content.set(chunk, at);
     at += chunk.length;
@@ -128,45 +136,32 @@ function zipEntryName(nameBytes, flaggedUtf8) {
 // ---------------------------------------------------------------------------------------------------- zip in/out
 
 /**
- * Files of a zip archive (stored or deflated entries; no zip64, no encryption), folders and dot files left out; each
- * named by its base name, with its path in the archive as `zipPath`.
+ * The entries of a zip archive, read from its central directory with nothing unpacked (stored or deflated entries,
+ * Zip64 too, no encryption), folders and dot files left out: each with its base name (`name`), its path in the
+ * archive (`zipPath`), and `unzip()`, which unpacks it into a File. Counted before any is unpacked: a zip of 4,096
+ * tiny entries took 19 s to unpack before it was refused as too many files (browser review 63 F7).
  */
-export async function readZip(buffer) {
+export function zipEntries(buffer) {
   const bytes = new Uint8Array(buffer);
   const view = new DataView(buffer);
-  let end = -1;
-  for (let offset = bytes.length - 22; offset >= Math.max(0, bytes.length - 22 - 65535); offset -= 1) {
-    if (view.getUint32(offset, true) === 0x06054b50) {
-      end = offset;
-      break;
-    }
-  }
-  if (end < 0) {
-    throw new FormatError("the zip file has no central directory (truncated, or not a zip)");
-  }
-  const count = view.getUint16(end + 10, true);
-  let offset = view.getUint32(end + 16, true);
-  if (count === 0xffff || offset === 0xffffffff) {
-    throw new FormatError("zip64 archives are not supported; zip fewer files, or choose them directly");
-  }
+  const { count, directoryOffset } = zipDirectory(view);
   if (count > MAX_ZIP_ENTRIES) {
     throw new FormatError(`the zip holds ${count.toLocaleString("en")} entries, more than the page reads (at most `
       + `${MAX_ZIP_ENTRIES.toLocaleString("en")})`, ZIP_TOO_MANY_TITLE);
   }
-  const files = [];
+  const entries = [];
   let unzipped = 0; // bytes the entries declare, all together
+  let offset = directoryOffset;
   for (let i = 0; i < count; i += 1) {
     if (view.getUint32(offset, true) !== 0x02014b50) {
       throw new FormatError("the zip file's central directory is damaged");
     }
     const encrypted = (view.getUint16(offset + 8, true) & 1) === 1; // general purpose flag bit 0
     const method = view.getUint16(offset + 10, true);
-    const compressedSize = view.getUint32(offset + 20, true);
-    const declaredSize = view.getUint32(offset + 24, true);
     const nameLength = view.getUint16(offset + 28, true);
     const extraLength = view.getUint16(offset + 30, true);
     const commentLength = view.getUint16(offset + 32, true);
-    const localOffset = view.getUint32(offset + 42, true);
+    const { compressedSize, declaredSize, localOffset } = zipEntrySizes(view, offset, nameLength, extraLength);
     // Folders as "/" whichever separator the zipper wrote: Windows PowerShell 5.1's Compress-Archive writes "\\",
     // and two patients' folders so written were one folder to the page (attack review 64 F2). Only in a name that is
     // ASCII or flagged UTF-8: in a Shift-JIS one (Japanese Windows), that byte is half of a kanji (review 72 F11).
@@ -192,31 +187,92 @@ export async function readZip(buffer) {
       throw new FormatError(`the zip's entries unpack to more than ${MAX_UNZIPPED_BYTES / 2 ** 20} MiB`,
         ZIP_TOO_LARGE_TITLE);
     }
-    const dataStart = localOffset + 30 + view.getUint16(localOffset + 26, true) + view.getUint16(localOffset + 28, true);
-    const data = bytes.subarray(dataStart, dataStart + compressedSize);
-    let content;
-    if (method === 0) {
-      content = data;
-    } else if (method === 8) {
-      // Never more than the entry declares: its size in the directory was checked against the limit, the data not.
-      content = await inflateAtMost(data, "deflate-raw", declaredSize, name);
-    } else {
-      throw new FormatError(`${name}: zip compression method ${method} is not supported (only stored or deflated)`);
-    }
-    if (isZip(content)) {
-      throw new FormatError(`${name} is a zip inside the zip`, NESTED_ZIP_TITLE);
-    }
-    const file = new File([content], baseName);
-    // The entry's path in the archive, for the order of the slices: by base name alone, the slices of two folders
-    // in one zip were interleaved into one series.
-    Object.defineProperty(file, "zipPath", { value: name });
-    files.push(file);
+    const unzip = async () => {
+      const dataStart = localOffset + 30 + view.getUint16(localOffset + 26, true)
+        + view.getUint16(localOffset + 28, true);
+      const data = bytes.subarray(dataStart, dataStart + compressedSize);
+      let content;
+      if (method === 0) {
+        content = data;
+      } else if (method === 8) {
+        // Never more than the entry declares: its size in the directory was checked against the limit, the data not.
+        content = await inflateAtMost(data, "deflate-raw", declaredSize, name);
+      } else {
+        throw new FormatError(`${name}: zip compression method ${method} is not supported (only stored or deflated)`);
+      }
+      if (isZip(content)) {
+        throw new FormatError(`${name} is a zip inside the zip`, NESTED_ZIP_TITLE);
+      }
+      return new File([content], baseName);
+    };
+    entries.push({ name: baseName, zipPath: name, unzip });
   }
-  if (files.length === 0) {
+  if (entries.length === 0) {
     throw new FormatError(count === 0 ? "the zip is empty" : "the zip holds only folders or hidden files",
       EMPTY_ZIP_TITLE);
   }
-  return files;
+  return entries;
+}
+
+const ZIP64_MARK = 0xffffffff; // a size or offset whose value is in the entry's Zip64 extra field
+
+/**
+ * The entry count and central directory offset of a zip, from its end record, or from the Zip64 end record its
+ * locator points to: `zip -fz`, and zips of over 65,535 entries or 4 GiB, write those (browser review 63 F6: a
+ * 210 KB one was refused as "zip64 archives are not supported").
+ */
+function zipDirectory(view) {
+  let end = -1;
+  for (let offset = view.byteLength - 22; offset >= Math.max(0, view.byteLength - 22 - 65535); offset -= 1) {
+    if (view.getUint32(offset, true) === 0x06054b50) {
+      end = offset;
+      break;
+    }
+  }
+  if (end < 0) {
+    throw new FormatError("the zip file has no central directory (truncated, or not a zip)");
+  }
+  const locator = end - 20;
+  if (locator >= 0 && view.getUint32(locator, true) === 0x07064b50) {
+    const record = Number(view.getBigUint64(locator + 8, true));
+    if (!(record + 56 <= view.byteLength) || view.getUint32(record, true) !== 0x06064b50) {
+      throw new FormatError("the zip file's Zip64 end record is damaged");
+    }
+    return {
+      count: Number(view.getBigUint64(record + 32, true)),
+      directoryOffset: Number(view.getBigUint64(record + 48, true)),
+    };
+  }
+  return { count: view.getUint16(end + 10, true), directoryOffset: view.getUint32(end + 16, true) };
+}
+
+/** An entry's sizes and local header offset: from its central directory record, or its Zip64 extra field. */
+function zipEntrySizes(view, offset, nameLength, extraLength) {
+  const sizes = {
+    declaredSize: view.getUint32(offset + 24, true),
+    compressedSize: view.getUint32(offset + 20, true),
+    localOffset: view.getUint32(offset + 42, true),
+  };
+  // The Zip64 extra field (0x0001) holds, in this order, those of the three that are marked.
+  const extraEnd = offset + 46 + nameLength + extraLength;
+  for (let at = offset + 46 + nameLength; at + 4 <= extraEnd;) {
+    const id = view.getUint16(at, true);
+    const size = view.getUint16(at + 2, true);
+    if (id === 0x0001) {
+      let value = at + 4;
+      for (const key of ["declaredSize", "compressedSize", "localOffset"]) {
+        if (sizes[key] === ZIP64_MARK && value + 8 <= at + 4 + size) {
+          sizes[key] = Number(view.getBigUint64(value, true));
+          value += 8;
+        }
+      }
+    }
+    at += 4 + size;
+  }
+  if (sizes.localOffset === ZIP64_MARK) {
+    throw new FormatError("the zip file's central directory is damaged (a Zip64 entry without its sizes)");
+  }
+  return sizes;
 }
 
 /**
@@ -899,27 +955,23 @@ export function isDicom(bytes) {
 }
 
 /**
- * The data set of a Deflated Explicit VR Little Endian file inflated, after its file meta group (`start` on) as it is:
- * the bytes to walk as Explicit VR Little Endian. At most MAX_UNZIPPED_BYTES, as for a zip entry: a few kB of
- * deflated zeros can claim gigabytes.
+ * A Deflated Explicit VR Little Endian file with its data set inflated, after its file meta group (`start` on): the
+ * bytes to walk as Explicit VR Little Endian. At most what a drawn file holds: a few kB of deflated zeros can claim
+ * gigabytes (a larger one is left undrawn, and the server says whether it takes it).
  */
 async function inflatedDataSet(bytes, start) {
   const deflated = bytes.subarray(start);
-  const inflate = (data) => inflateAtMost(data, "deflate-raw", MAX_UNZIPPED_BYTES, "the DICOM data set");
-  let inflated;
+  const limit = MAX_DRAWN_FILE_PIXELS * 2 + MAX_DRAWN_HEADER_BYTES;
+  const inflate = (data) => inflateAtMost(data, "deflate-raw", limit, "the DICOM data set", bytes.subarray(0, start));
   try {
-    inflated = await inflate(deflated);
+    return await inflate(deflated);
   } catch (error) {
     // PS3.5 A.5: a deflated stream of odd length ends in one NULL byte of padding, which Chromium refuses as junk.
     if (!(error instanceof TypeError) || deflated.length % 2 !== 0 || deflated[deflated.length - 1] !== 0) {
       throw error;
     }
-    inflated = await inflate(deflated.subarray(0, -1));
+    return inflate(deflated.subarray(0, -1));
   }
-  const whole = new Uint8Array(start + inflated.length);
-  whole.set(bytes.subarray(0, start));
-  whole.set(inflated, start);
-  return whole;
 }
 
 /**
@@ -1108,7 +1160,11 @@ export async function readDicom(buffer) {
   // 8-bit pixels as OW in Big Endian are stored in byte-swapped pairs (16-bit words), as dcmtk writes them.
   const swappedBytes = !little && step === 1 && pixelData.vr === "OW";
   const fragments = rle ? encapsulatedFragments(view, pixelData.start) : null;
-  for (let frame = 0; frame < frameCount; frame += 1) {
+  for (let frame = 0, sinceYield = 0; frame < frameCount; frame += 1, sinceYield += size) {
+    if (sinceYield >= PIXELS_BETWEEN_YIELDS) {
+      sinceYield = 0;
+      await new Promise((resolve) => setTimeout(resolve)); // the page answers meanwhile (it froze for 3 s: review 63 F3)
+    }
     const base = pixelData.start + frame * size * step;
     let raw;
     if (rle) {

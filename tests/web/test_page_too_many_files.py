@@ -5,6 +5,7 @@ refused with "Too many files for one request", without saying what to do. The pa
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,40 @@ def test_more_files_than_the_service_takes_are_refused_before_uploading(page: Pa
     assert sent == []
 
 
+def test_the_files_in_a_zip_are_counted_before_it_is_unpacked(page: Page, limited_server: str, tmp_path: Path) -> None:
+    """Browser review 63 F7: a zip of 4,096 small entries was unpacked whole (19 s) before it was refused as more files
+    than one analysis takes, said as "4096 files chosen" of one zip. The notes beside them are not counted."""
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as written:
+        for index, path in enumerate(FOUR_SLICES):
+            written.writestr(f"patient/slice_{index}.jpg", path.read_bytes())
+        written.writestr("patient/README.TXT", b"slices of one patient")
+    page.add_init_script(UNPACKS_COUNTED)
+    page.goto(limited_server)
+    sent = batch_requests(page)
+
+    page.set_input_files("#file-input", archive)
+
+    expect(page.locator("#error-title")).to_have_text(
+        f"4 files chosen, counting those in the zip; the service takes at most {MAX_BATCH_FILES} in one analysis."
+    )
+    assert page.evaluate("window.unpacks") == 0
+    assert sent == []
+
+
+# DecompressionStream counted: each zip entry unpacked is one.
+UNPACKS_COUNTED = """
+    window.unpacks = 0;
+    const Counted = class extends DecompressionStream {
+        constructor(format) {
+            super(format);
+            window.unpacks += 1;
+        }
+    };
+    window.DecompressionStream = Counted;
+"""
+
+
 def test_as_many_files_as_the_service_takes_are_analysed(page: Page, limited_server: str) -> None:
     page.goto(limited_server)
 
@@ -128,16 +163,19 @@ def test_files_larger_than_the_service_takes_are_left_out_before_uploading(
     """Browser review 59 F4: a 120 MB file was uploaded whole (33.7 s at 4 MB/s) before the service said it takes
     20 MiB at most. `GET /v1/models` says MAX_UPLOAD_BYTES now: the page leaves such a file out before sending, as
     the service leaves it out of a batch, and says so; the others are analysed."""
-    large = noise_png(tmp_path / "large.png", 59)
-    dicom = tmp_path / "slice.dcm"
-    dicom.write_bytes(to_bytes(mr_series(tumor_channels()[:1])[0]))
+    first, second = mr_series(tumor_channels()[:2])
+    second.add_new((0x0029, 0x0010), "LO", "PRIVATE CREATOR")
+    second.add_new((0x0029, 0x1010), "OB", bytes(2 * MAX_UPLOAD_BYTES))  # a scanner's private header data
+    dicom, large = tmp_path / "slice.dcm", tmp_path / "large.dcm"
+    dicom.write_bytes(to_bytes(first))
+    large.write_bytes(to_bytes(second))
     page.goto(limited_server)
 
     with page.expect_response(lambda response: "/v1/predict/batch" in response.url) as answered:
         page.set_input_files("#file-input", [dicom, large])
 
     expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
-    expect(page.locator("#file-name")).to_contain_text("left out, larger than the service takes (0.1 MiB): large.png")
+    expect(page.locator("#file-name")).to_contain_text("left out, larger than the service takes (0.1 MiB): large.dcm")
     assert len(answered.value.json()["slices"]) == 1  # the large file never went
 
 
