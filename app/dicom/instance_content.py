@@ -178,21 +178,55 @@ def attributes_bytes(dataset: Dataset) -> bytes:
     """The data set without its pixel data, file meta group and private elements, written Explicit VR Little
     Endian: one form whatever the encoding it arrived in (`_as_hashed`)."""
     buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, _as_hashed(dataset, top_level=True), implicit_vr=False, little_endian=True)
+    hashed = _as_hashed(dataset, ValuesToConvert(MAX_CONVERTED_VALUES), top_level=True)
+    pydicom.dcmwrite(buffer, hashed, implicit_vr=False, little_endian=True)
     return buffer.getvalue()
 
 
-def _as_hashed(dataset: Dataset, top_level: bool = False) -> Dataset:
+MAX_CONVERTED_VALUES = 200_000
+"""Most values the digest reads one by one (pydicom makes each a Python object: about 400 bytes and 9 us), all
+elements together; past them the file is hashed as its bytes. Each value bounded alone (`LONG_VALUE_BYTES`), 5,000
+short elements of 512 DS values each (5 MB) took 22 s and +1 GiB at the node (attack review 67 F1)."""
+
+
+class TooManyValuesError(Exception):
+    """More values to convert than `MAX_CONVERTED_VALUES`: `content_digest` hashes the file as its bytes."""
+
+
+class ValuesToConvert:
+    """The values the digest may still convert, counted before each element is read."""
+
+    def __init__(self, most: int) -> None:
+        self.left = most
+
+    def spend(self, raw: object) -> None:
+        """Count the values of `raw`, an element not read yet (nothing to count for one read already)."""
+        if isinstance(raw, RawDataElement) and raw.value:
+            value_types = (_dictionary_vr(raw.tag) or raw.VR or "").split(" or ")
+            size = NUMBER_SIZES.get(value_types[0])
+            if any(value_type in BYTES_VRS for value_type in value_types):
+                self.left -= 1  # one bytes value (a sequence's items are counted as they are read)
+            else:  # numbers by their size, text by its separators
+                self.left -= len(raw.value) // size if size else raw.value.count(b"\\") + 1
+            if self.left < 0:
+                raise TooManyValuesError(f"more than {MAX_CONVERTED_VALUES} values to read for the digest")
+
+
+def _as_hashed(dataset: Dataset, budget: ValuesToConvert, top_level: bool = False) -> Dataset:
     """`dataset`'s elements as the digest writes them, at every depth: private ones (and the top level's pixel
     data) left out, a long value of a type read value by value as its bytes (`_unconverted`), and a text element
-    under another text VR than the dictionary's under the dictionary's, as Implicit VR reads it."""
+    under another text VR than the dictionary's under the dictionary's, as Implicit VR reads it. The values read
+    are counted against `budget`."""
     hashed = Dataset()
     for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset converts each element; its keys do not
         if tag.is_private or (top_level and tag in PIXEL_DATA_TAGS):
             continue
-        element = _unconverted(dataset, tag) or dataset[tag]
+        element = _unconverted(dataset, tag)
+        if element is None:
+            budget.spend(dataset.get_item(tag))
+            element = dataset[tag]
         if element.VR == "SQ":
-            element = DataElement(tag, "SQ", [_as_hashed(item) for item in element.value])
+            element = DataElement(tag, "SQ", [_as_hashed(item, budget) for item in element.value])
         else:
             element = _in_dictionary_text_vr(element)
         hashed.add(element)

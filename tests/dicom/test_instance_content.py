@@ -165,6 +165,25 @@ def test_long_values_of_numbers_are_hashed_as_their_bytes(instance: Dataset) -> 
     assert content_digest(data.replace(b"0.5\\0.5", b"0.6\\0.5", 1)) != digest
 
 
+def test_past_a_bound_on_the_values_read_one_by_one_the_file_is_hashed_as_its_bytes(
+    instance: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack review 67 F1: each value bounded alone, 5,000 elements of 512 short DS values each (1,024 bytes, under
+    `LONG_VALUE_BYTES`; 5 MB) were read one by one, 22 s and +1 GiB at the node. Past `MAX_CONVERTED_VALUES` values
+    (all elements, items and what follows the pixel data together) the file is hashed as its bytes."""
+    monkeypatch.setattr(instance_content, "MAX_CONVERTED_VALUES", 20_000, raising=False)
+    for index in range(30):  # 15,360 values of unknown public elements, in the header and after the pixel data
+        instance.add_new((0x0030, 0x1000 + index), "DS", ["0"] * 512)
+    within = to_bytes(instance)
+    trailing = [
+        struct.pack("<HH2sH", 0x0030, 0x2000 + index, b"DS", 1024) + b"0\\" * 511 + b"00" for index in range(10)
+    ]
+    past = within + b"".join(trailing)  # 5,120 values more
+
+    assert content_digest(within) != hashlib.sha256(b"bytes\0" + within).digest()
+    assert content_digest(past) == hashlib.sha256(b"bytes\0" + past).digest()
+
+
 def test_elements_after_the_pixel_data_never_stand_for_those_read_before_it(instance: Dataset) -> None:
     """Attack review 66 F2: a second Pixel Data (or Patient ID) after the first took the first's place in the digest,
     so two versions of an instance with other pixels, each followed by the same decoy, were one digest, and the
