@@ -12,6 +12,7 @@ Failures are `app.errors.ServiceError`s; nothing here logs.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
@@ -20,6 +21,10 @@ from pydicom.uid import (
     JPEG2000,
     JPEG2000MC,
     UID,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLossless,
@@ -130,11 +135,22 @@ def _check_jpeg_frame(codestream: bytes) -> None:
         raise InvalidDicomImageError(str(error)) from None
 
 
+MAX_FRAGMENTS = 100_000
+"""Most fragments encapsulated pixel data may hold: one or a few per frame (a 6,000-frame RLE file has 6,000). 2.4
+million empty ones in a 19 MB upload were walked one by one, here and by pydicom: 26 s over HTTP, 58 s at the node
+(attack review 67 F4)."""
+
+
 def _fragments(data: bytes, position: int) -> Iterator[tuple[int, int]]:
     """Where the fragments of encapsulated pixel data starting at `position` (the Basic Offset Table item) begin and
-    end in `data`: the checks below read them in place, never copying one."""
-    first = True
+    end in `data`: the checks below read them in place, never copying one. Past `MAX_FRAGMENTS`, refused."""
+    first, count = True, 0
     while position + 8 <= len(data):
+        count += 1
+        if count > MAX_FRAGMENTS + 1:  # the Basic Offset Table's item is no fragment
+            raise InvalidDicomImageError(
+                f"DICOM encapsulated pixel data holds more than {MAX_FRAGMENTS} fragments; refused before decoding"
+            )
         tag, length = data[position : position + 4], int.from_bytes(data[position + 4 : position + 8], "little")
         if tag == _SEQUENCE_DELIMITER_TAG:
             return
@@ -156,24 +172,31 @@ def _jpeg2000_siz(data: bytes, begin: int, end: int) -> bytes | None:
     return head if head[:4] == _JPEG2000_SOC_SIZ and len(head) == _SIZ_HEAD_BYTES else None
 
 
-LOSSY_TRANSFER_SYNTAXES = {
-    JPEGBaseline8Bit: "ISO_10918_1",
-    JPEGExtended12Bit: "ISO_10918_1",
-    JPEGLSNearLossless: "ISO_14495_1",
-}
+LOSSY_TRANSFER_SYNTAXES = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1"}
 """Transfer syntaxes whose pixels were lossy compressed, and the Lossy Image Compression Method each means."""
 
-MAY_BE_LOSSY_TRANSFER_SYNTAXES = {JPEG2000: "ISO_15444_1", JPEG2000MC: "ISO_15444_1", HTJ2K: "ISO_15444_15"}
-"""JPEG 2000 and HTJ2K syntaxes that may be lossy, and the method each means when the first frame's codestream was
-coded irreversibly (`jpeg2000_irreversible`; interop review 64 F1: such slices gave a SEG saying "00")."""
+MAY_BE_LOSSY_TRANSFER_SYNTAXES = {
+    JPEG2000: "ISO_15444_1",
+    JPEG2000Lossless: "ISO_15444_1",
+    JPEG2000MC: "ISO_15444_1",
+    JPEG2000MCLossless: "ISO_15444_1",
+    HTJ2K: "ISO_15444_15",
+    HTJ2KLossless: "ISO_15444_15",
+    HTJ2KLosslessRPCL: "ISO_15444_15",
+    JPEGLSNearLossless: "ISO_14495_1",
+}
+"""Transfer syntaxes whose pixels may have been coded lossy, and the method each means when a frame's codestream says
+so (`coded_lossy`): JPEG 2000 and HTJ2K with the 9-7 irreversible wavelet (interop review 64 F1: such slices gave a
+SEG saying "00"; a "lossless only" syntax says nothing of the codestream it holds: attack review 67 F2), JPEG-LS
+with a NEAR above 0 (with NEAR 0 the near-lossless syntax is bit-exact: interop review 65 F4)."""
 
 
-def lossy_method(transfer_syntax: str, data: bytes, items_start: int) -> str | None:
+def lossy_method(transfer_syntax: str, data: bytes | mmap.mmap, items_start: int) -> str | None:
     """The Lossy Image Compression Method that pixel data in `transfer_syntax` shows (its items from `items_start` in
-    `data`, for JPEG 2000); None when it shows no lossy compression."""
+    `data`, for the syntaxes that may be either); None when it shows no lossy compression."""
     if transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
         return LOSSY_TRANSFER_SYNTAXES[transfer_syntax]
-    if transfer_syntax in MAY_BE_LOSSY_TRANSFER_SYNTAXES and jpeg2000_irreversible(data, items_start):
+    if transfer_syntax in MAY_BE_LOSSY_TRANSFER_SYNTAXES and coded_lossy(transfer_syntax, data, items_start):
         return MAY_BE_LOSSY_TRANSFER_SYNTAXES[transfer_syntax]
     return None
 
@@ -190,35 +213,77 @@ def mark_lossy(dataset: Dataset, method: str | None) -> None:
         dataset.LossyImageCompressionMethod = method
 
 
-def jpeg2000_irreversible(data: bytes, items_start: int = 0) -> bool:
-    """Whether the first frame of encapsulated JPEG 2000 (or HTJ2K) pixel data (its items from `items_start`) was
-    coded with the 9-7 irreversible wavelet, the transformation its COD marker names (0): lossy whatever the header
-    says. The 5-3 reversible one (1) may be lossless; nothing in the stream tells whether it was truncated."""
+_MOST_HEADER_MARKERS = 65_536
+"""Marker segments read of all frames' codestreams together to tell how they were coded; a codestream whose headers
+hold more (no coder writes them) is not shown to be lossless, and counts as lossy."""
+
+
+def coded_lossy(transfer_syntax: str, data: bytes | mmap.mmap, items_start: int = 0) -> bool:
+    """Whether any frame of encapsulated pixel data (its items from `items_start`) was coded lossy: a JPEG 2000 or
+    HTJ2K codestream naming the 9-7 irreversible wavelet in any COD or COC of its main or tile-part headers
+    (a COC overrides the COD for its component; each frame is coded alone: attack review 67 F2, interop review 65 F3),
+    or a JPEG-LS scan with NEAR above 0. The 5-3 reversible wavelet may be lossless; nothing in the stream tells
+    whether it was truncated."""
+    budget = [_MOST_HEADER_MARKERS]
+    jpeg_ls = transfer_syntax == JPEGLSNearLossless
     for begin, end in _fragments(data, items_start):
-        start = _jp2_codestream(data, begin, end) if data.startswith(_JP2_SIGNATURE, begin, end) else begin
-        if start is None or data[start : start + 2] != _JPEG2000_SOC_SIZ[:2]:
-            return False
-        return _cod_transformation(data, start + 2, end) == 0
+        if jpeg_ls:
+            if data[begin : begin + 2] == b"\xff\xd8" and _jpeg_ls_near(data, begin + 2, end, budget) != 0:
+                return True
+            continue
+        start = _jp2_codestream(data, begin, end) if data[begin : begin + 12] == _JP2_SIGNATURE else begin
+        if (
+            start is not None
+            and data[start : start + 4] == _JPEG2000_SOC_SIZ
+            and _irreversible(data, start, end, budget)
+        ):
+            return True
     return False
 
 
-_JPEG2000_COD, _JPEG2000_SOT = b"\xff\x52", b"\xff\x90"
-_MOST_MAIN_HEADER_MARKERS = 256
+_JPEG2000_COD, _JPEG2000_COC, _JPEG2000_SOT = b"\xff\x52", b"\xff\x53", b"\xff\x90"
+_JPEG2000_SOD, _JPEG2000_EOC = b"\xff\x93", b"\xff\xd9"
 
 
-def _cod_transformation(data: bytes, position: int, end: int) -> int | None:
-    """The wavelet transformation (SPcod's last byte) of the COD marker in the main header that starts at
-    `position` (after SOC); None when there is none before the first tile-part."""
-    for _ in range(_MOST_MAIN_HEADER_MARKERS):
+def _irreversible(data: bytes, start: int, end: int, budget: list[int]) -> bool:
+    """Whether the JPEG 2000 codestream at `start` (its SOC) names the 9-7 wavelet (transformation 0) in a COD or
+    COC of its main header or of a tile-part header; True too once `budget` (marker segments left to read) runs out.
+    Tile-parts' data are stepped over by their lengths (Psot)."""
+    components = int.from_bytes(data[start + 40 : start + 42], "big")  # Csiz: a COC names its component in 1 or 2 bytes
+    position, tile_part_end = start + 2, end
+    while budget[0] > 0:
+        budget[0] -= 1
         marker = data[position : position + 2]
-        if len(marker) < 2 or position + 4 > end or marker == _JPEG2000_SOT:
-            return None
-        if marker == _JPEG2000_COD:
-            # Lcod (2), Scod, progression order, layers (2), multiple component transformation, decomposition levels,
-            # code-block width, height and style, then the transformation.
-            return data[position + 13] if position + 14 <= end else None
+        if marker == _JPEG2000_SOD:  # a tile-part's data: on to the next tile-part, if it says where
+            if tile_part_end >= end:
+                return False
+            position, tile_part_end = tile_part_end, end
+            continue
+        if len(marker) < 2 or marker == _JPEG2000_EOC or position + 4 > end:
+            return False
+        if marker == _JPEG2000_SOT:
+            tile_part_length = int.from_bytes(data[position + 6 : position + 10], "big")  # Psot; 0: up to EOC
+            tile_part_end = position + tile_part_length if tile_part_length else end
+        # Lcod (2), Scod, progression order, layers (2), multiple component transformation, then SPcod: levels,
+        # code-block width, height and style, transformation. A COC: Lcoc, Ccoc (1 or 2), Scoc, then SPcoc alike.
+        at = position + 13 if marker == _JPEG2000_COD else position + 9 + (1 if components < 257 else 2)
+        if marker in (_JPEG2000_COD, _JPEG2000_COC) and data[at : at + 1] == b"\x00":
+            return True
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-    return None
+    return True
+
+
+def _jpeg_ls_near(data: bytes, position: int, end: int, budget: list[int]) -> int:
+    """NEAR of the first scan of the JPEG-LS codestream whose markers start at `position` (after SOI): its SOS's
+    byte after the scan's components; 1 (lossy) when no SOS comes within the codestream or `budget`."""
+    while budget[0] > 0 and position + 4 <= end and data[position] == 0xFF:
+        budget[0] -= 1
+        if data[position + 1] == 0xDA:  # SOS: Ls (2), Ns, Ns x (component, mapping table), NEAR
+            components = data[position + 4] if position + 4 < end else 0
+            near = position + 5 + 2 * components
+            return data[near] if near < end else 1
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return 1
 
 
 def _jp2_codestream(data: bytes, begin: int, end: int) -> int | None:

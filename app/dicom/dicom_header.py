@@ -12,6 +12,7 @@ attributes. Nothing here logs.
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,13 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, KeyObjectSelectionDocumentStorage, MRImageStorage, SecondaryCaptureImageStorage
 from pydicom.valuerep import VR
 
-from app.dicom.dicom_codestream import UNDEFINED_LENGTH, check_codestreams, lossy_method, mark_lossy
+from app.dicom.dicom_codestream import (
+    MAY_BE_LOSSY_TRANSFER_SYNTAXES,
+    UNDEFINED_LENGTH,
+    check_codestreams,
+    lossy_method,
+    mark_lossy,
+)
 from app.dicom.part10 import (
     DICOM_MAGIC,
     DICOM_PREAMBLE_LENGTH,
@@ -260,16 +267,33 @@ def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Data
         if is_deflated(_transfer_syntax(source)):
             dataset = _deflated_header(source.read_bytes() if isinstance(source, Path) else source)
         else:
-            dataset = pydicom.dcmread(
-                BytesIO(source) if isinstance(source, bytes) else source,
-                stop_before_pixels=True,
-                specific_tags=None if tags is None else list(tags),
-                defer_size=HEADER_DEFER_BYTES,
-            )
+            with BytesIO(source) if isinstance(source, bytes) else source.open("rb") as stream:
+                dataset = pydicom.dcmread(
+                    stream,
+                    stop_before_pixels=True,
+                    specific_tags=None if tags is None else list(tags),
+                    defer_size=HEADER_DEFER_BYTES,
+                )
+                _mark_lossy_coding(dataset, source, stream.tell())
         refuse_unreadable_values(dataset)  # else the first read of that element raises, outside this policy
     except Exception:  # noqa: BLE001 - unreadable, whatever pydicom calls it: the caller counts it
         return None
     return dataset
+
+
+def _mark_lossy_coding(dataset: Dataset, source: bytes | Path, pixel_position: int) -> None:
+    """Mark the header lossy when its pixel data (the element at `pixel_position`) was coded lossy in a syntax that
+    may be either (`lossy_method`), as `read_dicom_header` does: the DICOM node and pacs-sync choose series by these
+    headers, and took a JPEG 2000 copy coded with the 9-7 wavelet for the original (interop review 65 F1). Only the
+    codestreams' headers are read (a file is mapped, not read whole)."""
+    transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+    if transfer_syntax not in MAY_BE_LOSSY_TRANSFER_SYNTAXES:
+        return
+    if isinstance(source, bytes):
+        mark_lossy(dataset, lossy_method(transfer_syntax, source, pixel_position + 12))
+        return
+    with source.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        mark_lossy(dataset, lossy_method(transfer_syntax, data, pixel_position + 12))
 
 
 def _transfer_syntax(source: bytes | Path) -> str:

@@ -42,8 +42,9 @@ class SeriesInfo:
     planes: frozenset[str] = frozenset()
     """The planes of every slice seen (`select_sequences` joins the instances'): more than one in a 3-plane scout."""
     lossy: bool = False
-    """Lossy Image Compression 01, or pixels in a lossy transfer syntax: the series was compressed lossy (a PACS's
-    archived copy, say; a JPEG Baseline copy that did not say so was read before its original: interop review 64 F5)."""
+    """Lossy Image Compression 01, or pixels in a lossy transfer syntax, of any instance (`is_lossy`): the series was
+    compressed lossy (a PACS's archived copy, say; a JPEG Baseline copy that did not say so was read before its
+    original: interop review 64 F5)."""
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> SeriesInfo:
@@ -73,7 +74,7 @@ class SeriesInfo:
             image_type=_upper_values(dataset.get("ImageType")),
             sequence_variant=_sequence_variant(dataset),
             planes=slice_planes(dataset),
-            lossy=str(dataset.get("LossyImageCompression", "") or "").strip() == "01" or _in_lossy_syntax(dataset),
+            lossy=is_lossy(dataset),
         )
 
     @property
@@ -225,6 +226,9 @@ def where_in_study(datasets: Sequence[Dataset]) -> str:
     )
 
 
-def _in_lossy_syntax(dataset: Dataset) -> bool:
+def is_lossy(dataset: Dataset) -> bool:
+    """Whether an instance's pixels were lossy compressed: Lossy Image Compression "01" (which the header readers
+    set for a codestream coded lossy: `dicom_codestream.mark_lossy`), or a lossy transfer syntax."""
     meta = getattr(dataset, "file_meta", None)
-    return meta is not None and str(meta.get("TransferSyntaxUID", "")) in LOSSY_TRANSFER_SYNTAXES
+    in_lossy_syntax = meta is not None and str(meta.get("TransferSyntaxUID", "")) in LOSSY_TRANSFER_SYNTAXES
+    return str(dataset.get("LossyImageCompression", "") or "").strip() == "01" or in_lossy_syntax

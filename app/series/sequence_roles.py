@@ -47,7 +47,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from app.dicom.dicom_header import modality_named
-from app.series.info import SeriesInfo, slice_planes
+from app.series.info import SeriesInfo, is_lossy, slice_planes
 from app.series.sequence_rules import SelectionRules
 
 if TYPE_CHECKING:
@@ -276,12 +276,19 @@ def select_sequences(datasets: Iterable[Dataset], rules: SelectionRules | None =
     rules = rules or SelectionRules()
     first_of_series: dict[str, Dataset] = {}
     planes: dict[str, frozenset[str]] = {}
+    lossy: dict[str, bool] = {}
     for dataset in datasets:
         uid = str(dataset.get("SeriesInstanceUID", ""))
         first_of_series.setdefault(uid, dataset)
         planes[uid] = planes.get(uid, frozenset()) | slice_planes(dataset)
+        # Any lossy instance makes the series a lossy copy: judged by its first, a copy whose first slice was
+        # lossless beat the original, or not, by the order of the files (interop review 65 F2).
+        lossy[uid] = lossy.get(uid, False) or is_lossy(dataset)
     infos = sorted(
-        (replace(SeriesInfo.from_dataset(dataset), planes=planes[uid]) for uid, dataset in first_of_series.items()),
+        (
+            replace(SeriesInfo.from_dataset(dataset), planes=planes[uid], lossy=lossy[uid])
+            for uid, dataset in first_of_series.items()
+        ),
         key=SeriesInfo.sort_key,
     )
     classifications = tuple(classify_series(info, rules) for info in infos)

@@ -10,15 +10,17 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from app.dicom import dicom_header, part10
+from app.dicom.dicom_codestream import MAX_FRAGMENTS
 from app.dicom.dicom_header import HEADER_DEFER_BYTES, read_dicom_header, read_header
 from app.dicom.part10 import DEFLATED_HEADER_BYTES, DICOM_PREAMBLE_LENGTH
-from app.errors import UndecodableDicomError
+from app.errors import InvalidDicomImageError, UndecodableDicomError
 from tests.dicom.builders import Study, deflated_and_padded, mr_dataset, to_bytes, tumor_channels
 
 
@@ -55,6 +57,23 @@ def test_the_same_instance_within_the_limit_is_read() -> None:
     for transfer_syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         header = read_dicom_header(_with_items_of_undefined_length(transfer_syntax))
         assert len(header.dataset.ReferencedImageSequence) == 300
+
+
+@pytest.mark.parametrize("undefined_length", [False, True], ids=["defined length", "undefined length"])
+def test_items_count_as_several_reads(undefined_length: bool) -> None:
+    """Attack review 67 F3: an item costs pydicom about ten times an element when read; 200,000 empty items (1.6 MB)
+    counted as at most 200,000 elements, within the limit, and took 17.8 s to read (31 s over HTTP)."""
+    dataset = mr_dataset(tumor_channels()[0], Study(), "1.2.3.4")
+    items = [Dataset() for _ in range(30_000)]
+    for item in items:
+        item.is_undefined_length_sequence_item = undefined_length
+    dataset.ReferencedImageSequence = Sequence(items)
+    dataset["ReferencedImageSequence"].is_undefined_length = undefined_length
+
+    with pytest.raises(UndecodableDicomError, match="too many data elements"):
+        read_dicom_header(to_bytes(dataset))
+    dataset.ReferencedImageSequence = Sequence(items[:10_000])  # an Enhanced MR of 1,024 frames has about as many
+    assert len(read_dicom_header(to_bytes(dataset)).dataset.ReferencedImageSequence) == 10_000
 
 
 def _nested_sequences(depth: int) -> bytes:
@@ -185,3 +204,18 @@ def test_the_values_a_deflated_header_keeps_count_in_its_cost() -> None:
 
     assert header.header_bytes >= 40 * part10.LONG_VALUE_BYTES
     assert read_dicom_header(_with_private_value(ExplicitVRLittleEndian, part10.LONG_VALUE_BYTES, 40)).header_bytes == 0
+
+
+def test_pixel_data_of_too_many_fragments_is_refused_before_it_is_walked() -> None:
+    """Attack review 67 F4: 2.4 million empty fragments beside one real frame (19 MB) were walked one by one, by the
+    codestream checks and by pydicom: 26 s over HTTP, 58 s at the node."""
+    dataset = pydicom.dcmread(io.BytesIO(to_bytes(mr_dataset(tumor_channels()[0], Study(), "1.2.3.4"))))
+    dataset.compress(JPEG2000Lossless)
+    data = to_bytes(dataset)
+    delimiter = data.rindex(b"\xfe\xff\xdd\xe0")
+    empty = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
+    many = data[:delimiter] + empty * (MAX_FRAGMENTS + 1) + data[delimiter:]
+
+    assert read_dicom_header(data[:delimiter] + empty * 10 + data[delimiter:]).frames == 1
+    with pytest.raises(InvalidDicomImageError, match=f"more than {MAX_FRAGMENTS} fragments"):
+        read_dicom_header(many)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, generate_uid
 
-from app.dicom.dicom_header import read_dicom_header
+from app.dicom.dicom_header import read_dicom_header, read_header
 from app.series.info import SeriesInfo
 from app.series.sequence_roles import SequenceRole, classify_series, select_sequences
 from app.series.sequence_rules import SelectionRules
@@ -250,6 +251,54 @@ def test_a_jpeg_2000_copy_coded_irreversibly_reads_as_lossy_before_the_series_ar
     header = read_dicom_header(to_bytes(dataset))
 
     assert SeriesInfo.from_dataset(header.dataset).lossy is irreversible
+
+
+def jpeg_2000_copy(dataset: Dataset, irreversible: bool) -> Dataset:
+    """`dataset` compressed in the JPEG 2000 syntax that may be lossy, coded with the 9-7 or the 5-3 wavelet, its
+    Lossy Image Compression attributes removed (as a sender that did not say)."""
+    copy = pydicom.dcmread(io.BytesIO(to_bytes(dataset)))
+    if irreversible:
+        copy.compress(JPEG2000, j2k_cr=[20])
+    else:
+        copy.compress(JPEG2000Lossless)
+        copy.file_meta.TransferSyntaxUID = JPEG2000
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        copy.pop(keyword, None)
+    return copy
+
+
+@pytest.mark.parametrize("irreversible", [True, False], ids=["9-7 wavelet", "5-3 wavelet"])
+def test_the_node_and_pacs_sync_headers_read_a_jpeg_2000_copy_coded_irreversibly_as_lossy(
+    irreversible: bool, tmp_path: Path
+) -> None:
+    """Interop review 65 F1: the node (headers of spooled files) and pacs-sync (headers of fetched bytes) read headers
+    that stop before the pixel data (`read_header`), and chose a 9-7 JPEG 2000 copy over the uncompressed original."""
+    data = to_bytes(jpeg_2000_copy(mr_series(tumor_channels()[:1])[0], irreversible))
+    path = tmp_path / "copy.dcm"
+    path.write_bytes(data)
+
+    for source in (path, data):
+        header = read_header(source)
+        assert header is not None
+        assert SeriesInfo.from_dataset(header).lossy is irreversible
+        assert header.get("LossyImageCompressionMethod") == ("ISO_15444_1" if irreversible else None)
+
+
+def test_a_copy_with_one_lossy_instance_is_a_lossy_copy_whatever_the_order() -> None:
+    """Interop review 65 F2: a series' lossy flag came from its first instance: a copy whose first slice was lossless
+    and the others lossy beat the original in the node, and in the HTTP flow by the order of the files."""
+    study = Study()
+    originals = mr_series(tumor_channels(), study=study)
+    copies = mr_series(tumor_channels(), study=study)
+    for index, copy in enumerate(copies):
+        copy.SeriesInstanceUID, copy.SeriesNumber = "1.2.3.4", originals[0].SeriesNumber  # sorts before any other
+        if index:
+            copy.LossyImageCompression = "01"
+
+    for order in (originals + copies, copies + originals, copies[::-1] + originals):
+        selection = select_sequences(order)
+        assert selection.flair is not None
+        assert selection.flair.series_instance_uid == originals[0].SeriesInstanceUID
 
 
 def test_an_axial_flair_is_read_before_a_sagittal_one_with_a_lower_number() -> None:
