@@ -222,14 +222,24 @@ def garbled_values_refused() -> Iterator[None]:
         yield
     except ServiceError:
         raise
-    except RecursionError:  # pydicom reads a nested sequence by recursion: a file's own nesting, not a truncation
-        raise UndecodableDicomError(
-            "DICOM file nests sequences deeper than can be read (hundreds of levels; real headers nest a few)"
-        ) from None
     except Exception as error:
+        if _raised_by_recursion(error):  # pydicom reads a nested sequence by recursion: the file's own nesting
+            raise UndecodableDicomError(
+                "DICOM file nests sequences deeper than can be read (hundreds of levels; real headers nest a few)"
+            ) from None
         raise UndecodableDicomError(
             f"DICOM file cannot be read (truncated or corrupt): {decoder_reason(error)}"
         ) from error
+
+
+def _raised_by_recursion(error: BaseException | None) -> bool:
+    """Whether `error` is Python's recursion limit, or came of it: pydicom turns any exception while it reads an
+    item's tag into ``OSError("No tag to read ...")``, which read as a truncated file."""
+    while error is not None:
+        if isinstance(error, RecursionError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 UNREADABLE_HEADER = "unreadable_header"
