@@ -183,12 +183,14 @@ MAY_BE_LOSSY_TRANSFER_SYNTAXES = {
     HTJ2K: "ISO_15444_15",
     HTJ2KLossless: "ISO_15444_15",
     HTJ2KLosslessRPCL: "ISO_15444_15",
+    JPEGLSLossless: "ISO_14495_1",
     JPEGLSNearLossless: "ISO_14495_1",
 }
 """Transfer syntaxes whose pixels may have been coded lossy, and the method each means when a frame's codestream says
 so (`coded_lossy`): JPEG 2000 and HTJ2K with the 9-7 irreversible wavelet (interop review 64 F1: such slices gave a
 SEG saying "00"; a "lossless only" syntax says nothing of the codestream it holds: attack review 67 F2), JPEG-LS
-with a NEAR above 0 (with NEAR 0 the near-lossless syntax is bit-exact: interop review 65 F4)."""
+with a NEAR above 0 under either syntax (with NEAR 0 the near-lossless one is bit-exact: interop review 65 F4;
+review 74 F4)."""
 
 
 def lossy_method(transfer_syntax: str, data: bytes | mmap.mmap, items_start: int) -> str | None:
@@ -224,8 +226,10 @@ def coded_lossy(transfer_syntax: str, data: bytes | mmap.mmap, items_start: int 
     (a COC overrides the COD for its component; each frame is coded alone: attack review 67 F2, interop review 65 F3),
     or a JPEG-LS scan with NEAR above 0. The 5-3 reversible wavelet may be lossless; nothing in the stream tells
     whether it was truncated."""
+    if data[items_start : items_start + 4] != _ITEM_TAG:  # native pixels under a compressed syntax: refused elsewhere
+        return False
     budget = [_MOST_HEADER_MARKERS]
-    jpeg_ls = transfer_syntax == JPEGLSNearLossless
+    jpeg_ls = transfer_syntax in (JPEGLSLossless, JPEGLSNearLossless)
     for begin, end in _fragments(data, items_start):
         if jpeg_ls:
             if data[begin : begin + 2] == b"\xff\xd8" and _jpeg_ls_near(data, begin + 2, end, budget) != 0:

@@ -149,7 +149,7 @@ def _add_elements_from(dataset: Dataset, data: bytes, position: int, encoding: t
     # The pixel data, whose size and codestreams `read_dicom_header` checked (fragments read one by one); then what
     # follows it within its own bound (a count over both hashed 6,000-fragment RLE files as bytes: review 72 F5).
     rest = read_dataset(pixels, *encoding, stop_when=through_pixel_data())
-    trailing = BoundedReads(data, max_reads=MAX_TRAILING_READS)
+    trailing = BoundedReads(data, max_reads=MAX_TRAILING_READS, max_items=MAX_TRAILING_READS)
     trailing.seek(pixels.tell())  # where pydicom stopped: the first element after the pixel data
     try:
         after = read_dataset(trailing, *encoding)
@@ -157,7 +157,7 @@ def _add_elements_from(dataset: Dataset, data: bytes, position: int, encoding: t
         trailing.raise_if_exceeded()  # whatever pydicom made of the refusal: the file is then hashed as its bytes
     # A sequence of defined length is one read, parsed when hashed: a million empty items in one cost 86 s and
     # +665 MiB at the node, answered Success (attack review 66 F1).
-    check_sequences_left_raw(after, trailing.reads, most_reads=MAX_TRAILING_READS)
+    check_sequences_left_raw(after, trailing.reads, MAX_TRAILING_READS, trailing.items, MAX_TRAILING_READS)
     for element in rest.elements():  # as read: converted on access, as the whole file's would be
         dataset[element.tag] = element
     for element in after.elements():

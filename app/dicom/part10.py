@@ -41,10 +41,10 @@ spends 10-35 us on each element, and an element can be 8 bytes on the wire: an 8
 elements takes 11.7 s and +660 MiB to read before any check, and would be kept by the DICOM node; one
 of 128 MiB, the node's instance limit, is 16 million elements. The header of a 1,024-frame Enhanced MR has fewer
 than 100,000."""
-ITEM_READS = 10
-"""What one sequence item counts as, in reads: pydicom makes a Dataset of each, about 90 us when read, against 10-35
-us for an element: 200,000 empty items (1.6 MB) in a sequence of defined length took 17.8 s to read, and a worker
-31 s over HTTP (attack review 67 F3). A 1,024-frame Enhanced MR has about 10,000 items."""
+MAX_HEADER_ITEMS = 60_000
+"""Most sequence items pydicom may read of a header, besides `MAX_HEADER_READS`: it makes a Dataset of each, about
+90 us, against 10-35 us for an element, so 200,000 empty items (1.6 MB, within the reads) took 17.8 s to read and a
+worker 31 s over HTTP (attack review 67 F3). A 1,024-frame Enhanced MR as Philips writes it has about 25,000."""
 _EXPLICIT_LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
@@ -59,9 +59,11 @@ class BoundedReads(io.BytesIO):
     inside an element.
     """
 
-    def __init__(self, data: bytes, max_reads: int | None = None) -> None:
+    def __init__(self, data: bytes, max_reads: int | None = None, max_items: int = MAX_HEADER_ITEMS) -> None:
         super().__init__(data)
         self.max_reads = MAX_HEADER_READS if max_reads is None else max_reads
+        self.max_items = max_items
+        self.items = 0
         self._partial = False
         self._empty = 0
         self._reads = 0
@@ -73,8 +75,11 @@ class BoundedReads(io.BytesIO):
             self._exceeded = True
             raise_too_many_elements()
         output = super().read(size)
-        if size == 8 and output[:4] in (_ITEM_TAG_LITTLE, _ITEM_TAG_BIG):  # an item's tag and length: weighed
-            self._reads += ITEM_READS - 1
+        if size == 8 and output[:4] in (_ITEM_TAG_LITTLE, _ITEM_TAG_BIG):  # an item's tag and length
+            self.items += 1
+            if self.items > self.max_items:
+                self._exceeded = True
+                raise_too_many_elements()
         if size is not None and size > 0 and len(output) < size:
             if output:
                 self._partial = True
@@ -103,8 +108,8 @@ class BoundedReads(io.BytesIO):
 def raise_too_many_elements() -> NoReturn:
     """Stop pydicom reading a header of more than `MAX_HEADER_READS` reads (`BoundedReads`)."""
     raise TooManyDicomElementsError(
-        f"DICOM header has too many data elements (over {MAX_HEADER_READS} reads before the pixel data); refused "
-        "before it was read whole"
+        f"DICOM header has too many data elements (over {MAX_HEADER_READS} reads, or {MAX_HEADER_ITEMS} sequence "
+        "items, before the pixel data); refused before it was read whole"
     )
 
 
@@ -162,26 +167,34 @@ def dcmread_bounded(data: bytes, stop_before_pixels: bool = False) -> tuple[Data
     except Exception:
         stream.raise_if_exceeded()  # pydicom turns a failed read of an item's tag into OSError "No tag..."
         raise
-    check_sequences_left_raw(dataset, stream.reads)
+    check_sequences_left_raw(dataset, stream.reads, items=stream.items)
     return dataset, stream
 
 
-def check_sequences_left_raw(dataset: Dataset, reads: int, most_reads: int = MAX_HEADER_READS) -> None:
+def check_sequences_left_raw(
+    dataset: Dataset,
+    reads: int,
+    most_reads: int = MAX_HEADER_READS,
+    items: int = 0,
+    most_items: int = MAX_HEADER_ITEMS,
+) -> None:
     """Refuse a header whose sequences of defined length, which pydicom keeps as bytes and parses on first access
-    (out of `BoundedReads`' sight), would take the elements read past `most_reads` (`MAX_HEADER_READS`).
+    (out of `BoundedReads`' sight), would take the elements read past `most_reads` (`MAX_HEADER_READS`), or the
+    items read past `most_items` (`MAX_HEADER_ITEMS`); `reads` and `items` were read already.
 
     Counted before any is accessed (the header checks read the functional groups): 500,000 empty elements in one
-    item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read. Items
-    count as `ITEM_READS` each. An element or item is at least 8 bytes: while the sequences' bytes cannot hold more
-    items than the reads left, nothing is walked.
+    item of a Shared Functional Groups Sequence of defined length cost 4.4 s and +113 MiB when first read. An
+    element or item is at least 8 bytes: while the sequences' bytes cannot hold more than what is left of either
+    bound, nothing is walked.
     """
-    budget = most_reads - reads
+    budget, item_budget = most_reads - reads, most_items - items
     raw_sequences = list(_sequences_left_raw(dataset))
-    if sum(len(raw.value or b"") for raw in raw_sequences) // 8 * ITEM_READS <= budget:
+    if sum(len(raw.value or b"") for raw in raw_sequences) // 8 <= min(budget, item_budget):
         return
     for raw in raw_sequences:
-        budget -= _elements_within(raw.value or b"", raw.is_implicit_VR, raw.is_little_endian, budget)
-        if budget < 0:
+        elements, items_within = _elements_within(raw.value or b"", raw.is_implicit_VR, raw.is_little_endian, budget)
+        budget, item_budget = budget - elements, item_budget - items_within
+        if budget < 0 or item_budget < 0:
             raise_too_many_elements()
 
 
@@ -201,17 +214,18 @@ def _sequences_left_raw(dataset: Dataset) -> Iterator[RawDataElement]:
                 yield from _sequences_left_raw(item)
 
 
-def _elements_within(value: bytes, implicit: bool, little: bool, most: int) -> int:
+def _elements_within(value: bytes, implicit: bool, little: bool, most: int) -> tuple[int, int]:
     """Data elements, items and delimiters in a sequence's bytes at every depth (stepping into items and into
-    anything that may be a sequence), counting up to just past `most`; a walk of their headers only."""
+    anything that may be a sequence), counting up to just past `most`, and the items among them; a walk of their
+    headers only."""
     endian = "<" if little else ">"
     item_tag = _ITEM_TAG_LITTLE if little else _ITEM_TAG_BIG
-    position, count = 0, 0
+    position, count, items = 0, 0, 0
     while position + 8 <= len(value) and count <= most:
         count += 1
         group = struct.unpack_from(endian + "H", value, position)[0]
-        if group == 0xFFFE:  # an item (weighed: `ITEM_READS`) or a delimiter: its elements follow
-            count += ITEM_READS - 1 if value[position : position + 4] == item_tag else 0
+        if group == 0xFFFE:  # an item or a delimiter: its elements follow
+            items += value[position : position + 4] == item_tag
             position += 8
             continue
         if implicit:
@@ -227,7 +241,7 @@ def _elements_within(value: bytes, implicit: bool, little: bool, most: int) -> i
                 header, length = 8, struct.unpack_from(endian + "H", value, position + 6)[0]
             nested = vr == b"SQ" or value[position + header : position + header + 4] == item_tag
         position += header if length == UNDEFINED_LENGTH or nested else header + length
-    return count
+    return count, items
 
 
 def read_file_meta(data: bytes) -> tuple[int, str]:
@@ -316,7 +330,7 @@ def inflated_header(data: bytes, meta_end: int, max_bytes: int | None) -> tuple[
     stream = BoundedReads(bytes(kept))
     try:
         dataset = read_dataset(DicomFileLike(stream), False, True, stop_when=at_pixel_data)
-        check_sequences_left_raw(dataset, stream.reads)
+        check_sequences_left_raw(dataset, stream.reads, items=stream.items)
     except ServiceError:
         raise
     except Exception:

@@ -562,11 +562,12 @@ async function collectFiles(chosen) {
   // together and in order.
   kept.sort((a, b) => naturalOrder.compare(pathOf(a), pathOf(b)));
   const zipped = kept.filter((file) => file.zip);
-  if (zipped.length > 1) {
-    // Counted before the zip is unpacked (4,096 tiny entries took 19 s, then were refused: browser review 63 F7),
-    // leaving out the entries named as no slice can be: `withoutExtras` tells the rest by their first bytes.
-    const slices = kept.filter((file) => !NEVER_A_SLICE_NAME.test(file.name));
-    refuseTooManyFiles(slices, (await serviceLimits()).files, "chosen, counting those in the zip");
+  const rasterNamed = kept.filter((file) => RASTER_FILE_NAME.test(file.name));
+  if (zipped.length > 1 && kept.every((file) => RASTER_FILE_NAME.test(file.name) || NEVER_A_SLICE_NAME.test(file.name))) {
+    // Counted before the zip is unpacked (4,096 tiny entries took 19 s, then were refused: browser review 63 F7)
+    // where the names tell what `withoutExtras` sends: slices named as images, no DICOM file among them. A patient
+    // CD's files (DICOM with any name, and its viewer's icons) are counted once unpacked (review 74 F2).
+    refuseTooManyFiles(rasterNamed, (await serviceLimits()).files, "chosen, counting those in the zip");
   }
   for (const entry of zipped) {
     const file = await fromZip(entry.zip, entry.unzip);

@@ -67,4 +67,4 @@ def test_jpeg_ls_near_lossless_is_lossy_only_with_a_near_above_zero(near: int) -
     stream[sos + 5 + 2 * stream[sos + 4]] = near  # NEAR follows the scan's components
 
     assert method(JPEGLSNearLossless, bytes(stream)) == ("ISO_14495_1" if near else None)
-    assert method(JPEGLSLossless, bytes(stream)) is None  # the lossless syntax is lossless by definition
+    assert method(JPEGLSLossless, bytes(stream)) == ("ISO_14495_1" if near else None)  # review 74 F4: the stream tells

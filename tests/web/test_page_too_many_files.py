@@ -4,6 +4,7 @@ refused with "Too many files for one request", without saying what to do. The pa
 
 from __future__ import annotations
 
+import io
 import re
 import zipfile
 from collections.abc import Iterator
@@ -91,6 +92,28 @@ def test_the_files_in_a_zip_are_counted_before_it_is_unpacked(page: Page, limite
     )
     assert page.evaluate("window.unpacks") == 0
     assert sent == []
+
+
+def test_a_zipped_patient_cd_is_counted_by_what_is_sent(page: Page, limited_server: str, tmp_path: Path) -> None:
+    """Review 74 F2: counted before unpacking, a zipped CD of 3 DICOM slices, its viewer's icons and files was refused
+    as too many files, while the same files chosen loose were analysed."""
+    archive = tmp_path / "cd.zip"
+    icon = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(icon, format="PNG")
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as written:
+        for index, dataset in enumerate(mr_series(tumor_channels()[:MAX_BATCH_FILES])):
+            written.writestr(f"CD/DICOM/IM{index:04d}", to_bytes(dataset))
+        for name in ("viewer_icon.png", "logo.png"):
+            written.writestr(f"CD/{name}", icon.getvalue())
+        written.writestr("CD/VIEWER.EXE", b"MZ" + bytes(64))
+    page.goto(limited_server)
+
+    page.set_input_files("#file-input", archive)
+
+    # Past the count: the 3 slices are what is sent (then over this server's tiny MAX_BATCH_UPLOAD_BYTES together).
+    expect(page.locator("#file-name")).to_contain_text("Selected: 3 files, IM0000 … IM0002", timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#file-name")).to_contain_text("images beside the DICOM images: logo.png, viewer_icon.png")
+    expect(page.locator("#error-title")).not_to_contain_text("files chosen")
 
 
 # DecompressionStream counted: each zip entry unpacked is one.
