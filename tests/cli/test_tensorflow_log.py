@@ -133,7 +133,10 @@ def test_dicom_node_stderr_is_json_lines_only(tiny_model_dir: Path, tmp_path: Pa
     try:
         assert stderr.wait_for("DICOM node listening", timeout_seconds=1), stderr.text()
         node.send_signal(signal.SIGTERM)
-        node.wait(timeout=60)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # seen once in CI, not reproduced: say whether the node's stop was logged
+            pytest.fail(f"the node did not exit within 60 s of SIGTERM; its stderr so far:\n{stderr.text()}")
     finally:
         node.kill()
         node.wait()
