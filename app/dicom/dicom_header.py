@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -284,26 +285,27 @@ def read_header(source: bytes | Path, tags: Iterable[str] | None = None) -> Data
                     specific_tags=None if tags is None else list(tags),
                     defer_size=HEADER_DEFER_BYTES,
                 )
-                _mark_lossy_coding(dataset, source, stream.tell())
+                _mark_lossy_coding(dataset, source, stream)
         refuse_unreadable_values(dataset)  # else the first read of that element raises, outside this policy
     except Exception:  # noqa: BLE001 - unreadable, whatever pydicom calls it: the caller counts it
         return None
     return dataset
 
 
-def _mark_lossy_coding(dataset: Dataset, source: bytes | Path, pixel_position: int) -> None:
-    """Mark the header lossy when its pixel data (the element at `pixel_position`) was coded lossy in a syntax that
-    may be either (`lossy_method`), as `read_dicom_header` does: the DICOM node and pacs-sync choose series by these
-    headers, and took a JPEG 2000 copy coded with the 9-7 wavelet for the original (interop review 65 F1). Only the
-    codestreams' headers are read (a file is mapped, not read whole)."""
+def _mark_lossy_coding(dataset: Dataset, source: bytes | Path, stream: BinaryIO) -> None:
+    """Mark the header lossy when its pixel data (where `stream`, `source` opened, stopped) was coded lossy in a
+    syntax that may be either (`lossy_method`), as `read_dicom_header` does: the DICOM node and pacs-sync choose
+    series by these headers, and took a JPEG 2000 copy coded with the 9-7 wavelet for the original (interop review 65
+    F1). Only the codestreams' headers are read (an open file is mapped, not read whole)."""
     transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
     if transfer_syntax not in MAY_BE_LOSSY_TRANSFER_SYNTAXES:
         return
+    items_start = stream.tell() + 12  # after the Pixel Data element's tag, VR and length (Explicit VR)
     if isinstance(source, bytes):
-        mark_lossy(dataset, lossy_method(transfer_syntax, source, pixel_position + 12))
+        mark_lossy(dataset, lossy_method(transfer_syntax, source, items_start))
         return
-    with source.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        mark_lossy(dataset, lossy_method(transfer_syntax, data, pixel_position + 12))
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        mark_lossy(dataset, lossy_method(transfer_syntax, data, items_start))
 
 
 def _transfer_syntax(source: bytes | Path) -> str:

@@ -563,7 +563,10 @@ async function collectFiles(chosen) {
   kept.sort((a, b) => naturalOrder.compare(pathOf(a), pathOf(b)));
   const zipped = kept.filter((file) => file.zip);
   const rasterNamed = kept.filter((file) => RASTER_FILE_NAME.test(file.name));
-  if (zipped.length > 1 && kept.every((file) => RASTER_FILE_NAME.test(file.name) || NEVER_A_SLICE_NAME.test(file.name))) {
+  const namesTellWhatIsSent = kept.every(
+    (file) => RASTER_FILE_NAME.test(file.name) || NEVER_A_SLICE_NAME.test(file.name),
+  );
+  if (zipped.length > 1 && namesTellWhatIsSent) {
     // Counted before the zip is unpacked (4,096 tiny entries took 19 s, then were refused: browser review 63 F7)
     // where the names tell what `withoutExtras` sends: slices named as images, no DICOM file among them. A patient
     // CD's files (DICOM with any name, and its viewer's icons) are counted once unpacked (review 74 F2).
