@@ -157,6 +157,19 @@ def frame_value(dataset: Dataset, index: int, sequence: str, keyword: str) -> ob
     return dataset.get(keyword)
 
 
+def element_values(value: object) -> list[object]:
+    """An attribute's values as a list: none when absent or empty, one for text, bytes or a number, each of a
+    multi-valued one. The series' facts and the SEG's lossy attributes read values this one way."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return [value]
+
+
 def source_instance_uids(dataset: Dataset) -> frozenset[str]:
     """The SOP Instance UIDs a file names in its Source Image Sequence, each once, empty ones left out; none when the
     element is anything but a sequence (stored as LO, the characters of its text would be walked as

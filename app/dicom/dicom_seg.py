@@ -49,7 +49,7 @@ from app.dicom.dicom_conformance import (
     without_contradicted_spacing,
     without_spacing_between_slices,
 )
-from app.dicom.dicom_frame import DicomFrame
+from app.dicom.dicom_frame import DicomFrame, element_values
 from app.dicom.dicom_series import SAME_PLANE_TOLERANCE, SliceInput
 from app.dicom.result_uids import (
     MANUFACTURER,
@@ -293,10 +293,7 @@ def _ratio_text(value: str) -> str | None:
 
 def _values(value: object) -> list[str]:
     """An attribute's values as text, none when absent or empty."""
-    if value is None or value == "":
-        return []
-    items = value if isinstance(value, list | tuple | MultiValue) else [value]
-    return [str(item).strip() for item in items if str(item).strip()]
+    return [str(item).strip() for item in element_values(value) if str(item).strip()]
 
 
 def _completed_sources(source_images: list[Dataset], references: Sequence[DicomFrame]) -> list[Dataset]:

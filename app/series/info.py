@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.dicom.dicom_codestream import LOSSY_TRANSFER_SYNTAXES
-from app.dicom.dicom_frame import frame_value
+from app.dicom.dicom_frame import element_values, frame_value
 from app.dicom.slice_orientation import slice_plane
 from app.series.sequence_rules import CONTRAST_ATTRIBUTES
 
@@ -106,7 +106,7 @@ def series_number_order(series_number: int | None, series_instance_uid: str) -> 
 def _plane_of(orientation: object) -> tuple[str, float] | None:
     """`slice_plane` of an Image Orientation (Patient) as a header holds it; None when it is absent or unreadable."""
     try:
-        return slice_plane([float(value) for value in _values(orientation)])  # type: ignore[union-attr]
+        return slice_plane([float(value) for value in element_values(orientation)])  # type: ignore[union-attr]
     except (TypeError, ValueError):
         return None
 
@@ -169,22 +169,11 @@ def _items(value: object) -> list[Any]:
 
 
 def _upper_values(value: object) -> tuple[str, ...]:
-    return tuple(str(item).strip().upper() for item in _values(value) if str(item).strip())
-
-
-def _values(value: object) -> list[object]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str | bytes):
-        return [value]
-    try:
-        return list(value)  # type: ignore[call-overload]
-    except TypeError:
-        return [value]
+    return tuple(str(item).strip().upper() for item in element_values(value) if str(item).strip())
 
 
 def _first_number_or_none(value: object) -> float | None:
-    items = _values(value)
+    items = element_values(value)
     try:
         return float(items[0]) if items else None  # type: ignore[arg-type]
     except (TypeError, ValueError):
