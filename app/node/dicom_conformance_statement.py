@@ -373,7 +373,10 @@ def _association_initiation() -> list[str]:
         "refusal: 0x0122 (SOP Class not supported), 0xA9xx (Data Set does not match SOP Class) or 0xCxxx (Cannot",
         "understand). A SEG whose C-STORE a destination answers with another failure status (0xA7xx Out of",
         "Resources) is retried as any failure. The SR is the same for every destination: one that declined the",
-        "SEG holds an SR that names it (its Referenced Segment and evidence), as sent to the others.",
+        "SEG holds an SR that names it (its Referenced Segment and evidence), as sent to the others. Likewise a",
+        "destination that takes SEG and not Comprehensive SR (no context, or a lasting refusal) gets the SEG alone:",
+        'the SR is recorded "declined" with a warning, and the study counts as delivered. One that takes neither',
+        "the SR nor the SEG takes nothing the node makes: a failure, retried and alerted on as any other.",
         "",
     ]
 

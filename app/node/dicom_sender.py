@@ -18,6 +18,7 @@ restart.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -32,6 +33,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     KeyObjectSelectionDocumentStorage,
@@ -254,7 +256,11 @@ class ResultSender:
         except (OSError, RuntimeError, ValueError) as error:
             return [], [], f"association failed ({type(error).__name__})", False
         if not association.is_established:
-            if _accepted(association) and all(_may_be_declined(dataset) for dataset in datasets.values()):
+            if (
+                _accepted(association)
+                and all(_may_be_declined(dataset) for dataset in datasets.values())
+                and not {str(dataset.get("Modality", "")) for dataset in datasets.values()} >= REPORTS
+            ):  # neither the SR nor the SEG: `_not_associated` asks about the classes
                 for dataset in datasets.values():
                     _declined_unless_negotiated(dataset)
                 return [], list(datasets), "", True  # accepted, with none of these classes: its lasting answer
@@ -398,13 +404,21 @@ SR stand without it. Declined, it is recorded so ("declined") and not retried (r
 its C-STORE had the study retried for good, every alert firing)."""
 
 
-DECLINED_UNLESS_NEGOTIATED = OPTIONAL_CLASSES | {SegmentationStorage}
+DECLINED_UNLESS_NEGOTIATED = OPTIONAL_CLASSES | {SegmentationStorage, ComprehensiveSRStorage}
 """What a destination that accepts the association may decline by accepting no presentation context for its class
-(PS3.8 9.3.3.2: its lasting answer, not a failure to retry): a rejection note, and the SEG, which many report and
-RIS archives do not take while they take the SR (interop review 62 F3: the SEG was retried for ever, the study never
-counted delivered nor purged, and the spool filled). A SEG a destination negotiated and then refused by its C-STORE
-status is declined too when that status is a lasting answer about the data set (`_lasting_refusal`); "out of
-resources" (0xA7xx) and anything else are failures, retried."""
+(PS3.8 9.3.3.2: its lasting answer, not a failure to retry): a rejection note; the SEG, which many report and RIS
+archives do not take while they take the SR (interop review 62 F3: the SEG was retried for ever, the study never
+counted delivered nor purged, and the spool filled); and the SR, which image archives that take the SEG may not
+(interop review 66 F1: an SR refused 0x0122 was retried for good, so was the study kept until the spool filled and
+the node refused every study). A SEG or SR a destination negotiated and then refused by its C-STORE status is
+declined too when that status is a lasting answer about the data set (`_lasting_refusal`); "out of resources"
+(0xA7xx) and anything else are failures, retried. A destination that takes neither the SR nor the SEG of a run takes
+nothing the node makes: that is a failure (`_takes_neither_report`), retried and alerted on, not a decline."""
+
+REPORTS = frozenset({"SR", "SEG"})
+TAKES_NEITHER_REPORT = (
+    "the destination takes neither the SR nor the SEG (no presentation context, or a lasting refusal)"
+)
 
 
 def _lasting_refusal(code: int) -> bool:
@@ -426,12 +440,16 @@ def _declined_unless_negotiated(dataset: Dataset, status: int | None = None) -> 
     fields = {} if status is None else {"fields": {"status": f"0x{status:04X}"}}
     if str(dataset.SOPClassUID) in OPTIONAL_CLASSES:
         logger.info("the destination accepts no rejection note (Key Object Selection): not sent", extra=fields)
-    elif status is None or status == STATUS_SOP_CLASS_NOT_SUPPORTED:
-        logger.warning("the destination accepts no SEG (Segmentation Storage): its SR goes without it", extra=fields)
-    else:  # it takes SEGs and refused this one's content: a SEG the node made wrong, or the archive's limit
+        return True
+    result, other = (
+        ("SEG (Segmentation Storage)", "SR") if dataset.Modality == "SEG" else ("SR (Comprehensive SR)", "SEG")
+    )
+    if status is None or status == STATUS_SOP_CLASS_NOT_SUPPORTED:
+        logger.warning(f"the destination accepts no {result}: its {other} goes without it", extra=fields)
+    else:  # it takes the class and refused this one's content: a result the node made wrong, or the archive's limit
         logger.warning(
-            f"the destination refused the SEG for good (C-STORE status 0x{status:04X}): not retried; its SR goes "
-            "without it",
+            f"the destination refused the {result.split()[0]} for good (C-STORE status 0x{status:04X}): not "
+            f"retried; its {other} goes without it",
             extra=fields,
         )
     return True
@@ -469,6 +487,21 @@ def _store(association: Any, dataset: Dataset, accepted: set[str]) -> tuple[bool
             return False, ""
         return False, f"C-STORE status 0x{code:04X} for the {modality}"
     return True, ""
+
+
+def _unless_neither_report_taken(run: dict[str, Any], state: dict[str, Any], outcome: SendOutcome) -> SendOutcome:
+    """`outcome`, a failure where the destination has now declined both the SR and the SEG of the run and stored
+    nothing of it (over every pass): it takes nothing the node makes, and is retried and alerted on as a destination
+    that failed, the two reports declined no more (`DECLINED_UNLESS_NEGOTIATED`)."""
+    if outcome.failure or outcome.stored or state.get("stored"):
+        return outcome
+    modality = {item["file"]: item["modality"] for item in run["results"]}
+    declined = {*state.get("declined", []), *(path.name for path in outcome.declined)}
+    if not {modality.get(name) for name in declined} >= REPORTS:
+        return outcome
+    state["declined"] = [name for name in state.get("declined", []) if modality.get(name) not in REPORTS]
+    kept = tuple(path for path in outcome.declined if modality.get(path.name) not in REPORTS)
+    return dataclasses.replace(outcome, failure=TAKES_NEITHER_REPORT, declined=kept)
 
 
 def _attempt_status(file: str, stored: set[str], declined: set[str]) -> str:
@@ -736,6 +769,7 @@ class ResultDelivery:
                     continue
                 if not outcome.stopped:  # a stop says nothing of whether the destination can be reached
                     self._note_reachability(destination, outcome)
+                outcome = _unless_neither_report_taken(run, state, outcome)
             self._record_attempt(key, run, destination, state, missing, outcome)
 
     def _note_reachability(self, destination: Destination, outcome: SendOutcome) -> None:

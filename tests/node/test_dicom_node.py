@@ -23,7 +23,7 @@ from app.dicom.dicom_seg import SEG_SERIES_DESCRIPTION, SEG_SERIES_NUMBER
 from app.dicom.dicom_seg_reader import read_segmentation_masks
 from app.dicom.dicom_sr import SR_SERIES_DESCRIPTION, SR_SERIES_NUMBER
 from app.dicom.dicom_sr_reader import predecessors, read_volume_report
-from app.node.dicom_sender import Destination
+from app.node.dicom_sender import TAKES_NEITHER_REPORT, Destination
 from app.node.dicom_spool import study_key
 from app.node.node_config import NodeConfig
 from app.settings import Settings
@@ -686,6 +686,60 @@ def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delive
         }
     finally:
         reports_only.close()
+
+
+@pytest.mark.parametrize("refusing", ["its context", 0x0122, 0xC000], ids=["context", "0122", "C000"])
+def test_a_destination_that_takes_no_sr_gets_the_seg_and_the_study_counts_delivered(
+    refusing: str | int, make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Interop review 66 F1: an image archive that takes SEG and not Comprehensive SR had the SR retried for good
+    (five associations a pass), the study never delivered nor purged, until the full spool refused every study. Its
+    answer is for good, as for a SEG: the SR is recorded "declined"."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    if refusing == "its context":
+        images_only = ResultStore(port, sop_classes=(SegmentationStorage,))
+    else:
+        images_only = ResultStore(port, refused=("SR",), refusal_status=int(refusing))
+    try:
+        send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
+        clock.advance(3600)
+
+        assert node.send_unsent() == 0
+        assert [dataset.Modality for dataset in images_only.received] == ["SEG"]
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "sent" and len(state["declined"]) == 1
+        assert {(entry["modality"], entry["status"]) for entry in node.spool.sent_log()} == {
+            ("SEG", "sent"),
+            ("SR", "declined"),
+        }
+    finally:
+        images_only.close()
+
+
+def test_a_destination_that_refuses_both_the_sr_and_the_seg_has_failed_and_is_retried(
+    make_node: Any, clock: Clock, tmp_path: Path
+) -> None:
+    """Declining is a destination's answer about one class: one that refuses the SR and the SEG alike takes nothing
+    the node makes (a misconfigured destination, a full archive answering 0x0122), so the study waits for it, the
+    failure logged and counted, and goes once the destination takes them."""
+    port = free_port()
+    node = make_node(destination_port=port)
+    refusing = ResultStore(port, refused=("SR", "SEG"), refusal_status=0x0122)
+    try:
+        send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "failed" and not state.get("declined") and not refusing.received
+        assert state["last_error"] == TAKES_NEITHER_REPORT
+
+        refusing.refused = ()
+        clock.advance(3600)
+        assert node.send_unsent() == 1
+        (state,) = record(node)["runs"][-1]["sent"].values()
+        assert state["status"] == "sent" and not state.get("declined")
+        assert sorted(dataset.Modality for dataset in refusing.received) == ["SEG", "SR"]
+    finally:
+        refusing.close()
 
 
 @pytest.mark.parametrize("warning", [0x0001, 0x0107, 0x0116, 0xB000], ids=["0001", "0107", "0116", "B000"])
