@@ -63,16 +63,17 @@ def frame_header(data: bytes, begin: int = 0, end: int | None = None) -> JpegFra
     return None
 
 
-def check_jpeg_structure(data: bytes, what: str) -> None:
+def check_jpeg_structure(data: bytes, what: str) -> int:
     """Refuse a JPEG (not JPEG-LS: its scans stuff bytes differently) with more than `MAX_JPEG_SCANS` scans or
-    `MAX_JPEG_SEGMENTS` marker segments, walking its markers as libjpeg does, before any decoder sees it.
+    `MAX_JPEG_SEGMENTS` marker segments, walking its markers as libjpeg does, before any decoder sees it; the number
+    of its segments otherwise.
 
     Raises
     ------
     JpegStructureError
     """
-    scans = 0
-    for segments, (marker, _) in enumerate(_segments(data, 0, len(data), through_scans=True), start=1):
+    scans = segments = 0
+    for segments, (marker, _) in enumerate(_segments(data, 0, len(data), through_scans=True), start=1):  # noqa: B007
         scans += marker == _START_OF_SCAN
         if scans > MAX_JPEG_SCANS:
             raise JpegStructureError(
@@ -84,6 +85,7 @@ def check_jpeg_structure(data: bytes, what: str) -> None:
                 f"{what} holds more than {MAX_JPEG_SEGMENTS} marker segments (real files hold a few dozen); "
                 "refused before decoding"
             )
+    return segments
 
 
 _SEQUENTIAL_FRAME_MARKERS = frozenset({0xC0, 0xC1, 0xC9})

@@ -60,10 +60,12 @@ def check_codestreams(
     columns: int,
     samples_per_pixel: int = 1,
     bits_allocated: int = 16,
+    frames: int = 1,
 ) -> None:
     """Refuse a compressed frame whose codestream declares another size than Rows x Columns, other components than
-    SamplesPerPixel or samples wider than BitsAllocated, or a JPEG frame with too many scans or segments; and an RLE
-    frame that decodes to more than its Rows x Columns.
+    SamplesPerPixel or samples wider than BitsAllocated, or a JPEG frame with too many scans or segments; an RLE
+    frame that decodes to more than its Rows x Columns; and pixel data of more codestreams than its `frames`, or of
+    JPEG frames whose marker segments together pass `MAX_JPEG_SEGMENTS_PER_FILE`.
 
     The decoders allocate what the codestream says: a header of 64x64 over a 16384x16384 JPEG 2000 codestream
     would take 512 MiB before pydicom noticed the mismatch. A colour JPEG under a MONOCHROME2 header was decoded
@@ -75,16 +77,27 @@ def check_codestreams(
         "1.2.840.10008.1.2.4.20"
     )
     jpeg_frame: list[bytes] = []  # the fragments of the JPEG frame being read (a frame may span several)
-    for number, (begin, end) in enumerate(_fragments(data, position + 12), start=1):
+    codestreams, segments_left = 0, [MAX_JPEG_SEGMENTS_PER_FILE]
+    fragments = list(_fragments(data, position + 12))
+    for number, (begin, end) in enumerate(fragments, start=1):
+        siz = _jpeg2000_siz(data, begin, end)
+        if siz is None and jpeg2000 and end - begin < _FRAME_HEAD_BYTES and _may_start_codestream(data, begin, end):
+            head = _joined_head(data, fragments, number - 1)  # a codestream split inside its first bytes
+            siz = _jpeg2000_siz(head, 0, len(head))
+        codestreams += transfer_syntax == RLELossless or siz is not None or data.startswith(b"\xff\xd8", begin, end)
+        if codestreams > frames:
+            raise InvalidDicomImageError(
+                f"DICOM pixel data fragment {number} starts codestream {codestreams}, but the header says "
+                f"{frames} frame{'s' if frames > 1 else ''}; refused before decoding"
+            )
         if transfer_syntax == RLELossless:
             check_rle_frame(data, begin, end, rows * columns, number)
             continue
         if transfer_syntax in _JPEG_SYNTAXES:
             if jpeg_frame and data.startswith(b"\xff\xd8", begin, end):
-                _check_jpeg_frame(b"".join(jpeg_frame))
+                _check_jpeg_frame(b"".join(jpeg_frame), segments_left)
                 jpeg_frame = []
             jpeg_frame.append(data[begin:end])
-        siz = _jpeg2000_siz(data, begin, end)
         frame = frame_header(data, begin, end) if siz is None else None
         size = _siz_size(siz) if siz is not None else (frame.rows, frame.columns) if frame is not None else None
         if size is None:
@@ -125,14 +138,27 @@ def check_codestreams(
                 f"{MAX_JPEG2000_TILES} are accepted; refused before decoding"
             )
     if jpeg_frame:
-        _check_jpeg_frame(b"".join(jpeg_frame))
+        _check_jpeg_frame(b"".join(jpeg_frame), segments_left)
 
 
-def _check_jpeg_frame(codestream: bytes) -> None:
+MAX_JPEG_SEGMENTS_PER_FILE = 65_536
+"""Marker segments the JPEG frames of one file may hold together (each at most `MAX_JPEG_SEGMENTS`): a real frame
+holds a few dozen, so 1,024 frames a few tens of thousands. Each segment is walked in Python several times (its
+size, its structure, the data a decoder is given): 10,118 codestreams of 1,000 segments in a one-frame slice of
+20 MB took 47 s (attack review 68 F1)."""
+
+
+def _check_jpeg_frame(codestream: bytes, segments_left: list[int]) -> None:
+    """`check_jpeg_structure`, its segments counted against `segments_left` (those the file's frames may still hold)."""
     try:
-        check_jpeg_structure(codestream, "a JPEG frame of the DICOM pixel data")
+        segments_left[0] -= check_jpeg_structure(codestream, "a JPEG frame of the DICOM pixel data")
     except JpegStructureError as error:
         raise InvalidDicomImageError(str(error)) from None
+    if segments_left[0] < 0:
+        raise InvalidDicomImageError(
+            f"DICOM pixel data holds JPEG frames of more than {MAX_JPEG_SEGMENTS_PER_FILE} marker segments together "
+            "(real frames hold a few dozen each); refused before decoding"
+        )
 
 
 MAX_FRAGMENTS = 100_000
@@ -230,7 +256,10 @@ def coded_lossy(transfer_syntax: str, data: bytes | mmap.mmap, items_start: int 
         return False
     budget = [_MOST_HEADER_MARKERS]
     jpeg_ls = transfer_syntax in (JPEGLSLossless, JPEGLSNearLossless)
-    for begin, end in _fragments(data, items_start):
+    fragments = list(_fragments(data, items_start))
+    for index, (begin, end) in enumerate(fragments):
+        if end - begin < _FRAME_HEAD_BYTES and index + 1 < len(fragments):  # a frame's head split across fragments
+            data, begin, end = _joined_head(data, fragments, index), 0, _FRAME_HEAD_BYTES  # type: ignore[assignment]
         if jpeg_ls:
             if data[begin : begin + 2] == b"\xff\xd8" and _jpeg_ls_near(data, begin + 2, end, budget) != 0:
                 return True
@@ -243,6 +272,29 @@ def coded_lossy(transfer_syntax: str, data: bytes | mmap.mmap, items_start: int 
         ):
             return True
     return False
+
+
+_FRAME_HEAD_BYTES = 4096
+"""Bytes of a frame read as one to find its coding parameters (SIZ, COD, COC, a JPEG-LS scan header), which a
+main header holds within its first few hundred: a frame may be split across fragments anywhere, and one split 44
+bytes in was read from the bytes of the next item's tag (interop review 66 F2, F3)."""
+
+
+def _may_start_codestream(data: bytes, begin: int, end: int) -> bool:
+    """Whether a fragment's bytes begin as a JPEG 2000 codestream or a JP2 file may (SOC, or the JP2 signature's
+    first bytes, cut short by the fragment's end)."""
+    first = data[begin : min(end, begin + len(_JP2_SIGNATURE))]
+    return first[:2] == b"\xff\x4f" or (bool(first) and _JP2_SIGNATURE.startswith(first))
+
+
+def _joined_head(data: bytes | mmap.mmap, fragments: list[tuple[int, int]], index: int) -> bytes:
+    """The first `_FRAME_HEAD_BYTES` of the fragments from `index` on, joined (fewer where they end first)."""
+    head = bytearray()
+    for begin, end in fragments[index:]:
+        head += data[begin : min(end, begin + _FRAME_HEAD_BYTES - len(head))]
+        if len(head) >= _FRAME_HEAD_BYTES:
+            break
+    return bytes(head)
 
 
 _JPEG2000_COD, _JPEG2000_COC, _JPEG2000_SOT = b"\xff\x52", b"\xff\x53", b"\xff\x90"
@@ -271,8 +323,8 @@ def _irreversible(data: bytes, start: int, end: int, budget: list[int]) -> bool:
         # Lcod (2), Scod, progression order, layers (2), multiple component transformation, then SPcod: levels,
         # code-block width, height and style, transformation. A COC: Lcoc, Ccoc (1 or 2), Scoc, then SPcoc alike.
         at = position + 13 if marker == _JPEG2000_COD else position + 9 + (1 if components < 257 else 2)
-        if marker in (_JPEG2000_COD, _JPEG2000_COC) and data[at : at + 1] == b"\x00":
-            return True
+        if marker in (_JPEG2000_COD, _JPEG2000_COC) and (at >= end or data[at : at + 1] == b"\x00"):
+            return True  # the 9-7 wavelet, or a marker segment cut: not shown lossless
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return True
 
@@ -285,16 +337,28 @@ def _jpeg_ls_near(data: bytes, position: int, end: int, budget: list[int]) -> in
         if data[position + 1] == 0xDA:  # SOS: Ls (2), Ns, Ns x (component, mapping table), NEAR
             components = data[position + 4] if position + 4 < end else 0
             near = position + 5 + 2 * components
-            return data[near] if near < end else 1
+            return data[near] if near < end and position + 4 < end else 1
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return 1
 
 
+MAX_JP2_BOXES = 64
+"""Boxes a JP2 file may hold before its codestream: real ones hold fewer than ten (signature, file type, header,
+perhaps XML or UUID). 2.56 million 8-byte boxes in a 20 MB slice took 3.5 s a walk, walked three times a read
+(attack review 68 F1)."""
+
+
 def _jp2_codestream(data: bytes, begin: int, end: int) -> int | None:
     """Where the codestream of a JP2 file starts: the content of its `jp2c` box, found by walking the boxes (a SIZ
-    inside another box, an XML one say, is no codestream OpenJPEG decodes)."""
-    position = begin
+    inside another box, an XML one say, is no codestream OpenJPEG decodes). Past `MAX_JP2_BOXES`, refused."""
+    position, boxes = begin, 0
     while position + 8 <= end:
+        boxes += 1
+        if boxes > MAX_JP2_BOXES:
+            raise InvalidDicomImageError(
+                f"DICOM JPEG 2000 pixel data holds a JP2 file of more than {MAX_JP2_BOXES} boxes before its "
+                "codestream (real files hold fewer than ten); refused before decoding"
+            )
         length, kind = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
         header = 8
         if length == 1:  # the length follows as 8 bytes (XLBox)

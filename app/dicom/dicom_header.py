@@ -134,9 +134,11 @@ class DicomHeader:
         Where in `data` the pixel data element starts, so that what follows the header can be read without parsing
         the header again (`app.dicom.instance_content`); -1 for a deflated data set (its pixel data lies inside the
         deflate stream) and for a header not read from a file.
-    inflated_header_bytes
-        The values an inflated header holds (`part10.held_value_bytes`), up to `DEFLATED_HEADER_BYTES` from a few KB
-        sent; 0 for a header that is not inflated, whose values the file's bytes bound.
+    parsed_value_bytes
+        The values a header holds past what its reads count (`part10.held_value_bytes`): an inflated header's, up to
+        `DEFLATED_HEADER_BYTES` from a few KB sent, and the items of the sequences pydicom keeps raw until the
+        header's checks parse them (59,000 items sent as 3.7 KB deflated were counted 1.2 MB and held 65 MB, six of
+        them 98 s of reading: attack review 68 F2).
     path
         The file a header read from disk came from, its bytes not read (`data` empty): `pixel_data_digest` reads it.
     """
@@ -150,7 +152,7 @@ class DicomHeader:
     inflated_bytes: int = 0
     header_reads: int = 0
     pixel_position: int = -1
-    inflated_header_bytes: int = 0
+    parsed_value_bytes: int = 0
     path: Path | None = None
 
     def pixel_data_digest(self) -> bytes | None:
@@ -170,7 +172,7 @@ class DicomHeader:
     def header_bytes(self) -> int:
         """Memory the parsed header holds until the answer, which a header of many tiny elements, or an inflated
         one, makes large: a request's headers together count in its cost (`app.series.reading.plan_headers`)."""
-        return max(0, self.header_reads - HEADER_READS_INCLUDED) * HEADER_BYTES_PER_READ + self.inflated_header_bytes
+        return max(0, self.header_reads - HEADER_READS_INCLUDED) * HEADER_BYTES_PER_READ + self.parsed_value_bytes
 
     @property
     def pixels(self) -> int:
@@ -347,10 +349,11 @@ def read_dicom_header(
         if is_deflated(transfer_syntax):
             dataset, has_pixels, inflated, reads, _ = inflated_header(data, meta_end, max_bytes)
             pixel_position = -1  # deflated pixel data is native: no codestream to check
-            inflated_header_bytes = held_value_bytes(dataset)
+            counted_by_reads = 0  # its values came out of the stream: all of them count
         else:
             dataset, buffer = dcmread_bounded(data, stop_before_pixels=True)
-            pixel_position, inflated, reads, inflated_header_bytes = buffer.tell(), 0, buffer.reads, 0
+            pixel_position, inflated, reads = buffer.tell(), 0, buffer.reads
+            counted_by_reads = held_value_bytes(dataset)  # raw values, and what was parsed read by read
             has_pixels = pixel_data_tag_at(data, pixel_position)
             if not has_pixels and buffer.cut:
                 # pydicom stops quietly at the end of the bytes, keeping a cut value (a SOP Class UID "1.2.840.1"
@@ -365,15 +368,14 @@ def read_dicom_header(
     rows, columns, frames, bits = checked_dimensions(dataset, max_pixels)
     with garbled_values_refused():  # after the checks that name a value's problem more precisely
         refuse_unreadable_values(dataset)
+    parsed_value_bytes = max(0, held_value_bytes(dataset) - counted_by_reads)  # with the sequences the checks parsed
     if pixel_position >= 0 and is_encapsulated(transfer_syntax):
         samples = int(dataset.get("SamplesPerPixel") or 1)
-        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits)
+        check_codestreams(data, pixel_position, UID(transfer_syntax), rows, columns, samples, bits, frames)
         # Before the series are chosen: a lossy copy that does not say so is not taken for an original (interop
         # review 64 F5; JPEG 2000 told by its codestream: review 73 F3).
         mark_lossy(dataset, lossy_method(transfer_syntax, data, pixel_position + 12))
-    return DicomHeader(
-        data, dataset, rows, columns, frames, bits, inflated, reads, pixel_position, inflated_header_bytes
-    )
+    return DicomHeader(data, dataset, rows, columns, frames, bits, inflated, reads, pixel_position, parsed_value_bytes)
 
 
 def checked_dimensions(dataset: Dataset, max_pixels: int) -> tuple[int, int, int, int]:

@@ -208,6 +208,24 @@ def test_the_values_a_deflated_header_keeps_count_in_its_cost() -> None:
     assert read_dicom_header(_with_private_value(ExplicitVRLittleEndian, part10.LONG_VALUE_BYTES, 40)).header_bytes == 0
 
 
+@pytest.mark.parametrize("transfer_syntax", [DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_the_items_the_header_checks_parse_count_in_its_cost(transfer_syntax: str) -> None:
+    """Attack review 68 F2: 59,000 items of a sequence (3.7 KB deflated) held 65 MB once the header's checks had
+    parsed them, but were counted as their 1.2 MB of bytes, so six of them in a batch were all read (98 s)."""
+    dataset = mr_dataset(tumor_channels()[0], Study(), "1.2.3.4")
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2"
+    dataset.ReferencedImageSequence = Sequence([item] * 2_000)
+    dataset.file_meta.TransferSyntaxUID = transfer_syntax
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)  # the sequence of defined length: pydicom keeps it raw
+
+    header = read_dicom_header(buffer.getvalue())
+
+    assert len(header.dataset.ReferencedImageSequence) == 2_000
+    assert header.header_bytes >= 2_000 * part10.PARSED_ITEM_BYTES
+
+
 def test_pixel_data_of_too_many_fragments_is_refused_before_it_is_walked() -> None:
     """Attack review 67 F4: 2.4 million empty fragments beside one real frame (19 MB) were walked one by one, by the
     codestream checks and by pydicom: 26 s over HTTP, 58 s at the node."""

@@ -68,3 +68,30 @@ def test_jpeg_ls_near_lossless_is_lossy_only_with_a_near_above_zero(near: int) -
 
     assert method(JPEGLSNearLossless, bytes(stream)) == ("ISO_14495_1" if near else None)
     assert method(JPEGLSLossless, bytes(stream)) == ("ISO_14495_1" if near else None)  # review 74 F4: the stream tells
+
+
+def split(stream: bytes, cut: int) -> bytes:
+    """Encapsulated pixel data of one frame whose codestream is split into two fragments after `cut` bytes (PS3.5
+    A.4 lets a frame span fragments, split anywhere)."""
+    return encapsulate([stream[:cut], stream[cut:]], fragments_per_frame=1)
+
+
+def fragments_of(data: bytes) -> int:
+    return data.count(b"\xfe\xff\x00\xe0") - 1  # the items after the Basic Offset Table
+
+
+@pytest.mark.parametrize("cut", [20, 44, 46, 50, 58])
+def test_a_frame_split_inside_its_main_header_is_read_as_one(cut: int) -> None:
+    """Interop review 66 F2: each fragment was read on its own, and a byte past the first one's end taken for the
+    wavelet: a 9-7 stream split 44 bytes in read lossless (its SEG said "00"), a 5-3 one split 50 bytes in lossy."""
+    assert fragments_of(split(IRREVERSIBLE, cut)) == 2
+    assert lossy_method(JPEG2000, split(IRREVERSIBLE, cut), 0) == "ISO_15444_1"
+    assert lossy_method(JPEG2000, split(REVERSIBLE, cut), 0) is None
+
+
+@pytest.mark.parametrize("cut", [6, 12])
+def test_a_jpeg_ls_frame_split_before_its_scan_header_is_read_as_one(cut: int) -> None:
+    stream = codestream(JPEGLSLossless)
+    assert stream.index(b"\xff\xda") > cut  # the scan header lies in the second fragment
+
+    assert lossy_method(JPEGLSNearLossless, split(stream, cut), 0) is None  # NEAR 0: bit-exact

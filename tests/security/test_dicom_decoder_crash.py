@@ -171,7 +171,68 @@ def test_a_later_frame_wrapped_as_a_jp2_file_is_size_checked_too() -> None:
     data = jpeg2000_pixel_data(siz_codestream(64, 64), jp2)
 
     with pytest.raises(InvalidDicomImageError, match="fragment 2 holds a 16384x16384 codestream"):
-        check_codestreams(data, 0, JPEG2000Lossless, 64, 64)
+        check_codestreams(data, 0, JPEG2000Lossless, 64, 64, frames=2)
+
+
+def marker_only_jpeg(side: int, restarts: int) -> bytes:
+    """A JPEG codestream of `restarts` bare restart markers (each a marker segment to walk) and a frame header of
+    `side` x `side`: no image, only markers."""
+    return (
+        b"\xff\xd8"
+        + b"\xff\xd0" * restarts
+        + b"\xff\xc0"
+        + struct.pack(">HBHHB", 11, 8, side, side, 1)
+        + b"\x01\x11\x00\xff\xd9"
+    )
+
+
+def test_pixel_data_of_more_codestreams_than_frames_is_refused_before_any_is_walked() -> None:
+    """Attack review 68 F1: a one-frame slice of 20 MB held 10,118 JPEG codestreams of 1,000 marker segments each,
+    each walked several times: 400 after 47 s, and a node busy for a minute and a half."""
+    one = marker_only_jpeg(8, 10)
+    data = jpeg2000_pixel_data(*[one] * 3)
+
+    with pytest.raises(InvalidDicomImageError, match="fragment 2 starts codestream 2, but the header says 1 frame"):
+        check_codestreams(data, 0, JPEGBaseline8Bit, 8, 8, 1, 8, frames=1)
+    with pytest.raises(InvalidDicomImageError, match="fragment 3 starts codestream 3, but the header says 2 frames"):
+        check_codestreams(data, 0, JPEGBaseline8Bit, 8, 8, 1, 8, frames=2)
+    check_codestreams(data, 0, JPEGBaseline8Bit, 8, 8, 1, 8, frames=3)
+    rle_frame = struct.pack("<16I", 1, 64, *[0] * 14) + b"\xc1\x00"  # one segment: 64 times 0
+    rle = jpeg2000_pixel_data(*[rle_frame] * 2)  # RLE: a fragment is a frame
+    with pytest.raises(InvalidDicomImageError, match="fragment 2 starts codestream 2"):
+        check_codestreams(rle, 0, RLELossless, 8, 8, 1, 8, frames=1)
+
+
+def test_the_jpeg_frames_of_a_file_share_one_marker_segment_budget() -> None:
+    """Each frame within its own 1,000 segments, 70 frames of 990 are 69,300 segments to walk several times."""
+    frames = [marker_only_jpeg(8, 985)] * 70
+
+    with pytest.raises(InvalidDicomImageError, match="JPEG frames of more than 65536 marker segments together"):
+        check_codestreams(jpeg2000_pixel_data(*frames), 0, JPEGBaseline8Bit, 8, 8, 1, 8, frames=70)
+    check_codestreams(jpeg2000_pixel_data(*frames[:60]), 0, JPEGBaseline8Bit, 8, 8, 1, 8, frames=60)
+
+
+def test_a_jp2_file_of_many_boxes_before_its_codestream_is_refused() -> None:
+    """Attack review 68 F1: 2.56 million 8-byte boxes before the codestream (20 MB) took 3.5 s a walk, three walks a
+    read; real JP2 files hold fewer than ten."""
+    many = jp2_file(*[(b"free", b"")] * 100, (b"jp2c", siz_codestream(64)))
+    few = jp2_file(*[(b"free", b"")] * 10, (b"jp2c", siz_codestream(64)))
+
+    with pytest.raises(InvalidDicomImageError, match="JP2 file of more than 64 boxes before its codestream"):
+        check_codestreams(jpeg2000_pixel_data(many), 0, JPEG2000Lossless, 64, 64)
+    check_codestreams(jpeg2000_pixel_data(few), 0, JPEG2000Lossless, 64, 64)
+
+
+@pytest.mark.parametrize("cut", [2, 20, 32, 42])
+def test_a_jpeg2000_frame_split_inside_its_siz_is_read_across_fragments(cut: int) -> None:
+    """Interop review 66 F3: a valid frame whose first fragment ends before its SIZ does (PS3.5 lets a frame be
+    split anywhere) was refused, "must start with a codestream", at the node 0xC000; its size is checked all the
+    same."""
+    stream = siz_codestream(64) + b"\xff\xd9"
+    check_codestreams(jpeg2000_pixel_data(stream[:cut], stream[cut:]), 0, JPEG2000Lossless, 64, 64)
+    large = siz_codestream(16384) + b"\xff\xd9"
+    with pytest.raises(InvalidDicomImageError, match="16384x16384 codestream"):
+        check_codestreams(jpeg2000_pixel_data(large[:cut], large[cut:]), 0, JPEG2000Lossless, 64, 64)
 
 
 SLOW_JPEG_LS = Path(__file__).parents[1] / "data" / "dicom" / "jpeg_ls_truncated_slow.dcm"
