@@ -2,7 +2,7 @@
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
-  FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom, readPng16, readTiff,
+  DecodeStopped, FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom, readPng16, readTiff,
   splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip, zipEntries,
 } from "./formats.js";
 
@@ -690,8 +690,11 @@ function namesOf(files) {
   return files.length > MAX_NAMES_LISTED ? `${names} and ${files.length - MAX_NAMES_LISTED} more` : names;
 }
 
-/** Pixels to draw: grey `values` (16-bit data, DICOM: window/level applies) or an 8-bit `rgba` ImageData. */
-async function decodeRaster(file) {
+/**
+ * Pixels to draw: grey `values` (16-bit data, DICOM: window/level applies) or an 8-bit `rgba` ImageData. A TIFF's
+ * strips are decoded only while `stopped()` is false (DecodeStopped).
+ */
+async function decodeRaster(file, stopped) {
   const buffer = await file.arrayBuffer();
   let size = null;
   try {
@@ -703,11 +706,14 @@ async function decodeRaster(file) {
     return null; // too large to decode here without freezing the tab; the server's answer says if it takes it
   }
   try {
-    const high = (await readPng16(buffer)) ?? (await readTiff(buffer));
+    const high = (await readPng16(buffer)) ?? (await readTiff(buffer, stopped));
     if (high) {
       return high;
     }
-  } catch {
+  } catch (error) {
+    if (error instanceof DecodeStopped) {
+      return null;
+    }
     // A damaged or exotic file: the server's answer says what is wrong with it.
   }
   try {
@@ -740,7 +746,7 @@ async function readPictures(files, dicom, stopped) {
   const pictures = [];
   let pixels = 0;
   for (const file of files) {
-    const picture = stopped() || pixels > MAX_DRAWN_CHOICE_PIXELS ? null : await readPicture(file, dicom);
+    const picture = stopped() || pixels > MAX_DRAWN_CHOICE_PIXELS ? null : await readPicture(file, dicom, stopped);
     for (const frame of picture?.frames ?? (picture ? [picture] : [])) {
       pixels += frame.width * frame.height;
     }
@@ -750,9 +756,9 @@ async function readPictures(files, dicom, stopped) {
 }
 
 /** What `showSlice` draws for a file (DICOM: the header and its frames); null when the browser cannot read it. */
-async function readPicture(file, dicom) {
+async function readPicture(file, dicom, stopped) {
   try {
-    return dicom ? await readDicom(await file.arrayBuffer()) : await decodeRaster(file);
+    return dicom ? await readDicom(await file.arrayBuffer()) : await decodeRaster(file, stopped);
   } catch {
     return null;
   }

@@ -48,19 +48,23 @@ const PIXELS_BETWEEN_YIELDS = 2 ** 21; // about 20 ms of decoding
 // A deflated DICOM file is inflated up to its pixels' bytes (16 bits) and this much header; past that it is undrawn.
 const MAX_DRAWN_HEADER_BYTES = 2 ** 24;
 const tooLargeToDraw = (width, height) => !(width > 0 && height > 0 && width * height <= MAX_DRAWN_PIXELS);
+// The most strips or tiles of one TIFF the page decodes to draw it: each goes through its own DecompressionStream
+// (about 1 ms), and a 131 KB file of 16,384 16 x 16 tiles of one shared stream held the answer for 60 s, a 1 MB one
+// for minutes, where the server took 0.6 s (browser review 64 F2). A 4096 x 4096 slice in strips of one row is 4,096.
+export const MAX_DRAWN_TIFF_BLOCKS = 16_384;
+/** Thrown when the page's decoding was stopped: the choice was cancelled or replaced, or the server refused it. */
+export class DecodeStopped extends Error {}
 
 async function streamThrough(bytes, transform) {
   const stream = new Blob([bytes]).stream().pipeThrough(transform);
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-const inflate = (bytes, format) => streamThrough(bytes, new DecompressionStream(format));
-
 /**
- * Inflate `bytes`, stopping with a FormatError (about `name`) once the output passes `limit` bytes; the output
- * follows `prefix` in the array returned (one copy of it held, not two).
+ * Inflate `bytes` (a byte array or a Blob), stopping with the error `tooMuch()` makes once the output passes `limit`
+ * bytes; the output follows `prefix` in the array returned (one copy of it held, not two).
  */
-async function inflateAtMost(bytes, format, limit, name, prefix = new Uint8Array()) {
+async function inflateAtMost(bytes, format, limit, tooMuch, prefix = new Uint8Array()) {
   const reader = new Blob([bytes]).stream().pipeThrough(new DecompressionStream(format)).getReader();
   const chunks = [];
   let total = 0;
@@ -72,8 +76,7 @@ async function inflateAtMost(bytes, format, limit, name, prefix = new Uint8Array
     total += value.length;
     if (total > limit) {
       await reader.cancel();
-      throw new FormatError(`${name} unpacks to more than its zip entry declares or the page reads`,
-        ZIP_TOO_LARGE_TITLE);
+      throw tooMuch();
     }
     chunks.push(value);
   }
@@ -196,7 +199,8 @@ export function zipEntries(buffer) {
         content = data;
       } else if (method === 8) {
         // Never more than the entry declares: its size in the directory was checked against the limit, the data not.
-        content = await inflateAtMost(data, "deflate-raw", declaredSize, name);
+        content = await inflateAtMost(data, "deflate-raw", declaredSize, () => new FormatError(
+          `${name} unpacks to more than its zip entry declares or the page reads`, ZIP_TOO_LARGE_TITLE));
       } else {
         throw new FormatError(`${name}: zip compression method ${method} is not supported (only stored or deflated)`);
       }
@@ -466,8 +470,11 @@ export async function readPng16(buffer) {
     return null;
   }
   const idat = [...pngChunks(bytes)].filter(({ type }) => type === "IDAT").map(({ start, end }) => bytes.subarray(start, end));
-  const raw = await inflate(new Blob(idat), "deflate");
   const stride = width * channels * 2;
+  // No more than the rows need (a filter byte each): 256 KB of zeros inflated to 256 MiB, the tab +800 MiB for 7 s
+  // before the server's refusal showed (browser review 64 F1).
+  const raw = await inflateAtMost(new Blob(idat), "deflate", height * (stride + 1), () => new FormatError(
+    "the 16-bit PNG's image data goes on past the rows its size calls for"));
   const bpp = channels * 2;
   const out = new Uint8Array(stride * height);
   for (let y = 0; y < height; y += 1) {
@@ -595,21 +602,25 @@ export function tiffSize(buffer) {
 }
 
 // TIFF compressions the viewer decodes: none, Deflate (8 and 32946), LZW (5) and PackBits (32773), these two common in
-// slices exported by image tools (the server analyses them, so the page draws them too); LZW and
-// PackBits stop at `limit` bytes (the image's), whatever a strip would unpack to.
+// slices exported by image tools (the server analyses them, so the page draws them too). Each stops at `limit` bytes
+// (the strip's or tile's), whatever it would unpack to: a 64 KB Deflate TIFF inflated unbounded held the tab for 44 s
+// and +1.6 GiB (browser review 64 F1); the server refuses a strip that inflates past its size, as Deflate does here.
+const inflateStrip = (strip, limit) => inflateAtMost(strip, "deflate", limit, () => new FormatError(
+  `a TIFF strip or tile inflates to more than its declared size (${limit} bytes)`));
 const TIFF_DECODERS = {
   1: async (strip) => strip,
   5: async (strip, limit) => lzwDecode(strip, limit),
-  8: (strip) => inflate(strip, "deflate"),
+  8: inflateStrip,
   32773: async (strip, limit) => packBitsDecode(strip, limit),
-  32946: (strip) => inflate(strip, "deflate"),
+  32946: inflateStrip,
 };
 
 /**
  * Grey values of the first page of a TIFF in strips or tiles (uncompressed, Deflate, LZW or PackBits; 8 or 16-bit
- * integers or 32-bit floats), or its RGB image for 8-bit RGB and a colour palette; null otherwise.
+ * integers or 32-bit floats), or its RGB image for 8-bit RGB and a colour palette; null otherwise. `stopped()` is
+ * asked between strips or tiles: true, the decoding ends with DecodeStopped.
  */
-export async function readTiff(buffer) {
+export async function readTiff(buffer, stopped = () => false) {
   const bytes = new Uint8Array(buffer);
   const parsed = tiffTags(buffer);
   if (!parsed) {
@@ -630,7 +641,8 @@ export async function readTiff(buffer) {
   if (tooLargeToDraw(width, height) || !samplesKnown || !TIFF_DECODERS[compression]) {
     return null;
   }
-  const pixels = await tiffPixels(bytes, tags, { width, height, channels, bits, compression, predictor, little });
+  const pixels = await tiffPixels(bytes, tags, { width, height, channels, bits, compression, predictor, little },
+    stopped);
   if (!pixels) {
     return null;
   }
@@ -667,7 +679,7 @@ export async function readTiff(buffer) {
  * one plane per sample (PlanarConfiguration 2): the server reads all four layouts (tifffile), and the page drew the
  * tiled and planar ones black (browser review 60 F11). Null when the tags place no blocks.
  */
-async function tiffPixels(bytes, tags, { width, height, channels, bits, compression, predictor, little }) {
+async function tiffPixels(bytes, tags, { width, height, channels, bits, compression, predictor, little }, stopped) {
   const tiled = Boolean(tags[322] && tags[323] && tags[324]);
   const offsets = tiled ? tags[324] : tags[273];
   const counts = tiled ? tags[325] : tags[279];
@@ -677,10 +689,19 @@ async function tiffPixels(bytes, tags, { width, height, channels, bits, compress
   const samples = channels / planes; // in each block
   const across = Math.ceil(width / blockWidth);
   const down = Math.ceil(height / blockHeight);
-  if (!offsets || !counts || !(blockWidth > 0 && blockHeight > 0) || offsets.length < across * down * planes) {
+  if (!offsets || !counts || !(blockWidth > 0 && blockHeight > 0) || offsets.length < across * down * planes
+    || tooLargeToDraw(blockWidth, blockHeight)) {
     return null;
   }
+  const blocks = across * down * planes;
+  if (blocks > MAX_DRAWN_TIFF_BLOCKS) {
+    throw new FormatError(`the TIFF is stored in ${blocks.toLocaleString("en")} strips or tiles, more than the page `
+      + `decodes to draw it (at most ${MAX_DRAWN_TIFF_BLOCKS.toLocaleString("en")})`);
+  }
   const step = bits / 8;
+  // A strip's or tile's whole size, the most it may unpack to: the last strip may be written whole (as the server
+  // allows), though only the rows left are drawn.
+  const wholeBlockBytes = blockWidth * blockHeight * samples * step;
   const out = new Uint8Array(width * height * channels * step);
   for (let plane = 0; plane < planes; plane += 1) {
     for (let row = 0; row < down; row += 1) {
@@ -689,14 +710,19 @@ async function tiffPixels(bytes, tags, { width, height, channels, bits, compress
         // A strip at the image's foot holds only the rows left; a tile is always whole.
         const rows = tiled ? blockHeight : Math.min(blockHeight, height - row * blockHeight);
         const blockBytes = blockWidth * rows * samples * step;
+        if (stopped()) {
+          throw new DecodeStopped("the TIFF's decoding was stopped");
+        }
         const stored = bytes.subarray(offsets[index], offsets[index] + counts[index]);
-        const block = new Uint8Array(await new Blob([await TIFF_DECODERS[compression](stored, blockBytes)])
-          .arrayBuffer());
-        if (block.length < blockBytes) {
+        const decoded = await TIFF_DECODERS[compression](stored, wholeBlockBytes);
+        if (decoded.length < blockBytes) {
           throw new FormatError("the TIFF's strips or tiles hold fewer pixels than its size");
         }
+        // Undone in place: on a copy where the block is the file's own bytes (uncompressed).
+        const block = predictor === 2 && compression === 1 ? decoded.slice() : decoded;
         if (predictor === 2) {
-          undoHorizontalDifferencing(new DataView(block.buffer), blockWidth, rows, samples, bits, little);
+          undoHorizontalDifferencing(new DataView(block.buffer, block.byteOffset, block.byteLength), blockWidth, rows,
+            samples, bits, little);
         }
         const x0 = column * blockWidth;
         const y0 = row * blockHeight;
@@ -962,7 +988,8 @@ export function isDicom(bytes) {
 async function inflatedDataSet(bytes, start) {
   const deflated = bytes.subarray(start);
   const limit = MAX_DRAWN_FILE_PIXELS * 2 + MAX_DRAWN_HEADER_BYTES;
-  const inflate = (data) => inflateAtMost(data, "deflate-raw", limit, "the DICOM data set", bytes.subarray(0, start));
+  const tooMuch = () => new FormatError("the DICOM data set unpacks to more than the page reads", ZIP_TOO_LARGE_TITLE);
+  const inflate = (data) => inflateAtMost(data, "deflate-raw", limit, tooMuch, bytes.subarray(0, start));
   try {
     return await inflate(deflated);
   } catch (error) {
