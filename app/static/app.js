@@ -737,22 +737,28 @@ async function decodeRaster(file, stopped) {
 const MAX_DRAWN_CHOICE_PIXELS = MAX_DRAWN_FILE_PIXELS;
 
 /**
- * What `showSlice` draws for each of `files` (null where undrawn), decoded one after the other while the server
- * works, until MAX_DRAWN_CHOICE_PIXELS are decoded or `stopped()` (the answer was an error, or another choice came):
- * decoded all at once, two 212 KB deflated DICOM files took the tab +1.4 GiB, decoding on for seconds after the
- * server had refused them (browser review 63 F3).
+ * What `showSlice` draws for each of `files` (`pictures`, null where undrawn), decoded one after the other while the
+ * server works, until MAX_DRAWN_CHOICE_PIXELS are decoded or `stopped()` (the answer was an error or refused every
+ * file, or another choice came): decoded all at once, two 212 KB deflated DICOM files took the tab +1.4 GiB, decoding
+ * on for seconds after the server had refused them (browser review 63 F3). `pastBudget`: the index of the first file
+ * left undrawn for the budget (files.length when none was), so that its slices say why they are not drawn.
  */
 async function readPictures(files, dicom, stopped) {
   const pictures = [];
   let pixels = 0;
-  for (const file of files) {
-    const picture = stopped() || pixels > MAX_DRAWN_CHOICE_PIXELS ? null : await readPicture(file, dicom, stopped);
+  let pastBudget = files.length;
+  for (const [index, file] of files.entries()) {
+    // Reached, not only passed: at exactly the budget, one more file was decoded (browser review 64 F8).
+    if (pixels >= MAX_DRAWN_CHOICE_PIXELS && pastBudget === files.length) {
+      pastBudget = index;
+    }
+    const picture = stopped() || index >= pastBudget ? null : await readPicture(file, dicom, stopped);
     for (const frame of picture?.frames ?? (picture ? [picture] : [])) {
       pixels += frame.width * frame.height;
     }
     pictures.push(picture);
   }
-  return pictures;
+  return { pictures, pastBudget };
 }
 
 /** What `showSlice` draws for a file (DICOM: the header and its frames); null when the browser cannot read it. */
@@ -944,7 +950,7 @@ async function analyse(choice) {
     rasterSeriesSent = !dicom && files.length > 1;
     onlyDicomSent = heads.every(isDicom);
     // Decode the pictures while the server works: the answer only adds the masks.
-    let refused = false; // the request failed: no more pictures are decoded
+    let refused = false; // the request failed, or its answer refused every file: no more pictures are decoded
     const pictures = readPictures(files, dicom, () => refused || stale());
     const query = rasterSeriesSent ? "mask_format=png&series=true" : "mask_format=png";
     const body = await postRetryingAfterCancel(files, query, stale).catch((error) => {
@@ -956,6 +962,10 @@ async function analyse(choice) {
     }
     const answer = parsedAnswer(body);
     inFlight = null;
+    // Nothing of a choice the server refused whole is drawn: three PNGs it refused as too large were decoded on, the
+    // tab +924 MiB (browser review 64 F8).
+    refused = Array.isArray(answer.slices) ? answer.slices.length === 0
+      : Array.isArray(answer.results) && answer.results.every((item) => !item.ok);
     const decoded = await pictures;
     const shown = answer.slices
       ? await dicomSeries(answer, files, decoded)
@@ -1200,7 +1210,7 @@ function maskNamer() {
   };
 }
 
-async function rasterSeries(answer, files, pictures, sentAsSeries) {
+async function rasterSeries(answer, files, { pictures, pastBudget }, sentAsSeries) {
   if (!Array.isArray(answer.results) || answer.results.length !== files.length) {
     const held = Array.isArray(answer.results) ? answer.results.length : "no";
     throw new AnswerError(`the answer holds ${held} results for the ${files.length} files sent`);
@@ -1220,6 +1230,7 @@ async function rasterSeries(answer, files, pictures, sentAsSeries) {
       maskName: maskName(file.name),
       prediction: item.prediction,
       picture: pictures[item.index],
+      pastBudget: item.index >= pastBudget,
       storedSize: pictures[item.index] ? null : await storedSizeOf(file),
       mask: await decodeMask(item.prediction.mask),
       pixelSpacing: null,
@@ -1253,7 +1264,7 @@ function anatomicalOrder(items, frames) {
   return items.map((item, at) => ({ item, key: keys[at] })).sort((a, b) => a.key - b.key).map(({ item }) => item);
 }
 
-async function dicomSeries(answer, files, headers) {
+async function dicomSeries(answer, files, { pictures: headers, pastBudget }) {
   if (!Array.isArray(answer.slices) || answer.slices.length === 0) {
     throw new AnswerError("the answer holds no slices"); // the service answers an error when none could be read
   }
@@ -1288,6 +1299,7 @@ async function dicomSeries(answer, files, headers) {
       maskName: `slice_${String(position + 1).padStart(4, "0")}_mask.png`,
       prediction: { ...item.prediction, threshold: answer.threshold },
       picture: frame,
+      pastBudget: !frame && item.file_index >= pastBudget,
       storedSize: source && source.header.columns > 0 ? [source.header.columns, source.header.rows] : null,
       window: source?.header.frameWindows[item.frame_number - 1] ?? source?.header.window ?? null,
       mask: await decodeMask(item.prediction.mask),
@@ -2155,7 +2167,12 @@ function showSlice(index, { announce = true } = {}) {
   const label = shownLabel(slice);
   const where = count === 1 ? label : `Slice ${current + 1} of ${count} (${label})${after}`;
   let drawn = describeDrawn(prediction);
-  if (!slice.picture) {
+  if (slice.pastBudget) {
+    // The page chose not to decode it; "cannot be drawn" of a slice like those drawn before it was untrue (browser
+    // review 64 F3).
+    drawn += `; not drawn: the page draws at most ${MAX_DRAWN_CHOICE_PIXELS.toLocaleString("en")} pixels of one `
+      + "choice, and the slices before it took them (choose fewer slices to see it), so the mask is shown on black";
+  } else if (!slice.picture) {
     // Compressed DICOM or an encoding this browser cannot decode: the server read it, the page cannot draw it.
     drawn += "; the image itself cannot be drawn in this browser (compressed or unusual encoding), so the mask "
       + "is shown on black";

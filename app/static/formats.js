@@ -33,10 +33,11 @@ export const NESTED_ZIP_TITLE = "Zips inside the zip are not opened: unzip it fi
 export const isZip = (head) => head.length >= 4 && head[0] === 0x50 && head[1] === 0x4b
   && ((head[2] === 3 && head[3] === 4) || (head[2] === 5 && head[3] === 6));
 
-// The most pixels the page decodes to draw one slice itself (twice the server's default limit). A file can claim any
-// size in a few bytes (a PNG of zeros compresses a thousandfold), and decoding it would freeze or crash the tab
-// before the server's refusal is shown; such a slice is left undrawn, and the server says whether it takes it.
-export const MAX_DRAWN_PIXELS = 2 ** 25;
+// The most pixels the page decodes to draw one slice itself: the server's default limit (MAX_IMAGE_PIXELS, 4096 x
+// 4096). A file can claim any size in a few bytes (a PNG of zeros compresses a thousandfold), and decoding it would
+// freeze or crash the tab before the server's refusal is shown; such a slice is left undrawn, and the server says
+// whether it takes it. At twice the server's, three 33 KB PNGs it refused cost the tab +924 MiB (browser review 64 F8).
+export const MAX_DRAWN_PIXELS = 2 ** 24;
 // The most frames of one DICOM file the page decodes to draw, and the most pixels of all of them: a 20 MB file of 20
 // million 1 x 1 frames would keep the tab frozen for 10 s, one array per frame, before the server's refusal (too many
 // slices) could be shown. Eight times the server's default slices per request; the server's default pixels of one

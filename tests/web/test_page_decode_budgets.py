@@ -6,6 +6,7 @@ slice past the choice's drawing budget says so."""
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -145,3 +146,43 @@ def test_a_tiff_of_more_tiles_than_the_page_decodes_is_left_undrawn_at_once(page
         "the TIFF is stored in 4,160 strips or tiles, more than the page decodes to draw it (at most 4,096)"
     )
     assert result["seconds"] < REFUSED_WITHIN_SECONDS
+
+
+def test_the_page_decodes_no_larger_image_than_the_server_takes(page: Page, live_server: str) -> None:
+    """F8: the page decoded images of up to 2^25 pixels, twice the server's MAX_IMAGE_PIXELS: three 33 KB PNGs the
+    server refused as too large cost the tab +924 MiB."""
+    width, height = 4097, 4096  # one column past the server's 4096 x 4096
+    over = png16_with_data(width, height, bytes(height * (width * 2 + 1)))
+    page.goto(live_server)
+
+    limit = page.evaluate('async () => (await import("/static/formats.js")).MAX_DRAWN_PIXELS')
+    result = decode(page, "readPng16", over)
+
+    assert limit <= Settings.model_fields["max_image_pixels"].default < width * height
+    assert result["ok"] is None  # left undrawn, not decoded
+
+
+def test_a_slice_past_the_choice_s_drawing_budget_says_so(page: Page, live_server: str, tmp_path: Path) -> None:
+    """F3: past the page's budget for one choice (2^26 pixels), slices were said to be undrawable ("compressed or
+    unusual encoding"), like the slices drawn before them; F8: at exactly the budget, one more file was decoded."""
+    paths = []
+    for index in range(5):  # 4 x 4096 x 4096 is the budget exactly
+        image = np.zeros((4096, 4096), np.uint8)
+        image[index * 512 : index * 512 + 1024, 1024:2048] = 200  # no two slices the same, once scaled down
+        paths.append(tmp_path / f"slice_{index + 1}.png")
+        Image.fromarray(image).save(paths[-1])
+    page.goto(live_server)
+
+    upload(page, paths)
+
+    page.locator("#slice-slider").fill("4")
+    expect(page.locator("#caption")).not_to_contain_text("drawn")
+    page.locator("#slice-slider").fill("5")
+    told = (
+        "not drawn: the page draws at most 67,108,864 pixels of one choice, and the slices before it took them "
+        "(choose fewer slices to see it), so the mask is shown on black"
+    )
+    expect(page.locator("#caption")).to_have_text(
+        re.compile(rf"^Slice 5 of 5 \(slice_5\.png\): [^;]+; {re.escape(told)}$")
+    )
+    expect(page.locator("#slice-canvas")).to_have_attribute("aria-label", re.compile(re.escape(told)))
