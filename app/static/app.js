@@ -333,7 +333,40 @@ function probabilityAndThreshold(probability, threshold) {
   return shown;
 }
 const formatNumber = (value, digits) => value.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-const naturalOrder = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
+const nameCollator = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
+// A number in a file name: "-" is its sign where no letter or digit comes before it ("pos_-27.5mm", not "IM-0001"),
+// and one "." between digits its decimal point ("1.25" before "1.5"); in dotted runs of digits (a UID, "1.2.840"),
+// each run is a whole number. The collator alone read digits as unsigned whole numbers: slices named by a signed
+// position were sent -2.5 ... -27.5, then 0.0 ... 27.5, and a tumor slice lost its neighbours (browser review 64 F6).
+const NAME_NUMBER = /(?<!\d\.)(?:(?<![\p{L}\p{N}])-)?\d+(?:\.\d+)?(?!\.?\d)|\d+/gu;
+
+/** The text and numbers of a file name, in turn: ["pos_", -27.5, "mm.jpg"]. */
+function nameParts(name) {
+  const parts = [];
+  let from = 0;
+  for (const match of name.matchAll(NAME_NUMBER)) {
+    parts.push(name.slice(from, match.index), Number(match[0]));
+    from = match.index + match[0].length;
+  }
+  parts.push(name.slice(from));
+  return parts;
+}
+
+/** File names in natural order, numbers read as `nameParts` reads them; names equal so are told apart by text. */
+const naturalOrder = {
+  compare(a, b) {
+    const [partsA, partsB] = [nameParts(a), nameParts(b)];
+    for (let i = 0; i < Math.min(partsA.length, partsB.length); i += 1) {
+      const [x, y] = [partsA[i], partsB[i]];
+      const order = typeof x === "number" && typeof y === "number" ? Math.sign(x - y)
+        : nameCollator.compare(String(x), String(y));
+      if (order !== 0) {
+        return order;
+      }
+    }
+    return Math.sign(partsA.length - partsB.length) || nameCollator.compare(a, b);
+  },
+};
 const logit = (p) => {
   const clamped = Math.min(1 - LOGIT_CLAMP, Math.max(LOGIT_CLAMP, p));
   return Math.log(clamped / (1 - clamped));

@@ -16,6 +16,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from app.settings import Settings
+from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES
 from tests.web.test_page_series_answers import upload
 
 # The most seconds a refusal of the page's own may take: the unbounded decodes took 7-60 s (browser review 64).
@@ -186,3 +187,24 @@ def test_a_slice_past_the_choice_s_drawing_budget_says_so(page: Page, live_serve
         re.compile(rf"^Slice 5 of 5 \(slice_5\.png\): [^;]+; {re.escape(told)}$")
     )
     expect(page.locator("#slice-canvas")).to_have_attribute("aria-label", re.compile(re.escape(told)))
+
+
+def test_slices_named_by_a_signed_or_decimal_position_are_sent_in_its_order(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """F6: slices named pos_<z>mm were sent -2.5, -5.0, ..., then 0.0, 2.5 (the negative ones reversed, -27.5 beside
+    0.0), and "1.5" before "1.25": the digit runs were read as unsigned whole numbers."""
+    slices = [TUMOR_FREE_SLICE, *TUMOR_SERIES]
+    signed = ["pos_-2.5mm.jpg", "pos_-5.0mm.jpg", "pos_0.0mm.jpg", "pos_2.5mm.jpg"]
+    decimal = ["s_1.5.jpg", "s_1.25.jpg", "s_1.75.jpg", "s_2.jpg"]
+    for folder, names in (("signed", signed), ("decimal", decimal)):
+        (tmp_path / folder).mkdir()
+        for name, source in zip(names, slices, strict=True):
+            (tmp_path / folder / name).write_bytes(source.read_bytes())
+    page.goto(live_server)
+    names = page.locator("#slice-table tbody tr td:nth-child(2)")
+
+    upload(page, [tmp_path / "signed" / name for name in signed])
+    expect(names).to_have_text(["pos_-5.0mm.jpg", "pos_-2.5mm.jpg", "pos_0.0mm.jpg", "pos_2.5mm.jpg"])
+    upload(page, [tmp_path / "decimal" / name for name in decimal])
+    expect(names).to_have_text(["s_1.25.jpg", "s_1.5.jpg", "s_1.75.jpg", "s_2.jpg"])
