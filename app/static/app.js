@@ -603,7 +603,12 @@ async function collectFiles(chosen) {
     // Counted before the zip is unpacked (4,096 tiny entries took 19 s, then were refused: browser review 63 F7)
     // where the names tell what `withoutExtras` sends: slices named as images, no DICOM file among them. A patient
     // CD's files (DICOM with any name, and its viewer's icons) are counted once unpacked (review 74 F2).
-    refuseTooManyFiles(rasterNamed, (await serviceLimits()).files, "chosen, counting those in the zip");
+    const limits = await serviceLimits();
+    refuseTooManyFiles(rasterNamed, limits.files, "chosen, counting those in the zip");
+    // By the sizes the zip declares, before unpacking: 25 entries of 20 MiB of zeros (a 0.5 MB zip) were unpacked,
+    // only to be refused as too large together, or to fail as unreadable ("Choose the files again": browser review
+    // 64 F5). An entry never unpacks to more than it declares.
+    refuseTooLargeTogether(rasterNamed, limits.together);
   }
   for (const entry of zipped) {
     const file = await fromZip(entry.zip, entry.unzip);

@@ -143,7 +143,8 @@ function zipEntryName(nameBytes, flaggedUtf8) {
 /**
  * The entries of a zip archive, read from its central directory with nothing unpacked (stored or deflated entries,
  * Zip64 too, no encryption), folders and dot files left out: each with its base name (`name`), its path in the
- * archive (`zipPath`), and `unzip()`, which unpacks it into a File. Counted before any is unpacked: a zip of 4,096
+ * archive (`zipPath`), the size its directory record declares (`size`), and `unzip()`, which unpacks it into a File
+ * of at most that size. Counted before any is unpacked: a zip of 4,096
  * tiny entries took 19 s to unpack before it was refused as too many files (browser review 63 F7).
  */
 export function zipEntries(buffer) {
@@ -211,7 +212,7 @@ export function zipEntries(buffer) {
       }
       return new File([content], baseName);
     };
-    entries.push({ name: baseName, zipPath: name, unzip });
+    entries.push({ name: baseName, zipPath: name, size: declaredSize, unzip });
   }
   if (entries.length === 0) {
     throw new FormatError(count === 0 ? "the zip is empty" : "the zip holds only folders or hidden files",

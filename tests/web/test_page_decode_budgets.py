@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import re
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -208,3 +209,31 @@ def test_slices_named_by_a_signed_or_decimal_position_are_sent_in_its_order(
     expect(names).to_have_text(["pos_-5.0mm.jpg", "pos_-2.5mm.jpg", "pos_0.0mm.jpg", "pos_2.5mm.jpg"])
     upload(page, [tmp_path / "decimal" / name for name in decimal])
     expect(names).to_have_text(["s_1.25.jpg", "s_1.5.jpg", "s_1.75.jpg", "s_2.jpg"])
+
+
+def test_a_zip_whose_entries_declare_more_than_one_analysis_takes_is_refused_before_unpacking(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """F5: a 0.5 MB zip of 25 slices of 20 MiB of zeros was unpacked whole (+356 MiB in the tab), then failed as "could
+    not be read ... Choose the files again"; smaller ones were unpacked only to be refused as too large together. Its
+    central directory says the sizes first: here 7 x 20 MiB, over the 128 MiB a request takes (each entry holds 1 KB,
+    so only a refusal by the declared sizes comes before the upload)."""
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as writer:
+        for index in range(7):
+            writer.writestr(f"series/slice_{index + 1}.png", bytes(1000))
+    data = bytearray(archive.read_bytes())
+    for match in re.finditer(b"PK\x01\x02", bytes(data)):
+        data[match.start() + 24 : match.start() + 28] = (20 * 2**20).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    page.goto(live_server)
+    sent = []
+    page.on("request", lambda request: sent.append(request.url) if "/v1/predict" in request.url else None)
+
+    page.set_input_files("#file-input", [archive])
+
+    expect(page.locator("#error-title")).to_have_text(
+        "7 files, 140.0 MiB together; the service takes at most 128.0 MiB in one analysis."
+    )
+    expect(page.locator("#error-detail")).to_contain_text("MAX_BATCH_UPLOAD_BYTES")
+    assert sent == []
