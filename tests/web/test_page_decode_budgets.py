@@ -237,3 +237,39 @@ def test_a_zip_whose_entries_declare_more_than_one_analysis_takes_is_refused_bef
     )
     expect(page.locator("#error-detail")).to_contain_text("MAX_BATCH_UPLOAD_BYTES")
     assert sent == []
+
+
+# Counts the DecompressionStreams the page makes: one per Deflate strip of a TIFF it decodes to draw.
+COUNT_INFLATES = """
+    window.__inflates = 0;
+    const Native = DecompressionStream;
+    window.DecompressionStream = class extends Native {
+        constructor(format) { window.__inflates += 1; super(format); }
+    };
+"""
+
+
+def two_page_tiff(rows: int, grey: int) -> bytes:
+    """A 64-pixel-wide TIFF in `rows` Deflate strips of one row, of two pages: the server refuses it (a multi-page
+    TIFF is no slice), and the page would draw its first page."""
+    data = bytearray(grey_tiff(64, rows, [zlib.compress(bytes([grey]) * 64)], rows_per_strip=1))
+    first_ifd = struct.unpack("<I", data[4:8])[0]
+    ifd = data[first_ifd:]
+    data[-4:] = struct.pack("<I", len(data))  # the first page's next-IFD offset: the copy of it appended below
+    return bytes(data + ifd)
+
+
+def test_decoding_stops_once_the_server_refused_every_file(page: Page, live_server: str, tmp_path: Path) -> None:
+    """F8: the pictures of a choice were decoded on after a 200 answer that refused every file (three PNGs refused as
+    too large cost the tab +924 MiB); the refusal showed only once they were decoded."""
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"slice_{index + 1}.tif")
+        paths[-1].write_bytes(two_page_tiff(4000, 50 * (index + 1)))  # 4,000 strips: several seconds each
+    page.add_init_script(COUNT_INFLATES)
+    page.goto(live_server)
+
+    page.set_input_files("#file-input", paths)
+
+    expect(page.locator("#error")).to_be_visible(timeout=60_000)
+    assert page.evaluate("window.__inflates") < 2 * 4000  # not every file's strips
