@@ -2,8 +2,8 @@
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
-  DecodeStopped, FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom, readPng16, readTiff,
-  splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip, zipEntries,
+  DecodeStopped, FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom,
+  readPng16, readTiff, splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip, zipEntries,
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
