@@ -2,7 +2,7 @@
 // returned mask itself (no second request for an overlay), and lets people scroll the series.
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
-  DecodeStopped, FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isDicom, isZip, rasterSize, readDicom,
+  DecodeStopped, FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isBareDicom, isDicom, isZip, rasterSize, readDicom,
   readPng16, readTiff, splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip, zipEntries,
 } from "./formats.js";
 
@@ -687,21 +687,36 @@ const NEVER_A_SLICE_NAME = /(^DICOMDIR$|\.(txt|ini|db|xml|html?|pdf|exe|dll|inf|
  * them are left out too: a failed file of a raster series is a missing slice, which cuts the series clean-up there,
  * and a note or a desktop.ini beside the slices is no slice (sent, two notes cost two tumor slices their masks). A
  * file that starts as an image and does not decode stays, as does one named as an image: that one is a missing slice.
+ * Images beside fewer DICOM images are no icons: the choice is mixed, and refused so (browser review 64 F7: one
+ * DICOM file among 13 JPEG slices was analysed alone). DICOM data sets without the Part 10 header (`bare`) are named
+ * apart, with what to do, as the server names one sent alone (browser review 64 F9: "neither DICOM images nor ...").
  */
 function withoutExtras(files, heads) {
   const dicomImage = files.map((file, at) => isDicom(heads[at]) && file.name.toUpperCase() !== "DICOMDIR");
   const raster = heads.map(isRaster);
   if (!heads.some(isDicom) && !(files.length > 1 && raster.includes(true))) {
-    return { files, heads, leftOut: [], images: [] }; // one file, or no image at all: the server says what each is
+    return { files, heads, leftOut: [], images: [], bare: [] }; // one file, or no image: the server says what each is
   }
   const dicom = dicomImage.includes(true);
+  const count = (flags) => flags.filter(Boolean).length;
+  if (dicom && count(raster) > count(dicomImage)) {
+    const [dicomFiles, rasterFiles] = [files.filter((file, at) => dicomImage[at]), files.filter((file, at) => raster[at])];
+    throw new FormatError(
+      `${plural(dicomFiles.length, "DICOM image")} (${namesOf(dicomFiles)}) and ${plural(rasterFiles.length, "PNG, "
+        + "JPEG or TIFF image")} (${namesOf(rasterFiles)}) chosen together`,
+      ERROR_TITLES_BY_CODE.mixed_input,
+    );
+  }
   const kept = files.map((file, at) => (dicom ? dicomImage[at] : raster[at] || RASTER_FILE_NAME.test(file.name)));
   const images = dicom ? files.filter((file, at) => raster[at]) : [];
-  const leftOut = files.filter((file, at) => !kept[at] && !(dicom && raster[at]));
+  const bare = dicom ? files.filter((file, at) => !kept[at] && isBareDicom(heads[at], file.size)) : [];
+  const leftOut = files.filter((file, at) => !kept[at] && !(dicom && raster[at]) && !bare.includes(file));
   if (!kept.includes(true)) {
     throw new FormatError(`no DICOM image among the files chosen (${namesOf(leftOut)})`);
   }
-  return { files: files.filter((file, at) => kept[at]), heads: heads.filter((head, at) => kept[at]), leftOut, images };
+  return {
+    files: files.filter((file, at) => kept[at]), heads: heads.filter((head, at) => kept[at]), leftOut, images, bare,
+  };
 }
 
 /** At most MAX_NAMES_LISTED file names, then how many more. */
@@ -950,12 +965,14 @@ async function analyse(choice) {
       return;
     }
     const { files, heads, tooLarge } = withoutTooLarge(readable, limits.bytes);
-    const { leftOut, images } = readable;
+    const { leftOut, images, bare } = readable;
     const dicom = heads.some(isDicom);
     const notes = [
       ...(skippedMasks ? [`${plural(skippedMasks, "ground-truth mask file")} left out`] : []),
       ...(leftOut.length ? [`left out, neither DICOM images nor PNG, JPEG or TIFF: ${namesOf(leftOut)}`] : []),
       ...(images.length ? [`left out, PNG, JPEG or TIFF images beside the DICOM images: ${namesOf(images)}`] : []),
+      ...(bare.length ? [`left out, DICOM data sets without the Part 10 header (no "DICM" at byte 128; write them as `
+        + `Part 10 files, e.g. with dcmtk's dcmconv +F): ${namesOf(bare)}`] : []),
       ...(tooLarge.length && files.length
         ? [`left out, larger than the service takes (${sizesTold(Math.min(...tooLarge.map((file) => file.size)),
           limits.bytes)[1]}): ${namesOf(tooLarge)}`] : []),

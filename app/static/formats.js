@@ -984,6 +984,20 @@ export function isDicom(bytes) {
 }
 
 /**
+ * Whether a file of `size` bytes starting with `bytes` looks like a DICOM data set written without the Part 10
+ * preamble and meta, as the server tells one (`app.imaging._looks_like_bare_dicom`): an element of group 0002 or 0008
+ * (little endian), with a VR of two capital letters (explicit VR) or a length the file can hold (implicit VR).
+ */
+export function isBareDicom(bytes, size) {
+  if (bytes.length < 8 || !(bytes[0] === 0x02 || bytes[0] === 0x08) || bytes[1] !== 0x00) {
+    return false;
+  }
+  const capital = (byte) => byte >= 0x41 && byte <= 0x5a;
+  const length = (bytes[4] | (bytes[5] << 8) | (bytes[6] << 16)) + bytes[7] * 2 ** 24;
+  return (capital(bytes[4]) && capital(bytes[5])) || length <= size - 8;
+}
+
+/**
  * A Deflated Explicit VR Little Endian file with its data set inflated, after its file meta group (`start` on): the
  * bytes to walk as Explicit VR Little Endian. At most what a drawn file holds: a few kB of deflated zeros can claim
  * gigabytes (a larger one is left undrawn, and the server says whether it takes it).
