@@ -658,63 +658,37 @@ def test_a_revision_that_turns_negative_sends_a_rejection_note_for_the_earlier_s
 
 
 @pytest.mark.parametrize("refusing", ["its context", 0x0122, 0xA900, 0xC000], ids=["context", "0122", "A900", "C000"])
-def test_a_destination_that_takes_no_seg_gets_the_sr_and_the_study_counts_delivered(
-    refusing: str | int, make_node: Any, clock: Clock, tmp_path: Path
+@pytest.mark.parametrize("declined", ["SEG", "SR"])
+def test_a_destination_that_takes_no_seg_or_no_sr_gets_the_other_and_the_study_counts_delivered(
+    declined: str, refusing: str | int, make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
     """Interop review 62 F3: a report archive that accepts SR and not Segmentation Storage had the SEG retried for
-    ever (every pass a new association proposing it alone), the study never delivered, never purged. Accepting no
-    context for a class, or answering its C-STORE with a lasting refusal (0x0122 SOP Class not supported, 0xA9xx
-    the data set does not match it, 0xCxxx cannot understand), is its answer for good: the SEG is recorded
-    "declined", as a rejection note is."""
+    ever (every pass a new association proposing it alone), the study never delivered, never purged; interop review
+    66 F1: so had an image archive that takes SEG and not Comprehensive SR its SR, until the full spool refused every
+    study. Accepting no context for a class, or answering its C-STORE with a lasting refusal (0x0122 SOP Class not
+    supported, 0xA9xx the data set does not match it, 0xCxxx cannot understand), is its answer for good: the result
+    is recorded "declined", as a rejection note is."""
     port = free_port()
     node = make_node(destination_port=port)
+    taken = "SR" if declined == "SEG" else "SEG"
     if refusing == "its context":
-        reports_only = ResultStore(port, sop_classes=(ComprehensiveSRStorage,))
+        destination = ResultStore(port, sop_classes=(ComprehensiveSRStorage if taken == "SR" else SegmentationStorage,))
     else:
-        reports_only = ResultStore(port, refused=("SEG",), refusal_status=int(refusing))
+        destination = ResultStore(port, refused=(declined,), refusal_status=int(refusing))
     try:
         send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
         clock.advance(3600)
 
         assert node.send_unsent() == 0
-        assert [dataset.Modality for dataset in reports_only.received] == ["SR"]
+        assert [dataset.Modality for dataset in destination.received] == [taken]
         (state,) = record(node)["runs"][-1]["sent"].values()
         assert state["status"] == "sent" and len(state["declined"]) == 1
         assert {(entry["modality"], entry["status"]) for entry in node.spool.sent_log()} == {
-            ("SEG", "declined"),
-            ("SR", "sent"),
+            (declined, "declined"),
+            (taken, "sent"),
         }
     finally:
-        reports_only.close()
-
-
-@pytest.mark.parametrize("refusing", ["its context", 0x0122, 0xC000], ids=["context", "0122", "C000"])
-def test_a_destination_that_takes_no_sr_gets_the_seg_and_the_study_counts_delivered(
-    refusing: str | int, make_node: Any, clock: Clock, tmp_path: Path
-) -> None:
-    """Interop review 66 F1: an image archive that takes SEG and not Comprehensive SR had the SR retried for good
-    (five associations a pass), the study never delivered nor purged, until the full spool refused every study. Its
-    answer is for good, as for a SEG: the SR is recorded "declined"."""
-    port = free_port()
-    node = make_node(destination_port=port)
-    if refusing == "its context":
-        images_only = ResultStore(port, sop_classes=(SegmentationStorage,))
-    else:
-        images_only = ResultStore(port, refused=("SR",), refusal_status=int(refusing))
-    try:
-        send_study(node, clock, mr_series(tumor_channels()), tmp_path / "in")
-        clock.advance(3600)
-
-        assert node.send_unsent() == 0
-        assert [dataset.Modality for dataset in images_only.received] == ["SEG"]
-        (state,) = record(node)["runs"][-1]["sent"].values()
-        assert state["status"] == "sent" and len(state["declined"]) == 1
-        assert {(entry["modality"], entry["status"]) for entry in node.spool.sent_log()} == {
-            ("SEG", "sent"),
-            ("SR", "declined"),
-        }
-    finally:
-        images_only.close()
+        destination.close()
 
 
 def test_a_destination_that_refuses_both_the_sr_and_the_seg_has_failed_and_is_retried(
