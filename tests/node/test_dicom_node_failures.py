@@ -192,6 +192,8 @@ def test_an_instance_sent_again_with_other_pixels_is_analysed_again(
 def test_a_destination_that_refuses_the_sr_gets_the_seg_once_and_holds_up_no_other_study(
     make_node: Any, clock: Clock, tmp_path: Path
 ) -> None:
+    """Its SR is declined, for good (interop review 66 F1: retried on every later pass, the studies were never
+    delivered nor purged); each study's SEG goes once."""
     seg_only = ResultStore(free_port(), sop_classes=(SegmentationStorage,))
     try:
         node = make_node(destination_port=seg_only.port)
@@ -201,19 +203,17 @@ def test_a_destination_that_refuses_the_sr_gets_the_seg_once_and_holds_up_no_oth
         assert len(process_and_send(node)) == 2
         assert len(seg_only.by_modality("SEG")) == 2  # both studies' SEGs arrived
 
-        for _ in range(3):  # later passes send only what is missing
+        for _ in range(3):  # nothing is left to send on later passes
             clock.advance(600)
-            assert node.send_unsent() == 2
+            assert node.send_unsent() == 0
         assert len(seg_only.received) == 2
 
         for study in records(node):
             (state,) = study["runs"][0]["sent"].values()
-            assert state["status"] == "failed"
-            assert state["stored"] == ["00_SEG.dcm"]
-            assert "accept" in state["last_error"] and "SR" in state["last_error"]
-            assert state["next_attempt_at"] > clock.now  # retried later, not on every pass
+            assert state["status"] == "sent"
+            assert state["stored"] == ["00_SEG.dcm"] and len(state["declined"]) == 1
         statuses = {(entry["modality"], entry["status"]) for entry in node.spool.sent_log()}
-        assert statuses == {("SEG", "sent"), ("SR", "failed")}
+        assert statuses == {("SEG", "sent"), ("SR", "declined")}
         assert sum(entry["modality"] == "SEG" for entry in node.spool.sent_log()) == 2  # once per study
     finally:
         seg_only.close()
