@@ -20,30 +20,25 @@ from app.settings import Settings
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES
 from tests.web.test_page_series_answers import upload
 
-# The most seconds a refusal of the page's own may take: the unbounded decodes took 7-60 s (browser review 64).
-REFUSED_WITHIN_SECONDS = 3.0
-
 # Runs `readTiff` or `readPng16` of formats.js on `bytes`: what it returned (width, height) or the error it threw.
 # `stopAfter`: the strips decoded before `stopped()` says true (null: never).
 DECODE = """async ({ reader, base64, stopAfter }) => {
     const formats = await import("/static/formats.js");
     let asked = 0;
-    const started = performance.now();
-    const seconds = () => (performance.now() - started) / 1000;
     const stopped = () => stopAfter !== null && ++asked > stopAfter;
     try {
         const bytes = Uint8Array.from(atob(base64), (character) => character.charCodeAt(0));
         const image = await formats[reader](bytes.buffer, stopped);
-        return { ok: image ? [image.width, image.height] : null, asked, seconds: seconds() };
+        return { ok: image ? [image.width, image.height] : null, asked };
     } catch (error) {
         const stoppedError = error instanceof formats.DecodeStopped;
-        return { error: error.message, stoppedError, asked, seconds: seconds() };
+        return { error: error.message, stoppedError, asked };
     }
 }"""
 
 
 def decode(page: Page, reader: str, data: bytes, stop_after: int | None = None) -> dict:
-    """What `reader` made of `data` in the page (`ok` or `error`), and the `seconds` it took there."""
+    """What `reader` made of `data` in the page (`ok` or `error`), and how often it asked whether to stop."""
     return page.evaluate(DECODE, {"reader": reader, "base64": base64.b64encode(data).decode(), "stopAfter": stop_after})
 
 
@@ -106,7 +101,6 @@ def test_a_deflate_tiff_strip_is_inflated_no_further_than_its_size(page: Page, l
     result = decode(page, "readTiff", bomb)
 
     assert result["error"] == "a TIFF strip or tile inflates to more than its declared size (4096 bytes)"
-    assert result["seconds"] < REFUSED_WITHIN_SECONDS
 
 
 def test_a_16_bit_png_is_inflated_no_further_than_its_rows(page: Page, live_server: str) -> None:
@@ -119,7 +113,6 @@ def test_a_16_bit_png_is_inflated_no_further_than_its_rows(page: Page, live_serv
     drawn = decode(page, "readPng16", whole)
 
     assert refused["error"] == "the 16-bit PNG's image data goes on past the rows its size calls for"
-    assert refused["seconds"] < REFUSED_WITHIN_SECONDS
     assert drawn["ok"] == [64, 64]
 
 
@@ -147,7 +140,6 @@ def test_a_tiff_of_more_tiles_than_the_page_decodes_is_left_undrawn_at_once(page
     assert result["error"] == (
         "the TIFF is stored in 4,160 strips or tiles, more than the page decodes to draw it (at most 4,096)"
     )
-    assert result["seconds"] < REFUSED_WITHIN_SECONDS
 
 
 def test_the_page_decodes_no_larger_image_than_the_server_takes(page: Page, live_server: str) -> None:
