@@ -287,10 +287,16 @@ def _may_start_codestream(data: bytes, begin: int, end: int) -> bool:
     return first[:2] == b"\xff\x4f" or (bool(first) and _JP2_SIGNATURE.startswith(first))
 
 
+_MOST_HEAD_FRAGMENTS = 8
+"""Fragments a frame's head is joined from: a split head is one cut or two, and joining up to 4 KB of 100,000
+two-byte fragments from each of them would walk 2,048 fragments a fragment."""
+
+
 def _joined_head(data: bytes | mmap.mmap, fragments: list[tuple[int, int]], index: int) -> bytes:
-    """The first `_FRAME_HEAD_BYTES` of the fragments from `index` on, joined (fewer where they end first)."""
+    """The first `_FRAME_HEAD_BYTES` of the fragments from `index` on (at most `_MOST_HEAD_FRAGMENTS`), joined
+    (fewer where they end first)."""
     head = bytearray()
-    for begin, end in fragments[index:]:
+    for begin, end in fragments[index : index + _MOST_HEAD_FRAGMENTS]:
         head += data[begin : min(end, begin + _FRAME_HEAD_BYTES - len(head))]
         if len(head) >= _FRAME_HEAD_BYTES:
             break
