@@ -16,6 +16,7 @@ from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES, TUMOR_SLICE
+from tests.web.canvas_pixels import canvas_rgba
 from tests.web.test_page_series_answers import upload
 
 RESULT_TIMEOUT_MS = 60_000
@@ -193,14 +194,8 @@ def test_outline_is_at_least_one_and_a_half_css_pixels_wide_and_stays_on_the_mas
 
     page.select_option("#mask-style", "outline")
     expect(page.locator("#caption")).to_contain_text("outlined")
-    drawn, shown_width = page.evaluate(
-        """() => {
-            const canvas = document.querySelector("#mask-canvas");
-            const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-            return [Array.from(data.filter((_, i) => i % 4 === 3)), canvas.getBoundingClientRect().width];
-        }"""
-    )
-    drawn = np.asarray(drawn, dtype=np.uint8).reshape(size, size) > 0
+    drawn = canvas_rgba(page, "#mask-canvas")[..., 3] > 0
+    shown_width = page.evaluate('() => document.querySelector("#mask-canvas").getBoundingClientRect().width')
     inside = np.zeros((size, size), dtype=bool)
     inside[start:end, start:end] = True
     assert not (drawn & ~inside).any()  # on the mask's own pixels: not moved out

@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect
 from pydicom.fileset import FileSet
 
 from tests.dicom.builders import mr_series, to_bytes, tumor_channels
+from tests.web.canvas_pixels import canvas_rgba
 from tests.web.conftest import series_answer_with
 from tests.web.test_page_drops_contrast_and_windows import RECORD_SENT, drop_folder
 from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS, png_bytes, upload, write_series
@@ -23,15 +24,7 @@ from tests.web.test_page_series_answers import RASTER_SERIES, RESULT_TIMEOUT_MS,
 
 def brightest_drawn(page: Page) -> int:
     """The brightest grey value on the slice canvas as drawn now."""
-    return page.evaluate(
-        """() => {
-            const canvas = document.querySelector("#slice-canvas");
-            const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-            let brightest = 0;
-            for (let i = 0; i < data.length; i += 4) brightest = Math.max(brightest, data[i]);
-            return brightest;
-        }"""
-    )
+    return int(canvas_rgba(page)[..., 0].max())
 
 
 # ------------------------------------------------------------------ F1: a refused repeat of a DICOM instance
@@ -115,13 +108,7 @@ def test_files_that_are_no_image_beside_raster_slices_are_left_out_not_made_miss
 
 def drawn_slice(page: Page) -> tuple[str, str, list[int]]:
     """The default window (Level, Width) and the grey values the page drew for the slice shown."""
-    grey = page.evaluate(
-        """() => {
-            const canvas = document.querySelector("#slice-canvas");
-            const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-            return Array.from({ length: data.length / 4 }, (_, i) => data[i * 4]);
-        }"""
-    )
+    grey = canvas_rgba(page)[..., 0].reshape(-1).tolist()
     return page.locator("#window-level").input_value(), page.locator("#window-width").input_value(), grey
 
 

@@ -22,6 +22,7 @@ from app.dicom.dicom_seg_reader import read_segmentation_masks
 from tests.api.routes.test_predict_dicom import multipart_parts
 from tests.conftest import TEST_DATA, TUMOR_FREE_SLICE, TUMOR_SERIES, mask_path_of
 from tests.dicom.builders import PIXEL_SPACING_MM, mr_series, secondary_capture_series, to_bytes, tumor_channels
+from tests.web.canvas_pixels import canvas_rgba
 
 RESULT_TIMEOUT_MS = 60_000
 # Natural file-name order: slice 8 before 20, 21, 22 (a plain string sort would put 8 last).
@@ -41,14 +42,7 @@ def mask_of(prediction: dict) -> np.ndarray:
 
 def drawn_mask(page: Page) -> np.ndarray:
     """Where the page's mask layer is painted (its alpha), whatever colour and opacity it shows."""
-    size, alpha = page.evaluate(
-        """() => {
-            const canvas = document.querySelector('#mask-canvas');
-            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-            return [[canvas.height, canvas.width], Array.from(data.filter((_, i) => i % 4 === 3))];
-        }"""
-    )
-    return (np.asarray(alpha, dtype=np.uint8).reshape(size) > 0).astype(np.uint8)
+    return (canvas_rgba(page, "#mask-canvas")[..., 3] > 0).astype(np.uint8)
 
 
 def assert_no_axe_violations(page: Page) -> None:
