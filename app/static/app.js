@@ -3,7 +3,7 @@
 // Plain browser JavaScript modules, no framework and no build step, so the service can serve them as they are.
 import {
   DecodeStopped, FormatError, MAX_DRAWN_FILE_PIXELS, MAX_DRAWN_PIXELS, isBareDicom, isDicom, isZip, rasterSize, readDicom,
-  readPng16, readTiff, splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip, zipEntries,
+  readPng, readTiff, splitMultipart, tiffSize, withStoredOrientation, writeGreyPng, writeZip, zipEntries,
 } from "./formats.js";
 
 const KEY_STORAGE = "brain-tumor-api-key";
@@ -759,7 +759,7 @@ async function decodeRaster(file, stopped) {
     return null; // too large to decode here without freezing the tab; the server's answer says if it takes it
   }
   try {
-    const high = (await readPng16(buffer)) ?? (await readTiff(buffer, stopped));
+    const high = (await readPng(buffer)) ?? (await readTiff(buffer, stopped));
     if (high) {
       return high;
     }

@@ -459,26 +459,49 @@ export function rasterSize(buffer) {
   return null;
 }
 
-/** Grey values of a 16-bit PNG (browsers draw them at 8 bits, losing what window/level needs); null otherwise. */
-export async function readPng16(buffer) {
+/**
+ * A PNG the browser would draw otherwise than the server reads it, decoded here; null for the others (the browser's
+ * own decoder draws them as stored) and for interlaced ones. 16-bit samples (browsers draw 8, losing what window/level
+ * needs) become grey `values`; an alpha channel or a transparent colour (tRNS) becomes an `rgba` image of the stored
+ * colours, alpha dropped as the server drops it: a 2-D canvas keeps colours premultiplied, so a transparent half was
+ * drawn black, the tumor under it hidden (browser review 64 F4).
+ */
+export async function readPng(buffer) {
   const bytes = new Uint8Array(buffer);
   const view = new DataView(buffer);
-  if (bytes.length < 33 || ascii(bytes, 1, 3) !== "PNG" || bytes[24] !== 16 || bytes[28] !== 0) {
-    return null; // not 16 bit, or interlaced: the browser's own decoder is enough (or the server says why not)
+  if (bytes.length < 33 || ascii(bytes, 1, 3) !== "PNG" || bytes[28] !== 0) {
+    return null;
   }
   const width = view.getUint32(16);
   const height = view.getUint32(20);
-  const channels = { 0: 1, 2: 3, 4: 2, 6: 4 }[bytes[25]];
-  if (!channels || tooLargeToDraw(width, height)) {
+  const depth = bytes[24];
+  const type = bytes[25];
+  const chunks = [...pngChunks(bytes)];
+  const transparent = type === 4 || type === 6 || chunks.some(({ type: name }) => name === "tRNS");
+  const channels = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }[type];
+  const palette = chunks.find(({ type: name }) => name === "PLTE");
+  if ((depth !== 16 && !transparent) || !channels || ![1, 2, 4, 8, 16].includes(depth)
+    || (type === 3 && (depth === 16 || !palette)) || tooLargeToDraw(width, height)) {
     return null;
   }
-  const idat = [...pngChunks(bytes)].filter(({ type }) => type === "IDAT").map(({ start, end }) => bytes.subarray(start, end));
-  const stride = width * channels * 2;
+  const idat = chunks.filter(({ type: name }) => name === "IDAT").map(({ start, end }) => bytes.subarray(start, end));
+  const stride = Math.ceil((width * channels * depth) / 8);
   // No more than the rows need (a filter byte each): 256 KB of zeros inflated to 256 MiB, the tab +800 MiB for 7 s
   // before the server's refusal showed (browser review 64 F1).
   const raw = await inflateAtMost(new Blob(idat), "deflate", height * (stride + 1), () => new FormatError(
-    "the 16-bit PNG's image data goes on past the rows its size calls for"));
-  const bpp = channels * 2;
+    "the PNG's image data goes on past the rows its size calls for"));
+  const out = unfilteredRows(raw, height, stride, Math.max(1, (channels * depth) / 8));
+  return depth === 16
+    ? { width, height, values: greyOf16Bit(out, width * height, channels), bits: 16 }
+    : {
+      width,
+      height,
+      rgba: storedColours(out, width, height, { channels, depth, stride, palette: palette && bytes.subarray(palette.start, palette.end) }),
+    };
+}
+
+/** A PNG's rows with their filters undone (`bpp`: bytes per pixel, at least 1). */
+function unfilteredRows(raw, height, stride, bpp) {
   const out = new Uint8Array(stride * height);
   for (let y = 0; y < height; y += 1) {
     const filter = raw[y * (stride + 1)];
@@ -492,9 +515,14 @@ export async function readPng16(buffer) {
       out[row + x] = (line[x] + predicted) & 0xff;
     }
   }
-  const values = new Float32Array(width * height);
+  return out;
+}
+
+/** The grey value of each pixel of 16-bit samples: the mean of its colour samples (alpha left out). */
+function greyOf16Bit(out, pixels, channels) {
+  const values = new Float32Array(pixels);
   const colour = channels >= 3 ? 3 : 1;
-  for (let i = 0; i < values.length; i += 1) {
+  for (let i = 0; i < pixels; i += 1) {
     let sum = 0;
     for (let k = 0; k < colour; k += 1) {
       const at = (i * channels + k) * 2;
@@ -502,7 +530,35 @@ export async function readPng16(buffer) {
     }
     values[i] = sum / colour;
   }
-  return { width, height, values, bits: 16 };
+  return values;
+}
+
+/**
+ * 1- to 8-bit samples as opaque colours: grey stretched to 8 bits, palette indices looked up, alpha dropped (as the
+ * server reads them: app/imaging.py).
+ */
+function storedColours(out, width, height, { channels, depth, stride, palette }) {
+  const rgba = new ImageData(width, height);
+  const top = (1 << depth) - 1;
+  const sample = (row, index) => {
+    const bit = index * depth;
+    return (out[row + (bit >> 3)] >> (8 - depth - (bit & 7))) & top;
+  };
+  for (let y = 0; y < height; y += 1) {
+    for (let x = 0; x < width; x += 1) {
+      const first = x * channels;
+      let colour;
+      if (palette) {
+        const at = sample(y * stride, first) * 3;
+        colour = [palette[at] ?? 0, palette[at + 1] ?? 0, palette[at + 2] ?? 0];
+      } else {
+        const scaled = (k) => Math.round((sample(y * stride, first + k) * 255) / top);
+        colour = channels >= 3 ? [scaled(0), scaled(1), scaled(2)] : Array(3).fill(scaled(0));
+      }
+      rgba.data.set([...colour, 255], (y * width + x) * 4);
+    }
+  }
+  return rgba;
 }
 
 // ------------------------------------------------------------------------------------------- EXIF orientation

@@ -20,7 +20,7 @@ from app.settings import Settings
 from tests.conftest import TUMOR_FREE_SLICE, TUMOR_SERIES
 from tests.web.test_page_series_answers import upload
 
-# Runs `readTiff` or `readPng16` of formats.js on `bytes`: what it returned (width, height) or the error it threw.
+# Runs `readTiff` or `readPng` of formats.js on `bytes`: what it returned (width, height) or the error it threw.
 # `stopAfter`: the strips decoded before `stopped()` says true (null: never).
 DECODE = """async ({ reader, base64, stopAfter }) => {
     const formats = await import("/static/formats.js");
@@ -109,10 +109,10 @@ def test_a_16_bit_png_is_inflated_no_further_than_its_rows(page: Page, live_serv
     whole = png16_with_data(64, 64, bytes(64 * (64 * 2 + 1)))
     page.goto(live_server)
 
-    refused = decode(page, "readPng16", bomb)
-    drawn = decode(page, "readPng16", whole)
+    refused = decode(page, "readPng", bomb)
+    drawn = decode(page, "readPng", whole)
 
-    assert refused["error"] == "the 16-bit PNG's image data goes on past the rows its size calls for"
+    assert refused["error"] == "the PNG's image data goes on past the rows its size calls for"
     assert drawn["ok"] == [64, 64]
 
 
@@ -150,7 +150,7 @@ def test_the_page_decodes_no_larger_image_than_the_server_takes(page: Page, live
     page.goto(live_server)
 
     limit = page.evaluate('async () => (await import("/static/formats.js")).MAX_DRAWN_PIXELS')
-    result = decode(page, "readPng16", over)
+    result = decode(page, "readPng", over)
 
     assert limit <= Settings.model_fields["max_image_pixels"].default < width * height
     assert result["ok"] is None  # left undrawn, not decoded

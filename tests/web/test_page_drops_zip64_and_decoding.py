@@ -1,6 +1,7 @@
 """Browser review 63, in headless Chromium against the real service: a slow dropped folder no longer replaces the choice
 made after it, a dropped file that cannot be read is named, a patient CD's viewer icons are left out beside its DICOM
-images, PNG gamma is not applied, Zip64 archives are read, and a DICOM file the server refuses is not decoded whole.
+images, PNG gamma is not applied, Zip64 archives are read, and a DICOM file the server refuses is not decoded whole;
+browser review 64: a PNG's alpha channel or transparent colour is not drawn.
 
 Headless Chromium cannot drop a folder that is slow to list or holds an unreadable file: those drops are made of
 FileSystemEntry look-alikes, whose files are real."""
@@ -20,6 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, multiframe_secondary_capture, to_bytes, tumor_channels
+from tests.web.canvas_pixels import canvas_rgba
 from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
 from tests.web.test_page_series_drawing import drawn_slice
 
@@ -130,6 +132,47 @@ def test_a_png_with_a_gamma_chunk_is_drawn_with_its_stored_values(page: Page, li
         drawn.append(drawn_slice(page))
 
     assert drawn[0] == drawn[1]
+
+
+def see_through_pngs(path: Path) -> list[tuple[Path, Path]]:
+    """Pairs of PNGs of the same stored colours: one opaque, one whose alpha channel or transparent colour (tRNS)
+    hides part of it. The server drops alpha (`app.imaging`), so the page must draw both alike."""
+    colours = np.asarray(Image.open(TUMOR_SLICE).convert("RGB").resize((64, 64)))
+    alpha = np.full((64, 64), 255, np.uint8)
+    alpha[:, :32] = 0  # the left half, where the tumor lies, fully transparent
+    grey = colours[:, :, 1]
+    palette = Image.fromarray(colours).quantize(16)
+    images = {
+        "rgba": (Image.fromarray(colours), Image.fromarray(np.dstack([colours, alpha]), "RGBA"), {}),
+        "half_alpha_rgba": (Image.fromarray(colours), Image.fromarray(np.dstack([colours, alpha // 2 + 64])), {}),
+        "grey_alpha": (Image.fromarray(grey), Image.fromarray(np.dstack([grey, alpha]), "LA"), {}),
+        "grey_transparent_colour": (Image.fromarray(grey), Image.fromarray(grey), {"transparency": int(grey[32, 16])}),
+        "palette_4_bit_transparent": (palette.convert("RGB"), palette, {"transparency": 3, "bits": 4}),
+    }
+    pairs = []
+    for name, (opaque, see_through, options) in images.items():
+        opaque_path, see_through_path = path / f"{name}_opaque.png", path / f"{name}.png"
+        opaque.save(opaque_path)
+        see_through.save(see_through_path, **options)
+        assert (
+            Image.open(see_through_path).info.get("transparency") is not None
+            or "A" in Image.open(see_through_path).mode
+        )
+        pairs.append((opaque_path, see_through_path))
+    return pairs
+
+
+def test_a_png_with_alpha_or_a_transparent_colour_is_drawn_with_its_stored_colours(
+    page: Page, live_server: str, tmp_path: Path
+) -> None:
+    """Browser review 64 F4: a PNG whose left half had alpha 0 was drawn black there, the tumor under it hidden, while
+    the server analysed (and answered for) the stored colours; alpha 128 was drawn at half brightness."""
+    page.goto(live_server)
+    for opaque, see_through in see_through_pngs(tmp_path):
+        upload(page, [opaque])
+        expected = canvas_rgba(page)[..., :3]
+        upload(page, [see_through])
+        assert np.array_equal(canvas_rgba(page)[..., :3], expected), see_through.name
 
 
 def zip64_archive(path: Path, entries: dict[str, bytes]) -> Path:
