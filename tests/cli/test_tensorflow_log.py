@@ -16,6 +16,7 @@ import pytest
 from app.tensorflow_log import native_stderr_held
 from tests.conftest import REPO_ROOT, TUMOR_SLICE
 from tests.node.node_support import free_port
+from tests.service_processes import as_runtime_install
 
 
 def test_native_stderr_is_held_back_while_loading(capfd: pytest.CaptureFixture[str]) -> None:
@@ -52,8 +53,11 @@ def test_native_stderr_passes_through_when_verbose(capfd: pytest.CaptureFixture[
 
 
 def fresh_environment(**variables: str) -> dict[str, str]:
-    """This environment without the TensorFlow log level a user would not have set, with `variables` added."""
-    return {**{key: value for key, value in os.environ.items() if not key.startswith("TF_CPP_")}, **variables}
+    """This environment without the TensorFlow log level a user would not have set, with `variables` added, as the
+    runtime install has it (`as_runtime_install`)."""
+    return as_runtime_install(
+        {**{key: value for key, value in os.environ.items() if not key.startswith("TF_CPP_")}, **variables}
+    )
 
 
 def predict_in_fresh_process(model_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:

@@ -34,6 +34,7 @@ from tests.conftest import REPO_ROOT, TUMOR_FREE_SLICE, read_slice
 from tests.dicom.builders import FLAIR, PATIENT_ID, mr_series, tumor_channels, write_files
 from tests.dicom.validation import dciodvfy_errors
 from tests.pacs.orthanc_server import ORTHANC_AE, Orthanc, free_port, running_orthanc
+from tests.service_processes import as_runtime_install
 
 NODE_AE, CALLING_AE, UNKNOWN_AE = "BRAINTUMOR", "SCANNER", "STRANGER"
 QUIET_SECONDS = 3.0
@@ -145,21 +146,23 @@ def pacs_with_node(tmp_path_factory: pytest.TempPathFactory, committed_model_dir
     directory = tmp_path_factory.mktemp("pacs_with_node")
     node_port = free_port()
     with running_orthanc(directory, dicom_modalities={"braintumor": (NODE_AE, "127.0.0.1", node_port)}) as orthanc:
-        environment = {
-            **os.environ,
-            "MODEL_DIR": str(committed_model_dir),
-            "INFERENCE_RUNTIME": "keras",
-            "LOG_LEVEL": "INFO",
-            "DICOM_NODE_AE_TITLE": NODE_AE,
-            "DICOM_NODE_HOST": "127.0.0.1",
-            "DICOM_NODE_PORT": str(node_port),
-            "DICOM_NODE_SPOOL_DIR": str(directory / "spool"),
-            "DICOM_NODE_QUIET_SECONDS": str(QUIET_SECONDS),
-            "DICOM_NODE_ALLOWED_CALLING_AE_TITLES": CALLING_AE,
-            "DICOM_NODE_DESTINATIONS": f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}",
-            "DICOM_NODE_SEND_RETRIES": "2",
-            "DICOM_NODE_SEND_BACKOFF_SECONDS": "1",
-        }
+        environment = as_runtime_install(
+            {
+                **os.environ,
+                "MODEL_DIR": str(committed_model_dir),
+                "INFERENCE_RUNTIME": "keras",
+                "LOG_LEVEL": "INFO",
+                "DICOM_NODE_AE_TITLE": NODE_AE,
+                "DICOM_NODE_HOST": "127.0.0.1",
+                "DICOM_NODE_PORT": str(node_port),
+                "DICOM_NODE_SPOOL_DIR": str(directory / "spool"),
+                "DICOM_NODE_QUIET_SECONDS": str(QUIET_SECONDS),
+                "DICOM_NODE_ALLOWED_CALLING_AE_TITLES": CALLING_AE,
+                "DICOM_NODE_DESTINATIONS": f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}",
+                "DICOM_NODE_SEND_RETRIES": "2",
+                "DICOM_NODE_SEND_BACKOFF_SECONDS": "1",
+            }
+        )
         for attempt in range(3):
             node = NodeProcess(node_port, directory / "spool", directory / "node.log", environment)
             try:

@@ -27,6 +27,7 @@ from app.api.openapi_docs import ERROR_CATALOGUE
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import REPO_ROOT, TUMOR_SLICE
+from tests.service_processes import as_runtime_install
 
 MIB = 1 << 20
 MAX_UPLOAD_BYTES = 1 * MIB
@@ -170,7 +171,7 @@ def server_environment(model_dir: Path, port: int, **extra: str) -> dict[str, st
         }
     )
     environment.update(extra)
-    return environment
+    return as_runtime_install(environment)
 
 
 def start_server(model_dir: Path, log_dir: Path, **extra_env: str) -> ServerProcess:
