@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from app.api.routes import web
 from app.main import create_app
@@ -115,21 +115,57 @@ def cleared_live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         yield base_url
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Chromium from the system; Playwright's own browser download is never used. Started per file, not
-    once per worker: Playwright's sync API keeps its event loop current in the thread while it runs, and a test
-    after it that calls `asyncio.run()` (the DICOM node's analysis) would fail (review 71 F4)."""
-    executable = find_chromium()
-    if executable is None:
-        pytest.skip(
-            "no Chromium binary found: install the Debian package `chromium` or set CHROMIUM_PATH "
-            f"(looked for {', '.join(CHROMIUM_NAMES)} on PATH)"
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, headless=True)
-        yield chromium
-        chromium.close()
+class SharedChromium:
+    """Headless Chromium from the system (Playwright's own browser download is never used), started once for the
+    page test files a worker runs one after the other: started per file, the browser and Playwright's driver cost
+    about 9 s of CPU each time on the 2-core test machine. It is stopped before the worker goes on to a test of
+    another folder: Playwright's sync API keeps its event loop current in the thread while it runs, and a test after
+    it that calls `asyncio.run()` (the DICOM node's analysis) would fail (review 71 F4)."""
+
+    def __init__(self) -> None:
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+
+    def browser(self) -> Browser:
+        if self._browser is None:
+            executable = find_chromium()
+            if executable is None:
+                pytest.skip(
+                    "no Chromium binary found: install the Debian package `chromium` or set CHROMIUM_PATH "
+                    f"(looked for {', '.join(CHROMIUM_NAMES)} on PATH)"
+                )
+            self._playwright = sync_playwright().start()
+            self._browser = self._playwright.chromium.launch(executable_path=executable, headless=True)
+        return self._browser
+
+    def stop(self) -> None:
+        if self._browser is not None:
+            self._browser.close()
+            self._browser = None
+        if self._playwright is not None:
+            self._playwright.stop()
+            self._playwright = None
+
+
+SHARED_CHROMIUM = SharedChromium()
+WEB_TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Stops the shared Chromium after the last page test before a test of another folder (or none), once that
+    test's own tabs and contexts are closed."""
+    try:
+        return (yield)
+    finally:
+        if nextitem is None or WEB_TESTS not in Path(nextitem.path).parents:
+            SHARED_CHROMIUM.stop()
+
+
+@pytest.fixture
+def browser() -> Browser:
+    """The worker's headless Chromium (`SharedChromium`); each test opens its own context."""
+    return SHARED_CHROMIUM.browser()
 
 
 @pytest.fixture
