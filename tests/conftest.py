@@ -17,6 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pynetdicom.transport import AssociationServer
 
+from app import inference
+from app.core.model_store import ModelEntry
 from app.inference import Predictor
 from app.settings import Settings
 from tests.api.service_client import running_client
@@ -47,6 +49,32 @@ def pytest_configure(config: pytest.Config) -> None:
         socketserver.BaseServer.serve_forever(server, poll_interval)
 
     AssociationServer.serve_forever = serve_forever
+
+
+@pytest.fixture(scope="session", autouse=True)
+def models_compiled_once_per_process() -> Iterator[None]:
+    """Each model file is loaded and compiled once per test process, however many apps, nodes and commands serve it.
+
+    An app's start loaded and traced both models afresh (about 2.5 s of a test's 2.5-3 s on the 2-core test machine,
+    for each of some hundred tests that start their own app or command): a compiled model is a pure function of its
+    files, so it is kept, keyed by the files' paths, sizes and change times (a test that rewrites a file gets it
+    loaded again). Everything around it runs as served: the manifest and hash checks, the Predictor, its warm-up.
+    Keras runtime only: ONNX Runtime's load logs what a test may check, and is rare in the tests."""
+    load = inference.load_for_inference
+    compiled: dict[tuple, inference.ModelFunction] = {}
+
+    def load_once(model_dir: str | Path, entry: ModelEntry, runtime: str = "keras") -> inference.ModelFunction:
+        files = [Path(model_dir).resolve() / name for name in (entry.architecture, entry.weights)]
+        if runtime != "keras" or not all(path.is_file() for path in files):
+            return load(model_dir, entry, runtime)
+        key = (keras.backend.backend(), *((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+        if key not in compiled:
+            compiled[key] = load(model_dir, entry, runtime)
+        return compiled[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "load_for_inference", load_once)
+        yield
 
 
 def pyproject_version() -> str:
