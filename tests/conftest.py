@@ -55,9 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def models_compiled_once_per_process() -> Iterator[None]:
     """Each model file is loaded and compiled once per test process, however many apps, nodes and commands serve it.
 
-    An app's start loaded and traced both models afresh (about 2.5 s of a test's 2.5-3 s on the 2-core test machine,
-    for each of some hundred tests that start their own app or command): a compiled model is a pure function of its
-    files, so it is kept, keyed by the files' paths, sizes and change times (a test that rewrites a file gets it
+    An app's start loaded and traced both models afresh: about 2.5 s of a test that starts its own app or command on
+    the 2-core test machine (test_auth's 22 tests took 50 s, 6 s without it). A compiled model is a pure function of
+    its files, so it is kept, keyed by the files' paths, sizes and change times (a test that rewrites a file gets it
     loaded again). Everything around it runs as served: the manifest and hash checks, the Predictor, its warm-up.
     Keras runtime only: ONNX Runtime's load logs what a test may check, and is rare in the tests."""
     load = inference.load_for_inference
