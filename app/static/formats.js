@@ -479,7 +479,8 @@ export async function readPng(buffer) {
   const chunks = [...pngChunks(bytes)];
   const transparent = type === 4 || type === 6 || chunks.some(({ type: name }) => name === "tRNS");
   const channels = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }[type];
-  const palette = chunks.find(({ type: name }) => name === "PLTE");
+  // Only a palette image's PLTE is its colours: an RGB one may carry a suggested palette as well.
+  const palette = type === 3 ? chunks.find(({ type: name }) => name === "PLTE") : undefined;
   if ((depth !== 16 && !transparent) || !channels || ![1, 2, 4, 8, 16].includes(depth)
     || (type === 3 && (depth === 16 || !palette)) || tooLargeToDraw(width, height)) {
     return null;

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from unittest import mock
 
@@ -134,6 +135,12 @@ def test_a_png_with_a_gamma_chunk_is_drawn_with_its_stored_values(page: Page, li
     assert drawn[0] == drawn[1]
 
 
+def with_chunk(png: bytes, kind: bytes, data: bytes) -> bytes:
+    """`png` with a chunk of `kind` inserted right after its header chunk (IHDR: 8 + 25 bytes in)."""
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return png[:33] + chunk + png[33:]
+
+
 def see_through_pngs(path: Path) -> list[tuple[Path, Path]]:
     """Pairs of PNGs of the same stored colours: one opaque, one whose alpha channel or transparent colour (tRNS)
     hides part of it. The server drops alpha (`app.imaging`), so the page must draw both alike."""
@@ -154,6 +161,8 @@ def see_through_pngs(path: Path) -> list[tuple[Path, Path]]:
         opaque_path, see_through_path = path / f"{name}_opaque.png", path / f"{name}.png"
         opaque.save(opaque_path)
         see_through.save(see_through_path, **options)
+        if name == "rgba":  # a suggested palette too, which is not the colours of an RGBA image
+            see_through_path.write_bytes(with_chunk(see_through_path.read_bytes(), b"PLTE", bytes(range(48))))
         assert (
             Image.open(see_through_path).info.get("transparency") is not None
             or "A" in Image.open(see_through_path).mode
