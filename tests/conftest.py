@@ -67,7 +67,8 @@ def models_compiled_once_per_process() -> Iterator[None]:
         files = [Path(model_dir).resolve() / name for name in (entry.architecture, entry.weights)]
         if runtime != "keras" or not all(path.is_file() for path in files):
             return load(model_dir, entry, runtime)
-        key = (keras.backend.backend(), *((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+        stats = [(str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files]
+        key = (keras.backend.backend(), *stats)
         if key not in compiled:
             compiled[key] = load(model_dir, entry, runtime)
         return compiled[key]

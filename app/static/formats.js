@@ -545,18 +545,14 @@ function storedColours(out, width, height, { channels, depth, stride, palette })
     const bit = index * depth;
     return (out[row + (bit >> 3)] >> (8 - depth - (bit & 7))) & top;
   };
-  for (let y = 0; y < height; y += 1) {
-    for (let x = 0; x < width; x += 1) {
-      const first = x * channels;
-      let colour;
-      if (palette) {
-        const at = sample(y * stride, first) * 3;
-        colour = [palette[at] ?? 0, palette[at + 1] ?? 0, palette[at + 2] ?? 0];
-      } else {
-        const scaled = (k) => Math.round((sample(y * stride, first + k) * 255) / top);
-        colour = channels >= 3 ? [scaled(0), scaled(1), scaled(2)] : Array(3).fill(scaled(0));
+  const colourSamples = channels >= 3 ? [0, 1, 2] : [0, 0, 0];
+  for (let y = 0, at = 0; y < height; y += 1) {
+    for (let x = 0; x < width; x += 1, at += 4) {
+      for (const [k, channel] of colourSamples.entries()) {
+        const value = sample(y * stride, x * channels + (palette ? 0 : channel));
+        rgba.data[at + k] = palette ? (palette[value * 3 + k] ?? 0) : Math.round((value * 255) / top);
       }
-      rgba.data.set([...colour, 255], (y * width + x) * 4);
+      rgba.data[at + 3] = 255;
     }
   }
   return rgba;
