@@ -27,7 +27,7 @@ from app.api.openapi_docs import ERROR_CATALOGUE
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import REPO_ROOT, TUMOR_SLICE
-from tests.service_processes import as_runtime_install
+from tests.service_processes import answers_ready, as_runtime_install
 
 MIB = 1 << 20
 MAX_UPLOAD_BYTES = 1 * MIB
@@ -128,10 +128,7 @@ class ServerProcess:
 
     def ready(self) -> bool:
         """Whether `/health/ready` answers 200 now."""
-        try:
-            return httpx.get(f"{self.base_url}/health/ready", timeout=5.0).status_code == 200
-        except httpx.TransportError:
-            return False
+        return answers_ready(self.base_url)
 
     def wait_until_ready(self) -> bool:
         """Whether the server is ready within `READY_TIMEOUT_SECONDS`; False at once if it exits first."""

@@ -18,12 +18,13 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from app.api.routes import web
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import NO_SLICE, make_tiny_model_dir
+from tests.service_processes import answers_ready
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 READY_TIMEOUT_SECONDS = 120.0
@@ -51,11 +52,8 @@ def wait_until_ready(base_url: str, server_thread: threading.Thread) -> None:
     while time.monotonic() < deadline:
         if not server_thread.is_alive():
             raise RuntimeError("the test server stopped during startup; see its log above")
-        try:
-            if httpx.get(f"{base_url}/health/ready", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+        if answers_ready(base_url, timeout_seconds=2.0):
+            return
         time.sleep(0.05)
     raise TimeoutError(f"{base_url}/health/ready did not answer 200 within {READY_TIMEOUT_SECONDS:.0f} s")
 
@@ -120,11 +118,18 @@ class SharedChromium:
     page test files a worker runs one after the other: started per file, the browser and Playwright's driver cost
     about 9 s of CPU each time on the 2-core test machine. It is stopped before the worker goes on to a test of
     another folder: Playwright's sync API keeps its event loop current in the thread while it runs, and a test after
-    it that calls `asyncio.run()` (the DICOM node's analysis) would fail (review 71 F4)."""
+    it that calls `asyncio.run()` (the DICOM node's analysis) would fail (review 71 F4).
+
+    The desktop-sized tabs of those tests share one browser context: a context of its own cost each test about 0.7 s
+    of Chromium's CPU more than a tab (a profile and a renderer process set up and torn down). The page keeps nothing
+    in a context that another tab reads: its API key is in the tab's own sessionStorage, and it sets no cookie and
+    uses no localStorage or IndexedDB; what a test changes in its tab (routes, init scripts, CDP sessions) is the
+    tab's."""
 
     def __init__(self) -> None:
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
+        self._desktop: BrowserContext | None = None
 
     def browser(self) -> Browser:
         if self._browser is None:
@@ -138,7 +143,16 @@ class SharedChromium:
             self._browser = self._playwright.chromium.launch(executable_path=executable, headless=True)
         return self._browser
 
+    def desktop_context(self) -> BrowserContext:
+        """The context of the desktop-sized tabs (`page`), with downloads kept."""
+        if self._desktop is None:
+            self._desktop = self.browser().new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+        return self._desktop
+
     def stop(self) -> None:
+        if self._desktop is not None:
+            self._desktop.close()
+            self._desktop = None
         if self._browser is not None:
             self._browser.close()
             self._browser = None
@@ -169,12 +183,12 @@ def browser() -> Browser:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh tab (own sessionStorage) at a desktop size, so screenshots look like what people see."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
-    tab = context.new_page()
+def page() -> Iterator[Page]:
+    """A fresh tab (own sessionStorage) at a desktop size, so screenshots look like what people see; it shares its
+    context with the other page tests' tabs (`SharedChromium`)."""
+    tab = SHARED_CHROMIUM.desktop_context().new_page()
     yield tab
-    context.close()
+    tab.close()
 
 
 @pytest.fixture
