@@ -64,10 +64,13 @@ def models_compiled_once_per_process() -> Iterator[None]:
     compiled: dict[tuple, inference.ModelFunction] = {}
 
     def load_once(model_dir: str | Path, entry: ModelEntry, runtime: str = "keras") -> inference.ModelFunction:
-        files = [Path(model_dir).resolve() / name for name in (entry.architecture, entry.weights)]
-        if runtime != "keras" or not all(path.is_file() for path in files):
+        if runtime != "keras":
             return load(model_dir, entry, runtime)
-        stats = [(str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files]
+        files = [Path(model_dir).resolve() / name for name in (entry.architecture, entry.weights)]
+        try:
+            stats = [(str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files]
+        except OSError:  # a missing file: the load says so, as served
+            return load(model_dir, entry, runtime)
         key = (keras.backend.backend(), *stats)
         if key not in compiled:
             compiled[key] = load(model_dir, entry, runtime)

@@ -549,7 +549,7 @@ function storedColours(out, width, height, { channels, depth, stride, palette })
   for (let y = 0, at = 0; y < height; y += 1) {
     for (let x = 0; x < width; x += 1, at += 4) {
       for (const [k, channel] of colourSamples.entries()) {
-        const value = sample(y * stride, x * channels + (palette ? 0 : channel));
+        const value = sample(y * stride, x * channels + channel); // a palette index or a grey value: channel 0
         rgba.data[at + k] = palette ? (palette[value * 3 + k] ?? 0) : Math.round((value * 255) / top);
       }
       rgba.data[at + 3] = 255;

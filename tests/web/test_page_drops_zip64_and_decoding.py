@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 from unittest import mock
 
@@ -22,6 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from tests.conftest import TUMOR_SERIES, TUMOR_SLICE
 from tests.dicom.builders import mr_series, multiframe_secondary_capture, to_bytes, tumor_channels
+from tests.security.corpus import png_chunk
 from tests.web.canvas_pixels import canvas_rgba
 from tests.web.test_page_series_answers import RESULT_TIMEOUT_MS, upload, write_series
 from tests.web.test_page_series_drawing import drawn_slice
@@ -137,8 +137,7 @@ def test_a_png_with_a_gamma_chunk_is_drawn_with_its_stored_values(page: Page, li
 
 def with_chunk(png: bytes, kind: bytes, data: bytes) -> bytes:
     """`png` with a chunk of `kind` inserted right after its header chunk (IHDR: 8 + 25 bytes in)."""
-    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return png[:33] + chunk + png[33:]
+    return png[:33] + png_chunk(kind, data) + png[33:]
 
 
 def see_through_pngs(path: Path) -> list[tuple[Path, Path]]:
